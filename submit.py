@@ -1,0 +1,182 @@
+#!/usr/bin/env python3
+"""Send files to the OCR service and print their text (or JSON results).
+
+    python submit.py [--json] [--no-wait] [--engine E] [--pages R] [--password P]
+                     [--output text|markdown|json] [--mode auto|ocr|text] [--out DIR] FILE...
+    python submit.py wait [--json] [--out DIR] ID...
+
+Exit status: 0 when every job succeeded, 1 when any failed, 2 for usage errors.
+Runs as a client: needs Redis at REDIS_URL and a worker, not the engines.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+from typing import Any, TextIO
+
+from tasks.client import JobStatus, OcrClient
+from tasks.errors import OcrError
+from worker_config import OUTPUT_CHOICES, Settings, SettingsError
+
+EXTENSIONS = {"text": ".txt", "markdown": ".md", "json": ".json"}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="submit.py", description="OCR files through the queue.",
+        epilog="`submit.py wait [--json] ID...` waits for jobs sent with --no-wait.")
+    parser.add_argument("files", nargs="+", metavar="FILE")
+    parser.add_argument("--json", action="store_true", help="one JSON result per line")
+    parser.add_argument("--no-wait", action="store_true", help="print job ids and return")
+    parser.add_argument("--engine", help="tesseract, mlx-vlm (default: the worker's)")
+    parser.add_argument("--pages", help='pages to read, e.g. "1-3,7"')
+    parser.add_argument("--password", help="password of an encrypted PDF")
+    parser.add_argument("--output", choices=OUTPUT_CHOICES, default="text")
+    parser.add_argument("--mode", choices=("auto", "ocr", "text"), default=None,
+                        help="PDFs: text layer where present (auto), OCR always, text only")
+    parser.add_argument("--out", type=Path, help="also write each result into DIR")
+    parser.add_argument("--timeout", type=float, help="stop waiting after S seconds")
+    return parser
+
+
+def build_wait_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="submit.py wait",
+                                     description="Wait for jobs sent earlier.")
+    parser.add_argument("ids", nargs="+", metavar="ID")
+    parser.add_argument("--json", action="store_true")
+    parser.add_argument("--out", type=Path)
+    parser.add_argument("--timeout", type=float)
+    return parser
+
+
+class ProgressLine:
+    """One status line on a terminal: pages done per job."""
+
+    def __init__(self, stream: TextIO, names: dict[str, str]) -> None:
+        self.stream = stream
+        self.names = names
+        self.seen: dict[str, JobStatus] = {}
+        self.enabled = stream.isatty()
+
+    def __call__(self, job_id: str, status: JobStatus) -> None:
+        if not self.enabled:
+            return
+        self.seen[job_id] = status
+        parts = [_bar(self.names.get(job_id, job_id[:8]), s) for job_id, s in
+                 self.seen.items()]
+        self.stream.write("\r\033[K" + "  ".join(parts)[-200:])
+        self.stream.flush()
+
+    def close(self) -> None:
+        if self.enabled and self.seen:
+            self.stream.write("\r\033[K")
+            self.stream.flush()
+
+
+def _bar(name: str, status: JobStatus) -> str:
+    if status.total:
+        filled = int(20 * status.done / status.total)
+        return f"{name} [{'#' * filled}{'.' * (20 - filled)}] {status.done}/{status.total}"
+    return f"{name} {status.state.lower()}"
+
+
+def emit(results: list[dict[str, Any]], as_json: bool, out_dir: Path | None,
+         output: str) -> int:
+    """Print results in input order; returns the exit status."""
+    failed = False
+    for result in results:
+        ok = result.get("status") == "SUCCESS"
+        failed = failed or not ok
+        if as_json:
+            print(json.dumps(result, ensure_ascii=False), flush=True)
+        elif ok:
+            if len(results) > 1:
+                print(f"==> {result.get('filename') or result['id']} <==")
+            print(result["text"])
+        else:
+            error = result.get("error", {})
+            print(f"{result.get('filename') or result.get('id')}: {result['status']} "
+                  f"{error.get('code')}: {error.get('message')}", file=sys.stderr)
+        if out_dir is not None and ok:
+            write_output(result, out_dir, output)
+    return 1 if failed else 0
+
+
+def write_output(result: dict[str, Any], out_dir: Path, output: str) -> Path:
+    out_dir.mkdir(parents=True, exist_ok=True)
+    stem = Path(result.get("filename") or result["id"]).stem or result["id"]
+    path = out_dir / (stem + EXTENSIONS.get(result.get("output", output), ".txt"))
+    if path.suffix == ".json":
+        path.write_text(json.dumps(result, ensure_ascii=False, indent=2))
+    else:
+        path.write_text(result["text"])
+    return path
+
+
+def _failure(filename: str, exc: OcrError) -> dict[str, Any]:
+    return {"id": None, "status": "FAILURE", "filename": filename, "error": exc.to_dict()}
+
+
+def run_submit(args: argparse.Namespace, client: OcrClient) -> int:
+    options = {"engine": args.engine, "pages": args.pages, "password": args.password,
+               "output": args.output, "mode": args.mode}
+    order: list[str | dict[str, Any]] = []
+    names: dict[str, str] = {}
+    for file in args.files:
+        try:
+            job_id = client.submit(file, **options)
+        except OcrError as exc:
+            order.append(_failure(Path(file).name, exc))
+            continue
+        names[job_id] = Path(file).name
+        order.append(job_id)
+    if args.no_wait:
+        for item in order:
+            if isinstance(item, dict):
+                print(json.dumps(item) if args.json else
+                      f"{item['filename']}: FAILURE {item['error']['code']}", flush=True)
+            else:
+                print(json.dumps({"id": item, "status": "PENDING", "filename": names[item]})
+                      if args.json else item, flush=True)
+        return 1 if any(isinstance(item, dict) for item in order) else 0
+    results = wait_for(client, list(names), names, args.timeout)
+    ordered = [item if isinstance(item, dict) else results[item] for item in order]
+    return emit(ordered, args.json, args.out, args.output)
+
+
+def wait_for(client: OcrClient, ids: list[str], names: dict[str, str],
+             timeout: float | None) -> dict[str, dict[str, Any]]:
+    progress = ProgressLine(sys.stderr, names)
+    try:
+        return client.wait(ids, on_progress=progress, timeout=timeout)
+    finally:
+        progress.close()
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    waiting = bool(argv) and argv[0] == "wait"
+    args = (build_wait_parser() if waiting else build_parser()).parse_args(
+        argv[1:] if waiting else argv)
+    try:
+        settings = Settings.from_env()
+    except SettingsError as exc:
+        print(f"submit.py: {exc}", file=sys.stderr)
+        return 2
+    client = OcrClient(settings)
+    try:
+        if waiting:
+            results = wait_for(client, args.ids, {}, args.timeout)
+            return emit([results[i] for i in args.ids], args.json, args.out, "text")
+        return run_submit(args, client)
+    except KeyboardInterrupt:
+        return 130
+    finally:
+        client.close()
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,41 @@
+"""Construction of the Celery app from the settings.
+
+Runs in every process that talks to the queue: clients, worker parent and children,
+beat and Flower.
+"""
+
+from __future__ import annotations
+
+from celery import Celery
+
+from worker_config import Settings, celery_config
+
+TASK_MODULES = ("tasks.ocr_tasks",)
+
+
+class OcrCelery(Celery):
+    """The Celery app, carrying the service settings it was built from."""
+
+    ocr_settings: Settings
+
+
+def create_app(settings: Settings) -> OcrCelery:
+    """A configured app; worker-side signal handlers are connected here."""
+    app = OcrCelery("ocr", include=list(TASK_MODULES), set_as_current=True)
+    app.ocr_settings = settings
+    app.conf.update(celery_config(settings))
+    from tasks.signals import connect_signals
+
+    connect_signals(settings)
+    return app
+
+
+_app: OcrCelery | None = None
+
+
+def get_app() -> OcrCelery:
+    """The process's app, built from the environment on first use."""
+    global _app
+    if _app is None:
+        _app = create_app(Settings.from_env())
+    return _app

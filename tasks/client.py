@@ -1,0 +1,130 @@
+"""Python client API: submit OCR jobs and wait for results.
+
+Runs in client processes (submit.py, other Python services). Needs only celery and
+redis: no engine, MLX or PyMuPDF import happens here.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from celery import Celery
+
+from tasks.errors import InputNotFound, InputTooLarge, OcrError, error_info
+from tasks.storage import BlobStore, connect
+from worker_config import Settings
+
+FINAL_STATES = ("SUCCESS", "FAILURE", "REVOKED")
+ProgressCallback = Callable[[str, "JobStatus"], None]
+
+
+@dataclass(frozen=True)
+class JobStatus:
+    """Where a job stands: Celery state plus pages done/total while it runs."""
+
+    id: str
+    state: str
+    done: int = 0
+    total: int = 0
+
+    @property
+    def final(self) -> bool:
+        return self.state in FINAL_STATES
+
+
+class OcrClient:
+    """Submit jobs to `ocr.document` and collect their results."""
+
+    def __init__(self, settings: Settings | None = None, app: Celery | None = None) -> None:
+        self.settings = settings or Settings.from_env()
+        if app is None:
+            from tasks.celery_app import create_app
+
+            app = create_app(self.settings)
+        self.app = app
+        self._blobs = BlobStore(connect(self.settings.redis_url), self.settings.blob_ttl)
+
+    def submit(self, source: str | Path | bytes, *, filename: str | None = None,
+               **options: Any) -> str:
+        """Upload the input to Redis and enqueue a job; returns the job id.
+
+        `options` are the task's kwargs: engine, pages, password, output, mode.
+        """
+        data = self._read(source)
+        if filename is None:
+            filename = Path(source).name if not isinstance(source, bytes) else ""
+        blob = self._blobs.put(data)
+        kwargs = {"blob": blob, "filename": filename,
+                  **{k: v for k, v in options.items() if v is not None}}
+        shown = {k: ("***" if k == "password" else v) for k, v in kwargs.items()}
+        result = self.app.send_task("ocr.document", kwargs=kwargs, kwargsrepr=repr(shown))
+        return str(result.id)
+
+    def _read(self, source: str | Path | bytes) -> bytes:
+        limit = self.settings.max_input_bytes
+        if isinstance(source, bytes):
+            data = source
+        else:
+            path = Path(source)
+            try:
+                size = path.stat().st_size
+            except OSError:
+                raise InputNotFound(f"cannot read {path}") from None
+            if size > limit:
+                raise InputTooLarge(f"{path.name} is larger than "
+                                    f"{self.settings.max_input_mb} MB")
+            data = path.read_bytes()
+        if len(data) > limit:
+            raise InputTooLarge(f"the input is larger than {self.settings.max_input_mb} MB")
+        return data
+
+    def status(self, job_id: str) -> JobStatus:
+        res = self.app.AsyncResult(job_id)
+        state = res.state
+        info = res.info if state == "PROGRESS" and isinstance(res.info, dict) else {}
+        return JobStatus(job_id, state, int(info.get("done", 0)), int(info.get("total", 0)))
+
+    def result(self, job_id: str) -> dict[str, Any]:
+        """The public result of a finished job (SUCCESS or FAILURE dict)."""
+        res = self.app.AsyncResult(job_id)
+        state = res.state
+        if state == "SUCCESS":
+            return dict(res.result)
+        if state == "REVOKED":
+            return {"id": job_id, "status": "CANCELLED"}
+        exc = res.result if isinstance(res.result, BaseException) else OcrError()
+        return {"id": job_id, "status": "FAILURE", "error": error_info(exc)}
+
+    def wait(self, ids: Iterable[str], on_progress: ProgressCallback | None = None,
+             timeout: float | None = None, poll: float = 0.2) -> dict[str, dict[str, Any]]:
+        """Wait for every job and return the results by id.
+
+        Jobs still open at `timeout` are reported with status TIMEOUT; they go on.
+        """
+        pending = list(dict.fromkeys(ids))
+        results: dict[str, dict[str, Any]] = {}
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while pending:
+            for job_id in list(pending):
+                status = self.status(job_id)
+                if on_progress is not None:
+                    on_progress(job_id, status)
+                if status.final:
+                    results[job_id] = self.result(job_id)
+                    pending.remove(job_id)
+            if pending:
+                if deadline is not None and time.monotonic() >= deadline:
+                    for job_id in pending:
+                        results[job_id] = {"id": job_id, "status": "TIMEOUT", "error": {
+                            "code": "wait_timeout", "retryable": True,
+                            "message": "the job had not finished when waiting stopped"}}
+                    break
+                time.sleep(poll)
+        return results
+
+    def close(self) -> None:
+        self.app.close()

@@ -1,0 +1,151 @@
+"""Errors of the OCR service: each class carries a stable `code` and a `retryable` flag.
+
+Raised in worker children by domain code; Celery stores them as the task's FAILURE
+(JSON: `exc_type`, `exc_message` = [code, message], `exc_module`), and clients turn
+them back into `{"code", "message", "retryable"}` with `error_info()`. Messages never
+include file contents or secrets.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from billiard.exceptions import SoftTimeLimitExceeded, TimeLimitExceeded, WorkerLostError
+
+
+class OcrError(Exception):
+    """Base class. Subclasses only set `code`, `retryable` and `default_message`."""
+
+    code = "internal_error"
+    retryable = False
+    default_message = "internal error"
+
+    def __init__(self, *args: Any) -> None:
+        # Celery rebuilds exceptions from their args, so both (message,) and
+        # (code, message) must construct the same error.
+        message = args[-1] if args else self.default_message
+        super().__init__(self.code, str(message))
+
+    @property
+    def message(self) -> str:
+        return str(self.args[1])
+
+    def __str__(self) -> str:
+        return f"{self.code}: {self.message}"
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"code": self.code, "message": self.message, "retryable": self.retryable}
+
+
+class BadRequest(OcrError):
+    code = "bad_request"
+    default_message = "the job's arguments are invalid"
+
+
+class InvalidPages(OcrError):
+    code = "invalid_pages"
+    default_message = "the page selection is invalid"
+
+
+class InputNotFound(OcrError):
+    code = "input_not_found"
+    default_message = "the input does not exist or has expired"
+
+
+class PathNotAllowed(OcrError):
+    code = "path_not_allowed"
+    default_message = "the path is outside the allowed roots"
+
+
+class EmptyInput(OcrError):
+    code = "empty_input"
+    default_message = "the input is empty"
+
+
+class InputTooLarge(OcrError):
+    code = "input_too_large"
+    default_message = "the input is larger than the configured limit"
+
+
+class UnsupportedFormat(OcrError):
+    code = "unsupported_format"
+    default_message = "the input is not a supported image or PDF"
+
+
+class CorruptInput(OcrError):
+    code = "corrupt_input"
+    default_message = "the input could not be decoded"
+
+
+class ImageTooLarge(OcrError):
+    code = "image_too_large"
+    default_message = "the image has more pixels than the configured limit"
+
+
+class TooManyPages(OcrError):
+    code = "too_many_pages"
+    default_message = "the document has more pages than the configured limit"
+
+
+class NoPages(OcrError):
+    code = "no_pages"
+    default_message = "the document has no pages"
+
+
+class PdfEncrypted(OcrError):
+    code = "pdf_encrypted"
+    default_message = "the PDF is encrypted and no valid password was given"
+
+
+class UnknownEngine(OcrError):
+    code = "unknown_engine"
+    default_message = "no such engine"
+
+
+class EngineUnavailable(OcrError):
+    code = "engine_unavailable"
+    default_message = "the OCR engine could not be loaded in this worker"
+
+
+class EngineFailed(OcrError):
+    code = "engine_failed"
+    default_message = "the OCR engine failed on this input"
+
+
+class Timeout(OcrError):
+    code = "timeout"
+    default_message = "the job ran past its time limit"
+
+
+class WorkerLost(OcrError):
+    code = "worker_lost"
+    default_message = "the worker running the job died"
+
+
+class TransientError(OcrError):
+    """A failure that may pass: the broker or the blob store was briefly unreachable."""
+
+    code = "transient"
+    retryable = True
+    default_message = "a temporary failure; the job is retried"
+
+
+def _descendants(cls: type[OcrError]) -> list[type[OcrError]]:
+    return [cls] + [d for sub in cls.__subclasses__() for d in _descendants(sub)]
+
+
+# Every public error code and its class (docs/tasks.md lists them).
+ERROR_CLASSES: dict[str, type[OcrError]] = {c.code: c for c in _descendants(OcrError)}
+
+
+def error_info(exc: BaseException) -> dict[str, Any]:
+    """The public `error` object for any exception a job ended with."""
+    if isinstance(exc, OcrError):
+        return exc.to_dict()
+    if isinstance(exc, (SoftTimeLimitExceeded, TimeLimitExceeded)):
+        return Timeout().to_dict()
+    if isinstance(exc, WorkerLostError):
+        return WorkerLost().to_dict()
+    # Unknown failures: never echo their text, it may hold input content.
+    return {"code": "internal_error", "message": f"unexpected {type(exc).__name__}",
+            "retryable": False}

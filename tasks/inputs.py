@@ -1,0 +1,108 @@
+"""Job requests: decoding and validating `ocr.document` kwargs, and reading the input.
+
+Runs in worker children (and in clients for validation of options).
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from tasks.errors import BadRequest, InputNotFound, InputTooLarge, PathNotAllowed
+from tasks.pdf import PDF_MODES
+from worker_config import OUTPUT_CHOICES
+
+if TYPE_CHECKING:
+    from tasks.storage import BlobStore
+    from worker_config import Settings
+
+SOURCES = ("data_b64", "blob", "path")
+OPTIONS = ("filename", "engine", "pages", "password", "output", "mode")
+
+
+@dataclass(frozen=True)
+class JobRequest:
+    """The validated arguments of one `ocr.document` job (the input itself excluded)."""
+
+    source: str
+    filename: str = ""
+    engine: str | None = None
+    pages: str | None = None
+    password: str | None = None
+    output: str = "text"
+    mode: str = "auto"
+
+    @classmethod
+    def from_kwargs(cls, kwargs: dict[str, Any], settings: Settings) -> JobRequest:
+        unknown = sorted(set(kwargs) - set(SOURCES) - set(OPTIONS))
+        if unknown:
+            raise BadRequest(f"unknown argument(s): {', '.join(unknown)}")
+        given = [s for s in SOURCES if kwargs.get(s) not in (None, "")]
+        if len(given) != 1:
+            raise BadRequest("give exactly one of data_b64, blob or path")
+        for name in OPTIONS:
+            value = kwargs.get(name)
+            if value is not None and not isinstance(value, str):
+                raise BadRequest(f"`{name}` must be a string")
+        request = cls(source=given[0], **{k: kwargs[k] for k in OPTIONS
+                                          if kwargs.get(k) not in (None, "")})
+        if request.engine is not None and request.engine not in settings.all_engine_names():
+            raise BadRequest(f"unknown engine {request.engine!r}; choose one of "
+                             f"{', '.join(settings.all_engine_names())}")
+        if request.output not in OUTPUT_CHOICES:
+            raise BadRequest(f"`output` must be one of {', '.join(OUTPUT_CHOICES)}")
+        if request.mode not in PDF_MODES:
+            raise BadRequest(f"`mode` must be one of {', '.join(PDF_MODES)}")
+        return request
+
+    def cache_options(self, engine: str, model: str | None) -> dict[str, Any]:
+        """What, beside the input bytes, decides the result."""
+        options = asdict(self)
+        for name in ("source", "filename", "password"):
+            options.pop(name)
+        return {**options, "engine": engine, "model": model}
+
+
+def read_input(kwargs: dict[str, Any], request: JobRequest, settings: Settings,
+               blobs: BlobStore) -> bytes:
+    """The input bytes, from the message, the blob store or an allowed path."""
+    limit = settings.max_input_bytes
+    if request.source == "data_b64":
+        encoded = kwargs["data_b64"]
+        if not isinstance(encoded, str):
+            raise BadRequest("`data_b64` must be a base64 string")
+        if len(encoded) * 3 // 4 > limit + 3:
+            raise InputTooLarge(f"the input is larger than {settings.max_input_mb} MB")
+        try:
+            data = base64.b64decode(encoded, validate=True)
+        except (binascii.Error, ValueError):
+            raise BadRequest("`data_b64` is not valid base64") from None
+    elif request.source == "blob":
+        data = blobs.get(kwargs["blob"])
+    else:
+        data = read_path(kwargs["path"], settings)
+    if len(data) > limit:
+        raise InputTooLarge(f"the input is larger than {settings.max_input_mb} MB")
+    return data
+
+
+def read_path(raw: Any, settings: Settings) -> bytes:
+    """Read a file that resolves (symbolic links followed) inside an allowed root."""
+    if not isinstance(raw, str) or not Path(raw).is_absolute():
+        raise BadRequest("`path` must be an absolute path")
+    if not settings.allowed_roots:
+        raise PathNotAllowed("path inputs are disabled (OCR_ALLOWED_ROOTS is empty)")
+    try:
+        resolved = Path(raw).resolve(strict=True)
+    except (FileNotFoundError, RuntimeError):
+        raise InputNotFound("no such file") from None
+    if not any(resolved.is_relative_to(root) for root in settings.allowed_roots):
+        raise PathNotAllowed("the path is outside the allowed roots")
+    if not resolved.is_file():
+        raise BadRequest("`path` is not a regular file")
+    if resolved.stat().st_size > settings.max_input_bytes:
+        raise InputTooLarge(f"the input is larger than {settings.max_input_mb} MB")
+    return resolved.read_bytes()

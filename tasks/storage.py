@@ -1,0 +1,76 @@
+"""Redis-backed storage beside Celery's result backend: input blobs and the result cache.
+
+Used by clients (upload) and worker children (read, cache). Keys live under `ocr:`;
+every key has a TTL.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+import uuid
+from typing import Any
+
+import redis
+
+from tasks.errors import BadRequest, InputNotFound, TransientError
+
+BLOB_PREFIX = "ocr:blob:"
+CACHE_PREFIX = "ocr:cache:"
+_BLOB_KEY = re.compile(r"^ocr:blob:[A-Za-z0-9_.-]{8,128}$")
+
+
+def connect(redis_url: str) -> redis.Redis:
+    """A client that reconnects on its own and fails fast while Redis is down."""
+    return redis.Redis.from_url(redis_url, socket_connect_timeout=5, socket_timeout=30,
+                                health_check_interval=30, retry_on_timeout=True)
+
+
+class BlobStore:
+    """Inputs too large for a message, stored by the client under `ocr:blob:<id>`."""
+
+    def __init__(self, client: redis.Redis, ttl: int) -> None:
+        self._redis = client
+        self._ttl = ttl
+
+    def put(self, data: bytes) -> str:
+        key = f"{BLOB_PREFIX}{uuid.uuid4().hex}"
+        self._redis.set(key, data, ex=self._ttl)
+        return key
+
+    def get(self, key: str) -> bytes:
+        if not isinstance(key, str) or not _BLOB_KEY.match(key):
+            raise BadRequest("`blob` must be a key of the form ocr:blob:<id>")
+        try:
+            data = self._redis.get(key)
+        except redis.ConnectionError as exc:
+            raise TransientError("the blob store is unreachable") from exc
+        if data is None:
+            raise InputNotFound(f"no input stored under {key} (expired or never uploaded)")
+        return data if isinstance(data, bytes) else str(data).encode()
+
+    def delete(self, key: str) -> None:
+        self._redis.delete(key)
+
+
+def cache_key(data: bytes, options: dict[str, Any]) -> str:
+    """Content hash of the input plus the options and engine identity that shape the result."""
+    digest = hashlib.sha256(data)
+    digest.update(json.dumps(options, sort_keys=True).encode())
+    return CACHE_PREFIX + digest.hexdigest()
+
+
+class ResultCache:
+    """Finished results by `cache_key`, kept as long as results are."""
+
+    def __init__(self, client: redis.Redis, ttl: int) -> None:
+        self._redis = client
+        self._ttl = ttl
+
+    def get(self, key: str) -> dict[str, Any] | None:
+        raw = self._redis.get(key)
+        return json.loads(raw) if raw else None
+
+    def put(self, key: str, result: dict[str, Any]) -> None:
+        self._redis.set(key, json.dumps(result), ex=self._ttl)

@@ -1,0 +1,208 @@
+"""Tiny random-weight ``qwen2_vl`` model: a test fixture for the mlx-vlm engine.
+
+``build_tiny_qwen2_vl(dest)`` writes, fully offline, a model directory that
+``mlx_vlm.load(dest)`` loads from local disk and ``mlx_vlm.generate`` runs on a
+small image in well under a second on CPU (the output text is garbage).
+
+MLX deadlocks a forked child once the parent has evaluated an MLX array, so
+callers should run the builder in a subprocess::
+
+    python -m tests.tiny_vlm DEST
+
+All MLX work happens inside the function; importing this module evaluates
+nothing.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+SPECIAL_TOKENS = [
+    "<|endoftext|>",
+    "<|im_start|>",
+    "<|im_end|>",
+    "<|object_ref_start|>",
+    "<|object_ref_end|>",
+    "<|box_start|>",
+    "<|box_end|>",
+    "<|quad_start|>",
+    "<|quad_end|>",
+    "<|vision_start|>",
+    "<|vision_end|>",
+    "<|vision_pad|>",
+    "<|image_pad|>",
+    "<|video_pad|>",
+]
+# The BPE trainer puts special tokens first, so each id is its list index.
+TOKEN_ID = {token: i for i, token in enumerate(SPECIAL_TOKENS)}
+
+CORPUS = [
+    "The quick brown fox jumps over the lazy dog.",
+    "Invoice 2024-001: total amount due 1,234.56 EUR.",
+    "OCR extracts text from scanned pages and photos.",
+    "system user assistant You are a helpful assistant.",
+]
+
+CHAT_TEMPLATE = (
+    "{% set image_count = namespace(value=0) %}"
+    "{% set video_count = namespace(value=0) %}"
+    "{% for message in messages %}"
+    "{% if loop.first and message['role'] != 'system' %}"
+    "<|im_start|>system\nYou are a helpful assistant.<|im_end|>\n{% endif %}"
+    "<|im_start|>{{ message['role'] }}\n"
+    "{% if message['content'] is string %}{{ message['content'] }}<|im_end|>\n"
+    "{% else %}{% for content in message['content'] %}"
+    "{% if content['type'] == 'image' or 'image' in content"
+    " or 'image_url' in content %}"
+    "{% set image_count.value = image_count.value + 1 %}"
+    "{% if add_vision_id %}Picture {{ image_count.value }}: {% endif %}"
+    "<|vision_start|><|image_pad|><|vision_end|>"
+    "{% elif content['type'] == 'video' or 'video' in content %}"
+    "{% set video_count.value = video_count.value + 1 %}"
+    "{% if add_vision_id %}Video {{ video_count.value }}: {% endif %}"
+    "<|vision_start|><|video_pad|><|vision_end|>"
+    "{% elif 'text' in content %}{{ content['text'] }}{% endif %}"
+    "{% endfor %}<|im_end|>\n{% endif %}{% endfor %}"
+    "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
+)
+
+# 14 px patches merged 2x2: one image token per 28x28 px, 1-4 tokens per image.
+IMAGE_PROCESSOR = {
+    "image_processor_type": "Qwen2VLImageProcessor",
+    "processor_class": "Qwen2VLProcessor",
+    "do_convert_rgb": True,
+    "do_normalize": True,
+    "do_rescale": True,
+    "do_resize": True,
+    "image_mean": [0.48145466, 0.4578275, 0.40821073],
+    "image_std": [0.26862954, 0.26130258, 0.27577711],
+    "rescale_factor": 1 / 255,
+    "patch_size": 14,
+    "temporal_patch_size": 2,
+    "merge_size": 2,
+    "min_pixels": 28 * 28,
+    "max_pixels": 56 * 56,
+    "size": {"shortest_edge": 28 * 28, "longest_edge": 56 * 56},
+}
+
+
+def _write_json(path: Path, data: dict) -> None:
+    path.write_text(json.dumps(data, indent=2) + "\n", encoding="utf-8")
+
+
+def _build_tokenizer(dest: Path) -> int:
+    """Train a byte-level BPE tokenizer on CORPUS; return its vocab size."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+
+    tokenizer = Tokenizer(models.BPE())
+    tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tokenizer.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=320,
+        special_tokens=SPECIAL_TOKENS,
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=False,
+    )
+    tokenizer.train_from_iterator(CORPUS, trainer)
+    for token, token_id in TOKEN_ID.items():
+        assert tokenizer.token_to_id(token) == token_id, token
+    tokenizer.save(str(dest / "tokenizer.json"))
+    _write_json(
+        dest / "tokenizer_config.json",
+        {
+            "tokenizer_class": "PreTrainedTokenizerFast",
+            "bos_token": None,
+            "eos_token": "<|im_end|>",
+            "pad_token": "<|endoftext|>",
+            "unk_token": None,
+            "model_max_length": 4096,
+            "padding_side": "left",
+            "clean_up_tokenization_spaces": False,
+            "chat_template": CHAT_TEMPLATE,
+        },
+    )
+    return tokenizer.get_vocab_size()
+
+
+def _model_config(vocab_size: int) -> dict:
+    hidden, heads = 64, 4  # head_dim 16: mrope_section must sum to 16 / 2
+    return {
+        "architectures": ["Qwen2VLForConditionalGeneration"],
+        "model_type": "qwen2_vl",
+        "hidden_size": hidden,
+        "intermediate_size": 128,
+        "num_hidden_layers": 2,
+        "num_attention_heads": heads,
+        "num_key_value_heads": 2,
+        "rms_norm_eps": 1e-6,
+        "rope_theta": 1000000.0,
+        "rope_scaling": {"type": "mrope", "mrope_section": [2, 3, 3]},
+        "max_position_embeddings": 4096,
+        "tie_word_embeddings": False,
+        "vocab_size": vocab_size,
+        "bos_token_id": TOKEN_ID["<|endoftext|>"],
+        "eos_token_id": TOKEN_ID["<|im_end|>"],
+        "pad_token_id": TOKEN_ID["<|endoftext|>"],
+        "vision_start_token_id": TOKEN_ID["<|vision_start|>"],
+        "vision_end_token_id": TOKEN_ID["<|vision_end|>"],
+        "vision_token_id": TOKEN_ID["<|vision_pad|>"],
+        "image_token_id": TOKEN_ID["<|image_pad|>"],
+        "video_token_id": TOKEN_ID["<|video_pad|>"],
+        "vision_config": {
+            "model_type": "qwen2_vl",
+            "depth": 1,
+            "embed_dim": 32,
+            "num_heads": 2,
+            "mlp_ratio": 2,  # must be an int
+            "hidden_size": hidden,  # merger output = text hidden size
+            "in_channels": 3,
+            "patch_size": 14,
+            "spatial_patch_size": 14,
+            "spatial_merge_size": 2,
+            "temporal_patch_size": 2,
+        },
+    }
+
+
+def build_tiny_qwen2_vl(dest: Path) -> Path:
+    """Write a tiny random-weight qwen2_vl model directory into ``dest``."""
+    import mlx.core as mx
+    from mlx_vlm.models import qwen2_vl
+    from mlx_vlm.utils import save_weights
+
+    dest = Path(dest)
+    dest.mkdir(parents=True, exist_ok=True)
+    config = _model_config(_build_tokenizer(dest))
+    _write_json(dest / "config.json", config)
+    _write_json(dest / "preprocessor_config.json", IMAGE_PROCESSOR)
+    # Present locally so the processor never tries hf_hub_download for them.
+    _write_json(dest / "video_preprocessor_config.json", IMAGE_PROCESSOR)
+    _write_json(dest / "processor_config.json", {"processor_class": "Qwen2VLProcessor"})
+
+    mx.random.seed(0)
+    model_config = qwen2_vl.ModelConfig.from_dict(json.loads(json.dumps(config)))
+    model_config.text_config = qwen2_vl.TextConfig.from_dict(model_config.text_config)
+    model_config.vision_config = qwen2_vl.VisionConfig.from_dict(
+        config["vision_config"]
+    )
+    model = qwen2_vl.Model(model_config)
+    mx.eval(model.parameters())
+    # Writes model.safetensors + index with the same keys load() expects.
+    save_weights(dest, model)
+    return dest
+
+
+def main(argv: list[str] | None = None) -> int:
+    """CLI entry point: ``python -m tests.tiny_vlm DEST``."""
+    args = sys.argv[1:] if argv is None else argv
+    if len(args) != 1:
+        print("usage: python -m tests.tiny_vlm DEST", file=sys.stderr)
+        return 2
+    print(build_tiny_qwen2_vl(Path(args[0])))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

