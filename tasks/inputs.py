@@ -96,11 +96,15 @@ def read_path(raw: Any, settings: Settings) -> bytes:
     if not settings.allowed_roots:
         raise PathNotAllowed("path inputs are disabled (OCR_ALLOWED_ROOTS is empty)")
     try:
-        resolved = Path(raw).resolve(strict=True)
-    except (FileNotFoundError, RuntimeError):
-        raise InputNotFound("no such file") from None
+        # Links are followed as far as they exist; the root check comes before any
+        # existence check, so callers cannot probe for files outside the roots.
+        resolved = Path(raw).resolve()
+    except (OSError, RuntimeError):
+        raise PathNotAllowed("the path cannot be resolved") from None
     if not any(resolved.is_relative_to(root) for root in settings.allowed_roots):
         raise PathNotAllowed("the path is outside the allowed roots")
+    if not resolved.exists():
+        raise InputNotFound("no such file")
     if not resolved.is_file():
         raise BadRequest("`path` is not a regular file")
     if resolved.stat().st_size > settings.max_input_bytes:

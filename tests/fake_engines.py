@@ -1,0 +1,43 @@
+"""Fake engines for queue-mechanics tests, loaded by real workers through
+OCR_ENGINE_PLUGINS. They are fakes: their text only describes the image.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+
+from PIL import Image, ImageStat
+
+from tasks.engines import OcrEngine, PageResult, RecognizeOptions
+from worker_config import Settings
+
+
+class FakeEngine(OcrEngine):
+    """Answers `fake WxH mean=M` for each page; `FAKE_PAGE_SECONDS` slows it down."""
+
+    name = "fake"
+
+    def __init__(self, delay: float) -> None:
+        self.delay = delay
+        self.model = "fake-1"
+
+    @classmethod
+    def load(cls, settings: Settings) -> FakeEngine:
+        return cls(float(os.environ.get("FAKE_PAGE_SECONDS", "0")))
+
+    def recognize(self, image: Image.Image, options: RecognizeOptions) -> PageResult:
+        time.sleep(self.delay)
+        mean = ImageStat.Stat(image.convert("L")).mean[0]
+        return PageResult(text=f"fake {image.width}x{image.height} mean={mean:.1f}",
+                          confidence=100.0)
+
+
+class BrokenEngine(FakeEngine):
+    """Fails to load the way a library does: with an exception of its own."""
+
+    name = "broken"
+
+    @classmethod
+    def load(cls, settings: Settings) -> BrokenEngine:
+        raise RuntimeError("the fake model file is damaged")
