@@ -1,6 +1,4 @@
-"""Shared fixtures: a real redis-server on a free port, real workers started from the
-Procfile's `worker:` line, clients, and the corpus in ../shared/corpus.
-"""
+"""Shared fixtures: real redis-server, Procfile-started workers, clients, corpus."""
 
 from __future__ import annotations
 

@@ -1,5 +1,6 @@
-"""Fake engines for queue-mechanics tests, loaded by real workers through
-OCR_ENGINE_PLUGINS. They are fakes: their text only describes the image.
+"""Fake engines for queue-mechanics tests, loaded by real workers as plugins.
+
+They are fakes: their text only describes the image.
 """
 
 from __future__ import annotations

@@ -1,5 +1,6 @@
-"""Queue mechanics through a real redis-server and real worker processes, with the
-fake engines of tests/fake_engines.py (loaded by the workers as plugins).
+"""Queue mechanics through a real redis-server and real worker processes.
+
+The workers load the fake engines of tests/fake_engines.py as plugins.
 """
 
 from __future__ import annotations

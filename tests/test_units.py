@@ -1,5 +1,6 @@
-"""Unit tests of pure functions: settings, page selection, formats, requests, errors,
-and the document pipeline run in-process with a fake engine.
+"""Unit tests of pure functions and of the pipeline run in-process.
+
+Settings, page selection, formats, requests, errors; fake engine in-process.
 """
 
 from __future__ import annotations
