@@ -1,0 +1,80 @@
+"""End to end on the mlx-vlm engine: a real worker loads a tiny random-weight
+qwen2_vl model, built offline by tests/tiny_vlm.py, and runs jobs with it.
+
+The text of a random-weight model is noise; these tests check the pipeline (load in
+the child, generation, provenance, cache clearing, recycling, guarded loading).
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+from tasks.client import OcrClient
+from tests.conftest import ROOT, Worker, corpus
+
+pytestmark = pytest.mark.slow
+
+MLX_ENV = {"MLX_DISABLE_COMPILE": "1", "HF_HUB_OFFLINE": "1", "OCR_CONCURRENCY": "1",
+           "OCR_VLM_MAX_TOKENS": "8", "OCR_CACHE_RESULTS": "0"}
+
+
+@pytest.fixture(scope="module")
+def model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A model directory with the tiny model, built in a subprocess (MLX is not
+    evaluated in the test process, which later forks workers)."""
+    models = tmp_path_factory.mktemp("models")
+    subprocess.run([sys.executable, "-m", "tests.tiny_vlm", str(models / "tiny-qwen2-vl")],
+                   cwd=ROOT, check=True, timeout=300, capture_output=True,
+                   env={**os.environ, "MLX_DISABLE_COMPILE": "1", "HF_HUB_OFFLINE": "1"})
+    return models
+
+
+@pytest.fixture(scope="module")
+def vlm_worker(start_worker: Callable[..., Worker], model_dir: Path) -> Worker:
+    # OCR_ENGINE stays `auto`: the model's presence makes this an mlx-vlm worker.
+    return start_worker(**MLX_ENV, OCR_MODEL_DIR=str(model_dir), OCR_MODEL="tiny-qwen2-vl",
+                        OCR_MAX_TASKS_PER_CHILD="2")
+
+
+def test_vlm_worker_runs_jobs_and_recycles(vlm_worker: Worker, client: OcrClient) -> None:
+    jobs = [client.submit(corpus("scan_tess_phototest.tif"), engine="mlx-vlm")
+            for _ in range(3)]
+    results = client.wait(jobs, timeout=240)
+    engines = [results[j]["engine"] for j in jobs]
+    assert all(results[j]["status"] == "SUCCESS" for j in jobs), results
+    assert all(isinstance(results[j]["text"], str) for j in jobs)
+    assert {e["name"] for e in engines} == {"mlx-vlm"}
+    assert {e["model"] for e in engines} == {"tiny-qwen2-vl"}
+    assert [e["tasks_in_process"] for e in engines] == [1, 2, 1]
+    assert engines[0]["pid"] == engines[1]["pid"] != engines[2]["pid"]
+    log = vlm_worker.log()
+    assert log.count("engine loaded: mlx-vlm model=tiny-qwen2-vl") == 2
+    assert "serves engine queue ocr-mlx-vlm" in log
+
+
+def test_jobs_without_engine_use_the_workers_engine(vlm_worker: Worker,
+                                                    client: OcrClient) -> None:
+    job = client.submit(corpus("edge_multiframe_g4.tiff"), pages="1-2")
+    result = client.wait([job], timeout=240)[job]
+    assert result["engine"]["name"] == "mlx-vlm"
+    assert [p["number"] for p in result["pages"]] == [1, 2]
+
+
+def test_missing_model_fails_fast_and_never_downloads(start_worker: Callable[..., Worker],
+                                                      model_dir: Path,
+                                                      client: OcrClient) -> None:
+    worker = start_worker(**MLX_ENV, OCR_ENGINE="mlx-vlm", OCR_MODEL_DIR=str(model_dir),
+                          OCR_MODEL="Qwen2-VL-2B-Instruct-4bit", OCR_QUEUES="missing-model")
+    job = client.app.send_task("ocr.document", queue="missing-model", kwargs={
+        "data_b64": "iVBORw0KGgo="}).id
+    result = client.wait([job], timeout=60)[job]
+    assert result["error"]["code"] == "engine_unavailable"
+    assert "never downloaded" in result["error"]["message"]
+    assert not (model_dir / "Qwen2-VL-2B-Instruct-4bit").exists()
+    assert "engine load failed: mlx-vlm" in worker.log()
