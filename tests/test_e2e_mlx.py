@@ -1,5 +1,6 @@
-"""End to end on the mlx-vlm engine: a real worker loads a tiny random-weight
-qwen2_vl model, built offline by tests/tiny_vlm.py, and runs jobs with it.
+"""End to end on the mlx-vlm engine, with a tiny random-weight model.
+
+A real worker loads a qwen2_vl model built offline by tests/tiny_vlm.py.
 
 The text of a random-weight model is noise; these tests check the pipeline (load in
 the child, generation, provenance, cache clearing, recycling, guarded loading).
@@ -26,8 +27,10 @@ MLX_ENV = {"MLX_DISABLE_COMPILE": "1", "HF_HUB_OFFLINE": "1", "OCR_CONCURRENCY":
 
 @pytest.fixture(scope="module")
 def model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A model directory with the tiny model, built in a subprocess (MLX is not
-    evaluated in the test process, which later forks workers)."""
+    """A model directory with the tiny model, built in a subprocess.
+
+    MLX must not be evaluated in the test process, which later starts workers.
+    """
     models = tmp_path_factory.mktemp("models")
     subprocess.run([sys.executable, "-m", "tests.tiny_vlm", str(models / "tiny-qwen2-vl")],
                    cwd=ROOT, check=True, timeout=300, capture_output=True,
