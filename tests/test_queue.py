@@ -177,3 +177,17 @@ def test_failed_load_makes_tasks_fail_fast(broken_worker: Worker, client: OcrCli
     assert "RuntimeError while loading" in result["error"]["message"]
     assert "engine load failed: broken" in broken_worker.log()
     assert broken_worker.proc is not None and broken_worker.proc.poll() is None
+
+
+def test_foreign_python_client_by_task_name(fake_worker: Worker, redis_url: str) -> None:
+    """docs/tasks.md's first example: plain Celery, no import of this project."""
+    from celery import Celery
+
+    app = Celery(broker=redis_url, backend=redis_url, set_as_current=False)
+    app.conf.update(task_serializer="json", result_serializer="json",
+                    accept_content=["json"])
+    job = app.send_task("ocr.document", kwargs={"data_b64": _b64("scan_linn.png"),
+                                                "filename": "linn.png"}, queue="ocr")
+    result = job.get(timeout=60)
+    assert result["filename"] == "linn.png" and result["text"].startswith("fake 2550x3300")
+    app.close()
