@@ -5,7 +5,9 @@
                      [--output text|markdown|json] [--mode auto|ocr|text] [--out DIR] FILE...
     python submit.py wait [--json] [--out DIR] ID...
 
-Exit status: 0 when every job succeeded, 1 when any failed, 2 for usage errors.
+With --out DIR, each result is also written there (text, Markdown or JSON, and
+NAME.ocr.pdf for --output pdf). Exit status: 0 when every job succeeded, 1 when any
+failed or was PARTIAL (some pages failed), 2 for usage errors.
 Runs as a client: needs Redis at REDIS_URL and a worker, not the engines.
 """
 
@@ -21,7 +23,7 @@ from tasks.client import JobStatus, OcrClient
 from tasks.errors import OcrError
 from worker_config import OUTPUT_CHOICES, Settings, SettingsError
 
-EXTENSIONS = {"text": ".txt", "markdown": ".md", "json": ".json"}
+EXTENSIONS = {"text": ".txt", "markdown": ".md", "json": ".json", "pdf": ".txt"}
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -84,28 +86,35 @@ def _bar(name: str, status: JobStatus) -> str:
 
 
 def emit(results: list[dict[str, Any]], as_json: bool, out_dir: Path | None,
-         output: str) -> int:
-    """Print results in input order; returns the exit status."""
+         output: str, client: OcrClient) -> int:
+    """Print results in input order (and write them to `out_dir`); the exit status."""
     failed = False
     for result in results:
-        ok = result.get("status") == "SUCCESS"
-        failed = failed or not ok
+        status = result.get("status")
+        has_text = status in ("SUCCESS", "PARTIAL")
+        failed = failed or status != "SUCCESS"
+        name = result.get("filename") or result.get("id")
         if as_json:
             print(json.dumps(result, ensure_ascii=False), flush=True)
-        elif ok:
+        elif has_text:
             if len(results) > 1:
-                print(f"==> {result.get('filename') or result['id']} <==")
+                print(f"==> {name} <==")
             print(result["text"])
-        else:
+        if not has_text and not as_json:
             error = result.get("error", {})
-            print(f"{result.get('filename') or result.get('id')}: {result['status']} "
-                  f"{error.get('code')}: {error.get('message')}", file=sys.stderr)
-        if out_dir is not None and ok:
-            write_output(result, out_dir, output)
+            print(f"{name}: {status} {error.get('code')}: {error.get('message')}",
+                  file=sys.stderr)
+        for page in result.get("failed_pages", []) if not as_json else []:
+            print(f"{name}: page {page['number']} failed: {page['code']}: {page['message']}",
+                  file=sys.stderr)
+        if out_dir is not None and has_text:
+            write_output(result, out_dir, output, client)
     return 1 if failed else 0
 
 
-def write_output(result: dict[str, Any], out_dir: Path, output: str) -> Path:
+def write_output(result: dict[str, Any], out_dir: Path, output: str,
+                 client: OcrClient) -> list[Path]:
+    """Write the text (or JSON) and, for output=pdf, the searchable PDF."""
     out_dir.mkdir(parents=True, exist_ok=True)
     stem = Path(result.get("filename") or result["id"]).stem or result["id"]
     path = out_dir / (stem + EXTENSIONS.get(result.get("output", output), ".txt"))
@@ -113,7 +122,12 @@ def write_output(result: dict[str, Any], out_dir: Path, output: str) -> Path:
         path.write_text(json.dumps(result, ensure_ascii=False, indent=2))
     else:
         path.write_text(result["text"])
-    return path
+    written = [path]
+    pdf = client.fetch_output(result)
+    if pdf is not None:
+        written.append(out_dir / f"{stem}.ocr.pdf")
+        written[-1].write_bytes(pdf)
+    return written
 
 
 def _failure(filename: str, exc: OcrError) -> dict[str, Any]:
@@ -144,7 +158,7 @@ def run_submit(args: argparse.Namespace, client: OcrClient) -> int:
         return 1 if any(isinstance(item, dict) for item in order) else 0
     results = wait_for(client, list(names), names, args.timeout)
     ordered = [item if isinstance(item, dict) else results[item] for item in order]
-    return emit(ordered, args.json, args.out, args.output)
+    return emit(ordered, args.json, args.out, args.output, client)
 
 
 def wait_for(client: OcrClient, ids: list[str], names: dict[str, str],
@@ -170,7 +184,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if waiting:
             results = wait_for(client, args.ids, {}, args.timeout)
-            return emit([results[i] for i in args.ids], args.json, args.out, "text")
+            return emit([results[i] for i in args.ids], args.json, args.out, "text", client)
         return run_submit(args, client)
     except KeyboardInterrupt:
         return 130

@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 ENGINE_CHOICES = ("auto", "tesseract", "mlx-vlm")
-OUTPUT_CHOICES = ("text", "markdown", "json")
+OUTPUT_CHOICES = ("text", "markdown", "json", "pdf")
 DEFAULT_QUEUE = "ocr"
 DEFAULT_PROMPT = (
     "Transcribe all text in this image exactly as written, in reading order. "
@@ -98,6 +98,24 @@ class Settings:
                                "Largest decoded image (width*height); larger ones are "
                                "refused as `image_too_large` (decompression bombs).")
     max_pages: int = _s("OCR_MAX_PAGES", "2000", "Most pages one job may have.")
+    pdf_dpi: int = _s("OCR_PDF_DPI", "300", "Resolution PDF pages are rendered at for OCR.")
+    pdf_min_text_chars: int = _s("OCR_PDF_MIN_TEXT_CHARS", "8",
+                                 "A PDF page with at least this many characters of text "
+                                 "(visible, or an invisible OCR layer) keeps its text in "
+                                 "mode auto.")
+    auto_rotate: bool = _s("OCR_AUTO_ROTATE", "1",
+                           "Turn pages scanned sideways or upside down (engines that can "
+                           "tell: tesseract's orientation detection).")
+    deskew: bool = _s("OCR_DESKEW", "1", "Straighten skewed scans before recognition.")
+    page_soft_time_limit: int = _s("OCR_PAGE_SOFT_TIME_LIMIT", "120",
+                                   "Seconds one PDF page task may take; it then ends "
+                                   "as a failed page with code `timeout`.")
+    page_hard_time_limit: int = _s("OCR_PAGE_HARD_TIME_LIMIT", "150",
+                                   "Seconds after which the child running a PDF page is "
+                                   "killed (native code stuck); the page fails, the "
+                                   "document goes on.")
+    max_output_mb: float = _s("OCR_MAX_OUTPUT_MB", "256",
+                              "Largest searchable PDF the service stores for download.")
     allowed_roots: tuple[Path, ...] = _s(
         "OCR_ALLOWED_ROOTS", "",
         "Directories (os.pathsep separated) under which `path` inputs may be read; "
@@ -126,19 +144,27 @@ class Settings:
                                 f"{', '.join(self.all_engine_names())}")
         if self.hard_time_limit <= self.soft_time_limit:
             raise SettingsError("OCR_HARD_TIME_LIMIT must be larger than OCR_SOFT_TIME_LIMIT")
+        if self.page_hard_time_limit <= self.page_soft_time_limit:
+            raise SettingsError("OCR_PAGE_HARD_TIME_LIMIT must be larger than "
+                                "OCR_PAGE_SOFT_TIME_LIMIT")
         for name in ("vlm_max_tokens", "result_ttl", "blob_ttl", "max_image_pixels",
-                     "max_pages", "soft_time_limit", "tesseract_threads"):
+                     "max_pages", "soft_time_limit", "tesseract_threads", "pdf_dpi",
+                     "page_soft_time_limit"):
             if getattr(self, name) <= 0:
                 raise SettingsError(f"{_env_name(name)} must be positive")
         if self.model and (self.model in (".", "..") or "/" in self.model
                            or os.sep in self.model):
             raise SettingsError("OCR_MODEL must be the name of a folder in OCR_MODEL_DIR")
-        if self.max_input_mb <= 0:
-            raise SettingsError("OCR_MAX_INPUT_MB must be positive")
+        if self.max_input_mb <= 0 or self.max_output_mb <= 0:
+            raise SettingsError("OCR_MAX_INPUT_MB and OCR_MAX_OUTPUT_MB must be positive")
 
     @property
     def max_input_bytes(self) -> int:
         return int(self.max_input_mb * 1024 * 1024)
+
+    @property
+    def max_output_bytes(self) -> int:
+        return int(self.max_output_mb * 1024 * 1024)
 
     @property
     def model_path(self) -> Path | None:
@@ -223,7 +249,8 @@ def celery_config(settings: Settings) -> dict[str, Any]:
         "worker_prefetch_multiplier": 1,
         "broker_transport_options": {
             # Longer than the longest task, or a running job is delivered twice.
-            "visibility_timeout": settings.hard_time_limit * 2 + 60,
+            "visibility_timeout": max(settings.hard_time_limit,
+                                      settings.page_hard_time_limit) * 2 + 60,
         },
         "broker_connection_retry_on_startup": True,
         "task_soft_time_limit": settings.soft_time_limit,

@@ -15,7 +15,7 @@ from typing import Any
 from celery import Celery
 
 from tasks.errors import InputNotFound, InputTooLarge, OcrError, error_info
-from tasks.storage import BlobStore, connect
+from tasks.storage import BlobStore, OutputStore, connect
 from worker_config import Settings
 
 FINAL_STATES = ("SUCCESS", "FAILURE", "REVOKED")
@@ -46,7 +46,9 @@ class OcrClient:
 
             app = create_app(self.settings)
         self.app = app
-        self._blobs = BlobStore(connect(self.settings.redis_url), self.settings.blob_ttl)
+        redis_client = connect(self.settings.redis_url)
+        self._blobs = BlobStore(redis_client, self.settings.blob_ttl)
+        self._outputs = OutputStore(redis_client, self.settings.result_ttl)
 
     def submit(self, source: str | Path | bytes, *, filename: str | None = None,
                **options: Any) -> str:
@@ -81,6 +83,11 @@ class OcrClient:
         if len(data) > limit:
             raise InputTooLarge(f"the input is larger than {self.settings.max_input_mb} MB")
         return data
+
+    def fetch_output(self, result: dict[str, Any]) -> bytes | None:
+        """The searchable PDF of a finished `output=pdf` job (None once expired)."""
+        pdf = result.get("pdf")
+        return self._outputs.get(pdf["key"]) if pdf else None
 
     def status(self, job_id: str) -> JobStatus:
         res = self.app.AsyncResult(job_id)

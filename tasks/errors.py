@@ -117,6 +117,16 @@ class Timeout(OcrError):
     default_message = "the job ran past its time limit"
 
 
+class PagesFailed(OcrError):
+    code = "pages_failed"
+    default_message = "every page of the document failed"
+
+
+class OutputTooLarge(OcrError):
+    code = "output_too_large"
+    default_message = "the output is larger than the configured limit"
+
+
 class WorkerLost(OcrError):
     code = "worker_lost"
     default_message = "the worker running the job died"

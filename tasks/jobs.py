@@ -1,38 +1,142 @@
-"""One OCR job from kwargs to result: input, engine, result cache. No Celery here.
+"""One OCR job from kwargs to result: input, engine, cache, fan-out and merge.
 
-Runs in worker children, called by the `ocr.document` task.
+Runs in worker children, called by the tasks in `tasks.ocr_tasks`. No Celery here:
+the tasks decide what to enqueue and where results are stored.
 """
 
 from __future__ import annotations
 
+import time
+from dataclasses import asdict, dataclass
 from typing import TYPE_CHECKING, Any
 
-from tasks.documents import Progress, run_document
+from tasks.documents import (
+    Progress,
+    assemble,
+    document_base,
+    failed_page,
+    ocr_page,
+    recognize_options,
+    run_document,
+    text_page,
+)
+from tasks.errors import OcrError, OutputTooLarge
+from tasks.images import sniff_format
 from tasks.inputs import JobRequest, read_input
+from tasks.pdf import plan_pdf, render_page, searchable_pdf
 from tasks.storage import cache_key
 
 if TYPE_CHECKING:
+    from tasks.fanout import OpenDocumentCache
     from tasks.runtime import EngineRegistry
-    from tasks.storage import BlobStore, ResultCache
+    from tasks.storage import BlobStore, OutputStore, ResultCache
     from worker_config import Settings
 
 
-def process_job(kwargs: dict[str, Any], settings: Settings, registry: EngineRegistry,
-                blobs: BlobStore, cache: ResultCache,
-                progress: Progress | None = None) -> dict[str, Any]:
-    """Validate, read the input, reuse a cached result or run the engine."""
+@dataclass
+class Stores:
+    """The Redis-backed stores a job uses."""
+
+    blobs: BlobStore
+    cache: ResultCache
+    outputs: OutputStore
+
+
+@dataclass
+class FanOut:
+    """A PDF with pages to OCR: the task enqueues one page task per `ocr_pages` entry."""
+
+    meta: dict[str, Any]
+    text_pages: list[dict[str, Any]]
+    ocr_pages: list[int]
+    data: bytes
+
+
+def process_job(job_id: str, kwargs: dict[str, Any], settings: Settings,
+                registry: EngineRegistry, stores: Stores,
+                progress: Progress | None = None) -> dict[str, Any] | FanOut:
+    """Validate, read the input, then answer from the cache, in-process, or fan out."""
+    started = time.time()
     request = JobRequest.from_kwargs(kwargs, settings)
-    data = read_input(kwargs, request, settings, blobs)
+    data = read_input(kwargs, request, settings, stores.blobs)
     engine_name = request.engine or registry.primary
     loaded = registry.get(engine_name)  # fails fast when this child's load failed
     key = None
     if settings.cache_results:
         key = cache_key(data, request.cache_options(engine_name, loaded.engine.model))
-        hit = cache.get(key)
+        hit = stores.cache.get(key)
         if hit is not None:
-            return {**hit, "filename": request.filename, "cached": True}
-    result = run_document(data, request, loaded.engine, settings, progress)
+            return {**hit, "id": job_id, "filename": request.filename, "cached": True}
+    fmt = sniff_format(data)
+    plan = None
+    if fmt == "pdf":
+        plan = plan_pdf(data, request.pages, request.password, request.mode, settings)
+        if plan.ocr_pages:
+            plan.doc.close()
+            meta = {"request": asdict(request), "engine": engine_name,
+                    "model": loaded.engine.model, "cache_key": key, "started": started,
+                    "total": plan.selected, "ocr_pages": plan.ocr_pages,
+                    "base": document_base(data, request, fmt, plan.page_count)}
+            texts = [text_page(n, text, layer) for n, (text, layer) in plan.text_pages.items()]
+            return FanOut(meta, texts, plan.ocr_pages, data)
+    try:
+        result = run_document(data, request, loaded.engine, settings, progress, plan=plan)
+    finally:
+        if plan is not None:
+            plan.doc.close()
     result["engine"] = registry.describe(engine_name)
-    if key is not None:
-        cache.put(key, result)
-    return {**result, "cached": False}
+    return finish(job_id, result, data, request, key, settings, stores)
+
+
+def finish(job_id: str, result: dict[str, Any], data: bytes, request: JobRequest,
+           key: str | None, settings: Settings, stores: Stores) -> dict[str, Any]:
+    """Attach the searchable PDF when asked for, cache a complete result, add the id."""
+    result = {**result, "id": job_id, "cached": False}
+    if request.output == "pdf":
+        pdf = searchable_pdf(data, result["format"], request.password, result["pages"],
+                             settings)
+        if len(pdf) > settings.max_output_bytes:
+            raise OutputTooLarge(f"the searchable PDF is {len(pdf) // 2**20} MB, more than "
+                                 f"{settings.max_output_mb} MB")
+        result["pdf"] = {"key": stores.outputs.put(job_id, pdf), "bytes": len(pdf)}
+    if key is not None and result["status"] == "SUCCESS":
+        stores.cache.put(key, result)
+    return result
+
+
+def run_pdf_page(meta: dict[str, Any], number: int, registry: EngineRegistry,
+                 docs: OpenDocumentCache, settings: Settings,
+                 stores: Stores) -> dict[str, Any]:
+    """OCR one page of a fanned-out PDF; a failure becomes a failed page, not an error."""
+    request = JobRequest(**meta["request"])
+    try:
+        engine = registry.get(meta["engine"]).engine
+        doc = docs.get(meta["blob"], request.password, stores.blobs, settings)
+        image = render_page(doc, number, settings)
+        try:
+            page = ocr_page(number, image, engine, recognize_options(request), settings)
+        finally:
+            image.close()
+    except OcrError as exc:
+        if exc.retryable:
+            raise
+        return failed_page(number, exc)
+    return page
+
+
+def merge_document(doc_id: str, meta: dict[str, Any], pages: list[dict[str, Any]],
+                   registry: EngineRegistry, settings: Settings,
+                   stores: Stores) -> dict[str, Any]:
+    """The final result of a fanned-out PDF; raises OcrError when every page failed."""
+    request = JobRequest(**meta["request"])
+    result = assemble(pages, meta["base"])
+    ocr = [p for p in result["pages"] if p["source"] == "ocr" and "error" not in p]
+    first = ocr[0]["worker"] if ocr else {"pid": None, "tasks_in_process": None,
+                                          "load_seconds": None}
+    # The child that read the first OCR page, and every child that read one.
+    result["engine"] = {"name": meta["engine"], "model": meta["model"], **first,
+                        "pids": sorted({p["worker"]["pid"] for p in ocr})}
+    result["timings"] = {"ocr_seconds": round(sum(p.get("seconds", 0) for p in ocr), 3),
+                         "total_seconds": round(time.time() - meta["started"], 3)}
+    data = stores.blobs.get(meta["blob"]) if request.output == "pdf" else b""
+    return finish(doc_id, result, data, request, meta["cache_key"], settings, stores)

@@ -1,35 +1,57 @@
-"""Public Celery tasks. Thin: decode arguments, call domain code, decide retries.
+"""Public Celery tasks: thin wrappers that decode arguments and call `tasks.jobs`.
 
-Task bodies run in worker pool children.
+They also decide retries and where results go.
+
+Task bodies run in worker pool children; `pdf_page_lost` runs wherever Celery marks a
+page task failed (the worker parent, for a child killed at its hard time limit).
 """
 
 from __future__ import annotations
 
 import functools
-from typing import Any
+from typing import Any, NoReturn
 
 from billiard.exceptions import SoftTimeLimitExceeded
-from celery import Task, shared_task
+from celery import Celery, Task, shared_task, states
+from celery.exceptions import Ignore
 
 from tasks import runtime
-from tasks.errors import OcrError, Timeout, TransientError
-from tasks.jobs import process_job
-from tasks.storage import BlobStore, ResultCache, connect
+from tasks.documents import failed_page
+from tasks.errors import OcrError, Timeout, TransientError, error_info
+from tasks.fanout import DocumentJoin, OpenDocumentCache
+from tasks.jobs import FanOut, Stores, merge_document, process_job, run_pdf_page
+from tasks.storage import BlobStore, OutputStore, ResultCache, connect
+from worker_config import Settings, queue_for_engine
 
 PROGRESS_STATE = "PROGRESS"
+_open_docs = OpenDocumentCache()
 
 
-@functools.cache
-def _stores(redis_url: str, blob_ttl: int, result_ttl: int) -> tuple[BlobStore, ResultCache]:
-    client = connect(redis_url)
-    return BlobStore(client, blob_ttl), ResultCache(client, result_ttl)
+_stores_made: dict[int, tuple[Stores, DocumentJoin]] = {}
 
 
-def _report_progress(task: Task, done: int, total: int) -> None:
+def _stores(settings: Settings) -> tuple[Stores, DocumentJoin]:
+    """The Redis-backed stores of this process for `settings` (one connection pool)."""
+    if id(settings) not in _stores_made:
+        client = connect(settings.redis_url)
+        _stores_made[id(settings)] = (
+            Stores(BlobStore(client, settings.blob_ttl),
+                   ResultCache(client, settings.result_ttl),
+                   OutputStore(client, settings.result_ttl)),
+            DocumentJoin(client, settings.blob_ttl))
+    return _stores_made[id(settings)]
+
+
+def report_progress(app: Celery, job_id: str, done: int, total: int) -> None:
     """Progress in the result backend (for clients) and as an event (for Flower)."""
     meta = {"done": done, "total": total}
-    task.update_state(state=PROGRESS_STATE, meta=meta)
-    task.send_event("task-progress", **meta)
+    app.backend.store_result(job_id, meta, PROGRESS_STATE)
+    send_job_event(app, "task-progress", job_id, **meta)
+
+
+def send_job_event(app: Celery, event: str, job_id: str, **fields: Any) -> None:
+    with app.events.default_dispatcher() as dispatcher:
+        dispatcher.send(event, uuid=job_id, **fields)
 
 
 @shared_task(name="ocr.document", bind=True, throws=(OcrError,),
@@ -37,26 +59,112 @@ def _report_progress(task: Task, done: int, total: int) -> None:
              retry_jitter=True, max_retries=5)
 def document(self: Task, **kwargs: Any) -> dict[str, Any]:
     """OCR one image or PDF; see docs/tasks.md for kwargs and the result schema."""
-    settings = self.app.ocr_settings
-    blobs, cache = _stores(settings.redis_url, settings.blob_ttl, settings.result_ttl)
-    registry = runtime.current(settings)
+    settings: Settings = self.app.ocr_settings
+    stores, join = _stores(settings)
+    job_id = self.request.id
     try:
-        result = process_job(kwargs, settings, registry, blobs, cache,
-                             progress=functools.partial(_report_progress, self))
+        outcome = process_job(job_id, kwargs, settings, runtime.current(settings), stores,
+                              progress=functools.partial(report_progress, self.app, job_id))
     except TransientError:
         raise  # retried by autoretry_for; the blob stays for the retry
     except SoftTimeLimitExceeded:
-        _drop_blob(blobs, kwargs)
+        _drop_blob(stores, kwargs.get("blob"))
         raise Timeout(f"the job ran past its soft time limit of "
                       f"{settings.soft_time_limit} s") from None
     except BaseException:
-        _drop_blob(blobs, kwargs)
+        _drop_blob(stores, kwargs.get("blob"))
         raise
-    _drop_blob(blobs, kwargs)
-    return {"id": self.request.id, **result}
+    if isinstance(outcome, FanOut):
+        fan_out(self, outcome, kwargs, settings, stores, join)
+    _drop_blob(stores, kwargs.get("blob"))
+    return outcome
 
 
-def _drop_blob(blobs: BlobStore, kwargs: dict[str, Any]) -> None:
-    key = kwargs.get("blob")
+def fan_out(task: Task, work: FanOut, kwargs: dict[str, Any], settings: Settings,
+            stores: Stores, join: DocumentJoin) -> NoReturn:
+    """Enqueue one page task per OCR page; the last one to finish stores the result."""
+    job_id = task.request.id
+    client_blob = kwargs.get("blob")
+    work.meta["blob"] = client_blob or stores.blobs.put(work.data)
+    join.start(job_id, work.meta, work.text_pages)
+    # Progress first: a fast page could otherwise finish the job before this write.
+    report_progress(task.app, job_id, len(work.text_pages), work.meta["total"])
+    queue = queue_for_engine(work.meta["engine"])
+    for number in work.ocr_pages:
+        pdf_page.apply_async((job_id, number), queue=queue,
+                             soft_time_limit=settings.page_soft_time_limit,
+                             time_limit=settings.page_hard_time_limit,
+                             link_error=pdf_page_lost.s(job_id, number))
+    raise Ignore()  # the job's result is stored by the page task that merges
+
+
+@shared_task(name="ocr.pdf_page", bind=True, acks_late=True,
+             autoretry_for=(TransientError,), retry_backoff=2, retry_jitter=True,
+             max_retries=5)
+def pdf_page(self: Task, doc_id: str, number: int) -> dict[str, Any]:
+    """OCR one page of a fanned-out PDF and merge the document if it was the last."""
+    settings: Settings = self.app.ocr_settings
+    stores, join = _stores(settings)
+    try:
+        meta = join.meta(doc_id)
+    except OcrError:
+        return {"document": doc_id, "number": number, "skipped": "document finished"}
+    try:
+        registry = runtime.current(settings)
+        page = run_pdf_page(meta, number, registry, _open_docs, settings, stores)
+        if "error" not in page:
+            described = registry.describe(meta["engine"])
+            page["worker"] = {k: described[k] for k in ("pid", "tasks_in_process",
+                                                        "load_seconds")}
+    except SoftTimeLimitExceeded:
+        page = failed_page(number, Timeout(f"page {number} ran past its soft time limit "
+                                           f"of {settings.page_soft_time_limit} s"))
+    record_page(self.app, doc_id, meta, page, settings)
+    return {"document": doc_id, "number": number, "ok": "error" not in page}
+
+
+def record_page(app: Celery, doc_id: str, meta: dict[str, Any], page: dict[str, Any],
+                settings: Settings) -> None:
+    stores, join = _stores(settings)
+    report_progress(app, doc_id, min(join.done(doc_id) + 1, meta["total"]), meta["total"])
+    if not join.record(doc_id, page, meta["total"]):
+        return
+    try:
+        result = merge_document(doc_id, meta, join.pages(doc_id), runtime.current(settings),
+                                settings, stores)
+    except OcrError as exc:
+        app.backend.store_result(doc_id, exc, states.FAILURE)
+        send_job_event(app, "task-failed", doc_id, exception=str(exc))
+    else:
+        app.backend.store_result(doc_id, result, states.SUCCESS)
+        send_job_event(app, "task-succeeded", doc_id, result=result["status"],
+                       runtime=result["timings"]["total_seconds"])
+    finally:
+        join.cleanup(doc_id)
+        _drop_blob(stores, meta["blob"])
+        _open_docs.close()
+
+
+@shared_task(name="ocr.pdf_page_lost")
+def pdf_page_lost(request: Any, exc: BaseException, traceback: Any, doc_id: str,
+                  number: int) -> None:
+    """Errback of a page task that failed outright (child killed at its hard limit)."""
+    pdf_page_failed.apply_async((doc_id, number, error_info(exc)))
+
+
+@shared_task(name="ocr.pdf_page_failed", bind=True)
+def pdf_page_failed(self: Task, doc_id: str, number: int, error: dict[str, Any]) -> None:
+    """Record a lost page as failed, so the document still ends (PARTIAL)."""
+    settings: Settings = self.app.ocr_settings
+    _, join = _stores(settings)
+    try:
+        meta = join.meta(doc_id)
+    except OcrError:
+        return
+    page = {"number": number, "text": "", "source": "ocr", "error": error}
+    record_page(self.app, doc_id, meta, page, settings)
+
+
+def _drop_blob(stores: Stores, key: Any) -> None:
     if isinstance(key, str) and key.startswith("ocr:blob:"):
-        blobs.delete(key)
+        stores.blobs.delete(key)

@@ -74,3 +74,25 @@ class ResultCache:
 
     def put(self, key: str, result: dict[str, Any]) -> None:
         self._redis.set(key, json.dumps(result), ex=self._ttl)
+
+
+OUTPUT_PREFIX = "ocr:output:"
+
+
+class OutputStore:
+    """Files produced for the client (searchable PDFs), kept as long as results are."""
+
+    def __init__(self, client: redis.Redis, ttl: int) -> None:
+        self._redis = client
+        self._ttl = ttl
+
+    def put(self, job_id: str, data: bytes) -> str:
+        key = f"{OUTPUT_PREFIX}{job_id}"
+        self._redis.set(key, data, ex=self._ttl)
+        return key
+
+    def get(self, key: str) -> bytes | None:
+        if not key.startswith(OUTPUT_PREFIX):
+            raise BadRequest("not an output key")
+        data = self._redis.get(key)
+        return data if isinstance(data, bytes) or data is None else str(data).encode()

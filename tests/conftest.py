@@ -23,8 +23,9 @@ from worker_config import Settings
 ROOT = Path(__file__).resolve().parents[1]
 CORPUS = ROOT.parent / "shared" / "corpus"
 VENV_BIN = Path(sys.executable).parent
-FAKE_PLUGINS = ("fake=tests.fake_engines:FakeEngine,"
-                "broken=tests.fake_engines:BrokenEngine")
+FAKE_PLUGINS = ",".join(f"{name}=tests.fake_engines:{cls}" for name, cls in (
+    ("fake", "FakeEngine"), ("broken", "BrokenEngine"),
+    ("slow-on-dark", "SlowOnDarkEngine"), ("stuck-on-dark", "StuckOnDarkEngine")))
 
 
 def free_port() -> int:

@@ -6,6 +6,7 @@ They are fakes: their text only describes the image.
 from __future__ import annotations
 
 import os
+import signal
 import time
 
 from PIL import Image, ImageStat
@@ -42,3 +43,34 @@ class BrokenEngine(FakeEngine):
     @classmethod
     def load(cls, settings: Settings) -> BrokenEngine:
         raise RuntimeError("the fake model file is damaged")
+
+
+def _is_dark(image: Image.Image) -> bool:
+    return ImageStat.Stat(image.convert("L")).mean[0] < 64
+
+
+class SlowOnDarkEngine(FakeEngine):
+    """Sleeps (interruptibly) on dark pages, so the page's soft time limit fires."""
+
+    name = "slow-on-dark"
+
+    def recognize(self, image: Image.Image, options: RecognizeOptions) -> PageResult:
+        if _is_dark(image):
+            time.sleep(60)
+        return super().recognize(image, options)
+
+
+class StuckOnDarkEngine(FakeEngine):
+    """Hangs on dark pages like native code that never returns.
+
+    The soft time limit's signal is blocked, so only the hard limit (which kills the
+    child) ends the page.
+    """
+
+    name = "stuck-on-dark"
+
+    def recognize(self, image: Image.Image, options: RecognizeOptions) -> PageResult:
+        if _is_dark(image):
+            signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGUSR1})
+            time.sleep(60)
+        return super().recognize(image, options)

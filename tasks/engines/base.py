@@ -61,6 +61,13 @@ class OcrEngine(ABC):
     def recognize(self, image: Image.Image, options: RecognizeOptions) -> PageResult:
         """Recognise the text of one page image (mode L or RGB)."""
 
+    def detect_orientation(self, image: Image.Image) -> int:
+        """Counter-clockwise degrees (0, 90, 180, 270) that put the page upright.
+
+        Engines that cannot tell return 0 and leave the page as it is.
+        """
+        return 0
+
     def release_cache(self) -> dict[str, float]:
         """Free per-task caches; called after every task. Returns memory figures."""
         return {}

@@ -25,8 +25,12 @@ class TesseractEngine(OcrEngine):
     name = "tesseract"
     gives_words = True
 
-    def __init__(self, api: Any, lang: str, tesserocr: Any) -> None:
+    # Below this OSD confidence the page is left as it is (tesseract's own advice is ~2).
+    MIN_ORIENTATION_CONFIDENCE = 2.0
+
+    def __init__(self, api: Any, osd: Any, lang: str, tesserocr: Any) -> None:
         self._api = api
+        self._osd = osd
         self._tesserocr = tesserocr
         self.model = lang
 
@@ -42,7 +46,25 @@ class TesseractEngine(OcrEngine):
         import tesserocr
 
         api = tesserocr.PyTessBaseAPI(path=str(tessdata), lang=settings.tesseract_lang)
-        return cls(api, settings.tesseract_lang, tesserocr)
+        osd = None
+        if (tessdata / "osd.traineddata").is_file():
+            osd = tesserocr.PyTessBaseAPI(path=str(tessdata), lang="osd",
+                                          psm=tesserocr.PSM.OSD_ONLY)
+        return cls(api, osd, settings.tesseract_lang, tesserocr)
+
+    def detect_orientation(self, image: Image.Image) -> int:
+        if self._osd is None:
+            return 0
+        self._osd.SetImage(image)
+        try:
+            found = self._osd.DetectOrientationScript()
+        except RuntimeError:  # too little text to tell
+            return 0
+        finally:
+            self._osd.Clear()
+        if not found or found.get("orient_conf", 0) < self.MIN_ORIENTATION_CONFIDENCE:
+            return 0
+        return int(found["orient_deg"]) % 360
 
     def recognize(self, image: Image.Image, options: RecognizeOptions) -> PageResult:
         api = self._api
@@ -66,3 +88,5 @@ class TesseractEngine(OcrEngine):
 
     def close(self) -> None:
         self._api.End()
+        if self._osd is not None:
+            self._osd.End()
