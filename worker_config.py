@@ -88,6 +88,9 @@ class Settings:
                               "Seconds after which a job ends with code `timeout`.")
     hard_time_limit: int = _s("OCR_HARD_TIME_LIMIT", "660",
                               "Seconds after which the child running a job is killed.")
+    max_deliveries: int = _s("OCR_MAX_DELIVERIES", "3",
+                             "Runs a job may start before it ends as `worker_lost`, when "
+                             "each run killed its worker child (poison jobs).")
     cache_results: bool = _s("OCR_CACHE_RESULTS", "1",
                              "Reuse the stored result of identical input and options.")
     result_ttl: int = _s("OCR_RESULT_TTL", "86400",
@@ -99,6 +102,9 @@ class Settings:
                                "refused as `image_too_large` (decompression bombs).")
     max_pages: int = _s("OCR_MAX_PAGES", "2000", "Most pages one job may have.")
     pdf_dpi: int = _s("OCR_PDF_DPI", "300", "Resolution PDF pages are rendered at for OCR.")
+    max_render_pixels: int = _s("OCR_MAX_RENDER_PIXELS", "40000000",
+                                "Most pixels a PDF page is rendered at; larger pages are "
+                                "rendered at a lower resolution (memory stays bounded).")
     pdf_min_text_chars: int = _s("OCR_PDF_MIN_TEXT_CHARS", "8",
                                  "A PDF page with at least this many characters of text "
                                  "(visible, or an invisible OCR layer) keeps its text in "
@@ -149,7 +155,7 @@ class Settings:
                                 "OCR_PAGE_SOFT_TIME_LIMIT")
         for name in ("vlm_max_tokens", "result_ttl", "blob_ttl", "max_image_pixels",
                      "max_pages", "soft_time_limit", "tesseract_threads", "pdf_dpi",
-                     "page_soft_time_limit"):
+                     "page_soft_time_limit", "max_deliveries", "max_render_pixels"):
             if getattr(self, name) <= 0:
                 raise SettingsError(f"{_env_name(name)} must be positive")
         if self.model and (self.model in (".", "..") or "/" in self.model
@@ -252,7 +258,15 @@ def celery_config(settings: Settings) -> dict[str, Any]:
             "visibility_timeout": max(settings.hard_time_limit,
                                       settings.page_hard_time_limit) * 2 + 60,
         },
+        # Reconnect forever to the broker, and retry result writes through a Redis
+        # restart instead of losing them.
         "broker_connection_retry_on_startup": True,
+        "broker_connection_max_retries": None,
+        "result_backend_always_retry": True,
+        "result_backend_max_retries": 30,
+        "redis_retry_on_timeout": True,
+        "redis_socket_keepalive": True,
+        "redis_backend_health_check_interval": 30,
         "task_soft_time_limit": settings.soft_time_limit,
         "task_time_limit": settings.hard_time_limit,
         "worker_max_tasks_per_child": settings.max_tasks_per_child or None,

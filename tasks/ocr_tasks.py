@@ -16,6 +16,7 @@ from celery import Celery, Task, shared_task, states
 from celery.exceptions import Ignore
 
 from tasks import runtime
+from tasks.delivery import GuardedTask
 from tasks.documents import failed_page
 from tasks.errors import OcrError, Timeout, TransientError, error_info
 from tasks.fanout import DocumentJoin, OpenDocumentCache
@@ -54,7 +55,7 @@ def send_job_event(app: Celery, event: str, job_id: str, **fields: Any) -> None:
         dispatcher.send(event, uuid=job_id, **fields)
 
 
-@shared_task(name="ocr.document", bind=True, throws=(OcrError,),
+@shared_task(name="ocr.document", bind=True, base=GuardedTask, throws=(OcrError,),
              autoretry_for=(TransientError,), retry_backoff=2, retry_backoff_max=60,
              retry_jitter=True, max_retries=5)
 def document(self: Task, **kwargs: Any) -> dict[str, Any]:
@@ -94,11 +95,11 @@ def fan_out(task: Task, work: FanOut, kwargs: dict[str, Any], settings: Settings
         pdf_page.apply_async((job_id, number), queue=queue,
                              soft_time_limit=settings.page_soft_time_limit,
                              time_limit=settings.page_hard_time_limit,
-                             link_error=pdf_page_lost.s(job_id, number))
+                             link_error=pdf_page_lost.s(job_id, number, queue))
     raise Ignore()  # the job's result is stored by the page task that merges
 
 
-@shared_task(name="ocr.pdf_page", bind=True, acks_late=True,
+@shared_task(name="ocr.pdf_page", bind=True, base=GuardedTask,
              autoretry_for=(TransientError,), retry_backoff=2, retry_jitter=True,
              max_retries=5)
 def pdf_page(self: Task, doc_id: str, number: int) -> dict[str, Any]:
@@ -147,9 +148,13 @@ def record_page(app: Celery, doc_id: str, meta: dict[str, Any], page: dict[str, 
 
 @shared_task(name="ocr.pdf_page_lost")
 def pdf_page_lost(request: Any, exc: BaseException, traceback: Any, doc_id: str,
-                  number: int) -> None:
-    """Errback of a page task that failed outright (child killed at its hard limit)."""
-    pdf_page_failed.apply_async((doc_id, number, error_info(exc)))
+                  number: int, queue: str) -> None:
+    """Errback of a page task that failed outright: record the page as failed.
+
+    That is a child killed at its hard limit, or a page refused as a poison job. The
+    record goes to the page's own queue, which the page's workers consume.
+    """
+    pdf_page_failed.apply_async((doc_id, number, error_info(exc)), queue=queue)
 
 
 @shared_task(name="ocr.pdf_page_failed", bind=True)

@@ -50,7 +50,14 @@ def open_pdf(data: bytes, password: str | None, settings: Settings) -> Any:
                 raise PdfEncrypted("the PDF is encrypted; pass its password")
             if not doc.authenticate(password):
                 raise PdfEncrypted("the password does not open this PDF")
-        count = doc.page_count
+        try:
+            count = doc.page_count
+        except RuntimeError:
+            raise CorruptInput("the PDF's page tree is invalid (it claims an impossible "
+                               "number of pages)") from None
+        if count == 0 and doc.is_repaired:
+            raise CorruptInput("the PDF is damaged (truncated?) and no page could be "
+                               "recovered")
         if count == 0:
             raise NoPages("the PDF has no pages")
         if count > settings.max_pages:
@@ -98,13 +105,17 @@ def plan_pdf(data: bytes, pages: str | None, password: str | None, mode: str,
 
 
 def render_page(doc: Any, number: int, settings: Settings) -> Image.Image:
-    """Page `number` as an RGB image at OCR_PDF_DPI, scaled down under the pixel limit."""
+    """Page `number` as an RGB image at OCR_PDF_DPI, within OCR_MAX_RENDER_PIXELS.
+
+    Huge pages are read at a lower resolution, not refused.
+    """
     page = doc[number - 1]
     rect = page.rect
     zoom = settings.pdf_dpi / 72
     pixels = rect.width * zoom * rect.height * zoom
-    if pixels > settings.max_image_pixels:
-        zoom *= math.sqrt(settings.max_image_pixels / pixels)
+    if pixels > settings.max_render_pixels:
+        # MuPDF rounds each side up: leave room for that, the cap must hold.
+        zoom *= math.sqrt(settings.max_render_pixels / pixels) * 0.998
     pix = page.get_pixmap(matrix=pymupdf.Matrix(zoom, zoom), colorspace=pymupdf.csRGB,
                           alpha=False)
     return Image.frombytes("RGB", (pix.width, pix.height), pix.samples)

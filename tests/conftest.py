@@ -25,7 +25,8 @@ CORPUS = ROOT.parent / "shared" / "corpus"
 VENV_BIN = Path(sys.executable).parent
 FAKE_PLUGINS = ",".join(f"{name}=tests.fake_engines:{cls}" for name, cls in (
     ("fake", "FakeEngine"), ("broken", "BrokenEngine"),
-    ("slow-on-dark", "SlowOnDarkEngine"), ("stuck-on-dark", "StuckOnDarkEngine")))
+    ("slow-on-dark", "SlowOnDarkEngine"), ("stuck-on-dark", "StuckOnDarkEngine"),
+    ("killer", "KillerEngine")))
 
 
 def free_port() -> int:
@@ -105,14 +106,19 @@ class Worker:
         return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
 
     def stop(self) -> None:
+        """Warm shutdown (SIGTERM to the main process, as honcho does), then kill."""
         if self.proc is None or self.proc.poll() is not None:
             return
-        os.killpg(self.proc.pid, signal.SIGTERM)
+        self.proc.send_signal(signal.SIGTERM)
         try:
             self.proc.wait(30)
         except subprocess.TimeoutExpired:
+            pass
+        try:
             os.killpg(self.proc.pid, signal.SIGKILL)
-            self.proc.wait(10)
+        except ProcessLookupError:
+            pass
+        self.proc.wait(10)
 
 
 @pytest.fixture(scope="session")

@@ -74,3 +74,14 @@ class StuckOnDarkEngine(FakeEngine):
             signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGUSR1})
             time.sleep(60)
         return super().recognize(image, options)
+
+
+class KillerEngine(FakeEngine):
+    """Kills its own process on dark pages, like the OOM killer would: a poison job."""
+
+    name = "killer"
+
+    def recognize(self, image: Image.Image, options: RecognizeOptions) -> PageResult:
+        if _is_dark(image):
+            os.kill(os.getpid(), signal.SIGKILL)
+        return super().recognize(image, options)

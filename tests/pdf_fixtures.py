@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import re
 from collections.abc import Iterable
 
 import pymupdf
@@ -41,3 +42,28 @@ def repeated_image_pdf(image: Image.Image, count: int, dpi: int) -> bytes:
         xref = page.insert_image(page.rect, stream=buffer.getvalue() if not xref else None,
                                  xref=xref)
     return bytes(doc.tobytes(garbage=3, deflate=True))
+
+
+def truncated_pdf(source: bytes, fraction: float = 0.4) -> bytes:
+    """The first part of a real PDF, as an interrupted upload leaves it."""
+    return source[: int(len(source) * fraction)]
+
+
+def broken_xref_pdf(source: bytes) -> bytes:
+    """A real PDF whose startxref points nowhere (MuPDF repairs it)."""
+    return re.sub(rb"startxref\s+\d+", b"startxref\n999999", source)
+
+
+def millions_of_pages_pdf() -> bytes:
+    """A one-page PDF whose page tree claims five million pages."""
+    doc = pymupdf.open()
+    doc.new_page()
+    return bytes(doc.tobytes()).replace(b"/Count 1", b"/Count 5000000")
+
+
+def huge_page_pdf(inches: float = 200) -> bytes:
+    """One page `inches` wide and high, with some text drawn as an image-less page."""
+    doc = pymupdf.open()
+    page = doc.new_page(width=inches * 72, height=inches * 72)
+    page.draw_rect(pymupdf.Rect(100, 100, 2000, 2000), fill=(0, 0, 0))
+    return bytes(doc.tobytes())

@@ -19,6 +19,12 @@ import pytest
 
 from tasks.client import OcrClient
 from tests.conftest import FAKE_PLUGINS, ROOT, Worker, corpus
+from tests.pdf_fixtures import (
+    broken_xref_pdf,
+    huge_page_pdf,
+    millions_of_pages_pdf,
+    truncated_pdf,
+)
 
 FAKE_ENV = {"OCR_ENGINE": "fake", "OCR_ENGINE_PLUGINS": FAKE_PLUGINS,
             "OCR_CONCURRENCY": "1", "OCR_CACHE_RESULTS": "0"}
@@ -84,6 +90,9 @@ def test_result_shape(fake_worker: Worker, client: OcrClient) -> None:
     (lambda: {"blob": "celery-task-meta-x"}, "bad_request"),
     (lambda: {"path": "/etc/passwd"}, "path_not_allowed"),
     (lambda: {"data_b64": "AAAA", "pickle": "x"}, "bad_request"),
+    (lambda: {"data_b64": _enc(truncated_pdf(_raw("dig_tracemonkey_14p.pdf")))},
+     "corrupt_input"),
+    (lambda: {"data_b64": _enc(millions_of_pages_pdf())}, "corrupt_input"),
 ])
 def test_bad_input_fails_with_a_code(fake_worker: Worker, client: OcrClient,
                                      make_kwargs: Callable[[], dict[str, Any]],
@@ -98,8 +107,36 @@ def test_bad_input_fails_with_a_code(fake_worker: Worker, client: OcrClient,
     assert run_one(client, corpus("scan_tess_phototest.tif"))["status"] == "SUCCESS"
 
 
+def _raw(name: str) -> bytes:
+    return corpus(name).read_bytes()
+
+
+def _enc(data: bytes) -> str:
+    return base64.b64encode(data).decode()
+
+
 def _b64(name: str) -> str:
-    return base64.b64encode(corpus(name).read_bytes()).decode()
+    return _enc(_raw(name))
+
+
+def test_empty_upload(fake_worker: Worker, client: OcrClient) -> None:
+    blob = client._blobs.put(b"")
+    assert send(client, blob=blob)["error"]["code"] == "empty_input"
+
+
+def test_recoverable_damage_is_repaired_and_read(fake_worker: Worker,
+                                                 client: OcrClient) -> None:
+    result = send(client, data_b64=_enc(broken_xref_pdf(_raw("dig_tracemonkey_14p.pdf"))))
+    assert result["status"] == "SUCCESS" and result["page_count"] == 14
+    assert "Trace-based" in result["text"]
+
+
+def test_huge_page_is_rendered_at_a_capped_size(fake_worker: Worker,
+                                                client: OcrClient) -> None:
+    result = send(client, data_b64=_enc(huge_page_pdf()), mode="ocr")
+    assert result["status"] == "SUCCESS", result
+    width, height = map(int, result["text"].split()[1].split("x"))
+    assert 30_000_000 < width * height <= 40_000_000  # OCR_MAX_RENDER_PIXELS
 
 
 def test_path_input_inside_allowed_root(fake_worker: Worker, client: OcrClient) -> None:

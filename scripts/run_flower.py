@@ -1,0 +1,56 @@
+#!/usr/bin/env python3
+"""Procfile `flower` process: Flower with basic auth unless explicitly opened on loopback.
+
+- FLOWER_BASIC_AUTH=user:password (Flower's own variable): used as it is.
+- OCR_FLOWER_OPEN=1: no auth, and only when the address is a loopback one.
+- Neither: a password is generated once into var/flower-auth (mode 0600) and used.
+Flower's other FLOWER_* variables (FLOWER_PORT, FLOWER_ADDRESS, ...) pass through.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+import shutil
+import sys
+from pathlib import Path
+
+LOOPBACK = ("127.0.0.1", "localhost", "::1")
+
+
+def main() -> int:
+    env = dict(os.environ)
+    address = env.setdefault("FLOWER_ADDRESS", "127.0.0.1")
+    env.setdefault("FLOWER_PORT", "5555")
+    env.setdefault("FLOWER_PERSISTENT", "True")
+    env.setdefault("FLOWER_DB", "var/flower.db")
+    if not env.get("FLOWER_BASIC_AUTH"):
+        if env.get("OCR_FLOWER_OPEN") == "1":
+            if address not in LOOPBACK:
+                print(f"flower: OCR_FLOWER_OPEN=1 is only allowed on loopback, not {address}",
+                      flush=True)
+                return 2
+            print("flower: running WITHOUT authentication on loopback (OCR_FLOWER_OPEN=1)",
+                  flush=True)
+        else:
+            env["FLOWER_BASIC_AUTH"] = generated_credentials(Path("var/flower-auth"))
+            print("flower: basic auth user 'ocr', password in var/flower-auth "
+                  "(set FLOWER_BASIC_AUTH=user:password to choose)", flush=True)
+    Path(env["FLOWER_DB"]).parent.mkdir(parents=True, exist_ok=True)
+    celery = shutil.which("celery") or "celery"
+    os.execve(celery, [celery, "-A", "tasks", "flower"], env)
+    return 1  # not reached: execve replaces this process
+
+
+def generated_credentials(path: Path) -> str:
+    """`ocr:<password>`, created once with mode 0600."""
+    if not path.exists():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "w") as out:
+            out.write(f"ocr:{secrets.token_urlsafe(18)}\n")
+    return path.read_text().strip()
+
+
+if __name__ == "__main__":
+    sys.exit(main())

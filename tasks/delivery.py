@@ -1,0 +1,47 @@
+"""Poison-job guard: jobs that keep killing their worker child end as `worker_lost`.
+
+Such a job is refused after OCR_MAX_DELIVERIES starts instead of looping forever.
+
+Celery requeues a job whose child died (`task_reject_on_worker_lost`), and Redis has
+no delivery counter of its own, so each start is counted in Redis under the task id.
+A run that returns in any way (result, error, retry, ignore) clears its count; only
+runs that died under it add up. Runs in worker pool children.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from celery import Task
+
+from tasks.errors import WorkerLost
+from tasks.storage import connect
+
+DELIVERY_PREFIX = "ocr:deliveries:"
+
+
+class GuardedTask(Task):
+    """Base class of the service's tasks: counts starts, refuses poison jobs."""
+
+    abstract = True
+    _guard_redis: Any = None
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        task_id = self.request.id
+        if task_id is None or self.request.is_eager:
+            return super().__call__(*args, **kwargs)
+        settings = self.app.ocr_settings
+        if GuardedTask._guard_redis is None:
+            GuardedTask._guard_redis = connect(settings.redis_url)
+        client = GuardedTask._guard_redis
+        key = DELIVERY_PREFIX + task_id
+        starts = int(client.incr(key))
+        client.expire(key, settings.result_ttl)
+        if starts > settings.max_deliveries:
+            client.delete(key)
+            raise WorkerLost(f"the job's worker died on each of its "
+                             f"{settings.max_deliveries} runs; it is not run again")
+        try:
+            return super().__call__(*args, **kwargs)
+        finally:
+            client.delete(key)
