@@ -267,8 +267,12 @@ def celery_config(settings: Settings) -> dict[str, Any]:
         "redis_retry_on_timeout": True,
         "redis_socket_keepalive": True,
         "redis_backend_health_check_interval": 30,
+        # Limits are the executing worker's own: a VLM worker runs with its own env.
         "task_soft_time_limit": settings.soft_time_limit,
         "task_time_limit": settings.hard_time_limit,
+        "task_annotations": {"ocr.pdf_page": {
+            "soft_time_limit": settings.page_soft_time_limit,
+            "time_limit": settings.page_hard_time_limit}},
         "worker_max_tasks_per_child": settings.max_tasks_per_child or None,
         "worker_max_memory_per_child": settings.max_memory_per_child_mb * 1024 or None,
         "worker_proc_alive_timeout": settings.proc_alive_timeout,

@@ -93,8 +93,6 @@ def fan_out(task: Task, work: FanOut, kwargs: dict[str, Any], settings: Settings
     queue = queue_for_engine(work.meta["engine"])
     for number in work.ocr_pages:
         pdf_page.apply_async((job_id, number), queue=queue,
-                             soft_time_limit=settings.page_soft_time_limit,
-                             time_limit=settings.page_hard_time_limit,
                              link_error=pdf_page_lost.s(job_id, number, queue))
     raise Ignore()  # the job's result is stored by the page task that merges
 
