@@ -245,7 +245,8 @@ def celery_config(settings: Settings) -> dict[str, Any]:
         "accept_content": ["json"],
         "result_accept_content": ["json"],
         "result_expires": settings.result_ttl,
-        "result_extended": True,
+        # Not extended: that would store each job's kwargs (passwords, inputs) in Redis.
+        "result_extended": False,
         "task_track_started": True,
         "task_default_queue": DEFAULT_QUEUE,
         "task_routes": ("tasks.routing.route_task",),

@@ -99,8 +99,11 @@ def test_encrypted_pdf(worker: Worker, client: OcrClient) -> None:
     pdf = corpus("edge_encrypted_pw_openpassword.pdf")
     assert run(client, pdf)["error"]["code"] == "pdf_encrypted"
     assert run(client, pdf, password="wrong")["error"]["code"] == "pdf_encrypted"
-    opened = run(client, pdf, password="openpassword")
+    opened = run(client, pdf, password="openpassword", filename="locked.pdf")
     assert cer(ground_truth(pdf.name), opened["text"]) < 0.05
+    # the password is nowhere in Redis once the job is done
+    store = client.app.backend.client
+    assert all(b"openpassword" not in (store.dump(key) or b"") for key in store.keys("*"))
 
 
 def test_sideways_and_upside_down_pages_read_correctly(worker: Worker,
