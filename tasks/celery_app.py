@@ -38,6 +38,9 @@ def create_app(settings: Settings) -> OcrCelery:
     from tasks.signals import connect_signals
 
     connect_signals(settings)
+    from tasks.telemetry import connect_telemetry
+
+    connect_telemetry(settings)  # after connect_signals: its handlers run first
     return app
 
 
