@@ -22,6 +22,7 @@ from tasks.errors import OcrError, Timeout, TransientError, error_info
 from tasks.fanout import DocumentJoin, OpenDocumentCache
 from tasks.jobs import FanOut, Stores, merge_document, process_job, run_pdf_page
 from tasks.storage import BlobStore, OutputStore, ResultCache, connect
+from tasks.telemetry import document_finished
 from worker_config import Settings, queue_for_engine
 
 PROGRESS_STATE = "PROGRESS"
@@ -47,7 +48,8 @@ def report_progress(app: Celery, job_id: str, done: int, total: int) -> None:
     """Progress in the result backend (for clients) and as an event (for Flower)."""
     meta = {"done": done, "total": total}
     app.backend.store_result(job_id, meta, PROGRESS_STATE)
-    send_job_event(app, "task-progress", job_id, **meta)
+    # `result` is a field Flower shows on the task page; the final result replaces it.
+    send_job_event(app, "task-progress", job_id, result=f"{done}/{total} pages", **meta)
 
 
 def send_job_event(app: Celery, event: str, job_id: str, **fields: Any) -> None:
@@ -134,10 +136,12 @@ def record_page(app: Celery, doc_id: str, meta: dict[str, Any], page: dict[str, 
     except OcrError as exc:
         app.backend.store_result(doc_id, exc, states.FAILURE)
         send_job_event(app, "task-failed", doc_id, exception=str(exc))
+        document_finished(doc_id, meta, exc)
     else:
         app.backend.store_result(doc_id, result, states.SUCCESS)
         send_job_event(app, "task-succeeded", doc_id, result=result["status"],
                        runtime=result["timings"]["total_seconds"])
+        document_finished(doc_id, meta, result)
     finally:
         join.cleanup(doc_id)
         _drop_blob(stores, meta["blob"])
