@@ -159,11 +159,11 @@ class AuditState(Protocol):
     def save_report(self, report: dict[str, Any]) -> None: ...
 
 
-def iso(timestamp: float | None) -> str | None:
+def iso(timestamp: float | None, timespec: str = "seconds") -> str | None:
     """UTC ISO 8601 time of an epoch timestamp (None stays None)."""
     if timestamp is None:
         return None
-    return datetime.fromtimestamp(timestamp, UTC).isoformat(timespec="seconds")
+    return datetime.fromtimestamp(timestamp, UTC).isoformat(timespec=timespec)
 
 
 # --- integrity ----------------------------------------------------------------------
@@ -523,8 +523,8 @@ def build_report(run: AuditRun, model_dir: Path, entries: Sequence[ModelEntry],
         "model_dir": str(model_dir),
         "mode": run.mode,
         "dry_run": run.mode == "dry-run",
-        "started_at": iso(started),
-        "finished_at": iso(time.time()),
+        "started_at": iso(started, "milliseconds"),
+        "finished_at": iso(time.time(), "milliseconds"),
         "policy": run.policy.to_dict(),
         "models": [e.to_dict() for e in entries],
         "totals": {
