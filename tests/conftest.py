@@ -24,7 +24,8 @@ ROOT = Path(__file__).resolve().parents[1]
 CORPUS = ROOT.parent / "shared" / "corpus"
 VENV_BIN = Path(sys.executable).parent
 FAKE_PLUGINS = ("fake=tests.fake_engines:FakeEngine,"
-                "broken=tests.fake_engines:BrokenEngine")
+                "broken=tests.fake_engines:BrokenEngine,"
+                "fake-model=tests.fake_engines:FakeModelEngine")
 
 
 def free_port() -> int:
