@@ -186,8 +186,8 @@ def run_models(args: argparse.Namespace, client: OcrClient) -> int:
         replies = client.unload_models()
         if args.json:
             print(json.dumps({"unload": replies}))
-        for worker, reply in sorted(replies.items()):
-            if not args.json:
+        else:
+            for worker, reply in sorted(replies.items()):
                 print(f"{worker}: {reply.get('ok') or 'error: ' + str(reply.get('error'))}")
         if not replies:
             print("submit.py: no worker answered", file=sys.stderr)

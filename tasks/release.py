@@ -27,7 +27,8 @@ Heartbeat. The keeper thread (a daemon thread started in `worker_process_init`, 
 the fork, so no thread crosses a fork) writes a `loaded` registration per model-directory
 entry the child holds (tasks/model_registry.py) every OCR_MODEL_HEARTBEAT_SECONDS, so
 an idle child stays registered while its model is loaded; the main thread registers a
-model itself before loading it. Registrations expire after 3 missed beats when a child
+model itself before loading it. The thread wakes every 0.25 s to check for idleness and
+for a release to deregister. Registrations expire after 3 missed beats when a child
 dies, and are deleted when it unloads or exits.
 """
 
@@ -40,6 +41,7 @@ import socket
 import threading
 import time
 from collections.abc import Iterable
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import redis
@@ -73,7 +75,7 @@ def signal_children(pids: Iterable[int]) -> list[int]:
 class ChildKeeper:
     """Release and heartbeat of one pool child's engines (see the module docstring)."""
 
-    def __init__(self, models: ModelRegistry | None, model_dir: Any,
+    def __init__(self, models: ModelRegistry | None, model_dir: Path,
                  idle_seconds: float, heartbeat_seconds: float) -> None:
         self._models = models
         self._model_dir = model_dir
@@ -181,7 +183,7 @@ class ChildKeeper:
         self.sync()
 
     def _holder(self, engine: str, entry: str) -> Holder:
-        path = os.path.realpath(os.path.join(self._model_dir, entry))
+        path = os.path.realpath(self._model_dir / entry)
         return Holder(model=entry, path=path, worker=node_name, host=self._host,
                       pid=self._pid, engine=engine, since=time.time())
 

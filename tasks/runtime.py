@@ -132,9 +132,13 @@ class EngineRegistry:
         Runs in the child's main thread, also from the release signal handler; it does
         no Redis or other I/O besides logging.
         """
-        names = list(self.engines)
-        for name in names:
-            self.engines.pop(name).engine.close()
+        names = []
+        for name in list(self.engines):
+            loaded = self.engines.pop(name, None)
+            if loaded is None:
+                continue  # closed meanwhile by a release signal handled inside this loop
+            loaded.engine.close()
+            names.append(name)
             log.info("engine unloaded: %s (pid %d)", name, os.getpid())
         self.failures.clear()
         return names
