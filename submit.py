@@ -231,8 +231,9 @@ def format_models_report(report: dict[str, Any]) -> str:
     if report["errors"]:
         lines += ["errors:"] + [f"  {e['code']}: {e['message']}" for e in report["errors"]]
     totals = report["totals"]
+    went = "would be pruned" if report["mode"] == "dry-run" else "pruned"
     lines.append(f"{totals['entries']} entries, {_size(totals['size_bytes'])} in "
-                 f"{report['model_dir']} on {report['host']}; {totals['pruned']} pruned "
+                 f"{report['model_dir']} on {report['host']}; {totals['pruned']} {went} "
                  f"({_size(totals['pruned_bytes'])})")
     return "\n".join(lines)
 

@@ -78,7 +78,7 @@ def build_lifecycle_dir(models: Path, outside: Path) -> None:
     age(models / "stale-used", 60 * DAY)
     write_model(models / "broken-config", config="{not json")
     age(models / "broken-config", 2 * DAY)
-    write_model(models / "truncated", truncate_to=100)
+    write_model(models / "truncated", truncate_to=-20)  # the data is cut short
     age(models / "truncated", 2 * DAY)
     write_model(models / "partial")
     (models / "partial" / "model-00002-of-00002.safetensors.incomplete").write_bytes(b"x")
