@@ -8,6 +8,7 @@ so the folder is checked first and the hub is switched off for this process.
 
 from __future__ import annotations
 
+import gc
 import os
 from typing import TYPE_CHECKING, Any
 
@@ -35,6 +36,10 @@ class MlxVlmEngine(OcrEngine):
         self._max_tokens = max_tokens
         self._mx, self._mlx_vlm = modules
         self.model = model_name
+
+    @classmethod
+    def model_entry(cls, settings: Settings) -> str | None:
+        return settings.model or None
 
     @classmethod
     def load(cls, settings: Settings) -> MlxVlmEngine:
@@ -89,4 +94,5 @@ class MlxVlmEngine(OcrEngine):
     def close(self) -> None:
         self._model = None
         self._processor = None
+        gc.collect()  # the model's reference cycles hold arrays until collected
         self._mx.clear_cache()
