@@ -111,7 +111,7 @@ def _cell(value: Any) -> str:
 
 
 def _numeric(text: str) -> bool:
-    return bool(re.fullmatch(r"[-+]?[\d.]+(e[-+]?\d+)?[%x]?", text))
+    return bool(re.fullmatch(r"[-+]?\d+(\.\d+)?(e[-+]?\d+)?[%x]?", text))
 
 
 # --- inputs ---------------------------------------------------------------------------
@@ -346,11 +346,12 @@ def command_output(*argv: str) -> str | None:
     return out[0] if out else None
 
 
-def file_fingerprint(path: Path) -> dict[str, Any]:
+def file_fingerprint(path: Path) -> str:
+    """`path (size, sha256 prefix)`, to tell data files apart in reports."""
     if not path.is_file():
-        return {"path": str(path), "present": False}
+        return f"{path} (missing)"
     digest = hashlib.sha256(path.read_bytes()).hexdigest()
-    return {"path": str(path), "bytes": path.stat().st_size, "sha256": digest[:16]}
+    return f"{path} ({path.stat().st_size / 2**20:.1f} MiB, sha256 {digest[:12]})"
 
 
 def libtesseract_version() -> str | None:
