@@ -6,11 +6,18 @@ worker with OCR_CONCURRENCY=1 or 2, the result cache off, every job submitted at
 through `OcrClient` (blob upload, Redis, a pool child, the result backend, polling).
 PDFs are read with mode=ocr, so the scanned PDF with an OCR text layer is OCRed too.
 
+A second direct row runs two such loops at once in two processes (no queue): what two
+cores give this engine on this machine, so that the queue's own loss at concurrency 2
+can be told from the machine's (shared caches, memory bandwidth, a busy neighbour).
+
 Goals (issue 7): queue at concurrency 1 >= 0.95 x direct; concurrency 2 >= 1.8 x direct.
 """
 
 from __future__ import annotations
 
+import multiprocessing
+import time
+from concurrent.futures import ProcessPoolExecutor
 from typing import Any
 
 from bench.common import (
@@ -61,6 +68,11 @@ def run(ctx: Context) -> Report:
     rows: dict[str, dict[str, Any]] = {"direct": {
         "seconds": direct_seconds, "pages": pages, "pages_per_s": pages / direct_seconds,
         "pass_seconds": pass_seconds, "engine_seconds": direct_ocr}}
+    spans = parallel_direct([d.name for d in docs], processes=2)
+    wall = max(end for _, end, _ in spans) - min(start for start, _, _ in spans)
+    rows["direct x2 processes"] = {
+        "seconds": wall, "pages": 2 * pages_per_pass, "pages_per_s": 2 * pages_per_pass / wall,
+        "engine_seconds": sum(e for _, _, e in spans) * passes / 2, "children": 2}
     texts_match = True
     with Services(ctx.workdir) as services:
         for concurrency in (1, 2):
@@ -105,9 +117,47 @@ def run(ctx: Context) -> Report:
         Ratio("queue c2 / direct pages/s", rows["queue c2"]["ratio"], f">= {GOAL_C2}",
               rows["queue c2"]["ratio"] >= GOAL_C2,
               note="documents are not split into pages yet: one job per document"),
+        Ratio("queue c2 / direct x2 processes pages/s",
+              rows["queue c2"]["pages_per_s"] / rows["direct x2 processes"]["pages_per_s"],
+              note=f"the machine gives {rows['direct x2 processes']['ratio']:.2f}x direct "
+                   "with two processes and no queue; no goal in issue 7"),
     ]
     report.figure = plot(rows)
     return report
+
+
+_start_together: Any = None
+
+
+def _init_process(barrier: Any) -> None:
+    global _start_together
+    _start_together = barrier
+
+
+def _direct_pass(names: list[str]) -> tuple[float, float, float]:
+    """In a fresh process: load, warm up, wait for the sibling, time one pass."""
+    from bench.common import Direct, load_doc
+
+    docs = [load_doc(n) for n in names]
+    direct = Direct()
+    try:
+        warm = load_doc(WARMUP)
+        direct.run(warm.data, warm.name)
+        _start_together.wait()
+        start = time.time()
+        results = [direct.run(d.data, d.name, **OPTIONS) for d in docs]
+        return start, time.time(), sum(p_ocr(r) for r in results)
+    finally:
+        direct.close()
+
+
+def parallel_direct(names: list[str], processes: int) -> list[tuple[float, float, float]]:
+    """(start, end, engine seconds) of one direct pass in each of `processes` processes."""
+    mp = multiprocessing.get_context("spawn")  # a clean interpreter, as a pool child has
+    barrier = mp.Barrier(processes)
+    with ProcessPoolExecutor(processes, mp_context=mp, initializer=_init_process,
+                             initargs=(barrier,)) as pool:
+        return list(pool.map(_direct_pass, [names] * processes))
 
 
 def p_ocr(result: dict[str, Any]) -> float:
@@ -115,11 +165,11 @@ def p_ocr(result: dict[str, Any]) -> float:
 
 
 def plot(rows: dict[str, dict[str, Any]]) -> Any:
-    fig, axes = new_figure()
+    fig, axes = new_figure(width=7)
     ax = axes[0][0]
     names = list(rows)
     values = [rows[n]["pages_per_s"] for n in names]
-    ax.bar(names, values, color=["#777777", "#1f77b4", "#2ca02c"])
+    ax.bar(names, values, color=["#777777", "#aaaaaa", "#1f77b4", "#2ca02c"])
     base = rows["direct"]["pages_per_s"]
     ax.axhline(base * GOAL_C1, ls="--", color="#1f77b4", lw=1, label=f"goal c1: {GOAL_C1} x direct")
     ax.axhline(base * GOAL_C2, ls="--", color="#2ca02c", lw=1, label=f"goal c2: {GOAL_C2} x direct")
