@@ -300,7 +300,10 @@ def plot(cache: dict[str, Any], pdf: dict[str, Any], recycle: dict[str, Any]) ->
         twin.plot(range(1, len(run_["mlx"]) + 1), [m["mlx_cache_mb"] for m in run_["mlx"]],
                   ls=":", label=f"MLX cache, clear {label}")
     twin.set_ylabel("MLX cache (MB)")
-    twin.set_ylim(bottom=0)
+    top = max((m["mlx_cache_mb"] for r in cache["runs"].values() if not r.get("skipped")
+               for m in r["mlx"]), default=0.0)
+    twin.set_ylim(0, top * 2.5 + 0.01)  # MLX lines in the lower half, RSS from 0
+    ax.set_ylim(bottom=0)
     lines = ax.get_legend_handles_labels()
     more = twin.get_legend_handles_labels()
     ax.legend(lines[0] + more[0], lines[1] + more[1], fontsize=7, loc="lower right")
@@ -312,6 +315,7 @@ def plot(cache: dict[str, Any], pdf: dict[str, Any], recycle: dict[str, Any]) ->
             ax.plot(xs, ys, label=f"mode={mode} ({run_['seconds']:.0f} s)")
     ax.set_xlabel("seconds into the job")
     ax.set_ylabel("busy child RSS (MB)")
+    ax.set_ylim(bottom=0)
     ax.set_title(f"{pdf['pages']}-page PDF, one job")
     ax.legend(fontsize=8)
 
