@@ -39,7 +39,10 @@ RESULTS = ROOT / "bench" / "results"
 # What every benchmark worker and direct loop share: the bundled engine, one OpenMP
 # thread per tesseract (the service's default, OCR_TESSERACT_THREADS=1) and no result
 # cache, so that every job really runs the engine.
-BASE_ENV = {"OCR_ENGINE": "tesseract", "OCR_CACHE_RESULTS": "0", "OCR_TESSERACT_THREADS": "1"}
+BASE_ENV = {"OCR_ENGINE": "tesseract", "OCR_CACHE_RESULTS": "0", "OCR_TESSERACT_THREADS": "1",
+            "OCR_PDF_DPI": "300"}
+# PDF pages are rendered for OCR at this DPI (OCR_PDF_DPI; the tesseract CLI peer too).
+PDF_DPI = 300
 
 
 class BenchError(RuntimeError):
@@ -239,6 +242,13 @@ def run_jobs(client: OcrClient, jobs: Sequence[tuple[bytes, dict[str, str]]],
     if failed:
         raise BenchError(f"{len(failed)} of {len(ids)} jobs failed, first: {failed[0]}")
     return seconds, ordered
+
+
+def worker_pids(result: dict[str, Any]) -> set[int]:
+    """The pool children that worked on a job (several when its pages were fanned out)."""
+    engine = result.get("engine") or {}
+    pids = engine.get("pids") or [engine.get("pid")]
+    return {int(p) for p in pids if p is not None}
 
 
 def worker_processes(worker: Worker) -> list[psutil.Process]:

@@ -7,7 +7,8 @@ Pages: the corpus's scanned PDFs, every page OCRed (our mode=ocr, OCRmyPDF
 - ours, queue c2: a Procfile worker with 2 pool children; one job per document, and one
   job per page (the client splits with `pages`, as the coming page fan-out will).
 - tesseract CLI: Debian's `tesseract`, two processes at a time, on the pages rendered
-  by the same code as ours (PyMuPDF, 300 DPI, rendering time included).
+  as ours are (PyMuPDF, RGB, 300 DPI; rendering time included). It gets no
+  orientation or deskew step that the service may apply.
 - OCRmyPDF: `--force-ocr --jobs 2 --sidecar`, its default output (PDF/A), one process
   per document as a user runs it. It picks its own rasterising DPI; its log (-v 1) is
   read to report the DPI it used (300 on these files, as ours).
@@ -30,6 +31,7 @@ from pathlib import Path
 from typing import Any
 
 from bench.common import (
+    PDF_DPI,
     Context,
     Direct,
     Doc,
@@ -198,8 +200,6 @@ def tesseract_cli(docs: list[Doc], workdir: Path, env: dict[str, str]) -> dict[s
     """Render each page as ours does, then `tesseract page stdout`, two at a time."""
     import pymupdf
 
-    from tasks.pdf import OCR_DPI, render
-
     pages_dir = workdir / "pages"
     pages_dir.mkdir(exist_ok=True)
 
@@ -216,7 +216,10 @@ def tesseract_cli(docs: list[Doc], workdir: Path, env: dict[str, str]) -> dict[s
             for number in range(pdf.page_count):
                 page = pdf[number]
                 path = pages_dir / f"{i}-{number}.ppm"
-                render(page, OCR_DPI, 178956970).save(path, format="PPM")
+                zoom = PDF_DPI / 72
+                pix = page.get_pixmap(matrix=pymupdf.Matrix(zoom, zoom),
+                                      colorspace=pymupdf.csRGB, alpha=False)
+                pix.save(str(path), output="ppm")
                 paths.append(path)
             per_doc.append(paths)
             pdf.close()

@@ -32,6 +32,7 @@ from bench.common import (
     pooled_cer,
     run_jobs,
     timed,
+    worker_pids,
 )
 
 SCANS = ("scan_tess_phototest.tif", "scan_dh_lorem_ipsum.pdf", "scan_linn.png",
@@ -86,7 +87,7 @@ def run(ctx: Context) -> Report:
                 "seconds": seconds, "pages": pages, "pages_per_s": pages / seconds,
                 "engine_seconds": sum(p_ocr(r) for r in results),
                 "task_seconds": sum(r["timings"]["total_seconds"] for r in results),
-                "children": len({r["engine"]["pid"] for r in results}),
+                "children": len(set().union(*(worker_pids(r) for r in results))),
             }
 
     base = rows["direct"]["pages_per_s"]
