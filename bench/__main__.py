@@ -12,6 +12,7 @@ import argparse
 import importlib
 import json
 import logging
+import os
 import sys
 import tempfile
 import time
@@ -53,6 +54,10 @@ def main(argv: list[str] | None = None) -> int:
             ctx.workdir.mkdir(parents=True)
             print(f"\n=== {name}{' (quick)' if args.quick else ''} ===", flush=True)
             t0 = time.perf_counter()
+            load_before = os.getloadavg()[0]
+            if load_before > 0.5:
+                print(f"warning: 1-minute load average {load_before:.2f} before {name}: "
+                      "other work on this machine skews the numbers", flush=True)
             try:
                 module = importlib.import_module(f"bench.{name}")
                 report: Report = module.run(ctx)
@@ -62,6 +67,8 @@ def main(argv: list[str] | None = None) -> int:
                 failed.append(name)
                 continue
             seconds = time.perf_counter() - t0
+            report.data["loadavg_1min"] = {"before": round(load_before, 2),
+                                           "after": round(os.getloadavg()[0], 2)}
             write(report, ctx, machine, seconds)
             reports.append(report)
             print(f"({name}: {seconds:.0f} s)", flush=True)
