@@ -44,6 +44,9 @@ def main(argv: list[str] | None = None) -> int:
           f"{machine['memory_gb']} GB, load {machine['loadavg']}, {machine['platform']}")
     print(f"GPU: not benchmarked; no device machine was lent when this harness was written, "
           f"so every number below is CPU only (detected here: {machine['gpu']})")
+    if machine["loadavg"][0] > 0.5:
+        print(f"warning: 1-minute load average {machine['loadavg'][0]} before the run: other "
+              "work on this machine skews the numbers (each JSON records the load)")
     names = args.only or list(BENCHMARKS)
     reports: list[Report] = []
     failed: list[str] = []
@@ -55,9 +58,6 @@ def main(argv: list[str] | None = None) -> int:
             print(f"\n=== {name}{' (quick)' if args.quick else ''} ===", flush=True)
             t0 = time.perf_counter()
             load_before = os.getloadavg()[0]
-            if load_before > 0.5:
-                print(f"warning: 1-minute load average {load_before:.2f} before {name}: "
-                      "other work on this machine skews the numbers", flush=True)
             try:
                 module = importlib.import_module(f"bench.{name}")
                 report: Report = module.run(ctx)
