@@ -242,7 +242,7 @@ def big_pdf(ctx: Context, services: Services) -> dict[str, Any]:
 
 def recycling(ctx: Context, services: Services, model_dir: Path,
               image: bytes) -> dict[str, Any]:
-    tasks = ctx.size(20, 6)  # at limit 1 each task pays a recycle of ~3 s
+    tasks = ctx.size(15, 6)  # at limit 1 each task pays a recycle of ~3 s
     runs: dict[str, dict[str, Any]] = {}
     for limit in ((1, 5, 0) if not ctx.quick else (1, 0)):
         env = {**VLM_ENV, "OCR_MODEL_DIR": str(model_dir),
