@@ -1,11 +1,12 @@
-# Two commands: `make run` (the service, offline, bundled engine) and `make test`.
+# Two commands: `make run` (the service, offline, bundled engine) and `make test`;
+# `make bench` runs the benchmarks of issue 7 (not part of `make test`).
 PYTHON ?= python3
 VENV   ?= .venv
 PY     := $(VENV)/bin/python
 export PATH := $(abspath $(VENV))/bin:$(PATH)
 export PYTHONPATH := $(abspath .)
 
-.PHONY: run test lint bench clean redis-server
+.PHONY: run test lint bench bench-quick clean redis-server bench-tools
 
 $(VENV)/.runtime: requirements.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -17,12 +18,23 @@ $(VENV)/.dev: $(VENV)/.runtime requirements-dev.txt
 	$(PY) -m pip install -q -r requirements-dev.txt
 	touch $@
 
+$(VENV)/.bench: $(VENV)/.dev requirements-bench.txt
+	$(PY) -m pip install -q -r requirements-bench.txt
+	touch $@
+
 # redis-server: Debian's package when root, otherwise say what to do.
 redis-server:
 	@command -v redis-server >/dev/null || { \
 	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
 	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq redis-server; \
 	  else echo "redis-server is missing: apt-get install redis-server (Debian/Ubuntu) or brew install redis (macOS)"; exit 1; fi; }
+
+# The peers of the benchmarks: Debian's tesseract CLI and Ghostscript (for OCRmyPDF).
+bench-tools:
+	@command -v tesseract >/dev/null && command -v gs >/dev/null || { \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq tesseract-ocr ghostscript; \
+	  else echo "tesseract or gs is missing: apt-get install tesseract-ocr ghostscript (Debian/Ubuntu) or brew install tesseract ghostscript (macOS); the peer rows are skipped without them"; fi; }
 
 run: $(VENV)/.runtime redis-server
 	mkdir -p var
@@ -35,8 +47,13 @@ lint: $(VENV)/.dev
 test: $(VENV)/.dev redis-server lint
 	pytest
 
-bench: $(VENV)/.dev redis-server
-	$(PY) -m bench
+# OMP_THREAD_LIMIT=1: one OpenMP thread per tesseract, as the workers run it
+# (OCR_TESSERACT_THREADS=1); Debian's tesseract on 2 cores is ~8x slower without it.
+bench: $(VENV)/.bench redis-server bench-tools
+	OMP_THREAD_LIMIT=1 $(PY) -m bench
+
+bench-quick: $(VENV)/.bench redis-server bench-tools
+	OMP_THREAD_LIMIT=1 $(PY) -m bench --quick
 
 clean:
 	rm -rf var .pytest_cache .mypy_cache .ruff_cache

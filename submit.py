@@ -4,10 +4,15 @@
     python submit.py [--json] [--no-wait] [--engine E] [--pages R] [--password P]
                      [--output text|markdown|json] [--mode auto|ocr|text] [--out DIR] FILE...
     python submit.py wait [--json] [--out DIR] ID...
+    python submit.py models [--prune] [--dry-run] [--json] [--timeout S]
+    python submit.py models --unload [--json]
 
 With --out DIR, each result is also written there (text, Markdown or JSON, and
 NAME.ocr.pdf for --output pdf). Exit status: 0 when every job succeeded, 1 when any
 failed or was PARTIAL (some pages failed), 2 for usage errors.
+`models` runs the model-directory audit through the queue (1 when it failed or reported
+errors); `models --unload` makes every worker's pool children release their engines
+(1 when no worker answered).
 Runs as a client: needs Redis at REDIS_URL and a worker, not the engines.
 """
 
@@ -29,7 +34,8 @@ EXTENSIONS = {"text": ".txt", "markdown": ".md", "json": ".json", "pdf": ".txt"}
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="submit.py", description="OCR files through the queue.",
-        epilog="`submit.py wait [--json] ID...` waits for jobs sent with --no-wait.")
+        epilog="`submit.py wait [--json] ID...` waits for jobs sent with --no-wait; "
+               "`submit.py models --help` audits and prunes the model directory.")
     parser.add_argument("files", nargs="+", metavar="FILE")
     parser.add_argument("--json", action="store_true", help="one JSON result per line")
     parser.add_argument("--no-wait", action="store_true", help="print job ids and return")
@@ -51,6 +57,24 @@ def build_wait_parser() -> argparse.ArgumentParser:
     parser.add_argument("--json", action="store_true")
     parser.add_argument("--out", type=Path)
     parser.add_argument("--timeout", type=float)
+    return parser
+
+
+def build_models_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="submit.py models",
+        description="Audit OCR_MODEL_DIR through the queue (task ocr.audit_models), prune "
+                    "it, or make the workers release their models.")
+    parser.add_argument("--prune", action="store_true",
+                        help="remove what the prune policy selects")
+    parser.add_argument("--dry-run", action="store_true",
+                        help="show what --prune would remove; remove nothing")
+    parser.add_argument("--unload", action="store_true",
+                        help="make every pool child release its engine (remote control "
+                             "unload_model); it reloads on its next task")
+    parser.add_argument("--json", action="store_true", help="print one JSON object")
+    parser.add_argument("--timeout", type=float, default=300.0,
+                        help="stop waiting for the audit after S seconds")
     return parser
 
 
@@ -170,11 +194,85 @@ def wait_for(client: OcrClient, ids: list[str], names: dict[str, str],
         progress.close()
 
 
+def run_models(args: argparse.Namespace, client: OcrClient) -> int:
+    """`submit.py models`: the audit report, or the replies to `unload_model`."""
+    if args.unload:
+        replies = client.unload_models()
+        if args.json:
+            print(json.dumps({"unload": replies}))
+        else:
+            for worker, reply in sorted(replies.items()):
+                print(f"{worker}: {reply.get('ok') or 'error: ' + str(reply.get('error'))}")
+        if not replies:
+            print("submit.py: no worker answered", file=sys.stderr)
+        return 0 if any("ok" in r for r in replies.values()) else 1
+    report = client.audit_models(prune=args.prune, dry_run=args.dry_run,
+                                 timeout=args.timeout)
+    if "models" not in report:  # FAILURE or TIMEOUT
+        error = report.get("error", {})
+        if args.json:
+            print(json.dumps(report))
+        print(f"submit.py: audit {report.get('status')}: {error.get('code')}: "
+              f"{error.get('message')}", file=sys.stderr)
+        return 1
+    print(json.dumps(report) if args.json else format_models_report(report), flush=True)
+    return 1 if report["errors"] else 0
+
+
+def format_models_report(report: dict[str, Any]) -> str:
+    """The audit report as a table and lists, for people."""
+    header = ("NAME", "KIND", "SIZE", "MODIFIED", "LAST USED", "LOADED BY", "INTEGRITY")
+    rows = [header]
+    for m in report["models"]:
+        kind = m["kind"] + (f" ({m['model_type']})" if m["model_type"] else "")
+        integrity = m["integrity"]
+        state = "ok" if integrity["ok"] else "; ".join(
+            [*integrity["problems"], *[f"partial: {p}" for p in integrity["partial"]]])
+        rows.append((m["name"] + (f" -> {m['link']}" if m["link"] else ""), kind,
+                     _size(m["size_bytes"]), _when(m["modified"]), _when(m["last_used"]),
+                     ", ".join(m["loaded_by"]) or "-", state))
+    widths = [max(len(r[i]) for r in rows) for i in range(len(header) - 1)]
+    lines = ["  ".join(c.ljust(w) for c, w in zip(r, widths, strict=False)) + "  " + r[-1]
+             for r in rows]
+    label = {"audit": "would go (audit only: nothing removed)", "dry-run": "would be pruned",
+             "prune": "pruned"}[report["mode"]]
+    pruned = report["pruned"] or [k for k in report["kept"]
+                                  if set(k["reasons"]) & {"audit_only", "prune_locked"}]
+    lines += ["", f"{label}:"] + [f"  {p['name']}: {p['detail']}" for p in pruned] \
+        if pruned else ["", f"{label}: nothing"]
+    lines += ["kept:"] + [f"  {k['name']}: {', '.join(k['reasons'])} ({k['detail']})"
+                          for k in report["kept"]]
+    if report["errors"]:
+        lines += ["errors:"] + [f"  {e['code']}: {e['message']}" for e in report["errors"]]
+    totals = report["totals"]
+    went = "would be pruned" if report["mode"] == "dry-run" else "pruned"
+    lines.append(f"{totals['entries']} entries, {_size(totals['size_bytes'])} in "
+                 f"{report['model_dir']} on {report['host']}; {totals['pruned']} {went} "
+                 f"({_size(totals['pruned_bytes'])})")
+    return "\n".join(lines)
+
+
+def _size(n: int) -> str:
+    value = float(n)
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if value < 1024 or unit == "GiB":
+            return f"{value:.0f} {unit}" if unit == "B" else f"{value:.1f} {unit}"
+        value /= 1024
+    return f"{n} B"
+
+
+def _when(iso: str | None) -> str:
+    return iso[:16].replace("T", " ") + "Z" if iso else "-"
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
-    waiting = bool(argv) and argv[0] == "wait"
-    args = (build_wait_parser() if waiting else build_parser()).parse_args(
-        argv[1:] if waiting else argv)
+    command = argv[0] if argv and argv[0] in ("wait", "models") else None
+    parser = {"wait": build_wait_parser, "models": build_models_parser}.get(
+        command or "", build_parser)()
+    args = parser.parse_args(argv[1:] if command else argv)
+    if command == "models" and args.unload and (args.prune or args.dry_run):
+        parser.error("--unload cannot be combined with --prune or --dry-run")
     try:
         settings = Settings.from_env()
     except SettingsError as exc:
@@ -182,7 +280,9 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     client = OcrClient(settings)
     try:
-        if waiting:
+        if command == "models":
+            return run_models(args, client)
+        if command == "wait":
             results = wait_for(client, args.ids, {}, args.timeout)
             return emit([results[i] for i in args.ids], args.json, args.out, "text", client)
         return run_submit(args, client)

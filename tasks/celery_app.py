@@ -14,7 +14,7 @@ from celery import Celery
 from tasks.display import job_kwargs_repr
 from worker_config import Settings, celery_config
 
-TASK_MODULES = ("tasks.ocr_tasks",)
+TASK_MODULES = ("tasks.ocr_tasks", "tasks.maintenance_tasks")
 
 
 class OcrCelery(Celery):
@@ -35,6 +35,9 @@ def create_app(settings: Settings) -> OcrCelery:
     app = OcrCelery("ocr", include=list(TASK_MODULES), set_as_current=True)
     app.ocr_settings = settings
     app.conf.update(celery_config(settings))
+    # The remote-control command must be registered in the worker and in the
+    # `celery control` command line alike, so it is imported with the app.
+    import tasks.control  # noqa: F401
     from tasks.signals import connect_signals
 
     connect_signals(settings)

@@ -133,5 +133,25 @@ class OcrClient:
                 time.sleep(poll)
         return results
 
+    def audit_models(self, *, prune: bool = False, dry_run: bool = False,
+                     timeout: float | None = None) -> dict[str, Any]:
+        """Run the model-directory audit `ocr.audit_models` through the queue.
+
+        Returns its report (docs/tasks.md), or a FAILURE/TIMEOUT dict like `wait()`.
+        """
+        job = self.app.send_task("ocr.audit_models",
+                                 kwargs={"prune": prune, "dry_run": dry_run})
+        return self.wait([str(job.id)], timeout=timeout)[str(job.id)]
+
+    def unload_models(self, timeout: float = 2.0,
+                      destination: list[str] | None = None) -> dict[str, dict[str, Any]]:
+        """Broadcast the remote-control command `unload_model`; replies by worker."""
+        replies = self.app.control.broadcast("unload_model", reply=True, timeout=timeout,
+                                             destination=destination)
+        merged: dict[str, dict[str, Any]] = {}
+        for reply in replies or []:
+            merged.update(reply)
+        return merged
+
     def close(self) -> None:
         self.app.close()

@@ -132,6 +132,24 @@ class WorkerLost(OcrError):
     default_message = "the worker running the job died"
 
 
+class ModelDirMissing(OcrError):
+    code = "model_dir_missing"
+    default_message = "the model directory does not exist on the worker that audited it"
+
+
+class PruneLocked(OcrError):
+    """Another audit holds the prune lock; run again later."""
+
+    code = "prune_locked"
+    retryable = True
+    default_message = "another audit is pruning the model directory; nothing was pruned"
+
+
+class PruneFailed(OcrError):
+    code = "prune_failed"
+    default_message = "a model-directory entry could not be removed"
+
+
 class TransientError(OcrError):
     """A failure that may pass: the broker or the blob store was briefly unreachable."""
 

@@ -2,8 +2,10 @@
 
 Lives in each worker pool child. `worker_process_init` calls `init_process()` to load
 the worker's engine; tasks call `current().get(name)`; `task_postrun` calls
-`after_task()`. Other engines a job asks for are loaded on first use. A failed load is
-remembered so that every task of that child fails fast with `engine_unavailable`.
+`after_task()`. Other engines a job asks for are loaded on first use, and so is an
+engine again after `unload()` (remote control, idle release: tasks/release.py). A failed
+load is remembered so that every task of that child fails fast with
+`engine_unavailable`.
 """
 
 from __future__ import annotations
@@ -11,6 +13,7 @@ from __future__ import annotations
 import logging
 import os
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -28,6 +31,7 @@ log = logging.getLogger(__name__)
 class LoadedEngine:
     engine: OcrEngine
     load_seconds: float
+    model_entry: str | None = None  # the OCR_MODEL_DIR entry it loaded, if any
 
 
 @dataclass
@@ -41,6 +45,11 @@ class EngineRegistry:
     tasks_in_process: int = 0
     load_count: int = 0
     last_memory: dict[str, float] = field(default_factory=dict)
+    # Called before and after each load (in the thread that loads): registration of
+    # the models in use must cover the load itself.
+    on_load: Callable[[EngineRegistry], None] | None = None
+    loading: dict[str, str | None] = field(default_factory=dict)
+    used: set[str] = field(default_factory=set)
 
     def get(self, name: str | None = None) -> LoadedEngine:
         """The loaded engine `name` (default: this worker's), loading it on first use."""
@@ -50,12 +59,13 @@ class EngineRegistry:
                                     f"{self.failures[name]}")
         if name not in self.engines:
             self.load(name)
+        self.used.add(name)
         return self.engines[name]
 
     def load(self, name: str) -> None:
         started = time.perf_counter()
         try:
-            engine = engine_class(name, self.settings).load(self.settings)
+            engine, entry = self._construct(name)
         except OcrError as exc:
             self.failures[name] = exc.message
             log.error("engine load failed: %s (pid %d): %s", name, os.getpid(), exc.message)
@@ -67,10 +77,43 @@ class EngineRegistry:
             log.exception("engine load failed: %s (pid %d)", name, os.getpid())
             raise EngineUnavailable(f"engine {name}: {reason}") from exc
         seconds = time.perf_counter() - started
-        self.engines[name] = LoadedEngine(engine, seconds)
+        self.engines[name] = LoadedEngine(engine, seconds, entry)
+        self.loading.pop(name, None)
         self.load_count += 1
         log.info("engine loaded: %s model=%s in %.2fs (pid %d)",
                  name, engine.model, seconds, os.getpid())
+        self._notify()
+
+    def _construct(self, name: str) -> tuple[OcrEngine, str | None]:
+        cls = engine_class(name, self.settings)
+        entry = cls.model_entry(self.settings)
+        self.loading[name] = entry
+        self._notify()  # registered as in use before its files are read
+        loaded = False
+        try:
+            engine = cls.load(self.settings)
+            loaded = True
+        finally:
+            if not loaded:
+                self.loading.pop(name, None)
+                self._notify()
+        return engine, entry
+
+    def _notify(self) -> None:
+        if self.on_load is not None:
+            self.on_load(self)
+
+    def model_entries(self) -> dict[str, str]:
+        """Model-directory entries of the engines loaded or being loaded, by engine."""
+        entries = {name: loaded.model_entry for name, loaded in list(self.engines.items())}
+        entries.update(self.loading)
+        return {name: entry for name, entry in entries.items() if entry}
+
+    def take_used_models(self) -> set[str]:
+        """Model-directory entries of the engines used since the last call."""
+        used, self.used = self.used, set()
+        return {loaded.model_entry for name in used
+                if (loaded := self.engines.get(name)) is not None and loaded.model_entry}
 
     def after_task(self) -> dict[str, float]:
         """Count the task and free per-task caches (MLX's buffer cache)."""
@@ -84,10 +127,18 @@ class EngineRegistry:
         return memory
 
     def unload(self) -> list[str]:
-        """Close every engine; the next task loads again. Returns the names closed."""
-        names = list(self.engines)
-        for name in names:
-            self.engines.pop(name).engine.close()
+        """Close every engine; the next task loads again. Returns the names closed.
+
+        Runs in the child's main thread, also from the release signal handler; it does
+        no Redis or other I/O besides logging.
+        """
+        names = []
+        for name in list(self.engines):
+            loaded = self.engines.pop(name, None)
+            if loaded is None:
+                continue  # closed meanwhile by a release signal handled inside this loop
+            loaded.engine.close()
+            names.append(name)
             log.info("engine unloaded: %s (pid %d)", name, os.getpid())
         self.failures.clear()
         return names
@@ -107,10 +158,12 @@ class EngineRegistry:
 _registry: EngineRegistry | None = None
 
 
-def init_process(settings: Settings) -> EngineRegistry:
+def init_process(settings: Settings,
+                 on_load: Callable[[EngineRegistry], None] | None = None) -> EngineRegistry:
     """Create this process's registry and load its primary engine (errors remembered)."""
     global _registry
-    _registry = EngineRegistry(settings=settings, primary=settings.resolve_engine())
+    _registry = EngineRegistry(settings=settings, primary=settings.resolve_engine(),
+                               on_load=on_load)
     try:
         _registry.load(_registry.primary)
     except OcrError:

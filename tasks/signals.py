@@ -1,8 +1,10 @@
 """Worker signal handlers: load engines in pool children, clean up after each task.
 
-`worker_process_init`, `task_postrun` and `worker_process_shutdown` run in pool
-children; `celeryd_after_setup` runs in the worker parent and touches no engine there
-(MLX evaluated before a fork deadlocks the children).
+`worker_process_init`, `task_prerun`, `task_postrun` and `worker_process_shutdown` run
+in pool children; `celeryd_after_setup` runs in the worker parent and touches no engine
+there (MLX evaluated before a fork deadlocks the children). Each child also gets a
+`release.ChildKeeper`: engine release on request or when idle, and the Redis
+registration of its loaded models.
 """
 
 from __future__ import annotations
@@ -13,16 +15,20 @@ from typing import Any
 from celery.signals import (
     celeryd_after_setup,
     task_postrun,
+    task_prerun,
     worker_process_init,
     worker_process_shutdown,
 )
 
-from tasks import runtime
+from tasks import release, runtime
 from tasks.images import configure_pillow
+from tasks.model_registry import ModelRegistry
+from tasks.storage import connect
 from worker_config import Settings, queue_for_engine
 
 log = logging.getLogger(__name__)
 _connected = False
+_keeper: release.ChildKeeper | None = None
 
 
 def connect_signals(settings: Settings) -> None:
@@ -35,19 +41,36 @@ def connect_signals(settings: Settings) -> None:
     def on_after_setup(sender: str, instance: Any, **_: Any) -> None:
         queue = queue_for_engine(settings.resolve_engine())
         instance.app.amqp.queues.select_add(queue)
+        release.node_name = sender
         log.info("worker %s serves engine queue %s", sender, queue)
 
     def on_process_init(**_: Any) -> None:
+        global _keeper
         configure_pillow(settings)
-        runtime.init_process(settings)
+        models = ModelRegistry(connect(settings.redis_url), settings.model_heartbeat_seconds)
+        _keeper = release.ChildKeeper(models, settings.model_dir,
+                                      settings.idle_unload_seconds,
+                                      settings.model_heartbeat_seconds)
+        _keeper.install()
+        _keeper.start(runtime.init_process(settings, on_load=_keeper.on_load))
+
+    def on_prerun(**_: Any) -> None:
+        if _keeper is not None:
+            _keeper.task_started()
 
     def on_postrun(**_: Any) -> None:
         runtime.current(settings).after_task()
+        if _keeper is not None:
+            _keeper.record_use()
+            _keeper.task_finished()
 
     def on_process_shutdown(**_: Any) -> None:
         runtime.shutdown_process()
+        if _keeper is not None:
+            _keeper.stop()
 
     celeryd_after_setup.connect(on_after_setup, weak=False)
     worker_process_init.connect(on_process_init, weak=False)
+    task_prerun.connect(on_prerun, weak=False)
     task_postrun.connect(on_postrun, weak=False)
     worker_process_shutdown.connect(on_process_shutdown, weak=False)

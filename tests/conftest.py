@@ -24,7 +24,7 @@ ROOT = Path(__file__).resolve().parents[1]
 CORPUS = ROOT.parent / "shared" / "corpus"
 VENV_BIN = Path(sys.executable).parent
 FAKE_PLUGINS = ",".join(f"{name}=tests.fake_engines:{cls}" for name, cls in (
-    ("fake", "FakeEngine"), ("broken", "BrokenEngine"),
+    ("fake", "FakeEngine"), ("broken", "BrokenEngine"), ("fake-model", "FakeModelEngine"),
     ("slow-on-dark", "SlowOnDarkEngine"), ("stuck-on-dark", "StuckOnDarkEngine"),
     ("killer", "KillerEngine")))
 

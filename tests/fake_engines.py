@@ -12,6 +12,7 @@ import time
 from PIL import Image, ImageStat
 
 from tasks.engines import OcrEngine, PageResult, RecognizeOptions
+from tasks.errors import EngineUnavailable
 from worker_config import Settings
 
 
@@ -43,6 +44,31 @@ class BrokenEngine(FakeEngine):
     @classmethod
     def load(cls, settings: Settings) -> BrokenEngine:
         raise RuntimeError("the fake model file is damaged")
+
+
+class FakeModelEngine(FakeEngine):
+    """Loads a folder of OCR_MODEL_DIR the way the VLM engine does (config.json only).
+
+    Its model-directory entry is registered as loaded, like a real VLM's, so lifecycle
+    tests need no MLX.
+    """
+
+    name = "fake-model"
+
+    def __init__(self, delay: float, model: str) -> None:
+        super().__init__(delay)
+        self.model = model
+
+    @classmethod
+    def model_entry(cls, settings: Settings) -> str | None:
+        return settings.model or None
+
+    @classmethod
+    def load(cls, settings: Settings) -> FakeModelEngine:
+        path = settings.model_path
+        if path is None or not (path / "config.json").is_file():
+            raise EngineUnavailable(f"no model folder {settings.model!r}")
+        return cls(float(os.environ.get("FAKE_PAGE_SECONDS", "0")), settings.model)
 
 
 def _is_dark(image: Image.Image) -> bool:

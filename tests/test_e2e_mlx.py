@@ -11,6 +11,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -67,6 +68,35 @@ def test_jobs_without_engine_use_the_workers_engine(vlm_worker: Worker,
     result = client.wait([job], timeout=240)[job]
     assert result["engine"]["name"] == "mlx-vlm"
     assert [p["number"] for p in result["pages"]] == [1, 2]
+
+
+def test_unload_control_releases_the_vlm(vlm_worker: Worker, client: OcrClient,
+                                         redis_url: str) -> None:
+    """The remote-control command closes the MLX model in the child; the next job reloads."""
+    import redis
+
+    from tasks.model_registry import ModelRegistry
+
+    models = ModelRegistry(redis.Redis.from_url(redis_url))
+    loaded = "engine loaded: mlx-vlm model=tiny-qwen2-vl"
+    first = client.submit(corpus("scan_tess_phototest.tif"), engine="mlx-vlm")
+    assert client.wait([first], timeout=240)[first]["status"] == "SUCCESS"
+    assert "tiny-qwen2-vl" in {h.model for h in models.loaded()}
+    loads = vlm_worker.log().count(loaded)
+    replies = client.unload_models(timeout=3)
+    assert any(r.get("ok") == "release requested in 1 pool children" for r in replies.values())
+    deadline = time.monotonic() + 30
+    while "engines released (unload_model)" not in vlm_worker.log():
+        assert time.monotonic() < deadline, vlm_worker.log()[-2000:]
+        time.sleep(0.1)
+    assert "engine unloaded: mlx-vlm" in vlm_worker.log()
+    while "tiny-qwen2-vl" in {h.model for h in models.loaded()}:
+        assert time.monotonic() < deadline
+        time.sleep(0.1)
+    job = client.submit(corpus("scan_tess_phototest.tif"), engine="mlx-vlm")
+    result = client.wait([job], timeout=240)[job]
+    assert result["status"] == "SUCCESS" and result["engine"]["model"] == "tiny-qwen2-vl"
+    assert vlm_worker.log().count(loaded) >= loads + 1
 
 
 def test_missing_model_fails_fast_and_never_downloads(start_worker: Callable[..., Worker],

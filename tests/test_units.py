@@ -7,7 +7,11 @@ from __future__ import annotations
 
 import base64
 import io
+import os
+import signal
+import time
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 from celery import Celery
@@ -20,6 +24,7 @@ from tasks.errors import (
     BadRequest,
     CorruptInput,
     EmptyInput,
+    EngineUnavailable,
     ImageTooLarge,
     InputNotFound,
     InputTooLarge,
@@ -35,7 +40,9 @@ from tasks.errors import (
 from tasks.images import normalize, open_image, sniff_format
 from tasks.inputs import JobRequest, read_input, read_path
 from tasks.pages import select_pages
+from tasks.release import RELEASE_SIGNAL, ChildKeeper, signal_children
 from tasks.routing import route_task
+from tasks.runtime import EngineRegistry
 from tests.conftest import corpus
 from tests.fake_engines import FakeEngine
 from worker_config import Settings, SettingsError, settings_markdown
@@ -75,10 +82,29 @@ def test_auto_engine_picks_vlm_only_when_model_present(tmp_path: Path) -> None:
     assert settings(**env).resolve_engine() == "mlx-vlm"
 
 
-def test_settings_table_lists_every_variable() -> None:
+def test_mlx_cache_clear_follows_its_setting() -> None:
+    from tasks.engines.mlx_vlm import MlxVlmEngine
+
+    assert settings().mlx_clear_cache is True
+    assert settings(OCR_MLX_CLEAR_CACHE="0").mlx_clear_cache is False
+    for clear in (True, False):
+        calls: list[str] = []
+        mx = SimpleNamespace(get_active_memory=lambda: 2**20, get_peak_memory=lambda: 2**21,
+                             get_cache_memory=lambda: 3 * 2**20,
+                             clear_cache=lambda calls=calls: calls.append("clear"),
+                             reset_peak_memory=lambda calls=calls: calls.append("reset"))
+        engine = MlxVlmEngine(None, None, "", 8, "m", (mx, None), clear_cache=clear)
+        assert engine.release_cache() == {"mlx_active_mb": 1.0, "mlx_peak_mb": 2.0,
+                                          "mlx_cache_mb": 3.0}
+        assert calls == (["clear", "reset"] if clear else ["reset"])
+
+
+def test_settings_doc_is_current() -> None:
     table = settings_markdown()
     for name in ("REDIS_URL", "OCR_ENGINE", "OCR_MAX_TASKS_PER_CHILD", "OCR_ALLOWED_ROOTS"):
         assert f"`{name}`" in table
+    doc = Path(__file__).resolve().parents[1] / "docs" / "settings.md"
+    assert doc.read_text() == table, "regenerate: python worker_config.py > docs/settings.md"
 
 
 # --- pages ------------------------------------------------------------------------
@@ -262,3 +288,70 @@ def test_png_in_memory_roundtrip() -> None:
     result = run_document(buffer.getvalue(), JobRequest(source="blob"), FakeEngine(0),
                           settings())
     assert result["pages"][0]["text"] == "fake 30x20 mean=255.0"
+
+
+# --- engine registry and release in a pool child (in-process) -----------------------
+
+def _model_settings(tmp_path: Path) -> Settings:
+    (tmp_path / "m").mkdir()
+    (tmp_path / "m" / "config.json").write_text("{}")
+    return settings(OCR_ENGINE="fake-model", OCR_MODEL_DIR=str(tmp_path), OCR_MODEL="m",
+                    OCR_ENGINE_PLUGINS="fake-model=tests.fake_engines:FakeModelEngine")
+
+
+def test_registry_reports_model_entries_around_loads(tmp_path: Path) -> None:
+    seen: list[tuple[dict[str, str], list[str]]] = []
+    registry = EngineRegistry(settings=_model_settings(tmp_path), primary="fake-model",
+                              on_load=lambda r: seen.append((r.model_entries(),
+                                                             list(r.engines))))
+    registry.get()
+    # registered while loading (before the engine exists), and after
+    assert seen == [({"fake-model": "m"}, []), ({"fake-model": "m"}, ["fake-model"])]
+    assert registry.take_used_models() == {"m"} and registry.take_used_models() == set()
+    assert registry.unload() == ["fake-model"] and registry.model_entries() == {}
+
+
+def test_failed_load_is_deregistered(tmp_path: Path) -> None:
+    s = settings(OCR_ENGINE="fake-model", OCR_MODEL_DIR=str(tmp_path), OCR_MODEL="gone",
+                 OCR_ENGINE_PLUGINS="fake-model=tests.fake_engines:FakeModelEngine")
+    seen: list[dict[str, str]] = []
+    registry = EngineRegistry(settings=s, primary="fake-model",
+                              on_load=lambda r: seen.append(r.model_entries()))
+    with pytest.raises(EngineUnavailable):
+        registry.get()
+    assert seen == [{"fake-model": "gone"}, {}]
+
+
+def test_release_waits_for_the_running_task(tmp_path: Path) -> None:
+    registry = EngineRegistry(settings=_model_settings(tmp_path), primary="fake-model")
+    keeper = ChildKeeper(None, tmp_path, idle_seconds=0, heartbeat_seconds=30)
+    keeper._registry = registry
+    keeper.task_finished()  # serving, idle
+    registry.get()
+    keeper.task_started()
+    keeper._on_signal(RELEASE_SIGNAL, None)  # remote control during a task: deferred
+    assert registry.engines
+    keeper.task_finished()
+    assert not registry.engines
+    registry.get()
+    keeper.task_started()
+    keeper._idle_asked = True
+    keeper._on_signal(RELEASE_SIGNAL, None)  # idle request during a task: not idle
+    keeper.task_finished()
+    assert registry.engines
+
+
+def test_release_signal_reaches_the_handler(tmp_path: Path) -> None:
+    registry = EngineRegistry(settings=_model_settings(tmp_path), primary="fake-model")
+    keeper = ChildKeeper(None, tmp_path, idle_seconds=0, heartbeat_seconds=30)
+    previous = signal.getsignal(RELEASE_SIGNAL)
+    try:
+        keeper.install()
+        keeper._registry = registry
+        keeper.task_finished()
+        registry.get()
+        signal_children([os.getpid()])
+        time.sleep(0.05)  # the handler runs in this (main) thread at the next bytecode
+        assert not registry.engines
+    finally:
+        signal.signal(RELEASE_SIGNAL, previous)

@@ -53,6 +53,15 @@ class OcrEngine(ABC):
     model: str | None = None
 
     @classmethod
+    def model_entry(cls, settings: Settings) -> str | None:
+        """The OCR_MODEL_DIR entry this engine loads, or None when it uses none.
+
+        Workers register that entry in Redis as loaded while the engine is, so that the
+        model-directory audit never prunes it.
+        """
+        return None
+
+    @classmethod
     @abstractmethod
     def load(cls, settings: Settings) -> OcrEngine:
         """Load the engine (model, library handles) in the calling process."""

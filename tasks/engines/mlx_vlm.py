@@ -8,6 +8,7 @@ so the folder is checked first and the hub is switched off for this process.
 
 from __future__ import annotations
 
+import gc
 import os
 from typing import TYPE_CHECKING, Any
 
@@ -28,13 +29,18 @@ class MlxVlmEngine(OcrEngine):
     gives_markdown = True
 
     def __init__(self, model: Any, processor: Any, prompt: str, max_tokens: int,
-                 model_name: str, modules: tuple[Any, Any]) -> None:
+                 model_name: str, modules: tuple[Any, Any], clear_cache: bool = True) -> None:
         self._model = model
         self._processor = processor
         self._prompt = prompt
         self._max_tokens = max_tokens
         self._mx, self._mlx_vlm = modules
+        self._clear_cache = clear_cache
         self.model = model_name
+
+    @classmethod
+    def model_entry(cls, settings: Settings) -> str | None:
+        return settings.model or None
 
     @classmethod
     def load(cls, settings: Settings) -> MlxVlmEngine:
@@ -58,7 +64,7 @@ class MlxVlmEngine(OcrEngine):
         if not isinstance(prompt, str):
             raise EngineUnavailable("the model's chat template did not give a text prompt")
         return cls(model, processor, prompt, settings.vlm_max_tokens, settings.model,
-                   (mx, mlx_vlm))
+                   (mx, mlx_vlm), clear_cache=settings.mlx_clear_cache)
 
     def recognize(self, image: Image.Image, options: RecognizeOptions) -> PageResult:
         rgb = image if image.mode == "RGB" else image.convert("RGB")
@@ -82,11 +88,13 @@ class MlxVlmEngine(OcrEngine):
             "mlx_peak_mb": mx.get_peak_memory() / 2**20,
             "mlx_cache_mb": mx.get_cache_memory() / 2**20,
         }
-        mx.clear_cache()
+        if self._clear_cache:
+            mx.clear_cache()
         mx.reset_peak_memory()
         return memory
 
     def close(self) -> None:
         self._model = None
         self._processor = None
+        gc.collect()  # the model's reference cycles hold arrays until collected
         self._mx.clear_cache()

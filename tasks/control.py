@@ -1,0 +1,29 @@
+"""Remote-control command `unload_model`; runs in the worker parent (MainProcess).
+
+`celery -A tasks control unload_model`, or `submit.py models --unload`. The parent
+holds no engine (they live in the pool children), so it sends each pool child the
+release signal (tasks/release.py): each child closes its engines and clears MLX's cache
+now, or after the task it is running, and loads them again on its next task.
+
+Imported by `create_app`, so the worker and the `celery control` command line both know
+the command.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from celery.worker.control import control_command
+
+from tasks import release
+
+
+@control_command(help="Make every pool child release its engines (reloaded on next task).")
+def unload_model(state: Any, **_: Any) -> dict[str, Any]:
+    """Signal every pool child of this worker; reply with the pids signalled."""
+    info = state.consumer.pool.info
+    pids = info.get("processes") if isinstance(info, dict) else None
+    if not pids:
+        return {"error": "this worker's pool has no child processes (prefork pool only)"}
+    asked = release.signal_children(pids)
+    return {"ok": f"release requested in {len(asked)} pool children", "pids": asked}

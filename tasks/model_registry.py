@@ -1,0 +1,139 @@
+"""The Redis side of the model lifecycle: use, live registrations, reports, the prune lock.
+
+Keys (all under `ocr:models:`, all with a TTL):
+
+- `ocr:models:last-used`: hash, model-directory entry -> epoch seconds of its last use
+  by a task (written by pool children after each task);
+- `ocr:models:loaded:<host>:<pid>:<entry>`: JSON `Holder` of a pool child that has the
+  entry loaded (or is loading it); renewed every heartbeat, expires after 3 missed
+  beats, deleted when the child unloads or exits;
+- `ocr:models:report`: the latest audit report (JSON);
+- `ocr:models:prune-lock`: redis-py `Lock` held while an audit scans and prunes;
+- `ocr:models:scheduled-audit`: claimed by a scheduled audit so a second beat's copy of
+  the same run is skipped.
+
+Used by pool children (registrations, use), the audit task, and clients (latest report).
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
+from typing import Any
+
+import redis
+from redis.exceptions import LockError
+
+from tasks.models_audit import Holder
+
+PREFIX = "ocr:models:"
+LAST_USED_KEY = PREFIX + "last-used"
+LOADED_PREFIX = PREFIX + "loaded:"
+REPORT_KEY = PREFIX + "report"
+PRUNE_LOCK_KEY = PREFIX + "prune-lock"
+SCHEDULED_KEY = PREFIX + "scheduled-audit"
+LAST_USED_TTL = 400 * 86400  # renewed on each use; outlives any unused-days policy
+REPORT_TTL = 30 * 86400
+
+
+class ModelRegistry:
+    """Model-lifecycle state in Redis. Thread-safe (redis-py pools connections)."""
+
+    def __init__(self, client: redis.Redis, heartbeat_seconds: float = 30.0,
+                 lock_seconds: float = 720.0) -> None:
+        self._redis = client
+        self.registration_ttl = max(1, round(heartbeat_seconds * 3 * 1000))  # ms
+        self._lock_seconds = lock_seconds
+
+    # --- use and registrations (pool children) ---------------------------------
+
+    def record_use(self, models: Iterable[str], when: float | None = None) -> None:
+        names = sorted(set(models))
+        if not names:
+            return
+        stamp = time.time() if when is None else when
+        pipe = self._redis.pipeline()
+        pipe.hset(LAST_USED_KEY, mapping=dict.fromkeys(names, stamp))
+        pipe.expire(LAST_USED_KEY, LAST_USED_TTL)
+        pipe.execute()
+
+    def last_used(self) -> dict[str, float]:
+        raw = self._redis.hgetall(LAST_USED_KEY)
+        return {_text(k): float(v) for k, v in raw.items()}
+
+    @staticmethod
+    def key(holder: Holder) -> str:
+        return f"{LOADED_PREFIX}{holder.host}:{holder.pid}:{holder.model}"
+
+    def register(self, holders: Iterable[Holder]) -> set[str]:
+        """Write (or renew) the registrations; returns their keys."""
+        keys = set()
+        pipe = self._redis.pipeline()
+        for holder in holders:
+            key = self.key(holder)
+            keys.add(key)
+            pipe.set(key, json.dumps(holder.to_dict()), px=self.registration_ttl)
+        if keys:
+            pipe.execute()
+        return keys
+
+    def unregister(self, keys: Iterable[str]) -> None:
+        keys = list(keys)
+        if keys:
+            self._redis.delete(*keys)
+
+    def loaded(self) -> list[Holder]:
+        """Every live registration (any worker, any host)."""
+        keys = sorted(_text(k) for k in self._redis.scan_iter(match=LOADED_PREFIX + "*",
+                                                               count=1000))
+        if not keys:
+            return []
+        holders = []
+        for raw in self._redis.mget(keys):
+            if raw is None:
+                continue  # expired between SCAN and MGET
+            try:
+                holders.append(Holder.from_dict(json.loads(raw)))
+            except (ValueError, KeyError, TypeError):
+                continue  # not written by this project; it protects nothing
+        return holders
+
+    # --- audit -------------------------------------------------------------------
+
+    def save_report(self, report: dict[str, Any]) -> None:
+        self._redis.set(REPORT_KEY, json.dumps(report), ex=REPORT_TTL)
+
+    def latest_report(self) -> dict[str, Any] | None:
+        raw = self._redis.get(REPORT_KEY)
+        return json.loads(raw) if raw else None
+
+    @contextmanager
+    def prune_lock(self) -> Iterator[bool]:
+        """Hold the prune lock if free; yields whether it was acquired (never waits).
+
+        It expires after `lock_seconds` (longer than the task's hard time limit), so a
+        killed audit does not block pruning for ever.
+        """
+        lock = self._redis.lock(PRUNE_LOCK_KEY, timeout=self._lock_seconds, blocking=False)
+        acquired = bool(lock.acquire())
+        try:
+            yield acquired
+        finally:
+            if acquired:
+                try:
+                    lock.release()
+                except LockError:
+                    pass  # expired during a very long audit; nothing left to release
+
+    def claim_scheduled_run(self, token: str, seconds: float) -> bool:
+        """Claim this scheduled audit; False when another beat's copy already did."""
+        if seconds <= 0:
+            return True
+        return bool(self._redis.set(SCHEDULED_KEY, token, nx=True,
+                                    px=max(1, round(seconds * 1000))))
+
+
+def _text(value: bytes | str) -> str:
+    return value.decode() if isinstance(value, bytes) else value
