@@ -53,7 +53,10 @@ def report_progress(app: Celery, job_id: str, done: int, total: int) -> None:
 
 
 def send_job_event(app: Celery, event: str, job_id: str, **fields: Any) -> None:
-    with app.events.default_dispatcher() as dispatcher:
+    # Sent as the worker node: Flower lists every other sender name as a worker of its own.
+    task = app.current_worker_task
+    hostname = task.request.hostname if task is not None else None
+    with app.events.default_dispatcher(hostname=hostname) as dispatcher:
         dispatcher.send(event, uuid=job_id, **fields)
 
 
