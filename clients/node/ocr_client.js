@@ -39,12 +39,12 @@ class RedisConnection {
   }
 
   async connect() {
-    const host = this.url.hostname || '127.0.0.1';
+    const host = (this.url.hostname || '127.0.0.1').replace(/^\[|\]$/g, '');
     const port = Number(this.url.port || 6379);
     await new Promise((resolve, reject) => {
       const onError = (err) => reject(err);
       this.socket = this.url.protocol === 'rediss:'
-        ? tls.connect({ host, port, servername: host }, resolve)
+        ? tls.connect({ host, port, servername: net.isIP(host) ? undefined : host }, resolve)
         : net.createConnection({ host, port }, resolve);
       this.socket.once('error', onError);
     });
