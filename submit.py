@@ -2,8 +2,13 @@
 """Send files to the OCR service and print their text (or JSON results).
 
     python submit.py [--json] [--no-wait] [--engine E] [--pages R] [--password P]
-                     [--output text|markdown|json] [--mode auto|ocr|text] [--out DIR] FILE...
+                     [--output text|markdown|json|pdf] [--mode auto|ocr|text] [--out DIR]
+                     [--priority interactive|normal|batch] [--deadline SECONDS]
+                     [--callback-task NAME [--callback-queue Q]] [--callback-url URL]
+                     FILE...
     python submit.py wait [--json] [--out DIR] ID...
+    python submit.py cancel [--json] ID...
+    python submit.py retry [--password P] [--json] ID...
     python submit.py models [--prune] [--dry-run] [--json] [--timeout S]
     python submit.py models --unload [--json]
 
@@ -26,7 +31,7 @@ from typing import Any, TextIO
 
 from tasks.client import JobStatus, OcrClient
 from tasks.errors import OcrError
-from worker_config import OUTPUT_CHOICES, Settings, SettingsError
+from worker_config import OUTPUT_CHOICES, PRIORITIES, Settings, SettingsError
 
 EXTENSIONS = {"text": ".txt", "markdown": ".md", "json": ".json", "pdf": ".txt"}
 
@@ -47,6 +52,43 @@ def build_parser() -> argparse.ArgumentParser:
                         help="PDFs: text layer where present (auto), OCR always, text only")
     parser.add_argument("--out", type=Path, help="also write each result into DIR")
     parser.add_argument("--timeout", type=float, help="stop waiting after S seconds")
+    add_job_options(parser)
+    parser.add_argument("--callback-task", help="Celery task (by name) that gets the result")
+    parser.add_argument("--callback-queue", help="queue of --callback-task")
+    parser.add_argument("--callback-url", help="http(s) URL the result summary is POSTed to")
+    return parser
+
+
+def add_job_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--priority", choices=tuple(PRIORITIES),
+                        help="interactive jobs go before normal (default) and batch ones")
+    parser.add_argument("--deadline", type=float, metavar="SECONDS",
+                        help="not started within SECONDS: never started; running past "
+                             "it: stops, keeping the pages done (deadline_exceeded)")
+
+
+def build_cancel_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="submit.py cancel",
+        description="Cancel jobs: queued ones never start, running ones stop and keep "
+                    "the pages they finished (status CANCELLED).")
+    parser.add_argument("ids", nargs="+", metavar="ID")
+    parser.add_argument("--json", action="store_true")
+    return parser
+
+
+def build_retry_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="submit.py retry",
+        description="Re-read the failed pages of PARTIAL jobs; each new job's result is "
+                    "complete (it merges the pages the earlier job had).")
+    parser.add_argument("ids", nargs="+", metavar="ID")
+    parser.add_argument("--password", help="password of an encrypted PDF")
+    parser.add_argument("--priority", choices=tuple(PRIORITIES))
+    parser.add_argument("--json", action="store_true")
+    parser.add_argument("--no-wait", action="store_true")
+    parser.add_argument("--out", type=Path)
+    parser.add_argument("--timeout", type=float)
     return parser
 
 
@@ -160,7 +202,9 @@ def _failure(filename: str, exc: OcrError) -> dict[str, Any]:
 
 def run_submit(args: argparse.Namespace, client: OcrClient) -> int:
     options = {"engine": args.engine, "pages": args.pages, "password": args.password,
-               "output": args.output, "mode": args.mode}
+               "output": args.output, "mode": args.mode, "priority": args.priority,
+               "deadline": args.deadline, "callback_task": args.callback_task,
+               "callback_queue": args.callback_queue, "callback_url": args.callback_url}
     order: list[str | dict[str, Any]] = []
     names: dict[str, str] = {}
     for file in args.files:
@@ -183,6 +227,31 @@ def run_submit(args: argparse.Namespace, client: OcrClient) -> int:
     results = wait_for(client, list(names), names, args.timeout)
     ordered = [item if isinstance(item, dict) else results[item] for item in order]
     return emit(ordered, args.json, args.out, args.output, client)
+
+
+def run_cancel(args: argparse.Namespace, client: OcrClient) -> int:
+    outcome = client.cancel(args.ids)
+    for job_id in args.ids:
+        print(json.dumps({"id": job_id, "outcome": outcome[job_id]}) if args.json
+              else f"{job_id}: {outcome[job_id]}", flush=True)
+    return 0
+
+
+def run_retry(args: argparse.Namespace, client: OcrClient) -> int:
+    new_ids: list[str] = []
+    for job_id in args.ids:
+        try:
+            new_ids.append(client.retry(job_id, password=args.password,
+                                        priority=args.priority))
+        except OcrError as exc:
+            print(f"{job_id}: {exc}", file=sys.stderr)
+            return 1
+    if args.no_wait:
+        for new_id in new_ids:
+            print(json.dumps({"id": new_id, "status": "PENDING"}) if args.json else new_id)
+        return 0
+    results = wait_for(client, new_ids, {}, args.timeout)
+    return emit([results[i] for i in new_ids], args.json, args.out, "text", client)
 
 
 def wait_for(client: OcrClient, ids: list[str], names: dict[str, str],
@@ -267,9 +336,10 @@ def _when(iso: str | None) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
-    command = argv[0] if argv and argv[0] in ("wait", "models") else None
-    parser = {"wait": build_wait_parser, "models": build_models_parser}.get(
-        command or "", build_parser)()
+    parsers = {"wait": build_wait_parser, "models": build_models_parser,
+               "cancel": build_cancel_parser, "retry": build_retry_parser}
+    command = argv[0] if argv and argv[0] in parsers else None
+    parser = parsers.get(command or "", build_parser)()
     args = parser.parse_args(argv[1:] if command else argv)
     if command == "models" and args.unload and (args.prune or args.dry_run):
         parser.error("--unload cannot be combined with --prune or --dry-run")
@@ -282,6 +352,10 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if command == "models":
             return run_models(args, client)
+        if command == "cancel":
+            return run_cancel(args, client)
+        if command == "retry":
+            return run_retry(args, client)
         if command == "wait":
             results = wait_for(client, args.ids, {}, args.timeout)
             return emit([results[i] for i in args.ids], args.json, args.out, "text", client)

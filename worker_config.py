@@ -20,6 +20,9 @@ from pathlib import Path
 from typing import Any
 
 ENGINE_CHOICES = ("auto", "tesseract", "mlx-vlm")
+# Job priorities on the Redis transport: lower numbers are served first.
+PRIORITIES = {"interactive": 0, "normal": 3, "batch": 6}
+PRIORITY_STEPS = [0, 3, 6, 9]
 OUTPUT_CHOICES = ("text", "markdown", "json", "pdf")
 DEFAULT_QUEUE = "ocr"
 DEFAULT_PROMPT = (
@@ -126,6 +129,13 @@ class Settings:
                                    "document goes on.")
     max_output_mb: float = _s("OCR_MAX_OUTPUT_MB", "256",
                               "Largest searchable PDF the service stores for download.")
+    callback_url_prefixes: tuple[str, ...] = _s(
+        "OCR_CALLBACK_URL_PREFIXES", "",
+        "URL prefixes (comma separated) that `callback_url` must start with; empty: any "
+        "http(s) URL. Set it where workers can reach internal services.")
+    callback_timeout: float = _s("OCR_CALLBACK_TIMEOUT", "10",
+                                 "Seconds one HTTP callback attempt may take; failures are "
+                                 "retried 5 times with backoff.")
     allowed_roots: tuple[Path, ...] = _s(
         "OCR_ALLOWED_ROOTS", "",
         "Directories (os.pathsep separated) under which `path` inputs may be read; "
@@ -330,6 +340,8 @@ def _parse(name: str, raw: str) -> Any:
         return Path(raw)
     if kind == "tuple[Path, ...]":
         return tuple(Path(p).resolve() for p in raw.split(os.pathsep) if p)
+    if kind == "tuple[str, ...]":
+        return tuple(p.strip() for p in raw.split(",") if p.strip())
     if kind == "Mapping[str, str]":
         pairs = [p.strip() for p in raw.split(",") if p.strip()]
         out: dict[str, str] = {}
@@ -362,7 +374,11 @@ def celery_config(settings: Settings) -> dict[str, Any]:
         "task_acks_late": True,
         "task_reject_on_worker_lost": True,
         "worker_prefetch_multiplier": 1,
+        "task_default_priority": PRIORITIES["normal"],
         "broker_transport_options": {
+            "priority_steps": PRIORITY_STEPS,
+            "sep": ":",
+            "queue_order_strategy": "priority",
             # Longer than the longest task, or a running job is delivered twice.
             "visibility_timeout": max(settings.hard_time_limit,
                                       settings.page_hard_time_limit) * 2 + 60,

@@ -180,7 +180,7 @@ class Direct:
         configure_pillow(self.settings)
         self.engine = TesseractEngine.load(self.settings)
 
-    def run(self, data: bytes, filename: str = "", **options: str) -> dict[str, Any]:
+    def run(self, data: bytes, filename: str = "", **options: Any) -> dict[str, Any]:
         from tasks.documents import run_document
         from tasks.inputs import JobRequest
 
@@ -227,7 +227,7 @@ class Services:
             client.close()
 
 
-def run_jobs(client: OcrClient, jobs: Sequence[tuple[bytes, dict[str, str]]],
+def run_jobs(client: OcrClient, jobs: Sequence[tuple[bytes, dict[str, Any]]],
              timeout: float = 900, poll: float = 0.02) -> tuple[float, list[dict[str, Any]]]:
     """Submit every job at once, wait for all; (seconds from first submit, results in order).
 

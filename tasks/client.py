@@ -9,14 +9,25 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 from celery import Celery
+from kombu.utils.uuid import uuid
 
-from tasks.errors import InputNotFound, InputTooLarge, OcrError, error_info
-from tasks.storage import BlobStore, OutputStore, connect
-from worker_config import Settings
+from tasks.errors import (
+    BadRequest,
+    DeadlineExceeded,
+    InputNotFound,
+    InputTooLarge,
+    OcrError,
+    error_info,
+)
+from tasks.fanout import DocumentJoin
+from tasks.results import cancelled_result
+from tasks.storage import BlobStore, JobControl, OutputStore, connect
+from worker_config import PRIORITIES, Settings
 
 FINAL_STATES = ("SUCCESS", "FAILURE", "REVOKED")
 ProgressCallback = Callable[[str, "JobStatus"], None]
@@ -49,12 +60,18 @@ class OcrClient:
         redis_client = connect(self.settings.redis_url)
         self._blobs = BlobStore(redis_client, self.settings.blob_ttl)
         self._outputs = OutputStore(redis_client, self.settings.result_ttl)
+        self._control = JobControl(redis_client, self.settings.result_ttl)
+        self._join = DocumentJoin(redis_client, self.settings.blob_ttl)
 
     def submit(self, source: str | Path | bytes, *, filename: str | None = None,
+               priority: str | None = None, deadline: float | None = None,
                **options: Any) -> str:
         """Upload the input to Redis and enqueue a job; returns the job id.
 
-        `options` are the task's kwargs: engine, pages, password, output, mode.
+        `options` are the task's kwargs (engine, pages, password, output, mode,
+        callback_task, callback_queue, callback_url). `priority` is interactive,
+        normal (default) or batch; `deadline` is seconds from now: a job not started by
+        then never starts, a running one stops reading pages.
         """
         data = self._read(source)
         if filename is None:
@@ -62,9 +79,85 @@ class OcrClient:
         blob = self._blobs.put(data)
         kwargs = {"blob": blob, "filename": filename,
                   **{k: v for k, v in options.items() if v is not None}}
+        return self._send(kwargs, priority, deadline)
+
+    def _send(self, kwargs: dict[str, Any], priority: str | None,
+              deadline: float | None) -> str:
+        if priority is not None and priority not in PRIORITIES:
+            raise BadRequest(f"priority must be one of {', '.join(PRIORITIES)}")
+        job_id = uuid()
+        send: dict[str, Any] = {"task_id": job_id}
+        if priority is not None:
+            send["priority"] = PRIORITIES[priority]
+        if deadline is not None:
+            kwargs["deadline"] = at = time.time() + deadline
+            send["expires"] = datetime.fromtimestamp(at, tz=UTC)
+        self._control.remember(job_id, blob=kwargs.get("blob", ""),
+                               filename=kwargs.get("filename", ""),
+                               deadline=str(kwargs.get("deadline", "")))
         shown = {k: ("***" if k == "password" else v) for k, v in kwargs.items()}
-        result = self.app.send_task("ocr.document", kwargs=kwargs, kwargsrepr=repr(shown))
-        return str(result.id)
+        self.app.send_task("ocr.document", kwargs=kwargs, kwargsrepr=repr(shown), **send)
+        return job_id
+
+    def cancel(self, ids: Iterable[str]) -> dict[str, str]:
+        """Cancel jobs; returns `cancelled`, or the final state a job had reached.
+
+        Queued jobs never start; running ones stop (their running page is killed) and
+        keep the pages they finished.
+        """
+        ids = list(dict.fromkeys(ids))
+        for job_id in ids:
+            self._control.cancel(job_id)
+        page_tasks = [t for job_id in ids for t in self._document_meta(job_id)
+                      .get("page_tasks", [])]
+        self.app.control.revoke([*ids, *page_tasks], terminate=True, signal="SIGKILL")
+        outcome = {}
+        for job_id in ids:
+            state = self.app.AsyncResult(job_id).state
+            if state in FINAL_STATES:
+                outcome[job_id] = state.lower()
+                continue
+            self._control.store_cancelled(job_id, self._pages_so_far(job_id))
+            self.app.backend.mark_as_revoked(job_id, "cancelled")
+            blob = self._control.info(job_id).get("blob")
+            if blob:
+                self._blobs.delete(blob)
+            outcome[job_id] = "cancelled"
+        return outcome
+
+    def _document_meta(self, job_id: str) -> dict[str, Any]:
+        try:
+            return self._join.meta(job_id)
+        except OcrError:
+            return {}
+
+    def _pages_so_far(self, job_id: str) -> dict[str, Any]:
+        """The cancelled result: the pages a fanned-out document finished before."""
+        meta = self._document_meta(job_id)
+        if not meta or not self._join.claim(job_id):
+            return {"id": job_id, "status": "CANCELLED", "pages": [], "text": ""}
+        pages = [p for p in self._join.pages(job_id) if "error" not in p]
+        self._join.cleanup(job_id)
+        self._blobs.delete(meta["blob"])
+        return cancelled_result(job_id, pages, meta["base"])
+
+    def retry(self, job_id: str, password: str | None = None,
+              priority: str | None = None) -> str:
+        """Re-read the failed pages of a PARTIAL job; returns the new job's id.
+
+        The new job's result is complete: it merges the pages the earlier job had.
+        """
+        earlier = self.result(job_id)
+        if earlier.get("status") != "PARTIAL" or not earlier.get("input_blob"):
+            raise BadRequest("only a PARTIAL job whose input is still stored can be retried")
+        failed = ",".join(str(p["number"]) for p in earlier["failed_pages"])
+        kwargs = {"blob": earlier["input_blob"], "filename": earlier.get("filename", ""),
+                  "pages": failed, "output": earlier.get("output", "text"),
+                  "mode": earlier.get("mode", "auto"), "engine": earlier["engine"]["name"],
+                  "merge_from": job_id}
+        if password:
+            kwargs["password"] = password
+        return self._send(kwargs, priority, None)
 
     def _read(self, source: str | Path | bytes) -> bytes:
         limit = self.settings.max_input_bytes
@@ -102,9 +195,22 @@ class OcrClient:
         if state == "SUCCESS":
             return dict(res.result)
         if state == "REVOKED":
-            return {"id": job_id, "status": "CANCELLED"}
+            return self._revoked(job_id)
         exc = res.result if isinstance(res.result, BaseException) else OcrError()
         return {"id": job_id, "status": "FAILURE", "error": error_info(exc)}
+
+    def _revoked(self, job_id: str) -> dict[str, Any]:
+        """A revoked job: cancelled (with the pages it had), or expired at its deadline."""
+        cancelled = self._control.cancelled_result(job_id)
+        if cancelled is not None:
+            return cancelled
+        info = self._control.info(job_id)
+        if not info.get("cancelled") and info.get("deadline"):
+            return {"id": job_id, "status": "FAILURE",
+                    "filename": info.get("filename", ""),
+                    "error": DeadlineExceeded("the job's deadline passed before it "
+                                              "started").to_dict()}
+        return {"id": job_id, "status": "CANCELLED", "pages": [], "text": ""}
 
     def wait(self, ids: Iterable[str], on_progress: ProgressCallback | None = None,
              timeout: float | None = None, poll: float = 0.2) -> dict[str, dict[str, Any]]:

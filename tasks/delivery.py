@@ -5,7 +5,9 @@ Such a job is refused after OCR_MAX_DELIVERIES starts instead of looping forever
 Celery requeues a job whose child died (`task_reject_on_worker_lost`), and Redis has
 no delivery counter of its own, so each start is counted in Redis under the task id.
 A run that returns in any way (result, error, retry, ignore) clears its count; only
-runs that died under it add up. Runs in worker pool children.
+runs that died under it add up. A job cancelled while queued is not started, even by
+a worker that restarted since (Celery's revoke list lives in memory). Runs in worker
+pool children.
 """
 
 from __future__ import annotations
@@ -13,9 +15,10 @@ from __future__ import annotations
 from typing import Any
 
 from celery import Task
+from celery.exceptions import Ignore
 
 from tasks.errors import WorkerLost
-from tasks.storage import connect
+from tasks.storage import JobControl, connect
 
 DELIVERY_PREFIX = "ocr:deliveries:"
 
@@ -34,6 +37,10 @@ class GuardedTask(Task):
         if GuardedTask._guard_redis is None:
             GuardedTask._guard_redis = connect(settings.redis_url)
         client = GuardedTask._guard_redis
+        if JobControl(client, settings.result_ttl).is_cancelled(task_id):
+            # Cancelled while queued; Celery's own revoke list may be gone with a restart.
+            self.app.backend.mark_as_revoked(task_id, "cancelled")
+            raise Ignore()
         key = DELIVERY_PREFIX + task_id
         starts = int(client.incr(key))
         client.expire(key, settings.result_ttl)

@@ -9,14 +9,15 @@ from __future__ import annotations
 
 import hashlib
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from tasks.engines import RecognizeOptions
-from tasks.errors import ERROR_CLASSES, OcrError, PagesFailed, error_info
+from tasks.errors import DeadlineExceeded, OcrError
 from tasks.images import iter_image_pages, sniff_format
 from tasks.pdf import PdfPlan, plan_pdf, render_page
 from tasks.preprocess import Correction, estimate_skew
+from tasks.results import assemble, failed_page
 
 if TYPE_CHECKING:
     from PIL import Image
@@ -26,7 +27,6 @@ if TYPE_CHECKING:
     from worker_config import Settings
 
 Progress = Callable[[int, int], None]
-PAGE_SEPARATOR = "\f"
 
 
 def recognize_options(request: JobRequest) -> RecognizeOptions:
@@ -55,38 +55,31 @@ def ocr_page(number: int, image: Image.Image, engine: OcrEngine, options: Recogn
     return page
 
 
+def past_deadline(deadline: float | None) -> bool:
+    return deadline is not None and time.time() > deadline
+
+
+def deadline_page(number: int) -> dict[str, Any]:
+    return failed_page(number, DeadlineExceeded(f"page {number} was not read before the "
+                                                "job's deadline"))
+
+
 def text_page(number: int, text: str, layer: str) -> dict[str, Any]:
     """A page delivered from its PDF text layer (`visible` text or an `invisible` one)."""
     return {"number": number, "text": text.rstrip(), "source": "text-layer", "layer": layer,
             "confidence": None}
 
 
-def failed_page(number: int, exc: BaseException) -> dict[str, Any]:
-    return {"number": number, "text": "", "source": "ocr", "error": error_info(exc)}
 
 
-def assemble(pages: Iterable[dict[str, Any]], base: dict[str, Any]) -> dict[str, Any]:
-    """The document result from its pages: SUCCESS, PARTIAL, or raise when all failed."""
-    ordered = sorted(pages, key=lambda p: p["number"])
-    failed = [p for p in ordered if "error" in p]
-    if ordered and len(failed) == len(ordered):
-        codes = {p["error"]["code"] for p in failed}
-        cls = ERROR_CLASSES.get(codes.pop(), PagesFailed) if len(codes) == 1 else PagesFailed
-        raise cls(f"all {len(failed)} pages failed; page {failed[0]['number']}: "
-                  f"{failed[0]['error']['message']}")
-    return {
-        **base,
-        "status": "PARTIAL" if failed else "SUCCESS",
-        "text": PAGE_SEPARATOR.join(p["text"] for p in ordered),
-        "pages": ordered,
-        "failed_pages": [{"number": p["number"], **p["error"]} for p in failed],
-    }
+
+
 
 
 def document_base(data: bytes, request: JobRequest, fmt: str, count: int) -> dict[str, Any]:
     return {"filename": request.filename, "format": fmt,
             "sha256": hashlib.sha256(data).hexdigest(), "output": request.output,
-            "page_count": count}
+            "mode": request.mode, "page_count": count}
 
 
 def run_document(data: bytes, request: JobRequest, engine: OcrEngine, settings: Settings,
@@ -116,6 +109,9 @@ def run_document(data: bytes, request: JobRequest, engine: OcrEngine, settings: 
             for number, (text, layer) in sorted(plan.text_pages.items()):
                 deliver(text_page(number, text, layer), plan.selected)
             for number in plan.ocr_pages:
+                if past_deadline(request.deadline):
+                    deliver(deadline_page(number), plan.selected)
+                    continue
                 image = render_page(plan.doc, number, settings)
                 deliver(_guarded_page(number, image, engine, options, settings),
                         plan.selected)
@@ -126,6 +122,10 @@ def run_document(data: bytes, request: JobRequest, engine: OcrEngine, settings: 
         for number, page_total, selected, image in iter_image_pages(data, fmt, request.pages,
                                                                     settings):
             count = page_total
+            if past_deadline(request.deadline):
+                image.close()
+                deliver(deadline_page(number), selected)
+                continue
             deliver(_guarded_page(number, image, engine, options, settings), selected)
     ocr_seconds = sum(p.get("seconds", 0.0) for p in pages)
     result = assemble(pages, document_base(data, request, fmt, count))

@@ -12,7 +12,6 @@ import json
 from typing import TYPE_CHECKING, Any
 
 from tasks.errors import InputNotFound
-from tasks.pdf import open_pdf
 
 if TYPE_CHECKING:
     import redis
@@ -57,8 +56,10 @@ class DocumentJoin:
         pipe.hset(self._key(doc_id, "pages"), str(page["number"]), json.dumps(page))
         pipe.hlen(self._key(doc_id, "pages"))
         _, done = pipe.execute()
-        if int(done) < total:
-            return False
+        return int(done) >= total and self.claim(doc_id)
+
+    def claim(self, doc_id: str) -> bool:
+        """Take the right to finish the document (merge, or cancel); once only."""
         return bool(self._redis.set(self._key(doc_id, "merged"), "1", nx=True, ex=self._ttl))
 
     def pages(self, doc_id: str) -> list[dict[str, Any]]:
@@ -80,6 +81,8 @@ class OpenDocumentCache:
     def get(self, blob: str, password: str | None, blobs: BlobStore,
             settings: Settings) -> Any:
         if blob != self._key:
+            from tasks.pdf import open_pdf  # PyMuPDF only where pages are rendered
+
             self.close()
             self._doc = open_pdf(blobs.get(blob), password, settings)
             self._key = blob

@@ -7,9 +7,11 @@ from __future__ import annotations
 
 import base64
 import binascii
+import re
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
+from urllib.parse import urlparse
 
 from tasks.errors import BadRequest, InputNotFound, InputTooLarge, PathNotAllowed
 from tasks.pdf import PDF_MODES
@@ -20,7 +22,10 @@ if TYPE_CHECKING:
     from worker_config import Settings
 
 SOURCES = ("data_b64", "blob", "path")
-OPTIONS = ("filename", "engine", "pages", "password", "output", "mode")
+OPTIONS = ("filename", "engine", "pages", "password", "output", "mode", "callback_task",
+           "callback_queue", "callback_url", "merge_from")
+NUMBER_OPTIONS = ("deadline",)
+_TASK_NAME = re.compile(r"^[A-Za-z_][\w.:-]{0,199}$")
 
 
 @dataclass(frozen=True)
@@ -34,10 +39,15 @@ class JobRequest:
     password: str | None = None
     output: str = "text"
     mode: str = "auto"
+    deadline: float | None = None
+    callback_task: str | None = None
+    callback_queue: str | None = None
+    callback_url: str | None = None
+    merge_from: str | None = None
 
     @classmethod
     def from_kwargs(cls, kwargs: dict[str, Any], settings: Settings) -> JobRequest:
-        unknown = sorted(set(kwargs) - set(SOURCES) - set(OPTIONS))
+        unknown = sorted(set(kwargs) - set(SOURCES) - set(OPTIONS) - set(NUMBER_OPTIONS))
         if unknown:
             raise BadRequest(f"unknown argument(s): {', '.join(unknown)}")
         given = [s for s in SOURCES if kwargs.get(s) not in (None, "")]
@@ -47,8 +57,14 @@ class JobRequest:
             value = kwargs.get(name)
             if value is not None and not isinstance(value, str):
                 raise BadRequest(f"`{name}` must be a string")
-        request = cls(source=given[0], **{k: kwargs[k] for k in OPTIONS
-                                          if kwargs.get(k) not in (None, "")})
+        for name in NUMBER_OPTIONS:
+            value = kwargs.get(name)
+            if value is not None and (isinstance(value, bool)
+                                      or not isinstance(value, (int, float))):
+                raise BadRequest(f"`{name}` must be a number (seconds since the epoch)")
+        chosen = {k: kwargs[k] for k in (*OPTIONS, *NUMBER_OPTIONS)
+                  if kwargs.get(k) not in (None, "")}
+        request = cls(source=given[0], **chosen)
         if request.engine is not None and request.engine not in settings.all_engine_names():
             raise BadRequest(f"unknown engine {request.engine!r}; choose one of "
                              f"{', '.join(settings.all_engine_names())}")
@@ -56,12 +72,19 @@ class JobRequest:
             raise BadRequest(f"`output` must be one of {', '.join(OUTPUT_CHOICES)}")
         if request.mode not in PDF_MODES:
             raise BadRequest(f"`mode` must be one of {', '.join(PDF_MODES)}")
+        for name in ("callback_task", "callback_queue"):
+            value = getattr(request, name)
+            if value is not None and not _TASK_NAME.match(value):
+                raise BadRequest(f"`{name}` is not a task or queue name")
+        if request.callback_url is not None:
+            check_callback_url(request.callback_url, settings)
         return request
 
     def cache_options(self, engine: str, model: str | None) -> dict[str, Any]:
         """What, beside the input bytes, decides the result."""
         options = asdict(self)
-        for name in ("source", "filename", "password"):
+        for name in ("source", "filename", "password", "deadline", "callback_task",
+                     "callback_queue", "callback_url", "merge_from"):
             options.pop(name)
         return {**options, "engine": engine, "model": model}
 
@@ -110,3 +133,13 @@ def read_path(raw: Any, settings: Settings) -> bytes:
     if resolved.stat().st_size > settings.max_input_bytes:
         raise InputTooLarge(f"the input is larger than {settings.max_input_mb} MB")
     return resolved.read_bytes()
+
+
+def check_callback_url(url: str, settings: Settings) -> None:
+    """An http(s) URL, under OCR_CALLBACK_URL_PREFIXES when that is set."""
+    parsed = urlparse(url)
+    if parsed.scheme not in ("http", "https") or not parsed.hostname:
+        raise BadRequest("`callback_url` must be an http or https URL")
+    prefixes = settings.callback_url_prefixes
+    if prefixes and not any(url.startswith(prefix) for prefix in prefixes):
+        raise BadRequest("`callback_url` is not under an allowed prefix")

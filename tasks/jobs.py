@@ -12,24 +12,25 @@ from typing import TYPE_CHECKING, Any
 
 from tasks.documents import (
     Progress,
-    assemble,
+    deadline_page,
     document_base,
-    failed_page,
     ocr_page,
+    past_deadline,
     recognize_options,
     run_document,
     text_page,
 )
-from tasks.errors import OcrError, OutputTooLarge
+from tasks.errors import DeadlineExceeded, OcrError, OutputTooLarge
 from tasks.images import sniff_format
 from tasks.inputs import JobRequest, read_input
 from tasks.pdf import plan_pdf, render_page, searchable_pdf
+from tasks.results import assemble, failed_page, merge_previous
 from tasks.storage import cache_key
 
 if TYPE_CHECKING:
     from tasks.fanout import OpenDocumentCache
     from tasks.runtime import EngineRegistry
-    from tasks.storage import BlobStore, OutputStore, ResultCache
+    from tasks.storage import BlobStore, JobControl, OutputStore, ResultCache
     from worker_config import Settings
 
 
@@ -40,6 +41,7 @@ class Stores:
     blobs: BlobStore
     cache: ResultCache
     outputs: OutputStore
+    control: JobControl
 
 
 @dataclass
@@ -52,17 +54,23 @@ class FanOut:
     data: bytes
 
 
-def process_job(job_id: str, kwargs: dict[str, Any], settings: Settings,
-                registry: EngineRegistry, stores: Stores,
+def process_job(job_id: str, request: JobRequest, kwargs: dict[str, Any],
+                settings: Settings, registry: EngineRegistry, stores: Stores,
+                previous: dict[str, Any] | None = None,
                 progress: Progress | None = None) -> dict[str, Any] | FanOut:
-    """Validate, read the input, then answer from the cache, in-process, or fan out."""
+    """Read the input, then answer from the cache, in-process, or fan out.
+
+    `previous` is the result of the job named by `merge_from` (a retry of its failed
+    pages): its good pages complete this job's result.
+    """
     started = time.time()
-    request = JobRequest.from_kwargs(kwargs, settings)
+    if past_deadline(request.deadline):
+        raise DeadlineExceeded("the job's deadline passed before it started")
     data = read_input(kwargs, request, settings, stores.blobs)
     engine_name = request.engine or registry.primary
     loaded = registry.get(engine_name)  # fails fast when this child's load failed
     key = None
-    if settings.cache_results:
+    if settings.cache_results and previous is None:
         key = cache_key(data, request.cache_options(engine_name, loaded.engine.model))
         hit = stores.cache.get(key)
         if hit is not None:
@@ -76,6 +84,7 @@ def process_job(job_id: str, kwargs: dict[str, Any], settings: Settings,
             meta = {"request": asdict(request), "engine": engine_name,
                     "model": loaded.engine.model, "cache_key": key, "started": started,
                     "total": plan.selected, "ocr_pages": plan.ocr_pages,
+                    "previous": previous,
                     "base": document_base(data, request, fmt, plan.page_count)}
             texts = [text_page(n, text, layer) for n, (text, layer) in plan.text_pages.items()]
             return FanOut(meta, texts, plan.ocr_pages, data)
@@ -85,13 +94,23 @@ def process_job(job_id: str, kwargs: dict[str, Any], settings: Settings,
         if plan is not None:
             plan.doc.close()
     result["engine"] = registry.describe(engine_name)
-    return finish(job_id, result, data, request, key, settings, stores)
+    return finish(job_id, result, data, request, key, settings, stores,
+                  kwargs.get("blob"), previous)
 
 
 def finish(job_id: str, result: dict[str, Any], data: bytes, request: JobRequest,
-           key: str | None, settings: Settings, stores: Stores) -> dict[str, Any]:
-    """Attach the searchable PDF when asked for, cache a complete result, add the id."""
+           key: str | None, settings: Settings, stores: Stores, blob: str | None,
+           previous: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Complete a retry, attach the searchable PDF, cache a complete result.
+
+    A PARTIAL result keeps its input (`input_blob`) until OCR_BLOB_TTL, so that its
+    failed pages can be retried (`merge_from`).
+    """
+    if previous is not None:
+        result = merge_previous(result, previous)
     result = {**result, "id": job_id, "cached": False}
+    if result["status"] == "PARTIAL":
+        result["input_blob"] = blob or stores.blobs.put(data)
     if request.output == "pdf":
         pdf = searchable_pdf(data, result["format"], request.password, result["pages"],
                              settings)
@@ -109,6 +128,8 @@ def run_pdf_page(meta: dict[str, Any], number: int, registry: EngineRegistry,
                  stores: Stores) -> dict[str, Any]:
     """OCR one page of a fanned-out PDF; a failure becomes a failed page, not an error."""
     request = JobRequest(**meta["request"])
+    if past_deadline(request.deadline):
+        return deadline_page(number)
     try:
         engine = registry.get(meta["engine"]).engine
         doc = docs.get(meta["blob"], request.password, stores.blobs, settings)
@@ -139,4 +160,5 @@ def merge_document(doc_id: str, meta: dict[str, Any], pages: list[dict[str, Any]
     result["timings"] = {"ocr_seconds": round(sum(p.get("seconds", 0) for p in ocr), 3),
                          "total_seconds": round(time.time() - meta["started"], 3)}
     data = stores.blobs.get(meta["blob"]) if request.output == "pdf" else b""
-    return finish(doc_id, result, data, request, meta["cache_key"], settings, stores)
+    return finish(doc_id, result, data, request, meta["cache_key"], settings, stores,
+                  meta["blob"], meta.get("previous"))

@@ -1,6 +1,6 @@
 """Public Celery tasks: thin wrappers that decode arguments and call `tasks.jobs`.
 
-They also decide retries and where results go.
+They also decide retries, where results go and which callbacks fire.
 
 Task bodies run in worker pool children; `pdf_page_lost` runs wherever Celery marks a
 page task failed (the worker parent, for a child killed at its hard time limit).
@@ -9,26 +9,36 @@ page task failed (the worker parent, for a child killed at its hard time limit).
 from __future__ import annotations
 
 import functools
+import urllib.error
 from typing import Any, NoReturn
 
 from billiard.exceptions import SoftTimeLimitExceeded
 from celery import Celery, Task, shared_task, states
 from celery.exceptions import Ignore
+from kombu.utils.uuid import uuid
 
 from tasks import runtime
+from tasks.callbacks import post_json, summary
 from tasks.delivery import GuardedTask
-from tasks.documents import failed_page
-from tasks.errors import OcrError, Timeout, TransientError, error_info
+from tasks.documents import past_deadline
+from tasks.errors import (
+    BadRequest,
+    DeadlineExceeded,
+    OcrError,
+    Timeout,
+    TransientError,
+    error_info,
+)
 from tasks.fanout import DocumentJoin, OpenDocumentCache
+from tasks.inputs import JobRequest
 from tasks.jobs import FanOut, Stores, merge_document, process_job, run_pdf_page
-from tasks.storage import BlobStore, OutputStore, ResultCache, connect
+from tasks.results import failed_page
+from tasks.storage import BlobStore, JobControl, OutputStore, ResultCache, connect
 from tasks.telemetry import document_finished
 from worker_config import Settings, queue_for_engine
 
 PROGRESS_STATE = "PROGRESS"
 _open_docs = OpenDocumentCache()
-
-
 _stores_made: dict[int, tuple[Stores, DocumentJoin]] = {}
 
 
@@ -39,7 +49,8 @@ def _stores(settings: Settings) -> tuple[Stores, DocumentJoin]:
         _stores_made[id(settings)] = (
             Stores(BlobStore(client, settings.blob_ttl),
                    ResultCache(client, settings.result_ttl),
-                   OutputStore(client, settings.result_ttl)),
+                   OutputStore(client, settings.result_ttl),
+                   JobControl(client, settings.result_ttl)),
             DocumentJoin(client, settings.blob_ttl))
     return _stores_made[id(settings)]
 
@@ -60,6 +71,33 @@ def send_job_event(app: Celery, event: str, job_id: str, **fields: Any) -> None:
         dispatcher.send(event, uuid=job_id, **fields)
 
 
+def notify(app: Celery, request: JobRequest, outcome: dict[str, Any], queue: str | None
+           ) -> None:
+    """Push a finished job to the caller's callback task and/or URL."""
+    if request.callback_task:
+        app.send_task(request.callback_task, args=[outcome], queue=request.callback_queue)
+    if request.callback_url:
+        http_callback.apply_async((request.callback_url, summary(outcome)), queue=queue)
+
+
+def _failure(job_id: str, exc: OcrError) -> dict[str, Any]:
+    return {"id": job_id, "status": "FAILURE", "error": exc.to_dict()}
+
+
+def _queue_of(task: Task) -> str | None:
+    return (task.request.delivery_info or {}).get("routing_key")
+
+
+def _previous(app: Celery, request: JobRequest) -> dict[str, Any] | None:
+    """The result of the job a retry completes (`merge_from`)."""
+    if request.merge_from is None:
+        return None
+    earlier = app.AsyncResult(request.merge_from)
+    if earlier.state != states.SUCCESS or not isinstance(earlier.result, dict):
+        raise BadRequest("`merge_from` must name a finished job whose result is stored")
+    return dict(earlier.result)
+
+
 @shared_task(name="ocr.document", bind=True, base=GuardedTask, throws=(OcrError,),
              autoretry_for=(TransientError,), retry_backoff=2, retry_backoff_max=60,
              retry_jitter=True, max_retries=5)
@@ -69,35 +107,56 @@ def document(self: Task, **kwargs: Any) -> dict[str, Any]:
     stores, join = _stores(settings)
     job_id = self.request.id
     try:
-        outcome = process_job(job_id, kwargs, settings, runtime.current(settings), stores,
+        request = JobRequest.from_kwargs(kwargs, settings)
+    except OcrError:
+        _drop_blob(stores, kwargs.get("blob"))
+        raise
+    try:
+        outcome = process_job(job_id, request, kwargs, settings, runtime.current(settings),
+                              stores, _previous(self.app, request),
                               progress=functools.partial(report_progress, self.app, job_id))
     except TransientError:
         raise  # retried by autoretry_for; the blob stays for the retry
     except SoftTimeLimitExceeded:
         _drop_blob(stores, kwargs.get("blob"))
-        raise Timeout(f"the job ran past its soft time limit of "
-                      f"{settings.soft_time_limit} s") from None
+        late: OcrError = (DeadlineExceeded("the job's deadline passed while it ran")
+                          if past_deadline(request.deadline) else
+                          Timeout(f"the job ran past its soft time limit of "
+                                  f"{settings.soft_time_limit} s"))
+        notify(self.app, request, _failure(job_id, late), _queue_of(self))
+        raise late from None
+    except OcrError as exc:
+        _drop_blob(stores, kwargs.get("blob"))
+        notify(self.app, request, _failure(job_id, exc), _queue_of(self))
+        raise
     except BaseException:
         _drop_blob(stores, kwargs.get("blob"))
         raise
     if isinstance(outcome, FanOut):
         fan_out(self, outcome, kwargs, settings, stores, join)
-    _drop_blob(stores, kwargs.get("blob"))
+    if outcome["status"] != "PARTIAL":
+        _drop_blob(stores, kwargs.get("blob"))
+    notify(self.app, request, outcome, _queue_of(self))
     return outcome
 
 
 def fan_out(task: Task, work: FanOut, kwargs: dict[str, Any], settings: Settings,
             stores: Stores, join: DocumentJoin) -> NoReturn:
-    """Enqueue one page task per OCR page; the last one to finish stores the result."""
+    """Enqueue one page task per OCR page; the last one to finish stores the result.
+
+    Page tasks get the job's priority, and their ids are kept (for cancellation).
+    """
     job_id = task.request.id
-    client_blob = kwargs.get("blob")
-    work.meta["blob"] = client_blob or stores.blobs.put(work.data)
+    work.meta["blob"] = kwargs.get("blob") or stores.blobs.put(work.data)
+    work.meta["page_tasks"] = page_ids = [uuid() for _ in work.ocr_pages]
+    work.meta["reply_queue"] = queue = queue_for_engine(work.meta["engine"])
+    priority = (task.request.delivery_info or {}).get("priority")
     join.start(job_id, work.meta, work.text_pages)
     # Progress first: a fast page could otherwise finish the job before this write.
     report_progress(task.app, job_id, len(work.text_pages), work.meta["total"])
-    queue = queue_for_engine(work.meta["engine"])
-    for number in work.ocr_pages:
-        pdf_page.apply_async((job_id, number), queue=queue,
+    for number, page_id in zip(work.ocr_pages, page_ids, strict=True):
+        pdf_page.apply_async((job_id, number), queue=queue, task_id=page_id,
+                             priority=priority,
                              link_error=pdf_page_lost.s(job_id, number, queue))
     raise Ignore()  # the job's result is stored by the page task that merges
 
@@ -113,6 +172,8 @@ def pdf_page(self: Task, doc_id: str, number: int) -> dict[str, Any]:
         meta = join.meta(doc_id)
     except OcrError:
         return {"document": doc_id, "number": number, "skipped": "document finished"}
+    if stores.control.is_cancelled(doc_id):
+        return {"document": doc_id, "number": number, "skipped": "document cancelled"}
     try:
         registry = runtime.current(settings)
         page = run_pdf_page(meta, number, registry, _open_docs, settings, stores)
@@ -133,21 +194,27 @@ def record_page(app: Celery, doc_id: str, meta: dict[str, Any], page: dict[str, 
     report_progress(app, doc_id, min(join.done(doc_id) + 1, meta["total"]), meta["total"])
     if not join.record(doc_id, page, meta["total"]):
         return
+    request = JobRequest(**meta["request"])
+    keep_input = False
     try:
         result = merge_document(doc_id, meta, join.pages(doc_id), runtime.current(settings),
                                 settings, stores)
     except OcrError as exc:
         app.backend.store_result(doc_id, exc, states.FAILURE)
         send_job_event(app, "task-failed", doc_id, exception=str(exc))
+        notify(app, request, _failure(doc_id, exc), meta["reply_queue"])
         document_finished(doc_id, meta, exc)
     else:
+        keep_input = result["status"] == "PARTIAL"
         app.backend.store_result(doc_id, result, states.SUCCESS)
         send_job_event(app, "task-succeeded", doc_id, result=result["status"],
                        runtime=result["timings"]["total_seconds"])
+        notify(app, request, result, meta["reply_queue"])
         document_finished(doc_id, meta, result)
     finally:
         join.cleanup(doc_id)
-        _drop_blob(stores, meta["blob"])
+        if not keep_input:
+            _drop_blob(stores, meta["blob"])
         _open_docs.close()
 
 
@@ -173,6 +240,15 @@ def pdf_page_failed(self: Task, doc_id: str, number: int, error: dict[str, Any])
         return
     page = {"number": number, "text": "", "source": "ocr", "error": error}
     record_page(self.app, doc_id, meta, page, settings)
+
+
+@shared_task(name="ocr.http_callback", bind=True, max_retries=5,
+             autoretry_for=(urllib.error.URLError, OSError), retry_backoff=2,
+             retry_backoff_max=120, retry_jitter=True)
+def http_callback(self: Task, url: str, body: dict[str, Any]) -> int:
+    """POST a finished job's summary to the caller's URL; retried with backoff."""
+    settings: Settings = self.app.ocr_settings
+    return post_json(url, body, settings.callback_timeout)
 
 
 def _drop_blob(stores: Stores, key: Any) -> None:

@@ -96,3 +96,46 @@ class OutputStore:
             raise BadRequest("not an output key")
         data = self._redis.get(key)
         return data if isinstance(data, bytes) or data is None else str(data).encode()
+
+
+JOB_PREFIX = "ocr:job:"
+
+
+class JobControl:
+    """Per-job facts clients and workers share: input blob, deadline, cancellation.
+
+    `ocr:job:<id>` is a hash (fields `blob`, `deadline`, `filename`, `cancelled`);
+    `ocr:job:<id>:cancelled` holds the result of a cancelled job (pages done so far).
+    """
+
+    def __init__(self, client: redis.Redis, ttl: int) -> None:
+        self._redis = client
+        self._ttl = ttl
+
+    def remember(self, job_id: str, **fields: str) -> None:
+        key = JOB_PREFIX + job_id
+        pipe = self._redis.pipeline()
+        pipe.hset(key, mapping=dict(fields))  # type: ignore[arg-type]
+        pipe.expire(key, self._ttl)
+        pipe.execute()
+
+    def info(self, job_id: str) -> dict[str, str]:
+        raw = self._redis.hgetall(JOB_PREFIX + job_id)
+        return {_text(k): _text(v) for k, v in raw.items()}
+
+    def cancel(self, job_id: str) -> None:
+        self.remember(job_id, cancelled="1")
+
+    def is_cancelled(self, job_id: str) -> bool:
+        return bool(self._redis.hexists(JOB_PREFIX + job_id, "cancelled"))
+
+    def store_cancelled(self, job_id: str, result: dict[str, Any]) -> None:
+        self._redis.set(f"{JOB_PREFIX}{job_id}:cancelled", json.dumps(result), ex=self._ttl)
+
+    def cancelled_result(self, job_id: str) -> dict[str, Any] | None:
+        raw = self._redis.get(f"{JOB_PREFIX}{job_id}:cancelled")
+        return json.loads(raw) if raw else None
+
+
+def _text(value: bytes | str) -> str:
+    return value.decode() if isinstance(value, bytes) else value

@@ -26,7 +26,7 @@ VENV_BIN = Path(sys.executable).parent
 FAKE_PLUGINS = ",".join(f"{name}=tests.fake_engines:{cls}" for name, cls in (
     ("fake", "FakeEngine"), ("broken", "BrokenEngine"), ("fake-model", "FakeModelEngine"),
     ("slow-on-dark", "SlowOnDarkEngine"), ("stuck-on-dark", "StuckOnDarkEngine"),
-    ("killer", "KillerEngine")))
+    ("killer", "KillerEngine"), ("flaky-on-dark", "FlakyOnDarkEngine")))
 
 
 def free_port() -> int:

@@ -12,7 +12,7 @@ import time
 from PIL import Image, ImageStat
 
 from tasks.engines import OcrEngine, PageResult, RecognizeOptions
-from tasks.errors import EngineUnavailable
+from tasks.errors import EngineFailed, EngineUnavailable
 from worker_config import Settings
 
 
@@ -110,4 +110,16 @@ class KillerEngine(FakeEngine):
     def recognize(self, image: Image.Image, options: RecognizeOptions) -> PageResult:
         if _is_dark(image):
             os.kill(os.getpid(), signal.SIGKILL)
+        return super().recognize(image, options)
+
+
+class FlakyOnDarkEngine(FakeEngine):
+    """Fails on dark pages until the file named by FAKE_HEALED_FLAG exists."""
+
+    name = "flaky-on-dark"
+
+    def recognize(self, image: Image.Image, options: RecognizeOptions) -> PageResult:
+        healed = os.environ.get("FAKE_HEALED_FLAG", "")
+        if _is_dark(image) and not (healed and os.path.exists(healed)):
+            raise EngineFailed("the fake engine fails on dark pages until healed")
         return super().recognize(image, options)
