@@ -18,9 +18,15 @@ from wsgiref.simple_server import WSGIRequestHandler, make_server
 from prometheus_client import CollectorRegistry, make_wsgi_app
 from prometheus_client.exposition import ThreadingWSGIServer
 
-from tasks.metrics import RedisCollector
+from tasks.metrics import RedisCollector, priority_suffixes
 from tasks.storage import connect
-from worker_config import DEFAULT_QUEUE, Settings, SettingsError, queue_for_engine
+from worker_config import (
+    DEFAULT_QUEUE,
+    Settings,
+    SettingsError,
+    celery_config,
+    queue_for_engine,
+)
 
 
 class QuietHandler(WSGIRequestHandler):
@@ -42,7 +48,8 @@ def main() -> int:
     queues = list(dict.fromkeys([DEFAULT_QUEUE, *map(queue_for_engine,
                                                      settings.all_engine_names()), *extra]))
     registry = CollectorRegistry(auto_describe=False)
-    registry.register(RedisCollector(connect(settings.redis_url), queues))
+    suffixes = priority_suffixes(celery_config(settings)["broker_transport_options"])
+    registry.register(RedisCollector(connect(settings.redis_url), queues, suffixes))
     server = make_server(address, port, make_wsgi_app(registry), ThreadingWSGIServer,
                          handler_class=QuietHandler)
     print(f"metrics: serving http://{address}:{port}/metrics", flush=True)

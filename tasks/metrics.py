@@ -31,8 +31,6 @@ PREFIX = "ocr:metrics:"
 NODES_KEY = PREFIX + "nodes"
 COUNTER_TTL = 7 * 24 * 3600
 CHILD_TTL = 300
-# kombu's Redis transport keeps priorities 3, 6 and 9 in lists named `queue\x06\x16N`.
-PRIORITY_SUFFIXES = ("", "\x06\x163", "\x06\x166", "\x06\x169")
 
 Sample = tuple[str, dict[str, str], float]
 
@@ -151,6 +149,13 @@ class MetricsStore:
         pipe.execute()
 
 
+def priority_suffixes(transport_options: dict[str, Any]) -> tuple[str, ...]:
+    """Name suffixes of a queue's Redis lists, one per priority step (kombu's transport)."""
+    sep = transport_options.get("sep", "\x06\x16")
+    steps = transport_options.get("priority_steps", [0, 3, 6, 9])
+    return tuple(f"{sep}{step}" if step else "" for step in steps)
+
+
 def _text(value: Any) -> str:
     return value.decode() if isinstance(value, bytes) else str(value)
 
@@ -158,9 +163,11 @@ def _text(value: Any) -> str:
 class RedisCollector(Collector):
     """Prometheus collector reading every node's metrics from Redis at each scrape."""
 
-    def __init__(self, client: redis.Redis, queues: Sequence[str] = ()) -> None:
+    def __init__(self, client: redis.Redis, queues: Sequence[str] = (),
+                 suffixes: Sequence[str] = ("",)) -> None:
         self._redis = client
         self._queues = tuple(queues)
+        self._suffixes = tuple(suffixes)
 
     def collect(self) -> Iterator[Metric]:
         families: dict[str, Any] = {}
@@ -198,11 +205,11 @@ class RedisCollector(Collector):
             return family
         pipe = self._redis.pipeline(transaction=False)
         for queue in self._queues:
-            for suffix in PRIORITY_SUFFIXES:
+            for suffix in self._suffixes:
                 pipe.llen(queue + suffix)
         # A key of another type under a queue's name answers an error: counted as 0.
         lengths = [n if isinstance(n, int) else 0 for n in pipe.execute(raise_on_error=False)]
-        step = len(PRIORITY_SUFFIXES)
+        step = len(self._suffixes)
         for i, queue in enumerate(self._queues):
             family.add_metric([queue], float(sum(lengths[i * step:(i + 1) * step])))
         return family

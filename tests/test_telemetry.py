@@ -12,7 +12,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from tasks.celery_app import create_app
 from tasks.display import job_kwargs_repr
 from tasks.errors import PdfEncrypted
-from tasks.metrics import CHILD_TTL, MetricsStore, RedisCollector
+from tasks.metrics import CHILD_TTL, MetricsStore, RedisCollector, priority_suffixes
 from tasks.telemetry import job_line, job_record, rss_bytes
 from worker_config import Settings
 
@@ -81,9 +81,11 @@ def test_metrics_store_and_collector(redis_url: str) -> None:
     store.set_child(12, [("ocr_child_rss_bytes", {}, 6e6)])
     MetricsStore(client, "vlm@b").add([("ocr_engine_loads_total", {"engine": "mlx-vlm"}, 1.0)])
     client.lpush("ocr", "m1", "m2")
-    client.lpush("ocr\x06\x169", "urgent")
+    client.lpush("ocr:9", "late")
     client.set("ocr-odd", "not a list")
-    got = _scrape(RedisCollector(client, ["ocr", "ocr-odd", "ocr-empty"]))
+    suffixes = priority_suffixes({"sep": ":", "priority_steps": [0, 3, 6, 9]})
+    assert suffixes == ("", ":3", ":6", ":9")
+    got = _scrape(RedisCollector(client, ["ocr", "ocr-odd", "ocr-empty"], suffixes))
     assert got["ocr_jobs_total"] == [({"node": "cpu@a", "engine": "fake",
                                        "outcome": "SUCCESS"}, 3.0)]
     assert got["ocr_engine_loads_total"] == [({"node": "vlm@b", "engine": "mlx-vlm"}, 1.0)]
