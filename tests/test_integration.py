@@ -243,6 +243,20 @@ def test_node_client_examples(worker: Worker, redis_url: str, tmp_path: Path) ->
     assert done.returncode == 1
     assert json.loads(done.stdout)["error"]["code"] == "corrupt_input"
     assert subprocess.run([node, client_js], capture_output=True, timeout=30).returncode == 2
+    # priorities land in kombu's priority lists, as a Python client's would
+    import redis
+
+    store = redis.Redis.from_url(redis_url)
+    for priority, key in (("batch", "nodeprio:6"), ("normal", "nodeprio:3"),
+                          ("interactive", "nodeprio")):
+        done = subprocess.run([node, client_js, "--redis", redis_url, "--queue", "nodeprio",
+                               "--priority", priority, "--no-wait", str(bad)],
+                              capture_output=True, text=True, timeout=60)
+        assert done.returncode == 0, done.stderr
+        message = json.loads(store.lpop(key) or b"{}")
+        assert message["headers"]["id"] == done.stdout.strip()
+        assert message["properties"]["priority"] == {"batch": 6, "normal": 3,
+                                                     "interactive": 0}[priority]
 
 
 def test_flower_api_sends_and_reads_results(flower: str, worker: Worker) -> None:

@@ -9,7 +9,8 @@
 //
 //   node clients/node/ocr_client.js [--redis URL] [--engine NAME] [--pages 1-3]
 //        [--output text|markdown|json|pdf] [--mode auto|ocr|text] [--password PW]
-//        [--queue NAME] [--timeout SECONDS] [--no-wait] FILE...
+//        [--priority interactive|normal|batch] [--queue NAME] [--timeout SECONDS]
+//        [--no-wait] FILE...
 //
 // Prints one JSON result per file (or the job ids with --no-wait). Exit status: 0 when
 // every job succeeded (PARTIAL included), 1 when one failed, 2 on a usage error.
@@ -26,6 +27,12 @@ const tls = require('tls');
 
 const DEFAULT_QUEUE = 'ocr';
 const BLOB_TTL_SECONDS = 3600;
+// Job priorities (worker_config.PRIORITIES) and kombu's Redis priority lists as the
+// workers configure them (broker_transport_options `priority_steps` and `sep`): a
+// message of priority N > 0 waits in the list `<queue>:<N>`; lower N is served first.
+const PRIORITIES = { interactive: 0, normal: 3, batch: 6 };
+const PRIORITY_STEPS = [0, 3, 6, 9];
+const PRIORITY_SEP = ':';
 
 class RedisError extends Error {}
 
@@ -128,7 +135,7 @@ function parseReply(buf, start) {
 }
 
 // The Redis list entry of a Celery protocol v2 task message (kombu's Redis transport).
-function buildMessage(taskId, taskName, kwargs, queue, shownKwargs) {
+function buildMessage(taskId, taskName, kwargs, queue, shownKwargs, priority = PRIORITIES.normal) {
   const body = [[], kwargs, { callbacks: null, errbacks: null, chain: null, chord: null }];
   return {
     body: Buffer.from(JSON.stringify(body)).toString('base64'),
@@ -157,16 +164,26 @@ function buildMessage(taskId, taskName, kwargs, queue, shownKwargs) {
       reply_to: '',
       delivery_mode: 2,
       delivery_info: { exchange: '', routing_key: queue },
-      priority: 0,
+      priority,
       body_encoding: 'base64',
       delivery_tag: crypto.randomUUID(),
     },
   };
 }
 
+// The Redis list a message of `priority` waits in (kombu's Redis transport).
+function queueList(queue, priority) {
+  const step = PRIORITY_STEPS.filter((s) => s <= priority).pop() || 0;
+  return step ? `${queue}${PRIORITY_SEP}${step}` : queue;
+}
+
 // Upload `data` as a blob and enqueue `ocr.document`; resolves to the job id.
+// `priority` is interactive, normal (default) or batch.
 async function submit(redis, data, options = {}) {
-  const { queue, blobTtl = BLOB_TTL_SECONDS, ...rest } = options;
+  const { queue, priority = 'normal', blobTtl = BLOB_TTL_SECONDS, ...rest } = options;
+  if (!(priority in PRIORITIES)) {
+    throw new Error(`priority must be one of ${Object.keys(PRIORITIES).join(', ')}`);
+  }
   const taskId = crypto.randomUUID();
   const blob = `ocr:blob:${crypto.randomBytes(16).toString('hex')}`;
   await redis.command('SET', blob, data, 'EX', String(blobTtl));
@@ -178,8 +195,9 @@ async function submit(redis, data, options = {}) {
   if (shown.password !== undefined) shown.password = '***';
   // The same routing as the Python client: a job naming an engine goes to its queue.
   const target = queue || (kwargs.engine ? `${DEFAULT_QUEUE}-${kwargs.engine}` : DEFAULT_QUEUE);
-  const message = buildMessage(taskId, 'ocr.document', kwargs, target, shown);
-  await redis.command('LPUSH', target, JSON.stringify(message));
+  const level = PRIORITIES[priority];
+  const message = buildMessage(taskId, 'ocr.document', kwargs, target, shown, level);
+  await redis.command('LPUSH', queueList(target, level), JSON.stringify(message));
   return taskId;
 }
 
@@ -221,7 +239,8 @@ async function wait(redis, taskId, { timeout = 120, poll = 200, onProgress } = {
 
 function parseArgs(argv) {
   const options = { redis: process.env.REDIS_URL, timeout: 120, wait: true, files: [] };
-  const valued = ['redis', 'engine', 'pages', 'output', 'mode', 'password', 'queue', 'timeout'];
+  const valued = ['redis', 'engine', 'pages', 'output', 'mode', 'password', 'priority',
+    'queue', 'timeout'];
   for (let i = 0; i < argv.length; i += 1) {
     const arg = argv[i];
     if (arg === '--no-wait') options.wait = false;
@@ -251,7 +270,7 @@ async function main() {
       ids.push(await submit(redis, fs.readFileSync(file), {
         filename: path.basename(file), engine: options.engine, pages: options.pages,
         output: options.output, mode: options.mode, password: options.password,
-        queue: options.queue,
+        priority: options.priority, queue: options.queue,
       }));
     }
     if (!options.wait) {
@@ -270,7 +289,9 @@ async function main() {
   }
 }
 
-module.exports = { RedisConnection, RedisError, buildMessage, submit, wait, errorInfo };
+module.exports = {
+  RedisConnection, RedisError, buildMessage, queueList, submit, wait, errorInfo, PRIORITIES,
+};
 
 if (require.main === module) {
   main().then((code) => { process.exitCode = code; }, (err) => {
