@@ -2,8 +2,9 @@
 
 `connect_telemetry()` connects the handlers. In the worker parent: `celeryd_after_setup`
 (the node name, inherited by the children), `heartbeat_sent` (drops the gauges of
-children that are gone, keeps the others fresh) and `task_failure` (jobs killed at
-their hard time limit, whose child cannot report). In pool children:
+children that are gone, keeps the others fresh), `task_failure` (jobs killed at their
+hard time limit, whose child cannot report) and `task_revoked` (jobs cancelled, or
+expired at their deadline). In pool children:
 `worker_process_init`, `task_prerun`, `task_postrun` (after `tasks.signals`' handler,
 so that the engine's memory figures are those of the finished task) and
 `worker_process_shutdown`. The page task that merges a fanned-out PDF calls
@@ -30,12 +31,13 @@ from celery.signals import (
     task_failure,
     task_postrun,
     task_prerun,
+    task_revoked,
     worker_process_init,
     worker_process_shutdown,
 )
 
 from tasks import runtime
-from tasks.errors import error_info
+from tasks.errors import DeadlineExceeded, error_info
 from tasks.metrics import MetricsStore, Sample
 from tasks.storage import connect
 
@@ -59,7 +61,8 @@ def job_record(job_id: str, node: str, filename: str, engine: str,
                seconds: float | None, outcome: Any) -> tuple[dict[str, Any], list[Sample]]:
     """The log record and counter samples of a job that ended with `outcome`.
 
-    `outcome` is the job's result dict, or the exception it failed with.
+    `outcome` is the job's result dict, the exception it failed with, or a final status
+    of its own (`CANCELLED`).
     """
     record: dict[str, Any] = {"id": job_id, "node": node, "filename": filename,
                               "pages": None, "engine": engine, "seconds": seconds}
@@ -78,6 +81,9 @@ def job_record(job_id: str, node: str, filename: str, engine: str,
         record.update(outcome=status, code=None, cached=bool(outcome.get("cached")))
         if outcome.get("failed_pages"):
             record["failed_pages"] = len(outcome["failed_pages"])
+    elif isinstance(outcome, str):
+        status = outcome
+        record.update(outcome=status, code=None, cached=False)
     else:
         status = "FAILURE"
         record.update(outcome=status, code=error_info(outcome)["code"], cached=False)
@@ -237,9 +243,20 @@ def connect_telemetry(settings: Settings) -> Telemetry:
                                str(kwargs.get("engine") or settings.resolve_engine()),
                                float(settings.hard_time_limit), exception)
 
+    def on_revoked(sender: Any, request: Any = None, expired: bool = False,
+                   **_: Any) -> None:
+        if getattr(sender, "name", None) != JOB_TASK or request is None:
+            return
+        kwargs = getattr(request, "kwargs", None) or {}
+        outcome = DeadlineExceeded("the job's deadline passed") if expired else "CANCELLED"
+        telemetry.finished(str(request.id), str(kwargs.get("filename") or ""),
+                           str(kwargs.get("engine") or settings.resolve_engine()), None,
+                           outcome)
+
     celeryd_after_setup.connect(on_after_setup, weak=False)
     heartbeat_sent.connect(lambda **_: telemetry.heartbeat(), weak=False)
     task_failure.connect(on_failure, weak=False)
+    task_revoked.connect(on_revoked, weak=False)
     worker_process_init.connect(lambda **_: telemetry.child_started(), weak=False)
     task_prerun.connect(on_prerun, weak=False)
     task_postrun.connect(on_postrun, weak=False)

@@ -386,8 +386,9 @@ def test_one_log_line_per_job(worker: Worker, client: OcrClient) -> None:
     image = client.submit(png(30), filename="one.png")
     pdf = client.submit(image_pdf(plain_pages(3)), filename="three.pdf", mode="ocr")
     bad = client.submit(b"%PDF-1.7 broken", filename="bad.pdf")
-    client.wait([image, pdf, bad], timeout=120)
-    records = wait_for(lambda: (lambda r: r if {image, pdf, bad} <= set(r) else None)(
+    late = client.submit(png(31), filename="late.png", deadline=0.001)  # expires at once
+    client.wait([image, pdf, bad, late], timeout=120)
+    records = wait_for(lambda: (lambda r: r if {image, pdf, bad, late} <= set(r) else None)(
         job_lines(worker)), 10, "the job lines")
     assert records[image] | {"seconds": 0} == {
         "id": image, "node": records[image]["node"], "filename": "one.png", "pages": 1,
@@ -396,8 +397,11 @@ def test_one_log_line_per_job(worker: Worker, client: OcrClient) -> None:
     assert (records[pdf]["pages"], records[pdf]["outcome"]) == (3, "SUCCESS")
     assert records[pdf]["seconds"] >= 0.25
     assert (records[bad]["outcome"], records[bad]["code"]) == ("FAILURE", "corrupt_input")
+    # logged by the worker parent, which never ran it
+    assert (records[late]["outcome"], records[late]["code"], records[late]["filename"]) == (
+        "FAILURE", "deadline_exceeded", "late.png")
     log = worker.log()
-    for job in (image, pdf, bad):
+    for job in (image, pdf, bad, late):
         assert len(re.findall(rf'ocr\.job \{{"id": "{job}"', log)) == 1
 
 

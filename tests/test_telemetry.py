@@ -55,6 +55,9 @@ def test_job_record_of_results_and_failures() -> None:
     record, samples = job_record("j3", "n", "x\ny.png", "fake", None, PdfEncrypted())
     assert (record["outcome"], record["code"], record["pages"]) == ("FAILURE", "pdf_encrypted",
                                                                     None)
+    cancelled, samples = job_record("j4", "n", "c.png", "fake", None, "CANCELLED")
+    assert (cancelled["outcome"], cancelled["code"]) == ("CANCELLED", None)
+    assert ("ocr_jobs_total", {"engine": "fake", "outcome": "CANCELLED"}, 1.0) in samples
     line = job_line(record)
     assert "\n" not in line and json.loads(line.removeprefix("ocr.job "))["filename"] == \
         "x\ny.png"
