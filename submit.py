@@ -82,24 +82,26 @@ def build_retry_parser() -> argparse.ArgumentParser:
         prog="submit.py retry",
         description="Re-read the failed pages of PARTIAL jobs; each new job's result is "
                     "complete (it merges the pages the earlier job had).")
-    parser.add_argument("ids", nargs="+", metavar="ID")
     parser.add_argument("--password", help="password of an encrypted PDF")
     parser.add_argument("--priority", choices=tuple(PRIORITIES))
-    parser.add_argument("--json", action="store_true")
     parser.add_argument("--no-wait", action="store_true")
-    parser.add_argument("--out", type=Path)
-    parser.add_argument("--timeout", type=float)
+    add_result_options(parser)
     return parser
 
 
 def build_wait_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="submit.py wait",
                                      description="Wait for jobs sent earlier.")
-    parser.add_argument("ids", nargs="+", metavar="ID")
-    parser.add_argument("--json", action="store_true")
-    parser.add_argument("--out", type=Path)
-    parser.add_argument("--timeout", type=float)
+    add_result_options(parser)
     return parser
+
+
+def add_result_options(parser: argparse.ArgumentParser) -> None:
+    """Job ids and how their results are shown (wait, retry)."""
+    parser.add_argument("ids", nargs="+", metavar="ID")
+    parser.add_argument("--json", action="store_true", help="one JSON result per line")
+    parser.add_argument("--out", type=Path, help="also write each result into DIR")
+    parser.add_argument("--timeout", type=float, help="stop waiting after S seconds")
 
 
 def build_models_parser() -> argparse.ArgumentParser:
