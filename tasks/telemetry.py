@@ -21,6 +21,7 @@ import os
 import resource
 import sys
 import time
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 import redis
@@ -202,10 +203,11 @@ class Telemetry:
         if pool is None or now - self._last_keep < KEEP_INTERVAL:
             return
         self._last_keep = now
-        live = pool.info.get("processes", [])
-        self._write(lambda store: store.keep_children(live))
+        live = pool.info.get("processes")
+        if live is not None:  # the prefork pool: children with pids of their own
+            self._write(lambda store: store.keep_children(live))
 
-    def _write(self, action: Any) -> None:
+    def _write(self, action: Callable[[MetricsStore], None]) -> None:
         try:
             action(self.store())
         except redis.RedisError as exc:
