@@ -405,6 +405,24 @@ def test_one_log_line_per_job(worker: Worker, client: OcrClient) -> None:
         assert len(re.findall(rf'ocr\.job \{{"id": "{job}"', log)) == 1
 
 
+def test_gauges_of_a_killed_child_are_dropped(exporter: str, worker: Worker,
+                                              client: OcrClient) -> None:
+    assert worker.proc is not None
+    victim = psutil.Process(worker.proc.pid).children()[0]
+    victim.kill()  # like the OOM killer: the child cannot clean up after itself
+    victim.wait(10)
+
+    def gone_and_replaced() -> bool:
+        pids = {labels["pid"] for labels, _ in scrape(exporter).get("ocr_child_rss_bytes", [])}
+        live = {str(c.pid) for c in psutil.Process(worker.proc.pid).children()}
+        return str(victim.pid) not in pids and len(live) == 2
+
+    # the worker parent checks its children on its heartbeat, every KEEP_INTERVAL (10 s)
+    wait_for(gone_and_replaced, 30, "the killed child's gauges to go")
+    job = client.submit(png(77))
+    assert client.wait([job], timeout=60)[job]["status"] == "SUCCESS"
+
+
 @pytest.mark.slow
 def test_flower_dashboard_screenshot(flower: str, worker: Worker, client: OcrClient,
                                      tmp_path: Path) -> None:
