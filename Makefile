@@ -6,7 +6,7 @@ PY     := $(VENV)/bin/python
 export PATH := $(abspath $(VENV))/bin:$(PATH)
 export PYTHONPATH := $(abspath .)
 
-.PHONY: run test lint bench bench-quick clean redis-server bench-tools
+.PHONY: run test lint bench bench-quick clean redis-server bench-tools screenshot chromium
 
 $(VENV)/.runtime: requirements.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -54,6 +54,19 @@ bench: $(VENV)/.bench redis-server bench-tools
 
 bench-quick: $(VENV)/.bench redis-server bench-tools
 	OMP_THREAD_LIMIT=1 $(PY) -m bench --quick
+
+# Debian's chromium for the Flower screenshot (not needed by `make test`).
+chromium:
+	@command -v chromium >/dev/null || { \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium; \
+	  else echo "chromium is missing: apt-get install chromium (Debian/Ubuntu)"; exit 1; fi; }
+
+# docs/flower.png: Flower's workers page with a real worker, taken by the screenshot
+# test in headless chromium (the test fails here rather than skip without chromium).
+screenshot: $(VENV)/.dev redis-server chromium
+	FLOWER_SCREENSHOT=docs/flower.png pytest -q -p no:cacheprovider \
+	  tests/test_integration.py -k test_flower_dashboard_screenshot
 
 clean:
 	rm -rf var .pytest_cache .mypy_cache .ruff_cache

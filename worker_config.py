@@ -436,7 +436,8 @@ _DOC_TAIL = """
 Procfile-only variables: `OCR_QUEUES` (queues the worker consumes besides its engine
 queue, default `ocr`), `WORKER_NAME` (node name prefix, default `cpu`), `LOG_LEVEL`;
 Flower's own `FLOWER_*` variables (`FLOWER_BASIC_AUTH`, `FLOWER_PORT`, `FLOWER_ADDRESS`)
-and `OCR_FLOWER_OPEN=1` (no auth, loopback only).
+and `OCR_FLOWER_OPEN=1` (no auth, loopback only); `METRICS_ADDRESS` and `METRICS_PORT`
+of the metrics exporter (default 127.0.0.1:9808).
 """
 
 

@@ -6,8 +6,12 @@ beat and Flower.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+from typing import Any
+
 from celery import Celery
 
+from tasks.display import job_kwargs_repr
 from worker_config import Settings, celery_config
 
 TASK_MODULES = ("tasks.ocr_tasks", "tasks.maintenance_tasks")
@@ -17,6 +21,13 @@ class OcrCelery(Celery):
     """The Celery app, carrying the service settings it was built from."""
 
     ocr_settings: Settings
+
+    def send_task(self, name: str, args: Any = None, kwargs: Any = None,
+                  **options: Any) -> Any:
+        """Celery's `send_task`; jobs are shown (logs, Flower) without payload or password."""
+        if name == "ocr.document" and isinstance(kwargs, Mapping):
+            options["kwargsrepr"] = job_kwargs_repr(kwargs)
+        return super().send_task(name, args, kwargs, **options)
 
 
 def create_app(settings: Settings) -> OcrCelery:
@@ -30,6 +41,9 @@ def create_app(settings: Settings) -> OcrCelery:
     from tasks.signals import connect_signals
 
     connect_signals(settings)
+    from tasks.telemetry import connect_telemetry
+
+    connect_telemetry(settings)  # after connect_signals: its handlers run first
     return app
 
 

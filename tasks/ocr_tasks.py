@@ -34,6 +34,7 @@ from tasks.inputs import JobRequest
 from tasks.jobs import FanOut, Stores, merge_document, process_job, run_pdf_page
 from tasks.results import failed_page
 from tasks.storage import BlobStore, JobControl, OutputStore, ResultCache, connect
+from tasks.telemetry import document_finished
 from worker_config import Settings, queue_for_engine
 
 PROGRESS_STATE = "PROGRESS"
@@ -58,11 +59,15 @@ def report_progress(app: Celery, job_id: str, done: int, total: int) -> None:
     """Progress in the result backend (for clients) and as an event (for Flower)."""
     meta = {"done": done, "total": total}
     app.backend.store_result(job_id, meta, PROGRESS_STATE)
-    send_job_event(app, "task-progress", job_id, **meta)
+    # `result` is a field Flower shows on the task page; the final result replaces it.
+    send_job_event(app, "task-progress", job_id, result=f"{done}/{total} pages", **meta)
 
 
 def send_job_event(app: Celery, event: str, job_id: str, **fields: Any) -> None:
-    with app.events.default_dispatcher() as dispatcher:
+    # Sent as the worker node: Flower lists every other sender name as a worker of its own.
+    task = app.current_worker_task
+    hostname = task.request.hostname if task is not None else None
+    with app.events.default_dispatcher(hostname=hostname) as dispatcher:
         dispatcher.send(event, uuid=job_id, **fields)
 
 
@@ -198,12 +203,14 @@ def record_page(app: Celery, doc_id: str, meta: dict[str, Any], page: dict[str, 
         app.backend.store_result(doc_id, exc, states.FAILURE)
         send_job_event(app, "task-failed", doc_id, exception=str(exc))
         notify(app, request, _failure(doc_id, exc), meta["reply_queue"])
+        document_finished(doc_id, meta, exc)
     else:
         keep_input = result["status"] == "PARTIAL"
         app.backend.store_result(doc_id, result, states.SUCCESS)
         send_job_event(app, "task-succeeded", doc_id, result=result["status"],
                        runtime=result["timings"]["total_seconds"])
         notify(app, request, result, meta["reply_queue"])
+        document_finished(doc_id, meta, result)
     finally:
         join.cleanup(doc_id)
         if not keep_input:

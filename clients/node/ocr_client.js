@@ -1,0 +1,301 @@
+#!/usr/bin/env node
+// Client of the OCR job queue in plain Node.js (18+), with no npm packages.
+//
+// It speaks Redis's protocol (RESP) over a socket and Celery's task message protocol
+// v2, as docs/tasks.md describes: the file goes to Redis as a blob
+// (SET ocr:blob:<id> <bytes> EX <ttl>), a message naming the task `ocr.document` and
+// the blob is pushed onto the queue's list, and the result is read from the result
+// backend key `celery-task-meta-<id>`.
+//
+//   node clients/node/ocr_client.js [--redis URL] [--engine NAME] [--pages 1-3]
+//        [--output text|markdown|json|pdf] [--mode auto|ocr|text] [--password PW]
+//        [--priority interactive|normal|batch] [--queue NAME] [--timeout SECONDS]
+//        [--no-wait] FILE...
+//
+// Prints one JSON result per file (or the job ids with --no-wait). Exit status: 0 when
+// every job succeeded (PARTIAL included), 1 when one failed, 2 on a usage error.
+// REDIS_URL (redis://[:password@]host:port/db, or rediss:// for TLS) is the default
+// for --redis.
+'use strict';
+
+const crypto = require('crypto');
+const fs = require('fs');
+const net = require('net');
+const os = require('os');
+const path = require('path');
+const tls = require('tls');
+
+const DEFAULT_QUEUE = 'ocr';
+const BLOB_TTL_SECONDS = 3600;
+// Job priorities (worker_config.PRIORITIES) and kombu's Redis priority lists as the
+// workers configure them (broker_transport_options `priority_steps` and `sep`): a
+// message of priority N > 0 waits in the list `<queue>:<N>`; lower N is served first.
+const PRIORITIES = { interactive: 0, normal: 3, batch: 6 };
+const PRIORITY_STEPS = [0, 3, 6, 9];
+const PRIORITY_SEP = ':';
+
+class RedisError extends Error {}
+
+// A minimal Redis connection: commands in, RESP2 replies out, in order.
+class RedisConnection {
+  constructor(url) {
+    this.url = new URL(url || 'redis://127.0.0.1:6379/0');
+    this.pending = [];
+    this.buffer = Buffer.alloc(0);
+    this.socket = null;
+  }
+
+  async connect() {
+    const host = (this.url.hostname || '127.0.0.1').replace(/^\[|\]$/g, '');
+    const port = Number(this.url.port || 6379);
+    await new Promise((resolve, reject) => {
+      const onError = (err) => reject(err);
+      this.socket = this.url.protocol === 'rediss:'
+        ? tls.connect({ host, port, servername: net.isIP(host) ? undefined : host }, resolve)
+        : net.createConnection({ host, port }, resolve);
+      this.socket.once('error', onError);
+    });
+    this.socket.on('data', (chunk) => this.onData(chunk));
+    this.socket.on('error', (err) => this.failAll(err));
+    this.socket.on('close', () => this.failAll(new RedisError('connection closed')));
+    const password = decodeURIComponent(this.url.password || '');
+    const user = decodeURIComponent(this.url.username || '');
+    if (password) {
+      await (user ? this.command('AUTH', user, password) : this.command('AUTH', password));
+    }
+    const db = Number((this.url.pathname || '/0').slice(1) || 0);
+    if (db) await this.command('SELECT', String(db));
+    return this;
+  }
+
+  command(...args) {
+    const parts = [Buffer.from(`*${args.length}\r\n`)];
+    for (const arg of args) {
+      const bytes = Buffer.isBuffer(arg) ? arg : Buffer.from(String(arg));
+      parts.push(Buffer.from(`$${bytes.length}\r\n`), bytes, Buffer.from('\r\n'));
+    }
+    return new Promise((resolve, reject) => {
+      this.pending.push({ resolve, reject });
+      this.socket.write(Buffer.concat(parts));
+    });
+  }
+
+  onData(chunk) {
+    this.buffer = Buffer.concat([this.buffer, chunk]);
+    for (;;) {
+      const parsed = parseReply(this.buffer, 0);
+      if (parsed === null) return;
+      this.buffer = this.buffer.subarray(parsed.end);
+      const waiter = this.pending.shift();
+      if (!waiter) continue;
+      if (parsed.value instanceof RedisError) waiter.reject(parsed.value);
+      else waiter.resolve(parsed.value);
+    }
+  }
+
+  failAll(err) {
+    for (const waiter of this.pending.splice(0)) waiter.reject(err);
+  }
+
+  close() {
+    if (this.socket) this.socket.end();
+  }
+}
+
+// One RESP2 reply from `buf` at `start`: {value, end}, or null while incomplete.
+function parseReply(buf, start) {
+  const lineEnd = buf.indexOf('\r\n', start);
+  if (lineEnd < 0) return null;
+  const kind = String.fromCharCode(buf[start]);
+  const line = buf.toString('utf8', start + 1, lineEnd);
+  const next = lineEnd + 2;
+  if (kind === '+') return { value: line, end: next };
+  if (kind === '-') return { value: new RedisError(line), end: next };
+  if (kind === ':') return { value: Number(line), end: next };
+  if (kind === '$') {
+    const size = Number(line);
+    if (size < 0) return { value: null, end: next };
+    if (buf.length < next + size + 2) return null;
+    return { value: buf.subarray(next, next + size), end: next + size + 2 };
+  }
+  if (kind === '*') {
+    const count = Number(line);
+    if (count < 0) return { value: null, end: next };
+    const items = [];
+    let offset = next;
+    for (let i = 0; i < count; i += 1) {
+      const item = parseReply(buf, offset);
+      if (item === null) return null;
+      items.push(item.value);
+      offset = item.end;
+    }
+    return { value: items, end: offset };
+  }
+  throw new RedisError(`unexpected reply type ${JSON.stringify(kind)}`);
+}
+
+// The Redis list entry of a Celery protocol v2 task message (kombu's Redis transport).
+function buildMessage(taskId, taskName, kwargs, queue, shownKwargs, priority = PRIORITIES.normal) {
+  const body = [[], kwargs, { callbacks: null, errbacks: null, chain: null, chord: null }];
+  return {
+    body: Buffer.from(JSON.stringify(body)).toString('base64'),
+    'content-encoding': 'utf-8',
+    'content-type': 'application/json',
+    headers: {
+      lang: 'js',
+      task: taskName,
+      id: taskId,
+      shadow: null,
+      eta: null,
+      expires: null,
+      group: null,
+      group_index: null,
+      retries: 0,
+      timelimit: [null, null],
+      root_id: taskId,
+      parent_id: null,
+      argsrepr: '()',
+      kwargsrepr: JSON.stringify(shownKwargs),
+      origin: `node-${process.pid}@${os.hostname()}`,
+      ignore_result: false,
+    },
+    properties: {
+      correlation_id: taskId,
+      reply_to: '',
+      delivery_mode: 2,
+      delivery_info: { exchange: '', routing_key: queue },
+      priority,
+      body_encoding: 'base64',
+      delivery_tag: crypto.randomUUID(),
+    },
+  };
+}
+
+// The Redis list a message of `priority` waits in (kombu's Redis transport).
+function queueList(queue, priority) {
+  const step = PRIORITY_STEPS.filter((s) => s <= priority).pop() || 0;
+  return step ? `${queue}${PRIORITY_SEP}${step}` : queue;
+}
+
+// Upload `data` as a blob and enqueue `ocr.document`; resolves to the job id.
+// `priority` is interactive, normal (default) or batch.
+async function submit(redis, data, options = {}) {
+  const { queue, priority = 'normal', blobTtl = BLOB_TTL_SECONDS, ...rest } = options;
+  if (!(priority in PRIORITIES)) {
+    throw new Error(`priority must be one of ${Object.keys(PRIORITIES).join(', ')}`);
+  }
+  const taskId = crypto.randomUUID();
+  const blob = `ocr:blob:${crypto.randomBytes(16).toString('hex')}`;
+  await redis.command('SET', blob, data, 'EX', String(blobTtl));
+  const kwargs = { blob };
+  for (const name of ['filename', 'engine', 'pages', 'password', 'output', 'mode']) {
+    if (rest[name] !== undefined && rest[name] !== null) kwargs[name] = String(rest[name]);
+  }
+  const shown = { ...kwargs };
+  if (shown.password !== undefined) shown.password = '***';
+  // The same routing as the Python client: a job naming an engine goes to its queue.
+  const target = queue || (kwargs.engine ? `${DEFAULT_QUEUE}-${kwargs.engine}` : DEFAULT_QUEUE);
+  const level = PRIORITIES[priority];
+  const message = buildMessage(taskId, 'ocr.document', kwargs, target, shown, level);
+  await redis.command('LPUSH', queueList(target, level), JSON.stringify(message));
+  return taskId;
+}
+
+// The public error of a FAILURE stored by Celery: {code, message, retryable}.
+function errorInfo(exc) {
+  const args = Array.isArray(exc.exc_message) ? exc.exc_message : [exc.exc_message];
+  if (exc.exc_module === 'tasks.errors' && args.length === 2) {
+    return { code: String(args[0]), message: String(args[1]), retryable: args[0] === 'transient' };
+  }
+  if (['TimeLimitExceeded', 'SoftTimeLimitExceeded'].includes(exc.exc_type)) {
+    return { code: 'timeout', message: 'the job ran past its time limit', retryable: false };
+  }
+  if (exc.exc_type === 'WorkerLostError') {
+    return { code: 'worker_lost', message: 'the worker child running the job died', retryable: false };
+  }
+  return { code: 'internal_error', message: `unexpected ${exc.exc_type}`, retryable: false };
+}
+
+// Poll the result backend until the job ends; resolves to its result (or FAILURE/TIMEOUT).
+async function wait(redis, taskId, { timeout = 120, poll = 200, onProgress } = {}) {
+  const deadline = Date.now() + timeout * 1000;
+  for (;;) {
+    const raw = await redis.command('GET', `celery-task-meta-${taskId}`);
+    if (raw !== null) {
+      const meta = JSON.parse(raw.toString('utf8'));
+      if (meta.status === 'SUCCESS') return meta.result;
+      if (meta.status === 'FAILURE') {
+        return { id: taskId, status: 'FAILURE', error: errorInfo(meta.result || {}) };
+      }
+      if (meta.status === 'REVOKED') return { id: taskId, status: 'CANCELLED' };
+      if (meta.status === 'PROGRESS' && onProgress) onProgress(meta.result);
+    }
+    if (Date.now() >= deadline) {
+      return { id: taskId, status: 'TIMEOUT', error: { code: 'wait_timeout', retryable: true, message: 'the job had not finished when waiting stopped' } };
+    }
+    await new Promise((resolve) => setTimeout(resolve, poll));
+  }
+}
+
+function parseArgs(argv) {
+  const options = { redis: process.env.REDIS_URL, timeout: 120, wait: true, files: [] };
+  const valued = ['redis', 'engine', 'pages', 'output', 'mode', 'password', 'priority',
+    'queue', 'timeout'];
+  for (let i = 0; i < argv.length; i += 1) {
+    const arg = argv[i];
+    if (arg === '--no-wait') options.wait = false;
+    else if (arg.startsWith('--') && valued.includes(arg.slice(2)) && i + 1 < argv.length) {
+      options[arg.slice(2)] = argv[i + 1];
+      i += 1;
+    } else if (arg.startsWith('--')) throw new Error(`unknown option ${arg}`);
+    else options.files.push(arg);
+  }
+  if (!options.files.length) throw new Error('give at least one file');
+  options.timeout = Number(options.timeout);
+  return options;
+}
+
+async function main() {
+  let options;
+  try {
+    options = parseArgs(process.argv.slice(2));
+  } catch (err) {
+    process.stderr.write(`ocr_client: ${err.message}\n`);
+    return 2;
+  }
+  const redis = await new RedisConnection(options.redis).connect();
+  try {
+    const ids = [];
+    for (const file of options.files) {
+      ids.push(await submit(redis, fs.readFileSync(file), {
+        filename: path.basename(file), engine: options.engine, pages: options.pages,
+        output: options.output, mode: options.mode, password: options.password,
+        priority: options.priority, queue: options.queue,
+      }));
+    }
+    if (!options.wait) {
+      for (const id of ids) process.stdout.write(`${id}\n`);
+      return 0;
+    }
+    let failed = false;
+    for (const id of ids) {
+      const result = await wait(redis, id, { timeout: options.timeout });
+      if (!['SUCCESS', 'PARTIAL'].includes(result.status)) failed = true;
+      process.stdout.write(`${JSON.stringify(result)}\n`);
+    }
+    return failed ? 1 : 0;
+  } finally {
+    redis.close();
+  }
+}
+
+module.exports = {
+  RedisConnection, RedisError, buildMessage, queueList, submit, wait, errorInfo, PRIORITIES,
+};
+
+if (require.main === module) {
+  main().then((code) => { process.exitCode = code; }, (err) => {
+    process.stderr.write(`ocr_client: ${err.message}\n`);
+    process.exitCode = 1;
+  });
+}

@@ -1,0 +1,38 @@
+"""How jobs are shown to people: task arguments without payloads or secrets.
+
+Runs wherever a job is sent (clients, Flower's send-task API, workers enqueueing page
+tasks): the Celery app puts `job_kwargs_repr()` in each `ocr.document` message's
+`kwargsrepr` header, which the worker logs and Flower shows.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+# Celery's own limit for argsrepr/kwargsrepr (celery.app.amqp.AMQP.kwargsrepr_maxsize).
+REPR_MAX = 1024
+SECRET_KWARGS = ("password",)
+PAYLOAD_KWARGS = ("data_b64",)
+
+
+def b64_size(value: str) -> int:
+    """Bytes that a base64 string decodes to (without decoding it)."""
+    stripped = value.strip()
+    return len(stripped) * 3 // 4 - stripped[-2:].count("=")
+
+
+def job_kwargs_repr(kwargs: Mapping[str, Any]) -> str:
+    """`repr` of job kwargs with the password masked and inline data as its size."""
+    shown: dict[str, Any] = {}
+    for key, value in kwargs.items():
+        if key in SECRET_KWARGS and value is not None:
+            shown[key] = "***"
+        elif key in PAYLOAD_KWARGS and isinstance(value, str):
+            shown[key] = f"<{b64_size(value)} bytes base64>"
+        elif key in PAYLOAD_KWARGS and value is not None:
+            shown[key] = f"<{type(value).__name__}>"
+        else:
+            shown[key] = value
+    text = repr(shown)
+    return text if len(text) <= REPR_MAX else text[:REPR_MAX - 3] + "..."

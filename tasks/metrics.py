@@ -1,0 +1,215 @@
+"""Service metrics kept in Redis and served to Prometheus.
+
+Worker processes record with `MetricsStore` (pool children after each task, the worker
+parent when it prunes children that are gone); the Procfile `metrics` process
+(scripts/metrics_exporter.py) reads everything back on each scrape with
+`RedisCollector`, so one exporter covers every worker on every host. Keys:
+
+- `ocr:metrics:nodes`: set of worker node names that recorded anything.
+- `ocr:metrics:node:<node>`: counters of one worker node (hash). They outlive pool
+  children and worker restarts; kept `COUNTER_TTL` seconds after the last update.
+- `ocr:metrics:children:<node>`: set of the node's pool-child pids with gauges.
+- `ocr:metrics:child:<node>:<pid>`: gauges of one pool child (hash), removed when the
+  child exits or its worker parent finds it gone, else `CHILD_TTL` after the last
+  refresh.
+
+Hash fields are JSON `[metric, {label: value}]`, values numbers.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import redis
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
+
+PREFIX = "ocr:metrics:"
+NODES_KEY = PREFIX + "nodes"
+COUNTER_TTL = 7 * 24 * 3600
+CHILD_TTL = 300
+
+Sample = tuple[str, dict[str, str], float]
+
+
+@dataclass(frozen=True)
+class MetricSpec:
+    """A metric: counter or gauge, its help text and its own labels."""
+
+    kind: str
+    doc: str
+    labels: tuple[str, ...] = ()
+
+
+# Counters are per worker node (label `node`); `ocr_child_*` gauges per pool child
+# (labels `node` and `pid`).
+METRICS: dict[str, MetricSpec] = {
+    "ocr_jobs_total": MetricSpec(
+        "counter", "Jobs finished, by engine and outcome (SUCCESS, PARTIAL, FAILURE).",
+        ("engine", "outcome")),
+    "ocr_job_seconds_total": MetricSpec(
+        "counter", "Seconds finished jobs took, start to end, by engine and outcome.",
+        ("engine", "outcome")),
+    "ocr_pages_total": MetricSpec(
+        "counter", "Pages of finished jobs by source: ocr, text-layer, failed, cached.",
+        ("engine", "source")),
+    "ocr_engine_loads_total": MetricSpec(
+        "counter", "Engine loads in pool children.", ("engine",)),
+    "ocr_engine_load_seconds_total": MetricSpec(
+        "counter", "Seconds spent loading engines in pool children.", ("engine",)),
+    "ocr_engine_load_failures_total": MetricSpec(
+        "counter", "Engine loads that failed in pool children.", ("engine",)),
+    "ocr_child_rss_bytes": MetricSpec(
+        "gauge", "Resident memory of a pool child after its last task (peak on macOS)."),
+    "ocr_child_memory_bytes": MetricSpec(
+        "gauge", "Engine memory of a pool child at the end of its last task, by kind "
+        "(mlx_active, mlx_peak during the task, mlx_cache before it was cleared).",
+        ("kind",)),
+    "ocr_child_tasks": MetricSpec("gauge", "Tasks a pool child has run since it started."),
+    "ocr_child_engine_load_seconds": MetricSpec(
+        "gauge", "Load time of each engine loaded in a pool child.", ("engine", "model")),
+    "ocr_child_updated_timestamp_seconds": MetricSpec(
+        "gauge", "When a pool child last recorded its gauges (Unix time)."),
+}
+QUEUE_LENGTH = "ocr_queue_length"
+
+
+def _field(name: str, labels: dict[str, str]) -> str:
+    if name not in METRICS:
+        raise KeyError(f"unknown metric {name}")
+    return json.dumps([name, labels], sort_keys=True)
+
+
+def _node_key(node: str) -> str:
+    return f"{PREFIX}node:{node}"
+
+
+def _children_key(node: str) -> str:
+    return f"{PREFIX}children:{node}"
+
+
+def _child_key(node: str, pid: int | str) -> str:
+    return f"{PREFIX}child:{node}:{pid}"
+
+
+class MetricsStore:
+    """Writes one worker node's metrics. Raises `redis.RedisError` when Redis fails."""
+
+    def __init__(self, client: redis.Redis, node: str) -> None:
+        self._redis = client
+        self.node = node
+
+    def add(self, samples: Iterable[Sample]) -> None:
+        """Add each sample's value to the node's counter."""
+        pipe = self._redis.pipeline(transaction=False)
+        for name, labels, value in samples:
+            pipe.hincrbyfloat(_node_key(self.node), _field(name, labels), value)
+        if len(pipe):
+            pipe.expire(_node_key(self.node), COUNTER_TTL)
+            pipe.sadd(NODES_KEY, self.node)
+            pipe.expire(NODES_KEY, COUNTER_TTL)
+            pipe.execute()
+
+    def set_child(self, pid: int, samples: Iterable[Sample]) -> None:
+        """Replace the gauges of pool child `pid`."""
+        mapping: dict[Any, Any] = {_field(n, labels): v for n, labels, v in samples}
+        key = _child_key(self.node, pid)
+        pipe = self._redis.pipeline(transaction=True)
+        pipe.delete(key)
+        if mapping:
+            pipe.hset(key, mapping=mapping)
+            pipe.expire(key, CHILD_TTL)
+        pipe.sadd(_children_key(self.node), pid)
+        pipe.expire(_children_key(self.node), COUNTER_TTL)
+        pipe.sadd(NODES_KEY, self.node)
+        pipe.expire(NODES_KEY, COUNTER_TTL)
+        pipe.execute()
+
+    def drop_child(self, pid: int) -> None:
+        pipe = self._redis.pipeline(transaction=True)
+        pipe.delete(_child_key(self.node, pid))
+        pipe.srem(_children_key(self.node), pid)
+        pipe.execute()
+
+    def keep_children(self, live: Iterable[int]) -> None:
+        """Drop the gauges of children not in `live`; keep the others' fresh."""
+        live_ids = {str(pid) for pid in live}
+        known = {_text(p) for p in self._redis.smembers(_children_key(self.node))}
+        pipe = self._redis.pipeline(transaction=False)
+        for pid in known - live_ids:
+            pipe.delete(_child_key(self.node, pid))
+            pipe.srem(_children_key(self.node), pid)
+        for pid in known & live_ids:
+            pipe.expire(_child_key(self.node, pid), CHILD_TTL)
+        pipe.expire(_children_key(self.node), COUNTER_TTL)
+        pipe.expire(_node_key(self.node), COUNTER_TTL)
+        pipe.execute()
+
+
+def priority_suffixes(transport_options: dict[str, Any]) -> tuple[str, ...]:
+    """Name suffixes of a queue's Redis lists, one per priority step (kombu's transport)."""
+    sep = transport_options.get("sep", "\x06\x16")
+    steps = transport_options.get("priority_steps", [0, 3, 6, 9])
+    return tuple(f"{sep}{step}" if step else "" for step in steps)
+
+
+def _text(value: Any) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value)
+
+
+class RedisCollector(Collector):
+    """Prometheus collector reading every node's metrics from Redis at each scrape."""
+
+    def __init__(self, client: redis.Redis, queues: Sequence[str] = (),
+                 suffixes: Sequence[str] = ("",)) -> None:
+        self._redis = client
+        self._queues = tuple(queues)
+        self._suffixes = tuple(suffixes)
+
+    def collect(self) -> Iterator[Metric]:
+        families: dict[str, Any] = {}
+        for name, spec in METRICS.items():
+            labels = ["node", *(["pid"] if name.startswith("ocr_child_") else []),
+                      *spec.labels]
+            cls = CounterMetricFamily if spec.kind == "counter" else GaugeMetricFamily
+            families[name] = cls(name, spec.doc, labels=labels)
+        for node in sorted(_text(n) for n in self._redis.smembers(NODES_KEY)):
+            self._add(families, self._redis.hgetall(_node_key(node)), [node])
+            pids = sorted(_text(p) for p in self._redis.smembers(_children_key(node)))
+            for pid in pids:
+                self._add(families, self._redis.hgetall(_child_key(node, pid)), [node, pid])
+        yield from families.values()
+        yield self._queue_lengths()
+
+    @staticmethod
+    def _add(families: dict[str, Any], stored: dict[Any, Any], head: list[str]) -> None:
+        for raw_field, raw_value in stored.items():
+            try:
+                name, labels = json.loads(raw_field)
+                value = float(raw_value)
+            except ValueError:
+                continue  # a field written by another version: skip it
+            spec = METRICS.get(name)
+            if spec is None:
+                continue
+            families[name].add_metric(head + [str(labels.get(k, "")) for k in spec.labels],
+                                      value)
+
+    def _queue_lengths(self) -> GaugeMetricFamily:
+        family = GaugeMetricFamily(QUEUE_LENGTH, "Jobs waiting in each queue (all "
+                                   "priorities).", labels=["queue"])
+        if not self._queues:
+            return family
+        pipe = self._redis.pipeline(transaction=False)
+        for queue in self._queues:
+            for suffix in self._suffixes:
+                pipe.llen(queue + suffix)
+        # A key of another type under a queue's name answers an error: counted as 0.
+        lengths = [n if isinstance(n, int) else 0 for n in pipe.execute(raise_on_error=False)]
+        step = len(self._suffixes)
+        for i, queue in enumerate(self._queues):
+            family.add_metric([queue], float(sum(lengths[i * step:(i + 1) * step])))
+        return family

@@ -1,0 +1,275 @@
+"""Worker telemetry: one structured log line per finished job, and metrics in Redis.
+
+`connect_telemetry()` connects the handlers. In the worker parent: `celeryd_after_setup`
+(the node name, inherited by the children), `heartbeat_sent` (drops the gauges of
+children that are gone, keeps the others fresh), `task_failure` (jobs killed at their
+hard time limit, whose child cannot report) and `task_revoked` (jobs cancelled, or
+expired at their deadline). In pool children:
+`worker_process_init`, `task_prerun`, `task_postrun` (after `tasks.signals`' handler,
+so that the engine's memory figures are those of the finished task) and
+`worker_process_shutdown`. The page task that merges a fanned-out PDF calls
+`document_finished()`.
+
+A failing metrics write is logged and dropped: jobs never depend on it.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import resource
+import sys
+import time
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
+
+import redis
+from billiard.exceptions import TimeLimitExceeded
+from celery.signals import (
+    celeryd_after_setup,
+    heartbeat_sent,
+    task_failure,
+    task_postrun,
+    task_prerun,
+    task_revoked,
+    worker_process_init,
+    worker_process_shutdown,
+)
+
+from tasks import runtime
+from tasks.errors import DeadlineExceeded, error_info
+from tasks.metrics import MetricsStore, Sample
+from tasks.storage import connect
+
+if TYPE_CHECKING:
+    from tasks.runtime import EngineRegistry
+    from worker_config import Settings
+
+log = logging.getLogger(__name__)
+JOB_TASK = "ocr.document"
+# Seconds between the worker parent's checks of its children's gauges (it runs on
+# every heartbeat, every 2 s, but acts only this often).
+KEEP_INTERVAL = 10.0
+
+
+def job_line(record: dict[str, Any]) -> str:
+    """The log line of one finished job: `ocr.job` and the record as one JSON object."""
+    return "ocr.job " + json.dumps(record, ensure_ascii=False, separators=(", ", ": "))
+
+
+def job_record(job_id: str, node: str, filename: str, engine: str,
+               seconds: float | None, outcome: Any) -> tuple[dict[str, Any], list[Sample]]:
+    """The log record and counter samples of a job that ended with `outcome`.
+
+    `outcome` is the job's result dict, the exception it failed with, or a final status
+    of its own (`CANCELLED`).
+    """
+    record: dict[str, Any] = {"id": job_id, "node": node, "filename": filename,
+                              "pages": None, "engine": engine, "seconds": seconds}
+    sources: dict[str, int] = {}
+    if isinstance(outcome, dict):
+        status = str(outcome.get("status", "SUCCESS"))
+        pages = outcome.get("pages") or []
+        record["pages"] = len(pages)
+        record["engine"] = (outcome.get("engine") or {}).get("name") or engine
+        if outcome.get("cached"):
+            sources["cached"] = len(pages)
+        else:
+            for page in pages:
+                source = "failed" if "error" in page else str(page.get("source", "ocr"))
+                sources[source] = sources.get(source, 0) + 1
+        record.update(outcome=status, code=None, cached=bool(outcome.get("cached")))
+        if outcome.get("failed_pages"):
+            record["failed_pages"] = len(outcome["failed_pages"])
+    elif isinstance(outcome, str):
+        status = outcome
+        record.update(outcome=status, code=None, cached=False)
+    else:
+        status = "FAILURE"
+        record.update(outcome=status, code=error_info(outcome)["code"], cached=False)
+    engine_label = {"engine": str(record["engine"])}
+    samples: list[Sample] = [
+        ("ocr_jobs_total", {**engine_label, "outcome": status}, 1.0),
+        ("ocr_job_seconds_total", {**engine_label, "outcome": status}, float(seconds or 0)),
+    ]
+    samples += [("ocr_pages_total", {**engine_label, "source": source}, float(count))
+                for source, count in sorted(sources.items())]
+    return record, samples
+
+
+def rss_bytes() -> int:
+    """Resident memory of this process (Linux: now; elsewhere: peak)."""
+    try:
+        with open("/proc/self/statm") as statm:
+            return int(statm.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+    except OSError:
+        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+        return int(peak if sys.platform == "darwin" else peak * 1024)
+
+
+def child_gauges(registry: EngineRegistry) -> list[Sample]:
+    """The gauges of one pool child, from its engine registry."""
+    samples: list[Sample] = [
+        ("ocr_child_rss_bytes", {}, float(rss_bytes())),
+        ("ocr_child_tasks", {}, float(registry.tasks_in_process)),
+        ("ocr_child_updated_timestamp_seconds", {}, time.time()),
+    ]
+    for name, loaded in list(registry.engines.items()):
+        samples.append(("ocr_child_engine_load_seconds",
+                        {"engine": name, "model": str(loaded.engine.model)},
+                        loaded.load_seconds))
+    for key, value in registry.last_memory.items():
+        if key.endswith("_mb"):
+            samples.append(("ocr_child_memory_bytes", {"kind": key[:-3]}, value * 2**20))
+    return samples
+
+
+class Telemetry:
+    """The telemetry state of one process (a worker parent, or one of its children)."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.node = "unknown"
+        self.worker: Any = None
+        self._store: MetricsStore | None = None
+        self._started: dict[str, float] = {}
+        self._loads: dict[str, tuple[int, float]] = {}
+        self._failures: set[str] = set()
+        self._last_keep = 0.0
+
+    def store(self) -> MetricsStore:
+        if self._store is None or self._store.node != self.node:
+            self._store = MetricsStore(connect(self.settings.redis_url), self.node)
+        return self._store
+
+    def child_started(self) -> None:
+        """In a new pool child: forget the parent's connection, record the first load."""
+        self._store = None
+        self._started.clear()
+        self.observe(runtime.current(self.settings))
+
+    def task_started(self, task_id: str) -> None:
+        self._started[task_id] = time.monotonic()
+
+    def task_finished(self, task: Any, task_id: str, kwargs: dict[str, Any], retval: Any,
+                      state: str) -> None:
+        started = self._started.pop(task_id, None)
+        registry = runtime.current(self.settings)
+        if getattr(task, "name", None) == JOB_TASK and state in ("SUCCESS", "FAILURE"):
+            seconds = None if started is None else round(time.monotonic() - started, 3)
+            self.finished(task_id, str(kwargs.get("filename") or ""),
+                          str(kwargs.get("engine") or registry.primary), seconds, retval)
+        self.observe(registry)
+
+    def finished(self, job_id: str, filename: str, engine: str, seconds: float | None,
+                 outcome: Any) -> None:
+        """Log the job's line and count it."""
+        record, samples = job_record(job_id, self.node, filename, engine, seconds, outcome)
+        log.info("%s", job_line(record))
+        self._write(lambda store: store.add(samples))
+
+    def observe(self, registry: EngineRegistry) -> None:
+        """Count engine loads and failed loads since the last look; record the gauges."""
+        samples: list[Sample] = []
+        for name, loaded in list(registry.engines.items()):
+            identity = (id(loaded), loaded.load_seconds)
+            if self._loads.get(name) != identity:
+                self._loads[name] = identity
+                samples += [("ocr_engine_loads_total", {"engine": name}, 1.0),
+                            ("ocr_engine_load_seconds_total", {"engine": name},
+                             loaded.load_seconds)]
+        failed = set(registry.failures)
+        samples += [("ocr_engine_load_failures_total", {"engine": name}, 1.0)
+                    for name in sorted(failed - self._failures)]
+        self._failures = failed
+        gauges = child_gauges(registry)
+        pid = os.getpid()
+
+        def write(store: MetricsStore) -> None:
+            store.add(samples)
+            store.set_child(pid, gauges)
+
+        self._write(write)
+
+    def child_exiting(self) -> None:
+        pid = os.getpid()
+        self._write(lambda store: store.drop_child(pid))
+
+    def heartbeat(self) -> None:
+        """In the worker parent: drop gauges of children that are gone, refresh the rest."""
+        now = time.monotonic()
+        pool = getattr(self.worker, "pool", None)
+        if pool is None or now - self._last_keep < KEEP_INTERVAL:
+            return
+        self._last_keep = now
+        live = pool.info.get("processes")
+        if live is not None:  # the prefork pool: children with pids of their own
+            self._write(lambda store: store.keep_children(live))
+
+    def _write(self, action: Callable[[MetricsStore], None]) -> None:
+        try:
+            action(self.store())
+        except redis.RedisError as exc:
+            log.warning("metrics not recorded: %s", type(exc).__name__)
+
+
+_telemetry: Telemetry | None = None
+
+
+def connect_telemetry(settings: Settings) -> Telemetry:
+    """Connect the handlers once per process, bound to `settings`."""
+    global _telemetry
+    if _telemetry is not None:
+        return _telemetry
+    telemetry = _telemetry = Telemetry(settings)
+
+    def on_after_setup(sender: str, instance: Any, **_: Any) -> None:
+        telemetry.node = sender
+        telemetry.worker = instance
+
+    def on_prerun(task_id: str, **_: Any) -> None:
+        telemetry.task_started(task_id)
+
+    def on_postrun(sender: Any, task_id: str, kwargs: dict[str, Any] | None = None,
+                   retval: Any = None, state: str | None = None, **_: Any) -> None:
+        telemetry.task_finished(sender, task_id, kwargs or {}, retval, state or "")
+
+    def on_failure(sender: Any, task_id: str, exception: BaseException,
+                   kwargs: dict[str, Any] | None = None, **_: Any) -> None:
+        # Only the worker parent sees TimeLimitExceeded: the child was killed.
+        if getattr(sender, "name", None) == JOB_TASK and isinstance(exception,
+                                                                    TimeLimitExceeded):
+            kwargs = kwargs or {}
+            telemetry.finished(task_id, str(kwargs.get("filename") or ""),
+                               str(kwargs.get("engine") or settings.resolve_engine()),
+                               float(settings.hard_time_limit), exception)
+
+    def on_revoked(sender: Any, request: Any = None, expired: bool = False,
+                   **_: Any) -> None:
+        if getattr(sender, "name", None) != JOB_TASK or request is None:
+            return
+        kwargs = getattr(request, "kwargs", None) or {}
+        outcome = DeadlineExceeded("the job's deadline passed") if expired else "CANCELLED"
+        telemetry.finished(str(request.id), str(kwargs.get("filename") or ""),
+                           str(kwargs.get("engine") or settings.resolve_engine()), None,
+                           outcome)
+
+    celeryd_after_setup.connect(on_after_setup, weak=False)
+    heartbeat_sent.connect(lambda **_: telemetry.heartbeat(), weak=False)
+    task_failure.connect(on_failure, weak=False)
+    task_revoked.connect(on_revoked, weak=False)
+    worker_process_init.connect(lambda **_: telemetry.child_started(), weak=False)
+    task_prerun.connect(on_prerun, weak=False)
+    task_postrun.connect(on_postrun, weak=False)
+    worker_process_shutdown.connect(lambda **_: telemetry.child_exiting(), weak=False)
+    return telemetry
+
+
+def document_finished(doc_id: str, meta: dict[str, Any], outcome: Any) -> None:
+    """A fanned-out PDF was merged (in the page task that recorded its last page)."""
+    if _telemetry is None:
+        return
+    seconds = round(time.time() - float(meta.get("started", time.time())), 3)
+    _telemetry.finished(doc_id, str(meta.get("request", {}).get("filename") or ""),
+                        str(meta.get("engine", "")), seconds, outcome)

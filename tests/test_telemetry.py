@@ -1,0 +1,109 @@
+"""Units of what people see: kwargs shown by Flower, job log lines, metrics in Redis."""
+
+from __future__ import annotations
+
+import base64
+import json
+
+import redis
+from prometheus_client import CollectorRegistry, generate_latest
+from prometheus_client.parser import text_string_to_metric_families
+
+from tasks.celery_app import create_app
+from tasks.display import job_kwargs_repr
+from tasks.errors import PdfEncrypted
+from tasks.metrics import CHILD_TTL, MetricsStore, RedisCollector, priority_suffixes
+from tasks.telemetry import job_line, job_record, rss_bytes
+from worker_config import Settings
+
+
+def test_kwargs_repr_hides_payload_and_password() -> None:
+    data = base64.b64encode(b"x" * 1001).decode()
+    shown = job_kwargs_repr({"data_b64": data, "filename": "a.png", "password": "s3cret"})
+    assert shown == "{'data_b64': '<1001 bytes base64>', 'filename': 'a.png', 'password': '***'}"
+    assert job_kwargs_repr({"blob": "ocr:blob:abc12345"}) == "{'blob': 'ocr:blob:abc12345'}"
+    assert len(job_kwargs_repr({"filename": "n" * 5000})) == 1024
+
+
+def test_sent_job_message_carries_the_masked_repr(redis_url: str) -> None:
+    app = create_app(Settings.from_env({"REDIS_URL": redis_url}))
+    data = base64.b64encode(b"\x89PNG" + b"\0" * 996).decode()
+    app.send_task("ocr.document", kwargs={"data_b64": data, "password": "s3cret-pw"},
+                  queue="display-test")
+    client = redis.Redis.from_url(redis_url)
+    message = json.loads(client.lpop("display-test") or b"{}")
+    assert message["headers"]["kwargsrepr"] == ("{'data_b64': '<1000 bytes base64>', "
+                                                "'password': '***'}")
+    assert "s3cret" not in json.dumps(message["headers"])
+    app.close()
+
+
+def test_job_record_of_results_and_failures() -> None:
+    result = {"status": "PARTIAL", "engine": {"name": "tesseract"}, "cached": False,
+              "pages": [{"number": 1, "source": "text-layer"}, {"number": 2, "source": "ocr"},
+                        {"number": 3, "source": "ocr", "error": {"code": "timeout"}}],
+              "failed_pages": [{"number": 3, "code": "timeout"}]}
+    record, samples = job_record("j1", "cpu@h", "a.pdf", "auto", 1.5, result)
+    assert record == {"id": "j1", "node": "cpu@h", "filename": "a.pdf", "pages": 3,
+                      "engine": "tesseract", "seconds": 1.5, "outcome": "PARTIAL",
+                      "code": None, "cached": False, "failed_pages": 1}
+    assert ("ocr_pages_total", {"engine": "tesseract", "source": "failed"}, 1.0) in samples
+    assert ("ocr_jobs_total", {"engine": "tesseract", "outcome": "PARTIAL"}, 1.0) in samples
+    cached = {"status": "SUCCESS", "cached": True, "pages": [{"source": "ocr"}] * 2}
+    assert ("ocr_pages_total", {"engine": "fake", "source": "cached"}, 2.0) in \
+        job_record("j2", "n", "", "fake", 0.1, cached)[1]
+    record, samples = job_record("j3", "n", "x\ny.png", "fake", None, PdfEncrypted())
+    assert (record["outcome"], record["code"], record["pages"]) == ("FAILURE", "pdf_encrypted",
+                                                                    None)
+    cancelled, samples = job_record("j4", "n", "c.png", "fake", None, "CANCELLED")
+    assert (cancelled["outcome"], cancelled["code"]) == ("CANCELLED", None)
+    assert ("ocr_jobs_total", {"engine": "fake", "outcome": "CANCELLED"}, 1.0) in samples
+    line = job_line(record)
+    assert "\n" not in line and json.loads(line.removeprefix("ocr.job "))["filename"] == \
+        "x\ny.png"
+    assert rss_bytes() > 10 * 2**20
+
+
+def _scrape(collector: RedisCollector) -> dict[str, list[tuple[dict[str, str], float]]]:
+    registry = CollectorRegistry(auto_describe=False)
+    registry.register(collector)
+    out: dict[str, list[tuple[dict[str, str], float]]] = {}
+    for family in text_string_to_metric_families(generate_latest(registry).decode()):
+        for sample in family.samples:
+            out.setdefault(sample.name, []).append((sample.labels, sample.value))
+    return out
+
+
+def test_metrics_store_and_collector(redis_url: str) -> None:
+    client = redis.Redis.from_url(redis_url)
+    client.flushdb()
+    store = MetricsStore(client, "cpu@a")
+    store.add([("ocr_jobs_total", {"engine": "fake", "outcome": "SUCCESS"}, 1.0)] * 3)
+    store.set_child(11, [("ocr_child_rss_bytes", {}, 5e6),
+                         ("ocr_child_memory_bytes", {"kind": "mlx_active"}, 2e6)])
+    store.set_child(12, [("ocr_child_rss_bytes", {}, 6e6)])
+    MetricsStore(client, "vlm@b").add([("ocr_engine_loads_total", {"engine": "mlx-vlm"}, 1.0)])
+    client.lpush("ocr", "m1", "m2")
+    client.lpush("ocr:9", "late")
+    client.set("ocr-odd", "not a list")
+    suffixes = priority_suffixes({"sep": ":", "priority_steps": [0, 3, 6, 9]})
+    assert suffixes == ("", ":3", ":6", ":9")
+    got = _scrape(RedisCollector(client, ["ocr", "ocr-odd", "ocr-empty"], suffixes))
+    assert got["ocr_jobs_total"] == [({"node": "cpu@a", "engine": "fake",
+                                       "outcome": "SUCCESS"}, 3.0)]
+    assert got["ocr_engine_loads_total"] == [({"node": "vlm@b", "engine": "mlx-vlm"}, 1.0)]
+    assert sorted((s[0]["pid"], s[1]) for s in got["ocr_child_rss_bytes"]) == [
+        ("11", 5e6), ("12", 6e6)]
+    assert got["ocr_child_memory_bytes"] == [({"node": "cpu@a", "pid": "11",
+                                               "kind": "mlx_active"}, 2e6)]
+    assert {s[0]["queue"]: s[1] for s in got["ocr_queue_length"]} == {
+        "ocr": 3.0, "ocr-odd": 0.0, "ocr-empty": 0.0}
+    # the worker parent drops the gauges of a child that is gone
+    store.keep_children([12])
+    got = _scrape(RedisCollector(client))
+    assert [s[0]["pid"] for s in got["ocr_child_rss_bytes"]] == ["12"]
+    assert 0 < client.ttl("ocr:metrics:child:cpu@a:12") <= CHILD_TTL
+    store.drop_child(12)
+    assert "ocr_child_rss_bytes" not in _scrape(RedisCollector(client))
+    client.hset("ocr:metrics:node:cpu@a", "not json", "1")  # another version's field
+    assert _scrape(RedisCollector(client))["ocr_jobs_total"][0][1] == 3.0
