@@ -376,8 +376,10 @@ def celery_config(settings: Settings) -> dict[str, Any]:
         "worker_prefetch_multiplier": 1,
         "task_default_priority": PRIORITIES["normal"],
         "broker_transport_options": {
+            # kombu's own defaults, spelled out: any stock Celery/kombu client then
+            # pushes to the lists the workers read (a custom `sep` would strand its
+            # messages).
             "priority_steps": PRIORITY_STEPS,
-            "sep": ":",
             "queue_order_strategy": "priority",
             # Longer than the longest task, or a running job is delivered twice.
             "visibility_timeout": max(settings.hard_time_limit,

@@ -83,20 +83,19 @@ class OcrClient:
 
     def _send(self, kwargs: dict[str, Any], priority: str | None,
               deadline: float | None) -> str:
-        if priority is not None and priority not in PRIORITIES:
+        priority = priority or "normal"  # explicit: send_task ignores the default
+        if priority not in PRIORITIES:
             raise BadRequest(f"priority must be one of {', '.join(PRIORITIES)}")
         job_id = uuid()
-        send: dict[str, Any] = {"task_id": job_id}
-        if priority is not None:
-            send["priority"] = PRIORITIES[priority]
+        send: dict[str, Any] = {"task_id": job_id, "priority": PRIORITIES[priority]}
         if deadline is not None:
             kwargs["deadline"] = at = time.time() + deadline
             send["expires"] = datetime.fromtimestamp(at, tz=UTC)
         self._control.remember(job_id, blob=kwargs.get("blob", ""),
                                filename=kwargs.get("filename", ""),
                                deadline=str(kwargs.get("deadline", "")))
-        shown = {k: ("***" if k == "password" else v) for k, v in kwargs.items()}
-        self.app.send_task("ocr.document", kwargs=kwargs, kwargsrepr=repr(shown), **send)
+        # The app's send_task shows the kwargs without password or payload (Flower, logs).
+        self.app.send_task("ocr.document", kwargs=kwargs, **send)
         return job_id
 
     def cancel(self, ids: Iterable[str]) -> dict[str, str]:

@@ -247,7 +247,8 @@ def test_node_client_examples(worker: Worker, redis_url: str, tmp_path: Path) ->
     import redis
 
     store = redis.Redis.from_url(redis_url)
-    for priority, key in (("batch", "nodeprio:6"), ("normal", "nodeprio:3"),
+    sep = "\x06\x16"  # kombu's Redis transport default
+    for priority, key in (("batch", f"nodeprio{sep}6"), ("normal", f"nodeprio{sep}3"),
                           ("interactive", "nodeprio")):
         done = subprocess.run([node, client_js, "--redis", redis_url, "--queue", "nodeprio",
                                "--priority", priority, "--no-wait", str(bad)],

@@ -28,11 +28,12 @@ const tls = require('tls');
 const DEFAULT_QUEUE = 'ocr';
 const BLOB_TTL_SECONDS = 3600;
 // Job priorities (worker_config.PRIORITIES) and kombu's Redis priority lists as the
-// workers configure them (broker_transport_options `priority_steps` and `sep`): a
-// message of priority N > 0 waits in the list `<queue>:<N>`; lower N is served first.
+// workers configure them (broker_transport_options `priority_steps`, kombu's default
+// `sep`): a message of priority N > 0 waits in the list `<queue>\x06\x16<N>`; lower N
+// is served first.
 const PRIORITIES = { interactive: 0, normal: 3, batch: 6 };
 const PRIORITY_STEPS = [0, 3, 6, 9];
-const PRIORITY_SEP = ':';
+const PRIORITY_SEP = '\x06\x16'; // kombu's default separator
 
 class RedisError extends Error {}
 
