@@ -118,9 +118,7 @@ class OcrClient:
                 continue
             self._control.store_cancelled(job_id, self._pages_so_far(job_id))
             self.app.backend.mark_as_revoked(job_id, "cancelled")
-            blob = self._control.info(job_id).get("blob")
-            if blob:
-                self._blobs.delete(blob)
+            self._blobs.delete(self._control.info(job_id).get("blob"))
             outcome[job_id] = "cancelled"
         return outcome
 

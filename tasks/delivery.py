@@ -42,8 +42,10 @@ class GuardedTask(Task):
             self.app.backend.mark_as_revoked(task_id, "cancelled")
             raise Ignore()
         key = DELIVERY_PREFIX + task_id
-        starts = int(client.incr(key))
-        client.expire(key, settings.result_ttl)
+        pipe = client.pipeline()
+        pipe.incr(key)
+        pipe.expire(key, settings.result_ttl)
+        starts = int(pipe.execute()[0])
         if starts > settings.max_deliveries:
             client.delete(key)
             raise WorkerLost(f"the job's worker died on each of its "

@@ -109,7 +109,7 @@ def document(self: Task, **kwargs: Any) -> dict[str, Any]:
     try:
         request = JobRequest.from_kwargs(kwargs, settings)
     except OcrError:
-        _drop_blob(stores, kwargs.get("blob"))
+        stores.blobs.delete(kwargs.get("blob"))
         raise
     try:
         outcome = process_job(job_id, request, kwargs, settings, runtime.current(settings),
@@ -118,7 +118,7 @@ def document(self: Task, **kwargs: Any) -> dict[str, Any]:
     except TransientError:
         raise  # retried by autoretry_for; the blob stays for the retry
     except SoftTimeLimitExceeded:
-        _drop_blob(stores, kwargs.get("blob"))
+        stores.blobs.delete(kwargs.get("blob"))
         late: OcrError = (DeadlineExceeded("the job's deadline passed while it ran")
                           if past_deadline(request.deadline) else
                           Timeout(f"the job ran past its soft time limit of "
@@ -126,16 +126,16 @@ def document(self: Task, **kwargs: Any) -> dict[str, Any]:
         notify(self.app, request, _failure(job_id, late), _queue_of(self))
         raise late from None
     except OcrError as exc:
-        _drop_blob(stores, kwargs.get("blob"))
+        stores.blobs.delete(kwargs.get("blob"))
         notify(self.app, request, _failure(job_id, exc), _queue_of(self))
         raise
     except BaseException:
-        _drop_blob(stores, kwargs.get("blob"))
+        stores.blobs.delete(kwargs.get("blob"))
         raise
     if isinstance(outcome, FanOut):
         fan_out(self, outcome, kwargs, settings, stores, join)
     if outcome["status"] != "PARTIAL":
-        _drop_blob(stores, kwargs.get("blob"))
+        stores.blobs.delete(kwargs.get("blob"))
     notify(self.app, request, outcome, _queue_of(self))
     return outcome
 
@@ -214,7 +214,7 @@ def record_page(app: Celery, doc_id: str, meta: dict[str, Any], page: dict[str, 
     finally:
         join.cleanup(doc_id)
         if not keep_input:
-            _drop_blob(stores, meta["blob"])
+            stores.blobs.delete(meta["blob"])
         _open_docs.close()
 
 
@@ -249,8 +249,3 @@ def http_callback(self: Task, url: str, body: dict[str, Any]) -> int:
     """POST a finished job's summary to the caller's URL; retried with backoff."""
     settings: Settings = self.app.ocr_settings
     return post_json(url, body, settings.callback_timeout)
-
-
-def _drop_blob(stores: Stores, key: Any) -> None:
-    if isinstance(key, str) and key.startswith("ocr:blob:"):
-        stores.blobs.delete(key)

@@ -183,8 +183,3 @@ def shutdown_process() -> None:
         _registry.unload()
         _registry = None
 
-
-def reset_for_tests() -> None:
-    """Forget this process's registry without closing anything (unit tests)."""
-    global _registry
-    _registry = None

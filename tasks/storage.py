@@ -48,10 +48,12 @@ class BlobStore:
             raise TransientError("the blob store is unreachable") from exc
         if data is None:
             raise InputNotFound(f"no input stored under {key} (expired or never uploaded)")
-        return data if isinstance(data, bytes) else str(data).encode()
+        return _bytes(data)
 
-    def delete(self, key: str) -> None:
-        self._redis.delete(key)
+    def delete(self, key: object) -> None:
+        """Delete an input blob; anything that is not a blob key is left alone."""
+        if isinstance(key, str) and _BLOB_KEY.match(key):
+            self._redis.delete(key)
 
 
 def cache_key(data: bytes, options: dict[str, Any]) -> str:
@@ -95,7 +97,7 @@ class OutputStore:
         if not key.startswith(OUTPUT_PREFIX):
             raise BadRequest("not an output key")
         data = self._redis.get(key)
-        return data if isinstance(data, bytes) or data is None else str(data).encode()
+        return None if data is None else _bytes(data)
 
 
 JOB_PREFIX = "ocr:job:"
@@ -139,3 +141,7 @@ class JobControl:
 
 def _text(value: bytes | str) -> str:
     return value.decode() if isinstance(value, bytes) else value
+
+
+def _bytes(value: bytes | str) -> bytes:
+    return value if isinstance(value, bytes) else value.encode()
