@@ -369,7 +369,7 @@ def celery_config(settings: Settings) -> dict[str, Any]:
         "result_extended": False,
         "task_track_started": True,
         "task_default_queue": DEFAULT_QUEUE,
-        "task_routes": ("tasks.routing.route_task",),
+        "task_routes": ("tasks.queue.routing.route_task",),
         # At-least-once: ack after the task ran, requeue when the child died under it.
         "task_acks_late": True,
         "task_reject_on_worker_lost": True,
@@ -408,7 +408,7 @@ def celery_config(settings: Settings) -> dict[str, Any]:
         "worker_send_task_events": True,
         "task_send_sent_event": True,
         "worker_hijack_root_logger": True,
-        # Beat: the model-directory audit (tasks/maintenance_tasks.py).
+        # Beat: the model-directory audit (tasks/queue/maintenance_tasks.py).
         "timezone": settings.schedule_timezone,
         "beat_schedule": _beat_schedule(settings),
     }

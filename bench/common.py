@@ -174,15 +174,15 @@ class Direct:
 
     def __init__(self, env: dict[str, str] | None = None) -> None:
         from tasks.engines.tesseract import TesseractEngine
-        from tasks.images import configure_pillow
+        from tasks.pipeline.images import configure_pillow
 
         self.settings = Settings.from_env({**BASE_ENV, **(env or {})})
         configure_pillow(self.settings)
         self.engine = TesseractEngine.load(self.settings)
 
     def run(self, data: bytes, filename: str = "", **options: Any) -> dict[str, Any]:
-        from tasks.documents import run_document
-        from tasks.inputs import JobRequest
+        from tasks.pipeline.documents import run_document
+        from tasks.pipeline.inputs import JobRequest
 
         request = JobRequest(source="blob", filename=filename, **options)
         return run_document(data, request, self.engine, self.settings)

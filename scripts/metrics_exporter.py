@@ -3,7 +3,7 @@
 
 Serves `/metrics` on METRICS_ADDRESS:METRICS_PORT (default 127.0.0.1:9808): counters
 and per-child gauges that every worker on every host records in Redis
-(tasks/metrics.py), and the length of each queue: `ocr`, every engine queue, and those
+(tasks/state/metrics.py), and the length of each queue: `ocr`, every engine queue, and those
 named in OCR_QUEUES (comma separated, as for workers). Flower's own `/metrics` (task
 and worker events) is served by Flower. One exporter per Redis is enough; run more
 for redundancy, they read the same keys.
@@ -18,8 +18,8 @@ from wsgiref.simple_server import WSGIRequestHandler, make_server
 from prometheus_client import CollectorRegistry, make_wsgi_app
 from prometheus_client.exposition import ThreadingWSGIServer
 
-from tasks.metrics import RedisCollector, priority_suffixes
-from tasks.storage import connect
+from tasks.state.metrics import RedisCollector, priority_suffixes
+from tasks.state.stores import connect
 from worker_config import (
     DEFAULT_QUEUE,
     Settings,

@@ -15,7 +15,7 @@ import worker_config  # noqa: F401
 
 def __getattr__(name: str) -> Any:
     if name in ("app", "celery"):
-        from tasks.celery_app import get_app
+        from tasks.queue.app import get_app
 
         return get_app()
     raise AttributeError(f"module 'tasks' has no attribute {name!r}")

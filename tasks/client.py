@@ -24,9 +24,9 @@ from tasks.errors import (
     OcrError,
     error_info,
 )
-from tasks.fanout import DocumentJoin
-from tasks.results import cancelled_result
-from tasks.storage import BlobStore, JobControl, OutputStore, connect
+from tasks.pipeline.results import cancelled_result
+from tasks.state.join import DocumentJoin
+from tasks.state.stores import BlobStore, JobControl, OutputStore, connect
 from worker_config import PRIORITIES, Settings
 
 FINAL_STATES = ("SUCCESS", "FAILURE", "REVOKED")
@@ -53,7 +53,7 @@ class OcrClient:
     def __init__(self, settings: Settings | None = None, app: Celery | None = None) -> None:
         self.settings = settings or Settings.from_env()
         if app is None:
-            from tasks.celery_app import create_app
+            from tasks.queue.app import create_app
 
             app = create_app(self.settings)
         self.app = app

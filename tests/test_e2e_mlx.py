@@ -75,7 +75,7 @@ def test_unload_control_releases_the_vlm(vlm_worker: Worker, client: OcrClient,
     """The remote-control command closes the MLX model in the child; the next job reloads."""
     import redis
 
-    from tasks.model_registry import ModelRegistry
+    from tasks.models.registry import ModelRegistry
 
     models = ModelRegistry(redis.Redis.from_url(redis_url))
     loaded = "engine loaded: mlx-vlm model=tiny-qwen2-vl"

@@ -21,7 +21,7 @@ import pytest
 import redis
 
 from tasks.client import OcrClient
-from tasks.model_registry import LOADED_PREFIX, SCHEDULED_KEY, ModelRegistry
+from tasks.models.registry import LOADED_PREFIX, SCHEDULED_KEY, ModelRegistry
 from tests.conftest import FAKE_PLUGINS, ROOT, VENV_BIN, Worker, corpus
 from tests.model_dirs import build_lifecycle_dir, write_model
 from tests.test_models_audit import EXPECTED_KEPT, EXPECTED_PRUNED

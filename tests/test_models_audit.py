@@ -18,7 +18,7 @@ from typing import Any
 import pytest
 from celery.schedules import crontab
 
-from tasks.models_audit import (
+from tasks.models.audit import (
     AuditRun,
     Holder,
     Integrity,

@@ -9,11 +9,11 @@ import redis
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
-from tasks.celery_app import create_app
-from tasks.display import job_kwargs_repr
 from tasks.errors import PdfEncrypted
-from tasks.metrics import CHILD_TTL, MetricsStore, RedisCollector, priority_suffixes
-from tasks.telemetry import job_line, job_record, rss_bytes
+from tasks.queue.app import create_app
+from tasks.queue.display import job_kwargs_repr
+from tasks.queue.telemetry import job_line, job_record, rss_bytes
+from tasks.state.metrics import CHILD_TTL, MetricsStore, RedisCollector, priority_suffixes
 from worker_config import Settings
 
 

@@ -18,7 +18,7 @@ from celery import Celery
 from celery.backends.base import Backend
 from PIL import Image
 
-from tasks.documents import run_document
+from tasks.engines.resident import ResidentEngines
 from tasks.errors import (
     ERROR_CLASSES,
     BadRequest,
@@ -37,12 +37,12 @@ from tasks.errors import (
     UnsupportedFormat,
     error_info,
 )
-from tasks.images import normalize, open_image, sniff_format
-from tasks.inputs import JobRequest, read_input, read_path
-from tasks.pages import select_pages
-from tasks.release import RELEASE_SIGNAL, ChildKeeper, signal_children
-from tasks.routing import route_task
-from tasks.runtime import EngineRegistry
+from tasks.models.release import RELEASE_SIGNAL, ChildKeeper, signal_children
+from tasks.pipeline.documents import run_document
+from tasks.pipeline.images import normalize, open_image, sniff_format
+from tasks.pipeline.inputs import JobRequest, read_input, read_path
+from tasks.pipeline.pages import select_pages
+from tasks.queue.routing import route_task
 from tests.conftest import corpus
 from tests.fake_engines import FakeEngine
 from worker_config import Settings, SettingsError, settings_markdown
@@ -301,7 +301,7 @@ def _model_settings(tmp_path: Path) -> Settings:
 
 def test_registry_reports_model_entries_around_loads(tmp_path: Path) -> None:
     seen: list[tuple[dict[str, str], list[str]]] = []
-    registry = EngineRegistry(settings=_model_settings(tmp_path), primary="fake-model",
+    registry = ResidentEngines(settings=_model_settings(tmp_path), primary="fake-model",
                               on_load=lambda r: seen.append((r.model_entries(),
                                                              list(r.engines))))
     registry.get()
@@ -315,7 +315,7 @@ def test_failed_load_is_deregistered(tmp_path: Path) -> None:
     s = settings(OCR_ENGINE="fake-model", OCR_MODEL_DIR=str(tmp_path), OCR_MODEL="gone",
                  OCR_ENGINE_PLUGINS="fake-model=tests.fake_engines:FakeModelEngine")
     seen: list[dict[str, str]] = []
-    registry = EngineRegistry(settings=s, primary="fake-model",
+    registry = ResidentEngines(settings=s, primary="fake-model",
                               on_load=lambda r: seen.append(r.model_entries()))
     with pytest.raises(EngineUnavailable):
         registry.get()
@@ -323,7 +323,7 @@ def test_failed_load_is_deregistered(tmp_path: Path) -> None:
 
 
 def test_release_waits_for_the_running_task(tmp_path: Path) -> None:
-    registry = EngineRegistry(settings=_model_settings(tmp_path), primary="fake-model")
+    registry = ResidentEngines(settings=_model_settings(tmp_path), primary="fake-model")
     keeper = ChildKeeper(None, tmp_path, idle_seconds=0, heartbeat_seconds=30)
     keeper._registry = registry
     keeper.task_finished()  # serving, idle
@@ -342,7 +342,7 @@ def test_release_waits_for_the_running_task(tmp_path: Path) -> None:
 
 
 def test_release_signal_reaches_the_handler(tmp_path: Path) -> None:
-    registry = EngineRegistry(settings=_model_settings(tmp_path), primary="fake-model")
+    registry = ResidentEngines(settings=_model_settings(tmp_path), primary="fake-model")
     keeper = ChildKeeper(None, tmp_path, idle_seconds=0, heartbeat_seconds=30)
     previous = signal.getsignal(RELEASE_SIGNAL)
     try:

@@ -1,7 +1,7 @@
 """The engine contract: one small interface every OCR engine adapter implements.
 
 Engines are constructed in a worker pool child (never in the parent) by
-`tasks.runtime.EngineRegistry` and reused for every task that child runs.
+`tasks.engines.resident.ResidentEngines` and reused for every task that child runs.
 """
 
 from __future__ import annotations

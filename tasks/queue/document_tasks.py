@@ -1,4 +1,4 @@
-"""Public Celery tasks: thin wrappers that decode arguments and call `tasks.jobs`.
+"""Public Celery tasks: thin wrappers that decode arguments and call `tasks.lifecycle.jobs`.
 
 They also decide retries, where results go and which callbacks fire.
 
@@ -17,10 +17,7 @@ from celery import Celery, Task, shared_task, states
 from celery.exceptions import Ignore
 from kombu.utils.uuid import uuid
 
-from tasks import runtime
-from tasks.callbacks import post_json, summary
-from tasks.delivery import GuardedTask
-from tasks.documents import past_deadline
+from tasks.engines import resident
 from tasks.errors import (
     BadRequest,
     DeadlineExceeded,
@@ -29,12 +26,15 @@ from tasks.errors import (
     TransientError,
     error_info,
 )
-from tasks.fanout import DocumentJoin, OpenDocumentCache
-from tasks.inputs import JobRequest
-from tasks.jobs import FanOut, Stores, merge_document, process_job, run_pdf_page
-from tasks.results import failed_page
-from tasks.storage import BlobStore, JobControl, OutputStore, ResultCache, connect
-from tasks.telemetry import document_finished
+from tasks.lifecycle.callbacks import post_json, summary
+from tasks.lifecycle.jobs import FanOut, Stores, merge_document, process_job, run_pdf_page
+from tasks.pipeline.documents import past_deadline
+from tasks.pipeline.inputs import JobRequest
+from tasks.pipeline.results import failed_page
+from tasks.queue.poison_guard import GuardedTask
+from tasks.queue.telemetry import document_finished
+from tasks.state.join import DocumentJoin, OpenDocumentCache
+from tasks.state.stores import BlobStore, JobControl, OutputStore, ResultCache, connect
 from worker_config import Settings, queue_for_engine
 
 PROGRESS_STATE = "PROGRESS"
@@ -112,7 +112,7 @@ def document(self: Task, **kwargs: Any) -> dict[str, Any]:
         stores.blobs.delete(kwargs.get("blob"))
         raise
     try:
-        outcome = process_job(job_id, request, kwargs, settings, runtime.current(settings),
+        outcome = process_job(job_id, request, kwargs, settings, resident.current(settings),
                               stores, _previous(self.app, request),
                               progress=functools.partial(report_progress, self.app, job_id))
     except TransientError:
@@ -175,7 +175,7 @@ def pdf_page(self: Task, doc_id: str, number: int) -> dict[str, Any]:
     if stores.control.is_cancelled(doc_id):
         return {"document": doc_id, "number": number, "skipped": "document cancelled"}
     try:
-        registry = runtime.current(settings)
+        registry = resident.current(settings)
         page = run_pdf_page(meta, number, registry, _open_docs, settings, stores)
         if "error" not in page:
             described = registry.describe(meta["engine"])
@@ -197,7 +197,7 @@ def record_page(app: Celery, doc_id: str, meta: dict[str, Any], page: dict[str, 
     request = JobRequest(**meta["request"])
     keep_input = False
     try:
-        result = merge_document(doc_id, meta, join.pages(doc_id), runtime.current(settings),
+        result = merge_document(doc_id, meta, join.pages(doc_id), resident.current(settings),
                                 settings, stores)
     except OcrError as exc:
         app.backend.store_result(doc_id, exc, states.FAILURE)

@@ -5,7 +5,7 @@
 children that are gone, keeps the others fresh), `task_failure` (jobs killed at their
 hard time limit, whose child cannot report) and `task_revoked` (jobs cancelled, or
 expired at their deadline). In pool children:
-`worker_process_init`, `task_prerun`, `task_postrun` (after `tasks.signals`' handler,
+`worker_process_init`, `task_prerun`, `task_postrun` (after `tasks.queue.signals`' handler,
 so that the engine's memory figures are those of the finished task) and
 `worker_process_shutdown`. The page task that merges a fanned-out PDF calls
 `document_finished()`.
@@ -37,13 +37,13 @@ from celery.signals import (
     worker_process_shutdown,
 )
 
-from tasks import runtime
+from tasks.engines import resident
 from tasks.errors import DeadlineExceeded, error_info
-from tasks.metrics import MetricsStore, Sample
-from tasks.storage import connect
+from tasks.state.metrics import MetricsStore, Sample
+from tasks.state.stores import connect
 
 if TYPE_CHECKING:
-    from tasks.runtime import EngineRegistry
+    from tasks.engines.resident import ResidentEngines
     from worker_config import Settings
 
 log = logging.getLogger(__name__)
@@ -108,7 +108,7 @@ def rss_bytes() -> int:
         return int(peak if sys.platform == "darwin" else peak * 1024)
 
 
-def child_gauges(registry: EngineRegistry) -> list[Sample]:
+def child_gauges(registry: ResidentEngines) -> list[Sample]:
     """The gauges of one pool child, from its engine registry."""
     samples: list[Sample] = [
         ("ocr_child_rss_bytes", {}, float(rss_bytes())),
@@ -147,7 +147,7 @@ class Telemetry:
         """In a new pool child: forget the parent's connection, record the first load."""
         self._store = None
         self._started.clear()
-        self.observe(runtime.current(self.settings))
+        self.observe(resident.current(self.settings))
 
     def task_started(self, task_id: str) -> None:
         self._started[task_id] = time.monotonic()
@@ -155,7 +155,7 @@ class Telemetry:
     def task_finished(self, task: Any, task_id: str, kwargs: dict[str, Any], retval: Any,
                       state: str) -> None:
         started = self._started.pop(task_id, None)
-        registry = runtime.current(self.settings)
+        registry = resident.current(self.settings)
         if getattr(task, "name", None) == JOB_TASK and state in ("SUCCESS", "FAILURE"):
             seconds = None if started is None else round(time.monotonic() - started, 3)
             self.finished(task_id, str(kwargs.get("filename") or ""),
@@ -169,7 +169,7 @@ class Telemetry:
         log.info("%s", job_line(record))
         self._write(lambda store: store.add(samples))
 
-    def observe(self, registry: EngineRegistry) -> None:
+    def observe(self, registry: ResidentEngines) -> None:
         """Count engine loads and failed loads since the last look; record the gauges."""
         samples: list[Sample] = []
         for name, loaded in list(registry.engines.items()):

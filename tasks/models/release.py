@@ -1,7 +1,7 @@
 """Engine release in worker pool children, and the registration of their loaded models.
 
 Runs in each pool child; the worker parent only forwards unload requests
-(`tasks/control.py`).
+(`tasks/queue/control.py`).
 
 How a release reaches the engines. The engines live in the pool children and are used
 by each child's main thread, but remote-control commands run in the worker parent, and
@@ -14,7 +14,7 @@ a signal, `RELEASE_SIGNAL` (SIGURG), handled in the child's main thread:
 
 The handler closes the engines at once when no task runs (it does no Redis or other I/O,
 only logging), or, when a task runs, leaves the release to `task_postrun`. Engines
-reload on the next task (`EngineRegistry.get`). SIGURG because its default action is to
+reload on the next task (`ResidentEngines.get`). SIGURG because its default action is to
 ignore it: a child that has not installed the handler yet is not killed by a request;
 billiard uses SIGUSR1 (soft time limit) and resets SIGUSR2 to its terminate handler in
 its threaded mode. The handler interrupts system calls (Python's default, no
@@ -25,7 +25,7 @@ always delivered to the main thread.
 
 Heartbeat. The keeper thread (a daemon thread started in `worker_process_init`, after
 the fork, so no thread crosses a fork) writes a `loaded` registration per model-directory
-entry the child holds (tasks/model_registry.py) every OCR_MODEL_HEARTBEAT_SECONDS, so
+entry the child holds (tasks/models/registry.py) every OCR_MODEL_HEARTBEAT_SECONDS, so
 an idle child stays registered while its model is loaded; the main thread registers a
 model itself before loading it. The thread wakes every 0.25 s to check for idleness and
 for a release to deregister. Registrations expire after 3 missed beats when a child
@@ -46,11 +46,11 @@ from typing import TYPE_CHECKING, Any
 
 import redis
 
-from tasks.models_audit import Holder
+from tasks.models.audit import Holder
 
 if TYPE_CHECKING:
-    from tasks.model_registry import ModelRegistry
-    from tasks.runtime import EngineRegistry
+    from tasks.models.registry import ModelRegistry
+    from tasks.engines.resident import ResidentEngines
 
 log = logging.getLogger(__name__)
 
@@ -82,7 +82,7 @@ class ChildKeeper:
         self._idle_seconds = idle_seconds
         self._heartbeat = heartbeat_seconds
         self._tick = min(heartbeat_seconds, 0.25)
-        self._registry: EngineRegistry | None = None
+        self._registry: ResidentEngines | None = None
         self._busy = True  # until start(): the engine is loading in worker_process_init
         self._pending: str | None = None
         self._idle_asked = False
@@ -103,12 +103,12 @@ class ChildKeeper:
         """Install the release signal handler (main thread, before the engine loads)."""
         signal.signal(RELEASE_SIGNAL, self._on_signal)
 
-    def on_load(self, registry: EngineRegistry) -> None:
+    def on_load(self, registry: ResidentEngines) -> None:
         """Before and after each load (main thread): registrations follow at once."""
         self._registry = registry
         self.sync()
 
-    def start(self, registry: EngineRegistry) -> None:
+    def start(self, registry: ResidentEngines) -> None:
         """Begin serving: apply a release asked for during the load, start the thread."""
         self._registry = registry
         self._last_active = time.monotonic()

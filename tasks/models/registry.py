@@ -26,9 +26,10 @@ from typing import Any
 import redis
 from redis.exceptions import LockError
 
-from tasks.models_audit import Holder
+from tasks.models.audit import Holder
+from tasks.state.keys import MODELS_PREFIX
 
-PREFIX = "ocr:models:"
+PREFIX = MODELS_PREFIX
 LAST_USED_KEY = PREFIX + "last-used"
 LOADED_PREFIX = PREFIX + "loaded:"
 REPORT_KEY = PREFIX + "report"

@@ -15,7 +15,7 @@ import pymupdf
 from PIL import Image
 
 from tasks.errors import CorruptInput, NoPages, PdfEncrypted, TooManyPages
-from tasks.pages import select_pages
+from tasks.pipeline.pages import select_pages
 
 if TYPE_CHECKING:
     from worker_config import Settings

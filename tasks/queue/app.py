@@ -11,10 +11,10 @@ from typing import Any
 
 from celery import Celery
 
-from tasks.display import job_kwargs_repr
+from tasks.queue.display import job_kwargs_repr
 from worker_config import Settings, celery_config
 
-TASK_MODULES = ("tasks.ocr_tasks", "tasks.maintenance_tasks")
+TASK_MODULES = ("tasks.queue.document_tasks", "tasks.queue.maintenance_tasks")
 
 
 class OcrCelery(Celery):
@@ -37,11 +37,11 @@ def create_app(settings: Settings) -> OcrCelery:
     app.conf.update(celery_config(settings))
     # The remote-control command must be registered in the worker and in the
     # `celery control` command line alike, so it is imported with the app.
-    import tasks.control  # noqa: F401
-    from tasks.signals import connect_signals
+    import tasks.queue.control  # noqa: F401
+    from tasks.queue.signals import connect_signals
 
     connect_signals(settings)
-    from tasks.telemetry import connect_telemetry
+    from tasks.queue.telemetry import connect_telemetry
 
     connect_telemetry(settings)  # after connect_signals: its handlers run first
     return app

@@ -14,11 +14,11 @@ from typing import TYPE_CHECKING, Any
 from urllib.parse import urlparse
 
 from tasks.errors import BadRequest, InputNotFound, InputTooLarge, PathNotAllowed
-from tasks.pdf import PDF_MODES
+from tasks.pipeline.pdf import PDF_MODES
 from worker_config import OUTPUT_CHOICES
 
 if TYPE_CHECKING:
-    from tasks.storage import BlobStore
+    from tasks.state.stores import BlobStore
     from worker_config import Settings
 
 SOURCES = ("data_b64", "blob", "path")

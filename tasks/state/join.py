@@ -12,14 +12,14 @@ import json
 from typing import TYPE_CHECKING, Any
 
 from tasks.errors import InputNotFound
+from tasks.state.keys import DOC_PREFIX
 
 if TYPE_CHECKING:
     import redis
 
-    from tasks.storage import BlobStore
+    from tasks.state.stores import BlobStore
     from worker_config import Settings
 
-DOC_PREFIX = "ocr:doc:"
 
 
 class DocumentJoin:
@@ -81,7 +81,7 @@ class OpenDocumentCache:
     def get(self, blob: str, password: str | None, blobs: BlobStore,
             settings: Settings) -> Any:
         if blob != self._key:
-            from tasks.pdf import open_pdf  # PyMuPDF only where pages are rendered
+            from tasks.pipeline.pdf import open_pdf  # PyMuPDF only where pages are rendered
 
             self.close()
             self._doc = open_pdf(blobs.get(blob), password, settings)

@@ -2,7 +2,7 @@
 
 `celery -A tasks control unload_model`, or `submit.py models --unload`. The parent
 holds no engine (they live in the pool children), so it sends each pool child the
-release signal (tasks/release.py): each child closes its engines and clears MLX's cache
+release signal (tasks/models/release.py): each child closes its engines and clears MLX's cache
 now, or after the task it is running, and loads them again on its next task.
 
 Imported by `create_app`, so the worker and the `celery control` command line both know
@@ -15,7 +15,7 @@ from typing import Any
 
 from celery.worker.control import control_command
 
-from tasks import release
+from tasks.models import release
 
 
 @control_command(help="Make every pool child release its engines (reloaded on next task).")

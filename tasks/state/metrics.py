@@ -27,7 +27,9 @@ import redis
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
-PREFIX = "ocr:metrics:"
+from tasks.state.keys import METRICS_PREFIX
+
+PREFIX = METRICS_PREFIX
 NODES_KEY = PREFIX + "nodes"
 COUNTER_TTL = 7 * 24 * 3600
 CHILD_TTL = 300

@@ -15,10 +15,9 @@ from typing import Any
 import redis
 
 from tasks.errors import BadRequest, InputNotFound, TransientError
+from tasks.state.keys import BLOB_PREFIX, CACHE_PREFIX, JOB_PREFIX, OUTPUT_PREFIX
 
-BLOB_PREFIX = "ocr:blob:"
-CACHE_PREFIX = "ocr:cache:"
-_BLOB_KEY = re.compile(r"^ocr:blob:[A-Za-z0-9_.-]{8,128}$")
+_BLOB_KEY = re.compile("^" + re.escape(BLOB_PREFIX) + r"[A-Za-z0-9_.-]{8,128}$")
 
 
 def connect(redis_url: str) -> redis.Redis:
@@ -78,9 +77,6 @@ class ResultCache:
         self._redis.set(key, json.dumps(result), ex=self._ttl)
 
 
-OUTPUT_PREFIX = "ocr:output:"
-
-
 class OutputStore:
     """Files produced for the client (searchable PDFs), kept as long as results are."""
 
@@ -98,9 +94,6 @@ class OutputStore:
             raise BadRequest("not an output key")
         data = self._redis.get(key)
         return None if data is None else _bytes(data)
-
-
-JOB_PREFIX = "ocr:job:"
 
 
 class JobControl:

@@ -14,16 +14,16 @@ from typing import TYPE_CHECKING, Any
 
 from tasks.engines import RecognizeOptions
 from tasks.errors import DeadlineExceeded, OcrError
-from tasks.images import iter_image_pages, sniff_format
-from tasks.pdf import PdfPlan, plan_pdf, render_page
-from tasks.preprocess import Correction, estimate_skew
-from tasks.results import assemble, failed_page
+from tasks.pipeline.images import iter_image_pages, sniff_format
+from tasks.pipeline.pdf import PdfPlan, plan_pdf, render_page
+from tasks.pipeline.preprocess import Correction, estimate_skew
+from tasks.pipeline.results import assemble, failed_page
 
 if TYPE_CHECKING:
     from PIL import Image
 
     from tasks.engines import OcrEngine
-    from tasks.inputs import JobRequest
+    from tasks.pipeline.inputs import JobRequest
     from worker_config import Settings
 
 Progress = Callable[[int, int], None]

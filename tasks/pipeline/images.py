@@ -14,7 +14,7 @@ import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 from tasks.errors import CorruptInput, EmptyInput, ImageTooLarge, UnsupportedFormat
-from tasks.pages import select_pages
+from tasks.pipeline.pages import select_pages
 
 if TYPE_CHECKING:
     from worker_config import Settings

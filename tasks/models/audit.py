@@ -1,7 +1,7 @@
 """Audit and prune of the model directory: scan, integrity checks, prune policy, removal.
 
-Plain code, no Celery and no Redis: the `ocr.audit_models` task (tasks/maintenance_tasks.py)
-runs `run_audit()` in a worker pool child with the Redis side (tasks/model_registry.py)
+Plain code, no Celery and no Redis: the `ocr.audit_models` task (tasks/queue/maintenance_tasks.py)
+runs `run_audit()` in a worker pool child with the Redis side (tasks/models/registry.py)
 passed in as an `AuditState`.
 
 Safety rules, all enforced here:
@@ -148,7 +148,7 @@ class Decision:
 
 
 class AuditState(Protocol):
-    """What the audit needs from Redis (tasks.model_registry.ModelRegistry)."""
+    """What the audit needs from Redis (tasks.models.registry.ModelRegistry)."""
 
     def last_used(self) -> dict[str, float]: ...
 

@@ -20,10 +20,11 @@ from celery.signals import (
     worker_process_shutdown,
 )
 
-from tasks import release, runtime
-from tasks.images import configure_pillow
-from tasks.model_registry import ModelRegistry
-from tasks.storage import connect
+from tasks.engines import resident
+from tasks.models import release
+from tasks.models.registry import ModelRegistry
+from tasks.pipeline.images import configure_pillow
+from tasks.state.stores import connect
 from worker_config import Settings, queue_for_engine
 
 log = logging.getLogger(__name__)
@@ -52,20 +53,20 @@ def connect_signals(settings: Settings) -> None:
                                       settings.idle_unload_seconds,
                                       settings.model_heartbeat_seconds)
         _keeper.install()
-        _keeper.start(runtime.init_process(settings, on_load=_keeper.on_load))
+        _keeper.start(resident.init_process(settings, on_load=_keeper.on_load))
 
     def on_prerun(**_: Any) -> None:
         if _keeper is not None:
             _keeper.task_started()
 
     def on_postrun(**_: Any) -> None:
-        runtime.current(settings).after_task()
+        resident.current(settings).after_task()
         if _keeper is not None:
             _keeper.record_use()
             _keeper.task_finished()
 
     def on_process_shutdown(**_: Any) -> None:
-        runtime.shutdown_process()
+        resident.shutdown_process()
         if _keeper is not None:
             _keeper.stop()
 

@@ -1,6 +1,6 @@
 """One OCR job from kwargs to result: input, engine, cache, fan-out and merge.
 
-Runs in worker children, called by the tasks in `tasks.ocr_tasks`. No Celery here:
+Runs in worker children, called by the tasks in `tasks.queue.document_tasks`. No Celery here:
 the tasks decide what to enqueue and where results are stored.
 """
 
@@ -10,7 +10,8 @@ import time
 from dataclasses import asdict, dataclass
 from typing import TYPE_CHECKING, Any
 
-from tasks.documents import (
+from tasks.errors import DeadlineExceeded, OcrError, OutputTooLarge
+from tasks.pipeline.documents import (
     Progress,
     deadline_page,
     document_base,
@@ -20,17 +21,16 @@ from tasks.documents import (
     run_document,
     text_page,
 )
-from tasks.errors import DeadlineExceeded, OcrError, OutputTooLarge
-from tasks.images import sniff_format
-from tasks.inputs import JobRequest, read_input
-from tasks.pdf import plan_pdf, render_page, searchable_pdf
-from tasks.results import assemble, failed_page, merge_previous
-from tasks.storage import cache_key
+from tasks.pipeline.images import sniff_format
+from tasks.pipeline.inputs import JobRequest, read_input
+from tasks.pipeline.pdf import plan_pdf, render_page, searchable_pdf
+from tasks.pipeline.results import assemble, failed_page, merge_previous
+from tasks.state.stores import cache_key
 
 if TYPE_CHECKING:
-    from tasks.fanout import OpenDocumentCache
-    from tasks.runtime import EngineRegistry
-    from tasks.storage import BlobStore, JobControl, OutputStore, ResultCache
+    from tasks.engines.resident import ResidentEngines
+    from tasks.state.join import OpenDocumentCache
+    from tasks.state.stores import BlobStore, JobControl, OutputStore, ResultCache
     from worker_config import Settings
 
 
@@ -55,7 +55,7 @@ class FanOut:
 
 
 def process_job(job_id: str, request: JobRequest, kwargs: dict[str, Any],
-                settings: Settings, registry: EngineRegistry, stores: Stores,
+                settings: Settings, registry: ResidentEngines, stores: Stores,
                 previous: dict[str, Any] | None = None,
                 progress: Progress | None = None) -> dict[str, Any] | FanOut:
     """Read the input, then answer from the cache, in-process, or fan out.
@@ -123,7 +123,7 @@ def finish(job_id: str, result: dict[str, Any], data: bytes, request: JobRequest
     return result
 
 
-def run_pdf_page(meta: dict[str, Any], number: int, registry: EngineRegistry,
+def run_pdf_page(meta: dict[str, Any], number: int, registry: ResidentEngines,
                  docs: OpenDocumentCache, settings: Settings,
                  stores: Stores) -> dict[str, Any]:
     """OCR one page of a fanned-out PDF; a failure becomes a failed page, not an error."""
@@ -146,7 +146,7 @@ def run_pdf_page(meta: dict[str, Any], number: int, registry: EngineRegistry,
 
 
 def merge_document(doc_id: str, meta: dict[str, Any], pages: list[dict[str, Any]],
-                   registry: EngineRegistry, settings: Settings,
+                   registry: ResidentEngines, settings: Settings,
                    stores: Stores) -> dict[str, Any]:
     """The final result of a fanned-out PDF; raises OcrError when every page failed."""
     request = JobRequest(**meta["request"])

@@ -14,9 +14,9 @@ import redis
 from celery import Task, shared_task
 
 from tasks.errors import BadRequest, OcrError, TransientError
-from tasks.model_registry import ModelRegistry
-from tasks.models_audit import AuditRun, PrunePolicy, mode_for, run_audit
-from tasks.storage import connect
+from tasks.models.audit import AuditRun, PrunePolicy, mode_for, run_audit
+from tasks.models.registry import ModelRegistry
+from tasks.state.stores import connect
 from worker_config import Settings, scheduled_run_window
 
 

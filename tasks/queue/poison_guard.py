@@ -18,9 +18,8 @@ from celery import Task
 from celery.exceptions import Ignore
 
 from tasks.errors import WorkerLost
-from tasks.storage import JobControl, connect
-
-DELIVERY_PREFIX = "ocr:deliveries:"
+from tasks.state.keys import DELIVERY_PREFIX
+from tasks.state.stores import JobControl, connect
 
 
 class GuardedTask(Task):

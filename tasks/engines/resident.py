@@ -3,7 +3,7 @@
 Lives in each worker pool child. `worker_process_init` calls `init_process()` to load
 the worker's engine; tasks call `current().get(name)`; `task_postrun` calls
 `after_task()`. Other engines a job asks for are loaded on first use, and so is an
-engine again after `unload()` (remote control, idle release: tasks/release.py). A failed
+engine again after `unload()` (remote control, idle release: tasks/models/release.py). A failed
 load is remembered so that every task of that child fails fast with
 `engine_unavailable`.
 """
@@ -35,7 +35,7 @@ class LoadedEngine:
 
 
 @dataclass
-class EngineRegistry:
+class ResidentEngines:
     """The engines of one process and what it has done with them."""
 
     settings: Settings
@@ -47,7 +47,7 @@ class EngineRegistry:
     last_memory: dict[str, float] = field(default_factory=dict)
     # Called before and after each load (in the thread that loads): registration of
     # the models in use must cover the load itself.
-    on_load: Callable[[EngineRegistry], None] | None = None
+    on_load: Callable[[ResidentEngines], None] | None = None
     loading: dict[str, str | None] = field(default_factory=dict)
     used: set[str] = field(default_factory=set)
 
@@ -155,14 +155,14 @@ class EngineRegistry:
         }
 
 
-_registry: EngineRegistry | None = None
+_registry: ResidentEngines | None = None
 
 
 def init_process(settings: Settings,
-                 on_load: Callable[[EngineRegistry], None] | None = None) -> EngineRegistry:
+                 on_load: Callable[[ResidentEngines], None] | None = None) -> ResidentEngines:
     """Create this process's registry and load its primary engine (errors remembered)."""
     global _registry
-    _registry = EngineRegistry(settings=settings, primary=settings.resolve_engine(),
+    _registry = ResidentEngines(settings=settings, primary=settings.resolve_engine(),
                                on_load=on_load)
     try:
         _registry.load(_registry.primary)
@@ -171,7 +171,7 @@ def init_process(settings: Settings,
     return _registry
 
 
-def current(settings: Settings) -> EngineRegistry:
+def current(settings: Settings) -> ResidentEngines:
     """The registry of this process; created here where no worker_process_init ran."""
     return _registry if _registry is not None else init_process(settings)
 

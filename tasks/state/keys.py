@@ -1,0 +1,19 @@
+"""Every Redis key name the service writes beside Celery's own, in one place.
+
+Imported by the stores in this package, the model registry, the poison guard and the
+metrics exporter; other code asks those for keys rather than building them. Every key
+is under `ocr:` and every key has a TTL.
+"""
+
+from __future__ import annotations
+
+ROOT = "ocr:"
+BLOB_PREFIX = ROOT + "blob:"          # input bytes: ocr:blob:<id>
+CACHE_PREFIX = ROOT + "cache:"        # result cache: ocr:cache:<sha256>
+OUTPUT_PREFIX = ROOT + "output:"      # produced files: ocr:output:<job id>
+JOB_PREFIX = ROOT + "job:"            # per-job control hash and ocr:job:<id>:cancelled
+DOC_PREFIX = ROOT + "doc:"            # fan-out join: ocr:doc:<id>:meta|pages|merged
+DELIVERY_PREFIX = ROOT + "deliveries:"  # poison guard: starts of one task id
+MODELS_PREFIX = ROOT + "models:"      # model lifecycle (tasks/models/registry.py)
+METRICS_PREFIX = ROOT + "metrics:"    # counters and gauges (tasks/state/metrics.py)
+DEAD_LETTER_KEY = ROOT + "dead-letter"  # refused broker messages (a capped list)
