@@ -123,3 +123,14 @@ class FlakyOnDarkEngine(FakeEngine):
         if _is_dark(image) and not (healed and os.path.exists(healed)):
             raise EngineFailed("the fake engine fails on dark pages until healed")
         return super().recognize(image, options)
+
+
+class RaisingOnDarkEngine(FakeEngine):
+    """Raises an exception of its own on dark pages, like a bug in an adapter."""
+
+    name = "raising-on-dark"
+
+    def recognize(self, image: Image.Image, options: RecognizeOptions) -> PageResult:
+        if _is_dark(image):
+            raise ValueError("a bug in the fake engine")
+        return super().recognize(image, options)

@@ -69,13 +69,21 @@ def open_pdf(data: bytes, password: str | None, settings: Settings) -> Any:
     return doc
 
 
-def decrypted_bytes(doc: Any) -> bytes:
-    """An authenticated document written without its encryption.
+def decrypted_bytes(data: bytes, password: str | None, settings: Settings) -> bytes:
+    """The encrypted PDF `data`, opened with `password`, copied into an unencrypted one.
 
-    Page tasks read this copy, so the password never has to be stored.
+    Page tasks read this copy, so the password never has to be stored. The copy is made
+    from a freshly opened document: MuPDF 1.28 writes broken content streams for an
+    encrypted document whose pages were already read.
     """
-    return bytes(doc.tobytes(encryption=pymupdf.PDF_ENCRYPT_NONE,  # type: ignore[attr-defined]
-                             garbage=0))
+    source = open_pdf(data, password, settings)
+    copy = pymupdf.open()
+    try:
+        copy.insert_pdf(source)
+        return bytes(copy.tobytes(garbage=3, deflate=True))
+    finally:
+        copy.close()
+        source.close()
 
 
 def check_password(data: bytes, password: str | None, settings: Settings) -> None:
