@@ -11,6 +11,7 @@
 //        [--output text|markdown|json|pdf] [--mode auto|ocr|text] [--password PW]
 //        [--priority interactive|normal|batch] [--queue NAME] [--timeout SECONDS]
 //        [--no-wait] FILE...
+//   node clients/node/ocr_client.js cancel [--redis URL] ID...
 //
 // Prints one JSON result per file (or the job ids with --no-wait). Exit status: 0 when
 // every job succeeded (PARTIAL included), 1 when one failed, 2 on a usage error.
@@ -26,6 +27,7 @@ const path = require('path');
 const tls = require('tls');
 
 const DEFAULT_QUEUE = 'ocr';
+const CONTROL_QUEUE = 'ocr-control';
 const BLOB_TTL_SECONDS = 3600;
 // Job priorities (worker_config.PRIORITIES) and kombu's Redis priority lists as the
 // workers configure them (broker_transport_options `priority_steps`, kombu's default
@@ -202,6 +204,19 @@ async function submit(redis, data, options = {}) {
   return taskId;
 }
 
+// Cancel a job with the public task `ocr.cancel` (kwargs job_id) on the control queue,
+// which every worker and the control worker serve; resolves to the cancel task's id.
+// Its result ({job_id, status: cancelled|already_ended}) can be waited for like a job's.
+async function cancel(redis, jobId) {
+  const taskId = crypto.randomUUID();
+  const kwargs = { job_id: String(jobId) };
+  const message = buildMessage(taskId, 'ocr.cancel', kwargs, CONTROL_QUEUE, kwargs,
+    PRIORITIES.interactive);
+  await redis.command('LPUSH', queueList(CONTROL_QUEUE, PRIORITIES.interactive),
+    JSON.stringify(message));
+  return taskId;
+}
+
 // The public error of a FAILURE stored by Celery: {code, message, retryable}.
 function errorInfo(exc) {
   const args = Array.isArray(exc.exc_message) ? exc.exc_message : [exc.exc_message];
@@ -228,7 +243,12 @@ async function wait(redis, taskId, { timeout = 120, poll = 200, onProgress } = {
       if (meta.status === 'FAILURE') {
         return { id: taskId, status: 'FAILURE', error: errorInfo(meta.result || {}) };
       }
-      if (meta.status === 'REVOKED') return { id: taskId, status: 'CANCELLED' };
+      if (meta.status === 'REVOKED') {
+        // A cancelled job's result (the pages it finished) is kept beside Celery's state.
+        const kept = await redis.command('GET', `ocr:job:${taskId}:cancelled`);
+        return kept !== null ? JSON.parse(kept.toString('utf8'))
+          : { id: taskId, status: 'CANCELLED', pages: [], text: '' };
+      }
       if (meta.status === 'PROGRESS' && onProgress) onProgress(meta.result);
     }
     if (Date.now() >= deadline) {
@@ -256,7 +276,29 @@ function parseArgs(argv) {
   return options;
 }
 
+async function cancelMain(argv) {
+  const ids = argv.filter((a) => !a.startsWith('--'));
+  const at = argv.indexOf('--redis');
+  const url = at >= 0 && at + 1 < argv.length ? argv[at + 1] : process.env.REDIS_URL;
+  if (at >= 0) ids.splice(ids.indexOf(argv[at + 1]), 1);
+  if (!ids.length) {
+    process.stderr.write('ocr_client: cancel: give at least one job id\n');
+    return 2;
+  }
+  const redis = await new RedisConnection(url).connect();
+  try {
+    for (const id of ids) {
+      const answer = await wait(redis, await cancel(redis, id), { timeout: 30 });
+      process.stdout.write(`${JSON.stringify({ id, status: answer.status || 'requested' })}\n`);
+    }
+    return 0;
+  } finally {
+    redis.close();
+  }
+}
+
 async function main() {
+  if (process.argv[2] === 'cancel') return cancelMain(process.argv.slice(3));
   let options;
   try {
     options = parseArgs(process.argv.slice(2));
@@ -291,7 +333,8 @@ async function main() {
 }
 
 module.exports = {
-  RedisConnection, RedisError, buildMessage, queueList, submit, wait, errorInfo, PRIORITIES,
+  RedisConnection, RedisError, buildMessage, queueList, submit, wait, cancel, errorInfo,
+  PRIORITIES,
 };
 
 if (require.main === module) {
