@@ -133,11 +133,6 @@ class OutputTooLarge(OcrError):
     default_message = "the output is larger than the configured limit"
 
 
-class Cancelled(OcrError):
-    code = "cancelled"
-    default_message = "the job was cancelled"
-
-
 class DeadlineExceeded(OcrError):
     code = "deadline_exceeded"
     default_message = "the job's deadline passed"
