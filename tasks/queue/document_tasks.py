@@ -2,9 +2,8 @@
 
 They decode messages into typed records, call the lifecycle, retry what is retryable
 (the error classes' `retryable` flag, with backoff) and hand every ending to the job's
-one exit (`JobServices.ender`). A job's result is stored by that exit, so the job task
-itself always ends with `Ignore` (Celery stores nothing more, and no result text is
-logged).
+one exit (`JobServices.ender`). A job's result is stored by that exit, so Celery stores
+nothing for `ocr.document` (`ignore_result`) and logs no result text.
 
 Task bodies run in worker pool children (`ocr.cancel` and `ocr.http_callback` also in
 the Procfile's control worker); `pdf_page_lost` runs wherever Celery marks a page task
@@ -15,6 +14,7 @@ from __future__ import annotations
 
 import functools
 import logging
+import os
 import urllib.error
 from dataclasses import replace
 from typing import Any, NoReturn
@@ -98,11 +98,19 @@ def _previous(app: Celery, request: JobRequest) -> dict[str, Any] | None:
     return dict(earlier.result)
 
 
-@shared_task(name="ocr.document", bind=True, base=DocumentTask)
-def document(self: Task, *args: Any, **kwargs: Any) -> NoReturn:
-    """OCR one image or PDF; see docs/tasks.md for kwargs and the result schema."""
+@shared_task(name="ocr.document", bind=True, base=DocumentTask, ignore_result=True,
+             throws=(OcrError,))
+def document(self: Task, *args: Any, **kwargs: Any) -> dict[str, Any]:
+    """OCR one image or PDF; see docs/tasks.md for kwargs and the result schema.
+
+    The result is stored by the job's one exit, so Celery stores nothing
+    (`ignore_result`): it sees a small summary, or the job's error raised again.
+    """
     settings: Settings = self.app.ocr_settings
     job_id = self.request.id
+    # What `task_track_started` would store, were results not ignored.
+    self.backend.store_result(job_id, {"pid": os.getpid(),
+                                       "hostname": self.request.hostname}, states.STARTED)
     if args:
         end_from_message(self.app, job_id, kwargs, JobStatus.FAILURE, BadRequest(
             "ocr.document takes keyword arguments only"))
@@ -135,7 +143,18 @@ def document(self: Task, *args: Any, **kwargs: Any) -> NoReturn:
             fan_out(self, work, services)
         outcome = work
     services.ender.end(outcome)
-    raise Ignore()
+    return celery_summary(outcome)
+
+
+def celery_summary(outcome: Outcome) -> dict[str, Any]:
+    """What Celery sees of an ended job: the error raised again, or a summary.
+
+    (Not `Ignore`: Celery's handling of an ignored task keeps memory per task.)
+    """
+    if outcome.status is JobStatus.FAILURE and outcome.error is not None:
+        raise outcome.error
+    pages = (outcome.result or {}).get("pages") or []
+    return {"id": outcome.job_id, "status": outcome.status.value, "pages": len(pages)}
 
 
 def fan_out(task: Task, work: FanOut, services: JobServices) -> NoReturn:
