@@ -122,9 +122,13 @@ class VlmProfile:
     image_first: bool = False
     system_prompt: str = ""
 
-    def normalise(self, raw: str) -> VlmOutput:
-        """The model's raw reply as normalised Markdown, plain text and flags."""
-        return normalise(self.output_format, raw)
+    def normalise(self, raw: str, image_size: tuple[int, int] | None = None) -> VlmOutput:
+        """The model's raw reply as normalised Markdown, plain text and flags.
+
+        `image_size`: (width, height) of the image sent to the model; formats that give
+        boxes in its pixels (dots.ocr) need it to return boxes.
+        """
+        return normalise(self.output_format, raw, image_size)
 
 
 PROFILES: Mapping[str, VlmProfile] = MappingProxyType({p.name: p for p in (
