@@ -14,6 +14,8 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from tasks.errors import EngineUnavailable
+
 __all__ = ["NORMALISERS", "VlmOutput", "markdown_to_text", "normalise"]
 
 Box = tuple[float, float, float, float]
@@ -48,12 +50,14 @@ _SETEXT_RULE = re.compile(r"^[ \t]{0,3}(?:=+|-+)[ \t]*$", re.M)
 _HRULE = re.compile(r"^[ \t]{0,3}(?:(?:\*[ \t]*){3,}|(?:_[ \t]*){3,})$", re.M)
 _BLOCKQUOTE = re.compile(r"^[ \t]{0,3}>[ \t]?", re.M)
 _CODE_FENCE_LINE = re.compile(r"^[ \t]*```.*$", re.M)
-_IMAGE = re.compile(r"!\[([^\]]*)\]\([^)]*\)")
-_LINK = re.compile(r"\[([^\]]+)\]\([^)]*\)")
-_BOLD = re.compile(r"(\*\*|__)(?=\S)(.+?)(?<=\S)\1", re.S)
-_ITALIC_STAR = re.compile(r"(?<![\w*])\*(?=\S)(.+?)(?<=\S)\*(?![\w*])", re.S)
-_ITALIC_UNDER = re.compile(r"(?<!\w)_(?=\S)(.+?)(?<=\S)_(?!\w)", re.S)
-_STRIKE = re.compile(r"~~(.+?)~~", re.S)
+# Inline spans (emphasis, links) stay on one line and under 300 characters: a bounded
+# search keeps the cost linear on replies full of unmatched marks (repetition loops).
+_IMAGE = re.compile(r"!\[([^\]\n]{0,300})\]\([^)\n]{0,300}\)")
+_LINK = re.compile(r"\[([^\]\n]{1,300})\]\([^)\n]{0,300}\)")
+_BOLD = re.compile(r"(\*\*|__)(?=\S)([^\n]{1,300}?)(?<=\S)\1")
+_ITALIC_STAR = re.compile(r"(?<![\w*])\*(?=\S)([^\n]{1,300}?)(?<=\S)\*(?![\w*])")
+_ITALIC_UNDER = re.compile(r"(?<!\w)_(?=\S)([^\n]{1,300}?)(?<=\S)_(?!\w)")
+_STRIKE = re.compile(r"~~([^\n]{1,300}?)~~")
 _INLINE_CODE = re.compile(r"`([^`]*)`")
 _TABLE_SEPARATOR = re.compile(
     r"^[ \t]*\|?[ \t]*:?-{2,}:?[ \t]*(?:\|[ \t]*:?-{2,}:?[ \t]*)*\|?[ \t]*$")
@@ -62,8 +66,8 @@ _HTML_CELL_END = re.compile(r"</t[dh]\s*>", re.I)
 _HTML_ROW_END = re.compile(r"</tr\s*>", re.I)
 _HTML_BLOCK_END = re.compile(r"</(?:p|div|li|h[1-6]|table|thead|tbody|caption|center)\s*>",
                              re.I)
-_HTML_TAG = re.compile(r"</?[A-Za-z][A-Za-z0-9_-]*(?:\s[^<>]*)?/?>")
-_HTML_COMMENT = re.compile(r"<!--.*?-->", re.S)
+_HTML_TAG = re.compile(r"</?[A-Za-z][A-Za-z0-9_-]{0,40}(?:\s[^<>]{0,2000})?/?>")
+_HTML_COMMENT = re.compile(r"<!--.{0,2000}?-->", re.S)
 _MD_ESCAPE = re.compile(r"\\([_*#|~`])")
 _SPACES = re.compile(r"[ \t]+\n")
 _BLANK_RUNS = re.compile(r"\n{3,}")
@@ -207,9 +211,12 @@ def doctags_document(doctags: str) -> Any:
     from_doctags_and_image_pairs` then `DoclingDocument.load_from_doctags`. No page image
     is given, so boxes come out normalised to 0..1 of the page.
     """
-    from docling_core.types.doc import DoclingDocument
-    from docling_core.types.doc.document import DocTagsDocument
-
+    try:
+        from docling_core.types.doc import DoclingDocument
+        from docling_core.types.doc.document import DocTagsDocument
+    except ImportError as exc:
+        raise EngineUnavailable("the docling profile needs docling-core (requirements.txt)"
+                                ) from exc
     pairs = DocTagsDocument.from_doctags_and_image_pairs([doctags], None)
     return DoclingDocument.load_from_doctags(pairs, document_name="page")
 
@@ -238,9 +245,9 @@ def normalise_doctags(raw: str) -> VlmOutput:
     A reply docling-core finds no element in (free text inside `<doctag>`) is taken
     as text with its tags removed.
     """
+    doc = doctags_document(clean_doctags(raw))
     from docling_core.types.doc.document import ContentLayer
 
-    doc = doctags_document(clean_doctags(raw))
     layers = {ContentLayer.BODY, ContentLayer.FURNITURE}
     markdown = doc.export_to_markdown(included_content_layers=layers,
                                       include_picture_classification=False)
@@ -260,7 +267,8 @@ def normalise_doctags(raw: str) -> VlmOutput:
 
 # '<|ref|>LABEL<|/ref|><|det|>[[x1, y1, x2, y2], ...]<|/det|>' on a 0-999 grid
 # (deepseek-ai/DeepSeek-OCR run_dpsk_ocr_image.py: x / 999 * width).
-_GROUNDING = re.compile(r"<\|ref\|>(.*?)<\|/ref\|>\s*<\|det\|>(.*?)<\|/det\|>[ \t]*\n?", re.S)
+_GROUNDING = re.compile(r"<\|ref\|>([^<]{0,200}?)<\|/ref\|>\s*<\|det\|>([^<]{0,4000}?)"
+                        r"<\|/det\|>[ \t]*\n?")
 _GROUNDING_BOX = re.compile(r"\[\s*(-?[\d.]+)\s*,\s*(-?[\d.]+)\s*,\s*(-?[\d.]+)\s*,"
                             r"\s*(-?[\d.]+)\s*\]")
 _DEEPSEEK_END = re.compile(r"<｜end▁of▁sentence｜>|<\|end▁of▁sentence\|>")
@@ -295,10 +303,10 @@ def normalise_deepseek(raw: str) -> VlmOutput:
 
 # --------------------------------------------------------------------------- Nanonets-OCR
 
-_NANONETS_IMG = re.compile(r"<img>(.*?)</img>", re.S | re.I)
+_NANONETS_IMG = re.compile(r"<img>(.{0,2000}?)</img>", re.S | re.I)
 _NANONETS_TAG = {
-    "page_number": re.compile(r"<page_number>(.*?)</page_number>", re.S | re.I),
-    "watermark": re.compile(r"<watermark>(.*?)</watermark>", re.S | re.I),
+    "page_number": re.compile(r"<page_number>(.{0,200}?)</page_number>", re.S | re.I),
+    "watermark": re.compile(r"<watermark>(.{0,200}?)</watermark>", re.S | re.I),
 }
 
 
