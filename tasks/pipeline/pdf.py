@@ -8,7 +8,6 @@ writes searchable PDFs (the original pages with an invisible text layer).
 from __future__ import annotations
 
 import math
-import re
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -29,9 +28,6 @@ PLAN_CHECK_MAX_IMAGE_BYTES = 256 * 1024
 small and checked for ink while planning (blank scans compress to a few KB, decoding
 them is quick); pages with more image data are checked after their full render, in
 their page task (`documents.ocr_page`), so planning never decodes big scans."""
-# Content-stream operators that paint without being text, a path or a listed image:
-# shadings, inline images, XObjects (forms). A page using one is rendered to be checked.
-_PAINTING_OPERATORS = re.compile(rb"(?<![A-Za-z])(?:sh|BI|Do)(?![A-Za-z])")
 
 
 @dataclass
@@ -125,20 +121,20 @@ def plan_pdf(data: bytes, pages: str | None, password: str | None, mode: str,
 def page_is_blank(page: Any) -> bool:
     """Whether a page draws nothing an OCR engine could read.
 
-    Not blank when it has any text (visible or not). Blank without rendering when it
-    paints nothing at all (no image, no path, no annotation, no shading, form or inline
-    image); else decided on a small render checked for ink when its images are small
+    Not blank when it has any text (visible or not). Blank without rendering when its
+    content paints nothing at all (MuPDF's bbox log of the page is empty: no text,
+    path, image, inline image or shading) and it has no annotation; else decided on a
+    small render checked for ink when its images are small
     (`PLAN_CHECK_MAX_IMAGE_BYTES`); otherwise False for now: the page task checks the
     full render before OCR.
     """
     if any(text_chars(page)):
         return False
-    images = page.get_images(full=True)
-    if not images and not page.annot_xrefs() and not page.get_drawings() \
-            and not _PAINTING_OPERATORS.search(page.read_contents()):
+    if not page.get_bboxlog() and not page.annot_xrefs():
         return True
     doc = page.parent
-    image_bytes = sum(len(doc.xref_stream_raw(image[0]) or b"") for image in images)
+    image_bytes = sum(len(doc.xref_stream_raw(image[0]) or b"")
+                      for image in page.get_images(full=True))
     if image_bytes > PLAN_CHECK_MAX_IMAGE_BYTES:
         return False
     return ink_report(render_small(page)).blank
