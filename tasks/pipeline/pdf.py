@@ -23,6 +23,8 @@ if TYPE_CHECKING:
 
 PDF_MODES = ("auto", "ocr", "text")
 INVISIBLE = 3  # PDF text render mode 3: neither filled nor stroked (OCR layers)
+# What MuPDF raises on a damaged page (its own errors, and RuntimeError/ValueError).
+_MUPDF_ERRORS = (RuntimeError, ValueError, pymupdf.mupdf.FzErrorBase)
 PLAN_CHECK_MAX_IMAGE_BYTES = 256 * 1024
 """Text-free pages whose images hold at most this many compressed bytes are rendered
 small and checked for ink while planning (blank scans compress to a few KB, decoding
@@ -128,16 +130,19 @@ def page_is_blank(page: Any) -> bool:
     (`PLAN_CHECK_MAX_IMAGE_BYTES`); otherwise False for now: the page task checks the
     full render before OCR.
     """
-    if any(text_chars(page)):
-        return False
-    if not page.get_bboxlog() and not page.annot_xrefs():
-        return True
-    doc = page.parent
-    image_bytes = sum(len(doc.xref_stream_raw(image[0]) or b"")
-                      for image in page.get_images(full=True))
-    if image_bytes > PLAN_CHECK_MAX_IMAGE_BYTES:
-        return False
-    return ink_report(render_small(page)).blank
+    try:
+        if any(text_chars(page)):
+            return False
+        if not page.get_bboxlog() and not page.annot_xrefs():
+            return True
+        doc = page.parent
+        image_bytes = sum(len(doc.xref_stream_raw(image[0]) or b"")
+                          for image in page.get_images(full=True))
+        if image_bytes > PLAN_CHECK_MAX_IMAGE_BYTES:
+            return False
+        return ink_report(render_small(page)).blank
+    except _MUPDF_ERRORS:
+        return False  # a damaged page: its page task reports what is wrong with it
 
 
 def render_small(page: Any, longest_side: int = CHECK_LONGEST_SIDE) -> Image.Image:
