@@ -71,6 +71,11 @@ class Settings:
     model: str = _s("OCR_MODEL", "",
                     "Name of the model folder under OCR_MODEL_DIR used by the mlx-vlm engine.")
     prompt: str = _s("OCR_PROMPT", DEFAULT_PROMPT, "Prompt given to the VLM with each page.")
+    model_profile: str = _s("OCR_MODEL_PROFILE", "",
+                            "VLM model profile (prompt, page and token budget, output "
+                            "normaliser): generic, olmocr, docling, deepseek-ocr, nanonets, "
+                            "paddleocr-vl or dots-ocr; empty: chosen from the model folder "
+                            "(config.json, folder name).")
     vlm_max_tokens: int = _s("OCR_VLM_MAX_TOKENS", "2048",
                              "Most tokens the VLM may generate for one page.")
     mlx_clear_cache: bool = _s("OCR_MLX_CLEAR_CACHE", "1",
@@ -128,6 +133,9 @@ class Settings:
                            "Turn pages scanned sideways or upside down (engines that can "
                            "tell: tesseract's orientation detection).")
     deskew: bool = _s("OCR_DESKEW", "1", "Straighten skewed scans before recognition.")
+    skip_blank_pages: bool = _s("OCR_SKIP_BLANK_PAGES", "1",
+                                "Report blank pages (no ink on a reduced copy; PDF pages "
+                                "that draw nothing) as `source: blank` without OCR.")
     page_soft_time_limit: int = _s("OCR_PAGE_SOFT_TIME_LIMIT", "120",
                                    "Seconds one PDF page task may take; it then ends "
                                    "as a failed page with code `timeout`.")

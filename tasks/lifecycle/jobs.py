@@ -20,8 +20,8 @@ from tasks.pipeline.documents import (
     Progress,
     document_base,
     past_deadline,
+    planned_pages,
     run_document,
-    text_page,
 )
 from tasks.pipeline.images import sniff_format
 from tasks.pipeline.inputs import JobRequest, read_input
@@ -142,7 +142,7 @@ def _fan_out(job_id: str, request: JobRequest, data: bytes, plan: Any, engine: s
         started=started, total=plan.selected, ocr_pages=list(plan.ocr_pages),
         page_tasks=[], reply_queue="", previous=previous, encrypted=plan.encrypted,
         base=document_base(data, request, "pdf", plan.page_count))
-    texts = [text_page(n, text, layer) for n, (text, layer) in plan.text_pages.items()]
+    texts = planned_pages(plan)  # text-layer and blank pages
     return FanOut(meta, texts, replaced)
 
 
