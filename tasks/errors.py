@@ -107,6 +107,20 @@ class EngineUnavailable(OcrError):
     default_message = "the OCR engine could not be loaded in this worker"
 
 
+class LanguageUnavailable(OcrError):
+    """The job's `lang` names a language whose traineddata this worker does not have."""
+
+    code = "language_unavailable"
+    default_message = "the requested language is not installed on the worker"
+
+
+class OutputUnsupported(OcrError):
+    """The job's `output` needs word boxes the engine does not give (pdf, hocr, alto)."""
+
+    code = "output_unsupported"
+    default_message = "the engine cannot produce the requested output"
+
+
 class EngineFailed(OcrError):
     code = "engine_failed"
     default_message = "the OCR engine failed on this input"
