@@ -206,8 +206,8 @@ class Settings:
             raise SettingsError("OCR_PAGE_HARD_TIME_LIMIT must be larger than "
                                 "OCR_PAGE_SOFT_TIME_LIMIT")
         for name in ("vlm_max_tokens", "result_ttl", "blob_ttl", "max_image_pixels",
-                     "max_pages", "soft_time_limit", "tesseract_threads", "tesseract_handles", "pdf_dpi",
-                     "page_soft_time_limit", "max_deliveries", "max_render_pixels"):
+                     "max_pages", "soft_time_limit", "tesseract_threads", "tesseract_handles",
+                     "pdf_dpi", "page_soft_time_limit", "max_deliveries", "max_render_pixels"):
             if getattr(self, name) <= 0:
                 raise SettingsError(f"{_env_name(name)} must be positive")
         if not LANG_PATTERN.match(self.tesseract_lang):

@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from tasks.errors import EngineUnavailable, LanguageUnavailable
-from tasks.pipeline.textfix import fix_text, needs_fix
+from tasks.pipeline.textfix import fix_text, fix_words, needs_fix
 
 from . import tessdata
 from .base import OcrEngine, PageResult, RecognizeOptions, Word
@@ -130,7 +130,9 @@ class TesseractEngine(OcrEngine):
             api.Clear()
         if needs_fix(lang):
             text = fix_text(text, lang)
-            words = tuple(Word(fix_text(w.text, lang), w.box, w.confidence) for w in words)
+            fixed = fix_words([w.text for w in words], lang)
+            words = tuple(Word(text, w.box, w.confidence)
+                          for text, w in zip(fixed, words, strict=True))
             hocr = None if hocr is None else fix_text(hocr, lang)
         return PageResult(text=text, words=words, confidence=confidence, hocr=hocr)
 

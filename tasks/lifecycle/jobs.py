@@ -11,6 +11,7 @@ from dataclasses import asdict, dataclass
 from typing import TYPE_CHECKING, Any
 
 from tasks.errors import DeadlineExceeded, OcrError, OutputTooLarge
+from tasks.pipeline import layouts
 from tasks.pipeline.documents import (
     Progress,
     deadline_page,
@@ -23,6 +24,7 @@ from tasks.pipeline.documents import (
 )
 from tasks.pipeline.images import sniff_format
 from tasks.pipeline.inputs import JobRequest, read_input
+from tasks.pipeline.layouts import LAYOUT_OUTPUTS
 from tasks.pipeline.pdf import plan_pdf, render_page, searchable_pdf
 from tasks.pipeline.results import assemble, failed_page, merge_previous
 from tasks.state.stores import cache_key
@@ -69,6 +71,7 @@ def process_job(job_id: str, request: JobRequest, kwargs: dict[str, Any],
     data = read_input(kwargs, request, settings, stores.blobs)
     engine_name = request.engine or registry.primary
     loaded = registry.get(engine_name)  # fails fast when this child's load failed
+    loaded.engine.check(recognize_options(request))  # issue 14: lang, output refusals
     key = None
     if settings.cache_results and previous is None:
         key = cache_key(data, request.cache_options(engine_name, loaded.engine.model))
@@ -118,6 +121,11 @@ def finish(job_id: str, result: dict[str, Any], data: bytes, request: JobRequest
             raise OutputTooLarge(f"the searchable PDF is {len(pdf) // 2**20} MB, more than "
                                  f"{settings.max_output_mb} MB")
         result["pdf"] = {"key": stores.outputs.put(job_id, pdf), "bytes": len(pdf)}
+    if request.output in LAYOUT_OUTPUTS:  # issue 14: hOCR/ALTO stored like the PDF
+        layout = layouts.render(request.output, result["pages"])
+        result["pages"] = layouts.without_layout(result["pages"])
+        result[request.output] = {"key": stores.outputs.put(job_id, layout),
+                                  "bytes": len(layout)}
     if key is not None and result["status"] == "SUCCESS":
         stores.cache.put(key, result)
     return result

@@ -10,11 +10,13 @@ from __future__ import annotations
 import hashlib
 import time
 from collections.abc import Callable
+from dataclasses import replace
 from typing import TYPE_CHECKING, Any
 
 from tasks.engines import RecognizeOptions
 from tasks.errors import DeadlineExceeded, OcrError
 from tasks.pipeline.images import iter_image_pages, sniff_format
+from tasks.pipeline.layouts import LAYOUT_OUTPUTS, words_hocr
 from tasks.pipeline.pdf import PdfPlan, plan_pdf, render_page
 from tasks.pipeline.preprocess import Correction, estimate_skew
 from tasks.pipeline.results import assemble, failed_page
@@ -31,7 +33,8 @@ Progress = Callable[[int, int], None]
 
 def recognize_options(request: JobRequest) -> RecognizeOptions:
     return RecognizeOptions(output=request.output,
-                            want_words=request.output in ("json", "pdf"))
+                            want_words=request.output in ("json", "pdf", "hocr", "alto"),
+                            want_hocr=request.output in LAYOUT_OUTPUTS, lang=request.lang)
 
 
 def ocr_page(number: int, image: Image.Image, engine: OcrEngine, options: RecognizeOptions,
@@ -42,16 +45,19 @@ def ocr_page(number: int, image: Image.Image, engine: OcrEngine, options: Recogn
     upright = Correction(rotation=rotation).apply(image)
     skew = estimate_skew(upright) if settings.deskew else 0.0
     final = Correction(skew=skew).apply(upright)
-    result = engine.recognize(final, options)
+    result = engine.recognize(final, replace(options, page_number=number))
     page: dict[str, Any] = {
         "number": number, "text": result.text.rstrip(), "source": "ocr",
         "confidence": result.confidence, "rotation": rotation, "skew": skew,
         "seconds": round(time.perf_counter() - started, 3),
     }
-    if options.want_words:
+    if options.output in ("json", "pdf"):
         page["image_size"] = [image.width, image.height]
         page["words"] = [{"text": w.text, "box": list(w.box), "confidence": w.confidence}
                          for w in result.words]
+    if options.want_hocr:
+        page["hocr"] = result.hocr or words_hocr(number, result.words,
+                                                 (final.width, final.height))
     return page
 
 

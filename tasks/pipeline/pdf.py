@@ -16,6 +16,7 @@ from PIL import Image
 
 from tasks.errors import CorruptInput, NoPages, PdfEncrypted, TooManyPages
 from tasks.pipeline.pages import select_pages
+from tasks.pipeline.textfix import is_cjk
 
 if TYPE_CHECKING:
     from worker_config import Settings
@@ -158,9 +159,61 @@ def word_rects(page: dict[str, Any], page_rect: Any) -> list[tuple[str, Any]]:
     return out
 
 
+# Fonts of the invisible text layer, embedded (subset) so that every character maps back
+# to Unicode: Noto Sans (pymupdf-fonts; Latin incl. Vietnamese, Greek, Cyrillic) and
+# Droid Sans Fallback (built into PyMuPDF; CJK, and the punctuation CJK text uses).
+_TEXT_FONTS = (("ocrsans", "notos"), ("ocrcjk", "cjk"))
+_fonts: dict[str, Any] = {}
+
+
+def _font(code: str) -> Any:
+    if code not in _fonts:
+        _fonts[code] = pymupdf.Font(code)
+    return _fonts[code]
+
+
+def _font_for(text: str) -> tuple[str, Any]:
+    """The first text font that has a glyph for every character of `text`."""
+    for name, code in _TEXT_FONTS:
+        font = _font(code)
+        if all(font.has_glyph(ord(ch)) for ch in text):
+            return name, font
+    name, code = _TEXT_FONTS[0]
+    return name, _font(code)
+
+
+def _lines(rects: list[tuple[str, Any]], words: list[dict[str, Any]]
+           ) -> list[list[tuple[str, Any]]]:
+    """Words (text, PDF rect) grouped into lines by their boxes in the OCR'd image.
+
+    Boxes in the upright, deskewed image OCR read are level: a word whose vertical
+    middle lies inside the first word of the current line joins that line. Empty words
+    are dropped.
+    """
+    lines: list[list[tuple[str, Any]]] = []
+    top = bottom = 0
+    for (text, rect), word in zip(rects, words, strict=True):
+        text = text.strip()
+        if not text or rect.is_empty:
+            continue
+        _, y0, _, y1 = word["box"]
+        middle = (y0 + y1) / 2
+        if lines and top <= middle <= bottom:
+            lines[-1].append((text, rect))
+        else:
+            lines.append([(text, rect)])
+            top, bottom = y0, y1
+    return lines
+
+
 def searchable_pdf(data: bytes, fmt: str, password: str | None,
                    pages: list[dict[str, Any]], settings: Settings) -> bytes:
-    """The input as a PDF whose OCR'd pages carry an invisible, selectable text layer."""
+    """The input as a PDF whose OCR'd pages carry an invisible, selectable text layer.
+
+    Each word is written on its box in an embedded Unicode font (subset on save), so
+    extracting the text gives back the OCR text, `’`, Vietnamese, Greek and CJK
+    included; the gaps between word boxes read back as spaces.
+    """
     if fmt == "pdf":
         doc = open_pdf(data, password, settings)
     else:
@@ -177,13 +230,30 @@ def searchable_pdf(data: bytes, fmt: str, password: str | None,
                 page.apply_redactions(
                     images=pymupdf.PDF_REDACT_IMAGE_NONE,  # type: ignore[attr-defined]
                     graphics=pymupdf.PDF_REDACT_LINE_ART_NONE)  # type: ignore[attr-defined]
-            for text, rect in word_rects(result, page.rect):
-                size = max(1.0, rect.height * 0.85)
-                width = pymupdf.get_text_length(text, fontname="helv", fontsize=size)
-                scale = rect.width / width if width else 1.0
-                page.insert_text(rect.bl + (0, -rect.height * 0.15), text, fontsize=size,
-                                 fontname="helv", render_mode=INVISIBLE,
-                                 morph=(rect.bl, pymupdf.Matrix(scale, 1)))
+            inserted: set[str] = set()
+            for line in _lines(word_rects(result, page.rect), result["words"]):
+                # One baseline and size per OCR line: extraction reads it as one line.
+                bottom = sum(rect.y1 for _, rect in line) / len(line)
+                height = sum(rect.height for _, rect in line) / len(line)
+                size = max(1.0, height * 0.85)
+                for index, (text, rect) in enumerate(line):
+                    following = line[index + 1] if index + 1 < len(line) else None
+                    # Never past the next word (tesseract's CJK boxes can overlap): text
+                    # running backwards would read as a new line.
+                    right = min(rect.x1, following[1].x0) if following else rect.x1
+                    name, font = _font_for(text)
+                    if name not in inserted:
+                        page.insert_font(fontname=name, fontbuffer=font.buffer)
+                        inserted.add(name)
+                    width = font.text_length(text, fontsize=size)
+                    scale = max(right - rect.x0, 1.0) / width if width else 1.0
+                    if following and not (is_cjk(text[-1]) and is_cjk(following[0][0])):
+                        text += " "  # a real space between words, as tesseract writes it
+                    origin = pymupdf.Point(rect.x0, bottom - height * 0.15)
+                    page.insert_text(origin, text, fontsize=size, fontname=name,
+                                     render_mode=INVISIBLE,
+                                     morph=(origin, pymupdf.Matrix(scale, 1)))
+        doc.subset_fonts()
         return bytes(doc.tobytes(garbage=3, deflate=True))
     finally:
         doc.close()

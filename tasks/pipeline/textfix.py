@@ -27,6 +27,7 @@ CJK_LANGS = ("chi_sim", "chi_tra", "chi_sim_vert", "chi_tra_vert", "jpn", "jpn_v
 # CJK ideographs, kana, CJK/full-width punctuation and full-width forms.
 _CJK = (r"\u2e80-\u2fdf\u3000-\u303f\u3040-\u30ff\u3100-\u312f\u31a0-\u31ff"
         r"\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff\ufe30-\ufe4f\uff00-\uffef")
+_CJK_CHAR = re.compile(rf"[{_CJK}]")
 _CJK_GAP = re.compile(rf"(?<=[{_CJK}])[ \t\u3000]+(?=[{_CJK}])")
 _FULL_WIDTH = {",": "\uff0c", ":": "\uff1a", ";": "\uff1b", "?": "\uff1f", "!": "\uff01",
                "(": "\uff08", ")": "\uff09"}
@@ -43,6 +44,31 @@ def needs_fix(lang: str) -> bool:
     """Whether `fix_text` changes anything for this language set."""
     langs = codes(lang)
     return "ell" in langs or any(code in CJK_LANGS for code in langs)
+
+
+def is_cjk(char: str) -> bool:
+    """Whether `char` is a CJK character or full-width punctuation (drawn unspaced)."""
+    return bool(char) and _CJK_CHAR.match(char) is not None
+
+
+def fix_words(words: list[str], lang: str) -> list[str]:
+    """`fix_text` for the words of a page in reading order.
+
+    Across word boundaries too: an ASCII `,:;?!()` that starts a word after a CJK word,
+    or ends a word before one (tesseract often boxes `?` alone), becomes full-width.
+    """
+    out = [fix_text(word, lang) for word in words]
+    if not any(code in CJK_LANGS for code in codes(lang)):
+        return out
+    for index, word in enumerate(out):
+        before = out[index - 1][-1:] if index else ""
+        after = out[index + 1][:1] if index + 1 < len(out) else ""
+        if word[:1] in _FULL_WIDTH and is_cjk(before):
+            word = _FULL_WIDTH[word[0]] + word[1:]
+        if word[-1:] in _FULL_WIDTH and is_cjk(after):
+            word = word[:-1] + _FULL_WIDTH[word[-1]]
+        out[index] = word
+    return out
 
 
 def fix_text(text: str, lang: str) -> str:
