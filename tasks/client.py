@@ -194,9 +194,9 @@ class OcrClient:
         return JobStatus(job_id, state, int(info.get("done", 0)), int(info.get("total", 0)))
 
     def result(self, job_id: str) -> dict[str, Any]:
-        """The public result of a finished job; `filename` names its input, always."""
+        """The public result of a finished job; a job's `filename` names its input."""
         result = self._result(job_id)
-        if not result.get("filename"):
+        if "status" in result and not result.get("filename"):  # not for audit reports
             result["filename"] = self.filename(job_id)
         return result
 
