@@ -347,26 +347,25 @@ def wait_for(client: OcrClient, ids: list[str], timeout: float | None
     pending, results = list(dict.fromkeys(ids)), {}
     start = time.monotonic()
     stop = None if timeout is None else start + timeout
-    next_check, orphaned_since = start, None
+    next_check, orphaned_since, poll_for = start, None, 0.0
     try:
         while pending:
+            got = client.wait(pending, on_progress=progress, timeout=poll_for)
+            for job_id, result in got.items():
+                if result["status"] != "TIMEOUT" or (stop and time.monotonic() >= stop):
+                    results[job_id] = result
+                    pending.remove(job_id)
             now = time.monotonic()
-            if now >= next_check:
+            if pending and now >= next_check:
                 orphans = without_worker(client, pending)
                 orphaned_since = (orphaned_since or now) if orphans else None
                 if orphaned_since is not None and now - orphaned_since >= NO_WORKER_GRACE:
                     for job_id, queue in orphans.items():
                         results[job_id] = no_worker_record(client, job_id, queue)
                         pending.remove(job_id)
-                    continue
-                next_check = time.monotonic() + (2.0 if orphans else WORKER_RECHECK)
-            slice_end = next_check if stop is None else min(next_check, stop)
-            got = client.wait(pending, on_progress=progress,
-                              timeout=max(0.2, slice_end - time.monotonic()))
-            for job_id, result in got.items():
-                if result["status"] != "TIMEOUT" or (stop and time.monotonic() >= stop):
-                    results[job_id] = result
-                    pending.remove(job_id)
+                now = time.monotonic()
+                next_check = now + (2.0 if orphans else WORKER_RECHECK)
+            poll_for = max(0.2, (next_check if stop is None else min(next_check, stop)) - now)
     finally:
         progress.close()
     return results
