@@ -2,7 +2,7 @@
 """`submit.py`: the command-line client of the OCR service (runs on a user's machine).
 
     submit.py [OPTIONS] FILE...            OCR files, print their text (= submit.py submit)
-    submit.py COMMAND [OPTIONS] ...        submit, wait, status, cancel, retry, models
+    submit.py COMMAND [OPTIONS] ...        submit, wait, status, cancel, retry, models, langs
 
 `submit.py --help` lists every command with an example and the exit codes;
 `submit.py COMMAND --help` shows one command's options. The shared options (`--json`,
@@ -31,7 +31,10 @@ from tasks.errors import NoWorker, OcrError, ServiceUnreachable
 from worker_config import OUTPUT_CHOICES, PRIORITIES, Settings, SettingsError
 
 PROG = "submit.py"
-EXTENSIONS = {"text": ".txt", "markdown": ".md", "json": ".json", "pdf": ".txt"}
+EXTENSIONS = {"text": ".txt", "markdown": ".md", "json": ".json", "pdf": ".txt",
+              "hocr": ".txt", "alto": ".txt"}
+# The stored file of an output, written beside the text by --out.
+STORED_SUFFIXES = {"pdf": ".ocr.pdf", "hocr": ".hocr", "alto": ".alto.xml"}
 
 # Exit status; with several jobs the most severe one wins (this order, top first).
 EXIT_UNREACHABLE = 5  # Redis did not answer, or no live worker consumes a job's queue
@@ -274,7 +277,7 @@ def problem_lines(result: dict[str, Any]) -> list[str]:
 
 def write_output(result: dict[str, Any], out_dir: Path, output: str,
                  client: OcrClient) -> list[Path]:
-    """Write the text (or JSON) and, for output=pdf, the searchable PDF."""
+    """Write the text (or JSON) and the stored file: searchable PDF, hOCR or ALTO."""
     out_dir.mkdir(parents=True, exist_ok=True)
     stem = Path(result.get("filename") or result["id"]).stem or result["id"]
     path = out_dir / (stem + EXTENSIONS.get(result.get("output", output), ".txt"))
@@ -283,10 +286,11 @@ def write_output(result: dict[str, Any], out_dir: Path, output: str,
     else:
         path.write_text(result["text"])
     written = [path]
-    pdf = client.fetch_output(result)
-    if pdf is not None:
-        written.append(out_dir / f"{stem}.ocr.pdf")
-        written[-1].write_bytes(pdf)
+    stored = client.fetch_output(result)
+    kind = next((k for k in STORED_SUFFIXES if isinstance(result.get(k), dict)), None)
+    if stored is not None and kind is not None:
+        written.append(out_dir / f"{stem}{STORED_SUFFIXES[kind]}")
+        written[-1].write_bytes(stored)
     return written
 
 
@@ -380,7 +384,11 @@ def submit_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--engine", help="tesseract, mlx-vlm (default: the worker's)")
     parser.add_argument("--pages", help='pages to read, e.g. "1-3,7"')
     parser.add_argument("--password", help="password of an encrypted PDF")
-    parser.add_argument("--output", choices=OUTPUT_CHOICES, default="text")
+    parser.add_argument("--output", choices=OUTPUT_CHOICES, default="text",
+                        help="pdf, hocr and alto also store a file (--out DIR writes "
+                             "NAME.ocr.pdf, NAME.hocr, NAME.alto.xml)")
+    parser.add_argument("--lang", help="tesseract language(s) of the pages, e.g. vie, "
+                                       "chi_sim, ell+eng (default: the worker's; see langs)")
     parser.add_argument("--mode", choices=("auto", "ocr", "text"), default=None,
                         help="PDFs: text layer where present (auto), OCR always, text only")
     add_job_options(parser)
@@ -407,7 +415,8 @@ def _failure(filename: str, exc: OcrError) -> dict[str, Any]:
 def run_submit(args: argparse.Namespace, session: Session) -> int:
     client = session.client
     options = {"engine": args.engine, "pages": args.pages, "password": args.password,
-               "output": args.output, "mode": args.mode, "priority": args.priority,
+               "output": args.output, "mode": args.mode, "lang": args.lang,
+               "priority": args.priority,
                "deadline": args.deadline, "callback_task": args.callback_task,
                "callback_queue": args.callback_queue, "callback_url": args.callback_url}
     order: list[str | dict[str, Any]] = []
@@ -555,6 +564,25 @@ def run_models(args: argparse.Namespace, session: Session) -> int:
         return EXIT_FAILURE
     print(json.dumps(report) if args.json else format_models_report(report), flush=True)
     return EXIT_FAILURE if report["errors"] else EXIT_OK
+
+
+@command("langs", "list the languages each live worker reads (a job's --lang)",
+         f"{PROG} langs", shared=("json",))
+def run_langs(args: argparse.Namespace, session: Session) -> int:
+    """One line per worker: engine, default language, languages. Exit 1: no worker."""
+    replies = session.client.languages()
+    if args.json:
+        print(json.dumps({"workers": replies}), flush=True)
+    else:
+        for worker, reply in sorted(replies.items()):
+            langs = reply.get("languages")
+            listed = " ".join(langs) if langs is not None else "(any: no lang option)"
+            print(f"{worker}\t{reply.get('engine')}\tdefault {reply.get('default')}\t"
+                  f"{listed}", flush=True)
+    if not replies:
+        print(f"{PROG}: no worker answered; {NO_WORKER_HINT}", file=sys.stderr)
+        return EXIT_FAILURE
+    return EXIT_OK
 
 
 def format_models_report(report: dict[str, Any]) -> str:

@@ -85,7 +85,7 @@ def text_page(number: int, text: str, layer: str) -> dict[str, Any]:
 def document_base(data: bytes, request: JobRequest, fmt: str, count: int) -> dict[str, Any]:
     return {"filename": request.filename, "format": fmt,
             "sha256": hashlib.sha256(data).hexdigest(), "output": request.output,
-            "mode": request.mode, "page_count": count}
+            "mode": request.mode, "lang": request.lang, "page_count": count}
 
 
 def run_document(data: bytes, request: JobRequest, engine: OcrEngine, settings: Settings,
