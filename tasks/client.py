@@ -185,8 +185,10 @@ class OcrClient:
         return data
 
     def fetch_output(self, result: dict[str, Any]) -> bytes | None:
-        """The stored file of a finished job: the searchable PDF (`output=pdf`), the
-        hOCR or the ALTO document; None when the job has none or it expired."""
+        """The stored file of a finished job (None when it has none or it expired).
+
+        The searchable PDF (`output=pdf`), the hOCR or the ALTO document.
+        """
         for kind in STORED_OUTPUTS:
             stored = result.get(kind)
             if isinstance(stored, dict) and "key" in stored:
