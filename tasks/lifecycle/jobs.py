@@ -124,6 +124,9 @@ def finish(job_id: str, result: dict[str, Any], data: bytes, request: JobRequest
     if request.output in LAYOUT_OUTPUTS:  # issue 14: hOCR/ALTO stored like the PDF
         layout = layouts.render(request.output, result["pages"])
         result["pages"] = layouts.without_layout(result["pages"])
+        if len(layout) > settings.max_output_bytes:
+            raise OutputTooLarge(f"the {request.output} document is more than "
+                                 f"{settings.max_output_mb} MB")
         result[request.output] = {"key": stores.outputs.put(job_id, layout),
                                   "bytes": len(layout)}
     if key is not None and result["status"] == "SUCCESS":
