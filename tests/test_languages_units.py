@@ -175,3 +175,23 @@ def test_words_only_engines_get_hocr_lines_from_boxes() -> None:
     assert [["".join(w.itertext()) for w in line] for line in lines] == [
         ["Hello", "world"], ["again"]]
     assert page.get("id") == "page_4" and lines[1].get("id") == "line_4_2"
+
+
+@pytest.mark.parametrize("output", ["hocr", "alto"])
+def test_a_retry_keeps_the_pages_of_the_earlier_document(output: str) -> None:
+    """Pages kept from the earlier job (no hOCR of their own) come from its document."""
+    first = layouts.render(output, [{"number": 1, "hocr": PAGE.format(a="keep", b="me",
+                                                                     c="x")},
+                                    {"number": 2, "error": {"code": "timeout"}}])
+    retried = [{"number": 1, "text": "keep me x"},
+               {"number": 2, "hocr": PAGE.format(a="read", b="again", c="y")}]
+    root = ET.fromstring(layouts.render(output, retried, first))
+    if output == "hocr":
+        words = _words_of(root, f"{{{layouts.XHTML}}}span")
+    else:
+        words = [el.get("CONTENT") for el in root.iter(f"{{{layouts.ALTO}}}String")]
+    assert words == ["keep", "me", "x", "read", "again", "y"]
+
+
+def _words_of(root: ET.Element, tag: str) -> list[str]:
+    return ["".join(w.itertext()) for w in root.iter(tag) if w.get("class") == "ocrx_word"]

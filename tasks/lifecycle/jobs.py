@@ -122,7 +122,9 @@ def finish(job_id: str, result: dict[str, Any], data: bytes, request: JobRequest
                                  f"{settings.max_output_mb} MB")
         result["pdf"] = {"key": stores.outputs.put(job_id, pdf), "bytes": len(pdf)}
     if request.output in LAYOUT_OUTPUTS:  # issue 14: hOCR/ALTO stored like the PDF
-        layout = layouts.render(request.output, result["pages"])
+        stored = (previous or {}).get(request.output)  # a retry keeps its earlier pages
+        earlier = stores.outputs.get(stored["key"]) if isinstance(stored, dict) else None
+        layout = layouts.render(request.output, result["pages"], earlier)
         result["pages"] = layouts.without_layout(result["pages"])
         if len(layout) > settings.max_output_bytes:
             raise OutputTooLarge(f"the {request.output} document is more than "

@@ -116,12 +116,40 @@ def _title(words: Sequence[Any]) -> str:
     return f"bbox {x0} {y0} {x1} {y1}"
 
 
-def _pages(pages: Iterable[dict[str, Any]]) -> list[ET.Element]:
+def _pages(pages: Iterable[dict[str, Any]], earlier: dict[int, ET.Element] | None = None
+           ) -> list[ET.Element]:
+    """Page divs in page order; a page without hOCR takes its div from `earlier`."""
     ordered = sorted(pages, key=lambda p: p["number"])
-    return [page_element(p["number"], p.get("hocr")) for p in ordered]
+    kept = earlier or {}
+    return [kept[p["number"]] if not p.get("hocr") and p["number"] in kept
+            else page_element(p["number"], p.get("hocr")) for p in ordered]
 
 
-def merge_hocr(pages: Iterable[dict[str, Any]]) -> str:
+def earlier_pages(output: str, document: bytes | None) -> dict[int, ET.Element]:
+    """The pages of an earlier hOCR or ALTO document of the job, by page number.
+
+    A retry (`merge_from`) re-reads only the failed pages; the pages it keeps come
+    from the document the earlier job stored.
+    """
+    if not document:
+        return {}
+    root = ET.fromstring(document)
+    found: dict[int, ET.Element] = {}
+    for element in root.iter():
+        ident = element.get("ID" if output == "alto" else "id", "")
+        is_page = (_tag(element) == "Page" if output == "alto"
+                   else _classes(element) == "ocr_page")
+        if is_page and ident.startswith("page_") and ident[5:].isdigit():
+            found[int(ident[5:])] = element
+    if output == "hocr":  # the merged document writes its XHTML namespace itself
+        for page in found.values():
+            for element in page.iter():
+                element.tag = _tag(element)
+    return found
+
+
+def merge_hocr(pages: Iterable[dict[str, Any]],
+               earlier: dict[int, ET.Element] | None = None) -> str:
     """One hOCR (XHTML) document of the pages, in page order."""
     html = ET.Element("html", {"xmlns": XHTML, "xml:lang": "en", "lang": "en"})
     head = ET.SubElement(html, "head")
@@ -133,7 +161,7 @@ def merge_hocr(pages: Iterable[dict[str, Any]]) -> str:
                                  "content": "ocr_page ocr_carea ocr_par ocr_line ocrx_word "
                                             "ocrp_wconf"})
     body = ET.SubElement(html, "body")
-    body.extend(_pages(pages))
+    body.extend(_pages(pages, earlier))
     ET.indent(html, space=" ")
     return ('<?xml version="1.0" encoding="UTF-8"?>\n'
             '<!DOCTYPE html PUBLIC "-//W3C//DTD XHTML 1.0 Transitional//EN" '
@@ -141,15 +169,21 @@ def merge_hocr(pages: Iterable[dict[str, Any]]) -> str:
             + ET.tostring(html, encoding="unicode") + "\n")
 
 
-def merge_alto(pages: Iterable[dict[str, Any]]) -> str:
+def merge_alto(pages: Iterable[dict[str, Any]],
+               earlier: dict[int, ET.Element] | None = None) -> str:
     """One ALTO v4 document of the pages, in page order."""
     ET.register_namespace("", ALTO)
     alto = ET.Element(f"{{{ALTO}}}alto")
     description = ET.SubElement(alto, f"{{{ALTO}}}Description")
     ET.SubElement(description, f"{{{ALTO}}}MeasurementUnit").text = "pixel"
     layout = ET.SubElement(alto, f"{{{ALTO}}}Layout")
-    for page in _pages(pages):
-        layout.append(_alto_page(page))
+    kept = earlier or {}
+    for page in sorted(pages, key=lambda p: p["number"]):
+        number = page["number"]
+        if not page.get("hocr") and number in kept:
+            layout.append(kept[number])
+        else:
+            layout.append(_alto_page(page_element(number, page.get("hocr"))))
     ET.indent(alto, space=" ")
     return ('<?xml version="1.0" encoding="UTF-8"?>\n'
             + ET.tostring(alto, encoding="unicode") + "\n")
@@ -192,10 +226,15 @@ def _box(x0: int, y0: int, x1: int, y1: int) -> dict[str, str]:
     return {"HPOS": str(x0), "VPOS": str(y0), "WIDTH": str(x1 - x0), "HEIGHT": str(y1 - y0)}
 
 
-def render(output: str, pages: Iterable[dict[str, Any]]) -> bytes:
-    """The `hocr` or `alto` document of the pages, UTF-8."""
+def render(output: str, pages: Iterable[dict[str, Any]], earlier: bytes | None = None
+           ) -> bytes:
+    """The `hocr` or `alto` document of the pages, UTF-8.
+
+    `earlier` is the document a retried job stored: pages without hOCR of their own
+    (kept from that job) take their page from it.
+    """
     merge = merge_hocr if output == "hocr" else merge_alto
-    return merge(pages).encode()
+    return merge(pages, earlier_pages(output, earlier)).encode()
 
 
 def without_layout(pages: Iterable[dict[str, Any]]) -> list[dict[str, Any]]:
