@@ -195,3 +195,16 @@ def test_a_retry_keeps_the_pages_of_the_earlier_document(output: str) -> None:
 
 def _words_of(root: ET.Element, tag: str) -> list[str]:
     return ["".join(w.itertext()) for w in root.iter(tag) if w.get("class") == "ocrx_word"]
+
+
+def test_hocr_boxes_are_mapped_onto_the_input_page() -> None:
+    """A page read turned upright (90 degrees) has its boxes on the input image."""
+    hocr = ("<div class='ocr_page' id='page_1' title='bbox 0 0 100 200'>"
+            "<span class='ocrx_word' id='w' title='bbox 0 0 10 20; x_wconf 90'>up</span>"
+            "</div>")
+    page = {"number": 1, "hocr": hocr, "image_size": [200, 100], "rotation": 90,
+            "skew": 0.0}
+    root = ET.fromstring(layouts.merge_hocr([page]))
+    titles = {el.get("class"): el.get("title") for el in root.iter() if el.get("class")}
+    assert titles["ocr_page"].startswith("bbox 0 0 200 100")
+    assert titles["ocrx_word"] == "bbox 180 0 200 10; x_wconf 90"

@@ -56,6 +56,7 @@ def ocr_page(number: int, image: Image.Image, engine: OcrEngine, options: Recogn
         page["words"] = [{"text": w.text, "box": list(w.box), "confidence": w.confidence}
                          for w in result.words]
     if options.want_hocr:
+        page["image_size"] = [image.width, image.height]  # hOCR boxes are mapped onto it
         page["hocr"] = result.hocr or words_hocr(number, result.words,
                                                  (final.width, final.height))
     return page

@@ -9,8 +9,9 @@ merged multi-page PDF is one well-formed document. ALTO (v4) is converted from t
 same hOCR: blocks and paragraphs become TextBlocks, lines TextLines, words Strings
 with `WC` (confidence 0-1) and `SP` between them.
 
-Coordinates are pixels of the page image tesseract read: upright and deskewed (the
-page's `rotation` and `skew` in the JSON result say how it relates to the input).
+Coordinates are pixels of the input page image (the image, or the PDF page rendered at
+OCR_PDF_DPI): boxes of the upright, deskewed image tesseract read are mapped back
+(tasks/pipeline/geometry.py), so tools overlay them on the page as it is.
 Pages without OCR (a PDF text layer, a failed page) are empty pages.
 """
 
@@ -18,8 +19,10 @@ from __future__ import annotations
 
 import re
 import xml.etree.ElementTree as ET
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from typing import Any
+
+from tasks.pipeline.geometry import Box, to_input
 
 LAYOUT_OUTPUTS = ("hocr", "alto")
 XHTML = "http://www.w3.org/1999/xhtml"
@@ -53,8 +56,13 @@ def _empty_page(number: int, size: Sequence[int] | None = None) -> ET.Element:
                               "title": f"bbox 0 0 {width} {height}; ppageno {number - 1}"})
 
 
-def page_element(number: int, hocr: str | None) -> ET.Element:
-    """One page's `ocr_page` div, ids renumbered for page `number` (1-based)."""
+def page_element(number: int, hocr: str | None,
+                 to_input: Callable[[Box], Box] | None = None,
+                 size: Sequence[int] | None = None) -> ET.Element:
+    """One page's `ocr_page` div, ids renumbered for page `number` (1-based).
+
+    With `to_input` every bbox is mapped onto the input page image (of `size`).
+    """
     if not hocr:
         return _empty_page(number)
     root = ET.fromstring(hocr.strip())
@@ -70,6 +78,15 @@ def page_element(number: int, hocr: str | None) -> ET.Element:
             continue
         counters[kind] = counters.get(kind, 0) + 1
         element.set("id", f"{kind}_{number}_{counters[kind]}")
+    if to_input is not None and size is not None:
+        for element in page.iter():
+            box = _bbox(element)
+            if box is not None and element is not page:
+                x0, y0, x1, y1 = (round(v) for v in to_input(box))
+                element.set("title", _BBOX.sub(f"bbox {x0} {y0} {x1} {y1}",
+                                               element.get("title", ""), count=1))
+        page.set("title", _BBOX.sub(f"bbox 0 0 {size[0]} {size[1]}",
+                                    page.get("title", ""), count=1))
     page.set("id", f"page_{number}")
     title = page.get("title", "")
     title = _PPAGENO.sub(f"ppageno {number - 1}", title) if _PPAGENO.search(title) \
@@ -122,7 +139,15 @@ def _pages(pages: Iterable[dict[str, Any]], earlier: dict[int, ET.Element] | Non
     ordered = sorted(pages, key=lambda p: p["number"])
     kept = earlier or {}
     return [kept[p["number"]] if not p.get("hocr") and p["number"] in kept
-            else page_element(p["number"], p.get("hocr")) for p in ordered]
+            else _own_page(p) for p in ordered]
+
+
+def _own_page(page: dict[str, Any]) -> ET.Element:
+    """A page's div from its own hOCR, boxes on the input page image when known."""
+    size = page.get("image_size")
+    mapped = (to_input(size, page.get("rotation", 0), page.get("skew", 0.0))
+              if size else None)
+    return page_element(page["number"], page.get("hocr"), mapped, size)
 
 
 def earlier_pages(output: str, document: bytes | None) -> dict[int, ET.Element]:
@@ -183,7 +208,7 @@ def merge_alto(pages: Iterable[dict[str, Any]],
         if not page.get("hocr") and number in kept:
             layout.append(kept[number])
         else:
-            layout.append(_alto_page(page_element(number, page.get("hocr"))))
+            layout.append(_alto_page(_own_page(page)))
     ET.indent(alto, space=" ")
     return ('<?xml version="1.0" encoding="UTF-8"?>\n'
             + ET.tostring(alto, encoding="unicode") + "\n")

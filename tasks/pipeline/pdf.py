@@ -15,6 +15,7 @@ import pymupdf
 from PIL import Image
 
 from tasks.errors import CorruptInput, NoPages, PdfEncrypted, TooManyPages
+from tasks.pipeline.geometry import to_input
 from tasks.pipeline.pages import select_pages
 from tasks.pipeline.textfix import is_cjk
 
@@ -122,40 +123,15 @@ def render_page(doc: Any, number: int, settings: Settings) -> Image.Image:
     return Image.frombytes("RGB", (pix.width, pix.height), pix.samples)
 
 
-def _unrotate(x: float, y: float, angle: float, src: tuple[float, float],
-              dst: tuple[float, float]) -> tuple[float, float]:
-    """Map a point of `image.rotate(angle, expand=True)` back to the unrotated image.
-
-    `dst` is the size of the rotated image, `src` the size before rotation.
-    """
-    theta = math.radians(angle)
-    dx, dy = x - dst[0] / 2, y - dst[1] / 2
-    return (dx * math.cos(theta) - dy * math.sin(theta) + src[0] / 2,
-            dx * math.sin(theta) + dy * math.cos(theta) + src[1] / 2)
-
-
-def _rotated_size(size: tuple[float, float], angle: float) -> tuple[float, float]:
-    theta = math.radians(angle)
-    c, s = abs(math.cos(theta)), abs(math.sin(theta))
-    return size[0] * c + size[1] * s, size[0] * s + size[1] * c
-
-
 def word_rects(page: dict[str, Any], page_rect: Any) -> list[tuple[str, Any]]:
     """Each word of an OCR page result as (text, rectangle in PDF points)."""
     width, height = page["image_size"]
-    upright = _rotated_size((width, height), page["rotation"])
-    final = _rotated_size(upright, page["skew"])
+    mapped = to_input((width, height), page["rotation"], page["skew"])
     sx, sy = page_rect.width / width, page_rect.height / height
     out = []
     for word in page["words"]:
-        x0, y0, x1, y1 = word["box"]
-        points = []
-        for x, y in ((x0, y0), (x1, y0), (x0, y1), (x1, y1)):
-            ux, uy = _unrotate(x, y, page["skew"], upright, final)
-            points.append(_unrotate(ux, uy, page["rotation"], (width, height), upright))
-        xs, ys = [p[0] for p in points], [p[1] for p in points]
-        out.append((word["text"], pymupdf.Rect(min(xs) * sx, min(ys) * sy,
-                                               max(xs) * sx, max(ys) * sy)))
+        x0, y0, x1, y1 = mapped(tuple(word["box"]))
+        out.append((word["text"], pymupdf.Rect(x0 * sx, y0 * sy, x1 * sx, y1 * sy)))
     return out
 
 
