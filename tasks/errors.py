@@ -113,6 +113,20 @@ class EngineUnavailable(OcrError):
     default_message = "the OCR engine could not be loaded in this worker"
 
 
+class LanguageUnavailable(OcrError):
+    """The job's `lang` names a language whose traineddata this worker does not have."""
+
+    code = "language_unavailable"
+    default_message = "the requested language is not installed on the worker"
+
+
+class OutputUnsupported(OcrError):
+    """The job's `output` needs word boxes the engine does not give (pdf, hocr, alto)."""
+
+    code = "output_unsupported"
+    default_message = "the engine cannot produce the requested output"
+
+
 class EngineFailed(OcrError):
     code = "engine_failed"
     default_message = "the OCR engine failed on this input"
@@ -167,6 +181,22 @@ class TransientError(OcrError):
     code = "transient"
     retryable = True
     default_message = "a temporary failure; the job is retried"
+
+
+class ServiceUnreachable(OcrError):
+    """Client side: the broker (Redis at REDIS_URL) did not answer."""
+
+    code = "service_unreachable"
+    retryable = True
+    default_message = "Redis did not answer at REDIS_URL"
+
+
+class NoWorker(OcrError):
+    """Client side: no live worker consumes the queue a job waits in."""
+
+    code = "no_worker"
+    retryable = True
+    default_message = "no live worker consumes the job's queue"
 
 
 def _descendants(cls: type[OcrError]) -> list[type[OcrError]]:

@@ -16,15 +16,18 @@ from typing import TYPE_CHECKING, Any
 
 from tasks.errors import DeadlineExceeded, OutputTooLarge
 from tasks.lifecycle.records import DocumentMeta, JobStatus, Outcome
+from tasks.pipeline import layouts
 from tasks.pipeline.documents import (
     Progress,
     document_base,
     past_deadline,
     planned_pages,
+    recognize_options,
     run_document,
 )
 from tasks.pipeline.images import sniff_format
 from tasks.pipeline.inputs import JobRequest, read_input
+from tasks.pipeline.layouts import LAYOUT_OUTPUTS
 from tasks.pipeline.pdf import check_password, decrypted_bytes, plan_pdf, searchable_pdf
 from tasks.pipeline.results import merge_previous
 from tasks.state.keys import CACHE_PREFIX
@@ -90,6 +93,7 @@ def process_job(job_id: str, request: JobRequest, settings: Settings,
     data = read_input(request, settings, stores.blobs)
     engine_name = request.engine or engines.primary
     loaded = engines.get(engine_name)  # fails fast when this child's load failed
+    loaded.engine.check(recognize_options(request))  # refusals: lang, output
     key = None
     if settings.cache_results and previous is None:
         key = cache_key(data, request, engine_name, loaded.engine.model, settings)
@@ -166,6 +170,16 @@ def complete(job_id: str, result: dict[str, Any], data: bytes, request: JobReque
             raise OutputTooLarge(f"the searchable PDF is {len(pdf) // 2**20} MB, more than "
                                  f"{settings.max_output_mb} MB")
         result["pdf"] = {"key": stores.outputs.put(job_id, pdf), "bytes": len(pdf)}
+    if request.output in LAYOUT_OUTPUTS:  # hOCR/ALTO, stored like the PDF
+        stored = (previous or {}).get(request.output)  # a retry keeps its earlier pages
+        earlier = stores.outputs.get(stored["key"]) if isinstance(stored, dict) else None
+        layout = layouts.render(request.output, result["pages"], earlier)
+        result["pages"] = layouts.without_layout(result["pages"])
+        if len(layout) > settings.max_output_bytes:
+            raise OutputTooLarge(f"the {request.output} document is more than "
+                                 f"{settings.max_output_mb} MB")
+        result[request.output] = {"key": stores.outputs.put(job_id, layout),
+                                  "bytes": len(layout)}
     if key is not None and result["status"] == JobStatus.SUCCESS:
         stores.cache.put(key, result, encrypted=encrypted)
     return Outcome(job_id, JobStatus(result["status"]), request, result,

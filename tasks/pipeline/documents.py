@@ -10,12 +10,14 @@ from __future__ import annotations
 import hashlib
 import time
 from collections.abc import Callable
+from dataclasses import replace
 from typing import TYPE_CHECKING, Any
 
 from tasks.engines import RecognizeOptions
 from tasks.errors import DeadlineExceeded, OcrError
 from tasks.pipeline.blank import is_blank
 from tasks.pipeline.images import iter_image_pages, sniff_format
+from tasks.pipeline.layouts import LAYOUT_OUTPUTS, words_hocr
 from tasks.pipeline.pdf import PdfPlan, plan_pdf, render_page
 from tasks.pipeline.preprocess import Correction, estimate_skew
 from tasks.pipeline.results import assemble, failed_page
@@ -32,7 +34,8 @@ Progress = Callable[[int, int], None]
 
 def recognize_options(request: JobRequest) -> RecognizeOptions:
     return RecognizeOptions(output=request.output,
-                            want_words=request.output in ("json", "pdf"))
+                            want_words=request.output in ("json", "pdf", "hocr", "alto"),
+                            want_hocr=request.output in LAYOUT_OUTPUTS, lang=request.lang)
 
 
 def ocr_page(number: int, image: Image.Image, engine: OcrEngine, options: RecognizeOptions,
@@ -48,16 +51,20 @@ def ocr_page(number: int, image: Image.Image, engine: OcrEngine, options: Recogn
     upright = Correction(rotation=rotation).apply(image)
     skew = estimate_skew(upright) if settings.deskew else 0.0
     final = Correction(skew=skew).apply(upright)
-    result = engine.recognize(final, options)
+    result = engine.recognize(final, replace(options, page_number=number))
     page: dict[str, Any] = {
         "number": number, "text": result.text.rstrip(), "source": "ocr",
         "confidence": result.confidence, "rotation": rotation, "skew": skew,
         "seconds": round(time.perf_counter() - started, 3),
     }
-    if options.want_words:
+    if options.output in ("json", "pdf"):
         page["image_size"] = [image.width, image.height]
         page["words"] = [{"text": w.text, "box": list(w.box), "confidence": w.confidence}
                          for w in result.words]
+    if options.want_hocr:
+        page["image_size"] = [image.width, image.height]  # hOCR boxes are mapped onto it
+        page["hocr"] = result.hocr or words_hocr(number, result.words,
+                                                 (final.width, final.height))
     return page
 
 
@@ -92,7 +99,7 @@ def planned_pages(plan: PdfPlan) -> list[dict[str, Any]]:
 def document_base(data: bytes, request: JobRequest, fmt: str, count: int) -> dict[str, Any]:
     return {"filename": request.filename, "format": fmt,
             "sha256": hashlib.sha256(data).hexdigest(), "output": request.output,
-            "mode": request.mode, "page_count": count}
+            "mode": request.mode, "lang": request.lang, "page_count": count}
 
 
 def run_document(data: bytes, request: JobRequest, engine: OcrEngine, settings: Settings,

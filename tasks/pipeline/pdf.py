@@ -16,7 +16,9 @@ from PIL import Image
 
 from tasks.errors import CorruptInput, NoPages, PdfEncrypted, TooManyPages
 from tasks.pipeline.blank import CHECK_LONGEST_SIDE, ink_report
+from tasks.pipeline.geometry import to_input
 from tasks.pipeline.pages import select_pages
+from tasks.pipeline.textfix import is_cjk
 
 if TYPE_CHECKING:
     from worker_config import Settings
@@ -193,46 +195,73 @@ def render_page(doc: Any, number: int, settings: Settings) -> Image.Image:
     return Image.frombytes("RGB", (pix.width, pix.height), pix.samples)
 
 
-def _unrotate(x: float, y: float, angle: float, src: tuple[float, float],
-              dst: tuple[float, float]) -> tuple[float, float]:
-    """Map a point of `image.rotate(angle, expand=True)` back to the unrotated image.
-
-    `dst` is the size of the rotated image, `src` the size before rotation.
-    """
-    theta = math.radians(angle)
-    dx, dy = x - dst[0] / 2, y - dst[1] / 2
-    return (dx * math.cos(theta) - dy * math.sin(theta) + src[0] / 2,
-            dx * math.sin(theta) + dy * math.cos(theta) + src[1] / 2)
-
-
-def _rotated_size(size: tuple[float, float], angle: float) -> tuple[float, float]:
-    theta = math.radians(angle)
-    c, s = abs(math.cos(theta)), abs(math.sin(theta))
-    return size[0] * c + size[1] * s, size[0] * s + size[1] * c
-
-
 def word_rects(page: dict[str, Any], page_rect: Any) -> list[tuple[str, Any]]:
     """Each word of an OCR page result as (text, rectangle in PDF points)."""
     width, height = page["image_size"]
-    upright = _rotated_size((width, height), page["rotation"])
-    final = _rotated_size(upright, page["skew"])
+    mapped = to_input((width, height), page["rotation"], page["skew"])
     sx, sy = page_rect.width / width, page_rect.height / height
     out = []
     for word in page["words"]:
-        x0, y0, x1, y1 = word["box"]
-        points = []
-        for x, y in ((x0, y0), (x1, y0), (x0, y1), (x1, y1)):
-            ux, uy = _unrotate(x, y, page["skew"], upright, final)
-            points.append(_unrotate(ux, uy, page["rotation"], (width, height), upright))
-        xs, ys = [p[0] for p in points], [p[1] for p in points]
-        out.append((word["text"], pymupdf.Rect(min(xs) * sx, min(ys) * sy,
-                                               max(xs) * sx, max(ys) * sy)))
+        x0, y0, x1, y1 = mapped(tuple(word["box"]))
+        out.append((word["text"], pymupdf.Rect(x0 * sx, y0 * sy, x1 * sx, y1 * sy)))
     return out
+
+
+# Fonts of the invisible text layer, embedded (subset) so that every character maps back
+# to Unicode: Noto Sans (pymupdf-fonts; Latin incl. Vietnamese, Greek, Cyrillic) and
+# Droid Sans Fallback (built into PyMuPDF; CJK, and the punctuation CJK text uses).
+_TEXT_FONTS = (("ocrsans", "notos"), ("ocrcjk", "cjk"))
+_fonts: dict[str, Any] = {}
+
+
+def _font(code: str) -> Any:
+    if code not in _fonts:
+        _fonts[code] = pymupdf.Font(code)
+    return _fonts[code]
+
+
+def _font_for(text: str) -> tuple[str, Any]:
+    """The first text font that has a glyph for every character of `text`."""
+    for name, code in _TEXT_FONTS:
+        font = _font(code)
+        if all(font.has_glyph(ord(ch)) for ch in text):
+            return name, font
+    name, code = _TEXT_FONTS[0]
+    return name, _font(code)
+
+
+def _lines(rects: list[tuple[str, Any]], words: list[dict[str, Any]]
+           ) -> list[list[tuple[str, Any]]]:
+    """Words (text, PDF rect) grouped into lines by their boxes in the OCR'd image.
+
+    Boxes in the upright, deskewed image OCR read are level: a word whose vertical
+    middle lies inside the first word of the current line joins that line. Empty words
+    are dropped.
+    """
+    lines: list[list[tuple[str, Any]]] = []
+    top = bottom = 0
+    for (text, rect), word in zip(rects, words, strict=True):
+        text = text.strip()
+        if not text or rect.is_empty:
+            continue
+        _, y0, _, y1 = word["box"]
+        middle = (y0 + y1) / 2
+        if lines and top <= middle <= bottom:
+            lines[-1].append((text, rect))
+        else:
+            lines.append([(text, rect)])
+            top, bottom = y0, y1
+    return lines
 
 
 def searchable_pdf(data: bytes, fmt: str, password: str | None,
                    pages: list[dict[str, Any]], settings: Settings) -> bytes:
-    """The input as a PDF whose OCR'd pages carry an invisible, selectable text layer."""
+    """The input as a PDF whose OCR'd pages carry an invisible, selectable text layer.
+
+    Each word is written on its box in an embedded Unicode font (subset on save), so
+    extracting the text gives back the OCR text, `’`, Vietnamese, Greek and CJK
+    included; the gaps between word boxes read back as spaces.
+    """
     if fmt == "pdf":
         doc = open_pdf(data, password, settings)
     else:
@@ -249,13 +278,30 @@ def searchable_pdf(data: bytes, fmt: str, password: str | None,
                 page.apply_redactions(
                     images=pymupdf.PDF_REDACT_IMAGE_NONE,  # type: ignore[attr-defined]
                     graphics=pymupdf.PDF_REDACT_LINE_ART_NONE)  # type: ignore[attr-defined]
-            for text, rect in word_rects(result, page.rect):
-                size = max(1.0, rect.height * 0.85)
-                width = pymupdf.get_text_length(text, fontname="helv", fontsize=size)
-                scale = rect.width / width if width else 1.0
-                page.insert_text(rect.bl + (0, -rect.height * 0.15), text, fontsize=size,
-                                 fontname="helv", render_mode=INVISIBLE,
-                                 morph=(rect.bl, pymupdf.Matrix(scale, 1)))
+            inserted: set[str] = set()
+            for line in _lines(word_rects(result, page.rect), result["words"]):
+                # One baseline and size per OCR line: extraction reads it as one line.
+                bottom = sum(rect.y1 for _, rect in line) / len(line)
+                height = sum(rect.height for _, rect in line) / len(line)
+                size = max(1.0, height * 0.85)
+                for index, (text, rect) in enumerate(line):
+                    following = line[index + 1] if index + 1 < len(line) else None
+                    # Never past the next word (tesseract's CJK boxes can overlap): text
+                    # running backwards would read as a new line.
+                    right = min(rect.x1, following[1].x0) if following else rect.x1
+                    name, font = _font_for(text)
+                    if name not in inserted:
+                        page.insert_font(fontname=name, fontbuffer=font.buffer)
+                        inserted.add(name)
+                    width = font.text_length(text, fontsize=size)
+                    scale = max(right - rect.x0, 1.0) / width if width else 1.0
+                    if following and not (is_cjk(text[-1]) and is_cjk(following[0][0])):
+                        text += " "  # a real space between words, as tesseract writes it
+                    origin = pymupdf.Point(rect.x0, bottom - height * 0.15)
+                    page.insert_text(origin, text, fontsize=size, fontname=name,
+                                     render_mode=INVISIBLE,
+                                     morph=(origin, pymupdf.Matrix(scale, 1)))
+        doc.subset_fonts()
         return bytes(doc.tobytes(garbage=3, deflate=True))
     finally:
         doc.close()
