@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import re
+import shutil
 import subprocess
 import sys
 from collections.abc import Callable
@@ -160,3 +161,37 @@ def test_no_worker_on_the_queue_is_reported_not_waited_for(worker: Worker,
     waited = submit_cli(redis_url, "wait", record["id"])
     assert waited.returncode == 4, waited.stderr
     assert waited.stderr.strip() == "scan_linn.png: CANCELLED"
+
+
+# --- the Node client: the same help, names and errors ----------------------------------
+
+def node_client(*args: str) -> subprocess.CompletedProcess[str]:
+    node = shutil.which("node")
+    if node is None:
+        pytest.skip("node is not installed: the Node.js client is not run")
+    return subprocess.run([node, str(ROOT / "clients" / "node" / "ocr_client.js"), *args],
+                          capture_output=True, text=True, timeout=120)
+
+
+def test_node_client_help_names_and_redis_error(worker: Worker, redis_url: str,
+                                                tmp_path: Path) -> None:
+    helped = node_client("--help")
+    assert helped.returncode == 0 and helped.stdout.startswith("usage: ")
+    for option in ("--redis", "--engine", "--pages", "--no-wait", "exit status"):
+        assert option in helped.stdout
+    good, bad = corpus("scan_tess_phototest.tif"), corpus("bad_broken.png")
+    done = node_client("--redis", redis_url, str(good), str(bad), str(tmp_path / "gone.png"))
+    assert done.returncode == 1, done.stderr
+    records = [json.loads(line) for line in done.stdout.splitlines()]
+    assert [(r["filename"], r["status"]) for r in records] == [
+        ("scan_tess_phototest.tif", "SUCCESS"), ("bad_broken.png", "FAILURE"),
+        ("gone.png", "FAILURE")]
+    assert done.stderr.splitlines() == [
+        f"bad_broken.png: FAILURE corrupt_input: {records[1]['error']['message']}",
+        "gone.png: FAILURE input_not_found: cannot read gone.png"]
+    port = free_port()
+    down = node_client("--redis", f"redis://:s3cret@127.0.0.1:{port}/0", str(good))
+    assert down.returncode == 5
+    [line] = down.stderr.splitlines()
+    assert f"redis://:***@127.0.0.1:{port}/0" in line and "make run" in line
+    assert "s3cret" not in line
