@@ -36,9 +36,10 @@ bench-tools:
 	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq tesseract-ocr ghostscript; \
 	  else echo "tesseract or gs is missing: apt-get install tesseract-ocr ghostscript (Debian/Ubuntu) or brew install tesseract ghostscript (macOS); the peer rows are skipped without them"; fi; }
 
+# scripts/supervise.py runs the Procfile; Ctrl-C stops every process, also through a pipe.
 run: $(VENV)/.runtime redis-server
 	mkdir -p var
-	honcho start
+	$(PY) scripts/supervise.py
 
 lint: $(VENV)/.dev
 	ruff check .
