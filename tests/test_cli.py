@@ -195,3 +195,41 @@ def test_node_client_help_names_and_redis_error(worker: Worker, redis_url: str,
     [line] = down.stderr.splitlines()
     assert f"redis://:***@127.0.0.1:{port}/0" in line and "make run" in line
     assert "s3cret" not in line
+
+
+# --- the lean install: the service without the VLM packages -----------------------------
+
+LEAN_PROBE = """
+import sys
+sys.modules["mlx"] = sys.modules["mlx_vlm"] = None  # as if not installed
+from tasks.engines.mlx_vlm import MlxVlmEngine
+from tasks.errors import EngineUnavailable
+from worker_config import Settings
+settings = Settings.from_env({"OCR_MODEL_DIR": sys.argv[1], "OCR_MODEL": "m"})
+try:
+    MlxVlmEngine.load(settings)
+except EngineUnavailable as exc:
+    print(exc)
+import tasks.client, tasks.queue.app, tasks.engines.tesseract, tasks.pipeline.pdf  # no VLM
+"""
+
+
+def test_without_the_vlm_packages_the_vlm_engine_says_how_to_install(tmp_path: Path) -> None:
+    (tmp_path / "m").mkdir()
+    (tmp_path / "m" / "config.json").write_text("{}")
+    done = subprocess.run([sys.executable, "-c", LEAN_PROBE, str(tmp_path)], cwd=ROOT,
+                          capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    assert re.match(r"engine_unavailable: the VLM engine's packages are not installed "
+                    r"\(mlx\S* is missing\): run `make vlm`", done.stdout)
+
+
+def test_requirements_split_service_and_vlm() -> None:
+    service = (ROOT / "requirements.txt").read_text()
+    vlm = (ROOT / "requirements-vlm.txt").read_text()
+    assert "mlx" not in re.sub(r"#.*", "", service)
+    assert "requirements-vlm.txt" in service  # named and explained where readers look
+    assert re.search(r"^-r requirements\.txt$", vlm, re.M)
+    assert re.search(r"^mlx-vlm==", vlm, re.M)
+    assert re.search(r"^-r requirements-vlm\.txt$", (ROOT / "requirements-dev.txt")
+                     .read_text(), re.M)  # make test installs everything
