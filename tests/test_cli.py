@@ -7,16 +7,21 @@ subprocess, as a user runs it.
 from __future__ import annotations
 
 import json
+import os
 import re
 import shutil
+import signal
 import subprocess
 import sys
+import threading
+import time
 from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 
 import submit
+from tasks.client import OcrClient
 from tests.conftest import FAKE_PLUGINS, ROOT, Worker, corpus, free_port
 from tests.pdf_fixtures import image_pdf, plain_pages
 from tests.test_queue import submit_cli
@@ -161,6 +166,25 @@ def test_no_worker_on_the_queue_is_reported_not_waited_for(worker: Worker,
     waited = submit_cli(redis_url, "wait", record["id"])
     assert waited.returncode == 4, waited.stderr
     assert waited.stderr.strip() == "scan_linn.png: CANCELLED"
+
+
+def test_a_worker_lost_while_waiting_is_reported(start_worker: Callable[..., Worker],
+                                                 client: OcrClient,
+                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(submit, "WORKER_RECHECK", 1.0)
+    monkeypatch.setattr(submit, "NO_WORKER_GRACE", 2.0)
+    solo = start_worker(**{**BASE, "OCR_QUEUES": "ocr-solo", "FAKE_PAGE_SECONDS": "60"})
+    blob = client._blobs.put(corpus("scan_tess_phototest.tif").read_bytes())
+    job = str(client.app.send_task("ocr.document", queue="ocr-solo",
+                                   kwargs={"blob": blob, "filename": "solo.tif"}).id)
+    client._control.remember(job, filename="solo.tif", queue="ocr-solo")
+    assert solo.proc is not None
+    threading.Timer(3.0, os.killpg, (solo.proc.pid, signal.SIGKILL)).start()
+    start = time.monotonic()
+    result = submit.wait_for(client, [job], timeout=60)[job]
+    assert result["status"] == "PENDING" and result["filename"] == "solo.tif"
+    assert result["error"]["code"] == "no_worker" and "'ocr-solo'" in result["error"]["message"]
+    assert time.monotonic() - start < 30
 
 
 # --- the Node client: the same help, names and errors ----------------------------------
