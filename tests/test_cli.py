@@ -257,3 +257,16 @@ def test_requirements_split_service_and_vlm() -> None:
     assert re.search(r"^mlx-vlm==", vlm, re.M)
     assert re.search(r"^-r requirements-vlm\.txt$", (ROOT / "requirements-dev.txt")
                      .read_text(), re.M)  # make test installs everything
+
+
+@pytest.mark.parametrize(("target", "env", "vlm"), [
+    ("run", {}, False), ("run", {"OCR_MODEL": "Qwen2-VL-2B-Instruct-4bit"}, True),
+    ("run", {"OCR_ENGINE": "mlx-vlm"}, True), ("vlm", {}, True), ("test", {}, True)])
+def test_make_installs_the_vlm_packages_only_when_needed(target: str, env: dict[str, str],
+                                                        vlm: bool) -> None:
+    clean = {k: v for k, v in os.environ.items() if k not in ("OCR_MODEL", "OCR_ENGINE")}
+    done = subprocess.run(["make", "-n", "-B", target], cwd=ROOT, env={**clean, **env},
+                          capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    assert ("-r requirements-vlm.txt" in done.stdout) is vlm
+    assert "-r requirements.txt" in done.stdout
