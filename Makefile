@@ -1,4 +1,5 @@
 # Two commands: `make run` (the service, offline, bundled engine) and `make test`;
+# `make vlm` adds the vision-language engine's packages (requirements-vlm.txt);
 # `make bench` runs the benchmarks of issue 7 (not part of `make test`).
 PYTHON ?= python3
 VENV   ?= .venv
@@ -11,7 +12,7 @@ export PYTHONPATH := $(abspath .)
 OCR_LANGS ?= eng
 TEST_LANGS := eng vie ell chi_sim
 
-.PHONY: langs test-langs run test lint bench bench-quick clean redis-server bench-tools screenshot chromium
+.PHONY: langs test-langs run vlm test lint bench bench-quick clean redis-server bench-tools screenshot chromium
 
 $(VENV)/.runtime: requirements.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -19,9 +20,20 @@ $(VENV)/.runtime: requirements.txt
 	$(PY) -m pip install -q -r requirements.txt
 	touch $@
 
-$(VENV)/.dev: $(VENV)/.runtime requirements-dev.txt
+# The VLM engine's packages (mlx, mlx-vlm and what they pull in): `make vlm`.
+$(VENV)/.vlm: $(VENV)/.runtime requirements-vlm.txt
+	$(PY) -m pip install -q -r requirements-vlm.txt
+	touch $@
+
+$(VENV)/.dev: $(VENV)/.vlm requirements-dev.txt
 	$(PY) -m pip install -q -r requirements-dev.txt
 	touch $@
+
+# `make run` installs the VLM packages only when a VLM worker is configured.
+RUN_NEEDS := $(VENV)/.runtime
+ifneq ($(strip $(OCR_MODEL))$(filter mlx-vlm,$(OCR_ENGINE)),)
+RUN_NEEDS += $(VENV)/.vlm
+endif
 
 $(VENV)/.bench: $(VENV)/.dev requirements-bench.txt
 	$(PY) -m pip install -q -r requirements-bench.txt
@@ -48,9 +60,12 @@ langs: $(VENV)/.runtime
 test-langs: $(VENV)/.runtime
 	$(PY) scripts/install_langs.py $(sort $(OCR_LANGS) $(TEST_LANGS))
 
-run: $(VENV)/.runtime redis-server langs
+# scripts/supervise.py runs the Procfile; Ctrl-C stops every process, also through a pipe.
+run: $(RUN_NEEDS) redis-server langs
 	mkdir -p var
-	honcho start
+	$(PY) scripts/supervise.py
+
+vlm: $(VENV)/.vlm
 
 lint: $(VENV)/.dev
 	ruff check .

@@ -60,8 +60,9 @@ EXIT_HELP = """exit status (several jobs: the most severe, in this order):
   2  usage error (bad option, file list or setting; nothing was sent)"""
 UNREACHABLE_HINT = ("start the service with `make run`, or point REDIS_URL (or "
                     "--redis-url) at the broker's Redis")
-NO_WORKER_HINT = ("start a worker (`make run`, or `.venv/bin/honcho start worker`); the "
-                  "jobs stay queued, `submit.py wait ID...` picks them up")
+NO_WORKER_HINT = ("start a worker that consumes that queue (`make run` starts one for "
+                  "`ocr` and `ocr-tesseract`; README, Engines: a VLM worker); the jobs "
+                  "stay queued, `submit.py wait ID...` picks them up")
 NO_WORKER_GRACE = 6.0   # seconds a job may wait in a queue no live worker consumes
 WORKER_RECHECK = 15.0   # seconds between worker checks while jobs run
 INSPECT_TIMEOUT = 1.0   # seconds a worker check waits for replies
@@ -483,9 +484,10 @@ def run_cancel(args: argparse.Namespace, session: Session) -> int:
     outcome = client.cancel(args.ids)
     for job_id in dict.fromkeys(args.ids):
         name = client.filename(job_id)
-        print(json.dumps({"id": job_id, "filename": name, "outcome": outcome[job_id]})
-              if args.json else f"{name or job_id}: {outcome[job_id]} (job {job_id})",
-              flush=True)
+        said = outcome[job_id]
+        text = said if said == "cancelled" else f"not cancelled: it had already ended ({said})"
+        print(json.dumps({"id": job_id, "filename": name, "outcome": said})
+              if args.json else f"{name or job_id}: {text} (job {job_id})", flush=True)
     return EXIT_OK
 
 

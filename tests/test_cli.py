@@ -7,15 +7,21 @@ subprocess, as a user runs it.
 from __future__ import annotations
 
 import json
+import os
 import re
+import shutil
+import signal
 import subprocess
 import sys
+import threading
+import time
 from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 
 import submit
+from tasks.client import OcrClient
 from tests.conftest import FAKE_PLUGINS, ROOT, Worker, corpus, free_port
 from tests.pdf_fixtures import image_pdf, plain_pages
 from tests.test_queue import submit_cli
@@ -160,3 +166,107 @@ def test_no_worker_on_the_queue_is_reported_not_waited_for(worker: Worker,
     waited = submit_cli(redis_url, "wait", record["id"])
     assert waited.returncode == 4, waited.stderr
     assert waited.stderr.strip() == "scan_linn.png: CANCELLED"
+
+
+def test_a_worker_lost_while_waiting_is_reported(start_worker: Callable[..., Worker],
+                                                 client: OcrClient,
+                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(submit, "WORKER_RECHECK", 1.0)
+    monkeypatch.setattr(submit, "NO_WORKER_GRACE", 2.0)
+    solo = start_worker(**{**BASE, "OCR_QUEUES": "ocr-solo", "FAKE_PAGE_SECONDS": "60"})
+    blob = client._blobs.put(corpus("scan_tess_phototest.tif").read_bytes())
+    job = str(client.app.send_task("ocr.document", queue="ocr-solo",
+                                   kwargs={"blob": blob, "filename": "solo.tif"}).id)
+    client._control.remember(job, filename="solo.tif", queue="ocr-solo")
+    assert solo.proc is not None
+    threading.Timer(3.0, os.killpg, (solo.proc.pid, signal.SIGKILL)).start()
+    start = time.monotonic()
+    result = submit.wait_for(client, [job], timeout=60)[job]
+    assert result["status"] == "PENDING" and result["filename"] == "solo.tif"
+    assert result["error"]["code"] == "no_worker" and "'ocr-solo'" in result["error"]["message"]
+    assert time.monotonic() - start < 30
+
+
+# --- the Node client: the same help, names and errors ----------------------------------
+
+def node_client(*args: str) -> subprocess.CompletedProcess[str]:
+    node = shutil.which("node")
+    if node is None:
+        pytest.skip("node is not installed: the Node.js client is not run")
+    return subprocess.run([node, str(ROOT / "clients" / "node" / "ocr_client.js"), *args],
+                          capture_output=True, text=True, timeout=120)
+
+
+def test_node_client_help_names_and_redis_error(worker: Worker, redis_url: str,
+                                                tmp_path: Path) -> None:
+    helped = node_client("--help")
+    assert helped.returncode == 0 and helped.stdout.startswith("usage: ")
+    for option in ("--redis", "--engine", "--pages", "--no-wait", "exit status"):
+        assert option in helped.stdout
+    good, bad = corpus("scan_tess_phototest.tif"), corpus("bad_broken.png")
+    done = node_client("--redis", redis_url, str(good), str(bad), str(tmp_path / "gone.png"))
+    assert done.returncode == 1, done.stderr
+    records = [json.loads(line) for line in done.stdout.splitlines()]
+    assert [(r["filename"], r["status"]) for r in records] == [
+        ("scan_tess_phototest.tif", "SUCCESS"), ("bad_broken.png", "FAILURE"),
+        ("gone.png", "FAILURE")]
+    assert done.stderr.splitlines() == [
+        f"bad_broken.png: FAILURE corrupt_input: {records[1]['error']['message']}",
+        "gone.png: FAILURE input_not_found: cannot read gone.png"]
+    port = free_port()
+    down = node_client("--redis", f"redis://:s3cret@127.0.0.1:{port}/0", str(good))
+    assert down.returncode == 5
+    [line] = down.stderr.splitlines()
+    assert f"redis://:***@127.0.0.1:{port}/0" in line and "make run" in line
+    assert "s3cret" not in line
+
+
+# --- the lean install: the service without the VLM packages -----------------------------
+
+LEAN_PROBE = """
+import sys
+sys.modules["mlx"] = sys.modules["mlx_vlm"] = None  # as if not installed
+from tasks.engines.mlx_vlm import MlxVlmEngine
+from tasks.errors import EngineUnavailable
+from worker_config import Settings
+settings = Settings.from_env({"OCR_MODEL_DIR": sys.argv[1], "OCR_MODEL": "m"})
+try:
+    MlxVlmEngine.load(settings)
+except EngineUnavailable as exc:
+    print(exc)
+import tasks.client, tasks.queue.app, tasks.engines.tesseract, tasks.pipeline.pdf  # no VLM
+"""
+
+
+def test_without_the_vlm_packages_the_vlm_engine_says_how_to_install(tmp_path: Path) -> None:
+    (tmp_path / "m").mkdir()
+    (tmp_path / "m" / "config.json").write_text("{}")
+    done = subprocess.run([sys.executable, "-c", LEAN_PROBE, str(tmp_path)], cwd=ROOT,
+                          capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    assert re.match(r"engine_unavailable: the VLM engine's packages are not installed "
+                    r"\(mlx\S* is missing\): run `make vlm`", done.stdout)
+
+
+def test_requirements_split_service_and_vlm() -> None:
+    service = (ROOT / "requirements.txt").read_text()
+    vlm = (ROOT / "requirements-vlm.txt").read_text()
+    assert "mlx" not in re.sub(r"#.*", "", service)
+    assert "requirements-vlm.txt" in service  # named and explained where readers look
+    assert re.search(r"^-r requirements\.txt$", vlm, re.M)
+    assert re.search(r"^mlx-vlm==", vlm, re.M)
+    assert re.search(r"^-r requirements-vlm\.txt$", (ROOT / "requirements-dev.txt")
+                     .read_text(), re.M)  # make test installs everything
+
+
+@pytest.mark.parametrize(("target", "env", "vlm"), [
+    ("run", {}, False), ("run", {"OCR_MODEL": "Qwen2-VL-2B-Instruct-4bit"}, True),
+    ("run", {"OCR_ENGINE": "mlx-vlm"}, True), ("vlm", {}, True), ("test", {}, True)])
+def test_make_installs_the_vlm_packages_only_when_needed(target: str, env: dict[str, str],
+                                                        vlm: bool) -> None:
+    clean = {k: v for k, v in os.environ.items() if k not in ("OCR_MODEL", "OCR_ENGINE")}
+    done = subprocess.run(["make", "-n", "-B", target], cwd=ROOT, env={**clean, **env},
+                          capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    assert ("-r requirements-vlm.txt" in done.stdout) is vlm
+    assert "-r requirements.txt" in done.stdout
