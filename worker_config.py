@@ -24,6 +24,8 @@ ENGINE_CHOICES = ("auto", "tesseract", "mlx-vlm")
 # Job priorities on the Redis transport: lower numbers are served first.
 PRIORITIES = {"interactive": 0, "normal": 3, "batch": 6}
 PRIORITY_STEPS = [0, 3, 6, 9]
+# PDFs: keep text layers where present (auto), OCR every page, or text layers only.
+PDF_MODES = ("auto", "ocr", "text")
 OUTPUT_CHOICES = ("text", "markdown", "json", "pdf", "hocr", "alto")
 # Outputs drawn from word boxes: refused (`output_unsupported`) by engines without words.
 WORD_BOX_OUTPUTS = ("pdf", "hocr", "alto")

@@ -22,11 +22,11 @@ from tasks.errors import PdfEncrypted, TransientError
 from tasks.lifecycle.cancel import ALREADY_ENDED, CANCELLED, cancel_job
 from tasks.lifecycle.ending import JobEnder
 from tasks.lifecycle.fanout import OpenDocumentCache, record_page, run_pdf_page
-from tasks.lifecycle.jobs import FanOut, Stores, process_job
+from tasks.lifecycle.jobs import FanOut, process_job
 from tasks.lifecycle.records import DocumentMeta, JobStatus, Outcome
 from tasks.pipeline.inputs import JobRequest
 from tasks.state.join import DocumentJoin
-from tasks.state.stores import BlobStore, JobControl, OutputStore, ResultCache, connect
+from tasks.state.stores import BlobStore, JobControl, OutputStore, ResultCache, Stores, connect
 from tests.conftest import FAKE_PLUGINS, corpus
 from tests.pdf_fixtures import image_pdf, plain_pages
 from worker_config import Settings

@@ -22,9 +22,8 @@ from tasks.pipeline.results import assemble, failed_page
 if TYPE_CHECKING:
     from tasks.engines.resident import ResidentEngines
     from tasks.lifecycle.ending import JobEnder
-    from tasks.lifecycle.jobs import Stores
     from tasks.state.join import DocumentJoin
-    from tasks.state.stores import BlobStore
+    from tasks.state.stores import BlobStore, Stores
     from worker_config import Settings
 
 log = logging.getLogger(__name__)

@@ -34,18 +34,8 @@ from tasks.state.keys import CACHE_PREFIX
 
 if TYPE_CHECKING:
     from tasks.engines.resident import ResidentEngines
-    from tasks.state.stores import BlobStore, JobControl, OutputStore, ResultCache
+    from tasks.state.stores import Stores
     from worker_config import Settings
-
-
-@dataclass
-class Stores:
-    """The Redis-backed stores a job uses."""
-
-    blobs: BlobStore
-    cache: ResultCache
-    outputs: OutputStore
-    control: JobControl
 
 
 @dataclass

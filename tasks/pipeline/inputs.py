@@ -14,8 +14,7 @@ from typing import TYPE_CHECKING, Any
 from urllib.parse import urlparse
 
 from tasks.errors import BadRequest, InputNotFound, InputTooLarge, PathNotAllowed
-from tasks.pipeline.pdf import PDF_MODES
-from worker_config import LANG_PATTERN, OUTPUT_CHOICES
+from worker_config import LANG_PATTERN, OUTPUT_CHOICES, PDF_MODES
 
 if TYPE_CHECKING:
     from tasks.state.stores import BlobStore

@@ -23,7 +23,6 @@ from tasks.pipeline.textfix import is_cjk
 if TYPE_CHECKING:
     from worker_config import Settings
 
-PDF_MODES = ("auto", "ocr", "text")
 INVISIBLE = 3  # PDF text render mode 3: neither filled nor stroked (OCR layers)
 # What MuPDF raises on a damaged page (its own errors, and RuntimeError/ValueError).
 _MUPDF_ERRORS = (RuntimeError, ValueError, pymupdf.mupdf.FzErrorBase)
