@@ -424,6 +424,9 @@ def celery_config(settings: Settings) -> dict[str, Any]:
         "worker_send_task_events": True,
         "task_send_sent_event": True,
         "worker_hijack_root_logger": True,
+        # Each worker also consumes its own direct queue `<node>.dq2`: the every-host
+        # model audit sends one copy to one worker per host (maintenance_tasks.py).
+        "worker_direct": True,
         # Beat: the model-directory audit (tasks/queue/maintenance_tasks.py).
         "timezone": settings.schedule_timezone,
         "beat_schedule": _beat_schedule(settings),

@@ -621,6 +621,7 @@ class AuditRun:
     host: str = ""
     task_id: str | None = None
     worker: str = ""
+    run: str | None = None  # the every-host run this audit is part of
     now: float = field(default_factory=time.time)
 
 
@@ -732,6 +733,7 @@ def build_report(run: AuditRun, model_dir: Path, entries: Sequence[ModelEntry],
     whole = {d.name: d for d in decisions if d.scope == "entry"}
     return {
         "id": run.task_id,
+        "run": run.run,
         "worker": run.worker,
         "host": run.host,
         "model_dir": str(model_dir),
