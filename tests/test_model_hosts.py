@@ -33,9 +33,12 @@ MAIN, OLD = "1" * 40, "2" * 40
 
 
 def _cache(root: Path, own: str, others: tuple[str, ...] = ()) -> Path:
-    """A hub cache: the host's configured repo `own` (with a detached old revision and a
-    stale `.incomplete` blob), a retired repo, an unused repo, an `old_` flat folder, and
-    `others`: unused here, but another host's configured model."""
+    """A hub cache of one host.
+
+    The host's configured repo `own` (with a detached old revision and a stale
+    `.incomplete` blob), a retired repo, an unused repo, an `old_` flat folder, and
+    `others`: unused here, but another host's configured model.
+    """
     write_hub_repo(root, own, {MAIN: model_files(), OLD: model_files(tensors={"w": [2]})},
                    refs={"main": MAIN}, incomplete={"stale": b"partial"})
     write_hub_repo(root, "org/retired", {MAIN: model_files()})
