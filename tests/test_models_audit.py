@@ -559,3 +559,16 @@ def test_bad_model_names_are_refused(value: str) -> None:
         Settings.from_env({"OCR_MODEL": value})
     with pytest.raises(SettingsError, match="OCR_RETIRED_MODELS"):
         Settings.from_env({"OCR_RETIRED_MODELS": f"ok, {value}"})
+
+
+def test_a_missing_repo_is_engine_unavailable_with_the_path(tmp_path: Path) -> None:
+    from tasks.engines.mlx_vlm import MlxVlmEngine
+    from tasks.errors import EngineUnavailable
+
+    settings = Settings.from_env({"OCR_MODEL_DIR": str(tmp_path),
+                                  "OCR_MODEL": "mlx-community/absent@v2"})
+    with pytest.raises(EngineUnavailable) as raised:
+        MlxVlmEngine.load(settings)
+    assert f"searched {tmp_path}/models--mlx-community--absent (v2)" in raised.value.message
+    assert "never downloaded" in raised.value.message
+    assert os.listdir(tmp_path) == []
