@@ -572,3 +572,17 @@ def test_a_missing_repo_is_engine_unavailable_with_the_path(tmp_path: Path) -> N
     assert f"searched {tmp_path}/models--mlx-community--absent (v2)" in raised.value.message
     assert "never downloaded" in raised.value.message
     assert os.listdir(tmp_path) == []
+
+
+def test_hand_made_links_into_a_repo_keep_their_revision_and_count_as_use(
+        tmp_path: Path) -> None:
+    models = _hub_dir(tmp_path)
+    folder = models / f"models--{REPO.replace('/', '--')}"
+    os.symlink(folder / "snapshots" / PINNED, models / "tiny")  # the old way: a link
+    state = MemoryState()
+    state.used["tiny"] = time.time() - 3600
+    report = run_audit(AuditRun(models, PrunePolicy(unused_days=2), "prune"), state)
+    assert sorted(os.listdir(folder / "snapshots")) == [MAIN, PINNED]
+    assert (models / "tiny" / "config.json").is_file()  # the link does not dangle
+    assert [p["parts"] for p in report["pruned"] if p["scope"] == "revisions"] == [[OLD_REV]]
+    assert all(p["name"] != REPO or p["scope"] != "entry" for p in report["pruned"])

@@ -118,6 +118,7 @@ class ModelEntry:
     loaded_by: tuple[Holder, ...] = ()
     configured_by: tuple[Holder, ...] = ()
     repo: HubRepo | None = None  # kind "hub": the repo; `name` is its repo id
+    linked_from: tuple[tuple[str, Path], ...] = ()  # hub: (link entry, its target) into it
 
     @property
     def folder(self) -> str:
@@ -416,13 +417,26 @@ def scan(model_dir: Path, last_used: Mapping[str, float], loaded: Iterable[Holde
             entries.append(scan_entry(model_dir, name))
         except FileNotFoundError:
             continue  # removed while scanning
-    return [replace(
+    entries = [replace(
         entry, last_used=_last_use(entry, last_used),
         loaded_by=tuple(h for h in holders if entry.names(h.model)
                         or _leads_to(h.path, entry.resolved)),
         configured_by=tuple(h for h in wanted if entry.names(h.model)
                             or _leads_to(h.path, entry.resolved)))
         for entry in entries]
+    return [_with_links(entry, entries) if entry.repo is not None else entry
+            for entry in entries]
+
+
+def _with_links(hub: ModelEntry, entries: Sequence[ModelEntry]) -> ModelEntry:
+    """A hub repo that hand-made links of the directory lead into: their use counts as
+    its use, and the revisions they lead to are kept."""
+    links = [e for e in entries if e.link is not None and e.resolved.is_relative_to(hub.resolved)]
+    if not links:
+        return hub
+    used = [t for t in [hub.last_used, *(e.last_used for e in links)] if t is not None]
+    return replace(hub, last_used=max(used) if used else None,
+                   linked_from=tuple((e.name, e.resolved) for e in links))
 
 
 def _last_use(entry: ModelEntry, last_used: Mapping[str, float]) -> float | None:
@@ -557,6 +571,7 @@ def decide_parts(entry: ModelEntry, policy: PrunePolicy, model_dir: Path, now: f
 
 def _protected_paths(entry: ModelEntry, policy: PrunePolicy, model_dir: Path) -> list[Path]:
     paths = [Path(h.path) for h in (*entry.loaded_by, *entry.configured_by) if h.path]
+    paths += [target for _, target in entry.linked_from]
     current = _configured_path(policy, model_dir)
     return paths + ([current] if current is not None else [])
 

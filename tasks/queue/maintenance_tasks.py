@@ -29,6 +29,8 @@ from tasks.state.stores import connect
 from worker_config import Settings, scheduled_run_window
 
 RUN_ID = re.compile(r"[A-Za-z0-9_.-]{1,100}\Z")
+# A copy not started by then (its worker went away after answering) is dropped unrun.
+COPY_EXPIRES = 6 * 3600
 
 
 @functools.cache
@@ -71,7 +73,8 @@ def dispatch_every_host(app: Celery, run: str, prune: bool, dry_run: bool,
     targets = audit_targets(app, timeout)
     for target in targets:
         result = app.send_task("ocr.audit_models", queue=worker_direct(target["node"]),
-                               kwargs={"prune": prune, "dry_run": dry_run, "run": run})
+                               kwargs={"prune": prune, "dry_run": dry_run, "run": run},
+                               expires=COPY_EXPIRES)
         target["task_id"] = str(result.id)
     return targets
 
