@@ -142,6 +142,7 @@ class ModelEntry:
             repo = self.repo
             out["hub"] = {
                 "folder": repo.folder, "repo_type": repo.repo_type, "refs": repo.refs,
+                "linked_from": [name for name, _ in self.linked_from],
                 "revisions": [{"commit": r.commit, "refs": list(r.refs),
                                "size_bytes": r.size_bytes, "modified": iso(r.modified)}
                               for r in repo.revisions],
