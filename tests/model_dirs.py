@@ -1,5 +1,7 @@
-"""Model-directory fixtures for the audit tests: small valid and damaged model folders,
-and Hugging Face hub cache repos in the layout `huggingface_hub` writes (`write_hub_repo`).
+"""Model-directory fixtures for the audit tests: model folders and hub cache repos.
+
+Small valid and damaged model folders, and Hugging Face hub cache repos in the layout
+`huggingface_hub` writes (`write_hub_repo`).
 
 Safetensors files are written by hand (8-byte little-endian header length, JSON header,
 data), so the tests need no MLX and no safetensors package.
