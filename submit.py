@@ -57,8 +57,9 @@ EXIT_HELP = """exit status (several jobs: the most severe, in this order):
   2  usage error (bad option, file list or setting; nothing was sent)"""
 UNREACHABLE_HINT = ("start the service with `make run`, or point REDIS_URL (or "
                     "--redis-url) at the broker's Redis")
-NO_WORKER_HINT = ("start a worker (`make run`, or `.venv/bin/honcho start worker`); the "
-                  "jobs stay queued, `submit.py wait ID...` picks them up")
+NO_WORKER_HINT = ("start a worker that consumes that queue (`make run` starts one for "
+                  "`ocr` and `ocr-tesseract`; README, Engines: a VLM worker); the jobs "
+                  "stay queued, `submit.py wait ID...` picks them up")
 NO_WORKER_GRACE = 6.0   # seconds a job may wait in a queue no live worker consumes
 WORKER_RECHECK = 15.0   # seconds between worker checks while jobs run
 INSPECT_TIMEOUT = 1.0   # seconds a worker check waits for replies
@@ -347,26 +348,25 @@ def wait_for(client: OcrClient, ids: list[str], timeout: float | None
     pending, results = list(dict.fromkeys(ids)), {}
     start = time.monotonic()
     stop = None if timeout is None else start + timeout
-    next_check, orphaned_since = start, None
+    next_check, orphaned_since, poll_for = start, None, 0.0
     try:
         while pending:
+            got = client.wait(pending, on_progress=progress, timeout=poll_for)
+            for job_id, result in got.items():
+                if result["status"] != "TIMEOUT" or (stop and time.monotonic() >= stop):
+                    results[job_id] = result
+                    pending.remove(job_id)
             now = time.monotonic()
-            if now >= next_check:
+            if pending and now >= next_check:
                 orphans = without_worker(client, pending)
                 orphaned_since = (orphaned_since or now) if orphans else None
                 if orphaned_since is not None and now - orphaned_since >= NO_WORKER_GRACE:
                     for job_id, queue in orphans.items():
                         results[job_id] = no_worker_record(client, job_id, queue)
                         pending.remove(job_id)
-                    continue
-                next_check = time.monotonic() + (2.0 if orphans else WORKER_RECHECK)
-            slice_end = next_check if stop is None else min(next_check, stop)
-            got = client.wait(pending, on_progress=progress,
-                              timeout=max(0.2, slice_end - time.monotonic()))
-            for job_id, result in got.items():
-                if result["status"] != "TIMEOUT" or (stop and time.monotonic() >= stop):
-                    results[job_id] = result
-                    pending.remove(job_id)
+                now = time.monotonic()
+                next_check = now + (2.0 if orphans else WORKER_RECHECK)
+            poll_for = max(0.2, (next_check if stop is None else min(next_check, stop)) - now)
     finally:
         progress.close()
     return results
@@ -475,9 +475,10 @@ def run_cancel(args: argparse.Namespace, session: Session) -> int:
     outcome = client.cancel(args.ids)
     for job_id in dict.fromkeys(args.ids):
         name = client.filename(job_id)
-        print(json.dumps({"id": job_id, "filename": name, "outcome": outcome[job_id]})
-              if args.json else f"{name or job_id}: {outcome[job_id]} (job {job_id})",
-              flush=True)
+        said = outcome[job_id]
+        text = said if said == "cancelled" else f"not cancelled: it had already ended ({said})"
+        print(json.dumps({"id": job_id, "filename": name, "outcome": said})
+              if args.json else f"{name or job_id}: {text} (job {job_id})", flush=True)
     return EXIT_OK
 
 

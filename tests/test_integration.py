@@ -255,7 +255,7 @@ def test_node_client_examples(worker: Worker, redis_url: str, tmp_path: Path) ->
                               capture_output=True, text=True, timeout=60)
         assert done.returncode == 0, done.stderr
         message = json.loads(store.lpop(key) or b"{}")
-        assert message["headers"]["id"] == done.stdout.strip()
+        assert message["headers"]["id"] == done.stdout.split("\t")[0]
         assert message["properties"]["priority"] == {"batch": 6, "normal": 3,
                                                      "interactive": 0}[priority]
 
