@@ -586,3 +586,16 @@ def test_hand_made_links_into_a_repo_keep_their_revision_and_count_as_use(
     assert (models / "tiny" / "config.json").is_file()  # the link does not dangle
     assert [p["parts"] for p in report["pruned"] if p["scope"] == "revisions"] == [[OLD_REV]]
     assert all(p["name"] != REPO or p["scope"] != "entry" for p in report["pruned"])
+
+
+def test_a_repo_the_hub_scan_refuses_is_reported_and_kept(tmp_path: Path) -> None:
+    models = tmp_path / "models"
+    folder = write_hub_repo(models, "org/torn", {MAIN: model_files()})
+    next(p for p in (folder / "blobs").iterdir() if p.stat().st_size > 100).unlink()
+    age(folder, 3 * DAY)
+    report = run_audit(AuditRun(models, PrunePolicy(grace_seconds=60), "prune"),
+                       MemoryState())
+    [entry] = report["models"]
+    assert (entry["name"], entry["kind"], entry["status"]) == ("org/torn", "hub", "OK")
+    assert entry["integrity"]["problems"][0].startswith("Blob missing (broken symlink)")
+    assert report["pruned"] == [] and folder.is_dir()

@@ -18,14 +18,15 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from huggingface_hub import scan_cache_dir
-from huggingface_hub.constants import REPO_ID_SEPARATOR
+from huggingface_hub.constants import REPO_ID_SEPARATOR, REPO_TYPES
 from huggingface_hub.errors import CacheNotFound, CorruptedCacheException
-from huggingface_hub.utils._cache_manager import REPO_TYPES_MAPPING
+from huggingface_hub.file_download import repo_folder_name
 
 LOCKS_DIR = ".locks"  # the hub's download locks (file_download.py), never a model
 NOT_MODELS = frozenset({LOCKS_DIR, "CACHEDIR.TAG"})
 INCOMPLETE_SUFFIX = ".incomplete"
-_PLURAL = {kind: plural for plural, kind in REPO_TYPES_MAPPING.items()}
+# Folder prefixes of the cache: `models--`, `datasets--`, `spaces--`.
+REPO_TYPES_BY_PREFIX = {f"{kind}s": kind for kind in REPO_TYPES if kind}
 
 
 @dataclass(frozen=True)
@@ -71,7 +72,7 @@ class HubRepo:
 def is_hub_folder(name: str) -> bool:
     """Whether a direct entry of the model directory is named like a hub cache repo."""
     kind, sep, rest = name.partition(REPO_ID_SEPARATOR)
-    return bool(sep and rest) and kind in REPO_TYPES_MAPPING
+    return bool(sep and rest) and kind in REPO_TYPES_BY_PREFIX
 
 
 def is_not_a_model(name: str) -> bool:
@@ -81,7 +82,7 @@ def is_not_a_model(name: str) -> bool:
 
 def folder_for(repo_id: str, repo_type: str = "model") -> str:
     """The cache folder of a repo id: `org/name` -> `models--org--name`."""
-    return REPO_ID_SEPARATOR.join([_PLURAL[repo_type], *repo_id.split("/")])
+    return str(repo_folder_name(repo_id=repo_id, repo_type=repo_type))
 
 
 def scan(cache_dir: Path) -> list[HubRepo]:
@@ -131,7 +132,7 @@ def _add_refused(repos: dict[str, HubRepo], root: Path,
         kind, _, rest = name.partition(REPO_ID_SEPARATOR)
         path = root / name
         said = [str(w).replace(str(root) + os.sep, "") for w in warnings if name in str(w)]
-        repos[name] = HubRepo(rest.replace(REPO_ID_SEPARATOR, "/"), REPO_TYPES_MAPPING[kind],
+        repos[name] = HubRepo(rest.replace(REPO_ID_SEPARATOR, "/"), REPO_TYPES_BY_PREFIX[kind],
                               name, path, 0, path.lstat().st_mtime,
                               incomplete=_sorted(incomplete.get(name, [])),
                               problem=said[0] if said else "not a valid hub cache repo")
