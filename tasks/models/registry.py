@@ -8,7 +8,8 @@ Keys (all under `ocr:models:`, all with a TTL):
   entry loaded (or is loading it); renewed every heartbeat, expires after 3 missed
   beats, deleted when the child unloads or exits;
 - `ocr:models:configured:<host>:<pid>`: JSON `Holder` of a pool child's configured
-  OCR_MODEL, loaded or not; renewed and expiring like `loaded`, deleted at exit;
+  OCR_MODEL, loaded or not; renewed like `loaded`, and left to expire 3 beats after
+  the child exits (a recycled child leaves no gap before its successor registers);
 - `ocr:models:report`: the latest audit report (JSON), any host;
 - `ocr:models:report:<host>:<model dir>`: the latest report of each host's directory;
 - `ocr:models:prune-lock:<host>:<model dir>`: redis-py `Lock` held while an audit scans

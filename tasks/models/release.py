@@ -29,7 +29,7 @@ entry the child holds (tasks/models/registry.py) every OCR_MODEL_HEARTBEAT_SECON
 an idle child stays registered while its model is loaded; the main thread registers a
 model itself before loading it. It also writes a `configured` registration of the
 child's OCR_MODEL whether or not it is loaded, so an idle release never exposes the
-configured model to a prune. The thread wakes every 0.25 s to check for idleness and
+configured model to a prune; that one outlives the child by up to 3 beats. The thread wakes every 0.25 s to check for idleness and
 for a release to deregister. Registrations expire after 3 missed beats when a child
 dies, and are deleted when it unloads or exits.
 """
@@ -84,7 +84,6 @@ class ChildKeeper:
         self._models = models
         self._model_dir = model_dir
         self._configured_model = configured_model
-        self._stopping = False
         self._paths: dict[str, str] = {}
         self._idle_seconds = idle_seconds
         self._heartbeat = heartbeat_seconds
@@ -161,8 +160,8 @@ class ChildKeeper:
         with self._sync_lock:
             holders = [self._holder(engine, entry)
                        for engine, entry in self._registry.model_entries().items()]
-            configured = [] if self._stopping or not self._configured_model else \
-                [self._holder(self._registry.primary, self._configured_model)]
+            configured = [self._holder(self._registry.primary, self._configured_model)] \
+                if self._configured_model else []
             try:
                 keys = self._models.register(holders) | \
                     self._models.register_configured(configured)
@@ -185,8 +184,12 @@ class ChildKeeper:
                         type(exc).__name__)
 
     def stop(self) -> None:
-        """At child shutdown, after the engines closed: stop the thread, deregister."""
-        self._stopping = True
+        """At child shutdown, after the engines closed: stop the thread, deregister.
+
+        The loaded-model registrations are deleted; the configured-model one is renewed
+        and left to expire (3 beats), so a recycled child leaves no unprotected gap
+        before its successor registers.
+        """
         self._stop.set()
         self._wake.set()
         if self._thread is not None:
