@@ -599,3 +599,19 @@ def test_a_repo_the_hub_scan_refuses_is_reported_and_kept(tmp_path: Path) -> Non
     assert (entry["name"], entry["kind"], entry["status"]) == ("org/torn", "hub", "OK")
     assert entry["integrity"]["problems"][0].startswith("Blob missing (broken symlink)")
     assert report["pruned"] == [] and folder.is_dir()
+
+
+def test_every_host_run_picks_one_worker_per_host_and_directory() -> None:
+    from tasks.queue.maintenance_tasks import pick_targets
+
+    def reply(node: str, host: str, model_dir: str, role: str = "ocr") -> dict[str, Any]:
+        return {node: {"host": host, "model_dir": model_dir, "model": "", "role": role}}
+
+    replies = [reply("ctl@a", "a", "/m", "control"), reply("vlm@a", "a", "/m"),
+               reply("cpu@a", "a", "/m"), reply("cpu@a2", "a", "/other"),
+               reply("cpu@b", "b", "/m"), {"old@c": {"error": "unknown command"}}]
+    assert pick_targets(replies) == [
+        {"host": "a", "model_dir": "/m", "node": "cpu@a"},
+        {"host": "a", "model_dir": "/other", "node": "cpu@a2"},
+        {"host": "b", "model_dir": "/m", "node": "cpu@b"}]
+    assert pick_targets([reply("ctl@a", "a", "/m", "control")])[0]["node"] == "ctl@a"

@@ -41,4 +41,5 @@ def model_directory(state: Any, **_: Any) -> dict[str, Any]:
     """
     settings = state.consumer.app.ocr_settings
     return {"host": nodesplit(state.hostname)[1], "model": settings.model,
-            "model_dir": str(settings.model_dir.resolve())}
+            "model_dir": str(settings.model_dir.resolve()),
+            "role": getattr(settings, "worker_role", "ocr")}

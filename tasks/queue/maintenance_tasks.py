@@ -52,15 +52,24 @@ def prune_policy(settings: Settings) -> PrunePolicy:
 
 
 def audit_targets(app: Celery, timeout: float = 2.0) -> list[dict[str, Any]]:
-    """One live worker per (host, model directory), from `model_directory` replies."""
-    replies = app.control.broadcast("model_directory", reply=True, timeout=timeout) or []
-    groups: dict[tuple[str, str], list[str]] = {}
+    """One live worker per (host, model directory), asked by broadcast."""
+    return pick_targets(app.control.broadcast("model_directory", reply=True,
+                                              timeout=timeout) or [])
+
+
+def pick_targets(replies: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """One node per (host, model directory) from `model_directory` replies.
+
+    The first node name in sort order, an OCR worker before a light control worker.
+    """
+    groups: dict[tuple[str, str], list[tuple[bool, str]]] = {}
     for reply in replies:
         for node, answer in reply.items():
             if isinstance(answer, dict) and "model_dir" in answer:
+                light = answer.get("role", "ocr") != "ocr"  # a control worker: last
                 groups.setdefault((str(answer["host"]), str(answer["model_dir"])),
-                                  []).append(node)
-    return [{"host": host, "model_dir": model_dir, "node": sorted(nodes)[0]}
+                                  []).append((light, node))
+    return [{"host": host, "model_dir": model_dir, "node": min(nodes)[1]}
             for (host, model_dir), nodes in sorted(groups.items())]
 
 
