@@ -18,6 +18,7 @@ from typing import Any
 import pytest
 from celery.schedules import crontab
 
+from tasks.errors import PathNotAllowed
 from tasks.models.audit import (
     AuditRun,
     Holder,
@@ -30,6 +31,7 @@ from tasks.models.audit import (
     matched_rules,
     mode_for,
     remove_entry,
+    remove_partial_blob,
     run_audit,
     scan,
     scan_entry,
@@ -615,3 +617,18 @@ def test_every_host_run_picks_one_worker_per_host_and_directory() -> None:
         {"host": "a", "model_dir": "/other", "node": "cpu@a2"},
         {"host": "b", "model_dir": "/m", "node": "cpu@b"}]
     assert pick_targets([reply("ctl@a", "a", "/m", "control")])[0]["node"] == "ctl@a"
+
+
+def test_a_linked_repo_folder_is_never_entered(tmp_path: Path) -> None:
+    models, outside = tmp_path / "models", tmp_path / "outside"
+    _hub_dir(tmp_path)
+    folder = f"models--{REPO.replace('/', '--')}"
+    outside.mkdir()
+    os.rename(models / folder, outside / folder)
+    os.symlink(outside / folder, models / folder)
+    report = run_audit(AuditRun(models, PrunePolicy(), "prune"), MemoryState())
+    assert [p for p in report["pruned"] if p["name"] == REPO] == []
+    assert (outside / folder / "blobs" / "stale.incomplete").exists()
+    assert sorted(os.listdir(outside / folder / "snapshots")) == [MAIN, OLD_REV, PINNED]
+    with pytest.raises(PathNotAllowed):
+        remove_partial_blob(models, f"{folder}/blobs/stale.incomplete")

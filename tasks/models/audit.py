@@ -542,8 +542,8 @@ def decide_parts(entry: ModelEntry, policy: PrunePolicy, model_dir: Path, now: f
     than the grace period (`stale_incomplete`), and revisions no ref points to
     (`detached`) unless configured, loaded, recent, or the repo's last revision."""
     repo = entry.repo
-    if repo is None:
-        return []
+    if repo is None or (model_dir / repo.folder).is_symlink():
+        return []  # a linked repo's insides lie elsewhere: only the link may go
     out = []
     stale = [b for b in repo.incomplete if now - b.modified >= policy.grace_seconds]
     if stale:
@@ -713,6 +713,8 @@ def remove_partial_blob(model_dir: Path, rel: str) -> None:
             or any(p in ("", ".", "..") for p in parts):
         raise PathNotAllowed(f"{rel[:120]!r} is not a partial blob of a hub repo")
     path = model_dir / rel
+    if (model_dir / parts[0]).is_symlink() or (model_dir / parts[0] / "blobs").is_symlink():
+        raise PathNotAllowed(f"{rel[:120]!r} lies behind a symbolic link")
     if not stat.S_ISREG(path.lstat().st_mode):
         raise PathNotAllowed(f"{rel[:120]!r} is not a regular file")
     os.unlink(path)
@@ -722,7 +724,7 @@ def remove_revisions(model_dir: Path, folder: str, commits: Sequence[str]) -> No
     """Remove snapshots of one hub repo with the hub's `delete_revisions`; never its last
     revision (that would remove the repo). OSError when a snapshot is still there."""
     repo = next((r for r in hub_cache.scan(model_dir) if r.folder == folder), None)
-    if repo is None:
+    if repo is None or (model_dir / folder).is_symlink():
         raise PathNotAllowed(f"{folder!r} is not a hub repo of the model directory")
     present = {r.commit for r in repo.revisions}
     gone = [c for c in commits if c in present]
