@@ -74,9 +74,12 @@ class Settings:
                      "Engine of this worker: auto (mlx-vlm when OCR_MODEL is present in "
                      "OCR_MODEL_DIR, else tesseract), tesseract or mlx-vlm.")
     model_dir: Path = _s("OCR_MODEL_DIR", "./models",
-                         "Local directory holding VLM model folders. Never downloaded into.")
+                         "Local directory holding VLM model folders, a Hugging Face hub "
+                         "cache (`models--org--name/`), or both. Never downloaded into.")
     model: str = _s("OCR_MODEL", "",
-                    "Name of the model folder under OCR_MODEL_DIR used by the mlx-vlm engine.")
+                    "Model of the mlx-vlm engine: a folder name in OCR_MODEL_DIR, a hub repo "
+                    "id `org/name` (the snapshot `refs/main` points to) or `org/name@rev` "
+                    "(branch, tag or commit), resolved offline.")
     prompt: str = _s("OCR_PROMPT", DEFAULT_PROMPT, "Prompt given to the VLM with each page.")
     model_profile: str = _s("OCR_MODEL_PROFILE", "",
                             "VLM model profile (prompt, page and token budget, output "
@@ -184,6 +187,10 @@ class Settings:
     prune_prefix: str = _s("OCR_PRUNE_PREFIX", "old_",
                            "Model-directory entries whose name starts with this are pruned "
                            "(rename a model to retire it); empty: no prefix rule.")
+    retired_models: tuple[str, ...] = _s("OCR_RETIRED_MODELS", "",
+                                         "Comma-separated models to prune whole (hub repo "
+                                         "ids `org/name`, or folder names): retiring a hub "
+                                         "repo cannot be a rename.")
     prune_unused_days: float = _s("OCR_PRUNE_UNUSED_DAYS", "0",
                                   "Prune entries neither used by a worker nor modified for "
                                   "this many days; 0: never.")
@@ -236,9 +243,13 @@ class Settings:
                                 "e.g. eng or ell+eng")
         if not all(LANG_PATTERN.match(code) for code in self.wanted_langs):
             raise SettingsError("OCR_LANGS must be tesseract language codes, e.g. eng vie")
-        if self.model and (self.model in (".", "..") or "/" in self.model
-                           or os.sep in self.model):
-            raise SettingsError("OCR_MODEL must be the name of a folder in OCR_MODEL_DIR")
+        from tasks.models.locate import model_problem
+
+        for name in (self.model, *self.retired_models):
+            problem = model_problem(name) if name else None
+            if problem:
+                env = "OCR_MODEL" if name == self.model else "OCR_RETIRED_MODELS"
+                raise SettingsError(f"{env}={name!r}: {problem}")
         if self.max_input_mb <= 0 or self.max_output_mb <= 0:
             raise SettingsError("OCR_MAX_INPUT_MB and OCR_MAX_OUTPUT_MB must be positive")
         if self.model_heartbeat_seconds <= 0:
@@ -269,8 +280,13 @@ class Settings:
 
     @property
     def model_path(self) -> Path | None:
-        """The configured VLM folder, or None when OCR_MODEL is unset."""
-        return (self.model_dir / self.model).resolve() if self.model else None
+        """The configured VLM folder, or None when OCR_MODEL is unset or not present.
+
+        Folder names and hub repo ids, found offline (tasks/models/locate.py).
+        """
+        from tasks.models.locate import locate
+
+        return locate(self.model_dir, self.model) if self.model else None
 
     @property
     def resolved_tessdata_dir(self) -> Path:
@@ -473,6 +489,9 @@ def celery_config(settings: Settings) -> dict[str, Any]:
         "worker_send_task_events": True,
         "task_send_sent_event": True,
         "worker_hijack_root_logger": True,
+        # Each worker also consumes its own direct queue `<node>.dq2`: the every-host
+        # model audit sends one copy to one worker per host (maintenance_tasks.py).
+        "worker_direct": True,
         # Beat: the model-directory audit (tasks/queue/maintenance_tasks.py).
         "timezone": settings.schedule_timezone,
         "beat_schedule": _beat_schedule(settings),

@@ -261,6 +261,28 @@ class OcrClient:
                                  kwargs={"prune": prune, "dry_run": dry_run})
         return self.wait([str(job.id)], timeout=timeout)[str(job.id)]
 
+    def audit_every_host(self, *, prune: bool = False, dry_run: bool = False,
+                         timeout: float | None = None) -> dict[str, Any]:
+        """Audit the model directory of every host: one worker per (host, directory).
+
+        Returns `{"run", "hosts": [report, ...] (docs/tasks.md, sorted by host),
+        "failed": [FAILURE/TIMEOUT dicts]}`; no live worker gives empty lists.
+        """
+        from tasks.queue.maintenance_tasks import dispatch_every_host
+
+        run = uuid()
+        targets = dispatch_every_host(self.app, run, prune, dry_run)
+        results = self.wait([t["task_id"] for t in targets], timeout=timeout)
+        hosts, failed = [], []
+        for target in targets:
+            result = results[target["task_id"]]
+            if "models" in result:
+                hosts.append(result)
+            elif not result.get("skipped"):
+                failed.append({**result, "host": target["host"],
+                               "model_dir": target["model_dir"]})
+        return {"run": run, "hosts": hosts, "failed": failed}
+
     def unload_models(self, timeout: float = 2.0,
                       destination: list[str] | None = None) -> dict[str, dict[str, Any]]:
         """Broadcast the remote-control command `unload_model`; replies by worker."""

@@ -111,3 +111,34 @@ def test_missing_model_fails_fast_and_never_downloads(start_worker: Callable[...
     assert "never downloaded" in result["error"]["message"]
     assert not (model_dir / "Qwen2-VL-2B-Instruct-4bit").exists()
     assert "engine load failed: mlx-vlm" in worker.log()
+
+
+def test_worker_loads_a_hub_cache_repo_by_repo_id(start_worker: Callable[..., Worker],
+                                                  model_dir: Path, client: OcrClient,
+                                                  tmp_path: Path, redis_url: str) -> None:
+    """The tiny model stored as a Hugging Face hub cache repo; OCR_MODEL=org/name."""
+    import base64
+
+    import redis
+
+    from tasks.models.registry import ModelRegistry
+    from tests.model_dirs import copy_into_hub
+
+    commit = "0123456789abcdef0123456789abcdef01234567"
+    cache = tmp_path / "hub"
+    repo = copy_into_hub(model_dir / "tiny-qwen2-vl", cache, "test-org/tiny-qwen2-vl", commit)
+    (cache / "unrelated.txt").write_text("a flat entry beside the repo")
+    # OCR_ENGINE stays `auto`: the repo resolved through refs/main makes this a VLM worker
+    worker = start_worker(**MLX_ENV, OCR_MODEL_DIR=str(cache),
+                          OCR_MODEL="test-org/tiny-qwen2-vl", OCR_QUEUES="hub-vlm")
+    data = base64.b64encode(corpus("scan_tess_phototest.tif").read_bytes()).decode()
+    job = client.app.send_task("ocr.document", queue="hub-vlm", kwargs={"data_b64": data}).id
+    result = client.wait([job], timeout=240)[job]
+    assert result["status"] == "SUCCESS", result
+    assert result["engine"]["name"] == "mlx-vlm"
+    assert result["engine"]["model"] == "test-org/tiny-qwen2-vl"
+    assert isinstance(result["text"], str)
+    assert "engine loaded: mlx-vlm model=test-org/tiny-qwen2-vl" in worker.log()
+    holders = ModelRegistry(redis.Redis.from_url(redis_url)).loaded()
+    assert str(repo / "snapshots" / commit) in {h.path for h in holders}
+    assert sorted(os.listdir(cache)) == [".locks", repo.name, "unrelated.txt"]  # no download

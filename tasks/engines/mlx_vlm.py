@@ -2,7 +2,8 @@
 
 Runs in a worker pool child, never in the parent: MLX evaluated before a fork
 deadlocks the child on Linux, and Metal is not fork-safe. The model is loaded from a
-local folder only; `mlx_vlm.load` would download from a hub when the path is missing,
+local folder only (a folder of OCR_MODEL_DIR or a hub-cache snapshot, resolved by
+tasks/models/locate.py); `mlx_vlm.load` would download from a hub when the path is missing,
 so the folder is checked first and the hub is switched off for this process.
 """
 
@@ -13,6 +14,7 @@ import os
 from typing import TYPE_CHECKING, Any
 
 from tasks.errors import EngineFailed, EngineUnavailable
+from tasks.models.locate import searched
 
 from .base import OcrEngine, PageResult, RecognizeOptions
 
@@ -44,14 +46,14 @@ class MlxVlmEngine(OcrEngine):
 
     @classmethod
     def load(cls, settings: Settings) -> MlxVlmEngine:
+        if not settings.model:
+            raise EngineUnavailable("OCR_MODEL is not set; name a model folder or hub repo "
+                                    "id in OCR_MODEL_DIR")
         path = settings.model_path
-        if path is None:
-            raise EngineUnavailable("OCR_MODEL is not set; name a model folder in "
-                                    "OCR_MODEL_DIR")
-        if not (path / "config.json").is_file():
-            raise EngineUnavailable(f"model {settings.model!r} is not a model folder in "
-                                    f"{settings.model_dir} (no config.json); models are "
-                                    "never downloaded")
+        if path is None or not (path / "config.json").is_file():
+            raise EngineUnavailable(f"model {settings.model!r} is not in OCR_MODEL_DIR "
+                                    f"(searched {searched(settings.model_dir, settings.model)}"
+                                    "; no config.json there); models are never downloaded")
         # Belt and braces: even a bug in the path check above cannot reach a hub.
         os.environ["HF_HUB_OFFLINE"] = "1"
         os.environ["TRANSFORMERS_OFFLINE"] = "1"

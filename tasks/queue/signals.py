@@ -56,7 +56,8 @@ def connect_signals(settings: Settings) -> None:
         models = ModelRegistry(connect(settings.redis_url), settings.model_heartbeat_seconds)
         _keeper = release.ChildKeeper(models, settings.model_dir,
                                       settings.idle_unload_seconds,
-                                      settings.model_heartbeat_seconds)
+                                      settings.model_heartbeat_seconds,
+                                      settings.model)
         _keeper.install()
         _keeper.start(resident.init_process(settings, on_load=_keeper.on_load))
 

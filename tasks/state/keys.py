@@ -14,6 +14,9 @@ OUTPUT_PREFIX = ROOT + "output:"      # produced files: ocr:output:<job id>
 JOB_PREFIX = ROOT + "job:"            # per-job control hash and ocr:job:<id>:cancelled
 DOC_PREFIX = ROOT + "doc:"            # fan-out join: ocr:doc:<id>:meta|pages|merged
 DELIVERY_PREFIX = ROOT + "deliveries:"  # poison guard: starts of one task id
-MODELS_PREFIX = ROOT + "models:"      # model lifecycle (tasks/models/registry.py)
+# model lifecycle (tasks/models/registry.py): last-used, loaded:<host>:<pid>:<model>,
+# configured:<host>:<pid>, report[:<host>:<dir>], prune-lock:<host>:<dir>,
+# scheduled-audit, audit-run:<run>:<host>:<dir>
+MODELS_PREFIX = ROOT + "models:"
 METRICS_PREFIX = ROOT + "metrics:"    # counters and gauges (tasks/state/metrics.py)
 DEAD_LETTER_KEY = ROOT + "dead-letter"  # refused broker messages (a capped list)
