@@ -77,6 +77,7 @@ class ResidentEngines:
             log.exception("engine load failed: %s (pid %d)", name, os.getpid())
             raise EngineUnavailable(f"engine {name}: {reason}") from exc
         seconds = time.perf_counter() - started
+        engine.bind_peers(lambda other: self.get(other).engine)
         self.engines[name] = LoadedEngine(engine, seconds, entry)
         self.loading.pop(name, None)
         self.load_count += 1
