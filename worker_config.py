@@ -67,6 +67,11 @@ class Settings:
     model: str = _s("OCR_MODEL", "",
                     "Name of the model folder under OCR_MODEL_DIR used by the mlx-vlm engine.")
     prompt: str = _s("OCR_PROMPT", DEFAULT_PROMPT, "Prompt given to the VLM with each page.")
+    model_profile: str = _s("OCR_MODEL_PROFILE", "",
+                            "VLM model profile (prompt, page and token budget, output "
+                            "normaliser): generic, olmocr, docling, deepseek-ocr, nanonets, "
+                            "paddleocr-vl or dots-ocr; empty: chosen from the model folder "
+                            "(config.json, folder name).")
     vlm_max_tokens: int | None = _s("OCR_VLM_MAX_TOKENS", "",
                                     "Most tokens the VLM may generate for one page; empty: "
                                     "the model profile's budget (4096, olmOCR 8000).")
