@@ -6,6 +6,7 @@ the tasks decide what to enqueue and where results are stored.
 
 from __future__ import annotations
 
+import functools
 import time
 from dataclasses import asdict, dataclass
 from typing import TYPE_CHECKING, Any
@@ -133,9 +134,11 @@ def run_pdf_page(meta: dict[str, Any], number: int, registry: ResidentEngines,
     try:
         engine = registry.get(meta["engine"]).engine
         doc = docs.get(meta["blob"], request.password, stores.blobs, settings)
-        image = render_page(doc, number, settings)
+        image = render_page(doc, number, settings, engine.page_longest_side)
+        full = functools.partial(render_page, doc, number, settings)
         try:
-            page = ocr_page(number, image, engine, recognize_options(request), settings)
+            page = ocr_page(number, image, engine, recognize_options(request), settings,
+                            full)
         finally:
             image.close()
     except OcrError as exc:

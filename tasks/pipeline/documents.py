@@ -7,13 +7,15 @@ their page tasks and `assemble` when the last page is in.
 
 from __future__ import annotations
 
+import functools
 import hashlib
+import logging
 import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from tasks.engines import RecognizeOptions
-from tasks.errors import DeadlineExceeded, OcrError
+from tasks.errors import DeadlineExceeded, EngineUnavailable, OcrError, VlmIncomplete
 from tasks.pipeline.images import iter_image_pages, sniff_format
 from tasks.pipeline.pdf import PdfPlan, plan_pdf, render_page
 from tasks.pipeline.preprocess import Correction, estimate_skew
@@ -27,6 +29,9 @@ if TYPE_CHECKING:
     from worker_config import Settings
 
 Progress = Callable[[int, int], None]
+# Renders the page again at full resolution (OCR_PDF_DPI) for a fallback engine.
+Render = Callable[[], "Image.Image"]
+log = logging.getLogger(__name__)
 
 
 def recognize_options(request: JobRequest) -> RecognizeOptions:
@@ -35,24 +40,68 @@ def recognize_options(request: JobRequest) -> RecognizeOptions:
 
 
 def ocr_page(number: int, image: Image.Image, engine: OcrEngine, options: RecognizeOptions,
-             settings: Settings) -> dict[str, Any]:
-    """Put the page upright, deskew it and recognise it; raises OcrError."""
+             settings: Settings, rerender: Render | None = None) -> dict[str, Any]:
+    """Put the page upright, deskew it and recognise it; raises OcrError.
+
+    A vision-language read that did not finish (`vlm.finish_reason` other than `stop`)
+    is never the page's text: another engine (OCR_VLM_FALLBACK) reads the page, on the
+    full-resolution image `rerender` gives when `image` was rendered at the engine's
+    page budget, or the page fails with `vlm_incomplete`.
+    """
     started = time.perf_counter()
-    rotation = engine.detect_orientation(image) if settings.auto_rotate else 0
+    rotation = _orientation(engine, image) if settings.auto_rotate else 0
     upright = Correction(rotation=rotation).apply(image)
     skew = estimate_skew(upright) if settings.deskew else 0.0
     final = Correction(skew=skew).apply(upright)
     result = engine.recognize(final, options)
+    read_size = image.size
+    extra: dict[str, Any] = {}
+    if result.vlm is not None:
+        extra["vlm"] = result.vlm.to_dict()
+        if not result.vlm.complete:
+            fallback = settings.vlm_fallback
+            reason = result.vlm.finish_reason
+            if fallback == "none":
+                return {**failed_page(number, VlmIncomplete(
+                    f"page {number}: the model's read ended with `{reason}` after "
+                    f"{result.vlm.tries} tries, and OCR_VLM_FALLBACK is none")), **extra}
+            try:
+                other = engine.peer(fallback)
+            except EngineUnavailable as exc:
+                raise VlmIncomplete(f"page {number}: the model's read ended with `{reason}`"
+                                    f" and the fallback engine {fallback} is unavailable: "
+                                    f"{exc.message}") from exc
+            full = rerender() if rerender is not None else image
+            try:
+                upright_full = Correction(rotation=rotation).apply(full)
+                result = other.recognize(Correction(skew=skew).apply(upright_full), options)
+                read_size = full.size
+            finally:
+                if full is not image:
+                    full.close()
+            extra["fallback"] = {"engine": fallback, "reason": reason}
     page: dict[str, Any] = {
         "number": number, "text": result.text.rstrip(), "source": "ocr",
         "confidence": result.confidence, "rotation": rotation, "skew": skew,
-        "seconds": round(time.perf_counter() - started, 3),
+        "seconds": round(time.perf_counter() - started, 3), **extra,
     }
     if options.want_words:
-        page["image_size"] = [image.width, image.height]
+        page["image_size"] = list(read_size)
         page["words"] = [{"text": w.text, "box": list(w.box), "confidence": w.confidence}
                          for w in result.words]
     return page
+
+
+def _orientation(engine: OcrEngine, image: Image.Image) -> int:
+    """The page's rotation, by the engine's own check or the one it names."""
+    if engine.orientation_engine is None:
+        return engine.detect_orientation(image)
+    try:
+        checker = engine.peer(engine.orientation_engine)
+    except EngineUnavailable as exc:
+        log.warning("no orientation check for %s: %s", engine.name, exc.message)
+        return 0
+    return checker.detect_orientation(image)
 
 
 def past_deadline(deadline: float | None) -> bool:
@@ -68,12 +117,6 @@ def text_page(number: int, text: str, layer: str) -> dict[str, Any]:
     """A page delivered from its PDF text layer (`visible` text or an `invisible` one)."""
     return {"number": number, "text": text.rstrip(), "source": "text-layer", "layer": layer,
             "confidence": None}
-
-
-
-
-
-
 
 
 def document_base(data: bytes, request: JobRequest, fmt: str, count: int) -> dict[str, Any]:
@@ -112,8 +155,9 @@ def run_document(data: bytes, request: JobRequest, engine: OcrEngine, settings: 
                 if past_deadline(request.deadline):
                     deliver(deadline_page(number), plan.selected)
                     continue
-                image = render_page(plan.doc, number, settings)
-                deliver(_guarded_page(number, image, engine, options, settings),
+                image = render_page(plan.doc, number, settings, engine.page_longest_side)
+                full = functools.partial(render_page, plan.doc, number, settings)
+                deliver(_guarded_page(number, image, engine, options, settings, full),
                         plan.selected)
         finally:
             if own_plan:
@@ -135,9 +179,10 @@ def run_document(data: bytes, request: JobRequest, engine: OcrEngine, settings: 
 
 
 def _guarded_page(number: int, image: Image.Image, engine: OcrEngine,
-                  options: RecognizeOptions, settings: Settings) -> dict[str, Any]:
+                  options: RecognizeOptions, settings: Settings,
+                  rerender: Render | None = None) -> dict[str, Any]:
     try:
-        return ocr_page(number, image, engine, options, settings)
+        return ocr_page(number, image, engine, options, settings, rerender)
     except OcrError as exc:
         return failed_page(number, exc)
     finally:

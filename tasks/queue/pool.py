@@ -25,13 +25,13 @@ class GrowthWorker(asynpool.Worker):
     """A pool child whose memory limit counts from its RSS after the engine loaded."""
 
     def on_loop_start(self, pid: int) -> None:
-        limit = self.max_memory_per_child or 0
+        limit: int = getattr(self, "max_memory_per_child", None) or 0
         if limit > 0:
             baseline = mem_rss()
             if baseline > 0:
                 self.max_memory_per_child = limit + baseline
                 log.info("pool child %d: memory baseline %d MB; recycled above %d MB",
-                         pid, baseline // 1024, self.max_memory_per_child // 1024)
+                         pid, baseline // 1024, (limit + baseline) // 1024)
         super().on_loop_start(pid)
 
 
