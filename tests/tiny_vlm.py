@@ -148,8 +148,6 @@ class Geometry:
 # Qwen2-VL's real image geometry (14 px patches, 2x2 merge, max_pixels 12,845,056) on
 # networks small enough for CPU: the tokens a page costs are Qwen2-VL's own.
 QWEN2_VL_PAGES = Geometry(max_pixels=12_845_056)
-BENCH_QWEN2_VL = Geometry(max_pixels=12_845_056, hidden=256, heads=8, layers=4,
-                          intermediate=512, vision_depth=4, vision_dim=256, vision_heads=8)
 
 
 def _image_processor(geometry: Geometry) -> dict:
@@ -227,8 +225,7 @@ def build_tiny_qwen2_vl(dest: Path, geometry: Geometry = Geometry()) -> Path:
     return dest
 
 
-GEOMETRIES = {"tiny": Geometry(), "qwen2-vl-pages": QWEN2_VL_PAGES,
-              "bench-qwen2-vl": BENCH_QWEN2_VL}
+GEOMETRIES = {"tiny": Geometry(), "qwen2-vl-pages": QWEN2_VL_PAGES}
 
 
 def main(argv: list[str] | None = None) -> int:
