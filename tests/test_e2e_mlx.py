@@ -22,7 +22,7 @@ from tests.conftest import ROOT, Worker, corpus
 
 pytestmark = pytest.mark.slow
 
-MLX_ENV = {"MLX_DISABLE_COMPILE": "1", "HF_HUB_OFFLINE": "1", "OCR_CONCURRENCY": "1",
+MLX_ENV = {"MLX_DISABLE_COMPILE": "1", "HF_HUB_OFFLINE": "1",
            "OCR_VLM_MAX_TOKENS": "8", "OCR_CACHE_RESULTS": "0"}
 
 
