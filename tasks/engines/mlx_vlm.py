@@ -159,9 +159,13 @@ class MlxVlmEngine(OcrEngine):
         text = output.markdown if options.output == "markdown" else output.text
         return PageResult(text=text.strip(), vlm=vlm)
 
-    def generate(self, image: Image.Image, temperature: float) -> Generation:
-        """One streamed generate call, stopped early by a stop string or a loop."""
-        guard = RepetitionGuard()
+    def generate(self, image: Image.Image, temperature: float,
+                 loop_guard: bool = True) -> Generation:
+        """One streamed generate call, stopped early by a stop string or a loop.
+
+        `loop_guard=False` lets a loop run to the token limit (the benchmark's baseline).
+        """
+        guard = RepetitionGuard() if loop_guard else None
         stops = self.profile.stop_strings
         parts: list[str] = []
         tail = ""
@@ -178,7 +182,7 @@ class MlxVlmEngine(OcrEngine):
                 if chunk.finish_reason is not None:
                     finish = str(chunk.finish_reason)  # the last chunk: its token was seen
                     break
-                if guard.feed(int(chunk.token)):
+                if guard is not None and guard.feed(int(chunk.token)):
                     finish = "repetition"
                     break
                 if stops:
