@@ -102,6 +102,20 @@ def test_pdf_page_rendered_at_the_budget(vlm_worker: Worker, client: OcrClient) 
     assert result["warnings"][0]["page"] == 1
 
 
+def test_searchable_pdf_of_a_vlm_page_has_a_real_text_layer(vlm_worker: Worker,
+                                                            client: OcrClient) -> None:
+    import pymupdf
+
+    job = client.submit(corpus("scan_tess_phototest.tif"), output="pdf")
+    result = client.wait([job], timeout=240)[job]
+    assert result["status"] == "SUCCESS", result
+    data = client.fetch_output(result)
+    assert data is not None
+    with pymupdf.open(stream=data, filetype="pdf") as doc:
+        layer = doc[0].get_text()
+    assert cer(ground_truth("scan_tess_phototest.tif"), layer) <= 0.05
+
+
 def test_vlm_worker_has_one_child_recycled_on_growth(vlm_worker: Worker,
                                                      client: OcrClient) -> None:
     stats = client.app.control.inspect(timeout=5).stats() or {}

@@ -220,3 +220,38 @@ def test_job_record_counts_vlm_tokens_and_fallbacks() -> None:
     assert ("ocr_vlm_pages_total", {**label, "finish_reason": "length"}, 1.0) in samples
     assert ("ocr_vlm_fallbacks_total", {**label, "fallback": "tesseract",
                                         "reason": "length"}, 1.0) in samples
+
+
+# ----------------------------------------------------- searchable PDF from a VLM's read
+
+def _boxes(text: str) -> tuple[Word, ...]:
+    return tuple(Word(w, (10 * i, 0, 10 * i + 8, 10), 80.0) for i, w in enumerate(text.split()))
+
+
+def test_align_words_places_the_models_words_on_the_boxes() -> None:
+    from tasks.engines.vlm_runtime import align_words
+
+    boxes = _boxes("Tne quick brown fox, jumps over thc lazy dog")
+    placed = align_words("The quick brown fox jumps over the lazy dog.", boxes)
+    assert [w.text for w in placed] == ["The", "quick", "brown", "fox", "jumps", "over",
+                                        "the", "lazy", "dog."]
+    assert [w.box for w in placed] == [b.box for b in boxes]
+    # Words the boxes lack join a neighbour; boxed noise the model did not read drops.
+    placed = align_words("Title: The quick fox", _boxes("The ~~ quick fox"))
+    assert " ".join(w.text for w in placed) == "Title: The quick fox"
+    assert placed[0].box == (0, 0, 8, 10)
+    assert align_words("", boxes) == () and align_words("a b", ()) == ()
+
+
+def test_pdf_output_of_a_clean_vlm_read_has_a_placed_text_layer() -> None:
+    settings = Settings.from_env({"OCR_DESKEW": "0"})
+    vlm, tess = _pair("stop")
+    vlm.text_layer_from = "stub-tess"  # type: ignore[misc]
+    full = Image.new("L", (400, 600), 255)
+    page = ocr_page(1, Image.new("L", (40, 60), 255), vlm,
+                    RecognizeOptions(output="pdf", want_words=True), settings,
+                    rerender=lambda: full)
+    assert page["text"] == "vlm text" and "fallback" not in page
+    assert page["text_layer"] == {"boxes": "stub-tess", "words": 1}
+    assert page["words"] == [{"text": "vlm text", "box": [1, 2, 3, 4], "confidence": 90.0}]
+    assert page["image_size"] == [400, 600] and tess.seen == [(400, 600)]

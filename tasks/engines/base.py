@@ -94,6 +94,9 @@ class OcrEngine(ABC):
     page_longest_side: int | None = None
     # Another engine whose orientation check this one uses (loaded on demand).
     orientation_engine: ClassVar[str | None] = None
+    # An engine without word boxes (gives_words False) whose words can be placed on
+    # this other engine's boxes for a searchable PDF (`output=pdf`); None: no layer.
+    text_layer_from: ClassVar[str | None] = None
 
     @classmethod
     def model_entry(cls, settings: Settings) -> str | None:

@@ -77,6 +77,8 @@ class MlxVlmEngine(OcrEngine):
     gives_markdown = True
     # Pages are turned upright by tesseract's orientation check before the model reads.
     orientation_engine = "tesseract"
+    # No word boxes of its own: a searchable PDF places its words on tesseract's boxes.
+    text_layer_from = "tesseract"
 
     def __init__(self, model: Any, processor: Any, prompt: str, profile: VlmProfile,
                  budget: VlmBudget, model_name: str, modules: tuple[Any, Any],

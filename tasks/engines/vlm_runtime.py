@@ -7,8 +7,12 @@ benchmark.
 
 from __future__ import annotations
 
+import difflib
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass, field
+
+from .base import Word
 
 
 @dataclass(frozen=True)
@@ -92,3 +96,40 @@ class RepetitionGuard:
             if self._runs[p] + p >= max(self.min_span, self.min_repeats * p):
                 return p
         return None
+
+
+def align_words(text: str, boxes: Sequence[Word]) -> tuple[Word, ...]:
+    """The words of `text` (a model's read) placed on another engine's word boxes.
+
+    The two word sequences are aligned with difflib (case and punctuation ignored):
+    matched words take their box; a run of replaced words shares the boxes of the run
+    it replaces, in order; the model's words with no counterpart join the box of the
+    box before them (the first box, at the start), so that every word of `text` is in the
+    layer; boxed words the model did not read are dropped.
+    """
+    words = text.split()
+    if not words or not boxes:
+        return ()
+    keys_a = [_key(w.text) for w in boxes]
+    keys_b = [_key(w) for w in words]
+    placed: list[list[str]] = [[] for _ in boxes]
+    leading: list[str] = []
+    matcher = difflib.SequenceMatcher(None, keys_a, keys_b, autojunk=False)
+    for op, a0, a1, b0, b1 in matcher.get_opcodes():
+        if op == "equal" or (op == "replace" and a1 - a0 == b1 - b0):
+            for k in range(b1 - b0):
+                placed[a0 + k].append(words[b0 + k])
+        elif op == "replace":
+            for k in range(b1 - b0):
+                placed[a0 + k * (a1 - a0) // (b1 - b0)].append(words[b0 + k])
+        elif op == "insert" and a0 == 0:
+            leading.extend(words[b0:b1])
+        elif op == "insert":
+            placed[a0 - 1].extend(words[b0:b1])  # already holds its own words
+    placed[0][:0] = leading
+    return tuple(Word(" ".join(texts), box.box, box.confidence)
+                 for texts, box in zip(placed, boxes, strict=True) if texts)
+
+
+def _key(word: str) -> str:
+    return "".join(ch for ch in word.casefold() if ch.isalnum()) or word

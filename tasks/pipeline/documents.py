@@ -7,6 +7,7 @@ their page tasks and `assemble` when the last page is in.
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import hashlib
 import logging
@@ -14,7 +15,8 @@ import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
-from tasks.engines import RecognizeOptions
+from tasks.engines import PageResult, RecognizeOptions
+from tasks.engines.vlm_runtime import align_words
 from tasks.errors import DeadlineExceeded, EngineUnavailable, OcrError, VlmIncomplete
 from tasks.pipeline.images import iter_image_pages, sniff_format
 from tasks.pipeline.pdf import PdfPlan, plan_pdf, render_page
@@ -80,6 +82,11 @@ def ocr_page(number: int, image: Image.Image, engine: OcrEngine, options: Recogn
                 if full is not image:
                     full.close()
             extra["fallback"] = {"engine": fallback, "reason": reason}
+        elif options.output == "pdf" and not engine.gives_words and engine.text_layer_from:
+            result, read_size = _placed_words(result, engine, engine.text_layer_from,
+                                              image, rerender, rotation, skew)
+            extra["text_layer"] = {"boxes": engine.text_layer_from,
+                                   "words": len(result.words)}
     page: dict[str, Any] = {
         "number": number, "text": result.text.rstrip(), "source": "ocr",
         "confidence": result.confidence, "rotation": rotation, "skew": skew,
@@ -90,6 +97,23 @@ def ocr_page(number: int, image: Image.Image, engine: OcrEngine, options: Recogn
         page["words"] = [{"text": w.text, "box": list(w.box), "confidence": w.confidence}
                          for w in result.words]
     return page
+
+
+def _placed_words(result: PageResult, engine: OcrEngine, boxes_from: str,
+                  image: Image.Image, rerender: Render | None, rotation: int,
+                  skew: float) -> tuple[PageResult, tuple[int, int]]:
+    """The read's words on another engine's word boxes (full resolution) for a PDF layer."""
+    other = engine.peer(boxes_from)
+    full = rerender() if rerender is not None else image
+    try:
+        upright = Correction(rotation=rotation).apply(full)
+        boxes = other.recognize(Correction(skew=skew).apply(upright),
+                                RecognizeOptions(output="pdf", want_words=True)).words
+        size = full.size
+    finally:
+        if full is not image:
+            full.close()
+    return dataclasses.replace(result, words=align_words(result.text, boxes)), size
 
 
 def _orientation(engine: OcrEngine, image: Image.Image) -> int:
