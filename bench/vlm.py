@@ -70,7 +70,8 @@ def run(ctx: Context) -> Report:
     render = Table(f"rendering the Letter PDF page {PDF}", ["rendered at", "size", "seconds"])
     for row in data["render"]:
         render.rows.append([row["label"], "x".join(map(str, row["size"])), row["seconds"]])
-    loops = Table("a looping page (temperature 0), generation only",
+    loops = Table(f"a looping page (temperature 0, budget {sides[0]} px): prefill + "
+                  "generation until the guard or the token limit stops it",
                   ["guard", "finish_reason", "generated tokens", "seconds"])
     for row in data["loops"]:
         loops.rows.append([row["label"], row["finish_reason"], row["generation_tokens"],

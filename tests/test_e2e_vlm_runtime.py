@@ -48,7 +48,8 @@ def vlm_worker(start_worker: Callable[..., Worker], model_dir: Path) -> Worker:
     # No OCR_CONCURRENCY: a VLM worker has one pool child by default. The memory limit
     # is far below the child's RSS once the model loaded: counted as growth, it holds.
     return start_worker(**VLM_ENV, OCR_MODEL_DIR=str(model_dir), OCR_MODEL="qwen2-vl-pages",
-                        OCR_MAX_MEMORY_PER_CHILD_MB=str(MEMORY_LIMIT_MB))
+                        OCR_MAX_MEMORY_PER_CHILD_MB=str(MEMORY_LIMIT_MB),
+                        OCR_MLX_MEMORY_LIMIT_MB="4096", OCR_MLX_CACHE_LIMIT_MB="256")
 
 
 def _job_lines(worker: Worker) -> dict[str, dict[str, Any]]:
@@ -131,6 +132,7 @@ def test_vlm_worker_has_one_child_recycled_on_growth(vlm_worker: Worker,
     rss_mb = int(match.group(1)) // 1024
     assert rss_mb > MEMORY_LIMIT_MB, "an absolute limit would have recycled this child"
     assert re.search(rf"pool child {pid}: memory baseline \d+ MB", vlm_worker.log())
+    assert f"mlx limits (pid {pid}): memory 4096 MB, cache 256 MB" in vlm_worker.log()
 
 
 def test_fallback_none_fails_the_page_with_a_code(vlm_worker: Worker,

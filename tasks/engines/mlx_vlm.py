@@ -235,3 +235,6 @@ def set_memory_limits(mx: Any, settings: Settings) -> None:
             mx.set_wired_limit(min(limit, int(recommended)))
     if settings.mlx_cache_limit_mb is not None:
         mx.set_cache_limit(settings.mlx_cache_limit_mb * 2**20)
+    if settings.mlx_memory_limit_mb is not None or settings.mlx_cache_limit_mb is not None:
+        log.info("mlx limits (pid %d): memory %s MB, cache %s MB", os.getpid(),
+                 settings.mlx_memory_limit_mb, settings.mlx_cache_limit_mb)
