@@ -147,6 +147,9 @@ class Settings:
                            "Turn pages scanned sideways or upside down (engines that can "
                            "tell: tesseract's orientation detection).")
     deskew: bool = _s("OCR_DESKEW", "1", "Straighten skewed scans before recognition.")
+    skip_blank_pages: bool = _s("OCR_SKIP_BLANK_PAGES", "1",
+                                "Report blank pages (no ink on a reduced copy; PDF pages "
+                                "that draw nothing) as `source: blank` without OCR.")
     page_soft_time_limit: int = _s("OCR_PAGE_SOFT_TIME_LIMIT", "120",
                                    "Seconds one PDF page task may take; it then ends "
                                    "as a failed page with code `timeout`.")

@@ -86,6 +86,10 @@ class Worker:
         self.env = {**inherited, "PATH": f"{VENV_BIN}{os.pathsep}{os.environ['PATH']}",
                     "PYTHONPATH": str(ROOT), "WORKER_NAME": self.name,
                     "PYTHONUNBUFFERED": "1", **env}
+        if "OCR_ENGINE_PLUGINS" in env:
+            # Fake-engine tests feed uniform pages (fault triggers) that are blank pages:
+            # they must reach the engine. Tests of blank pages set it to 1 themselves.
+            self.env.setdefault("OCR_SKIP_BLANK_PAGES", "0")
         self.proc: subprocess.Popen[bytes] | None = None
 
     def start(self, timeout: float = 90) -> Worker:

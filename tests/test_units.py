@@ -290,7 +290,7 @@ def test_png_in_memory_roundtrip() -> None:
     buffer = io.BytesIO()
     Image.new("RGB", (30, 20), "white").save(buffer, "PNG")
     result = run_document(buffer.getvalue(), JobRequest(source="blob"), FakeEngine(0),
-                          settings())
+                          settings(OCR_SKIP_BLANK_PAGES="0"))
     assert result["pages"][0]["text"] == "fake 30x20 mean=255.0"
 
 

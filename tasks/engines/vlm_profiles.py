@@ -23,16 +23,15 @@ from types import MappingProxyType
 from typing import Any
 
 from tasks.errors import EngineUnavailable
+from worker_config import DEFAULT_PROMPT
 
 from .vlm_output import VlmOutput, normalise
 
 __all__ = ["PROFILES", "VlmOutput", "VlmProfile", "profile_names", "select_profile"]
 
-# Generic chat VLMs (Qwen2/2.5/3-VL, ...): the service's own transcription prompt.
-GENERIC_PROMPT = (
-    "Transcribe all text in this image exactly as written, in reading order. "
-    "Use Markdown for headings, lists and tables. Output only the transcription."
-)
+# Generic chat VLMs (Qwen2/2.5/3-VL, ...): the service's own transcription prompt
+# (OCR_PROMPT's default).
+GENERIC_PROMPT = DEFAULT_PROMPT
 
 # allenai/olmocr @ f7cfe4c, olmocr/prompts/prompts.py:164 build_no_anchoring_v4_yaml_prompt()
 # (olmocr >= v0.4.0, olmOCR-2-7B-1025). The pipeline puts the text before the image.
@@ -122,9 +121,13 @@ class VlmProfile:
     image_first: bool = False
     system_prompt: str = ""
 
-    def normalise(self, raw: str) -> VlmOutput:
-        """The model's raw reply as normalised Markdown, plain text and flags."""
-        return normalise(self.output_format, raw)
+    def normalise(self, raw: str, image_size: tuple[int, int] | None = None) -> VlmOutput:
+        """The model's raw reply as normalised Markdown, plain text and flags.
+
+        `image_size`: (width, height) of the image sent to the model; formats that give
+        boxes in its pixels (dots.ocr) need it to return boxes.
+        """
+        return normalise(self.output_format, raw, image_size)
 
 
 PROFILES: Mapping[str, VlmProfile] = MappingProxyType({p.name: p for p in (

@@ -18,9 +18,9 @@ from tasks.pipeline.documents import (
     document_base,
     ocr_page,
     past_deadline,
+    planned_pages,
     recognize_options,
     run_document,
-    text_page,
 )
 from tasks.pipeline.images import sniff_format
 from tasks.pipeline.inputs import JobRequest, read_input
@@ -87,7 +87,7 @@ def process_job(job_id: str, request: JobRequest, kwargs: dict[str, Any],
                     "total": plan.selected, "ocr_pages": plan.ocr_pages,
                     "previous": previous,
                     "base": document_base(data, request, fmt, plan.page_count)}
-            texts = [text_page(n, text, layer) for n, (text, layer) in plan.text_pages.items()]
+            texts = planned_pages(plan)  # text-layer and blank pages
             return FanOut(meta, texts, plan.ocr_pages, data)
     try:
         result = run_document(data, request, loaded.engine, settings, progress, plan=plan)

@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Any
 from tasks.engines import PageResult, RecognizeOptions
 from tasks.engines.vlm_runtime import align_words
 from tasks.errors import DeadlineExceeded, EngineUnavailable, OcrError, VlmIncomplete
+from tasks.pipeline.blank import is_blank
 from tasks.pipeline.images import iter_image_pages, sniff_format
 from tasks.pipeline.pdf import PdfPlan, plan_pdf, render_page
 from tasks.pipeline.preprocess import Correction, estimate_skew
@@ -45,12 +46,15 @@ def ocr_page(number: int, image: Image.Image, engine: OcrEngine, options: Recogn
              settings: Settings, rerender: Render | None = None) -> dict[str, Any]:
     """Put the page upright, deskew it and recognise it; raises OcrError.
 
-    A vision-language read that did not finish (`vlm.finish_reason` other than `stop`)
+    A blank page (`tasks.pipeline.blank`) is reported as such, without OCR. A
+    vision-language read that did not finish (`vlm.finish_reason` other than `stop`)
     is never the page's text: another engine (OCR_VLM_FALLBACK) reads the page, on the
     full-resolution image `rerender` gives when `image` was rendered at the engine's
     page budget, or the page fails with `vlm_incomplete`.
     """
     started = time.perf_counter()
+    if settings.skip_blank_pages and is_blank(image):
+        return blank_page(number, seconds=time.perf_counter() - started)
     rotation = _orientation(engine, image) if settings.auto_rotate else 0
     upright = Correction(rotation=rotation).apply(image)
     skew = estimate_skew(upright) if settings.deskew else 0.0
@@ -143,6 +147,19 @@ def text_page(number: int, text: str, layer: str) -> dict[str, Any]:
             "confidence": None}
 
 
+def blank_page(number: int, seconds: float = 0.0) -> dict[str, Any]:
+    """A page found blank (nothing drawn, or no ink): no text, not a failure."""
+    return {"number": number, "text": "", "source": "blank", "confidence": None,
+            "seconds": round(seconds, 3)}
+
+
+def planned_pages(plan: PdfPlan) -> list[dict[str, Any]]:
+    """The pages a PDF plan already answers: text-layer pages and blank pages."""
+    pages = [text_page(n, text, layer) for n, (text, layer) in plan.text_pages.items()]
+    return sorted(pages + [blank_page(n) for n in plan.blank_pages],
+                  key=lambda p: p["number"])
+
+
 def document_base(data: bytes, request: JobRequest, fmt: str, count: int) -> dict[str, Any]:
     return {"filename": request.filename, "format": fmt,
             "sha256": hashlib.sha256(data).hexdigest(), "output": request.output,
@@ -173,8 +190,8 @@ def run_document(data: bytes, request: JobRequest, engine: OcrEngine, settings: 
             plan = plan_pdf(data, request.pages, request.password, request.mode, settings)
         try:
             count = plan.page_count
-            for number, (text, layer) in sorted(plan.text_pages.items()):
-                deliver(text_page(number, text, layer), plan.selected)
+            for page in planned_pages(plan):
+                deliver(page, plan.selected)
             for number in plan.ocr_pages:
                 if past_deadline(request.deadline):
                     deliver(deadline_page(number), plan.selected)

@@ -15,6 +15,7 @@ import pymupdf
 from PIL import Image
 
 from tasks.errors import CorruptInput, NoPages, PdfEncrypted, TooManyPages
+from tasks.pipeline.blank import CHECK_LONGEST_SIDE, ink_report
 from tasks.pipeline.pages import select_pages
 
 if TYPE_CHECKING:
@@ -22,6 +23,13 @@ if TYPE_CHECKING:
 
 PDF_MODES = ("auto", "ocr", "text")
 INVISIBLE = 3  # PDF text render mode 3: neither filled nor stroked (OCR layers)
+# What MuPDF raises on a damaged page (its own errors, and RuntimeError/ValueError).
+_MUPDF_ERRORS = (RuntimeError, ValueError, pymupdf.mupdf.FzErrorBase)
+PLAN_CHECK_MAX_IMAGE_BYTES = 256 * 1024
+"""Text-free pages whose images hold at most this many compressed bytes are rendered
+small and checked for ink while planning (blank scans compress to a few KB, decoding
+them is quick); pages with more image data are checked after their full render, in
+their page task (`documents.ocr_page`), so planning never decodes big scans."""
 
 
 @dataclass
@@ -33,6 +41,7 @@ class PdfPlan:
     selected: int
     text_pages: dict[int, tuple[str, str]] = field(default_factory=dict)
     ocr_pages: list[int] = field(default_factory=list)
+    blank_pages: list[int] = field(default_factory=list)
 
 
 def open_pdf(data: bytes, password: str | None, settings: Settings) -> Any:
@@ -82,10 +91,12 @@ def text_chars(page: Any) -> tuple[int, int]:
 
 def plan_pdf(data: bytes, pages: str | None, password: str | None, mode: str,
              settings: Settings) -> PdfPlan:
-    """Open the PDF and sort its selected pages into text-layer and OCR pages.
+    """Open the PDF and sort its selected pages into text-layer, blank and OCR pages.
 
     `auto`: a page with visible text, or an existing invisible OCR layer, keeps its
     text; other pages get OCR. `ocr`: every page gets OCR. `text`: no OCR at all.
+    Pages that would get OCR but are blank (`page_is_blank`) are listed in
+    `blank_pages` instead, when OCR_SKIP_BLANK_PAGES is on.
     """
     doc = open_pdf(data, password, settings)
     numbers = select_pages(pages, doc.page_count, settings.max_pages)
@@ -93,15 +104,53 @@ def plan_pdf(data: bytes, pages: str | None, password: str | None, mode: str,
     for number in numbers:
         page = doc[number - 1]
         if mode == "ocr":
-            plan.ocr_pages.append(number)
+            if settings.skip_blank_pages and page_is_blank(page):
+                plan.blank_pages.append(number)
+            else:
+                plan.ocr_pages.append(number)
             continue
         visible, invisible = text_chars(page)
         layer = "visible" if visible >= settings.pdf_min_text_chars else "invisible"
         if mode == "text" or max(visible, invisible) >= settings.pdf_min_text_chars:
             plan.text_pages[number] = (page.get_text("text"), layer)
+        elif settings.skip_blank_pages and visible + invisible == 0 and page_is_blank(page):
+            plan.blank_pages.append(number)
         else:
             plan.ocr_pages.append(number)
     return plan
+
+
+def page_is_blank(page: Any) -> bool:
+    """Whether a page draws nothing an OCR engine could read.
+
+    Not blank when it has any text (visible or not). Blank without rendering when its
+    content paints nothing at all (MuPDF's bbox log of the page is empty: no text,
+    path, image, inline image or shading) and it has no annotation; else decided on a
+    small render checked for ink when its images are small
+    (`PLAN_CHECK_MAX_IMAGE_BYTES`); otherwise False for now: the page task checks the
+    full render before OCR.
+    """
+    try:
+        if any(text_chars(page)):
+            return False
+        if not page.get_bboxlog() and not page.annot_xrefs():
+            return True
+        doc = page.parent
+        image_bytes = sum(len(doc.xref_stream_raw(image[0]) or b"")
+                          for image in page.get_images(full=True))
+        if image_bytes > PLAN_CHECK_MAX_IMAGE_BYTES:
+            return False
+        return ink_report(render_small(page)).blank
+    except _MUPDF_ERRORS:
+        return False  # a damaged page: its page task reports what is wrong with it
+
+
+def render_small(page: Any, longest_side: int = CHECK_LONGEST_SIDE) -> Image.Image:
+    """The page in greyscale, its longest side `longest_side` pixels (for checks)."""
+    zoom = longest_side / max(page.rect.width, page.rect.height, 1)
+    pix = page.get_pixmap(matrix=pymupdf.Matrix(zoom, zoom), colorspace=pymupdf.csGRAY,
+                          alpha=False)
+    return Image.frombytes("L", (pix.width, pix.height), pix.samples)
 
 
 def render_page(doc: Any, number: int, settings: Settings,

@@ -56,7 +56,7 @@ METRICS: dict[str, MetricSpec] = {
         "counter", "Seconds finished jobs took, start to end, by engine and outcome.",
         ("engine", "outcome")),
     "ocr_pages_total": MetricSpec(
-        "counter", "Pages of finished jobs by source: ocr, text-layer, failed, cached.",
+        "counter", "Pages of finished jobs by source: ocr, text-layer, blank, failed, cached.",
         ("engine", "source")),
     "ocr_vlm_tokens_total": MetricSpec(
         "counter", "Tokens of the pages a vision-language model read (each page's last "
