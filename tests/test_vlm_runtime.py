@@ -137,7 +137,7 @@ def _pair(finish: str) -> tuple[_Vlm, _Tess]:
 
 
 def test_incomplete_read_falls_back_on_the_full_resolution_page() -> None:
-    settings = Settings.from_env({"OCR_DESKEW": "0"})
+    settings = Settings.from_env({"OCR_DESKEW": "0", "OCR_SKIP_BLANK_PAGES": "0"})
     vlm, tess = _pair("length")
     small, full = Image.new("L", (40, 60), 255), Image.new("L", (400, 600), 255)
     page = ocr_page(1, small, vlm, RecognizeOptions(want_words=True), settings,
@@ -154,7 +154,7 @@ def test_incomplete_read_falls_back_on_the_full_resolution_page() -> None:
 
 
 def test_complete_read_is_the_text_and_no_warning() -> None:
-    settings = Settings.from_env({"OCR_DESKEW": "0"})
+    settings = Settings.from_env({"OCR_DESKEW": "0", "OCR_SKIP_BLANK_PAGES": "0"})
     vlm, tess = _pair("stop")
     page = ocr_page(1, Image.new("L", (40, 60), 255), vlm, RecognizeOptions(), settings)
     assert page["text"] == "vlm text" and "fallback" not in page
@@ -163,7 +163,8 @@ def test_complete_read_is_the_text_and_no_warning() -> None:
 
 
 def test_fallback_none_fails_the_page_with_a_code() -> None:
-    settings = Settings.from_env({"OCR_DESKEW": "0", "OCR_VLM_FALLBACK": "none"})
+    settings = Settings.from_env({"OCR_DESKEW": "0", "OCR_SKIP_BLANK_PAGES": "0",
+                                  "OCR_VLM_FALLBACK": "none"})
     vlm, tess = _pair("repetition")
     page = ocr_page(3, Image.new("L", (40, 60), 255), vlm, RecognizeOptions(), settings)
     assert page["error"]["code"] == "vlm_incomplete" and page["text"] == ""
@@ -244,7 +245,7 @@ def test_align_words_places_the_models_words_on_the_boxes() -> None:
 
 
 def test_pdf_output_of_a_clean_vlm_read_has_a_placed_text_layer() -> None:
-    settings = Settings.from_env({"OCR_DESKEW": "0"})
+    settings = Settings.from_env({"OCR_DESKEW": "0", "OCR_SKIP_BLANK_PAGES": "0"})
     vlm, tess = _pair("stop")
     vlm.text_layer_from = "stub-tess"  # type: ignore[misc]
     full = Image.new("L", (400, 600), 255)
