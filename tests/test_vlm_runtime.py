@@ -7,6 +7,7 @@ the result and telemetry shapes.
 from __future__ import annotations
 
 import random
+from typing import Any
 
 import pymupdf
 import pytest
@@ -256,3 +257,82 @@ def test_pdf_output_of_a_clean_vlm_read_has_a_placed_text_layer() -> None:
     assert page["text_layer"] == {"boxes": "stub-tess", "words": 1}
     assert page["words"] == [{"text": "vlm text", "box": [1, 2, 3, 4], "confidence": 90.0}]
     assert page["image_size"] == [400, 600] and tess.seen == [(400, 600)]
+
+
+# ------------------------------------------- the engine's generation loop, MLX stubbed
+
+class _Chunk:
+    def __init__(self, text: str, token: int, n: int, finish: str | None = None) -> None:
+        self.text, self.token, self.generation_tokens = text, token, n
+        self.prompt_tokens, self.finish_reason = 100, finish
+
+
+def _engine(profile: str, replies: dict[float, list[str]], max_tokens: int = 400,
+            temperatures: tuple[float, ...] = (0.0, 0.2)) -> tuple[Any, list[Any]]:
+    """An MlxVlmEngine whose mlx_vlm.stream_generate replays `replies` per temperature.
+
+    A reply is a list of text pieces, one token each; it ends with the end token
+    (`stop`) unless it reaches `max_tokens` (`length`), as mlx-vlm's stream does.
+    """
+    from types import SimpleNamespace
+
+    from tasks.engines.mlx_vlm import MlxVlmEngine, VlmBudget
+    from tasks.engines.vlm_profiles import PROFILES
+
+    calls: list[Any] = []
+
+    def stream_generate(model: Any, processor: Any, prompt: str, image: list[Any],
+                        max_tokens: int, temperature: float, verbose: bool) -> Any:
+        calls.append((image[0].size, temperature))
+        pieces = replies[temperature].pop(0) if isinstance(replies[temperature][0], list) \
+            else replies[temperature]
+        for n, piece in enumerate(pieces[:max_tokens], 1):
+            yield _Chunk(piece, hash(piece) % 1000, n)
+        if len(pieces) >= max_tokens:
+            yield _Chunk("", 0, max_tokens, "length")
+        else:
+            yield _Chunk("", 2, len(pieces), "stop")
+
+    budget = VlmBudget(1288, max_tokens, temperatures, QWEN)
+    engine = MlxVlmEngine(None, None, "p", PROFILES[profile], budget, "m",
+                          (None, SimpleNamespace(stream_generate=stream_generate)))
+    return engine, calls
+
+
+def test_engine_retries_a_cut_read_on_the_next_temperature() -> None:
+    words = [f"w{i} " for i in range(50)]
+    engine, calls = _engine("generic", {0.0: words, 0.2: ["Hello ", "**world**"]},
+                            max_tokens=20)
+    read = engine.recognize(Image.new("RGB", (2550, 3300), "white"), RecognizeOptions())
+    assert read.text == "Hello world" and read.vlm is not None
+    assert read.vlm.finish_reason == "stop" and read.vlm.tries == 2
+    assert read.vlm.image_size == (1008, 1288) and read.vlm.generation_tokens == 2
+    assert [c[1] for c in calls] == [0.0, 0.2] and calls[0][0] == (1008, 1288)
+
+
+def test_engine_stops_loops_and_reports_an_incomplete_read() -> None:
+    loop = ["| a ", "| b ", "|\n"] * 200
+    engine, calls = _engine("generic", {0.0: loop, 0.2: loop}, max_tokens=4000)
+    read = engine.recognize(Image.new("RGB", (600, 800), "white"), RecognizeOptions())
+    assert read.text == "" and read.vlm is not None
+    assert read.vlm.finish_reason == "repetition" and read.vlm.tries == 2
+    assert read.vlm.generation_tokens < 200  # stopped early, not at 600 or 4000
+
+
+def test_engine_honours_stop_strings_and_olmocr_rotation() -> None:
+    engine, _ = _engine("docling", {0.0: ["<doctag>", "<text>Hi</text>", "</doctag>",
+                                          "junk"] * 50})
+    read = engine.recognize(Image.new("RGB", (600, 800), "white"), RecognizeOptions())
+    assert read.vlm is not None and read.vlm.finish_reason == "stop"
+    assert "junk" not in read.text and "Hi" in read.text
+    sideways = ["---\nprimary_language: en\nis_rotation_valid: false\n"
+                "rotation_correction: 90\nis_table: false\nis_diagram: false\n---\n",
+                "garbled"]
+    upright = ["---\nprimary_language: en\nis_rotation_valid: true\n"
+               "rotation_correction: 0\nis_table: false\nis_diagram: false\n---\n",
+               "The page"]
+    engine, calls = _engine("olmocr", {0.0: [sideways, upright]})
+    read = engine.recognize(Image.new("RGB", (560, 840), "white"), RecognizeOptions())
+    assert read.text == "The page" and read.vlm is not None and read.vlm.tries == 2
+    assert calls[0][0] == (560, 840) and calls[1][0] == (840, 560)
+    assert read.vlm.image_size == (840, 560)

@@ -157,7 +157,20 @@ class MlxVlmEngine(OcrEngine):
                       finish_reason=generation.finish_reason, tries=tries)
         if not vlm.complete:
             return PageResult(text="", vlm=vlm)  # never a truncated text as a clean read
-        output = self.profile.normalise(generation.text)
+        output = self.profile.normalise(generation.text, size)
+        if output.flags.get("is_rotation_valid") is False and output.rotation:
+            # olmOCR read a sideways page and says how to turn it: turn it, ask again
+            # (as olmOCR's own pipeline does); kept only when that read is complete.
+            turned = sized.rotate(output.rotation, expand=True)
+            again = self.generate(turned, self.budget.temperatures[0])
+            tries += 1
+            if again.finish_reason == "stop":
+                generation, size = again, turned.size
+                output = self.profile.normalise(again.text, size)
+            vlm = VlmRead(profile=self.profile.name, image_size=size,
+                          prompt_tokens=generation.prompt_tokens,
+                          generation_tokens=generation.generation_tokens,
+                          finish_reason=generation.finish_reason, tries=tries)
         text = output.markdown if options.output == "markdown" else output.text
         return PageResult(text=text.strip(), vlm=vlm)
 
