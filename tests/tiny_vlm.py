@@ -93,7 +93,7 @@ def _write_json(path: Path, data: dict) -> None:
     path.write_text(json.dumps(data, indent=2) + "\n", encoding="utf-8")
 
 
-def _build_tokenizer(dest: Path) -> int:
+def _build_tokenizer(dest: Path, stops: bool = False) -> int:
     """Train a byte-level BPE tokenizer on CORPUS; return its vocab size."""
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 
@@ -115,7 +115,7 @@ def _build_tokenizer(dest: Path) -> int:
         {
             "tokenizer_class": "PreTrainedTokenizerFast",
             "bos_token": None,
-            "eos_token": "<|im_end|>",
+            "eos_token": "<|endoftext|>" if stops else "<|im_end|>",
             "pad_token": "<|endoftext|>",
             "unk_token": None,
             "model_max_length": 4096,
@@ -143,11 +143,15 @@ class Geometry:
     vision_depth: int = 1
     vision_dim: int = 32
     vision_heads: int = 2
+    # True: the model ends every reply at once (its final norm is zero, so every logit
+    # is 0 and greedy decoding picks token 0, made the end token): a complete, empty read.
+    stops: bool = False
 
 
 # Qwen2-VL's real image geometry (14 px patches, 2x2 merge, max_pixels 12,845,056) on
 # networks small enough for CPU: the tokens a page costs are Qwen2-VL's own.
 QWEN2_VL_PAGES = Geometry(max_pixels=12_845_056)
+TINY_STOPS = Geometry(stops=True)
 
 
 def _image_processor(geometry: Geometry) -> dict:
@@ -174,7 +178,7 @@ def _model_config(vocab_size: int, geometry: Geometry = Geometry()) -> dict:
         "tie_word_embeddings": False,
         "vocab_size": vocab_size,
         "bos_token_id": TOKEN_ID["<|endoftext|>"],
-        "eos_token_id": TOKEN_ID["<|im_end|>"],
+        "eos_token_id": TOKEN_ID["<|endoftext|>" if geometry.stops else "<|im_end|>"],
         "pad_token_id": TOKEN_ID["<|endoftext|>"],
         "vision_start_token_id": TOKEN_ID["<|vision_start|>"],
         "vision_end_token_id": TOKEN_ID["<|vision_end|>"],
@@ -205,7 +209,7 @@ def build_tiny_qwen2_vl(dest: Path, geometry: Geometry = Geometry()) -> Path:
 
     dest = Path(dest)
     dest.mkdir(parents=True, exist_ok=True)
-    config = _model_config(_build_tokenizer(dest), geometry)
+    config = _model_config(_build_tokenizer(dest, geometry.stops), geometry)
     _write_json(dest / "config.json", config)
     _write_json(dest / "preprocessor_config.json", _image_processor(geometry))
     # Present locally so the processor never tries hf_hub_download for them.
@@ -219,13 +223,16 @@ def build_tiny_qwen2_vl(dest: Path, geometry: Geometry = Geometry()) -> Path:
         config["vision_config"]
     )
     model = qwen2_vl.Model(model_config)
+    if geometry.stops:
+        norm = model.language_model.model.norm
+        norm.weight = mx.zeros_like(norm.weight)
     mx.eval(model.parameters())
     # Writes model.safetensors + index with the same keys load() expects.
     save_weights(dest, model)
     return dest
 
 
-GEOMETRIES = {"tiny": Geometry(), "qwen2-vl-pages": QWEN2_VL_PAGES}
+GEOMETRIES = {"tiny": Geometry(), "qwen2-vl-pages": QWEN2_VL_PAGES, "tiny-stops": TINY_STOPS}
 
 
 def main(argv: list[str] | None = None) -> int:
