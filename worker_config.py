@@ -86,8 +86,27 @@ class Settings:
                             "normaliser): generic, olmocr, docling, deepseek-ocr, nanonets, "
                             "paddleocr-vl or dots-ocr; empty: chosen from the model folder "
                             "(config.json, folder name).")
-    vlm_max_tokens: int = _s("OCR_VLM_MAX_TOKENS", "2048",
-                             "Most tokens the VLM may generate for one page.")
+    vlm_max_tokens: int | None = _s("OCR_VLM_MAX_TOKENS", "",
+                                    "Most tokens the VLM may generate for one page; empty: "
+                                    "the model profile's budget (4096, olmOCR 8000).")
+    vlm_longest_side: int | None = _s("OCR_VLM_LONGEST_SIDE", "",
+                                      "Longest side in pixels of the page image the VLM "
+                                      "reads (never above the model processor's "
+                                      "max_pixels); empty: the model profile's (1288).")
+    vlm_temperatures: tuple[float, ...] = _s(
+        "OCR_VLM_TEMPERATURES", "0.0,0.2",
+        "Temperatures of the VLM's tries on one page: a page that ends at the token "
+        "limit or in a repetition loop is read again at the next one.")
+    vlm_fallback: str = _s("OCR_VLM_FALLBACK", "tesseract",
+                           "Engine that reads a page the VLM left incomplete after every "
+                           "try; `none`: such a page fails with code `vlm_incomplete`.")
+    mlx_memory_limit_mb: int | None = _s("OCR_MLX_MEMORY_LIMIT_MB", "",
+                                         "MLX memory limit of a pool child "
+                                         "(mx.set_memory_limit; on Metal also the wired "
+                                         "limit), set after the model loaded; empty: MLX's.")
+    mlx_cache_limit_mb: int | None = _s("OCR_MLX_CACHE_LIMIT_MB", "",
+                                        "MLX buffer-cache limit of a pool child "
+                                        "(mx.set_cache_limit); empty: MLX's default.")
     mlx_clear_cache: bool = _s("OCR_MLX_CLEAR_CACHE", "1",
                                "Free MLX's buffer cache after every task (task_postrun); 0 "
                                "keeps it for reuse (the memory benchmark compares both).")
@@ -116,11 +135,14 @@ class Settings:
                           "light worker of the Procfile that serves only the "
                           "`ocr-control` queue (cancels, callbacks) and loads no engine.")
     concurrency: int = _s("OCR_CONCURRENCY", "0",
-                          "Pool children per worker; 0 means one per CPU core.")
+                          "Pool children per worker; 0 means one per CPU core, and one "
+                          "for a worker whose engine is mlx-vlm (each child holds its own "
+                          "copy of the model).")
     max_tasks_per_child: int = _s("OCR_MAX_TASKS_PER_CHILD", "200",
                                   "Recycle a pool child after this many tasks (0: never).")
     max_memory_per_child_mb: int = _s("OCR_MAX_MEMORY_PER_CHILD_MB", "4096",
-                                      "Recycle a pool child whose RSS passes this (0: never).")
+                                      "Recycle a pool child whose RSS has grown by more "
+                                      "than this since its engine loaded (0: never).")
     proc_alive_timeout: float = _s("OCR_PROC_ALIVE_TIMEOUT", "180",
                                    "Seconds a new pool child may take to load its engine.")
     soft_time_limit: int = _s("OCR_SOFT_TIME_LIMIT", "600",
@@ -233,7 +255,21 @@ class Settings:
         if self.page_hard_time_limit <= self.page_soft_time_limit:
             raise SettingsError("OCR_PAGE_HARD_TIME_LIMIT must be larger than "
                                 "OCR_PAGE_SOFT_TIME_LIMIT")
-        for name in ("vlm_max_tokens", "result_ttl", "blob_ttl", "max_image_pixels",
+        for name in ("vlm_max_tokens", "vlm_longest_side", "mlx_memory_limit_mb"):
+            value = getattr(self, name)
+            if value is not None and value <= 0:
+                raise SettingsError(f"{_env_name(name)} must be positive (or empty)")
+        if self.mlx_cache_limit_mb is not None and self.mlx_cache_limit_mb < 0:
+            raise SettingsError("OCR_MLX_CACHE_LIMIT_MB must be 0 or more (or empty)")
+        if not self.vlm_temperatures or any(t < 0 for t in self.vlm_temperatures):
+            raise SettingsError("OCR_VLM_TEMPERATURES must list one or more temperatures "
+                                ">= 0")
+        if self.vlm_fallback != "none" and (self.vlm_fallback == "mlx-vlm"
+                                            or self.vlm_fallback not in
+                                            self.all_engine_names()):
+            raise SettingsError(f"OCR_VLM_FALLBACK={self.vlm_fallback!r}: choose none or "
+                                "an engine other than mlx-vlm")
+        for name in ("result_ttl", "blob_ttl", "max_image_pixels",
                      "max_pages", "soft_time_limit", "tesseract_threads", "tesseract_handles",
                      "pdf_dpi", "page_soft_time_limit", "max_deliveries", "max_render_pixels"):
             if getattr(self, name) <= 0:
@@ -332,6 +368,12 @@ class Settings:
     def all_engine_names(self) -> tuple[str, ...]:
         return tuple(e for e in ENGINE_CHOICES if e != "auto") + tuple(self.engine_plugins)
 
+    def default_concurrency(self) -> int | None:
+        """Pool children: OCR_CONCURRENCY, else one for mlx-vlm, else Celery's (cores)."""
+        if self.concurrency:
+            return self.concurrency
+        return 1 if self.resolve_engine() == "mlx-vlm" else None
+
     def resolve_engine(self) -> str:
         """The engine this worker loads: `auto` becomes mlx-vlm when the model is present."""
         if self.engine != "auto":
@@ -417,6 +459,10 @@ def _parse(name: str, raw: str) -> Any:
         if raw.lower() in _FALSE:
             return False
         raise ValueError("expected 1/0, true/false, yes/no or on/off")
+    if kind == "int | None":
+        return int(raw) if raw else None
+    if kind == "tuple[float, ...]":
+        return tuple(float(p) for p in raw.split(",") if p.strip())
     if kind == "Path":
         return Path(raw)
     if kind == "tuple[Path, ...]":
@@ -482,9 +528,12 @@ def celery_config(settings: Settings) -> dict[str, Any]:
             "soft_time_limit": settings.page_soft_time_limit,
             "time_limit": settings.page_hard_time_limit}},
         "worker_max_tasks_per_child": settings.max_tasks_per_child or None,
+        # Measured as growth over the child's RSS once its engine loaded (the pool
+        # class adds that baseline in each child: tasks/queue/pool.py).
         "worker_max_memory_per_child": settings.max_memory_per_child_mb * 1024 or None,
+        "worker_pool": "tasks.queue.pool:TaskPool",
         "worker_proc_alive_timeout": settings.proc_alive_timeout,
-        "worker_concurrency": settings.concurrency or None,
+        "worker_concurrency": settings.default_concurrency(),
         # Flower: task events on, progress events visible.
         "worker_send_task_events": True,
         "task_send_sent_event": True,

@@ -132,6 +132,12 @@ class EngineFailed(OcrError):
     default_message = "the OCR engine failed on this input"
 
 
+class VlmIncomplete(OcrError):
+    code = "vlm_incomplete"
+    default_message = ("the vision-language model did not finish this page (token limit or "
+                       "repetition loop) and no fallback engine read it")
+
+
 class Timeout(OcrError):
     code = "timeout"
     default_message = "the job ran past its time limit"

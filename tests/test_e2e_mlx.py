@@ -22,7 +22,7 @@ from tests.conftest import ROOT, Worker, corpus
 
 pytestmark = pytest.mark.slow
 
-MLX_ENV = {"MLX_DISABLE_COMPILE": "1", "HF_HUB_OFFLINE": "1", "OCR_CONCURRENCY": "1",
+MLX_ENV = {"MLX_DISABLE_COMPILE": "1", "HF_HUB_OFFLINE": "1",
            "OCR_VLM_MAX_TOKENS": "8", "OCR_CACHE_RESULTS": "0"}
 
 
@@ -33,7 +33,10 @@ def model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     MLX must not be evaluated in the test process, which later starts workers.
     """
     models = tmp_path_factory.mktemp("models")
-    subprocess.run([sys.executable, "-m", "tests.tiny_vlm", str(models / "tiny-qwen2-vl")],
+    # `tiny-stops`: every read ends at once (complete and empty), so these jobs test the
+    # queue mechanics without fallbacks (tests/test_e2e_vlm_runtime.py tests those).
+    subprocess.run([sys.executable, "-m", "tests.tiny_vlm", str(models / "tiny-qwen2-vl"),
+                    "tiny-stops"],
                    cwd=ROOT, check=True, timeout=300, capture_output=True,
                    env={**os.environ, "MLX_DISABLE_COMPILE": "1", "HF_HUB_OFFLINE": "1"})
     return models
@@ -55,6 +58,10 @@ def test_vlm_worker_runs_jobs_and_recycles(vlm_worker: Worker, client: OcrClient
     assert all(isinstance(results[j]["text"], str) for j in jobs)
     assert {e["name"] for e in engines} == {"mlx-vlm"}
     assert {e["model"] for e in engines} == {"tiny-qwen2-vl"}
+    for job in jobs:
+        (page,) = results[job]["pages"]
+        assert page["vlm"]["finish_reason"] == "stop" and page["vlm"]["tries"] == 1
+        assert "fallback" not in page and results[job]["warnings"] == []
     assert [e["tasks_in_process"] for e in engines] == [1, 2, 1]
     assert engines[0]["pid"] == engines[1]["pid"] != engines[2]["pid"]
     log = vlm_worker.log()

@@ -177,14 +177,19 @@ def render_small(page: Any, longest_side: int = CHECK_LONGEST_SIDE) -> Image.Ima
     return Image.frombytes("L", (pix.width, pix.height), pix.samples)
 
 
-def render_page(doc: Any, number: int, settings: Settings) -> Image.Image:
+def render_page(doc: Any, number: int, settings: Settings,
+                longest_side: int | None = None) -> Image.Image:
     """Page `number` as an RGB image at OCR_PDF_DPI, within OCR_MAX_RENDER_PIXELS.
 
-    Huge pages are read at a lower resolution, not refused.
+    With `longest_side` (an engine's page budget, e.g. a VLM's 1288 px), rendered
+    directly at that size when it is below OCR_PDF_DPI's. Huge pages are read at a
+    lower resolution, not refused.
     """
     page = doc[number - 1]
     rect = page.rect
     zoom = settings.pdf_dpi / 72
+    if longest_side is not None and max(rect.width, rect.height) > 0:
+        zoom = min(zoom, longest_side / max(rect.width, rect.height))
     pixels = rect.width * zoom * rect.height * zoom
     if pixels > settings.max_render_pixels:
         # MuPDF rounds each side up: leave room for that, the cap must hold.

@@ -58,6 +58,15 @@ METRICS: dict[str, MetricSpec] = {
     "ocr_pages_total": MetricSpec(
         "counter", "Pages of finished jobs by source: ocr, text-layer, blank, failed, cached.",
         ("engine", "source")),
+    "ocr_vlm_tokens_total": MetricSpec(
+        "counter", "Tokens of the pages a vision-language model read (each page's last "
+        "try), by kind: prompt (image and prompt) or generation.", ("engine", "kind")),
+    "ocr_vlm_pages_total": MetricSpec(
+        "counter", "Pages a vision-language model read, by the finish reason of the last "
+        "try: stop, length, repetition, error.", ("engine", "finish_reason")),
+    "ocr_vlm_fallbacks_total": MetricSpec(
+        "counter", "Pages whose text came from a fallback engine after the model's read "
+        "did not finish, by fallback engine and reason.", ("engine", "fallback", "reason")),
     "ocr_engine_loads_total": MetricSpec(
         "counter", "Engine loads in pool children.", ("engine",)),
     "ocr_engine_load_seconds_total": MetricSpec(
