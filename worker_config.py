@@ -136,6 +136,14 @@ class Settings:
     callback_timeout: float = _s("OCR_CALLBACK_TIMEOUT", "10",
                                  "Seconds one HTTP callback attempt may take; failures are "
                                  "retried 5 times with backoff.")
+    api_jobs_in_flight: int = _s("OCR_API_JOBS_IN_FLIGHT", "0",
+                                 "HTTP API: most unfinished jobs one client may have; more "
+                                 "are answered 429 (0: no limit; `submit.py tokens create "
+                                 "--jobs-in-flight` sets one client's own).")
+    api_requests_per_minute: int = _s("OCR_API_REQUESTS_PER_MINUTE", "0",
+                                      "HTTP API: most requests one client may make a "
+                                      "minute; more are answered 429 with Retry-After (0: "
+                                      "no limit; per client: --requests-per-minute).")
     allowed_roots: tuple[Path, ...] = _s(
         "OCR_ALLOWED_ROOTS", "",
         "Directories (os.pathsep separated) under which `path` inputs may be read; "
@@ -203,7 +211,8 @@ class Settings:
             raise SettingsError("OCR_MAX_INPUT_MB and OCR_MAX_OUTPUT_MB must be positive")
         if self.model_heartbeat_seconds <= 0:
             raise SettingsError("OCR_MODEL_HEARTBEAT_SECONDS must be positive")
-        for name in ("prune_unused_days", "prune_grace_minutes", "idle_unload_seconds"):
+        for name in ("prune_unused_days", "prune_grace_minutes", "idle_unload_seconds",
+                     "api_jobs_in_flight", "api_requests_per_minute"):
             if getattr(self, name) < 0:
                 raise SettingsError(f"{_env_name(name)} must be 0 or more")
         if "/" in self.prune_prefix or os.sep in self.prune_prefix:
@@ -439,7 +448,8 @@ Procfile-only variables: `OCR_QUEUES` (queues the worker consumes besides its en
 queue, default `ocr`), `WORKER_NAME` (node name prefix, default `cpu`), `LOG_LEVEL`;
 Flower's own `FLOWER_*` variables (`FLOWER_BASIC_AUTH`, `FLOWER_PORT`, `FLOWER_ADDRESS`)
 and `OCR_FLOWER_OPEN=1` (no auth, loopback only); `METRICS_ADDRESS` and `METRICS_PORT`
-of the metrics exporter (default 127.0.0.1:9808).
+of the metrics exporter (default 127.0.0.1:9808); `API_ADDRESS` and `API_PORT` of the
+HTTP API (default 127.0.0.1:8000).
 """
 
 

@@ -83,17 +83,29 @@ class OcrClient:
 
     def _send(self, kwargs: dict[str, Any], priority: str | None,
               deadline: float | None) -> str:
+        return self.enqueue(kwargs, priority=priority, deadline=deadline)
+
+    def enqueue(self, kwargs: dict[str, Any], *, priority: str | None = None,
+                deadline: float | None = None, job_id: str | None = None,
+                owner: str = "") -> str:
+        """Send `ocr.document` with these kwargs (input already stored); returns the id.
+
+        `job_id` is a fresh UUID unless given; `owner` (the HTTP API's client) is
+        recorded in the job's control hash beside its blob.
+        """
         priority = priority or "normal"  # explicit: send_task ignores the default
         if priority not in PRIORITIES:
             raise BadRequest(f"priority must be one of {', '.join(PRIORITIES)}")
-        job_id = uuid()
+        job_id = job_id or uuid()
         send: dict[str, Any] = {"task_id": job_id, "priority": PRIORITIES[priority]}
         if deadline is not None:
             kwargs["deadline"] = at = time.time() + deadline
             send["expires"] = datetime.fromtimestamp(at, tz=UTC)
-        self._control.remember(job_id, blob=kwargs.get("blob", ""),
-                               filename=kwargs.get("filename", ""),
-                               deadline=str(kwargs.get("deadline", "")))
+        control = {"blob": kwargs.get("blob", ""), "filename": kwargs.get("filename", ""),
+                   "deadline": str(kwargs.get("deadline", ""))}
+        if owner:
+            control["owner"] = owner
+        self._control.remember(job_id, **control)
         # The app's send_task shows the kwargs without password or payload (Flower, logs).
         self.app.send_task("ocr.document", kwargs=kwargs, **send)
         return job_id
