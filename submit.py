@@ -1,183 +1,275 @@
 #!/usr/bin/env python3
-"""Send files to the OCR service and print their text (or JSON results).
+"""`submit.py`: the command-line client of the OCR service (runs on a user's machine).
 
-    python submit.py [--json] [--no-wait] [--engine E] [--pages R] [--password P]
-                     [--output text|markdown|json|pdf] [--mode auto|ocr|text] [--out DIR]
-                     [--priority interactive|normal|batch] [--deadline SECONDS]
-                     [--callback-task NAME [--callback-queue Q]] [--callback-url URL]
-                     FILE...
-    python submit.py wait [--json] [--out DIR] ID...
-    python submit.py cancel [--json] ID...
-    python submit.py retry [--password P] [--json] ID...
-    python submit.py models [--prune] [--dry-run] [--json] [--timeout S]
-    python submit.py models --unload [--json]
+    submit.py [OPTIONS] FILE...            OCR files, print their text (= submit.py submit)
+    submit.py COMMAND [OPTIONS] ...        submit, wait, status, cancel, retry, models
 
-With --out DIR, each result is also written there (text, Markdown or JSON, and
-NAME.ocr.pdf for --output pdf). Exit status: 0 when every job succeeded, 1 when any
-failed or was PARTIAL (some pages failed), 2 for usage errors.
-`models` runs the model-directory audit through the queue (1 when it failed or reported
-errors); `models --unload` makes every worker's pool children release their engines
-(1 when no worker answered).
-Runs as a client: needs Redis at REDIS_URL and a worker, not the engines.
+`submit.py --help` lists every command with an example and the exit codes;
+`submit.py COMMAND --help` shows one command's options. The shared options (`--json`,
+`--timeout`, `--out`, `--redis-url`) go before or after the command's name.
+
+Adding a command is one decorated function: `@command(name, summary, example,
+shared=..., arguments=...)` on `def run(args, session) -> int`; the help, the parser and
+the dispatch come from that registration (`COMMANDS`). Runs as a client: needs Redis
+at REDIS_URL and a worker, not the engines.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TextIO
 
-from tasks.client import JobStatus, OcrClient
-from tasks.errors import OcrError
+from tasks.client import CONNECTION_ERRORS, JobStatus, OcrClient, masked_url
+from tasks.errors import NoWorker, OcrError, ServiceUnreachable
 from worker_config import OUTPUT_CHOICES, PRIORITIES, Settings, SettingsError
 
+PROG = "submit.py"
 EXTENSIONS = {"text": ".txt", "markdown": ".md", "json": ".json", "pdf": ".txt"}
 
+# Exit status; with several jobs the most severe one wins (this order, top first).
+EXIT_UNREACHABLE = 5  # Redis did not answer, or no live worker consumes a job's queue
+EXIT_FAILURE = 1      # a job failed (its error code is printed)
+EXIT_TIMEOUT = 6      # --timeout passed with jobs still running (they go on)
+EXIT_CANCELLED = 4    # a job was cancelled
+EXIT_PARTIAL = 3      # a job finished with some pages failed (PARTIAL)
+EXIT_OK = 0           # every job succeeded
+EXIT_USAGE = 2        # bad command line or settings (nothing was sent)
+EXIT_INTERRUPTED = 130
+SEVERITY = (EXIT_UNREACHABLE, EXIT_FAILURE, EXIT_TIMEOUT, EXIT_CANCELLED, EXIT_PARTIAL,
+            EXIT_OK)
+EXIT_BY_STATUS = {"SUCCESS": EXIT_OK, "PARTIAL": EXIT_PARTIAL, "CANCELLED": EXIT_CANCELLED,
+                  "TIMEOUT": EXIT_TIMEOUT, "FAILURE": EXIT_FAILURE,
+                  "PENDING": EXIT_UNREACHABLE}
+EXIT_HELP = """exit status (several jobs: the most severe, in this order):
+  5  service unreachable: Redis did not answer, or no live worker consumes the queue
+  1  a job failed
+  6  --timeout passed with jobs still running (they go on; `wait` them again)
+  4  a job was cancelled
+  3  a job was PARTIAL (some pages failed; `retry` re-reads them)
+  0  every job succeeded
+  2  usage error (bad option, file list or setting; nothing was sent)"""
+UNREACHABLE_HINT = ("start the service with `make run`, or point REDIS_URL (or "
+                    "--redis-url) at the broker's Redis")
+NO_WORKER_HINT = ("start a worker (`make run`, or `.venv/bin/honcho start worker`); the "
+                  "jobs stay queued, `submit.py wait ID...` picks them up")
+NO_WORKER_GRACE = 6.0   # seconds a job may wait in a queue no live worker consumes
+WORKER_RECHECK = 15.0   # seconds between worker checks while jobs run
+INSPECT_TIMEOUT = 1.0   # seconds a worker check waits for replies
+
+
+# --- commands -------------------------------------------------------------------------
+
+Runner = Callable[[argparse.Namespace, "Session"], int]
+
+
+@dataclass(frozen=True)
+class Command:
+    """One subcommand: its help line, an example, its options and the function it runs."""
+
+    name: str
+    summary: str
+    example: str
+    run: Runner
+    arguments: Callable[[argparse.ArgumentParser], None] | None
+    shared: tuple[str, ...]
+
+
+COMMANDS: dict[str, Command] = {}
+
+
+def command(name: str, summary: str, example: str, *, shared: Sequence[str] = (),
+            arguments: Callable[[argparse.ArgumentParser], None] | None = None
+            ) -> Callable[[Runner], Runner]:
+    """Register `run` as subcommand `name` (help order = registration order).
+
+    `shared` names the shared options it takes (json, timeout, out, redis_url: given
+    before or after the command's name); `arguments` adds its own to its parser.
+    """
+    def register(run: Runner) -> Runner:
+        COMMANDS[name] = Command(name, summary, example, run, arguments,
+                                 ("redis_url", *shared))
+        return run
+    return register
+
+
+# --- shared options ---------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class SharedOption:
+    flags: tuple[str, ...]
+    options: dict[str, Any]
+    default: Any
+
+
+SHARED: dict[str, SharedOption] = {
+    "json": SharedOption(("--json",), {"action": "store_true",
+                                       "help": "one JSON record per line"}, False),
+    "timeout": SharedOption(("--timeout",), {
+        "type": float, "metavar": "S",
+        "help": "stop waiting after S seconds (the jobs go on)"}, None),
+    "out": SharedOption(("--out",), {"type": Path, "metavar": "DIR",
+                                     "help": "also write each result into DIR"}, None),
+    "redis_url": SharedOption(("--redis-url",), {
+        "metavar": "URL", "help": "the broker's Redis (default: $REDIS_URL, else "
+                                  "redis://127.0.0.1:6379/0)"}, None),
+}
+TAKES_VALUE = {flag for o in SHARED.values() if o.options.get("action") != "store_true"
+               for flag in o.flags}
+SHARED_FLAGS = {flag for o in SHARED.values() for flag in o.flags}
+
+
+def add_shared(parser: argparse.ArgumentParser, names: Sequence[str], *,
+               top: bool) -> None:
+    """Add the shared options `names` to the top parser or to a command's.
+
+    A command's copies default to SUPPRESS, so a value given before the command's name
+    is not overwritten.
+    """
+    for name in names:
+        option = SHARED[name]
+        parser.add_argument(*option.flags, dest=name, **option.options,
+                            default=option.default if top else argparse.SUPPRESS)
+
+
+# --- parser -------------------------------------------------------------------------------
 
 def build_parser() -> argparse.ArgumentParser:
+    examples = "\n".join(f"  {c.example}" for c in COMMANDS.values())
     parser = argparse.ArgumentParser(
-        prog="submit.py", description="OCR files through the queue.",
-        epilog="`submit.py wait [--json] ID...` waits for jobs sent with --no-wait; "
-               "`submit.py models --help` audits and prunes the model directory.")
-    parser.add_argument("files", nargs="+", metavar="FILE")
-    parser.add_argument("--json", action="store_true", help="one JSON result per line")
-    parser.add_argument("--no-wait", action="store_true", help="print job ids and return")
-    parser.add_argument("--engine", help="tesseract, mlx-vlm (default: the worker's)")
-    parser.add_argument("--pages", help='pages to read, e.g. "1-3,7"')
-    parser.add_argument("--password", help="password of an encrypted PDF")
-    parser.add_argument("--output", choices=OUTPUT_CHOICES, default="text")
-    parser.add_argument("--mode", choices=("auto", "ocr", "text"), default=None,
-                        help="PDFs: text layer where present (auto), OCR always, text only")
-    parser.add_argument("--out", type=Path, help="also write each result into DIR")
-    parser.add_argument("--timeout", type=float, help="stop waiting after S seconds")
-    add_job_options(parser)
-    parser.add_argument("--callback-task", help="Celery task (by name) that gets the result")
-    parser.add_argument("--callback-queue", help="queue of --callback-task")
-    parser.add_argument("--callback-url", help="http(s) URL the result summary is POSTed to")
+        prog=PROG, formatter_class=argparse.RawDescriptionHelpFormatter,
+        description="OCR images and PDFs through the service's queue. A first word that "
+                    "is not a command is a file: `submit.py a.png b.pdf` = "
+                    "`submit.py submit a.png b.pdf`.",
+        epilog=f"examples:\n{examples}\n\n{EXIT_HELP}\n\n"
+               f"`{PROG} COMMAND --help` shows a command's options.")
+    add_shared(parser, list(SHARED), top=True)
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", title="commands")
+    for cmd in COMMANDS.values():
+        child = sub.add_parser(cmd.name, help=cmd.summary, description=cmd.summary,
+                               epilog=f"example: {cmd.example}")
+        add_shared(child, cmd.shared, top=False)
+        if cmd.arguments is not None:
+            cmd.arguments(child)
     return parser
 
 
-def add_job_options(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--priority", choices=tuple(PRIORITIES),
-                        help="interactive jobs go before normal (default) and batch ones")
-    parser.add_argument("--deadline", type=float, metavar="SECONDS",
-                        help="not started within SECONDS: never started; running past "
-                             "it: stops, keeping the pages done (deadline_exceeded)")
+def with_default_command(argv: list[str]) -> list[str]:
+    """Insert `submit` before the first word that is no shared option nor command.
+
+    `submit.py --json a.png` = `submit.py --json submit a.png`.
+    """
+    i = 0
+    while i < len(argv):
+        word = argv[i]
+        if word in COMMANDS or word in ("-h", "--help"):
+            return argv
+        flag, eq, _ = word.partition("=")
+        if flag not in SHARED_FLAGS:
+            return [*argv[:i], "submit", *argv[i:]]
+        i += 2 if flag in TAKES_VALUE and not eq else 1
+    return argv
 
 
-def build_cancel_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="submit.py cancel",
-        description="Cancel jobs: queued ones never start, running ones stop and keep "
-                    "the pages they finished (status CANCELLED).")
-    parser.add_argument("ids", nargs="+", metavar="ID")
-    parser.add_argument("--json", action="store_true")
-    return parser
+def check_shared(parser: argparse.ArgumentParser, args: argparse.Namespace,
+                 cmd: Command) -> None:
+    """A shared option given before a command that does not take it is a usage error."""
+    for name, option in SHARED.items():
+        if name not in cmd.shared and getattr(args, name, option.default) != option.default:
+            parser.error(f"{option.flags[0]} does not apply to `{cmd.name}`")
 
 
-def build_retry_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="submit.py retry",
-        description="Re-read the failed pages of PARTIAL jobs; each new job's result is "
-                    "complete (it merges the pages the earlier job had).")
-    parser.add_argument("--password", help="password of an encrypted PDF")
-    parser.add_argument("--priority", choices=tuple(PRIORITIES))
-    parser.add_argument("--no-wait", action="store_true")
-    add_result_options(parser)
-    return parser
+# --- session: settings and the client, made on first use ------------------------------
 
+class Session:
+    """What a command runs with: settings, and a client whose Redis has answered."""
 
-def build_wait_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="submit.py wait",
-                                     description="Wait for jobs sent earlier.")
-    add_result_options(parser)
-    return parser
+    def __init__(self, args: argparse.Namespace) -> None:
+        self.args = args
+        self._settings: Settings | None = None
+        self._client: OcrClient | None = None
 
+    @property
+    def settings(self) -> Settings:
+        if self._settings is None:
+            env = dict(os.environ)
+            if self.args.redis_url:
+                env["REDIS_URL"] = self.args.redis_url
+            self._settings = Settings.from_env(env)
+        return self._settings
 
-def add_result_options(parser: argparse.ArgumentParser) -> None:
-    """Job ids and how their results are shown (wait, retry)."""
-    parser.add_argument("ids", nargs="+", metavar="ID")
-    parser.add_argument("--json", action="store_true", help="one JSON result per line")
-    parser.add_argument("--out", type=Path, help="also write each result into DIR")
-    parser.add_argument("--timeout", type=float, help="stop waiting after S seconds")
-
-
-def build_models_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="submit.py models",
-        description="Audit OCR_MODEL_DIR through the queue (task ocr.audit_models), prune "
-                    "it, or make the workers release their models.")
-    parser.add_argument("--prune", action="store_true",
-                        help="remove what the prune policy selects")
-    parser.add_argument("--dry-run", action="store_true",
-                        help="show what --prune would remove; remove nothing")
-    parser.add_argument("--unload", action="store_true",
-                        help="make every pool child release its engine (remote control "
-                             "unload_model); it reloads on its next task")
-    parser.add_argument("--json", action="store_true", help="print one JSON object")
-    parser.add_argument("--timeout", type=float, default=300.0,
-                        help="stop waiting for the audit after S seconds")
-    return parser
-
-
-class ProgressLine:
-    """One status line on a terminal: pages done per job."""
-
-    def __init__(self, stream: TextIO, names: dict[str, str]) -> None:
-        self.stream = stream
-        self.names = names
-        self.seen: dict[str, JobStatus] = {}
-        self.enabled = stream.isatty()
-
-    def __call__(self, job_id: str, status: JobStatus) -> None:
-        if not self.enabled:
-            return
-        self.seen[job_id] = status
-        parts = [_bar(self.names.get(job_id, job_id[:8]), s) for job_id, s in
-                 self.seen.items()]
-        self.stream.write("\r\033[K" + "  ".join(parts)[-200:])
-        self.stream.flush()
+    @property
+    def client(self) -> OcrClient:
+        if self._client is None:
+            self._client = OcrClient(self.settings)
+            self._client.check_service()
+        return self._client
 
     def close(self) -> None:
-        if self.enabled and self.seen:
-            self.stream.write("\r\033[K")
-            self.stream.flush()
+        if self._client is not None:
+            self._client.close()
 
 
-def _bar(name: str, status: JobStatus) -> str:
-    if status.total:
-        filled = int(20 * status.done / status.total)
-        return f"{name} [{'#' * filled}{'.' * (20 - filled)}] {status.done}/{status.total}"
-    return f"{name} {status.state.lower()}"
+# --- results ---------------------------------------------------------------------------
+
+def label(result: dict[str, Any]) -> str:
+    """How a line names a job: its input's file name, else its id."""
+    return str(result.get("filename") or result.get("id"))
 
 
-def emit(results: list[dict[str, Any]], as_json: bool, out_dir: Path | None,
-         output: str, client: OcrClient) -> int:
-    """Print results in input order (and write them to `out_dir`); the exit status."""
-    failed = False
+def exit_status(results: Sequence[dict[str, Any]]) -> int:
+    codes = {EXIT_BY_STATUS.get(str(r.get("status")), EXIT_FAILURE) for r in results}
+    return next((code for code in SEVERITY if code in codes), EXIT_OK)
+
+
+def emit(results: list[dict[str, Any]], args: argparse.Namespace, output: str,
+         client: OcrClient) -> int:
+    """Print results in input order (and write them to --out); the exit status."""
     for result in results:
         status = result.get("status")
-        has_text = status in ("SUCCESS", "PARTIAL")
-        failed = failed or status != "SUCCESS"
-        name = result.get("filename") or result.get("id")
-        if as_json:
+        name = label(result)
+        if args.json:
             print(json.dumps(result, ensure_ascii=False), flush=True)
-        elif has_text:
+        elif status in ("SUCCESS", "PARTIAL"):
             if len(results) > 1:
                 print(f"==> {name} <==")
-            print(result["text"])
-        if not has_text and not as_json:
-            error = result.get("error", {})
-            print(f"{name}: {status} {error.get('code')}: {error.get('message')}",
-                  file=sys.stderr)
-        for page in result.get("failed_pages", []) if not as_json else []:
-            print(f"{name}: page {page['number']} failed: {page['code']}: {page['message']}",
-                  file=sys.stderr)
-        if out_dir is not None and has_text:
-            write_output(result, out_dir, output, client)
-    return 1 if failed else 0
+            print(result["text"], flush=True)
+        if not args.json:
+            for line in problem_lines(result):
+                print(line, file=sys.stderr, flush=True)
+        if args.out is not None and status in ("SUCCESS", "PARTIAL") or (
+                args.out is not None and status == "CANCELLED" and result.get("pages")):
+            write_output(result, args.out, output, client)
+    if any(r.get("status") == "PENDING" for r in results):
+        print(f"{PROG}: {NO_WORKER_HINT}", file=sys.stderr)
+    return exit_status(results)
+
+
+def problem_lines(result: dict[str, Any]) -> list[str]:
+    """The stderr lines of a result that is not a plain success, each naming its file."""
+    name, status = label(result), result.get("status")
+    error = result.get("error") or {}
+    if status == "PARTIAL":
+        return [f"{name}: PARTIAL: page {p['number']} failed: {p['code']}: {p['message']}"
+                for p in result.get("failed_pages", [])]
+    if status == "CANCELLED":
+        kept = len(result.get("pages", []))
+        return [f"{name}: CANCELLED" + (f" ({kept} finished pages kept)" if kept else "")]
+    if status == "TIMEOUT":
+        return [f"{name}: still running when --timeout passed (job {result['id']}; "
+                f"`{PROG} wait {result['id']}` waits again)"]
+    if status == "PENDING":
+        return [f"{name}: {error.get('code')}: {error.get('message')} "
+                f"(job {result['id']} stays queued)"]
+    if status != "SUCCESS":
+        return [f"{name}: {status} {error.get('code')}: {error.get('message')}"]
+    return []
 
 
 def write_output(result: dict[str, Any], out_dir: Path, output: str,
@@ -198,75 +290,251 @@ def write_output(result: dict[str, Any], out_dir: Path, output: str,
     return written
 
 
+class ProgressLine:
+    """One status line on a terminal: pages done per job."""
+
+    def __init__(self, stream: TextIO, names: dict[str, str]) -> None:
+        self.stream = stream
+        self.names = names
+        self.seen: dict[str, JobStatus] = {}
+        self.enabled = stream.isatty()
+
+    def __call__(self, job_id: str, status: JobStatus) -> None:
+        if not self.enabled:
+            return
+        self.seen[job_id] = status
+        parts = [_bar(self.names.get(job_id) or job_id[:8], s) for job_id, s in
+                 self.seen.items()]
+        self.stream.write("\r\033[K" + "  ".join(parts)[-200:])
+        self.stream.flush()
+
+    def close(self) -> None:
+        if self.enabled and self.seen:
+            self.stream.write("\r\033[K")
+            self.stream.flush()
+
+
+def _bar(name: str, status: JobStatus) -> str:
+    if status.total:
+        filled = int(20 * status.done / status.total)
+        return f"{name} [{'#' * filled}{'.' * (20 - filled)}] {status.done}/{status.total}"
+    return f"{name} {status.state.lower()}"
+
+
+# --- waiting, with a live worker on each job's queue ------------------------------------
+
+def without_worker(client: OcrClient, ids: list[str]) -> dict[str, str]:
+    """The jobs whose queue no live worker consumes, with that queue."""
+    live = set().union(*client.live_queues(INSPECT_TIMEOUT).values())
+    queues = {job_id: client.queue_of(job_id) for job_id in ids}
+    return {job_id: queue for job_id, queue in queues.items() if queue not in live}
+
+
+def no_worker_record(client: OcrClient, job_id: str, queue: str) -> dict[str, Any]:
+    error = NoWorker(f"no live worker consumes queue '{queue}'")
+    return {"id": job_id, "status": "PENDING", "filename": client.filename(job_id),
+            "error": error.to_dict()}
+
+
+def wait_for(client: OcrClient, ids: list[str], timeout: float | None
+             ) -> dict[str, dict[str, Any]]:
+    """Wait for jobs, checking that a live worker consumes each one's queue.
+
+    Checked before waiting and every WORKER_RECHECK s while waiting; a job without a
+    worker for NO_WORKER_GRACE s is reported PENDING with error `no_worker`.
+    """
+    progress = ProgressLine(sys.stderr, {i: client.filename(i) for i in ids})
+    pending, results = list(dict.fromkeys(ids)), {}
+    start = time.monotonic()
+    stop = None if timeout is None else start + timeout
+    next_check, orphaned_since = start, None
+    try:
+        while pending:
+            now = time.monotonic()
+            if now >= next_check:
+                orphans = without_worker(client, pending)
+                orphaned_since = (orphaned_since or now) if orphans else None
+                if orphaned_since is not None and now - orphaned_since >= NO_WORKER_GRACE:
+                    for job_id, queue in orphans.items():
+                        results[job_id] = no_worker_record(client, job_id, queue)
+                        pending.remove(job_id)
+                    continue
+                next_check = time.monotonic() + (2.0 if orphans else WORKER_RECHECK)
+            slice_end = next_check if stop is None else min(next_check, stop)
+            got = client.wait(pending, on_progress=progress,
+                              timeout=max(0.2, slice_end - time.monotonic()))
+            for job_id, result in got.items():
+                if result["status"] != "TIMEOUT" or (stop and time.monotonic() >= stop):
+                    results[job_id] = result
+                    pending.remove(job_id)
+    finally:
+        progress.close()
+    return results
+
+
+# --- the commands ---------------------------------------------------------------------
+
+def submit_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("files", nargs="+", metavar="FILE")
+    parser.add_argument("--no-wait", action="store_true",
+                        help="print each job's id and file name, and return")
+    parser.add_argument("--engine", help="tesseract, mlx-vlm (default: the worker's)")
+    parser.add_argument("--pages", help='pages to read, e.g. "1-3,7"')
+    parser.add_argument("--password", help="password of an encrypted PDF")
+    parser.add_argument("--output", choices=OUTPUT_CHOICES, default="text")
+    parser.add_argument("--mode", choices=("auto", "ocr", "text"), default=None,
+                        help="PDFs: text layer where present (auto), OCR always, text only")
+    add_job_options(parser)
+    parser.add_argument("--callback-task", help="Celery task (by name) that gets the result")
+    parser.add_argument("--callback-queue", help="queue of --callback-task")
+    parser.add_argument("--callback-url", help="http(s) URL the result summary is POSTed to")
+
+
+def add_job_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--priority", choices=tuple(PRIORITIES),
+                        help="interactive jobs go before normal (default) and batch ones")
+    parser.add_argument("--deadline", type=float, metavar="SECONDS",
+                        help="not started within SECONDS: never started; running past "
+                             "it: stops, keeping the pages done (deadline_exceeded)")
+
+
 def _failure(filename: str, exc: OcrError) -> dict[str, Any]:
     return {"id": None, "status": "FAILURE", "filename": filename, "error": exc.to_dict()}
 
 
-def run_submit(args: argparse.Namespace, client: OcrClient) -> int:
+@command("submit", "OCR files and print their text (the default command)",
+         f"{PROG} --json --pages 1-3 report.pdf scan.png",
+         shared=("json", "timeout", "out"), arguments=submit_arguments)
+def run_submit(args: argparse.Namespace, session: Session) -> int:
+    client = session.client
     options = {"engine": args.engine, "pages": args.pages, "password": args.password,
                "output": args.output, "mode": args.mode, "priority": args.priority,
                "deadline": args.deadline, "callback_task": args.callback_task,
                "callback_queue": args.callback_queue, "callback_url": args.callback_url}
     order: list[str | dict[str, Any]] = []
-    names: dict[str, str] = {}
     for file in args.files:
         try:
-            job_id = client.submit(file, **options)
+            order.append(client.submit(file, **options))
         except OcrError as exc:
             order.append(_failure(Path(file).name, exc))
-            continue
-        names[job_id] = Path(file).name
-        order.append(job_id)
+    sent = [item for item in order if isinstance(item, str)]
     if args.no_wait:
-        for item in order:
-            if isinstance(item, dict):
-                print(json.dumps(item) if args.json else
-                      f"{item['filename']}: FAILURE {item['error']['code']}", flush=True)
-            else:
-                print(json.dumps({"id": item, "status": "PENDING", "filename": names[item]})
-                      if args.json else item, flush=True)
-        return 1 if any(isinstance(item, dict) for item in order) else 0
-    results = wait_for(client, list(names), names, args.timeout)
+        records = [item if isinstance(item, dict) else
+                   {"id": item, "status": "PENDING", "filename": client.filename(item)}
+                   for item in order]
+        for record in records:
+            if args.json:
+                print(json.dumps(record), flush=True)
+            elif record["status"] == "PENDING":
+                print(f"{record['id']}\t{record['filename']}", flush=True)
+        for line in [x for r in records if r["status"] != "PENDING"
+                     for x in problem_lines(r)]:
+            print(line, file=sys.stderr)
+        return exit_status([r for r in records if r["status"] != "PENDING"])
+    results = wait_for(client, sent, args.timeout)
     ordered = [item if isinstance(item, dict) else results[item] for item in order]
-    return emit(ordered, args.json, args.out, args.output, client)
+    return emit(ordered, args, args.output, client)
 
 
-def run_cancel(args: argparse.Namespace, client: OcrClient) -> int:
-    outcome = client.cancel(args.ids)
+def ids_argument(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("ids", nargs="+", metavar="ID")
+
+
+@command("wait", "wait for jobs sent with --no-wait and print their results",
+         f"{PROG} wait --json 5b0c2a1e-...", shared=("json", "timeout", "out"),
+         arguments=ids_argument)
+def run_wait(args: argparse.Namespace, session: Session) -> int:
+    client = session.client
+    results = wait_for(client, args.ids, args.timeout)
+    return emit([results[i] for i in dict.fromkeys(args.ids)], args, "text", client)
+
+
+@command("status", "show where jobs stand, without waiting",
+         f"{PROG} status 5b0c2a1e-...", shared=("json",), arguments=ids_argument)
+def run_status(args: argparse.Namespace, session: Session) -> int:
+    client = session.client
     for job_id in args.ids:
-        print(json.dumps({"id": job_id, "outcome": outcome[job_id]}) if args.json
-              else f"{job_id}: {outcome[job_id]}", flush=True)
-    return 0
+        status = client.status(job_id)
+        record = {"id": job_id, "filename": client.filename(job_id),
+                  "state": status.state, "done": status.done, "total": status.total,
+                  "queue": client.queue_of(job_id)}
+        if args.json:
+            print(json.dumps(record), flush=True)
+        else:
+            pages = f" {status.done}/{status.total} pages" if status.total else ""
+            print(f"{record['filename'] or job_id}: {status.state}{pages} "
+                  f"(job {job_id}, queue {record['queue']})", flush=True)
+    return EXIT_OK
 
 
-def run_retry(args: argparse.Namespace, client: OcrClient) -> int:
+@command("cancel", "cancel jobs: queued ones never start, running ones stop and keep "
+         "the pages they finished", f"{PROG} cancel 5b0c2a1e-...", shared=("json",),
+         arguments=ids_argument)
+def run_cancel(args: argparse.Namespace, session: Session) -> int:
+    client = session.client
+    outcome = client.cancel(args.ids)
+    for job_id in dict.fromkeys(args.ids):
+        name = client.filename(job_id)
+        print(json.dumps({"id": job_id, "filename": name, "outcome": outcome[job_id]})
+              if args.json else f"{name or job_id}: {outcome[job_id]} (job {job_id})",
+              flush=True)
+    return EXIT_OK
+
+
+def retry_arguments(parser: argparse.ArgumentParser) -> None:
+    ids_argument(parser)
+    parser.add_argument("--password", help="password of an encrypted PDF")
+    parser.add_argument("--priority", choices=tuple(PRIORITIES))
+    parser.add_argument("--no-wait", action="store_true")
+
+
+@command("retry", "re-read the failed pages of PARTIAL jobs (the new result is complete)",
+         f"{PROG} retry 5b0c2a1e-...", shared=("json", "timeout", "out"),
+         arguments=retry_arguments)
+def run_retry(args: argparse.Namespace, session: Session) -> int:
+    client = session.client
     new_ids: list[str] = []
     for job_id in args.ids:
         try:
             new_ids.append(client.retry(job_id, password=args.password,
                                         priority=args.priority))
         except OcrError as exc:
-            print(f"{job_id}: {exc}", file=sys.stderr)
-            return 1
+            print(f"{client.filename(job_id) or job_id}: {exc} (job {job_id})",
+                  file=sys.stderr)
+            return EXIT_FAILURE
     if args.no_wait:
         for new_id in new_ids:
-            print(json.dumps({"id": new_id, "status": "PENDING"}) if args.json else new_id)
-        return 0
-    results = wait_for(client, new_ids, {}, args.timeout)
-    return emit([results[i] for i in new_ids], args.json, args.out, "text", client)
+            name = client.filename(new_id)
+            print(json.dumps({"id": new_id, "status": "PENDING", "filename": name})
+                  if args.json else f"{new_id}\t{name}")
+        return EXIT_OK
+    results = wait_for(client, new_ids, args.timeout)
+    return emit([results[i] for i in new_ids], args, "text", client)
 
 
-def wait_for(client: OcrClient, ids: list[str], names: dict[str, str],
-             timeout: float | None) -> dict[str, dict[str, Any]]:
-    progress = ProgressLine(sys.stderr, names)
-    try:
-        return client.wait(ids, on_progress=progress, timeout=timeout)
-    finally:
-        progress.close()
+def models_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--prune", action="store_true",
+                        help="remove what the prune policy selects")
+    parser.add_argument("--dry-run", action="store_true",
+                        help="show what --prune would remove; remove nothing")
+    parser.add_argument("--unload", action="store_true",
+                        help="make every pool child release its engine (remote control "
+                             "unload_model); it reloads on its next task")
 
 
-def run_models(args: argparse.Namespace, client: OcrClient) -> int:
-    """`submit.py models`: the audit report, or the replies to `unload_model`."""
+@command("models", "audit OCR_MODEL_DIR through the queue, prune it, or make the "
+         "workers release their models", f"{PROG} models --prune --dry-run",
+         shared=("json", "timeout"), arguments=models_arguments)
+def run_models(args: argparse.Namespace, session: Session) -> int:
+    """Print the audit report, or the replies to `unload_model`.
+
+    Exit 1 when the audit failed or reported errors, or when no worker answered.
+    """
+    if args.unload and (args.prune or args.dry_run):
+        print(f"{PROG} models: --unload cannot be combined with --prune or --dry-run",
+              file=sys.stderr)
+        return EXIT_USAGE
+    client = session.client
     if args.unload:
         replies = client.unload_models()
         if args.json:
@@ -275,19 +543,19 @@ def run_models(args: argparse.Namespace, client: OcrClient) -> int:
             for worker, reply in sorted(replies.items()):
                 print(f"{worker}: {reply.get('ok') or 'error: ' + str(reply.get('error'))}")
         if not replies:
-            print("submit.py: no worker answered", file=sys.stderr)
-        return 0 if any("ok" in r for r in replies.values()) else 1
+            print(f"{PROG}: no worker answered; {NO_WORKER_HINT}", file=sys.stderr)
+        return EXIT_OK if any("ok" in r for r in replies.values()) else EXIT_FAILURE
     report = client.audit_models(prune=args.prune, dry_run=args.dry_run,
-                                 timeout=args.timeout)
+                                 timeout=300.0 if args.timeout is None else args.timeout)
     if "models" not in report:  # FAILURE or TIMEOUT
         error = report.get("error", {})
         if args.json:
             print(json.dumps(report))
-        print(f"submit.py: audit {report.get('status')}: {error.get('code')}: "
+        print(f"{PROG}: audit {report.get('status')}: {error.get('code')}: "
               f"{error.get('message')}", file=sys.stderr)
-        return 1
+        return EXIT_FAILURE
     print(json.dumps(report) if args.json else format_models_report(report), flush=True)
-    return 1 if report["errors"] else 0
+    return EXIT_FAILURE if report["errors"] else EXIT_OK
 
 
 def format_models_report(report: dict[str, Any]) -> str:
@@ -336,36 +604,35 @@ def _when(iso: str | None) -> str:
     return iso[:16].replace("T", " ") + "Z" if iso else "-"
 
 
+# --- main ------------------------------------------------------------------------------
+
 def main(argv: list[str] | None = None) -> int:
-    argv = list(sys.argv[1:] if argv is None else argv)
-    parsers = {"wait": build_wait_parser, "models": build_models_parser,
-               "cancel": build_cancel_parser, "retry": build_retry_parser}
-    command = argv[0] if argv and argv[0] in parsers else None
-    parser = parsers.get(command or "", build_parser)()
-    args = parser.parse_args(argv[1:] if command else argv)
-    if command == "models" and args.unload and (args.prune or args.dry_run):
-        parser.error("--unload cannot be combined with --prune or --dry-run")
+    parser = build_parser()
+    words = with_default_command(list(sys.argv[1:] if argv is None else argv))
+    args = parser.parse_args(words)  # usage errors exit 2
+    if args.command is None:
+        parser.print_help(sys.stderr)
+        return EXIT_USAGE
+    cmd = COMMANDS[args.command]
+    check_shared(parser, args, cmd)
+    session = Session(args)
     try:
-        settings = Settings.from_env()
+        return cmd.run(args, session)
     except SettingsError as exc:
-        print(f"submit.py: {exc}", file=sys.stderr)
-        return 2
-    client = OcrClient(settings)
-    try:
-        if command == "models":
-            return run_models(args, client)
-        if command == "cancel":
-            return run_cancel(args, client)
-        if command == "retry":
-            return run_retry(args, client)
-        if command == "wait":
-            results = wait_for(client, args.ids, {}, args.timeout)
-            return emit([results[i] for i in args.ids], args.json, args.out, "text", client)
-        return run_submit(args, client)
+        print(f"{PROG}: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    except ServiceUnreachable as exc:
+        print(f"{PROG}: {exc.message}: {UNREACHABLE_HINT}", file=sys.stderr)
+        return EXIT_UNREACHABLE
+    except CONNECTION_ERRORS as exc:  # Redis went away mid-run
+        url = masked_url(session.settings.redis_url)
+        print(f"{PROG}: lost Redis at {url} ({str(exc).strip().rstrip('.')}): "
+              f"{UNREACHABLE_HINT}", file=sys.stderr)
+        return EXIT_UNREACHABLE
     except KeyboardInterrupt:
-        return 130
+        return EXIT_INTERRUPTED
     finally:
-        client.close()
+        session.close()
 
 
 if __name__ == "__main__":

@@ -13,7 +13,9 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+import redis
 from celery import Celery
+from kombu.exceptions import OperationalError
 from kombu.utils.uuid import uuid
 
 from tasks.errors import (
@@ -22,14 +24,18 @@ from tasks.errors import (
     InputNotFound,
     InputTooLarge,
     OcrError,
+    ServiceUnreachable,
     error_info,
 )
 from tasks.pipeline.results import cancelled_result
 from tasks.state.join import DocumentJoin
 from tasks.state.stores import BlobStore, JobControl, OutputStore, connect
-from worker_config import PRIORITIES, Settings
+from worker_config import DEFAULT_QUEUE, PRIORITIES, Settings, queue_for_engine
 
 FINAL_STATES = ("SUCCESS", "FAILURE", "REVOKED")
+# What Redis or the Celery transport raise while Redis is unreachable (mid-run too).
+CONNECTION_ERRORS: tuple[type[BaseException], ...] = (
+    redis.ConnectionError, redis.TimeoutError, OperationalError)
 ProgressCallback = Callable[[str, "JobStatus"], None]
 
 
@@ -57,7 +63,7 @@ class OcrClient:
 
             app = create_app(self.settings)
         self.app = app
-        redis_client = connect(self.settings.redis_url)
+        self._redis = redis_client = connect(self.settings.redis_url)
         self._blobs = BlobStore(redis_client, self.settings.blob_ttl)
         self._outputs = OutputStore(redis_client, self.settings.result_ttl)
         self._control = JobControl(redis_client, self.settings.result_ttl)
@@ -101,8 +107,10 @@ class OcrClient:
         if deadline is not None:
             kwargs["deadline"] = at = time.time() + deadline
             send["expires"] = datetime.fromtimestamp(at, tz=UTC)
+        engine = kwargs.get("engine")
         control = {"blob": kwargs.get("blob", ""), "filename": kwargs.get("filename", ""),
-                   "deadline": str(kwargs.get("deadline", ""))}
+                   "deadline": str(kwargs.get("deadline", "")),
+                   "queue": queue_for_engine(engine) if engine else DEFAULT_QUEUE}
         if owner:
             control["owner"] = owner
         self._control.remember(job_id, **control)
@@ -198,7 +206,21 @@ class OcrClient:
         return JobStatus(job_id, state, int(info.get("done", 0)), int(info.get("total", 0)))
 
     def result(self, job_id: str) -> dict[str, Any]:
-        """The public result of a finished job (SUCCESS or FAILURE dict)."""
+        """The public result of a finished job; a job's `filename` names its input."""
+        result = self._result(job_id)
+        if "status" in result and not result.get("filename"):  # not for audit reports
+            result["filename"] = self.filename(job_id)
+        return result
+
+    def filename(self, job_id: str) -> str:
+        """The input's file name a job was sent with ("" when unknown or expired)."""
+        return self._control.info(job_id).get("filename", "")
+
+    def queue_of(self, job_id: str) -> str:
+        """The queue a job was sent to (jobs this client did not send: `ocr`)."""
+        return self._control.info(job_id).get("queue") or DEFAULT_QUEUE
+
+    def _result(self, job_id: str) -> dict[str, Any]:
         res = self.app.AsyncResult(job_id)
         state = res.state
         if state == "SUCCESS":
@@ -241,7 +263,8 @@ class OcrClient:
             if pending:
                 if deadline is not None and time.monotonic() >= deadline:
                     for job_id in pending:
-                        results[job_id] = {"id": job_id, "status": "TIMEOUT", "error": {
+                        results[job_id] = {"id": job_id, "status": "TIMEOUT",
+                                           "filename": self.filename(job_id), "error": {
                             "code": "wait_timeout", "retryable": True,
                             "message": "the job had not finished when waiting stopped"}}
                     break
@@ -268,5 +291,31 @@ class OcrClient:
             merged.update(reply)
         return merged
 
+    def check_service(self) -> None:
+        """Raise `ServiceUnreachable` (with the URL, password masked) unless Redis answers."""
+        try:
+            self._redis.ping()
+        except CONNECTION_ERRORS as exc:
+            raise ServiceUnreachable(self.unreachable_message(exc)) from None
+
+    def unreachable_message(self, exc: BaseException) -> str:
+        reason = str(exc).strip().rstrip(".") or type(exc).__name__
+        return f"cannot reach Redis at {masked_url(self.settings.redis_url)} ({reason})"
+
+    def live_queues(self, timeout: float = 1.0) -> dict[str, set[str]]:
+        """The queues each live worker consumes, by node name (remote control, `timeout` s)."""
+        replies = self.app.control.inspect(timeout=timeout).active_queues() or {}
+        return {worker: {q["name"] for q in queues} for worker, queues in replies.items()}
+
     def close(self) -> None:
         self.app.close()
+
+
+def masked_url(url: str) -> str:
+    """`url` without its password, to show in messages."""
+    scheme, sep, rest = url.partition("://")
+    userinfo, at, host = rest.rpartition("@")
+    if not sep or not at:
+        return url
+    user, colon, _ = userinfo.partition(":")
+    return f"{scheme}://{user}:***@{host}" if colon else url

@@ -168,6 +168,22 @@ class TransientError(OcrError):
     default_message = "a temporary failure; the job is retried"
 
 
+class ServiceUnreachable(OcrError):
+    """Client side: the broker (Redis at REDIS_URL) did not answer."""
+
+    code = "service_unreachable"
+    retryable = True
+    default_message = "Redis did not answer at REDIS_URL"
+
+
+class NoWorker(OcrError):
+    """Client side: no live worker consumes the queue a job waits in."""
+
+    code = "no_worker"
+    retryable = True
+    default_message = "no live worker consumes the job's queue"
+
+
 def _descendants(cls: type[OcrError]) -> list[type[OcrError]]:
     return [cls] + [d for sub in cls.__subclasses__() for d in _descendants(sub)]
 
