@@ -102,7 +102,7 @@ def _text(value: bytes | str) -> str:
     return value.decode() if isinstance(value, bytes) else value
 
 
-def build_tokens_parser(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
+def build_tokens_parser(parser: argparse.ArgumentParser) -> None:
     """`tokens create NAME | list | revoke NAME`, with --json on each."""
     commands = parser.add_subparsers(dest="tokens_command", required=True, metavar="COMMAND")
     create = commands.add_parser("create", help="make a client and print its token once")
@@ -113,20 +113,22 @@ def build_tokens_parser(parser: argparse.ArgumentParser) -> argparse.ArgumentPar
     create.add_argument("--requests-per-minute", type=int, metavar="N",
                         help="most requests a minute (0: none; default "
                              "OCR_API_REQUESTS_PER_MINUTE)")
-    create.add_argument("--json", action="store_true", help='print {"name": …, "token": …}')
+    create.add_argument("--json", action="store_true", default=argparse.SUPPRESS,
+                        help='print {"name": …, "token": …}')
     listing = commands.add_parser("list", help="list clients (never their tokens)")
-    listing.add_argument("--json", action="store_true", help="one JSON object per client")
+    listing.add_argument("--json", action="store_true", default=argparse.SUPPRESS,
+                         help="one JSON object per client")
     revoke = commands.add_parser("revoke", help="remove a client and its token")
     revoke.add_argument("name", metavar="NAME")
-    revoke.add_argument("--json", action="store_true")
-    return parser
+    revoke.add_argument("--json", action="store_true", default=argparse.SUPPRESS)
 
 
 def run_tokens(args: argparse.Namespace, store: TokenStore, out: TextIO) -> int:
     """Carry out a parsed `tokens` command; returns the exit status."""
+    as_json = bool(getattr(args, "json", False))
     if args.tokens_command == "create":
         token = store.create(args.name, args.jobs_in_flight, args.requests_per_minute)
-        if args.json:
+        if as_json:
             print(json.dumps({"name": args.name, "token": token}), file=out)
         else:
             print(f"token for {args.name} (shown once; only its hash is stored):\n{token}",
@@ -135,17 +137,17 @@ def run_tokens(args: argparse.Namespace, store: TokenStore, out: TextIO) -> int:
     if args.tokens_command == "list":
         clients = store.clients()
         for client in clients:
-            if args.json:
+            if as_json:
                 print(json.dumps(asdict(client)), file=out)
             else:
                 print(f"{client.name}\t{_limits(client)}\tcreated "
                       f"{time.strftime('%Y-%m-%d %H:%M', time.gmtime(client.created))} UTC"
                       f"\tsha256 {client.token_sha256[:12]}", file=out)
-        if not clients and not args.json:
+        if not clients and not as_json:
             print("no clients", file=out)
         return 0
     revoked = store.revoke(args.name)
-    if args.json:
+    if as_json:
         print(json.dumps({"name": args.name, "revoked": revoked}), file=out)
     else:
         print(f"revoked {args.name}" if revoked else f"no client {args.name}", file=out)
