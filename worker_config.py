@@ -25,6 +25,10 @@ PRIORITIES = {"interactive": 0, "normal": 3, "batch": 6}
 PRIORITY_STEPS = [0, 3, 6, 9]
 OUTPUT_CHOICES = ("text", "markdown", "json", "pdf")
 DEFAULT_QUEUE = "ocr"
+# Light tasks (ocr.cancel, HTTP callbacks): every worker consumes this queue, and the
+# Procfile's `control` worker serves only it, so a cancel never waits for a busy pool.
+CONTROL_QUEUE = "ocr-control"
+WORKER_ROLES = ("ocr", "control")
 DEFAULT_PROMPT = (
     "Transcribe all text in this image exactly as written, in reading order. "
     "Use Markdown for headings, lists and tables. Output only the transcription."
@@ -83,6 +87,10 @@ class Settings:
         "OCR_ENGINE_PLUGINS", "",
         "Extra engines as name=module:Class pairs, comma separated (tests use this for "
         "fake engines).")
+    worker_role: str = _s("OCR_WORKER_ROLE", "ocr",
+                          "ocr: a worker that runs OCR with its engine; control: the "
+                          "light worker of the Procfile that serves only the "
+                          "`ocr-control` queue (cancels, callbacks) and loads no engine.")
     concurrency: int = _s("OCR_CONCURRENCY", "0",
                           "Pool children per worker; 0 means one per CPU core.")
     max_tasks_per_child: int = _s("OCR_MAX_TASKS_PER_CHILD", "200",
@@ -194,6 +202,9 @@ class Settings:
         if self.engine not in ENGINE_CHOICES and self.engine not in self.engine_plugins:
             raise SettingsError(f"OCR_ENGINE={self.engine!r}: choose one of "
                                 f"{', '.join(self.all_engine_names())}")
+        if self.worker_role not in WORKER_ROLES:
+            raise SettingsError(f"OCR_WORKER_ROLE={self.worker_role!r}: choose one of "
+                                f"{', '.join(WORKER_ROLES)}")
         if self.hard_time_limit <= self.soft_time_limit:
             raise SettingsError("OCR_HARD_TIME_LIMIT must be larger than OCR_SOFT_TIME_LIMIT")
         if self.page_hard_time_limit <= self.page_soft_time_limit:

@@ -15,6 +15,7 @@ from typing import Any
 
 import redis
 from celery import Celery
+from celery.exceptions import TimeoutError as CeleryTimeoutError
 from kombu.exceptions import OperationalError
 from kombu.utils.uuid import uuid
 
@@ -27,8 +28,6 @@ from tasks.errors import (
     ServiceUnreachable,
     error_info,
 )
-from tasks.pipeline.results import cancelled_result
-from tasks.state.join import DocumentJoin
 from tasks.state.stores import BlobStore, JobControl, OutputStore, connect
 from worker_config import DEFAULT_QUEUE, PRIORITIES, Settings, queue_for_engine
 
@@ -67,7 +66,6 @@ class OcrClient:
         self._blobs = BlobStore(redis_client, self.settings.blob_ttl)
         self._outputs = OutputStore(redis_client, self.settings.result_ttl)
         self._control = JobControl(redis_client, self.settings.result_ttl)
-        self._join = DocumentJoin(redis_client, self.settings.blob_ttl)
 
     def submit(self, source: str | Path | bytes, *, filename: str | None = None,
                priority: str | None = None, deadline: float | None = None,
@@ -118,45 +116,31 @@ class OcrClient:
         self.app.send_task("ocr.document", kwargs=kwargs, **send)
         return job_id
 
-    def cancel(self, ids: Iterable[str]) -> dict[str, str]:
-        """Cancel jobs; returns `cancelled`, or the final state a job had reached.
+    def cancel(self, ids: Iterable[str], wait: float = 10.0) -> dict[str, str]:
+        """Cancel jobs by sending the public task `ocr.cancel` for each.
 
-        Queued jobs never start; running ones stop (their running page is killed) and
-        keep the pages they finished.
+        Returns, by id, `cancelled`, the final state of a job that had already ended
+        (`success`, `failure`, `revoked`), or `requested` when no worker answered within
+        `wait` seconds (the cancel still happens when one takes the message). Queued jobs
+        never start; running ones stop (their running page is killed) and keep the
+        pages they finished.
         """
-        ids = list(dict.fromkeys(ids))
-        for job_id in ids:
-            self._control.cancel(job_id)
-        page_tasks = [t for job_id in ids for t in self._document_meta(job_id)
-                      .get("page_tasks", [])]
-        self.app.control.revoke([*ids, *page_tasks], terminate=True, signal="SIGKILL")
-        outcome = {}
-        for job_id in ids:
-            state = self.app.AsyncResult(job_id).state
-            if state in FINAL_STATES:
-                outcome[job_id] = state.lower()
+        sent = {job_id: self.app.send_task("ocr.cancel", kwargs={"job_id": job_id},
+                                           priority=PRIORITIES["interactive"])
+                for job_id in dict.fromkeys(ids)}
+        outcome: dict[str, str] = {}
+        deadline = time.monotonic() + wait
+        for job_id, reply in sent.items():
+            try:
+                answer = reply.get(timeout=max(0.0, deadline - time.monotonic()),
+                                   propagate=False)
+            except CeleryTimeoutError:
+                outcome[job_id] = "requested"
                 continue
-            self._control.store_cancelled(job_id, self._pages_so_far(job_id))
-            self.app.backend.mark_as_revoked(job_id, "cancelled")
-            self._blobs.delete(self._control.info(job_id).get("blob"))
-            outcome[job_id] = "cancelled"
+            status = answer.get("status") if isinstance(answer, dict) else None
+            outcome[job_id] = ("cancelled" if status == "cancelled" else
+                               self.app.AsyncResult(job_id).state.lower())
         return outcome
-
-    def _document_meta(self, job_id: str) -> dict[str, Any]:
-        try:
-            return self._join.meta(job_id)
-        except OcrError:
-            return {}
-
-    def _pages_so_far(self, job_id: str) -> dict[str, Any]:
-        """The cancelled result: the pages a fanned-out document finished before."""
-        meta = self._document_meta(job_id)
-        if not meta or not self._join.claim(job_id):
-            return {"id": job_id, "status": "CANCELLED", "pages": [], "text": ""}
-        pages = [p for p in self._join.pages(job_id) if "error" not in p]
-        self._join.cleanup(job_id)
-        self._blobs.delete(meta["blob"])
-        return cancelled_result(job_id, pages, meta["base"])
 
     def retry(self, job_id: str, password: str | None = None,
               priority: str | None = None) -> str:

@@ -37,6 +37,12 @@ class OcrError(Exception):
         return {"code": self.code, "message": self.message, "retryable": self.retryable}
 
 
+class InternalError(OcrError):
+    """An unexpected failure inside the service (its type is logged, never its text)."""
+
+    code = "internal_error"
+
+
 class BadRequest(OcrError):
     code = "bad_request"
     default_message = "the job's arguments are invalid"
@@ -201,5 +207,4 @@ def error_info(exc: BaseException) -> dict[str, Any]:
     if isinstance(exc, WorkerLostError):
         return WorkerLost().to_dict()
     # Unknown failures: never echo their text, it may hold input content.
-    return {"code": "internal_error", "message": f"unexpected {type(exc).__name__}",
-            "retryable": False}
+    return InternalError(f"unexpected {type(exc).__name__}").to_dict()

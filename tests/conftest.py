@@ -76,9 +76,11 @@ class RedisServer:
 
 
 class Worker:
-    """A real worker process, started with the Procfile's `worker:` command."""
+    """A real worker process, started with the Procfile's `worker:` command (or another
+    Procfile worker such as `control:`)."""
 
-    def __init__(self, log_path: Path, env: dict[str, str]) -> None:
+    def __init__(self, log_path: Path, env: dict[str, str], process: str = "worker") -> None:
+        self.process = process
         self.name = f"test-{uuid.uuid4().hex[:8]}"
         self.log_path = log_path
         inherited = {k: v for k, v in os.environ.items()
@@ -91,7 +93,7 @@ class Worker:
     def start(self, timeout: float = 90) -> Worker:
         with open(self.log_path, "ab") as log:
             self.proc = subprocess.Popen(
-                ["bash", "-c", f"exec {procfile_command('worker')}"], cwd=ROOT,
+                ["bash", "-c", f"exec {procfile_command(self.process)}"], cwd=ROOT,
                 env=self.env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
@@ -143,9 +145,9 @@ def start_worker(tmp_path_factory: pytest.TempPathFactory,
                  redis_url: str) -> Iterator[Callable[..., Worker]]:
     started: list[Worker] = []
 
-    def factory(**env: str) -> Worker:
+    def factory(process: str = "worker", **env: str) -> Worker:
         log = tmp_path_factory.mktemp("worker") / "worker.log"
-        worker = Worker(log, {"REDIS_URL": redis_url, **env})
+        worker = Worker(log, {"REDIS_URL": redis_url, **env}, process)
         started.append(worker)
         return worker.start()
 

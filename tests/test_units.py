@@ -197,9 +197,9 @@ def test_data_b64_limits() -> None:
     s = settings(OCR_MAX_INPUT_MB="0.001")
     big = base64.b64encode(b"x" * 2000).decode()
     with pytest.raises(InputTooLarge):
-        read_input({"data_b64": big}, JobRequest(source="data_b64"), s, blobs=None)  # type: ignore[arg-type]
+        read_input(JobRequest(source="data_b64", data_b64=big), s, blobs=None)  # type: ignore[arg-type]
     with pytest.raises(BadRequest):
-        read_input({"data_b64": "!!notbase64"}, JobRequest(source="data_b64"), settings(),
+        read_input(JobRequest(source="data_b64", data_b64="!!notbase64"), settings(),
                    blobs=None)  # type: ignore[arg-type]
 
 

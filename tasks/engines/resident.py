@@ -176,6 +176,11 @@ def current(settings: Settings) -> ResidentEngines:
     return _registry if _registry is not None else init_process(settings)
 
 
+def existing() -> ResidentEngines | None:
+    """The registry of this process if it has one (a control worker has none)."""
+    return _registry
+
+
 def shutdown_process() -> None:
     """Release the engines at child shutdown."""
     global _registry

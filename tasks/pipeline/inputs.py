@@ -8,7 +8,7 @@ from __future__ import annotations
 import base64
 import binascii
 import re
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlparse
@@ -25,6 +25,11 @@ SOURCES = ("data_b64", "blob", "path")
 OPTIONS = ("filename", "engine", "pages", "password", "output", "mode", "callback_task",
            "callback_queue", "callback_url", "merge_from")
 NUMBER_OPTIONS = ("deadline",)
+# Request fields that do not change the result: left out of the cache key. The
+# password is checked separately (tasks/lifecycle/jobs.py): a cached result of an
+# encrypted input is served only to a request whose password opens it.
+NOT_IN_RESULT = ("source", "blob", "path", "data_b64", "filename", "password", "deadline",
+                 "callback_task", "callback_queue", "callback_url", "merge_from")
 _TASK_NAME = re.compile(r"^[A-Za-z_][\w.:-]{0,199}$")
 
 
@@ -33,6 +38,9 @@ class JobRequest:
     """The validated arguments of one `ocr.document` job (the input itself excluded)."""
 
     source: str
+    blob: str | None = None
+    path: str | None = None
+    data_b64: str | None = field(default=None, repr=False)
     filename: str = ""
     engine: str | None = None
     pages: str | None = None
@@ -53,7 +61,7 @@ class JobRequest:
         given = [s for s in SOURCES if kwargs.get(s) not in (None, "")]
         if len(given) != 1:
             raise BadRequest("give exactly one of data_b64, blob or path")
-        for name in OPTIONS:
+        for name in (*SOURCES, *OPTIONS):
             value = kwargs.get(name)
             if value is not None and not isinstance(value, str):
                 raise BadRequest(f"`{name}` must be a string")
@@ -62,7 +70,7 @@ class JobRequest:
             if value is not None and (isinstance(value, bool)
                                       or not isinstance(value, (int, float))):
                 raise BadRequest(f"`{name}` must be a number (seconds since the epoch)")
-        chosen = {k: kwargs[k] for k in (*OPTIONS, *NUMBER_OPTIONS)
+        chosen = {k: kwargs[k] for k in (*SOURCES, *OPTIONS, *NUMBER_OPTIONS)
                   if kwargs.get(k) not in (None, "")}
         request = cls(source=given[0], **chosen)
         if request.engine is not None and request.engine not in settings.all_engine_names():
@@ -81,20 +89,32 @@ class JobRequest:
         return request
 
     def cache_options(self, engine: str, model: str | None) -> dict[str, Any]:
-        """What, beside the input bytes, decides the result."""
+        """What, beside the input bytes, decides the result (settings: the caller's)."""
         options = asdict(self)
-        for name in ("source", "filename", "password", "deadline", "callback_task",
-                     "callback_queue", "callback_url", "merge_from"):
+        for name in NOT_IN_RESULT:
             options.pop(name)
         return {**options, "engine": engine, "model": model}
 
+    def to_json(self) -> dict[str, Any]:
+        """The request as stored in Redis: no inline payload (it is in a blob by then)."""
+        out = asdict(self)
+        out.pop("data_b64")
+        return out
 
-def read_input(kwargs: dict[str, Any], request: JobRequest, settings: Settings,
-               blobs: BlobStore) -> bytes:
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> JobRequest:
+        return cls(**data)
+
+    def stored_as(self, blob: str) -> JobRequest:
+        """The same request with its input now in the blob store under `blob`."""
+        return replace(self, source="blob", blob=blob, path=None, data_b64=None)
+
+
+def read_input(request: JobRequest, settings: Settings, blobs: BlobStore) -> bytes:
     """The input bytes, from the message, the blob store or an allowed path."""
     limit = settings.max_input_bytes
     if request.source == "data_b64":
-        encoded = kwargs["data_b64"]
+        encoded = request.data_b64
         if not isinstance(encoded, str):
             raise BadRequest("`data_b64` must be a base64 string")
         if len(encoded) * 3 // 4 > limit + 3:
@@ -104,9 +124,9 @@ def read_input(kwargs: dict[str, Any], request: JobRequest, settings: Settings,
         except (binascii.Error, ValueError):
             raise BadRequest("`data_b64` is not valid base64") from None
     elif request.source == "blob":
-        data = blobs.get(kwargs["blob"])
+        data = blobs.get(request.blob)  # type: ignore[arg-type]
     else:
-        data = read_path(kwargs["path"], settings)
+        data = read_path(request.path, settings)
     if len(data) > limit:
         raise InputTooLarge(f"the input is larger than {settings.max_input_mb} MB")
     return data

@@ -31,6 +31,7 @@ class PdfPlan:
     doc: Any
     page_count: int
     selected: int
+    encrypted: bool = False
     text_pages: dict[int, tuple[str, str]] = field(default_factory=dict)
     ocr_pages: list[int] = field(default_factory=list)
 
@@ -68,6 +69,20 @@ def open_pdf(data: bytes, password: str | None, settings: Settings) -> Any:
     return doc
 
 
+def decrypted_bytes(doc: Any) -> bytes:
+    """An authenticated document written without its encryption.
+
+    Page tasks read this copy, so the password never has to be stored.
+    """
+    return bytes(doc.tobytes(encryption=pymupdf.PDF_ENCRYPT_NONE,  # type: ignore[attr-defined]
+                             garbage=0))
+
+
+def check_password(data: bytes, password: str | None, settings: Settings) -> None:
+    """Raise `pdf_encrypted` unless `password` opens the PDF `data`."""
+    open_pdf(data, password, settings).close()
+
+
 def text_chars(page: Any) -> tuple[int, int]:
     """(visible, invisible) characters of the page's text layer."""
     visible = invisible = 0
@@ -89,7 +104,7 @@ def plan_pdf(data: bytes, pages: str | None, password: str | None, mode: str,
     """
     doc = open_pdf(data, password, settings)
     numbers = select_pages(pages, doc.page_count, settings.max_pages)
-    plan = PdfPlan(doc, doc.page_count, len(numbers))
+    plan = PdfPlan(doc, doc.page_count, len(numbers), encrypted=bool(doc.needs_pass))
     for number in numbers:
         page = doc[number - 1]
         if mode == "ocr":

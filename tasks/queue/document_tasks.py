@@ -1,91 +1,97 @@
-"""Public Celery tasks: thin wrappers that decode arguments and call `tasks.lifecycle.jobs`.
+"""Public and internal Celery tasks of a job: thin wrappers around `tasks.lifecycle`.
 
-They also decide retries, where results go and which callbacks fire.
+They decode messages into typed records, call the lifecycle, retry what is retryable
+(the error classes' `retryable` flag, with backoff) and hand every ending to the job's
+one exit (`JobServices.ender`). A job's result is stored by that exit, so the job task
+itself always ends with `Ignore` (Celery stores nothing more, and no result text is
+logged).
 
-Task bodies run in worker pool children; `pdf_page_lost` runs wherever Celery marks a
-page task failed (the worker parent, for a child killed at its hard time limit).
+Task bodies run in worker pool children (`ocr.cancel` and `ocr.http_callback` also in
+the Procfile's control worker); `pdf_page_lost` runs wherever Celery marks a page task
+failed (the worker parent, for a child killed at its hard time limit).
 """
 
 from __future__ import annotations
 
 import functools
+import logging
 import urllib.error
+from dataclasses import replace
 from typing import Any, NoReturn
 
 from billiard.exceptions import SoftTimeLimitExceeded
 from celery import Celery, Task, shared_task, states
 from celery.exceptions import Ignore
+from celery.utils.time import get_exponential_backoff_interval
 from kombu.utils.uuid import uuid
 
 from tasks.engines import resident
 from tasks.errors import (
     BadRequest,
     DeadlineExceeded,
+    InternalError,
     OcrError,
     Timeout,
-    TransientError,
+    WorkerLost,
     error_info,
 )
-from tasks.lifecycle.callbacks import post_json, summary
-from tasks.lifecycle.jobs import FanOut, Stores, merge_document, process_job, run_pdf_page
+from tasks.lifecycle.callbacks import post_json
+from tasks.lifecycle.cancel import cancel_job
+from tasks.lifecycle.jobs import (
+    FanOut,
+    OpenDocumentCache,
+    merge_document,
+    process_job,
+    run_pdf_page,
+)
+from tasks.lifecycle.records import DocumentMeta, JobStatus, Outcome
 from tasks.pipeline.documents import past_deadline
 from tasks.pipeline.inputs import JobRequest
 from tasks.pipeline.results import failed_page
+from tasks.queue.endings import JobServices, end_from_message, report_progress
 from tasks.queue.poison_guard import GuardedTask
-from tasks.queue.telemetry import document_finished
-from tasks.state.join import DocumentJoin, OpenDocumentCache
-from tasks.state.stores import BlobStore, JobControl, OutputStore, ResultCache, connect
 from worker_config import Settings, queue_for_engine
 
-PROGRESS_STATE = "PROGRESS"
+log = logging.getLogger(__name__)
 _open_docs = OpenDocumentCache()
-_stores_made: dict[int, tuple[Stores, DocumentJoin]] = {}
+# Retries of retryable errors (OcrError.retryable): exponential backoff with full jitter.
+MAX_RETRIES = 5
+RETRY_BACKOFF = 2
+RETRY_BACKOFF_MAX = 60
 
 
-def _stores(settings: Settings) -> tuple[Stores, DocumentJoin]:
-    """The Redis-backed stores of this process for `settings` (one connection pool)."""
-    if id(settings) not in _stores_made:
-        client = connect(settings.redis_url)
-        _stores_made[id(settings)] = (
-            Stores(BlobStore(client, settings.blob_ttl),
-                   ResultCache(client, settings.result_ttl),
-                   OutputStore(client, settings.result_ttl),
-                   JobControl(client, settings.result_ttl)),
-            DocumentJoin(client, settings.blob_ttl))
-    return _stores_made[id(settings)]
+def retry_later(task: Task, exc: OcrError) -> None:
+    """Retry `task` for a retryable error; returns when its retries are used up."""
+    retries = task.request.retries
+    if retries >= MAX_RETRIES:
+        return
+    countdown = get_exponential_backoff_interval(RETRY_BACKOFF, retries, RETRY_BACKOFF_MAX,
+                                                 full_jitter=True)
+    raise task.retry(exc=exc, countdown=countdown, max_retries=MAX_RETRIES)
 
 
-def report_progress(app: Celery, job_id: str, done: int, total: int) -> None:
-    """Progress in the result backend (for clients) and as an event (for Flower)."""
-    meta = {"done": done, "total": total}
-    app.backend.store_result(job_id, meta, PROGRESS_STATE)
-    # `result` is a field Flower shows on the task page; the final result replaces it.
-    send_job_event(app, "task-progress", job_id, result=f"{done}/{total} pages", **meta)
+def unexpected(job_id: str, exc: BaseException) -> InternalError:
+    """An unexpected exception, logged with its traceback, as the job's public error."""
+    log.error("job %s: unexpected %s", job_id, type(exc).__name__, exc_info=exc)
+    return InternalError(f"unexpected {type(exc).__name__}")
 
 
-def send_job_event(app: Celery, event: str, job_id: str, **fields: Any) -> None:
-    # Sent as the worker node: Flower lists every other sender name as a worker of its own.
-    task = app.current_worker_task
-    hostname = task.request.hostname if task is not None else None
-    with app.events.default_dispatcher(hostname=hostname) as dispatcher:
-        dispatcher.send(event, uuid=job_id, **fields)
+class DocumentTask(GuardedTask):
+    """`ocr.document`: every refusal ends the job through its one exit."""
 
+    abstract = True
 
-def notify(app: Celery, request: JobRequest, outcome: dict[str, Any], queue: str | None
-           ) -> None:
-    """Push a finished job to the caller's callback task and/or URL."""
-    if request.callback_task:
-        app.send_task(request.callback_task, args=[outcome], queue=request.callback_queue)
-    if request.callback_url:
-        http_callback.apply_async((request.callback_url, summary(outcome)), queue=queue)
+    def check_start(self, task_id: str, kwargs: dict[str, Any]) -> None:
+        if JobServices.for_app(self.app).ender.has_ended(task_id):
+            raise Ignore()  # a redelivery of a job that has ended: nothing to do
 
+    def refuse_cancelled(self, task_id: str, kwargs: dict[str, Any]) -> None:
+        end_from_message(self.app, task_id, kwargs, JobStatus.CANCELLED)
+        raise Ignore()
 
-def _failure(job_id: str, exc: OcrError) -> dict[str, Any]:
-    return {"id": job_id, "status": "FAILURE", "error": exc.to_dict()}
-
-
-def _queue_of(task: Task) -> str | None:
-    return (task.request.delivery_info or {}).get("routing_key")
+    def refuse_poison(self, task_id: str, kwargs: dict[str, Any], exc: WorkerLost) -> None:
+        end_from_message(self.app, task_id, kwargs, JobStatus.FAILURE, exc)
+        raise Ignore()
 
 
 def _previous(app: Celery, request: JobRequest) -> dict[str, Any] | None:
@@ -98,124 +104,123 @@ def _previous(app: Celery, request: JobRequest) -> dict[str, Any] | None:
     return dict(earlier.result)
 
 
-@shared_task(name="ocr.document", bind=True, base=GuardedTask, throws=(OcrError,),
-             autoretry_for=(TransientError,), retry_backoff=2, retry_backoff_max=60,
-             retry_jitter=True, max_retries=5)
-def document(self: Task, **kwargs: Any) -> dict[str, Any]:
+@shared_task(name="ocr.document", bind=True, base=DocumentTask)
+def document(self: Task, *args: Any, **kwargs: Any) -> NoReturn:
     """OCR one image or PDF; see docs/tasks.md for kwargs and the result schema."""
     settings: Settings = self.app.ocr_settings
-    stores, join = _stores(settings)
     job_id = self.request.id
+    if args:
+        end_from_message(self.app, job_id, kwargs, JobStatus.FAILURE, BadRequest(
+            "ocr.document takes keyword arguments only"))
+        raise Ignore()
     try:
         request = JobRequest.from_kwargs(kwargs, settings)
-    except OcrError:
-        stores.blobs.delete(kwargs.get("blob"))
-        raise
+    except OcrError as exc:
+        end_from_message(self.app, job_id, kwargs, JobStatus.FAILURE, exc)
+        raise Ignore() from None
+    services = JobServices.for_app(self.app)
+    engine = request.engine or settings.resolve_engine()
     try:
-        outcome = process_job(job_id, request, kwargs, settings, resident.current(settings),
-                              stores, _previous(self.app, request),
-                              progress=functools.partial(report_progress, self.app, job_id))
-    except TransientError:
-        raise  # retried by autoretry_for; the blob stays for the retry
+        work = process_job(job_id, request, settings, resident.current(settings),
+                           services.stores, _previous(self.app, request),
+                           progress=functools.partial(report_progress, self.app, job_id))
+    except OcrError as exc:
+        if exc.retryable:
+            retry_later(self, exc)  # the input stays for the retry
+        outcome = Outcome.failed(job_id, exc, request, engine=engine)
     except SoftTimeLimitExceeded:
-        stores.blobs.delete(kwargs.get("blob"))
         late: OcrError = (DeadlineExceeded("the job's deadline passed while it ran")
                           if past_deadline(request.deadline) else
                           Timeout(f"the job ran past its soft time limit of "
                                   f"{settings.soft_time_limit} s"))
-        notify(self.app, request, _failure(job_id, late), _queue_of(self))
-        raise late from None
-    except OcrError as exc:
-        stores.blobs.delete(kwargs.get("blob"))
-        notify(self.app, request, _failure(job_id, exc), _queue_of(self))
-        raise
-    except BaseException:
-        stores.blobs.delete(kwargs.get("blob"))
-        raise
-    if isinstance(outcome, FanOut):
-        fan_out(self, outcome, kwargs, settings, stores, join)
-    if outcome["status"] != "PARTIAL":
-        stores.blobs.delete(kwargs.get("blob"))
-    notify(self.app, request, outcome, _queue_of(self))
-    return outcome
+        outcome = Outcome.failed(job_id, late, request, engine=engine)
+    except Exception as exc:  # noqa: BLE001 - any other failure ends the job, logged
+        outcome = Outcome.failed(job_id, unexpected(job_id, exc), request, engine=engine)
+    else:
+        if isinstance(work, FanOut):
+            fan_out(self, work, services)
+        outcome = work
+    services.ender.end(outcome)
+    raise Ignore()
 
 
-def fan_out(task: Task, work: FanOut, kwargs: dict[str, Any], settings: Settings,
-            stores: Stores, join: DocumentJoin) -> NoReturn:
-    """Enqueue one page task per OCR page; the last one to finish stores the result.
+def fan_out(task: Task, work: FanOut, services: JobServices) -> NoReturn:
+    """Enqueue one page task per OCR page; the job ends when its last page is in.
 
     Page tasks get the job's priority, and their ids are kept (for cancellation).
     """
-    job_id = task.request.id
-    work.meta["blob"] = kwargs.get("blob") or stores.blobs.put(work.data)
-    work.meta["page_tasks"] = page_ids = [uuid() for _ in work.ocr_pages]
-    work.meta["reply_queue"] = queue = queue_for_engine(work.meta["engine"])
+    queue = queue_for_engine(work.meta.engine)
+    meta = replace(work.meta, page_tasks=[uuid() for _ in work.meta.ocr_pages],
+                   reply_queue=queue)
+    job_id = meta.job_id
     priority = (task.request.delivery_info or {}).get("priority")
-    join.start(job_id, work.meta, work.text_pages)
+    services.join.start(meta, work.text_pages)
+    if work.replaced_blob:
+        services.stores.blobs.delete(work.replaced_blob)  # the encrypted upload
     # Progress first: a fast page could otherwise finish the job before this write.
-    report_progress(task.app, job_id, len(work.text_pages), work.meta["total"])
-    for number, page_id in zip(work.ocr_pages, page_ids, strict=True):
+    report_progress(task.app, job_id, len(work.text_pages), meta.total)
+    for number, page_id in zip(meta.ocr_pages, meta.page_tasks, strict=True):
         pdf_page.apply_async((job_id, number), queue=queue, task_id=page_id,
                              priority=priority,
                              link_error=pdf_page_lost.s(job_id, number, queue))
-    raise Ignore()  # the job's result is stored by the page task that merges
+    raise Ignore()  # the job's result is stored when its last page is recorded
 
 
-@shared_task(name="ocr.pdf_page", bind=True, base=GuardedTask,
-             autoretry_for=(TransientError,), retry_backoff=2, retry_jitter=True,
-             max_retries=5)
+@shared_task(name="ocr.pdf_page", bind=True, base=GuardedTask)
 def pdf_page(self: Task, doc_id: str, number: int) -> dict[str, Any]:
-    """OCR one page of a fanned-out PDF and merge the document if it was the last."""
+    """OCR one page of a fanned-out PDF and end the document if it was the last."""
     settings: Settings = self.app.ocr_settings
-    stores, join = _stores(settings)
-    try:
-        meta = join.meta(doc_id)
-    except OcrError:
+    services = JobServices.for_app(self.app)
+    meta = services.join.find(doc_id)
+    if meta is None:
         return {"document": doc_id, "number": number, "skipped": "document finished"}
-    if stores.control.is_cancelled(doc_id):
+    if services.stores.control.is_cancelled(doc_id):
         return {"document": doc_id, "number": number, "skipped": "document cancelled"}
     try:
-        registry = resident.current(settings)
-        page = run_pdf_page(meta, number, registry, _open_docs, settings, stores)
-        if "error" not in page:
-            described = registry.describe(meta["engine"])
-            page["worker"] = {k: described[k] for k in ("pid", "tasks_in_process",
-                                                        "load_seconds")}
+        page = run_pdf_page(meta, number, resident.current(settings), _open_docs,
+                            settings, services.stores)
+    except OcrError as exc:  # retryable: the others are failed pages already
+        retry_later(self, exc)
+        page = failed_page(number, exc)
     except SoftTimeLimitExceeded:
         page = failed_page(number, Timeout(f"page {number} ran past its soft time limit "
                                            f"of {settings.page_soft_time_limit} s"))
-    record_page(self.app, doc_id, meta, page, settings)
+    try:
+        record_page(self.app, meta, page, services)
+    except OcrError as exc:  # retryable: the page's record or the merge met an outage
+        retry_later(self, exc)
+        services.ender.end(Outcome.failed(doc_id, exc, meta.request, engine=meta.engine,
+                                          started=meta.started,
+                                          reply_queue=meta.reply_queue))
     return {"document": doc_id, "number": number, "ok": "error" not in page}
 
 
-def record_page(app: Celery, doc_id: str, meta: dict[str, Any], page: dict[str, Any],
-                settings: Settings) -> None:
-    stores, join = _stores(settings)
-    report_progress(app, doc_id, min(join.done(doc_id) + 1, meta["total"]), meta["total"])
-    if not join.record(doc_id, page, meta["total"]):
+def record_page(app: Celery, meta: DocumentMeta, page: dict[str, Any],
+                services: JobServices) -> None:
+    """Record one page; the task that completes the document ends it (once).
+
+    Raises only retryable errors, with the end claim given back.
+    """
+    doc_id, join, ender = meta.job_id, services.join, services.ender
+    report_progress(app, doc_id, min(join.done(doc_id) + 1, meta.total), meta.total)
+    if not join.record(doc_id, page, meta.total) or not ender.claim(doc_id):
         return
-    request = JobRequest(**meta["request"])
-    keep_input = False
     try:
-        result = merge_document(doc_id, meta, join.pages(doc_id), resident.current(settings),
-                                settings, stores)
+        outcome = merge_document(meta, join.pages(doc_id), app.ocr_settings,
+                                 services.stores)
     except OcrError as exc:
-        app.backend.store_result(doc_id, exc, states.FAILURE)
-        send_job_event(app, "task-failed", doc_id, exception=str(exc))
-        notify(app, request, _failure(doc_id, exc), meta["reply_queue"])
-        document_finished(doc_id, meta, exc)
-    else:
-        keep_input = result["status"] == "PARTIAL"
-        app.backend.store_result(doc_id, result, states.SUCCESS)
-        send_job_event(app, "task-succeeded", doc_id, result=result["status"],
-                       runtime=result["timings"]["total_seconds"])
-        notify(app, request, result, meta["reply_queue"])
-        document_finished(doc_id, meta, result)
+        if exc.retryable:
+            ender.release(doc_id)
+            raise
+        outcome = Outcome.failed(doc_id, exc, meta.request, engine=meta.engine,
+                                 started=meta.started, reply_queue=meta.reply_queue)
+    except Exception as exc:  # noqa: BLE001 - any other failure ends the job, logged
+        outcome = Outcome.failed(doc_id, unexpected(doc_id, exc), meta.request,
+                                 engine=meta.engine, started=meta.started,
+                                 reply_queue=meta.reply_queue)
     finally:
-        join.cleanup(doc_id)
-        if not keep_input:
-            stores.blobs.delete(meta["blob"])
         _open_docs.close()
+    ender.finish(outcome)
 
 
 @shared_task(name="ocr.pdf_page_lost")
@@ -232,14 +237,30 @@ def pdf_page_lost(request: Any, exc: BaseException, traceback: Any, doc_id: str,
 @shared_task(name="ocr.pdf_page_failed", bind=True)
 def pdf_page_failed(self: Task, doc_id: str, number: int, error: dict[str, Any]) -> None:
     """Record a lost page as failed, so the document still ends (PARTIAL)."""
-    settings: Settings = self.app.ocr_settings
-    _, join = _stores(settings)
-    try:
-        meta = join.meta(doc_id)
-    except OcrError:
+    services = JobServices.for_app(self.app)
+    meta = services.join.find(doc_id)
+    if meta is None:
         return
     page = {"number": number, "text": "", "source": "ocr", "error": error}
-    record_page(self.app, doc_id, meta, page, settings)
+    record_page(self.app, meta, page, services)
+
+
+@shared_task(name="ocr.cancel", bind=True, throws=(OcrError,))
+def cancel(self: Task, job_id: str) -> dict[str, str]:
+    """Cancel a job (public: any Celery client sends it with kwargs `job_id`).
+
+    Pages done are kept, running ones are killed; see docs/tasks.md.
+    """
+    if not isinstance(job_id, str) or not job_id:
+        raise BadRequest("`job_id` must be the id of a job")
+    services = JobServices.for_app(self.app)
+
+    def stop(ids: list[str]) -> None:
+        self.app.control.revoke(ids, terminate=True, signal="SIGKILL")
+
+    status = cancel_job(job_id, services.stores.control, services.join, services.ender,
+                        stop)
+    return {"job_id": job_id, "status": status}
 
 
 @shared_task(name="ocr.http_callback", bind=True, max_retries=5,

@@ -23,7 +23,12 @@ from tasks.state.stores import JobControl, connect
 
 
 class GuardedTask(Task):
-    """Base class of the service's tasks: counts starts, refuses poison jobs."""
+    """Base class of the service's tasks: counts starts, refuses poison jobs.
+
+    Subclasses decide what a refusal means for them (`refuse_cancelled`,
+    `refuse_poison`); by default a cancelled task is marked revoked and a poison one
+    fails with `worker_lost`.
+    """
 
     abstract = True
     _guard_redis: Any = None
@@ -36,10 +41,10 @@ class GuardedTask(Task):
         if GuardedTask._guard_redis is None:
             GuardedTask._guard_redis = connect(settings.redis_url)
         client = GuardedTask._guard_redis
+        self.check_start(task_id, kwargs)
         if JobControl(client, settings.result_ttl).is_cancelled(task_id):
             # Cancelled while queued; Celery's own revoke list may be gone with a restart.
-            self.app.backend.mark_as_revoked(task_id, "cancelled")
-            raise Ignore()
+            self.refuse_cancelled(task_id, kwargs)
         key = DELIVERY_PREFIX + task_id
         pipe = client.pipeline()
         pipe.incr(key)
@@ -47,9 +52,20 @@ class GuardedTask(Task):
         starts = int(pipe.execute()[0])
         if starts > settings.max_deliveries:
             client.delete(key)
-            raise WorkerLost(f"the job's worker died on each of its "
-                             f"{settings.max_deliveries} runs; it is not run again")
+            self.refuse_poison(task_id, kwargs, WorkerLost(
+                f"the job's worker died on each of its {settings.max_deliveries} runs; "
+                "it is not run again"))
         try:
             return super().__call__(*args, **kwargs)
         finally:
             client.delete(key)
+
+    def check_start(self, task_id: str, kwargs: dict[str, Any]) -> None:
+        """Hook run before anything else; raise Ignore to skip the task."""
+
+    def refuse_cancelled(self, task_id: str, kwargs: dict[str, Any]) -> None:
+        self.app.backend.mark_as_revoked(task_id, "cancelled")
+        raise Ignore()
+
+    def refuse_poison(self, task_id: str, kwargs: dict[str, Any], exc: WorkerLost) -> None:
+        raise exc

@@ -25,7 +25,7 @@ from tasks.models import release
 from tasks.models.registry import ModelRegistry
 from tasks.pipeline.images import configure_pillow
 from tasks.state.stores import connect
-from worker_config import Settings, queue_for_engine
+from worker_config import CONTROL_QUEUE, Settings, queue_for_engine
 
 log = logging.getLogger(__name__)
 _connected = False
@@ -40,9 +40,14 @@ def connect_signals(settings: Settings) -> None:
     _connected = True
 
     def on_after_setup(sender: str, instance: Any, **_: Any) -> None:
-        queue = queue_for_engine(settings.resolve_engine())
-        instance.app.amqp.queues.select_add(queue)
         release.node_name = sender
+        if settings.worker_role == "control":
+            log.info("worker %s is a control worker: no engine, queue %s", sender,
+                     CONTROL_QUEUE)
+            return
+        queue = queue_for_engine(settings.resolve_engine())
+        for name in (queue, CONTROL_QUEUE):
+            instance.app.amqp.queues.select_add(name)
         log.info("worker %s serves engine queue %s", sender, queue)
 
     def on_process_init(**_: Any) -> None:
@@ -60,7 +65,9 @@ def connect_signals(settings: Settings) -> None:
             _keeper.task_started()
 
     def on_postrun(**_: Any) -> None:
-        resident.current(settings).after_task()
+        engines = resident.existing()
+        if engines is not None:  # a control worker loads no engine
+            engines.after_task()
         if _keeper is not None:
             _keeper.record_use()
             _keeper.task_finished()

@@ -1,14 +1,12 @@
-"""Worker telemetry: one structured log line per finished job, and metrics in Redis.
+"""Worker telemetry: the `ocr.job` line of each ended job, and metrics in Redis.
 
 `connect_telemetry()` connects the handlers. In the worker parent: `celeryd_after_setup`
-(the node name, inherited by the children), `heartbeat_sent` (drops the gauges of
-children that are gone, keeps the others fresh), `task_failure` (jobs killed at their
-hard time limit, whose child cannot report) and `task_revoked` (jobs cancelled, or
-expired at their deadline). In pool children:
-`worker_process_init`, `task_prerun`, `task_postrun` (after `tasks.queue.signals`' handler,
-so that the engine's memory figures are those of the finished task) and
-`worker_process_shutdown`. The page task that merges a fanned-out PDF calls
-`document_finished()`.
+(the node name, inherited by the children) and `heartbeat_sent` (drops the gauges of
+children that are gone, keeps the others fresh). In pool children:
+`worker_process_init`, `task_postrun` (after `tasks.queue.signals`' handler, so that the
+engine's memory figures are those of the finished task) and `worker_process_shutdown`.
+The job's one exit (tasks/lifecycle/ending.py) calls `job_ended()` wherever the job
+ended, the worker parent included.
 
 A failing metrics write is logged and dropped: jobs never depend on it.
 """
@@ -25,20 +23,17 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 import redis
-from billiard.exceptions import TimeLimitExceeded
 from celery.signals import (
     celeryd_after_setup,
     heartbeat_sent,
-    task_failure,
     task_postrun,
-    task_prerun,
-    task_revoked,
     worker_process_init,
     worker_process_shutdown,
 )
 
 from tasks.engines import resident
-from tasks.errors import DeadlineExceeded, error_info
+from tasks.errors import OcrError, error_info
+from tasks.lifecycle.records import JobStatus, Outcome
 from tasks.state.metrics import MetricsStore, Sample
 from tasks.state.stores import connect
 
@@ -47,7 +42,6 @@ if TYPE_CHECKING:
     from worker_config import Settings
 
 log = logging.getLogger(__name__)
-JOB_TASK = "ocr.document"
 # Seconds between the worker parent's checks of its children's gauges (it runs on
 # every heartbeat, every 2 s, but acts only this often).
 KEEP_INTERVAL = 10.0
@@ -133,7 +127,6 @@ class Telemetry:
         self.node = "unknown"
         self.worker: Any = None
         self._store: MetricsStore | None = None
-        self._started: dict[str, float] = {}
         self._loads: dict[str, tuple[int, float]] = {}
         self._failures: set[str] = set()
         self._last_keep = 0.0
@@ -146,21 +139,12 @@ class Telemetry:
     def child_started(self) -> None:
         """In a new pool child: forget the parent's connection, record the first load."""
         self._store = None
-        self._started.clear()
         self.observe(resident.current(self.settings))
 
-    def task_started(self, task_id: str) -> None:
-        self._started[task_id] = time.monotonic()
-
-    def task_finished(self, task: Any, task_id: str, kwargs: dict[str, Any], retval: Any,
-                      state: str) -> None:
-        started = self._started.pop(task_id, None)
-        registry = resident.current(self.settings)
-        if getattr(task, "name", None) == JOB_TASK and state in ("SUCCESS", "FAILURE"):
-            seconds = None if started is None else round(time.monotonic() - started, 3)
-            self.finished(task_id, str(kwargs.get("filename") or ""),
-                          str(kwargs.get("engine") or registry.primary), seconds, retval)
-        self.observe(registry)
+    def task_finished(self) -> None:
+        engines = resident.existing()
+        if engines is not None:  # a control worker loads no engine
+            self.observe(engines)
 
     def finished(self, job_id: str, filename: str, engine: str, seconds: float | None,
                  outcome: Any) -> None:
@@ -228,48 +212,29 @@ def connect_telemetry(settings: Settings) -> Telemetry:
         telemetry.node = sender
         telemetry.worker = instance
 
-    def on_prerun(task_id: str, **_: Any) -> None:
-        telemetry.task_started(task_id)
-
-    def on_postrun(sender: Any, task_id: str, kwargs: dict[str, Any] | None = None,
-                   retval: Any = None, state: str | None = None, **_: Any) -> None:
-        telemetry.task_finished(sender, task_id, kwargs or {}, retval, state or "")
-
-    def on_failure(sender: Any, task_id: str, exception: BaseException,
-                   kwargs: dict[str, Any] | None = None, **_: Any) -> None:
-        # Only the worker parent sees TimeLimitExceeded: the child was killed.
-        if getattr(sender, "name", None) == JOB_TASK and isinstance(exception,
-                                                                    TimeLimitExceeded):
-            kwargs = kwargs or {}
-            telemetry.finished(task_id, str(kwargs.get("filename") or ""),
-                               str(kwargs.get("engine") or settings.resolve_engine()),
-                               float(settings.hard_time_limit), exception)
-
-    def on_revoked(sender: Any, request: Any = None, expired: bool = False,
-                   **_: Any) -> None:
-        if getattr(sender, "name", None) != JOB_TASK or request is None:
-            return
-        kwargs = getattr(request, "kwargs", None) or {}
-        outcome = DeadlineExceeded("the job's deadline passed") if expired else "CANCELLED"
-        telemetry.finished(str(request.id), str(kwargs.get("filename") or ""),
-                           str(kwargs.get("engine") or settings.resolve_engine()), None,
-                           outcome)
+    def on_postrun(**_: Any) -> None:
+        telemetry.task_finished()
 
     celeryd_after_setup.connect(on_after_setup, weak=False)
     heartbeat_sent.connect(lambda **_: telemetry.heartbeat(), weak=False)
-    task_failure.connect(on_failure, weak=False)
-    task_revoked.connect(on_revoked, weak=False)
     worker_process_init.connect(lambda **_: telemetry.child_started(), weak=False)
-    task_prerun.connect(on_prerun, weak=False)
     task_postrun.connect(on_postrun, weak=False)
     worker_process_shutdown.connect(lambda **_: telemetry.child_exiting(), weak=False)
     return telemetry
 
 
-def document_finished(doc_id: str, meta: dict[str, Any], outcome: Any) -> None:
-    """A fanned-out PDF was merged (in the page task that recorded its last page)."""
+def job_ended(outcome: Outcome) -> None:
+    """The `ocr.job` line and counters of a job that ended (tasks/lifecycle/ending.py).
+
+    Wherever the job ended: a pool child, a control worker or the worker parent.
+    """
     if _telemetry is None:
         return
-    seconds = round(time.time() - float(meta.get("started", time.time())), 3)
-    _telemetry.finished(doc_id, str(meta.get("request", {}).get("filename") or ""),
-                        str(meta.get("engine", "")), seconds, outcome)
+    settings = _telemetry.settings
+    engine = outcome.engine or (outcome.request.engine if outcome.request else None) \
+        or settings.resolve_engine()
+    if outcome.status is JobStatus.FAILURE:
+        result: Any = outcome.error or OcrError()
+    else:
+        result = outcome.public()
+    _telemetry.finished(outcome.job_id, outcome.filename, engine, outcome.seconds, result)

@@ -1,9 +1,10 @@
-"""State of a PDF fanned out into page tasks, kept in Redis, and its join.
+"""State of a PDF fanned out into page tasks, kept in Redis: its meta and its pages.
 
 The splitting task writes the document's meta and its text-layer pages; each page task
-(in any worker child, on any machine) records its page; the task that records the
-last page merges. Recording is atomic and the merge is claimed with SET NX, so a
-page delivered twice (at-least-once) never merges twice.
+(in any worker child, on any machine) records its page. Recording is atomic (MULTI:
+HSET then HLEN), so exactly one record sees the document complete — or several, when a
+page is delivered twice: who merges is then decided by the job's end claim
+(`JobEnder.claim`), never here.
 """
 
 from __future__ import annotations
@@ -12,18 +13,15 @@ import json
 from typing import TYPE_CHECKING, Any
 
 from tasks.errors import InputNotFound
+from tasks.lifecycle.records import DocumentMeta
 from tasks.state.keys import DOC_PREFIX
 
 if TYPE_CHECKING:
     import redis
 
-    from tasks.state.stores import BlobStore
-    from worker_config import Settings
-
-
 
 class DocumentJoin:
-    """Per-document keys: `<id>:meta` (JSON), `<id>:pages` (hash), `<id>:merged`."""
+    """Per-document keys: `<id>:meta` (JSON `DocumentMeta`), `<id>:pages` (hash)."""
 
     def __init__(self, client: redis.Redis, ttl: int) -> None:
         self._redis = client
@@ -32,63 +30,44 @@ class DocumentJoin:
     def _key(self, doc_id: str, part: str) -> str:
         return f"{DOC_PREFIX}{doc_id}:{part}"
 
-    def start(self, doc_id: str, meta: dict[str, Any], pages: list[dict[str, Any]]) -> None:
+    def start(self, meta: DocumentMeta, pages: list[dict[str, Any]]) -> None:
+        doc_id = meta.job_id
         pipe = self._redis.pipeline()
-        pipe.set(self._key(doc_id, "meta"), json.dumps(meta), ex=self._ttl)
-        pipe.delete(self._key(doc_id, "pages"), self._key(doc_id, "merged"))
+        pipe.set(self._key(doc_id, "meta"), meta.to_json(), ex=self._ttl)
+        pipe.delete(self._key(doc_id, "pages"))
         for page in pages:
             pipe.hset(self._key(doc_id, "pages"), str(page["number"]), json.dumps(page))
         pipe.expire(self._key(doc_id, "pages"), self._ttl)
         pipe.execute()
 
-    def meta(self, doc_id: str) -> dict[str, Any]:
+    def meta(self, doc_id: str) -> DocumentMeta:
         raw = self._redis.get(self._key(doc_id, "meta"))
         if raw is None:
             raise InputNotFound(f"document {doc_id} is finished or expired")
-        return dict(json.loads(raw))
+        return DocumentMeta.from_json(raw)
+
+    def find(self, doc_id: str) -> DocumentMeta | None:
+        """The meta of a document still running, or None (not fanned out, or ended)."""
+        try:
+            return self.meta(doc_id)
+        except InputNotFound:
+            return None
 
     def done(self, doc_id: str) -> int:
         return int(self._redis.hlen(self._key(doc_id, "pages")))
 
     def record(self, doc_id: str, page: dict[str, Any], total: int) -> bool:
-        """Store one page; True when it completed the document and this caller merges."""
+        """Store one page; True when the document has all its pages."""
         pipe = self._redis.pipeline(transaction=True)
         pipe.hset(self._key(doc_id, "pages"), str(page["number"]), json.dumps(page))
         pipe.hlen(self._key(doc_id, "pages"))
         _, done = pipe.execute()
-        return int(done) >= total and self.claim(doc_id)
-
-    def claim(self, doc_id: str) -> bool:
-        """Take the right to finish the document (merge, or cancel); once only."""
-        return bool(self._redis.set(self._key(doc_id, "merged"), "1", nx=True, ex=self._ttl))
+        return int(done) >= total
 
     def pages(self, doc_id: str) -> list[dict[str, Any]]:
         raw = self._redis.hgetall(self._key(doc_id, "pages"))
         return [json.loads(value) for value in raw.values()]
 
     def cleanup(self, doc_id: str) -> None:
-        """Drop meta and pages; the merged flag stays until its TTL (late duplicates)."""
+        """Drop meta and pages (the job's end claim stays until its TTL)."""
         self._redis.delete(self._key(doc_id, "meta"), self._key(doc_id, "pages"))
-
-
-class OpenDocumentCache:
-    """The one PDF a pool child is rendering pages of, kept open between page tasks."""
-
-    def __init__(self) -> None:
-        self._key: str | None = None
-        self._doc: Any = None
-
-    def get(self, blob: str, password: str | None, blobs: BlobStore,
-            settings: Settings) -> Any:
-        if blob != self._key:
-            from tasks.pipeline.pdf import open_pdf  # PyMuPDF only where pages are rendered
-
-            self.close()
-            self._doc = open_pdf(blobs.get(blob), password, settings)
-            self._key = blob
-        return self._doc
-
-    def close(self) -> None:
-        if self._doc is not None:
-            self._doc.close()
-        self._key = self._doc = None

@@ -6,7 +6,6 @@ every key has a TTL.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import re
 import uuid
@@ -15,7 +14,7 @@ from typing import Any
 import redis
 
 from tasks.errors import BadRequest, InputNotFound, TransientError
-from tasks.state.keys import BLOB_PREFIX, CACHE_PREFIX, JOB_PREFIX, OUTPUT_PREFIX
+from tasks.state.keys import BLOB_PREFIX, JOB_PREFIX, OUTPUT_PREFIX
 
 _BLOB_KEY = re.compile("^" + re.escape(BLOB_PREFIX) + r"[A-Za-z0-9_.-]{8,128}$")
 
@@ -55,26 +54,28 @@ class BlobStore:
             self._redis.delete(key)
 
 
-def cache_key(data: bytes, options: dict[str, Any]) -> str:
-    """Content hash of the input plus the options and engine identity that shape the result."""
-    digest = hashlib.sha256(data)
-    digest.update(json.dumps(options, sort_keys=True).encode())
-    return CACHE_PREFIX + digest.hexdigest()
-
-
 class ResultCache:
-    """Finished results by `cache_key`, kept as long as results are."""
+    """Finished results by `cache_key`, kept as long as results are.
+
+    An entry remembers whether its input was an encrypted PDF: such a result may only
+    be served to a request whose password opens the input (checked by the caller).
+    """
 
     def __init__(self, client: redis.Redis, ttl: int) -> None:
         self._redis = client
         self._ttl = ttl
 
-    def get(self, key: str) -> dict[str, Any] | None:
+    def get(self, key: str) -> tuple[dict[str, Any], bool] | None:
+        """(result, input was encrypted), or None."""
         raw = self._redis.get(key)
-        return json.loads(raw) if raw else None
+        if not raw:
+            return None
+        entry = json.loads(raw)
+        return dict(entry["result"]), bool(entry["encrypted"])
 
-    def put(self, key: str, result: dict[str, Any]) -> None:
-        self._redis.set(key, json.dumps(result), ex=self._ttl)
+    def put(self, key: str, result: dict[str, Any], *, encrypted: bool) -> None:
+        entry = {"result": result, "encrypted": encrypted}
+        self._redis.set(key, json.dumps(entry), ex=self._ttl)
 
 
 class OutputStore:
@@ -100,7 +101,8 @@ class JobControl:
     """Per-job facts clients and workers share: input blob, deadline, cancellation.
 
     `ocr:job:<id>` is a hash (fields `blob`, `deadline`, `filename`, `cancelled`);
-    `ocr:job:<id>:cancelled` holds the result of a cancelled job (pages done so far).
+    `ocr:job:<id>:cancelled` holds the result of a cancelled job (pages done so far);
+    `ocr:job:<id>:ended` is the claim of the one exit (tasks/lifecycle/ending.py).
     """
 
     def __init__(self, client: redis.Redis, ttl: int) -> None:
@@ -123,6 +125,17 @@ class JobControl:
 
     def is_cancelled(self, job_id: str) -> bool:
         return bool(self._redis.hexists(JOB_PREFIX + job_id, "cancelled"))
+
+    def claim_end(self, job_id: str) -> bool:
+        """Take the right to end the job (`ocr:job:<id>:ended`); once only."""
+        return bool(self._redis.set(f"{JOB_PREFIX}{job_id}:ended", "1", nx=True,
+                                    ex=self._ttl))
+
+    def release_end(self, job_id: str) -> None:
+        self._redis.delete(f"{JOB_PREFIX}{job_id}:ended")
+
+    def has_ended(self, job_id: str) -> bool:
+        return bool(self._redis.exists(f"{JOB_PREFIX}{job_id}:ended"))
 
     def store_cancelled(self, job_id: str, result: dict[str, Any]) -> None:
         self._redis.set(f"{JOB_PREFIX}{job_id}:cancelled", json.dumps(result), ex=self._ttl)

@@ -1,0 +1,57 @@
+"""Cancelling a job on the server: the body of the public task `ocr.cancel`.
+
+Runs in whichever worker child takes the `ocr.cancel` message (any client can send it:
+Python, Node, celery-node, Flower's API). The marker comes first, so no task of the job
+starts from then on, on any worker, even one restarted since. For a fanned-out PDF the
+end claim comes before its running pages are stopped, so the kill that follows cannot
+end the job first, and the pages finished by then are kept in the CANCELLED result.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import TYPE_CHECKING
+
+from tasks.lifecycle.records import JobStatus, Outcome
+from tasks.pipeline.results import cancelled_result
+
+if TYPE_CHECKING:
+    from tasks.lifecycle.ending import JobEnder
+    from tasks.state.join import DocumentJoin
+    from tasks.state.stores import JobControl
+
+# What `ocr.cancel` answers for a job that had ended before the cancel came.
+ALREADY_ENDED = "already_ended"
+CANCELLED = "cancelled"
+
+
+def cancel_job(job_id: str, control: JobControl, join: DocumentJoin, ender: JobEnder,
+               stop: Callable[[list[str]], None]) -> str:
+    """Cancel `job_id`; `stop(ids)` kills the tasks of those ids wherever they run.
+
+    Returns `cancelled`, or `already_ended` when the job had finished (its result
+    stands).
+    """
+    control.cancel(job_id)
+    meta = join.find(job_id)
+    if meta is None:
+        # Queued, or running as a single task: its request (callbacks) is in its
+        # message. The result is shown at once; the job is ended where the message is
+        # met — the worker parent when it kills or skips the revoked task, or any
+        # child that starts it later (the marker) — which fires its callbacks.
+        if ender.has_ended(job_id):
+            return ALREADY_ENDED
+        stop([job_id])
+        info = control.info(job_id)
+        ender.announce(Outcome(job_id, JobStatus.CANCELLED, None, cancelled_result(
+            job_id, [], {"filename": info.get("filename", "")})))
+        return CANCELLED
+    if not ender.claim(job_id):
+        return ALREADY_ENDED
+    stop([job_id, *meta.page_tasks])
+    pages = [p for p in join.pages(job_id) if "error" not in p]
+    result = cancelled_result(job_id, pages, meta.base)
+    ender.finish(Outcome(job_id, JobStatus.CANCELLED, meta.request, result,
+                         engine=meta.engine, started=meta.started,
+                         reply_queue=meta.reply_queue))
+    return CANCELLED

@@ -1,0 +1,109 @@
+"""The one exit of every job: whatever ended it, one function finishes it, once.
+
+Success, failure, partial, cancel, deadline, poison, hard kill or an unexpected
+exception: each path builds an `Outcome` and calls `JobEnder.end()` (or `claim()` then
+`finish()` where the right to end must be taken before the work that builds the
+outcome, as when the last page of a PDF merges). `finish` stores the result, fires the
+callbacks, writes the `ocr.job` line and counters, and frees the input and the join.
+The claim (`ocr:job:<id>:ended`, SET NX) makes the second ender a no-op, so a page
+delivered twice, a cancel racing the merge, or the worker parent's view of a kill never
+end a job twice.
+
+No Celery here: storing, events and callbacks go through `EndingPorts`, which the
+queue layer implements. Runs in worker pool children and in the worker parent.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import TYPE_CHECKING, Protocol
+
+from tasks.errors import OcrError
+from tasks.lifecycle.callbacks import summary
+
+if TYPE_CHECKING:
+    from tasks.lifecycle.records import Outcome
+    from tasks.state.join import DocumentJoin
+    from tasks.state.stores import BlobStore, JobControl
+
+log = logging.getLogger(__name__)
+
+
+class EndingPorts(Protocol):
+    """What ending a job needs from the queue layer."""
+
+    def publish(self, outcome: Outcome) -> None:
+        """Store the result where clients read it and tell monitors (Flower)."""
+
+    def send_callback_task(self, name: str, queue: str | None, result: dict) -> None:
+        """Send the caller's callback task with the public result."""
+
+    def send_http_callback(self, url: str, body: dict, queue: str | None) -> None:
+        """Enqueue the POST of the summary to the caller's URL (retried there)."""
+
+    def record(self, outcome: Outcome) -> None:
+        """Write the `ocr.job` log line and count the job."""
+
+
+class JobEnder:
+    """Ends jobs exactly once; one per process, built with that process's stores."""
+
+    def __init__(self, control: JobControl, blobs: BlobStore, join: DocumentJoin,
+                 ports: EndingPorts) -> None:
+        self._control = control
+        self._blobs = blobs
+        self._join = join
+        self._ports = ports
+
+    def claim(self, job_id: str) -> bool:
+        """Take the right to end `job_id`; False when another path already has it."""
+        return self._control.claim_end(job_id)
+
+    def release(self, job_id: str) -> None:
+        """Give the claim back (the work that was to end the job will be retried)."""
+        self._control.release_end(job_id)
+
+    def has_ended(self, job_id: str) -> bool:
+        return self._control.has_ended(job_id)
+
+    def announce(self, outcome: Outcome) -> None:
+        """Show a result before the job is ended (a cancel met before its message)."""
+        self._ports.publish(outcome)
+
+    def end(self, outcome: Outcome) -> bool:
+        """Claim and finish; False (and nothing done) when the job had already ended."""
+        if not self.claim(outcome.job_id):
+            log.debug("job %s already ended; %s not recorded", outcome.job_id,
+                      outcome.status.value)
+            return False
+        self.finish(outcome)
+        return True
+
+    def finish(self, outcome: Outcome) -> None:
+        """End a job whose claim the caller holds.
+
+        Storing the result comes first and may raise (the caller releases the claim and
+        retries); what follows never raises for a store being briefly unreachable.
+        """
+        self._ports.publish(outcome)
+        request = outcome.request
+        if request is not None and request.callback_task:
+            self._ports.send_callback_task(request.callback_task, request.callback_queue,
+                                           outcome.public())
+        if request is not None and request.callback_url:
+            self._ports.send_http_callback(request.callback_url, summary(outcome.public()),
+                                           outcome.reply_queue)
+        self._ports.record(outcome)
+        self._free(outcome)
+
+    def _free(self, outcome: Outcome) -> None:
+        blobs = list(outcome.extra_blobs)
+        if outcome.request is not None and outcome.request.blob:
+            blobs.append(outcome.request.blob)
+        try:
+            self._join.cleanup(outcome.job_id)
+            if not outcome.keeps_input:
+                for blob in blobs:
+                    self._blobs.delete(blob)
+        except OcrError as exc:  # unreachable store: the keys expire with their TTL
+            log.warning("job %s ended, its state not freed: %s", outcome.job_id, exc)

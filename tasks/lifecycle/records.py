@@ -1,0 +1,109 @@
+"""Typed records of a job's life, as they cross Redis and process boundaries.
+
+`DocumentMeta` is what a fanned-out PDF keeps in its join while its pages run (JSON in
+Redis, read by page tasks in any worker child); `Outcome` is how a job ended, handed
+to the one exit (`tasks.lifecycle.ending`). Built in worker pool children, and in the
+worker parent for the endings only it sees (hard kills, expiries).
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass, field
+from enum import StrEnum
+from typing import Any
+
+from tasks.errors import OcrError
+from tasks.pipeline.inputs import JobRequest
+
+
+class JobStatus(StrEnum):
+    """How a job ended: the `status` of its result."""
+
+    SUCCESS = "SUCCESS"
+    PARTIAL = "PARTIAL"      # some pages failed; the input is kept for a retry
+    FAILURE = "FAILURE"      # the job failed as a whole: `error` says why
+    CANCELLED = "CANCELLED"  # pages finished before the cancel are kept
+
+
+@dataclass(frozen=True)
+class DocumentMeta:
+    """A fanned-out PDF while its page tasks run (`ocr:doc:<id>:meta`).
+
+    The request's input is in the blob store by then (`request.blob`), decrypted when
+    the PDF was encrypted: the password is never stored (`request.password` is None).
+    """
+
+    job_id: str
+    request: JobRequest
+    engine: str
+    model: str | None
+    cache_key: str | None
+    started: float
+    total: int
+    ocr_pages: list[int]
+    page_tasks: list[str]
+    reply_queue: str
+    base: dict[str, Any]
+    previous: dict[str, Any] | None = None
+    encrypted: bool = False
+
+    def to_json(self) -> str:
+        data = {**self.__dict__, "request": self.request.to_json()}
+        return json.dumps(data)
+
+    @classmethod
+    def from_json(cls, raw: str | bytes) -> DocumentMeta:
+        data = json.loads(raw)
+        data["request"] = JobRequest.from_json(data["request"])
+        return cls(**data)
+
+
+@dataclass
+class Outcome:
+    """A finished job: its status and either its result or its error.
+
+    `request` is None only when the job's arguments could not be decoded; `filename`
+    and `engine` then come from whatever could be read.
+    """
+
+    job_id: str
+    status: JobStatus
+    request: JobRequest | None = None
+    result: dict[str, Any] | None = None
+    error: OcrError | None = None
+    engine: str = ""
+    started: float | None = None  # epoch seconds the job started, when known
+    reply_queue: str | None = None  # the queue of the job's engine (HTTP callbacks)
+    extra_blobs: tuple[str, ...] = field(default=())  # inputs to free besides the request's
+
+    @classmethod
+    def failed(cls, job_id: str, error: OcrError, request: JobRequest | None, *,
+               engine: str = "", started: float | None = None,
+               reply_queue: str | None = None) -> Outcome:
+        return cls(job_id, JobStatus.FAILURE, request, error=error, engine=engine,
+                   started=started, reply_queue=reply_queue)
+
+    @property
+    def filename(self) -> str:
+        if self.result is not None and self.result.get("filename"):
+            return str(self.result["filename"])
+        return self.request.filename if self.request is not None else ""
+
+    @property
+    def seconds(self) -> float | None:
+        return None if self.started is None else round(time.time() - self.started, 3)
+
+    @property
+    def keeps_input(self) -> bool:
+        """A PARTIAL result keeps its input, so that its failed pages can be retried."""
+        return self.status is JobStatus.PARTIAL
+
+    def public(self) -> dict[str, Any]:
+        """The result a client reads (and a callback task receives)."""
+        if self.result is not None:
+            return {**self.result, "id": self.job_id, "status": self.status.value}
+        error = self.error or OcrError()
+        return {"id": self.job_id, "status": self.status.value, "filename": self.filename,
+                "error": error.to_dict()}

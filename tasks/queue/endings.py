@@ -1,0 +1,200 @@
+"""The queue side of a job's one exit.
+
+Celery ports for `JobEnder`, and the endings only the worker parent sees.
+
+`JobServices.for_app()` gives each process (worker parent, pool child, control worker)
+its stores and its `JobEnder`, built once. `CeleryPorts` stores results in Celery's
+result backend, sends Flower events as the worker node, enqueues callbacks and writes
+the `ocr.job` line through telemetry. `connect_parent_endings()` connects, in the worker
+parent, `task_revoked` (a job cancelled or expired before or while it ran) and
+`task_failure` (a job whose child was killed at its hard time limit).
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+import redis
+from billiard.exceptions import TimeLimitExceeded
+from celery import states
+from celery.signals import celeryd_after_setup, task_failure, task_revoked
+from kombu.exceptions import KombuError
+
+from tasks.errors import BadRequest, DeadlineExceeded, OcrError, Timeout
+from tasks.lifecycle.ending import JobEnder
+from tasks.lifecycle.jobs import Stores
+from tasks.lifecycle.records import JobStatus, Outcome
+from tasks.pipeline.inputs import JobRequest
+from tasks.queue import telemetry
+from tasks.state.join import DocumentJoin
+from tasks.state.stores import BlobStore, JobControl, OutputStore, ResultCache, connect
+from worker_config import CONTROL_QUEUE
+
+if TYPE_CHECKING:
+    from tasks.queue.app import OcrCelery
+    from worker_config import Settings
+
+log = logging.getLogger(__name__)
+JOB_TASK = "ocr.document"
+PROGRESS_STATE = "PROGRESS"
+_node_name: str | None = None
+
+
+def send_job_event(app: Any, event: str, job_id: str, **fields: Any) -> None:
+    """A task event for the job, sent as the worker node.
+
+    Flower lists every other sender name as a worker of its own.
+    """
+    task = app.current_worker_task
+    hostname = task.request.hostname if task is not None else _node_name
+    with app.events.default_dispatcher(hostname=hostname) as dispatcher:
+        dispatcher.send(event, uuid=job_id, **fields)
+
+
+def report_progress(app: Any, job_id: str, done: int, total: int) -> None:
+    """Progress in the result backend (for clients) and as an event (for Flower)."""
+    meta = {"done": done, "total": total}
+    app.backend.store_result(job_id, meta, PROGRESS_STATE)
+    # `result` is a field Flower shows on the task page; the final result replaces it.
+    send_job_event(app, "task-progress", job_id, result=f"{done}/{total} pages", **meta)
+
+
+class CeleryPorts:
+    """`EndingPorts` on Celery: result backend, events, task and HTTP callbacks."""
+
+    def __init__(self, app: OcrCelery, control: JobControl) -> None:
+        self._app = app
+        self._control = control
+
+    def publish(self, outcome: Outcome) -> None:
+        app, job_id = self._app, outcome.job_id
+        if outcome.status is JobStatus.CANCELLED:
+            self._control.store_cancelled(job_id, outcome.public())
+            app.backend.mark_as_revoked(job_id, "cancelled")
+        elif outcome.status is JobStatus.FAILURE:
+            error = outcome.error or OcrError()
+            app.backend.store_result(job_id, error, states.FAILURE)
+            send_job_event(app, "task-failed", job_id, exception=str(error))
+        else:
+            app.backend.store_result(job_id, outcome.public(), states.SUCCESS)
+            send_job_event(app, "task-succeeded", job_id, result=outcome.status.value,
+                           runtime=outcome.seconds)
+
+    def send_callback_task(self, name: str, queue: str | None, result: dict) -> None:
+        try:
+            self._app.send_task(name, args=[result], queue=queue)
+        except KombuError as exc:
+            log.error("callback task %s for job %s not sent: %s", name, result.get("id"),
+                      type(exc).__name__)
+
+    def send_http_callback(self, url: str, body: dict, queue: str | None) -> None:
+        try:
+            self._app.send_task("ocr.http_callback", args=[url, body], queue=CONTROL_QUEUE)
+        except KombuError as exc:
+            log.error("HTTP callback of job %s not queued: %s", body.get("id"),
+                      type(exc).__name__)
+
+    def record(self, outcome: Outcome) -> None:
+        telemetry.job_ended(outcome)
+
+
+@dataclass
+class JobServices:
+    """The Redis stores, the fan-out join and the job ender of one process."""
+
+    stores: Stores
+    join: DocumentJoin
+    ender: JobEnder
+
+    @classmethod
+    def for_app(cls, app: OcrCelery) -> JobServices:
+        made = getattr(app, "_job_services", None)
+        if made is None:
+            settings: Settings = app.ocr_settings
+            client = connect(settings.redis_url)
+            control = JobControl(client, settings.result_ttl)
+            stores = Stores(BlobStore(client, settings.blob_ttl),
+                            ResultCache(client, settings.result_ttl),
+                            OutputStore(client, settings.result_ttl), control)
+            join = DocumentJoin(client, settings.blob_ttl)
+            made = cls(stores, join, JobEnder(control, stores.blobs, join,
+                                              CeleryPorts(app, control)))
+            app._job_services = made
+        return made
+
+
+def request_of(kwargs: Any, settings: Settings) -> JobRequest | None:
+    """The decoded request of a job message, or None when its kwargs are invalid."""
+    if not isinstance(kwargs, dict):
+        return None
+    try:
+        return JobRequest.from_kwargs(kwargs, settings)
+    except OcrError:
+        return None
+
+
+def end_from_message(app: OcrCelery, job_id: str, kwargs: Any, status: JobStatus,
+                     error: OcrError | None = None) -> bool:
+    """End a job known only by its message (kwargs); frees its uploaded input too."""
+    settings: Settings = app.ocr_settings
+    services = JobServices.for_app(app)
+    request = request_of(kwargs, settings)
+    blob = kwargs.get("blob") if isinstance(kwargs, dict) else None
+    extra = (blob,) if isinstance(blob, str) and request is None else ()
+    if status is JobStatus.FAILURE:
+        outcome = Outcome.failed(job_id, error or BadRequest(), request,
+                                 engine=_engine_of(request, settings))
+    else:
+        outcome = Outcome(job_id, status, request, {
+            "id": job_id, "status": status.value, "pages": [], "text": "",
+            "filename": request.filename if request else ""},
+            engine=_engine_of(request, settings))
+    outcome.extra_blobs = extra
+    try:
+        return services.ender.end(outcome)
+    except (redis.RedisError, OcrError) as exc:
+        log.error("job %s could not be ended here: %s", job_id, type(exc).__name__)
+        return False
+
+
+def _engine_of(request: JobRequest | None, settings: Settings) -> str:
+    return (request.engine if request is not None and request.engine else
+            settings.resolve_engine())
+
+
+def connect_parent_endings(app: OcrCelery) -> None:
+    """Connect the worker-parent handlers (once per process)."""
+    if getattr(app, "_parent_endings", False):
+        return
+    app._parent_endings = True
+
+    def on_after_setup(sender: str, **_: Any) -> None:
+        global _node_name
+        _node_name = sender
+
+    def on_revoked(sender: Any, request: Any = None, expired: bool = False,
+                   **_: Any) -> None:
+        if getattr(sender, "name", None) != JOB_TASK or request is None:
+            return
+        kwargs = getattr(request, "kwargs", None) or {}
+        if expired:
+            end_from_message(app, str(request.id), kwargs, JobStatus.FAILURE,
+                             DeadlineExceeded("the job's deadline passed"))
+        else:
+            end_from_message(app, str(request.id), kwargs, JobStatus.CANCELLED)
+
+    def on_failure(sender: Any, task_id: str, exception: BaseException,
+                   kwargs: dict[str, Any] | None = None, **_: Any) -> None:
+        # Only the worker parent sees TimeLimitExceeded: the child was killed.
+        if getattr(sender, "name", None) == JOB_TASK and isinstance(exception,
+                                                                    TimeLimitExceeded):
+            settings: Settings = app.ocr_settings
+            end_from_message(app, task_id, kwargs or {}, JobStatus.FAILURE, Timeout(
+                f"the job ran past its hard time limit of {settings.hard_time_limit} s "
+                "and its worker child was stopped"))
+
+    celeryd_after_setup.connect(on_after_setup, weak=False)
+    task_revoked.connect(on_revoked, weak=False)
+    task_failure.connect(on_failure, weak=False)
