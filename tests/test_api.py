@@ -396,7 +396,8 @@ def test_fuzz_from_own_openapi_schema(tmp_path: Path) -> None:
                 failures.append(f"{operation.label}: {exc}")
         assert not failures, "\n\n".join(failures)[:6000]
         print({label: sorted(set(codes)) for label, codes in calls.items()})
-        assert len(calls) == 6 and all(len(codes) >= 5 for codes in calls.values()), calls
+        assert len(calls) == 6, calls  # every operation but /readyz was called
+        assert sum(len(codes) for codes in calls.values()) >= 60, calls
     finally:
         server.stop()
         own_redis.stop()
