@@ -107,6 +107,12 @@ class Settings:
     max_image_pixels: int = _s("OCR_MAX_IMAGE_PIXELS", "178956970",
                                "Largest decoded image (width*height); larger ones are "
                                "refused as `image_too_large` (decompression bombs).")
+    dead_letter_max: int = _s("OCR_DEAD_LETTER_MAX", "1000",
+                              "Entries kept in the dead-letter list `ocr:dead-letter` "
+                              "(refused broker messages: not decodable, pickled, or too "
+                              "large for OCR_MAX_INPUT_MB); older ones are dropped.")
+    dead_letter_ttl: int = _s("OCR_DEAD_LETTER_TTL", "604800",
+                              "Seconds the dead-letter list lives after its last entry.")
     max_pages: int = _s("OCR_MAX_PAGES", "2000", "Most pages one job may have.")
     pdf_dpi: int = _s("OCR_PDF_DPI", "300", "Resolution PDF pages are rendered at for OCR.")
     max_render_pixels: int = _s("OCR_MAX_RENDER_PIXELS", "40000000",
@@ -193,7 +199,8 @@ class Settings:
                                 "OCR_PAGE_SOFT_TIME_LIMIT")
         for name in ("vlm_max_tokens", "result_ttl", "blob_ttl", "max_image_pixels",
                      "max_pages", "soft_time_limit", "tesseract_threads", "pdf_dpi",
-                     "page_soft_time_limit", "max_deliveries", "max_render_pixels"):
+                     "page_soft_time_limit", "max_deliveries", "max_render_pixels",
+                     "dead_letter_max", "dead_letter_ttl"):
             if getattr(self, name) <= 0:
                 raise SettingsError(f"{_env_name(name)} must be positive")
         if self.model and (self.model in (".", "..") or "/" in self.model
@@ -222,6 +229,15 @@ class Settings:
     @property
     def max_input_bytes(self) -> int:
         return int(self.max_input_mb * 1024 * 1024)
+
+    @property
+    def max_message_bytes(self) -> int:
+        """Largest broker message a worker decodes.
+
+        One carrying an inline input of OCR_MAX_INPUT_MB: base64 inside a base64 body
+        makes 16/9 of it, plus 1 MiB for the rest of the message.
+        """
+        return self.max_input_bytes * 16 // 9 + 2**20
 
     @property
     def max_output_bytes(self) -> int:
@@ -358,6 +374,7 @@ def celery_config(settings: Settings) -> dict[str, Any]:
     """Celery settings derived from `settings` (see Celery's configuration reference)."""
     return {
         "broker_url": settings.redis_url,
+        **_broker_transport(settings.redis_url),
         "result_backend": settings.redis_url,
         # JSON only: no pickle anywhere, for messages and results alike.
         "task_serializer": "json",
@@ -376,6 +393,11 @@ def celery_config(settings: Settings) -> dict[str, Any]:
         "worker_prefetch_multiplier": 1,
         "task_default_priority": PRIORITIES["normal"],
         "broker_transport_options": {
+            # tasks/queue/transport.py: refused messages go to the dead-letter list.
+            "ocr_max_message_bytes": settings.max_message_bytes,
+            "ocr_accept_content": ("application/json",),
+            "ocr_dead_letter_max": settings.dead_letter_max,
+            "ocr_dead_letter_ttl": settings.dead_letter_ttl,
             # kombu's own defaults, spelled out: any stock Celery/kombu client then
             # pushes to the lists the workers read (a custom `sep` would strand its
             # messages).
@@ -412,6 +434,13 @@ def celery_config(settings: Settings) -> dict[str, Any]:
         "timezone": settings.schedule_timezone,
         "beat_schedule": _beat_schedule(settings),
     }
+
+
+def _broker_transport(broker_url: str) -> dict[str, Any]:
+    """On Redis, the transport that dead-letters malformed and refused messages."""
+    if broker_url.startswith(("redis://", "rediss://")):
+        return {"broker_transport": "tasks.queue.transport:Transport"}
+    return {}
 
 
 def _beat_schedule(settings: Settings) -> dict[str, Any]:

@@ -44,6 +44,9 @@ def create_app(settings: Settings) -> OcrCelery:
     from tasks.queue.telemetry import connect_telemetry
 
     connect_telemetry(settings)  # after connect_signals: its handlers run first
+    from tasks.queue.transport import connect_refusals
+
+    connect_refusals(app)
     return app
 
 
