@@ -7,19 +7,26 @@ from __future__ import annotations
 
 import base64
 import json
+import os
 import pickle
+import threading
 import time
 import uuid
+from collections import Counter
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import pytest
 import redis
 
 from tasks.client import OcrClient
+from tasks.errors import BadRequest, OcrError, PathNotAllowed
+from tasks.pipeline.inputs import read_path
 from tasks.queue.transport import read_dead_letters
 from tasks.state.keys import DEAD_LETTER_KEY
 from tests.conftest import FAKE_PLUGINS, Worker, corpus
+from worker_config import Settings
 
 FAKE_ENV = {"OCR_ENGINE": "fake", "OCR_ENGINE_PLUGINS": FAKE_PLUGINS,
             "OCR_CONCURRENCY": "1", "OCR_CACHE_RESULTS": "0"}
@@ -123,3 +130,95 @@ def test_dead_letter_list_is_capped(start_worker: Callable[..., Worker],
         time.sleep(0.1)
     time.sleep(0.5)
     assert [d.raw for d in read_dead_letters(raw_redis)] == ["junk 4", "junk 3", "junk 2"]
+
+
+# --- path inputs: opened once, no window between the check and the read -----------
+
+class Swapper:
+    """A thread turning `inbox/sub` from a directory into a link to `outside/sub` and back."""
+
+    def __init__(self, inbox: Path, outside: Path, pause: float = 0) -> None:
+        self.sub, self.parked, self.target = inbox / "sub", inbox / ".sub-parked", outside
+        self.pause = pause
+        self.stop = threading.Event()
+        self.thread = threading.Thread(target=self.run, daemon=True)
+
+    def run(self) -> None:
+        while not self.stop.is_set():
+            os.rename(self.sub, self.parked)
+            os.symlink(self.target, self.sub)
+            time.sleep(self.pause)
+            os.unlink(self.sub)
+            os.rename(self.parked, self.sub)
+            time.sleep(self.pause)
+
+    def __enter__(self) -> Swapper:
+        self.thread.start()
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self.stop.set()
+        self.thread.join(10)
+
+
+def race_dirs(tmp: Path, inside: bytes, secret: bytes) -> tuple[Path, Path]:
+    inbox, outside = tmp / "inbox", tmp / "outside"
+    (inbox / "sub").mkdir(parents=True)
+    outside.mkdir()
+    (inbox / "sub" / "page").write_bytes(inside)
+    (outside / "page").write_bytes(secret)
+    return inbox, outside
+
+
+def test_path_swap_race_never_leaks(tmp_path: Path) -> None:
+    """read_path against a thread swapping a directory for a link, 3000 reads."""
+    inbox, outside = race_dirs(tmp_path, b"inside", b"SECRET")
+    settings = Settings.from_env({"OCR_ALLOWED_ROOTS": str(inbox)})
+    outcomes: Counter[str] = Counter()
+    with Swapper(inbox, outside):
+        for _ in range(3000):
+            try:
+                outcomes[read_path(str(inbox / "sub" / "page"), settings).decode()] += 1
+            except OcrError as exc:
+                outcomes[exc.code] += 1
+    assert outcomes["SECRET"] == 0, outcomes
+    assert outcomes["inside"] > 0 and outcomes["path_not_allowed"] > 0, outcomes
+    assert set(outcomes) <= {"inside", "path_not_allowed", "input_not_found"}
+
+
+def test_open_walk_follows_links_inside_the_roots(tmp_path: Path) -> None:
+    inbox, _ = race_dirs(tmp_path, b"inside", b"SECRET")
+    (inbox / "alias").symlink_to("sub")
+    (inbox / "sub" / "page-link").symlink_to(inbox / "sub" / "page")
+    settings = Settings.from_env({"OCR_ALLOWED_ROOTS": str(inbox)})
+    assert read_path(str(inbox / "alias" / "page-link"), settings) == b"inside"
+    assert read_path(str(inbox / "alias" / ".." / "sub" / "page"), settings) == b"inside"
+    (inbox / "escape").symlink_to(tmp_path / "outside" / "page")
+    with pytest.raises(PathNotAllowed):
+        read_path(str(inbox / "escape"), settings)
+    with pytest.raises(BadRequest):
+        read_path(str(inbox / "sub"), settings)  # a directory
+    (inbox / "loop").symlink_to(inbox / "loop")
+    with pytest.raises(PathNotAllowed):
+        read_path(str(inbox / "loop"), settings)
+
+
+def test_path_race_through_a_worker_and_nul_byte(start_worker: Callable[..., Worker],
+                                                 client: OcrClient, tmp_path: Path) -> None:
+    """Jobs reading `inbox/sub/page` while it is swapped: none reads the outside image."""
+    small = corpus("scan_tess_phototest.tif").read_bytes()  # 640x480
+    secret = corpus("scan_linn.png").read_bytes()             # 2550x3300
+    inbox, outside = race_dirs(tmp_path, small, secret)
+    start_worker(**{**FAKE_ENV, "OCR_CONCURRENCY": "2"}, OCR_ALLOWED_ROOTS=str(inbox),
+                 OCR_QUEUES="ocr-race")
+    path = str(inbox / "sub" / "page")
+    nul = client.app.send_task("ocr.document", kwargs={"path": path + "\0.png"},
+                               queue="ocr-race").id
+    assert wait_state(client, nul)["error"]["code"] == "bad_request"
+    with Swapper(inbox, outside, pause=0.002):
+        jobs = [client.app.send_task("ocr.document", kwargs={"path": path},
+                                     queue="ocr-race").id for _ in range(150)]
+        results = client.wait(jobs, timeout=300)
+    texts = Counter(r.get("text", r.get("error", {}).get("code")) for r in results.values())
+    assert not any("2550x3300" in str(t) for t in texts), texts
+    assert any("640x480" in str(t) for t in texts), texts
