@@ -113,11 +113,18 @@ class Settings:
                               "large for OCR_MAX_INPUT_MB); older ones are dropped.")
     dead_letter_ttl: int = _s("OCR_DEAD_LETTER_TTL", "604800",
                               "Seconds the dead-letter list lives after its last entry.")
+    max_decoded_mb: float = _s("OCR_MAX_DECODED_MB", "1024",
+                               "Most memory one image frame may take decoded, estimated "
+                               "from its header before decoding; larger ones are refused "
+                               "as `image_too_large`. Frames over OCR_MAX_RENDER_PIXELS "
+                               "are then reduced to it strip by strip (JPEGs decoded "
+                               "reduced).")
     max_pages: int = _s("OCR_MAX_PAGES", "2000", "Most pages one job may have.")
     pdf_dpi: int = _s("OCR_PDF_DPI", "300", "Resolution PDF pages are rendered at for OCR.")
     max_render_pixels: int = _s("OCR_MAX_RENDER_PIXELS", "40000000",
-                                "Most pixels a PDF page is rendered at; larger pages are "
-                                "rendered at a lower resolution (memory stays bounded).")
+                                "Most pixels a PDF page is rendered at, and an image page "
+                                "is reduced to; larger pages are rendered (images reduced) "
+                                "at a lower resolution, so memory stays bounded.")
     pdf_min_text_chars: int = _s("OCR_PDF_MIN_TEXT_CHARS", "8",
                                  "A PDF page with at least this many characters of text "
                                  "(visible, or an invisible OCR layer) keeps its text in "
@@ -206,6 +213,8 @@ class Settings:
         if self.model and (self.model in (".", "..") or "/" in self.model
                            or os.sep in self.model):
             raise SettingsError("OCR_MODEL must be the name of a folder in OCR_MODEL_DIR")
+        if self.max_decoded_mb <= 0:
+            raise SettingsError("OCR_MAX_DECODED_MB must be positive")
         if self.max_input_mb <= 0 or self.max_output_mb <= 0:
             raise SettingsError("OCR_MAX_INPUT_MB and OCR_MAX_OUTPUT_MB must be positive")
         if self.model_heartbeat_seconds <= 0:
@@ -229,6 +238,10 @@ class Settings:
     @property
     def max_input_bytes(self) -> int:
         return int(self.max_input_mb * 1024 * 1024)
+
+    @property
+    def max_decoded_bytes(self) -> int:
+        return int(self.max_decoded_mb * 1024 * 1024)
 
     @property
     def max_message_bytes(self) -> int:

@@ -6,22 +6,29 @@ Real redis-server and real worker processes (fake engines) throughout.
 from __future__ import annotations
 
 import base64
+import io
 import json
 import os
 import pickle
+import re
+import struct
 import threading
 import time
 import uuid
+import zlib
 from collections import Counter
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pytest
 import redis
+from PIL import Image
 
 from tasks.client import OcrClient
-from tasks.errors import BadRequest, OcrError, PathNotAllowed
+from tasks.errors import BadRequest, ImageTooLarge, OcrError, PathNotAllowed
+from tasks.pipeline.images import decode_page, iter_image_pages, normalize, reduce_factor
 from tasks.pipeline.inputs import read_path
 from tasks.queue.transport import read_dead_letters
 from tasks.state.keys import DEAD_LETTER_KEY
@@ -222,3 +229,100 @@ def test_path_race_through_a_worker_and_nul_byte(start_worker: Callable[..., Wor
     texts = Counter(r.get("text", r.get("error", {}).get("code")) for r in results.values())
     assert not any("2550x3300" in str(t) for t in texts), texts
     assert any("640x480" in str(t) for t in texts), texts
+
+
+# --- image limits: every frame checked, huge images reduced, memory bounded --------
+
+def bomb_frame_tiff() -> bytes:
+    """A G4 TIFF: page 1 is 800x600, page 2 is 15000x15000 (225 Mpx) of white."""
+    buf = io.BytesIO()
+    Image.new("1", (800, 600), 1).save(buf, "TIFF", save_all=True, compression="group4",
+                                       append_images=[Image.new("1", (15000, 15000), 1)])
+    return buf.getvalue()
+
+
+def big_rgba_png(side: int = 13300) -> bytes:
+    """A side x side RGBA PNG (white, a dark band every 1000 rows), made row by row."""
+    def chunk(kind: bytes, body: bytes) -> bytes:
+        return (struct.pack(">I", len(body)) + kind + body
+                + struct.pack(">I", zlib.crc32(kind + body)))
+
+    white, dark = b"\0" + b"\xff" * 4 * side, b"\0" + b"\x20\x20\x20\xff" * side
+    packer = zlib.compressobj(9)
+    idat = b"".join(packer.compress(dark if y % 1000 < 40 else white) for y in range(side))
+    idat += packer.flush()
+    return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", side, side, 8, 6,
+                                                              0, 0, 0))
+            + chunk(b"IDAT", idat) + chunk(b"IEND", b""))
+
+
+def test_every_frame_is_checked_before_decoding() -> None:
+    settings = Settings.from_env({})
+    data = bomb_frame_tiff()
+    with pytest.raises(ImageTooLarge, match="page 2 is 15000x15000"):
+        next(iter_image_pages(data, "tiff", None, settings))
+    assert next(iter_image_pages(data, "tiff", "1", settings))[3].size == (800, 600)
+
+
+def test_decoded_size_is_estimated_before_decoding() -> None:
+    data = big_rgba_png(3000)  # 36 MB decoded as RGBA
+    tight = Settings.from_env({"OCR_MAX_DECODED_MB": "20"})
+    with pytest.raises(ImageTooLarge, match="would take 34 MB decoded"):
+        next(iter_image_pages(data, "png", None, tight))
+
+
+def test_reduced_page_matches_a_whole_decode_reduced() -> None:
+    """Strip-wise reduction gives the image a whole decode then reduce would give."""
+    rgba = Image.new("RGBA", (2000, 1500), (0, 0, 0, 0))
+    rgba.paste((200, 30, 30, 255), (100, 100, 1900, 400))
+    rgba.paste((10, 10, 10, 128), (0, 700, 2000, 1500))
+    buf = io.BytesIO()
+    rgba.save(buf, "PNG")
+    settings = Settings.from_env({"OCR_MAX_RENDER_PIXELS": "400000"})
+    page = next(iter_image_pages(buf.getvalue(), "png", None, settings))[3]
+    expected = normalize(rgba).reduce(reduce_factor(rgba.size, 400000))
+    assert page.mode == "RGB" and page.size == expected.size == (667, 500)
+    diff = np.abs(np.asarray(page, dtype=int) - np.asarray(expected, dtype=int))
+    assert diff.max() <= 2
+
+
+def test_huge_jpeg_is_decoded_reduced() -> None:
+    buf = io.BytesIO()
+    Image.new("L", (8000, 6000), 255).save(buf, "JPEG")
+    settings = Settings.from_env({"OCR_MAX_RENDER_PIXELS": "4000000"})
+    image = Image.open(io.BytesIO(buf.getvalue()))
+    page = decode_page(image, 1, settings)
+    assert image.size == (2000, 1500)  # libjpeg's 1/4 DCT scaling: never decoded whole
+    assert page.size == (2000, 1500) and page.mode == "L"
+
+
+@pytest.fixture(scope="module")
+def peak_worker(start_worker: Callable[..., Worker]) -> Worker:
+    plugins = FAKE_PLUGINS + ",peak-memory=tests.fake_engines:PeakMemoryEngine"
+    return start_worker(**{**FAKE_ENV, "OCR_ENGINE": "peak-memory",
+                           "OCR_ENGINE_PLUGINS": plugins, "OCR_MAX_TASKS_PER_CHILD": "1",
+                           "OCR_QUEUES": "ocr-peak"})
+
+
+@pytest.mark.slow
+def test_huge_png_keeps_the_child_small(peak_worker: Worker, client: OcrClient) -> None:
+    """The issue's 13,300² RGBA PNG (4.3 GB in a child before): reduced, peak bounded."""
+    data = big_rgba_png()
+    assert len(data) < 2**20
+    job = client.app.send_task("ocr.document", queue="ocr-peak",
+                               kwargs={"data_b64": base64.b64encode(data).decode()}).id
+    result = wait_state(client, job, timeout=240)
+    assert result["status"] == "SUCCESS", result
+    size, peak = re.fullmatch(r"fake (\d+x\d+) mean=\S+ peak_mb=(\d+)",
+                              result["text"]).groups()  # type: ignore[union-attr]
+    width, height = map(int, size.split("x"))
+    assert width * height <= 40_000_000 and width == height == 4434
+    print(f"child peak RSS {peak} MB")
+    assert int(peak) < 1500
+
+
+def test_bomb_frame_tiff_through_a_worker(worker: Worker, client: OcrClient) -> None:
+    job = client.app.send_task("ocr.document", kwargs={
+        "data_b64": base64.b64encode(bomb_frame_tiff()).decode()}).id
+    result = wait_state(client, job)
+    assert result["error"]["code"] == "image_too_large", result
