@@ -12,6 +12,7 @@ beat and Flower.
 from __future__ import annotations
 
 import os
+import re
 import sys
 import zoneinfo
 from collections.abc import Mapping
@@ -142,10 +143,20 @@ class Settings:
                                    "document goes on.")
     max_output_mb: float = _s("OCR_MAX_OUTPUT_MB", "256",
                               "Largest searchable PDF the service stores for download.")
+    callback_allowed_hosts: tuple[str, ...] = _s(
+        "OCR_CALLBACK_ALLOWED_HOSTS", "",
+        "Hosts `callback_url` may name (comma separated `host` or `host:port`); empty: "
+        "any public host. Private, loopback and link-local addresses (IP literals, and "
+        "every address a name resolves to when the callback is sent) are refused as "
+        "`callback_not_allowed` unless their host is listed here.")
+    callback_secret: str = _s(
+        "OCR_CALLBACK_SECRET", "",
+        "Key of the callbacks' HMAC-SHA256 signature (`X-OCR-Signature`, "
+        "`X-OCR-Timestamp`; docs/tasks.md); empty: callbacks are not signed.")
     callback_url_prefixes: tuple[str, ...] = _s(
         "OCR_CALLBACK_URL_PREFIXES", "",
-        "URL prefixes (comma separated) that `callback_url` must start with; empty: any "
-        "http(s) URL. Set it where workers can reach internal services.")
+        "Deprecated, use OCR_CALLBACK_ALLOWED_HOSTS. URL prefixes (comma separated) "
+        "that the normalised `callback_url` must also start with; empty: no prefix rule.")
     callback_timeout: float = _s("OCR_CALLBACK_TIMEOUT", "10",
                                  "Seconds one HTTP callback attempt may take; failures are "
                                  "retried 5 times with backoff.")
@@ -213,6 +224,10 @@ class Settings:
         if self.model and (self.model in (".", "..") or "/" in self.model
                            or os.sep in self.model):
             raise SettingsError("OCR_MODEL must be the name of a folder in OCR_MODEL_DIR")
+        for entry in self.callback_allowed_hosts:
+            if not re.fullmatch(r"(\[[0-9a-fA-F:.]+\]|[^\s:/\[\]@]+)(:\d{1,5})?", entry):
+                raise SettingsError(f"OCR_CALLBACK_ALLOWED_HOSTS: {entry!r} is not host "
+                                    "or host:port")
         if self.max_decoded_mb <= 0:
             raise SettingsError("OCR_MAX_DECODED_MB must be positive")
         if self.max_input_mb <= 0 or self.max_output_mb <= 0:

@@ -6,18 +6,23 @@ Real redis-server and real worker processes (fake engines) throughout.
 from __future__ import annotations
 
 import base64
+import hashlib
+import hmac
+import http.server
 import io
+import ipaddress
 import json
 import os
 import pickle
 import re
+import socket
 import struct
 import threading
 import time
 import uuid
 import zlib
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -27,9 +32,17 @@ import redis
 from PIL import Image
 
 from tasks.client import OcrClient
-from tasks.errors import BadRequest, ImageTooLarge, OcrError, PathNotAllowed
+from tasks.errors import (
+    BadRequest,
+    CallbackNotAllowed,
+    ImageTooLarge,
+    OcrError,
+    PathNotAllowed,
+)
+from tasks.lifecycle.callbacks import sign, verify
+from tasks.pipeline.callback_urls import callback_target, checked_addresses, is_public
 from tasks.pipeline.images import decode_page, iter_image_pages, normalize, reduce_factor
-from tasks.pipeline.inputs import read_path
+from tasks.pipeline.inputs import check_callback_url, read_path
 from tasks.queue.transport import read_dead_letters
 from tasks.state.keys import DEAD_LETTER_KEY
 from tests.conftest import FAKE_PLUGINS, Worker, corpus
@@ -326,3 +339,166 @@ def test_bomb_frame_tiff_through_a_worker(worker: Worker, client: OcrClient) -> 
         "data_b64": base64.b64encode(bomb_frame_tiff()).decode()}).id
     result = wait_state(client, job)
     assert result["error"]["code"] == "image_too_large", result
+
+
+# --- callbacks: allow-list, normalisation, no redirects, signatures -----------------
+
+def policy(**env: str) -> Settings:
+    return Settings.from_env(env)
+
+
+@pytest.mark.parametrize("url,env,code", [
+    ("http://10.0.0.5/hook", {}, "callback_not_allowed"),
+    ("http://127.0.0.1:8080/hook", {}, "callback_not_allowed"),
+    ("http://[::ffff:127.0.0.1]/hook", {}, "callback_not_allowed"),
+    ("http://169.254.169.254/latest/meta-data", {}, "callback_not_allowed"),
+    ("http://LOCALHOST/hook", {}, "callback_not_allowed"),
+    ("https://hooks.example.com/x", {"OCR_CALLBACK_ALLOWED_HOSTS": "other.example.com"},
+     "callback_not_allowed"),
+    ("https://hooks.example.com:8443/x",
+     {"OCR_CALLBACK_ALLOWED_HOSTS": "hooks.example.com:443"}, "callback_not_allowed"),
+    ("https://hooks.example.com/hooks/../../admin",
+     {"OCR_CALLBACK_URL_PREFIXES": "https://hooks.example.com/hooks/"},
+     "callback_not_allowed"),
+    ("https://hooks.example.com/hooks/%2e%2e/admin",
+     {"OCR_CALLBACK_URL_PREFIXES": "https://hooks.example.com/hooks/"},
+     "callback_not_allowed"),
+    ("https://user:pw@hooks.example.com/", {}, "bad_request"),
+    ("ftp://hooks.example.com/", {}, "bad_request"),
+    ("https://hooks.example.com/a\\..\\b", {}, "bad_request"),
+])
+def test_callback_url_refused(url: str, env: dict[str, str], code: str) -> None:
+    with pytest.raises(OcrError) as refused:
+        check_callback_url(url, policy(**env))
+    assert refused.value.code == code
+
+
+def test_callback_url_normalised_and_allowed() -> None:
+    listed = policy(OCR_CALLBACK_ALLOWED_HOSTS="127.0.0.1:9000,Hooks.Example.com")
+    assert check_callback_url("HTTP://127.0.0.1:9000/a/./b/../c?x=1#frag", listed) \
+        == "http://127.0.0.1:9000/a/c?x=1"
+    assert check_callback_url("https://hooks.example.com:443/x", listed) \
+        == "https://hooks.example.com/x"
+    prefixed = policy(OCR_CALLBACK_URL_PREFIXES="https://hooks.example.com/hooks/")
+    assert check_callback_url("https://hooks.example.com/hooks/a/../b", prefixed) \
+        == "https://hooks.example.com/hooks/b"
+    assert check_callback_url("https://93.184.216.34/x", policy()) == "https://93.184.216.34/x"
+
+
+def test_every_resolved_address_is_checked_at_send_time() -> None:
+    def resolver(*addresses: str) -> Callable[..., list[tuple[Any, ...]]]:
+        return lambda host, port, **_: [(socket.AF_INET, socket.SOCK_STREAM, 6, "",
+                                         (a, port)) for a in addresses]
+
+    target = callback_target("https://hooks.example.com/x", policy())
+    assert len(checked_addresses(target, resolver("93.184.216.34"))) == 1
+    with pytest.raises(CallbackNotAllowed):
+        checked_addresses(target, resolver("93.184.216.34", "192.168.1.10"))
+    listed = callback_target("https://hooks.example.com/x",
+                             policy(OCR_CALLBACK_ALLOWED_HOSTS="hooks.example.com"))
+    assert len(checked_addresses(listed, resolver("192.168.1.10"))) == 1
+
+
+def test_sign_and_verify() -> None:
+    body, now = b'{"id": "x"}', 1_700_000_000
+    signature = sign(body, "s3cret", now)
+    expected = hmac.new(b"s3cret", b"1700000000." + body, hashlib.sha256).hexdigest()
+    assert signature == f"sha256={expected}"
+    assert verify(body, "s3cret", str(now), signature, now=now + 10)
+    assert not verify(body + b" ", "s3cret", str(now), signature, now=now)
+    assert not verify(body, "other", str(now), signature, now=now)
+    assert not verify(body, "s3cret", str(now), signature, now=now + 301)
+
+
+class Hook(http.server.BaseHTTPRequestHandler):
+    """Verifies signed callbacks; `/redirect` answers 302 to the `internal` server."""
+
+    seen: list[tuple[str, str, bool]] = []   # (server, path, signature valid)
+    redirect_to = ""
+
+    def do_POST(self) -> None:  # noqa: N802 (http.server's name)
+        raw = self.rfile.read(int(self.headers["Content-Length"]))
+        valid = verify(raw, "s3cret", self.headers.get("X-OCR-Timestamp", ""),
+                       self.headers.get("X-OCR-Signature", ""))
+        self.seen.append((str(self.server.server_address[1]), self.path, valid))
+        if self.path == "/redirect":
+            self.send_response(302)
+            self.send_header("Location", self.redirect_to)
+        else:
+            self.send_response(200 if valid else 401)
+        self.end_headers()
+
+    do_GET = do_POST  # noqa: N815 (a followed 302/303 arrives as a GET)
+
+    def log_message(self, *args: Any) -> None:
+        pass
+
+
+def serve() -> http.server.ThreadingHTTPServer:
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Hook)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    return server
+
+
+@pytest.fixture(scope="module")
+def hooks(start_worker: Callable[..., Worker]) -> Iterator[tuple[int, int]]:
+    """(listed port, internal port): a worker whose allow-list names the first only."""
+    listed, internal = serve(), serve()
+    port, other = listed.server_address[1], internal.server_address[1]
+    Hook.redirect_to = f"http://127.0.0.1:{other}/admin"
+    start_worker(**FAKE_ENV, OCR_QUEUES="ocr-hooks", OCR_CALLBACK_SECRET="s3cret",
+                 OCR_CALLBACK_ALLOWED_HOSTS=f"127.0.0.1:{port}")
+    yield port, other
+    listed.shutdown()
+    internal.shutdown()
+
+
+def callback_job(client: OcrClient, url: str) -> dict[str, Any]:
+    job = client.app.send_task("ocr.document", queue="ocr-hooks", kwargs={
+        "data_b64": base64.b64encode(corpus("scan_linn.png").read_bytes()).decode(),
+        "callback_url": url}).id
+    return wait_state(client, job)
+
+
+def wait_for(condition: Callable[[], bool], timeout: float = 30) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition() and time.monotonic() < deadline:
+        time.sleep(0.1)
+
+
+def test_signed_callback_to_a_listed_loopback_host(hooks: tuple[int, int],
+                                                   client: OcrClient) -> None:
+    port, _ = hooks
+    Hook.seen.clear()
+    assert callback_job(client, f"http://127.0.0.1:{port}/done")["status"] == "SUCCESS"
+    wait_for(lambda: len(Hook.seen) >= 1)
+    assert Hook.seen == [(str(port), "/done", True)]
+
+
+def test_redirect_is_not_followed(hooks: tuple[int, int], client: OcrClient) -> None:
+    port, internal = hooks
+    Hook.seen.clear()
+    job = client.app.send_task("ocr.http_callback", queue="ocr-hooks",
+                               args=[f"http://127.0.0.1:{port}/redirect", {"id": "x"}])
+    assert job.get(timeout=30) == 302
+    time.sleep(1)
+    assert Hook.seen == [(str(port), "/redirect", True)]  # nothing reached `internal`
+    assert str(internal) not in str(Hook.seen)
+
+
+def test_unlisted_private_callback_is_refused(hooks: tuple[int, int],
+                                              client: OcrClient) -> None:
+    _, internal = hooks
+    Hook.seen.clear()
+    result = callback_job(client, f"http://127.0.0.1:{internal}/admin")
+    assert result["status"] == "FAILURE"
+    assert result["error"]["code"] == "callback_not_allowed", result
+    # at send time too: a name that resolves to a non-public address
+    host = socket.gethostname()
+    assert not all(is_public(ipaddress.ip_address(info[4][0]))
+                   for info in socket.getaddrinfo(host, 80, type=socket.SOCK_STREAM))
+    sent = client.app.send_task("ocr.http_callback", queue="ocr-hooks",
+                                args=[f"http://{host}:{internal}/admin", {"id": "x"}])
+    with pytest.raises(CallbackNotAllowed):
+        sent.get(timeout=30)
+    assert Hook.seen == []

@@ -14,9 +14,9 @@ import stat
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
-from urllib.parse import urlparse
 
 from tasks.errors import BadRequest, InputNotFound, InputTooLarge, PathNotAllowed
+from tasks.pipeline.callback_urls import callback_target
 from tasks.pipeline.pdf import PDF_MODES
 from worker_config import OUTPUT_CHOICES
 
@@ -226,11 +226,12 @@ def _link_target(name: str, dir_fd: int, error: OSError) -> str:
     raise PathNotAllowed(f"the path cannot be opened ({reason})") from None
 
 
-def check_callback_url(url: str, settings: Settings) -> None:
-    """An http(s) URL, under OCR_CALLBACK_URL_PREFIXES when that is set."""
-    parsed = urlparse(url)
-    if parsed.scheme not in ("http", "https") or not parsed.hostname:
-        raise BadRequest("`callback_url` must be an http or https URL")
-    prefixes = settings.callback_url_prefixes
-    if prefixes and not any(url.startswith(prefix) for prefix in prefixes):
-        raise BadRequest("`callback_url` is not under an allowed prefix")
+def check_callback_url(url: str, settings: Settings) -> str:
+    """The normalised `url` when a callback may go there.
+
+    Else BadRequest (not an http(s) URL) or CallbackNotAllowed (the policy of
+    tasks/pipeline/callback_urls.py: OCR_CALLBACK_ALLOWED_HOSTS, no private addresses
+    unless listed, the deprecated OCR_CALLBACK_URL_PREFIXES). Resolved addresses are
+    checked again at send time.
+    """
+    return callback_target(url, settings).url

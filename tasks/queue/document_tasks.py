@@ -248,4 +248,4 @@ def pdf_page_failed(self: Task, doc_id: str, number: int, error: dict[str, Any])
 def http_callback(self: Task, url: str, body: dict[str, Any]) -> int:
     """POST a finished job's summary to the caller's URL; retried with backoff."""
     settings: Settings = self.app.ocr_settings
-    return post_json(url, body, settings.callback_timeout)
+    return post_json(url, body, settings)
