@@ -12,6 +12,7 @@ beat and Flower.
 from __future__ import annotations
 
 import os
+import re
 import sys
 import zoneinfo
 from collections.abc import Mapping
@@ -115,11 +116,24 @@ class Settings:
     max_image_pixels: int = _s("OCR_MAX_IMAGE_PIXELS", "178956970",
                                "Largest decoded image (width*height); larger ones are "
                                "refused as `image_too_large` (decompression bombs).")
+    dead_letter_max: int = _s("OCR_DEAD_LETTER_MAX", "1000",
+                              "Entries kept in the dead-letter list `ocr:dead-letter` "
+                              "(refused broker messages: not decodable, pickled, or too "
+                              "large for OCR_MAX_INPUT_MB); older ones are dropped.")
+    dead_letter_ttl: int = _s("OCR_DEAD_LETTER_TTL", "604800",
+                              "Seconds the dead-letter list lives after its last entry.")
+    max_decoded_mb: float = _s("OCR_MAX_DECODED_MB", "1024",
+                               "Most memory one image frame may take decoded, estimated "
+                               "from its header before decoding; larger ones are refused "
+                               "as `image_too_large`. Frames over OCR_MAX_RENDER_PIXELS "
+                               "are then reduced to it strip by strip (JPEGs decoded "
+                               "reduced).")
     max_pages: int = _s("OCR_MAX_PAGES", "2000", "Most pages one job may have.")
     pdf_dpi: int = _s("OCR_PDF_DPI", "300", "Resolution PDF pages are rendered at for OCR.")
     max_render_pixels: int = _s("OCR_MAX_RENDER_PIXELS", "40000000",
-                                "Most pixels a PDF page is rendered at; larger pages are "
-                                "rendered at a lower resolution (memory stays bounded).")
+                                "Most pixels a PDF page is rendered at, and an image page "
+                                "is reduced to; larger pages are rendered (images reduced) "
+                                "at a lower resolution, so memory stays bounded.")
     pdf_min_text_chars: int = _s("OCR_PDF_MIN_TEXT_CHARS", "8",
                                  "A PDF page with at least this many characters of text "
                                  "(visible, or an invisible OCR layer) keeps its text in "
@@ -137,10 +151,20 @@ class Settings:
                                    "document goes on.")
     max_output_mb: float = _s("OCR_MAX_OUTPUT_MB", "256",
                               "Largest searchable PDF the service stores for download.")
+    callback_allowed_hosts: tuple[str, ...] = _s(
+        "OCR_CALLBACK_ALLOWED_HOSTS", "",
+        "Hosts `callback_url` may name (comma separated `host` or `host:port`); empty: "
+        "any public host. Private, loopback and link-local addresses (IP literals, and "
+        "every address a name resolves to when the callback is sent) are refused as "
+        "`callback_not_allowed` unless their host is listed here.")
+    callback_secret: str = _s(
+        "OCR_CALLBACK_SECRET", "",
+        "Key of the callbacks' HMAC-SHA256 signature (`X-OCR-Signature`, "
+        "`X-OCR-Timestamp`; docs/tasks.md); empty: callbacks are not signed.")
     callback_url_prefixes: tuple[str, ...] = _s(
         "OCR_CALLBACK_URL_PREFIXES", "",
-        "URL prefixes (comma separated) that `callback_url` must start with; empty: any "
-        "http(s) URL. Set it where workers can reach internal services.")
+        "Deprecated, use OCR_CALLBACK_ALLOWED_HOSTS. URL prefixes (comma separated) "
+        "that the normalised `callback_url` must also start with; empty: no prefix rule.")
     callback_timeout: float = _s("OCR_CALLBACK_TIMEOUT", "10",
                                  "Seconds one HTTP callback attempt may take; failures are "
                                  "retried 5 times with backoff.")
@@ -212,12 +236,19 @@ class Settings:
                                 "OCR_PAGE_SOFT_TIME_LIMIT")
         for name in ("vlm_max_tokens", "result_ttl", "blob_ttl", "max_image_pixels",
                      "max_pages", "soft_time_limit", "tesseract_threads", "pdf_dpi",
-                     "page_soft_time_limit", "max_deliveries", "max_render_pixels"):
+                     "page_soft_time_limit", "max_deliveries", "max_render_pixels",
+                     "dead_letter_max", "dead_letter_ttl"):
             if getattr(self, name) <= 0:
                 raise SettingsError(f"{_env_name(name)} must be positive")
         if self.model and (self.model in (".", "..") or "/" in self.model
                            or os.sep in self.model):
             raise SettingsError("OCR_MODEL must be the name of a folder in OCR_MODEL_DIR")
+        for entry in self.callback_allowed_hosts:
+            if not re.fullmatch(r"(\[[0-9a-fA-F:.]+\]|[^\s:/\[\]@]+)(:\d{1,5})?", entry):
+                raise SettingsError(f"OCR_CALLBACK_ALLOWED_HOSTS: {entry!r} is not host "
+                                    "or host:port")
+        if self.max_decoded_mb <= 0:
+            raise SettingsError("OCR_MAX_DECODED_MB must be positive")
         if self.max_input_mb <= 0 or self.max_output_mb <= 0:
             raise SettingsError("OCR_MAX_INPUT_MB and OCR_MAX_OUTPUT_MB must be positive")
         if self.model_heartbeat_seconds <= 0:
@@ -242,6 +273,19 @@ class Settings:
     @property
     def max_input_bytes(self) -> int:
         return int(self.max_input_mb * 1024 * 1024)
+
+    @property
+    def max_decoded_bytes(self) -> int:
+        return int(self.max_decoded_mb * 1024 * 1024)
+
+    @property
+    def max_message_bytes(self) -> int:
+        """Largest broker message a worker decodes.
+
+        One carrying an inline input of OCR_MAX_INPUT_MB: base64 inside a base64 body
+        makes 16/9 of it, plus 1 MiB for the rest of the message.
+        """
+        return self.max_input_bytes * 16 // 9 + 2**20
 
     @property
     def max_output_bytes(self) -> int:
@@ -378,6 +422,7 @@ def celery_config(settings: Settings) -> dict[str, Any]:
     """Celery settings derived from `settings` (see Celery's configuration reference)."""
     return {
         "broker_url": settings.redis_url,
+        **_broker_transport(settings.redis_url),
         "result_backend": settings.redis_url,
         # JSON only: no pickle anywhere, for messages and results alike.
         "task_serializer": "json",
@@ -396,6 +441,11 @@ def celery_config(settings: Settings) -> dict[str, Any]:
         "worker_prefetch_multiplier": 1,
         "task_default_priority": PRIORITIES["normal"],
         "broker_transport_options": {
+            # tasks/queue/transport.py: refused messages go to the dead-letter list.
+            "ocr_max_message_bytes": settings.max_message_bytes,
+            "ocr_accept_content": ("application/json",),
+            "ocr_dead_letter_max": settings.dead_letter_max,
+            "ocr_dead_letter_ttl": settings.dead_letter_ttl,
             # kombu's own defaults, spelled out: any stock Celery/kombu client then
             # pushes to the lists the workers read (a custom `sep` would strand its
             # messages).
@@ -432,6 +482,13 @@ def celery_config(settings: Settings) -> dict[str, Any]:
         "timezone": settings.schedule_timezone,
         "beat_schedule": _beat_schedule(settings),
     }
+
+
+def _broker_transport(broker_url: str) -> dict[str, Any]:
+    """On Redis, the transport that dead-letters malformed and refused messages."""
+    if broker_url.startswith(("redis://", "rediss://")):
+        return {"broker_transport": "tasks.queue.transport:Transport"}
+    return {}
 
 
 def _beat_schedule(settings: Settings) -> dict[str, Any]:
