@@ -6,6 +6,7 @@ idempotency, progress, cancel); the engines themselves are tested elsewhere.
 
 from __future__ import annotations
 
+import http.server
 import io
 import json
 import subprocess
@@ -30,6 +31,29 @@ WORKER_ENV = {"OCR_ENGINE": "fake", "OCR_ENGINE_PLUGINS": FAKE_PLUGINS,
               "OCR_CONCURRENCY": "2", "FAKE_PAGE_SECONDS": "0.4",
               "OCR_QUEUES": "ocr,ocr-fake"}
 MAX_MB = "1"
+SECRET = "webhook-secret"
+
+
+class Receiver:
+    """A webhook receiver on loopback: records each POST's headers and body."""
+
+    def __init__(self) -> None:
+        self.posts: list[tuple[dict[str, str], bytes]] = []
+        received = self.posts
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def do_POST(self) -> None:  # noqa: N802 - http.server's name
+                body = self.rfile.read(int(self.headers.get("Content-Length", 0)))
+                received.append((dict(self.headers.items()), body))
+                self.send_response(204)
+                self.end_headers()
+
+            def log_message(self, format: str, *args: object) -> None:
+                return
+
+        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.port = self.server.server_address[1]
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
 
 
 def png(shade: int = 200, size: tuple[int, int] = (160, 80)) -> bytes:
@@ -44,16 +68,31 @@ def roots(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture(scope="module")
-def worker(start_worker: Callable[..., Worker], roots: Path) -> Worker:
-    return start_worker(**WORKER_ENV, OCR_ALLOWED_ROOTS=str(roots))
+def receiver() -> Iterator[Receiver]:
+    receiving = Receiver()
+    yield receiving
+    receiving.server.shutdown()
+
+
+@pytest.fixture(scope="module")
+def callbacks(receiver: Receiver) -> dict[str, str]:
+    """Workers and API alike: the receiver's host is listed; POSTs are signed."""
+    return {"OCR_CALLBACK_ALLOWED_HOSTS": f"127.0.0.1:{receiver.port}",
+            "OCR_CALLBACK_SECRET": SECRET}
+
+
+@pytest.fixture(scope="module")
+def worker(start_worker: Callable[..., Worker], roots: Path,
+           callbacks: dict[str, str]) -> Worker:
+    return start_worker(**WORKER_ENV, **callbacks, OCR_ALLOWED_ROOTS=str(roots))
 
 
 @pytest.fixture(scope="module")
 def api(tmp_path_factory: pytest.TempPathFactory, redis_url: str, roots: Path,
-        worker: Worker) -> Iterator[ApiServer]:
+        worker: Worker, callbacks: dict[str, str]) -> Iterator[ApiServer]:
     server = ApiServer(tmp_path_factory.mktemp("api") / "api.log", {
         "REDIS_URL": redis_url, "OCR_MAX_INPUT_MB": MAX_MB,
-        "OCR_ALLOWED_ROOTS": str(roots)}).start()
+        "OCR_ALLOWED_ROOTS": str(roots), **callbacks}).start()
     yield server
     server.stop()
 
@@ -298,6 +337,31 @@ def test_delete_cancels_a_running_pdf(api: ApiServer, alice: requests.Session) -
     assert text.status_code == 409 and text.json()["error"]["code"] == "cancelled"
     again = alice.delete(f"{api.url}/v1/jobs/{job_id}", timeout=10)
     assert again.status_code == 200 and again.json()["status"] == "CANCELLED"
+
+
+def test_signed_webhook_to_a_listed_host_and_refusals(api: ApiServer, alice: requests.Session,
+                                                      receiver: Receiver) -> None:
+    from tasks.lifecycle.callbacks import verify
+
+    hook = f"http://127.0.0.1:{receiver.port}/hooks/ocr?order=42"
+    job_id = send(alice, api, png(), "hooked.png", callback_url=hook)
+    assert wait_end(alice, api, job_id)["status"] == "SUCCESS"
+    deadline = time.monotonic() + 30
+    while not any(json.loads(body).get("id") == job_id for _, body in receiver.posts):
+        assert time.monotonic() < deadline, "no callback arrived"
+        time.sleep(0.1)
+    headers, body = next((h, b) for h, b in receiver.posts if json.loads(b)["id"] == job_id)
+    assert json.loads(body)["status"] == "SUCCESS"
+    assert verify(body, SECRET, headers["X-OCR-Timestamp"], headers["X-OCR-Signature"])
+    assert not verify(body + b" ", SECRET, headers["X-OCR-Timestamp"],
+                      headers["X-OCR-Signature"])
+    # Unlisted private, loopback and link-local targets are refused before any job exists.
+    for url in ("http://10.1.2.3/hook", f"http://127.0.0.1:{receiver.port + 1}/hook",
+                "http://169.254.169.254/latest", "http://localhost/hook"):
+        answer = alice.post(f"{api.url}/v1/jobs", files={"file": ("a.png", png())},
+                            data={"callback_url": url}, timeout=10)
+        assert answer.status_code == 400, (url, answer.text)
+        assert answer.json()["error"]["code"] == "callback_not_allowed", url
 
 
 def test_per_client_limits_answer_429(api: ApiServer, redis_url: str) -> None:

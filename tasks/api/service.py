@@ -38,6 +38,7 @@ from tasks.api.schemas import FINAL_STATUSES, JobOptions, JobStatus, Links, Prog
 from tasks.api.tokens import ApiClient, TokenStore
 from tasks.client import FINAL_STATES, OcrClient
 from tasks.errors import BadRequest, InputTooLarge, PathNotAllowed
+from tasks.pipeline.callback_urls import callback_target
 from tasks.state.keys import (
     API_IDEMPOTENCY_PREFIX,
     API_INFLIGHT_PREFIX,
@@ -189,6 +190,9 @@ class JobService:
         kwargs = options.task_kwargs()
         if options.deadline is not None and options.deadline <= time.time():
             raise BadRequest("`deadline` is in the past")
+        if options.callback_url is not None:
+            # The workers' own rule (allow-list, no private addresses unless listed).
+            kwargs["callback_url"] = callback_target(options.callback_url, self.settings).url
         if upload is not None:
             if options.path is not None:
                 raise BadRequest("send either a file or a `path`, not both")
