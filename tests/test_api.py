@@ -462,6 +462,13 @@ def test_fuzz_from_own_openapi_schema(tmp_path: Path) -> None:
         print({label: sorted(set(codes)) for label, codes in calls.items()})
         assert len(calls) == 6, calls  # every operation but /readyz was called
         assert sum(len(codes) for codes in calls.values()) >= 60, calls
+        # Redis gone: coded 503s, not 500s.
+        own_redis.stop()
+        down = requests.get(f"{server.url}/v1/jobs/x", timeout=30,
+                            headers={"Authorization": f"Bearer {token}"})
+        assert down.status_code == 503 and down.json()["error"]["code"] == "transient"
+        ready = requests.get(f"{server.url}/readyz", timeout=30)
+        assert ready.status_code == 503 and ready.json()["redis"] is False
     finally:
         server.stop()
         own_redis.stop()

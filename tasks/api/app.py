@@ -15,6 +15,7 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from fastapi_offline import FastAPIOffline
+from kombu.exceptions import OperationalError
 from starlette.exceptions import HTTPException
 
 from tasks.api.errors import JobUnsuccessful, http_status
@@ -41,6 +42,7 @@ def create_api(settings: Settings, client: OcrClient | None = None) -> FastAPI:
     app.add_exception_handler(OcrError, _ocr_error)
     app.add_exception_handler(RequestValidationError, _validation_error)
     app.add_exception_handler(redis.RedisError, _redis_error)
+    app.add_exception_handler(OperationalError, _redis_error)  # the broker, through kombu
     app.add_exception_handler(HTTPException, _http_error)
     return app
 

@@ -67,7 +67,8 @@ class TokenStore:
                            requests_per_minute)
         if not self._redis.hsetnx(API_CLIENTS_KEY, name, json.dumps(asdict(record))):
             raise BadRequest(f"client {name!r} exists; revoke it first to make a new token")
-        self._redis.set(API_TOKEN_PREFIX + digest, name)
+        # The record again under the hash: a request is authenticated in one GET.
+        self._redis.set(API_TOKEN_PREFIX + digest, json.dumps(asdict(record)))
         return token
 
     def clients(self) -> list[ApiClient]:
@@ -94,12 +95,8 @@ class TokenStore:
         """The client a token belongs to, or None (unknown or revoked)."""
         if not token.startswith(TOKEN_PREFIX) or len(token) > 200:
             return None
-        name = self._redis.get(API_TOKEN_PREFIX + token_hash(token))
-        return None if name is None else self.get(_text(name))
-
-
-def _text(value: bytes | str) -> str:
-    return value.decode() if isinstance(value, bytes) else value
+        raw = self._redis.get(API_TOKEN_PREFIX + token_hash(token))
+        return None if raw is None else ApiClient(**json.loads(raw))
 
 
 def build_tokens_parser(parser: argparse.ArgumentParser) -> None:

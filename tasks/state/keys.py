@@ -20,7 +20,7 @@ METRICS_PREFIX = ROOT + "metrics:"    # counters and gauges (tasks/state/metrics
 DEAD_LETTER_KEY = ROOT + "dead-letter"  # refused broker messages (a capped list)
 # The HTTP API (tasks/api/): clients' tokens and the jobs they sent.
 API_PREFIX = ROOT + "api:"
-API_TOKEN_PREFIX = API_PREFIX + "token:"      # sha256 of a token -> client name (no TTL)
+API_TOKEN_PREFIX = API_PREFIX + "token:"      # sha256 of a token -> client record (no TTL)
 API_CLIENTS_KEY = API_PREFIX + "clients"      # hash: client name -> JSON record (no TTL)
 API_JOB_PREFIX = API_PREFIX + "job:"          # hash per job: owner, output, filename
 API_IDEMPOTENCY_PREFIX = API_PREFIX + "idem:"  # <client>:<sha256 of key> -> job id
