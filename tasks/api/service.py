@@ -48,7 +48,7 @@ from tasks.state.keys import (
     BLOB_PREFIX,
     OUTPUT_PREFIX,
 )
-from tasks.state.stores import BlobStore, OutputStore
+from tasks.state.stores import BlobStore, JobControl, OutputStore
 from worker_config import PRIORITIES, Settings
 
 CANCEL_TASK = "ocr.cancel"
@@ -89,6 +89,7 @@ class JobService:
         self.tokens = TokenStore(redis_client)
         self._blobs = BlobStore(redis_client, settings.blob_ttl)
         self._outputs = OutputStore(redis_client, settings.result_ttl)
+        self._control = JobControl(redis_client, settings.result_ttl)
         self._record_ttl = settings.blob_ttl + settings.result_ttl
         self._ready: dict[str, tuple[float, list[str]]] = {}
         self._ready_lock = threading.Lock()
@@ -262,8 +263,11 @@ class JobService:
         result: dict[str, Any] | None = None
         error = None
         done, total = now.done, now.total
-        if now.final:
-            result = self.client.result(job_id)
+        # A cancel's stored result is final even if a page that finished just after it
+        # wrote PROGRESS over the job's state (reported to the lifecycle, issue 12).
+        cancelled = None if now.final else self._control.cancelled_result(job_id)
+        if now.final or cancelled is not None:
+            result = cancelled or self.client.result(job_id)
             status = str(result.get("status", "FAILURE"))
             if status not in FINAL_STATUSES:
                 status = "FAILURE"
@@ -276,7 +280,7 @@ class JobService:
         else:
             status = _RUNNING.get(now.state, "RUNNING")
         return JobStatus(
-            id=job_id, status=status, state=now.state,  # type: ignore[arg-type]
+            id=job_id, status=status, state="REVOKED" if cancelled else now.state,  # type: ignore[arg-type]
             progress=Progress(done=done, total=total), error=error,
             filename=str((result or {}).get("filename") or record.get("filename", "")),
             output=record.get("output", "text"), created=float(record.get("created", 0)),
