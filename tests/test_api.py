@@ -9,6 +9,9 @@ from __future__ import annotations
 import http.server
 import io
 import json
+import os
+import re
+import shutil
 import subprocess
 import sys
 import threading
@@ -393,6 +396,38 @@ def test_bad_requests_have_codes(api: ApiServer, alice: requests.Session) -> Non
         answer = alice.post(f"{api.url}/v1/jobs", timeout=10, **kwargs)  # type: ignore[arg-type]
         assert answer.status_code == code, (kwargs, answer.text)
         assert set(answer.json()["error"]) == {"code", "message", "retryable"}
+
+
+def readme_example(name: str) -> str:
+    """The code block after `<!-- example: NAME -->` in the README."""
+    text = (ROOT / "README.md").read_text()
+    match = re.search(rf"<!-- example: {re.escape(name)} -->\n```\w*\n(.*?)\n```", text,
+                      re.DOTALL)
+    assert match, f"README.md has no example {name}"
+    return match.group(1)
+
+
+def test_readme_curl_example(api: ApiServer, redis_url: str, roots: Path,
+                             tmp_path: Path) -> None:
+    missing = [tool for tool in ("curl", "jq") if shutil.which(tool) is None]
+    if missing:
+        pytest.skip(f"{', '.join(missing)} not installed: the curl example is not run")
+    (tmp_path / "report.pdf").write_bytes(image_pdf(plain_pages(3)))
+    (roots / "scan.png").write_bytes(png(130))
+    done = subprocess.run(["bash", "-euo", "pipefail", "-c", readme_example("api-curl")],
+                          cwd=tmp_path, capture_output=True, text=True, timeout=120,
+                          env={**os.environ, "API": api.url, "SCANS": str(roots),
+                               "OCR_TOKEN": create_token(redis_url, "readme")})
+    assert done.returncode == 0, done.stderr
+    lines = done.stdout.splitlines()
+    assert json.loads(lines[0]) == {"status": "SUCCESS", "progress": {"done": 2, "total": 2},
+                                    "error": None}
+    assert lines[1] in ("QUEUED", "RUNNING", "CANCELLED", "SUCCESS")
+    assert json.loads(lines[2]) == {"status": "ok"} and json.loads(lines[3])["ready"]
+    events = (tmp_path / "events.txt").read_text()
+    assert events.rstrip().splitlines()[-2] == "event: end"
+    assert (tmp_path / "report.txt").read_text().count("\f") == 1  # two pages
+    assert (tmp_path / "report.ocr.pdf").read_bytes().startswith(b"%PDF")
 
 
 def test_api_imports_no_engine_and_starts_fast(api: ApiServer, redis_url: str) -> None:

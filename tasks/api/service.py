@@ -274,8 +274,8 @@ class JobService:
             error = result.get("error")
             pages = result.get("pages", [])
             done = sum(1 for p in pages if "error" not in p)
-            total = int(result.get("page_count") or len(pages)
-                        + len(result.get("failed_pages", [])))
+            # The pages read (a page selection reads fewer than the document has).
+            total = len(pages) + len(result.get("failed_pages", [])) if pages else done
             self._redis.zrem(API_INFLIGHT_PREFIX + record["owner"], job_id)
         else:
             status = _RUNNING.get(now.state, "RUNNING")
