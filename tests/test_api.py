@@ -246,6 +246,32 @@ def test_other_clients_job_is_404(api: ApiServer, alice: requests.Session,
     assert wait_end(alice, api, job_id)["status"] == "SUCCESS"  # bob's DELETE did nothing
 
 
+def test_worker_side_reference_check(api: ApiServer, alice: requests.Session,
+                                     store: redis.Redis) -> None:
+    """What a worker asks before a job reads its input (JobControl.check_references)."""
+    from tasks.errors import BadRequest
+    from tasks.state.stores import JobControl
+
+    job_id = send(alice, api, png())
+    wait_end(alice, api, job_id)
+    control = JobControl(store, 600)
+    info = control.info(job_id)
+    assert info["owner"] == "api:alice" and info["blob"].startswith("ocr:blob:api.alice.")
+    alices_blob = info["blob"]
+    control.check_references(job_id, alices_blob, None)  # its own input
+    control.remember("retry-1", owner="api:alice", blob=alices_blob)
+    control.check_references("retry-1", alices_blob, job_id)  # a retry of its own job
+    control.remember("bobs-1", owner="api:bob", blob="ocr:blob:bobs-own-input")
+    control.check_references("flower-1", "ocr:blob:someone-elses-0123", None)  # trusted path
+    for other, blob, merge_from in (("flower-1", alices_blob, None),  # no owner, API blob
+                                    ("bobs-1", alices_blob, None),  # another client's blob
+                                    ("flower-1", None, job_id),  # another owner's job
+                                    ("bobs-1", None, job_id),
+                                    ("bobs-1", "ocr:blob:not-recorded-0123", None)):
+        with pytest.raises(BadRequest):
+            control.check_references(other, blob, merge_from)
+
+
 def test_oversized_upload_is_413_and_nothing_is_stored(api: ApiServer,
                                                        alice: requests.Session,
                                                        store: redis.Redis) -> None:

@@ -172,7 +172,7 @@ class JobService:
             raise
         try:
             if upload is not None:
-                kwargs["blob"] = f"{BLOB_PREFIX}{uuid.uuid4().hex}"
+                kwargs["blob"] = f"{BLOB_PREFIX}api.{caller.name}.{uuid.uuid4().hex}"
                 self._redis.rename(upload, kwargs["blob"])  # keeps the upload's TTL
             self._remember(caller, job_id, options, str(kwargs.get("filename", "")))
             deadline = None if options.deadline is None else options.deadline - time.time()
