@@ -183,6 +183,7 @@ class JobService:
                 self._redis.delete(self._idempotency(caller, idempotency_key))
             self.discard(upload)
             self._blobs.delete(kwargs.get("blob"))
+            self._forget(caller, job_id)
             raise
         return Submitted(job_id, False)
 
@@ -241,6 +242,13 @@ class JobService:
         pipe.expire(API_JOB_PREFIX + job_id, self._record_ttl)
         pipe.zadd(API_INFLIGHT_PREFIX + caller.name, {job_id: now})
         pipe.expire(API_INFLIGHT_PREFIX + caller.name, self._record_ttl)
+        pipe.execute()
+
+    def _forget(self, caller: ApiClient, job_id: str) -> None:
+        """Drop the record of a job that could not be sent."""
+        pipe = self._redis.pipeline()
+        pipe.delete(API_JOB_PREFIX + job_id)
+        pipe.zrem(API_INFLIGHT_PREFIX + caller.name, job_id)
         pipe.execute()
 
     def _record(self, caller: ApiClient, job_id: str) -> dict[str, str]:
