@@ -148,6 +148,10 @@ class OcrClient:
 
         The new job's result is complete: it merges the pages the earlier job had.
         """
+        return self._send(self.retry_kwargs(job_id, password), priority, None)
+
+    def retry_kwargs(self, job_id: str, password: str | None = None) -> dict[str, Any]:
+        """The `ocr.document` kwargs that re-read the failed pages of a PARTIAL job."""
         earlier = self.result(job_id)
         if earlier.get("status") != "PARTIAL" or not earlier.get("input_blob"):
             raise BadRequest("only a PARTIAL job whose input is still stored can be retried")
@@ -158,7 +162,7 @@ class OcrClient:
                   "merge_from": job_id}
         if password:
             kwargs["password"] = password
-        return self._send(kwargs, priority, None)
+        return kwargs
 
     def _read(self, source: str | Path | bytes) -> bytes:
         limit = self.settings.max_input_bytes

@@ -32,7 +32,7 @@ from tests.pdf_fixtures import image_pdf, plain_pages
 WORKER_ENV = {"OCR_ENGINE": "fake", "OCR_ENGINE_PLUGINS": FAKE_PLUGINS,
               "OCR_CACHE_RESULTS": "0", "OCR_PDF_DPI": "72", "OCR_DESKEW": "0",
               "OCR_CONCURRENCY": "2", "FAKE_PAGE_SECONDS": "0.4",
-              "OCR_QUEUES": "ocr,ocr-fake"}
+              "OCR_QUEUES": "ocr,ocr-fake,ocr-flaky-on-dark"}
 MAX_MB = "1"
 SECRET = "webhook-secret"
 
@@ -85,9 +85,16 @@ def callbacks(receiver: Receiver) -> dict[str, str]:
 
 
 @pytest.fixture(scope="module")
-def worker(start_worker: Callable[..., Worker], roots: Path,
-           callbacks: dict[str, str]) -> Worker:
-    return start_worker(**WORKER_ENV, **callbacks, OCR_ALLOWED_ROOTS=str(roots))
+def healed(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Once this file exists, the flaky-on-dark engine reads dark pages too."""
+    return tmp_path_factory.mktemp("flaky") / "healed"
+
+
+@pytest.fixture(scope="module")
+def worker(start_worker: Callable[..., Worker], roots: Path, callbacks: dict[str, str],
+           healed: Path) -> Worker:
+    return start_worker(**WORKER_ENV, **callbacks, OCR_ALLOWED_ROOTS=str(roots),
+                        FAKE_HEALED_FLAG=str(healed))
 
 
 @pytest.fixture(scope="module")
@@ -393,6 +400,27 @@ def test_signed_webhook_to_a_listed_host_and_refusals(api: ApiServer, alice: req
         assert answer.json()["error"]["code"] == "callback_not_allowed", url
 
 
+def test_retry_rereads_failed_pages_of_own_jobs_only(api: ApiServer, alice: requests.Session,
+                                                     bob: requests.Session,
+                                                     healed: Path) -> None:
+    job_id = send(alice, api, image_pdf(plain_pages(4, dark=[2, 4])), "four.pdf",
+                  engine="flaky-on-dark")
+    first = wait_end(alice, api, job_id)
+    assert first["status"] == "PARTIAL" and first["progress"] == {"done": 2, "total": 4}
+    assert bob.post(f"{api.url}/v1/jobs/{job_id}/retry", timeout=10).status_code == 404
+    healed.touch()
+    answer = alice.post(f"{api.url}/v1/jobs/{job_id}/retry", json={"priority": "interactive"},
+                        timeout=10)
+    assert answer.status_code == 202, answer.text
+    again = answer.json()["id"]
+    assert wait_end(alice, api, again)["status"] == "SUCCESS"
+    result = alice.get(f"{api.url}/v1/jobs/{again}/result?format=json", timeout=10).json()
+    assert result["retry_of"] == job_id and len(result["pages"]) == 4
+    assert bob.get(f"{api.url}/v1/jobs/{again}", timeout=10).status_code == 404
+    done = alice.post(f"{api.url}/v1/jobs/{again}/retry", timeout=10)
+    assert done.status_code == 400 and done.json()["error"]["code"] == "bad_request"
+
+
 def test_per_client_limits_answer_429(api: ApiServer, redis_url: str) -> None:
     chatty = session(create_token(redis_url, "chatty", "--requests-per-minute", "3"))
     codes = [chatty.get(f"{api.url}/v1/jobs/x", timeout=5) for _ in range(4)]
@@ -521,7 +549,7 @@ def test_fuzz_from_own_openapi_schema(tmp_path: Path) -> None:
                 failures.append(f"{operation.label}: {exc}")
         assert not failures, "\n\n".join(failures)[:6000]
         print({label: sorted(set(codes)) for label, codes in calls.items()})
-        assert len(calls) == 6, calls  # every operation but /readyz was called
+        assert len(calls) == 7, calls  # every operation but /readyz was called
         assert sum(len(codes) for codes in calls.values()) >= 60, calls
         # Redis gone: coded 503s, not 500s.
         own_redis.stop()

@@ -27,6 +27,7 @@ from tasks.api.schemas import (
     JobOptions,
     JobStatus,
     Readiness,
+    RetryOptions,
 )
 from tasks.api.service import MEDIA_TYPES, JobService, links
 from tasks.api.tokens import ApiClient
@@ -146,6 +147,16 @@ async def create_job(request: Request, response: Response, caller: Caller,
         response.headers["Idempotent-Replayed"] = "true"
     response.headers["Location"] = links(submitted.id).self
     return JobAccepted(id=submitted.id, status="QUEUED", links=links(submitted.id))
+
+
+@router.post("/v1/jobs/{job_id}/retry", status_code=202, response_model=JobAccepted,
+             summary="Re-read the failed pages of a PARTIAL job (a new, complete job)",
+             responses=_errors(400, 404, *COMMON))
+def retry_job(request: Request, response: Response, job_id: str, caller: Caller,
+              options: RetryOptions | None = None) -> JobAccepted:
+    new_id = service_of(request).retry(caller, job_id, options or RetryOptions.model_validate({}))
+    response.headers["Location"] = links(new_id).self
+    return JobAccepted(id=new_id, status="QUEUED", links=links(new_id))
 
 
 @router.get("/v1/jobs/{job_id}", response_model=JobStatus, summary="A job's status",

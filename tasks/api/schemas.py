@@ -52,6 +52,16 @@ class JobOptions(BaseModel):
         return {n: getattr(self, n) for n in names if getattr(self, n) is not None}
 
 
+class RetryOptions(BaseModel):
+    """Options of a retry: the earlier job's options are kept."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    password: str | None = Field(None, max_length=1024,
+                                 description="opens an encrypted PDF")
+    priority: Priority = Field("normal", description="interactive jobs go first, batch last")
+
+
 class ErrorInfo(BaseModel):
     code: str = Field(description="stable code (docs/tasks.md lists the job codes)")
     message: str = Field(description="safe to show")

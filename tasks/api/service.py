@@ -34,7 +34,15 @@ from tasks.api.errors import (
     TooManyJobs,
     Unauthorized,
 )
-from tasks.api.schemas import FINAL_STATUSES, JobOptions, JobStatus, Links, Progress, Readiness
+from tasks.api.schemas import (
+    FINAL_STATUSES,
+    JobOptions,
+    JobStatus,
+    Links,
+    Progress,
+    Readiness,
+    RetryOptions,
+)
 from tasks.api.tokens import ApiClient, TokenStore
 from tasks.client import FINAL_STATES, OcrClient
 from tasks.errors import BadRequest, InputTooLarge, PathNotAllowed
@@ -174,7 +182,7 @@ class JobService:
             if upload is not None:
                 kwargs["blob"] = f"{BLOB_PREFIX}api.{caller.name}.{uuid.uuid4().hex}"
                 self._redis.rename(upload, kwargs["blob"])  # keeps the upload's TTL
-            self._remember(caller, job_id, options, str(kwargs.get("filename", "")))
+            self._remember(caller, job_id, options.output, str(kwargs.get("filename", "")))
             deadline = None if options.deadline is None else options.deadline - time.time()
             self.client.enqueue(kwargs, priority=options.priority, deadline=deadline,
                                 job_id=job_id, owner=f"api:{caller.name}")
@@ -232,12 +240,11 @@ class JobService:
         if len(open_ids) - len(finished) >= limit:
             raise TooManyJobs(f"{limit} jobs are unfinished", headers={"Retry-After": "5"})
 
-    def _remember(self, caller: ApiClient, job_id: str, options: JobOptions,
-                  filename: str) -> None:
+    def _remember(self, caller: ApiClient, job_id: str, output: str, filename: str) -> None:
         now = time.time()
         pipe = self._redis.pipeline()
         pipe.hset(API_JOB_PREFIX + job_id, mapping={
-            "owner": caller.name, "created": f"{now:.3f}", "output": options.output,
+            "owner": caller.name, "created": f"{now:.3f}", "output": output,
             "filename": filename})
         pipe.expire(API_JOB_PREFIX + job_id, self._record_ttl)
         pipe.zadd(API_INFLIGHT_PREFIX + caller.name, {job_id: now})
@@ -283,7 +290,8 @@ class JobService:
             pages = result.get("pages", [])
             done = sum(1 for p in pages if "error" not in p)
             # The pages read (a page selection reads fewer than the document has).
-            total = len(pages) + len(result.get("failed_pages", [])) if pages else done
+            numbers = {p.get("number") for p in [*pages, *result.get("failed_pages", [])]}
+            total = len(numbers)
             self._redis.zrem(API_INFLIGHT_PREFIX + record["owner"], job_id)
         else:
             status = _RUNNING.get(now.state, "RUNNING")
@@ -332,6 +340,27 @@ class JobService:
         if isinstance(value, dict) and str(value.get("key", "")).startswith(OUTPUT_PREFIX):
             return self._outputs.get(str(value["key"]))
         return None
+
+    def retry(self, caller: ApiClient, job_id: str, options: RetryOptions) -> str:
+        """Re-read the failed pages of the client's own PARTIAL job; the new job's id.
+
+        The new job names the earlier one (`merge_from`) and its stored input: both
+        the client's own, as the record check just showed.
+        """
+        record = self._record(caller, job_id)
+        status, _ = self._status(job_id, record)
+        if status.status != "PARTIAL":
+            raise BadRequest(f"only a PARTIAL job can be retried; this one is {status.status}")
+        kwargs = self.client.retry_kwargs(job_id, options.password)
+        new_id = str(uuid.uuid4())
+        self._remember(caller, new_id, str(kwargs["output"]), str(kwargs.get("filename", "")))
+        try:
+            self.client.enqueue(kwargs, priority=options.priority, job_id=new_id,
+                                owner=f"api:{caller.name}")
+        except BaseException:
+            self._forget(caller, new_id)
+            raise
+        return new_id
 
     def cancel(self, caller: ApiClient, job_id: str) -> tuple[JobStatus, bool]:
         """Ask the workers to cancel (`ocr.cancel`); False when the job had already ended."""
