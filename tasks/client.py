@@ -32,6 +32,7 @@ from tasks.state.stores import BlobStore, JobControl, OutputStore, connect
 from worker_config import DEFAULT_QUEUE, PRIORITIES, Settings, queue_for_engine
 
 FINAL_STATES = ("SUCCESS", "FAILURE", "REVOKED")
+STORED_OUTPUTS = ("pdf", "hocr", "alto")  # result fields naming a file in the OutputStore
 # What Redis or the Celery transport raise while Redis is unreachable (mid-run too).
 CONNECTION_ERRORS: tuple[type[BaseException], ...] = (
     redis.ConnectionError, redis.TimeoutError, OperationalError)
@@ -159,6 +160,7 @@ class OcrClient:
         kwargs = {"blob": earlier["input_blob"], "filename": earlier.get("filename", ""),
                   "pages": failed, "output": earlier.get("output", "text"),
                   "mode": earlier.get("mode", "auto"), "engine": earlier["engine"]["name"],
+                  "lang": earlier.get("lang"),
                   "merge_from": job_id}
         if password:
             kwargs["password"] = password
@@ -183,9 +185,15 @@ class OcrClient:
         return data
 
     def fetch_output(self, result: dict[str, Any]) -> bytes | None:
-        """The searchable PDF of a finished `output=pdf` job (None once expired)."""
-        pdf = result.get("pdf")
-        return self._outputs.get(pdf["key"]) if pdf else None
+        """The stored file of a finished job (None when it has none or it expired).
+
+        The searchable PDF (`output=pdf`), the hOCR or the ALTO document.
+        """
+        for kind in STORED_OUTPUTS:
+            stored = result.get(kind)
+            if isinstance(stored, dict) and "key" in stored:
+                return self._outputs.get(stored["key"])
+        return None
 
     def status(self, job_id: str) -> JobStatus:
         res = self.app.AsyncResult(job_id)
@@ -294,6 +302,18 @@ class OcrClient:
         """The queues each live worker consumes, by node name (remote control, `timeout` s)."""
         replies = self.app.control.inspect(timeout=timeout).active_queues() or {}
         return {worker: {q["name"] for q in queues} for worker, queues in replies.items()}
+
+    def languages(self, timeout: float = 1.0) -> dict[str, dict[str, Any]]:
+        """The languages of every worker that answers within `timeout`, by worker node.
+
+        Each reply: `{"engine": ..., "default": "eng", "languages": ["chi_sim", ...]}`
+        (`languages` is None for an engine that takes no `lang`, such as mlx-vlm).
+        """
+        replies = self.app.control.broadcast("languages", reply=True, timeout=timeout)
+        merged: dict[str, dict[str, Any]] = {}
+        for reply in replies or []:
+            merged.update(reply)
+        return merged
 
     def close(self) -> None:
         self.app.close()

@@ -132,6 +132,20 @@ class EngineUnavailable(OcrError):
     default_message = "the OCR engine could not be loaded in this worker"
 
 
+class LanguageUnavailable(OcrError):
+    """The job's `lang` names a language whose traineddata this worker does not have."""
+
+    code = "language_unavailable"
+    default_message = "the requested language is not installed on the worker"
+
+
+class OutputUnsupported(OcrError):
+    """The job's `output` needs word boxes the engine does not give (pdf, hocr, alto)."""
+
+    code = "output_unsupported"
+    default_message = "the engine cannot produce the requested output"
+
+
 class EngineFailed(OcrError):
     code = "engine_failed"
     default_message = "the OCR engine failed on this input"
@@ -150,11 +164,6 @@ class PagesFailed(OcrError):
 class OutputTooLarge(OcrError):
     code = "output_too_large"
     default_message = "the output is larger than the configured limit"
-
-
-class Cancelled(OcrError):
-    code = "cancelled"
-    default_message = "the job was cancelled"
 
 
 class DeadlineExceeded(OcrError):

@@ -26,7 +26,8 @@ VENV_BIN = Path(sys.executable).parent
 FAKE_PLUGINS = ",".join(f"{name}=tests.fake_engines:{cls}" for name, cls in (
     ("fake", "FakeEngine"), ("broken", "BrokenEngine"), ("fake-model", "FakeModelEngine"),
     ("slow-on-dark", "SlowOnDarkEngine"), ("stuck-on-dark", "StuckOnDarkEngine"),
-    ("killer", "KillerEngine"), ("flaky-on-dark", "FlakyOnDarkEngine")))
+    ("killer", "KillerEngine"), ("flaky-on-dark", "FlakyOnDarkEngine"),
+    ("raising-on-dark", "RaisingOnDarkEngine")))
 
 
 def free_port() -> int:
@@ -76,8 +77,7 @@ class RedisServer:
 
 
 class Worker:
-    """A real worker process, started with the Procfile's `worker:` command (or another
-    Procfile worker such as `control:`)."""
+    """A real worker process, started with a Procfile line (`worker:` or `control:`)."""
 
     def __init__(self, log_path: Path, env: dict[str, str], process: str = "worker") -> None:
         self.process = process
@@ -88,6 +88,10 @@ class Worker:
         self.env = {**inherited, "PATH": f"{VENV_BIN}{os.pathsep}{os.environ['PATH']}",
                     "PYTHONPATH": str(ROOT), "WORKER_NAME": self.name,
                     "PYTHONUNBUFFERED": "1", **env}
+        if "OCR_ENGINE_PLUGINS" in env:
+            # Fake-engine tests feed uniform pages (fault triggers) that are blank pages:
+            # they must reach the engine. Tests of blank pages set it to 1 themselves.
+            self.env.setdefault("OCR_SKIP_BLANK_PAGES", "0")
         self.proc: subprocess.Popen[bytes] | None = None
 
     def start(self, timeout: float = 90) -> Worker:

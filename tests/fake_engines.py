@@ -136,3 +136,14 @@ class PeakMemoryEngine(FakeEngine):
         result = super().recognize(image, options)
         peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
         return PageResult(text=f"{result.text} peak_mb={peak:.0f}", confidence=100.0)
+
+
+class RaisingOnDarkEngine(FakeEngine):
+    """Raises an exception of its own on dark pages, like a bug in an adapter."""
+
+    name = "raising-on-dark"
+
+    def recognize(self, image: Image.Image, options: RecognizeOptions) -> PageResult:
+        if _is_dark(image):
+            raise ValueError("a bug in the fake engine")
+        return super().recognize(image, options)

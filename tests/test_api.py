@@ -32,7 +32,7 @@ from tests.pdf_fixtures import image_pdf, plain_pages
 WORKER_ENV = {"OCR_ENGINE": "fake", "OCR_ENGINE_PLUGINS": FAKE_PLUGINS,
               "OCR_CACHE_RESULTS": "0", "OCR_PDF_DPI": "72", "OCR_DESKEW": "0",
               "OCR_CONCURRENCY": "2", "FAKE_PAGE_SECONDS": "0.4",
-              "OCR_QUEUES": "ocr,ocr-fake,ocr-flaky-on-dark"}
+              "OCR_QUEUES": "ocr,ocr-fake,ocr-flaky-on-dark,ocr-tesseract"}
 MAX_MB = "1"
 SECRET = "webhook-secret"
 
@@ -62,6 +62,17 @@ class Receiver:
 def png(shade: int = 200, size: tuple[int, int] = (160, 80)) -> bytes:
     out = io.BytesIO()
     Image.new("L", size, shade).save(out, "PNG")
+    return out.getvalue()
+
+
+def text_png(text: str = "Invoice 2024") -> bytes:
+    """A short printed line, for the bundled engine (word boxes: pdf, hOCR, ALTO)."""
+    from PIL import ImageDraw, ImageFont
+
+    image = Image.new("L", (360, 60), 255)
+    ImageDraw.Draw(image).text((10, 12), text, fill=0, font=ImageFont.load_default(size=30))
+    out = io.BytesIO()
+    image.save(out, "PNG")
     return out.getvalue()
 
 
@@ -168,9 +179,10 @@ def test_health_readiness_schema_and_docs(api: ApiServer) -> None:
 def test_upload_poll_and_every_format(api: ApiServer, alice: requests.Session) -> None:
     text_job = send(alice, api, png(), "scan.png")
     markdown_job = send(alice, api, png(90), "scan.png", output="markdown")
-    pdf_job = send(alice, api, image_pdf(plain_pages(2)), "two.pdf", output="pdf",
-                   priority="interactive", pages="1-2")
-    for job_id in (text_job, markdown_job, pdf_job):
+    # pdf, hOCR and ALTO need word boxes: the bundled engine reads those.
+    stored = {fmt: send(alice, api, text_png(), "line.png", output=fmt, engine="tesseract",
+                        lang="eng", priority="interactive") for fmt in ("pdf", "hocr", "alto")}
+    for job_id in (text_job, markdown_job, *stored.values()):
         status = wait_end(alice, api, job_id)
         assert status["status"] == "SUCCESS", status
         assert status["progress"]["done"] == status["progress"]["total"] >= 1
@@ -190,13 +202,24 @@ def test_upload_poll_and_every_format(api: ApiServer, alice: requests.Session) -
     assert markdown.headers["content-type"] == "text/markdown; charset=utf-8"
     assert "mean=90.0" in markdown.text
 
-    pdf = alice.get(f"{api.url}/v1/jobs/{pdf_job}/result?format=pdf", timeout=10)
-    assert pdf.headers["content-type"] == "application/pdf"
-    assert pdf.content.startswith(b"%PDF")
-    assert "two.pdf.ocr.pdf" in pdf.headers["content-disposition"]
-    record = alice.get(f"{api.url}/v1/jobs/{pdf_job}/result?format=json", timeout=10).json()
-    assert "key" not in record["pdf"] and "input_blob" not in record  # storage stays private
-    assert record["pdf"]["href"] == f"/v1/jobs/{pdf_job}/result?format=pdf"
+    expected = {"pdf": ("application/pdf", b"%PDF", "line.png.ocr.pdf"),
+                "hocr": ("text/html; charset=utf-8", b"ocr_page", "line.png.hocr"),
+                "alto": ("application/xml", b"<alto", "line.png.alto.xml")}
+    for fmt, job_id in stored.items():
+        media, marker, name = expected[fmt]
+        body = alice.get(f"{api.url}/v1/jobs/{job_id}/result?format={fmt}", timeout=10)
+        assert body.status_code == 200, body.text
+        assert body.headers["content-type"] == media
+        assert marker in body.content and name in body.headers["content-disposition"]
+        if fmt != "pdf":
+            assert b"Invoice" in body.content
+        record = alice.get(f"{api.url}/v1/jobs/{job_id}/result?format=json",
+                           timeout=10).json()
+        assert "key" not in record[fmt] and "input_blob" not in record  # storage is private
+        assert record[fmt]["href"] == f"/v1/jobs/{job_id}/result?format={fmt}"
+        assert record["lang"] == "eng"
+    other = alice.get(f"{api.url}/v1/jobs/{stored['pdf']}/result?format=alto", timeout=10)
+    assert other.status_code == 409 and other.json()["error"]["code"] == "format_unavailable"
 
 
 def test_path_input_under_allowed_roots(api: ApiServer, alice: requests.Session,

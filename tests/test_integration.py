@@ -255,7 +255,7 @@ def test_node_client_examples(worker: Worker, redis_url: str, tmp_path: Path) ->
                               capture_output=True, text=True, timeout=60)
         assert done.returncode == 0, done.stderr
         message = json.loads(store.lpop(key) or b"{}")
-        assert message["headers"]["id"] == done.stdout.strip()
+        assert message["headers"]["id"] == done.stdout.split("\t")[0]
         assert message["properties"]["priority"] == {"batch": 6, "normal": 3,
                                                      "interactive": 0}[priority]
 
@@ -473,3 +473,52 @@ def read_text(image: Image.Image) -> str:
         return engine.recognize(big, RecognizeOptions()).text
     finally:
         engine.close()
+
+
+@pytest.fixture(scope="module")
+def slow_worker(start_worker: Callable[..., Worker]) -> Worker:
+    """A worker whose dark pages take long, with the Procfile's control worker beside it.
+
+    The cancel is then served while the only pool child is busy.
+    """
+    env = {**FAKE_ENV, "OCR_ENGINE": "slow-on-dark", "OCR_QUEUES": "nowhere",
+           "OCR_CONCURRENCY": "1", "OCR_PDF_DPI": "72"}
+    start_worker(process="control", **env)
+    return start_worker(**env)
+
+
+def running_document(client: OcrClient) -> str:
+    """A 5-page PDF whose first two pages are read and whose third hangs."""
+    job = client.submit(image_pdf(plain_pages(5, dark=[3, 4, 5])), filename="slow.pdf",
+                        engine="slow-on-dark")
+    wait_for(lambda: client.status(job).done >= 2, 60, "two pages read")
+    return job
+
+
+def check_cancelled(client: OcrClient, job: str) -> None:
+    result = client.wait([job], timeout=30)[job]
+    assert result["status"] == "CANCELLED", result
+    assert [p["number"] for p in result["pages"]] == [1, 2]
+
+
+def test_node_client_cancels(slow_worker: Worker, client: OcrClient, redis_url: str) -> None:
+    node = shutil.which("node")
+    if node is None:
+        pytest.skip("node is not installed: the Node.js client is not run")
+    job = running_document(client)
+    done = subprocess.run([node, str(ROOT / "clients" / "node" / "ocr_client.js"), "cancel",
+                           "--redis", redis_url, job], capture_output=True, text=True,
+                          timeout=60)
+    assert done.returncode == 0, done.stderr
+    assert json.loads(done.stdout) == {"id": job, "status": "cancelled"}
+    check_cancelled(client, job)
+
+
+def test_flower_api_cancels(flower: str, slow_worker: Worker, client: OcrClient) -> None:
+    job = running_document(client)
+    status, sent = http(f"{flower}/api/task/send-task/ocr.cancel",
+                        {"kwargs": {"job_id": job}}, auth=FLOWER_AUTH)
+    assert status == 200, sent
+    reply = result_through_flower(flower, json.loads(sent)["task-id"])
+    assert reply["result"] == {"job_id": job, "status": "cancelled"}, reply
+    check_cancelled(client, job)

@@ -94,10 +94,8 @@ def test_thousand_pages_with_flat_worker_memory(worker: Worker, client: OcrClien
 
 def test_output_over_its_limit_is_refused(start_worker: Callable[..., Worker],
                                           client: OcrClient) -> None:
-    from tests.conftest import FAKE_PLUGINS
-
-    start_worker(OCR_ENGINE="fake", OCR_ENGINE_PLUGINS=FAKE_PLUGINS, OCR_CONCURRENCY="1",
-                 OCR_QUEUES="tiny-output", OCR_MAX_OUTPUT_MB="0.001")
+    # Tesseract: an engine without word boxes refuses output=pdf (output_unsupported).
+    start_worker(OCR_CONCURRENCY="1", OCR_QUEUES="tiny-output", OCR_MAX_OUTPUT_MB="0.001")
     # A text-layer PDF: no page tasks, the whole job stays on this worker.
     data = base64.b64encode(corpus("dig_crazyones.pdf").read_bytes()).decode()
     job = client.app.send_task("ocr.document", queue="tiny-output",

@@ -7,15 +7,13 @@
 // the blob is pushed onto the queue's list, and the result is read from the result
 // backend key `celery-task-meta-<id>`.
 //
-//   node clients/node/ocr_client.js [--redis URL] [--engine NAME] [--pages 1-3]
-//        [--output text|markdown|json|pdf] [--mode auto|ocr|text] [--password PW]
-//        [--priority interactive|normal|batch] [--queue NAME] [--timeout SECONDS]
-//        [--no-wait] FILE...
+//   node clients/node/ocr_client.js [OPTIONS] FILE...      (--help lists the options)
+//   node clients/node/ocr_client.js cancel [--redis URL] ID...
 //
-// Prints one JSON result per file (or the job ids with --no-wait). Exit status: 0 when
-// every job succeeded (PARTIAL included), 1 when one failed, 2 on a usage error.
-// REDIS_URL (redis://[:password@]host:port/db, or rediss:// for TLS) is the default
-// for --redis.
+// Prints one JSON result per file, each with `filename` (or, with --no-wait, each
+// job's id and file name), and a line on stderr naming the file of each job that did
+// not succeed. Exit status as submit.py's (USAGE below). REDIS_URL
+// (redis://[:password@]host:port/db, or rediss:// for TLS) is the default for --redis.
 'use strict';
 
 const crypto = require('crypto');
@@ -26,6 +24,7 @@ const path = require('path');
 const tls = require('tls');
 
 const DEFAULT_QUEUE = 'ocr';
+const CONTROL_QUEUE = 'ocr-control';
 const BLOB_TTL_SECONDS = 3600;
 // Job priorities (worker_config.PRIORITIES) and kombu's Redis priority lists as the
 // workers configure them (broker_transport_options `priority_steps`, kombu's default
@@ -202,6 +201,19 @@ async function submit(redis, data, options = {}) {
   return taskId;
 }
 
+// Cancel a job with the public task `ocr.cancel` (kwargs job_id) on the control queue,
+// which every worker and the control worker serve; resolves to the cancel task's id.
+// Its result ({job_id, status: cancelled|already_ended}) can be waited for like a job's.
+async function cancel(redis, jobId) {
+  const taskId = crypto.randomUUID();
+  const kwargs = { job_id: String(jobId) };
+  const message = buildMessage(taskId, 'ocr.cancel', kwargs, CONTROL_QUEUE, kwargs,
+    PRIORITIES.interactive);
+  await redis.command('LPUSH', queueList(CONTROL_QUEUE, PRIORITIES.interactive),
+    JSON.stringify(message));
+  return taskId;
+}
+
 // The public error of a FAILURE stored by Celery: {code, message, retryable}.
 function errorInfo(exc) {
   const args = Array.isArray(exc.exc_message) ? exc.exc_message : [exc.exc_message];
@@ -228,7 +240,12 @@ async function wait(redis, taskId, { timeout = 120, poll = 200, onProgress } = {
       if (meta.status === 'FAILURE') {
         return { id: taskId, status: 'FAILURE', error: errorInfo(meta.result || {}) };
       }
-      if (meta.status === 'REVOKED') return { id: taskId, status: 'CANCELLED' };
+      if (meta.status === 'REVOKED') {
+        // A cancelled job's result (the pages it finished) is kept beside Celery's state.
+        const kept = await redis.command('GET', `ocr:job:${taskId}:cancelled`);
+        return kept !== null ? JSON.parse(kept.toString('utf8'))
+          : { id: taskId, status: 'CANCELLED', pages: [], text: '' };
+      }
       if (meta.status === 'PROGRESS' && onProgress) onProgress(meta.result);
     }
     if (Date.now() >= deadline) {
@@ -238,60 +255,191 @@ async function wait(redis, taskId, { timeout = 120, poll = 200, onProgress } = {
   }
 }
 
+const USAGE = `usage: node clients/node/ocr_client.js [OPTIONS] FILE...
+       node clients/node/ocr_client.js cancel [--redis URL] ID...
+
+Send images and PDFs to the OCR service (task ocr.document) and print one JSON result
+per file, each with its filename.
+
+options:
+  --redis URL        the broker's Redis (default: $REDIS_URL, else redis://127.0.0.1:6379/0)
+  --engine NAME      tesseract, mlx-vlm (default: the worker's); the job goes to ocr-NAME
+  --pages RANGE      pages to read, e.g. 1-3,7
+  --output FORMAT    text, markdown, json or pdf
+  --mode MODE        PDFs: auto (text layer where present), ocr, text
+  --password PW      password of an encrypted PDF
+  --priority P       interactive, normal (default) or batch
+  --queue NAME       send to this queue instead of the engine's
+  --timeout S        stop waiting after S seconds (default 120; the jobs go on)
+  --no-wait          print each job's id and file name, and return
+  -h, --help         show this help
+
+cancel sends the task ocr.cancel for each job id and prints {"id", "status"}:
+cancelled, already_ended, or requested (no worker answered within 30 s).
+
+examples:
+  node clients/node/ocr_client.js --engine tesseract scan.png report.pdf
+  node clients/node/ocr_client.js cancel 5b0c2a1e-...
+
+exit status (several jobs: the most severe, in this order):
+  5  service unreachable: Redis did not answer
+  1  a job failed
+  6  --timeout passed with jobs still running (they go on)
+  4  a job was cancelled
+  3  a job was PARTIAL (some pages failed)
+  0  every job succeeded
+  2  usage error (bad option or no file; nothing was sent)
+`;
+const SEVERITY = [5, 1, 6, 4, 3, 0];
+const EXIT_BY_STATUS = { SUCCESS: 0, PARTIAL: 3, CANCELLED: 4, TIMEOUT: 6, FAILURE: 1 };
+const UNREACHABLE_HINT = 'start the service with `make run`, or point REDIS_URL (or --redis) '
+  + "at the broker's Redis";
+
+class UsageError extends Error {}
+
 function parseArgs(argv) {
   const options = { redis: process.env.REDIS_URL, timeout: 120, wait: true, files: [] };
   const valued = ['redis', 'engine', 'pages', 'output', 'mode', 'password', 'priority',
     'queue', 'timeout'];
   for (let i = 0; i < argv.length; i += 1) {
     const arg = argv[i];
-    if (arg === '--no-wait') options.wait = false;
-    else if (arg.startsWith('--') && valued.includes(arg.slice(2)) && i + 1 < argv.length) {
+    if (arg === '--help' || arg === '-h') options.help = true;
+    else if (arg === '--no-wait') options.wait = false;
+    else if (arg.startsWith('--') && valued.includes(arg.slice(2))) {
+      if (i + 1 >= argv.length) throw new UsageError(`${arg} needs a value`);
       options[arg.slice(2)] = argv[i + 1];
       i += 1;
-    } else if (arg.startsWith('--')) throw new Error(`unknown option ${arg}`);
+    } else if (arg.startsWith('-') && arg !== '-') throw new UsageError(`unknown option ${arg} (--help lists them)`);
     else options.files.push(arg);
   }
-  if (!options.files.length) throw new Error('give at least one file');
+  if (options.help) return options;
+  if (!options.files.length) throw new UsageError('give at least one file (--help shows how)');
   options.timeout = Number(options.timeout);
+  if (!(options.timeout > 0)) throw new UsageError('--timeout must be a positive number of seconds');
   return options;
 }
 
+async function cancelMain(argv) {
+  const ids = argv.filter((a) => !a.startsWith('--'));
+  const at = argv.indexOf('--redis');
+  const url = at >= 0 && at + 1 < argv.length ? argv[at + 1] : process.env.REDIS_URL;
+  if (at >= 0) ids.splice(ids.indexOf(argv[at + 1]), 1);
+  if (!ids.length) {
+    process.stderr.write('ocr_client: cancel: give at least one job id\n');
+    return 2;
+  }
+  const redis = await new RedisConnection(url).connect();
+  try {
+    for (const id of ids) {
+      const answer = await wait(redis, await cancel(redis, id), { timeout: 30 });
+      const status = answer.status === 'TIMEOUT' ? 'requested' : answer.status;
+      process.stdout.write(`${JSON.stringify({ id, status })}\n`);
+    }
+    return 0;
+  } finally {
+    redis.close();
+  }
+}
+
+// The URL without its password, to show in messages.
+function maskedUrl(url) {
+  try {
+    const parsed = new URL(url);
+    if (parsed.password) parsed.password = '***';
+    return parsed.toString();
+  } catch (err) {
+    return String(url);
+  }
+}
+
+// The stderr line of a result that is not a plain success, naming its file.
+function problemLine(result) {
+  const name = result.filename || result.id;
+  const error = result.error || {};
+  if (result.status === 'SUCCESS') return null;
+  if (result.status === 'PARTIAL') {
+    return (result.failed_pages || []).map((p) => `${name}: PARTIAL: page ${p.number} failed: ${p.code}: ${p.message}`).join('\n') || null;
+  }
+  if (result.status === 'CANCELLED') return `${name}: CANCELLED`;
+  if (result.status === 'TIMEOUT') return `${name}: still running when --timeout passed (job ${result.id})`;
+  return `${name}: ${result.status} ${error.code}: ${error.message}`;
+}
+
+function exitStatus(results) {
+  const codes = new Set(results.map((r) => (r.status in EXIT_BY_STATUS ? EXIT_BY_STATUS[r.status] : 1)));
+  return SEVERITY.find((code) => codes.has(code)) || 0;
+}
+
 async function main() {
+  if (process.argv[2] === 'cancel') return cancelMain(process.argv.slice(3));
   let options;
   try {
     options = parseArgs(process.argv.slice(2));
   } catch (err) {
+    if (!(err instanceof UsageError)) throw err;
     process.stderr.write(`ocr_client: ${err.message}\n`);
     return 2;
   }
-  const redis = await new RedisConnection(options.redis).connect();
+  if (options.help) {
+    process.stdout.write(USAGE);
+    return 0;
+  }
+  const url = options.redis || 'redis://127.0.0.1:6379/0';
+  let redis;
   try {
-    const ids = [];
+    redis = await new RedisConnection(url).connect();
+  } catch (err) {
+    process.stderr.write(`ocr_client: cannot reach Redis at ${maskedUrl(url)} (${err.message}): ${UNREACHABLE_HINT}\n`);
+    return 5;
+  }
+  try {
+    const jobs = []; // {id, filename} or a FAILURE record for a file that was not sent
     for (const file of options.files) {
-      ids.push(await submit(redis, fs.readFileSync(file), {
-        filename: path.basename(file), engine: options.engine, pages: options.pages,
+      const filename = path.basename(file);
+      let data;
+      try {
+        data = fs.readFileSync(file);
+      } catch (err) {
+        jobs.push({ id: null, status: 'FAILURE', filename, error: { code: 'input_not_found', message: `cannot read ${filename}`, retryable: false } });
+        continue;
+      }
+      jobs.push({ filename, id: await submit(redis, data, {
+        filename, engine: options.engine, pages: options.pages,
         output: options.output, mode: options.mode, password: options.password,
         priority: options.priority, queue: options.queue,
-      }));
+      }) });
     }
-    if (!options.wait) {
-      for (const id of ids) process.stdout.write(`${id}\n`);
-      return 0;
+    const results = [];
+    for (const job of jobs) {
+      let result = job;
+      if (job.status === undefined) {
+        if (!options.wait) {
+          process.stdout.write(`${job.id}\t${job.filename}\n`);
+          continue;
+        }
+        result = await wait(redis, job.id, { timeout: options.timeout });
+        if (!result.filename) result = { ...result, filename: job.filename };
+      }
+      results.push(result);
+      if (options.wait) process.stdout.write(`${JSON.stringify(result)}\n`);
+      const line = problemLine(result);
+      if (line) process.stderr.write(`${line}\n`);
     }
-    let failed = false;
-    for (const id of ids) {
-      const result = await wait(redis, id, { timeout: options.timeout });
-      if (!['SUCCESS', 'PARTIAL'].includes(result.status)) failed = true;
-      process.stdout.write(`${JSON.stringify(result)}\n`);
+    return exitStatus(results);
+  } catch (err) {
+    if (err instanceof RedisError || err.code === 'ECONNRESET' || err.code === 'EPIPE') {
+      process.stderr.write(`ocr_client: lost Redis at ${maskedUrl(url)} (${err.message}): ${UNREACHABLE_HINT}\n`);
+      return 5;
     }
-    return failed ? 1 : 0;
+    throw err;
   } finally {
     redis.close();
   }
 }
 
 module.exports = {
-  RedisConnection, RedisError, buildMessage, queueList, submit, wait, errorInfo, PRIORITIES,
+  RedisConnection, RedisError, buildMessage, queueList, submit, wait, cancel, errorInfo,
+  PRIORITIES,
 };
 
 if (require.main === module) {

@@ -10,6 +10,9 @@ from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, ClassVar
 
+from tasks.errors import OutputUnsupported
+from worker_config import WORD_BOX_OUTPUTS
+
 if TYPE_CHECKING:
     from PIL import Image
 
@@ -33,6 +36,9 @@ class PageResult:
     words: tuple[Word, ...] = ()
     confidence: float | None = None
     stats: dict[str, float] = field(default_factory=dict)
+    # Engines with word boxes may give the page as an hOCR `ocr_page` div (tesseract's
+    # own renderer); tasks/pipeline/layouts.py builds one from `words` otherwise.
+    hocr: str | None = None
 
 
 @dataclass(frozen=True)
@@ -41,6 +47,9 @@ class RecognizeOptions:
 
     output: str = "text"
     want_words: bool = False
+    lang: str | None = None  # tesseract language set (`ell+eng`); None: the engine's own
+    want_hocr: bool = False
+    page_number: int = 1  # 1-based page of the document (hOCR ids)
 
 
 class OcrEngine(ABC):
@@ -60,6 +69,21 @@ class OcrEngine(ABC):
         model-directory audit never prunes it.
         """
         return None
+
+    @classmethod
+    def languages(cls, settings: Settings) -> list[str] | None:
+        """Languages a job may ask for with `lang`; None: the engine takes no `lang`."""
+        return None
+
+    def check(self, options: RecognizeOptions) -> None:
+        """Refuse at job start what this engine cannot do (raises OcrError).
+
+        Outputs drawn from word boxes (pdf, hocr, alto) need `gives_words`.
+        """
+        if options.output in WORD_BOX_OUTPUTS and not self.gives_words:
+            raise OutputUnsupported(f"engine {self.name} gives no word boxes, so it cannot "
+                                    f"produce output {options.output!r}; use text, "
+                                    "markdown or json, or the tesseract engine")
 
     @classmethod
     @abstractmethod

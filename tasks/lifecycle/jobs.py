@@ -2,7 +2,8 @@
 
 Runs in worker children, called by the tasks in `tasks.queue.document_tasks`. No
 Celery here: the tasks decide what to enqueue; every ending goes through
-`tasks.lifecycle.ending.JobEnder`.
+`tasks.lifecycle.ending.JobEnder`. The page side of a fan-out is in
+`tasks.lifecycle.fanout`.
 """
 
 from __future__ import annotations
@@ -13,45 +14,28 @@ import time
 from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any
 
-from tasks.errors import DeadlineExceeded, OcrError, OutputTooLarge
+from tasks.errors import DeadlineExceeded, OutputTooLarge
 from tasks.lifecycle.records import DocumentMeta, JobStatus, Outcome
+from tasks.pipeline import layouts
 from tasks.pipeline.documents import (
     Progress,
-    deadline_page,
     document_base,
-    ocr_page,
     past_deadline,
+    planned_pages,
     recognize_options,
     run_document,
-    text_page,
 )
 from tasks.pipeline.images import sniff_format
 from tasks.pipeline.inputs import JobRequest, read_input
-from tasks.pipeline.pdf import (
-    check_password,
-    decrypted_bytes,
-    open_pdf,
-    plan_pdf,
-    render_page,
-    searchable_pdf,
-)
-from tasks.pipeline.results import assemble, failed_page, merge_previous
+from tasks.pipeline.layouts import LAYOUT_OUTPUTS
+from tasks.pipeline.pdf import check_password, decrypted_bytes, plan_pdf, searchable_pdf
+from tasks.pipeline.results import merge_previous
 from tasks.state.keys import CACHE_PREFIX
 
 if TYPE_CHECKING:
     from tasks.engines.resident import ResidentEngines
-    from tasks.state.stores import BlobStore, JobControl, OutputStore, ResultCache
+    from tasks.state.stores import Stores
     from worker_config import Settings
-
-
-@dataclass
-class Stores:
-    """The Redis-backed stores a job uses."""
-
-    blobs: BlobStore
-    cache: ResultCache
-    outputs: OutputStore
-    control: JobControl
 
 
 @dataclass
@@ -99,6 +83,7 @@ def process_job(job_id: str, request: JobRequest, settings: Settings,
     data = read_input(request, settings, stores.blobs)
     engine_name = request.engine or engines.primary
     loaded = engines.get(engine_name)  # fails fast when this child's load failed
+    loaded.engine.check(recognize_options(request))  # refusals: lang, output
     key = None
     if settings.cache_results and previous is None:
         key = cache_key(data, request, engine_name, loaded.engine.model, settings)
@@ -117,7 +102,8 @@ def process_job(job_id: str, request: JobRequest, settings: Settings,
         if plan.ocr_pages:
             try:
                 return _fan_out(job_id, request, data, plan, engine_name,
-                                loaded.engine.model, key, started, previous, stores)
+                                loaded.engine.model, key, started, previous, settings,
+                                stores)
             finally:
                 plan.doc.close()
     try:
@@ -133,11 +119,14 @@ def process_job(job_id: str, request: JobRequest, settings: Settings,
 
 def _fan_out(job_id: str, request: JobRequest, data: bytes, plan: Any, engine: str,
              model: str | None, key: str | None, started: float,
-             previous: dict[str, Any] | None, stores: Stores) -> FanOut:
+             previous: dict[str, Any] | None, settings: Settings,
+             stores: Stores) -> FanOut:
     """Store the input for the page tasks (decrypted, so no password is kept)."""
     replaced = None
     if plan.encrypted or request.blob is None:
-        blob = stores.blobs.put(decrypted_bytes(plan.doc) if plan.encrypted else data)
+        copy = (decrypted_bytes(data, request.password, settings) if plan.encrypted
+                else data)
+        blob = stores.blobs.put(copy)
         replaced = request.blob
     else:
         blob = request.blob
@@ -147,7 +136,7 @@ def _fan_out(job_id: str, request: JobRequest, data: bytes, plan: Any, engine: s
         started=started, total=plan.selected, ocr_pages=list(plan.ocr_pages),
         page_tasks=[], reply_queue="", previous=previous, encrypted=plan.encrypted,
         base=document_base(data, request, "pdf", plan.page_count))
-    texts = [text_page(n, text, layer) for n, (text, layer) in plan.text_pages.items()]
+    texts = planned_pages(plan)  # text-layer and blank pages
     return FanOut(meta, texts, replaced)
 
 
@@ -171,78 +160,17 @@ def complete(job_id: str, result: dict[str, Any], data: bytes, request: JobReque
             raise OutputTooLarge(f"the searchable PDF is {len(pdf) // 2**20} MB, more than "
                                  f"{settings.max_output_mb} MB")
         result["pdf"] = {"key": stores.outputs.put(job_id, pdf), "bytes": len(pdf)}
+    if request.output in LAYOUT_OUTPUTS:  # hOCR/ALTO, stored like the PDF
+        stored = (previous or {}).get(request.output)  # a retry keeps its earlier pages
+        earlier = stores.outputs.get(stored["key"]) if isinstance(stored, dict) else None
+        layout = layouts.render(request.output, result["pages"], earlier)
+        result["pages"] = layouts.without_layout(result["pages"])
+        if len(layout) > settings.max_output_bytes:
+            raise OutputTooLarge(f"the {request.output} document is more than "
+                                 f"{settings.max_output_mb} MB")
+        result[request.output] = {"key": stores.outputs.put(job_id, layout),
+                                  "bytes": len(layout)}
     if key is not None and result["status"] == JobStatus.SUCCESS:
         stores.cache.put(key, result, encrypted=encrypted)
     return Outcome(job_id, JobStatus(result["status"]), request, result,
                    engine=str(result.get("engine", {}).get("name", "")), started=started)
-
-
-class OpenDocumentCache:
-    """The one PDF a pool child is rendering pages of, kept open between page tasks."""
-
-    def __init__(self) -> None:
-        self._key: str | None = None
-        self._doc: Any = None
-
-    def get(self, blob: str, blobs: BlobStore, settings: Settings) -> Any:
-        if blob != self._key:
-            self.close()
-            self._doc = open_pdf(blobs.get(blob), None, settings)
-            self._key = blob
-        return self._doc
-
-    def close(self) -> None:
-        if self._doc is not None:
-            self._doc.close()
-        self._key = self._doc = None
-
-
-def run_pdf_page(meta: DocumentMeta, number: int, engines: ResidentEngines,
-                 docs: OpenDocumentCache, settings: Settings,
-                 stores: Stores) -> dict[str, Any]:
-    """OCR one page of a fanned-out PDF; a failure becomes a failed page.
-
-    Retryable errors are raised (the page task retries them).
-    """
-    request = meta.request
-    if past_deadline(request.deadline):
-        return deadline_page(number)
-    try:
-        engine = engines.get(meta.engine).engine
-        doc = docs.get(request.blob or "", stores.blobs, settings)
-        image = render_page(doc, number, settings)
-        try:
-            page = ocr_page(number, image, engine, recognize_options(request), settings)
-        finally:
-            image.close()
-    except OcrError as exc:
-        if exc.retryable:
-            raise
-        return failed_page(number, exc)
-    described = engines.describe(meta.engine)
-    page["worker"] = {k: described[k] for k in ("pid", "tasks_in_process", "load_seconds")}
-    return page
-
-
-def merge_document(meta: DocumentMeta, pages: list[dict[str, Any]], settings: Settings,
-                   stores: Stores) -> Outcome:
-    """The outcome of a fanned-out PDF once every page is in."""
-    request = meta.request
-    try:
-        result = assemble(pages, meta.base)
-    except OcrError as exc:  # every page failed
-        return Outcome.failed(meta.job_id, exc, request, engine=meta.engine,
-                              started=meta.started, reply_queue=meta.reply_queue)
-    ocr = [p for p in result["pages"] if p["source"] == "ocr" and "error" not in p]
-    first = ocr[0]["worker"] if ocr else {"pid": None, "tasks_in_process": None,
-                                          "load_seconds": None}
-    # The child that read the first OCR page, and every child that read one.
-    result["engine"] = {"name": meta.engine, "model": meta.model, **first,
-                        "pids": sorted({p["worker"]["pid"] for p in ocr})}
-    result["timings"] = {"ocr_seconds": round(sum(p.get("seconds", 0) for p in ocr), 3),
-                         "total_seconds": round(time.time() - meta.started, 3)}
-    data = stores.blobs.get(request.blob or "") if request.output == "pdf" else b""
-    outcome = complete(meta.job_id, result, data, request, meta.cache_key, meta.encrypted,
-                       settings, stores, meta.previous, meta.started)
-    outcome.reply_queue = meta.reply_queue
-    return outcome

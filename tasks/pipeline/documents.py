@@ -10,11 +10,14 @@ from __future__ import annotations
 import hashlib
 import time
 from collections.abc import Callable
+from dataclasses import replace
 from typing import TYPE_CHECKING, Any
 
 from tasks.engines import RecognizeOptions
 from tasks.errors import DeadlineExceeded, OcrError
+from tasks.pipeline.blank import is_blank
 from tasks.pipeline.images import iter_image_pages, sniff_format
+from tasks.pipeline.layouts import LAYOUT_OUTPUTS, words_hocr
 from tasks.pipeline.pdf import PdfPlan, plan_pdf, render_page
 from tasks.pipeline.preprocess import Correction, estimate_skew
 from tasks.pipeline.results import assemble, failed_page
@@ -31,27 +34,37 @@ Progress = Callable[[int, int], None]
 
 def recognize_options(request: JobRequest) -> RecognizeOptions:
     return RecognizeOptions(output=request.output,
-                            want_words=request.output in ("json", "pdf"))
+                            want_words=request.output in ("json", "pdf", "hocr", "alto"),
+                            want_hocr=request.output in LAYOUT_OUTPUTS, lang=request.lang)
 
 
 def ocr_page(number: int, image: Image.Image, engine: OcrEngine, options: RecognizeOptions,
              settings: Settings) -> dict[str, Any]:
-    """Put the page upright, deskew it and recognise it; raises OcrError."""
+    """Put the page upright, deskew it and recognise it; raises OcrError.
+
+    A blank page (`tasks.pipeline.blank`) is reported as such, without OCR.
+    """
     started = time.perf_counter()
+    if settings.skip_blank_pages and is_blank(image):
+        return blank_page(number, seconds=time.perf_counter() - started)
     rotation = engine.detect_orientation(image) if settings.auto_rotate else 0
     upright = Correction(rotation=rotation).apply(image)
     skew = estimate_skew(upright) if settings.deskew else 0.0
     final = Correction(skew=skew).apply(upright)
-    result = engine.recognize(final, options)
+    result = engine.recognize(final, replace(options, page_number=number))
     page: dict[str, Any] = {
         "number": number, "text": result.text.rstrip(), "source": "ocr",
         "confidence": result.confidence, "rotation": rotation, "skew": skew,
         "seconds": round(time.perf_counter() - started, 3),
     }
-    if options.want_words:
+    if options.output in ("json", "pdf"):
         page["image_size"] = [image.width, image.height]
         page["words"] = [{"text": w.text, "box": list(w.box), "confidence": w.confidence}
                          for w in result.words]
+    if options.want_hocr:
+        page["image_size"] = [image.width, image.height]  # hOCR boxes are mapped onto it
+        page["hocr"] = result.hocr or words_hocr(number, result.words,
+                                                 (final.width, final.height))
     return page
 
 
@@ -70,16 +83,23 @@ def text_page(number: int, text: str, layer: str) -> dict[str, Any]:
             "confidence": None}
 
 
+def blank_page(number: int, seconds: float = 0.0) -> dict[str, Any]:
+    """A page found blank (nothing drawn, or no ink): no text, not a failure."""
+    return {"number": number, "text": "", "source": "blank", "confidence": None,
+            "seconds": round(seconds, 3)}
 
 
-
-
+def planned_pages(plan: PdfPlan) -> list[dict[str, Any]]:
+    """The pages a PDF plan already answers: text-layer pages and blank pages."""
+    pages = [text_page(n, text, layer) for n, (text, layer) in plan.text_pages.items()]
+    return sorted(pages + [blank_page(n) for n in plan.blank_pages],
+                  key=lambda p: p["number"])
 
 
 def document_base(data: bytes, request: JobRequest, fmt: str, count: int) -> dict[str, Any]:
     return {"filename": request.filename, "format": fmt,
             "sha256": hashlib.sha256(data).hexdigest(), "output": request.output,
-            "mode": request.mode, "page_count": count}
+            "mode": request.mode, "lang": request.lang, "page_count": count}
 
 
 def run_document(data: bytes, request: JobRequest, engine: OcrEngine, settings: Settings,
@@ -106,8 +126,8 @@ def run_document(data: bytes, request: JobRequest, engine: OcrEngine, settings: 
             plan = plan_pdf(data, request.pages, request.password, request.mode, settings)
         try:
             count = plan.page_count
-            for number, (text, layer) in sorted(plan.text_pages.items()):
-                deliver(text_page(number, text, layer), plan.selected)
+            for page in planned_pages(plan):
+                deliver(page, plan.selected)
             for number in plan.ocr_pages:
                 if past_deadline(request.deadline):
                     deliver(deadline_page(number), plan.selected)

@@ -17,15 +17,14 @@ from typing import TYPE_CHECKING, Any
 
 from tasks.errors import BadRequest, InputNotFound, InputTooLarge, PathNotAllowed
 from tasks.pipeline.callback_urls import callback_target
-from tasks.pipeline.pdf import PDF_MODES
-from worker_config import OUTPUT_CHOICES
+from worker_config import LANG_PATTERN, OUTPUT_CHOICES, PDF_MODES
 
 if TYPE_CHECKING:
     from tasks.state.stores import BlobStore
     from worker_config import Settings
 
 SOURCES = ("data_b64", "blob", "path")
-OPTIONS = ("filename", "engine", "pages", "password", "output", "mode", "callback_task",
+OPTIONS = ("filename", "engine", "pages", "password", "output", "mode", "lang", "callback_task",
            "callback_queue", "callback_url", "merge_from")
 NUMBER_OPTIONS = ("deadline",)
 # Request fields that do not change the result: left out of the cache key. The
@@ -50,6 +49,7 @@ class JobRequest:
     password: str | None = None
     output: str = "text"
     mode: str = "auto"
+    lang: str | None = None
     deadline: float | None = None
     callback_task: str | None = None
     callback_queue: str | None = None
@@ -81,6 +81,9 @@ class JobRequest:
                              f"{', '.join(settings.all_engine_names())}")
         if request.output not in OUTPUT_CHOICES:
             raise BadRequest(f"`output` must be one of {', '.join(OUTPUT_CHOICES)}")
+        if request.lang is not None and not LANG_PATTERN.match(request.lang):
+            raise BadRequest("`lang` must be tesseract language codes joined by +, e.g. "
+                             "vie, chi_sim or ell+eng")
         if request.mode not in PDF_MODES:
             raise BadRequest(f"`mode` must be one of {', '.join(PDF_MODES)}")
         for name in ("callback_task", "callback_queue"):

@@ -15,13 +15,22 @@ import pymupdf
 from PIL import Image
 
 from tasks.errors import CorruptInput, NoPages, PdfEncrypted, TooManyPages
+from tasks.pipeline.blank import CHECK_LONGEST_SIDE, ink_report
+from tasks.pipeline.geometry import to_input
 from tasks.pipeline.pages import select_pages
+from tasks.pipeline.textfix import is_cjk
 
 if TYPE_CHECKING:
     from worker_config import Settings
 
-PDF_MODES = ("auto", "ocr", "text")
 INVISIBLE = 3  # PDF text render mode 3: neither filled nor stroked (OCR layers)
+# What MuPDF raises on a damaged page (its own errors, and RuntimeError/ValueError).
+_MUPDF_ERRORS = (RuntimeError, ValueError, pymupdf.mupdf.FzErrorBase)
+PLAN_CHECK_MAX_IMAGE_BYTES = 256 * 1024
+"""Text-free pages whose images hold at most this many compressed bytes are rendered
+small and checked for ink while planning (blank scans compress to a few KB, decoding
+them is quick); pages with more image data are checked after their full render, in
+their page task (`documents.ocr_page`), so planning never decodes big scans."""
 
 
 @dataclass
@@ -34,6 +43,7 @@ class PdfPlan:
     encrypted: bool = False
     text_pages: dict[int, tuple[str, str]] = field(default_factory=dict)
     ocr_pages: list[int] = field(default_factory=list)
+    blank_pages: list[int] = field(default_factory=list)
 
 
 def open_pdf(data: bytes, password: str | None, settings: Settings) -> Any:
@@ -69,13 +79,21 @@ def open_pdf(data: bytes, password: str | None, settings: Settings) -> Any:
     return doc
 
 
-def decrypted_bytes(doc: Any) -> bytes:
-    """An authenticated document written without its encryption.
+def decrypted_bytes(data: bytes, password: str | None, settings: Settings) -> bytes:
+    """The encrypted PDF `data`, opened with `password`, copied into an unencrypted one.
 
-    Page tasks read this copy, so the password never has to be stored.
+    Page tasks read this copy, so the password never has to be stored. The copy is made
+    from a freshly opened document: MuPDF 1.28 writes broken content streams for an
+    encrypted document whose pages were already read.
     """
-    return bytes(doc.tobytes(encryption=pymupdf.PDF_ENCRYPT_NONE,  # type: ignore[attr-defined]
-                             garbage=0))
+    source = open_pdf(data, password, settings)
+    copy = pymupdf.open()
+    try:
+        copy.insert_pdf(source)
+        return bytes(copy.tobytes(garbage=3, deflate=True))
+    finally:
+        copy.close()
+        source.close()
 
 
 def check_password(data: bytes, password: str | None, settings: Settings) -> None:
@@ -97,10 +115,12 @@ def text_chars(page: Any) -> tuple[int, int]:
 
 def plan_pdf(data: bytes, pages: str | None, password: str | None, mode: str,
              settings: Settings) -> PdfPlan:
-    """Open the PDF and sort its selected pages into text-layer and OCR pages.
+    """Open the PDF and sort its selected pages into text-layer, blank and OCR pages.
 
     `auto`: a page with visible text, or an existing invisible OCR layer, keeps its
     text; other pages get OCR. `ocr`: every page gets OCR. `text`: no OCR at all.
+    Pages that would get OCR but are blank (`page_is_blank`) are listed in
+    `blank_pages` instead, when OCR_SKIP_BLANK_PAGES is on.
     """
     doc = open_pdf(data, password, settings)
     numbers = select_pages(pages, doc.page_count, settings.max_pages)
@@ -108,15 +128,53 @@ def plan_pdf(data: bytes, pages: str | None, password: str | None, mode: str,
     for number in numbers:
         page = doc[number - 1]
         if mode == "ocr":
-            plan.ocr_pages.append(number)
+            if settings.skip_blank_pages and page_is_blank(page):
+                plan.blank_pages.append(number)
+            else:
+                plan.ocr_pages.append(number)
             continue
         visible, invisible = text_chars(page)
         layer = "visible" if visible >= settings.pdf_min_text_chars else "invisible"
         if mode == "text" or max(visible, invisible) >= settings.pdf_min_text_chars:
             plan.text_pages[number] = (page.get_text("text"), layer)
+        elif settings.skip_blank_pages and visible + invisible == 0 and page_is_blank(page):
+            plan.blank_pages.append(number)
         else:
             plan.ocr_pages.append(number)
     return plan
+
+
+def page_is_blank(page: Any) -> bool:
+    """Whether a page draws nothing an OCR engine could read.
+
+    Not blank when it has any text (visible or not). Blank without rendering when its
+    content paints nothing at all (MuPDF's bbox log of the page is empty: no text,
+    path, image, inline image or shading) and it has no annotation; else decided on a
+    small render checked for ink when its images are small
+    (`PLAN_CHECK_MAX_IMAGE_BYTES`); otherwise False for now: the page task checks the
+    full render before OCR.
+    """
+    try:
+        if any(text_chars(page)):
+            return False
+        if not page.get_bboxlog() and not page.annot_xrefs():
+            return True
+        doc = page.parent
+        image_bytes = sum(len(doc.xref_stream_raw(image[0]) or b"")
+                          for image in page.get_images(full=True))
+        if image_bytes > PLAN_CHECK_MAX_IMAGE_BYTES:
+            return False
+        return ink_report(render_small(page)).blank
+    except _MUPDF_ERRORS:
+        return False  # a damaged page: its page task reports what is wrong with it
+
+
+def render_small(page: Any, longest_side: int = CHECK_LONGEST_SIDE) -> Image.Image:
+    """The page in greyscale, its longest side `longest_side` pixels (for checks)."""
+    zoom = longest_side / max(page.rect.width, page.rect.height, 1)
+    pix = page.get_pixmap(matrix=pymupdf.Matrix(zoom, zoom), colorspace=pymupdf.csGRAY,
+                          alpha=False)
+    return Image.frombytes("L", (pix.width, pix.height), pix.samples)
 
 
 def render_page(doc: Any, number: int, settings: Settings) -> Image.Image:
@@ -136,46 +194,73 @@ def render_page(doc: Any, number: int, settings: Settings) -> Image.Image:
     return Image.frombytes("RGB", (pix.width, pix.height), pix.samples)
 
 
-def _unrotate(x: float, y: float, angle: float, src: tuple[float, float],
-              dst: tuple[float, float]) -> tuple[float, float]:
-    """Map a point of `image.rotate(angle, expand=True)` back to the unrotated image.
-
-    `dst` is the size of the rotated image, `src` the size before rotation.
-    """
-    theta = math.radians(angle)
-    dx, dy = x - dst[0] / 2, y - dst[1] / 2
-    return (dx * math.cos(theta) - dy * math.sin(theta) + src[0] / 2,
-            dx * math.sin(theta) + dy * math.cos(theta) + src[1] / 2)
-
-
-def _rotated_size(size: tuple[float, float], angle: float) -> tuple[float, float]:
-    theta = math.radians(angle)
-    c, s = abs(math.cos(theta)), abs(math.sin(theta))
-    return size[0] * c + size[1] * s, size[0] * s + size[1] * c
-
-
 def word_rects(page: dict[str, Any], page_rect: Any) -> list[tuple[str, Any]]:
     """Each word of an OCR page result as (text, rectangle in PDF points)."""
     width, height = page["image_size"]
-    upright = _rotated_size((width, height), page["rotation"])
-    final = _rotated_size(upright, page["skew"])
+    mapped = to_input((width, height), page["rotation"], page["skew"])
     sx, sy = page_rect.width / width, page_rect.height / height
     out = []
     for word in page["words"]:
-        x0, y0, x1, y1 = word["box"]
-        points = []
-        for x, y in ((x0, y0), (x1, y0), (x0, y1), (x1, y1)):
-            ux, uy = _unrotate(x, y, page["skew"], upright, final)
-            points.append(_unrotate(ux, uy, page["rotation"], (width, height), upright))
-        xs, ys = [p[0] for p in points], [p[1] for p in points]
-        out.append((word["text"], pymupdf.Rect(min(xs) * sx, min(ys) * sy,
-                                               max(xs) * sx, max(ys) * sy)))
+        x0, y0, x1, y1 = mapped(tuple(word["box"]))
+        out.append((word["text"], pymupdf.Rect(x0 * sx, y0 * sy, x1 * sx, y1 * sy)))
     return out
+
+
+# Fonts of the invisible text layer, embedded (subset) so that every character maps back
+# to Unicode: Noto Sans (pymupdf-fonts; Latin incl. Vietnamese, Greek, Cyrillic) and
+# Droid Sans Fallback (built into PyMuPDF; CJK, and the punctuation CJK text uses).
+_TEXT_FONTS = (("ocrsans", "notos"), ("ocrcjk", "cjk"))
+_fonts: dict[str, Any] = {}
+
+
+def _font(code: str) -> Any:
+    if code not in _fonts:
+        _fonts[code] = pymupdf.Font(code)
+    return _fonts[code]
+
+
+def _font_for(text: str) -> tuple[str, Any]:
+    """The first text font that has a glyph for every character of `text`."""
+    for name, code in _TEXT_FONTS:
+        font = _font(code)
+        if all(font.has_glyph(ord(ch)) for ch in text):
+            return name, font
+    name, code = _TEXT_FONTS[0]
+    return name, _font(code)
+
+
+def _lines(rects: list[tuple[str, Any]], words: list[dict[str, Any]]
+           ) -> list[list[tuple[str, Any]]]:
+    """Words (text, PDF rect) grouped into lines by their boxes in the OCR'd image.
+
+    Boxes in the upright, deskewed image OCR read are level: a word whose vertical
+    middle lies inside the first word of the current line joins that line. Empty words
+    are dropped.
+    """
+    lines: list[list[tuple[str, Any]]] = []
+    top = bottom = 0
+    for (text, rect), word in zip(rects, words, strict=True):
+        text = text.strip()
+        if not text or rect.is_empty:
+            continue
+        _, y0, _, y1 = word["box"]
+        middle = (y0 + y1) / 2
+        if lines and top <= middle <= bottom:
+            lines[-1].append((text, rect))
+        else:
+            lines.append([(text, rect)])
+            top, bottom = y0, y1
+    return lines
 
 
 def searchable_pdf(data: bytes, fmt: str, password: str | None,
                    pages: list[dict[str, Any]], settings: Settings) -> bytes:
-    """The input as a PDF whose OCR'd pages carry an invisible, selectable text layer."""
+    """The input as a PDF whose OCR'd pages carry an invisible, selectable text layer.
+
+    Each word is written on its box in an embedded Unicode font (subset on save), so
+    extracting the text gives back the OCR text, `’`, Vietnamese, Greek and CJK
+    included; the gaps between word boxes read back as spaces.
+    """
     if fmt == "pdf":
         doc = open_pdf(data, password, settings)
     else:
@@ -192,13 +277,30 @@ def searchable_pdf(data: bytes, fmt: str, password: str | None,
                 page.apply_redactions(
                     images=pymupdf.PDF_REDACT_IMAGE_NONE,  # type: ignore[attr-defined]
                     graphics=pymupdf.PDF_REDACT_LINE_ART_NONE)  # type: ignore[attr-defined]
-            for text, rect in word_rects(result, page.rect):
-                size = max(1.0, rect.height * 0.85)
-                width = pymupdf.get_text_length(text, fontname="helv", fontsize=size)
-                scale = rect.width / width if width else 1.0
-                page.insert_text(rect.bl + (0, -rect.height * 0.15), text, fontsize=size,
-                                 fontname="helv", render_mode=INVISIBLE,
-                                 morph=(rect.bl, pymupdf.Matrix(scale, 1)))
+            inserted: set[str] = set()
+            for line in _lines(word_rects(result, page.rect), result["words"]):
+                # One baseline and size per OCR line: extraction reads it as one line.
+                bottom = sum(rect.y1 for _, rect in line) / len(line)
+                height = sum(rect.height for _, rect in line) / len(line)
+                size = max(1.0, height * 0.85)
+                for index, (text, rect) in enumerate(line):
+                    following = line[index + 1] if index + 1 < len(line) else None
+                    # Never past the next word (tesseract's CJK boxes can overlap): text
+                    # running backwards would read as a new line.
+                    right = min(rect.x1, following[1].x0) if following else rect.x1
+                    name, font = _font_for(text)
+                    if name not in inserted:
+                        page.insert_font(fontname=name, fontbuffer=font.buffer)
+                        inserted.add(name)
+                    width = font.text_length(text, fontsize=size)
+                    scale = max(right - rect.x0, 1.0) / width if width else 1.0
+                    if following and not (is_cjk(text[-1]) and is_cjk(following[0][0])):
+                        text += " "  # a real space between words, as tesseract writes it
+                    origin = pymupdf.Point(rect.x0, bottom - height * 0.15)
+                    page.insert_text(origin, text, fontsize=size, fontname=name,
+                                     render_mode=INVISIBLE,
+                                     morph=(origin, pymupdf.Matrix(scale, 1)))
+        doc.subset_fonts()
         return bytes(doc.tobytes(garbage=3, deflate=True))
     finally:
         doc.close()

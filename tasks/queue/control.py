@@ -1,4 +1,4 @@
-"""Remote-control command `unload_model`; runs in the worker parent (MainProcess).
+"""Remote-control commands `unload_model` and `languages`; run in the worker parent.
 
 `celery -A tasks control unload_model`, or `submit.py models --unload`. The parent
 holds no engine (they live in the pool children), so it sends each pool child the
@@ -15,6 +15,7 @@ from typing import Any
 
 from celery.worker.control import control_command
 
+from tasks.engines import engine_class
 from tasks.models import release
 
 
@@ -27,3 +28,18 @@ def unload_model(state: Any, **_: Any) -> dict[str, Any]:
         return {"error": "this worker's pool has no child processes (prefork pool only)"}
     asked = release.signal_children(pids)
     return {"ok": f"release requested in {len(asked)} pool children", "pids": asked}
+
+
+@control_command(help="The languages this worker's engine reads (a job's `lang`).")
+def languages(state: Any, **_: Any) -> dict[str, Any]:
+    """Reply with the engine, its default language and the languages it has.
+
+    A live answer from each worker (`OcrClient.languages()`, `submit.py langs`): no
+    registration to renew or to outlive a worker. The parent only lists traineddata
+    files; no engine is loaded here.
+    """
+    settings = state.consumer.app.ocr_settings
+    name = settings.resolve_engine()
+    langs = engine_class(name, settings).languages(settings)
+    return {"engine": name, "default": settings.tesseract_lang if langs is not None else None,
+            "languages": langs}

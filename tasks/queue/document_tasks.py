@@ -2,9 +2,8 @@
 
 They decode messages into typed records, call the lifecycle, retry what is retryable
 (the error classes' `retryable` flag, with backoff) and hand every ending to the job's
-one exit (`JobServices.ender`). A job's result is stored by that exit, so the job task
-itself always ends with `Ignore` (Celery stores nothing more, and no result text is
-logged).
+one exit (`JobServices.ender`). A job's result is stored by that exit, so Celery stores
+nothing for `ocr.document` (`ignore_result`) and logs no result text.
 
 Task bodies run in worker pool children (`ocr.cancel` and `ocr.http_callback` also in
 the Procfile's control worker); `pdf_page_lost` runs wherever Celery marks a page task
@@ -15,6 +14,7 @@ from __future__ import annotations
 
 import functools
 import logging
+import os
 import urllib.error
 from dataclasses import replace
 from typing import Any, NoReturn
@@ -29,7 +29,6 @@ from tasks.engines import resident
 from tasks.errors import (
     BadRequest,
     DeadlineExceeded,
-    InternalError,
     OcrError,
     Timeout,
     WorkerLost,
@@ -37,13 +36,14 @@ from tasks.errors import (
 )
 from tasks.lifecycle.callbacks import post_json
 from tasks.lifecycle.cancel import cancel_job
-from tasks.lifecycle.jobs import (
-    FanOut,
+from tasks.lifecycle.fanout import (
     OpenDocumentCache,
-    merge_document,
-    process_job,
+    Progress,
+    record_page,
     run_pdf_page,
+    unexpected,
 )
+from tasks.lifecycle.jobs import FanOut, process_job
 from tasks.lifecycle.records import DocumentMeta, JobStatus, Outcome
 from tasks.pipeline.documents import past_deadline
 from tasks.pipeline.inputs import JobRequest
@@ -68,12 +68,6 @@ def retry_later(task: Task, exc: OcrError) -> None:
     countdown = get_exponential_backoff_interval(RETRY_BACKOFF, retries, RETRY_BACKOFF_MAX,
                                                  full_jitter=True)
     raise task.retry(exc=exc, countdown=countdown, max_retries=MAX_RETRIES)
-
-
-def unexpected(job_id: str, exc: BaseException) -> InternalError:
-    """An unexpected exception, logged with its traceback, as the job's public error."""
-    log.error("job %s: unexpected %s", job_id, type(exc).__name__, exc_info=exc)
-    return InternalError(f"unexpected {type(exc).__name__}")
 
 
 class DocumentTask(GuardedTask):
@@ -104,11 +98,19 @@ def _previous(app: Celery, request: JobRequest) -> dict[str, Any] | None:
     return dict(earlier.result)
 
 
-@shared_task(name="ocr.document", bind=True, base=DocumentTask)
-def document(self: Task, *args: Any, **kwargs: Any) -> NoReturn:
-    """OCR one image or PDF; see docs/tasks.md for kwargs and the result schema."""
+@shared_task(name="ocr.document", bind=True, base=DocumentTask, ignore_result=True,
+             throws=(OcrError,))
+def document(self: Task, *args: Any, **kwargs: Any) -> dict[str, Any]:
+    """OCR one image or PDF; see docs/tasks.md for kwargs and the result schema.
+
+    The result is stored by the job's one exit, so Celery stores nothing
+    (`ignore_result`): it sees a small summary, or the job's error raised again.
+    """
     settings: Settings = self.app.ocr_settings
     job_id = self.request.id
+    # What `task_track_started` would store, were results not ignored.
+    self.backend.store_result(job_id, {"pid": os.getpid(),
+                                       "hostname": self.request.hostname}, states.STARTED)
     if args:
         end_from_message(self.app, job_id, kwargs, JobStatus.FAILURE, BadRequest(
             "ocr.document takes keyword arguments only"))
@@ -141,7 +143,18 @@ def document(self: Task, *args: Any, **kwargs: Any) -> NoReturn:
             fan_out(self, work, services)
         outcome = work
     services.ender.end(outcome)
-    raise Ignore()
+    return celery_summary(outcome)
+
+
+def celery_summary(outcome: Outcome) -> dict[str, Any]:
+    """What Celery sees of an ended job: the error raised again, or a summary.
+
+    (Not `Ignore`: Celery's handling of an ignored task keeps memory per task.)
+    """
+    if outcome.status is JobStatus.FAILURE and outcome.error is not None:
+        raise outcome.error
+    pages = (outcome.result or {}).get("pages") or []
+    return {"id": outcome.job_id, "status": outcome.status.value, "pages": len(pages)}
 
 
 def fan_out(task: Task, work: FanOut, services: JobServices) -> NoReturn:
@@ -186,7 +199,7 @@ def pdf_page(self: Task, doc_id: str, number: int) -> dict[str, Any]:
         page = failed_page(number, Timeout(f"page {number} ran past its soft time limit "
                                            f"of {settings.page_soft_time_limit} s"))
     try:
-        record_page(self.app, meta, page, services)
+        _record(self.app, meta, page, services)
     except OcrError as exc:  # retryable: the page's record or the merge met an outage
         retry_later(self, exc)
         services.ender.end(Outcome.failed(doc_id, exc, meta.request, engine=meta.engine,
@@ -195,32 +208,12 @@ def pdf_page(self: Task, doc_id: str, number: int) -> dict[str, Any]:
     return {"document": doc_id, "number": number, "ok": "error" not in page}
 
 
-def record_page(app: Celery, meta: DocumentMeta, page: dict[str, Any],
-                services: JobServices) -> None:
-    """Record one page; the task that completes the document ends it (once).
-
-    Raises only retryable errors, with the end claim given back.
-    """
-    doc_id, join, ender = meta.job_id, services.join, services.ender
-    report_progress(app, doc_id, min(join.done(doc_id) + 1, meta.total), meta.total)
-    if not join.record(doc_id, page, meta.total) or not ender.claim(doc_id):
-        return
-    try:
-        outcome = merge_document(meta, join.pages(doc_id), app.ocr_settings,
-                                 services.stores)
-    except OcrError as exc:
-        if exc.retryable:
-            ender.release(doc_id)
-            raise
-        outcome = Outcome.failed(doc_id, exc, meta.request, engine=meta.engine,
-                                 started=meta.started, reply_queue=meta.reply_queue)
-    except Exception as exc:  # noqa: BLE001 - any other failure ends the job, logged
-        outcome = Outcome.failed(doc_id, unexpected(doc_id, exc), meta.request,
-                                 engine=meta.engine, started=meta.started,
-                                 reply_queue=meta.reply_queue)
-    finally:
-        _open_docs.close()
-    ender.finish(outcome)
+def _record(app: Celery, meta: DocumentMeta, page: dict[str, Any],
+            services: JobServices) -> None:
+    progress: Progress = functools.partial(report_progress, app, meta.job_id)
+    if record_page(meta, page, services.join, services.ender, app.ocr_settings,
+                   services.stores, progress):
+        _open_docs.close()  # the document ended: its pages are not read here again
 
 
 @shared_task(name="ocr.pdf_page_lost")
@@ -242,7 +235,7 @@ def pdf_page_failed(self: Task, doc_id: str, number: int, error: dict[str, Any])
     if meta is None:
         return
     page = {"number": number, "text": "", "source": "ocr", "error": error}
-    record_page(self.app, meta, page, services)
+    _record(self.app, meta, page, services)
 
 
 @shared_task(name="ocr.cancel", bind=True, throws=(OcrError,))

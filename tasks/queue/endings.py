@@ -24,12 +24,11 @@ from kombu.exceptions import KombuError
 
 from tasks.errors import BadRequest, DeadlineExceeded, OcrError, Timeout
 from tasks.lifecycle.ending import JobEnder
-from tasks.lifecycle.jobs import Stores
 from tasks.lifecycle.records import JobStatus, Outcome
 from tasks.pipeline.inputs import JobRequest
 from tasks.queue import telemetry
 from tasks.state.join import DocumentJoin
-from tasks.state.stores import BlobStore, JobControl, OutputStore, ResultCache, connect
+from tasks.state.stores import BlobStore, JobControl, OutputStore, ResultCache, Stores, connect
 from worker_config import CONTROL_QUEUE
 
 if TYPE_CHECKING:

@@ -56,7 +56,7 @@ METRICS: dict[str, MetricSpec] = {
         "counter", "Seconds finished jobs took, start to end, by engine and outcome.",
         ("engine", "outcome")),
     "ocr_pages_total": MetricSpec(
-        "counter", "Pages of finished jobs by source: ocr, text-layer, failed, cached.",
+        "counter", "Pages of finished jobs by source: ocr, text-layer, blank, failed, cached.",
         ("engine", "source")),
     "ocr_engine_loads_total": MetricSpec(
         "counter", "Engine loads in pool children.", ("engine",)),

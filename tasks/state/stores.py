@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import re
 import uuid
+from dataclasses import dataclass
 from typing import Any
 
 import redis
@@ -187,3 +188,13 @@ def _text(value: bytes | str) -> str:
 
 def _bytes(value: bytes | str) -> bytes:
     return value if isinstance(value, bytes) else value.encode()
+
+
+@dataclass
+class Stores:
+    """The Redis-backed stores a job uses."""
+
+    blobs: BlobStore
+    cache: ResultCache
+    outputs: OutputStore
+    control: JobControl

@@ -1,0 +1,189 @@
+#!/usr/bin/env python3
+"""`make run`'s foreground process: start the Procfile's processes, stop them all.
+
+    python scripts/supervise.py [--procfile Procfile] [--grace SECONDS] [NAME...]
+
+Runs every Procfile line (or the NAMEd ones) with `/bin/sh -c "exec LINE"` (without
+`exec` when the line has `;`, `&` or `|`), each in a session of its own, and prints
+their output as `HH:MM:SS name | line`. It stops them all when it gets SIGINT (Ctrl-C),
+SIGTERM or SIGHUP, or when one of them exits: SIGTERM to each process (a warm shutdown
+for the worker), then, after `--grace` seconds or a second Ctrl-C, SIGKILL to each
+one's whole process group (pool children included).
+
+Why not honcho: when `make run 2>&1 | tee log` is interrupted, Ctrl-C also kills
+`tee`, honcho dies writing to the broken pipe and never stops its children. Here the
+output is best effort: a closed stdout is dropped and the stop goes on.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import FrameType
+from typing import IO
+
+
+def read_procfile(path: Path) -> dict[str, str]:
+    """`name: command` lines, in order (blank lines and `#` comments skipped)."""
+    processes: dict[str, str] = {}
+    for line in path.read_text().splitlines():
+        name, sep, command = line.partition(":")
+        if sep and name.strip() and not name.lstrip().startswith("#"):
+            processes[name.strip()] = command.strip()
+    return processes
+
+
+def shell_line(command: str) -> str:
+    """`exec COMMAND` for a simple command, so SIGTERM reaches it and not a shell."""
+    return command if any(c in command for c in ";&|\n") else f"exec {command}"
+
+
+class Output:
+    """Prefixed lines on stdout; once stdout is gone (EPIPE), lines are dropped."""
+
+    def __init__(self, fd: int, width: int) -> None:
+        self.fd = fd
+        self.width = width
+        self.lock = threading.Lock()
+        self.closed = False
+
+    def line(self, name: str, text: str) -> None:
+        data = f"{time.strftime('%H:%M:%S')} {name.ljust(self.width)} | {text}\n".encode(
+            errors="replace")
+        with self.lock:
+            if self.closed:
+                return
+            try:
+                while data:
+                    data = data[os.write(self.fd, data):]
+            except OSError:  # EPIPE (the reader is gone), EIO (the terminal is gone)
+                self.closed = True
+
+
+@dataclass
+class Child:
+    name: str
+    command: str
+    proc: subprocess.Popen[bytes] = field(init=False)
+    reader: threading.Thread = field(init=False)
+
+    def start(self, output: Output, env: dict[str, str]) -> None:
+        self.proc = subprocess.Popen(
+            ["/bin/sh", "-c", shell_line(self.command)], env=env, stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True)
+        self.reader = threading.Thread(target=self._pump, args=(self.proc.stdout, output),
+                                       daemon=True)
+        self.reader.start()
+        output.line("system", f"{self.name} started (pid {self.proc.pid})")
+
+    def _pump(self, stream: IO[bytes] | None, output: Output) -> None:
+        assert stream is not None
+        for raw in iter(stream.readline, b""):
+            output.line(self.name, raw.decode(errors="replace").rstrip("\r\n"))
+
+    def group_alive(self) -> bool:
+        """Whether any process of this child's group (it leads its session) is left."""
+        try:
+            os.killpg(self.proc.pid, 0)
+        except ProcessLookupError:
+            return False
+        except PermissionError:
+            return True
+        return True
+
+    def signal_leader(self, signum: int) -> None:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signum)
+
+    def kill_group(self) -> None:
+        try:
+            os.killpg(self.proc.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+
+
+class Supervisor:
+    """Starts the children and stops every one of them, whatever ends the run."""
+
+    def __init__(self, processes: dict[str, str], grace: float) -> None:
+        self.children = [Child(name, command) for name, command in processes.items()]
+        self.grace = grace
+        self.output = Output(sys.stdout.fileno(), max(len(n) for n in [*processes,
+                                                                          "system"]))
+        self.signals: list[int] = []
+
+    def _on_signal(self, signum: int, frame: FrameType | None) -> None:
+        self.signals.append(signum)
+
+    def run(self) -> int:
+        for signum in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+            signal.signal(signum, self._on_signal)
+        env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+        code = 0
+        try:
+            for child in self.children:
+                if self.signals:
+                    break
+                child.start(self.output, env)
+            while not self.signals:
+                ended = next((c for c in self.children if c.proc.poll() is not None), None)
+                if ended is not None:
+                    code = ended.proc.returncode or 1
+                    self.output.line("system", f"{ended.name} exited (code "
+                                               f"{ended.proc.returncode}): stopping all")
+                    break
+                time.sleep(0.1)
+            else:
+                name = signal.Signals(self.signals[0]).name
+                self.output.line("system", f"{name}: stopping all")
+        finally:
+            self.stop()
+        return code
+
+    def stop(self) -> None:
+        """SIGTERM to each process, then SIGKILL to every group left after the grace."""
+        started = [c for c in self.children if hasattr(c, "proc")]
+        asked = len(self.signals)
+        for child in started:
+            child.signal_leader(signal.SIGTERM)
+        deadline = time.monotonic() + self.grace
+        while any(c.group_alive() for c in started):
+            if time.monotonic() >= deadline or len(self.signals) > asked:
+                self.output.line("system", "killing what is left (SIGKILL)")
+                break
+            for child in started:  # a leader gone early: its group goes with it
+                if child.proc.poll() is not None:
+                    child.kill_group()
+            time.sleep(0.1)
+        for child in started:
+            child.kill_group()
+            child.proc.wait()
+            self.output.line("system", f"{child.name} stopped")
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description="Run the Procfile's processes; Ctrl-C "
+                                                 "stops every one of them.")
+    parser.add_argument("names", nargs="*", metavar="NAME", help="only these processes")
+    parser.add_argument("--procfile", type=Path, default=Path("Procfile"))
+    parser.add_argument("--grace", type=float, default=10.0,
+                        help="seconds between SIGTERM and SIGKILL (default 10)")
+    args = parser.parse_args(argv)
+    processes = read_procfile(args.procfile)
+    unknown = [n for n in args.names if n not in processes]
+    if unknown:
+        parser.error(f"not in {args.procfile}: {', '.join(unknown)}")
+    if args.names:
+        processes = {n: processes[n] for n in args.names}
+    return Supervisor(processes, args.grace).run()
+
+
+if __name__ == "__main__":
+    sys.exit(main())

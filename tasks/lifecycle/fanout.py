@@ -1,0 +1,137 @@
+"""A PDF fanned out into page tasks: reading one page, recording it, and the merge.
+
+Runs in worker children, called by `ocr.pdf_page` (tasks/queue/document_tasks.py). No
+Celery here: progress is reported through a callable, and the document ends through
+its `JobEnder`. The splitting side (`FanOut`) is built by `tasks.lifecycle.jobs`.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
+
+from tasks.errors import InternalError, OcrError
+from tasks.lifecycle.jobs import complete
+from tasks.lifecycle.records import DocumentMeta, Outcome
+from tasks.pipeline.documents import deadline_page, ocr_page, past_deadline, recognize_options
+from tasks.pipeline.pdf import open_pdf, render_page
+from tasks.pipeline.results import assemble, failed_page
+
+if TYPE_CHECKING:
+    from tasks.engines.resident import ResidentEngines
+    from tasks.lifecycle.ending import JobEnder
+    from tasks.state.join import DocumentJoin
+    from tasks.state.stores import BlobStore, Stores
+    from worker_config import Settings
+
+log = logging.getLogger(__name__)
+Progress = Callable[[int, int], None]
+
+
+def unexpected(job_id: str, exc: BaseException) -> InternalError:
+    """An unexpected exception, logged with its traceback, as the job's public error."""
+    log.error("job %s: unexpected %s", job_id, type(exc).__name__, exc_info=exc)
+    return InternalError(f"unexpected {type(exc).__name__}")
+
+
+class OpenDocumentCache:
+    """The one PDF a pool child is rendering pages of, kept open between page tasks."""
+
+    def __init__(self) -> None:
+        self._key: str | None = None
+        self._doc: Any = None
+
+    def get(self, blob: str, blobs: BlobStore, settings: Settings) -> Any:
+        if blob != self._key:
+            self.close()
+            self._doc = open_pdf(blobs.get(blob), None, settings)
+            self._key = blob
+        return self._doc
+
+    def close(self) -> None:
+        if self._doc is not None:
+            self._doc.close()
+        self._key = self._doc = None
+
+
+def run_pdf_page(meta: DocumentMeta, number: int, engines: ResidentEngines,
+                 docs: OpenDocumentCache, settings: Settings,
+                 stores: Stores) -> dict[str, Any]:
+    """OCR one page of a fanned-out PDF; a failure becomes a failed page.
+
+    Retryable errors are raised (the page task retries them).
+    """
+    request = meta.request
+    if past_deadline(request.deadline):
+        return deadline_page(number)
+    try:
+        engine = engines.get(meta.engine).engine
+        doc = docs.get(request.blob or "", stores.blobs, settings)
+        image = render_page(doc, number, settings)
+        try:
+            page = ocr_page(number, image, engine, recognize_options(request), settings)
+        finally:
+            image.close()
+    except OcrError as exc:
+        if exc.retryable:
+            raise
+        return failed_page(number, exc)
+    described = engines.describe(meta.engine)
+    page["worker"] = {k: described[k] for k in ("pid", "tasks_in_process", "load_seconds")}
+    return page
+
+
+def merge_document(meta: DocumentMeta, pages: list[dict[str, Any]], settings: Settings,
+                   stores: Stores) -> Outcome:
+    """The outcome of a fanned-out PDF once every page is in."""
+    request = meta.request
+    try:
+        result = assemble(pages, meta.base)
+    except OcrError as exc:  # every page failed
+        return _failed(meta, exc)
+    ocr = [p for p in result["pages"] if p["source"] == "ocr" and "error" not in p]
+    first = ocr[0]["worker"] if ocr else {"pid": None, "tasks_in_process": None,
+                                          "load_seconds": None}
+    # The child that read the first OCR page, and every child that read one.
+    result["engine"] = {"name": meta.engine, "model": meta.model, **first,
+                        "pids": sorted({p["worker"]["pid"] for p in ocr})}
+    result["timings"] = {"ocr_seconds": round(sum(p.get("seconds", 0) for p in ocr), 3),
+                         "total_seconds": round(time.time() - meta.started, 3)}
+    data = stores.blobs.get(request.blob or "") if request.output == "pdf" else b""
+    outcome = complete(meta.job_id, result, data, request, meta.cache_key, meta.encrypted,
+                       settings, stores, meta.previous, meta.started)
+    outcome.reply_queue = meta.reply_queue
+    return outcome
+
+
+def record_page(meta: DocumentMeta, page: dict[str, Any], join: DocumentJoin,
+                ender: JobEnder, settings: Settings, stores: Stores,
+                progress: Progress | None = None) -> bool:
+    """Record one page; the call that completes the document ends it, once.
+
+    Returns True when this call ended the document. Raises only retryable errors, with
+    the end claim given back (the caller retries the page).
+    """
+    doc_id = meta.job_id
+    if progress is not None:
+        progress(min(join.done(doc_id) + 1, meta.total), meta.total)
+    if not join.record(doc_id, page, meta.total) or not ender.claim(doc_id):
+        return False
+    try:
+        outcome = merge_document(meta, join.pages(doc_id), settings, stores)
+    except OcrError as exc:
+        if exc.retryable:
+            ender.release(doc_id)
+            raise
+        outcome = _failed(meta, exc)
+    except Exception as exc:  # noqa: BLE001 - any other failure ends the job, logged
+        outcome = _failed(meta, unexpected(doc_id, exc))
+    ender.finish(outcome)
+    return True
+
+
+def _failed(meta: DocumentMeta, exc: OcrError) -> Outcome:
+    return Outcome.failed(meta.job_id, exc, meta.request, engine=meta.engine,
+                          started=meta.started, reply_queue=meta.reply_queue)

@@ -1,0 +1,230 @@
+"""Every way a job can end, through real workers: one result, both callbacks, one line.
+
+Success, failure, partial, cancel (running and queued), deadline, poison, hard kill and
+an unexpected exception each end the job through its one exit: the result is stored,
+the callback task and the HTTP callback each fire exactly once, the `ocr.job` line is
+written once (by whichever process ended the job), and nothing of the job is left in
+Redis but its result. Fake engines (tests/fake_engines.py) drive the endings.
+"""
+
+from __future__ import annotations
+
+import http.server
+import io
+import json
+import re
+import threading
+import time
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import pytest
+from PIL import Image
+
+from tasks.client import OcrClient
+from tests.conftest import FAKE_PLUGINS, Worker
+from tests.pdf_fixtures import image_pdf, plain_pages
+
+pytestmark = pytest.mark.slow
+
+ENGINES = ("fake", "stuck-on-dark", "flaky-on-dark", "killer", "raising-on-dark")
+SETTINGS = {"OCR_ENGINE": "fake", "OCR_ENGINE_PLUGINS": FAKE_PLUGINS,
+            "OCR_CACHE_RESULTS": "0", "OCR_PDF_DPI": "72", "OCR_DESKEW": "0",
+            "OCR_CONCURRENCY": "2", "OCR_MAX_DELIVERIES": "2",
+            "OCR_SOFT_TIME_LIMIT": "3", "OCR_HARD_TIME_LIMIT": "5",
+            "OCR_PAGE_SOFT_TIME_LIMIT": "20", "OCR_PAGE_HARD_TIME_LIMIT": "25",
+            "OCR_QUEUES": ",".join(["ocr"] + [f"ocr-{e}" for e in ENGINES])}
+CALLBACK_QUEUE = "endings-callbacks"
+
+
+class Receiver(http.server.BaseHTTPRequestHandler):
+    """Records every POSTed body."""
+
+    bodies: list[dict[str, Any]] = []
+
+    def do_POST(self) -> None:  # noqa: N802 (http.server's name)
+        length = int(self.headers["Content-Length"])
+        self.bodies.append(json.loads(self.rfile.read(length)))
+        self.send_response(200)
+        self.end_headers()
+
+    def log_message(self, *args: Any) -> None:
+        pass
+
+
+@pytest.fixture(scope="module")
+def receiver() -> Iterator[str]:
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Receiver)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    yield f"http://127.0.0.1:{server.server_address[1]}/done"
+    server.shutdown()
+
+
+@pytest.fixture(scope="module")
+def processes(start_worker: Callable[..., Worker]) -> list[Worker]:
+    """An OCR worker and the Procfile's control worker (cancels, callbacks)."""
+    return [start_worker(**SETTINGS), start_worker(process="control", **SETTINGS)]
+
+
+def png(shade: int) -> bytes:
+    buffer = io.BytesIO()
+    Image.new("L", (120, 90), shade).save(buffer, "PNG")
+    return buffer.getvalue()
+
+
+def callback_messages(client: OcrClient, job: str, timeout: float = 30) -> list[dict]:
+    """The callback-task messages sent for `job` (others stay queued)."""
+    found: list[dict] = []
+    deadline = time.monotonic() + timeout
+    with client.app.connection() as conn:
+        queue = conn.SimpleQueue(CALLBACK_QUEUE)
+        try:
+            while time.monotonic() < deadline:
+                try:
+                    message = queue.get(timeout=1)
+                except queue.Empty:
+                    if found:
+                        break
+                    continue
+                args, _, _ = message.decode()
+                if args[0]["id"] == job:
+                    found.append(args[0])
+                    message.ack()
+                else:
+                    message.requeue()
+        finally:
+            queue.close()
+    return found
+
+
+def http_bodies(job: str, timeout: float = 30) -> list[dict[str, Any]]:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        mine = [b for b in Receiver.bodies if b["id"] == job]
+        if mine:
+            time.sleep(1)  # a second, duplicate callback would arrive by then
+            return [b for b in Receiver.bodies if b["id"] == job]
+        time.sleep(0.1)
+    return []
+
+
+def job_lines(processes: list[Worker], job: str) -> list[dict[str, Any]]:
+    lines = []
+    for proc in processes:
+        for match in re.finditer(r"ocr\.job (\{.*\})", proc.log()):
+            record = json.loads(match.group(1))
+            if record["id"] == job:
+                lines.append(record)
+    return lines
+
+
+def check_ended_once(client: OcrClient, processes: list[Worker], job: str,
+                     status: str, code: str | None = None) -> dict[str, Any]:
+    """The job's result, and one callback of each kind and one job line, all agreeing."""
+    result = client.wait([job], timeout=60)[job]
+    assert result["status"] == status, result
+    if code is not None:
+        assert result["error"]["code"] == code, result
+    tasks = callback_messages(client, job)
+    assert len(tasks) == 1 and tasks[0]["status"] == status, tasks
+    bodies = http_bodies(job)
+    assert len(bodies) == 1 and bodies[0]["status"] == status, bodies
+    if code is not None:
+        assert tasks[0]["error"]["code"] == code and bodies[0]["error"]["code"] == code
+    deadline = time.monotonic() + 10
+    while not job_lines(processes, job) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    lines = job_lines(processes, job)
+    assert len(lines) == 1 and lines[0]["outcome"] == status, lines
+    store = client.app.backend.client
+    assert not store.keys(f"ocr:doc:{job}:*")
+    return result
+
+
+def submit(client: OcrClient, receiver: str, data: bytes, **options: Any) -> str:
+    return client.submit(data, callback_task="billing.ocr_done",
+                         callback_queue=CALLBACK_QUEUE, callback_url=receiver, **options)
+
+
+def test_success(processes: list[Worker], client: OcrClient, receiver: str) -> None:
+    job = submit(client, receiver, png(220), filename="ok.png")
+    result = check_ended_once(client, processes, job, "SUCCESS")
+    assert result["text"].startswith("fake 120x90")
+
+
+def test_failure(processes: list[Worker], client: OcrClient, receiver: str) -> None:
+    job = submit(client, receiver, b"not an image at all", filename="bad.bin")
+    check_ended_once(client, processes, job, "FAILURE", "unsupported_format")
+
+
+def test_partial(processes: list[Worker], client: OcrClient, receiver: str) -> None:
+    job = submit(client, receiver, image_pdf(plain_pages(3, dark=[2])),
+                 engine="flaky-on-dark")
+    result = check_ended_once(client, processes, job, "PARTIAL")
+    assert [p["number"] for p in result["failed_pages"]] == [2]
+
+
+def test_unexpected_exception(processes: list[Worker], client: OcrClient,
+                              receiver: str) -> None:
+    job = submit(client, receiver, png(10), engine="raising-on-dark")
+    result = check_ended_once(client, processes, job, "FAILURE", "internal_error")
+    assert "ValueError" in result["error"]["message"]
+    assert "a bug in the fake engine" not in result["error"]["message"]
+
+
+def test_poison_job(processes: list[Worker], client: OcrClient, receiver: str) -> None:
+    job = submit(client, receiver, png(10), engine="killer")
+    check_ended_once(client, processes, job, "FAILURE", "worker_lost")
+
+
+def test_hard_time_limit(processes: list[Worker], client: OcrClient,
+                         receiver: str) -> None:
+    job = submit(client, receiver, png(10), engine="stuck-on-dark")
+    check_ended_once(client, processes, job, "FAILURE", "timeout")
+
+
+def test_deadline_before_start(processes: list[Worker], client: OcrClient,
+                               receiver: str) -> None:
+    blockers = [client.submit(png(11), engine="stuck-on-dark") for _ in range(2)]
+    job = submit(client, receiver, png(230), deadline=0.5)
+    check_ended_once(client, processes, job, "FAILURE", "deadline_exceeded")
+    client.wait(blockers, timeout=60)
+
+
+def test_cancel_running_document(processes: list[Worker], client: OcrClient,
+                                 receiver: str) -> None:
+    job = submit(client, receiver, image_pdf(plain_pages(6, dark=[6])),
+                 engine="stuck-on-dark")
+    deadline = time.monotonic() + 60
+    while client.status(job).done < 3:
+        assert time.monotonic() < deadline and not client.status(job).final
+        time.sleep(0.1)
+    assert client.cancel([job]) == {job: "cancelled"}
+    result = check_ended_once(client, processes, job, "CANCELLED")
+    assert 3 <= len(result["pages"]) <= 5 and 6 not in [p["number"] for p in
+                                                        result["pages"]]
+
+
+def test_cancel_queued_job_while_the_pool_is_busy(processes: list[Worker],
+                                                  client: OcrClient, receiver: str) -> None:
+    blockers = [client.submit(png(12), engine="stuck-on-dark") for _ in range(2)]
+    deadline = time.monotonic() + 30
+    while sum(client.status(b).state == "STARTED" for b in blockers) < 2:
+        assert time.monotonic() < deadline
+        time.sleep(0.1)
+    job = submit(client, receiver, png(231), filename="queued.png")
+    # Both pool children are busy: the control worker takes the cancel at once.
+    assert client.cancel([job], wait=5) == {job: "cancelled"}
+    assert client.status(job).state == "REVOKED"
+    check_ended_once(client, processes, job, "CANCELLED")
+    assert all(r["error"]["code"] == "timeout"
+               for r in client.wait(blockers, timeout=60).values())
+
+
+def test_cancel_of_an_ended_job_changes_nothing(processes: list[Worker],
+                                                client: OcrClient, receiver: str) -> None:
+    job = submit(client, receiver, png(232))
+    check_ended_once(client, processes, job, "SUCCESS")
+    assert client.cancel([job]) == {job: "success"}
+    assert client.result(job)["status"] == "SUCCESS"
+    assert callback_messages(client, job, timeout=3) == []

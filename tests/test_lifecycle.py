@@ -1,0 +1,225 @@
+"""The job lifecycle in-process, without Celery: fan-out join, merge, cancel, the one exit.
+
+A real Redis (the tests' own) holds the join; the fake engine (tests/fake_engines.py)
+reads pages; `RecordingPorts` is a fake of the queue layer's ports that records what
+the one exit published and sent. Faults are injected into the merge through a join
+whose `pages()` fails.
+"""
+
+from __future__ import annotations
+
+import base64
+import random
+from collections.abc import Iterator
+from dataclasses import dataclass, field, replace
+from typing import Any
+
+import pytest
+import redis
+
+from tasks.engines.resident import ResidentEngines
+from tasks.errors import PdfEncrypted, TransientError
+from tasks.lifecycle.cancel import ALREADY_ENDED, CANCELLED, cancel_job
+from tasks.lifecycle.ending import JobEnder
+from tasks.lifecycle.fanout import OpenDocumentCache, record_page, run_pdf_page
+from tasks.lifecycle.jobs import FanOut, process_job
+from tasks.lifecycle.records import DocumentMeta, JobStatus, Outcome
+from tasks.pipeline.inputs import JobRequest
+from tasks.state.join import DocumentJoin
+from tasks.state.stores import BlobStore, JobControl, OutputStore, ResultCache, Stores, connect
+from tests.conftest import FAKE_PLUGINS, corpus
+from tests.pdf_fixtures import image_pdf, plain_pages
+from worker_config import Settings
+
+
+@dataclass
+class RecordingPorts:
+    """Fake `EndingPorts`: records instead of storing in Celery and sending callbacks."""
+
+    published: list[Outcome] = field(default_factory=list)
+    callback_tasks: list[tuple[str, str | None, dict]] = field(default_factory=list)
+    http_callbacks: list[tuple[str, dict]] = field(default_factory=list)
+    recorded: list[Outcome] = field(default_factory=list)
+
+    def publish(self, outcome: Outcome) -> None:
+        self.published.append(outcome)
+
+    def send_callback_task(self, name: str, queue: str | None, result: dict) -> None:
+        self.callback_tasks.append((name, queue, result))
+
+    def send_http_callback(self, url: str, body: dict, queue: str | None) -> None:
+        self.http_callbacks.append((url, body))
+
+    def record(self, outcome: Outcome) -> None:
+        self.recorded.append(outcome)
+
+
+class FailingJoin(DocumentJoin):
+    """A join whose `pages()` raises the queued errors first (fault injection)."""
+
+    def __init__(self, client: redis.Redis, ttl: int, errors: list[BaseException]) -> None:
+        super().__init__(client, ttl)
+        self.errors = errors
+
+    def pages(self, doc_id: str) -> list[dict[str, Any]]:
+        if self.errors:
+            raise self.errors.pop(0)
+        return super().pages(doc_id)
+
+
+@dataclass
+class Life:
+    settings: Settings
+    stores: Stores
+    join: DocumentJoin
+    ender: JobEnder
+    ports: RecordingPorts
+    engines: ResidentEngines
+    client: redis.Redis
+
+
+def make_life(redis_url: str, errors: list[BaseException] | None = None) -> Life:
+    settings = Settings.from_env({
+        "REDIS_URL": redis_url, "OCR_ENGINE": "fake", "OCR_ENGINE_PLUGINS": FAKE_PLUGINS,
+        "OCR_PDF_DPI": "72", "OCR_DESKEW": "0", "OCR_AUTO_ROTATE": "0",
+        "OCR_SKIP_BLANK_PAGES": "0"})  # the fake pages are plain (blank) on purpose
+    client = connect(redis_url)
+    client.flushdb()  # each test starts from an empty store (the cache included)
+    control = JobControl(client, 600)
+    stores = Stores(BlobStore(client, 600), ResultCache(client, 600), OutputStore(client, 600),
+                    control)
+    join = FailingJoin(client, 600, errors or [])
+    ports = RecordingPorts()
+    return Life(settings, stores, join, JobEnder(control, stores.blobs, join, ports), ports,
+                ResidentEngines(settings=settings, primary="fake"), client)
+
+
+@pytest.fixture
+def life(redis_url: str) -> Iterator[Life]:
+    made = make_life(redis_url)
+    yield made
+    made.engines.unload()
+
+
+def request_for(data: bytes, settings: Settings, **options: Any) -> JobRequest:
+    kwargs = {"data_b64": base64.b64encode(data).decode(), "filename": "doc.pdf",
+              "callback_task": "billing.done", "callback_url": "http://127.0.0.1:9/x",
+              **options}
+    return JobRequest.from_kwargs(kwargs, settings)
+
+
+def fan_out(life: Life, job_id: str, data: bytes, **options: Any) -> DocumentMeta:
+    """What `ocr.document` does for a scanned PDF, minus enqueueing the page tasks."""
+    work = process_job(job_id, request_for(data, life.settings, **options), life.settings,
+                       life.engines, life.stores)
+    assert isinstance(work, FanOut)
+    meta = replace(work.meta, page_tasks=[f"{job_id}-p{n}" for n in work.meta.ocr_pages],
+                   reply_queue="ocr-fake")
+    life.join.start(meta, work.text_pages)
+    return meta
+
+
+def read_page(life: Life, meta: DocumentMeta, number: int, docs: OpenDocumentCache) -> bool:
+    page = run_pdf_page(meta, number, life.engines, docs, life.settings, life.stores)
+    return record_page(meta, page, life.join, life.ender, life.settings, life.stores)
+
+
+def doc_keys(life: Life, job_id: str) -> list[bytes]:
+    return list(life.client.scan_iter(f"ocr:doc:{job_id}:*"))
+
+
+def test_pages_in_any_order_and_twice_end_the_document_once(life: Life) -> None:
+    meta = fan_out(life, "job-order", image_pdf(plain_pages(5)))
+    order = [*meta.ocr_pages, 2, 4]  # pages 2 and 4 delivered twice (at least once)
+    random.Random(7).shuffle(order)
+    docs = OpenDocumentCache()
+    ended = [read_page(life, meta, n, docs) for n in order]
+    docs.close()
+    assert ended.count(True) == 1 and len(life.ports.published) == 1
+    outcome = life.ports.published[0]
+    assert outcome.status is JobStatus.SUCCESS and outcome.result is not None
+    assert [p["number"] for p in outcome.result["pages"]] == [1, 2, 3, 4, 5]
+    assert all(p["text"].startswith("fake ") for p in outcome.result["pages"])
+    # one exit: callbacks once, one record, the join and the input freed
+    assert [c[0] for c in life.ports.callback_tasks] == ["billing.done"]
+    assert len(life.ports.http_callbacks) == 1 and len(life.ports.recorded) == 1
+    assert life.ports.http_callbacks[0][1]["pages_done"] == 5
+    assert doc_keys(life, "job-order") == []
+    assert not life.client.exists(meta.request.blob or "")
+
+
+def test_cancel_keeps_the_pages_done_and_wins_over_later_pages(life: Life) -> None:
+    meta = fan_out(life, "job-cancel", image_pdf(plain_pages(4)))
+    docs = OpenDocumentCache()
+    read_page(life, meta, 1, docs)
+    read_page(life, meta, 2, docs)
+    stopped: list[list[str]] = []
+    assert cancel_job("job-cancel", life.stores.control, life.join, life.ender,
+                      stopped.append) == CANCELLED
+    assert stopped == [["job-cancel", *meta.page_tasks]]
+    assert read_page(life, meta, 3, docs) is False  # a page still running ends nothing
+    docs.close()
+    outcome = life.ports.published[-1]
+    assert outcome.status is JobStatus.CANCELLED and outcome.result is not None
+    assert [p["number"] for p in outcome.result["pages"]] == [1, 2]
+    assert len(life.ports.published) == 1 and len(life.ports.callback_tasks) == 1
+    assert cancel_job("job-cancel", life.stores.control, life.join, life.ender,
+                      stopped.append) == ALREADY_ENDED
+
+
+def test_transient_error_in_the_merge_gives_the_claim_back(redis_url: str) -> None:
+    life = make_life(redis_url, errors=[TransientError("Redis restarted")])
+    meta = fan_out(life, "job-transient", image_pdf(plain_pages(2)))
+    docs = OpenDocumentCache()
+    assert read_page(life, meta, 1, docs) is False
+    with pytest.raises(TransientError):
+        read_page(life, meta, 2, docs)  # the page task retries it
+    assert life.ports.published == [] and not life.ender.has_ended("job-transient")
+    assert read_page(life, meta, 2, docs) is True  # the retry
+    docs.close()
+    assert [o.status for o in life.ports.published] == [JobStatus.SUCCESS]
+    life.engines.unload()
+
+
+def test_unexpected_error_in_the_merge_ends_the_job_as_internal_error(
+        redis_url: str) -> None:
+    life = make_life(redis_url, errors=[KeyError("secret page text")])
+    meta = fan_out(life, "job-bug", image_pdf(plain_pages(2)))
+    docs = OpenDocumentCache()
+    read_page(life, meta, 1, docs)
+    assert read_page(life, meta, 2, docs) is True
+    docs.close()
+    [outcome] = life.ports.published
+    assert outcome.status is JobStatus.FAILURE and outcome.error is not None
+    assert outcome.error.code == "internal_error"
+    assert outcome.public()["error"]["message"] == "unexpected KeyError"  # no text leaks
+    assert len(life.ports.callback_tasks) == 1 and doc_keys(life, "job-bug") == []
+    life.engines.unload()
+
+
+def test_the_password_is_never_stored(life: Life) -> None:
+    pdf = corpus("edge_encrypted_pw_openpassword.pdf").read_bytes()
+    meta = fan_out(life, "job-secret", pdf, password="openpassword")
+    assert meta.request.password is None and meta.encrypted
+    for key in life.client.scan_iter("ocr:*"):
+        if life.client.type(key) == b"string":
+            assert b"openpassword" not in life.client.get(key)  # type: ignore[operator]
+    docs = OpenDocumentCache()
+    assert read_page(life, meta, 1, docs) is True  # pages read from the decrypted copy
+    docs.close()
+
+
+def test_a_cached_result_of_an_encrypted_pdf_needs_its_password(life: Life) -> None:
+    pdf = corpus("edge_encrypted_pw_openpassword.pdf").read_bytes()
+    meta = fan_out(life, "job-first", pdf, password="openpassword")
+    docs = OpenDocumentCache()
+    assert read_page(life, meta, 1, docs) is True
+    docs.close()
+    assert life.ports.published[-1].status is JobStatus.SUCCESS
+    for password in (None, "wrong"):
+        with pytest.raises(PdfEncrypted):
+            process_job("job-again", request_for(pdf, life.settings, password=password),
+                        life.settings, life.engines, life.stores)
+    hit = process_job("job-right", request_for(pdf, life.settings, password="openpassword"),
+                      life.settings, life.engines, life.stores)
+    assert isinstance(hit, Outcome) and hit.result is not None and hit.result["cached"]
