@@ -453,7 +453,7 @@ def test_per_client_limits_answer_429(api: ApiServer, redis_url: str) -> None:
     assert 1 <= int(codes[3].headers["retry-after"]) <= 61
 
     busy = session(create_token(redis_url, "busy", "--jobs-in-flight", "1"))
-    first = send(busy, api, image_pdf(plain_pages(4)), "four.pdf")
+    first = send(busy, api, image_pdf(plain_pages(10)), "ten.pdf")  # ~2 s of pages
     second = busy.post(f"{api.url}/v1/jobs", files={"file": ("a.png", png())}, timeout=30)
     assert second.status_code == 429 and second.json()["error"]["code"] == "too_many_jobs"
     assert second.headers["retry-after"]

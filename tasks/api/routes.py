@@ -98,7 +98,7 @@ def _upload_schema() -> dict[str, Any]:
 
 @router.post("/v1/jobs", status_code=202, response_model=JobAccepted,
              summary="Send a job: upload a file (multipart) or name a path (JSON)",
-             responses=_errors(400, 413, 415, *COMMON),
+             responses=_errors(400, 409, 413, 415, *COMMON),
              openapi_extra={"requestBody": _upload_schema()})
 async def create_job(request: Request, response: Response, caller: Caller,
                      idempotency_key: IdempotencyKey = None) -> JobAccepted:

@@ -173,8 +173,12 @@ class JobService:
                 claimed = self._redis.set(self._idempotency(caller, idempotency_key), job_id,
                                           nx=True, ex=self.settings.result_ttl)
                 if not claimed:
+                    earlier = self.replay(caller, idempotency_key)
+                    if earlier is None:  # the claimant failed to send and let go
+                        raise NotFinished("a request with this Idempotency-Key is being "
+                                          "retried; ask again")
                     self.discard(upload)
-                    return Submitted(self.replay(caller, idempotency_key) or job_id, True)
+                    return Submitted(earlier, True)
         except BaseException:
             self.discard(upload)
             raise
