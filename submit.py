@@ -2,7 +2,8 @@
 """`submit.py`: the command-line client of the OCR service (runs on a user's machine).
 
     submit.py [OPTIONS] FILE...            OCR files, print their text (= submit.py submit)
-    submit.py COMMAND [OPTIONS] ...        submit, wait, status, cancel, retry, models, langs
+    submit.py COMMAND [OPTIONS] ...        submit, wait, status, cancel, retry, models, langs,
+                                           tokens
 
 `submit.py --help` lists every command with an example and the exit codes;
 `submit.py COMMAND --help` shows one command's options. The shared options (`--json`,
@@ -26,8 +27,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TextIO
 
+from tasks.api.tokens import TokenStore, build_tokens_parser, run_tokens
 from tasks.client import CONNECTION_ERRORS, JobStatus, OcrClient, masked_url
 from tasks.errors import NoWorker, OcrError, ServiceUnreachable
+from tasks.state.stores import connect
 from worker_config import OUTPUT_CHOICES, PRIORITIES, Settings, SettingsError
 
 PROG = "submit.py"
@@ -655,6 +658,20 @@ def _size(n: int) -> str:
 
 def _when(iso: str | None) -> str:
     return iso[:16].replace("T", " ") + "Z" if iso else "-"
+
+
+@command("tokens", "HTTP API clients: make one (its token is printed once), list, revoke",
+         f"{PROG} tokens create billing --json", shared=("json",),
+         arguments=build_tokens_parser)
+def run_tokens_command(args: argparse.Namespace, session: Session) -> int:
+    redis_client = connect(session.settings.redis_url)
+    try:
+        return run_tokens(args, TokenStore(redis_client), sys.stdout)
+    except OcrError as exc:
+        print(f"{PROG}: {exc.message}", file=sys.stderr)
+        return EXIT_USAGE
+    finally:
+        redis_client.close()
 
 
 # --- main ------------------------------------------------------------------------------

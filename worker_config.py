@@ -161,11 +161,24 @@ class Settings:
     max_image_pixels: int = _s("OCR_MAX_IMAGE_PIXELS", "178956970",
                                "Largest decoded image (width*height); larger ones are "
                                "refused as `image_too_large` (decompression bombs).")
+    dead_letter_max: int = _s("OCR_DEAD_LETTER_MAX", "1000",
+                              "Entries kept in the dead-letter list `ocr:dead-letter` "
+                              "(refused broker messages: not decodable, pickled, or too "
+                              "large for OCR_MAX_INPUT_MB); older ones are dropped.")
+    dead_letter_ttl: int = _s("OCR_DEAD_LETTER_TTL", "604800",
+                              "Seconds the dead-letter list lives after its last entry.")
+    max_decoded_mb: float = _s("OCR_MAX_DECODED_MB", "1024",
+                               "Most memory one image frame may take decoded, estimated "
+                               "from its header before decoding; larger ones are refused "
+                               "as `image_too_large`. Frames over OCR_MAX_RENDER_PIXELS "
+                               "are then reduced to it strip by strip (JPEGs decoded "
+                               "reduced).")
     max_pages: int = _s("OCR_MAX_PAGES", "2000", "Most pages one job may have.")
     pdf_dpi: int = _s("OCR_PDF_DPI", "300", "Resolution PDF pages are rendered at for OCR.")
     max_render_pixels: int = _s("OCR_MAX_RENDER_PIXELS", "40000000",
-                                "Most pixels a PDF page is rendered at; larger pages are "
-                                "rendered at a lower resolution (memory stays bounded).")
+                                "Most pixels a PDF page is rendered at, and an image page "
+                                "is reduced to; larger pages are rendered (images reduced) "
+                                "at a lower resolution, so memory stays bounded.")
     pdf_min_text_chars: int = _s("OCR_PDF_MIN_TEXT_CHARS", "8",
                                  "A PDF page with at least this many characters of text "
                                  "(visible, or an invisible OCR layer) keeps its text in "
@@ -186,13 +199,31 @@ class Settings:
                                    "document goes on.")
     max_output_mb: float = _s("OCR_MAX_OUTPUT_MB", "256",
                               "Largest searchable PDF the service stores for download.")
+    callback_allowed_hosts: tuple[str, ...] = _s(
+        "OCR_CALLBACK_ALLOWED_HOSTS", "",
+        "Hosts `callback_url` may name (comma separated `host` or `host:port`); empty: "
+        "any public host. Private, loopback and link-local addresses (IP literals, and "
+        "every address a name resolves to when the callback is sent) are refused as "
+        "`callback_not_allowed` unless their host is listed here.")
+    callback_secret: str = _s(
+        "OCR_CALLBACK_SECRET", "",
+        "Key of the callbacks' HMAC-SHA256 signature (`X-OCR-Signature`, "
+        "`X-OCR-Timestamp`; docs/tasks.md); empty: callbacks are not signed.")
     callback_url_prefixes: tuple[str, ...] = _s(
         "OCR_CALLBACK_URL_PREFIXES", "",
-        "URL prefixes (comma separated) that `callback_url` must start with; empty: any "
-        "http(s) URL. Set it where workers can reach internal services.")
+        "Deprecated, use OCR_CALLBACK_ALLOWED_HOSTS. URL prefixes (comma separated) "
+        "that the normalised `callback_url` must also start with; empty: no prefix rule.")
     callback_timeout: float = _s("OCR_CALLBACK_TIMEOUT", "10",
                                  "Seconds one HTTP callback attempt may take; failures are "
                                  "retried 5 times with backoff.")
+    api_jobs_in_flight: int = _s("OCR_API_JOBS_IN_FLIGHT", "0",
+                                 "HTTP API: most unfinished jobs one client may have; more "
+                                 "are answered 429 (0: no limit; `submit.py tokens create "
+                                 "--jobs-in-flight` sets one client's own).")
+    api_requests_per_minute: int = _s("OCR_API_REQUESTS_PER_MINUTE", "0",
+                                      "HTTP API: most requests one client may make a "
+                                      "minute; more are answered 429 with Retry-After (0: "
+                                      "no limit; per client: --requests-per-minute).")
     allowed_roots: tuple[Path, ...] = _s(
         "OCR_ALLOWED_ROOTS", "",
         "Directories (os.pathsep separated) under which `path` inputs may be read; "
@@ -271,7 +302,8 @@ class Settings:
                                 "an engine other than mlx-vlm")
         for name in ("result_ttl", "blob_ttl", "max_image_pixels",
                      "max_pages", "soft_time_limit", "tesseract_threads", "tesseract_handles",
-                     "pdf_dpi", "page_soft_time_limit", "max_deliveries", "max_render_pixels"):
+                     "pdf_dpi", "page_soft_time_limit", "max_deliveries", "max_render_pixels",
+                     "dead_letter_max", "dead_letter_ttl"):
             if getattr(self, name) <= 0:
                 raise SettingsError(f"{_env_name(name)} must be positive")
         if not LANG_PATTERN.match(self.tesseract_lang):
@@ -286,11 +318,18 @@ class Settings:
             if problem:
                 env = "OCR_MODEL" if name == self.model else "OCR_RETIRED_MODELS"
                 raise SettingsError(f"{env}={name!r}: {problem}")
+        for entry in self.callback_allowed_hosts:
+            if not re.fullmatch(r"(\[[0-9a-fA-F:.]+\]|[^\s:/\[\]@]+)(:\d{1,5})?", entry):
+                raise SettingsError(f"OCR_CALLBACK_ALLOWED_HOSTS: {entry!r} is not host "
+                                    "or host:port")
+        if self.max_decoded_mb <= 0:
+            raise SettingsError("OCR_MAX_DECODED_MB must be positive")
         if self.max_input_mb <= 0 or self.max_output_mb <= 0:
             raise SettingsError("OCR_MAX_INPUT_MB and OCR_MAX_OUTPUT_MB must be positive")
         if self.model_heartbeat_seconds <= 0:
             raise SettingsError("OCR_MODEL_HEARTBEAT_SECONDS must be positive")
-        for name in ("prune_unused_days", "prune_grace_minutes", "idle_unload_seconds"):
+        for name in ("prune_unused_days", "prune_grace_minutes", "idle_unload_seconds",
+                     "api_jobs_in_flight", "api_requests_per_minute"):
             if getattr(self, name) < 0:
                 raise SettingsError(f"{_env_name(name)} must be 0 or more")
         if "/" in self.prune_prefix or os.sep in self.prune_prefix:
@@ -309,6 +348,19 @@ class Settings:
     @property
     def max_input_bytes(self) -> int:
         return int(self.max_input_mb * 1024 * 1024)
+
+    @property
+    def max_decoded_bytes(self) -> int:
+        return int(self.max_decoded_mb * 1024 * 1024)
+
+    @property
+    def max_message_bytes(self) -> int:
+        """Largest broker message a worker decodes.
+
+        One carrying an inline input of OCR_MAX_INPUT_MB: base64 inside a base64 body
+        makes 16/9 of it, plus 1 MiB for the rest of the message.
+        """
+        return self.max_input_bytes * 16 // 9 + 2**20
 
     @property
     def max_output_bytes(self) -> int:
@@ -485,6 +537,7 @@ def celery_config(settings: Settings) -> dict[str, Any]:
     """Celery settings derived from `settings` (see Celery's configuration reference)."""
     return {
         "broker_url": settings.redis_url,
+        **_broker_transport(settings.redis_url),
         "result_backend": settings.redis_url,
         # JSON only: no pickle anywhere, for messages and results alike.
         "task_serializer": "json",
@@ -503,6 +556,11 @@ def celery_config(settings: Settings) -> dict[str, Any]:
         "worker_prefetch_multiplier": 1,
         "task_default_priority": PRIORITIES["normal"],
         "broker_transport_options": {
+            # tasks/queue/transport.py: refused messages go to the dead-letter list.
+            "ocr_max_message_bytes": settings.max_message_bytes,
+            "ocr_accept_content": ("application/json",),
+            "ocr_dead_letter_max": settings.dead_letter_max,
+            "ocr_dead_letter_ttl": settings.dead_letter_ttl,
             # kombu's own defaults, spelled out: any stock Celery/kombu client then
             # pushes to the lists the workers read (a custom `sep` would strand its
             # messages).
@@ -547,6 +605,13 @@ def celery_config(settings: Settings) -> dict[str, Any]:
     }
 
 
+def _broker_transport(broker_url: str) -> dict[str, Any]:
+    """On Redis, the transport that dead-letters malformed and refused messages."""
+    if broker_url.startswith(("redis://", "rediss://")):
+        return {"broker_transport": "tasks.queue.transport:Transport"}
+    return {}
+
+
 def _beat_schedule(settings: Settings) -> dict[str, Any]:
     if settings.audit_schedule is None:
         return {}
@@ -572,7 +637,8 @@ Procfile-only variables: `OCR_QUEUES` (queues the worker consumes besides its en
 queue, default `ocr`), `WORKER_NAME` (node name prefix, default `cpu`), `LOG_LEVEL`;
 Flower's own `FLOWER_*` variables (`FLOWER_BASIC_AUTH`, `FLOWER_PORT`, `FLOWER_ADDRESS`)
 and `OCR_FLOWER_OPEN=1` (no auth, loopback only); `METRICS_ADDRESS` and `METRICS_PORT`
-of the metrics exporter (default 127.0.0.1:9808).
+of the metrics exporter (default 127.0.0.1:9808); `API_ADDRESS` and `API_PORT` of the
+HTTP API (default 127.0.0.1:8000).
 """
 
 

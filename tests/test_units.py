@@ -359,3 +359,17 @@ def test_release_signal_reaches_the_handler(tmp_path: Path) -> None:
         assert not registry.engines
     finally:
         signal.signal(RELEASE_SIGNAL, previous)
+
+
+def test_tesseract_words_of_a_page_without_text() -> None:
+    """Word boxes asked of an empty page (pdf, json, hOCR, ALTO outputs): none, no error."""
+    from tasks.engines import RecognizeOptions
+    from tasks.engines.tesseract import TesseractEngine
+
+    engine = TesseractEngine.load(Settings.from_env({}))
+    try:
+        result = engine.recognize(Image.new("L", (200, 120), 235),
+                                  RecognizeOptions(want_words=True))
+    finally:
+        engine.close()
+    assert result.words == () and result.text.strip() == ""

@@ -262,4 +262,4 @@ def cancel(self: Task, job_id: str) -> dict[str, str]:
 def http_callback(self: Task, url: str, body: dict[str, Any]) -> int:
     """POST a finished job's summary to the caller's URL; retried with backoff."""
     settings: Settings = self.app.ocr_settings
-    return post_json(url, body, settings.callback_timeout)
+    return post_json(url, body, settings)

@@ -18,6 +18,10 @@ from tasks.errors import BadRequest, InputNotFound, TransientError
 from tasks.state.keys import BLOB_PREFIX, JOB_PREFIX, OUTPUT_PREFIX
 
 _BLOB_KEY = re.compile("^" + re.escape(BLOB_PREFIX) + r"[A-Za-z0-9_.-]{8,128}$")
+# Inputs uploaded through the HTTP API: ocr:blob:api.<client>.<32 hex>; the key names
+# the job owner (`api:<client>`) that alone may read it.
+_OWNED_BLOB = re.compile("^" + re.escape(BLOB_PREFIX) + r"api\.(?P<client>[A-Za-z0-9_.-]+)"
+                         r"\.[0-9a-f]{32}$")
 
 
 def connect(redis_url: str) -> redis.Redis:
@@ -137,6 +141,38 @@ class JobControl:
 
     def has_ended(self, job_id: str) -> bool:
         return bool(self._redis.exists(f"{JOB_PREFIX}{job_id}:ended"))
+
+    def owner(self, job_id: str) -> str:
+        """Who sent the job: `api:<client>` for the HTTP API, "" otherwise."""
+        value = self._redis.hget(JOB_PREFIX + job_id, "owner")
+        return "" if value is None else _text(value)
+
+    def check_references(self, job_id: str, blob: object, merge_from: object) -> None:
+        """Refuse (`bad_request`) a job that names another owner's input or job.
+
+        Called by workers before a job reads its input. `merge_from` must name a job
+        of the same owner (jobs without one: owner ""); a blob uploaded through the
+        HTTP API (`ocr:blob:api.<client>.<hex>`) only serves jobs of `api:<client>`,
+        and a job of an API client only reads the blob recorded for it or for its
+        `merge_from` job. Jobs from Celery-protocol senders have no owner: whoever can
+        write to the broker is trusted (README, Sending jobs).
+        """
+        owner = self.owner(job_id)
+        if isinstance(merge_from, str) and merge_from and self.owner(merge_from) != owner:
+            raise BadRequest("`merge_from` names a job of another client")
+        if not isinstance(blob, str):
+            return
+        owned = _OWNED_BLOB.match(blob)
+        if owned and owner != f"api:{owned.group('client')}":
+            raise BadRequest("`blob` names an input of another client")
+        if owner:
+            recorded = {_text(b) for b in self._redis.hmget(JOB_PREFIX + job_id, "blob")
+                        if b is not None}
+            if isinstance(merge_from, str) and merge_from:
+                recorded |= {_text(b) for b in self._redis.hmget(JOB_PREFIX + merge_from,
+                                                                  "blob") if b is not None}
+            if blob not in recorded:
+                raise BadRequest("`blob` is not this job's input")
 
     def store_cancelled(self, job_id: str, result: dict[str, Any]) -> None:
         self._redis.set(f"{JOB_PREFIX}{job_id}:cancelled", json.dumps(result), ex=self._ttl)
