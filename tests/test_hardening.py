@@ -502,3 +502,18 @@ def test_unlisted_private_callback_is_refused(hooks: tuple[int, int],
     with pytest.raises(CallbackNotAllowed):
         sent.get(timeout=30)
     assert Hook.seen == []
+
+
+# --- no document text in the worker's log -------------------------------------------
+
+def test_no_document_text_in_the_worker_log(worker: Worker, client: OcrClient) -> None:
+    result = ok_job(client)
+    text = result["text"]
+    assert text.startswith("fake 640x480 mean=")
+    wait_for(lambda: f"ocr.document[{result['id']}] succeeded" in worker.log())
+    log = worker.log()
+    line = next(x for x in log.splitlines() if f"ocr.document[{result['id']}] succeeded" in x)
+    assert line.endswith("(result not logged)"), line
+    assert "mean=" not in log and text not in log
+    job_line = next(x for x in log.splitlines() if "ocr.job {" in x and result["id"] in x)
+    assert '"outcome": "SUCCESS"' in job_line
