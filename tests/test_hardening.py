@@ -16,11 +16,9 @@ import os
 import pickle
 import re
 import socket
-import struct
 import threading
 import time
 import uuid
-import zlib
 from collections import Counter
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -46,6 +44,7 @@ from tasks.pipeline.inputs import check_callback_url, read_path
 from tasks.queue.transport import read_dead_letters
 from tasks.state.keys import DEAD_LETTER_KEY
 from tests.conftest import FAKE_PLUGINS, Worker, corpus
+from tests.image_fixtures import big_rgba_png, bomb_frame_tiff
 from worker_config import Settings
 
 FAKE_ENV = {"OCR_ENGINE": "fake", "OCR_ENGINE_PLUGINS": FAKE_PLUGINS,
@@ -245,29 +244,6 @@ def test_path_race_through_a_worker_and_nul_byte(start_worker: Callable[..., Wor
 
 
 # --- image limits: every frame checked, huge images reduced, memory bounded --------
-
-def bomb_frame_tiff() -> bytes:
-    """A G4 TIFF: page 1 is 800x600, page 2 is 15000x15000 (225 Mpx) of white."""
-    buf = io.BytesIO()
-    Image.new("1", (800, 600), 1).save(buf, "TIFF", save_all=True, compression="group4",
-                                       append_images=[Image.new("1", (15000, 15000), 1)])
-    return buf.getvalue()
-
-
-def big_rgba_png(side: int = 13300) -> bytes:
-    """A side x side RGBA PNG (white, a dark band every 1000 rows), made row by row."""
-    def chunk(kind: bytes, body: bytes) -> bytes:
-        return (struct.pack(">I", len(body)) + kind + body
-                + struct.pack(">I", zlib.crc32(kind + body)))
-
-    white, dark = b"\0" + b"\xff" * 4 * side, b"\0" + b"\x20\x20\x20\xff" * side
-    packer = zlib.compressobj(9)
-    idat = b"".join(packer.compress(dark if y % 1000 < 40 else white) for y in range(side))
-    idat += packer.flush()
-    return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", side, side, 8, 6,
-                                                              0, 0, 0))
-            + chunk(b"IDAT", idat) + chunk(b"IEND", b""))
-
 
 def test_every_frame_is_checked_before_decoding() -> None:
     settings = Settings.from_env({})

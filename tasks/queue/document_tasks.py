@@ -98,7 +98,8 @@ def _previous(app: Celery, request: JobRequest) -> dict[str, Any] | None:
     return dict(earlier.result)
 
 
-@shared_task(name="ocr.document", bind=True, base=GuardedTask, throws=(OcrError,),
+@shared_task(name="ocr.document", bind=True, base=GuardedTask, keyword_only=True,
+             throws=(OcrError,),
              autoretry_for=(TransientError,), retry_backoff=2, retry_backoff_max=60,
              retry_jitter=True, max_retries=5)
 def document(self: Task, **kwargs: Any) -> dict[str, Any]:

@@ -17,7 +17,7 @@ from typing import Any
 from celery import Task
 from celery.exceptions import Ignore
 
-from tasks.errors import WorkerLost
+from tasks.errors import BadRequest, WorkerLost
 from tasks.state.keys import DELIVERY_PREFIX
 from tasks.state.stores import JobControl, connect
 
@@ -27,8 +27,14 @@ class GuardedTask(Task):
 
     abstract = True
     _guard_redis: Any = None
+    #: Tasks taking keyword arguments only (`ocr.document`) refuse positional ones as
+    #: `bad_request` instead of failing with a TypeError (`internal_error`).
+    keyword_only = False
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        if args and self.keyword_only:
+            raise BadRequest(f"{self.name} takes keyword arguments only "
+                             f"(got {len(args)} positional)")
         task_id = self.request.id
         if task_id is None or self.request.is_eager:
             return super().__call__(*args, **kwargs)
