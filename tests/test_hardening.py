@@ -493,3 +493,15 @@ def test_no_document_text_in_the_worker_log(worker: Worker, client: OcrClient) -
     assert "mean=" not in log and text not in log
     job_line = next(x for x in log.splitlines() if "ocr.job {" in x and result["id"] in x)
     assert '"outcome": "SUCCESS"' in job_line
+
+
+def test_malformed_broadcast_does_not_stop_the_worker(worker: Worker, client: OcrClient,
+                                                      raw_redis: redis.Redis) -> None:
+    """Remote-control broadcasts come by PUBLISH; a junk one is dead-lettered too."""
+    channel = f"/{raw_redis.connection_pool.connection_kwargs['db']}.celery.pidbox"
+    for body in (b"[]", b'{"properties": null}'):
+        assert raw_redis.publish(channel, body) >= 1  # the worker's pattern got it
+    wait_for(lambda: "fanout:" in worker.log())
+    assert client.app.control.ping(timeout=5)  # remote control still answers
+    assert ok_job(client)["status"] == "SUCCESS"
+    assert any(d.queue.startswith("fanout:") for d in read_dead_letters(raw_redis))

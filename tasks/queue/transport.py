@@ -89,6 +89,11 @@ def check_message(raw: bytes, max_bytes: int, accept: tuple[str, ...]) -> dict[s
         payload = loads(bytes_to_str(raw))
     except (ValueError, UnicodeDecodeError):
         raise Refused(MalformedMessage("the message is not JSON"), None) from None
+    return check_envelope(payload, accept)
+
+
+def check_envelope(payload: Any, accept: tuple[str, ...]) -> dict[str, Any]:
+    """`payload` when it is a kombu envelope of an accepted content type, else `Refused`."""
     if not isinstance(payload, dict):
         raise Refused(MalformedMessage("the message is not a JSON object"), None)
     headers = payload.get("headers")
@@ -198,20 +203,34 @@ class Channel(kombu_redis.Channel):
             self._maybe_update_queues_expire(client, queue)
             raise kombu_redis.Empty()
 
+    def _deliver_fanout_message(self, message: Any, exchange: str) -> bool:
+        # Broadcasts (remote control) arrive by PUBLISH, already decoded by kombu.
+        try:
+            check_envelope(message, tuple(self.ocr_accept_content))
+        except Refused as refused:
+            # A broadcast is no job: no FAILURE is stored for it.
+            self._refuse(json.dumps(message).encode(), f"fanout:{exchange}",
+                         Refused(refused.error, None))
+            return False
+        return bool(super()._deliver_fanout_message(message, exchange))
+
     def _admit(self, raw: bytes, queue: str) -> dict[str, Any] | None:
         """The decoded envelope, or None after dead-lettering a refused message."""
         try:
             return check_message(raw, int(self.ocr_max_message_bytes),
                                  tuple(self.ocr_accept_content))
         except Refused as refused:
-            entry = dead_letter(raw, queue, refused)
-            del raw
-            log.error("refused a message on queue %s (%s: %s), task id %s; kept in %s",
-                      queue, entry.code, entry.reason, entry.task_id, DEAD_LETTER_KEY)
-            self._push_dead_letter(entry)
-            message_refused.send(sender=self, task_id=refused.task_id,
-                                 error=refused.error, queue=queue)
+            self._refuse(raw, queue, refused)
             return None
+
+    def _refuse(self, raw: bytes, queue: str, refused: Refused) -> None:
+        """Dead-letter, log and announce one refused message."""
+        entry = dead_letter(raw, queue, refused)
+        log.error("refused a message on queue %s (%s: %s), task id %s; kept in %s",
+                  queue, entry.code, entry.reason, entry.task_id, DEAD_LETTER_KEY)
+        self._push_dead_letter(entry)
+        message_refused.send(sender=self, task_id=refused.task_id, error=refused.error,
+                             queue=queue)
 
     def _push_dead_letter(self, entry: DeadLetter) -> None:
         with self.conn_or_acquire() as client, client.pipeline() as pipe:
