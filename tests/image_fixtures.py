@@ -6,6 +6,7 @@ import io
 import struct
 import zlib
 
+import numpy as np
 from PIL import Image
 
 
@@ -30,3 +31,39 @@ def big_rgba_png(side: int = 13300) -> bytes:
     return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", side, side, 8, 6,
                                                               0, 0, 0))
             + chunk(b"IDAT", idat) + chunk(b"IEND", b""))
+
+
+def filtered_png(pixels: np.ndarray, colour_type: int) -> bytes:
+    """An 8-bit PNG of `pixels` (H x W x channels) whose rows use filters 0-4 in turn."""
+    height = pixels.shape[0]
+    rows = pixels.reshape(height, -1).astype(np.int16)
+    bpp = pixels.shape[2]
+    out = bytearray()
+    for y in range(height):
+        raw = rows[y]
+        up = rows[y - 1] if y else np.zeros_like(raw)
+        left = np.concatenate([np.zeros(bpp, np.int16), raw[:-bpp]])
+        upleft = np.concatenate([np.zeros(bpp, np.int16), up[:-bpp]])
+        kind = y % 5
+        if kind == 0:
+            encoded = raw
+        elif kind == 1:
+            encoded = raw - left
+        elif kind == 2:
+            encoded = raw - up
+        elif kind == 3:
+            encoded = raw - (left + up) // 2
+        else:
+            p = left + up - upleft
+            pa, pb, pc = np.abs(p - left), np.abs(p - up), np.abs(p - upleft)
+            predictor = np.where((pa <= pb) & (pa <= pc), left, np.where(pb <= pc, up, upleft))
+            encoded = raw - predictor
+        out += bytes([kind]) + (encoded % 256).astype(np.uint8).tobytes()
+
+    def chunk(kind: bytes, body: bytes) -> bytes:
+        return (struct.pack(">I", len(body)) + kind + body
+                + struct.pack(">I", zlib.crc32(kind + body)))
+
+    header = struct.pack(">IIBBBBB", pixels.shape[1], height, 8, colour_type, 0, 0, 0)
+    return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header)
+            + chunk(b"IDAT", zlib.compress(bytes(out), 6)) + chunk(b"IEND", b""))
