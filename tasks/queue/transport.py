@@ -19,7 +19,8 @@ stores that job's FAILURE (`connect_refusals`). The worker then goes on consumin
 
 Selected through Celery's `broker_transport` (worker_config.celery_config), for
 redis:// brokers only; AMQP brokers deliver typed frames and Celery's own
-decode-error path covers them.
+decode-error path covers them (junk is acked or rejected, the worker goes on); a
+pickled message's FAILURE is stored there from Celery's `task_rejected` signal.
 """
 
 from __future__ import annotations
@@ -28,11 +29,12 @@ import json
 import logging
 import re
 import time
-from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from typing import TYPE_CHECKING, Any
 
+from celery.signals import task_rejected
 from celery.utils.dispatch import Signal
+from kombu.exceptions import ContentDisallowed
 from kombu.transport import redis as kombu_redis
 from kombu.utils.encoding import bytes_to_str
 from kombu.utils.json import loads
@@ -246,13 +248,27 @@ class Transport(kombu_redis.Transport):
     Channel = Channel
 
 
-def connect_refusals(app: Celery) -> Callable[..., None]:
-    """Store a FAILURE for each refused message whose task id was read (worker parent)."""
+def connect_refusals(app: Celery) -> None:
+    """Store a FAILURE for each refused message whose task id was read (worker parent).
+
+    Two sources: this transport's `message_refused` (Redis), and Celery's own
+    `task_rejected` for a message it refused to deserialize (ContentDisallowed), which
+    is how a pickled message ends on other brokers (AMQP) instead of staying PENDING.
+    """
 
     def on_refused(sender: Any, task_id: str | None, error: OcrError, queue: str,
                    **_: Any) -> None:
         if task_id is not None:
             app.backend.mark_as_failure(task_id, error)
 
+    def on_rejected(sender: Any, message: Any, exc: BaseException | None,
+                    **_: Any) -> None:
+        headers = getattr(message, "headers", None)
+        if isinstance(exc, ContentDisallowed) and isinstance(headers, dict) \
+                and isinstance(headers.get("id"), str):
+            app.backend.mark_as_failure(headers["id"], ContentRefused(
+                f"content type {str(message.content_type)[:60]!r} is not accepted "
+                "(JSON only)"))
+
     message_refused.connect(on_refused, weak=False, dispatch_uid="ocr-refusals")
-    return on_refused
+    task_rejected.connect(on_rejected, weak=False, dispatch_uid="ocr-rejected")
