@@ -171,8 +171,8 @@ class Settings:
                                "Most memory one image frame may take decoded, estimated "
                                "from its header before decoding; larger ones are refused "
                                "as `image_too_large`. Frames over OCR_MAX_RENDER_PIXELS "
-                               "are then reduced to it strip by strip (JPEGs decoded "
-                               "reduced).")
+                               "are reduced to it strip by strip (JPEGs decoded reduced, "
+                               "8-bit PNGs decoded in strips, never whole).")
     max_pages: int = _s("OCR_MAX_PAGES", "2000", "Most pages one job may have.")
     pdf_dpi: int = _s("OCR_PDF_DPI", "300", "Resolution PDF pages are rendered at for OCR.")
     max_render_pixels: int = _s("OCR_MAX_RENDER_PIXELS", "40000000",

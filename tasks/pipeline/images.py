@@ -15,6 +15,7 @@ import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 from tasks.errors import CorruptInput, EmptyInput, ImageTooLarge, UnsupportedFormat
+from tasks.pipeline import png_strips
 from tasks.pipeline.pages import select_pages
 
 if TYPE_CHECKING:
@@ -107,7 +108,7 @@ def iter_image_pages(data: bytes, fmt: str, pages: str | None,
             if image is None:
                 image = open_image(data, settings)
             _seek(image, number)
-            page = decode_page(image, number, settings)
+            page = decode_page(image, number, settings, data)
             if decoded_bytes(image) > _KEEP_DECODED_BYTES:
                 image.close()
                 image = None
@@ -138,19 +139,26 @@ def reduce_factor(size: tuple[int, int], max_pixels: int) -> int:
     return factor
 
 
-def decode_page(image: Image.Image, number: int, settings: Settings) -> Image.Image:
+def decode_page(image: Image.Image, number: int, settings: Settings,
+                data: bytes | None = None) -> Image.Image:
     """The current frame decoded, normalised and at most OCR_MAX_RENDER_PIXELS large.
 
-    A larger frame is never converted whole: JPEGs are decoded already reduced by
-    libjpeg's DCT scaling (`draft`); other formats are decoded once in their own mode
-    (refused first when that would take more than OCR_MAX_DECODED_MB) and reduced
-    strip by strip, each strip normalised on its own.
+    A larger frame is never decoded and converted whole where that can be avoided:
+    JPEGs are decoded already reduced by libjpeg's DCT scaling (`draft`); 8-bit PNGs
+    (`data` given) are inflated and decoded strip by strip (`png_strips`); other
+    formats are decoded once in their own mode (refused first when that would take
+    more than OCR_MAX_DECODED_MB). Each strip is normalised and reduced on its own.
     """
     factor = reduce_factor(image.size, settings.max_render_pixels)
     try:
         if factor > 1 and image.format == "JPEG":
             image.draft(None, (image.width // factor, image.height // factor))
             factor = reduce_factor(image.size, settings.max_render_pixels)
+        png = png_strips.layout(data) if factor > 1 and data is not None \
+            and image.format == "PNG" else None
+        if png is not None:
+            pieces = png_strips.strips(data or b"", png, factor * _STRIP_ROWS)
+            return _assemble(pieces, image, factor, top=None)
         need = decoded_bytes(image)
         if need > settings.max_decoded_bytes:
             raise ImageTooLarge(f"page {number} would take {need // 2**20} MB decoded, "
@@ -170,22 +178,47 @@ def decode_page(image: Image.Image, number: int, settings: Settings) -> Image.Im
 def _reduced(image: Image.Image, factor: int) -> Image.Image:
     """`normalize(image)` reduced `factor` times, made strip by strip."""
     width, height = image.size
-    top = _value_top(image)
     rows = factor * _STRIP_ROWS
+    pieces = (image.crop((0, y, width, min(height, y + rows)))
+              for y in range(0, height, rows))
+    return _assemble(pieces, image, factor, _value_top(image))
+
+
+def _assemble(pieces: Iterator[Image.Image], image: Image.Image, factor: int,
+              top: float | None) -> Image.Image:
+    """Strips of `image` (top to bottom), each normalised and reduced, as one page."""
+    width, height = image.size
     out: Image.Image | None = None
-    for y in range(0, height, rows):
-        strip = normalize(image.crop((0, y, width, min(height, y + rows))),
-                          transpose=False, top=top).reduce(factor)
+    y = 0
+    for piece in pieces:
+        strip = normalize(piece, transpose=False, top=top).reduce(factor)
         if out is None:
             out = Image.new(strip.mode, (math.ceil(width / factor),
                                          math.ceil(height / factor)))
         out.paste(strip, (0, y // factor))
+        y += piece.height
     assert out is not None
-    method = _EXIF_TRANSPOSE.get(image.getexif().get(_ORIENTATION, 1))
+    method = _EXIF_TRANSPOSE.get(_orientation(image))
     return out.transpose(method) if method is not None else out
 
 
 _ORIENTATION = 0x0112
+
+
+def _orientation(image: Image.Image) -> int:
+    """The EXIF orientation, read without decoding the pixels.
+
+    Pillow's `getexif()` decodes a whole PNG to look for an eXIf chunk after the
+    image data; only one before it (in `info`) is read here.
+    """
+    if image.format != "PNG":
+        return int(image.getexif().get(_ORIENTATION, 1))
+    exif = Image.Exif()
+    raw = image.info.get("exif")
+    if isinstance(raw, bytes):
+        exif.load(raw)
+    return int(exif.get(_ORIENTATION, 1))
+
 _EXIF_TRANSPOSE = {
     2: Image.Transpose.FLIP_LEFT_RIGHT, 3: Image.Transpose.ROTATE_180,
     4: Image.Transpose.FLIP_TOP_BOTTOM, 5: Image.Transpose.TRANSPOSE,

@@ -50,6 +50,9 @@ def create_app(settings: Settings) -> OcrCelery:
     from tasks.queue.transport import connect_refusals
 
     connect_refusals(app)
+    from tasks.queue.log_privacy import hide_task_results
+
+    hide_task_results()
     return app
 
 

@@ -115,12 +115,20 @@ def document(self: Task, *args: Any, **kwargs: Any) -> dict[str, Any]:
         end_from_message(self.app, job_id, kwargs, JobStatus.FAILURE, BadRequest(
             "ocr.document takes keyword arguments only"))
         raise Ignore()
+    services = JobServices.for_app(self.app)
+    try:
+        # A job may only name its own client's input and jobs (HTTP API isolation).
+        services.stores.control.check_references(job_id, kwargs.get("blob"),
+                                                 kwargs.get("merge_from"))
+    except OcrError as exc:
+        # Ended without its request: the input it named is someone else's, not freed.
+        services.ender.end(Outcome.failed(job_id, exc, None))
+        raise Ignore() from None
     try:
         request = JobRequest.from_kwargs(kwargs, settings)
     except OcrError as exc:
         end_from_message(self.app, job_id, kwargs, JobStatus.FAILURE, exc)
         raise Ignore() from None
-    services = JobServices.for_app(self.app)
     engine = request.engine or settings.resolve_engine()
     try:
         work = process_job(job_id, request, settings, resident.current(settings),

@@ -19,7 +19,8 @@ stores that job's FAILURE (`connect_refusals`). The worker then goes on consumin
 
 Selected through Celery's `broker_transport` (worker_config.celery_config), for
 redis:// brokers only; AMQP brokers deliver typed frames and Celery's own
-decode-error path covers them.
+decode-error path covers them (junk is acked or rejected, the worker goes on); a
+pickled message's FAILURE is stored there from Celery's `task_rejected` signal.
 """
 
 from __future__ import annotations
@@ -28,11 +29,12 @@ import json
 import logging
 import re
 import time
-from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from typing import TYPE_CHECKING, Any
 
+from celery.signals import task_rejected
 from celery.utils.dispatch import Signal
+from kombu.exceptions import ContentDisallowed
 from kombu.transport import redis as kombu_redis
 from kombu.utils.encoding import bytes_to_str
 from kombu.utils.json import loads
@@ -89,6 +91,11 @@ def check_message(raw: bytes, max_bytes: int, accept: tuple[str, ...]) -> dict[s
         payload = loads(bytes_to_str(raw))
     except (ValueError, UnicodeDecodeError):
         raise Refused(MalformedMessage("the message is not JSON"), None) from None
+    return check_envelope(payload, accept)
+
+
+def check_envelope(payload: Any, accept: tuple[str, ...]) -> dict[str, Any]:
+    """`payload` when it is a kombu envelope of an accepted content type, else `Refused`."""
     if not isinstance(payload, dict):
         raise Refused(MalformedMessage("the message is not a JSON object"), None)
     headers = payload.get("headers")
@@ -198,20 +205,34 @@ class Channel(kombu_redis.Channel):
             self._maybe_update_queues_expire(client, queue)
             raise kombu_redis.Empty()
 
+    def _deliver_fanout_message(self, message: Any, exchange: str) -> bool:
+        # Broadcasts (remote control) arrive by PUBLISH, already decoded by kombu.
+        try:
+            check_envelope(message, tuple(self.ocr_accept_content))
+        except Refused as refused:
+            # A broadcast is no job: no FAILURE is stored for it.
+            self._refuse(json.dumps(message).encode(), f"fanout:{exchange}",
+                         Refused(refused.error, None))
+            return False
+        return bool(super()._deliver_fanout_message(message, exchange))
+
     def _admit(self, raw: bytes, queue: str) -> dict[str, Any] | None:
         """The decoded envelope, or None after dead-lettering a refused message."""
         try:
             return check_message(raw, int(self.ocr_max_message_bytes),
                                  tuple(self.ocr_accept_content))
         except Refused as refused:
-            entry = dead_letter(raw, queue, refused)
-            del raw
-            log.error("refused a message on queue %s (%s: %s), task id %s; kept in %s",
-                      queue, entry.code, entry.reason, entry.task_id, DEAD_LETTER_KEY)
-            self._push_dead_letter(entry)
-            message_refused.send(sender=self, task_id=refused.task_id,
-                                 error=refused.error, queue=queue)
+            self._refuse(raw, queue, refused)
             return None
+
+    def _refuse(self, raw: bytes, queue: str, refused: Refused) -> None:
+        """Dead-letter, log and announce one refused message."""
+        entry = dead_letter(raw, queue, refused)
+        log.error("refused a message on queue %s (%s: %s), task id %s; kept in %s",
+                  queue, entry.code, entry.reason, entry.task_id, DEAD_LETTER_KEY)
+        self._push_dead_letter(entry)
+        message_refused.send(sender=self, task_id=refused.task_id, error=refused.error,
+                             queue=queue)
 
     def _push_dead_letter(self, entry: DeadLetter) -> None:
         with self.conn_or_acquire() as client, client.pipeline() as pipe:
@@ -227,13 +248,27 @@ class Transport(kombu_redis.Transport):
     Channel = Channel
 
 
-def connect_refusals(app: Celery) -> Callable[..., None]:
-    """Store a FAILURE for each refused message whose task id was read (worker parent)."""
+def connect_refusals(app: Celery) -> None:
+    """Store a FAILURE for each refused message whose task id was read (worker parent).
+
+    Two sources: this transport's `message_refused` (Redis), and Celery's own
+    `task_rejected` for a message it refused to deserialize (ContentDisallowed), which
+    is how a pickled message ends on other brokers (AMQP) instead of staying PENDING.
+    """
 
     def on_refused(sender: Any, task_id: str | None, error: OcrError, queue: str,
                    **_: Any) -> None:
         if task_id is not None:
             app.backend.mark_as_failure(task_id, error)
 
+    def on_rejected(sender: Any, message: Any, exc: BaseException | None,
+                    **_: Any) -> None:
+        headers = getattr(message, "headers", None)
+        if isinstance(exc, ContentDisallowed) and isinstance(headers, dict) \
+                and isinstance(headers.get("id"), str):
+            app.backend.mark_as_failure(headers["id"], ContentRefused(
+                f"content type {str(message.content_type)[:60]!r} is not accepted "
+                "(JSON only)"))
+
     message_refused.connect(on_refused, weak=False, dispatch_uid="ocr-refusals")
-    return on_refused
+    task_rejected.connect(on_rejected, weak=False, dispatch_uid="ocr-rejected")

@@ -174,12 +174,25 @@ class JobControl:
             if blob not in recorded:
                 raise BadRequest("`blob` is not this job's input")
 
+    def store_unless_ended(self, job_id: str, key: str | bytes, value: str | bytes,
+                           ttl: int) -> bool:
+        """SET `key` to `value` (EX `ttl`) unless the job has ended; atomic (Lua)."""
+        return bool(self._redis.eval(_SET_UNLESS_ENDED, 2, f"{JOB_PREFIX}{job_id}:ended",
+                                     key, value, max(1, ttl)))
+
     def store_cancelled(self, job_id: str, result: dict[str, Any]) -> None:
         self._redis.set(f"{JOB_PREFIX}{job_id}:cancelled", json.dumps(result), ex=self._ttl)
 
     def cancelled_result(self, job_id: str) -> dict[str, Any] | None:
         raw = self._redis.get(f"{JOB_PREFIX}{job_id}:cancelled")
         return json.loads(raw) if raw else None
+
+
+_SET_UNLESS_ENDED = """
+if redis.call('exists', KEYS[1]) == 1 then return 0 end
+redis.call('set', KEYS[2], ARGV[1], 'EX', ARGV[2])
+return 1
+"""
 
 
 def _text(value: bytes | str) -> str:
