@@ -17,7 +17,8 @@ from typing import Any
 from celery import Task
 from celery.exceptions import Ignore
 
-from tasks.errors import WorkerLost
+from tasks.errors import TransientError, WorkerLost
+from tasks.state.boundary import CONNECTION_ERRORS, transient
 from tasks.state.keys import DELIVERY_PREFIX
 from tasks.state.stores import JobControl, connect
 
@@ -36,20 +37,28 @@ class GuardedTask(Task):
         if GuardedTask._guard_redis is None:
             GuardedTask._guard_redis = connect(settings.redis_url)
         client = GuardedTask._guard_redis
-        if JobControl(client, settings.result_ttl).is_cancelled(task_id):
-            # Cancelled while queued; Celery's own revoke list may be gone with a restart.
-            self.app.backend.mark_as_revoked(task_id, "cancelled")
-            raise Ignore()
         key = DELIVERY_PREFIX + task_id
-        pipe = client.pipeline()
-        pipe.incr(key)
-        pipe.expire(key, settings.result_ttl)
-        starts = int(pipe.execute()[0])
-        if starts > settings.max_deliveries:
-            client.delete(key)
-            raise WorkerLost(f"the job's worker died on each of its "
-                             f"{settings.max_deliveries} runs; it is not run again")
+        try:
+            with transient("the poison guard's Redis"):
+                if JobControl(client, settings.result_ttl).is_cancelled(task_id):
+                    # Cancelled while queued; Celery's revoke list may be gone with a restart.
+                    self.app.backend.mark_as_revoked(task_id, "cancelled")
+                    raise Ignore()
+                pipe = client.pipeline()
+                pipe.incr(key)
+                pipe.expire(key, settings.result_ttl)
+                starts = int(pipe.execute()[0])
+                if starts > settings.max_deliveries:
+                    client.delete(key)
+                    raise WorkerLost(f"the job's worker died on each of its "
+                                     f"{settings.max_deliveries} runs; it is not run again")
+        except TransientError as exc:
+            # Outside the task body, so Celery's autoretry does not see it: retry here.
+            raise self.retry(exc=exc, countdown=5) from exc
         try:
             return super().__call__(*args, **kwargs)
         finally:
-            client.delete(key)
+            try:
+                client.delete(key)
+            except CONNECTION_ERRORS:
+                pass  # the count expires with its TTL; this run returned, whatever it was

@@ -9,9 +9,11 @@ page delivered twice (at-least-once) never merges twice.
 from __future__ import annotations
 
 import json
+import uuid
 from typing import TYPE_CHECKING, Any
 
 from tasks.errors import InputNotFound
+from tasks.state.boundary import transient_methods
 from tasks.state.keys import DOC_PREFIX
 
 if TYPE_CHECKING:
@@ -21,7 +23,7 @@ if TYPE_CHECKING:
     from worker_config import Settings
 
 
-
+@transient_methods("the fan-out join (Redis)")
 class DocumentJoin:
     """Per-document keys: `<id>:meta` (JSON), `<id>:pages` (hash), `<id>:merged`."""
 
@@ -59,8 +61,17 @@ class DocumentJoin:
         return int(done) >= total and self.claim(doc_id)
 
     def claim(self, doc_id: str) -> bool:
-        """Take the right to finish the document (merge, or cancel); once only."""
-        return bool(self._redis.set(self._key(doc_id, "merged"), "1", nx=True, ex=self._ttl))
+        """Take the right to finish the document (merge, or cancel); once only.
+
+        The claim holds a token of its own: a SET retried after a lost reply still
+        tells its caller that it won.
+        """
+        key, token = self._key(doc_id, "merged"), uuid.uuid4().hex
+        if self._redis.set(key, token, nx=True, ex=self._ttl):
+            return True
+        held = self._redis.get(key)
+        return held is not None and (held.decode() if isinstance(held, bytes) else held) \
+            == token
 
     def pages(self, doc_id: str) -> list[dict[str, Any]]:
         raw = self._redis.hgetall(self._key(doc_id, "pages"))

@@ -1,0 +1,163 @@
+"""Crash tests on both brokers: Redis and RabbitMQ (`BROKER_URL=amqp://…`).
+
+Children SIGKILLed mid-batch, a worker host killed (parent and children) while a second
+worker runs, the broker restarted mid-batch: every job completes, exactly once, and no
+page fails. Redis (append-only file, as the project runs it) is result backend and
+blob store on both brokers. Real redis-server, real RabbitMQ (a vhost of the test's
+own), real workers started as the Procfile starts them, the named fake engine
+(`FAKE_PAGE_SECONDS` slows it down). Also the startup check of the cluster-wide
+visibility timeout and the broker's priorities.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import re
+import signal
+import subprocess
+import time
+from collections import Counter
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import psutil
+import pytest
+from PIL import Image
+
+from tasks.client import OcrClient
+from tests.conftest import (
+    FAKE_PLUGINS,
+    ROOT,
+    Broker,
+    Worker,
+    make_client,
+    procfile_command,
+)
+from tests.pdf_fixtures import image_pdf, plain_pages
+
+FAKE = {"OCR_ENGINE": "fake", "OCR_ENGINE_PLUGINS": FAKE_PLUGINS, "OCR_CACHE_RESULTS": "0"}
+# Short limits so that a dead worker's jobs come back within the test on Redis too.
+SHORT = {"OCR_SOFT_TIME_LIMIT": "8", "OCR_HARD_TIME_LIMIT": "10",
+         "OCR_PAGE_SOFT_TIME_LIMIT": "8", "OCR_PAGE_HARD_TIME_LIMIT": "10",
+         "OCR_VISIBILITY_TIMEOUT": "15"}
+
+
+def png(shade: int, size: tuple[int, int] = (64, 48)) -> bytes:
+    buffer = io.BytesIO()
+    Image.new("L", size, shade).save(buffer, "PNG")
+    return buffer.getvalue()
+
+
+def worker_factory(tmp_path: Path, broker: Broker,
+                   started: list[Worker]) -> Callable[..., Worker]:
+    def start(**env: str) -> Worker:
+        log = tmp_path / f"worker-{len(started)}.log"
+        worker = Worker(log, {"REDIS_URL": broker.redis_server.url(0), **broker.env, **env})
+        started.append(worker)
+        return worker.start()
+    return start
+
+
+@pytest.fixture
+def workers(tmp_path: Path, broker: Broker) -> Any:
+    started: list[Worker] = []
+    yield worker_factory(tmp_path, broker, started)
+    for worker in started:
+        worker.stop()
+
+
+@pytest.fixture
+def client(broker: Broker) -> Any:
+    ocr = make_client(broker.redis_server.url(0), **broker.env)
+    yield ocr
+    ocr.close()
+
+
+def finished_jobs(*workers: Worker) -> Counter[str]:
+    """How often each job id ended, from the `ocr.job` lines of the workers' logs."""
+    ids: Counter[str] = Counter()
+    for worker in workers:
+        for line in re.findall(r"ocr\.job (\{.*\})", worker.log()):
+            ids[json.loads(line)["id"]] += 1
+    return ids
+
+
+def wait_running(client: OcrClient, jobs: list[str], at_least: int = 1,
+                 timeout: float = 60) -> None:
+    deadline = time.monotonic() + timeout
+    while sum(client.status(j).state in ("STARTED", "PROGRESS") for j in jobs) < at_least:
+        assert time.monotonic() < deadline, "no job started"
+        time.sleep(0.05)
+
+
+def assert_all_pages_ok(results: dict[str, dict[str, Any]], jobs: list[str],
+                        pages: int) -> None:
+    assert [results[j]["status"] for j in jobs] == ["SUCCESS"] * len(jobs), \
+        [results[j].get("error") or results[j].get("failed_pages") for j in jobs]
+    for job in jobs:
+        assert [p["number"] for p in results[job]["pages"]] == list(range(1, pages + 1))
+        assert not [p for p in results[job]["pages"] if "error" in p]
+
+
+@pytest.mark.slow
+def test_broker_restart_mid_batch_fails_no_page(broker: Broker, workers: Any,
+                                                client: OcrClient) -> None:
+    """Redis (broker and backend) or RabbitMQ restarted while PDF pages run."""
+    workers(**FAKE, OCR_CONCURRENCY="2", FAKE_PAGE_SECONDS="0.4")
+    pdfs = [image_pdf(plain_pages(4, size=(120 + i, 160))) for i in range(6)]
+    jobs = [client.submit(pdf, mode="ocr") for pdf in pdfs]
+    wait_running(client, jobs, at_least=2)
+    broker.restart(down_seconds=2)
+    results = client.wait(jobs, timeout=60)
+    assert_all_pages_ok(results, jobs, 4)
+
+
+@pytest.mark.slow
+def test_children_killed_mid_batch(broker: Broker, workers: Any, client: OcrClient) -> None:
+    worker = workers(**FAKE, OCR_CONCURRENCY="2", FAKE_PAGE_SECONDS="1")
+    jobs = [client.submit(png(100 + i)) for i in range(8)]
+    wait_running(client, jobs)
+    assert worker.proc is not None
+    victims = psutil.Process(worker.proc.pid).children()
+    for child in victims:
+        child.send_signal(signal.SIGKILL)
+    results = client.wait(jobs, timeout=120)
+    assert [results[j]["status"] for j in jobs] == ["SUCCESS"] * 8
+    assert not {c.pid for c in victims} & {results[j]["engine"]["pid"] for j in jobs}
+    assert set(finished_jobs(worker).values()) == {1}
+
+
+@pytest.mark.slow
+def test_dead_host_jobs_finish_on_second_worker(broker: Broker, workers: Any,
+                                                client: OcrClient) -> None:
+    """The whole worker (parent and children) SIGKILLed: the other worker finishes.
+
+    On RabbitMQ the jobs come back when the dead connection closes; on Redis after the
+    visibility timeout (15 s here, OCR_VISIBILITY_TIMEOUT; `make bench` measures both).
+    """
+    doomed = workers(**FAKE, **SHORT, OCR_CONCURRENCY="2", FAKE_PAGE_SECONDS="2")
+    jobs = [client.submit(png(40 + i)) for i in range(4)]
+    wait_running(client, jobs, at_least=2)
+    doomed.kill()
+    survivor = workers(**FAKE, **SHORT, OCR_CONCURRENCY="2", FAKE_PAGE_SECONDS="0.2")
+    results = client.wait(jobs, timeout=120)
+    assert [results[j]["status"] for j in jobs] == ["SUCCESS"] * 4
+    done = finished_jobs(doomed, survivor)
+    assert sorted(done) == sorted(jobs) and set(done.values()) == {1}, done
+    assert finished_jobs(survivor)
+
+
+def test_worker_refuses_hard_limit_past_visibility_timeout(tmp_path: Path,
+                                                           redis_url: str) -> None:
+    env = {"REDIS_URL": redis_url, **FAKE, "OCR_HARD_TIME_LIMIT": "1000",
+           "OCR_VISIBILITY_TIMEOUT": "900"}
+    worker = Worker(tmp_path / "worker.log", env)
+    done = subprocess.run(["bash", "-c", f"exec {procfile_command('worker')}"], cwd=ROOT,
+                          env=worker.env, capture_output=True, text=True, timeout=60,
+                          check=False)
+    assert done.returncode != 0
+    output = done.stdout + done.stderr
+    assert "OCR_VISIBILITY_TIMEOUT=900" in output and "1000 s" in output, output[-2000:]
+    assert "ready." not in output
