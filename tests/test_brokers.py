@@ -110,7 +110,7 @@ def test_broker_restart_mid_batch_fails_no_page(broker: Broker, workers: Any,
     jobs = [client.submit(pdf, mode="ocr") for pdf in pdfs]
     wait_running(client, jobs, at_least=2)
     broker.restart(down_seconds=2)
-    results = client.wait(jobs, timeout=60)
+    results = client.wait(jobs, timeout=240)
     assert_all_pages_ok(results, jobs, 4)
 
 

@@ -1,6 +1,7 @@
 """What differs between the brokers: Redis (kombu's redis transport) and RabbitMQ (amqp).
 
-The worker parent calls `check_worker` at start (refuses hard limits that reach the
+Pool children call `fresh_connections` when they start. The worker parent calls
+`check_worker` at start (refuses hard limits that reach the
 cluster-wide visibility timeout) and `prepare_queues` once its queues are known (on
 RabbitMQ each consumer asks for a delivery-ack timeout above the hard limits). The
 metrics exporter reads queue lengths with `amqp_queue_lengths` (passive declares, no
@@ -41,6 +42,17 @@ def prepare_queues(app: Any, settings: Settings) -> None:
     for queue in app.amqp.queues.values():
         queue.consumer_arguments = {**(queue.consumer_arguments or {}),
                                     "x-consumer-timeout": milliseconds}
+
+
+def fresh_connections(app: Any) -> None:
+    """A pool child publishes on a new broker connection each time (no pool).
+
+    With kombu 5.7's redis transport, a pooled connection that lived through a broker
+    restart can hand out a closed channel (AttributeError on every later publish from
+    that child). A child publishes a few messages per job (pages, progress events,
+    retries), so a connection each costs little. Called in `worker_process_init`.
+    """
+    app.conf.broker_pool_limit = 0
 
 
 def amqp_queue_lengths(broker_url: str, queues: Sequence[str]) -> dict[str, int]:

@@ -54,6 +54,9 @@ def connect_signals(settings: Settings) -> None:
 
     def on_process_init(**_: Any) -> None:
         global _keeper
+        from tasks.queue.app import get_app
+
+        brokers.fresh_connections(get_app())
         configure_pillow(settings)
         models = ModelRegistry(connect(settings.redis_url), settings.model_heartbeat_seconds)
         _keeper = release.ChildKeeper(models, settings.model_dir,
