@@ -34,6 +34,7 @@ from tests.conftest import (
     Worker,
     make_client,
     procfile_command,
+    rabbitmqctl,
 )
 from tests.pdf_fixtures import image_pdf, plain_pages
 
@@ -161,3 +162,45 @@ def test_worker_refuses_hard_limit_past_visibility_timeout(tmp_path: Path,
     output = done.stdout + done.stderr
     assert "OCR_VISIBILITY_TIMEOUT=900" in output and "1000 s" in output, output[-2000:]
     assert "ready." not in output
+
+
+def wait_for_pages(client: OcrClient, job: str, pages: int, timeout: float = 60) -> None:
+    deadline = time.monotonic() + timeout
+    while client.status(job).done < pages:
+        assert time.monotonic() < deadline, "pages never done"
+        time.sleep(0.05)
+
+
+@pytest.mark.slow
+def test_interactive_job_overtakes_a_batch(broker: Broker, workers: Any,
+                                           client: OcrClient) -> None:
+    """Named priorities mean the same on both brokers (numbers mirrored on RabbitMQ)."""
+    workers(**FAKE, OCR_CONCURRENCY="1", FAKE_PAGE_SECONDS="0.2")
+    batch = client.submit(image_pdf(plain_pages(40)), priority="batch", mode="ocr")
+    wait_for_pages(client, batch, 2)
+    urgent = client.submit(image_pdf(plain_pages(1)), priority="interactive", mode="ocr")
+    assert client.wait([urgent], timeout=60)[urgent]["status"] == "SUCCESS"
+    batch_now = client.status(batch)
+    assert batch_now.state == "PROGRESS" and batch_now.done < 30, batch_now
+    assert client.wait([batch], timeout=120)[batch]["status"] == "SUCCESS"
+    if broker.vhost is not None:
+        queues = rabbitmqctl("list_queues", "-p", broker.vhost.name, "name", "arguments")
+        assert re.search(r"ocr-fake\s.*x-max-priority.*9", queues), queues
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("broker", ["amqp"], indirect=True)
+def test_poison_job_ends_as_worker_lost_on_rabbitmq(broker: Broker, workers: Any,
+                                                    client: OcrClient) -> None:
+    """RabbitMQ redelivers a job whose child died at once; the Redis count still ends it.
+
+    (Redis as broker: test_reliability.py::test_poison_job_ends_as_worker_lost.)
+    """
+    worker = workers(**FAKE, OCR_CONCURRENCY="1", OCR_QUEUES="ocr-killer",
+                     OCR_MAX_DELIVERIES="3")
+    poison = client.submit(png(10), engine="killer")
+    result = client.wait([poison], timeout=120)[poison]
+    assert result["error"]["code"] == "worker_lost"
+    assert worker.log().count("WorkerLostError") >= 3
+    fine = client.submit(png(240), engine="killer")
+    assert client.wait([fine], timeout=60)[fine]["status"] == "SUCCESS"
