@@ -11,6 +11,7 @@ visibility timeout and the broker's priorities.
 
 from __future__ import annotations
 
+import functools
 import io
 import json
 import re
@@ -27,6 +28,9 @@ import pytest
 from PIL import Image
 
 from tasks.client import OcrClient
+from tasks.queue.brokers import amqp_queue_lengths
+from tasks.state.metrics import RedisCollector
+from tasks.state.stores import connect
 from tests.conftest import (
     FAKE_PLUGINS,
     ROOT,
@@ -37,6 +41,7 @@ from tests.conftest import (
     rabbitmqctl,
 )
 from tests.pdf_fixtures import image_pdf, plain_pages
+from worker_config import Settings, SettingsError, celery_config
 
 FAKE = {"OCR_ENGINE": "fake", "OCR_ENGINE_PLUGINS": FAKE_PLUGINS, "OCR_CACHE_RESULTS": "0"}
 # Short limits so that a dead worker's jobs come back within the test on Redis too.
@@ -204,3 +209,37 @@ def test_poison_job_ends_as_worker_lost_on_rabbitmq(broker: Broker, workers: Any
     assert worker.log().count("WorkerLostError") >= 3
     fine = client.submit(png(240), engine="killer")
     assert client.wait([fine], timeout=60)[fine]["status"] == "SUCCESS"
+
+
+@pytest.mark.parametrize("broker", ["amqp"], indirect=True)
+def test_queue_length_metric_reads_rabbitmq(broker: Broker, client: OcrClient) -> None:
+    assert broker.vhost is not None
+    for i in range(3):
+        client.submit(png(60 + i), priority=["interactive", "normal", "batch"][i])
+    collector = RedisCollector(connect(broker.redis_server.url(0)), ["ocr", "ocr-none"],
+                               broker_lengths=functools.partial(amqp_queue_lengths,
+                                                                broker.vhost.url()))
+    family = [m for m in collector.collect() if m.name == "ocr_queue_length"][0]
+    assert {s.labels["queue"]: s.value for s in family.samples} == {"ocr": 3, "ocr-none": 0}
+
+
+def test_broker_settings() -> None:
+    redis_only = Settings.from_env({"REDIS_URL": "redis://r:6379/0"})
+    assert celery_config(redis_only)["broker_url"] == "redis://r:6379/0"
+    assert celery_config(redis_only)["broker_transport_options"]["visibility_timeout"] == 900
+    assert [redis_only.priority_value(p) for p in ("interactive", "normal", "batch")] \
+        == [0, 3, 6]  # Redis transport: lower first
+    rabbit = Settings.from_env({"REDIS_URL": "redis://r:6379/0",
+                                "BROKER_URL": "amqp://u:p@mq:5672/ocr"})
+    config = celery_config(rabbit)
+    assert config["broker_url"] == "amqp://u:p@mq:5672/ocr"
+    assert config["result_backend"] == "redis://r:6379/0"
+    assert config["task_queue_max_priority"] == 9
+    assert [rabbit.priority_value(p) for p in ("interactive", "normal", "batch")] \
+        == [9, 6, 3]  # RabbitMQ: higher first
+    assert config["task_default_priority"] == 6
+    with pytest.raises(SettingsError, match="BROKER_URL"):
+        Settings.from_env({"BROKER_URL": "http://mq"})
+    with pytest.raises(SettingsError, match="OCR_VISIBILITY_TIMEOUT=600"):
+        Settings.from_env({"OCR_VISIBILITY_TIMEOUT": "600"}).check_worker()
+    Settings.from_env({"OCR_VISIBILITY_TIMEOUT": "661"}).check_worker()
