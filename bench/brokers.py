@@ -59,6 +59,10 @@ def _one_kill(ctx: Context, broker_env: dict[str, str], redis_url: str, visibili
         done = time.monotonic()
         if result.get("status") != "SUCCESS":
             raise BenchError(f"{tag}: the job did not finish elsewhere: {result}")
+        # The ocr.job line is logged just after the result is stored.
+        logged_by = time.monotonic() + 10
+        while f'"id": "{job}"' not in survivor.log() and time.monotonic() < logged_by:
+            time.sleep(0.1)
         if f'"id": "{job}"' not in survivor.log():
             raise BenchError(f"{tag}: the job was not finished by the second worker")
         return {"kill_to_done_s": done - killed, "delivered_before_kill_s": killed - delivered,
