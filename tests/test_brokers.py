@@ -136,17 +136,23 @@ def test_children_killed_mid_batch(broker: Broker, workers: Any, client: OcrClie
 
 
 @pytest.mark.slow
+@pytest.mark.parametrize("victim", ["host", "parent"])
 def test_dead_host_jobs_finish_on_second_worker(broker: Broker, workers: Any,
-                                                client: OcrClient) -> None:
-    """The whole worker (parent and children) SIGKILLed: the other worker finishes.
+                                                client: OcrClient, victim: str) -> None:
+    """The worker parent SIGKILLed (alone, or with its children: a dead host).
 
-    On RabbitMQ the jobs come back when the dead connection closes; on Redis after the
-    visibility timeout (15 s here, OCR_VISIBILITY_TIMEOUT; `make bench` measures both).
+    The other worker finishes its jobs, each once. On RabbitMQ the jobs come back when
+    the dead connection closes; on Redis after the visibility timeout (15 s here,
+    OCR_VISIBILITY_TIMEOUT; `make bench` measures both).
     """
     doomed = workers(**FAKE, **SHORT, OCR_CONCURRENCY="2", FAKE_PAGE_SECONDS="2")
     jobs = [client.submit(png(40 + i)) for i in range(4)]
     wait_running(client, jobs, at_least=2)
-    doomed.kill()
+    if victim == "host":
+        doomed.kill()
+    else:
+        assert doomed.proc is not None
+        doomed.proc.send_signal(signal.SIGKILL)
     survivor = workers(**FAKE, **SHORT, OCR_CONCURRENCY="2", FAKE_PAGE_SECONDS="0.2")
     results = client.wait(jobs, timeout=120)
     assert [results[j]["status"] for j in jobs] == ["SUCCESS"] * 4
