@@ -34,7 +34,7 @@ from tasks.pipeline.inputs import JobRequest
 from tasks.pipeline.results import failed_page
 from tasks.queue.poison_guard import GuardedTask
 from tasks.queue.telemetry import document_finished
-from tasks.state.boundary import transient
+from tasks.state.boundary import transient_calls
 from tasks.state.join import DocumentJoin, OpenDocumentCache
 from tasks.state.stores import BlobStore, JobControl, OutputStore, ResultCache, connect
 from worker_config import Settings, queue_for_engine
@@ -103,7 +103,7 @@ def _previous(app: Celery, request: JobRequest) -> dict[str, Any] | None:
 @shared_task(name="ocr.document", bind=True, base=GuardedTask, throws=(OcrError,),
              autoretry_for=(TransientError,), retry_backoff=2, retry_backoff_max=60,
              retry_jitter=True, max_retries=5)
-@transient("Redis or the broker")
+@transient_calls("Redis or the broker")
 def document(self: Task, **kwargs: Any) -> dict[str, Any]:
     """OCR one image or PDF; see docs/tasks.md for kwargs and the result schema."""
     settings: Settings = self.app.ocr_settings
@@ -167,7 +167,7 @@ def fan_out(task: Task, work: FanOut, kwargs: dict[str, Any], settings: Settings
 @shared_task(name="ocr.pdf_page", bind=True, base=GuardedTask,
              autoretry_for=(TransientError,), retry_backoff=2, retry_jitter=True,
              max_retries=5)
-@transient("Redis or the broker")
+@transient_calls("Redis or the broker")
 def pdf_page(self: Task, doc_id: str, number: int) -> dict[str, Any]:
     """OCR one page of a fanned-out PDF and merge the document if it was the last."""
     settings: Settings = self.app.ocr_settings

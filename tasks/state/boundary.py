@@ -14,6 +14,7 @@ Runs in every process that talks to Redis or the broker.
 from __future__ import annotations
 
 import functools
+import inspect
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any, TypeVar
@@ -55,12 +56,17 @@ F = TypeVar("F", bound=Callable[..., Any])
 
 
 def transient_calls(what: str) -> Callable[[F], F]:
-    """Decorator form of `transient` for the methods of a store."""
+    """Decorator form of `transient`, for store methods and task functions.
+
+    The wrapper keeps `fn`'s signature (`__signature__`), so that Celery's argument
+    check of a task sees the real parameters.
+    """
     def wrap(fn: F) -> F:
         @functools.wraps(fn)
         def call(*args: Any, **kwargs: Any) -> Any:
             with transient(what):
                 return fn(*args, **kwargs)
+        call.__signature__ = inspect.signature(fn)  # type: ignore[attr-defined]
         return call  # type: ignore[return-value]
     return wrap
 
