@@ -73,6 +73,10 @@ class DocumentJoin:
         return held is not None and (held.decode() if isinstance(held, bytes) else held) \
             == token
 
+    def release(self, doc_id: str) -> None:
+        """Give the claim back (a merge that met a transient error): its retry merges."""
+        self._redis.delete(self._key(doc_id, "merged"))
+
     def pages(self, doc_id: str) -> list[dict[str, Any]]:
         raw = self._redis.hgetall(self._key(doc_id, "pages"))
         return [json.loads(value) for value in raw.values()]
