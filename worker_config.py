@@ -36,10 +36,21 @@ CONTROL_QUEUE = "ocr-control"
 WORKER_ROLES = ("ocr", "control")
 # A tesseract language set: codes joined by `+` (eng, vie, chi_sim, ell+eng).
 LANG_PATTERN = re.compile(r"^[A-Za-z][A-Za-z0-9_]{0,31}(\+[A-Za-z][A-Za-z0-9_]{0,31}){0,7}$")
+# On RabbitMQ a higher number is served first (queues declared with x-max-priority):
+# the same names, mirrored (`priority_value` picks the table of the broker).
+AMQP_MAX_PRIORITY = 9
+AMQP_PRIORITIES = {name: AMQP_MAX_PRIORITY - value for name, value in PRIORITIES.items()}
+# kombu's retry of a message publish while the broker is unreachable: about 30 s of
+# backoff (0.1 s, 0.6 s, ... up to 3 s), then the task retries (tasks/state/boundary.py).
+PUBLISH_RETRY_POLICY = {"max_retries": 14, "interval_start": 0.1, "interval_step": 0.5,
+                        "interval_max": 3.0}
 DEFAULT_PROMPT = (
     "Transcribe all text in this image exactly as written, in reading order. "
     "Use Markdown for headings, lists and tables. Output only the transcription."
 )
+
+
+_BROKER_SCHEMES = ("redis", "rediss", "amqp", "amqps", "pyamqp")
 
 
 class SettingsError(ValueError):
@@ -69,7 +80,19 @@ class Settings:
     """The service's settings. Build with `Settings.from_env()`; pass the object on."""
 
     redis_url: str = _s("REDIS_URL", "redis://127.0.0.1:6379/0",
-                        "Redis used as Celery broker, result backend and blob store.")
+                        "Redis used as result backend and blob store, and as Celery "
+                        "broker unless BROKER_URL is set.")
+    broker_url: str = _s("BROKER_URL", "",
+                         "Celery broker; empty: REDIS_URL. `amqp://user:password@host:5672/"
+                         "vhost` makes RabbitMQ the broker (README, Brokers); Redis stays "
+                         "result backend and blob store.")
+    visibility_timeout: int = _s("OCR_VISIBILITY_TIMEOUT", "900",
+                                 "Cluster-wide seconds a job may stay delivered but "
+                                 "unacknowledged: on Redis, after that the job is given to "
+                                 "another worker (a dead worker's jobs wait this long); on "
+                                 "RabbitMQ, the consumer timeout. Must be larger than every "
+                                 "worker's OCR_HARD_TIME_LIMIT and OCR_PAGE_HARD_TIME_LIMIT; "
+                                 "the same value on every host.")
     engine: str = _s("OCR_ENGINE", "auto",
                      "Engine of this worker: auto (mlx-vlm when OCR_MODEL is present in "
                      "OCR_MODEL_DIR, else tesseract), tesseract or mlx-vlm.")
@@ -303,7 +326,7 @@ class Settings:
         for name in ("result_ttl", "blob_ttl", "max_image_pixels",
                      "max_pages", "soft_time_limit", "tesseract_threads", "tesseract_handles",
                      "pdf_dpi", "page_soft_time_limit", "max_deliveries", "max_render_pixels",
-                     "dead_letter_max", "dead_letter_ttl"):
+                     "dead_letter_max", "dead_letter_ttl", "visibility_timeout"):
             if getattr(self, name) <= 0:
                 raise SettingsError(f"{_env_name(name)} must be positive")
         if not LANG_PATTERN.match(self.tesseract_lang):
@@ -326,6 +349,8 @@ class Settings:
             raise SettingsError("OCR_MAX_DECODED_MB must be positive")
         if self.max_input_mb <= 0 or self.max_output_mb <= 0:
             raise SettingsError("OCR_MAX_INPUT_MB and OCR_MAX_OUTPUT_MB must be positive")
+        if self.broker_url and self.broker_url.split("://", 1)[0] not in _BROKER_SCHEMES:
+            raise SettingsError("BROKER_URL must be a redis://, rediss:// or amqp:// URL")
         if self.model_heartbeat_seconds <= 0:
             raise SettingsError("OCR_MODEL_HEARTBEAT_SECONDS must be positive")
         for name in ("prune_unused_days", "prune_grace_minutes", "idle_unload_seconds",
@@ -344,6 +369,35 @@ class Settings:
             zoneinfo.ZoneInfo(self.schedule_timezone)
         except (zoneinfo.ZoneInfoNotFoundError, ValueError):
             raise SettingsError(f"OCR_TIMEZONE={self.timezone!r}: unknown time zone") from None
+
+    def check_worker(self) -> None:
+        """Checks of a worker's own settings against cluster-wide ones (worker start).
+
+        A hard limit at or past the visibility timeout would let the broker hand a
+        running job to a second worker (Redis) or close the channel under it (RabbitMQ).
+        """
+        limit = max(self.hard_time_limit, self.page_hard_time_limit)
+        if limit >= self.visibility_timeout:
+            raise SettingsError(
+                f"OCR_HARD_TIME_LIMIT={self.hard_time_limit} / OCR_PAGE_HARD_TIME_LIMIT="
+                f"{self.page_hard_time_limit}: the longest hard limit ({limit} s) must be "
+                f"shorter than the cluster-wide OCR_VISIBILITY_TIMEOUT="
+                f"{self.visibility_timeout} s, or the broker hands this worker's running "
+                f"jobs to another worker; lower the limit or raise OCR_VISIBILITY_TIMEOUT "
+                f"on every host")
+
+    @property
+    def broker(self) -> str:
+        """The Celery broker URL: BROKER_URL, or REDIS_URL when unset."""
+        return self.broker_url or self.redis_url
+
+    @property
+    def broker_is_amqp(self) -> bool:
+        return self.broker.split("://", 1)[0] in ("amqp", "amqps", "pyamqp")
+
+    def priority_value(self, name: str) -> int:
+        """The message priority of a named priority on this broker."""
+        return (AMQP_PRIORITIES if self.broker_is_amqp else PRIORITIES)[name]
 
     @property
     def max_input_bytes(self) -> int:
@@ -536,8 +590,8 @@ def _parse(name: str, raw: str) -> Any:
 def celery_config(settings: Settings) -> dict[str, Any]:
     """Celery settings derived from `settings` (see Celery's configuration reference)."""
     return {
-        "broker_url": settings.redis_url,
-        **_broker_transport(settings.redis_url),
+        "broker_url": settings.broker,
+        **_broker_transport(settings.broker),
         "result_backend": settings.redis_url,
         # JSON only: no pickle anywhere, for messages and results alike.
         "task_serializer": "json",
@@ -554,24 +608,12 @@ def celery_config(settings: Settings) -> dict[str, Any]:
         "task_acks_late": True,
         "task_reject_on_worker_lost": True,
         "worker_prefetch_multiplier": 1,
-        "task_default_priority": PRIORITIES["normal"],
-        "broker_transport_options": {
-            # tasks/queue/transport.py: refused messages go to the dead-letter list.
-            "ocr_max_message_bytes": settings.max_message_bytes,
-            "ocr_accept_content": ("application/json",),
-            "ocr_dead_letter_max": settings.dead_letter_max,
-            "ocr_dead_letter_ttl": settings.dead_letter_ttl,
-            # kombu's own defaults, spelled out: any stock Celery/kombu client then
-            # pushes to the lists the workers read (a custom `sep` would strand its
-            # messages).
-            "priority_steps": PRIORITY_STEPS,
-            "queue_order_strategy": "priority",
-            # Longer than the longest task, or a running job is delivered twice.
-            "visibility_timeout": max(settings.hard_time_limit,
-                                      settings.page_hard_time_limit) * 2 + 60,
-        },
-        # Reconnect forever to the broker, and retry result writes through a Redis
-        # restart instead of losing them.
+        "task_default_priority": settings.priority_value("normal"),
+        **_broker_options(settings),
+        # Reconnect forever to the broker, retry publishes and result writes through a
+        # broker or Redis restart instead of losing them.
+        "task_publish_retry": True,
+        "task_publish_retry_policy": PUBLISH_RETRY_POLICY,
         "broker_connection_retry_on_startup": True,
         "broker_connection_max_retries": None,
         "result_backend_always_retry": True,
@@ -610,6 +652,36 @@ def _broker_transport(broker_url: str) -> dict[str, Any]:
     if broker_url.startswith(("redis://", "rediss://")):
         return {"broker_transport": "tasks.queue.transport:Transport"}
     return {}
+
+
+def _broker_options(settings: Settings) -> dict[str, Any]:
+    if settings.broker_is_amqp:
+        return {
+            # Every queue Celery declares (engine queues, OCR_QUEUES) gets priorities.
+            "task_queue_max_priority": AMQP_MAX_PRIORITY,
+            # Publisher confirms: a job is sent once RabbitMQ has taken it.
+            "broker_transport_options": {"confirm_publish": True},
+        }
+    return {"broker_transport_options": {
+        # tasks/queue/transport.py: refused messages go to the dead-letter list.
+        "ocr_max_message_bytes": settings.max_message_bytes,
+        "ocr_accept_content": ("application/json",),
+        "ocr_dead_letter_max": settings.dead_letter_max,
+        "ocr_dead_letter_ttl": settings.dead_letter_ttl,
+        # kombu's own defaults, spelled out: any stock Celery/kombu client then
+        # pushes to the lists the workers read (a custom `sep` would strand its
+        # messages).
+        "priority_steps": PRIORITY_STEPS,
+        "queue_order_strategy": "priority",
+        # One value for the cluster, larger than every worker's hard limits
+        # (Settings.check_worker): a running job is never delivered twice.
+        "visibility_timeout": settings.visibility_timeout,
+        # Every worker looks for jobs past the visibility timeout every 5 s (kombu's
+        # default is 10 s x a throttle of 10: a dead worker's jobs waited up to 100 s
+        # more than the timeout).
+        "unacked_restore_interval": 5,
+        "unacked_restore_throttle": 1,
+    }}
 
 
 def _beat_schedule(settings: Settings) -> dict[str, Any]:

@@ -102,7 +102,8 @@ class OcrClient:
         if priority not in PRIORITIES:
             raise BadRequest(f"priority must be one of {', '.join(PRIORITIES)}")
         job_id = job_id or uuid()
-        send: dict[str, Any] = {"task_id": job_id, "priority": PRIORITIES[priority]}
+        send: dict[str, Any] = {"task_id": job_id,
+                                "priority": self.settings.priority_value(priority)}
         if deadline is not None:
             kwargs["deadline"] = at = time.time() + deadline
             send["expires"] = datetime.fromtimestamp(at, tz=UTC)

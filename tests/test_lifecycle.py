@@ -82,7 +82,8 @@ def make_life(redis_url: str, errors: list[BaseException] | None = None) -> Life
     settings = Settings.from_env({
         "REDIS_URL": redis_url, "OCR_ENGINE": "fake", "OCR_ENGINE_PLUGINS": FAKE_PLUGINS,
         "OCR_PDF_DPI": "72", "OCR_DESKEW": "0", "OCR_AUTO_ROTATE": "0",
-        "OCR_SKIP_BLANK_PAGES": "0"})  # the fake pages are plain (blank) on purpose
+        "OCR_SKIP_BLANK_PAGES": "0",  # the fake pages are plain (blank) on purpose
+        "OCR_CALLBACK_ALLOWED_HOSTS": "127.0.0.1"})
     client = connect(redis_url)
     client.flushdb()  # each test starts from an empty store (the cache included)
     control = JobControl(client, 600)

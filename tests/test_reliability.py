@@ -13,13 +13,12 @@ import subprocess
 import sys
 import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import psutil
 import pytest
-import redis
 from PIL import Image
 
 from tasks.client import OcrClient
@@ -109,30 +108,6 @@ def test_warm_shutdown_requeues_unstarted_jobs(start_worker: Callable[..., Worke
     start_worker(**env)
     results = client.wait(jobs, timeout=60)
     assert [results[j]["status"] for j in jobs] == ["SUCCESS"] * 4
-
-
-@pytest.fixture
-def aof_redis(tmp_path: Path) -> Iterator[RedisServer]:
-    """A Redis of this test's own that keeps an append-only file, like the project's."""
-    server = RedisServer(tmp_path)
-    server.start = _aof_start.__get__(server)  # type: ignore[method-assign]
-    server.start()
-    yield server
-    server.stop()
-
-
-def _aof_start(self: RedisServer) -> None:
-    self.proc = subprocess.Popen(
-        ["redis-server", "--port", str(self.port), "--bind", "127.0.0.1", "--dir",
-         str(self.workdir), "--appendonly", "yes", "--appendfsync", "always", "--save", ""],
-        stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT)
-    for _ in range(200):
-        try:
-            redis.Redis(port=self.port).ping()
-            return
-        except redis.ConnectionError:
-            time.sleep(0.05)
-    raise RuntimeError("redis-server did not start")
 
 
 def test_redis_restart_loses_no_job(aof_redis: RedisServer,

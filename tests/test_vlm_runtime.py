@@ -141,7 +141,7 @@ def test_incomplete_read_falls_back_on_the_full_resolution_page() -> None:
     settings = Settings.from_env({"OCR_DESKEW": "0", "OCR_SKIP_BLANK_PAGES": "0"})
     vlm, tess = _pair("length")
     small, full = Image.new("L", (40, 60), 255), Image.new("L", (400, 600), 255)
-    page = ocr_page(1, small, vlm, RecognizeOptions(want_words=True), settings,
+    page = ocr_page(1, small, vlm, RecognizeOptions(output="json", want_words=True), settings,
                     rerender=lambda: full)
     assert page["text"] == "tess text" and page["rotation"] == 180
     assert page["vlm"]["finish_reason"] == "length" and page["vlm"]["tries"] == 2

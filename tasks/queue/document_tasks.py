@@ -50,6 +50,7 @@ from tasks.pipeline.inputs import JobRequest
 from tasks.pipeline.results import failed_page
 from tasks.queue.endings import JobServices, end_from_message, report_progress
 from tasks.queue.poison_guard import GuardedTask
+from tasks.state.boundary import transient
 from worker_config import Settings, queue_for_engine
 
 log = logging.getLogger(__name__)
@@ -117,12 +118,14 @@ def document(self: Task, *args: Any, **kwargs: Any) -> dict[str, Any]:
         raise Ignore()
     services = JobServices.for_app(self.app)
     try:
-        # A job may only name its own client's input and jobs (HTTP API isolation).
-        services.stores.control.check_references(job_id, kwargs.get("blob"),
-                                                 kwargs.get("merge_from"))
+        with transient("Redis"):
+            # A job may only name its own client's input and jobs (HTTP API isolation).
+            services.stores.control.check_references(job_id, kwargs.get("blob"),
+                                                     kwargs.get("merge_from"))
     except OcrError as exc:
+        _retry_if_transient(self, exc)
         # Ended without its request: the input it named is someone else's, not freed.
-        services.ender.end(Outcome.failed(job_id, exc, None))
+        _end(self, services, Outcome.failed(job_id, exc, None))
         raise Ignore() from None
     try:
         request = JobRequest.from_kwargs(kwargs, settings)
@@ -131,12 +134,14 @@ def document(self: Task, *args: Any, **kwargs: Any) -> dict[str, Any]:
         raise Ignore() from None
     engine = request.engine or settings.resolve_engine()
     try:
-        work = process_job(job_id, request, settings, resident.current(settings),
-                           services.stores, _previous(self.app, request),
-                           progress=functools.partial(report_progress, self.app, job_id))
+        with transient("Redis or the broker"):
+            work = process_job(job_id, request, settings, resident.current(settings),
+                               services.stores, _previous(self.app, request),
+                               progress=functools.partial(report_progress, self.app, job_id))
+            if isinstance(work, FanOut):
+                fan_out(self, work, services)
     except OcrError as exc:
-        if exc.retryable:
-            retry_later(self, exc)  # the input stays for the retry
+        _retry_if_transient(self, exc)  # the input stays for the retry
         outcome = Outcome.failed(job_id, exc, request, engine=engine)
     except SoftTimeLimitExceeded:
         late: OcrError = (DeadlineExceeded("the job's deadline passed while it ran")
@@ -147,11 +152,27 @@ def document(self: Task, *args: Any, **kwargs: Any) -> dict[str, Any]:
     except Exception as exc:  # noqa: BLE001 - any other failure ends the job, logged
         outcome = Outcome.failed(job_id, unexpected(job_id, exc), request, engine=engine)
     else:
-        if isinstance(work, FanOut):
-            fan_out(self, work, services)
-        outcome = work
-    services.ender.end(outcome)
+        outcome = work  # a FanOut raised Ignore in fan_out
+    _end(self, services, outcome)
     return celery_summary(outcome)
+
+
+def _retry_if_transient(task: Task, exc: OcrError) -> None:
+    """Retry `task` for a retryable error (until its retries are used up)."""
+    if exc.retryable:
+        retry_later(task, exc)
+
+
+def _end(task: Task, services: JobServices, outcome: Outcome) -> None:
+    """End the job; a store unreachable at that moment retries the task instead."""
+    try:
+        with transient("Redis or the broker"):
+            services.ender.end(outcome)
+    except OcrError as exc:
+        if not exc.retryable:
+            raise
+        retry_later(task, exc)
+        raise
 
 
 def celery_summary(outcome: Outcome) -> dict[str, Any]:
@@ -192,14 +213,21 @@ def pdf_page(self: Task, doc_id: str, number: int) -> dict[str, Any]:
     """OCR one page of a fanned-out PDF and end the document if it was the last."""
     settings: Settings = self.app.ocr_settings
     services = JobServices.for_app(self.app)
-    meta = services.join.find(doc_id)
+    try:
+        with transient("Redis"):
+            meta = services.join.find(doc_id)
+            cancelled = meta is not None and services.stores.control.is_cancelled(doc_id)
+    except OcrError as exc:
+        retry_later(self, exc)
+        raise
     if meta is None:
         return {"document": doc_id, "number": number, "skipped": "document finished"}
-    if services.stores.control.is_cancelled(doc_id):
+    if cancelled:
         return {"document": doc_id, "number": number, "skipped": "document cancelled"}
     try:
-        page = run_pdf_page(meta, number, resident.current(settings), _open_docs,
-                            settings, services.stores)
+        with transient("Redis"):
+            page = run_pdf_page(meta, number, resident.current(settings), _open_docs,
+                                settings, services.stores)
     except OcrError as exc:  # retryable: the others are failed pages already
         retry_later(self, exc)
         page = failed_page(number, exc)
@@ -207,7 +235,8 @@ def pdf_page(self: Task, doc_id: str, number: int) -> dict[str, Any]:
         page = failed_page(number, Timeout(f"page {number} ran past its soft time limit "
                                            f"of {settings.page_soft_time_limit} s"))
     try:
-        _record(self.app, meta, page, services)
+        with transient("Redis or the broker"):
+            _record(self.app, meta, page, services)
     except OcrError as exc:  # retryable: the page's record or the merge met an outage
         retry_later(self, exc)
         services.ender.end(Outcome.failed(doc_id, exc, meta.request, engine=meta.engine,
@@ -239,11 +268,16 @@ def pdf_page_lost(request: Any, exc: BaseException, traceback: Any, doc_id: str,
 def pdf_page_failed(self: Task, doc_id: str, number: int, error: dict[str, Any]) -> None:
     """Record a lost page as failed, so the document still ends (PARTIAL)."""
     services = JobServices.for_app(self.app)
-    meta = services.join.find(doc_id)
-    if meta is None:
-        return
-    page = {"number": number, "text": "", "source": "ocr", "error": error}
-    _record(self.app, meta, page, services)
+    try:
+        with transient("Redis or the broker"):
+            meta = services.join.find(doc_id)
+            if meta is None:
+                return
+            page = {"number": number, "text": "", "source": "ocr", "error": error}
+            _record(self.app, meta, page, services)
+    except OcrError as exc:
+        retry_later(self, exc)
+        raise
 
 
 @shared_task(name="ocr.cancel", bind=True, throws=(OcrError,))

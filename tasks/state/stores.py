@@ -14,7 +14,8 @@ from typing import Any
 
 import redis
 
-from tasks.errors import BadRequest, InputNotFound, TransientError
+from tasks.errors import BadRequest, InputNotFound
+from tasks.state.boundary import redis_retry, transient_methods
 from tasks.state.keys import BLOB_PREFIX, JOB_PREFIX, OUTPUT_PREFIX
 
 _BLOB_KEY = re.compile("^" + re.escape(BLOB_PREFIX) + r"[A-Za-z0-9_.-]{8,128}$")
@@ -25,11 +26,16 @@ _OWNED_BLOB = re.compile("^" + re.escape(BLOB_PREFIX) + r"api\.(?P<client>[A-Za-
 
 
 def connect(redis_url: str) -> redis.Redis:
-    """A client that reconnects on its own and fails fast while Redis is down."""
+    """A client that reconnects on its own and retries through a Redis restart.
+
+    A command retries with backoff for about half a minute (`boundary.redis_retry`);
+    the stores then raise `TransientError`.
+    """
     return redis.Redis.from_url(redis_url, socket_connect_timeout=5, socket_timeout=30,
-                                health_check_interval=30, retry_on_timeout=True)
+                                health_check_interval=30, retry=redis_retry())
 
 
+@transient_methods("the blob store (Redis)")
 class BlobStore:
     """Inputs too large for a message, stored by the client under `ocr:blob:<id>`."""
 
@@ -45,10 +51,7 @@ class BlobStore:
     def get(self, key: str) -> bytes:
         if not isinstance(key, str) or not _BLOB_KEY.match(key):
             raise BadRequest("`blob` must be a key of the form ocr:blob:<id>")
-        try:
-            data = self._redis.get(key)
-        except redis.ConnectionError as exc:
-            raise TransientError("the blob store is unreachable") from exc
+        data = self._redis.get(key)
         if data is None:
             raise InputNotFound(f"no input stored under {key} (expired or never uploaded)")
         return _bytes(data)
@@ -59,6 +62,7 @@ class BlobStore:
             self._redis.delete(key)
 
 
+@transient_methods("the result cache (Redis)")
 class ResultCache:
     """Finished results by `cache_key`, kept as long as results are.
 
@@ -83,6 +87,7 @@ class ResultCache:
         self._redis.set(key, json.dumps(entry), ex=self._ttl)
 
 
+@transient_methods("the output store (Redis)")
 class OutputStore:
     """Files produced for the client (searchable PDFs), kept as long as results are."""
 
@@ -102,6 +107,7 @@ class OutputStore:
         return None if data is None else _bytes(data)
 
 
+@transient_methods("job control (Redis)")
 class JobControl:
     """Per-job facts clients and workers share: input blob, deadline, cancellation.
 
