@@ -40,10 +40,14 @@ class PdfPlan:
     doc: Any
     page_count: int
     selected: int
-    encrypted: bool = False
+    decrypted: bytes | None = None  # the unencrypted copy `doc` reads, for an encrypted PDF
     text_pages: dict[int, tuple[str, str]] = field(default_factory=dict)
     ocr_pages: list[int] = field(default_factory=list)
     blank_pages: list[int] = field(default_factory=list)
+
+    @property
+    def encrypted(self) -> bool:
+        return self.decrypted is not None
 
 
 def open_pdf(data: bytes, password: str | None, settings: Settings) -> Any:
@@ -123,8 +127,15 @@ def plan_pdf(data: bytes, pages: str | None, password: str | None, mode: str,
     `blank_pages` instead, when OCR_SKIP_BLANK_PAGES is on.
     """
     doc = open_pdf(data, password, settings)
+    decrypted = None
+    if doc.needs_pass:
+        # Read an unencrypted copy: MuPDF 1.28 misreads some encrypted content streams
+        # once a page was inspected (empty pages, zlib errors).
+        doc.close()
+        decrypted = decrypted_bytes(data, password, settings)
+        doc = open_pdf(decrypted, None, settings)
     numbers = select_pages(pages, doc.page_count, settings.max_pages)
-    plan = PdfPlan(doc, doc.page_count, len(numbers), encrypted=bool(doc.needs_pass))
+    plan = PdfPlan(doc, doc.page_count, len(numbers), decrypted=decrypted)
     for number in numbers:
         page = doc[number - 1]
         if mode == "ocr":
