@@ -30,7 +30,7 @@ OUTPUT_CHOICES = ("text", "markdown", "json", "pdf", "hocr", "alto")
 # Outputs drawn from word boxes: refused (`output_unsupported`) by engines without words.
 WORD_BOX_OUTPUTS = ("pdf", "hocr", "alto")
 DEFAULT_QUEUE = "ocr"
-# Light tasks (ocr.cancel, HTTP callbacks): every worker consumes this queue, and the
+# Light tasks (ocr.cancel, HTTP callbacks without a job queue): every worker consumes it, and the
 # Procfile's `control` worker serves only it, so a cancel never waits for a busy pool.
 CONTROL_QUEUE = "ocr-control"
 WORKER_ROLES = ("ocr", "control")

@@ -39,7 +39,7 @@ from tasks.errors import (
     PathNotAllowed,
 )
 from tasks.lifecycle.callbacks import sign, verify
-from tasks.pipeline import png_strips
+from tasks.pipeline import _png_strips as png_strips
 from tasks.pipeline.callback_urls import callback_target, checked_addresses, is_public
 from tasks.pipeline.images import decode_page, iter_image_pages, normalize, reduce_factor
 from tasks.pipeline.inputs import check_callback_url, read_path

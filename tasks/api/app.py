@@ -18,9 +18,9 @@ from fastapi_offline import FastAPIOffline
 from kombu.exceptions import OperationalError
 from starlette.exceptions import HTTPException
 
-from tasks.api.errors import JobUnsuccessful, http_status
-from tasks.api.routes import router
-from tasks.api.service import JobService
+from tasks.api._errors import JobUnsuccessful, http_status
+from tasks.api._routes import router
+from tasks.api._service import JobService
 from tasks.client import OcrClient
 from tasks.errors import OcrError
 from tasks.queue.app import OcrCelery

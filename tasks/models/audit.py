@@ -5,7 +5,7 @@ runs `run_audit()` in a worker pool child with the Redis side (tasks/models/regi
 passed in as an `AuditState`.
 
 The directory may hold plain model folders (and links to them), Hugging Face hub
-cache repos (`models--org--name/`, read through tasks/models/hub_cache.py), or both.
+cache repos (`models--org--name/`, read through tasks/models/_hub_cache.py), or both.
 A hub repo is listed by repo id; it is removed whole only when retired
 (OCR_RETIRED_MODELS) or unused; otherwise only its stale `blobs/*.incomplete` files and
 its revisions no ref points to are removed.
@@ -43,8 +43,8 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from tasks.errors import ModelDirMissing, OcrError, PathNotAllowed, PruneFailed, PruneLocked
-from tasks.models import hub_cache
-from tasks.models.hub_cache import HubRepo
+from tasks.models import _hub_cache as hub_cache
+from tasks.models._hub_cache import HubRepo
 from tasks.models.locate import locate, split_model
 
 PARTIAL_SUFFIXES = (".incomplete", ".part", ".partial")

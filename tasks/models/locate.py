@@ -51,7 +51,7 @@ def locate(model_dir: Path, model: str) -> Path | None:
     if "/" not in name:
         path = (model_dir / model).resolve()
         return path if path.exists() else None
-    from tasks.models import hub_cache  # huggingface_hub only where a repo id is used
+    from tasks.models import _hub_cache as hub_cache  # huggingface_hub only where a repo id is used
 
     return hub_cache.resolve(model_dir.resolve(), name, revision)
 
@@ -61,7 +61,7 @@ def searched(model_dir: Path, model: str) -> str:
     name, revision = split_model(model)
     if "/" not in name:
         return str(model_dir / model)
-    from tasks.models import hub_cache
+    from tasks.models import _hub_cache as hub_cache
 
     where = model_dir / hub_cache.folder_for(name)
     return f"{where} ({'refs/main' if revision is None else revision})"

@@ -19,11 +19,11 @@ from typing import TYPE_CHECKING, Any
 from tasks.engines import PageResult, RecognizeOptions
 from tasks.engines.vlm_runtime import align_words
 from tasks.errors import DeadlineExceeded, EngineUnavailable, OcrError, VlmIncomplete
+from tasks.pipeline._preprocess import Correction, estimate_skew
 from tasks.pipeline.blank import is_blank
 from tasks.pipeline.images import iter_image_pages, sniff_format
 from tasks.pipeline.layouts import LAYOUT_OUTPUTS, words_hocr
 from tasks.pipeline.pdf import PdfPlan, plan_pdf, render_page
-from tasks.pipeline.preprocess import Correction, estimate_skew
 from tasks.pipeline.results import assemble, failed_page
 
 if TYPE_CHECKING:

@@ -15,7 +15,7 @@ import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 from tasks.errors import CorruptInput, EmptyInput, ImageTooLarge, UnsupportedFormat
-from tasks.pipeline import png_strips
+from tasks.pipeline import _png_strips as png_strips
 from tasks.pipeline.pages import select_pages
 
 if TYPE_CHECKING:

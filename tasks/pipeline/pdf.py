@@ -15,8 +15,8 @@ import pymupdf
 from PIL import Image
 
 from tasks.errors import CorruptInput, NoPages, PdfEncrypted, TooManyPages
+from tasks.pipeline._geometry import to_input
 from tasks.pipeline.blank import CHECK_LONGEST_SIDE, ink_report
-from tasks.pipeline.geometry import to_input
 from tasks.pipeline.pages import select_pages
 from tasks.pipeline.textfix import is_cjk
 

@@ -50,7 +50,7 @@ def create_app(settings: Settings) -> OcrCelery:
     from tasks.queue.transport import connect_refusals
 
     connect_refusals(app)
-    from tasks.queue.log_privacy import hide_task_results
+    from tasks.queue._log_privacy import hide_task_results
 
     hide_task_results()
     return app

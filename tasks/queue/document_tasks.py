@@ -153,6 +153,7 @@ def document(self: Task, *args: Any, **kwargs: Any) -> dict[str, Any]:
         outcome = Outcome.failed(job_id, unexpected(job_id, exc), request, engine=engine)
     else:
         outcome = work  # a FanOut raised Ignore in fan_out
+    outcome.reply_queue = (self.request.delivery_info or {}).get("routing_key")
     _end(self, services, outcome)
     return celery_summary(outcome)
 

@@ -100,7 +100,9 @@ class CeleryPorts:
 
     def send_http_callback(self, url: str, body: dict, queue: str | None) -> None:
         try:
-            self._app.send_task("ocr.http_callback", args=[url, body], queue=CONTROL_QUEUE)
+            # On the job's own queue: workers with the settings that accepted its URL.
+            self._app.send_task("ocr.http_callback", args=[url, body],
+                                queue=queue or CONTROL_QUEUE)
         except KombuError as exc:
             log.error("HTTP callback of job %s not queued: %s", body.get("id"),
                       type(exc).__name__)

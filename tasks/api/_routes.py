@@ -19,7 +19,7 @@ from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from pydantic import ValidationError
 from starlette.concurrency import run_in_threadpool
 
-from tasks.api.schemas import (
+from tasks.api._schemas import (
     FINAL_STATUSES,
     ErrorBody,
     Health,
@@ -29,9 +29,9 @@ from tasks.api.schemas import (
     Readiness,
     RetryOptions,
 )
-from tasks.api.service import MEDIA_TYPES, JobService, links
+from tasks.api._service import MEDIA_TYPES, JobService, links
+from tasks.api._uploads import receive_multipart
 from tasks.api.tokens import ApiClient
-from tasks.api.uploads import receive_multipart
 from tasks.errors import BadRequest, EmptyInput
 from worker_config import DEFAULT_QUEUE
 

@@ -25,7 +25,7 @@ from typing import Any
 
 import redis
 
-from tasks.api.errors import (
+from tasks.api._errors import (
     FormatUnavailable,
     JobUnsuccessful,
     NotFinished,
@@ -34,7 +34,7 @@ from tasks.api.errors import (
     TooManyJobs,
     Unauthorized,
 )
-from tasks.api.schemas import (
+from tasks.api._schemas import (
     FINAL_STATUSES,
     JobOptions,
     JobStatus,

@@ -17,7 +17,7 @@ from python_multipart.multipart import MultipartParser, parse_options_header
 from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
 
-from tasks.api.service import JobService
+from tasks.api._service import JobService
 from tasks.errors import BadRequest
 
 FILE_FIELD = "file"
