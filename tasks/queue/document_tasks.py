@@ -149,6 +149,8 @@ def document(self: Task, *args: Any, **kwargs: Any) -> dict[str, Any]:
                           Timeout(f"the job ran past its soft time limit of "
                                   f"{settings.soft_time_limit} s"))
         outcome = Outcome.failed(job_id, late, request, engine=engine)
+    except Ignore:
+        raise  # fanned out: the job ends when its last page is in
     except Exception as exc:  # noqa: BLE001 - any other failure ends the job, logged
         outcome = Outcome.failed(job_id, unexpected(job_id, exc), request, engine=engine)
     else:
