@@ -48,6 +48,10 @@ def procfile_command(name: str) -> str:
     raise KeyError(name)
 
 
+# Each test module gets a database of its own (more modules than Redis's default 16).
+DATABASES = 128
+
+
 class RedisServer:
     """A redis-server of the tests' own, on a free loopback port."""
 
@@ -64,6 +68,7 @@ class RedisServer:
         self.proc = subprocess.Popen(
             [shutil.which("redis-server") or "redis-server", "--port", str(self.port),
              "--bind", "127.0.0.1", "--dir", str(self.workdir), "--save", "",
+             "--databases", str(DATABASES),
              *(["--appendonly", "yes", "--appendfsync", "always"] if self.appendonly
                else ["--appendonly", "no"])],
             stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT)
@@ -258,7 +263,7 @@ def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServ
     server.stop()
 
 
-_next_db = iter(range(1, 16))
+_next_db = iter(range(1, DATABASES))
 
 
 @pytest.fixture(scope="module")
