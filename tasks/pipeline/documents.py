@@ -25,7 +25,7 @@ from tasks.pipeline.results import assemble, failed_page
 if TYPE_CHECKING:
     from PIL import Image
 
-    from tasks.engines import OcrEngine
+    from tasks.engines import OcrEngine, PageResult
     from tasks.pipeline.inputs import JobRequest
     from worker_config import Settings
 
@@ -42,16 +42,25 @@ def ocr_page(number: int, image: Image.Image, engine: OcrEngine, options: Recogn
              settings: Settings) -> dict[str, Any]:
     """Put the page upright, deskew it and recognise it; raises OcrError.
 
-    A blank page (`tasks.pipeline.blank`) is reported as such, without OCR.
+    A blank page (`tasks.pipeline.blank`) is reported as such, without OCR. The page is
+    converted once to the engine's `page_mode`. Engines that `reads_orientation`
+    recognise first: the orientation pass runs only when the reading was not upright,
+    and the page is read again only when it had to be turned.
     """
     started = time.perf_counter()
     if settings.skip_blank_pages and is_blank(image):
         return blank_page(number, seconds=time.perf_counter() - started)
-    rotation = engine.detect_orientation(image) if settings.auto_rotate else 0
-    upright = Correction(rotation=rotation).apply(image)
-    skew = estimate_skew(upright) if settings.deskew else 0.0
-    final = Correction(skew=skew).apply(upright)
-    result = engine.recognize(final, replace(options, page_number=number))
+    options = replace(options, page_number=number)
+    mode = engine.page_mode or image.mode
+    page_image = image if image.mode == mode else image.convert(mode)
+    rotation = 0
+    if settings.auto_rotate and not engine.reads_orientation:
+        rotation = engine.detect_orientation(page_image)
+    skew, final, result = _read(page_image, rotation, engine, options, settings)
+    if settings.auto_rotate and engine.reads_orientation and not result.upright:
+        rotation = engine.detect_orientation(page_image)
+        if rotation:
+            skew, final, result = _read(page_image, rotation, engine, options, settings)
     page: dict[str, Any] = {
         "number": number, "text": result.text.rstrip(), "source": "ocr",
         "confidence": result.confidence, "rotation": rotation, "skew": skew,
@@ -66,6 +75,15 @@ def ocr_page(number: int, image: Image.Image, engine: OcrEngine, options: Recogn
         page["hocr"] = result.hocr or words_hocr(number, result.words,
                                                  (final.width, final.height))
     return page
+
+
+def _read(image: Image.Image, rotation: int, engine: OcrEngine, options: RecognizeOptions,
+          settings: Settings) -> tuple[float, Image.Image, PageResult]:
+    """Turn the page by `rotation`, deskew it and recognise it: (skew, final image, result)."""
+    upright = Correction(rotation=rotation).apply(image)
+    skew = estimate_skew(upright) if settings.deskew else 0.0
+    final = Correction(skew=skew).apply(upright)
+    return skew, final, engine.recognize(final, options)
 
 
 def past_deadline(deadline: float | None) -> bool:
