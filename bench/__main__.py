@@ -22,7 +22,7 @@ from typing import Any
 
 from bench.common import RESULTS, Context, Report, machine_info, pin_threads
 
-BENCHMARKS = ("pipeline", "overhead", "peers", "digital", "memory", "blank")
+BENCHMARKS = ("pipeline", "overhead", "peers", "digital", "memory", "blank", "breakdown")
 log = logging.getLogger("bench")
 
 
