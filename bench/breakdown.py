@@ -117,7 +117,7 @@ def page_images(doc: Doc, direct: Direct) -> Iterator[tuple[int, Any, float]]:
         try:
             for number in range(1, pdf.page_count + 1):
                 started = time.process_time()
-                image = render_page(pdf, number, direct.settings)
+                image = render_page(pdf, number, direct.settings, direct.engine.page_mode)
                 yield number, image, time.process_time() - started
         finally:
             pdf.close()

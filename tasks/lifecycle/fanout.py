@@ -69,7 +69,7 @@ def run_pdf_page(meta: DocumentMeta, number: int, engines: ResidentEngines,
     try:
         engine = engines.get(meta.engine).engine
         doc = docs.get(request.blob or "", stores.blobs, settings)
-        image = render_page(doc, number, settings)
+        image = render_page(doc, number, settings, engine.page_mode)
         try:
             page = ocr_page(number, image, engine, recognize_options(request), settings)
         finally:

@@ -150,7 +150,7 @@ def run_document(data: bytes, request: JobRequest, engine: OcrEngine, settings: 
                 if past_deadline(request.deadline):
                     deliver(deadline_page(number), plan.selected)
                     continue
-                image = render_page(plan.doc, number, settings)
+                image = render_page(plan.doc, number, settings, engine.page_mode)
                 deliver(_guarded_page(number, image, engine, options, settings),
                         plan.selected)
         finally:
