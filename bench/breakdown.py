@@ -19,13 +19,13 @@ Goal (issue 15): clean-up <= 15 % of recognition time per page.
 from __future__ import annotations
 
 import collections
+import io
 import shutil
 import signal
 import subprocess
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from pathlib import Path
 from typing import Any
 from unittest import mock
 
@@ -37,6 +37,7 @@ from bench.common import (
     Report,
     Services,
     Table,
+    edits_and_length,
     load_doc,
     new_figure,
     run_jobs,
@@ -131,6 +132,19 @@ def page_images(doc: Doc, direct: Direct) -> Iterator[tuple[int, Any, float]]:
         yield item[0], item[3], time.process_time() - started
 
 
+def page_truth(doc: Doc, number: int) -> str | None:
+    """Ground truth of one page: the corpus separates pages with form feeds."""
+    if doc.truth is None:
+        return None
+    parts = doc.truth.split("\f")
+    return parts[number - 1] if len(parts) > 1 else doc.truth
+
+
+def cer(truth: str, text: str) -> float:
+    edits, length = edits_and_length(truth, text)
+    return edits / length
+
+
 def rotated_doc() -> Doc:
     """The phototest scan as a 4-page PDF, turned 0, 90, 180 and 270 degrees."""
     from PIL import Image
@@ -138,8 +152,7 @@ def rotated_doc() -> Doc:
     from tests.pdf_fixtures import image_pdf
 
     base = load_doc("scan_tess_phototest.tif")
-    scan = Image.open(Path(__file__).resolve().parent.parent.parent / "shared" / "corpus"
-                      / base.name).convert("L")
+    scan = Image.open(io.BytesIO(base.data)).convert("L")
     data = image_pdf([scan.rotate(a, expand=True) for a in (0, 90, 180, 270)])
     return Doc("phototest turned 0/90/180/270", data, base.truth)
 
@@ -166,7 +179,9 @@ def step_rows(docs: list[Doc]) -> list[dict[str, Any]]:
                 steps = dict(clock.seconds)
                 steps["other"] = max(0.0, total - sum(steps.values()))
                 cleanup = total - steps.get("read", 0.0)
+                truth = page_truth(doc, number)
                 rows.append({"file": doc.name, "page": number, "decode": decode,
+                             "cer": None if truth is None else cer(truth, page["text"]),
                              "total": total, "steps": steps, "cleanup": cleanup,
                              "cleanup_share": cleanup / max(1e-9, steps.get("read", 0.0)),
                              "rotation": page.get("rotation"), "skew": page.get("skew"),
@@ -229,11 +244,12 @@ def run(ctx: Context) -> Report:
     table = Table("CPU seconds per page and step (time.process_time, this process), "
                   "default settings",
                   ["file", "page", "decode/render", *STEPS, "clean-up", "clean-up / read",
-                   "rotation", "skew"])
+                   "rotation", "skew", "CER"])
     for row in rows:
         table.rows.append([row["file"], row["page"], row["decode"],
                            *(row["steps"].get(s, 0.0) for s in STEPS), row["cleanup"],
-                           f"{row['cleanup_share']:.1%}", row["rotation"], row["skew"]])
+                           f"{row['cleanup_share']:.1%}", row["rotation"], row["skew"],
+                           "" if row["cer"] is None else f"{row['cer']:.2%}"])
     upright = [r for r in rows if not r["rotation"]]
     turned = [r for r in rows if r["rotation"]]
     totals = {s: sum(r["steps"].get(s, 0.0) for r in upright) for s in STEPS}
@@ -241,7 +257,7 @@ def run(ctx: Context) -> Report:
     worst = max(upright, key=lambda r: r["cleanup_share"])
     table.rows.append(["all upright pages", len(upright),
                        sum(r["decode"] for r in upright), *totals.values(),
-                       sum(r["cleanup"] for r in upright), f"{pooled:.1%}", "", ""])
+                       sum(r["cleanup"] for r in upright), f"{pooled:.1%}", "", "", ""])
     report.tables.append(table)
 
     profile = profile_child(ctx, docs)
