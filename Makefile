@@ -12,7 +12,7 @@ export PYTHONPATH := $(abspath .)
 OCR_LANGS ?= eng
 TEST_LANGS := eng vie ell chi_sim
 
-.PHONY: langs test-langs run vlm test lint bench bench-quick clean redis-server bench-tools screenshot chromium
+.PHONY: langs test-langs run vlm test lint bench bench-quick clean redis-server rabbitmq-server bench-tools screenshot chromium
 
 $(VENV)/.runtime: requirements.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -46,6 +46,18 @@ redis-server:
 	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq redis-server; \
 	  else echo "redis-server is missing: apt-get install redis-server (Debian/Ubuntu) or brew install redis (macOS)"; exit 1; fi; }
 
+# RabbitMQ for the broker tests (tests/test_brokers.py, each in a vhost of its own on
+# 127.0.0.1:5672): Debian's package, installed and started when root; without it those
+# tests skip and say why. `make run` does not need it (Redis stays the default broker).
+rabbitmq-server:
+	@if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+	  command -v rabbitmqctl >/dev/null || { apt-get update -qq && \
+	    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq rabbitmq-server; }; \
+	  rabbitmqctl -q status >/dev/null 2>&1 || { service rabbitmq-server start >/dev/null 2>&1 || \
+	    rabbitmq-server -detached; rabbitmqctl -q await_startup --timeout 120; }; \
+	else command -v rabbitmqctl >/dev/null || \
+	  echo "rabbitmq-server is missing: the RabbitMQ tests skip (apt-get install rabbitmq-server)"; fi
+
 # The peers of the benchmarks: Debian's tesseract CLI and Ghostscript (for OCRmyPDF).
 bench-tools:
 	@command -v tesseract >/dev/null && command -v gs >/dev/null || { \
@@ -71,15 +83,15 @@ lint: $(VENV)/.dev
 	ruff check .
 	mypy
 
-test: $(VENV)/.dev redis-server test-langs lint
+test: $(VENV)/.dev redis-server rabbitmq-server test-langs lint
 	pytest
 
 # OMP_THREAD_LIMIT=1: one OpenMP thread per tesseract, as the workers run it
 # (OCR_TESSERACT_THREADS=1); Debian's tesseract on 2 cores is ~8x slower without it.
-bench: $(VENV)/.bench redis-server bench-tools
+bench: $(VENV)/.bench redis-server rabbitmq-server bench-tools
 	OMP_THREAD_LIMIT=1 $(PY) -m bench
 
-bench-quick: $(VENV)/.bench redis-server bench-tools
+bench-quick: $(VENV)/.bench redis-server rabbitmq-server bench-tools
 	OMP_THREAD_LIMIT=1 $(PY) -m bench --quick
 
 # Debian's chromium for the Flower screenshot (not needed by `make test`).

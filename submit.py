@@ -2,7 +2,8 @@
 """`submit.py`: the command-line client of the OCR service (runs on a user's machine).
 
     submit.py [OPTIONS] FILE...            OCR files, print their text (= submit.py submit)
-    submit.py COMMAND [OPTIONS] ...        submit, wait, status, cancel, retry, models, langs
+    submit.py COMMAND [OPTIONS] ...        submit, wait, status, cancel, retry, models, langs,
+                                           tokens
 
 `submit.py --help` lists every command with an example and the exit codes;
 `submit.py COMMAND --help` shows one command's options. The shared options (`--json`,
@@ -26,8 +27,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TextIO
 
+from tasks.api.tokens import TokenStore, build_tokens_parser, run_tokens
 from tasks.client import CONNECTION_ERRORS, JobStatus, OcrClient, masked_url
 from tasks.errors import NoWorker, OcrError, ServiceUnreachable
+from tasks.state.stores import connect
 from worker_config import OUTPUT_CHOICES, PRIORITIES, Settings, SettingsError
 
 PROG = "submit.py"
@@ -532,13 +535,13 @@ def models_arguments(parser: argparse.ArgumentParser) -> None:
                              "unload_model); it reloads on its next task")
 
 
-@command("models", "audit OCR_MODEL_DIR through the queue, prune it, or make the "
-         "workers release their models", f"{PROG} models --prune --dry-run",
+@command("models", "audit OCR_MODEL_DIR of every host (one table per host), prune it, "
+         "or make the workers release their models", f"{PROG} models --prune --dry-run",
          shared=("json", "timeout"), arguments=models_arguments)
 def run_models(args: argparse.Namespace, session: Session) -> int:
     """Print the audit report, or the replies to `unload_model`.
 
-    Exit 1 when the audit failed or reported errors, or when no worker answered.
+    Exit 1 when an audit failed or reported errors, 5 when no worker answered.
     """
     if args.unload and (args.prune or args.dry_run):
         print(f"{PROG} models: --unload cannot be combined with --prune or --dry-run",
@@ -555,17 +558,22 @@ def run_models(args: argparse.Namespace, session: Session) -> int:
         if not replies:
             print(f"{PROG}: no worker answered; {NO_WORKER_HINT}", file=sys.stderr)
         return EXIT_OK if any("ok" in r for r in replies.values()) else EXIT_FAILURE
-    report = client.audit_models(prune=args.prune, dry_run=args.dry_run,
-                                 timeout=300.0 if args.timeout is None else args.timeout)
-    if "models" not in report:  # FAILURE or TIMEOUT
-        error = report.get("error", {})
-        if args.json:
-            print(json.dumps(report))
-        print(f"{PROG}: audit {report.get('status')}: {error.get('code')}: "
-              f"{error.get('message')}", file=sys.stderr)
-        return EXIT_FAILURE
-    print(json.dumps(report) if args.json else format_models_report(report), flush=True)
-    return EXIT_FAILURE if report["errors"] else EXIT_OK
+    result = client.audit_every_host(prune=args.prune, dry_run=args.dry_run,
+                                     timeout=300.0 if args.timeout is None else args.timeout)
+    reports, failed = result["hosts"], result["failed"]
+    if args.json:
+        print(json.dumps(result), flush=True)
+    elif reports:
+        print("\n\n".join(format_models_report(r) for r in reports), flush=True)
+    for failure in failed:  # FAILURE or TIMEOUT of one host's audit
+        error = failure.get("error", {})
+        print(f"{PROG}: audit of {failure['model_dir']} on {failure['host']} "
+              f"{failure.get('status')}: {error.get('code')}: {error.get('message')}",
+              file=sys.stderr)
+    if not reports and not failed:
+        print(f"{PROG}: no worker answered; {NO_WORKER_HINT}", file=sys.stderr)
+        return EXIT_UNREACHABLE
+    return EXIT_FAILURE if failed or any(r["errors"] for r in reports) else EXIT_OK
 
 
 @command("langs", "list the languages each live worker reads (a job's --lang)",
@@ -588,27 +596,37 @@ def run_langs(args: argparse.Namespace, session: Session) -> int:
 
 
 def format_models_report(report: dict[str, Any]) -> str:
-    """The audit report as a table and lists, for people."""
-    header = ("NAME", "KIND", "SIZE", "MODIFIED", "LAST USED", "LOADED BY", "INTEGRITY")
+    """One host's audit report as a table and lists, for people."""
+    lines = [f"== {report['host']}: {report['model_dir']} (audited by {report['worker']})"]
+    lines += report.get("notes", [])
+    if not report.get("model_dir_exists", True) and not report["errors"]:
+        return "\n".join(lines)
+    header = ("NAME", "STATUS", "KIND", "SIZE", "MODIFIED", "LAST USED", "LOADED BY",
+              "INTEGRITY")
     rows = [header]
     for m in report["models"]:
         kind = m["kind"] + (f" ({m['model_type']})" if m["model_type"] else "")
+        hub = m.get("hub")
+        if hub:
+            refs = " ".join(f"{ref}={commit[:8]}" for ref, commit in sorted(hub["refs"].items()))
+            kind += f", {len(hub['revisions'])} rev, {refs or 'no refs'}"
         integrity = m["integrity"]
         state = "ok" if integrity["ok"] else "; ".join(
             [*integrity["problems"], *[f"partial: {p}" for p in integrity["partial"]]])
-        rows.append((m["name"] + (f" -> {m['link']}" if m["link"] else ""), kind,
+        rows.append((m["name"] + (f" -> {m['link']}" if m["link"] else ""),
+                     m.get("status", "-"), kind,
                      _size(m["size_bytes"]), _when(m["modified"]), _when(m["last_used"]),
                      ", ".join(m["loaded_by"]) or "-", state))
     widths = [max(len(r[i]) for r in rows) for i in range(len(header) - 1)]
-    lines = ["  ".join(c.ljust(w) for c, w in zip(r, widths, strict=False)) + "  " + r[-1]
-             for r in rows]
+    lines += ["  ".join(c.ljust(w) for c, w in zip(r, widths, strict=False)) + "  " + r[-1]
+              for r in rows]
     label = {"audit": "would go (audit only: nothing removed)", "dry-run": "would be pruned",
              "prune": "pruned"}[report["mode"]]
     pruned = report["pruned"] or [k for k in report["kept"]
                                   if set(k["reasons"]) & {"audit_only", "prune_locked"}]
-    lines += ["", f"{label}:"] + [f"  {p['name']}: {p['detail']}" for p in pruned] \
+    lines += ["", f"{label}:"] + [f"  {_what(p)}: {p['detail']}" for p in pruned] \
         if pruned else ["", f"{label}: nothing"]
-    lines += ["kept:"] + [f"  {k['name']}: {', '.join(k['reasons'])} ({k['detail']})"
+    lines += ["kept:"] + [f"  {_what(k)}: {', '.join(k['reasons'])} ({k['detail']})"
                           for k in report["kept"]]
     if report["errors"]:
         lines += ["errors:"] + [f"  {e['code']}: {e['message']}" for e in report["errors"]]
@@ -618,6 +636,15 @@ def format_models_report(report: dict[str, Any]) -> str:
                  f"{report['model_dir']} on {report['host']}; {totals['pruned']} {went} "
                  f"({_size(totals['pruned_bytes'])})")
     return "\n".join(lines)
+
+
+def _what(decision: dict[str, Any]) -> str:
+    """An entry's name, or what part of a hub repo a decision is about."""
+    scope = decision.get("scope", "entry")
+    if scope == "entry":
+        return str(decision["name"])
+    parts = [p.rsplit("/", 1)[-1][:12] for p in decision.get("parts", [])]
+    return f"{decision['name']} [{scope}: {', '.join(parts)}]"
 
 
 def _size(n: int) -> str:
@@ -631,6 +658,20 @@ def _size(n: int) -> str:
 
 def _when(iso: str | None) -> str:
     return iso[:16].replace("T", " ") + "Z" if iso else "-"
+
+
+@command("tokens", "HTTP API clients: make one (its token is printed once), list, revoke",
+         f"{PROG} tokens create billing --json", shared=("json",),
+         arguments=build_tokens_parser)
+def run_tokens_command(args: argparse.Namespace, session: Session) -> int:
+    redis_client = connect(session.settings.redis_url)
+    try:
+        return run_tokens(args, TokenStore(redis_client), sys.stdout)
+    except OcrError as exc:
+        print(f"{PROG}: {exc.message}", file=sys.stderr)
+        return EXIT_USAGE
+    finally:
+        redis_client.close()
 
 
 # --- main ------------------------------------------------------------------------------

@@ -22,7 +22,8 @@ from typing import Any
 
 from bench.common import RESULTS, Context, Report, machine_info, pin_threads
 
-BENCHMARKS = ("pipeline", "overhead", "peers", "digital", "memory", "blank", "breakdown")
+BENCHMARKS = ("pipeline", "overhead", "api", "peers", "digital", "memory", "blank", "vlm",
+              "brokers", "breakdown")
 log = logging.getLogger("bench")
 
 

@@ -51,8 +51,8 @@ STEPS = ("read", "orientation", "skew estimate", "turn/deskew", "other")
 PROFILE_STEPS = (
     ("recognize", "tasks/engines/tesseract.py", "read (libtesseract)"),
     ("detect_orientation", "tasks/engines/tesseract.py", "orientation (OSD)"),
-    ("estimate_skew", "tasks/pipeline/preprocess.py", "skew estimate"),
-    ("apply", "tasks/pipeline/preprocess.py", "turn/deskew"),
+    ("estimate_skew", "tasks/pipeline/_preprocess.py", "skew estimate"),
+    ("apply", "tasks/pipeline/_preprocess.py", "turn/deskew"),
     ("is_blank", "tasks/pipeline/blank.py", "blank check"),
     ("render_page", "tasks/pipeline/pdf.py", "render PDF page"),
     ("plan_pdf", "tasks/pipeline/pdf.py", "plan PDF"),
@@ -91,7 +91,8 @@ class _TimedEngine:
 
 @contextmanager
 def _timed_steps(clock: _Clock) -> Iterator[None]:
-    from tasks.pipeline import documents, preprocess
+    from tasks.pipeline import _preprocess as preprocess
+    from tasks.pipeline import documents
 
     class TimedCorrection(preprocess.Correction):
         def apply(self, image: Any) -> Any:
@@ -118,7 +119,7 @@ def page_images(doc: Doc, direct: Direct) -> Iterator[tuple[int, Any, float]]:
         try:
             for number in range(1, pdf.page_count + 1):
                 started = time.process_time()
-                image = render_page(pdf, number, direct.settings, direct.engine.page_mode)
+                image = render_page(pdf, number, direct.settings, mode=direct.engine.page_mode)
                 yield number, image, time.process_time() - started
         finally:
             pdf.close()

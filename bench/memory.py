@@ -130,9 +130,14 @@ def run(ctx: Context) -> Report:
 
 
 def build_tiny_vlm(models: Path) -> Path:
-    """The tests' tiny qwen2_vl model, built in a subprocess (MLX never runs here)."""
+    """The tests' tiny qwen2_vl model, built in a subprocess (MLX never runs here).
+
+    The `tiny-stops` variant ends every read at once: a complete read, so each task is
+    the VLM alone (a read cut at the token limit would also run the tesseract fallback).
+    """
     env = {**os.environ, "MLX_DISABLE_COMPILE": "1", "HF_HUB_OFFLINE": "1"}
-    subprocess.run([sys.executable, "-m", "tests.tiny_vlm", str(models / MODEL)], cwd=ROOT,
+    subprocess.run([sys.executable, "-m", "tests.tiny_vlm", str(models / MODEL),
+                    "tiny-stops"], cwd=ROOT,
                    env=env, check=True, capture_output=True, timeout=300)
     return models
 

@@ -4,13 +4,15 @@
 Serves `/metrics` on METRICS_ADDRESS:METRICS_PORT (default 127.0.0.1:9808): counters
 and per-child gauges that every worker on every host records in Redis
 (tasks/state/metrics.py), and the length of each queue: `ocr`, every engine queue, and those
-named in OCR_QUEUES (comma separated, as for workers). Flower's own `/metrics` (task
+named in OCR_QUEUES (comma separated, as for workers); from RabbitMQ when BROKER_URL
+is an amqp:// URL (passive queue declares, no management plugin). Flower's own `/metrics` (task
 and worker events) is served by Flower. One exporter per Redis is enough; run more
 for redundancy, they read the same keys.
 """
 
 from __future__ import annotations
 
+import functools
 import os
 import sys
 from wsgiref.simple_server import WSGIRequestHandler, make_server
@@ -18,6 +20,7 @@ from wsgiref.simple_server import WSGIRequestHandler, make_server
 from prometheus_client import CollectorRegistry, make_wsgi_app
 from prometheus_client.exposition import ThreadingWSGIServer
 
+from tasks.queue.brokers import amqp_queue_lengths
 from tasks.state.metrics import RedisCollector, priority_suffixes
 from tasks.state.stores import connect
 from worker_config import (
@@ -49,7 +52,10 @@ def main() -> int:
                                                      settings.all_engine_names()), *extra]))
     registry = CollectorRegistry(auto_describe=False)
     suffixes = priority_suffixes(celery_config(settings)["broker_transport_options"])
-    registry.register(RedisCollector(connect(settings.redis_url), queues, suffixes))
+    # On RabbitMQ the queues are the broker's: read by passive declares at each scrape.
+    lengths = (functools.partial(amqp_queue_lengths, settings.broker)
+               if settings.broker_is_amqp else None)
+    registry.register(RedisCollector(connect(settings.redis_url), queues, suffixes, lengths))
     server = make_server(address, port, make_wsgi_app(registry), ThreadingWSGIServer,
                          handler_class=QuietHandler)
     print(f"metrics: serving http://{address}:{port}/metrics", flush=True)

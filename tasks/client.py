@@ -88,19 +88,32 @@ class OcrClient:
 
     def _send(self, kwargs: dict[str, Any], priority: str | None,
               deadline: float | None) -> str:
+        return self.enqueue(kwargs, priority=priority, deadline=deadline)
+
+    def enqueue(self, kwargs: dict[str, Any], *, priority: str | None = None,
+                deadline: float | None = None, job_id: str | None = None,
+                owner: str = "") -> str:
+        """Send `ocr.document` with these kwargs (input already stored); returns the id.
+
+        `job_id` is a fresh UUID unless given; `owner` (the HTTP API's client) is
+        recorded in the job's control hash beside its blob.
+        """
         priority = priority or "normal"  # explicit: send_task ignores the default
         if priority not in PRIORITIES:
             raise BadRequest(f"priority must be one of {', '.join(PRIORITIES)}")
-        job_id = uuid()
-        send: dict[str, Any] = {"task_id": job_id, "priority": PRIORITIES[priority]}
+        job_id = job_id or uuid()
+        send: dict[str, Any] = {"task_id": job_id,
+                                "priority": self.settings.priority_value(priority)}
         if deadline is not None:
             kwargs["deadline"] = at = time.time() + deadline
             send["expires"] = datetime.fromtimestamp(at, tz=UTC)
         engine = kwargs.get("engine")
-        self._control.remember(job_id, blob=kwargs.get("blob", ""),
-                               filename=kwargs.get("filename", ""),
-                               deadline=str(kwargs.get("deadline", "")),
-                               queue=queue_for_engine(engine) if engine else DEFAULT_QUEUE)
+        control = {"blob": kwargs.get("blob", ""), "filename": kwargs.get("filename", ""),
+                   "deadline": str(kwargs.get("deadline", "")),
+                   "queue": queue_for_engine(engine) if engine else DEFAULT_QUEUE}
+        if owner:
+            control["owner"] = owner
+        self._control.remember(job_id, **control)
         # The app's send_task shows the kwargs without password or payload (Flower, logs).
         self.app.send_task("ocr.document", kwargs=kwargs, **send)
         return job_id
@@ -137,6 +150,10 @@ class OcrClient:
 
         The new job's result is complete: it merges the pages the earlier job had.
         """
+        return self._send(self.retry_kwargs(job_id, password), priority, None)
+
+    def retry_kwargs(self, job_id: str, password: str | None = None) -> dict[str, Any]:
+        """The `ocr.document` kwargs that re-read the failed pages of a PARTIAL job."""
         earlier = self.result(job_id)
         if earlier.get("status") != "PARTIAL" or not earlier.get("input_blob"):
             raise BadRequest("only a PARTIAL job whose input is still stored can be retried")
@@ -148,7 +165,7 @@ class OcrClient:
                   "merge_from": job_id}
         if password:
             kwargs["password"] = password
-        return self._send(kwargs, priority, None)
+        return kwargs
 
     def _read(self, source: str | Path | bytes) -> bytes:
         limit = self.settings.max_input_bytes
@@ -260,6 +277,28 @@ class OcrClient:
         job = self.app.send_task("ocr.audit_models",
                                  kwargs={"prune": prune, "dry_run": dry_run})
         return self.wait([str(job.id)], timeout=timeout)[str(job.id)]
+
+    def audit_every_host(self, *, prune: bool = False, dry_run: bool = False,
+                         timeout: float | None = None) -> dict[str, Any]:
+        """Audit the model directory of every host: one worker per (host, directory).
+
+        Returns `{"run", "hosts": [report, ...] (docs/tasks.md, sorted by host),
+        "failed": [FAILURE/TIMEOUT dicts]}`; no live worker gives empty lists.
+        """
+        from tasks.queue.maintenance_tasks import dispatch_every_host
+
+        run = uuid()
+        targets = dispatch_every_host(self.app, run, prune, dry_run)
+        results = self.wait([t["task_id"] for t in targets], timeout=timeout)
+        hosts, failed = [], []
+        for target in targets:
+            result = results[target["task_id"]]
+            if "models" in result:
+                hosts.append(result)
+            elif not result.get("skipped"):
+                failed.append({**result, "host": target["host"],
+                               "model_dir": target["model_dir"]})
+        return {"run": run, "hosts": hosts, "failed": failed}
 
     def unload_models(self, timeout: float = 2.0,
                       destination: list[str] | None = None) -> dict[str, dict[str, Any]]:

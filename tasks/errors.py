@@ -48,6 +48,25 @@ class BadRequest(OcrError):
     default_message = "the job's arguments are invalid"
 
 
+class MalformedMessage(OcrError):
+    """A broker message that is not a task message at all; it is dead-lettered."""
+
+    code = "malformed_message"
+    default_message = "the broker message could not be decoded"
+
+
+class ContentRefused(OcrError):
+    """A broker message in a serialization the service does not accept (pickle)."""
+
+    code = "content_refused"
+    default_message = "the message's content type is not accepted (JSON only)"
+
+
+class CallbackNotAllowed(OcrError):
+    code = "callback_not_allowed"
+    default_message = "the callback URL is not allowed"
+
+
 class InvalidPages(OcrError):
     code = "invalid_pages"
     default_message = "the page selection is invalid"
@@ -130,6 +149,12 @@ class OutputUnsupported(OcrError):
 class EngineFailed(OcrError):
     code = "engine_failed"
     default_message = "the OCR engine failed on this input"
+
+
+class VlmIncomplete(OcrError):
+    code = "vlm_incomplete"
+    default_message = ("the vision-language model did not finish this page (token limit or "
+                       "repetition loop) and no fallback engine read it")
 
 
 class Timeout(OcrError):

@@ -1,4 +1,7 @@
-"""Shared fixtures: real redis-server, Procfile-started workers, clients, corpus."""
+"""Shared fixtures: real redis-server, RabbitMQ vhosts, Procfile-started workers, clients.
+
+Also the corpus.
+"""
 
 from __future__ import annotations
 
@@ -48,9 +51,10 @@ def procfile_command(name: str) -> str:
 class RedisServer:
     """A redis-server of the tests' own, on a free loopback port."""
 
-    def __init__(self, workdir: Path) -> None:
+    def __init__(self, workdir: Path, appendonly: bool = False) -> None:
         self.port = free_port()
         self.workdir = workdir
+        self.appendonly = appendonly  # an append-only file, fsynced: data survives restarts
         self.proc: subprocess.Popen[bytes] | None = None
 
     def url(self, db: int = 0) -> str:
@@ -60,9 +64,11 @@ class RedisServer:
         self.proc = subprocess.Popen(
             [shutil.which("redis-server") or "redis-server", "--port", str(self.port),
              "--bind", "127.0.0.1", "--dir", str(self.workdir), "--save", "",
-             "--appendonly", "no"], stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT)
+             *(["--appendonly", "yes", "--appendfsync", "always"] if self.appendonly
+               else ["--appendonly", "no"])],
+            stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT)
         client = redis.Redis(port=self.port)
-        for _ in range(100):
+        for _ in range(200):
             try:
                 client.ping()
                 return
@@ -70,10 +76,121 @@ class RedisServer:
                 time.sleep(0.05)
         raise RuntimeError("redis-server did not start")
 
+    def restart(self, down_seconds: float = 1.0) -> None:
+        self.stop()
+        time.sleep(down_seconds)
+        self.start()
+
     def stop(self) -> None:
         if self.proc is not None:
             self.proc.terminate()
             self.proc.wait(10)
+
+
+RABBITMQ_HOST, RABBITMQ_PORT = "127.0.0.1", 5672
+
+
+def rabbitmq_missing() -> str | None:
+    """Why the local RabbitMQ cannot be used, or None when it can."""
+    if shutil.which("rabbitmqctl") is None:
+        return "rabbitmqctl is not installed (make test installs rabbitmq-server as root)"
+    try:
+        socket.create_connection((RABBITMQ_HOST, RABBITMQ_PORT), timeout=2).close()
+    except OSError:
+        return f"no RabbitMQ listening on {RABBITMQ_HOST}:{RABBITMQ_PORT}"
+    return None
+
+
+def rabbitmqctl(*args: str, timeout: float = 60) -> str:
+    done = subprocess.run(["rabbitmqctl", *args], capture_output=True, text=True,
+                          timeout=timeout, check=False)
+    if done.returncode != 0:
+        raise RuntimeError(f"rabbitmqctl {' '.join(args)}: {done.stderr.strip()}")
+    return done.stdout
+
+
+class RabbitVhost:
+    """A vhost of the tests' own on the local RabbitMQ (guest/guest), deleted after."""
+
+    def __init__(self) -> None:
+        self.name = f"ocr-test-{uuid.uuid4().hex[:8]}"
+
+    def url(self) -> str:
+        return f"amqp://guest:guest@{RABBITMQ_HOST}:{RABBITMQ_PORT}/{self.name}"
+
+    def create(self, consumer_timeout_ms: int | None = None) -> None:
+        rabbitmqctl("add_vhost", self.name)
+        rabbitmqctl("set_permissions", "-p", self.name, "guest", ".*", ".*", ".*")
+        if consumer_timeout_ms is not None:
+            set_consumer_timeout(consumer_timeout_ms)
+
+    def delete(self) -> None:
+        rabbitmqctl("delete_vhost", self.name)
+
+    def restart(self, down_seconds: float = 1.0) -> None:
+        """Restart the RabbitMQ application (every vhost: durable queues survive)."""
+        rabbitmqctl("stop_app")
+        time.sleep(down_seconds)
+        rabbitmqctl("start_app")
+        rabbitmqctl("await_startup")
+
+
+def set_consumer_timeout(milliseconds: int) -> None:
+    """The node-wide delivery-ack timeout, for RabbitMQ before 3.11.15 (no per-queue one).
+
+    Runtime only, like `consumer_timeout` in rabbitmq.conf but without a restart.
+    """
+    rabbitmqctl("eval", f"application:set_env(rabbit, consumer_timeout, {milliseconds}).")
+
+
+class Broker:
+    """The broker of a test: `redis` (REDIS_URL itself) or `amqp` (a vhost of its own)."""
+
+    def __init__(self, kind: str, redis_server: RedisServer,
+                 vhost: RabbitVhost | None = None) -> None:
+        self.kind = kind
+        self.redis_server = redis_server
+        self.vhost = vhost
+
+    @property
+    def env(self) -> dict[str, str]:
+        """Extra environment of workers and clients: BROKER_URL for RabbitMQ."""
+        return {"BROKER_URL": self.vhost.url()} if self.vhost is not None else {}
+
+    def restart(self, down_seconds: float = 1.0) -> None:
+        if self.vhost is not None:
+            self.vhost.restart(down_seconds)
+        else:
+            self.redis_server.restart(down_seconds)
+
+
+@pytest.fixture
+def aof_redis(tmp_path: Path) -> Iterator[RedisServer]:
+    """A Redis of this test's own that keeps an append-only file, like the project's."""
+    server = RedisServer(tmp_path, appendonly=True)
+    server.start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture(params=["redis", "amqp"])
+def broker(request: pytest.FixtureRequest, aof_redis: RedisServer) -> Iterator[Broker]:
+    """Each broker in turn; Redis (`aof_redis`) is result backend and blob store of both.
+
+    RabbitMQ tests skip, with the reason, where no RabbitMQ runs.
+    """
+    if request.param == "redis":
+        yield Broker("redis", aof_redis)
+        return
+    reason = rabbitmq_missing()
+    if reason is not None:
+        pytest.skip(reason)
+    vhost = RabbitVhost()
+    vhost.create(consumer_timeout_ms=3_600_000)
+    try:
+        yield Broker("amqp", aof_redis, vhost)
+    finally:
+        vhost.delete()
 
 
 class Worker:
@@ -110,6 +227,12 @@ class Worker:
 
     def log(self) -> str:
         return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
+
+    def kill(self) -> None:
+        """SIGKILL the parent and its children at once, as when the host dies."""
+        assert self.proc is not None
+        os.killpg(self.proc.pid, signal.SIGKILL)
+        self.proc.wait(10)
 
     def stop(self) -> None:
         """Warm shutdown (SIGTERM to the main process, as honcho does), then kill."""

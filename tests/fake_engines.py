@@ -125,6 +125,19 @@ class FlakyOnDarkEngine(FakeEngine):
         return super().recognize(image, options)
 
 
+class PeakMemoryEngine(FakeEngine):
+    """The fake's text plus ` peak_mb=N`: this child's peak RSS so far (decode included)."""
+
+    name = "peak-memory"
+
+    def recognize(self, image: Image.Image, options: RecognizeOptions) -> PageResult:
+        import resource
+
+        result = super().recognize(image, options)
+        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
+        return PageResult(text=f"{result.text} peak_mb={peak:.0f}", confidence=100.0)
+
+
 class RaisingOnDarkEngine(FakeEngine):
     """Raises an exception of its own on dark pages, like a bug in an adapter."""
 

@@ -1,4 +1,7 @@
-"""Model-directory fixtures for the audit tests: small valid and damaged model folders.
+"""Model-directory fixtures for the audit tests: model folders and hub cache repos.
+
+Small valid and damaged model folders, and Hugging Face hub cache repos in the layout
+`huggingface_hub` writes (`write_hub_repo`).
 
 Safetensors files are written by hand (8-byte little-endian header length, JSON header,
 data), so the tests need no MLX and no safetensors package.
@@ -90,3 +93,53 @@ def build_lifecycle_dir(models: Path, outside: Path) -> None:
     os.symlink(outside / "missing-model", models / "dangling")
     age(models / "dangling", 2 * DAY)
     (models / "notes.txt").write_text("which model is which\n")
+
+
+def write_hub_repo(cache: Path, repo_id: str, revisions: dict[str, dict[str, bytes]],
+                   refs: dict[str, str] | None = None,
+                   incomplete: dict[str, bytes] | None = None) -> Path:
+    """A repo of a Hugging Face hub cache in the layout `huggingface_hub` writes.
+
+    `models--org--name/blobs/<sha256>` holds each file once; `snapshots/<commit>/<file>`
+    are relative links into the blobs; `refs/<ref>` holds a commit hash (no newline);
+    `blobs/<hash>.incomplete` are partial downloads; `.locks/models--org--name/` at the
+    top of the cache. `refs` defaults to `main` -> the first revision.
+    """
+    import hashlib
+
+    folder = cache / ("models--" + repo_id.replace("/", "--"))
+    blobs = folder / "blobs"
+    blobs.mkdir(parents=True, exist_ok=True)
+    (cache / ".locks" / folder.name).mkdir(parents=True, exist_ok=True)
+    for commit, files in revisions.items():
+        for name, data in files.items():
+            digest = hashlib.sha256(data).hexdigest()
+            (blobs / digest).write_bytes(data)
+            link = folder / "snapshots" / commit / name
+            link.parent.mkdir(parents=True, exist_ok=True)
+            if link.is_symlink():
+                link.unlink()
+            os.symlink(os.path.relpath(blobs / digest, link.parent), link)
+    for ref, commit in (refs if refs is not None else {"main": next(iter(revisions))}).items():
+        (folder / "refs" / ref).parent.mkdir(parents=True, exist_ok=True)
+        (folder / "refs" / ref).write_text(commit)
+    for name, data in (incomplete or {}).items():
+        (blobs / f"{name}.incomplete").write_bytes(data)
+        (cache / ".locks" / folder.name / f"{name}.lock").write_bytes(b"")
+    return folder
+
+
+def model_files(model_type: str = "qwen2_vl", **safetensors: object) -> dict[str, bytes]:
+    """The files of a small model (config.json and model.safetensors) as bytes."""
+    import tempfile
+
+    with tempfile.TemporaryDirectory() as tmp:
+        folder = write_model(Path(tmp) / "m", model_type, **safetensors)
+        return {p.name: p.read_bytes() for p in sorted(folder.iterdir())}
+
+
+def copy_into_hub(source: Path, cache: Path, repo_id: str, commit: str) -> Path:
+    """A model folder (e.g. the tiny VLM) stored as a hub repo at `commit`, ref main."""
+    files = {str(p.relative_to(source)): p.read_bytes()
+             for p in sorted(source.rglob("*")) if p.is_file()}
+    return write_hub_repo(cache, repo_id, {commit: files})

@@ -14,8 +14,8 @@ from PIL import Image
 
 from tasks.engines import RecognizeOptions
 from tasks.engines.tesseract import TesseractEngine
+from tasks.pipeline._preprocess import Correction, estimate_skew
 from tasks.pipeline.documents import ocr_page
-from tasks.pipeline.preprocess import Correction, estimate_skew
 from tests.cer import cer
 from tests.conftest import corpus, ground_truth
 from worker_config import Settings

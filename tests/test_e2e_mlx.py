@@ -22,7 +22,7 @@ from tests.conftest import ROOT, Worker, corpus
 
 pytestmark = pytest.mark.slow
 
-MLX_ENV = {"MLX_DISABLE_COMPILE": "1", "HF_HUB_OFFLINE": "1", "OCR_CONCURRENCY": "1",
+MLX_ENV = {"MLX_DISABLE_COMPILE": "1", "HF_HUB_OFFLINE": "1",
            "OCR_VLM_MAX_TOKENS": "8", "OCR_CACHE_RESULTS": "0"}
 
 
@@ -33,7 +33,10 @@ def model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     MLX must not be evaluated in the test process, which later starts workers.
     """
     models = tmp_path_factory.mktemp("models")
-    subprocess.run([sys.executable, "-m", "tests.tiny_vlm", str(models / "tiny-qwen2-vl")],
+    # `tiny-stops`: every read ends at once (complete and empty), so these jobs test the
+    # queue mechanics without fallbacks (tests/test_e2e_vlm_runtime.py tests those).
+    subprocess.run([sys.executable, "-m", "tests.tiny_vlm", str(models / "tiny-qwen2-vl"),
+                    "tiny-stops"],
                    cwd=ROOT, check=True, timeout=300, capture_output=True,
                    env={**os.environ, "MLX_DISABLE_COMPILE": "1", "HF_HUB_OFFLINE": "1"})
     return models
@@ -55,6 +58,10 @@ def test_vlm_worker_runs_jobs_and_recycles(vlm_worker: Worker, client: OcrClient
     assert all(isinstance(results[j]["text"], str) for j in jobs)
     assert {e["name"] for e in engines} == {"mlx-vlm"}
     assert {e["model"] for e in engines} == {"tiny-qwen2-vl"}
+    for job in jobs:
+        (page,) = results[job]["pages"]
+        assert page["vlm"]["finish_reason"] == "stop" and page["vlm"]["tries"] == 1
+        assert "fallback" not in page and results[job]["warnings"] == []
     assert [e["tasks_in_process"] for e in engines] == [1, 2, 1]
     assert engines[0]["pid"] == engines[1]["pid"] != engines[2]["pid"]
     log = vlm_worker.log()
@@ -111,3 +118,34 @@ def test_missing_model_fails_fast_and_never_downloads(start_worker: Callable[...
     assert "never downloaded" in result["error"]["message"]
     assert not (model_dir / "Qwen2-VL-2B-Instruct-4bit").exists()
     assert "engine load failed: mlx-vlm" in worker.log()
+
+
+def test_worker_loads_a_hub_cache_repo_by_repo_id(start_worker: Callable[..., Worker],
+                                                  model_dir: Path, client: OcrClient,
+                                                  tmp_path: Path, redis_url: str) -> None:
+    """The tiny model stored as a Hugging Face hub cache repo; OCR_MODEL=org/name."""
+    import base64
+
+    import redis
+
+    from tasks.models.registry import ModelRegistry
+    from tests.model_dirs import copy_into_hub
+
+    commit = "0123456789abcdef0123456789abcdef01234567"
+    cache = tmp_path / "hub"
+    repo = copy_into_hub(model_dir / "tiny-qwen2-vl", cache, "test-org/tiny-qwen2-vl", commit)
+    (cache / "unrelated.txt").write_text("a flat entry beside the repo")
+    # OCR_ENGINE stays `auto`: the repo resolved through refs/main makes this a VLM worker
+    worker = start_worker(**MLX_ENV, OCR_MODEL_DIR=str(cache),
+                          OCR_MODEL="test-org/tiny-qwen2-vl", OCR_QUEUES="hub-vlm")
+    data = base64.b64encode(corpus("scan_tess_phototest.tif").read_bytes()).decode()
+    job = client.app.send_task("ocr.document", queue="hub-vlm", kwargs={"data_b64": data}).id
+    result = client.wait([job], timeout=240)[job]
+    assert result["status"] == "SUCCESS", result
+    assert result["engine"]["name"] == "mlx-vlm"
+    assert result["engine"]["model"] == "test-org/tiny-qwen2-vl"
+    assert isinstance(result["text"], str)
+    assert "engine loaded: mlx-vlm model=test-org/tiny-qwen2-vl" in worker.log()
+    holders = ModelRegistry(redis.Redis.from_url(redis_url)).loaded()
+    assert str(repo / "snapshots" / commit) in {h.path for h in holders}
+    assert sorted(os.listdir(cache)) == [".locks", repo.name, "unrelated.txt"]  # no download

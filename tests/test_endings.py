@@ -33,6 +33,7 @@ SETTINGS = {"OCR_ENGINE": "fake", "OCR_ENGINE_PLUGINS": FAKE_PLUGINS,
             "OCR_CONCURRENCY": "2", "OCR_MAX_DELIVERIES": "2",
             "OCR_SOFT_TIME_LIMIT": "3", "OCR_HARD_TIME_LIMIT": "5",
             "OCR_PAGE_SOFT_TIME_LIMIT": "20", "OCR_PAGE_HARD_TIME_LIMIT": "25",
+            "OCR_CALLBACK_ALLOWED_HOSTS": "127.0.0.1",  # the test receiver, on loopback
             "OCR_QUEUES": ",".join(["ocr"] + [f"ocr-{e}" for e in ENGINES])}
 CALLBACK_QUEUE = "endings-callbacks"
 

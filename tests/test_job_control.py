@@ -193,9 +193,10 @@ class Receiver(http.server.BaseHTTPRequestHandler):
 
 def test_http_callback_is_posted_and_retried(worker: Callable[..., Worker],
                                              client: OcrClient) -> None:
-    worker(OCR_CONCURRENCY="1")
     server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Receiver)
     threading.Thread(target=server.serve_forever, daemon=True).start()
+    worker(OCR_CONCURRENCY="1",
+           OCR_CALLBACK_ALLOWED_HOSTS=f"127.0.0.1:{server.server_address[1]}")
     try:
         url = f"http://127.0.0.1:{server.server_address[1]}/ocr-done"
         job = client.submit(png(208), callback_url=url)

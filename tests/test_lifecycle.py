@@ -82,7 +82,8 @@ def make_life(redis_url: str, errors: list[BaseException] | None = None) -> Life
     settings = Settings.from_env({
         "REDIS_URL": redis_url, "OCR_ENGINE": "fake", "OCR_ENGINE_PLUGINS": FAKE_PLUGINS,
         "OCR_PDF_DPI": "72", "OCR_DESKEW": "0", "OCR_AUTO_ROTATE": "0",
-        "OCR_SKIP_BLANK_PAGES": "0"})  # the fake pages are plain (blank) on purpose
+        "OCR_SKIP_BLANK_PAGES": "0",  # the fake pages are plain (blank) on purpose
+        "OCR_CALLBACK_ALLOWED_HOSTS": "127.0.0.1"})
     client = connect(redis_url)
     client.flushdb()  # each test starts from an empty store (the cache included)
     control = JobControl(client, 600)
@@ -199,7 +200,7 @@ def test_unexpected_error_in_the_merge_ends_the_job_as_internal_error(
 
 def test_the_password_is_never_stored(life: Life) -> None:
     pdf = corpus("edge_encrypted_pw_openpassword.pdf").read_bytes()
-    meta = fan_out(life, "job-secret", pdf, password="openpassword")
+    meta = fan_out(life, "job-secret", pdf, password="openpassword", mode="ocr")
     assert meta.request.password is None and meta.encrypted
     for key in life.client.scan_iter("ocr:*"):
         if life.client.type(key) == b"string":
@@ -211,15 +212,17 @@ def test_the_password_is_never_stored(life: Life) -> None:
 
 def test_a_cached_result_of_an_encrypted_pdf_needs_its_password(life: Life) -> None:
     pdf = corpus("edge_encrypted_pw_openpassword.pdf").read_bytes()
-    meta = fan_out(life, "job-first", pdf, password="openpassword")
+    meta = fan_out(life, "job-first", pdf, password="openpassword", mode="ocr")
     docs = OpenDocumentCache()
     assert read_page(life, meta, 1, docs) is True
     docs.close()
     assert life.ports.published[-1].status is JobStatus.SUCCESS
     for password in (None, "wrong"):
         with pytest.raises(PdfEncrypted):
-            process_job("job-again", request_for(pdf, life.settings, password=password),
+            process_job("job-again", request_for(pdf, life.settings, password=password,
+                                                 mode="ocr"),
                         life.settings, life.engines, life.stores)
-    hit = process_job("job-right", request_for(pdf, life.settings, password="openpassword"),
+    hit = process_job("job-right", request_for(pdf, life.settings, password="openpassword",
+                                               mode="ocr"),
                       life.settings, life.engines, life.stores)
     assert isinstance(hit, Outcome) and hit.result is not None and hit.result["cached"]

@@ -28,6 +28,8 @@ from tests.test_models_audit import EXPECTED_KEPT, EXPECTED_PRUNED
 from tests.test_queue import submit_cli
 
 FAKE_ENV = {"OCR_ENGINE_PLUGINS": FAKE_PLUGINS, "OCR_CACHE_RESULTS": "0"}
+# Live: `old_in_use` is also the configured model of a live worker (in_use_worker).
+LIVE_KEPT = {**EXPECTED_KEPT, "old_in_use": ["current_model", "loaded"]}
 IMAGE = "scan_tess_phototest.tif"
 
 
@@ -51,7 +53,8 @@ def in_use_worker(start_worker: Callable[..., Worker], dirs: dict[str, Path]) ->
     """Holds `old_in_use` loaded; heartbeat 0.5 s, so its registration lives 1.5 s."""
     return start_worker(**FAKE_ENV, OCR_ENGINE="fake-model", OCR_MODEL="old_in_use",
                         OCR_MODEL_DIR=str(dirs["models"]), OCR_QUEUES="in-use",
-                        OCR_CONCURRENCY="1", OCR_MODEL_HEARTBEAT_SECONDS="0.5")
+                        OCR_CONCURRENCY="1", OCR_MODEL_HEARTBEAT_SECONDS="0.5",
+                        OCR_PRUNE_UNUSED_DAYS="30")
 
 
 @pytest.fixture(scope="module")
@@ -83,6 +86,13 @@ def wait_for(predicate: Callable[[], Any], timeout: float = 10, what: str = "") 
 
 def by_name(items: list[dict[str, Any]]) -> dict[str, Any]:
     return {item["name"]: item for item in items}
+
+
+def host_report(result: dict[str, Any], model_dir: Path) -> dict[str, Any]:
+    """The report of `model_dir` from an every-host result (`submit.py models --json`)."""
+    found = [r for r in result["hosts"] if r["model_dir"] == str(model_dir.resolve())]
+    assert len(found) == 1, result
+    return found[0]
 
 
 def loaded_pids(models: ModelRegistry, model: str) -> set[int]:
@@ -125,7 +135,10 @@ def test_audit_reports_every_entry(fresh_dir: Path, client: OcrClient, models: M
     assert found["stale"]["last_used"] is None
     kept = by_name(report["kept"])
     assert {n for n, k in kept.items() if k["reasons"] == ["audit_only"]} == set(EXPECTED_PRUNED)
-    assert kept["old_in_use"]["reasons"] == ["loaded"]
+    assert kept["old_in_use"]["reasons"] == ["current_model", "loaded"]
+    assert found["old_in_use"]["status"] == "CURRENT"
+    assert found["current-model"]["status"] == "CURRENT"
+    assert found["old_model"]["status"] == "OLD" and found["notes.txt"]["status"] == "OK"
     assert models.latest_report() == report
 
 
@@ -144,16 +157,18 @@ def test_dry_run_shows_what_would_go(fresh_dir: Path, redis_url: str) -> None:
     before = sorted(os.listdir(fresh_dir))
     done = submit_cli(redis_url, "models", "--dry-run", "--json")
     assert done.returncode == 0, done.stderr
-    report = json.loads(done.stdout)
+    report = host_report(json.loads(done.stdout), fresh_dir)
     assert report["dry_run"] is True
     assert {p["name"]: p["reasons"] for p in report["pruned"]} == EXPECTED_PRUNED
-    assert {k["name"]: k["reasons"] for k in report["kept"]} == EXPECTED_KEPT
+    assert {k["name"]: k["reasons"] for k in report["kept"]} == LIVE_KEPT
     assert sorted(os.listdir(fresh_dir)) == before
     table = submit_cli(redis_url, "models", "--dry-run")
     assert table.returncode == 0
     assert "would be pruned:" in table.stdout and "NAME" in table.stdout
     assert re.search(r"^  old_model: name starts with 'old_'", table.stdout, re.M)
-    assert re.search(r"^  old_in_use: loaded \(loaded by ", table.stdout, re.M)
+    assert re.search(r"^  old_in_use: current_model, loaded \(the configured OCR_MODEL"
+                     r".*; loaded by ", table.stdout, re.M), table.stdout
+    assert re.search(r"^== \S+: " + re.escape(str(fresh_dir.resolve())), table.stdout, re.M)
 
 
 def test_prune_removes_exactly_the_policy(fresh_dir: Path, redis_url: str,
@@ -161,13 +176,13 @@ def test_prune_removes_exactly_the_policy(fresh_dir: Path, redis_url: str,
     outside = fresh_dir.parent / "outside"
     done = submit_cli(redis_url, "models", "--prune", "--json")
     assert done.returncode == 0, done.stderr
-    report = json.loads(done.stdout)
+    report = host_report(json.loads(done.stdout), fresh_dir)
     assert report["mode"] == "prune" and report["errors"] == []
     assert {p["name"]: p["reasons"] for p in report["pruned"]} == EXPECTED_PRUNED
     kept = by_name(report["kept"])
-    assert {n: k["reasons"] for n, k in kept.items()} == EXPECTED_KEPT
+    assert {n: k["reasons"] for n, k in kept.items()} == LIVE_KEPT
     assert kept["current-model"]["matched"] == ["unused"]  # kept only as the configured one
-    assert kept["old_in_use"]["matched"] == ["prefix"]  # kept only as loaded
+    assert kept["old_in_use"]["matched"] == ["prefix"]  # kept only as configured, loaded
     assert kept["downloading"]["matched"] == ["partial"]  # kept only as recent
     assert sorted(os.listdir(fresh_dir)) == sorted(EXPECTED_KEPT)
     # links were removed as links: their targets and what links inside pointed to remain
@@ -175,12 +190,15 @@ def test_prune_removes_exactly_the_policy(fresh_dir: Path, redis_url: str,
     assert (outside / "precious.bin").read_bytes() == b"not in the model directory"
     assert os.path.islink(fresh_dir / "linked-model")
     assert models.latest_report() == report
+    assert report in models.latest_reports()
     assert report["totals"]["pruned"] == len(EXPECTED_PRUNED)
 
 
 def test_prune_lock_held_elsewhere_prunes_nothing(fresh_dir: Path, client: OcrClient,
-                                                  models: ModelRegistry) -> None:
-    with models.prune_lock() as acquired:
+                                                  models: ModelRegistry,
+                                                  audit_worker: Worker) -> None:
+    host = _node(audit_worker).split("@", 1)[1]
+    with models.prune_lock(f"{host}:{fresh_dir.resolve()}") as acquired:
         assert acquired
         report = client.audit_models(prune=True, timeout=60)
     assert report["pruned"] == []
@@ -234,7 +252,13 @@ def test_scheduled_copies_from_two_beats_run_once(fresh_dir: Path, client: OcrCl
     skipped = [results[j].get("skipped", False) for j in jobs]
     assert sorted(skipped) == [False, True]
     ran = next(results[j] for j in jobs if not results[j].get("skipped"))
-    assert ran["mode"] == "audit" and len(ran["models"]) > 0
+    targets = {t["model_dir"]: t for t in ran["dispatched"]}  # one worker per directory
+    assert str(fresh_dir.resolve()) in targets and len(targets) == len(ran["dispatched"])
+    copies = client.wait([t["task_id"] for t in ran["dispatched"]], timeout=60)
+    report = copies[targets[str(fresh_dir.resolve())]["task_id"]]
+    assert report["mode"] == "audit" and len(report["models"]) > 0
+    assert report["run"] == ran["run"] and report["worker"] == \
+        targets[str(fresh_dir.resolve())]["node"]
 
 
 def test_bad_audit_kwargs_fail_with_a_code(audit_worker: Worker, client: OcrClient) -> None:

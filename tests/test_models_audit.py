@@ -18,6 +18,7 @@ from typing import Any
 import pytest
 from celery.schedules import crontab
 
+from tasks.errors import PathNotAllowed
 from tasks.models.audit import (
     AuditRun,
     Holder,
@@ -30,11 +31,21 @@ from tasks.models.audit import (
     matched_rules,
     mode_for,
     remove_entry,
+    remove_partial_blob,
     run_audit,
     scan,
     scan_entry,
 )
-from tests.model_dirs import DAY, build_lifecycle_dir, write_model, write_safetensors
+from tasks.models.locate import locate, searched
+from tests.model_dirs import (
+    DAY,
+    age,
+    build_lifecycle_dir,
+    model_files,
+    write_hub_repo,
+    write_model,
+    write_safetensors,
+)
 from worker_config import Settings, SettingsError, celery_config, scheduled_run_window
 
 # --- safetensors and index checks ---------------------------------------------------
@@ -245,6 +256,8 @@ class MemoryState:
 
     def __init__(self, loaded: list[Holder] | None = None, locked: bool = False) -> None:
         self.holders = loaded or []
+        self.wanted: list[Holder] = []
+        self.lock_scopes: list[str] = []
         self.locked = locked
         self.used: dict[str, float] = {}
         self.reports: list[dict[str, Any]] = []
@@ -255,8 +268,12 @@ class MemoryState:
     def loaded(self) -> list[Holder]:
         return list(self.holders)
 
+    def configured(self) -> list[Holder]:
+        return list(self.wanted)
+
     @contextmanager
-    def prune_lock(self) -> Iterator[bool]:
+    def prune_lock(self, scope: str) -> Iterator[bool]:
+        self.lock_scopes.append(scope)
         yield not self.locked
 
     def save_report(self, report: dict[str, Any]) -> None:
@@ -388,3 +405,230 @@ def test_holder_round_trip() -> None:
     holder = Holder("m", "/p/m", "w@h", "h", 3, "mlx-vlm", 12.5)
     assert Holder.from_dict(json.loads(json.dumps(holder.to_dict()))) == holder
     assert holder.label == "w@h (pid 3)"
+
+
+# --- Hugging Face hub cache layout ------------------------------------------------------
+
+MAIN, OLD_REV, PINNED = "a" * 40, "b" * 40, "c" * 40
+REPO = "mlx-community/Tiny-VL"
+
+
+def _hub_dir(tmp_path: Path) -> Path:
+    """A cache as huggingface_hub leaves it, with a flat model folder beside it.
+
+    `REPO`: `refs/main` -> MAIN; OLD_REV and PINNED detached (OLD_REV shares
+    config.json's blob with MAIN); one stale and one fresh `.incomplete` blob.
+    """
+    models = tmp_path / "models"
+    shared = model_files()
+    write_hub_repo(models, REPO, {
+        MAIN: shared,
+        OLD_REV: {"config.json": shared["config.json"],
+                  "model.safetensors": model_files(tensors={"w": [8, 8]})["model.safetensors"]},
+        PINNED: {**shared, "extra.txt": b"pinned"}},
+        refs={"main": MAIN}, incomplete={"stale": b"x" * 100})
+    age(models / f"models--{REPO.replace('/', '--')}", 3 * DAY)
+    blobs = models / f"models--{REPO.replace('/', '--')}" / "blobs"
+    (blobs / "fresh.incomplete").write_bytes(b"y" * 10)  # a download running now
+    write_model(models / "flat-model")
+    return models
+
+
+def test_hub_repos_are_listed_by_repo_id(tmp_path: Path) -> None:
+    models = _hub_dir(tmp_path)
+    entries = {e.name: e for e in scan(models, {REPO + "@" + MAIN: 5.0}, [])}
+    assert list(entries) == [REPO, "flat-model"]  # hub repos first; no `.locks`, no folder name
+    hub = entries[REPO]
+    assert (hub.kind, hub.model_type, hub.integrity.problems) == ("hub", "qwen2_vl", ())
+    blobs = models / f"models--{REPO.replace('/', '--')}" / "blobs"
+    complete = [p for p in blobs.iterdir() if not p.name.endswith(".incomplete")]
+    assert hub.size_bytes == sum(p.stat().st_size for p in complete)  # each blob once
+    assert hub.last_used == 5.0
+    out = hub.to_dict()["hub"]
+    assert out["refs"] == {"main": MAIN}
+    assert [(r["commit"], r["refs"]) for r in out["revisions"]] == \
+        [(MAIN, ["main"]), (OLD_REV, []), (PINNED, [])]
+    assert sorted(i["file"].rsplit("/", 1)[1] for i in out["incomplete"]) == \
+        ["fresh.incomplete", "stale.incomplete"]
+    assert entries["flat-model"].kind == "model"
+    json.dumps(hub.to_dict())
+
+
+def test_stale_incomplete_blob_goes_and_the_repo_stays(tmp_path: Path) -> None:
+    """The data-loss case: another worker audits, nobody has the repo loaded."""
+    models = _hub_dir(tmp_path)
+    folder = models / f"models--{REPO.replace('/', '--')}"
+    (folder / "blobs" / "fresh.incomplete").unlink()
+    write_hub_repo(models, REPO, {}, refs={}, incomplete={"stale": b"x" * 100})
+    age(folder / "blobs" / "stale.incomplete", 2 * DAY)
+    state = MemoryState()
+    state.wanted = [Holder(REPO + "@" + PINNED, "", "vlm@h", "h", 1)]  # pins PINNED
+    report = run_audit(AuditRun(models, PrunePolicy(current_model="flat-model"), "prune",
+                                host="h"), state)
+    assert not (folder / "blobs" / "stale.incomplete").exists()
+    assert (folder / "snapshots" / MAIN / "config.json").is_file()  # loadable as before
+    assert check_safetensors(folder / "snapshots" / MAIN / "model.safetensors") is None
+    pruned = {(p["name"], p["scope"]): p for p in report["pruned"]}
+    assert pruned[(REPO, "incomplete")]["parts"] == [f"{folder.name}/blobs/stale.incomplete"]
+    assert pruned[(REPO, "revisions")]["parts"] == [OLD_REV]  # PINNED is configured
+    assert (REPO, "entry") not in pruned
+    assert sorted(os.listdir(folder / "snapshots")) == [MAIN, PINNED]
+    assert (folder / "refs" / "main").read_text() == MAIN
+    assert report["errors"] == [] and state.lock_scopes == [f"h:{models.resolve()}"]
+    status = {m["name"]: m["status"] for m in report["models"]}
+    assert status == {REPO: "CURRENT", "flat-model": "CURRENT"}
+
+
+def test_fresh_incomplete_and_recent_revisions_are_kept(tmp_path: Path) -> None:
+    models = _hub_dir(tmp_path)
+    folder = models / f"models--{REPO.replace('/', '--')}"
+    write_hub_repo(models, REPO, {OLD_REV: {"new.txt": b"just downloaded"}}, refs={})
+    report = run_audit(AuditRun(models, PrunePolicy(), "dry-run"), MemoryState())
+    parts = {p["scope"]: p["parts"] for p in report["pruned"] if p["name"] == REPO}
+    assert parts["incomplete"] == [f"{folder.name}/blobs/stale.incomplete"]  # not fresh
+    assert parts["revisions"] == [PINNED]  # OLD_REV was just written to
+    assert (folder / "blobs" / "stale.incomplete").exists()  # dry run
+
+
+def test_detached_revisions_go_with_delete_revisions(tmp_path: Path) -> None:
+    models = _hub_dir(tmp_path)
+    folder = models / f"models--{REPO.replace('/', '--')}"
+    loaded = Holder(REPO, str(folder / "snapshots" / PINNED), "w@h", "h", 3)
+    report = run_audit(AuditRun(models, PrunePolicy(), "prune"), MemoryState([loaded]))
+    assert sorted(os.listdir(folder / "snapshots")) == [MAIN, PINNED]  # PINNED loaded
+    assert (folder / "snapshots" / MAIN / "config.json").read_text()  # shared blob kept
+    revisions = next(p for p in report["pruned"] if p["scope"] == "revisions")
+    assert revisions["parts"] == [OLD_REV] and revisions["size_bytes"] > 0
+    assert report["errors"] == []
+
+
+def test_a_repo_goes_whole_only_when_retired_or_unused(tmp_path: Path) -> None:
+    models = _hub_dir(tmp_path)
+    folder = f"models--{REPO.replace('/', '--')}"
+    truncated = model_files(truncate_to=40)
+    write_hub_repo(models, "org/broken", {MAIN: truncated})
+    age(models / "models--org--broken", 3 * DAY)
+    policy = PrunePolicy(retired=(REPO,), grace_seconds=60)
+    configured = MemoryState()
+    configured.wanted = [Holder(REPO, "", "vlm@other", "other", 1)]
+    kept = run_audit(AuditRun(models, policy, "prune"), configured)
+    assert (models / folder).is_dir()  # retired, but a live worker is configured to it
+    whole = next(k for k in kept["kept"] if k["name"] == REPO and k["scope"] == "entry")
+    assert whole["reasons"] == ["current_model"] and whole["matched"] == ["retired"]
+    broken = next(m for m in kept["models"] if m["name"] == "org/broken")
+    assert broken["integrity"]["problems"] and broken["status"] == "OK"
+    assert (models / "models--org--broken").is_dir()  # broken hub repos are reported
+
+    report = run_audit(AuditRun(models, policy, "prune"), MemoryState())
+    assert [(p["name"], p["reasons"]) for p in report["pruned"]] == [(REPO, ["retired"])]
+    assert not (models / folder).exists() and not (models / ".locks" / folder).exists()
+    unused = PrunePolicy(unused_days=2)
+    state = MemoryState()
+    state.used["org/broken@main"] = time.time() - 3 * DAY
+    report = run_audit(AuditRun(models, unused, "prune"), state)
+    assert [(p["name"], p["reasons"]) for p in report["pruned"]] == \
+        [("org/broken", ["unused"])]
+    assert sorted(os.listdir(models)) == [".locks", "flat-model"]
+
+
+def test_missing_model_dir_without_a_model_is_not_an_error(tmp_path: Path) -> None:
+    report = run_audit(AuditRun(tmp_path / "nope", PrunePolicy(), "audit"), MemoryState())
+    assert report["errors"] == [] and report["model_dir_exists"] is False
+    assert "nothing to audit" in report["notes"][0]
+
+
+def test_locate_folder_names_and_repo_ids(tmp_path: Path) -> None:
+    models = _hub_dir(tmp_path)
+    snapshots = models / f"models--{REPO.replace('/', '--')}" / "snapshots"
+    assert locate(models, REPO) == snapshots / MAIN
+    assert locate(models, f"{REPO}@main") == snapshots / MAIN
+    assert locate(models, f"{REPO}@{PINNED}") == snapshots / PINNED
+    assert locate(models, f"{REPO}@v9") is None
+    assert locate(models, "org/missing") is None
+    assert locate(models, "flat-model") == (models / "flat-model").resolve()
+    assert "models--org--missing (refs/main)" in searched(models, "org/missing")
+    env = {"OCR_MODEL_DIR": str(models)}
+    assert Settings.from_env({**env, "OCR_MODEL": REPO}).model_path == snapshots / MAIN
+    assert Settings.from_env({**env, "OCR_MODEL": REPO}).resolve_engine() == "mlx-vlm"
+    assert Settings.from_env({**env, "OCR_MODEL": "org/none"}).resolve_engine() == \
+        "tesseract"
+
+
+@pytest.mark.parametrize("value", ["a/b/c", "../x", "org/..", "..", "org/name@../x",
+                                   "/abs", "org/"])
+def test_bad_model_names_are_refused(value: str) -> None:
+    with pytest.raises(SettingsError, match="OCR_MODEL"):
+        Settings.from_env({"OCR_MODEL": value})
+    with pytest.raises(SettingsError, match="OCR_RETIRED_MODELS"):
+        Settings.from_env({"OCR_RETIRED_MODELS": f"ok, {value}"})
+
+
+def test_a_missing_repo_is_engine_unavailable_with_the_path(tmp_path: Path) -> None:
+    from tasks.engines.mlx_vlm import MlxVlmEngine
+    from tasks.errors import EngineUnavailable
+
+    settings = Settings.from_env({"OCR_MODEL_DIR": str(tmp_path),
+                                  "OCR_MODEL": "mlx-community/absent@v2"})
+    with pytest.raises(EngineUnavailable) as raised:
+        MlxVlmEngine.load(settings)
+    assert f"searched {tmp_path}/models--mlx-community--absent (v2)" in raised.value.message
+    assert "never downloaded" in raised.value.message
+    assert os.listdir(tmp_path) == []
+
+
+def test_hand_made_links_into_a_repo_keep_their_revision_and_count_as_use(
+        tmp_path: Path) -> None:
+    models = _hub_dir(tmp_path)
+    folder = models / f"models--{REPO.replace('/', '--')}"
+    os.symlink(folder / "snapshots" / PINNED, models / "tiny")  # the old way: a link
+    state = MemoryState()
+    state.used["tiny"] = time.time() - 3600
+    report = run_audit(AuditRun(models, PrunePolicy(unused_days=2), "prune"), state)
+    assert sorted(os.listdir(folder / "snapshots")) == [MAIN, PINNED]
+    assert (models / "tiny" / "config.json").is_file()  # the link does not dangle
+    assert [p["parts"] for p in report["pruned"] if p["scope"] == "revisions"] == [[OLD_REV]]
+    assert all(p["name"] != REPO or p["scope"] != "entry" for p in report["pruned"])
+
+
+def test_a_repo_the_hub_scan_refuses_is_reported_and_kept(tmp_path: Path) -> None:
+    models = tmp_path / "models"
+    folder = write_hub_repo(models, "org/torn", {MAIN: model_files()})
+    next(p for p in (folder / "blobs").iterdir() if p.stat().st_size > 100).unlink()
+    age(folder, 3 * DAY)
+    report = run_audit(AuditRun(models, PrunePolicy(grace_seconds=60), "prune"),
+                       MemoryState())
+    [entry] = report["models"]
+    assert (entry["name"], entry["kind"], entry["status"]) == ("org/torn", "hub", "OK")
+    assert entry["integrity"]["problems"][0].startswith("Blob missing (broken symlink)")
+    assert report["pruned"] == [] and folder.is_dir()
+
+
+def test_every_host_run_picks_one_worker_per_host_and_directory() -> None:
+    from tasks.queue.maintenance_tasks import pick_targets
+
+    def reply(node: str, host: str, model_dir: str, role: str = "ocr") -> dict[str, Any]:
+        return {node: {"host": host, "model_dir": model_dir, "model": "", "role": role}}
+
+    replies = [reply("ctl@a", "a", "/m", "control"), reply("vlm@a", "a", "/m"),
+               reply("cpu@a", "a", "/m"), reply("cpu@a2", "a", "/other"),
+               reply("cpu@b", "b", "/m"), {"old@c": {"error": "unknown command"}}]
+    assert pick_targets(replies) == [
+        {"host": "a", "model_dir": "/m", "node": "cpu@a"},
+        {"host": "a", "model_dir": "/other", "node": "cpu@a2"},
+        {"host": "b", "model_dir": "/m", "node": "cpu@b"}]
+    assert pick_targets([reply("ctl@a", "a", "/m", "control")])[0]["node"] == "ctl@a"
+
+
+def test_a_linked_repo_folder_is_never_entered(tmp_path: Path) -> None:
+    models, outside = tmp_path / "models", tmp_path / "outside"
+    _hub_dir(tmp_path)
+    folder = f"models--{REPO.replace('/', '--')}"
+    outside.mkdir()
+    os.rename(models / folder, outside / folder)
+    os.symlink(outside / folder, models / folder)
+    report = run_audit(AuditRun(models, PrunePolicy(), "prune"), MemoryState())
+    assert [p for p in report["pruned"] if p["name"] == REPO] == []
+    assert (outside / folder / "blobs" / "stale.incomplete").exists()
+    assert sorted(os.listdir(outside / folder / "snapshots")) == [MAIN, OLD_REV, PINNED]
+    with pytest.raises(PathNotAllowed):
+        remove_partial_blob(models, f"{folder}/blobs/stale.incomplete")

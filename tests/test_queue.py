@@ -19,6 +19,7 @@ import pytest
 
 from tasks.client import OcrClient
 from tests.conftest import FAKE_PLUGINS, ROOT, Worker, corpus
+from tests.image_fixtures import bomb_frame_tiff
 from tests.pdf_fixtures import (
     broken_xref_pdf,
     huge_page_pdf,
@@ -93,6 +94,8 @@ def test_result_shape(fake_worker: Worker, client: OcrClient) -> None:
     (lambda: {"data_b64": _enc(truncated_pdf(_raw("dig_tracemonkey_14p.pdf")))},
      "corrupt_input"),
     (lambda: {"data_b64": _enc(millions_of_pages_pdf())}, "corrupt_input"),
+    (lambda: {"path": "/etc/passwd\0.png"}, "bad_request"),
+    (lambda: {"data_b64": _enc(bomb_frame_tiff())}, "image_too_large"),
 ])
 def test_bad_input_fails_with_a_code(fake_worker: Worker, client: OcrClient,
                                      make_kwargs: Callable[[], dict[str, Any]],
@@ -105,6 +108,14 @@ def test_bad_input_fails_with_a_code(fake_worker: Worker, client: OcrClient,
     assert time.monotonic() - started < 10
     # the worker is alive and serves the next job
     assert run_one(client, corpus("scan_tess_phototest.tif"))["status"] == "SUCCESS"
+
+
+def test_positional_arguments_are_a_bad_request(fake_worker: Worker,
+                                                client: OcrClient) -> None:
+    job = client.app.send_task("ocr.document", args=[_b64("scan_linn.png")]).id
+    result = client.wait([job], timeout=60)[job]
+    assert result["error"]["code"] == "bad_request"
+    assert "keyword arguments only" in result["error"]["message"]
 
 
 def _raw(name: str) -> bytes:

@@ -83,7 +83,9 @@ def test_auto_engine_picks_vlm_only_when_model_present(tmp_path: Path) -> None:
 
 
 def test_mlx_cache_clear_follows_its_setting() -> None:
-    from tasks.engines.mlx_vlm import MlxVlmEngine
+    from tasks.engines.mlx_vlm import MlxVlmEngine, VlmBudget
+    from tasks.engines.vlm_profiles import PROFILES
+    from tasks.engines.vlm_runtime import PatchGrid
 
     assert settings().mlx_clear_cache is True
     assert settings(OCR_MLX_CLEAR_CACHE="0").mlx_clear_cache is False
@@ -93,7 +95,9 @@ def test_mlx_cache_clear_follows_its_setting() -> None:
                              get_cache_memory=lambda: 3 * 2**20,
                              clear_cache=lambda calls=calls: calls.append("clear"),
                              reset_peak_memory=lambda calls=calls: calls.append("reset"))
-        engine = MlxVlmEngine(None, None, "", 8, "m", (mx, None), clear_cache=clear)
+        budget = VlmBudget(1288, 8, (0.0,), PatchGrid())
+        engine = MlxVlmEngine(None, None, "", PROFILES["generic"], budget, "m", (mx, None),
+                              clear_cache=clear)
         assert engine.release_cache() == {"mlx_active_mb": 1.0, "mlx_peak_mb": 2.0,
                                           "mlx_cache_mb": 3.0}
         assert calls == (["clear", "reset"] if clear else ["reset"])
@@ -355,3 +359,17 @@ def test_release_signal_reaches_the_handler(tmp_path: Path) -> None:
         assert not registry.engines
     finally:
         signal.signal(RELEASE_SIGNAL, previous)
+
+
+def test_tesseract_words_of_a_page_without_text() -> None:
+    """Word boxes asked of an empty page (pdf, json, hOCR, ALTO outputs): none, no error."""
+    from tasks.engines import RecognizeOptions
+    from tasks.engines.tesseract import TesseractEngine
+
+    engine = TesseractEngine.load(Settings.from_env({}))
+    try:
+        result = engine.recognize(Image.new("L", (200, 120), 235),
+                                  RecognizeOptions(want_words=True))
+    finally:
+        engine.close()
+    assert result.words == () and result.text.strip() == ""

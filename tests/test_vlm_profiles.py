@@ -306,3 +306,11 @@ def test_dots_ocr_closed_array_formula_and_other_modes() -> None:
     other = normalise("dots-ocr", "Just some text from prompt_ocr.")
     assert other.text == "Just some text from prompt_ocr." and other.flags == {
         "layout_json": False}
+
+
+def test_a_hub_snapshot_is_known_by_its_repo_id(tmp_path: Path) -> None:
+    snapshot = tmp_path / "models--allenai--olmOCR-2-7B-1025" / "snapshots" / ("a" * 40)
+    snapshot.mkdir(parents=True)
+    (snapshot / "config.json").write_text('{"model_type": "qwen2_5_vl"}')
+    assert select_profile(snapshot).name == "generic"  # the folder is only a revision
+    assert select_profile(snapshot, model_name="allenai/olmOCR-2-7B-1025").name == "olmocr"

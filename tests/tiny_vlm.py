@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import json
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 
 SPECIAL_TOKENS = [
@@ -92,7 +93,7 @@ def _write_json(path: Path, data: dict) -> None:
     path.write_text(json.dumps(data, indent=2) + "\n", encoding="utf-8")
 
 
-def _build_tokenizer(dest: Path) -> int:
+def _build_tokenizer(dest: Path, stops: bool = False) -> int:
     """Train a byte-level BPE tokenizer on CORPUS; return its vocab size."""
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 
@@ -114,7 +115,7 @@ def _build_tokenizer(dest: Path) -> int:
         {
             "tokenizer_class": "PreTrainedTokenizerFast",
             "bos_token": None,
-            "eos_token": "<|im_end|>",
+            "eos_token": "<|endoftext|>" if stops else "<|im_end|>",
             "pad_token": "<|endoftext|>",
             "unk_token": None,
             "model_max_length": 4096,
@@ -126,24 +127,58 @@ def _build_tokenizer(dest: Path) -> int:
     return tokenizer.get_vocab_size()
 
 
-def _model_config(vocab_size: int) -> dict:
-    hidden, heads = 64, 4  # head_dim 16: mrope_section must sum to 16 / 2
+@dataclass(frozen=True)
+class Geometry:
+    """Sizes of a random-weight model; the defaults make the tiny test model.
+
+    `max_pixels` is the image processor's limit (Qwen2-VL ships 12,845,056: pages are
+    not scaled down by the processor); the rest size the networks.
+    """
+
+    max_pixels: int = 56 * 56
+    hidden: int = 64
+    heads: int = 4  # head_dim = hidden / heads; mrope_section sums to head_dim / 2
+    layers: int = 2
+    intermediate: int = 128
+    vision_depth: int = 1
+    vision_dim: int = 32
+    vision_heads: int = 2
+    # True: the model ends every reply at once (its final norm is zero, so every logit
+    # is 0 and greedy decoding picks token 0, made the end token): a complete, empty read.
+    stops: bool = False
+
+
+# Qwen2-VL's real image geometry (14 px patches, 2x2 merge, max_pixels 12,845,056) on
+# networks small enough for CPU: the tokens a page costs are Qwen2-VL's own.
+QWEN2_VL_PAGES = Geometry(max_pixels=12_845_056)
+TINY_STOPS = Geometry(stops=True)
+
+
+def _image_processor(geometry: Geometry) -> dict:
+    return {**IMAGE_PROCESSOR, "max_pixels": geometry.max_pixels,
+            "size": {"shortest_edge": 28 * 28, "longest_edge": geometry.max_pixels}}
+
+
+def _model_config(vocab_size: int, geometry: Geometry = Geometry()) -> dict:
+    hidden, heads = geometry.hidden, geometry.heads
+    half = hidden // heads // 2
+    mrope = [half // 4, (half - half // 4) // 2, half - half // 4 - (half - half // 4) // 2]
     return {
         "architectures": ["Qwen2VLForConditionalGeneration"],
         "model_type": "qwen2_vl",
         "hidden_size": hidden,
-        "intermediate_size": 128,
-        "num_hidden_layers": 2,
+        "intermediate_size": geometry.intermediate,
+        "num_hidden_layers": geometry.layers,
         "num_attention_heads": heads,
         "num_key_value_heads": 2,
         "rms_norm_eps": 1e-6,
         "rope_theta": 1000000.0,
-        "rope_scaling": {"type": "mrope", "mrope_section": [2, 3, 3]},
+        "rope_scaling": {"type": "mrope", "mrope_section": mrope},
         "max_position_embeddings": 4096,
         "tie_word_embeddings": False,
         "vocab_size": vocab_size,
         "bos_token_id": TOKEN_ID["<|endoftext|>"],
-        "eos_token_id": TOKEN_ID["<|im_end|>"],
+        "eos_token_id": TOKEN_ID["<|endoftext|>" if geometry.stops else "<|im_end|>"],
         "pad_token_id": TOKEN_ID["<|endoftext|>"],
         "vision_start_token_id": TOKEN_ID["<|vision_start|>"],
         "vision_end_token_id": TOKEN_ID["<|vision_end|>"],
@@ -152,9 +187,9 @@ def _model_config(vocab_size: int) -> dict:
         "video_token_id": TOKEN_ID["<|video_pad|>"],
         "vision_config": {
             "model_type": "qwen2_vl",
-            "depth": 1,
-            "embed_dim": 32,
-            "num_heads": 2,
+            "depth": geometry.vision_depth,
+            "embed_dim": geometry.vision_dim,
+            "num_heads": geometry.vision_heads,
             "mlp_ratio": 2,  # must be an int
             "hidden_size": hidden,  # merger output = text hidden size
             "in_channels": 3,
@@ -166,7 +201,7 @@ def _model_config(vocab_size: int) -> dict:
     }
 
 
-def build_tiny_qwen2_vl(dest: Path) -> Path:
+def build_tiny_qwen2_vl(dest: Path, geometry: Geometry = Geometry()) -> Path:
     """Write a tiny random-weight qwen2_vl model directory into ``dest``."""
     import mlx.core as mx
     from mlx_vlm.models import qwen2_vl
@@ -174,11 +209,11 @@ def build_tiny_qwen2_vl(dest: Path) -> Path:
 
     dest = Path(dest)
     dest.mkdir(parents=True, exist_ok=True)
-    config = _model_config(_build_tokenizer(dest))
+    config = _model_config(_build_tokenizer(dest, geometry.stops), geometry)
     _write_json(dest / "config.json", config)
-    _write_json(dest / "preprocessor_config.json", IMAGE_PROCESSOR)
+    _write_json(dest / "preprocessor_config.json", _image_processor(geometry))
     # Present locally so the processor never tries hf_hub_download for them.
-    _write_json(dest / "video_preprocessor_config.json", IMAGE_PROCESSOR)
+    _write_json(dest / "video_preprocessor_config.json", _image_processor(geometry))
     _write_json(dest / "processor_config.json", {"processor_class": "Qwen2VLProcessor"})
 
     mx.random.seed(0)
@@ -188,19 +223,27 @@ def build_tiny_qwen2_vl(dest: Path) -> Path:
         config["vision_config"]
     )
     model = qwen2_vl.Model(model_config)
+    if geometry.stops:
+        norm = model.language_model.model.norm
+        norm.weight = mx.zeros_like(norm.weight)
     mx.eval(model.parameters())
     # Writes model.safetensors + index with the same keys load() expects.
     save_weights(dest, model)
     return dest
 
 
+GEOMETRIES = {"tiny": Geometry(), "qwen2-vl-pages": QWEN2_VL_PAGES, "tiny-stops": TINY_STOPS}
+
+
 def main(argv: list[str] | None = None) -> int:
-    """CLI entry point: ``python -m tests.tiny_vlm DEST``."""
+    """CLI entry point: ``python -m tests.tiny_vlm DEST [GEOMETRY]``."""
     args = sys.argv[1:] if argv is None else argv
-    if len(args) != 1:
-        print("usage: python -m tests.tiny_vlm DEST", file=sys.stderr)
+    if len(args) not in (1, 2) or (len(args) == 2 and args[1] not in GEOMETRIES):
+        print(f"usage: python -m tests.tiny_vlm DEST [{'|'.join(GEOMETRIES)}]",
+              file=sys.stderr)
         return 2
-    print(build_tiny_qwen2_vl(Path(args[0])))
+    print(build_tiny_qwen2_vl(Path(args[0]), GEOMETRIES[args[1] if len(args) == 2
+                                                        else "tiny"]))
     return 0
 
 

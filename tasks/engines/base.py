@@ -7,10 +7,11 @@ Engines are constructed in a worker pool child (never in the parent) by
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, ClassVar
 
-from tasks.errors import OutputUnsupported
+from tasks.errors import EngineUnavailable, OutputUnsupported
 from worker_config import WORD_BOX_OUTPUTS
 
 if TYPE_CHECKING:
@@ -28,9 +29,43 @@ class Word:
     confidence: float
 
 
+FINISH_REASONS = ("stop", "length", "repetition", "error")
+
+
+@dataclass(frozen=True)
+class VlmRead:
+    """How a vision-language model read one page (the page result's `vlm` field).
+
+    `finish_reason` is that of the last try: `stop` (the model ended the page),
+    `length` (cut at the token budget), `repetition` (stopped in a loop) or `error`.
+    Only `stop` is a complete read.
+    """
+
+    profile: str
+    image_size: tuple[int, int]  # (width, height) as given to the model
+    prompt_tokens: int
+    generation_tokens: int
+    finish_reason: str
+    tries: int
+
+    @property
+    def complete(self) -> bool:
+        return self.finish_reason == "stop"
+
+    def to_dict(self) -> dict[str, object]:
+        return {"profile": self.profile, "image_size": list(self.image_size),
+                "prompt_tokens": self.prompt_tokens,
+                "generation_tokens": self.generation_tokens,
+                "finish_reason": self.finish_reason, "tries": self.tries}
+
+
 @dataclass(frozen=True)
 class PageResult:
-    """What an engine returns for one page image."""
+    """What an engine returns for one page image.
+
+    `vlm` is set by vision-language engines; a read that is not complete must not be
+    reported as the page's text (the pipeline falls back or fails the page).
+    """
 
     text: str
     words: tuple[Word, ...] = ()
@@ -39,6 +74,7 @@ class PageResult:
     # Engines with word boxes may give the page as an hOCR `ocr_page` div (tesseract's
     # own renderer); tasks/pipeline/layouts.py builds one from `words` otherwise.
     hocr: str | None = None
+    vlm: VlmRead | None = None
     # True when the reading itself shows the page was upright (confident, horizontal text
     # lines), so no orientation pass is needed; False or None: it cannot tell, ask
     # `detect_orientation`. Engines with `reads_orientation` set it.
@@ -70,6 +106,14 @@ class OcrEngine(ABC):
     reads_orientation: ClassVar[bool] = False
 
     model: str | None = None
+    # Longest side (px) of the page images this engine wants; PDF pages are rendered
+    # at that size instead of OCR_PDF_DPI. None: the full resolution.
+    page_longest_side: int | None = None
+    # Another engine whose orientation check this one uses (loaded on demand).
+    orientation_engine: ClassVar[str | None] = None
+    # An engine without word boxes (gives_words False) whose words can be placed on
+    # this other engine's boxes for a searchable PDF (`output=pdf`); None: no layer.
+    text_layer_from: ClassVar[str | None] = None
 
     @classmethod
     def model_entry(cls, settings: Settings) -> str | None:
@@ -88,8 +132,11 @@ class OcrEngine(ABC):
     def check(self, options: RecognizeOptions) -> None:
         """Refuse at job start what this engine cannot do (raises OcrError).
 
-        Outputs drawn from word boxes (pdf, hocr, alto) need `gives_words`.
+        Outputs drawn from word boxes (pdf, hocr, alto) need `gives_words`; a searchable
+        PDF may also come from another engine's boxes (`text_layer_from`).
         """
+        if options.output == "pdf" and self.text_layer_from:
+            return
         if options.output in WORD_BOX_OUTPUTS and not self.gives_words:
             raise OutputUnsupported(f"engine {self.name} gives no word boxes, so it cannot "
                                     f"produce output {options.output!r}; use text, "
@@ -103,6 +150,18 @@ class OcrEngine(ABC):
     @abstractmethod
     def recognize(self, image: Image.Image, options: RecognizeOptions) -> PageResult:
         """Recognise the text of one page image (mode L or RGB)."""
+
+    _peers: Callable[[str], OcrEngine] | None = None
+
+    def bind_peers(self, lookup: Callable[[str], OcrEngine]) -> None:
+        """Give the engine the other engines of its process (ResidentEngines does)."""
+        self._peers = lookup
+
+    def peer(self, name: str) -> OcrEngine:
+        """Another engine of this process (orientation checks, fallbacks), loaded on use."""
+        if self._peers is None:
+            raise EngineUnavailable(f"engine {name} is not reachable from {self.name}")
+        return self._peers(name)
 
     def detect_orientation(self, image: Image.Image) -> int:
         """Counter-clockwise degrees (0, 90, 180, 270) that put the page upright.

@@ -2,24 +2,74 @@
 
 Runs in a worker pool child, never in the parent: MLX evaluated before a fork
 deadlocks the child on Linux, and Metal is not fork-safe. The model is loaded from a
-local folder only; `mlx_vlm.load` would download from a hub when the path is missing,
+local folder only (a folder of OCR_MODEL_DIR or a hub-cache snapshot, resolved by
+tasks/models/locate.py); `mlx_vlm.load` would download from a hub when the path is missing,
 so the folder is checked first and the hub is switched off for this process.
+
+Each page goes to the model at the profile's page budget (tasks/engines/vlm_runtime.py),
+is generated with `mlx_vlm.stream_generate` under a repetition guard, and is tried again
+on the next temperature of OCR_VLM_TEMPERATURES when it ends at the token limit or in a
+loop. A read that is still incomplete comes back with `vlm.finish_reason` saying so and
+no text: the pipeline (tasks/pipeline/documents.py) falls back to another engine or
+fails the page.
 """
 
 from __future__ import annotations
 
 import gc
+import logging
 import os
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from tasks.errors import EngineFailed, EngineUnavailable
+from PIL import Image
 
-from .base import OcrEngine, PageResult, RecognizeOptions
+from tasks.errors import EngineUnavailable
+from tasks.models.locate import searched
+
+from .base import OcrEngine, PageResult, RecognizeOptions, VlmRead
+from .vlm_profiles import VlmProfile, select_profile
+from .vlm_runtime import PatchGrid, RepetitionGuard, budget_size
 
 if TYPE_CHECKING:
-    from PIL import Image
-
     from worker_config import Settings
+
+log = logging.getLogger(__name__)
+# Characters of generated text kept to look for the profile's stop strings.
+_STOP_TAIL = 256
+
+
+@dataclass(frozen=True)
+class Generation:
+    """One generate call on one page."""
+
+    text: str
+    prompt_tokens: int
+    generation_tokens: int
+    finish_reason: str  # stop | length | repetition | error
+
+
+@dataclass(frozen=True)
+class VlmBudget:
+    """The page and token budget of this engine (profile, overridden by settings)."""
+
+    longest_side: int
+    max_tokens: int
+    temperatures: tuple[float, ...]
+    grid: PatchGrid
+
+
+def patch_grid(processor: Any) -> PatchGrid:
+    """The cell size and pixel limits of the model's image processor, where it has them."""
+    image_processor = getattr(processor, "image_processor", None)
+    patch = getattr(image_processor, "patch_size", None)
+    merge = getattr(image_processor, "merge_size", None)
+    max_pixels = getattr(image_processor, "max_pixels", None)
+    min_pixels = getattr(image_processor, "min_pixels", None)
+    factor = patch * merge if isinstance(patch, int) and isinstance(merge, int) else 1
+    return PatchGrid(factor=factor,
+                     max_pixels=max_pixels if isinstance(max_pixels, int) else None,
+                     min_pixels=min_pixels if isinstance(min_pixels, int) else 1)
 
 
 class MlxVlmEngine(OcrEngine):
@@ -27,16 +77,23 @@ class MlxVlmEngine(OcrEngine):
 
     name = "mlx-vlm"
     gives_markdown = True
+    # Pages are turned upright by tesseract's orientation check before the model reads.
+    orientation_engine = "tesseract"
+    # No word boxes of its own: a searchable PDF places its words on tesseract's boxes.
+    text_layer_from = "tesseract"
 
-    def __init__(self, model: Any, processor: Any, prompt: str, max_tokens: int,
-                 model_name: str, modules: tuple[Any, Any], clear_cache: bool = True) -> None:
+    def __init__(self, model: Any, processor: Any, prompt: str, profile: VlmProfile,
+                 budget: VlmBudget, model_name: str, modules: tuple[Any, Any],
+                 clear_cache: bool = True) -> None:
         self._model = model
         self._processor = processor
         self._prompt = prompt
-        self._max_tokens = max_tokens
+        self.profile = profile
+        self.budget = budget
         self._mx, self._mlx_vlm = modules
         self._clear_cache = clear_cache
         self.model = model_name
+        self.page_longest_side = budget.longest_side
 
     @classmethod
     def model_entry(cls, settings: Settings) -> str | None:
@@ -44,14 +101,16 @@ class MlxVlmEngine(OcrEngine):
 
     @classmethod
     def load(cls, settings: Settings) -> MlxVlmEngine:
+        if not settings.model:
+            raise EngineUnavailable("OCR_MODEL is not set; name a model folder or hub repo "
+                                    "id in OCR_MODEL_DIR")
         path = settings.model_path
-        if path is None:
-            raise EngineUnavailable("OCR_MODEL is not set; name a model folder in "
-                                    "OCR_MODEL_DIR")
-        if not (path / "config.json").is_file():
-            raise EngineUnavailable(f"model {settings.model!r} is not a model folder in "
-                                    f"{settings.model_dir} (no config.json); models are "
-                                    "never downloaded")
+        if path is None or not (path / "config.json").is_file():
+            raise EngineUnavailable(f"model {settings.model!r} is not in OCR_MODEL_DIR "
+                                    f"(searched {searched(settings.model_dir, settings.model)}"
+                                    "; no config.json there); models are never downloaded")
+        profile = select_profile(path, settings.model_profile,
+                                 model_name=settings.model)
         # Belt and braces: even a bug in the path check above cannot reach a hub.
         os.environ["HF_HUB_OFFLINE"] = "1"
         os.environ["TRANSFORMERS_OFFLINE"] = "1"
@@ -64,27 +123,105 @@ class MlxVlmEngine(OcrEngine):
                 f"the VLM engine's packages are not installed ({exc.name or 'mlx_vlm'} "
                 "is missing): run `make vlm` (pip install -r requirements-vlm.txt)") from exc
 
+        from worker_config import DEFAULT_PROMPT
+
         model, processor = mlx_vlm.load(str(path))
-        prompt = apply_chat_template(processor, model.config, settings.prompt, num_images=1)
+        # OCR_PROMPT, when changed from the default, replaces the profile's prompt.
+        text = settings.prompt if settings.prompt != DEFAULT_PROMPT else profile.prompt
+        prompt = apply_chat_template(processor, model.config, text, num_images=1)
         if not isinstance(prompt, str):
             raise EngineUnavailable("the model's chat template did not give a text prompt")
-        return cls(model, processor, prompt, settings.vlm_max_tokens, settings.model,
+        budget = VlmBudget(longest_side=settings.vlm_longest_side or profile.longest_side,
+                           max_tokens=settings.vlm_max_tokens or profile.max_tokens,
+                           temperatures=settings.vlm_temperatures,
+                           grid=patch_grid(processor))
+        set_memory_limits(mx, settings)
+        log.info("mlx-vlm profile %s: pages at %d px longest side (processor max_pixels "
+                 "%s), %d tokens, temperatures %s", profile.name, budget.longest_side,
+                 budget.grid.max_pixels, budget.max_tokens, budget.temperatures)
+        return cls(model, processor, prompt, profile, budget, settings.model,
                    (mx, mlx_vlm), clear_cache=settings.mlx_clear_cache)
 
+    def page_size(self, width: int, height: int) -> tuple[int, int]:
+        """The size a `width` x `height` page goes to the model at."""
+        return budget_size(width, height, self.budget.longest_side, self.budget.grid)
+
     def recognize(self, image: Image.Image, options: RecognizeOptions) -> PageResult:
+        size = self.page_size(image.width, image.height)
         rgb = image if image.mode == "RGB" else image.convert("RGB")
+        sized = rgb if rgb.size == size else rgb.resize(size, Image.Resampling.LANCZOS)
+        generation = Generation("", 0, 0, "error")
+        tries = 0
+        for temperature in self.budget.temperatures:
+            tries += 1
+            generation = self.generate(sized, temperature)
+            if generation.finish_reason in ("stop", "error"):
+                break  # an error is not retried: the same input fails the same way
+            log.info("mlx-vlm: page read ended with %s at temperature %s (try %d)",
+                     generation.finish_reason, temperature, tries)
+        vlm = VlmRead(profile=self.profile.name, image_size=size,
+                      prompt_tokens=generation.prompt_tokens,
+                      generation_tokens=generation.generation_tokens,
+                      finish_reason=generation.finish_reason, tries=tries)
+        if not vlm.complete:
+            return PageResult(text="", vlm=vlm)  # never a truncated text as a clean read
+        output = self.profile.normalise(generation.text, size)
+        if output.flags.get("is_rotation_valid") is False and output.rotation:
+            # olmOCR read a sideways page and says how to turn it: turn it, ask again
+            # (as olmOCR's own pipeline does); kept only when that read is complete.
+            turned = sized.rotate(output.rotation, expand=True)
+            again = self.generate(turned, self.budget.temperatures[0])
+            tries += 1
+            if again.finish_reason == "stop":
+                generation, size = again, turned.size
+                output = self.profile.normalise(again.text, size)
+            vlm = VlmRead(profile=self.profile.name, image_size=size,
+                          prompt_tokens=generation.prompt_tokens,
+                          generation_tokens=generation.generation_tokens,
+                          finish_reason=generation.finish_reason, tries=tries)
+        text = output.markdown if options.output == "markdown" else output.text
+        return PageResult(text=text.strip(), vlm=vlm)
+
+    def generate(self, image: Image.Image, temperature: float,
+                 loop_guard: bool = True) -> Generation:
+        """One streamed generate call, stopped early by a stop string or a loop.
+
+        `loop_guard=False` lets a loop run to the token limit (the benchmark's baseline).
+        """
+        guard = RepetitionGuard() if loop_guard else None
+        stops = self.profile.stop_strings
+        parts: list[str] = []
+        tail = ""
+        prompt_tokens = generated = 0
+        finish: str | None = None
+        stream = self._mlx_vlm.stream_generate(
+            self._model, self._processor, self._prompt, image=[image],
+            max_tokens=self.budget.max_tokens, temperature=temperature, verbose=False)
         try:
-            result = self._mlx_vlm.generate(self._model, self._processor, self._prompt,
-                                            image=[rgb], max_tokens=self._max_tokens,
-                                            temperature=0.0, verbose=False)
+            for chunk in stream:
+                prompt_tokens = int(chunk.prompt_tokens)
+                generated = int(chunk.generation_tokens)
+                parts.append(chunk.text)
+                if chunk.finish_reason is not None:
+                    finish = str(chunk.finish_reason)  # the last chunk: its token was seen
+                    break
+                if guard is not None and guard.feed(int(chunk.token)):
+                    finish = "repetition"
+                    break
+                if stops:
+                    tail = (tail + chunk.text)[-_STOP_TAIL:]
+                    if any(s in tail for s in stops):
+                        finish = "stop"
+                        break
         except (ValueError, RuntimeError) as exc:
-            raise EngineFailed(f"the model could not process this page "
-                               f"({type(exc).__name__})") from exc
-        return PageResult(text=result.text.strip(), stats={
-            "prompt_tokens": float(result.prompt_tokens),
-            "generation_tokens": float(result.generation_tokens),
-            "generation_tps": float(result.generation_tps),
-        })
+            log.warning("mlx-vlm: generation failed (%s): %s", type(exc).__name__, exc)
+            finish = "error"
+        finally:
+            stream.close()
+        text = "".join(parts)
+        for stop in stops:
+            text = text.split(stop, 1)[0]
+        return Generation(text, prompt_tokens, generated, finish or "length")
 
     def release_cache(self) -> dict[str, float]:
         mx = self._mx
@@ -103,3 +240,22 @@ class MlxVlmEngine(OcrEngine):
         self._processor = None
         gc.collect()  # the model's reference cycles hold arrays until collected
         self._mx.clear_cache()
+
+
+def set_memory_limits(mx: Any, settings: Settings) -> None:
+    """OCR_MLX_MEMORY_LIMIT_MB / OCR_MLX_CACHE_LIMIT_MB, set in the child after the load.
+
+    On Metal the memory limit also caps the wired (non-swappable) memory MLX asks for,
+    within what the device recommends.
+    """
+    if settings.mlx_memory_limit_mb is not None:
+        limit = settings.mlx_memory_limit_mb * 2**20
+        mx.set_memory_limit(limit)
+        if mx.metal.is_available():
+            recommended = mx.device_info().get("max_recommended_working_set_size", limit)
+            mx.set_wired_limit(min(limit, int(recommended)))
+    if settings.mlx_cache_limit_mb is not None:
+        mx.set_cache_limit(settings.mlx_cache_limit_mb * 2**20)
+    if settings.mlx_memory_limit_mb is not None or settings.mlx_cache_limit_mb is not None:
+        log.info("mlx limits (pid %d): memory %s MB, cache %s MB", os.getpid(),
+                 settings.mlx_memory_limit_mb, settings.mlx_cache_limit_mb)

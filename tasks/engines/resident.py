@@ -77,6 +77,7 @@ class ResidentEngines:
             log.exception("engine load failed: %s (pid %d)", name, os.getpid())
             raise EngineUnavailable(f"engine {name}: {reason}") from exc
         seconds = time.perf_counter() - started
+        engine.bind_peers(lambda other: self.get(other).engine)
         self.engines[name] = LoadedEngine(engine, seconds, entry)
         self.loading.pop(name, None)
         self.load_count += 1
@@ -166,6 +167,11 @@ def init_process(settings: Settings,
                                on_load=on_load)
     try:
         _registry.load(_registry.primary)
+        # The engine whose orientation check the primary uses reads every page too:
+        # loaded now, so that the child's memory baseline includes it.
+        helper = _registry.engines[_registry.primary].engine.orientation_engine
+        if helper is not None:
+            _registry.get(helper)
     except OcrError:
         pass  # recorded in `failures`; tasks of this child fail fast with it
     return _registry

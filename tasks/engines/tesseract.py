@@ -177,7 +177,10 @@ class TesseractEngine(OcrEngine):
         level = self._tesserocr.RIL.WORD
         out = []
         for item in self._tesserocr.iterate_level(api.GetIterator(), level):
-            text = item.GetUTF8Text(level)
+            try:
+                text = item.GetUTF8Text(level)
+            except RuntimeError:  # a page without words: tesserocr's "No text returned"
+                break
             box = item.BoundingBox(level)
             if text and box:
                 out.append(Word(text, tuple(box), round(item.Confidence(level), 2)))

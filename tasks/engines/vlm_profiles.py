@@ -181,12 +181,14 @@ _BY_NAME = (
 )
 
 
-def select_profile(model_path: Path, forced: str | None = None) -> VlmProfile:
+def select_profile(model_path: Path, forced: str | None = None,
+                   model_name: str = "") -> VlmProfile:
     """The profile of the model in `model_path`, or the `forced` one (OCR_MODEL_PROFILE).
 
     Order: a forced name (empty means automatic); `config.json` `model_type` or
-    `architectures` naming an OCR model; the folder name (or the config's
-    `_name_or_path`) naming a known fine-tune; else `generic`.
+    `architectures` naming an OCR model; the folder name, the model's configured `model_name`
+    (OCR_MODEL: a hub repo id, whose snapshot folder is only a revision hash) or the
+    config's `_name_or_path` naming a known fine-tune; else `generic`.
     """
     if forced:
         key = forced.strip().lower()
@@ -205,7 +207,7 @@ def select_profile(model_path: Path, forced: str | None = None) -> VlmProfile:
             name = _BY_ARCHITECTURE.get(str(arch).lower())
             if name:
                 return PROFILES[name]
-    names = [model_path.name, str(config.get("_name_or_path", ""))]
+    names = [model_path.name, model_name, str(config.get("_name_or_path", ""))]
     for pattern, name in _BY_NAME:
         if any(pattern.search(n) for n in names):
             return PROFILES[name]

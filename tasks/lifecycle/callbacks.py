@@ -1,17 +1,35 @@
-"""HTTP callbacks: the summary of a finished job, POSTed as JSON to the caller's URL.
+"""HTTP callbacks: the summary of a finished job, POSTed as signed JSON to the caller's URL.
 
-Runs in worker children, inside the `ocr.http_callback` task (which retries).
+Runs in worker children, inside the `ocr.http_callback` task (which retries). The URL
+is checked again at send time (tasks/pipeline/callback_urls.py): every resolved
+address must be public unless the host is in OCR_CALLBACK_ALLOWED_HOSTS, and the
+connection goes to those checked addresses. Redirects are never followed. With
+OCR_CALLBACK_SECRET set each POST carries `X-OCR-Timestamp` and `X-OCR-Signature:
+sha256=<hex HMAC-SHA256 of "<timestamp>.<raw body>">` (docs/tasks.md: verifying).
 """
 
 from __future__ import annotations
 
+import hashlib
+import hmac
+import http.client
 import json
-import urllib.error
-import urllib.request
-from typing import Any
+import logging
+import socket
+import ssl
+import time
+from typing import TYPE_CHECKING, Any
 
+from tasks.pipeline.callback_urls import CallbackTarget, callback_target, checked_addresses
+
+if TYPE_CHECKING:
+    from worker_config import Settings
+
+log = logging.getLogger(__name__)
 SUMMARY_FIELDS = ("id", "status", "filename", "format", "page_count", "failed_pages",
                   "error", "cached", "retry_of")
+TIMESTAMP_HEADER = "X-OCR-Timestamp"
+SIGNATURE_HEADER = "X-OCR-Signature"
 
 
 def summary(outcome: dict[str, Any]) -> dict[str, Any]:
@@ -21,19 +39,93 @@ def summary(outcome: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
-def post_json(url: str, body: dict[str, Any], timeout: float) -> int:
-    """POST `body`; returns the HTTP status.
+def sign(body: bytes, secret: str, timestamp: int) -> str:
+    """The `X-OCR-Signature` value: `sha256=` and the hex HMAC of `<timestamp>.<body>`."""
+    mac = hmac.new(secret.encode(), f"{timestamp}.".encode() + body, hashlib.sha256)
+    return "sha256=" + mac.hexdigest()
 
-    A 4xx answer is final (returned: the receiver refused it, asking again cannot
-    help); 5xx answers and network errors raise, and the task retries them.
-    """
-    request = urllib.request.Request(
-        url, data=json.dumps(body).encode(), method="POST",
-        headers={"Content-Type": "application/json", "User-Agent": "ocr-queue-callback"})
+
+def verify(body: bytes, secret: str, timestamp: str, signature: str,
+           tolerance: float = 300, now: float | None = None) -> bool:
+    """What a receiver checks: the signature, and a timestamp within `tolerance` s."""
     try:
-        with urllib.request.urlopen(request, timeout=timeout) as response:  # noqa: S310
-            return int(response.status)
-    except urllib.error.HTTPError as exc:
-        if 400 <= exc.code < 500:
-            return int(exc.code)
-        raise
+        stamp = int(timestamp)
+    except ValueError:
+        return False
+    if abs((time.time() if now is None else now) - stamp) > tolerance:
+        return False
+    return hmac.compare_digest(sign(body, secret, stamp), signature)
+
+
+def post_json(url: str, body: dict[str, Any], settings: Settings) -> int:
+    """POST `body` to the checked `url`; returns the HTTP status.
+
+    A 3xx or 4xx answer is final (returned: a redirect is not followed, and a refusal
+    cannot be helped by asking again); 5xx answers and network errors raise
+    (`ConnectionError`/`OSError`), and the task retries them. A URL the policy refuses
+    raises `CallbackNotAllowed` (not retried).
+    """
+    target = callback_target(url, settings)
+    addresses = checked_addresses(target)
+    raw = json.dumps(body).encode()
+    headers = {"Content-Type": "application/json", "User-Agent": "ocr-queue-callback"}
+    if settings.callback_secret:
+        stamp = int(time.time())
+        headers[TIMESTAMP_HEADER] = str(stamp)
+        headers[SIGNATURE_HEADER] = sign(raw, settings.callback_secret, stamp)
+    status = _post(target, addresses, raw, headers, settings.callback_timeout)
+    if 300 <= status < 400:
+        log.warning("callback to %s answered %s; redirects are not followed",
+                    target.url, status)
+    if status >= 500:
+        raise ConnectionError(f"the callback receiver answered {status}")
+    return status
+
+
+def _post(target: CallbackTarget, addresses: list[tuple[Any, ...]], raw: bytes,
+          headers: dict[str, str], timeout: float) -> int:
+    """One POST through the first checked address that accepts a connection."""
+    error: OSError = ConnectionError("no address to connect to")
+    for family, sockaddr in addresses:
+        connection = _connection(target, family, sockaddr, timeout)
+        try:
+            connection.request("POST", target.target, body=raw, headers=headers)
+            return int(connection.getresponse().status)
+        except http.client.HTTPException as exc:
+            raise ConnectionError(f"bad HTTP answer ({type(exc).__name__})") from None
+        except OSError as exc:
+            error = exc
+        finally:
+            connection.close()
+    raise error
+
+
+def _connection(target: CallbackTarget, family: int, sockaddr: tuple[Any, ...],
+                timeout: float) -> http.client.HTTPConnection:
+    """A connection to `sockaddr` that names `target.host` (Host header, TLS SNI)."""
+
+    def connect_checked() -> socket.socket:
+        sock = socket.socket(family, socket.SOCK_STREAM)
+        sock.settimeout(timeout)
+        try:
+            sock.connect(sockaddr)
+        except OSError:
+            sock.close()
+            raise
+        return sock
+
+    if target.scheme == "https":
+        context = ssl.create_default_context()
+
+        class Pinned(http.client.HTTPSConnection):
+            def connect(self) -> None:
+                self.sock = context.wrap_socket(connect_checked(),
+                                                server_hostname=target.host)
+
+        return Pinned(target.host, target.port, timeout=timeout, context=context)
+
+    class PinnedPlain(http.client.HTTPConnection):
+        def connect(self) -> None:
+            self.sock = connect_checked()
+
+    return PinnedPlain(target.host, target.port, timeout=timeout)

@@ -7,6 +7,7 @@ its `JobEnder`. The splitting side (`FanOut`) is built by `tasks.lifecycle.jobs`
 
 from __future__ import annotations
 
+import functools
 import logging
 import time
 from collections.abc import Callable
@@ -69,9 +70,12 @@ def run_pdf_page(meta: DocumentMeta, number: int, engines: ResidentEngines,
     try:
         engine = engines.get(meta.engine).engine
         doc = docs.get(request.blob or "", stores.blobs, settings)
-        image = render_page(doc, number, settings, engine.page_mode)
+        image = render_page(doc, number, settings, engine.page_longest_side,
+                            mode=engine.page_mode)
+        full = functools.partial(render_page, doc, number, settings)  # fallback engines
         try:
-            page = ocr_page(number, image, engine, recognize_options(request), settings)
+            page = ocr_page(number, image, engine, recognize_options(request), settings,
+                            full)
         finally:
             image.close()
     except OcrError as exc:

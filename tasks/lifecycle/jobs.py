@@ -28,7 +28,7 @@ from tasks.pipeline.documents import (
 from tasks.pipeline.images import sniff_format
 from tasks.pipeline.inputs import JobRequest, read_input
 from tasks.pipeline.layouts import LAYOUT_OUTPUTS
-from tasks.pipeline.pdf import check_password, decrypted_bytes, plan_pdf, searchable_pdf
+from tasks.pipeline.pdf import check_password, plan_pdf, searchable_pdf
 from tasks.pipeline.results import merge_previous
 from tasks.state.keys import CACHE_PREFIX
 
@@ -124,9 +124,7 @@ def _fan_out(job_id: str, request: JobRequest, data: bytes, plan: Any, engine: s
     """Store the input for the page tasks (decrypted, so no password is kept)."""
     replaced = None
     if plan.encrypted or request.blob is None:
-        copy = (decrypted_bytes(data, request.password, settings) if plan.encrypted
-                else data)
-        blob = stores.blobs.put(copy)
+        blob = stores.blobs.put(plan.decrypted or data)
         replaced = request.blob
     else:
         blob = request.blob

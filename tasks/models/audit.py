@@ -4,15 +4,25 @@ Plain code, no Celery and no Redis: the `ocr.audit_models` task (tasks/queue/mai
 runs `run_audit()` in a worker pool child with the Redis side (tasks/models/registry.py)
 passed in as an `AuditState`.
 
+The directory may hold plain model folders (and links to them), Hugging Face hub
+cache repos (`models--org--name/`, read through tasks/models/_hub_cache.py), or both.
+A hub repo is listed by repo id; it is removed whole only when retired
+(OCR_RETIRED_MODELS) or unused; otherwise only its stale `blobs/*.incomplete` files and
+its revisions no ref points to are removed.
+
 Safety rules, all enforced here:
 
 - only direct entries of the (resolved) model directory are ever removed;
 - a symbolic link is removed as a link (`os.unlink`), its target is never touched;
   folders are removed with `shutil.rmtree`, which unlinks links inside them without
   following them;
-- the configured model, entries a live worker has loaded (by name, or by the resolved
-  path the worker loaded), and broken or partial entries modified within the grace period
-  are kept;
+- the configured model of the auditing worker and of every live worker (registered in
+  Redis whether or not the model is loaded), entries a live worker has loaded (by name,
+  or by the resolved path the worker loaded), and broken or partial entries modified
+  within the grace period are kept;
+- in a hub repo, a revision a ref points to, the configured or loaded revision, and
+  `.incomplete` files within the grace period are kept; the last revision of a repo is
+  never removed as a revision;
 - pruning scans and removes while holding the prune lock, so two audits never prune at
   once and a second one sees what the first left.
 """
@@ -33,6 +43,9 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from tasks.errors import ModelDirMissing, OcrError, PathNotAllowed, PruneFailed, PruneLocked
+from tasks.models import _hub_cache as hub_cache
+from tasks.models._hub_cache import HubRepo
+from tasks.models.locate import locate, split_model
 
 PARTIAL_SUFFIXES = (".incomplete", ".part", ".partial")
 MAX_SAFETENSORS_HEADER = 100 * 2**20
@@ -94,7 +107,7 @@ class ModelEntry:
     """One entry of the model directory as the audit saw it."""
 
     name: str
-    kind: str  # "model" (folder with config.json), "folder", "file", "link" (dangling)
+    kind: str  # "model" (folder with config.json), "hub", "folder", "file", "link"
     resolved: Path
     size_bytes: int  # bytes stored in the model directory; a link counts 0
     modified: float  # newest mtime of the entry and everything in it
@@ -103,13 +116,40 @@ class ModelEntry:
     link: str | None = None  # a symbolic link's target, as written
     last_used: float | None = None
     loaded_by: tuple[Holder, ...] = ()
+    configured_by: tuple[Holder, ...] = ()
+    repo: HubRepo | None = None  # kind "hub": the repo; `name` is its repo id
+    linked_from: tuple[tuple[str, Path], ...] = ()  # hub: (link entry, its target) into it
+
+    @property
+    def folder(self) -> str:
+        """The direct entry of the model directory."""
+        return self.repo.folder if self.repo is not None else self.name
+
+    def names(self, model: str) -> bool:
+        """Whether an OCR_MODEL value (`folder`, `org/name`, `org/name@rev`) is this entry."""
+        if self.repo is None:
+            return model == self.name
+        return model.partition("@")[0] in (self.name, self.repo.folder)
 
     def to_dict(self) -> dict[str, Any]:
-        return {"name": self.name, "kind": self.kind, "model_type": self.model_type,
-                "link": self.link, "size_bytes": self.size_bytes,
-                "modified": iso(self.modified), "last_used": iso(self.last_used),
-                "loaded_by": [h.label for h in self.loaded_by],
-                "integrity": self.integrity.to_dict()}
+        out = {"name": self.name, "kind": self.kind, "model_type": self.model_type,
+               "link": self.link, "size_bytes": self.size_bytes,
+               "modified": iso(self.modified), "last_used": iso(self.last_used),
+               "loaded_by": [h.label for h in self.loaded_by],
+               "configured_by": sorted({h.worker or h.host for h in self.configured_by}),
+               "integrity": self.integrity.to_dict()}
+        if self.repo is not None:
+            repo = self.repo
+            out["hub"] = {
+                "folder": repo.folder, "repo_type": repo.repo_type, "refs": repo.refs,
+                "linked_from": [name for name, _ in self.linked_from],
+                "revisions": [{"commit": r.commit, "refs": list(r.refs),
+                               "size_bytes": r.size_bytes, "modified": iso(r.modified)}
+                              for r in repo.revisions],
+                "incomplete": [{"file": f"{repo.folder}/blobs/{b.path.name}",
+                                "size_bytes": b.size_bytes, "modified": iso(b.modified)}
+                               for b in repo.incomplete]}
+        return out
 
 
 @dataclass(frozen=True)
@@ -120,15 +160,22 @@ class PrunePolicy:
     prefix: str = "old_"
     unused_days: float = 0.0
     grace_seconds: float = 3600.0
+    retired: tuple[str, ...] = ()
 
     def to_dict(self) -> dict[str, Any]:
         return {"current_model": self.current_model, "prefix": self.prefix,
-                "unused_days": self.unused_days, "grace_seconds": self.grace_seconds}
+                "unused_days": self.unused_days, "grace_seconds": self.grace_seconds,
+                "retired": list(self.retired)}
 
 
 @dataclass(frozen=True)
 class Decision:
-    """Whether an entry goes, and why (`reasons`); `matched` are the prune rules it met."""
+    """Whether an entry (or a part of a hub repo) goes, and why (`reasons`); `matched`
+    are the prune rules it met.
+
+    `scope`: `entry` (the whole entry), `incomplete` (`parts`: stale `.incomplete` files,
+    relative to the model directory) or `revisions` (`parts`: commit hashes).
+    """
 
     name: str
     prune: bool
@@ -136,10 +183,15 @@ class Decision:
     matched: tuple[str, ...]
     detail: str
     size_bytes: int = 0
+    scope: str = "entry"
+    parts: tuple[str, ...] = ()
+    folder: str = ""  # the direct entry removed for scope `entry` (default: `name`)
 
     def to_dict(self) -> dict[str, Any]:
-        out: dict[str, Any] = {"name": self.name, "reasons": list(self.reasons),
-                               "detail": self.detail}
+        out: dict[str, Any] = {"name": self.name, "scope": self.scope,
+                               "reasons": list(self.reasons), "detail": self.detail}
+        if self.parts:
+            out["parts"] = list(self.parts)
         if self.prune:
             out["size_bytes"] = self.size_bytes
         else:
@@ -154,7 +206,9 @@ class AuditState(Protocol):
 
     def loaded(self) -> list[Holder]: ...
 
-    def prune_lock(self) -> AbstractContextManager[bool]: ...
+    def configured(self) -> list[Holder]: ...
+
+    def prune_lock(self, scope: str) -> AbstractContextManager[bool]: ...
 
     def save_report(self, report: dict[str, Any]) -> None: ...
 
@@ -328,19 +382,70 @@ def _walk(root: Path, count_size: bool) -> tuple[int, float, list[str], list[str
     return size, modified, problems, partial
 
 
-def scan(model_dir: Path, last_used: Mapping[str, float],
-         loaded: Iterable[Holder]) -> list[ModelEntry]:
-    """Every entry of the model directory (hidden ones too), sorted by name."""
+def hub_entry(repo: HubRepo) -> ModelEntry:
+    """A hub cache repo as an entry: named by repo id, integrity of every revision."""
+    problems = [repo.problem] if repo.problem else []
+    model_type = None
+    for rev in repo.revisions:  # revisions with refs first
+        has_config, kind, config_problem = read_config(rev.path)
+        if config_problem:
+            problems.append(f"{rev.commit[:12]}/{config_problem}")
+        model_type = model_type or kind
+        for folder, _, files in os.walk(rev.path, followlinks=False):
+            for name in sorted(files):
+                path = Path(folder) / name
+                found, _ = _check_file(path, f"{rev.commit[:12]}/{path.relative_to(rev.path)}")
+                problems += [p if p.startswith(rev.commit[:12]) else f"{rev.commit[:12]}/{p}"
+                             for p in found]
+    partial = tuple(f"{repo.folder}/blobs/{b.path.name}" for b in repo.incomplete)
+    return ModelEntry(repo.repo_id, "hub", repo.path, repo.size_bytes,
+                      max([repo.modified, *(b.modified for b in repo.incomplete)]),
+                      Integrity(tuple(problems), partial), model_type=model_type, repo=repo)
+
+
+def scan(model_dir: Path, last_used: Mapping[str, float], loaded: Iterable[Holder],
+         configured: Iterable[Holder] = ()) -> list[ModelEntry]:
+    """Every entry of the model directory (hidden ones too; not the hub's `.locks`):
+    hub repos by repo id, then the other entries, each group sorted by name."""
     holders = list(loaded)
-    entries = []
+    wanted = list(configured)
+    hub = {repo.folder: hub_entry(repo) for repo in hub_cache.scan(model_dir)}
+    entries = [hub[f] for f in sorted(hub, key=lambda f: hub[f].name)]
     for name in sorted(os.listdir(model_dir)):
+        if name in hub or hub_cache.is_not_a_model(name):
+            continue
         try:
-            entry = scan_entry(model_dir, name)
+            entries.append(scan_entry(model_dir, name))
         except FileNotFoundError:
             continue  # removed while scanning
-        by = tuple(h for h in holders if h.model == name or _leads_to(h.path, entry.resolved))
-        entries.append(replace(entry, last_used=last_used.get(name), loaded_by=by))
-    return entries
+    entries = [replace(
+        entry, last_used=_last_use(entry, last_used),
+        loaded_by=tuple(h for h in holders if entry.names(h.model)
+                        or _leads_to(h.path, entry.resolved)),
+        configured_by=tuple(h for h in wanted if entry.names(h.model)
+                            or _leads_to(h.path, entry.resolved)))
+        for entry in entries]
+    return [_with_links(entry, entries) if entry.repo is not None else entry
+            for entry in entries]
+
+
+def _with_links(hub: ModelEntry, entries: Sequence[ModelEntry]) -> ModelEntry:
+    """A hub repo that hand-made links of the directory lead into: their use counts as
+    its use, and the revisions they lead to are kept."""
+    links = [e for e in entries if e.link is not None and e.resolved.is_relative_to(hub.resolved)]
+    if not links:
+        return hub
+    used = [t for t in [hub.last_used, *(e.last_used for e in links)] if t is not None]
+    return replace(hub, last_used=max(used) if used else None,
+                   linked_from=tuple((e.name, e.resolved) for e in links))
+
+
+def _last_use(entry: ModelEntry, last_used: Mapping[str, float]) -> float | None:
+    """Last recorded use: by entry name, or for a hub repo by any `org/name[@rev]`."""
+    if entry.repo is None:
+        return last_used.get(entry.name)
+    times = [t for model, t in last_used.items() if entry.names(model)]
+    return max(times) if times else None
 
 
 def _leads_to(path: str, entry: Path) -> bool:
@@ -351,15 +456,19 @@ def _leads_to(path: str, entry: Path) -> bool:
 # --- policy -------------------------------------------------------------------------
 
 def matched_rules(entry: ModelEntry, policy: PrunePolicy, now: float) -> list[str]:
-    """The prune rules an entry meets, in the order prefix, unused, broken, partial."""
+    """The prune rules an entry as a whole meets, in the order retired, prefix, unused,
+    broken, partial. A hub repo meets only `retired` and `unused` (its partial files and
+    detached revisions are pruned apart, see `decide_parts`)."""
     rules = []
-    if policy.prefix and entry.name.startswith(policy.prefix):
+    if any(entry.names(r) for r in policy.retired):
+        rules.append("retired")
+    if entry.repo is None and policy.prefix and entry.name.startswith(policy.prefix):
         rules.append("prefix")
     if policy.unused_days > 0 and now - _last_activity(entry) > policy.unused_days * DAY:
         rules.append("unused")
-    if entry.integrity.problems:
+    if entry.repo is None and entry.integrity.problems:
         rules.append("broken")
-    if entry.integrity.partial:
+    if entry.repo is None and entry.integrity.partial:
         rules.append("partial")
     return rules
 
@@ -372,9 +481,16 @@ HELD_BACK = {"audit_only": "audit only",
              "prune_locked": "another audit holds the prune lock"}
 
 
+def _configured_path(policy: PrunePolicy, model_dir: Path) -> Path | None:
+    if not policy.current_model:
+        return None
+    return locate(model_dir, policy.current_model) or \
+        (model_dir / policy.current_model).resolve()
+
+
 def decide(entry: ModelEntry, policy: PrunePolicy, model_dir: Path, now: float,
            pruning: bool, held_back: str = "audit_only") -> Decision:
-    """Prune or keep one entry.
+    """Prune or keep one entry as a whole.
 
     With `pruning` False everything is kept; entries that would go are kept with the
     reason `held_back` (`audit_only`, or `prune_locked`).
@@ -383,21 +499,26 @@ def decide(entry: ModelEntry, policy: PrunePolicy, model_dir: Path, now: float,
     age = now - entry.modified
     recent = age < policy.grace_seconds
     effective = [r for r in matched if not (recent and r in ("broken", "partial"))]
-    current = (model_dir / policy.current_model).resolve() if policy.current_model else None
+    current = _configured_path(policy, model_dir)
     keep: list[str] = []
     notes: list[str] = []
-    if policy.current_model and (entry.name == policy.current_model or (
+    if policy.current_model and (entry.names(policy.current_model) or (
             current is not None and current.is_relative_to(entry.resolved))):
         keep.append("current_model")
-        notes.append("the configured OCR_MODEL" if entry.name == policy.current_model
+        notes.append("the configured OCR_MODEL" if entry.names(policy.current_model)
                      else f"leads to the configured OCR_MODEL {policy.current_model}")
+    if entry.configured_by:
+        if not keep:
+            keep.append("current_model")
+        notes.append("the configured OCR_MODEL of " + ", ".join(
+            sorted({h.worker or h.host for h in entry.configured_by})))
     if entry.loaded_by:
         keep.append("loaded")
         notes.append("loaded by " + ", ".join(h.label for h in entry.loaded_by))
     if effective and not keep and pruning:
         return Decision(entry.name, True, tuple(effective), tuple(matched),
                         "; ".join(_rule_text(r, entry, policy, now) for r in effective),
-                        entry.size_bytes)
+                        entry.size_bytes, folder=entry.folder)
     if matched and not effective:
         keep.append("recent")
         notes.append(f"modified {_ago(age)} ago, within the grace period: may still be "
@@ -411,10 +532,64 @@ def decide(entry: ModelEntry, policy: PrunePolicy, model_dir: Path, now: float,
     if effective:
         notes.append("would be pruned: " + "; ".join(
             _rule_text(r, entry, policy, now) for r in effective))
-    return Decision(entry.name, False, tuple(keep), tuple(matched), "; ".join(notes))
+    return Decision(entry.name, False, tuple(keep), tuple(matched), "; ".join(notes),
+                    folder=entry.folder)
+
+
+def decide_parts(entry: ModelEntry, policy: PrunePolicy, model_dir: Path, now: float,
+                 pruning: bool, held_back: str = "audit_only") -> list[Decision]:
+    """The parts of a hub repo that go while the repo stays: `.incomplete` files older
+    than the grace period (`stale_incomplete`), and revisions no ref points to
+    (`detached`) unless configured, loaded, recent, or the repo's last revision."""
+    repo = entry.repo
+    if repo is None or (model_dir / repo.folder).is_symlink():
+        return []  # a linked repo's insides lie elsewhere: only the link may go
+    out = []
+    stale = [b for b in repo.incomplete if now - b.modified >= policy.grace_seconds]
+    if stale:
+        files = tuple(f"{repo.folder}/blobs/{b.path.name}" for b in stale)
+        detail = (f"{len(stale)} partial download(s) untouched for over "
+                  f"{_ago(policy.grace_seconds)}; the repo stays")
+        out.append(_part(entry, "incomplete", "stale_incomplete", files,
+                         sum(b.size_bytes for b in stale), detail, pruning, held_back))
+    protected = _protected_paths(entry, policy, model_dir)
+    wanted = {split_model(m)[1] for m in
+              [policy.current_model, *(h.model for h in entry.configured_by),
+               *(h.model for h in entry.loaded_by)] if m and entry.names(m)}
+    detached = [r for r in repo.revisions if not r.refs]
+    if detached and len(detached) < len(repo.revisions):
+        goes = [r for r in detached
+                if r.commit not in wanted and now - r.modified >= policy.grace_seconds
+                and not any(p.is_relative_to(r.path) for p in protected)]
+        if goes:
+            commits = tuple(r.commit for r in goes)
+            detail = (f"{len(goes)} revision(s) no ref points to "
+                      f"(refs: {', '.join(f'{k}={v[:12]}' for k, v in repo.refs.items())})")
+            out.append(_part(entry, "revisions", "detached", commits,
+                             sum(r.own_bytes for r in goes), detail, pruning, held_back))
+    return out
+
+
+def _protected_paths(entry: ModelEntry, policy: PrunePolicy, model_dir: Path) -> list[Path]:
+    paths = [Path(h.path) for h in (*entry.loaded_by, *entry.configured_by) if h.path]
+    paths += [target for _, target in entry.linked_from]
+    current = _configured_path(policy, model_dir)
+    return paths + ([current] if current is not None else [])
+
+
+def _part(entry: ModelEntry, scope: str, rule: str, parts: tuple[str, ...], size: int,
+          detail: str, pruning: bool, held_back: str) -> Decision:
+    if pruning:
+        return Decision(entry.name, True, (rule,), (rule,), detail, size, scope, parts,
+                        entry.folder)
+    return Decision(entry.name, False, (held_back,), (rule,),
+                    f"{HELD_BACK[held_back]}; would be pruned: {detail}", size, scope,
+                    parts, entry.folder)
 
 
 def _rule_text(rule: str, entry: ModelEntry, policy: PrunePolicy, now: float) -> str:
+    if rule == "retired":
+        return "listed in OCR_RETIRED_MODELS"
     if rule == "prefix":
         return f"name starts with {policy.prefix!r}"
     if rule == "unused":
@@ -462,6 +637,7 @@ class AuditRun:
     host: str = ""
     task_id: str | None = None
     worker: str = ""
+    run: str | None = None  # the every-host run this audit is part of
     now: float = field(default_factory=time.time)
 
 
@@ -471,28 +647,38 @@ def mode_for(prune: bool, dry_run: bool) -> str:
 
 
 def run_audit(run: AuditRun, state: AuditState) -> dict[str, Any]:
-    """Scan, decide, prune (mode `prune`, under the prune lock) and store the report."""
+    """Scan, decide, prune (mode `prune`, under this directory's prune lock) and store
+    the report."""
     started = time.time()
     model_dir = run.model_dir.resolve()
     errors: list[dict[str, Any]] = []
+    notes: list[str] = []
     entries: list[ModelEntry] = []
     decisions: list[Decision] = []
     if not model_dir.is_dir():
-        errors.append(ModelDirMissing(f"{run.model_dir} is not a directory on "
-                                      f"{run.host or 'this host'}").to_dict())
+        where = f"{run.model_dir} is not a directory on {run.host or 'this host'}"
+        if run.policy.current_model:
+            errors.append(ModelDirMissing(where).to_dict())
+        else:  # a tesseract-only worker: nothing to audit is not a failure
+            notes.append(f"{where}: no model directory and no OCR_MODEL, nothing to audit")
     else:
-        lock = state.prune_lock() if run.mode == "prune" else nullcontext(True)
+        lock = state.prune_lock(f"{run.host}:{model_dir}") if run.mode == "prune" \
+            else nullcontext(True)
         with lock as acquired:
-            entries = scan(model_dir, state.last_used(), state.loaded())
+            entries = scan(model_dir, state.last_used(), state.loaded(), state.configured())
             pruning = run.mode != "audit" and acquired
             held_back = "audit_only" if acquired else "prune_locked"
-            decisions = [decide(e, run.policy, model_dir, run.now, pruning, held_back)
-                         for e in entries]
+            for entry in entries:
+                whole = decide(entry, run.policy, model_dir, run.now, pruning, held_back)
+                decisions.append(whole)
+                if not whole.prune:
+                    decisions += decide_parts(entry, run.policy, model_dir, run.now,
+                                              pruning, held_back)
             if not acquired:
                 errors.append(PruneLocked().to_dict())
             elif run.mode == "prune":
                 decisions = [_apply(d, model_dir, errors) for d in decisions]
-    report = build_report(run, model_dir, entries, decisions, errors, started)
+    report = build_report(run, model_dir, entries, decisions, errors, started, notes)
     state.save_report(report)
     return report
 
@@ -501,7 +687,15 @@ def _apply(decision: Decision, model_dir: Path, errors: list[dict[str, Any]]) ->
     if not decision.prune:
         return decision
     try:
-        remove_entry(model_dir, decision.name)
+        if decision.scope == "entry":
+            remove_entry(model_dir, decision.folder or decision.name)
+            if hub_cache.is_hub_folder(decision.folder or decision.name):
+                _remove_locks(model_dir, decision.folder)
+        elif decision.scope == "incomplete":
+            for rel in decision.parts:
+                remove_partial_blob(model_dir, rel)
+        else:
+            remove_revisions(model_dir, decision.folder, decision.parts)
     except (OSError, OcrError) as exc:
         message = exc.message if isinstance(exc, OcrError) else \
             f"{decision.name}: {exc.strerror or type(exc).__name__}"
@@ -511,13 +705,53 @@ def _apply(decision: Decision, model_dir: Path, errors: list[dict[str, Any]]) ->
     return decision
 
 
+def remove_partial_blob(model_dir: Path, rel: str) -> None:
+    """Remove `<hub repo>/blobs/<name>.incomplete` of the model directory, nothing else."""
+    parts = rel.split("/")
+    if len(parts) != 3 or parts[1] != "blobs" or not hub_cache.is_hub_folder(parts[0]) \
+            or not parts[2].endswith(hub_cache.INCOMPLETE_SUFFIX) \
+            or any(p in ("", ".", "..") for p in parts):
+        raise PathNotAllowed(f"{rel[:120]!r} is not a partial blob of a hub repo")
+    path = model_dir / rel
+    if (model_dir / parts[0]).is_symlink() or (model_dir / parts[0] / "blobs").is_symlink():
+        raise PathNotAllowed(f"{rel[:120]!r} lies behind a symbolic link")
+    if not stat.S_ISREG(path.lstat().st_mode):
+        raise PathNotAllowed(f"{rel[:120]!r} is not a regular file")
+    os.unlink(path)
+
+
+def remove_revisions(model_dir: Path, folder: str, commits: Sequence[str]) -> None:
+    """Remove snapshots of one hub repo with the hub's `delete_revisions`; never its last
+    revision (that would remove the repo). OSError when a snapshot is still there."""
+    repo = next((r for r in hub_cache.scan(model_dir) if r.folder == folder), None)
+    if repo is None or (model_dir / folder).is_symlink():
+        raise PathNotAllowed(f"{folder!r} is not a hub repo of the model directory")
+    present = {r.commit for r in repo.revisions}
+    gone = [c for c in commits if c in present]
+    if len(gone) >= len(present):
+        raise PathNotAllowed(f"{folder}: refusing to remove every revision as revisions")
+    if gone:
+        hub_cache.delete_revisions(model_dir, gone)
+    left = [c for c in gone if (repo.path / "snapshots" / c).exists()]
+    if left:
+        raise OSError(13, "a snapshot could not be removed", f"{folder}/snapshots/{left[0]}")
+
+
+def _remove_locks(model_dir: Path, folder: str) -> None:
+    locks = model_dir / hub_cache.LOCKS_DIR / folder
+    if locks.is_dir() and not locks.is_symlink():
+        shutil.rmtree(locks)
+
+
 def build_report(run: AuditRun, model_dir: Path, entries: Sequence[ModelEntry],
                  decisions: Sequence[Decision], errors: list[dict[str, Any]],
-                 started: float) -> dict[str, Any]:
+                 started: float, notes: Sequence[str] = ()) -> dict[str, Any]:
     """The JSON report (docs/tasks.md, `ocr.audit_models`)."""
     pruned = [d for d in decisions if d.prune]
+    whole = {d.name: d for d in decisions if d.scope == "entry"}
     return {
         "id": run.task_id,
+        "run": run.run,
         "worker": run.worker,
         "host": run.host,
         "model_dir": str(model_dir),
@@ -526,11 +760,14 @@ def build_report(run: AuditRun, model_dir: Path, entries: Sequence[ModelEntry],
         "started_at": iso(started, "milliseconds"),
         "finished_at": iso(time.time(), "milliseconds"),
         "policy": run.policy.to_dict(),
-        "models": [e.to_dict() for e in entries],
+        "model_dir_exists": model_dir.is_dir() or bool(entries),
+        "notes": list(notes),
+        "models": [{**e.to_dict(), **status(whole.get(e.name))} for e in entries],
         "totals": {
             "entries": len(entries),
             "size_bytes": sum(e.size_bytes for e in entries),
-            "models": sum(e.kind == "model" for e in entries),
+            "models": sum(e.kind in ("model", "hub") for e in entries),
+            "hub_repos": sum(e.kind == "hub" for e in entries),
             "broken": sum(bool(e.integrity.problems) for e in entries),
             "partial": sum(bool(e.integrity.partial) for e in entries),
             "loaded": sum(bool(e.loaded_by) for e in entries),
@@ -541,3 +778,19 @@ def build_report(run: AuditRun, model_dir: Path, entries: Sequence[ModelEntry],
         "kept": [d.to_dict() for d in decisions if not d.prune],
         "errors": errors,
     }
+
+
+CURRENT_REASONS = frozenset({"current_model", "loaded"})
+HELD_BACK_REASONS = frozenset({"audit_only", "prune_locked", "remove_failed"})
+
+
+def status(decision: Decision | None) -> dict[str, Any]:
+    """An entry's status in the design's words: `CURRENT` (configured or loaded
+    somewhere), `OLD` (a prune candidate; `old_reason` says why) or `OK`."""
+    if decision is None:
+        return {"status": "OK", "old_reason": None}
+    if CURRENT_REASONS & set(decision.reasons):
+        return {"status": "CURRENT", "old_reason": None}
+    if decision.prune or HELD_BACK_REASONS & set(decision.reasons):
+        return {"status": "OLD", "old_reason": decision.detail}
+    return {"status": "OK", "old_reason": None}

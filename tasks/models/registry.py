@@ -7,10 +7,17 @@ Keys (all under `ocr:models:`, all with a TTL):
 - `ocr:models:loaded:<host>:<pid>:<entry>`: JSON `Holder` of a pool child that has the
   entry loaded (or is loading it); renewed every heartbeat, expires after 3 missed
   beats, deleted when the child unloads or exits;
-- `ocr:models:report`: the latest audit report (JSON);
-- `ocr:models:prune-lock`: redis-py `Lock` held while an audit scans and prunes;
+- `ocr:models:configured:<host>:<pid>`: JSON `Holder` of a pool child's configured
+  OCR_MODEL, loaded or not; renewed like `loaded`, and left to expire 3 beats after
+  the child exits (a recycled child leaves no gap before its successor registers);
+- `ocr:models:report`: the latest audit report (JSON), any host;
+- `ocr:models:report:<host>:<model dir>`: the latest report of each host's directory;
+- `ocr:models:prune-lock:<host>:<model dir>`: redis-py `Lock` held while an audit scans
+  and prunes that directory (each host's directory has its own);
 - `ocr:models:scheduled-audit`: claimed by a scheduled audit so a second beat's copy of
-  the same run is skipped.
+  the same run is skipped;
+- `ocr:models:audit-run:<run>:<host>:<model dir>`: claimed by the first worker of a host
+  to take its copy of an every-host run, so that directory is audited once per run.
 
 Used by pool children (registrations, use), the audit task, and clients (latest report).
 """
@@ -32,9 +39,13 @@ from tasks.state.keys import MODELS_PREFIX
 PREFIX = MODELS_PREFIX
 LAST_USED_KEY = PREFIX + "last-used"
 LOADED_PREFIX = PREFIX + "loaded:"
+CONFIGURED_PREFIX = PREFIX + "configured:"
 REPORT_KEY = PREFIX + "report"
+HOST_REPORT_PREFIX = PREFIX + "report:"
 PRUNE_LOCK_KEY = PREFIX + "prune-lock"
 SCHEDULED_KEY = PREFIX + "scheduled-audit"
+RUN_PREFIX = PREFIX + "audit-run:"
+RUN_TTL = 86400
 LAST_USED_TTL = 400 * 86400  # renewed on each use; outlives any unused-days policy
 REPORT_TTL = 30 * 86400
 
@@ -85,9 +96,28 @@ class ModelRegistry:
         if keys:
             self._redis.delete(*keys)
 
+    def register_configured(self, holders: Iterable[Holder]) -> set[str]:
+        """Write (or renew) configured-model registrations; returns their keys."""
+        keys = set()
+        pipe = self._redis.pipeline()
+        for holder in holders:
+            key = f"{CONFIGURED_PREFIX}{holder.host}:{holder.pid}"
+            keys.add(key)
+            pipe.set(key, json.dumps(holder.to_dict()), px=self.registration_ttl)
+        if keys:
+            pipe.execute()
+        return keys
+
     def loaded(self) -> list[Holder]:
         """Every live registration (any worker, any host)."""
-        keys = sorted(_text(k) for k in self._redis.scan_iter(match=LOADED_PREFIX + "*",
+        return self._holders(LOADED_PREFIX)
+
+    def configured(self) -> list[Holder]:
+        """The configured model of every live pool child (any worker, any host)."""
+        return self._holders(CONFIGURED_PREFIX)
+
+    def _holders(self, prefix: str) -> list[Holder]:
+        keys = sorted(_text(k) for k in self._redis.scan_iter(match=prefix + "*",
                                                                count=1000))
         if not keys:
             return []
@@ -104,20 +134,40 @@ class ModelRegistry:
     # --- audit -------------------------------------------------------------------
 
     def save_report(self, report: dict[str, Any]) -> None:
-        self._redis.set(REPORT_KEY, json.dumps(report), ex=REPORT_TTL)
+        raw = json.dumps(report)
+        pipe = self._redis.pipeline()
+        pipe.set(REPORT_KEY, raw, ex=REPORT_TTL)
+        pipe.set(f"{HOST_REPORT_PREFIX}{report['host']}:{report['model_dir']}", raw,
+                 ex=REPORT_TTL)
+        pipe.execute()
 
     def latest_report(self) -> dict[str, Any] | None:
         raw = self._redis.get(REPORT_KEY)
         return json.loads(raw) if raw else None
 
+    def latest_reports(self) -> list[dict[str, Any]]:
+        """The latest report of each host's model directory, by host."""
+        keys = sorted(_text(k) for k in self._redis.scan_iter(
+            match=HOST_REPORT_PREFIX + "*", count=1000))
+        reports = [json.loads(raw) for raw in (self._redis.mget(keys) if keys else [])
+                   if raw is not None]
+        return sorted(reports, key=lambda r: (r["host"], r["model_dir"]))
+
+    def claim_host_run(self, run: str, scope: str) -> bool:
+        """Claim one host directory's part of an every-host run; False when taken."""
+        return bool(self._redis.set(f"{RUN_PREFIX}{run}:{scope}", "1", nx=True,
+                                    ex=RUN_TTL))
+
     @contextmanager
-    def prune_lock(self) -> Iterator[bool]:
-        """Hold the prune lock if free; yields whether it was acquired (never waits).
+    def prune_lock(self, scope: str = "") -> Iterator[bool]:
+        """Hold the prune lock of `scope` (`<host>:<model dir>`) if free; yields whether
+        it was acquired (never waits).
 
         It expires after `lock_seconds` (longer than the task's hard time limit), so a
         killed audit does not block pruning for ever.
         """
-        lock = self._redis.lock(PRUNE_LOCK_KEY, timeout=self._lock_seconds, blocking=False)
+        key = f"{PRUNE_LOCK_KEY}:{scope}" if scope else PRUNE_LOCK_KEY
+        lock = self._redis.lock(key, timeout=self._lock_seconds, blocking=False)
         acquired = bool(lock.acquire())
         try:
             yield acquired

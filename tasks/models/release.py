@@ -27,7 +27,9 @@ Heartbeat. The keeper thread (a daemon thread started in `worker_process_init`, 
 the fork, so no thread crosses a fork) writes a `loaded` registration per model-directory
 entry the child holds (tasks/models/registry.py) every OCR_MODEL_HEARTBEAT_SECONDS, so
 an idle child stays registered while its model is loaded; the main thread registers a
-model itself before loading it. The thread wakes every 0.25 s to check for idleness and
+model itself before loading it. It also writes a `configured` registration of the
+child's OCR_MODEL whether or not it is loaded, so an idle release never exposes the
+configured model to a prune; that one outlives the child by up to 3 beats. The thread wakes every 0.25 s to check for idleness and
 for a release to deregister. Registrations expire after 3 missed beats when a child
 dies, and are deleted when it unloads or exits.
 """
@@ -47,6 +49,7 @@ from typing import TYPE_CHECKING, Any
 import redis
 
 from tasks.models.audit import Holder
+from tasks.models.locate import locate
 
 if TYPE_CHECKING:
     from tasks.models.registry import ModelRegistry
@@ -76,9 +79,12 @@ class ChildKeeper:
     """Release and heartbeat of one pool child's engines (see the module docstring)."""
 
     def __init__(self, models: ModelRegistry | None, model_dir: Path,
-                 idle_seconds: float, heartbeat_seconds: float) -> None:
+                 idle_seconds: float, heartbeat_seconds: float,
+                 configured_model: str = "") -> None:
         self._models = models
         self._model_dir = model_dir
+        self._configured_model = configured_model
+        self._paths: dict[str, str] = {}
         self._idle_seconds = idle_seconds
         self._heartbeat = heartbeat_seconds
         self._tick = min(heartbeat_seconds, 0.25)
@@ -154,8 +160,11 @@ class ChildKeeper:
         with self._sync_lock:
             holders = [self._holder(engine, entry)
                        for engine, entry in self._registry.model_entries().items()]
+            configured = [self._holder(self._registry.primary, self._configured_model)] \
+                if self._configured_model else []
             try:
-                keys = self._models.register(holders)
+                keys = self._models.register(holders) | \
+                    self._models.register_configured(configured)
                 self._models.unregister(self._registered - keys)
             except redis.RedisError as exc:
                 log.warning("could not update loaded-model registrations (pid %d): %s",
@@ -175,7 +184,12 @@ class ChildKeeper:
                         type(exc).__name__)
 
     def stop(self) -> None:
-        """At child shutdown, after the engines closed: stop the thread, deregister."""
+        """At child shutdown, after the engines closed: stop the thread, deregister.
+
+        The loaded-model registrations are deleted; the configured-model one is renewed
+        and left to expire (3 beats), so a recycled child leaves no unprotected gap
+        before its successor registers.
+        """
         self._stop.set()
         self._wake.set()
         if self._thread is not None:
@@ -183,8 +197,12 @@ class ChildKeeper:
         self.sync()
 
     def _holder(self, engine: str, entry: str) -> Holder:
-        path = os.path.realpath(self._model_dir / entry)
-        return Holder(model=entry, path=path, worker=node_name, host=self._host,
+        if entry not in self._paths:  # what a load of it reads: found once per child
+            found = locate(self._model_dir, entry)
+            self._paths[entry] = str(found) if found is not None else ""
+        path = self._paths[entry]
+        return Holder(model=entry, path=path, worker=node_name,
+                      host=node_name.partition("@")[2] or self._host,
                       pid=self._pid, engine=engine, since=time.time())
 
     # --- keeper thread -------------------------------------------------------------

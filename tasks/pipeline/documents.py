@@ -7,19 +7,23 @@ their page tasks and `assemble` when the last page is in.
 
 from __future__ import annotations
 
+import dataclasses
+import functools
 import hashlib
+import logging
 import time
 from collections.abc import Callable
 from dataclasses import replace
 from typing import TYPE_CHECKING, Any
 
-from tasks.engines import RecognizeOptions
-from tasks.errors import DeadlineExceeded, OcrError
+from tasks.engines import PageResult, RecognizeOptions
+from tasks.engines.vlm_runtime import align_words
+from tasks.errors import DeadlineExceeded, EngineUnavailable, OcrError, VlmIncomplete
+from tasks.pipeline._preprocess import Correction, estimate_skew
 from tasks.pipeline.blank import is_blank
 from tasks.pipeline.images import iter_image_pages, sniff_format
 from tasks.pipeline.layouts import LAYOUT_OUTPUTS, words_hocr
 from tasks.pipeline.pdf import PdfPlan, plan_pdf, render_page
-from tasks.pipeline.preprocess import Correction, estimate_skew
 from tasks.pipeline.results import assemble, failed_page
 
 if TYPE_CHECKING:
@@ -30,6 +34,9 @@ if TYPE_CHECKING:
     from worker_config import Settings
 
 Progress = Callable[[int, int], None]
+# Renders the page again at full resolution (OCR_PDF_DPI) for a fallback engine.
+Render = Callable[[], "Image.Image"]
+log = logging.getLogger(__name__)
 
 
 def recognize_options(request: JobRequest) -> RecognizeOptions:
@@ -39,13 +46,18 @@ def recognize_options(request: JobRequest) -> RecognizeOptions:
 
 
 def ocr_page(number: int, image: Image.Image, engine: OcrEngine, options: RecognizeOptions,
-             settings: Settings) -> dict[str, Any]:
+             settings: Settings, rerender: Render | None = None) -> dict[str, Any]:
     """Put the page upright, deskew it and recognise it; raises OcrError.
 
-    A blank page (`tasks.pipeline.blank`) is reported as such, without OCR. The page is
-    converted once to the engine's `page_mode`. Engines that `reads_orientation`
-    recognise first: the orientation pass runs only when the reading was not upright,
-    and the page is read again only when it had to be turned.
+    A blank page (`tasks.pipeline.blank`) is reported as such, without OCR. A
+    vision-language read that did not finish (`vlm.finish_reason` other than `stop`)
+    is never the page's text: another engine (OCR_VLM_FALLBACK) reads the page, on the
+    full-resolution image `rerender` gives when `image` was rendered at the engine's
+    page budget, or the page fails with `vlm_incomplete`.
+
+    The page is converted once to the engine's `page_mode`. Engines that
+    `reads_orientation` recognise first: the orientation pass runs only when the reading
+    was not upright, and the page is read again only when it had to be turned.
     """
     started = time.perf_counter()
     if settings.skip_blank_pages and is_blank(image):
@@ -55,19 +67,50 @@ def ocr_page(number: int, image: Image.Image, engine: OcrEngine, options: Recogn
     page_image = image if image.mode == mode else image.convert(mode)
     rotation = 0
     if settings.auto_rotate and not engine.reads_orientation:
-        rotation = engine.detect_orientation(page_image)
+        rotation = _orientation(engine, page_image)
     skew, final, result = _read(page_image, rotation, engine, options, settings)
     if settings.auto_rotate and engine.reads_orientation and not result.upright:
-        rotation = engine.detect_orientation(page_image)
+        rotation = _orientation(engine, page_image)
         if rotation:
             skew, final, result = _read(page_image, rotation, engine, options, settings)
+    read_size = image.size
+    extra: dict[str, Any] = {}
+    if result.vlm is not None:
+        extra["vlm"] = result.vlm.to_dict()
+        if not result.vlm.complete:
+            fallback = settings.vlm_fallback
+            reason = result.vlm.finish_reason
+            if fallback == "none":
+                return {**failed_page(number, VlmIncomplete(
+                    f"page {number}: the model's read ended with `{reason}` after "
+                    f"{result.vlm.tries} tries, and OCR_VLM_FALLBACK is none")), **extra}
+            try:
+                other = engine.peer(fallback)
+            except EngineUnavailable as exc:
+                raise VlmIncomplete(f"page {number}: the model's read ended with `{reason}`"
+                                    f" and the fallback engine {fallback} is unavailable: "
+                                    f"{exc.message}") from exc
+            full = rerender() if rerender is not None else image
+            try:
+                upright_full = Correction(rotation=rotation).apply(full)
+                result = other.recognize(Correction(skew=skew).apply(upright_full), options)
+                read_size = full.size
+            finally:
+                if full is not image:
+                    full.close()
+            extra["fallback"] = {"engine": fallback, "reason": reason}
+        elif options.output == "pdf" and not engine.gives_words and engine.text_layer_from:
+            result, read_size = _placed_words(result, engine, engine.text_layer_from,
+                                              image, rerender, rotation, skew)
+            extra["text_layer"] = {"boxes": engine.text_layer_from,
+                                   "words": len(result.words)}
     page: dict[str, Any] = {
         "number": number, "text": result.text.rstrip(), "source": "ocr",
         "confidence": result.confidence, "rotation": rotation, "skew": skew,
-        "seconds": round(time.perf_counter() - started, 3),
+        "seconds": round(time.perf_counter() - started, 3), **extra,
     }
     if options.output in ("json", "pdf"):
-        page["image_size"] = [image.width, image.height]
+        page["image_size"] = list(read_size)
         page["words"] = [{"text": w.text, "box": list(w.box), "confidence": w.confidence}
                          for w in result.words]
     if options.want_hocr:
@@ -84,6 +127,35 @@ def _read(image: Image.Image, rotation: int, engine: OcrEngine, options: Recogni
     skew = estimate_skew(upright) if settings.deskew else 0.0
     final = Correction(skew=skew).apply(upright)
     return skew, final, engine.recognize(final, options)
+
+
+def _placed_words(result: PageResult, engine: OcrEngine, boxes_from: str,
+                  image: Image.Image, rerender: Render | None, rotation: int,
+                  skew: float) -> tuple[PageResult, tuple[int, int]]:
+    """The read's words on another engine's word boxes (full resolution) for a PDF layer."""
+    other = engine.peer(boxes_from)
+    full = rerender() if rerender is not None else image
+    try:
+        upright = Correction(rotation=rotation).apply(full)
+        boxes = other.recognize(Correction(skew=skew).apply(upright),
+                                RecognizeOptions(output="pdf", want_words=True)).words
+        size = full.size
+    finally:
+        if full is not image:
+            full.close()
+    return dataclasses.replace(result, words=align_words(result.text, boxes)), size
+
+
+def _orientation(engine: OcrEngine, image: Image.Image) -> int:
+    """The page's rotation, by the engine's own check or the one it names."""
+    if engine.orientation_engine is None:
+        return engine.detect_orientation(image)
+    try:
+        checker = engine.peer(engine.orientation_engine)
+    except EngineUnavailable as exc:
+        log.warning("no orientation check for %s: %s", engine.name, exc.message)
+        return 0
+    return checker.detect_orientation(image)
 
 
 def past_deadline(deadline: float | None) -> bool:
@@ -150,8 +222,10 @@ def run_document(data: bytes, request: JobRequest, engine: OcrEngine, settings: 
                 if past_deadline(request.deadline):
                     deliver(deadline_page(number), plan.selected)
                     continue
-                image = render_page(plan.doc, number, settings, engine.page_mode)
-                deliver(_guarded_page(number, image, engine, options, settings),
+                image = render_page(plan.doc, number, settings, engine.page_longest_side,
+                                    mode=engine.page_mode)
+                full = functools.partial(render_page, plan.doc, number, settings)
+                deliver(_guarded_page(number, image, engine, options, settings, full),
                         plan.selected)
         finally:
             if own_plan:
@@ -173,9 +247,10 @@ def run_document(data: bytes, request: JobRequest, engine: OcrEngine, settings: 
 
 
 def _guarded_page(number: int, image: Image.Image, engine: OcrEngine,
-                  options: RecognizeOptions, settings: Settings) -> dict[str, Any]:
+                  options: RecognizeOptions, settings: Settings,
+                  rerender: Render | None = None) -> dict[str, Any]:
     try:
-        return ocr_page(number, image, engine, options, settings)
+        return ocr_page(number, image, engine, options, settings, rerender)
     except OcrError as exc:
         return failed_page(number, exc)
     finally:

@@ -7,13 +7,16 @@ from __future__ import annotations
 
 import base64
 import binascii
+import errno
+import os
 import re
+import stat
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
-from urllib.parse import urlparse
 
 from tasks.errors import BadRequest, InputNotFound, InputTooLarge, PathNotAllowed
+from tasks.pipeline.callback_urls import callback_target
 from worker_config import LANG_PATTERN, OUTPUT_CHOICES, PDF_MODES
 
 if TYPE_CHECKING:
@@ -136,33 +139,122 @@ def read_input(request: JobRequest, settings: Settings, blobs: BlobStore) -> byt
 
 
 def read_path(raw: Any, settings: Settings) -> bytes:
-    """Read a file that resolves (symbolic links followed) inside an allowed root."""
+    """Read a file that resolves (symbolic links followed) inside an allowed root.
+
+    The path is checked first (no access outside the roots, so callers cannot probe
+    for files there), then opened once, component by component without following any
+    link implicitly (`open_walk`); the file actually opened is checked against the
+    roots again and read from its descriptor, so swapping a directory for a link
+    between the check and the read cannot leak a file from elsewhere.
+    """
     if not isinstance(raw, str) or not Path(raw).is_absolute():
         raise BadRequest("`path` must be an absolute path")
+    if "\0" in raw:
+        raise BadRequest("`path` contains a NUL byte")
     if not settings.allowed_roots:
         raise PathNotAllowed("path inputs are disabled (OCR_ALLOWED_ROOTS is empty)")
     try:
-        # Links are followed as far as they exist; the root check comes before any
-        # existence check, so callers cannot probe for files outside the roots.
         resolved = Path(raw).resolve()
     except (OSError, RuntimeError):
         raise PathNotAllowed("the path cannot be resolved") from None
-    if not any(resolved.is_relative_to(root) for root in settings.allowed_roots):
+    if not _inside_roots(resolved, settings):
         raise PathNotAllowed("the path is outside the allowed roots")
-    if not resolved.exists():
-        raise InputNotFound("no such file")
-    if not resolved.is_file():
-        raise BadRequest("`path` is not a regular file")
-    if resolved.stat().st_size > settings.max_input_bytes:
+    fd, real = open_walk(raw)
+    try:
+        if not _inside_roots(real, settings):
+            raise PathNotAllowed("the path is outside the allowed roots")
+        info = os.fstat(fd)
+        if not stat.S_ISREG(info.st_mode):
+            raise BadRequest("`path` is not a regular file")
+        limit = settings.max_input_bytes
+        if info.st_size > limit:
+            raise InputTooLarge(f"the input is larger than {settings.max_input_mb} MB")
+        with os.fdopen(fd, "rb", closefd=False) as file:
+            data = file.read(limit + 1)
+    finally:
+        os.close(fd)
+    if len(data) > limit:
         raise InputTooLarge(f"the input is larger than {settings.max_input_mb} MB")
-    return resolved.read_bytes()
+    return data
 
 
-def check_callback_url(url: str, settings: Settings) -> None:
-    """An http(s) URL, under OCR_CALLBACK_URL_PREFIXES when that is set."""
-    parsed = urlparse(url)
-    if parsed.scheme not in ("http", "https") or not parsed.hostname:
-        raise BadRequest("`callback_url` must be an http or https URL")
-    prefixes = settings.callback_url_prefixes
-    if prefixes and not any(url.startswith(prefix) for prefix in prefixes):
-        raise BadRequest("`callback_url` is not under an allowed prefix")
+def _inside_roots(path: Path, settings: Settings) -> bool:
+    return any(path.is_relative_to(root) for root in settings.allowed_roots)
+
+
+_MAX_LINKS = 40  # as the kernel's own limit on links in one lookup
+_DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
+_FILE_FLAGS = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
+
+
+def open_walk(path: str) -> tuple[int, Path]:
+    """Open `path` following links by hand: (descriptor, the real path opened).
+
+    Each component is opened relative to the descriptor of its directory with
+    O_NOFOLLOW; a link is read and its target spliced into the rest of the walk. The
+    real path is therefore known from what was opened, not from a second lookup.
+    """
+    todo = [p for p in path.split("/") if p]
+    todo.reverse()
+    real: list[str] = []
+    fd = os.open("/", _DIR_FLAGS)
+    links = 0
+    try:
+        while todo:
+            name = todo.pop()
+            if name == ".":
+                continue
+            if name == "..":
+                if real:
+                    fd = _replace(fd, os.open("..", _DIR_FLAGS, dir_fd=fd))
+                    real.pop()
+                continue
+            flags = _DIR_FLAGS if todo else _FILE_FLAGS
+            try:
+                child = os.open(name, flags, dir_fd=fd)
+            except OSError as exc:
+                target = _link_target(name, fd, exc)
+                links += 1
+                if links > _MAX_LINKS:
+                    raise PathNotAllowed("too many symbolic links in the path") from None
+                parts = [p for p in target.split("/") if p]
+                todo.extend(reversed(parts))
+                if target.startswith("/"):
+                    fd = _replace(fd, os.open("/", _DIR_FLAGS))
+                    real.clear()
+                continue
+            fd = _replace(fd, child)
+            real.append(name)
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd, Path("/", *real)
+
+
+def _replace(old: int, new: int) -> int:
+    os.close(old)
+    return new
+
+
+def _link_target(name: str, dir_fd: int, error: OSError) -> str:
+    """The target of the link `name` refused by O_NOFOLLOW, or the error as an OcrError."""
+    if error.errno in (errno.ELOOP, errno.ENOTDIR, errno.EMLINK):
+        try:
+            return os.readlink(name, dir_fd=dir_fd)
+        except OSError:
+            pass  # not a link: report the open's own error
+    if error.errno in (errno.ENOENT, errno.ENOTDIR):
+        raise InputNotFound("no such file") from None
+    reason = errno.errorcode.get(error.errno or 0, "error")
+    raise PathNotAllowed(f"the path cannot be opened ({reason})") from None
+
+
+def check_callback_url(url: str, settings: Settings) -> str:
+    """The normalised `url` when a callback may go there.
+
+    Else BadRequest (not an http(s) URL) or CallbackNotAllowed (the policy of
+    tasks/pipeline/callback_urls.py: OCR_CALLBACK_ALLOWED_HOSTS, no private addresses
+    unless listed, the deprecated OCR_CALLBACK_URL_PREFIXES). Resolved addresses are
+    checked again at send time.
+    """
+    return callback_target(url, settings).url

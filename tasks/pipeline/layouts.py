@@ -11,7 +11,7 @@ with `WC` (confidence 0-1) and `SP` between them.
 
 Coordinates are pixels of the input page image (the image, or the PDF page rendered at
 OCR_PDF_DPI): boxes of the upright, deskewed image tesseract read are mapped back
-(tasks/pipeline/geometry.py), so tools overlay them on the page as it is.
+(tasks/pipeline/_geometry.py), so tools overlay them on the page as it is.
 Pages without OCR (a PDF text layer, a failed page) are empty pages.
 """
 
@@ -22,7 +22,7 @@ import xml.etree.ElementTree as ET
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
-from tasks.pipeline.geometry import Box, to_input
+from tasks.pipeline._geometry import Box, to_input
 
 LAYOUT_OUTPUTS = ("hocr", "alto")
 XHTML = "http://www.w3.org/1999/xhtml"

@@ -15,8 +15,8 @@ import pymupdf
 from PIL import Image
 
 from tasks.errors import CorruptInput, NoPages, PdfEncrypted, TooManyPages
+from tasks.pipeline._geometry import to_input
 from tasks.pipeline.blank import CHECK_LONGEST_SIDE, ink_report
-from tasks.pipeline.geometry import to_input
 from tasks.pipeline.pages import select_pages
 from tasks.pipeline.textfix import is_cjk
 
@@ -40,10 +40,14 @@ class PdfPlan:
     doc: Any
     page_count: int
     selected: int
-    encrypted: bool = False
+    decrypted: bytes | None = None  # the unencrypted copy `doc` reads, for an encrypted PDF
     text_pages: dict[int, tuple[str, str]] = field(default_factory=dict)
     ocr_pages: list[int] = field(default_factory=list)
     blank_pages: list[int] = field(default_factory=list)
+
+    @property
+    def encrypted(self) -> bool:
+        return self.decrypted is not None
 
 
 def open_pdf(data: bytes, password: str | None, settings: Settings) -> Any:
@@ -123,8 +127,15 @@ def plan_pdf(data: bytes, pages: str | None, password: str | None, mode: str,
     `blank_pages` instead, when OCR_SKIP_BLANK_PAGES is on.
     """
     doc = open_pdf(data, password, settings)
+    decrypted = None
+    if doc.needs_pass:
+        # Read an unencrypted copy: MuPDF 1.28 misreads some encrypted content streams
+        # once a page was inspected (empty pages, zlib errors).
+        doc.close()
+        decrypted = decrypted_bytes(data, password, settings)
+        doc = open_pdf(decrypted, None, settings)
     numbers = select_pages(pages, doc.page_count, settings.max_pages)
-    plan = PdfPlan(doc, doc.page_count, len(numbers), encrypted=bool(doc.needs_pass))
+    plan = PdfPlan(doc, doc.page_count, len(numbers), decrypted=decrypted)
     for number in numbers:
         page = doc[number - 1]
         if mode == "ocr":
@@ -178,16 +189,20 @@ def render_small(page: Any, longest_side: int = CHECK_LONGEST_SIDE) -> Image.Ima
 
 
 def render_page(doc: Any, number: int, settings: Settings,
-                mode: str | None = None) -> Image.Image:
+                longest_side: int | None = None, *, mode: str | None = None) -> Image.Image:
     """Page `number` as an image at OCR_PDF_DPI, within OCR_MAX_RENDER_PIXELS.
 
-    `mode` "L" renders grey (the tesseract engine's `page_mode`: MuPDF writes a third
-    of the bytes and no conversion follows, 0.07-0.15 s less per 300-dpi page); RGB
-    otherwise. Huge pages are read at a lower resolution, not refused.
+    With `longest_side` (an engine's page budget, e.g. a VLM's 1288 px), rendered
+    directly at that size when it is below OCR_PDF_DPI's. `mode` "L" renders grey (the
+    tesseract engine's `page_mode`: MuPDF writes a third of the bytes and no conversion
+    follows, 0.07-0.15 s less per 300-dpi page); RGB otherwise. Huge pages are read at a
+    lower resolution, not refused.
     """
     page = doc[number - 1]
     rect = page.rect
     zoom = settings.pdf_dpi / 72
+    if longest_side is not None and max(rect.width, rect.height) > 0:
+        zoom = min(zoom, longest_side / max(rect.width, rect.height))
     pixels = rect.width * zoom * rect.height * zoom
     if pixels > settings.max_render_pixels:
         # MuPDF rounds each side up: leave room for that, the cap must hold.

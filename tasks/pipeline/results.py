@@ -32,7 +32,23 @@ def assemble(pages: Iterable[dict[str, Any]], base: dict[str, Any]) -> dict[str,
         "text": PAGE_SEPARATOR.join(p["text"] for p in ordered),
         "pages": ordered,
         "failed_pages": [{"number": p["number"], **p["error"]} for p in failed],
+        "warnings": page_warnings(ordered),
     }
+
+
+def page_warnings(pages: Iterable[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Pages whose text is not the engine's own clean read (a fallback engine's)."""
+    warnings = []
+    for page in pages:
+        fallback = page.get("fallback")
+        if fallback and "error" not in page:
+            vlm = page.get("vlm") or {}
+            warnings.append({
+                "page": page["number"], "code": "vlm_fallback",
+                "message": f"page {page['number']}: the model's read ended with "
+                           f"`{fallback['reason']}` after {vlm.get('tries', 0)} tries; "
+                           f"the text is {fallback['engine']}'s"})
+    return warnings
 
 
 def merge_previous(result: dict[str, Any], previous: dict[str, Any]) -> dict[str, Any]:

@@ -47,6 +47,12 @@ def create_app(settings: Settings) -> OcrCelery:
     from tasks.queue.endings import connect_parent_endings
 
     connect_parent_endings(app)
+    from tasks.queue.transport import connect_refusals
+
+    connect_refusals(app)
+    from tasks.queue._log_privacy import hide_task_results
+
+    hide_task_results()
     return app
 
 

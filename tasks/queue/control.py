@@ -1,4 +1,6 @@
-"""Remote-control commands `unload_model` and `languages`; run in the worker parent.
+"""Remote-control commands `unload_model`, `languages` and `model_directory`.
+
+All run in the worker parent (MainProcess).
 
 `celery -A tasks control unload_model`, or `submit.py models --unload`. The parent
 holds no engine (they live in the pool children), so it sends each pool child the
@@ -13,6 +15,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from celery.utils.nodenames import nodesplit
 from celery.worker.control import control_command
 
 from tasks.engines import engine_class
@@ -43,3 +46,16 @@ def languages(state: Any, **_: Any) -> dict[str, Any]:
     langs = engine_class(name, settings).languages(settings)
     return {"engine": name, "default": settings.tesseract_lang if langs is not None else None,
             "languages": langs}
+
+
+@control_command(help="Reply with this worker's host and model directory (audit fan-out).")
+def model_directory(state: Any, **_: Any) -> dict[str, Any]:
+    """Where this worker's models are (its host and resolved OCR_MODEL_DIR).
+
+    The every-host audit picks one worker per (host, directory) from these replies
+    (tasks/queue/maintenance_tasks.py).
+    """
+    settings = state.consumer.app.ocr_settings
+    return {"host": nodesplit(state.hostname)[1], "model": settings.model,
+            "model_dir": str(settings.model_dir.resolve()),
+            "role": settings.worker_role}

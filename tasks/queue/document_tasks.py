@@ -50,6 +50,7 @@ from tasks.pipeline.inputs import JobRequest
 from tasks.pipeline.results import failed_page
 from tasks.queue.endings import JobServices, end_from_message, report_progress
 from tasks.queue.poison_guard import GuardedTask
+from tasks.state.boundary import transient
 from worker_config import Settings, queue_for_engine
 
 log = logging.getLogger(__name__)
@@ -115,20 +116,32 @@ def document(self: Task, *args: Any, **kwargs: Any) -> dict[str, Any]:
         end_from_message(self.app, job_id, kwargs, JobStatus.FAILURE, BadRequest(
             "ocr.document takes keyword arguments only"))
         raise Ignore()
+    services = JobServices.for_app(self.app)
+    try:
+        with transient("Redis"):
+            # A job may only name its own client's input and jobs (HTTP API isolation).
+            services.stores.control.check_references(job_id, kwargs.get("blob"),
+                                                     kwargs.get("merge_from"))
+    except OcrError as exc:
+        _retry_if_transient(self, exc)
+        # Ended without its request: the input it named is someone else's, not freed.
+        _end(self, services, Outcome.failed(job_id, exc, None))
+        raise Ignore() from None
     try:
         request = JobRequest.from_kwargs(kwargs, settings)
     except OcrError as exc:
         end_from_message(self.app, job_id, kwargs, JobStatus.FAILURE, exc)
         raise Ignore() from None
-    services = JobServices.for_app(self.app)
     engine = request.engine or settings.resolve_engine()
     try:
-        work = process_job(job_id, request, settings, resident.current(settings),
-                           services.stores, _previous(self.app, request),
-                           progress=functools.partial(report_progress, self.app, job_id))
+        with transient("Redis or the broker"):
+            work = process_job(job_id, request, settings, resident.current(settings),
+                               services.stores, _previous(self.app, request),
+                               progress=functools.partial(report_progress, self.app, job_id))
+            if isinstance(work, FanOut):
+                fan_out(self, work, services)
     except OcrError as exc:
-        if exc.retryable:
-            retry_later(self, exc)  # the input stays for the retry
+        _retry_if_transient(self, exc)  # the input stays for the retry
         outcome = Outcome.failed(job_id, exc, request, engine=engine)
     except SoftTimeLimitExceeded:
         late: OcrError = (DeadlineExceeded("the job's deadline passed while it ran")
@@ -139,11 +152,28 @@ def document(self: Task, *args: Any, **kwargs: Any) -> dict[str, Any]:
     except Exception as exc:  # noqa: BLE001 - any other failure ends the job, logged
         outcome = Outcome.failed(job_id, unexpected(job_id, exc), request, engine=engine)
     else:
-        if isinstance(work, FanOut):
-            fan_out(self, work, services)
-        outcome = work
-    services.ender.end(outcome)
+        outcome = work  # a FanOut raised Ignore in fan_out
+    outcome.reply_queue = (self.request.delivery_info or {}).get("routing_key")
+    _end(self, services, outcome)
     return celery_summary(outcome)
+
+
+def _retry_if_transient(task: Task, exc: OcrError) -> None:
+    """Retry `task` for a retryable error (until its retries are used up)."""
+    if exc.retryable:
+        retry_later(task, exc)
+
+
+def _end(task: Task, services: JobServices, outcome: Outcome) -> None:
+    """End the job; a store unreachable at that moment retries the task instead."""
+    try:
+        with transient("Redis or the broker"):
+            services.ender.end(outcome)
+    except OcrError as exc:
+        if not exc.retryable:
+            raise
+        retry_later(task, exc)
+        raise
 
 
 def celery_summary(outcome: Outcome) -> dict[str, Any]:
@@ -184,14 +214,21 @@ def pdf_page(self: Task, doc_id: str, number: int) -> dict[str, Any]:
     """OCR one page of a fanned-out PDF and end the document if it was the last."""
     settings: Settings = self.app.ocr_settings
     services = JobServices.for_app(self.app)
-    meta = services.join.find(doc_id)
+    try:
+        with transient("Redis"):
+            meta = services.join.find(doc_id)
+            cancelled = meta is not None and services.stores.control.is_cancelled(doc_id)
+    except OcrError as exc:
+        retry_later(self, exc)
+        raise
     if meta is None:
         return {"document": doc_id, "number": number, "skipped": "document finished"}
-    if services.stores.control.is_cancelled(doc_id):
+    if cancelled:
         return {"document": doc_id, "number": number, "skipped": "document cancelled"}
     try:
-        page = run_pdf_page(meta, number, resident.current(settings), _open_docs,
-                            settings, services.stores)
+        with transient("Redis"):
+            page = run_pdf_page(meta, number, resident.current(settings), _open_docs,
+                                settings, services.stores)
     except OcrError as exc:  # retryable: the others are failed pages already
         retry_later(self, exc)
         page = failed_page(number, exc)
@@ -199,7 +236,8 @@ def pdf_page(self: Task, doc_id: str, number: int) -> dict[str, Any]:
         page = failed_page(number, Timeout(f"page {number} ran past its soft time limit "
                                            f"of {settings.page_soft_time_limit} s"))
     try:
-        _record(self.app, meta, page, services)
+        with transient("Redis or the broker"):
+            _record(self.app, meta, page, services)
     except OcrError as exc:  # retryable: the page's record or the merge met an outage
         retry_later(self, exc)
         services.ender.end(Outcome.failed(doc_id, exc, meta.request, engine=meta.engine,
@@ -231,11 +269,16 @@ def pdf_page_lost(request: Any, exc: BaseException, traceback: Any, doc_id: str,
 def pdf_page_failed(self: Task, doc_id: str, number: int, error: dict[str, Any]) -> None:
     """Record a lost page as failed, so the document still ends (PARTIAL)."""
     services = JobServices.for_app(self.app)
-    meta = services.join.find(doc_id)
-    if meta is None:
-        return
-    page = {"number": number, "text": "", "source": "ocr", "error": error}
-    _record(self.app, meta, page, services)
+    try:
+        with transient("Redis or the broker"):
+            meta = services.join.find(doc_id)
+            if meta is None:
+                return
+            page = {"number": number, "text": "", "source": "ocr", "error": error}
+            _record(self.app, meta, page, services)
+    except OcrError as exc:
+        retry_later(self, exc)
+        raise
 
 
 @shared_task(name="ocr.cancel", bind=True, throws=(OcrError,))
@@ -262,4 +305,4 @@ def cancel(self: Task, job_id: str) -> dict[str, str]:
 def http_callback(self: Task, url: str, body: dict[str, Any]) -> int:
     """POST a finished job's summary to the caller's URL; retried with backoff."""
     settings: Settings = self.app.ocr_settings
-    return post_json(url, body, settings.callback_timeout)
+    return post_json(url, body, settings)

@@ -53,9 +53,19 @@ def send_job_event(app: Any, event: str, job_id: str, **fields: Any) -> None:
 
 
 def report_progress(app: Any, job_id: str, done: int, total: int) -> None:
-    """Progress in the result backend (for clients) and as an event (for Flower)."""
+    """Progress in the result backend (for clients) and as an event (for Flower).
+
+    Written only while the job has not ended, in one atomic step: a page finishing
+    after a cancel must not turn the job's final state back into PROGRESS.
+    """
     meta = {"done": done, "total": total}
-    app.backend.store_result(job_id, meta, PROGRESS_STATE)
+    backend = app.backend
+    record = backend._get_result_meta(meta, PROGRESS_STATE, None, None)
+    record["task_id"] = job_id
+    control = JobServices.for_app(app).stores.control
+    if not control.store_unless_ended(job_id, backend.get_key_for_task(job_id),
+                                      backend.encode(record), int(backend.expires)):
+        return
     # `result` is a field Flower shows on the task page; the final result replaces it.
     send_job_event(app, "task-progress", job_id, result=f"{done}/{total} pages", **meta)
 
@@ -90,7 +100,9 @@ class CeleryPorts:
 
     def send_http_callback(self, url: str, body: dict, queue: str | None) -> None:
         try:
-            self._app.send_task("ocr.http_callback", args=[url, body], queue=CONTROL_QUEUE)
+            # On the job's own queue: workers with the settings that accepted its URL.
+            self._app.send_task("ocr.http_callback", args=[url, body],
+                                queue=queue or CONTROL_QUEUE)
         except KombuError as exc:
             log.error("HTTP callback of job %s not queued: %s", body.get("id"),
                       type(exc).__name__)

@@ -17,7 +17,8 @@ from typing import Any
 from celery import Task
 from celery.exceptions import Ignore
 
-from tasks.errors import WorkerLost
+from tasks.errors import TransientError, WorkerLost
+from tasks.state.boundary import CONNECTION_ERRORS, transient
 from tasks.state.keys import DELIVERY_PREFIX
 from tasks.state.stores import JobControl, connect
 
@@ -41,24 +42,36 @@ class GuardedTask(Task):
         if GuardedTask._guard_redis is None:
             GuardedTask._guard_redis = connect(settings.redis_url)
         client = GuardedTask._guard_redis
-        self.check_start(task_id, kwargs)
-        if JobControl(client, settings.result_ttl).is_cancelled(task_id):
+        key = DELIVERY_PREFIX + task_id
+        try:
+            with transient("the poison guard's Redis"):
+                self.check_start(task_id, kwargs)
+                cancelled = JobControl(client, settings.result_ttl).is_cancelled(task_id)
+                starts = 0
+                if not cancelled:
+                    pipe = client.pipeline()
+                    pipe.incr(key)
+                    pipe.expire(key, settings.result_ttl)
+                    starts = int(pipe.execute()[0])
+                    if starts > settings.max_deliveries:
+                        client.delete(key)
+        except TransientError as exc:
+            # Outside the task body, so the task's own retries do not see it: retry here.
+            raise self.retry(exc=exc, countdown=5) from exc
+        if cancelled:
             # Cancelled while queued; Celery's own revoke list may be gone with a restart.
             self.refuse_cancelled(task_id, kwargs)
-        key = DELIVERY_PREFIX + task_id
-        pipe = client.pipeline()
-        pipe.incr(key)
-        pipe.expire(key, settings.result_ttl)
-        starts = int(pipe.execute()[0])
         if starts > settings.max_deliveries:
-            client.delete(key)
             self.refuse_poison(task_id, kwargs, WorkerLost(
                 f"the job's worker died on each of its {settings.max_deliveries} runs; "
                 "it is not run again"))
         try:
             return super().__call__(*args, **kwargs)
         finally:
-            client.delete(key)
+            try:
+                client.delete(key)
+            except CONNECTION_ERRORS:
+                pass  # the count expires with its TTL; this run returned, whatever it was
 
     def check_start(self, task_id: str, kwargs: dict[str, Any]) -> None:
         """Hook run before anything else; raise Ignore to skip the task."""

@@ -1,7 +1,8 @@
 """Worker signal handlers: load engines in pool children, clean up after each task.
 
 `worker_process_init`, `task_prerun`, `task_postrun` and `worker_process_shutdown` run
-in pool children; `celeryd_after_setup` runs in the worker parent and touches no engine
+in pool children; `celeryd_init` (settings check) and `celeryd_after_setup` run in the
+worker parent and touches no engine
 there (MLX evaluated before a fork deadlocks the children). Each child also gets a
 `release.ChildKeeper`: engine release on request or when idle, and the Redis
 registration of its loaded models.
@@ -14,6 +15,7 @@ from typing import Any
 
 from celery.signals import (
     celeryd_after_setup,
+    celeryd_init,
     task_postrun,
     task_prerun,
     worker_process_init,
@@ -24,6 +26,7 @@ from tasks.engines import resident
 from tasks.models import release
 from tasks.models.registry import ModelRegistry
 from tasks.pipeline.images import configure_pillow
+from tasks.queue import brokers
 from tasks.state.stores import connect
 from worker_config import CONTROL_QUEUE, Settings, queue_for_engine
 
@@ -39,24 +42,32 @@ def connect_signals(settings: Settings) -> None:
         return
     _connected = True
 
+    def on_init(**_: Any) -> None:
+        brokers.check_worker(settings)
+
     def on_after_setup(sender: str, instance: Any, **_: Any) -> None:
         release.node_name = sender
         if settings.worker_role == "control":
             log.info("worker %s is a control worker: no engine, queue %s", sender,
                      CONTROL_QUEUE)
-            return
-        queue = queue_for_engine(settings.resolve_engine())
-        for name in (queue, CONTROL_QUEUE):
-            instance.app.amqp.queues.select_add(name)
-        log.info("worker %s serves engine queue %s", sender, queue)
+        else:
+            queue = queue_for_engine(settings.resolve_engine())
+            for name in (queue, CONTROL_QUEUE):
+                instance.app.amqp.queues.select_add(name)
+            log.info("worker %s serves engine queue %s", sender, queue)
+        brokers.prepare_queues(instance.app, settings)
 
     def on_process_init(**_: Any) -> None:
         global _keeper
+        from tasks.queue.app import get_app
+
+        brokers.fresh_connections(get_app())
         configure_pillow(settings)
         models = ModelRegistry(connect(settings.redis_url), settings.model_heartbeat_seconds)
         _keeper = release.ChildKeeper(models, settings.model_dir,
                                       settings.idle_unload_seconds,
-                                      settings.model_heartbeat_seconds)
+                                      settings.model_heartbeat_seconds,
+                                      settings.model)
         _keeper.install()
         _keeper.start(resident.init_process(settings, on_load=_keeper.on_load))
 
@@ -77,6 +88,7 @@ def connect_signals(settings: Settings) -> None:
         if _keeper is not None:
             _keeper.stop()
 
+    celeryd_init.connect(on_init, weak=False)
     celeryd_after_setup.connect(on_after_setup, weak=False)
     worker_process_init.connect(on_process_init, weak=False)
     task_prerun.connect(on_prerun, weak=False)

@@ -89,6 +89,41 @@ def job_record(job_id: str, node: str, filename: str, engine: str,
     ]
     samples += [("ocr_pages_total", {**engine_label, "source": source}, float(count))
                 for source, count in sorted(sources.items())]
+    if isinstance(outcome, dict) and not outcome.get("cached"):
+        vlm, vlm_samples = vlm_record(outcome.get("pages") or [], engine_label)
+        if vlm:
+            record["vlm"] = vlm
+            samples += vlm_samples
+    return record, samples
+
+
+def vlm_record(pages: list[dict[str, Any]], engine_label: dict[str, str]
+               ) -> tuple[dict[str, Any], list[Sample]]:
+    """Token counts, finish reasons and fallbacks of the pages a VLM read."""
+    reads = [p for p in pages if isinstance(p.get("vlm"), dict)]
+    if not reads:
+        return {}, []
+    prompt = sum(int(p["vlm"].get("prompt_tokens", 0)) for p in reads)
+    generated = sum(int(p["vlm"].get("generation_tokens", 0)) for p in reads)
+    reasons: dict[str, int] = {}
+    fallbacks: dict[tuple[str, str], int] = {}
+    for page in reads:
+        reason = str(page["vlm"].get("finish_reason"))
+        reasons[reason] = reasons.get(reason, 0) + 1
+        if isinstance(page.get("fallback"), dict):
+            key = (str(page["fallback"].get("engine")), str(page["fallback"].get("reason")))
+            fallbacks[key] = fallbacks.get(key, 0) + 1
+    record = {"prompt_tokens": prompt, "generation_tokens": generated,
+              "finish_reasons": dict(sorted(reasons.items())),
+              "fallbacks": sum(fallbacks.values())}
+    samples: list[Sample] = [
+        ("ocr_vlm_tokens_total", {**engine_label, "kind": "prompt"}, float(prompt)),
+        ("ocr_vlm_tokens_total", {**engine_label, "kind": "generation"}, float(generated)),
+    ]
+    samples += [("ocr_vlm_pages_total", {**engine_label, "finish_reason": r}, float(n))
+                for r, n in sorted(reasons.items())]
+    samples += [("ocr_vlm_fallbacks_total", {**engine_label, "fallback": fb, "reason": r},
+                 float(n)) for (fb, r), n in sorted(fallbacks.items())]
     return record, samples
 
 

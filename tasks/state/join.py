@@ -14,12 +14,15 @@ from typing import TYPE_CHECKING, Any
 
 from tasks.errors import InputNotFound
 from tasks.lifecycle.records import DocumentMeta
+from tasks.state.boundary import transient_methods
 from tasks.state.keys import DOC_PREFIX
 
 if TYPE_CHECKING:
     import redis
 
 
+
+@transient_methods("the fan-out join (Redis)")
 class DocumentJoin:
     """Per-document keys: `<id>:meta` (JSON `DocumentMeta`), `<id>:pages` (hash)."""
 

@@ -1,8 +1,9 @@
 """Every Redis key name the service writes beside Celery's own, in one place.
 
 Imported by the stores in this package, the model registry, the poison guard and the
-metrics exporter; other code asks those for keys rather than building them. Every key
-is under `ocr:` and every key has a TTL.
+metrics exporter and the HTTP API; other code asks those for keys rather than building
+them. Every key is under `ocr:` and every key has a TTL, except the HTTP API's client
+tokens (`ocr:api:token:*`, `ocr:api:clients`), which live until revoked.
 """
 
 from __future__ import annotations
@@ -14,6 +15,18 @@ OUTPUT_PREFIX = ROOT + "output:"      # produced files: ocr:output:<job id>
 JOB_PREFIX = ROOT + "job:"            # per-job control hash and ocr:job:<id>:cancelled
 DOC_PREFIX = ROOT + "doc:"            # fan-out join: ocr:doc:<id>:meta|pages|merged
 DELIVERY_PREFIX = ROOT + "deliveries:"  # poison guard: starts of one task id
-MODELS_PREFIX = ROOT + "models:"      # model lifecycle (tasks/models/registry.py)
+# model lifecycle (tasks/models/registry.py): last-used, loaded:<host>:<pid>:<model>,
+# configured:<host>:<pid>, report[:<host>:<dir>], prune-lock:<host>:<dir>,
+# scheduled-audit, audit-run:<run>:<host>:<dir>
+MODELS_PREFIX = ROOT + "models:"
 METRICS_PREFIX = ROOT + "metrics:"    # counters and gauges (tasks/state/metrics.py)
 DEAD_LETTER_KEY = ROOT + "dead-letter"  # refused broker messages (a capped list)
+# The HTTP API (tasks/api/): clients' tokens and the jobs they sent.
+API_PREFIX = ROOT + "api:"
+API_TOKEN_PREFIX = API_PREFIX + "token:"      # sha256 of a token -> client record (no TTL)
+API_CLIENTS_KEY = API_PREFIX + "clients"      # hash: client name -> JSON record (no TTL)
+API_JOB_PREFIX = API_PREFIX + "job:"          # hash per job: owner, output, filename
+API_IDEMPOTENCY_PREFIX = API_PREFIX + "idem:"  # <client>:<sha256 of key> -> job id
+API_RATE_PREFIX = API_PREFIX + "rate:"        # <client>:<minute> request counter
+API_INFLIGHT_PREFIX = API_PREFIX + "inflight:"  # sorted set per client: open job ids
+API_UPLOAD_PREFIX = API_PREFIX + "upload:"    # an upload being received (renamed to a blob)

@@ -19,7 +19,7 @@ Hash fields are JSON `[metric, {label: value}]`, values numbers.
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -58,6 +58,15 @@ METRICS: dict[str, MetricSpec] = {
     "ocr_pages_total": MetricSpec(
         "counter", "Pages of finished jobs by source: ocr, text-layer, blank, failed, cached.",
         ("engine", "source")),
+    "ocr_vlm_tokens_total": MetricSpec(
+        "counter", "Tokens of the pages a vision-language model read (each page's last "
+        "try), by kind: prompt (image and prompt) or generation.", ("engine", "kind")),
+    "ocr_vlm_pages_total": MetricSpec(
+        "counter", "Pages a vision-language model read, by the finish reason of the last "
+        "try: stop, length, repetition, error.", ("engine", "finish_reason")),
+    "ocr_vlm_fallbacks_total": MetricSpec(
+        "counter", "Pages whose text came from a fallback engine after the model's read "
+        "did not finish, by fallback engine and reason.", ("engine", "fallback", "reason")),
     "ocr_engine_loads_total": MetricSpec(
         "counter", "Engine loads in pool children.", ("engine",)),
     "ocr_engine_load_seconds_total": MetricSpec(
@@ -166,10 +175,14 @@ class RedisCollector(Collector):
     """Prometheus collector reading every node's metrics from Redis at each scrape."""
 
     def __init__(self, client: redis.Redis, queues: Sequence[str] = (),
-                 suffixes: Sequence[str] = ("",)) -> None:
+                 suffixes: Sequence[str] = ("",),
+                 broker_lengths: Callable[[Sequence[str]], dict[str, int]] | None = None
+                 ) -> None:
+        """`broker_lengths` reads queue lengths from a broker other than Redis."""
         self._redis = client
         self._queues = tuple(queues)
         self._suffixes = tuple(suffixes)
+        self._broker_lengths = broker_lengths
 
     def collect(self) -> Iterator[Metric]:
         families: dict[str, Any] = {}
@@ -204,6 +217,10 @@ class RedisCollector(Collector):
         family = GaugeMetricFamily(QUEUE_LENGTH, "Jobs waiting in each queue (all "
                                    "priorities).", labels=["queue"])
         if not self._queues:
+            return family
+        if self._broker_lengths is not None:
+            for queue, length in self._broker_lengths(self._queues).items():
+                family.add_metric([queue], float(length))
             return family
         pipe = self._redis.pipeline(transaction=False)
         for queue in self._queues:

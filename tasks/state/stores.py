@@ -14,18 +14,28 @@ from typing import Any
 
 import redis
 
-from tasks.errors import BadRequest, InputNotFound, TransientError
+from tasks.errors import BadRequest, InputNotFound
+from tasks.state.boundary import redis_retry, transient_methods
 from tasks.state.keys import BLOB_PREFIX, JOB_PREFIX, OUTPUT_PREFIX
 
 _BLOB_KEY = re.compile("^" + re.escape(BLOB_PREFIX) + r"[A-Za-z0-9_.-]{8,128}$")
+# Inputs uploaded through the HTTP API: ocr:blob:api.<client>.<32 hex>; the key names
+# the job owner (`api:<client>`) that alone may read it.
+_OWNED_BLOB = re.compile("^" + re.escape(BLOB_PREFIX) + r"api\.(?P<client>[A-Za-z0-9_.-]+)"
+                         r"\.[0-9a-f]{32}$")
 
 
 def connect(redis_url: str) -> redis.Redis:
-    """A client that reconnects on its own and fails fast while Redis is down."""
+    """A client that reconnects on its own and retries through a Redis restart.
+
+    A command retries with backoff for about half a minute (`boundary.redis_retry`);
+    the stores then raise `TransientError`.
+    """
     return redis.Redis.from_url(redis_url, socket_connect_timeout=5, socket_timeout=30,
-                                health_check_interval=30, retry_on_timeout=True)
+                                health_check_interval=30, retry=redis_retry())
 
 
+@transient_methods("the blob store (Redis)")
 class BlobStore:
     """Inputs too large for a message, stored by the client under `ocr:blob:<id>`."""
 
@@ -41,10 +51,7 @@ class BlobStore:
     def get(self, key: str) -> bytes:
         if not isinstance(key, str) or not _BLOB_KEY.match(key):
             raise BadRequest("`blob` must be a key of the form ocr:blob:<id>")
-        try:
-            data = self._redis.get(key)
-        except redis.ConnectionError as exc:
-            raise TransientError("the blob store is unreachable") from exc
+        data = self._redis.get(key)
         if data is None:
             raise InputNotFound(f"no input stored under {key} (expired or never uploaded)")
         return _bytes(data)
@@ -55,6 +62,7 @@ class BlobStore:
             self._redis.delete(key)
 
 
+@transient_methods("the result cache (Redis)")
 class ResultCache:
     """Finished results by `cache_key`, kept as long as results are.
 
@@ -79,6 +87,7 @@ class ResultCache:
         self._redis.set(key, json.dumps(entry), ex=self._ttl)
 
 
+@transient_methods("the output store (Redis)")
 class OutputStore:
     """Files produced for the client (searchable PDFs), kept as long as results are."""
 
@@ -98,6 +107,7 @@ class OutputStore:
         return None if data is None else _bytes(data)
 
 
+@transient_methods("job control (Redis)")
 class JobControl:
     """Per-job facts clients and workers share: input blob, deadline, cancellation.
 
@@ -138,12 +148,57 @@ class JobControl:
     def has_ended(self, job_id: str) -> bool:
         return bool(self._redis.exists(f"{JOB_PREFIX}{job_id}:ended"))
 
+    def owner(self, job_id: str) -> str:
+        """Who sent the job: `api:<client>` for the HTTP API, "" otherwise."""
+        value = self._redis.hget(JOB_PREFIX + job_id, "owner")
+        return "" if value is None else _text(value)
+
+    def check_references(self, job_id: str, blob: object, merge_from: object) -> None:
+        """Refuse (`bad_request`) a job that names another owner's input or job.
+
+        Called by workers before a job reads its input. `merge_from` must name a job
+        of the same owner (jobs without one: owner ""); a blob uploaded through the
+        HTTP API (`ocr:blob:api.<client>.<hex>`) only serves jobs of `api:<client>`,
+        and a job of an API client only reads the blob recorded for it or for its
+        `merge_from` job. Jobs from Celery-protocol senders have no owner: whoever can
+        write to the broker is trusted (README, Sending jobs).
+        """
+        owner = self.owner(job_id)
+        if isinstance(merge_from, str) and merge_from and self.owner(merge_from) != owner:
+            raise BadRequest("`merge_from` names a job of another client")
+        if not isinstance(blob, str):
+            return
+        owned = _OWNED_BLOB.match(blob)
+        if owned and owner != f"api:{owned.group('client')}":
+            raise BadRequest("`blob` names an input of another client")
+        if owner:
+            recorded = {_text(b) for b in self._redis.hmget(JOB_PREFIX + job_id, "blob")
+                        if b is not None}
+            if isinstance(merge_from, str) and merge_from:
+                recorded |= {_text(b) for b in self._redis.hmget(JOB_PREFIX + merge_from,
+                                                                  "blob") if b is not None}
+            if blob not in recorded:
+                raise BadRequest("`blob` is not this job's input")
+
+    def store_unless_ended(self, job_id: str, key: str | bytes, value: str | bytes,
+                           ttl: int) -> bool:
+        """SET `key` to `value` (EX `ttl`) unless the job has ended; atomic (Lua)."""
+        return bool(self._redis.eval(_SET_UNLESS_ENDED, 2, f"{JOB_PREFIX}{job_id}:ended",
+                                     key, value, max(1, ttl)))
+
     def store_cancelled(self, job_id: str, result: dict[str, Any]) -> None:
         self._redis.set(f"{JOB_PREFIX}{job_id}:cancelled", json.dumps(result), ex=self._ttl)
 
     def cancelled_result(self, job_id: str) -> dict[str, Any] | None:
         raw = self._redis.get(f"{JOB_PREFIX}{job_id}:cancelled")
         return json.loads(raw) if raw else None
+
+
+_SET_UNLESS_ENDED = """
+if redis.call('exists', KEYS[1]) == 1 then return 0 end
+redis.call('set', KEYS[2], ARGV[1], 'EX', ARGV[2])
+return 1
+"""
 
 
 def _text(value: bytes | str) -> str:

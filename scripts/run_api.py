@@ -1,0 +1,35 @@
+#!/usr/bin/env python3
+"""Procfile `api` process: the HTTP API (tasks/api/) served by uvicorn.
+
+Listens on API_ADDRESS:API_PORT (default 127.0.0.1:8000). Only talks to Redis and
+sends tasks by name: run as many as you like, anywhere that reaches Redis.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+
+import uvicorn
+
+from tasks.api.app import create_api
+from worker_config import Settings, SettingsError
+
+
+def main() -> int:
+    try:
+        settings = Settings.from_env()
+        port = int(os.environ.get("API_PORT", "8000"))
+    except (SettingsError, ValueError) as exc:
+        print(f"api: {exc}", flush=True)
+        return 2
+    address = os.environ.get("API_ADDRESS", "127.0.0.1")
+    app = create_api(settings)
+    print(f"api: serving http://{address}:{port} (docs at /docs)", flush=True)
+    uvicorn.run(app, host=address, port=port, log_level=os.environ.get(
+        "LOG_LEVEL", "info").lower(), proxy_headers=False, server_header=False)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

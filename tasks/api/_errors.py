@@ -1,0 +1,77 @@
+"""Errors only the HTTP API answers, each with its HTTP status beside code and retryable.
+
+Runs in the `api` process. Job errors (tasks/errors.py) keep their codes; `http_status`
+maps them: `input_too_large` 413, `transient` 503, the rest 400.
+"""
+
+from __future__ import annotations
+
+from tasks.errors import OcrError
+
+
+class ApiError(OcrError):
+    """An error answered with `status` (and `headers`, e.g. Retry-After)."""
+
+    status = 400
+
+    def __init__(self, *args: object, headers: dict[str, str] | None = None) -> None:
+        super().__init__(*args)
+        self.headers = headers or {}
+
+
+class Unauthorized(ApiError):
+    code = "unauthorized"
+    status = 401
+    default_message = "a valid `Authorization: Bearer <token>` header is required"
+
+    def __init__(self, *args: object) -> None:
+        super().__init__(*args, headers={"WWW-Authenticate": "Bearer"})
+
+
+class NotFound(ApiError):
+    code = "not_found"
+    status = 404
+    default_message = "no such job"
+
+
+class RateLimited(ApiError):
+    code = "rate_limited"
+    status = 429
+    retryable = True
+    default_message = "too many requests; retry after the Retry-After seconds"
+
+
+class TooManyJobs(ApiError):
+    code = "too_many_jobs"
+    status = 429
+    retryable = True
+    default_message = "too many unfinished jobs; retry after the Retry-After seconds"
+
+
+class NotFinished(ApiError):
+    code = "not_finished"
+    status = 409
+    retryable = True
+    default_message = "the job has not finished"
+
+
+class FormatUnavailable(ApiError):
+    code = "format_unavailable"
+    status = 409
+    default_message = "the job did not produce this format"
+
+
+class JobUnsuccessful(ApiError):
+    """A result asked of a job that failed or was cancelled: its own error is the body."""
+
+    status = 409
+
+    def __init__(self, error: dict[str, object]) -> None:
+        super().__init__(str(error.get("message", "the job did not succeed")))
+        self.error = error
+
+
+def http_status(exc: OcrError) -> int:
+    if isinstance(exc, ApiError):
+        return exc.status
+    return {"input_too_large": 413, "transient": 503}.get(exc.code, 400)

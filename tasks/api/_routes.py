@@ -1,0 +1,252 @@
+"""The HTTP routes of `/v1/jobs` and the health checks.
+
+Runs in the `api` process (uvicorn's event loop): every Redis or broker call goes
+through `run_in_threadpool` into `JobService`.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import AsyncIterator
+from typing import Annotated, Any, Literal
+from urllib.parse import quote
+
+import anyio
+from fastapi import APIRouter, Depends, Header, Query, Request, Response
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse, StreamingResponse
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+from pydantic import ValidationError
+from starlette.concurrency import run_in_threadpool
+
+from tasks.api._schemas import (
+    FINAL_STATUSES,
+    ErrorBody,
+    Health,
+    JobAccepted,
+    JobOptions,
+    JobStatus,
+    Readiness,
+    RetryOptions,
+)
+from tasks.api._service import MEDIA_TYPES, JobService, links
+from tasks.api._uploads import receive_multipart
+from tasks.api.tokens import ApiClient
+from tasks.errors import BadRequest, EmptyInput
+from worker_config import DEFAULT_QUEUE
+
+EVENT_POLL_SECONDS = 0.25
+KEEPALIVE_SECONDS = 15.0
+MAX_JSON_BYTES = 64 * 1024
+
+bearer = HTTPBearer(auto_error=False, description="a client token from "
+                    "`submit.py tokens create NAME`")
+router = APIRouter()
+
+
+def _errors(*codes: int) -> dict[int | str, dict[str, Any]]:
+    meaning = {400: "invalid request", 401: "missing, unknown or revoked token",
+               404: "no such job (or not this client's)", 409: "see the error code",
+               413: "the upload is larger than OCR_MAX_INPUT_MB; nothing was stored",
+               415: "not multipart/form-data or JSON",
+               422: "invalid options", 429: "a limit was reached; see Retry-After",
+               503: "Redis or the broker is unreachable"}
+    return {code: {"model": ErrorBody, "description": meaning[code]} for code in codes}
+
+
+COMMON = (401, 422, 429, 503)
+
+
+def service_of(request: Request) -> JobService:
+    service: JobService = request.app.state.service
+    return service
+
+
+async def current_client(request: Request, credentials: Annotated[
+        HTTPAuthorizationCredentials | None, Depends(bearer)]) -> ApiClient:
+    """The client whose token the request carries (401 otherwise), counted for limits."""
+    service = service_of(request)
+    header = None if credentials is None else f"{credentials.scheme} {credentials.credentials}"
+
+    def check() -> ApiClient:
+        caller = service.authenticate(header)
+        service.count_request(caller)
+        return caller
+
+    return await run_in_threadpool(check)
+
+
+Caller = Annotated[ApiClient, Depends(current_client)]
+IdempotencyKey = Annotated[str | None, Header(
+    max_length=255, description="the same key from the same client (within OCR_RESULT_TTL) "
+    "returns the same job instead of sending a second one")]
+
+
+def _upload_schema() -> dict[str, Any]:
+    options = JobOptions.model_json_schema()
+    properties = {k: v for k, v in options["properties"].items() if k != "path"}
+    return {
+        "required": True,
+        "content": {
+            "multipart/form-data": {"schema": {
+                "type": "object", "required": ["file"],
+                "properties": {"file": {"type": "string", "format": "binary",
+                                        "description": "the image or PDF"}, **properties}}},
+            "application/json": {"schema": {**options, "required": ["path"]}},
+        }}
+
+
+@router.post("/v1/jobs", status_code=202, response_model=JobAccepted,
+             summary="Send a job: upload a file (multipart) or name a path (JSON)",
+             responses=_errors(400, 409, 413, 415, *COMMON),
+             openapi_extra={"requestBody": _upload_schema()})
+async def create_job(request: Request, response: Response, caller: Caller,
+                     idempotency_key: IdempotencyKey = None) -> JobAccepted:
+    service = service_of(request)
+    earlier = await run_in_threadpool(service.replay, caller, idempotency_key)
+    if earlier is not None:  # before reading a body that would only be dropped
+        response.headers["Idempotent-Replayed"] = "true"
+        return JobAccepted(id=earlier, status="QUEUED", links=links(earlier))
+    content_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
+    upload: str | None = None
+    filename = ""
+    if content_type == "multipart/form-data":
+        received = await receive_multipart(request, service)
+        upload, filename, fields = received.upload, received.filename, received.fields
+        if upload is None:
+            raise BadRequest("send the input as the form field `file`")
+        if received.size == 0:
+            await run_in_threadpool(service.discard, upload)
+            raise EmptyInput("the uploaded file is empty")
+        if "path" in fields:
+            await run_in_threadpool(service.discard, upload)
+            raise BadRequest("send either a file or a `path`, not both")
+        body: Any = fields
+    elif content_type == "application/json":
+        raw = b""
+        async for chunk in request.stream():
+            raw += chunk
+            if len(raw) > MAX_JSON_BYTES:
+                raise BadRequest("the JSON body is too large (upload files as multipart)")
+        try:
+            body = json.loads(raw)
+        except (UnicodeDecodeError, json.JSONDecodeError):
+            raise BadRequest("the body is not valid JSON") from None
+    else:
+        return JSONResponse(status_code=415, content={"error": {  # type: ignore[return-value]
+            "code": "unsupported_media_type", "retryable": False,
+            "message": "send multipart/form-data (a file) or application/json (a path)"}})
+    try:
+        options = JobOptions.model_validate(body)
+    except ValidationError as exc:
+        await run_in_threadpool(service.discard, upload)
+        raise RequestValidationError(exc.errors()) from None
+    submitted = await run_in_threadpool(service.submit, caller, options, upload, filename,
+                                        idempotency_key)
+    if submitted.replayed:
+        response.headers["Idempotent-Replayed"] = "true"
+    response.headers["Location"] = links(submitted.id).self
+    return JobAccepted(id=submitted.id, status="QUEUED", links=links(submitted.id))
+
+
+@router.post("/v1/jobs/{job_id}/retry", status_code=202, response_model=JobAccepted,
+             summary="Re-read the failed pages of a PARTIAL job (a new, complete job)",
+             responses=_errors(400, 404, *COMMON))
+def retry_job(request: Request, response: Response, job_id: str, caller: Caller,
+              options: RetryOptions | None = None) -> JobAccepted:
+    new_id = service_of(request).retry(caller, job_id, options or RetryOptions.model_validate({}))
+    response.headers["Location"] = links(new_id).self
+    return JobAccepted(id=new_id, status="QUEUED", links=links(new_id))
+
+
+@router.get("/v1/jobs/{job_id}", response_model=JobStatus, summary="A job's status",
+            responses=_errors(404, *COMMON))
+def get_job(request: Request, job_id: str, caller: Caller) -> JobStatus:
+    return service_of(request).status(caller, job_id)
+
+
+def _result_schema(fmt: str) -> dict[str, str]:
+    if fmt == "json":
+        return {"type": "object"}
+    return {"type": "string", "format": "binary"} if fmt == "pdf" else {"type": "string"}
+
+
+@router.get("/v1/jobs/{job_id}/result", summary="A finished job's result in one format",
+            response_class=Response, responses={
+                200: {"description": "the result", "content": {
+                    media: {"schema": _result_schema(fmt)} for fmt, media in MEDIA_TYPES.items()}},
+                **_errors(404, 409, *COMMON)})
+def get_result(request: Request, job_id: str, caller: Caller,
+               format: Literal["text", "json", "markdown", "hocr", "alto", "pdf"] = Query(
+                   "text", description="text for any job; markdown, hocr, alto and pdf "
+                   "when the job was sent with that output; json: the whole result")
+               ) -> Response:
+    body = service_of(request).result(caller, job_id, format)
+    return Response(body.content, media_type=body.media_type, headers={
+        "Content-Disposition": f"inline; filename*=UTF-8''{quote(body.filename)}"})
+
+
+@router.delete("/v1/jobs/{job_id}", response_model=JobStatus, status_code=202,
+               summary="Cancel a job (202); a job that had ended answers 200",
+               responses={200: {"model": JobStatus, "description": "the job had ended"},
+                          **_errors(404, *COMMON)})
+def cancel_job(request: Request, response: Response, job_id: str, caller: Caller) -> JobStatus:
+    status, sent = service_of(request).cancel(caller, job_id)
+    if not sent:
+        response.status_code = 200
+    return status
+
+
+@router.get("/v1/jobs/{job_id}/events", summary="Server-Sent Events: progress, then the end",
+            response_class=StreamingResponse, responses={
+                200: {"description": "`event: progress` with the job's status whenever it "
+                      "changes, then one `event: end` with the final status; `: keepalive` "
+                      "comments every 15 s", "content": {"text/event-stream": {
+                          "schema": {"type": "string"}}}},
+                **_errors(404, *COMMON)})
+async def job_events(request: Request, job_id: str, caller: Caller) -> StreamingResponse:
+    service = service_of(request)
+    first = await run_in_threadpool(service.status, caller, job_id)  # 404 before streaming
+    return StreamingResponse(_events(request, service, caller, first),
+                             media_type="text/event-stream",
+                             headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
+
+
+async def _events(request: Request, service: JobService, caller: ApiClient,
+                  status: JobStatus) -> AsyncIterator[str]:
+    last = None
+    quiet = 0.0
+    while True:
+        seen = status.model_dump_json(exclude={"created", "links"})
+        if status.status in FINAL_STATUSES:
+            yield f"event: end\ndata: {status.model_dump_json()}\n\n"
+            return
+        if seen != last:
+            yield f"event: progress\ndata: {status.model_dump_json()}\n\n"
+            last, quiet = seen, 0.0
+        elif quiet >= KEEPALIVE_SECONDS:
+            yield ": keepalive\n\n"
+            quiet = 0.0
+        await anyio.sleep(EVENT_POLL_SECONDS)
+        quiet += EVENT_POLL_SECONDS
+        if await request.is_disconnected():
+            return
+        status = await run_in_threadpool(service.status, caller, status.id)
+
+
+@router.get("/healthz", response_model=Health, summary="The API process is up (no auth)")
+async def healthz() -> Health:
+    return Health(status="ok")
+
+
+@router.get("/readyz", response_model=Readiness,
+            summary="Redis answers and a worker consumes the queue (no auth)",
+            responses={503: {"model": Readiness, "description": "not ready"}})
+def readyz(request: Request, response: Response,
+           queue: str = Query(DEFAULT_QUEUE, max_length=200, pattern=r"^[A-Za-z0-9_.:-]+$",
+                              description="ocr, or an engine's queue (ocr-tesseract, ...)")
+           ) -> Readiness:
+    ready = service_of(request).readiness(queue)
+    if not ready.ready:
+        response.status_code = 503
+    return ready

@@ -1,0 +1,116 @@
+"""Request and response bodies of the HTTP API (pydantic models: the OpenAPI schema).
+
+Runs in the `api` process. Options mirror `ocr.document`'s kwargs (docs/tasks.md);
+the workers validate them again, fully (page ranges, engines, languages).
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+OUTPUTS = ("text", "markdown", "json", "pdf", "hocr", "alto")
+Output = Literal["text", "markdown", "json", "pdf", "hocr", "alto"]
+Mode = Literal["auto", "ocr", "text"]
+Priority = Literal["interactive", "normal", "batch"]
+Status = Literal["QUEUED", "RUNNING", "SUCCESS", "PARTIAL", "FAILURE", "CANCELLED"]
+FINAL_STATUSES = ("SUCCESS", "PARTIAL", "FAILURE", "CANCELLED")
+
+
+class JobOptions(BaseModel):
+    """Options of one job: `ocr.document`'s kwargs, plus `path` for JSON requests."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    path: str | None = Field(None, max_length=4096, description=(
+        "JSON requests only: absolute path of the input as the workers see it, under "
+        "OCR_ALLOWED_ROOTS (multipart requests upload a `file` instead)."))
+    filename: str | None = Field(None, max_length=255,
+                                 description="name reported back in the result")
+    pages: str | None = Field(None, max_length=200, pattern=r"^[0-9 ,-]+$",
+                              description='pages to read, 1-based: "1-3,7", "4-"')
+    password: str | None = Field(None, max_length=1024,
+                                 description="opens an encrypted PDF")
+    output: Output = Field("text", description="what the job produces")
+    mode: Mode | None = Field(None, description="PDFs: auto (default), ocr or text")
+    lang: str | None = Field(None, max_length=100, pattern=r"^[A-Za-z0-9_]+(\+[A-Za-z0-9_]+)*$",
+                             description="tesseract languages, e.g. vie or ell+eng")
+    engine: str | None = Field(None, max_length=64, pattern=r"^[A-Za-z0-9_.-]+$",
+                               description="tesseract, mlx-vlm (default: any worker's)")
+    priority: Priority = Field("normal", description="interactive jobs go first, batch last")
+    deadline: float | None = Field(None, gt=0, lt=1e11, description=(
+        "seconds since the epoch: a job not started by then never starts; a running "
+        "one stops reading pages (deadline_exceeded)"))
+    callback_url: str | None = Field(None, max_length=2000, description=(
+        "http(s) URL the result summary is POSTed to when the job ends"))
+
+    def task_kwargs(self) -> dict[str, Any]:
+        """The `ocr.document` kwargs besides the input, priority and deadline."""
+        names = ("filename", "pages", "password", "output", "mode", "lang", "engine",
+                 "callback_url")
+        return {n: getattr(self, n) for n in names if getattr(self, n) is not None}
+
+
+class RetryOptions(BaseModel):
+    """Options of a retry: the earlier job's options are kept."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    password: str | None = Field(None, max_length=1024,
+                                 description="opens an encrypted PDF")
+    priority: Priority = Field("normal", description="interactive jobs go first, batch last")
+
+
+class ErrorInfo(BaseModel):
+    code: str = Field(description="stable code (docs/tasks.md lists the job codes)")
+    message: str = Field(description="safe to show")
+    retryable: bool
+
+
+class ErrorBody(BaseModel):
+    """Every error answer: `{"error": {"code", "message", "retryable"}}`."""
+
+    error: ErrorInfo
+
+
+class Links(BaseModel):
+    self: str
+    result: str
+    events: str
+
+
+class Progress(BaseModel):
+    done: int = Field(description="pages finished")
+    total: int = Field(description="pages to read (0 until the job has planned them)")
+
+
+class JobAccepted(BaseModel):
+    id: str
+    status: Status
+    links: Links
+
+
+class JobStatus(BaseModel):
+    id: str
+    status: Status = Field(description=(
+        "QUEUED, RUNNING, then SUCCESS, PARTIAL (some pages failed), FAILURE or CANCELLED"))
+    state: str = Field(description="the Celery state (PENDING, STARTED, PROGRESS, ...)")
+    progress: Progress
+    error: ErrorInfo | None = None
+    filename: str = ""
+    output: str = "text"
+    created: float = Field(description="seconds since the epoch")
+    links: Links
+
+
+class Health(BaseModel):
+    status: Literal["ok"]
+
+
+class Readiness(BaseModel):
+    ready: bool
+    redis: bool
+    queue: str
+    workers: list[str] = Field(description="workers consuming the queue")
+    message: str = ""

@@ -1,0 +1,150 @@
+"""Multipart uploads streamed into Redis as they arrive, never whole in memory or on disk.
+
+Runs in the `api` process. The file part (`file`) is appended to an upload key in
+1 MiB pieces; the other parts are the job's options (small text fields). Past
+OCR_MAX_INPUT_MB the upload key is deleted and the request ends with 413: nothing
+stays stored. A request whose Content-Length already says too much is refused before
+its body is read (clients that send `Expect: 100-continue`, as curl does, then never
+send it).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from python_multipart.exceptions import MultipartParseError
+from python_multipart.multipart import MultipartParser, parse_options_header
+from starlette.concurrency import run_in_threadpool
+from starlette.requests import Request
+
+from tasks.api._service import JobService
+from tasks.errors import BadRequest
+
+FILE_FIELD = "file"
+FLUSH_BYTES = 1024 * 1024
+MAX_FIELDS = 32
+MAX_FIELD_BYTES = 8192
+ENVELOPE_BYTES = 64 * 1024  # multipart headers and option fields beside the file
+
+
+@dataclass
+class Received:
+    """What a multipart request carried: its option fields and the stored file."""
+
+    fields: dict[str, str] = field(default_factory=dict)
+    upload: str | None = None
+    filename: str = ""
+    size: int = 0
+
+
+@dataclass
+class _Part:
+    name: str = ""
+    filename: str | None = None
+    data: bytearray = field(default_factory=bytearray)
+
+
+class _Collector:
+    """python-multipart callbacks: fields into memory, file bytes into `pending`."""
+
+    def __init__(self, received: Received) -> None:
+        self.received = received
+        self.part = _Part()
+        self.header_name = b""
+        self.header_value = b""
+        self.disposition = b""
+        self.pending = bytearray()
+        self.files = 0
+
+    def on_part_begin(self) -> None:
+        self.part = _Part()
+        self.disposition = b""
+
+    def on_header_field(self, data: bytes, start: int, end: int) -> None:
+        self.header_name += data[start:end]
+
+    def on_header_value(self, data: bytes, start: int, end: int) -> None:
+        self.header_value += data[start:end]
+
+    def on_header_end(self) -> None:
+        if self.header_name.lower() == b"content-disposition":
+            self.disposition = self.header_value
+        self.header_name = self.header_value = b""
+
+    def on_headers_finished(self) -> None:
+        _, options = parse_options_header(self.disposition)
+        self.part.name = options.get(b"name", b"").decode("utf-8", "replace")
+        if b"filename" in options:
+            if self.part.name != FILE_FIELD or self.files:
+                raise BadRequest("send one file, in the form field `file`")
+            self.files += 1
+            self.part.filename = options[b"filename"].decode("utf-8", "replace")
+            self.received.filename = self.part.filename.replace("\\", "/").rsplit("/", 1)[-1]
+        elif self.part.name == FILE_FIELD:
+            raise BadRequest("the form field `file` must be a file (with a filename)")
+        elif len(self.received.fields) >= MAX_FIELDS:
+            raise BadRequest("too many form fields")
+
+    def on_part_data(self, data: bytes, start: int, end: int) -> None:
+        if self.part.filename is not None:
+            self.pending += data[start:end]
+            self.received.size += end - start
+            return
+        self.part.data += data[start:end]
+        if len(self.part.data) > MAX_FIELD_BYTES:
+            raise BadRequest(f"form field {self.part.name!r} is too long")
+
+    def on_part_end(self) -> None:
+        if self.part.filename is None:
+            if self.part.name in self.received.fields:
+                raise BadRequest(f"form field {self.part.name!r} is given twice")
+            self.received.fields[self.part.name] = self.part.data.decode("utf-8", "replace")
+
+
+async def receive_multipart(request: Request, service: JobService) -> Received:
+    """Parse a multipart body, streaming its file into a fresh upload key.
+
+    On any error the upload key is deleted before the error propagates.
+    """
+    declared = request.headers.get("content-length")
+    if declared is not None and declared.isdigit():
+        service.check_upload_size(max(0, int(declared) - ENVELOPE_BYTES))
+    _, params = parse_options_header(request.headers.get("content-type", ""))
+    boundary = params.get(b"boundary")
+    if not boundary:
+        raise BadRequest("a multipart body needs a boundary")
+    received = Received()
+    collector = _Collector(received)
+    parser = MultipartParser(boundary, {
+        "on_part_begin": collector.on_part_begin,
+        "on_part_data": collector.on_part_data,
+        "on_part_end": collector.on_part_end,
+        "on_header_field": collector.on_header_field,
+        "on_header_value": collector.on_header_value,
+        "on_header_end": collector.on_header_end,
+        "on_headers_finished": collector.on_headers_finished,
+    })
+    try:
+        async for chunk in request.stream():
+            parser.write(chunk)
+            service.check_upload_size(received.size)
+            if len(collector.pending) >= FLUSH_BYTES:
+                await _flush(service, received, collector)
+        parser.finalize()
+        if collector.pending or (collector.files and received.upload is None):
+            await _flush(service, received, collector)
+    except MultipartParseError as exc:
+        await run_in_threadpool(service.discard, received.upload)
+        raise BadRequest(f"the multipart body is malformed ({type(exc).__name__})") from None
+    except BaseException:
+        await run_in_threadpool(service.discard, received.upload)
+        raise
+    return received
+
+
+async def _flush(service: JobService, received: Received, collector: _Collector) -> None:
+    if received.upload is None:
+        received.upload = service.new_upload()
+    data = bytes(collector.pending)
+    collector.pending.clear()
+    await run_in_threadpool(service.append, received.upload, data)

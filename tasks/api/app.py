@@ -1,0 +1,100 @@
+"""The HTTP API's application: `create_api(settings)` builds the FastAPI app.
+
+Runs in the `api` process (Procfile; `scripts/run_api.py` serves it with uvicorn). It
+talks only to Redis and sends tasks by name, so it imports no engine, MLX or PyMuPDF
+and starts in well under a second. The docs page (`/docs`) is served from files in
+the fastapi-offline package: no CDN, no network.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import redis
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from fastapi_offline import FastAPIOffline
+from kombu.exceptions import OperationalError
+from starlette.exceptions import HTTPException
+
+from tasks.api._errors import JobUnsuccessful, http_status
+from tasks.api._routes import router
+from tasks.api._service import JobService
+from tasks.client import OcrClient
+from tasks.errors import OcrError
+from tasks.queue.app import OcrCelery
+from tasks.state.stores import connect
+from worker_config import Settings, celery_config
+
+DESCRIPTION = """OCR jobs over HTTP: send an image or PDF, follow its progress, fetch its
+result. Every `/v1` call needs `Authorization: Bearer <token>` (a client's token from
+`submit.py tokens create NAME`); a client sees only its own jobs. Errors are
+`{"error": {"code", "message", "retryable"}}`."""
+
+
+def create_api(settings: Settings, client: OcrClient | None = None) -> FastAPI:
+    """The app, with its `JobService` in `app.state.service`."""
+    app = FastAPIOffline(title="OCR service", version="1", description=DESCRIPTION)
+    client = client or OcrClient(settings, app=sending_app(settings))
+    app.state.service = JobService(settings, client, connect(settings.redis_url))
+    app.include_router(router)
+    app.add_exception_handler(OcrError, _ocr_error)
+    app.add_exception_handler(RequestValidationError, _validation_error)
+    app.add_exception_handler(redis.RedisError, _redis_error)
+    app.add_exception_handler(OperationalError, _redis_error)  # the broker, through kombu
+    app.add_exception_handler(HTTPException, _http_error)
+    return app
+
+
+def sending_app(settings: Settings) -> OcrCelery:
+    """A Celery app that only sends tasks by name.
+
+    No task modules and no worker signals: those pull in the image pipeline.
+    """
+    app = OcrCelery("ocr", set_as_current=False)
+    app.ocr_settings = settings
+    app.conf.update(celery_config(settings))
+    return app
+
+
+def from_env() -> FastAPI:
+    """The uvicorn factory (`uvicorn --factory tasks.api.app:from_env`)."""
+    return create_api(Settings.from_env())
+
+
+def _body(code: str, message: str, retryable: bool = False) -> dict[str, Any]:
+    return {"error": {"code": code, "message": message, "retryable": retryable}}
+
+
+async def _ocr_error(request: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, OcrError)
+    if isinstance(exc, JobUnsuccessful):
+        return JSONResponse({"error": exc.error}, status_code=exc.status)
+    headers = getattr(exc, "headers", None)
+    return JSONResponse(_body(exc.code, exc.message, exc.retryable),
+                        status_code=http_status(exc), headers=headers)
+
+
+async def _validation_error(request: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, RequestValidationError)
+    parts = []
+    for error in exc.errors()[:5]:
+        where = ".".join(str(p) for p in error.get("loc", ()) if p != "body")
+        parts.append(f"{where}: {error.get('msg', 'invalid')}" if where else
+                     str(error.get("msg", "invalid")))
+    return JSONResponse(_body("bad_request", "; ".join(parts) or "invalid request"),
+                        status_code=422)
+
+
+async def _redis_error(request: Request, exc: Exception) -> JSONResponse:
+    return JSONResponse(_body("transient", f"Redis is unreachable ({type(exc).__name__})",
+                              retryable=True), status_code=503)
+
+
+async def _http_error(request: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, HTTPException)
+    code = {404: "not_found", 405: "method_not_allowed", 401: "unauthorized"}.get(
+        exc.status_code, "bad_request")
+    return JSONResponse(_body(code, str(exc.detail)), status_code=exc.status_code,
+                        headers=exc.headers)

@@ -1,0 +1,69 @@
+"""Images made for the limit tests, generated in memory (nothing big in the repo)."""
+
+from __future__ import annotations
+
+import io
+import struct
+import zlib
+
+import numpy as np
+from PIL import Image
+
+
+def bomb_frame_tiff() -> bytes:
+    """A G4 TIFF: page 1 is 800x600, page 2 is 15000x15000 (225 Mpx) of white."""
+    buf = io.BytesIO()
+    Image.new("1", (800, 600), 1).save(buf, "TIFF", save_all=True, compression="group4",
+                                       append_images=[Image.new("1", (15000, 15000), 1)])
+    return buf.getvalue()
+
+
+def big_rgba_png(side: int = 13300) -> bytes:
+    """A side x side RGBA PNG (white, a dark band every 1000 rows), made row by row."""
+    def chunk(kind: bytes, body: bytes) -> bytes:
+        return (struct.pack(">I", len(body)) + kind + body
+                + struct.pack(">I", zlib.crc32(kind + body)))
+
+    white, dark = b"\0" + b"\xff" * 4 * side, b"\0" + b"\x20\x20\x20\xff" * side
+    packer = zlib.compressobj(9)
+    idat = b"".join(packer.compress(dark if y % 1000 < 40 else white) for y in range(side))
+    idat += packer.flush()
+    return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", side, side, 8, 6,
+                                                              0, 0, 0))
+            + chunk(b"IDAT", idat) + chunk(b"IEND", b""))
+
+
+def filtered_png(pixels: np.ndarray, colour_type: int) -> bytes:
+    """An 8-bit PNG of `pixels` (H x W x channels) whose rows use filters 0-4 in turn."""
+    height = pixels.shape[0]
+    rows = pixels.reshape(height, -1).astype(np.int16)
+    bpp = pixels.shape[2]
+    out = bytearray()
+    for y in range(height):
+        raw = rows[y]
+        up = rows[y - 1] if y else np.zeros_like(raw)
+        left = np.concatenate([np.zeros(bpp, np.int16), raw[:-bpp]])
+        upleft = np.concatenate([np.zeros(bpp, np.int16), up[:-bpp]])
+        kind = y % 5
+        if kind == 0:
+            encoded = raw
+        elif kind == 1:
+            encoded = raw - left
+        elif kind == 2:
+            encoded = raw - up
+        elif kind == 3:
+            encoded = raw - (left + up) // 2
+        else:
+            p = left + up - upleft
+            pa, pb, pc = np.abs(p - left), np.abs(p - up), np.abs(p - upleft)
+            predictor = np.where((pa <= pb) & (pa <= pc), left, np.where(pb <= pc, up, upleft))
+            encoded = raw - predictor
+        out += bytes([kind]) + (encoded % 256).astype(np.uint8).tobytes()
+
+    def chunk(kind: bytes, body: bytes) -> bytes:
+        return (struct.pack(">I", len(body)) + kind + body
+                + struct.pack(">I", zlib.crc32(kind + body)))
+
+    header = struct.pack(">IIBBBBB", pixels.shape[1], height, 8, colour_type, 0, 0, 0)
+    return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header)
+            + chunk(b"IDAT", zlib.compress(bytes(out), 6)) + chunk(b"IEND", b""))
