@@ -23,7 +23,7 @@ from typing import Any
 from bench.common import RESULTS, Context, Report, machine_info, pin_threads
 
 BENCHMARKS = ("pipeline", "overhead", "api", "peers", "digital", "memory", "blank", "vlm",
-              "brokers")
+              "brokers", "breakdown")
 log = logging.getLogger("bench")
 
 

@@ -75,6 +75,10 @@ class PageResult:
     # own renderer); tasks/pipeline/layouts.py builds one from `words` otherwise.
     hocr: str | None = None
     vlm: VlmRead | None = None
+    # True when the reading itself shows the page was upright (confident, horizontal text
+    # lines), so no orientation pass is needed; False or None: it cannot tell, ask
+    # `detect_orientation`. Engines with `reads_orientation` set it.
+    upright: bool | None = None
 
 
 @dataclass(frozen=True)
@@ -94,6 +98,12 @@ class OcrEngine(ABC):
     name: ClassVar[str]
     gives_words: ClassVar[bool] = False
     gives_markdown: ClassVar[bool] = False
+    # The page mode the engine reads best and fastest ("L" or "RGB"), None: as given (L
+    # or RGB). The pipeline converts the page once, before clean-up.
+    page_mode: ClassVar[str | None] = None
+    # Its PageResult.upright tells whether the page was upright: the pipeline recognises
+    # first and runs `detect_orientation` only when the reading was not upright.
+    reads_orientation: ClassVar[bool] = False
 
     model: str | None = None
     # Longest side (px) of the page images this engine wants; PDF pages are rendered

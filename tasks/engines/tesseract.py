@@ -6,6 +6,12 @@ the least recently used is closed (`End()`) when a new one is needed. Traineddat
 searched in every directory `Settings.tessdata_dirs` names (the venv's tessdata-*
 wheels, Debian's tesseract-ocr-<lang> packages, OCR_TESSDATA_DIR); a language set
 spanning directories gets a merged folder of links under a temporary directory.
+
+Pages reach libtesseract as raw 8-bit grey pixels (`SetImageBytes`): tesserocr's
+`SetImage` encodes a PIL image to JPEG (quality 75) and decodes it again, which cost
+0.02-0.08 s per page and JPEG artefacts, and RGB pages took tesseract 15-25 % longer
+to read than the same page in grey. The reading also says whether the page was
+upright (`PageResult.upright`), so that the orientation pass runs only when it was not.
 """
 
 from __future__ import annotations
@@ -34,8 +40,16 @@ class TesseractEngine(OcrEngine):
     name = "tesseract"
     gives_words = True
 
+    page_mode = "L"
+    reads_orientation = True
+
     # Below this OSD confidence the page is left as it is (tesseract's own advice is ~2).
     MIN_ORIENTATION_CONFIDENCE = 2.0
+    # A reading at or above this mean word confidence, in horizontal text lines, shows
+    # the page was upright. Measured on the corpus: upright pages 67-95; the same pages
+    # upside down or turned a quarter clockwise 29-37 (tesseract reads them as garbage);
+    # turned a quarter counter-clockwise they read well (89) but in vertical lines.
+    UPRIGHT_CONFIDENCE = 60.0
 
     def __init__(self, tesserocr: Any, found: dict[str, Path], lang: str,
                  max_handles: int) -> None:
@@ -104,7 +118,7 @@ class TesseractEngine(OcrEngine):
     def detect_orientation(self, image: Image.Image) -> int:
         if self._osd is None:
             return 0
-        self._osd.SetImage(image)
+        _set_image(self._osd, image)
         try:
             found = self._osd.DetectOrientationScript()
         except RuntimeError:  # too little text to tell
@@ -119,13 +133,14 @@ class TesseractEngine(OcrEngine):
         self.check(options)
         lang = options.lang or self.model or ""
         api = self._api(lang)
-        api.SetImage(image)
+        _set_image(api, image)
         try:
             api.Recognize()
             text = api.GetUTF8Text()
             words = self._words(api) if options.want_words else ()
             hocr = api.GetHOCRText(options.page_number - 1) if options.want_hocr else None
             confidence = float(api.MeanTextConf())
+            upright = confidence >= self.UPRIGHT_CONFIDENCE and self._horizontal(api)
         finally:
             api.Clear()
         if needs_fix(lang):
@@ -134,7 +149,29 @@ class TesseractEngine(OcrEngine):
             words = tuple(Word(text, w.box, w.confidence)
                           for text, w in zip(fixed, words, strict=True))
             hocr = None if hocr is None else fix_text(hocr, lang)
-        return PageResult(text=text, words=words, confidence=confidence, hocr=hocr)
+        return PageResult(text=text, words=words, confidence=confidence, hocr=hocr,
+                          upright=upright)
+
+    def _horizontal(self, api: Any) -> bool:
+        """Whether most text blocks of the last reading run in horizontal lines.
+
+        Tesseract's layout pass finds vertical lines on a page turned a quarter and
+        reads them as vertical text: then the page was not upright.
+        """
+        tess = self._tesserocr
+        text_blocks = {tess.PT.FLOWING_TEXT, tess.PT.HEADING_TEXT, tess.PT.PULLOUT_TEXT,
+                       tess.PT.CAPTION_TEXT, tess.PT.TABLE, tess.PT.VERTICAL_TEXT}
+        across = down = 0
+        for block in tess.iterate_level(api.GetIterator(), tess.RIL.BLOCK):
+            kind = block.BlockType()
+            if kind not in text_blocks:
+                continue
+            if kind == tess.PT.VERTICAL_TEXT or \
+                    block.Orientation()[1] == tess.WritingDirection.TOP_TO_BOTTOM:
+                down += 1
+            else:
+                across += 1
+        return across > down
 
     def _words(self, api: Any) -> tuple[Word, ...]:
         level = self._tesserocr.RIL.WORD
@@ -159,3 +196,9 @@ class TesseractEngine(OcrEngine):
         if self._scratch is not None:
             self._scratch.cleanup()
             self._scratch = None
+
+
+def _set_image(api: Any, image: Image.Image) -> None:
+    """Hand the page to libtesseract as raw grey pixels (no encoding, one copy)."""
+    grey = image if image.mode == "L" else image.convert("L")
+    api.SetImageBytes(grey.tobytes(), grey.width, grey.height, 1, grey.width)

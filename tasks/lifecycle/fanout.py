@@ -70,7 +70,8 @@ def run_pdf_page(meta: DocumentMeta, number: int, engines: ResidentEngines,
     try:
         engine = engines.get(meta.engine).engine
         doc = docs.get(request.blob or "", stores.blobs, settings)
-        image = render_page(doc, number, settings, engine.page_longest_side)
+        image = render_page(doc, number, settings, engine.page_longest_side,
+                            mode=engine.page_mode)
         full = functools.partial(render_page, doc, number, settings)  # fallback engines
         try:
             page = ocr_page(number, image, engine, recognize_options(request), settings,

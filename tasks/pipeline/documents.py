@@ -29,7 +29,7 @@ from tasks.pipeline.results import assemble, failed_page
 if TYPE_CHECKING:
     from PIL import Image
 
-    from tasks.engines import OcrEngine
+    from tasks.engines import OcrEngine, PageResult
     from tasks.pipeline.inputs import JobRequest
     from worker_config import Settings
 
@@ -54,15 +54,25 @@ def ocr_page(number: int, image: Image.Image, engine: OcrEngine, options: Recogn
     is never the page's text: another engine (OCR_VLM_FALLBACK) reads the page, on the
     full-resolution image `rerender` gives when `image` was rendered at the engine's
     page budget, or the page fails with `vlm_incomplete`.
+
+    The page is converted once to the engine's `page_mode`. Engines that
+    `reads_orientation` recognise first: the orientation pass runs only when the reading
+    was not upright, and the page is read again only when it had to be turned.
     """
     started = time.perf_counter()
     if settings.skip_blank_pages and is_blank(image):
         return blank_page(number, seconds=time.perf_counter() - started)
-    rotation = _orientation(engine, image) if settings.auto_rotate else 0
-    upright = Correction(rotation=rotation).apply(image)
-    skew = estimate_skew(upright) if settings.deskew else 0.0
-    final = Correction(skew=skew).apply(upright)
-    result = engine.recognize(final, replace(options, page_number=number))
+    options = replace(options, page_number=number)
+    mode = engine.page_mode or image.mode
+    page_image = image if image.mode == mode else image.convert(mode)
+    rotation = 0
+    if settings.auto_rotate and not engine.reads_orientation:
+        rotation = _orientation(engine, page_image)
+    skew, final, result = _read(page_image, rotation, engine, options, settings)
+    if settings.auto_rotate and engine.reads_orientation and not result.upright:
+        rotation = _orientation(engine, page_image)
+        if rotation:
+            skew, final, result = _read(page_image, rotation, engine, options, settings)
     read_size = image.size
     extra: dict[str, Any] = {}
     if result.vlm is not None:
@@ -108,6 +118,15 @@ def ocr_page(number: int, image: Image.Image, engine: OcrEngine, options: Recogn
         page["hocr"] = result.hocr or words_hocr(number, result.words,
                                                  (final.width, final.height))
     return page
+
+
+def _read(image: Image.Image, rotation: int, engine: OcrEngine, options: RecognizeOptions,
+          settings: Settings) -> tuple[float, Image.Image, PageResult]:
+    """Turn the page by `rotation`, deskew it and recognise it: (skew, final image, result)."""
+    upright = Correction(rotation=rotation).apply(image)
+    skew = estimate_skew(upright) if settings.deskew else 0.0
+    final = Correction(skew=skew).apply(upright)
+    return skew, final, engine.recognize(final, options)
 
 
 def _placed_words(result: PageResult, engine: OcrEngine, boxes_from: str,
@@ -203,7 +222,8 @@ def run_document(data: bytes, request: JobRequest, engine: OcrEngine, settings: 
                 if past_deadline(request.deadline):
                     deliver(deadline_page(number), plan.selected)
                     continue
-                image = render_page(plan.doc, number, settings, engine.page_longest_side)
+                image = render_page(plan.doc, number, settings, engine.page_longest_side,
+                                    mode=engine.page_mode)
                 full = functools.partial(render_page, plan.doc, number, settings)
                 deliver(_guarded_page(number, image, engine, options, settings, full),
                         plan.selected)

@@ -189,11 +189,13 @@ def render_small(page: Any, longest_side: int = CHECK_LONGEST_SIDE) -> Image.Ima
 
 
 def render_page(doc: Any, number: int, settings: Settings,
-                longest_side: int | None = None) -> Image.Image:
-    """Page `number` as an RGB image at OCR_PDF_DPI, within OCR_MAX_RENDER_PIXELS.
+                longest_side: int | None = None, *, mode: str | None = None) -> Image.Image:
+    """Page `number` as an image at OCR_PDF_DPI, within OCR_MAX_RENDER_PIXELS.
 
     With `longest_side` (an engine's page budget, e.g. a VLM's 1288 px), rendered
-    directly at that size when it is below OCR_PDF_DPI's. Huge pages are read at a
+    directly at that size when it is below OCR_PDF_DPI's. `mode` "L" renders grey (the
+    tesseract engine's `page_mode`: MuPDF writes a third of the bytes and no conversion
+    follows, 0.07-0.15 s less per 300-dpi page); RGB otherwise. Huge pages are read at a
     lower resolution, not refused.
     """
     page = doc[number - 1]
@@ -205,9 +207,10 @@ def render_page(doc: Any, number: int, settings: Settings,
     if pixels > settings.max_render_pixels:
         # MuPDF rounds each side up: leave room for that, the cap must hold.
         zoom *= math.sqrt(settings.max_render_pixels / pixels) * 0.998
-    pix = page.get_pixmap(matrix=pymupdf.Matrix(zoom, zoom), colorspace=pymupdf.csRGB,
-                          alpha=False)
-    return Image.frombytes("RGB", (pix.width, pix.height), pix.samples)
+    grey = mode == "L"
+    pix = page.get_pixmap(matrix=pymupdf.Matrix(zoom, zoom),
+                          colorspace=pymupdf.csGRAY if grey else pymupdf.csRGB, alpha=False)
+    return Image.frombytes("L" if grey else "RGB", (pix.width, pix.height), pix.samples)
 
 
 def word_rects(page: dict[str, Any], page_rect: Any) -> list[tuple[str, Any]]:
