@@ -63,7 +63,7 @@ class OcrClient:
 
             app = create_app(self.settings)
         self.app = app
-        self._redis = redis_client = connect(self.settings.redis_url)
+        self._redis = redis_client = connect(self.settings.redis_url, patient=False)
         self._blobs = BlobStore(redis_client, self.settings.blob_ttl)
         self._outputs = OutputStore(redis_client, self.settings.result_ttl)
         self._control = JobControl(redis_client, self.settings.result_ttl)

@@ -37,7 +37,7 @@ def create_api(settings: Settings, client: OcrClient | None = None) -> FastAPI:
     """The app, with its `JobService` in `app.state.service`."""
     app = FastAPIOffline(title="OCR service", version="1", description=DESCRIPTION)
     client = client or OcrClient(settings, app=sending_app(settings))
-    app.state.service = JobService(settings, client, connect(settings.redis_url))
+    app.state.service = JobService(settings, client, connect(settings.redis_url, patient=False))
     app.include_router(router)
     app.add_exception_handler(OcrError, _ocr_error)
     app.add_exception_handler(RequestValidationError, _validation_error)

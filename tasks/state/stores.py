@@ -13,6 +13,8 @@ from dataclasses import dataclass
 from typing import Any
 
 import redis
+from redis.backoff import NoBackoff
+from redis.retry import Retry
 
 from tasks.errors import BadRequest, InputNotFound
 from tasks.state.boundary import redis_retry, transient_methods
@@ -25,14 +27,17 @@ _OWNED_BLOB = re.compile("^" + re.escape(BLOB_PREFIX) + r"api\.(?P<client>[A-Za-
                          r"\.[0-9a-f]{32}$")
 
 
-def connect(redis_url: str) -> redis.Redis:
-    """A client that reconnects on its own and retries through a Redis restart.
+def connect(redis_url: str, *, patient: bool = True) -> redis.Redis:
+    """A client that reconnects on its own.
 
-    A command retries with backoff for about half a minute (`boundary.redis_retry`);
-    the stores then raise `TransientError`.
+    `patient` (workers): a command retries with backoff through a Redis restart for
+    about half a minute (`boundary.redis_retry`); the stores then raise
+    `TransientError`. Otherwise (clients, the HTTP API, whose callers wait): one quick
+    retry, then `TransientError` at once.
     """
+    retry = redis_retry() if patient else Retry(NoBackoff(), 1)
     return redis.Redis.from_url(redis_url, socket_connect_timeout=5, socket_timeout=30,
-                                health_check_interval=30, retry=redis_retry())
+                                health_check_interval=30, retry=retry)
 
 
 @transient_methods("the blob store (Redis)")
