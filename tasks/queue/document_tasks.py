@@ -50,7 +50,7 @@ from tasks.pipeline.inputs import JobRequest
 from tasks.pipeline.results import failed_page
 from tasks.queue.endings import JobServices, end_from_message, report_progress
 from tasks.queue.poison_guard import GuardedTask
-from tasks.state.boundary import transient
+from tasks.state.boundary import publishing, transient
 from worker_config import Settings, queue_for_engine
 
 log = logging.getLogger(__name__)
@@ -204,10 +204,11 @@ def fan_out(task: Task, work: FanOut, services: JobServices) -> NoReturn:
         services.stores.blobs.delete(work.replaced_blob)  # the encrypted upload
     # Progress first: a fast page could otherwise finish the job before this write.
     report_progress(task.app, job_id, len(work.text_pages), meta.total)
-    for number, page_id in zip(meta.ocr_pages, meta.page_tasks, strict=True):
-        pdf_page.apply_async((job_id, number), queue=queue, task_id=page_id,
-                             priority=priority,
-                             link_error=pdf_page_lost.s(job_id, number, queue))
+    with publishing("a page task"):
+        for number, page_id in zip(meta.ocr_pages, meta.page_tasks, strict=True):
+            pdf_page.apply_async((job_id, number), queue=queue, task_id=page_id,
+                                 priority=priority,
+                                 link_error=pdf_page_lost.s(job_id, number, queue))
     raise Ignore()  # the job's result is stored when its last page is recorded
 
 

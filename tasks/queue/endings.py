@@ -20,13 +20,13 @@ import redis
 from billiard.exceptions import TimeLimitExceeded
 from celery import states
 from celery.signals import celeryd_after_setup, task_failure, task_revoked
-from kombu.exceptions import KombuError
 
-from tasks.errors import BadRequest, DeadlineExceeded, OcrError, Timeout
+from tasks.errors import BadRequest, DeadlineExceeded, OcrError, Timeout, TransientError
 from tasks.lifecycle.ending import JobEnder
 from tasks.lifecycle.records import JobStatus, Outcome
 from tasks.pipeline.inputs import JobRequest
 from tasks.queue import telemetry
+from tasks.state.boundary import publishing
 from tasks.state.join import DocumentJoin
 from tasks.state.stores import BlobStore, JobControl, OutputStore, ResultCache, Stores, connect
 from worker_config import CONTROL_QUEUE
@@ -93,19 +93,20 @@ class CeleryPorts:
 
     def send_callback_task(self, name: str, queue: str | None, result: dict) -> None:
         try:
-            self._app.send_task(name, args=[result], queue=queue)
-        except KombuError as exc:
+            with publishing("the callback task"):
+                self._app.send_task(name, args=[result], queue=queue)
+        except TransientError as exc:
             log.error("callback task %s for job %s not sent: %s", name, result.get("id"),
-                      type(exc).__name__)
+                      exc.message)
 
     def send_http_callback(self, url: str, body: dict, queue: str | None) -> None:
         try:
             # On the job's own queue: workers with the settings that accepted its URL.
-            self._app.send_task("ocr.http_callback", args=[url, body],
-                                queue=queue or CONTROL_QUEUE)
-        except KombuError as exc:
-            log.error("HTTP callback of job %s not queued: %s", body.get("id"),
-                      type(exc).__name__)
+            with publishing("the HTTP callback"):
+                self._app.send_task("ocr.http_callback", args=[url, body],
+                                    queue=queue or CONTROL_QUEUE)
+        except TransientError as exc:
+            log.error("HTTP callback of job %s not queued: %s", body.get("id"), exc.message)
 
     def record(self, outcome: Outcome) -> None:
         telemetry.job_ended(outcome)

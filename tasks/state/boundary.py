@@ -52,6 +52,22 @@ def transient(what: str) -> Iterator[None]:
                              "the job is retried") from exc
 
 
+# kombu 5.7's redis transport can fail a publish that its own retry carried through a
+# broker restart with AttributeError: the retry hands back a channel whose connection
+# it has closed. Only publishes are wrapped in this (`publishing`), never other code.
+PUBLISH_ERRORS: tuple[type[BaseException], ...] = (*CONNECTION_ERRORS, AttributeError)
+
+
+@contextmanager
+def publishing(what: str) -> Iterator[None]:
+    """`transient` for message publishes: raise `TransientError` naming `what`."""
+    try:
+        yield
+    except PUBLISH_ERRORS as exc:
+        raise TransientError(f"{what} could not be sent ({type(exc).__name__}); "
+                             "the job is retried") from exc
+
+
 F = TypeVar("F", bound=Callable[..., Any])
 
 
