@@ -1,7 +1,7 @@
 """Page clean-up of issue 15, in-process on the real engine and a corpus scan.
 
-Skew from projected ink, the orientation pass only when the reading was not upright,
-raw grey pixels to libtesseract.
+Skew from projected ink, the deskew resampling only the inked part of the page, the
+orientation pass only when the reading was not upright, raw grey pixels to libtesseract.
 """
 
 from __future__ import annotations
@@ -9,12 +9,13 @@ from __future__ import annotations
 from collections.abc import Iterator
 from typing import Any
 
+import numpy as np
 import pytest
 from PIL import Image
 
 from tasks.engines import RecognizeOptions
 from tasks.engines.tesseract import TesseractEngine
-from tasks.pipeline._preprocess import Correction, estimate_skew
+from tasks.pipeline._preprocess import Correction, _output_box, _rotation, estimate_skew
 from tasks.pipeline.documents import ocr_page
 from tests.cer import cer
 from tests.conftest import corpus, ground_truth
@@ -59,12 +60,52 @@ class CountingEngine:
 def test_skew_estimate_undoes_a_known_turn(scan: Image.Image, angle: float) -> None:
     turned = scan.rotate(angle, resample=Image.Resampling.BICUBIC, expand=True,
                          fillcolor=255) if angle else scan
-    assert estimate_skew(turned) == pytest.approx(-angle, abs=0.21)
+    assert estimate_skew(turned).angle == pytest.approx(-angle, abs=0.21)
 
 
 def test_skew_estimate_of_a_page_without_ink_is_zero() -> None:
-    assert estimate_skew(Image.new("L", (2000, 2800), 250)) == 0.0
-    assert estimate_skew(Image.new("RGB", (300, 200), (255, 255, 255))) == 0.0
+    assert estimate_skew(Image.new("L", (2000, 2800), 250)).angle == 0.0
+    assert estimate_skew(Image.new("RGB", (300, 200), (255, 255, 255))).angle == 0.0
+
+
+def _whole_page_turn(image: Image.Image, angle: float) -> Image.Image:
+    return image.rotate(angle, resample=Image.Resampling.BICUBIC, expand=True, fillcolor=255)
+
+
+def test_deskew_resamples_the_ink_exactly_as_a_whole_page_turn(
+        engine: TesseractEngine) -> None:
+    """A real skewed scan with wide margins, deskewed where its ink is.
+
+    The ink's pixels are the whole-page rotation's to the bit, the margins are the
+    page's own, and the reading is the same.
+    """
+    page = Image.open(corpus("scan_meditations.jpg")).convert("L")
+    skew = estimate_skew(page)
+    assert skew.angle == pytest.approx(-0.4, abs=0.11) and skew.ink is not None
+    x0, y0, x1, y1 = skew.ink
+    assert (x1 - x0) * (y1 - y0) < 0.8  # the margins are left out of the resampling
+    deskewed = Correction(skew=skew.angle, ink=skew.ink).apply(page)
+    whole = _whole_page_turn(page, skew.angle)
+    assert deskewed.size == whole.size
+    matrix, size = _rotation(page.size, skew.angle)
+    bx0, by0, bx1, by1 = _output_box(matrix, skew.ink, page.size, size)
+    ours, theirs = np.asarray(deskewed), np.asarray(whole)
+    assert np.array_equal(ours[by0:by1, bx0:bx1], theirs[by0:by1, bx0:bx1])
+    assert not np.array_equal(ours, theirs)  # outside the box: the unturned margins
+    options = RecognizeOptions()
+    assert engine.recognize(deskewed, options).text == engine.recognize(whole, options).text
+
+
+def test_deskew_of_a_page_inked_to_its_edges_is_the_whole_page_turn(
+        scan: Image.Image) -> None:
+    inked = scan.copy()
+    inked.paste(0, (0, 0, inked.width, 3))
+    inked.paste(0, (0, inked.height - 3, inked.width, inked.height))
+    turned = _whole_page_turn(inked, 2.5)
+    skew = estimate_skew(turned)
+    assert skew.ink == (0.0, 0.0, 1.0, 1.0)
+    assert Correction(skew=skew.angle, ink=skew.ink).apply(turned).tobytes() == \
+        _whole_page_turn(turned, skew.angle).tobytes()
 
 
 def test_quarter_turns_are_exact_pixel_moves(scan: Image.Image) -> None:

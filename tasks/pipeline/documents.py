@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any
 from tasks.engines import PageResult, RecognizeOptions
 from tasks.engines.vlm_runtime import align_words
 from tasks.errors import DeadlineExceeded, EngineUnavailable, OcrError, VlmIncomplete
-from tasks.pipeline._preprocess import Correction, estimate_skew
+from tasks.pipeline._preprocess import Correction, Skew, estimate_skew
 from tasks.pipeline.blank import is_blank
 from tasks.pipeline.images import iter_image_pages, sniff_format
 from tasks.pipeline.layouts import LAYOUT_OUTPUTS, words_hocr
@@ -92,8 +92,7 @@ def ocr_page(number: int, image: Image.Image, engine: OcrEngine, options: Recogn
                                     f"{exc.message}") from exc
             full = rerender() if rerender is not None else image
             try:
-                upright_full = Correction(rotation=rotation).apply(full)
-                result = other.recognize(Correction(skew=skew).apply(upright_full), options)
+                result = other.recognize(_corrected(full, rotation, skew), options)
                 read_size = full.size
             finally:
                 if full is not image:
@@ -106,7 +105,7 @@ def ocr_page(number: int, image: Image.Image, engine: OcrEngine, options: Recogn
                                    "words": len(result.words)}
     page: dict[str, Any] = {
         "number": number, "text": result.text.rstrip(), "source": "ocr",
-        "confidence": result.confidence, "rotation": rotation, "skew": skew,
+        "confidence": result.confidence, "rotation": rotation, "skew": skew.angle,
         "seconds": round(time.perf_counter() - started, 3), **extra,
     }
     if options.output in ("json", "pdf"):
@@ -121,23 +120,28 @@ def ocr_page(number: int, image: Image.Image, engine: OcrEngine, options: Recogn
 
 
 def _read(image: Image.Image, rotation: int, engine: OcrEngine, options: RecognizeOptions,
-          settings: Settings) -> tuple[float, Image.Image, PageResult]:
+          settings: Settings) -> tuple[Skew, Image.Image, PageResult]:
     """Turn the page by `rotation`, deskew it and recognise it: (skew, final image, result)."""
     upright = Correction(rotation=rotation).apply(image)
-    skew = estimate_skew(upright) if settings.deskew else 0.0
-    final = Correction(skew=skew).apply(upright)
+    skew = estimate_skew(upright) if settings.deskew else Skew()
+    final = Correction(skew=skew.angle, ink=skew.ink).apply(upright)
     return skew, final, engine.recognize(final, options)
+
+
+def _corrected(image: Image.Image, rotation: int, skew: Skew) -> Image.Image:
+    """`image` (the page at any resolution) turned and deskewed as the page was."""
+    upright = Correction(rotation=rotation).apply(image)
+    return Correction(skew=skew.angle, ink=skew.ink).apply(upright)
 
 
 def _placed_words(result: PageResult, engine: OcrEngine, boxes_from: str,
                   image: Image.Image, rerender: Render | None, rotation: int,
-                  skew: float) -> tuple[PageResult, tuple[int, int]]:
+                  skew: Skew) -> tuple[PageResult, tuple[int, int]]:
     """The read's words on another engine's word boxes (full resolution) for a PDF layer."""
     other = engine.peer(boxes_from)
     full = rerender() if rerender is not None else image
     try:
-        upright = Correction(rotation=rotation).apply(full)
-        boxes = other.recognize(Correction(skew=skew).apply(upright),
+        boxes = other.recognize(_corrected(full, rotation, skew),
                                 RecognizeOptions(output="pdf", want_words=True)).words
         size = full.size
     finally:
