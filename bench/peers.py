@@ -9,6 +9,10 @@ Pages: the corpus's scanned PDFs, every page OCRed (our mode=ocr, OCRmyPDF
   PDFs fan out into page tasks), with the default clean-up and with it off
   (OCR_AUTO_ROTATE=0, OCR_DESKEW=0), and one job per page (the client splits with
   `pages`).
+- two plain processes: the direct engine loop (clean-up off) in two processes of
+  their own that take the 8 pages from one shared list in the queue's order, with no
+  queue, broker or result store: the most any two processes get out of these pages on
+  this machine, against which the queue's ratio can be read.
 - tesseract CLI: Debian's `tesseract`, two processes at a time, on the pages rendered
   as ours are (PyMuPDF, RGB, 300 DPI; rendering time included). It gets no
   orientation or deskew step that the service may apply.
@@ -25,6 +29,8 @@ differ (the wheel's libtesseract vs Debian's tesseract); both are reported.
 
 from __future__ import annotations
 
+import functools
+import multiprocessing
 import os
 import re
 import resource
@@ -32,7 +38,9 @@ import shutil
 import subprocess
 import sys
 import time
-from concurrent.futures import ThreadPoolExecutor
+from collections.abc import Callable
+from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
+from contextlib import ExitStack
 from pathlib import Path
 from typing import Any
 
@@ -72,6 +80,7 @@ GOAL_QUEUE = 1.7
 RESOLUTION = re.compile(r"resolution \(([\d.]+), ([\d.]+)\)")
 PER_DOC = "ours, queue c2, job per document"
 PER_PAGE = "ours, queue c2, job per page"
+PLAIN_PAIR = "ours, 2 plain processes, clean-up off, no queue"
 REPEATS = 3
 """Our rows run this many times, the median reported (each run's seconds beside it): a
 batch of 8 pages of 0.7-3.1 s ends with whichever page two children happen to read
@@ -84,49 +93,8 @@ def run(ctx: Context) -> Report:
     runs: dict[str, dict[str, Any]] = {}
 
     tessdata = Settings.from_env(BASE_ENV).resolved_tessdata_dir
-    variants: tuple[tuple[str, dict[str, str]], ...] = ((DIRECT, {}), (DIRECT_BARE, NO_CLEANUP))
-    repeats = ctx.size(REPEATS, 1)
-    for name, settings_env in variants:
-        direct = Direct(settings_env)
-        times: list[float] = []
-        cpus: list[float] = []
-        try:
-            direct.run(docs[0].data, docs[0].name, mode="ocr")  # warm-up
-            for _ in range(repeats):
-                cpu = time.process_time()
-                seconds, results = timed(lambda: [direct.run(x.data, x.name,  # noqa: B023
-                                                             mode="ocr") for x in docs])
-                cpus.append(time.process_time() - cpu)
-                times.append(seconds)
-        finally:
-            direct.close()
-        runs[name] = _repeated_row(times, cpus, [r["text"] for r in results])
-    page_counts = [len(r["pages"]) for r in results]
-
-    with Services(ctx.workdir) as services:
-        for name, settings_env in ((PER_DOC, {}), (PER_DOC_BARE, NO_CLEANUP)):
-            with services.stack(OCR_CONCURRENCY="2", **settings_env) as (worker, client):
-                run_jobs(client, [(docs[0].data, {"filename": docs[0].name, "mode": "ocr"})] * 2)
-                times, cpus = [], []
-                for _ in range(repeats):
-                    cpu = cpu_seconds(worker)
-                    seconds, results = run_jobs(client, [(d.data, {"filename": d.name,
-                                                                   "mode": "ocr"}) for d in docs])
-                    cpus.append(cpu_seconds(worker) - cpu)
-                    times.append(seconds)
-                runs[name] = _repeated_row(times, cpus, [r["text"] for r in results])
-                if settings_env:
-                    continue
-                jobs = [(d.data, {"filename": d.name, "mode": "ocr", "pages": str(n)})
-                        for d, count in zip(docs, page_counts, strict=True)
-                        for n in range(1, count + 1)]
-                times = []
-                for _ in range(repeats):
-                    seconds, results = run_jobs(client, jobs)
-                    times.append(seconds)
-                texts = [r["text"] for r in results]
-                runs[PER_PAGE] = _repeated_row(times, None,
-                                               split_by_counts(texts, page_counts))
+    page_counts = [pdf_pages(d.data) for d in docs]
+    runs.update(our_rows(ctx, docs, page_counts))
 
     env = peer_env(ctx.workdir, tessdata)
     if env is None:
@@ -167,10 +135,10 @@ def run(ctx: Context) -> Report:
                            row["cpu_per_page"], f"{row['cer']:.2%}",
                            "" if row["cer_exact_gt"] is None else f"{row['cer_exact_gt']:.2%}"])
     report.tables.append(table)
-    if repeats > 1:
-        report.notes.append(f"ours: the median of {repeats} runs of the same 3 jobs (each "
-                            "run's seconds in the table; CPU s/page: the median of the runs' "
-                            "CPU); the tesseract CLI and OCRmyPDF rows are one run each")
+    if ctx.size(REPEATS, 1) > 1:
+        report.notes.append(f"ours: the median of {REPEATS} interleaved runs of the same jobs "
+                            "(each run's seconds in the table; CPU s/page: the median of the "
+                            "runs' CPU); the tesseract CLI and OCRmyPDF rows are one run each")
     system = debian_tessdata()
     versions = {
         "libtesseract (ours, tesserocr wheel)": libtesseract_version(),
@@ -206,6 +174,11 @@ def run(ctx: Context) -> Report:
         f"{PER_DOC} (defaults) / {DIRECT_BARE}, CPU-bound", bound, f">= {GOAL_QUEUE}",
         bound >= GOAL_QUEUE, note="2 x direct CPU/page / queue CPU/page: what two free "
                                   "cores would give; the machine was shared"))
+    pair = runs[PLAIN_PAIR]["pages_per_s"] / runs[DIRECT_BARE]["pages_per_s"]
+    report.ratios.append(Ratio(
+        f"{PLAIN_PAIR} / {DIRECT_BARE} pages/s", pair,
+        note=f"no goal: the ceiling of two processes on these {pages} pages (two "
+             "tesseracts slow each other; pages of unequal length do not split evenly)"))
     cleanup = runs[DIRECT_BARE]["pages_per_s"] / runs[DIRECT]["pages_per_s"] - 1
     report.notes.append(f"clean-up costs the direct loop {cleanup:.1%} of its time on these "
                         "pages (wall clock; bench/breakdown.py has CPU time per step)")
@@ -223,6 +196,71 @@ def run(ctx: Context) -> Report:
     return report
 
 
+Run = tuple[float, "float | None", list[str]]  # seconds, CPU seconds, texts per document
+
+
+def our_rows(ctx: Context, docs: list[Doc], page_counts: list[int]) -> dict[str, dict[str, Any]]:
+    """Our rows, their runs interleaved: round after round, every row once.
+
+    Consecutive runs on this machine drift together (the same queue's CPU for the same
+    8 pages moved 9 % between runs), so no row gets all the good or all the bad ones.
+    """
+    repeats = ctx.size(REPEATS, 1)
+    per_doc = [(d.data, {"filename": d.name, "mode": "ocr"}) for d in docs]
+    per_page = [(d.data, {"filename": d.name, "mode": "ocr", "pages": str(n)})
+                for d, count in zip(docs, page_counts, strict=True)
+                for n in range(1, count + 1)]
+    runners: dict[str, Callable[[], Run]] = {}
+    with ExitStack() as stack:
+        for name, env in ((DIRECT, {}), (DIRECT_BARE, NO_CLEANUP)):
+            direct = Direct(env)
+            stack.callback(direct.close)
+            direct.run(docs[0].data, docs[0].name, mode="ocr")  # warm-up
+            runners[name] = functools.partial(_direct_run, direct, docs)
+        services = stack.enter_context(Services(ctx.workdir))
+        for name, env in ((PER_DOC, {}), (PER_DOC_BARE, NO_CLEANUP)):
+            worker, client = stack.enter_context(services.stack(OCR_CONCURRENCY="2", **env))
+            run_jobs(client, per_doc[:1] * 2)  # warm-up: both children
+            runners[name] = functools.partial(_queue_run, worker, client, per_doc, None)
+            if not env:
+                runners[PER_PAGE] = functools.partial(_queue_run, None, client, per_page,
+                                                      page_counts)
+        runners[PLAIN_PAIR] = plain_pair(stack, docs, page_counts)
+        measured: dict[str, list[Run]] = {name: [] for name in runners}
+        for _ in range(repeats):
+            for name, runner in runners.items():
+                measured[name].append(runner())
+    order = (DIRECT, DIRECT_BARE, PER_DOC, PER_PAGE, PER_DOC_BARE, PLAIN_PAIR)
+    return {name: _repeated_row([m[0] for m in measured[name]],
+                                None if measured[name][0][1] is None
+                                else [float(m[1] or 0) for m in measured[name]],
+                                measured[name][-1][2]) for name in order}
+
+
+def _direct_run(direct: Direct, docs: list[Doc]) -> Run:
+    cpu = time.process_time()
+    seconds, results = timed(lambda: [direct.run(d.data, d.name, mode="ocr") for d in docs])
+    return seconds, time.process_time() - cpu, [r["text"] for r in results]
+
+
+def _queue_run(worker: Any, client: Any, jobs: list[tuple[bytes, dict[str, Any]]],
+               page_counts: list[int] | None) -> Run:
+    """One batch through a worker; with `page_counts`, jobs are pages joined per document."""
+    cpu = cpu_seconds(worker) if worker is not None else 0.0
+    seconds, results = run_jobs(client, jobs)
+    texts = [r["text"] for r in results]
+    if page_counts is not None:
+        texts = split_by_counts(texts, page_counts)
+    return seconds, None if worker is None else cpu_seconds(worker) - cpu, texts
+
+
+def pdf_pages(data: bytes) -> int:
+    import pymupdf
+
+    with pymupdf.open(stream=data, filetype="pdf") as pdf:
+        return int(pdf.page_count)
+
+
 def _repeated_row(times: list[float], cpus: list[float] | None,
                   texts: list[str]) -> dict[str, Any]:
     """A row of ours from repeated runs: the median seconds (and CPU), every run's seconds."""
@@ -230,6 +268,49 @@ def _repeated_row(times: list[float], cpus: list[float] | None,
     if cpus is not None:
         row["cpu_seconds"] = median(cpus)
     return row
+
+
+_plain: Any = None  # a `plain_pair` process's engine and pipeline
+_meet: Any = None   # barrier: both processes loaded before the clock starts
+
+
+def _plain_init(barrier: Any) -> None:
+    global _plain, _meet
+    _plain, _meet = Direct(NO_CLEANUP), barrier
+    warm = load_doc(PDFS[0])
+    _plain.run(warm.data, warm.name, mode="ocr")
+
+
+def _plain_ready(_: int) -> None:
+    _meet.wait(timeout=300)
+
+
+def _plain_page(job: tuple[str, int]) -> tuple[str, float]:
+    """(text, CPU seconds) of one page, read in a `plain_pair` process."""
+    name, number = job
+    doc = load_doc(name)
+    started = time.process_time()
+    text = _plain.run(doc.data, doc.name, mode="ocr", pages=str(number))["text"]
+    return text, time.process_time() - started
+
+
+def plain_pair(stack: ExitStack, docs: list[Doc], page_counts: list[int]) -> Callable[[], Run]:
+    """Two processes with the direct engine loop taking pages from one list (no queue)."""
+    jobs = [(d.name, n) for d, count in zip(docs, page_counts, strict=True)
+            for n in range(1, count + 1)]
+    mp = multiprocessing.get_context("spawn")  # a clean interpreter, as a pool child has
+    pool = stack.enter_context(ProcessPoolExecutor(2, mp_context=mp, initializer=_plain_init,
+                                                   initargs=(mp.Barrier(2),)))
+    list(pool.map(_plain_ready, range(2)))  # each process loaded and warm
+
+    def run() -> Run:
+        started = time.perf_counter()
+        results = list(pool.map(_plain_page, jobs, chunksize=1))
+        seconds = time.perf_counter() - started
+        return (seconds, sum(cpu for _, cpu in results),
+                split_by_counts([text for text, _ in results], page_counts))
+
+    return run
 
 
 def split_by_counts(texts: list[str], counts: list[int]) -> list[str]:
