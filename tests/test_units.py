@@ -274,6 +274,15 @@ def test_run_document_text_layer_pdf() -> None:
     assert "crazy ones" in result["text"]
 
 
+def test_run_document_reports_text_layer_pages_in_one_progress_step() -> None:
+    seen: list[tuple[int, int]] = []
+    data = corpus("dig_multicolumn_3p.pdf").read_bytes()
+    result = run_document(data, JobRequest(source="blob"), FakeEngine(0), settings(),
+                          progress=lambda d, t: seen.append((d, t)))
+    assert [p["source"] for p in result["pages"]] == ["text-layer"] * 3
+    assert seen == [(3, 3)]
+
+
 def test_run_document_encrypted_pdf() -> None:
     data = corpus("edge_encrypted_pw_openpassword.pdf").read_bytes()
     with pytest.raises(PdfEncrypted):

@@ -220,8 +220,11 @@ def run_document(data: bytes, request: JobRequest, engine: OcrEngine, settings: 
             plan = plan_pdf(data, request.pages, request.password, request.mode, settings)
         try:
             count = plan.page_count
-            for page in planned_pages(plan):
-                deliver(page, plan.selected)
+            # Pages the plan answered (text layer, blank) are one progress step: a
+            # born-digital PDF stays at PyMuPDF's pace, not at one store and event a page.
+            pages.extend(planned_pages(plan))
+            if pages and progress is not None:
+                progress(len(pages), plan.selected)
             for number in plan.ocr_pages:
                 if past_deadline(request.deadline):
                     deliver(deadline_page(number), plan.selected)
