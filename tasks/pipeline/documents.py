@@ -130,8 +130,7 @@ def _read(image: Image.Image, rotation: int, engine: OcrEngine, options: Recogni
 
 def _corrected(image: Image.Image, rotation: int, skew: Skew) -> Image.Image:
     """`image` (the page at any resolution) turned and deskewed as the page was."""
-    upright = Correction(rotation=rotation).apply(image)
-    return Correction(skew=skew.angle, ink=skew.ink).apply(upright)
+    return Correction(rotation=rotation, skew=skew.angle, ink=skew.ink).apply(image)
 
 
 def _placed_words(result: PageResult, engine: OcrEngine, boxes_from: str,
