@@ -12,7 +12,7 @@ export PYTHONPATH := $(abspath .)
 OCR_LANGS ?= eng
 TEST_LANGS := eng vie ell chi_sim
 
-.PHONY: langs test-langs run vlm test lint bench bench-quick clean redis-server rabbitmq-server bench-tools screenshot chromium
+.PHONY: langs test-langs run vlm vlm-api rapidocr test lint bench bench-quick clean redis-server rabbitmq-server bench-tools screenshot chromium
 
 $(VENV)/.runtime: requirements.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -25,14 +25,31 @@ $(VENV)/.vlm: $(VENV)/.runtime requirements-vlm.txt
 	$(PY) -m pip install -q -r requirements-vlm.txt
 	touch $@
 
-$(VENV)/.dev: $(VENV)/.vlm requirements-dev.txt
+# The vlm-api engine's client (openai): `make vlm-api`.
+$(VENV)/.vlm-api: $(VENV)/.runtime requirements-vlm-api.txt
+	$(PY) -m pip install -q -r requirements-vlm-api.txt
+	touch $@
+
+# The rapidocr engine's packages (issue 25): `make rapidocr`.
+$(VENV)/.rapidocr: $(VENV)/.runtime requirements-rapidocr.txt
+	$(PY) -m pip install -q -r requirements-rapidocr.txt
+	touch $@
+
+$(VENV)/.dev: $(VENV)/.vlm $(VENV)/.vlm-api $(VENV)/.rapidocr requirements-dev.txt
 	$(PY) -m pip install -q -r requirements-dev.txt
 	touch $@
 
-# `make run` installs the VLM packages only when a VLM worker is configured.
+# `make run` installs the VLM packages only when a VLM worker is configured, or the
+# Procfile's `vlm-server` (mlx_vlm.server) serves vlm-api workers (no OCR_VLM_API_URL).
 RUN_NEEDS := $(VENV)/.runtime
-ifneq ($(strip $(OCR_MODEL))$(filter mlx-vlm,$(OCR_ENGINE)),)
+ifneq ($(strip $(OCR_MODEL))$(filter mlx-vlm,$(OCR_ENGINE))$(if $(strip $(OCR_VLM_API_URL)),,$(filter vlm-api,$(OCR_ENGINE))),)
 RUN_NEEDS += $(VENV)/.vlm
+endif
+ifneq ($(filter vlm-api,$(OCR_ENGINE)),)
+RUN_NEEDS += $(VENV)/.vlm-api
+endif
+ifneq ($(filter rapidocr,$(OCR_ENGINE))$(findstring rapidocr,$(OCR_LANG_ENGINES)),)
+RUN_NEEDS += $(VENV)/.rapidocr
 endif
 
 $(VENV)/.bench: $(VENV)/.dev requirements-bench.txt
@@ -72,12 +89,18 @@ langs: $(VENV)/.runtime
 test-langs: $(VENV)/.runtime
 	$(PY) scripts/install_langs.py $(sort $(OCR_LANGS) $(TEST_LANGS))
 
-# scripts/supervise.py runs the Procfile; Ctrl-C stops every process, also through a pipe.
+# scripts/supervise.py runs the Procfile (PROCESSES="worker beat": only those); Ctrl-C
+# stops every process, also through a pipe.
+PROCESSES ?=
 run: $(RUN_NEEDS) redis-server langs
 	mkdir -p var
-	$(PY) scripts/supervise.py
+	$(PY) scripts/supervise.py $(PROCESSES)
 
 vlm: $(VENV)/.vlm
+
+vlm-api: $(VENV)/.vlm-api
+
+rapidocr: $(VENV)/.rapidocr
 
 lint: $(VENV)/.dev
 	ruff check .

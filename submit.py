@@ -23,15 +23,20 @@ import os
 import sys
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, TextIO
 
-from tasks.api.tokens import TokenStore, build_tokens_parser, run_tokens
-from tasks.client import CONNECTION_ERRORS, JobStatus, OcrClient, masked_url
+from tasks import inference_server as vlm_server
+from tasks.api.tokens import ApiClient, TokenStore
+from tasks.client import CONNECTION_ERRORS, JobProgress, OcrClient, masked_url
 from tasks.errors import NoWorker, OcrError, ServiceUnreachable
+from tasks.operator_console import OperatorConsole
+from tasks.queue.routing import PRIORITIES
+from tasks.records.request import OUTPUT_CHOICES
+from tasks.settings import Settings, SettingsError
 from tasks.state.stores import connect
-from worker_config import OUTPUT_CHOICES, PRIORITIES, Settings, SettingsError
+from tasks.state.webhook_secrets import DEFAULT_GRACE_SECONDS
 
 PROG = "submit.py"
 EXTENSIONS = {"text": ".txt", "markdown": ".md", "json": ".json", "pdf": ".txt",
@@ -304,10 +309,10 @@ class ProgressLine:
     def __init__(self, stream: TextIO, names: dict[str, str]) -> None:
         self.stream = stream
         self.names = names
-        self.seen: dict[str, JobStatus] = {}
+        self.seen: dict[str, JobProgress] = {}
         self.enabled = stream.isatty()
 
-    def __call__(self, job_id: str, status: JobStatus) -> None:
+    def __call__(self, job_id: str, status: JobProgress) -> None:
         if not self.enabled:
             return
         self.seen[job_id] = status
@@ -322,7 +327,7 @@ class ProgressLine:
             self.stream.flush()
 
 
-def _bar(name: str, status: JobStatus) -> str:
+def _bar(name: str, status: JobProgress) -> str:
     if status.total:
         filled = int(20 * status.done / status.total)
         return f"{name} [{'#' * filled}{'.' * (20 - filled)}] {status.done}/{status.total}"
@@ -331,11 +336,30 @@ def _bar(name: str, status: JobStatus) -> str:
 
 # --- waiting, with a live worker on each job's queue ------------------------------------
 
-def without_worker(client: OcrClient, ids: list[str]) -> dict[str, str]:
+def without_worker(client: OcrClient, ids: list[str],
+                   live: dict[str, set[str]] | None = None) -> dict[str, str]:
     """The jobs whose queue no live worker consumes, with that queue."""
-    live = set().union(*client.live_queues(INSPECT_TIMEOUT).values())
+    if live is None:
+        live = OperatorConsole(client).live_queues(INSPECT_TIMEOUT)
+    served = set().union(*live.values())
     queues = {job_id: client.queue_of(job_id) for job_id in ids}
-    return {job_id: queue for job_id, queue in queues.items() if queue not in live}
+    return {job_id: queue for job_id, queue in queues.items() if queue not in served}
+
+
+def inference_server_note(client: OcrClient, ids: list[str],
+                          live: dict[str, set[str]]) -> str:
+    """Why jobs wait for vlm-api workers: their inference server does not answer.
+
+    '' when no live vlm-api worker consumes a queue of `ids`, or when the server (at
+    this host's OCR_VLM_API_URL) answers.
+    """
+    vlm_workers = [queues for queues in live.values() if vlm_server.QUEUE in queues]
+    queues = {client.queue_of(job_id) for job_id in ids}
+    if not any(queues & served for served in vlm_workers):
+        return ""
+    check = vlm_server.check_server(client.settings)
+    return "" if check.ok else (f"{check.message}: vlm-api workers retry those pages "
+                                "until it does")
 
 
 def no_worker_record(client: OcrClient, job_id: str, queue: str) -> dict[str, Any]:
@@ -349,13 +373,15 @@ def wait_for(client: OcrClient, ids: list[str], timeout: float | None
     """Wait for jobs, checking that a live worker consumes each one's queue.
 
     Checked before waiting and every WORKER_RECHECK s while waiting; a job without a
-    worker for NO_WORKER_GRACE s is reported PENDING with error `no_worker`.
+    worker for NO_WORKER_GRACE s is reported PENDING with error `no_worker`. When
+    vlm-api workers serve a job's queue and their inference server does not answer,
+    a line on stderr says so (once, until it answers again).
     """
     progress = ProgressLine(sys.stderr, {i: client.filename(i) for i in ids})
     pending, results = list(dict.fromkeys(ids)), {}
     start = time.monotonic()
     stop = None if timeout is None else start + timeout
-    next_check, orphaned_since, poll_for = start, None, 0.0
+    next_check, orphaned_since, poll_for, said = start, None, 0.0, ""
     try:
         while pending:
             got = client.wait(pending, on_progress=progress, timeout=poll_for)
@@ -365,7 +391,12 @@ def wait_for(client: OcrClient, ids: list[str], timeout: float | None
                     pending.remove(job_id)
             now = time.monotonic()
             if pending and now >= next_check:
-                orphans = without_worker(client, pending)
+                live = OperatorConsole(client).live_queues(INSPECT_TIMEOUT)
+                orphans = without_worker(client, pending, live)
+                note = inference_server_note(client, pending, live)
+                if note and note != said:
+                    print(f"{PROG}: {note}", file=sys.stderr, flush=True)
+                said = note
                 orphaned_since = (orphaned_since or now) if orphans else None
                 if orphaned_since is not None and now - orphaned_since >= NO_WORKER_GRACE:
                     for job_id, queue in orphans.items():
@@ -385,7 +416,8 @@ def submit_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("files", nargs="+", metavar="FILE")
     parser.add_argument("--no-wait", action="store_true",
                         help="print each job's id and file name, and return")
-    parser.add_argument("--engine", help="tesseract, mlx-vlm (default: the worker's)")
+    parser.add_argument("--engine", help="tesseract, mlx-vlm, rapidocr (default: the "
+                        "worker's, or by `--lang` as OCR_LANG_ENGINES says)")
     parser.add_argument("--pages", help='pages to read, e.g. "1-3,7"')
     parser.add_argument("--password", help="password of an encrypted PDF")
     parser.add_argument("--output", choices=OUTPUT_CHOICES, default="text",
@@ -549,7 +581,7 @@ def run_models(args: argparse.Namespace, session: Session) -> int:
         return EXIT_USAGE
     client = session.client
     if args.unload:
-        replies = client.unload_models()
+        replies = OperatorConsole(client).unload_models()
         if args.json:
             print(json.dumps({"unload": replies}))
         else:
@@ -558,7 +590,7 @@ def run_models(args: argparse.Namespace, session: Session) -> int:
         if not replies:
             print(f"{PROG}: no worker answered; {NO_WORKER_HINT}", file=sys.stderr)
         return EXIT_OK if any("ok" in r for r in replies.values()) else EXIT_FAILURE
-    result = client.audit_every_host(prune=args.prune, dry_run=args.dry_run,
+    result = OperatorConsole(client).audit_every_host(prune=args.prune, dry_run=args.dry_run,
                                      timeout=300.0 if args.timeout is None else args.timeout)
     reports, failed = result["hosts"], result["failed"]
     if args.json:
@@ -580,7 +612,7 @@ def run_models(args: argparse.Namespace, session: Session) -> int:
          f"{PROG} langs", shared=("json",))
 def run_langs(args: argparse.Namespace, session: Session) -> int:
     """One line per worker: engine, default language, languages. Exit 1: no worker."""
-    replies = session.client.languages()
+    replies = OperatorConsole(session.client).languages()
     if args.json:
         print(json.dumps({"workers": replies}), flush=True)
     else:
@@ -658,6 +690,89 @@ def _size(n: int) -> str:
 
 def _when(iso: str | None) -> str:
     return iso[:16].replace("T", " ") + "Z" if iso else "-"
+
+
+# --- tokens: the HTTP API's clients -------------------------------------------------------
+
+def build_tokens_parser(parser: argparse.ArgumentParser) -> None:
+    """`tokens create NAME | list | revoke NAME`, with --json on each."""
+    commands = parser.add_subparsers(dest="tokens_command", required=True, metavar="COMMAND")
+    create = commands.add_parser("create", help="make a client and print its token once")
+    create.add_argument("name", metavar="NAME")
+    create.add_argument("--jobs-in-flight", type=int, metavar="N",
+                        help="most unfinished jobs at once (0: none; default "
+                             "OCR_API_JOBS_IN_FLIGHT)")
+    create.add_argument("--requests-per-minute", type=int, metavar="N",
+                        help="most requests a minute (0: none; default "
+                             "OCR_API_REQUESTS_PER_MINUTE)")
+    create.add_argument("--json", action="store_true", default=argparse.SUPPRESS,
+                        help='print {"name": …, "token": …}')
+    listing = commands.add_parser("list", help="list clients (never their tokens)")
+    listing.add_argument("--json", action="store_true", default=argparse.SUPPRESS,
+                         help="one JSON object per client")
+    revoke = commands.add_parser("revoke", help="remove a client and its token")
+    revoke.add_argument("name", metavar="NAME")
+    revoke.add_argument("--json", action="store_true", default=argparse.SUPPRESS)
+    rotate = commands.add_parser("rotate-secret",
+                                 help="a new webhook signing secret, printed once; the old "
+                                      "one still signs (X-OCR-Signature-Previous) during "
+                                      "--grace")
+    rotate.add_argument("name", metavar="NAME")
+    rotate.add_argument("--grace", type=float, default=DEFAULT_GRACE_SECONDS, metavar="S",
+                        help="seconds the previous secret still signs (default 86400)")
+    rotate.add_argument("--json", action="store_true", default=argparse.SUPPRESS)
+
+
+def run_tokens(args: argparse.Namespace, store: TokenStore, out: TextIO) -> int:
+    """Carry out a parsed `tokens` command; returns the exit status."""
+    as_json = bool(getattr(args, "json", False))
+    if args.tokens_command == "create":
+        token, secret = store.create_client(args.name, args.jobs_in_flight,
+                                            args.requests_per_minute)
+        if as_json:
+            print(json.dumps({"name": args.name, "token": token, "webhook_secret": secret}),
+                  file=out)
+        else:
+            print(f"token for {args.name} (shown once; only its hash is stored):\n{token}\n"
+                  f"webhook signing secret (shown once):\n{secret}", file=out)
+        return 0
+    if args.tokens_command == "rotate-secret":
+        rotated = store.webhook_secrets.rotate(args.name, args.grace)
+        if as_json:
+            print(json.dumps({"name": args.name, "webhook_secret": rotated}), file=out)
+        elif rotated is None:
+            print(f"no client {args.name}", file=out)
+        else:
+            print(f"new webhook signing secret for {args.name} (shown once; the previous "
+                  f"one signs too for {args.grace:g} s):\n{rotated}", file=out)
+        return 0 if rotated is not None else 1
+    if args.tokens_command == "list":
+        clients = store.clients()
+        for client in clients:
+            if as_json:
+                print(json.dumps(asdict(client)), file=out)
+            else:
+                print(f"{client.name}\t{_limits(client)}\tcreated "
+                      f"{time.strftime('%Y-%m-%d %H:%M', time.gmtime(client.created))} UTC"
+                      f"\tsha256 {client.token_sha256[:12]}", file=out)
+        if not clients and not as_json:
+            print("no clients", file=out)
+        return 0
+    revoked = store.revoke(args.name)
+    if as_json:
+        print(json.dumps({"name": args.name, "revoked": revoked}), file=out)
+    else:
+        print(f"revoked {args.name}" if revoked else f"no client {args.name}", file=out)
+    return 0 if revoked else 1
+
+
+def _limits(client: ApiClient) -> str:
+    parts: list[Any] = []
+    if client.jobs_in_flight is not None:
+        parts.append(f"jobs-in-flight={client.jobs_in_flight}")
+    if client.requests_per_minute is not None:
+        parts.append(f"requests-per-minute={client.requests_per_minute}")
+    return " ".join(parts) or "default limits"
 
 
 @command("tokens", "HTTP API clients: make one (its token is printed once), list, revoke",

@@ -23,7 +23,7 @@ from typing import Any
 from bench.common import RESULTS, Context, Report, machine_info, pin_threads
 
 BENCHMARKS = ("pipeline", "overhead", "api", "peers", "digital", "memory", "blank", "vlm",
-              "brokers", "breakdown")
+              "brokers", "breakdown", "languages", "vlm_api")
 log = logging.getLogger("bench")
 
 

@@ -47,7 +47,7 @@ def detector_ms(repeats: int) -> dict[str, float]:
 
     from tasks.pipeline.blank import ink_report
     from tasks.pipeline.pdf import plan_pdf
-    from worker_config import Settings
+    from tasks.settings import Settings
 
     rng = np.random.default_rng(7)
     grain = np.clip(rng.normal(240, 10, (3508, 2480)), 0, 255).astype(np.uint8)

@@ -160,7 +160,7 @@ def rotated_doc() -> Doc:
 
 def step_rows(docs: list[Doc]) -> list[dict[str, Any]]:
     from tasks.pipeline.documents import ocr_page, recognize_options
-    from tasks.pipeline.inputs import JobRequest
+    from tasks.records.request import JobRequest
 
     direct = Direct()
     rows = []
@@ -182,11 +182,11 @@ def step_rows(docs: list[Doc]) -> list[dict[str, Any]]:
                 cleanup = total - steps.get("read", 0.0)
                 truth = page_truth(doc, number)
                 rows.append({"file": doc.name, "page": number, "decode": decode,
-                             "cer": None if truth is None else cer(truth, page["text"]),
+                             "cer": None if truth is None else cer(truth, page.text),
                              "total": total, "steps": steps, "cleanup": cleanup,
                              "cleanup_share": cleanup / max(1e-9, steps.get("read", 0.0)),
-                             "rotation": page.get("rotation"), "skew": page.get("skew"),
-                             "readings": 2 if page.get("rotation") else 1})
+                             "rotation": page.rotation, "skew": page.skew,
+                             "readings": 2 if page.rotation else 1})
                 image.close()
     finally:
         direct.close()

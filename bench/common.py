@@ -28,9 +28,9 @@ from typing import TYPE_CHECKING, Any
 import psutil
 
 from tasks.client import OcrClient
+from tasks.settings import Settings
 from tests.cer import normalize
 from tests.conftest import CORPUS, ROOT, RedisServer, Worker
-from worker_config import Settings
 
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
@@ -182,10 +182,10 @@ class Direct:
 
     def run(self, data: bytes, filename: str = "", **options: Any) -> dict[str, Any]:
         from tasks.pipeline.documents import run_document
-        from tasks.pipeline.inputs import JobRequest
+        from tasks.records.request import JobRequest
 
         request = JobRequest(source="blob", filename=filename, **options)
-        return run_document(data, request, self.engine, self.settings)
+        return run_document(data, request, self.engine, self.settings).to_json()
 
     def close(self) -> None:
         self.engine.close()

@@ -43,8 +43,8 @@ from bench.common import (
     run_jobs,
     worker_processes,
 )
+from tasks.settings import Settings
 from tests.conftest import ROOT, Worker
-from worker_config import Settings
 
 MODEL = "tiny-qwen2-vl"
 VLM_ENV = {"OCR_ENGINE": "mlx-vlm", "OCR_MODEL": MODEL, "OCR_CONCURRENCY": "1",

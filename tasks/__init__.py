@@ -1,16 +1,12 @@
 """The OCR job-queue service.
 
 `tasks.app` is the Celery app, so `celery -A tasks worker|beat|flower` works. It is
-built on first access from the environment (see worker_config.py), not at import.
+built on first access from the environment (tasks/settings), not at import.
 """
 
 from __future__ import annotations
 
 from typing import Any
-
-# Imported here because `celery -A tasks` puts the project root on sys.path only
-# while it imports this package; everything else imports it later.
-import worker_config  # noqa: F401
 
 
 def __getattr__(name: str) -> Any:

@@ -1,7 +1,10 @@
-"""Python client API: submit OCR jobs and wait for results.
+"""Python client API: submit OCR jobs, follow them, cancel them, collect results.
 
-Runs in client processes (submit.py, other Python services). Needs only celery and
-redis: no engine, MLX or PyMuPDF import happens here.
+Runs in client processes (submit.py, the HTTP API, other Python services). Light: its
+Celery app only sends tasks by name (`tasks.queue.app.sending_app`), so importing and
+constructing `OcrClient` loads no numpy, PIL, huggingface_hub, PyMuPDF, tesserocr or
+MLX (tests/test_cli.py checks). Operator commands (audits, unload, languages, live
+queues) are in tasks/operator_console.py.
 """
 
 from __future__ import annotations
@@ -28,20 +31,24 @@ from tasks.errors import (
     ServiceUnreachable,
     error_info,
 )
+from tasks.queue.routing import DEFAULT_QUEUE, PRIORITIES, priority_value, queue_for_engine
+from tasks.records.results import STORED_OUTPUTS
+from tasks.settings import Settings
 from tasks.state.stores import BlobStore, JobControl, OutputStore, connect
-from worker_config import DEFAULT_QUEUE, PRIORITIES, Settings, queue_for_engine
 
 FINAL_STATES = ("SUCCESS", "FAILURE", "REVOKED")
-STORED_OUTPUTS = ("pdf", "hocr", "alto")  # result fields naming a file in the OutputStore
 # What Redis or the Celery transport raise while Redis is unreachable (mid-run too).
 CONNECTION_ERRORS: tuple[type[BaseException], ...] = (
     redis.ConnectionError, redis.TimeoutError, OperationalError)
-ProgressCallback = Callable[[str, "JobStatus"], None]
+ProgressCallback = Callable[[str, "JobProgress"], None]
 
 
 @dataclass(frozen=True)
-class JobStatus:
-    """Where a job stands: Celery state plus pages done/total while it runs."""
+class JobProgress:
+    """Where a job stands: Celery state plus pages done/total while it runs.
+
+    Not how it ended: that is the result's `status` (`tasks.records.jobs.JobStatus`).
+    """
 
     id: str
     state: str
@@ -59,9 +66,9 @@ class OcrClient:
     def __init__(self, settings: Settings | None = None, app: Celery | None = None) -> None:
         self.settings = settings or Settings.from_env()
         if app is None:
-            from tasks.queue.app import create_app
+            from tasks.queue.app import sending_app
 
-            app = create_app(self.settings)
+            app = sending_app(self.settings)
         self.app = app
         self._redis = redis_client = connect(self.settings.redis_url, patient=False)
         self._blobs = BlobStore(redis_client, self.settings.blob_ttl)
@@ -103,7 +110,7 @@ class OcrClient:
             raise BadRequest(f"priority must be one of {', '.join(PRIORITIES)}")
         job_id = job_id or uuid()
         send: dict[str, Any] = {"task_id": job_id,
-                                "priority": self.settings.priority_value(priority)}
+                                "priority": priority_value(self.settings, priority)}
         if deadline is not None:
             kwargs["deadline"] = at = time.time() + deadline
             send["expires"] = datetime.fromtimestamp(at, tz=UTC)
@@ -196,11 +203,12 @@ class OcrClient:
                 return self._outputs.get(stored["key"])
         return None
 
-    def status(self, job_id: str) -> JobStatus:
+    def status(self, job_id: str) -> JobProgress:
         res = self.app.AsyncResult(job_id)
         state = res.state
         info = res.info if state == "PROGRESS" and isinstance(res.info, dict) else {}
-        return JobStatus(job_id, state, int(info.get("done", 0)), int(info.get("total", 0)))
+        return JobProgress(job_id, state, int(info.get("done", 0)),
+                           int(info.get("total", 0)))
 
     def result(self, job_id: str) -> dict[str, Any]:
         """The public result of a finished job; a job's `filename` names its input."""
@@ -268,48 +276,6 @@ class OcrClient:
                 time.sleep(poll)
         return results
 
-    def audit_models(self, *, prune: bool = False, dry_run: bool = False,
-                     timeout: float | None = None) -> dict[str, Any]:
-        """Run the model-directory audit `ocr.audit_models` through the queue.
-
-        Returns its report (docs/tasks.md), or a FAILURE/TIMEOUT dict like `wait()`.
-        """
-        job = self.app.send_task("ocr.audit_models",
-                                 kwargs={"prune": prune, "dry_run": dry_run})
-        return self.wait([str(job.id)], timeout=timeout)[str(job.id)]
-
-    def audit_every_host(self, *, prune: bool = False, dry_run: bool = False,
-                         timeout: float | None = None) -> dict[str, Any]:
-        """Audit the model directory of every host: one worker per (host, directory).
-
-        Returns `{"run", "hosts": [report, ...] (docs/tasks.md, sorted by host),
-        "failed": [FAILURE/TIMEOUT dicts]}`; no live worker gives empty lists.
-        """
-        from tasks.queue.maintenance_tasks import dispatch_every_host
-
-        run = uuid()
-        targets = dispatch_every_host(self.app, run, prune, dry_run)
-        results = self.wait([t["task_id"] for t in targets], timeout=timeout)
-        hosts, failed = [], []
-        for target in targets:
-            result = results[target["task_id"]]
-            if "models" in result:
-                hosts.append(result)
-            elif not result.get("skipped"):
-                failed.append({**result, "host": target["host"],
-                               "model_dir": target["model_dir"]})
-        return {"run": run, "hosts": hosts, "failed": failed}
-
-    def unload_models(self, timeout: float = 2.0,
-                      destination: list[str] | None = None) -> dict[str, dict[str, Any]]:
-        """Broadcast the remote-control command `unload_model`; replies by worker."""
-        replies = self.app.control.broadcast("unload_model", reply=True, timeout=timeout,
-                                             destination=destination)
-        merged: dict[str, dict[str, Any]] = {}
-        for reply in replies or []:
-            merged.update(reply)
-        return merged
-
     def check_service(self) -> None:
         """Raise `ServiceUnreachable` (with the URL, password masked) unless Redis answers."""
         try:
@@ -320,23 +286,6 @@ class OcrClient:
     def unreachable_message(self, exc: BaseException) -> str:
         reason = str(exc).strip().rstrip(".") or type(exc).__name__
         return f"cannot reach Redis at {masked_url(self.settings.redis_url)} ({reason})"
-
-    def live_queues(self, timeout: float = 1.0) -> dict[str, set[str]]:
-        """The queues each live worker consumes, by node name (remote control, `timeout` s)."""
-        replies = self.app.control.inspect(timeout=timeout).active_queues() or {}
-        return {worker: {q["name"] for q in queues} for worker, queues in replies.items()}
-
-    def languages(self, timeout: float = 1.0) -> dict[str, dict[str, Any]]:
-        """The languages of every worker that answers within `timeout`, by worker node.
-
-        Each reply: `{"engine": ..., "default": "eng", "languages": ["chi_sim", ...]}`
-        (`languages` is None for an engine that takes no `lang`, such as mlx-vlm).
-        """
-        replies = self.app.control.broadcast("languages", reply=True, timeout=timeout)
-        merged: dict[str, dict[str, Any]] = {}
-        for reply in replies or []:
-            merged.update(reply)
-        return merged
 
     def close(self) -> None:
         self.app.close()

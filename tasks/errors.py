@@ -157,6 +157,13 @@ class VlmIncomplete(OcrError):
                        "repetition loop) and no fallback engine read it")
 
 
+class VlmApiError(OcrError):
+    """The inference server refused a page (4xx: unknown model, prompt too long, ...)."""
+
+    code = "vlm_api_error"
+    default_message = "the inference server refused the page"
+
+
 class Timeout(OcrError):
     code = "timeout"
     default_message = "the job ran past its time limit"

@@ -21,7 +21,7 @@ import pytest
 import redis
 
 from tasks.client import OcrClient
-from worker_config import Settings
+from tasks.settings import Settings
 
 ROOT = Path(__file__).resolve().parents[1]
 CORPUS = ROOT.parent / "shared" / "corpus"
@@ -55,10 +55,14 @@ DATABASES = 128
 class RedisServer:
     """A redis-server of the tests' own, on a free loopback port."""
 
-    def __init__(self, workdir: Path, appendonly: bool = False) -> None:
+    def __init__(self, workdir: Path, appendonly: bool = False,
+                 max_bulk_bytes: int | None = None) -> None:
         self.port = free_port()
         self.workdir = workdir
         self.appendonly = appendonly  # an append-only file, fsynced: data survives restarts
+        # proto-max-bulk-len as the project's Redis sets it (scripts/run_redis.py): from
+        # the default settings unless a test gives its own
+        self.max_bulk_bytes = max_bulk_bytes or Settings.from_env({}).redis_max_bulk_bytes
         self.proc: subprocess.Popen[bytes] | None = None
 
     def url(self, db: int = 0) -> str:
@@ -68,7 +72,7 @@ class RedisServer:
         self.proc = subprocess.Popen(
             [shutil.which("redis-server") or "redis-server", "--port", str(self.port),
              "--bind", "127.0.0.1", "--dir", str(self.workdir), "--save", "",
-             "--databases", str(DATABASES),
+             "--databases", str(DATABASES), "--proto-max-bulk-len", str(self.max_bulk_bytes),
              *(["--appendonly", "yes", "--appendfsync", "always"] if self.appendonly
                else ["--appendonly", "no"])],
             stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT)

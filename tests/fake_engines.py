@@ -13,7 +13,7 @@ from PIL import Image, ImageStat
 
 from tasks.engines import OcrEngine, PageResult, RecognizeOptions
 from tasks.errors import EngineFailed, EngineUnavailable
-from worker_config import Settings
+from tasks.settings import Settings
 
 
 class FakeEngine(OcrEngine):
@@ -65,7 +65,9 @@ class FakeModelEngine(FakeEngine):
 
     @classmethod
     def load(cls, settings: Settings) -> FakeModelEngine:
-        path = settings.model_path
+        from tasks.models.locate import configured_model
+
+        path = configured_model(settings)
         if path is None or not (path / "config.json").is_file():
             raise EngineUnavailable(f"no model folder {settings.model!r}")
         return cls(float(os.environ.get("FAKE_PAGE_SECONDS", "0")), settings.model)

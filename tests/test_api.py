@@ -401,6 +401,7 @@ def test_delete_cancels_a_running_pdf(api: ApiServer, alice: requests.Session) -
 def test_signed_webhook_to_a_listed_host_and_refusals(api: ApiServer, alice: requests.Session,
                                                       receiver: Receiver) -> None:
     from tasks.lifecycle.callbacks import verify
+    from tasks.state.webhook_secrets import WebhookSecrets
 
     hook = f"http://127.0.0.1:{receiver.port}/hooks/ocr?order=42"
     job_id = send(alice, api, png(), "hooked.png", callback_url=hook)
@@ -411,8 +412,13 @@ def test_signed_webhook_to_a_listed_host_and_refusals(api: ApiServer, alice: req
         time.sleep(0.1)
     headers, body = next((h, b) for h, b in receiver.posts if json.loads(b)["id"] == job_id)
     assert json.loads(body)["status"] == "SUCCESS"
-    assert verify(body, SECRET, headers["X-OCR-Timestamp"], headers["X-OCR-Signature"])
-    assert not verify(body + b" ", SECRET, headers["X-OCR-Timestamp"],
+    # an API client's job is signed with that client's own secret (issue 26;
+    # tests/test_webhook_secrets.py), not with OCR_CALLBACK_SECRET
+    own = WebhookSecrets(redis.Redis.from_url(api.env["REDIS_URL"])).signing("alice")
+    assert own is not None
+    assert verify(body, own.current, headers["X-OCR-Timestamp"], headers["X-OCR-Signature"])
+    assert not verify(body, SECRET, headers["X-OCR-Timestamp"], headers["X-OCR-Signature"])
+    assert not verify(body + b" ", own.current, headers["X-OCR-Timestamp"],
                       headers["X-OCR-Signature"])
     # Unlisted private, loopback and link-local targets are refused before any job exists.
     for url in ("http://10.1.2.3/hook", f"http://127.0.0.1:{receiver.port + 1}/hook",

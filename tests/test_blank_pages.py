@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import io
 from collections.abc import Callable
+from typing import Any
 
 import numpy as np
 import pymupdf
@@ -21,13 +22,18 @@ from tasks.pipeline.blank import MAX_INK_PIXELS, ink_report, is_blank
 from tasks.pipeline.documents import ocr_page
 from tasks.pipeline.images import iter_image_pages, sniff_format
 from tasks.pipeline.pdf import page_is_blank, plan_pdf, render_page, render_small
+from tasks.settings import Settings
 from tests.conftest import CORPUS, Worker
 from tests.fake_engines import FakeEngine
 from tests.pdf_fixtures import image_pdf
-from worker_config import Settings
 
 A4_300 = (2480, 3508)
 RNG_SEED = 20261122
+
+
+def ocr_page_json(*args: Any, **kwargs: Any) -> dict[str, Any]:
+    """`ocr_page` as the JSON other services read."""
+    return ocr_page(*args, **kwargs).to_json()
 
 
 def paper(shade: int = 250, size: tuple[int, int] = A4_300, noise: float = 0.0,
@@ -194,10 +200,10 @@ def test_ocr_page_reports_a_blank_image_without_the_engine() -> None:
 
     engine = CountingEngine(0)
     settings = Settings.from_env({})
-    page = ocr_page(3, paper(240, noise=8), engine, RecognizeOptions(), settings)
+    page = ocr_page_json(3, paper(240, noise=8), engine, RecognizeOptions(), settings)
     assert page["source"] == "blank" and page["text"] == "" and "error" not in page
     assert page["number"] == 3 and CountingEngine.calls == 0
-    word = ocr_page(4, write(paper(250), "Index", (900, 900)), engine, RecognizeOptions(),
+    word = ocr_page_json(4, write(paper(250), "Index", (900, 900)), engine, RecognizeOptions(),
                     settings)
     assert word["source"] == "ocr" and CountingEngine.calls == 1
 

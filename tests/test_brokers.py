@@ -29,6 +29,9 @@ from PIL import Image
 
 from tasks.client import OcrClient
 from tasks.queue.brokers import amqp_queue_lengths
+from tasks.queue.celery_config import celery_config
+from tasks.queue.routing import priority_value
+from tasks.settings import Settings, SettingsError
 from tasks.state.metrics import RedisCollector
 from tasks.state.stores import connect
 from tests.conftest import (
@@ -41,7 +44,6 @@ from tests.conftest import (
     rabbitmqctl,
 )
 from tests.pdf_fixtures import image_pdf, plain_pages
-from worker_config import Settings, SettingsError, celery_config
 
 FAKE = {"OCR_ENGINE": "fake", "OCR_ENGINE_PLUGINS": FAKE_PLUGINS, "OCR_CACHE_RESULTS": "0"}
 # Short limits so that a dead worker's jobs come back within the test on Redis too.
@@ -238,7 +240,7 @@ def test_broker_settings() -> None:
     redis_only = Settings.from_env({"REDIS_URL": "redis://r:6379/0"})
     assert celery_config(redis_only)["broker_url"] == "redis://r:6379/0"
     assert celery_config(redis_only)["broker_transport_options"]["visibility_timeout"] == 900
-    assert [redis_only.priority_value(p) for p in ("interactive", "normal", "batch")] \
+    assert [priority_value(redis_only, p) for p in ("interactive", "normal", "batch")] \
         == [0, 3, 6]  # Redis transport: lower first
     rabbit = Settings.from_env({"REDIS_URL": "redis://r:6379/0",
                                 "BROKER_URL": "amqp://u:p@mq:5672/ocr"})
@@ -246,7 +248,7 @@ def test_broker_settings() -> None:
     assert config["broker_url"] == "amqp://u:p@mq:5672/ocr"
     assert config["result_backend"] == "redis://r:6379/0"
     assert config["task_queue_max_priority"] == 9
-    assert [rabbit.priority_value(p) for p in ("interactive", "normal", "batch")] \
+    assert [priority_value(rabbit, p) for p in ("interactive", "normal", "batch")] \
         == [9, 6, 3]  # RabbitMQ: higher first
     assert config["task_default_priority"] == 6
     with pytest.raises(SettingsError, match="BROKER_URL"):

@@ -17,11 +17,16 @@ from tasks.engines import RecognizeOptions
 from tasks.engines.tesseract import TesseractEngine
 from tasks.pipeline._preprocess import Correction, _output_box, _rotation, estimate_skew
 from tasks.pipeline.documents import ocr_page
+from tasks.settings import Settings
 from tests.cer import cer
 from tests.conftest import corpus, ground_truth
-from worker_config import Settings
 
 SETTINGS = Settings.from_env({"OCR_TESSERACT_THREADS": "1"})
+
+
+def ocr_page_json(*args: Any, **kwargs: Any) -> dict[str, Any]:
+    """`ocr_page` as the JSON other services read."""
+    return ocr_page(*args, **kwargs).to_json()
 
 
 @pytest.fixture(scope="module")
@@ -117,7 +122,7 @@ def test_quarter_turns_are_exact_pixel_moves(scan: Image.Image) -> None:
 def test_upright_reading_needs_no_orientation_pass(engine: TesseractEngine,
                                                    scan: Image.Image) -> None:
     counting = CountingEngine(engine)
-    page = ocr_page(1, scan.convert("RGB"), counting,  # type: ignore[arg-type]
+    page = ocr_page_json(1, scan.convert("RGB"), counting,  # type: ignore[arg-type]
                     RecognizeOptions(), SETTINGS)
     assert (counting.orientation_passes, counting.readings) == (0, 1)
     assert page["rotation"] == 0
@@ -132,7 +137,7 @@ def test_turned_pages_are_found_and_read_again(engine: TesseractEngine, scan: Im
     # A quarter turn clockwise reads well, but in vertical lines: not upright either.
     assert first.upright is False
     counting = CountingEngine(engine)
-    page = ocr_page(1, turned, counting, RecognizeOptions(), SETTINGS)  # type: ignore[arg-type]
+    page = ocr_page_json(1, turned, counting, RecognizeOptions(), SETTINGS)  # type: ignore[arg-type]
     assert (counting.orientation_passes, counting.readings) == (1, 2)
     assert page["rotation"] == rotation
     assert cer(ground_truth("scan_tess_phototest.tif"), page["text"]) <= 0.02
@@ -142,7 +147,7 @@ def test_orientation_off_reads_once_as_given(engine: TesseractEngine,
                                              scan: Image.Image) -> None:
     settings = Settings.from_env({"OCR_AUTO_ROTATE": "0", "OCR_DESKEW": "0"})
     counting = CountingEngine(engine)
-    page = ocr_page(1, scan.rotate(180), counting, RecognizeOptions(),  # type: ignore[arg-type]
+    page = ocr_page_json(1, scan.rotate(180), counting, RecognizeOptions(),  # type: ignore[arg-type]
                     settings)
     assert (counting.orientation_passes, counting.readings) == (0, 1)
     assert page["rotation"] == 0 and page["skew"] == 0.0

@@ -39,6 +39,29 @@ def worker(start_worker: Callable[..., Worker]) -> Worker:
 
 # --- without a service -----------------------------------------------------------------
 
+# What a client must not load: the worker's engines, image and PDF libraries, the hub.
+HEAVY_MODULES = ("numpy", "PIL", "huggingface_hub", "fitz", "pymupdf", "tesserocr", "mlx",
+                 "mlx_vlm", "tasks.pipeline", "tasks.engines", "tasks.models",
+                 "tasks.queue.document_tasks", "tasks.queue.signals")
+
+
+@pytest.mark.parametrize("construct", [
+    "from tasks.client import OcrClient; OcrClient(Settings.from_env())",
+    "import submit; from tasks.client import OcrClient; OcrClient(Settings.from_env())",
+    "from tasks.api.app import create_api; create_api(Settings.from_env())",
+])
+def test_clients_load_no_engine_image_pdf_or_hub_module(construct: str) -> None:
+    """Importing and constructing a client (Python, submit.py, the API) stays light."""
+    code = ("import json, sys\nfrom tasks.settings import Settings\n" + construct + "\n"
+            f"heavy = {HEAVY_MODULES!r}\n"
+            "print(json.dumps(sorted(m for m in sys.modules if m.split('.')[0] in heavy "
+            "or any(m == h or m.startswith(h + '.') for h in heavy))))")
+    done = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True,
+                          text=True, timeout=60, env={**os.environ, "PYTHONPATH": str(ROOT)})
+    assert done.returncode == 0, done.stderr
+    assert json.loads(done.stdout.strip().splitlines()[-1]) == []
+
+
 def test_help_lists_every_command_with_an_example_and_the_exit_codes() -> None:
     done = subprocess.run([sys.executable, "submit.py", "--help"], cwd=ROOT,
                           capture_output=True, text=True, timeout=60)
@@ -228,7 +251,7 @@ import sys
 sys.modules["mlx"] = sys.modules["mlx_vlm"] = None  # as if not installed
 from tasks.engines.mlx_vlm import MlxVlmEngine
 from tasks.errors import EngineUnavailable
-from worker_config import Settings
+from tasks.settings import Settings
 settings = Settings.from_env({"OCR_MODEL_DIR": sys.argv[1], "OCR_MODEL": "m"})
 try:
     MlxVlmEngine.load(settings)

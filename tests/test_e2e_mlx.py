@@ -18,6 +18,7 @@ from pathlib import Path
 import pytest
 
 from tasks.client import OcrClient
+from tasks.operator_console import OperatorConsole
 from tests.conftest import ROOT, Worker, corpus
 
 pytestmark = pytest.mark.slow
@@ -90,7 +91,7 @@ def test_unload_control_releases_the_vlm(vlm_worker: Worker, client: OcrClient,
     assert client.wait([first], timeout=240)[first]["status"] == "SUCCESS"
     assert "tiny-qwen2-vl" in {h.model for h in models.loaded()}
     loads = vlm_worker.log().count(loaded)
-    replies = client.unload_models(timeout=3)
+    replies = OperatorConsole(client).unload_models(timeout=3)
     assert any(r.get("ok") == "release requested in 1 pool children" for r in replies.values())
     deadline = time.monotonic() + 30
     while "engines released (unload_model)" not in vlm_worker.log():

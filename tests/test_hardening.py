@@ -38,16 +38,16 @@ from tasks.errors import (
     OcrError,
     PathNotAllowed,
 )
+from tasks.lifecycle.callback_urls import callback_target, checked_addresses, is_public
 from tasks.lifecycle.callbacks import sign, verify
+from tasks.lifecycle.inputs import check_callback_url, read_path
 from tasks.pipeline import _png_strips as png_strips
-from tasks.pipeline.callback_urls import callback_target, checked_addresses, is_public
 from tasks.pipeline.images import decode_page, iter_image_pages, normalize, reduce_factor
-from tasks.pipeline.inputs import check_callback_url, read_path
 from tasks.queue.transport import read_dead_letters
+from tasks.settings import Settings
 from tasks.state.keys import DEAD_LETTER_KEY
 from tests.conftest import FAKE_PLUGINS, Worker, corpus
 from tests.image_fixtures import big_rgba_png, bomb_frame_tiff, filtered_png
-from worker_config import Settings
 
 FAKE_ENV = {"OCR_ENGINE": "fake", "OCR_ENGINE_PLUGINS": FAKE_PLUGINS,
             "OCR_CONCURRENCY": "1", "OCR_CACHE_RESULTS": "0"}

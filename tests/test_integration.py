@@ -398,6 +398,7 @@ def test_one_log_line_per_job(worker: Worker, client: OcrClient) -> None:
     assert (records[pdf]["pages"], records[pdf]["outcome"]) == (3, "SUCCESS")
     assert records[pdf]["seconds"] >= 0.25
     assert (records[bad]["outcome"], records[bad]["code"]) == ("FAILURE", "corrupt_input")
+    assert records[bad]["seconds"] >= 0  # a failed job's time counts too (issue 24)
     # logged by the worker parent, which never ran it
     assert (records[late]["outcome"], records[late]["code"], records[late]["filename"]) == (
         "FAILURE", "deadline_exceeded", "late.png")
@@ -464,7 +465,7 @@ def worker_node(worker: Worker) -> str:
 
 def read_text(image: Image.Image) -> str:
     from tasks.engines import RecognizeOptions, engine_class
-    from worker_config import Settings
+    from tasks.settings import Settings
 
     settings = Settings.from_env({})
     engine = engine_class("tesseract", settings).load(settings)

@@ -7,19 +7,22 @@ the refusals, on real tesseract where an engine is needed.
 from __future__ import annotations
 
 import xml.etree.ElementTree as ET
+from collections.abc import Iterable
 from pathlib import Path
+from typing import Any
 
 import pytest
 from PIL import Image, ImageDraw
 
 from tasks.engines import RecognizeOptions, Word, tessdata
 from tasks.engines.tesseract import TesseractEngine
+from tasks.engines.textfix import fix_text, fix_words
 from tasks.errors import BadRequest, LanguageUnavailable, OutputUnsupported
+from tasks.lifecycle.inputs import decode_request
 from tasks.pipeline import layouts
-from tasks.pipeline.inputs import JobRequest
-from tasks.pipeline.textfix import fix_text, fix_words
+from tasks.records.results import PageRecord
+from tasks.settings import Settings
 from tests.fake_engines import FakeEngine
-from worker_config import Settings
 
 # --- clean-up ----------------------------------------------------------------------
 
@@ -76,13 +79,13 @@ def test_settings_search_debian_tessdata_too() -> None:
 
 def test_lang_is_validated_and_part_of_the_cache_key() -> None:
     settings = Settings.from_env({})
-    request = JobRequest.from_kwargs({"blob": "ocr:blob:12345678", "lang": "ell+eng"},
+    request = decode_request({"blob": "ocr:blob:12345678", "lang": "ell+eng"},
                                      settings)
     assert request.lang == "ell+eng"
     assert request.cache_options("tesseract", "eng")["lang"] == "ell+eng"
     for bad in ("../eng", "eng+", "eng vie", 3):
         with pytest.raises(BadRequest):
-            JobRequest.from_kwargs({"blob": "ocr:blob:12345678", "lang": bad}, settings)
+            decode_request({"blob": "ocr:blob:12345678", "lang": bad}, settings)
 
 
 @pytest.mark.parametrize("output", ["pdf", "hocr", "alto"])
@@ -132,14 +135,18 @@ PAGE = """<div class='ocr_page' id='page_1' title='image "x"; bbox 0 0 400 200; 
 </div>"""
 
 
-def _pages() -> list[dict[str, object]]:
+def _records(pages: Iterable[dict[str, Any]]) -> list[PageRecord]:
+    return [PageRecord.from_json(p) for p in pages]
+
+
+def _pages() -> list[dict[str, Any]]:
     return [{"number": 1, "hocr": PAGE.format(a="widow’s", b="garden", c="A&amp;B")},
             {"number": 2, "source": "text-layer", "text": "no OCR"},
             {"number": 3, "hocr": PAGE.format(a="Tiếng", b="Việt", c="μ")}]
 
 
 def test_hocr_pages_merge_into_one_document_with_page_ids() -> None:
-    document = layouts.merge_hocr(reversed(_pages()))
+    document = layouts.merge_hocr(_records(reversed(_pages())))
     root = ET.fromstring(document)
     ns = f"{{{layouts.XHTML}}}"
     pages = [el for el in root.iter(f"{ns}div") if el.get("class") == "ocr_page"]
@@ -155,7 +162,7 @@ def test_hocr_pages_merge_into_one_document_with_page_ids() -> None:
 
 
 def test_alto_has_pages_lines_words_and_confidences() -> None:
-    root = ET.fromstring(layouts.merge_alto(_pages()))
+    root = ET.fromstring(layouts.merge_alto(_records(_pages())))
     ns = f"{{{layouts.ALTO}}}"
     assert [p.get("ID") for p in root.iter(f"{ns}Page")] == ["page_1", "page_2", "page_3"]
     lines = list(root.iter(f"{ns}TextLine"))
@@ -180,12 +187,12 @@ def test_words_only_engines_get_hocr_lines_from_boxes() -> None:
 @pytest.mark.parametrize("output", ["hocr", "alto"])
 def test_a_retry_keeps_the_pages_of_the_earlier_document(output: str) -> None:
     """Pages kept from the earlier job (no hOCR of their own) come from its document."""
-    first = layouts.render(output, [{"number": 1, "hocr": PAGE.format(a="keep", b="me",
+    first = layouts.render(output, _records([{"number": 1, "hocr": PAGE.format(a="keep", b="me",
                                                                      c="x")},
-                                    {"number": 2, "error": {"code": "timeout"}}])
+                                    {"number": 2, "error": {"code": "timeout"}}]))
     retried = [{"number": 1, "text": "keep me x"},
                {"number": 2, "hocr": PAGE.format(a="read", b="again", c="y")}]
-    root = ET.fromstring(layouts.render(output, retried, first))
+    root = ET.fromstring(layouts.render(output, _records(retried), first))
     if output == "hocr":
         words = _words_of(root, f"{{{layouts.XHTML}}}span")
     else:
@@ -204,7 +211,7 @@ def test_hocr_boxes_are_mapped_onto_the_input_page() -> None:
             "</div>")
     page = {"number": 1, "hocr": hocr, "image_size": [200, 100], "rotation": 90,
             "skew": 0.0}
-    root = ET.fromstring(layouts.merge_hocr([page]))
+    root = ET.fromstring(layouts.merge_hocr(_records([page])))
     titles = {el.get("class"): el.get("title") for el in root.iter() if el.get("class")}
     assert titles["ocr_page"].startswith("bbox 0 0 200 100")
     assert titles["ocrx_word"] == "bbox 180 0 200 10; x_wconf 90"

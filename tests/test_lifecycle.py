@@ -20,16 +20,17 @@ import redis
 from tasks.engines.resident import ResidentEngines
 from tasks.errors import PdfEncrypted, TransientError
 from tasks.lifecycle.cancel import ALREADY_ENDED, CANCELLED, cancel_job
-from tasks.lifecycle.ending import JobEnder
 from tasks.lifecycle.fanout import OpenDocumentCache, record_page, run_pdf_page
+from tasks.lifecycle.inputs import decode_request
+from tasks.lifecycle.job_exit import JobEnder
 from tasks.lifecycle.jobs import FanOut, process_job
-from tasks.lifecycle.records import DocumentMeta, JobStatus, Outcome
-from tasks.pipeline.inputs import JobRequest
+from tasks.records.jobs import DocumentMeta, JobStatus, Outcome
+from tasks.records.request import JobRequest
+from tasks.settings import Settings
 from tasks.state.join import DocumentJoin
 from tasks.state.stores import BlobStore, JobControl, OutputStore, ResultCache, Stores, connect
 from tests.conftest import FAKE_PLUGINS, corpus
 from tests.pdf_fixtures import image_pdf, plain_pages
-from worker_config import Settings
 
 
 @dataclass
@@ -106,7 +107,7 @@ def request_for(data: bytes, settings: Settings, **options: Any) -> JobRequest:
     kwargs = {"data_b64": base64.b64encode(data).decode(), "filename": "doc.pdf",
               "callback_task": "billing.done", "callback_url": "http://127.0.0.1:9/x",
               **options}
-    return JobRequest.from_kwargs(kwargs, settings)
+    return decode_request(kwargs, settings)
 
 
 def fan_out(life: Life, job_id: str, data: bytes, **options: Any) -> DocumentMeta:
@@ -139,8 +140,8 @@ def test_pages_in_any_order_and_twice_end_the_document_once(life: Life) -> None:
     assert ended.count(True) == 1 and len(life.ports.published) == 1
     outcome = life.ports.published[0]
     assert outcome.status is JobStatus.SUCCESS and outcome.result is not None
-    assert [p["number"] for p in outcome.result["pages"]] == [1, 2, 3, 4, 5]
-    assert all(p["text"].startswith("fake ") for p in outcome.result["pages"])
+    assert [p.number for p in outcome.result.pages] == [1, 2, 3, 4, 5]
+    assert all(p.text.startswith("fake ") for p in outcome.result.pages)
     # one exit: callbacks once, one record, the join and the input freed
     assert [c[0] for c in life.ports.callback_tasks] == ["billing.done"]
     assert len(life.ports.http_callbacks) == 1 and len(life.ports.recorded) == 1
@@ -162,7 +163,7 @@ def test_cancel_keeps_the_pages_done_and_wins_over_later_pages(life: Life) -> No
     docs.close()
     outcome = life.ports.published[-1]
     assert outcome.status is JobStatus.CANCELLED and outcome.result is not None
-    assert [p["number"] for p in outcome.result["pages"]] == [1, 2]
+    assert [p.number for p in outcome.result.pages] == [1, 2]
     assert len(life.ports.published) == 1 and len(life.ports.callback_tasks) == 1
     assert cancel_job("job-cancel", life.stores.control, life.join, life.ender,
                       stopped.append) == ALREADY_ENDED
@@ -225,4 +226,4 @@ def test_a_cached_result_of_an_encrypted_pdf_needs_its_password(life: Life) -> N
     hit = process_job("job-right", request_for(pdf, life.settings, password="openpassword",
                                                mode="ocr"),
                       life.settings, life.engines, life.stores)
-    assert isinstance(hit, Outcome) and hit.result is not None and hit.result["cached"]
+    assert isinstance(hit, Outcome) and hit.result is not None and hit.result.cached

@@ -20,10 +20,11 @@ from typing import Any
 import pytest
 
 from tasks.client import OcrClient
+from tasks.queue.celery_config import celery_config
+from tasks.settings import Settings
 from tests.conftest import FAKE_PLUGINS, Worker
 from tests.model_dirs import DAY, age, model_files, write_hub_repo, write_model
 from tests.test_queue import submit_cli
-from worker_config import Settings, celery_config
 
 FAKE_ENV = {"OCR_ENGINE_PLUGINS": FAKE_PLUGINS, "OCR_CACHE_RESULTS": "0",
             "OCR_ENGINE": "fake-model", "OCR_CONCURRENCY": "1",

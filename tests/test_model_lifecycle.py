@@ -22,6 +22,7 @@ import redis
 
 from tasks.client import OcrClient
 from tasks.models.registry import LOADED_PREFIX, SCHEDULED_KEY, ModelRegistry
+from tasks.operator_console import OperatorConsole
 from tests.conftest import FAKE_PLUGINS, ROOT, VENV_BIN, Worker, corpus
 from tests.model_dirs import build_lifecycle_dir, write_model
 from tests.test_models_audit import EXPECTED_KEPT, EXPECTED_PRUNED
@@ -108,7 +109,7 @@ def test_audit_reports_every_entry(fresh_dir: Path, client: OcrClient, models: M
     assert client.wait([job], timeout=30)[job]["status"] == "SUCCESS"
     before = sorted(os.listdir(fresh_dir))
 
-    report = client.audit_models(timeout=60)
+    report = OperatorConsole(client).audit_models(timeout=60)
 
     assert report["mode"] == "audit" and report["errors"] == []
     assert sorted(os.listdir(fresh_dir)) == before  # an audit removes nothing
@@ -200,11 +201,12 @@ def test_prune_lock_held_elsewhere_prunes_nothing(fresh_dir: Path, client: OcrCl
     host = _node(audit_worker).split("@", 1)[1]
     with models.prune_lock(f"{host}:{fresh_dir.resolve()}") as acquired:
         assert acquired
-        report = client.audit_models(prune=True, timeout=60)
+        report = OperatorConsole(client).audit_models(prune=True, timeout=60)
     assert report["pruned"] == []
     assert [e["code"] for e in report["errors"]] == ["prune_locked"]
     assert len(os.listdir(fresh_dir)) == len(EXPECTED_PRUNED) + len(EXPECTED_KEPT)
-    assert client.audit_models(prune=True, timeout=60)["errors"] == []  # lock released
+    # the lock was released
+    assert OperatorConsole(client).audit_models(prune=True, timeout=60)["errors"] == []
 
 
 def test_two_audits_at_once_prune_once(fresh_dir: Path, client: OcrClient,

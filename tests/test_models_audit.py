@@ -18,25 +18,17 @@ from typing import Any
 import pytest
 from celery.schedules import crontab
 
+from tasks.engines import resolve_engine
 from tasks.errors import PathNotAllowed
-from tasks.models.audit import (
-    AuditRun,
-    Holder,
-    Integrity,
-    ModelEntry,
-    PrunePolicy,
-    check_index,
-    check_safetensors,
-    decide,
-    matched_rules,
-    mode_for,
-    remove_entry,
-    remove_partial_blob,
-    run_audit,
-    scan,
-    scan_entry,
-)
-from tasks.models.locate import locate, searched
+from tasks.models.audit import AuditRun, mode_for, run_audit
+from tasks.models.decisions import PrunePolicy, decide, matched_rules
+from tasks.models.integrity import Integrity, check_index, check_safetensors
+from tasks.models.inventory import Holder, ModelEntry, scan, scan_entry
+from tasks.models.locate import configured_model, locate, searched
+from tasks.models.prune import remove_entry, remove_partial_blob
+from tasks.queue.celery_config import celery_config
+from tasks.queue.maintenance_tasks import scheduled_run_window
+from tasks.settings import Settings, SettingsError
 from tests.model_dirs import (
     DAY,
     age,
@@ -46,7 +38,6 @@ from tests.model_dirs import (
     write_model,
     write_safetensors,
 )
-from worker_config import Settings, SettingsError, celery_config, scheduled_run_window
 
 # --- safetensors and index checks ---------------------------------------------------
 
@@ -548,9 +539,9 @@ def test_locate_folder_names_and_repo_ids(tmp_path: Path) -> None:
     assert locate(models, "flat-model") == (models / "flat-model").resolve()
     assert "models--org--missing (refs/main)" in searched(models, "org/missing")
     env = {"OCR_MODEL_DIR": str(models)}
-    assert Settings.from_env({**env, "OCR_MODEL": REPO}).model_path == snapshots / MAIN
-    assert Settings.from_env({**env, "OCR_MODEL": REPO}).resolve_engine() == "mlx-vlm"
-    assert Settings.from_env({**env, "OCR_MODEL": "org/none"}).resolve_engine() == \
+    assert configured_model(Settings.from_env({**env, "OCR_MODEL": REPO})) == snapshots / MAIN
+    assert resolve_engine(Settings.from_env({**env, "OCR_MODEL": REPO})) == "mlx-vlm"
+    assert resolve_engine(Settings.from_env({**env, "OCR_MODEL": "org/none"})) == \
         "tesseract"
 
 

@@ -14,7 +14,7 @@ import pymupdf
 import pytest
 from PIL import Image
 
-from tasks.client import JobStatus, OcrClient
+from tasks.client import JobProgress, OcrClient
 from tests.cer import cer
 from tests.conftest import Worker, corpus, ground_truth
 from tests.pdf_fixtures import image_pdf
@@ -151,7 +151,7 @@ def test_progress_in_backend_and_as_flower_events(worker: Worker, client: OcrCli
     listener = threading.Thread(target=listen, daemon=True)
     listener.start()
     ready.wait(10)
-    seen: list[JobStatus] = []
+    seen: list[JobProgress] = []
     job = client.submit(corpus("scan_vicksburg_ocrlayer_6p.pdf"), mode="ocr")
     result = client.wait([job], timeout=180, on_progress=lambda _, s: seen.append(s))[job]
     receivers[0].should_stop = True

@@ -15,7 +15,7 @@ import psutil
 import pytest
 from PIL import Image
 
-from tasks.client import JobStatus, OcrClient
+from tasks.client import JobProgress, OcrClient
 from tests.conftest import Worker, corpus
 from tests.pdf_fixtures import image_pdf, plain_pages, repeated_image_pdf
 
@@ -72,7 +72,7 @@ def test_thousand_pages_with_flat_worker_memory(worker: Worker, client: OcrClien
     pool = psutil.Process(worker.proc.pid if worker.proc else 0)
     samples: list[tuple[int, float]] = []
 
-    def sample(_: str, status: JobStatus) -> None:
+    def sample(_: str, status: JobProgress) -> None:
         if status.state == "PROGRESS":
             rss = sum(child.memory_info().rss for child in pool.children())
             samples.append((status.done, rss / 2**20))

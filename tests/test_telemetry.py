@@ -13,8 +13,8 @@ from tasks.errors import PdfEncrypted
 from tasks.queue.app import create_app
 from tasks.queue.display import job_kwargs_repr
 from tasks.queue.telemetry import job_line, job_record, rss_bytes
+from tasks.settings import Settings
 from tasks.state.metrics import CHILD_TTL, MetricsStore, RedisCollector, priority_suffixes
-from worker_config import Settings
 
 
 def test_kwargs_repr_hides_payload_and_password() -> None:

@@ -12,12 +12,15 @@ import signal
 import time
 from pathlib import Path
 from types import SimpleNamespace
+from typing import Any
 
 import pytest
 from celery import Celery
 from celery.backends.base import Backend
 from PIL import Image
 
+from tasks.engines import resolve_engine
+from tasks.engines.release import RELEASE_SIGNAL, ChildKeeper, signal_children
 from tasks.engines.resident import ResidentEngines
 from tasks.errors import (
     ERROR_CLASSES,
@@ -37,15 +40,20 @@ from tasks.errors import (
     UnsupportedFormat,
     error_info,
 )
-from tasks.models.release import RELEASE_SIGNAL, ChildKeeper, signal_children
+from tasks.lifecycle.inputs import decode_request, read_input, read_path
 from tasks.pipeline.documents import run_document
 from tasks.pipeline.images import normalize, open_image, sniff_format
-from tasks.pipeline.inputs import JobRequest, read_input, read_path
 from tasks.pipeline.pages import select_pages
 from tasks.queue.routing import route_task
+from tasks.records.request import JobRequest
+from tasks.settings import Settings, SettingsError, settings_markdown
 from tests.conftest import corpus
 from tests.fake_engines import FakeEngine
-from worker_config import Settings, SettingsError, settings_markdown
+
+
+def run_document_json(*args: Any, **kwargs: Any) -> dict[str, Any]:
+    """`run_document` as the JSON other services read."""
+    return run_document(*args, **kwargs).to_json()
 
 
 def settings(**env: str) -> Settings:
@@ -57,7 +65,7 @@ def settings(**env: str) -> Settings:
 def test_defaults_are_valid_and_offline() -> None:
     s = settings()
     assert s.redis_url == "redis://127.0.0.1:6379/0"
-    assert s.resolve_engine() == "tesseract"
+    assert resolve_engine(s) == "tesseract"
     assert (s.resolved_tessdata_dir / "eng.traineddata").is_file()
 
 
@@ -76,10 +84,10 @@ def test_bad_settings_name_their_variable(env: dict[str, str], name: str) -> Non
 
 def test_auto_engine_picks_vlm_only_when_model_present(tmp_path: Path) -> None:
     env = {"OCR_MODEL_DIR": str(tmp_path), "OCR_MODEL": "tiny"}
-    assert settings(**env).resolve_engine() == "tesseract"
+    assert resolve_engine(settings(**env)) == "tesseract"
     (tmp_path / "tiny").mkdir()
     (tmp_path / "tiny" / "config.json").write_text("{}")
-    assert settings(**env).resolve_engine() == "mlx-vlm"
+    assert resolve_engine(settings(**env)) == "mlx-vlm"
 
 
 def test_mlx_cache_clear_follows_its_setting() -> None:
@@ -181,13 +189,13 @@ def test_normalize_puts_alpha_on_white() -> None:
 
 def test_request_validation() -> None:
     s = settings()
-    ok = JobRequest.from_kwargs({"blob": "ocr:blob:abcdefgh", "pages": "1-2"}, s)
+    ok = decode_request({"blob": "ocr:blob:abcdefgh", "pages": "1-2"}, s)
     assert ok.source == "blob" and ok.pages == "1-2" and ok.output == "text"
     for bad in ({}, {"blob": "x", "path": "/y"}, {"blob": "k", "colour": "red"},
                 {"blob": "k", "output": "docx"}, {"blob": "k", "engine": "paddle"},
                 {"blob": "k", "pages": 3}, {"blob": "k", "mode": "fast"}):
         with pytest.raises(BadRequest):
-            JobRequest.from_kwargs(bad, s)
+            decode_request(bad, s)
 
 
 def test_cache_options_leave_out_password_and_name() -> None:
@@ -258,7 +266,7 @@ def test_error_codes_are_unique_and_unknown_errors_hide_text() -> None:
 def test_run_document_pages_and_progress() -> None:
     seen: list[tuple[int, int]] = []
     data = corpus("edge_multiframe_g4.tiff").read_bytes()
-    result = run_document(data, JobRequest(source="blob", pages="2-3"), FakeEngine(0),
+    result = run_document_json(data, JobRequest(source="blob", pages="2-3"), FakeEngine(0),
                           settings(), progress=lambda d, t: seen.append((d, t)))
     assert [p["number"] for p in result["pages"]] == [2, 3]
     assert result["page_count"] == 3 and result["format"] == "tiff"
@@ -269,7 +277,7 @@ def test_run_document_pages_and_progress() -> None:
 
 def test_run_document_text_layer_pdf() -> None:
     data = corpus("dig_crazyones.pdf").read_bytes()
-    result = run_document(data, JobRequest(source="blob"), FakeEngine(0), settings())
+    result = run_document_json(data, JobRequest(source="blob"), FakeEngine(0), settings())
     assert result["pages"][0]["source"] == "text-layer"
     assert "crazy ones" in result["text"]
 
@@ -277,7 +285,7 @@ def test_run_document_text_layer_pdf() -> None:
 def test_run_document_reports_text_layer_pages_in_one_progress_step() -> None:
     seen: list[tuple[int, int]] = []
     data = corpus("dig_multicolumn_3p.pdf").read_bytes()
-    result = run_document(data, JobRequest(source="blob"), FakeEngine(0), settings(),
+    result = run_document_json(data, JobRequest(source="blob"), FakeEngine(0), settings(),
                           progress=lambda d, t: seen.append((d, t)))
     assert [p["source"] for p in result["pages"]] == ["text-layer"] * 3
     assert seen == [(3, 3)]
@@ -286,11 +294,11 @@ def test_run_document_reports_text_layer_pages_in_one_progress_step() -> None:
 def test_run_document_encrypted_pdf() -> None:
     data = corpus("edge_encrypted_pw_openpassword.pdf").read_bytes()
     with pytest.raises(PdfEncrypted):
-        run_document(data, JobRequest(source="blob"), FakeEngine(0), settings())
+        run_document_json(data, JobRequest(source="blob"), FakeEngine(0), settings())
     with pytest.raises(PdfEncrypted):
-        run_document(data, JobRequest(source="blob", password="wrong"), FakeEngine(0),
+        run_document_json(data, JobRequest(source="blob", password="wrong"), FakeEngine(0),
                      settings())
-    result = run_document(data, JobRequest(source="blob", password="openpassword"),
+    result = run_document_json(data, JobRequest(source="blob", password="openpassword"),
                           FakeEngine(0), settings())
     assert result["pages"]
 
@@ -298,7 +306,7 @@ def test_run_document_encrypted_pdf() -> None:
 def test_png_in_memory_roundtrip() -> None:
     buffer = io.BytesIO()
     Image.new("RGB", (30, 20), "white").save(buffer, "PNG")
-    result = run_document(buffer.getvalue(), JobRequest(source="blob"), FakeEngine(0),
+    result = run_document_json(buffer.getvalue(), JobRequest(source="blob"), FakeEngine(0),
                           settings(OCR_SKIP_BLANK_PAGES="0"))
     assert result["pages"][0]["text"] == "fake 30x20 mean=255.0"
 
@@ -338,7 +346,7 @@ def test_failed_load_is_deregistered(tmp_path: Path) -> None:
 def test_release_waits_for_the_running_task(tmp_path: Path) -> None:
     registry = ResidentEngines(settings=_model_settings(tmp_path), primary="fake-model")
     keeper = ChildKeeper(None, tmp_path, idle_seconds=0, heartbeat_seconds=30)
-    keeper._registry = registry
+    keeper._engines = registry
     keeper.task_finished()  # serving, idle
     registry.get()
     keeper.task_started()
@@ -360,7 +368,7 @@ def test_release_signal_reaches_the_handler(tmp_path: Path) -> None:
     previous = signal.getsignal(RELEASE_SIGNAL)
     try:
         keeper.install()
-        keeper._registry = registry
+        keeper._engines = registry
         keeper.task_finished()
         registry.get()
         signal_children([os.getpid()])

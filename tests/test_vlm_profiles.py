@@ -12,7 +12,8 @@ from pathlib import Path
 
 import pytest
 
-from tasks.engines.vlm_output import clean_doctags, doctags_document, markdown_to_text
+from tasks.engines.vlm_formats import clean_doctags, doctags_document
+from tasks.engines.vlm_output import markdown_to_text
 from tasks.engines.vlm_profiles import PROFILES, VlmOutput, select_profile
 from tasks.errors import EngineUnavailable
 

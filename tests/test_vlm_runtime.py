@@ -18,14 +18,21 @@ from tasks.engines.vlm_runtime import PatchGrid, RepetitionGuard, budget_size
 from tasks.pipeline.documents import ocr_page
 from tasks.pipeline.pdf import render_page
 from tasks.pipeline.results import assemble
+from tasks.queue.celery_config import worker_app_config
 from tasks.queue.telemetry import job_record
+from tasks.records.results import DocumentResult, PageRecord
+from tasks.settings import Settings, SettingsError
 from tests.conftest import corpus
-from worker_config import Settings, SettingsError, celery_config
 
 QWEN = PatchGrid(factor=28, max_pixels=12_845_056, min_pixels=3136)
 
 
 # ---------------------------------------------------------------------------- page budget
+
+def ocr_page_json(*args: Any, **kwargs: Any) -> dict[str, Any]:
+    """`ocr_page` as the JSON other services read."""
+    return ocr_page(*args, **kwargs).to_json()
+
 
 def test_budget_of_a_300_dpi_letter_page() -> None:
     w, h = budget_size(2550, 3300, 1288, QWEN)
@@ -141,14 +148,14 @@ def test_incomplete_read_falls_back_on_the_full_resolution_page() -> None:
     settings = Settings.from_env({"OCR_DESKEW": "0", "OCR_SKIP_BLANK_PAGES": "0"})
     vlm, tess = _pair("length")
     small, full = Image.new("L", (40, 60), 255), Image.new("L", (400, 600), 255)
-    page = ocr_page(1, small, vlm, RecognizeOptions(output="json", want_words=True), settings,
+    page = ocr_page_json(1, small, vlm, RecognizeOptions(output="json", want_words=True), settings,
                     rerender=lambda: full)
     assert page["text"] == "tess text" and page["rotation"] == 180
     assert page["vlm"]["finish_reason"] == "length" and page["vlm"]["tries"] == 2
     assert page["fallback"] == {"engine": "tesseract", "reason": "length"}
     assert page["image_size"] == [400, 600] and page["words"][0]["text"] == "tess"
     assert vlm.seen == [(40, 60)] and tess.seen == [(400, 600)]
-    result = assemble([page], {})
+    result = assemble([PageRecord.from_json(page)], DocumentResult(status="")).to_json()
     assert result["status"] == "SUCCESS"
     assert [w["page"] for w in result["warnings"]] == [1]
     assert result["warnings"][0]["code"] == "vlm_fallback"
@@ -157,21 +164,22 @@ def test_incomplete_read_falls_back_on_the_full_resolution_page() -> None:
 def test_complete_read_is_the_text_and_no_warning() -> None:
     settings = Settings.from_env({"OCR_DESKEW": "0", "OCR_SKIP_BLANK_PAGES": "0"})
     vlm, tess = _pair("stop")
-    page = ocr_page(1, Image.new("L", (40, 60), 255), vlm, RecognizeOptions(), settings)
+    page = ocr_page_json(1, Image.new("L", (40, 60), 255), vlm, RecognizeOptions(), settings)
     assert page["text"] == "vlm text" and "fallback" not in page
     assert page["vlm"]["image_size"] == [28, 28]
-    assert tess.seen == [] and assemble([page], {})["warnings"] == []
+    assembled = assemble([PageRecord.from_json(page)], DocumentResult(status=""))
+    assert tess.seen == [] and assembled.to_json()["warnings"] == []
 
 
 def test_fallback_none_fails_the_page_with_a_code() -> None:
     settings = Settings.from_env({"OCR_DESKEW": "0", "OCR_SKIP_BLANK_PAGES": "0",
                                   "OCR_VLM_FALLBACK": "none"})
     vlm, tess = _pair("repetition")
-    page = ocr_page(3, Image.new("L", (40, 60), 255), vlm, RecognizeOptions(), settings)
+    page = ocr_page_json(3, Image.new("L", (40, 60), 255), vlm, RecognizeOptions(), settings)
     assert page["error"]["code"] == "vlm_incomplete" and page["text"] == ""
     assert page["vlm"]["finish_reason"] == "repetition" and tess.seen == []
     with pytest.raises(Exception) as info:
-        assemble([page], {})
+        assemble([PageRecord.from_json(page)], DocumentResult(status="")).to_json()
     assert getattr(info.value, "code", None) == "vlm_incomplete"
 
 
@@ -198,11 +206,11 @@ def test_one_pool_child_for_a_vlm_worker(tmp_path: object) -> None:
     (models / "m").mkdir()
     (models / "m" / "config.json").write_text("{}")
     vlm = {"OCR_MODEL_DIR": str(models), "OCR_MODEL": "m"}
-    assert celery_config(Settings.from_env(vlm))["worker_concurrency"] == 1
-    assert celery_config(Settings.from_env({**vlm, "OCR_CONCURRENCY": "3"}))[
+    assert worker_app_config(Settings.from_env(vlm))["worker_concurrency"] == 1
+    assert worker_app_config(Settings.from_env({**vlm, "OCR_CONCURRENCY": "3"}))[
         "worker_concurrency"] == 3
-    assert celery_config(Settings.from_env({}))["worker_concurrency"] is None
-    assert celery_config(Settings.from_env({}))["worker_pool"] == "tasks.queue.pool:TaskPool"
+    assert worker_app_config(Settings.from_env({}))["worker_concurrency"] is None
+    assert worker_app_config(Settings.from_env({}))["worker_pool"] == "tasks.queue.pool:TaskPool"
 
 
 def test_job_record_counts_vlm_tokens_and_fallbacks() -> None:
@@ -250,7 +258,7 @@ def test_pdf_output_of_a_clean_vlm_read_has_a_placed_text_layer() -> None:
     vlm, tess = _pair("stop")
     vlm.text_layer_from = "stub-tess"  # type: ignore[misc]
     full = Image.new("L", (400, 600), 255)
-    page = ocr_page(1, Image.new("L", (40, 60), 255), vlm,
+    page = ocr_page_json(1, Image.new("L", (40, 60), 255), vlm,
                     RecognizeOptions(output="pdf", want_words=True), settings,
                     rerender=lambda: full)
     assert page["text"] == "vlm text" and "fallback" not in page

@@ -152,6 +152,11 @@ class Geometry:
 # networks small enough for CPU: the tokens a page costs are Qwen2-VL's own.
 QWEN2_VL_PAGES = Geometry(max_pixels=12_845_056)
 TINY_STOPS = Geometry(stops=True)
+# ~113M parameters in the language model (12 layers of 768, MLP 3,072) with Qwen2-VL's
+# image geometry and a small vision tower: big enough that generating tokens, not the
+# Python around them, dominates a page (bench/vlm_api.py, issue 23).
+BENCH_100M = Geometry(max_pixels=12_845_056, hidden=768, heads=12, layers=12,
+                      intermediate=3072)
 
 
 def _image_processor(geometry: Geometry) -> dict:
@@ -232,7 +237,8 @@ def build_tiny_qwen2_vl(dest: Path, geometry: Geometry = Geometry()) -> Path:
     return dest
 
 
-GEOMETRIES = {"tiny": Geometry(), "qwen2-vl-pages": QWEN2_VL_PAGES, "tiny-stops": TINY_STOPS}
+GEOMETRIES = {"tiny": Geometry(), "qwen2-vl-pages": QWEN2_VL_PAGES, "tiny-stops": TINY_STOPS,
+              "bench-100m": BENCH_100M}
 
 
 def main(argv: list[str] | None = None) -> int:

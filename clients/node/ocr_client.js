@@ -33,6 +33,11 @@ const BLOB_TTL_SECONDS = 3600;
 const PRIORITIES = { interactive: 0, normal: 3, batch: 6 };
 const PRIORITY_STEPS = [0, 3, 6, 9];
 const PRIORITY_SEP = '\x06\x16'; // kombu's default separator
+// The worker check of submit.py: a job whose queue no live worker consumes for
+// NO_WORKER_GRACE s ends the wait as PENDING with error no_worker (exit status 5).
+const NO_WORKER_GRACE_MS = 6000;
+const WORKER_RECHECK_MS = 15000; // between checks while a worker is there
+const INSPECT_TIMEOUT_S = 1; // how long a check waits for the workers' replies
 
 class RedisError extends Error {}
 
@@ -43,6 +48,7 @@ class RedisConnection {
     this.pending = [];
     this.buffer = Buffer.alloc(0);
     this.socket = null;
+    this.db = Number((this.url.pathname || '/0').slice(1) || 0);
   }
 
   async connect() {
@@ -63,8 +69,7 @@ class RedisConnection {
     if (password) {
       await (user ? this.command('AUTH', user, password) : this.command('AUTH', password));
     }
-    const db = Number((this.url.pathname || '/0').slice(1) || 0);
-    if (db) await this.command('SELECT', String(db));
+    if (this.db) await this.command('SELECT', String(this.db));
     return this;
   }
 
@@ -177,6 +182,12 @@ function queueList(queue, priority) {
   return step ? `${queue}${PRIORITY_SEP}${step}` : queue;
 }
 
+// The queue a job is sent to: `queue`, else the engine's (`ocr-<engine>`), else `ocr`;
+// the same routing as the Python client.
+function jobQueue({ queue, engine } = {}) {
+  return queue || (engine ? `${DEFAULT_QUEUE}-${engine}` : DEFAULT_QUEUE);
+}
+
 // Upload `data` as a blob and enqueue `ocr.document`; resolves to the job id.
 // `priority` is interactive, normal (default) or batch.
 async function submit(redis, data, options = {}) {
@@ -193,8 +204,7 @@ async function submit(redis, data, options = {}) {
   }
   const shown = { ...kwargs };
   if (shown.password !== undefined) shown.password = '***';
-  // The same routing as the Python client: a job naming an engine goes to its queue.
-  const target = queue || (kwargs.engine ? `${DEFAULT_QUEUE}-${kwargs.engine}` : DEFAULT_QUEUE);
+  const target = jobQueue({ queue, engine: kwargs.engine });
   const level = PRIORITIES[priority];
   const message = buildMessage(taskId, 'ocr.document', kwargs, target, shown, level);
   await redis.command('LPUSH', queueList(target, level), JSON.stringify(message));
@@ -255,6 +265,102 @@ async function wait(redis, taskId, { timeout = 120, poll = 200, onProgress } = {
   }
 }
 
+// The queues each live worker consumes: {nodename: [queue, ...]}. Celery's remote
+// control `inspect active_queues` as kombu's Redis transport carries it: the command is
+// PUBLISHed on the fanout exchange `celery.pidbox` (channel `/<db>.celery.pidbox`), each
+// worker LPUSHes its reply to a list bound to the direct exchange `reply.celery.pidbox`
+// (the binding is a member of the set `_kombu.binding.reply.celery.pidbox`).
+async function liveQueues(redis, timeoutSeconds = INSPECT_TIMEOUT_S) {
+  const oid = crypto.randomUUID();
+  const ticket = crypto.randomUUID();
+  const replyList = `${oid}.reply.celery.pidbox`;
+  const bindings = '_kombu.binding.reply.celery.pidbox';
+  const member = [oid, '', replyList].join(PRIORITY_SEP);
+  const command = {
+    method: 'active_queues', arguments: {}, destination: null, pattern: null,
+    matcher: null, ticket, reply_to: { exchange: 'reply.celery.pidbox', routing_key: oid },
+  };
+  const message = {
+    body: Buffer.from(JSON.stringify(command)).toString('base64'),
+    'content-encoding': 'utf-8',
+    'content-type': 'application/json',
+    headers: { clock: 1, expires: Date.now() / 1000 + timeoutSeconds },
+    properties: {
+      delivery_mode: 1,
+      delivery_info: { exchange: 'celery.pidbox', routing_key: '' },
+      priority: 0,
+      body_encoding: 'base64',
+      delivery_tag: crypto.randomUUID(),
+    },
+  };
+  await redis.command('SADD', bindings, member);
+  const live = {};
+  try {
+    await redis.command('PUBLISH', `/${redis.db}.celery.pidbox`, JSON.stringify(message));
+    const deadline = Date.now() + timeoutSeconds * 1000;
+    for (;;) {
+      const left = (deadline - Date.now()) / 1000;
+      if (left <= 0) break;
+      const popped = await redis.command('BRPOP', replyList, left.toFixed(3));
+      if (popped === null) break;
+      const reply = JSON.parse(popped[1].toString('utf8'));
+      if ((reply.headers || {}).ticket !== ticket) continue;
+      const body = JSON.parse(Buffer.from(reply.body, 'base64').toString('utf8'));
+      for (const [node, queues] of Object.entries(body)) {
+        live[node] = Array.isArray(queues) ? queues.map((q) => q.name) : [];
+      }
+    }
+  } finally {
+    await redis.command('SREM', bindings, member);
+    await redis.command('DEL', replyList);
+  }
+  return live;
+}
+
+// The job's error when no live worker consumes `queue` (submit.py's no_worker).
+function noWorkerRecord(job, queue) {
+  return {
+    id: job.id, status: 'PENDING', filename: job.filename,
+    error: { code: 'no_worker', message: `no live worker consumes queue '${queue}'`, retryable: true },
+  };
+}
+
+// Wait for `jobs` ({id, filename, queue}) as submit.py does: before waiting and every
+// WORKER_RECHECK_MS the workers are asked which queues they consume; a job whose queue
+// none consumes for NO_WORKER_GRACE_MS is answered PENDING with error no_worker instead
+// of being waited for until --timeout. Resolves to {id: result}.
+async function waitAll(redis, jobs, { timeout = 120, poll = 200 } = {}) {
+  const results = {};
+  const pending = new Map(jobs.map((job) => [job.id, job]));
+  const stop = Date.now() + timeout * 1000;
+  let nextCheck = Date.now();
+  let orphanedSince = null;
+  while (pending.size) {
+    for (const job of [...pending.values()]) {
+      const result = await wait(redis, job.id, { timeout: 0 });
+      if (result.status !== 'TIMEOUT' || Date.now() >= stop) {
+        results[job.id] = result;
+        pending.delete(job.id);
+      }
+    }
+    const now = Date.now();
+    if (pending.size && now >= nextCheck) {
+      const live = new Set(Object.values(await liveQueues(redis)).flat());
+      const orphans = [...pending.values()].filter((job) => !live.has(job.queue));
+      orphanedSince = orphans.length ? (orphanedSince || now) : null;
+      if (orphanedSince !== null && Date.now() - orphanedSince >= NO_WORKER_GRACE_MS) {
+        for (const job of orphans) {
+          results[job.id] = noWorkerRecord(job, job.queue);
+          pending.delete(job.id);
+        }
+      }
+      nextCheck = Date.now() + (orphans.length ? 2000 : WORKER_RECHECK_MS);
+    }
+    if (pending.size) await new Promise((resolve) => setTimeout(resolve, poll));
+  }
+  return results;
+}
+
 const USAGE = `usage: node clients/node/ocr_client.js [OPTIONS] FILE...
        node clients/node/ocr_client.js cancel [--redis URL] ID...
 
@@ -263,7 +369,7 @@ per file, each with its filename.
 
 options:
   --redis URL        the broker's Redis (default: $REDIS_URL, else redis://127.0.0.1:6379/0)
-  --engine NAME      tesseract, mlx-vlm (default: the worker's); the job goes to ocr-NAME
+  --engine NAME      tesseract, mlx-vlm, rapidocr (default: the worker's); the job goes to ocr-NAME
   --pages RANGE      pages to read, e.g. 1-3,7
   --output FORMAT    text, markdown, json or pdf
   --mode MODE        PDFs: auto (text layer where present), ocr, text
@@ -282,7 +388,8 @@ examples:
   node clients/node/ocr_client.js cancel 5b0c2a1e-...
 
 exit status (several jobs: the most severe, in this order):
-  5  service unreachable: Redis did not answer
+  5  service unreachable: Redis did not answer, or no live worker consumes the queue
+     (checked as submit.py does: a job's queue without a worker for 6 s; the job stays queued)
   1  a job failed
   6  --timeout passed with jobs still running (they go on)
   4  a job was cancelled
@@ -291,9 +398,11 @@ exit status (several jobs: the most severe, in this order):
   2  usage error (bad option or no file; nothing was sent)
 `;
 const SEVERITY = [5, 1, 6, 4, 3, 0];
-const EXIT_BY_STATUS = { SUCCESS: 0, PARTIAL: 3, CANCELLED: 4, TIMEOUT: 6, FAILURE: 1 };
+const EXIT_BY_STATUS = { SUCCESS: 0, PARTIAL: 3, CANCELLED: 4, TIMEOUT: 6, FAILURE: 1, PENDING: 5 };
 const UNREACHABLE_HINT = 'start the service with `make run`, or point REDIS_URL (or --redis) '
   + "at the broker's Redis";
+const NO_WORKER_HINT = 'start a worker that consumes that queue (`make run` starts one for '
+  + '`ocr` and `ocr-tesseract`; README, Engines: a VLM worker); the jobs stay queued';
 
 class UsageError extends Error {}
 
@@ -362,6 +471,7 @@ function problemLine(result) {
   }
   if (result.status === 'CANCELLED') return `${name}: CANCELLED`;
   if (result.status === 'TIMEOUT') return `${name}: still running when --timeout passed (job ${result.id})`;
+  if (result.status === 'PENDING') return `${name}: ${error.code}: ${error.message} (job ${result.id} stays queued)`;
   return `${name}: ${result.status} ${error.code}: ${error.message}`;
 }
 
@@ -403,12 +513,14 @@ async function main() {
         jobs.push({ id: null, status: 'FAILURE', filename, error: { code: 'input_not_found', message: `cannot read ${filename}`, retryable: false } });
         continue;
       }
-      jobs.push({ filename, id: await submit(redis, data, {
+      jobs.push({ filename, queue: jobQueue(options), id: await submit(redis, data, {
         filename, engine: options.engine, pages: options.pages,
         output: options.output, mode: options.mode, password: options.password,
         priority: options.priority, queue: options.queue,
       }) });
     }
+    const sent = jobs.filter((job) => job.status === undefined);
+    const ended = options.wait ? await waitAll(redis, sent, { timeout: options.timeout }) : {};
     const results = [];
     for (const job of jobs) {
       let result = job;
@@ -417,7 +529,7 @@ async function main() {
           process.stdout.write(`${job.id}\t${job.filename}\n`);
           continue;
         }
-        result = await wait(redis, job.id, { timeout: options.timeout });
+        result = ended[job.id];
         if (!result.filename) result = { ...result, filename: job.filename };
       }
       results.push(result);
@@ -425,6 +537,7 @@ async function main() {
       const line = problemLine(result);
       if (line) process.stderr.write(`${line}\n`);
     }
+    if (results.some((r) => r.status === 'PENDING')) process.stderr.write(`ocr_client: ${NO_WORKER_HINT}\n`);
     return exitStatus(results);
   } catch (err) {
     if (err instanceof RedisError || err.code === 'ECONNRESET' || err.code === 'EPIPE') {
@@ -438,8 +551,8 @@ async function main() {
 }
 
 module.exports = {
-  RedisConnection, RedisError, buildMessage, queueList, submit, wait, cancel, errorInfo,
-  PRIORITIES,
+  RedisConnection, RedisError, buildMessage, queueList, jobQueue, submit, wait, waitAll,
+  liveQueues, cancel, errorInfo, PRIORITIES,
 };
 
 if (require.main === module) {

@@ -24,8 +24,8 @@ from tasks.api._schemas import (
     ErrorBody,
     Health,
     JobAccepted,
+    JobInfo,
     JobOptions,
-    JobStatus,
     Readiness,
     RetryOptions,
 )
@@ -33,7 +33,7 @@ from tasks.api._service import MEDIA_TYPES, JobService, links
 from tasks.api._uploads import receive_multipart
 from tasks.api.tokens import ApiClient
 from tasks.errors import BadRequest, EmptyInput
-from worker_config import DEFAULT_QUEUE
+from tasks.queue.routing import DEFAULT_QUEUE
 
 EVENT_POLL_SECONDS = 0.25
 KEEPALIVE_SECONDS = 15.0
@@ -69,8 +69,8 @@ async def current_client(request: Request, credentials: Annotated[
     header = None if credentials is None else f"{credentials.scheme} {credentials.credentials}"
 
     def check() -> ApiClient:
-        caller = service.authenticate(header)
-        service.count_request(caller)
+        caller = service.access.authenticate(header)
+        service.access.count_request(caller)
         return caller
 
     return await run_in_threadpool(check)
@@ -159,9 +159,9 @@ def retry_job(request: Request, response: Response, job_id: str, caller: Caller,
     return JobAccepted(id=new_id, status="QUEUED", links=links(new_id))
 
 
-@router.get("/v1/jobs/{job_id}", response_model=JobStatus, summary="A job's status",
+@router.get("/v1/jobs/{job_id}", response_model=JobInfo, summary="A job's status",
             responses=_errors(404, *COMMON))
-def get_job(request: Request, job_id: str, caller: Caller) -> JobStatus:
+def get_job(request: Request, job_id: str, caller: Caller) -> JobInfo:
     return service_of(request).status(caller, job_id)
 
 
@@ -186,11 +186,11 @@ def get_result(request: Request, job_id: str, caller: Caller,
         "Content-Disposition": f"inline; filename*=UTF-8''{quote(body.filename)}"})
 
 
-@router.delete("/v1/jobs/{job_id}", response_model=JobStatus, status_code=202,
+@router.delete("/v1/jobs/{job_id}", response_model=JobInfo, status_code=202,
                summary="Cancel a job (202); a job that had ended answers 200",
-               responses={200: {"model": JobStatus, "description": "the job had ended"},
+               responses={200: {"model": JobInfo, "description": "the job had ended"},
                           **_errors(404, *COMMON)})
-def cancel_job(request: Request, response: Response, job_id: str, caller: Caller) -> JobStatus:
+def cancel_job(request: Request, response: Response, job_id: str, caller: Caller) -> JobInfo:
     status, sent = service_of(request).cancel(caller, job_id)
     if not sent:
         response.status_code = 200
@@ -213,7 +213,7 @@ async def job_events(request: Request, job_id: str, caller: Caller) -> Streaming
 
 
 async def _events(request: Request, service: JobService, caller: ApiClient,
-                  status: JobStatus) -> AsyncIterator[str]:
+                  status: JobInfo) -> AsyncIterator[str]:
     last = None
     quiet = 0.0
     while True:
@@ -240,7 +240,8 @@ async def healthz() -> Health:
 
 
 @router.get("/readyz", response_model=Readiness,
-            summary="Redis answers and a worker consumes the queue (no auth)",
+            summary="Redis answers and a worker consumes the queue (and, for vlm-api "
+                    "workers, their inference server answers; no auth)",
             responses={503: {"model": Readiness, "description": "not ready"}})
 def readyz(request: Request, response: Response,
            queue: str = Query(DEFAULT_QUEUE, max_length=200, pattern=r"^[A-Za-z0-9_.:-]+$",

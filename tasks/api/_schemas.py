@@ -37,7 +37,8 @@ class JobOptions(BaseModel):
     lang: str | None = Field(None, max_length=100, pattern=r"^[A-Za-z0-9_]+(\+[A-Za-z0-9_]+)*$",
                              description="tesseract languages, e.g. vie or ell+eng")
     engine: str | None = Field(None, max_length=64, pattern=r"^[A-Za-z0-9_.-]+$",
-                               description="tesseract, mlx-vlm (default: any worker's)")
+                               description="tesseract, mlx-vlm, rapidocr (default: any "
+                               "worker's, or by `lang` as OCR_LANG_ENGINES says)")
     priority: Priority = Field("normal", description="interactive jobs go first, batch last")
     deadline: float | None = Field(None, gt=0, lt=1e11, description=(
         "seconds since the epoch: a job not started by then never starts; a running "
@@ -91,7 +92,7 @@ class JobAccepted(BaseModel):
     links: Links
 
 
-class JobStatus(BaseModel):
+class JobInfo(BaseModel):
     id: str
     status: Status = Field(description=(
         "QUEUED, RUNNING, then SUCCESS, PARTIAL (some pages failed), FAILURE or CANCELLED"))
@@ -114,3 +115,6 @@ class Readiness(BaseModel):
     queue: str
     workers: list[str] = Field(description="workers consuming the queue")
     message: str = ""
+    inference_server: bool | None = Field(
+        default=None, description="whether the inference server of the vlm-api workers consuming "
+        "the queue answers (checked from the API's host); null: no such worker")

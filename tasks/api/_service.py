@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import threading
 import time
 import uuid
 from dataclasses import dataclass
@@ -25,43 +24,41 @@ from typing import Any
 
 import redis
 
+from tasks import inference_server as vlm_server
+from tasks.api._access import ClientAccess, own_limit
 from tasks.api._errors import (
     FormatUnavailable,
     JobUnsuccessful,
     NotFinished,
     NotFound,
-    RateLimited,
     TooManyJobs,
-    Unauthorized,
 )
+from tasks.api._readiness import READY_CACHE_SECONDS, ReadinessCheck
 from tasks.api._schemas import (
     FINAL_STATUSES,
+    JobInfo,
     JobOptions,
-    JobStatus,
     Links,
     Progress,
-    Readiness,
     RetryOptions,
 )
 from tasks.api.tokens import ApiClient, TokenStore
 from tasks.client import FINAL_STATES, OcrClient
 from tasks.errors import BadRequest, InputTooLarge, PathNotAllowed
-from tasks.pipeline.callback_urls import callback_target
+from tasks.lifecycle.callback_urls import callback_target
+from tasks.queue.routing import PRIORITIES
+from tasks.settings import Settings
 from tasks.state.keys import (
     API_IDEMPOTENCY_PREFIX,
     API_INFLIGHT_PREFIX,
     API_JOB_PREFIX,
-    API_RATE_PREFIX,
     API_UPLOAD_PREFIX,
     BLOB_PREFIX,
     OUTPUT_PREFIX,
 )
 from tasks.state.stores import BlobStore, JobControl, OutputStore
-from worker_config import PRIORITIES, Settings
 
 CANCEL_TASK = "ocr.cancel"
-READY_CACHE_SECONDS = 5.0
-READY_PING_TIMEOUT = 0.5
 MEDIA_TYPES = {
     "text": "text/plain; charset=utf-8",
     "markdown": "text/markdown; charset=utf-8",
@@ -99,35 +96,9 @@ class JobService:
         self._outputs = OutputStore(redis_client, settings.result_ttl)
         self._control = JobControl(redis_client, settings.result_ttl)
         self._record_ttl = settings.blob_ttl + settings.result_ttl
-        self._ready: dict[str, tuple[float, list[str]]] = {}
-        self._ready_lock = threading.Lock()
-
-    # --- who is asking ----------------------------------------------------------
-
-    def authenticate(self, authorization: str | None) -> ApiClient:
-        scheme, _, token = (authorization or "").partition(" ")
-        if scheme.lower() != "bearer" or not token.strip():
-            raise Unauthorized()
-        caller = self.tokens.authenticate(token.strip())
-        if caller is None:
-            raise Unauthorized("the token is unknown or revoked")
-        return caller
-
-    def count_request(self, caller: ApiClient) -> None:
-        """One request against the client's requests-per-minute (fixed one-minute window)."""
-        limit = _limit(caller.requests_per_minute, self.settings.api_requests_per_minute)
-        if not limit:
-            return
-        now = time.time()
-        key = f"{API_RATE_PREFIX}{caller.name}:{int(now // 60)}"
-        pipe = self._redis.pipeline()
-        pipe.incr(key)
-        pipe.expire(key, 120)
-        count, _ = pipe.execute()
-        if int(count) > limit:
-            retry = max(1, int(60 - now % 60) + 1)
-            raise RateLimited(f"more than {limit} requests a minute",
-                              headers={"Retry-After": str(retry)})
+        self.access = ClientAccess(settings, self.tokens, redis_client)
+        self.readiness = ReadinessCheck(client, redis_client,
+                                        vlm_server.ServerWatch(settings, READY_CACHE_SECONDS))
 
     # --- uploads ------------------------------------------------------------------
 
@@ -233,7 +204,7 @@ class JobService:
                                 "(OCR_MAX_INPUT_MB); nothing was stored")
 
     def _check_in_flight(self, caller: ApiClient) -> None:
-        limit = _limit(caller.jobs_in_flight, self.settings.api_jobs_in_flight)
+        limit = own_limit(caller.jobs_in_flight, self.settings.api_jobs_in_flight)
         if not limit:
             return
         key = API_INFLIGHT_PREFIX + caller.name
@@ -272,12 +243,12 @@ class JobService:
             raise NotFound()
         return record
 
-    def status(self, caller: ApiClient, job_id: str) -> JobStatus:
+    def status(self, caller: ApiClient, job_id: str) -> JobInfo:
         record = self._record(caller, job_id)
         return self._status(job_id, record)[0]
 
     def _status(self, job_id: str,
-                record: dict[str, str]) -> tuple[JobStatus, dict[str, Any] | None]:
+                record: dict[str, str]) -> tuple[JobInfo, dict[str, Any] | None]:
         now = self.client.status(job_id)
         result: dict[str, Any] | None = None
         error = None
@@ -299,7 +270,7 @@ class JobService:
             self._redis.zrem(API_INFLIGHT_PREFIX + record["owner"], job_id)
         else:
             status = _RUNNING.get(now.state, "RUNNING")
-        return JobStatus(
+        return JobInfo(
             id=job_id, status=status, state="REVOKED" if cancelled else now.state,  # type: ignore[arg-type]
             progress=Progress(done=done, total=total), error=error,
             filename=str((result or {}).get("filename") or record.get("filename", "")),
@@ -366,7 +337,7 @@ class JobService:
             raise
         return new_id
 
-    def cancel(self, caller: ApiClient, job_id: str) -> tuple[JobStatus, bool]:
+    def cancel(self, caller: ApiClient, job_id: str) -> tuple[JobInfo, bool]:
         """Ask the workers to cancel (`ocr.cancel`); False when the job had already ended."""
         record = self._record(caller, job_id)
         status, _ = self._status(job_id, record)
@@ -378,26 +349,6 @@ class JobService:
         return status, True
 
     # --- health -------------------------------------------------------------------
-
-    def readiness(self, queue: str) -> Readiness:
-        """Redis answers and a worker consumes `queue` (remote-control ping, cached 5 s)."""
-        try:
-            self._redis.ping()
-        except redis.RedisError as exc:
-            return Readiness(ready=False, redis=False, queue=queue, workers=[],
-                             message=f"redis unreachable: {type(exc).__name__}")
-        with self._ready_lock:
-            cached = self._ready.get(queue)
-            if cached is None or time.monotonic() - cached[0] > READY_CACHE_SECONDS:
-                replies = self.client.app.control.inspect(
-                    timeout=READY_PING_TIMEOUT).active_queues() or {}
-                for name in {q.get("name") for qs in replies.values() for q in qs} | {queue}:
-                    self._ready[str(name)] = (time.monotonic(), sorted(
-                        w for w, qs in replies.items() if any(q.get("name") == name for q in qs)))
-                cached = self._ready[queue]
-        workers = cached[1]
-        return Readiness(ready=bool(workers), redis=True, queue=queue, workers=workers,
-                         message="" if workers else f"no worker consumes queue {queue}")
 
     def _idempotency(self, caller: ApiClient, key: str) -> str:
         if len(key) > 255:
@@ -418,10 +369,6 @@ def public_result(result: dict[str, Any]) -> dict[str, Any]:
             out[fmt] = {k: v for k, v in out[fmt].items() if k != "key"}
             out[fmt]["href"] = f"/v1/jobs/{result.get('id', '')}/result?format={fmt}"
     return out
-
-
-def _limit(own: int | None, default: int) -> int:
-    return default if own is None else own
 
 
 def _text(value: bytes | str) -> str:

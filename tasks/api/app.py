@@ -23,9 +23,9 @@ from tasks.api._routes import router
 from tasks.api._service import JobService
 from tasks.client import OcrClient
 from tasks.errors import OcrError
-from tasks.queue.app import OcrCelery
+from tasks.queue.app import sending_app
+from tasks.settings import Settings
 from tasks.state.stores import connect
-from worker_config import Settings, celery_config
 
 DESCRIPTION = """OCR jobs over HTTP: send an image or PDF, follow its progress, fetch its
 result. Every `/v1` call needs `Authorization: Bearer <token>` (a client's token from
@@ -44,17 +44,6 @@ def create_api(settings: Settings, client: OcrClient | None = None) -> FastAPI:
     app.add_exception_handler(redis.RedisError, _redis_error)
     app.add_exception_handler(OperationalError, _redis_error)  # the broker, through kombu
     app.add_exception_handler(HTTPException, _http_error)
-    return app
-
-
-def sending_app(settings: Settings) -> OcrCelery:
-    """A Celery app that only sends tasks by name.
-
-    No task modules and no worker signals: those pull in the image pipeline.
-    """
-    app = OcrCelery("ocr", set_as_current=False)
-    app.ocr_settings = settings
-    app.conf.update(celery_config(settings))
     return app
 
 

@@ -2,25 +2,26 @@
 
 Runs in the `api` process (authentication on every request) and in `submit.py tokens`
 (operators). Only the SHA-256 of a token is stored (tokens are 256 random bits, so a
-fast hash is enough); the token itself is shown once, when it is created. Needs only
-redis: no web framework is imported here.
+fast hash is enough); the token itself is shown once, when it is created. Each client
+also gets its own webhook signing secret with its token, shown once too, and rotatable
+with a grace period (tasks/state/webhook_secrets.py). Needs only redis: no web
+framework is imported here.
 """
 
 from __future__ import annotations
 
-import argparse
 import hashlib
 import json
 import re
 import secrets
 import time
 from dataclasses import asdict, dataclass
-from typing import Any, TextIO
 
 import redis
 
 from tasks.errors import BadRequest
 from tasks.state.keys import API_CLIENTS_KEY, API_TOKEN_PREFIX
+from tasks.state.webhook_secrets import WebhookSecrets
 
 TOKEN_PREFIX = "ocr_"
 CLIENT_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
@@ -51,10 +52,16 @@ class TokenStore:
 
     def __init__(self, client: redis.Redis) -> None:
         self._redis = client
+        self.webhook_secrets = WebhookSecrets(client)
 
     def create(self, name: str, jobs_in_flight: int | None = None,
                requests_per_minute: int | None = None) -> str:
         """Make a client and return its token (stored only as a hash)."""
+        return self.create_client(name, jobs_in_flight, requests_per_minute)[0]
+
+    def create_client(self, name: str, jobs_in_flight: int | None = None,
+                      requests_per_minute: int | None = None) -> tuple[str, str]:
+        """Make a client: its token and its webhook signing secret."""
         if not CLIENT_NAME.match(name):
             raise BadRequest("a client name is 1-64 characters of [A-Za-z0-9_.-], "
                              "starting with a letter or digit")
@@ -69,7 +76,7 @@ class TokenStore:
             raise BadRequest(f"client {name!r} exists; revoke it first to make a new token")
         # The record again under the hash: a request is authenticated in one GET.
         self._redis.set(API_TOKEN_PREFIX + digest, json.dumps(asdict(record)))
-        return token
+        return token, self.webhook_secrets.create(name)
 
     def clients(self) -> list[ApiClient]:
         raw = self._redis.hgetall(API_CLIENTS_KEY)
@@ -89,6 +96,7 @@ class TokenStore:
         pipe.delete(API_TOKEN_PREFIX + client.token_sha256)
         pipe.hdel(API_CLIENTS_KEY, name)
         pipe.execute()
+        self.webhook_secrets.delete(name)
         return True
 
     def authenticate(self, token: str) -> ApiClient | None:
@@ -97,64 +105,3 @@ class TokenStore:
             return None
         raw = self._redis.get(API_TOKEN_PREFIX + token_hash(token))
         return None if raw is None else ApiClient(**json.loads(raw))
-
-
-def build_tokens_parser(parser: argparse.ArgumentParser) -> None:
-    """`tokens create NAME | list | revoke NAME`, with --json on each."""
-    commands = parser.add_subparsers(dest="tokens_command", required=True, metavar="COMMAND")
-    create = commands.add_parser("create", help="make a client and print its token once")
-    create.add_argument("name", metavar="NAME")
-    create.add_argument("--jobs-in-flight", type=int, metavar="N",
-                        help="most unfinished jobs at once (0: none; default "
-                             "OCR_API_JOBS_IN_FLIGHT)")
-    create.add_argument("--requests-per-minute", type=int, metavar="N",
-                        help="most requests a minute (0: none; default "
-                             "OCR_API_REQUESTS_PER_MINUTE)")
-    create.add_argument("--json", action="store_true", default=argparse.SUPPRESS,
-                        help='print {"name": …, "token": …}')
-    listing = commands.add_parser("list", help="list clients (never their tokens)")
-    listing.add_argument("--json", action="store_true", default=argparse.SUPPRESS,
-                         help="one JSON object per client")
-    revoke = commands.add_parser("revoke", help="remove a client and its token")
-    revoke.add_argument("name", metavar="NAME")
-    revoke.add_argument("--json", action="store_true", default=argparse.SUPPRESS)
-
-
-def run_tokens(args: argparse.Namespace, store: TokenStore, out: TextIO) -> int:
-    """Carry out a parsed `tokens` command; returns the exit status."""
-    as_json = bool(getattr(args, "json", False))
-    if args.tokens_command == "create":
-        token = store.create(args.name, args.jobs_in_flight, args.requests_per_minute)
-        if as_json:
-            print(json.dumps({"name": args.name, "token": token}), file=out)
-        else:
-            print(f"token for {args.name} (shown once; only its hash is stored):\n{token}",
-                  file=out)
-        return 0
-    if args.tokens_command == "list":
-        clients = store.clients()
-        for client in clients:
-            if as_json:
-                print(json.dumps(asdict(client)), file=out)
-            else:
-                print(f"{client.name}\t{_limits(client)}\tcreated "
-                      f"{time.strftime('%Y-%m-%d %H:%M', time.gmtime(client.created))} UTC"
-                      f"\tsha256 {client.token_sha256[:12]}", file=out)
-        if not clients and not as_json:
-            print("no clients", file=out)
-        return 0
-    revoked = store.revoke(args.name)
-    if as_json:
-        print(json.dumps({"name": args.name, "revoked": revoked}), file=out)
-    else:
-        print(f"revoked {args.name}" if revoked else f"no client {args.name}", file=out)
-    return 0 if revoked else 1
-
-
-def _limits(client: ApiClient) -> str:
-    parts: list[Any] = []
-    if client.jobs_in_flight is not None:
-        parts.append(f"jobs-in-flight={client.jobs_in_flight}")
-    if client.requests_per_minute is not None:
-        parts.append(f"requests-per-minute={client.requests_per_minute}")
-    return " ".join(parts) or "default limits"

@@ -10,15 +10,27 @@ from tasks.errors import UnknownEngine
 from .base import OcrEngine, PageResult, RecognizeOptions, Word
 
 if TYPE_CHECKING:
-    from worker_config import Settings
+    from tasks.settings import Settings
 
 BUILTIN_ENGINES = {
     "tesseract": "tasks.engines.tesseract:TesseractEngine",
     "mlx-vlm": "tasks.engines.mlx_vlm:MlxVlmEngine",
+    "vlm-api": "tasks.engines.vlm_api:VlmApiEngine",
+    "rapidocr": "tasks.engines.rapidocr:RapidOcrEngine",  # issue 25
 }
 
 __all__ = ["BUILTIN_ENGINES", "OcrEngine", "PageResult", "RecognizeOptions", "Word",
-           "engine_class"]
+           "engine_class", "resolve_engine"]
+
+
+def resolve_engine(settings: Settings) -> str:
+    """The engine this worker loads: `auto` becomes mlx-vlm when the model is present."""
+    if settings.engine != "auto":
+        return settings.engine
+    from tasks.models.locate import configured_model
+
+    path = configured_model(settings)
+    return "mlx-vlm" if path is not None and (path / "config.json").is_file() else "tesseract"
 
 
 def engine_class(name: str, settings: Settings) -> type[OcrEngine]:

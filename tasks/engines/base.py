@@ -12,51 +12,18 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, ClassVar
 
 from tasks.errors import EngineUnavailable, OutputUnsupported
-from worker_config import WORD_BOX_OUTPUTS
+from tasks.records.request import WORD_BOX_OUTPUTS
+from tasks.records.results import VlmRead, WordBox
 
 if TYPE_CHECKING:
     from PIL import Image
 
-    from worker_config import Settings
+    from tasks.settings import Settings
 
 
-@dataclass(frozen=True)
-class Word:
-    """One recognised word with its box in page pixels (x0, y0, x1, y1)."""
-
-    text: str
-    box: tuple[int, int, int, int]
-    confidence: float
-
-
+# An engine's word is the result's word (text, box in page pixels, confidence).
+Word = WordBox
 FINISH_REASONS = ("stop", "length", "repetition", "error")
-
-
-@dataclass(frozen=True)
-class VlmRead:
-    """How a vision-language model read one page (the page result's `vlm` field).
-
-    `finish_reason` is that of the last try: `stop` (the model ended the page),
-    `length` (cut at the token budget), `repetition` (stopped in a loop) or `error`.
-    Only `stop` is a complete read.
-    """
-
-    profile: str
-    image_size: tuple[int, int]  # (width, height) as given to the model
-    prompt_tokens: int
-    generation_tokens: int
-    finish_reason: str
-    tries: int
-
-    @property
-    def complete(self) -> bool:
-        return self.finish_reason == "stop"
-
-    def to_dict(self) -> dict[str, object]:
-        return {"profile": self.profile, "image_size": list(self.image_size),
-                "prompt_tokens": self.prompt_tokens,
-                "generation_tokens": self.generation_tokens,
-                "finish_reason": self.finish_reason, "tries": self.tries}
 
 
 @dataclass(frozen=True)
@@ -123,6 +90,16 @@ class OcrEngine(ABC):
         model-directory audit never prunes it.
         """
         return None
+
+    @classmethod
+    def installed(cls, settings: Settings) -> bool:
+        """Whether this engine's packages are in this environment (checked, not loaded)."""
+        return True
+
+    @classmethod
+    def default_language(cls, settings: Settings) -> str:
+        """The language set read for a job without `lang` (engines that take a `lang`)."""
+        return settings.tesseract_lang
 
     @classmethod
     def languages(cls, settings: Settings) -> list[str] | None:

@@ -6,12 +6,12 @@ local folder only (a folder of OCR_MODEL_DIR or a hub-cache snapshot, resolved b
 tasks/models/locate.py); `mlx_vlm.load` would download from a hub when the path is missing,
 so the folder is checked first and the hub is switched off for this process.
 
-Each page goes to the model at the profile's page budget (tasks/engines/vlm_runtime.py),
-is generated with `mlx_vlm.stream_generate` under a repetition guard, and is tried again
-on the next temperature of OCR_VLM_TEMPERATURES when it ends at the token limit or in a
-loop. A read that is still incomplete comes back with `vlm.finish_reason` saying so and
-no text: the pipeline (tasks/pipeline/documents.py) falls back to another engine or
-fails the page.
+Each page goes to the model at the profile's page budget (tasks/engines/vlm_runtime.py)
+and is generated with `mlx_vlm.stream_generate` under a repetition guard; the ladder of
+temperatures, olmOCR's re-ask and the page's `vlm` record are tasks/engines/vlm_reading.py's,
+shared with the inference-server engine (tasks/engines/vlm_api.py). A read that is still
+incomplete comes back with `vlm.finish_reason` saying so and no text: the pipeline
+(tasks/pipeline/documents.py) falls back to another engine or fails the page.
 """
 
 from __future__ import annotations
@@ -25,28 +25,17 @@ from typing import TYPE_CHECKING, Any
 from PIL import Image
 
 from tasks.errors import EngineUnavailable
-from tasks.models.locate import searched
+from tasks.models.locate import configured_model, searched
 
-from .base import OcrEngine, PageResult, RecognizeOptions, VlmRead
+from .base import OcrEngine, PageResult, RecognizeOptions
 from .vlm_profiles import VlmProfile, select_profile
+from .vlm_reading import Generation, StopWatch, read_page
 from .vlm_runtime import PatchGrid, RepetitionGuard, budget_size
 
 if TYPE_CHECKING:
-    from worker_config import Settings
+    from tasks.settings import Settings
 
 log = logging.getLogger(__name__)
-# Characters of generated text kept to look for the profile's stop strings.
-_STOP_TAIL = 256
-
-
-@dataclass(frozen=True)
-class Generation:
-    """One generate call on one page."""
-
-    text: str
-    prompt_tokens: int
-    generation_tokens: int
-    finish_reason: str  # stop | length | repetition | error
 
 
 @dataclass(frozen=True)
@@ -64,12 +53,8 @@ def patch_grid(processor: Any) -> PatchGrid:
     image_processor = getattr(processor, "image_processor", None)
     patch = getattr(image_processor, "patch_size", None)
     merge = getattr(image_processor, "merge_size", None)
-    max_pixels = getattr(image_processor, "max_pixels", None)
-    min_pixels = getattr(image_processor, "min_pixels", None)
-    factor = patch * merge if isinstance(patch, int) and isinstance(merge, int) else 1
-    return PatchGrid(factor=factor,
-                     max_pixels=max_pixels if isinstance(max_pixels, int) else None,
-                     min_pixels=min_pixels if isinstance(min_pixels, int) else 1)
+    return PatchGrid.of(patch, merge, getattr(image_processor, "max_pixels", None),
+                        getattr(image_processor, "min_pixels", None))
 
 
 class MlxVlmEngine(OcrEngine):
@@ -104,7 +89,7 @@ class MlxVlmEngine(OcrEngine):
         if not settings.model:
             raise EngineUnavailable("OCR_MODEL is not set; name a model folder or hub repo "
                                     "id in OCR_MODEL_DIR")
-        path = settings.model_path
+        path = configured_model(settings)
         if path is None or not (path / "config.json").is_file():
             raise EngineUnavailable(f"model {settings.model!r} is not in OCR_MODEL_DIR "
                                     f"(searched {searched(settings.model_dir, settings.model)}"
@@ -123,7 +108,7 @@ class MlxVlmEngine(OcrEngine):
                 f"the VLM engine's packages are not installed ({exc.name or 'mlx_vlm'} "
                 "is missing): run `make vlm` (pip install -r requirements-vlm.txt)") from exc
 
-        from worker_config import DEFAULT_PROMPT
+        from tasks.settings import DEFAULT_PROMPT
 
         model, processor = mlx_vlm.load(str(path))
         # OCR_PROMPT, when changed from the default, replaces the profile's prompt.
@@ -150,37 +135,8 @@ class MlxVlmEngine(OcrEngine):
         size = self.page_size(image.width, image.height)
         rgb = image if image.mode == "RGB" else image.convert("RGB")
         sized = rgb if rgb.size == size else rgb.resize(size, Image.Resampling.LANCZOS)
-        generation = Generation("", 0, 0, "error")
-        tries = 0
-        for temperature in self.budget.temperatures:
-            tries += 1
-            generation = self.generate(sized, temperature)
-            if generation.finish_reason in ("stop", "error"):
-                break  # an error is not retried: the same input fails the same way
-            log.info("mlx-vlm: page read ended with %s at temperature %s (try %d)",
-                     generation.finish_reason, temperature, tries)
-        vlm = VlmRead(profile=self.profile.name, image_size=size,
-                      prompt_tokens=generation.prompt_tokens,
-                      generation_tokens=generation.generation_tokens,
-                      finish_reason=generation.finish_reason, tries=tries)
-        if not vlm.complete:
-            return PageResult(text="", vlm=vlm)  # never a truncated text as a clean read
-        output = self.profile.normalise(generation.text, size)
-        if output.flags.get("is_rotation_valid") is False and output.rotation:
-            # olmOCR read a sideways page and says how to turn it: turn it, ask again
-            # (as olmOCR's own pipeline does); kept only when that read is complete.
-            turned = sized.rotate(output.rotation, expand=True)
-            again = self.generate(turned, self.budget.temperatures[0])
-            tries += 1
-            if again.finish_reason == "stop":
-                generation, size = again, turned.size
-                output = self.profile.normalise(again.text, size)
-            vlm = VlmRead(profile=self.profile.name, image_size=size,
-                          prompt_tokens=generation.prompt_tokens,
-                          generation_tokens=generation.generation_tokens,
-                          finish_reason=generation.finish_reason, tries=tries)
-        text = output.markdown if options.output == "markdown" else output.text
-        return PageResult(text=text.strip(), vlm=vlm)
+        return read_page(sized, options, self.profile, self.budget.temperatures,
+                         self.generate, self.name)
 
     def generate(self, image: Image.Image, temperature: float,
                  loop_guard: bool = True) -> Generation:
@@ -189,9 +145,8 @@ class MlxVlmEngine(OcrEngine):
         `loop_guard=False` lets a loop run to the token limit (the benchmark's baseline).
         """
         guard = RepetitionGuard() if loop_guard else None
-        stops = self.profile.stop_strings
+        stops = StopWatch(self.profile.stop_strings)
         parts: list[str] = []
-        tail = ""
         prompt_tokens = generated = 0
         finish: str | None = None
         stream = self._mlx_vlm.stream_generate(
@@ -208,20 +163,16 @@ class MlxVlmEngine(OcrEngine):
                 if guard is not None and guard.feed(int(chunk.token)):
                     finish = "repetition"
                     break
-                if stops:
-                    tail = (tail + chunk.text)[-_STOP_TAIL:]
-                    if any(s in tail for s in stops):
-                        finish = "stop"
-                        break
+                if stops.feed(chunk.text):
+                    finish = "stop"
+                    break
         except (ValueError, RuntimeError) as exc:
             log.warning("mlx-vlm: generation failed (%s): %s", type(exc).__name__, exc)
             finish = "error"
         finally:
             stream.close()
-        text = "".join(parts)
-        for stop in stops:
-            text = text.split(stop, 1)[0]
-        return Generation(text, prompt_tokens, generated, finish or "length")
+        return Generation(stops.cut("".join(parts)), prompt_tokens, generated,
+                          finish or "length")
 
     def release_cache(self) -> dict[str, float]:
         mx = self._mx

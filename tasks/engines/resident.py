@@ -3,7 +3,7 @@
 Lives in each worker pool child. `worker_process_init` calls `init_process()` to load
 the worker's engine; tasks call `current().get(name)`; `task_postrun` calls
 `after_task()`. Other engines a job asks for are loaded on first use, and so is an
-engine again after `unload()` (remote control, idle release: tasks/models/release.py). A failed
+engine again after `unload()` (remote control, idle release: tasks/engines/release.py). A failed
 load is remembered so that every task of that child fails fast with
 `engine_unavailable`.
 """
@@ -17,12 +17,12 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from tasks.engines import engine_class
+from tasks.engines import engine_class, resolve_engine
 from tasks.errors import EngineUnavailable, OcrError
 
 if TYPE_CHECKING:
     from tasks.engines import OcrEngine
-    from worker_config import Settings
+    from tasks.settings import Settings
 
 log = logging.getLogger(__name__)
 
@@ -61,6 +61,24 @@ class ResidentEngines:
             self.load(name)
         self.used.add(name)
         return self.engines[name]
+
+    def for_job(self, engine: str | None, lang: str | None) -> str:
+        """The engine a job runs with: its own, else its `lang`'s, else this worker's.
+
+        The `lang`'s is the one OCR_LANG_ENGINES gives (loaded here; when its load
+        fails, this worker's own engine reads the job).
+        """
+        if engine:
+            return engine
+        from tasks.engines.lang_routing import routed_engine
+
+        name = routed_engine(lang, self.primary, self.settings, self.failures)
+        if name != self.primary:
+            try:
+                self.get(name)
+            except OcrError:
+                return self.primary  # logged by `load`; the job is read all the same
+        return name
 
     def load(self, name: str) -> None:
         started = time.perf_counter()
@@ -156,41 +174,41 @@ class ResidentEngines:
         }
 
 
-_registry: ResidentEngines | None = None
+_engines: ResidentEngines | None = None
 
 
 def init_process(settings: Settings,
                  on_load: Callable[[ResidentEngines], None] | None = None) -> ResidentEngines:
     """Create this process's registry and load its primary engine (errors remembered)."""
-    global _registry
-    _registry = ResidentEngines(settings=settings, primary=settings.resolve_engine(),
+    global _engines
+    _engines = ResidentEngines(settings=settings, primary=resolve_engine(settings),
                                on_load=on_load)
     try:
-        _registry.load(_registry.primary)
+        _engines.load(_engines.primary)
         # The engine whose orientation check the primary uses reads every page too:
         # loaded now, so that the child's memory baseline includes it.
-        helper = _registry.engines[_registry.primary].engine.orientation_engine
+        helper = _engines.engines[_engines.primary].engine.orientation_engine
         if helper is not None:
-            _registry.get(helper)
+            _engines.get(helper)
     except OcrError:
         pass  # recorded in `failures`; tasks of this child fail fast with it
-    return _registry
+    return _engines
 
 
 def current(settings: Settings) -> ResidentEngines:
     """The registry of this process; created here where no worker_process_init ran."""
-    return _registry if _registry is not None else init_process(settings)
+    return _engines if _engines is not None else init_process(settings)
 
 
 def existing() -> ResidentEngines | None:
     """The registry of this process if it has one (a control worker has none)."""
-    return _registry
+    return _engines
 
 
 def shutdown_process() -> None:
     """Release the engines at child shutdown."""
-    global _registry
-    if _registry is not None:
-        _registry.unload()
-        _registry = None
+    global _engines
+    if _engines is not None:
+        _engines.unload()
+        _engines = None
 

@@ -22,8 +22,8 @@ from collections import OrderedDict
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from tasks.engines.textfix import fix_text, fix_words, needs_fix
 from tasks.errors import EngineUnavailable, LanguageUnavailable
-from tasks.pipeline.textfix import fix_text, fix_words, needs_fix
 
 from . import tessdata
 from .base import OcrEngine, PageResult, RecognizeOptions, Word
@@ -31,7 +31,7 @@ from .base import OcrEngine, PageResult, RecognizeOptions, Word
 if TYPE_CHECKING:
     from PIL import Image
 
-    from worker_config import Settings
+    from tasks.settings import Settings
 
 
 class TesseractEngine(OcrEngine):

@@ -23,9 +23,10 @@ from types import MappingProxyType
 from typing import Any
 
 from tasks.errors import EngineUnavailable
-from worker_config import DEFAULT_PROMPT
+from tasks.settings import DEFAULT_PROMPT
 
-from .vlm_output import VlmOutput, normalise
+from .vlm_formats import normalise
+from .vlm_output import VlmOutput
 
 __all__ = ["PROFILES", "VlmOutput", "VlmProfile", "profile_names", "select_profile"]
 

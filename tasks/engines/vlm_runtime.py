@@ -28,6 +28,15 @@ class PatchGrid:
     max_pixels: int | None = None
     min_pixels: int = 1
 
+    @classmethod
+    def of(cls, patch: object, merge: object, max_pixels: object,
+           min_pixels: object) -> PatchGrid:
+        """The grid from an image processor's values (any may be missing or not an int)."""
+        factor = patch * merge if isinstance(patch, int) and isinstance(merge, int) else 1
+        return cls(factor=factor,
+                   max_pixels=max_pixels if isinstance(max_pixels, int) else None,
+                   min_pixels=min_pixels if isinstance(min_pixels, int) else 1)
+
 
 def budget_size(width: int, height: int, longest_side: int, grid: PatchGrid
                 ) -> tuple[int, int]:

@@ -1,11 +1,14 @@
 """HTTP callbacks: the summary of a finished job, POSTed as signed JSON to the caller's URL.
 
 Runs in worker children, inside the `ocr.http_callback` task (which retries). The URL
-is checked again at send time (tasks/pipeline/callback_urls.py): every resolved
+is checked again at send time (tasks/lifecycle/callback_urls.py): every resolved
 address must be public unless the host is in OCR_CALLBACK_ALLOWED_HOSTS, and the
 connection goes to those checked addresses. Redirects are never followed. With
 OCR_CALLBACK_SECRET set each POST carries `X-OCR-Timestamp` and `X-OCR-Signature:
 sha256=<hex HMAC-SHA256 of "<timestamp>.<raw body>">` (docs/tasks.md: verifying).
+A job of an HTTP API client is signed with that client's own secret instead (issue
+26; `signing_secrets`), and during a rotation's grace period also with its previous
+one, in `X-OCR-Signature-Previous`.
 """
 
 from __future__ import annotations
@@ -20,16 +23,18 @@ import ssl
 import time
 from typing import TYPE_CHECKING, Any
 
-from tasks.pipeline.callback_urls import CallbackTarget, callback_target, checked_addresses
+from tasks.lifecycle.callback_urls import CallbackTarget, callback_target, checked_addresses
+from tasks.state.webhook_secrets import SigningSecrets, WebhookSecrets
 
 if TYPE_CHECKING:
-    from worker_config import Settings
+    from tasks.settings import Settings
 
 log = logging.getLogger(__name__)
 SUMMARY_FIELDS = ("id", "status", "filename", "format", "page_count", "failed_pages",
                   "error", "cached", "retry_of")
 TIMESTAMP_HEADER = "X-OCR-Timestamp"
 SIGNATURE_HEADER = "X-OCR-Signature"
+PREVIOUS_SIGNATURE_HEADER = "X-OCR-Signature-Previous"  # a client's old secret, in grace
 
 
 def summary(outcome: dict[str, Any]) -> dict[str, Any]:
@@ -57,7 +62,15 @@ def verify(body: bytes, secret: str, timestamp: str, signature: str,
     return hmac.compare_digest(sign(body, secret, stamp), signature)
 
 
-def post_json(url: str, body: dict[str, Any], settings: Settings) -> int:
+def signing_secrets(owner: str, secrets: WebhookSecrets) -> SigningSecrets | None:
+    """The secrets of a job's owner (`api:<client>`); None: OCR_CALLBACK_SECRET signs."""
+    if not owner.startswith("api:"):
+        return None
+    return secrets.signing(owner[4:])
+
+
+def post_json(url: str, body: dict[str, Any], settings: Settings,
+              secrets: SigningSecrets | None = None) -> int:
     """POST `body` to the checked `url`; returns the HTTP status.
 
     A 3xx or 4xx answer is final (returned: a redirect is not followed, and a refusal
@@ -69,10 +82,14 @@ def post_json(url: str, body: dict[str, Any], settings: Settings) -> int:
     addresses = checked_addresses(target)
     raw = json.dumps(body).encode()
     headers = {"Content-Type": "application/json", "User-Agent": "ocr-queue-callback"}
-    if settings.callback_secret:
+    if secrets is None and settings.callback_secret:
+        secrets = SigningSecrets(settings.callback_secret)
+    if secrets is not None:
         stamp = int(time.time())
         headers[TIMESTAMP_HEADER] = str(stamp)
-        headers[SIGNATURE_HEADER] = sign(raw, settings.callback_secret, stamp)
+        headers[SIGNATURE_HEADER] = sign(raw, secrets.current, stamp)
+        if secrets.previous:
+            headers[PREVIOUS_SIGNATURE_HEADER] = sign(raw, secrets.previous, stamp)
     status = _post(target, addresses, raw, headers, settings.callback_timeout)
     if 300 <= status < 400:
         log.warning("callback to %s answered %s; redirects are not followed",

@@ -12,11 +12,12 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
-from tasks.lifecycle.records import JobStatus, Outcome
 from tasks.pipeline.results import cancelled_result
+from tasks.records.jobs import JobStatus, Outcome
+from tasks.records.results import DocumentResult
 
 if TYPE_CHECKING:
-    from tasks.lifecycle.ending import JobEnder
+    from tasks.lifecycle.job_exit import JobEnder
     from tasks.state.join import DocumentJoin
     from tasks.state.stores import JobControl
 
@@ -44,12 +45,12 @@ def cancel_job(job_id: str, control: JobControl, join: DocumentJoin, ender: JobE
         stop([job_id])
         info = control.info(job_id)
         ender.announce(Outcome(job_id, JobStatus.CANCELLED, None, cancelled_result(
-            job_id, [], {"filename": info.get("filename", "")})))
+            job_id, [], DocumentResult(status="", filename=info.get("filename", "")))))
         return CANCELLED
     if not ender.claim(job_id):
         return ALREADY_ENDED
     stop([job_id, *meta.page_tasks])
-    pages = [p for p in join.pages(job_id) if "error" not in p]
+    pages = [p for p in join.pages(job_id) if not p.failed]
     result = cancelled_result(job_id, pages, meta.base)
     ender.finish(Outcome(job_id, JobStatus.CANCELLED, meta.request, result,
                          engine=meta.engine, started=meta.started,

@@ -9,23 +9,24 @@ from __future__ import annotations
 
 import functools
 import logging
-import time
 from collections.abc import Callable
+from dataclasses import replace
 from typing import TYPE_CHECKING, Any
 
 from tasks.errors import InternalError, OcrError
 from tasks.lifecycle.jobs import complete
-from tasks.lifecycle.records import DocumentMeta, Outcome
 from tasks.pipeline.documents import deadline_page, ocr_page, past_deadline, recognize_options
 from tasks.pipeline.pdf import open_pdf, render_page
 from tasks.pipeline.results import assemble, failed_page
+from tasks.records.jobs import DocumentMeta, Outcome
+from tasks.records.results import PageRecord, PageWorker
 
 if TYPE_CHECKING:
     from tasks.engines.resident import ResidentEngines
-    from tasks.lifecycle.ending import JobEnder
+    from tasks.lifecycle.job_exit import JobEnder
+    from tasks.settings import Settings
     from tasks.state.join import DocumentJoin
     from tasks.state.stores import BlobStore, Stores
-    from worker_config import Settings
 
 log = logging.getLogger(__name__)
 Progress = Callable[[int, int], None]
@@ -59,7 +60,7 @@ class OpenDocumentCache:
 
 def run_pdf_page(meta: DocumentMeta, number: int, engines: ResidentEngines,
                  docs: OpenDocumentCache, settings: Settings,
-                 stores: Stores) -> dict[str, Any]:
+                 stores: Stores) -> PageRecord:
     """OCR one page of a fanned-out PDF; a failure becomes a failed page.
 
     Retryable errors are raised (the page task retries them).
@@ -83,11 +84,11 @@ def run_pdf_page(meta: DocumentMeta, number: int, engines: ResidentEngines,
             raise
         return failed_page(number, exc)
     described = engines.describe(meta.engine)
-    page["worker"] = {k: described[k] for k in ("pid", "tasks_in_process", "load_seconds")}
-    return page
+    return replace(page, worker=PageWorker(described["pid"], described["tasks_in_process"],
+                                           described["load_seconds"]))
 
 
-def merge_document(meta: DocumentMeta, pages: list[dict[str, Any]], settings: Settings,
+def merge_document(meta: DocumentMeta, pages: list[PageRecord], settings: Settings,
                    stores: Stores) -> Outcome:
     """The outcome of a fanned-out PDF once every page is in."""
     request = meta.request
@@ -95,14 +96,17 @@ def merge_document(meta: DocumentMeta, pages: list[dict[str, Any]], settings: Se
         result = assemble(pages, meta.base)
     except OcrError as exc:  # every page failed
         return _failed(meta, exc)
-    ocr = [p for p in result["pages"] if p["source"] == "ocr" and "error" not in p]
-    first = ocr[0]["worker"] if ocr else {"pid": None, "tasks_in_process": None,
-                                          "load_seconds": None}
+    ocr = [p for p in result.pages if p.source == "ocr" and not p.failed]
+    workers = [p.worker for p in ocr if p.worker is not None]
+    first = workers[0] if workers else PageWorker(None, None, None)
     # The child that read the first OCR page, and every child that read one.
-    result["engine"] = {"name": meta.engine, "model": meta.model, **first,
-                        "pids": sorted({p["worker"]["pid"] for p in ocr})}
-    result["timings"] = {"ocr_seconds": round(sum(p.get("seconds", 0) for p in ocr), 3),
-                         "total_seconds": round(time.time() - meta.started, 3)}
+    result.engine = {"name": meta.engine, "model": meta.model, "pid": first.pid,
+                     "tasks_in_process": first.tasks_in_process,
+                     "load_seconds": first.load_seconds,
+                     "pids": sorted({w.pid for w in workers if w.pid is not None})}
+    # total_seconds, from the document task's start (`meta.started`), is stamped by
+    # `complete` once the result is whole.
+    result.timings = {"ocr_seconds": round(sum(p.seconds or 0.0 for p in ocr), 3)}
     data = stores.blobs.get(request.blob or "") if request.output == "pdf" else b""
     outcome = complete(meta.job_id, result, data, request, meta.cache_key, meta.encrypted,
                        settings, stores, meta.previous, meta.started)
@@ -110,7 +114,7 @@ def merge_document(meta: DocumentMeta, pages: list[dict[str, Any]], settings: Se
     return outcome
 
 
-def record_page(meta: DocumentMeta, page: dict[str, Any], join: DocumentJoin,
+def record_page(meta: DocumentMeta, page: PageRecord, join: DocumentJoin,
                 ender: JobEnder, settings: Settings, stores: Stores,
                 progress: Progress | None = None) -> bool:
     """Record one page; the call that completes the document ends it, once.

@@ -2,7 +2,7 @@
 
 Runs in worker children, called by the tasks in `tasks.queue.document_tasks`. No
 Celery here: the tasks decide what to enqueue; every ending goes through
-`tasks.lifecycle.ending.JobEnder`. The page side of a fan-out is in
+`tasks.lifecycle.job_exit.JobEnder`. The page side of a fan-out is in
 `tasks.lifecycle.fanout`.
 """
 
@@ -15,9 +15,10 @@ from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any
 
 from tasks.errors import DeadlineExceeded, OutputTooLarge
-from tasks.lifecycle.records import DocumentMeta, JobStatus, Outcome
+from tasks.lifecycle.inputs import read_input
 from tasks.pipeline import layouts
 from tasks.pipeline.documents import (
+    LAYOUTS_AND_PDF,
     Progress,
     document_base,
     past_deadline,
@@ -26,16 +27,18 @@ from tasks.pipeline.documents import (
     run_document,
 )
 from tasks.pipeline.images import sniff_format
-from tasks.pipeline.inputs import JobRequest, read_input
 from tasks.pipeline.layouts import LAYOUT_OUTPUTS
 from tasks.pipeline.pdf import check_password, plan_pdf, searchable_pdf
 from tasks.pipeline.results import merge_previous
+from tasks.records.jobs import DocumentMeta, JobStatus, Outcome
+from tasks.records.request import JobRequest
+from tasks.records.results import DocumentResult, PageRecord, StoredOutput
 from tasks.state.keys import CACHE_PREFIX
 
 if TYPE_CHECKING:
     from tasks.engines.resident import ResidentEngines
+    from tasks.settings import Settings
     from tasks.state.stores import Stores
-    from worker_config import Settings
 
 
 @dataclass
@@ -47,7 +50,7 @@ class FanOut:
     """
 
     meta: DocumentMeta
-    text_pages: list[dict[str, Any]]
+    text_pages: list[PageRecord]
     replaced_blob: str | None = None
 
 
@@ -70,18 +73,21 @@ def cache_key(data: bytes, request: JobRequest, engine: str, model: str | None,
 
 def process_job(job_id: str, request: JobRequest, settings: Settings,
                 engines: ResidentEngines, stores: Stores,
-                previous: dict[str, Any] | None = None,
-                progress: Progress | None = None) -> Outcome | FanOut:
+                previous: DocumentResult | None = None,
+                progress: Progress | None = None,
+                started: float | None = None) -> Outcome | FanOut:
     """Read the input, then answer from the cache, in-process, or fan out.
 
     `previous` is the result of the job named by `merge_from` (a retry of its failed
-    pages): its good pages complete this job's result. Raises OcrError.
+    pages): its good pages complete this job's result. `started` (epoch seconds, now
+    by default) is when the task began: the result's `timings.total_seconds` counts
+    from there, reading the input and planning a PDF included. Raises OcrError.
     """
-    started = time.time()
+    started = time.time() if started is None else started
     if past_deadline(request.deadline):
         raise DeadlineExceeded("the job's deadline passed before it started")
     data = read_input(request, settings, stores.blobs)
-    engine_name = request.engine or engines.primary
+    engine_name = engines.for_job(request.engine, request.lang)  # OCR_LANG_ENGINES
     loaded = engines.get(engine_name)  # fails fast when this child's load failed
     loaded.engine.check(recognize_options(request))  # refusals: lang, output
     key = None
@@ -89,11 +95,14 @@ def process_job(job_id: str, request: JobRequest, settings: Settings,
         key = cache_key(data, request, engine_name, loaded.engine.model, settings)
         hit = stores.cache.get(key)
         if hit is not None:
-            result, encrypted = hit
+            stored, encrypted = hit
             if encrypted:
                 check_password(data, request.password, settings)
-            cached = {**result, "id": job_id, "filename": request.filename, "cached": True}
-            return Outcome(job_id, JobStatus(cached["status"]), request, cached,
+            # This job's own time (input, key, lookup), not the first run's: no OCR ran.
+            cached = replace(DocumentResult.from_json(stored), id=job_id,
+                             filename=request.filename, cached=True,
+                             timings={"ocr_seconds": 0.0, "total_seconds": _since(started)})
+            return Outcome(job_id, JobStatus(cached.status), request, cached,
                            engine=engine_name, started=started)
     fmt = sniff_format(data)
     plan = None
@@ -111,7 +120,7 @@ def process_job(job_id: str, request: JobRequest, settings: Settings,
     finally:
         if plan is not None:
             plan.doc.close()
-    result["engine"] = engines.describe(engine_name)
+    result.engine = engines.describe(engine_name)
     encrypted = plan is not None and plan.encrypted
     return complete(job_id, result, data, request, key, encrypted, settings, stores,
                     previous, started)
@@ -119,7 +128,7 @@ def process_job(job_id: str, request: JobRequest, settings: Settings,
 
 def _fan_out(job_id: str, request: JobRequest, data: bytes, plan: Any, engine: str,
              model: str | None, key: str | None, started: float,
-             previous: dict[str, Any] | None, settings: Settings,
+             previous: DocumentResult | None, settings: Settings,
              stores: Stores) -> FanOut:
     """Store the input for the page tasks (decrypted, so no password is kept)."""
     replaced = None
@@ -134,41 +143,53 @@ def _fan_out(job_id: str, request: JobRequest, data: bytes, plan: Any, engine: s
         started=started, total=plan.selected, ocr_pages=list(plan.ocr_pages),
         page_tasks=[], reply_queue="", previous=previous, encrypted=plan.encrypted,
         base=document_base(data, request, "pdf", plan.page_count))
-    texts = planned_pages(plan)  # text-layer and blank pages
+    texts = planned_pages(  # text-layer and blank pages
+        plan, settings if request.output in LAYOUTS_AND_PDF else None)
     return FanOut(meta, texts, replaced)
 
 
-def complete(job_id: str, result: dict[str, Any], data: bytes, request: JobRequest,
+def complete(job_id: str, result: DocumentResult, data: bytes, request: JobRequest,
              key: str | None, encrypted: bool, settings: Settings, stores: Stores,
-             previous: dict[str, Any] | None, started: float | None) -> Outcome:
+             previous: DocumentResult | None, started: float | None) -> Outcome:
     """Complete a retry, attach the searchable PDF, cache a complete result.
 
     A PARTIAL result keeps its input (`input_blob`) until OCR_BLOB_TTL, so that its
-    failed pages can be retried (`merge_from`).
+    failed pages can be retried (`merge_from`). `timings.total_seconds` is stamped
+    last: from `started` (the task's start, in the process that planned the job) to
+    the result as it is handed to the job's exit to be stored.
     """
     if previous is not None:
         result = merge_previous(result, previous)
-    result = {**result, "id": job_id, "cached": False}
-    if result["status"] == JobStatus.PARTIAL:
-        result["input_blob"] = request.blob or stores.blobs.put(data)
+    result = replace(result, id=job_id, cached=False)
+    if result.status == JobStatus.PARTIAL:
+        result.input_blob = request.blob or stores.blobs.put(data)
     if request.output == "pdf":
-        pdf = searchable_pdf(data, result["format"], request.password, result["pages"],
+        pdf = searchable_pdf(data, result.format or "", request.password, result.pages,
                              settings)
         if len(pdf) > settings.max_output_bytes:
             raise OutputTooLarge(f"the searchable PDF is {len(pdf) // 2**20} MB, more than "
                                  f"{settings.max_output_mb} MB")
-        result["pdf"] = {"key": stores.outputs.put(job_id, pdf), "bytes": len(pdf)}
+        result.outputs["pdf"] = StoredOutput(stores.outputs.put(job_id, pdf), len(pdf))
     if request.output in LAYOUT_OUTPUTS:  # hOCR/ALTO, stored like the PDF
-        stored = (previous or {}).get(request.output)  # a retry keeps its earlier pages
-        earlier = stores.outputs.get(stored["key"]) if isinstance(stored, dict) else None
-        layout = layouts.render(request.output, result["pages"], earlier)
-        result["pages"] = layouts.without_layout(result["pages"])
+        # A retry keeps the pages of its earlier job's document.
+        stored = previous.outputs.get(request.output) if previous is not None else None
+        earlier = stores.outputs.get(stored.key) if stored is not None else None
+        layout = layouts.render(request.output, result.pages, earlier)
+        result.pages = layouts.without_layout(result.pages)
         if len(layout) > settings.max_output_bytes:
             raise OutputTooLarge(f"the {request.output} document is more than "
                                  f"{settings.max_output_mb} MB")
-        result[request.output] = {"key": stores.outputs.put(job_id, layout),
-                                  "bytes": len(layout)}
-    if key is not None and result["status"] == JobStatus.SUCCESS:
-        stores.cache.put(key, result, encrypted=encrypted)
-    return Outcome(job_id, JobStatus(result["status"]), request, result,
-                   engine=str(result.get("engine", {}).get("name", "")), started=started)
+        result.outputs[request.output] = StoredOutput(stores.outputs.put(job_id, layout),
+                                                      len(layout))
+    if key is not None and result.status == JobStatus.SUCCESS:
+        # A hit has its own timings.
+        stores.cache.put(key, result.to_json(), encrypted=encrypted)
+    if started is not None:
+        result.timings = {**(result.timings or {}), "total_seconds": _since(started)}
+    return Outcome(job_id, JobStatus(result.status), request, result,
+                   engine=str((result.engine or {}).get("name", "")), started=started)
+
+
+def _since(started: float) -> float:
+    """Seconds from `started` (epoch seconds: a fan-out ends in another process)."""
+    return round(max(time.time() - started, 0.0), 3)

@@ -143,8 +143,11 @@ def _sorted(blobs: list[PartialBlob]) -> tuple[PartialBlob, ...]:
 
 
 def resolve(cache_dir: Path, repo_id: str, revision: str | None) -> Path | None:
-    """The snapshot folder of `repo_id` at `revision` (a ref, default `main`, or a
-    commit hash) in the cache, read offline; None when the cache does not have it."""
+    """The snapshot folder of `repo_id` at `revision`, read offline, or None.
+
+    `revision` is a ref (default `main`) or a commit hash; None when the cache does not
+    have it.
+    """
     folder = cache_dir / folder_for(repo_id)
     if not folder.is_dir():
         return None
@@ -159,9 +162,11 @@ def resolve(cache_dir: Path, repo_id: str, revision: str | None) -> Path | None:
 
 
 def delete_revisions(cache_dir: Path, commits: list[str]) -> int:
-    """Remove snapshots (and the blobs only they link to) with the hub's own strategy;
-    the bytes it expects to free. The caller never passes every revision of a repo
-    (the hub then removes the whole repo)."""
+    """Remove snapshots with the hub's own strategy; the bytes it expects to free.
+
+    The blobs only they link to go too. The caller never passes every revision of a
+    repo (the hub then removes the whole repo).
+    """
     strategy = scan_cache_dir(cache_dir).delete_revisions(*commits)
     strategy.execute()
     return int(strategy.expected_freed_size)

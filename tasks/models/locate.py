@@ -3,42 +3,24 @@
 OCR_MODEL is a folder name in OCR_MODEL_DIR (`Qwen2-VL-2B-Instruct-4bit`), a hub repo
 id (`mlx-community/Qwen2-VL-2B-Instruct-4bit`: the snapshot `refs/main` points to in the
 hub cache layout), or a repo id at a revision (`org/name@<branch, tag or commit>`).
-Nothing is ever downloaded. Used by the settings (any process), the mlx-vlm engine
+Nothing is ever downloaded. Used by the engine choice (any process), the mlx-vlm engine
 and the loaded-model registrations (pool children) and the audit (pool child).
 """
 
 from __future__ import annotations
 
-import re
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-_PART = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*\Z")
-_REVISION = re.compile(r"[A-Za-z0-9][A-Za-z0-9._/-]*\Z")
+from tasks.settings import split_model
 
-
-def split_model(model: str) -> tuple[str, str | None]:
-    """`org/name@rev` -> (`org/name`, `rev`); a folder name or bare repo id -> (it, None)."""
-    name, sep, revision = model.partition("@")
-    return (name, revision) if sep and "/" in name else (model, None)
+if TYPE_CHECKING:
+    from tasks.settings import Settings
 
 
-def is_repo_id(model: str) -> bool:
-    return "/" in split_model(model)[0]
-
-
-def model_problem(model: str) -> str | None:
-    """Why an OCR_MODEL value is invalid, or None."""
-    name, revision = split_model(model)
-    if "/" not in name:
-        if model in (".", "..") or "\\" in model:
-            return "a folder name must not be . or .. or hold a path separator"
-        return None
-    parts = name.split("/")
-    if len(parts) != 2 or not all(_PART.match(p) and ".." not in p for p in parts):
-        return "a hub repo id is org/name (letters, digits, . _ -)"
-    if revision is not None and (not _REVISION.match(revision) or ".." in revision):
-        return "a revision after @ is a branch, tag or commit hash"
-    return None
+def configured_model(settings: Settings) -> Path | None:
+    """The configured VLM folder, or None when OCR_MODEL is unset or not present."""
+    return locate(settings.model_dir, settings.model) if settings.model else None
 
 
 def locate(model_dir: Path, model: str) -> Path | None:
@@ -65,3 +47,24 @@ def searched(model_dir: Path, model: str) -> str:
 
     where = model_dir / hub_cache.folder_for(name)
     return f"{where} ({'refs/main' if revision is None else revision})"
+
+
+def served_model(settings: Settings) -> str:
+    """The `model` of each request: OCR_VLM_API_MODEL, else what the server was given.
+
+    mlx_vlm.server names the model it preloaded by its `--model` argument, and loads
+    (or, offline, fails to load) any other name it is asked for; so with the local
+    `vlm-server` the name is the resolved folder `server_plan` passes, else OCR_MODEL.
+    """
+    if settings.vlm_api_model:
+        return settings.vlm_api_model
+    if starts_local_server(settings) and settings.model:
+        path = configured_model(settings)
+        if path is not None:
+            return str(path)
+    return settings.model
+
+
+def starts_local_server(settings: Settings) -> bool:
+    """Whether the Procfile's `vlm-server` serves this host's vlm-api workers."""
+    return settings.engine == "vlm-api" and not settings.vlm_api_url

@@ -33,7 +33,7 @@ from typing import Any
 import redis
 from redis.exceptions import LockError
 
-from tasks.models.audit import Holder
+from tasks.models.inventory import Holder
 from tasks.state.keys import MODELS_PREFIX
 
 PREFIX = MODELS_PREFIX
@@ -160,8 +160,9 @@ class ModelRegistry:
 
     @contextmanager
     def prune_lock(self, scope: str = "") -> Iterator[bool]:
-        """Hold the prune lock of `scope` (`<host>:<model dir>`) if free; yields whether
-        it was acquired (never waits).
+        """Hold the prune lock of `scope` (`<host>:<model dir>`) if free.
+
+        Yields whether it was acquired (never waits).
 
         It expires after `lock_seconds` (longer than the task's hard time limit), so a
         killed audit does not block pruning for ever.

@@ -14,7 +14,7 @@ import logging
 import time
 from collections.abc import Callable
 from dataclasses import replace
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from tasks.engines import PageResult, RecognizeOptions
 from tasks.engines.vlm_runtime import align_words
@@ -23,15 +23,16 @@ from tasks.pipeline._preprocess import Correction, Skew, estimate_skew
 from tasks.pipeline.blank import is_blank
 from tasks.pipeline.images import iter_image_pages, sniff_format
 from tasks.pipeline.layouts import LAYOUT_OUTPUTS, words_hocr
-from tasks.pipeline.pdf import PdfPlan, plan_pdf, render_page
+from tasks.pipeline.pdf import PdfPlan, plan_pdf, render_page, text_layer_words
 from tasks.pipeline.results import assemble, failed_page
+from tasks.records.results import DocumentResult, Fallback, PageRecord, TextLayer
 
 if TYPE_CHECKING:
     from PIL import Image
 
     from tasks.engines import OcrEngine, PageResult
-    from tasks.pipeline.inputs import JobRequest
-    from worker_config import Settings
+    from tasks.records.request import JobRequest
+    from tasks.settings import Settings
 
 Progress = Callable[[int, int], None]
 # Renders the page again at full resolution (OCR_PDF_DPI) for a fallback engine.
@@ -46,7 +47,7 @@ def recognize_options(request: JobRequest) -> RecognizeOptions:
 
 
 def ocr_page(number: int, image: Image.Image, engine: OcrEngine, options: RecognizeOptions,
-             settings: Settings, rerender: Render | None = None) -> dict[str, Any]:
+             settings: Settings, rerender: Render | None = None) -> PageRecord:
     """Put the page upright, deskew it and recognise it; raises OcrError.
 
     A blank page (`tasks.pipeline.blank`) is reported as such, without OCR. A
@@ -74,16 +75,17 @@ def ocr_page(number: int, image: Image.Image, engine: OcrEngine, options: Recogn
         if rotation:
             skew, final, result = _read(page_image, rotation, engine, options, settings)
     read_size = image.size
-    extra: dict[str, Any] = {}
-    if result.vlm is not None:
-        extra["vlm"] = result.vlm.to_dict()
-        if not result.vlm.complete:
+    vlm = result.vlm
+    fell_back: Fallback | None = None
+    text_layer: TextLayer | None = None
+    if vlm is not None:
+        if not vlm.complete:
             fallback = settings.vlm_fallback
-            reason = result.vlm.finish_reason
+            reason = vlm.finish_reason
             if fallback == "none":
-                return {**failed_page(number, VlmIncomplete(
+                return replace(failed_page(number, VlmIncomplete(
                     f"page {number}: the model's read ended with `{reason}` after "
-                    f"{result.vlm.tries} tries, and OCR_VLM_FALLBACK is none")), **extra}
+                    f"{vlm.tries} tries, and OCR_VLM_FALLBACK is none")), vlm=vlm)
             try:
                 other = engine.peer(fallback)
             except EngineUnavailable as exc:
@@ -97,25 +99,23 @@ def ocr_page(number: int, image: Image.Image, engine: OcrEngine, options: Recogn
             finally:
                 if full is not image:
                     full.close()
-            extra["fallback"] = {"engine": fallback, "reason": reason}
+            fell_back = Fallback(engine=fallback, reason=reason)
         elif options.output == "pdf" and not engine.gives_words and engine.text_layer_from:
             result, read_size = _placed_words(result, engine, engine.text_layer_from,
                                               image, rerender, rotation, skew)
-            extra["text_layer"] = {"boxes": engine.text_layer_from,
-                                   "words": len(result.words)}
-    page: dict[str, Any] = {
-        "number": number, "text": result.text.rstrip(), "source": "ocr",
-        "confidence": result.confidence, "rotation": rotation, "skew": skew.angle,
-        "seconds": round(time.perf_counter() - started, 3), **extra,
-    }
+            text_layer = TextLayer(boxes=engine.text_layer_from, words=len(result.words))
+    page = PageRecord(
+        number=number, text=result.text.rstrip(), source="ocr",
+        confidence=result.confidence, rotation=rotation, skew=skew.angle,
+        seconds=round(time.perf_counter() - started, 3), vlm=vlm, fallback=fell_back,
+        text_layer=text_layer)
     if options.output in ("json", "pdf"):
-        page["image_size"] = list(read_size)
-        page["words"] = [{"text": w.text, "box": list(w.box), "confidence": w.confidence}
-                         for w in result.words]
+        page = replace(page, image_size=read_size, words=tuple(result.words))
     if options.want_hocr:
-        page["image_size"] = [image.width, image.height]  # hOCR boxes are mapped onto it
-        page["hocr"] = result.hocr or words_hocr(number, result.words,
-                                                 (final.width, final.height))
+        # hOCR boxes are mapped onto the page image as given.
+        page = replace(page, image_size=(image.width, image.height),
+                       hocr=result.hocr or words_hocr(number, result.words,
+                                                      (final.width, final.height)))
     return page
 
 
@@ -165,39 +165,50 @@ def past_deadline(deadline: float | None) -> bool:
     return deadline is not None and time.time() > deadline
 
 
-def deadline_page(number: int) -> dict[str, Any]:
+def deadline_page(number: int) -> PageRecord:
     return failed_page(number, DeadlineExceeded(f"page {number} was not read before the "
                                                 "job's deadline"))
 
 
-def text_page(number: int, text: str, layer: str) -> dict[str, Any]:
+LAYOUTS_AND_PDF = (*LAYOUT_OUTPUTS, "pdf")  # outputs that place words on the page
+
+
+def text_page(number: int, text: str, layer: str) -> PageRecord:
     """A page delivered from its PDF text layer (`visible` text or an `invisible` one)."""
-    return {"number": number, "text": text.rstrip(), "source": "text-layer", "layer": layer,
-            "confidence": None}
+    return PageRecord(number, text.rstrip(), source="text-layer", layer=layer)
 
 
-def blank_page(number: int, seconds: float = 0.0) -> dict[str, Any]:
+def blank_page(number: int, seconds: float = 0.0) -> PageRecord:
     """A page found blank (nothing drawn, or no ink): no text, not a failure."""
-    return {"number": number, "text": "", "source": "blank", "confidence": None,
-            "seconds": round(seconds, 3)}
+    return PageRecord(number, "", source="blank", seconds=round(seconds, 3))
 
 
-def planned_pages(plan: PdfPlan) -> list[dict[str, Any]]:
-    """The pages a PDF plan already answers: text-layer pages and blank pages."""
+def planned_pages(plan: PdfPlan, settings: Settings | None = None) -> list[PageRecord]:
+    """The pages a PDF plan already answers: text-layer pages and blank pages.
+
+    With `settings` (a job asking for hOCR, ALTO or a searchable PDF), text-layer
+    pages carry their size and words in OCR'd pages' pixels (`text_layer_words`).
+    """
     pages = [text_page(n, text, layer) for n, (text, layer) in plan.text_pages.items()]
-    return sorted(pages + [blank_page(n) for n in plan.blank_pages],
-                  key=lambda p: p["number"])
+    if settings is not None:
+        placed = []
+        for page in pages:
+            size, words = text_layer_words(plan.doc, page.number, settings)
+            placed.append(replace(page, image_size=size, words=words))
+        pages = placed
+    return sorted(pages + [blank_page(n) for n in plan.blank_pages], key=lambda p: p.number)
 
 
-def document_base(data: bytes, request: JobRequest, fmt: str, count: int) -> dict[str, Any]:
-    return {"filename": request.filename, "format": fmt,
-            "sha256": hashlib.sha256(data).hexdigest(), "output": request.output,
-            "mode": request.mode, "lang": request.lang, "page_count": count}
+def document_base(data: bytes, request: JobRequest, fmt: str, count: int) -> DocumentResult:
+    """What a document's result says of its input, before any page is read."""
+    return DocumentResult(status="", filename=request.filename, format=fmt,
+                          sha256=hashlib.sha256(data).hexdigest(), output=request.output,
+                          mode=request.mode, lang=request.lang, page_count=count)
 
 
 def run_document(data: bytes, request: JobRequest, engine: OcrEngine, settings: Settings,
                  progress: Progress | None = None,
-                 plan: PdfPlan | None = None) -> dict[str, Any]:
+                 plan: PdfPlan | None = None) -> DocumentResult:
     """Recognise every selected page inside this process.
 
     A page the engine fails on is reported in `failed_pages` (PARTIAL).
@@ -205,10 +216,10 @@ def run_document(data: bytes, request: JobRequest, engine: OcrEngine, settings: 
     started = time.perf_counter()
     fmt = sniff_format(data)
     options = recognize_options(request)
-    pages: list[dict[str, Any]] = []
+    pages: list[PageRecord] = []
     count = 0
 
-    def deliver(page: dict[str, Any], total: int) -> None:
+    def deliver(page: PageRecord, total: int) -> None:
         pages.append(page)
         if progress is not None:
             progress(len(pages), total)
@@ -221,7 +232,8 @@ def run_document(data: bytes, request: JobRequest, engine: OcrEngine, settings: 
             count = plan.page_count
             # Pages the plan answered (text layer, blank) are one progress step: a
             # born-digital PDF stays at PyMuPDF's pace, not at one store and event a page.
-            pages.extend(planned_pages(plan))
+            pages.extend(planned_pages(plan, settings if request.output in LAYOUTS_AND_PDF
+                                       else None))
             if pages and progress is not None:
                 progress(len(pages), plan.selected)
             for number in plan.ocr_pages:
@@ -245,19 +257,21 @@ def run_document(data: bytes, request: JobRequest, engine: OcrEngine, settings: 
                 deliver(deadline_page(number), selected)
                 continue
             deliver(_guarded_page(number, image, engine, options, settings), selected)
-    ocr_seconds = sum(p.get("seconds", 0.0) for p in pages)
+    ocr_seconds = sum(p.seconds or 0.0 for p in pages)
     result = assemble(pages, document_base(data, request, fmt, count))
-    result["timings"] = {"ocr_seconds": round(ocr_seconds, 3),
-                         "total_seconds": round(time.perf_counter() - started, 3)}
+    result.timings = {"ocr_seconds": round(ocr_seconds, 3),
+                      "total_seconds": round(time.perf_counter() - started, 3)}
     return result
 
 
 def _guarded_page(number: int, image: Image.Image, engine: OcrEngine,
                   options: RecognizeOptions, settings: Settings,
-                  rerender: Render | None = None) -> dict[str, Any]:
+                  rerender: Render | None = None) -> PageRecord:
     try:
         return ocr_page(number, image, engine, options, settings, rerender)
     except OcrError as exc:
+        if exc.retryable:
+            raise  # the job task retries it (an inference server briefly down, say)
         return failed_page(number, exc)
     finally:
         image.close()

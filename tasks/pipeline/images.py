@@ -19,7 +19,7 @@ from tasks.pipeline import _png_strips as png_strips
 from tasks.pipeline.pages import select_pages
 
 if TYPE_CHECKING:
-    from worker_config import Settings
+    from tasks.settings import Settings
 
 _MAGIC = (
     (b"\x89PNG\r\n\x1a\n", "png"),

@@ -1,7 +1,7 @@
 """hOCR and ALTO documents from per-page hOCR: merge, renumber, convert. Pure functions.
 
 Runs in worker children (where the job's last page is in, `tasks.lifecycle.jobs.finish`)
-and in tests. Each OCR'd page carries its hOCR `ocr_page` div (`page["hocr"]`: from
+and in tests. Each OCR'd page carries its hOCR `ocr_page` div (`PageRecord.hocr`: from
 tesseract's own renderer, or `words_hocr` for engines that give words only). A document
 is the pages' divs in page order inside one XHTML file, every id renumbered from the
 page number (`page_3`, `block_3_1`, `line_3_2`, `word_3_17`) and `ppageno` set, so a
@@ -12,7 +12,9 @@ with `WC` (confidence 0-1) and `SP` between them.
 Coordinates are pixels of the input page image (the image, or the PDF page rendered at
 OCR_PDF_DPI): boxes of the upright, deskewed image tesseract read are mapped back
 (tasks/pipeline/_geometry.py), so tools overlay them on the page as it is.
-Pages without OCR (a PDF text layer, a failed page) are empty pages.
+A PDF text layer's page carries its own words with their boxes (PyMuPDF's, mapped to
+the page rendered at OCR_PDF_DPI: `pdf.text_layer_words`); a failed or blank page is
+an empty page.
 """
 
 from __future__ import annotations
@@ -20,9 +22,11 @@ from __future__ import annotations
 import re
 import xml.etree.ElementTree as ET
 from collections.abc import Callable, Iterable, Sequence
+from dataclasses import replace
 from typing import Any
 
 from tasks.pipeline._geometry import Box, to_input
+from tasks.records.results import PageRecord
 
 LAYOUT_OUTPUTS = ("hocr", "alto")
 XHTML = "http://www.w3.org/1999/xhtml"
@@ -133,21 +137,23 @@ def _title(words: Sequence[Any]) -> str:
     return f"bbox {x0} {y0} {x1} {y1}"
 
 
-def _pages(pages: Iterable[dict[str, Any]], earlier: dict[int, ET.Element] | None = None
+def _pages(pages: Iterable[PageRecord], earlier: dict[int, ET.Element] | None = None
            ) -> list[ET.Element]:
     """Page divs in page order; a page without hOCR takes its div from `earlier`."""
-    ordered = sorted(pages, key=lambda p: p["number"])
+    ordered = sorted(pages, key=lambda p: p.number)
     kept = earlier or {}
-    return [kept[p["number"]] if not p.get("hocr") and p["number"] in kept
+    return [kept[p.number] if not p.hocr and p.number in kept
             else _own_page(p) for p in ordered]
 
 
-def _own_page(page: dict[str, Any]) -> ET.Element:
+def _own_page(page: PageRecord) -> ET.Element:
     """A page's div from its own hOCR, boxes on the input page image when known."""
-    size = page.get("image_size")
-    mapped = (to_input(size, page.get("rotation", 0), page.get("skew", 0.0))
-              if size else None)
-    return page_element(page["number"], page.get("hocr"), mapped, size)
+    size = page.image_size
+    if not page.hocr and page.source == "text-layer" and size and page.words is not None:
+        # a PDF text layer's words, already in the rendered page's pixels (issue 26)
+        return page_element(page.number, words_hocr(page.number, page.words, size))
+    mapped = (to_input(size, page.rotation or 0, page.skew or 0.0) if size else None)
+    return page_element(page.number, page.hocr, mapped, size)
 
 
 def earlier_pages(output: str, document: bytes | None) -> dict[int, ET.Element]:
@@ -173,7 +179,7 @@ def earlier_pages(output: str, document: bytes | None) -> dict[int, ET.Element]:
     return found
 
 
-def merge_hocr(pages: Iterable[dict[str, Any]],
+def merge_hocr(pages: Iterable[PageRecord],
                earlier: dict[int, ET.Element] | None = None) -> str:
     """One hOCR (XHTML) document of the pages, in page order."""
     html = ET.Element("html", {"xmlns": XHTML, "xml:lang": "en", "lang": "en"})
@@ -194,7 +200,7 @@ def merge_hocr(pages: Iterable[dict[str, Any]],
             + ET.tostring(html, encoding="unicode") + "\n")
 
 
-def merge_alto(pages: Iterable[dict[str, Any]],
+def merge_alto(pages: Iterable[PageRecord],
                earlier: dict[int, ET.Element] | None = None) -> str:
     """One ALTO v4 document of the pages, in page order."""
     ET.register_namespace("", ALTO)
@@ -203,9 +209,9 @@ def merge_alto(pages: Iterable[dict[str, Any]],
     ET.SubElement(description, f"{{{ALTO}}}MeasurementUnit").text = "pixel"
     layout = ET.SubElement(alto, f"{{{ALTO}}}Layout")
     kept = earlier or {}
-    for page in sorted(pages, key=lambda p: p["number"]):
-        number = page["number"]
-        if not page.get("hocr") and number in kept:
+    for page in sorted(pages, key=lambda p: p.number):
+        number = page.number
+        if not page.hocr and number in kept:
             layout.append(kept[number])
         else:
             layout.append(_alto_page(_own_page(page)))
@@ -251,7 +257,7 @@ def _box(x0: int, y0: int, x1: int, y1: int) -> dict[str, str]:
     return {"HPOS": str(x0), "VPOS": str(y0), "WIDTH": str(x1 - x0), "HEIGHT": str(y1 - y0)}
 
 
-def render(output: str, pages: Iterable[dict[str, Any]], earlier: bytes | None = None
+def render(output: str, pages: Iterable[PageRecord], earlier: bytes | None = None
            ) -> bytes:
     """The `hocr` or `alto` document of the pages, UTF-8.
 
@@ -262,6 +268,6 @@ def render(output: str, pages: Iterable[dict[str, Any]], earlier: bytes | None =
     return merge(pages, earlier_pages(output, earlier)).encode()
 
 
-def without_layout(pages: Iterable[dict[str, Any]]) -> list[dict[str, Any]]:
+def without_layout(pages: Iterable[PageRecord]) -> list[PageRecord]:
     """The pages without their per-page hOCR (kept in the stored document only)."""
-    return [{k: v for k, v in page.items() if k != "hocr"} for page in pages]
+    return [replace(page, hocr=None) for page in pages]

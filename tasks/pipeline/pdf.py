@@ -14,14 +14,15 @@ from typing import TYPE_CHECKING, Any
 import pymupdf
 from PIL import Image
 
+from tasks.engines.textfix import is_cjk
 from tasks.errors import CorruptInput, NoPages, PdfEncrypted, TooManyPages
 from tasks.pipeline._geometry import to_input
 from tasks.pipeline.blank import CHECK_LONGEST_SIDE, ink_report
 from tasks.pipeline.pages import select_pages
-from tasks.pipeline.textfix import is_cjk
+from tasks.records.results import PageRecord, WordBox
 
 if TYPE_CHECKING:
-    from worker_config import Settings
+    from tasks.settings import Settings
 
 INVISIBLE = 3  # PDF text render mode 3: neither filled nor stroked (OCR layers)
 # What MuPDF raises on a damaged page (its own errors, and RuntimeError/ValueError).
@@ -105,16 +106,69 @@ def check_password(data: bytes, password: str | None, settings: Settings) -> Non
     open_pdf(data, password, settings).close()
 
 
+# How MuPDF marks each extracted character: drawn (filled or stroked; neither for text
+# render mode 3, the invisible OCR layers), a clip path only (render modes 4-7: not text
+# the page shows, and not counted, as `get_texttrace` never reported it), or synthetic
+# (a space MuPDF put between words, which the PDF never drew: not counted either).
+_INKED = pymupdf.mupdf.FZ_STEXT_FILLED | pymupdf.mupdf.FZ_STEXT_STROKED
+_NOT_COUNTED = pymupdf.mupdf.FZ_STEXT_SYNTHETIC | pymupdf.mupdf.FZ_STEXT_CLIPPED
+
+
+@dataclass(frozen=True)
+class TextLayer:
+    """A page's text layer, read in one pass of MuPDF's text extraction.
+
+    `visible` and `invisible` count the characters the PDF draws (counting stops once
+    `visible` reaches the `enough` it was read with); `text` is exactly what
+    `page.get_text("text")` gives.
+    """
+
+    textpage: Any
+    visible: int
+    invisible: int
+
+    @property
+    def text(self) -> str:
+        return str(self.textpage.extractText())
+
+
+def read_text_layer(page: Any, enough: int | None = None) -> TextLayer:
+    """Build the page's text once (`get_text`'s own flags) and count its characters.
+
+    One pass over the content stream serves both the decision (visible text, an
+    invisible OCR layer, none) and the text. A character is invisible when it is
+    neither filled nor stroked, or fully transparent. With `enough`, counting stops as
+    soon as that many visible characters are found: a born-digital page is decided on
+    its first line, not on its every character. The counts are those
+    `page.get_texttrace()` gave (planning's former first pass, measured equal on the
+    corpus) but for characters outside the page's media box, which are not extracted
+    (the texttrace counted them: a "text" page with no text), and text both filled and
+    stroked, counted once (the texttrace counted it twice).
+    """
+    textpage = page.get_textpage(flags=pymupdf.TEXTFLAGS_TEXT)
+    visible = invisible = 0
+    for block in textpage.this:
+        if block.m_internal.type != pymupdf.mupdf.FZ_STEXT_BLOCK_TEXT:
+            continue
+        for line in block:
+            char = line.m_internal.first_char  # MuPDF's own list: no wrapper per char
+            while char is not None:
+                flags = char.flags
+                if not flags & _NOT_COUNTED:
+                    if flags & _INKED and char.argb >> 24:
+                        visible += 1
+                    else:
+                        invisible += 1
+                char = char.next
+            if enough is not None and visible >= enough:
+                return TextLayer(textpage, visible, invisible)
+    return TextLayer(textpage, visible, invisible)
+
+
 def text_chars(page: Any) -> tuple[int, int]:
     """(visible, invisible) characters of the page's text layer."""
-    visible = invisible = 0
-    for span in page.get_texttrace():
-        n = len(span["chars"])
-        if span["type"] == INVISIBLE or span.get("opacity", 1) == 0:
-            invisible += n
-        else:
-            visible += n
-    return visible, invisible
+    layer = read_text_layer(page)
+    return layer.visible, layer.invisible
 
 
 def plan_pdf(data: bytes, pages: str | None, password: str | None, mode: str,
@@ -124,7 +178,8 @@ def plan_pdf(data: bytes, pages: str | None, password: str | None, mode: str,
     `auto`: a page with visible text, or an existing invisible OCR layer, keeps its
     text; other pages get OCR. `ocr`: every page gets OCR. `text`: no OCR at all.
     Pages that would get OCR but are blank (`page_is_blank`) are listed in
-    `blank_pages` instead, when OCR_SKIP_BLANK_PAGES is on.
+    `blank_pages` instead, when OCR_SKIP_BLANK_PAGES is on. Each page's text is read in
+    one pass (`read_text_layer`), which both decides and gives the text.
     """
     doc = open_pdf(data, password, settings)
     decrypted = None
@@ -144,10 +199,11 @@ def plan_pdf(data: bytes, pages: str | None, password: str | None, mode: str,
             else:
                 plan.ocr_pages.append(number)
             continue
-        visible, invisible = text_chars(page)
+        found = read_text_layer(page, enough=settings.pdf_min_text_chars)
+        visible, invisible = found.visible, found.invisible
         layer = "visible" if visible >= settings.pdf_min_text_chars else "invisible"
         if mode == "text" or max(visible, invisible) >= settings.pdf_min_text_chars:
-            plan.text_pages[number] = (page.get_text("text"), layer)
+            plan.text_pages[number] = (found.text, layer)
         elif settings.skip_blank_pages and visible + invisible == 0 and page_is_blank(page):
             plan.blank_pages.append(number)
         else:
@@ -199,7 +255,15 @@ def render_page(doc: Any, number: int, settings: Settings,
     lower resolution, not refused.
     """
     page = doc[number - 1]
-    rect = page.rect
+    zoom = render_zoom(page.rect, settings, longest_side)
+    grey = mode == "L"
+    pix = page.get_pixmap(matrix=pymupdf.Matrix(zoom, zoom),
+                          colorspace=pymupdf.csGRAY if grey else pymupdf.csRGB, alpha=False)
+    return Image.frombytes("L" if grey else "RGB", (pix.width, pix.height), pix.samples)
+
+
+def render_zoom(rect: Any, settings: Settings, longest_side: int | None = None) -> float:
+    """Pixels per PDF point of a page rendered for OCR (`render_page`)."""
     zoom = settings.pdf_dpi / 72
     if longest_side is not None and max(rect.width, rect.height) > 0:
         zoom = min(zoom, longest_side / max(rect.width, rect.height))
@@ -207,21 +271,42 @@ def render_page(doc: Any, number: int, settings: Settings,
     if pixels > settings.max_render_pixels:
         # MuPDF rounds each side up: leave room for that, the cap must hold.
         zoom *= math.sqrt(settings.max_render_pixels / pixels) * 0.998
-    grey = mode == "L"
-    pix = page.get_pixmap(matrix=pymupdf.Matrix(zoom, zoom),
-                          colorspace=pymupdf.csGRAY if grey else pymupdf.csRGB, alpha=False)
-    return Image.frombytes("L" if grey else "RGB", (pix.width, pix.height), pix.samples)
+    return zoom
 
 
-def word_rects(page: dict[str, Any], page_rect: Any) -> list[tuple[str, Any]]:
+def text_layer_words(doc: Any, number: int, settings: Settings
+                     ) -> tuple[tuple[int, int], tuple[WordBox, ...]]:
+    """The size and words of page `number`'s text layer, in OCR'd pages' coordinates.
+
+    Pixels of the page rendered at OCR_PDF_DPI (as `render_page` renders it for OCR;
+    issue 26): PyMuPDF's words, in points of the unrotated page, are turned with the
+    page and scaled. Confidence 100: the text is the PDF's own.
+    """
+    page = doc[number - 1]
+    zoom = render_zoom(page.rect, settings)
+    # the size MuPDF gives a pixmap of this zoom (each side rounded up)
+    size = (math.ceil(page.rect.width * zoom - 1e-6), math.ceil(page.rect.height * zoom - 1e-6))
+    turn = page.rotation_matrix * pymupdf.Matrix(zoom, zoom)
+    words = []
+    for x0, y0, x1, y1, text, *_ in page.get_text("words"):
+        rect = (pymupdf.Rect(x0, y0, x1, y1) * turn).normalize()
+        box = (max(0, math.floor(rect.x0)), max(0, math.floor(rect.y0)),
+               min(size[0], math.ceil(rect.x1)), min(size[1], math.ceil(rect.y1)))
+        if text.strip() and box[2] > box[0] and box[3] > box[1]:
+            words.append(WordBox(text, box, 100.0))
+    return size, tuple(words)
+
+
+def word_rects(page: PageRecord, page_rect: Any) -> list[tuple[str, Any]]:
     """Each word of an OCR page result as (text, rectangle in PDF points)."""
-    width, height = page["image_size"]
-    mapped = to_input((width, height), page["rotation"], page["skew"])
+    assert page.image_size is not None
+    width, height = page.image_size
+    mapped = to_input((width, height), page.rotation or 0, page.skew or 0.0)
     sx, sy = page_rect.width / width, page_rect.height / height
     out = []
-    for word in page["words"]:
-        x0, y0, x1, y1 = mapped(tuple(word["box"]))
-        out.append((word["text"], pymupdf.Rect(x0 * sx, y0 * sy, x1 * sx, y1 * sy)))
+    for word in page.words or ():
+        x0, y0, x1, y1 = mapped(word.box)
+        out.append((word.text, pymupdf.Rect(x0 * sx, y0 * sy, x1 * sx, y1 * sy)))
     return out
 
 
@@ -248,7 +333,7 @@ def _font_for(text: str) -> tuple[str, Any]:
     return name, _font(code)
 
 
-def _lines(rects: list[tuple[str, Any]], words: list[dict[str, Any]]
+def _lines(rects: list[tuple[str, Any]], words: tuple[WordBox, ...]
            ) -> list[list[tuple[str, Any]]]:
     """Words (text, PDF rect) grouped into lines by their boxes in the OCR'd image.
 
@@ -262,7 +347,7 @@ def _lines(rects: list[tuple[str, Any]], words: list[dict[str, Any]]
         text = text.strip()
         if not text or rect.is_empty:
             continue
-        _, y0, _, y1 = word["box"]
+        _, y0, _, y1 = word.box
         middle = (y0 + y1) / 2
         if lines and top <= middle <= bottom:
             lines[-1].append((text, rect))
@@ -273,7 +358,7 @@ def _lines(rects: list[tuple[str, Any]], words: list[dict[str, Any]]
 
 
 def searchable_pdf(data: bytes, fmt: str, password: str | None,
-                   pages: list[dict[str, Any]], settings: Settings) -> bytes:
+                   pages: list[PageRecord], settings: Settings) -> bytes:
     """The input as a PDF whose OCR'd pages carry an invisible, selectable text layer.
 
     Each word is written on its box in an embedded Unicode font (subset on save), so
@@ -287,9 +372,9 @@ def searchable_pdf(data: bytes, fmt: str, password: str | None,
             doc = pymupdf.open("pdf", image_doc.convert_to_pdf())
     try:
         for result in pages:
-            if result.get("source") != "ocr" or "words" not in result:
+            if result.source != "ocr" or result.words is None or result.image_size is None:
                 continue
-            page = doc[result["number"] - 1]
+            page = doc[result.number - 1]
             if text_chars(page)[1]:
                 # An old OCR layer is replaced, not doubled: remove text, keep images.
                 page.add_redact_annot(page.rect)
@@ -297,7 +382,7 @@ def searchable_pdf(data: bytes, fmt: str, password: str | None,
                     images=pymupdf.PDF_REDACT_IMAGE_NONE,  # type: ignore[attr-defined]
                     graphics=pymupdf.PDF_REDACT_LINE_ART_NONE)  # type: ignore[attr-defined]
             inserted: set[str] = set()
-            for line in _lines(word_rects(result, page.rect), result["words"]):
+            for line in _lines(word_rects(result, page.rect), result.words):
                 # One baseline and size per OCR line: extraction reads it as one line.
                 bottom = sum(rect.y1 for _, rect in line) / len(line)
                 height = sum(rect.height for _, rect in line) / len(line)

@@ -1,50 +1,35 @@
-"""Construction of the Celery app from the settings.
+"""Construction of the Celery apps from the settings.
 
-Runs in every process that talks to the queue: clients, worker parent and children,
-beat and Flower.
+`create_app` builds the worker's app (task modules, signal handlers, remote control):
+it runs in the worker parent and children, beat and Flower. `sending_app` builds the
+app clients use (submit.py, the Python client, the HTTP API): it sends tasks by name
+and reads results, and imports no task module, so no engine or image library.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
-from typing import Any
-
-from celery import Celery
-
-from tasks.queue.display import job_kwargs_repr
-from worker_config import Settings, celery_config
+from tasks.queue.celery_config import celery_config, worker_app_config
+from tasks.queue.ocr_celery import OcrCelery
+from tasks.settings import Settings
 
 TASK_MODULES = ("tasks.queue.document_tasks", "tasks.queue.maintenance_tasks")
-
-
-class OcrCelery(Celery):
-    """The Celery app, carrying the service settings it was built from."""
-
-    ocr_settings: Settings
-
-    def send_task(self, name: str, args: Any = None, kwargs: Any = None,
-                  **options: Any) -> Any:
-        """Celery's `send_task`; jobs are shown (logs, Flower) without payload or password."""
-        if name == "ocr.document" and isinstance(kwargs, Mapping):
-            options["kwargsrepr"] = job_kwargs_repr(kwargs)
-        return super().send_task(name, args, kwargs, **options)
 
 
 def create_app(settings: Settings) -> OcrCelery:
     """A configured app; worker-side signal handlers are connected here."""
     app = OcrCelery("ocr", include=list(TASK_MODULES), set_as_current=True)
     app.ocr_settings = settings
-    app.conf.update(celery_config(settings))
+    app.conf.update(worker_app_config(settings))
     # The remote-control command must be registered in the worker and in the
     # `celery control` command line alike, so it is imported with the app.
     import tasks.queue.control  # noqa: F401
     from tasks.queue.signals import connect_signals
 
-    connect_signals(settings)
+    connect_signals(app, settings)
     from tasks.queue.telemetry import connect_telemetry
 
     connect_telemetry(settings)  # after connect_signals: its handlers run first
-    from tasks.queue.endings import connect_parent_endings
+    from tasks.queue.parent_endings import connect_parent_endings
 
     connect_parent_endings(app)
     from tasks.queue.transport import connect_refusals
@@ -53,6 +38,17 @@ def create_app(settings: Settings) -> OcrCelery:
     from tasks.queue._log_privacy import hide_task_results
 
     hide_task_results()
+    return app
+
+
+def sending_app(settings: Settings) -> OcrCelery:
+    """A Celery app that only sends tasks by name and reads their results.
+
+    No task modules and no worker signals: those pull in the image pipeline.
+    """
+    app = OcrCelery("ocr", set_as_current=False)
+    app.ocr_settings = settings
+    app.conf.update(celery_config(settings))
     return app
 
 

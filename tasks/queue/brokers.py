@@ -16,7 +16,7 @@ from typing import Any
 
 from kombu import Connection
 
-from worker_config import Settings, SettingsError
+from tasks.settings import Settings, SettingsError
 
 
 def check_worker(settings: Settings) -> None:

@@ -4,7 +4,7 @@ All run in the worker parent (MainProcess).
 
 `celery -A tasks control unload_model`, or `submit.py models --unload`. The parent
 holds no engine (they live in the pool children), so it sends each pool child the
-release signal (tasks/models/release.py): each child closes its engines and clears MLX's cache
+release signal (tasks/engines/release.py): each child closes its engines and clears MLX's cache
 now, or after the task it is running, and loads them again on its next task.
 
 Imported by `create_app`, so the worker and the `celery control` command line both know
@@ -18,8 +18,7 @@ from typing import Any
 from celery.utils.nodenames import nodesplit
 from celery.worker.control import control_command
 
-from tasks.engines import engine_class
-from tasks.models import release
+from tasks.engines import engine_class, release, resolve_engine
 
 
 @control_command(help="Make every pool child release its engines (reloaded on next task).")
@@ -42,9 +41,11 @@ def languages(state: Any, **_: Any) -> dict[str, Any]:
     files; no engine is loaded here.
     """
     settings = state.consumer.app.ocr_settings
-    name = settings.resolve_engine()
-    langs = engine_class(name, settings).languages(settings)
-    return {"engine": name, "default": settings.tesseract_lang if langs is not None else None,
+    name = resolve_engine(settings)
+    cls = engine_class(name, settings)
+    langs = cls.languages(settings)
+    return {"engine": name,
+            "default": cls.default_language(settings) if langs is not None else None,
             "languages": langs}
 
 

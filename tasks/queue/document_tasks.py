@@ -15,17 +15,18 @@ from __future__ import annotations
 import functools
 import logging
 import os
+import random
+import time
 import urllib.error
 from dataclasses import replace
-from typing import Any, NoReturn
+from typing import Any
 
 from billiard.exceptions import SoftTimeLimitExceeded
 from celery import Celery, Task, shared_task, states
 from celery.exceptions import Ignore
-from celery.utils.time import get_exponential_backoff_interval
 from kombu.utils.uuid import uuid
 
-from tasks.engines import resident
+from tasks.engines import resident, resolve_engine
 from tasks.errors import (
     BadRequest,
     DeadlineExceeded,
@@ -34,7 +35,7 @@ from tasks.errors import (
     WorkerLost,
     error_info,
 )
-from tasks.lifecycle.callbacks import post_json
+from tasks.lifecycle.callbacks import post_json, signing_secrets
 from tasks.lifecycle.cancel import cancel_job
 from tasks.lifecycle.fanout import (
     OpenDocumentCache,
@@ -43,19 +44,25 @@ from tasks.lifecycle.fanout import (
     run_pdf_page,
     unexpected,
 )
+from tasks.lifecycle.inputs import decode_request
 from tasks.lifecycle.jobs import FanOut, process_job
-from tasks.lifecycle.records import DocumentMeta, JobStatus, Outcome
 from tasks.pipeline.documents import past_deadline
-from tasks.pipeline.inputs import JobRequest
 from tasks.pipeline.results import failed_page
-from tasks.queue.endings import JobServices, end_from_message, report_progress
+from tasks.queue.parent_endings import JobServices, end_from_message, report_progress
 from tasks.queue.poison_guard import GuardedTask
+from tasks.queue.routing import queue_for_engine
+from tasks.records.jobs import DocumentMeta, JobStatus, Outcome
+from tasks.records.request import JobRequest
+from tasks.records.results import DocumentResult, PageError, PageRecord
+from tasks.settings import Settings
 from tasks.state.boundary import publishing, transient
-from worker_config import Settings, queue_for_engine
 
 log = logging.getLogger(__name__)
 _open_docs = OpenDocumentCache()
-# Retries of retryable errors (OcrError.retryable): exponential backoff with full jitter.
+# Retries of retryable errors (OcrError.retryable): exponential backoff (2 s doubling, 60 s
+# cap) with "equal jitter": half of each step is waited for sure, the other half is random.
+# Full jitter could spend all five retries within a few seconds, shorter than a broker
+# or an inference server takes to come back; this way they span at least 31 s.
 MAX_RETRIES = 5
 RETRY_BACKOFF = 2
 RETRY_BACKOFF_MAX = 60
@@ -66,8 +73,8 @@ def retry_later(task: Task, exc: OcrError) -> None:
     retries = task.request.retries
     if retries >= MAX_RETRIES:
         return
-    countdown = get_exponential_backoff_interval(RETRY_BACKOFF, retries, RETRY_BACKOFF_MAX,
-                                                 full_jitter=True)
+    step = min(RETRY_BACKOFF_MAX, RETRY_BACKOFF * 2**retries)
+    countdown = step / 2 + random.uniform(0, step / 2)
     raise task.retry(exc=exc, countdown=countdown, max_retries=MAX_RETRIES)
 
 
@@ -89,14 +96,14 @@ class DocumentTask(GuardedTask):
         raise Ignore()
 
 
-def _previous(app: Celery, request: JobRequest) -> dict[str, Any] | None:
+def _previous(app: Celery, request: JobRequest) -> DocumentResult | None:
     """The result of the job a retry completes (`merge_from`)."""
     if request.merge_from is None:
         return None
     earlier = app.AsyncResult(request.merge_from)
     if earlier.state != states.SUCCESS or not isinstance(earlier.result, dict):
         raise BadRequest("`merge_from` must name a finished job whose result is stored")
-    return dict(earlier.result)
+    return DocumentResult.from_json(earlier.result)
 
 
 @shared_task(name="ocr.document", bind=True, base=DocumentTask, ignore_result=True,
@@ -107,6 +114,7 @@ def document(self: Task, *args: Any, **kwargs: Any) -> dict[str, Any]:
     The result is stored by the job's one exit, so Celery stores nothing
     (`ignore_result`): it sees a small summary, or the job's error raised again.
     """
+    started = time.time()  # the job's clock (`timings.total_seconds`) starts here
     settings: Settings = self.app.ocr_settings
     job_id = self.request.id
     # What `task_track_started` would store, were results not ignored.
@@ -128,33 +136,36 @@ def document(self: Task, *args: Any, **kwargs: Any) -> dict[str, Any]:
         _end(self, services, Outcome.failed(job_id, exc, None))
         raise Ignore() from None
     try:
-        request = JobRequest.from_kwargs(kwargs, settings)
+        request = decode_request(kwargs, settings)
     except OcrError as exc:
         end_from_message(self.app, job_id, kwargs, JobStatus.FAILURE, exc)
         raise Ignore() from None
-    engine = request.engine or settings.resolve_engine()
+    # The engine that reads the job (its own, its language's, or this worker's): failures name it.
+    engine = resident.current(settings).for_job(request.engine, request.lang)
     try:
         with transient("Redis or the broker"):
             work = process_job(job_id, request, settings, resident.current(settings),
                                services.stores, _previous(self.app, request),
-                               progress=functools.partial(report_progress, self.app, job_id))
+                               progress=functools.partial(report_progress, self.app, job_id),
+                               started=started)
             if isinstance(work, FanOut):
-                fan_out(self, work, services)
+                # Ended when its last page is in. Returned, not `raise Ignore()`: Celery's
+                # handling of an ignored task keeps memory per task in the pool child.
+                return fan_out(self, work, services)
     except OcrError as exc:
         _retry_if_transient(self, exc)  # the input stays for the retry
-        outcome = Outcome.failed(job_id, exc, request, engine=engine)
+        outcome = Outcome.failed(job_id, exc, request, engine=engine, started=started)
     except SoftTimeLimitExceeded:
         late: OcrError = (DeadlineExceeded("the job's deadline passed while it ran")
                           if past_deadline(request.deadline) else
                           Timeout(f"the job ran past its soft time limit of "
                                   f"{settings.soft_time_limit} s"))
-        outcome = Outcome.failed(job_id, late, request, engine=engine)
-    except Ignore:
-        raise  # fanned out: the job ends when its last page is in
+        outcome = Outcome.failed(job_id, late, request, engine=engine, started=started)
     except Exception as exc:  # noqa: BLE001 - any other failure ends the job, logged
-        outcome = Outcome.failed(job_id, unexpected(job_id, exc), request, engine=engine)
+        outcome = Outcome.failed(job_id, unexpected(job_id, exc), request, engine=engine,
+                                 started=started)
     else:
-        outcome = work  # a FanOut raised Ignore in fan_out
+        outcome = work  # ended in this task (a fan-out returned above)
     outcome.reply_queue = (self.request.delivery_info or {}).get("routing_key")
     _end(self, services, outcome)
     return celery_summary(outcome)
@@ -185,16 +196,19 @@ def celery_summary(outcome: Outcome) -> dict[str, Any]:
     """
     if outcome.status is JobStatus.FAILURE and outcome.error is not None:
         raise outcome.error
-    pages = (outcome.result or {}).get("pages") or []
+    pages = outcome.result.pages if outcome.result is not None else []
     return {"id": outcome.job_id, "status": outcome.status.value, "pages": len(pages)}
 
 
-def fan_out(task: Task, work: FanOut, services: JobServices) -> NoReturn:
+def fan_out(task: Task, work: FanOut, services: JobServices) -> dict[str, Any]:
     """Enqueue one page task per OCR page; the job ends when its last page is in.
 
     Page tasks get the job's priority, and their ids are kept (for cancellation).
     """
-    queue = queue_for_engine(work.meta.engine)
+    # The queue of the engine the job named, else this worker's (which it consumes): a
+    # job routed by its language (OCR_LANG_ENGINES) keeps its pages on workers like it.
+    queue = queue_for_engine(work.meta.request.engine
+                             or resolve_engine(task.app.ocr_settings))
     meta = replace(work.meta, page_tasks=[uuid() for _ in work.meta.ocr_pages],
                    reply_queue=queue)
     job_id = meta.job_id
@@ -209,7 +223,8 @@ def fan_out(task: Task, work: FanOut, services: JobServices) -> NoReturn:
             pdf_page.apply_async((job_id, number), queue=queue, task_id=page_id,
                                  priority=priority,
                                  link_error=pdf_page_lost.s(job_id, number, queue))
-    raise Ignore()  # the job's result is stored when its last page is recorded
+    # The job's result is stored when its last page is recorded.
+    return {"id": job_id, "status": "FANNED_OUT", "pages": meta.total}
 
 
 @shared_task(name="ocr.pdf_page", bind=True, base=GuardedTask)
@@ -246,10 +261,10 @@ def pdf_page(self: Task, doc_id: str, number: int) -> dict[str, Any]:
         services.ender.end(Outcome.failed(doc_id, exc, meta.request, engine=meta.engine,
                                           started=meta.started,
                                           reply_queue=meta.reply_queue))
-    return {"document": doc_id, "number": number, "ok": "error" not in page}
+    return {"document": doc_id, "number": number, "ok": not page.failed}
 
 
-def _record(app: Celery, meta: DocumentMeta, page: dict[str, Any],
+def _record(app: Celery, meta: DocumentMeta, page: PageRecord,
             services: JobServices) -> None:
     progress: Progress = functools.partial(report_progress, app, meta.job_id)
     if record_page(meta, page, services.join, services.ender, app.ocr_settings,
@@ -277,7 +292,7 @@ def pdf_page_failed(self: Task, doc_id: str, number: int, error: dict[str, Any])
             meta = services.join.find(doc_id)
             if meta is None:
                 return
-            page = {"number": number, "text": "", "source": "ocr", "error": error}
+            page = PageRecord(number, source="ocr", error=PageError.from_json(error))
             _record(self.app, meta, page, services)
     except OcrError as exc:
         retry_later(self, exc)
@@ -308,4 +323,9 @@ def cancel(self: Task, job_id: str) -> dict[str, str]:
 def http_callback(self: Task, url: str, body: dict[str, Any]) -> int:
     """POST a finished job's summary to the caller's URL; retried with backoff."""
     settings: Settings = self.app.ocr_settings
-    return post_json(url, body, settings)
+    job_id = body.get("id")
+    secrets = None
+    if isinstance(job_id, str):  # an API client's job: signed with that client's secret
+        stores = JobServices.for_app(self.app).stores
+        secrets = signing_secrets(stores.control.owner(job_id), stores.webhook_secrets)
+    return post_json(url, body, settings, secrets)

@@ -23,10 +23,11 @@ from celery.utils import worker_direct
 from celery.utils.nodenames import nodesplit
 
 from tasks.errors import BadRequest, OcrError, TransientError
-from tasks.models.audit import AuditRun, PrunePolicy, mode_for, run_audit
+from tasks.models.audit import AuditRun, mode_for, run_audit
+from tasks.models.decisions import PrunePolicy
 from tasks.models.registry import ModelRegistry
+from tasks.settings import Settings, audit_crontab_fields
 from tasks.state.stores import connect
-from worker_config import Settings, scheduled_run_window
 
 RUN_ID = re.compile(r"[A-Za-z0-9_.-]{1,100}\Z")
 # A copy not started by then (its worker went away after answering) is dropped unrun.
@@ -123,3 +124,27 @@ def audit_models(self: Task, prune: bool = False, dry_run: bool = False,
     except redis.RedisError as exc:
         raise TransientError(f"Redis became unreachable during the audit "
                              f"({type(exc).__name__})") from exc
+
+
+def scheduled_run_window(settings: Settings) -> float:
+    """Seconds during which a second scheduled audit is a duplicate (another beat's).
+
+    Half the shortest gap between two runs of the crontab (a lower bound: only minutes
+    and hours are considered), so a run on the next scheduled time is never skipped.
+    """
+    if settings.audit_schedule is None:
+        return 0.0
+    fields_ = audit_crontab_fields(settings.audit_schedule)
+    minutes, hours = sorted(fields_["minute"]), sorted(fields_["hour"])
+    if len(minutes) > 1:
+        gap = _cyclic_gap(minutes, 60) * 60
+    elif len(hours) > 1:
+        gap = _cyclic_gap(hours, 24) * 3600
+    else:
+        gap = 86400
+    return gap / 2
+
+
+def _cyclic_gap(values: list[int], period: int) -> int:
+    return min((b - a) % period or period for a, b in zip(values, values[1:] + values[:1],
+                                                          strict=True))

@@ -1,17 +1,40 @@
-"""Task routing (a Celery router).
+"""Queues and priorities: where a message goes and in which order it is served.
 
-Jobs that name an engine go to that engine's queue; cancels and callbacks go to the
-control queue.
+`route_task` is Celery's router: jobs that name an engine go to that engine's queue;
+cancels and callbacks go to the control queue. Runs in every process that sends or
+serves tasks (clients too: nothing heavy is imported here).
 """
 
 from __future__ import annotations
 
 from typing import Any
 
-from worker_config import CONTROL_QUEUE, queue_for_engine
+from tasks.settings import Settings
+
+DEFAULT_QUEUE = "ocr"
+# Light tasks (ocr.cancel, HTTP callbacks without a job queue): every worker consumes it, and the
+# Procfile's `control` worker serves only it, so a cancel never waits for a busy pool.
+CONTROL_QUEUE = "ocr-control"
+# Job priorities on the Redis transport: lower numbers are served first.
+PRIORITIES = {"interactive": 0, "normal": 3, "batch": 6}
+PRIORITY_STEPS = [0, 3, 6, 9]
+# On RabbitMQ a higher number is served first (queues declared with x-max-priority):
+# the same names, mirrored (`priority_value` picks the table of the broker).
+AMQP_MAX_PRIORITY = 9
+AMQP_PRIORITIES = {name: AMQP_MAX_PRIORITY - value for name, value in PRIORITIES.items()}
 
 # Light tasks that must not wait behind OCR work.
 CONTROL_TASKS = ("ocr.cancel", "ocr.http_callback")
+
+
+def queue_for_engine(engine: str) -> str:
+    """The queue that jobs asking for `engine` go to; workers of that engine consume it."""
+    return f"{DEFAULT_QUEUE}-{engine}"
+
+
+def priority_value(settings: Settings, name: str) -> int:
+    """The message priority of a named priority on this broker."""
+    return (AMQP_PRIORITIES if settings.broker_is_amqp else PRIORITIES)[name]
 
 
 def route_task(name: str, args: Any, kwargs: dict[str, Any] | None, options: Any,

@@ -13,6 +13,7 @@ from __future__ import annotations
 import logging
 from typing import Any
 
+from celery import Celery
 from celery.signals import (
     celeryd_after_setup,
     celeryd_init,
@@ -22,21 +23,21 @@ from celery.signals import (
     worker_process_shutdown,
 )
 
-from tasks.engines import resident
-from tasks.models import release
+from tasks.engines import release, resident, resolve_engine
 from tasks.models.registry import ModelRegistry
 from tasks.pipeline.images import configure_pillow
 from tasks.queue import brokers
+from tasks.queue.routing import CONTROL_QUEUE, queue_for_engine
+from tasks.settings import Settings
 from tasks.state.stores import connect
-from worker_config import CONTROL_QUEUE, Settings, queue_for_engine
 
 log = logging.getLogger(__name__)
 _connected = False
 _keeper: release.ChildKeeper | None = None
 
 
-def connect_signals(settings: Settings) -> None:
-    """Connect the handlers once per process, bound to `settings`."""
+def connect_signals(app: Celery, settings: Settings) -> None:
+    """Connect the handlers once per process, bound to the worker's app and `settings`."""
     global _connected
     if _connected:
         return
@@ -51,7 +52,7 @@ def connect_signals(settings: Settings) -> None:
             log.info("worker %s is a control worker: no engine, queue %s", sender,
                      CONTROL_QUEUE)
         else:
-            queue = queue_for_engine(settings.resolve_engine())
+            queue = queue_for_engine(resolve_engine(settings))
             for name in (queue, CONTROL_QUEUE):
                 instance.app.amqp.queues.select_add(name)
             log.info("worker %s serves engine queue %s", sender, queue)
@@ -59,9 +60,7 @@ def connect_signals(settings: Settings) -> None:
 
     def on_process_init(**_: Any) -> None:
         global _keeper
-        from tasks.queue.app import get_app
-
-        brokers.fresh_connections(get_app())
+        brokers.fresh_connections(app)
         configure_pillow(settings)
         models = ModelRegistry(connect(settings.redis_url), settings.model_heartbeat_seconds)
         _keeper = release.ChildKeeper(models, settings.model_dir,

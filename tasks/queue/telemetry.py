@@ -5,7 +5,7 @@
 children that are gone, keeps the others fresh). In pool children:
 `worker_process_init`, `task_postrun` (after `tasks.queue.signals`' handler, so that the
 engine's memory figures are those of the finished task) and `worker_process_shutdown`.
-The job's one exit (tasks/lifecycle/ending.py) calls `job_ended()` wherever the job
+The job's one exit (tasks/lifecycle/job_exit.py) calls `job_ended()` wherever the job
 ended, the worker parent included.
 
 A failing metrics write is logged and dropped: jobs never depend on it.
@@ -31,15 +31,15 @@ from celery.signals import (
     worker_process_shutdown,
 )
 
-from tasks.engines import resident
+from tasks.engines import resident, resolve_engine
 from tasks.errors import OcrError, error_info
-from tasks.lifecycle.records import JobStatus, Outcome
+from tasks.records.jobs import JobStatus, Outcome
 from tasks.state.metrics import MetricsStore, Sample
 from tasks.state.stores import connect
 
 if TYPE_CHECKING:
     from tasks.engines.resident import ResidentEngines
-    from worker_config import Settings
+    from tasks.settings import Settings
 
 log = logging.getLogger(__name__)
 # Seconds between the worker parent's checks of its children's gauges (it runs on
@@ -259,7 +259,7 @@ def connect_telemetry(settings: Settings) -> Telemetry:
 
 
 def job_ended(outcome: Outcome) -> None:
-    """The `ocr.job` line and counters of a job that ended (tasks/lifecycle/ending.py).
+    """The `ocr.job` line and counters of a job that ended (tasks/lifecycle/job_exit.py).
 
     Wherever the job ended: a pool child, a control worker or the worker parent.
     """
@@ -267,7 +267,7 @@ def job_ended(outcome: Outcome) -> None:
         return
     settings = _telemetry.settings
     engine = outcome.engine or (outcome.request.engine if outcome.request else None) \
-        or settings.resolve_engine()
+        or resolve_engine(settings)
     if outcome.status is JobStatus.FAILURE:
         result: Any = outcome.error or OcrError()
     else:

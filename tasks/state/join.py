@@ -10,10 +10,11 @@ page is delivered twice: who merges is then decided by the job's end claim
 from __future__ import annotations
 
 import json
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from tasks.errors import InputNotFound
-from tasks.lifecycle.records import DocumentMeta
+from tasks.records.jobs import DocumentMeta
+from tasks.records.results import PageRecord
 from tasks.state.boundary import transient_methods
 from tasks.state.keys import DOC_PREFIX
 
@@ -33,13 +34,13 @@ class DocumentJoin:
     def _key(self, doc_id: str, part: str) -> str:
         return f"{DOC_PREFIX}{doc_id}:{part}"
 
-    def start(self, meta: DocumentMeta, pages: list[dict[str, Any]]) -> None:
+    def start(self, meta: DocumentMeta, pages: list[PageRecord]) -> None:
         doc_id = meta.job_id
         pipe = self._redis.pipeline()
         pipe.set(self._key(doc_id, "meta"), meta.to_json(), ex=self._ttl)
         pipe.delete(self._key(doc_id, "pages"))
         for page in pages:
-            pipe.hset(self._key(doc_id, "pages"), str(page["number"]), json.dumps(page))
+            pipe.hset(self._key(doc_id, "pages"), str(page.number), json.dumps(page.to_json()))
         pipe.expire(self._key(doc_id, "pages"), self._ttl)
         pipe.execute()
 
@@ -59,17 +60,17 @@ class DocumentJoin:
     def done(self, doc_id: str) -> int:
         return int(self._redis.hlen(self._key(doc_id, "pages")))
 
-    def record(self, doc_id: str, page: dict[str, Any], total: int) -> bool:
+    def record(self, doc_id: str, page: PageRecord, total: int) -> bool:
         """Store one page; True when the document has all its pages."""
         pipe = self._redis.pipeline(transaction=True)
-        pipe.hset(self._key(doc_id, "pages"), str(page["number"]), json.dumps(page))
+        pipe.hset(self._key(doc_id, "pages"), str(page.number), json.dumps(page.to_json()))
         pipe.hlen(self._key(doc_id, "pages"))
         _, done = pipe.execute()
         return int(done) >= total
 
-    def pages(self, doc_id: str) -> list[dict[str, Any]]:
+    def pages(self, doc_id: str) -> list[PageRecord]:
         raw = self._redis.hgetall(self._key(doc_id, "pages"))
-        return [json.loads(value) for value in raw.values()]
+        return [PageRecord.from_json(json.loads(value)) for value in raw.values()]
 
     def cleanup(self, doc_id: str) -> None:
         """Drop meta and pages (the job's end claim stays until its TTL)."""

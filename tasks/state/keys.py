@@ -30,3 +30,4 @@ API_IDEMPOTENCY_PREFIX = API_PREFIX + "idem:"  # <client>:<sha256 of key> -> job
 API_RATE_PREFIX = API_PREFIX + "rate:"        # <client>:<minute> request counter
 API_INFLIGHT_PREFIX = API_PREFIX + "inflight:"  # sorted set per client: open job ids
 API_UPLOAD_PREFIX = API_PREFIX + "upload:"    # an upload being received (renamed to a blob)
+API_WEBHOOK_PREFIX = API_PREFIX + "webhook:"  # hash per client: its callback signing secrets

@@ -19,6 +19,7 @@ from redis.retry import Retry
 from tasks.errors import BadRequest, InputNotFound
 from tasks.state.boundary import redis_retry, transient_methods
 from tasks.state.keys import BLOB_PREFIX, JOB_PREFIX, OUTPUT_PREFIX
+from tasks.state.webhook_secrets import WebhookSecrets
 
 _BLOB_KEY = re.compile("^" + re.escape(BLOB_PREFIX) + r"[A-Za-z0-9_.-]{8,128}$")
 # Inputs uploaded through the HTTP API: ocr:blob:api.<client>.<32 hex>; the key names
@@ -118,7 +119,7 @@ class JobControl:
 
     `ocr:job:<id>` is a hash (fields `blob`, `deadline`, `filename`, `cancelled`);
     `ocr:job:<id>:cancelled` holds the result of a cancelled job (pages done so far);
-    `ocr:job:<id>:ended` is the claim of the one exit (tasks/lifecycle/ending.py).
+    `ocr:job:<id>:ended` is the claim of the one exit (tasks/lifecycle/job_exit.py).
     """
 
     def __init__(self, client: redis.Redis, ttl: int) -> None:
@@ -222,3 +223,8 @@ class Stores:
     cache: ResultCache
     outputs: OutputStore
     control: JobControl
+
+    @property
+    def webhook_secrets(self) -> WebhookSecrets:
+        """API clients' callback signing secrets, in the same Redis (issue 26)."""
+        return WebhookSecrets(self.control._redis)

@@ -21,19 +21,22 @@ from billiard.exceptions import TimeLimitExceeded
 from celery import states
 from celery.signals import celeryd_after_setup, task_failure, task_revoked
 
+from tasks.engines import resolve_engine
 from tasks.errors import BadRequest, DeadlineExceeded, OcrError, Timeout, TransientError
-from tasks.lifecycle.ending import JobEnder
-from tasks.lifecycle.records import JobStatus, Outcome
-from tasks.pipeline.inputs import JobRequest
+from tasks.lifecycle.inputs import decode_request
+from tasks.lifecycle.job_exit import JobEnder
 from tasks.queue import telemetry
+from tasks.queue.routing import CONTROL_QUEUE
+from tasks.records.jobs import JobStatus, Outcome
+from tasks.records.request import JobRequest
+from tasks.records.results import DocumentResult
 from tasks.state.boundary import publishing
 from tasks.state.join import DocumentJoin
 from tasks.state.stores import BlobStore, JobControl, OutputStore, ResultCache, Stores, connect
-from worker_config import CONTROL_QUEUE
 
 if TYPE_CHECKING:
-    from tasks.queue.app import OcrCelery
-    from worker_config import Settings
+    from tasks.queue.ocr_celery import OcrCelery
+    from tasks.settings import Settings
 
 log = logging.getLogger(__name__)
 JOB_TASK = "ocr.document"
@@ -142,7 +145,7 @@ def request_of(kwargs: Any, settings: Settings) -> JobRequest | None:
     if not isinstance(kwargs, dict):
         return None
     try:
-        return JobRequest.from_kwargs(kwargs, settings)
+        return decode_request(kwargs, settings)
     except OcrError:
         return None
 
@@ -159,9 +162,8 @@ def end_from_message(app: OcrCelery, job_id: str, kwargs: Any, status: JobStatus
         outcome = Outcome.failed(job_id, error or BadRequest(), request,
                                  engine=_engine_of(request, settings))
     else:
-        outcome = Outcome(job_id, status, request, {
-            "id": job_id, "status": status.value, "pages": [], "text": "",
-            "filename": request.filename if request else ""},
+        outcome = Outcome(job_id, status, request, DocumentResult(
+            status=status.value, id=job_id, filename=request.filename if request else ""),
             engine=_engine_of(request, settings))
     outcome.extra_blobs = extra
     try:
@@ -173,7 +175,7 @@ def end_from_message(app: OcrCelery, job_id: str, kwargs: Any, status: JobStatus
 
 def _engine_of(request: JobRequest | None, settings: Settings) -> str:
     return (request.engine if request is not None and request.engine else
-            settings.resolve_engine())
+            resolve_engine(settings))
 
 
 def connect_parent_endings(app: OcrCelery) -> None:

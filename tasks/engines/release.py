@@ -29,9 +29,10 @@ entry the child holds (tasks/models/registry.py) every OCR_MODEL_HEARTBEAT_SECON
 an idle child stays registered while its model is loaded; the main thread registers a
 model itself before loading it. It also writes a `configured` registration of the
 child's OCR_MODEL whether or not it is loaded, so an idle release never exposes the
-configured model to a prune; that one outlives the child by up to 3 beats. The thread wakes every 0.25 s to check for idleness and
-for a release to deregister. Registrations expire after 3 missed beats when a child
-dies, and are deleted when it unloads or exits.
+configured model to a prune; that one outlives the child by up to 3 beats. The
+thread wakes every 0.25 s to check for idleness and for a release to deregister.
+Registrations expire after 3 missed beats when a child dies, and are deleted when it
+unloads or exits.
 """
 
 from __future__ import annotations
@@ -48,12 +49,12 @@ from typing import TYPE_CHECKING, Any
 
 import redis
 
-from tasks.models.audit import Holder
+from tasks.models.inventory import Holder
 from tasks.models.locate import locate
 
 if TYPE_CHECKING:
-    from tasks.models.registry import ModelRegistry
     from tasks.engines.resident import ResidentEngines
+    from tasks.models.registry import ModelRegistry
 
 log = logging.getLogger(__name__)
 
@@ -88,7 +89,7 @@ class ChildKeeper:
         self._idle_seconds = idle_seconds
         self._heartbeat = heartbeat_seconds
         self._tick = min(heartbeat_seconds, 0.25)
-        self._registry: ResidentEngines | None = None
+        self._engines: ResidentEngines | None = None
         self._busy = True  # until start(): the engine is loading in worker_process_init
         self._pending: str | None = None
         self._idle_asked = False
@@ -109,14 +110,14 @@ class ChildKeeper:
         """Install the release signal handler (main thread, before the engine loads)."""
         signal.signal(RELEASE_SIGNAL, self._on_signal)
 
-    def on_load(self, registry: ResidentEngines) -> None:
+    def on_load(self, engines: ResidentEngines) -> None:
         """Before and after each load (main thread): registrations follow at once."""
-        self._registry = registry
+        self._engines = engines
         self.sync()
 
-    def start(self, registry: ResidentEngines) -> None:
+    def start(self, engines: ResidentEngines) -> None:
         """Begin serving: apply a release asked for during the load, start the thread."""
-        self._registry = registry
+        self._engines = engines
         self._last_active = time.monotonic()
         self.task_finished()
         self._thread = threading.Thread(target=self._run, name="ocr-model-keeper",
@@ -143,9 +144,9 @@ class ChildKeeper:
             self._pending = reason
 
     def _release(self, reason: str) -> None:
-        if self._registry is None:
+        if self._engines is None:
             return
-        names = self._registry.unload()
+        names = self._engines.unload()
         if names:
             log.info("engines released (%s) in pid %d: %s", reason, os.getpid(),
                      ", ".join(names))
@@ -155,12 +156,12 @@ class ChildKeeper:
 
     def sync(self) -> None:
         """Make this child's registrations match its loaded models (any thread)."""
-        if self._models is None or self._registry is None:
+        if self._models is None or self._engines is None:
             return
         with self._sync_lock:
             holders = [self._holder(engine, entry)
-                       for engine, entry in self._registry.model_entries().items()]
-            configured = [self._holder(self._registry.primary, self._configured_model)] \
+                       for engine, entry in self._engines.model_entries().items()]
+            configured = [self._holder(self._engines.primary, self._configured_model)] \
                 if self._configured_model else []
             try:
                 keys = self._models.register(holders) | \
@@ -174,9 +175,9 @@ class ChildKeeper:
 
     def record_use(self) -> None:
         """Record the models the finished task used (task_postrun)."""
-        if self._models is None or self._registry is None:
+        if self._models is None or self._engines is None:
             return
-        used = self._registry.take_used_models()
+        used = self._engines.take_used_models()
         try:
             self._models.record_use(used)
         except redis.RedisError as exc:
@@ -223,5 +224,5 @@ class ChildKeeper:
 
     def _idle_due(self, now: float) -> bool:
         return (bool(self._idle_seconds) and not self._busy and not self._idle_asked
-                and self._registry is not None and bool(self._registry.engines)
+                and self._engines is not None and bool(self._engines.engines)
                 and now - self._last_active >= self._idle_seconds)

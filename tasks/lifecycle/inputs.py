@@ -1,6 +1,10 @@
-"""Job requests: decoding and validating `ocr.document` kwargs, and reading the input.
+"""Reading a job's input and decoding its request, in the worker.
 
-Runs in worker children (and in clients for validation of options).
+`decode_request` turns `ocr.document`'s kwargs into a `JobRequest` and checks its
+callback URL against this worker's policy; `read_input` fetches the input's bytes from
+the message, the blob store or an allowed path (opened without following links), so
+that the pipeline receives bytes and never touches Redis. Runs in worker pool children
+(and in the worker parent, to decode the request of a job it ends).
 """
 
 from __future__ import annotations
@@ -9,111 +13,25 @@ import base64
 import binascii
 import errno
 import os
-import re
 import stat
-from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from tasks.errors import BadRequest, InputNotFound, InputTooLarge, PathNotAllowed
-from tasks.pipeline.callback_urls import callback_target
-from worker_config import LANG_PATTERN, OUTPUT_CHOICES, PDF_MODES
+from tasks.lifecycle.callback_urls import callback_target
+from tasks.records.request import JobRequest
 
 if TYPE_CHECKING:
+    from tasks.settings import Settings
     from tasks.state.stores import BlobStore
-    from worker_config import Settings
-
-SOURCES = ("data_b64", "blob", "path")
-OPTIONS = ("filename", "engine", "pages", "password", "output", "mode", "lang", "callback_task",
-           "callback_queue", "callback_url", "merge_from")
-NUMBER_OPTIONS = ("deadline",)
-# Request fields that do not change the result: left out of the cache key. The
-# password is checked separately (tasks/lifecycle/jobs.py): a cached result of an
-# encrypted input is served only to a request whose password opens it.
-NOT_IN_RESULT = ("source", "blob", "path", "data_b64", "filename", "password", "deadline",
-                 "callback_task", "callback_queue", "callback_url", "merge_from")
-_TASK_NAME = re.compile(r"^[A-Za-z_][\w.:-]{0,199}$")
 
 
-@dataclass(frozen=True)
-class JobRequest:
-    """The validated arguments of one `ocr.document` job (the input itself excluded)."""
-
-    source: str
-    blob: str | None = None
-    path: str | None = None
-    data_b64: str | None = field(default=None, repr=False)
-    filename: str = ""
-    engine: str | None = None
-    pages: str | None = None
-    password: str | None = None
-    output: str = "text"
-    mode: str = "auto"
-    lang: str | None = None
-    deadline: float | None = None
-    callback_task: str | None = None
-    callback_queue: str | None = None
-    callback_url: str | None = None
-    merge_from: str | None = None
-
-    @classmethod
-    def from_kwargs(cls, kwargs: dict[str, Any], settings: Settings) -> JobRequest:
-        unknown = sorted(set(kwargs) - set(SOURCES) - set(OPTIONS) - set(NUMBER_OPTIONS))
-        if unknown:
-            raise BadRequest(f"unknown argument(s): {', '.join(unknown)}")
-        given = [s for s in SOURCES if kwargs.get(s) not in (None, "")]
-        if len(given) != 1:
-            raise BadRequest("give exactly one of data_b64, blob or path")
-        for name in (*SOURCES, *OPTIONS):
-            value = kwargs.get(name)
-            if value is not None and not isinstance(value, str):
-                raise BadRequest(f"`{name}` must be a string")
-        for name in NUMBER_OPTIONS:
-            value = kwargs.get(name)
-            if value is not None and (isinstance(value, bool)
-                                      or not isinstance(value, (int, float))):
-                raise BadRequest(f"`{name}` must be a number (seconds since the epoch)")
-        chosen = {k: kwargs[k] for k in (*SOURCES, *OPTIONS, *NUMBER_OPTIONS)
-                  if kwargs.get(k) not in (None, "")}
-        request = cls(source=given[0], **chosen)
-        if request.engine is not None and request.engine not in settings.all_engine_names():
-            raise BadRequest(f"unknown engine {request.engine!r}; choose one of "
-                             f"{', '.join(settings.all_engine_names())}")
-        if request.output not in OUTPUT_CHOICES:
-            raise BadRequest(f"`output` must be one of {', '.join(OUTPUT_CHOICES)}")
-        if request.lang is not None and not LANG_PATTERN.match(request.lang):
-            raise BadRequest("`lang` must be tesseract language codes joined by +, e.g. "
-                             "vie, chi_sim or ell+eng")
-        if request.mode not in PDF_MODES:
-            raise BadRequest(f"`mode` must be one of {', '.join(PDF_MODES)}")
-        for name in ("callback_task", "callback_queue"):
-            value = getattr(request, name)
-            if value is not None and not _TASK_NAME.match(value):
-                raise BadRequest(f"`{name}` is not a task or queue name")
-        if request.callback_url is not None:
-            check_callback_url(request.callback_url, settings)
-        return request
-
-    def cache_options(self, engine: str, model: str | None) -> dict[str, Any]:
-        """What, beside the input bytes, decides the result (settings: the caller's)."""
-        options = asdict(self)
-        for name in NOT_IN_RESULT:
-            options.pop(name)
-        return {**options, "engine": engine, "model": model}
-
-    def to_json(self) -> dict[str, Any]:
-        """The request as stored in Redis: no inline payload (it is in a blob by then)."""
-        out = asdict(self)
-        out.pop("data_b64")
-        return out
-
-    @classmethod
-    def from_json(cls, data: dict[str, Any]) -> JobRequest:
-        return cls(**data)
-
-    def stored_as(self, blob: str) -> JobRequest:
-        """The same request with its input now in the blob store under `blob`."""
-        return replace(self, source="blob", blob=blob, path=None, data_b64=None)
+def decode_request(kwargs: dict[str, Any], settings: Settings) -> JobRequest:
+    """The job's request, validated; raises BadRequest or CallbackNotAllowed."""
+    request = JobRequest.from_kwargs(kwargs, settings.all_engine_names())
+    if request.callback_url is not None:
+        check_callback_url(request.callback_url, settings)
+    return request
 
 
 def read_input(request: JobRequest, settings: Settings, blobs: BlobStore) -> bytes:
@@ -253,7 +171,7 @@ def check_callback_url(url: str, settings: Settings) -> str:
     """The normalised `url` when a callback may go there.
 
     Else BadRequest (not an http(s) URL) or CallbackNotAllowed (the policy of
-    tasks/pipeline/callback_urls.py: OCR_CALLBACK_ALLOWED_HOSTS, no private addresses
+    tasks/lifecycle/callback_urls.py: OCR_CALLBACK_ALLOWED_HOSTS, no private addresses
     unless listed, the deprecated OCR_CALLBACK_URL_PREFIXES). Resolved addresses are
     checked again at send time.
     """

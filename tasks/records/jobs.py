@@ -1,9 +1,10 @@
 """Typed records of a job's life, as they cross Redis and process boundaries.
 
-`DocumentMeta` is what a fanned-out PDF keeps in its join while its pages run (JSON in
-Redis, read by page tasks in any worker child); `Outcome` is how a job ended, handed
-to the one exit (`tasks.lifecycle.ending`). Built in worker pool children, and in the
-worker parent for the endings only it sees (hard kills, expiries).
+`JobStatus` is how a job ended; `DocumentMeta` is what a fanned-out PDF keeps in its
+join while its pages run (JSON in Redis, read by page tasks in any worker child);
+`Outcome` is how a job ended, handed to the one exit (`tasks.lifecycle.job_exit`).
+Built in worker pool children, and in the worker parent for the endings only it sees
+(hard kills, expiries); clients read `JobStatus`.
 """
 
 from __future__ import annotations
@@ -15,7 +16,8 @@ from enum import StrEnum
 from typing import Any
 
 from tasks.errors import OcrError
-from tasks.pipeline.inputs import JobRequest
+from tasks.records.request import JobRequest
+from tasks.records.results import DocumentResult
 
 
 class JobStatus(StrEnum):
@@ -45,18 +47,23 @@ class DocumentMeta:
     ocr_pages: list[int]
     page_tasks: list[str]
     reply_queue: str
-    base: dict[str, Any]
-    previous: dict[str, Any] | None = None
+    base: DocumentResult
+    previous: DocumentResult | None = None
     encrypted: bool = False
 
     def to_json(self) -> str:
-        data = {**self.__dict__, "request": self.request.to_json()}
+        data = {**self.__dict__, "request": self.request.to_json(),
+                "base": self.base.to_json(),
+                "previous": self.previous.to_json() if self.previous is not None else None}
         return json.dumps(data)
 
     @classmethod
     def from_json(cls, raw: str | bytes) -> DocumentMeta:
         data = json.loads(raw)
         data["request"] = JobRequest.from_json(data["request"])
+        data["base"] = DocumentResult.from_json(data["base"])
+        if data.get("previous") is not None:
+            data["previous"] = DocumentResult.from_json(data["previous"])
         return cls(**data)
 
 
@@ -71,7 +78,7 @@ class Outcome:
     job_id: str
     status: JobStatus
     request: JobRequest | None = None
-    result: dict[str, Any] | None = None
+    result: DocumentResult | None = None
     error: OcrError | None = None
     engine: str = ""
     started: float | None = None  # epoch seconds the job started, when known
@@ -87,8 +94,8 @@ class Outcome:
 
     @property
     def filename(self) -> str:
-        if self.result is not None and self.result.get("filename"):
-            return str(self.result["filename"])
+        if self.result is not None and self.result.filename:
+            return self.result.filename
         return self.request.filename if self.request is not None else ""
 
     @property
@@ -103,7 +110,7 @@ class Outcome:
     def public(self) -> dict[str, Any]:
         """The result a client reads (and a callback task receives)."""
         if self.result is not None:
-            return {**self.result, "id": self.job_id, "status": self.status.value}
+            return {**self.result.to_json(), "id": self.job_id, "status": self.status.value}
         error = self.error or OcrError()
         return {"id": self.job_id, "status": self.status.value, "filename": self.filename,
                 "error": error.to_dict()}

@@ -22,7 +22,7 @@ from tasks.errors import OcrError
 from tasks.lifecycle.callbacks import summary
 
 if TYPE_CHECKING:
-    from tasks.lifecycle.records import Outcome
+    from tasks.records.jobs import Outcome
     from tasks.state.join import DocumentJoin
     from tasks.state.stores import BlobStore, JobControl
 

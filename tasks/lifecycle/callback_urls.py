@@ -29,7 +29,7 @@ from urllib.parse import urlsplit
 from tasks.errors import BadRequest, CallbackNotAllowed
 
 if TYPE_CHECKING:
-    from worker_config import Settings
+    from tasks.settings import Settings
 
 _DEFAULT_PORTS = {"http": 80, "https": 443}
 _UNSAFE = re.compile(r"[\x00-\x20\x7f\\]")

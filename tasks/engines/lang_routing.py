@@ -1,0 +1,45 @@
+"""Which engine reads a job that names a language but no engine (OCR_LANG_ENGINES).
+
+Runs in worker pool children, where the job is already taken: `ResidentEngines.for_job`
+asks `routed_engine` and loads the answer beside the worker's own engine. Routing in
+the worker (not in the client at submit) means a routed job never waits on a queue no
+worker consumes: it stays on the queue it was sent to (`ocr`), and a worker without
+the routed engine installed reads it with its own engine.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Collection
+from typing import TYPE_CHECKING
+
+from tasks.engines import engine_class
+from tasks.errors import OcrError
+
+if TYPE_CHECKING:
+    from tasks.settings import Settings
+
+
+def routed_engine(lang: str | None, primary: str, settings: Settings,
+                  failed: Collection[str] = ()) -> str:
+    """The engine for a job of language set `lang` without `engine`; `primary` otherwise.
+
+    The first code of `lang` that OCR_LANG_ENGINES names decides; its engine is used
+    when it is installed here, has not failed to load here (`failed`) and reads every
+    code of `lang` (`chi_sim+eng` goes to rapidocr, `chi_sim+vie` stays on `primary`).
+    """
+    if not lang:
+        return primary
+    table = settings.lang_engine_map
+    codes = lang.split("+")
+    name = next((table[code] for code in codes if code in table), None)
+    if name is None or name == primary or name in failed:
+        return primary
+    try:
+        cls = engine_class(name, settings)
+    except OcrError:
+        return primary  # an engine this worker does not know (validated, but plugins vary)
+    reads = cls.languages(settings)
+    if not cls.installed(settings) or (reads is not None and
+                                       any(code not in reads for code in codes)):
+        return primary
+    return name

@@ -1,0 +1,148 @@
+"""The vlm-api engine's inference server: whether it answers, whether `vlm-server` runs it.
+
+Where it is and what it serves are `Settings.vlm_api_base` and
+`tasks.models.locate.served_model`.
+
+Light on purpose (the standard library and tasks.settings only): the API server's
+`/readyz` and the CLI (submit.py) call `check_server` in client processes, which must
+not import numpy, PIL or openai; the `vlm-server` process (scripts/run_vlm_server.py)
+calls `server_plan`. The server, not the worker's pool children, holds the model: the
+model lifecycle's idle and unload releases do not reach it (README, "The inference
+server").
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import threading
+import time
+import urllib.error
+import urllib.request
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+from tasks.queue.routing import queue_for_engine
+
+if TYPE_CHECKING:
+    from tasks.settings import Settings
+
+QUEUE = queue_for_engine("vlm-api")
+CHECK_TIMEOUT = 2.0  # seconds a readiness check waits for the server's answer
+
+
+@dataclass(frozen=True)
+class ServerCheck:
+    """The answer of `GET <base>/models`: `ok`, or why not in `detail` (safe to show)."""
+
+    url: str
+    ok: bool
+    detail: str = ""
+
+    @property
+    def message(self) -> str:
+        return "" if self.ok else \
+            f"the inference server at {self.url} does not answer ({self.detail})"
+
+
+def check_server(settings: Settings, timeout: float = CHECK_TIMEOUT) -> ServerCheck:
+    """Ask the inference server for its models (OpenAI's `GET /models`), `timeout` s.
+
+    Every OpenAI-compatible server answers it (mlx_vlm.server, vLLM, SGLang, LM Studio,
+    Ollama). The bearer token goes in the header when set; it never appears in `detail`.
+    """
+    base = settings.vlm_api_base
+    request = urllib.request.Request(f"{base}/models", method="GET")
+    if settings.vlm_api_key:
+        request.add_header("Authorization", f"Bearer {settings.vlm_api_key}")
+    try:
+        with urllib.request.urlopen(request, timeout=timeout) as answer:  # noqa: S310
+            status = answer.status
+    except urllib.error.HTTPError as exc:
+        return ServerCheck(base, False, f"HTTP {exc.code} to GET /models")
+    except urllib.error.URLError as exc:
+        reason = exc.reason
+        return ServerCheck(base, False, type(reason).__name__ if isinstance(
+            reason, BaseException) else str(reason)[:200])
+    except (TimeoutError, OSError) as exc:  # a read timeout, a reset mid-answer
+        return ServerCheck(base, False, type(exc).__name__)
+    except ValueError:  # a URL urllib cannot use (the settings check the scheme)
+        return ServerCheck(base, False, "not a usable URL")
+    if status != 200:
+        return ServerCheck(base, False, f"HTTP {status} to GET /models")
+    return ServerCheck(base, True)
+
+
+class ServerWatch:
+    """`check_server`, answered from a cache of `cache_seconds` (thread-safe).
+
+    The API's /readyz may be polled often, the server must not be.
+    """
+
+    def __init__(self, settings: Settings, cache_seconds: float = 5.0,
+                 timeout: float = CHECK_TIMEOUT) -> None:
+        self._settings = settings
+        self._cache_seconds = cache_seconds
+        self._timeout = timeout
+        self._lock = threading.Lock()
+        self._last: tuple[float, ServerCheck] | None = None
+
+    def check(self) -> ServerCheck:
+        with self._lock:
+            if self._last is None or time.monotonic() - self._last[0] > self._cache_seconds:
+                self._last = (time.monotonic(), check_server(self._settings, self._timeout))
+            return self._last[1]
+
+
+@dataclass(frozen=True)
+class ServerPlan:
+    """What the `vlm-server` process does: `serve` (exec `argv`), `idle` or `fail`.
+
+    `reason` is the one line it prints (for `fail`, `code: message`).
+    """
+
+    action: str
+    reason: str
+    argv: tuple[str, ...] = ()
+
+
+MODEL_MISSING = "vlm_server_model_missing"
+
+
+def server_plan(settings: Settings, python: str = sys.executable) -> ServerPlan:
+    """Decide, from the settings alone, whether this host runs mlx_vlm.server.
+
+    Serve only when OCR_ENGINE=vlm-api and OCR_VLM_API_URL is empty, with OCR_MODEL
+    resolved in OCR_MODEL_DIR (never downloaded); a model that is not there fails with
+    a coded line, so `make run` stops at once instead of queueing pages that no server
+    will read.
+    """
+    if settings.engine != "vlm-api":
+        return ServerPlan("idle", f"idle: OCR_ENGINE is {settings.engine!r}, not vlm-api "
+                                  "(this host's workers need no inference server)")
+    if settings.vlm_api_url:
+        return ServerPlan("idle", f"idle: the vlm-api workers use OCR_VLM_API_URL="
+                                  f"{settings.vlm_api_url} (a server run elsewhere)")
+    from tasks.models.locate import configured_model, searched
+
+    if not settings.model:
+        return ServerPlan("fail", f"{MODEL_MISSING}: OCR_ENGINE=vlm-api without "
+                                  "OCR_VLM_API_URL needs OCR_MODEL, the model this host's "
+                                  "mlx_vlm.server serves")
+    path = configured_model(settings)
+    if path is None or not (path / "config.json").is_file():
+        return ServerPlan("fail", f"{MODEL_MISSING}: model {settings.model!r} is not in "
+                                  f"OCR_MODEL_DIR (searched "
+                                  f"{searched(settings.model_dir, settings.model)}; no "
+                                  "config.json there); models are never downloaded")
+    argv = (python, "-m", "mlx_vlm.server", "--model", str(path), "--host", "127.0.0.1",
+            "--port", str(settings.vlm_server_port))
+    return ServerPlan("serve", f"serving {settings.model} ({path}) on "
+                               f"http://127.0.0.1:{settings.vlm_server_port}/v1", argv)
+
+
+def offline_env(environ: dict[str, str] | None = None) -> dict[str, str]:
+    """The server's environment: the hub and transformers never go online."""
+    env = dict(os.environ if environ is None else environ)
+    env.update(HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1")
+    return env

@@ -1,0 +1,163 @@
+"""The Celery configuration derived from the settings, beside the app that uses it.
+
+Runs in every process that builds an app: clients (send-only), the HTTP API, the
+worker parent and its pool children, beat and Flower.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+from tasks.queue.routing import AMQP_MAX_PRIORITY, DEFAULT_QUEUE, PRIORITY_STEPS, priority_value
+from tasks.settings import Settings
+
+# kombu's retry of a message publish while the broker is unreachable: about 30 s of
+# backoff (0.1 s, 0.6 s, ... up to 3 s), then the task retries (tasks/state/boundary.py).
+PUBLISH_RETRY_POLICY = {"max_retries": 14, "interval_start": 0.1, "interval_step": 0.5,
+                        "interval_max": 3.0}
+
+
+def celery_config(settings: Settings) -> dict[str, Any]:
+    """Celery settings derived from `settings` (see Celery's configuration reference).
+
+    What a sending app needs and a worker's own; the pool size, which depends on the
+    engine the worker loads, is `worker_app_config` below.
+    """
+    return {
+        "broker_url": settings.broker,
+        **_broker_transport(settings.broker),
+        "result_backend": settings.redis_url,
+        # JSON only: no pickle anywhere, for messages and results alike.
+        "task_serializer": "json",
+        "result_serializer": "json",
+        "accept_content": ["json"],
+        "result_accept_content": ["json"],
+        "result_expires": settings.result_ttl,
+        # Not extended: that would store each job's kwargs (passwords, inputs) in Redis.
+        "result_extended": False,
+        "task_track_started": True,
+        "task_default_queue": DEFAULT_QUEUE,
+        "task_routes": ("tasks.queue.routing.route_task",),
+        # At-least-once: ack after the task ran, requeue when the child died under it.
+        "task_acks_late": True,
+        "task_reject_on_worker_lost": True,
+        "worker_prefetch_multiplier": 1,
+        "task_default_priority": priority_value(settings, "normal"),
+        **_broker_options(settings),
+        # Reconnect forever to the broker, retry publishes and result writes through a
+        # broker or Redis restart instead of losing them.
+        "task_publish_retry": True,
+        "task_publish_retry_policy": PUBLISH_RETRY_POLICY,
+        "broker_connection_retry_on_startup": True,
+        "broker_connection_max_retries": None,
+        "result_backend_always_retry": True,
+        "result_backend_max_retries": 30,
+        "redis_retry_on_timeout": True,
+        "redis_socket_keepalive": True,
+        "redis_backend_health_check_interval": 30,
+        # Limits are the executing worker's own: a VLM worker runs with its own env.
+        "task_soft_time_limit": settings.soft_time_limit,
+        "task_time_limit": settings.hard_time_limit,
+        "task_annotations": {"ocr.pdf_page": {
+            "soft_time_limit": settings.page_soft_time_limit,
+            "time_limit": settings.page_hard_time_limit}},
+        "worker_max_tasks_per_child": settings.max_tasks_per_child or None,
+        # Measured as growth over the child's RSS once its engine loaded (the pool
+        # class adds that baseline in each child: tasks/queue/pool.py).
+        "worker_max_memory_per_child": settings.max_memory_per_child_mb * 1024 or None,
+        "worker_pool": "tasks.queue.pool:TaskPool",
+        "worker_proc_alive_timeout": settings.proc_alive_timeout,
+        # Flower: task events on, progress events visible.
+        "worker_send_task_events": True,
+        "task_send_sent_event": True,
+        "worker_hijack_root_logger": True,
+        # Each worker also consumes its own direct queue `<node>.dq2`: the every-host
+        # model audit sends one copy to one worker per host (maintenance_tasks.py).
+        "worker_direct": True,
+        # Beat: the model-directory audit (tasks/queue/maintenance_tasks.py).
+        "timezone": settings.schedule_timezone,
+        "beat_schedule": _beat_schedule(settings),
+    }
+
+
+def _broker_transport(broker_url: str) -> dict[str, Any]:
+    """On Redis, the transport that dead-letters malformed and refused messages."""
+    if broker_url.startswith(("redis://", "rediss://")):
+        return {"broker_transport": "tasks.queue.transport:Transport"}
+    return {}
+
+
+def _broker_options(settings: Settings) -> dict[str, Any]:
+    if settings.broker_is_amqp:
+        return {
+            # Every queue Celery declares (engine queues, OCR_QUEUES) gets priorities.
+            "task_queue_max_priority": AMQP_MAX_PRIORITY,
+            # Publisher confirms: a job is sent once RabbitMQ has taken it.
+            "broker_transport_options": {"confirm_publish": True},
+        }
+    return {"broker_transport_options": {
+        # tasks/queue/transport.py: refused messages go to the dead-letter list.
+        "ocr_max_message_bytes": settings.max_message_bytes,
+        "ocr_accept_content": ("application/json",),
+        "ocr_dead_letter_max": settings.dead_letter_max,
+        "ocr_dead_letter_ttl": settings.dead_letter_ttl,
+        # kombu's own defaults, spelled out: any stock Celery/kombu client then
+        # pushes to the lists the workers read (a custom `sep` would strand its
+        # messages).
+        "priority_steps": PRIORITY_STEPS,
+        "queue_order_strategy": "priority",
+        # One value for the cluster, larger than every worker's hard limits
+        # (Settings.check_worker): a running job is never delivered twice.
+        "visibility_timeout": settings.visibility_timeout,
+        # Every worker looks for jobs past the visibility timeout every 5 s (kombu's
+        # default is 10 s x a throttle of 10: a dead worker's jobs waited up to 100 s
+        # more than the timeout).
+        "unacked_restore_interval": 5,
+        "unacked_restore_throttle": 1,
+    }}
+
+
+def _beat_schedule(settings: Settings) -> dict[str, Any]:
+    if settings.audit_schedule is None:
+        return {}
+    from celery.schedules import crontab
+
+    return {"ocr-audit-models": {
+        "task": "ocr.audit_models",
+        "schedule": crontab.from_string(settings.audit_schedule),
+        "kwargs": {"prune": settings.prune_on_schedule, "scheduled": True},
+        "options": {"queue": DEFAULT_QUEUE},
+    }}
+
+
+
+
+def worker_app_config(settings: Settings) -> dict[str, Any]:
+    """`celery_config` plus what only a worker's app needs: its pool size."""
+    return {**celery_config(settings), "worker_concurrency": default_concurrency(settings)}
+
+
+# Pages a vlm-api worker keeps in flight by default, whatever its cores: its children
+# hold no model (the inference server does) and mostly wait on the server, which batches
+# the pages that arrive together; 4 is where a server's continuous batching on one Mac
+# or one GPU starts to pay (bench/vlm_api.py), and OCR_CONCURRENCY sets more.
+VLM_API_IN_FLIGHT = 4
+
+
+def default_concurrency(settings: Settings) -> int | None:
+    """Pool children: OCR_CONCURRENCY, else by the engine the worker loads.
+
+    One for mlx-vlm (each child holds the model), at least VLM_API_IN_FLIGHT for
+    vlm-api, and Celery's (one per core) for the others.
+    """
+    if settings.concurrency:
+        return settings.concurrency
+    from tasks.engines import resolve_engine
+
+    engine = resolve_engine(settings)
+    if engine == "mlx-vlm":
+        return 1
+    if engine == "vlm-api":
+        return max(VLM_API_IN_FLIGHT, os.cpu_count() or 1)
+    return None

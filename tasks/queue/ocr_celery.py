@@ -1,0 +1,28 @@
+"""The service's Celery app class: Celery carrying the settings it was built from.
+
+Used in every process with an app (tasks/queue/app.py builds them); tasks and signal
+handlers read `app.ocr_settings`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+from celery import Celery
+
+from tasks.queue.display import job_kwargs_repr
+from tasks.settings import Settings
+
+
+class OcrCelery(Celery):
+    """The Celery app, carrying the service settings it was built from."""
+
+    ocr_settings: Settings
+
+    def send_task(self, name: str, args: Any = None, kwargs: Any = None,
+                  **options: Any) -> Any:
+        """Celery's `send_task`; jobs are shown (logs, Flower) without payload or password."""
+        if name == "ocr.document" and isinstance(kwargs, Mapping):
+            options["kwargsrepr"] = job_kwargs_repr(kwargs)
+        return super().send_task(name, args, kwargs, **options)

@@ -1,0 +1,118 @@
+"""The job request: `ocr.document`'s kwargs decoded into a typed record.
+
+The wire contract other services speak (docs/tasks.md): its arguments and the values
+they take. Pure: runs in every process that sends or reads a job (clients, the HTTP
+API, worker children, the worker parent).
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Collection
+from dataclasses import asdict, dataclass, field, replace
+from typing import Any
+
+from tasks.errors import BadRequest
+
+# PDFs: keep text layers where present (auto), OCR every page, or text layers only.
+PDF_MODES = ("auto", "ocr", "text")
+OUTPUT_CHOICES = ("text", "markdown", "json", "pdf", "hocr", "alto")
+# Outputs drawn from word boxes: refused (`output_unsupported`) by engines without words.
+WORD_BOX_OUTPUTS = ("pdf", "hocr", "alto")
+# A tesseract language set: codes joined by `+` (eng, vie, chi_sim, ell+eng).
+LANG_PATTERN = re.compile(r"^[A-Za-z][A-Za-z0-9_]{0,31}(\+[A-Za-z][A-Za-z0-9_]{0,31}){0,7}$")
+
+SOURCES = ("data_b64", "blob", "path")
+OPTIONS = ("filename", "engine", "pages", "password", "output", "mode", "lang", "callback_task",
+           "callback_queue", "callback_url", "merge_from")
+NUMBER_OPTIONS = ("deadline",)
+# Request fields that do not change the result: left out of the cache key. The
+# password is checked separately (tasks/lifecycle/jobs.py): a cached result of an
+# encrypted input is served only to a request whose password opens it.
+NOT_IN_RESULT = ("source", "blob", "path", "data_b64", "filename", "password", "deadline",
+                 "callback_task", "callback_queue", "callback_url", "merge_from")
+_TASK_NAME = re.compile(r"^[A-Za-z_][\w.:-]{0,199}$")
+
+
+@dataclass(frozen=True)
+class JobRequest:
+    """The validated arguments of one `ocr.document` job (the input itself excluded)."""
+
+    source: str
+    blob: str | None = None
+    path: str | None = None
+    data_b64: str | None = field(default=None, repr=False)
+    filename: str = ""
+    engine: str | None = None
+    pages: str | None = None
+    password: str | None = None
+    output: str = "text"
+    mode: str = "auto"
+    lang: str | None = None
+    deadline: float | None = None
+    callback_task: str | None = None
+    callback_queue: str | None = None
+    callback_url: str | None = None
+    merge_from: str | None = None
+
+    @classmethod
+    def from_kwargs(cls, kwargs: dict[str, Any], engines: Collection[str]) -> JobRequest:
+        """Validate the kwargs' shape; `engines`: the engine names a job may ask for.
+
+        The callback URL's policy is checked where the request is used
+        (`tasks.lifecycle.inputs.decode_request`), not here.
+        """
+        unknown = sorted(set(kwargs) - set(SOURCES) - set(OPTIONS) - set(NUMBER_OPTIONS))
+        if unknown:
+            raise BadRequest(f"unknown argument(s): {', '.join(unknown)}")
+        given = [s for s in SOURCES if kwargs.get(s) not in (None, "")]
+        if len(given) != 1:
+            raise BadRequest("give exactly one of data_b64, blob or path")
+        for name in (*SOURCES, *OPTIONS):
+            value = kwargs.get(name)
+            if value is not None and not isinstance(value, str):
+                raise BadRequest(f"`{name}` must be a string")
+        for name in NUMBER_OPTIONS:
+            value = kwargs.get(name)
+            if value is not None and (isinstance(value, bool)
+                                      or not isinstance(value, (int, float))):
+                raise BadRequest(f"`{name}` must be a number (seconds since the epoch)")
+        chosen = {k: kwargs[k] for k in (*SOURCES, *OPTIONS, *NUMBER_OPTIONS)
+                  if kwargs.get(k) not in (None, "")}
+        request = cls(source=given[0], **chosen)
+        if request.engine is not None and request.engine not in engines:
+            raise BadRequest(f"unknown engine {request.engine!r}; choose one of "
+                             f"{', '.join(engines)}")
+        if request.output not in OUTPUT_CHOICES:
+            raise BadRequest(f"`output` must be one of {', '.join(OUTPUT_CHOICES)}")
+        if request.lang is not None and not LANG_PATTERN.match(request.lang):
+            raise BadRequest("`lang` must be tesseract language codes joined by +, e.g. "
+                             "vie, chi_sim or ell+eng")
+        if request.mode not in PDF_MODES:
+            raise BadRequest(f"`mode` must be one of {', '.join(PDF_MODES)}")
+        for name in ("callback_task", "callback_queue"):
+            value = getattr(request, name)
+            if value is not None and not _TASK_NAME.match(value):
+                raise BadRequest(f"`{name}` is not a task or queue name")
+        return request
+
+    def cache_options(self, engine: str, model: str | None) -> dict[str, Any]:
+        """What, beside the input bytes, decides the result (settings: the caller's)."""
+        options = asdict(self)
+        for name in NOT_IN_RESULT:
+            options.pop(name)
+        return {**options, "engine": engine, "model": model}
+
+    def to_json(self) -> dict[str, Any]:
+        """The request as stored in Redis: no inline payload (it is in a blob by then)."""
+        out = asdict(self)
+        out.pop("data_b64")
+        return out
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> JobRequest:
+        return cls(**data)
+
+    def stored_as(self, blob: str) -> JobRequest:
+        """The same request with its input now in the blob store under `blob`."""
+        return replace(self, source="blob", blob=blob, path=None, data_b64=None)

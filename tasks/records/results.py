@@ -1,0 +1,278 @@
+"""Page and document results: what a page task hands to the merge, and what a job returns.
+
+A `PageRecord` crosses Redis from the page task that read it to the child that merges
+the document (the fan-out join), and back out of the result cache; a `DocumentResult`
+is a job's result until it is stored. Their `to_json()` is the public result other
+services read (docs/tasks.md), so its keys and shapes are a contract: a field left
+unset is left out. Pure: built and read in worker pool children; clients read the JSON.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field, fields, replace
+from typing import Any
+
+PAGE_SEPARATOR = "\f"
+PAGE_SOURCES = ("ocr", "text-layer", "blank")
+# The outputs stored as files beside the result (`{"key", "bytes"}` in the JSON).
+STORED_OUTPUTS = ("pdf", "hocr", "alto")
+
+
+@dataclass(frozen=True)
+class WordBox:
+    """One word of a page with its box in the page image's pixels (x0, y0, x1, y1)."""
+
+    text: str
+    box: tuple[int, int, int, int]
+    confidence: float
+
+    def to_json(self) -> dict[str, Any]:
+        return {"text": self.text, "box": list(self.box), "confidence": self.confidence}
+
+    @classmethod
+    def from_json(cls, data: Mapping[str, Any]) -> WordBox:
+        x0, y0, x1, y1 = (int(v) for v in data["box"])
+        return cls(str(data["text"]), (x0, y0, x1, y1), float(data["confidence"]))
+
+
+@dataclass(frozen=True)
+class PageError:
+    """Why a page failed: the public `error` object (code, safe message, retryable)."""
+
+    code: str
+    message: str
+    retryable: bool = False
+
+    def to_json(self) -> dict[str, Any]:
+        return {"code": self.code, "message": self.message, "retryable": self.retryable}
+
+    @classmethod
+    def from_json(cls, data: Mapping[str, Any]) -> PageError:
+        return cls(str(data["code"]), str(data.get("message", "")),
+                   bool(data.get("retryable")))
+
+
+@dataclass(frozen=True)
+class VlmRead:
+    """How a vision-language model read one page (the page result's `vlm` field).
+
+    `finish_reason` is that of the last try: `stop` (the model ended the page),
+    `length` (cut at the token budget), `repetition` (stopped in a loop) or `error`.
+    Only `stop` is a complete read.
+    """
+
+    profile: str
+    image_size: tuple[int, int]  # (width, height) as given to the model
+    prompt_tokens: int
+    generation_tokens: int
+    finish_reason: str
+    tries: int
+
+    @property
+    def complete(self) -> bool:
+        return self.finish_reason == "stop"
+
+    def to_json(self) -> dict[str, Any]:
+        return {"profile": self.profile, "image_size": list(self.image_size),
+                "prompt_tokens": self.prompt_tokens,
+                "generation_tokens": self.generation_tokens,
+                "finish_reason": self.finish_reason, "tries": self.tries}
+
+    @classmethod
+    def from_json(cls, data: Mapping[str, Any]) -> VlmRead:
+        width, height = (int(v) for v in data["image_size"])
+        return cls(str(data["profile"]), (width, height), int(data["prompt_tokens"]),
+                   int(data["generation_tokens"]), str(data["finish_reason"]),
+                   int(data["tries"]))
+
+
+@dataclass(frozen=True)
+class Fallback:
+    """The engine that read a page whose model read did not finish, and why."""
+
+    engine: str
+    reason: str
+
+
+@dataclass(frozen=True)
+class TextLayer:
+    """Whose word boxes a model's words were placed on for the searchable PDF."""
+
+    boxes: str
+    words: int
+
+
+@dataclass(frozen=True)
+class PageWorker:
+    """The pool child that read a fanned-out page."""
+
+    pid: int | None
+    tasks_in_process: int | None
+    load_seconds: float | None
+
+
+@dataclass(frozen=True)
+class PageRecord:
+    """One page of a result: read by OCR, taken from the PDF's text layer, blank, or failed.
+
+    `image_size`, `rotation` and `skew` place `words` and `hocr` (in the read image's
+    pixels) on the input page; `hocr` is dropped from the stored result once the job's
+    hOCR/ALTO document is made.
+    """
+
+    number: int
+    text: str = ""
+    source: str = "ocr"  # PAGE_SOURCES
+    confidence: float | None = None
+    layer: str | None = None  # text-layer pages: `visible` or `invisible`
+    rotation: int | None = None
+    skew: float | None = None
+    seconds: float | None = None
+    vlm: VlmRead | None = None
+    fallback: Fallback | None = None
+    text_layer: TextLayer | None = None
+    image_size: tuple[int, int] | None = None
+    words: tuple[WordBox, ...] | None = None
+    hocr: str | None = None
+    error: PageError | None = None
+    worker: PageWorker | None = None
+
+    @property
+    def failed(self) -> bool:
+        return self.error is not None
+
+    def to_json(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"number": self.number, "text": self.text,
+                               "source": self.source}
+        if self.error is not None:
+            out["error"] = self.error.to_json()
+        else:
+            out["confidence"] = self.confidence
+        for name in ("layer", "rotation", "skew", "seconds", "hocr"):
+            value = getattr(self, name)
+            if value is not None:
+                out[name] = value
+        for name in ("vlm", "fallback", "text_layer", "worker"):
+            value = getattr(self, name)
+            if value is not None:
+                out[name] = value.to_json() if isinstance(value, VlmRead) else \
+                    {f.name: getattr(value, f.name) for f in fields(value)}
+        if self.image_size is not None:
+            out["image_size"] = list(self.image_size)
+        if self.words is not None:
+            out["words"] = [w.to_json() for w in self.words]
+        return out
+
+    @classmethod
+    def from_json(cls, data: Mapping[str, Any]) -> PageRecord:
+        size = data.get("image_size")
+        words = data.get("words")
+        return cls(
+            number=int(data["number"]), text=str(data.get("text", "")),
+            source=str(data.get("source", "ocr")), confidence=data.get("confidence"),
+            layer=data.get("layer"), rotation=data.get("rotation"), skew=data.get("skew"),
+            seconds=data.get("seconds"),
+            vlm=VlmRead.from_json(data["vlm"]) if data.get("vlm") else None,
+            fallback=Fallback(**data["fallback"]) if data.get("fallback") else None,
+            text_layer=TextLayer(**data["text_layer"]) if data.get("text_layer") else None,
+            image_size=(int(size[0]), int(size[1])) if size else None,
+            words=tuple(WordBox.from_json(w) for w in words) if words is not None else None,
+            hocr=data.get("hocr"),
+            error=PageError.from_json(data["error"]) if data.get("error") else None,
+            worker=PageWorker(**data["worker"]) if data.get("worker") else None)
+
+
+@dataclass(frozen=True)
+class StoredOutput:
+    """A file made for the job (searchable PDF, hOCR, ALTO), kept in the output store."""
+
+    key: str
+    bytes: int
+
+
+@dataclass
+class DocumentResult:
+    """A job's result: its pages and what was read about the input.
+
+    `text`, `failed_pages` and `warnings` are drawn from the pages; `engine` is the
+    provenance of the read (engine, model, the pool child or children), `timings` its
+    seconds; `outputs` the stored files (one JSON key each: `pdf`, `hocr`, `alto`).
+    """
+
+    status: str
+    pages: list[PageRecord] = field(default_factory=list)
+    id: str | None = None
+    filename: str = ""
+    format: str | None = None
+    sha256: str | None = None
+    output: str | None = None
+    mode: str | None = None
+    lang: str | None = None
+    page_count: int | None = None
+    engine: dict[str, Any] | None = None
+    timings: dict[str, float] | None = None
+    cached: bool | None = None
+    input_blob: str | None = None
+    retry_of: str | None = None
+    outputs: dict[str, StoredOutput] = field(default_factory=dict)
+
+    @property
+    def text(self) -> str:
+        return PAGE_SEPARATOR.join(p.text for p in self.pages)
+
+    @property
+    def failed(self) -> list[PageRecord]:
+        return [p for p in self.pages if p.failed]
+
+    def to_json(self) -> dict[str, Any]:
+        out: dict[str, Any] = {}
+        for name in ("filename", "format", "sha256", "output", "mode", "lang", "page_count"):
+            value = getattr(self, name)
+            if value is not None or (name == "lang" and self.format is not None):
+                out[name] = value
+        out["status"] = self.status
+        out["text"] = self.text
+        out["pages"] = [p.to_json() for p in self.pages]
+        if self.status != "CANCELLED":
+            out["failed_pages"] = [{"number": p.number, **p.error.to_json()}
+                                   for p in self.pages if p.error is not None]
+            out["warnings"] = page_warnings(self.pages)
+        for name in ("timings", "engine", "id", "cached", "input_blob", "retry_of"):
+            value = getattr(self, name)
+            if value is not None:
+                out[name] = value
+        for kind, stored in self.outputs.items():
+            out[kind] = {"key": stored.key, "bytes": stored.bytes}
+        return out
+
+    @classmethod
+    def from_json(cls, data: Mapping[str, Any]) -> DocumentResult:
+        return cls(
+            status=str(data["status"]),
+            pages=[PageRecord.from_json(p) for p in data.get("pages", [])],
+            id=data.get("id"), filename=str(data.get("filename") or ""),
+            format=data.get("format"), sha256=data.get("sha256"), output=data.get("output"),
+            mode=data.get("mode"), lang=data.get("lang"), page_count=data.get("page_count"),
+            engine=data.get("engine"), timings=data.get("timings"), cached=data.get("cached"),
+            input_blob=data.get("input_blob"), retry_of=data.get("retry_of"),
+            outputs={kind: StoredOutput(str(data[kind]["key"]), int(data[kind]["bytes"]))
+                     for kind in STORED_OUTPUTS if isinstance(data.get(kind), Mapping)})
+
+    def with_pages(self, pages: Iterable[PageRecord]) -> DocumentResult:
+        """The same result over other pages (in page order)."""
+        return replace(self, pages=sorted(pages, key=lambda p: p.number))
+
+
+def page_warnings(pages: Iterable[PageRecord]) -> list[dict[str, Any]]:
+    """Pages whose text is not the engine's own clean read (a fallback engine's)."""
+    warnings = []
+    for page in pages:
+        if page.fallback is not None and page.error is None:
+            tries = page.vlm.tries if page.vlm is not None else 0
+            warnings.append({
+                "page": page.number, "code": "vlm_fallback",
+                "message": f"page {page.number}: the model's read ended with "
+                           f"`{page.fallback.reason}` after {tries} tries; "
+                           f"the text is {page.fallback.engine}'s"})
+    return warnings

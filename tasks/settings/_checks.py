@@ -1,0 +1,177 @@
+"""Checks of the settings' values, and the syntax of model names (OCR_MODEL).
+
+Pure; runs wherever `Settings.from_env()` runs (every process).
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import zoneinfo
+from dataclasses import fields
+from typing import TYPE_CHECKING
+
+from tasks.records.request import LANG_PATTERN
+
+if TYPE_CHECKING:
+    from tasks.settings import Settings
+
+# OCR_ENGINE's values besides plugins (the adapters: tasks/engines/__init__.py).
+ENGINE_CHOICES = ("auto", "tesseract", "mlx-vlm", "vlm-api", "rapidocr")
+# Engines that read pages with a vision-language model (never a VLM's fallback).
+VLM_ENGINES = ("mlx-vlm", "vlm-api")
+WORKER_ROLES = ("ocr", "control")
+DEFAULT_PROMPT = (
+    "Transcribe all text in this image exactly as written, in reading order. "
+    "Use Markdown for headings, lists and tables. Output only the transcription."
+)
+_BROKER_SCHEMES = ("redis", "rediss", "amqp", "amqps", "pyamqp")
+_PART = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*\Z")
+_REVISION = re.compile(r"[A-Za-z0-9][A-Za-z0-9._/-]*\Z")
+
+
+class SettingsError(ValueError):
+    """A setting in the environment has a value that cannot be used."""
+
+
+def split_model(model: str) -> tuple[str, str | None]:
+    """`org/name@rev` -> (`org/name`, `rev`); a folder name or bare repo id -> (it, None)."""
+    name, sep, revision = model.partition("@")
+    return (name, revision) if sep and "/" in name else (model, None)
+
+
+def is_repo_id(model: str) -> bool:
+    return "/" in split_model(model)[0]
+
+
+def model_problem(model: str) -> str | None:
+    """Why an OCR_MODEL value is invalid, or None."""
+    name, revision = split_model(model)
+    if "/" not in name:
+        if model in (".", "..") or "\\" in model:
+            return "a folder name must not be . or .. or hold a path separator"
+        return None
+    parts = name.split("/")
+    if len(parts) != 2 or not all(_PART.match(p) and ".." not in p for p in parts):
+        return "a hub repo id is org/name (letters, digits, . _ -)"
+    if revision is not None and (not _REVISION.match(revision) or ".." in revision):
+        return "a revision after @ is a branch, tag or commit hash"
+    return None
+
+
+def validate(settings: Settings) -> None:
+    """Check values, also those that depend on each other; raise SettingsError."""
+    if settings.engine not in ENGINE_CHOICES and settings.engine not in settings.engine_plugins:
+        raise SettingsError(f"OCR_ENGINE={settings.engine!r}: choose one of auto, "
+                            f"{', '.join(settings.all_engine_names())}")
+    if settings.rapidocr_threads < 0:
+        raise SettingsError("OCR_RAPIDOCR_THREADS must be 0 (cores / pool children) or more")
+    for pair in settings.lang_engines:
+        code, sep, engine = (p.strip() for p in pair.partition("="))
+        if not sep or not code or engine not in settings.all_engine_names():
+            raise SettingsError(f"OCR_LANG_ENGINES: {pair!r} is not lang=engine with an "
+                                f"engine of {', '.join(settings.all_engine_names())}")
+    if settings.worker_role not in WORKER_ROLES:
+        raise SettingsError(f"OCR_WORKER_ROLE={settings.worker_role!r}: choose one of "
+                            f"{', '.join(WORKER_ROLES)}")
+    if settings.hard_time_limit <= settings.soft_time_limit:
+        raise SettingsError("OCR_HARD_TIME_LIMIT must be larger than OCR_SOFT_TIME_LIMIT")
+    if settings.page_hard_time_limit <= settings.page_soft_time_limit:
+        raise SettingsError("OCR_PAGE_HARD_TIME_LIMIT must be larger than "
+                            "OCR_PAGE_SOFT_TIME_LIMIT")
+    for name in ("vlm_max_tokens", "vlm_longest_side", "mlx_memory_limit_mb"):
+        value = getattr(settings, name)
+        if value is not None and value <= 0:
+            raise SettingsError(f"{env_name(settings, name)} must be positive (or empty)")
+    if settings.mlx_cache_limit_mb is not None and settings.mlx_cache_limit_mb < 0:
+        raise SettingsError("OCR_MLX_CACHE_LIMIT_MB must be 0 or more (or empty)")
+    if not settings.vlm_temperatures or any(t < 0 for t in settings.vlm_temperatures):
+        raise SettingsError("OCR_VLM_TEMPERATURES must list one or more temperatures "
+                            ">= 0")
+    if settings.vlm_fallback != "none" and (settings.vlm_fallback in VLM_ENGINES
+                                        or settings.vlm_fallback not in
+                                        settings.all_engine_names()):
+        raise SettingsError(f"OCR_VLM_FALLBACK={settings.vlm_fallback!r}: choose none or "
+                            "an engine that is not a VLM (tesseract, rapidocr)")
+    if settings.vlm_api_timeout <= 0:
+        raise SettingsError("OCR_VLM_API_TIMEOUT must be positive")
+    if not 0 < settings.vlm_server_port < 65536:
+        raise SettingsError("OCR_VLM_SERVER_PORT must be a TCP port")
+    if settings.vlm_api_url and not settings.vlm_api_url.startswith(("http://", "https://")):
+        raise SettingsError("OCR_VLM_API_URL must be an http:// or https:// URL")
+    for name in ("result_ttl", "blob_ttl", "max_image_pixels",
+                 "max_pages", "soft_time_limit", "tesseract_threads", "tesseract_handles",
+                 "pdf_dpi", "page_soft_time_limit", "max_deliveries", "max_render_pixels",
+                 "dead_letter_max", "dead_letter_ttl", "visibility_timeout"):
+        if getattr(settings, name) <= 0:
+            raise SettingsError(f"{env_name(settings, name)} must be positive")
+    if not LANG_PATTERN.match(settings.tesseract_lang):
+        raise SettingsError("OCR_TESSERACT_LANG must be tesseract codes joined by +, "
+                            "e.g. eng or ell+eng")
+    if not all(LANG_PATTERN.match(code) for code in settings.wanted_langs):
+        raise SettingsError("OCR_LANGS must be tesseract language codes, e.g. eng vie")
+    for name in (settings.model, *settings.retired_models):
+        problem = model_problem(name) if name else None
+        if problem:
+            env = "OCR_MODEL" if name == settings.model else "OCR_RETIRED_MODELS"
+            raise SettingsError(f"{env}={name!r}: {problem}")
+    for entry in settings.callback_allowed_hosts:
+        if not re.fullmatch(r"(\[[0-9a-fA-F:.]+\]|[^\s:/\[\]@]+)(:\d{1,5})?", entry):
+            raise SettingsError(f"OCR_CALLBACK_ALLOWED_HOSTS: {entry!r} is not host "
+                                "or host:port")
+    if settings.max_decoded_mb <= 0:
+        raise SettingsError("OCR_MAX_DECODED_MB must be positive")
+    if settings.max_input_mb <= 0 or settings.max_output_mb <= 0:
+        raise SettingsError("OCR_MAX_INPUT_MB and OCR_MAX_OUTPUT_MB must be positive")
+    if settings.broker_url and settings.broker_url.split("://", 1)[0] not in _BROKER_SCHEMES:
+        raise SettingsError("BROKER_URL must be a redis://, rediss:// or amqp:// URL")
+    if settings.model_heartbeat_seconds <= 0:
+        raise SettingsError("OCR_MODEL_HEARTBEAT_SECONDS must be positive")
+    for name in ("prune_unused_days", "prune_grace_minutes", "idle_unload_seconds",
+                 "api_jobs_in_flight", "api_requests_per_minute"):
+        if getattr(settings, name) < 0:
+            raise SettingsError(f"{env_name(settings, name)} must be 0 or more")
+    if "/" in settings.prune_prefix or os.sep in settings.prune_prefix:
+        raise SettingsError("OCR_PRUNE_PREFIX must be the start of a name, not a path")
+    if settings.audit_schedule is not None:
+        try:
+            audit_crontab_fields(settings.audit_schedule)
+        except ValueError as exc:
+            raise SettingsError(f"OCR_AUDIT_CRONTAB={settings.audit_crontab!r}: {exc}") \
+                from None
+    try:
+        zoneinfo.ZoneInfo(settings.schedule_timezone)
+    except (zoneinfo.ZoneInfoNotFoundError, ValueError):
+        raise SettingsError(f"OCR_TIMEZONE={settings.timezone!r}: unknown time zone") from None
+
+
+def check_worker(settings: Settings) -> None:
+    """Checks of a worker's own settings against cluster-wide ones (worker start).
+
+    A hard limit at or past the visibility timeout would let the broker hand a
+    running job to a second worker (Redis) or close the channel under it (RabbitMQ).
+    """
+    limit = max(settings.hard_time_limit, settings.page_hard_time_limit)
+    if limit >= settings.visibility_timeout:
+        raise SettingsError(
+            f"OCR_HARD_TIME_LIMIT={settings.hard_time_limit} / OCR_PAGE_HARD_TIME_LIMIT="
+            f"{settings.page_hard_time_limit}: the longest hard limit ({limit} s) must be "
+            f"shorter than the cluster-wide OCR_VISIBILITY_TIMEOUT="
+            f"{settings.visibility_timeout} s, or the broker hands this worker's running "
+            f"jobs to another worker; lower the limit or raise OCR_VISIBILITY_TIMEOUT "
+            f"on every host")
+
+
+def audit_crontab_fields(expression: str) -> dict[str, set[int]]:
+    """The minute/hour/... sets of a crontab expression; ValueError when it is invalid."""
+    from celery.schedules import crontab
+
+    parts = expression.split()
+    if len(parts) != 5:
+        raise ValueError("expected 5 fields: minute hour day-of-month month day-of-week")
+    cron = crontab.from_string(expression)
+    return {"minute": set(cron.minute), "hour": set(cron.hour)}
+
+
+def env_name(settings: Settings, field_name: str) -> str:
+    return next(f.metadata["setting"].env for f in fields(settings) if f.name == field_name)

@@ -1,0 +1,119 @@
+"""Messages over the input limit never reach a worker (issue 26), through real processes.
+
+The project's Redis (scripts/run_redis.py, and the tests' own RedisServer) refuses a
+command argument longer than `Settings.redis_max_bulk_bytes` (proto-max-bulk-len): a
+message too large for OCR_MAX_INPUT_MB is refused when it is pushed, so no worker pops
+it and reads it whole. The client's and the API's own refusals before sending are in
+test_queue.py (`input_too_large` from the CLI) and test_api.py (413), the transport's
+refusal by raw size before decoding in test_hardening.py. Limits are lowered to 1 MB
+here so the messages stay small.
+"""
+
+from __future__ import annotations
+
+import base64
+import os
+import signal
+import subprocess
+import time
+import uuid
+from pathlib import Path
+
+import psutil
+import pytest
+import redis
+
+from tasks.settings import Settings
+from tasks.state.keys import DEAD_LETTER_KEY
+from tests.conftest import (
+    FAKE_PLUGINS,
+    ROOT,
+    VENV_BIN,
+    RedisServer,
+    Worker,
+    corpus,
+    free_port,
+    make_client,
+)
+from tests.test_hardening import celery_body, envelope
+
+LIMITS = {"OCR_MAX_INPUT_MB": "1", "OCR_MAX_OUTPUT_MB": "1"}
+FAKE_ENV = {"OCR_ENGINE": "fake", "OCR_ENGINE_PLUGINS": FAKE_PLUGINS,
+            "OCR_CONCURRENCY": "1", "OCR_CACHE_RESULTS": "0", **LIMITS}
+
+
+def oversized_message(task_id: str, megabytes: int) -> bytes:
+    data = base64.b64encode(b"\0" * megabytes * 2**20).decode()
+    return envelope(task_id, celery_body({"data_b64": data}))
+
+
+def test_settings_bound_covers_every_value_the_service_writes() -> None:
+    settings = Settings.from_env(LIMITS)
+    assert settings.redis_max_bulk_bytes >= settings.max_message_bytes
+    assert settings.redis_max_bulk_bytes >= settings.max_output_bytes
+    assert settings.redis_max_bulk_bytes < 3 * 2**20
+    defaults = Settings.from_env({})
+    assert defaults.redis_max_bulk_bytes == defaults.max_output_bytes + 2**20  # 257 MiB
+    assert defaults.redis_max_bulk_bytes < 400 * 2**20
+
+
+def test_project_redis_refuses_a_message_over_the_limit(tmp_path: Path) -> None:
+    """scripts/run_redis.py (the Procfile's `redis`) sets proto-max-bulk-len."""
+    port = free_port()
+    env = {**{k: v for k, v in os.environ.items() if not k.startswith(("OCR_", "REDIS_"))},
+           **LIMITS, "REDIS_URL": f"redis://127.0.0.1:{port}/0", "PYTHONPATH": str(ROOT)}
+    proc = subprocess.Popen([str(VENV_BIN / "python"), str(ROOT / "scripts" / "run_redis.py")],
+                            cwd=tmp_path, env=env, stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT)
+    try:
+        store = redis.Redis(port=port)
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                store.ping()
+                break
+            except redis.ConnectionError:
+                assert time.monotonic() < deadline and proc.poll() is None
+                time.sleep(0.1)
+        bound = Settings.from_env(LIMITS).redis_max_bulk_bytes
+        assert store.config_get("proto-max-bulk-len") == {"proto-max-bulk-len": str(bound)}
+        with pytest.raises(redis.RedisError):
+            store.lpush("ocr", oversized_message(str(uuid.uuid4()), 3))
+        assert redis.Redis(port=port).llen("ocr") == 0
+        # within the bound: stored
+        redis.Redis(port=port).lpush("ocr", b"x" * (bound - 16))
+        assert redis.Redis(port=port).llen("ocr") == 1
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(20)
+
+
+def test_oversized_message_never_reaches_a_worker(tmp_path: Path) -> None:
+    server = RedisServer(tmp_path, max_bulk_bytes=Settings.from_env(LIMITS).redis_max_bulk_bytes)
+    server.start()
+    worker = Worker(tmp_path / "worker.log", {"REDIS_URL": server.url(0), **FAKE_ENV})
+    try:
+        worker.start()
+        assert worker.proc is not None
+        parent = psutil.Process(worker.proc.pid)
+        before = parent.memory_info().rss
+        store = redis.Redis.from_url(server.url(0))
+        task_id = str(uuid.uuid4())
+        with pytest.raises(redis.RedisError):
+            store.lpush("ocr", oversized_message(task_id, 3))
+        store = redis.Redis.from_url(server.url(0))
+        assert store.llen("ocr") == 0
+        # nothing reached the worker: no dead letter, no FAILURE to store, the job is
+        # unknown (the sender got the error)
+        assert store.llen(DEAD_LETTER_KEY) == 0
+        assert store.get(f"celery-task-meta-{task_id}") is None
+        assert parent.is_running() and parent.memory_info().rss < before + 16 * 2**20
+        client = make_client(server.url(0), **LIMITS)
+        try:
+            job = client.submit(corpus("edge_16bit_gray.png"))
+            assert client.wait([job], timeout=60)[job]["status"] == "SUCCESS"
+        finally:
+            client.close()
+    finally:
+        worker.stop()
+        server.stop()
