@@ -19,7 +19,7 @@ import random
 import time
 import urllib.error
 from dataclasses import replace
-from typing import Any
+from typing import Any, NoReturn
 
 from billiard.exceptions import SoftTimeLimitExceeded
 from celery import Celery, Task, shared_task, states
@@ -149,9 +149,7 @@ def document(self: Task, *args: Any, **kwargs: Any) -> dict[str, Any]:
                                progress=functools.partial(report_progress, self.app, job_id),
                                started=started)
             if isinstance(work, FanOut):
-                # Ended when its last page is in. Returned, not `raise Ignore()`: Celery's
-                # handling of an ignored task keeps memory per task in the pool child.
-                return fan_out(self, work, services)
+                fan_out(self, work, services)  # raises Ignore: ended by its last page
     except OcrError as exc:
         _retry_if_transient(self, exc)  # the input stays for the retry
         outcome = Outcome.failed(job_id, exc, request, engine=engine, started=started)
@@ -161,11 +159,13 @@ def document(self: Task, *args: Any, **kwargs: Any) -> dict[str, Any]:
                           Timeout(f"the job ran past its soft time limit of "
                                   f"{settings.soft_time_limit} s"))
         outcome = Outcome.failed(job_id, late, request, engine=engine, started=started)
+    except Ignore:
+        raise  # fanned out: the job ends when its last page is in
     except Exception as exc:  # noqa: BLE001 - any other failure ends the job, logged
         outcome = Outcome.failed(job_id, unexpected(job_id, exc), request, engine=engine,
                                  started=started)
     else:
-        outcome = work  # ended in this task (a fan-out returned above)
+        outcome = work  # a FanOut raised Ignore in fan_out
     outcome.reply_queue = (self.request.delivery_info or {}).get("routing_key")
     _end(self, services, outcome)
     return celery_summary(outcome)
@@ -200,10 +200,13 @@ def celery_summary(outcome: Outcome) -> dict[str, Any]:
     return {"id": outcome.job_id, "status": outcome.status.value, "pages": len(pages)}
 
 
-def fan_out(task: Task, work: FanOut, services: JobServices) -> dict[str, Any]:
+def fan_out(task: Task, work: FanOut, services: JobServices) -> NoReturn:
     """Enqueue one page task per OCR page; the job ends when its last page is in.
 
     Page tasks get the job's priority, and their ids are kept (for cancellation).
+    Raises `Ignore`, never returns: a returned value would be stored as the job's
+    SUCCESS (a message from Flower or another language's client may ask Celery to store
+    results) and sent as a `task-succeeded` event, both before the job has ended.
     """
     # The queue of the engine the job named, else this worker's (which it consumes): a
     # job routed by its language (OCR_LANG_ENGINES) keeps its pages on workers like it.
@@ -223,8 +226,7 @@ def fan_out(task: Task, work: FanOut, services: JobServices) -> dict[str, Any]:
             pdf_page.apply_async((job_id, number), queue=queue, task_id=page_id,
                                  priority=priority,
                                  link_error=pdf_page_lost.s(job_id, number, queue))
-    # The job's result is stored when its last page is recorded.
-    return {"id": job_id, "status": "FANNED_OUT", "pages": meta.total}
+    raise Ignore()  # the job's result is stored when its last page is recorded
 
 
 @shared_task(name="ocr.pdf_page", bind=True, base=GuardedTask)
