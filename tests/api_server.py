@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import os
-import signal
 import subprocess
 import sys
 import time
@@ -12,7 +11,7 @@ from pathlib import Path
 
 import requests
 
-from tests.conftest import ROOT, VENV_BIN, free_port, procfile_command
+from tests.conftest import ROOT, VENV_BIN, free_port, procfile_command, stop_group
 
 
 class ApiServer:
@@ -52,14 +51,7 @@ class ApiServer:
         return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
 
     def stop(self) -> None:
-        if self.proc is None or self.proc.poll() is not None:
-            return
-        self.proc.send_signal(signal.SIGTERM)
-        try:
-            self.proc.wait(15)
-        except subprocess.TimeoutExpired:
-            os.killpg(self.proc.pid, signal.SIGKILL)
-            self.proc.wait(10)
+        stop_group(self.proc, grace=15)
 
 
 def create_token(redis_url: str, name: str, *options: str) -> str:

@@ -39,6 +39,25 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
+def stop_group(proc: subprocess.Popen[bytes] | None, grace: float) -> None:
+    """SIGTERM `proc` (a session leader), then SIGKILL its process group after `grace` s.
+
+    No child of a stopped service outlives the test that started it.
+    """
+    if proc is None or proc.poll() is not None:
+        return
+    proc.send_signal(signal.SIGTERM)
+    try:
+        proc.wait(grace)
+    except subprocess.TimeoutExpired:
+        pass
+    try:
+        os.killpg(proc.pid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
+    proc.wait(10)
+
+
 def procfile_command(name: str) -> str:
     """The command line of one Procfile process, as honcho would run it."""
     for line in (ROOT / "Procfile").read_text().splitlines():
@@ -245,18 +264,7 @@ class Worker:
 
     def stop(self) -> None:
         """Warm shutdown (SIGTERM to the main process, as honcho does), then kill."""
-        if self.proc is None or self.proc.poll() is not None:
-            return
-        self.proc.send_signal(signal.SIGTERM)
-        try:
-            self.proc.wait(30)
-        except subprocess.TimeoutExpired:
-            pass
-        try:
-            os.killpg(self.proc.pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
-        self.proc.wait(10)
+        stop_group(self.proc, grace=30)
 
 
 @pytest.fixture(scope="session")

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import signal
 import subprocess
 import time
 from pathlib import Path
@@ -11,7 +10,7 @@ from typing import Any
 
 import requests
 
-from tests.conftest import ROOT, VENV_BIN, free_port, procfile_command
+from tests.conftest import ROOT, VENV_BIN, free_port, procfile_command, stop_group
 
 SERVER_ENV = {"MLX_DISABLE_COMPILE": "1", "HF_HUB_OFFLINE": "1"}
 
@@ -67,15 +66,4 @@ class VlmServer:
 
     def stop(self) -> None:
         """SIGTERM (as the supervisor stops it), then its whole group is killed."""
-        if self.proc is None or self.proc.poll() is not None:
-            return
-        self.proc.send_signal(signal.SIGTERM)
-        try:
-            self.proc.wait(20)
-        except subprocess.TimeoutExpired:
-            pass
-        try:
-            os.killpg(self.proc.pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
-        self.proc.wait(10)
+        stop_group(self.proc, grace=20)
