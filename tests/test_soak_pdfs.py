@@ -7,17 +7,15 @@ never recycled (OCR_MAX_TASKS_PER_CHILD=0), so a leak would show. Their RSS is s
 after each batch of 50; after a warm-up batch it may grow by less than 25 MB.
 OCR_SOAK_PDFS sets another count (e.g. 5000 as a longer bench run).
 
-It does not hold yet (strict xfail, so it fails the day it passes). The children grew
-by ~0.37 MB per fanned-out PDF job (500 tesseract jobs: 397 -> 612+ MB in total), the
-fake engine too, per job rather than per page, while the same pipeline in one process,
-the image soak of test_reliability.py and mode=text jobs stayed flat. Part of it is the
-`raise Ignore()` that ends the document task of a fan-out (a returned summary cut the
-fake engine's growth from ~0.74 to ~0.2 MB per job, but Celery then stored it as the
-job's SUCCESS for messages that ask for results, Flower's and the Node client's, and
-Flower showed the job finished before its pages: so the task raises `Ignore` again).
-The rest is on the page task's Celery path: the fan-out's domain code alone
-(process_job, run_pdf_page, record_page and the merge, 400 PDFs in one process) stays
-flat. OCR_MAX_TASKS_PER_CHILD (200 by default) bounds it in production.
+Two things had made the children grow by ~0.37 MB per fanned-out PDF job (500 tesseract
+jobs: 397 -> 612+ MB in total, the fake engine ~0.75 MB a job), both per job, not per
+page: the `Ignore` that ends a fan-out's document task kept its frames in a reference
+cycle only the cyclic collector frees (`signals.drop_traceback` cuts it; returning a
+summary instead is not an option: Celery would store it as the job's SUCCESS for
+messages that ask for results, Flower's and the Node client's), and MuPDF's resource
+store kept every document's fonts and images up to 256 MB a process
+(`pdf.empty_store` after each task). With both: 500 jobs, 374.0 -> 376.8 MB for the two
+children after the warm-up batch (fake engine, 300 jobs: 206.1 -> 208.1 MB).
 """
 
 from __future__ import annotations
@@ -57,9 +55,6 @@ def children_rss_mb(worker: Worker) -> list[float]:
 
 
 @pytest.mark.slow
-@pytest.mark.xfail(strict=True, reason="issue 26: pool children still grow per fanned-out "
-                   "PDF job on the document's Ignore and the page task's Celery path "
-                   "(module docstring)")
 def test_soak_of_small_scanned_pdfs_keeps_children_flat(
         start_worker: Callable[..., Worker], client: OcrClient) -> None:
     engine = {"OCR_ENGINE": "fake", "OCR_ENGINE_PLUGINS": FAKE_PLUGINS,

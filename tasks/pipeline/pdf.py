@@ -51,6 +51,16 @@ class PdfPlan:
         return self.decrypted is not None
 
 
+def empty_store() -> None:
+    """Empty MuPDF's resource store (fonts, decoded images), after each task.
+
+    The store keeps them across documents, up to 256 MB a process; no two tasks share
+    a document, so what it kept only grew the pool child (~0.1 MB a PDF job in the
+    soak of tests/test_soak_pdfs.py).
+    """
+    pymupdf.TOOLS.store_shrink(100)
+
+
 def open_pdf(data: bytes, password: str | None, settings: Settings) -> Any:
     """An open, authenticated document with a sane page count.
 
