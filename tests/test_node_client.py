@@ -106,3 +106,41 @@ def test_live_queues_names_the_worker(node: str, worker: Worker, redis_url: str)
     live = json.loads(done.stdout)
     assert [queues for node_name, queues in live.items() if worker.name in node_name] \
         and "ocr" in next(q for n, q in live.items() if worker.name in n)
+
+
+def test_file_over_the_input_limit_is_refused_before_sending(
+        node: str, worker: Worker, redis_url: str, scan: Path, tmp_path: Path) -> None:
+    """A 1 GB file (sparse: never read) is refused by its size, the other file is sent."""
+    big = tmp_path / "big.pdf"
+    with big.open("wb") as file:
+        file.truncate(2**30)
+    store = redis.Redis.from_url(redis_url)
+    blobs = len(store.keys("ocr:blob:*"))
+    done, _ = run_node(node, "--redis", redis_url, str(big), str(scan))
+    assert done.returncode == 1, done.stderr  # a failure outranks the success
+    refused, sent = (json.loads(line) for line in done.stdout.splitlines())
+    assert refused == {"id": None, "status": "FAILURE", "filename": "big.pdf", "error": {
+        "code": "input_too_large", "retryable": False,
+        "message": "big.pdf is larger than 64 MB (OCR_MAX_INPUT_MB); nothing was sent"}}
+    assert sent["status"] == "SUCCESS" and sent["filename"] == "scan.png"
+    assert "big.pdf: FAILURE input_too_large: big.pdf is larger than 64 MB" in done.stderr
+    assert len(store.keys("ocr:blob:*")) <= blobs + 1  # only scan.png's blob was stored
+    # the limit follows the option (and OCR_MAX_INPUT_MB), as the workers' does
+    done, _ = run_node(node, "--redis", redis_url, "--max-input-mb", "0.0001", str(scan))
+    assert done.returncode == 1
+    assert json.loads(done.stdout)["error"]["code"] == "input_too_large"
+    done, _ = run_node(node, "--redis", redis_url, "--max-input-mb", "none", str(scan))
+    assert done.returncode == 2 and "--max-input-mb" in done.stderr
+
+
+def test_submit_refuses_data_over_the_limit(node: str, redis_url: str) -> None:
+    script = (f"const c = require({json.dumps(CLIENT_JS)});"
+              "(async () => { const r = await new c.RedisConnection(process.argv[1]).connect();"
+              " try { await c.submit(r, Buffer.alloc(2048), { maxInputMb: 0.001 }); }"
+              " catch (err) { console.log(JSON.stringify([err instanceof c.InputTooLarge,"
+              " err.code, err.message])); } finally { r.close(); } })();")
+    done = subprocess.run([node, "-e", script, redis_url], capture_output=True, text=True,
+                          timeout=30)
+    assert json.loads(done.stdout) == [
+        True, "input_too_large",
+        "the input is larger than 0.001 MB (OCR_MAX_INPUT_MB); nothing was sent"]

@@ -38,8 +38,30 @@ const PRIORITY_SEP = '\x06\x16'; // kombu's default separator
 const NO_WORKER_GRACE_MS = 6000;
 const WORKER_RECHECK_MS = 15000; // between checks while a worker is there
 const INSPECT_TIMEOUT_S = 1; // how long a check waits for the workers' replies
+// The input limit, as the workers' OCR_MAX_INPUT_MB (tasks/settings, default 64): a file
+// larger than it is refused here, before anything is sent.
+const DEFAULT_MAX_INPUT_MB = 64;
 
 class RedisError extends Error {}
+
+// A file larger than the input limit; `code` is the service's error code.
+class InputTooLarge extends Error {
+  constructor(message) {
+    super(message);
+    this.code = 'input_too_large';
+  }
+}
+
+// The input limit in bytes from megabytes (as tasks/settings computes it).
+function maxInputBytes(megabytes = process.env.OCR_MAX_INPUT_MB || DEFAULT_MAX_INPUT_MB) {
+  return Math.floor(Number(megabytes) * 1024 * 1024);
+}
+
+// The refusal of a `size`-byte input over `megabytes`, or null when within it.
+function sizeRefusal(size, megabytes, name = 'the input') {
+  if (size <= maxInputBytes(megabytes)) return null;
+  return new InputTooLarge(`${name} is larger than ${megabytes} MB (OCR_MAX_INPUT_MB); nothing was sent`);
+}
 
 // A minimal Redis connection: commands in, RESP2 replies out, in order.
 class RedisConnection {
@@ -189,12 +211,18 @@ function jobQueue({ queue, engine } = {}) {
 }
 
 // Upload `data` as a blob and enqueue `ocr.document`; resolves to the job id.
-// `priority` is interactive, normal (default) or batch.
+// `priority` is interactive, normal (default) or batch. Data larger than `maxInputMb`
+// (default $OCR_MAX_INPUT_MB, else 64) is refused with InputTooLarge before sending.
 async function submit(redis, data, options = {}) {
-  const { queue, priority = 'normal', blobTtl = BLOB_TTL_SECONDS, ...rest } = options;
+  const {
+    queue, priority = 'normal', blobTtl = BLOB_TTL_SECONDS,
+    maxInputMb = process.env.OCR_MAX_INPUT_MB || DEFAULT_MAX_INPUT_MB, ...rest
+  } = options;
   if (!(priority in PRIORITIES)) {
     throw new Error(`priority must be one of ${Object.keys(PRIORITIES).join(', ')}`);
   }
+  const refusal = sizeRefusal(data.length, maxInputMb);
+  if (refusal) throw refusal;
   const taskId = crypto.randomUUID();
   const blob = `ocr:blob:${crypto.randomBytes(16).toString('hex')}`;
   await redis.command('SET', blob, data, 'EX', String(blobTtl));
@@ -377,6 +405,8 @@ options:
   --priority P       interactive, normal (default) or batch
   --queue NAME       send to this queue instead of the engine's
   --timeout S        stop waiting after S seconds (default 120; the jobs go on)
+  --max-input-mb MB  refuse a larger file without sending it, as input_too_large (default:
+                     $OCR_MAX_INPUT_MB, else 64, the workers' default limit)
   --no-wait          print each job's id and file name, and return
   -h, --help         show this help
 
@@ -407,9 +437,12 @@ const NO_WORKER_HINT = 'start a worker that consumes that queue (`make run` star
 class UsageError extends Error {}
 
 function parseArgs(argv) {
-  const options = { redis: process.env.REDIS_URL, timeout: 120, wait: true, files: [] };
+  const options = {
+    redis: process.env.REDIS_URL, timeout: 120, wait: true, files: [],
+    'max-input-mb': process.env.OCR_MAX_INPUT_MB || String(DEFAULT_MAX_INPUT_MB),
+  };
   const valued = ['redis', 'engine', 'pages', 'output', 'mode', 'password', 'priority',
-    'queue', 'timeout'];
+    'queue', 'timeout', 'max-input-mb'];
   for (let i = 0; i < argv.length; i += 1) {
     const arg = argv[i];
     if (arg === '--help' || arg === '-h') options.help = true;
@@ -425,6 +458,9 @@ function parseArgs(argv) {
   if (!options.files.length) throw new UsageError('give at least one file (--help shows how)');
   options.timeout = Number(options.timeout);
   if (!(options.timeout > 0)) throw new UsageError('--timeout must be a positive number of seconds');
+  if (!(Number(options['max-input-mb']) > 0)) {
+    throw new UsageError('--max-input-mb (or OCR_MAX_INPUT_MB) must be a positive number of megabytes');
+  }
   return options;
 }
 
@@ -506,8 +542,15 @@ async function main() {
     const jobs = []; // {id, filename} or a FAILURE record for a file that was not sent
     for (const file of options.files) {
       const filename = path.basename(file);
+      const limit = options['max-input-mb'];
       let data;
       try {
+        // The size first: a file over the limit is neither read nor sent.
+        const refusal = sizeRefusal(fs.statSync(file).size, limit, filename);
+        if (refusal) {
+          jobs.push({ id: null, status: 'FAILURE', filename, error: { code: refusal.code, message: refusal.message, retryable: false } });
+          continue;
+        }
         data = fs.readFileSync(file);
       } catch (err) {
         jobs.push({ id: null, status: 'FAILURE', filename, error: { code: 'input_not_found', message: `cannot read ${filename}`, retryable: false } });
@@ -516,7 +559,7 @@ async function main() {
       jobs.push({ filename, queue: jobQueue(options), id: await submit(redis, data, {
         filename, engine: options.engine, pages: options.pages,
         output: options.output, mode: options.mode, password: options.password,
-        priority: options.priority, queue: options.queue,
+        priority: options.priority, queue: options.queue, maxInputMb: limit,
       }) });
     }
     const sent = jobs.filter((job) => job.status === undefined);
@@ -551,8 +594,8 @@ async function main() {
 }
 
 module.exports = {
-  RedisConnection, RedisError, buildMessage, queueList, jobQueue, submit, wait, waitAll,
-  liveQueues, cancel, errorInfo, PRIORITIES,
+  RedisConnection, RedisError, InputTooLarge, buildMessage, queueList, jobQueue, submit,
+  wait, waitAll, liveQueues, cancel, errorInfo, PRIORITIES,
 };
 
 if (require.main === module) {
