@@ -1,11 +1,13 @@
-"""A 400 MB broker message and the worker parent's peak RSS, without and with the bound.
+"""A 400 MB broker message and the worker parent's peak RSS, behind two Redis bounds.
 
 Issue 26: a 400 MB message pushed straight onto the queue made the worker parent read it
-whole (redis-py's read) before the transport refused it by size. `before`: a Redis
-without the bound (proto-max-bulk-len 512 MiB); the worker pops the message, refuses it
-(dead letter) and its parent's RSS is sampled every 20 ms. `after`: the bound the project's
-Redis sets (`Settings.redis_max_bulk_bytes`, scripts/run_redis.py): the push is refused by
-Redis, and the parent is sampled for as long. Fake engine, default limits.
+whole (redis-py's read: peak 1,311 MB) before the transport refused it by size.
+`unbounded_redis`: a Redis without the project's bound (proto-max-bulk-len 512 MiB) stores
+the message; the worker pops it, its transport reads it in pieces keeping only its ends
+(tasks/queue/bounded_reply.py), refuses it (dead letter, FAILURE) and the parent's RSS is
+sampled every 20 ms. `project_redis`: the bound the project's Redis sets
+(`Settings.redis_max_bulk_bytes`, scripts/run_redis.py): the push is refused by Redis,
+and the parent is sampled for as long. Fake engine, default limits.
 
     .venv/bin/python -m bench.big_message
 """
@@ -92,7 +94,7 @@ def run(bound: int, workdir: Path) -> dict[str, float | str]:
 def main() -> int:
     bound = Settings.from_env({}).redis_max_bulk_bytes
     with tempfile.TemporaryDirectory() as tmp:
-        for name, limit in (("before", 512 * 2**20), ("after", bound)):
+        for name, limit in (("unbounded_redis", 512 * 2**20), ("project_redis", bound)):
             workdir = Path(tmp) / name
             workdir.mkdir()
             print(json.dumps({"run": name, "proto_max_bulk_len": limit, **run(limit, workdir)}),

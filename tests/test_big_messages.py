@@ -5,8 +5,10 @@ command argument longer than `Settings.redis_max_bulk_bytes` (proto-max-bulk-len
 message too large for OCR_MAX_INPUT_MB is refused when it is pushed, so no worker pops
 it and reads it whole. The client's and the API's own refusals before sending are in
 test_queue.py (`input_too_large` from the CLI) and test_api.py (413), the transport's
-refusal by raw size before decoding in test_hardening.py. Limits are lowered to 1 MB
-here so the messages stay small.
+refusal by raw size before decoding in test_hardening.py. Behind any Redis, bounded or
+not, the transport reads a message longer than it would decode in pieces and keeps only
+its ends (`tasks/queue/bounded_reply.py`): the worker parent's peak memory does not move.
+Limits are lowered to 1 MB here so the messages stay small.
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ import psutil
 import pytest
 import redis
 
+from tasks.queue.transport import read_dead_letters
 from tasks.settings import Settings
 from tasks.state.keys import DEAD_LETTER_KEY
 from tests.conftest import (
@@ -110,6 +113,54 @@ def test_oversized_message_never_reaches_a_worker(tmp_path: Path) -> None:
         assert parent.is_running() and parent.memory_info().rss < before + 16 * 2**20
         client = make_client(server.url(0), **LIMITS)
         try:
+            job = client.submit(corpus("edge_16bit_gray.png"))
+            assert client.wait([job], timeout=60)[job]["status"] == "SUCCESS"
+        finally:
+            client.close()
+    finally:
+        worker.stop()
+        server.stop()
+
+
+def peak_rss(pid: int) -> int:
+    """A process's peak resident memory so far (VmHWM), in bytes."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) * 1024
+    raise AssertionError("no VmHWM")
+
+
+def test_transport_reads_an_oversized_message_without_holding_it(tmp_path: Path) -> None:
+    """A Redis without the project's bound stores a 128 MB message; the worker refuses it.
+
+    Redis's own default bound (512 MiB) lets it in, so the worker pops it: its parent
+    reads the message in pieces, keeps its ends, finds the task id there and stores the
+    job's FAILURE. Read whole it would peak the parent at about three times its size.
+    """
+    server = RedisServer(tmp_path, max_bulk_bytes=512 * 2**20)
+    server.start()
+    worker = Worker(tmp_path / "worker.log", {"REDIS_URL": server.url(0), **FAKE_ENV})
+    try:
+        worker.start()
+        assert worker.proc is not None
+        client = make_client(server.url(0), **LIMITS)
+        try:
+            job = client.submit(corpus("edge_16bit_gray.png"))  # the parent at work once
+            assert client.wait([job], timeout=60)[job]["status"] == "SUCCESS"
+            peak = peak_rss(worker.proc.pid)
+            task_id = str(uuid.uuid4())
+            raw = oversized_message(task_id, 72)
+            size = len(raw)
+            redis.Redis.from_url(server.url(0)).lpush("ocr", raw)
+            del raw
+            result = client.wait([task_id], timeout=60)[task_id]
+            assert result["status"] == "FAILURE"
+            assert result["error"]["code"] == "input_too_large"
+            letter = read_dead_letters(redis.Redis.from_url(server.url(0)), 1)[0]
+            assert (letter.code, letter.task_id, letter.size) == \
+                ("input_too_large", task_id, size)
+            assert size > 120 * 2**20
+            assert peak_rss(worker.proc.pid) < peak + 16 * 2**20
             job = client.submit(corpus("edge_16bit_gray.png"))
             assert client.wait([job], timeout=60)[job]["status"] == "SUCCESS"
         finally:

@@ -7,7 +7,9 @@ an envelope without its properties, a body that is not base64 or a pickled messa
 either kills the worker parent ("Unrecoverable error") or leaves the job PENDING.
 This channel checks each raw message first, before any decoding:
 
-- larger than the inline input limit allows (`input_too_large`), by its raw length;
+- larger than the inline input limit allows (`input_too_large`), by its raw length,
+  which the channel's connections read without holding such a message whole
+  (`bounded_reply`: only its ends are kept, whatever Redis's own bound);
 - not a kombu envelope (`malformed_message`): not JSON, not an object, no
   `properties.delivery_tag`/`delivery_info`, headers not an object, body not base64;
 - a content type the app does not accept, e.g. pickle (`content_refused`).
@@ -40,6 +42,7 @@ from kombu.utils.encoding import bytes_to_str
 from kombu.utils.json import loads
 
 from tasks.errors import ContentRefused, InputTooLarge, MalformedMessage, OcrError
+from tasks.queue.bounded_reply import ENDS, bounded_parser, reply_size
 from tasks.state.keys import DEAD_LETTER_KEY
 
 if TYPE_CHECKING:
@@ -53,7 +56,6 @@ TRANSPORT = "tasks.queue.transport:Transport"
 message_refused = Signal(name="message_refused", providing_args={"task_id", "error", "queue"})
 
 RAW_KEPT = 4096          # bytes of a refused message kept in its dead-letter entry
-_ID_WINDOW = 65536       # bytes at each end of an oversized message searched for its id
 _BASE64 = re.compile(r"[A-Za-z0-9+/]*={0,2}")
 _CORRELATION_ID = re.compile(rb'"correlation_id"\s*:\s*"([\w.:-]{1,200})"')
 _HEADER_ID = re.compile(rb'"id"\s*:\s*"([\w.:-]{1,200})"')
@@ -84,8 +86,9 @@ class Refused(Exception):
 
 def check_message(raw: bytes, max_bytes: int, accept: tuple[str, ...]) -> dict[str, Any]:
     """The kombu envelope of `raw`, or `Refused` when a worker must not take it."""
-    if max_bytes and len(raw) > max_bytes:
-        raise Refused(InputTooLarge(f"the message is {len(raw)} bytes; an input within "
+    size = reply_size(raw)
+    if max_bytes and size > max_bytes:
+        raise Refused(InputTooLarge(f"the message is {size} bytes; an input within "
                                     "the limit makes a smaller one"), _id_from_raw(raw))
     try:
         payload = loads(bytes_to_str(raw))
@@ -137,7 +140,7 @@ def _task_id(payload: dict[str, Any]) -> str | None:
 
 def _id_from_raw(raw: bytes) -> str | None:
     """The task id of a message too large to decode, from its first and last bytes."""
-    ends = raw[:_ID_WINDOW] + b"\n" + raw[-_ID_WINDOW:]
+    ends = raw[:ENDS] + b"\n" + raw[-ENDS:]
     found = _CORRELATION_ID.findall(ends) or _HEADER_ID.findall(ends)
     return found[-1].decode() if found else None
 
@@ -146,8 +149,8 @@ def dead_letter(raw: bytes, queue: str, refused: Refused) -> DeadLetter:
     head = raw[:RAW_KEPT]
     return DeadLetter(time=round(time.time(), 3), queue=queue, code=refused.error.code,
                       reason=refused.error.message, task_id=refused.task_id,
-                      size=len(raw), raw=head.decode("utf-8", "backslashreplace"),
-                      truncated=len(raw) > RAW_KEPT)
+                      size=reply_size(raw), raw=head.decode("utf-8", "backslashreplace"),
+                      truncated=reply_size(raw) > RAW_KEPT)
 
 
 def read_dead_letters(client: Any, count: int = 100) -> list[DeadLetter]:
@@ -167,6 +170,15 @@ class Channel(kombu_redis.Channel):
     ocr_accept_content: tuple[str, ...] = ("application/json",)
     ocr_dead_letter_max = 1000
     ocr_dead_letter_ttl = 7 * 86400
+
+    def _connparams(self, asynchronous: bool = False) -> dict[str, Any]:
+        # Every connection of this channel reads a reply longer than the largest
+        # message it would decode in pieces, keeping only its ends (`bounded_reply`).
+        params: dict[str, Any] = super()._connparams(asynchronous)
+        if self.ocr_max_message_bytes:
+            params["parser_class"] = bounded_parser(params.get("protocol"),
+                                                    int(self.ocr_max_message_bytes))
+        return params
 
     def _brpop_read(self, **options: Any) -> bool:
         # kombu's `_brpop_read`, with `_admit` between the pop and the delivery.
