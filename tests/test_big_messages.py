@@ -25,6 +25,7 @@ import psutil
 import pytest
 import redis
 
+from tasks.queue.bounded_reply import ENDS, OversizedReply, bounded_parser, reply_size
 from tasks.queue.transport import read_dead_letters
 from tasks.settings import Settings
 from tasks.state.keys import DEAD_LETTER_KEY
@@ -120,6 +121,41 @@ def test_oversized_message_never_reaches_a_worker(tmp_path: Path) -> None:
     finally:
         worker.stop()
         server.stop()
+
+
+@pytest.mark.parametrize("protocol", [2, 3])
+def test_bounded_parser_drops_only_replies_over_the_bound(redis_url: str,
+                                                          protocol: int) -> None:
+    """Against a real Redis: replies up to the bound come whole, longer ones as their ends.
+
+    The connection stays in step for the next command and within a pipeline.
+    """
+    bound = 2**20
+    pool = redis.ConnectionPool.from_url(redis_url, protocol=protocol,
+                                         parser_class=bounded_parser(protocol, bound))
+    store = redis.Redis(connection_pool=pool)
+    key = f"bounded-{protocol}"
+    exact = b"e" * bound
+    big = b"HEAD" + os.urandom(3 * bound) + b"TAIL"
+    store.rpush(key, exact, exact + b"+", big, b"small")
+    assert store.lpop(key) == exact
+    one_over = store.lpop(key)
+    assert isinstance(one_over, OversizedReply) and reply_size(one_over) == bound + 1
+    dropped = store.lpop(key)
+    assert isinstance(dropped, OversizedReply) and dropped.size == len(big)
+    assert dropped == big[:ENDS] + b"\n" + big[-ENDS:]
+    assert dropped.startswith(b"HEAD") and dropped.endswith(b"TAIL")
+    assert store.lpop(key) == b"small" and reply_size(b"small") == 5
+    store.set(key, big)
+    with store.pipeline() as pipe:
+        pipe.get(key)
+        pipe.ping()
+        pipe.strlen(key)
+        got, pong, length = pipe.execute()
+    assert isinstance(got, OversizedReply) and got.size == len(big)
+    assert pong is True and length == len(big)
+    store.delete(key)
+    pool.disconnect()
 
 
 def peak_rss(pid: int) -> int:
