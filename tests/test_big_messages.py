@@ -204,3 +204,37 @@ def test_transport_reads_an_oversized_message_without_holding_it(tmp_path: Path)
     finally:
         worker.stop()
         server.stop()
+
+
+def test_blob_over_the_limit_is_refused_by_its_length(tmp_path: Path) -> None:
+    """A 96 MB blob (a foreign client's) over a 1 MB limit is never read by the child.
+
+    The child asks the blob's length first; the job ends `input_too_large`.
+    """
+    server = RedisServer(tmp_path)
+    server.start()
+    worker = Worker(tmp_path / "worker.log", {"REDIS_URL": server.url(0), **FAKE_ENV})
+    try:
+        worker.start()
+        assert worker.proc is not None
+        client = make_client(server.url(0), **LIMITS)
+        try:
+            job = client.submit(corpus("edge_16bit_gray.png"))  # the child at work once
+            assert client.wait([job], timeout=60)[job]["status"] == "SUCCESS"
+            (child,) = psutil.Process(worker.proc.pid).children()
+            peak = peak_rss(child.pid)
+            store = redis.Redis.from_url(server.url(0))
+            key = f"ocr:blob:{uuid.uuid4().hex}"
+            store.set(key, b"\0" * 96 * 2**20, ex=600)
+            task_id = str(uuid.uuid4())
+            store.lpush("ocr", envelope(task_id, celery_body({"blob": key})))
+            result = client.wait([task_id], timeout=60)[task_id]
+            assert result["status"] == "FAILURE"
+            assert result["error"]["code"] == "input_too_large"
+            assert psutil.Process(worker.proc.pid).children() == [child]  # not recycled
+            assert peak_rss(child.pid) < peak + 16 * 2**20
+        finally:
+            client.close()
+    finally:
+        worker.stop()
+        server.stop()

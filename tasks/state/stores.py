@@ -54,10 +54,12 @@ class BlobStore:
         self._redis.set(key, data, ex=self._ttl)
         return key
 
+    def size(self, key: str) -> int:
+        """The stored input's length in bytes (0 when none is stored), without reading it."""
+        return int(self._redis.strlen(_checked(key)))
+
     def get(self, key: str) -> bytes:
-        if not isinstance(key, str) or not _BLOB_KEY.match(key):
-            raise BadRequest("`blob` must be a key of the form ocr:blob:<id>")
-        data = self._redis.get(key)
+        data = self._redis.get(_checked(key))
         if data is None:
             raise InputNotFound(f"no input stored under {key} (expired or never uploaded)")
         return _bytes(data)
@@ -66,6 +68,12 @@ class BlobStore:
         """Delete an input blob; anything that is not a blob key is left alone."""
         if isinstance(key, str) and _BLOB_KEY.match(key):
             self._redis.delete(key)
+
+
+def _checked(key: object) -> str:
+    if not isinstance(key, str) or not _BLOB_KEY.match(key):
+        raise BadRequest("`blob` must be a key of the form ocr:blob:<id>")
+    return key
 
 
 @transient_methods("the result cache (Redis)")
