@@ -19,12 +19,15 @@ import signal
 import subprocess
 import time
 import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import psutil
 import pytest
 import redis
 
+from tasks.client import OcrClient
 from tasks.queue.bounded_reply import ENDS, OversizedReply, bounded_parser, reply_size
 from tasks.queue.transport import read_dead_letters
 from tasks.settings import Settings
@@ -166,6 +169,27 @@ def peak_rss(pid: int) -> int:
     raise AssertionError("no VmHWM")
 
 
+@contextmanager
+def warm_worker(tmp_path: Path,
+                max_bulk_bytes: int | None = None) -> Iterator[tuple[str, Worker, OcrClient]]:
+    """A Redis (its URL), a fake-engine worker on it and a client, after one job ran."""
+    server = RedisServer(tmp_path, max_bulk_bytes=max_bulk_bytes)
+    server.start()
+    worker = Worker(tmp_path / "worker.log", {"REDIS_URL": server.url(0), **FAKE_ENV})
+    try:
+        worker.start()
+        client = make_client(server.url(0), **LIMITS)
+        try:
+            job = client.submit(corpus("edge_16bit_gray.png"))
+            assert client.wait([job], timeout=60)[job]["status"] == "SUCCESS"
+            yield server.url(0), worker, client
+        finally:
+            client.close()
+    finally:
+        worker.stop()
+        server.stop()
+
+
 def test_transport_reads_an_oversized_message_without_holding_it(tmp_path: Path) -> None:
     """A Redis without the project's bound stores a 128 MB message; the worker refuses it.
 
@@ -173,37 +197,23 @@ def test_transport_reads_an_oversized_message_without_holding_it(tmp_path: Path)
     reads the message in pieces, keeps its ends, finds the task id there and stores the
     job's FAILURE. Read whole it would peak the parent at about three times its size.
     """
-    server = RedisServer(tmp_path, max_bulk_bytes=512 * 2**20)
-    server.start()
-    worker = Worker(tmp_path / "worker.log", {"REDIS_URL": server.url(0), **FAKE_ENV})
-    try:
-        worker.start()
+    with warm_worker(tmp_path, max_bulk_bytes=512 * 2**20) as (url, worker, client):
         assert worker.proc is not None
-        client = make_client(server.url(0), **LIMITS)
-        try:
-            job = client.submit(corpus("edge_16bit_gray.png"))  # the parent at work once
-            assert client.wait([job], timeout=60)[job]["status"] == "SUCCESS"
-            peak = peak_rss(worker.proc.pid)
-            task_id = str(uuid.uuid4())
-            raw = oversized_message(task_id, 72)
-            size = len(raw)
-            redis.Redis.from_url(server.url(0)).lpush("ocr", raw)
-            del raw
-            result = client.wait([task_id], timeout=60)[task_id]
-            assert result["status"] == "FAILURE"
-            assert result["error"]["code"] == "input_too_large"
-            letter = read_dead_letters(redis.Redis.from_url(server.url(0)), 1)[0]
-            assert (letter.code, letter.task_id, letter.size) == \
-                ("input_too_large", task_id, size)
-            assert size > 120 * 2**20
-            assert peak_rss(worker.proc.pid) < peak + 16 * 2**20
-            job = client.submit(corpus("edge_16bit_gray.png"))
-            assert client.wait([job], timeout=60)[job]["status"] == "SUCCESS"
-        finally:
-            client.close()
-    finally:
-        worker.stop()
-        server.stop()
+        peak = peak_rss(worker.proc.pid)
+        task_id = str(uuid.uuid4())
+        raw = oversized_message(task_id, 72)
+        size = len(raw)
+        redis.Redis.from_url(url).lpush("ocr", raw)
+        del raw
+        result = client.wait([task_id], timeout=60)[task_id]
+        assert result["status"] == "FAILURE"
+        assert result["error"]["code"] == "input_too_large"
+        letter = read_dead_letters(redis.Redis.from_url(url), 1)[0]
+        assert (letter.code, letter.task_id, letter.size) == ("input_too_large", task_id, size)
+        assert size > 120 * 2**20
+        assert peak_rss(worker.proc.pid) < peak + 16 * 2**20
+        job = client.submit(corpus("edge_16bit_gray.png"))
+        assert client.wait([job], timeout=60)[job]["status"] == "SUCCESS"
 
 
 def test_blob_over_the_limit_is_refused_by_its_length(tmp_path: Path) -> None:
@@ -211,30 +221,17 @@ def test_blob_over_the_limit_is_refused_by_its_length(tmp_path: Path) -> None:
 
     The child asks the blob's length first; the job ends `input_too_large`.
     """
-    server = RedisServer(tmp_path)
-    server.start()
-    worker = Worker(tmp_path / "worker.log", {"REDIS_URL": server.url(0), **FAKE_ENV})
-    try:
-        worker.start()
+    with warm_worker(tmp_path) as (url, worker, client):
         assert worker.proc is not None
-        client = make_client(server.url(0), **LIMITS)
-        try:
-            job = client.submit(corpus("edge_16bit_gray.png"))  # the child at work once
-            assert client.wait([job], timeout=60)[job]["status"] == "SUCCESS"
-            (child,) = psutil.Process(worker.proc.pid).children()
-            peak = peak_rss(child.pid)
-            store = redis.Redis.from_url(server.url(0))
-            key = f"ocr:blob:{uuid.uuid4().hex}"
-            store.set(key, b"\0" * 96 * 2**20, ex=600)
-            task_id = str(uuid.uuid4())
-            store.lpush("ocr", envelope(task_id, celery_body({"blob": key})))
-            result = client.wait([task_id], timeout=60)[task_id]
-            assert result["status"] == "FAILURE"
-            assert result["error"]["code"] == "input_too_large"
-            assert psutil.Process(worker.proc.pid).children() == [child]  # not recycled
-            assert peak_rss(child.pid) < peak + 16 * 2**20
-        finally:
-            client.close()
-    finally:
-        worker.stop()
-        server.stop()
+        (child,) = psutil.Process(worker.proc.pid).children()
+        peak = peak_rss(child.pid)
+        store = redis.Redis.from_url(url)
+        key = f"ocr:blob:{uuid.uuid4().hex}"
+        store.set(key, b"\0" * 96 * 2**20, ex=600)
+        task_id = str(uuid.uuid4())
+        store.lpush("ocr", envelope(task_id, celery_body({"blob": key})))
+        result = client.wait([task_id], timeout=60)[task_id]
+        assert result["status"] == "FAILURE"
+        assert result["error"]["code"] == "input_too_large"
+        assert psutil.Process(worker.proc.pid).children() == [child]  # not recycled
+        assert peak_rss(child.pid) < peak + 16 * 2**20
