@@ -11,33 +11,27 @@ from pathlib import Path
 
 import requests
 
-from tests.conftest import ROOT, VENV_BIN, free_port, procfile_command, stop_group
+from tests.conftest import ROOT, ProcfileProcess, free_port
 
 
-class ApiServer:
+class ApiServer(ProcfileProcess):
     """The HTTP API started with the Procfile's `api:` command on a free port."""
+
+    stop_grace = 15.0
 
     def __init__(self, log_path: Path, env: dict[str, str]) -> None:
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
-        self.log_path = log_path
-        inherited = {k: v for k, v in os.environ.items()
-                     if not k.startswith(("OCR_", "REDIS_", "CELERY", "API_"))}
-        self.env = {**inherited, "PATH": f"{VENV_BIN}{os.pathsep}{os.environ['PATH']}",
-                    "PYTHONPATH": str(ROOT), "PYTHONUNBUFFERED": "1",
-                    "API_PORT": str(self.port), "LOG_LEVEL": "warning", **env}
-        self.proc: subprocess.Popen[bytes] | None = None
+        super().__init__("api", log_path, {"API_PORT": str(self.port), "LOG_LEVEL": "warning",
+                                           **env}, drop=("API_",))
         self.startup_seconds = 0.0
 
     def start(self, timeout: float = 60) -> ApiServer:
         started = time.monotonic()
-        with open(self.log_path, "ab") as log:
-            self.proc = subprocess.Popen(
-                ["bash", "-c", f"exec {procfile_command('api')}"], cwd=ROOT, env=self.env,
-                stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+        proc = self.spawn()
         while time.monotonic() - started < timeout:
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"api exited early:\n{self.log()[-3000:]}")
+            if proc.poll() is not None:
+                raise self.failed("exited early")
             try:
                 if requests.get(f"{self.url}/healthz", timeout=1).status_code == 200:
                     self.startup_seconds = time.monotonic() - started
@@ -45,13 +39,7 @@ class ApiServer:
             except requests.ConnectionError:
                 pass
             time.sleep(0.05)
-        raise RuntimeError(f"api not up in {timeout} s:\n{self.log()[-3000:]}")
-
-    def log(self) -> str:
-        return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
-
-    def stop(self) -> None:
-        stop_group(self.proc, grace=15)
+        raise self.failed(f"not up in {timeout} s")
 
 
 def create_token(redis_url: str, name: str, *options: str) -> str:

@@ -67,6 +67,43 @@ def procfile_command(name: str) -> str:
     raise KeyError(name)
 
 
+class ProcfileProcess:
+    """One Procfile line run as honcho runs it, in a session of its own, logging to a file.
+
+    Its environment is the test runner's without the service's settings (`OCR_*`,
+    `REDIS_*`, `CELERY*` and the prefixes in `drop`), plus `env`.
+    """
+
+    stop_grace = 30.0
+
+    def __init__(self, process: str, log_path: Path, env: dict[str, str],
+                 drop: tuple[str, ...] = ()) -> None:
+        self.process = process
+        self.log_path = log_path
+        inherited = {k: v for k, v in os.environ.items()
+                     if not k.startswith(("OCR_", "REDIS_", "CELERY", *drop))}
+        self.env = {**inherited, "PATH": f"{VENV_BIN}{os.pathsep}{os.environ['PATH']}",
+                    "PYTHONPATH": str(ROOT), "PYTHONUNBUFFERED": "1", **env}
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def spawn(self) -> subprocess.Popen[bytes]:
+        with open(self.log_path, "ab") as log:
+            self.proc = subprocess.Popen(
+                ["bash", "-c", f"exec {procfile_command(self.process)}"], cwd=ROOT,
+                env=self.env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+        return self.proc
+
+    def failed(self, why: str) -> RuntimeError:
+        return RuntimeError(f"{self.process} {why}:\n{self.log()[-3000:]}")
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
+
+    def stop(self) -> None:
+        """SIGTERM (as the supervisor stops it), then its whole group is killed."""
+        stop_group(self.proc, grace=self.stop_grace)
+
+
 # Each test module gets a database of its own (more modules than Redis's default 16).
 DATABASES = 128
 
@@ -221,40 +258,27 @@ def broker(request: pytest.FixtureRequest, aof_redis: RedisServer) -> Iterator[B
         vhost.delete()
 
 
-class Worker:
+class Worker(ProcfileProcess):
     """A real worker process, started with a Procfile line (`worker:` or `control:`)."""
 
     def __init__(self, log_path: Path, env: dict[str, str], process: str = "worker") -> None:
-        self.process = process
         self.name = f"test-{uuid.uuid4().hex[:8]}"
-        self.log_path = log_path
-        inherited = {k: v for k, v in os.environ.items()
-                     if not k.startswith(("OCR_", "REDIS_", "CELERY"))}
-        self.env = {**inherited, "PATH": f"{VENV_BIN}{os.pathsep}{os.environ['PATH']}",
-                    "PYTHONPATH": str(ROOT), "WORKER_NAME": self.name,
-                    "PYTHONUNBUFFERED": "1", **env}
+        super().__init__(process, log_path, {"WORKER_NAME": self.name, **env})
         if "OCR_ENGINE_PLUGINS" in env:
             # Fake-engine tests feed uniform pages (fault triggers) that are blank pages:
             # they must reach the engine. Tests of blank pages set it to 1 themselves.
             self.env.setdefault("OCR_SKIP_BLANK_PAGES", "0")
-        self.proc: subprocess.Popen[bytes] | None = None
 
     def start(self, timeout: float = 90) -> Worker:
-        with open(self.log_path, "ab") as log:
-            self.proc = subprocess.Popen(
-                ["bash", "-c", f"exec {procfile_command(self.process)}"], cwd=ROOT,
-                env=self.env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+        proc = self.spawn()
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if re.search(r"@\S+ ready\.", self.log()):
                 return self
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"worker exited early:\n{self.log()[-3000:]}")
+            if proc.poll() is not None:
+                raise self.failed("exited early")
             time.sleep(0.1)
-        raise RuntimeError(f"worker not ready in {timeout} s:\n{self.log()[-3000:]}")
-
-    def log(self) -> str:
-        return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
+        raise self.failed(f"not ready in {timeout} s")
 
     def kill(self) -> None:
         """SIGKILL the parent and its children at once, as when the host dies."""
@@ -262,9 +286,6 @@ class Worker:
         os.killpg(self.proc.pid, signal.SIGKILL)
         self.proc.wait(10)
 
-    def stop(self) -> None:
-        """Warm shutdown (SIGTERM to the main process, as honcho does), then kill."""
-        stop_group(self.proc, grace=30)
 
 
 @pytest.fixture(scope="session")

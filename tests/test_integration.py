@@ -12,7 +12,6 @@ import json
 import os
 import re
 import shutil
-import signal
 import subprocess
 import sys
 import time
@@ -33,10 +32,10 @@ from tests.conftest import (
     FAKE_PLUGINS,
     ROOT,
     VENV_BIN,
+    ProcfileProcess,
     Worker,
     corpus,
     free_port,
-    procfile_command,
 )
 from tests.pdf_fixtures import image_pdf, plain_pages
 
@@ -61,26 +60,6 @@ def service_env(**extra: str) -> dict[str, str]:
                  if not k.startswith(("OCR_", "REDIS_", "CELERY", "FLOWER_"))}
     return {**inherited, "PATH": f"{VENV_BIN}{os.pathsep}{os.environ['PATH']}",
             "PYTHONPATH": str(ROOT), **extra}
-
-
-class Process:
-    """A Procfile process of its own session, stopped with its whole group."""
-
-    def __init__(self, name: str, env: dict[str, str], log: Path) -> None:
-        self.log_path = log
-        with open(log, "ab") as out:
-            self.proc = subprocess.Popen(["bash", "-c", f"exec {procfile_command(name)}"],
-                                         cwd=ROOT, env=env, stdout=out,
-                                         stderr=subprocess.STDOUT, start_new_session=True)
-
-    def stop(self) -> None:
-        if self.proc.poll() is None:
-            os.killpg(self.proc.pid, signal.SIGTERM)
-            try:
-                self.proc.wait(10)
-            except subprocess.TimeoutExpired:
-                os.killpg(self.proc.pid, signal.SIGKILL)
-                self.proc.wait(10)
 
 
 def http(url: str, body: Any = None, auth: tuple[str, str] | None = None,
@@ -126,9 +105,10 @@ def flower(worker: Worker, redis_url: str,
     """Flower from the Procfile line, with basic auth; yields its base URL."""
     tmp = tmp_path_factory.mktemp("flower")
     port = free_port()
-    process = Process("flower", service_env(
-        REDIS_URL=redis_url, FLOWER_PORT=str(port), FLOWER_DB=str(tmp / "flower.db"),
-        FLOWER_BASIC_AUTH=":".join(FLOWER_AUTH)), tmp / "flower.log")
+    process = ProcfileProcess("flower", tmp / "flower.log", {
+        "REDIS_URL": redis_url, "FLOWER_PORT": str(port), "FLOWER_DB": str(tmp / "flower.db"),
+        "FLOWER_BASIC_AUTH": ":".join(FLOWER_AUTH)}, drop=("FLOWER_",))
+    process.spawn()
     url = f"http://127.0.0.1:{port}"
 
     def worker_seen() -> bool:
@@ -150,9 +130,9 @@ def exporter(worker: Worker, redis_url: str,
              tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     """The Procfile `metrics` process; yields its /metrics URL."""
     port = free_port()
-    process = Process("metrics", service_env(REDIS_URL=redis_url, METRICS_PORT=str(port),
-                                             OCR_QUEUES="ocr,ocr-batch"),
-                      tmp_path_factory.mktemp("metrics") / "metrics.log")
+    process = ProcfileProcess("metrics", tmp_path_factory.mktemp("metrics") / "metrics.log", {
+        "REDIS_URL": redis_url, "METRICS_PORT": str(port), "OCR_QUEUES": "ocr,ocr-batch"})
+    process.spawn()
     url = f"http://127.0.0.1:{port}/metrics"
 
     def answers() -> bool:
