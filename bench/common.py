@@ -43,6 +43,19 @@ BASE_ENV = {"OCR_ENGINE": "tesseract", "OCR_CACHE_RESULTS": "0", "OCR_TESSERACT_
             "OCR_PDF_DPI": "300"}
 # PDF pages are rendered for OCR at this DPI (OCR_PDF_DPI; the tesseract CLI peer too).
 PDF_DPI = 300
+# What every MLX process of the VLM benchmarks gets: no compile warm-up, no network.
+MLX_ENV = {"MLX_DISABLE_COMPILE": "1", "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
+
+
+def build_tiny_model(models: Path, name: str, timeout: float = 600) -> Path:
+    """The tests' tiny offline VLM `name` (tests/tiny_vlm.py) built under `models/name`.
+
+    In a subprocess: MLX is never evaluated in the benchmark process, which forks workers.
+    """
+    subprocess.run([sys.executable, "-m", "tests.tiny_vlm", str(models / name), name],
+                   cwd=ROOT, check=True, timeout=timeout, capture_output=True,
+                   env={**os.environ, **MLX_ENV, "PYTHONPATH": str(ROOT)})
+    return models / name
 
 
 class BenchError(RuntimeError):

@@ -33,28 +33,25 @@ import time
 from pathlib import Path
 from typing import Any
 
-from bench.common import BenchError, Context, Ratio, Report, Table
+from bench.common import MLX_ENV, BenchError, Context, Ratio, Report, Table, build_tiny_model
 from tests.conftest import CORPUS, ROOT
 
 MODEL = "qwen2-vl-pages"
 PAGE = "scan_linn.png"
 PDF = "scan_linn_skew.pdf"
-ENV = {"MLX_DISABLE_COMPILE": "1", "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
 
 
 def run(ctx: Context) -> Report:
     report = Report("vlm")
     models = ctx.workdir / "models"
-    subprocess.run([sys.executable, "-m", "tests.tiny_vlm", str(models / MODEL), MODEL],
-                   cwd=ROOT, check=True, timeout=300, capture_output=True,
-                   env={**os.environ, **ENV, "PYTHONPATH": str(ROOT)})
+    build_tiny_model(models, MODEL)
     sides = (448, 896) if ctx.quick else (1288, None)
     max_tokens = 512 if ctx.quick else 4096
     done = subprocess.run(
         [sys.executable, "-m", "bench.vlm", "probe", str(models), json.dumps(
             {"sides": sides, "max_tokens": max_tokens})],
         cwd=ROOT, capture_output=True, text=True, timeout=3600,
-        env={**os.environ, **ENV, "PYTHONPATH": str(ROOT)})
+        env={**os.environ, **MLX_ENV, "PYTHONPATH": str(ROOT)})
     if done.returncode != 0:
         raise BenchError(f"the VLM probe failed:\n{done.stderr[-3000:]}")
     data = json.loads(done.stdout.strip().splitlines()[-1])

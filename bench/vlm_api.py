@@ -38,8 +38,6 @@ import base64
 import io
 import json
 import os
-import subprocess
-import sys
 import threading
 import time
 import urllib.request
@@ -51,13 +49,22 @@ from typing import Any
 
 import psutil
 
-from bench.common import BenchError, Context, Ratio, Report, Services, Table, rss_mb
-from tests.conftest import CORPUS, ROOT, Worker
+from bench.common import (
+    MLX_ENV,
+    BenchError,
+    Context,
+    Ratio,
+    Report,
+    Services,
+    Table,
+    build_tiny_model,
+    rss_mb,
+)
+from tests.conftest import CORPUS, Worker
 from tests.inference_server import VlmServer
 
 MODEL = "bench-100m"
 PAGE = "scan_linn.png"
-ENV = {"MLX_DISABLE_COMPILE": "1", "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
 
 
 def sizes(ctx: Context) -> dict[str, Any]:
@@ -74,7 +81,7 @@ def engine_available() -> bool:
 
 
 def _vlm_env(models: Path, tokens: int, side: int) -> dict[str, str]:
-    return {**ENV, "OCR_MODEL_DIR": str(models), "OCR_MODEL": MODEL,
+    return {**MLX_ENV, "OCR_MODEL_DIR": str(models), "OCR_MODEL": MODEL,
             "OCR_VLM_MAX_TOKENS": str(tokens), "OCR_VLM_TEMPERATURES": "1.0",
             "OCR_VLM_FALLBACK": "none", "OCR_VLM_LONGEST_SIDE": str(side),
             "OCR_AUTO_ROTATE": "0", "OCR_DESKEW": "0", "OCR_CACHE_RESULTS": "0",
@@ -140,9 +147,7 @@ def worker(services: Services, env: dict[str, str]) -> Iterator[tuple[Worker, An
 def run(ctx: Context) -> Report:
     report = Report("vlm_api")
     models = ctx.workdir / "models"
-    subprocess.run([sys.executable, "-m", "tests.tiny_vlm", str(models / MODEL), MODEL],
-                   cwd=ROOT, check=True, timeout=600, capture_output=True,
-                   env={**os.environ, **ENV, "PYTHONPATH": str(ROOT)})
+    build_tiny_model(models, MODEL)
     size = sizes(ctx)
     pages, tokens, side, in_flights = (size["pages"], size["tokens"], size["side"],
                                        size["in_flight"])
