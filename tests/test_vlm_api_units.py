@@ -109,6 +109,14 @@ def test_a_clean_read_takes_the_servers_usage_and_text() -> None:
     assert text == {"type": "text", "text": "Read it."}
 
 
+def test_the_profile_orders_the_message_parts() -> None:
+    """The prompt goes before the image for olmOCR (its pipeline does), after it otherwise."""
+    for profile, first in (("olmocr", "text"), ("generic", "image_url"),
+                           ("paddleocr-vl", "image_url")):
+        parts = engine(list, profile=profile).messages(page())[-1]["content"]
+        assert [part["type"] for part in parts][0] == first, profile
+
+
 def test_a_read_cut_at_the_token_limit_is_tried_on_the_next_temperature() -> None:
     vlm = engine(lambda: [chunk("partial"), chunk(finish="length"), chunk(usage=(10, 100))])
     result = vlm.recognize(page(), RecognizeOptions())

@@ -142,8 +142,8 @@ class VlmApiEngine(OcrEngine):
         url = "data:image/png;base64," + base64.b64encode(buffer.getvalue()).decode()
         parts: list[dict[str, Any]] = [{"type": "image_url", "image_url": {"url": url}},
                                        {"type": "text", "text": self._prompt}]
-        if self.profile.name == "olmocr":
-            parts.reverse()  # olmOCR's pipeline puts the text before the image
+        if not self.profile.image_first:
+            parts.reverse()
         messages: list[dict[str, Any]] = []
         if self.profile.system_prompt:
             messages.append({"role": "system", "content": self.profile.system_prompt})

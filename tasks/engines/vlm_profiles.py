@@ -108,8 +108,9 @@ class VlmProfile:
     processor's own `max_pixels`); `max_tokens` the generation budget (OCR_VLM_MAX_TOKENS,
     when set, overrides it); `output_format` names the normaliser in `vlm_output`;
     `stop_strings` end generation early where the model emits them; `image_first` tells
-    that the model's message puts the image before the text (mlx-vlm's chat template
-    already orders it; recorded for engines that build messages themselves);
+    that the model's message puts the image before the text, as most model cards do
+    (olmOCR's pipeline puts the text first; mlx-vlm's chat template already orders it,
+    the vlm-api engine builds its message by it);
     `system_prompt` is the system message the model card uses, if any.
     """
 
@@ -119,7 +120,7 @@ class VlmProfile:
     max_tokens: int = 4096
     output_format: str = "markdown"
     stop_strings: tuple[str, ...] = ()
-    image_first: bool = False
+    image_first: bool = True
     system_prompt: str = ""
 
     def normalise(self, raw: str, image_size: tuple[int, int] | None = None) -> VlmOutput:
@@ -136,7 +137,7 @@ PROFILES: Mapping[str, VlmProfile] = MappingProxyType({p.name: p for p in (
     # olmOCR renders pages at 1288 px longest side (olmocr pipeline --target_longest_image_dim)
     # and allows long replies (8000 tokens).
     VlmProfile("olmocr", OLMOCR_PROMPT, longest_side=1288, max_tokens=8000,
-               output_format="olmocr_yaml"),
+               output_format="olmocr_yaml", image_first=False),
     # SmolDocling / granite-docling (Idefics3 processor: 512 px tiles, longest edge 2048).
     VlmProfile("docling", DOCLING_PROMPT, longest_side=2048, max_tokens=8192,
                output_format="doctags", stop_strings=DOCLING_STOP),
@@ -146,9 +147,9 @@ PROFILES: Mapping[str, VlmProfile] = MappingProxyType({p.name: p for p in (
     VlmProfile("nanonets", NANONETS_PROMPT, longest_side=1288, max_tokens=8192,
                output_format="nanonets", system_prompt="You are a helpful assistant."),
     VlmProfile("paddleocr-vl", PADDLEOCR_VL_PROMPT, longest_side=1288, max_tokens=4096,
-               output_format="paddleocr_vl", image_first=True),
+               output_format="paddleocr_vl"),
     VlmProfile("dots-ocr", DOTS_OCR_PROMPT, longest_side=1288, max_tokens=8192,
-               output_format="dots_layout_json", image_first=True),
+               output_format="dots_layout_json"),
 )})
 
 
