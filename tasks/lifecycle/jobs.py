@@ -75,19 +75,22 @@ def process_job(job_id: str, request: JobRequest, settings: Settings,
                 engines: ResidentEngines, stores: Stores,
                 previous: DocumentResult | None = None,
                 progress: Progress | None = None,
-                started: float | None = None) -> Outcome | FanOut:
+                started: float | None = None,
+                engine_name: str | None = None) -> Outcome | FanOut:
     """Read the input, then answer from the cache, in-process, or fan out.
 
     `previous` is the result of the job named by `merge_from` (a retry of its failed
     pages): its good pages complete this job's result. `started` (epoch seconds, now
     by default) is when the task began: the result's `timings.total_seconds` counts
-    from there, reading the input and planning a PDF included. Raises OcrError.
+    from there, reading the input and planning a PDF included. `engine_name` is the
+    engine that reads it when the caller has routed the job already (the task has, to
+    name it in failures), else `engines.for_job` routes it here. Raises OcrError.
     """
     started = time.time() if started is None else started
     if past_deadline(request.deadline):
         raise DeadlineExceeded("the job's deadline passed before it started")
     data = read_input(request, settings, stores.blobs)
-    engine_name = engines.for_job(request.engine, request.lang)  # OCR_LANG_ENGINES
+    engine_name = engine_name or engines.for_job(request.engine, request.lang)
     loaded = engines.get(engine_name)  # fails fast when this child's load failed
     loaded.engine.check(recognize_options(request))  # refusals: lang, output
     key = None

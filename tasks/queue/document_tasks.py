@@ -147,7 +147,7 @@ def document(self: Task, *args: Any, **kwargs: Any) -> dict[str, Any]:
             work = process_job(job_id, request, settings, resident.current(settings),
                                services.stores, _previous(self.app, request),
                                progress=functools.partial(report_progress, self.app, job_id),
-                               started=started)
+                               started=started, engine_name=engine)
             if isinstance(work, FanOut):
                 fan_out(self, work, services)  # raises Ignore: ended by its last page
     except OcrError as exc:
