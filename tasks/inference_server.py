@@ -123,18 +123,15 @@ def server_plan(settings: Settings, python: str = sys.executable) -> ServerPlan:
     if settings.vlm_api_url:
         return ServerPlan("idle", f"idle: the vlm-api workers use OCR_VLM_API_URL="
                                   f"{settings.vlm_api_url} (a server run elsewhere)")
-    from tasks.models.locate import configured_model, searched
+    from tasks.models.locate import loadable_model, model_missing
 
     if not settings.model:
         return ServerPlan("fail", f"{MODEL_MISSING}: OCR_ENGINE=vlm-api without "
                                   "OCR_VLM_API_URL needs OCR_MODEL, the model this host's "
                                   "mlx_vlm.server serves")
-    path = configured_model(settings)
-    if path is None or not (path / "config.json").is_file():
-        return ServerPlan("fail", f"{MODEL_MISSING}: model {settings.model!r} is not in "
-                                  f"OCR_MODEL_DIR (searched "
-                                  f"{searched(settings.model_dir, settings.model)}; no "
-                                  "config.json there); models are never downloaded")
+    path = loadable_model(settings)
+    if path is None:
+        return ServerPlan("fail", f"{MODEL_MISSING}: {model_missing(settings)}")
     argv = (python, "-m", "mlx_vlm.server", "--model", str(path), "--host", "127.0.0.1",
             "--port", str(settings.vlm_server_port))
     return ServerPlan("serve", f"serving {settings.model} ({path}) on "

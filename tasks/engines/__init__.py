@@ -27,10 +27,9 @@ def resolve_engine(settings: Settings) -> str:
     """The engine this worker loads: `auto` becomes mlx-vlm when the model is present."""
     if settings.engine != "auto":
         return settings.engine
-    from tasks.models.locate import configured_model
+    from tasks.models.locate import loadable_model
 
-    path = configured_model(settings)
-    return "mlx-vlm" if path is not None and (path / "config.json").is_file() else "tesseract"
+    return "mlx-vlm" if loadable_model(settings) is not None else "tesseract"
 
 
 def engine_class(name: str, settings: Settings) -> type[OcrEngine]:

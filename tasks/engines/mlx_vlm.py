@@ -25,7 +25,7 @@ from typing import TYPE_CHECKING, Any
 from PIL import Image
 
 from tasks.errors import EngineUnavailable
-from tasks.models.locate import configured_model, searched
+from tasks.models.locate import loadable_model, model_missing
 
 from .base import OcrEngine, PageResult, RecognizeOptions
 from .vlm_profiles import VlmProfile, select_profile
@@ -89,11 +89,9 @@ class MlxVlmEngine(OcrEngine):
         if not settings.model:
             raise EngineUnavailable("OCR_MODEL is not set; name a model folder or hub repo "
                                     "id in OCR_MODEL_DIR")
-        path = configured_model(settings)
-        if path is None or not (path / "config.json").is_file():
-            raise EngineUnavailable(f"model {settings.model!r} is not in OCR_MODEL_DIR "
-                                    f"(searched {searched(settings.model_dir, settings.model)}"
-                                    "; no config.json there); models are never downloaded")
+        path = loadable_model(settings)
+        if path is None:
+            raise EngineUnavailable(model_missing(settings))
         profile = select_profile(path, settings.model_profile,
                                  model_name=settings.model)
         # Belt and braces: even a bug in the path check above cannot reach a hub.

@@ -23,6 +23,19 @@ def configured_model(settings: Settings) -> Path | None:
     return locate(settings.model_dir, settings.model) if settings.model else None
 
 
+def loadable_model(settings: Settings) -> Path | None:
+    """The configured VLM folder when it holds a model (its config.json), else None."""
+    path = configured_model(settings)
+    return path if path is not None and (path / "config.json").is_file() else None
+
+
+def model_missing(settings: Settings) -> str:
+    """Why `loadable_model` found no model: what was searched; never a download."""
+    return (f"model {settings.model!r} is not in OCR_MODEL_DIR (searched "
+            f"{searched(settings.model_dir, settings.model)}; no config.json there); "
+            "models are never downloaded")
+
+
 def locate(model_dir: Path, model: str) -> Path | None:
     """The folder to load for `model`, or None when the directory does not have it.
 
