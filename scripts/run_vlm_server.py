@@ -31,10 +31,9 @@ def main() -> int:
         print(f"vlm-server: invalid_settings: {exc}", flush=True)
         return EXIT_CONFIG
     plan = server_plan(settings)
-    if plan.action == "fail":
-        print(f"vlm-server: {plan.reason}", flush=True)
-        return EXIT_CONFIG
     print(f"vlm-server: {plan.reason}", flush=True)
+    if plan.action == "fail":
+        return EXIT_CONFIG
     if plan.action == "idle":
         idle()
         return 0

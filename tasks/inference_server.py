@@ -138,8 +138,6 @@ def server_plan(settings: Settings, python: str = sys.executable) -> ServerPlan:
                                f"http://127.0.0.1:{settings.vlm_server_port}/v1", argv)
 
 
-def offline_env(environ: dict[str, str] | None = None) -> dict[str, str]:
+def offline_env() -> dict[str, str]:
     """The server's environment: the hub and transformers never go online."""
-    env = dict(os.environ if environ is None else environ)
-    env.update(HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1")
-    return env
+    return {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}

@@ -51,7 +51,7 @@ def test_routing_table_is_validated() -> None:
 
 
 def test_rapidocr_refuses_languages_it_does_not_read_and_takes_box_outputs() -> None:
-    engine = RapidOcrEngine(ocr=None, threads=1)
+    engine = RapidOcrEngine(ocr=None)
     for lang in (None, "chi_sim", "eng", "chi_sim+eng"):
         engine.check(RecognizeOptions(lang=lang, output="hocr"))
     for lang in ("vie", "ell+eng", "chi_sim+jpn"):

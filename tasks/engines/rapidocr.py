@@ -78,9 +78,8 @@ class RapidOcrEngine(OcrEngine):
     # detects text: PDF pages are rendered at that size rather than OCR_PDF_DPI.
     page_longest_side = 2000
 
-    def __init__(self, ocr: Any, threads: int) -> None:
+    def __init__(self, ocr: Any) -> None:
         self._ocr = ocr
-        self.threads = threads
         self.model = "PP-OCRv4"
 
     @classmethod
@@ -105,7 +104,7 @@ class RapidOcrEngine(OcrEngine):
         threads = intra_op_threads(settings)
         # Models from the wheel's own folder (its config.yaml); no path is fetched.
         ocr = RapidOCR(intra_op_num_threads=threads, inter_op_num_threads=1)
-        return cls(ocr, threads)
+        return cls(ocr)
 
     def check(self, options: RecognizeOptions) -> None:
         super().check(options)

@@ -104,7 +104,7 @@ class VlmApiEngine(OcrEngine):
         if not model_name:
             raise EngineUnavailable("the vlm-api engine needs OCR_VLM_API_MODEL (the model "
                                     "name the inference server serves) or OCR_MODEL")
-        local = configured_model(settings) if settings.model else None
+        local = configured_model(settings)
         if local is None and Path(model_name).is_dir():
             local = Path(model_name)  # a server on this machine that answers to its path
         # The profile from the local model folder when there is one (its config.json),

@@ -17,6 +17,7 @@ from typing import Any
 from tasks.errors import EngineUnavailable
 
 from .vlm_output import (
+    BLANK_RUNS,
     VlmOutput,
     markdown_output,
     markdown_to_text,
@@ -25,7 +26,6 @@ from .vlm_output import (
 )
 
 __all__ = ["NEEDS_IMAGE_SIZE", "NORMALISERS", "normalise"]
-_BLANK_RUNS = re.compile(r"\n{3,}")
 
 # --------------------------------------------------------------------------- olmOCR
 
@@ -188,7 +188,7 @@ def normalise_deepseek(raw: str) -> VlmOutput:
     markdown = _GROUNDING.sub("", text)
     markdown = _CENTER.sub("", markdown)
     markdown = _HARD_BREAK.sub("", markdown)
-    markdown = _BLANK_RUNS.sub("\n\n", markdown)
+    markdown = BLANK_RUNS.sub("\n\n", markdown)
     return markdown_output(markdown, boxes=tuple(boxes))
 
 

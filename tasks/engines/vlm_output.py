@@ -68,7 +68,7 @@ _HTML_TAG = re.compile(r"</?[A-Za-z][A-Za-z0-9_-]{0,40}(?:\s[^<>]{0,2000})?/?>")
 _HTML_COMMENT = re.compile(r"<!--.{0,2000}?-->", re.S)
 _MD_ESCAPE = re.compile(r"\\([_*#|~`])")
 _SPACES = re.compile(r"[ \t]+\n")
-_BLANK_RUNS = re.compile(r"\n{3,}")
+BLANK_RUNS = re.compile(r"\n{3,}")  # also used by vlm_formats
 
 
 def strip_fence(raw: str) -> str:
@@ -118,7 +118,7 @@ def markdown_to_text(markdown: str) -> str:
     text = html.unescape(text)
     text = "\n".join(line.rstrip() for line in text.split("\n"))
     text = _SPACES.sub("\n", text)
-    text = _BLANK_RUNS.sub("\n\n", text)
+    text = BLANK_RUNS.sub("\n\n", text)
     return text.strip()
 
 
