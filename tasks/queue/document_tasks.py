@@ -26,7 +26,7 @@ from celery import Celery, Task, shared_task, states
 from celery.exceptions import Ignore
 from kombu.utils.uuid import uuid
 
-from tasks.engines import resident, resolve_engine
+from tasks.engines import resident
 from tasks.errors import (
     BadRequest,
     DeadlineExceeded,
@@ -211,7 +211,7 @@ def fan_out(task: Task, work: FanOut, services: JobServices) -> NoReturn:
     # The queue of the engine the job named, else this worker's (which it consumes): a
     # job routed by its language (OCR_LANG_ENGINES) keeps its pages on workers like it.
     queue = queue_for_engine(work.meta.request.engine
-                             or resolve_engine(task.app.ocr_settings))
+                             or resident.current(task.app.ocr_settings).primary)
     meta = replace(work.meta, page_tasks=[uuid() for _ in work.meta.ocr_pages],
                    reply_queue=queue)
     job_id = meta.job_id
