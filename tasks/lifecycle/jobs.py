@@ -18,7 +18,6 @@ from tasks.errors import DeadlineExceeded, OutputTooLarge
 from tasks.lifecycle.inputs import read_input
 from tasks.pipeline import layouts
 from tasks.pipeline.documents import (
-    LAYOUTS_AND_PDF,
     Progress,
     document_base,
     past_deadline,
@@ -146,8 +145,7 @@ def _fan_out(job_id: str, request: JobRequest, data: bytes, plan: Any, engine: s
         started=started, total=plan.selected, ocr_pages=list(plan.ocr_pages),
         page_tasks=[], reply_queue="", previous=previous, encrypted=plan.encrypted,
         base=document_base(data, request, "pdf", plan.page_count))
-    texts = planned_pages(  # text-layer and blank pages
-        plan, settings if request.output in LAYOUTS_AND_PDF else None)
+    texts = planned_pages(plan, settings, request.output)  # text-layer and blank pages
     return FanOut(meta, texts, replaced)
 
 

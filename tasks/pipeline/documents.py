@@ -25,6 +25,7 @@ from tasks.pipeline.images import iter_image_pages, sniff_format
 from tasks.pipeline.layouts import LAYOUT_OUTPUTS, words_hocr
 from tasks.pipeline.pdf import PdfPlan, plan_pdf, render_page, text_layer_words
 from tasks.pipeline.results import assemble, failed_page
+from tasks.records.request import WORD_BOX_OUTPUTS
 from tasks.records.results import DocumentResult, Fallback, PageRecord, TextLayer
 
 if TYPE_CHECKING:
@@ -170,9 +171,6 @@ def deadline_page(number: int) -> PageRecord:
                                                 "job's deadline"))
 
 
-LAYOUTS_AND_PDF = (*LAYOUT_OUTPUTS, "pdf")  # outputs that place words on the page
-
-
 def text_page(number: int, text: str, layer: str) -> PageRecord:
     """A page delivered from its PDF text layer (`visible` text or an `invisible` one)."""
     return PageRecord(number, text.rstrip(), source="text-layer", layer=layer)
@@ -183,14 +181,14 @@ def blank_page(number: int, seconds: float = 0.0) -> PageRecord:
     return PageRecord(number, "", source="blank", seconds=round(seconds, 3))
 
 
-def planned_pages(plan: PdfPlan, settings: Settings | None = None) -> list[PageRecord]:
+def planned_pages(plan: PdfPlan, settings: Settings, output: str) -> list[PageRecord]:
     """The pages a PDF plan already answers: text-layer pages and blank pages.
 
-    With `settings` (a job asking for hOCR, ALTO or a searchable PDF), text-layer
-    pages carry their size and words in OCR'd pages' pixels (`text_layer_words`).
+    For an `output` that places words (hOCR, ALTO, a searchable PDF), text-layer pages
+    carry their size and words in OCR'd pages' pixels (`text_layer_words`).
     """
     pages = [text_page(n, text, layer) for n, (text, layer) in plan.text_pages.items()]
-    if settings is not None:
+    if output in WORD_BOX_OUTPUTS:
         placed = []
         for page in pages:
             size, words = text_layer_words(plan.doc, page.number, settings)
@@ -232,8 +230,7 @@ def run_document(data: bytes, request: JobRequest, engine: OcrEngine, settings: 
             count = plan.page_count
             # Pages the plan answered (text layer, blank) are one progress step: a
             # born-digital PDF stays at PyMuPDF's pace, not at one store and event a page.
-            pages.extend(planned_pages(plan, settings if request.output in LAYOUTS_AND_PDF
-                                       else None))
+            pages.extend(planned_pages(plan, settings, request.output))
             if pages and progress is not None:
                 progress(len(pages), plan.selected)
             for number in plan.ocr_pages:
