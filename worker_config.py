@@ -2,9 +2,10 @@
 
 The settings themselves live in `tasks.settings` (typed, validated, documented) and the
 Celery configuration derived from them in `tasks.queue.celery_config`; this module
-names both for `celery -A tasks` (which imports it while the project root is on
-sys.path) and for `python worker_config.py > docs/settings.md`, which regenerates the
-settings' documentation. Nothing in `tasks/` imports it.
+names both for operators' scripts (`from worker_config import Settings`) and runs as
+`python worker_config.py > docs/settings.md`, which regenerates the settings'
+documentation. Nothing in `tasks/` imports it (`celery -A tasks` builds its app from
+`tasks.queue.app`).
 """
 
 from __future__ import annotations

@@ -161,7 +161,7 @@ def vlm_cache(ctx: Context, services: Services, model_dir: Path,
     runs: dict[str, dict[str, Any]] = {}
     for label, clear in (("on (default)", "1"), ("off", "0")):
         if clear == "0" and not clear_setting_supported():
-            runs[label] = {"skipped": "no OCR_MLX_CLEAR_CACHE setting in worker_config.py"}
+            runs[label] = {"skipped": "no OCR_MLX_CLEAR_CACHE setting in tasks/settings"}
             continue
         env = {**VLM_ENV, "OCR_MODEL_DIR": str(model_dir), "OCR_MLX_CLEAR_CACHE": clear,
                "OCR_MAX_TASKS_PER_CHILD": "0", "LOG_LEVEL": "DEBUG"}

@@ -54,11 +54,6 @@ class TokenStore:
         self._redis = client
         self.webhook_secrets = WebhookSecrets(client)
 
-    def create(self, name: str, jobs_in_flight: int | None = None,
-               requests_per_minute: int | None = None) -> str:
-        """Make a client and return its token (stored only as a hash)."""
-        return self.create_client(name, jobs_in_flight, requests_per_minute)[0]
-
     def create_client(self, name: str, jobs_in_flight: int | None = None,
                       requests_per_minute: int | None = None) -> tuple[str, str]:
         """Make a client: its token and its webhook signing secret."""

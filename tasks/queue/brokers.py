@@ -5,7 +5,7 @@ Pool children call `fresh_connections` when they start. The worker parent calls
 cluster-wide visibility timeout) and `prepare_queues` once its queues are known (on
 RabbitMQ each consumer asks for a delivery-ack timeout above the hard limits). The
 metrics exporter reads queue lengths with `amqp_queue_lengths` (passive declares, no
-management plugin). Priorities: `Settings.priority_value` (worker_config.py).
+management plugin). Priorities: `priority_value` (tasks/queue/routing.py).
 """
 
 from __future__ import annotations

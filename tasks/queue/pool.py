@@ -6,9 +6,9 @@ would then be recycled after every task. This pool subclass adds, in each child,
 child's RSS once `worker_process_init` (which loads the engine) has run to that limit:
 the child is recycled when it has *grown* by more than OCR_MAX_MEMORY_PER_CHILD_MB.
 
-Selected by `worker_pool` in `worker_config.celery_config()`. `GrowthWorker.on_loop_start`
-runs in each pool child, after billiard's `after_fork` ran the initializer and before
-the child's work loop reads `max_memory_per_child`.
+Selected by `worker_pool` in `celery_config()` (tasks/queue/celery_config.py).
+`GrowthWorker.on_loop_start` runs in each pool child, after billiard's `after_fork` ran
+the initializer and before the child's work loop reads `max_memory_per_child`.
 """
 
 from __future__ import annotations

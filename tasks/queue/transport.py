@@ -19,7 +19,7 @@ entry JSON with the reason, the time, the queue and the first bytes of the messa
 and `message_refused` is sent with the task id when one could be read; the worker
 stores that job's FAILURE (`connect_refusals`). The worker then goes on consuming.
 
-Selected through Celery's `broker_transport` (worker_config.celery_config), for
+Selected through Celery's `broker_transport` (tasks/queue/celery_config.py), for
 redis:// brokers only; AMQP brokers deliver typed frames and Celery's own
 decode-error path covers them (junk is acked or rejected, the worker goes on); a
 pickled message's FAILURE is stored there from Celery's `task_rejected` signal.

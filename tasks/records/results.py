@@ -10,11 +10,10 @@ unset is left out. Pure: built and read in worker pool children; clients read th
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass, field, fields, replace
+from dataclasses import dataclass, field, fields
 from typing import Any
 
 PAGE_SEPARATOR = "\f"
-PAGE_SOURCES = ("ocr", "text-layer", "blank")
 # The outputs stored as files beside the result (`{"key", "bytes"}` in the JSON).
 STORED_OUTPUTS = ("pdf", "hocr", "alto")
 
@@ -123,7 +122,7 @@ class PageRecord:
 
     number: int
     text: str = ""
-    source: str = "ocr"  # PAGE_SOURCES
+    source: str = "ocr"  # ocr | text-layer | blank
     confidence: float | None = None
     layer: str | None = None  # text-layer pages: `visible` or `invisible`
     rotation: int | None = None
@@ -221,10 +220,6 @@ class DocumentResult:
     def text(self) -> str:
         return PAGE_SEPARATOR.join(p.text for p in self.pages)
 
-    @property
-    def failed(self) -> list[PageRecord]:
-        return [p for p in self.pages if p.failed]
-
     def to_json(self) -> dict[str, Any]:
         out: dict[str, Any] = {}
         for name in ("filename", "format", "sha256", "output", "mode", "lang", "page_count"):
@@ -258,10 +253,6 @@ class DocumentResult:
             input_blob=data.get("input_blob"), retry_of=data.get("retry_of"),
             outputs={kind: StoredOutput(str(data[kind]["key"]), int(data[kind]["bytes"]))
                      for kind in STORED_OUTPUTS if isinstance(data.get(kind), Mapping)})
-
-    def with_pages(self, pages: Iterable[PageRecord]) -> DocumentResult:
-        """The same result over other pages (in page order)."""
-        return replace(self, pages=sorted(pages, key=lambda p: p.number))
 
 
 def page_warnings(pages: Iterable[PageRecord]) -> list[dict[str, Any]]:

@@ -29,7 +29,6 @@ from ._checks import (
     SettingsError,
     audit_crontab_fields,
     check_worker,
-    is_repo_id,
     model_problem,
     split_model,
     validate,
@@ -37,7 +36,7 @@ from ._checks import (
 from ._values import local_timezone, parse
 
 __all__ = ["DEFAULT_PROMPT", "ENGINE_CHOICES", "VLM_ENGINES", "WORKER_ROLES", "Setting", "Settings",
-           "SettingsError", "audit_crontab_fields", "is_repo_id", "model_problem",
+           "SettingsError", "audit_crontab_fields", "model_problem",
            "settings_markdown", "split_model"]
 
 

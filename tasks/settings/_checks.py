@@ -40,10 +40,6 @@ def split_model(model: str) -> tuple[str, str | None]:
     return (name, revision) if sep and "/" in name else (model, None)
 
 
-def is_repo_id(model: str) -> bool:
-    return "/" in split_model(model)[0]
-
-
 def model_problem(model: str) -> str | None:
     """Why an OCR_MODEL value is invalid, or None."""
     name, revision = split_model(model)

@@ -3,10 +3,9 @@
 A Redis or broker restart during a job is not the job's fault: the calls that cross
 the boundary (the stores of this package, the fan-out join, progress and page
 publishing) first retry on their own for about `RETRY_SECONDS` (redis-py's `Retry`
-for Redis, kombu's publish retry policy for the broker: `worker_config.
-PUBLISH_RETRY_POLICY`), then raise `TransientError`
-(retryable), which the tasks retry with backoff. Never a page failure, never an
-`internal_error`.
+for Redis, kombu's publish retry policy for the broker: `PUBLISH_RETRY_POLICY` in
+tasks/queue/celery_config.py), then raise `TransientError` (retryable), which the
+tasks retry with backoff. Never a page failure, never an `internal_error`.
 
 Runs in every process that talks to Redis or the broker.
 """
