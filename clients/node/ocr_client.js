@@ -52,14 +52,15 @@ class InputTooLarge extends Error {
   }
 }
 
-// The input limit in bytes from megabytes (as tasks/settings computes it).
-function maxInputBytes(megabytes = process.env.OCR_MAX_INPUT_MB || DEFAULT_MAX_INPUT_MB) {
-  return Math.floor(Number(megabytes) * 1024 * 1024);
+// The input limit in megabytes when none is given: $OCR_MAX_INPUT_MB, else 64.
+function defaultMaxInputMb() {
+  return process.env.OCR_MAX_INPUT_MB || String(DEFAULT_MAX_INPUT_MB);
 }
 
-// The refusal of a `size`-byte input over `megabytes`, or null when within it.
+// The refusal of a `size`-byte input over `megabytes`, or null when within it (bytes
+// as tasks/settings computes them).
 function sizeRefusal(size, megabytes, name = 'the input') {
-  if (size <= maxInputBytes(megabytes)) return null;
+  if (size <= Math.floor(Number(megabytes) * 1024 * 1024)) return null;
   return new InputTooLarge(`${name} is larger than ${megabytes} MB (OCR_MAX_INPUT_MB); nothing was sent`);
 }
 
@@ -216,7 +217,7 @@ function jobQueue({ queue, engine } = {}) {
 async function submit(redis, data, options = {}) {
   const {
     queue, priority = 'normal', blobTtl = BLOB_TTL_SECONDS,
-    maxInputMb = process.env.OCR_MAX_INPUT_MB || DEFAULT_MAX_INPUT_MB, ...rest
+    maxInputMb = defaultMaxInputMb(), ...rest
   } = options;
   if (!(priority in PRIORITIES)) {
     throw new Error(`priority must be one of ${Object.keys(PRIORITIES).join(', ')}`);
@@ -345,11 +346,11 @@ async function liveQueues(redis, timeoutSeconds = INSPECT_TIMEOUT_S) {
   return live;
 }
 
-// The job's error when no live worker consumes `queue` (submit.py's no_worker).
-function noWorkerRecord(job, queue) {
+// The job's error when no live worker consumes its queue (submit.py's no_worker).
+function noWorkerRecord(job) {
   return {
     id: job.id, status: 'PENDING', filename: job.filename,
-    error: { code: 'no_worker', message: `no live worker consumes queue '${queue}'`, retryable: true },
+    error: { code: 'no_worker', message: `no live worker consumes queue '${job.queue}'`, retryable: true },
   };
 }
 
@@ -378,7 +379,7 @@ async function waitAll(redis, jobs, { timeout = 120, poll = 200 } = {}) {
       orphanedSince = orphans.length ? (orphanedSince || now) : null;
       if (orphanedSince !== null && Date.now() - orphanedSince >= NO_WORKER_GRACE_MS) {
         for (const job of orphans) {
-          results[job.id] = noWorkerRecord(job, job.queue);
+          results[job.id] = noWorkerRecord(job);
           pending.delete(job.id);
         }
       }
@@ -439,7 +440,7 @@ class UsageError extends Error {}
 function parseArgs(argv) {
   const options = {
     redis: process.env.REDIS_URL, timeout: 120, wait: true, files: [],
-    'max-input-mb': process.env.OCR_MAX_INPUT_MB || String(DEFAULT_MAX_INPUT_MB),
+    'max-input-mb': defaultMaxInputMb(),
   };
   const valued = ['redis', 'engine', 'pages', 'output', 'mode', 'password', 'priority',
     'queue', 'timeout', 'max-input-mb'];
