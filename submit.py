@@ -336,25 +336,20 @@ def _bar(name: str, status: JobProgress) -> str:
 
 # --- waiting, with a live worker on each job's queue ------------------------------------
 
-def without_worker(client: OcrClient, ids: list[str],
-                   live: dict[str, set[str]] | None = None) -> dict[str, str]:
-    """The jobs whose queue no live worker consumes, with that queue."""
-    if live is None:
-        live = OperatorConsole(client).live_queues(INSPECT_TIMEOUT)
+def without_worker(queues: dict[str, str], live: dict[str, set[str]]) -> dict[str, str]:
+    """The jobs (of `queues`: job id -> its queue) that no live worker serves."""
     served = set().union(*live.values())
-    queues = {job_id: client.queue_of(job_id) for job_id in ids}
     return {job_id: queue for job_id, queue in queues.items() if queue not in served}
 
 
-def inference_server_note(client: OcrClient, ids: list[str],
+def inference_server_note(client: OcrClient, queues: set[str],
                           live: dict[str, set[str]]) -> str:
     """Why jobs wait for vlm-api workers: their inference server does not answer.
 
-    '' when no live vlm-api worker consumes a queue of `ids`, or when the server (at
-    this host's OCR_VLM_API_URL) answers.
+    '' when no live vlm-api worker consumes one of the jobs' `queues`, or when the
+    server (at this host's OCR_VLM_API_URL) answers.
     """
-    vlm_workers = [queues for queues in live.values() if vlm_server.QUEUE in queues]
-    queues = {client.queue_of(job_id) for job_id in ids}
+    vlm_workers = [served for served in live.values() if vlm_server.QUEUE in served]
     if not any(queues & served for served in vlm_workers):
         return ""
     check = vlm_server.check_server(client.settings)
@@ -379,6 +374,7 @@ def wait_for(client: OcrClient, ids: list[str], timeout: float | None
     """
     progress = ProgressLine(sys.stderr, {i: client.filename(i) for i in ids})
     pending, results = list(dict.fromkeys(ids)), {}
+    queue_of = {job_id: client.queue_of(job_id) for job_id in pending}  # never changes
     start = time.monotonic()
     stop = None if timeout is None else start + timeout
     next_check, orphaned_since, poll_for, said = start, None, 0.0, ""
@@ -392,8 +388,9 @@ def wait_for(client: OcrClient, ids: list[str], timeout: float | None
             now = time.monotonic()
             if pending and now >= next_check:
                 live = OperatorConsole(client).live_queues(INSPECT_TIMEOUT)
-                orphans = without_worker(client, pending, live)
-                note = inference_server_note(client, pending, live)
+                queues = {job_id: queue_of[job_id] for job_id in pending}
+                orphans = without_worker(queues, live)
+                note = inference_server_note(client, set(queues.values()), live)
                 if note and note != said:
                     print(f"{PROG}: {note}", file=sys.stderr, flush=True)
                 said = note
