@@ -67,6 +67,21 @@ class CallbackNotAllowed(OcrError):
     default_message = "the callback URL is not allowed"
 
 
+class AddressNotAllowed(OcrError):
+    """An outbound request's address is refused by the policy (tasks/lifecycle/outbound.py)."""
+
+    code = "address_not_allowed"
+    default_message = "the address is not allowed (private, loopback or link-local)"
+
+
+class QuotaExceeded(OcrError):
+    """HTTP API: the client is over one of its quotas (bytes waiting, jobs in flight)."""
+
+    code = "quota_exceeded"
+    retryable = True
+    default_message = "the client is over its quota; retry later"
+
+
 class InvalidPages(OcrError):
     code = "invalid_pages"
     default_message = "the page selection is invalid"
@@ -80,6 +95,28 @@ class InputNotFound(OcrError):
 class PathNotAllowed(OcrError):
     code = "path_not_allowed"
     default_message = "the path is outside the allowed roots"
+
+
+class UrlNotAllowed(OcrError):
+    """A URL input or `result_url` outside OCR_ALLOWED_URLS (or the API client's own
+    prefixes), or a redirect or address that leaves them; nothing was fetched there."""
+
+    code = "url_not_allowed"
+    default_message = "the URL is not under an allowed prefix (OCR_ALLOWED_URLS)"
+
+
+class InputDenied(OcrError):
+    """The object store (or https server) refused to give the object (403/401)."""
+
+    code = "input_denied"
+    default_message = "the store denied access to the object"
+
+
+class ResultWriteFailed(OcrError):
+    """The result could not be written to `result_url`; it stays in the result store."""
+
+    code = "result_write_failed"
+    default_message = "the result could not be written to result_url"
 
 
 class EmptyInput(OcrError):

@@ -1,7 +1,7 @@
 """HTTP callbacks: the summary of a finished job, POSTed as signed JSON to the caller's URL.
 
 Runs in worker children, inside the `ocr.http_callback` task (which retries). The URL
-is checked again at send time (tasks/lifecycle/callback_urls.py): every resolved
+is checked again at send time (tasks/lifecycle/callback_urls.py on outbound.py): every resolved
 address must be public unless the host is in OCR_CALLBACK_ALLOWED_HOSTS, and the
 connection goes to those checked addresses. Redirects are never followed. With
 OCR_CALLBACK_SECRET set each POST carries `X-OCR-Timestamp` and `X-OCR-Signature:
@@ -18,12 +18,11 @@ import hmac
 import http.client
 import json
 import logging
-import socket
-import ssl
 import time
 from typing import TYPE_CHECKING, Any
 
 from tasks.lifecycle.callback_urls import CallbackTarget, callback_target, checked_addresses
+from tasks.lifecycle.outbound import Address, connect_checked
 from tasks.state.webhook_secrets import SigningSecrets, WebhookSecrets
 
 if TYPE_CHECKING:
@@ -99,50 +98,14 @@ def post_json(url: str, body: dict[str, Any], settings: Settings,
     return status
 
 
-def _post(target: CallbackTarget, addresses: list[tuple[Any, ...]], raw: bytes,
+def _post(target: CallbackTarget, addresses: list[Address], raw: bytes,
           headers: dict[str, str], timeout: float) -> int:
     """One POST through the first checked address that accepts a connection."""
-    error: OSError = ConnectionError("no address to connect to")
-    for family, sockaddr in addresses:
-        connection = _connection(target, family, sockaddr, timeout)
-        try:
-            connection.request("POST", target.target, body=raw, headers=headers)
-            return int(connection.getresponse().status)
-        except http.client.HTTPException as exc:
-            raise ConnectionError(f"bad HTTP answer ({type(exc).__name__})") from None
-        except OSError as exc:
-            error = exc
-        finally:
-            connection.close()
-    raise error
-
-
-def _connection(target: CallbackTarget, family: int, sockaddr: tuple[Any, ...],
-                timeout: float) -> http.client.HTTPConnection:
-    """A connection to `sockaddr` that names `target.host` (Host header, TLS SNI)."""
-
-    def connect_checked() -> socket.socket:
-        sock = socket.socket(family, socket.SOCK_STREAM)
-        sock.settimeout(timeout)
-        try:
-            sock.connect(sockaddr)
-        except OSError:
-            sock.close()
-            raise
-        return sock
-
-    if target.scheme == "https":
-        context = ssl.create_default_context()
-
-        class Pinned(http.client.HTTPSConnection):
-            def connect(self) -> None:
-                self.sock = context.wrap_socket(connect_checked(),
-                                                server_hostname=target.host)
-
-        return Pinned(target.host, target.port, timeout=timeout, context=context)
-
-    class PinnedPlain(http.client.HTTPConnection):
-        def connect(self) -> None:
-            self.sock = connect_checked()
-
-    return PinnedPlain(target.host, target.port, timeout=timeout)
+    connection = connect_checked(target, addresses, timeout)
+    try:
+        connection.request("POST", target.target, body=raw, headers=headers)
+        return int(connection.getresponse().status)
+    except http.client.HTTPException as exc:
+        raise ConnectionError(f"bad HTTP answer ({type(exc).__name__})") from None
+    finally:
+        connection.close()
