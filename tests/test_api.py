@@ -482,11 +482,11 @@ def test_bad_requests_have_codes(api: ApiServer, alice: requests.Session) -> Non
 
 
 def readme_example(name: str) -> str:
-    """The code block after `<!-- example: NAME -->` in the README."""
-    text = (ROOT / "README.md").read_text()
+    """The code block after `<!-- example: NAME -->` in docs/http-api.md."""
+    text = (ROOT / "docs" / "http-api.md").read_text()
     match = re.search(rf"<!-- example: {re.escape(name)} -->\n```\w*\n(.*?)\n```", text,
                       re.DOTALL)
-    assert match, f"README.md has no example {name}"
+    assert match, f"docs/http-api.md has no example {name}"
     return match.group(1)
 
 
