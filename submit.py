@@ -69,7 +69,7 @@ EXIT_HELP = """exit status (several jobs: the most severe, in this order):
 UNREACHABLE_HINT = ("start the service with `make run`, or point REDIS_URL (or "
                     "--redis-url) at the broker's Redis")
 NO_WORKER_HINT = ("start a worker that consumes that queue (`make run` starts one for "
-                  "`ocr` and `ocr-tesseract`; README, Engines: a VLM worker); the jobs "
+                  "`ocr` and `ocr-tesseract`; docs/vlm.md: a VLM worker); the jobs "
                   "stay queued, `submit.py wait ID...` picks them up")
 NO_WORKER_GRACE = 6.0   # seconds a job may wait in a queue no live worker consumes
 WORKER_RECHECK = 15.0   # seconds between worker checks while jobs run
@@ -413,8 +413,8 @@ def submit_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("files", nargs="+", metavar="FILE")
     parser.add_argument("--no-wait", action="store_true",
                         help="print each job's id and file name, and return")
-    parser.add_argument("--engine", help="tesseract, mlx-vlm, rapidocr (default: the "
-                        "worker's, or by `--lang` as OCR_LANG_ENGINES says)")
+    parser.add_argument("--engine", help="tesseract, rapidocr, mlx-vlm or vlm-api (default: "
+                        "the worker's, or by `--lang` as OCR_LANG_ENGINES says)")
     parser.add_argument("--pages", help='pages to read, e.g. "1-3,7"')
     parser.add_argument("--password", help="password of an encrypted PDF")
     parser.add_argument("--output", choices=OUTPUT_CHOICES, default="text",

@@ -5,8 +5,8 @@ The project's Redis binds to loopback, keeps an append-only file under var/redis
 takes the password of REDIS_URL when it has one, and refuses any command argument
 longer than the settings' `redis_max_bulk_bytes` (proto-max-bulk-len: a message
 holding an input of OCR_MAX_INPUT_MB, or an output of OCR_MAX_OUTPUT_MB). When another
-Redis already answers, this process only waits, so that honcho keeps the other
-processes running.
+Redis already answers, this process only waits: a Procfile runner (`make run`'s
+scripts/supervise.py, like honcho) stops every process when one exits.
 """
 
 from __future__ import annotations

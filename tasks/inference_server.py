@@ -7,8 +7,8 @@ Light on purpose (the standard library and tasks.settings only): the API server'
 `/readyz` and the CLI (submit.py) call `check_server` in client processes, which must
 not import numpy, PIL or openai; the `vlm-server` process (scripts/run_vlm_server.py)
 calls `server_plan`. The server, not the worker's pool children, holds the model: the
-model lifecycle's idle and unload releases do not reach it (README, "The inference
-server").
+model lifecycle's idle and unload releases do not reach it (docs/vlm-servers.md, "Model
+lifecycle").
 """
 
 from __future__ import annotations

@@ -1,9 +1,10 @@
 """Operator commands over the queue: model audits, unloading, languages, live queues.
 
-Runs in operator processes (`submit.py models|langs`, the HTTP API's readiness check)
-beside an `OcrClient`, whose send-only app it uses: remote-control broadcasts and the
-maintenance tasks are sent by name. Only `audit_every_host` imports the maintenance
-module (and through it the model audit) to address one worker per host.
+Runs in operator processes (`submit.py models|langs`, and `submit.py`'s check for a
+live worker on a job's queue) beside an `OcrClient`, whose send-only app it uses:
+remote-control broadcasts and the maintenance tasks are sent by name. Only
+`audit_every_host` imports the maintenance module (and through it the model audit) to
+address one worker per host.
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""Several workers against one Redis, as on several machines (README, Several machines).
+"""Several workers against one Redis, as on several machines (docs/operations.md, Several machines).
 
 Two workers with their own node names and queues share the `ocr` queue; one is
 stopped mid-batch and every job still completes, once. A worker and clients reach a

@@ -398,7 +398,7 @@ per file, each with its filename.
 
 options:
   --redis URL        the broker's Redis (default: $REDIS_URL, else redis://127.0.0.1:6379/0)
-  --engine NAME      tesseract, mlx-vlm, rapidocr (default: the worker's); the job goes to ocr-NAME
+  --engine NAME      tesseract, rapidocr, mlx-vlm or vlm-api (default: the worker's); the job goes to ocr-NAME
   --pages RANGE      pages to read, e.g. 1-3,7
   --output FORMAT    text, markdown, json or pdf
   --mode MODE        PDFs: auto (text layer where present), ocr, text
@@ -433,7 +433,7 @@ const EXIT_BY_STATUS = { SUCCESS: 0, PARTIAL: 3, CANCELLED: 4, TIMEOUT: 6, FAILU
 const UNREACHABLE_HINT = 'start the service with `make run`, or point REDIS_URL (or --redis) '
   + "at the broker's Redis";
 const NO_WORKER_HINT = 'start a worker that consumes that queue (`make run` starts one for '
-  + '`ocr` and `ocr-tesseract`; README, Engines: a VLM worker); the jobs stay queued';
+  + '`ocr` and `ocr-tesseract`; docs/vlm.md: a VLM worker); the jobs stay queued';
 
 class UsageError extends Error {}
 

@@ -2,7 +2,7 @@
 
 Pure functions (no engine import), applied by the tesseract adapter in worker children
 to the page text and to each word. Two fixes, both chosen from measured errors on the
-corpus pages (README, "Languages"):
+corpus pages (docs/languages.md, "Clean-up"):
 
 - Greek (`ell` in the language set): tesseract's Greek model writes the micro sign
   U+00B5 `µ` for the Greek small letter mu U+03BC `μ`; every `µ` becomes `μ`.

@@ -1,5 +1,6 @@
 """The model lifecycle.
 
-The model-directory audit and prune, the registry of models in use (Redis), and engine
-release in pool children.
+The model-directory audit and prune, where a configured model is (`locate`: offline,
+never a download), and the registry of models in use (Redis). Releasing the engines
+that hold a model lives with the engines (`tasks/engines/release.py`).
 """

@@ -34,7 +34,7 @@ def prepare_queues(app: Any, settings: Settings) -> None:
     RabbitMQ (3.8 to 3.11.14: node-wide `consumer_timeout` only, 30 min by default)
     closes the channel of a consumer that holds a delivery unacknowledged longer than
     its consumer timeout; from 3.11.15 (per queue) and 3.12 (per consumer) the
-    argument below sets it per consumer, older nodes ignore it (README, Brokers).
+    argument below sets it per consumer, older nodes ignore it (docs/operations.md, Brokers).
     """
     if not settings.broker_is_amqp:
         return

@@ -175,7 +175,7 @@ class JobControl:
         HTTP API (`ocr:blob:api.<client>.<hex>`) only serves jobs of `api:<client>`,
         and a job of an API client only reads the blob recorded for it or for its
         `merge_from` job. Jobs from Celery-protocol senders have no owner: whoever can
-        write to the broker is trusted (README, Sending jobs).
+        write to the broker is trusted (docs/security.md).
         """
         owner = self.owner(job_id)
         if isinstance(merge_from, str) and merge_from and self.owner(merge_from) != owner:
