@@ -10,7 +10,9 @@ from __future__ import annotations
 
 import base64
 import random
+import threading
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 from typing import Any
 
@@ -19,13 +21,15 @@ import redis
 
 from tasks.engines.resident import ResidentEngines
 from tasks.errors import PdfEncrypted, TransientError
-from tasks.lifecycle.cancel import ALREADY_ENDED, CANCELLED, cancel_job
+from tasks.lifecycle.cancel import ALREADY_ENDED, CANCELLED, cancel_job, end_cancelled_document
 from tasks.lifecycle.fanout import OpenDocumentCache, record_page, run_pdf_page
 from tasks.lifecycle.inputs import decode_request
 from tasks.lifecycle.job_exit import JobEnder
 from tasks.lifecycle.jobs import FanOut, process_job
+from tasks.pipeline.documents import deadline_page
 from tasks.records.jobs import DocumentMeta, JobStatus, Outcome
 from tasks.records.request import JobRequest
+from tasks.records.results import PageRecord
 from tasks.settings import Settings
 from tasks.state.join import DocumentJoin
 from tasks.state.stores import BlobStore, JobControl, OutputStore, ResultCache, Stores, connect
@@ -62,7 +66,7 @@ class FailingJoin(DocumentJoin):
         super().__init__(client, ttl)
         self.errors = errors
 
-    def pages(self, doc_id: str) -> list[dict[str, Any]]:
+    def pages(self, doc_id: str) -> list[PageRecord]:
         if self.errors:
             raise self.errors.pop(0)
         return super().pages(doc_id)
@@ -227,3 +231,120 @@ def test_a_cached_result_of_an_encrypted_pdf_needs_its_password(life: Life) -> N
                                                mode="ocr"),
                       life.settings, life.engines, life.stores)
     assert isinstance(hit, Outcome) and hit.result is not None and hit.result.cached
+
+
+# --- A job that has ended takes no late writes (issue 34, item 6) -----------------------
+
+ENDINGS = ("cancel", "deadline", "failure")
+
+
+class HookedPorts(RecordingPorts):
+    """Recording ports that run `during` once as the first outcome is published.
+
+    Publishing comes after the end claim and before the join is freed: the moment a
+    page finishing just as its job ends meets.
+    """
+
+    def __init__(self, during: Any = None) -> None:
+        super().__init__()
+        self.during = during
+
+    def publish(self, outcome: Outcome) -> None:
+        super().publish(outcome)
+        hook, self.during = self.during, None
+        if hook is not None:
+            hook()
+
+
+def end_document(life: Life, meta: DocumentMeta, ending: str) -> None:
+    """End a fanned-out document the way a cancel, a deadline or a failure does."""
+    if ending == "cancel":
+        cancel_job(meta.job_id, life.stores.control, life.join, life.ender, lambda ids: None)
+    elif ending == "deadline":  # the pages not read by the deadline fail; the last merges
+        for number in meta.ocr_pages[1:]:
+            record_page(meta, deadline_page(number), life.join, life.ender, life.settings,
+                        life.stores)
+    else:  # a page task whose retries ran out ends the job (document_tasks.pdf_page)
+        life.ender.end(Outcome.failed(meta.job_id, TransientError("Redis restarted"),
+                                      meta.request, engine=meta.engine))
+
+
+def read(number: int) -> PageRecord:
+    return PageRecord(number, f"page {number}", confidence=90.0)
+
+
+def begun(life: Life, meta: DocumentMeta, job_id: str) -> DocumentMeta:
+    """A copy of `meta` as a new job, its first page recorded."""
+    copy = replace(meta, job_id=job_id)
+    assert life.join.start(copy, [])
+    record_page(copy, read(copy.ocr_pages[0]), life.join, life.ender, life.settings,
+                life.stores)
+    return copy
+
+
+@pytest.mark.parametrize("ending", ENDINGS)
+@pytest.mark.parametrize("late", ["while it ends", "after it ended"])
+def test_a_page_finishing_after_its_job_ended_leaves_no_key(life: Life, ending: str,
+                                                             late: str) -> None:
+    meta = fan_out(life, "job-late", image_pdf(plain_pages(3)))
+    job = begun(life, meta, "job-late")
+    written: list[bool] = []
+
+    def page_two() -> None:  # the page a killed or slow child finishes late
+        written.append(record_page(job, read(2), life.join, life.ender, life.settings,
+                                   life.stores))
+
+    ports = HookedPorts(page_two if late == "while it ends" else None)
+    life.ender = JobEnder(life.stores.control, life.stores.blobs, life.join, ports)
+    end_document(life, job, ending)
+    if late == "after it ended":
+        page_two()
+    assert written == [False]  # ended nothing
+    assert len(ports.published) == 1 and len(ports.recorded) == 1
+    expected = {"cancel": JobStatus.CANCELLED, "deadline": JobStatus.PARTIAL,
+                "failure": JobStatus.FAILURE}[ending]
+    assert ports.published[0].status is expected
+    assert doc_keys(life, "job-late") == []
+    # a write that comes after the ending writes nothing, also the document's start
+    assert life.join.start(job, [read(1)]) is False and doc_keys(life, "job-late") == []
+
+
+@pytest.mark.parametrize("ending", ENDINGS)
+def test_late_pages_racing_the_ending_leave_nothing_behind(life: Life, ending: str) -> None:
+    """The race of a page's record with its job's ending, run many times over."""
+    meta = fan_out(life, "job-race", image_pdf(plain_pages(3)))
+    ports = HookedPorts()
+    life.ender = JobEnder(life.stores.control, life.stores.blobs, life.join, ports)
+    runs = 150
+
+    def page_two(job: DocumentMeta, gate: threading.Barrier) -> bool:
+        gate.wait()
+        return record_page(job, read(2), life.join, life.ender, life.settings, life.stores)
+
+    with ThreadPoolExecutor(1) as pool:
+        for run in range(runs):
+            job = begun(life, meta, f"job-race-{run}")
+            gate = threading.Barrier(2)
+            late = pool.submit(page_two, job, gate)
+            gate.wait()
+            end_document(life, job, ending)
+            late.result()  # raises what the page raised
+            assert doc_keys(life, job.job_id) == [], f"run {run}: a late page left its keys"
+    # every job ended exactly once (the page, when it completed the document, or the ending)
+    assert len(ports.published) == runs and len(ports.recorded) == runs
+    assert len({o.job_id for o in ports.published}) == runs
+
+
+def test_a_cancel_met_by_a_page_while_the_pdf_was_split_ends_it(life: Life) -> None:
+    """The cancel found no document (not yet split); its first page task ends it."""
+    meta = fan_out(life, "job-split", image_pdf(plain_pages(3)))
+    life.join.cleanup("job-split")  # as if the cancel came before the split's write
+    stopped: list[list[str]] = []
+    assert cancel_job("job-split", life.stores.control, life.join, life.ender,
+                      stopped.append) == CANCELLED
+    assert stopped == [["job-split"]] and not life.ender.has_ended("job-split")
+    assert life.join.start(meta, [])  # the splitting task was not stopped in time
+    assert end_cancelled_document(meta, life.join, life.ender) is True
+    assert end_cancelled_document(meta, life.join, life.ender) is False  # the next page
+    assert [o.status for o in life.ports.recorded] == [JobStatus.CANCELLED]
+    assert doc_keys(life, "job-split") == []

@@ -13,7 +13,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 from tasks.pipeline.results import cancelled_result
-from tasks.records.jobs import JobStatus, Outcome
+from tasks.records.jobs import DocumentMeta, JobStatus, Outcome
 from tasks.records.results import DocumentResult
 
 if TYPE_CHECKING:
@@ -50,9 +50,30 @@ def cancel_job(job_id: str, control: JobControl, join: DocumentJoin, ender: JobE
     if not ender.claim(job_id):
         return ALREADY_ENDED
     stop([job_id, *meta.page_tasks])
+    _finish_cancelled(meta, join, ender)
+    return CANCELLED
+
+
+def end_cancelled_document(meta: DocumentMeta, join: DocumentJoin, ender: JobEnder) -> bool:
+    """End a fanned-out PDF whose cancel marker a page task met; False if it had ended.
+
+    The cancel found no document to end when it came while the PDF was being split
+    (its meta not yet written): the first page task that meets the marker ends it.
+    """
+    if not ender.claim(meta.job_id):
+        return False
+    _finish_cancelled(meta, join, ender)
+    return True
+
+
+def _finish_cancelled(meta: DocumentMeta, join: DocumentJoin, ender: JobEnder) -> None:
+    """Finish a cancelled PDF whose end claim the caller holds: the pages done are kept.
+
+    The claim taken first, no page recorded later writes anything (`DocumentJoin`).
+    """
+    job_id = meta.job_id
     pages = [p for p in join.pages(job_id) if not p.failed]
     result = cancelled_result(job_id, pages, meta.base)
     ender.finish(Outcome(job_id, JobStatus.CANCELLED, meta.request, result,
                          engine=meta.engine, started=meta.started,
                          reply_queue=meta.reply_queue))
-    return CANCELLED

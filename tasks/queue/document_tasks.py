@@ -36,7 +36,7 @@ from tasks.errors import (
     error_info,
 )
 from tasks.lifecycle.callbacks import post_json, signing_secrets
-from tasks.lifecycle.cancel import cancel_job
+from tasks.lifecycle.cancel import cancel_job, end_cancelled_document
 from tasks.lifecycle.fanout import (
     OpenDocumentCache,
     Progress,
@@ -216,9 +216,12 @@ def fan_out(task: Task, work: FanOut, services: JobServices) -> NoReturn:
                    reply_queue=queue)
     job_id = meta.job_id
     priority = (task.request.delivery_info or {}).get("priority")
-    services.join.start(meta, work.text_pages)
+    started = services.join.start(meta, work.text_pages)
     if work.replaced_blob:
         services.stores.blobs.delete(work.replaced_blob)  # the encrypted upload
+    if not started:  # the job ended while it was split (its ending freed the rest)
+        services.stores.blobs.delete(meta.request.blob)
+        raise Ignore()
     # Progress first: a fast page could otherwise finish the job before this write.
     report_progress(task.app, job_id, len(work.text_pages), meta.total)
     with publishing("a page task"):
@@ -243,7 +246,13 @@ def pdf_page(self: Task, doc_id: str, number: int) -> dict[str, Any]:
         raise
     if meta is None:
         return {"document": doc_id, "number": number, "skipped": "document finished"}
-    if cancelled:
+    if cancelled:  # a cancel that came while the PDF was split ends it here
+        try:
+            with transient("Redis or the broker"):
+                end_cancelled_document(meta, services.join, services.ender)
+        except OcrError as exc:
+            retry_later(self, exc)
+            raise
         return {"document": doc_id, "number": number, "skipped": "document cancelled"}
     try:
         with transient("Redis"):

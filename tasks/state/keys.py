@@ -21,6 +21,7 @@ DELIVERY_PREFIX = ROOT + "deliveries:"  # poison guard: starts of one task id
 MODELS_PREFIX = ROOT + "models:"
 METRICS_PREFIX = ROOT + "metrics:"    # counters and gauges (tasks/state/metrics.py)
 DEAD_LETTER_KEY = ROOT + "dead-letter"  # refused broker messages (a capped list)
+WORKERS_KEY = ROOT + "workers"        # hash: worker node -> its queues (tasks/state/liveness.py)
 # The HTTP API (tasks/api/): clients' tokens and the jobs they sent.
 API_PREFIX = ROOT + "api:"
 API_TOKEN_PREFIX = API_PREFIX + "token:"      # sha256 of a token -> client record (no TTL)
@@ -31,3 +32,14 @@ API_RATE_PREFIX = API_PREFIX + "rate:"        # <client>:<minute> request counte
 API_INFLIGHT_PREFIX = API_PREFIX + "inflight:"  # sorted set per client: open job ids
 API_UPLOAD_PREFIX = API_PREFIX + "upload:"    # an upload being received (renamed to a blob)
 API_WEBHOOK_PREFIX = API_PREFIX + "webhook:"  # hash per client: its callback signing secrets
+API_BYTES_PREFIX = API_PREFIX + "bytes:"      # <client>: bytes of its inputs waiting in Redis
+
+
+def job_ended_key(job_id: str) -> str:
+    """`ocr:job:<id>:ended`: the one exit's claim; once set, the job takes no writes."""
+    return f"{JOB_PREFIX}{job_id}:ended"
+
+
+def doc_key(doc_id: str, part: str) -> str:
+    """`ocr:doc:<id>:<part>` of a fanned-out PDF (`meta`, `pages`)."""
+    return f"{DOC_PREFIX}{doc_id}:{part}"

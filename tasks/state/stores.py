@@ -18,7 +18,7 @@ from redis.retry import Retry
 
 from tasks.errors import BadRequest, InputNotFound
 from tasks.state.boundary import redis_retry, transient_methods
-from tasks.state.keys import BLOB_PREFIX, JOB_PREFIX, OUTPUT_PREFIX
+from tasks.state.keys import BLOB_PREFIX, JOB_PREFIX, OUTPUT_PREFIX, job_ended_key
 from tasks.state.webhook_secrets import WebhookSecrets
 
 _BLOB_KEY = re.compile("^" + re.escape(BLOB_PREFIX) + r"[A-Za-z0-9_.-]{8,128}$")
@@ -153,14 +153,13 @@ class JobControl:
 
     def claim_end(self, job_id: str) -> bool:
         """Take the right to end the job (`ocr:job:<id>:ended`); once only."""
-        return bool(self._redis.set(f"{JOB_PREFIX}{job_id}:ended", "1", nx=True,
-                                    ex=self._ttl))
+        return bool(self._redis.set(job_ended_key(job_id), "1", nx=True, ex=self._ttl))
 
     def release_end(self, job_id: str) -> None:
-        self._redis.delete(f"{JOB_PREFIX}{job_id}:ended")
+        self._redis.delete(job_ended_key(job_id))
 
     def has_ended(self, job_id: str) -> bool:
-        return bool(self._redis.exists(f"{JOB_PREFIX}{job_id}:ended"))
+        return bool(self._redis.exists(job_ended_key(job_id)))
 
     def owner(self, job_id: str) -> str:
         """Who sent the job: `api:<client>` for the HTTP API, "" otherwise."""
@@ -197,7 +196,7 @@ class JobControl:
     def store_unless_ended(self, job_id: str, key: str | bytes, value: str | bytes,
                            ttl: int) -> bool:
         """SET `key` to `value` (EX `ttl`) unless the job has ended; atomic (Lua)."""
-        return bool(self._redis.eval(_SET_UNLESS_ENDED, 2, f"{JOB_PREFIX}{job_id}:ended",
+        return bool(self._redis.eval(_SET_UNLESS_ENDED, 2, job_ended_key(job_id),
                                      key, value, max(1, ttl)))
 
     def store_cancelled(self, job_id: str, result: dict[str, Any]) -> None:
