@@ -73,7 +73,6 @@ NO_WORKER_HINT = ("start a worker that consumes that queue (`make run` starts on
                   "stay queued, `submit.py wait ID...` picks them up")
 NO_WORKER_GRACE = 6.0   # seconds a job may wait in a queue no live worker consumes
 WORKER_RECHECK = 15.0   # seconds between worker checks while jobs run
-INSPECT_TIMEOUT = 1.0   # seconds a worker check waits for replies
 
 
 # --- commands -------------------------------------------------------------------------
@@ -387,7 +386,7 @@ def wait_for(client: OcrClient, ids: list[str], timeout: float | None
                     pending.remove(job_id)
             now = time.monotonic()
             if pending and now >= next_check:
-                live = OperatorConsole(client).live_queues(INSPECT_TIMEOUT)
+                live = OperatorConsole(client).live_queues()  # presence records: no wait
                 queues = {job_id: queue_of[job_id] for job_id in pending}
                 orphans = without_worker(queues, live)
                 note = inference_server_note(client, set(queues.values()), live)

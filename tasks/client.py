@@ -34,6 +34,7 @@ from tasks.errors import (
 from tasks.queue.routing import DEFAULT_QUEUE, PRIORITIES, priority_value, queue_for_engine
 from tasks.records.results import STORED_OUTPUTS
 from tasks.settings import Settings
+from tasks.state.liveness import WorkerPresence
 from tasks.state.stores import BlobStore, JobControl, OutputStore, connect
 
 FINAL_STATES = ("SUCCESS", "FAILURE", "REVOKED")
@@ -275,6 +276,10 @@ class OcrClient:
                     break
                 time.sleep(poll)
         return results
+
+    def live_queues(self) -> dict[str, set[str]]:
+        """The queues each live worker consumes, by node (presence records: one read)."""
+        return WorkerPresence(self._redis).live_queues()
 
     def check_service(self) -> None:
         """Raise `ServiceUnreachable` (with the URL, password masked) unless Redis answers."""

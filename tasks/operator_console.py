@@ -64,10 +64,13 @@ class OperatorConsole:
             merged.update(reply)
         return merged
 
-    def live_queues(self, timeout: float = 1.0) -> dict[str, set[str]]:
-        """The queues each live worker consumes, by node name (remote control, `timeout` s)."""
-        replies = self.client.app.control.inspect(timeout=timeout).active_queues() or {}
-        return {worker: {q["name"] for q in queues} for worker, queues in replies.items()}
+    def live_queues(self) -> dict[str, set[str]]:
+        """The queues each live worker consumes, by node name.
+
+        From the workers' presence records (tasks/state/liveness.py: one Redis read, no
+        broadcast), the same answer the HTTP API's readiness gives.
+        """
+        return self.client.live_queues()
 
     def languages(self, timeout: float = 1.0) -> dict[str, dict[str, Any]]:
         """The languages of every worker that answers within `timeout`, by worker node.

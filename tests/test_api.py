@@ -158,11 +158,17 @@ def keys(store: redis.Redis, pattern: str) -> set[bytes]:
     return set(store.scan_iter(match=pattern, count=1000))
 
 
-def test_health_readiness_schema_and_docs(api: ApiServer) -> None:
+def test_health_readiness_schema_and_docs(api: ApiServer, alice: requests.Session,
+                                          worker: Worker) -> None:
     assert requests.get(f"{api.url}/healthz", timeout=5).json() == {"status": "ok"}
     ready = requests.get(f"{api.url}/readyz", timeout=10)
     assert ready.status_code == 200, ready.text
-    assert ready.json()["ready"] and ready.json()["workers"]
+    # Without a token: no node names, no queue list; with one: both.
+    assert ready.json()["ready"] and ready.json()["worker_count"] >= 1
+    assert ready.json()["workers"] == [] and ready.json()["queues"] is None
+    detailed = alice.get(f"{api.url}/readyz", timeout=10).json()
+    assert any(worker.name in node for node in detailed["workers"]), detailed
+    assert "ocr" in detailed["queues"]
     nobody = requests.get(f"{api.url}/readyz", params={"queue": "ocr-nosuch"}, timeout=10)
     assert nobody.status_code == 503 and nobody.json()["ready"] is False
     schema = requests.get(f"{api.url}/openapi.json", timeout=5).json()

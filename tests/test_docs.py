@@ -24,7 +24,6 @@ ROOT = Path(__file__).resolve().parent.parent
 
 # `OCR_*` names in the pages that are not Settings fields, and what they are.
 NOT_SETTINGS = {
-    "OCR_LANGS": "a Makefile variable: the traineddata `make run` installs",
     "OCR_TOKEN": "the shell variable of the HTTP API's curl example",
     "OCR_QUEUES": "the Procfile's worker line (docs/settings.md's Procfile-only variables)",
     "OCR_FLOWER_OPEN": "read by scripts/run_flower.py (docs/settings.md, same list)",

@@ -32,6 +32,14 @@ class ClientAccess:
             raise Unauthorized("the token is unknown or revoked")
         return caller
 
+    def is_client(self, authorization: str | None) -> bool:
+        """Whether the header carries a valid client token (no 401, not counted)."""
+        try:
+            self.authenticate(authorization)
+        except Unauthorized:
+            return False
+        return True
+
     def count_request(self, caller: ApiClient) -> None:
         """One request against the client's requests-per-minute (fixed one-minute window)."""
         limit = own_limit(caller.requests_per_minute, self.settings.api_requests_per_minute)

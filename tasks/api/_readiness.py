@@ -1,63 +1,128 @@
 """Readiness of the service for one queue: Redis, live workers, their inference server.
 
-Runs in the `api` process (`/readyz`). Workers are found by remote control (cached
-READY_CACHE_SECONDS, so a polled `/readyz` does not ping the cluster each time).
+Runs in the `api` process. A background thread (`ReadinessCheck.start`) refreshes one
+snapshot every REFRESH_SECONDS: a Redis ping, the workers' presence records
+(tasks/state/liveness.py: one HGETALL, no broadcast) and, when vlm-api workers are
+live, their inference server (tasks/inference_server.py). `/readyz` only reads that
+snapshot: constant time, no lock, no network wait, and nothing kept per queue asked
+about, so a flood of unknown queue names costs the API nothing but the answers.
 """
 
 from __future__ import annotations
 
+import logging
 import threading
 import time
+from dataclasses import dataclass, field
 
 import redis
 
 from tasks.api._schemas import Readiness
-from tasks.client import OcrClient
 from tasks.inference_server import QUEUE as VLM_API_QUEUE
 from tasks.inference_server import ServerWatch
+from tasks.state.liveness import WorkerPresence
 
-READY_CACHE_SECONDS = 5.0
-READY_PING_TIMEOUT = 0.5
+log = logging.getLogger(__name__)
+REFRESH_SECONDS = 1.0
+# A snapshot older than this (the refresh thread stopped or is stuck): not ready.
+STALE_SECONDS = 15.0
+
+
+@dataclass(frozen=True)
+class Snapshot:
+    """What the last refresh saw; replaced whole, never changed in place."""
+
+    taken: float                      # time.monotonic() of the refresh
+    redis: bool
+    redis_error: str = ""
+    serving: dict[str, tuple[str, ...]] = field(default_factory=dict)  # queue -> nodes
+    vlm_nodes: frozenset[str] = frozenset()
+    server_ok: bool | None = None     # None: no vlm-api worker is live
+    server_message: str = ""
 
 
 class ReadinessCheck:
-    """`check(queue)`: whether jobs sent to `queue` will be read (thread-safe)."""
+    """`check(queue, detailed)`: whether jobs sent to `queue` will be read (thread-safe)."""
 
-    def __init__(self, client: OcrClient, redis_client: redis.Redis,
-                 server: ServerWatch) -> None:
-        self.client = client
+    def __init__(self, presence: WorkerPresence, redis_client: redis.Redis,
+                 server: ServerWatch, interval: float = REFRESH_SECONDS) -> None:
+        self._presence = presence
         self._redis = redis_client
-        self._ready: dict[str, tuple[float, list[str]]] = {}
-        self._ready_lock = threading.Lock()
-        self._vlm_server = server
+        self._server = server
+        self._interval = interval
+        self._snapshot: Snapshot | None = None
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._start_lock = threading.Lock()  # held only to create the thread
+        self.refreshes = 0
 
-    def __call__(self, queue: str) -> Readiness:
-        """Redis answers and a worker consumes `queue` (remote-control ping, cached 5 s).
+    def start(self) -> None:
+        """Start the refresh thread (once; later calls do nothing)."""
+        with self._start_lock:
+            if self._thread is not None:
+                return
+            self._thread = threading.Thread(target=self._run, name="readiness",
+                                            daemon=True)
+            self._thread.start()
 
-        When vlm-api workers consume it: whether their inference server answers; not
-        ready when it does not and only they consume the queue.
-        """
+    def stop(self) -> None:
+        self._stop.set()
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            self._snapshot = self.refresh()
+            self.refreshes += 1
+            self._stop.wait(self._interval)
+
+    def refresh(self) -> Snapshot:
+        """One look at Redis, the presence records and the inference server."""
         try:
             self._redis.ping()
+            live = self._presence.live_queues()
         except redis.RedisError as exc:
+            return Snapshot(time.monotonic(), redis=False, redis_error=type(exc).__name__)
+        serving: dict[str, list[str]] = {}
+        for node, queues in live.items():
+            for queue in queues:
+                serving.setdefault(queue, []).append(node)
+        vlm = frozenset(serving.get(VLM_API_QUEUE, ()))
+        server = self._server.check() if vlm else None
+        return Snapshot(time.monotonic(), redis=True,
+                        serving={q: tuple(sorted(n)) for q, n in serving.items()},
+                        vlm_nodes=vlm, server_ok=None if server is None else server.ok,
+                        server_message="" if server is None else server.message)
+
+    @property
+    def snapshot_queues(self) -> int:
+        """How many queues the current snapshot holds (those live workers consume)."""
+        snapshot = self._snapshot
+        return 0 if snapshot is None else len(snapshot.serving)
+
+    def __call__(self, queue: str, detailed: bool = False) -> Readiness:
+        """Redis answers and a live worker consumes `queue` (from the last snapshot).
+
+        When vlm-api workers consume it: whether their inference server answers; not
+        ready when it does not and only they consume the queue. `detailed` (an
+        authenticated caller): the workers' node names and the queues served.
+        """
+        self.start()
+        snapshot = self._snapshot
+        if snapshot is None or time.monotonic() - snapshot.taken > STALE_SECONDS:
             return Readiness(ready=False, redis=False, queue=queue, workers=[],
-                             message=f"redis unreachable: {type(exc).__name__}")
-        with self._ready_lock:
-            cached = self._ready.get(queue)
-            if cached is None or time.monotonic() - cached[0] > READY_CACHE_SECONDS:
-                replies = self.client.app.control.inspect(
-                    timeout=READY_PING_TIMEOUT).active_queues() or {}
-                for name in {q.get("name") for qs in replies.values() for q in qs} | {queue}:
-                    self._ready[str(name)] = (time.monotonic(), sorted(
-                        w for w, qs in replies.items() if any(q.get("name") == name for q in qs)))
-                cached = self._ready[queue]
-            vlm = set(self._ready.get(VLM_API_QUEUE, (0.0, []))[1]) & set(cached[1])
-        workers = cached[1]
-        # vlm-api workers need their inference server: not ready when only they serve.
-        server = self._vlm_server.check() if vlm else None
-        down = server is not None and not server.ok
-        return Readiness(ready=bool(workers) and not (down and vlm == set(workers)),
-                         redis=True, queue=queue, workers=workers,
-                         inference_server=None if server is None else server.ok,
-                         message=server.message if server is not None and down else
-                         "" if workers else f"no worker consumes queue {queue}")
+                             message="readiness not known yet" if snapshot is None else
+                             "readiness is stale (the refresh has stopped)")
+        if not snapshot.redis:
+            return Readiness(ready=False, redis=False, queue=queue, workers=[],
+                             message=f"redis unreachable: {snapshot.redis_error}")
+        workers = snapshot.serving.get(queue, ())
+        vlm = snapshot.vlm_nodes & set(workers)
+        server_ok = snapshot.server_ok if vlm else None
+        down = server_ok is False
+        ready = bool(workers) and not (down and vlm == set(workers))
+        message = (snapshot.server_message if down else
+                   "" if workers else f"no worker consumes queue {queue}")
+        return Readiness(ready=ready, redis=True, queue=queue,
+                         workers=list(workers) if detailed else [],
+                         worker_count=len(workers), inference_server=server_ok,
+                         message=message,
+                         queues=sorted(snapshot.serving) if detailed else None)

@@ -241,13 +241,22 @@ async def healthz() -> Health:
 
 @router.get("/readyz", response_model=Readiness,
             summary="Redis answers and a worker consumes the queue (and, for vlm-api "
-                    "workers, their inference server answers; no auth)",
+                    "workers, their inference server answers; no auth; a client's token "
+                    "adds the workers' names and queues)",
             responses={503: {"model": Readiness, "description": "not ready"}})
-def readyz(request: Request, response: Response,
-           queue: str = Query(DEFAULT_QUEUE, max_length=200, pattern=r"^[A-Za-z0-9_.:-]+$",
-                              description="ocr, or an engine's queue (ocr-tesseract, ...)")
-           ) -> Readiness:
-    ready = service_of(request).readiness(queue)
+async def readyz(request: Request, response: Response, credentials: Annotated[
+        HTTPAuthorizationCredentials | None, Depends(bearer)] = None,
+        queue: str = Query(DEFAULT_QUEUE, max_length=200, pattern=r"^[A-Za-z0-9_.:-]+$",
+                           description="ocr, or an engine's queue (ocr-tesseract, ...)")
+        ) -> Readiness:
+    # Answered from the readiness snapshot in memory (tasks/api/_readiness.py): no
+    # Redis call, no lock, nothing kept per queue. Only a token costs a lookup.
+    service = service_of(request)
+    detailed = False
+    if credentials is not None:
+        header = f"{credentials.scheme} {credentials.credentials}"
+        detailed = await run_in_threadpool(service.access.is_client, header)
+    ready = service.readiness(queue, detailed)
     if not ready.ready:
         response.status_code = 503
     return ready

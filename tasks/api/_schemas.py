@@ -113,7 +113,11 @@ class Readiness(BaseModel):
     ready: bool
     redis: bool
     queue: str
-    workers: list[str] = Field(description="workers consuming the queue")
+    workers: list[str] = Field(description="workers consuming the queue (node names; "
+                               "empty unless the request carries a client's token)")
+    worker_count: int = Field(default=0, description="how many live workers consume the queue")
+    queues: list[str] | None = Field(default=None, description="every queue a live worker consumes "
+                                     "(only with a client's token)")
     message: str = ""
     inference_server: bool | None = Field(
         default=None, description="whether the inference server of the vlm-api workers consuming "

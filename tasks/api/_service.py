@@ -33,7 +33,7 @@ from tasks.api._errors import (
     NotFound,
     TooManyJobs,
 )
-from tasks.api._readiness import READY_CACHE_SECONDS, ReadinessCheck
+from tasks.api._readiness import ReadinessCheck
 from tasks.api._schemas import (
     FINAL_STATUSES,
     JobInfo,
@@ -56,9 +56,11 @@ from tasks.state.keys import (
     BLOB_PREFIX,
     OUTPUT_PREFIX,
 )
+from tasks.state.liveness import WorkerPresence
 from tasks.state.stores import BlobStore, JobControl, OutputStore
 
 CANCEL_TASK = "ocr.cancel"
+SERVER_CHECK_SECONDS = 5.0  # the inference server is asked at most this often
 MEDIA_TYPES = {
     "text": "text/plain; charset=utf-8",
     "markdown": "text/markdown; charset=utf-8",
@@ -97,8 +99,8 @@ class JobService:
         self._control = JobControl(redis_client, settings.result_ttl)
         self._record_ttl = settings.blob_ttl + settings.result_ttl
         self.access = ClientAccess(settings, self.tokens, redis_client)
-        self.readiness = ReadinessCheck(client, redis_client,
-                                        vlm_server.ServerWatch(settings, READY_CACHE_SECONDS))
+        self.readiness = ReadinessCheck(WorkerPresence(redis_client), redis_client,
+                                        vlm_server.ServerWatch(settings, SERVER_CHECK_SECONDS))
 
     # --- uploads ------------------------------------------------------------------
 

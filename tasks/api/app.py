@@ -39,6 +39,9 @@ def create_api(settings: Settings, client: OcrClient | None = None) -> FastAPI:
     client = client or OcrClient(settings, app=sending_app(settings))
     app.state.service = JobService(settings, client, connect(settings.redis_url, patient=False))
     app.include_router(router)
+    readiness = app.state.service.readiness
+    app.router.add_event_handler("startup", readiness.start)  # the snapshot /readyz reads
+    app.router.add_event_handler("shutdown", readiness.stop)
     app.add_exception_handler(OcrError, _ocr_error)
     app.add_exception_handler(RequestValidationError, _validation_error)
     app.add_exception_handler(redis.RedisError, _redis_error)

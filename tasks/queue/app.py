@@ -41,6 +41,9 @@ def create_app(settings: Settings) -> OcrCelery:
     return app
 
 
+    from tasks.queue.presence import connect_presence
+
+    connect_presence(settings)  # the worker parent's presence record (tasks/state/liveness.py)
 def sending_app(settings: Settings) -> OcrCelery:
     """A Celery app that only sends tasks by name and reads their results.
 

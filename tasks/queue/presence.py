@@ -1,0 +1,80 @@
+"""The worker parent publishes which queues it consumes (tasks/state/liveness.py).
+
+Runs in the worker parent only: `worker_ready` (first record, so a client sees the
+worker as soon as it reads its queues), `heartbeat_sent` (every event heartbeat, 2 s,
+from the consumer's own loop: a hung parent stops refreshing and drops out) and
+`worker_shutdown` (the record goes at once). A failing write is logged and dropped:
+the next heartbeat tries again.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import TYPE_CHECKING, Any
+
+import redis
+from celery.signals import heartbeat_sent, worker_ready, worker_shutdown
+
+from tasks.state.liveness import WorkerPresence
+from tasks.state.stores import connect
+
+if TYPE_CHECKING:
+    from tasks.settings import Settings
+
+log = logging.getLogger(__name__)
+
+
+class Presence:
+    """The worker parent's presence record: its node name and its consumer's queues."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.consumer: Any = None
+        self._store: WorkerPresence | None = None
+
+    def store(self) -> WorkerPresence:
+        if self._store is None:
+            self._store = WorkerPresence(connect(self.settings.redis_url, patient=False))
+        return self._store
+
+    def queues(self) -> list[str]:
+        """The queues the consumer reads now (add_consumer/cancel_consumer included)."""
+        task_consumer = getattr(self.consumer, "task_consumer", None)
+        if task_consumer is not None:
+            return [q.name for q in task_consumer.queues]
+        return list(self.consumer.app.amqp.queues.consume_from)
+
+    def ready(self, consumer: Any) -> None:
+        self.consumer = consumer
+        self.refresh()
+
+    def refresh(self) -> None:
+        if self.consumer is None:
+            return
+        try:
+            self.store().publish(self.consumer.hostname, self.queues())
+        except redis.RedisError as exc:
+            log.warning("worker presence not refreshed: %s", type(exc).__name__)
+
+    def withdraw(self) -> None:
+        if self.consumer is None:
+            return
+        try:
+            self.store().withdraw(self.consumer.hostname)
+        except redis.RedisError as exc:
+            log.warning("worker presence not withdrawn: %s", type(exc).__name__)
+
+
+_presence: Presence | None = None
+
+
+def connect_presence(settings: Settings) -> Presence:
+    """Connect the handlers once per process, bound to `settings`."""
+    global _presence
+    if _presence is not None:
+        return _presence
+    presence = _presence = Presence(settings)
+    worker_ready.connect(lambda sender, **_: presence.ready(sender), weak=False)
+    heartbeat_sent.connect(lambda **_: presence.refresh(), weak=False)
+    worker_shutdown.connect(lambda **_: presence.withdraw(), weak=False)
+    return presence

@@ -1,0 +1,73 @@
+"""The one answer to "is a live worker serving this queue?": presence records in Redis.
+
+Written by worker parents (tasks/queue/presence.py: at ready, on every event heartbeat,
+gone at shutdown) and read by everyone who asks: `submit.py`'s wait, the HTTP API's
+readiness (tasks/api/_readiness.py), the operator console. A read is one HGETALL of a
+hash with one field per worker node: no broadcast, no wait for replies.
+
+Each field holds `{"queues": [...], "expires": <epoch s>}`; a worker that stops
+refreshing (killed, hung, cut off from Redis) drops out when its `expires` passes,
+PRESENCE_TTL seconds after its last heartbeat. The hash itself carries a TTL too,
+pushed forward by every write, so it goes when the last worker does.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Iterable
+
+import redis
+
+from tasks.state.keys import WORKERS_KEY
+
+# Seconds a presence record stays valid after its last refresh (heartbeats come every
+# 2 s: several may be missed before a worker counts as gone).
+PRESENCE_TTL = 10.0
+
+
+class WorkerPresence:
+    """Presence records of worker nodes (thread-safe: one Redis call per operation)."""
+
+    def __init__(self, client: redis.Redis, ttl: float = PRESENCE_TTL) -> None:
+        self._redis = client
+        self.ttl = ttl
+
+    def publish(self, node: str, queues: Iterable[str], now: float | None = None) -> None:
+        """`node` is alive and consumes `queues`, for the next `ttl` seconds."""
+        now = time.time() if now is None else now
+        record = json.dumps({"queues": sorted(set(queues)), "expires": round(now + self.ttl, 3)})
+        pipe = self._redis.pipeline()
+        pipe.hset(WORKERS_KEY, node, record)
+        pipe.expire(WORKERS_KEY, int(self.ttl * 6) + 1)
+        pipe.execute()
+
+    def withdraw(self, node: str) -> None:
+        """`node` is going away: it serves nothing from now on."""
+        self._redis.hdel(WORKERS_KEY, node)
+
+    def live_queues(self, now: float | None = None) -> dict[str, set[str]]:
+        """The queues each live worker consumes, by node name (one HGETALL)."""
+        now = time.time() if now is None else now
+        live: dict[str, set[str]] = {}
+        stale = []
+        for raw_node, raw in self._redis.hgetall(WORKERS_KEY).items():
+            node = raw_node.decode() if isinstance(raw_node, bytes) else str(raw_node)
+            try:
+                record = json.loads(raw)
+                expires = float(record["expires"])
+                queues = {str(q) for q in record["queues"]}
+            except (ValueError, KeyError, TypeError):
+                stale.append(node)
+                continue
+            if expires < now:
+                stale.append(node)
+            else:
+                live[node] = queues
+        if stale:  # tidy: a record past its time is never read as live again
+            self._redis.hdel(WORKERS_KEY, *stale)
+        return live
+
+    def serving(self, queue: str, now: float | None = None) -> list[str]:
+        """The live worker nodes that consume `queue` (sorted)."""
+        return sorted(node for node, queues in self.live_queues(now).items() if queue in queues)
