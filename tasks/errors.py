@@ -119,6 +119,30 @@ class ResultWriteFailed(OcrError):
     default_message = "the result could not be written to result_url"
 
 
+class UrlNotAllowed(OcrError):
+    """A URL input or `result_url` outside the allowed prefixes; nothing was fetched.
+
+    OCR_ALLOWED_URLS, or the API client's own prefixes; also a redirect that leaves them.
+    """
+
+    code = "url_not_allowed"
+    default_message = "the URL is not under an allowed prefix (OCR_ALLOWED_URLS)"
+
+
+class InputDenied(OcrError):
+    """The object store (or https server) refused to give the object (403/401)."""
+
+    code = "input_denied"
+    default_message = "the store denied access to the object"
+
+
+class ResultWriteFailed(OcrError):
+    """The result could not be written to `result_url`; it stays in the result store."""
+
+    code = "result_write_failed"
+    default_message = "the result could not be written to result_url"
+
+
 class EmptyInput(OcrError):
     code = "empty_input"
     default_message = "the input is empty"

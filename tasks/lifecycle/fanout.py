@@ -14,7 +14,9 @@ from dataclasses import replace
 from typing import TYPE_CHECKING, Any
 
 from tasks.errors import InternalError, OcrError
+from tasks.lifecycle import url_inputs
 from tasks.lifecycle.jobs import complete
+from tasks.lifecycle.url_inputs import ObjectInfo
 from tasks.pipeline.documents import deadline_page, ocr_page, past_deadline, recognize_options
 from tasks.pipeline.pdf import open_pdf, render_page
 from tasks.pipeline.results import assemble, failed_page
@@ -52,10 +54,33 @@ class OpenDocumentCache:
             self._key = blob
         return self._doc
 
+    def document(self, meta: DocumentMeta, blobs: BlobStore, settings: Settings) -> Any:
+        """The fanned-out document, from the blob store or from its URL.
+
+        A `url` input is read from this host's copy (fetched once per host if absent).
+        """
+        request = meta.request
+        if request.url is None or meta.input_object is None:
+            return self.get(request.blob or "", blobs, settings)
+        info = object_info(meta)
+        key = f"url:{request.url}\0{info.version or info.etag}"
+        if key != self._key:
+            self.close()
+            self._doc = open_pdf(url_inputs.spooled(settings, request.url, info), None,
+                                 settings)
+            self._key = key
+        return self._doc
+
     def close(self) -> None:
         if self._doc is not None:
             self._doc.close()
         self._key = self._doc = None
+
+
+def object_info(meta: DocumentMeta) -> ObjectInfo:
+    """The HEAD the document task saw of a fanned-out `url` input."""
+    head = meta.input_object or {}
+    return ObjectInfo(head.get("size"), head.get("etag"), head.get("version"))
 
 
 def run_pdf_page(meta: DocumentMeta, number: int, engines: ResidentEngines,
@@ -70,7 +95,7 @@ def run_pdf_page(meta: DocumentMeta, number: int, engines: ResidentEngines,
         return deadline_page(number)
     try:
         engine = engines.get(meta.engine).engine
-        doc = docs.get(request.blob or "", stores.blobs, settings)
+        doc = docs.document(meta, stores.blobs, settings)
         image = render_page(doc, number, settings, engine.page_longest_side,
                             mode=engine.page_mode)
         full = functools.partial(render_page, doc, number, settings)  # fallback engines
@@ -107,9 +132,15 @@ def merge_document(meta: DocumentMeta, pages: list[PageRecord], settings: Settin
     # total_seconds, from the document task's start (`meta.started`), is stamped by
     # `complete` once the result is whole.
     result.timings = {"ocr_seconds": round(sum(p.seconds or 0.0 for p in ocr), 3)}
-    data = stores.blobs.get(request.blob or "") if request.output == "pdf" else b""
+    by_url = request.url is not None and meta.input_object is not None
+    data = b""
+    if request.output == "pdf":
+        data = (url_inputs.spooled(settings, request.url or "", object_info(meta)) if by_url
+                else stores.blobs.get(request.blob or ""))
     outcome = complete(meta.job_id, result, data, request, meta.cache_key, meta.encrypted,
                        settings, stores, meta.previous, meta.started)
+    if by_url:
+        url_inputs.drop_spool(settings, request.url or "", object_info(meta))
     outcome.reply_queue = meta.reply_queue
     return outcome
 

@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Any
 
 from tasks.errors import BadRequest, InputNotFound, InputTooLarge, PathNotAllowed
 from tasks.lifecycle.callback_urls import callback_target
+from tasks.lifecycle.url_inputs import check_input_url, check_result_url
 from tasks.records.request import JobRequest
 
 if TYPE_CHECKING:
@@ -27,15 +28,23 @@ if TYPE_CHECKING:
 
 
 def decode_request(kwargs: dict[str, Any], settings: Settings) -> JobRequest:
-    """The job's request, validated; raises BadRequest or CallbackNotAllowed."""
+    """The job's request, validated; raises BadRequest, CallbackNotAllowed, UrlNotAllowed."""
     request = JobRequest.from_kwargs(kwargs, settings.all_engine_names())
     if request.callback_url is not None:
         check_callback_url(request.callback_url, settings)
+    # OCR_ALLOWED_URLS: refused here, before anything is fetched (UrlNotAllowed).
+    if request.url is not None:
+        check_input_url(request.url, settings)
+    if request.result_url is not None:
+        check_result_url(request.result_url, settings)
     return request
 
 
 def read_input(request: JobRequest, settings: Settings, blobs: BlobStore) -> bytes:
-    """The input bytes, from the message, the blob store or an allowed path."""
+    """The input bytes, from the message, the blob store or an allowed path.
+
+    A `url` input is read by tasks/lifecycle/url_inputs.py instead, after its HEAD.
+    """
     limit = settings.max_input_bytes
     if request.source == "data_b64":
         encoded = request.data_b64

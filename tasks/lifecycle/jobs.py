@@ -14,8 +14,10 @@ import time
 from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any
 
-from tasks.errors import DeadlineExceeded, OutputTooLarge
+from tasks.errors import DeadlineExceeded, OcrError, OutputTooLarge
+from tasks.lifecycle import url_inputs
 from tasks.lifecycle.inputs import read_input
+from tasks.lifecycle.url_inputs import LocatedObject
 from tasks.pipeline import layouts
 from tasks.pipeline.documents import (
     Progress,
@@ -62,9 +64,14 @@ def result_settings(settings: Settings) -> dict[str, Any]:
 
 
 def cache_key(data: bytes, request: JobRequest, engine: str, model: str | None,
-              settings: Settings) -> str:
-    """Content hash of the input plus everything that shapes its result."""
-    digest = hashlib.sha256(data)
+              settings: Settings, identity: str | None = None) -> str:
+    """Content hash of the input plus everything that shapes its result.
+
+    An object named by URL is keyed by its identity instead (`identity`: URL plus
+    ETag or version id), so a hit is found before the object is read; a changed
+    object has a new ETag, hence a new key and a new read.
+    """
+    digest = hashlib.sha256(b"url\0" + identity.encode() if identity is not None else data)
     options = {**request.cache_options(engine, model), **result_settings(settings)}
     digest.update(json.dumps(options, sort_keys=True).encode())
     return CACHE_PREFIX + digest.hexdigest()
@@ -88,24 +95,34 @@ def process_job(job_id: str, request: JobRequest, settings: Settings,
     started = time.time() if started is None else started
     if past_deadline(request.deadline):
         raise DeadlineExceeded("the job's deadline passed before it started")
-    data = read_input(request, settings, stores.blobs)
+    # A URL input: allowed? how large? which version? (HEAD; nothing read yet)
+    located = url_inputs.locate(request.url, settings) if request.url else None
+    identity = located.identity if located is not None else None
+    data = b"" if located is not None else read_input(request, settings, stores.blobs)
     engine_name = engine_name or engines.for_job(request.engine, request.lang)
     loaded = engines.get(engine_name)  # fails fast when this child's load failed
     loaded.engine.check(recognize_options(request))  # refusals: lang, output
     key = None
-    if settings.cache_results and previous is None:
-        key = cache_key(data, request, engine_name, loaded.engine.model, settings)
+    if settings.cache_results and previous is None and (located is None or identity):
+        key = cache_key(data, request, engine_name, loaded.engine.model, settings, identity)
         hit = stores.cache.get(key)
         if hit is not None:
             stored, encrypted = hit
             if encrypted:
+                if located is not None:
+                    data = url_inputs.read_object(located, settings)
                 check_password(data, request.password, settings)
             # This job's own time (input, key, lookup), not the first run's: no OCR ran.
             cached = replace(DocumentResult.from_json(stored), id=job_id,
-                             filename=request.filename, cached=True,
+                             filename=request.filename, cached=True, result_object=None,
                              timings={"ocr_seconds": 0.0, "total_seconds": _since(started)})
+            deliver(cached, request, settings, stores)
             return Outcome(job_id, JobStatus(cached.status), request, cached,
                            engine=engine_name, started=started)
+    if located is not None:
+        data = url_inputs.read_object(located, settings)
+        if settings.cache_results and previous is None and key is None:
+            key = cache_key(data, request, engine_name, loaded.engine.model, settings)
     fmt = sniff_format(data)
     plan = None
     if fmt == "pdf":
@@ -114,7 +131,7 @@ def process_job(job_id: str, request: JobRequest, settings: Settings,
             try:
                 return _fan_out(job_id, request, data, plan, engine_name,
                                 loaded.engine.model, key, started, previous, settings,
-                                stores)
+                                stores, located)
             finally:
                 plan.doc.close()
     try:
@@ -123,6 +140,8 @@ def process_job(job_id: str, request: JobRequest, settings: Settings,
         if plan is not None:
             plan.doc.close()
     result.engine = engines.describe(engine_name)
+    if located is not None:
+        result.input_url = located.to_json()
     encrypted = plan is not None and plan.encrypted
     return complete(job_id, result, data, request, key, encrypted, settings, stores,
                     previous, started)
@@ -131,9 +150,26 @@ def process_job(job_id: str, request: JobRequest, settings: Settings,
 def _fan_out(job_id: str, request: JobRequest, data: bytes, plan: Any, engine: str,
              model: str | None, key: str | None, started: float,
              previous: DocumentResult | None, settings: Settings,
-             stores: Stores) -> FanOut:
-    """Store the input for the page tasks (decrypted, so no password is kept)."""
+             stores: Stores, located: LocatedObject | None = None) -> FanOut:
+    """Store the input for the page tasks (decrypted, so no password is kept).
+
+    A URL input that is not encrypted is not stored in Redis: this host keeps one
+    local copy (OCR_URL_SPOOL_DIR) and the page tasks read it, or fetch their own
+    host's copy of the same version (`input_object`). An encrypted one is stored
+    decrypted in the blob store, as an upload is (its password is never kept).
+    """
     replaced = None
+    if located is not None and not plan.encrypted:
+        url_inputs.spool(settings, located.identity or located.url.url, data)
+        meta = DocumentMeta(
+            job_id=job_id, request=replace(request, password=None), engine=engine,
+            model=model, cache_key=key, started=started, total=plan.selected,
+            ocr_pages=list(plan.ocr_pages), page_tasks=[], reply_queue="",
+            previous=previous, encrypted=False,
+            base=replace(document_base(data, request, "pdf", plan.page_count),
+                         input_url=located.to_json()),
+            input_object=located.to_json())
+        return FanOut(meta, planned_pages(plan, settings, request.output))
     if plan.encrypted or request.blob is None:
         blob = stores.blobs.put(plan.decrypted or data)
         replaced = request.blob
@@ -162,7 +198,8 @@ def complete(job_id: str, result: DocumentResult, data: bytes, request: JobReque
     if previous is not None:
         result = merge_previous(result, previous)
     result = replace(result, id=job_id, cached=False)
-    if result.status == JobStatus.PARTIAL:
+    if result.status == JobStatus.PARTIAL and request.url is None:
+        # A URL input is read again from its URL by a retry (`input_url`).
         result.input_blob = request.blob or stores.blobs.put(data)
     if request.output == "pdf":
         pdf = searchable_pdf(data, result.format or "", request.password, result.pages,
@@ -183,12 +220,34 @@ def complete(job_id: str, result: DocumentResult, data: bytes, request: JobReque
         result.outputs[request.output] = StoredOutput(stores.outputs.put(job_id, layout),
                                                       len(layout))
     if key is not None and result.status == JobStatus.SUCCESS:
-        # A hit has its own timings.
+        # A hit has its own timings (and writes its own result object).
         stores.cache.put(key, result.to_json(), encrypted=encrypted)
+    deliver(result, request, settings, stores)
     if started is not None:
         result.timings = {**(result.timings or {}), "total_seconds": _since(started)}
     return Outcome(job_id, JobStatus(result.status), request, result,
                    engine=str((result.engine or {}).get("name", "")), started=started)
+
+
+def deliver(result: DocumentResult, request: JobRequest, settings: Settings,
+            stores: Stores) -> None:
+    """Write the result to `result_url` when the job names one (SUCCESS and PARTIAL).
+
+    The record names the object (`result_object`: url, bytes, etag); a failed write
+    is recorded there as its error (`result_write_failed`), the job keeps its status
+    and its result stays in the result store, to be fetched as usual.
+    """
+    if not request.result_url or result.status not in (JobStatus.SUCCESS, JobStatus.PARTIAL):
+        return
+    output = request.output
+    stored = result.outputs.get(output)
+    document = stores.outputs.get(stored.key) if stored is not None else None
+    content = url_inputs.result_content(result.to_json(), output, document)
+    try:
+        result.result_object = url_inputs.write_result(request.result_url, str(result.id),
+                                                       output, content, settings)
+    except OcrError as exc:
+        result.result_object = {"url": request.result_url, "error": exc.to_dict()}
 
 
 def _since(started: float) -> float:

@@ -34,7 +34,8 @@ class DocumentMeta:
     """A fanned-out PDF while its page tasks run (`ocr:doc:<id>:meta`).
 
     The request's input is in the blob store by then (`request.blob`), decrypted when
-    the PDF was encrypted: the password is never stored (`request.password` is None).
+    the PDF was encrypted: the password is never stored (`request.password` is None);
+    or, for a `url` input that is not encrypted, it stays at its URL (`input_object`).
     """
 
     job_id: str
@@ -50,6 +51,9 @@ class DocumentMeta:
     base: DocumentResult
     previous: DocumentResult | None = None
     encrypted: bool = False
+    # A `url` input that fans out (not copied into Redis): its HEAD ({size, etag,
+    # version}), so that every page task reads the same version of the object.
+    input_object: dict[str, Any] | None = None
 
     def to_json(self) -> str:
         data = {**self.__dict__, "request": self.request.to_json(),

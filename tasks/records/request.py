@@ -22,15 +22,18 @@ WORD_BOX_OUTPUTS = ("pdf", "hocr", "alto")
 # A tesseract language set: codes joined by `+` (eng, vie, chi_sim, ell+eng).
 LANG_PATTERN = re.compile(r"^[A-Za-z][A-Za-z0-9_]{0,31}(\+[A-Za-z][A-Za-z0-9_]{0,31}){0,7}$")
 
-SOURCES = ("data_b64", "blob", "path")
+SOURCES = ("data_b64", "blob", "path", "url")
 OPTIONS = ("filename", "engine", "pages", "password", "output", "mode", "lang", "callback_task",
-           "callback_queue", "callback_url", "merge_from")
+           "callback_queue", "callback_url", "merge_from", "result_url")
 NUMBER_OPTIONS = ("deadline",)
 # Request fields that do not change the result: left out of the cache key. The
 # password is checked separately (tasks/lifecycle/jobs.py): a cached result of an
 # encrypted input is served only to a request whose password opens it.
-NOT_IN_RESULT = ("source", "blob", "path", "data_b64", "filename", "password", "deadline",
-                 "callback_task", "callback_queue", "callback_url", "merge_from")
+# A `url` input's identity (URL and ETag/version) is keyed instead of its bytes
+# (tasks/lifecycle/jobs.py); where its result is written does not change it.
+NOT_IN_RESULT = ("source", "blob", "path", "url", "data_b64", "filename", "password",
+                 "deadline", "callback_task", "callback_queue", "callback_url", "merge_from",
+                 "result_url")
 _TASK_NAME = re.compile(r"^[A-Za-z_][\w.:-]{0,199}$")
 
 
@@ -41,6 +44,7 @@ class JobRequest:
     source: str
     blob: str | None = None
     path: str | None = None
+    url: str | None = None  # s3:// or http(s):// object the worker reads itself
     data_b64: str | None = field(default=None, repr=False)
     filename: str = ""
     engine: str | None = None
@@ -54,12 +58,14 @@ class JobRequest:
     callback_queue: str | None = None
     callback_url: str | None = None
     merge_from: str | None = None
+    result_url: str | None = None  # s3:// object or prefix (ending /) the result goes to
 
     @classmethod
     def from_kwargs(cls, kwargs: dict[str, Any], engines: Collection[str]) -> JobRequest:
         """Validate the kwargs' shape; `engines`: the engine names a job may ask for.
 
-        The callback URL's policy is checked where the request is used
+        The callback URL's policy, and that of `url` and `result_url`
+        (OCR_ALLOWED_URLS), are checked where the request is used
         (`tasks.lifecycle.inputs.decode_request`), not here.
         """
         unknown = sorted(set(kwargs) - set(SOURCES) - set(OPTIONS) - set(NUMBER_OPTIONS))
@@ -67,7 +73,7 @@ class JobRequest:
             raise BadRequest(f"unknown argument(s): {', '.join(unknown)}")
         given = [s for s in SOURCES if kwargs.get(s) not in (None, "")]
         if len(given) != 1:
-            raise BadRequest("give exactly one of data_b64, blob or path")
+            raise BadRequest("give exactly one of data_b64, blob, path or url")
         for name in (*SOURCES, *OPTIONS):
             value = kwargs.get(name)
             if value is not None and not isinstance(value, str):
@@ -115,4 +121,4 @@ class JobRequest:
 
     def stored_as(self, blob: str) -> JobRequest:
         """The same request with its input now in the blob store under `blob`."""
-        return replace(self, source="blob", blob=blob, path=None, data_b64=None)
+        return replace(self, source="blob", blob=blob, path=None, url=None, data_b64=None)

@@ -215,6 +215,10 @@ class DocumentResult:
     input_blob: str | None = None
     retry_of: str | None = None
     outputs: dict[str, StoredOutput] = field(default_factory=dict)
+    # Issue 32: the object a `url` input was read from ({url, size, etag, version}), and
+    # the object the result was written to ({url, bytes, etag}, or {url, error}).
+    input_url: dict[str, Any] | None = None
+    result_object: dict[str, Any] | None = None
 
     @property
     def text(self) -> str:
@@ -233,7 +237,8 @@ class DocumentResult:
             out["failed_pages"] = [{"number": p.number, **p.error.to_json()}
                                    for p in self.pages if p.error is not None]
             out["warnings"] = page_warnings(self.pages)
-        for name in ("timings", "engine", "id", "cached", "input_blob", "retry_of"):
+        for name in ("timings", "engine", "id", "cached", "input_blob", "retry_of",
+                     "input_url", "result_object"):
             value = getattr(self, name)
             if value is not None:
                 out[name] = value
@@ -251,6 +256,7 @@ class DocumentResult:
             mode=data.get("mode"), lang=data.get("lang"), page_count=data.get("page_count"),
             engine=data.get("engine"), timings=data.get("timings"), cached=data.get("cached"),
             input_blob=data.get("input_blob"), retry_of=data.get("retry_of"),
+            input_url=data.get("input_url"), result_object=data.get("result_object"),
             outputs={kind: StoredOutput(str(data[kind]["key"]), int(data[kind]["bytes"]))
                      for kind in STORED_OUTPUTS if isinstance(data.get(kind), Mapping)})
 

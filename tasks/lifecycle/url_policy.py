@@ -1,0 +1,121 @@
+"""Which object URLs a job may name: `url` inputs and `result_url` (OCR_ALLOWED_URLS).
+
+Pure code, no I/O. Runs wherever a URL is taken (submit.py and the HTTP API at submit,
+worker children when they decode a job, and again at each https redirect). The
+address side of an https fetch (no private, loopback or link-local address unless a
+prefix names that address itself) is tasks/lifecycle/outbound.py's rule, applied by
+tasks/lifecycle/url_inputs.py when it connects.
+
+- `s3://bucket/key`: the bucket is a DNS-style bucket name; the key is taken as it is
+  written (S3 keys are literal: `..` is no path step there), without control
+  characters. A prefix matches the same bucket and a key that starts with its key.
+- `http(s)://host/path`: normalised by `outbound.normalise_url` (case, IDNA, default
+  port, dot segments, no credentials) and matched against the normalised prefix; a
+  prefix ends in `/`, so `https://files.example.com/` never admits
+  `https://files.example.com.evil/`.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from tasks.errors import BadRequest, UrlNotAllowed
+from tasks.lifecycle.outbound import IP, Target, literal_ip, normalise_url
+
+URL_SCHEMES = ("s3", "https", "http")
+_BUCKET = re.compile(r"^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$")
+_KEY_UNSAFE = re.compile(r"[\x00-\x1f\x7f]")
+MAX_KEY_BYTES = 1024
+
+
+@dataclass(frozen=True)
+class ObjectUrl:
+    """A parsed object URL: `s3` (bucket, key) or `http(s)` (the normalised target)."""
+
+    url: str                   # normalised: what is checked, fetched and reported
+    scheme: str
+    bucket: str = ""           # s3 only
+    key: str = ""              # s3 only (may be empty or end in / for a result prefix)
+    target: Target | None = None  # http(s) only
+
+    @property
+    def is_prefix(self) -> bool:
+        """A `result_url` that names a folder: the job's result goes under it."""
+        return self.url.endswith("/")
+
+
+def is_url(value: str) -> bool:
+    """Whether a command-line input names a URL rather than a local file."""
+    return value.split("://", 1)[0].lower() in URL_SCHEMES and "://" in value
+
+
+def parse_url(url: str, what: str = "`url`", prefix_ok: bool = False) -> ObjectUrl:
+    """The parsed, normalised URL, or BadRequest (`prefix_ok`: a key may be empty)."""
+    if not isinstance(url, str) or not is_url(url):
+        raise BadRequest(f"{what} must be an s3:// or https:// URL")
+    scheme = url.split("://", 1)[0].lower()
+    if scheme != "s3":
+        target = normalise_url(url, ("https", "http"), what)
+        return ObjectUrl(target.url, target.scheme, target=target)
+    rest = url.split("://", 1)[1]
+    bucket, _, key = rest.partition("/")
+    if not _BUCKET.match(bucket) or ".." in bucket:
+        raise BadRequest(f"{what} must name a bucket: s3://bucket/key")
+    if _KEY_UNSAFE.search(key) or len(key.encode()) > MAX_KEY_BYTES:
+        raise BadRequest(f"{what} has a key with control characters or over "
+                         f"{MAX_KEY_BYTES} bytes")
+    if not key and not prefix_ok:
+        raise BadRequest(f"{what} must name an object: s3://bucket/key")
+    if key.endswith("/") and not prefix_ok:
+        raise BadRequest(f"{what} names a folder, not an object")
+    return ObjectUrl(f"s3://{bucket}/{key}", "s3", bucket, key)
+
+
+def under(url: ObjectUrl, prefix: str) -> bool:
+    """Whether `url` lies under the allow-list entry `prefix` (an invalid one: never)."""
+    try:
+        allowed = parse_url(prefix, prefix_ok=True)
+    except BadRequest:
+        return False
+    if url.scheme != allowed.scheme:
+        return False
+    if url.scheme == "s3":
+        return url.bucket == allowed.bucket and url.key.startswith(allowed.key)
+    return allowed.url.endswith("/") and url.url.startswith(allowed.url)
+
+
+def check_url(url: str, allowed: Sequence[str], what: str = "`url`",
+              prefix_ok: bool = False) -> ObjectUrl:
+    """The parsed URL when it lies under one of `allowed`; else UrlNotAllowed.
+
+    Empty `allowed` (OCR_ALLOWED_URLS unset) refuses every URL: nothing is fetched.
+    """
+    parsed = parse_url(url, what, prefix_ok)
+    if not allowed:
+        raise UrlNotAllowed(f"{what}: URL inputs and results are disabled "
+                            "(OCR_ALLOWED_URLS is empty)")
+    if not any(under(parsed, prefix) for prefix in allowed):
+        raise UrlNotAllowed(f"{what} is not under an allowed prefix (OCR_ALLOWED_URLS)")
+    return parsed
+
+
+def allowed_addresses(allowed: Sequence[str]) -> frozenset[IP]:
+    """The IP-literal hosts of the http(s) prefixes.
+
+    The only non-public addresses an https fetch may connect to: an operator who lists
+    `https://10.0.0.5/` means that address.
+    """
+    out: set[IP] = set()
+    for prefix in allowed:
+        try:
+            parsed = parse_url(prefix, prefix_ok=True)
+        except BadRequest:
+            continue
+        if parsed.target is not None:
+            ip = literal_ip(parsed.target.host)
+            if ip is not None:
+                out.add(ipaddress.ip_address(ip))
+    return frozenset(out)
