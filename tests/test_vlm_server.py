@@ -20,6 +20,7 @@ import subprocess
 import sys
 import threading
 import time
+import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -33,7 +34,7 @@ from tasks.models.locate import served_model
 from tasks.models.registry import ModelRegistry
 from tasks.operator_console import OperatorConsole
 from tasks.settings import Settings
-from tests.api_server import ApiServer
+from tests.api_server import ApiServer, create_token
 from tests.conftest import ROOT, VENV_BIN, Worker, corpus, free_port
 from tests.inference_server import SERVER_ENV, VlmServer
 
@@ -231,10 +232,15 @@ def api(tmp_path_factory: pytest.TempPathFactory, redis_url: str,
 
 def _ready(api: ApiServer, queue: str, want: bool | None,
            timeout: float = 30) -> requests.Response:
-    """/readyz for `queue` once its `inference_server` is `want` (past the 5 s cache)."""
+    """/readyz for `queue` once its `inference_server` is `want` (past the 5 s cache).
+
+    Asked with a client's token: the answer then names the workers.
+    """
     deadline = time.monotonic() + timeout
+    token = create_token(api.env["REDIS_URL"], f"ready-{uuid.uuid4().hex[:8]}")
     while True:
-        answer = requests.get(f"{api.url}/readyz", params={"queue": queue}, timeout=30)
+        answer = requests.get(f"{api.url}/readyz", params={"queue": queue}, timeout=30,
+                              headers={"Authorization": f"Bearer {token}"})
         if answer.json().get("inference_server") is want or time.monotonic() > deadline:
             return answer
         time.sleep(0.5)

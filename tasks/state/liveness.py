@@ -41,6 +41,11 @@ class WorkerPresence:
         pipe.hset(WORKERS_KEY, node, record)
         pipe.expire(WORKERS_KEY, int(self.ttl * 6) + 1)
         pipe.execute()
+        # Tidy: the records of workers gone without a word (killed) go with the next
+        # write of any live one; readers never write.
+        stale = [n for n, r in self._records().items() if _expires(r) < now]
+        if stale:
+            self._redis.hdel(WORKERS_KEY, *stale)
 
     def withdraw(self, node: str) -> None:
         """`node` is going away: it serves nothing from now on."""
@@ -49,25 +54,25 @@ class WorkerPresence:
     def live_queues(self, now: float | None = None) -> dict[str, set[str]]:
         """The queues each live worker consumes, by node name (one HGETALL)."""
         now = time.time() if now is None else now
-        live: dict[str, set[str]] = {}
-        stale = []
-        for raw_node, raw in self._redis.hgetall(WORKERS_KEY).items():
-            node = raw_node.decode() if isinstance(raw_node, bytes) else str(raw_node)
-            try:
-                record = json.loads(raw)
-                expires = float(record["expires"])
-                queues = {str(q) for q in record["queues"]}
-            except (ValueError, KeyError, TypeError):
-                stale.append(node)
-                continue
-            if expires < now:
-                stale.append(node)
-            else:
-                live[node] = queues
-        if stale:  # tidy: a record past its time is never read as live again
-            self._redis.hdel(WORKERS_KEY, *stale)
-        return live
+        return {node: _queues(record) for node, record in self._records().items()
+                if _expires(record) >= now}
+
+    def _records(self) -> dict[str, bytes | str]:
+        return {(n.decode() if isinstance(n, bytes) else str(n)): r
+                for n, r in self._redis.hgetall(WORKERS_KEY).items()}
 
     def serving(self, queue: str, now: float | None = None) -> list[str]:
         """The live worker nodes that consume `queue` (sorted)."""
         return sorted(node for node, queues in self.live_queues(now).items() if queue in queues)
+
+
+def _expires(raw: bytes | str) -> float:
+    """When a record stops counting (0 for one that cannot be read)."""
+    try:
+        return float(json.loads(raw)["expires"])
+    except (ValueError, KeyError, TypeError):
+        return 0.0
+
+
+def _queues(raw: bytes | str) -> set[str]:
+    return {str(q) for q in json.loads(raw)["queues"]}
