@@ -150,3 +150,13 @@ def test_every_ocr_variable_the_pages_name_is_a_setting() -> None:
                for name in re.findall(r"\bOCR_[A-Z0-9_]*[A-Z0-9]\b", page.read_text())
                if name not in known}
     assert not unknown, "\n".join(sorted(unknown))
+
+
+def test_every_test_the_pages_name_exists() -> None:
+    """`test_foo` in a page is a file tests/test_foo.py or a test function there."""
+    defined = {path.stem for path in (ROOT / "tests").glob("test_*.py")}
+    for path in (ROOT / "tests").glob("test_*.py"):
+        defined |= set(re.findall(r"^\s*(?:async )?def (test_\w+)", path.read_text(), re.M))
+    named = {f"{page.relative_to(ROOT)}: {name}" for page in pages()
+             for name in re.findall(r"\btest_\w+", page.read_text()) if name not in defined}
+    assert not named, "\n".join(sorted(named))
