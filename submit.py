@@ -264,6 +264,16 @@ def emit(results: list[dict[str, Any]], args: argparse.Namespace, output: str,
 
 def problem_lines(result: dict[str, Any]) -> list[str]:
     """The stderr lines of a result that is not a plain success, each naming its file."""
+    written = result.get("result_object") or {}
+    if not written.get("error"):
+        return _status_lines(result)
+    # The result is stored (and printed); only its copy at --result-url failed.
+    failed = written["error"]
+    return [f"{label(result)}: {failed['code']}: {failed['message']} (the result is "
+            "kept in the result store)", *_status_lines(result)]
+
+
+def _status_lines(result: dict[str, Any]) -> list[str]:
     name, status = label(result), result.get("status")
     error = result.get("error") or {}
     if status == "PARTIAL":
@@ -409,7 +419,9 @@ def wait_for(client: OcrClient, ids: list[str], timeout: float | None
 # --- the commands ---------------------------------------------------------------------
 
 def submit_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("files", nargs="+", metavar="FILE")
+    parser.add_argument("files", nargs="+", metavar="FILE",
+                        help="a local file, or an s3://bucket/key or https:// URL the "
+                             "workers read themselves (under their OCR_ALLOWED_URLS)")
     parser.add_argument("--no-wait", action="store_true",
                         help="print each job's id and file name, and return")
     parser.add_argument("--engine", help="tesseract, rapidocr, mlx-vlm or vlm-api (default: "
@@ -427,6 +439,9 @@ def submit_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--callback-task", help="Celery task (by name) that gets the result")
     parser.add_argument("--callback-queue", help="queue of --callback-task")
     parser.add_argument("--callback-url", help="http(s) URL the result summary is POSTed to")
+    parser.add_argument("--result-url", metavar="S3_URL",
+                        help="s3://bucket/prefix/ (or an object key) the workers write the "
+                             "result to, in --output's format; the result names the object")
 
 
 def add_job_options(parser: argparse.ArgumentParser) -> None:
@@ -450,7 +465,8 @@ def run_submit(args: argparse.Namespace, session: Session) -> int:
                "output": args.output, "mode": args.mode, "lang": args.lang,
                "priority": args.priority,
                "deadline": args.deadline, "callback_task": args.callback_task,
-               "callback_queue": args.callback_queue, "callback_url": args.callback_url}
+               "callback_queue": args.callback_queue, "callback_url": args.callback_url,
+               "result_url": args.result_url}
     order: list[str | dict[str, Any]] = []
     for file in args.files:
         try:

@@ -31,6 +31,7 @@ from tasks.errors import (
     ServiceUnreachable,
     error_info,
 )
+from tasks.lifecycle.url_policy import is_url, parse_url
 from tasks.queue.routing import DEFAULT_QUEUE, PRIORITIES, priority_value, queue_for_engine
 from tasks.records.results import STORED_OUTPUTS
 from tasks.settings import Settings
@@ -81,17 +82,26 @@ class OcrClient:
                **options: Any) -> str:
         """Upload the input to Redis and enqueue a job; returns the job id.
 
+        A `source` that is an `s3://` or `https://` URL is not uploaded: the job names
+        it (`url`) and the worker reads it, under its OCR_ALLOWED_URLS.
         `options` are the task's kwargs (engine, pages, password, output, mode,
-        callback_task, callback_queue, callback_url). `priority` is interactive,
+        callback_task, callback_queue, callback_url, result_url). `priority` is interactive,
         normal (default) or batch; `deadline` is seconds from now: a job not started by
         then never starts, a running one stops reading pages.
         """
+        given = {k: v for k, v in options.items() if v is not None}
+        if isinstance(source, str) and is_url(source):
+            # By URL: the worker reads the object itself; nothing is uploaded.
+            url = parse_url(source).url
+            if filename is None:
+                filename = url.rstrip("/").rsplit("/", 1)[-1].split("?", 1)[0]
+            return self._send({"url": url, "filename": filename, **given}, priority,
+                              deadline)
         data = self._read(source)
         if filename is None:
             filename = Path(source).name if not isinstance(source, bytes) else ""
         blob = self._blobs.put(data)
-        kwargs = {"blob": blob, "filename": filename,
-                  **{k: v for k, v in options.items() if v is not None}}
+        kwargs = {"blob": blob, "filename": filename, **given}
         return self._send(kwargs, priority, deadline)
 
     def _send(self, kwargs: dict[str, Any], priority: str | None,
@@ -163,10 +173,12 @@ class OcrClient:
     def retry_kwargs(self, job_id: str, password: str | None = None) -> dict[str, Any]:
         """The `ocr.document` kwargs that re-read the failed pages of a PARTIAL job."""
         earlier = self.result(job_id)
-        if earlier.get("status") != "PARTIAL" or not earlier.get("input_blob"):
+        by_url = (earlier.get("input_url") or {}).get("url")
+        if earlier.get("status") != "PARTIAL" or not (earlier.get("input_blob") or by_url):
             raise BadRequest("only a PARTIAL job whose input is still stored can be retried")
         failed = ",".join(str(p["number"]) for p in earlier["failed_pages"])
-        kwargs = {"blob": earlier["input_blob"], "filename": earlier.get("filename", ""),
+        source = {"blob": earlier["input_blob"]} if earlier.get("input_blob") else {"url": by_url}
+        kwargs = {**source, "filename": earlier.get("filename", ""),
                   "pages": failed, "output": earlier.get("output", "text"),
                   "mode": earlier.get("mode", "auto"), "engine": earlier["engine"]["name"],
                   "lang": earlier.get("lang"),

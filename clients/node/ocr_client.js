@@ -214,6 +214,7 @@ function jobQueue({ queue, engine } = {}) {
 // Upload `data` as a blob and enqueue `ocr.document`; resolves to the job id.
 // `priority` is interactive, normal (default) or batch. Data larger than `maxInputMb`
 // (default $OCR_MAX_INPUT_MB, else 64) is refused with InputTooLarge before sending.
+// `resultUrl` (s3://bucket/prefix/) has the workers write the result there too.
 async function submit(redis, data, options = {}) {
   const {
     queue, priority = 'normal', blobTtl = BLOB_TTL_SECONDS,
@@ -224,13 +225,36 @@ async function submit(redis, data, options = {}) {
   }
   const refusal = sizeRefusal(data.length, maxInputMb);
   if (refusal) throw refusal;
-  const taskId = crypto.randomUUID();
   const blob = `ocr:blob:${crypto.randomBytes(16).toString('hex')}`;
   await redis.command('SET', blob, data, 'EX', String(blobTtl));
-  const kwargs = { blob };
+  return enqueueDocument(redis, { blob }, { queue, priority, ...rest });
+}
+
+// Enqueue `ocr.document` for an object the workers read themselves (issue 32):
+// `url` is s3://bucket/key or https://host/path, under the workers' OCR_ALLOWED_URLS.
+// Nothing is uploaded; the size limit is the workers' (HEAD, then counted while read).
+async function submitUrl(redis, url, options = {}) {
+  if (!isUrl(url)) throw new Error('url must be an s3:// or https:// URL');
+  const { priority = 'normal' } = options;
+  if (!(priority in PRIORITIES)) {
+    throw new Error(`priority must be one of ${Object.keys(PRIORITIES).join(', ')}`);
+  }
+  const filename = options.filename || url.split('?')[0].replace(/\/+$/, '').split('/').pop();
+  return enqueueDocument(redis, { url: String(url) }, { ...options, filename, priority });
+}
+
+function isUrl(value) {
+  return /^(s3|https?):\/\//i.test(String(value));
+}
+
+async function enqueueDocument(redis, source, options) {
+  const { queue, priority = 'normal', resultUrl, ...rest } = options;
+  const taskId = crypto.randomUUID();
+  const kwargs = { ...source };
   for (const name of ['filename', 'engine', 'pages', 'password', 'output', 'mode']) {
     if (rest[name] !== undefined && rest[name] !== null) kwargs[name] = String(rest[name]);
   }
+  if (resultUrl !== undefined && resultUrl !== null) kwargs.result_url = String(resultUrl);
   const shown = { ...kwargs };
   if (shown.password !== undefined) shown.password = '***';
   const target = jobQueue({ queue, engine: kwargs.engine });
@@ -408,6 +432,10 @@ options:
   --timeout S        stop waiting after S seconds (default 120; the jobs go on)
   --max-input-mb MB  refuse a larger file without sending it, as input_too_large (default:
                      $OCR_MAX_INPUT_MB, else 64, the workers' default limit)
+  --result-url URL   s3://bucket/prefix/ the workers write each result to (the result's
+                     result_object names the object)
+FILE may be an s3://bucket/key or https:// URL: the workers read it themselves (under
+their OCR_ALLOWED_URLS); nothing is uploaded.
   --no-wait          print each job's id and file name, and return
   -h, --help         show this help
 
@@ -416,6 +444,7 @@ cancelled, already_ended, or requested (no worker answered within 30 s).
 
 examples:
   node clients/node/ocr_client.js --engine tesseract scan.png report.pdf
+  node clients/node/ocr_client.js --result-url s3://results/ocr/ s3://invoices/2026/a.pdf
   node clients/node/ocr_client.js cancel 5b0c2a1e-...
 
 exit status (several jobs: the most severe, in this order):
@@ -443,7 +472,7 @@ function parseArgs(argv) {
     'max-input-mb': defaultMaxInputMb(),
   };
   const valued = ['redis', 'engine', 'pages', 'output', 'mode', 'password', 'priority',
-    'queue', 'timeout', 'max-input-mb'];
+    'queue', 'timeout', 'max-input-mb', 'result-url'];
   for (let i = 0; i < argv.length; i += 1) {
     const arg = argv[i];
     if (arg === '--help' || arg === '-h') options.help = true;
@@ -502,6 +531,11 @@ function maskedUrl(url) {
 function problemLine(result) {
   const name = result.filename || result.id;
   const error = result.error || {};
+  const written = (result.result_object || {}).error;
+  if (written) {  // the result is stored; only its copy at --result-url failed
+    const rest = problemLine({ ...result, result_object: undefined });
+    return `${name}: ${written.code}: ${written.message} (the result is kept in the result store)${rest ? `\n${rest}` : ''}`;
+  }
   if (result.status === 'SUCCESS') return null;
   if (result.status === 'PARTIAL') {
     return (result.failed_pages || []).map((p) => `${name}: PARTIAL: page ${p.number} failed: ${p.code}: ${p.message}`).join('\n') || null;
@@ -542,6 +576,15 @@ async function main() {
   try {
     const jobs = []; // {id, filename} or a FAILURE record for a file that was not sent
     for (const file of options.files) {
+      if (isUrl(file)) {
+        const id = await submitUrl(redis, file, {
+          engine: options.engine, pages: options.pages, output: options.output,
+          mode: options.mode, password: options.password, priority: options.priority,
+          queue: options.queue, resultUrl: options['result-url'],
+        });
+        jobs.push({ filename: file.split('?')[0].replace(/\/+$/, '').split('/').pop(), queue: jobQueue(options), id });
+        continue;
+      }
       const filename = path.basename(file);
       const limit = options['max-input-mb'];
       let data;
@@ -561,6 +604,7 @@ async function main() {
         filename, engine: options.engine, pages: options.pages,
         output: options.output, mode: options.mode, password: options.password,
         priority: options.priority, queue: options.queue, maxInputMb: limit,
+        resultUrl: options['result-url'],
       }) });
     }
     const sent = jobs.filter((job) => job.status === undefined);
@@ -596,7 +640,7 @@ async function main() {
 
 module.exports = {
   RedisConnection, RedisError, InputTooLarge, buildMessage, queueList, jobQueue, submit,
-  wait, waitAll, liveQueues, cancel, errorInfo, PRIORITIES,
+  submitUrl, wait, waitAll, liveQueues, cancel, errorInfo, PRIORITIES,
 };
 
 if (require.main === module) {

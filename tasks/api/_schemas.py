@@ -23,6 +23,13 @@ class JobOptions(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
+    url: str | None = Field(None, max_length=2000, description=(
+        "JSON requests only: an s3://bucket/key or https:// URL the workers read the "
+        "input from themselves, under OCR_ALLOWED_URLS (and the client's own prefixes); "
+        "the bytes never pass through the API or Redis"))
+    result_url: str | None = Field(None, max_length=2000, description=(
+        "s3://bucket/prefix/ (or an object key) the workers write the result to, in the "
+        "job's `output` format; the result's `result_object` names the object"))
     path: str | None = Field(None, max_length=4096, description=(
         "JSON requests only: absolute path of the input as the workers see it, under "
         "OCR_ALLOWED_ROOTS (multipart requests upload a `file` instead)."))
@@ -49,7 +56,7 @@ class JobOptions(BaseModel):
     def task_kwargs(self) -> dict[str, Any]:
         """The `ocr.document` kwargs besides the input, priority and deadline."""
         names = ("filename", "pages", "password", "output", "mode", "lang", "engine",
-                 "callback_url")
+                 "callback_url", "result_url")
         return {n: getattr(self, n) for n in names if getattr(self, n) is not None}
 
 

@@ -46,6 +46,7 @@ from tasks.api.tokens import ApiClient, TokenStore
 from tasks.client import FINAL_STATES, OcrClient
 from tasks.errors import BadRequest, InputTooLarge, PathNotAllowed
 from tasks.lifecycle.callback_urls import callback_target
+from tasks.lifecycle.url_policy import check_url
 from tasks.queue.routing import PRIORITIES
 from tasks.settings import Settings
 from tasks.state.keys import (
@@ -135,7 +136,7 @@ class JobService:
         every other one gets that job's id back, and its upload is dropped.
         """
         try:
-            kwargs = self._input_kwargs(options, upload, filename)
+            kwargs = self._input_kwargs(options, upload, filename, caller)
             earlier = self.replay(caller, idempotency_key)
             if earlier is not None:
                 self.discard(upload)
@@ -173,24 +174,47 @@ class JobService:
         return Submitted(job_id, False)
 
     def _input_kwargs(self, options: JobOptions, upload: str | None,
-                      filename: str) -> dict[str, Any]:
+                      filename: str, caller: ApiClient) -> dict[str, Any]:
         kwargs = options.task_kwargs()
         if options.deadline is not None and options.deadline <= time.time():
             raise BadRequest("`deadline` is in the past")
         if options.callback_url is not None:
             # The workers' own rule (allow-list, no private addresses unless listed).
             kwargs["callback_url"] = callback_target(options.callback_url, self.settings).url
+        if options.result_url is not None:
+            kwargs["result_url"] = self._check_url(options.result_url, caller,
+                                                   "`result_url`", prefix_ok=True)
         if upload is not None:
-            if options.path is not None:
-                raise BadRequest("send either a file or a `path`, not both")
+            if options.path is not None or options.url is not None:
+                raise BadRequest("send either a file, a `path` or a `url`, not two")
             kwargs.setdefault("filename", filename)
             return kwargs
+        if options.url is not None:
+            if options.path is not None:
+                raise BadRequest("send either a `path` or a `url`, not both")
+            kwargs["url"] = self._check_url(options.url, caller, "`url`")
+            kwargs.setdefault("filename", kwargs["url"].rstrip("/").rsplit("/", 1)[-1])
+            return kwargs
         if options.path is None:
-            raise BadRequest("send a `file` (multipart) or a `path` (JSON)")
+            raise BadRequest("send a `file` (multipart), or a `path` or `url` (JSON)")
         self._check_path(options.path)
         kwargs["path"] = options.path
         kwargs.setdefault("filename", PurePosixPath(options.path).name)
         return kwargs
+
+    def _check_url(self, raw: str, caller: ApiClient, what: str,
+                   prefix_ok: bool = False) -> str:
+        """The normalised URL, when OCR_ALLOWED_URLS and the client's prefixes admit it.
+
+        The client's own prefixes: `tokens create --allowed-url`. Else UrlNotAllowed.
+        """
+        parsed = check_url(raw, self.settings.allowed_urls, what, prefix_ok)
+        if prefix_ok and parsed.scheme != "s3":
+            raise BadRequest(f"{what} must be an s3:// URL (results are written to a bucket)")
+        if caller.allowed_urls is not None:
+            check_url(raw, tuple(caller.allowed_urls), f"{what} (this client's prefixes)",
+                      prefix_ok)
+        return parsed.url
 
     def _check_path(self, raw: str) -> None:
         """Refuse early what the worker would refuse; the worker resolves links itself."""

@@ -15,11 +15,13 @@ import json
 import re
 import secrets
 import time
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 
 import redis
 
 from tasks.errors import BadRequest
+from tasks.lifecycle.url_policy import parse_url
 from tasks.state.keys import API_CLIENTS_KEY, API_TOKEN_PREFIX
 from tasks.state.webhook_secrets import WebhookSecrets
 
@@ -41,6 +43,17 @@ class ApiClient:
     token_sha256: str
     jobs_in_flight: int | None = None
     requests_per_minute: int | None = None
+    # URL prefixes this client's `url` and `result_url` must lie under, beside
+    # OCR_ALLOWED_URLS (issue 32); None: OCR_ALLOWED_URLS alone.
+    allowed_urls: list[str] | None = None
+
+
+def _url_prefix(prefix: str) -> str:
+    """A client's URL prefix, normalised as OCR_ALLOWED_URLS entries are matched."""
+    parsed = parse_url(prefix, "an allowed URL prefix", prefix_ok=True)
+    if not parsed.url.endswith("/"):
+        raise BadRequest("an allowed URL prefix ends in / (s3://bucket/ or https://host/)")
+    return parsed.url
 
 
 def token_hash(token: str) -> str:
@@ -55,7 +68,8 @@ class TokenStore:
         self.webhook_secrets = WebhookSecrets(client)
 
     def create_client(self, name: str, jobs_in_flight: int | None = None,
-                      requests_per_minute: int | None = None) -> tuple[str, str]:
+                      requests_per_minute: int | None = None,
+                      allowed_urls: Sequence[str] | None = None) -> tuple[str, str]:
         """Make a client: its token and its webhook signing secret."""
         if not CLIENT_NAME.match(name):
             raise BadRequest("a client name is 1-64 characters of [A-Za-z0-9_.-], "
@@ -63,10 +77,11 @@ class TokenStore:
         for limit in (jobs_in_flight, requests_per_minute):
             if limit is not None and limit < 0:
                 raise BadRequest("limits are 0 (none) or more")
+        prefixes = None if allowed_urls is None else [_url_prefix(p) for p in allowed_urls]
         token = TOKEN_PREFIX + secrets.token_urlsafe(32)
         digest = token_hash(token)
         record = ApiClient(name, round(time.time(), 3), digest, jobs_in_flight,
-                           requests_per_minute)
+                           requests_per_minute, allowed_urls=prefixes)
         if not self._redis.hsetnx(API_CLIENTS_KEY, name, json.dumps(asdict(record))):
             raise BadRequest(f"client {name!r} exists; revoke it first to make a new token")
         # The record again under the hash: a request is authenticated in one GET.

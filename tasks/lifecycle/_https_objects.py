@@ -5,13 +5,15 @@ request, the first and each redirect, is checked before anything is sent: its UR
 must lie under OCR_ALLOWED_URLS (`url_not_allowed` otherwise), and its host is
 resolved once (`outbound.resolve_checked`) and connected to at exactly the checked
 addresses (`outbound.connect_checked`): a private, loopback or link-local address is
-refused (`address_not_allowed`) unless a prefix names that address itself. TLS is
+refused (`address_not_allowed`) unless the URL, under a prefix, names that address
+itself (`https://10.0.0.5/...`; a name that resolves there is refused). TLS is
 verified against the system's trust store, which honours SSL_CERT_FILE and
 SSL_CERT_DIR (the tests trust their self-signed certificate that way).
 """
 
 from __future__ import annotations
 
+import functools
 import http.client
 from collections.abc import Iterator, Sequence
 from urllib.parse import urljoin
@@ -25,8 +27,8 @@ from tasks.errors import (
     UrlNotAllowed,
 )
 from tasks.lifecycle._s3 import CHUNK, ObjectInfo
-from tasks.lifecycle.outbound import connect_checked, resolve_checked
-from tasks.lifecycle.url_policy import ObjectUrl, allowed_addresses, check_url
+from tasks.lifecycle.outbound import IP, connect_checked, literal_ip, resolve_checked
+from tasks.lifecycle.url_policy import ObjectUrl, check_url
 
 MAX_REDIRECTS = 5
 _REDIRECTS = (301, 302, 303, 307, 308)
@@ -53,12 +55,14 @@ def _request(url: ObjectUrl, method: str, allowed: Sequence[str], timeout: float
 
     A 2xx answer; None for a status in `unanswered`; else the status's error.
     """
-    addresses_ok = allowed_addresses(allowed)
     for _ in range(MAX_REDIRECTS + 1):
         target = url.target
         assert target is not None
+        # A non-public address only when this URL, already under OCR_ALLOWED_URLS,
+        # names that very address (`https://10.0.0.5/`): never through a name.
+        named = literal_ip(target.host)
         try:
-            addresses = resolve_checked(target, lambda ip: ip in addresses_ok)
+            addresses = resolve_checked(target, functools.partial(_is, named))
             connection = connect_checked(target, addresses, timeout)
             connection.request(method, target.target,
                                headers={"User-Agent": "ocr-service", **(headers or {})})
@@ -86,6 +90,10 @@ def _request(url: ObjectUrl, method: str, allowed: Sequence[str], timeout: float
             return None
         raise _status_error(status)
     raise InputDenied(f"more than {MAX_REDIRECTS} redirects")
+
+
+def _is(named: IP | None, address: IP) -> bool:
+    return address == named
 
 
 def _status_error(status: int) -> OcrError:
