@@ -139,7 +139,8 @@ class Settings:
     vlm_api_page_time_limit: int = _s("OCR_VLM_API_PAGE_TIME_LIMIT", "840",
                                       "Seconds a vlm-api page may take, its wait in a busy "
                                       "server's queue and every try included (replaces "
-                                      "OCR_PAGE_SOFT/HARD_TIME_LIMIT on a vlm-api worker); "
+                                      "OCR_PAGE_SOFT_TIME_LIMIT and OCR_PAGE_HARD_TIME_LIMIT "
+                                      "on a vlm-api worker); "
                                       "must stay below OCR_VISIBILITY_TIMEOUT.")
     vlm_api_retry_seconds: float = _s("OCR_VLM_API_RETRY_SECONDS", "600",
                                       "Seconds a vlm-api page keeps being retried after "
