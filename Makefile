@@ -4,8 +4,9 @@
 PYTHON ?= python3
 VENV   ?= .venv
 PY     := $(VENV)/bin/python
+# The venv's bin first, as for any Procfile runner; no PYTHONPATH: the Procfile's Python
+# processes run as modules (`python -m scripts.run_api`) from the repository root.
 export PATH := $(abspath $(VENV))/bin:$(PATH)
-export PYTHONPATH := $(abspath .)
 
 # Tesseract languages this machine should have (OCR_LANGS, space separated; the tests
 # read Vietnamese, Greek and Chinese pages, so `make test` adds those).
@@ -84,10 +85,10 @@ bench-tools:
 
 # Traineddata of OCR_LANGS: pip tessdata-* wheels, Debian's tesseract-ocr-<lang> when root.
 langs: $(VENV)/.runtime
-	$(PY) scripts/install_langs.py $(OCR_LANGS)
+	$(PY) -m scripts.install_langs $(OCR_LANGS)
 
 test-langs: $(VENV)/.runtime
-	$(PY) scripts/install_langs.py $(sort $(OCR_LANGS) $(TEST_LANGS))
+	$(PY) -m scripts.install_langs $(sort $(OCR_LANGS) $(TEST_LANGS))
 
 # scripts/supervise.py runs the Procfile (PROCESSES="worker beat": only those); Ctrl-C
 # stops every process, also through a pipe.

@@ -68,10 +68,12 @@ def procfile_command(name: str) -> str:
 
 
 class ProcfileProcess:
-    """One Procfile line run as honcho runs it, in a session of its own, logging to a file.
+    """One Procfile line run as any Procfile runner runs it: `sh -c` from the repository root.
 
-    Its environment is the test runner's without the service's settings (`OCR_*`,
-    `REDIS_*`, `CELERY*` and the prefixes in `drop`), plus `env`.
+    In a session of its own, logging to a file. Its environment is the test runner's
+    with the venv's `bin` first on PATH, without the service's settings (`OCR_*`,
+    `REDIS_*`, `CELERY*` and the prefixes in `drop`) and without `PYTHONPATH` (which
+    only `make` sets), plus `env`.
     """
 
     stop_grace = 30.0
@@ -81,15 +83,15 @@ class ProcfileProcess:
         self.process = process
         self.log_path = log_path
         inherited = {k: v for k, v in os.environ.items()
-                     if not k.startswith(("OCR_", "REDIS_", "CELERY", *drop))}
+                     if not k.startswith(("OCR_", "REDIS_", "CELERY", "PYTHONPATH", *drop))}
         self.env = {**inherited, "PATH": f"{VENV_BIN}{os.pathsep}{os.environ['PATH']}",
-                    "PYTHONPATH": str(ROOT), "PYTHONUNBUFFERED": "1", **env}
+                    "PYTHONUNBUFFERED": "1", **env}
         self.proc: subprocess.Popen[bytes] | None = None
 
     def spawn(self) -> subprocess.Popen[bytes]:
         with open(self.log_path, "ab") as log:
             self.proc = subprocess.Popen(
-                ["bash", "-c", f"exec {procfile_command(self.process)}"], cwd=ROOT,
+                ["sh", "-c", f"exec {procfile_command(self.process)}"], cwd=ROOT,
                 env=self.env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
         return self.proc
 
@@ -265,6 +267,9 @@ class Worker(ProcfileProcess):
         self.name = f"test-{uuid.uuid4().hex[:8]}"
         super().__init__(process, log_path, {"WORKER_NAME": self.name, **env})
         if "OCR_ENGINE_PLUGINS" in env:
+            # A plugin's module must be importable, as for any Python plugin (installed,
+            # or on PYTHONPATH): the fake engines are in tests/, outside the service.
+            self.env.setdefault("PYTHONPATH", str(ROOT))
             # Fake-engine tests feed uniform pages (fault triggers) that are blank pages:
             # they must reach the engine. Tests of blank pages set it to 1 themselves.
             self.env.setdefault("OCR_SKIP_BLANK_PAGES", "0")

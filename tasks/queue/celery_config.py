@@ -6,7 +6,6 @@ worker parent and its pool children, beat and Flower.
 
 from __future__ import annotations
 
-import os
 from typing import Any
 
 from tasks.queue.routing import AMQP_MAX_PRIORITY, DEFAULT_QUEUE, PRIORITY_STEPS, priority_value
@@ -78,6 +77,7 @@ def celery_config(settings: Settings) -> dict[str, Any]:
         # Beat: the model-directory audit (tasks/queue/maintenance_tasks.py).
         "timezone": settings.schedule_timezone,
         "beat_schedule": _beat_schedule(settings),
+        "beat_scheduler": "tasks.queue.beat:Scheduler",  # makes var/ for the schedule
     }
 
 
@@ -133,31 +133,36 @@ def _beat_schedule(settings: Settings) -> dict[str, Any]:
 
 
 
-def worker_app_config(settings: Settings) -> dict[str, Any]:
-    """`celery_config` plus what only a worker's app needs: its pool size."""
-    return {**celery_config(settings), "worker_concurrency": default_concurrency(settings)}
+def worker_app_config(settings: Settings, engine: str) -> dict[str, Any]:
+    """`celery_config` plus what only a worker's app needs: its pool, by its `engine`.
+
+    A vlm-api worker runs a thread pool of OCR_VLM_API_IN_FLIGHT threads: each page
+    mostly waits on the inference server, which batches what arrives together, so one
+    process keeps a GPU server's whole batch in flight (a child per page would take
+    ~150 MB each). Celery enforces no time limits in a thread pool: the engine bounds
+    each request and each page itself (OCR_VLM_API_TIMEOUT, OCR_VLM_API_PAGE_TIME_LIMIT).
+    Set on the app, so `celery worker` without -P/-c uses it; a command line wins.
+    """
+    config = {**celery_config(settings), "worker_concurrency": default_concurrency(
+        settings, engine)}
+    if engine == "vlm-api" and settings.worker_role != "control":
+        config["worker_pool"] = "threads"
+        config["task_annotations"] = {"ocr.pdf_page": {
+            "soft_time_limit": settings.vlm_api_page_time_limit,
+            "time_limit": settings.vlm_api_page_time_limit + 30}}
+    return config
 
 
-# Pages a vlm-api worker keeps in flight by default, whatever its cores: its children
-# hold no model (the inference server does) and mostly wait on the server, which batches
-# the pages that arrive together; 4 is where a server's continuous batching on one Mac
-# or one GPU starts to pay (bench/vlm_api.py), and OCR_CONCURRENCY sets more.
-VLM_API_IN_FLIGHT = 4
+def default_concurrency(settings: Settings, engine: str) -> int | None:
+    """Pool size: OCR_CONCURRENCY, else by the engine the worker loads.
 
-
-def default_concurrency(settings: Settings) -> int | None:
-    """Pool children: OCR_CONCURRENCY, else by the engine the worker loads.
-
-    One for mlx-vlm (each child holds the model), at least VLM_API_IN_FLIGHT for
-    vlm-api, and Celery's (one per core) for the others.
+    One child for mlx-vlm (each child holds the model), OCR_VLM_API_IN_FLIGHT threads
+    for vlm-api, and Celery's (one child per core) for the others.
     """
     if settings.concurrency:
         return settings.concurrency
-    from tasks.engines import resolve_engine
-
-    engine = resolve_engine(settings)
     if engine == "mlx-vlm":
         return 1
     if engine == "vlm-api":
-        return max(VLM_API_IN_FLIGHT, os.cpu_count() or 1)
+        return settings.vlm_api_in_flight
     return None
