@@ -13,7 +13,7 @@ export PATH := $(abspath $(VENV))/bin:$(PATH)
 OCR_LANGS ?= eng
 TEST_LANGS := eng vie ell chi_sim
 
-.PHONY: langs test-langs run vlm vlm-api rapidocr test lint bench bench-quick clean redis-server rabbitmq-server bench-tools screenshot chromium
+.PHONY: langs test-langs run vlm vlm-api rapidocr s3 test lint bench bench-quick clean redis-server rabbitmq-server bench-tools screenshot chromium
 
 $(VENV)/.runtime: requirements.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -36,7 +36,12 @@ $(VENV)/.rapidocr: $(VENV)/.runtime requirements-rapidocr.txt
 	$(PY) -m pip install -q -r requirements-rapidocr.txt
 	touch $@
 
-$(VENV)/.dev: $(VENV)/.vlm $(VENV)/.vlm-api $(VENV)/.rapidocr requirements-dev.txt
+# boto3 for s3:// inputs and result_url (issue 32): `make s3`.
+$(VENV)/.s3: $(VENV)/.runtime requirements-s3.txt
+	$(PY) -m pip install -q -r requirements-s3.txt
+	touch $@
+
+$(VENV)/.dev: $(VENV)/.vlm $(VENV)/.vlm-api $(VENV)/.rapidocr $(VENV)/.s3 requirements-dev.txt
 	$(PY) -m pip install -q -r requirements-dev.txt
 	touch $@
 
@@ -51,6 +56,9 @@ RUN_NEEDS += $(VENV)/.vlm-api
 endif
 ifneq ($(filter rapidocr,$(OCR_ENGINE))$(findstring rapidocr,$(OCR_LANG_ENGINES)),)
 RUN_NEEDS += $(VENV)/.rapidocr
+endif
+ifneq ($(findstring s3://,$(OCR_ALLOWED_URLS)),)
+RUN_NEEDS += $(VENV)/.s3
 endif
 
 $(VENV)/.bench: $(VENV)/.dev requirements-bench.txt
@@ -102,6 +110,8 @@ vlm: $(VENV)/.vlm
 vlm-api: $(VENV)/.vlm-api
 
 rapidocr: $(VENV)/.rapidocr
+
+s3: $(VENV)/.s3
 
 lint: $(VENV)/.dev
 	ruff check .

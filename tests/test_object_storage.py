@@ -1,0 +1,489 @@
+"""Documents by URL and results written to a bucket (issue 32), with real parts only.
+
+- S3: moto's server mode (`moto_server`), an S3 *emulator* that speaks the real S3 HTTP
+  protocol, started by these tests on free ports. The workers reach it through the
+  standard AWS environment (AWS_ENDPOINT_URL, AWS_ACCESS_KEY_ID, ...), as they would
+  reach MinIO or AWS; the tests put and read objects with boto3 against it. No client
+  call is mocked.
+- https: a real HTTPS server (http.server in a thread of this process) with a
+  self-signed certificate generated here (cryptography) and trusted by the workers
+  through SSL_CERT_FILE, which OpenSSL's default verify paths (hence
+  `ssl.create_default_context()`) honour.
+- A real redis-server and real workers started from the Procfile (tests/conftest.py),
+  reading pages with the fake engine (queue mechanics; its text describes the image).
+"""
+
+from __future__ import annotations
+
+import datetime
+import io
+import ipaddress
+import json
+import os
+import re
+import socket
+import ssl
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable, Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any
+
+import boto3
+import pytest
+import redis
+from PIL import Image
+
+from tasks.client import OcrClient
+from tests.conftest import (
+    FAKE_PLUGINS,
+    ROOT,
+    VENV_BIN,
+    Worker,
+    corpus,
+    free_port,
+    make_client,
+    stop_group,
+)
+
+AWS = {"AWS_ACCESS_KEY_ID": "test-key", "AWS_SECRET_ACCESS_KEY": "test-secret",
+       "AWS_DEFAULT_REGION": "us-east-1"}
+LIMIT_MB = 1  # OCR_MAX_INPUT_MB of the workers here
+FANOUT_PDF = "lang_mixed_2p.pdf"  # 2 pages, 1.9 MB: more than LIMIT_MB, see the worker env
+
+
+class MotoS3:
+    """moto's S3 emulator in server mode on a free port.
+
+    `enforce_auth`: every request is checked against the emulator's IAM, so the
+    workers' made-up keys are refused with 403.
+    """
+
+    def __init__(self, log_path: Path, port: int | None = None,
+                 enforce_auth: bool = False) -> None:
+        self.port = port or free_port()
+        self.endpoint = f"http://127.0.0.1:{self.port}"
+        self.log_path = log_path
+        self.enforce_auth = enforce_auth
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def start(self, timeout: float = 60) -> MotoS3:
+        env = {**os.environ, **AWS}
+        if self.enforce_auth:
+            env["INITIAL_NO_AUTH_ACTION_COUNT"] = "0"
+        with open(self.log_path, "ab") as log:
+            self.proc = subprocess.Popen(
+                [str(VENV_BIN / "moto_server"), "-H", "127.0.0.1", "-p", str(self.port)],
+                env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"moto_server exited:\n{self.log()}")
+            try:
+                socket.create_connection(("127.0.0.1", self.port), timeout=1).close()
+                return self
+            except OSError:
+                time.sleep(0.1)
+        raise RuntimeError(f"moto_server not up in {timeout} s:\n{self.log()}")
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
+
+    def client(self) -> Any:
+        return boto3.client("s3", endpoint_url=self.endpoint, region_name="us-east-1",
+                            aws_access_key_id=AWS["AWS_ACCESS_KEY_ID"],
+                            aws_secret_access_key=AWS["AWS_SECRET_ACCESS_KEY"])
+
+    def env(self) -> dict[str, str]:
+        return {"AWS_ENDPOINT_URL": self.endpoint, **AWS}
+
+    def stop(self) -> None:
+        stop_group(self.proc, grace=5)
+
+
+def png(width: int, height: int, shade: int = 255) -> bytes:
+    out = io.BytesIO()
+    Image.new("L", (width, height), shade).save(out, "PNG")
+    return out.getvalue()
+
+
+DOC_PNG = png(320, 200)
+
+
+def self_signed(directory: Path) -> tuple[Path, Path]:
+    """A certificate for 127.0.0.1 and localhost, and its key (PEM files)."""
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "ocr-test-server")])
+    now = datetime.datetime.now(datetime.UTC)
+    cert = (x509.CertificateBuilder().subject_name(name).issuer_name(name)
+            .public_key(key.public_key()).serial_number(x509.random_serial_number())
+            .not_valid_before(now - datetime.timedelta(minutes=5))
+            .not_valid_after(now + datetime.timedelta(days=1))
+            .add_extension(x509.SubjectAlternativeName([
+                x509.DNSName("localhost"),
+                x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]), critical=False)
+            .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+            .sign(key, hashes.SHA256()))
+    cert_path, key_path = directory / "cert.pem", directory / "key.pem"
+    cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    key_path.write_bytes(key.private_bytes(serialization.Encoding.PEM,
+                                           serialization.PrivateFormat.PKCS8,
+                                           serialization.NoEncryption()))
+    return cert_path, key_path
+
+
+class FileServer:
+    """A real HTTPS server with a few routes; it records every request it gets."""
+
+    def __init__(self, directory: Path) -> None:
+        self.cert, key = self_signed(directory)
+        self.requests: list[tuple[str, str]] = []
+        server = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def log_message(self, *args: Any) -> None:
+                pass
+
+            def do_HEAD(self) -> None:
+                self.answer(body=False)
+
+            def do_GET(self) -> None:
+                self.answer(body=True)
+
+            def answer(self, body: bool) -> None:
+                server.requests.append((self.command, self.path))
+                if self.path in ("/inside/doc.png", "/inside/private.png", "/outside/doc.png"):
+                    self.send_response(200)
+                    self.send_header("Content-Type", "image/png")
+                    self.send_header("Content-Length", str(len(DOC_PNG)))
+                    self.send_header("ETag", '"doc-v1"')
+                    self.end_headers()
+                    if body:
+                        self.wfile.write(DOC_PNG)
+                elif self.path == "/inside/redirect-out":
+                    self.send_response(302)
+                    self.send_header("Location", "/outside/doc.png")
+                    self.send_header("Content-Length", "0")
+                    self.end_headers()
+                elif self.path == "/inside/forbidden.png":
+                    self.send_response(403)
+                    self.send_header("Content-Length", "0")
+                    self.end_headers()
+                elif self.path == "/inside/stream-big":
+                    # No length anywhere: only counting the bytes read can refuse it.
+                    self.send_response(200)
+                    self.send_header("Content-Type", "application/octet-stream")
+                    self.end_headers()
+                    if body:
+                        piece = b"\0" * 65536
+                        try:
+                            for _ in range(LIMIT_MB * 16 + 64):  # 4 MB over the limit
+                                self.wfile.write(piece)
+                        except (BrokenPipeError, ConnectionResetError):
+                            return  # the reader stopped, as it should
+                else:
+                    self.send_response(404)
+                    self.send_header("Content-Length", "0")
+                    self.end_headers()
+
+        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        context.load_cert_chain(self.cert, key)
+        self.httpd.socket = context.wrap_socket(self.httpd.socket, server_side=True)
+        self.port = self.httpd.server_address[1]
+        self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
+
+    def url(self, path: str, host: str = "127.0.0.1") -> str:
+        return f"https://{host}:{self.port}{path}"
+
+    def paths(self) -> list[str]:
+        return [path for _, path in self.requests]
+
+
+@pytest.fixture(scope="module")
+def s3(tmp_path_factory: pytest.TempPathFactory) -> Iterator[MotoS3]:
+    server = MotoS3(tmp_path_factory.mktemp("moto") / "moto.log").start()
+    store = server.client()
+    for bucket in ("docs", "results", "secret"):
+        store.create_bucket(Bucket=bucket)
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="module")
+def https(tmp_path_factory: pytest.TempPathFactory) -> Iterator[FileServer]:
+    server = FileServer(tmp_path_factory.mktemp("https"))
+    server.thread.start()
+    yield server
+    server.httpd.shutdown()
+    server.httpd.server_close()
+
+
+def worker_env(s3: MotoS3, https: FileServer, spool: Path) -> dict[str, str]:
+    # `s3://nobucket/` is allowed but does not exist (a write that fails); the https
+    # prefixes: one by the address itself, one by a name (localhost) that resolves to
+    # a loopback address and is therefore refused.
+    allowed = ["s3://docs/", "s3://results/", "s3://nobucket/",
+               https.url("/inside/"), https.url("/inside/", host="localhost")]
+    return {"OCR_ENGINE": "fake", "OCR_ENGINE_PLUGINS": FAKE_PLUGINS,
+            "OCR_ALLOWED_URLS": ",".join(allowed), "OCR_MAX_INPUT_MB": str(LIMIT_MB),
+            "OCR_URL_SPOOL_DIR": str(spool), "OCR_URL_TIMEOUT": "10",
+            "SSL_CERT_FILE": str(https.cert), **s3.env()}
+
+
+@pytest.fixture(scope="module")
+def worker(start_worker: Callable[..., Worker], s3: MotoS3, https: FileServer,
+           tmp_path_factory: pytest.TempPathFactory) -> Worker:
+    spool = tmp_path_factory.mktemp("spool")
+    # Fan-out reads a PDF larger than LIMIT_MB: this worker's limit is 4 MB; the others
+    # refuse by size (`small`).
+    env = worker_env(s3, https, spool)
+    return start_worker(**{**env, "OCR_CONCURRENCY": "2", "OCR_MAX_INPUT_MB": "4"})
+
+
+@pytest.fixture(scope="module")
+def small(start_worker: Callable[..., Worker], s3: MotoS3, https: FileServer,
+          tmp_path_factory: pytest.TempPathFactory) -> Worker:
+    """A worker with OCR_MAX_INPUT_MB=1 on its own queue `ocr-small`."""
+    env = worker_env(s3, https, tmp_path_factory.mktemp("spool-small"))
+    return start_worker(**env, OCR_CONCURRENCY="1", OCR_QUEUES="ocr-small")
+
+
+@pytest.fixture(scope="module")
+def client(redis_url: str) -> Iterator[OcrClient]:
+    ocr = make_client(redis_url)
+    yield ocr
+    ocr.close()
+
+
+def run(client: OcrClient, source: str, timeout: float = 120, **options: Any) -> dict[str, Any]:
+    job_id = client.submit(source, **options)
+    result = client.wait([job_id], timeout=timeout)[job_id]
+    assert result["status"] != "TIMEOUT", result
+    return result
+
+
+def send_to(client: OcrClient, queue: str, url: str, timeout: float = 120) -> dict[str, Any]:
+    """A job by URL sent straight to `queue` (the small worker's)."""
+    job_id = client.app.send_task("ocr.document", kwargs={"url": url, "filename": "x"},
+                                  queue=queue).id
+    result = client.wait([job_id], timeout=timeout)[job_id]
+    assert result["status"] != "TIMEOUT", result
+    return result
+
+
+def s3_requests(s3: MotoS3, method: str, path: str) -> int:
+    """How many `method path` requests moto's own request log shows."""
+    return len(re.findall(rf'"{method} {re.escape(path)}(\?[^ ]*)? HTTP', s3.log()))
+
+
+# --- reading by URL -------------------------------------------------------------------
+
+def test_s3_input_is_read_by_the_worker(worker: Worker, client: OcrClient,
+                                        s3: MotoS3) -> None:
+    s3.client().put_object(Bucket="docs", Key="a.png", Body=DOC_PNG)
+    result = run(client, "s3://docs/a.png")
+    assert result["status"] == "SUCCESS", result
+    assert result["text"].startswith("fake 320x200")
+    assert result["filename"] == "a.png"
+    assert result["input_url"]["url"] == "s3://docs/a.png"
+    assert result["input_url"]["size"] == len(DOC_PNG)
+    assert "input_blob" not in result
+    # The bytes went from the store to the worker: nothing was uploaded to Redis.
+    assert not client._redis.keys("ocr:blob:*")
+
+
+def test_https_input_is_read_through_the_allowlist(worker: Worker, client: OcrClient,
+                                                   https: FileServer) -> None:
+    result = run(client, https.url("/inside/doc.png"))
+    assert result["status"] == "SUCCESS", result
+    assert result["text"].startswith("fake 320x200")
+    assert ("GET", "/inside/doc.png") in https.requests
+
+
+def test_object_over_the_limit_is_refused_by_its_head(small: Worker, client: OcrClient,
+                                                      s3: MotoS3) -> None:
+    s3.client().put_object(Bucket="docs", Key="big.bin", Body=b"\0" * (LIMIT_MB * 2**20 + 1))
+    result = send_to(client, "ocr-small", "s3://docs/big.bin")
+    assert result["status"] == "FAILURE"
+    assert result["error"]["code"] == "input_too_large"
+    assert s3_requests(s3, "HEAD", "/docs/big.bin") >= 1
+    assert s3_requests(s3, "GET", "/docs/big.bin") == 0  # never read
+
+
+def test_object_without_a_length_is_refused_while_streaming(
+        small: Worker, client: OcrClient, https: FileServer) -> None:
+    result = send_to(client, "ocr-small", https.url("/inside/stream-big"))
+    assert result["status"] == "FAILURE"
+    assert result["error"]["code"] == "input_too_large"
+    assert "counted while reading" in result["error"]["message"]
+
+
+@pytest.mark.parametrize(("url", "code"), [
+    ("s3://secret/x.png", "url_not_allowed"),
+    ("s3://docs/missing.png", "input_not_found"),
+    ("https-inside:/inside/forbidden.png", "input_denied"),
+    ("https-inside:/inside/missing.png", "input_not_found"),
+])
+def test_refusals_have_their_own_codes_and_are_not_retried(
+        worker: Worker, client: OcrClient, s3: MotoS3, https: FileServer,
+        url: str, code: str) -> None:
+    if url.startswith("https-inside:"):
+        url = https.url(url.split(":", 1)[1])
+    result = run(client, url)
+    assert result["status"] == "FAILURE"
+    assert result["error"] == {**result["error"], "code": code, "retryable": False}
+    assert not re.search(rf"ocr.document\[{result['id']}\] retry", worker.log())
+    if code == "url_not_allowed":
+        assert s3_requests(s3, "HEAD", "/secret/x.png") == 0  # nothing was asked
+
+
+def test_redirect_out_of_the_allowlist_is_not_followed(worker: Worker, client: OcrClient,
+                                                       https: FileServer) -> None:
+    result = run(client, https.url("/inside/redirect-out"))
+    assert result["status"] == "FAILURE"
+    assert result["error"]["code"] == "url_not_allowed"
+    assert "/inside/redirect-out" in https.paths()
+    assert "/outside/doc.png" not in https.paths()
+
+
+def test_a_name_that_resolves_to_a_loopback_address_is_refused(
+        worker: Worker, client: OcrClient, https: FileServer) -> None:
+    # `https://localhost:PORT/inside/` is allowed as a prefix, but localhost resolves
+    # to a loopback address that no prefix names itself: no connection is made.
+    result = run(client, https.url("/inside/private.png", host="localhost"))
+    assert result["status"] == "FAILURE"
+    assert result["error"]["code"] == "address_not_allowed"
+    assert "/inside/private.png" not in https.paths()
+
+
+def test_store_briefly_unreachable_is_retried_and_nothing_is_lost(
+        start_worker: Callable[..., Worker], client: OcrClient, https: FileServer,
+        tmp_path: Path) -> None:
+    # This worker's store is not up yet: its first reads are `transient` and retried.
+    later = MotoS3(tmp_path / "moto-later.log")
+    env = worker_env(later, https, tmp_path / "spool")
+    down = start_worker(**env, OCR_CONCURRENCY="1", OCR_QUEUES="ocr-down")
+    job_id = client.app.send_task("ocr.document", kwargs={"url": "s3://docs/later.png"},
+                                  queue="ocr-down").id
+    deadline = time.monotonic() + 60
+    while not re.search(rf"ocr.document\[{job_id}\] retry", down.log()):
+        assert time.monotonic() < deadline, down.log()[-3000:]
+        time.sleep(0.2)
+    later.start()
+    try:
+        store = later.client()
+        store.create_bucket(Bucket="docs")
+        store.put_object(Bucket="docs", Key="later.png", Body=png(200, 100))
+        result = client.wait([job_id], timeout=120)[job_id]
+    finally:
+        later.stop()
+    assert result["status"] == "SUCCESS", result
+    assert result["text"].startswith("fake 200x100")
+
+
+def test_store_that_denies_the_read_is_input_denied(
+        start_worker: Callable[..., Worker], client: OcrClient, https: FileServer,
+        tmp_path: Path) -> None:
+    strict = MotoS3(tmp_path / "moto-strict.log", enforce_auth=True).start()
+    try:
+        env = worker_env(strict, https, tmp_path / "spool")
+        start_worker(**env, OCR_CONCURRENCY="1", OCR_QUEUES="ocr-strict")
+        job_id = client.app.send_task("ocr.document", kwargs={"url": "s3://docs/a.png"},
+                                      queue="ocr-strict").id
+        result = client.wait([job_id], timeout=120)[job_id]
+    finally:
+        strict.stop()
+    assert result["status"] == "FAILURE"
+    assert result["error"]["code"] == "input_denied"
+    assert result["error"]["retryable"] is False
+    assert AWS["AWS_SECRET_ACCESS_KEY"] not in json.dumps(result)
+
+
+# --- results to a bucket ----------------------------------------------------------------
+
+def test_result_is_written_to_the_bucket(worker: Worker, client: OcrClient,
+                                         s3: MotoS3) -> None:
+    s3.client().put_object(Bucket="docs", Key="b.png", Body=png(300, 120))
+    result = run(client, "s3://docs/b.png", result_url="s3://results/ocr/", output="json")
+    assert result["status"] == "SUCCESS", result
+    written = result["result_object"]
+    assert written["url"] == f"s3://results/ocr/{result['id']}.json"
+    stored = s3.client().get_object(Bucket="results", Key=f"ocr/{result['id']}.json")
+    body = json.loads(stored["Body"].read())
+    assert body["text"] == result["text"]
+    assert stored["ContentType"] == "application/json"
+    assert written["bytes"] == stored["ContentLength"]
+
+
+def test_failed_write_is_coded_and_the_result_is_kept(worker: Worker, client: OcrClient,
+                                                      s3: MotoS3) -> None:
+    s3.client().put_object(Bucket="docs", Key="c.png", Body=png(240, 90))
+    result = run(client, "s3://docs/c.png", result_url="s3://nobucket/out/")
+    assert result["status"] == "SUCCESS", result
+    assert result["result_object"]["error"]["code"] == "result_write_failed"
+    assert result["text"].startswith("fake 240x90")  # the result store has it
+    assert client.result(result["id"])["text"] == result["text"]
+
+
+# --- cache by object identity -----------------------------------------------------------
+
+def test_cache_is_keyed_on_the_etag(worker: Worker, client: OcrClient, s3: MotoS3) -> None:
+    store = s3.client()
+    store.put_object(Bucket="docs", Key="cached.png", Body=png(210, 70))
+    first = run(client, "s3://docs/cached.png")
+    second = run(client, "s3://docs/cached.png")
+    assert first["status"] == second["status"] == "SUCCESS"
+    assert not first.get("cached") and second["cached"] is True
+    assert second["text"] == first["text"]
+    gets = s3_requests(s3, "GET", "/docs/cached.png")
+    assert gets == 1  # the hit was found from the HEAD: the object was not read again
+    store.put_object(Bucket="docs", Key="cached.png", Body=png(230, 80))  # new ETag
+    third = run(client, "s3://docs/cached.png")
+    assert not third.get("cached")
+    assert third["text"].startswith("fake 230x80")
+    assert third["input_url"]["etag"] != first["input_url"]["etag"]
+    assert s3_requests(s3, "GET", "/docs/cached.png") == gets + 1
+
+
+# --- fan-out by URL -------------------------------------------------------------------
+
+def test_pdf_fans_out_by_url_without_passing_through_redis(
+        worker: Worker, client: OcrClient, s3: MotoS3, redis_url: str) -> None:
+    data = corpus(FANOUT_PDF).read_bytes()
+    s3.client().put_object(Bucket="docs", Key="mixed.pdf", Body=data)
+    server = redis.Redis.from_url(redis_url)
+    before = int(server.info("stats")["total_net_input_bytes"])
+    result = run(client, "s3://docs/mixed.pdf", mode="ocr")
+    received = int(server.info("stats")["total_net_input_bytes"]) - before
+    assert result["status"] == "SUCCESS", result
+    assert [p["source"] for p in result["pages"]] == ["ocr", "ocr"]
+    assert all(p["text"].startswith("fake ") for p in result["pages"])
+    assert result["input_url"]["url"] == "s3://docs/mixed.pdf"
+    assert "pids" in result["engine"]  # merged from page tasks: it fanned out
+    # Redis received the messages, page records and events, never the 1.9 MB input.
+    print(f"redis received {received} bytes for a {len(data)}-byte PDF")
+    assert received < len(data) // 4, received
+    # The host's copy is gone once the document is merged.
+    assert not list(Path(worker.env["OCR_URL_SPOOL_DIR"]).glob("*.pdf"))
+
+
+def test_submit_py_takes_an_s3_url(worker: Worker, redis_url: str, s3: MotoS3) -> None:
+    s3.client().put_object(Bucket="docs", Key="cli.png", Body=png(260, 60))
+    done = subprocess.run(
+        [sys.executable, "submit.py", "--json", "--result-url", "s3://results/cli/",
+         "s3://docs/cli.png"], cwd=ROOT, capture_output=True, text=True, timeout=120,
+        env={**os.environ, "REDIS_URL": redis_url, "PYTHONPATH": str(ROOT)})
+    assert done.returncode == 0, done.stderr
+    result = json.loads(done.stdout)
+    assert result["filename"] == "cli.png"
+    assert result["text"].startswith("fake 260x60")
+    assert result["result_object"]["url"].startswith("s3://results/cli/")
