@@ -707,7 +707,7 @@ def _when(iso: str | None) -> str:
 # --- tokens: the HTTP API's clients -------------------------------------------------------
 
 def build_tokens_parser(parser: argparse.ArgumentParser) -> None:
-    """`tokens create NAME | list | revoke NAME`, with --json on each."""
+    """`tokens create NAME | set NAME | list | revoke NAME`, with --json on each."""
     commands = parser.add_subparsers(dest="tokens_command", required=True, metavar="COMMAND")
     create = commands.add_parser("create", help="make a client and print its token once")
     create.add_argument("name", metavar="NAME")
@@ -717,8 +717,17 @@ def build_tokens_parser(parser: argparse.ArgumentParser) -> None:
     create.add_argument("--requests-per-minute", type=int, metavar="N",
                         help="most requests a minute (0: none; default "
                              "OCR_API_REQUESTS_PER_MINUTE)")
+    create.add_argument("--max-bytes", type=int, metavar="N",
+                        help="most bytes of input waiting in Redis (0: none; default "
+                             "OCR_API_CLIENT_MAX_BYTES)")
     create.add_argument("--json", action="store_true", default=argparse.SUPPRESS,
                         help='print {"name": …, "token": …}')
+    quotas = commands.add_parser("set", help="change a client's own quotas (-1: back to "
+                                             "the service-wide default)")
+    quotas.add_argument("name", metavar="NAME")
+    for flag in ("--jobs-in-flight", "--requests-per-minute", "--max-bytes"):
+        quotas.add_argument(flag, type=int, metavar="N")
+    quotas.add_argument("--json", action="store_true", default=argparse.SUPPRESS)
     listing = commands.add_parser("list", help="list clients (never their tokens)")
     listing.add_argument("--json", action="store_true", default=argparse.SUPPRESS,
                          help="one JSON object per client")
@@ -735,12 +744,16 @@ def build_tokens_parser(parser: argparse.ArgumentParser) -> None:
     rotate.add_argument("--json", action="store_true", default=argparse.SUPPRESS)
 
 
+QUOTA_FLAGS = ("jobs_in_flight", "requests_per_minute", "max_bytes")  # `tokens set`
+
+
 def run_tokens(args: argparse.Namespace, store: TokenStore, out: TextIO) -> int:
     """Carry out a parsed `tokens` command; returns the exit status."""
     as_json = bool(getattr(args, "json", False))
     if args.tokens_command == "create":
         token, secret = store.create_client(args.name, args.jobs_in_flight,
-                                            args.requests_per_minute)
+                                            args.requests_per_minute,
+                                            max_bytes=args.max_bytes)
         if as_json:
             print(json.dumps({"name": args.name, "token": token, "webhook_secret": secret}),
                   file=out)
@@ -758,6 +771,16 @@ def run_tokens(args: argparse.Namespace, store: TokenStore, out: TextIO) -> int:
             print(f"new webhook signing secret for {args.name} (shown once; the previous "
                   f"one signs too for {args.grace:g} s):\n{rotated}", file=out)
         return 0 if rotated is not None else 1
+    if args.tokens_command == "set":
+        given = {name: (None if value == -1 else value) for name in QUOTA_FLAGS
+                 if (value := getattr(args, name)) is not None}
+        updated = store.set_limits(args.name, **given)
+        if as_json:
+            print(json.dumps(None if updated is None else asdict(updated)), file=out)
+        else:
+            print(f"no client {args.name}" if updated is None else
+                  f"{args.name}\t{_limits(updated)}", file=out)
+        return 0 if updated is not None else 1
     if args.tokens_command == "list":
         clients = store.clients()
         for client in clients:
@@ -784,6 +807,8 @@ def _limits(client: ApiClient) -> str:
         parts.append(f"jobs-in-flight={client.jobs_in_flight}")
     if client.requests_per_minute is not None:
         parts.append(f"requests-per-minute={client.requests_per_minute}")
+    if client.max_bytes is not None:
+        parts.append(f"max-bytes={client.max_bytes}")
     return " ".join(parts) or "default limits"
 
 

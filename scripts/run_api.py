@@ -12,6 +12,7 @@ import sys
 
 import uvicorn
 
+from tasks.api._access_log import log_config
 from tasks.api.app import create_api
 from tasks.settings import Settings, SettingsError
 
@@ -27,7 +28,8 @@ def main() -> int:
     app = create_api(settings)
     print(f"api: serving http://{address}:{port} (docs at /docs)", flush=True)
     uvicorn.run(app, host=address, port=port, log_level=os.environ.get(
-        "LOG_LEVEL", "info").lower(), proxy_headers=False, server_header=False)
+        "LOG_LEVEL", "info").lower(), proxy_headers=False, server_header=False,
+        log_config=log_config())  # the access log without query-string credentials
     return 0
 
 

@@ -226,8 +226,13 @@ class OcrClient:
     def result(self, job_id: str) -> dict[str, Any]:
         """The public result of a finished job; a job's `filename` names its input."""
         result = self._result(job_id)
-        if "status" in result and not result.get("filename"):  # not for audit reports
-            result["filename"] = self.filename(job_id)
+        if "status" in result:  # a job's result (not an audit report)
+            control = self._control.info(job_id)
+            if not result.get("filename"):
+                result["filename"] = control.get("filename", "")
+            delivery = self._control.callback(control)  # the callback_url's, once tried
+            if delivery is not None:
+                result["callback"] = delivery
         return result
 
     def filename(self, job_id: str) -> str:

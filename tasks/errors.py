@@ -74,14 +74,6 @@ class AddressNotAllowed(OcrError):
     default_message = "the address is not allowed (private, loopback or link-local)"
 
 
-class QuotaExceeded(OcrError):
-    """HTTP API: the client is over one of its quotas (bytes waiting, jobs in flight)."""
-
-    code = "quota_exceeded"
-    retryable = True
-    default_message = "the client is over its quota; retry later"
-
-
 class InvalidPages(OcrError):
     code = "invalid_pages"
     default_message = "the page selection is invalid"
@@ -95,28 +87,6 @@ class InputNotFound(OcrError):
 class PathNotAllowed(OcrError):
     code = "path_not_allowed"
     default_message = "the path is outside the allowed roots"
-
-
-class UrlNotAllowed(OcrError):
-    """A URL input or `result_url` outside OCR_ALLOWED_URLS (or the API client's own
-    prefixes), or a redirect or address that leaves them; nothing was fetched there."""
-
-    code = "url_not_allowed"
-    default_message = "the URL is not under an allowed prefix (OCR_ALLOWED_URLS)"
-
-
-class InputDenied(OcrError):
-    """The object store (or https server) refused to give the object (403/401)."""
-
-    code = "input_denied"
-    default_message = "the store denied access to the object"
-
-
-class ResultWriteFailed(OcrError):
-    """The result could not be written to `result_url`; it stays in the result store."""
-
-    code = "result_write_failed"
-    default_message = "the result could not be written to result_url"
 
 
 class UrlNotAllowed(OcrError):
@@ -210,6 +180,14 @@ class OutputUnsupported(OcrError):
 class EngineFailed(OcrError):
     code = "engine_failed"
     default_message = "the OCR engine failed on this input"
+
+
+class LayoutFailed(OcrError):
+    """PyMuPDF's layout analysis failed on a page: the page keeps its plain text and
+    the result lists it under `warnings` with this code (never a failed page or job)."""
+
+    code = "layout_failed"
+    default_message = "the page's layout could not be analysed; its text is given plain"
 
 
 class VlmIncomplete(OcrError):

@@ -41,11 +41,22 @@ class RateLimited(ApiError):
     default_message = "too many requests; retry after the Retry-After seconds"
 
 
-class TooManyJobs(ApiError):
-    code = "too_many_jobs"
+class QuotaExceeded(ApiError):
+    """Over one of the client's quotas: bytes waiting in Redis, or jobs in flight."""
+
+    code = "quota_exceeded"
     status = 429
     retryable = True
-    default_message = "too many unfinished jobs; retry after the Retry-After seconds"
+    default_message = "over the client's quota; retry after the Retry-After seconds"
+
+
+class BodyTimeout(ApiError):
+    """The request's body did not arrive within OCR_API_BODY_TIMEOUT; nothing was kept."""
+
+    code = "body_timeout"
+    status = 408
+    retryable = True
+    default_message = "the request body did not arrive in time"
 
 
 class NotFinished(ApiError):

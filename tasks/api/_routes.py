@@ -30,7 +30,7 @@ from tasks.api._schemas import (
     RetryOptions,
 )
 from tasks.api._service import MEDIA_TYPES, JobService, links
-from tasks.api._uploads import receive_multipart
+from tasks.api._uploads import body_chunks, receive_multipart
 from tasks.api.tokens import ApiClient
 from tasks.errors import BadRequest, EmptyInput
 from tasks.queue.routing import DEFAULT_QUEUE
@@ -38,18 +38,53 @@ from tasks.queue.routing import DEFAULT_QUEUE
 EVENT_POLL_SECONDS = 0.25
 KEEPALIVE_SECONDS = 15.0
 MAX_JSON_BYTES = 64 * 1024
+MAX_JSON_DEPTH = 32  # a job's options are one flat object
 
 bearer = HTTPBearer(auto_error=False, description="a client token from "
                     "`submit.py tokens create NAME`")
 router = APIRouter()
 
 
+def parse_json(raw: bytes) -> Any:
+    """A JSON body, or BadRequest: invalid, or nested deeper than MAX_JSON_DEPTH."""
+    if _depth(raw) > MAX_JSON_DEPTH:
+        raise BadRequest(f"the JSON body is nested deeper than {MAX_JSON_DEPTH} levels")
+    try:
+        return json.loads(raw)
+    except (UnicodeDecodeError, json.JSONDecodeError):
+        raise BadRequest("the body is not valid JSON") from None
+
+
+def _depth(raw: bytes) -> int:
+    """How deep brackets nest in `raw` (strings skipped), without parsing it."""
+    depth = deepest = 0
+    in_string = escaped = False
+    for byte in raw:
+        if in_string:
+            if escaped:
+                escaped = False
+            elif byte == 0x5C:  # backslash
+                escaped = True
+            elif byte == 0x22:  # quote
+                in_string = False
+        elif byte == 0x22:
+            in_string = True
+        elif byte in (0x5B, 0x7B):  # [ {
+            depth += 1
+            deepest = max(deepest, depth)
+        elif byte in (0x5D, 0x7D):
+            depth -= 1
+    return deepest
+
+
 def _errors(*codes: int) -> dict[int | str, dict[str, Any]]:
     meaning = {400: "invalid request", 401: "missing, unknown or revoked token",
                404: "no such job (or not this client's)", 409: "see the error code",
+               408: "the body did not arrive within OCR_API_BODY_TIMEOUT; nothing was kept",
                413: "the upload is larger than OCR_MAX_INPUT_MB; nothing was stored",
                415: "not multipart/form-data or JSON",
-               422: "invalid options", 429: "a limit was reached; see Retry-After",
+               422: "invalid options", 429: "a limit or quota was reached (rate_limited, "
+               "quota_exceeded); see Retry-After",
                503: "Redis or the broker is unreachable"}
     return {code: {"model": ErrorBody, "description": meaning[code]} for code in codes}
 
@@ -98,7 +133,7 @@ def _upload_schema() -> dict[str, Any]:
 
 @router.post("/v1/jobs", status_code=202, response_model=JobAccepted,
              summary="Send a job: upload a file (multipart) or name a path (JSON)",
-             responses=_errors(400, 409, 413, 415, *COMMON),
+             responses=_errors(400, 408, 409, 413, 415, *COMMON),
              openapi_extra={"requestBody": _upload_schema()})
 async def create_job(request: Request, response: Response, caller: Caller,
                      idempotency_key: IdempotencyKey = None) -> JobAccepted:
@@ -111,7 +146,7 @@ async def create_job(request: Request, response: Response, caller: Caller,
     upload: str | None = None
     filename = ""
     if content_type == "multipart/form-data":
-        received = await receive_multipart(request, service)
+        received = await receive_multipart(request, service, caller)
         upload, filename, fields = received.upload, received.filename, received.fields
         if upload is None:
             raise BadRequest("send the input as the form field `file`")
@@ -124,14 +159,11 @@ async def create_job(request: Request, response: Response, caller: Caller,
         body: Any = fields
     elif content_type == "application/json":
         raw = b""
-        async for chunk in request.stream():
+        async for chunk in body_chunks(request, service.settings.api_body_timeout):
             raw += chunk
             if len(raw) > MAX_JSON_BYTES:
                 raise BadRequest("the JSON body is too large (upload files as multipart)")
-        try:
-            body = json.loads(raw)
-        except (UnicodeDecodeError, json.JSONDecodeError):
-            raise BadRequest("the body is not valid JSON") from None
+        body = parse_json(raw)
     else:
         return JSONResponse(status_code=415, content={"error": {  # type: ignore[return-value]
             "code": "unsupported_media_type", "retryable": False,

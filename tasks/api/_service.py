@@ -31,8 +31,9 @@ from tasks.api._errors import (
     JobUnsuccessful,
     NotFinished,
     NotFound,
-    TooManyJobs,
+    QuotaExceeded,
 )
+from tasks.api._quotas import ClientBytes
 from tasks.api._readiness import ReadinessCheck
 from tasks.api._schemas import (
     FINAL_STATUSES,
@@ -100,6 +101,7 @@ class JobService:
         self._control = JobControl(redis_client, settings.result_ttl)
         self._record_ttl = settings.blob_ttl + settings.result_ttl
         self.access = ClientAccess(settings, self.tokens, redis_client)
+        self.bytes = ClientBytes(redis_client, settings.blob_ttl)
         self.readiness = ReadinessCheck(WorkerPresence(redis_client), redis_client,
                                         vlm_server.ServerWatch(settings, SERVER_CHECK_SECONDS))
 
@@ -109,11 +111,20 @@ class JobService:
         """A key an upload is appended to; only `submit` turns it into a job's blob."""
         return f"{API_UPLOAD_PREFIX}{uuid.uuid4().hex}"
 
-    def append(self, key: str, data: bytes) -> None:
-        pipe = self._redis.pipeline()
-        pipe.append(key, data)
-        pipe.expire(key, self.settings.blob_ttl)
-        pipe.execute()
+    def append(self, caller: ApiClient, key: str, data: bytes) -> None:
+        """Append a piece of an upload, within the client's bytes quota (else 429)."""
+        limit = self.max_bytes(caller)
+        if not self.bytes.append(caller.name, key, data, limit):
+            raise _over_bytes(limit)
+
+    def max_bytes(self, caller: ApiClient) -> int:
+        return own_limit(caller.max_bytes, self.settings.api_client_max_bytes)
+
+    def check_room(self, caller: ApiClient, size: int) -> None:
+        """Refuse, before reading it, an upload of `size` bytes the quota cannot take."""
+        limit = self.max_bytes(caller)
+        if limit and size > limit - self.bytes.waiting(caller.name):
+            raise _over_bytes(limit)
 
     def discard(self, key: str | None) -> None:
         if key and key.startswith(API_UPLOAD_PREFIX):
@@ -159,7 +170,7 @@ class JobService:
         try:
             if upload is not None:
                 kwargs["blob"] = f"{BLOB_PREFIX}api.{caller.name}.{uuid.uuid4().hex}"
-                self._redis.rename(upload, kwargs["blob"])  # keeps the upload's TTL
+                self.bytes.adopt(caller.name, upload, kwargs["blob"])  # keeps its TTL
             self._remember(caller, job_id, options.output, str(kwargs.get("filename", "")))
             deadline = None if options.deadline is None else options.deadline - time.time()
             self.client.enqueue(kwargs, priority=options.priority, deadline=deadline,
@@ -235,11 +246,18 @@ class JobService:
             return
         key = API_INFLIGHT_PREFIX + caller.name
         open_ids = [_text(m) for m in self._redis.zrange(key, 0, -1)]  # type: ignore[arg-type]
-        finished = [i for i in open_ids if self.client.app.AsyncResult(i).state in FINAL_STATES]
+        if len(open_ids) < limit:
+            return
+        # Which of them ended: their stored states, in one round trip.
+        backend = self.client.app.backend
+        states = backend.mget([backend.get_key_for_task(i) for i in open_ids])
+        finished = [i for i, raw in zip(open_ids, states, strict=True)
+                    if raw and backend.decode_result(raw).get("status") in FINAL_STATES]
         if finished:
             self._redis.zrem(key, *finished)
         if len(open_ids) - len(finished) >= limit:
-            raise TooManyJobs(f"{limit} jobs are unfinished", headers={"Retry-After": "5"})
+            raise QuotaExceeded(f"{limit} jobs are unfinished (the client's jobs-in-flight "
+                                "quota)", headers={"Retry-After": "5"})
 
     def _remember(self, caller: ApiClient, job_id: str, output: str, filename: str) -> None:
         now = time.time()
@@ -380,6 +398,12 @@ class JobService:
         if len(key) > 255:
             raise BadRequest("Idempotency-Key is at most 255 characters")
         return f"{API_IDEMPOTENCY_PREFIX}{caller.name}:{hashlib.sha256(key.encode()).hexdigest()}"
+
+
+def _over_bytes(limit: int) -> QuotaExceeded:
+    return QuotaExceeded(f"the client's inputs waiting in Redis would pass its quota of "
+                         f"{limit} bytes (OCR_API_CLIENT_MAX_BYTES); nothing was stored",
+                         headers={"Retry-After": "30"})
 
 
 def links(job_id: str) -> Links:

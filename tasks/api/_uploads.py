@@ -10,14 +10,18 @@ send it).
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 
+import anyio
 from python_multipart.exceptions import MultipartParseError
 from python_multipart.multipart import MultipartParser, parse_options_header
 from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
 
+from tasks.api._errors import BodyTimeout
 from tasks.api._service import JobService
+from tasks.api.tokens import ApiClient
 from tasks.errors import BadRequest
 
 FILE_FIELD = "file"
@@ -101,14 +105,19 @@ class _Collector:
             self.received.fields[self.part.name] = self.part.data.decode("utf-8", "replace")
 
 
-async def receive_multipart(request: Request, service: JobService) -> Received:
+async def receive_multipart(request: Request, service: JobService,
+                            caller: ApiClient) -> Received:
     """Parse a multipart body, streaming its file into a fresh upload key.
 
-    On any error the upload key is deleted before the error propagates.
+    The file counts against the client's bytes quota as it arrives (the upload key is
+    one of its keys); the whole body must arrive within OCR_API_BODY_TIMEOUT. On any
+    error the upload key is deleted before the error propagates.
     """
     declared = request.headers.get("content-length")
     if declared is not None and declared.isdigit():
         service.check_upload_size(max(0, int(declared) - ENVELOPE_BYTES))
+        await run_in_threadpool(service.check_room, caller,
+                                max(0, int(declared) - ENVELOPE_BYTES))
     _, params = parse_options_header(request.headers.get("content-type", ""))
     boundary = params.get(b"boundary")
     if not boundary:
@@ -125,14 +134,14 @@ async def receive_multipart(request: Request, service: JobService) -> Received:
         "on_headers_finished": collector.on_headers_finished,
     })
     try:
-        async for chunk in request.stream():
+        async for chunk in body_chunks(request, service.settings.api_body_timeout):
             parser.write(chunk)
             service.check_upload_size(received.size)
             if len(collector.pending) >= FLUSH_BYTES:
-                await _flush(service, received, collector)
+                await _flush(service, received, collector, caller)
         parser.finalize()
         if collector.pending or (collector.files and received.upload is None):
-            await _flush(service, received, collector)
+            await _flush(service, received, collector, caller)
     except MultipartParseError as exc:
         await run_in_threadpool(service.discard, received.upload)
         raise BadRequest(f"the multipart body is malformed ({type(exc).__name__})") from None
@@ -142,9 +151,30 @@ async def receive_multipart(request: Request, service: JobService) -> Received:
     return received
 
 
-async def _flush(service: JobService, received: Received, collector: _Collector) -> None:
+async def body_chunks(request: Request, timeout: float) -> AsyncIterator[bytes]:
+    """The request's body as it arrives; BodyTimeout once `timeout` s have passed.
+
+    Only the wait for the next piece is cut short, never a write to Redis that has
+    begun (a cancelled write could land after the upload was discarded).
+    """
+    deadline = anyio.current_time() + timeout
+    chunks = request.stream().__aiter__()
+    while True:
+        try:
+            with anyio.fail_after(max(0.0, deadline - anyio.current_time())):
+                chunk = await chunks.__anext__()
+        except StopAsyncIteration:
+            return
+        except TimeoutError:
+            raise BodyTimeout(f"the request body did not arrive within {timeout:g} s "
+                              "(OCR_API_BODY_TIMEOUT); nothing of it was kept") from None
+        yield chunk
+
+
+async def _flush(service: JobService, received: Received, collector: _Collector,
+                 caller: ApiClient) -> None:
     if received.upload is None:
         received.upload = service.new_upload()
     data = bytes(collector.pending)
     collector.pending.clear()
-    await run_in_threadpool(service.append, received.upload, data)
+    await run_in_threadpool(service.append, caller, received.upload, data)

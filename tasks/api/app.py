@@ -8,6 +8,7 @@ the fastapi-offline package: no CDN, no network.
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 
 import redis
@@ -17,6 +18,7 @@ from fastapi.responses import JSONResponse
 from fastapi_offline import FastAPIOffline
 from kombu.exceptions import OperationalError
 from starlette.exceptions import HTTPException
+from starlette.requests import ClientDisconnect
 
 from tasks.api._errors import JobUnsuccessful, http_status
 from tasks.api._routes import router
@@ -27,6 +29,7 @@ from tasks.queue.app import sending_app
 from tasks.settings import Settings
 from tasks.state.stores import connect
 
+log = logging.getLogger(__name__)
 DESCRIPTION = """OCR jobs over HTTP: send an image or PDF, follow its progress, fetch its
 result. Every `/v1` call needs `Authorization: Bearer <token>` (a client's token from
 `submit.py tokens create NAME`); a client sees only its own jobs. Errors are
@@ -47,6 +50,7 @@ def create_api(settings: Settings, client: OcrClient | None = None) -> FastAPI:
     app.add_exception_handler(redis.RedisError, _redis_error)
     app.add_exception_handler(OperationalError, _redis_error)  # the broker, through kombu
     app.add_exception_handler(HTTPException, _http_error)
+    app.add_exception_handler(ClientDisconnect, _client_gone)
     return app
 
 
@@ -82,6 +86,14 @@ async def _validation_error(request: Request, exc: Exception) -> JSONResponse:
 async def _redis_error(request: Request, exc: Exception) -> JSONResponse:
     return JSONResponse(_body("transient", f"Redis is unreachable ({type(exc).__name__})",
                               retryable=True), status_code=503)
+
+
+async def _client_gone(request: Request, exc: Exception) -> JSONResponse:
+    """A client that hung up mid-request: one log line (what it sent is already gone)."""
+    log.warning("client %s disconnected during %s %s", request.client.host if request.client
+             else "?", request.method, request.url.path)
+    return JSONResponse(_body("client_disconnected", "the client disconnected"),
+                        status_code=400)
 
 
 async def _http_error(request: Request, exc: Exception) -> JSONResponse:

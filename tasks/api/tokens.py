@@ -16,7 +16,7 @@ import re
 import secrets
 import time
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 
 import redis
 
@@ -43,6 +43,8 @@ class ApiClient:
     token_sha256: str
     jobs_in_flight: int | None = None
     requests_per_minute: int | None = None
+    # Bytes of input the client may have waiting in Redis (OCR_API_CLIENT_MAX_BYTES).
+    max_bytes: int | None = None
     # URL prefixes this client's `url` and `result_url` must lie under, beside
     # OCR_ALLOWED_URLS (issue 32); None: OCR_ALLOWED_URLS alone.
     allowed_urls: list[str] | None = None
@@ -69,19 +71,18 @@ class TokenStore:
 
     def create_client(self, name: str, jobs_in_flight: int | None = None,
                       requests_per_minute: int | None = None,
-                      allowed_urls: Sequence[str] | None = None) -> tuple[str, str]:
+                      allowed_urls: Sequence[str] | None = None,
+                      max_bytes: int | None = None) -> tuple[str, str]:
         """Make a client: its token and its webhook signing secret."""
         if not CLIENT_NAME.match(name):
             raise BadRequest("a client name is 1-64 characters of [A-Za-z0-9_.-], "
                              "starting with a letter or digit")
-        for limit in (jobs_in_flight, requests_per_minute):
-            if limit is not None and limit < 0:
-                raise BadRequest("limits are 0 (none) or more")
+        _check_limits(jobs_in_flight, requests_per_minute, max_bytes)
         prefixes = None if allowed_urls is None else [_url_prefix(p) for p in allowed_urls]
         token = TOKEN_PREFIX + secrets.token_urlsafe(32)
         digest = token_hash(token)
         record = ApiClient(name, round(time.time(), 3), digest, jobs_in_flight,
-                           requests_per_minute, allowed_urls=prefixes)
+                           requests_per_minute, allowed_urls=prefixes, max_bytes=max_bytes)
         if not self._redis.hsetnx(API_CLIENTS_KEY, name, json.dumps(asdict(record))):
             raise BadRequest(f"client {name!r} exists; revoke it first to make a new token")
         # The record again under the hash: a request is authenticated in one GET.
@@ -96,6 +97,24 @@ class TokenStore:
     def get(self, name: str) -> ApiClient | None:
         raw = self._redis.hget(API_CLIENTS_KEY, name)
         return ApiClient(**json.loads(raw)) if raw else None
+
+    def set_limits(self, name: str, **limits: int | None) -> ApiClient | None:
+        """Change a client's own quotas; None when there is no such client.
+
+        `limits`: any of `jobs_in_flight`, `requests_per_minute`, `max_bytes` (None:
+        back to the service-wide default, 0: no limit).
+        """
+        client = self.get(name)
+        if client is None:
+            return None
+        _check_limits(*limits.values())
+        updated = replace(client, **limits)  # type: ignore[arg-type]
+        raw = json.dumps(asdict(updated))
+        pipe = self._redis.pipeline()
+        pipe.hset(API_CLIENTS_KEY, name, raw)
+        pipe.set(API_TOKEN_PREFIX + client.token_sha256, raw)
+        pipe.execute()
+        return updated
 
     def revoke(self, name: str) -> bool:
         """Remove a client and its token; False when there was no such client."""
@@ -115,3 +134,8 @@ class TokenStore:
             return None
         raw = self._redis.get(API_TOKEN_PREFIX + token_hash(token))
         return None if raw is None else ApiClient(**json.loads(raw))
+
+
+def _check_limits(*limits: int | None) -> None:
+    if any(limit is not None and limit < 0 for limit in limits):
+        raise BadRequest("limits are 0 (none) or more")

@@ -27,6 +27,7 @@ from tasks.state.webhook_secrets import SigningSecrets, WebhookSecrets
 
 if TYPE_CHECKING:
     from tasks.settings import Settings
+    from tasks.state.stores import JobControl
 
 log = logging.getLogger(__name__)
 SUMMARY_FIELDS = ("id", "status", "filename", "format", "page_count", "failed_pages",
@@ -66,6 +67,18 @@ def signing_secrets(owner: str, secrets: WebhookSecrets) -> SigningSecrets | Non
     if not owner.startswith("api:"):
         return None
     return secrets.signing(owner[4:])
+
+
+def record_delivery(control: JobControl, job_id: object, status: str, code: str | None,
+                    **details: object) -> None:
+    """Record how the callback went on the job: its result's `callback`.
+
+    `{"status": "sent" | "rejected" | "refused" | "failed", "code", "attempts", ...}`
+    in the job's control hash; clients (tasks/client.py `result`) merge it into the
+    result they read.
+    """
+    if isinstance(job_id, str):
+        control.record_callback(job_id, {"status": status, "code": code, **details})
 
 
 def post_json(url: str, body: dict[str, Any], settings: Settings,

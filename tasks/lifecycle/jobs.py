@@ -64,17 +64,27 @@ def result_settings(settings: Settings) -> dict[str, Any]:
 
 
 def cache_key(data: bytes, request: JobRequest, engine: str, model: str | None,
-              settings: Settings, identity: str | None = None) -> str:
+              settings: Settings, identity: str | None = None, scope: str = "") -> str:
     """Content hash of the input plus everything that shapes its result.
 
     An object named by URL is keyed by its identity instead (`identity`: URL plus
     ETag or version id), so a hit is found before the object is read; a changed
-    object has a new ETag, hence a new key and a new read.
+    object has a new ETag, hence a new key and a new read. `scope` (the job's owner,
+    `api:<client>`, unless OCR_CACHE_ACROSS_CLIENTS) keeps each client's entries its
+    own: a `cached` answer never tells one client what another sent.
     """
     digest = hashlib.sha256(b"url\0" + identity.encode() if identity is not None else data)
+    digest.update(b"\0scope\0" + scope.encode())
     options = {**request.cache_options(engine, model), **result_settings(settings)}
     digest.update(json.dumps(options, sort_keys=True).encode())
     return CACHE_PREFIX + digest.hexdigest()
+
+
+def cache_scope(job_id: str, settings: Settings, stores: Stores) -> str:
+    """Whose cache entries a job may use: its owner's ("" for every non-API client)."""
+    if not settings.cache_results or settings.cache_across_clients:
+        return ""
+    return stores.control.owner(job_id)
 
 
 def process_job(job_id: str, request: JobRequest, settings: Settings,
@@ -95,6 +105,7 @@ def process_job(job_id: str, request: JobRequest, settings: Settings,
     started = time.time() if started is None else started
     if past_deadline(request.deadline):
         raise DeadlineExceeded("the job's deadline passed before it started")
+    request = request.with_default_lang(settings.default_lang)  # OCR_LANG: auto or a set
     # A URL input: allowed? how large? which version? (HEAD; nothing read yet)
     located = url_inputs.locate(request.url, settings) if request.url else None
     identity = located.identity if located is not None else None
@@ -103,8 +114,10 @@ def process_job(job_id: str, request: JobRequest, settings: Settings,
     loaded = engines.get(engine_name)  # fails fast when this child's load failed
     loaded.engine.check(recognize_options(request))  # refusals: lang, output
     key = None
+    scope = cache_scope(job_id, settings, stores)
     if settings.cache_results and previous is None and (located is None or identity):
-        key = cache_key(data, request, engine_name, loaded.engine.model, settings, identity)
+        key = cache_key(data, request, engine_name, loaded.engine.model, settings, identity,
+                        scope)
         hit = stores.cache.get(key)
         if hit is not None:
             stored, encrypted = hit
@@ -122,7 +135,8 @@ def process_job(job_id: str, request: JobRequest, settings: Settings,
     if located is not None:
         data = url_inputs.read_object(located, settings)
         if settings.cache_results and previous is None and key is None:
-            key = cache_key(data, request, engine_name, loaded.engine.model, settings)
+            key = cache_key(data, request, engine_name, loaded.engine.model, settings,
+                            scope=scope)
     fmt = sniff_format(data)
     plan = None
     if fmt == "pdf":

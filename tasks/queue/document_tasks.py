@@ -30,12 +30,13 @@ from tasks.engines import resident
 from tasks.errors import (
     BadRequest,
     DeadlineExceeded,
+    CallbackNotAllowed,
     OcrError,
     Timeout,
     WorkerLost,
     error_info,
 )
-from tasks.lifecycle.callbacks import post_json, signing_secrets
+from tasks.lifecycle.callbacks import post_json, record_delivery, signing_secrets
 from tasks.lifecycle.cancel import cancel_job, end_cancelled_document
 from tasks.lifecycle.fanout import (
     OpenDocumentCache,
@@ -337,6 +338,23 @@ def http_callback(self: Task, url: str, body: dict[str, Any]) -> int:
     job_id = body.get("id")
     secrets = None
     if isinstance(job_id, str):  # an API client's job: signed with that client's secret
-        stores = JobServices.for_app(self.app).stores
         secrets = signing_secrets(stores.control.owner(job_id), stores.webhook_secrets)
-    return post_json(url, body, settings, secrets)
+    # The delivery is recorded on the job (its result's `callback`): sent, refused by
+    # the address policy, or failed after the last retry.
+    try:
+        status = post_json(url, body, settings, secrets)
+    except CallbackNotAllowed as exc:
+        record_delivery(stores.control, job_id, "refused", exc.code,
+                        attempts=self.request.retries + 1)
+        raise
+    except (urllib.error.URLError, OSError) as exc:
+        if self.request.retries >= (self.max_retries or 0):
+            record_delivery(stores.control, job_id, "failed", "callback_failed",
+                            attempts=self.request.retries + 1, reason=type(exc).__name__)
+        raise
+    record_delivery(stores.control, job_id, "sent" if status < 300 else "rejected",
+                    None if status < 300 else "callback_rejected",
+                    attempts=self.request.retries + 1, http_status=status)
+    return status
+
+    stores = JobServices.for_app(self.app).stores

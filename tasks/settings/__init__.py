@@ -283,10 +283,25 @@ class Settings:
     callback_timeout: float = _s("OCR_CALLBACK_TIMEOUT", "10",
                                  "Seconds one HTTP callback attempt may take; failures are "
                                  "retried 5 times with backoff.")
-    api_jobs_in_flight: int = _s("OCR_API_JOBS_IN_FLIGHT", "0",
+    api_jobs_in_flight: int = _s("OCR_API_JOBS_IN_FLIGHT", "100",
                                  "HTTP API: most unfinished jobs one client may have; more "
-                                 "are answered 429 (0: no limit; `submit.py tokens create "
-                                 "--jobs-in-flight` sets one client's own).")
+                                 "are answered 429 `quota_exceeded` (0: no limit; `submit.py "
+                                 "tokens create|set --jobs-in-flight` sets one client's own).")
+    api_client_max_bytes: int = _s("OCR_API_CLIENT_MAX_BYTES", "268435456",
+                                   "HTTP API: most bytes of input one client may have "
+                                   "waiting in Redis (uploads being received and inputs of "
+                                   "unfinished jobs; default 256 MB); an upload that would "
+                                   "pass it is answered 429 `quota_exceeded` and nothing of "
+                                   "it is kept (0: no limit; per client: --max-bytes).")
+    api_body_timeout: float = _s("OCR_API_BODY_TIMEOUT", "120",
+                                 "HTTP API: seconds a request's body may take to arrive; "
+                                 "an upload still arriving then is answered 408 "
+                                 "`body_timeout` and what came of it is deleted.")
+    cache_across_clients: bool = _s("OCR_CACHE_ACROSS_CLIENTS", "0",
+                                    "Let jobs of different HTTP API clients share cached "
+                                    "results (off: each client's jobs only reuse its own, "
+                                    "so a `cached` answer never tells one client what "
+                                    "another sent).")
     api_requests_per_minute: int = _s("OCR_API_REQUESTS_PER_MINUTE", "0",
                                       "HTTP API: most requests one client may make a "
                                       "minute; more are answered 429 with Retry-After (0: "

@@ -133,10 +133,12 @@ def validate(settings: Settings) -> None:
     if settings.model_heartbeat_seconds <= 0:
         raise SettingsError("OCR_MODEL_HEARTBEAT_SECONDS must be positive")
     for name in ("prune_unused_days", "prune_grace_minutes", "idle_unload_seconds",
-                 "api_jobs_in_flight", "api_requests_per_minute"):
+                 "api_jobs_in_flight", "api_requests_per_minute", "api_client_max_bytes"):
         if getattr(settings, name) < 0:
             raise SettingsError(f"{env_name(settings, name)} must be 0 or more")
     if "/" in settings.prune_prefix or os.sep in settings.prune_prefix:
+    if settings.api_body_timeout <= 0:
+        raise SettingsError("OCR_API_BODY_TIMEOUT must be positive")
         raise SettingsError("OCR_PRUNE_PREFIX must be the start of a name, not a path")
     if settings.audit_schedule is not None:
         try:

@@ -161,6 +161,15 @@ class JobControl:
     def has_ended(self, job_id: str) -> bool:
         return bool(self._redis.exists(job_ended_key(job_id)))
 
+    def record_callback(self, job_id: str, delivery: dict[str, Any]) -> None:
+        """How the job's `callback_url` delivery went (field `callback`, JSON)."""
+        self.remember(job_id, callback=json.dumps(delivery))
+
+    def callback(self, info: dict[str, str]) -> dict[str, Any] | None:
+        """The delivery record in a job's `info()`, or None before any attempt ended."""
+        raw = info.get("callback")
+        return json.loads(raw) if raw else None
+
     def owner(self, job_id: str) -> str:
         """Who sent the job: `api:<client>` for the HTTP API, "" otherwise."""
         value = self._redis.hget(JOB_PREFIX + job_id, "owner")
