@@ -29,8 +29,8 @@ from kombu.utils.uuid import uuid
 from tasks.engines import resident
 from tasks.errors import (
     BadRequest,
-    DeadlineExceeded,
     CallbackNotAllowed,
+    DeadlineExceeded,
     OcrError,
     Timeout,
     WorkerLost,
@@ -337,6 +337,7 @@ def http_callback(self: Task, url: str, body: dict[str, Any]) -> int:
     settings: Settings = self.app.ocr_settings
     job_id = body.get("id")
     secrets = None
+    stores = JobServices.for_app(self.app).stores
     if isinstance(job_id, str):  # an API client's job: signed with that client's secret
         secrets = signing_secrets(stores.control.owner(job_id), stores.webhook_secrets)
     # The delivery is recorded on the job (its result's `callback`): sent, refused by
@@ -356,5 +357,3 @@ def http_callback(self: Task, url: str, body: dict[str, Any]) -> int:
                     None if status < 300 else "callback_rejected",
                     attempts=self.request.retries + 1, http_status=status)
     return status
-
-    stores = JobServices.for_app(self.app).stores
