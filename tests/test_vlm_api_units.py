@@ -7,6 +7,9 @@ The real server is tests/test_e2e_vlm_api.py's.
 
 from __future__ import annotations
 
+import itertools
+import random
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from types import SimpleNamespace
@@ -20,10 +23,11 @@ from PIL import Image
 from tasks.engines.base import RecognizeOptions
 from tasks.engines.vlm_api import VlmApiEngine, processor_grid
 from tasks.engines.vlm_profiles import PROFILES
-from tasks.engines.vlm_runtime import PatchGrid
+from tasks.engines.vlm_runtime import PatchGrid, TextPieces
 from tasks.errors import OcrError
 from tasks.models.locate import served_model
-from tasks.queue.celery_config import default_concurrency
+from tasks.queue.celery_config import default_concurrency, worker_app_config
+from tasks.queue.document_tasks import MAX_RETRIES, max_retries
 from tasks.settings import Settings
 
 REQUEST = httpx.Request("POST", "http://127.0.0.1:1/v1/chat/completions")
@@ -58,14 +62,27 @@ class FakeStream:
 
 
 class FakeClient:
-    """`client.chat.completions.create(...)` answering from a script."""
+    """`client.chat.completions.create(...)` answering from a script.
 
-    def __init__(self, answer: Any) -> None:
+    `client.models.list()` (the server's liveness) fails `down_probes` times, then
+    answers.
+    """
+
+    def __init__(self, answer: Any, down_probes: int = 0) -> None:
         self.answer = answer
         self.calls: list[dict[str, Any]] = []
         self.streams: list[FakeStream] = []
         self.chat = SimpleNamespace(completions=SimpleNamespace(create=self.create))
+        self.models = SimpleNamespace(list=self.list_models)
         self.base_url = httpx.URL("http://127.0.0.1:1/v1")
+        self.down_probes = down_probes
+        self.probes = 0
+
+    def list_models(self, **_: Any) -> list[str]:
+        self.probes += 1
+        if self.probes <= self.down_probes:
+            raise openai.APIConnectionError(request=REQUEST)
+        return ["served-model"]
 
     def create(self, **kwargs: Any) -> FakeStream:
         self.calls.append(kwargs)
@@ -76,10 +93,13 @@ class FakeClient:
         return stream
 
 
-def engine(answer: Any, profile: str = "generic", tokens: int = 100) -> VlmApiEngine:
-    return VlmApiEngine(FakeClient(answer), openai, "served-model", "Read it.",
+def engine(answer: Any, profile: str = "generic", tokens: int = 100, down_probes: int = 0,
+           **env: str) -> VlmApiEngine:
+    settings = Settings.from_env({"OCR_ENGINE": "vlm-api", "OCR_VLM_API_PROBE_SECONDS":
+                                  "0.01", **env})
+    return VlmApiEngine(FakeClient(answer, down_probes), openai, "served-model", "Read it.",
                         PROFILES[profile], longest_side=64, max_tokens=tokens,
-                        temperatures=(0.0, 0.2), grid=PatchGrid())
+                        temperatures=(0.0, 0.2), grid=PatchGrid(), settings=settings)
 
 
 def page() -> Image.Image:
@@ -135,7 +155,8 @@ def test_a_loop_closes_the_stream_early() -> None:
     assert result.vlm is not None and result.vlm.finish_reason == "repetition"
     streams = vlm._client.streams  # type: ignore[attr-defined]
     assert all(s.closed and s.read < 1000 for s in streams) and len(streams) == 2
-    assert result.vlm.generation_tokens == streams[-1].read  # no usage: deltas counted
+    # No usage from the server: the text's pieces counted (" the", " row" a delta).
+    assert result.vlm.generation_tokens == 2 * streams[-1].read
 
 
 def test_a_finish_the_page_does_not_know_is_no_clean_read() -> None:
@@ -163,10 +184,108 @@ def test_a_stop_string_ends_the_read_and_is_cut() -> None:
     openai.APITimeoutError(request=REQUEST),
     status_error(429), status_error(500), status_error(503),
 ])
-def test_an_unreachable_busy_or_failing_server_is_transient(fault: Exception) -> None:
+def test_a_failed_request_to_a_server_that_answers_is_transient(fault: Exception) -> None:
+    vlm = engine(fault)
     with pytest.raises(OcrError) as raised:
-        engine(fault).recognize(page(), RecognizeOptions())
+        vlm.recognize(page(), RecognizeOptions())
     assert raised.value.code == "transient" and raised.value.retryable
+    assert vlm.gate.up and vlm.gate.outages == 0
+
+
+def test_a_server_that_is_down_holds_the_page_until_it_answers() -> None:
+    answers = iter([openai.APIConnectionError(request=REQUEST)])
+
+    def answer() -> Iterator[Any]:
+        fault = next(answers, None)
+        if fault is not None:
+            raise fault
+        return iter([chunk("Hello"), chunk(finish="stop")])
+
+    vlm = engine(answer, down_probes=3)
+    result = vlm.recognize(page(), RecognizeOptions())
+    assert result.text == "Hello"
+    # The first request found the server down; the page waited (4 looks, the last
+    # answered) and was sent once more: no retry of the task, no fallback.
+    assert vlm._client.probes == 4 and len(vlm._client.calls) == 2  # type: ignore[attr-defined]
+    assert vlm.counters()["ocr_vlm_server_outages_total"] == 1.0
+
+
+def test_a_page_waiting_for_a_server_that_stays_down_ends_at_its_time_limit() -> None:
+    vlm = engine(openai.APIConnectionError(request=REQUEST), down_probes=10**9,
+                 OCR_VLM_API_PAGE_TIME_LIMIT="1")
+    with pytest.raises(OcrError) as raised:
+        vlm.recognize(page(), RecognizeOptions())
+    assert raised.value.code == "timeout" and not raised.value.retryable
+    with pytest.raises(OcrError) as raised:
+        vlm.recognize(page(), RecognizeOptions(deadline=time.time() + 0.5))
+    assert raised.value.code == "deadline_exceeded"
+
+
+def test_an_answer_longer_than_the_bound_is_transient() -> None:
+    def endless() -> Iterator[Any]:
+        for n in itertools.count():
+            time.sleep(0.01)
+            yield chunk(f" word{n}")
+
+    vlm = engine(endless, tokens=10**9, OCR_VLM_API_TIMEOUT="0.3")
+    with pytest.raises(OcrError) as raised:
+        vlm.generate(page(), 0.0)
+    assert raised.value.code == "transient" and "OCR_VLM_API_TIMEOUT" in raised.value.message
+    assert vlm._client.streams[-1].closed  # type: ignore[attr-defined]
+
+
+def test_an_aborted_answer_is_sent_again_and_a_server_repetition_is_one() -> None:
+    with pytest.raises(OcrError) as raised:
+        engine(lambda: [chunk("Hel"), chunk(finish="abort")]).recognize(
+            page(), RecognizeOptions())
+    assert raised.value.code == "transient" and raised.value.retryable
+    vlm = engine(lambda: [chunk("la la"), chunk(finish="repetition")])
+    result = vlm.recognize(page(), RecognizeOptions())
+    assert result.vlm is not None and result.text == ""
+    assert (result.vlm.finish_reason, result.vlm.tries) == ("repetition", 2)
+
+
+def test_every_request_states_its_sampling_and_the_profiles_fields() -> None:
+    vlm = engine(lambda: [chunk("x"), chunk(finish="stop")])
+    vlm.recognize(page(), RecognizeOptions())
+    call = vlm._client.calls[0]  # type: ignore[attr-defined]
+    assert (call["temperature"], call["top_p"]) == (0.0, 1.0)
+    assert call["extra_body"] == {"top_k": -1, "repetition_penalty": 1.0, "min_p": 0.0}
+    deepseek = engine(lambda: [chunk("x"), chunk(finish="stop")], "deepseek-ocr")
+    deepseek.generate(page(), 0.0)
+    assert deepseek._client.calls[0]["extra_body"]["skip_special_tokens"] is False  # type: ignore[attr-defined]
+
+
+def test_merged_deltas_loop_and_count_as_single_token_deltas_do() -> None:
+    text = "| a | b |\n" * 200
+    rng = random.Random(7)
+
+    def merged() -> Iterator[Any]:
+        at = 0
+        while at < len(text):
+            size = rng.randint(1, 40)  # several tokens in one delta, cut anywhere
+            yield chunk(text[at:at + size])
+            at += size
+        yield chunk(finish="length")
+
+    def single() -> Iterator[Any]:
+        yield from (chunk(ch) for ch in text)
+        yield chunk(finish="length")
+
+    one, many = engine(single, tokens=10**6), engine(merged, tokens=10**6)
+    by_char, by_run = one.generate(page(), 0.0), many.generate(page(), 0.0)
+    assert by_char.finish_reason == by_run.finish_reason == "repetition"
+    # The loop is seen at the same piece: the merged read stops at the end of the
+    # delta that holds it, so its text is the other's and at most one delta more.
+    assert by_run.text.startswith(by_char.text)
+    assert len(by_run.text) - len(by_char.text) < 40
+    for read in (by_char, by_run):  # without usage: the pieces of the text received
+        pieces = TextPieces()
+        assert read.generation_tokens == len(pieces.feed(read.text) + pieces.end())
+    # A server's usage wins over the count of pieces.
+    counted = engine(lambda: [chunk("Hello world, again"), chunk(finish="stop"),
+                              chunk(usage=(50, 4))]).generate(page(), 0.0)
+    assert counted.generation_tokens == 4
 
 
 def test_a_stream_that_breaks_off_is_transient() -> None:
@@ -199,10 +318,22 @@ def test_settings_pick_the_server_and_the_model_name() -> None:
                                                            "qwen2.5-vl")
 
 
-def test_a_vlm_api_worker_keeps_four_pages_in_flight_by_default() -> None:
-    assert default_concurrency(Settings.from_env({"OCR_ENGINE": "vlm-api"})) >= 4
-    assert default_concurrency(Settings.from_env({"OCR_ENGINE": "vlm-api",
-                                                  "OCR_CONCURRENCY": "2"})) == 2
+def test_a_vlm_api_worker_is_a_thread_pool_of_its_pages_in_flight() -> None:
+    settings = Settings.from_env({"OCR_ENGINE": "vlm-api"})
+    config = worker_app_config(settings, "vlm-api")
+    assert (config["worker_pool"], config["worker_concurrency"]) == ("threads", 64)
+    assert config["task_annotations"]["ocr.pdf_page"]["soft_time_limit"] == 840
+    assert default_concurrency(Settings.from_env({"OCR_VLM_API_IN_FLIGHT": "128"}),
+                               "vlm-api") == 128
+    assert default_concurrency(Settings.from_env({"OCR_CONCURRENCY": "2"}), "vlm-api") == 2
+    other = worker_app_config(Settings.from_env({}), "tesseract")
+    assert other["worker_pool"] == "tasks.queue.pool:TaskPool"
+
+
+def test_vlm_api_pages_are_retried_for_a_time_not_a_count() -> None:
+    assert max_retries(Settings.from_env({}), "tesseract") == MAX_RETRIES
+    assert max_retries(Settings.from_env({}), "vlm-api") > MAX_RETRIES  # 600 s
+    assert max_retries(Settings.from_env({"OCR_VLM_API_RETRY_SECONDS": "1"}), "vlm-api") == 0
 
 
 def test_the_page_grid_comes_from_a_local_models_image_processor(tmp_path: Path) -> None:

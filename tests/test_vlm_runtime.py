@@ -13,6 +13,7 @@ import pymupdf
 import pytest
 from PIL import Image
 
+from tasks.engines import resolve_engine
 from tasks.engines.base import OcrEngine, PageResult, RecognizeOptions, VlmRead, Word
 from tasks.engines.vlm_runtime import PatchGrid, RepetitionGuard, budget_size
 from tasks.pipeline.documents import ocr_page
@@ -206,11 +207,15 @@ def test_one_pool_child_for_a_vlm_worker(tmp_path: object) -> None:
     (models / "m").mkdir()
     (models / "m" / "config.json").write_text("{}")
     vlm = {"OCR_MODEL_DIR": str(models), "OCR_MODEL": "m"}
-    assert worker_app_config(Settings.from_env(vlm))["worker_concurrency"] == 1
-    assert worker_app_config(Settings.from_env({**vlm, "OCR_CONCURRENCY": "3"}))[
-        "worker_concurrency"] == 3
-    assert worker_app_config(Settings.from_env({}))["worker_concurrency"] is None
-    assert worker_app_config(Settings.from_env({}))["worker_pool"] == "tasks.queue.pool:TaskPool"
+
+    def config(env: dict[str, str]) -> dict[str, object]:
+        settings = Settings.from_env(env)
+        return worker_app_config(settings, resolve_engine(settings))
+
+    assert config(vlm)["worker_concurrency"] == 1
+    assert config({**vlm, "OCR_CONCURRENCY": "3"})["worker_concurrency"] == 3
+    assert config({})["worker_concurrency"] is None
+    assert config({})["worker_pool"] == "tasks.queue.pool:TaskPool"
 
 
 def test_job_record_counts_vlm_tokens_and_fallbacks() -> None:

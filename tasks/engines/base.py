@@ -57,6 +57,7 @@ class RecognizeOptions:
     lang: str | None = None  # tesseract language set (`ell+eng`); None: the engine's own
     want_hocr: bool = False
     page_number: int = 1  # 1-based page of the document (hOCR ids)
+    deadline: float | None = None  # the job's (Unix time): an engine's waits end there
 
 
 class OcrEngine(ABC):
@@ -78,6 +79,9 @@ class OcrEngine(ABC):
     page_longest_side: int | None = None
     # Another engine whose orientation check this one uses (loaded on demand).
     orientation_engine: ClassVar[str | None] = None
+    # One instance may serve several threads at once (a vlm-api worker's thread pool);
+    # else each thread gets an instance of its own for the length of a call.
+    thread_safe: ClassVar[bool] = False
     # An engine without word boxes (gives_words False) whose words can be placed on
     # this other engine's boxes for a searchable PDF (`output=pdf`); None: no layer.
     text_layer_from: ClassVar[str | None] = None
@@ -149,6 +153,10 @@ class OcrEngine(ABC):
 
     def release_cache(self) -> dict[str, float]:
         """Free per-task caches; called after every task. Returns memory figures."""
+        return {}
+
+    def counters(self) -> dict[str, float]:
+        """Running totals the engine keeps (metrics: tasks/queue/telemetry.py)."""
         return {}
 
     def close(self) -> None:  # noqa: B027 - optional hook, nothing to free by default

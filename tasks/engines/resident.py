@@ -1,23 +1,31 @@
 """Per-process engine registry: load once in the pool child, reuse, release.
 
 Lives in each worker pool child. `worker_process_init` calls `init_process()` to load
-the worker's engine; tasks call `current().get(name)`; `task_postrun` calls
-`after_task()`. Other engines a job asks for are loaded on first use, and so is an
-engine again after `unload()` (remote control, idle release: tasks/engines/release.py). A failed
-load is remembered so that every task of that child fails fast with
-`engine_unavailable`.
+the worker's engine (the one its parent resolved at start: a recycled child loads the
+same); tasks call `current().get(name)`; `task_postrun` calls `after_task()`. Other
+engines a job asks for, and the engines the primary leans on (orientation, fallback),
+are loaded on first use, and so is an engine again after `unload()` (remote control,
+idle release: tasks/engines/release.py). A failed load is remembered so that every task
+of that child fails fast with `engine_unavailable`.
+
+A vlm-api worker runs a thread pool instead of children (tasks/queue/celery_config.py):
+one registry in the worker process, `threaded`, loads under a lock, and an engine that
+is not `thread_safe` (tesseract's handles) is served by an `EnginePool`: each call takes
+an instance no other thread holds, at most one per core, created on first need.
 """
 
 from __future__ import annotations
 
 import logging
 import os
+import queue
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from tasks.engines import engine_class, resolve_engine
+from tasks.engines import engine_class
 from tasks.errors import EngineUnavailable, OcrError
 
 if TYPE_CHECKING:
@@ -32,6 +40,66 @@ class LoadedEngine:
     engine: OcrEngine
     load_seconds: float
     model_entry: str | None = None  # the OCR_MODEL_DIR entry it loaded, if any
+
+
+class EnginePool:
+    """Instances of an engine that is not thread-safe, one per caller at a time.
+
+    Looks like the engine (its attributes are the first instance's); every method call
+    takes a free instance, or makes one while fewer than `size` exist, or waits for
+    one, so that no handle (a tesseract API) is ever used by two threads at once.
+    """
+
+    def __init__(self, first: OcrEngine, make: Callable[[], OcrEngine], size: int) -> None:
+        self._first = first
+        self._make = make
+        self._size = max(1, size)
+        self._free: queue.SimpleQueue[OcrEngine] = queue.SimpleQueue()
+        self._free.put(first)
+        self._all = [first]
+        self._lock = threading.Lock()
+        self._count = 1  # instances made or being made
+
+    def __getattr__(self, name: str) -> Any:
+        value = getattr(self._first, name)
+        if not callable(value):
+            return value
+
+        def call(*args: Any, **kwargs: Any) -> Any:
+            engine = self._take()
+            try:
+                return getattr(engine, name)(*args, **kwargs)
+            finally:
+                self._free.put(engine)
+
+        return call
+
+    def _take(self) -> OcrEngine:
+        try:
+            return self._free.get_nowait()
+        except queue.Empty:
+            pass
+        with self._lock:
+            grow = self._count < self._size
+            self._count += grow
+        if not grow:
+            return self._free.get()
+        try:
+            engine = self._make()
+        except BaseException:
+            with self._lock:
+                self._count -= 1
+            raise
+        engine.bind_peers(self._first.peer)
+        with self._lock:
+            self._all.append(engine)
+        return engine
+
+    def close(self) -> None:
+        with self._lock:
+            engines, self._all = self._all, []
+        for engine in engines:
+            engine.close()
 
 
 @dataclass
@@ -50,17 +118,24 @@ class ResidentEngines:
     on_load: Callable[[ResidentEngines], None] | None = None
     loading: dict[str, str | None] = field(default_factory=dict)
     used: set[str] = field(default_factory=set)
+    # A thread pool's registry: loads under `_lock`, thread-unsafe engines pooled.
+    threaded: bool = False
+    _lock: threading.RLock = field(default_factory=threading.RLock)
 
     def get(self, name: str | None = None) -> LoadedEngine:
         """The loaded engine `name` (default: this worker's), loading it on first use."""
         name = name or self.primary
-        if name in self.failures:
-            raise EngineUnavailable(f"engine {name} failed to load in this worker: "
-                                    f"{self.failures[name]}")
-        if name not in self.engines:
-            self.load(name)
+        loaded = self.engines.get(name)
+        if loaded is None:
+            with self._lock:  # one load per engine, whatever the threads asking
+                if name in self.failures:
+                    raise EngineUnavailable(f"engine {name} failed to load in this "
+                                            f"worker: {self.failures[name]}")
+                if name not in self.engines:
+                    self.load(name)
+                loaded = self.engines[name]
         self.used.add(name)
-        return self.engines[name]
+        return loaded
 
     def for_job(self, engine: str | None, lang: str | None) -> str:
         """The engine a job runs with: its own, else its `lang`'s, else this worker's.
@@ -96,6 +171,10 @@ class ResidentEngines:
             raise EngineUnavailable(f"engine {name}: {reason}") from exc
         seconds = time.perf_counter() - started
         engine.bind_peers(lambda other: self.get(other).engine)
+        if self.threaded and not engine.thread_safe:
+            cls = type(engine)
+            engine = EnginePool(engine, lambda: cls.load(self.settings),  # type: ignore[assignment]
+                                os.cpu_count() or 1)
         self.engines[name] = LoadedEngine(engine, seconds, entry)
         self.loading.pop(name, None)
         self.load_count += 1
@@ -175,29 +254,41 @@ class ResidentEngines:
 
 
 _engines: ResidentEngines | None = None
+_creating = threading.Lock()
 
 
-def init_process(settings: Settings,
-                 on_load: Callable[[ResidentEngines], None] | None = None) -> ResidentEngines:
-    """Create this process's registry and load its primary engine (errors remembered)."""
+def init_process(settings: Settings, primary: str,
+                 on_load: Callable[[ResidentEngines], None] | None = None,
+                 threaded: bool = False) -> ResidentEngines:
+    """Create this process's registry and load `primary` (errors remembered).
+
+    `primary` is the engine the worker parent resolved at start. The engines it leans
+    on (orientation check, fallback) load when first needed.
+    """
     global _engines
-    _engines = ResidentEngines(settings=settings, primary=resolve_engine(settings),
-                               on_load=on_load)
+    _engines = ResidentEngines(settings=settings, primary=primary, on_load=on_load,
+                               threaded=threaded)
     try:
-        _engines.load(_engines.primary)
-        # The engine whose orientation check the primary uses reads every page too:
-        # loaded now, so that the child's memory baseline includes it.
-        helper = _engines.engines[_engines.primary].engine.orientation_engine
-        if helper is not None:
-            _engines.get(helper)
+        _engines.get(primary)
     except OcrError:
         pass  # recorded in `failures`; tasks of this child fail fast with it
     return _engines
 
 
 def current(settings: Settings) -> ResidentEngines:
-    """The registry of this process; created here where no worker_process_init ran."""
-    return _engines if _engines is not None else init_process(settings)
+    """The registry of this process; created here where no worker_process_init ran.
+
+    That is a process that built no worker app: its engine is resolved from `settings`.
+    """
+    if _engines is not None:
+        return _engines
+    with _creating:
+        if _engines is None:
+            from tasks.engines import resolve_engine
+
+            init_process(settings, resolve_engine(settings))
+    assert _engines is not None
+    return _engines
 
 
 def existing() -> ResidentEngines | None:

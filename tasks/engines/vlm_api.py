@@ -1,51 +1,111 @@
 """vlm-api adapter: a vision-language model behind an OpenAI-compatible inference server.
 
-The only module that imports `openai`. Runs in worker pool children; the model itself
-lives in the inference server (`mlx_vlm.server` from the Procfile's `vlm-server`, LM
-Studio or Ollama on a Mac, vLLM or SGLang on GPU hosts), which batches the pages that
-many children send at once. A child holds no model, so a vlm-api worker runs several
-children (tasks/queue/celery_config.py `default_concurrency`).
+The only module that imports `openai`. Runs in a vlm-api worker's thread pool
+(tasks/queue/celery_config.py): one engine object, shared by OCR_VLM_API_IN_FLIGHT
+threads, each with a page in flight (the openai client is thread-safe; the engine keeps
+no per-page state). The model lives in the inference server (`mlx_vlm.server` from the
+Procfile's `vlm-server`, LM Studio or Ollama on a Mac, vLLM or SGLang on GPU hosts),
+which batches the pages that arrive together (docs/gpu-servers.md).
 
 Same contract as the in-process engine (tasks/engines/mlx_vlm.py): the model profile's
 prompt, page budget and normaliser; a streamed answer under the repetition guard (the
-stream is closed when a loop is seen); the temperature ladder, olmOCR's re-ask and the
-`vlm` record (tasks/engines/vlm_reading.py), token counts from the server's `usage`.
+stream is closed when a loop is seen; the guard counts text pieces, not deltas, since a
+server merges tokens into one delta when the client lags); the temperature ladder,
+olmOCR's re-ask and the `vlm` record (tasks/engines/vlm_reading.py), token counts from
+the server's `usage`. Every request states its sampling (`SAMPLING`): vLLM and SGLang
+otherwise apply the model's generation_config.json (Qwen2.5-VL: top_k=1, top_p=0.001,
+repetition_penalty=1.05), and the ladder's retries would read greedily again.
 
-Faults: a server that cannot be reached, resets, times out, answers 429 or 5xx, or
-breaks off mid-answer raises `TransientError` (the task retries with backoff; a page is
-never sent to the fallback because the server was briefly away); another 4xx (unknown
-model, prompt too long) raises `VlmApiError` (`vlm_api_error`, not retried). Messages
-carry the status and the server's short error type only: never the prompt, the page's
-text or OCR_VLM_API_KEY.
+Faults: a server that cannot be reached (refused, connect timeout, 502-504) is down or
+loading: the page waits for it in the `ServerGate` (tasks/engines/vlm_gate.py) without
+a retry burnt, until OCR_VLM_API_PAGE_TIME_LIMIT. A request that fails while the server
+answers /models (a reset, an answer longer than OCR_VLM_API_TIMEOUT: a bound on the
+whole answer), 429, another 5xx, or an `abort` finish (a restart, a preemption) raises
+`TransientError`: the task sends the page again with backoff, for
+OCR_VLM_API_RETRY_SECONDS; such a page never goes to the fallback. Another 4xx
+(unknown model, prompt too long) raises `VlmApiError` (`vlm_api_error`, not retried).
+Messages carry the status and the server's short error type only: never the prompt, the
+page's text or OCR_VLM_API_KEY.
+
+Celery enforces no time limits in a thread pool: the page's own clock (`PageClock`:
+OCR_VLM_API_PAGE_TIME_LIMIT and the job's deadline) bounds every wait and request here.
 """
 
 from __future__ import annotations
 
 import base64
+import functools
 import io
 import json
 import logging
+import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from PIL import Image
 
-from tasks.errors import EngineUnavailable, TransientError, VlmApiError
+from tasks.errors import (
+    DeadlineExceeded,
+    EngineUnavailable,
+    OcrError,
+    Timeout,
+    TransientError,
+    VlmApiError,
+)
 from tasks.models.locate import configured_model, served_model
 from tasks.settings import DEFAULT_PROMPT
 
 from .base import OcrEngine, PageResult, RecognizeOptions
+from .vlm_gate import ServerGate, ServerWaitOver
 from .vlm_profiles import VlmProfile, select_profile
 from .vlm_reading import Generation, StopWatch, read_page
-from .vlm_runtime import PatchGrid, RepetitionGuard, budget_size
+from .vlm_runtime import PatchGrid, RepetitionGuard, TextPieces, budget_size
 
 if TYPE_CHECKING:
     from tasks.settings import Settings
 
 log = logging.getLogger(__name__)
-# The server's finish reasons; any other (content_filter, tool_calls, ...) is no clean
-# read of the page: an error, so the page falls back or fails.
-SERVER_FINISH = {"stop": "stop", "length": "length"}
+# The server's finish reasons. `abort` (vLLM: a restart, a preemption) is transient: the
+# page is sent again; any other (content_filter, tool_calls, ...) is no clean read of the
+# page: an error, so the page falls back or fails.
+SERVER_FINISH = {"stop": "stop", "length": "length", "repetition": "repetition"}
+ABORT = "abort"
+# Sampling stated on every request besides `temperature` (the ladder's): what the
+# in-process engine does. `top_p` is OpenAI's own field; the others go in the body as
+# extra fields, each taken by vLLM, SGLang and mlx_vlm.server (top_k=-1 disables top-k
+# in all three; vLLM and SGLang refuse 0 in some versions) and ignored by Ollama.
+TOP_P = 1.0
+SAMPLING: dict[str, Any] = {"top_k": -1, "repetition_penalty": 1.0, "min_p": 0.0}
+
+
+@dataclass(frozen=True)
+class PageClock:
+    """When one page's time is up (monotonic), and which limit that is."""
+
+    until: float
+    deadline: bool  # the job's deadline, not OCR_VLM_API_PAGE_TIME_LIMIT
+
+    @classmethod
+    def start(cls, seconds: float, deadline: float | None) -> PageClock:
+        now = time.monotonic()
+        if deadline is not None and deadline - time.time() < seconds:
+            return cls(now + max(0.0, deadline - time.time()), True)
+        return cls(now + seconds, False)
+
+    def left(self) -> float:
+        return self.until - time.monotonic()
+
+    def error(self, limit: float) -> OcrError:
+        if self.deadline:
+            return DeadlineExceeded("the job's deadline passed while its page was read by "
+                                    "the inference server")
+        return Timeout(f"the page ran past OCR_VLM_API_PAGE_TIME_LIMIT ({limit:.0f} s) "
+                       "at the inference server")
+
+
+class _Unreachable(Exception):
+    """A request that reached no answer (connection refused, reset, timed out)."""
 
 
 def processor_grid(model_path: Path | None) -> PatchGrid:
@@ -73,6 +133,7 @@ class VlmApiEngine(OcrEngine):
 
     name = "vlm-api"
     gives_markdown = True
+    thread_safe = True
     # Pages are turned upright by tesseract's orientation check before the model reads.
     orientation_engine = "tesseract"
     # No word boxes of its own: a searchable PDF places its words on tesseract's boxes.
@@ -80,7 +141,8 @@ class VlmApiEngine(OcrEngine):
 
     def __init__(self, client: Any, openai_module: Any, model_name: str, prompt: str,
                  profile: VlmProfile, longest_side: int, max_tokens: int,
-                 temperatures: tuple[float, ...], grid: PatchGrid) -> None:
+                 temperatures: tuple[float, ...], grid: PatchGrid,
+                 settings: Settings) -> None:
         self._client = client
         self._openai = openai_module
         self._prompt = prompt
@@ -91,6 +153,12 @@ class VlmApiEngine(OcrEngine):
         self.model = model_name
         self.longest_side = longest_side
         self.page_longest_side = longest_side
+        self.answer_seconds = settings.vlm_api_timeout
+        self.connect_seconds = settings.vlm_api_connect_timeout
+        self.page_seconds = float(settings.vlm_api_page_time_limit)
+        self.gate = ServerGate(self._answers, settings.vlm_api_probe_seconds,
+                               settings.vlm_api_base)
+        self.extra_body = {**SAMPLING, **dict(profile.request_fields)}
 
     @classmethod
     def load(cls, settings: Settings) -> VlmApiEngine:
@@ -114,11 +182,14 @@ class VlmApiEngine(OcrEngine):
         text = settings.prompt if settings.prompt != DEFAULT_PROMPT else profile.prompt
         client = openai.OpenAI(base_url=settings.vlm_api_base,
                                api_key=settings.vlm_api_key or "none",
-                               timeout=settings.vlm_api_timeout, max_retries=0)
+                               timeout=openai.Timeout(settings.vlm_api_timeout,
+                                                      connect=settings.vlm_api_connect_timeout),
+                               max_retries=0)
         engine = cls(client, openai, model_name, text, profile,
                      longest_side=settings.vlm_longest_side or profile.longest_side,
                      max_tokens=settings.vlm_max_tokens or profile.max_tokens,
-                     temperatures=settings.vlm_temperatures, grid=processor_grid(local))
+                     temperatures=settings.vlm_temperatures, grid=processor_grid(local),
+                     settings=settings)
         log.info("vlm-api: model %s at %s, profile %s, pages at %d px, %d tokens",
                  model_name, settings.vlm_api_base, profile.name, engine.longest_side,
                  engine.max_tokens)
@@ -129,11 +200,16 @@ class VlmApiEngine(OcrEngine):
         return budget_size(width, height, self.longest_side, self.grid)
 
     def recognize(self, image: Image.Image, options: RecognizeOptions) -> PageResult:
+        clock = PageClock.start(self.page_seconds, options.deadline)
         size = self.page_size(image.width, image.height)
         rgb = image if image.mode == "RGB" else image.convert("RGB")
         sized = rgb if rgb.size == size else rgb.resize(size, Image.Resampling.LANCZOS)
-        return read_page(sized, options, self.profile, self.temperatures, self.generate,
-                         self.name)
+        return read_page(sized, options, self.profile, self.temperatures,
+                         functools.partial(self.generate, clock=clock), self.name)
+
+    def counters(self) -> dict[str, float]:
+        return {"ocr_vlm_server_outages_total": float(self.gate.outages),
+                "ocr_vlm_server_wait_seconds_total": round(self.gate.down_seconds, 3)}
 
     def messages(self, image: Image.Image) -> list[dict[str, Any]]:
         """The chat messages of one page: the image (PNG data URL) and the prompt."""
@@ -150,20 +226,47 @@ class VlmApiEngine(OcrEngine):
         messages.append({"role": "user", "content": parts})
         return messages
 
-    def generate(self, image: Image.Image, temperature: float) -> Generation:
-        """One streamed request for one page, closed early at a stop string or a loop."""
+    def generate(self, image: Image.Image, temperature: float,
+                 clock: PageClock | None = None) -> Generation:
+        """One read of one page: sent when the server answers, again if it was away."""
+        clock = clock or PageClock.start(self.page_seconds, None)
+        messages = self.messages(image)
+        while True:
+            try:
+                self.gate.wait_up(clock.until)
+            except ServerWaitOver:
+                raise clock.error(self.page_seconds) from None
+            try:
+                return self._request(messages, temperature, clock)
+            except _Unreachable as exc:
+                if clock.left() <= 0:
+                    raise clock.error(self.page_seconds) from None
+                if self._answers():  # up: this request failed, not the server
+                    raise TransientError(f"the inference server at {_host(self._client)} "
+                                         f"did not answer the page ({exc})") from None
+                self.gate.mark_down(str(exc))
+
+    def _request(self, messages: list[dict[str, Any]], temperature: float,
+                 clock: PageClock) -> Generation:
+        """One streamed request, closed early at a stop string or a loop."""
         openai = self._openai
+        seconds = min(self.answer_seconds, clock.left())
+        if seconds <= 0:
+            raise clock.error(self.page_seconds)
+        until = time.monotonic() + seconds
         guard = RepetitionGuard()
+        pieces = TextPieces()
         stops = StopWatch(self.profile.stop_strings)
-        ids: dict[str, int] = {}
         parts: list[str] = []
         finish: str | None = None
-        prompt_tokens = generated = 0
+        prompt_tokens = generated = counted = 0
+        aborted = over = False
         try:
             stream = self._client.chat.completions.create(
-                model=self.model, messages=self.messages(image), stream=True,
+                model=self.model, messages=messages, stream=True,
                 stream_options={"include_usage": True}, max_tokens=self.max_tokens,
-                temperature=temperature)
+                temperature=temperature, top_p=TOP_P, extra_body=self.extra_body,
+                timeout=openai.Timeout(seconds, connect=min(seconds, self.connect_seconds)))
             with stream:
                 for chunk in stream:
                     usage = getattr(chunk, "usage", None)
@@ -174,26 +277,61 @@ class VlmApiEngine(OcrEngine):
                         delta = choice.delta.content if choice.delta is not None else None
                         if delta:
                             parts.append(delta)
-                            if guard.feed(ids.setdefault(delta, len(ids))):
+                            ids = pieces.feed(delta)
+                            counted += len(ids)
+                            if _loops(guard, ids):
                                 finish = "repetition"
                             elif stops.feed(delta):
                                 finish = "stop"
-                        if choice.finish_reason is not None and finish is None:
+                        if choice.finish_reason == ABORT:
+                            aborted = True
+                        elif choice.finish_reason is not None and finish is None:
                             finish = SERVER_FINISH.get(choice.finish_reason, "error")
-                    if finish is not None and (finish == "repetition" or stops.fired):
+                    if aborted or finish == "repetition" or stops.fired:
                         break  # closing the stream tells the server to stop generating
+                    if time.monotonic() > until:
+                        over = True
+                        break
         except openai.APIStatusError as exc:
             raise _status_error(exc) from None
         except (openai.APIConnectionError, openai.APIResponseValidationError) as exc:
-            raise TransientError(f"the inference server at {_host(self._client)} did not "
-                                 f"answer ({type(exc).__name__})") from None
+            if clock.left() <= 0:
+                raise clock.error(self.page_seconds) from None
+            raise _Unreachable(type(exc).__name__) from None
         except openai.APIError as exc:  # a stream that broke off mid-answer
             raise TransientError(f"the inference server's answer broke off "
                                  f"({type(exc).__name__})") from None
+        if aborted:
+            raise TransientError("the inference server aborted the answer (a restart or a "
+                                 "preemption); the page is sent again")
+        if over:
+            if clock.left() <= 0:
+                raise clock.error(self.page_seconds)
+            raise TransientError(f"the inference server's answer took longer than "
+                                 f"OCR_VLM_API_TIMEOUT ({self.answer_seconds:.0f} s)")
         if not generated:
-            generated = len(parts)  # a server that sends no usage: one delta per token
+            # A server that sends no usage, or a stream closed early: the text's pieces.
+            generated = counted + len(pieces.end())
         return Generation(stops.cut("".join(parts)), prompt_tokens, generated,
                           finish or "length")
+
+    def _answers(self) -> bool:
+        """Whether the server answers `GET /models` within the connect timeout (x2)."""
+        openai = self._openai
+        try:
+            self._client.models.list(timeout=openai.Timeout(
+                2 * self.connect_seconds, connect=self.connect_seconds))
+        except openai.APIError:
+            return False
+        return True
+
+
+def _loops(guard: RepetitionGuard, ids: list[int]) -> bool:
+    """Feed every piece to the guard; True when the tail became a loop."""
+    found = False
+    for token in ids:
+        found = guard.feed(token) or found
+    return found
 
 
 def _status_error(exc: Any) -> TransientError | VlmApiError:

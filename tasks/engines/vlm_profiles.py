@@ -111,7 +111,10 @@ class VlmProfile:
     that the model's message puts the image before the text, as most model cards do
     (olmOCR's pipeline puts the text first; mlx-vlm's chat template already orders it,
     the vlm-api engine builds its message by it);
-    `system_prompt` is the system message the model card uses, if any.
+    `system_prompt` is the system message the model card uses, if any;
+    `request_fields` are fields an inference server's request needs for this model
+    besides the sampling the vlm-api engine always states (DeepSeek-OCR's grounding
+    tags are special tokens: vLLM must not skip them).
     """
 
     name: str
@@ -122,6 +125,7 @@ class VlmProfile:
     stop_strings: tuple[str, ...] = ()
     image_first: bool = True
     system_prompt: str = ""
+    request_fields: tuple[tuple[str, Any], ...] = ()
 
     def normalise(self, raw: str, image_size: tuple[int, int] | None = None) -> VlmOutput:
         """The model's raw reply as normalised Markdown, plain text and flags.
@@ -143,7 +147,8 @@ PROFILES: Mapping[str, VlmProfile] = MappingProxyType({p.name: p for p in (
                output_format="doctags", stop_strings=DOCLING_STOP),
     # DeepSeek-OCR "base" mode is 1024x1024; larger pages are tiled by the processor.
     VlmProfile("deepseek-ocr", DEEPSEEK_OCR_PROMPT, longest_side=1280, max_tokens=8192,
-               output_format="deepseek_grounding", stop_strings=DEEPSEEK_OCR_STOP),
+               output_format="deepseek_grounding", stop_strings=DEEPSEEK_OCR_STOP,
+               request_fields=(("skip_special_tokens", False),)),
     VlmProfile("nanonets", NANONETS_PROMPT, longest_side=1288, max_tokens=8192,
                output_format="nanonets", system_prompt="You are a helpful assistant."),
     VlmProfile("paddleocr-vl", PADDLEOCR_VL_PROMPT, longest_side=1288, max_tokens=4096,

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import difflib
 import math
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
@@ -142,3 +143,34 @@ def align_words(text: str, boxes: Sequence[Word]) -> tuple[Word, ...]:
 
 def _key(word: str) -> str:
     return "".join(ch for ch in word.casefold() if ch.isalnum()) or word
+
+
+# Text pieces the repetition guard counts when a server streams text, not tokens: a
+# word with its leading spaces (long words cut every 8 characters), one other character
+# each, or a run of line breaks. A loop repeats its pieces as it repeats its tokens.
+_PIECE = re.compile(r"[ \t]*\w{1,8}|\n+|[ \t]+|[^\w\s]|\s")
+
+
+class TextPieces:
+    """Streamed text cut into pieces that do not depend on how the server split it.
+
+    A server may merge several tokens into one delta (vLLM does when the client lags),
+    so a delta is no token. The text is cut by `_PIECE` instead; the last piece of what
+    has arrived is held back until more text shows where it ends, so that "hel" + "lo"
+    gives the same pieces as "hello". `feed` returns the pieces completed so far.
+    """
+
+    def __init__(self) -> None:
+        self._held = ""
+        self._ids: dict[str, int] = {}
+
+    def feed(self, text: str) -> list[int]:
+        """Ids of the pieces `text` completes (the same piece, the same id)."""
+        pieces = _PIECE.findall(self._held + text)
+        self._held = pieces.pop() if pieces else ""
+        return [self._ids.setdefault(piece, len(self._ids)) for piece in pieces]
+
+    def end(self) -> list[int]:
+        """Ids of what is still held back, at the end of the stream."""
+        held, self._held = self._held, ""
+        return [self._ids.setdefault(held, len(self._ids))] if held else []

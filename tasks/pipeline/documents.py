@@ -44,7 +44,8 @@ log = logging.getLogger(__name__)
 def recognize_options(request: JobRequest) -> RecognizeOptions:
     return RecognizeOptions(output=request.output,
                             want_words=request.output in ("json", "pdf", "hocr", "alto"),
-                            want_hocr=request.output in LAYOUT_OUTPUTS, lang=request.lang)
+                            want_hocr=request.output in LAYOUT_OUTPUTS, lang=request.lang,
+                            deadline=request.deadline)
 
 
 def ocr_page(number: int, image: Image.Image, engine: OcrEngine, options: RecognizeOptions,

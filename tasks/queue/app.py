@@ -8,6 +8,7 @@ and reads results, and imports no task module, so no engine or image library.
 
 from __future__ import annotations
 
+from tasks.engines import resolve_engine
 from tasks.queue.celery_config import celery_config, worker_app_config
 from tasks.queue.ocr_celery import OcrCelery
 from tasks.settings import Settings
@@ -16,10 +17,15 @@ TASK_MODULES = ("tasks.queue.document_tasks", "tasks.queue.maintenance_tasks")
 
 
 def create_app(settings: Settings) -> OcrCelery:
-    """A configured app; worker-side signal handlers are connected here."""
+    """A configured app; worker-side signal handlers are connected here.
+
+    The worker's engine is resolved here, once (OCR_ENGINE=auto looks at the model
+    folder), and handed to what depends on it: the pool, queues, telemetry and control.
+    """
     app = OcrCelery("ocr", include=list(TASK_MODULES), set_as_current=True)
     app.ocr_settings = settings
-    app.conf.update(worker_app_config(settings))
+    app.ocr_engine = resolve_engine(settings)
+    app.conf.update(worker_app_config(settings, app.ocr_engine))
     # The remote-control command must be registered in the worker and in the
     # `celery control` command line alike, so it is imported with the app.
     import tasks.queue.control  # noqa: F401
@@ -28,7 +34,7 @@ def create_app(settings: Settings) -> OcrCelery:
     connect_signals(app, settings)
     from tasks.queue.telemetry import connect_telemetry
 
-    connect_telemetry(settings)  # after connect_signals: its handlers run first
+    connect_telemetry(settings, app.ocr_engine)  # after connect_signals: its handlers run first
     from tasks.queue.parent_endings import connect_parent_endings
 
     connect_parent_endings(app)
@@ -51,6 +57,7 @@ def sending_app(settings: Settings) -> OcrCelery:
     """
     app = OcrCelery("ocr", set_as_current=False)
     app.ocr_settings = settings
+    app.ocr_engine = settings.engine  # runs no engine (`auto` stays as it is)
     app.conf.update(celery_config(settings))
     return app
 

@@ -18,7 +18,7 @@ from typing import Any
 from celery.utils.nodenames import nodesplit
 from celery.worker.control import control_command
 
-from tasks.engines import engine_class, release, resolve_engine
+from tasks.engines import engine_class, release
 
 
 @control_command(help="Make every pool child release its engines (reloaded on next task).")
@@ -41,7 +41,7 @@ def languages(state: Any, **_: Any) -> dict[str, Any]:
     files; no engine is loaded here.
     """
     settings = state.consumer.app.ocr_settings
-    name = resolve_engine(settings)
+    name = state.consumer.app.ocr_engine
     cls = engine_class(name, settings)
     langs = cls.languages(settings)
     return {"engine": name,

@@ -16,9 +16,10 @@ import functools
 import logging
 import os
 import random
+import threading
 import time
 import urllib.error
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from typing import Any, NoReturn
 
 from billiard.exceptions import SoftTimeLimitExceeded
@@ -57,9 +58,9 @@ from tasks.records.request import JobRequest
 from tasks.records.results import DocumentResult, PageError, PageRecord
 from tasks.settings import Settings
 from tasks.state.boundary import publishing, transient
+from tasks.state.stores import BlobStore
 
 log = logging.getLogger(__name__)
-_open_docs = OpenDocumentCache()
 # Retries of retryable errors (OcrError.retryable): exponential backoff (2 s doubling, 60 s
 # cap) with "equal jitter": half of each step is waited for sure, the other half is random.
 # Full jitter could spend all five retries within a few seconds, shorter than a broker
@@ -72,11 +73,81 @@ RETRY_BACKOFF_MAX = 60
 def retry_later(task: Task, exc: OcrError) -> None:
     """Retry `task` for a retryable error; returns when its retries are used up."""
     retries = task.request.retries
-    if retries >= MAX_RETRIES:
+    most = max_retries(task.app.ocr_settings, task.app.ocr_engine)
+    if retries >= most:
         return
     step = min(RETRY_BACKOFF_MAX, RETRY_BACKOFF * 2**retries)
     countdown = step / 2 + random.uniform(0, step / 2)
-    raise task.retry(exc=exc, countdown=countdown, max_retries=MAX_RETRIES)
+    raise task.retry(exc=exc, countdown=countdown, max_retries=most)
+
+
+def max_retries(settings: Settings, engine: str) -> int:
+    """MAX_RETRIES; on a vlm-api worker, as many as fit in OCR_VLM_API_RETRY_SECONDS.
+
+    A GPU server takes minutes to load or restart: its pages are retried for a time,
+    not a count (each backoff step counted at its mean, 3/4 of the step).
+    """
+    if engine != "vlm-api":
+        return MAX_RETRIES
+    spent, retries = 0.0, 0
+    while True:
+        spent += 0.75 * min(RETRY_BACKOFF_MAX, RETRY_BACKOFF * 2**retries)
+        if spent > settings.vlm_api_retry_seconds:
+            return retries
+        retries += 1
+
+
+class _SharedBlobs:
+    """The PDF bytes of the last few documents, shared by the threads of one process.
+
+    Bytes never change and are safe to share; each thread opens its own PyMuPDF
+    document on them (`_ThreadDocs`), so that a thread pool of 128 reads one copy of a
+    PDF, not 128, and no document is shared between threads.
+    """
+
+    KEEP = 4
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._bytes: dict[str, bytes] = {}
+
+    def get(self, blob: str, blobs: BlobStore) -> bytes:
+        with self._lock:
+            data = self._bytes.get(blob)
+        if data is None:
+            data = blobs.get(blob)
+            with self._lock:
+                self._bytes[blob] = data
+                while len(self._bytes) > self.KEEP:
+                    del self._bytes[next(iter(self._bytes))]
+        return data
+
+
+class _ThreadDocs(OpenDocumentCache):
+    """One thread's open PDF, opened on the bytes the process's threads share."""
+
+    def get(self, blob: str, blobs: BlobStore, settings: Settings) -> Any:
+        return super().get(blob, _SharedReader(blobs), settings)  # type: ignore[arg-type]
+
+
+@dataclass(frozen=True)
+class _SharedReader:
+    blobs: BlobStore
+
+    def get(self, blob: str) -> bytes:
+        return _shared_blobs.get(blob, self.blobs)
+
+
+_shared_blobs = _SharedBlobs()
+_thread_docs = threading.local()
+
+
+def _open_docs() -> OpenDocumentCache:
+    """The open PDF of the calling thread (a prefork child has one thread)."""
+    docs: OpenDocumentCache | None = getattr(_thread_docs, "docs", None)
+    if docs is None:
+        docs = _thread_docs.docs = _ThreadDocs()
+    return docs
 
 
 class DocumentTask(GuardedTask):
@@ -257,7 +328,7 @@ def pdf_page(self: Task, doc_id: str, number: int) -> dict[str, Any]:
         return {"document": doc_id, "number": number, "skipped": "document cancelled"}
     try:
         with transient("Redis"):
-            page = run_pdf_page(meta, number, resident.current(settings), _open_docs,
+            page = run_pdf_page(meta, number, resident.current(settings), _open_docs(),
                                 settings, services.stores)
     except OcrError as exc:  # retryable: the others are failed pages already
         retry_later(self, exc)
@@ -281,7 +352,7 @@ def _record(app: Celery, meta: DocumentMeta, page: PageRecord,
     progress: Progress = functools.partial(report_progress, app, meta.job_id)
     if record_page(meta, page, services.join, services.ender, app.ocr_settings,
                    services.stores, progress):
-        _open_docs.close()  # the document ended: its pages are not read here again
+        _open_docs().close()  # the document ended: its pages are not read here again
 
 
 @shared_task(name="ocr.pdf_page_lost")

@@ -1,7 +1,9 @@
 """The service's Celery app class: Celery carrying the settings it was built from.
 
 Used in every process with an app (tasks/queue/app.py builds them); tasks and signal
-handlers read `app.ocr_settings`.
+handlers read `app.ocr_settings`, and `app.ocr_engine`: the engine a worker built from
+this app loads, resolved once when the app is built (in the worker parent, before its
+children fork: a recycled child loads the engine its parent chose).
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ class OcrCelery(Celery):
     """The Celery app, carrying the service settings it was built from."""
 
     ocr_settings: Settings
+    ocr_engine: str
 
     def send_task(self, name: str, args: Any = None, kwargs: Any = None,
                   **options: Any) -> Any:

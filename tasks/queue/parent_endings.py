@@ -21,7 +21,6 @@ from billiard.exceptions import TimeLimitExceeded
 from celery import states
 from celery.signals import celeryd_after_setup, task_failure, task_revoked
 
-from tasks.engines import resolve_engine
 from tasks.errors import BadRequest, DeadlineExceeded, OcrError, Timeout, TransientError
 from tasks.lifecycle.inputs import decode_request
 from tasks.lifecycle.job_exit import JobEnder
@@ -160,11 +159,11 @@ def end_from_message(app: OcrCelery, job_id: str, kwargs: Any, status: JobStatus
     extra = (blob,) if isinstance(blob, str) and request is None else ()
     if status is JobStatus.FAILURE:
         outcome = Outcome.failed(job_id, error or BadRequest(), request,
-                                 engine=_engine_of(request, settings))
+                                 engine=_engine_of(request, app))
     else:
         outcome = Outcome(job_id, status, request, DocumentResult(
             status=status.value, id=job_id, filename=request.filename if request else ""),
-            engine=_engine_of(request, settings))
+            engine=_engine_of(request, app))
     outcome.extra_blobs = extra
     try:
         return services.ender.end(outcome)
@@ -173,9 +172,8 @@ def end_from_message(app: OcrCelery, job_id: str, kwargs: Any, status: JobStatus
         return False
 
 
-def _engine_of(request: JobRequest | None, settings: Settings) -> str:
-    return (request.engine if request is not None and request.engine else
-            resolve_engine(settings))
+def _engine_of(request: JobRequest | None, app: OcrCelery) -> str:
+    return request.engine if request is not None and request.engine else app.ocr_engine
 
 
 def connect_parent_endings(app: OcrCelery) -> None:

@@ -2,18 +2,23 @@
 
 `worker_process_init`, `task_prerun`, `task_postrun` and `worker_process_shutdown` run
 in pool children; `celeryd_init` (settings check) and `celeryd_after_setup` run in the
-worker parent and touches no engine
-there (MLX evaluated before a fork deadlocks the children). Each child also gets a
-`release.ChildKeeper`: engine release on request or when idle, and the Redis
-registration of its loaded models.
+worker parent and touch no engine there when the pool forks (MLX evaluated before a
+fork deadlocks the children). Each child also gets a `release.ChildKeeper`: engine
+release on request or when idle, and the Redis registration of its loaded models.
+
+A thread pool (a vlm-api worker: tasks/queue/celery_config.py) has no children and no
+`worker_process_init`: `celeryd_after_setup` makes the worker process's one engine
+registry, `threaded`, and the task signals run in the pool's threads. Its engine holds
+no model (the inference server does), so it has no keeper.
 """
 
 from __future__ import annotations
 
 import logging
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from celery import Celery, states
+from celery import states
+from celery.concurrency import prefork
 from celery.signals import (
     celeryd_after_setup,
     celeryd_init,
@@ -23,7 +28,7 @@ from celery.signals import (
     worker_process_shutdown,
 )
 
-from tasks.engines import release, resident, resolve_engine
+from tasks.engines import release, resident
 from tasks.models.registry import ModelRegistry
 from tasks.pipeline.images import configure_pillow
 from tasks.pipeline.pdf import empty_store
@@ -31,6 +36,9 @@ from tasks.queue import brokers
 from tasks.queue.routing import CONTROL_QUEUE, queue_for_engine
 from tasks.settings import Settings
 from tasks.state.stores import connect
+
+if TYPE_CHECKING:
+    from tasks.queue.ocr_celery import OcrCelery
 
 log = logging.getLogger(__name__)
 _connected = False
@@ -50,7 +58,13 @@ def drop_traceback(exc: Any) -> None:
         exc.__traceback__ = None
 
 
-def connect_signals(app: Celery, settings: Settings) -> None:
+def forks(worker: Any) -> bool:
+    """Whether the worker's pool runs tasks in forked children (prefork), not threads."""
+    pool = getattr(worker, "pool_cls", None)
+    return isinstance(pool, type) and issubclass(pool, prefork.TaskPool)
+
+
+def connect_signals(app: OcrCelery, settings: Settings) -> None:
     """Connect the handlers once per process, bound to the worker's app and `settings`."""
     global _connected
     if _connected:
@@ -66,10 +80,15 @@ def connect_signals(app: Celery, settings: Settings) -> None:
             log.info("worker %s is a control worker: no engine, queue %s", sender,
                      CONTROL_QUEUE)
         else:
-            queue = queue_for_engine(resolve_engine(settings))
+            queue = queue_for_engine(app.ocr_engine)
             for name in (queue, CONTROL_QUEUE):
                 instance.app.amqp.queues.select_add(name)
             log.info("worker %s serves engine queue %s", sender, queue)
+            if not forks(instance):
+                configure_pillow(settings)
+                resident.init_process(settings, app.ocr_engine, threaded=True)
+                log.info("worker %s reads with engine %s in a pool of %s threads", sender,
+                         app.ocr_engine, instance.concurrency)
         brokers.prepare_queues(instance.app, settings)
 
     def on_process_init(**_: Any) -> None:
@@ -82,7 +101,8 @@ def connect_signals(app: Celery, settings: Settings) -> None:
                                       settings.model_heartbeat_seconds,
                                       settings.model)
         _keeper.install()
-        _keeper.start(resident.init_process(settings, on_load=_keeper.on_load))
+        _keeper.start(resident.init_process(settings, app.ocr_engine,
+                                            on_load=_keeper.on_load))
 
     def on_prerun(**_: Any) -> None:
         if _keeper is not None:

@@ -18,6 +18,7 @@ import logging
 import os
 import resource
 import sys
+import threading
 import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
@@ -31,7 +32,7 @@ from celery.signals import (
     worker_process_shutdown,
 )
 
-from tasks.engines import resident, resolve_engine
+from tasks.engines import resident
 from tasks.errors import OcrError, error_info
 from tasks.records.jobs import JobStatus, Outcome
 from tasks.state.metrics import MetricsStore, Sample
@@ -63,7 +64,7 @@ def job_record(job_id: str, node: str, filename: str, engine: str,
                               "pages": None, "engine": engine, "seconds": seconds}
     sources: dict[str, int] = {}
     if isinstance(outcome, dict):
-        status = str(outcome.get("status", "SUCCESS"))
+        status = str(outcome.get("status", JobStatus.SUCCESS.value))
         pages = outcome.get("pages") or []
         record["pages"] = len(pages)
         record["engine"] = (outcome.get("engine") or {}).get("name") or engine
@@ -80,7 +81,7 @@ def job_record(job_id: str, node: str, filename: str, engine: str,
         status = outcome
         record.update(outcome=status, code=None, cached=False)
     else:
-        status = "FAILURE"
+        status = JobStatus.FAILURE.value
         record.update(outcome=status, code=error_info(outcome)["code"], cached=False)
     engine_label = {"engine": str(record["engine"])}
     samples: list[Sample] = [
@@ -157,13 +158,16 @@ def child_gauges(registry: ResidentEngines) -> list[Sample]:
 class Telemetry:
     """The telemetry state of one process (a worker parent, or one of its children)."""
 
-    def __init__(self, settings: Settings) -> None:
+    def __init__(self, settings: Settings, engine: str) -> None:
         self.settings = settings
+        self.engine = engine  # the worker's, resolved once (tasks/queue/app.py)
         self.node = "unknown"
         self.worker: Any = None
         self._store: MetricsStore | None = None
         self._loads: dict[str, tuple[int, float]] = {}
         self._failures: set[str] = set()
+        self._counted: dict[tuple[str, str], float] = {}
+        self._lock = threading.Lock()  # a thread pool's tasks end in several threads
         self._last_keep = 0.0
 
     def store(self) -> MetricsStore:
@@ -190,18 +194,8 @@ class Telemetry:
 
     def observe(self, registry: ResidentEngines) -> None:
         """Count engine loads and failed loads since the last look; record the gauges."""
-        samples: list[Sample] = []
-        for name, loaded in list(registry.engines.items()):
-            identity = (id(loaded), loaded.load_seconds)
-            if self._loads.get(name) != identity:
-                self._loads[name] = identity
-                samples += [("ocr_engine_loads_total", {"engine": name}, 1.0),
-                            ("ocr_engine_load_seconds_total", {"engine": name},
-                             loaded.load_seconds)]
-        failed = set(registry.failures)
-        samples += [("ocr_engine_load_failures_total", {"engine": name}, 1.0)
-                    for name in sorted(failed - self._failures)]
-        self._failures = failed
+        with self._lock:
+            samples = self._news(registry)
         gauges = child_gauges(registry)
         pid = os.getpid()
 
@@ -210,6 +204,29 @@ class Telemetry:
             store.set_child(pid, gauges)
 
         self._write(write)
+
+    def _news(self, registry: ResidentEngines) -> list[Sample]:
+        """Counter samples of what changed in `registry` since the last look."""
+        samples: list[Sample] = []
+        for name, loaded in list(registry.engines.items()):
+            identity = (id(loaded), loaded.load_seconds)
+            if self._loads.get(name) != identity:
+                self._loads[name] = identity
+                samples += [("ocr_engine_loads_total", {"engine": name}, 1.0),
+                            ("ocr_engine_load_seconds_total", {"engine": name},
+                             loaded.load_seconds)]
+        for name, loaded in list(registry.engines.items()):
+            for metric, total in loaded.engine.counters().items():
+                # The engine keeps running totals; the store adds what is new since.
+                seen = self._counted.get((name, metric), 0.0)
+                self._counted[(name, metric)] = total
+                if total > seen:
+                    samples.append((metric, {"engine": name}, total - seen))
+        failed = set(registry.failures)
+        samples += [("ocr_engine_load_failures_total", {"engine": name}, 1.0)
+                    for name in sorted(failed - self._failures)]
+        self._failures = failed
+        return samples
 
     def child_exiting(self) -> None:
         pid = os.getpid()
@@ -236,12 +253,12 @@ class Telemetry:
 _telemetry: Telemetry | None = None
 
 
-def connect_telemetry(settings: Settings) -> Telemetry:
-    """Connect the handlers once per process, bound to `settings`."""
+def connect_telemetry(settings: Settings, engine: str) -> Telemetry:
+    """Connect the handlers once per process, bound to `settings` and `engine`."""
     global _telemetry
     if _telemetry is not None:
         return _telemetry
-    telemetry = _telemetry = Telemetry(settings)
+    telemetry = _telemetry = Telemetry(settings, engine)
 
     def on_after_setup(sender: str, instance: Any, **_: Any) -> None:
         telemetry.node = sender
@@ -265,9 +282,8 @@ def job_ended(outcome: Outcome) -> None:
     """
     if _telemetry is None:
         return
-    settings = _telemetry.settings
     engine = outcome.engine or (outcome.request.engine if outcome.request else None) \
-        or resolve_engine(settings)
+        or _telemetry.engine
     if outcome.status is JobStatus.FAILURE:
         result: Any = outcome.error or OcrError()
     else:

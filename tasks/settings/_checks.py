@@ -159,6 +159,13 @@ def check_worker(settings: Settings) -> None:
     running job to a second worker (Redis) or close the channel under it (RabbitMQ).
     """
     limit = max(settings.hard_time_limit, settings.page_hard_time_limit)
+    if settings.engine == "vlm-api" and \
+            settings.vlm_api_page_time_limit + 30 >= settings.visibility_timeout:
+        raise SettingsError(
+            f"OCR_VLM_API_PAGE_TIME_LIMIT={settings.vlm_api_page_time_limit}: a vlm-api "
+            f"page's limit (+30 s) must be shorter than the cluster-wide "
+            f"OCR_VISIBILITY_TIMEOUT={settings.visibility_timeout} s, or the broker hands "
+            f"the pages waiting on the inference server to another worker")
     if limit >= settings.visibility_timeout:
         raise SettingsError(
             f"OCR_HARD_TIME_LIMIT={settings.hard_time_limit} / OCR_PAGE_HARD_TIME_LIMIT="

@@ -67,6 +67,13 @@ METRICS: dict[str, MetricSpec] = {
     "ocr_vlm_fallbacks_total": MetricSpec(
         "counter", "Pages whose text came from a fallback engine after the model's read "
         "did not finish, by fallback engine and reason.", ("engine", "fallback", "reason")),
+    "ocr_vlm_server_outages_total": MetricSpec(
+        "counter", "Times the inference server of a vlm-api worker was found down or "
+        "loading (its pages waited, none failed), counted once it answered again.",
+        ("engine",)),
+    "ocr_vlm_server_wait_seconds_total": MetricSpec(
+        "counter", "Seconds a vlm-api worker waited for its inference server to answer "
+        "again.", ("engine",)),
     "ocr_engine_loads_total": MetricSpec(
         "counter", "Engine loads in pool children.", ("engine",)),
     "ocr_engine_load_seconds_total": MetricSpec(
