@@ -21,6 +21,7 @@ import ipaddress
 import json
 import os
 import re
+import shutil
 import socket
 import ssl
 import subprocess
@@ -37,7 +38,9 @@ import pytest
 import redis
 from PIL import Image
 
+from tasks.api.tokens import TokenStore
 from tasks.client import OcrClient
+from tests.api_server import ApiServer, create_token, session
 from tests.conftest import (
     FAKE_PLUGINS,
     ROOT,
@@ -487,3 +490,65 @@ def test_submit_py_takes_an_s3_url(worker: Worker, redis_url: str, s3: MotoS3) -
     assert result["filename"] == "cli.png"
     assert result["text"].startswith("fake 260x60")
     assert result["result_object"]["url"].startswith("s3://results/cli/")
+
+
+# --- the HTTP API and the Node client -------------------------------------------------
+
+@pytest.fixture(scope="module")
+def api(tmp_path_factory: pytest.TempPathFactory, redis_url: str, worker: Worker,
+        s3: MotoS3, https: FileServer) -> Iterator[ApiServer]:
+    allowed = worker.env["OCR_ALLOWED_URLS"]
+    server = ApiServer(tmp_path_factory.mktemp("api") / "api.log", {
+        "REDIS_URL": redis_url, "OCR_ALLOWED_URLS": allowed}).start()
+    yield server
+    server.stop()
+
+
+def test_api_takes_a_url_and_a_result_url(api: ApiServer, redis_url: str,
+                                          client: OcrClient, s3: MotoS3) -> None:
+    s3.client().put_object(Bucket="docs", Key="api.png", Body=png(280, 100))
+    http = session(create_token(redis_url, "billing"))
+    answer = http.post(f"{api.url}/v1/jobs", json={
+        "url": "s3://docs/api.png", "result_url": "s3://results/api/", "output": "markdown"})
+    assert answer.status_code == 202, answer.text
+    job_id = answer.json()["id"]
+    result = client.wait([job_id], timeout=120)[job_id]
+    assert result["status"] == "SUCCESS", result
+    assert result["result_object"]["url"] == f"s3://results/api/{job_id}.md"
+    stored = s3.client().get_object(Bucket="results", Key=f"api/{job_id}.md")
+    assert stored["Body"].read().decode() == result["text"]
+    shown = http.get(f"{api.url}/v1/jobs/{job_id}/result", params={"format": "json"}).json()
+    assert shown["result_object"]["url"] == result["result_object"]["url"]
+
+
+def test_api_client_is_held_to_its_own_prefixes(api: ApiServer, redis_url: str) -> None:
+    token, _ = TokenStore(redis.Redis.from_url(redis_url)).create_client(
+        "invoices-only", allowed_urls=["s3://docs/invoices/"])
+    http = session(token)
+    for body in ({"url": "s3://docs/other.png"},                      # OCR_ALLOWED_URLS: yes
+                 {"url": "s3://secret/x.png"},                        # nobody's
+                 {"url": "s3://docs/invoices/a.png", "result_url": "s3://results/x/"}):
+        answer = http.post(f"{api.url}/v1/jobs", json=body)
+        assert answer.status_code == 400, answer.text
+        assert answer.json()["error"]["code"] == "url_not_allowed"
+    # Nothing was sent for the refused requests; an allowed one is accepted.
+    answer = http.post(f"{api.url}/v1/jobs", json={"url": "s3://docs/invoices/a.png"})
+    assert answer.status_code == 202, answer.text
+
+
+def test_node_client_sends_a_url(worker: Worker, redis_url: str, s3: MotoS3) -> None:
+    node = shutil.which("node")
+    if node is None:
+        pytest.skip("node is not installed: the Node.js client is not run")
+    s3.client().put_object(Bucket="docs", Key="node.png", Body=png(250, 75))
+    done = subprocess.run(
+        [node, str(ROOT / "clients" / "node" / "ocr_client.js"), "--redis", redis_url,
+         "--result-url", "s3://results/node/", "s3://docs/node.png"],
+        capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    result = json.loads(done.stdout)
+    assert result["filename"] == "node.png"
+    assert result["text"].startswith("fake 250x75")
+    key = result["result_object"]["url"].removeprefix("s3://results/")
+    assert s3.client().get_object(Bucket="results", Key=key)["Body"].read().decode() == \
+        result["text"]
