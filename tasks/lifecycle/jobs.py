@@ -216,12 +216,13 @@ def complete(job_id: str, result: DocumentResult, data: bytes, request: JobReque
         # A URL input is read again from its URL by a retry (`input_url`).
         result.input_blob = request.blob or stores.blobs.put(data)
     if request.output == "pdf":
-        pdf = searchable_pdf(data, result.format or "", request.password, result.pages,
-                             settings)
+        pdf, removed = searchable_pdf(data, result.format or "", request.password,
+                                      result.pages, settings)
         if len(pdf) > settings.max_output_bytes:
             raise OutputTooLarge(f"the searchable PDF is {len(pdf) // 2**20} MB, more than "
                                  f"{settings.max_output_mb} MB")
-        result.outputs["pdf"] = StoredOutput(stores.outputs.put(job_id, pdf), len(pdf))
+        result.outputs["pdf"] = StoredOutput(stores.outputs.put(job_id, pdf), len(pdf),
+                                             removed)
     if request.output in LAYOUT_OUTPUTS:  # hOCR/ALTO, stored like the PDF
         # A retry keeps the pages of its earlier job's document.
         stored = previous.outputs.get(request.output) if previous is not None else None

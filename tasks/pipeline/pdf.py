@@ -368,8 +368,11 @@ def _lines(rects: list[tuple[str, Any]], words: tuple[WordBox, ...]
 
 
 def searchable_pdf(data: bytes, fmt: str, password: str | None,
-                   pages: list[PageRecord], settings: Settings) -> bytes:
+                   pages: list[PageRecord], settings: Settings) -> tuple[bytes, dict[str, int]]:
     """The input as a PDF whose OCR'd pages carry an invisible, selectable text layer.
+
+    Returned with what `strip_active_content` took out of it (the service never returns
+    a PDF that runs anything).
 
     Each word is written on its box in an embedded Unicode font (subset on save), so
     extracting the text gives back the OCR text, `’`, Vietnamese, Greek and CJK
@@ -414,7 +417,55 @@ def searchable_pdf(data: bytes, fmt: str, password: str | None,
                     page.insert_text(origin, text, fontsize=size, fontname=name,
                                      render_mode=INVISIBLE,
                                      morph=(origin, pymupdf.Matrix(scale, 1)))
+        removed = strip_active_content(doc)
         doc.subset_fonts()
-        return bytes(doc.tobytes(garbage=3, deflate=True))
+        return bytes(doc.tobytes(garbage=3, deflate=True)), removed
     finally:
         doc.close()
+
+
+
+# Action types an output PDF keeps: a jump inside the document runs nothing.
+_INERT_ACTIONS = ("/GoTo",)
+
+
+def strip_active_content(doc: Any) -> dict[str, int]:
+    """Take out of `doc` whatever could run or carry a payload; what was removed, counted.
+
+    JavaScript (the name tree and every action), the document's OpenAction and every
+    additional-actions (`/AA`) dictionary (document, pages, annotations, form fields),
+    every annotation, link or outline action other than a jump inside the document
+    (Launch, URI, SubmitForm, ImportData, GoToR, ...), embedded files and file
+    attachments, and XFA forms. The objects left unreferenced go when the document is
+    saved with garbage collection.
+    """
+    removed: dict[str, int] = {}
+
+    def count(kind: str, n: int = 1) -> None:
+        removed[kind] = removed.get(kind, 0) + n
+
+    for name in doc.embfile_names():
+        doc.embfile_del(name)
+        count("embedded_files")
+    for page in doc:
+        for annot in list(page.annots(
+                types=[pymupdf.PDF_ANNOT_FILE_ATTACHMENT])):  # type: ignore[attr-defined]
+            page.delete_annot(annot)
+            count("file_attachments")
+    catalog = doc.pdf_catalog()
+    for path, kind in (("Names/JavaScript", "javascript"),
+                       ("Names/EmbeddedFiles", "embedded_files"), ("AcroForm/XFA", "xfa")):
+        if doc.xref_get_key(catalog, path)[0] != "null":
+            doc.xref_set_key(catalog, path, "null")
+            count(kind, 0 if kind in removed else 1)
+    for xref in range(1, doc.xref_length()):
+        for key, kind in (("OpenAction", "open_action"), ("AA", "additional_actions")):
+            if doc.xref_get_key(xref, key)[0] != "null":
+                doc.xref_set_key(xref, key, "null")
+                count(kind)
+        if doc.xref_get_key(xref, "A")[0] != "null":
+            action = doc.xref_get_key(xref, "A/S")[1]
+            if action not in _INERT_ACTIONS:
+                doc.xref_set_key(xref, "A", "null")
+                count(action.lstrip("/").lower() or "action")
+    return removed

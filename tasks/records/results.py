@@ -188,6 +188,9 @@ class StoredOutput:
 
     key: str
     bytes: int
+    # Searchable PDFs: the active content taken out of the input (kind -> how many;
+    # tasks/pipeline/pdf.py `strip_active_content`); empty when there was none.
+    removed: dict[str, int] = field(default_factory=dict)
 
 
 @dataclass
@@ -244,6 +247,8 @@ class DocumentResult:
                 out[name] = value
         for kind, stored in self.outputs.items():
             out[kind] = {"key": stored.key, "bytes": stored.bytes}
+            if kind == "pdf":
+                out[kind]["removed"] = dict(stored.removed)
         return out
 
     @classmethod
@@ -257,7 +262,8 @@ class DocumentResult:
             engine=data.get("engine"), timings=data.get("timings"), cached=data.get("cached"),
             input_blob=data.get("input_blob"), retry_of=data.get("retry_of"),
             input_url=data.get("input_url"), result_object=data.get("result_object"),
-            outputs={kind: StoredOutput(str(data[kind]["key"]), int(data[kind]["bytes"]))
+            outputs={kind: StoredOutput(str(data[kind]["key"]), int(data[kind]["bytes"]),
+                                        dict(data[kind].get("removed") or {}))
                      for kind in STORED_OUTPUTS if isinstance(data.get(kind), Mapping)})
 
 
