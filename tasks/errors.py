@@ -183,8 +183,10 @@ class EngineFailed(OcrError):
 
 
 class LayoutFailed(OcrError):
-    """PyMuPDF's layout analysis failed on a page: the page keeps its plain text and
-    the result lists it under `warnings` with this code (never a failed page or job)."""
+    """PyMuPDF's layout analysis failed on a page: a page warning, never a failure.
+
+    The page keeps its plain text; the result lists it under `warnings` with this code.
+    """
 
     code = "layout_failed"
     default_message = "the page's layout could not be analysed; its text is given plain"

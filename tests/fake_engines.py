@@ -149,3 +149,41 @@ class RaisingOnDarkEngine(FakeEngine):
         if _is_dark(image):
             raise ValueError("a bug in the fake engine")
         return super().recognize(image, options)
+
+
+class MarkdownModelEngine(FakeEngine):
+    """Writes each page as Markdown, like a vision-language model: a complete read."""
+
+    name = "fake-markdown"
+    gives_markdown = True
+    MARKDOWN = "# The model's heading\n\n| a | b |\n|---|---|\n| 1 | 2 |\n\nIts *own* words."
+
+    def recognize(self, image: Image.Image, options: RecognizeOptions) -> PageResult:
+        from tasks.records.results import VlmRead
+
+        return PageResult(text=self.MARKDOWN, vlm=VlmRead("generic", image.size, 10, 20,
+                                                          "stop", 1))
+
+
+class LayoutBreakingEngine(FakeEngine):
+    """Makes PyMuPDF's layout analysis fail on pages holding `BREAK-LAYOUT`.
+
+    In its process, a fault is injected into the library's own call (`Page.get_layout`),
+    as a page the analysis cannot handle would raise there.
+    """
+
+    name = "layout-breaking"
+
+    @classmethod
+    def load(cls, settings: Settings) -> LayoutBreakingEngine:
+        import pymupdf
+
+        analyse = pymupdf.Page.get_layout
+
+        def get_layout(page: pymupdf.Page, *args: object, **kwargs: object) -> object:
+            if "BREAK-LAYOUT" in page.get_text():
+                raise RuntimeError("injected layout fault")
+            return analyse(page, *args, **kwargs)
+
+        pymupdf.Page.get_layout = get_layout  # type: ignore[method-assign, assignment]
+        return cls(0.0)

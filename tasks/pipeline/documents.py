@@ -18,15 +18,29 @@ from typing import TYPE_CHECKING
 
 from tasks.engines import PageResult, RecognizeOptions
 from tasks.engines.vlm_runtime import align_words
-from tasks.errors import DeadlineExceeded, EngineUnavailable, OcrError, VlmIncomplete
+from tasks.errors import (
+    DeadlineExceeded,
+    EngineUnavailable,
+    LayoutFailed,
+    OcrError,
+    VlmIncomplete,
+    error_info,
+)
 from tasks.pipeline._preprocess import Correction, Skew, estimate_skew
 from tasks.pipeline.blank import is_blank
 from tasks.pipeline.images import iter_image_pages, sniff_format
 from tasks.pipeline.layouts import LAYOUT_OUTPUTS, words_hocr
-from tasks.pipeline.pdf import PdfPlan, plan_pdf, render_page, text_layer_words
+from tasks.pipeline.pdf import (
+    PdfPlan,
+    ocr_layer_pdf,
+    plan_pdf,
+    render_page,
+    text_layer_words,
+)
 from tasks.pipeline.results import assemble, failed_page
+from tasks.pipeline.structure import STRUCTURE_OUTPUTS, Analysed, analyse
 from tasks.records.request import WORD_BOX_OUTPUTS
-from tasks.records.results import DocumentResult, Fallback, PageRecord, TextLayer
+from tasks.records.results import DocumentResult, Fallback, PageError, PageRecord, TextLayer
 
 if TYPE_CHECKING:
     from PIL import Image
@@ -43,7 +57,8 @@ log = logging.getLogger(__name__)
 
 def recognize_options(request: JobRequest) -> RecognizeOptions:
     return RecognizeOptions(output=request.output,
-                            want_words=request.output in ("json", "pdf", "hocr", "alto"),
+                            want_words=request.output in ("markdown", "json", "pdf",
+                                                          "hocr", "alto"),
                             want_hocr=request.output in LAYOUT_OUTPUTS, lang=request.lang,
                             deadline=request.deadline)
 
@@ -79,6 +94,7 @@ def ocr_page(number: int, image: Image.Image, engine: OcrEngine, options: Recogn
     read_size = image.size
     vlm = result.vlm
     fell_back: Fallback | None = None
+    found = _ocr_structure(number, final, result, engine, options) if vlm is None else None
     text_layer: TextLayer | None = None
     if vlm is not None:
         if not vlm.complete:
@@ -96,8 +112,10 @@ def ocr_page(number: int, image: Image.Image, engine: OcrEngine, options: Recogn
                                     f"{exc.message}") from exc
             full = rerender() if rerender is not None else image
             try:
-                result = other.recognize(_corrected(full, rotation, skew), options)
+                fallback_image = _corrected(full, rotation, skew)
+                result = other.recognize(fallback_image, options)
                 read_size = full.size
+                found = _ocr_structure(number, fallback_image, result, other, options)
             finally:
                 if full is not image:
                     full.close()
@@ -111,6 +129,7 @@ def ocr_page(number: int, image: Image.Image, engine: OcrEngine, options: Recogn
         confidence=result.confidence, rotation=rotation, skew=skew.angle,
         seconds=round(time.perf_counter() - started, 3), vlm=vlm, fallback=fell_back,
         text_layer=text_layer)
+    page = with_structure(page, found, options.output)
     if options.output in ("json", "pdf"):
         page = replace(page, image_size=read_size, words=tuple(result.words))
     if options.want_hocr:
@@ -119,6 +138,38 @@ def ocr_page(number: int, image: Image.Image, engine: OcrEngine, options: Recogn
                        hocr=result.hocr or words_hocr(number, result.words,
                                                       (final.width, final.height)))
     return page
+
+
+def _ocr_structure(number: int, image: Image.Image, result: PageResult, reader: OcrEngine,
+                   options: RecognizeOptions) -> Analysed | LayoutFailed | None:
+    """An OCR'd page's structure for output=markdown/json, from the reader's words.
+
+    Found on `image` (the image it read) by the layout analysis of text-layer pages;
+    None when there is none to find (other outputs, no words, a reader that writes
+    Markdown).
+    """
+    if options.output not in STRUCTURE_OUTPUTS or reader.gives_markdown or not result.words:
+        return None
+    doc, scale = ocr_layer_pdf(image, result.words)
+    try:
+        return analyse(doc, [1], scale, "px")[1]
+    finally:
+        doc.close()
+
+
+def with_structure(page: PageRecord, found: Analysed | LayoutFailed | None,
+                   output: str) -> PageRecord:
+    """The page with its structure: Markdown as its text (markdown), its blocks (json).
+
+    A failed analysis leaves the plain text, with `structure_error` (a page warning).
+    """
+    if isinstance(found, LayoutFailed):
+        return replace(page, structure_error=PageError.from_json(error_info(found)))
+    if found is None:
+        return page
+    if output == "markdown":
+        return replace(page, text=found.markdown)
+    return replace(page, structure=found.structure)
 
 
 def _read(image: Image.Image, rotation: int, engine: OcrEngine, options: RecognizeOptions,
@@ -186,9 +237,14 @@ def planned_pages(plan: PdfPlan, settings: Settings, output: str) -> list[PageRe
     """The pages a PDF plan already answers: text-layer pages and blank pages.
 
     For an `output` that places words (hOCR, ALTO, a searchable PDF), text-layer pages
-    carry their size and words in OCR'd pages' pixels (`text_layer_words`).
+    carry their size and words in OCR'd pages' pixels (`text_layer_words`); for
+    markdown and json, the structure PyMuPDF's layout analysis finds on them, read
+    together (`with_structure`).
     """
     pages = [text_page(n, text, layer) for n, (text, layer) in plan.text_pages.items()]
+    if output in STRUCTURE_OUTPUTS and pages:
+        found = analyse(plan.doc, sorted(plan.text_pages))
+        pages = [with_structure(page, found.get(page.number), output) for page in pages]
     if output in WORD_BOX_OUTPUTS:
         placed = []
         for page in pages:

@@ -7,7 +7,11 @@ writes searchable PDFs (the original pages with an invisible text layer).
 
 from __future__ import annotations
 
+import itertools
 import math
+import statistics
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -59,6 +63,61 @@ def empty_store() -> None:
     soak of tests/test_soak_pdfs.py).
     """
     pymupdf.TOOLS.store_shrink(100)
+
+
+@contextmanager
+def layout_extraction() -> Iterator[None]:
+    """MuPDF's text boxes as PyMuPDF's layout analysis reads them, for the time of it.
+
+    pymupdf4llm turns MuPDF's ascender/descender box corrections off for the whole
+    process when it is imported; they are put back afterwards, so that the word boxes
+    of hOCR, ALTO and searchable PDFs never depend on whether a Markdown job ran first.
+    """
+    before = pymupdf.TOOLS.unset_quad_corrections()
+    pymupdf.TOOLS.unset_quad_corrections(True)
+    try:
+        yield
+    finally:
+        pymupdf.TOOLS.unset_quad_corrections(before)
+
+
+def ocr_layer_pdf(image: Image.Image, words: tuple[WordBox, ...]) -> tuple[Any, float]:
+    """A one-page PDF of an OCR'd page for the layout analysis, and its points per pixel.
+
+    The page is the image OCR read (upright, deskewed), scaled to a Letter page's long
+    side (792 pt) and drawn in grey at 72 dpi (what the analysis renders), with each
+    OCR line's words written on their boxes as invisible text: the same layer as the
+    searchable PDF's, so headings, columns and tables are found as on a text page.
+    """
+    scale = 792 / max(image.width, image.height, 1)
+    width, height = image.width * scale, image.height * scale
+    doc = pymupdf.open()
+    page = doc.new_page(width=width, height=height)
+    small = image.convert("L").resize((max(1, round(width)), max(1, round(height))))
+    page.insert_image(page.rect, pixmap=pymupdf.Pixmap(
+        pymupdf.csGRAY, small.width, small.height, small.tobytes(), False))
+    rects = [(w.text, pymupdf.Rect(w.box) * scale) for w in words]
+    shape = page.new_shape()  # one content stream for all words (commit is per call)
+    inserted: set[str] = set()
+    for _, _, run in sorted(_runs(rects, words)):
+        # OCR boxes hug the ink: the tallest word (ascender to descender) is about the
+        # type size, the most common bottom the baseline's neighbourhood.
+        height = max(rect.height for _, rect in run)
+        bottom = statistics.median(rect.y1 for _, rect in run)
+        size = max(1.0, height)
+        for index, (text, rect) in enumerate(run):
+            name, font = _font_for(text)
+            if name not in inserted:
+                page.insert_font(fontname=name, fontbuffer=font.buffer)
+                inserted.add(name)
+            width = font.text_length(text, fontsize=size)
+            stretch = max(rect.width, 1.0) / width if width else 1.0
+            origin = pymupdf.Point(rect.x0, bottom - height * 0.15)
+            shape.insert_text(origin, text + (" " if index + 1 < len(run) else ""),
+                              fontsize=size, fontname=name, render_mode=INVISIBLE,
+                              morph=(origin, pymupdf.Matrix(stretch, 1)))
+    shape.commit()
+    return doc, scale
 
 
 def open_pdf(data: bytes, password: str | None, settings: Settings) -> Any:
@@ -365,6 +424,30 @@ def _lines(rects: list[tuple[str, Any]], words: tuple[WordBox, ...]
             lines.append([(text, rect)])
             top, bottom = y0, y1
     return lines
+
+
+def _runs(rects: list[tuple[str, Any]], words: tuple[WordBox, ...]
+          ) -> list[tuple[int, int, list[tuple[str, Any]]]]:
+    """Each OCR line cut where a gap wider than its height parts its words.
+
+    Such gaps part columns that OCR read as one line; each run is (its index within its
+    line, the line's index, its words).
+
+    Sorted, all lines' first runs come first: the text of two columns read across is
+    written column after column, the order the layout analysis reads a text page in.
+    """
+    runs = []
+    for number, line in enumerate(_lines(rects, words)):
+        height = sum(rect.height for _, rect in line) / len(line)
+        current = [line[0]]
+        index = 0
+        for previous, word in itertools.pairwise(line):
+            if word[1].x0 - previous[1].x1 > height:
+                runs.append((index, number, current))
+                current, index = [], index + 1
+            current.append(word)
+        runs.append((index, number, current))
+    return runs
 
 
 def searchable_pdf(data: bytes, fmt: str, password: str | None,

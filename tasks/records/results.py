@@ -102,6 +102,68 @@ class TextLayer:
     words: int
 
 
+# The kinds of structure blocks: DocLayNet's classes, which PyMuPDF's layout model
+# predicts and docling-core's `DocItemLabel` names the same (one to one; docs/outputs.md).
+BLOCK_KINDS = ("title", "section_header", "text", "list_item", "table", "picture",
+               "caption", "footnote", "formula", "page_header", "page_footer")
+
+
+@dataclass(frozen=True)
+class Block:
+    """One block of a page's structure, in reading order.
+
+    `bbox` (x0, y0, x1, y1, top-left origin) is in the page structure's `unit`; `text`
+    is the block's plain text (a table's: its Markdown or HTML); `level` is set for
+    titles and section headers (1 = largest type on the document's pages), `cells` for
+    tables (rows of cell texts; None for a cell a spanning one covers).
+    """
+
+    kind: str
+    bbox: tuple[float, float, float, float]
+    text: str
+    level: int | None = None
+    cells: tuple[tuple[str | None, ...], ...] | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"kind": self.kind, "bbox": list(self.bbox), "text": self.text}
+        if self.level is not None:
+            out["level"] = self.level
+        if self.cells is not None:
+            out["cells"] = [list(row) for row in self.cells]
+        return out
+
+    @classmethod
+    def from_json(cls, data: Mapping[str, Any]) -> Block:
+        x0, y0, x1, y1 = (float(v) for v in data["bbox"])
+        cells = data.get("cells")
+        return cls(str(data["kind"]), (x0, y0, x1, y1), str(data.get("text", "")),
+                   data.get("level"),
+                   tuple(tuple(row) for row in cells) if cells is not None else None)
+
+
+@dataclass(frozen=True)
+class PageStructure:
+    """A page's layout as PyMuPDF's layout analysis found it: its blocks in reading order.
+
+    `unit` is `pt` (PDF points of a text-layer page, as displayed) or `px` (pixels of
+    the image OCR read, the space of the page's `words`); `width`, `height` the page's.
+    """
+
+    width: float
+    height: float
+    unit: str
+    blocks: tuple[Block, ...]
+
+    def to_json(self) -> dict[str, Any]:
+        return {"width": self.width, "height": self.height, "unit": self.unit,
+                "blocks": [b.to_json() for b in self.blocks]}
+
+    @classmethod
+    def from_json(cls, data: Mapping[str, Any]) -> PageStructure:
+        return cls(float(data["width"]), float(data["height"]), str(data["unit"]),
+                   tuple(Block.from_json(b) for b in data.get("blocks", ())))
+
+
 @dataclass(frozen=True)
 class PageWorker:
     """The pool child that read a fanned-out page."""
@@ -136,6 +198,9 @@ class PageRecord:
     hocr: str | None = None
     error: PageError | None = None
     worker: PageWorker | None = None
+    # output=markdown/json: the page's blocks (json keeps them); why there are none
+    structure: PageStructure | None = None
+    structure_error: PageError | None = None
 
     @property
     def failed(self) -> bool:
@@ -152,6 +217,10 @@ class PageRecord:
             value = getattr(self, name)
             if value is not None:
                 out[name] = value
+        for name in ("structure", "structure_error"):
+            value = getattr(self, name)
+            if value is not None:
+                out[name] = value.to_json()
         for name in ("vlm", "fallback", "text_layer", "worker"):
             value = getattr(self, name)
             if value is not None:
@@ -179,7 +248,11 @@ class PageRecord:
             words=tuple(WordBox.from_json(w) for w in words) if words is not None else None,
             hocr=data.get("hocr"),
             error=PageError.from_json(data["error"]) if data.get("error") else None,
-            worker=PageWorker(**data["worker"]) if data.get("worker") else None)
+            worker=PageWorker(**data["worker"]) if data.get("worker") else None,
+            structure=PageStructure.from_json(data["structure"])
+            if data.get("structure") else None,
+            structure_error=PageError.from_json(data["structure_error"])
+            if data.get("structure_error") else None)
 
 
 @dataclass(frozen=True)
@@ -268,9 +341,16 @@ class DocumentResult:
 
 
 def page_warnings(pages: Iterable[PageRecord]) -> list[dict[str, Any]]:
-    """Pages whose text is not the engine's own clean read (a fallback engine's)."""
+    """Pages whose text is not what was asked for, as the result's `warnings`.
+
+    A fallback engine's text (`vlm_fallback`), and plain text where the page's layout
+    analysis failed (`layout_failed`).
+    """
     warnings = []
     for page in pages:
+        if page.structure_error is not None and page.error is None:
+            warnings.append({"page": page.number, "code": page.structure_error.code,
+                             "message": page.structure_error.message})
         if page.fallback is not None and page.error is None:
             tries = page.vlm.tries if page.vlm is not None else 0
             warnings.append({

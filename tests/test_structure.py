@@ -1,0 +1,189 @@
+"""Issue 31: Markdown and JSON with the document's structure, from every page source.
+
+Real workers on the shared corpus. What a reader sees on the pages asserted here (their
+renders were looked at): dig_multicolumn_3p page 1 is a title, author and date, an
+"Abstract" heading and two columns of Lorem Ipsum (the left ends "Donec nonummy", the
+right begins "pellentesque ante"), page 3 a five-column table "EU Countries
+Information" and the page number 3 at the foot; dig_tracemonkey_14p has numbered
+section headings ("1. Introduction", "3.1 Traces") and, on page 12, a ten-column table
+of SunSpider figures; dig_geotopo_117p pages 10-11 carry the running head "1.2.
+METRISCHE RÄUME" and their page numbers at the top, and page 10 the heading "1.2
+Metrische Räume".
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable
+from typing import Any
+
+import pymupdf
+import pytest
+from PIL import Image
+
+from tasks.client import OcrClient
+from tests.conftest import Worker, corpus
+from tests.fake_engines import MarkdownModelEngine
+
+pytestmark = pytest.mark.slow
+
+FAKES = ("fake-markdown=tests.fake_engines:MarkdownModelEngine,"
+         "layout-breaking=tests.fake_engines:LayoutBreakingEngine")
+
+
+@pytest.fixture(scope="module")
+def workers(start_worker: Callable[..., Worker]) -> list[Worker]:
+    """A tesseract worker, and one each for the fake engines.
+
+    Jobs name their engine, so each goes to the queue of the worker meant for it.
+    """
+    return [start_worker(OCR_ENGINE="tesseract", OCR_CONCURRENCY="2",
+                         OCR_CACHE_RESULTS="0"),
+            start_worker(OCR_ENGINE="fake-markdown", OCR_ENGINE_PLUGINS=FAKES,
+                         OCR_CONCURRENCY="1", OCR_CACHE_RESULTS="0"),
+            start_worker(OCR_ENGINE="layout-breaking", OCR_ENGINE_PLUGINS=FAKES,
+                         OCR_CONCURRENCY="1", OCR_CACHE_RESULTS="0")]
+
+
+def run(client: OcrClient, source: Any, engine: str = "tesseract", timeout: float = 300,
+        **options: Any) -> dict[str, Any]:
+    job = client.submit(source, engine=engine, **options)
+    result = client.wait([job], timeout=timeout)[job]
+    assert result["status"] == "SUCCESS", result
+    return result
+
+
+def headings(markdown: str) -> list[tuple[int, str]]:
+    """(level, text without emphasis) of each Markdown heading line."""
+    found = re.findall(r"^(#{1,6}) (.+?)\s*$", markdown, flags=re.MULTILINE)
+    return [(len(hashes), text.replace("*", "").replace("_", "").strip())
+            for hashes, text in found]
+
+
+def test_born_digital_two_columns_heading_table_footer(workers: list[Worker],
+                                                       client: OcrClient) -> None:
+    result = run(client, corpus("dig_multicolumn_3p.pdf"), output="markdown")
+    pages = result["pages"]
+    assert result["text"] == "\f".join(p["text"] for p in pages)
+    first = pages[0]["text"]
+    assert headings(first)[:2] == [(1, "Two-Column Document with Lorem Ipsum"),
+                                   (2, "Abstract")]
+    # reading order: the left column to its end, then the right column
+    assert first.index("Lorem ipsum dolor sit amet") < first.index("Donec nonummy") \
+        < first.index("pellentesque ante") < first.index("Quisque ullamcorper")
+    table = pages[2]["text"]
+    assert re.search(r"^\|\W*Country\W*\|.*Capital.*\|.*Official Language.*\|$", table,
+                     flags=re.MULTILINE)
+    assert "|Austria|8.9|83,879|Vienna|German|" in table
+    assert "|Finland|5.5|338,424|Helsinki|Finnish, Swedish|" in table
+    # the page numbers at the foot are footers, kept out of the body
+    for page in pages:
+        assert str(page["number"]) not in page["text"].split("\n"), page["number"]
+    assert result["warnings"] == []
+
+
+def test_json_blocks_in_reading_order(workers: list[Worker], client: OcrClient) -> None:
+    result = run(client, corpus("dig_multicolumn_3p.pdf"), output="json")
+    first, _, third = result["pages"]
+    assert first["text"].startswith("Two-Column Document")  # the plain text, as before
+    structure = first["structure"]
+    assert (structure["unit"], structure["width"], structure["height"]) \
+        == ("pt", 595.28, 841.89)  # A4
+    kinds = [(b["kind"], b.get("level")) for b in structure["blocks"]]
+    # the title: a level-1 heading (the model calls it a section header)
+    assert kinds[0] in (("title", 1), ("section_header", 1)) and ("section_header", 2) in kinds
+    assert kinds[-1] == ("page_footer", None)
+    for block in structure["blocks"]:
+        x0, y0, x1, y1 = block["bbox"]
+        assert 0 <= x0 < x1 <= 595.28 and 0 <= y0 < y1 <= 841.89
+    texts = [b["text"] for b in structure["blocks"] if b["kind"] == "text"]
+    left = next(i for i, t in enumerate(texts) if t.startswith("Lorem ipsum dolor"))
+    right = next(i for i, t in enumerate(texts) if t.startswith("Quisque ullamcorper"))
+    assert left < right
+    table = next(b for b in third["structure"]["blocks"] if b["kind"] == "table")
+    assert table["cells"][1] == ["Austria", "8.9", "83,879", "Vienna", "German"]
+    assert len(table["cells"]) == 6 and all(len(row) == 5 for row in table["cells"])
+    footer = third["structure"]["blocks"][-1]
+    assert (footer["kind"], footer["text"]) == ("page_footer", "3")
+
+
+def test_technical_report_headings_levels_and_table(workers: list[Worker],
+                                                    client: OcrClient) -> None:
+    result = run(client, corpus("dig_tracemonkey_14p.pdf"), output="markdown",
+                 pages="1,4,12")
+    first, fourth, twelfth = (p["text"] for p in result["pages"])
+    assert headings(first) == [
+        (1, "Trace-based Just-in-Time Type Specialization for Dynamic Languages"),
+        (2, "Abstract"), (2, "1. Introduction")]
+    assert (2, "3. Trace Trees") in headings(fourth)
+    assert (3, "3.1 Traces") in headings(fourth)
+    assert "|3d-cube|25|27|29|3|0|1.1|1.1|1.2|2.20x|" in twelfth
+
+
+def test_running_heads_kept_out(workers: list[Worker], client: OcrClient) -> None:
+    plain = run(client, corpus("dig_geotopo_117p.pdf"), pages="10-11")
+    assert all("1.2. METRISCHE RÄUME" in p["text"] for p in plain["pages"])
+    result = run(client, corpus("dig_geotopo_117p.pdf"), output="markdown", pages="10-11")
+    for page in result["pages"]:
+        assert "METRISCHE RÄUME" not in page["text"]
+        assert page["text"].split("\n")[0] not in ("7", "8")  # the page numbers above
+    assert (1, "1.2 Metrische Räume") in headings(result["pages"][0]["text"])
+
+
+def scanned_and_digital_pdf() -> bytes:
+    """Tracemonkey's first page as a 200-dpi scan (no text), then its fourth page."""
+    with pymupdf.open(corpus("dig_tracemonkey_14p.pdf")) as source:
+        out = pymupdf.open()
+        pix = source[0].get_pixmap(dpi=200, colorspace=pymupdf.csGRAY)
+        page = out.new_page(width=source[0].rect.width, height=source[0].rect.height)
+        page.insert_image(page.rect, stream=pix.tobytes("png"))
+        out.insert_pdf(source, from_page=3, to_page=3)
+        return bytes(out.tobytes())
+
+
+def test_scanned_page_by_tesseract_has_structure_beside_a_text_page(
+        workers: list[Worker], client: OcrClient) -> None:
+    result = run(client, scanned_and_digital_pdf(), output="markdown")
+    scanned, digital = result["pages"]
+    assert (scanned["source"], digital["source"]) == ("ocr", "text-layer")
+    found = headings(scanned["text"])
+    assert found[0] == (1, "Trace-based Just-in-Time Type Specialization for Dynamic "
+                           "Languages")
+    assert any(text == "Abstract" for _, text in found)
+    # levels rank the type sizes of the pages read together: here this page alone
+    assert headings(digital["text"])[:2] == [(1, "3. Trace Trees"), (2, "3.1 Traces")]
+    as_json = run(client, scanned_and_digital_pdf(), output="json", pages="1")
+    page = as_json["pages"][0]
+    structure = page["structure"]  # in the pixels of the words, the image OCR read
+    assert structure["unit"] == "px" and structure["blocks"][0]["kind"] == "title"
+    words = page["words"]
+    assert all(w["box"][2] <= structure["width"] + 1 and w["box"][3] <= structure["height"] + 1
+               for w in words)
+
+
+def test_vlm_markdown_unchanged(workers: list[Worker], client: OcrClient,
+                                tmp_path: Any) -> None:
+    image = tmp_path / "page.png"
+    Image.new("L", (600, 800), 255).save(image)
+    result = run(client, image, engine="fake-markdown", output="markdown")
+    assert result["text"] == MarkdownModelEngine.MARKDOWN
+    pdf = run(client, corpus("scan_dh_lorem_ipsum.pdf"), engine="fake-markdown",
+              output="json")
+    assert pdf["pages"][0]["text"] == MarkdownModelEngine.MARKDOWN
+    assert "structure" not in pdf["pages"][0]
+
+
+def test_failed_layout_on_one_page_gives_its_plain_text_and_a_warning(
+        workers: list[Worker], client: OcrClient) -> None:
+    with pymupdf.open(corpus("dig_multicolumn_3p.pdf")) as doc:
+        doc[1].insert_text((72, 40), "BREAK-LAYOUT", fontsize=8)
+        data = bytes(doc.tobytes())
+        plain = doc[1].get_text().rstrip()
+    result = run(client, data, engine="layout-breaking", output="markdown")
+    first, second, third = result["pages"]
+    assert second["text"] == plain
+    assert second["structure_error"]["code"] == "layout_failed"
+    assert result["warnings"] == [{"page": 2, "code": "layout_failed",
+                                   "message": second["structure_error"]["message"]}]
+    assert headings(first["text"])[0] == (1, "Two-Column Document with Lorem Ipsum")
+    assert "|Austria|8.9|83,879|Vienna|German|" in third["text"]
