@@ -34,6 +34,7 @@ from tasks.errors import NoWorker, OcrError, ServiceUnreachable
 from tasks.operator_console import OperatorConsole
 from tasks.queue.routing import PRIORITIES
 from tasks.records.request import OUTPUT_CHOICES
+from tasks.records.status import JobStatus, WaitStatus
 from tasks.settings import Settings, SettingsError
 from tasks.state.stores import connect
 from tasks.state.webhook_secrets import DEFAULT_GRACE_SECONDS
@@ -55,9 +56,10 @@ EXIT_USAGE = 2        # bad command line or settings (nothing was sent)
 EXIT_INTERRUPTED = 130
 SEVERITY = (EXIT_UNREACHABLE, EXIT_FAILURE, EXIT_TIMEOUT, EXIT_CANCELLED, EXIT_PARTIAL,
             EXIT_OK)
-EXIT_BY_STATUS = {"SUCCESS": EXIT_OK, "PARTIAL": EXIT_PARTIAL, "CANCELLED": EXIT_CANCELLED,
-                  "TIMEOUT": EXIT_TIMEOUT, "FAILURE": EXIT_FAILURE,
-                  "PENDING": EXIT_UNREACHABLE}
+EXIT_BY_STATUS: dict[str, int] = {
+    JobStatus.SUCCESS: EXIT_OK, JobStatus.PARTIAL: EXIT_PARTIAL,
+    JobStatus.CANCELLED: EXIT_CANCELLED, WaitStatus.TIMEOUT: EXIT_TIMEOUT,
+    JobStatus.FAILURE: EXIT_FAILURE, WaitStatus.PENDING: EXIT_UNREACHABLE}
 EXIT_HELP = """exit status (several jobs: the most severe, in this order):
   5  service unreachable: Redis did not answer, or no live worker consumes the queue
   1  a job failed
@@ -247,17 +249,17 @@ def emit(results: list[dict[str, Any]], args: argparse.Namespace, output: str,
         name = label(result)
         if args.json:
             print(json.dumps(result, ensure_ascii=False), flush=True)
-        elif status in ("SUCCESS", "PARTIAL"):
+        elif JobStatus.of(status).answered:
             if len(results) > 1:
                 print(f"==> {name} <==")
             print(result["text"], flush=True)
         if not args.json:
             for line in problem_lines(result):
                 print(line, file=sys.stderr, flush=True)
-        if args.out is not None and status in ("SUCCESS", "PARTIAL") or (
-                args.out is not None and status == "CANCELLED" and result.get("pages")):
+        if args.out is not None and JobStatus.of(status).answered or (
+                args.out is not None and status == JobStatus.CANCELLED and result.get("pages")):
             write_output(result, args.out, output, client)
-    if any(r.get("status") == "PENDING" for r in results):
+    if any(r.get("status") == WaitStatus.PENDING for r in results):
         print(f"{PROG}: {NO_WORKER_HINT}", file=sys.stderr)
     return exit_status(results)
 
@@ -276,19 +278,19 @@ def problem_lines(result: dict[str, Any]) -> list[str]:
 def _status_lines(result: dict[str, Any]) -> list[str]:
     name, status = label(result), result.get("status")
     error = result.get("error") or {}
-    if status == "PARTIAL":
+    if status == JobStatus.PARTIAL:
         return [f"{name}: PARTIAL: page {p['number']} failed: {p['code']}: {p['message']}"
                 for p in result.get("failed_pages", [])]
-    if status == "CANCELLED":
+    if status == JobStatus.CANCELLED:
         kept = len(result.get("pages", []))
         return [f"{name}: CANCELLED" + (f" ({kept} finished pages kept)" if kept else "")]
-    if status == "TIMEOUT":
+    if status == WaitStatus.TIMEOUT:
         return [f"{name}: still running when --timeout passed (job {result['id']}; "
                 f"`{PROG} wait {result['id']}` waits again)"]
-    if status == "PENDING":
+    if status == WaitStatus.PENDING:
         return [f"{name}: {error.get('code')}: {error.get('message')} "
                 f"(job {result['id']} stays queued)"]
-    if status != "SUCCESS":
+    if status != JobStatus.SUCCESS:
         return [f"{name}: {status} {error.get('code')}: {error.get('message')}"]
     return []
 
@@ -368,7 +370,7 @@ def inference_server_note(client: OcrClient, queues: set[str],
 
 def no_worker_record(client: OcrClient, job_id: str, queue: str) -> dict[str, Any]:
     error = NoWorker(f"no live worker consumes queue '{queue}'")
-    return {"id": job_id, "status": "PENDING", "filename": client.filename(job_id),
+    return {"id": job_id, "status": WaitStatus.PENDING.value, "filename": client.filename(job_id),
             "error": error.to_dict()}
 
 
@@ -391,7 +393,7 @@ def wait_for(client: OcrClient, ids: list[str], timeout: float | None
         while pending:
             got = client.wait(pending, on_progress=progress, timeout=poll_for)
             for job_id, result in got.items():
-                if result["status"] != "TIMEOUT" or (stop and time.monotonic() >= stop):
+                if result["status"] != WaitStatus.TIMEOUT or (stop and time.monotonic() >= stop):
                     results[job_id] = result
                     pending.remove(job_id)
             now = time.monotonic()
@@ -453,7 +455,8 @@ def add_job_options(parser: argparse.ArgumentParser) -> None:
 
 
 def _failure(filename: str, exc: OcrError) -> dict[str, Any]:
-    return {"id": None, "status": "FAILURE", "filename": filename, "error": exc.to_dict()}
+    return {"id": None, "status": JobStatus.FAILURE.value, "filename": filename,
+            "error": exc.to_dict()}
 
 
 @command("submit", "OCR files and print their text (the default command)",
@@ -476,17 +479,18 @@ def run_submit(args: argparse.Namespace, session: Session) -> int:
     sent = [item for item in order if isinstance(item, str)]
     if args.no_wait:
         records = [item if isinstance(item, dict) else
-                   {"id": item, "status": "PENDING", "filename": client.filename(item)}
+                   {"id": item, "status": WaitStatus.PENDING.value,
+                    "filename": client.filename(item)}
                    for item in order]
         for record in records:
             if args.json:
                 print(json.dumps(record), flush=True)
-            elif record["status"] == "PENDING":
+            elif record["status"] == WaitStatus.PENDING:
                 print(f"{record['id']}\t{record['filename']}", flush=True)
-        for line in [x for r in records if r["status"] != "PENDING"
+        for line in [x for r in records if r["status"] != WaitStatus.PENDING
                      for x in problem_lines(r)]:
             print(line, file=sys.stderr)
-        return exit_status([r for r in records if r["status"] != "PENDING"])
+        return exit_status([r for r in records if r["status"] != WaitStatus.PENDING])
     results = wait_for(client, sent, args.timeout)
     ordered = [item if isinstance(item, dict) else results[item] for item in order]
     return emit(ordered, args, args.output, client)
@@ -562,7 +566,7 @@ def run_retry(args: argparse.Namespace, session: Session) -> int:
     if args.no_wait:
         for new_id in new_ids:
             name = client.filename(new_id)
-            print(json.dumps({"id": new_id, "status": "PENDING", "filename": name})
+            print(json.dumps({"id": new_id, "status": WaitStatus.PENDING.value, "filename": name})
                   if args.json else f"{new_id}\t{name}")
         return EXIT_OK
     results = wait_for(client, new_ids, args.timeout)

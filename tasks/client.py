@@ -34,11 +34,11 @@ from tasks.errors import (
 from tasks.lifecycle.url_policy import is_url, parse_url
 from tasks.queue.routing import DEFAULT_QUEUE, PRIORITIES, priority_value, queue_for_engine
 from tasks.records.results import STORED_OUTPUTS
+from tasks.records.status import CeleryState, JobStatus, WaitStatus, celery_final
 from tasks.settings import Settings
 from tasks.state.liveness import WorkerPresence
 from tasks.state.stores import BlobStore, JobControl, OutputStore, connect
 
-FINAL_STATES = ("SUCCESS", "FAILURE", "REVOKED")
 # What Redis or the Celery transport raise while Redis is unreachable (mid-run too).
 CONNECTION_ERRORS: tuple[type[BaseException], ...] = (
     redis.ConnectionError, redis.TimeoutError, OperationalError)
@@ -59,7 +59,7 @@ class JobProgress:
 
     @property
     def final(self) -> bool:
-        return self.state in FINAL_STATES
+        return celery_final(self.state)
 
 
 class OcrClient:
@@ -174,7 +174,7 @@ class OcrClient:
         """The `ocr.document` kwargs that re-read the failed pages of a PARTIAL job."""
         earlier = self.result(job_id)
         by_url = (earlier.get("input_url") or {}).get("url")
-        if earlier.get("status") != "PARTIAL" or not (earlier.get("input_blob") or by_url):
+        if earlier.get("status") != JobStatus.PARTIAL or not (earlier.get("input_blob") or by_url):
             raise BadRequest("only a PARTIAL job whose input is still stored can be retried")
         failed = ",".join(str(p["number"]) for p in earlier["failed_pages"])
         source = {"blob": earlier["input_blob"]} if earlier.get("input_blob") else {"url": by_url}
@@ -219,7 +219,7 @@ class OcrClient:
     def status(self, job_id: str) -> JobProgress:
         res = self.app.AsyncResult(job_id)
         state = res.state
-        info = res.info if state == "PROGRESS" and isinstance(res.info, dict) else {}
+        info = res.info if state == CeleryState.PROGRESS and isinstance(res.info, dict) else {}
         return JobProgress(job_id, state, int(info.get("done", 0)),
                            int(info.get("total", 0)))
 
@@ -246,12 +246,12 @@ class OcrClient:
     def _result(self, job_id: str) -> dict[str, Any]:
         res = self.app.AsyncResult(job_id)
         state = res.state
-        if state == "SUCCESS":
+        if state == CeleryState.SUCCESS:
             return dict(res.result)
-        if state == "REVOKED":
+        if state == CeleryState.REVOKED:
             return self._revoked(job_id)
         exc = res.result if isinstance(res.result, BaseException) else OcrError()
-        return {"id": job_id, "status": "FAILURE", "error": error_info(exc)}
+        return {"id": job_id, "status": JobStatus.FAILURE.value, "error": error_info(exc)}
 
     def _revoked(self, job_id: str) -> dict[str, Any]:
         """A revoked job: cancelled (with the pages it had), or expired at its deadline."""
@@ -260,11 +260,11 @@ class OcrClient:
             return cancelled
         info = self._control.info(job_id)
         if not info.get("cancelled") and info.get("deadline"):
-            return {"id": job_id, "status": "FAILURE",
+            return {"id": job_id, "status": JobStatus.FAILURE.value,
                     "filename": info.get("filename", ""),
                     "error": DeadlineExceeded("the job's deadline passed before it "
                                               "started").to_dict()}
-        return {"id": job_id, "status": "CANCELLED", "pages": [], "text": ""}
+        return {"id": job_id, "status": JobStatus.CANCELLED.value, "pages": [], "text": ""}
 
     def wait(self, ids: Iterable[str], on_progress: ProgressCallback | None = None,
              timeout: float | None = None, poll: float = 0.2) -> dict[str, dict[str, Any]]:
@@ -286,7 +286,7 @@ class OcrClient:
             if pending:
                 if deadline is not None and time.monotonic() >= deadline:
                     for job_id in pending:
-                        results[job_id] = {"id": job_id, "status": "TIMEOUT",
+                        results[job_id] = {"id": job_id, "status": WaitStatus.TIMEOUT.value,
                                            "filename": self.filename(job_id), "error": {
                             "code": "wait_timeout", "retryable": True,
                             "message": "the job had not finished when waiting stopped"}}

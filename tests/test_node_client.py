@@ -19,6 +19,7 @@ import pytest
 import redis
 from PIL import Image, ImageDraw
 
+from tasks.records.status import CeleryState, JobStatus, WaitStatus
 from tests.conftest import FAKE_PLUGINS, ROOT, RedisServer, Worker
 
 CLIENT_JS = str(ROOT / "clients" / "node" / "ocr_client.js")
@@ -144,3 +145,15 @@ def test_submit_refuses_data_over_the_limit(node: str, redis_url: str) -> None:
     assert json.loads(done.stdout) == [
         True, "input_too_large",
         "the input is larger than 0.001 MB (OCR_MAX_INPUT_MB); nothing was sent"]
+
+
+def test_status_names_are_the_ground_floors(node: str) -> None:
+    """The Node client's STATUS and CELERY tables hold tasks/records/status.py's names."""
+    script = (f"const c = require({json.dumps(CLIENT_JS)}); "
+              "process.stdout.write(JSON.stringify({status: c.STATUS, celery: c.CELERY}))")
+    done = subprocess.run([node, "-e", script], capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    tables = json.loads(done.stdout)
+    assert tables["status"] == {s.name: s.value for s in
+                                [*JobStatus, WaitStatus.PENDING, WaitStatus.TIMEOUT]}
+    assert all(CeleryState[name].value == value for name, value in tables["celery"].items())

@@ -41,6 +41,16 @@ const INSPECT_TIMEOUT_S = 1; // how long a check waits for the workers' replies
 // The input limit, as the workers' OCR_MAX_INPUT_MB (tasks/settings, default 64): a file
 // larger than it is refused here, before anything is sent.
 const DEFAULT_MAX_INPUT_MB = 64;
+// Status names, as tasks/records/status.py owns them (tests/test_node_client.py holds
+// these tables to it): how a job ends and what a caller sees before (STATUS), and the
+// states of Celery's result backend this client reads (CELERY).
+const STATUS = Object.freeze({
+  SUCCESS: 'SUCCESS', PARTIAL: 'PARTIAL', FAILURE: 'FAILURE', CANCELLED: 'CANCELLED',
+  PENDING: 'PENDING', TIMEOUT: 'TIMEOUT',
+});
+const CELERY = Object.freeze({
+  SUCCESS: 'SUCCESS', FAILURE: 'FAILURE', REVOKED: 'REVOKED', PROGRESS: 'PROGRESS',
+});
 
 class RedisError extends Error {}
 
@@ -299,20 +309,20 @@ async function wait(redis, taskId, { timeout = 120, poll = 200, onProgress } = {
     const raw = await redis.command('GET', `celery-task-meta-${taskId}`);
     if (raw !== null) {
       const meta = JSON.parse(raw.toString('utf8'));
-      if (meta.status === 'SUCCESS') return meta.result;
-      if (meta.status === 'FAILURE') {
-        return { id: taskId, status: 'FAILURE', error: errorInfo(meta.result || {}) };
+      if (meta.status === CELERY.SUCCESS) return meta.result;
+      if (meta.status === CELERY.FAILURE) {
+        return { id: taskId, status: STATUS.FAILURE, error: errorInfo(meta.result || {}) };
       }
-      if (meta.status === 'REVOKED') {
+      if (meta.status === CELERY.REVOKED) {
         // A cancelled job's result (the pages it finished) is kept beside Celery's state.
         const kept = await redis.command('GET', `ocr:job:${taskId}:cancelled`);
         return kept !== null ? JSON.parse(kept.toString('utf8'))
-          : { id: taskId, status: 'CANCELLED', pages: [], text: '' };
+          : { id: taskId, status: STATUS.CANCELLED, pages: [], text: '' };
       }
-      if (meta.status === 'PROGRESS' && onProgress) onProgress(meta.result);
+      if (meta.status === CELERY.PROGRESS && onProgress) onProgress(meta.result);
     }
     if (Date.now() >= deadline) {
-      return { id: taskId, status: 'TIMEOUT', error: { code: 'wait_timeout', retryable: true, message: 'the job had not finished when waiting stopped' } };
+      return { id: taskId, status: STATUS.TIMEOUT, error: { code: 'wait_timeout', retryable: true, message: 'the job had not finished when waiting stopped' } };
     }
     await new Promise((resolve) => setTimeout(resolve, poll));
   }
@@ -373,7 +383,7 @@ async function liveQueues(redis, timeoutSeconds = INSPECT_TIMEOUT_S) {
 // The job's error when no live worker consumes its queue (submit.py's no_worker).
 function noWorkerRecord(job) {
   return {
-    id: job.id, status: 'PENDING', filename: job.filename,
+    id: job.id, status: STATUS.PENDING, filename: job.filename,
     error: { code: 'no_worker', message: `no live worker consumes queue '${job.queue}'`, retryable: true },
   };
 }
@@ -391,7 +401,7 @@ async function waitAll(redis, jobs, { timeout = 120, poll = 200 } = {}) {
   while (pending.size) {
     for (const job of [...pending.values()]) {
       const result = await wait(redis, job.id, { timeout: 0 });
-      if (result.status !== 'TIMEOUT' || Date.now() >= stop) {
+      if (result.status !== STATUS.TIMEOUT || Date.now() >= stop) {
         results[job.id] = result;
         pending.delete(job.id);
       }
@@ -458,7 +468,10 @@ exit status (several jobs: the most severe, in this order):
   2  usage error (bad option or no file; nothing was sent)
 `;
 const SEVERITY = [5, 1, 6, 4, 3, 0];
-const EXIT_BY_STATUS = { SUCCESS: 0, PARTIAL: 3, CANCELLED: 4, TIMEOUT: 6, FAILURE: 1, PENDING: 5 };
+const EXIT_BY_STATUS = {
+  [STATUS.SUCCESS]: 0, [STATUS.PARTIAL]: 3, [STATUS.CANCELLED]: 4, [STATUS.TIMEOUT]: 6,
+  [STATUS.FAILURE]: 1, [STATUS.PENDING]: 5,
+};
 const UNREACHABLE_HINT = 'start the service with `make run`, or point REDIS_URL (or --redis) '
   + "at the broker's Redis";
 const NO_WORKER_HINT = 'start a worker that consumes that queue (`make run` starts one for '
@@ -507,7 +520,7 @@ async function cancelMain(argv) {
   try {
     for (const id of ids) {
       const answer = await wait(redis, await cancel(redis, id), { timeout: 30 });
-      const status = answer.status === 'TIMEOUT' ? 'requested' : answer.status;
+      const status = answer.status === STATUS.TIMEOUT ? 'requested' : answer.status;
       process.stdout.write(`${JSON.stringify({ id, status })}\n`);
     }
     return 0;
@@ -536,13 +549,13 @@ function problemLine(result) {
     const rest = problemLine({ ...result, result_object: undefined });
     return `${name}: ${written.code}: ${written.message} (the result is kept in the result store)${rest ? `\n${rest}` : ''}`;
   }
-  if (result.status === 'SUCCESS') return null;
-  if (result.status === 'PARTIAL') {
+  if (result.status === STATUS.SUCCESS) return null;
+  if (result.status === STATUS.PARTIAL) {
     return (result.failed_pages || []).map((p) => `${name}: PARTIAL: page ${p.number} failed: ${p.code}: ${p.message}`).join('\n') || null;
   }
-  if (result.status === 'CANCELLED') return `${name}: CANCELLED`;
-  if (result.status === 'TIMEOUT') return `${name}: still running when --timeout passed (job ${result.id})`;
-  if (result.status === 'PENDING') return `${name}: ${error.code}: ${error.message} (job ${result.id} stays queued)`;
+  if (result.status === STATUS.CANCELLED) return `${name}: CANCELLED`;
+  if (result.status === STATUS.TIMEOUT) return `${name}: still running when --timeout passed (job ${result.id})`;
+  if (result.status === STATUS.PENDING) return `${name}: ${error.code}: ${error.message} (job ${result.id} stays queued)`;
   return `${name}: ${result.status} ${error.code}: ${error.message}`;
 }
 
@@ -592,12 +605,12 @@ async function main() {
         // The size first: a file over the limit is neither read nor sent.
         const refusal = sizeRefusal(fs.statSync(file).size, limit, filename);
         if (refusal) {
-          jobs.push({ id: null, status: 'FAILURE', filename, error: { code: refusal.code, message: refusal.message, retryable: false } });
+          jobs.push({ id: null, status: STATUS.FAILURE, filename, error: { code: refusal.code, message: refusal.message, retryable: false } });
           continue;
         }
         data = fs.readFileSync(file);
       } catch (err) {
-        jobs.push({ id: null, status: 'FAILURE', filename, error: { code: 'input_not_found', message: `cannot read ${filename}`, retryable: false } });
+        jobs.push({ id: null, status: STATUS.FAILURE, filename, error: { code: 'input_not_found', message: `cannot read ${filename}`, retryable: false } });
         continue;
       }
       jobs.push({ filename, queue: jobQueue(options), id: await submit(redis, data, {
@@ -625,7 +638,7 @@ async function main() {
       const line = problemLine(result);
       if (line) process.stderr.write(`${line}\n`);
     }
-    if (results.some((r) => r.status === 'PENDING')) process.stderr.write(`ocr_client: ${NO_WORKER_HINT}\n`);
+    if (results.some((r) => r.status === STATUS.PENDING)) process.stderr.write(`ocr_client: ${NO_WORKER_HINT}\n`);
     return exitStatus(results);
   } catch (err) {
     if (err instanceof RedisError || err.code === 'ECONNRESET' || err.code === 'EPIPE') {
@@ -640,7 +653,7 @@ async function main() {
 
 module.exports = {
   RedisConnection, RedisError, InputTooLarge, buildMessage, queueList, jobQueue, submit,
-  submitUrl, wait, waitAll, liveQueues, cancel, errorInfo, PRIORITIES,
+  submitUrl, wait, waitAll, liveQueues, cancel, errorInfo, PRIORITIES, STATUS, CELERY,
 };
 
 if (require.main === module) {

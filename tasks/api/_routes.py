@@ -34,6 +34,7 @@ from tasks.api._uploads import body_chunks, receive_multipart
 from tasks.api.tokens import ApiClient
 from tasks.errors import BadRequest, EmptyInput
 from tasks.queue.routing import DEFAULT_QUEUE
+from tasks.records.status import WaitStatus
 
 EVENT_POLL_SECONDS = 0.25
 KEEPALIVE_SECONDS = 15.0
@@ -141,7 +142,7 @@ async def create_job(request: Request, response: Response, caller: Caller,
     earlier = await run_in_threadpool(service.replay, caller, idempotency_key)
     if earlier is not None:  # before reading a body that would only be dropped
         response.headers["Idempotent-Replayed"] = "true"
-        return JobAccepted(id=earlier, status="QUEUED", links=links(earlier))
+        return JobAccepted(id=earlier, status=WaitStatus.QUEUED, links=links(earlier))
     content_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
     upload: str | None = None
     filename = ""
@@ -178,7 +179,7 @@ async def create_job(request: Request, response: Response, caller: Caller,
     if submitted.replayed:
         response.headers["Idempotent-Replayed"] = "true"
     response.headers["Location"] = links(submitted.id).self
-    return JobAccepted(id=submitted.id, status="QUEUED", links=links(submitted.id))
+    return JobAccepted(id=submitted.id, status=WaitStatus.QUEUED, links=links(submitted.id))
 
 
 @router.post("/v1/jobs/{job_id}/retry", status_code=202, response_model=JobAccepted,
@@ -188,7 +189,7 @@ def retry_job(request: Request, response: Response, job_id: str, caller: Caller,
               options: RetryOptions | None = None) -> JobAccepted:
     new_id = service_of(request).retry(caller, job_id, options or RetryOptions.model_validate({}))
     response.headers["Location"] = links(new_id).self
-    return JobAccepted(id=new_id, status="QUEUED", links=links(new_id))
+    return JobAccepted(id=new_id, status=WaitStatus.QUEUED, links=links(new_id))
 
 
 @router.get("/v1/jobs/{job_id}", response_model=JobInfo, summary="A job's status",

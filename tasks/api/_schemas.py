@@ -10,12 +10,16 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from tasks.records.status import JobStatus, WaitStatus
+
 OUTPUTS = ("text", "markdown", "json", "pdf", "hocr", "alto")
 Output = Literal["text", "markdown", "json", "pdf", "hocr", "alto"]
 Mode = Literal["auto", "ocr", "text"]
 Priority = Literal["interactive", "normal", "batch"]
-Status = Literal["QUEUED", "RUNNING", "SUCCESS", "PARTIAL", "FAILURE", "CANCELLED"]
-FINAL_STATUSES = ("SUCCESS", "PARTIAL", "FAILURE", "CANCELLED")
+# What the API shows of a job (tasks/records/status.py): waiting, then how it ended.
+Status = Literal[WaitStatus.QUEUED, WaitStatus.RUNNING, JobStatus.SUCCESS, JobStatus.PARTIAL,
+                 JobStatus.FAILURE, JobStatus.CANCELLED]
+FINAL_STATUSES = tuple(JobStatus)
 
 
 class JobOptions(BaseModel):

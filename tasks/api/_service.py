@@ -44,11 +44,12 @@ from tasks.api._schemas import (
     RetryOptions,
 )
 from tasks.api.tokens import ApiClient, TokenStore
-from tasks.client import FINAL_STATES, OcrClient
+from tasks.client import OcrClient
 from tasks.errors import BadRequest, InputTooLarge, PathNotAllowed
 from tasks.lifecycle.callback_urls import callback_target
 from tasks.lifecycle.url_policy import check_url
 from tasks.queue.routing import PRIORITIES
+from tasks.records.status import CeleryState, JobStatus, WaitStatus, celery_final, from_celery
 from tasks.settings import Settings
 from tasks.state.keys import (
     API_IDEMPOTENCY_PREFIX,
@@ -71,8 +72,6 @@ MEDIA_TYPES = {
     "alto": "application/xml",
     "pdf": "application/pdf",
 }
-_RUNNING = {"STARTED": "RUNNING", "PROGRESS": "RUNNING", "RETRY": "RUNNING",
-            "RECEIVED": "QUEUED", "PENDING": "QUEUED"}
 
 
 @dataclass(frozen=True)
@@ -252,7 +251,7 @@ class JobService:
         backend = self.client.app.backend
         states = backend.mget([backend.get_key_for_task(i) for i in open_ids])
         finished = [i for i, raw in zip(open_ids, states, strict=True)
-                    if raw and backend.decode_result(raw).get("status") in FINAL_STATES]
+                    if raw and celery_final(str(backend.decode_result(raw).get("status")))]
         if finished:
             self._redis.zrem(key, *finished)
         if len(open_ids) - len(finished) >= limit:
@@ -302,9 +301,7 @@ class JobService:
         cancelled = None if now.final else self._control.cancelled_result(job_id)
         if now.final or cancelled is not None:
             result = cancelled or self.client.result(job_id)
-            status = str(result.get("status", "FAILURE"))
-            if status not in FINAL_STATUSES:
-                status = "FAILURE"
+            status: JobStatus | WaitStatus = JobStatus.of(result.get("status"))
             error = result.get("error")
             pages = result.get("pages", [])
             done = sum(1 for p in pages if "error" not in p)
@@ -313,9 +310,9 @@ class JobService:
             total = len(numbers)
             self._redis.zrem(API_INFLIGHT_PREFIX + record["owner"], job_id)
         else:
-            status = _RUNNING.get(now.state, "RUNNING")
+            status = from_celery(now.state)
         return JobInfo(
-            id=job_id, status=status, state="REVOKED" if cancelled else now.state,  # type: ignore[arg-type]
+            id=job_id, status=status, state=CeleryState.REVOKED if cancelled else now.state,  # type: ignore[arg-type]
             progress=Progress(done=done, total=total), error=error,
             filename=str((result or {}).get("filename") or record.get("filename", "")),
             output=record.get("output", "text"), created=float(record.get("created", 0)),
@@ -330,7 +327,7 @@ class JobService:
         if fmt == "json":
             return ResultBody(json.dumps(public_result(result)).encode(), MEDIA_TYPES["json"],
                               f"{name}.json")
-        if status.status not in ("SUCCESS", "PARTIAL"):
+        if status.status not in (JobStatus.SUCCESS, JobStatus.PARTIAL):
             raise JobUnsuccessful(dict(result.get("error") or {
                 "code": "cancelled", "message": "the job was cancelled", "retryable": False}))
         output = str(result.get("output") or record.get("output", "text"))
@@ -368,7 +365,7 @@ class JobService:
         """
         record = self._record(caller, job_id)
         status, _ = self._status(job_id, record)
-        if status.status != "PARTIAL":
+        if status.status != JobStatus.PARTIAL:
             raise BadRequest(f"only a PARTIAL job can be retried; this one is {status.status}")
         kwargs = self.client.retry_kwargs(job_id, options.password)
         new_id = str(uuid.uuid4())

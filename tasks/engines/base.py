@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, ClassVar
 
 from tasks.errors import EngineUnavailable, OutputUnsupported
-from tasks.records.request import WORD_BOX_OUTPUTS
+from tasks.records.request import AUTO_LANG, WORD_BOX_OUTPUTS
 from tasks.records.results import VlmRead, WordBox
 
 if TYPE_CHECKING:
@@ -49,15 +49,38 @@ class PageResult:
 
 
 @dataclass(frozen=True)
+class ScriptGuess:
+    """A page's writing system as an orientation check found it (`lang=auto`).
+
+    `script` is tesseract's name (Latin, Greek, Han, Cyrillic, ...) and `confidence`
+    its script confidence: 1.0 means the best script had 1.3 times the votes of the
+    next. `rotation` is the check's rotation (counter-clockwise degrees, 0 when its
+    orientation confidence was too low), so the page needs no second orientation pass.
+    """
+
+    script: str
+    confidence: float
+    rotation: int = 0
+
+
+@dataclass(frozen=True)
 class RecognizeOptions:
     """Per-job options an engine may honour."""
 
     output: str = "text"
     want_words: bool = False
-    lang: str | None = None  # tesseract language set (`ell+eng`); None: the engine's own
+    # Tesseract language set (`ell+eng`); None: the engine's own; `auto` (AUTO_LANG): each
+    # page's own, found by the pipeline, which passes the page's set to `recognize`.
+    lang: str | None = None
     want_hocr: bool = False
     page_number: int = 1  # 1-based page of the document (hOCR ids)
+    engine_named: bool = False  # the job named its engine: `auto` pages keep it
     deadline: float | None = None  # the job's (Unix time): an engine's waits end there
+
+    @property
+    def named_lang(self) -> str | None:
+        """The language set the job named; None for the engine's own and for `auto`."""
+        return None if self.lang == AUTO_LANG else self.lang
 
 
 class OcrEngine(ABC):
@@ -150,6 +173,13 @@ class OcrEngine(ABC):
         Engines that cannot tell return 0 and leave the page as it is.
         """
         return 0
+
+    def detect_script(self, image: Image.Image) -> ScriptGuess | None:
+        """The page's script and rotation in one orientation check; None: cannot tell.
+
+        Engines without such a check return None (their `orientation_engine`'s is used).
+        """
+        return None
 
     def release_cache(self) -> dict[str, float]:
         """Free per-task caches; called after every task. Returns memory figures."""

@@ -108,7 +108,7 @@ class RapidOcrEngine(OcrEngine):
 
     def check(self, options: RecognizeOptions) -> None:
         super().check(options)
-        absent = unavailable_codes(options.lang or DEFAULT_LANG)
+        absent = unavailable_codes(options.named_lang or DEFAULT_LANG)
         if absent:
             raise LanguageUnavailable(f"engine rapidocr does not read {', '.join(absent)}; "
                                       f"it reads {', '.join(LANGUAGES)} (use the tesseract "

@@ -45,7 +45,7 @@ def cancel_job(job_id: str, control: JobControl, join: DocumentJoin, ender: JobE
         stop([job_id])
         info = control.info(job_id)
         ender.announce(Outcome(job_id, JobStatus.CANCELLED, None, cancelled_result(
-            job_id, [], DocumentResult(status="", filename=info.get("filename", "")))))
+            job_id, [], DocumentResult(status=None, filename=info.get("filename", "")))))
         return CANCELLED
     if not ender.claim(job_id):
         return ALREADY_ENDED

@@ -37,7 +37,8 @@ def decode_request(kwargs: dict[str, Any], settings: Settings) -> JobRequest:
         check_input_url(request.url, settings)
     if request.result_url is not None:
         check_result_url(request.result_url, settings)
-    return request
+    # A job without `lang` is read in the worker's default (OCR_LANG: `auto` or a set).
+    return request.with_default_lang(settings.default_lang)
 
 
 def read_input(request: JobRequest, settings: Settings, blobs: BlobStore) -> bytes:

@@ -130,7 +130,7 @@ def process_job(job_id: str, request: JobRequest, settings: Settings,
                              filename=request.filename, cached=True, result_object=None,
                              timings={"ocr_seconds": 0.0, "total_seconds": _since(started)})
             deliver(cached, request, settings, stores)
-            return Outcome(job_id, JobStatus(cached.status), request, cached,
+            return Outcome(job_id, JobStatus.of(cached.status), request, cached,
                            engine=engine_name, started=started)
     if located is not None:
         data = url_inputs.read_object(located, settings)
@@ -240,7 +240,7 @@ def complete(job_id: str, result: DocumentResult, data: bytes, request: JobReque
     deliver(result, request, settings, stores)
     if started is not None:
         result.timings = {**(result.timings or {}), "total_seconds": _since(started)}
-    return Outcome(job_id, JobStatus(result.status), request, result,
+    return Outcome(job_id, JobStatus.of(result.status), request, result,
                    engine=str((result.engine or {}).get("name", "")), started=started)
 
 

@@ -17,6 +17,7 @@ from dataclasses import replace
 from typing import TYPE_CHECKING
 
 from tasks.engines import PageResult, RecognizeOptions
+from tasks.engines.auto_lang import page_language
 from tasks.engines.vlm_runtime import align_words
 from tasks.errors import (
     DeadlineExceeded,
@@ -39,8 +40,15 @@ from tasks.pipeline.pdf import (
 )
 from tasks.pipeline.results import assemble, failed_page
 from tasks.pipeline.structure import STRUCTURE_OUTPUTS, Analysed, analyse
-from tasks.records.request import WORD_BOX_OUTPUTS
-from tasks.records.results import DocumentResult, Fallback, PageError, PageRecord, TextLayer
+from tasks.records.request import AUTO_LANG, WORD_BOX_OUTPUTS
+from tasks.records.results import (
+    DocumentResult,
+    Fallback,
+    PageError,
+    PageRecord,
+    ScriptFound,
+    TextLayer,
+)
 
 if TYPE_CHECKING:
     from PIL import Image
@@ -60,7 +68,8 @@ def recognize_options(request: JobRequest) -> RecognizeOptions:
                             want_words=request.output in ("markdown", "json", "pdf",
                                                           "hocr", "alto"),
                             want_hocr=request.output in LAYOUT_OUTPUTS, lang=request.lang,
-                            deadline=request.deadline)
+                            deadline=request.deadline,
+                            engine_named=request.engine is not None)
 
 
 def ocr_page(number: int, image: Image.Image, engine: OcrEngine, options: RecognizeOptions,
@@ -81,13 +90,18 @@ def ocr_page(number: int, image: Image.Image, engine: OcrEngine, options: Recogn
     if settings.skip_blank_pages and is_blank(image):
         return blank_page(number, seconds=time.perf_counter() - started)
     options = replace(options, page_number=number)
+    script: ScriptFound | None = None
+    checked: int | None = None  # the rotation `lang=auto`'s orientation check found
+    if options.lang == AUTO_LANG:
+        engine, options, script, checked = _auto_language(image, engine, options, settings)
     mode = engine.page_mode or image.mode
     page_image = image if image.mode == mode else image.convert(mode)
-    rotation = 0
-    if settings.auto_rotate and not engine.reads_orientation:
+    rotation = 0 if checked is None or not settings.auto_rotate else checked
+    if settings.auto_rotate and checked is None and not engine.reads_orientation:
         rotation = _orientation(engine, page_image)
     skew, final, result = _read(page_image, rotation, engine, options, settings)
-    if settings.auto_rotate and engine.reads_orientation and not result.upright:
+    if settings.auto_rotate and checked is None and engine.reads_orientation and \
+            not result.upright:
         rotation = _orientation(engine, page_image)
         if rotation:
             skew, final, result = _read(page_image, rotation, engine, options, settings)
@@ -128,7 +142,8 @@ def ocr_page(number: int, image: Image.Image, engine: OcrEngine, options: Recogn
         number=number, text=result.text.rstrip(), source="ocr",
         confidence=result.confidence, rotation=rotation, skew=skew.angle,
         seconds=round(time.perf_counter() - started, 3), vlm=vlm, fallback=fell_back,
-        text_layer=text_layer)
+        text_layer=text_layer, lang=_read_lang(engine, options, settings),
+        engine=engine.name, script=script)
     page = with_structure(page, found, options.output)
     if options.output in ("json", "pdf"):
         page = replace(page, image_size=read_size, words=tuple(result.words))
@@ -170,6 +185,46 @@ def with_structure(page: PageRecord, found: Analysed | LayoutFailed | None,
     if output == "markdown":
         return replace(page, text=found.markdown)
     return replace(page, structure=found.structure)
+
+
+def _auto_language(image: Image.Image, engine: OcrEngine, options: RecognizeOptions,
+                   settings: Settings
+                   ) -> tuple[OcrEngine, RecognizeOptions, ScriptFound | None, int | None]:
+    """An `auto` page's engine, options (its language set), script, and checked rotation.
+
+    One orientation check (the engine's own or its `orientation_engine`'s) finds the
+    page's script and rotation: the caller runs no second one. Engines that take no
+    `lang` (vision-language models) read the page as they would without one. The
+    rotation is None when the check could not tell (too little text): the page is then
+    turned as it would have been without `auto`.
+    """
+    if type(engine).languages(settings) is None:
+        return engine, replace(options, lang=None), None, None
+    checker = engine
+    if engine.orientation_engine is not None:
+        try:
+            checker = engine.peer(engine.orientation_engine)
+        except EngineUnavailable as exc:
+            log.warning("no script check for %s: %s", engine.name, exc.message)
+    guess = checker.detect_script(image)
+    chosen = page_language(guess, engine.name, options.engine_named, settings)
+    reader = engine
+    if chosen.engine != engine.name:
+        try:
+            reader = engine.peer(chosen.engine)
+        except EngineUnavailable:  # logged where it failed to load; the job's engine reads
+            chosen = page_language(guess, engine.name, True, settings)
+    return (reader, replace(options, lang=chosen.lang), chosen.found,
+            None if guess is None else guess.rotation)
+
+
+def _read_lang(engine: OcrEngine, options: RecognizeOptions, settings: Settings) -> str | None:
+    """The language set a page was read in: the job's, else the engine's default."""
+    if options.named_lang:
+        return options.named_lang
+    if type(engine).languages(settings) is None:
+        return None  # an engine that takes no `lang`
+    return type(engine).default_language(settings)
 
 
 def _read(image: Image.Image, rotation: int, engine: OcrEngine, options: RecognizeOptions,

@@ -14,7 +14,8 @@ OCR_PDF_DPI): boxes of the upright, deskewed image tesseract read are mapped bac
 (tasks/pipeline/_geometry.py), so tools overlay them on the page as it is.
 A PDF text layer's page carries its own words with their boxes (PyMuPDF's, mapped to
 the page rendered at OCR_PDF_DPI: `pdf.text_layer_words`); a failed or blank page is
-an empty page.
+an empty page. Each OCR'd page div carries its language (`lang`, `xml:lang`), the
+document the one most pages are in, each ALTO TextBlock its `LANG` (issue 33).
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ from dataclasses import replace
 from typing import Any
 
 from tasks.pipeline._geometry import Box, to_input
+from tasks.pipeline._lang_tags import main_tag, page_tag, tag
 from tasks.records.results import PageRecord
 
 LAYOUT_OUTPUTS = ("hocr", "alto")
@@ -153,7 +155,21 @@ def _own_page(page: PageRecord) -> ET.Element:
         # a PDF text layer's words, already in the rendered page's pixels (issue 26)
         return page_element(page.number, words_hocr(page.number, page.words, size))
     mapped = (to_input(size, page.rotation or 0, page.skew or 0.0) if size else None)
-    return page_element(page.number, page.hocr, mapped, size)
+    return _with_lang(page_element(page.number, page.hocr, mapped, size), page.lang)
+
+
+def _with_lang(div: ET.Element, lang: str | None) -> ET.Element:
+    """The page div with the page's language (`lang`, `xml:lang`: a BCP 47 tag).
+
+    The language its paragraphs were mostly read in (tesseract writes each `ocr_par`'s
+    code) where the page was read with several, else the set's first one.
+    """
+    found = [par.get("lang", "") for par in div.iter() if _classes(par) == "ocr_par"]
+    language = page_tag(lang, found)
+    if language is not None:
+        div.set("lang", language)
+        div.set("xml:lang", language)
+    return div
 
 
 def earlier_pages(output: str, document: bytes | None) -> dict[int, ET.Element]:
@@ -182,7 +198,10 @@ def earlier_pages(output: str, document: bytes | None) -> dict[int, ET.Element]:
 def merge_hocr(pages: Iterable[PageRecord],
                earlier: dict[int, ET.Element] | None = None) -> str:
     """One hOCR (XHTML) document of the pages, in page order."""
-    html = ET.Element("html", {"xmlns": XHTML, "xml:lang": "en", "lang": "en"})
+    divs = _pages(pages, earlier)
+    # The document's language: the one most pages are in (en when none says).
+    language = main_tag(div.get("lang") for div in divs) or "en"
+    html = ET.Element("html", {"xmlns": XHTML, "xml:lang": language, "lang": language})
     head = ET.SubElement(html, "head")
     ET.SubElement(head, "title").text = "OCR output"
     ET.SubElement(head, "meta", {"http-equiv": "Content-Type",
@@ -192,7 +211,7 @@ def merge_hocr(pages: Iterable[PageRecord],
                                  "content": "ocr_page ocr_carea ocr_par ocr_line ocrx_word "
                                             "ocrp_wconf"})
     body = ET.SubElement(html, "body")
-    body.extend(_pages(pages, earlier))
+    body.extend(divs)
     ET.indent(html, space=" ")
     return ('<?xml version="1.0" encoding="UTF-8"?>\n'
             '<!DOCTYPE html PUBLIC "-//W3C//DTD XHTML 1.0 Transitional//EN" '
@@ -232,6 +251,9 @@ def _alto_page(page: ET.Element) -> ET.Element:
             continue
         block = ET.SubElement(space, f"{{{ALTO}}}TextBlock",
                               {"ID": par.get("id", ""), **_box(*(_bbox(par) or (0, 0, 0, 0)))})
+        language = tag(par.get("lang", "")) if par.get("lang") else page.get("lang")
+        if language:
+            block.set("LANG", language)  # ALTO's language of a block (xsd:language)
         for line in par.iter():
             if _classes(line) not in LINE_CLASSES:
                 continue

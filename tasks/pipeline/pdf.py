@@ -21,6 +21,7 @@ from PIL import Image
 from tasks.engines.textfix import is_cjk
 from tasks.errors import CorruptInput, NoPages, PdfEncrypted, TooManyPages
 from tasks.pipeline._geometry import to_input
+from tasks.pipeline._lang_tags import main_tag, page_tag
 from tasks.pipeline.blank import CHECK_LONGEST_SIDE, ink_report
 from tasks.pipeline.pages import select_pages
 from tasks.records.results import PageRecord, WordBox
@@ -500,6 +501,11 @@ def searchable_pdf(data: bytes, fmt: str, password: str | None,
                     page.insert_text(origin, text, fontsize=size, fontname=name,
                                      render_mode=INVISIBLE,
                                      morph=(origin, pymupdf.Matrix(scale, 1)))
+        # The catalog's /Lang: the language most OCR'd pages were read in (a PDF page
+        # has no /Lang of its own, and PyMuPDF writes no marked-content /Lang).
+        language = main_tag(page_tag(p.lang) for p in pages if p.source == "ocr")
+        if language is not None:
+            doc.set_language(language)
         removed = strip_active_content(doc)
         doc.subset_fonts()
         return bytes(doc.tobytes(garbage=3, deflate=True)), removed

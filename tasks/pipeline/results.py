@@ -11,6 +11,7 @@ from dataclasses import replace
 
 from tasks.errors import ERROR_CLASSES, PagesFailed, error_info
 from tasks.records.results import DocumentResult, PageError, PageRecord
+from tasks.records.status import JobStatus
 
 
 def failed_page(number: int, exc: BaseException) -> PageRecord:
@@ -27,7 +28,8 @@ def assemble(pages: Iterable[PageRecord], base: DocumentResult) -> DocumentResul
         first = failed[0]
         message = first.error.message if first.error is not None else ""
         raise cls(f"all {len(failed)} pages failed; page {first.number}: {message}")
-    return replace(base, status="PARTIAL" if failed else "SUCCESS", pages=ordered)
+    return replace(base, status=JobStatus.PARTIAL if failed else JobStatus.SUCCESS,
+                   pages=ordered)
 
 
 def merge_previous(result: DocumentResult, previous: DocumentResult) -> DocumentResult:
@@ -45,4 +47,4 @@ def cancelled_result(job_id: str, pages: Iterable[PageRecord],
                      base: DocumentResult) -> DocumentResult:
     """A cancelled document: the pages finished before the cancel, in order."""
     done = sorted((p for p in pages if not p.failed), key=lambda p: p.number)
-    return replace(base, id=job_id, status="CANCELLED", pages=done)
+    return replace(base, id=job_id, status=JobStatus.CANCELLED, pages=done)

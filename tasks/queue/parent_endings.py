@@ -29,6 +29,7 @@ from tasks.queue.routing import CONTROL_QUEUE
 from tasks.records.jobs import JobStatus, Outcome
 from tasks.records.request import JobRequest
 from tasks.records.results import DocumentResult
+from tasks.records.status import CeleryState
 from tasks.state.boundary import publishing
 from tasks.state.join import DocumentJoin
 from tasks.state.stores import BlobStore, JobControl, OutputStore, ResultCache, Stores, connect
@@ -39,7 +40,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 JOB_TASK = "ocr.document"
-PROGRESS_STATE = "PROGRESS"
+PROGRESS_STATE = CeleryState.PROGRESS.value
 _node_name: str | None = None
 
 
@@ -162,7 +163,7 @@ def end_from_message(app: OcrCelery, job_id: str, kwargs: Any, status: JobStatus
                                  engine=_engine_of(request, app))
     else:
         outcome = Outcome(job_id, status, request, DocumentResult(
-            status=status.value, id=job_id, filename=request.filename if request else ""),
+            status=status, id=job_id, filename=request.filename if request else ""),
             engine=_engine_of(request, app))
     outcome.extra_blobs = extra
     try:

@@ -1,10 +1,10 @@
 """Typed records of a job's life, as they cross Redis and process boundaries.
 
-`JobStatus` is how a job ended; `DocumentMeta` is what a fanned-out PDF keeps in its
-join while its pages run (JSON in Redis, read by page tasks in any worker child);
-`Outcome` is how a job ended, handed to the one exit (`tasks.lifecycle.job_exit`).
-Built in worker pool children, and in the worker parent for the endings only it sees
-(hard kills, expiries); clients read `JobStatus`.
+`DocumentMeta` is what a fanned-out PDF keeps in its join while its pages run (JSON in
+Redis, read by page tasks in any worker child); `Outcome` is how a job ended, handed to
+the one exit (`tasks.lifecycle.job_exit`), with its `JobStatus` (owned by
+`tasks.records.status`, re-exported here). Built in worker pool children, and in the
+worker parent for the endings only it sees (hard kills, expiries).
 """
 
 from __future__ import annotations
@@ -12,21 +12,14 @@ from __future__ import annotations
 import json
 import time
 from dataclasses import dataclass, field
-from enum import StrEnum
 from typing import Any
 
 from tasks.errors import OcrError
 from tasks.records.request import JobRequest
 from tasks.records.results import DocumentResult
+from tasks.records.status import JobStatus
 
-
-class JobStatus(StrEnum):
-    """How a job ended: the `status` of its result."""
-
-    SUCCESS = "SUCCESS"
-    PARTIAL = "PARTIAL"      # some pages failed; the input is kept for a retry
-    FAILURE = "FAILURE"      # the job failed as a whole: `error` says why
-    CANCELLED = "CANCELLED"  # pages finished before the cancel are kept
+__all__ = ["DocumentMeta", "JobStatus", "Outcome"]  # JobStatus: tasks.records.status
 
 
 @dataclass(frozen=True)

@@ -21,6 +21,9 @@ OUTPUT_CHOICES = ("text", "markdown", "json", "pdf", "hocr", "alto")
 WORD_BOX_OUTPUTS = ("pdf", "hocr", "alto")
 # A tesseract language set: codes joined by `+` (eng, vie, chi_sim, ell+eng).
 LANG_PATTERN = re.compile(r"^[A-Za-z][A-Za-z0-9_]{0,31}(\+[A-Za-z][A-Za-z0-9_]{0,31}){0,7}$")
+# `lang=auto`: each page read in the languages of the script found on it (the default of a
+# job without `lang` unless OCR_LANG names a set; docs/languages.md).
+AUTO_LANG = "auto"
 
 SOURCES = ("data_b64", "blob", "path", "url")
 OPTIONS = ("filename", "engine", "pages", "password", "output", "mode", "lang", "callback_task",
@@ -93,7 +96,7 @@ class JobRequest:
             raise BadRequest(f"`output` must be one of {', '.join(OUTPUT_CHOICES)}")
         if request.lang is not None and not LANG_PATTERN.match(request.lang):
             raise BadRequest("`lang` must be tesseract language codes joined by +, e.g. "
-                             "vie, chi_sim or ell+eng")
+                             "vie, chi_sim or ell+eng, or auto")
         if request.mode not in PDF_MODES:
             raise BadRequest(f"`mode` must be one of {', '.join(PDF_MODES)}")
         for name in ("callback_task", "callback_queue"):
@@ -108,6 +111,14 @@ class JobRequest:
         for name in NOT_IN_RESULT:
             options.pop(name)
         return {**options, "engine": engine, "model": model}
+
+    def with_default_lang(self, default: str) -> JobRequest:
+        """The request with `lang` set: its own, else the worker's default (OCR_LANG).
+
+        Set before the cache key is made, so that a result read with `auto` is never
+        served to a job read with a named set, and the other way round.
+        """
+        return self if self.lang else replace(self, lang=default)
 
     def to_json(self) -> dict[str, Any]:
         """The request as stored in Redis: no inline payload (it is in a blob by then)."""

@@ -13,6 +13,8 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field, fields
 from typing import Any
 
+from tasks.records.status import JobStatus
+
 PAGE_SEPARATOR = "\f"
 # The outputs stored as files beside the result (`{"key", "bytes"}` in the JSON).
 STORED_OUTPUTS = ("pdf", "hocr", "alto")
@@ -174,6 +176,34 @@ class PageWorker:
 
 
 @dataclass(frozen=True)
+class ScriptFound:
+    """What `lang=auto` found on a page: its script and how its languages were chosen.
+
+    `outcome`: `found` (read in the script's languages), `uncertain` (script confidence
+    too low, or `name` None: too little text to tell), `missing` (the script's language,
+    `missing`, is not on this worker) or `unmapped` (no languages configured for it);
+    all but `found` read the page with the worker's default set and warn.
+    """
+
+    name: str | None
+    confidence: float | None
+    outcome: str
+    missing: tuple[str, ...] = ()
+
+    def to_json(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"name": self.name, "confidence": self.confidence,
+                               "outcome": self.outcome}
+        if self.missing:
+            out["missing"] = list(self.missing)
+        return out
+
+    @classmethod
+    def from_json(cls, data: Mapping[str, Any]) -> ScriptFound:
+        return cls(data.get("name"), data.get("confidence"), str(data["outcome"]),
+                   tuple(data.get("missing", ())))
+
+
+@dataclass(frozen=True)
 class PageRecord:
     """One page of a result: read by OCR, taken from the PDF's text layer, blank, or failed.
 
@@ -201,6 +231,11 @@ class PageRecord:
     # output=markdown/json: the page's blocks (json keeps them); why there are none
     structure: PageStructure | None = None
     structure_error: PageError | None = None
+    # OCR'd pages: the language set and the engine that read the page; `script`: what
+    # `lang=auto` found on it (None when the job named its language).
+    lang: str | None = None
+    engine: str | None = None
+    script: ScriptFound | None = None
 
     @property
     def failed(self) -> bool:
@@ -221,6 +256,11 @@ class PageRecord:
             value = getattr(self, name)
             if value is not None:
                 out[name] = value.to_json()
+        for name in ("lang", "engine"):
+            if getattr(self, name) is not None:
+                out[name] = getattr(self, name)
+        if self.script is not None:
+            out["script"] = self.script.to_json()
         for name in ("vlm", "fallback", "text_layer", "worker"):
             value = getattr(self, name)
             if value is not None:
@@ -252,7 +292,9 @@ class PageRecord:
             structure=PageStructure.from_json(data["structure"])
             if data.get("structure") else None,
             structure_error=PageError.from_json(data["structure_error"])
-            if data.get("structure_error") else None)
+            if data.get("structure_error") else None,
+            lang=data.get("lang"), engine=data.get("engine"),
+            script=ScriptFound.from_json(data["script"]) if data.get("script") else None)
 
 
 @dataclass(frozen=True)
@@ -275,7 +317,7 @@ class DocumentResult:
     seconds; `outputs` the stored files (one JSON key each: `pdf`, `hocr`, `alto`).
     """
 
-    status: str
+    status: JobStatus | None  # None until its pages are assembled (a document's base)
     pages: list[PageRecord] = field(default_factory=list)
     id: str | None = None
     filename: str = ""
@@ -306,13 +348,16 @@ class DocumentResult:
             value = getattr(self, name)
             if value is not None or (name == "lang" and self.format is not None):
                 out[name] = value
-        out["status"] = self.status
+        out["status"] = self.status.value if self.status is not None else ""
         out["text"] = self.text
         out["pages"] = [p.to_json() for p in self.pages]
-        if self.status != "CANCELLED":
+        if self.status is not JobStatus.CANCELLED:
             out["failed_pages"] = [{"number": p.number, **p.error.to_json()}
                                    for p in self.pages if p.error is not None]
             out["warnings"] = page_warnings(self.pages)
+        languages = page_languages(self.pages)
+        if languages:
+            out["languages"] = languages
         for name in ("timings", "engine", "id", "cached", "input_blob", "retry_of",
                      "input_url", "result_object"):
             value = getattr(self, name)
@@ -327,7 +372,7 @@ class DocumentResult:
     @classmethod
     def from_json(cls, data: Mapping[str, Any]) -> DocumentResult:
         return cls(
-            status=str(data["status"]),
+            status=JobStatus(data["status"]) if data.get("status") else None,
             pages=[PageRecord.from_json(p) for p in data.get("pages", [])],
             id=data.get("id"), filename=str(data.get("filename") or ""),
             format=data.get("format"), sha256=data.get("sha256"), output=data.get("output"),
@@ -340,6 +385,29 @@ class DocumentResult:
                      for kind in STORED_OUTPUTS if isinstance(data.get(kind), Mapping)})
 
 
+def page_languages(pages: Iterable[PageRecord]) -> list[str]:
+    """The language sets the document's OCR'd pages were read in, in page order, once."""
+    return list(dict.fromkeys(p.lang for p in pages if p.lang and p.error is None))
+
+
+def _script_warning(page: PageRecord, script: ScriptFound) -> dict[str, Any]:
+    """The page warning of an `auto` page not read in its script's languages."""
+    name, lang = script.name, page.lang or "the default languages"
+    if script.outcome == "missing":
+        return {"page": page.number, "code": "lang_missing",
+                "message": f"page {page.number}: its script is {name}, whose language "
+                           f"{'+'.join(script.missing)} this worker lacks; read with {lang}"}
+    if script.outcome == "unmapped":
+        return {"page": page.number, "code": "lang_missing",
+                "message": f"page {page.number}: its script is {name}, for which this "
+                           f"worker has no languages (OCR_AUTO_LANGS); read with {lang}"}
+    seen = "too little text to tell its script" if name is None else \
+        f"its script is uncertain ({name}, confidence {script.confidence})"
+    return {"page": page.number, "code": "lang_uncertain",
+            "message": f"page {page.number}: {seen}; read with the worker's default "
+                       f"languages {lang}"}
+
+
 def page_warnings(pages: Iterable[PageRecord]) -> list[dict[str, Any]]:
     """Pages whose text is not what was asked for, as the result's `warnings`.
 
@@ -348,6 +416,8 @@ def page_warnings(pages: Iterable[PageRecord]) -> list[dict[str, Any]]:
     """
     warnings = []
     for page in pages:
+        if page.script is not None and page.script.outcome != "found" and page.error is None:
+            warnings.append(_script_warning(page, page.script))
         if page.structure_error is not None and page.error is None:
             warnings.append({"page": page.number, "code": page.structure_error.code,
                              "message": page.structure_error.message})

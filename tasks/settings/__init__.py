@@ -169,8 +169,25 @@ class Settings:
                             "Debian's, Homebrew's: docs/languages.md); empty: the one the "
                             "tessdata-* wheels installed under <venv>/share/tessdata.")
     tesseract_lang: str = _s("OCR_TESSERACT_LANG", "eng",
-                             "Default tesseract language(s) of a job without `lang`, e.g. "
-                             "eng+deu.")
+                             "The worker's default tesseract language set, e.g. eng+deu: "
+                             "read for a job without `lang` when OCR_LANG names no set, "
+                             "and for `auto` pages whose script is uncertain or has no "
+                             "language here (with a page warning).")
+    # Issue 33: each page read in the languages of its own script.
+    default_lang: str = _s("OCR_LANG", "auto",
+                           "`lang` of a job that names none: `auto` (each page read in the "
+                           "languages of the script tesseract's orientation check finds on "
+                           "it, OCR_AUTO_LANGS), or a language set read on every page "
+                           "(OCR_LANG=eng is the behaviour before `auto`).")
+    auto_langs: tuple[str, ...] = _s(
+        "OCR_AUTO_LANGS",
+        "Latin=eng+vie,Greek=ell+eng,Han=chi_sim,Cyrillic=rus+eng,Japanese=jpn,"
+        "Hangul=kor,Arabic=ara,Hebrew=heb,Devanagari=hin,Thai=tha",
+        "Languages of an `auto` page by its script, as Script=set pairs, comma separated "
+        "(tesseract's script names). Codes this worker lacks are left out of a set; when "
+        "a set's first code is lacking, the page is read with OCR_TESSERACT_LANG and a "
+        "warning names the language. The set's engine is the one OCR_LANG_ENGINES gives "
+        "(Han: rapidocr where installed), unless the job named its engine.")
     langs: str = _s("OCR_LANGS", "eng",
                     "Languages this machine should have (space, comma or + separated "
                     "tesseract codes, e.g. `eng vie ell chi_sim`): `make run`/`make test` "
@@ -474,6 +491,12 @@ class Settings:
     def schedule_timezone(self) -> str:
         """OCR_TIMEZONE, or this machine's zone (TZ, /etc/localtime), or UTC."""
         return self.timezone or local_timezone()
+
+    @property
+    def auto_lang_map(self) -> dict[str, str]:
+        """OCR_AUTO_LANGS as {script: language set} (validated by `validate`)."""
+        pairs = (p.partition("=") for p in self.auto_langs)
+        return {script.strip(): lang.strip() for script, _, lang in pairs}
 
     @property
     def lang_engine_map(self) -> dict[str, str]:

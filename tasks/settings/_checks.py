@@ -11,7 +11,7 @@ import zoneinfo
 from dataclasses import fields
 from typing import TYPE_CHECKING
 
-from tasks.records.request import LANG_PATTERN
+from tasks.records.request import AUTO_LANG, LANG_PATTERN
 
 if TYPE_CHECKING:
     from tasks.settings import Settings
@@ -106,6 +106,13 @@ def validate(settings: Settings) -> None:
     if not LANG_PATTERN.match(settings.tesseract_lang):
         raise SettingsError("OCR_TESSERACT_LANG must be tesseract codes joined by +, "
                             "e.g. eng or ell+eng")
+    if settings.default_lang != AUTO_LANG and not LANG_PATTERN.match(settings.default_lang):
+        raise SettingsError("OCR_LANG must be auto or tesseract codes joined by +, e.g. eng")
+    for pair in settings.auto_langs:
+        script, sep, lang = (p.strip() for p in pair.partition("="))
+        if not sep or not script or not LANG_PATTERN.match(lang):
+            raise SettingsError(f"OCR_AUTO_LANGS: {pair!r} is not Script=set, e.g. "
+                                "Greek=ell+eng")
     if not all(LANG_PATTERN.match(code) for code in settings.wanted_langs):
         raise SettingsError("OCR_LANGS must be tesseract language codes, e.g. eng vie")
     for name in (settings.model, *settings.retired_models):

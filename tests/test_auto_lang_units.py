@@ -1,0 +1,138 @@
+"""`lang=auto` without workers: a page's languages from its script, records, tags, settings.
+
+The languages are this machine's (`make test-langs`: eng, vie, ell, chi_sim; no rus);
+rapidocr is in the test environment (requirements-rapidocr.txt), so Han routes to it.
+"""
+
+from __future__ import annotations
+
+import xml.etree.ElementTree as ET
+
+import pytest
+
+from tasks.engines.auto_lang import page_language
+from tasks.engines.base import RecognizeOptions, ScriptGuess
+from tasks.pipeline import layouts
+from tasks.pipeline._lang_tags import page_tag, tag
+from tasks.records.request import JobRequest
+from tasks.records.results import DocumentResult, PageRecord, ScriptFound
+from tasks.settings import Settings, SettingsError
+
+SETTINGS = Settings.from_env({})
+
+
+@pytest.mark.parametrize("script,confidence,lang,engine", [
+    ("Latin", 30.0, "eng+vie", "tesseract"),
+    ("Greek", 0.67, "ell+eng", "tesseract"),
+    ("Han", 1.3, "chi_sim", "rapidocr"),
+])
+def test_a_script_found_gives_its_languages_and_engine(script: str, confidence: float,
+                                                       lang: str, engine: str) -> None:
+    chosen = page_language(ScriptGuess(script, confidence), "tesseract", False, SETTINGS)
+    assert (chosen.lang, chosen.engine) == (lang, engine)
+    assert chosen.found == ScriptFound(script, confidence, "found")
+
+
+def test_a_job_that_named_its_engine_keeps_it() -> None:
+    chosen = page_language(ScriptGuess("Han", 1.3), "tesseract", True, SETTINGS)
+    assert (chosen.lang, chosen.engine) == ("chi_sim", "tesseract")
+    # A routed engine that failed to load here is skipped too.
+    failed = page_language(ScriptGuess("Han", 1.3), "tesseract", False, SETTINGS,
+                           failed=("rapidocr",))
+    assert failed.engine == "tesseract"
+
+
+def test_uncertain_unmapped_and_missing_scripts_read_with_the_default_set() -> None:
+    low = page_language(ScriptGuess("Latin", 0.23), "tesseract", False, SETTINGS)
+    assert (low.lang, low.found.outcome) == ("eng", "uncertain")
+    none = page_language(None, "tesseract", False, SETTINGS)
+    assert (none.lang, none.found) == ("eng", ScriptFound(None, None, "uncertain"))
+    unmapped = page_language(ScriptGuess("Ethiopic", 9.0), "tesseract", False, SETTINGS)
+    assert (unmapped.lang, unmapped.found.outcome) == ("eng", "unmapped")
+    cyrillic = page_language(ScriptGuess("Cyrillic", 8.0), "tesseract", False, SETTINGS)
+    assert (cyrillic.lang, cyrillic.engine) == ("eng", "tesseract")
+    assert cyrillic.found == ScriptFound("Cyrillic", 8.0, "missing", ("rus",))
+    # rapidocr reads no Greek: a job that named it gets the warning, not a failure.
+    greek = page_language(ScriptGuess("Greek", 5.0), "rapidocr", True, SETTINGS)
+    assert (greek.lang, greek.found.missing) == ("chi_sim+eng", ("ell",))
+
+
+def test_codes_a_worker_lacks_leave_the_set_and_the_default_set_is_ocr_tesseract_lang(
+) -> None:
+    settings = Settings.from_env({"OCR_AUTO_LANGS": "Latin=eng+tlh+vie",
+                                  "OCR_TESSERACT_LANG": "eng+vie"})
+    latin = page_language(ScriptGuess("Latin", 3.0), "tesseract", False, settings)
+    assert latin.lang == "eng+vie" and latin.found.outcome == "found"
+    greek = page_language(ScriptGuess("Greek", 3.0), "tesseract", False, settings)
+    assert (greek.lang, greek.found.outcome) == ("eng+vie", "unmapped")
+
+
+def test_the_default_lang_is_auto_and_ocr_lang_names_another() -> None:
+    request = JobRequest(source="path")
+    assert request.with_default_lang(SETTINGS.default_lang).lang == "auto"
+    named = Settings.from_env({"OCR_LANG": "eng"}).default_lang
+    assert request.with_default_lang(named).lang == "eng"
+    assert JobRequest(source="path", lang="vie").with_default_lang("auto").lang == "vie"
+    assert JobRequest.from_kwargs({"path": "/x", "lang": "auto"}, ["tesseract"]).lang == "auto"
+    assert RecognizeOptions(lang="auto").named_lang is None
+    assert RecognizeOptions(lang="vie").named_lang == "vie"
+
+
+@pytest.mark.parametrize("env", [{"OCR_LANG": "vie ell"}, {"OCR_AUTO_LANGS": "Greek"},
+                                 {"OCR_AUTO_LANGS": "Greek=ell eng"}])
+def test_bad_language_settings_are_refused(env: dict[str, str]) -> None:
+    with pytest.raises(SettingsError):
+        Settings.from_env(env)
+
+
+def test_pages_carry_lang_engine_script_and_the_result_lists_languages_and_warnings(
+) -> None:
+    pages = [PageRecord(1, "α", lang="ell+eng", engine="tesseract",
+                        script=ScriptFound("Greek", 11.0, "found")),
+             PageRecord(2, "x", lang="eng", engine="tesseract",
+                        script=ScriptFound("Cyrillic", 8.0, "missing", ("rus",))),
+             PageRecord(3, "y", lang="eng", engine="tesseract",
+                        script=ScriptFound(None, None, "uncertain")),
+             PageRecord(4, "", source="blank")]
+    data = DocumentResult.from_json({"status": "SUCCESS", "format": "png", "lang": "auto",
+                                     "pages": [p.to_json() for p in pages]}).to_json()
+    assert data["languages"] == ["ell+eng", "eng"]
+    assert data["pages"][0]["lang"] == "ell+eng" and data["pages"][0]["engine"] == "tesseract"
+    assert data["pages"][1]["script"] == {"name": "Cyrillic", "confidence": 8.0,
+                                          "outcome": "missing", "missing": ["rus"]}
+    assert [(w["page"], w["code"]) for w in data["warnings"]] == [
+        (2, "lang_missing"), (3, "lang_uncertain")]
+    assert "rus" in data["warnings"][0]["message"]
+    assert "too little text" in data["warnings"][1]["message"]
+    assert DocumentResult.from_json(data).pages == pages  # the JSON round trip
+
+
+def test_language_tags() -> None:
+    assert [tag(c) for c in ("ell", "chi_sim", "vie", "tlh")] == ["el", "zh-Hans", "vi", "tlh"]
+    assert page_tag("eng+vie", ["vie", "vie", "eng"]) == "vi"
+    assert page_tag("ell+eng") == "el" and page_tag(None) is None
+
+
+PAGE = """<div class='ocr_page' id='page_1' title='bbox 0 0 400 200'>
+ <div class='ocr_carea' id='block_1_1' title="bbox 10 10 300 90">
+  <p class='ocr_par' id='par_1_1' lang='{code}' title="bbox 10 10 300 90">
+   <span class='ocr_line' id='line_1_1' title="bbox 10 10 300 40">
+    <span class='ocrx_word' id='word_1_1' title='bbox 10 10 90 40; x_wconf 91'>{word}</span>
+   </span>
+  </p>
+ </div>
+</div>"""
+
+
+def test_hocr_and_alto_carry_each_pages_language() -> None:
+    pages = [PageRecord(1, hocr=PAGE.format(code="ell", word="μία"), lang="ell+eng"),
+             PageRecord(2, hocr=PAGE.format(code="vie", word="Việt"), lang="eng+vie"),
+             PageRecord(3, hocr=PAGE.format(code="ell", word="και"), lang="ell+eng")]
+    root = ET.fromstring(layouts.merge_hocr(pages))
+    divs = [el for el in root.iter(f"{{{layouts.XHTML}}}div")
+            if el.get("class") == "ocr_page"]
+    assert [d.get("lang") for d in divs] == ["el", "vi", "el"]
+    assert root.get("lang") == "el"  # the language most pages are in
+    alto = ET.fromstring(layouts.merge_alto(pages))
+    blocks = list(alto.iter(f"{{{layouts.ALTO}}}TextBlock"))
+    assert [b.get("LANG") for b in blocks] == ["el", "vi", "el"]

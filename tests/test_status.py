@@ -1,0 +1,49 @@
+"""Job status has one owner, tasks/records/status.py.
+
+The translation from Celery's states, the typed `DocumentResult.status`, and the public
+JSON that keeps its plain strings.
+"""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from tasks.records.results import DocumentResult, PageRecord
+from tasks.records.status import CeleryState, JobStatus, WaitStatus, celery_final, from_celery
+
+
+@pytest.mark.parametrize(("state", "seen"), [
+    ("PENDING", WaitStatus.QUEUED), ("RECEIVED", WaitStatus.QUEUED),
+    ("STARTED", WaitStatus.RUNNING), ("PROGRESS", WaitStatus.RUNNING),
+    ("RETRY", WaitStatus.RUNNING), ("SOME-NEW-STATE", WaitStatus.RUNNING),
+    ("SUCCESS", JobStatus.SUCCESS), ("FAILURE", JobStatus.FAILURE),
+    ("REVOKED", JobStatus.CANCELLED)])
+def test_one_translation_from_celery(state: str, seen: JobStatus | WaitStatus) -> None:
+    assert from_celery(state) is seen
+    assert celery_final(state) is isinstance(seen, JobStatus)
+
+
+def test_celery_states_are_celerys() -> None:
+    from celery import states
+
+    for state in CeleryState:
+        if state is not CeleryState.PROGRESS:  # the service's own
+            assert getattr(states, state.name) == state.value
+
+
+def test_a_stored_status_reads_back_typed_and_unknown_ones_as_failure() -> None:
+    assert JobStatus.of("PARTIAL") is JobStatus.PARTIAL
+    assert JobStatus.of("RUNNING") is JobStatus.FAILURE and JobStatus.of(None) is JobStatus.FAILURE
+    assert [s for s in JobStatus if s.answered] == [JobStatus.SUCCESS, JobStatus.PARTIAL]
+
+
+def test_document_result_status_is_typed_and_its_json_a_plain_string() -> None:
+    result = DocumentResult(status=JobStatus.PARTIAL, pages=[PageRecord(1, "a")], id="j")
+    data = json.loads(json.dumps(result.to_json()))
+    assert data["status"] == "PARTIAL" and type(result.to_json()["status"]) is str
+    back = DocumentResult.from_json(data)
+    assert back.status is JobStatus.PARTIAL and back.to_json() == result.to_json()
+    base = DocumentResult(status=None, filename="x.pdf")  # a document's base, not yet read
+    assert DocumentResult.from_json(base.to_json()).status is None
