@@ -219,9 +219,10 @@ class Settings:
                           "light worker of the Procfile that serves only the "
                           "`ocr-control` queue (cancels, callbacks) and loads no engine.")
     concurrency: int = _s("OCR_CONCURRENCY", "0",
-                          "Pool children per worker; 0 means one per CPU core, and one "
+                          "Pool children per worker; 0 means one per CPU core, one "
                           "for a worker whose engine is mlx-vlm (each child holds its own "
-                          "copy of the model).")
+                          "copy of the model), and OCR_VLM_API_IN_FLIGHT threads for "
+                          "vlm-api.")
     max_tasks_per_child: int = _s("OCR_MAX_TASKS_PER_CHILD", "200",
                                   "Recycle a pool child after this many tasks (0: never).")
     max_memory_per_child_mb: int = _s("OCR_MAX_MEMORY_PER_CHILD_MB", "4096",
