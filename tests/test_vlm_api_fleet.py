@@ -95,7 +95,7 @@ def test_one_worker_keeps_64_pages_in_flight(
     assert len(pages) == 64 and len({p["worker"]["pid"] for p in pages}) == 1
     assert all(p["text"] == server.text and "fallback" not in p for p in pages)
     assert all(p["vlm"]["generation_tokens"] == 6 for p in pages)  # the server's usage
-    assert re.search(r"concurrency: 64 \(thread", worker.log())
+    assert "reads with engine vlm-api in a pool of 64 threads" in worker.log()
     for body in server.requests:  # every request states its sampling
         assert (body["temperature"], body["top_p"], body["top_k"]) == (0.0, 1.0, -1)
         assert (body["repetition_penalty"], body["min_p"]) == (1.0, 0.0)
@@ -176,3 +176,35 @@ def test_a_server_that_never_answers_is_bounded(
     # Its one page ended as transient (never read by the fallback): the job failed.
     assert result["error"]["code"] == "transient" and result["error"]["retryable"], result
     assert len(server.requests) == 1  # no retry left in 1 s of OCR_VLM_API_RETRY_SECONDS
+
+
+def test_cancel_and_deadline_end_pages_that_wait_at_the_server(
+        fleet_worker: Callable[..., Worker],
+        simulator: Callable[..., SimulatedInferenceServer], client: OcrClient) -> None:
+    server = simulator()
+    server.hold_until = 10**6  # holds every answer until released
+    server.start()
+    worker = fleet_worker(server)
+    # Celery enforces no time limit in a thread pool, nor kills a running thread: the
+    # job's end comes from the cancel and the page clock, and late pages leave nothing.
+    job = client.submit(image_pdf(plain_pages(4)), filename="four.pdf", engine="vlm-api")
+    deadline = time.monotonic() + 120
+    while server.in_flight < 4:
+        assert time.monotonic() < deadline, "the pages never reached the server"
+        time.sleep(0.05)
+    assert client.cancel([job]) == {job: "cancelled"}
+    assert client.wait([job], timeout=60)[job]["status"] == "CANCELLED"
+    late = client.submit(image_pdf(plain_pages(2)), filename="late.pdf", engine="vlm-api",
+                         deadline=3)
+    result = client.wait([late], timeout=120)[late]
+    assert result["status"] == "FAILURE", result
+    assert "deadline_exceeded" in json.dumps(result), result
+    server.release()
+    follow = client.submit(image_pdf(plain_pages(1)), filename="next.pdf", engine="vlm-api")
+    assert client.wait([follow], timeout=120)[follow]["status"] == "SUCCESS"
+    while server.in_flight:
+        assert time.monotonic() < deadline + 120, "held pages never ended"
+        time.sleep(0.05)
+    store = client.app.backend.client
+    assert not store.keys(f"ocr:doc:{job}:*") and not store.keys(f"ocr:doc:{late}:*")
+    assert "pidbox command error" not in worker.log()  # a thread is not killed: no error

@@ -321,7 +321,8 @@ def test_settings_pick_the_server_and_the_model_name() -> None:
 def test_a_vlm_api_worker_is_a_thread_pool_of_its_pages_in_flight() -> None:
     settings = Settings.from_env({"OCR_ENGINE": "vlm-api"})
     config = worker_app_config(settings, "vlm-api")
-    assert (config["worker_pool"], config["worker_concurrency"]) == ("threads", 64)
+    assert config["worker_pool"] == "tasks.queue.pool:ThreadTaskPool"
+    assert config["worker_concurrency"] == 64
     assert config["task_annotations"]["ocr.pdf_page"]["soft_time_limit"] == 840
     assert default_concurrency(Settings.from_env({"OCR_VLM_API_IN_FLIGHT": "128"}),
                                "vlm-api") == 128

@@ -146,7 +146,7 @@ def worker_app_config(settings: Settings, engine: str) -> dict[str, Any]:
     config = {**celery_config(settings), "worker_concurrency": default_concurrency(
         settings, engine)}
     if engine == "vlm-api" and settings.worker_role != "control":
-        config["worker_pool"] = "threads"
+        config["worker_pool"] = "tasks.queue.pool:ThreadTaskPool"
         config["task_annotations"] = {"ocr.pdf_page": {
             "soft_time_limit": settings.vlm_api_page_time_limit,
             "time_limit": settings.vlm_api_page_time_limit + 30}}
