@@ -97,6 +97,16 @@ def test_served_queue_is_waited_for(node: str, worker: Worker, redis_url: str,
     assert json.loads(done.stdout)["status"] == "SUCCESS"
 
 
+def test_lang_is_sent_and_auto_is_the_default(node: str, worker: Worker, redis_url: str,
+                                              scan: Path) -> None:
+    """`--lang auto` and a named set reach the job; without --lang it is the worker's auto."""
+    for args, lang in ((["--lang", "auto"], "auto"), (["--lang", "ell+eng"], "ell+eng"),
+                       ([], "auto")):
+        done, _ = run_node(node, "--redis", redis_url, *args, str(scan))
+        assert done.returncode == 0, done.stderr
+        assert json.loads(done.stdout)["lang"] == lang
+
+
 def test_live_queues_names_the_worker(node: str, worker: Worker, redis_url: str) -> None:
     script = (f"const c = require({json.dumps(CLIENT_JS)});"
               f"(async () => {{ const r = await new c.RedisConnection({json.dumps(redis_url)})"

@@ -261,7 +261,7 @@ async function enqueueDocument(redis, source, options) {
   const { queue, priority = 'normal', resultUrl, ...rest } = options;
   const taskId = crypto.randomUUID();
   const kwargs = { ...source };
-  for (const name of ['filename', 'engine', 'pages', 'password', 'output', 'mode']) {
+  for (const name of ['filename', 'engine', 'pages', 'password', 'output', 'mode', 'lang']) {
     if (rest[name] !== undefined && rest[name] !== null) kwargs[name] = String(rest[name]);
   }
   if (resultUrl !== undefined && resultUrl !== null) kwargs.result_url = String(resultUrl);
@@ -436,6 +436,8 @@ options:
   --pages RANGE      pages to read, e.g. 1-3,7
   --output FORMAT    text, markdown, json or pdf
   --mode MODE        PDFs: auto (text layer where present), ocr, text
+  --lang LANG        tesseract languages, e.g. vie or ell+eng, or auto: each page in its
+                     own script's languages (default: the worker's OCR_LANG, auto unless set)
   --password PW      password of an encrypted PDF
   --priority P       interactive, normal (default) or batch
   --queue NAME       send to this queue instead of the engine's
@@ -484,7 +486,7 @@ function parseArgs(argv) {
     redis: process.env.REDIS_URL, timeout: 120, wait: true, files: [],
     'max-input-mb': defaultMaxInputMb(),
   };
-  const valued = ['redis', 'engine', 'pages', 'output', 'mode', 'password', 'priority',
+  const valued = ['redis', 'engine', 'pages', 'output', 'mode', 'lang', 'password', 'priority',
     'queue', 'timeout', 'max-input-mb', 'result-url'];
   for (let i = 0; i < argv.length; i += 1) {
     const arg = argv[i];
@@ -592,8 +594,8 @@ async function main() {
       if (isUrl(file)) {
         const id = await submitUrl(redis, file, {
           engine: options.engine, pages: options.pages, output: options.output,
-          mode: options.mode, password: options.password, priority: options.priority,
-          queue: options.queue, resultUrl: options['result-url'],
+          mode: options.mode, lang: options.lang, password: options.password,
+          priority: options.priority, queue: options.queue, resultUrl: options['result-url'],
         });
         jobs.push({ filename: file.split('?')[0].replace(/\/+$/, '').split('/').pop(), queue: jobQueue(options), id });
         continue;
@@ -615,8 +617,9 @@ async function main() {
       }
       jobs.push({ filename, queue: jobQueue(options), id: await submit(redis, data, {
         filename, engine: options.engine, pages: options.pages,
-        output: options.output, mode: options.mode, password: options.password,
-        priority: options.priority, queue: options.queue, maxInputMb: limit,
+        output: options.output, mode: options.mode, lang: options.lang,
+        password: options.password, priority: options.priority, queue: options.queue,
+        maxInputMb: limit,
         resultUrl: options['result-url'],
       }) });
     }

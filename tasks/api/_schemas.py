@@ -46,7 +46,9 @@ class JobOptions(BaseModel):
     output: Output = Field("text", description="what the job produces")
     mode: Mode | None = Field(None, description="PDFs: auto (default), ocr or text")
     lang: str | None = Field(None, max_length=100, pattern=r"^[A-Za-z0-9_]+(\+[A-Za-z0-9_]+)*$",
-                             description="tesseract languages, e.g. vie or ell+eng")
+                             description="tesseract languages, e.g. vie or ell+eng, or "
+                                         "auto (each page in its own script's languages; "
+                                         "the default of a job without lang)")
     engine: str | None = Field(None, max_length=64, pattern=r"^[A-Za-z0-9_.-]+$",
                                description="tesseract, mlx-vlm, rapidocr (default: any "
                                "worker's, or by `lang` as OCR_LANG_ENGINES says)")
