@@ -23,7 +23,8 @@ from typing import Any
 from bench.common import RESULTS, Context, Report, machine_info, pin_threads
 
 BENCHMARKS = ("pipeline", "overhead", "api", "peers", "digital", "memory", "blank", "vlm",
-              "brokers", "breakdown", "languages", "vlm_api")
+              "brokers", "breakdown", "languages", "vlm_api", "object_storage",
+              "structure", "vlm_fleet")
 log = logging.getLogger("bench")
 
 

@@ -187,3 +187,71 @@ def test_failed_layout_on_one_page_gives_its_plain_text_and_a_warning(
                                    "message": second["structure_error"]["message"]}]
     assert headings(first["text"])[0] == (1, "Two-Column Document with Lorem Ipsum")
     assert "|Austria|8.9|83,879|Vienna|German|" in third["text"]
+
+
+def to_docling(result: dict[str, Any]) -> Any:
+    """A json result's blocks as a docling-core `DoclingDocument`, kind for label.
+
+    Headers and footers go to the furniture layer, as docling puts them.
+    """
+    from docling_core.types.doc import (
+        BoundingBox,
+        ContentLayer,
+        DocItemLabel,
+        DoclingDocument,
+        ProvenanceItem,
+        Size,
+        TableCell,
+        TableData,
+    )
+
+    doc = DoclingDocument(name=result.get("filename") or "result")
+    for page in result["pages"]:
+        structure = page["structure"]
+        doc.add_page(page_no=page["number"],
+                     size=Size(width=structure["width"], height=structure["height"]))
+        group = None
+        for block in structure["blocks"]:
+            left, top, right, bottom = block["bbox"]
+            prov = ProvenanceItem(page_no=page["number"], charspan=(0, len(block["text"])),
+                                  bbox=BoundingBox(l=left, t=top, r=right, b=bottom))
+            label = DocItemLabel(block["kind"])
+            if label is not DocItemLabel.LIST_ITEM:
+                group = None
+            if label is DocItemLabel.TITLE:
+                doc.add_title(block["text"], prov=prov)
+            elif label is DocItemLabel.SECTION_HEADER:
+                doc.add_heading(block["text"], level=block["level"], prov=prov)
+            elif label is DocItemLabel.LIST_ITEM:
+                group = group or doc.add_list_group()
+                doc.add_list_item(block["text"], prov=prov, parent=group)
+            elif label is DocItemLabel.TABLE:
+                rows = block.get("cells") or []
+                cells = [TableCell(text=text or "", start_row_offset_idx=r,
+                                   end_row_offset_idx=r + 1, start_col_offset_idx=c,
+                                   end_col_offset_idx=c + 1, column_header=r == 0)
+                         for r, row in enumerate(rows) for c, text in enumerate(row)]
+                doc.add_table(TableData(table_cells=cells, num_rows=len(rows),
+                                        num_cols=max(map(len, rows), default=0)), prov=prov)
+            elif label is DocItemLabel.PICTURE:
+                doc.add_picture(prov=prov)
+            else:
+                furniture = label in (DocItemLabel.PAGE_HEADER, DocItemLabel.PAGE_FOOTER)
+                doc.add_text(label, block["text"], prov=prov,
+                             content_layer=ContentLayer.FURNITURE if furniture else None)
+    return doc
+
+
+def test_blocks_map_one_to_one_onto_a_docling_document(workers: list[Worker],
+                                                       client: OcrClient) -> None:
+    result = run(client, corpus("dig_multicolumn_3p.pdf"), output="json")
+    doc = to_docling(result)
+    blocks = [b for p in result["pages"] for b in p["structure"]["blocks"]]
+    items = list(doc.texts) + list(doc.tables) + list(doc.pictures)
+    assert len(items) == len(blocks)
+    assert sorted(item.label.value for item in items) == sorted(b["kind"] for b in blocks)
+    markdown = doc.export_to_markdown()
+    assert "Two-Column Document with Lorem Ipsum" in markdown.split("\n")[0]
+    assert re.search(r"^\| Austria\s+\|\s+8\.9 \|\s+83,879 \| Vienna\s+\| German\s+\|$",
+                     markdown, flags=re.MULTILINE)
+    assert "\n3\n" not in markdown  # the page number: a footer, furniture

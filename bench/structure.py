@@ -1,0 +1,116 @@
+"""Issue 31: Markdown with the document's structure (PyMuPDF 2.0's layout analysis).
+
+- born digital: dig_tracemonkey_14p.pdf through a Procfile worker (one child), one job
+  at a time, `output=text` and `output=markdown` in interleaved rounds; pages/s from
+  the jobs' own `timings.total_seconds` (the worker child's time, planning included).
+  Goal: >= 2 pages/s with structure on this 2-core machine.
+- OCR'd pages: tracemonkey pages 1 and 4 (a title page and a two-column page) as a
+  200-dpi image PDF, read by tesseract in this process (`run_document`), `text` and
+  `markdown` interleaved; the pages' own `seconds` (OCR, plus the structure for
+  markdown). Goal: structure adds <= 20 % to a page's OCR time.
+- install: what PyMuPDF 2.0 adds to the lean install (`requirements.txt`), from the
+  installed files of the packages it brought (PyMuPDF 1.28.2's own 60 MiB measured from
+  its unpacked wheel when the pin moved).
+"""
+
+from __future__ import annotations
+
+import importlib.metadata
+from pathlib import Path
+from typing import Any
+
+from bench.common import Context, Direct, Ratio, Report, Services, Table, load_doc, median
+
+PDF = "dig_tracemonkey_14p.pdf"
+PAGES_GOAL = 2.0  # issue 31: born-digital Markdown with structure, pages/s per child
+OCR_GOAL = 0.20  # issue 31: structure adds at most 20 % to an OCR'd page's time
+# What PyMuPDF 2.0 brought into requirements.txt's install (pip's resolution of both pins).
+ADDED = ("pymupdf", "onnxruntime", "networkx", "protobuf", "psutil", "tabulate",
+         "flatbuffers", "pymupdf-layout", "pymupdf4llm")
+PYMUPDF_128_MIB = 60.0  # pymupdf 1.28.2's installed files (its manylinux wheel, unpacked)
+
+
+def installed_mib(name: str) -> float:
+    dist = importlib.metadata.distribution(name)
+    paths = (Path(str(dist.locate_file(file))) for file in dist.files or ())
+    return sum(path.stat().st_size for path in paths if path.is_file()) / 2**20
+
+
+def scanned_pages() -> bytes:
+    import pymupdf
+
+    doc = load_doc(PDF)
+    with pymupdf.open(stream=doc.data, filetype="pdf") as source:
+        out = pymupdf.open()
+        for index in (0, 3):
+            page = source[index]
+            pix = page.get_pixmap(dpi=200, colorspace=pymupdf.csGRAY)
+            new = out.new_page(width=page.rect.width, height=page.rect.height)
+            new.insert_image(new.rect, stream=pix.tobytes("png"))
+        return bytes(out.tobytes())
+
+
+def run(ctx: Context) -> Report:
+    doc = load_doc(PDF)
+    repeats = ctx.size(3, 1)
+    digital: dict[str, list[float]] = {"text": [], "markdown": []}
+    with Services(ctx.workdir) as services, \
+            services.stack(OCR_CONCURRENCY="1") as (_, client):
+        from bench.common import run_jobs
+
+        for output in digital:  # warm-up, not counted: the child's first job, the model
+            run_jobs(client, [(doc.data, {"filename": doc.name, "output": output})])
+        for _ in range(repeats):
+            for output, runs in digital.items():
+                _, (result,) = run_jobs(client, [(doc.data, {"filename": doc.name,
+                                                              "output": output})])
+                runs.append(float(result["timings"]["total_seconds"]))
+                pages = len(result["pages"])
+    scans = scanned_pages()
+    ocr: dict[str, list[float]] = {"text": [], "markdown": []}
+    direct = Direct()
+    try:
+        direct.run(scans, "scan.pdf", output="markdown")  # warm-up
+        for _ in range(repeats):
+            for output, runs in ocr.items():
+                result = direct.run(scans, "scan.pdf", output=output)
+                runs.append(sum(float(p["seconds"]) for p in result["pages"]))
+    finally:
+        direct.close()
+
+    rates = {name: pages / median(runs) for name, runs in digital.items()}
+    cost = median(digital["markdown"]) / median(digital["text"])
+    added = median(ocr["markdown"]) / median(ocr["text"]) - 1
+    sizes = {name: round(installed_mib(name), 1) for name in ADDED}
+    growth = sum(sizes.values()) - PYMUPDF_128_MIB
+
+    table = Table(f"Born digital: {PDF}, {pages} pages, one worker child, median of "
+                  f"{repeats} round(s)", ["output", "median s (in the worker)", "pages/s"])
+    for name, runs in digital.items():
+        table.rows.append([name, median(runs), rates[name]])
+    scan_table = Table(f"OCR'd pages: {PDF} pages 1 and 4 as 200-dpi scans, tesseract in "
+                       f"this process, median of {repeats}", ["output", "page seconds (sum)"])
+    for name, runs in ocr.items():
+        scan_table.rows.append([name, median(runs)])
+    size_table = Table("Install: what PyMuPDF 2.0 brings into requirements.txt",
+                       ["package", "MiB installed"])
+    size_table.rows += [[name, mib] for name, mib in sizes.items()]
+    size_table.rows.append(["minus pymupdf 1.28.2", -PYMUPDF_128_MIB])
+    size_table.rows.append(["growth", growth])
+    data: dict[str, Any] = {"file": PDF, "pages": pages, "repeats": repeats,
+                            "digital_seconds": digital, "ocr_seconds": ocr,
+                            "pages_per_s": rates, "markdown_over_text": cost,
+                            "ocr_structure_added": added, "install_mib": sizes,
+                            "install_growth_mib": growth}
+    report = Report("structure", tables=[table, scan_table, size_table], data=data)
+    report.ratios.append(Ratio("born-digital Markdown with structure, pages/s per child",
+                               rates["markdown"], goal=f">= {PAGES_GOAL:.0f}",
+                               met=rates["markdown"] >= PAGES_GOAL, note="issue 31"))
+    report.ratios.append(Ratio("born-digital markdown / text seconds", cost,
+                               note="the structure's cost over the plain-text path"))
+    report.ratios.append(Ratio("OCR'd pages: time structure adds to the page's",
+                               added, goal=f"<= {OCR_GOAL:.2f}", met=added <= OCR_GOAL,
+                               note="issue 31"))
+    report.ratios.append(Ratio("lean install growth from PyMuPDF 2.0, MiB", growth,
+                               note="issue 31"))
+    return report
