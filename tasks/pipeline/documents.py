@@ -311,7 +311,7 @@ def planned_pages(plan: PdfPlan, settings: Settings, output: str) -> list[PageRe
 
 def document_base(data: bytes, request: JobRequest, fmt: str, count: int) -> DocumentResult:
     """What a document's result says of its input, before any page is read."""
-    return DocumentResult(status="", filename=request.filename, format=fmt,
+    return DocumentResult(status=None, filename=request.filename, format=fmt,
                           sha256=hashlib.sha256(data).hexdigest(), output=request.output,
                           mode=request.mode, lang=request.lang, page_count=count)
 
