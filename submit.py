@@ -2,8 +2,8 @@
 """`submit.py`: the command-line client of the OCR service (runs on a user's machine).
 
     submit.py [OPTIONS] FILE...            OCR files, print their text (= submit.py submit)
-    submit.py COMMAND [OPTIONS] ...        submit, wait, status, cancel, retry, models, langs,
-                                           tokens
+    submit.py COMMAND [OPTIONS] ...        submit, wait, status, cancel, retry, langs; and
+                                           the operator's models, tokens (ocr_admin.py)
 
 `submit.py --help` lists every command with an example and the exit codes;
 `submit.py COMMAND --help` shows one command's options. The shared options (`--json`,
@@ -23,12 +23,12 @@ import os
 import sys
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TextIO
 
+import ocr_admin
 from tasks import inference_server as vlm_server
-from tasks.api.tokens import ApiClient, TokenStore
 from tasks.client import CONNECTION_ERRORS, JobProgress, OcrClient, masked_url
 from tasks.errors import NoWorker, OcrError, ServiceUnreachable
 from tasks.operator_console import OperatorConsole
@@ -36,8 +36,6 @@ from tasks.queue.routing import PRIORITIES
 from tasks.records.request import OUTPUT_CHOICES
 from tasks.records.status import JobStatus, WaitStatus
 from tasks.settings import Settings, SettingsError
-from tasks.state.stores import connect
-from tasks.state.webhook_secrets import DEFAULT_GRACE_SECONDS
 
 PROG = "submit.py"
 EXTENSIONS = {"text": ".txt", "markdown": ".md", "json": ".json", "pdf": ".txt",
@@ -573,55 +571,11 @@ def run_retry(args: argparse.Namespace, session: Session) -> int:
     return emit([results[i] for i in new_ids], args, "text", client)
 
 
-def models_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--prune", action="store_true",
-                        help="remove what the prune policy selects")
-    parser.add_argument("--dry-run", action="store_true",
-                        help="show what --prune would remove; remove nothing")
-    parser.add_argument("--unload", action="store_true",
-                        help="make every pool child release its engine (remote control "
-                             "unload_model); it reloads on its next task")
-
-
-@command("models", "audit OCR_MODEL_DIR of every host (one table per host), prune it, "
-         "or make the workers release their models", f"{PROG} models --prune --dry-run",
-         shared=("json", "timeout"), arguments=models_arguments)
+@command("models", ocr_admin.MODELS_SUMMARY, f"{PROG} models --prune --dry-run",
+         shared=("json", "timeout"), arguments=ocr_admin.models_arguments)
 def run_models(args: argparse.Namespace, session: Session) -> int:
-    """Print the audit report, or the replies to `unload_model`.
-
-    Exit 1 when an audit failed or reported errors, 5 when no worker answered.
-    """
-    if args.unload and (args.prune or args.dry_run):
-        print(f"{PROG} models: --unload cannot be combined with --prune or --dry-run",
-              file=sys.stderr)
-        return EXIT_USAGE
-    client = session.client
-    if args.unload:
-        replies = OperatorConsole(client).unload_models()
-        if args.json:
-            print(json.dumps({"unload": replies}))
-        else:
-            for worker, reply in sorted(replies.items()):
-                print(f"{worker}: {reply.get('ok') or 'error: ' + str(reply.get('error'))}")
-        if not replies:
-            print(f"{PROG}: no worker answered; {NO_WORKER_HINT}", file=sys.stderr)
-        return EXIT_OK if any("ok" in r for r in replies.values()) else EXIT_FAILURE
-    result = OperatorConsole(client).audit_every_host(prune=args.prune, dry_run=args.dry_run,
-                                     timeout=300.0 if args.timeout is None else args.timeout)
-    reports, failed = result["hosts"], result["failed"]
-    if args.json:
-        print(json.dumps(result), flush=True)
-    elif reports:
-        print("\n\n".join(format_models_report(r) for r in reports), flush=True)
-    for failure in failed:  # FAILURE or TIMEOUT of one host's audit
-        error = failure.get("error", {})
-        print(f"{PROG}: audit of {failure['model_dir']} on {failure['host']} "
-              f"{failure.get('status')}: {error.get('code')}: {error.get('message')}",
-              file=sys.stderr)
-    if not reports and not failed:
-        print(f"{PROG}: no worker answered; {NO_WORKER_HINT}", file=sys.stderr)
-        return EXIT_UNREACHABLE
-    return EXIT_FAILURE if failed or any(r["errors"] for r in reports) else EXIT_OK
+    """The operator's `models` (ocr_admin.py), with submit.py's words."""
+    return ocr_admin.run_models(args, session, PROG)
 
 
 @command("langs", "list the languages each live worker reads (a job's --lang)",
@@ -643,191 +597,11 @@ def run_langs(args: argparse.Namespace, session: Session) -> int:
     return EXIT_OK
 
 
-def format_models_report(report: dict[str, Any]) -> str:
-    """One host's audit report as a table and lists, for people."""
-    lines = [f"== {report['host']}: {report['model_dir']} (audited by {report['worker']})"]
-    lines += report.get("notes", [])
-    if not report.get("model_dir_exists", True) and not report["errors"]:
-        return "\n".join(lines)
-    header = ("NAME", "STATUS", "KIND", "SIZE", "MODIFIED", "LAST USED", "LOADED BY",
-              "INTEGRITY")
-    rows = [header]
-    for m in report["models"]:
-        kind = m["kind"] + (f" ({m['model_type']})" if m["model_type"] else "")
-        hub = m.get("hub")
-        if hub:
-            refs = " ".join(f"{ref}={commit[:8]}" for ref, commit in sorted(hub["refs"].items()))
-            kind += f", {len(hub['revisions'])} rev, {refs or 'no refs'}"
-        integrity = m["integrity"]
-        state = "ok" if integrity["ok"] else "; ".join(
-            [*integrity["problems"], *[f"partial: {p}" for p in integrity["partial"]]])
-        rows.append((m["name"] + (f" -> {m['link']}" if m["link"] else ""),
-                     m.get("status", "-"), kind,
-                     _size(m["size_bytes"]), _when(m["modified"]), _when(m["last_used"]),
-                     ", ".join(m["loaded_by"]) or "-", state))
-    widths = [max(len(r[i]) for r in rows) for i in range(len(header) - 1)]
-    lines += ["  ".join(c.ljust(w) for c, w in zip(r, widths, strict=False)) + "  " + r[-1]
-              for r in rows]
-    label = {"audit": "would go (audit only: nothing removed)", "dry-run": "would be pruned",
-             "prune": "pruned"}[report["mode"]]
-    pruned = report["pruned"] or [k for k in report["kept"]
-                                  if set(k["reasons"]) & {"audit_only", "prune_locked"}]
-    lines += ["", f"{label}:"] + [f"  {_what(p)}: {p['detail']}" for p in pruned] \
-        if pruned else ["", f"{label}: nothing"]
-    lines += ["kept:"] + [f"  {_what(k)}: {', '.join(k['reasons'])} ({k['detail']})"
-                          for k in report["kept"]]
-    if report["errors"]:
-        lines += ["errors:"] + [f"  {e['code']}: {e['message']}" for e in report["errors"]]
-    totals = report["totals"]
-    went = "would be pruned" if report["mode"] == "dry-run" else "pruned"
-    lines.append(f"{totals['entries']} entries, {_size(totals['size_bytes'])} in "
-                 f"{report['model_dir']} on {report['host']}; {totals['pruned']} {went} "
-                 f"({_size(totals['pruned_bytes'])})")
-    return "\n".join(lines)
-
-
-def _what(decision: dict[str, Any]) -> str:
-    """An entry's name, or what part of a hub repo a decision is about."""
-    scope = decision.get("scope", "entry")
-    if scope == "entry":
-        return str(decision["name"])
-    parts = [p.rsplit("/", 1)[-1][:12] for p in decision.get("parts", [])]
-    return f"{decision['name']} [{scope}: {', '.join(parts)}]"
-
-
-def _size(n: int) -> str:
-    value = float(n)
-    for unit in ("B", "KiB", "MiB", "GiB"):
-        if value < 1024 or unit == "GiB":
-            return f"{value:.0f} {unit}" if unit == "B" else f"{value:.1f} {unit}"
-        value /= 1024
-    return f"{n} B"
-
-
-def _when(iso: str | None) -> str:
-    return iso[:16].replace("T", " ") + "Z" if iso else "-"
-
-
-# --- tokens: the HTTP API's clients -------------------------------------------------------
-
-def build_tokens_parser(parser: argparse.ArgumentParser) -> None:
-    """`tokens create NAME | set NAME | list | revoke NAME`, with --json on each."""
-    commands = parser.add_subparsers(dest="tokens_command", required=True, metavar="COMMAND")
-    create = commands.add_parser("create", help="make a client and print its token once")
-    create.add_argument("name", metavar="NAME")
-    create.add_argument("--jobs-in-flight", type=int, metavar="N",
-                        help="most unfinished jobs at once (0: none; default "
-                             "OCR_API_JOBS_IN_FLIGHT)")
-    create.add_argument("--requests-per-minute", type=int, metavar="N",
-                        help="most requests a minute (0: none; default "
-                             "OCR_API_REQUESTS_PER_MINUTE)")
-    create.add_argument("--max-bytes", type=int, metavar="N",
-                        help="most bytes of input waiting in Redis (0: none; default "
-                             "OCR_API_CLIENT_MAX_BYTES)")
-    create.add_argument("--json", action="store_true", default=argparse.SUPPRESS,
-                        help='print {"name": …, "token": …}')
-    quotas = commands.add_parser("set", help="change a client's own quotas (-1: back to "
-                                             "the service-wide default)")
-    quotas.add_argument("name", metavar="NAME")
-    for flag in ("--jobs-in-flight", "--requests-per-minute", "--max-bytes"):
-        quotas.add_argument(flag, type=int, metavar="N")
-    quotas.add_argument("--json", action="store_true", default=argparse.SUPPRESS)
-    listing = commands.add_parser("list", help="list clients (never their tokens)")
-    listing.add_argument("--json", action="store_true", default=argparse.SUPPRESS,
-                         help="one JSON object per client")
-    revoke = commands.add_parser("revoke", help="remove a client and its token")
-    revoke.add_argument("name", metavar="NAME")
-    revoke.add_argument("--json", action="store_true", default=argparse.SUPPRESS)
-    rotate = commands.add_parser("rotate-secret",
-                                 help="a new webhook signing secret, printed once; the old "
-                                      "one still signs (X-OCR-Signature-Previous) during "
-                                      "--grace")
-    rotate.add_argument("name", metavar="NAME")
-    rotate.add_argument("--grace", type=float, default=DEFAULT_GRACE_SECONDS, metavar="S",
-                        help="seconds the previous secret still signs (default 86400)")
-    rotate.add_argument("--json", action="store_true", default=argparse.SUPPRESS)
-
-
-QUOTA_FLAGS = ("jobs_in_flight", "requests_per_minute", "max_bytes")  # `tokens set`
-
-
-def run_tokens(args: argparse.Namespace, store: TokenStore, out: TextIO) -> int:
-    """Carry out a parsed `tokens` command; returns the exit status."""
-    as_json = bool(getattr(args, "json", False))
-    if args.tokens_command == "create":
-        token, secret = store.create_client(args.name, args.jobs_in_flight,
-                                            args.requests_per_minute,
-                                            max_bytes=args.max_bytes)
-        if as_json:
-            print(json.dumps({"name": args.name, "token": token, "webhook_secret": secret}),
-                  file=out)
-        else:
-            print(f"token for {args.name} (shown once; only its hash is stored):\n{token}\n"
-                  f"webhook signing secret (shown once):\n{secret}", file=out)
-        return 0
-    if args.tokens_command == "rotate-secret":
-        rotated = store.webhook_secrets.rotate(args.name, args.grace)
-        if as_json:
-            print(json.dumps({"name": args.name, "webhook_secret": rotated}), file=out)
-        elif rotated is None:
-            print(f"no client {args.name}", file=out)
-        else:
-            print(f"new webhook signing secret for {args.name} (shown once; the previous "
-                  f"one signs too for {args.grace:g} s):\n{rotated}", file=out)
-        return 0 if rotated is not None else 1
-    if args.tokens_command == "set":
-        given = {name: (None if value == -1 else value) for name in QUOTA_FLAGS
-                 if (value := getattr(args, name)) is not None}
-        updated = store.set_limits(args.name, **given)
-        if as_json:
-            print(json.dumps(None if updated is None else asdict(updated)), file=out)
-        else:
-            print(f"no client {args.name}" if updated is None else
-                  f"{args.name}\t{_limits(updated)}", file=out)
-        return 0 if updated is not None else 1
-    if args.tokens_command == "list":
-        clients = store.clients()
-        for client in clients:
-            if as_json:
-                print(json.dumps(asdict(client)), file=out)
-            else:
-                print(f"{client.name}\t{_limits(client)}\tcreated "
-                      f"{time.strftime('%Y-%m-%d %H:%M', time.gmtime(client.created))} UTC"
-                      f"\tsha256 {client.token_sha256[:12]}", file=out)
-        if not clients and not as_json:
-            print("no clients", file=out)
-        return 0
-    revoked = store.revoke(args.name)
-    if as_json:
-        print(json.dumps({"name": args.name, "revoked": revoked}), file=out)
-    else:
-        print(f"revoked {args.name}" if revoked else f"no client {args.name}", file=out)
-    return 0 if revoked else 1
-
-
-def _limits(client: ApiClient) -> str:
-    parts: list[Any] = []
-    if client.jobs_in_flight is not None:
-        parts.append(f"jobs-in-flight={client.jobs_in_flight}")
-    if client.requests_per_minute is not None:
-        parts.append(f"requests-per-minute={client.requests_per_minute}")
-    if client.max_bytes is not None:
-        parts.append(f"max-bytes={client.max_bytes}")
-    return " ".join(parts) or "default limits"
-
-
-@command("tokens", "HTTP API clients: make one (its token is printed once), list, revoke",
-         f"{PROG} tokens create billing --json", shared=("json",),
-         arguments=build_tokens_parser)
-def run_tokens_command(args: argparse.Namespace, session: Session) -> int:
-    redis_client = connect(session.settings.redis_url)
-    try:
-        return run_tokens(args, TokenStore(redis_client), sys.stdout)
-    except OcrError as exc:
-        print(f"{PROG}: {exc.message}", file=sys.stderr)
-        return EXIT_USAGE
-    finally:
-        redis_client.close()
+@command("tokens", ocr_admin.TOKENS_SUMMARY, f"{PROG} tokens create billing --json",
+         shared=("json",), arguments=ocr_admin.build_tokens_parser)
+def run_tokens(args: argparse.Namespace, session: Session) -> int:
+    """The operator's `tokens` (ocr_admin.py), with submit.py's words."""
+    return ocr_admin.run_tokens_command(args, session, PROG)
 
 
 # --- main ------------------------------------------------------------------------------
