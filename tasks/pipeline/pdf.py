@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import itertools
 import math
+import re
 import statistics
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -516,6 +517,7 @@ def searchable_pdf(data: bytes, fmt: str, password: str | None,
 
 # Action types an output PDF keeps: a jump inside the document runs nothing.
 _INERT_ACTIONS = ("/GoTo",)
+_NULLED_KEY = re.compile(r"/(?:OpenAction|AA|A|JavaScript|EmbeddedFiles|XFA)\s*null\b")
 
 
 def strip_active_content(doc: Any) -> dict[str, int]:
@@ -525,36 +527,41 @@ def strip_active_content(doc: Any) -> dict[str, int]:
     additional-actions (`/AA`) dictionary (document, pages, annotations, form fields),
     every annotation, link or outline action other than a jump inside the document
     (Launch, URI, SubmitForm, ImportData, GoToR, ...), embedded files and file
-    attachments, and XFA forms. The objects left unreferenced go when the document is
-    saved with garbage collection.
+    attachments, and XFA forms. The keys are deleted from their objects, and the
+    objects left unreferenced go when the document is saved with garbage collection.
     """
     removed: dict[str, int] = {}
+    touched: set[int] = set()
 
-    def count(kind: str, n: int = 1) -> None:
+    def drop(xref: int, key: str, kind: str, n: int = 1) -> None:
+        doc.xref_set_key(xref, key, "null")
+        touched.add(xref)
         removed[kind] = removed.get(kind, 0) + n
 
     for name in doc.embfile_names():
         doc.embfile_del(name)
-        count("embedded_files")
+        removed["embedded_files"] = removed.get("embedded_files", 0) + 1
     for page in doc:
         for annot in list(page.annots(
                 types=[pymupdf.PDF_ANNOT_FILE_ATTACHMENT])):  # type: ignore[attr-defined]
             page.delete_annot(annot)
-            count("file_attachments")
+            removed["file_attachments"] = removed.get("file_attachments", 0) + 1
     catalog = doc.pdf_catalog()
     for path, kind in (("Names/JavaScript", "javascript"),
                        ("Names/EmbeddedFiles", "embedded_files"), ("AcroForm/XFA", "xfa")):
         if doc.xref_get_key(catalog, path)[0] != "null":
-            doc.xref_set_key(catalog, path, "null")
-            count(kind, 0 if kind in removed else 1)
+            drop(catalog, path, kind, 0 if kind in removed else 1)
     for xref in range(1, doc.xref_length()):
         for key, kind in (("OpenAction", "open_action"), ("AA", "additional_actions")):
             if doc.xref_get_key(xref, key)[0] != "null":
-                doc.xref_set_key(xref, key, "null")
-                count(kind)
+                drop(xref, key, kind)
         if doc.xref_get_key(xref, "A")[0] != "null":
             action = doc.xref_get_key(xref, "A/S")[1]
             if action not in _INERT_ACTIONS:
-                doc.xref_set_key(xref, "A", "null")
-                count(action.lstrip("/").lower() or "action")
+                drop(xref, "A", action.lstrip("/").lower() or "action")
+    for xref in touched:  # MuPDF keeps a key set to null: take it out of the object
+        source = doc.xref_object(xref, compressed=True)
+        cleaned = _NULLED_KEY.sub("", source)
+        if cleaned != source:
+            doc.update_object(xref, cleaned)
     return removed
