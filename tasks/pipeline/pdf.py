@@ -11,8 +11,6 @@ import itertools
 import math
 import re
 import statistics
-from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -65,22 +63,6 @@ def empty_store() -> None:
     soak of tests/test_soak_pdfs.py).
     """
     pymupdf.TOOLS.store_shrink(100)
-
-
-@contextmanager
-def layout_extraction() -> Iterator[None]:
-    """MuPDF's text boxes as PyMuPDF's layout analysis reads them, for the time of it.
-
-    pymupdf4llm turns MuPDF's ascender/descender box corrections off for the whole
-    process when it is imported; they are put back afterwards, so that the word boxes
-    of hOCR, ALTO and searchable PDFs never depend on whether a Markdown job ran first.
-    """
-    before = pymupdf.TOOLS.unset_quad_corrections()
-    pymupdf.TOOLS.unset_quad_corrections(True)
-    try:
-        yield
-    finally:
-        pymupdf.TOOLS.unset_quad_corrections(before)
 
 
 def ocr_layer_pdf(image: Image.Image, words: tuple[WordBox, ...]) -> tuple[Any, float]:
@@ -512,7 +494,6 @@ def searchable_pdf(data: bytes, fmt: str, password: str | None,
         return bytes(doc.tobytes(garbage=3, deflate=True)), removed
     finally:
         doc.close()
-
 
 
 # Action types an output PDF keeps: a jump inside the document runs nothing.

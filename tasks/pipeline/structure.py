@@ -20,7 +20,6 @@ from dataclasses import dataclass
 from typing import Any
 
 from tasks.errors import LayoutFailed
-from tasks.pipeline.pdf import layout_extraction
 from tasks.records.results import Block, PageStructure
 
 # The outputs that carry a page's structure: markdown (as Markdown), json (as blocks).
@@ -51,31 +50,30 @@ def analyse(doc: Any, numbers: Sequence[int], scale: float = 1.0, unit: str = "p
     (`LayoutFailed`, which the pipeline turns into a page warning). Boxes are divided
     by `scale` into `unit` (an OCR'd page's pixels).
     """
-    with layout_extraction():
-        from pymupdf4llm.helpers import document_layout as layout
+    from pymupdf4llm.helpers import document_layout as layout
 
-        out: dict[int, Analysed | LayoutFailed] = {}
-        try:
-            pages = _parse(layout, doc, numbers)
-        except Exception:  # noqa: BLE001 - the library's own failure: try page by page
-            pages = []
-            for number in numbers:
-                try:
-                    pages += _parse(layout, doc, [number])
-                except Exception as exc:  # noqa: BLE001 - any failure costs the page only
-                    out[number] = _failed(number, exc)
-        sizes = {box.max_fontsize for page in pages for box in page.boxes
-                 if box.boxclass in _HEADINGS}
-        if sizes:
-            layout.update_header_tags(pages, sizes)
-        for page in pages:
+    out: dict[int, Analysed | LayoutFailed] = {}
+    try:
+        pages = _parse(layout, doc, numbers)
+    except Exception:  # noqa: BLE001 - the library's own failure: try page by page
+        pages = []
+        for number in numbers:
             try:
-                markdown = layout.ParsedDocument(pages=[page]).to_markdown(
-                    header=False, footer=False)
-                out[page.page_number] = Analysed(str(markdown).strip(),
-                                                 _structure(layout, page, scale, unit))
+                pages += _parse(layout, doc, [number])
             except Exception as exc:  # noqa: BLE001 - any failure costs the page only
-                out[page.page_number] = _failed(page.page_number, exc)
+                out[number] = _failed(number, exc)
+    sizes = {box.max_fontsize for page in pages for box in page.boxes
+             if box.boxclass in _HEADINGS}
+    if sizes:
+        layout.update_header_tags(pages, sizes)
+    for page in pages:
+        try:
+            markdown = layout.ParsedDocument(pages=[page]).to_markdown(
+                header=False, footer=False)
+            out[page.page_number] = Analysed(str(markdown).strip(),
+                                             _structure(layout, page, scale, unit))
+        except Exception as exc:  # noqa: BLE001 - any failure costs the page only
+            out[page.page_number] = _failed(page.page_number, exc)
     return out
 
 
