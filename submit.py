@@ -432,7 +432,9 @@ def submit_arguments(parser: argparse.ArgumentParser) -> None:
                         help="pdf, hocr and alto also store a file (--out DIR writes "
                              "NAME.ocr.pdf, NAME.hocr, NAME.alto.xml)")
     parser.add_argument("--lang", help="tesseract language(s) of the pages, e.g. vie, "
-                                       "chi_sim, ell+eng (default: the worker's; see langs)")
+                                       "chi_sim, ell+eng, or auto: each page in the "
+                                       "languages of its own script (default: the "
+                                       "worker's OCR_LANG, auto unless set; see langs)")
     parser.add_argument("--mode", choices=("auto", "ocr", "text"), default=None,
                         help="PDFs: text layer where present (auto), OCR always, text only")
     add_job_options(parser)

@@ -85,6 +85,10 @@ def ocr_page(number: int, image: Image.Image, engine: OcrEngine, options: Recogn
     The page is converted once to the engine's `page_mode`. Engines that
     `reads_orientation` recognise first: the orientation pass runs only when the reading
     was not upright, and the page is read again only when it had to be turned.
+
+    With `lang=auto` one orientation check first finds the page's script and rotation
+    (`_auto_language`): the page is read in that script's languages, by their engine
+    (OCR_LANG_ENGINES) unless the job named one, and no second orientation pass runs.
     """
     started = time.perf_counter()
     if settings.skip_blank_pages and is_blank(image):
