@@ -10,6 +10,7 @@ import xml.etree.ElementTree as ET
 
 import pytest
 
+from tasks.api._schemas import JobOptions
 from tasks.engines.auto_lang import page_language
 from tasks.engines.base import RecognizeOptions, ScriptGuess
 from tasks.pipeline import layouts
@@ -74,6 +75,7 @@ def test_the_default_lang_is_auto_and_ocr_lang_names_another() -> None:
     assert request.with_default_lang(named).lang == "eng"
     assert JobRequest(source="path", lang="vie").with_default_lang("auto").lang == "vie"
     assert JobRequest.from_kwargs({"path": "/x", "lang": "auto"}, ["tesseract"]).lang == "auto"
+    assert JobOptions(lang="auto").lang == "auto"  # the HTTP API takes it
     assert RecognizeOptions(lang="auto").named_lang is None
     assert RecognizeOptions(lang="vie").named_lang == "vie"
 
