@@ -38,9 +38,12 @@ SECRET = "webhook-secret"
 
 
 class Receiver:
-    """A webhook receiver on loopback: records each POST's headers and body."""
+    """A webhook receiver on loopback: records each POST's headers and body.
 
-    def __init__(self) -> None:
+    Answers `answer` (204 unless a test wants a refusal).
+    """
+
+    def __init__(self, answer: int = 204) -> None:
         self.posts: list[tuple[dict[str, str], bytes]] = []
         received = self.posts
 
@@ -48,7 +51,7 @@ class Receiver:
             def do_POST(self) -> None:  # noqa: N802 - http.server's name
                 body = self.rfile.read(int(self.headers.get("Content-Length", 0)))
                 received.append((dict(self.headers.items()), body))
-                self.send_response(204)
+                self.send_response(answer)
                 self.end_headers()
 
             def log_message(self, format: str, *args: object) -> None:

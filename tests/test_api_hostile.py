@@ -10,34 +10,54 @@ query-string credentials).
 from __future__ import annotations
 
 import concurrent.futures
+import os
+import socket
+import subprocess
+import sys
 import threading
 import time
 import uuid
 from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
 
+import pymupdf
 import pytest
 import redis
 import requests
 
 from tasks.api._readiness import ReadinessCheck
 from tasks.inference_server import ServerWatch
+from tasks.lifecycle.outbound import is_public
 from tasks.settings import Settings
 from tasks.state.liveness import PRESENCE_TTL, WorkerPresence
 from tests.api_server import ApiServer, create_token, session
-from tests.conftest import Worker
-from tests.test_api import WORKER_ENV, png, send
+from tests.conftest import ROOT, RedisServer, Worker
+from tests.test_api import WORKER_ENV, Receiver, png, send, wait_end
+
+BODY_TIMEOUT = "15"  # the idle service's: a stalled upload ends in a test's time
 
 
 @pytest.fixture(scope="module")
-def worker(start_worker: Callable[..., Worker]) -> Worker:
-    return start_worker(**WORKER_ENV)
+def receiver() -> Iterator[Receiver]:
+    receiving = Receiver(answer=410)
+    yield receiving
+    receiving.server.shutdown()
+
+
+@pytest.fixture(scope="module")
+def worker(start_worker: Callable[..., Worker], receiver: Receiver) -> Worker:
+    # The result cache on (per-client keys); the receiver's host listed for callbacks.
+    return start_worker(**{**WORKER_ENV, "OCR_CACHE_RESULTS": "1",
+                           "OCR_CALLBACK_ALLOWED_HOSTS": f"127.0.0.1:{receiver.port}"})
 
 
 @pytest.fixture(scope="module")
 def api(tmp_path_factory: pytest.TempPathFactory, redis_url: str,
-        worker: Worker) -> Iterator[ApiServer]:
-    server = ApiServer(tmp_path_factory.mktemp("api") / "api.log",
-                       {"REDIS_URL": redis_url}).start()
+        worker: Worker, receiver: Receiver) -> Iterator[ApiServer]:
+    server = ApiServer(tmp_path_factory.mktemp("api") / "api.log", {
+        "REDIS_URL": redis_url, "LOG_LEVEL": "info",
+        "OCR_CALLBACK_ALLOWED_HOSTS": f"127.0.0.1:{receiver.port}"}).start()
     yield server
     server.stop()
 
@@ -169,3 +189,255 @@ def test_readiness_state_is_bounded_and_needs_no_lock(store: redis.Redis,
         presence.release.set()
         refresher.join()
         check.stop()
+
+
+# --- 2. quotas ---------------------------------------------------------------------------
+
+QUOTA = 3 * 2**20
+
+
+@pytest.fixture
+def idle_service(tmp_path: Path) -> Iterator[tuple[ApiServer, redis.Redis, str]]:
+    """An API on a Redis of its own that no worker reads: every job stays waiting."""
+    own = RedisServer(tmp_path)
+    own.start()
+    server = ApiServer(tmp_path / "api.log", {"REDIS_URL": own.url(),
+                                              "OCR_API_BODY_TIMEOUT": BODY_TIMEOUT})
+    try:
+        server.start()
+        yield server, redis.Redis.from_url(own.url()), own.url()
+    finally:
+        server.stop()
+        own.stop()
+
+
+def _stored_input_bytes(store: redis.Redis) -> int:
+    keys = [*store.scan_iter(match="ocr:blob:*"), *store.scan_iter(match="ocr:api:upload:*")]
+    return sum(int(store.strlen(k)) for k in keys)
+
+
+def test_bytes_quota_holds_while_workers_are_stopped(
+        idle_service: tuple[ApiServer, redis.Redis, str]) -> None:
+    """A client fills its bytes quota while no worker reads: Redis stays within it.
+
+    10 uploads of 1 MB against a 3 MiB quota: 3 are taken, 7 answered 429
+    quota_exceeded with Retry-After, and Redis holds no more than the quota.
+    """
+    api, store, url = idle_service
+    client = session(create_token(url, "parker", "--max-bytes", str(QUOTA)))
+    before = int(store.info("memory")["used_memory_dataset"])
+    answers = [client.post(f"{api.url}/v1/jobs", timeout=60,
+                           files={"file": (f"{i}.png", png() + bytes(10**6 - len(png())))})
+               for i in range(10)]
+    assert [a.status_code for a in answers] == [202] * 3 + [429] * 7, \
+        [a.text for a in answers]
+    for refused in answers[3:]:
+        assert refused.json()["error"]["code"] == "quota_exceeded"
+        assert int(refused.headers["retry-after"]) > 0
+    assert 3 * 10**6 <= _stored_input_bytes(store) <= QUOTA
+    # Redis's data (not its connection buffers) grew by the inputs, rounded up to the
+    # allocator's size classes, and the jobs' small records: not by 10 MB.
+    grown = int(store.info("memory")["used_memory_dataset"]) - before
+    assert grown <= QUOTA + 2**20, grown
+    # An operator gives the client more room: the next upload is taken.
+    done = subprocess.run([sys.executable, "submit.py", "tokens", "set", "parker",
+                           "--max-bytes", str(2 * QUOTA)], cwd=ROOT, capture_output=True,
+                          text=True, timeout=60, env={**os.environ, "REDIS_URL": url})
+    assert done.returncode == 0, done.stderr
+    assert client.post(f"{api.url}/v1/jobs", files={"file": ("more.png", png())},
+                       timeout=60).status_code == 202
+
+
+def _stalled_upload(api: ApiServer, token: str, sent: int, declared: int) -> socket.socket:
+    """A multipart upload that sends `sent` bytes of its file, then nothing."""
+    boundary = "stall"
+    head = (f"--{boundary}\r\nContent-Disposition: form-data; name=\"file\"; "
+            f"filename=\"slow.png\"\r\nContent-Type: image/png\r\n\r\n").encode()
+    sock = socket.create_connection(("127.0.0.1", api.port), timeout=60)
+    sock.sendall((f"POST /v1/jobs HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {token}\r\n"
+                  f"Content-Type: multipart/form-data; boundary={boundary}\r\n"
+                  f"Content-Length: {declared}\r\n\r\n").encode() + head + bytes(sent))
+    return sock
+
+
+def test_stalled_upload_counts_then_times_out(
+        idle_service: tuple[ApiServer, redis.Redis, str]) -> None:
+    """An upload whose body stops coming counts against the quota, then times out.
+
+    Its bytes count until the body timeout, which answers 408 body_timeout and frees
+    them.
+    """
+    api, store, url = idle_service
+    token = create_token(url, "staller", "--max-bytes", str(QUOTA))
+    client = session(token)
+    sock = _stalled_upload(api, token, sent=2**20 + 200_000, declared=2 * 2**20 + 5000)
+    try:
+        while _stored_input_bytes(store) < 2**20:  # flushed to Redis as it came
+            time.sleep(0.05)
+        # 2.2 MB would fit in the 3 MiB quota, were the stalled 1 MiB not counted.
+        over = client.post(f"{api.url}/v1/jobs", timeout=60,
+                           files={"file": ("big.png", png() + bytes(2_200_000))})
+        assert over.status_code == 429 and over.json()["error"]["code"] == "quota_exceeded"
+        reply = b""  # the API ends the stalled request itself: read its whole answer
+        while b"body_timeout" not in reply and (piece := sock.recv(4096)):
+            reply += piece
+        assert reply.startswith(b"HTTP/1.1 408 ") and b"body_timeout" in reply, reply
+    finally:
+        sock.close()
+    assert _stored_input_bytes(store) == 0
+    assert client.post(f"{api.url}/v1/jobs", files={"file": ("big.png", png())},
+                       timeout=60).status_code == 202
+
+
+# --- 3. cache isolation --------------------------------------------------------------------
+
+def test_cache_never_tells_one_client_what_another_sent(
+        api: ApiServer, redis_url: str, carol: requests.Session) -> None:
+    dave = session(create_token(redis_url, "dave"))
+    data = png(shade=123, size=(170, 90))
+    first = wait_end(carol, api, send(carol, api, data))
+    other = wait_end(dave, api, send(dave, api, data))
+    again = wait_end(carol, api, send(carol, api, data))
+
+    def cached(job: dict[str, Any], http: requests.Session) -> bool:
+        body = http.get(f"{api.url}/v1/jobs/{job['id']}/result", params={"format": "json"},
+                        timeout=30).json()
+        return bool(body.get("cached"))
+
+    assert first["status"] == other["status"] == again["status"] == "SUCCESS"
+    assert not cached(first, carol)
+    assert not cached(other, dave)  # before: true, proof that carol sent these bytes
+    assert cached(again, carol)     # a client's own repeat still hits
+
+
+# --- 5. output PDFs -------------------------------------------------------------------------
+
+def hostile_pdf() -> bytes:
+    """A one-page PDF with the issue's payloads.
+
+    OpenAction JavaScript, a JavaScript name tree, a page /AA Launch action, a Launch
+    link, an embedded and an attached file.
+    """
+    doc = pymupdf.open()
+    page = doc.new_page(width=300, height=200)
+    page.insert_text((20, 100), "Invoice 2024", fontsize=24)
+    doc.embfile_add("evil.exe", b"MZ-embedded-payload")
+    catalog = doc.pdf_catalog()
+    doc.xref_set_key(catalog, "OpenAction", "<< /S /JavaScript /JS (app.alert\\(1\\)) >>")
+    doc.xref_set_key(catalog, "Names/JavaScript",
+                     "<< /Names [(a) << /S /JavaScript /JS (app.alert\\(2\\)) >>] >>")
+    doc.xref_set_key(page.xref, "AA", "<< /O << /S /Launch /F (calc.exe) >> >>")
+    page.insert_link({"kind": pymupdf.LINK_LAUNCH, "from": pymupdf.Rect(10, 10, 60, 30),
+                      "file": "evil.exe"})
+    page.add_file_annot((100, 20), b"MZ-attached-payload", "x.exe")
+    return bytes(doc.tobytes())
+
+
+def test_searchable_pdf_carries_no_active_content(api: ApiServer,
+                                                  carol: requests.Session) -> None:
+    source = hostile_pdf()
+    assert b"/JavaScript" in source and b"/Launch" in source
+    job = wait_end(carol, api, send(carol, api, source, "evil.pdf", output="pdf",
+                                    engine="tesseract"))
+    assert job["status"] == "SUCCESS", job["error"]
+    pdf = carol.get(f"{api.url}/v1/jobs/{job['id']}/result", params={"format": "pdf"},
+                    timeout=30).content
+    for marker in (b"/JS", b"/Launch", b"MZ-", b"/EmbeddedFile", b"/FileAttachment"):
+        assert marker not in pdf, marker
+    with pymupdf.open(stream=pdf) as doc:
+        catalog = doc.pdf_catalog()
+        assert doc.xref_get_key(catalog, "OpenAction")[0] == "null"
+        assert doc.xref_get_key(catalog, "Names/JavaScript")[0] == "null"
+        assert doc.xref_get_key(doc[0].xref, "AA")[0] == "null"
+        assert doc.embfile_count() == 0 and not list(doc[0].annots())
+        assert not doc[0].get_links()
+        assert "Invoice 2024" in doc[0].get_text()
+    result = carol.get(f"{api.url}/v1/jobs/{job['id']}/result", params={"format": "json"},
+                       timeout=30).json()
+    assert result["pdf"]["removed"] == {"embedded_files": 1, "file_attachments": 1,
+                                        "javascript": 1, "open_action": 1,
+                                        "additional_actions": 1, "launch": 1}
+
+
+# --- 6. the smaller ones ----------------------------------------------------------------------
+
+def test_deeply_nested_json_is_a_coded_400(api: ApiServer, carol: requests.Session) -> None:
+    deep = "[" * 5000 + "]" * 5000
+    answer = carol.post(f"{api.url}/v1/jobs", data=deep, timeout=30,
+                        headers={"Content-Type": "application/json"})
+    assert answer.status_code == 400 and answer.json()["error"]["code"] == "bad_request"
+    big = carol.post(f"{api.url}/v1/jobs", data=b'{"path": "' + b"a" * 70_000 + b'"}',
+                     timeout=30, headers={"Content-Type": "application/json"})
+    assert big.status_code == 400 and big.json()["error"]["code"] == "bad_request"
+    assert "RecursionError" not in api.log()
+
+
+def test_client_disconnect_mid_upload_is_one_log_line(api: ApiServer, redis_url: str,
+                                                      store: redis.Redis) -> None:
+    token = create_token(redis_url, "quitter")
+    before = api.log().count("disconnected during POST /v1/jobs")
+    sock = _stalled_upload(api, token, sent=1_200_000, declared=3_000_000)
+    while not list(store.scan_iter(match="ocr:api:upload:*")):
+        time.sleep(0.05)
+    sock.close()
+    while api.log().count("disconnected during POST /v1/jobs") == before:
+        time.sleep(0.05)
+    assert not list(store.scan_iter(match="ocr:api:upload:*"))  # what came is deleted
+    assert "Traceback" not in api.log()
+
+
+def test_query_string_credentials_are_redacted_from_the_access_log(api: ApiServer) -> None:
+    secret = f"ocr_{uuid.uuid4().hex}"
+    answer = requests.get(f"{api.url}/v1/jobs/x", params={"access_token": secret,
+                                                          "format": "pdf"}, timeout=30)
+    assert answer.status_code == 401
+    while "access_token=REDACTED&format=pdf" not in api.log():
+        time.sleep(0.05)
+    assert secret not in api.log()
+
+
+def _delivery(api: ApiServer, http: requests.Session, job_id: str) -> dict[str, Any]:
+    """The result's `callback` record, once the callback task has tried."""
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:  # the callback task runs after the job's end
+        result = http.get(f"{api.url}/v1/jobs/{job_id}/result", params={"format": "json"},
+                          timeout=30).json()
+        if "callback" in result:
+            return dict(result["callback"])
+        time.sleep(0.1)
+    raise AssertionError(f"no callback record on {job_id}")
+
+
+def test_callback_rejected_by_its_receiver_is_recorded(
+        api: ApiServer, carol: requests.Session, receiver: Receiver) -> None:
+    job_id = send(carol, api, png(), callback_url=f"http://127.0.0.1:{receiver.port}/hook")
+    wait_end(carol, api, job_id)
+    assert _delivery(api, carol, job_id) == {"status": "rejected", "code": "callback_rejected",
+                                             "attempts": 1, "http_status": 410}
+
+
+def test_callback_refused_at_send_is_recorded(tmp_path: Path) -> None:
+    """A callback the address policy refuses when sent shows in the result.
+
+    A name passes at submit, but resolves to a loopback address when the callback is
+    sent (no allow-list): the result's `callback` says refused, callback_not_allowed.
+    """
+    name = socket.gethostname()
+    if is_public(socket.getaddrinfo(name, 80)[0][4][0]):
+        pytest.skip(f"{name} resolves to a public address here")
+    own = RedisServer(tmp_path)
+    own.start()
+    worker = Worker(tmp_path / "worker.log", {"REDIS_URL": own.url(), **WORKER_ENV})
+    server = ApiServer(tmp_path / "api.log", {"REDIS_URL": own.url()})
+    try:
+        worker.start()
+        server.start()
+        http = session(create_token(own.url(), "hooked"))
+        job_id = send(http, server, png(), callback_url=f"http://{name}:9/hook")
+        wait_end(http, server, job_id)
+        assert _delivery(server, http, job_id) == {
+            "status": "refused", "code": "callback_not_allowed", "attempts": 1}
+    finally:
+        server.stop()
+        worker.stop()
+        own.stop()
