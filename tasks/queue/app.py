@@ -41,15 +41,15 @@ def create_app(settings: Settings) -> OcrCelery:
     from tasks.queue.transport import connect_refusals
 
     connect_refusals(app)
+    from tasks.queue.presence import connect_presence
+
+    connect_presence(settings)  # the worker parent's presence record (tasks/state/liveness.py)
     from tasks.queue._log_privacy import hide_task_results
 
     hide_task_results()
     return app
 
 
-    from tasks.queue.presence import connect_presence
-
-    connect_presence(settings)  # the worker parent's presence record (tasks/state/liveness.py)
 def sending_app(settings: Settings) -> OcrCelery:
     """A Celery app that only sends tasks by name and reads their results.
 

@@ -137,6 +137,8 @@ def validate(settings: Settings) -> None:
         raise SettingsError("OCR_MAX_INPUT_MB and OCR_MAX_OUTPUT_MB must be positive")
     if settings.broker_url and settings.broker_url.split("://", 1)[0] not in _BROKER_SCHEMES:
         raise SettingsError("BROKER_URL must be a redis://, rediss:// or amqp:// URL")
+    if settings.api_body_timeout <= 0:
+        raise SettingsError("OCR_API_BODY_TIMEOUT must be positive")
     if settings.model_heartbeat_seconds <= 0:
         raise SettingsError("OCR_MODEL_HEARTBEAT_SECONDS must be positive")
     for name in ("prune_unused_days", "prune_grace_minutes", "idle_unload_seconds",
@@ -144,8 +146,6 @@ def validate(settings: Settings) -> None:
         if getattr(settings, name) < 0:
             raise SettingsError(f"{env_name(settings, name)} must be 0 or more")
     if "/" in settings.prune_prefix or os.sep in settings.prune_prefix:
-    if settings.api_body_timeout <= 0:
-        raise SettingsError("OCR_API_BODY_TIMEOUT must be positive")
         raise SettingsError("OCR_PRUNE_PREFIX must be the start of a name, not a path")
     if settings.audit_schedule is not None:
         try:
