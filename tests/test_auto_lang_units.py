@@ -138,3 +138,12 @@ def test_hocr_and_alto_carry_each_pages_language() -> None:
     alto = ET.fromstring(layouts.merge_alto(pages))
     blocks = list(alto.iter(f"{{{layouts.ALTO}}}TextBlock"))
     assert [b.get("LANG") for b in blocks] == ["el", "vi", "el"]
+
+
+def test_an_auto_result_is_cached_under_the_languages_it_was_read_with() -> None:
+    from tasks.lifecycle.jobs import cache_key
+
+    request = JobRequest(source="path", lang="auto")
+    keys = {cache_key(b"page", request, "tesseract", "eng", Settings.from_env(env))
+            for env in ({}, {"OCR_AUTO_LANGS": "Latin=eng"}, {"OCR_TESSERACT_LANG": "vie"})}
+    assert len(keys) == 3
