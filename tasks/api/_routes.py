@@ -247,8 +247,16 @@ async def job_events(request: Request, job_id: str, caller: Caller) -> Streaming
 
 async def _events(request: Request, service: JobService, caller: ApiClient,
                   status: JobInfo) -> AsyncIterator[str]:
+    """Progress events; between changes only the job's state marks are polled.
+
+    One Redis round trip a poll; the status is built again when the marks moved. Marks
+    are read before the status they stand for, so a change while it is built shows at
+    the next poll.
+    """
     last = None
     quiet = 0.0
+    marks = await run_in_threadpool(service.progress_marks, status.id)
+    status = await run_in_threadpool(service.status, caller, status.id)
     while True:
         seen = status.model_dump_json(exclude={"created", "links"})
         if status.status in FINAL_STATUSES:
@@ -260,10 +268,15 @@ async def _events(request: Request, service: JobService, caller: ApiClient,
         elif quiet >= KEEPALIVE_SECONDS:
             yield ": keepalive\n\n"
             quiet = 0.0
-        await anyio.sleep(EVENT_POLL_SECONDS)
-        quiet += EVENT_POLL_SECONDS
-        if await request.is_disconnected():
-            return
+        while True:
+            await anyio.sleep(EVENT_POLL_SECONDS)
+            quiet += EVENT_POLL_SECONDS
+            if await request.is_disconnected():
+                return
+            now = await run_in_threadpool(service.progress_marks, status.id)
+            if now != marks or quiet >= KEEPALIVE_SECONDS:
+                break
+        marks = now
         status = await run_in_threadpool(service.status, caller, status.id)
 
 

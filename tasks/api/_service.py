@@ -44,7 +44,7 @@ from tasks.api._schemas import (
     RetryOptions,
 )
 from tasks.api.tokens import ApiClient, TokenStore
-from tasks.client import OcrClient
+from tasks.client import JobProgress, OcrClient
 from tasks.errors import BadRequest, InputTooLarge, PathNotAllowed
 from tasks.lifecycle.callback_urls import callback_target
 from tasks.lifecycle.url_policy import check_url
@@ -57,6 +57,7 @@ from tasks.state.keys import (
     API_JOB_PREFIX,
     API_UPLOAD_PREFIX,
     BLOB_PREFIX,
+    JOB_PREFIX,
     OUTPUT_PREFIX,
 )
 from tasks.state.liveness import WorkerPresence
@@ -72,6 +73,10 @@ MEDIA_TYPES = {
     "alto": "application/xml",
     "pdf": "application/pdf",
 }
+
+
+# A job's raw stored state and cancel result: what changes as it moves on.
+Marks = tuple[bytes | str | None, bytes | str | None]
 
 
 @dataclass(frozen=True)
@@ -287,18 +292,54 @@ class JobService:
         return record
 
     def status(self, caller: ApiClient, job_id: str) -> JobInfo:
-        record = self._record(caller, job_id)
-        return self._status(job_id, record)[0]
+        """The job's status: one Redis round trip while it runs (record, state, cancel)."""
+        if len(job_id) > 64:
+            raise NotFound()
+        pipe = self._redis.pipeline(transaction=False)
+        pipe.hgetall(API_JOB_PREFIX + job_id)
+        for key in self._mark_keys(job_id):
+            pipe.get(key)
+        raw_record, meta, cancelled = pipe.execute()
+        record = {_text(k): _text(v) for k, v in raw_record.items()}
+        if record.get("owner") != caller.name:
+            raise NotFound()
+        return self._status(job_id, record, (meta, cancelled))[0]
 
-    def _status(self, job_id: str,
-                record: dict[str, str]) -> tuple[JobInfo, dict[str, Any] | None]:
-        now = self.client.status(job_id)
+    def progress_marks(self, job_id: str) -> Marks:
+        """The raw stored state of a job and its cancel result, in one round trip.
+
+        What changes when the job moves on: the events stream reads these alone, and
+        builds a status only when they changed.
+        """
+        meta, cancelled = self._redis.mget(self._mark_keys(job_id))
+        return meta, cancelled
+
+    def _mark_keys(self, job_id: str) -> list[str]:
+        """The job's state in Celery's result backend (the same Redis) and its cancel."""
+        backend_key = self.client.app.backend.get_key_for_task(job_id)
+        return [_text(backend_key), f"{JOB_PREFIX}{job_id}:cancelled"]
+
+    def _progress(self, job_id: str, meta: bytes | str | None) -> JobProgress:
+        """What `OcrClient.status` answers, from the stored state already read."""
+        if meta is None:
+            return JobProgress(job_id, CeleryState.PENDING, 0, 0)
+        decoded = self.client.app.backend.decode_result(meta)
+        state = str(decoded.get("status", CeleryState.PENDING))
+        info = decoded.get("result") if state == CeleryState.PROGRESS else None
+        info = info if isinstance(info, dict) else {}
+        return JobProgress(job_id, state, int(info.get("done", 0)), int(info.get("total", 0)))
+
+    def _status(self, job_id: str, record: dict[str, str],
+                marks: Marks | None = None,
+                ) -> tuple[JobInfo, dict[str, Any] | None]:
+        meta, raw_cancelled = marks if marks is not None else self.progress_marks(job_id)
+        now = self._progress(job_id, meta)
         result: dict[str, Any] | None = None
         error = None
         done, total = now.done, now.total
         # A cancel's stored result is final even if a page that finished just after it
         # wrote PROGRESS over the job's state (reported to the lifecycle, issue 12).
-        cancelled = None if now.final else self._control.cancelled_result(job_id)
+        cancelled = None if now.final or not raw_cancelled else json.loads(raw_cancelled)
         if now.final or cancelled is not None:
             result = cancelled or self.client.result(job_id)
             status: JobStatus | WaitStatus = JobStatus.of(result.get("status"))
