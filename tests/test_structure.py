@@ -13,8 +13,14 @@ Metrische Räume".
 
 from __future__ import annotations
 
+import json
+import os
 import re
+import shutil
+import subprocess
+import sys
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import pymupdf
@@ -22,7 +28,7 @@ import pytest
 from PIL import Image
 
 from tasks.client import OcrClient
-from tests.conftest import Worker, corpus
+from tests.conftest import ROOT, Worker, corpus
 from tests.fake_engines import MarkdownModelEngine
 
 pytestmark = pytest.mark.slow
@@ -255,3 +261,25 @@ def test_blocks_map_one_to_one_onto_a_docling_document(workers: list[Worker],
     assert re.search(r"^\| Austria\s+\|\s+8\.9 \|\s+83,879 \| Vienna\s+\| German\s+\|$",
                      markdown, flags=re.MULTILINE)
     assert "\n3\n" not in markdown  # the page number: a footer, furniture
+
+
+def test_submit_cli_and_node_client_deliver_markdown(workers: list[Worker], redis_url: str,
+                                                     tmp_path: Path) -> None:
+    source = str(corpus("dig_multicolumn_3p.pdf"))
+    done = subprocess.run([sys.executable, "submit.py", "--output", "markdown", "--engine",
+                           "tesseract", "--out", str(tmp_path), source], cwd=ROOT,
+                          env={**os.environ, "REDIS_URL": redis_url}, capture_output=True,
+                          text=True, timeout=240)
+    assert done.returncode == 0, done.stderr
+    written = (tmp_path / "dig_multicolumn_3p.md").read_text()
+    assert written.startswith("# Two-Column Document with Lorem Ipsum")
+    assert "|Austria|8.9|83,879|Vienna|German|" in written
+    node = shutil.which("node")
+    if node is None:
+        pytest.skip("node is not installed: the Node.js client is not run")
+    ran = subprocess.run([node, str(ROOT / "clients" / "node" / "ocr_client.js"), "--redis",
+                          redis_url, "--output", "markdown", "--engine", "tesseract", source],
+                         capture_output=True, text=True, timeout=240)
+    assert ran.returncode == 0, ran.stderr
+    (record,) = [json.loads(line) for line in ran.stdout.splitlines()]
+    assert record["status"] == "SUCCESS" and record["text"] == written
