@@ -32,7 +32,7 @@ from tasks.errors import (
     error_info,
 )
 from tasks.lifecycle.url_policy import is_url, parse_url
-from tasks.queue.routing import DEFAULT_QUEUE, PRIORITIES, priority_value, queue_for_engine
+from tasks.queue.routing import DEFAULT_QUEUE, PRIORITIES, job_queue, priority_value
 from tasks.records.results import STORED_OUTPUTS
 from tasks.records.status import CeleryState, JobStatus, WaitStatus, celery_final
 from tasks.settings import Settings
@@ -43,7 +43,6 @@ from tasks.state.stores import BlobStore, JobControl, OutputStore, connect
 CONNECTION_ERRORS: tuple[type[BaseException], ...] = (
     redis.ConnectionError, redis.TimeoutError, OperationalError)
 ProgressCallback = Callable[[str, "JobProgress"], None]
-FIRST_POLL = 0.01  # seconds before `wait`'s second look; later looks back off to `poll`
 
 
 @dataclass(frozen=True)
@@ -126,10 +125,9 @@ class OcrClient:
         if deadline is not None:
             kwargs["deadline"] = at = time.time() + deadline
             send["expires"] = datetime.fromtimestamp(at, tz=UTC)
-        engine = kwargs.get("engine")
         control = {"blob": kwargs.get("blob", ""), "filename": kwargs.get("filename", ""),
                    "deadline": str(kwargs.get("deadline", "")),
-                   "queue": queue_for_engine(engine) if engine else DEFAULT_QUEUE}
+                   "queue": job_queue(kwargs.get("engine"))}  # where route_task sends it
         if owner:
             control["owner"] = owner
         self._control.remember(job_id, **control)
@@ -272,13 +270,10 @@ class OcrClient:
         """Wait for every job and return the results by id.
 
         Jobs still open at `timeout` are reported with status TIMEOUT; they go on.
-        Polls start 10 ms apart and grow to `poll`: a job that ends in a few ms is seen
-        within a few ms, a long one costs no more reads than before.
         """
         pending = list(dict.fromkeys(ids))
         results: dict[str, dict[str, Any]] = {}
         deadline = None if timeout is None else time.monotonic() + timeout
-        delay = min(poll, FIRST_POLL)
         while pending:
             for job_id in list(pending):
                 status = self.status(job_id)
@@ -295,8 +290,7 @@ class OcrClient:
                             "code": "wait_timeout", "retryable": True,
                             "message": "the job had not finished when waiting stopped"}}
                     break
-                time.sleep(delay)
-                delay = min(poll, delay * 1.5)
+                time.sleep(poll)
         return results
 
     def live_queues(self) -> dict[str, set[str]]:

@@ -5,6 +5,10 @@ asks `routed_engine` and loads the answer beside the worker's own engine. Routin
 the worker (not in the client at submit) means a routed job never waits on a queue no
 worker consumes: it stays on the queue it was sent to (`ocr`), and a worker without
 the routed engine installed reads it with its own engine.
+
+`served_engines` is what a worker's parent consumes for: its own engine and each engine
+its routing can load here, so a job that *names* such an engine (its queue
+`ocr-<engine>`) reaches this worker too, as a routed one does.
 """
 
 from __future__ import annotations
@@ -17,6 +21,24 @@ from tasks.errors import OcrError
 
 if TYPE_CHECKING:
     from tasks.settings import Settings
+
+
+def served_engines(primary: str, settings: Settings) -> list[str]:
+    """The engines a worker of engine `primary` runs: `primary`, then OCR_LANG_ENGINES's.
+
+    A routing target counts when this worker knows it and it is installed here (as
+    `routed_engine` requires); its load happens in the pool child on first use.
+    """
+    served = [primary]
+    for name in dict.fromkeys(settings.lang_engine_map.values()):
+        if name in served:
+            continue
+        try:
+            if engine_class(name, settings).installed(settings):
+                served.append(name)
+        except OcrError:
+            continue  # an engine this worker does not know
+    return served
 
 
 def routed_engine(lang: str | None, primary: str, settings: Settings,

@@ -60,9 +60,7 @@ def result_settings(settings: Settings) -> dict[str, Any]:
     return {"pdf_dpi": settings.pdf_dpi, "max_render_pixels": settings.max_render_pixels,
             "pdf_min_text_chars": settings.pdf_min_text_chars,
             "auto_rotate": settings.auto_rotate, "deskew": settings.deskew,
-            "prompt": settings.prompt, "vlm_max_tokens": settings.vlm_max_tokens,
-            # an `auto` page's languages: its script's, else the default set
-            "auto_langs": settings.auto_langs, "tesseract_lang": settings.tesseract_lang}
+            "prompt": settings.prompt, "vlm_max_tokens": settings.vlm_max_tokens}
 
 
 def cache_key(data: bytes, request: JobRequest, engine: str, model: str | None,
@@ -114,7 +112,8 @@ def process_job(job_id: str, request: JobRequest, settings: Settings,
     data = b"" if located is not None else read_input(request, settings, stores.blobs)
     engine_name = engine_name or engines.for_job(request.engine, request.lang)
     loaded = engines.get(engine_name)  # fails fast when this child's load failed
-    loaded.engine.check(recognize_options(request))  # refusals: lang, output
+    options = recognize_options(request)  # the job's options, decided once
+    loaded.engine.check(options)  # refusals: lang, output
     key = None
     scope = cache_scope(job_id, settings, stores)
     if settings.cache_results and previous is None and (located is None or identity):
@@ -151,7 +150,8 @@ def process_job(job_id: str, request: JobRequest, settings: Settings,
             finally:
                 plan.doc.close()
     try:
-        result = run_document(data, request, loaded.engine, settings, progress, plan=plan)
+        result = run_document(data, request, loaded.engine, settings, progress, plan=plan,
+                              fmt=fmt, options=options)
     finally:
         if plan is not None:
             plan.doc.close()

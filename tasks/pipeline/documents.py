@@ -322,14 +322,17 @@ def document_base(data: bytes, request: JobRequest, fmt: str, count: int) -> Doc
 
 def run_document(data: bytes, request: JobRequest, engine: OcrEngine, settings: Settings,
                  progress: Progress | None = None,
-                 plan: PdfPlan | None = None) -> DocumentResult:
+                 plan: PdfPlan | None = None, fmt: str | None = None,
+                 options: RecognizeOptions | None = None) -> DocumentResult:
     """Recognise every selected page inside this process.
 
-    A page the engine fails on is reported in `failed_pages` (PARTIAL).
+    A page the engine fails on is reported in `failed_pages` (PARTIAL). `fmt` and
+    `options` are the job's, when its caller has them already (`process_job` has:
+    each is decided once per job); else they are found here.
     """
     started = time.perf_counter()
-    fmt = sniff_format(data)
-    options = recognize_options(request)
+    fmt = fmt or sniff_format(data)
+    options = options or recognize_options(request)
     pages: list[PageRecord] = []
     count = 0
 

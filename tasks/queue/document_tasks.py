@@ -52,7 +52,7 @@ from tasks.pipeline.documents import past_deadline
 from tasks.pipeline.results import failed_page
 from tasks.queue.parent_endings import JobServices, end_from_message, report_progress
 from tasks.queue.poison_guard import GuardedTask
-from tasks.queue.routing import queue_for_engine
+from tasks.queue.routing import job_queue
 from tasks.records.jobs import DocumentMeta, JobStatus, Outcome
 from tasks.records.request import JobRequest
 from tasks.records.results import DocumentResult, PageError, PageRecord
@@ -280,10 +280,9 @@ def fan_out(task: Task, work: FanOut, services: JobServices) -> NoReturn:
     SUCCESS (a message from Flower or another language's client may ask Celery to store
     results) and sent as a `task-succeeded` event, both before the job has ended.
     """
-    # The queue of the engine the job named, else this worker's (which it consumes): a
-    # job routed by its language (OCR_LANG_ENGINES) keeps its pages on workers like it.
-    queue = queue_for_engine(work.meta.request.engine
-                             or resident.current(task.app.ocr_settings).primary)
+    # The queue of the engine that reads the job (named, routed by its language, or this
+    # worker's): this worker consumes it, and so does every worker that can run it.
+    queue = job_queue(work.meta.engine)
     meta = replace(work.meta, page_tasks=[uuid() for _ in work.meta.ocr_pages],
                    reply_queue=queue)
     job_id = meta.job_id

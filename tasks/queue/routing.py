@@ -1,8 +1,10 @@
 """Queues and priorities: where a message goes and in which order it is served.
 
-`route_task` is Celery's router: jobs that name an engine go to that engine's queue;
-cancels and callbacks go to the control queue. Runs in every process that sends or
-serves tasks (clients too: nothing heavy is imported here).
+`job_queue` is the one rule of where a job goes: the queue of the engine it names (or was
+given by its worker, for its pages), else `ocr`. `route_task` is Celery's router (that
+rule for `ocr.document`; cancels and callbacks to the control queue); the client records
+the same queue beside the job, and a fanned-out PDF sends its pages there. Runs in every
+process that sends or serves tasks (clients too: nothing heavy is imported here).
 """
 
 from __future__ import annotations
@@ -32,6 +34,15 @@ def queue_for_engine(engine: str) -> str:
     return f"{DEFAULT_QUEUE}-{engine}"
 
 
+def job_queue(engine: str | None) -> str:
+    """Where a job (or a fanned-out PDF's pages) reading with `engine` goes; None: `ocr`.
+
+    Every worker that can run an engine consumes its queue: its own engine's, and those
+    its language routing loads (`tasks.engines.lang_routing.served_engines`).
+    """
+    return queue_for_engine(engine) if engine else DEFAULT_QUEUE
+
+
 def priority_value(settings: Settings, name: str) -> int:
     """The message priority of a named priority on this broker."""
     return (AMQP_PRIORITIES if settings.broker_is_amqp else PRIORITIES)[name]
@@ -44,5 +55,5 @@ def route_task(name: str, args: Any, kwargs: dict[str, Any] | None, options: Any
         return {"queue": CONTROL_QUEUE}
     engine = (kwargs or {}).get("engine")
     if name == "ocr.document" and isinstance(engine, str) and engine:
-        return {"queue": queue_for_engine(engine)}
+        return {"queue": job_queue(engine)}
     return None

@@ -29,6 +29,7 @@ from celery.signals import (
 )
 
 from tasks.engines import release, resident
+from tasks.engines.lang_routing import served_engines
 from tasks.models.registry import ModelRegistry
 from tasks.pipeline.images import configure_pillow
 from tasks.pipeline.pdf import empty_store
@@ -80,10 +81,14 @@ def connect_signals(app: OcrCelery, settings: Settings) -> None:
             log.info("worker %s is a control worker: no engine, queue %s", sender,
                      CONTROL_QUEUE)
         else:
-            queue = queue_for_engine(app.ocr_engine)
-            for name in (queue, CONTROL_QUEUE):
+            # Its own engine's queue and those of the engines its language routing
+            # loads: a job that names one of them reaches this worker too.
+            queues = [queue_for_engine(e) for e in served_engines(app.ocr_engine, settings)]
+            for name in (*queues, CONTROL_QUEUE):
                 instance.app.amqp.queues.select_add(name)
-            log.info("worker %s serves engine queue %s", sender, queue)
+            log.info("worker %s serves engine queue %s%s", sender, queues[0],
+                     f" and {', '.join(queues[1:])} (its language routing)"
+                     if queues[1:] else "")
             if not forks(instance):
                 configure_pillow(settings)
                 resident.init_process(settings, app.ocr_engine, threaded=True)
