@@ -33,7 +33,6 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
-import boto3
 import pytest
 import redis
 from PIL import Image
@@ -44,67 +43,15 @@ from tests.api_server import ApiServer, create_token, session
 from tests.conftest import (
     FAKE_PLUGINS,
     ROOT,
-    VENV_BIN,
     Worker,
     corpus,
     free_port,
     make_client,
-    stop_group,
 )
+from tests.moto_s3 import AWS, MotoS3
 
-AWS = {"AWS_ACCESS_KEY_ID": "test-key", "AWS_SECRET_ACCESS_KEY": "test-secret",
-       "AWS_DEFAULT_REGION": "us-east-1"}
-LIMIT_MB = 1  # OCR_MAX_INPUT_MB of the workers here
-FANOUT_PDF = "lang_mixed_2p.pdf"  # 2 pages, 1.9 MB: more than LIMIT_MB, see the worker env
-
-
-class MotoS3:
-    """moto's S3 emulator in server mode on a free port.
-
-    `enforce_auth`: every request is checked against the emulator's IAM, so the
-    workers' made-up keys are refused with 403.
-    """
-
-    def __init__(self, log_path: Path, port: int | None = None,
-                 enforce_auth: bool = False) -> None:
-        self.port = port or free_port()
-        self.endpoint = f"http://127.0.0.1:{self.port}"
-        self.log_path = log_path
-        self.enforce_auth = enforce_auth
-        self.proc: subprocess.Popen[bytes] | None = None
-
-    def start(self, timeout: float = 60) -> MotoS3:
-        env = {**os.environ, **AWS}
-        if self.enforce_auth:
-            env["INITIAL_NO_AUTH_ACTION_COUNT"] = "0"
-        with open(self.log_path, "ab") as log:
-            self.proc = subprocess.Popen(
-                [str(VENV_BIN / "moto_server"), "-H", "127.0.0.1", "-p", str(self.port)],
-                env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"moto_server exited:\n{self.log()}")
-            try:
-                socket.create_connection(("127.0.0.1", self.port), timeout=1).close()
-                return self
-            except OSError:
-                time.sleep(0.1)
-        raise RuntimeError(f"moto_server not up in {timeout} s:\n{self.log()}")
-
-    def log(self) -> str:
-        return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
-
-    def client(self) -> Any:
-        return boto3.client("s3", endpoint_url=self.endpoint, region_name="us-east-1",
-                            aws_access_key_id=AWS["AWS_ACCESS_KEY_ID"],
-                            aws_secret_access_key=AWS["AWS_SECRET_ACCESS_KEY"])
-
-    def env(self) -> dict[str, str]:
-        return {"AWS_ENDPOINT_URL": self.endpoint, **AWS}
-
-    def stop(self) -> None:
-        stop_group(self.proc, grace=5)
+LIMIT_MB = 4  # OCR_MAX_INPUT_MB of the workers here
+FANOUT_PDF = "lang_mixed_2p.pdf"  # 2 pages, 1.9 MB
 
 
 def png(width: int, height: int, shade: int = 255) -> bytes:
@@ -188,7 +135,7 @@ class FileServer:
                     if body:
                         piece = b"\0" * 65536
                         try:
-                            for _ in range(LIMIT_MB * 16 + 64):  # 4 MB over the limit
+                            for _ in range(LIMIT_MB * 32):  # twice the limit
                                 self.wfile.write(piece)
                         except (BrokenPipeError, ConnectionResetError):
                             return  # the reader stopped, as it should
@@ -245,19 +192,8 @@ def worker_env(s3: MotoS3, https: FileServer, spool: Path) -> dict[str, str]:
 @pytest.fixture(scope="module")
 def worker(start_worker: Callable[..., Worker], s3: MotoS3, https: FileServer,
            tmp_path_factory: pytest.TempPathFactory) -> Worker:
-    spool = tmp_path_factory.mktemp("spool")
-    # Fan-out reads a PDF larger than LIMIT_MB: this worker's limit is 4 MB; the others
-    # refuse by size (`small`).
-    env = worker_env(s3, https, spool)
-    return start_worker(**{**env, "OCR_CONCURRENCY": "2", "OCR_MAX_INPUT_MB": "4"})
-
-
-@pytest.fixture(scope="module")
-def small(start_worker: Callable[..., Worker], s3: MotoS3, https: FileServer,
-          tmp_path_factory: pytest.TempPathFactory) -> Worker:
-    """A worker with OCR_MAX_INPUT_MB=1 on its own queue `ocr-small`."""
-    env = worker_env(s3, https, tmp_path_factory.mktemp("spool-small"))
-    return start_worker(**env, OCR_CONCURRENCY="1", OCR_QUEUES="ocr-small")
+    env = worker_env(s3, https, tmp_path_factory.mktemp("spool"))
+    return start_worker(**env, OCR_CONCURRENCY="2")
 
 
 @pytest.fixture(scope="module")
@@ -269,15 +205,6 @@ def client(redis_url: str) -> Iterator[OcrClient]:
 
 def run(client: OcrClient, source: str, timeout: float = 120, **options: Any) -> dict[str, Any]:
     job_id = client.submit(source, **options)
-    result = client.wait([job_id], timeout=timeout)[job_id]
-    assert result["status"] != "TIMEOUT", result
-    return result
-
-
-def send_to(client: OcrClient, queue: str, url: str, timeout: float = 120) -> dict[str, Any]:
-    """A job by URL sent straight to `queue` (the small worker's)."""
-    job_id = client.app.send_task("ocr.document", kwargs={"url": url, "filename": "x"},
-                                  queue=queue).id
     result = client.wait([job_id], timeout=timeout)[job_id]
     assert result["status"] != "TIMEOUT", result
     return result
@@ -312,10 +239,10 @@ def test_https_input_is_read_through_the_allowlist(worker: Worker, client: OcrCl
     assert ("GET", "/inside/doc.png") in https.requests
 
 
-def test_object_over_the_limit_is_refused_by_its_head(small: Worker, client: OcrClient,
+def test_object_over_the_limit_is_refused_by_its_head(worker: Worker, client: OcrClient,
                                                       s3: MotoS3) -> None:
     s3.client().put_object(Bucket="docs", Key="big.bin", Body=b"\0" * (LIMIT_MB * 2**20 + 1))
-    result = send_to(client, "ocr-small", "s3://docs/big.bin")
+    result = run(client, "s3://docs/big.bin")
     assert result["status"] == "FAILURE"
     assert result["error"]["code"] == "input_too_large"
     assert s3_requests(s3, "HEAD", "/docs/big.bin") >= 1
@@ -323,8 +250,8 @@ def test_object_over_the_limit_is_refused_by_its_head(small: Worker, client: Ocr
 
 
 def test_object_without_a_length_is_refused_while_streaming(
-        small: Worker, client: OcrClient, https: FileServer) -> None:
-    result = send_to(client, "ocr-small", https.url("/inside/stream-big"))
+        worker: Worker, client: OcrClient, https: FileServer) -> None:
+    result = run(client, https.url("/inside/stream-big"))
     assert result["status"] == "FAILURE"
     assert result["error"]["code"] == "input_too_large"
     assert "counted while reading" in result["error"]["message"]
@@ -368,12 +295,53 @@ def test_a_name_that_resolves_to_a_loopback_address_is_refused(
     assert "/inside/private.png" not in https.paths()
 
 
+class Forwarder:
+    """A TCP port that forwards to another once `start` is called (refused before)."""
+
+    def __init__(self, target: int) -> None:
+        self.port = free_port()
+        self.target = target
+        self.listener: socket.socket | None = None
+
+    def start(self) -> None:
+        self.listener = socket.create_server(("127.0.0.1", self.port))
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self) -> None:
+        assert self.listener is not None
+        while True:
+            try:
+                inbound, _ = self.listener.accept()
+            except OSError:
+                return  # closed
+            outbound = socket.create_connection(("127.0.0.1", self.target))
+            for a, b in ((inbound, outbound), (outbound, inbound)):
+                threading.Thread(target=self._pump, args=(a, b), daemon=True).start()
+
+    @staticmethod
+    def _pump(source: socket.socket, sink: socket.socket) -> None:
+        try:
+            while piece := source.recv(65536):
+                sink.sendall(piece)
+        except OSError:
+            pass  # the other side closed
+        finally:
+            sink.close()
+
+    def stop(self) -> None:
+        if self.listener is not None:
+            self.listener.close()
+
+
 def test_store_briefly_unreachable_is_retried_and_nothing_is_lost(
-        start_worker: Callable[..., Worker], client: OcrClient, https: FileServer,
-        tmp_path: Path) -> None:
-    # This worker's store is not up yet: its first reads are `transient` and retried.
-    later = MotoS3(tmp_path / "moto-later.log")
-    env = worker_env(later, https, tmp_path / "spool")
+        start_worker: Callable[..., Worker], client: OcrClient, s3: MotoS3,
+        https: FileServer, tmp_path: Path) -> None:
+    # This worker reaches the store through a port that refuses connections at first:
+    # its first reads are `transient` and retried; then the port opens onto the store.
+    s3.client().put_object(Bucket="docs", Key="later.png", Body=png(200, 100))
+    port = Forwarder(s3.port)
+    env = {**worker_env(s3, https, tmp_path / "spool"),
+           "AWS_ENDPOINT_URL": f"http://127.0.0.1:{port.port}"}
     down = start_worker(**env, OCR_CONCURRENCY="1", OCR_QUEUES="ocr-down")
     job_id = client.app.send_task("ocr.document", kwargs={"url": "s3://docs/later.png"},
                                   queue="ocr-down").id
@@ -381,14 +349,12 @@ def test_store_briefly_unreachable_is_retried_and_nothing_is_lost(
     while not re.search(rf"ocr.document\[{job_id}\] retry", down.log()):
         assert time.monotonic() < deadline, down.log()[-3000:]
         time.sleep(0.2)
-    later.start()
+    port.start()
     try:
-        store = later.client()
-        store.create_bucket(Bucket="docs")
-        store.put_object(Bucket="docs", Key="later.png", Body=png(200, 100))
         result = client.wait([job_id], timeout=120)[job_id]
     finally:
-        later.stop()
+        down.stop()  # before its store goes: it must not take later tests' page tasks
+        port.stop()
     assert result["status"] == "SUCCESS", result
     assert result["text"].startswith("fake 200x100")
 
@@ -397,18 +363,24 @@ def test_store_that_denies_the_read_is_input_denied(
         start_worker: Callable[..., Worker], client: OcrClient, https: FileServer,
         tmp_path: Path) -> None:
     strict = MotoS3(tmp_path / "moto-strict.log", enforce_auth=True).start()
+    denied: Worker | None = None
     try:
         env = worker_env(strict, https, tmp_path / "spool")
-        start_worker(**env, OCR_CONCURRENCY="1", OCR_QUEUES="ocr-strict")
+        denied = start_worker(**env, OCR_CONCURRENCY="1", OCR_QUEUES="ocr-strict")
         job_id = client.app.send_task("ocr.document", kwargs={"url": "s3://docs/a.png"},
                                       queue="ocr-strict").id
         result = client.wait([job_id], timeout=120)[job_id]
     finally:
+        if denied is not None:
+            denied.stop()  # it serves page queues too: not beyond this test
         strict.stop()
     assert result["status"] == "FAILURE"
     assert result["error"]["code"] == "input_denied"
     assert result["error"]["retryable"] is False
-    assert AWS["AWS_SECRET_ACCESS_KEY"] not in json.dumps(result)
+    # Credentials stay in the worker's environment: never in a result or a log line.
+    for secret in (AWS["AWS_SECRET_ACCESS_KEY"], AWS["AWS_ACCESS_KEY_ID"]):
+        assert secret not in json.dumps(result)
+        assert secret not in denied.log()
 
 
 # --- results to a bucket ----------------------------------------------------------------

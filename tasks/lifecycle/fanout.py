@@ -10,7 +10,7 @@ from __future__ import annotations
 import functools
 import logging
 from collections.abc import Callable
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any
 
 from tasks.errors import InternalError, OcrError
@@ -64,17 +64,26 @@ class OpenDocumentCache:
             return self.get(request.blob or "", blobs, settings)
         info = object_info(meta)
         key = f"url:{request.url}\0{info.version or info.etag}"
-        if key != self._key:
-            self.close()
-            self._doc = open_pdf(url_inputs.spooled(settings, request.url, info), None,
-                                 settings)
-            self._key = key
-        return self._doc
+        # Read like a blob, so that a subclass sharing bytes between threads shares these.
+        reader = _SpooledObject(settings, request.url, info)
+        return self.get(key, reader, settings)  # type: ignore[arg-type]
 
     def close(self) -> None:
         if self._doc is not None:
             self._doc.close()
         self._key = self._doc = None
+
+
+@dataclass(frozen=True)
+class _SpooledObject:
+    """The local copy of a fanned-out `url` input on this host, read as a blob is."""
+
+    settings: Settings
+    url: str
+    info: ObjectInfo
+
+    def get(self, key: str) -> bytes:
+        return url_inputs.spooled(self.settings, self.url, self.info)
 
 
 def object_info(meta: DocumentMeta) -> ObjectInfo:
