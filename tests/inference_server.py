@@ -95,6 +95,8 @@ class SimulatedInferenceServer:
         self.in_flight = 0
         self.most_in_flight = 0
         self.aborted = 0
+        self.arrivals: list[float] = []  # time.monotonic() of each request
+        self.answers: list[float] = []  # ... and of each answer's end
         self._lock = threading.Condition()
         self._stop = threading.Event()
         self._server: ThreadingHTTPServer | None = None
@@ -155,6 +157,7 @@ class SimulatedInferenceServer:
         arrived = time.monotonic()
         with self._lock:
             self.requests.append(body)
+            self.arrivals.append(arrived)
             self.in_flight += 1
             self.most_in_flight = max(self.most_in_flight, self.in_flight)
             self._lock.notify_all()
@@ -166,6 +169,8 @@ class SimulatedInferenceServer:
                 self._stop.wait()
                 return
             self._stream(handler, abort)
+            with self._lock:
+                self.answers.append(time.monotonic())
         except (BrokenPipeError, ConnectionResetError):
             pass  # the client gave up on the answer (its own time limit)
         finally:

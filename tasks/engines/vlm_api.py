@@ -202,8 +202,11 @@ class VlmApiEngine(OcrEngine):
     def recognize(self, image: Image.Image, options: RecognizeOptions) -> PageResult:
         clock = PageClock.start(self.page_seconds, options.deadline)
         size = self.page_size(image.width, image.height)
-        rgb = image if image.mode == "RGB" else image.convert("RGB")
-        sized = rgb if rgb.size == size else rgb.resize(size, Image.Resampling.LANCZOS)
+        # Grey pages go grey (the server's image loader makes RGB of them): no 3-byte
+        # copy of each page held while it waits at the server.
+        page = image if image.mode in ("L", "RGB") else image.convert("RGB")
+        sized = page if page.size == size else page.resize(size, Image.Resampling.LANCZOS)
+        del page
         return read_page(sized, options, self.profile, self.temperatures,
                          functools.partial(self.generate, clock=clock), self.name)
 

@@ -26,6 +26,7 @@ from celery.signals import (
     task_prerun,
     worker_process_init,
     worker_process_shutdown,
+    worker_shutdown,
 )
 
 from tasks.engines import release, resident
@@ -91,23 +92,30 @@ def connect_signals(app: OcrCelery, settings: Settings) -> None:
                      if queues[1:] else "")
             if not forks(instance):
                 configure_pillow(settings)
-                resident.init_process(settings, app.ocr_engine, threaded=True)
+                # The worker process is the one that reads: its registry, and a keeper
+                # that registers its models (no idle release: nothing held to free,
+                # and no signal into Celery's own main thread).
+                keeper = keep_models(0)
+                keeper.start(resident.init_process(settings, app.ocr_engine,
+                                                   on_load=keeper.on_load, threaded=True))
                 log.info("worker %s reads with engine %s in a pool of %s threads", sender,
                          app.ocr_engine, instance.concurrency)
         brokers.prepare_queues(instance.app, settings)
 
-    def on_process_init(**_: Any) -> None:
+    def keep_models(idle_seconds: float) -> release.ChildKeeper:
         global _keeper
+        models = ModelRegistry(connect(settings.redis_url), settings.model_heartbeat_seconds)
+        _keeper = release.ChildKeeper(models, settings.model_dir, idle_seconds,
+                                      settings.model_heartbeat_seconds, settings.model)
+        return _keeper
+
+    def on_process_init(**_: Any) -> None:
         brokers.fresh_connections(app)
         configure_pillow(settings)
-        models = ModelRegistry(connect(settings.redis_url), settings.model_heartbeat_seconds)
-        _keeper = release.ChildKeeper(models, settings.model_dir,
-                                      settings.idle_unload_seconds,
-                                      settings.model_heartbeat_seconds,
-                                      settings.model)
-        _keeper.install()
-        _keeper.start(resident.init_process(settings, app.ocr_engine,
-                                            on_load=_keeper.on_load))
+        keeper = keep_models(settings.idle_unload_seconds)
+        keeper.install()
+        keeper.start(resident.init_process(settings, app.ocr_engine,
+                                           on_load=keeper.on_load))
 
     def on_prerun(**_: Any) -> None:
         if _keeper is not None:
@@ -124,6 +132,10 @@ def connect_signals(app: OcrCelery, settings: Settings) -> None:
             _keeper.record_use()
             _keeper.task_finished()
 
+    def on_worker_shutdown(**_: Any) -> None:
+        if resident.existing() is not None and _keeper is not None:  # a thread pool's
+            on_process_shutdown()
+
     def on_process_shutdown(**_: Any) -> None:
         resident.shutdown_process()
         if _keeper is not None:
@@ -135,3 +147,4 @@ def connect_signals(app: OcrCelery, settings: Settings) -> None:
     task_prerun.connect(on_prerun, weak=False)
     task_postrun.connect(on_postrun, weak=False)
     worker_process_shutdown.connect(on_process_shutdown, weak=False)
+    worker_shutdown.connect(on_worker_shutdown, weak=False)
