@@ -148,3 +148,16 @@ def test_blank_and_nearly_textless_pages_do_not_fail(worker: Worker,
     page = few["pages"][0]
     assert page["lang"] == "eng" and page["script"]["outcome"] == "uncertain"
     assert [w["code"] for w in few["warnings"]] == ["lang_uncertain"]
+
+
+def test_an_upside_down_page_is_turned_by_the_same_check(worker: Worker,
+                                                         client: OcrClient) -> None:
+    """The script check's rotation turns the page: read once, in its own language."""
+    name = "lang_ell_page.png"
+    out = io.BytesIO()
+    Image.open(corpus(name)).rotate(180).save(out, "PNG")
+    result = _run(client, out.getvalue(), filename="upside-down.png")
+    assert result["status"] == "SUCCESS", result
+    page = result["pages"][0]
+    assert (page["rotation"], page["lang"]) == (180, "ell+eng")
+    assert cer(ground_truth(name), result["text"]) <= 0.04
