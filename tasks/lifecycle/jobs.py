@@ -60,7 +60,9 @@ def result_settings(settings: Settings) -> dict[str, Any]:
     return {"pdf_dpi": settings.pdf_dpi, "max_render_pixels": settings.max_render_pixels,
             "pdf_min_text_chars": settings.pdf_min_text_chars,
             "auto_rotate": settings.auto_rotate, "deskew": settings.deskew,
-            "prompt": settings.prompt, "vlm_max_tokens": settings.vlm_max_tokens}
+            "prompt": settings.prompt, "vlm_max_tokens": settings.vlm_max_tokens,
+            # an `auto` page's languages: its script's, else the default set
+            "auto_langs": settings.auto_langs, "tesseract_lang": settings.tesseract_lang}
 
 
 def cache_key(data: bytes, request: JobRequest, engine: str, model: str | None,
