@@ -96,6 +96,8 @@ def test_one_worker_keeps_64_pages_in_flight(
     assert all(p["text"] == server.text and "fallback" not in p for p in pages)
     assert all(p["vlm"]["generation_tokens"] == 6 for p in pages)  # the server's usage
     assert "reads with engine vlm-api in a pool of 64 threads" in worker.log()
+    # No page needed tesseract (no orientation check, no fallback): it never loaded.
+    assert "engine loaded: tesseract" not in worker.log()
     for body in server.requests:  # every request states its sampling
         assert (body["temperature"], body["top_p"], body["top_k"]) == (0.0, 1.0, -1)
         assert (body["repetition_penalty"], body["min_p"]) == (1.0, 0.0)

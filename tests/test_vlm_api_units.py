@@ -9,8 +9,10 @@ from __future__ import annotations
 
 import itertools
 import random
+import threading
 import time
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
@@ -20,7 +22,8 @@ import openai
 import pytest
 from PIL import Image
 
-from tasks.engines.base import RecognizeOptions
+from tasks.engines.base import OcrEngine, PageResult, RecognizeOptions
+from tasks.engines.resident import EnginePool, ResidentEngines
 from tasks.engines.vlm_api import VlmApiEngine, processor_grid
 from tasks.engines.vlm_profiles import PROFILES
 from tasks.engines.vlm_runtime import PatchGrid, TextPieces
@@ -343,3 +346,50 @@ def test_the_page_grid_comes_from_a_local_models_image_processor(tmp_path: Path)
     assert processor_grid(tmp_path) == PatchGrid(factor=28, max_pixels=3136, min_pixels=784)
     assert processor_grid(tmp_path / "absent") == PatchGrid()
     assert processor_grid(None) == PatchGrid()  # a remote server: the profile's budget
+
+
+class _Handle(OcrEngine):
+    """An engine that must never serve two threads at once (like a tesseract handle)."""
+
+    name = "handle"
+    made = 0
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+
+    @classmethod
+    def load(cls, settings: Settings) -> _Handle:
+        cls.made += 1
+        return cls()
+
+    def recognize(self, image: Image.Image, options: RecognizeOptions) -> PageResult:
+        assert self.lock.acquire(blocking=False), "one handle, two threads"
+        try:
+            PAIRS.wait()  # two calls at once: only two instances let them meet
+        finally:
+            self.lock.release()
+        return PageResult(text=str(id(self)))
+
+
+PAIRS = threading.Barrier(2, timeout=60)
+
+
+def test_a_thread_pool_serves_an_unsafe_engine_one_instance_per_caller() -> None:
+    settings = Settings.from_env({})
+    _Handle.made = 0
+    pool = EnginePool(_Handle.load(settings), lambda: _Handle.load(settings), size=2)
+    with ThreadPoolExecutor(8) as threads:
+        texts = list(threads.map(lambda _: pool.recognize(page(), RecognizeOptions()),
+                                 range(8)))
+    assert _Handle.made == 2 and len({t.text for t in texts}) == 2  # made when needed, never more
+
+
+def test_a_vlm_api_registry_loads_its_fallback_when_first_needed(tmp_path: Path) -> None:
+    settings = Settings.from_env({"OCR_ENGINE": "vlm-api", "OCR_VLM_API_MODEL": "m",
+                                  "OCR_VLM_API_URL": "http://127.0.0.1:9/v1"})
+    registry = ResidentEngines(settings=settings, primary="vlm-api", threaded=True)
+    registry.get()
+    assert list(registry.engines) == ["vlm-api"]  # no tesseract at start
+    registry.get("tesseract")
+    assert isinstance(registry.engines["tesseract"].engine, EnginePool)
+    assert not isinstance(registry.engines["vlm-api"].engine, EnginePool)  # thread-safe
