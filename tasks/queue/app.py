@@ -8,7 +8,6 @@ and reads results, and imports no task module, so no engine or image library.
 
 from __future__ import annotations
 
-from tasks.engines import resolve_engine
 from tasks.queue.celery_config import celery_config, worker_app_config
 from tasks.queue.ocr_celery import OcrCelery
 from tasks.settings import Settings
@@ -24,6 +23,8 @@ def create_app(settings: Settings) -> OcrCelery:
     """
     app = OcrCelery("ocr", include=list(TASK_MODULES), set_as_current=True)
     app.ocr_settings = settings
+    from tasks.engines import resolve_engine  # here: clients import this module too
+
     app.ocr_engine = resolve_engine(settings)
     app.conf.update(worker_app_config(settings, app.ocr_engine))
     # The remote-control command must be registered in the worker and in the
