@@ -31,6 +31,22 @@ FAKE_PLUGINS = ",".join(f"{name}=tests.fake_engines:{cls}" for name, cls in (
     ("slow-on-dark", "SlowOnDarkEngine"), ("stuck-on-dark", "StuckOnDarkEngine"),
     ("killer", "KillerEngine"), ("flaky-on-dark", "FlakyOnDarkEngine"),
     ("raising-on-dark", "RaisingOnDarkEngine")))
+# PDFs rendered small and unturned: fake engines describe pages, they do not read them.
+FAST_PAGES = {"OCR_PDF_DPI": "72", "OCR_DESKEW": "0"}
+
+
+def fake_env(*engines: str, cache: bool = False, **extra: str) -> dict[str, str]:
+    """A worker's settings with the fake engines (tests/fake_engines.py), `fake` its own.
+
+    Results are not cached unless `cache`; `engines` are other fake engines whose
+    queues (`ocr-<name>`) the worker serves beside `ocr` (jobs that name them go there).
+    """
+    env = {"OCR_ENGINE": "fake", "OCR_ENGINE_PLUGINS": FAKE_PLUGINS}
+    if not cache:
+        env["OCR_CACHE_RESULTS"] = "0"
+    if engines:
+        env["OCR_QUEUES"] = ",".join(["ocr", *(f"ocr-{e}" for e in engines)])
+    return {**env, **extra}
 
 
 def free_port() -> int:

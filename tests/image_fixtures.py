@@ -10,6 +10,13 @@ import numpy as np
 from PIL import Image
 
 
+def png(shade: int = 200, size: tuple[int, int] = (64, 48)) -> bytes:
+    """A plain grey PNG: the fake engines answer `fake WxH mean=SHADE` (dark ones fault)."""
+    buffer = io.BytesIO()
+    Image.new("L", size, shade).save(buffer, "PNG")
+    return buffer.getvalue()
+
+
 def bomb_frame_tiff() -> bytes:
     """A G4 TIFF: page 1 is 800x600, page 2 is 15000x15000 (225 Mpx) of white."""
     buf = io.BytesIO()

@@ -26,13 +26,12 @@ import requests
 from PIL import Image
 
 from tests.api_server import ApiServer, create_token, session
-from tests.conftest import FAKE_PLUGINS, ROOT, RedisServer, Worker
+from tests.conftest import FAST_PAGES, ROOT, RedisServer, Worker, fake_env
+from tests.image_fixtures import png
 from tests.pdf_fixtures import image_pdf, plain_pages
 
-WORKER_ENV = {"OCR_ENGINE": "fake", "OCR_ENGINE_PLUGINS": FAKE_PLUGINS,
-              "OCR_CACHE_RESULTS": "0", "OCR_PDF_DPI": "72", "OCR_DESKEW": "0",
-              "OCR_CONCURRENCY": "2", "FAKE_PAGE_SECONDS": "0.4",
-              "OCR_QUEUES": "ocr,ocr-fake,ocr-flaky-on-dark,ocr-tesseract"}
+WORKER_ENV = fake_env("fake", "flaky-on-dark", "tesseract", **FAST_PAGES,
+                      OCR_CONCURRENCY="2", FAKE_PAGE_SECONDS="0.4")
 MAX_MB = "1"
 SECRET = "webhook-secret"
 
@@ -60,12 +59,6 @@ class Receiver:
         self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
         self.port = self.server.server_address[1]
         threading.Thread(target=self.server.serve_forever, daemon=True).start()
-
-
-def png(shade: int = 200, size: tuple[int, int] = (160, 80)) -> bytes:
-    out = io.BytesIO()
-    Image.new("L", size, shade).save(out, "PNG")
-    return out.getvalue()
 
 
 def text_png(text: str = "Invoice 2024") -> bytes:
@@ -198,7 +191,7 @@ def test_upload_poll_and_every_format(api: ApiServer, alice: requests.Session) -
 
     text = alice.get(f"{api.url}/v1/jobs/{text_job}/result", timeout=10)
     assert text.headers["content-type"] == "text/plain; charset=utf-8"
-    assert text.text == "fake 160x80 mean=200.0"
+    assert text.text == "fake 64x48 mean=200.0"
     whole = alice.get(f"{api.url}/v1/jobs/{text_job}/result?format=json", timeout=10)
     assert whole.headers["content-type"] == "application/json"
     assert whole.json()["status"] == "SUCCESS" and whole.json()["filename"] == "scan.png"

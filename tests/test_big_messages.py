@@ -33,20 +33,19 @@ from tasks.queue.transport import read_dead_letters
 from tasks.settings import Settings
 from tasks.state.keys import DEAD_LETTER_KEY
 from tests.conftest import (
-    FAKE_PLUGINS,
     ROOT,
     VENV_BIN,
     RedisServer,
     Worker,
     corpus,
+    fake_env,
     free_port,
     make_client,
 )
 from tests.test_hardening import celery_body, envelope
 
 LIMITS = {"OCR_MAX_INPUT_MB": "1", "OCR_MAX_OUTPUT_MB": "1"}
-FAKE_ENV = {"OCR_ENGINE": "fake", "OCR_ENGINE_PLUGINS": FAKE_PLUGINS,
-            "OCR_CONCURRENCY": "1", "OCR_CACHE_RESULTS": "0", **LIMITS}
+FAKE_ENV = fake_env(OCR_CONCURRENCY="1", **LIMITS)
 
 
 def oversized_message(task_id: str, megabytes: int) -> bytes:

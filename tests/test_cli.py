@@ -22,14 +22,12 @@ import pytest
 
 import submit
 from tasks.client import OcrClient
-from tests.conftest import FAKE_PLUGINS, ROOT, Worker, corpus, free_port
+from tests.conftest import FAST_PAGES, ROOT, Worker, corpus, fake_env, free_port
 from tests.pdf_fixtures import image_pdf, plain_pages
 from tests.test_queue import submit_cli
 
 ENGINES = ("fake", "flaky-on-dark")
-BASE = {"OCR_ENGINE": "fake", "OCR_ENGINE_PLUGINS": FAKE_PLUGINS,
-        "OCR_CACHE_RESULTS": "0", "OCR_PDF_DPI": "72", "OCR_DESKEW": "0",
-        "OCR_QUEUES": ",".join(["ocr"] + [f"ocr-{e}" for e in ENGINES])}
+BASE = fake_env(*ENGINES, **FAST_PAGES)
 
 
 @pytest.fixture(scope="module")

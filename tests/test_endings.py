@@ -10,7 +10,6 @@ Redis but its result. Fake engines (tests/fake_engines.py) drive the endings.
 from __future__ import annotations
 
 import http.server
-import io
 import json
 import re
 import threading
@@ -19,22 +18,20 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
-from PIL import Image
 
 from tasks.client import OcrClient
-from tests.conftest import FAKE_PLUGINS, Worker
+from tests.conftest import FAST_PAGES, Worker, fake_env
+from tests.image_fixtures import png
 from tests.pdf_fixtures import image_pdf, plain_pages
 
 pytestmark = pytest.mark.slow
 
 ENGINES = ("fake", "stuck-on-dark", "flaky-on-dark", "killer", "raising-on-dark")
-SETTINGS = {"OCR_ENGINE": "fake", "OCR_ENGINE_PLUGINS": FAKE_PLUGINS,
-            "OCR_CACHE_RESULTS": "0", "OCR_PDF_DPI": "72", "OCR_DESKEW": "0",
-            "OCR_CONCURRENCY": "2", "OCR_MAX_DELIVERIES": "2",
-            "OCR_SOFT_TIME_LIMIT": "3", "OCR_HARD_TIME_LIMIT": "5",
-            "OCR_PAGE_SOFT_TIME_LIMIT": "20", "OCR_PAGE_HARD_TIME_LIMIT": "25",
-            "OCR_CALLBACK_ALLOWED_HOSTS": "127.0.0.1",  # the test receiver, on loopback
-            "OCR_QUEUES": ",".join(["ocr"] + [f"ocr-{e}" for e in ENGINES])}
+SETTINGS = fake_env(*ENGINES, **FAST_PAGES,
+                    OCR_CONCURRENCY="2", OCR_MAX_DELIVERIES="2",
+                    OCR_SOFT_TIME_LIMIT="3", OCR_HARD_TIME_LIMIT="5",
+                    OCR_PAGE_SOFT_TIME_LIMIT="20", OCR_PAGE_HARD_TIME_LIMIT="25",
+                    OCR_CALLBACK_ALLOWED_HOSTS="127.0.0.1")  # the test receiver, on loopback
 CALLBACK_QUEUE = "endings-callbacks"
 
 
@@ -65,12 +62,6 @@ def receiver() -> Iterator[str]:
 def processes(start_worker: Callable[..., Worker]) -> list[Worker]:
     """An OCR worker and the Procfile's control worker (cancels, callbacks)."""
     return [start_worker(**SETTINGS), start_worker(process="control", **SETTINGS)]
-
-
-def png(shade: int) -> bytes:
-    buffer = io.BytesIO()
-    Image.new("L", (120, 90), shade).save(buffer, "PNG")
-    return buffer.getvalue()
 
 
 def callback_messages(client: OcrClient, job: str, timeout: float = 30) -> list[dict]:
@@ -150,7 +141,7 @@ def submit(client: OcrClient, receiver: str, data: bytes, **options: Any) -> str
 def test_success(processes: list[Worker], client: OcrClient, receiver: str) -> None:
     job = submit(client, receiver, png(220), filename="ok.png")
     result = check_ended_once(client, processes, job, "SUCCESS")
-    assert result["text"].startswith("fake 120x90")
+    assert result["text"].startswith("fake 64x48")
 
 
 def test_failure(processes: list[Worker], client: OcrClient, receiver: str) -> None:

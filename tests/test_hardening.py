@@ -46,11 +46,10 @@ from tasks.pipeline.images import decode_page, iter_image_pages, normalize, redu
 from tasks.queue.transport import read_dead_letters
 from tasks.settings import Settings
 from tasks.state.keys import DEAD_LETTER_KEY
-from tests.conftest import FAKE_PLUGINS, Worker, corpus
+from tests.conftest import FAKE_PLUGINS, Worker, corpus, fake_env
 from tests.image_fixtures import big_rgba_png, bomb_frame_tiff, filtered_png
 
-FAKE_ENV = {"OCR_ENGINE": "fake", "OCR_ENGINE_PLUGINS": FAKE_PLUGINS,
-            "OCR_CONCURRENCY": "1", "OCR_CACHE_RESULTS": "0"}
+FAKE_ENV = fake_env(OCR_CONCURRENCY="1")
 QUEUE = "ocr"
 
 

@@ -7,7 +7,6 @@ started from the Procfile's lines, serve every test of this module.
 from __future__ import annotations
 
 import base64
-import io
 import json
 import os
 import re
@@ -28,19 +27,11 @@ from PIL import Image
 from prometheus_client.parser import text_string_to_metric_families
 
 from tasks.client import OcrClient
-from tests.conftest import (
-    FAKE_PLUGINS,
-    ROOT,
-    VENV_BIN,
-    ProcfileProcess,
-    Worker,
-    corpus,
-    free_port,
-)
+from tests.conftest import ROOT, VENV_BIN, ProcfileProcess, Worker, corpus, fake_env, free_port
+from tests.image_fixtures import png
 from tests.pdf_fixtures import image_pdf, plain_pages
 
-FAKE_ENV = {"OCR_ENGINE": "fake", "OCR_ENGINE_PLUGINS": FAKE_PLUGINS,
-            "OCR_CONCURRENCY": "2", "OCR_CACHE_RESULTS": "0", "FAKE_PAGE_SECONDS": "0.25"}
+FAKE_ENV = fake_env(OCR_CONCURRENCY="2", FAKE_PAGE_SECONDS="0.25")
 FLOWER_AUTH = ("ops", uuid.uuid4().hex[:12])
 SCREENSHOT = os.environ.get("FLOWER_SCREENSHOT")  # `make screenshot` sets docs/flower.png
 
@@ -86,12 +77,6 @@ def wait_for(check: Callable[[], Any], timeout: float, what: str) -> Any:
             return value
         assert time.monotonic() < deadline, f"timed out waiting for {what}"
         time.sleep(0.1)
-
-
-def png(shade: int = 200, size: tuple[int, int] = (64, 48)) -> bytes:
-    buffer = io.BytesIO()
-    Image.new("L", size, shade).save(buffer, "PNG")
-    return buffer.getvalue()
 
 
 @pytest.fixture(scope="module")

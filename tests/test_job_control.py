@@ -7,7 +7,6 @@ that page queues shared by engine name are served by one worker at a time.
 from __future__ import annotations
 
 import http.server
-import io
 import json
 import re
 import threading
@@ -18,18 +17,16 @@ from typing import Any
 
 import psutil
 import pytest
-from PIL import Image
 
 from tasks.client import OcrClient
-from tests.conftest import FAKE_PLUGINS, Worker
+from tests.conftest import FAST_PAGES, Worker, fake_env
+from tests.image_fixtures import png
 from tests.pdf_fixtures import image_pdf, plain_pages
 
 pytestmark = pytest.mark.slow
 
 ENGINES = ("fake", "stuck-on-dark", "flaky-on-dark")
-BASE = {"OCR_ENGINE": "fake", "OCR_ENGINE_PLUGINS": FAKE_PLUGINS,
-        "OCR_CACHE_RESULTS": "0", "OCR_PDF_DPI": "72", "OCR_DESKEW": "0",
-        "OCR_QUEUES": ",".join(["ocr"] + [f"ocr-{e}" for e in ENGINES])}
+BASE = fake_env(*ENGINES, **FAST_PAGES)
 
 
 @pytest.fixture
@@ -44,12 +41,6 @@ def worker(start_worker: Callable[..., Worker]) -> Iterator[Callable[..., Worker
     yield start
     for one in mine:
         one.stop()
-
-
-def png(shade: int = 235) -> bytes:
-    buffer = io.BytesIO()
-    Image.new("L", (120, 90), shade).save(buffer, "PNG")
-    return buffer.getvalue()
 
 
 def outcomes(worker: Worker, job: str) -> list[str]:
@@ -171,7 +162,7 @@ def test_callback_task_receives_the_result(worker: Callable[..., Worker],
         assert message.headers["task"] == "billing.ocr_done"
         args, _, _ = message.decode()
         assert args[0]["id"] == job and args[0]["filename"] == "cb.png"
-        assert args[0]["text"].startswith("fake 120x90")
+        assert args[0]["text"].startswith("fake 64x48")
         message.ack()
         queue.close()
 

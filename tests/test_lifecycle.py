@@ -33,7 +33,7 @@ from tasks.records.results import PageRecord
 from tasks.settings import Settings
 from tasks.state.join import DocumentJoin
 from tasks.state.stores import BlobStore, JobControl, OutputStore, ResultCache, Stores, connect
-from tests.conftest import FAKE_PLUGINS, corpus
+from tests.conftest import FAST_PAGES, corpus, fake_env
 from tests.pdf_fixtures import image_pdf, plain_pages
 
 
@@ -84,11 +84,10 @@ class Life:
 
 
 def make_life(redis_url: str, errors: list[BaseException] | None = None) -> Life:
-    settings = Settings.from_env({
-        "REDIS_URL": redis_url, "OCR_ENGINE": "fake", "OCR_ENGINE_PLUGINS": FAKE_PLUGINS,
-        "OCR_PDF_DPI": "72", "OCR_DESKEW": "0", "OCR_AUTO_ROTATE": "0",
-        "OCR_SKIP_BLANK_PAGES": "0",  # the fake pages are plain (blank) on purpose
-        "OCR_CALLBACK_ALLOWED_HOSTS": "127.0.0.1"})
+    settings = Settings.from_env(fake_env(
+        cache=True, **FAST_PAGES, REDIS_URL=redis_url, OCR_AUTO_ROTATE="0",
+        OCR_SKIP_BLANK_PAGES="0",  # the fake pages are plain (blank) on purpose
+        OCR_CALLBACK_ALLOWED_HOSTS="127.0.0.1"))
     client = connect(redis_url)
     client.flushdb()  # each test starts from an empty store (the cache included)
     control = JobControl(client, 600)

@@ -7,7 +7,6 @@ Redis that speaks only TLS and wants a password.
 
 from __future__ import annotations
 
-import io
 import json
 import os
 import re
@@ -19,19 +18,12 @@ from pathlib import Path
 
 import pytest
 import redis
-from PIL import Image
 
 from tasks.client import OcrClient
-from tests.conftest import FAKE_PLUGINS, ROOT, Worker, free_port, make_client
+from tests.conftest import ROOT, Worker, fake_env, free_port, make_client
+from tests.image_fixtures import png
 
-FAKE = {"OCR_ENGINE": "fake", "OCR_ENGINE_PLUGINS": FAKE_PLUGINS, "OCR_CACHE_RESULTS": "0",
-        "OCR_CONCURRENCY": "1", "FAKE_PAGE_SECONDS": "0.3"}
-
-
-def png(shade: int) -> bytes:
-    buffer = io.BytesIO()
-    Image.new("L", (48, 32), shade).save(buffer, "PNG")
-    return buffer.getvalue()
+FAKE = fake_env(OCR_CONCURRENCY="1", FAKE_PAGE_SECONDS="0.3")
 
 
 def finished_here(worker: Worker) -> dict[str, str]:

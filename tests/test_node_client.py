@@ -20,11 +20,10 @@ import redis
 from PIL import Image, ImageDraw
 
 from tasks.records.status import CeleryState, JobStatus, WaitStatus
-from tests.conftest import FAKE_PLUGINS, ROOT, RedisServer, Worker
+from tests.conftest import ROOT, RedisServer, Worker, fake_env
 
 CLIENT_JS = str(ROOT / "clients" / "node" / "ocr_client.js")
-FAKE_ENV = {"OCR_ENGINE": "fake", "OCR_ENGINE_PLUGINS": FAKE_PLUGINS,
-            "OCR_CONCURRENCY": "1", "OCR_CACHE_RESULTS": "0"}
+FAKE_ENV = fake_env(OCR_CONCURRENCY="1")
 
 
 @pytest.fixture(scope="module")

@@ -18,7 +18,7 @@ from typing import Any
 import pytest
 
 from tasks.client import OcrClient
-from tests.conftest import FAKE_PLUGINS, ROOT, Worker, corpus
+from tests.conftest import ROOT, Worker, corpus, fake_env
 from tests.image_fixtures import bomb_frame_tiff
 from tests.pdf_fixtures import (
     broken_xref_pdf,
@@ -27,8 +27,7 @@ from tests.pdf_fixtures import (
     truncated_pdf,
 )
 
-FAKE_ENV = {"OCR_ENGINE": "fake", "OCR_ENGINE_PLUGINS": FAKE_PLUGINS,
-            "OCR_CONCURRENCY": "1", "OCR_CACHE_RESULTS": "0"}
+FAKE_ENV = fake_env(OCR_CONCURRENCY="1")
 
 
 @pytest.fixture(scope="module")

@@ -14,7 +14,7 @@ from tasks.engines.rapidocr import RapidOcrEngine, _line, _words_along, intra_op
 from tasks.engines.resident import ResidentEngines
 from tasks.errors import LanguageUnavailable
 from tasks.settings import Settings, SettingsError
-from tests.conftest import FAKE_PLUGINS
+from tests.conftest import fake_env
 
 DEFAULT = Settings.from_env({})
 
@@ -94,8 +94,7 @@ def test_threads_share_the_cores_among_pool_children(monkeypatch: pytest.MonkeyP
 
 
 def test_a_routed_engine_that_fails_to_load_leaves_the_job_to_the_workers() -> None:
-    settings = Settings.from_env({"OCR_ENGINE": "fake", "OCR_ENGINE_PLUGINS": FAKE_PLUGINS,
-                                  "OCR_LANG_ENGINES": "vie=broken"})
+    settings = Settings.from_env(fake_env(cache=True, OCR_LANG_ENGINES="vie=broken"))
     engines = ResidentEngines(settings=settings, primary="fake")
     assert engines.for_job(None, "vie") == "fake"  # `broken` raised while loading
     assert "broken" in engines.failures

@@ -6,7 +6,6 @@ workers, named fake engines.
 
 from __future__ import annotations
 
-import io
 import os
 import signal
 import subprocess
@@ -15,34 +14,26 @@ import time
 import uuid
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
 
 import psutil
 import pytest
-from PIL import Image
 
 from tasks.client import OcrClient
 from tests.conftest import (
-    FAKE_PLUGINS,
     ROOT,
     VENV_BIN,
     RedisServer,
     Worker,
+    fake_env,
     free_port,
     make_client,
     procfile_command,
 )
-from tests.pdf_fixtures import image_pdf, plain_pages
+from tests.image_fixtures import png
 
 pytestmark = pytest.mark.slow
 
-FAKE = {"OCR_ENGINE": "fake", "OCR_ENGINE_PLUGINS": FAKE_PLUGINS, "OCR_CACHE_RESULTS": "0"}
-
-
-def png(shade: int = 235, size: tuple[int, int] = (64, 48)) -> bytes:
-    buffer = io.BytesIO()
-    Image.new("L", size, shade).save(buffer, "PNG")
-    return buffer.getvalue()
+FAKE = fake_env()
 
 
 def children(worker: Worker) -> list[psutil.Process]:
@@ -72,26 +63,6 @@ def test_jobs_survive_children_killed_mid_batch(start_worker: Callable[..., Work
     assert [results[j]["status"] for j in jobs] == ["SUCCESS"] * 8
     assert not {c.pid for c in victims} & {results[j]["engine"]["pid"] for j in jobs}
     assert "WorkerLostError" in worker.log()
-
-
-def test_poison_job_ends_as_worker_lost(start_worker: Callable[..., Worker],
-                                        client: OcrClient) -> None:
-    worker = start_worker(**FAKE, OCR_CONCURRENCY="1", OCR_QUEUES="ocr-killer",
-                          OCR_MAX_DELIVERIES="3")
-    poison = client.submit(png(10), engine="killer")
-    result = client.wait([poison], timeout=120)[poison]
-    assert result["error"]["code"] == "worker_lost"
-    assert worker.log().count("WorkerLostError") >= 3
-    # the worker goes on serving; a PDF with one poison page ends PARTIAL
-    assert run(client, png(240), engine="killer")["status"] == "SUCCESS"
-    pdf = run(client, image_pdf(plain_pages(3, dark=[2])), engine="killer", mode="ocr")
-    assert pdf["status"] == "PARTIAL"
-    assert [(p["number"], p["code"]) for p in pdf["failed_pages"]] == [(2, "worker_lost")]
-
-
-def run(client: OcrClient, data: bytes, **options: Any) -> dict[str, Any]:
-    job = client.submit(data, **options)
-    return client.wait([job], timeout=120)[job]
 
 
 def test_warm_shutdown_requeues_unstarted_jobs(start_worker: Callable[..., Worker],

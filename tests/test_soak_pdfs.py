@@ -28,7 +28,7 @@ import pytest
 from PIL import Image, ImageDraw, ImageFont
 
 from tasks.client import OcrClient
-from tests.conftest import FAKE_PLUGINS, Worker
+from tests.conftest import Worker, fake_env
 from tests.pdf_fixtures import image_pdf
 
 COUNT = int(os.environ.get("OCR_SOAK_PDFS", "500"))
@@ -57,8 +57,7 @@ def children_rss_mb(worker: Worker) -> list[float]:
 @pytest.mark.slow
 def test_soak_of_small_scanned_pdfs_keeps_children_flat(
         start_worker: Callable[..., Worker], client: OcrClient) -> None:
-    engine = {"OCR_ENGINE": "fake", "OCR_ENGINE_PLUGINS": FAKE_PLUGINS,
-              "OCR_SKIP_BLANK_PAGES": "1"} if ENGINE == "fake" else {}
+    engine = fake_env(cache=True, OCR_SKIP_BLANK_PAGES="1") if ENGINE == "fake" else {}
     worker = start_worker(**engine, OCR_CONCURRENCY="2",
                           OCR_MAX_TASKS_PER_CHILD="0", OCR_CACHE_RESULTS="0")
     before = children_rss_mb(worker)
