@@ -2,7 +2,9 @@
 
 Runs in worker children: opens a PDF from bytes (encryption, damage and page limits
 checked), decides per page between its text layer and OCR, renders pages for OCR, and
-writes searchable PDFs (the original pages with an invisible text layer).
+writes searchable PDFs (the original pages with an invisible text layer), and builds
+an OCR'd page's own one-page PDF for PyMuPDF's layout analysis (`ocr_layer_pdf`; the
+analysis itself is tasks/pipeline/structure.py's, through pymupdf4llm).
 """
 
 from __future__ import annotations
