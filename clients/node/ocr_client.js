@@ -37,7 +37,7 @@ const PRIORITY_SEP = '\x06\x16'; // kombu's default separator
 // NO_WORKER_GRACE s ends the wait as PENDING with error no_worker (exit status 5).
 const NO_WORKER_GRACE_MS = 6000;
 const WORKER_RECHECK_MS = 15000; // between checks while a worker is there
-const INSPECT_TIMEOUT_S = 1; // how long a check waits for the workers' replies
+const WORKERS_KEY = 'ocr:workers'; // presence records of live workers (tasks/state/keys.py)
 // The input limit, as the workers' OCR_MAX_INPUT_MB (tasks/settings, default 64): a file
 // larger than it is refused here, before anything is sent.
 const DEFAULT_MAX_INPUT_MB = 64;
@@ -333,49 +333,24 @@ async function wait(redis, taskId, { timeout = 120, poll = 200, onProgress } = {
 // PUBLISHed on the fanout exchange `celery.pidbox` (channel `/<db>.celery.pidbox`), each
 // worker LPUSHes its reply to a list bound to the direct exchange `reply.celery.pidbox`
 // (the binding is a member of the set `_kombu.binding.reply.celery.pidbox`).
-async function liveQueues(redis, timeoutSeconds = INSPECT_TIMEOUT_S) {
-  const oid = crypto.randomUUID();
-  const ticket = crypto.randomUUID();
-  const replyList = `${oid}.reply.celery.pidbox`;
-  const bindings = '_kombu.binding.reply.celery.pidbox';
-  const member = [oid, '', replyList].join(PRIORITY_SEP);
-  const command = {
-    method: 'active_queues', arguments: {}, destination: null, pattern: null,
-    matcher: null, ticket, reply_to: { exchange: 'reply.celery.pidbox', routing_key: oid },
-  };
-  const message = {
-    body: Buffer.from(JSON.stringify(command)).toString('base64'),
-    'content-encoding': 'utf-8',
-    'content-type': 'application/json',
-    headers: { clock: 1, expires: Date.now() / 1000 + timeoutSeconds },
-    properties: {
-      delivery_mode: 1,
-      delivery_info: { exchange: 'celery.pidbox', routing_key: '' },
-      priority: 0,
-      body_encoding: 'base64',
-      delivery_tag: crypto.randomUUID(),
-    },
-  };
-  await redis.command('SADD', bindings, member);
+// The queues each live worker consumes, by node: the presence records the worker
+// parents keep in the hash ocr:workers (tasks/state/liveness.py; each refreshed on every
+// heartbeat, live until its `expires`). One HGETALL, no broadcast: the same answer as
+// submit.py's and the HTTP API's readiness.
+async function liveQueues(redis) {
+  const flat = (await redis.command('HGETALL', WORKERS_KEY)) || [];
+  const now = Date.now() / 1000;
   const live = {};
-  try {
-    await redis.command('PUBLISH', `/${redis.db}.celery.pidbox`, JSON.stringify(message));
-    const deadline = Date.now() + timeoutSeconds * 1000;
-    for (;;) {
-      const left = (deadline - Date.now()) / 1000;
-      if (left <= 0) break;
-      const popped = await redis.command('BRPOP', replyList, left.toFixed(3));
-      if (popped === null) break;
-      const reply = JSON.parse(popped[1].toString('utf8'));
-      if ((reply.headers || {}).ticket !== ticket) continue;
-      const body = JSON.parse(Buffer.from(reply.body, 'base64').toString('utf8'));
-      for (const [node, queues] of Object.entries(body)) {
-        live[node] = Array.isArray(queues) ? queues.map((q) => q.name) : [];
-      }
+  for (let i = 0; i + 1 < flat.length; i += 2) {
+    let record;
+    try {
+      record = JSON.parse(flat[i + 1].toString('utf8'));
+    } catch (err) {
+      continue; // not a presence record
     }
-  } finally {
-    await redis.command('SREM', bindings, member);
-    await redis.command('DEL', replyList);
+    if (Number(record.expires) >= now && Array.isArray(record.queues)) {
+      live[flat[i].toString('utf8')] = record.queues.map(String);
+    }
   }
   return live;
 }
