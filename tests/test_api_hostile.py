@@ -32,7 +32,7 @@ from tasks.lifecycle.outbound import is_public
 from tasks.settings import Settings
 from tasks.state.liveness import PRESENCE_TTL, WorkerPresence
 from tests.api_server import ApiServer, create_token, session
-from tests.conftest import ROOT, RedisServer, Worker
+from tests.conftest import ROOT, RedisServer, Worker, free_port
 from tests.test_api import WORKER_ENV, Receiver, png, send, wait_end
 
 BODY_TIMEOUT = "15"  # the idle service's: a stalled upload ends in a test's time
@@ -441,3 +441,30 @@ def test_callback_refused_at_send_is_recorded(tmp_path: Path) -> None:
         server.stop()
         worker.stop()
         own.stop()
+
+
+def test_callback_failing_after_its_retries_is_recorded(redis_url: str) -> None:
+    """A callback that fails through its last retry shows in the result.
+
+    Every attempt is refused (nothing listens): after the last retry the record says
+    failed, with the attempts made.
+    """
+    from tasks.queue.app import create_app
+    from tasks.queue.document_tasks import http_callback
+    from tasks.state.stores import JobControl
+
+    port = free_port()  # nothing listens there
+    settings = Settings.from_env({"REDIS_URL": redis_url, "OCR_CALLBACK_TIMEOUT": "2",
+                                  "OCR_CALLBACK_ALLOWED_HOSTS": f"127.0.0.1:{port}"})
+    app = create_app(settings)
+    job_id = str(uuid.uuid4())
+    control = JobControl(redis.Redis.from_url(redis_url), settings.result_ttl)
+    try:
+        # Eagerly, each retry runs at once (no backoff wait): all six attempts here.
+        outcome = http_callback.apply(args=(f"http://127.0.0.1:{port}/hook", {"id": job_id}))
+        assert outcome.failed()
+    finally:
+        app.close()
+    assert control.callback(control.info(job_id)) == {
+        "status": "failed", "code": "callback_failed", "attempts": 6,
+        "reason": "ConnectionRefusedError"}
