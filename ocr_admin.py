@@ -183,6 +183,12 @@ def build_tokens_parser(parser: argparse.ArgumentParser) -> None:
     create.add_argument("--max-bytes", type=int, metavar="N",
                         help="most bytes of input waiting in Redis (0: none; default "
                              "OCR_API_CLIENT_MAX_BYTES)")
+    create.add_argument("--allowed-url", action="append", metavar="PREFIX",
+                        dest="allowed_urls",
+                        help="a URL prefix (s3://bucket/folder/, https://host/path/) the "
+                             "client's `url` and `result_url` must lie under, beside "
+                             "OCR_ALLOWED_URLS; repeat for several (default: "
+                             "OCR_ALLOWED_URLS alone)")
     create.add_argument("--json", action="store_true", default=argparse.SUPPRESS,
                         help='print {"name": …, "token": …}')
     quotas = commands.add_parser("set", help="change a client's own quotas (-1: back to "
@@ -216,7 +222,8 @@ def run_tokens(args: argparse.Namespace, store: TokenStore, out: TextIO) -> int:
     if args.tokens_command == "create":
         token, secret = store.create_client(args.name, args.jobs_in_flight,
                                             args.requests_per_minute,
-                                            max_bytes=args.max_bytes)
+                                            max_bytes=args.max_bytes,
+                                            allowed_urls=args.allowed_urls)
         if as_json:
             print(json.dumps({"name": args.name, "token": token, "webhook_secret": secret}),
                   file=out)
@@ -272,6 +279,8 @@ def _limits(client: ApiClient) -> str:
         parts.append(f"requests-per-minute={client.requests_per_minute}")
     if client.max_bytes is not None:
         parts.append(f"max-bytes={client.max_bytes}")
+    if client.allowed_urls is not None:
+        parts.append(f"allowed-urls={','.join(client.allowed_urls)}")
     return " ".join(parts) or "default limits"
 
 

@@ -37,7 +37,6 @@ import pytest
 import redis
 from PIL import Image
 
-from tasks.api.tokens import TokenStore
 from tasks.client import OcrClient
 from tests.api_server import ApiServer, create_token, session
 from tests.conftest import (
@@ -494,9 +493,9 @@ def test_api_takes_a_url_and_a_result_url(api: ApiServer, redis_url: str,
 
 
 def test_api_client_is_held_to_its_own_prefixes(api: ApiServer, redis_url: str) -> None:
-    token, _ = TokenStore(redis.Redis.from_url(redis_url)).create_client(
-        "invoices-only", allowed_urls=["s3://docs/invoices/"])
-    http = session(token)
+    # As an operator makes it: `submit.py tokens create NAME --allowed-url PREFIX`.
+    http = session(create_token(redis_url, "invoices-only", "--allowed-url",
+                                "s3://docs/invoices/"))
     for body in ({"url": "s3://docs/other.png"},                      # OCR_ALLOWED_URLS: yes
                  {"url": "s3://secret/x.png"},                        # nobody's
                  {"url": "s3://docs/invoices/a.png", "result_url": "s3://results/x/"}):
