@@ -38,6 +38,9 @@ import redis
 from PIL import Image
 
 from tasks.client import OcrClient
+from tasks.errors import TransientError
+from tasks.lifecycle import _s3, url_inputs
+from tasks.settings import Settings
 from tests.api_server import ApiServer, create_token, session
 from tests.conftest import (
     FAKE_PLUGINS,
@@ -523,3 +526,34 @@ def test_node_client_sends_a_url(worker: Worker, redis_url: str, s3: MotoS3) -> 
     key = result["result_object"]["url"].removeprefix("s3://results/")
     assert s3.client().get_object(Bucket="results", Key=key)["Body"].read().decode() == \
         result["text"]
+
+
+def test_another_hosts_page_tasks_fetch_one_copy_of_the_same_version(
+        s3: MotoS3, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """What a page task on a host without the document task's copy does.
+
+    In this process: the reads are the adapter's real calls against the emulator.
+    """
+    for name, value in s3.env().items():
+        monkeypatch.setenv(name, value)
+    _s3.reset_clients()
+    data = corpus(FANOUT_PDF).read_bytes()
+    s3.client().put_object(Bucket="docs", Key="other-host.pdf", Body=data)
+    settings = Settings.from_env({"OCR_ALLOWED_URLS": "s3://docs/",
+                                  "OCR_URL_SPOOL_DIR": str(tmp_path / "host-b")})
+    located = url_inputs.locate("s3://docs/other-host.pdf", settings)
+    gets = s3_requests(s3, "GET", "/docs/other-host.pdf")
+    for _ in range(3):  # three page tasks on host B: one read, then its local copy
+        assert url_inputs.spooled(settings, "s3://docs/other-host.pdf", located.info) == data
+    assert s3_requests(s3, "GET", "/docs/other-host.pdf") == gets + 1
+    assert len(list((tmp_path / "host-b").glob("*.pdf"))) == 1
+    # The object replaced meanwhile: a host without a copy does not read the new version
+    # into the old job's pages (If-Match fails: transient, the page is retried).
+    s3.client().put_object(Bucket="docs", Key="other-host.pdf", Body=data + b"\n%changed")
+    host_c = Settings.from_env({"OCR_ALLOWED_URLS": "s3://docs/",
+                                "OCR_URL_SPOOL_DIR": str(tmp_path / "host-c")})
+    with pytest.raises(TransientError):
+        url_inputs.spooled(host_c, "s3://docs/other-host.pdf", located.info)
+    url_inputs.drop_spool(settings, "s3://docs/other-host.pdf", located.info)
+    assert not list((tmp_path / "host-b").glob("*.pdf"))
+    _s3.reset_clients()
