@@ -29,9 +29,11 @@ from tasks.engines.vlm_profiles import PROFILES
 from tasks.engines.vlm_runtime import PatchGrid, TextPieces
 from tasks.errors import OcrError
 from tasks.models.locate import served_model
+from tasks.pipeline.pdf import open_pdf, render_page
 from tasks.queue.celery_config import default_concurrency, worker_app_config
 from tasks.queue.document_tasks import MAX_RETRIES, max_retries
 from tasks.settings import Settings
+from tests.pdf_fixtures import image_pdf
 
 REQUEST = httpx.Request("POST", "http://127.0.0.1:1/v1/chat/completions")
 
@@ -393,3 +395,13 @@ def test_a_vlm_api_registry_loads_its_fallback_when_first_needed(tmp_path: Path)
     registry.get("tesseract")
     assert isinstance(registry.engines["tesseract"].engine, EnginePool)
     assert not isinstance(registry.engines["vlm-api"].engine, EnginePool)  # thread-safe
+
+
+def test_a_page_without_colour_renders_grey_for_the_vlm_engines() -> None:
+    settings = Settings.from_env({})
+    grey = Image.new("L", (300, 400), 200)
+    colour = Image.new("RGB", (300, 400), (200, 30, 30))
+    docs = [open_pdf(image_pdf([page_image]), None, settings) for page_image in (grey, colour)]
+    # No page mode (the VLM engines): grey when the page holds no colour, else RGB.
+    assert [render_page(doc, 1, settings, 256).mode for doc in docs] == ["L", "RGB"]
+    assert render_page(docs[1], 1, settings, 256, mode="L").mode == "L"

@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 import pymupdf
-from PIL import Image
+from PIL import Image, ImageChops
 
 from tasks.engines.textfix import is_cjk
 from tasks.errors import CorruptInput, NoPages, PdfEncrypted, TooManyPages
@@ -310,15 +310,26 @@ def render_page(doc: Any, number: int, settings: Settings,
     With `longest_side` (an engine's page budget, e.g. a VLM's 1288 px), rendered
     directly at that size when it is below OCR_PDF_DPI's. `mode` "L" renders grey (the
     tesseract engine's `page_mode`: MuPDF writes a third of the bytes and no conversion
-    follows, 0.07-0.15 s less per 300-dpi page); RGB otherwise. Huge pages are read at a
-    lower resolution, not refused.
+    follows, 0.07-0.15 s less per 300-dpi page); RGB otherwise, except a page that holds
+    no colour, which comes back grey ("L": a third of the memory while a vlm-api page
+    waits at its server, and less to deskew and encode; the VLMs' image loaders make
+    RGB of it as of a grey file). Huge pages are read at a lower resolution, not refused.
     """
     page = doc[number - 1]
     zoom = render_zoom(page.rect, settings, longest_side)
     grey = mode == "L"
     pix = page.get_pixmap(matrix=pymupdf.Matrix(zoom, zoom),
                           colorspace=pymupdf.csGRAY if grey else pymupdf.csRGB, alpha=False)
-    return Image.frombytes("L" if grey else "RGB", (pix.width, pix.height), pix.samples)
+    image = Image.frombytes("L" if grey else "RGB", (pix.width, pix.height), pix.samples)
+    del pix
+    return image if grey or not _colourless(image) else image.getchannel(0)
+
+
+def _colourless(image: Image.Image) -> bool:
+    """Whether every pixel of an RGB image is grey (its three bands alike)."""
+    red, green, blue = image.split()
+    return ImageChops.difference(red, green).getbbox() is None and \
+        ImageChops.difference(green, blue).getbbox() is None
 
 
 def render_zoom(rect: Any, settings: Settings, longest_side: int | None = None) -> float:
