@@ -1,18 +1,21 @@
 """`lang=auto` without workers: a page's languages from its script, records, tags, settings.
 
-The languages are this machine's (`make test-langs`: eng, vie, ell, chi_sim; no rus);
+The tesseract engine's line probe runs in this process on the corpus' pages. The
+languages are this machine's (`make test-langs`: eng, vie, ell, chi_sim; no rus);
 rapidocr is in the test environment (requirements-rapidocr.txt), so Han routes to it.
 """
 
 from __future__ import annotations
 
 import xml.etree.ElementTree as ET
+from collections.abc import Iterator
 
 import pytest
 
 from tasks.api._schemas import JobOptions
 from tasks.engines.auto_lang import page_language
 from tasks.engines.base import RecognizeOptions, ScriptGuess
+from tasks.engines.tesseract import TesseractEngine
 from tasks.pipeline import layouts
 from tasks.pipeline._lang_tags import page_tag, tag
 from tasks.records.request import JobRequest
@@ -154,3 +157,76 @@ def test_the_script_check_has_its_data_where_the_engine_looks() -> None:
     from tasks.engines import tessdata
 
     assert "osd" in tessdata.find_languages(SETTINGS.tessdata_dirs)
+
+
+PROBE_PAGES = {  # corpus page: (script, probe language, the set it is read with)
+    "lang_vie_page.png": ("Latin", "vie", "vie"),
+    "lang_ell_page.png": ("Greek", "ell", "ell+eng"),
+    "lang_chi_sim_page.jpg": ("Han", "chi_sim", "chi_sim"),
+    "scan_meditations.jpg": ("Latin", "vie", "eng"),
+}
+
+
+def test_each_script_is_probed_with_a_language_written_in_it() -> None:
+    from tasks.engines.auto_lang import script_probes
+
+    assert script_probes(SETTINGS, None)[:4] == [
+        ("Latin", "vie"), ("Greek", "ell"), ("Han", "chi_sim"), ("Cyrillic", "rus")]
+    assert script_probes(SETTINGS, ["eng", "vie", "ell", "chi_sim"]) == [
+        ("Latin", "vie"), ("Greek", "ell"), ("Han", "chi_sim")]
+    alone = Settings.from_env({"OCR_AUTO_LANGS": "Latin=eng,Greek=ell+eng"})
+    assert script_probes(alone, None) == [("Latin", "eng"), ("Greek", "ell")]
+
+
+def test_a_latin_page_is_read_in_the_language_its_probe_shows() -> None:
+    """Vietnamese letters in the `vie` probe: `vie` alone; none: the set without it."""
+    def latin(text: str) -> str:
+        guess = ScriptGuess("Latin", 90.0, None, probe_lang="vie", probe_text=text)
+        chosen = page_language(guess, "tesseract", False, SETTINGS)
+        assert chosen.found == ScriptFound("Latin", 90.0, "found")
+        return chosen.lang
+
+    assert latin("Giữ cho việc triển khai của bạn gọn gàng có nghĩa là thường") == "vie"
+    assert latin("_ Fnow my ørandfathern VerusỶ [I learned] øood\nat home. and to") == "eng"
+    # A probe confidence is a word confidence (0-100): never taken for OSD's `uncertain`.
+    greek = ScriptGuess("Greek", 70.0, None, probe_lang="ell", probe_text="για κάθε")
+    assert page_language(greek, "tesseract", False, SETTINGS).lang == "ell+eng"
+
+
+def test_the_script_share_of_a_probe_read() -> None:
+    from tasks.engines._text_lines import script_share
+
+    assert script_share("为什么模型不立即释放? OCR", "Han") == pytest.approx(10 / 13)
+    assert script_share("Gid cho viec tri&n khai", "Han") == 0.0
+    assert script_share("για κάθε OCR", "Greek") == pytest.approx(7 / 10)
+    assert script_share("123 ...", "Latin") == 0.0
+
+
+@pytest.fixture(scope="module")
+def tesseract_engine() -> Iterator[TesseractEngine]:
+    engine = TesseractEngine.load(SETTINGS)
+    yield engine
+    engine.close()
+
+
+@pytest.mark.parametrize("name", list(PROBE_PAGES))
+def test_the_line_probe_finds_each_corpus_pages_script_and_language(
+        tesseract_engine: TesseractEngine, name: str) -> None:
+    from PIL import Image
+
+    from tasks.engines.auto_lang import script_probes
+    from tests.conftest import corpus
+
+    script, probe, lang = PROBE_PAGES[name]
+    with Image.open(corpus(name)) as image:
+        page = image.convert("L")
+    probes = script_probes(SETTINGS, type(tesseract_engine).languages(SETTINGS))
+    guess = tesseract_engine.detect_script(page, probes)
+    assert guess is not None and (guess.script, guess.probe_lang) == (script, probe)
+    assert guess.rotation is None  # no OSD pass: the page's usual orientation check runs
+    assert page_language(guess, "tesseract", True, SETTINGS).lang == lang
+    # Turned over, no probe reads it: OSD finds the script and the rotation.
+    turned = tesseract_engine.detect_script(page.rotate(180), probes)
+    if name != "lang_chi_sim_page.jpg":  # OSD's Han on this page is uncertain turned
+        assert turned is not None and turned.probe_lang is None
+        assert (turned.script, turned.rotation) == (script, 180)

@@ -30,7 +30,7 @@ pytestmark = pytest.mark.slow
 HAN_ENGINE = "rapidocr" if rapidocr.installed() else "tesseract"
 # page: (its right `lang`, the set and engine `auto` reads it with, the script found)
 PAGES = {
-    "lang_vie_page.png": ("vie", "eng+vie", "tesseract", "Latin"),
+    "lang_vie_page.png": ("vie", "vie", "tesseract", "Latin"),  # the probe saw Vietnamese
     "lang_ell_page.png": ("ell+eng", "ell+eng", "tesseract", "Greek"),
     "lang_chi_sim_page.jpg": ("chi_sim", "chi_sim", HAN_ENGINE, "Han"),
 }
@@ -72,8 +72,8 @@ def test_lang_auto_may_be_named_and_a_mixed_pdf_gets_a_language_per_page(
     result = _run(client, corpus(name), lang="auto", output="hocr")
     assert result["status"] == "SUCCESS", result
     assert [(p["lang"], p["script"]["name"]) for p in result["pages"]] == [
-        ("ell+eng", "Greek"), ("eng+vie", "Latin")]
-    assert result["languages"] == ["ell+eng", "eng+vie"]
+        ("ell+eng", "Greek"), ("vie", "Latin")]
+    assert result["languages"] == ["ell+eng", "vie"]
     truths = ground_truth(name).split("\f")
     for page, truth in zip(result["pages"], truths, strict=True):
         # Measured 0.5-1.5 %: the bound of the single Greek and Vietnamese pages.
@@ -104,6 +104,7 @@ def test_an_english_page_is_unaffected(worker: Worker, client: OcrClient) -> Non
     truth = ground_truth(name)
     assert cer(truth, auto["text"]) <= cer(truth, named["text"]) + 0.01
     assert auto["pages"][0]["script"]["name"] == "Latin" and auto["warnings"] == []
+    assert auto["pages"][0]["lang"] == "eng"  # no Vietnamese letters in the probe: no `vie`
 
 
 def _drawn_page(lines: list[str]) -> bytes:
@@ -152,7 +153,7 @@ def test_blank_and_nearly_textless_pages_do_not_fail(worker: Worker,
 
 def test_an_upside_down_page_is_turned_by_the_same_check(worker: Worker,
                                                          client: OcrClient) -> None:
-    """The script check's rotation turns the page: read once, in its own language."""
+    """No line probe reads it; OSD's rotation turns it: read once, in its own language."""
     name = "lang_ell_page.png"
     out = io.BytesIO()
     Image.open(corpus(name)).rotate(180).save(out, "PNG")

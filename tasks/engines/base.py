@@ -7,7 +7,7 @@ Engines are constructed in a worker pool child (never in the parent) by
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, ClassVar
 
@@ -60,7 +60,13 @@ class ScriptGuess:
 
     script: str
     confidence: float
-    rotation: int = 0
+    rotation: int | None = 0
+    # Set when a line probe (a few of the page's text lines read with one language of
+    # each script) found the script: the language that read them best and its text.
+    # `confidence` is then that read's mean word confidence (0-100) and `rotation` None
+    # (the probe does not turn the page: its usual orientation pass runs).
+    probe_lang: str | None = None
+    probe_text: str = ""
 
 
 @dataclass(frozen=True)
@@ -174,10 +180,13 @@ class OcrEngine(ABC):
         """
         return 0
 
-    def detect_script(self, image: Image.Image) -> ScriptGuess | None:
-        """The page's script and rotation in one orientation check; None: cannot tell.
+    def detect_script(self, image: Image.Image,
+                      probes: Sequence[tuple[str, str]] = ()) -> ScriptGuess | None:
+        """The page's script (and rotation, from an orientation check); None: cannot tell.
 
-        Engines without such a check return None (their `orientation_engine`'s is used).
+        `probes` are (script, language) pairs an engine may read a few lines with before
+        its orientation check (`lang=auto`, tasks/engines/auto_lang.py). Engines without
+        such a check return None (their `orientation_engine`'s is used).
         """
         return None
 

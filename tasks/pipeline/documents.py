@@ -17,7 +17,7 @@ from dataclasses import replace
 from typing import TYPE_CHECKING
 
 from tasks.engines import PageResult, RecognizeOptions
-from tasks.engines.auto_lang import page_language
+from tasks.engines.auto_lang import page_language, script_probes
 from tasks.engines.vlm_runtime import align_words
 from tasks.errors import (
     DeadlineExceeded,
@@ -86,9 +86,10 @@ def ocr_page(number: int, image: Image.Image, engine: OcrEngine, options: Recogn
     `reads_orientation` recognise first: the orientation pass runs only when the reading
     was not upright, and the page is read again only when it had to be turned.
 
-    With `lang=auto` one orientation check first finds the page's script and rotation
-    (`_auto_language`): the page is read in that script's languages, by their engine
-    (OCR_LANG_ENGINES) unless the job named one, and no second orientation pass runs.
+    With `lang=auto` the page's script is found first (`_auto_language`: a line probe,
+    else an orientation check whose rotation then stands, with no second pass): the
+    page is read in that script's languages, by their engine (OCR_LANG_ENGINES) unless
+    the job named one.
     """
     started = time.perf_counter()
     if settings.skip_blank_pages and is_blank(image):
@@ -196,11 +197,13 @@ def _auto_language(image: Image.Image, engine: OcrEngine, options: RecognizeOpti
                    ) -> tuple[OcrEngine, RecognizeOptions, ScriptFound | None, int | None]:
     """An `auto` page's engine, options (its language set), script, and checked rotation.
 
-    One orientation check (the engine's own or its `orientation_engine`'s) finds the
-    page's script and rotation: the caller runs no second one. Engines that take no
-    `lang` (vision-language models) read the page as they would without one. The
-    rotation is None when the check could not tell (too little text): the page is then
-    turned as it would have been without `auto`.
+    The check (the engine's own or its `orientation_engine`'s) reads a few of the
+    page's lines with one language of each script (`script_probes`); only a page no
+    probe reads well gets an orientation check (OSD) for its script and rotation, and
+    the caller then runs no second one. Engines that take no `lang` (vision-language
+    models) read the page as they would without one. The rotation is None when the
+    probe found the script or the check could not tell (too little text): the page is
+    then turned as it would have been without `auto`.
     """
     if type(engine).languages(settings) is None:
         return engine, replace(options, lang=None), None, None
@@ -210,7 +213,8 @@ def _auto_language(image: Image.Image, engine: OcrEngine, options: RecognizeOpti
             checker = engine.peer(engine.orientation_engine)
         except EngineUnavailable as exc:
             log.warning("no script check for %s: %s", engine.name, exc.message)
-    guess = checker.detect_script(image)
+    guess = checker.detect_script(
+        image, script_probes(settings, type(checker).languages(settings)))
     chosen = page_language(guess, engine.name, options.engine_named, settings)
     reader = engine
     if chosen.engine != engine.name:

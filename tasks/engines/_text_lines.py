@@ -1,0 +1,82 @@
+"""A few of a page's text lines as one small image: what `lang=auto`'s line probe reads.
+
+Runs in worker pool children (the tesseract adapter's `detect_script`). Pure PIL and
+numpy: the page's dark rows, on a copy reduced 4 times, make runs (text lines); the
+`count` lines of about the median height with the most ink are cut from the full page
+(their left part) and stacked. Reading them costs a small part of reading the page
+(1.5 lines' worth of a 20-30-line page), where tesseract's OSD classifies each
+character in 4 orientations against every script (~5 ms a character: 100 of them cost
+more than reading a short page).
+"""
+
+from __future__ import annotations
+
+import unicodedata
+
+import numpy as np
+from PIL import Image
+
+REDUCE = 4
+INK = 128  # a pixel darker than this (grey 0-255) is ink
+
+
+def probe_lines(image: Image.Image, count: int = 3, width: float = 0.5
+                ) -> Image.Image | None:
+    """The page's `count` inkiest lines of near-median height, stacked; None: no lines.
+
+    Only the left `width` of each line is taken: more lines for the same reading time
+    (3 half lines read more surely than 2 whole ones on the corpus, for less).
+    """
+    grey = image if image.mode == "L" else image.convert("L")
+    small = np.asarray(grey.reduce(REDUCE)) < INK
+    rows = small.sum(axis=1)
+    dark = np.concatenate(([False], rows > max(1, rows.max() // 20), [False]))
+    edges = np.flatnonzero(dark[1:] != dark[:-1])
+    runs = [(int(a), int(b)) for a, b in zip(edges[::2], edges[1::2], strict=True)]
+    if not runs:
+        return None
+    heights = sorted(b - a for a, b in runs)
+    median = heights[len(heights) // 2]
+    lines = [(a, b) for a, b in runs if 0.7 * median <= b - a <= 1.5 * median]
+    if not lines:
+        return None
+    lines.sort(key=lambda run: -int(rows[run[0]:run[1]].sum()))
+    # A margin of a sixth of a line, stopped at the neighbouring lines, so that no
+    # cut-off accents or descenders of another line come in (read as noise).
+    pad = max(1, median // 6)
+    starts = [a for a, _ in runs]
+    ends = [b for _, b in runs]
+    crops = []
+    for a, b in sorted(lines[:count]):
+        above = max((end for end in ends if end <= a), default=0)
+        below = min((start for start in starts if start >= b), default=len(rows))
+        top, bottom = max(above, a - pad), min(below, b + pad)
+        crops.append(grey.crop((0, top * REDUCE, round(grey.width * width),
+                                min(grey.height, bottom * REDUCE))))
+    out = Image.new("L", (crops[0].width, sum(c.height for c in crops)), 255)
+    top = 0
+    for crop in crops:
+        out.paste(crop, (0, top))
+        top += crop.height
+    return out
+
+
+# Unicode name prefixes of a tesseract script's letters, where they differ from the
+# script's name in capitals (Latin: LATIN, Greek: GREEK, Cyrillic: CYRILLIC, ...).
+_LETTER_NAMES = {"Han": ("CJK",), "Japanese": ("HIRAGANA", "KATAKANA", "CJK"),
+                 "Hangul": ("HANGUL",)}
+
+
+def script_share(text: str, script: str) -> float:
+    """The share of `text`'s letters that are `script`'s (by their Unicode names).
+
+    A probe language can read another script's lines with a fair confidence (chi_sim
+    reads Latin lines at 70-81 on the corpus) but writes its own script's letters only
+    where they are.
+    """
+    prefixes = _LETTER_NAMES.get(script, (script.upper(),))
+    letters = [ch for ch in text if ch.isalpha()]
+    if not letters:
+        return 0.0
+    own = sum(unicodedata.name(ch, "").startswith(prefixes) for ch in letters)
+    return own / len(letters)
