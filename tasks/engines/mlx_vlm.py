@@ -19,7 +19,6 @@ from __future__ import annotations
 import gc
 import logging
 import os
-from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from PIL import Image
@@ -27,25 +26,16 @@ from PIL import Image
 from tasks.errors import EngineUnavailable
 from tasks.models.locate import loadable_model, model_missing
 
-from .base import OcrEngine, PageResult, RecognizeOptions
+from .base import PageResult, RecognizeOptions
+from .vlm_engine import VlmBudget, VlmEngine, vlm_prompt
 from .vlm_profiles import VlmProfile, select_profile
-from .vlm_reading import Generation, StopWatch, read_page
-from .vlm_runtime import PatchGrid, RepetitionGuard, budget_size
+from .vlm_reading import Generation, StopWatch
+from .vlm_runtime import PatchGrid, RepetitionGuard
 
 if TYPE_CHECKING:
     from tasks.settings import Settings
 
 log = logging.getLogger(__name__)
-
-
-@dataclass(frozen=True)
-class VlmBudget:
-    """The page and token budget of this engine (profile, overridden by settings)."""
-
-    longest_side: int
-    max_tokens: int
-    temperatures: tuple[float, ...]
-    grid: PatchGrid
 
 
 def patch_grid(processor: Any) -> PatchGrid:
@@ -57,28 +47,20 @@ def patch_grid(processor: Any) -> PatchGrid:
                         getattr(image_processor, "min_pixels", None))
 
 
-class MlxVlmEngine(OcrEngine):
+class MlxVlmEngine(VlmEngine):
     """A vision-language model run by mlx-vlm (Metal, CUDA or CPU)."""
 
     name = "mlx-vlm"
-    gives_markdown = True
-    # Pages are turned upright by tesseract's orientation check before the model reads.
-    orientation_engine = "tesseract"
-    # No word boxes of its own: a searchable PDF places its words on tesseract's boxes.
-    text_layer_from = "tesseract"
 
     def __init__(self, model: Any, processor: Any, prompt: str, profile: VlmProfile,
                  budget: VlmBudget, model_name: str, modules: tuple[Any, Any],
                  clear_cache: bool = True) -> None:
+        super().__init__(model_name, profile, budget)
         self._model = model
         self._processor = processor
         self._prompt = prompt
-        self.profile = profile
-        self.budget = budget
         self._mx, self._mlx_vlm = modules
         self._clear_cache = clear_cache
-        self.model = model_name
-        self.page_longest_side = budget.longest_side
 
     @classmethod
     def model_entry(cls, settings: Settings) -> str | None:
@@ -106,18 +88,12 @@ class MlxVlmEngine(OcrEngine):
                 f"the VLM engine's packages are not installed ({exc.name or 'mlx_vlm'} "
                 "is missing): run `make vlm` (pip install -r requirements-vlm.txt)") from exc
 
-        from tasks.settings import DEFAULT_PROMPT
-
         model, processor = mlx_vlm.load(str(path))
-        # OCR_PROMPT, when changed from the default, replaces the profile's prompt.
-        text = settings.prompt if settings.prompt != DEFAULT_PROMPT else profile.prompt
-        prompt = apply_chat_template(processor, model.config, text, num_images=1)
+        prompt = apply_chat_template(processor, model.config, vlm_prompt(settings, profile),
+                                     num_images=1)
         if not isinstance(prompt, str):
             raise EngineUnavailable("the model's chat template did not give a text prompt")
-        budget = VlmBudget(longest_side=settings.vlm_longest_side or profile.longest_side,
-                           max_tokens=settings.vlm_max_tokens or profile.max_tokens,
-                           temperatures=settings.vlm_temperatures,
-                           grid=patch_grid(processor))
+        budget = VlmBudget.of(settings, profile, patch_grid(processor))
         set_memory_limits(mx, settings)
         log.info("mlx-vlm profile %s: pages at %d px longest side (processor max_pixels "
                  "%s), %d tokens, temperatures %s", profile.name, budget.longest_side,
@@ -125,16 +101,8 @@ class MlxVlmEngine(OcrEngine):
         return cls(model, processor, prompt, profile, budget, settings.model,
                    (mx, mlx_vlm), clear_cache=settings.mlx_clear_cache)
 
-    def page_size(self, width: int, height: int) -> tuple[int, int]:
-        """The size a `width` x `height` page goes to the model at."""
-        return budget_size(width, height, self.budget.longest_side, self.budget.grid)
-
     def recognize(self, image: Image.Image, options: RecognizeOptions) -> PageResult:
-        size = self.page_size(image.width, image.height)
-        rgb = image if image.mode == "RGB" else image.convert("RGB")
-        sized = rgb if rgb.size == size else rgb.resize(size, Image.Resampling.LANCZOS)
-        return read_page(sized, options, self.profile, self.budget.temperatures,
-                         self.generate, self.name)
+        return self.read(self.sized(image), options, self.generate)
 
     def generate(self, image: Image.Image, temperature: float,
                  loop_guard: bool = True) -> Generation:

@@ -54,13 +54,13 @@ from tasks.errors import (
     VlmApiError,
 )
 from tasks.models.locate import configured_model, served_model
-from tasks.settings import DEFAULT_PROMPT
 
-from .base import OcrEngine, PageResult, RecognizeOptions
+from .base import PageResult, RecognizeOptions
+from .vlm_engine import VlmBudget, VlmEngine, vlm_prompt
 from .vlm_gate import ServerGate, ServerWaitOver
 from .vlm_profiles import VlmProfile, select_profile
-from .vlm_reading import Generation, StopWatch, read_page
-from .vlm_runtime import PatchGrid, RepetitionGuard, TextPieces, budget_size
+from .vlm_reading import Generation, StopWatch
+from .vlm_runtime import PatchGrid, RepetitionGuard, TextPieces
 
 if TYPE_CHECKING:
     from tasks.settings import Settings
@@ -128,31 +128,21 @@ def processor_grid(model_path: Path | None) -> PatchGrid:
                         config.get("max_pixels"), config.get("min_pixels"))
 
 
-class VlmApiEngine(OcrEngine):
+class VlmApiEngine(VlmEngine):
     """A VLM served by an OpenAI-compatible inference server."""
 
     name = "vlm-api"
-    gives_markdown = True
     thread_safe = True
-    # Pages are turned upright by tesseract's orientation check before the model reads.
-    orientation_engine = "tesseract"
-    # No word boxes of its own: a searchable PDF places its words on tesseract's boxes.
-    text_layer_from = "tesseract"
 
     def __init__(self, client: Any, openai_module: Any, model_name: str, prompt: str,
                  profile: VlmProfile, longest_side: int, max_tokens: int,
                  temperatures: tuple[float, ...], grid: PatchGrid,
                  settings: Settings) -> None:
+        super().__init__(model_name, profile,
+                         VlmBudget(longest_side, max_tokens, temperatures, grid))
         self._client = client
         self._openai = openai_module
         self._prompt = prompt
-        self.profile = profile
-        self.max_tokens = max_tokens
-        self.temperatures = temperatures
-        self.grid = grid
-        self.model = model_name
-        self.longest_side = longest_side
-        self.page_longest_side = longest_side
         self.answer_seconds = settings.vlm_api_timeout
         self.connect_seconds = settings.vlm_api_connect_timeout
         self.page_seconds = float(settings.vlm_api_page_time_limit)
@@ -179,36 +169,27 @@ class VlmApiEngine(OcrEngine):
         # else from the served model's name; OCR_MODEL_PROFILE wins over both.
         profile = select_profile(local or Path(model_name), settings.model_profile,
                                  model_name=model_name)
-        text = settings.prompt if settings.prompt != DEFAULT_PROMPT else profile.prompt
+        text = vlm_prompt(settings, profile)
         client = openai.OpenAI(base_url=settings.vlm_api_base,
                                api_key=settings.vlm_api_key or "none",
                                timeout=openai.Timeout(settings.vlm_api_timeout,
                                                       connect=settings.vlm_api_connect_timeout),
                                max_retries=0)
+        budget = VlmBudget.of(settings, profile, processor_grid(local))
         engine = cls(client, openai, model_name, text, profile,
-                     longest_side=settings.vlm_longest_side or profile.longest_side,
-                     max_tokens=settings.vlm_max_tokens or profile.max_tokens,
-                     temperatures=settings.vlm_temperatures, grid=processor_grid(local),
-                     settings=settings)
+                     longest_side=budget.longest_side, max_tokens=budget.max_tokens,
+                     temperatures=budget.temperatures, grid=budget.grid, settings=settings)
         log.info("vlm-api: model %s at %s, profile %s, pages at %d px, %d tokens",
-                 model_name, settings.vlm_api_base, profile.name, engine.longest_side,
-                 engine.max_tokens)
+                 model_name, settings.vlm_api_base, profile.name, budget.longest_side,
+                 budget.max_tokens)
         return engine
-
-    def page_size(self, width: int, height: int) -> tuple[int, int]:
-        """The size a `width` x `height` page goes to the model at."""
-        return budget_size(width, height, self.longest_side, self.grid)
 
     def recognize(self, image: Image.Image, options: RecognizeOptions) -> PageResult:
         clock = PageClock.start(self.page_seconds, options.deadline)
-        size = self.page_size(image.width, image.height)
         # Grey pages go grey (the server's image loader makes RGB of them): no 3-byte
         # copy of each page held while it waits at the server.
-        page = image if image.mode in ("L", "RGB") else image.convert("RGB")
-        sized = page if page.size == size else page.resize(size, Image.Resampling.LANCZOS)
-        del page
-        return read_page(sized, options, self.profile, self.temperatures,
-                         functools.partial(self.generate, clock=clock), self.name)
+        return self.read(self.sized(image, ("L", "RGB")), options,
+                         functools.partial(self.generate, clock=clock))
 
     def counters(self) -> dict[str, float]:
         return {"ocr_vlm_server_outages_total": float(self.gate.outages),
@@ -267,7 +248,7 @@ class VlmApiEngine(OcrEngine):
         try:
             stream = self._client.chat.completions.create(
                 model=self.model, messages=messages, stream=True,
-                stream_options={"include_usage": True}, max_tokens=self.max_tokens,
+                stream_options={"include_usage": True}, max_tokens=self.budget.max_tokens,
                 temperature=temperature, top_p=TOP_P, extra_body=self.extra_body,
                 timeout=openai.Timeout(seconds, connect=min(seconds, self.connect_seconds)))
             with stream:
