@@ -2,10 +2,13 @@
 
 Runs in a worker pool child: one `PyTessBaseAPI` per language set the child has used
 (a job's `lang`, default OCR_TESSERACT_LANG), at most OCR_TESSERACT_HANDLES of them;
-the least recently used is closed (`End()`) when a new one is needed. Traineddata is
-searched in every directory `Settings.tessdata_dirs` names (the venv's tessdata-*
-wheels, Debian's tesseract-ocr-<lang> packages, OCR_TESSDATA_DIR); a language set
-spanning directories gets a merged folder of links under a temporary directory.
+the least recently used is closed (`End()`) when a new one is needed; `lang=auto`'s
+line probe (`detect_script`) keeps one more per probe language (a few MB each: the
+Debian fast models), outside that count, so that probing never evicts a reading
+handle. Traineddata is searched in every directory `Settings.tessdata_dirs` names (the
+venv's tessdata-* wheels, Debian's tesseract-ocr-<lang> packages, OCR_TESSDATA_DIR); a
+language set spanning directories gets a merged folder of links under a temporary
+directory.
 
 Pages reach libtesseract as raw 8-bit grey pixels (`SetImageBytes`): tesserocr's
 `SetImage` encodes a PIL image to JPEG (quality 75) and decodes it again, which cost
