@@ -230,3 +230,22 @@ def test_the_line_probe_finds_each_corpus_pages_script_and_language(
     if name != "lang_chi_sim_page.jpg":  # OSD's Han on this page is uncertain turned
         assert turned is not None and turned.probe_lang is None
         assert (turned.script, turned.rotation) == (script, 180)
+
+
+def test_lines_joined_into_blocks_are_probed_a_line_each(
+        tesseract_engine: TesseractEngine) -> None:
+    """The mixed PDF's Vietnamese page: its stacked accents join lines into blocks."""
+    import pymupdf
+    from PIL import Image
+
+    from tasks.engines.auto_lang import script_probes
+    from tests.conftest import corpus
+
+    with pymupdf.open(corpus("lang_mixed_2p.pdf")) as doc:
+        pix = doc[1].get_pixmap(dpi=300, colorspace=pymupdf.csGRAY)
+    page = Image.frombytes("L", (pix.width, pix.height), pix.samples)
+    probes = script_probes(SETTINGS, type(tesseract_engine).languages(SETTINGS))
+    guess = tesseract_engine.detect_script(page, probes)
+    assert guess is not None and (guess.script, guess.probe_lang) == ("Latin", "vie")
+    lines = [line for line in guess.probe_text.splitlines() if line.strip()]
+    assert len(lines) == tesseract_engine.PROBE_LINES, lines  # not 3 blocks of 2-3 lines
