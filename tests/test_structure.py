@@ -41,10 +41,14 @@ FAKES = ("fake-markdown=tests.fake_engines:MarkdownModelEngine,"
 def workers(start_worker: Callable[..., Worker]) -> list[Worker]:
     """A tesseract worker, and one each for the fake engines.
 
-    Jobs name their engine, so each goes to the queue of the worker meant for it.
+    Jobs name their engine, so each goes to the queue of the worker meant for it. The
+    tesseract worker analyses text-layer pages in chunks of one page
+    (OCR_STRUCTURE_CHUNK_PAGES=1): a job with several text-layer pages fans them out
+    into chunk tasks, so the heading levels asserted below are ranked across chunks
+    (the fake engines' workers keep the default: their jobs analyse in planning).
     """
     return [start_worker(OCR_ENGINE="tesseract", OCR_CONCURRENCY="2",
-                         OCR_CACHE_RESULTS="0"),
+                         OCR_CACHE_RESULTS="0", OCR_STRUCTURE_CHUNK_PAGES="1"),
             start_worker(OCR_ENGINE="fake-markdown", OCR_ENGINE_PLUGINS=FAKES,
                          OCR_CONCURRENCY="1", OCR_CACHE_RESULTS="0"),
             start_worker(OCR_ENGINE="layout-breaking", OCR_ENGINE_PLUGINS=FAKES,
@@ -124,6 +128,42 @@ def test_technical_report_headings_levels_and_table(workers: list[Worker],
     assert (2, "3. Trace Trees") in headings(fourth)
     assert (3, "3.1 Traces") in headings(fourth)
     assert "|3d-cube|25|27|29|3|0|1.1|1.1|1.2|2.20x|" in twelfth
+    # three chunk tasks, one a page: their headings' sizes stay out of the result
+    assert all("heading_sizes" not in page for page in result["pages"])
+
+
+def test_chunks_give_what_one_analysis_gives() -> None:
+    """Text-layer pages analysed in chunks, then relevelled, equal one analysis of all.
+
+    Page 4 alone would rank "3. Trace Trees" at level 1 (its largest heading); with
+    pages 1 and 12 it is level 2, as in one analysis of the three pages.
+    """
+    from dataclasses import replace
+
+    from tasks.pipeline.documents import (
+        chunk_pages,
+        planned_pages,
+        relevel_headings,
+        structure_chunks,
+    )
+    from tasks.pipeline.pdf import plan_pdf
+    from tasks.settings import Settings
+
+    settings = replace(Settings.from_env({}), structure_chunk_pages=1)
+    data = Path(corpus("dig_tracemonkey_14p.pdf")).read_bytes()
+    plan = plan_pdf(data, "1,4,12", None, "auto", settings)
+    try:
+        for output in ("markdown", "json"):
+            whole = planned_pages(plan, replace(settings, structure_chunk_pages=8), output)
+            chunks = structure_chunks(plan, output, settings)
+            assert chunks == [[1], [4], [12]]
+            pages = [p for chunk in chunks
+                     for p in chunk_pages(plan.doc, chunk, output, settings)]
+            assert (1, "3. Trace Trees") in headings(pages[1].text) or output == "json"
+            assert [p.to_json() for p in relevel_headings(pages, chunks, output)] \
+                == [p.to_json() for p in whole]
+    finally:
+        plan.doc.close()
 
 
 def test_running_heads_kept_out(workers: list[Worker], client: OcrClient) -> None:
@@ -134,6 +174,55 @@ def test_running_heads_kept_out(workers: list[Worker], client: OcrClient) -> Non
         assert "METRISCHE RÄUME" not in page["text"]
         assert page["text"].split("\n")[0] not in ("7", "8")  # the page numbers above
     assert (1, "1.2 Metrische Räume") in headings(result["pages"][0]["text"])
+
+
+def spanning_table_pdf() -> bytes:
+    """A page with a ruled table whose header cells span.
+
+    "Region" spans two rows, "Sales" two columns (Q1, Q2); two rows of figures follow.
+    """
+    doc = pymupdf.open()
+    page = doc.new_page(width=595, height=842)
+    page.insert_text((72, 80), "Quarterly Results", fontsize=20)
+    page.insert_text((72, 110), "The sales of each region by quarter, in thousands.",
+                     fontsize=10)
+    x, y = [72, 200, 300, 400], [140, 165, 190, 215, 240]
+    shape = page.new_shape()
+    shape.draw_rect(pymupdf.Rect(x[0], y[0], x[3], y[4]))
+    shape.draw_line((x[1], y[0]), (x[1], y[4]))  # Region | the rest, all rows
+    shape.draw_line((x[2], y[1]), (x[2], y[4]))  # Q1 | Q2, below the Sales cell
+    shape.draw_line((x[1], y[1]), (x[3], y[1]))  # under Sales only: Region spans
+    for k in (2, 3):
+        shape.draw_line((x[0], y[k]), (x[3], y[k]))
+    shape.finish(color=(0, 0, 0), width=0.8)
+    shape.commit()
+    for (row, col), text in {(0, 0): "Region", (0, 1): "Sales", (1, 1): "Q1", (1, 2): "Q2",
+                             (2, 0): "North", (2, 1): "120", (2, 2): "135",
+                             (3, 0): "South", (3, 1): "98", (3, 2): "101"}.items():
+        page.insert_text((x[col] + 5, y[row] + 16 + (12 if text == "Region" else 0)),
+                         text, fontsize=10)
+    page.insert_text((72, 280), "Sales grew in both regions in the second quarter.",
+                     fontsize=10)
+    return bytes(doc.tobytes())
+
+
+def test_spanning_table_as_html_with_spans(workers: list[Worker], client: OcrClient) -> None:
+    data = spanning_table_pdf()
+    markdown = run(client, data, output="markdown", filename="spans.pdf")["pages"][0]["text"]
+    assert '<th rowspan="2">Region</th><th colspan="2">Sales</th>' in markdown
+    assert "<tr><th>Q1</th><th>Q2</th></tr>" in markdown
+    assert "<tr><td>North</td><td>120</td><td>135</td></tr>" in markdown
+    assert "|" not in markdown  # no Markdown table beside it
+    result = run(client, data, output="json", filename="spans.pdf")
+    table = next(b for b in result["pages"][0]["structure"]["blocks"]
+                 if b["kind"] == "table")
+    assert table["cells"] == [["Region", "Sales", None], [None, "Q1", "Q2"],
+                              ["North", "120", "135"], ["South", "98", "101"]]
+    assert table["spans"] == [{"row": 0, "col": 0, "row_span": 2, "col_span": 1},
+                              {"row": 0, "col": 1, "row_span": 1, "col_span": 2}]
+    (docling_table,) = to_docling(result).tables
+    spans = {(c.text, c.row_span, c.col_span) for c in docling_table.data.table_cells}
+    assert {("Region", 2, 1), ("Sales", 1, 2), ("Q1", 1, 1)} <= spans
 
 
 def scanned_and_digital_pdf() -> bytes:
@@ -233,10 +322,17 @@ def to_docling(result: dict[str, Any]) -> Any:
                 doc.add_list_item(block["text"], prov=prov, parent=group)
             elif label is DocItemLabel.TABLE:
                 rows = block.get("cells") or []
+                spans = {(s["row"], s["col"]): (s["row_span"], s["col_span"])
+                         for s in block.get("spans") or ()}
                 cells = [TableCell(text=text or "", start_row_offset_idx=r,
-                                   end_row_offset_idx=r + 1, start_col_offset_idx=c,
-                                   end_col_offset_idx=c + 1, column_header=r == 0)
-                         for r, row in enumerate(rows) for c, text in enumerate(row)]
+                                   end_row_offset_idx=r + spans.get((r, c), (1, 1))[0],
+                                   start_col_offset_idx=c,
+                                   end_col_offset_idx=c + spans.get((r, c), (1, 1))[1],
+                                   row_span=spans.get((r, c), (1, 1))[0],
+                                   col_span=spans.get((r, c), (1, 1))[1],
+                                   column_header=r == 0)
+                         for r, row in enumerate(rows) for c, text in enumerate(row)
+                         if text is not None]  # None: a cell a spanning one covers
                 doc.add_table(TableData(table_cells=cells, num_rows=len(rows),
                                         num_cols=max(map(len, rows), default=0)), prov=prov)
             elif label is DocItemLabel.PICTURE:

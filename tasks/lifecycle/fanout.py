@@ -1,6 +1,7 @@
 """A PDF fanned out into page tasks: reading one page, recording it, and the merge.
 
-Runs in worker children, called by `ocr.pdf_page` (tasks/queue/document_tasks.py). No
+Runs in worker children, called by `ocr.pdf_page` and `ocr.pdf_text_chunk` (a chunk of
+text-layer pages whose structure is wanted; tasks/queue/document_tasks.py). No
 Celery here: progress is reported through a callable, and the document ends through
 its `JobEnder`. The splitting side (`FanOut`) is built by `tasks.lifecycle.jobs`.
 """
@@ -17,7 +18,14 @@ from tasks.errors import InternalError, OcrError
 from tasks.lifecycle import url_inputs
 from tasks.lifecycle.jobs import complete
 from tasks.lifecycle.url_inputs import ObjectInfo
-from tasks.pipeline.documents import deadline_page, ocr_page, past_deadline, recognize_options
+from tasks.pipeline.documents import (
+    chunk_pages,
+    deadline_page,
+    ocr_page,
+    past_deadline,
+    recognize_options,
+    relevel_headings,
+)
 from tasks.pipeline.pdf import open_pdf, render_page
 from tasks.pipeline.results import assemble, failed_page
 from tasks.records.jobs import DocumentMeta, Outcome
@@ -122,10 +130,26 @@ def run_pdf_page(meta: DocumentMeta, number: int, engines: ResidentEngines,
                                            described["load_seconds"]))
 
 
+def run_text_chunk(meta: DocumentMeta, index: int, docs: OpenDocumentCache,
+                   settings: Settings, stores: Stores) -> list[PageRecord]:
+    """Analyse chunk `index` of a fanned-out PDF's text-layer pages (`meta.text_chunks`).
+
+    Past the job's deadline its pages fail as deadline pages; an analysis that fails
+    leaves each page its plain text with a `layout_failed` warning (`analyse`).
+    """
+    numbers = meta.text_chunks[index]
+    if past_deadline(meta.request.deadline):
+        return [deadline_page(n) for n in numbers]
+    doc = docs.document(meta, stores.blobs, settings)
+    return chunk_pages(doc, numbers, meta.request.output, settings)
+
+
 def merge_document(meta: DocumentMeta, pages: list[PageRecord], settings: Settings,
                    stores: Stores) -> Outcome:
     """The outcome of a fanned-out PDF once every page is in."""
     request = meta.request
+    if meta.text_chunks:  # heading levels ranked across the chunks
+        pages = relevel_headings(pages, meta.text_chunks, request.output)
     try:
         result = assemble(pages, meta.base)
     except OcrError as exc:  # every page failed
@@ -154,18 +178,22 @@ def merge_document(meta: DocumentMeta, pages: list[PageRecord], settings: Settin
     return outcome
 
 
-def record_page(meta: DocumentMeta, page: PageRecord, join: DocumentJoin,
-                ender: JobEnder, settings: Settings, stores: Stores,
+def record_page(meta: DocumentMeta, page: PageRecord | list[PageRecord],
+                join: DocumentJoin, ender: JobEnder, settings: Settings, stores: Stores,
                 progress: Progress | None = None) -> bool:
-    """Record one page; the call that completes the document ends it, once.
+    """Record one page (or a chunk's pages); the call that completes the document ends it.
 
     Returns True when this call ended the document. Raises only retryable errors, with
     the end claim given back (the caller retries the page).
     """
     doc_id = meta.job_id
+    pages = page if isinstance(page, list) else [page]
     if progress is not None:
-        progress(min(join.done(doc_id) + 1, meta.total), meta.total)
-    if not join.record(doc_id, page, meta.total) or not ender.claim(doc_id):
+        progress(min(join.done(doc_id) + len(pages), meta.total), meta.total)
+    complete_now = False
+    for one in pages:
+        complete_now = join.record(doc_id, one, meta.total) or complete_now
+    if not complete_now or not ender.claim(doc_id):
         return False
     try:
         outcome = merge_document(meta, join.pages(doc_id), settings, stores)

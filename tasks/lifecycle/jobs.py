@@ -26,6 +26,7 @@ from tasks.pipeline.documents import (
     planned_pages,
     recognize_options,
     run_document,
+    structure_chunks,
 )
 from tasks.pipeline.images import sniff_format
 from tasks.pipeline.layouts import LAYOUT_OUTPUTS
@@ -44,7 +45,10 @@ if TYPE_CHECKING:
 
 @dataclass
 class FanOut:
-    """A PDF with pages to OCR: one page task per `meta.ocr_pages` entry.
+    """A PDF split into page tasks: one per `meta.ocr_pages` entry, one per chunk.
+
+    The chunks (`meta.text_chunks`) are text-layer pages whose structure is wanted
+    (output=markdown/json), analysed a chunk a task.
 
     `meta.request` already names the stored input (decrypted when it was encrypted);
     `replaced_blob` is the client's upload that the stored copy replaces.
@@ -144,7 +148,7 @@ def process_job(job_id: str, request: JobRequest, settings: Settings,
     plan = None
     if fmt == "pdf":
         plan = plan_pdf(data, request.pages, request.password, request.mode, settings)
-        if plan.ocr_pages:
+        if plan.ocr_pages or structure_chunks(plan, request.output, settings):
             try:
                 return _fan_out(job_id, request, data, plan, engine_name,
                                 loaded.engine.model, key, started, previous, settings,
@@ -177,6 +181,7 @@ def _fan_out(job_id: str, request: JobRequest, data: bytes, plan: Any, engine: s
     decrypted in the blob store, as an upload is (its password is never kept).
     """
     replaced = None
+    chunks = structure_chunks(plan, request.output, settings)
     if located is not None and not plan.encrypted:
         url_inputs.spool(settings, located.identity or located.url.url, data)
         meta = DocumentMeta(
@@ -186,8 +191,8 @@ def _fan_out(job_id: str, request: JobRequest, data: bytes, plan: Any, engine: s
             previous=previous, encrypted=False,
             base=replace(document_base(data, request, "pdf", plan.page_count),
                          input_url=located.to_json()),
-            input_object=located.to_json())
-        return FanOut(meta, planned_pages(plan, settings, request.output))
+            input_object=located.to_json(), text_chunks=chunks)
+        return FanOut(meta, planned_pages(plan, settings, request.output, bool(chunks)))
     if plan.encrypted or request.blob is None:
         blob = stores.blobs.put(plan.decrypted or data)
         replaced = request.blob
@@ -198,8 +203,9 @@ def _fan_out(job_id: str, request: JobRequest, data: bytes, plan: Any, engine: s
         job_id=job_id, request=stored, engine=engine, model=model, cache_key=key,
         started=started, total=plan.selected, ocr_pages=list(plan.ocr_pages),
         page_tasks=[], reply_queue="", previous=previous, encrypted=plan.encrypted,
-        base=document_base(data, request, "pdf", plan.page_count))
-    texts = planned_pages(plan, settings, request.output)  # text-layer and blank pages
+        base=document_base(data, request, "pdf", plan.page_count), text_chunks=chunks)
+    # text-layer (unless chunked) and blank pages
+    texts = planned_pages(plan, settings, request.output, bool(chunks))
     return FanOut(meta, texts, replaced)
 
 

@@ -14,7 +14,7 @@ import logging
 import time
 from collections.abc import Callable
 from dataclasses import replace
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from tasks.engines import PageResult, RecognizeOptions
 from tasks.engines.auto_lang import page_language, script_probes
@@ -36,10 +36,17 @@ from tasks.pipeline.pdf import (
     ocr_layer_pdf,
     plan_pdf,
     render_page,
+    text_layer_page,
     text_layer_words,
 )
 from tasks.pipeline.results import assemble, failed_page
-from tasks.pipeline.structure import STRUCTURE_OUTPUTS, Analysed, analyse
+from tasks.pipeline.structure import (
+    STRUCTURE_OUTPUTS,
+    Analysed,
+    analyse,
+    heading_levels,
+    relevel,
+)
 from tasks.records.request import AUTO_LANG, WORD_BOX_OUTPUTS
 from tasks.records.results import (
     DocumentResult,
@@ -296,15 +303,81 @@ def blank_page(number: int, seconds: float = 0.0) -> PageRecord:
     return PageRecord(number, "", source="blank", seconds=round(seconds, 3))
 
 
-def planned_pages(plan: PdfPlan, settings: Settings, output: str) -> list[PageRecord]:
+def structure_chunks(plan: PdfPlan, output: str, settings: Settings) -> list[list[int]]:
+    """The text-layer pages to analyse in page tasks, in chunks of OCR_STRUCTURE_CHUNK_PAGES.
+
+    None (analysed in the planning task) unless the output carries structure and there
+    are more text-layer pages than one chunk.
+    """
+    size = settings.structure_chunk_pages
+    numbers = sorted(plan.text_pages)
+    if output not in STRUCTURE_OUTPUTS or len(numbers) <= size:
+        return []
+    return [numbers[i:i + size] for i in range(0, len(numbers), size)]
+
+
+def chunk_pages(doc: Any, numbers: list[int], output: str,
+                settings: Settings) -> list[PageRecord]:
+    """A chunk of text-layer pages with their structure (`structure_chunks`).
+
+    Each page keeps its headings' type sizes (`heading_sizes`), so that the merge ranks
+    heading levels across all the job's chunks (`relevel_headings`), as one analysis of
+    all its text-layer pages would.
+    """
+    found = analyse(doc, numbers)
+    pages = []
+    for number in numbers:
+        text, layer = text_layer_page(doc, number, settings)
+        analysed = found.get(number)
+        page = with_structure(text_page(number, text, layer), analysed, output)
+        sizes = analysed.heading_sizes if isinstance(analysed, Analysed) else ()
+        pages.append(replace(page, heading_sizes=sizes))
+    return pages
+
+
+def relevel_headings(pages: list[PageRecord], chunks: list[list[int]],
+                     output: str) -> list[PageRecord]:
+    """`pages` with their headings' levels ranked across all `chunks`; no `heading_sizes`.
+
+    Each chunk ranked its own headings' type sizes (pymupdf4llm's rule); here the same
+    rule runs on the sizes of every chunk, and each heading (a Markdown line, or a JSON
+    block) moves from its chunk's level to the job's.
+    """
+    sizes = {p.number: p.heading_sizes for p in pages if p.heading_sizes is not None}
+    common = heading_levels(s for found in sizes.values() for s in found)
+    local = {number: heading_levels(s for n in chunk for s in sizes.get(n, ()))
+             for chunk in chunks for number in chunk}
+    out = []
+    for page in pages:
+        found = sizes.get(page.number)
+        if found is None:
+            out.append(page)
+            continue
+        page = replace(page, heading_sizes=None)
+        if output == "markdown":
+            page = replace(page, text=relevel(page.text, found, local[page.number], common))
+        elif page.structure is not None:
+            levels = iter(found)
+            blocks = tuple(replace(b, level=common(next(levels, 0)))
+                           if b.kind in ("title", "section_header") else b
+                           for b in page.structure.blocks)
+            page = replace(page, structure=replace(page.structure, blocks=blocks))
+        out.append(page)
+    return out
+
+
+def planned_pages(plan: PdfPlan, settings: Settings, output: str,
+                  chunked: bool = False) -> list[PageRecord]:
     """The pages a PDF plan already answers: text-layer pages and blank pages.
 
     For an `output` that places words (hOCR, ALTO, a searchable PDF), text-layer pages
     carry their size and words in OCR'd pages' pixels (`text_layer_words`); for
     markdown and json, the structure PyMuPDF's layout analysis finds on them, read
-    together (`with_structure`).
+    together (`with_structure`). `chunked`: the text-layer pages are left to chunk
+    tasks (`structure_chunks`), only the blank pages are answered here.
     """
-    pages = [text_page(n, text, layer) for n, (text, layer) in plan.text_pages.items()]
+    pages = [] if chunked else [text_page(n, text, layer)
+                                for n, (text, layer) in plan.text_pages.items()]
     if output in STRUCTURE_OUTPUTS and pages:
         found = analyse(plan.doc, sorted(plan.text_pages))
         pages = [with_structure(page, found.get(page.number), output) for page in pages]

@@ -270,6 +270,13 @@ def plan_pdf(data: bytes, pages: str | None, password: str | None, mode: str,
     return plan
 
 
+def text_layer_page(doc: Any, number: int, settings: Settings) -> tuple[str, str]:
+    """A text-layer page's text and layer (`visible` or `invisible`), as `plan_pdf` saw it."""
+    found = read_text_layer(doc[number - 1], enough=settings.pdf_min_text_chars)
+    layer = "visible" if found.visible >= settings.pdf_min_text_chars else "invisible"
+    return found.text, layer
+
+
 def page_is_blank(page: Any) -> bool:
     """Whether a page draws nothing an OCR engine could read.
 

@@ -44,6 +44,7 @@ from tasks.lifecycle.fanout import (
     Progress,
     record_page,
     run_pdf_page,
+    run_text_chunk,
     unexpected,
 )
 from tasks.lifecycle.inputs import decode_request
@@ -284,7 +285,7 @@ def fan_out(task: Task, work: FanOut, services: JobServices) -> NoReturn:
     # worker's): this worker consumes it, and so does every worker that can run it.
     queue = job_queue(work.meta.engine)
     meta = replace(work.meta, page_tasks=[uuid() for _ in work.meta.ocr_pages],
-                   reply_queue=queue)
+                   chunk_tasks=[uuid() for _ in work.meta.text_chunks], reply_queue=queue)
     job_id = meta.job_id
     priority = (task.request.delivery_info or {}).get("priority")
     started = services.join.start(meta, work.text_pages)
@@ -300,6 +301,10 @@ def fan_out(task: Task, work: FanOut, services: JobServices) -> NoReturn:
             pdf_page.apply_async((job_id, number), queue=queue, task_id=page_id,
                                  priority=priority,
                                  link_error=pdf_page_lost.s(job_id, number, queue))
+        for index, chunk_id in enumerate(meta.chunk_tasks):
+            pdf_text_chunk.apply_async((job_id, index), queue=queue, task_id=chunk_id,
+                                       priority=priority,
+                                       link_error=pdf_chunk_lost.s(job_id, index, queue))
     raise Ignore()  # the job's result is stored when its last page is recorded
 
 
@@ -346,7 +351,77 @@ def pdf_page(self: Task, doc_id: str, number: int) -> dict[str, Any]:
     return {"document": doc_id, "number": number, "ok": not page.failed}
 
 
-def _record(app: Celery, meta: DocumentMeta, page: PageRecord,
+@shared_task(name="ocr.pdf_text_chunk", bind=True, base=GuardedTask)
+def pdf_text_chunk(self: Task, doc_id: str, index: int) -> dict[str, Any]:
+    """Analyse a chunk of a fanned-out PDF's text-layer pages (output=markdown/json).
+
+    Ends the document if its pages were the last.
+    """
+    settings: Settings = self.app.ocr_settings
+    services = JobServices.for_app(self.app)
+    try:
+        with transient("Redis"):
+            meta = services.join.find(doc_id)
+            cancelled = meta is not None and services.stores.control.is_cancelled(doc_id)
+    except OcrError as exc:
+        retry_later(self, exc)
+        raise
+    if meta is None:
+        return {"document": doc_id, "chunk": index, "skipped": "document finished"}
+    if cancelled:
+        try:
+            with transient("Redis or the broker"):
+                end_cancelled_document(meta, services.join, services.ender)
+        except OcrError as exc:
+            retry_later(self, exc)
+            raise
+        return {"document": doc_id, "chunk": index, "skipped": "document cancelled"}
+    numbers = meta.text_chunks[index]
+    try:
+        with transient("Redis"):
+            pages = run_text_chunk(meta, index, _open_docs(), settings, services.stores)
+    except OcrError as exc:  # retryable (reading the input): the pages fail after retries
+        retry_later(self, exc)
+        pages = [failed_page(n, exc) for n in numbers]
+    except SoftTimeLimitExceeded:
+        pages = [failed_page(n, Timeout(f"page {n}'s layout analysis ran past the soft "
+                                        f"time limit of {settings.soft_time_limit} s"))
+                 for n in numbers]
+    try:
+        with transient("Redis or the broker"):
+            _record(self.app, meta, pages, services)
+    except OcrError as exc:
+        retry_later(self, exc)
+        services.ender.end(Outcome.failed(doc_id, exc, meta.request, engine=meta.engine,
+                                          started=meta.started,
+                                          reply_queue=meta.reply_queue))
+    return {"document": doc_id, "chunk": index, "pages": len(pages)}
+
+
+@shared_task(name="ocr.pdf_chunk_lost")
+def pdf_chunk_lost(request: Any, exc: BaseException, traceback: Any, doc_id: str,
+                   index: int, queue: str) -> None:
+    """Errback of a chunk task that failed outright: its pages are recorded as failed."""
+    pdf_chunk_failed.apply_async((doc_id, index, error_info(exc)), queue=queue)
+
+
+@shared_task(name="ocr.pdf_chunk_failed", bind=True)
+def pdf_chunk_failed(self: Task, doc_id: str, index: int, error: dict[str, Any]) -> None:
+    """Record a lost chunk's pages as failed, so the document still ends (PARTIAL)."""
+    services = JobServices.for_app(self.app)
+    try:
+        with transient("Redis or the broker"):
+            meta = services.join.find(doc_id)
+            if meta is None:
+                return
+            pages = [PageRecord(n, source="text-layer", error=PageError.from_json(error))
+                     for n in meta.text_chunks[index]]
+            _record(self.app, meta, pages, services)
+    except OcrError as exc:
+        retry_later(self, exc)
+
+
+def _record(app: Celery, meta: DocumentMeta, page: PageRecord | list[PageRecord],
             services: JobServices) -> None:
     progress: Progress = functools.partial(report_progress, app, meta.job_id)
     if record_page(meta, page, services.join, services.ender, app.ocr_settings,

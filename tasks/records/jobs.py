@@ -47,6 +47,10 @@ class DocumentMeta:
     # A `url` input that fans out (not copied into Redis): its HEAD ({size, etag,
     # version}), so that every page task reads the same version of the object.
     input_object: dict[str, Any] | None = None
+    # output=markdown/json: the text-layer pages analysed in chunk tasks (one list of
+    # page numbers each, `documents.structure_chunks`) and those tasks' ids.
+    text_chunks: list[list[int]] = field(default_factory=list)
+    chunk_tasks: list[str] = field(default_factory=list)
 
     def to_json(self) -> str:
         data = {**self.__dict__, "request": self.request.to_json(),

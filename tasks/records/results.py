@@ -117,7 +117,9 @@ class Block:
     `bbox` (x0, y0, x1, y1, top-left origin) is in the page structure's `unit`; `text`
     is the block's plain text (a table's: its Markdown or HTML); `level` is set for
     titles and section headers (1 = largest type on the document's pages), `cells` for
-    tables (rows of cell texts; None for a cell a spanning one covers).
+    tables (rows of cell texts; None for a cell a spanning one covers), `spans` for
+    tables whose cells span: (row, col, row_span, col_span) of each cell that covers
+    more than its own grid cell (docling-core's `TableCell` offsets).
     """
 
     kind: str
@@ -125,6 +127,7 @@ class Block:
     text: str
     level: int | None = None
     cells: tuple[tuple[str | None, ...], ...] | None = None
+    spans: tuple[tuple[int, int, int, int], ...] | None = None
 
     def to_json(self) -> dict[str, Any]:
         out: dict[str, Any] = {"kind": self.kind, "bbox": list(self.bbox), "text": self.text}
@@ -132,15 +135,22 @@ class Block:
             out["level"] = self.level
         if self.cells is not None:
             out["cells"] = [list(row) for row in self.cells]
+        if self.spans is not None:
+            out["spans"] = [{"row": r, "col": c, "row_span": rs, "col_span": cs}
+                            for r, c, rs, cs in self.spans]
         return out
 
     @classmethod
     def from_json(cls, data: Mapping[str, Any]) -> Block:
         x0, y0, x1, y1 = (float(v) for v in data["bbox"])
         cells = data.get("cells")
+        spans = data.get("spans")
         return cls(str(data["kind"]), (x0, y0, x1, y1), str(data.get("text", "")),
                    data.get("level"),
-                   tuple(tuple(row) for row in cells) if cells is not None else None)
+                   tuple(tuple(row) for row in cells) if cells is not None else None,
+                   tuple((int(s["row"]), int(s["col"]), int(s["row_span"]),
+                          int(s["col_span"])) for s in spans) if spans is not None
+                   else None)
 
 
 @dataclass(frozen=True)
@@ -231,6 +241,9 @@ class PageRecord:
     # output=markdown/json: the page's blocks (json keeps them); why there are none
     structure: PageStructure | None = None
     structure_error: PageError | None = None
+    # A text-layer page analysed in a chunk task: its headings' type sizes, until the
+    # merge ranks them across the job's chunks (never in a delivered result).
+    heading_sizes: tuple[int, ...] | None = None
     # OCR'd pages: the language set and the engine that read the page; `script`: what
     # `lang=auto` found on it (None when the job named its language).
     lang: str | None = None
@@ -256,6 +269,8 @@ class PageRecord:
             value = getattr(self, name)
             if value is not None:
                 out[name] = value.to_json()
+        if self.heading_sizes is not None:
+            out["heading_sizes"] = list(self.heading_sizes)
         for name in ("lang", "engine"):
             if getattr(self, name) is not None:
                 out[name] = getattr(self, name)
@@ -293,6 +308,8 @@ class PageRecord:
             if data.get("structure") else None,
             structure_error=PageError.from_json(data["structure_error"])
             if data.get("structure_error") else None,
+            heading_sizes=tuple(int(s) for s in data["heading_sizes"])
+            if data.get("heading_sizes") is not None else None,
             lang=data.get("lang"), engine=data.get("engine"),
             script=ScriptFound.from_json(data["script"]) if data.get("script") else None)
 

@@ -264,6 +264,11 @@ class Settings:
                                 "Most pixels a PDF page is rendered at, and an image page "
                                 "is reduced to; larger pages are rendered (images reduced) "
                                 "at a lower resolution, so memory stays bounded.")
+    structure_chunk_pages: int = _s("OCR_STRUCTURE_CHUNK_PAGES", "8",
+                                    "output=markdown/json: a PDF with more text-layer "
+                                    "pages than this has them analysed in page tasks of "
+                                    "this many pages each, spread over the workers' "
+                                    "children; fewer are analysed in the job's own task.")
     pdf_min_text_chars: int = _s("OCR_PDF_MIN_TEXT_CHARS", "8",
                                  "A PDF page with at least this many characters of text "
                                  "(visible, or an invisible OCR layer) keeps its text in "
