@@ -7,14 +7,21 @@ the result and telemetry shapes.
 from __future__ import annotations
 
 import random
+from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pymupdf
 import pytest
 from PIL import Image
 
 from tasks.engines import resolve_engine
 from tasks.engines.base import OcrEngine, PageResult, RecognizeOptions, VlmRead, Word
+from tasks.engines.tesseract import TesseractEngine
+from tasks.engines.vlm_api import PageClock, VlmApiEngine
+from tasks.engines.vlm_engine import VlmBudget
+from tasks.engines.vlm_profiles import select_profile
+from tasks.engines.vlm_reading import Generation
 from tasks.engines.vlm_runtime import PatchGrid, RepetitionGuard, budget_size
 from tasks.pipeline.documents import ocr_page
 from tasks.pipeline.pdf import render_page
@@ -24,6 +31,7 @@ from tasks.queue.telemetry import job_record
 from tasks.records.results import DocumentResult, PageRecord
 from tasks.settings import Settings, SettingsError
 from tests.conftest import corpus
+from tests.pdf_fixtures import repeated_image_pdf
 
 QWEN = PatchGrid(factor=28, max_pixels=12_845_056, min_pixels=3136)
 
@@ -55,8 +63,12 @@ def test_pdf_page_rendered_at_the_budget_directly() -> None:
     with pymupdf.open(corpus("scan_linn_skew.pdf")) as doc:
         budget = render_page(doc, 1, settings, 1288)
         full = render_page(doc, 1, settings)
+        fitted = render_page(doc, 1, settings, 1288,
+                             fit=lambda w, h: budget_size(w, h, 1288, QWEN))
     assert max(budget.size) in (1288, 1289)
     assert full.size == (2550, 3300)
+    # At the model's patch grid itself (what the engine's `page_size` gives): no resize.
+    assert fitted.size == budget_size(2550, 3300, 1288, QWEN) != budget.size
 
 
 # ----------------------------------------------------------------------- repetition guard
@@ -170,6 +182,65 @@ def test_complete_read_is_the_text_and_no_warning() -> None:
     assert page["vlm"]["image_size"] == [28, 28]
     assembled = assemble([PageRecord.from_json(page)], DocumentResult(status=""))
     assert tess.seen == [] and assembled.to_json()["warnings"] == []
+
+
+class _RecordingApi(VlmApiEngine):
+    """The vlm-api engine with its server stood in for: keeps each page it would send."""
+
+    sent: list[Image.Image]
+
+    def generate(self, image: Image.Image, temperature: float,
+                 clock: PageClock | None = None) -> Generation:
+        assert self.messages(image)  # the request body is built (PNG data URL) as sent
+        self.sent.append(image.copy())
+        return Generation("text", 10, 5, "stop")
+
+
+@pytest.mark.parametrize("turned", [0, 90, 180])
+def test_vlm_pages_are_turned_upright_and_upright_ones_skip_osd(
+        turned: int, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A vlm-api page goes to the model upright.
+
+    An upright page is found so by the trial read of a few lines alone (no OSD); a page
+    turned 90 or 180 degrees by OSD, and turned back before it is sent.
+    """
+    settings = Settings.from_env({"OCR_DESKEW": "0", "OCR_SKIP_BLANK_PAGES": "0"})
+    name = "Qwen2.5-VL-3B-Instruct"
+    profile = select_profile(Path(name), None, model_name=name)
+    budget = VlmBudget.of(settings, profile, QWEN)
+    engine = _RecordingApi(None, None, name, "read", profile, budget.longest_side,
+                           budget.max_tokens, budget.temperatures, budget.grid, settings)
+    engine.sent = []
+    tess = TesseractEngine.load(settings)
+    engine.bind_peers({"tesseract": tess}.__getitem__)
+    checks: list[int] = []
+    osd = tess.detect_orientation
+    monkeypatch.setattr(tess, "detect_orientation",
+                        lambda image: checks.append(1) or osd(image))
+    with Image.open(corpus("scan_linn.png")) as scan:
+        upright = scan.convert("L")
+
+    def sent_page(page: Image.Image) -> tuple[PageRecord, Image.Image]:
+        with pymupdf.open(stream=repeated_image_pdf(page, 1, dpi=200)) as doc:
+            image = render_page(doc, 1, settings, engine.page_longest_side,
+                                mode=engine.page_mode)
+            record = ocr_page(1, image, engine, RecognizeOptions(), settings)
+        return record, engine.sent.pop()
+
+    try:
+        _, reference = sent_page(upright)
+        checks.clear()
+        page, sent = sent_page(upright.rotate(turned, expand=True))
+    finally:
+        tess.close()
+    assert page.text == "text" and page.rotation == (360 - turned) % 360
+    assert checks == ([] if turned == 0 else [1])
+    assert sent.size == reference.size
+    # The page the model got is the upright one (up to resampling), not a turned one.
+    difference = np.abs(np.asarray(sent, float) - np.asarray(reference, float)).mean()
+    turned_back = np.abs(np.asarray(reference.rotate(180), float)
+                         - np.asarray(reference, float)).mean()
+    assert difference < turned_back / 4
 
 
 def test_fallback_none_fails_the_page_with_a_code() -> None:

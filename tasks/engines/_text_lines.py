@@ -18,6 +18,8 @@ from PIL import Image
 
 REDUCE = 4
 INK = 128  # a pixel darker than this (grey 0-255) is ink
+# A text line of the probe is at most this many times shorter than its crop is wide.
+TALLEST = 4
 
 
 def probe_lines(image: Image.Image, count: int = 3, width: float = 0.5
@@ -37,6 +39,10 @@ def probe_lines(image: Image.Image, count: int = 3, width: float = 0.5
         return None
     heights = sorted(b - a for a, b in runs)
     median = heights[len(heights) // 2]
+    if median * REDUCE * TALLEST > grey.width * width:
+        # Runs this tall are no text lines: a page turned a quarter, whose lines run down
+        # the page (its probe read bands of them, 0.5-3.4 s at 1288 px, all unreadable).
+        return None
     lines = [(a, b) for a, b in runs if 0.7 * median <= b - a <= 1.5 * median]
     if not lines:
         return None

@@ -173,12 +173,28 @@ class OcrEngine(ABC):
             raise EngineUnavailable(f"engine {name} is not reachable from {self.name}")
         return self._peers(name)
 
+    def page_size(self, width: int, height: int) -> tuple[int, int]:
+        """The size this engine reads a `width` x `height` page image at (as it is here).
+
+        PDF pages are rendered at it (`render_page`'s `fit`): no resize after.
+        """
+        return width, height
+
     def detect_orientation(self, image: Image.Image) -> int:
         """Counter-clockwise degrees (0, 90, 180, 270) that put the page upright.
 
         Engines that cannot tell return 0 and leave the page as it is.
         """
         return 0
+
+    def reads_upright(self, image: Image.Image) -> bool:
+        """Whether a short trial read of a few of the page's lines shows it upright.
+
+        A cheap first step of the orientation check for engines that do not read
+        orientation themselves: True ends it (rotation 0); False (the default: cannot
+        tell) leaves it to `detect_orientation`.
+        """
+        return False
 
     def detect_script(self, image: Image.Image,
                       probes: Sequence[tuple[str, str]] = ()) -> ScriptGuess | None:

@@ -133,6 +133,11 @@ class VlmApiEngine(VlmEngine):
 
     name = "vlm-api"
     thread_safe = True
+    # zlib level of the page's PNG. Measured on corpus pages at 1288 px against Pillow's
+    # default 6: grey scans 16 vs 25 ms and 306 vs 290 kB, grey Han page 33 vs 169 ms
+    # (538 vs 469 kB), RGB photo scan 72 vs 278 ms (1.31 vs 1.17 MB): 5-15 % more bytes
+    # on the loopback or LAN a request body crosses, a third to three quarters less CPU.
+    PNG_LEVEL = 1
 
     def __init__(self, client: Any, openai_module: Any, model_name: str, prompt: str,
                  profile: VlmProfile, longest_side: int, max_tokens: int,
@@ -198,7 +203,7 @@ class VlmApiEngine(VlmEngine):
     def messages(self, image: Image.Image) -> list[dict[str, Any]]:
         """The chat messages of one page: the image (PNG data URL) and the prompt."""
         buffer = io.BytesIO()
-        image.save(buffer, format="PNG")
+        image.save(buffer, format="PNG", compress_level=self.PNG_LEVEL)
         url = "data:image/png;base64," + base64.b64encode(buffer.getvalue()).decode()
         parts: list[dict[str, Any]] = [{"type": "image_url", "image_url": {"url": url}},
                                        {"type": "text", "text": self._prompt}]

@@ -114,7 +114,7 @@ def run_pdf_page(meta: DocumentMeta, number: int, engines: ResidentEngines,
         engine = engines.get(meta.engine).engine
         doc = docs.document(meta, stores.blobs, settings)
         image = render_page(doc, number, settings, engine.page_longest_side,
-                            mode=engine.page_mode)
+                            mode=engine.page_mode, fit=engine.page_size)
         full = functools.partial(render_page, doc, number, settings)  # fallback engines
         try:
             page = ocr_page(number, image, engine, recognize_options(request), settings,

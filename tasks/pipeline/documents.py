@@ -110,7 +110,7 @@ def ocr_page(number: int, image: Image.Image, engine: OcrEngine, options: Recogn
     page_image = image if image.mode == mode else image.convert(mode)
     rotation = 0 if checked is None or not settings.auto_rotate else checked
     if settings.auto_rotate and checked is None and not engine.reads_orientation:
-        rotation = _orientation(engine, page_image)
+        rotation = _orientation(engine, page_image, trial=True)
     skew, final, result = _read(page_image, rotation, engine, options, settings)
     if settings.auto_rotate and checked is None and engine.reads_orientation and \
             not result.upright:
@@ -272,14 +272,21 @@ def _placed_words(result: PageResult, engine: OcrEngine, boxes_from: str,
     return dataclasses.replace(result, words=align_words(result.text, boxes)), size
 
 
-def _orientation(engine: OcrEngine, image: Image.Image) -> int:
-    """The page's rotation, by the engine's own check or the one it names."""
-    if engine.orientation_engine is None:
-        return engine.detect_orientation(image)
-    try:
-        checker = engine.peer(engine.orientation_engine)
-    except EngineUnavailable as exc:
-        log.warning("no orientation check for %s: %s", engine.name, exc.message)
+def _orientation(engine: OcrEngine, image: Image.Image, trial: bool = False) -> int:
+    """The page's rotation, by the engine's own check or the one it names.
+
+    With `trial` (a page no reading has looked at yet), a checker whose short trial
+    read of a few lines shows the page upright (`reads_upright`) answers 0 without its
+    orientation check (tesseract: ~0.05 s instead of OSD's ~0.3 s on a VLM-sized page).
+    """
+    checker = engine
+    if engine.orientation_engine is not None:
+        try:
+            checker = engine.peer(engine.orientation_engine)
+        except EngineUnavailable as exc:
+            log.warning("no orientation check for %s: %s", engine.name, exc.message)
+            return 0
+    if trial and checker.reads_upright(image):
         return 0
     return checker.detect_orientation(image)
 
@@ -434,7 +441,7 @@ def run_document(data: bytes, request: JobRequest, engine: OcrEngine, settings: 
                     deliver(deadline_page(number), plan.selected)
                     continue
                 image = render_page(plan.doc, number, settings, engine.page_longest_side,
-                                    mode=engine.page_mode)
+                                    mode=engine.page_mode, fit=engine.page_size)
                 full = functools.partial(render_page, plan.doc, number, settings)
                 deliver(_guarded_page(number, image, engine, options, settings, full),
                         plan.selected)

@@ -28,6 +28,8 @@ from tasks.pipeline.pages import select_pages
 from tasks.records.results import PageRecord, WordBox
 
 if TYPE_CHECKING:
+    from collections.abc import Callable
+
     from tasks.settings import Settings
 
 INVISIBLE = 3  # PDF text render mode 3: neither filled nor stroked (OCR layers)
@@ -311,7 +313,8 @@ def render_small(page: Any, longest_side: int = CHECK_LONGEST_SIDE) -> Image.Ima
 
 
 def render_page(doc: Any, number: int, settings: Settings,
-                longest_side: int | None = None, *, mode: str | None = None) -> Image.Image:
+                longest_side: int | None = None, *, mode: str | None = None,
+                fit: Callable[[int, int], tuple[int, int]] | None = None) -> Image.Image:
     """Page `number` as an image at OCR_PDF_DPI, within OCR_MAX_RENDER_PIXELS.
 
     With `longest_side` (an engine's page budget, e.g. a VLM's 1288 px), rendered
@@ -321,11 +324,19 @@ def render_page(doc: Any, number: int, settings: Settings,
     no colour, which comes back grey ("L": a third of the memory while a vlm-api page
     waits at its server, and less to deskew and encode; the VLMs' image loaders make
     RGB of it as of a grey file). Huge pages are read at a lower resolution, not refused.
+    `fit` (an engine's `page_size`) gives the exact size the engine takes a page of that
+    size at (a VLM's patch grid): the page is rendered at it, not resized after.
     """
     page = doc[number - 1]
     zoom = render_zoom(page.rect, settings, longest_side)
+    matrix = pymupdf.Matrix(zoom, zoom)
+    if fit is not None and page.rect.width > 0 and page.rect.height > 0:
+        size = round(page.rect.width * zoom), round(page.rect.height * zoom)
+        width, height = fit(*size)
+        if (width, height) != size:
+            matrix = pymupdf.Matrix(width / page.rect.width, height / page.rect.height)
     grey = mode == "L"
-    pix = page.get_pixmap(matrix=pymupdf.Matrix(zoom, zoom),
+    pix = page.get_pixmap(matrix=matrix,
                           colorspace=pymupdf.csGRAY if grey else pymupdf.csRGB, alpha=False)
     image = Image.frombytes("L" if grey else "RGB", (pix.width, pix.height), pix.samples)
     del pix
