@@ -212,7 +212,7 @@ def _auto_language(image: Image.Image, engine: OcrEngine, options: RecognizeOpti
     probe found the script or the check could not tell (too little text): the page is
     then turned as it would have been without `auto`.
     """
-    if type(engine).languages(settings) is None:
+    if engine.languages(settings) is None:
         return engine, replace(options, lang=None), None, None
     checker = engine
     if engine.orientation_engine is not None:
@@ -237,9 +237,9 @@ def _read_lang(engine: OcrEngine, options: RecognizeOptions, settings: Settings)
     """The language set a page was read in: the job's, else the engine's default."""
     if options.named_lang:
         return options.named_lang
-    if type(engine).languages(settings) is None:
+    if engine.languages(settings) is None:
         return None  # an engine that takes no `lang`
-    return type(engine).default_language(settings)
+    return engine.default_language(settings)
 
 
 def _read(image: Image.Image, rotation: int, engine: OcrEngine, options: RecognizeOptions,
@@ -331,12 +331,13 @@ def chunk_pages(doc: Any, numbers: list[int], output: str,
     heading levels across all the job's chunks (`relevel_headings`), as one analysis of
     all its text-layer pages would.
     """
+    # The text first, as planning read it: the analysis turns rotated pages upright.
+    texts = {number: text_layer_page(doc, number, settings) for number in numbers}
     found = analyse(doc, numbers)
     pages = []
     for number in numbers:
-        text, layer = text_layer_page(doc, number, settings)
         analysed = found.get(number)
-        page = with_structure(text_page(number, text, layer), analysed, output)
+        page = with_structure(text_page(number, *texts[number]), analysed, output)
         sizes = analysed.heading_sizes if isinstance(analysed, Analysed) else ()
         pages.append(replace(page, heading_sizes=sizes))
     return pages
