@@ -114,16 +114,18 @@ def test_readyz_flood_leaves_authenticated_requests_served(
         api: ApiServer, carol: requests.Session) -> None:
     """A flood of /readyz for random queues leaves a client's requests served.
 
-    400 of them from 50 connections while carol reads her job: every one of her
-    requests is answered 200, every flood request 503.
+    50 connections flood /readyz with random queue names (at most 20,000 requests, and
+    never past 120 s); once it is under way, carol reads her job 50 times while it goes
+    on: every one of her requests is answered 200, every flood request 503.
     """
     job_id = send(carol, api, png())
     stop = threading.Event()
     flood: list[int] = []
+    give_up = time.monotonic() + 120
 
     def flooder() -> None:
         with requests.Session() as http:
-            while not stop.is_set() and len(flood) < 400:
+            while not stop.is_set() and len(flood) < 20000 and time.monotonic() < give_up:
                 flood.append(http.get(f"{api.url}/readyz", timeout=60,
                                       params={"queue": uuid.uuid4().hex}).status_code)
 
@@ -132,14 +134,18 @@ def test_readyz_flood_leaves_authenticated_requests_served(
         thread.start()
     mine = []
     try:
-        while any(t.is_alive() for t in threads) and len(mine) < 200:
+        while len(flood) < 50 and time.monotonic() < give_up:
+            time.sleep(0.01)  # the flood is under way before carol's first request
+        for _ in range(50):
             mine.append(carol.get(f"{api.url}/v1/jobs/{job_id}", timeout=60).status_code)
+        flooding = any(t.is_alive() for t in threads)
     finally:
         stop.set()
         for thread in threads:
             thread.join()
-    assert mine and set(mine) == {200}
-    assert flood and set(flood) == {503}
+    assert flooding, "the flood ended before carol's requests did: nothing was tested"
+    assert mine == [200] * 50
+    assert len(flood) >= 50 and set(flood) == {503}
 
 
 class _StuckPresence(WorkerPresence):
@@ -225,7 +231,6 @@ def test_bytes_quota_holds_while_workers_are_stopped(
     """
     api, store, url = idle_service
     client = session(create_token(url, "parker", "--max-bytes", str(QUOTA)))
-    before = int(store.info("memory")["used_memory_dataset"])
     answers = [client.post(f"{api.url}/v1/jobs", timeout=60,
                            files={"file": (f"{i}.png", png() + bytes(10**6 - len(png())))})
                for i in range(10)]
@@ -235,10 +240,12 @@ def test_bytes_quota_holds_while_workers_are_stopped(
         assert refused.json()["error"]["code"] == "quota_exceeded"
         assert int(refused.headers["retry-after"]) > 0
     assert 3 * 10**6 <= _stored_input_bytes(store) <= QUOTA
-    # Redis's data (not its connection buffers) grew by the inputs, rounded up to the
-    # allocator's size classes, and the jobs' small records: not by 10 MB.
-    grown = int(store.info("memory")["used_memory_dataset"]) - before
-    assert grown <= QUOTA + 2**20, grown
+    # What Redis holds for its keys (MEMORY USAGE: values rounded up to the allocator's
+    # size classes, plus each key's overhead) is the inputs and the jobs' small records,
+    # within the quota plus 64 KiB: not 10 MB. (INFO's used_memory_dataset also moves
+    # with transient buffers, freed pages and the allocator's bins: no bound for a test.)
+    held = sum(int(store.memory_usage(key) or 0) for key in store.scan_iter(match="*"))
+    assert held <= QUOTA + 2**16, held
     # An operator gives the client more room: the next upload is taken.
     done = subprocess.run([sys.executable, "submit.py", "tokens", "set", "parker",
                            "--max-bytes", str(2 * QUOTA)], cwd=ROOT, capture_output=True,
