@@ -262,14 +262,21 @@ def init_process(settings: Settings, primary: str,
                  threaded: bool = False) -> ResidentEngines:
     """Create this process's registry and load `primary` (errors remembered).
 
-    `primary` is the engine the worker parent resolved at start. The engines it leans
-    on (orientation check, fallback) load when first needed.
+    `primary` is the engine the worker parent resolved at start. In a pool child
+    (prefork) the engine whose orientation check the primary uses reads every page too:
+    it is loaded now, so that the child's memory baseline, from which its recycling
+    counts growth (tasks/queue/pool.py), includes it; a lazy load would count as growth
+    and recycle the child after its first task. A thread pool's one process (vlm-api)
+    has no such limit: there the engines it leans on (orientation check, fallback) load
+    when first needed.
     """
     global _engines
     _engines = ResidentEngines(settings=settings, primary=primary, on_load=on_load,
                                threaded=threaded)
     try:
-        _engines.get(primary)
+        helper = _engines.get(primary).engine.orientation_engine
+        if helper is not None and not threaded:
+            _engines.get(helper)
     except OcrError:
         pass  # recorded in `failures`; tasks of this child fail fast with it
     return _engines
