@@ -379,3 +379,50 @@ def test_submit_cli_and_node_client_deliver_markdown(workers: list[Worker], redi
     assert ran.returncode == 0, ran.stderr
     (record,) = [json.loads(line) for line in ran.stdout.splitlines()]
     assert record["status"] == "SUCCESS" and record["text"] == written
+
+
+def test_chunk_tasks_end_the_job_once_and_cancel_stops_them(redis_url: str) -> None:
+    """What `ocr.pdf_text_chunk` does, without Celery: chunks in any order, one merge.
+
+    dig_multicolumn_3p's three text-layer pages in chunks of one page: the job fans out
+    with no OCR page, the last chunk recorded ends it, once, with its pages in order and
+    the heading levels one analysis gives; a cancel stops the chunk tasks too.
+    """
+    from dataclasses import replace
+
+    from tasks.lifecycle.cancel import CANCELLED, cancel_job
+    from tasks.lifecycle.fanout import OpenDocumentCache, record_page, run_text_chunk
+    from tasks.records.jobs import JobStatus
+    from tests.test_lifecycle import fan_out, make_life
+
+    data = Path(corpus("dig_multicolumn_3p.pdf")).read_bytes()
+    life = make_life(redis_url)
+    try:
+        life.settings = replace(life.settings, structure_chunk_pages=1)
+        meta = fan_out(life, "job-chunks", data, output="markdown")
+        assert (meta.ocr_pages, meta.text_chunks, meta.total) == ([], [[1], [2], [3]], 3)
+        docs = OpenDocumentCache()
+        ended = [record_page(meta, run_text_chunk(meta, index, docs, life.settings,
+                                                  life.stores),
+                             life.join, life.ender, life.settings, life.stores)
+                 for index in (2, 0, 1)]
+        docs.close()
+        assert ended == [False, False, True] and len(life.ports.published) == 1
+        outcome = life.ports.published[0]
+        assert outcome.status is JobStatus.SUCCESS and outcome.result is not None
+        pages = [page.to_json() for page in outcome.result.pages]
+        assert [p["number"] for p in pages] == [1, 2, 3]
+        assert all("heading_sizes" not in p for p in pages)
+        assert headings(pages[0]["text"])[:2] == [
+            (1, "Two-Column Document with Lorem Ipsum"), (2, "Abstract")]
+        assert "|Austria|8.9|83,879|Vienna|German|" in pages[2]["text"]
+
+        # json: not the markdown job's cached result
+        meta = fan_out(life, "job-chunks-cancel", data, output="json")
+        life.join.start(replace(meta, chunk_tasks=["c0", "c1", "c2"]), [])  # as fan_out does
+        stopped: list[list[str]] = []
+        assert cancel_job("job-chunks-cancel", life.stores.control, life.join, life.ender,
+                          stopped.append) == CANCELLED
+        assert stopped == [["job-chunks-cancel", "c0", "c1", "c2"]]
+    finally:
+        life.engines.unload()
