@@ -386,7 +386,8 @@ def test_chunk_tasks_end_the_job_once_and_cancel_stops_them(redis_url: str) -> N
 
     dig_multicolumn_3p's three text-layer pages in chunks of one page: the job fans out
     with no OCR page, the last chunk recorded ends it, once, with its pages in order and
-    the heading levels one analysis gives; a cancel stops the chunk tasks too.
+    the heading levels one analysis gives; a cancel stops the chunk tasks too, and keeps
+    the chunk done without its internal heading sizes.
     """
     from dataclasses import replace
 
@@ -419,10 +420,20 @@ def test_chunk_tasks_end_the_job_once_and_cancel_stops_them(redis_url: str) -> N
 
         # json: not the markdown job's cached result
         meta = fan_out(life, "job-chunks-cancel", data, output="json")
-        life.join.start(replace(meta, chunk_tasks=["c0", "c1", "c2"]), [])  # as fan_out does
+        meta = replace(meta, chunk_tasks=["c0", "c1", "c2"])
+        life.join.start(meta, [])  # as fan_out does
+        docs = OpenDocumentCache()
+        assert not record_page(meta, run_text_chunk(meta, 0, docs, life.settings, life.stores),
+                               life.join, life.ender, life.settings, life.stores)
+        docs.close()
         stopped: list[list[str]] = []
         assert cancel_job("job-chunks-cancel", life.stores.control, life.join, life.ender,
                           stopped.append) == CANCELLED
         assert stopped == [["job-chunks-cancel", "c0", "c1", "c2"]]
+        cancelled = life.ports.published[-1]
+        assert cancelled.status is JobStatus.CANCELLED and cancelled.result is not None
+        kept = [page.to_json() for page in cancelled.result.pages]
+        assert [p["number"] for p in kept] == [1] and "structure" in kept[0]
+        assert "heading_sizes" not in kept[0]
     finally:
         life.engines.unload()

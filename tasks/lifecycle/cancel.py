@@ -73,6 +73,11 @@ def _finish_cancelled(meta: DocumentMeta, join: DocumentJoin, ender: JobEnder) -
     """
     job_id = meta.job_id
     pages = [p for p in join.pages(job_id) if not p.failed]
+    if meta.text_chunks:  # the chunks done: their heading levels ranked, sizes dropped
+        # imported here: the pipeline brings PyMuPDF, which the API's cancel never needs
+        from tasks.pipeline.documents import relevel_headings
+
+        pages = relevel_headings(pages, meta.text_chunks, meta.request.output)
     result = cancelled_result(job_id, pages, meta.base)
     ender.finish(Outcome(job_id, JobStatus.CANCELLED, meta.request, result,
                          engine=meta.engine, started=meta.started,
