@@ -19,6 +19,7 @@ import random
 import threading
 import time
 import urllib.error
+from collections.abc import Callable
 from dataclasses import dataclass, replace
 from typing import Any, NoReturn
 
@@ -408,17 +409,24 @@ def pdf_chunk_lost(request: Any, exc: BaseException, traceback: Any, doc_id: str
 @shared_task(name="ocr.pdf_chunk_failed", bind=True)
 def pdf_chunk_failed(self: Task, doc_id: str, index: int, error: dict[str, Any]) -> None:
     """Record a lost chunk's pages as failed, so the document still ends (PARTIAL)."""
-    services = JobServices.for_app(self.app)
+    _record_lost(self, doc_id, lambda meta: [
+        PageRecord(n, source="text-layer", error=PageError.from_json(error))
+        for n in meta.text_chunks[index]])
+
+
+def _record_lost(task: Task, doc_id: str,
+                 lost: Callable[[DocumentMeta], PageRecord | list[PageRecord]]) -> None:
+    """Record the pages a lost task held as failed (retried while Redis is away)."""
+    services = JobServices.for_app(task.app)
     try:
         with transient("Redis or the broker"):
             meta = services.join.find(doc_id)
             if meta is None:
-                return
-            pages = [PageRecord(n, source="text-layer", error=PageError.from_json(error))
-                     for n in meta.text_chunks[index]]
-            _record(self.app, meta, pages, services)
+                return  # the document has ended
+            _record(task.app, meta, lost(meta), services)
     except OcrError as exc:
-        retry_later(self, exc)
+        retry_later(task, exc)
+        raise
 
 
 def _record(app: Celery, meta: DocumentMeta, page: PageRecord | list[PageRecord],
@@ -443,17 +451,8 @@ def pdf_page_lost(request: Any, exc: BaseException, traceback: Any, doc_id: str,
 @shared_task(name="ocr.pdf_page_failed", bind=True)
 def pdf_page_failed(self: Task, doc_id: str, number: int, error: dict[str, Any]) -> None:
     """Record a lost page as failed, so the document still ends (PARTIAL)."""
-    services = JobServices.for_app(self.app)
-    try:
-        with transient("Redis or the broker"):
-            meta = services.join.find(doc_id)
-            if meta is None:
-                return
-            page = PageRecord(number, source="ocr", error=PageError.from_json(error))
-            _record(self.app, meta, page, services)
-    except OcrError as exc:
-        retry_later(self, exc)
-        raise
+    _record_lost(self, doc_id, lambda _meta: PageRecord(
+        number, source="ocr", error=PageError.from_json(error)))
 
 
 @shared_task(name="ocr.cancel", bind=True, throws=(OcrError,))
