@@ -76,13 +76,23 @@ def client(broker: Broker) -> Any:
     ocr.close()
 
 
-def finished_jobs(*workers: Worker) -> Counter[str]:
-    """How often each job id ended, from the `ocr.job` lines of the workers' logs."""
-    ids: Counter[str] = Counter()
-    for worker in workers:
-        for line in re.findall(r"ocr\.job (\{.*\})", worker.log()):
-            ids[json.loads(line)["id"]] += 1
-    return ids
+def finished_jobs(*workers: Worker, jobs: list[str] | None = None,
+                  timeout: float = 30) -> Counter[str]:
+    """How often each job id ended, from the `ocr.job` lines of the workers' logs.
+
+    With `jobs`: read again until each of them has its line (or `timeout` passes). A
+    job's result is stored before its ending writes that line, so a client that saw
+    the result may read the log a moment too early.
+    """
+    deadline = time.monotonic() + timeout
+    while True:
+        ids: Counter[str] = Counter()
+        for worker in workers:
+            for line in re.findall(r"ocr\.job (\{.*\})", worker.log()):
+                ids[json.loads(line)["id"]] += 1
+        if jobs is None or set(jobs) <= set(ids) or time.monotonic() > deadline:
+            return ids
+        time.sleep(0.05)
 
 
 def wait_running(client: OcrClient, jobs: list[str], at_least: int = 1,
@@ -132,7 +142,7 @@ def test_children_killed_mid_batch(broker: Broker, workers: Any, client: OcrClie
     results = client.wait(jobs, timeout=120)
     assert [results[j]["status"] for j in jobs] == ["SUCCESS"] * 8
     assert not {c.pid for c in victims} & {results[j]["engine"]["pid"] for j in jobs}
-    assert set(finished_jobs(worker).values()) == {1}
+    assert set(finished_jobs(worker, jobs=jobs).values()) == {1}
 
 
 @pytest.mark.slow
@@ -156,7 +166,7 @@ def test_dead_host_jobs_finish_on_second_worker(broker: Broker, workers: Any,
     survivor = workers(**FAKE, **SHORT, OCR_CONCURRENCY="2", FAKE_PAGE_SECONDS="0.2")
     results = client.wait(jobs, timeout=120)
     assert [results[j]["status"] for j in jobs] == ["SUCCESS"] * 4
-    done = finished_jobs(doomed, survivor)
+    done = finished_jobs(doomed, survivor, jobs=jobs)
     assert sorted(done) == sorted(jobs) and set(done.values()) == {1}, done
     assert finished_jobs(survivor)
 
