@@ -178,6 +178,12 @@ def test_hard_time_limit(processes: list[Worker], client: OcrClient,
 def test_deadline_before_start(processes: list[Worker], client: OcrClient,
                                receiver: str) -> None:
     blockers = [client.submit(png(11), engine="stuck-on-dark") for _ in range(2)]
+    # Both pool children busy first (the blockers' queue is not the job's: a worker may
+    # take the job first), so the job cannot start before its deadline.
+    started = time.monotonic() + 30
+    while sum(client.status(b).state == "STARTED" for b in blockers) < 2:
+        assert time.monotonic() < started
+        time.sleep(0.1)
     job = submit(client, receiver, png(230), deadline=0.5)
     check_ended_once(client, processes, job, "FAILURE", "deadline_exceeded")
     client.wait(blockers, timeout=60)
