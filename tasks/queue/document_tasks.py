@@ -314,23 +314,9 @@ def pdf_page(self: Task, doc_id: str, number: int) -> dict[str, Any]:
     """OCR one page of a fanned-out PDF and end the document if it was the last."""
     settings: Settings = self.app.ocr_settings
     services = JobServices.for_app(self.app)
-    try:
-        with transient("Redis"):
-            meta = services.join.find(doc_id)
-            cancelled = meta is not None and services.stores.control.is_cancelled(doc_id)
-    except OcrError as exc:
-        retry_later(self, exc)
-        raise
+    meta, skipped = _document_to_read(self, doc_id, services)
     if meta is None:
-        return {"document": doc_id, "number": number, "skipped": "document finished"}
-    if cancelled:  # a cancel that came while the PDF was split ends it here
-        try:
-            with transient("Redis or the broker"):
-                end_cancelled_document(meta, services.join, services.ender)
-        except OcrError as exc:
-            retry_later(self, exc)
-            raise
-        return {"document": doc_id, "number": number, "skipped": "document cancelled"}
+        return {"document": doc_id, "number": number, "skipped": skipped}
     try:
         with transient("Redis"):
             page = run_pdf_page(meta, number, resident.current(settings), _open_docs(),
@@ -341,14 +327,7 @@ def pdf_page(self: Task, doc_id: str, number: int) -> dict[str, Any]:
     except SoftTimeLimitExceeded:
         page = failed_page(number, Timeout(f"page {number} ran past its soft time limit "
                                            f"of {settings.page_soft_time_limit} s"))
-    try:
-        with transient("Redis or the broker"):
-            _record(self.app, meta, page, services)
-    except OcrError as exc:  # retryable: the page's record or the merge met an outage
-        retry_later(self, exc)
-        services.ender.end(Outcome.failed(doc_id, exc, meta.request, engine=meta.engine,
-                                          started=meta.started,
-                                          reply_queue=meta.reply_queue))
+    _record_or_end(self, meta, page, services)
     return {"document": doc_id, "number": number, "ok": not page.failed}
 
 
@@ -360,23 +339,9 @@ def pdf_text_chunk(self: Task, doc_id: str, index: int) -> dict[str, Any]:
     """
     settings: Settings = self.app.ocr_settings
     services = JobServices.for_app(self.app)
-    try:
-        with transient("Redis"):
-            meta = services.join.find(doc_id)
-            cancelled = meta is not None and services.stores.control.is_cancelled(doc_id)
-    except OcrError as exc:
-        retry_later(self, exc)
-        raise
+    meta, skipped = _document_to_read(self, doc_id, services)
     if meta is None:
-        return {"document": doc_id, "chunk": index, "skipped": "document finished"}
-    if cancelled:
-        try:
-            with transient("Redis or the broker"):
-                end_cancelled_document(meta, services.join, services.ender)
-        except OcrError as exc:
-            retry_later(self, exc)
-            raise
-        return {"document": doc_id, "chunk": index, "skipped": "document cancelled"}
+        return {"document": doc_id, "chunk": index, "skipped": skipped}
     numbers = meta.text_chunks[index]
     try:
         with transient("Redis"):
@@ -388,14 +353,7 @@ def pdf_text_chunk(self: Task, doc_id: str, index: int) -> dict[str, Any]:
         pages = [failed_page(n, Timeout(f"page {n}'s layout analysis ran past the soft "
                                         f"time limit of {settings.soft_time_limit} s"))
                  for n in numbers]
-    try:
-        with transient("Redis or the broker"):
-            _record(self.app, meta, pages, services)
-    except OcrError as exc:
-        retry_later(self, exc)
-        services.ender.end(Outcome.failed(doc_id, exc, meta.request, engine=meta.engine,
-                                          started=meta.started,
-                                          reply_queue=meta.reply_queue))
+    _record_or_end(self, meta, pages, services)
     return {"document": doc_id, "chunk": index, "pages": len(pages)}
 
 
@@ -427,6 +385,45 @@ def _record_lost(task: Task, doc_id: str,
     except OcrError as exc:
         retry_later(task, exc)
         raise
+
+
+def _document_to_read(task: Task, doc_id: str,
+                      services: JobServices) -> tuple[DocumentMeta | None, str]:
+    """A fanned-out document's meta, or None and why its pages are not read.
+
+    A cancel that came while the PDF was split ends the document here.
+    """
+    try:
+        with transient("Redis"):
+            meta = services.join.find(doc_id)
+            cancelled = meta is not None and services.stores.control.is_cancelled(doc_id)
+    except OcrError as exc:
+        retry_later(task, exc)
+        raise
+    if meta is None:
+        return None, "document finished"
+    if cancelled:
+        try:
+            with transient("Redis or the broker"):
+                end_cancelled_document(meta, services.join, services.ender)
+        except OcrError as exc:
+            retry_later(task, exc)
+            raise
+        return None, "document cancelled"
+    return meta, ""
+
+
+def _record_or_end(task: Task, meta: DocumentMeta, pages: PageRecord | list[PageRecord],
+                   services: JobServices) -> None:
+    """Record read pages; a record or merge that met an outage past its retries ends the job."""
+    try:
+        with transient("Redis or the broker"):
+            _record(task.app, meta, pages, services)
+    except OcrError as exc:
+        retry_later(task, exc)
+        services.ender.end(Outcome.failed(meta.job_id, exc, meta.request, engine=meta.engine,
+                                          started=meta.started,
+                                          reply_queue=meta.reply_queue))
 
 
 def _record(app: Celery, meta: DocumentMeta, page: PageRecord | list[PageRecord],
