@@ -8,15 +8,17 @@ API, worker children, the worker parent).
 from __future__ import annotations
 
 import re
+import sys
 from collections.abc import Collection
 from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
-from tasks.errors import BadRequest
+from tasks.errors import BadRequest, InvalidPages
+from tasks.records.formats import OUTPUT_NAMES
 
 # PDFs: keep text layers where present (auto), OCR every page, or text layers only.
 PDF_MODES = ("auto", "ocr", "text")
-OUTPUT_CHOICES = ("text", "markdown", "json", "pdf", "hocr", "alto")
+OUTPUT_CHOICES = OUTPUT_NAMES  # the table of formats: tasks/records/formats.py
 # Outputs drawn from word boxes: refused (`output_unsupported`) by engines without words.
 WORD_BOX_OUTPUTS = ("pdf", "hocr", "alto")
 # A tesseract language set: codes joined by `+` (eng, vie, chi_sim, ell+eng).
@@ -27,7 +29,8 @@ AUTO_LANG = "auto"
 
 SOURCES = ("data_b64", "blob", "path", "url")
 OPTIONS = ("filename", "engine", "pages", "password", "output", "mode", "lang", "callback_task",
-           "callback_queue", "callback_url", "merge_from", "result_url")
+           "callback_queue", "callback_url", "merge_from", "result_url", "url_version",
+           "url_etag")
 NUMBER_OPTIONS = ("deadline",)
 # Request fields that do not change the result: left out of the cache key. The
 # password is checked separately (tasks/lifecycle/jobs.py): a cached result of an
@@ -36,7 +39,7 @@ NUMBER_OPTIONS = ("deadline",)
 # (tasks/lifecycle/jobs.py); where its result is written does not change it.
 NOT_IN_RESULT = ("source", "blob", "path", "url", "data_b64", "filename", "password",
                  "deadline", "callback_task", "callback_queue", "callback_url", "merge_from",
-                 "result_url")
+                 "result_url", "url_version", "url_etag")
 _TASK_NAME = re.compile(r"^[A-Za-z_][\w.:-]{0,199}$")
 
 
@@ -62,6 +65,10 @@ class JobRequest:
     callback_url: str | None = None
     merge_from: str | None = None
     result_url: str | None = None  # s3:// object or prefix (ending /) the result goes to
+    # The version of `url` to read (a retry reads what the retried job read): an s3://
+    # version id, else the ETag it must still have.
+    url_version: str | None = None
+    url_etag: str | None = None
 
     @classmethod
     def from_kwargs(cls, kwargs: dict[str, Any], engines: Collection[str]) -> JobRequest:
@@ -133,3 +140,32 @@ class JobRequest:
     def stored_as(self, blob: str) -> JobRequest:
         """The same request with its input now in the blob store under `blob`."""
         return replace(self, source="blob", blob=blob, path=None, url=None, data_b64=None)
+
+
+_PAGE_PART = re.compile(r"^\s*(\d+)?\s*(-)?\s*(\d+)?\s*$")
+
+
+def page_range(part: str, count: int) -> tuple[int, int]:
+    """One part of a selection such as "1-3,7" (`3`, `1-5`, `4-`, `-2`): first, last.
+
+    The one rule of the syntax: clients check it before sending (`check_pages`), the
+    worker applies it to the document's `count` pages (`tasks.pipeline.pages`).
+    """
+    match = _PAGE_PART.match(part)
+    if not match or not (match.group(1) or match.group(3)):
+        raise InvalidPages(f"{part.strip()!r} is not a page or range like 3 or 1-5")
+    start, dash, end = match.groups()
+    first = int(start) if start else 1
+    last = (int(end) if end else count) if dash else first
+    if first < 1 or last < first:
+        raise InvalidPages(f"{part.strip()!r} is not an increasing range of pages from 1")
+    if first > count:
+        raise InvalidPages(f"page {first} is beyond the last page ({count})")
+    return first, min(last, count)
+
+
+def check_pages(spec: str | None) -> None:
+    """Refuse (`invalid_pages`) a selection no document could satisfy: its syntax."""
+    if spec and spec.strip():
+        for part in spec.split(","):
+            page_range(part, sys.maxsize)

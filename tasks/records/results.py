@@ -4,58 +4,55 @@ A `PageRecord` crosses Redis from the page task that read it to the child that m
 the document (the fan-out join), and back out of the result cache; a `DocumentResult`
 is a job's result until it is stored. Their `to_json()` is the public result other
 services read (docs/tasks.md), so its keys and shapes are a contract: a field left
-unset is left out. Pure: built and read in worker pool children; clients read the JSON.
+unset is left out. The codecs are generated from the fields (tasks/records/_codec.py),
+with their few special cases declared on the fields; tests/units/test_result_json.py holds the
+JSON in golden files. The warnings' wording: tasks/records/page_warnings.py. Pure: built
+and read in worker pool children; clients read the JSON.
 """
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field
 from typing import Any
 
+from tasks.records._codec import JsonRecord, json_spec
+from tasks.records.formats import STORED_FORMATS
+from tasks.records.page_warnings import page_warnings
 from tasks.records.status import JobStatus
 
 PAGE_SEPARATOR = "\f"
+# output=markdown: a blank line, a page marker and a blank line before each page after
+# the first (a form feed alone ends no CommonMark line: issue 40).
+MARKDOWN_PAGE_BREAK = "\n\n<!-- page {number} -->\n\n"
+_FENCE = re.compile(r"^ {0,3}(?:```|~~~)", re.MULTILINE)
 # The outputs stored as files beside the result (`{"key", "bytes"}` in the JSON).
-STORED_OUTPUTS = ("pdf", "hocr", "alto")
+STORED_OUTPUTS = STORED_FORMATS  # the formats kept as files of their own (records/formats.py)
 
 
 @dataclass(frozen=True)
-class WordBox:
+class WordBox(JsonRecord):
     """One word of a page with its box in the page image's pixels (x0, y0, x1, y1)."""
 
     text: str
     box: tuple[int, int, int, int]
     confidence: float
 
-    def to_json(self) -> dict[str, Any]:
-        return {"text": self.text, "box": list(self.box), "confidence": self.confidence}
-
-    @classmethod
-    def from_json(cls, data: Mapping[str, Any]) -> WordBox:
-        x0, y0, x1, y1 = (int(v) for v in data["box"])
-        return cls(str(data["text"]), (x0, y0, x1, y1), float(data["confidence"]))
 
 
 @dataclass(frozen=True)
-class PageError:
+class PageError(JsonRecord):
     """Why a page failed: the public `error` object (code, safe message, retryable)."""
 
     code: str
-    message: str
+    message: str = field(metadata=json_spec(absent=""))
     retryable: bool = False
 
-    def to_json(self) -> dict[str, Any]:
-        return {"code": self.code, "message": self.message, "retryable": self.retryable}
-
-    @classmethod
-    def from_json(cls, data: Mapping[str, Any]) -> PageError:
-        return cls(str(data["code"]), str(data.get("message", "")),
-                   bool(data.get("retryable")))
 
 
 @dataclass(frozen=True)
-class VlmRead:
+class VlmRead(JsonRecord):
     """How a vision-language model read one page (the page result's `vlm` field).
 
     `finish_reason` is that of the last try: `stop` (the model ended the page),
@@ -74,22 +71,10 @@ class VlmRead:
     def complete(self) -> bool:
         return self.finish_reason == "stop"
 
-    def to_json(self) -> dict[str, Any]:
-        return {"profile": self.profile, "image_size": list(self.image_size),
-                "prompt_tokens": self.prompt_tokens,
-                "generation_tokens": self.generation_tokens,
-                "finish_reason": self.finish_reason, "tries": self.tries}
-
-    @classmethod
-    def from_json(cls, data: Mapping[str, Any]) -> VlmRead:
-        width, height = (int(v) for v in data["image_size"])
-        return cls(str(data["profile"]), (width, height), int(data["prompt_tokens"]),
-                   int(data["generation_tokens"]), str(data["finish_reason"]),
-                   int(data["tries"]))
 
 
 @dataclass(frozen=True)
-class Fallback:
+class Fallback(JsonRecord):
     """The engine that read a page whose model read did not finish, and why."""
 
     engine: str
@@ -97,11 +82,16 @@ class Fallback:
 
 
 @dataclass(frozen=True)
-class TextLayer:
-    """Whose word boxes a model's words were placed on for the searchable PDF."""
+class TextLayer(JsonRecord):
+    """Whose word boxes a model's words were placed on (searchable PDF, hOCR, ALTO).
+
+    `words` counts the placed words (boxes); `unplaced` the model's words the alignment
+    found no box for: they stay in the page's text and ride on a neighbour's box.
+    """
 
     boxes: str
     words: int
+    unplaced: int = 0
 
 
 # The kinds of structure blocks: DocLayNet's classes, which PyMuPDF's layout model
@@ -110,8 +100,17 @@ BLOCK_KINDS = ("title", "section_header", "text", "list_item", "table", "picture
                "caption", "footnote", "formula", "page_header", "page_footer")
 
 
+def _spans_json(spans: tuple[tuple[int, int, int, int], ...]) -> list[dict[str, int]]:
+    return [{"row": r, "col": c, "row_span": rs, "col_span": cs} for r, c, rs, cs in spans]
+
+
+def _spans(data: list[Mapping[str, Any]]) -> tuple[tuple[int, int, int, int], ...]:
+    return tuple((int(s["row"]), int(s["col"]), int(s["row_span"]), int(s["col_span"]))
+                 for s in data)
+
+
 @dataclass(frozen=True)
-class Block:
+class Block(JsonRecord):
     """One block of a page's structure, in reading order.
 
     `bbox` (x0, y0, x1, y1, top-left origin) is in the page structure's `unit`; `text`
@@ -124,37 +123,15 @@ class Block:
 
     kind: str
     bbox: tuple[float, float, float, float]
-    text: str
+    text: str = field(metadata=json_spec(absent=""))
     level: int | None = None
     cells: tuple[tuple[str | None, ...], ...] | None = None
-    spans: tuple[tuple[int, int, int, int], ...] | None = None
-
-    def to_json(self) -> dict[str, Any]:
-        out: dict[str, Any] = {"kind": self.kind, "bbox": list(self.bbox), "text": self.text}
-        if self.level is not None:
-            out["level"] = self.level
-        if self.cells is not None:
-            out["cells"] = [list(row) for row in self.cells]
-        if self.spans is not None:
-            out["spans"] = [{"row": r, "col": c, "row_span": rs, "col_span": cs}
-                            for r, c, rs, cs in self.spans]
-        return out
-
-    @classmethod
-    def from_json(cls, data: Mapping[str, Any]) -> Block:
-        x0, y0, x1, y1 = (float(v) for v in data["bbox"])
-        cells = data.get("cells")
-        spans = data.get("spans")
-        return cls(str(data["kind"]), (x0, y0, x1, y1), str(data.get("text", "")),
-                   data.get("level"),
-                   tuple(tuple(row) for row in cells) if cells is not None else None,
-                   tuple((int(s["row"]), int(s["col"]), int(s["row_span"]),
-                          int(s["col_span"])) for s in spans) if spans is not None
-                   else None)
+    spans: tuple[tuple[int, int, int, int], ...] | None = field(
+        default=None, metadata=json_spec(encode=_spans_json, decode=_spans))
 
 
 @dataclass(frozen=True)
-class PageStructure:
+class PageStructure(JsonRecord):
     """A page's layout as PyMuPDF's layout analysis found it: its blocks in reading order.
 
     `unit` is `pt` (PDF points of a text-layer page, as displayed) or `px` (pixels of
@@ -164,20 +141,11 @@ class PageStructure:
     width: float
     height: float
     unit: str
-    blocks: tuple[Block, ...]
-
-    def to_json(self) -> dict[str, Any]:
-        return {"width": self.width, "height": self.height, "unit": self.unit,
-                "blocks": [b.to_json() for b in self.blocks]}
-
-    @classmethod
-    def from_json(cls, data: Mapping[str, Any]) -> PageStructure:
-        return cls(float(data["width"]), float(data["height"]), str(data["unit"]),
-                   tuple(Block.from_json(b) for b in data.get("blocks", ())))
+    blocks: tuple[Block, ...] = field(metadata=json_spec(absent=()))
 
 
 @dataclass(frozen=True)
-class PageWorker:
+class PageWorker(JsonRecord):
     """The pool child that read a fanned-out page."""
 
     pid: int | None
@@ -186,132 +154,85 @@ class PageWorker:
 
 
 @dataclass(frozen=True)
-class ScriptFound:
+class ScriptFound(JsonRecord):
     """What `lang=auto` found on a page: its script and how its languages were chosen.
 
-    `outcome`: `found` (read in the script's languages), `uncertain` (script confidence
-    too low, or `name` None: too little text to tell), `missing` (the script's language,
-    `missing`, is not on this worker) or `unmapped` (no languages configured for it);
-    all but `found` read the page with the worker's default set and warn.
+    `outcome`: `found` (read in the script's languages, or a Latin page in the language
+    its words are in), `uncertain` (script confidence too low, or `name` None: too
+    little text to tell), `missing` (the script's language, `missing`, is not on this
+    worker), `unmapped` (no languages configured for it), `language_uncertain` (a Latin
+    page whose words tell no language) or `language_missing` (a Latin page whose words'
+    language, `missing`, is not on this worker: read with the script's set); all but
+    `found` read the page with the worker's default set (or the script's) and warn.
     """
 
-    name: str | None
-    confidence: float | None
+    name: str | None = field(metadata=json_spec(absent=None))
+    confidence: float | None = field(metadata=json_spec(absent=None))
     outcome: str
-    missing: tuple[str, ...] = ()
-
-    def to_json(self) -> dict[str, Any]:
-        out: dict[str, Any] = {"name": self.name, "confidence": self.confidence,
-                               "outcome": self.outcome}
-        if self.missing:
-            out["missing"] = list(self.missing)
-        return out
-
-    @classmethod
-    def from_json(cls, data: Mapping[str, Any]) -> ScriptFound:
-        return cls(data.get("name"), data.get("confidence"), str(data["outcome"]),
-                   tuple(data.get("missing", ())))
+    missing: tuple[str, ...] = field(
+        default=(), metadata=json_spec(omit=lambda _, missing: not missing))
 
 
 @dataclass(frozen=True)
-class PageRecord:
+class PageRecord(JsonRecord):
     """One page of a result: read by OCR, taken from the PDF's text layer, blank, or failed.
 
     `image_size`, `rotation` and `skew` place `words` and `hocr` (in the read image's
     pixels) on the input page; `hocr` is dropped from the stored result once the job's
-    hOCR/ALTO document is made.
+    hOCR/ALTO document is made. The fields are in the order of the page's JSON object.
     """
 
     number: int
     text: str = ""
     source: str = "ocr"  # ocr | text-layer | blank
-    confidence: float | None = None
+    # A failed page has its `error` and no `confidence` key; any other page the reverse.
+    confidence: float | None = field(
+        default=None, metadata=json_spec(omit=lambda page, _: page.error is not None))
+    error: PageError | None = None
     layer: str | None = None  # text-layer pages: `visible` or `invisible`
     rotation: int | None = None
     skew: float | None = None
     seconds: float | None = None
-    vlm: VlmRead | None = None
-    fallback: Fallback | None = None
-    text_layer: TextLayer | None = None
-    image_size: tuple[int, int] | None = None
-    words: tuple[WordBox, ...] | None = None
     hocr: str | None = None
-    error: PageError | None = None
-    worker: PageWorker | None = None
     # output=markdown/json: the page's blocks (json keeps them); why there are none
     structure: PageStructure | None = None
     structure_error: PageError | None = None
-    # A text-layer page analysed in a chunk task: its headings' type sizes, until the
-    # merge ranks them across the job's chunks (never in a delivered result).
+    # A text-layer page analysed in a chunk task: its headings' type sizes (0 for a
+    # title), until the merge levels them across the job's chunks (never in a delivered
+    # result).
     heading_sizes: tuple[int, ...] | None = None
     # OCR'd pages: the language set and the engine that read the page; `script`: what
     # `lang=auto` found on it (None when the job named its language).
     lang: str | None = None
     engine: str | None = None
     script: ScriptFound | None = None
+    vlm: VlmRead | None = None
+    fallback: Fallback | None = None
+    text_layer: TextLayer | None = None
+    worker: PageWorker | None = None
+    image_size: tuple[int, int] | None = None
+    words: tuple[WordBox, ...] | None = None
 
     @property
     def failed(self) -> bool:
         return self.error is not None
 
-    def to_json(self) -> dict[str, Any]:
-        out: dict[str, Any] = {"number": self.number, "text": self.text,
-                               "source": self.source}
-        if self.error is not None:
-            out["error"] = self.error.to_json()
-        else:
-            out["confidence"] = self.confidence
-        for name in ("layer", "rotation", "skew", "seconds", "hocr"):
-            value = getattr(self, name)
-            if value is not None:
-                out[name] = value
-        for name in ("structure", "structure_error"):
-            value = getattr(self, name)
-            if value is not None:
-                out[name] = value.to_json()
-        if self.heading_sizes is not None:
-            out["heading_sizes"] = list(self.heading_sizes)
-        for name in ("lang", "engine"):
-            if getattr(self, name) is not None:
-                out[name] = getattr(self, name)
-        if self.script is not None:
-            out["script"] = self.script.to_json()
-        for name in ("vlm", "fallback", "text_layer", "worker"):
-            value = getattr(self, name)
-            if value is not None:
-                out[name] = value.to_json() if isinstance(value, VlmRead) else \
-                    {f.name: getattr(value, f.name) for f in fields(value)}
-        if self.image_size is not None:
-            out["image_size"] = list(self.image_size)
-        if self.words is not None:
-            out["words"] = [w.to_json() for w in self.words]
-        return out
 
-    @classmethod
-    def from_json(cls, data: Mapping[str, Any]) -> PageRecord:
-        size = data.get("image_size")
-        words = data.get("words")
-        return cls(
-            number=int(data["number"]), text=str(data.get("text", "")),
-            source=str(data.get("source", "ocr")), confidence=data.get("confidence"),
-            layer=data.get("layer"), rotation=data.get("rotation"), skew=data.get("skew"),
-            seconds=data.get("seconds"),
-            vlm=VlmRead.from_json(data["vlm"]) if data.get("vlm") else None,
-            fallback=Fallback(**data["fallback"]) if data.get("fallback") else None,
-            text_layer=TextLayer(**data["text_layer"]) if data.get("text_layer") else None,
-            image_size=(int(size[0]), int(size[1])) if size else None,
-            words=tuple(WordBox.from_json(w) for w in words) if words is not None else None,
-            hocr=data.get("hocr"),
-            error=PageError.from_json(data["error"]) if data.get("error") else None,
-            worker=PageWorker(**data["worker"]) if data.get("worker") else None,
-            structure=PageStructure.from_json(data["structure"])
-            if data.get("structure") else None,
-            structure_error=PageError.from_json(data["structure_error"])
-            if data.get("structure_error") else None,
-            heading_sizes=tuple(int(s) for s in data["heading_sizes"])
-            if data.get("heading_sizes") is not None else None,
-            lang=data.get("lang"), engine=data.get("engine"),
-            script=ScriptFound.from_json(data["script"]) if data.get("script") else None)
+def markdown_text(pages: Iterable[PageRecord]) -> str:
+    """The pages' Markdown as one CommonMark document (`MARKDOWN_PAGE_BREAK` between).
+
+    Each page starts a block of its own, whatever the one before ends with; a page
+    (a model's Markdown) that leaves a code fence open has it closed at its end.
+    """
+    parts: list[str] = []
+    for page in pages:
+        text = page.text.strip("\n")
+        if len(_FENCE.findall(text)) % 2:
+            text += "\n```"
+        if parts:
+            parts.append(MARKDOWN_PAGE_BREAK.format(number=page.number))
+        parts.append(text)
+    return "".join(parts)
 
 
 @dataclass(frozen=True)
@@ -321,128 +242,84 @@ class StoredOutput:
     key: str
     bytes: int
     # Searchable PDFs: the active content taken out of the input (kind -> how many;
-    # tasks/pipeline/pdf.py `strip_active_content`); empty when there was none.
+    # tasks/pipeline/pdf `strip_active_content`); empty when there was none.
     removed: dict[str, int] = field(default_factory=dict)
 
 
-@dataclass
-class DocumentResult:
+def _outputs_json(outputs: dict[str, StoredOutput]) -> dict[str, Any]:
+    """The stored files as keys of the result: `{"key", "bytes"}`, a PDF's `removed`."""
+    out: dict[str, Any] = {}
+    for kind, stored in outputs.items():
+        out[kind] = {"key": stored.key, "bytes": stored.bytes}
+        if kind == "pdf":
+            out[kind]["removed"] = dict(stored.removed)
+    return out
+
+
+def _outputs(data: Mapping[str, Any]) -> dict[str, StoredOutput]:
+    return {kind: StoredOutput(str(data[kind]["key"]), int(data[kind]["bytes"]),
+                               dict(data[kind].get("removed") or {}))
+            for kind in STORED_OUTPUTS if isinstance(data.get(kind), Mapping)}
+
+
+def _pages_summary(result: DocumentResult) -> dict[str, Any]:
+    """The keys drawn from the pages: failed pages, warnings (not when cancelled), languages."""
+    out: dict[str, Any] = {}
+    if result.status is not JobStatus.CANCELLED:
+        out["failed_pages"] = [{"number": p.number, **p.error.to_json()}
+                               for p in result.pages if p.error is not None]
+        out["warnings"] = page_warnings(result.pages)
+    languages = page_languages(result.pages)
+    if languages:
+        out["languages"] = languages
+    return out
+
+
+@dataclass(kw_only=True)
+class DocumentResult(JsonRecord):
     """A job's result: its pages and what was read about the input.
 
     `text`, `failed_pages` and `warnings` are drawn from the pages; `engine` is the
     provenance of the read (engine, model, the pool child or children), `timings` its
-    seconds; `outputs` the stored files (one JSON key each: `pdf`, `hocr`, `alto`).
+    seconds; `outputs` the stored files (one JSON key each: `pdf`, `hocr`, `alto`). The
+    fields are in the order of the result's JSON object (keyword-only, so any order).
     """
 
-    status: JobStatus | None  # None until its pages are assembled (a document's base)
-    pages: list[PageRecord] = field(default_factory=list)
-    id: str | None = None
-    filename: str = ""
+    filename: str = field(default="", metadata=json_spec(decode=lambda raw: str(raw or "")))
     format: str | None = None
     sha256: str | None = None
     output: str | None = None
     mode: str | None = None
-    lang: str | None = None
+    # `lang: null` stays in the result of a job whose format was told
+    lang: str | None = field(default=None, metadata=json_spec(
+        omit=lambda result, lang: lang is None and result.format is None))
     page_count: int | None = None
-    engine: dict[str, Any] | None = None
+    # None until its pages are assembled (a document's base); "" in its JSON
+    status: JobStatus | None = field(metadata=json_spec(
+        absent=None, encode=lambda status: status.value if status is not None else "",
+        decode=lambda raw: JobStatus(raw) if raw else None,
+        then=lambda result: {"text": result.text}))
+    pages: list[PageRecord] = field(default_factory=list, metadata=json_spec(then=_pages_summary))
     timings: dict[str, float] | None = None
+    engine: dict[str, Any] | None = None
+    id: str | None = None
     cached: bool | None = None
     input_blob: str | None = None
     retry_of: str | None = None
-    outputs: dict[str, StoredOutput] = field(default_factory=dict)
     # Issue 32: the object a `url` input was read from ({url, size, etag, version}), and
     # the object the result was written to ({url, bytes, etag}, or {url, error}).
     input_url: dict[str, Any] | None = None
     result_object: dict[str, Any] | None = None
+    outputs: dict[str, StoredOutput] = field(default_factory=dict, metadata=json_spec(
+        inline=True, encode=_outputs_json, decode=_outputs))
 
     @property
     def text(self) -> str:
+        if self.output == "markdown":
+            return markdown_text(self.pages)
         return PAGE_SEPARATOR.join(p.text for p in self.pages)
-
-    def to_json(self) -> dict[str, Any]:
-        out: dict[str, Any] = {}
-        for name in ("filename", "format", "sha256", "output", "mode", "lang", "page_count"):
-            value = getattr(self, name)
-            if value is not None or (name == "lang" and self.format is not None):
-                out[name] = value
-        out["status"] = self.status.value if self.status is not None else ""
-        out["text"] = self.text
-        out["pages"] = [p.to_json() for p in self.pages]
-        if self.status is not JobStatus.CANCELLED:
-            out["failed_pages"] = [{"number": p.number, **p.error.to_json()}
-                                   for p in self.pages if p.error is not None]
-            out["warnings"] = page_warnings(self.pages)
-        languages = page_languages(self.pages)
-        if languages:
-            out["languages"] = languages
-        for name in ("timings", "engine", "id", "cached", "input_blob", "retry_of",
-                     "input_url", "result_object"):
-            value = getattr(self, name)
-            if value is not None:
-                out[name] = value
-        for kind, stored in self.outputs.items():
-            out[kind] = {"key": stored.key, "bytes": stored.bytes}
-            if kind == "pdf":
-                out[kind]["removed"] = dict(stored.removed)
-        return out
-
-    @classmethod
-    def from_json(cls, data: Mapping[str, Any]) -> DocumentResult:
-        return cls(
-            status=JobStatus(data["status"]) if data.get("status") else None,
-            pages=[PageRecord.from_json(p) for p in data.get("pages", [])],
-            id=data.get("id"), filename=str(data.get("filename") or ""),
-            format=data.get("format"), sha256=data.get("sha256"), output=data.get("output"),
-            mode=data.get("mode"), lang=data.get("lang"), page_count=data.get("page_count"),
-            engine=data.get("engine"), timings=data.get("timings"), cached=data.get("cached"),
-            input_blob=data.get("input_blob"), retry_of=data.get("retry_of"),
-            input_url=data.get("input_url"), result_object=data.get("result_object"),
-            outputs={kind: StoredOutput(str(data[kind]["key"]), int(data[kind]["bytes"]),
-                                        dict(data[kind].get("removed") or {}))
-                     for kind in STORED_OUTPUTS if isinstance(data.get(kind), Mapping)})
 
 
 def page_languages(pages: Iterable[PageRecord]) -> list[str]:
     """The language sets the document's OCR'd pages were read in, in page order, once."""
     return list(dict.fromkeys(p.lang for p in pages if p.lang and p.error is None))
-
-
-def _script_warning(page: PageRecord, script: ScriptFound) -> dict[str, Any]:
-    """The page warning of an `auto` page not read in its script's languages."""
-    name, lang = script.name, page.lang or "the default languages"
-    if script.outcome == "missing":
-        return {"page": page.number, "code": "lang_missing",
-                "message": f"page {page.number}: its script is {name}, whose language "
-                           f"{'+'.join(script.missing)} this worker lacks; read with {lang}"}
-    if script.outcome == "unmapped":
-        return {"page": page.number, "code": "lang_missing",
-                "message": f"page {page.number}: its script is {name}, for which this "
-                           f"worker has no languages (OCR_AUTO_LANGS); read with {lang}"}
-    seen = "too little text to tell its script" if name is None else \
-        f"its script is uncertain ({name}, confidence {script.confidence})"
-    return {"page": page.number, "code": "lang_uncertain",
-            "message": f"page {page.number}: {seen}; read with the worker's default "
-                       f"languages {lang}"}
-
-
-def page_warnings(pages: Iterable[PageRecord]) -> list[dict[str, Any]]:
-    """Pages whose text is not what was asked for, as the result's `warnings`.
-
-    A fallback engine's text (`vlm_fallback`), and plain text where the page's layout
-    analysis failed (`layout_failed`).
-    """
-    warnings = []
-    for page in pages:
-        if page.script is not None and page.script.outcome != "found" and page.error is None:
-            warnings.append(_script_warning(page, page.script))
-        if page.structure_error is not None and page.error is None:
-            warnings.append({"page": page.number, "code": page.structure_error.code,
-                             "message": page.structure_error.message})
-        if page.fallback is not None and page.error is None:
-            tries = page.vlm.tries if page.vlm is not None else 0
-            warnings.append({
-                "page": page.number, "code": "vlm_fallback",
-                "message": f"page {page.number}: the model's read ended with "
-                           f"`{page.fallback.reason}` after {tries} tries; "
-                           f"the text is {page.fallback.engine}'s"})
-    return warnings

@@ -11,15 +11,16 @@ import zoneinfo
 from dataclasses import fields
 from typing import TYPE_CHECKING
 
+from tasks.records.engines import AUTO, ENGINES, VLM_ENGINES
 from tasks.records.request import AUTO_LANG, LANG_PATTERN
 
 if TYPE_CHECKING:
     from tasks.settings import Settings
 
-# OCR_ENGINE's values besides plugins (the adapters: tasks/engines/__init__.py).
-ENGINE_CHOICES = ("auto", "tesseract", "mlx-vlm", "vlm-api", "rapidocr")
-# Engines that read pages with a vision-language model (never a VLM's fallback).
-VLM_ENGINES = ("mlx-vlm", "vlm-api")
+# OCR_ENGINE's values besides plugins: `auto` and the engine registry's names
+# (tasks/records/engines.py, which also says which engines read with a VLM: never a
+# VLM's fallback).
+ENGINE_CHOICES = (AUTO, *ENGINES)
 WORKER_ROLES = ("ocr", "control")
 DEFAULT_PROMPT = (
     "Transcribe all text in this image exactly as written, in reading order. "

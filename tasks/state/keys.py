@@ -1,9 +1,12 @@
 """Every Redis key name the service writes beside Celery's own, in one place.
 
-Imported by the stores in this package, the model registry, the poison guard and the
-metrics exporter and the HTTP API; other code asks those for keys rather than building
-them. Every key is under `ocr:` and every key has a TTL, except the HTTP API's client
-tokens (`ocr:api:token:*`, `ocr:api:clients`), which live until revoked.
+A key is made by a function here (`job_key(id)`, `api_job_key(id)`, ...): its shape is
+decided once. The prefixes stay for the stores that scan or match a whole family
+(blob names, the model registry, metrics). Imported by the stores in this package, the
+model registry, the poison guard, the metrics exporter and the HTTP API; other code
+asks those for keys rather than building them. Every key is under `ocr:` and every
+key has a TTL, except the HTTP API's client tokens (`ocr:api:token:*`,
+`ocr:api:clients`), which live until revoked.
 """
 
 from __future__ import annotations
@@ -35,9 +38,79 @@ API_WEBHOOK_PREFIX = API_PREFIX + "webhook:"  # hash per client: its callback si
 API_BYTES_PREFIX = API_PREFIX + "bytes:"      # <client>: bytes of its inputs waiting in Redis
 
 
+def job_key(job_id: str) -> str:
+    """`ocr:job:<id>`: the job's control hash (blob, filename, queue, owner, cancelled)."""
+    return f"{JOB_PREFIX}{job_id}"
+
+
+def job_cancelled_key(job_id: str) -> str:
+    """`ocr:job:<id>:cancelled`: a cancelled job's result (the pages it kept)."""
+    return f"{JOB_PREFIX}{job_id}:cancelled"
+
+
+def output_key(job_id: str) -> str:
+    """`ocr:output:<job id>`: the file a job produced (searchable PDF, hOCR, ALTO)."""
+    return f"{OUTPUT_PREFIX}{job_id}"
+
+
+def cache_key(digest: str) -> str:
+    """`ocr:cache:<sha256>`: a cached result."""
+    return f"{CACHE_PREFIX}{digest}"
+
+
+def delivery_key(task_id: str) -> str:
+    """`ocr:deliveries:<task id>`: the poison guard's count of a task's starts."""
+    return f"{DELIVERY_PREFIX}{task_id}"
+
+
+def api_job_key(job_id: str) -> str:
+    """`ocr:api:job:<id>`: the HTTP API's record of a job (owner, output, filename)."""
+    return f"{API_JOB_PREFIX}{job_id}"
+
+
+def api_idempotency_key(client: str, digest: str) -> str:
+    """`ocr:api:idem:<client>:<sha256 of the Idempotency-Key>` -> the job it made."""
+    return f"{API_IDEMPOTENCY_PREFIX}{client}:{digest}"
+
+
+def api_inflight_key(client: str) -> str:
+    """`ocr:api:inflight:<client>`: sorted set of the client's unfinished job ids."""
+    return f"{API_INFLIGHT_PREFIX}{client}"
+
+
+def api_upload_key(token: str) -> str:
+    """`ocr:api:upload:<hex>`: an upload being received (renamed to a blob)."""
+    return f"{API_UPLOAD_PREFIX}{token}"
+
+
+def api_blob_key(client: str, token: str) -> str:
+    """`ocr:blob:api.<client>.<hex>`: an input uploaded through the API (its owner named)."""
+    return f"{BLOB_PREFIX}api.{client}.{token}"
+
+
+def api_rate_key(client: str, minute: int) -> str:
+    """`ocr:api:rate:<client>:<minute>`: the client's request counter of that minute."""
+    return f"{API_RATE_PREFIX}{client}:{minute}"
+
+
+def api_bytes_key(client: str) -> str:
+    """`ocr:api:bytes:<client>`: bytes of the client's inputs waiting in Redis."""
+    return f"{API_BYTES_PREFIX}{client}"
+
+
+def api_token_key(digest: str) -> str:
+    """`ocr:api:token:<sha256 of a token>` -> the client's record (no TTL)."""
+    return f"{API_TOKEN_PREFIX}{digest}"
+
+
+def api_webhook_key(client: str) -> str:
+    """`ocr:api:webhook:<client>`: the client's callback signing secrets."""
+    return f"{API_WEBHOOK_PREFIX}{client}"
+
+
 def job_ended_key(job_id: str) -> str:
     """`ocr:job:<id>:ended`: the one exit's claim; once set, the job takes no writes."""
-    return f"{JOB_PREFIX}{job_id}:ended"
+    return f"{job_key(job_id)}:ended"
 
 
 def doc_key(doc_id: str, part: str) -> str:

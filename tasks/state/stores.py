@@ -18,7 +18,14 @@ from redis.retry import Retry
 
 from tasks.errors import BadRequest, InputNotFound
 from tasks.state.boundary import redis_retry, transient_methods
-from tasks.state.keys import BLOB_PREFIX, JOB_PREFIX, OUTPUT_PREFIX, job_ended_key
+from tasks.state.keys import (
+    BLOB_PREFIX,
+    OUTPUT_PREFIX,
+    job_cancelled_key,
+    job_ended_key,
+    job_key,
+    output_key,
+)
 from tasks.state.webhook_secrets import WebhookSecrets
 
 _BLOB_KEY = re.compile("^" + re.escape(BLOB_PREFIX) + r"[A-Za-z0-9_.-]{8,128}$")
@@ -110,7 +117,7 @@ class OutputStore:
         self._ttl = ttl
 
     def put(self, job_id: str, data: bytes) -> str:
-        key = f"{OUTPUT_PREFIX}{job_id}"
+        key = output_key(job_id)
         self._redis.set(key, data, ex=self._ttl)
         return key
 
@@ -135,25 +142,45 @@ class JobControl:
         self._ttl = ttl
 
     def remember(self, job_id: str, **fields: str) -> None:
-        key = JOB_PREFIX + job_id
+        key = job_key(job_id)
         pipe = self._redis.pipeline()
         pipe.hset(key, mapping=dict(fields))  # type: ignore[arg-type]
         pipe.expire(key, self._ttl)
         pipe.execute()
 
     def info(self, job_id: str) -> dict[str, str]:
-        raw = self._redis.hgetall(JOB_PREFIX + job_id)
+        raw = self._redis.hgetall(job_key(job_id))
         return {_text(k): _text(v) for k, v in raw.items()}
 
     def cancel(self, job_id: str) -> None:
         self.remember(job_id, cancelled="1")
 
     def is_cancelled(self, job_id: str) -> bool:
-        return bool(self._redis.hexists(JOB_PREFIX + job_id, "cancelled"))
+        return bool(self._redis.hexists(job_key(job_id), "cancelled"))
 
-    def claim_end(self, job_id: str) -> bool:
-        """Take the right to end the job (`ocr:job:<id>:ended`); once only."""
-        return bool(self._redis.set(job_ended_key(job_id), "1", nx=True, ex=self._ttl))
+    def claim_end(self, job_id: str, holder: str) -> bool:
+        """Take the right to end the job (`ocr:job:<id>:ended`); once only.
+
+        The claim names its `holder` (`<host>:<pid>`) until the ending is done
+        (`mark_ended`), so that a holder killed halfway can be told (`end_holder`).
+        """
+        return bool(self._redis.set(job_ended_key(job_id), holder, nx=True, ex=self._ttl))
+
+    def end_holder(self, job_id: str) -> str | None:
+        """Who holds the job's end claim while its ending runs; None: unclaimed or done."""
+        value = self._redis.get(job_ended_key(job_id))
+        if value is None or _text(value) in (ENDING_DONE, "1"):
+            return None
+        return _text(value)
+
+    def take_over_end(self, job_id: str, holder: str, new_holder: str) -> bool:
+        """Move the claim from `holder` to `new_holder` (atomic); False if it moved."""
+        return bool(self._redis.eval(_TAKE_OVER_END, 1, job_ended_key(job_id), holder,
+                                     new_holder))
+
+    def mark_ended(self, job_id: str) -> None:
+        """The ending is done: the claim no longer names a holder (its TTL kept)."""
+        self._redis.set(job_ended_key(job_id), ENDING_DONE, xx=True, keepttl=True)
 
     def release_end(self, job_id: str) -> None:
         self._redis.delete(job_ended_key(job_id))
@@ -172,7 +199,7 @@ class JobControl:
 
     def owner(self, job_id: str) -> str:
         """Who sent the job: `api:<client>` for the HTTP API, "" otherwise."""
-        value = self._redis.hget(JOB_PREFIX + job_id, "owner")
+        value = self._redis.hget(job_key(job_id), "owner")
         return "" if value is None else _text(value)
 
     def check_references(self, job_id: str, blob: object, merge_from: object) -> None:
@@ -194,31 +221,47 @@ class JobControl:
         if owned and owner != f"api:{owned.group('client')}":
             raise BadRequest("`blob` names an input of another client")
         if owner:
-            recorded = {_text(b) for b in self._redis.hmget(JOB_PREFIX + job_id, "blob")
+            recorded = {_text(b) for b in self._redis.hmget(job_key(job_id), "blob")
                         if b is not None}
             if isinstance(merge_from, str) and merge_from:
-                recorded |= {_text(b) for b in self._redis.hmget(JOB_PREFIX + merge_from,
+                recorded |= {_text(b) for b in self._redis.hmget(job_key(merge_from),
                                                                   "blob") if b is not None}
             if blob not in recorded:
                 raise BadRequest("`blob` is not this job's input")
 
-    def store_unless_ended(self, job_id: str, key: str | bytes, value: str | bytes,
-                           ttl: int) -> bool:
-        """SET `key` to `value` (EX `ttl`) unless the job has ended; atomic (Lua)."""
-        return bool(self._redis.eval(_SET_UNLESS_ENDED, 2, job_ended_key(job_id),
-                                     key, value, max(1, ttl)))
+    def store_progress(self, job_id: str, key: str | bytes, value: str | bytes, ttl: int,
+                       total: int) -> bool:
+        """SET progress `key` to `value` (EX `ttl`) and the page count, unless ended.
+
+        Atomic (Lua): nothing is written once the job has ended (its end claim).
+
+        The count (field `total`) outlives the progress record: a cancelled job's
+        status keeps it (`tasks.state.job_state`).
+        """
+        return bool(self._redis.eval(_SET_PROGRESS_UNLESS_ENDED, 3, job_ended_key(job_id),
+                                     key, job_key(job_id), value, max(1, ttl), total))
 
     def store_cancelled(self, job_id: str, result: dict[str, Any]) -> None:
-        self._redis.set(f"{JOB_PREFIX}{job_id}:cancelled", json.dumps(result), ex=self._ttl)
+        self._redis.set(job_cancelled_key(job_id), json.dumps(result), ex=self._ttl)
 
     def cancelled_result(self, job_id: str) -> dict[str, Any] | None:
-        raw = self._redis.get(f"{JOB_PREFIX}{job_id}:cancelled")
+        raw = self._redis.get(job_cancelled_key(job_id))
         return json.loads(raw) if raw else None
 
 
-_SET_UNLESS_ENDED = """
+# The end claim's value once the ending finished (before, its holder's `<host>:<pid>`).
+ENDING_DONE = "done"
+
+_TAKE_OVER_END = """
+if redis.call('get', KEYS[1]) ~= ARGV[1] then return 0 end
+redis.call('set', KEYS[1], ARGV[2], 'KEEPTTL')
+return 1
+"""
+
+_SET_PROGRESS_UNLESS_ENDED = """
 if redis.call('exists', KEYS[1]) == 1 then return 0 end
 redis.call('set', KEYS[2], ARGV[1], 'EX', ARGV[2])
+redis.call('hset', KEYS[3], 'total', ARGV[3])
 return 1
 """
 

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 
 import redis
 
-from tasks.state.keys import API_WEBHOOK_PREFIX
+from tasks.state.keys import api_webhook_key
 
 SECRET_PREFIX = "whsec_"
 DEFAULT_GRACE_SECONDS = 86400
@@ -41,7 +41,7 @@ class WebhookSecrets:
     def create(self, name: str) -> str:
         """A fresh secret for a new client (any earlier one is dropped)."""
         secret = SECRET_PREFIX + secrets.token_urlsafe(32)
-        key = API_WEBHOOK_PREFIX + name
+        key = api_webhook_key(name)
         with self._redis.pipeline() as pipe:
             pipe.delete(key)
             pipe.hset(key, "secret", secret)
@@ -53,7 +53,7 @@ class WebhookSecrets:
 
         None when the client has no secret (no such client).
         """
-        key = API_WEBHOOK_PREFIX + name
+        key = api_webhook_key(name)
         old = self._redis.hget(key, "secret")
         if old is None:
             return None
@@ -64,12 +64,12 @@ class WebhookSecrets:
         return secret
 
     def delete(self, name: str) -> None:
-        self._redis.delete(API_WEBHOOK_PREFIX + name)
+        self._redis.delete(api_webhook_key(name))
 
     def signing(self, name: str, now: float | None = None) -> SigningSecrets | None:
         """The secrets a callback of client `name` is signed with (None: no secret)."""
         raw = {_text(k): _text(v)
-               for k, v in self._redis.hgetall(API_WEBHOOK_PREFIX + name).items()}
+               for k, v in self._redis.hgetall(api_webhook_key(name)).items()}
         if "secret" not in raw:
             return None
         until = float(raw.get("previous_until", "0") or 0)

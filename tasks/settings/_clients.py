@@ -1,0 +1,86 @@
+"""Settings of what clients may ask: callbacks, HTTP API quotas, path and URL inputs.
+
+Part of `tasks.settings.Settings` (read and validated there); runs in every process.
+"""
+
+from __future__ import annotations
+
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+from ._field import setting as _s
+
+
+@dataclass(frozen=True)
+class ClientSettings:
+    """Callbacks, the HTTP API's quotas and cache sharing, and where inputs may be read from."""
+
+    callback_allowed_hosts: tuple[str, ...] = _s(
+        "OCR_CALLBACK_ALLOWED_HOSTS", "",
+        "Hosts `callback_url` may name (comma separated `host` or `host:port`); empty: "
+        "any public host. Private, loopback and link-local addresses (IP literals, and "
+        "every address a name resolves to when the callback is sent) are refused as "
+        "`callback_not_allowed` unless their host is listed here.")
+    callback_secret: str = _s(
+        "OCR_CALLBACK_SECRET", "",
+        "Key of the callbacks' HMAC-SHA256 signature (`X-OCR-Signature`, "
+        "`X-OCR-Timestamp`; docs/tasks.md); empty: callbacks are not signed.", secret=True)
+    callback_url_prefixes: tuple[str, ...] = _s(
+        "OCR_CALLBACK_URL_PREFIXES", "",
+        "Deprecated, use OCR_CALLBACK_ALLOWED_HOSTS. URL prefixes (comma separated) "
+        "that the normalised `callback_url` must also start with; empty: no prefix rule.")
+    callback_timeout: float = _s("OCR_CALLBACK_TIMEOUT", "10",
+                                 "Seconds one HTTP callback attempt may take; failures are "
+                                 "retried with backoff (the tasks' retry policy, "
+                                 "docs/tasks.md).")
+    api_jobs_in_flight: int = _s("OCR_API_JOBS_IN_FLIGHT", "100",
+                                 "HTTP API: most unfinished jobs one client may have; more "
+                                 "are answered 429 `quota_exceeded` (0: no limit; `submit.py "
+                                 "tokens create|set --jobs-in-flight` sets one client's own).")
+    api_client_max_bytes: int = _s("OCR_API_CLIENT_MAX_BYTES", "268435456",
+                                   "HTTP API: most bytes of input one client may have "
+                                   "waiting in Redis (uploads being received and inputs of "
+                                   "unfinished jobs; default 256 MB); an upload that would "
+                                   "pass it is answered 429 `quota_exceeded` and nothing of "
+                                   "it is kept (0: no limit; per client: --max-bytes).")
+    api_body_timeout: float = _s("OCR_API_BODY_TIMEOUT", "120",
+                                 "HTTP API: seconds a request's body may take to arrive; "
+                                 "an upload still arriving then is answered 408 "
+                                 "`body_timeout` and what came of it is deleted.")
+    cache_across_clients: bool = _s("OCR_CACHE_ACROSS_CLIENTS", "0",
+                                    "Let jobs of different HTTP API clients share cached "
+                                    "results (off: each client's jobs only reuse its own, "
+                                    "so a `cached` answer never tells one client what "
+                                    "another sent).")
+    api_requests_per_minute: int = _s("OCR_API_REQUESTS_PER_MINUTE", "0",
+                                      "HTTP API: most requests one client may make a "
+                                      "minute; more are answered 429 with Retry-After (0: "
+                                      "no limit; per client: --requests-per-minute).")
+    allowed_roots: tuple[Path, ...] = _s(
+        "OCR_ALLOWED_ROOTS", "",
+        "Directories (os.pathsep separated) under which `path` inputs may be read; "
+        "empty: `path` inputs are refused.")
+    # Issue 32: documents by URL (docs/object-storage.md).
+    allowed_urls: tuple[str, ...] = _s(
+        "OCR_ALLOWED_URLS", "",
+        "URL prefixes (comma separated, each ending in `/`: `s3://invoices/`, "
+        "`https://files.example.com/scans/`) under which `url` inputs may be read and "
+        "`result_url` objects written; empty: URL inputs and result_url are refused "
+        "(`url_not_allowed`), nothing is fetched. https never reaches a private, "
+        "loopback or link-local address unless a prefix names that address itself.")
+    url_timeout: float = _s("OCR_URL_TIMEOUT", "30",
+                            "Seconds to connect to the object store or https server, and "
+                            "the longest wait for the next bytes of a read; a store that "
+                            "does not answer is `transient` (the job is retried).")
+    url_spool_dir: Path = _s("OCR_URL_SPOOL_DIR", "",
+                             "Local folder for the one copy per host of a PDF named by URL "
+                             "whose pages fan out (page tasks read it instead of Redis); "
+                             "empty: `ocr-url-spool` in the system's temporary folder.")
+
+    @property
+    def spool_dir(self) -> Path:
+        """OCR_URL_SPOOL_DIR, or `ocr-url-spool` in the system's temporary folder."""
+        if str(self.url_spool_dir) not in ("", "."):
+            return self.url_spool_dir
+        return Path(tempfile.gettempdir()) / "ocr-url-spool"

@@ -1,0 +1,36 @@
+"""The generator of docs/settings.md from the settings' fields.
+
+Runs in `python worker_config.py > docs/settings.md` and in the docs test.
+"""
+
+from __future__ import annotations
+
+from dataclasses import fields
+
+from ._field import Setting
+
+_DOC_HEAD = """# Settings
+
+Every setting is an environment variable, read and validated by
+`tasks.settings.Settings.from_env()`: a bad value stops the process with a message
+naming the variable. This file is generated: `python worker_config.py > docs/settings.md`.
+
+"""
+_DOC_TAIL = """
+Procfile-only variables: `OCR_QUEUES` (queues the worker consumes besides its engine
+queue, default `ocr`), `WORKER_NAME` (node name prefix, default `cpu`), `LOG_LEVEL`;
+Flower's own `FLOWER_*` variables (`FLOWER_BASIC_AUTH`, `FLOWER_PORT`, `FLOWER_ADDRESS`)
+and `OCR_FLOWER_OPEN=1` (no auth, loopback only); `METRICS_ADDRESS` and `METRICS_PORT`
+of the metrics exporter (default 127.0.0.1:9808); `API_ADDRESS` and `API_PORT` of the
+HTTP API (default 127.0.0.1:8000).
+"""
+
+
+def settings_markdown_of(settings_class: type) -> str:
+    """The whole of docs/settings.md for the settings class given (`Settings`)."""
+    rows = ["| variable | default | meaning |", "|---|---|---|"]
+    for f in fields(settings_class):
+        spec: Setting = f.metadata["setting"]
+        default = spec.default if spec.env != "OCR_PROMPT" else "(a transcription prompt)"
+        rows.append(f"| `{spec.env}` | `{default}` | {spec.doc} |")
+    return _DOC_HEAD + "\n".join(rows) + "\n" + _DOC_TAIL

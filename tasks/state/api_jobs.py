@@ -1,0 +1,88 @@
+"""The HTTP API's records of the jobs it sent, its clients' open jobs and Idempotency-Keys.
+
+Runs in the `api` process (tasks/api/_service.py): the one place that writes or reads
+`ocr:api:job:<id>` (owner, created, output, filename), `ocr:api:inflight:<client>`
+(the client's unfinished jobs, for its jobs-in-flight quota) and
+`ocr:api:idem:<client>:<sha256 of the key>` (the job a key made, and the fingerprint of
+the options it was sent with). Key shapes: tasks/state/keys.py.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import redis
+
+from tasks.state.keys import api_idempotency_key, api_inflight_key, api_job_key
+
+
+class ApiJobs:
+    """Job records, open-job sets and idempotency claims (thread-safe: Redis calls)."""
+
+    def __init__(self, client: redis.Redis, record_ttl: int, key_ttl: int) -> None:
+        self._redis = client
+        self._record_ttl = record_ttl
+        self._key_ttl = key_ttl
+
+    def remember(self, owner: str, job_id: str, output: str, filename: str) -> None:
+        """Record a job about to be sent and count it open for its owner."""
+        now = time.time()
+        pipe = self._redis.pipeline()
+        pipe.hset(api_job_key(job_id), mapping={
+            "owner": owner, "created": f"{now:.3f}", "output": output, "filename": filename})
+        pipe.expire(api_job_key(job_id), self._record_ttl)
+        pipe.zadd(api_inflight_key(owner), {job_id: now})
+        pipe.expire(api_inflight_key(owner), self._record_ttl)
+        pipe.execute()
+
+    def forget(self, owner: str, job_id: str) -> None:
+        """Drop the record of a job that could not be sent."""
+        pipe = self._redis.pipeline()
+        pipe.delete(api_job_key(job_id))
+        pipe.zrem(api_inflight_key(owner), job_id)
+        pipe.execute()
+
+    def record(self, job_id: str) -> dict[str, str]:
+        return _decode(self._redis.hgetall(api_job_key(job_id)))
+
+    def queue_record(self, pipe: Any, job_id: str) -> None:
+        """Add the read of `record` to a pipeline another read shares (`decode` it)."""
+        pipe.hgetall(api_job_key(job_id))
+
+    @staticmethod
+    def decode(raw: dict[Any, Any]) -> dict[str, str]:
+        return _decode(raw)
+
+    def open_jobs(self, owner: str) -> list[str]:
+        members = self._redis.zrange(api_inflight_key(owner), 0, -1)
+        return [_text(m) for m in members]  # type: ignore[arg-type]
+
+    def closed(self, owner: str, *job_ids: str) -> None:
+        """These jobs of `owner` have ended: they no longer count against its quota."""
+        if job_ids:
+            self._redis.zrem(api_inflight_key(owner), *job_ids)
+
+    def claim_key(self, owner: str, digest: str, job_id: str, fingerprint: str) -> bool:
+        """Take an Idempotency-Key for `job_id` (SET NX); False when already taken."""
+        return bool(self._redis.set(api_idempotency_key(owner, digest),
+                                    f"{job_id} {fingerprint}", nx=True, ex=self._key_ttl))
+
+    def keyed(self, owner: str, digest: str) -> tuple[str, str] | None:
+        """(job id, options fingerprint) an Idempotency-Key made, or None."""
+        raw = self._redis.get(api_idempotency_key(owner, digest))
+        if raw is None:
+            return None
+        job_id, _, fingerprint = _text(raw).partition(" ")
+        return job_id, fingerprint
+
+    def release_key(self, owner: str, digest: str) -> None:
+        self._redis.delete(api_idempotency_key(owner, digest))
+
+
+def _decode(raw: dict[Any, Any]) -> dict[str, str]:
+    return {_text(k): _text(v) for k, v in raw.items()}
+
+
+def _text(value: bytes | str) -> str:
+    return value.decode() if isinstance(value, bytes) else value
