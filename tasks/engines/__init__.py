@@ -1,4 +1,8 @@
-"""Engine adapters by name. Each third-party OCR library lives in one module here."""
+"""Engine adapters by name. Each third-party OCR library lives in one module here.
+
+The engine names and what installs each are in `tasks/records/engines.py` (pure data,
+which clients import without this package).
+"""
 
 from __future__ import annotations
 
@@ -6,18 +10,15 @@ import importlib
 from typing import TYPE_CHECKING
 
 from tasks.errors import UnknownEngine
+from tasks.records.engines import ENGINES
 
 from .base import OcrEngine, PageResult, RecognizeOptions, Word
 
 if TYPE_CHECKING:
     from tasks.settings import Settings
 
-BUILTIN_ENGINES = {
-    "tesseract": "tasks.engines.tesseract:TesseractEngine",
-    "mlx-vlm": "tasks.engines.mlx_vlm:MlxVlmEngine",
-    "vlm-api": "tasks.engines.vlm_api:VlmApiEngine",
-    "rapidocr": "tasks.engines.rapidocr:RapidOcrEngine",  # issue 25
-}
+# The adapters by engine name (the registry: tasks/records/engines.py).
+BUILTIN_ENGINES = {name: spec.adapter for name, spec in ENGINES.items()}
 
 __all__ = ["BUILTIN_ENGINES", "OcrEngine", "PageResult", "RecognizeOptions", "Word",
            "engine_class", "resolve_engine"]

@@ -12,8 +12,14 @@ Han=chi_sim, ...), less the codes this worker lacks; their engine from
 OCR_LANG_ENGINES (`tasks.engines.lang_routing`) unless the job named its engine. A page
 whose script is uncertain, unmapped, or whose script's language is lacking is read with
 the worker's default set (the engine's `default_language`: OCR_TESSERACT_LANG), and its
-`ScriptFound` says why (a page warning in the result). A Latin page found by the probe
-is read in the one language of its set the probe's text shows (`_probed_codes`).
+`ScriptFound` says why (a page warning in the result).
+
+A Latin page found by the probe is read in the language its probe's words are in
+(`tasks.engines.lang_id`: py3langid), any Latin language this worker has (`fra` where
+`fra.traineddata` is installed), whatever its set names; where the words tell no
+language (too few, mixed) the page is read with the worker's default set
+(`language_uncertain`), and where they tell one this worker lacks, with the script's
+set (`language_missing`, naming it).
 """
 
 from __future__ import annotations
@@ -22,7 +28,7 @@ from collections.abc import Collection
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from tasks.engines import engine_class
+from tasks.engines import engine_class, lang_id
 from tasks.engines.lang_routing import routed_engine
 from tasks.records.results import ScriptFound
 
@@ -35,56 +41,52 @@ if TYPE_CHECKING:
 # Measured on the corpus (at 100 characters): Latin pages 3-35, the Greek page with
 # English words 0.67, the Chinese page (Han) 1.3.
 MIN_SCRIPT_CONFIDENCE = 0.5
-# A probe read whose letters are at least this share non-ASCII shows its language's own
-# letters (Vietnamese read by `vie`: ~25 % on the corpus; an English scan read by `vie`:
-# ~5 %, stray `ø`, `Ỷ` for specks). Below it, the Latin set's probe language is left out.
-MIN_OWN_LETTERS = 0.12
+# Scripts whose page is read in the language its probe's words are in (lang_id), among
+# the languages of that script this worker has; probed with their set's first code.
+IDENTIFIED_SCRIPTS = {"Latin": lang_id.LATIN_LANGUAGES}
 
 
 def script_probes(settings: Settings, reads: Collection[str] | None
                   ) -> list[tuple[str, str]]:
     """(script, language) pairs a line probe reads with, in OCR_AUTO_LANGS order.
 
-    Each script's language is its set's last one found in no other script's set (a
-    language written in that script: `vie` for Latin=eng+vie, `ell` for Greek=ell+eng),
-    else the set's first; only languages in `reads` (None: any).
+    A script whose language is told from the probe's words (Latin) is probed with its
+    set's first code (`eng`: the language its pages are read in unless the words say
+    otherwise; its read of a French, German or Vietnamese line keeps enough of the words
+    to tell their language). Any other script's language is its set's last one found in
+    no other script's set (a language written in that script: `ell` for
+    Greek=ell+eng), else the set's first; only languages in `reads` (None: any).
     """
     sets = {script: langs.split("+") for script, langs in settings.auto_lang_map.items()}
     probes = []
     for script, codes in sets.items():
         others = {code for other, langs in sets.items() if other != script for code in langs}
         own = [code for code in codes if code not in others] or codes[:1]
-        lang = own[-1]
+        lang = codes[0] if script in IDENTIFIED_SCRIPTS else own[-1]
         if reads is None or lang in reads:
             probes.append((script, lang))
     return probes
 
 
-def _own_letters(text: str) -> bool:
-    """Whether enough of `text`'s letters are non-ASCII (MIN_OWN_LETTERS)."""
-    letters = [ch for ch in text if ch.isalpha()]
-    if not letters:
-        return False
-    return sum(not ch.isascii() for ch in letters) / len(letters) >= MIN_OWN_LETTERS
+def choosable(settings: Settings, reads: Collection[str] | None) -> dict[str, list[str]]:
+    """Per script of OCR_AUTO_LANGS, the languages an `auto` page of it may be read in here.
 
-
-def _probed_codes(codes: list[str], guess: ScriptGuess) -> list[str]:
-    """The set's codes the line probe found the page in.
-
-    A probe language that is not the set's first (`vie` of Latin=eng+vie) reads the
-    page alone when its read shows its own (non-ASCII) letters (a Vietnamese page: `vie`,
-    which has every ASCII letter too), and is left out when it does not (an English
-    page: `eng`). Reading both cost time for nothing on the corpus: tesseract retries
-    each word the first language is unsure of in the next, so `eng+vie` took an English
-    page ~1.5 times as long as `eng` (and `vie+eng` a Vietnamese page 1.08 times `vie`),
-    with the same or a worse CER.
+    A set's codes this worker has (none: the set's first is lacking, its pages are read
+    with the default set); for Latin, its set's first code then every other Latin
+    language this worker has (`submit.py langs` shows these).
     """
-    lang = guess.probe_lang
-    if lang is None or lang not in codes or lang == codes[0]:
-        return codes
-    if _own_letters(guess.probe_text):
-        return [lang]
-    return [code for code in codes if code != lang]
+    out: dict[str, list[str]] = {}
+    for script, langs in settings.auto_lang_map.items():
+        codes = langs.split("+")
+        if reads is not None and codes[0] not in reads:
+            continue
+        have = [code for code in codes if reads is None or code in reads]
+        extra = IDENTIFIED_SCRIPTS.get(script)
+        if extra is not None and reads is not None:
+            have = [have[0], *sorted(code for code in reads
+                                     if code in extra and code != have[0])]
+        out[script] = have
+    return out
 
 
 @dataclass(frozen=True)
@@ -123,5 +125,27 @@ def page_language(guess: ScriptGuess | None, engine: str, engine_named: bool,
         lacking = tuple(code for code in codes if code not in have)
         return PageLanguage(default, engine,
                             ScriptFound(guess.script, confidence, "missing", lacking))
-    return PageLanguage("+".join(_probed_codes(have, guess)), name,
+    if guess.script in IDENTIFIED_SCRIPTS and guess.probe_lang is not None:
+        return _told_language(guess, confidence, "+".join(have), name, default, engine,
+                              reads)
+    return PageLanguage("+".join(have), name,
                         ScriptFound(guess.script, confidence, "found"))
+
+
+def _told_language(guess: ScriptGuess, confidence: float, script_set: str, name: str,
+                   default: str, engine: str, reads: Collection[str] | None
+                   ) -> PageLanguage:
+    """A page of an identified script (Latin): the language its probe's words are in.
+
+    Read in that language alone where engine `name` has it; with the script's set
+    (`script_set`, e.g. `eng`) where it lacks it (`language_missing`, naming it); with
+    the worker's default set where the words tell no language (`language_uncertain`).
+    """
+    told = lang_id.identify(guess.probe_text)
+    if told.code is None:
+        return PageLanguage(default, engine,
+                            ScriptFound(guess.script, confidence, "language_uncertain"))
+    if reads is not None and told.code not in reads:
+        return PageLanguage(script_set, name, ScriptFound(
+            guess.script, confidence, "language_missing", (told.code,)))
+    return PageLanguage(told.code, name, ScriptFound(guess.script, confidence, "found"))

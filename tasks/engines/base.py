@@ -112,7 +112,7 @@ class OcrEngine(ABC):
     # else each thread gets an instance of its own for the length of a call.
     thread_safe: ClassVar[bool] = False
     # An engine without word boxes (gives_words False) whose words can be placed on
-    # this other engine's boxes for a searchable PDF (`output=pdf`); None: no layer.
+    # this other engine's boxes for the word-box outputs (pdf, hocr, alto); None: none.
     text_layer_from: ClassVar[str | None] = None
 
     @classmethod
@@ -142,10 +142,10 @@ class OcrEngine(ABC):
     def check(self, options: RecognizeOptions) -> None:
         """Refuse at job start what this engine cannot do (raises OcrError).
 
-        Outputs drawn from word boxes (pdf, hocr, alto) need `gives_words`; a searchable
-        PDF may also come from another engine's boxes (`text_layer_from`).
+        Outputs drawn from word boxes (pdf, hocr, alto) need `gives_words`, or another
+        engine's boxes to place the words on (`text_layer_from`).
         """
-        if options.output == "pdf" and self.text_layer_from:
+        if options.output in WORD_BOX_OUTPUTS and self.text_layer_from:
             return
         if options.output in WORD_BOX_OUTPUTS and not self.gives_words:
             raise OutputUnsupported(f"engine {self.name} gives no word boxes, so it cannot "

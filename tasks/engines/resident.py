@@ -21,7 +21,7 @@ import os
 import queue
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -33,6 +33,21 @@ if TYPE_CHECKING:
     from tasks.settings import Settings
 
 log = logging.getLogger(__name__)
+
+
+def engine_for_job(engine: str | None, lang: str | None, primary: str, settings: Settings,
+                   failed: Collection[str] = ()) -> str:
+    """The engine a job runs on: its own, else its `lang`'s (OCR_LANG_ENGINES), else `primary`.
+
+    The one answer for a pool child (`ResidentEngines.for_job`, which also falls back to
+    `primary` when the routed engine fails to load here) and for a worker parent that
+    ends a job itself (tasks/queue/parent_endings.py), so both name the same engine.
+    """
+    if engine:
+        return engine
+    from tasks.engines.lang_routing import routed_engine
+
+    return routed_engine(lang, primary, settings, failed)
 
 
 @dataclass
@@ -143,12 +158,8 @@ class ResidentEngines:
         The `lang`'s is the one OCR_LANG_ENGINES gives (loaded here; when its load
         fails, this worker's own engine reads the job).
         """
-        if engine:
-            return engine
-        from tasks.engines.lang_routing import routed_engine
-
-        name = routed_engine(lang, self.primary, self.settings, self.failures)
-        if name != self.primary:
+        name = engine_for_job(engine, lang, self.primary, self.settings, self.failures)
+        if not engine and name != self.primary:
             try:
                 self.get(name)
             except OcrError:

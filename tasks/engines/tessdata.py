@@ -1,18 +1,50 @@
-"""Where tesseract's traineddata lives: discovery across directories, merged data paths.
+"""Where tesseract's traineddata lives: the one finder (directories, languages, data paths).
 
 Pure file-system code (no `tesserocr` import): used by the tesseract adapter in pool
-children, by the worker parent to answer `languages` (remote control), and by
-`scripts/install_langs.py`.
+children, by the worker parent to answer `languages` (remote control), by
+`scripts/install_langs.py` and the benchmarks. The settings only hold OCR_TESSDATA_DIR;
+which directories are searched, in which order, is decided here (`search_dirs`).
 """
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Iterable
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from tasks.settings import Settings
 
 SUFFIX = ".traineddata"
 # Data files that are not languages a job can ask for.
 NOT_LANGUAGES = ("osd", "equ")
+# Debian's tesseract-ocr-<lang> packages: /usr/share/tesseract-ocr/<version>/tessdata.
+DEBIAN = Path("/usr/share/tesseract-ocr")
+# Searched after the venv's and Debian's: other distributions, Homebrew, /usr/local.
+OTHERS = (Path("/usr/share/tessdata"), Path("/opt/homebrew/share/tessdata"),
+          Path("/usr/local/share/tessdata"))
+
+
+def wheel_dir() -> Path:
+    """Where the `tessdata-*` wheels put their traineddata: `<venv>/share/tessdata`."""
+    return Path(sys.prefix) / "share" / "tessdata"
+
+
+def search_dirs(settings: Settings) -> tuple[Path, ...]:
+    """Every existing directory searched for traineddata, in order; first match wins.
+
+    OCR_TESSDATA_DIR (when set), the venv's share/tessdata (tessdata-* wheels),
+    Debian's /usr/share/tesseract-ocr/<version>/tessdata (newest first), then
+    /usr/share/tessdata, Homebrew's and /usr/local's share/tessdata.
+    """
+    configured = str(settings.tessdata_dir) not in ("", ".")
+    dirs = [settings.tessdata_dir] if configured else []
+    dirs.append(wheel_dir())
+    if DEBIAN.is_dir():
+        dirs.extend(sorted(DEBIAN.glob("*/tessdata"), reverse=True))
+    dirs.extend(OTHERS)
+    return tuple(dict.fromkeys(d for d in dirs if d.is_dir()))
 
 
 def find_languages(dirs: Iterable[Path]) -> dict[str, Path]:

@@ -5,7 +5,7 @@ Runs in a worker pool child: one `PyTessBaseAPI` per language set the child has 
 the least recently used is closed (`End()`) when a new one is needed; `lang=auto`'s
 line probe (`detect_script`) keeps one more per probe language (a few MB each: the
 Debian fast models), outside that count, so that probing never evicts a reading
-handle. Traineddata is searched in every directory `Settings.tessdata_dirs` names (the
+handle. Traineddata is searched in every directory `tessdata.search_dirs` names (the
 venv's tessdata-* wheels, Debian's tesseract-ocr-<lang> packages, OCR_TESSDATA_DIR); a
 language set spanning directories gets a merged folder of links under a temporary
 directory.
@@ -98,16 +98,16 @@ class TesseractEngine(OcrEngine):
 
     @classmethod
     def languages(cls, settings: Settings) -> list[str]:
-        return tessdata.languages(settings.tessdata_dirs)
+        return tessdata.languages(tessdata.search_dirs(settings))
 
     @classmethod
     def load(cls, settings: Settings) -> TesseractEngine:
-        found = tessdata.find_languages(settings.tessdata_dirs)
+        found = tessdata.find_languages(tessdata.search_dirs(settings))
         lang = settings.tesseract_lang
         absent = tessdata.missing(lang, found)
         if absent:
             raise EngineUnavailable(f"no traineddata for {', '.join(absent)} in "
-                                    f"{', '.join(map(str, settings.tessdata_dirs))}")
+                                    f"{', '.join(map(str, tessdata.search_dirs(settings)))}")
         # OpenMP reads this when libtesseract starts: set it before the first import.
         os.environ["OMP_THREAD_LIMIT"] = str(settings.tesseract_threads)
         import tesserocr

@@ -7,17 +7,17 @@ no per-page state). The model lives in the inference server (`mlx_vlm.server` fr
 Procfile's `vlm-server`, LM Studio or Ollama on a Mac, vLLM or SGLang on GPU hosts),
 which batches the pages that arrive together (docs/gpu-servers.md).
 
-Same contract as the in-process engine (tasks/engines/mlx_vlm.py): the model profile's
+Same contract as the in-process engine (tasks/engines/vlm/mlx_vlm_engine.py): the model profile's
 prompt, page budget and normaliser; a streamed answer under the repetition guard (the
 stream is closed when a loop is seen; the guard counts text pieces, not deltas, since a
 server merges tokens into one delta when the client lags); the temperature ladder,
-olmOCR's re-ask and the `vlm` record (tasks/engines/vlm_reading.py), token counts from
+olmOCR's re-ask and the `vlm` record (tasks/engines/vlm/page_read.py), token counts from
 the server's `usage`. Every request states its sampling (`SAMPLING`): vLLM and SGLang
 otherwise apply the model's generation_config.json (Qwen2.5-VL: top_k=1, top_p=0.001,
 repetition_penalty=1.05), and the ladder's retries would read greedily again.
 
 Faults: a server that cannot be reached (refused, connect timeout, 502-504) is down or
-loading: the page waits for it in the `ServerGate` (tasks/engines/vlm_gate.py) without
+loading: the page waits for it in the `ServerGate` (tasks/engines/vlm/server_gate.py) without
 a retry burnt, until OCR_VLM_API_PAGE_TIME_LIMIT. A request that fails while the server
 answers /models (a reset, an answer longer than OCR_VLM_API_TIMEOUT: a bound on the
 whole answer), 429, another 5xx, or an `abort` finish (a restart, a preemption) raises
@@ -39,12 +39,20 @@ import io
 import json
 import logging
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from PIL import Image
 
+from tasks.engines.base import PageResult, RecognizeOptions
+from tasks.engines.vlm.base import VlmBudget, VlmEngine, vlm_prompt
+from tasks.engines.vlm.budget import PatchGrid
+from tasks.engines.vlm.page_read import Generation, StopWatch
+from tasks.engines.vlm.profiles import VlmProfile, select_profile
+from tasks.engines.vlm.repetition import RepetitionGuard, TextPieces
+from tasks.engines.vlm.server_gate import ServerGate, ServerWaitOver
 from tasks.errors import (
     DeadlineExceeded,
     EngineUnavailable,
@@ -54,13 +62,7 @@ from tasks.errors import (
     VlmApiError,
 )
 from tasks.models.locate import configured_model, served_model
-
-from .base import PageResult, RecognizeOptions
-from .vlm_engine import VlmBudget, VlmEngine, vlm_prompt
-from .vlm_gate import ServerGate, ServerWaitOver
-from .vlm_profiles import VlmProfile, select_profile
-from .vlm_reading import Generation, StopWatch
-from .vlm_runtime import PatchGrid, RepetitionGuard, TextPieces
+from tasks.server_probe import check_server
 
 if TYPE_CHECKING:
     from tasks.settings import Settings
@@ -142,7 +144,7 @@ class VlmApiEngine(VlmEngine):
     def __init__(self, client: Any, openai_module: Any, model_name: str, prompt: str,
                  profile: VlmProfile, longest_side: int, max_tokens: int,
                  temperatures: tuple[float, ...], grid: PatchGrid,
-                 settings: Settings) -> None:
+                 settings: Settings, probe: Callable[[], bool] | None = None) -> None:
         super().__init__(model_name, profile,
                          VlmBudget(longest_side, max_tokens, temperatures, grid))
         self._client = client
@@ -151,6 +153,9 @@ class VlmApiEngine(VlmEngine):
         self.answer_seconds = settings.vlm_api_timeout
         self.connect_seconds = settings.vlm_api_connect_timeout
         self.page_seconds = float(settings.vlm_api_page_time_limit)
+        self._settings = settings
+        # Whether the server answers (`server_probe.check_server`; tests give their own).
+        self._answers = probe or self._server_answers
         self.gate = ServerGate(self._answers, settings.vlm_api_probe_seconds,
                                settings.vlm_api_base)
         self.extra_body = {**SAMPLING, **dict(profile.request_fields)}
@@ -304,15 +309,9 @@ class VlmApiEngine(VlmEngine):
         return Generation(stops.cut("".join(parts)), prompt_tokens, generated,
                           finish or "length")
 
-    def _answers(self) -> bool:
+    def _server_answers(self) -> bool:
         """Whether the server answers `GET /models` within the connect timeout (x2)."""
-        openai = self._openai
-        try:
-            self._client.models.list(timeout=openai.Timeout(
-                2 * self.connect_seconds, connect=self.connect_seconds))
-        except openai.APIError:
-            return False
-        return True
+        return check_server(self._settings, timeout=2 * self.connect_seconds).ok
 
 
 def _loops(guard: RepetitionGuard, ids: list[int]) -> bool:

@@ -1,8 +1,8 @@
 """One page read by a vision-language model, whatever runs the model.
 
 The engine-independent part of a VLM read, shared by the in-process engine
-(tasks/engines/mlx_vlm.py) and the inference-server engine (tasks/engines/vlm_api.py):
-each engine gives a `generate(image, temperature) -> Generation` of its own, and
+(`mlx_vlm_engine.py`) and the inference-server engine (`vlm_api_engine.py`): each
+engine gives a `generate(image, temperature) -> Generation` of its own, and
 `read_page` runs the temperature ladder (a read that ends at the token limit or in a
 loop is tried again at the next temperature), olmOCR's re-ask of a sideways page, the
 profile's normaliser, and builds the page's `vlm` record. A read that is still
@@ -20,10 +20,9 @@ from dataclasses import dataclass
 
 from PIL import Image
 
+from tasks.engines.base import PageResult, RecognizeOptions
+from tasks.engines.vlm.profiles import VlmProfile
 from tasks.records.results import VlmRead
-
-from .base import PageResult, RecognizeOptions
-from .vlm_profiles import VlmProfile
 
 log = logging.getLogger(__name__)
 # Characters of generated text kept to look for the profile's stop strings.

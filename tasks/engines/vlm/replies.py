@@ -1,7 +1,7 @@
 """A VLM's normalised reply (`VlmOutput`), Markdown to plain text, the generic normaliser.
 
 The per-format normalisers (olmOCR, DocTags, DeepSeek, ...) and the dispatch by
-`VlmProfile.output_format` are in tasks/engines/vlm_formats.py. Pure code, no mlx: runs
+`VlmProfile.output_format` are in tasks/engines/vlm/reply_formats.py. Pure code, no mlx: runs
 in the pool child that runs the VLM, and in tests.
 """
 
@@ -68,7 +68,7 @@ _HTML_TAG = re.compile(r"</?[A-Za-z][A-Za-z0-9_-]{0,40}(?:\s[^<>]{0,2000})?/?>")
 _HTML_COMMENT = re.compile(r"<!--.{0,2000}?-->", re.S)
 _MD_ESCAPE = re.compile(r"\\([_*#|~`])")
 _SPACES = re.compile(r"[ \t]+\n")
-BLANK_RUNS = re.compile(r"\n{3,}")  # also used by vlm_formats
+BLANK_RUNS = re.compile(r"\n{3,}")  # also used by reply_formats
 
 
 def strip_fence(raw: str) -> str:

@@ -3,7 +3,7 @@
 A profile says how to talk to one family of OCR vision-language models and how to read
 its reply: `select_profile` picks it from the model folder (`config.json` `model_type` /
 `architectures`, the folder name) or from `OCR_MODEL_PROFILE`; `VlmProfile.normalise`
-turns the raw reply into Markdown and plain text (`tasks.engines.vlm_output`).
+turns the raw reply into Markdown and plain text (`tasks.engines.vlm.replies`).
 
 Pure code (no mlx import): runs in the pool child that loads the VLM, and in tests.
 
@@ -22,11 +22,10 @@ from pathlib import Path
 from types import MappingProxyType
 from typing import Any
 
+from tasks.engines.vlm.replies import VlmOutput
+from tasks.engines.vlm.reply_formats import normalise
 from tasks.errors import EngineUnavailable
 from tasks.settings import DEFAULT_PROMPT
-
-from .vlm_formats import normalise
-from .vlm_output import VlmOutput
 
 __all__ = ["PROFILES", "VlmOutput", "VlmProfile", "profile_names", "select_profile"]
 
@@ -106,7 +105,7 @@ class VlmProfile:
 
     `longest_side` is the page budget in pixels (the engine never sends more than the
     processor's own `max_pixels`); `max_tokens` the generation budget (OCR_VLM_MAX_TOKENS,
-    when set, overrides it); `output_format` names the normaliser in `vlm_output`;
+    when set, overrides it); `output_format` names the normaliser in `replies`;
     `stop_strings` end generation early where the model emits them; `image_first` tells
     that the model's message puts the image before the text, as most model cards do
     (olmOCR's pipeline puts the text first; mlx-vlm's chat template already orders it,

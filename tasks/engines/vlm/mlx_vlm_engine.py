@@ -6,10 +6,10 @@ local folder only (a folder of OCR_MODEL_DIR or a hub-cache snapshot, resolved b
 tasks/models/locate.py); `mlx_vlm.load` would download from a hub when the path is missing,
 so the folder is checked first and the hub is switched off for this process.
 
-Each page goes to the model at the profile's page budget (tasks/engines/vlm_runtime.py)
+Each page goes to the model at the profile's page budget (tasks/engines/vlm/budget.py)
 and is generated with `mlx_vlm.stream_generate` under a repetition guard; the ladder of
-temperatures, olmOCR's re-ask and the page's `vlm` record are tasks/engines/vlm_reading.py's,
-shared with the inference-server engine (tasks/engines/vlm_api.py). A read that is still
+temperatures, olmOCR's re-ask and the page's `vlm` record are tasks/engines/vlm/page_read.py's,
+shared with the inference-server engine (tasks/engines/vlm/vlm_api_engine.py). A read that is still
 incomplete comes back with `vlm.finish_reason` saying so and no text: the pipeline
 (tasks/pipeline/documents.py) falls back to another engine or fails the page.
 """
@@ -23,14 +23,14 @@ from typing import TYPE_CHECKING, Any
 
 from PIL import Image
 
+from tasks.engines.base import PageResult, RecognizeOptions
+from tasks.engines.vlm.base import VlmBudget, VlmEngine, vlm_prompt
+from tasks.engines.vlm.budget import PatchGrid
+from tasks.engines.vlm.page_read import Generation, StopWatch
+from tasks.engines.vlm.profiles import VlmProfile, select_profile
+from tasks.engines.vlm.repetition import RepetitionGuard
 from tasks.errors import EngineUnavailable
 from tasks.models.locate import loadable_model, model_missing
-
-from .base import PageResult, RecognizeOptions
-from .vlm_engine import VlmBudget, VlmEngine, vlm_prompt
-from .vlm_profiles import VlmProfile, select_profile
-from .vlm_reading import Generation, StopWatch
-from .vlm_runtime import PatchGrid, RepetitionGuard
 
 if TYPE_CHECKING:
     from tasks.settings import Settings

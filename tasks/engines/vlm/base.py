@@ -1,10 +1,10 @@
 """What the two VLM engines share: their class set-up, prompt and page/token budget.
 
-`VlmEngine` is the base of the in-process engine (tasks/engines/mlx_vlm.py) and the
-inference-server engine (tasks/engines/vlm_api.py): Markdown out, tesseract for the
+`VlmEngine` is the base of the in-process engine (tasks/engines/vlm/mlx_vlm_engine.py) and the
+inference-server engine (tasks/engines/vlm/vlm_api_engine.py): Markdown out, tesseract for the
 orientation check and a searchable PDF's word boxes, pages sized to the model's budget
 (`VlmBudget`: the profile's, overridden by settings), the read itself by
-`vlm_reading.read_page` with the engine's own `generate`. Pure (no model library):
+`page_read.read_page` with the engine's own `generate`. Pure (no model library):
 runs in worker pool children, and in tests.
 """
 
@@ -15,10 +15,10 @@ from typing import TYPE_CHECKING
 
 from PIL import Image
 
-from .base import OcrEngine, PageResult, RecognizeOptions
-from .vlm_profiles import VlmProfile
-from .vlm_reading import Generate, read_page
-from .vlm_runtime import PatchGrid, budget_size
+from tasks.engines.base import OcrEngine, PageResult, RecognizeOptions
+from tasks.engines.vlm.budget import PatchGrid, budget_size
+from tasks.engines.vlm.page_read import Generate, read_page
+from tasks.engines.vlm.profiles import VlmProfile
 
 if TYPE_CHECKING:
     from tasks.settings import Settings
@@ -75,6 +75,6 @@ class VlmEngine(OcrEngine):
 
     def read(self, image: Image.Image, options: RecognizeOptions,
              generate: Generate) -> PageResult:
-        """Read a sized page through the temperature ladder (`vlm_reading.read_page`)."""
+        """Read a sized page through the temperature ladder (`page_read.read_page`)."""
         return read_page(image, options, self.profile, self.budget.temperatures, generate,
                          self.name)

@@ -1,7 +1,7 @@
 """Per-format normalisers of a VLM's raw reply, and the dispatch by output format.
 
 One function per output format, chosen by `VlmProfile.output_format`
-(`tasks.engines.vlm_profiles`): olmOCR's YAML front matter, DocTags, DeepSeek's
+(`tasks.engines.vlm.profiles`): olmOCR's YAML front matter, DocTags, DeepSeek's
 grounding, Nanonets, PaddleOCR-VL, dots.ocr's layout JSON, and plain Markdown. The only
 module that imports `docling_core` (lazily, for DocTags). Pure code, no mlx: runs in the
 pool child that runs the VLM, and in tests.
@@ -14,9 +14,7 @@ import re
 from collections.abc import Callable, Mapping
 from typing import Any
 
-from tasks.errors import EngineUnavailable
-
-from .vlm_output import (
+from tasks.engines.vlm.replies import (
     BLANK_RUNS,
     VlmOutput,
     markdown_output,
@@ -24,6 +22,7 @@ from .vlm_output import (
     normalise_generic,
     strip_fence,
 )
+from tasks.errors import EngineUnavailable
 
 __all__ = ["NEEDS_IMAGE_SIZE", "NORMALISERS", "normalise"]
 
