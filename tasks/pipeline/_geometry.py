@@ -2,7 +2,7 @@
 
 OCR reads the page turned upright (`rotation`, a multiple of 90 degrees) and then
 deskewed (`skew`), both by `Image.rotate(angle, expand=True)` (tasks/pipeline/
-preprocess.py). Used in worker children by the searchable PDF (tasks/pipeline/pdf.py)
+preprocess.py). Used in worker children by the searchable PDF (tasks/pipeline/pdf)
 and the hOCR/ALTO documents (tasks/pipeline/layouts.py).
 """
 

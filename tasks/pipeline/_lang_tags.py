@@ -1,7 +1,7 @@
 """Tesseract language codes as the language tags documents carry (BCP 47, `xml:lang`).
 
 Pure; used by worker children that write hOCR, ALTO (tasks/pipeline/layouts.py) and the
-searchable PDF (tasks/pipeline/pdf.py) with each page's language (`PageRecord.lang`).
+searchable PDF (tasks/pipeline/pdf) with each page's language (`PageRecord.lang`).
 """
 
 from __future__ import annotations

@@ -41,7 +41,7 @@ punched holes live there. Page numbers sit further in (about 5 % of the page).""
 
 MAX_INK_PIXELS = 12
 """A page with at most this many counted ink pixels (of about 0.5-0.75 Mpx on the
-reduced copy) is blank. Measured on A4 at 300 dpi (tests/test_blank_pages.py): blank
+reduced copy) is blank. Measured on A4 at 300 dpi (tests/engines/test_blank_pages.py): blank
 scans with grain, 2,000 specks, a dozen dust spots or show-through give 0-6; a lone
 page number "1" in 10 pt gives 18, "17" 34, one word 100+; a single 8 pt digit (10) is
 the smallest mark that counts as blank."""

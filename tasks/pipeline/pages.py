@@ -2,11 +2,8 @@
 
 from __future__ import annotations
 
-import re
-
-from tasks.errors import InvalidPages, NoPages, TooManyPages
-
-_PART = re.compile(r"^\s*(\d+)?\s*(-)?\s*(\d+)?\s*$")
+from tasks.errors import NoPages, TooManyPages
+from tasks.records.request import page_range
 
 
 def select_pages(spec: str | None, count: int, max_pages: int) -> list[int]:
@@ -18,23 +15,10 @@ def select_pages(spec: str | None, count: int, max_pages: int) -> list[int]:
     else:
         chosen: set[int] = set()
         for part in spec.split(","):
-            first, last = _parse_part(part, count)
+            first, last = page_range(part, count)  # the syntax: records/request.py
             chosen.update(range(first, last + 1))
         numbers = sorted(chosen)
     if len(numbers) > max_pages:
         raise TooManyPages(f"{len(numbers)} pages selected, the limit is {max_pages}")
     return numbers
 
-
-def _parse_part(part: str, count: int) -> tuple[int, int]:
-    match = _PART.match(part)
-    if not match or not (match.group(1) or match.group(3)):
-        raise InvalidPages(f"{part.strip()!r} is not a page or range like 3 or 1-5")
-    start, dash, end = match.groups()
-    first = int(start) if start else 1
-    last = (int(end) if end else count) if dash else first
-    if first < 1 or last < first:
-        raise InvalidPages(f"{part.strip()!r} is not an increasing range of pages from 1")
-    if first > count:
-        raise InvalidPages(f"page {first} is beyond the last page ({count})")
-    return first, min(last, count)

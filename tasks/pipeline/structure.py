@@ -4,25 +4,42 @@ The only module that imports `pymupdf4llm` (shipped inside the PyMuPDF 2.0 wheel
 `pymupdf.layout`'s ONNX model).
 
 Runs in worker children, for `output=markdown` and `output=json`, on documents that
-tasks/pipeline/pdf.py opened (text-layer pages) or built (an OCR'd page: its words as an
+tasks/pipeline/pdf opened (text-layer pages) or built (an OCR'd page: its words as an
 invisible text layer over the page image, `pdf.ocr_layer_pdf`). pymupdf4llm parses each
-page into blocks of DocLayNet's classes in reading order (columns read one by one,
-running heads and footers apart, tables with their cell grid) and writes its Markdown;
-this module turns that into the typed `PageStructure` records and the page's Markdown,
-without headers and footers. The layout model is loaded with PyMuPDF itself: in 2.0
-`import pymupdf` imports `pymupdf.layout`, which opens its ONNX sessions (measured: the
-import of PyMuPDF 2.0 takes about as long as 1.28's, and its peak RSS is 8 MB more).
+page into blocks of DocLayNet's classes (running heads and footers apart, tables with
+their cell grid); this module puts them in reading order (`_reading_order`: columns
+read one by one), levels the headings (`_headings`: numbering, then type size) and
+turns them into the typed `PageStructure` records and the page's Markdown
+(`_markdown`), without headers and footers. The layout model is loaded with PyMuPDF
+itself: in 2.0 `import pymupdf` imports `pymupdf.layout`, which opens its ONNX
+sessions (measured: the import of PyMuPDF 2.0 takes about as long as 1.28's, and its
+peak RSS is 8 MB more); tasks/pipeline/pdf rebuilds them in a pool child with the
+intra-op threads its share of the cores gives (`layout_threads`).
 """
 
 from __future__ import annotations
 
 import html
-from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass
-from typing import Any
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass, replace
+from typing import TYPE_CHECKING, Any
 
 from tasks.errors import LayoutFailed
+from tasks.pipeline._headings import (
+    TITLE,
+    Heading,
+    heading_texts,
+    levels,
+    set_levels,
+)
+from tasks.pipeline._markdown import heading_text, page_markdown, plain_text
+from tasks.pipeline._reading_order import reading_order
+from tasks.pipeline.pdf import use_layout_threads
 from tasks.records.results import Block, PageStructure
+
+if TYPE_CHECKING:
+    from tasks.settings import Settings
 
 # The outputs that carry a page's structure: markdown (as Markdown), json (as blocks).
 STRUCTURE_OUTPUTS = ("markdown", "json")
@@ -32,6 +49,9 @@ _KINDS = {"text": "text", "title": "title", "section-header": "section_header",
           "caption": "caption", "footnote": "footnote", "formula": "formula",
           "page-header": "page_header", "page-footer": "page_footer"}
 _HEADINGS = ("title", "section-header")
+# Points above and below a table box that its ruling lines may reach: the model's box
+# hugs the table's text, the rules run around it (9 pt on tests/engines/test_structure.py's).
+_MARGIN = 36.0
 
 
 @dataclass(frozen=True)
@@ -40,23 +60,27 @@ class Analysed:
 
     markdown: str
     structure: PageStructure
-    # The type size of each title and section header, in reading order: what ranks
-    # heading levels across pages analysed in different tasks (`relevel`).
+    # Each title's and section header's type size (`_headings.TITLE` for a title), in
+    # reading order: what levels headings across pages analysed in different tasks
+    # (`relevel`).
     heading_sizes: tuple[int, ...] = ()
 
 
-def analyse(doc: Any, numbers: Sequence[int], scale: float = 1.0, unit: str = "pt"
-            ) -> dict[int, Analysed | LayoutFailed]:
+def analyse(doc: Any, numbers: Sequence[int], scale: float = 1.0, unit: str = "pt",
+            threads: int | None = None) -> dict[int, Analysed | LayoutFailed]:
     """The Markdown and blocks of pages `numbers` (1-based) of `doc`, or why not.
 
-    Heading levels rank the type sizes of the headings of the pages read together
-    (pymupdf4llm's rule). One pass reads them all; should it fail, each page is read
-    alone, so a page the analysis cannot handle costs only that page its structure
-    (`LayoutFailed`, which the pipeline turns into a page warning). Boxes are divided
-    by `scale` into `unit` (an OCR'd page's pixels).
+    Blocks are put in reading order (`_reading_order`) and headings levelled over the
+    pages read together (`_headings`). One pass reads them all; should it fail, each
+    page is read alone, so a page the analysis cannot handle costs only that page its
+    structure (`LayoutFailed`, which the pipeline turns into a page warning). Boxes are
+    divided by `scale` into `unit` (an OCR'd page's pixels). `threads`: the intra-op
+    threads of the layout model's sessions in this process (`pdf.use_layout_threads`).
     """
     from pymupdf4llm.helpers import document_layout as layout
 
+    if threads is not None:
+        use_layout_threads(threads)
     out: dict[int, Analysed | LayoutFailed] = {}
     try:
         pages = _parse(layout, doc, numbers)
@@ -67,51 +91,77 @@ def analyse(doc: Any, numbers: Sequence[int], scale: float = 1.0, unit: str = "p
                 pages += _parse(layout, doc, [number])
             except Exception as exc:  # noqa: BLE001 - any failure costs the page only
                 out[number] = _failed(number, exc)
-    sizes = {box.max_fontsize for page in pages for box in page.boxes
-             if box.boxclass in _HEADINGS}
-    if sizes:
-        layout.update_header_tags(pages, sizes)
+    heads = {}
+    for page in pages:
+        page.boxes = _ordered(page.boxes)
+        heads[page.page_number] = [
+            (index, Heading(TITLE if box.boxclass == "title" else int(box.max_fontsize or 0),
+                            heading_text(layout, box.textlines)))
+            for index, box in enumerate(page.boxes) if box.boxclass in _HEADINGS]
+    found = [heading for page in pages for _, heading in heads[page.page_number]]
+    ranked = iter(levels(found))
     for page in pages:
         try:
+            page_levels = {index: next(ranked) for index, _ in heads[page.page_number]}
             spanned = _spanning_tables(doc, page)
             for index, table in spanned.items():
                 page.boxes[index].table["html"] = table.html  # written as it is
-            markdown = layout.ParsedDocument(pages=[page]).to_markdown(
-                header=False, footer=False)
-            heads = tuple(int(box.max_fontsize) for box in page.boxes
-                          if box.boxclass in _HEADINGS)
-            out[page.page_number] = Analysed(str(markdown).strip(),
-                                             _structure(layout, page, scale, unit,
-                                                        spanned), heads)
+            markdown = page_markdown(layout, page, page_levels, bool(page.full_ocred))
+            sizes = tuple(h.size for _, h in heads[page.page_number])
+            out[page.page_number] = Analysed(markdown, _structure(
+                layout, page, scale, unit, spanned, page_levels), sizes)
         except Exception as exc:  # noqa: BLE001 - any failure costs the page only
             out[page.page_number] = _failed(page.page_number, exc)
     return out
 
 
-def heading_levels(sizes: Iterable[int]) -> Callable[[int], int]:
-    """pymupdf4llm's rule: the six largest heading sizes rank 1-6, any smaller one 6."""
-    ranked = sorted(set(sizes), reverse=True)[:6]
-    return lambda size: ranked.index(size) + 1 if ranked and size >= ranked[-1] else 6
+def relevel(pages: Sequence[tuple[str | PageStructure, Sequence[int]]]
+            ) -> list[str | PageStructure]:
+    """Pages analysed apart with their headings levelled together, as in one analysis.
 
-
-def relevel(markdown: str, sizes: Sequence[int], local: Callable[[int], int],
-            common: Callable[[int], int]) -> str:
-    """`markdown`'s headings (of `sizes`, written at `local` levels) at `common` levels.
-
-    The k-th heading of the page is the first line after the (k-1)-th that starts with
-    its local level's `#`s: pymupdf4llm writes each heading as one such line.
+    Each page is its Markdown or its blocks, with its heading sizes.
+    A Markdown page's k-th heading is its k-th heading line (`_headings.heading_lines`:
+    every heading is one such line, and no other line starts with `#`); a JSON page's
+    is its k-th title or section header block.
     """
-    lines = markdown.split("\n")
-    at = 0
-    for size in sizes:
-        mark = "#" * local(size) + " "
-        while at < len(lines) and not lines[at].startswith(mark):
-            at += 1
-        if at == len(lines):
-            break
-        lines[at] = "#" * common(size) + " " + lines[at][len(mark):]
-        at += 1
-    return "\n".join(lines)
+    found = []
+    for content, sizes in pages:
+        texts = heading_texts(content) if isinstance(content, str) else \
+            [b.text for b in content.blocks if b.kind in ("title", "section_header")]
+        found += [Heading(size, text) for size, text in zip(sizes, texts, strict=False)]
+    ranked = iter(levels(found))
+    out: list[str | PageStructure] = []
+    for content, sizes in pages:
+        new = [next(ranked) for _ in sizes]
+        if isinstance(content, str):
+            out.append(set_levels(content, new))
+            continue
+        it = iter(new)
+        out.append(replace(content, blocks=tuple(
+            replace(b, level=next(it, b.level)) if b.kind in ("title", "section_header")
+            else b for b in content.blocks)))
+    return out
+
+
+def _ordered(boxes: list[Any]) -> list[Any]:
+    """Page headers, the body in reading order (`_reading_order`), page footers."""
+    heads = [b for b in boxes if b.boxclass == "page-header"]
+    feet = [b for b in boxes if b.boxclass == "page-footer"]
+    body = [b for b in boxes if b.boxclass not in ("page-header", "page-footer")]
+    return heads + reading_order(body) + feet
+
+
+def layout_threads(settings: Settings) -> int:
+    """Intra-op threads for a pool child's layout sessions: its share of the cores.
+
+    The cores this process may run on, divided among the worker's children
+    (OCR_CONCURRENCY; 0 is one child per core), at least one: children that fill the
+    cores run one thread each instead of every core each (issue 40: two children with
+    every core each gave 1.27x one child's pages/s on two cores).
+    """
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") \
+        else os.cpu_count() or 1
+    return max(1, cores // (settings.concurrency or cores))
 
 
 def _parse(layout: Any, doc: Any, numbers: Sequence[int]) -> list[Any]:
@@ -152,11 +202,16 @@ def _spanning_tables(doc: Any, page: Any) -> dict[int, _Spanned]:
     source = doc[page.page_number - 1]
     if not source.get_cdrawings():
         return {}  # no ruling lines, no table for the finder
-    # use_layout=False: lines only. By default PyMuPDF 2.0's finder runs the layout
-    # model on the page again (0.6-1.2 s a page here, against 0.01-0.09 s without).
-    tables = source.find_tables(use_layout=False).tables
     out = {}
     for index, box in boxes:
+        # The band of the page the table box stands in (_MARGIN above and below, the
+        # page's width): the finder builds its character list of its clip only (of the
+        # whole page it took 0.9 s of a tracemonkey page with a table). use_layout=False:
+        # lines only. By default PyMuPDF 2.0's finder runs the layout model on the page
+        # again (0.6-1.2 s a page here, against 0.01-0.09 s without).
+        rect = source.rect
+        clip = (rect.x0, box.y0 - _MARGIN, rect.x1, box.y1 + _MARGIN)
+        tables = source.find_tables(clip=clip, use_layout=False).tables
         area = (box.x1 - box.x0) * (box.y1 - box.y0)
         overlap = {id(t): _overlap((box.x0, box.y0, box.x1, box.y1), t.bbox) for t in tables}
         best = max(tables, key=lambda t: overlap[id(t)], default=None)
@@ -213,7 +268,7 @@ def _spanned(table: Any) -> _Spanned | None:
 
 
 def _structure(layout: Any, page: Any, scale: float, unit: str,
-               spanned: dict[int, _Spanned]) -> PageStructure:
+               spanned: dict[int, _Spanned], levels: dict[int, int]) -> PageStructure:
     blocks = []
     for index, box in enumerate(page.boxes):
         kind = _KINDS.get(box.boxclass, "text")
@@ -231,10 +286,11 @@ def _structure(layout: Any, page: Any, scale: float, unit: str,
             if extract:
                 cells = tuple(tuple(None if c is None else str(c) for c in row)
                               for row in extract)
+        elif box.boxclass in _HEADINGS:
+            text = heading_text(layout, box.textlines)
         else:
-            spans = [span for line in box.textlines or () for span in line["spans"]]
-            text = layout.get_plain_text(spans).strip()
-        level = int(box.header_level or 1) if box.boxclass in _HEADINGS else None
+            text = plain_text(layout, box)
+        level = levels.get(index, 6) if box.boxclass in _HEADINGS else None
         blocks.append(Block(kind, bbox, text, level, cells))
     return PageStructure(round(page.width / scale, 2), round(page.height / scale, 2),
                          unit, tuple(blocks))
