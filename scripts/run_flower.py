@@ -5,6 +5,11 @@
 - OCR_FLOWER_OPEN=1: no auth, and only when the address is a loopback one.
 - Neither: a password is generated once into var/flower-auth (mode 0600) and used.
 Flower's other FLOWER_* variables (FLOWER_PORT, FLOWER_ADDRESS, ...) pass through.
+
+Flower asks the workers about themselves once as it starts and logs a warning for each
+question nobody answered; started beside the workers by `make run`, it would log four
+before any worker is up. So it starts once a worker is live (its presence record,
+tasks/state/liveness.py), or after WORKER_WAIT seconds without one.
 """
 
 from __future__ import annotations
@@ -13,9 +18,33 @@ import os
 import secrets
 import shutil
 import sys
+import time
 from pathlib import Path
 
+import redis
+
+from tasks.settings import Settings
+from tasks.state.liveness import WorkerPresence
+
 LOOPBACK = ("127.0.0.1", "localhost", "::1")
+WORKER_WAIT = 15.0  # seconds Flower waits for a live worker before it starts anyway
+
+
+def wait_for_a_worker(env: dict[str, str], seconds: float = WORKER_WAIT) -> bool:
+    """Whether a live worker showed up within `seconds` (Redis may still be starting)."""
+    client = redis.Redis.from_url(Settings.from_env(env).redis_url, socket_connect_timeout=2)
+    deadline = time.monotonic() + seconds
+    try:
+        while time.monotonic() < deadline:
+            try:
+                if WorkerPresence(client).live_queues():
+                    return True
+            except redis.ConnectionError:
+                pass  # `make run` starts Redis beside this process
+            time.sleep(0.5)
+        return False
+    finally:
+        client.close()
 
 
 def main() -> int:
@@ -37,6 +66,9 @@ def main() -> int:
             print("flower: basic auth user 'ocr', password in var/flower-auth "
                   "(set FLOWER_BASIC_AUTH=user:password to choose)", flush=True)
     Path(env["FLOWER_DB"]).parent.mkdir(parents=True, exist_ok=True)
+    if not wait_for_a_worker(env):
+        print(f"flower: no live worker after {WORKER_WAIT:g} s; starting anyway (its "
+              "'Inspect method ... failed' warnings mean no worker answered yet)", flush=True)
     celery = shutil.which("celery") or "celery"
     os.execve(celery, [celery, "-A", "tasks", "flower"], env)
     return 1  # not reached: execve replaces this process

@@ -10,6 +10,15 @@ SIGTERM or SIGHUP, or when one of them exits: SIGTERM to each process (a warm sh
 for the worker), then, after `--grace` seconds or a second Ctrl-C, SIGKILL to each
 one's whole process group (pool children included).
 
+Redis: with a `redis` process and no REDIS_URL in the environment, the project's own
+Redis runs on a loopback port of its own (the one it had last time when still free,
+else a free one, never a server someone else runs), every process gets that URL, and
+it is written to `var/redis-url`, where `submit.py` and `ocr_admin.py` find it without
+an exported variable. With REDIS_URL set, that Redis is used as told (the `redis`
+process starts the project's own there only when nothing answers on loopback). One
+line at start says which. On the stop the `redis` process goes last, once the others
+(the workers' warm shutdown) are gone.
+
 Why not honcho: when `make run 2>&1 | tee log` is interrupted, Ctrl-C also kills
 `tee`, honcho dies writing to the broken pipe and never stops its children. Here the
 output is best effort: a closed stdout is dropped and the stop goes on.
@@ -20,6 +29,7 @@ from __future__ import annotations
 import argparse
 import os
 import signal
+import socket
 import subprocess
 import sys
 import threading
@@ -38,6 +48,50 @@ def read_procfile(path: Path) -> dict[str, str]:
         if sep and name.strip() and not name.lstrip().startswith("#"):
             processes[name.strip()] = command.strip()
     return processes
+
+
+RUN_URL_FILE = Path("var") / "redis-url"  # read by submit.py (tasks/cli/core.py)
+LAST = "redis"  # stopped after every other process
+
+
+def port_free(port: int) -> bool:
+    """Whether nothing listens on 127.0.0.1:`port` (a bind succeeds)."""
+    with socket.socket() as probe:
+        try:
+            probe.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+    return True
+
+
+def project_redis_url(url_file: Path = RUN_URL_FILE) -> str:
+    """The project's own Redis: last run's port when still free, else a free one."""
+    try:
+        port = int(url_file.read_text().strip().rsplit(":", 1)[1].split("/", 1)[0])
+    except (OSError, ValueError, IndexError):
+        port = 0
+    if not port or not port_free(port):
+        with socket.socket() as probe:
+            probe.bind(("127.0.0.1", 0))
+            port = probe.getsockname()[1]
+    return f"redis://127.0.0.1:{port}/0"
+
+
+def choose_redis(env: dict[str, str], names: list[str]) -> str:
+    """Set REDIS_URL in `env` when the project's own Redis runs; the line that says so."""
+    told = env.get("REDIS_URL")
+    if told:
+        shown = told.split("@")[-1]
+        return (f"redis: REDIS_URL={shown} as told (the `redis` process starts the "
+                "project's own there only if nothing answers)")
+    if LAST not in names:
+        return "redis: no `redis` process and no REDIS_URL: the processes use their default"
+    url = project_redis_url()
+    env["REDIS_URL"] = url
+    RUN_URL_FILE.parent.mkdir(parents=True, exist_ok=True)
+    RUN_URL_FILE.write_text(url + "\n")
+    return (f"redis: the project's own at {url} (data in var/redis; submit.py finds it "
+            f"through {RUN_URL_FILE}; set REDIS_URL to use another)")
 
 
 def shell_line(command: str) -> str:
@@ -126,6 +180,11 @@ class Supervisor:
         for signum in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
             signal.signal(signum, self._on_signal)
         env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+        self.output.line("system", choose_redis(env, [c.name for c in self.children]))
+        if os.geteuid() == 0 and any(" worker" in c.command for c in self.children):
+            self.output.line("system", "running as root: each Celery worker says so once "
+                             "(SecurityWarning, below); they take JSON messages only, and "
+                             "`make run` as another user has no such warning")
         code = 0
         try:
             for child in self.children:
@@ -148,24 +207,32 @@ class Supervisor:
         return code
 
     def stop(self) -> None:
-        """SIGTERM to each process, then SIGKILL to every group left after the grace."""
+        """SIGTERM to each process, Redis last; SIGKILL to every group left after the grace."""
         started = [c for c in self.children if hasattr(c, "proc")]
         asked = len(self.signals)
-        for child in started:
-            child.signal_leader(signal.SIGTERM)
-        deadline = time.monotonic() + self.grace
-        while any(c.group_alive() for c in started):
-            if time.monotonic() >= deadline or len(self.signals) > asked:
-                self.output.line("system", "killing what is left (SIGKILL)")
+        first = [c for c in started if c.name != LAST]
+        for group in (first, [c for c in started if c.name == LAST]):
+            if self._stop(group, asked):
                 break
-            for child in started:  # a leader gone early: its group goes with it
-                if child.proc.poll() is not None:
-                    child.kill_group()
-            time.sleep(0.1)
         for child in started:
             child.kill_group()
             child.proc.wait()
             self.output.line("system", f"{child.name} stopped")
+
+    def _stop(self, children: list[Child], asked: int) -> bool:
+        """SIGTERM, then wait for their groups; True when the grace ran out (or Ctrl-C)."""
+        for child in children:
+            child.signal_leader(signal.SIGTERM)
+        deadline = time.monotonic() + self.grace
+        while any(c.group_alive() for c in children):
+            if time.monotonic() >= deadline or len(self.signals) > asked:
+                self.output.line("system", "killing what is left (SIGKILL)")
+                return True
+            for child in children:  # a leader gone early: its group goes with it
+                if child.proc.poll() is not None:
+                    child.kill_group()
+            time.sleep(0.1)
+        return False
 
 
 def main(argv: list[str] | None = None) -> int:

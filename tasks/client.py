@@ -3,7 +3,7 @@
 Runs in client processes (submit.py, the HTTP API, other Python services). Light: its
 Celery app only sends tasks by name (`tasks.queue.app.sending_app`), so importing and
 constructing `OcrClient` loads no numpy, PIL, huggingface_hub, PyMuPDF, tesserocr or
-MLX (tests/test_cli.py checks). Operator commands (audits, unload, languages, live
+MLX (tests/clients/test_cli.py checks). Operator commands (audits, unload, languages, live
 queues) are in tasks/operator_console.py.
 """
 
@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -22,20 +21,23 @@ from celery.exceptions import TimeoutError as CeleryTimeoutError
 from kombu.exceptions import OperationalError
 from kombu.utils.uuid import uuid
 
+from tasks.admission import admit
 from tasks.errors import (
     BadRequest,
     DeadlineExceeded,
     InputNotFound,
     InputTooLarge,
+    NoWorker,
     OcrError,
     ServiceUnreachable,
     error_info,
 )
 from tasks.lifecycle.url_policy import is_url, parse_url
 from tasks.queue.routing import DEFAULT_QUEUE, PRIORITIES, job_queue, priority_value
-from tasks.records.results import STORED_OUTPUTS
-from tasks.records.status import CeleryState, JobStatus, WaitStatus, celery_final
+from tasks.records.formats import STORED_FORMATS
+from tasks.records.status import CeleryState, JobStatus, WaitStatus
 from tasks.settings import Settings
+from tasks.state.job_state import JobProgress, JobStateReader
 from tasks.state.liveness import WorkerPresence
 from tasks.state.stores import BlobStore, JobControl, OutputStore, connect
 
@@ -44,23 +46,11 @@ CONNECTION_ERRORS: tuple[type[BaseException], ...] = (
     redis.ConnectionError, redis.TimeoutError, OperationalError)
 ProgressCallback = Callable[[str, "JobProgress"], None]
 FIRST_POLL = 0.01  # seconds before `wait`'s second look; later looks back off to `poll`
+NO_WORKER_GRACE = 6.0   # seconds a job may wait in a queue no live worker consumes
+WORKER_RECHECK = 15.0   # seconds between worker checks while jobs run (2 s once one lacks)
+WorkersCallback = Callable[[set[str], dict[str, set[str]]], None]
 
-
-@dataclass(frozen=True)
-class JobProgress:
-    """Where a job stands: Celery state plus pages done/total while it runs.
-
-    Not how it ended: that is the result's `status` (`tasks.records.jobs.JobStatus`).
-    """
-
-    id: str
-    state: str
-    done: int = 0
-    total: int = 0
-
-    @property
-    def final(self) -> bool:
-        return celery_final(self.state)
+__all__ = ["CONNECTION_ERRORS", "JobProgress", "OcrClient", "masked_url"]
 
 
 class OcrClient:
@@ -77,6 +67,9 @@ class OcrClient:
         self._blobs = BlobStore(redis_client, self.settings.blob_ttl)
         self._outputs = OutputStore(redis_client, self.settings.result_ttl)
         self._control = JobControl(redis_client, self.settings.result_ttl)
+        self.no_worker_grace = NO_WORKER_GRACE  # `wait`: seconds before `no_worker`
+        self.worker_recheck = WORKER_RECHECK
+        self.states = JobStateReader(redis_client, app.backend)
 
     def submit(self, source: str | Path | bytes, *, filename: str | None = None,
                priority: str | None = None, deadline: float | None = None,
@@ -91,6 +84,7 @@ class OcrClient:
         then never starts, a running one stops reading pages.
         """
         given = {k: v for k, v in options.items() if v is not None}
+        self.admit(given)
         if isinstance(source, str) and is_url(source):
             # By URL: the worker reads the object itself; nothing is uploaded.
             url = parse_url(source).url
@@ -104,6 +98,15 @@ class OcrClient:
         blob = self._blobs.put(data)
         kwargs = {"blob": blob, "filename": filename, **given}
         return self._send(kwargs, priority, deadline)
+
+    def admit(self, options: dict[str, Any]) -> None:
+        """Refuse, before anything is stored, a job the service cannot run.
+
+        Its options' shape and page syntax, its engine: unknown (`unknown_engine`) or
+        run by no live worker (`engine_unavailable`, naming its `make` target); one
+        read of the presence records (`tasks/admission.py`).
+        """
+        admit(options, self.settings, self.live_queues())
 
     def _send(self, kwargs: dict[str, Any], priority: str | None,
               deadline: float | None) -> str:
@@ -139,8 +142,9 @@ class OcrClient:
     def cancel(self, ids: Iterable[str], wait: float = 10.0) -> dict[str, str]:
         """Cancel jobs by sending the public task `ocr.cancel` for each.
 
-        Returns, by id, `cancelled`, the final state of a job that had already ended
-        (`success`, `failure`, `revoked`), or `requested` when no worker answered within
+        Returns, by id, `cancelled`, the status of a job that had already ended
+        (`success`, `partial`, `failure`, `cancelled`), or `requested` when no worker
+        answered within
         `wait` seconds (the cancel still happens when one takes the message). Queued jobs
         never start; running ones stop (their running page is killed) and keep the
         pages they finished.
@@ -159,7 +163,7 @@ class OcrClient:
                 continue
             status = answer.get("status") if isinstance(answer, dict) else None
             outcome[job_id] = ("cancelled" if status == "cancelled" else
-                               self.app.AsyncResult(job_id).state.lower())
+                               self.status(job_id).status.lower())
         return outcome
 
     def retry(self, job_id: str, password: str | None = None,
@@ -177,7 +181,15 @@ class OcrClient:
         if earlier.get("status") != JobStatus.PARTIAL or not (earlier.get("input_blob") or by_url):
             raise BadRequest("only a PARTIAL job whose input is still stored can be retried")
         failed = ",".join(str(p["number"]) for p in earlier["failed_pages"])
-        source = {"blob": earlier["input_blob"]} if earlier.get("input_blob") else {"url": by_url}
+        source: dict[str, Any] = {"blob": earlier.get("input_blob")}
+        if not earlier.get("input_blob"):  # the version the retried job read, no other
+            pinned = earlier["input_url"]
+            source = {"url": by_url, "url_version": pinned.get("version"),
+                      "url_etag": None if pinned.get("version") else pinned.get("etag")}
+            source = {k: v for k, v in source.items() if v}
+        written = earlier.get("result_object") or {}
+        if written.get("url") and not written.get("error"):
+            source["result_url"] = written["url"]  # the whole result replaces the partial
         kwargs = {**source, "filename": earlier.get("filename", ""),
                   "pages": failed, "output": earlier.get("output", "text"),
                   "mode": earlier.get("mode", "auto"), "engine": earlier["engine"]["name"],
@@ -210,18 +222,15 @@ class OcrClient:
 
         The searchable PDF (`output=pdf`), the hOCR or the ALTO document.
         """
-        for kind in STORED_OUTPUTS:
+        for kind in STORED_FORMATS:
             stored = result.get(kind)
             if isinstance(stored, dict) and "key" in stored:
                 return self._outputs.get(stored["key"])
         return None
 
     def status(self, job_id: str) -> JobProgress:
-        res = self.app.AsyncResult(job_id)
-        state = res.state
-        info = res.info if state == CeleryState.PROGRESS and isinstance(res.info, dict) else {}
-        return JobProgress(job_id, state, int(info.get("done", 0)),
-                           int(info.get("total", 0)))
+        """Where the job stands, in one round trip (`tasks.state.job_state`)."""
+        return self.states.read(job_id)
 
     def result(self, job_id: str) -> dict[str, Any]:
         """The public result of a finished job; a job's `filename` names its input."""
@@ -241,7 +250,12 @@ class OcrClient:
 
     def queue_of(self, job_id: str) -> str:
         """The queue a job was sent to (jobs this client did not send: `ocr`)."""
-        return self._control.info(job_id).get("queue") or DEFAULT_QUEUE
+        return self.recorded_queue(job_id) or DEFAULT_QUEUE
+
+    def recorded_queue(self, job_id: str) -> str | None:
+        """The queue a job's record names; None for a job sent without one (`send_task`)."""
+        queue = self._control.info(job_id).get("queue")
+        return str(queue) if queue else None
 
     def _result(self, job_id: str) -> dict[str, Any]:
         res = self.app.AsyncResult(job_id)
@@ -267,16 +281,31 @@ class OcrClient:
         return {"id": job_id, "status": JobStatus.CANCELLED.value, "pages": [], "text": ""}
 
     def wait(self, ids: Iterable[str], on_progress: ProgressCallback | None = None,
-             timeout: float | None = None, poll: float = 0.2) -> dict[str, dict[str, Any]]:
+             timeout: float | None = None, poll: float = 0.2, *,
+             watch_workers: bool = True,
+             on_workers: WorkersCallback | None = None) -> dict[str, dict[str, Any]]:
         """Wait for every job and return the results by id.
 
         Jobs still open at `timeout` are reported with status TIMEOUT; they go on.
         Polls start 10 ms apart and grow to `poll`: a job that ends in a few ms is seen
         within a few ms, a long one costs no more reads than before.
+
+        The live workers' presence records are read before the first poll and every
+        `worker_recheck` s (2 s while a job lacks one): jobs whose recorded queue no live worker
+        consumes for `no_worker_grace` s are reported PENDING with error `no_worker`
+        instead of waited for (they stay queued; `wait` again once a worker runs).
+        `watch_workers=False`: never. `on_workers(queues, live)` sees each read.
         """
         pending = list(dict.fromkeys(ids))
         results: dict[str, dict[str, Any]] = {}
-        deadline = None if timeout is None else time.monotonic() + timeout
+        start = time.monotonic()
+        deadline = None if timeout is None else start + timeout
+        watch = watch_workers or on_workers is not None
+        # Only jobs whose record names their queue are watched: a job another Celery
+        # client sent (send_task to any queue) has no record to say where it waits.
+        recorded = {job_id: self.recorded_queue(job_id) for job_id in pending} if watch else {}
+        queue_of = {job_id: queue for job_id, queue in recorded.items() if queue}
+        next_check, orphaned_since = start, None
         delay = min(poll, FIRST_POLL)
         while pending:
             for job_id in list(pending):
@@ -286,17 +315,44 @@ class OcrClient:
                 if status.final:
                     results[job_id] = self.result(job_id)
                     pending.remove(job_id)
-            if pending:
-                if deadline is not None and time.monotonic() >= deadline:
-                    for job_id in pending:
-                        results[job_id] = {"id": job_id, "status": WaitStatus.TIMEOUT.value,
-                                           "filename": self.filename(job_id), "error": {
-                            "code": "wait_timeout", "retryable": True,
-                            "message": "the job had not finished when waiting stopped"}}
-                    break
-                time.sleep(delay)
-                delay = min(poll, delay * 1.5)
+            now = time.monotonic()
+            if pending and watch and now >= next_check:
+                live = self.live_queues()  # presence records: one read, no broadcast
+                queues = {job_id: queue_of[job_id] for job_id in pending if job_id in queue_of}
+                if on_workers is not None:
+                    on_workers(set(queues.values()), live)
+                orphans = unserved(queues, live)
+                orphaned_since = (orphaned_since or now) if orphans else None
+                if (watch_workers and orphaned_since is not None
+                        and now - orphaned_since >= self.no_worker_grace):
+                    for job_id, queue in orphans.items():
+                        results[job_id] = self.no_worker_record(job_id, queue)
+                        pending.remove(job_id)
+                next_check = now + (2.0 if orphans else self.worker_recheck)
+            if not pending:
+                break
+            if deadline is not None and now >= deadline:
+                for job_id in pending:
+                    results[job_id] = {"id": job_id, "status": WaitStatus.TIMEOUT.value,
+                                       "filename": self.filename(job_id), "error": {
+                        "code": "wait_timeout", "retryable": True,
+                        "message": "the job had not finished when waiting stopped"}}
+                break
+            time.sleep(max(0.0, min(delay, next_check - now)) if watch else delay)
+            delay = min(poll, delay * 1.5)
         return results
+
+    def no_worker(self, queue: str) -> NoWorker | None:
+        """`no_worker` when no live worker consumes `queue` (one read), else None."""
+        if unserved({"": queue}, self.live_queues()):
+            return NoWorker(f"no live worker consumes queue '{queue}'")
+        return None
+
+    def no_worker_record(self, job_id: str, queue: str) -> dict[str, Any]:
+        """What `wait` answers for a job no live worker can take: PENDING, `no_worker`."""
+        error = NoWorker(f"no live worker consumes queue '{queue}'")
+        return {"id": job_id, "status": WaitStatus.PENDING.value,
+                "filename": self.filename(job_id), "error": error.to_dict()}
 
     def live_queues(self) -> dict[str, set[str]]:
         """The queues each live worker consumes, by node (presence records: one read)."""
@@ -315,6 +371,12 @@ class OcrClient:
 
     def close(self) -> None:
         self.app.close()
+
+
+def unserved(queues: dict[str, str], live: dict[str, set[str]]) -> dict[str, str]:
+    """The jobs of `queues` (job id -> its queue) that no live worker consumes."""
+    served = set().union(*live.values())
+    return {job_id: queue for job_id, queue in queues.items() if queue not in served}
 
 
 def masked_url(url: str) -> str:

@@ -5,10 +5,11 @@ Where it is and what it serves are `Settings.vlm_api_base` and
 
 Light on purpose (the standard library and tasks.settings only): the API server's
 `/readyz` and the CLI (submit.py) call `check_server` in client processes, which must
-not import numpy, PIL or openai; the `vlm-server` process (scripts/run_vlm_server.py)
-calls `server_plan`. The server, not the worker's pool children, holds the model: the
-model lifecycle's idle and unload releases do not reach it (docs/vlm-servers.md, "Model
-lifecycle").
+not import numpy, PIL or openai. The check itself is the vlm-api engine's own probe
+(tasks/server_probe.py), one for both. The `vlm-server` process
+(scripts/run_vlm_server.py) calls `server_plan`. The server, not the worker's pool
+children, holds the model: the model lifecycle's idle and unload releases do not reach
+it (docs/vlm-servers.md, "Model lifecycle").
 """
 
 from __future__ import annotations
@@ -17,60 +18,18 @@ import os
 import sys
 import threading
 import time
-import urllib.error
-import urllib.request
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from tasks.queue.routing import queue_for_engine
+from tasks.server_probe import CHECK_TIMEOUT, ServerCheck, check_server
 
 if TYPE_CHECKING:
     from tasks.settings import Settings
 
 QUEUE = queue_for_engine("vlm-api")
-CHECK_TIMEOUT = 2.0  # seconds a readiness check waits for the server's answer
-
-
-@dataclass(frozen=True)
-class ServerCheck:
-    """The answer of `GET <base>/models`: `ok`, or why not in `detail` (safe to show)."""
-
-    url: str
-    ok: bool
-    detail: str = ""
-
-    @property
-    def message(self) -> str:
-        return "" if self.ok else \
-            f"the inference server at {self.url} does not answer ({self.detail})"
-
-
-def check_server(settings: Settings, timeout: float = CHECK_TIMEOUT) -> ServerCheck:
-    """Ask the inference server for its models (OpenAI's `GET /models`), `timeout` s.
-
-    Every OpenAI-compatible server answers it (mlx_vlm.server, vLLM, SGLang, LM Studio,
-    Ollama). The bearer token goes in the header when set; it never appears in `detail`.
-    """
-    base = settings.vlm_api_base
-    request = urllib.request.Request(f"{base}/models", method="GET")
-    if settings.vlm_api_key:
-        request.add_header("Authorization", f"Bearer {settings.vlm_api_key}")
-    try:
-        with urllib.request.urlopen(request, timeout=timeout) as answer:  # noqa: S310
-            status = answer.status
-    except urllib.error.HTTPError as exc:
-        return ServerCheck(base, False, f"HTTP {exc.code} to GET /models")
-    except urllib.error.URLError as exc:
-        reason = exc.reason
-        return ServerCheck(base, False, type(reason).__name__ if isinstance(
-            reason, BaseException) else str(reason)[:200])
-    except (TimeoutError, OSError) as exc:  # a read timeout, a reset mid-answer
-        return ServerCheck(base, False, type(exc).__name__)
-    except ValueError:  # a URL urllib cannot use (the settings check the scheme)
-        return ServerCheck(base, False, "not a usable URL")
-    if status != 200:
-        return ServerCheck(base, False, f"HTTP {status} to GET /models")
-    return ServerCheck(base, True)
+__all__ = ["CHECK_TIMEOUT", "QUEUE", "ServerCheck", "ServerPlan", "ServerWatch",
+           "check_server", "offline_env", "server_plan"]
 
 
 class ServerWatch:

@@ -12,7 +12,7 @@ import redis
 from tasks.api._errors import RateLimited, Unauthorized
 from tasks.api.tokens import ApiClient, TokenStore
 from tasks.settings import Settings
-from tasks.state.keys import API_RATE_PREFIX
+from tasks.state.keys import api_rate_key
 
 
 class ClientAccess:
@@ -46,7 +46,7 @@ class ClientAccess:
         if not limit:
             return
         now = time.time()
-        key = f"{API_RATE_PREFIX}{caller.name}:{int(now // 60)}"
+        key = api_rate_key(caller.name, int(now // 60))
         pipe = self._redis.pipeline()
         pipe.incr(key)
         pipe.expire(key, 120)

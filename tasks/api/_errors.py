@@ -1,7 +1,8 @@
 """Errors only the HTTP API answers, each with its HTTP status beside code and retryable.
 
 Runs in the `api` process. Job errors (tasks/errors.py) keep their codes; `http_status`
-maps them: `input_too_large` 413, `transient` 503, the rest 400.
+maps them: `input_too_large` 413, `transient` and `engine_unavailable` 503,
+`unknown_engine` and `invalid_pages` 422, the rest 400.
 """
 
 from __future__ import annotations
@@ -66,6 +67,14 @@ class NotFinished(ApiError):
     default_message = "the job has not finished"
 
 
+class IdempotencyKeyReused(ApiError):
+    """An Idempotency-Key sent again with other options: a new job needs a new key."""
+
+    code = "idempotency_key_reused"
+    status = 409
+    default_message = "this Idempotency-Key was used with other options"
+
+
 class FormatUnavailable(ApiError):
     code = "format_unavailable"
     status = 409
@@ -82,7 +91,13 @@ class JobUnsuccessful(ApiError):
         self.error = error
 
 
+# Job errors refused at the door with their own status: options no worker could run
+# are 422 (as invalid options are), an engine no live worker runs 503.
+_STATUS_BY_CODE = {"input_too_large": 413, "transient": 503, "unknown_engine": 422,
+                   "invalid_pages": 422, "engine_unavailable": 503}
+
+
 def http_status(exc: OcrError) -> int:
     if isinstance(exc, ApiError):
         return exc.status
-    return {"input_too_large": 413, "transient": 503}.get(exc.code, 400)
+    return _STATUS_BY_CODE.get(exc.code, 400)

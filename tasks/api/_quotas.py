@@ -15,7 +15,7 @@ from typing import Any
 
 import redis
 
-from tasks.state.keys import API_BYTES_PREFIX
+from tasks.state.keys import api_bytes_key
 
 # KEYS[1]: the client's set; KEYS[2]: the key to append to. ARGV: data, limit (0: no
 # limit), TTL. Returns the bytes waiting after the append, or -1 (nothing written).
@@ -53,11 +53,14 @@ end
 return total
 """
 
-# KEYS[1]: the client's set, KEYS[2]: the upload, KEYS[3]: the blob it becomes.
+# KEYS[1]: the client's set, KEYS[2]: the upload, KEYS[3]: the blob it becomes. ARGV: TTL.
+# The set gets its TTL again: removing the upload may have emptied (deleted) it, and the
+# SADD would then make it anew without one (found by the chaos soak, issue 43).
 _ADOPT = """
 redis.call('RENAME', KEYS[2], KEYS[3])
 redis.call('SREM', KEYS[1], KEYS[2])
 redis.call('SADD', KEYS[1], KEYS[3])
+redis.call('EXPIRE', KEYS[1], ARGV[1])
 return 1
 """
 
@@ -74,14 +77,14 @@ class ClientBytes:
 
     def append(self, name: str, key: str, data: bytes, limit: int) -> bool:
         """Append `data` to `key` if the client stays within `limit` (0: none)."""
-        waiting = self._append(keys=[API_BYTES_PREFIX + name, key],
+        waiting = self._append(keys=[api_bytes_key(name), key],
                                args=[data, limit, self._ttl])
         return int(waiting) >= 0
 
     def waiting(self, name: str) -> int:
         """The bytes of the client's inputs stored in Redis now."""
-        return int(self._usage(keys=[API_BYTES_PREFIX + name]))
+        return int(self._usage(keys=[api_bytes_key(name)]))
 
     def adopt(self, name: str, upload: str, blob: str) -> None:
         """The upload becomes the job's blob (RENAME keeps its TTL); it still counts."""
-        self._adopt(keys=[API_BYTES_PREFIX + name, upload, blob])
+        self._adopt(keys=[api_bytes_key(name), upload, blob], args=[self._ttl])

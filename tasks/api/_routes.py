@@ -19,6 +19,7 @@ from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from pydantic import ValidationError
 from starlette.concurrency import run_in_threadpool
 
+from tasks.api._results import MEDIA_TYPES, links
 from tasks.api._schemas import (
     FINAL_STATUSES,
     ErrorBody,
@@ -29,7 +30,7 @@ from tasks.api._schemas import (
     Readiness,
     RetryOptions,
 )
-from tasks.api._service import MEDIA_TYPES, JobService, links
+from tasks.api._service import JobService
 from tasks.api._uploads import body_chunks, receive_multipart
 from tasks.api.tokens import ApiClient
 from tasks.errors import BadRequest, EmptyInput
@@ -84,9 +85,11 @@ def _errors(*codes: int) -> dict[int | str, dict[str, Any]]:
                408: "the body did not arrive within OCR_API_BODY_TIMEOUT; nothing was kept",
                413: "the upload is larger than OCR_MAX_INPUT_MB; nothing was stored",
                415: "not multipart/form-data or JSON",
-               422: "invalid options", 429: "a limit or quota was reached (rate_limited, "
-               "quota_exceeded); see Retry-After",
-               503: "Redis or the broker is unreachable"}
+               422: "invalid options (and unknown_engine, invalid_pages)",
+               429: "a limit or quota was reached (rate_limited, quota_exceeded); see "
+               "Retry-After",
+               503: "Redis or the broker is unreachable, or no live worker runs the "
+               "engine (engine_unavailable)"}
     return {code: {"model": ErrorBody, "description": meaning[code]} for code in codes}
 
 
@@ -139,10 +142,6 @@ def _upload_schema() -> dict[str, Any]:
 async def create_job(request: Request, response: Response, caller: Caller,
                      idempotency_key: IdempotencyKey = None) -> JobAccepted:
     service = service_of(request)
-    earlier = await run_in_threadpool(service.replay, caller, idempotency_key)
-    if earlier is not None:  # before reading a body that would only be dropped
-        response.headers["Idempotent-Replayed"] = "true"
-        return JobAccepted(id=earlier, status=WaitStatus.QUEUED, links=links(earlier))
     content_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
     upload: str | None = None
     filename = ""
@@ -176,9 +175,12 @@ async def create_job(request: Request, response: Response, caller: Caller,
         raise RequestValidationError(exc.errors()) from None
     submitted = await run_in_threadpool(service.submit, caller, options, upload, filename,
                                         idempotency_key)
-    if submitted.replayed:
-        response.headers["Idempotent-Replayed"] = "true"
     response.headers["Location"] = links(submitted.id).self
+    if submitted.replayed:  # the job the key made, as it stands now
+        response.headers["Idempotent-Replayed"] = "true"
+        status = await run_in_threadpool(service.current_status, caller, submitted.id)
+        return JobAccepted(id=submitted.id, status=status,  # type: ignore[arg-type]
+                           links=links(submitted.id))
     return JobAccepted(id=submitted.id, status=WaitStatus.QUEUED, links=links(submitted.id))
 
 

@@ -12,7 +12,8 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from tasks.records.status import JobStatus, WaitStatus
 
-OUTPUTS = ("text", "markdown", "json", "pdf", "hocr", "alto")
+# The output formats of tasks/records/formats.py, spelled out for the schema (a test
+# holds them equal).
 Output = Literal["text", "markdown", "json", "pdf", "hocr", "alto"]
 Mode = Literal["auto", "ocr", "text"]
 Priority = Literal["interactive", "normal", "batch"]

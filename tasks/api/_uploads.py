@@ -6,12 +6,19 @@ OCR_MAX_INPUT_MB the upload key is deleted and the request ends with 413: nothin
 stays stored. A request whose Content-Length already says too much is refused before
 its body is read (clients that send `Expect: 100-continue`, as curl does, then never
 send it).
+
+`DrainRefused` makes every client read such a refusal: a refused request's body, up to
+twice the upload limit in all, is read and dropped before the answer goes out, so a
+client that reads only after sending everything (Python's `urllib`) reads the coded
+413/429 instead of a reset connection. A larger body is cut off (closing is then the
+only answer), and a client waiting on `Expect: 100-continue` is answered at once.
 """
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable, MutableMapping
 from dataclasses import dataclass, field
+from typing import Any
 
 import anyio
 from python_multipart.exceptions import MultipartParseError
@@ -23,6 +30,11 @@ from tasks.api._errors import BodyTimeout
 from tasks.api._service import JobService
 from tasks.api.tokens import ApiClient
 from tasks.errors import BadRequest
+
+Message = MutableMapping[str, Any]
+Receive = Callable[[], Awaitable[Message]]
+Send = Callable[[Message], Awaitable[None]]
+ASGIApp = Callable[[Message, Receive, Send], Awaitable[None]]
 
 FILE_FIELD = "file"
 FLUSH_BYTES = 1024 * 1024
@@ -178,3 +190,50 @@ async def _flush(service: JobService, received: Received, collector: _Collector,
     data = bytes(collector.pending)
     collector.pending.clear()
     await run_in_threadpool(service.append, caller, received.upload, data)
+
+
+class DrainRefused:
+    """ASGI middleware: a refused request's unread body is read and dropped, bounded.
+
+    An answer of 400 or more (408 excepted: its body is what did not come) that goes
+    out before the request's body was read to its end first reads the rest, up to
+    `limit` body bytes in all and for at most `timeout` s; past either, the answer goes
+    out as it is and the server closes the connection. A request that asked for
+    `Expect: 100-continue` and sent nothing yet is answered at once (reading would
+    invite its body).
+    """
+
+    def __init__(self, app: ASGIApp, limit: int, timeout: float) -> None:
+        self.app = app
+        self.limit = limit
+        self.timeout = timeout
+
+    async def __call__(self, scope: Message, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or scope["method"] not in ("POST", "PUT", "PATCH"):
+            await self.app(scope, receive, send)
+            return
+        headers = dict(scope.get("headers") or ())
+        declared = headers.get(b"content-length", b"")
+        expects = headers.get(b"expect", b"").lower() == b"100-continue"
+        seen = {"bytes": 0, "ended": False}
+
+        async def counting() -> Message:
+            message = await receive()
+            if message["type"] == "http.request":
+                seen["bytes"] += len(message.get("body", b""))
+                seen["ended"] = not message.get("more_body", False)
+            else:  # http.disconnect
+                seen["ended"] = True
+            return message
+
+        async def answering(message: Message) -> None:
+            if (message["type"] == "http.response.start" and message["status"] >= 400
+                    and message["status"] != 408 and not seen["ended"]
+                    and not (expects and not seen["bytes"])
+                    and not (declared.isdigit() and int(declared) > self.limit)):
+                with anyio.move_on_after(self.timeout):
+                    while not seen["ended"] and seen["bytes"] <= self.limit:
+                        await counting()
+            await send(message)
+
+        await self.app(scope, counting, answering)

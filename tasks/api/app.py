@@ -23,6 +23,7 @@ from starlette.requests import ClientDisconnect
 from tasks.api._errors import JobUnsuccessful, http_status
 from tasks.api._routes import router
 from tasks.api._service import JobService
+from tasks.api._uploads import ENVELOPE_BYTES, DrainRefused
 from tasks.client import OcrClient
 from tasks.errors import OcrError
 from tasks.queue.app import sending_app
@@ -51,6 +52,10 @@ def create_api(settings: Settings, client: OcrClient | None = None) -> FastAPI:
     app.add_exception_handler(OperationalError, _redis_error)  # the broker, through kombu
     app.add_exception_handler(HTTPException, _http_error)
     app.add_exception_handler(ClientDisconnect, _client_gone)
+    # Refusals read by every client: a refused body within twice the upload limit is
+    # read and dropped before the answer (tasks/api/_uploads.py).
+    app.add_middleware(DrainRefused, limit=2 * settings.max_input_bytes + ENVELOPE_BYTES,
+                       timeout=settings.api_body_timeout)
     return app
 
 

@@ -22,7 +22,7 @@ import redis
 
 from tasks.errors import BadRequest
 from tasks.lifecycle.url_policy import parse_url
-from tasks.state.keys import API_CLIENTS_KEY, API_TOKEN_PREFIX
+from tasks.state.keys import API_CLIENTS_KEY, api_token_key
 from tasks.state.webhook_secrets import WebhookSecrets
 
 TOKEN_PREFIX = "ocr_"
@@ -86,7 +86,7 @@ class TokenStore:
         if not self._redis.hsetnx(API_CLIENTS_KEY, name, json.dumps(asdict(record))):
             raise BadRequest(f"client {name!r} exists; revoke it first to make a new token")
         # The record again under the hash: a request is authenticated in one GET.
-        self._redis.set(API_TOKEN_PREFIX + digest, json.dumps(asdict(record)))
+        self._redis.set(api_token_key(digest), json.dumps(asdict(record)))
         return token, self.webhook_secrets.create(name)
 
     def clients(self) -> list[ApiClient]:
@@ -112,7 +112,7 @@ class TokenStore:
         raw = json.dumps(asdict(updated))
         pipe = self._redis.pipeline()
         pipe.hset(API_CLIENTS_KEY, name, raw)
-        pipe.set(API_TOKEN_PREFIX + client.token_sha256, raw)
+        pipe.set(api_token_key(client.token_sha256), raw)
         pipe.execute()
         return updated
 
@@ -122,7 +122,7 @@ class TokenStore:
         if client is None:
             return False
         pipe = self._redis.pipeline()
-        pipe.delete(API_TOKEN_PREFIX + client.token_sha256)
+        pipe.delete(api_token_key(client.token_sha256))
         pipe.hdel(API_CLIENTS_KEY, name)
         pipe.execute()
         self.webhook_secrets.delete(name)
@@ -132,7 +132,7 @@ class TokenStore:
         """The client a token belongs to, or None (unknown or revoked)."""
         if not token.startswith(TOKEN_PREFIX) or len(token) > 200:
             return None
-        raw = self._redis.get(API_TOKEN_PREFIX + token_hash(token))
+        raw = self._redis.get(api_token_key(token_hash(token)))
         return None if raw is None else ApiClient(**json.loads(raw))
 
 

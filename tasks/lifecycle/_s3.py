@@ -41,6 +41,10 @@ class ObjectInfo:
     size: int | None
     etag: str | None
     version: str | None = None
+    # The bytes' sha256, for an object its store names no identity for (an https server
+    # without an ETag or Last-Modified): taken by the job's first read, checked by every
+    # later one (the page tasks on other hosts).
+    sha256: str | None = None
 
 
 @functools.lru_cache(maxsize=4)
@@ -61,10 +65,11 @@ def reset_clients() -> None:
     _client.cache_clear()
 
 
-def head(bucket: str, key: str, timeout: float) -> ObjectInfo:
-    """The object's size, ETag and version id; raises the service's errors."""
+def head(bucket: str, key: str, timeout: float, version: str | None = None) -> ObjectInfo:
+    """The object's (or its `version`'s) size, ETag and version id; the service's errors."""
+    args = {"Bucket": bucket, "Key": key, **({"VersionId": version} if version else {})}
     try:
-        answer = _client(timeout, False).head_object(Bucket=bucket, Key=key)
+        answer = _client(timeout, False).head_object(**args)
     except _caught() as exc:
         raise _mapped(exc, "read") from None
     return ObjectInfo(int(answer.get("ContentLength", 0)), answer.get("ETag"),

@@ -35,12 +35,18 @@ SUMMARY_FIELDS = ("id", "status", "filename", "format", "page_count", "failed_pa
 TIMESTAMP_HEADER = "X-OCR-Timestamp"
 SIGNATURE_HEADER = "X-OCR-Signature"
 PREVIOUS_SIGNATURE_HEADER = "X-OCR-Signature-Previous"  # a client's old secret, in grace
+EVENT_ID_HEADER = "X-OCR-Event-Id"  # the ending's id (also `event_id` in the signed body)
 
 
 def summary(outcome: dict[str, Any]) -> dict[str, Any]:
-    """What a callback carries: the outcome without page texts (fetch those by id)."""
+    """What a callback carries: the outcome without page texts (fetch those by id).
+
+    `event_id` names the ending (`<job id>.<status>`): a job ends once, so every POST
+    of one callback, retries and redeliveries included, carries the same event id.
+    """
     out = {k: outcome[k] for k in SUMMARY_FIELDS if k in outcome}
     out["pages_done"] = sum(1 for p in outcome.get("pages", []) if "error" not in p)
+    out["event_id"] = f"{outcome.get('id')}.{outcome.get('status')}"
     return out
 
 
@@ -94,6 +100,8 @@ def post_json(url: str, body: dict[str, Any], settings: Settings,
     addresses = checked_addresses(target)
     raw = json.dumps(body).encode()
     headers = {"Content-Type": "application/json", "User-Agent": "ocr-queue-callback"}
+    if isinstance(body.get("event_id"), str):
+        headers[EVENT_ID_HEADER] = body["event_id"]
     if secrets is None and settings.callback_secret:
         secrets = SigningSecrets(settings.callback_secret)
     if secrets is not None:

@@ -1,9 +1,10 @@
 """A PDF fanned out into page tasks: reading one page, recording it, and the merge.
 
 Runs in worker children, called by `ocr.pdf_page` and `ocr.pdf_text_chunk` (a chunk of
-text-layer pages whose structure is wanted; tasks/queue/document_tasks.py). No
-Celery here: progress is reported through a callable, and the document ends through
-its `JobEnder`. The splitting side (`FanOut`) is built by `tasks.lifecycle.jobs`.
+text-layer pages whose structure is wanted; tasks/queue/page_tasks.py). No Celery
+here: progress is reported through a callable, and the document ends through its
+`JobEnder`. The splitting side (`FanOut`) is built by `tasks.lifecycle.jobs`; the open
+document a page is read from, by `tasks.lifecycle.open_documents`.
 """
 
 from __future__ import annotations
@@ -11,13 +12,13 @@ from __future__ import annotations
 import functools
 import logging
 from collections.abc import Callable
-from dataclasses import dataclass, replace
-from typing import TYPE_CHECKING, Any
+from dataclasses import replace
+from typing import TYPE_CHECKING
 
 from tasks.errors import InternalError, OcrError
 from tasks.lifecycle import url_inputs
 from tasks.lifecycle.jobs import complete
-from tasks.lifecycle.url_inputs import ObjectInfo
+from tasks.lifecycle.open_documents import OpenDocumentCache, object_info
 from tasks.pipeline.documents import (
     chunk_pages,
     deadline_page,
@@ -26,7 +27,7 @@ from tasks.pipeline.documents import (
     recognize_options,
     relevel_headings,
 )
-from tasks.pipeline.pdf import open_pdf, render_page
+from tasks.pipeline.pdf import render_page
 from tasks.pipeline.results import assemble, failed_page
 from tasks.records.jobs import DocumentMeta, Outcome
 from tasks.records.results import PageRecord, PageWorker
@@ -36,7 +37,7 @@ if TYPE_CHECKING:
     from tasks.lifecycle.job_exit import JobEnder
     from tasks.settings import Settings
     from tasks.state.join import DocumentJoin
-    from tasks.state.stores import BlobStore, Stores
+    from tasks.state.stores import Stores
 
 log = logging.getLogger(__name__)
 Progress = Callable[[int, int], None]
@@ -48,61 +49,9 @@ def unexpected(job_id: str, exc: BaseException) -> InternalError:
     return InternalError(f"unexpected {type(exc).__name__}")
 
 
-class OpenDocumentCache:
-    """The one PDF a pool child is rendering pages of, kept open between page tasks."""
-
-    def __init__(self) -> None:
-        self._key: str | None = None
-        self._doc: Any = None
-
-    def get(self, blob: str, blobs: BlobStore, settings: Settings) -> Any:
-        if blob != self._key:
-            self.close()
-            self._doc = open_pdf(blobs.get(blob), None, settings)
-            self._key = blob
-        return self._doc
-
-    def document(self, meta: DocumentMeta, blobs: BlobStore, settings: Settings) -> Any:
-        """The fanned-out document, from the blob store or from its URL.
-
-        A `url` input is read from this host's copy (fetched once per host if absent).
-        """
-        request = meta.request
-        if request.url is None or meta.input_object is None:
-            return self.get(request.blob or "", blobs, settings)
-        info = object_info(meta)
-        key = f"url:{request.url}\0{info.version or info.etag}"
-        # Read like a blob, so that a subclass sharing bytes between threads shares these.
-        reader = _SpooledObject(settings, request.url, info)
-        return self.get(key, reader, settings)  # type: ignore[arg-type]
-
-    def close(self) -> None:
-        if self._doc is not None:
-            self._doc.close()
-        self._key = self._doc = None
-
-
-@dataclass(frozen=True)
-class _SpooledObject:
-    """The local copy of a fanned-out `url` input on this host, read as a blob is."""
-
-    settings: Settings
-    url: str
-    info: ObjectInfo
-
-    def get(self, key: str) -> bytes:
-        return url_inputs.spooled(self.settings, self.url, self.info)
-
-
-def object_info(meta: DocumentMeta) -> ObjectInfo:
-    """The HEAD the document task saw of a fanned-out `url` input."""
-    head = meta.input_object or {}
-    return ObjectInfo(head.get("size"), head.get("etag"), head.get("version"))
-
-
 def run_pdf_page(meta: DocumentMeta, number: int, engines: ResidentEngines,
                  docs: OpenDocumentCache, settings: Settings,
-                 stores: Stores) -> PageRecord:
+                 stores: Stores, password: str | None = None) -> PageRecord:
     """OCR one page of a fanned-out PDF; a failure becomes a failed page.
 
     Retryable errors are raised (the page task retries them).
@@ -112,7 +61,7 @@ def run_pdf_page(meta: DocumentMeta, number: int, engines: ResidentEngines,
         return deadline_page(number)
     try:
         engine = engines.get(meta.engine).engine
-        doc = docs.document(meta, stores.blobs, settings)
+        doc = docs.document(meta, stores.blobs, settings, password)
         image = render_page(doc, number, settings, engine.page_longest_side,
                             mode=engine.page_mode, fit=engine.page_size)
         full = functools.partial(render_page, doc, number, settings)  # fallback engines
@@ -131,7 +80,8 @@ def run_pdf_page(meta: DocumentMeta, number: int, engines: ResidentEngines,
 
 
 def run_text_chunk(meta: DocumentMeta, index: int, docs: OpenDocumentCache,
-                   settings: Settings, stores: Stores) -> list[PageRecord]:
+                   settings: Settings, stores: Stores,
+                   password: str | None = None) -> list[PageRecord]:
     """Analyse chunk `index` of a fanned-out PDF's text-layer pages (`meta.text_chunks`).
 
     Past the job's deadline its pages fail as deadline pages; an analysis that fails
@@ -140,7 +90,7 @@ def run_text_chunk(meta: DocumentMeta, index: int, docs: OpenDocumentCache,
     numbers = meta.text_chunks[index]
     if past_deadline(meta.request.deadline):
         return [deadline_page(n) for n in numbers]
-    doc = docs.document(meta, stores.blobs, settings)
+    doc = docs.document(meta, stores.blobs, settings, password)
     return chunk_pages(doc, numbers, meta.request.output, settings)
 
 

@@ -7,7 +7,9 @@ outcome, as when the last page of a PDF merges). `finish` stores the result, fir
 callbacks, writes the `ocr.job` line and counters, and frees the input and the join.
 The claim (`ocr:job:<id>:ended`, SET NX) makes the second ender a no-op, so a page
 delivered twice, a cancel racing the merge, or the worker parent's view of a kill never
-end a job twice.
+end a job twice. The claim names its holder (`<host>:<pid>`) until `finish` is done: a
+holder killed halfway (a cancel's SIGKILL that reached the child ending the job) is
+taken over by the worker parent that killed it (`take_over`), which finishes the ending.
 
 No Celery here: storing, events and callbacks go through `EndingPorts`, which the
 queue layer implements. Runs in worker pool children and in the worker parent.
@@ -16,10 +18,13 @@ queue layer implements. Runs in worker pool children and in the worker parent.
 from __future__ import annotations
 
 import logging
+import os
+import socket
 from typing import TYPE_CHECKING, Protocol
 
 from tasks.errors import OcrError
 from tasks.lifecycle.callbacks import summary
+from tasks.state.boundary import CONNECTION_ERRORS
 
 if TYPE_CHECKING:
     from tasks.records.jobs import Outcome
@@ -27,6 +32,8 @@ if TYPE_CHECKING:
     from tasks.state.stores import BlobStore, JobControl
 
 log = logging.getLogger(__name__)
+# What storing a result raises when its store is unreachable (or refuses it).
+_STORE_ERRORS: tuple[type[BaseException], ...] = (OcrError, *CONNECTION_ERRORS)
 
 
 class EndingPorts(Protocol):
@@ -57,7 +64,17 @@ class JobEnder:
 
     def claim(self, job_id: str) -> bool:
         """Take the right to end `job_id`; False when another path already has it."""
-        return self._control.claim_end(job_id)
+        return self._control.claim_end(job_id, holder_name())
+
+    def take_over(self, job_id: str, holder: str) -> bool:
+        """Take the claim from `holder`, a process the caller knows is dead.
+
+        False (nothing done) when the claim names another holder, or none: its ending
+        finished, or another process took it over first.
+        """
+        if self._control.end_holder(job_id) != holder:
+            return False
+        return self._control.take_over_end(job_id, holder, holder_name())
 
     def release(self, job_id: str) -> None:
         """Give the claim back (the work that was to end the job will be retried)."""
@@ -82,10 +99,16 @@ class JobEnder:
     def finish(self, outcome: Outcome) -> None:
         """End a job whose claim the caller holds.
 
-        Storing the result comes first and may raise (the caller releases the claim and
-        retries); what follows never raises for a store being briefly unreachable.
+        Storing the result comes first and may raise: the claim is then given back
+        (the caller retries, and its retry can claim again: a claim kept across a
+        Redis restart ended no one, issue 43's short soak); what follows never raises
+        for a store being briefly unreachable.
         """
-        self._ports.publish(outcome)
+        try:
+            self._ports.publish(outcome)
+        except _STORE_ERRORS:
+            self._give_back(outcome.job_id)
+            raise
         request = outcome.request
         if request is not None and request.callback_task:
             self._ports.send_callback_task(request.callback_task, request.callback_queue,
@@ -95,6 +118,18 @@ class JobEnder:
                                            outcome.reply_queue)
         self._ports.record(outcome)
         self._free(outcome)
+        try:
+            self._control.mark_ended(outcome.job_id)
+        except OcrError as exc:  # unreachable store: the claim keeps naming this process
+            log.warning("job %s ended, its claim not marked done: %s", outcome.job_id, exc)
+
+    def _give_back(self, job_id: str) -> None:
+        """Release the claim of an ending that failed to store its result."""
+        try:
+            self._control.release_end(job_id)
+        except OcrError as exc:  # still unreachable: the claim waits for its TTL
+            log.error("job %s: its ending failed and its claim was not given back: %s",
+                      job_id, exc)
 
     def _free(self, outcome: Outcome) -> None:
         blobs = list(outcome.extra_blobs)
@@ -107,3 +142,8 @@ class JobEnder:
                     self._blobs.delete(blob)
         except OcrError as exc:  # unreachable store: the keys expire with their TTL
             log.warning("job %s ended, its state not freed: %s", outcome.job_id, exc)
+
+
+def holder_name(pid: int | None = None) -> str:
+    """How an end claim names the process holding it: `<host>:<pid>` (this one's)."""
+    return f"{socket.gethostname()}:{os.getpid() if pid is None else pid}"

@@ -1,6 +1,6 @@
 """One OCR job from its request to its `Outcome`: input, cache, fan-out and merge.
 
-Runs in worker children, called by the tasks in `tasks.queue.document_tasks`. No
+Runs in worker children, called by `ocr.document` (`tasks.queue.job_task`). No
 Celery here: the tasks decide what to enqueue; every ending goes through
 `tasks.lifecycle.job_exit.JobEnder`. The page side of a fan-out is in
 `tasks.lifecycle.fanout`.
@@ -31,11 +31,11 @@ from tasks.pipeline.documents import (
 from tasks.pipeline.images import sniff_format
 from tasks.pipeline.layouts import LAYOUT_OUTPUTS
 from tasks.pipeline.pdf import check_password, plan_pdf, searchable_pdf
-from tasks.pipeline.results import merge_previous
+from tasks.pipeline.results import OUTPUT_VERSION, merge_previous
 from tasks.records.jobs import DocumentMeta, JobStatus, Outcome
 from tasks.records.request import JobRequest
 from tasks.records.results import DocumentResult, PageRecord, StoredOutput
-from tasks.state.keys import CACHE_PREFIX
+from tasks.state.keys import cache_key as cache_key_of
 
 if TYPE_CHECKING:
     from tasks.engines.resident import ResidentEngines
@@ -51,12 +51,15 @@ class FanOut:
     (output=markdown/json), analysed a chunk a task.
 
     `meta.request` already names the stored input (decrypted when it was encrypted);
-    `replaced_blob` is the client's upload that the stored copy replaces.
+    `replaced_blob` is the client's upload that the stored copy replaces. `password`:
+    an encrypted `url` input's, which its page tasks carry (each host decrypts its own
+    copy); never in `meta`.
     """
 
     meta: DocumentMeta
     text_pages: list[PageRecord]
     replaced_blob: str | None = None
+    password: str | None = None
 
 
 def result_settings(settings: Settings) -> dict[str, Any]:
@@ -77,13 +80,16 @@ def cache_key(data: bytes, request: JobRequest, engine: str, model: str | None,
     ETag or version id), so a hit is found before the object is read; a changed
     object has a new ETag, hence a new key and a new read. `scope` (the job's owner,
     `api:<client>`, unless OCR_CACHE_ACROSS_CLIENTS) keeps each client's entries its
-    own: a `cached` answer never tells one client what another sent.
+    own: a `cached` answer never tells one client what another sent. The pipeline's
+    OUTPUT_VERSION is part of the key: a result cached before an output format changed
+    is not served after it.
     """
     digest = hashlib.sha256(b"url\0" + identity.encode() if identity is not None else data)
     digest.update(b"\0scope\0" + scope.encode())
-    options = {**request.cache_options(engine, model), **result_settings(settings)}
+    options = {**request.cache_options(engine, model), **result_settings(settings),
+               "output_version": OUTPUT_VERSION}
     digest.update(json.dumps(options, sort_keys=True).encode())
-    return CACHE_PREFIX + digest.hexdigest()
+    return cache_key_of(digest.hexdigest())
 
 
 def cache_scope(job_id: str, settings: Settings, stores: Stores) -> str:
@@ -113,7 +119,8 @@ def process_job(job_id: str, request: JobRequest, settings: Settings,
         raise DeadlineExceeded("the job's deadline passed before it started")
     request = request.with_default_lang(settings.default_lang)  # OCR_LANG: auto or a set
     # A URL input: allowed? how large? which version? (HEAD; nothing read yet)
-    located = url_inputs.locate(request.url, settings) if request.url else None
+    located = (url_inputs.locate(request.url, settings, request.url_version,
+                                 request.url_etag) if request.url else None)
     identity = located.identity if located is not None else None
     data = b"" if located is not None else read_input(request, settings, stores.blobs)
     engine_name = engine_name or engines.for_job(request.engine, request.lang)
@@ -175,24 +182,28 @@ def _fan_out(job_id: str, request: JobRequest, data: bytes, plan: Any, engine: s
              stores: Stores, located: LocatedObject | None = None) -> FanOut:
     """Store the input for the page tasks (decrypted, so no password is kept).
 
-    A URL input that is not encrypted is not stored in Redis: this host keeps one
-    local copy (OCR_URL_SPOOL_DIR) and the page tasks read it, or fetch their own
-    host's copy of the same version (`input_object`). An encrypted one is stored
-    decrypted in the blob store, as an upload is (its password is never kept).
+    A URL input is not stored in Redis: this host keeps one local copy
+    (OCR_URL_SPOOL_DIR) and the page tasks read it, or fetch their own host's copy of
+    the same version (`input_object`). An encrypted one is decrypted by each host from
+    its own copy, its page tasks carrying the password (`FanOut.password`, never in
+    the meta); but for output=pdf, whose merge needs the decrypted document wherever
+    the last page is recorded, it is stored decrypted in the blob store, as an upload is.
     """
     replaced = None
     chunks = structure_chunks(plan, request.output, settings)
-    if located is not None and not plan.encrypted:
+    if located is not None and (not plan.encrypted or request.output != "pdf"):
+        located = located.pinned(data)  # no version from its store: its bytes' hash
         url_inputs.spool(settings, located.identity or located.url.url, data)
         meta = DocumentMeta(
             job_id=job_id, request=replace(request, password=None), engine=engine,
             model=model, cache_key=key, started=started, total=plan.selected,
             ocr_pages=list(plan.ocr_pages), page_tasks=[], reply_queue="",
-            previous=previous, encrypted=False,
+            previous=previous, encrypted=plan.encrypted,
             base=replace(document_base(data, request, "pdf", plan.page_count),
                          input_url=located.to_json()),
             input_object=located.to_json(), text_chunks=chunks)
-        return FanOut(meta, planned_pages(plan, settings, request.output, bool(chunks)))
+        return FanOut(meta, planned_pages(plan, settings, request.output, bool(chunks)),
+                      password=request.password if plan.encrypted else None)
     if plan.encrypted or request.blob is None:
         blob = stores.blobs.put(plan.decrypted or data)
         replaced = request.blob

@@ -24,14 +24,15 @@ import os
 import tempfile
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from tasks.errors import BadRequest, InputTooLarge
+from tasks.errors import BadRequest, InputNotFound, InputTooLarge
 from tasks.lifecycle import _https_objects, _s3
 from tasks.lifecycle._s3 import ObjectInfo
 from tasks.lifecycle.url_policy import ObjectUrl, check_url
+from tasks.records.formats import FORMATS
 
 __all__ = ["LocatedObject", "ObjectInfo", "check_input_url", "check_result_url", "locate",
            "read_object", "spool", "spooled", "drop_spool", "write_result", "result_content"]
@@ -39,11 +40,6 @@ __all__ = ["LocatedObject", "ObjectInfo", "check_input_url", "check_result_url",
 if TYPE_CHECKING:
     from tasks.settings import Settings
 
-RESULT_SUFFIXES = {"text": ".txt", "markdown": ".md", "json": ".json", "pdf": ".pdf",
-                   "hocr": ".hocr", "alto": ".alto.xml"}
-CONTENT_TYPES = {"text": "text/plain; charset=utf-8", "markdown": "text/markdown; charset=utf-8",
-                 "json": "application/json", "pdf": "application/pdf",
-                 "hocr": "text/html; charset=utf-8", "alto": "application/xml"}
 
 
 @dataclass(frozen=True)
@@ -60,11 +56,23 @@ class LocatedObject:
         None when the store gave neither (the bytes themselves are then hashed).
         """
         tag = self.info.version or self.info.etag
+        if tag is None and self.info.sha256:
+            tag = f"sha256:{self.info.sha256}"
         return None if tag is None else f"{self.url.url}\0{tag}"
 
+    def pinned(self, data: bytes) -> LocatedObject:
+        """The object pinned by the hash of `data` when its store named no identity for it."""
+        if self.identity is not None:
+            return self
+        return LocatedObject(self.url, replace(self.info,
+                                               sha256=hashlib.sha256(data).hexdigest()))
+
     def to_json(self) -> dict[str, Any]:
-        return {"url": self.url.url, "size": self.info.size, "etag": self.info.etag,
-                "version": self.info.version}
+        out = {"url": self.url.url, "size": self.info.size, "etag": self.info.etag,
+               "version": self.info.version}
+        if self.info.sha256:
+            out["sha256"] = self.info.sha256
+        return out
 
 
 def check_input_url(url: str, settings: Settings) -> ObjectUrl:
@@ -80,13 +88,23 @@ def check_result_url(url: str, settings: Settings) -> ObjectUrl:
     return parsed
 
 
-def locate(url: str, settings: Settings) -> LocatedObject:
-    """Check the URL and HEAD it; an object over OCR_MAX_INPUT_MB is refused here."""
+def locate(url: str, settings: Settings, version: str | None = None,
+           etag: str | None = None) -> LocatedObject:
+    """Check the URL and HEAD it; an object over OCR_MAX_INPUT_MB is refused here.
+
+    `version` / `etag` pin the version an earlier job read (a retry: `url_version`,
+    `url_etag`): an s3:// version is read as it was, even if the key was overwritten
+    since (a versioned bucket); an object whose ETag is no longer the pinned one is
+    `input_not_found` (that version is gone), never read as it is now.
+    """
     parsed = check_input_url(url, settings)
     if parsed.scheme == "s3":
-        info = _s3.head(parsed.bucket, parsed.key, settings.url_timeout)
+        info = _s3.head(parsed.bucket, parsed.key, settings.url_timeout, version)
     else:
         info = _https_objects.head(parsed, settings.allowed_urls, settings.url_timeout)
+    if version is None and etag is not None and info.etag != etag:
+        raise InputNotFound(f"the object changed since the retried job read it (its ETag "
+                            f"was {etag}, now {info.etag}); that version is gone")
     if info.size is not None and info.size > settings.max_input_bytes:
         raise InputTooLarge(f"the object is {info.size / 2**20:.1f} MB, more than "
                             f"{settings.max_input_mb} MB")
@@ -158,7 +176,12 @@ def spooled(settings: Settings, url: str, info: ObjectInfo) -> bytes:
         fcntl.flock(lock, fcntl.LOCK_EX)
         try:
             if not path.exists():
-                spool(settings, identity, read_object(located, settings))
+                data = read_object(located, settings)
+                if info.sha256 and hashlib.sha256(data).hexdigest() != info.sha256:
+                    # No ETag to pin it by: the bytes the job read are gone.
+                    raise InputNotFound("the object changed since the job read it (its "
+                                        "server names no version; its content differs)")
+                spool(settings, identity, data)
             os.utime(path)
             return path.read_bytes()
         finally:
@@ -188,7 +211,7 @@ def _prune(settings: Settings) -> None:
 
 def result_key(target: ObjectUrl, job_id: str, output: str) -> str:
     """The object a job's result goes to: `result_url` itself, or `<prefix><id><suffix>`."""
-    return target.key + job_id + RESULT_SUFFIXES[output] if target.is_prefix else target.key
+    return target.key + job_id + FORMATS[output].suffix if target.is_prefix else target.key
 
 
 def write_result(result_url: str, job_id: str, output: str, content: bytes,
@@ -196,7 +219,8 @@ def write_result(result_url: str, job_id: str, output: str, content: bytes,
     """Write the job's result; the record naming the object. ResultWriteFailed else."""
     target = check_result_url(result_url, settings)
     key = result_key(target, job_id, output)
-    etag = _s3.put(target.bucket, key, content, CONTENT_TYPES[output], settings.url_timeout)
+    etag = _s3.put(target.bucket, key, content, FORMATS[output].media_type,
+                   settings.url_timeout)
     return {"url": f"s3://{target.bucket}/{key}", "bytes": len(content), "etag": etag}
 
 

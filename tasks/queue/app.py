@@ -12,7 +12,8 @@ from tasks.queue.celery_config import celery_config, worker_app_config
 from tasks.queue.ocr_celery import OcrCelery
 from tasks.settings import Settings
 
-TASK_MODULES = ("tasks.queue.document_tasks", "tasks.queue.maintenance_tasks")
+TASK_MODULES = ("tasks.queue.job_task", "tasks.queue.page_tasks", "tasks.queue.control_tasks",
+                "tasks.queue.maintenance_tasks")
 
 
 def create_app(settings: Settings) -> OcrCelery:

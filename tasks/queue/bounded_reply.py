@@ -10,7 +10,7 @@ bound are parsed exactly as redis-py parses them, in RESP2 or RESP3 (redis-py's
 default) as the connection speaks.
 
 This module leans on redis-py's `SocketBuffer` internals (`_buffer`, `_read_from_socket`,
-`purge`); tests/test_big_messages.py fails if they change.
+`purge`); tests/queue/test_big_messages.py fails if they change.
 """
 
 from __future__ import annotations

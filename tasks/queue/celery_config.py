@@ -140,7 +140,8 @@ def worker_app_config(settings: Settings, engine: str) -> dict[str, Any]:
     mostly waits on the inference server, which batches what arrives together, so one
     process keeps a GPU server's whole batch in flight (a child per page would take
     ~150 MB each). Celery enforces no time limits in a thread pool: the engine bounds
-    each request and each page itself (OCR_VLM_API_TIMEOUT, OCR_VLM_API_PAGE_TIME_LIMIT).
+    each request (OCR_VLM_API_TIMEOUT), and tasks/queue/thread_limits.py a page's whole
+    read (OCR_VLM_API_PAGE_TIME_LIMIT) and the process's memory growth (it recycles).
     Set on the app, so `celery worker` without -P/-c uses it; a command line wins.
     """
     config = {**celery_config(settings), "worker_concurrency": default_concurrency(

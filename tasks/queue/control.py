@@ -19,6 +19,7 @@ from celery.utils.nodenames import nodesplit
 from celery.worker.control import control_command
 
 from tasks.engines import engine_class, release
+from tasks.engines.auto_lang import choosable
 
 
 @control_command(help="Make every pool child release its engines (reloaded on next task).")
@@ -44,9 +45,14 @@ def languages(state: Any, **_: Any) -> dict[str, Any]:
     name = state.consumer.app.ocr_engine
     cls = engine_class(name, settings)
     langs = cls.languages(settings)
+    # `default`: the engine's language set; `job_default`: what a job without `lang`
+    # asks for (OCR_LANG: auto unless set), which `submit.py langs` shows.
     return {"engine": name,
             "default": cls.default_language(settings) if langs is not None else None,
-            "languages": langs}
+            "job_default": settings.default_lang if langs is not None else None,
+            "languages": langs,
+            # What `lang=auto` may read each script's pages in here (issue 41).
+            "auto": choosable(settings, langs) if langs is not None else None}
 
 
 @control_command(help="Reply with this worker's host and model directory (audit fan-out).")

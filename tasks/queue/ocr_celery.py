@@ -26,6 +26,7 @@ class OcrCelery(Celery):
     def send_task(self, name: str, args: Any = None, kwargs: Any = None,
                   **options: Any) -> Any:
         """Celery's `send_task`; jobs are shown (logs, Flower) without payload or password."""
-        if name == "ocr.document" and isinstance(kwargs, Mapping):
+        # A page task of an encrypted URL input carries its password: masked too.
+        if isinstance(kwargs, Mapping) and (name == "ocr.document" or "password" in kwargs):
             options["kwargsrepr"] = job_kwargs_repr(kwargs)
         return super().send_task(name, args, kwargs, **options)

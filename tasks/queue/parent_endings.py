@@ -7,12 +7,17 @@ its stores and its `JobEnder`, built once. `CeleryPorts` stores results in Celer
 result backend, sends Flower events as the worker node, enqueues callbacks and writes
 the `ocr.job` line through telemetry. `connect_parent_endings()` connects, in the worker
 parent, `task_revoked` (a job cancelled or expired before or while it ran) and
-`task_failure` (a job whose child was killed at its hard time limit).
+`task_failure` (a job whose child was killed at its hard time limit). When a cancel's
+SIGKILL reached a child that was ending its job (its end claim taken, the rest not
+done), the parent takes the claim over and finishes the ending (`take_over_killed`;
+Linux: a child is told by /proc).
 """
 
 from __future__ import annotations
 
 import logging
+import os
+import time
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -21,9 +26,10 @@ from billiard.exceptions import TimeLimitExceeded
 from celery import states
 from celery.signals import celeryd_after_setup, task_failure, task_revoked
 
+from tasks.engines.resident import engine_for_job
 from tasks.errors import BadRequest, DeadlineExceeded, OcrError, Timeout, TransientError
 from tasks.lifecycle.inputs import decode_request
-from tasks.lifecycle.job_exit import JobEnder
+from tasks.lifecycle.job_exit import JobEnder, holder_name
 from tasks.queue import telemetry
 from tasks.queue.routing import CONTROL_QUEUE
 from tasks.records.jobs import JobStatus, Outcome
@@ -66,8 +72,8 @@ def report_progress(app: Any, job_id: str, done: int, total: int) -> None:
     record = backend._get_result_meta(meta, PROGRESS_STATE, None, None)
     record["task_id"] = job_id
     control = JobServices.for_app(app).stores.control
-    if not control.store_unless_ended(job_id, backend.get_key_for_task(job_id),
-                                      backend.encode(record), int(backend.expires)):
+    if not control.store_progress(job_id, backend.get_key_for_task(job_id),
+                                  backend.encode(record), int(backend.expires), total):
         return
     # `result` is a field Flower shows on the task page; the final result replaces it.
     send_job_event(app, "task-progress", job_id, result=f"{done}/{total} pages", **meta)
@@ -83,8 +89,14 @@ class CeleryPorts:
     def publish(self, outcome: Outcome) -> None:
         app, job_id = self._app, outcome.job_id
         if outcome.status is JobStatus.CANCELLED:
-            self._control.store_cancelled(job_id, outcome.public())
+            result = outcome.public()
+            self._control.store_cancelled(job_id, result)
             app.backend.mark_as_revoked(job_id, "cancelled")
+            # Flower ends the job as every other caller does: CANCELLED (a task-*
+            # event's name is its state there), with the pages it kept.
+            kept = len(result.get("pages", []))
+            send_job_event(app, "task-cancelled", job_id,
+                           result=f"CANCELLED: {kept} pages kept")
         elif outcome.status is JobStatus.FAILURE:
             error = outcome.error or OcrError()
             app.backend.store_result(job_id, error, states.FAILURE)
@@ -153,8 +165,84 @@ def request_of(kwargs: Any, settings: Settings) -> JobRequest | None:
 def end_from_message(app: OcrCelery, job_id: str, kwargs: Any, status: JobStatus,
                      error: OcrError | None = None) -> bool:
     """End a job known only by its message (kwargs); frees its uploaded input too."""
-    settings: Settings = app.ocr_settings
+    outcome = _outcome_of_message(app, job_id, kwargs, status, error)
+    try:
+        return JobServices.for_app(app).ender.end(outcome)
+    except (redis.RedisError, OcrError) as exc:
+        log.error("job %s could not be ended here: %s", job_id, type(exc).__name__)
+        return False
+
+
+def take_over_killed(app: OcrCelery, job_id: str, kwargs: Any, status: JobStatus,
+                     error: OcrError | None = None) -> bool:
+    """Finish the ending of a job whose child this parent killed while it held the claim.
+
+    The claim must name a process of this host that is one of this parent's children
+    (it was just sent SIGKILL) or already gone; the parent waits (at most KILLED_WAIT
+    seconds) until that child is gone, so that the two never both finish, then takes
+    the claim over (only one taker wins) and ends the job with the outcome its message
+    gives. False when there was nothing to take over (the claim names a live process
+    that is not this parent's child, another host, or no one).
+    """
     services = JobServices.for_app(app)
+    try:
+        holder = services.stores.control.end_holder(job_id)
+        host, _, pid_text = (holder or "").rpartition(":")
+        if holder is None or host != holder_name().rpartition(":")[0] \
+                or not pid_text.isdigit():
+            return False
+        pid = int(pid_text)
+        deadline = time.monotonic() + KILLED_WAIT
+        while not _gone(pid):
+            if _parent_of(pid) != os.getpid() or time.monotonic() >= deadline:
+                return False  # a live process that is not a child this parent killed
+            time.sleep(0.02)
+        if not services.ender.take_over(job_id, holder):
+            return False
+        services.ender.finish(_outcome_of_message(app, job_id, kwargs, status, error))
+    except (redis.RedisError, OcrError) as exc:
+        log.error("job %s could not be taken over here: %s", job_id, type(exc).__name__)
+        return False
+    log.warning("job %s: ended by the worker parent, its child %d killed while ending it",
+                job_id, pid)
+    return True
+
+
+# Seconds the worker parent waits for a child it sent SIGKILL to be gone.
+KILLED_WAIT = 5.0
+
+
+def _proc_stat(pid: int) -> list[str] | None:
+    """The fields of /proc/<pid>/stat after the command name; None without them."""
+    try:
+        with open(f"/proc/{pid}/stat") as stat:
+            return stat.read().rsplit(")", 1)[1].split()
+    except (OSError, IndexError):
+        return None
+
+
+def _gone(pid: int) -> bool:
+    """Whether process `pid` has exited (a zombie not yet reaped counts as exited)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return True
+    except PermissionError:  # another user's process: the pid was reused
+        return True
+    fields = _proc_stat(pid)
+    return fields is not None and fields[0] in ("Z", "X")  # no /proc: alive until reaped
+
+
+def _parent_of(pid: int) -> int | None:
+    """The parent pid of a live process, from /proc (None where it cannot be read)."""
+    fields = _proc_stat(pid)
+    return int(fields[1]) if fields is not None and len(fields) > 1 else None
+
+
+def _outcome_of_message(app: OcrCelery, job_id: str, kwargs: Any, status: JobStatus,
+                        error: OcrError | None) -> Outcome:
+    """The outcome of a job ended from its message alone; its uploaded input freed too."""
+    settings: Settings = app.ocr_settings
     request = request_of(kwargs, settings)
     blob = kwargs.get("blob") if isinstance(kwargs, dict) else None
     extra = (blob,) if isinstance(blob, str) and request is None else ()
@@ -166,15 +254,14 @@ def end_from_message(app: OcrCelery, job_id: str, kwargs: Any, status: JobStatus
             status=status, id=job_id, filename=request.filename if request else ""),
             engine=_engine_of(request, app))
     outcome.extra_blobs = extra
-    try:
-        return services.ender.end(outcome)
-    except (redis.RedisError, OcrError) as exc:
-        log.error("job %s could not be ended here: %s", job_id, type(exc).__name__)
-        return False
+    return outcome
 
 
 def _engine_of(request: JobRequest | None, app: OcrCelery) -> str:
-    return request.engine if request is not None and request.engine else app.ocr_engine
+    """The engine the job runs on, as a pool child decides it (`resident.engine_for_job`)."""
+    if request is None:
+        return app.ocr_engine
+    return engine_for_job(request.engine, request.lang, app.ocr_engine, app.ocr_settings)
 
 
 def connect_parent_endings(app: OcrCelery) -> None:
@@ -188,15 +275,17 @@ def connect_parent_endings(app: OcrCelery) -> None:
         _node_name = sender
 
     def on_revoked(sender: Any, request: Any = None, expired: bool = False,
-                   **_: Any) -> None:
+                   terminated: bool = False, **_: Any) -> None:
         if getattr(sender, "name", None) != JOB_TASK or request is None:
             return
         kwargs = getattr(request, "kwargs", None) or {}
         if expired:
             end_from_message(app, str(request.id), kwargs, JobStatus.FAILURE,
                              DeadlineExceeded("the job's deadline passed"))
-        else:
-            end_from_message(app, str(request.id), kwargs, JobStatus.CANCELLED)
+        elif not end_from_message(app, str(request.id), kwargs, JobStatus.CANCELLED) \
+                and terminated:
+            # The killed child may have been ending the job: its claim, the rest undone.
+            take_over_killed(app, str(request.id), kwargs, JobStatus.CANCELLED)
 
     def on_failure(sender: Any, task_id: str, exception: BaseException,
                    kwargs: dict[str, Any] | None = None, **_: Any) -> None:

@@ -19,7 +19,7 @@ from celery.exceptions import Ignore
 
 from tasks.errors import TransientError, WorkerLost
 from tasks.state.boundary import CONNECTION_ERRORS, transient
-from tasks.state.keys import DELIVERY_PREFIX
+from tasks.state.keys import delivery_key
 from tasks.state.stores import JobControl, connect
 
 
@@ -42,7 +42,7 @@ class GuardedTask(Task):
         if GuardedTask._guard_redis is None:
             GuardedTask._guard_redis = connect(settings.redis_url)
         client = GuardedTask._guard_redis
-        key = DELIVERY_PREFIX + task_id
+        key = delivery_key(task_id)
         try:
             with transient("the poison guard's Redis"):
                 self.check_start(task_id, kwargs)

@@ -52,7 +52,7 @@ class ThreadTaskPool(thread.TaskPool):
 
     A thread cannot be killed. A cancelled job ends at once all the same
     (tasks/lifecycle/cancel.py); its running pages end with the server's answer or at
-    their own clock (tasks/engines/vlm_api.py `PageClock`), and their late results are
+    their own clock (tasks/engines/vlm/vlm_api_engine.py `PageClock`), and their late results are
     dropped because the job has ended.
     """
 

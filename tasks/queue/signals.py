@@ -34,7 +34,7 @@ from tasks.engines.lang_routing import served_engines
 from tasks.models.registry import ModelRegistry
 from tasks.pipeline.images import configure_pillow
 from tasks.pipeline.pdf import empty_store
-from tasks.queue import brokers
+from tasks.queue import brokers, thread_limits
 from tasks.queue.routing import CONTROL_QUEUE, queue_for_engine
 from tasks.settings import Settings
 from tasks.state.stores import connect
@@ -98,6 +98,7 @@ def connect_signals(app: OcrCelery, settings: Settings) -> None:
                 keeper = keep_models(0)
                 keeper.start(resident.init_process(settings, app.ocr_engine,
                                                    on_load=keeper.on_load, threaded=True))
+                thread_limits.set_baseline()  # memory growth counts from here
                 log.info("worker %s reads with engine %s in a pool of %s threads", sender,
                          app.ocr_engine, instance.concurrency)
         brokers.prepare_queues(instance.app, settings)
@@ -131,6 +132,9 @@ def connect_signals(app: OcrCelery, settings: Settings) -> None:
         if _keeper is not None:
             _keeper.record_use()
             _keeper.task_finished()
+        if engines is not None and engines.threaded:  # a thread pool's recycling
+            thread_limits.after_task(settings.max_memory_per_child_mb,
+                                     settings.concurrency or settings.vlm_api_in_flight)
 
     def on_worker_shutdown(**_: Any) -> None:
         if resident.existing() is not None and _keeper is not None:  # a thread pool's

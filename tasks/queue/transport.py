@@ -34,6 +34,7 @@ import time
 from dataclasses import asdict, dataclass
 from typing import TYPE_CHECKING, Any
 
+import redis.exceptions
 from celery.signals import task_rejected
 from celery.utils.dispatch import Signal
 from kombu.exceptions import ContentDisallowed
@@ -172,6 +173,17 @@ class Channel(kombu_redis.Channel):
     ocr_dead_letter_ttl = 7 * 86400
 
     def _connparams(self, asynchronous: bool = False) -> dict[str, Any]:
+        if self.connection.client is None:
+            # Redis went away while this worker held unacknowledged messages: kombu
+            # closes the channel of a connection it has already released, and its
+            # restore of those messages finds no address (AttributeError), which
+            # Celery takes for an "Unrecoverable error" and the worker parent exits
+            # (found by the chaos soak, issue 43). A connection error instead is one
+            # the close ignores: the worker reconnects, and the messages, still in
+            # Redis's `unacked` set, are restored after the visibility timeout.
+            raise redis.exceptions.ConnectionError(
+                "the broker connection was released; its unacknowledged messages are "
+                "restored after the visibility timeout")
         # Every connection of this channel reads a reply longer than the largest
         # message it would decode in pieces, keeping only its ends (`bounded_reply`).
         params: dict[str, Any] = super()._connparams(asynchronous)

@@ -1,0 +1,132 @@
+"""Exit codes, the session and the error handling both command lines share.
+
+Runs in `submit.py` and `ocr_admin.py` (a user's or operator's machine). A command is
+`run(args, session) -> int`; `run_command` runs it and turns the service's errors into
+one line on stderr and an exit code, the same for both programs.
+
+Which Redis: `--redis-url`, else `REDIS_URL`, else the URL `make run` wrote into
+`var/redis-url` when it started the project's own Redis (looked for under the current
+directory, then beside this checkout's `submit.py`), else the settings' default
+(redis://127.0.0.1:6379/0).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from collections.abc import Callable, Mapping
+from pathlib import Path
+
+from tasks.client import CONNECTION_ERRORS, OcrClient, masked_url
+from tasks.errors import ServiceUnreachable
+from tasks.records.status import JobStatus, WaitStatus
+from tasks.settings import Settings, SettingsError
+
+# Exit status; with several jobs the most severe one wins (this order, top first).
+EXIT_UNREACHABLE = 5  # Redis did not answer, or no live worker consumes a job's queue
+EXIT_FAILURE = 1      # a job failed (its error code is printed)
+EXIT_TIMEOUT = 6      # --timeout passed with jobs still running (they go on)
+EXIT_CANCELLED = 4    # a job was cancelled
+EXIT_PARTIAL = 3      # a job finished with some pages failed (PARTIAL)
+EXIT_OK = 0           # every job succeeded
+EXIT_USAGE = 2        # bad command line or settings (nothing was sent)
+EXIT_INTERRUPTED = 130
+SEVERITY = (EXIT_UNREACHABLE, EXIT_FAILURE, EXIT_TIMEOUT, EXIT_CANCELLED, EXIT_PARTIAL,
+            EXIT_OK)
+EXIT_BY_STATUS: dict[str, int] = {
+    JobStatus.SUCCESS: EXIT_OK, JobStatus.PARTIAL: EXIT_PARTIAL,
+    JobStatus.CANCELLED: EXIT_CANCELLED, WaitStatus.TIMEOUT: EXIT_TIMEOUT,
+    JobStatus.FAILURE: EXIT_FAILURE, WaitStatus.PENDING: EXIT_UNREACHABLE}
+EXIT_HELP = """exit status (several jobs: the most severe, in this order):
+  5  service unreachable: Redis did not answer, or no live worker consumes the queue
+  1  a job failed
+  6  --timeout passed with jobs still running (they go on; `wait` them again)
+  4  a job was cancelled
+  3  a job was PARTIAL (some pages failed; `retry` re-reads them)
+  0  every job succeeded
+  2  usage error (bad option, file list or setting; nothing was sent)"""
+UNREACHABLE_HINT = ("start the service with `make run`, or point REDIS_URL (or "
+                    "--redis-url) at the broker's Redis")
+REDIS_URL_HELP = ("the broker's Redis (default: $REDIS_URL, else the one `make run` "
+                  "started (var/redis-url), else redis://127.0.0.1:6379/0)")
+# Written by `make run` (scripts/supervise.py) when it starts the project's own Redis.
+RUN_URL_FILE = Path("var") / "redis-url"
+CHECKOUT = Path(__file__).resolve().parents[2]
+
+
+def exit_status(statuses: list[str]) -> int:
+    """The most severe exit code of these job statuses (unknown ones: a failure)."""
+    codes = {EXIT_BY_STATUS.get(status, EXIT_FAILURE) for status in statuses}
+    return next((code for code in SEVERITY if code in codes), EXIT_OK)
+
+
+def run_url(cwd: Path | None = None) -> str | None:
+    """The Redis URL `make run` recorded (var/redis-url), or None."""
+    for base in dict.fromkeys([cwd or Path.cwd(), CHECKOUT]):
+        try:
+            url = (base / RUN_URL_FILE).read_text().strip()
+        except OSError:
+            continue
+        if url:
+            return url
+    return None
+
+
+def redis_url_of(flag: str | None, environ: Mapping[str, str]) -> str | None:
+    """The Redis a command line uses: --redis-url, $REDIS_URL, `make run`'s; None: default."""
+    return flag or environ.get("REDIS_URL") or run_url()
+
+
+class Session:
+    """What a command runs with: settings, and a client whose Redis has answered."""
+
+    def __init__(self, redis_url: str | None = None) -> None:
+        self.redis_url = redis_url
+        self._settings: Settings | None = None
+        self._client: OcrClient | None = None
+
+    @property
+    def settings(self) -> Settings:
+        if self._settings is None:
+            env = dict(os.environ)
+            url = redis_url_of(self.redis_url, env)
+            if url:
+                env["REDIS_URL"] = url
+            self._settings = Settings.from_env(env)
+        return self._settings
+
+    @property
+    def client(self) -> OcrClient:
+        if self._client is None:
+            self._client = OcrClient(self.settings)
+            self._client.check_service()
+        return self._client
+
+    def close(self) -> None:
+        if self._client is not None:
+            self._client.close()
+
+
+Runner = Callable[[argparse.Namespace, Session], int]
+
+
+def run_command(prog: str, run: Runner, args: argparse.Namespace, session: Session) -> int:
+    """Run a command; the service's errors become one line on stderr and an exit code."""
+    try:
+        return run(args, session)
+    except SettingsError as exc:
+        print(f"{prog}: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    except ServiceUnreachable as exc:
+        print(f"{prog}: {exc.message}: {UNREACHABLE_HINT}", file=sys.stderr)
+        return EXIT_UNREACHABLE
+    except CONNECTION_ERRORS as exc:  # Redis went away mid-run
+        url = masked_url(session.settings.redis_url)
+        print(f"{prog}: lost Redis at {url} ({str(exc).strip().rstrip('.')}): "
+              f"{UNREACHABLE_HINT}", file=sys.stderr)
+        return EXIT_UNREACHABLE
+    except KeyboardInterrupt:
+        return EXIT_INTERRUPTED
+    finally:
+        session.close()

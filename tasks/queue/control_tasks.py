@@ -1,0 +1,67 @@
+"""Control tasks: `ocr.cancel` and `ocr.http_callback`.
+
+Run in worker pool children and in the Procfile's control worker (a thread pool that
+serves only the `ocr-control` queue, so a cancel never waits for a busy pool). A
+callback's failed POST is retried on the queue's one retry policy
+(tasks/queue/retry_policy.py).
+"""
+
+from __future__ import annotations
+
+import urllib.error
+from typing import Any
+
+from celery import Task, shared_task
+
+from tasks.errors import BadRequest, CallbackNotAllowed, OcrError
+from tasks.lifecycle.callbacks import post_json, record_delivery, signing_secrets
+from tasks.lifecycle.cancel import cancel_job
+from tasks.queue.parent_endings import JobServices
+from tasks.queue.retry_policy import MAX_RETRIES, retry_in
+from tasks.settings import Settings
+
+
+@shared_task(name="ocr.cancel", bind=True, throws=(OcrError,))
+def cancel(self: Task, job_id: str) -> dict[str, str]:
+    """Cancel a job (public: any Celery client sends it with kwargs `job_id`).
+
+    Pages done are kept, running ones are killed; see docs/tasks.md.
+    """
+    if not isinstance(job_id, str) or not job_id:
+        raise BadRequest("`job_id` must be the id of a job")
+    services = JobServices.for_app(self.app)
+
+    def stop(ids: list[str]) -> None:
+        self.app.control.revoke(ids, terminate=True, signal="SIGKILL")
+
+    status = cancel_job(job_id, services.stores.control, services.join, services.ender,
+                        stop)
+    return {"job_id": job_id, "status": status}
+
+
+@shared_task(name="ocr.http_callback", bind=True, max_retries=MAX_RETRIES)
+def http_callback(self: Task, url: str, body: dict[str, Any]) -> int:
+    """POST a finished job's summary to the caller's URL; retried with the queue's backoff."""
+    settings: Settings = self.app.ocr_settings
+    job_id = body.get("id")
+    secrets = None
+    stores = JobServices.for_app(self.app).stores
+    if isinstance(job_id, str):  # an API client's job: signed with that client's secret
+        secrets = signing_secrets(stores.control.owner(job_id), stores.webhook_secrets)
+    # The delivery is recorded on the job (its result's `callback`): sent, refused by
+    # the address policy, or failed after the last retry.
+    try:
+        status = post_json(url, body, settings, secrets)
+    except CallbackNotAllowed as exc:
+        record_delivery(stores.control, job_id, "refused", exc.code,
+                        attempts=self.request.retries + 1)
+        raise
+    except (urllib.error.URLError, OSError) as exc:
+        retry_in(self, exc)  # returns once the retries are used up
+        record_delivery(stores.control, job_id, "failed", "callback_failed",
+                        attempts=self.request.retries + 1, reason=type(exc).__name__)
+        raise
+    record_delivery(stores.control, job_id, "sent" if status < 300 else "rejected",
+                    None if status < 300 else "callback_rejected",
+                    attempts=self.request.retries + 1, http_status=status)
+    return status

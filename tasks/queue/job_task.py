@@ -1,0 +1,206 @@
+"""`ocr.document`, the public job task: a thin wrapper around `tasks.lifecycle.jobs`.
+
+Runs in worker pool children (the worker parent only sends refusals to the job's exit
+through `DocumentTask`'s guards). It decodes the message into a typed request, calls the
+lifecycle, retries what is retryable (tasks/queue/retry_policy.py) and hands every
+ending to the job's one exit (`JobServices.ender`). A job's result is stored by that
+exit, so Celery stores nothing for `ocr.document` (`ignore_result`) and logs no result
+text. A PDF read page by page is fanned out here into the page and chunk tasks of
+tasks/queue/page_tasks.py.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+import time
+from dataclasses import replace
+from typing import Any, NoReturn
+
+from billiard.exceptions import SoftTimeLimitExceeded
+from celery import Celery, Task, shared_task, states
+from celery.exceptions import Ignore
+from kombu.utils.uuid import uuid
+
+from tasks.engines import resident
+from tasks.errors import BadRequest, DeadlineExceeded, OcrError, Timeout, WorkerLost
+from tasks.lifecycle.fanout import unexpected
+from tasks.lifecycle.inputs import decode_request
+from tasks.lifecycle.jobs import FanOut, process_job
+from tasks.pipeline.documents import past_deadline
+from tasks.queue import thread_limits
+from tasks.queue.page_tasks import pdf_chunk_lost, pdf_page, pdf_page_lost, pdf_text_chunk
+from tasks.queue.parent_endings import JobServices, end_from_message, report_progress
+from tasks.queue.poison_guard import GuardedTask
+from tasks.queue.retry_policy import retry_later
+from tasks.queue.routing import job_queue
+from tasks.records.jobs import JobStatus, Outcome
+from tasks.records.request import JobRequest
+from tasks.records.results import DocumentResult
+from tasks.settings import Settings
+from tasks.state.boundary import publishing, transient
+
+
+class DocumentTask(GuardedTask):
+    """`ocr.document`: every refusal ends the job through its one exit."""
+
+    abstract = True
+
+    def check_start(self, task_id: str, kwargs: dict[str, Any]) -> None:
+        if JobServices.for_app(self.app).ender.has_ended(task_id):
+            raise Ignore()  # a redelivery of a job that has ended: nothing to do
+
+    def refuse_cancelled(self, task_id: str, kwargs: dict[str, Any]) -> None:
+        end_from_message(self.app, task_id, kwargs, JobStatus.CANCELLED)
+        raise Ignore()
+
+    def refuse_poison(self, task_id: str, kwargs: dict[str, Any], exc: WorkerLost) -> None:
+        end_from_message(self.app, task_id, kwargs, JobStatus.FAILURE, exc)
+        raise Ignore()
+
+
+def _previous(app: Celery, request: JobRequest) -> DocumentResult | None:
+    """The result of the job a retry completes (`merge_from`)."""
+    if request.merge_from is None:
+        return None
+    earlier = app.AsyncResult(request.merge_from)
+    if earlier.state != states.SUCCESS or not isinstance(earlier.result, dict):
+        raise BadRequest("`merge_from` must name a finished job whose result is stored")
+    return DocumentResult.from_json(earlier.result)
+
+
+@shared_task(name="ocr.document", bind=True, base=DocumentTask, ignore_result=True,
+             throws=(OcrError,))
+def document(self: Task, *args: Any, **kwargs: Any) -> dict[str, Any]:
+    """OCR one image or PDF; see docs/tasks.md for kwargs and the result schema.
+
+    The result is stored by the job's one exit, so Celery stores nothing
+    (`ignore_result`): it sees a small summary, or the job's error raised again.
+    """
+    started = time.time()  # the job's clock (`timings.total_seconds`) starts here
+    settings: Settings = self.app.ocr_settings
+    job_id = self.request.id
+    # What `task_track_started` would store, were results not ignored.
+    self.backend.store_result(job_id, {"pid": os.getpid(),
+                                       "hostname": self.request.hostname}, states.STARTED)
+    if args:
+        end_from_message(self.app, job_id, kwargs, JobStatus.FAILURE, BadRequest(
+            "ocr.document takes keyword arguments only"))
+        raise Ignore()
+    services = JobServices.for_app(self.app)
+    try:
+        with transient("Redis"):
+            # A job may only name its own client's input and jobs (HTTP API isolation).
+            services.stores.control.check_references(job_id, kwargs.get("blob"),
+                                                     kwargs.get("merge_from"))
+    except OcrError as exc:
+        _retry_if_transient(self, exc)
+        # Ended without its request: the input it named is someone else's, not freed.
+        _end(self, services, Outcome.failed(job_id, exc, None))
+        raise Ignore() from None
+    try:
+        request = decode_request(kwargs, settings)
+    except OcrError as exc:
+        end_from_message(self.app, job_id, kwargs, JobStatus.FAILURE, exc)
+        raise Ignore() from None
+    # The engine that reads the job (its own, its language's, or this worker's): failures name it.
+    engine = resident.current(settings).for_job(request.engine, request.lang)
+    engines = resident.current(settings)
+    try:
+        with transient("Redis or the broker"):
+            read = functools.partial(
+                process_job, job_id, request, settings, engines, services.stores,
+                _previous(self.app, request),
+                progress=functools.partial(report_progress, self.app, job_id),
+                started=started, engine_name=engine)
+            # A thread pool enforces no limit: the job's own read is bounded here.
+            work = (thread_limits.bounded(settings.soft_time_limit, read)
+                    if engines.threaded else read())
+            if isinstance(work, FanOut):
+                fan_out(self, work, services)  # raises Ignore: ended by its last page
+    except OcrError as exc:
+        _retry_if_transient(self, exc)  # the input stays for the retry
+        outcome = Outcome.failed(job_id, exc, request, engine=engine, started=started)
+    except SoftTimeLimitExceeded:
+        late: OcrError = (DeadlineExceeded("the job's deadline passed while it ran")
+                          if past_deadline(request.deadline) else
+                          Timeout(f"the job ran past its soft time limit of "
+                                  f"{settings.soft_time_limit} s"))
+        outcome = Outcome.failed(job_id, late, request, engine=engine, started=started)
+    except Ignore:
+        raise  # fanned out: the job ends when its last page is in
+    except Exception as exc:  # noqa: BLE001 - any other failure ends the job, logged
+        outcome = Outcome.failed(job_id, unexpected(job_id, exc), request, engine=engine,
+                                 started=started)
+    else:
+        outcome = work  # a FanOut raised Ignore in fan_out
+    outcome.reply_queue = (self.request.delivery_info or {}).get("routing_key")
+    _end(self, services, outcome)
+    return celery_summary(outcome)
+
+
+def _retry_if_transient(task: Task, exc: OcrError) -> None:
+    """Retry `task` for a retryable error (until its retries are used up)."""
+    if exc.retryable:
+        retry_later(task, exc)
+
+
+def _end(task: Task, services: JobServices, outcome: Outcome) -> None:
+    """End the job; a store unreachable at that moment retries the task instead."""
+    try:
+        with transient("Redis or the broker"):
+            services.ender.end(outcome)
+    except OcrError as exc:
+        if not exc.retryable:
+            raise
+        retry_later(task, exc)
+        raise
+
+
+def celery_summary(outcome: Outcome) -> dict[str, Any]:
+    """What Celery sees of an ended job: the error raised again, or a summary.
+
+    (Not `Ignore`: Celery's handling of an ignored task keeps memory per task.)
+    """
+    if outcome.status is JobStatus.FAILURE and outcome.error is not None:
+        raise outcome.error
+    pages = outcome.result.pages if outcome.result is not None else []
+    return {"id": outcome.job_id, "status": outcome.status.value, "pages": len(pages)}
+
+
+def fan_out(task: Task, work: FanOut, services: JobServices) -> NoReturn:
+    """Enqueue one page task per OCR page; the job ends when its last page is in.
+
+    Page tasks get the job's priority, and their ids are kept (for cancellation).
+    Raises `Ignore`, never returns: a returned value would be stored as the job's
+    SUCCESS (a message from Flower or another language's client may ask Celery to store
+    results) and sent as a `task-succeeded` event, both before the job has ended.
+    """
+    # The queue of the engine that reads the job (named, routed by its language, or this
+    # worker's): this worker consumes it, and so does every worker that can run it.
+    queue = job_queue(work.meta.engine)
+    meta = replace(work.meta, page_tasks=[uuid() for _ in work.meta.ocr_pages],
+                   chunk_tasks=[uuid() for _ in work.meta.text_chunks], reply_queue=queue)
+    job_id = meta.job_id
+    priority = (task.request.delivery_info or {}).get("priority")
+    started = services.join.start(meta, work.text_pages)
+    if work.replaced_blob:
+        services.stores.blobs.delete(work.replaced_blob)  # the encrypted upload
+    if not started:  # the job ended while it was split (its ending freed the rest)
+        services.stores.blobs.delete(meta.request.blob)
+        raise Ignore()
+    # Progress first: a fast page could otherwise finish the job before this write.
+    report_progress(task.app, job_id, len(work.text_pages), meta.total)
+    # An encrypted URL input's password goes with its page tasks (each host decrypts
+    # its own copy), never into the document's meta.
+    opened = {"password": work.password} if work.password else {}
+    with publishing("a page task"):
+        for number, page_id in zip(meta.ocr_pages, meta.page_tasks, strict=True):
+            pdf_page.apply_async((job_id, number), opened, queue=queue, task_id=page_id,
+                                 priority=priority,
+                                 link_error=pdf_page_lost.s(job_id, number, queue))
+        for index, chunk_id in enumerate(meta.chunk_tasks):
+            pdf_text_chunk.apply_async((job_id, index), opened, queue=queue,
+                                       task_id=chunk_id, priority=priority,
+                                       link_error=pdf_chunk_lost.s(job_id, index, queue))
+    raise Ignore()  # the job's result is stored when its last page is recorded

@@ -1,0 +1,211 @@
+"""The page and chunk tasks of a fanned-out PDF, and the errbacks of lost ones.
+
+Runs in worker pool children (or a thread-pool worker's threads): `ocr.pdf_page` reads
+one page, `ocr.pdf_text_chunk` analyses a chunk of text-layer pages (output=markdown or
+json); the call that records a document's last page ends the job. `pdf_page_lost` and
+`pdf_chunk_lost` run wherever Celery marks such a task failed (the worker parent, for a
+child killed at its hard time limit): they send `ocr.pdf_page_failed` /
+`ocr.pdf_chunk_failed`, which record the pages as failed so the document still ends.
+Retries follow tasks/queue/retry_policy.py; the open PDF is the thread's
+(tasks/lifecycle/open_documents.py).
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Callable
+from typing import Any, TypeVar
+
+from billiard.exceptions import SoftTimeLimitExceeded
+from celery import Celery, Task, shared_task
+
+from tasks.engines import resident
+from tasks.errors import OcrError, Timeout, error_info
+from tasks.lifecycle.cancel import end_cancelled_document
+from tasks.lifecycle.fanout import Progress, record_page, run_pdf_page, run_text_chunk
+from tasks.lifecycle.open_documents import open_documents
+from tasks.pipeline.results import failed_page
+from tasks.queue import thread_limits
+from tasks.queue.parent_endings import JobServices, report_progress
+from tasks.queue.poison_guard import GuardedTask
+from tasks.queue.retry_policy import retry_later
+from tasks.records.jobs import DocumentMeta, Outcome
+from tasks.records.results import PageError, PageRecord
+from tasks.settings import Settings
+from tasks.state.boundary import transient
+
+T = TypeVar("T")
+
+
+@shared_task(name="ocr.pdf_page", bind=True, base=GuardedTask)
+def pdf_page(self: Task, doc_id: str, number: int,
+             password: str | None = None) -> dict[str, Any]:
+    """OCR one page of a fanned-out PDF and end the document if it was the last.
+
+    `password`: an encrypted URL input's, which this host's copy is opened with.
+    """
+    settings: Settings = self.app.ocr_settings
+    services = JobServices.for_app(self.app)
+    meta, skipped = _document_to_read(self, doc_id, services)
+    if meta is None:
+        return {"document": doc_id, "number": number, "skipped": skipped}
+    engines = resident.current(settings)
+
+    def read() -> PageRecord:
+        return run_pdf_page(meta, number, engines, open_documents(), settings,
+                            services.stores, password)
+
+    try:
+        with transient("Redis"):
+            # A thread pool enforces no limit: the page's whole read is bounded here.
+            page = (thread_limits.bounded(settings.vlm_api_page_time_limit,
+                                          functools.partial(_closing, read))
+                    if engines.threaded else read())
+    except OcrError as exc:  # retryable: the others are failed pages already
+        retry_later(self, exc)
+        page = failed_page(number, exc)
+    except SoftTimeLimitExceeded:
+        page = failed_page(number, Timeout(
+            f"page {number} ran past OCR_VLM_API_PAGE_TIME_LIMIT "
+            f"({settings.vlm_api_page_time_limit} s)" if engines.threaded else
+            f"page {number} ran past its soft time limit of "
+            f"{settings.page_soft_time_limit} s"))
+    _record_or_end(self, meta, page, services)
+    return {"document": doc_id, "number": number, "ok": not page.failed}
+
+
+@shared_task(name="ocr.pdf_text_chunk", bind=True, base=GuardedTask)
+def pdf_text_chunk(self: Task, doc_id: str, index: int,
+                   password: str | None = None) -> dict[str, Any]:
+    """Analyse a chunk of a fanned-out PDF's text-layer pages (output=markdown/json).
+
+    Ends the document if its pages were the last.
+    """
+    settings: Settings = self.app.ocr_settings
+    services = JobServices.for_app(self.app)
+    meta, skipped = _document_to_read(self, doc_id, services)
+    if meta is None:
+        return {"document": doc_id, "chunk": index, "skipped": skipped}
+    numbers = meta.text_chunks[index]
+
+    def read() -> list[PageRecord]:
+        return run_text_chunk(meta, index, open_documents(), settings, services.stores,
+                              password)
+
+    try:
+        with transient("Redis"):
+            pages = (thread_limits.bounded(settings.soft_time_limit,
+                                           functools.partial(_closing, read))
+                     if resident.current(settings).threaded else read())
+    except OcrError as exc:  # retryable (reading the input): the pages fail after retries
+        retry_later(self, exc)
+        pages = [failed_page(n, exc) for n in numbers]
+    except SoftTimeLimitExceeded:
+        pages = [failed_page(n, Timeout(f"page {n}'s layout analysis ran past the soft "
+                                        f"time limit of {settings.soft_time_limit} s"))
+                 for n in numbers]
+    _record_or_end(self, meta, pages, services)
+    return {"document": doc_id, "chunk": index, "pages": len(pages)}
+
+
+def _closing(read: Callable[[], T]) -> T:
+    """`read()` in a helper thread of its own, whose open document is closed after it."""
+    try:
+        return read()
+    finally:
+        open_documents().close()
+
+
+@shared_task(name="ocr.pdf_chunk_lost")
+def pdf_chunk_lost(request: Any, exc: BaseException, traceback: Any, doc_id: str,
+                   index: int, queue: str) -> None:
+    """Errback of a chunk task that failed outright: its pages are recorded as failed."""
+    pdf_chunk_failed.apply_async((doc_id, index, error_info(exc)), queue=queue)
+
+
+@shared_task(name="ocr.pdf_chunk_failed", bind=True)
+def pdf_chunk_failed(self: Task, doc_id: str, index: int, error: dict[str, Any]) -> None:
+    """Record a lost chunk's pages as failed, so the document still ends (PARTIAL)."""
+    _record_lost(self, doc_id, lambda meta: [
+        PageRecord(n, source="text-layer", error=PageError.from_json(error))
+        for n in meta.text_chunks[index]])
+
+
+def _record_lost(task: Task, doc_id: str,
+                 lost: Callable[[DocumentMeta], PageRecord | list[PageRecord]]) -> None:
+    """Record the pages a lost task held as failed (retried while Redis is away)."""
+    services = JobServices.for_app(task.app)
+    try:
+        with transient("Redis or the broker"):
+            meta = services.join.find(doc_id)
+            if meta is None:
+                return  # the document has ended
+            _record(task.app, meta, lost(meta), services)
+    except OcrError as exc:
+        retry_later(task, exc)
+        raise
+
+
+def _document_to_read(task: Task, doc_id: str,
+                      services: JobServices) -> tuple[DocumentMeta | None, str]:
+    """A fanned-out document's meta, or None and why its pages are not read.
+
+    A cancel that came while the PDF was split ends the document here.
+    """
+    try:
+        with transient("Redis"):
+            meta = services.join.find(doc_id)
+            cancelled = meta is not None and services.stores.control.is_cancelled(doc_id)
+    except OcrError as exc:
+        retry_later(task, exc)
+        raise
+    if meta is None:
+        return None, "document finished"
+    if cancelled:
+        try:
+            with transient("Redis or the broker"):
+                end_cancelled_document(meta, services.join, services.ender)
+        except OcrError as exc:
+            retry_later(task, exc)
+            raise
+        return None, "document cancelled"
+    return meta, ""
+
+
+def _record_or_end(task: Task, meta: DocumentMeta, pages: PageRecord | list[PageRecord],
+                   services: JobServices) -> None:
+    """Record read pages; a record or merge that met an outage past its retries ends the job."""
+    try:
+        with transient("Redis or the broker"):
+            _record(task.app, meta, pages, services)
+    except OcrError as exc:
+        retry_later(task, exc)
+        services.ender.end(Outcome.failed(meta.job_id, exc, meta.request, engine=meta.engine,
+                                          started=meta.started,
+                                          reply_queue=meta.reply_queue))
+
+
+def _record(app: Celery, meta: DocumentMeta, page: PageRecord | list[PageRecord],
+            services: JobServices) -> None:
+    progress: Progress = functools.partial(report_progress, app, meta.job_id)
+    if record_page(meta, page, services.join, services.ender, app.ocr_settings,
+                   services.stores, progress):
+        open_documents().close()  # the document ended: its pages are not read here again
+
+
+@shared_task(name="ocr.pdf_page_lost")
+def pdf_page_lost(request: Any, exc: BaseException, traceback: Any, doc_id: str,
+                  number: int, queue: str) -> None:
+    """Errback of a page task that failed outright: record the page as failed.
+
+    That is a child killed at its hard limit, or a page refused as a poison job. The
+    record goes to the page's own queue, which the page's workers consume.
+    """
+    pdf_page_failed.apply_async((doc_id, number, error_info(exc)), queue=queue)
+
+
+@shared_task(name="ocr.pdf_page_failed", bind=True)
+def pdf_page_failed(self: Task, doc_id: str, number: int, error: dict[str, Any]) -> None:
+    """Record a lost page as failed, so the document still ends (PARTIAL)."""
+    _record_lost(self, doc_id, lambda _meta: PageRecord(
+        number, source="ocr", error=PageError.from_json(error)))

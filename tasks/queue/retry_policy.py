@@ -1,0 +1,65 @@
+"""The one retry policy of the queue's tasks: how many times, and how long between tries.
+
+Runs wherever a task runs (worker pool children, the control worker). Job, page and
+chunk tasks retry a retryable error (`OcrError.retryable`) with `retry_later`; the HTTP
+callback task retries a failed POST with `retry_in` on the same backoff.
+
+Exponential backoff (2 s doubling, 60 s cap) with "equal jitter": half of each step is
+waited for sure, the other half is random. Full jitter could spend all five retries
+within a few seconds, shorter than a broker or an inference server takes to come back;
+this way they span at least 31 s.
+"""
+
+from __future__ import annotations
+
+import random
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from celery import Task
+
+    from tasks.settings import Settings
+
+MAX_RETRIES = 5
+RETRY_BACKOFF = 2
+RETRY_BACKOFF_MAX = 60
+
+
+def backoff_step(retries: int) -> float:
+    """The backoff step before retry number `retries + 1` (before jitter)."""
+    return float(min(RETRY_BACKOFF_MAX, RETRY_BACKOFF * 2**retries))
+
+
+def countdown(retries: int) -> float:
+    """Seconds to wait before retry number `retries + 1`: half the step, plus up to half."""
+    step = backoff_step(retries)
+    return step / 2 + random.uniform(0, step / 2)
+
+
+def retry_in(task: Task, exc: BaseException, most: int = MAX_RETRIES) -> None:
+    """Retry `task` after the policy's countdown; returns when its `most` retries are used."""
+    retries = task.request.retries
+    if retries >= most:
+        return
+    raise task.retry(exc=exc, countdown=countdown(retries), max_retries=most)
+
+
+def retry_later(task: Task, exc: BaseException) -> None:
+    """Retry a job, page or chunk task for a retryable error; returns when retries are used up."""
+    retry_in(task, exc, max_retries(task.app.ocr_settings, task.app.ocr_engine))
+
+
+def max_retries(settings: Settings, engine: str) -> int:
+    """MAX_RETRIES; on a vlm-api worker, as many as fit in OCR_VLM_API_RETRY_SECONDS.
+
+    A GPU server takes minutes to load or restart: its pages are retried for a time,
+    not a count (each backoff step counted at its mean, 3/4 of the step).
+    """
+    if engine != "vlm-api":
+        return MAX_RETRIES
+    spent, retries = 0.0, 0
+    while True:
+        spent += 0.75 * backoff_step(retries)
+        if spent > settings.vlm_api_retry_seconds:
+            return retries
+        retries += 1
