@@ -11,7 +11,7 @@ from pathlib import Path
 
 import requests
 
-from tests.conftest import ROOT, ProcfileProcess, free_port
+from tests.harness import ROOT, ProcfileProcess, free_port
 
 
 class ApiServer(ProcfileProcess):
@@ -28,18 +28,16 @@ class ApiServer(ProcfileProcess):
 
     def start(self, timeout: float = 60) -> ApiServer:
         started = time.monotonic()
-        proc = self.spawn()
-        while time.monotonic() - started < timeout:
-            if proc.poll() is not None:
-                raise self.failed("exited early")
-            try:
-                if requests.get(f"{self.url}/healthz", timeout=1).status_code == 200:
-                    self.startup_seconds = time.monotonic() - started
-                    return self
-            except requests.ConnectionError:
-                pass
-            time.sleep(0.05)
-        raise self.failed(f"not up in {timeout} s")
+        self.spawn()
+        self.wait_until(self.healthy, timeout, "up")
+        self.startup_seconds = time.monotonic() - started
+        return self
+
+    def healthy(self) -> bool:
+        try:
+            return requests.get(f"{self.url}/healthz", timeout=1).status_code == 200
+        except requests.ConnectionError:
+            return False
 
 
 def create_token(redis_url: str, name: str, *options: str) -> str:

@@ -187,3 +187,44 @@ class LayoutBreakingEngine(FakeEngine):
 
         pymupdf.Page.get_layout = get_layout  # type: ignore[method-assign, assignment]
         return cls(0.0)
+
+
+class LayoutKillingEngine(FakeEngine):
+    """Kills its own process in PyMuPDF's layout analysis of a page holding `KILL-LAYOUT`.
+
+    Like the OOM killer meeting a page the analysis cannot handle: the structure chunk
+    task holding that page is lost, again at each redelivery, until the poison guard
+    refuses it (issue 43: a lost structure chunk through real workers).
+    """
+
+    name = "layout-killing"
+
+    @classmethod
+    def load(cls, settings: Settings) -> LayoutKillingEngine:
+        import pymupdf
+
+        analyse = pymupdf.Page.get_layout
+
+        def get_layout(page: pymupdf.Page, *args: object, **kwargs: object) -> object:
+            if "KILL-LAYOUT" in page.get_text():
+                os.kill(os.getpid(), signal.SIGKILL)
+            return analyse(page, *args, **kwargs)
+
+        pymupdf.Page.get_layout = get_layout  # type: ignore[method-assign, assignment]
+        return cls(0.0)
+
+
+class LeakyEngine(FakeEngine):
+    """Keeps 4 MB of every page it reads: a process that grows (recycling by memory).
+
+    Registered under the name `vlm-api` (OCR_ENGINE_PLUGINS wins over the built-ins),
+    it runs in a thread-pool worker as the vlm-api engine does, with no server behind.
+    """
+
+    name = "leaky"
+    thread_safe = True
+    kept: list[bytes] = []
+
+    def recognize(self, image: Image.Image, options: RecognizeOptions) -> PageResult:
+        LeakyEngine.kept.append(b"\x01" * (4 << 20))  # touched: resident memory
+        return super().recognize(image, options)

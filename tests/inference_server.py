@@ -16,7 +16,7 @@ from typing import Any
 
 import requests
 
-from tests.conftest import ProcfileProcess, free_port
+from tests.harness import ProcfileProcess, free_port
 
 SERVER_ENV = {"MLX_DISABLE_COMPILE": "1", "HF_HUB_OFFLINE": "1"}
 
@@ -38,16 +38,9 @@ class VlmServer(ProcfileProcess):
 
     def start(self, timeout: float = 300) -> VlmServer:
         """Start it and wait until /health names a loaded model."""
-        proc = self.spawn()
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if proc.poll() is not None:
-                raise self.failed("exited early")
-            health = self.health()
-            if health and health.get("loaded_model"):
-                return self
-            time.sleep(0.2)
-        raise self.failed(f"not up in {timeout} s")
+        self.spawn()
+        self.wait_until(lambda: (self.health() or {}).get("loaded_model"), timeout, "up")
+        return self
 
     def health(self) -> dict[str, Any] | None:
         try:

@@ -60,7 +60,7 @@ def age(path: Path, seconds: float) -> None:
 
 
 def build_lifecycle_dir(models: Path, outside: Path) -> None:
-    """The audit scenario of tests/test_model_lifecycle.py (see EXPECTED_* there).
+    """The audit scenario of tests/models/test_model_lifecycle.py (see EXPECTED_* there).
 
     `outside` holds what links point to; it must survive every prune.
     """

@@ -10,13 +10,12 @@ from __future__ import annotations
 import os
 import socket
 import subprocess
-import time
 from pathlib import Path
 from typing import Any
 
 import boto3
 
-from tests.conftest import VENV_BIN, free_port, stop_group
+from tests.harness import VENV_BIN, eventually, free_port, stop_group
 
 AWS = {"AWS_ACCESS_KEY_ID": "test-key", "AWS_SECRET_ACCESS_KEY": "test-secret",
        "AWS_DEFAULT_REGION": "us-east-1"}
@@ -45,16 +44,18 @@ class MotoS3:
             self.proc = subprocess.Popen(
                 [str(VENV_BIN / "moto_server"), "-H", "127.0.0.1", "-p", str(self.port)],
                 env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"moto_server exited:\n{self.log()}")
-            try:
-                socket.create_connection(("127.0.0.1", self.port), timeout=1).close()
-                return self
-            except OSError:
-                time.sleep(0.1)
-        raise RuntimeError(f"moto_server not up in {timeout} s:\n{self.log()}")
+        eventually(self._listening, timeout, lambda: f"moto_server up:\n{self.log()}")
+        return self
+
+    def _listening(self) -> bool:
+        assert self.proc is not None
+        if self.proc.poll() is not None:
+            raise RuntimeError(f"moto_server exited:\n{self.log()}")
+        try:
+            socket.create_connection(("127.0.0.1", self.port), timeout=1).close()
+        except OSError:
+            return False
+        return True
 
     def log(self) -> str:
         return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""

@@ -1,0 +1,53 @@
+"""Smoke test of the benchmark harness: `python -m bench --quick --only overhead`.
+
+Skipped unless the benchmark requirements (requirements-bench.txt) are installed, as
+`make bench` does; `make test` alone does not install them.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from tests.harness import ROOT
+
+pytestmark = pytest.mark.slow
+
+
+def test_quick_overhead_benchmark_writes_table_json_and_plot(tmp_path: Path) -> None:
+    pytest.importorskip("matplotlib")
+    pytest.importorskip("psutil")
+    done = subprocess.run([sys.executable, "-m", "bench", "--quick", "--only", "overhead",
+                           "--results", str(tmp_path)], cwd=ROOT, capture_output=True,
+                          text=True, timeout=120,
+                          env={**os.environ, "PYTHONPATH": str(ROOT)})
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
+    assert "submit -> result (client)" in done.stdout
+    assert "latency p50 / engine p50" in done.stdout
+    report = json.loads((tmp_path / "overhead.json").read_text())
+    assert report["quick"] is True
+    assert report["machine"]["cpu_count"] >= 1
+    assert report["data"]["stats"]["submit -> result (client)"]["n"] == 15
+    assert (tmp_path / "overhead.png").stat().st_size > 0
+
+
+def test_quick_vlm_benchmark_measures_budget_and_loop(tmp_path: Path) -> None:
+    """`python -m bench --quick --only vlm`: the page budget and the loop guard, measured."""
+    pytest.importorskip("psutil")
+    done = subprocess.run([sys.executable, "-m", "bench", "--quick", "--only", "vlm",
+                           "--results", str(tmp_path)], cwd=ROOT, capture_output=True,
+                          text=True, timeout=600,
+                          env={**os.environ, "PYTHONPATH": str(ROOT)})
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
+    report = json.loads((tmp_path / "vlm.json").read_text())
+    small, large = report["data"]["pages"]
+    assert max(small["image_size"]) == 448 and max(large["image_size"]) == 896
+    assert large["prompt_tokens"] > small["prompt_tokens"]
+    guarded, unguarded = report["data"]["loops"]
+    assert guarded["finish_reason"] == "repetition" and unguarded["finish_reason"] == "length"
+    assert guarded["generation_tokens"] < unguarded["generation_tokens"] == 512

@@ -1,0 +1,349 @@
+"""`submit.py` as a new user meets it: help, names on every line, exit codes, errors.
+
+A real worker (fake engines) on the tests' own redis-server; `submit.py` runs as a
+subprocess, as a user runs it.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+import redis
+
+import submit
+from tasks.client import OcrClient
+from tests.harness import FAST_PAGES, ROOT, Worker, corpus, eventually, fake_env, free_port
+from tests.pdf_fixtures import image_pdf, plain_pages
+from tests.queue.test_queue import submit_cli
+
+ENGINES = ("fake", "flaky-on-dark")
+BASE = fake_env(*ENGINES, **FAST_PAGES)
+
+
+@pytest.fixture(scope="module")
+def worker(start_worker: Callable[..., Worker]) -> Worker:
+    return start_worker(**BASE)
+
+
+# --- without a service -----------------------------------------------------------------
+
+# What a client must not load: the worker's engines, image and PDF libraries, the hub.
+HEAVY_MODULES = ("numpy", "PIL", "huggingface_hub", "fitz", "pymupdf", "tesserocr", "mlx",
+                 "mlx_vlm", "tasks.pipeline", "tasks.engines", "tasks.models",
+                 "tasks.queue.job_task", "tasks.queue.page_tasks", "tasks.queue.signals")
+
+
+@pytest.mark.parametrize("construct", [
+    "from tasks.client import OcrClient; OcrClient(Settings.from_env())",
+    "import submit; from tasks.client import OcrClient; OcrClient(Settings.from_env())",
+    "from tasks.api.app import create_api; create_api(Settings.from_env())",
+])
+def test_clients_load_no_engine_image_pdf_or_hub_module(construct: str) -> None:
+    """Importing and constructing a client (Python, submit.py, the API) stays light."""
+    code = ("import json, sys\nfrom tasks.settings import Settings\n" + construct + "\n"
+            f"heavy = {HEAVY_MODULES!r}\n"
+            "print(json.dumps(sorted(m for m in sys.modules if m.split('.')[0] in heavy "
+            "or any(m == h or m.startswith(h + '.') for h in heavy))))")
+    done = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True,
+                          text=True, timeout=60, env={**os.environ, "PYTHONPATH": str(ROOT)})
+    assert done.returncode == 0, done.stderr
+    assert json.loads(done.stdout.strip().splitlines()[-1]) == []
+
+
+def test_help_lists_every_command_with_an_example_and_the_exit_codes() -> None:
+    done = subprocess.run([sys.executable, "submit.py", "--help"], cwd=ROOT,
+                          capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0
+    for cmd in submit.COMMANDS.values():
+        assert re.search(rf"^    {cmd.name}\s", done.stdout, re.M), cmd.name
+        assert cmd.example in done.stdout
+    for code in (0, 1, 2, 3, 4, 5, 6):
+        assert re.search(rf"^  {code}  \S", done.stdout, re.M), code
+    assert {"submit", "wait", "status", "cancel", "retry", "models"} <= set(submit.COMMANDS)
+    readme = (ROOT / "README.md").read_text()
+    assert all(line.strip() in readme for line in submit.EXIT_HELP.splitlines()[1:])
+
+
+@pytest.mark.parametrize(("words", "command", "json_", "rest"), [
+    (["a.png", "b.pdf"], "submit", False, {"files": ["a.png", "b.pdf"]}),
+    (["--json", "wait", "ID"], "wait", True, {"ids": ["ID"]}),
+    (["wait", "--json", "ID"], "wait", True, {"ids": ["ID"]}),
+    (["--timeout", "5", "--json", "--pages", "1", "a.pdf"], "submit", True,
+     {"files": ["a.pdf"], "pages": "1", "timeout": 5.0}),
+    (["--out=d", "a.png", "--json"], "submit", True, {"files": ["a.png"], "out": Path("d")}),
+    (["--json", "cancel", "X", "Y"], "cancel", True, {"ids": ["X", "Y"]}),
+])
+def test_shared_options_before_or_after_the_command(words: list[str], command: str,
+                                                    json_: bool, rest: dict[str, object]
+                                                    ) -> None:
+    args = submit.build_parser().parse_args(submit.with_default_command(words))
+    assert args.command == command and args.json is json_
+    assert {k: getattr(args, k) for k in rest} == rest
+
+
+def test_usage_errors_exit_2_before_anything_is_sent() -> None:
+    port = free_port()  # nothing listens: a usage error must not even try Redis
+    for words in ([], ["--out", "d", "cancel", "X"], ["--output", "docx", "a.png"],
+                  ["wait"], ["models", "--unload", "--prune"]):
+        done = submit_cli(f"redis://127.0.0.1:{port}/0", *words)
+        assert done.returncode == 2, (words, done.stderr)
+        assert "Traceback" not in done.stderr
+
+
+def test_redis_unreachable_is_one_line_with_the_url_and_what_to_do() -> None:
+    url = f"redis://:s3cret@127.0.0.1:{free_port()}/0"
+    done = submit_cli(url, str(corpus("scan_linn.png")))
+    assert done.returncode == 5
+    [line] = done.stderr.splitlines()
+    assert f"redis://:***@127.0.0.1:{url.rsplit(':', 1)[1]}" in line
+    assert "make run" in line and "REDIS_URL" in line and "s3cret" not in line
+    waited = submit_cli(url, "--json", "wait", "some-id")
+    assert waited.returncode == 5 and len(waited.stderr.splitlines()) == 1
+
+
+def test_exit_status_takes_the_most_severe_outcome() -> None:
+    def status(*states: str) -> int:
+        return submit.exit_status([{"status": s} for s in states])
+
+    assert status("SUCCESS", "SUCCESS") == 0
+    assert status("SUCCESS", "PARTIAL") == 3
+    assert status("PARTIAL", "CANCELLED") == 4
+    assert status("CANCELLED", "TIMEOUT") == 6
+    assert status("TIMEOUT", "FAILURE", "PARTIAL") == 1
+    assert status("FAILURE", "PENDING") == 5
+
+
+def test_a_cancelled_jobs_line_says_what_it_kept_and_where() -> None:
+    from tasks.cli.output import problem_lines
+
+    result = {"id": "J", "filename": "a.pdf", "status": "CANCELLED",
+              "pages": [{"number": 1}, {"number": 2}, {"number": 4}]}
+    assert problem_lines(result, 14) == [
+        "a.pdf: CANCELLED: 3 of 14 pages kept (pages 1-2,4; `submit.py --json wait J` "
+        "prints them, `--out DIR` writes them)"]
+    [line] = problem_lines(result, 14, Path("out"))
+    assert line.endswith("(pages 1-2,4; written to out)")
+
+
+# --- with a worker ---------------------------------------------------------------------
+
+def test_a_batch_with_bad_files_names_every_file(worker: Worker, redis_url: str,
+                                                 tmp_path: Path) -> None:
+    good, bad = corpus("scan_tess_phototest.tif"), corpus("bad_broken.png")
+    missing = tmp_path / "not_there.png"
+    done = submit_cli(redis_url, str(good), str(bad), str(missing))
+    assert done.returncode == 1
+    assert done.stdout.startswith("==> scan_tess_phototest.tif <==\nfake ")
+    assert re.search(r"^bad_broken\.png: FAILURE corrupt_input: ", done.stderr, re.M)
+    assert re.search(r"^not_there\.png: FAILURE input_not_found: ", done.stderr, re.M)
+    as_json = submit_cli(redis_url, str(bad), str(good), "--json")
+    records = [json.loads(line) for line in as_json.stdout.splitlines()]
+    assert [(r["filename"], r["status"]) for r in records] == [
+        ("bad_broken.png", "FAILURE"), ("scan_tess_phototest.tif", "SUCCESS")]
+
+
+def test_no_wait_then_wait_with_options_before_the_command(worker: Worker,
+                                                           redis_url: str) -> None:
+    sent = submit_cli(redis_url, "--no-wait", str(corpus("scan_linn.png")))
+    assert sent.returncode == 0
+    job_id, name = sent.stdout.strip().split("\t")
+    assert name == "scan_linn.png"
+    for words in (["--json", "wait", job_id], ["wait", job_id, "--json"]):
+        done = submit_cli(redis_url, *words)
+        assert done.returncode == 0, done.stderr
+        record = json.loads(done.stdout)
+        assert (record["id"], record["filename"], record["status"]) == (
+            job_id, "scan_linn.png", "SUCCESS")
+    status = submit_cli(redis_url, "status", job_id)
+    assert status.stdout.startswith("scan_linn.png: SUCCESS")
+
+
+def test_partial_result_exits_3_and_names_the_page(worker: Worker, redis_url: str,
+                                                   tmp_path: Path) -> None:
+    pdf = tmp_path / "three.pdf"
+    pdf.write_bytes(image_pdf(plain_pages(3, dark=[2])))
+    done = submit_cli(redis_url, "--engine", "flaky-on-dark", str(pdf))
+    assert done.returncode == 3, done.stderr
+    assert re.search(r"^three\.pdf: PARTIAL: page 2 failed: engine_failed: ", done.stderr,
+                     re.M)
+
+
+def door_keys(store: redis.Redis) -> set[bytes]:
+    """What a sent job leaves in Redis: inputs, job records, queues and their bindings."""
+    return {k for pattern in ("ocr:blob:*", "ocr:job:*", "ocr-*", "_kombu.binding.ocr-*")
+            for k in store.keys(pattern)}
+
+
+def test_an_engine_no_worker_can_run_is_refused_at_the_door(worker: Worker,
+                                                            redis_url: str) -> None:
+    store = redis.Redis.from_url(redis_url)
+    before = door_keys(store)
+    done = submit_cli(redis_url, "--engine", "tesserakt", str(corpus("scan_linn.png")))
+    assert done.returncode == 2, done.stderr
+    [line] = done.stderr.splitlines()
+    assert "unknown_engine" in line and "'tesserakt'" in line
+    assert all(name in line for name in ("tesseract", "rapidocr", "mlx-vlm", "fake"))
+    # a built-in engine no live worker runs: its make target, exit 5, nothing sent
+    missing = submit_cli(redis_url, "--engine", "mlx-vlm", str(corpus("scan_linn.png")))
+    assert missing.returncode == 5, missing.stderr
+    assert "engine_unavailable" in missing.stderr and "make vlm" in missing.stderr
+    bad = submit_cli(redis_url, "--pages", "3-1", str(corpus("scan_linn.png")))
+    assert bad.returncode == 2 and "invalid_pages" in bad.stderr, bad.stderr
+    assert door_keys(store) == before
+
+
+def test_no_worker_on_the_queue_is_reported_not_waited_for(worker: Worker, redis_url: str,
+                                                           client: OcrClient) -> None:
+    # a job on a queue no live worker consumes (sent past the door, as any Celery
+    # client can): `wait` reports it instead of waiting at PENDING
+    blob = client._blobs.put(corpus("scan_linn.png").read_bytes())
+    job = client.enqueue({"blob": blob, "filename": "scan_linn.png", "engine": "nobody"})
+    done = submit_cli(redis_url, "--json", "wait", job)
+    assert done.returncode == 5, done.stderr
+    record = json.loads(done.stdout)
+    assert record["status"] == "PENDING" and record["filename"] == "scan_linn.png"
+    assert record["error"]["code"] == "no_worker"
+    assert "'ocr-nobody'" in record["error"]["message"]
+    text = submit_cli(redis_url, "wait", record["id"])
+    assert text.returncode == 5
+    assert re.search(r"^scan_linn\.png: no_worker: no live worker consumes queue "
+                     r"'ocr-nobody' \(job \S+ stays queued\)$", text.stderr, re.M)
+    assert "make run" in text.stderr.splitlines()[-1]
+    status = submit_cli(redis_url, "--json", "status", job)
+    assert json.loads(status.stdout)["error"]["code"] == "no_worker"
+    # the Python client says it too
+    assert client.wait([job])[job]["error"]["code"] == "no_worker"
+    # cancelled while queued: status and `wait` say CANCELLED (exit 4)
+    cancel = submit_cli(redis_url, "cancel", record["id"])
+    assert cancel.stdout.startswith("scan_linn.png: ")  # cancelled (or revoked)
+    assert "CANCELLED" in submit_cli(redis_url, "status", job).stdout
+    waited = submit_cli(redis_url, "wait", record["id"])
+    assert waited.returncode == 4, waited.stderr
+    assert waited.stderr.strip() == "scan_linn.png: CANCELLED: no page had finished"
+
+
+def test_a_worker_lost_while_waiting_is_reported(start_worker: Callable[..., Worker],
+                                                 client: OcrClient,
+                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(client, "worker_recheck", 1.0)
+    monkeypatch.setattr(client, "no_worker_grace", 2.0)
+    solo = start_worker(**{**BASE, "OCR_QUEUES": "ocr-solo", "FAKE_PAGE_SECONDS": "60"})
+    blob = client._blobs.put(corpus("scan_tess_phototest.tif").read_bytes())
+    job = str(client.app.send_task("ocr.document", queue="ocr-solo",
+                                   kwargs={"blob": blob, "filename": "solo.tif"}).id)
+    client._control.remember(job, filename="solo.tif", queue="ocr-solo")
+    assert solo.proc is not None
+    threading.Timer(3.0, os.killpg, (solo.proc.pid, signal.SIGKILL)).start()
+    start = time.monotonic()
+    result = submit.wait_for(client, [job], timeout=60)[job]
+    assert result["status"] == "PENDING" and result["filename"] == "solo.tif"
+    assert result["error"]["code"] == "no_worker" and "'ocr-solo'" in result["error"]["message"]
+    assert time.monotonic() - start < 30
+
+
+def test_langs_lists_only_workers_that_read(worker: Worker, redis_url: str, client: OcrClient,
+                                            start_worker: Callable[..., Worker]) -> None:
+    start_worker("control", **BASE)  # node control@<host> (the Procfile's line)
+    eventually(lambda: any(n.startswith("control@") for n in client.live_queues()), 30,
+               "the control worker's presence")
+    done = submit_cli(redis_url, "langs")
+    assert done.returncode == 0, done.stderr
+    nodes = [line.split("\t")[0] for line in done.stdout.splitlines()]
+    assert any(n.startswith(worker.name) for n in nodes), done.stdout
+    assert not any(n.startswith("control@") for n in nodes), (done.stdout, client.live_queues())
+
+
+# --- the Node client: the same help, names and errors ----------------------------------
+
+def node_client(*args: str) -> subprocess.CompletedProcess[str]:
+    node = shutil.which("node")
+    if node is None:
+        pytest.skip("node is not installed: the Node.js client is not run")
+    return subprocess.run([node, str(ROOT / "clients" / "node" / "ocr_client.js"), *args],
+                          capture_output=True, text=True, timeout=120)
+
+
+def test_node_client_help_names_and_redis_error(worker: Worker, redis_url: str,
+                                                tmp_path: Path) -> None:
+    helped = node_client("--help")
+    assert helped.returncode == 0 and helped.stdout.startswith("usage: ")
+    for option in ("--redis", "--engine", "--pages", "--no-wait", "exit status"):
+        assert option in helped.stdout
+    good, bad = corpus("scan_tess_phototest.tif"), corpus("bad_broken.png")
+    done = node_client("--redis", redis_url, str(good), str(bad), str(tmp_path / "gone.png"))
+    assert done.returncode == 1, done.stderr
+    records = [json.loads(line) for line in done.stdout.splitlines()]
+    assert [(r["filename"], r["status"]) for r in records] == [
+        ("scan_tess_phototest.tif", "SUCCESS"), ("bad_broken.png", "FAILURE"),
+        ("gone.png", "FAILURE")]
+    assert done.stderr.splitlines() == [
+        f"bad_broken.png: FAILURE corrupt_input: {records[1]['error']['message']}",
+        "gone.png: FAILURE input_not_found: cannot read gone.png"]
+    port = free_port()
+    down = node_client("--redis", f"redis://:s3cret@127.0.0.1:{port}/0", str(good))
+    assert down.returncode == 5
+    [line] = down.stderr.splitlines()
+    assert f"redis://:***@127.0.0.1:{port}/0" in line and "make run" in line
+    assert "s3cret" not in line
+
+
+# --- the lean install: the service without the VLM packages -----------------------------
+
+LEAN_PROBE = """
+import sys
+sys.modules["mlx"] = sys.modules["mlx_vlm"] = None  # as if not installed
+from tasks.engines.vlm.mlx_vlm_engine import MlxVlmEngine
+from tasks.errors import EngineUnavailable
+from tasks.settings import Settings
+settings = Settings.from_env({"OCR_MODEL_DIR": sys.argv[1], "OCR_MODEL": "m"})
+try:
+    MlxVlmEngine.load(settings)
+except EngineUnavailable as exc:
+    print(exc)
+import tasks.client, tasks.queue.app, tasks.engines.tesseract, tasks.pipeline.pdf  # no VLM
+"""
+
+
+def test_without_the_vlm_packages_the_vlm_engine_says_how_to_install(tmp_path: Path) -> None:
+    (tmp_path / "m").mkdir()
+    (tmp_path / "m" / "config.json").write_text("{}")
+    done = subprocess.run([sys.executable, "-c", LEAN_PROBE, str(tmp_path)], cwd=ROOT,
+                          capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    assert re.match(r"engine_unavailable: the VLM engine's packages are not installed "
+                    r"\(mlx\S* is missing\): run `make vlm`", done.stdout)
+
+
+def test_requirements_split_service_and_vlm() -> None:
+    service = (ROOT / "requirements.txt").read_text()
+    vlm = (ROOT / "requirements-vlm.txt").read_text()
+    assert "mlx" not in re.sub(r"#.*", "", service)
+    assert "requirements-vlm.txt" in service  # named and explained where readers look
+    assert re.search(r"^-r requirements\.txt$", vlm, re.M)
+    assert re.search(r"^mlx-vlm==", vlm, re.M)
+    assert re.search(r"^-r requirements-vlm\.txt$", (ROOT / "requirements-dev.txt")
+                     .read_text(), re.M)  # make test installs everything
+
+
+@pytest.mark.parametrize(("target", "env", "vlm"), [
+    ("run", {}, False), ("run", {"OCR_MODEL": "Qwen2-VL-2B-Instruct-4bit"}, True),
+    ("run", {"OCR_ENGINE": "mlx-vlm"}, True), ("vlm", {}, True), ("test", {}, True)])
+def test_make_installs_the_vlm_packages_only_when_needed(target: str, env: dict[str, str],
+                                                        vlm: bool) -> None:
+    clean = {k: v for k, v in os.environ.items() if k not in ("OCR_MODEL", "OCR_ENGINE")}
+    done = subprocess.run(["make", "-n", "-B", target], cwd=ROOT, env={**clean, **env},
+                          capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    assert ("-r requirements-vlm.txt" in done.stdout) is vlm
+    assert "-r requirements.txt" in done.stdout

@@ -1,0 +1,251 @@
+"""Documents by URL at the edges (issue 43 item 4), with moto's S3 and real workers.
+
+moto's S3 emulator on a free port (tests/moto_s3.py), a real redis-server and workers
+started from the Procfile.
+
+- `result_url` with the document outputs: a tesseract worker (word boxes: the
+  searchable PDF, hOCR and ALTO need them) reads a page by URL and writes its result to
+  `s3://results/`; the object is read back with boto3: its content type, its bytes as
+  the result record says, and a document of its kind that holds the page's words.
+- `retry` of a URL job reads the version the job read and keeps `result_url`: a PARTIAL
+  job (the flaky fake engine fails its dark page), the object overwritten, the engine
+  healed, the retry: in a versioned bucket it reads the old version and writes the
+  complete result over the partial one; in an unversioned bucket it is
+  `input_not_found` (that version is gone), never a read of the new bytes.
+"""
+
+from __future__ import annotations
+
+import io
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pymupdf
+import pytest
+from PIL import Image, ImageDraw, ImageFont
+
+from tasks.client import OcrClient
+from tests.harness import FAKE_PLUGINS, Worker
+from tests.moto_s3 import MotoS3
+from tests.pdf_fixtures import image_pdf
+
+ALLOWED = "s3://docs/,s3://results/,s3://versioned/"
+CONTENT = {"pdf": ("application/pdf", b"%PDF"), "hocr": ("text/html", b"ocr_page"),
+           "alto": ("application/xml", b"<alto")}
+
+
+@pytest.fixture(scope="module")
+def s3(tmp_path_factory: pytest.TempPathFactory) -> Iterator[MotoS3]:
+    server = MotoS3(tmp_path_factory.mktemp("moto") / "moto.log").start()
+    for bucket in ("docs", "results", "versioned"):
+        server.client().create_bucket(Bucket=bucket)
+    server.client().put_bucket_versioning(Bucket="versioned",
+                                          VersioningConfiguration={"Status": "Enabled"})
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="module")
+def worker(start_worker: Callable[..., Worker], s3: MotoS3,
+           tmp_path_factory: pytest.TempPathFactory) -> Worker:
+    return start_worker(OCR_ENGINE="tesseract", OCR_CACHE_RESULTS="0",
+                        OCR_ALLOWED_URLS=ALLOWED,
+                        OCR_URL_SPOOL_DIR=str(tmp_path_factory.mktemp("spool")), **s3.env())
+
+
+def words_png() -> bytes:
+    image = Image.new("L", (900, 120), 255)
+    ImageDraw.Draw(image).text((20, 30), "Harbour ledger quartz", fill=0,
+                               font=ImageFont.load_default(size=44))
+    out = io.BytesIO()
+    image.save(out, "PNG")
+    return out.getvalue()
+
+
+@pytest.mark.parametrize("output", sorted(CONTENT))
+def test_result_url_takes_the_document_outputs(output: str, worker: Worker,
+                                               client: OcrClient, s3: MotoS3,
+                                               tmp_path: Path) -> None:
+    store = s3.client()
+    store.put_object(Bucket="docs", Key="words.png", Body=words_png())
+    job = client.submit("s3://docs/words.png", output=output, result_url="s3://results/out/")
+    result = client.wait([job], timeout=180)[job]
+    assert result["status"] == "SUCCESS", result
+    written = result["result_object"]
+    assert "error" not in written, written
+    assert written["url"].startswith(f"s3://results/out/{job}")
+    key = written["url"].removeprefix("s3://results/")
+    stored = store.get_object(Bucket="results", Key=key)
+    body = stored["Body"].read()
+    media, marker = CONTENT[output]
+    assert stored["ContentType"].startswith(media), stored["ContentType"]
+    assert written["bytes"] == len(body) and marker in body[:4096]
+    if output == "pdf":
+        with pymupdf.open(stream=body, filetype="pdf") as doc:
+            text = doc[0].get_text()
+    else:
+        text = body.decode()
+    assert "Harbour" in text and "quartz" in text, text[:500]
+
+
+def pages_pdf(*sizes: tuple[int, int]) -> bytes:
+    """Light pages, then a dark one (which the flaky engine fails until healed)."""
+    *light, dark = sizes
+    return image_pdf([*(Image.new("L", size, 235) for size in light),
+                      Image.new("L", dark, 20)])
+
+
+def test_retry_of_a_url_job_reads_its_version_and_keeps_result_url(
+        start_worker: Callable[..., Worker], worker: Worker, client: OcrClient, s3: MotoS3,
+        tmp_path: Path) -> None:
+    healed = tmp_path / "healed"
+    flaky = start_worker(OCR_ENGINE="flaky-on-dark", OCR_ENGINE_PLUGINS=FAKE_PLUGINS,
+                         OCR_QUEUES="ocr-flaky-on-dark", OCR_CACHE_RESULTS="0",
+                         OCR_PDF_DPI="72", OCR_DESKEW="0", OCR_ALLOWED_URLS=ALLOWED,
+                         FAKE_HEALED_FLAG=str(healed),
+                         OCR_URL_SPOOL_DIR=str(tmp_path / "spool"), **s3.env())
+    store = s3.client()
+    try:
+        earlier = {}
+        for bucket in ("versioned", "docs"):
+            store.put_object(Bucket=bucket, Key="doc.pdf", Body=pages_pdf((200, 260),
+                                                                         (300, 400)))
+            job = client.submit(f"s3://{bucket}/doc.pdf", engine="flaky-on-dark",
+                                result_url=f"s3://results/{bucket}/")
+            earlier[bucket] = client.wait([job], timeout=180)[job]
+            assert earlier[bucket]["status"] == "PARTIAL", earlier[bucket]
+            # Overwritten: the dark page now landscape, the other page larger.
+            store.put_object(Bucket=bucket, Key="doc.pdf", Body=pages_pdf((260, 320),
+                                                                         (400, 300)))
+        healed.touch()
+        retried = {}
+        for bucket in ("versioned", "docs"):
+            job = client.retry(earlier[bucket]["id"])
+            retried[bucket] = client.wait([job], timeout=180)[job]
+    finally:
+        flaky.stop()
+    # Versioned: the version the job read, the complete result where the partial one was.
+    again = retried["versioned"]
+    assert again["status"] == "SUCCESS", again
+    first, second = again["pages"]
+    assert first["text"] == earlier["versioned"]["pages"][0]["text"]  # kept, merged
+    width, height = (int(n) for n in second["text"].split()[1].split("x"))
+    assert width < height, second["text"]  # the old, portrait dark page
+    written = earlier["versioned"]["result_object"]["url"]
+    assert again["result_object"]["url"] == written
+    key = written.removeprefix("s3://results/")
+    assert b"fake" in store.get_object(Bucket="results", Key=key)["Body"].read()
+    # Unversioned: the ETag the job read is gone, and the retry says so.
+    gone = retried["docs"]
+    assert gone["status"] == "FAILURE" and gone["error"]["code"] == "input_not_found", gone
+
+
+def test_https_object_without_etag_is_pinned_by_its_hash_across_hosts(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """An object whose server names no version: its bytes' hash pins it for other hosts.
+
+    The job's host reads it and pins its sha256 (`LocatedObject.pinned`, as the fan-out
+    does); another host (its own spool folder) reads the same bytes, or, once the
+    object changed, gets `input_not_found`, never the new bytes.
+    """
+    import ssl
+    import threading
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+    from tasks.errors import InputNotFound
+    from tasks.lifecycle import url_inputs
+    from tasks.settings import Settings
+    from tests.clients.test_object_storage import self_signed
+
+    cert, key = self_signed(tmp_path)
+    served = {"body": b"%PDF-1.4 first version"}
+
+    class Handler(BaseHTTPRequestHandler):
+        def log_message(self, *args: object) -> None:
+            return
+
+        def do_HEAD(self) -> None:  # noqa: N802 - http.server's name
+            self.answer(False)
+
+        def do_GET(self) -> None:  # noqa: N802
+            self.answer(True)
+
+        def answer(self, body: bool) -> None:
+            self.send_response(200)  # no ETag, no Last-Modified: no version at all
+            self.send_header("Content-Length", str(len(served["body"])))
+            self.end_headers()
+            if body:
+                self.wfile.write(served["body"])
+
+    httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    context.load_cert_chain(cert, key)
+    httpd.socket = context.wrap_socket(httpd.socket, server_side=True)
+    threading.Thread(target=httpd.serve_forever, daemon=True).start()
+    monkeypatch.setenv("SSL_CERT_FILE", str(cert))
+    url = f"https://127.0.0.1:{httpd.server_address[1]}/inside/doc.pdf"
+    try:
+        def host(name: str) -> Settings:
+            return Settings.from_env({"OCR_ALLOWED_URLS": url.rsplit("/", 1)[0] + "/",
+                                      "OCR_URL_SPOOL_DIR": str(tmp_path / name)})
+
+        first = host("first")
+        located = url_inputs.locate(url, first)
+        assert located.identity is None  # nothing from the server pins it
+        pinned = located.pinned(url_inputs.read_object(located, first))
+        assert pinned.identity is not None and pinned.to_json()["sha256"]
+        assert url_inputs.spooled(host("second"), url, pinned.info) == served["body"]
+        served["body"] = b"%PDF-1.4 second version, another length"
+        with pytest.raises(InputNotFound):
+            url_inputs.spooled(host("third"), url, pinned.info)
+    finally:
+        httpd.shutdown()
+
+
+def test_encrypted_url_input_is_decrypted_by_each_host_not_in_redis(
+        worker: Worker, client: OcrClient, s3: MotoS3, redis_url: str) -> None:
+    """No decrypted document in Redis for a URL job: the pages open the host's own copy.
+
+    An encrypted PDF by URL, read page by page (mode=ocr fans it out): every command
+    Redis receives while it runs is watched (MONITOR), and none writes a blob; the page
+    tasks carry the password (masked in what Flower and the logs show) and decrypt
+    their host's copy of the object.
+    """
+    import threading
+
+    import redis
+
+    from tests.cer import cer
+    from tests.harness import corpus, ground_truth
+
+    name = "edge_encrypted_pw_openpassword.pdf"
+    s3.client().put_object(Bucket="docs", Key="locked.pdf", Body=corpus(name).read_bytes())
+    writes: list[str] = []
+    watching = threading.Event()
+    done = threading.Event()
+    store = redis.Redis.from_url(redis_url)
+
+    def watch() -> None:
+        with store.monitor() as monitor:
+            watching.set()
+            for command in monitor.listen():
+                text = str(command.get("command", ""))
+                if text.upper().startswith(("SET ", "APPEND ", "RENAME ")) and \
+                        "ocr:blob:" in text:
+                    writes.append(text[:120])
+                if done.is_set():
+                    return
+
+    watcher = threading.Thread(target=watch, daemon=True)
+    watcher.start()
+    watching.wait(10)
+    job = client.submit("s3://docs/locked.pdf", mode="ocr", password="openpassword")
+    result = client.wait([job], timeout=180)[job]
+    done.set()
+    redis.Redis.from_url(redis_url).ping()  # one more command: the watcher sees `done`
+    watcher.join(30)
+    assert result["status"] == "SUCCESS", result
+    assert result["pages"][0]["source"] == "ocr"  # read by a page task, fanned out
+    assert cer(ground_truth(name), result["text"]) < 0.1
+    assert not writes, writes
+    assert "openpassword" not in worker.log()

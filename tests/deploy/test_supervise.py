@@ -1,0 +1,146 @@
+"""`make run` stops cleanly: Ctrl-C ends every process it started, also through `tee`.
+
+The real Procfile (redis, worker, beat, Flower, metrics) under scripts/supervise.py, as
+`make run` starts it, its output piped to `tee` in a session of its own; SIGINT goes
+to that foreground process group as a terminal's Ctrl-C would.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+import uuid
+from pathlib import Path
+
+import psutil
+import pytest
+import redis
+
+from tests.harness import ROOT, VENV_BIN, RedisServer, eventually, free_port
+
+pytestmark = pytest.mark.slow
+STOP_BOUND = 60  # seconds: the supervisor's 10 s grace, on a loaded machine
+
+
+def _default_sigint() -> None:
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
+def procfile_names() -> list[str]:
+    return [line.partition(":")[0] for line in (ROOT / "Procfile").read_text().splitlines()
+            if ":" in line and not line.startswith("#")]
+
+
+def test_make_run_recipe_is_the_supervisor() -> None:
+    recipe = (ROOT / "Makefile").read_text().split("\nrun:", 1)[1].split("\n\n", 1)[0]
+    assert "scripts/supervise.py" in recipe and "honcho" not in recipe
+
+
+def test_ctrl_c_through_tee_stops_every_process(tmp_path: Path) -> None:
+    (tmp_path / "scripts").symlink_to(ROOT / "scripts")  # var/ goes under tmp_path
+    log = tmp_path / "log"
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("OCR_", "REDIS_"))}
+    env.update(PATH=f"{VENV_BIN}{os.pathsep}{env['PATH']}", PYTHONPATH=str(ROOT),
+               REDIS_URL=f"redis://127.0.0.1:{free_port()}/0", FLOWER_PORT=str(free_port()),
+               METRICS_PORT=str(free_port()), WORKER_NAME=f"stop-{uuid.uuid4().hex[:6]}",
+               OCR_CONCURRENCY="1", OCR_ENGINE="tesseract")
+    run = f"{sys.executable} {ROOT}/scripts/supervise.py --procfile {ROOT}/Procfile"
+    # SIGINT as in a terminal's foreground job, even when pytest runs with it ignored
+    # (started in the background): tee then dies of it and the pipe breaks.
+    shell = subprocess.Popen(["bash", "-c", f"{run} 2>&1 | tee {log}"], cwd=tmp_path,
+                             env=env, stdout=subprocess.DEVNULL, start_new_session=True,
+                             preexec_fn=_default_sigint)
+    try:
+        def text() -> str:
+            return log.read_text() if log.exists() else ""
+
+        def worker_ready() -> bool:
+            assert shell.poll() is None, text()
+            return " ready." in text()
+
+        eventually(worker_ready, 180, lambda: f"the worker ready:\n{text()}", interval=0.2)
+        for name in procfile_names():
+            eventually(lambda name=name: f" {name} started (pid " in text(), 30,
+                       f"{name} started")
+        session = psutil.Process(shell.pid)
+
+        def every_process() -> list[psutil.Process]:  # + the worker's pool child
+            procs = [session, *session.children(recursive=True)]
+            return procs if len(procs) >= 9 else []
+
+        procs = eventually(every_process, 30, lambda: "9 processes in the session: " + str(
+            [p.cmdline() for p in [session, *session.children(recursive=True)]]))
+        names = {p.name() for p in procs}
+        assert {"tee", "redis-server"} <= names, names
+        os.killpg(shell.pid, signal.SIGINT)  # Ctrl-C: the whole foreground group
+        _, alive = psutil.wait_procs(procs, timeout=STOP_BOUND)
+        assert not alive, [p.cmdline() for p in alive]
+    finally:
+        if shell.poll() is None:
+            os.killpg(shell.pid, signal.SIGKILL)
+
+
+def test_one_process_exiting_stops_the_others(tmp_path: Path) -> None:
+    procfile = tmp_path / "Procfile"
+    procfile.write_text("sleeper: sleep 300\nfails: sleep 0.5; exit 3\n")
+    start = time.monotonic()
+    done = subprocess.run([sys.executable, str(ROOT / "scripts" / "supervise.py"),
+                           "--procfile", str(procfile)], capture_output=True, text=True,
+                          timeout=60)
+    assert done.returncode == 3
+    assert "fails exited (code 3): stopping all" in done.stdout
+    assert time.monotonic() - start < 30
+    assert not [p for p in psutil.process_iter(["cmdline", "create_time"])
+                if p.info["cmdline"] == ["sleep", "300"]
+                and p.info["create_time"] >= time.time() - (time.monotonic() - start) - 1]
+
+
+def test_make_run_starts_its_own_redis_and_leaves_another_untouched(tmp_path: Path) -> None:
+    """Another service's Redis where the last run's port was: `make run` takes another.
+
+    The foreign server stands on a free port the test picked, named in var/redis-url as
+    if an earlier run had used it; the supervisor (REDIS_URL unset, as `make run` starts
+    it) must start the project's own elsewhere, and `submit.py` must find that one
+    through var/redis-url without an exported variable.
+    """
+    foreign = RedisServer(tmp_path)
+    foreign.start()
+    (tmp_path / "scripts").symlink_to(ROOT / "scripts")  # var/ goes under tmp_path
+    (tmp_path / "var").mkdir()
+    (tmp_path / "var" / "redis-url").write_text(foreign.url() + "\n")
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("OCR_", "REDIS_"))}
+    env.update(PATH=f"{VENV_BIN}{os.pathsep}{env['PATH']}", PYTHONPATH=str(ROOT))
+    log = tmp_path / "log"
+    with log.open("wb") as out:
+        run = subprocess.Popen([sys.executable, str(ROOT / "scripts" / "supervise.py"),
+                                "--procfile", str(ROOT / "Procfile"), "redis"], cwd=tmp_path,
+                               env=env, stdout=out, stderr=subprocess.STDOUT,
+                               start_new_session=True)
+    try:
+        eventually(lambda: "starting the project's own server" in log.read_text(), 60,
+                   "the project's own Redis to start")
+        own = (tmp_path / "var" / "redis-url").read_text().strip()
+        assert own != foreign.url()
+        lines = [line for line in log.read_text().splitlines() if "redis: the project's" in line]
+        assert len(lines) == 1 and own in lines[0], log.read_text()
+        eventually(lambda: _pings(own), 30, "the project's own Redis to answer")
+        done = subprocess.run([sys.executable, str(ROOT / "submit.py"), "tokens", "create",
+                               "found", "--json"], cwd=tmp_path, env=env,
+                              capture_output=True, text=True, timeout=60)
+        assert done.returncode == 0, done.stderr
+        assert redis.Redis.from_url(own).hexists("ocr:api:clients", "found")
+        assert redis.Redis.from_url(foreign.url()).dbsize() == 0
+    finally:
+        os.killpg(run.pid, signal.SIGINT)
+        run.wait(STOP_BOUND)
+        foreign.stop()
+
+
+def _pings(url: str) -> bool:
+    try:
+        return bool(redis.Redis.from_url(url, socket_connect_timeout=1).ping())
+    except redis.ConnectionError:
+        return False

@@ -1,0 +1,237 @@
+"""Messages over the input limit never reach a worker (issue 26), through real processes.
+
+The project's Redis (scripts/run_redis.py, and the tests' own RedisServer) refuses a
+command argument longer than `Settings.redis_max_bulk_bytes` (proto-max-bulk-len): a
+message too large for OCR_MAX_INPUT_MB is refused when it is pushed, so no worker pops
+it and reads it whole. The client's and the API's own refusals before sending are in
+test_queue.py (`input_too_large` from the CLI) and test_api.py (413), the transport's
+refusal by raw size before decoding in test_hardening.py. Behind any Redis, bounded or
+not, the transport reads a message longer than it would decode in pieces and keeps only
+its ends (`tasks/queue/bounded_reply.py`): the worker parent's peak memory does not move.
+Limits are lowered to 1 MB here so the messages stay small.
+"""
+
+from __future__ import annotations
+
+import base64
+import os
+import signal
+import subprocess
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import psutil
+import pytest
+import redis
+
+from tasks.client import OcrClient
+from tasks.queue.bounded_reply import ENDS, OversizedReply, bounded_parser, reply_size
+from tasks.queue.transport import read_dead_letters
+from tasks.settings import Settings
+from tasks.state.keys import DEAD_LETTER_KEY
+from tests.harness import (
+    ROOT,
+    VENV_BIN,
+    RedisServer,
+    Worker,
+    corpus,
+    eventually,
+    fake_env,
+    free_port,
+    make_client,
+)
+from tests.queue.test_hardening import celery_body, envelope
+
+LIMITS = {"OCR_MAX_INPUT_MB": "1", "OCR_MAX_OUTPUT_MB": "1"}
+FAKE_ENV = fake_env(OCR_CONCURRENCY="1", **LIMITS)
+
+
+def oversized_message(task_id: str, megabytes: int) -> bytes:
+    data = base64.b64encode(b"\0" * megabytes * 2**20).decode()
+    return envelope(task_id, celery_body({"data_b64": data}))
+
+
+def test_settings_bound_covers_every_value_the_service_writes() -> None:
+    settings = Settings.from_env(LIMITS)
+    assert settings.redis_max_bulk_bytes >= settings.max_message_bytes
+    assert settings.redis_max_bulk_bytes >= settings.max_output_bytes
+    assert settings.redis_max_bulk_bytes < 3 * 2**20
+    defaults = Settings.from_env({})
+    assert defaults.redis_max_bulk_bytes == defaults.max_output_bytes + 2**20  # 257 MiB
+    assert defaults.redis_max_bulk_bytes < 400 * 2**20
+
+
+def test_project_redis_refuses_a_message_over_the_limit(tmp_path: Path) -> None:
+    """scripts/run_redis.py (the Procfile's `redis`) sets proto-max-bulk-len."""
+    port = free_port()
+    env = {**{k: v for k, v in os.environ.items() if not k.startswith(("OCR_", "REDIS_"))},
+           **LIMITS, "REDIS_URL": f"redis://127.0.0.1:{port}/0", "PYTHONPATH": str(ROOT)}
+    proc = subprocess.Popen([str(VENV_BIN / "python"), str(ROOT / "scripts" / "run_redis.py")],
+                            cwd=tmp_path, env=env, stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT)
+    try:
+        store = redis.Redis(port=port)
+
+        def up() -> bool:
+            assert proc.poll() is None, "scripts/run_redis.py exited"
+            try:
+                return bool(store.ping())
+            except redis.ConnectionError:
+                return False
+
+        eventually(up, 30, "the project's Redis to answer")
+        bound = Settings.from_env(LIMITS).redis_max_bulk_bytes
+        assert store.config_get("proto-max-bulk-len") == {"proto-max-bulk-len": str(bound)}
+        with pytest.raises(redis.RedisError):
+            store.lpush("ocr", oversized_message(str(uuid.uuid4()), 3))
+        assert redis.Redis(port=port).llen("ocr") == 0
+        # within the bound: stored
+        redis.Redis(port=port).lpush("ocr", b"x" * (bound - 16))
+        assert redis.Redis(port=port).llen("ocr") == 1
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(20)
+
+
+def test_oversized_message_never_reaches_a_worker(tmp_path: Path) -> None:
+    server = RedisServer(tmp_path, max_bulk_bytes=Settings.from_env(LIMITS).redis_max_bulk_bytes)
+    server.start()
+    worker = Worker(tmp_path / "worker.log", {"REDIS_URL": server.url(0), **FAKE_ENV})
+    try:
+        worker.start()
+        assert worker.proc is not None
+        parent = psutil.Process(worker.proc.pid)
+        before = parent.memory_info().rss
+        store = redis.Redis.from_url(server.url(0))
+        task_id = str(uuid.uuid4())
+        with pytest.raises(redis.RedisError):
+            store.lpush("ocr", oversized_message(task_id, 3))
+        store = redis.Redis.from_url(server.url(0))
+        assert store.llen("ocr") == 0
+        # nothing reached the worker: no dead letter, no FAILURE to store, the job is
+        # unknown (the sender got the error)
+        assert store.llen(DEAD_LETTER_KEY) == 0
+        assert store.get(f"celery-task-meta-{task_id}") is None
+        assert parent.is_running() and parent.memory_info().rss < before + 16 * 2**20
+        client = make_client(server.url(0), **LIMITS)
+        try:
+            job = client.submit(corpus("edge_16bit_gray.png"))
+            assert client.wait([job], timeout=60)[job]["status"] == "SUCCESS"
+        finally:
+            client.close()
+    finally:
+        worker.stop()
+        server.stop()
+
+
+@pytest.mark.parametrize("protocol", [2, 3])
+def test_bounded_parser_drops_only_replies_over_the_bound(redis_url: str,
+                                                          protocol: int) -> None:
+    """Against a real Redis: replies up to the bound come whole, longer ones as their ends.
+
+    The connection stays in step for the next command and within a pipeline.
+    """
+    bound = 2**20
+    pool = redis.ConnectionPool.from_url(redis_url, protocol=protocol,
+                                         parser_class=bounded_parser(protocol, bound))
+    store = redis.Redis(connection_pool=pool)
+    key = f"bounded-{protocol}"
+    exact = b"e" * bound
+    big = b"HEAD" + os.urandom(3 * bound) + b"TAIL"
+    store.rpush(key, exact, exact + b"+", big, b"small")
+    assert store.lpop(key) == exact
+    one_over = store.lpop(key)
+    assert isinstance(one_over, OversizedReply) and reply_size(one_over) == bound + 1
+    dropped = store.lpop(key)
+    assert isinstance(dropped, OversizedReply) and dropped.size == len(big)
+    assert dropped == big[:ENDS] + b"\n" + big[-ENDS:]
+    assert dropped.startswith(b"HEAD") and dropped.endswith(b"TAIL")
+    assert store.lpop(key) == b"small" and reply_size(b"small") == 5
+    store.set(key, big)
+    with store.pipeline() as pipe:
+        pipe.get(key)
+        pipe.ping()
+        pipe.strlen(key)
+        got, pong, length = pipe.execute()
+    assert isinstance(got, OversizedReply) and got.size == len(big)
+    assert pong is True and length == len(big)
+    store.delete(key)
+    pool.disconnect()
+
+
+def peak_rss(pid: int) -> int:
+    """A process's peak resident memory so far (VmHWM), in bytes."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) * 1024
+    raise AssertionError("no VmHWM")
+
+
+@contextmanager
+def warm_worker(tmp_path: Path,
+                max_bulk_bytes: int | None = None) -> Iterator[tuple[str, Worker, OcrClient]]:
+    """A Redis (its URL), a fake-engine worker on it and a client, after one job ran."""
+    server = RedisServer(tmp_path, max_bulk_bytes=max_bulk_bytes)
+    server.start()
+    worker = Worker(tmp_path / "worker.log", {"REDIS_URL": server.url(0), **FAKE_ENV})
+    try:
+        worker.start()
+        client = make_client(server.url(0), **LIMITS)
+        try:
+            job = client.submit(corpus("edge_16bit_gray.png"))
+            assert client.wait([job], timeout=60)[job]["status"] == "SUCCESS"
+            yield server.url(0), worker, client
+        finally:
+            client.close()
+    finally:
+        worker.stop()
+        server.stop()
+
+
+def test_transport_reads_an_oversized_message_without_holding_it(tmp_path: Path) -> None:
+    """A Redis without the project's bound stores a 128 MB message; the worker refuses it.
+
+    Redis's own default bound (512 MiB) lets it in, so the worker pops it: its parent
+    reads the message in pieces, keeps its ends, finds the task id there and stores the
+    job's FAILURE. Read whole it would peak the parent at about three times its size.
+    """
+    with warm_worker(tmp_path, max_bulk_bytes=512 * 2**20) as (url, worker, client):
+        assert worker.proc is not None
+        peak = peak_rss(worker.proc.pid)
+        task_id = str(uuid.uuid4())
+        raw = oversized_message(task_id, 72)
+        size = len(raw)
+        redis.Redis.from_url(url).lpush("ocr", raw)
+        del raw
+        result = client.wait([task_id], timeout=60)[task_id]
+        assert result["status"] == "FAILURE"
+        assert result["error"]["code"] == "input_too_large"
+        letter = read_dead_letters(redis.Redis.from_url(url), 1)[0]
+        assert (letter.code, letter.task_id, letter.size) == ("input_too_large", task_id, size)
+        assert size > 120 * 2**20
+        assert peak_rss(worker.proc.pid) < peak + 16 * 2**20
+        job = client.submit(corpus("edge_16bit_gray.png"))
+        assert client.wait([job], timeout=60)[job]["status"] == "SUCCESS"
+
+
+def test_blob_over_the_limit_is_refused_by_its_length(tmp_path: Path) -> None:
+    """A 96 MB blob (a foreign client's) over a 1 MB limit is never read by the child.
+
+    The child asks the blob's length first; the job ends `input_too_large`.
+    """
+    with warm_worker(tmp_path) as (url, worker, client):
+        assert worker.proc is not None
+        (child,) = psutil.Process(worker.proc.pid).children()
+        peak = peak_rss(child.pid)
+        store = redis.Redis.from_url(url)
+        key = f"ocr:blob:{uuid.uuid4().hex}"
+        store.set(key, b"\0" * 96 * 2**20, ex=600)
+        task_id = str(uuid.uuid4())
+        store.lpush("ocr", envelope(task_id, celery_body({"blob": key})))
+        result = client.wait([task_id], timeout=60)[task_id]
+        assert result["status"] == "FAILURE"
+        assert result["error"]["code"] == "input_too_large"
+        assert psutil.Process(worker.proc.pid).children() == [child]  # not recycled
+        assert peak_rss(child.pid) < peak + 16 * 2**20

@@ -1,0 +1,259 @@
+"""Every way a job can end, through real workers: one result, both callbacks, one line.
+
+Success, failure, partial, cancel (running and queued), deadline, poison, hard kill and
+an unexpected exception each end the job through its one exit: the result is stored,
+the callback task and the HTTP callback each fire exactly once, the `ocr.job` line is
+written once (by whichever process ended the job), and nothing of the job is left in
+Redis but its result. Fake engines (tests/fake_engines.py) drive the endings.
+"""
+
+from __future__ import annotations
+
+import http.server
+import json
+import re
+import threading
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import pytest
+
+from tasks.client import OcrClient
+from tasks.state.stores import JobControl
+from tests.harness import FAKE_PLUGINS, FAST_PAGES, Worker, eventually, fake_env
+from tests.image_fixtures import png
+from tests.pdf_fixtures import image_pdf, plain_pages
+
+pytestmark = pytest.mark.slow
+
+ENGINES = ("fake", "stuck-on-dark", "flaky-on-dark", "killer", "raising-on-dark")
+SETTINGS = fake_env(*ENGINES, **FAST_PAGES,
+                    OCR_CONCURRENCY="2", OCR_MAX_DELIVERIES="2",
+                    OCR_SOFT_TIME_LIMIT="3", OCR_HARD_TIME_LIMIT="5",
+                    OCR_PAGE_SOFT_TIME_LIMIT="20", OCR_PAGE_HARD_TIME_LIMIT="25",
+                    OCR_CALLBACK_ALLOWED_HOSTS="127.0.0.1")  # the test receiver, on loopback
+CALLBACK_QUEUE = "endings-callbacks"
+
+
+class Receiver(http.server.BaseHTTPRequestHandler):
+    """Records every POSTed body."""
+
+    bodies: list[dict[str, Any]] = []
+
+    def do_POST(self) -> None:  # noqa: N802 (http.server's name)
+        length = int(self.headers["Content-Length"])
+        self.bodies.append(json.loads(self.rfile.read(length)))
+        self.send_response(200)
+        self.end_headers()
+
+    def log_message(self, *args: Any) -> None:
+        pass
+
+
+@pytest.fixture(scope="module")
+def receiver() -> Iterator[str]:
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Receiver)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    yield f"http://127.0.0.1:{server.server_address[1]}/done"
+    server.shutdown()
+
+
+@pytest.fixture(scope="module")
+def processes(start_worker: Callable[..., Worker]) -> list[Worker]:
+    """An OCR worker and the Procfile's control worker (cancels, callbacks)."""
+    return [start_worker(**SETTINGS), start_worker(process="control", **SETTINGS)]
+
+
+def callback_messages(client: OcrClient, job: str, timeout: float = 30) -> list[dict]:
+    """The callback-task messages sent for `job` (others stay queued)."""
+    found: list[dict] = []
+    deadline = time.monotonic() + timeout
+    with client.app.connection() as conn:
+        queue = conn.SimpleQueue(CALLBACK_QUEUE)
+        try:
+            while time.monotonic() < deadline:
+                try:
+                    message = queue.get(timeout=1)
+                except queue.Empty:
+                    if found:
+                        break
+                    continue
+                args, _, _ = message.decode()
+                if args[0]["id"] == job:
+                    found.append(args[0])
+                    message.ack()
+                else:
+                    message.requeue()
+        finally:
+            queue.close()
+    return found
+
+
+def http_bodies(job: str, timeout: float = 30) -> list[dict[str, Any]]:
+    def mine() -> list[dict[str, Any]]:
+        return [b for b in Receiver.bodies if b["id"] == job]
+
+    eventually(mine, timeout, f"the HTTP callback of {job}")
+    time.sleep(1)  # a second, duplicate callback would arrive by then
+    return mine()
+
+
+def job_lines(processes: list[Worker], job: str) -> list[dict[str, Any]]:
+    lines = []
+    for proc in processes:
+        for match in re.finditer(r"ocr\.job (\{.*\})", proc.log()):
+            record = json.loads(match.group(1))
+            if record["id"] == job:
+                lines.append(record)
+    return lines
+
+
+def check_ended_once(client: OcrClient, processes: list[Worker], job: str,
+                     status: str, code: str | None = None) -> dict[str, Any]:
+    """The job's result, and one callback of each kind and one job line, all agreeing."""
+    result = client.wait([job], timeout=60)[job]
+    assert result["status"] == status, result
+    if code is not None:
+        assert result["error"]["code"] == code, result
+    tasks = callback_messages(client, job)
+    assert len(tasks) == 1 and tasks[0]["status"] == status, tasks
+    bodies = http_bodies(job)
+    assert len(bodies) == 1 and bodies[0]["status"] == status, bodies
+    if code is not None:
+        assert tasks[0]["error"]["code"] == code and bodies[0]["error"]["code"] == code
+    lines = eventually(lambda: job_lines(processes, job), 10, f"the ocr.job line of {job}",
+                       interval=0.2)
+    assert len(lines) == 1 and lines[0]["outcome"] == status, lines
+    store = client.app.backend.client
+    assert not store.keys(f"ocr:doc:{job}:*")
+    return result
+
+
+def submit(client: OcrClient, receiver: str, data: bytes, **options: Any) -> str:
+    return client.submit(data, callback_task="billing.ocr_done",
+                         callback_queue=CALLBACK_QUEUE, callback_url=receiver, **options)
+
+
+def test_success(processes: list[Worker], client: OcrClient, receiver: str) -> None:
+    job = submit(client, receiver, png(220), filename="ok.png")
+    result = check_ended_once(client, processes, job, "SUCCESS")
+    assert result["text"].startswith("fake 64x48")
+
+
+def test_failure(processes: list[Worker], client: OcrClient, receiver: str) -> None:
+    job = submit(client, receiver, b"not an image at all", filename="bad.bin")
+    check_ended_once(client, processes, job, "FAILURE", "unsupported_format")
+
+
+def test_partial(processes: list[Worker], client: OcrClient, receiver: str) -> None:
+    job = submit(client, receiver, image_pdf(plain_pages(3, dark=[2])),
+                 engine="flaky-on-dark")
+    result = check_ended_once(client, processes, job, "PARTIAL")
+    assert [p["number"] for p in result["failed_pages"]] == [2]
+
+
+def test_unexpected_exception(processes: list[Worker], client: OcrClient,
+                              receiver: str) -> None:
+    job = submit(client, receiver, png(10), engine="raising-on-dark")
+    result = check_ended_once(client, processes, job, "FAILURE", "internal_error")
+    assert "ValueError" in result["error"]["message"]
+    assert "a bug in the fake engine" not in result["error"]["message"]
+
+
+def test_poison_job(processes: list[Worker], client: OcrClient, receiver: str) -> None:
+    job = submit(client, receiver, png(10), engine="killer")
+    check_ended_once(client, processes, job, "FAILURE", "worker_lost")
+
+
+def test_hard_time_limit(processes: list[Worker], client: OcrClient,
+                         receiver: str) -> None:
+    job = submit(client, receiver, png(10), engine="stuck-on-dark")
+    check_ended_once(client, processes, job, "FAILURE", "timeout")
+
+
+def test_deadline_before_start(processes: list[Worker], client: OcrClient,
+                               receiver: str) -> None:
+    blockers = [client.submit(png(11), engine="stuck-on-dark") for _ in range(2)]
+    # Both pool children busy first (the blockers' queue is not the job's: a worker may
+    # take the job first), so the job cannot start before its deadline.
+    eventually(lambda: all(client.status(b).state == "STARTED" for b in blockers), 30,
+               "both blockers running")
+    job = submit(client, receiver, png(230), deadline=0.5)
+    check_ended_once(client, processes, job, "FAILURE", "deadline_exceeded")
+    client.wait(blockers, timeout=60)
+
+
+def test_cancel_running_document(processes: list[Worker], client: OcrClient,
+                                 receiver: str) -> None:
+    job = submit(client, receiver, image_pdf(plain_pages(6, dark=[6])),
+                 engine="stuck-on-dark")
+    def three_done() -> bool:
+        status = client.status(job)
+        assert not status.final, status
+        return status.done >= 3
+
+    eventually(three_done, 60, "three pages of six done")
+    assert client.cancel([job]) == {job: "cancelled"}
+    result = check_ended_once(client, processes, job, "CANCELLED")
+    assert 3 <= len(result["pages"]) <= 5 and 6 not in [p["number"] for p in
+                                                        result["pages"]]
+
+
+def test_cancel_that_kills_a_child_ending_its_job(start_worker: Callable[..., Worker],
+                                                  processes: list[Worker],
+                                                  client: OcrClient, receiver: str) -> None:
+    """The chaos soak's defect: a cancel's SIGKILL lands while the child ends the job.
+
+    The child met the cancel marker as the job started and took the end claim; the kill
+    came before the rest of its ending (the `slow-ending` fake stalls it there). The
+    worker parent that killed it takes the claim over and ends the job, once.
+    """
+    plugins = f"{FAKE_PLUGINS},slow-ending=tests.slow_ending:SlowEndingEngine"
+    stalling = start_worker(**{**SETTINGS, "OCR_ENGINE": "slow-ending",
+                               "OCR_ENGINE_PLUGINS": plugins, "OCR_QUEUES": "ocr-slowend",
+                               "OCR_CONCURRENCY": "1"})
+    store = client.app.backend.client
+    job = str(uuid.uuid4())
+    JobControl(store, 3600).cancel(job)  # the cancel's marker, before the job starts
+    blob = client._blobs.put(png(233))
+    client.app.send_task("ocr.document", task_id=job, queue="ocr-slowend", kwargs={
+        "blob": blob, "filename": "killed.png",
+        "callback_task": "billing.ocr_done", "callback_queue": CALLBACK_QUEUE,
+        "callback_url": receiver})
+
+    def holder() -> str | None:
+        value = store.get(f"ocr:job:{job}:ended")
+        return value.decode() if value and b":" in value else None
+
+    child = eventually(holder, 60, "the child's end claim")
+    client.app.control.revoke(job, terminate=True, signal="SIGKILL")  # the cancel's stop
+    check_ended_once(client, [*processes, stalling], job, "CANCELLED")
+    assert store.get(f"ocr:job:{job}:ended") == b"done"
+    pid = int(child.rsplit(":", 1)[1])
+    assert f"ended by the worker parent, its child {pid} killed" in stalling.log()
+    assert not store.exists(blob), "the input was not freed"
+
+
+def test_cancel_queued_job_while_the_pool_is_busy(processes: list[Worker],
+                                                  client: OcrClient, receiver: str) -> None:
+    blockers = [client.submit(png(12), engine="stuck-on-dark") for _ in range(2)]
+    eventually(lambda: all(client.status(b).state == "STARTED" for b in blockers), 30,
+               "both blockers running")
+    job = submit(client, receiver, png(231), filename="queued.png")
+    # Both pool children are busy: the control worker takes the cancel at once.
+    assert client.cancel([job], wait=5) == {job: "cancelled"}
+    assert client.status(job).state == "REVOKED"
+    check_ended_once(client, processes, job, "CANCELLED")
+    assert all(r["error"]["code"] == "timeout"
+               for r in client.wait(blockers, timeout=60).values())
+
+
+def test_cancel_of_an_ended_job_changes_nothing(processes: list[Worker],
+                                                client: OcrClient, receiver: str) -> None:
+    job = submit(client, receiver, png(232))
+    check_ended_once(client, processes, job, "SUCCESS")
+    assert client.cancel([job]) == {job: "success"}
+    assert client.result(job)["status"] == "SUCCESS"
+    assert callback_messages(client, job, timeout=3) == []

@@ -1,0 +1,229 @@
+"""Job control through real workers: cancel, deadlines, priorities, callbacks, retry.
+
+Each test starts its own worker (named fake engines) and stops it at the end, so
+that page queues shared by engine name are served by one worker at a time.
+"""
+
+from __future__ import annotations
+
+import http.server
+import json
+import re
+import threading
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import psutil
+import pytest
+
+from tasks.client import OcrClient
+from tests.harness import FAST_PAGES, Worker, eventually, fake_env
+from tests.image_fixtures import png
+from tests.pdf_fixtures import image_pdf, plain_pages
+
+pytestmark = pytest.mark.slow
+
+ENGINES = ("fake", "stuck-on-dark", "flaky-on-dark")
+BASE = fake_env(*ENGINES, **FAST_PAGES)
+
+
+@pytest.fixture
+def worker(start_worker: Callable[..., Worker]) -> Iterator[Callable[..., Worker]]:
+    """Start a worker for one test; it is stopped when the test ends."""
+    mine: list[Worker] = []
+
+    def start(**env: str) -> Worker:
+        mine.append(start_worker(**{**BASE, **env}))
+        return mine[-1]
+
+    yield start
+    for one in mine:
+        one.stop()
+
+
+def outcomes(worker: Worker, job: str) -> list[str]:
+    """The outcomes of the `ocr.job` lines a worker logged for `job` (one per ending).
+
+    Read once there is one: a job's result is stored before its ending logs the line.
+    """
+    def logged() -> list[str]:
+        records = (json.loads(m)
+                   for m in re.findall(r"ocr\.job (\{.*\})$", worker.log(), re.M))
+        return [r["outcome"] for r in records if r["id"] == job]
+
+    return eventually(logged, 30, f"the ocr.job line of {job}")
+
+
+def wait_for_pages(client: OcrClient, job: str, done: int, timeout: float = 60) -> None:
+    def reached() -> bool:
+        status = client.status(job)
+        if status.state == "PROGRESS" and status.done >= done:
+            return True
+        assert not status.final, f"job ended before {done} pages: {status}"
+        return False
+
+    eventually(reached, timeout, f"{done} pages done", interval=0.05)
+
+
+def test_cancel_a_pending_job(worker: Callable[..., Worker], client: OcrClient) -> None:
+    running = worker(OCR_CONCURRENCY="1", FAKE_PAGE_SECONDS="2")
+    first = client.submit(png(200))
+    pending = client.submit(png(201))
+    assert client.cancel([pending]) == {pending: "cancelled"}
+    assert client.wait([pending], timeout=5)[pending]["status"] == "CANCELLED"
+    assert client.wait([first], timeout=30)[first]["status"] == "SUCCESS"
+    after = client.submit(png(202))
+    assert client.wait([after], timeout=30)[after]["status"] == "SUCCESS"
+    assert outcomes(running, pending) == ["CANCELLED"]  # it never ran
+
+
+def test_cancel_survives_a_worker_restart(worker: Callable[..., Worker],
+                                          client: OcrClient) -> None:
+    queued = client.submit(png(203))  # no worker is running yet
+    client.cancel([queued])
+    started = worker(OCR_CONCURRENCY="1")  # a fresh worker: Celery's revoke list is empty
+    follow = client.submit(png(204))
+    assert client.wait([follow], timeout=30)[follow]["status"] == "SUCCESS"
+    assert client.result(queued)["status"] == "CANCELLED"
+    assert outcomes(started, queued) == ["CANCELLED"]  # it never ran
+
+
+def test_cancel_a_running_document(worker: Callable[..., Worker], client: OcrClient) -> None:
+    running = worker(OCR_CONCURRENCY="2", FAKE_PAGE_SECONDS="0.5")
+    # Page 8 hangs like native code; pages 1-7 take 0.5 s each on two children.
+    job = client.submit(image_pdf(plain_pages(8, dark=[8])), filename="long.pdf",
+                        engine="stuck-on-dark")
+    wait_for_pages(client, job, 3)
+    children_before = {p.pid for p in psutil.Process(running.proc.pid).children()}  # type: ignore[union-attr]
+    started = time.monotonic()
+    assert client.cancel([job]) == {job: "cancelled"}
+    result = client.wait([job], timeout=10)[job]
+    assert time.monotonic() - started < 5
+    assert result["status"] == "CANCELLED"
+    numbers = [p["number"] for p in result["pages"]]
+    assert len(numbers) >= 3 and all(p["text"].startswith("fake ") for p in result["pages"])
+    assert 8 not in numbers
+    # nothing of the job is left in Redis but its cancelled result
+    store = client.app.backend.client
+    assert not store.keys(f"ocr:doc:{job}:meta") and not store.keys(f"ocr:doc:{job}:pages")
+    assert not store.keys("ocr:blob:*")
+    # the next job runs at once, on healthy children (killed ones were replaced)
+    quick = time.monotonic()
+    follow = client.submit(png(205))
+    assert client.wait([follow], timeout=15)[follow]["status"] == "SUCCESS"
+    assert time.monotonic() - quick < 10
+    def replaced() -> set[int] | None:  # the killed children are replaced
+        children = {p.pid for p in psutil.Process(running.proc.pid).children()}  # type: ignore[union-attr]
+        return children if len(children) == 2 and children != children_before else None
+
+    eventually(replaced, 30, "two new pool children")
+
+
+def test_expired_job_never_starts(worker: Callable[..., Worker], client: OcrClient) -> None:
+    late = client.submit(png(206), deadline=1)
+    time.sleep(1.5)  # no worker yet: the deadline passes in the queue
+    started = worker(OCR_CONCURRENCY="1")
+    result = client.wait([late], timeout=30)[late]
+    assert result["status"] == "FAILURE"
+    assert result["error"]["code"] == "deadline_exceeded"
+    assert outcomes(started, late) == ["FAILURE"]
+
+
+def test_running_job_stops_at_its_deadline(worker: Callable[..., Worker],
+                                           client: OcrClient) -> None:
+    worker(OCR_CONCURRENCY="1", FAKE_PAGE_SECONDS="1")
+    job = client.submit(image_pdf(plain_pages(6)), filename="six.pdf", deadline=2.5)
+    result = client.wait([job], timeout=30)[job]
+    assert result["status"] == "PARTIAL", result
+    done = [p["number"] for p in result["pages"] if "error" not in p]
+    assert 1 <= len(done) <= 4
+    assert {p["code"] for p in result["failed_pages"]} == {"deadline_exceeded"}
+    assert len(done) + len(result["failed_pages"]) == 6
+
+
+def test_interactive_job_overtakes_a_running_batch(worker: Callable[..., Worker],
+                                                   client: OcrClient) -> None:
+    worker(OCR_CONCURRENCY="1", FAKE_PAGE_SECONDS="0.2")
+    batch = client.submit(image_pdf(plain_pages(40)), filename="batch.pdf",
+                          priority="batch")
+    wait_for_pages(client, batch, 2)
+    # a one-page scan: its page task waits on the same queue as the batch's 38 pages
+    urgent = client.submit(image_pdf(plain_pages(1)), filename="urgent.pdf",
+                           priority="interactive")
+    result = client.wait([urgent], timeout=60)[urgent]
+    assert result["status"] == "SUCCESS"
+    batch_now = client.status(batch)
+    assert batch_now.state == "PROGRESS" and batch_now.done < 30, batch_now
+    assert client.wait([batch], timeout=120)[batch]["status"] == "SUCCESS"
+
+
+def test_callback_task_receives_the_result(worker: Callable[..., Worker],
+                                           client: OcrClient) -> None:
+    worker(OCR_CONCURRENCY="1")
+    job = client.submit(png(207), filename="cb.png", callback_task="billing.ocr_done",
+                        callback_queue="billing")
+    assert client.wait([job], timeout=30)[job]["status"] == "SUCCESS"
+    with client.app.connection() as conn:
+        queue = conn.SimpleQueue("billing")
+        message = queue.get(timeout=10)
+        assert message.headers["task"] == "billing.ocr_done"
+        args, _, _ = message.decode()
+        assert args[0]["id"] == job and args[0]["filename"] == "cb.png"
+        assert args[0]["text"].startswith("fake 64x48")
+        message.ack()
+        queue.close()
+
+
+class Receiver(http.server.BaseHTTPRequestHandler):
+    """Records POSTed bodies; answers 503 to the first one, then 200."""
+
+    bodies: list[dict[str, Any]] = []
+
+    def do_POST(self) -> None:  # noqa: N802 (http.server's name)
+        length = int(self.headers["Content-Length"])
+        self.bodies.append(json.loads(self.rfile.read(length)))
+        self.send_response(503 if len(self.bodies) == 1 else 200)
+        self.end_headers()
+
+    def log_message(self, *args: Any) -> None:
+        pass
+
+
+def test_http_callback_is_posted_and_retried(worker: Callable[..., Worker],
+                                             client: OcrClient) -> None:
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Receiver)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    worker(OCR_CONCURRENCY="1",
+           OCR_CALLBACK_ALLOWED_HOSTS=f"127.0.0.1:{server.server_address[1]}")
+    try:
+        url = f"http://127.0.0.1:{server.server_address[1]}/ocr-done"
+        job = client.submit(png(208), callback_url=url)
+        assert client.wait([job], timeout=30)[job]["status"] == "SUCCESS"
+        eventually(lambda: len(Receiver.bodies) >= 2, 30, "the callback's retry")
+        assert len(Receiver.bodies) == 2  # the 503 was retried once, then accepted
+        body = Receiver.bodies[-1]
+        assert body["id"] == job and body["status"] == "SUCCESS"
+        assert body["pages_done"] == 1 and "pages" not in body  # a summary, no texts
+    finally:
+        server.shutdown()
+
+
+def test_retry_completes_a_partial_job(worker: Callable[..., Worker], client: OcrClient,
+                                       tmp_path: Path) -> None:
+    healed = tmp_path / "healed"
+    worker(OCR_CONCURRENCY="2", FAKE_HEALED_FLAG=str(healed))
+    job = client.submit(image_pdf(plain_pages(4, dark=[2, 4])), filename="four.pdf",
+                        engine="flaky-on-dark")
+    first = client.wait([job], timeout=30)[job]
+    assert first["status"] == "PARTIAL"
+    assert [p["number"] for p in first["failed_pages"]] == [2, 4]
+    healed.touch()
+    again = client.retry(job)
+    second = client.wait([again], timeout=30)[again]
+    assert second["status"] == "SUCCESS", second
+    assert second["retry_of"] == job and second["id"] == again
+    assert [p["number"] for p in second["pages"]] == [1, 2, 3, 4]
+    assert second["pages"][0] == first["pages"][0]  # kept, not re-read
+    assert all(p["text"].startswith("fake ") for p in second["pages"])

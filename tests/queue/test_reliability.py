@@ -1,0 +1,184 @@
+"""No job lost: killed children, poison jobs, warm shutdown, Redis restart, and more.
+
+Also hostile messages, a soak with flat memory and Flower's auth. Real Redis, real
+workers, named fake engines.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Callable
+from pathlib import Path
+
+import psutil
+import pytest
+
+from tasks.client import OcrClient
+from tests.harness import (
+    ROOT,
+    VENV_BIN,
+    RedisServer,
+    Worker,
+    eventually,
+    fake_env,
+    free_port,
+    make_client,
+    procfile_command,
+)
+from tests.image_fixtures import png
+
+pytestmark = pytest.mark.slow
+
+FAKE = fake_env()
+
+
+def children(worker: Worker) -> list[psutil.Process]:
+    assert worker.proc is not None
+    return psutil.Process(worker.proc.pid).children()
+
+
+def wait_started(client: OcrClient, job: str, timeout: float = 30) -> None:
+    eventually(lambda: client.status(job).state == "STARTED", timeout, f"{job} started",
+               interval=0.05)
+
+
+def test_jobs_survive_children_killed_mid_batch(start_worker: Callable[..., Worker],
+                                                client: OcrClient) -> None:
+    worker = start_worker(**FAKE, OCR_CONCURRENCY="2", FAKE_PAGE_SECONDS="1",
+                          OCR_QUEUES="kill9")
+    jobs = [client.app.send_task("ocr.document", queue="kill9",
+                                 kwargs={"blob": client._blobs.put(png(100 + i))}).id
+            for i in range(8)]
+    wait_started(client, jobs[0])
+    victims = children(worker)
+    for child in victims:
+        child.send_signal(signal.SIGKILL)
+    results = client.wait(jobs, timeout=120)
+    assert [results[j]["status"] for j in jobs] == ["SUCCESS"] * 8
+    assert not {c.pid for c in victims} & {results[j]["engine"]["pid"] for j in jobs}
+    assert "WorkerLostError" in worker.log()
+
+
+def test_warm_shutdown_requeues_unstarted_jobs(start_worker: Callable[..., Worker],
+                                               client: OcrClient) -> None:
+    env = {**FAKE, "OCR_CONCURRENCY": "1", "FAKE_PAGE_SECONDS": "1.5",
+           "OCR_QUEUES": "warm"}
+    first = start_worker(**env)
+    jobs = [client.app.send_task("ocr.document", queue="warm",
+                                 kwargs={"blob": client._blobs.put(png(50 + i))}).id
+            for i in range(4)]
+    wait_started(client, jobs[0])
+    first.stop()  # SIGTERM: warm shutdown, the running job finishes
+    assert client.status(jobs[0]).state == "SUCCESS"
+    start_worker(**env)
+    results = client.wait(jobs, timeout=60)
+    assert [results[j]["status"] for j in jobs] == ["SUCCESS"] * 4
+
+
+def test_redis_restart_loses_no_job(aof_redis: RedisServer,
+                                    tmp_path_factory: pytest.TempPathFactory) -> None:
+    url = aof_redis.url(0)
+    worker = Worker(tmp_path_factory.mktemp("restart") / "worker.log",
+                    {**FAKE, "REDIS_URL": url, "OCR_CONCURRENCY": "2",
+                     "FAKE_PAGE_SECONDS": "0.3"}).start()
+    client = make_client(url)
+    try:
+        jobs = [client.submit(png(30 + i)) for i in range(16)]
+        wait_started(client, jobs[0])
+        aof_redis.stop()
+        time.sleep(1)
+        aof_redis.start()
+        results = client.wait(jobs, timeout=180)
+        assert [results[j]["status"] for j in jobs] == ["SUCCESS"] * 16
+        assert worker.proc is not None and worker.proc.poll() is None
+    finally:
+        worker.stop()
+        client.close()
+
+
+def test_pickle_message_is_refused_and_worker_survives(start_worker: Callable[..., Worker],
+                                                       client: OcrClient) -> None:
+    worker = start_worker(**FAKE, OCR_CONCURRENCY="1", OCR_QUEUES="hostile")
+    task_id = str(uuid.uuid4())
+    with client.app.producer_or_acquire() as producer:
+        producer.publish(((), {"data_b64": "AAAA"}, {}), serializer="pickle",
+                         routing_key="hostile", exchange="",
+                         headers={"task": "ocr.document", "id": task_id, "lang": "py"})
+    follow = client.app.send_task("ocr.document", queue="hostile",
+                                  kwargs={"blob": client._blobs.put(png())}).id
+    assert client.wait([follow], timeout=60)[follow]["status"] == "SUCCESS"
+    assert "refused a message on queue hostile (content_refused" in worker.log()
+    refused = client.wait([task_id], timeout=10)[task_id]  # never ran, yet not PENDING
+    assert refused["error"]["code"] == "content_refused"
+
+
+def test_server_refuses_oversize_input(start_worker: Callable[..., Worker],
+                                       client: OcrClient) -> None:
+    import base64
+
+    start_worker(**FAKE, OCR_CONCURRENCY="1", OCR_QUEUES="small", OCR_MAX_INPUT_MB="0.01")
+    big = base64.b64encode(png(size=(2000, 2000)) + b"\0" * 20000).decode()
+    job = client.app.send_task("ocr.document", queue="small", kwargs={"data_b64": big}).id
+    assert client.wait([job], timeout=60)[job]["error"]["code"] == "input_too_large"
+
+
+def test_soak_keeps_worker_memory_flat(start_worker: Callable[..., Worker],
+                                       client: OcrClient) -> None:
+    worker = start_worker(**FAKE, OCR_CONCURRENCY="2", OCR_QUEUES="soak",
+                          OCR_MAX_TASKS_PER_CHILD="0")
+    blobs = [png(i % 250, size=(320, 240)) for i in range(300)]
+
+    def batch(items: list[bytes]) -> float:
+        ids = [client.app.send_task("ocr.document", queue="soak",
+                                    kwargs={"blob": client._blobs.put(b)}).id for b in items]
+        results = client.wait(ids, timeout=300)
+        assert all(results[i]["status"] == "SUCCESS" for i in ids)
+        return sum(c.memory_info().rss for c in children(worker)) / 2**20
+
+    warm = batch(blobs[:50])
+    end = batch(blobs[50:])
+    print(f"\nsoak: pool children RSS {warm:.1f} MB after 50 jobs, {end:.1f} MB after 300")
+    assert end - warm < 10
+
+
+def test_flower_requires_basic_auth(tmp_path: Path, redis_url: str) -> None:
+    import urllib.error
+    import urllib.request
+
+    port = free_port()
+    env = {**os.environ, "PATH": f"{VENV_BIN}{os.pathsep}{os.environ['PATH']}",
+           "PYTHONPATH": str(ROOT), "FLOWER_PORT": str(port),
+           "FLOWER_DB": str(tmp_path / "flower.db"), "FLOWER_BASIC_AUTH": "ops:s3cret",
+           "REDIS_URL": redis_url}
+    proc = subprocess.Popen(["bash", "-c", f"exec {procfile_command('flower')}"], cwd=ROOT,
+                            env=env, stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT,
+                            start_new_session=True)
+    try:
+        url = f"http://127.0.0.1:{port}/"
+
+        def answer() -> int | None:
+            try:
+                urllib.request.urlopen(url, timeout=2)
+            except urllib.error.HTTPError as exc:
+                return exc.code
+            except OSError:
+                return None  # not listening yet
+            return 200
+
+        assert eventually(answer, 30, "Flower answering") == 401
+        request = urllib.request.Request(url, headers={
+            "Authorization": "Basic b3BzOnMzY3JldA=="})  # ops:s3cret
+        assert urllib.request.urlopen(request, timeout=5).status == 200
+    finally:
+        os.killpg(proc.pid, signal.SIGTERM)
+        proc.wait(10)
+    refused = subprocess.run([sys.executable, "scripts/run_flower.py"], cwd=ROOT,
+                             env={**env, "FLOWER_BASIC_AUTH": "", "OCR_FLOWER_OPEN": "1",
+                                  "FLOWER_ADDRESS": "0.0.0.0"}, capture_output=True,
+                             text=True, timeout=30)
+    assert refused.returncode == 2 and "only allowed on loopback" in refused.stdout

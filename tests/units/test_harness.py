@@ -1,0 +1,57 @@
+"""The test harness itself (tests/harness.py): `eventually()`, and who imports it.
+
+Pure: no process is started.
+"""
+
+from __future__ import annotations
+
+import re
+
+import pytest
+
+from tests.harness import ROOT, eventually
+
+
+def test_eventually_returns_the_first_true_value() -> None:
+    answers = iter([None, 0, "", {"done": 1}])
+    assert eventually(lambda: next(answers), 5, "an answer", interval=0) == {"done": 1}
+
+
+def test_eventually_names_what_never_came() -> None:
+    told: list[str] = []
+
+    def what() -> str:
+        told.append("asked")
+        return "the job's end (log tail)"
+
+    with pytest.raises(AssertionError, match=r"not within 0\.05 s: the job's end"):
+        eventually(lambda: False, 0.05, what, interval=0.01)
+    assert told == ["asked"]  # the text is made once, when the wait fails
+
+
+def test_eventually_stops_at_the_predicates_own_error() -> None:
+    calls = []
+
+    def exited() -> bool:
+        calls.append(1)
+        raise RuntimeError("worker exited early")
+
+    with pytest.raises(RuntimeError, match="exited early"):
+        eventually(exited, 60, "ready")
+    assert len(calls) == 1
+
+
+def test_benchmarks_import_the_harness_not_conftest() -> None:
+    """bench/ and the tests' helpers import tests.harness; conftest holds fixtures.
+
+    And the hooks of the time summary, nothing else.
+    """
+    importers = [p for p in [*(ROOT / "bench").rglob("*.py"), *(ROOT / "tests").rglob("*.py")]
+                 if re.search(r"^\s*(from|import) tests\.conftest\b",
+                              p.read_text(encoding="utf-8"), re.M)]
+    assert importers == []
+    lines = (ROOT / "tests" / "conftest.py").read_text(encoding="utf-8").splitlines()
+    defined = [i for i, line in enumerate(lines) if re.match(r"(class|def) ", line)]
+    assert defined
+    assert all(lines[i - 1].startswith("@pytest.fixture") or
+               lines[i].startswith("def pytest_") for i in defined)  # fixtures and hooks

@@ -1,0 +1,52 @@
+"""One owner per queue decision (issue 44 items 3 and 4), without a worker.
+
+- The engine a job runs on: a worker parent that ends a job itself names the engine a
+  pool child would have read it with (`resident.engine_for_job`, language routing
+  included).
+- One retry policy: the job, page and chunk tasks and the HTTP callback task back off
+  alike (`tasks/queue/retry_policy.py`), and what the docs say of callbacks is the
+  policy's count.
+"""
+
+from __future__ import annotations
+
+import re
+from types import SimpleNamespace
+
+import pytest
+
+from tasks.engines.resident import engine_for_job
+from tasks.queue import parent_endings, retry_policy
+from tasks.queue.control_tasks import http_callback
+from tasks.records.request import JobRequest
+from tasks.settings import Settings
+from tests.harness import ROOT
+
+
+@pytest.mark.parametrize(("kwargs", "expected"), [
+    ({"path": "/x.png"}, "tesseract"),
+    ({"path": "/x.png", "lang": "chi_sim"}, "rapidocr"),
+    ({"path": "/x.png", "lang": "chi_sim+vie"}, "tesseract"),  # rapidocr does not read vie
+    ({"path": "/x.png", "lang": "chi_sim", "engine": "tesseract"}, "tesseract"),
+])
+def test_parent_and_child_name_one_engine(kwargs: dict[str, str], expected: str) -> None:
+    settings = Settings.from_env({"OCR_LANG_ENGINES": "chi_sim=rapidocr"})
+    request = JobRequest.from_kwargs(kwargs, settings.all_engine_names())
+    app = SimpleNamespace(ocr_engine="tesseract", ocr_settings=settings)
+    child = engine_for_job(request.engine, request.lang, "tesseract", settings)
+    assert parent_endings._engine_of(request, app) == child == expected  # type: ignore[arg-type]
+    assert parent_endings._engine_of(None, app) == "tesseract"  # type: ignore[arg-type]
+
+
+def test_one_retry_policy_for_tasks_and_callbacks() -> None:
+    assert http_callback.max_retries == retry_policy.MAX_RETRIES
+    for retries in range(8):
+        step = retry_policy.backoff_step(retries)
+        assert step == min(retry_policy.RETRY_BACKOFF_MAX, 2 * 2**retries)
+        for _ in range(50):  # equal jitter: half the step for sure, half at random
+            assert step / 2 <= retry_policy.countdown(retries) <= step
+    # The callback's count in the docs is the policy's, and no setting's text repeats it.
+    tasks_md = (ROOT / "docs" / "tasks.md").read_text()
+    assert f"retried {retry_policy.MAX_RETRIES} times with backoff" in tasks_md
+    settings_md = (ROOT / "docs" / "settings.md").read_text()
+    assert not re.search(r"retried \d+ times", settings_md)
