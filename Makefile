@@ -9,11 +9,11 @@ PY     := $(VENV)/bin/python
 export PATH := $(abspath $(VENV))/bin:$(PATH)
 
 # Tesseract languages this machine should have (OCR_LANGS, space separated; the tests
-# read Vietnamese, Greek and Chinese pages, so `make test` adds those).
+# read Vietnamese, Greek, Chinese, German and French pages, so `make test` adds those).
 OCR_LANGS ?= eng
-TEST_LANGS := eng vie ell chi_sim
+TEST_LANGS := eng vie ell chi_sim deu fra
 
-.PHONY: langs test-langs run vlm vlm-api rapidocr s3 test lint bench bench-quick clean redis-server rabbitmq-server bench-tools screenshot chromium
+.PHONY: langs test-langs run vlm vlm-api rapidocr s3 test lint bench bench-quick clean redis-server rabbitmq-server bench-tools screenshot chromium podman base-image wheels image ocrmypdf-plugin
 
 $(VENV)/.runtime: requirements.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -65,6 +65,30 @@ $(VENV)/.bench: $(VENV)/.dev requirements-bench.txt
 	$(PY) -m pip install -q -r requirements-bench.txt
 	touch $@
 
+# OCRmyPDF 17 in a clean venv of its own (no project package in it), and the plugin of
+# integrations/ocrmypdf installed there as a user installs it (`pip install
+# integrations/ocrmypdf[redis]`): tests/clients/test_ocrmypdf_plugin.py and bench/ocrmypdf.py run
+# its `ocrmypdf`. The venv is rebuilt only when its requirements change, the plugin
+# reinstalled when its files do. OCRmyPDF's own engine needs Debian's tesseract CLI.
+OCRMYPDF_VENV := .venv-ocrmypdf
+PLUGIN_FILES := integrations/ocrmypdf/pyproject.toml integrations/ocrmypdf/README.md \
+	$(wildcard integrations/ocrmypdf/ocrmypdf_ocr_queue/*.py)
+
+$(OCRMYPDF_VENV)/.ocrmypdf: integrations/ocrmypdf/requirements.txt
+	rm -rf $(OCRMYPDF_VENV)
+	$(PYTHON) -m venv $(OCRMYPDF_VENV)
+	$(OCRMYPDF_VENV)/bin/python -m pip install -q --upgrade pip
+	$(OCRMYPDF_VENV)/bin/python -m pip install -q -r integrations/ocrmypdf/requirements.txt
+	touch $@
+
+$(OCRMYPDF_VENV)/.plugin: $(OCRMYPDF_VENV)/.ocrmypdf $(PLUGIN_FILES)
+	rm -rf integrations/ocrmypdf/build integrations/ocrmypdf/*.egg-info
+	$(OCRMYPDF_VENV)/bin/python -m pip install -q "./integrations/ocrmypdf[redis]"
+	rm -rf integrations/ocrmypdf/build integrations/ocrmypdf/*.egg-info
+	touch $@
+
+ocrmypdf-plugin: $(OCRMYPDF_VENV)/.plugin bench-tools
+
 # redis-server: Debian's package when root, otherwise say what to do.
 redis-server:
 	@command -v redis-server >/dev/null || { \
@@ -72,7 +96,7 @@ redis-server:
 	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq redis-server; \
 	  else echo "redis-server is missing: apt-get install redis-server (Debian/Ubuntu) or brew install redis (macOS)"; exit 1; fi; }
 
-# RabbitMQ for the broker tests (tests/test_brokers.py, each in a vhost of its own on
+# RabbitMQ for the broker tests (tests/queue/test_brokers.py, each in a vhost of its own on
 # 127.0.0.1:5672): Debian's package, installed and started when root; without it those
 # tests skip and say why. `make run` does not need it (Redis stays the default broker).
 rabbitmq-server:
@@ -113,19 +137,72 @@ rapidocr: $(VENV)/.rapidocr
 
 s3: $(VENV)/.s3
 
+# The container image (issue 38; Dockerfile, compose.yaml, docs/deploy.md): `make image`
+# builds ocr-queue:latest with podman. No registry is needed: the base image is made by
+# debootstrap when missing, and the Python packages come from wheels built here
+# (`pip wheel` into wheels/, git-ignored), so the build downloads only Debian packages.
+# Elsewhere `docker build .` takes them from the package index instead.
+IMAGE ?= ocr-queue:latest
+BASE_IMAGE ?= debian:bookworm-slim
+IMAGE_LANGS ?= eng vie ell chi_sim
+DEBIAN_MIRROR ?= http://deb.debian.org/debian
+IMAGE_BUILD_ARGS ?=
+# Debian's podman 4.3 cannot set rlimits with its default runtime here: runc, and
+# ulimits given (the tests use the same file).
+export CONTAINERS_CONF := $(abspath var/podman/containers.conf)
+
+# podman, debootstrap and runc: Debian's packages when root, otherwise say what to do.
+podman:
+	@command -v podman >/dev/null && command -v debootstrap >/dev/null && command -v runc >/dev/null || { \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq podman debootstrap runc; \
+	  else echo "podman is missing: apt-get install podman debootstrap runc (Debian/Ubuntu)"; exit 1; fi; }
+	@mkdir -p $(dir $(CONTAINERS_CONF))
+	@printf '%s\n' '[containers]' 'default_ulimits = ["nofile=4096:4096", "nproc=4096:4096"]' \
+	  '' '[engine]' 'runtime = "runc"' > $(CONTAINERS_CONF)
+
+# debian:bookworm-slim from Debian's packages (minbase), when no such image is stored.
+base-image: podman
+	@podman image exists $(BASE_IMAGE) || { \
+	  root=$$(mktemp -d) && debootstrap --variant=minbase bookworm $$root $(DEBIAN_MIRROR) >/dev/null && \
+	  rm -rf $$root/var/cache/apt/archives/*.deb $$root/var/lib/apt/lists/* $$root/usr/share/doc/* \
+	    $$root/usr/share/man/* $$root/usr/share/info/* $$root/usr/share/locale/* && \
+	  tar -C $$root -c . | podman import - $(BASE_IMAGE) && rm -rf $$root; }
+
+# Wheels of every package the image installs (and the headless OpenCV it swaps in).
+wheels/.done: $(VENV)/.runtime requirements.txt requirements-rapidocr.txt requirements-s3.txt requirements-vlm-api.txt
+	$(PY) -m pip wheel -q -w wheels -r requirements-rapidocr.txt -r requirements-s3.txt -r requirements-vlm-api.txt
+	cv=$$(ls wheels/opencv_python-*.whl | sed 's/.*opencv_python-\([^-]*\)-.*/\1/') && \
+	  $(PY) -m pip wheel -q --no-deps -w wheels "opencv-python-headless==$$cv"
+	# redis-py wants async-timeout below Python 3.11.3 (Debian's is 3.11.2)
+	$(PY) -m pip wheel -q --no-deps -w wheels "async-timeout>=4.0.3"
+	touch $@
+
+wheels: wheels/.done
+
+image: base-image wheels
+	podman build --isolation chroot --layers -t $(IMAGE) --build-arg WHEELS=local \
+	  --build-arg BASE=$(BASE_IMAGE) --build-arg LANGS="$(IMAGE_LANGS)" \
+	  --build-arg VERSION=$$(git describe --always --dirty 2>/dev/null || echo dev) $(IMAGE_BUILD_ARGS) .
+	podman images $(IMAGE)
+
 lint: $(VENV)/.dev
 	ruff check .
 	mypy
 
-test: $(VENV)/.dev redis-server rabbitmq-server test-langs lint
-	pytest
+# Two test processes by default: most of a test's time is spent waiting on the
+# processes it started, so two modules at once fit two cores (docs/testing.md).
+# TEST_PROCESSES=0 runs them in this one process.
+TEST_PROCESSES ?= 2
+test: $(VENV)/.dev redis-server rabbitmq-server podman test-langs ocrmypdf-plugin lint
+	pytest $(if $(filter-out 0,$(TEST_PROCESSES)),-n $(TEST_PROCESSES) --dist loadgroup)
 
 # OMP_THREAD_LIMIT=1: one OpenMP thread per tesseract, as the workers run it
 # (OCR_TESSERACT_THREADS=1); Debian's tesseract on 2 cores is ~8x slower without it.
-bench: $(VENV)/.bench redis-server rabbitmq-server bench-tools
+bench: $(VENV)/.bench redis-server rabbitmq-server bench-tools ocrmypdf-plugin
 	OMP_THREAD_LIMIT=1 $(PY) -m bench
 
-bench-quick: $(VENV)/.bench redis-server rabbitmq-server bench-tools
+bench-quick: $(VENV)/.bench redis-server rabbitmq-server bench-tools ocrmypdf-plugin
 	OMP_THREAD_LIMIT=1 $(PY) -m bench --quick
 
 # Debian's chromium for the Flower screenshot (not needed by `make test`).
@@ -139,7 +216,7 @@ chromium:
 # test in headless chromium (the test fails here rather than skip without chromium).
 screenshot: $(VENV)/.dev redis-server chromium
 	FLOWER_SCREENSHOT=docs/flower.png pytest -q -p no:cacheprovider \
-	  tests/test_integration.py -k test_flower_dashboard_screenshot
+	  tests/clients/test_integration.py -k test_flower_dashboard_screenshot
 
 clean:
-	rm -rf var .pytest_cache .mypy_cache .ruff_cache
+	rm -rf var .pytest_cache .mypy_cache .ruff_cache $(OCRMYPDF_VENV)
