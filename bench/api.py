@@ -33,7 +33,7 @@ import requests
 from bench.common import BenchError, Context, Ratio, Report, Services, Table, percentile
 from bench.overhead import tiny_image
 from tests.api_server import ApiServer, create_token, session
-from tests.conftest import ROOT
+from tests.harness import ROOT
 
 POLL = 0.002
 CONNECTIONS = 50

@@ -28,7 +28,7 @@ import redis
 
 from tasks.settings import Settings
 from tasks.state.keys import DEAD_LETTER_KEY
-from tests.conftest import FAKE_PLUGINS, RedisServer, Worker
+from tests.harness import FAKE_PLUGINS, RedisServer, Worker
 
 MESSAGE_MB = 400
 ENV = {"OCR_ENGINE": "fake", "OCR_ENGINE_PLUGINS": FAKE_PLUGINS, "OCR_CONCURRENCY": "1"}

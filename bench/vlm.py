@@ -34,7 +34,7 @@ from pathlib import Path
 from typing import Any
 
 from bench.common import MLX_ENV, BenchError, Context, Ratio, Report, Table, build_tiny_model
-from tests.conftest import CORPUS, ROOT
+from tests.harness import CORPUS, ROOT
 
 MODEL = "qwen2-vl-pages"
 PAGE = "scan_linn.png"
@@ -98,7 +98,7 @@ def probe(models: Path, options: dict[str, Any]) -> dict[str, Any]:
     from PIL import Image
 
     from tasks.engines.base import RecognizeOptions
-    from tasks.engines.mlx_vlm import MlxVlmEngine, VlmBudget
+    from tasks.engines.vlm.mlx_vlm_engine import MlxVlmEngine, VlmBudget
     from tasks.pipeline.pdf import render_page
     from tasks.settings import Settings
 

@@ -60,7 +60,7 @@ from bench.common import (
     build_tiny_model,
     rss_mb,
 )
-from tests.conftest import CORPUS, Worker
+from tests.harness import CORPUS, Worker
 from tests.inference_server import VlmServer
 
 MODEL = "bench-100m"

@@ -46,7 +46,7 @@ from bench.common import (
     new_figure,
     worker_processes,
 )
-from tests.conftest import CORPUS, Worker
+from tests.harness import CORPUS, Worker
 from tests.inference_server import SimulatedInferenceServer, VlmServer
 from tests.pdf_fixtures import repeated_image_pdf
 
