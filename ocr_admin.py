@@ -16,26 +16,30 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 import time
 from dataclasses import asdict
 from typing import Any, Protocol, TextIO
 
 from tasks.api.tokens import ApiClient, TokenStore
+from tasks.cli.core import (
+    EXIT_FAILURE,
+    EXIT_OK,
+    EXIT_UNREACHABLE,
+    EXIT_USAGE,
+    REDIS_URL_HELP,
+    Session,
+    run_command,
+)
 from tasks.client import OcrClient
-from tasks.errors import OcrError, ServiceUnreachable
+from tasks.errors import OcrError
 from tasks.operator_console import OperatorConsole
-from tasks.settings import Settings, SettingsError
+from tasks.settings import Settings
 from tasks.state.stores import connect
 from tasks.state.webhook_secrets import DEFAULT_GRACE_SECONDS
 
 PROG = "ocr_admin.py"
-# The exit statuses these commands give: submit.py's (its `--help` lists them all).
-EXIT_OK = 0
-EXIT_FAILURE = 1
-EXIT_USAGE = 2
-EXIT_UNREACHABLE = 5
+# The exit statuses are submit.py's (tasks/cli/core.py; its `--help` lists them all).
 NO_WORKER_HINT = "start a worker (`make run` starts one)"  # submit.py names the queue
 MODELS_SUMMARY = ("audit OCR_MODEL_DIR of every host (one table per host), prune it, "
                   "or make the workers release their models")
@@ -298,37 +302,10 @@ def run_tokens_command(args: argparse.Namespace, session: Context, prog: str = P
 
 # --- main ------------------------------------------------------------------------------
 
-class Session:
-    """`Context` of this command line: settings from the environment and --redis-url."""
-
-    def __init__(self, redis_url: str | None) -> None:
-        env = dict(os.environ)
-        if redis_url:
-            env["REDIS_URL"] = redis_url
-        self._settings = Settings.from_env(env)
-        self._client: OcrClient | None = None
-
-    @property
-    def settings(self) -> Settings:
-        return self._settings
-
-    @property
-    def client(self) -> OcrClient:
-        if self._client is None:
-            self._client = OcrClient(self._settings)
-            self._client.check_service()
-        return self._client
-
-    def close(self) -> None:
-        if self._client is not None:
-            self._client.close()
-
-
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog=PROG, description="The OCR service's operator commands (submit.py: the user's).")
-    parser.add_argument("--redis-url", metavar="URL", help="the broker's Redis (default: "
-                        "$REDIS_URL, else redis://127.0.0.1:6379/0)")
+    parser.add_argument("--redis-url", metavar="URL", help=REDIS_URL_HELP)
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     models = commands.add_parser("models", help=MODELS_SUMMARY, description=MODELS_SUMMARY)
     models_arguments(models)
@@ -342,20 +319,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)  # usage errors exit 2
-    try:
-        session = Session(args.redis_url)
-    except SettingsError as exc:
-        print(f"{PROG}: {exc}", file=sys.stderr)
-        return EXIT_USAGE
-    try:
-        if args.command == "models":
-            return run_models(args, session)
-        return run_tokens_command(args, session)
-    except ServiceUnreachable as exc:
-        print(f"{PROG}: {exc.message}", file=sys.stderr)
-        return EXIT_UNREACHABLE
-    finally:
-        session.close()
+    run = run_models if args.command == "models" else run_tokens_command
+    return run_command(PROG, run, args, Session(args.redis_url))
 
 
 if __name__ == "__main__":

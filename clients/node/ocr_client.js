@@ -13,7 +13,8 @@
 // Prints one JSON result per file, each with `filename` (or, with --no-wait, each
 // job's id and file name), and a line on stderr naming the file of each job that did
 // not succeed. Exit status as submit.py's (USAGE below). REDIS_URL
-// (redis://[:password@]host:port/db, or rediss:// for TLS) is the default for --redis.
+// (redis://[:password@]host:port/db, or rediss:// for TLS) is the default for --redis,
+// else the URL `make run` wrote to var/redis-url (its own Redis), as submit.py finds it.
 'use strict';
 
 const crypto = require('crypto');
@@ -41,7 +42,7 @@ const WORKERS_KEY = 'ocr:workers'; // presence records of live workers (tasks/st
 // The input limit, as the workers' OCR_MAX_INPUT_MB (tasks/settings, default 64): a file
 // larger than it is refused here, before anything is sent.
 const DEFAULT_MAX_INPUT_MB = 64;
-// Status names, as tasks/records/status.py owns them (tests/test_node_client.py holds
+// Status names, as tasks/records/status.py owns them (tests/clients/test_node_client.py holds
 // these tables to it): how a job ends and what a caller sees before (STATUS), and the
 // states of Celery's result backend this client reads (CELERY).
 const STATUS = Object.freeze({
@@ -406,7 +407,8 @@ Send images and PDFs to the OCR service (task ocr.document) and print one JSON r
 per file, each with its filename.
 
 options:
-  --redis URL        the broker's Redis (default: $REDIS_URL, else redis://127.0.0.1:6379/0)
+  --redis URL        the broker's Redis (default: $REDIS_URL, else make run's var/redis-url,
+                     else redis://127.0.0.1:6379/0)
   --engine NAME      tesseract, rapidocr, mlx-vlm or vlm-api (default: the worker's); the job goes to ocr-NAME
   --pages RANGE      pages to read, e.g. 1-3,7
   --output FORMAT    text, markdown, json or pdf
@@ -456,9 +458,18 @@ const NO_WORKER_HINT = 'start a worker that consumes that queue (`make run` star
 
 class UsageError extends Error {}
 
+// The Redis `make run` started (var/redis-url under the current directory), or undefined.
+function runRedisUrl() {
+  try {
+    return fs.readFileSync(path.join('var', 'redis-url'), 'utf8').trim() || undefined;
+  } catch {
+    return undefined;
+  }
+}
+
 function parseArgs(argv) {
   const options = {
-    redis: process.env.REDIS_URL, timeout: 120, wait: true, files: [],
+    redis: process.env.REDIS_URL || runRedisUrl(), timeout: 120, wait: true, files: [],
     'max-input-mb': defaultMaxInputMb(),
   };
   const valued = ['redis', 'engine', 'pages', 'output', 'mode', 'lang', 'password', 'priority',
@@ -487,7 +498,8 @@ function parseArgs(argv) {
 async function cancelMain(argv) {
   const ids = argv.filter((a) => !a.startsWith('--'));
   const at = argv.indexOf('--redis');
-  const url = at >= 0 && at + 1 < argv.length ? argv[at + 1] : process.env.REDIS_URL;
+  const url = at >= 0 && at + 1 < argv.length ? argv[at + 1]
+    : process.env.REDIS_URL || runRedisUrl();
   if (at >= 0) ids.splice(ids.indexOf(argv[at + 1]), 1);
   if (!ids.length) {
     process.stderr.write('ocr_client: cancel: give at least one job id\n');
