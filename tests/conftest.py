@@ -123,6 +123,13 @@ def redis_url(redis_server: RedisServer) -> str:
     return redis_server.url(next(_next_db))
 
 
+@pytest.fixture
+def own_redis_url(redis_server: RedisServer) -> str:
+    """A Redis database of this test's own: for a worker that must not share the module's
+    queues with the module's workers."""
+    return redis_server.url(next(_next_db))
+
+
 @pytest.fixture(scope="module")
 def start_worker(tmp_path_factory: pytest.TempPathFactory,
                  redis_url: str) -> Iterator[Callable[..., Worker]]:

@@ -18,7 +18,7 @@ import pytest
 
 from tasks.client import OcrClient
 from tasks.operator_console import OperatorConsole
-from tests.harness import ROOT, Worker, corpus, eventually
+from tests.harness import ROOT, Worker, corpus, eventually, make_client
 
 pytestmark = pytest.mark.slow
 
@@ -77,30 +77,43 @@ def test_jobs_without_engine_use_the_workers_engine(vlm_worker: Worker,
     assert [p["number"] for p in result["pages"]] == [1, 2]
 
 
-def test_unload_control_releases_the_vlm(vlm_worker: Worker, client: OcrClient,
-                                         redis_url: str) -> None:
-    """The remote-control command closes the MLX model in the child; the next job reloads."""
+def test_unload_control_releases_the_vlm(start_worker: Callable[..., Worker], model_dir: Path,
+                                         own_redis_url: str) -> None:
+    """The remote-control command closes the MLX model in the child; the next job reloads.
+
+    A worker of its own, on a database of its own, whose child never recycles: the
+    module's worker recycles after 2 tasks, and a child that replaces a recycled one loads
+    the model at its start, so whether the model stays registered after an unload would
+    depend on how many tasks the module's earlier tests gave it.
+    """
     import redis
 
     from tasks.models.registry import ModelRegistry
 
-    models = ModelRegistry(redis.Redis.from_url(redis_url))
+    worker = start_worker(**MLX_ENV, REDIS_URL=own_redis_url, OCR_MODEL_DIR=str(model_dir),
+                          OCR_MODEL="tiny-qwen2-vl")
+    client = make_client(own_redis_url)
+    models = ModelRegistry(redis.Redis.from_url(own_redis_url))
     loaded = "engine loaded: mlx-vlm model=tiny-qwen2-vl"
     first = client.submit(corpus("scan_tess_phototest.tif"), engine="mlx-vlm")
     assert client.wait([first], timeout=240)[first]["status"] == "SUCCESS"
     assert "tiny-qwen2-vl" in {h.model for h in models.loaded()}
-    loads = vlm_worker.log().count(loaded)
+    loads = worker.log().count(loaded)
     replies = OperatorConsole(client).unload_models(timeout=3)
-    assert any(r.get("ok") == "release requested in 1 pool children" for r in replies.values())
-    eventually(lambda: "engines released (unload_model)" in vlm_worker.log(), 30,
-               lambda: f"the release in the worker's log:\n{vlm_worker.log()[-2000:]}")
-    assert "engine unloaded: mlx-vlm" in vlm_worker.log()
+    (reply,) = [r for node, r in replies.items() if node.startswith(f"{worker.name}@")]
+    assert reply.get("ok") == "release requested in 1 pool children", replies
+    (child,) = reply["pids"]
+    eventually(lambda: f"engines released (unload_model) in pid {child}" in worker.log(), 30,
+               lambda: f"the release in the worker's log:\n{worker.log()[-2000:]}")
+    assert f"engine unloaded: mlx-vlm (pid {child})" in worker.log()
     eventually(lambda: "tiny-qwen2-vl" not in {h.model for h in models.loaded()}, 30,
                "the model's registration gone")
     job = client.submit(corpus("scan_tess_phototest.tif"), engine="mlx-vlm")
     result = client.wait([job], timeout=240)[job]
     assert result["status"] == "SUCCESS" and result["engine"]["model"] == "tiny-qwen2-vl"
-    assert vlm_worker.log().count(loaded) >= loads + 1
+    assert result["engine"]["pid"] == child  # the same child, which loaded it again
+    assert worker.log().count(loaded) == loads + 1
+    client.close()
 
 
 def test_missing_model_fails_fast_and_never_downloads(start_worker: Callable[..., Worker],
