@@ -125,8 +125,10 @@ def redis_url(redis_server: RedisServer) -> str:
 
 @pytest.fixture
 def own_redis_url(redis_server: RedisServer) -> str:
-    """A Redis database of this test's own: for a worker that must not share the module's
-    queues with the module's workers."""
+    """A Redis database of this test's own.
+
+    For a worker that must not share the module's queues with the module's workers.
+    """
     return redis_server.url(next(_next_db))
 
 
