@@ -37,7 +37,7 @@ from tasks.queue.routing import DEFAULT_QUEUE, PRIORITIES, job_queue, priority_v
 from tasks.records.formats import STORED_FORMATS
 from tasks.records.status import CeleryState, JobStatus, WaitStatus
 from tasks.settings import Settings
-from tasks.state.job_state import JobProgress, JobStateReader
+from tasks.state.job_state import JobProgress, JobStateReader, expired_before_start
 from tasks.state.liveness import WorkerPresence
 from tasks.state.stores import BlobStore, JobControl, OutputStore, connect
 
@@ -268,12 +268,16 @@ class OcrClient:
         return {"id": job_id, "status": JobStatus.FAILURE.value, "error": error_info(exc)}
 
     def _revoked(self, job_id: str) -> dict[str, Any]:
-        """A revoked job: cancelled (with the pages it had), or expired at its deadline."""
+        """A revoked job: cancelled (with the pages it had), or expired at its deadline.
+
+        The same rule as `status` (`expired_before_start`): both say FAILURE
+        `deadline_exceeded` for a job that expired, CANCELLED for one cancelled.
+        """
         cancelled = self._control.cancelled_result(job_id)
         if cancelled is not None:
             return cancelled
         info = self._control.info(job_id)
-        if not info.get("cancelled") and info.get("deadline"):
+        if expired_before_start(info.get("cancelled"), info.get("deadline")):
             return {"id": job_id, "status": JobStatus.FAILURE.value,
                     "filename": info.get("filename", ""),
                     "error": DeadlineExceeded("the job's deadline passed before it "

@@ -40,7 +40,7 @@ def create_app(settings: Settings) -> OcrCelery:
     from tasks.queue.parent_endings import connect_parent_endings
 
     connect_parent_endings(app)
-    from tasks.queue.transport import connect_refusals
+    from tasks.queue.refusals import connect_refusals
 
     connect_refusals(app)
     from tasks.queue.presence import connect_presence

@@ -28,7 +28,7 @@ from tasks.lifecycle.fanout import unexpected
 from tasks.lifecycle.inputs import decode_request
 from tasks.lifecycle.jobs import FanOut, process_job
 from tasks.pipeline.documents import past_deadline
-from tasks.queue import thread_limits
+from tasks.queue import telemetry, thread_limits
 from tasks.queue.page_tasks import pdf_chunk_lost, pdf_page, pdf_page_lost, pdf_text_chunk
 from tasks.queue.parent_endings import JobServices, end_from_message, report_progress
 from tasks.queue.poison_guard import GuardedTask
@@ -112,7 +112,8 @@ def document(self: Task, *args: Any, **kwargs: Any) -> dict[str, Any]:
                 process_job, job_id, request, settings, engines, services.stores,
                 _previous(self.app, request),
                 progress=functools.partial(report_progress, self.app, job_id),
-                started=started, engine_name=engine)
+                started=started, engine_name=engine,
+                pages_read=functools.partial(telemetry.pages_read, engine))
             # A thread pool enforces no limit: the job's own read is bounded here.
             work = (thread_limits.bounded(settings.soft_time_limit, read)
                     if engines.threaded else read())
@@ -189,6 +190,7 @@ def fan_out(task: Task, work: FanOut, services: JobServices) -> NoReturn:
     if not started:  # the job ended while it was split (its ending freed the rest)
         services.stores.blobs.delete(meta.request.blob)
         raise Ignore()
+    telemetry.pages_read(meta.engine, work.text_pages)  # those this task read
     # Progress first: a fast page could otherwise finish the job before this write.
     report_progress(task.app, job_id, len(work.text_pages), meta.total)
     # An encrypted URL input's password goes with its page tasks (each host decrypts

@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any
 import redis
 from celery.signals import heartbeat_sent, worker_ready, worker_shutdown
 
+from tasks.records.engines import engine_names
 from tasks.state.liveness import WorkerPresence
 from tasks.state.stores import connect
 
@@ -52,7 +53,8 @@ class Presence:
         if self.consumer is None:
             return
         try:
-            self.store().publish(self.consumer.hostname, self.queues())
+            self.store().publish(self.consumer.hostname, self.queues(),
+                                 engines=engine_names(tuple(self.settings.engine_plugins)))
         except redis.RedisError as exc:
             log.warning("worker presence not refreshed: %s", type(exc).__name__)
 

@@ -1,23 +1,26 @@
-"""The Redis broker transport: kombu's, with malformed and refused messages dead-lettered.
+"""The Redis broker transport: kombu's, with atomic fetches and refused messages dead-lettered.
 
 Runs in the worker parent (the only process that consumes from the broker; clients
 load the class too, and only publish through it). kombu's Redis channel turns every
 message it pops into a JSON object and hands it on; a body that is not a JSON object,
 an envelope without its properties, a body that is not base64 or a pickled message
 either kills the worker parent ("Unrecoverable error") or leaves the job PENDING.
-This channel checks each raw message first, before any decoding:
+This channel checks each raw message first, before any decoding, and dead-letters
+what a worker must not take (tasks/queue/refusals.py); the worker then goes on.
 
-- larger than the inline input limit allows (`input_too_large`), by its raw length,
-  which the channel's connections read without holding such a message whole
-  (`bounded_reply`: only its ends are kept, whatever Redis's own bound);
-- not a kombu envelope (`malformed_message`): not JSON, not an object, no
-  `properties.delivery_tag`/`delivery_info`, headers not an object, body not base64;
-- a content type the app does not accept, e.g. pickle (`content_refused`).
-
-A refused message is pushed to `DEAD_LETTER_KEY` (a capped list with a TTL; each
-entry JSON with the reason, the time, the queue and the first bytes of the message)
-and `message_refused` is sent with the task id when one could be read; the worker
-stores that job's FAILURE (`connect_refusals`). The worker then goes on consuming.
+Taking a message is one atomic step on the server (`FETCH_SCRIPT`, issue 43). kombu
+pops with `BRPOP` and writes the message's `unacked` record from the worker afterwards:
+a Redis restart, or a worker parent killed, between the two lost the message (the chaos
+soak lost one job of 663 that way), and a `BRPOP` answered in the event-loop turn
+in which Redis shut down is popped, written to the append-only file and never sent.
+Here a Lua script records the message as unacknowledged (kombu's own `unacked` hash
+and index, under its delivery tag) and pops it in one step; a message whose worker
+never reads the reply is restored by kombu after the visibility timeout, like any
+unacknowledged one. Lua cannot block, so an idle worker waits on its queues'
+doorbells instead (`BLPOP` on `wake_key(queue)`, up to kombu's `brpop_timeout`): each
+publish through this transport rings the queue's doorbell, and a message pushed by a
+client without it (a stock kombu client, a restore) is taken at the next fetch, at
+most `brpop_timeout` (1 s) later.
 
 Selected through Celery's `broker_transport` (tasks/queue/celery_config.py), for
 redis:// brokers only; AMQP brokers deliver typed frames and Celery's own
@@ -29,139 +32,85 @@ from __future__ import annotations
 
 import json
 import logging
-import re
 import time
-from dataclasses import asdict, dataclass
-from typing import TYPE_CHECKING, Any
+from dataclasses import asdict
+from typing import Any
 
 import redis.exceptions
-from celery.signals import task_rejected
-from celery.utils.dispatch import Signal
-from kombu.exceptions import ContentDisallowed
 from kombu.transport import redis as kombu_redis
+from kombu.transport import virtual
 from kombu.utils.encoding import bytes_to_str
-from kombu.utils.json import loads
 
-from tasks.errors import ContentRefused, InputTooLarge, MalformedMessage, OcrError
-from tasks.queue.bounded_reply import ENDS, bounded_parser, reply_size
-from tasks.state.keys import DEAD_LETTER_KEY
-
-if TYPE_CHECKING:
-    from celery import Celery
+from tasks.queue.bounded_reply import bounded_parser
+from tasks.queue.refusals import (
+    DeadLetter,
+    Refused,
+    check_envelope,
+    check_message,
+    dead_letter,
+    message_refused,
+)
+from tasks.state.keys import DEAD_LETTER_KEY, wake_key
 
 log = logging.getLogger(__name__)
 
 TRANSPORT = "tasks.queue.transport:Transport"
-# Sent in the worker parent for each refused message: task_id (None when unreadable),
-# error (an OcrError) and queue.
-message_refused = Signal(name="message_refused", providing_args={"task_id", "error", "queue"})
+WAKE_TTL_MS = 60_000     # a doorbell nobody answered is gone after a minute
 
-RAW_KEPT = 4096          # bytes of a refused message kept in its dead-letter entry
-_BASE64 = re.compile(r"[A-Za-z0-9+/]*={0,2}")
-_CORRELATION_ID = re.compile(rb'"correlation_id"\s*:\s*"([\w.:-]{1,200})"')
-_HEADER_ID = re.compile(rb'"id"\s*:\s*"([\w.:-]{1,200})"')
+# Takes the first message of the lists KEYS[3..] (in that order: kombu's BRPOP order,
+# queues in turn, highest priority first) and, where ARGV[i] is "1" (a consumer that
+# acknowledges), records it in kombu's `unacked` hash (KEYS[1]) and index (KEYS[2],
+# score ARGV[1]) under its delivery tag, in the same atomic step. The record is written
+# before the pop, so a server that refuses writes (out of memory) takes nothing. The
+# tag, exchange and routing key are read from the envelope's text, not decoded (no
+# cost for a large body): kombu and the Node client write the properties last, so the
+# last 8 KiB are searched first, a message of up to 1 MiB whole. A message larger than
+# ARGV[2] bytes (the transport's size bound, 0 for none), or whose properties are not
+# found, is popped unrecorded (the worker refuses it, or kombu records it as before).
+# Returns {list, message, tag or ""}, or nil when every list is empty.
+FETCH_SCRIPT = r"""
+local limit = tonumber(ARGV[2])
+local function envelope(text)
+  local tag = string.match(text, '"delivery_tag"%s*:%s*"([^"\\]+)"')
+  local info = string.match(text, '"delivery_info"%s*:%s*(%b{})')
+  if not (tag and info) then return nil end
+  local ex = string.match(info, '"exchange"%s*:%s*"([^"\\]*)"')
+  local rk = string.match(info, '"routing_key"%s*:%s*"([^"\\]*)"')
+  if not (ex and rk) then return nil end
+  return tag, ex, rk
+end
+for i = 3, #KEYS do
+  local item = redis.call('LINDEX', KEYS[i], -1)
+  if item then
+    local tag, ex, rk = nil, nil, nil
+    if ARGV[i] == '1' and (limit == 0 or #item <= limit) then
+      tag, ex, rk = envelope(string.sub(item, -8192))
+      if not tag and #item <= 1048576 then tag, ex, rk = envelope(item) end
+    end
+    if tag then
+      redis.call('ZADD', KEYS[2], ARGV[1], tag)
+      redis.call('HSET', KEYS[1], tag, '[' .. item .. ', "' .. ex .. '", "' .. rk .. '"]')
+    end
+    redis.call('RPOP', KEYS[i])
+    return {KEYS[i], item, tag or ''}
+  end
+end
+return nil
+"""
+class QoS(kombu_redis.QoS):
+    """kombu's Redis QoS; a message the fetch recorded is not recorded a second time."""
 
-
-@dataclass(frozen=True)
-class DeadLetter:
-    """One refused message, as stored (JSON) in the dead-letter list."""
-
-    time: float
-    queue: str
-    code: str
-    reason: str
-    task_id: str | None
-    size: int
-    raw: str          # the first RAW_KEPT bytes, undecodable bytes backslash-escaped
-    truncated: bool
-
-
-class Refused(Exception):
-    """Internal: `check_message` refuses a message (carries the public error)."""
-
-    def __init__(self, error: OcrError, task_id: str | None) -> None:
-        super().__init__(error.code)
-        self.error = error
-        self.task_id = task_id
-
-
-def check_message(raw: bytes, max_bytes: int, accept: tuple[str, ...]) -> dict[str, Any]:
-    """The kombu envelope of `raw`, or `Refused` when a worker must not take it."""
-    size = reply_size(raw)
-    if max_bytes and size > max_bytes:
-        raise Refused(InputTooLarge(f"the message is {size} bytes; an input within "
-                                    "the limit makes a smaller one"), _id_from_raw(raw))
-    try:
-        payload = loads(bytes_to_str(raw))
-    except (ValueError, UnicodeDecodeError):
-        raise Refused(MalformedMessage("the message is not JSON"), None) from None
-    return check_envelope(payload, accept)
-
-
-def check_envelope(payload: Any, accept: tuple[str, ...]) -> dict[str, Any]:
-    """`payload` when it is a kombu envelope of an accepted content type, else `Refused`."""
-    if not isinstance(payload, dict):
-        raise Refused(MalformedMessage("the message is not a JSON object"), None)
-    headers = payload.get("headers")
-    task_id = _task_id(payload)
-    if headers is not None and not isinstance(headers, dict):
-        raise Refused(MalformedMessage("the message's headers are not an object"), task_id)
-    properties = payload.get("properties")
-    if not isinstance(properties, dict) or "delivery_tag" not in properties:
-        raise Refused(MalformedMessage("the message has no properties.delivery_tag"), task_id)
-    info = properties.get("delivery_info")
-    if not isinstance(info, dict) or not {"exchange", "routing_key"} <= set(info):
-        raise Refused(MalformedMessage("the message has no properties.delivery_info"),
-                      task_id)
-    body = payload.get("body")
-    if body is not None and not isinstance(body, str):
-        raise Refused(MalformedMessage("the message body is not a string"), task_id)
-    encoding = properties.get("body_encoding")
-    if encoding not in (None, "base64"):
-        raise Refused(MalformedMessage("the message body encoding is not base64"), task_id)
-    if body and encoding == "base64" and (len(body) % 4 or not _BASE64.fullmatch(body)):
-        raise Refused(MalformedMessage("the message body is not base64"), task_id)
-    content_type = payload.get("content-type")
-    if content_type not in accept:
-        raise Refused(ContentRefused(f"content type {str(content_type)[:60]!r} is not "
-                                     "accepted (JSON only)"), task_id)
-    return payload
-
-
-def _task_id(payload: dict[str, Any]) -> str | None:
-    """The Celery task id of an envelope: protocol 2 headers, else the correlation id."""
-    headers = payload.get("headers")
-    if isinstance(headers, dict) and isinstance(headers.get("id"), str):
-        return str(headers["id"])[:200]
-    properties = payload.get("properties")
-    if isinstance(properties, dict) and isinstance(properties.get("correlation_id"), str):
-        return str(properties["correlation_id"])[:200]
-    return None
-
-
-def _id_from_raw(raw: bytes) -> str | None:
-    """The task id of a message too large to decode, from its first and last bytes."""
-    ends = raw[:ENDS] + b"\n" + raw[-ENDS:]
-    found = _CORRELATION_ID.findall(ends) or _HEADER_ID.findall(ends)
-    return found[-1].decode() if found else None
-
-
-def dead_letter(raw: bytes, queue: str, refused: Refused) -> DeadLetter:
-    head = raw[:RAW_KEPT]
-    return DeadLetter(time=round(time.time(), 3), queue=queue, code=refused.error.code,
-                      reason=refused.error.message, task_id=refused.task_id,
-                      size=reply_size(raw), raw=head.decode("utf-8", "backslashreplace"),
-                      truncated=reply_size(raw) > RAW_KEPT)
-
-
-def read_dead_letters(client: Any, count: int = 100) -> list[DeadLetter]:
-    """The newest `count` dead-letter entries (for operators and tests)."""
-    return [DeadLetter(**json.loads(entry))
-            for entry in client.lrange(DEAD_LETTER_KEY, 0, count - 1)]
+    def append(self, message: Any, delivery_tag: str) -> None:
+        if delivery_tag is not None and delivery_tag == getattr(self.channel, "_taken", None):
+            virtual.QoS.append(self, message, delivery_tag)  # held in memory only
+            return
+        super().append(message, delivery_tag)
 
 
 class Channel(kombu_redis.Channel):
-    """kombu's Redis channel; each popped message is checked before it is decoded."""
+    """kombu's Redis channel: atomic fetches; each message checked before it is decoded."""
+
+    QoS = QoS
 
     from_transport_options: tuple[str, ...] = (  # type: ignore[assignment]
         *kombu_redis.Channel.from_transport_options,
@@ -192,28 +141,128 @@ class Channel(kombu_redis.Channel):
                                                     int(self.ocr_max_message_bytes))
         return params
 
+    # The next poll waits on the doorbells (the last fetch found every list empty).
+    _waiting = False
+    # The delivery tag the fetch recorded for the message being delivered (`QoS.append`).
+    _taken: str | None = None
+    _fetch_refused_at = 0.0
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        self._no_ack: dict[str, bool] = {}   # queue -> consumed without acknowledgements
+        super().__init__(*args, **kwargs)
+
+    @property
+    def supports_batch_publish(self) -> bool:
+        # One publish at a time, so that each rings its queue's doorbell (`_put`).
+        return False
+
+    def basic_consume(self, queue: str, *args: Any, **kwargs: Any) -> Any:
+        self._no_ack[queue] = bool(kwargs.get("no_ack", args[0] if args else False))
+        return super().basic_consume(queue, *args, **kwargs)
+
+    def _put(self, queue: str, message: Any, **kwargs: Any) -> None:
+        super()._put(queue, message, **kwargs)
+        self._ring(queue)
+
+    def _ring(self, queue: str) -> None:
+        """Wake one worker waiting on `queue` (a missed ring costs `brpop_timeout`)."""
+        key = wake_key(queue)
+        try:
+            with self.conn_or_acquire() as client, client.pipeline() as pipe:
+                # LPUSH and PEXPIRE are prefixed by kombu's client, LTRIM is not.
+                pipe.lpush(key, "1").ltrim(self._key(key), 0, 0)
+                pipe.pexpire(key, WAKE_TTL_MS).execute()
+        except (*self.connection_errors, redis.exceptions.ResponseError) as exc:
+            # The message is published; it is taken at the next fetch.
+            log.debug("could not ring the doorbell of %s: %r", queue, exc)
+
+    def _key(self, name: str) -> str:
+        """`name` with kombu's global key prefix (commands sent raw are not prefixed)."""
+        return f"{self.global_keyprefix or ''}{name}"
+
+    def _brpop_start(self, timeout: float | None = None) -> None:
+        # kombu sends BRPOP over the queues' lists; this channel sends the fetch script
+        # over the same lists in the same order, or, after a fetch found them empty, a
+        # BLPOP on their doorbells.
+        if timeout is None:
+            timeout = self.brpop_timeout
+        queues = self._queue_cycle.consume(len(self.active_queues))
+        if not queues:
+            return
+        command: list[Any]
+        if self._waiting:
+            command = ["BLPOP", *(self._key(wake_key(queue)) for queue in queues),
+                       timeout or 0]
+        else:
+            lists = [(queue, self._q_for_pri(queue, pri)) for pri in self.priority_steps
+                     for queue in queues]
+            keys = [self._key(self.unacked_key), self._key(self.unacked_index_key),
+                    *(self._key(name) for _, name in lists)]
+            args = [repr(time.time()), str(int(self.ocr_max_message_bytes or 0)),
+                    *("0" if self._no_ack.get(queue) else "1" for queue, _ in lists)]
+            command = ["EVAL", FETCH_SCRIPT, len(keys), *keys, *args]
+        self._in_poll = self.client.connection
+        self._brpop_sent_at = time.monotonic()  # type: ignore[assignment]
+        self.client.connection.send_command(*command)
+
     def _brpop_read(self, **options: Any) -> bool:
-        # kombu's `_brpop_read`, with `_admit` between the pop and the delivery.
+        # kombu's `_brpop_read` for the fetch (or the doorbell's wait), with `_admit`
+        # between the fetch and the delivery.
+        waiting = self._waiting
         try:
             try:
-                dest__item = self.client.parse_response(self.client.connection, "BRPOP",
-                                                        **options)
+                reply = self.client.parse_response(self.client.connection,
+                                                   "BLPOP" if waiting else "EVAL",
+                                                   **options)
             except self.connection_errors:
                 self.client.connection.disconnect()
+                self._waiting = False
                 raise
-            if not dest__item:
+            except redis.exceptions.ResponseError as exc:
+                # Nothing was taken (the script writes the record before it pops):
+                # e.g. a server out of memory. Wait a turn, then fetch again.
+                self._waiting = True
+                if time.monotonic() - self._fetch_refused_at > 60:
+                    self._fetch_refused_at = time.monotonic()
+                    log.error("the broker refused to hand out a message: %s", exc)
+                raise kombu_redis.Empty() from None
+            if waiting or not reply:
+                self._waiting = not waiting  # after a wait fetch; after nothing, wait
                 raise kombu_redis.Empty()
-            dest, item = dest__item
-            dest = bytes_to_str(dest).rsplit(self.sep, 1)[0]
+            name, item, tag = reply
+            name = bytes_to_str(name)[len(self.global_keyprefix or ""):]
+            dest = name.rsplit(self.sep, 1)[0]
             self._queue_cycle.rotate(dest)
-            message = self._admit(item, dest)
-            if message is None:
-                return False
-            self.connection._deliver(message, dest)
-            return True
+            return self._deliver_taken(item, dest, bytes_to_str(tag) or None)
         finally:
             self._in_poll = None  # type: ignore[assignment]
             self._flush_brpop_reauth()
+
+    def _deliver_taken(self, item: bytes, dest: str, tag: str | None) -> bool:
+        """Check and deliver a fetched message; `tag`: the delivery tag it was recorded by."""
+        message = self._admit(item, dest)
+        if message is not None and tag is not None \
+                and message["properties"]["delivery_tag"] == tag:
+            self._taken = tag
+            try:
+                self.connection._deliver(message, dest)
+            finally:
+                self._taken = None
+            return True
+        if tag is not None:
+            # Refused, or recorded under a tag that is not its envelope's: not restored.
+            self.qos._remove_from_indices(tag).execute()
+        if message is None:
+            return False
+        self.connection._deliver(message, dest)
+        return True
+
+    def _poll_error(self, type: str, **options: Any) -> None:
+        if type == "BRPOP":  # the fetch's or the doorbell's reply
+            self.client.parse_response(self.client.connection,
+                                       "BLPOP" if self._waiting else "EVAL")
+            return
+        super()._poll_error(type, **options)
 
     def _get(self, queue: str, timeout: float | None = None) -> dict[str, Any]:
         # kombu's `_get` (basic_get and the polling fallback), with `_admit`.
@@ -270,29 +319,3 @@ class Transport(kombu_redis.Transport):
     """kombu's Redis transport with the checking `Channel`."""
 
     Channel = Channel
-
-
-def connect_refusals(app: Celery) -> None:
-    """Store a FAILURE for each refused message whose task id was read (worker parent).
-
-    Two sources: this transport's `message_refused` (Redis), and Celery's own
-    `task_rejected` for a message it refused to deserialize (ContentDisallowed), which
-    is how a pickled message ends on other brokers (AMQP) instead of staying PENDING.
-    """
-
-    def on_refused(sender: Any, task_id: str | None, error: OcrError, queue: str,
-                   **_: Any) -> None:
-        if task_id is not None:
-            app.backend.mark_as_failure(task_id, error)
-
-    def on_rejected(sender: Any, message: Any, exc: BaseException | None,
-                    **_: Any) -> None:
-        headers = getattr(message, "headers", None)
-        if isinstance(exc, ContentDisallowed) and isinstance(headers, dict) \
-                and isinstance(headers.get("id"), str):
-            app.backend.mark_as_failure(headers["id"], ContentRefused(
-                f"content type {str(message.content_type)[:60]!r} is not accepted "
-                "(JSON only)"))
-
-    message_refused.connect(on_refused, weak=False, dispatch_uid="ocr-refusals")
-    task_rejected.connect(on_rejected, weak=False, dispatch_uid="ocr-rejected")

@@ -25,6 +25,7 @@ MODELS_PREFIX = ROOT + "models:"
 METRICS_PREFIX = ROOT + "metrics:"    # counters and gauges (tasks/state/metrics.py)
 DEAD_LETTER_KEY = ROOT + "dead-letter"  # refused broker messages (a capped list)
 WORKERS_KEY = ROOT + "workers"        # hash: worker node -> its queues (tasks/state/liveness.py)
+WAKE_PREFIX = ROOT + "wake:"          # a queue's doorbell (tasks/queue/transport.py)
 # The HTTP API (tasks/api/): clients' tokens and the jobs they sent.
 API_PREFIX = ROOT + "api:"
 API_TOKEN_PREFIX = API_PREFIX + "token:"      # sha256 of a token -> client record (no TTL)
@@ -111,6 +112,15 @@ def api_webhook_key(client: str) -> str:
 def job_ended_key(job_id: str) -> str:
     """`ocr:job:<id>:ended`: the one exit's claim; once set, the job takes no writes."""
     return f"{job_key(job_id)}:ended"
+
+
+def wake_key(queue: str) -> str:
+    """`ocr:wake:<queue>`: the queue's doorbell, one item at most, rung by each publish.
+
+    Idle workers wait on it (BLPOP) instead of on the queue's lists, so that taking a
+    message stays one atomic server-side step (tasks/queue/transport.py).
+    """
+    return f"{WAKE_PREFIX}{queue}"
 
 
 def doc_key(doc_id: str, part: str) -> str:

@@ -33,10 +33,16 @@ class WorkerPresence:
         self._redis = client
         self.ttl = ttl
 
-    def publish(self, node: str, queues: Iterable[str], now: float | None = None) -> None:
-        """`node` is alive and consumes `queues`, for the next `ttl` seconds."""
+    def publish(self, node: str, queues: Iterable[str], now: float | None = None,
+                engines: Iterable[str] = ()) -> None:
+        """`node` is alive and consumes `queues`, for the next `ttl` seconds.
+
+        `engines`: the engine names a job may give, as the node's registry knows them
+        (clients without this code, the Node.js one, refuse others at the door).
+        """
         now = time.time() if now is None else now
-        record = json.dumps({"queues": sorted(set(queues)), "expires": round(now + self.ttl, 3)})
+        record = json.dumps({"queues": sorted(set(queues)), "engines": list(engines),
+                             "expires": round(now + self.ttl, 3)})
         pipe = self._redis.pipeline()
         pipe.hset(WORKERS_KEY, node, record)
         pipe.expire(WORKERS_KEY, int(self.ttl * 6) + 1)

@@ -28,7 +28,7 @@ import redis
 
 from tasks.client import OcrClient
 from tasks.queue.bounded_reply import ENDS, OversizedReply, bounded_parser, reply_size
-from tasks.queue.transport import read_dead_letters
+from tasks.queue.refusals import read_dead_letters
 from tasks.settings import Settings
 from tasks.state.keys import DEAD_LETTER_KEY
 from tests.harness import (
@@ -40,6 +40,7 @@ from tests.harness import (
     eventually,
     fake_env,
     free_port,
+    kill_all,
     make_client,
 )
 from tests.queue.test_hardening import celery_body, envelope
@@ -122,7 +123,7 @@ def test_oversized_message_never_reaches_a_worker(tmp_path: Path) -> None:
         finally:
             client.close()
     finally:
-        worker.stop()
+        kill_all([worker])  # its jobs have ended; nothing waits on a warm shutdown
         server.stop()
 
 
@@ -186,7 +187,7 @@ def warm_worker(tmp_path: Path,
         finally:
             client.close()
     finally:
-        worker.stop()
+        kill_all([worker])  # its jobs have ended; nothing waits on a warm shutdown
         server.stop()
 
 

@@ -43,7 +43,7 @@ from tasks.lifecycle.callbacks import sign, verify
 from tasks.lifecycle.inputs import check_callback_url, read_path
 from tasks.pipeline import _png_strips as png_strips
 from tasks.pipeline.images import decode_page, iter_image_pages, normalize, reduce_factor
-from tasks.queue.transport import read_dead_letters
+from tasks.queue.refusals import read_dead_letters
 from tasks.settings import Settings
 from tasks.state.keys import DEAD_LETTER_KEY
 from tests.harness import FAKE_PLUGINS, Worker, corpus, eventually, fake_env
@@ -123,6 +123,9 @@ def test_pickled_message_fails_instead_of_pending(worker: Worker, client: OcrCli
     assert result["status"] == "FAILURE" and result["error"]["code"] == "content_refused"
     assert read_dead_letters(raw_redis, 1)[0].task_id == task_id
     assert ok_job(client)["status"] == "SUCCESS"
+    # The fetch recorded it as unacknowledged (it has a delivery tag); the refusal
+    # removed the record, so it is not restored after the visibility timeout.
+    assert task_id.encode() not in b"".join(raw_redis.hvals("unacked"))
 
 
 def test_oversized_inline_input_is_refused_before_decoding(

@@ -18,7 +18,7 @@ import pytest
 import redis
 
 from tasks.client import OcrClient
-from tests.harness import ROOT, Worker, eventually, fake_env, free_port, make_client
+from tests.harness import ROOT, Worker, eventually, fake_env, free_port, kill_all, make_client
 from tests.image_fixtures import png
 
 FAKE = fake_env(OCR_CONCURRENCY="1", FAKE_PAGE_SECONDS="0.3")
@@ -123,4 +123,4 @@ def test_worker_and_clients_over_tls(tls_redis: tuple[str, Path],
             assert "Warning" not in done.stderr
     finally:
         client.close()
-        worker.stop()
+        kill_all([worker])  # nothing waits on its warm shutdown

@@ -8,8 +8,10 @@ from __future__ import annotations
 
 import os
 import signal
+import socket
 import subprocess
 import sys
+import threading
 import time
 import uuid
 from collections.abc import Callable
@@ -19,6 +21,7 @@ import psutil
 import pytest
 
 from tasks.client import OcrClient
+from tasks.queue.transport import FETCH_SCRIPT
 from tests.harness import (
     ROOT,
     VENV_BIN,
@@ -35,6 +38,10 @@ from tests.image_fixtures import png
 pytestmark = pytest.mark.slow
 
 FAKE = fake_env()
+# Limits under a short visibility timeout: an unacknowledged message comes back soon.
+SHORT_LIMITS = {"OCR_SOFT_TIME_LIMIT": "8", "OCR_HARD_TIME_LIMIT": "10",
+                "OCR_PAGE_SOFT_TIME_LIMIT": "8", "OCR_PAGE_HARD_TIME_LIMIT": "10",
+                "OCR_VISIBILITY_TIMEOUT": "15"}
 
 
 def children(worker: Worker) -> list[psutil.Process]:
@@ -99,6 +106,106 @@ def test_redis_restart_loses_no_job(aof_redis: RedisServer,
     finally:
         worker.stop()
         client.close()
+
+
+class CuttingProxy:
+    """A TCP proxy to Redis that cuts the connection carrying the first reply holding `marker`.
+
+    Test-side fault injection (the worker's code is untouched): the reply is never
+    forwarded and both sockets close, as when Redis stops after popping a message
+    and before its reply reaches the worker. Later connections are forwarded as is.
+    """
+
+    def __init__(self, upstream_port: int, marker: bytes) -> None:
+        self.upstream_port = upstream_port
+        self.marker = marker
+        self.cut = threading.Event()
+        self.listener = socket.create_server(("127.0.0.1", 0))
+        self.port = self.listener.getsockname()[1]
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self) -> None:
+        while True:
+            try:
+                downstream, _ = self.listener.accept()
+            except OSError:
+                return
+            upstream = socket.create_connection(("127.0.0.1", self.upstream_port))
+            threading.Thread(target=self._pump, args=(downstream, upstream, False),
+                             daemon=True).start()
+            threading.Thread(target=self._pump, args=(upstream, downstream, True),
+                             daemon=True).start()
+
+    def _pump(self, source: socket.socket, sink: socket.socket, replies: bool) -> None:
+        tail = b""
+        try:
+            while chunk := source.recv(65536):
+                seen = tail + chunk
+                if replies and not self.cut.is_set() and self.marker in seen:
+                    self.cut.set()
+                    break
+                tail = seen[-len(self.marker):]
+                sink.sendall(chunk)
+        except OSError:
+            pass
+        for end in (source, sink):
+            end.close()
+
+    def close(self) -> None:
+        self.listener.close()
+
+
+def test_a_message_whose_reply_never_arrives_is_not_lost(
+        redis_url: str, start_worker: Callable[..., Worker], client: OcrClient) -> None:
+    """Redis pops a message and the worker never reads the reply: it comes back.
+
+    The fault of the chaos soak's one lost job (issue 43): kombu's BRPOP popped it and
+    a Redis restart came before the worker wrote its `unacked` record. The transport's
+    fetch records the message in the same atomic step as the pop
+    (`tasks/queue/transport.FETCH_SCRIPT`), so the message is restored after the
+    visibility timeout and read once.
+    """
+    host_port = int(redis_url.rsplit(":", 1)[1].split("/")[0])
+    job = str(uuid.uuid4())
+    proxy = CuttingProxy(host_port, job.encode())
+    try:
+        worker = start_worker(**FAKE, **SHORT_LIMITS, OCR_QUEUES="cut",
+                              REDIS_URL=redis_url.replace(f":{host_port}/", f":{proxy.port}/"))
+        client.app.send_task("ocr.document", queue="cut", task_id=job,
+                             kwargs={"blob": client._blobs.put(png(70))})
+        eventually(proxy.cut.wait, 30, "the fetch reply holding the job cut")
+        result = client.wait([job], timeout=90)[job]
+        assert result["status"] == "SUCCESS"
+        worker.job_records([job])
+        assert worker.log().count(f"[{job}] received") == 1  # the cut reply never arrived
+    finally:
+        proxy.close()
+
+
+def test_the_fetch_records_before_it_pops(redis_url: str) -> None:
+    """The fetch script: recorded and popped in one step, the record kombu's own shape."""
+    import json
+
+    import redis
+
+    r = redis.Redis.from_url(redis_url)
+    tag = str(uuid.uuid4())
+    envelope = json.dumps({"body": "", "headers": {"id": "x"}, "properties": {
+        "delivery_info": {"exchange": "", "routing_key": "q"}, "delivery_tag": tag}})
+    r.lpush("q", envelope)
+    r.lpush("q\x06\x163", "later")
+    name, item, got = r.eval(FETCH_SCRIPT, 4, "unacked:t", "unacked_index:t", "q",
+                             "q\x06\x163", "12.5", "0", "1", "1")
+    assert (name, item, got) == (b"q", envelope.encode(), tag.encode())
+    assert json.loads(r.hget("unacked:t", tag)) == [json.loads(envelope), "", "q"]
+    assert r.zscore("unacked_index:t", tag) == 12.5 and r.llen("q") == 0
+    # A consumer without acknowledgements takes unrecorded; nothing left: nil.
+    assert r.eval(FETCH_SCRIPT, 4, "unacked:t", "unacked_index:t", "q", "q\x06\x163",
+                  "13", "0", "0", "0") == [b"q\x06\x163", b"later", b""]
+    assert r.hlen("unacked:t") == 1
+    assert r.eval(FETCH_SCRIPT, 3, "unacked:t", "unacked_index:t", "q", "13", "0", "1") \
+        is None
+    r.delete("unacked:t", "unacked_index:t")
 
 
 def test_pickle_message_is_refused_and_worker_survives(start_worker: Callable[..., Worker],

@@ -27,7 +27,7 @@ from PIL import Image, ImageDraw, ImageFont
 
 from tasks.client import OcrClient
 from tasks.queue import thread_limits
-from tests.harness import Worker, eventually
+from tests.harness import Worker, eventually, kill_all
 from tests.inference_server import SimulatedInferenceServer
 from tests.pdf_fixtures import image_pdf, plain_pages
 
@@ -82,7 +82,7 @@ def test_page_time_limit_bounds_the_fallback_read_too(
         assert "OCR_VLM_API_PAGE_TIME_LIMIT" in str(result), result
         assert worker.proc is not None and worker.proc.poll() is None
     finally:
-        worker.stop()  # its 1 s limit is not for the next test's pages
+        kill_all([worker])  # its 1 s limit is not for the next test's pages
 
 
 def test_thread_pool_worker_recycles_by_memory(

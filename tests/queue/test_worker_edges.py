@@ -18,7 +18,7 @@ from pathlib import Path
 import pymupdf
 
 from tasks.client import OcrClient
-from tests.harness import FAST_PAGES, Worker, corpus
+from tests.harness import FAST_PAGES, Worker, corpus, kill_all
 from tests.model_dirs import write_model
 
 KILLING = "layout-killing=tests.fake_engines:LayoutKillingEngine"
@@ -56,7 +56,7 @@ def test_lost_structure_chunk_ends_the_job_partial(start_worker: Callable[..., W
         assert first["text"].lstrip().startswith("#") and "|Austria|" in third["text"]
         assert "ocr.pdf_chunk_failed" in worker.log()
     finally:
-        worker.stop()  # the next test's jobs are for its own worker
+        kill_all([worker])  # the next test's jobs are for its own worker
 
 
 def test_recycled_child_loads_its_parents_engine(start_worker: Callable[..., Worker],
