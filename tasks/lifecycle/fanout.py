@@ -95,8 +95,12 @@ def run_text_chunk(meta: DocumentMeta, index: int, docs: OpenDocumentCache,
 
 
 def merge_document(meta: DocumentMeta, pages: list[PageRecord], settings: Settings,
-                   stores: Stores) -> Outcome:
-    """The outcome of a fanned-out PDF once every page is in."""
+                   stores: Stores, password: str | None = None) -> Outcome:
+    """The outcome of a fanned-out PDF once every page is in.
+
+    `password` opens an encrypted URL input's copy for its searchable PDF (the task
+    that ends the document carries it; it is never in the meta).
+    """
     request = meta.request
     if meta.text_chunks:  # heading levels ranked across the chunks
         pages = relevel_headings(pages, meta.text_chunks, request.output)
@@ -121,7 +125,8 @@ def merge_document(meta: DocumentMeta, pages: list[PageRecord], settings: Settin
         data = (url_inputs.spooled(settings, request.url or "", object_info(meta)) if by_url
                 else stores.blobs.get(request.blob or ""))
     outcome = complete(meta.job_id, result, data, request, meta.cache_key, meta.encrypted,
-                       settings, stores, meta.previous, meta.started)
+                       settings, stores, meta.previous, meta.started,
+                       password=password if by_url else None)
     if by_url:
         url_inputs.drop_spool(settings, request.url or "", object_info(meta))
     outcome.reply_queue = meta.reply_queue
@@ -130,7 +135,7 @@ def merge_document(meta: DocumentMeta, pages: list[PageRecord], settings: Settin
 
 def record_page(meta: DocumentMeta, page: PageRecord | list[PageRecord],
                 join: DocumentJoin, ender: JobEnder, settings: Settings, stores: Stores,
-                progress: Progress | None = None) -> bool:
+                progress: Progress | None = None, password: str | None = None) -> bool:
     """Record one page (or a chunk's pages); the call that completes the document ends it.
 
     Returns True when this call ended the document. Raises only retryable errors, with
@@ -146,7 +151,7 @@ def record_page(meta: DocumentMeta, page: PageRecord | list[PageRecord],
     if not complete_now or not ender.claim(doc_id):
         return False
     try:
-        outcome = merge_document(meta, join.pages(doc_id), settings, stores)
+        outcome = merge_document(meta, join.pages(doc_id), settings, stores, password)
     except OcrError as exc:
         if exc.retryable:
             ender.release(doc_id)

@@ -38,9 +38,14 @@ from tasks.records.results import DocumentResult, PageRecord, StoredOutput
 from tasks.state.keys import cache_key as cache_key_of
 
 if TYPE_CHECKING:
+    from collections.abc import Callable
+
     from tasks.engines.resident import ResidentEngines
     from tasks.settings import Settings
     from tasks.state.stores import Stores
+
+    # Told the pages a job read in this process, and whether they came from the cache.
+    PagesRead = Callable[[list[PageRecord], bool], None]
 
 
 @dataclass
@@ -104,7 +109,8 @@ def process_job(job_id: str, request: JobRequest, settings: Settings,
                 previous: DocumentResult | None = None,
                 progress: Progress | None = None,
                 started: float | None = None,
-                engine_name: str | None = None) -> Outcome | FanOut:
+                engine_name: str | None = None,
+                pages_read: PagesRead | None = None) -> Outcome | FanOut:
     """Read the input, then answer from the cache, in-process, or fan out.
 
     `previous` is the result of the job named by `merge_from` (a retry of its failed
@@ -112,7 +118,9 @@ def process_job(job_id: str, request: JobRequest, settings: Settings,
     by default) is when the task began: the result's `timings.total_seconds` counts
     from there, reading the input and planning a PDF included. `engine_name` is the
     engine that reads it when the caller has routed the job already (the task has, to
-    name it in failures), else `engines.for_job` routes it here. Raises OcrError.
+    name it in failures), else `engines.for_job` routes it here. `pages_read` is told
+    the pages read here (or answered from the cache: its flag), before the job ends and
+    without those a retry takes from `previous` (the caller's metrics). Raises OcrError.
     """
     started = time.time() if started is None else started
     if past_deadline(request.deadline):
@@ -144,6 +152,8 @@ def process_job(job_id: str, request: JobRequest, settings: Settings,
                              filename=request.filename, cached=True, result_object=None,
                              timings={"ocr_seconds": 0.0, "total_seconds": _since(started)})
             deliver(cached, request, settings, stores)
+            if pages_read is not None:
+                pages_read(cached.pages, True)
             return Outcome(job_id, JobStatus.of(cached.status), request, cached,
                            engine=engine_name, started=started)
     if located is not None:
@@ -169,6 +179,8 @@ def process_job(job_id: str, request: JobRequest, settings: Settings,
         if plan is not None:
             plan.doc.close()
     result.engine = engines.describe(engine_name)
+    if pages_read is not None:
+        pages_read(result.pages, False)
     if located is not None:
         result.input_url = located.to_json()
     encrypted = plan is not None and plan.encrypted
@@ -186,12 +198,12 @@ def _fan_out(job_id: str, request: JobRequest, data: bytes, plan: Any, engine: s
     (OCR_URL_SPOOL_DIR) and the page tasks read it, or fetch their own host's copy of
     the same version (`input_object`). An encrypted one is decrypted by each host from
     its own copy, its page tasks carrying the password (`FanOut.password`, never in
-    the meta); but for output=pdf, whose merge needs the decrypted document wherever
-    the last page is recorded, it is stored decrypted in the blob store, as an upload is.
+    the meta), and so does the merge of its searchable PDF (output=pdf), in the task
+    that records the last page (issue 43).
     """
     replaced = None
     chunks = structure_chunks(plan, request.output, settings)
-    if located is not None and (not plan.encrypted or request.output != "pdf"):
+    if located is not None:
         located = located.pinned(data)  # no version from its store: its bytes' hash
         url_inputs.spool(settings, located.identity or located.url.url, data)
         meta = DocumentMeta(
@@ -222,8 +234,12 @@ def _fan_out(job_id: str, request: JobRequest, data: bytes, plan: Any, engine: s
 
 def complete(job_id: str, result: DocumentResult, data: bytes, request: JobRequest,
              key: str | None, encrypted: bool, settings: Settings, stores: Stores,
-             previous: DocumentResult | None, started: float | None) -> Outcome:
+             previous: DocumentResult | None, started: float | None,
+             password: str | None = None) -> Outcome:
     """Complete a retry, attach the searchable PDF, cache a complete result.
+
+    `password` opens `data` for the searchable PDF when the request no longer holds it
+    (a fanned-out encrypted URL input: the merge's task carries it).
 
     A PARTIAL result keeps its input (`input_blob`) until OCR_BLOB_TTL, so that its
     failed pages can be retried (`merge_from`). `timings.total_seconds` is stamped
@@ -237,7 +253,7 @@ def complete(job_id: str, result: DocumentResult, data: bytes, request: JobReque
         # A URL input is read again from its URL by a retry (`input_url`).
         result.input_blob = request.blob or stores.blobs.put(data)
     if request.output == "pdf":
-        pdf, removed = searchable_pdf(data, result.format or "", request.password,
+        pdf, removed = searchable_pdf(data, result.format or "", password or request.password,
                                       result.pages, settings)
         if len(pdf) > settings.max_output_bytes:
             raise OutputTooLarge(f"the searchable PDF is {len(pdf) // 2**20} MB, more than "

@@ -25,7 +25,7 @@ from tasks.lifecycle.cancel import end_cancelled_document
 from tasks.lifecycle.fanout import Progress, record_page, run_pdf_page, run_text_chunk
 from tasks.lifecycle.open_documents import open_documents
 from tasks.pipeline.results import failed_page
-from tasks.queue import thread_limits
+from tasks.queue import telemetry, thread_limits
 from tasks.queue.parent_endings import JobServices, report_progress
 from tasks.queue.poison_guard import GuardedTask
 from tasks.queue.retry_policy import retry_later
@@ -70,7 +70,8 @@ def pdf_page(self: Task, doc_id: str, number: int,
             f"({settings.vlm_api_page_time_limit} s)" if engines.threaded else
             f"page {number} ran past its soft time limit of "
             f"{settings.page_soft_time_limit} s"))
-    _record_or_end(self, meta, page, services)
+    telemetry.pages_read(meta.engine, [page])
+    _record_or_end(self, meta, page, services, password)
     return {"document": doc_id, "number": number, "ok": not page.failed}
 
 
@@ -104,7 +105,8 @@ def pdf_text_chunk(self: Task, doc_id: str, index: int,
         pages = [failed_page(n, Timeout(f"page {n}'s layout analysis ran past the soft "
                                         f"time limit of {settings.soft_time_limit} s"))
                  for n in numbers]
-    _record_or_end(self, meta, pages, services)
+    telemetry.pages_read(meta.engine, pages)
+    _record_or_end(self, meta, pages, services, password)
     return {"document": doc_id, "chunk": index, "pages": len(pages)}
 
 
@@ -120,19 +122,31 @@ def _closing(read: Callable[[], T]) -> T:
 def pdf_chunk_lost(request: Any, exc: BaseException, traceback: Any, doc_id: str,
                    index: int, queue: str) -> None:
     """Errback of a chunk task that failed outright: its pages are recorded as failed."""
-    pdf_chunk_failed.apply_async((doc_id, index, error_info(exc)), queue=queue)
+    pdf_chunk_failed.apply_async((doc_id, index, error_info(exc)), _opened(request),
+                                 queue=queue)
 
 
 @shared_task(name="ocr.pdf_chunk_failed", bind=True)
-def pdf_chunk_failed(self: Task, doc_id: str, index: int, error: dict[str, Any]) -> None:
+def pdf_chunk_failed(self: Task, doc_id: str, index: int, error: dict[str, Any],
+                     password: str | None = None) -> None:
     """Record a lost chunk's pages as failed, so the document still ends (PARTIAL)."""
     _record_lost(self, doc_id, lambda meta: [
         PageRecord(n, source="text-layer", error=PageError.from_json(error))
-        for n in meta.text_chunks[index]])
+        for n in meta.text_chunks[index]], password)
+
+
+def _opened(request: Any) -> dict[str, str]:
+    """The lost task's `password` (an encrypted URL input's), for whoever records it.
+
+    The record may end the document, whose searchable PDF opens this host's copy.
+    """
+    password = (getattr(request, "kwargs", None) or {}).get("password")
+    return {"password": str(password)} if password else {}
 
 
 def _record_lost(task: Task, doc_id: str,
-                 lost: Callable[[DocumentMeta], PageRecord | list[PageRecord]]) -> None:
+                 lost: Callable[[DocumentMeta], PageRecord | list[PageRecord]],
+                 password: str | None = None) -> None:
     """Record the pages a lost task held as failed (retried while Redis is away)."""
     services = JobServices.for_app(task.app)
     try:
@@ -140,7 +154,9 @@ def _record_lost(task: Task, doc_id: str,
             meta = services.join.find(doc_id)
             if meta is None:
                 return  # the document has ended
-            _record(task.app, meta, lost(meta), services)
+            pages = lost(meta)
+            telemetry.pages_read(meta.engine, pages if isinstance(pages, list) else [pages])
+            _record(task.app, meta, pages, services, password)
     except OcrError as exc:
         retry_later(task, exc)
         raise
@@ -173,11 +189,11 @@ def _document_to_read(task: Task, doc_id: str,
 
 
 def _record_or_end(task: Task, meta: DocumentMeta, pages: PageRecord | list[PageRecord],
-                   services: JobServices) -> None:
+                   services: JobServices, password: str | None = None) -> None:
     """Record read pages; a record or merge that met an outage past its retries ends the job."""
     try:
         with transient("Redis or the broker"):
-            _record(task.app, meta, pages, services)
+            _record(task.app, meta, pages, services, password)
     except OcrError as exc:
         retry_later(task, exc)
         services.ender.end(Outcome.failed(meta.job_id, exc, meta.request, engine=meta.engine,
@@ -186,10 +202,10 @@ def _record_or_end(task: Task, meta: DocumentMeta, pages: PageRecord | list[Page
 
 
 def _record(app: Celery, meta: DocumentMeta, page: PageRecord | list[PageRecord],
-            services: JobServices) -> None:
+            services: JobServices, password: str | None = None) -> None:
     progress: Progress = functools.partial(report_progress, app, meta.job_id)
     if record_page(meta, page, services.join, services.ender, app.ocr_settings,
-                   services.stores, progress):
+                   services.stores, progress, password):
         open_documents().close()  # the document ended: its pages are not read here again
 
 
@@ -201,11 +217,13 @@ def pdf_page_lost(request: Any, exc: BaseException, traceback: Any, doc_id: str,
     That is a child killed at its hard limit, or a page refused as a poison job. The
     record goes to the page's own queue, which the page's workers consume.
     """
-    pdf_page_failed.apply_async((doc_id, number, error_info(exc)), queue=queue)
+    pdf_page_failed.apply_async((doc_id, number, error_info(exc)), _opened(request),
+                                queue=queue)
 
 
 @shared_task(name="ocr.pdf_page_failed", bind=True)
-def pdf_page_failed(self: Task, doc_id: str, number: int, error: dict[str, Any]) -> None:
+def pdf_page_failed(self: Task, doc_id: str, number: int, error: dict[str, Any],
+                    password: str | None = None) -> None:
     """Record a lost page as failed, so the document still ends (PARTIAL)."""
     _record_lost(self, doc_id, lambda _meta: PageRecord(
-        number, source="ocr", error=PageError.from_json(error)))
+        number, source="ocr", error=PageError.from_json(error)), password)

@@ -6,7 +6,11 @@ children that are gone, keeps the others fresh). In pool children:
 `worker_process_init`, `task_postrun` (after `tasks.queue.signals`' handler, so that the
 engine's memory figures are those of the finished task) and `worker_process_shutdown`.
 The job's one exit (tasks/lifecycle/job_exit.py) calls `job_ended()` wherever the job
-ended, the worker parent included.
+ended, the worker parent included: it counts the job. Pages are counted where they were
+read (`pages_read()`: the job task for an image or an unsplit PDF and for a split PDF's
+text-layer pages, each page or chunk task for its own), so a page is credited to the
+worker that read it, not to the one that ended its job (a control worker that cancelled
+it, or the worker of its last page).
 
 A failing metrics write is logged and dropped: jobs never depend on it.
 """
@@ -20,7 +24,7 @@ import resource
 import sys
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING, Any
 
 import redis
@@ -35,6 +39,7 @@ from celery.signals import (
 from tasks.engines import resident
 from tasks.errors import OcrError, error_info
 from tasks.records.jobs import JobStatus, Outcome
+from tasks.records.results import PageRecord
 from tasks.state.metrics import MetricsStore, Sample
 from tasks.state.stores import connect
 
@@ -62,18 +67,11 @@ def job_record(job_id: str, node: str, filename: str, engine: str,
     """
     record: dict[str, Any] = {"id": job_id, "node": node, "filename": filename,
                               "pages": None, "engine": engine, "seconds": seconds}
-    sources: dict[str, int] = {}
     if isinstance(outcome, dict):
         status = str(outcome.get("status", JobStatus.SUCCESS.value))
         pages = outcome.get("pages") or []
         record["pages"] = len(pages)
         record["engine"] = (outcome.get("engine") or {}).get("name") or engine
-        if outcome.get("cached"):
-            sources["cached"] = len(pages)
-        else:
-            for page in pages:
-                source = "failed" if "error" in page else str(page.get("source", "ocr"))
-                sources[source] = sources.get(source, 0) + 1
         record.update(outcome=status, code=None, cached=bool(outcome.get("cached")))
         if outcome.get("failed_pages"):
             record["failed_pages"] = len(outcome["failed_pages"])
@@ -88,14 +86,34 @@ def job_record(job_id: str, node: str, filename: str, engine: str,
         ("ocr_jobs_total", {**engine_label, "outcome": status}, 1.0),
         ("ocr_job_seconds_total", {**engine_label, "outcome": status}, float(seconds or 0)),
     ]
-    samples += [("ocr_pages_total", {**engine_label, "source": source}, float(count))
-                for source, count in sorted(sources.items())]
     if isinstance(outcome, dict) and not outcome.get("cached"):
-        vlm, vlm_samples = vlm_record(outcome.get("pages") or [], engine_label)
+        vlm, _ = vlm_record(outcome.get("pages") or [], engine_label)
         if vlm:
             record["vlm"] = vlm
-            samples += vlm_samples
+    # Its pages were counted where they were read (`page_samples`).
     return record, samples
+
+
+def page_samples(engine: str, pages: Iterable[dict[str, Any]],
+                 cached: bool = False) -> list[Sample]:
+    """Counter samples of pages one process read (or answered from the cache).
+
+    `pages` are page records as JSON. Per source (`ocr`, `text-layer`, `blank`,
+    `failed`, or `cached` for a cached job's), and for the pages a VLM read, their
+    tokens, finish reasons and fallbacks.
+    """
+    pages = list(pages)
+    label = {"engine": engine}
+    sources: dict[str, int] = {}
+    for page in pages:
+        source = ("cached" if cached else
+                  "failed" if page.get("error") is not None else str(page.get("source", "ocr")))
+        sources[source] = sources.get(source, 0) + 1
+    samples: list[Sample] = [("ocr_pages_total", {**label, "source": source}, float(count))
+                             for source, count in sorted(sources.items())]
+    if not cached:
+        samples += vlm_record(pages, label)[1]
+    return samples
 
 
 def vlm_record(pages: list[dict[str, Any]], engine_label: dict[str, str]
@@ -191,6 +209,13 @@ class Telemetry:
         record, samples = job_record(job_id, self.node, filename, engine, seconds, outcome)
         log.info("%s", job_line(record))
         self._write(lambda store: store.add(samples))
+
+    def pages_read(self, engine: str, pages: Iterable[dict[str, Any]],
+                   cached: bool = False) -> None:
+        """Count pages this process read, for this worker."""
+        samples = page_samples(engine, pages, cached)
+        if samples:
+            self._write(lambda store: store.add(samples))
 
     def observe(self, registry: ResidentEngines) -> None:
         """Count engine loads and failed loads since the last look; record the gauges."""
@@ -289,3 +314,13 @@ def job_ended(outcome: Outcome) -> None:
     else:
         result = outcome.public()
     _telemetry.finished(outcome.job_id, outcome.filename, engine, outcome.seconds, result)
+
+
+def pages_read(engine: str, pages: Iterable[PageRecord], cached: bool = False) -> None:
+    """Count pages this process read (or a cached job's pages it answered), for its worker.
+
+    Called before the pages are recorded, so a job's pages are counted by the time its
+    result is stored. A process without telemetry (a client, a test) counts nothing.
+    """
+    if _telemetry is not None:
+        _telemetry.pages_read(engine, (page.to_json() for page in pages), cached)

@@ -48,6 +48,7 @@ from tests.harness import (
     corpus,
     eventually,
     free_port,
+    kill_all,
     make_client,
 )
 from tests.moto_s3 import AWS, MotoS3
@@ -353,7 +354,7 @@ def test_store_briefly_unreachable_is_retried_and_nothing_is_lost(
     try:
         result = client.wait([job_id], timeout=120)[job_id]
     finally:
-        down.stop()  # before its store goes: it must not take later tests' page tasks
+        kill_all([down])  # before its store goes: it must not take later tests' page tasks
         port.stop()
     assert result["status"] == "SUCCESS", result
     assert result["text"].startswith("fake 200x100")
@@ -372,7 +373,7 @@ def test_store_that_denies_the_read_is_input_denied(
         result = client.wait([job_id], timeout=120)[job_id]
     finally:
         if denied is not None:
-            denied.stop()  # it serves page queues too: not beyond this test
+            kill_all([denied])  # it serves page queues too: not beyond this test
         strict.stop()
     assert result["status"] == "FAILURE"
     assert result["error"]["code"] == "input_denied"

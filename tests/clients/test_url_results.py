@@ -25,7 +25,7 @@ import pytest
 from PIL import Image, ImageDraw, ImageFont
 
 from tasks.client import OcrClient
-from tests.harness import FAKE_PLUGINS, Worker
+from tests.harness import FAKE_PLUGINS, Worker, kill_all
 from tests.moto_s3 import MotoS3
 from tests.pdf_fixtures import image_pdf
 
@@ -123,7 +123,7 @@ def test_retry_of_a_url_job_reads_its_version_and_keeps_result_url(
             job = client.retry(earlier[bucket]["id"])
             retried[bucket] = client.wait([job], timeout=180)[job]
     finally:
-        flaky.stop()
+        kill_all([flaky])  # nothing waits on its warm shutdown
     # Versioned: the version the job read, the complete result where the partial one was.
     again = retried["versioned"]
     assert again["status"] == "SUCCESS", again
@@ -202,14 +202,17 @@ def test_https_object_without_etag_is_pinned_by_its_hash_across_hosts(
         httpd.shutdown()
 
 
+@pytest.mark.parametrize("output", ["text", "pdf"])
 def test_encrypted_url_input_is_decrypted_by_each_host_not_in_redis(
-        worker: Worker, client: OcrClient, s3: MotoS3, redis_url: str) -> None:
+        worker: Worker, client: OcrClient, s3: MotoS3, redis_url: str, output: str) -> None:
     """No decrypted document in Redis for a URL job: the pages open the host's own copy.
 
     An encrypted PDF by URL, read page by page (mode=ocr fans it out): every command
     Redis receives while it runs is watched (MONITOR), and none writes a blob; the page
     tasks carry the password (masked in what Flower and the logs show) and decrypt
-    their host's copy of the object.
+    their host's copy of the object. With output=pdf the task that records the last
+    page opens its host's copy with the password it carries to build the searchable
+    PDF (which is the job's output, stored as any output is).
     """
     import threading
 
@@ -239,7 +242,8 @@ def test_encrypted_url_input_is_decrypted_by_each_host_not_in_redis(
     watcher = threading.Thread(target=watch, daemon=True)
     watcher.start()
     watching.wait(10)
-    job = client.submit("s3://docs/locked.pdf", mode="ocr", password="openpassword")
+    job = client.submit("s3://docs/locked.pdf", mode="ocr", password="openpassword",
+                        output=output)
     result = client.wait([job], timeout=180)[job]
     done.set()
     redis.Redis.from_url(redis_url).ping()  # one more command: the watcher sees `done`
@@ -249,3 +253,9 @@ def test_encrypted_url_input_is_decrypted_by_each_host_not_in_redis(
     assert cer(ground_truth(name), result["text"]) < 0.1
     assert not writes, writes
     assert "openpassword" not in worker.log()
+    if output == "pdf":
+        import pymupdf
+
+        with pymupdf.open(stream=client.fetch_output(result)) as searchable:
+            assert not searchable.needs_pass  # built from the host's copy, opened
+            assert "takimata sanctus" in searchable[0].get_text()

@@ -12,7 +12,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from tasks.errors import PdfEncrypted
 from tasks.queue.app import create_app
 from tasks.queue.display import job_kwargs_repr
-from tasks.queue.telemetry import job_line, job_record, rss_bytes
+from tasks.queue.telemetry import job_line, job_record, page_samples, rss_bytes
 from tasks.settings import Settings
 from tasks.state.metrics import CHILD_TTL, MetricsStore, RedisCollector, priority_suffixes
 
@@ -47,11 +47,15 @@ def test_job_record_of_results_and_failures() -> None:
     assert record == {"id": "j1", "node": "cpu@h", "filename": "a.pdf", "pages": 3,
                       "engine": "tesseract", "seconds": 1.5, "outcome": "PARTIAL",
                       "code": None, "cached": False, "failed_pages": 1}
-    assert ("ocr_pages_total", {"engine": "tesseract", "source": "failed"}, 1.0) in samples
     assert ("ocr_jobs_total", {"engine": "tesseract", "outcome": "PARTIAL"}, 1.0) in samples
-    cached = {"status": "SUCCESS", "cached": True, "pages": [{"source": "ocr"}] * 2}
-    assert ("ocr_pages_total", {"engine": "fake", "source": "cached"}, 2.0) in \
-        job_record("j2", "n", "", "fake", 0.1, cached)[1]
+    # Pages are counted where they were read (page_samples), never at the job's end.
+    assert not [s for s in samples if s[0] == "ocr_pages_total"]
+    assert page_samples("tesseract", result["pages"]) == [  # sorted by source
+        ("ocr_pages_total", {"engine": "tesseract", "source": source}, 1.0)
+        for source in ("failed", "ocr", "text-layer")]
+    assert page_samples("fake", [{"source": "ocr"}] * 2, cached=True) == [
+        ("ocr_pages_total", {"engine": "fake", "source": "cached"}, 2.0)]
+    assert page_samples("fake", []) == []
     record, samples = job_record("j3", "n", "x\ny.png", "fake", None, PdfEncrypted())
     assert (record["outcome"], record["code"], record["pages"]) == ("FAILURE", "pdf_encrypted",
                                                                     None)
