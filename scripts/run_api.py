@@ -2,7 +2,8 @@
 """Procfile `api` process: the HTTP API (tasks/api/) served by uvicorn.
 
 Listens on API_ADDRESS:API_PORT (default 127.0.0.1:8000). Only talks to Redis and
-sends tasks by name: run as many as you like, anywhere that reaches Redis.
+sends tasks by name: run as many as you like, anywhere that reaches Redis. SIGTERM
+stops it within GRACEFUL_SECONDS, open Server-Sent Events streams included.
 """
 
 from __future__ import annotations
@@ -15,6 +16,8 @@ import uvicorn
 from tasks.api._access_log import log_config
 from tasks.api.app import create_api
 from tasks.settings import Settings, SettingsError
+
+GRACEFUL_SECONDS = 10
 
 
 def main() -> int:
@@ -29,7 +32,11 @@ def main() -> int:
     print(f"api: serving http://{address}:{port} (docs at /docs)", flush=True)
     uvicorn.run(app, host=address, port=port, log_level=os.environ.get(
         "LOG_LEVEL", "info").lower(), proxy_headers=False, server_header=False,
-        log_config=log_config())  # the access log without query-string credentials
+        log_config=log_config(),  # the access log without query-string credentials
+        # On SIGTERM requests in flight get this long; then open event streams are
+        # closed (their clients reconnect, to any replica) and the process exits, well
+        # within a pod's grace period: uvicorn otherwise waits for every stream to end.
+        timeout_graceful_shutdown=GRACEFUL_SECONDS)
     return 0
 
 

@@ -8,7 +8,7 @@ Runs every Procfile line (or the NAMEd ones) with `/bin/sh -c "exec LINE"` (with
 their output as `HH:MM:SS name | line`. It stops them all when it gets SIGINT (Ctrl-C),
 SIGTERM or SIGHUP, or when one of them exits: SIGTERM to each process (a warm shutdown
 for the worker), then, after `--grace` seconds or a second Ctrl-C, SIGKILL to each
-one's whole process group (pool children included).
+one's whole process group (pool children included); the `redis` process last (below).
 
 Redis: with a `redis` process and no REDIS_URL in the environment, the project's own
 Redis runs on a loopback port of its own (the one it had last time when still free,
@@ -17,7 +17,8 @@ it is written to `var/redis-url`, where `submit.py` and `ocr_admin.py` find it w
 an exported variable. With REDIS_URL set, that Redis is used as told (the `redis`
 process starts the project's own there only when nothing answers on loopback). One
 line at start says which. On the stop the `redis` process goes last, once the others
-(the workers' warm shutdown) are gone.
+(the workers' warm shutdown) are gone; when they outlive the grace, Redis still gets
+its SIGTERM (a clean stop: its append-only file written) before any SIGKILL is sent.
 
 Why not honcho: when `make run 2>&1 | tee log` is interrupted, Ctrl-C also kills
 `tee`, honcho dies writing to the broken pipe and never stops its children. Here the
@@ -172,6 +173,7 @@ class Supervisor:
         self.output = Output(sys.stdout.fileno(), max(len(n) for n in [*processes,
                                                                           "system"]))
         self.signals: list[int] = []
+        self.stopped: set[str] = set()  # children whose group is gone, said once
 
     def _on_signal(self, signum: int, frame: FrameType | None) -> None:
         self.signals.append(signum)
@@ -207,32 +209,63 @@ class Supervisor:
         return code
 
     def stop(self) -> None:
-        """SIGTERM to each process, Redis last; SIGKILL to every group left after the grace."""
-        started = [c for c in self.children if hasattr(c, "proc")]
-        asked = len(self.signals)
-        first = [c for c in started if c.name != LAST]
-        for group in (first, [c for c in started if c.name == LAST]):
-            if self._stop(group, asked):
-                break
-        for child in started:
-            child.kill_group()
-            child.proc.wait()
-            self.output.line("system", f"{child.name} stopped")
+        """SIGTERM to each process, Redis last; SIGKILL only to what outlives its grace.
 
-    def _stop(self, children: list[Child], asked: int) -> bool:
-        """SIGTERM, then wait for their groups; True when the grace ran out (or Ctrl-C)."""
-        for child in children:
+        The others first (the workers' warm shutdown needs Redis), then Redis. When
+        they outlive the grace (or a second Ctrl-C comes), Redis still gets its SIGTERM
+        (it writes its append-only file and exits) before any SIGKILL: then the groups
+        left of the others are killed, and Redis only if it outlives a grace of its own.
+        """
+        started = [c for c in self.children if hasattr(c, "proc")]
+        first = [c for c in started if c.name != LAST]
+        last = [c for c in started if c.name == LAST]
+        for child in first:
             child.signal_leader(signal.SIGTERM)
+        cut_short = self._wait(first, len(self.signals))
+        if last:
+            self.output.line("system", f"SIGTERM to {LAST}, last")
+        for child in last:
+            child.signal_leader(signal.SIGTERM)
+        if cut_short:
+            self._kill(first)
+        if self._wait(last, len(self.signals)):
+            self._kill(last)
+        for child in started:
+            child.kill_group()  # a leader gone early: its group goes with it
+            child.proc.wait()
+            self._gone(child)
+
+    def _wait(self, children: list[Child], asked: int) -> bool:
+        """Wait for their groups to go; True when the grace ran out (or Ctrl-C again)."""
         deadline = time.monotonic() + self.grace
-        while any(c.group_alive() for c in children):
+        while True:
+            for child in children:
+                if not child.group_alive():
+                    self._gone(child)
+            if not any(c.group_alive() for c in children):
+                return False
             if time.monotonic() >= deadline or len(self.signals) > asked:
-                self.output.line("system", "killing what is left (SIGKILL)")
                 return True
             for child in children:  # a leader gone early: its group goes with it
                 if child.proc.poll() is not None:
                     child.kill_group()
             time.sleep(0.1)
-        return False
+
+    def _gone(self, child: Child) -> None:
+        """Say once that a child's process group is gone, with its exit code."""
+        if child.name not in self.stopped:
+            self.stopped.add(child.name)
+            self.output.line("system", f"{child.name} stopped (exit code "
+                                       f"{child.proc.wait()})")
+
+    def _kill(self, children: list[Child]) -> None:
+        """SIGKILL to each of their groups still there, saying which."""
+        left = [c for c in children if c.group_alive()]
+        if left:
+            self.output.line("system", "killing what is left (SIGKILL): "
+                             + ", ".join(c.name for c in left))
+        for child in left:
+            child.kill_group()
 
 
 def main(argv: list[str] | None = None) -> int:

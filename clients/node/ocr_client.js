@@ -5,14 +5,16 @@
 // v2, as docs/tasks.md describes: the file goes to Redis as a blob
 // (SET ocr:blob:<id> <bytes> EX <ttl>), a message naming the task `ocr.document` and
 // the blob is pushed onto the queue's list, and the result is read from the result
-// backend key `celery-task-meta-<id>`.
+// backend key `celery-task-meta-<id>` (a cancelled job's, with the pages it kept, from
+// `ocr:job:<id>:cancelled`: CANCELLED, as every client of the service says, where
+// Celery's own state says REVOKED).
 //
 //   node clients/node/ocr_client.js [OPTIONS] FILE...      (--help lists the options)
 //   node clients/node/ocr_client.js cancel [--redis URL] ID...
 //
 // Prints one JSON result per file, each with `filename` (or, with --no-wait, each
 // job's id and file name), and a line on stderr naming the file of each job that did
-// not succeed. Exit status as submit.py's (USAGE below). REDIS_URL
+// not succeed (a cancelled job's says how many pages it kept, as submit.py's `wait`). Exit status as submit.py's (USAGE below). REDIS_URL
 // (redis://[:password@]host:port/db, or rediss:// for TLS) is the default for --redis,
 // else the URL `make run` wrote to var/redis-url (its own Redis), as submit.py finds it.
 'use strict';
@@ -210,6 +212,16 @@ function buildMessage(taskId, taskName, kwargs, queue, shownKwargs, priority = P
   };
 }
 
+// Wake one idle worker of `queue` (its doorbell, `ocr:wake:<queue>`: one item at most,
+// for a minute). Workers take a message in one atomic step and wait on doorbells when
+// their queues are empty; a message pushed without a ring is taken within a second.
+async function ring(redis, queue) {
+  const key = `ocr:wake:${queue}`;
+  await redis.command('LPUSH', key, '1');
+  await redis.command('LTRIM', key, '0', '0');
+  await redis.command('PEXPIRE', key, '60000');
+}
+
 // The Redis list a message of `priority` waits in (kombu's Redis transport).
 function queueList(queue, priority) {
   const step = PRIORITY_STEPS.filter((s) => s <= priority).pop() || 0;
@@ -272,6 +284,7 @@ async function enqueueDocument(redis, source, options) {
   const level = PRIORITIES[priority];
   const message = buildMessage(taskId, 'ocr.document', kwargs, target, shown, level);
   await redis.command('LPUSH', queueList(target, level), JSON.stringify(message));
+  await ring(redis, target);
   return taskId;
 }
 
@@ -285,6 +298,7 @@ async function cancel(redis, jobId) {
     PRIORITIES.interactive);
   await redis.command('LPUSH', queueList(CONTROL_QUEUE, PRIORITIES.interactive),
     JSON.stringify(message));
+  await ring(redis, CONTROL_QUEUE);
   return taskId;
 }
 
@@ -303,23 +317,36 @@ function errorInfo(exc) {
   return { code: 'internal_error', message: `unexpected ${exc.exc_type}`, retryable: false };
 }
 
+// A job Celery revoked that has no cancel record yet: expired at its deadline (never
+// cancelled, sent with one: FAILURE deadline_exceeded, as the worker ends it) or
+// cancelled. The rule of tasks/state/job_state.py (expired_before_start).
+async function revokedResult(redis, taskId) {
+  const [asked, deadline] = await redis.command('HMGET', `ocr:job:${taskId}`, 'cancelled', 'deadline');
+  if (asked === null && deadline !== null && deadline.length) {
+    return {
+      id: taskId, status: STATUS.FAILURE,
+      error: { code: 'deadline_exceeded', message: "the job's deadline passed before it started", retryable: false },
+    };
+  }
+  return { id: taskId, status: STATUS.CANCELLED, pages: [], text: '' };
+}
+
 // Poll the result backend until the job ends; resolves to its result (or FAILURE/TIMEOUT).
+// A cancelled job's result (CANCELLED, with the pages it finished) is kept beside
+// Celery's state, which says REVOKED: both are read in one round trip, and the
+// cancel's result wins, as in the Python client.
 async function wait(redis, taskId, { timeout = 120, poll = 200, onProgress } = {}) {
   const deadline = Date.now() + timeout * 1000;
   for (;;) {
-    const raw = await redis.command('GET', `celery-task-meta-${taskId}`);
+    const [raw, kept] = await redis.command('MGET', `celery-task-meta-${taskId}`, `ocr:job:${taskId}:cancelled`);
+    if (kept !== null) return JSON.parse(kept.toString('utf8'));
     if (raw !== null) {
       const meta = JSON.parse(raw.toString('utf8'));
       if (meta.status === CELERY.SUCCESS) return meta.result;
       if (meta.status === CELERY.FAILURE) {
         return { id: taskId, status: STATUS.FAILURE, error: errorInfo(meta.result || {}) };
       }
-      if (meta.status === CELERY.REVOKED) {
-        // A cancelled job's result (the pages it finished) is kept beside Celery's state.
-        const kept = await redis.command('GET', `ocr:job:${taskId}:cancelled`);
-        return kept !== null ? JSON.parse(kept.toString('utf8'))
-          : { id: taskId, status: STATUS.CANCELLED, pages: [], text: '' };
-      }
+      if (meta.status === CELERY.REVOKED) return revokedResult(redis, taskId);
       if (meta.status === CELERY.PROGRESS && onProgress) onProgress(meta.result);
     }
     if (Date.now() >= deadline) {
@@ -354,6 +381,31 @@ async function liveQueues(redis) {
     }
   }
   return live;
+}
+
+// The engines a job may name, as the live workers' registries know them (their presence
+// records), and those a live worker serves by queue (`ocr-<engine>`); empty when no
+// worker is live (nothing can be told yet: the wait reports no_worker).
+async function knownEngines(redis) {
+  const flat = (await redis.command('HGETALL', WORKERS_KEY)) || [];
+  const now = Date.now() / 1000;
+  const engines = new Set();
+  for (let i = 0; i + 1 < flat.length; i += 2) {
+    let record;
+    try {
+      record = JSON.parse(flat[i + 1].toString('utf8'));
+    } catch (err) {
+      continue; // not a presence record
+    }
+    if (!(Number(record.expires) >= now)) continue;
+    for (const name of Array.isArray(record.engines) ? record.engines : []) engines.add(String(name));
+    for (const queue of Array.isArray(record.queues) ? record.queues : []) {
+      if (String(queue).startsWith(`${DEFAULT_QUEUE}-`) && queue !== CONTROL_QUEUE) {
+        engines.add(String(queue).slice(DEFAULT_QUEUE.length + 1));
+      }
+    }
+  }
+  return [...engines];
 }
 
 // The job's error when no live worker consumes its queue (submit.py's no_worker).
@@ -529,20 +581,47 @@ function maskedUrl(url) {
   }
 }
 
-// The stderr line of a result that is not a plain success, naming its file.
-function problemLine(result) {
+// 1,2,3,7 -> 1-3,7 (as submit.py writes page lists).
+function pageRanges(numbers) {
+  const runs = [];
+  for (const n of [...new Set(numbers)].sort((a, b) => a - b)) {
+    const last = runs[runs.length - 1];
+    if (last && last[1] === n - 1) last[1] = n;
+    else runs.push([n, n]);
+  }
+  return runs.map(([a, b]) => (a === b ? `${a}` : `${a}-${b}`)).join(',');
+}
+
+// What a cancelled job kept, as submit.py's `wait` says it: how many pages (of the
+// `total` it was to read, when known) and where they are.
+function keptPages(result, total) {
+  const pages = (result.pages || []).map((p) => p.number);
+  if (!pages.length) return ': no page had finished';
+  const of = total >= pages.length ? ` of ${total}` : '';
+  return `: ${pages.length}${of} pages kept (pages ${pageRanges(pages)}; its JSON result on stdout has them)`;
+}
+
+// The pages a job was to read (its control hash's `total`, written with its progress), or 0.
+async function plannedPages(redis, taskId) {
+  const raw = await redis.command('HGET', `ocr:job:${taskId}`, 'total');
+  return raw === null ? 0 : Number(raw.toString('utf8')) || 0;
+}
+
+// The stderr line of a result that is not a plain success, naming its file; `total`:
+// the pages a cancelled job was to read.
+function problemLine(result, total = 0) {
   const name = result.filename || result.id;
   const error = result.error || {};
   const written = (result.result_object || {}).error;
   if (written) {  // the result is stored; only its copy at --result-url failed
-    const rest = problemLine({ ...result, result_object: undefined });
+    const rest = problemLine({ ...result, result_object: undefined }, total);
     return `${name}: ${written.code}: ${written.message} (the result is kept in the result store)${rest ? `\n${rest}` : ''}`;
   }
   if (result.status === STATUS.SUCCESS) return null;
   if (result.status === STATUS.PARTIAL) {
     return (result.failed_pages || []).map((p) => `${name}: PARTIAL: page ${p.number} failed: ${p.code}: ${p.message}`).join('\n') || null;
   }
-  if (result.status === STATUS.CANCELLED) return `${name}: CANCELLED`;
+  if (result.status === STATUS.CANCELLED) return `${name}: CANCELLED${keptPages(result, total)}`;
   if (result.status === STATUS.TIMEOUT) return `${name}: still running when --timeout passed (job ${result.id})`;
   if (result.status === STATUS.PENDING) return `${name}: ${error.code}: ${error.message} (job ${result.id} stays queued)`;
   return `${name}: ${result.status} ${error.code}: ${error.message}`;
@@ -576,6 +655,13 @@ async function main() {
     return 5;
   }
   try {
+    if (options.engine !== undefined && !options.queue) {
+      const engines = await knownEngines(redis);
+      if (engines.length && !engines.includes(options.engine)) {
+        process.stderr.write(`ocr_client: unknown engine '${options.engine}'; choose one of ${engines.join(', ')} (nothing was sent)\n`);
+        return 2;
+      }
+    }
     const jobs = []; // {id, filename} or a FAILURE record for a file that was not sent
     for (const file of options.files) {
       if (isUrl(file)) {
@@ -625,7 +711,8 @@ async function main() {
       }
       results.push(result);
       if (options.wait) process.stdout.write(`${JSON.stringify(result)}\n`);
-      const line = problemLine(result);
+      const kept = result.status === STATUS.CANCELLED && (result.pages || []).length;
+      const line = problemLine(result, kept ? await plannedPages(redis, result.id) : 0);
       if (line) process.stderr.write(`${line}\n`);
     }
     if (results.some((r) => r.status === STATUS.PENDING)) process.stderr.write(`ocr_client: ${NO_WORKER_HINT}\n`);
@@ -642,8 +729,9 @@ async function main() {
 }
 
 module.exports = {
-  RedisConnection, RedisError, InputTooLarge, buildMessage, queueList, jobQueue, submit,
-  submitUrl, wait, waitAll, liveQueues, cancel, errorInfo, PRIORITIES, STATUS, CELERY,
+  RedisConnection, knownEngines, RedisError, InputTooLarge, buildMessage, queueList, jobQueue, submit,
+  submitUrl, wait, waitAll, liveQueues, cancel, errorInfo, problemLine, PRIORITIES, STATUS,
+  CELERY,
 };
 
 if (require.main === module) {

@@ -65,6 +65,15 @@ return 1
 """
 
 
+# KEYS[1]: the client's set, KEYS[2]: an upload that will not become a blob. The set
+# goes with its last member (Redis deletes an empty set): a refused request leaves no key.
+_DISCARD = """
+redis.call('DEL', KEYS[2])
+redis.call('SREM', KEYS[1], KEYS[2])
+return 1
+"""
+
+
 class ClientBytes:
     """Each client's waiting input bytes, checked against its limit (thread-safe)."""
 
@@ -74,6 +83,7 @@ class ClientBytes:
         self._append: Any = client.register_script(_APPEND)
         self._usage: Any = client.register_script(_USAGE)
         self._adopt: Any = client.register_script(_ADOPT)
+        self._discard: Any = client.register_script(_DISCARD)
 
     def append(self, name: str, key: str, data: bytes, limit: int) -> bool:
         """Append `data` to `key` if the client stays within `limit` (0: none)."""
@@ -88,3 +98,7 @@ class ClientBytes:
     def adopt(self, name: str, upload: str, blob: str) -> None:
         """The upload becomes the job's blob (RENAME keeps its TTL); it still counts."""
         self._adopt(keys=[api_bytes_key(name), upload, blob], args=[self._ttl])
+
+    def discard(self, name: str, upload: str) -> None:
+        """Delete an upload and its place in the client's set: nothing of it is left."""
+        self._discard(keys=[api_bytes_key(name), upload])

@@ -151,10 +151,10 @@ async def create_job(request: Request, response: Response, caller: Caller,
         if upload is None:
             raise BadRequest("send the input as the form field `file`")
         if received.size == 0:
-            await run_in_threadpool(service.discard, upload)
+            await run_in_threadpool(service.discard, caller, upload)
             raise EmptyInput("the uploaded file is empty")
         if "path" in fields:
-            await run_in_threadpool(service.discard, upload)
+            await run_in_threadpool(service.discard, caller, upload)
             raise BadRequest("send either a file or a `path`, not both")
         body: Any = fields
     elif content_type == "application/json":
@@ -171,7 +171,7 @@ async def create_job(request: Request, response: Response, caller: Caller,
     try:
         options = JobOptions.model_validate(body)
     except ValidationError as exc:
-        await run_in_threadpool(service.discard, upload)
+        await run_in_threadpool(service.discard, caller, upload)
         raise RequestValidationError(exc.errors()) from None
     submitted = await run_in_threadpool(service.submit, caller, options, upload, filename,
                                         idempotency_key)

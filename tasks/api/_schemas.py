@@ -10,7 +10,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from tasks.records.status import JobStatus, WaitStatus
+from tasks.records.status import JobStatus, ShownState, WaitStatus
 
 # The output formats of tasks/records/formats.py, spelled out for the schema (a test
 # holds them equal).
@@ -110,7 +110,10 @@ class JobInfo(BaseModel):
     id: str
     status: Status = Field(description=(
         "QUEUED, RUNNING, then SUCCESS, PARTIAL (some pages failed), FAILURE or CANCELLED"))
-    state: str = Field(description="the Celery state (PENDING, STARTED, PROGRESS, ...)")
+    state: ShownState = Field(description=(
+        "Celery's state in the service's words: PENDING, STARTED, PROGRESS, RETRY, "
+        "SUCCESS, FAILURE, or CANCELLED for a cancelled job (never Celery's REVOKED; a "
+        "job whose deadline passed before it started is FAILURE, deadline_exceeded)"))
     progress: Progress
     error: ErrorInfo | None = None
     filename: str = ""

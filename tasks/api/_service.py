@@ -94,9 +94,18 @@ class JobService:
         if limit and size > limit - self.bytes.waiting(caller.name):
             raise _over_bytes(limit)
 
-    def discard(self, key: str | None) -> None:
+    def discard(self, caller: ApiClient, key: str | None) -> None:
+        """Delete an upload that will not become a job's input, and its bytes record."""
         if key and key.startswith(API_UPLOAD_PREFIX):
-            self._redis.delete(key)
+            self.bytes.discard(caller.name, key)
+
+    def check_engine(self, engine: str) -> None:
+        """Refuse an engine no job could run (`OcrClient.admit`), before an upload is read.
+
+        `unknown_engine` (422), or `engine_unavailable` (503) when live workers run
+        other engines only: one read of the presence records, no broker call.
+        """
+        self.client.admit({"engine": engine})
 
     # --- jobs ---------------------------------------------------------------------
 
@@ -116,7 +125,7 @@ class JobService:
             kwargs = self._input_kwargs(options, upload, filename, caller)
             earlier = self._replay(caller, digest, fingerprint)
             if earlier is not None:
-                self.discard(upload)
+                self.discard(caller, upload)
                 return Submitted(earlier, True)
             self.client.admit(kwargs)
             self._check_in_flight(caller)
@@ -126,10 +135,10 @@ class JobService:
                 if earlier is None:  # the claimant failed to send and let go
                     raise NotFinished("a request with this Idempotency-Key is being "
                                       "retried; ask again")
-                self.discard(upload)
+                self.discard(caller, upload)
                 return Submitted(earlier, True)
         except BaseException:
-            self.discard(upload)
+            self.discard(caller, upload)
             raise
         try:
             if upload is not None:
@@ -143,8 +152,9 @@ class JobService:
         except BaseException:
             if digest:
                 self.jobs.release_key(caller.name, digest)
-            self.discard(upload)
-            self._blobs.delete(kwargs.get("blob"))
+            self.discard(caller, upload)
+            if "blob" in kwargs:  # the upload adopted: the blob goes, and its bytes record
+                self.bytes.discard(caller.name, kwargs["blob"])
             self.jobs.forget(caller.name, job_id)
             raise
         return Submitted(job_id, False)
@@ -246,11 +256,11 @@ class JobService:
         pipe = self._redis.pipeline(transaction=False)
         self.jobs.queue_record(pipe, job_id)
         self.client.states.queue_marks(pipe, job_id)
-        raw_record, meta, cancelled, total = pipe.execute()
+        raw_record, meta, cancelled, fields = pipe.execute()
         record = self.jobs.decode(raw_record)
         if record.get("owner") != caller.name:
             raise NotFound()
-        return self._status(job_id, record, (meta, cancelled, total))[0]
+        return self._status(job_id, record, (meta, cancelled, tuple(fields)))[0]
 
     def current_status(self, caller: ApiClient, job_id: str) -> JobStatus | WaitStatus:
         """A replayed job's status now; QUEUED while the first request still sends it."""

@@ -16,6 +16,7 @@ only answer), and a client waiting on `Expect: 100-continue` is answered at once
 
 from __future__ import annotations
 
+import re
 from collections.abc import AsyncIterator, Awaitable, Callable, MutableMapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -37,6 +38,8 @@ Send = Callable[[Message], Awaitable[None]]
 ASGIApp = Callable[[Message, Receive, Send], Awaitable[None]]
 
 FILE_FIELD = "file"
+ENGINE_FIELD = "engine"
+ENGINE_NAME = re.compile(r"[A-Za-z0-9_.-]{1,64}")  # JobOptions.engine's; others: its 422
 FLUSH_BYTES = 1024 * 1024
 MAX_FIELDS = 32
 MAX_FIELD_BYTES = 8192
@@ -71,6 +74,7 @@ class _Collector:
         self.disposition = b""
         self.pending = bytearray()
         self.files = 0
+        self.engine: str | None = None  # an `engine` field received, not yet checked
 
     def on_part_begin(self) -> None:
         self.part = _Part()
@@ -114,7 +118,10 @@ class _Collector:
         if self.part.filename is None:
             if self.part.name in self.received.fields:
                 raise BadRequest(f"form field {self.part.name!r} is given twice")
-            self.received.fields[self.part.name] = self.part.data.decode("utf-8", "replace")
+            value = self.part.data.decode("utf-8", "replace")
+            self.received.fields[self.part.name] = value
+            if self.part.name == ENGINE_FIELD and ENGINE_NAME.fullmatch(value):
+                self.engine = value  # to check before more of the file is stored
 
 
 async def receive_multipart(request: Request, service: JobService,
@@ -123,7 +130,11 @@ async def receive_multipart(request: Request, service: JobService,
 
     The file counts against the client's bytes quota as it arrives (the upload key is
     one of its keys); the whole body must arrive within OCR_API_BODY_TIMEOUT. On any
-    error the upload key is deleted before the error propagates.
+    error the upload key (and its bytes record) is deleted before the error propagates.
+    An `engine` field is checked as soon as it has arrived, before any more of the
+    file is stored (`JobService.check_engine`: `engine=tesserakt` sent before its
+    file is refused with nothing stored at all), unless the request carries an
+    Idempotency-Key: a replay answers its job as the key made it, checked at `submit`.
     """
     declared = request.headers.get("content-length")
     if declared is not None and declared.isdigit():
@@ -136,6 +147,7 @@ async def receive_multipart(request: Request, service: JobService,
         raise BadRequest("a multipart body needs a boundary")
     received = Received()
     collector = _Collector(received)
+    check_engine = "idempotency-key" not in request.headers
     parser = MultipartParser(boundary, {
         "on_part_begin": collector.on_part_begin,
         "on_part_data": collector.on_part_data,
@@ -148,6 +160,9 @@ async def receive_multipart(request: Request, service: JobService,
     try:
         async for chunk in body_chunks(request, service.settings.api_body_timeout):
             parser.write(chunk)
+            if collector.engine is not None and check_engine:
+                engine, collector.engine = collector.engine, None
+                await run_in_threadpool(service.check_engine, engine)
             service.check_upload_size(received.size)
             if len(collector.pending) >= FLUSH_BYTES:
                 await _flush(service, received, collector, caller)
@@ -155,10 +170,10 @@ async def receive_multipart(request: Request, service: JobService,
         if collector.pending or (collector.files and received.upload is None):
             await _flush(service, received, collector, caller)
     except MultipartParseError as exc:
-        await run_in_threadpool(service.discard, received.upload)
+        await run_in_threadpool(service.discard, caller, received.upload)
         raise BadRequest(f"the multipart body is malformed ({type(exc).__name__})") from None
     except BaseException:
-        await run_in_threadpool(service.discard, received.upload)
+        await run_in_threadpool(service.discard, caller, received.upload)
         raise
     return received
 

@@ -10,6 +10,8 @@ by every process, no Celery (Celery's state names are strings in its result back
   and RUNNING; the client's PENDING and TIMEOUT).
 - `CeleryState`: the task states Celery's result backend stores (and the service's
   PROGRESS), with `from_celery`, the one translation into what a caller sees.
+- `ShownState`: a job's `state` as callers are shown it beside its status: Celery's
+  state in the service's words, never Celery's REVOKED.
 """
 
 from __future__ import annotations
@@ -61,24 +63,58 @@ class CeleryState(StrEnum):
     REVOKED = "REVOKED"    # cancelled, or expired at its deadline before it started
 
 
+class ShownState(StrEnum):
+    """A job's `state` as callers are shown it: Celery's state in the service's words.
+
+    `submit.py status --json`, `OcrClient.status` and the HTTP API's job record (its
+    events too) show it beside `status`. Celery's REVOKED is never shown: a cancelled
+    job's state is CANCELLED, as its status says; a job Celery dropped because its
+    deadline passed before it started is FAILURE, the ending the worker gives it
+    (`deadline_exceeded`, docs/tasks.md).
+    """
+
+    PENDING = "PENDING"
+    RECEIVED = "RECEIVED"
+    STARTED = "STARTED"
+    PROGRESS = "PROGRESS"
+    RETRY = "RETRY"
+    SUCCESS = "SUCCESS"
+    FAILURE = "FAILURE"
+    CANCELLED = "CANCELLED"
+
+    @classmethod
+    def of(cls, state: str, expired: bool = False) -> ShownState:
+        """The shown state of Celery `state`; `expired`: REVOKED at its deadline.
+
+        A state Celery adds is shown as STARTED: its job is running (`from_celery`).
+        """
+        if state == CeleryState.REVOKED:
+            return cls.FAILURE if expired else cls.CANCELLED
+        try:
+            return cls(state)
+        except ValueError:
+            return cls.STARTED
+
+
 def celery_final(state: str) -> bool:
-    """Whether a job in Celery `state` has ended (its result can be read)."""
-    return state in (CeleryState.SUCCESS, CeleryState.FAILURE, CeleryState.REVOKED)
+    """Whether a job in Celery `state` (or shown `state`) has ended (its result can be read)."""
+    return state in (CeleryState.SUCCESS, CeleryState.FAILURE, CeleryState.REVOKED,
+                     ShownState.CANCELLED)
 
 
 def from_celery(state: str) -> JobStatus | WaitStatus:
-    """What a caller sees of a job in Celery `state`: the one translation.
+    """What a caller sees of a job in Celery `state` (or shown `state`): the one translation.
 
     PENDING and RECEIVED are QUEUED; STARTED, PROGRESS, RETRY (and any state Celery
-    adds) RUNNING; FAILURE is FAILURE and REVOKED CANCELLED. SUCCESS means a result is
-    stored: its own `status` (SUCCESS, PARTIAL, CANCELLED or FAILURE) is the answer,
-    SUCCESS here only until it is read.
+    adds) RUNNING; FAILURE is FAILURE and REVOKED (shown: CANCELLED) CANCELLED. SUCCESS
+    means a result is stored: its own `status` (SUCCESS, PARTIAL, CANCELLED or FAILURE)
+    is the answer, SUCCESS here only until it is read.
     """
     if state == CeleryState.SUCCESS:
         return JobStatus.SUCCESS
     if state == CeleryState.FAILURE:
         return JobStatus.FAILURE
-    if state == CeleryState.REVOKED:
+    if state in (CeleryState.REVOKED, ShownState.CANCELLED):
         return JobStatus.CANCELLED
     if state in (CeleryState.PENDING, CeleryState.RECEIVED):
         return WaitStatus.QUEUED

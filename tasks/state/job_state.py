@@ -3,8 +3,10 @@
 Used by the Python client (`OcrClient.status`, so `submit.py status` and `wait`) and the
 HTTP API (a job's status and its events stream): both read the same three marks in one
 round trip and turn them into a `JobProgress` here. The marks are the job's state in
-Celery's result backend (the same Redis), its cancel record, and the page count of its
-control hash (`total`, written with each progress report), which a cancelled job keeps.
+Celery's result backend (the same Redis), its cancel record, and three fields of its
+control hash: the page count (`total`, written with each progress report, which a
+cancelled job keeps), its `deadline` and whether a cancel was asked (`cancelled`): what
+tells Celery's one word for two endings, REVOKED, apart (`expired_before_start`).
 
 Runs in any client process; Celery's backend is passed in (its key format and codec),
 nothing of Celery is imported here.
@@ -18,13 +20,35 @@ from typing import Any, Protocol
 
 import redis
 
-from tasks.records.status import CeleryState, JobStatus, WaitStatus, celery_final, from_celery
+from tasks.records.status import (
+    CeleryState,
+    JobStatus,
+    ShownState,
+    WaitStatus,
+    celery_final,
+    from_celery,
+)
 from tasks.state.keys import job_cancelled_key, job_key
 
-# The control hash's field that holds how many pages a job reads (its plan).
+Raw = bytes | str | None
+# The control hash's fields read with a job's state: how many pages it reads (its
+# plan), its deadline (epoch seconds) and the cancel's mark (tasks/state/stores.py).
 TOTAL_FIELD = "total"
-# A job's raw marks: stored state, cancel record, planned page count.
-Marks = tuple[bytes | str | None, bytes | str | None, bytes | str | None]
+JOB_FIELDS = (TOTAL_FIELD, "deadline", "cancelled")
+# A job's raw marks: stored state, cancel record, and the control hash's JOB_FIELDS.
+Marks = tuple[Raw, Raw, tuple[Raw, ...]]
+
+
+def expired_before_start(cancel_asked: object, deadline: object) -> bool:
+    """Whether a job Celery revoked expired at its deadline rather than being cancelled.
+
+    Celery says REVOKED for both. A cancel marks the job's control hash (`cancelled`)
+    before anything else, so a revoked job sent with a deadline and never cancelled
+    was dropped because the deadline passed before it started: the worker ends it
+    FAILURE `deadline_exceeded` (docs/tasks.md), and every caller says so from the
+    moment Celery marks it, `status` and `wait` alike.
+    """
+    return not cancel_asked and bool(deadline)
 
 
 class ResultBackend(Protocol):
@@ -37,15 +61,16 @@ class ResultBackend(Protocol):
 
 @dataclass(frozen=True)
 class JobProgress:
-    """Where a job stands: Celery `state`, pages done/total, and the caller's `status`.
+    """Where a job stands: its `state`, pages done/total, and the caller's `status`.
 
     `status` is what every caller shows (QUEUED, RUNNING, then SUCCESS, PARTIAL,
-    FAILURE or CANCELLED; `tasks.records.status`); `state` is Celery's own word. A
-    cancelled job is CANCELLED with the pages it kept out of those it was to read.
+    FAILURE or CANCELLED; `tasks.records.status`); `state` is Celery's state in the
+    service's words (`ShownState`: CANCELLED, never Celery's REVOKED). A cancelled job
+    is CANCELLED with the pages it kept out of those it was to read.
     """
 
     id: str
-    state: str
+    state: ShownState
     done: int = 0
     total: int = 0
     cancelled: bool = False
@@ -75,14 +100,14 @@ class JobStateReader:
         """The stored state, cancel record and planned page count: one round trip."""
         pipe = self._redis.pipeline(transaction=False)
         self.queue_marks(pipe, job_id)
-        meta, cancelled, total = pipe.execute()
-        return meta, cancelled, total
+        meta, cancelled, fields = pipe.execute()
+        return meta, cancelled, tuple(fields)
 
     def queue_marks(self, pipe: Any, job_id: str) -> None:
         """Add the three reads of `marks` to a pipeline another read shares."""
         pipe.get(self._backend.get_key_for_task(job_id))
         pipe.get(job_cancelled_key(job_id))
-        pipe.hget(job_key(job_id), TOTAL_FIELD)
+        pipe.hmget(job_key(job_id), list(JOB_FIELDS))
 
     def ended(self, job_ids: list[str]) -> list[str]:
         """Which of `job_ids` have ended: one MGET of their stored states."""
@@ -97,27 +122,28 @@ class JobStateReader:
 
     def progress(self, job_id: str, marks: Marks) -> JobProgress:
         """The job's progress from its marks (read by `marks` or `queue_marks`)."""
-        meta, raw_cancelled, raw_total = marks
+        meta, raw_cancelled, (raw_total, deadline, cancel_asked) = marks
         planned = int(raw_total) if raw_total else 0
         # A cancel's stored result is final even when a page that finished just after
         # it wrote PROGRESS over the job's state.
         if raw_cancelled:
             kept = json.loads(raw_cancelled)
             done = len([p for p in kept.get("pages", []) if "error" not in p])
-            return JobProgress(job_id, CeleryState.REVOKED, done, max(planned, done),
+            return JobProgress(job_id, ShownState.CANCELLED, done, max(planned, done),
                                cancelled=True, result=kept)
         if meta is None:
-            return JobProgress(job_id, CeleryState.PENDING, 0, planned)
+            return JobProgress(job_id, ShownState.PENDING, 0, planned)
         decoded = self._backend.decode_result(meta)
         state = str(decoded.get("status", CeleryState.PENDING))
+        shown = ShownState.of(state, expired_before_start(cancel_asked, deadline))
         value = decoded.get("result")
         if state == CeleryState.PROGRESS and isinstance(value, dict):
-            return JobProgress(job_id, state, int(value.get("done", 0)),
+            return JobProgress(job_id, shown, int(value.get("done", 0)),
                                int(value.get("total", 0)))
         if state == CeleryState.SUCCESS and isinstance(value, dict):
             done, total = page_counts(value)
-            return JobProgress(job_id, state, done, max(total, planned), result=value)
-        return JobProgress(job_id, state, 0, planned)
+            return JobProgress(job_id, shown, done, max(total, planned), result=value)
+        return JobProgress(job_id, shown, 0, planned)
 
 
 def page_counts(result: dict[str, Any]) -> tuple[int, int]:

@@ -169,6 +169,10 @@ def test_health_readiness_schema_and_docs(api: ApiServer, alice: requests.Sessio
     schema = requests.get(f"{api.url}/openapi.json", timeout=5).json()
     assert {"/v1/jobs", "/v1/jobs/{job_id}", "/v1/jobs/{job_id}/result",
             "/v1/jobs/{job_id}/events", "/healthz", "/readyz"} <= set(schema["paths"])
+    # A job's `state` is one of the service's words: CANCELLED, never Celery's REVOKED.
+    state = schema["components"]["schemas"]["JobInfo"]["properties"]["state"]
+    shown = schema["components"]["schemas"][state["$ref"].rsplit("/", 1)[1]]["enum"]
+    assert "CANCELLED" in shown and "REVOKED" not in shown, shown
     docs = requests.get(f"{api.url}/docs", timeout=5)
     assert docs.status_code == 200 and "swagger-ui" in docs.text
     # The page's script is served by the API itself (no CDN).
@@ -375,6 +379,7 @@ def test_a_queued_job_no_worker_can_take_says_so(api: ApiServer, alice: requests
     assert alice.delete(f"{api.url}/v1/jobs/{job_id}", timeout=10).status_code == 202
     ended = wait_end(alice, api, job_id)
     assert ended["status"] == "CANCELLED" and ended["error"] is None
+    assert ended["state"] == "CANCELLED"  # not Celery's REVOKED
 
 
 def events(http: requests.Session, api: ApiServer, job_id: str) -> list[tuple[str, dict]]:
@@ -415,15 +420,19 @@ def test_delete_cancels_a_running_pdf(api: ApiServer, alice: requests.Session) -
     answer = alice.delete(f"{api.url}/v1/jobs/{job_id}", timeout=10)
     assert answer.status_code == 202, answer.text
     final = wait_end(alice, api, job_id, timeout=60)
-    assert final["status"] == "CANCELLED", final
+    assert (final["status"], final["state"]) == ("CANCELLED", "CANCELLED"), final
     assert 1 <= final["progress"]["done"] < 12
     assert final["progress"]["total"] == 12  # the pages it was to read, not those kept
+    # its events stream ends at once, in the same words
+    [(name, data)] = events(alice, api, job_id)
+    assert name == "end" and (data["status"], data["state"]) == ("CANCELLED", "CANCELLED")
     result = alice.get(f"{api.url}/v1/jobs/{job_id}/result?format=json", timeout=10).json()
     assert result["status"] == "CANCELLED" and len(result["pages"]) >= 1
     text = alice.get(f"{api.url}/v1/jobs/{job_id}/result", timeout=10)
     assert text.status_code == 409 and text.json()["error"]["code"] == "cancelled"
     again = alice.delete(f"{api.url}/v1/jobs/{job_id}", timeout=10)
     assert again.status_code == 200 and again.json()["status"] == "CANCELLED"
+    assert again.json()["state"] == "CANCELLED"
 
 
 def test_signed_webhook_to_a_listed_host_and_refusals(api: ApiServer, alice: requests.Session,
@@ -511,6 +520,65 @@ def test_bad_requests_have_codes(api: ApiServer, alice: requests.Session) -> Non
                          data={"engine": "tesserakt"}, timeout=10).json()["error"]
     assert unknown["code"] == "unknown_engine"
     assert all(name in unknown["message"] for name in ("tesseract", "rapidocr", "mlx-vlm"))
+
+
+def stored_keys(store: redis.Redis) -> set[bytes]:
+    """What a request can leave in Redis.
+
+    Uploads, inputs and the bytes they count for, job records, idempotency keys,
+    queues and their bindings.
+    """
+    return {k for pattern in ("ocr:api:upload:*", "ocr:blob:*", "ocr:api:bytes:*",
+                              "ocr:api:job:*", "ocr:api:idem:*", "ocr:api:inflight:*",
+                              "ocr:job:*", "ocr-*", "_kombu.binding.ocr-*")
+            for k in keys(store, pattern)}
+
+
+def left_behind(store: redis.Redis, before: set[bytes]) -> set[bytes]:
+    """Keys stored since `before`, less those of jobs that were there already.
+
+    Jobs of earlier tests in this module may still be ending (their `:ended` or
+    `:cancelled` markers land late); a key under a job record of `before` is theirs.
+    """
+    jobs = {k for k in before if k.startswith((b"ocr:job:", b"ocr:api:job:"))}
+    return {k for k in stored_keys(store) - before
+            if not any(k.startswith(job + b":") for job in jobs)}
+
+
+def test_an_unknown_engine_is_422_with_nothing_stored(api: ApiServer, redis_url: str,
+                                                      store: redis.Redis) -> None:
+    """`engine=tesserakt`: 422 unknown_engine, and no key of the request is left.
+
+    The engine's field before the file (as requests sends form fields) and after it
+    (as `curl -F file=@... -F engine=...` does), where the file has streamed into an
+    upload key first; with an Idempotency-Key too. A client of its own: its bytes
+    record is one the request would leave.
+    """
+    carol = session(create_token(redis_url, "carol"))
+    before = stored_keys(store)
+    upload = png() + bytes(700 * 1024)  # under the 1 MB limit: stored when it is read
+    engine_first = [("engine", (None, "tesserakt")), ("file", ("a.png", upload))]
+    file_first = [("file", ("a.png", upload)), ("engine", (None, "tesserakt"))]
+    for fields, headers in ((engine_first, {}), (file_first, {}),
+                            (file_first, {"Idempotency-Key": "carol-1"})):
+        answer = carol.post(f"{api.url}/v1/jobs", files=fields, headers=headers, timeout=30)
+        assert answer.status_code == 422, answer.text
+        assert answer.json()["error"]["code"] == "unknown_engine"
+        assert not left_behind(store, before), left_behind(store, before)
+    # The engine is checked as its field arrives, before the file after it is read: a
+    # file over OCR_MAX_INPUT_MB (no Content-Length: measured as it streams) after
+    # `engine=tesserakt` is refused for its engine, not its size.
+    big = png() + bytes(int(float(MAX_MB) * 1024 * 1024) + 1)
+    chunked = carol.post(f"{api.url}/v1/jobs", timeout=30,
+                         headers={"Content-Type": "multipart/form-data; boundary=xyz"},
+                         data=iter([b'--xyz\r\nContent-Disposition: form-data; name="engine"'
+                                    b'\r\n\r\ntesserakt\r\n--xyz\r\nContent-Disposition: '
+                                    b'form-data; name="file"; filename="big.png"\r\n\r\n',
+                                    *(big[i:i + 65536] for i in range(0, len(big), 65536)),
+                                    b"\r\n--xyz--\r\n"]))
+    assert chunked.status_code == 422, chunked.text
+    assert chunked.json()["error"]["code"] == "unknown_engine"
+    assert not left_behind(store, before)
 
 
 def test_the_schemas_formats_are_the_table_of_formats() -> None:

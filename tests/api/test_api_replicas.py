@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import json
 import threading
-import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -21,7 +20,7 @@ import pytest
 import requests
 
 from tests.api_server import ApiServer, create_token, session
-from tests.harness import FAKE_PLUGINS, FAST_PAGES, Worker
+from tests.harness import FAKE_PLUGINS, FAST_PAGES, Worker, eventually
 from tests.pdf_fixtures import image_pdf, plain_pages
 
 FINAL = ("SUCCESS", "PARTIAL", "FAILURE", "CANCELLED")
@@ -63,20 +62,18 @@ def _send(http: requests.Session, api: ApiServer, pages: int, **headers: str) ->
 
 
 def _held(gate: Path, count: int) -> None:
-    deadline = time.monotonic() + 120
-    while len(list(gate.glob("started-*"))) < count:
-        assert time.monotonic() < deadline, f"{count} pages never started"
-        time.sleep(0.05)
+    eventually(lambda: len(list(gate.glob("started-*"))) >= count, 120,
+               f"{count} pages started", interval=0.05)
 
 
 def _wait_end(http: requests.Session, api: ApiServer, job_id: str) -> dict[str, Any]:
-    deadline = time.monotonic() + 120
-    while True:
-        status = http.get(f"{api.url}/v1/jobs/{job_id}", timeout=10).json()
-        if status["status"] in FINAL:
-            return dict(status)
-        assert time.monotonic() < deadline, status
-        time.sleep(0.1)
+    last: dict[str, Any] = {}
+
+    def ended() -> dict[str, Any] | None:
+        last.update(http.get(f"{api.url}/v1/jobs/{job_id}", timeout=10).json())
+        return dict(last) if last["status"] in FINAL else None
+
+    return eventually(ended, 120, lambda: f"job {job_id} to end: {last}")
 
 
 def test_any_replica_answers_any_job_sse_and_cancel_included(

@@ -1,16 +1,26 @@
-"""Every `sh` example of README.md and docs/http-api.md runs as written (issue 39).
+"""Every example of README.md and docs/http-api.md runs as written (issue 39).
 
-The service is started as `make run` starts it (scripts/supervise.py with the real
-Procfile, no REDIS_URL, no OCR_* setting: its defaults), in a checkout of its own: a
-directory of links to this repository's files beside a `shared/corpus` link, so that
-`var/` (the project's own Redis, its var/redis-url) and every file an example writes
-land there and not in this checkout. Two things differ from a plain `make run`, both
-through the environment a user would set: the processes are `redis worker control api`
-(make run's PROCESSES variable: no Flower, beat or metrics, which no example uses) and
-the API listens on a free port (`API_PORT`), which the examples read from `API`.
+The service is the one `make run` starts: its recipe's command, `scripts/supervise.py`
+with the real Procfile and no process named (so every Procfile process: redis, worker,
+control, beat, flower, metrics, api, vlm-server, which idles without a model), no
+REDIS_URL and no OCR_* setting (its defaults), in a checkout of its own: a directory
+of links to this repository's files beside a `shared/corpus` link, so that `var/` (the
+project's own Redis, its var/redis-url) and every file an example writes land there
+and not in this checkout. What differs from a plain `make run` is set through the
+environment, as a user would: the three listening processes take free ports
+(`API_PORT`, `FLOWER_PORT`, `METRICS_PORT`) instead of 8000, 5555 and 9808, which
+another service or test may hold, and the examples read the API's from `API`. The
+recipe's prerequisites are not run: they install (pip, traineddata), which the
+tests' own set-up has done.
 
-Each fenced `sh` block runs with `bash -euo pipefail` from the checkout's root, as
-pasted; a block marked `<!-- not run: REASON -->` is skipped and must say why.
+An example is a fenced block: `sh` blocks run with `bash -euo pipefail` from the
+checkout's root, as pasted; `console` blocks are transcripts, whose `$ ` lines run
+there the same way (without -e: a transcript may show a failure) and whose output is
+compared with the lines shown (`...` alone: any lines; a line ending in `...`: that
+beginning). A block marked `<!-- not run: REASON -->` is not run and says why; any
+other fenced block is not a shell example (a language that is not a shell's, no `$ `
+prompt). Each document's count of examples run is exact: an example added, dropped or
+left unrun fails here until the count says so.
 """
 
 from __future__ import annotations
@@ -21,36 +31,93 @@ import re
 import signal
 import subprocess
 import sys
-import uuid
+from collections import Counter
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 import pymupdf
 import pytest
 import requests
-from PIL import Image
 
 from tests.harness import CORPUS, ROOT, VENV_BIN, eventually, free_port
-from tests.pdf_fixtures import image_pdf
 
 pytestmark = pytest.mark.slow
-DOCS = ("README.md", "docs/http-api.md")
-BLOCK = re.compile(r"(?:<!-- not run: (?P<why>[^\n]*?) -->\n)?```(?P<lang>\w*)\n(?P<body>.*?)\n```",
-                   re.DOTALL)
+# The examples each document runs, by kind: exact.
+RUN = {"README.md": {"sh": 1, "console": 2}, "docs/http-api.md": {"sh": 2}}
+SHELLS = {"sh", "console", "bash", "shell", "zsh", "shell-session"}  # only sh and console
+BLOCK = re.compile(r"(?:<!-- not run: (?P<why>[^\n]*?) -->\n)?```(?P<lang>[\w-]*)\n"
+                   r"(?P<body>.*?)\n```", re.DOTALL)
 
 
-def sh_blocks(name: str) -> list[tuple[str, str | None]]:
-    """The `sh` blocks of a document: (body, why it is not run or None)."""
+@dataclass(frozen=True)
+class Block:
+    doc: str
+    lang: str
+    body: str
+    why: str | None  # why it is not run; None: it runs
+
+    @property
+    def runs(self) -> bool:
+        return self.lang in ("sh", "console") and self.why is None
+
+
+def blocks(name: str) -> list[Block]:
+    """The fenced blocks of a document, in order."""
     text = (ROOT / name).read_text()
-    return [(m["body"], m["why"]) for m in BLOCK.finditer(text) if m["lang"] == "sh"]
+    return [Block(name, m["lang"], m["body"], m["why"]) for m in BLOCK.finditer(text)]
 
 
-def test_every_skipped_example_says_why() -> None:
-    for name in DOCS:
-        blocks = sh_blocks(name)
-        assert blocks, name
-        assert all(why is None or why.strip() for _, why in blocks)
-        assert any(why is None for _, why in blocks), f"{name}: no example is run"
+def run_blocks(name: str, lang: str) -> list[str]:
+    return [b.body for b in blocks(name) if b.runs and b.lang == lang]
+
+
+def test_every_example_runs_or_says_why() -> None:
+    for name, expected in RUN.items():
+        found = blocks(name)
+        for block in found:
+            where = f"{name}: {block.body[:60]!r}"
+            assert block.lang, f"{where}: a fenced block says its language"
+            assert block.lang not in SHELLS or block.lang in ("sh", "console"), (
+                f"{where}: shell examples are `sh` (a script) or `console` (a transcript)")
+            if block.lang not in SHELLS:
+                assert block.why is None, f"{where}: only an example is marked not run"
+                assert not re.search(r"^\$ ", block.body, re.M), (
+                    f"{where}: a transcript with `$ ` lines is a `console` block")
+            assert block.why is None or block.why.strip(), f"{where}: say why it is not run"
+        assert Counter(b.lang for b in found if b.runs) == Counter(expected), name
+
+
+def transcript(body: str) -> tuple[str, list[str]]:
+    """A `console` block's commands (its `$ ` lines) and the output lines it shows."""
+    lines = body.splitlines()
+    return ("\n".join(line[2:] for line in lines if line.startswith("$ ")),
+            [line for line in lines if not line.startswith("$ ")])
+
+
+def shows(expected: list[str], actual: list[str]) -> bool:
+    """Whether `actual` is what a transcript shows: `...` lines and `...` ends elided."""
+    # can[i][j]: expected[i:] matches actual[j:]
+    can = [[False] * (len(actual) + 1) for _ in range(len(expected) + 1)]
+    can[len(expected)][len(actual)] = True
+    for i in range(len(expected) - 1, -1, -1):
+        shown = expected[i]
+        for j in range(len(actual), -1, -1):
+            if shown == "...":
+                can[i][j] = can[i + 1][j] or (j < len(actual) and can[i][j + 1])
+            elif j < len(actual):
+                same = (actual[j].startswith(shown[:-3]) if shown.endswith("...")
+                        else actual[j] == shown)
+                can[i][j] = same and can[i + 1][j + 1]
+    return can[0][0]
+
+
+def test_transcripts_compare_as_shown() -> None:
+    assert transcript("$ a\nout\n$ b\n...") == ("a\nb", ["out", "..."])
+    assert shows(["x", "...", "z"], ["x", "y", "y", "z"])
+    assert shows(["x", "...", "z"], ["x", "z"]) and shows(["ab..."], ["abc"])
+    assert not shows(["x", "z"], ["x", "y", "z"]) and not shows(["x", "..."], ["y"])
+    assert not shows(["x"], ["x", "more"]) and not shows(["ab..."], ["a"])
 
 
 class Service:
@@ -58,17 +125,17 @@ class Service:
 
     def __init__(self, checkout: Path) -> None:
         self.checkout = checkout
-        self.api = f"http://127.0.0.1:{free_port()}"
+        ports = {name: str(free_port()) for name in ("API_PORT", "FLOWER_PORT", "METRICS_PORT")}
+        self.api = f"http://127.0.0.1:{ports['API_PORT']}"
         self.log = checkout / "make-run.log"
-        env = {k: v for k, v in os.environ.items()
-               if not k.startswith(("OCR_", "REDIS_", "API_", "FLOWER_", "METRICS_"))}
-        env.update(PATH=f"{VENV_BIN}{os.pathsep}{env['PATH']}",
-                   API_PORT=self.api.rsplit(":", 1)[1],
-                   WORKER_NAME=f"docs-{uuid.uuid4().hex[:6]}")
+        env = {k: v for k, v in os.environ.items() if k != "PDF"
+               and not k.startswith(("OCR_", "REDIS_", "API_", "FLOWER_", "METRICS_"))}
+        env.update(PATH=f"{VENV_BIN}{os.pathsep}{env['PATH']}", **ports)
         self.env = env
+        (checkout / "var").mkdir()  # the recipe's `mkdir -p var`
         with self.log.open("wb") as out:
             self.proc = subprocess.Popen(
-                [sys.executable, "scripts/supervise.py", "redis", "worker", "control", "api"],
+                [sys.executable, "scripts/supervise.py"],
                 cwd=checkout, env=env, stdout=out, stderr=subprocess.STDOUT,
                 start_new_session=True)
 
@@ -98,9 +165,6 @@ def service(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Service]:
             (checkout / entry.name).symlink_to(entry)
     (base / "shared").mkdir()
     (base / "shared" / "corpus").symlink_to(CORPUS)
-    # "a PDF named report.pdf here": three scanned pages
-    scan = Image.open(CORPUS / "scan_linn.png").convert("L")
-    (checkout / "report.pdf").write_bytes(image_pdf([scan, scan, scan]))
     running = Service(checkout)
     try:
         eventually(running.ready, 180, lambda: "the service to be ready:\n"
@@ -110,44 +174,43 @@ def service(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Service]:
         running.stop()
 
 
-def run_block(service: Service, body: str) -> subprocess.CompletedProcess[str]:
-    env = {k: v for k, v in service.env.items() if k != "API_PORT"}
+def run_block(service: Service, body: str, *flags: str) -> subprocess.CompletedProcess[str]:
+    env = {k: v for k, v in service.env.items() if not k.endswith("_PORT")}
     env["API"] = service.api  # the examples' own override: API=${API:-http://127.0.0.1:8000}
-    return subprocess.run(["bash", "-euo", "pipefail", "-c", body], cwd=service.checkout,
-                          env=env, capture_output=True, text=True, timeout=300)
+    return subprocess.run(["bash", *flags, "-c", body], cwd=service.checkout, env=env,
+                          capture_output=True, text=True, timeout=300)
+
+
+def run_script(service: Service, body: str) -> subprocess.CompletedProcess[str]:
+    done = run_block(service, body, "-euo", "pipefail")
+    assert done.returncode == 0, (body, done.stdout[-2000:], done.stderr[-2000:])
+    assert "Traceback" not in done.stderr
+    return done
 
 
 def test_readme_examples_run_as_written(service: Service) -> None:
-    ran = 0
-    for body, why in sh_blocks("README.md"):
-        if why is not None:
-            continue
-        done = run_block(service, body)
-        assert done.returncode == 0, (body, done.stdout[-2000:], done.stderr[-2000:])
-        assert "Traceback" not in done.stderr
-        ran += 1
-        if "submit.py $CORPUS/scan_linn.png" in body:
-            assert "Linn Electronics" in done.stdout
-            records = [json.loads(line) for line in done.stdout.splitlines()
-                       if line.startswith("{")]
-            assert [r["status"] for r in records] == ["SUCCESS"] * 3, records
-            assert re.search(r"^scan_dh_lorem_ipsum\.pdf: SUCCESS 1/1 pages", done.stdout, re.M)
-    assert ran >= 1
+    [quick_start] = run_blocks("README.md", "sh")
+    done = run_script(service, quick_start)
+    assert "Linn Electronics" in done.stdout
+    records = [json.loads(line) for line in done.stdout.splitlines() if line.startswith("{")]
+    assert [r["status"] for r in records] == ["SUCCESS"] * 3, records
+    assert re.search(r"^scan_dh_lorem_ipsum\.pdf: SUCCESS 1/1 pages", done.stdout, re.M)
+    for body in run_blocks("README.md", "console"):
+        commands, expected = transcript(body)
+        done = run_block(service, commands + " 2>&1", "-uo", "pipefail")
+        assert "Traceback" not in done.stdout
+        assert shows(expected, done.stdout.splitlines()), (body, done.stdout[-3000:])
     # `make run` said which Redis, in one line, and submit.py found it (var/redis-url).
     said = [line for line in service.log.read_text().splitlines() if "redis: the project's" in line]
     assert len(said) == 1, service.log.read_text()[-2000:]
 
 
 def test_http_api_examples_run_as_written(service: Service) -> None:
-    blocks = [body for body, why in sh_blocks("docs/http-api.md") if why is None]
-    assert len(blocks) == 2
-    tokens, curl = blocks
-    done = run_block(service, tokens)
-    assert done.returncode == 0, done.stderr
+    tokens, curl = run_blocks("docs/http-api.md", "sh")
+    done = run_script(service, tokens)
     assert json.loads(done.stdout.splitlines()[0])["token"].startswith("ocr_")
     assert "revoked billing" in done.stdout
-    done = run_block(service, curl)
-    assert done.returncode == 0, (done.stdout, done.stderr)
+    done = run_script(service, curl)
     lines = done.stdout.splitlines()
     assert json.loads(lines[0]) == {"status": "SUCCESS", "progress": {"done": 2, "total": 2},
                                     "error": None}
@@ -155,8 +218,8 @@ def test_http_api_examples_run_as_written(service: Service) -> None:
     assert json.loads(lines[2]) == {"status": "ok"} and json.loads(lines[3])["ready"]
     events = (service.checkout / "events.txt").read_text()
     assert events.rstrip().splitlines()[-2] == "event: end"
-    assert (service.checkout / "report.txt").read_text().count("\f") == 1  # two pages
-    # pages=1-2 with output=pdf: the whole input, a text layer on the pages read
+    report = (service.checkout / "report.txt").read_text()
+    assert report.count("\f") == 1 and "Lorem Ipsum" in report  # pages=1-2: two pages
+    # pages=1-2 with output=pdf: the whole input (its text layer kept), as the doc says
     with pymupdf.open(service.checkout / "report.ocr.pdf") as pdf:
         assert pdf.page_count == 3
-        assert [bool(page.get_text().strip()) for page in pdf] == [True, True, False]

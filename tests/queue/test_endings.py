@@ -5,6 +5,11 @@ an unexpected exception each end the job through its one exit: the result is sto
 the callback task and the HTTP callback each fire exactly once, the `ocr.job` line is
 written once (by whichever process ended the job), and nothing of the job is left in
 Redis but its result. Fake engines (tests/fake_engines.py) drive the endings.
+
+"Once" is read when the job's ending is done (its end claim marked done: the ending
+has queued its callbacks and written its line, and any later ending of the job is a
+no-op), and, for the HTTP callback, when its task has returned (the delivery it
+records on the job); no check waits a fixed time for a duplicate.
 """
 
 from __future__ import annotations
@@ -13,7 +18,6 @@ import http.server
 import json
 import re
 import threading
-import time
 import uuid
 from collections.abc import Callable, Iterator
 from typing import Any
@@ -21,7 +25,8 @@ from typing import Any
 import pytest
 
 from tasks.client import OcrClient
-from tasks.state.stores import JobControl
+from tasks.state.keys import job_ended_key
+from tasks.state.stores import ENDING_DONE, JobControl
 from tests.harness import FAKE_PLUGINS, FAST_PAGES, Worker, eventually, fake_env
 from tests.image_fixtures import png
 from tests.pdf_fixtures import image_pdf, plain_pages
@@ -66,38 +71,55 @@ def processes(start_worker: Callable[..., Worker]) -> list[Worker]:
     return [start_worker(**SETTINGS), start_worker(process="control", **SETTINGS)]
 
 
-def callback_messages(client: OcrClient, job: str, timeout: float = 30) -> list[dict]:
-    """The callback-task messages sent for `job` (others stay queued)."""
-    found: list[dict] = []
-    deadline = time.monotonic() + timeout
+# Callback-task messages taken off CALLBACK_QUEUE, by job id, until a test reads them.
+CALLBACKS: dict[str, list[dict[str, Any]]] = {}
+
+
+def wait_ending_done(client: OcrClient, job: str) -> None:
+    """Until the job's one exit has finished: its end claim is marked done.
+
+    By then the ending has queued its callback task and its HTTP callback's task, and
+    written its `ocr.job` line; any ending after it is a no-op (the claim).
+    """
+    store = client.app.backend.client
+    eventually(lambda: store.get(job_ended_key(job)) == ENDING_DONE.encode(), 30,
+               f"the ending of {job} done")
+
+
+def callback_messages(client: OcrClient, job: str) -> list[dict[str, Any]]:
+    """The callback-task messages sent for `job` since the last read, once its ending is done.
+
+    The ending queues them before it marks its claim done, so the queue already holds
+    every one: it is emptied without waiting (other jobs' messages are kept for them).
+    """
+    wait_ending_done(client, job)
     with client.app.connection() as conn:
         queue = conn.SimpleQueue(CALLBACK_QUEUE)
         try:
-            while time.monotonic() < deadline:
+            while True:
                 try:
-                    message = queue.get(timeout=1)
+                    message = queue.get(block=False)
                 except queue.Empty:
-                    if found:
-                        break
-                    continue
+                    break
                 args, _, _ = message.decode()
-                if args[0]["id"] == job:
-                    found.append(args[0])
-                    message.ack()
-                else:
-                    message.requeue()
+                CALLBACKS.setdefault(args[0]["id"], []).append(args[0])
+                message.ack()
         finally:
             queue.close()
-    return found
+    return CALLBACKS.pop(job, [])
 
 
-def http_bodies(job: str, timeout: float = 30) -> list[dict[str, Any]]:
-    def mine() -> list[dict[str, Any]]:
-        return [b for b in Receiver.bodies if b["id"] == job]
+def http_bodies(client: OcrClient, job: str) -> list[dict[str, Any]]:
+    """The bodies POSTed for `job`, once the ending is done and its callback task returned.
 
-    eventually(mine, timeout, f"the HTTP callback of {job}")
-    time.sleep(1)  # a second, duplicate callback would arrive by then
-    return mine()
+    The `ocr.http_callback` task records the delivery on the job (the result's
+    `callback`) after the receiver answered; a second POST would need a second task,
+    which only a second ending queues.
+    """
+    wait_ending_done(client, job)
+    eventually(lambda: client.result(job).get("callback"), 30,
+               f"the HTTP callback of {job} recorded")
+    return [b for b in Receiver.bodies if b["id"] == job]
 
 
 def job_lines(processes: list[Worker], job: str) -> list[dict[str, Any]]:
@@ -119,7 +141,7 @@ def check_ended_once(client: OcrClient, processes: list[Worker], job: str,
         assert result["error"]["code"] == code, result
     tasks = callback_messages(client, job)
     assert len(tasks) == 1 and tasks[0]["status"] == status, tasks
-    bodies = http_bodies(job)
+    bodies = http_bodies(client, job)
     assert len(bodies) == 1 and bodies[0]["status"] == status, bodies
     if code is not None:
         assert tasks[0]["error"]["code"] == code and bodies[0]["error"]["code"] == code
@@ -244,7 +266,7 @@ def test_cancel_queued_job_while_the_pool_is_busy(processes: list[Worker],
     job = submit(client, receiver, png(231), filename="queued.png")
     # Both pool children are busy: the control worker takes the cancel at once.
     assert client.cancel([job], wait=5) == {job: "cancelled"}
-    assert client.status(job).state == "REVOKED"
+    assert client.status(job).state == "CANCELLED"  # never Celery's REVOKED
     check_ended_once(client, processes, job, "CANCELLED")
     assert all(r["error"]["code"] == "timeout"
                for r in client.wait(blockers, timeout=60).values())
@@ -256,4 +278,5 @@ def test_cancel_of_an_ended_job_changes_nothing(processes: list[Worker],
     check_ended_once(client, processes, job, "SUCCESS")
     assert client.cancel([job]) == {job: "success"}
     assert client.result(job)["status"] == "SUCCESS"
-    assert callback_messages(client, job, timeout=3) == []
+    # The cancel's task has returned: a callback it sent would be queued by now.
+    assert callback_messages(client, job) == []

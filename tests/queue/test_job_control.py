@@ -1,7 +1,9 @@
-"""Job control through real workers: cancel, deadlines, priorities, callbacks, retry.
+"""Job control through real workers: cancel, deadlines, callbacks, retry.
 
-Each test starts its own worker (named fake engines) and stops it at the end, so
-that page queues shared by engine name are served by one worker at a time.
+Each test starts its own worker (named fake engines) and kills it at the end, so
+that page queues shared by engine name are served by one worker at a time. (An
+interactive job overtaking a running batch is tests/queue/test_brokers.py's, on both
+brokers.)
 """
 
 from __future__ import annotations
@@ -19,7 +21,7 @@ import psutil
 import pytest
 
 from tasks.client import OcrClient
-from tests.harness import FAST_PAGES, Worker, eventually, fake_env
+from tests.harness import FAST_PAGES, Worker, eventually, fake_env, kill_all
 from tests.image_fixtures import png
 from tests.pdf_fixtures import image_pdf, plain_pages
 
@@ -31,7 +33,11 @@ BASE = fake_env(*ENGINES, **FAST_PAGES)
 
 @pytest.fixture
 def worker(start_worker: Callable[..., Worker]) -> Iterator[Callable[..., Worker]]:
-    """Start a worker for one test; it is stopped when the test ends."""
+    """Start a worker for one test; it is killed when the test ends.
+
+    Killed, not stopped: the test's jobs have all ended, nothing is asserted of the
+    worker's shutdown, and a warm shutdown costs a prefork worker 2-3 s.
+    """
     mine: list[Worker] = []
 
     def start(**env: str) -> Worker:
@@ -39,8 +45,7 @@ def worker(start_worker: Callable[..., Worker]) -> Iterator[Callable[..., Worker
         return mine[-1]
 
     yield start
-    for one in mine:
-        one.stop()
+    kill_all(mine)
 
 
 def outcomes(worker: Worker, job: str) -> list[str]:
@@ -82,7 +87,8 @@ def test_cancel_a_pending_job(worker: Callable[..., Worker], client: OcrClient) 
 def test_cancel_survives_a_worker_restart(worker: Callable[..., Worker],
                                           client: OcrClient) -> None:
     queued = client.submit(png(203))  # no worker is running yet
-    client.cancel([queued])
+    # No worker can answer: the cancel stays a request (a message for the next worker).
+    assert client.cancel([queued], wait=0.1) == {queued: "requested"}
     started = worker(OCR_CONCURRENCY="1")  # a fresh worker: Celery's revoke list is empty
     follow = client.submit(png(204))
     assert client.wait([follow], timeout=30)[follow]["status"] == "SUCCESS"
@@ -97,10 +103,9 @@ def test_cancel_a_running_document(worker: Callable[..., Worker], client: OcrCli
                         engine="stuck-on-dark")
     wait_for_pages(client, job, 3)
     children_before = {p.pid for p in psutil.Process(running.proc.pid).children()}  # type: ignore[union-attr]
-    started = time.monotonic()
     assert client.cancel([job]) == {job: "cancelled"}
-    result = client.wait([job], timeout=10)[job]
-    assert time.monotonic() - started < 5
+    # Page 8 would hang for 60 s: a result within the bound is the cancel's doing.
+    result = client.wait([job], timeout=30)[job]
     assert result["status"] == "CANCELLED"
     numbers = [p["number"] for p in result["pages"]]
     assert len(numbers) >= 3 and all(p["text"].startswith("fake ") for p in result["pages"])
@@ -109,11 +114,10 @@ def test_cancel_a_running_document(worker: Callable[..., Worker], client: OcrCli
     store = client.app.backend.client
     assert not store.keys(f"ocr:doc:{job}:meta") and not store.keys(f"ocr:doc:{job}:pages")
     assert not store.keys("ocr:blob:*")
-    # the next job runs at once, on healthy children (killed ones were replaced)
-    quick = time.monotonic()
+    # the next job runs, on healthy children (killed ones were replaced)
     follow = client.submit(png(205))
-    assert client.wait([follow], timeout=15)[follow]["status"] == "SUCCESS"
-    assert time.monotonic() - quick < 10
+    assert client.wait([follow], timeout=30)[follow]["status"] == "SUCCESS"
+
     def replaced() -> set[int] | None:  # the killed children are replaced
         children = {p.pid for p in psutil.Process(running.proc.pid).children()}  # type: ignore[union-attr]
         return children if len(children) == 2 and children != children_before else None
@@ -141,22 +145,6 @@ def test_running_job_stops_at_its_deadline(worker: Callable[..., Worker],
     assert 1 <= len(done) <= 4
     assert {p["code"] for p in result["failed_pages"]} == {"deadline_exceeded"}
     assert len(done) + len(result["failed_pages"]) == 6
-
-
-def test_interactive_job_overtakes_a_running_batch(worker: Callable[..., Worker],
-                                                   client: OcrClient) -> None:
-    worker(OCR_CONCURRENCY="1", FAKE_PAGE_SECONDS="0.2")
-    batch = client.submit(image_pdf(plain_pages(40)), filename="batch.pdf",
-                          priority="batch")
-    wait_for_pages(client, batch, 2)
-    # a one-page scan: its page task waits on the same queue as the batch's 38 pages
-    urgent = client.submit(image_pdf(plain_pages(1)), filename="urgent.pdf",
-                           priority="interactive")
-    result = client.wait([urgent], timeout=60)[urgent]
-    assert result["status"] == "SUCCESS"
-    batch_now = client.status(batch)
-    assert batch_now.state == "PROGRESS" and batch_now.done < 30, batch_now
-    assert client.wait([batch], timeout=120)[batch]["status"] == "SUCCESS"
 
 
 def test_callback_task_receives_the_result(worker: Callable[..., Worker],

@@ -2,9 +2,19 @@
 
 The records of tasks/records/results.py are built here with every field that can show,
 and each JSON they give is compared with a file under tests/fixtures/results/, byte
-for byte (key order included). The files were written by the hand-written codecs
-before they were generated from the records' fields (issue 44); rewrite them with
-`python -m tests.units.test_result_json` only when the public JSON changes on purpose.
+for byte (key order included); rewrite them with `python -m tests.units.test_result_json
+--write` only when the public JSON changes on purpose.
+
+Six of the eight files are byte for byte what the hand-written codecs gave before the
+codecs were generated from the records' fields (issue 44; checked by running those
+codecs, at 44b391a^, on the same records): page_failed, page_text_layer,
+document_cancelled, document_unassembled, document_success_pdf_no_removed and
+lenient.json. `OLD_CODEC_SHA256` holds them to those bytes. Two changed on purpose:
+page_full and document_partial, whose OCR page has a `text_layer` record, which now
+says `"unplaced": 0` (the model's words the alignment found no box for, counted in the
+page record: issue 42); and document_partial, a Markdown result, whose `text` joins its
+pages with a blank line, `<!-- page N -->` and a blank line instead of a form feed, so
+that the whole Markdown stays valid CommonMark (issue 40).
 
 Each case also reads its JSON back (`from_json`) and must give the same record and the
 same JSON again: a page record crosses Redis that way, a result the cache. The lenient
@@ -14,6 +24,7 @@ decode to. Pure: no Redis, no worker.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import sys
 from pathlib import Path
@@ -149,6 +160,18 @@ _LENIENT: dict[str, tuple[Any, dict[str, Any]]] = {
 }
 
 
+# The golden files whose bytes the hand-written codecs gave (before issue 44), by sha256.
+OLD_CODEC_SHA256 = {
+    "page_failed": "09d2d221cdae633af420f70c9633c35ffc4241abf5de6a9549386079d19d7ff7",
+    "page_text_layer": "3b1da373ba613244d869f604cfb890dd5355558476d16e31d364badeca4f6848",
+    "document_cancelled": "4716e1f5579cbbe74c3c683fdb103f14c6b9a44834e554adb0e1dca5d88bf2b7",
+    "document_unassembled": "1d5ef12083e59a44073463e3c89da624cf6c22d331d5fe37921af885bfabbed4",
+    "document_success_pdf_no_removed":
+        "8bd54472ca378bef8db1cfb2be737d2ea4d0b410071ce4a329ae562a9251c6df",
+    "lenient": "7289d960fe89f630f41771c73c1bbef1ae601f8bd26e0ab1ffcfeb6e219db00d",
+}
+
+
 def _dump(data: Any) -> str:
     return json.dumps(data, indent=1, ensure_ascii=False) + "\n"
 
@@ -173,6 +196,19 @@ def test_lenient_json_decodes_as_before() -> None:
     assert list(_lenient_json()) == list(expected)
     for name, out in _lenient_json().items():
         assert list(out) == list(expected[name]), name
+
+
+@pytest.mark.parametrize("name", sorted(OLD_CODEC_SHA256))
+def test_old_codec_golden_files_are_unchanged(name: str) -> None:
+    """The six files the old codecs wrote stay those bytes, even after a `--write`."""
+    digest = hashlib.sha256((GOLDEN / f"{name}.json").read_bytes()).hexdigest()
+    assert digest == OLD_CODEC_SHA256[name], f"{name}.json no longer what the old codecs gave"
+
+
+def test_every_golden_file_is_old_or_changed_on_purpose() -> None:
+    """Each golden file is one of the six above or one of the two the docstring names."""
+    files = {path.stem for path in GOLDEN.glob("*.json")}
+    assert files == set(OLD_CODEC_SHA256) | {"page_full", "document_partial"}
 
 
 def _write() -> None:

@@ -11,7 +11,14 @@ import json
 import pytest
 
 from tasks.records.results import DocumentResult, PageRecord
-from tasks.records.status import CeleryState, JobStatus, WaitStatus, celery_final, from_celery
+from tasks.records.status import (
+    CeleryState,
+    JobStatus,
+    ShownState,
+    WaitStatus,
+    celery_final,
+    from_celery,
+)
 
 
 @pytest.mark.parametrize(("state", "seen"), [
@@ -47,3 +54,16 @@ def test_document_result_status_is_typed_and_its_json_a_plain_string() -> None:
     assert back.status is JobStatus.PARTIAL and back.to_json() == result.to_json()
     base = DocumentResult(status=None, filename="x.pdf")  # a document's base, not yet read
     assert DocumentResult.from_json(base.to_json()).status is None
+
+
+@pytest.mark.parametrize(("state", "expired", "shown"), [
+    ("REVOKED", False, ShownState.CANCELLED), ("REVOKED", True, ShownState.FAILURE),
+    ("PENDING", False, ShownState.PENDING), ("PROGRESS", False, ShownState.PROGRESS),
+    ("SUCCESS", False, ShownState.SUCCESS), ("SOME-NEW-STATE", False, ShownState.STARTED)])
+def test_a_shown_state_is_never_celerys_revoked(state: str, expired: bool,
+                                                shown: ShownState) -> None:
+    """A job's `state` beside its status (issue 39): REVOKED is CANCELLED, or FAILURE."""
+    assert ShownState.of(state, expired) is shown
+    assert "REVOKED" not in set(ShownState)
+    assert from_celery(shown) is (JobStatus.FAILURE if expired else from_celery(state))
+    assert celery_final(shown) is celery_final(state)
