@@ -18,8 +18,9 @@ Latin text, which the normalised CER counts).
   ways, interleaved: `lang=eng` (what a job without `lang` got before `auto`), its
   right `lang` (on the engine a worker routes it to: rapidocr for chi_sim) and
   `lang=auto`; CER, the page's OCR time (`PageRecord.seconds`, median) and CPU time,
-  and auto's CPU time over the right lang's (goal: at most 1.15; CPU because the wall
-  clock of a loaded machine swings more than the goal's 15 %; the wall ratio beside it).
+  and auto's CPU time over the right lang's (goal: at most 1.10 for an English page,
+  1.15 for any other; CPU because the wall clock of a loaded machine swings more than
+  the goals; the wall ratio beside it), median of 5 interleaved runs.
 """
 
 from __future__ import annotations
@@ -97,7 +98,21 @@ AUTO_PAGES = [("lang_vie_page.png", "lang_vie_page.png", 1, "vie"),
               ("scan_linn.png", "scan_linn.png", 1, "eng"),
               ("scan_tess_phototest.tif", "scan_tess_phototest.tif", 1, "eng"),
               ("scan_dh_lorem_ipsum.pdf", "scan_dh_lorem_ipsum.pdf", 1, "eng")]
+# Goals, auto's CPU time over the right lang's: an English page (right `eng`) within
+# 10 % (issue 41), any other page within 15 % (issues 33 and 41).
 GOAL_AUTO_TIME = 1.15
+GOAL_AUTO_TIME_ENG = 1.10
+# Language sets the auto rows read with (eng, vie, ell+eng, fra, deu, and the probe's
+# own handles apart): a pool child keeps OCR_TESSERACT_HANDLES (4) open, so cycling
+# through five evicted one each round and the named row, read first, paid its
+# traineddata load (0.05-0.3 s) that `auto` then found open. A child reading one
+# language keeps its handle: here every set keeps its own.
+AUTO_HANDLES = 8
+
+
+def goal(right: str) -> float:
+    """The auto / right lang CPU goal of a page whose right lang is `right`."""
+    return GOAL_AUTO_TIME_ENG if right == "eng" else GOAL_AUTO_TIME
 
 
 def auto_direct(repeats: int) -> dict[str, dict[str, dict[str, Any]]]:
@@ -117,7 +132,8 @@ def auto_direct(repeats: int) -> dict[str, dict[str, dict[str, Any]]]:
     from tasks.settings import Settings
 
     settings = Settings.from_env({**BASE_ENV, "OCR_CONCURRENCY": "1",
-                                  "OCR_RAPIDOCR_THREADS": "1"})
+                                  "OCR_RAPIDOCR_THREADS": "1",
+                                  "OCR_TESSERACT_HANDLES": str(AUTO_HANDLES)})
     configure_pillow(settings)
     engines = ResidentEngines(settings=settings, primary="tesseract")
     out: dict[str, dict[str, dict[str, Any]]] = {}
@@ -174,8 +190,9 @@ def auto_report(repeats: int) -> tuple[Table, dict[str, Any], list[Ratio]]:
                                seconds / right if right else 0.0])
         auto = median(by_way["auto"]["cpu"])
         ratio = auto / right_cpu if right_cpu else 0.0
+        bound = goal(by_way["right"]["lang"])
         ratios.append(Ratio(f"auto / {by_way['right']['lang']} OCR CPU time, {name}", ratio,
-                            goal=f"<= {GOAL_AUTO_TIME}", met=ratio <= GOAL_AUTO_TIME,
+                            goal=f"<= {bound}", met=ratio <= bound,
                             note="wall: " + f"{median(by_way['auto']['seconds']) / right:.2f}"
                             if right else ""))
     data = {name: {way: {k: v for k, v in row.items() if k != "text"}
@@ -221,7 +238,7 @@ def run(ctx: Context) -> Report:
             queue.rows.append([label, seconds, pages / seconds, f"{cer:.2%}", f"{cer_ns:.2%}"])
             data_out["queue"][label] = {"seconds": seconds, "pages": pages, "cer": cer,
                                         "cer_no_space": cer_ns, "env": env}
-    auto_table, data_out["auto"], auto_ratios = auto_report(repeats)
+    auto_table, data_out["auto"], auto_ratios = auto_report(ctx.size(5, 1))
     report = Report("languages", tables=[table, queue, auto_table], data=data_out)
     report.ratios.extend(auto_ratios)
     rapid = data_out["direct"]["rapidocr"]

