@@ -192,10 +192,13 @@ lint: $(VENV)/.dev
 
 # Two test processes by default: most of a test's time is spent waiting on the
 # processes it started, so two modules at once fit two cores (docs/testing.md).
-# TEST_PROCESSES=0 runs them in this one process.
+# TEST_PROCESSES=0 runs them in this one process; TEST_PROCESSES=3 to compare (the
+# summary's last lines: each process's seconds, and how busy the CPUs were). The
+# longest groups go first, in tests/conftest.py's order (--no-loadscope-reorder:
+# pytest-xdist would order them by their number of tests).
 TEST_PROCESSES ?= 2
 test: $(VENV)/.dev redis-server rabbitmq-server podman test-langs ocrmypdf-plugin lint
-	pytest $(if $(filter-out 0,$(TEST_PROCESSES)),-n $(TEST_PROCESSES) --dist loadgroup)
+	pytest $(if $(filter-out 0,$(TEST_PROCESSES)),-n $(TEST_PROCESSES) --dist loadgroup --no-loadscope-reorder)
 
 # OMP_THREAD_LIMIT=1: one OpenMP thread per tesseract, as the workers run it
 # (OCR_TESSERACT_THREADS=1); Debian's tesseract on 2 cores is ~8x slower without it.

@@ -23,7 +23,6 @@ import secrets
 import shutil
 import subprocess
 import sys
-import time
 from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
@@ -39,7 +38,7 @@ from PIL import Image
 from tasks.client import OcrClient
 from tasks.settings import Settings
 from tests.cer import cer
-from tests.harness import CORPUS, ROOT, VENV_BIN, free_port, procfile_command
+from tests.harness import CORPUS, ROOT, VENV_BIN, eventually, free_port, procfile_command
 
 pytestmark = [pytest.mark.containers, pytest.mark.timeout(3600)]
 
@@ -163,32 +162,46 @@ class Stack:
     def start_worker(self) -> None:
         """Start the stopped worker container; return once its health says ready."""
         self.podman.run("start", self.container("worker"))
-        deadline = time.monotonic() + READY_SECONDS
-        while True:
-            done = self.exec("worker", "python", "-m", "scripts.health", "worker", "ready",
-                             check=False)
-            if done.returncode == 0:
-                return
-            assert time.monotonic() < deadline, done.stderr
-            time.sleep(1)
+        self.wait_healthy(self.container("worker"))
 
-    def wait_ready(self, deadline: float) -> None:
+    def wait_healthy(self, name: str) -> None:
+        """Until container `name`'s worker health command says ready; fail if it exits."""
+        last = ""
+
+        def ready() -> bool:
+            nonlocal last
+            done = self.podman.run("exec", name, "python", "-m", "scripts.health", "worker",
+                                   "ready", check=False)
+            if done.returncode == 0:
+                return True
+            last = done.stderr
+            state = self.podman.inspect("container", name)["State"]
+            assert state["Running"], self.podman.run("logs", name, check=False).stderr[-3000:]
+            return False
+
+        # A health command is a Python start in the container: one a second at most.
+        eventually(ready, READY_SECONDS, lambda: f"{name} ready: {last}", interval=1)
+
+    def wait_ready(self) -> None:
         """Until the API says Redis answers and a worker consumes `ocr`."""
         last = ""
-        while time.monotonic() < deadline:
+
+        def ready() -> bool:
+            nonlocal last
             try:
                 answer = requests.get(f"{self.api}/readyz", timeout=5)
                 if answer.status_code == 200:
-                    return
+                    return True
                 last = answer.text
             except requests.RequestException as exc:
                 last = type(exc).__name__
             for service in ("api", "worker", "redis"):
                 state = self.podman.inspect("container", self.container(service))["State"]
                 assert state["Running"], f"{service} exited:\n{self.logs(service)[-3000:]}"
-            time.sleep(2)
-        raise AssertionError(f"the API never became ready: {last}\n"
-                             f"{self.logs('worker')[-3000:]}")
+            return False
+
+        eventually(ready, READY_SECONDS, lambda: f"the API ready: {last}\n"
+                   f"{self.logs('worker')[-3000:]}", interval=1)
 
 
 @pytest.fixture(scope="module")
@@ -225,7 +238,7 @@ def stack(podman: Podman, image: str,
     stack = Stack(podman, tmp_path_factory.mktemp("compose"))
     try:
         stack.compose("up", "-d")
-        stack.wait_ready(time.monotonic() + READY_SECONDS)
+        stack.wait_ready()
         yield stack
     finally:
         if stack.left_over():
@@ -254,15 +267,15 @@ def queued(stack: Stack) -> int:
     Waits for Redis to answer first (it may be loading its append-only file).
     """
     client = redis.Redis.from_url(stack.redis_url)
-    deadline = time.monotonic() + 120
+
+    def answers() -> bool:
+        try:
+            return bool(client.ping())
+        except (redis.ConnectionError, redis.BusyLoadingError):
+            return False
+
     try:
-        while True:
-            try:
-                client.ping()
-                break
-            except (redis.ConnectionError, redis.BusyLoadingError):
-                assert time.monotonic() < deadline, "redis did not come back"
-                time.sleep(0.5)
+        eventually(answers, 120, "redis to come back", interval=0.2)
         names = [k for k in client.scan_iter(match=b"ocr*", count=1000)
                  if k == b"ocr" or k.startswith(b"ocr\x06\x16")]
         return sum(int(client.llen(k)) for k in names)
@@ -331,13 +344,14 @@ def test_scanned_pdf_through_the_api_container(stack: Stack) -> None:
                          files={"file": (pdf.name, pdf.read_bytes(), "application/pdf")})
     assert sent.status_code == 202, sent.text
     job = sent.json()["id"]
-    deadline = time.monotonic() + 300
     status: dict[str, Any] = {}
-    while time.monotonic() < deadline:
-        status = requests.get(f"{stack.api}/v1/jobs/{job}", headers=auth, timeout=30).json()
-        if status["status"] not in ("QUEUED", "RUNNING"):
-            break
-        time.sleep(1)
+
+    def ended() -> bool:
+        status.update(requests.get(f"{stack.api}/v1/jobs/{job}", headers=auth,
+                                   timeout=30).json())
+        return status["status"] not in ("QUEUED", "RUNNING")
+
+    eventually(ended, 300, lambda: f"job {job} to end: {status}", interval=0.5)
     assert status["status"] == "SUCCESS", status
     text = requests.get(f"{stack.api}/v1/jobs/{job}/result?format=text", headers=auth,
                         timeout=30).text
@@ -378,16 +392,7 @@ def test_other_engines_run_in_the_image(stack: Stack) -> None:
         "-e", "OCR_VLM_API_MODEL=none", "-e", "WORKER_NAME=vlm",
         "-e", "OCR_QUEUES=ocr-vlm-api", "-e", "OCR_CONCURRENCY=1", IMAGE)
     try:
-        deadline = time.monotonic() + READY_SECONDS
-        while True:
-            health = stack.podman.run("exec", name, "python", "-m", "scripts.health",
-                                      "worker", "ready", check=False)
-            if health.returncode == 0:
-                break
-            state = stack.podman.inspect("container", name)["State"]
-            assert state["Running"], stack.podman.run("logs", name).stderr[-3000:]
-            assert time.monotonic() < deadline, health.stderr
-            time.sleep(1)
+        stack.wait_healthy(name)
         logs = stack.podman.run("logs", name)
         assert "serves engine queue ocr-vlm-api" in logs.stdout + logs.stderr
     finally:
@@ -445,10 +450,7 @@ def test_worker_stopped_mid_document_reads_every_page_once(stack: Stack,
     before = stack.logs("worker")
     try:
         job = client.submit(pdf.read_bytes(), filename=pdf.name)
-        deadline = time.monotonic() + 600
-        while client.status(job).done < 1:
-            assert time.monotonic() < deadline, "no page was read"
-            time.sleep(0.2)
+        eventually(lambda: client.status(job).done >= 1, 600, "a page read", interval=0.2)
         stack.podman.run("stop", "-t", "600", worker, timeout=900)  # SIGTERM, waits
         state = stack.podman.inspect("container", worker)["State"]
         stopped_at = client.status(job)

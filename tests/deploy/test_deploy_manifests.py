@@ -9,7 +9,8 @@ latest; every keda.sh object against KEDA's own CRD schemas
 say is checked against the project: each container runs its Procfile line under
 `sh -c`, probes are the health commands, grace periods cover the time limits of the
 settings the pod runs with, each worker pool has one ScaledObject reading its own
-queues with a cooldown of at least the visibility timeout. Without a cluster: the
+queues, whose scale-down windows (KEDA's cooldown to zero, the HPA's between 1 and
+N pods) are at least the visibility timeout. Without a cluster: the
 figure the ScaledObjects read is tested against a real worker in test_keda_figure.py.
 """
 
@@ -233,10 +234,9 @@ def test_one_scaled_object_per_pool_on_its_own_queues(overlay: tuple[str, list[O
     scaled = {o["spec"]["scaleTargetRef"]["name"]: o for o in objects
               if o["kind"] == "ScaledObject"}
     metrics = _find(objects, "Service", "ocr-metrics")
-    for deployment, _, settings, env in _worker_pools(objects):
+    for deployment, _, _, env in _worker_pools(objects):
         target = scaled.pop(deployment["metadata"]["name"])
         spec = target["spec"]
-        assert spec["cooldownPeriod"] >= settings.visibility_timeout
         if spec["minReplicaCount"] == 0:
             for trigger in spec["triggers"]:
                 activation = trigger["metadata"].get(
@@ -265,6 +265,52 @@ def test_one_scaled_object_per_pool_on_its_own_queues(overlay: tuple[str, list[O
         assert found and set(found.group(1).split(",")) == queues
         assert trigger["metadata"]["valueLocation"] == "value"
     assert not scaled, f"ScaledObjects without a worker pool: {sorted(scaled)}"
+
+
+def _scales_down_too_fast(objects: list[Obj]) -> list[str]:
+    """Pools whose scale-down windows are shorter than their visibility timeout.
+
+    Both windows: KEDA's `cooldownPeriod` (1 -> 0 pods) and the HPA's scale-down
+    `stabilizationWindowSeconds` (N -> 1; the HPA's own default, 300 s, when unset),
+    against OCR_VISIBILITY_TIMEOUT as the pool's pods read it (their ConfigMap and env).
+    """
+    scaled = {o["spec"]["scaleTargetRef"]["name"]: o["spec"] for o in objects
+              if o["kind"] == "ScaledObject"}
+    too_fast = []
+    for deployment, _, settings, _ in _worker_pools(objects):
+        name = deployment["metadata"]["name"]
+        spec = scaled[name]
+        behavior = spec.get("advanced", {}).get("horizontalPodAutoscalerConfig", {}).get(
+            "behavior", {})
+        window = behavior.get("scaleDown", {}).get("stabilizationWindowSeconds", 300)
+        for what, seconds in (("cooldownPeriod", spec.get("cooldownPeriod", 300)),
+                              ("stabilizationWindowSeconds", window)):
+            if seconds < settings.visibility_timeout:
+                too_fast.append(f"{name} {what} {seconds} < {settings.visibility_timeout}")
+    return too_fast
+
+
+def test_no_pool_scales_down_within_the_visibility_timeout(
+        overlay: tuple[str, list[Obj]]) -> None:
+    """Every pool's scale-down windows are at least its visibility timeout (docs/deploy.md)."""
+    _, objects = overlay
+    assert len(list(_worker_pools(objects))) >= 2
+    assert _scales_down_too_fast(objects) == []
+
+
+def test_scale_down_windows_follow_the_configmap() -> None:
+    """The control: a longer visibility timeout in the ConfigMap makes every window short."""
+    objects = build(DEPLOY / "overlays" / "gpu-vllm")
+    config = _find(objects, "ConfigMap", "ocr-config")["data"]
+    longest = max(max(o["spec"]["cooldownPeriod"], o["spec"]["advanced"][
+        "horizontalPodAutoscalerConfig"]["behavior"]["scaleDown"]["stabilizationWindowSeconds"])
+        for o in objects if o["kind"] == "ScaledObject")
+    # Raised past every window; the time limits stay under it (the settings' own check).
+    config["OCR_VISIBILITY_TIMEOUT"] = str(longest + 1)
+    too_fast = _scales_down_too_fast(objects)
+    pools = [d["metadata"]["name"] for d, *_ in _worker_pools(objects)]
+    assert sorted({line.split()[0] for line in too_fast}) == sorted(pools)
+    assert len(too_fast) == 2 * len(pools)
 
 
 def test_gpu_pool_scales_to_zero_with_its_server_beside_it() -> None:

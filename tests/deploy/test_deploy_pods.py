@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import json
 import secrets
-import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -29,7 +28,7 @@ from tasks.client import OcrClient
 from tasks.settings import Settings
 from tests.deploy.test_containers import Podman, image, podman  # noqa: F401 - fixtures
 from tests.deploy.test_deploy_manifests import DEPLOY
-from tests.harness import corpus, free_port
+from tests.harness import corpus, eventually, free_port
 from tests.kustomize_lite import build
 
 pytestmark = [pytest.mark.containers, pytest.mark.timeout(3600)]
@@ -159,9 +158,9 @@ def test_every_container_is_healthy_reads_jobs_and_stops_on_sigterm(
         pods: tuple[Pods, str]) -> None:
     runner, redis_url = pods
     waiting = {name: container for name, _, container in runner.started}
-    deadline = time.monotonic() + READY_SECONDS
     why: dict[str, str | None] = {}
-    while waiting and time.monotonic() < deadline:
+
+    def all_healthy() -> bool:
         for name, container in list(waiting.items()):
             state = runner.podman.inspect("container", name)["State"]
             logs = "" if state["Running"] else runner.podman.run("logs", name).stderr
@@ -169,8 +168,12 @@ def test_every_container_is_healthy_reads_jobs_and_stops_on_sigterm(
             why[name] = _healthy(runner.podman, name, container)
             if why[name] is None:
                 del waiting[name]
-        time.sleep(2)
-    assert not waiting, {name: why.get(name) for name in waiting}
+        return not waiting
+
+    # Each round runs the health commands (Python starts in the containers) of the
+    # containers not yet healthy: a round a second at most.
+    eventually(all_healthy, READY_SECONDS,
+               lambda: str({name: why.get(name) for name in waiting}), interval=1)
 
     client = OcrClient(Settings.from_env({"REDIS_URL": redis_url}))
     try:

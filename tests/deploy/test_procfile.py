@@ -11,7 +11,7 @@ Flower, the metrics exporter and the API over HTTP, vlm-server its idle message.
 from __future__ import annotations
 
 import shutil
-import time
+import socket
 import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -21,7 +21,7 @@ import redis
 import requests
 
 from tasks.client import OcrClient
-from tests.harness import ROOT, ProcfileProcess, free_port
+from tests.harness import ROOT, ProcfileProcess, free_port, kill_all, waits_for_a_signal
 
 pytestmark = pytest.mark.slow
 START_BOUND = 120.0  # seconds: a worker loading its engine on a loaded machine
@@ -55,7 +55,11 @@ def pings(client: OcrClient, node: str) -> Callable[[], bool]:
 
 @pytest.fixture
 def started(tmp_path: Path) -> Iterator[Callable[..., ProcfileProcess]]:
-    """Start a Procfile line as a plain command; every one started is stopped."""
+    """Start a Procfile line as a plain command; every one started is ended.
+
+    Killed: nothing is asserted of their shutdown (a warm shutdown costs a worker
+    2-3 s), but beat, which writes its schedule into the checkout's var/, is stopped.
+    """
     mine: list[ProcfileProcess] = []
 
     def start(name: str, **env: str) -> ProcfileProcess:
@@ -67,7 +71,9 @@ def started(tmp_path: Path) -> Iterator[Callable[..., ProcfileProcess]]:
 
     yield start
     for process in mine:
-        process.stop()
+        if process.process == "beat":
+            process.stop()
+    kill_all(mine)
 
 
 def check_redis(start: Callable[..., ProcfileProcess], redis_url: str,
@@ -95,27 +101,39 @@ def check_worker(start: Callable[..., ProcfileProcess], redis_url: str,
     process = start("worker", REDIS_URL=redis_url, WORKER_NAME=name, OCR_ENGINE="tesseract",
                     OCR_CONCURRENCY="1")
     wait_until(process, lambda: " ready." in process.log())
-    node = next(n for n in _nodes(client) if n.startswith(f"{name}@"))
-    assert pings(client, node)()
+    wait_until(process, pings(client, _node(name)))
 
 
 def check_control(start: Callable[..., ProcfileProcess], redis_url: str,
                   client: OcrClient) -> None:
     process = start("control", REDIS_URL=redis_url)
     wait_until(process, lambda: " ready." in process.log())
-    assert any(node.startswith("control@") for node in _nodes(client))
+    wait_until(process, pings(client, _node("control")))
 
 
-def _nodes(client: OcrClient) -> list[str]:
-    return [node for reply in client.app.control.ping(timeout=2.0) for node in reply]
+def _node(name: str) -> str:
+    """The node name of the Procfile's `--hostname=NAME@%h` on this host.
+
+    A ping to one node returns on its reply, where a broadcast waits out its timeout.
+    """
+    return f"{name}@{socket.gethostname()}"
 
 
 def check_beat(start: Callable[..., ProcfileProcess], redis_url: str,
                client: OcrClient) -> None:
+    before = _schedule_files()
     process = start("beat", REDIS_URL=redis_url)
     wait_until(process, lambda: "beat: Starting..." in process.log())
-    time.sleep(1)  # the schedule is opened after the start line
+    # After the start line beat opens its schedule and writes it (the Procfile's
+    # --schedule=var/celerybeat-schedule): then it is past its start.
+    wait_until(process, lambda: _schedule_files() != before)
     assert process.proc is not None and process.proc.poll() is None, process.log()
+
+
+def _schedule_files() -> dict[str, int]:
+    """The schedule files beat keeps in the checkout's var/, and when each was written."""
+    return {path.name: path.stat().st_mtime_ns
+            for path in (ROOT / "var").glob("celerybeat-schedule*")}
 
 
 def check_flower(start: Callable[..., ProcfileProcess], redis_url: str,
@@ -144,8 +162,9 @@ def check_vlm_server(start: Callable[..., ProcfileProcess], redis_url: str,
                      client: OcrClient) -> None:
     process = start("vlm-server", REDIS_URL=redis_url)  # no vlm-api worker: it idles
     wait_until(process, lambda: "vlm-server: " in process.log())
-    time.sleep(1)
-    assert process.proc is not None and process.proc.poll() is None, process.log()
+    assert process.proc is not None
+    wait_until(process, lambda: waits_for_a_signal(process.proc.pid))  # type: ignore[union-attr]
+    assert "vlm-server: idle: " in process.log(), process.log()
 
 
 CHECKS = {"redis": check_redis, "worker": check_worker, "control": check_control,
