@@ -6,10 +6,13 @@ service (real workers, the real HTTP API, Redis).
 
 OCRmyPDF's own tesseract reads the corpus's scanned 6-page PDF once; the plugin reads it
 by the HTTP API with a token and by the broker, each within 1 CER point of it, with
-every page a job the workers logged. A vlm-api worker against the simulated inference
-server gives hOCR whose words carry the model's text on tesseract's boxes. A service
-that is down, a refused token and a failed page end OCRmyPDF with one line, a non-zero
-exit and no output file.
+every page a job the workers logged, in the languages `-l` named (`auto` without it,
+on the command line and through the Python API alike). A vlm-api worker against the
+simulated inference server gives hOCR whose words carry the model's text on
+tesseract's boxes. The HTTP API stopped while OCRmyPDF is mid-document (a page read, the
+next held at the model), a service that was never up, a refused token and a failed page
+end OCRmyPDF with one line, a non-zero exit and no output file; `--ocr-engine
+tesseract|none` leaves OCRmyPDF to itself.
 """
 
 from __future__ import annotations
@@ -20,6 +23,7 @@ import json
 import os
 import re
 import subprocess
+import threading
 import xml.etree.ElementTree as ET
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -81,16 +85,28 @@ def _installed_plugin() -> Path:
     return installed
 
 
+def _environment(env: dict[str, str] | None) -> dict[str, str]:
+    """The environment without the service's settings and Python's paths, plus `env`."""
+    clean = {k: v for k, v in os.environ.items()
+             if not k.startswith(("OCR_", "REDIS_", "PYTHON", "VIRTUAL_ENV"))}
+    return {**clean, **(env or {})}
+
+
 def ocrmypdf(*args: str | Path, env: dict[str, str] | None = None,
              timeout: float = 600) -> subprocess.CompletedProcess[str]:
     """`ocrmypdf ARGS` from the clean venv, outside the checkout.
 
     Nothing of the checkout is importable unless `env` puts it on PYTHONPATH.
     """
-    clean = {k: v for k, v in os.environ.items()
-             if not k.startswith(("OCR_", "REDIS_", "PYTHON", "VIRTUAL_ENV"))}
     return subprocess.run([str(OCRMYPDF), *map(str, args)], capture_output=True, text=True,
-                          timeout=timeout, cwd="/", env={**clean, **(env or {})})
+                          timeout=timeout, cwd="/", env=_environment(env))
+
+
+def start_ocrmypdf(*args: str | Path) -> subprocess.Popen[str]:
+    """`ocrmypdf ARGS` as `ocrmypdf` runs it, started and left running."""
+    return subprocess.Popen([str(OCRMYPDF), *map(str, args)], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, cwd="/",
+                            env=_environment(None))
 
 
 def text_layer(pdf: Path) -> str:
@@ -130,11 +146,39 @@ def tesseract_worker(start_worker: Callable[..., Worker], installed: Path,
     return worker
 
 
+class GatedSimulator(SimulatedInferenceServer):
+    """The simulated inference server, with a gate a test closes from one request on.
+
+    `hold_from(n)`: the request that arrives n-th (counting from 0 over the server's
+    life) and every later one wait until `open_gate()` (at most `hold_timeout`).
+    """
+
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self._held_from: int | None = None
+        self._gate = threading.Event()
+
+    def hold_from(self, arrival: int) -> None:
+        self._gate.clear()
+        self._held_from = arrival
+
+    def open_gate(self) -> None:
+        self._held_from = None
+        self._gate.set()
+
+    def _wait(self, arrived: float) -> None:
+        held_from = self._held_from
+        if held_from is not None and self.arrivals.index(arrived) >= held_from:
+            self._gate.wait(self.hold_timeout)
+        super()._wait(arrived)
+
+
 @pytest.fixture(scope="module")
-def simulated() -> Iterator[SimulatedInferenceServer]:
+def simulated() -> Iterator[GatedSimulator]:
     """The vlm-api workers' inference server: a simulator answering every page at once."""
-    server = SimulatedInferenceServer(text=SIMULATED_TEXT).start()
+    server = GatedSimulator(text=SIMULATED_TEXT).start()
     yield server
+    server.open_gate()
     server.stop()
 
 
@@ -153,6 +197,17 @@ def api(tmp_path_factory: pytest.TempPathFactory, redis_url: str, tesseract_work
 
 
 @pytest.fixture(scope="module")
+def vlm_worker(start_worker: Callable[..., Worker], api: tuple[ApiServer, str],
+               simulated: GatedSimulator) -> Worker:
+    """A vlm-api worker (queue ocr-vlm-api) reading pages at the simulated server."""
+    worker = start_worker(OCR_ENGINE="vlm-api", OCR_VLM_API_URL=simulated.url,
+                          OCR_VLM_API_MODEL="simulated-vlm", OCR_QUEUES="ocr-vlm-api",
+                          OCR_CONCURRENCY="1", OCR_CACHE_RESULTS="0")
+    ready(api[0], "ocr-vlm-api")
+    return worker
+
+
+@pytest.fixture(scope="module")
 def own_tesseract(tmp_path_factory: pytest.TempPathFactory, installed: Path) -> float:
     """The CER of OCRmyPDF's own tesseract on the scan (the plugin present, not chosen)."""
     out = tmp_path_factory.mktemp("own") / "out.pdf"
@@ -164,7 +219,7 @@ def own_tesseract(tmp_path_factory: pytest.TempPathFactory, installed: Path) -> 
 
 def test_http_api_with_a_token_reads_every_page_as_its_tesseract_does(
         api: tuple[ApiServer, str], tesseract_worker: Worker, own_tesseract: float,
-        tmp_path: Path) -> None:
+        client: Any, tmp_path: Path) -> None:
     server, token = api
     # The HTTP path imports nothing of the service's stack: these would fail if it did.
     poison = tmp_path / "poison"
@@ -184,6 +239,7 @@ def test_http_api_with_a_token_reads_every_page_as_its_tesseract_does(
     assert len(jobs) == PAGES, jobs
     assert {(j["engine"], j["outcome"], j["pages"]) for j in jobs} == {("tesseract",
                                                                         "SUCCESS", 1)}
+    assert {client.result(j["id"])["lang"] for j in jobs} == {"eng"}  # -l eng
 
 
 def test_broker_url_from_the_environment_reads_every_page(
@@ -203,20 +259,26 @@ def test_broker_url_from_the_environment_reads_every_page(
 
 
 def test_python_api_call_as_paperless_makes_it(api: tuple[ApiServer, str],
-                                               tesseract_worker: Worker,
+                                               tesseract_worker: Worker, client: Any,
                                                tmp_path: Path) -> None:
-    """`ocrmypdf.ocr(**args)` as paperless-ngx calls it.
+    """`ocrmypdf.ocr(**args)` as paperless-ngx calls it, then with `"language": null`.
 
-    Threads, its language, a sidecar, and the plugin's options as
-    PAPERLESS_OCR_USER_ARGS would add them (docs/ocrmypdf.md).
+    Threads, its language, a sidecar, and the plugin's options merged last as
+    PAPERLESS_OCR_USER_ARGS would add them (docs/ocrmypdf.md): the page's job has that
+    language. The same call with `"language": null` among the user arguments (in the
+    same process) is `lang=auto`, as the command line without `-l` is.
     """
     server, token = api
     before = len(page_jobs(tesseract_worker))
     user_args = {"ocr_queue_url": server.url, "ocr_queue_token": token}
     code = ("import json, sys, ocrmypdf\n"
-            "sys.exit(ocrmypdf.ocr(sys.argv[1], sys.argv[2], use_threads=True, jobs=1,"
-            " language='eng', output_type='pdf', progress_bar=False, force_ocr=True,"
-            " sidecar=sys.argv[3], **json.loads(sys.argv[4])))")
+            "ours = dict(use_threads=True, jobs=1, language='eng', output_type='pdf',"
+            " progress_bar=False, force_ocr=True)\n"
+            "user = json.loads(sys.argv[4])\n"
+            "code = ocrmypdf.ocr(sys.argv[1], sys.argv[2], sidecar=sys.argv[3],"
+            " **{**ours, **user})\n"
+            "sys.exit(code or ocrmypdf.ocr(sys.argv[1], sys.argv[2] + '.auto.pdf',"
+            " **{**ours, **user, 'language': None}))")
     out, sidecar = tmp_path / "archive.pdf", tmp_path / "sidecar.txt"
     done = subprocess.run([str(VENV / "bin" / "python"), "-c", code,
                            str(corpus("scan_linn_skew.pdf")), str(out), str(sidecar),
@@ -225,8 +287,9 @@ def test_python_api_call_as_paperless_makes_it(api: tuple[ApiServer, str],
     assert done.returncode == 0, done.stderr
     text = sidecar.read_text()
     assert "32 Track MIDI Sequence Recorder" in text and "Oxnard Street" in text, text
-    jobs = jobs_since(tesseract_worker, before, 1)
-    assert [(j["engine"], j["outcome"]) for j in jobs] == [("tesseract", "SUCCESS")]
+    jobs = jobs_since(tesseract_worker, before, 2)
+    assert [(j["engine"], j["outcome"]) for j in jobs] == [("tesseract", "SUCCESS")] * 2
+    assert [client.result(j["id"])["lang"] for j in jobs] == ["eng", "auto"]
 
 
 def test_rotate_pages_asks_the_services_orientation_check(
@@ -260,13 +323,9 @@ def test_rotate_pages_asks_the_services_orientation_check(
 
 
 def test_vlm_api_page_gives_hocr_with_the_models_words_on_boxes(
-        start_worker: Callable[..., Worker], api: tuple[ApiServer, str],
-        simulated: SimulatedInferenceServer, tmp_path: Path) -> None:
+        api: tuple[ApiServer, str], vlm_worker: Worker, simulated: GatedSimulator,
+        tmp_path: Path) -> None:
     server, token = api
-    start_worker(OCR_ENGINE="vlm-api", OCR_VLM_API_URL=simulated.url,
-                 OCR_VLM_API_MODEL="simulated-vlm", OCR_QUEUES="ocr-vlm-api",
-                 OCR_CONCURRENCY="1", OCR_CACHE_RESULTS="0")
-    ready(server, "ocr-vlm-api")
     page = tmp_path / "page.pdf"
     with pymupdf.open(corpus(SCAN)) as doc, pymupdf.open() as one:
         one.insert_pdf(doc, from_page=0, to_page=0)
@@ -292,13 +351,67 @@ def test_vlm_api_page_gives_hocr_with_the_models_words_on_boxes(
         assert 0 <= x0 < x1 <= int(page_box[1]) and 0 <= y0 < y1 <= int(page_box[2])
 
 
+def test_api_stopped_mid_document_ends_ocrmypdf_with_one_line_and_no_output(
+        redis_url: str, api: tuple[ApiServer, str], vlm_worker: Worker,
+        simulated: GatedSimulator, tmp_path: Path) -> None:
+    """The HTTP API stops while OCRmyPDF is mid-document: exit 3, one line, no PDF.
+
+    An API process of its own, on the module's Redis and workers (the module's API
+    keeps serving the other tests). OCRmyPDF reads the 6-page scan one page at a time
+    through the vlm-api worker, whose model answers page 1 and holds page 2: the API is
+    stopped with page 1 read and page 2 in flight. Page 2's job still ends once the
+    model answers, read by nobody.
+    """
+    _, token = api
+    own = ApiServer(tmp_path / "api.log", {"REDIS_URL": redis_url,
+                                           "OCR_VLM_API_URL": simulated.url,
+                                           "OCR_VLM_API_MODEL": "simulated-vlm"}).start()
+    run = None
+    out = tmp_path / "out.pdf"
+    before = len(page_jobs(vlm_worker))
+    arrivals = len(simulated.arrivals)
+    simulated.hold_from(arrivals + 1)  # page 1's request passes, page 2's waits
+    try:
+        ready(own, "ocr-vlm-api")
+        run = start_ocrmypdf("--force-ocr", "--jobs", "1", "--output-type", "pdf",
+                             "--ocr-queue-url", own.url, "--ocr-queue-token", token,
+                             "--ocr-queue-engine", "vlm-api", corpus(SCAN), out)
+
+        def mid_document() -> bool:
+            if run.poll() is not None:
+                raise AssertionError(f"ocrmypdf ended first: {run.communicate()}")
+            return len(simulated.arrivals) >= arrivals + 2 and \
+                len(page_jobs(vlm_worker)) > before
+
+        eventually(mid_document, 120, "page 1 read and page 2 held at the model")
+        # Stopped as a supervisor stops it, with a short grace: on SIGTERM uvicorn waits
+        # for open responses, and page 2's event stream is one, so SIGKILL ends it.
+        own.stop_grace = 2.0
+        own.stop()
+        _, stderr = run.communicate(timeout=120)
+    finally:
+        simulated.open_gate()
+        own.stop()
+        if run is not None and run.poll() is None:
+            run.kill()
+            run.communicate()
+    lines = [line for line in stderr.splitlines() if "ocr-queue:" in line]
+    assert run.returncode == 3 and len(lines) == 1, stderr
+    assert f"the OCR service at {own.url}" in lines[0], stderr
+    assert "Traceback" not in stderr and not out.exists()
+    # The two pages' jobs end SUCCESS (page 2 once the model answers): nothing of this
+    # run is left to the next test.
+    jobs = jobs_since(vlm_worker, before, 2)
+    assert [j["outcome"] for j in jobs] == ["SUCCESS", "SUCCESS"], jobs
+
+
 def test_failures_end_ocrmypdf_with_one_line_and_no_output(
         api: tuple[ApiServer, str], tmp_path: Path) -> None:
     server, token = api
-    pool = ThreadPoolExecutor(6)
+    pool = ThreadPoolExecutor(7)
     page = corpus("scan_linn_skew.pdf")
-    out = tmp_path / "out.pdf"
-    down = f"http://127.0.0.1:{free_port()}"
+    out, nothing_read = tmp_path / "out.pdf", tmp_path / "none.pdf"
+    down = f"http://127.0.0.1:{free_port()}"  # a service that was never up
     cases = [
         (["--ocr-queue-url", down, "--ocr-queue-token", token], 3,
          f"cannot reach the OCR service at {down}"),
@@ -315,9 +428,12 @@ def test_failures_end_ocrmypdf_with_one_line_and_no_output(
                 ocrmypdf, *COMMON, *args, page, tmp_path / f"out{n}.pdf",
                 env={"PYTHONPATH": str(ROOT)}))
             for n, (args, code, message) in enumerate(cases)]
-    # --ocr-engine tesseract with a URL set: OCRmyPDF reads the page itself.
+    # --ocr-engine tesseract or none with a URL set: the plugin returns no engine, and
+    # OCRmyPDF reads the page itself, or reads nothing (no text layer at all).
     own = pool.submit(ocrmypdf, *COMMON, "--ocr-engine", "tesseract", page, out,
                       env={"OCR_QUEUE_URL": down})
+    none = pool.submit(ocrmypdf, *COMMON, "--ocr-engine", "none", page, nothing_read,
+                       env={"OCR_QUEUE_URL": down})
     for args, code, message, output, future in runs:
         done = future.result()
         lines = [line for line in done.stderr.splitlines() if "ocr-queue:" in line]
@@ -325,6 +441,10 @@ def test_failures_end_ocrmypdf_with_one_line_and_no_output(
             (args, done.returncode, done.stderr)
         assert "Traceback" not in done.stderr and not output.exists()
     done = own.result()
+    assert done.returncode == 0 and "ocr-queue" not in done.stderr, done.stderr
+    assert "Oxnard Street" in text_layer(out)
+    done = none.result()
     pool.shutdown()
     assert done.returncode == 0 and "ocr-queue" not in done.stderr, done.stderr
+    assert nothing_read.exists() and text_layer(nothing_read).strip() == ""
     assert requests.get(f"{server.url}/healthz", timeout=5).status_code == 200

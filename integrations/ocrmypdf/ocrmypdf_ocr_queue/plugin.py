@@ -19,7 +19,7 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from ocrmypdf import hookimpl
+from ocrmypdf import OcrOptions, hookimpl
 from ocrmypdf.exceptions import BadArgsError, MissingDependencyError, SubprocessOutputError
 from ocrmypdf.pluginspec import OcrEngine, OrientationConfidence
 
@@ -35,17 +35,9 @@ SANDWICH = ("ocr-queue: the service gives hOCR, not a text-only PDF: leave --pdf
 # OCRmyPDF's threshold is 0-15 (tesseract's OSD confidence); the service applies its own
 # (tesseract's, too) and reports only the rotation it decided on.
 SURE = 15.0
-
-
-class _LanguagesGiven(list[str]):
-    """OCRmyPDF's `-l` list as the command line fills it: empty when `-l` was not given.
-
-    OCRmyPDF turns an empty `-l` into `eng` before plugins see it; this same list
-    object, kept as the plugin's own option, still tells (none given: `lang=auto`).
-    """
-
-
-_LANGUAGES = _LanguagesGiven()
+# What OCRmyPDF puts in `languages` when none was named (`eng`).
+_DEFAULT_LANGUAGES = OcrOptions.model_fields["languages"].get_default(
+    call_default_factory=True)
 
 
 @hookimpl
@@ -65,8 +57,12 @@ def add_options(parser: argparse.ArgumentParser) -> None:
                        dest="ocr_queue_page_deadline",
                        help="seconds a page may take, queue wait included, before it "
                             f"fails (default {DEFAULT_PAGE_DEADLINE:.0f})")
-    _LANGUAGES.clear()
-    parser.set_defaults(languages=_LANGUAGES, ocr_queue_languages_given=_LANGUAGES)
+    # OCRmyPDF's `-l` action appends to the list the command line starts with, which
+    # is this one (argparse sets a default as it is, without a copy); OCRmyPDF then
+    # turns an empty list into `eng`, so the plugin keeps the list under its own name
+    # to tell whether `-l` was given. A fresh list for each parser.
+    given: list[str] = []
+    parser.set_defaults(languages=given, ocr_queue_languages_given=given)
 
 
 def _option(options: Any, name: str, env: str | None = None) -> Any:
@@ -100,6 +96,23 @@ def _service(options: Any) -> Any:
                   "the broker (redis:// or rediss://)")
 
 
+def _lang(options: Any) -> str:
+    """The job's `lang`: the languages the caller named, else `auto`.
+
+    The command line: the `-l` list `add_options` kept (empty without `-l`). The Python
+    API (`ocrmypdf.ocr(...)` or an `OcrOptions`), where no parser ran: whether
+    `language` was given, as pydantic records it (`model_fields_set`). OCRmyPDF 17's
+    plugin interface says neither outright; should a later OCRmyPDF copy the list,
+    a language other than the default still counts as named.
+    """
+    given = options.extra_attrs.pop("ocr_queue_languages_given", None)
+    if given is None:
+        named = "languages" in options.model_fields_set
+    else:
+        named = bool(given) or list(options.languages) != _DEFAULT_LANGUAGES
+    return "+".join(options.languages) if named else "auto"
+
+
 def _ocrmypdf_error(exc: QueueError) -> Exception:
     """OCRmyPDF's own exception for a failure, with a one-line message."""
     message = " ".join(f"ocr-queue: {exc}".split())
@@ -113,8 +126,7 @@ def _ocrmypdf_error(exc: QueueError) -> Exception:
 @hookimpl
 def check_options(options: Any) -> None:
     """Before any page: the options, the languages, and the service answering."""
-    given = _option(options, "ocr_queue_languages_given")
-    options.extra_attrs.pop("ocr_queue_languages_given", None)
+    lang = _lang(options)
     if not _active(options):
         return
     deadline = _option(options, "ocr_queue_page_deadline") or DEFAULT_PAGE_DEADLINE
@@ -122,10 +134,6 @@ def check_options(options: Any) -> None:
         raise BadArgsError("ocr-queue: --ocr-queue-page-deadline must be above 0")
     if getattr(options, "pdf_renderer", "auto") == "sandwich":
         raise BadArgsError(SANDWICH)
-    if isinstance(given, list) and not given:
-        lang = "auto"  # the command line had no -l: each page in its own script's
-    else:
-        lang = "+".join(options.languages) or "auto"
     options.extra_attrs["ocr_queue_lang"] = lang
     try:
         service = _service(options)
