@@ -5,15 +5,16 @@ jobs; `--minutes 10` a medium one) runs the fleet of bench/chaos_fleet.py on thi
 machine, sends a mixed load through both API processes at random (uploads and
 documents by URL; images, multi-page image PDFs and a born-digital PDF; text, markdown,
 pdf and hOCR outputs; the tesseract and the vlm-api engine; priorities, cancels and
-deadlines; a signed callback for every job) and injects faults at random while it runs:
-SIGKILL a pool child, SIGKILL a worker parent (the host's other processes then die
-with it, and it starts again), SIGTERM a worker and start it again (a scale-down),
-restart Redis (append-only file), restart an API process, stop the inference server
-for a while, and make the webhook receiver fail for a while. When the load stops the
-fleet is healed and every job is awaited (by its callback, then its status), and
-bench/chaos_checker.py holds each promise over the recorded history. The short form
-(`run(minutes=1.5)`, tests/queue/test_chaos.py in `make test`) injects each kind of fault at
-least once.
+deadlines; a signed callback for every job; a fifth of the jobs followed by their
+Server-Sent Events on either API process, opened again after a cut) and injects
+faults at random while it runs: SIGKILL a pool child, SIGKILL a worker parent (the
+host's other processes then die with it, and it starts again), SIGTERM a worker and
+start it again (a scale-down), restart Redis (append-only file), restart an API
+process, stop the inference server for a while, and make the webhook receiver fail
+for a while. When the load stops the fleet is healed and every job is awaited (by its
+callback, then its status), and bench/chaos_checker.py holds each promise over the
+recorded history. The short form (`run(minutes=1.5)`, tests/queue/test_chaos.py in
+`make test`) injects each kind of fault at least once.
 
 Runs in its own process, which starts every part of the fleet as subprocesses (the
 direct reads load tesseract here first; no MLX anywhere, so forking stays safe).
@@ -24,6 +25,7 @@ from __future__ import annotations
 import argparse
 import io
 import json
+import queue
 import random
 import sys
 import threading
@@ -49,8 +51,8 @@ WORDS = ("invoice", "ledger", "harbour", "quartz", "meadow", "lantern", "ribbon"
          "candle", "dolphin", "ember", "falcon", "garnet", "hollow", "island", "jasper",
          "kettle", "lemon", "marble", "nectar", "orchid", "pepper", "quiver", "river",
          "silver", "thistle", "umber", "velvet", "willow")
-OUTPUTS = ("text", "text", "markdown", "pdf", "hocr")
-VLM_OUTPUTS = ("text", "markdown")  # no word boxes from a VLM: no pdf or hOCR
+OUTPUTS = ("text", "text", "markdown", "pdf", "hocr")  # a VLM's words placed on boxes too
+WATCHED = 0.2  # the share of jobs followed by their events
 PRIORITIES = ("interactive", "normal", "normal", "batch")
 FAULTS = ("kill_child", "kill_parent", "term_worker", "restart_redis", "restart_api",
           "inference_down", "webhook_failing")
@@ -115,6 +117,8 @@ class Soak:
         self.stopped = threading.Event()
         self.http = threading.local()
         self.started = time.monotonic()
+        self.to_watch: queue.Queue[Job] = queue.Queue()
+        self.watching_until = float("inf")  # set when the drain ends
 
     # --- clients --------------------------------------------------------------------
 
@@ -140,7 +144,7 @@ class Soak:
         roll = self.rng.random()
         return Job(key=uuid.uuid4().hex, input=name,
                    transport="url" if self.rng.random() < 0.3 else "upload",
-                   output=self.rng.choice(VLM_OUTPUTS if engine else OUTPUTS),
+                   output=self.rng.choice(OUTPUTS),
                    engine=engine,
                    priority=self.rng.choice(PRIORITIES),
                    deadline=time.time() + self.rng.uniform(2, 8) if roll < 0.05 else None,
@@ -190,6 +194,9 @@ class Soak:
             self.submit(job, time.monotonic() + 120)
             with self.lock:
                 self.jobs.append(job)
+            if job.job_id and self.rng.random() < WATCHED:
+                job.watched = True
+                self.to_watch.put(job)
             time.sleep(self.rng.expovariate(rate))
 
     # --- following the jobs ----------------------------------------------------------
@@ -213,6 +220,40 @@ class Soak:
                 if job.job_id in called or sweep:
                     self.read_end(job)
             self.stopped.wait(0.5)
+
+    def watcher(self) -> None:
+        """Follow jobs by their events until each one's `end` (a cut stream reopened)."""
+        while time.monotonic() < self.watching_until:
+            try:
+                job = self.to_watch.get(timeout=0.5)
+            except queue.Empty:
+                if self.stopped.is_set():
+                    return
+                continue
+            while job.event_end is None and time.monotonic() < self.watching_until:
+                job.event_streams += 1
+                job.event_end = self.read_events(job)
+                if job.event_end is None:
+                    time.sleep(0.5)
+
+    def read_events(self, job: Job) -> str | None:
+        """The status of the job's `end` event on one stream, or None when it was cut."""
+        api = self.rng.choice(self.fleet.apis)
+        try:
+            with self.session().get(f"{api.url}/v1/jobs/{job.job_id}/events",
+                                    stream=True, timeout=(5, 40)) as answer:
+                if answer.status_code != 200:
+                    return None
+                event = None
+                for raw in answer.iter_lines():
+                    line = raw.decode("utf-8", "replace")
+                    if line.startswith("event: "):
+                        event = line[len("event: "):]
+                    elif line.startswith("data: ") and event == "end":
+                        return str(json.loads(line[len("data: "):])["status"])
+        except (requests.RequestException, ValueError):
+            return None
+        return None
 
     def read_end(self, job: Job) -> None:
         answer = self.call("GET", f"/v1/jobs/{job.job_id}")
@@ -336,7 +377,8 @@ class Soak:
         injector = threading.Thread(target=self.injector, args=(gap, down), daemon=True)
         background = [threading.Thread(target=self.tracker, daemon=True),
                       threading.Thread(target=self.sample_memory, daemon=True)]
-        for thread in (*threads, injector, *background):
+        watchers = [threading.Thread(target=self.watcher, daemon=True) for _ in range(6)]
+        for thread in (*threads, injector, *background, *watchers):
             thread.start()
         # The load runs for its time, and until every kind of fault was injected once.
         until = time.monotonic() + load_seconds
@@ -356,11 +398,13 @@ class Soak:
             called = {d.job_id for d in self.fleet.receiver.deliveries if d.answered < 300}
             with self.lock:
                 if all(j.final is not None and j.job_id in called
+                       and (j.event_end is not None or not j.watched)
                        for j in self.jobs if j.job_id):
                     break
             time.sleep(1)
         self.stopped.set()
-        for thread in background:
+        self.watching_until = time.monotonic()
+        for thread in (*background, *watchers):
             thread.join()
 
 

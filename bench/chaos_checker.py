@@ -12,6 +12,8 @@ Runs in the soak's process once the load has drained (bench/chaos.py). Each prom
   is the simulated server's own text (vlm-api); a failed page carries a code.
 - `failures_coded`: a failed job or page carries a stable code, never `internal_error`.
 - `outputs_rendered`: a pdf, hOCR or Markdown job's own format could be fetched.
+- `events_end`: a job followed by its Server-Sent Events (on either API process, the
+  stream opened again when a fault cut it) got an `end` event with its final status.
 - `keys_expire`: every `ocr:` key has a TTL except a client's own (docs:
   tasks/state/keys.py), Celery's results have one, and no job's input (blob) outlives
   the job's ending (a PARTIAL job's, which `retry` reads, excepted).
@@ -53,6 +55,7 @@ def check(jobs: list[Job], inputs: dict[str, Input], deliveries: list[Delivery],
         "pages_once_and_read": _pages(accepted, inputs),
         "failures_coded": _coded(accepted),
         "outputs_rendered": _rendered(accepted),
+        "events_end": _events(accepted),
         "keys_expire": _keys(store, accepted),
         "worker_memory_bounded": {"held": max(rss.values(), default=0.0)
                                   <= WORKER_RSS_LIMIT_MB,
@@ -146,6 +149,15 @@ def _coded(jobs: list[Job]) -> dict[str, Any]:
                 codes["page:" + (page["error"].get("code") or "(none)")] += 1
     bad = {c: n for c, n in codes.items() if c.endswith(("internal_error", "(none)"))}
     return {"held": not bad, "codes": dict(codes), "uncoded_or_internal": bad}
+
+
+def _events(jobs: list[Job]) -> dict[str, Any]:
+    watched = [j for j in jobs if j.watched]
+    wrong = [{"job": j.job_id, "event": j.event_end, "final": j.final and j.final["status"]}
+             for j in watched if j.final is None or j.event_end != j.final["status"]]
+    return {"held": not wrong, "watched": len(watched), "wrong": wrong[:20],
+            "wrong_count": len(wrong),
+            "streams_reopened": sum(j.event_streams - 1 for j in watched if j.event_streams)}
 
 
 def _rendered(jobs: list[Job]) -> dict[str, Any]:

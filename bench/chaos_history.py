@@ -40,6 +40,10 @@ class Job:
     result: dict[str, Any] | None = None
     rendered: dict[str, int] = field(default_factory=dict)  # format -> bytes fetched
     ended: float | None = None
+    # Followed by its Server-Sent Events (any API process, again after a cut stream):
+    watched: bool = False
+    event_end: str | None = None  # the status its `end` event carried
+    event_streams: int = 0  # streams opened until the end came
 
 
 @dataclass
