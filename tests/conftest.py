@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -24,13 +25,21 @@ from tests.harness import (
     make_client,
     rabbitmq_missing,
 )
-from tests.start_ups import StartUp, take_pending, time_report
+from tests.start_ups import (
+    StartUp,
+    cpu_line,
+    cpu_sample,
+    group_rank,
+    process_lines,
+    take_pending,
+    time_report,
+)
 
 # Modules that share something machine-wide run in the same test process, one after
-# another (`make test` runs two, `--dist loadgroup`): the checkout's own var/ and
-# `make run`'s processes; podman's image store and the image the tests build; the
-# RabbitMQ node, which a test restarts. Every other module is a group of its own, so
-# its module-scoped workers start once.
+# another (`make test` runs two, `--dist loadgroup`: pytest_xdist_make_scheduler): the
+# checkout's own var/ and `make run`'s processes; podman's image store and the image
+# the tests build; the RabbitMQ node, which a test restarts. Every other module is a
+# group of its own, so its module-scoped workers start once.
 SHARED = {
     "tests/deploy/test_procfile.py": "checkout",
     "tests/clients/test_docs_examples.py": "checkout",
@@ -42,12 +51,47 @@ SHARED = {
 
 _MODULE_SECONDS: dict[str, float] = {}
 _START_UPS: list[StartUp] = []
+_PROCESS_SECONDS: dict[str, float] = {}  # by test process (xdist worker), and its modules
+_PROCESS_MODULES: dict[str, set[str]] = {}
+_CPU_AT_START: list[tuple[int, int] | None] = []
+
+
+def pytest_sessionstart(session: pytest.Session) -> None:
+    _CPU_AT_START.append(cpu_sample())
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    for item in items:
+    """Start the longest groups of tests first (LONGEST_FIRST).
+
+    Every test process collects the same order (pytest-xdist checks it); the sort is
+    stable, so a module's tests keep theirs.
+    """
+    def group(item: pytest.Item) -> str:
         module = item.nodeid.split("::")[0]
-        item.add_marker(pytest.mark.xdist_group(SHARED.get(module, module)))
+        return SHARED.get(module, module)
+
+    items.sort(key=lambda item: group_rank(group(item)))
+
+
+@pytest.hookimpl(tryfirst=True, optionalhook=True)
+def pytest_xdist_make_scheduler(config: pytest.Config, log: Any) -> Any:
+    """`--dist loadgroup`: each module, or SHARED group of modules, whole in one process.
+
+    pytest-xdist's own loadgroup reads `xdist_group` marks into the tests' node ids,
+    which pytest 9 no longer reads them from: every test went to either process, and
+    a module's fixtures (its workers, its compose stack) started in both. Here a
+    test's group is its module's, from the node id.
+    """
+    if config.getvalue("dist") != "loadgroup":
+        return None
+    from xdist.scheduler import LoadScopeScheduling
+
+    class ModuleGroups(LoadScopeScheduling):
+        def _split_scope(self, nodeid: str) -> str:
+            module = nodeid.split("::")[0]
+            return SHARED.get(module, module)
+
+    return ModuleGroups(config, log)
 
 
 @pytest.hookimpl(wrapper=True)
@@ -63,6 +107,10 @@ def pytest_runtest_logreport(report: pytest.TestReport) -> None:
     """Add a test's setup, call and teardown seconds and start-ups to its module's."""
     module = report.nodeid.split("::")[0]
     _MODULE_SECONDS[module] = _MODULE_SECONDS.get(module, 0.0) + report.duration
+    node = getattr(report, "node", None)  # the xdist worker that ran it (on the controller)
+    process = node.gateway.id if node is not None else "this process"
+    _PROCESS_SECONDS[process] = _PROCESS_SECONDS.get(process, 0.0) + report.duration
+    _PROCESS_MODULES.setdefault(process, set()).add(module)
     for name, value in report.user_properties:
         if name == "start_ups":
             _START_UPS.extend(StartUp(module, process, seconds) for process, seconds in value)
@@ -75,6 +123,11 @@ def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
             terminalreporter.write_line(line)
         terminalreporter.write_line("(seconds add up the test processes; pytest's last "
                                     "line gives the wall clock)")
+        for line in process_lines(_PROCESS_SECONDS, _PROCESS_MODULES):
+            terminalreporter.write_line(line)
+        cpu = cpu_line(_CPU_AT_START[0] if _CPU_AT_START else None, cpu_sample())
+        if cpu is not None:
+            terminalreporter.write_line(cpu)
 
 
 @pytest.fixture

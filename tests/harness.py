@@ -117,6 +117,18 @@ def stop_groups(procs: Sequence[tuple[subprocess.Popen[bytes] | None, float]]) -
         proc.wait(10)
 
 
+def waits_for_a_signal(pid: int) -> bool:
+    """Whether process `pid` sleeps in `sigwait` (Linux: the kernel function it waits in).
+
+    The event of a process that idles until it is stopped: once it is in the wait, a
+    check need not wait a while to see it still up. False when the process is gone.
+    """
+    try:
+        return "sigtimedwait" in Path(f"/proc/{pid}/wchan").read_text()
+    except FileNotFoundError:
+        return False
+
+
 def procfile_command(name: str) -> str:
     """The command line of one Procfile process, as honcho would run it."""
     for line in (ROOT / "Procfile").read_text().splitlines():

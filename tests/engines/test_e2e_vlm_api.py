@@ -22,7 +22,7 @@ import pytest
 
 from tasks.client import OcrClient
 from tests.cer import cer
-from tests.harness import ROOT, Worker, corpus, eventually, free_port, ground_truth
+from tests.harness import ROOT, Worker, corpus, eventually, free_port, ground_truth, kill_all
 from tests.pdf_fixtures import image_pdf, plain_pages
 
 pytestmark = pytest.mark.slow
@@ -116,7 +116,7 @@ def servers(models: Path, tmp_path_factory: pytest.TempPathFactory
 
 @pytest.fixture
 def api_worker(start_worker: Callable[..., Worker]) -> Iterator[Callable[..., Worker]]:
-    """Start this test's vlm-api worker; stopped after it (all serve queue ocr-vlm-api)."""
+    """Start this test's vlm-api worker; killed after it (all serve queue ocr-vlm-api)."""
     started: list[Worker] = []
 
     def start(server: InferenceServer, model: str | None = None, **env: str) -> Worker:
@@ -126,8 +126,7 @@ def api_worker(start_worker: Callable[..., Worker]) -> Iterator[Callable[..., Wo
         return worker
 
     yield start
-    for worker in started:
-        worker.stop()
+    kill_all(started)  # its jobs have ended; nothing waits on a warm shutdown
 
 
 def test_a_page_read_through_the_server_carries_its_vlm_record(

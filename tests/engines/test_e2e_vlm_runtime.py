@@ -19,7 +19,7 @@ import pytest
 
 from tasks.client import OcrClient
 from tests.cer import cer
-from tests.harness import ROOT, Worker, corpus, ground_truth
+from tests.harness import ROOT, Worker, corpus, ground_truth, kill_all
 
 pytestmark = pytest.mark.slow
 
@@ -132,7 +132,7 @@ def test_fallback_none_fails_the_page_with_a_code(vlm_worker: Worker,
                                                   start_worker: Callable[..., Worker],
                                                   model_dir: Path,
                                                   client: OcrClient) -> None:
-    vlm_worker.stop()  # this module's jobs now go to the worker below only
+    kill_all([vlm_worker])  # this module's jobs now go to the worker below only
     start_worker(**{**VLM_ENV, "OCR_VLM_TEMPERATURES": "0"}, OCR_MODEL_DIR=str(model_dir),
                  OCR_MODEL="qwen2-vl-pages", OCR_VLM_FALLBACK="none")
     job = client.submit(corpus("scan_tess_phototest.tif"))

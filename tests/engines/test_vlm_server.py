@@ -19,7 +19,6 @@ import signal
 import subprocess
 import sys
 import threading
-import time
 import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -35,7 +34,15 @@ from tasks.models.registry import ModelRegistry
 from tasks.operator_console import OperatorConsole
 from tasks.settings import Settings
 from tests.api_server import ApiServer, create_token
-from tests.harness import ROOT, VENV_BIN, Worker, corpus, eventually, free_port
+from tests.harness import (
+    ROOT,
+    VENV_BIN,
+    Worker,
+    corpus,
+    eventually,
+    free_port,
+    waits_for_a_signal,
+)
 from tests.inference_server import SERVER_ENV, VlmServer
 
 SCRIPT = ROOT / "scripts" / "run_vlm_server.py"
@@ -116,8 +123,10 @@ def test_the_process_idles_until_stopped() -> None:
     assert proc.stdout is not None
     line = proc.stdout.readline()
     assert line.startswith("vlm-server: idle: OCR_ENGINE is 'tesseract'"), line
-    time.sleep(1)
-    assert proc.poll() is None  # idle: the supervisor would stop everything on an exit
+    # idle: it waits for its stop (the supervisor would stop everything on an exit)
+    eventually(lambda: waits_for_a_signal(proc.pid), 30, "vlm-server waiting for a signal",
+               interval=0.05)
+    assert proc.poll() is None
     proc.send_signal(signal.SIGTERM)
     assert proc.wait(10) == 0
     assert proc.stdout.read() == ""  # said once

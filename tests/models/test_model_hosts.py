@@ -21,7 +21,7 @@ import pytest
 from tasks.client import OcrClient
 from tasks.queue.celery_config import celery_config
 from tasks.settings import Settings
-from tests.harness import FAKE_PLUGINS, Worker, eventually
+from tests.harness import FAKE_PLUGINS, Worker, eventually, kill_all
 from tests.model_dirs import DAY, age, model_files, write_hub_repo, write_model
 from tests.queue.test_queue import submit_cli
 
@@ -155,4 +155,4 @@ def test_fresh_tesseract_only_setup_has_nothing_to_audit(
         fresh = next(r for r in result["hosts"] if r["host"].startswith("host-c@"))
         assert fresh["errors"] == [] and fresh["models"] == []
     finally:
-        worker.stop()
+        kill_all([worker])  # nothing waits on its warm shutdown

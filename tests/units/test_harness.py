@@ -5,11 +5,13 @@ Pure: no process is started.
 
 from __future__ import annotations
 
+import os
 import re
 
 import pytest
 
 from tests.harness import ROOT, eventually
+from tests.start_ups import LONGEST_FIRST, cpu_line, cpu_sample, group_rank
 
 
 def test_eventually_returns_the_first_true_value() -> None:
@@ -55,3 +57,21 @@ def test_benchmarks_import_the_harness_not_conftest() -> None:
     assert defined
     assert all(lines[i - 1].startswith("@pytest.fixture") or
                lines[i].startswith("def pytest_") for i in defined)  # fixtures and hooks
+
+
+def test_longest_first_names_groups_that_exist() -> None:
+    """Each name of start_ups.LONGEST_FIRST is a test module, or a group conftest.py makes."""
+    conftest = (ROOT / "tests" / "conftest.py").read_text(encoding="utf-8")
+    for name in LONGEST_FIRST:
+        assert (ROOT / name).is_file() if "/" in name else f': "{name}",' in conftest, name
+    assert group_rank(LONGEST_FIRST[0]) == 0
+    assert group_rank("tests/units/test_harness.py") == len(LONGEST_FIRST)
+
+
+def test_cpu_line_says_how_busy_the_machine_was() -> None:
+    assert cpu_line((1000, 3000), (1300, 3100)) == (
+        f"CPU busy 75% of {os.cpu_count()} cores during the run (the whole machine's: "
+        "every process on it, not only the tests')")
+    assert cpu_line(None, (1, 1)) is None
+    busy, idle = cpu_sample() or (0, 0)
+    assert busy > 0 and idle > 0

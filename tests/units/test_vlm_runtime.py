@@ -28,7 +28,7 @@ from tasks.pipeline.documents import ocr_page
 from tasks.pipeline.pdf import render_page
 from tasks.pipeline.results import assemble
 from tasks.queue.celery_config import worker_app_config
-from tasks.queue.telemetry import job_record
+from tasks.queue.telemetry import job_record, page_samples
 from tasks.records.results import DocumentResult, PageRecord
 from tasks.settings import Settings, SettingsError
 from tests.harness import corpus
@@ -290,7 +290,7 @@ def test_one_pool_child_for_a_vlm_worker(tmp_path: object) -> None:
     assert config({})["worker_pool"] == "tasks.queue.pool:TaskPool"
 
 
-def test_job_record_counts_vlm_tokens_and_fallbacks() -> None:
+def test_vlm_tokens_and_fallbacks_in_the_job_line_and_the_page_counters() -> None:
     pages = [
         {"number": 1, "text": "a", "source": "ocr",
          "vlm": {"prompt_tokens": 100, "generation_tokens": 40, "finish_reason": "stop"}},
@@ -302,7 +302,10 @@ def test_job_record_counts_vlm_tokens_and_fallbacks() -> None:
     record, samples = job_record("j", "n", "f.pdf", "mlx-vlm", 1.0, result)
     assert record["vlm"] == {"prompt_tokens": 220, "generation_tokens": 104,
                              "finish_reasons": {"length": 1, "stop": 1}, "fallbacks": 1}
+    assert not [s for s in samples if s[0].startswith("ocr_vlm_")]  # counted per page
+    samples = page_samples("mlx-vlm", pages)
     label = {"engine": "mlx-vlm"}
+    assert ("ocr_pages_total", {**label, "source": "ocr"}, 2.0) in samples
     assert ("ocr_vlm_tokens_total", {**label, "kind": "prompt"}, 220.0) in samples
     assert ("ocr_vlm_pages_total", {**label, "finish_reason": "length"}, 1.0) in samples
     assert ("ocr_vlm_fallbacks_total", {**label, "fallback": "tesseract",
