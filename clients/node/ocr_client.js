@@ -356,19 +356,23 @@ async function wait(redis, taskId, { timeout = 120, poll = 200, onProgress } = {
   }
 }
 
-// The queues each live worker consumes: {nodename: [queue, ...]}. Celery's remote
-// control `inspect active_queues` as kombu's Redis transport carries it: the command is
-// PUBLISHed on the fanout exchange `celery.pidbox` (channel `/<db>.celery.pidbox`), each
-// worker LPUSHes its reply to a list bound to the direct exchange `reply.celery.pidbox`
-// (the binding is a member of the set `_kombu.binding.reply.celery.pidbox`).
-// The queues each live worker consumes, by node: the presence records the worker
+// The queues each live worker consumes, {nodename: [queue, ...]}: the presence records the worker
 // parents keep in the hash ocr:workers (tasks/state/liveness.py; each refreshed on every
 // heartbeat, live until its `expires`). One HGETALL, no broadcast: the same answer as
 // submit.py's and the HTTP API's readiness.
 async function liveQueues(redis) {
+  const live = {};
+  for (const [name, record] of await livePresence(redis)) {
+    if (Array.isArray(record.queues)) live[name] = record.queues.map(String);
+  }
+  return live;
+}
+
+// The presence records of WORKERS_KEY that have not expired, as [worker name, record].
+async function livePresence(redis) {
   const flat = (await redis.command('HGETALL', WORKERS_KEY)) || [];
   const now = Date.now() / 1000;
-  const live = {};
+  const live = [];
   for (let i = 0; i + 1 < flat.length; i += 2) {
     let record;
     try {
@@ -376,9 +380,7 @@ async function liveQueues(redis) {
     } catch (err) {
       continue; // not a presence record
     }
-    if (Number(record.expires) >= now && Array.isArray(record.queues)) {
-      live[flat[i].toString('utf8')] = record.queues.map(String);
-    }
+    if (record && Number(record.expires) >= now) live.push([flat[i].toString('utf8'), record]);
   }
   return live;
 }
@@ -387,17 +389,8 @@ async function liveQueues(redis) {
 // records), and those a live worker serves by queue (`ocr-<engine>`); empty when no
 // worker is live (nothing can be told yet: the wait reports no_worker).
 async function knownEngines(redis) {
-  const flat = (await redis.command('HGETALL', WORKERS_KEY)) || [];
-  const now = Date.now() / 1000;
   const engines = new Set();
-  for (let i = 0; i + 1 < flat.length; i += 2) {
-    let record;
-    try {
-      record = JSON.parse(flat[i + 1].toString('utf8'));
-    } catch (err) {
-      continue; // not a presence record
-    }
-    if (!(Number(record.expires) >= now)) continue;
+  for (const [, record] of await livePresence(redis)) {
     for (const name of Array.isArray(record.engines) ? record.engines : []) engines.add(String(name));
     for (const queue of Array.isArray(record.queues) ? record.queues : []) {
       if (String(queue).startsWith(`${DEFAULT_QUEUE}-`) && queue !== CONTROL_QUEUE) {
