@@ -12,6 +12,11 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from tasks.records.status import JobStatus, ShownState, WaitStatus
 
+# An engine's name as a job may give it (the multipart reader checks an `engine` field
+# that matches before the rest of the body arrives; others get this schema's 422).
+ENGINE_NAME = r"^[A-Za-z0-9_.-]+$"
+ENGINE_NAME_MAX = 64
+
 # The output formats of tasks/records/formats.py, spelled out for the schema (a test
 # holds them equal).
 Output = Literal["text", "markdown", "json", "pdf", "hocr", "alto"]
@@ -50,7 +55,7 @@ class JobOptions(BaseModel):
                              description="tesseract languages, e.g. vie or ell+eng, or "
                                          "auto (each page in its own script's languages; "
                                          "the default of a job without lang)")
-    engine: str | None = Field(None, max_length=64, pattern=r"^[A-Za-z0-9_.-]+$",
+    engine: str | None = Field(None, max_length=ENGINE_NAME_MAX, pattern=ENGINE_NAME,
                                description="tesseract, mlx-vlm, rapidocr (default: any "
                                "worker's, or by `lang` as OCR_LANG_ENGINES says)")
     priority: Priority = Field("normal", description="interactive jobs go first, batch last")

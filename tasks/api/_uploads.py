@@ -28,6 +28,7 @@ from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
 
 from tasks.api._errors import BodyTimeout
+from tasks.api._schemas import ENGINE_NAME, ENGINE_NAME_MAX
 from tasks.api._service import JobService
 from tasks.api.tokens import ApiClient
 from tasks.errors import BadRequest
@@ -39,7 +40,6 @@ ASGIApp = Callable[[Message, Receive, Send], Awaitable[None]]
 
 FILE_FIELD = "file"
 ENGINE_FIELD = "engine"
-ENGINE_NAME = re.compile(r"[A-Za-z0-9_.-]{1,64}")  # JobOptions.engine's; others: its 422
 FLUSH_BYTES = 1024 * 1024
 MAX_FIELDS = 32
 MAX_FIELD_BYTES = 8192
@@ -120,7 +120,8 @@ class _Collector:
                 raise BadRequest(f"form field {self.part.name!r} is given twice")
             value = self.part.data.decode("utf-8", "replace")
             self.received.fields[self.part.name] = value
-            if self.part.name == ENGINE_FIELD and ENGINE_NAME.fullmatch(value):
+            if self.part.name == ENGINE_FIELD and len(value) <= ENGINE_NAME_MAX \
+                    and re.fullmatch(ENGINE_NAME, value):
                 self.engine = value  # to check before more of the file is stored
 
 
