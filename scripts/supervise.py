@@ -239,14 +239,17 @@ class Supervisor:
         """Wait for their groups to go; True when the grace ran out (or Ctrl-C again)."""
         deadline = time.monotonic() + self.grace
         while True:
+            alive = []
             for child in children:
-                if not child.group_alive():
+                if child.group_alive():
+                    alive.append(child)
+                else:
                     self._gone(child)
-            if not any(c.group_alive() for c in children):
+            if not alive:
                 return False
             if time.monotonic() >= deadline or len(self.signals) > asked:
                 return True
-            for child in children:  # a leader gone early: its group goes with it
+            for child in alive:  # a leader gone early: its group goes with it
                 if child.proc.poll() is not None:
                     child.kill_group()
             time.sleep(0.1)
