@@ -96,16 +96,16 @@ def _service(options: Any) -> Any:
                   "the broker (redis:// or rediss://)")
 
 
-def _lang(options: Any) -> str:
+def _lang(options: Any, given: list[str] | None) -> str:
     """The job's `lang`: the languages the caller named, else `auto`.
 
-    The command line: the `-l` list `add_options` kept (empty without `-l`). The Python
-    API (`ocrmypdf.ocr(...)` or an `OcrOptions`), where no parser ran: whether
-    `language` was given, as pydantic records it (`model_fields_set`). OCRmyPDF 17's
+    The command line: `given`, the `-l` list `add_options` kept (empty without `-l`).
+    The Python API (`ocrmypdf.ocr(...)` or an `OcrOptions`), where no parser ran and
+    `given` is None: whether `languages` was given, as pydantic records it
+    (`model_fields_set`). OCRmyPDF 17's
     plugin interface says neither outright; should a later OCRmyPDF copy the list,
     a language other than the default still counts as named.
     """
-    given = options.extra_attrs.pop("ocr_queue_languages_given", None)
     if given is None:
         named = "languages" in options.model_fields_set
     else:
@@ -126,7 +126,7 @@ def _ocrmypdf_error(exc: QueueError) -> Exception:
 @hookimpl
 def check_options(options: Any) -> None:
     """Before any page: the options, the languages, and the service answering."""
-    lang = _lang(options)
+    lang = _lang(options, options.extra_attrs.pop("ocr_queue_languages_given", None))
     if not _active(options):
         return
     deadline = _option(options, "ocr_queue_page_deadline") or DEFAULT_PAGE_DEADLINE
