@@ -15,6 +15,7 @@ import subprocess
 import sys
 import time
 import uuid
+from collections.abc import Callable
 from pathlib import Path
 
 import psutil
@@ -99,6 +100,13 @@ def test_one_process_exiting_stops_the_others(tmp_path: Path) -> None:
                 and p.info["create_time"] >= time.time() - (time.monotonic() - start) - 1]
 
 
+def run_env(**extra: str) -> dict[str, str]:
+    """The environment `make run` gives its processes: no OCR_ or REDIS_ variable."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("OCR_", "REDIS_"))}
+    env.update(PATH=f"{VENV_BIN}{os.pathsep}{env['PATH']}", PYTHONPATH=str(ROOT), **extra)
+    return env
+
+
 def supervise(tmp_path: Path, *args: str, **extra: str) -> tuple[subprocess.Popen[bytes], Path]:
     """scripts/supervise.py as `make run` runs it, its output in a log.
 
@@ -106,14 +114,29 @@ def supervise(tmp_path: Path, *args: str, **extra: str) -> tuple[subprocess.Pope
     SIGINT to its process group is a terminal's Ctrl-C.
     """
     (tmp_path / "scripts").symlink_to(ROOT / "scripts")
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("OCR_", "REDIS_"))}
-    env.update(PATH=f"{VENV_BIN}{os.pathsep}{env['PATH']}", PYTHONPATH=str(ROOT), **extra)
+    env = run_env(**extra)
     log = tmp_path / "log"
     with log.open("wb") as out:
         run = subprocess.Popen([sys.executable, str(ROOT / "scripts" / "supervise.py"), *args],
                                cwd=tmp_path, env=env, stdout=out, stderr=subprocess.STDOUT,
                                start_new_session=True, preexec_fn=_default_sigint)
     return run, log
+
+
+def ctrl_c_once(run: subprocess.Popen[bytes], log: Path, ready: Callable[[], bool],
+                timeout: float, what: str) -> None:
+    """Once `ready`, Ctrl-C: the supervisor must exit 0 within STOP_BOUND.
+
+    Whatever happens, it is SIGKILLed (its group) if it is still there at the end.
+    """
+    try:
+        eventually(lambda: run.poll() is None and ready(), timeout,
+                   lambda: f"{what}:\n{log.read_text()}", interval=0.2)
+        os.killpg(run.pid, signal.SIGINT)  # Ctrl-C
+        assert run.wait(STOP_BOUND) == 0, log.read_text()
+    finally:
+        if run.poll() is None:
+            os.killpg(run.pid, signal.SIGKILL)
 
 
 def said(log: Path, *texts: str) -> list[int]:
@@ -132,14 +155,7 @@ def test_ctrl_c_ends_the_workers_warm_shutdown_before_redis_stops(tmp_path: Path
     run, log = supervise(tmp_path, "--procfile", str(ROOT / "Procfile"), "redis", "worker",
                          **fake_env(OCR_CONCURRENCY="1"),
                          WORKER_NAME=f"stop-{uuid.uuid4().hex[:6]}")
-    try:
-        eventually(lambda: run.poll() is None and " ready." in log.read_text(), 180,
-                   lambda: f"the worker ready:\n{log.read_text()}", interval=0.2)
-        os.killpg(run.pid, signal.SIGINT)  # Ctrl-C
-        assert run.wait(STOP_BOUND) == 0, log.read_text()
-    finally:
-        if run.poll() is None:
-            os.killpg(run.pid, signal.SIGKILL)
+    ctrl_c_once(run, log, lambda: " ready." in log.read_text(), 180, "the worker ready")
     text = log.read_text()
     warm, worker_done, asked, redis_told, redis_done = said(
         log, "Warm shutdown", "worker stopped (exit code 0)", "SIGTERM to redis, last",
@@ -161,15 +177,8 @@ def test_redis_gets_sigterm_when_another_process_outlives_the_grace(tmp_path: Pa
     procfile.write_text("redis: python -m scripts.run_redis\n"
                         "stubborn: trap '' TERM; sleep 300\n")
     run, log = supervise(tmp_path, "--procfile", str(procfile), "--grace", "3")
-    try:
-        eventually(lambda: run.poll() is None and "Ready to accept connections"
-                   in log.read_text() and "stubborn started" in log.read_text(), 60,
-                   lambda: f"Redis ready:\n{log.read_text()}", interval=0.2)
-        os.killpg(run.pid, signal.SIGINT)  # Ctrl-C
-        assert run.wait(STOP_BOUND) == 0, log.read_text()
-    finally:
-        if run.poll() is None:
-            os.killpg(run.pid, signal.SIGKILL)
+    ctrl_c_once(run, log, lambda: "Ready to accept connections" in log.read_text()
+                and "stubborn started" in log.read_text(), 60, "Redis ready")
     text = log.read_text()
     asked, killing, redis_told, redis_done = said(
         log, "SIGTERM to redis, last", "killing what is left (SIGKILL): stubborn",
@@ -190,17 +199,10 @@ def test_make_run_starts_its_own_redis_and_leaves_another_untouched(tmp_path: Pa
     """
     foreign = RedisServer(tmp_path)
     foreign.start()
-    (tmp_path / "scripts").symlink_to(ROOT / "scripts")  # var/ goes under tmp_path
     (tmp_path / "var").mkdir()
     (tmp_path / "var" / "redis-url").write_text(foreign.url() + "\n")
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("OCR_", "REDIS_"))}
-    env.update(PATH=f"{VENV_BIN}{os.pathsep}{env['PATH']}", PYTHONPATH=str(ROOT))
-    log = tmp_path / "log"
-    with log.open("wb") as out:
-        run = subprocess.Popen([sys.executable, str(ROOT / "scripts" / "supervise.py"),
-                                "--procfile", str(ROOT / "Procfile"), "redis"], cwd=tmp_path,
-                               env=env, stdout=out, stderr=subprocess.STDOUT,
-                               start_new_session=True)
+    run, log = supervise(tmp_path, "--procfile", str(ROOT / "Procfile"), "redis")
+    env = run_env()
     try:
         eventually(lambda: "starting the project's own server" in log.read_text(), 60,
                    "the project's own Redis to start")
