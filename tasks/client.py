@@ -264,6 +264,11 @@ class OcrClient:
             return dict(res.result)
         if state == CeleryState.REVOKED:
             return self._revoked(job_id)
+        # A cancel's ending stores the job's result, then Celery's REVOKED: in between
+        # the job has ended CANCELLED as `status` already says (`JobStateReader`).
+        cancelled = self._control.cancelled_result(job_id)
+        if cancelled is not None:
+            return cancelled
         exc = res.result if isinstance(res.result, BaseException) else OcrError()
         return {"id": job_id, "status": JobStatus.FAILURE.value, "error": error_info(exc)}
 

@@ -13,6 +13,7 @@ import json
 import re
 import threading
 import time
+import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -21,6 +22,7 @@ import psutil
 import pytest
 
 from tasks.client import OcrClient
+from tasks.state.stores import JobControl
 from tests.harness import FAST_PAGES, Worker, eventually, fake_env, kill_all
 from tests.image_fixtures import png
 from tests.pdf_fixtures import image_pdf, plain_pages
@@ -94,6 +96,21 @@ def test_cancel_survives_a_worker_restart(worker: Callable[..., Worker],
     assert client.wait([follow], timeout=30)[follow]["status"] == "SUCCESS"
     assert client.result(queued)["status"] == "CANCELLED"
     assert outcomes(started, queued) == ["CANCELLED"]  # it never ran
+
+
+def test_a_cancel_ending_between_its_two_writes_reads_cancelled(client: OcrClient) -> None:
+    """A cancel's ending stores the job's result, then Celery's REVOKED: read in between.
+
+    The job's state (what an events stream reads) says CANCELLED and final as soon as
+    the first write is there; its result must say the same, not a FAILURE read from
+    Celery's state, which is still STARTED (the chaos soak met this once).
+    """
+    job = f"between-{uuid.uuid4().hex[:8]}"
+    client.app.backend.store_result(job, {"pid": 1}, "STARTED")
+    kept = {"id": job, "status": "CANCELLED", "pages": [], "filename": "a.png"}
+    JobControl(client.app.backend.client, 60).store_cancelled(job, kept)
+    assert client.status(job).status == "CANCELLED"
+    assert client.result(job)["status"] == "CANCELLED"
 
 
 def test_cancel_a_running_document(worker: Callable[..., Worker], client: OcrClient) -> None:
