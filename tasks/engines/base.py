@@ -63,8 +63,10 @@ class ScriptGuess:
     rotation: int | None = 0
     # Set when a line probe (a few of the page's text lines read with one language of
     # each script) found the script: the language that read them best and its text.
-    # `confidence` is then that read's mean word confidence (0-100) and `rotation` None
-    # (the probe does not turn the page: its usual orientation pass runs).
+    # `confidence` is then that read's mean word confidence (0-100) and `rotation` 0
+    # where that read proves the page upright (the adapter's own bar: tesseract's
+    # PROBE_SURE, as its `reads_upright`), else None (the probe does not turn the page:
+    # its usual orientation pass runs).
     probe_lang: str | None = None
     probe_text: str = ""
 

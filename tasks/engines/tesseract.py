@@ -18,7 +18,8 @@ to read than the same page in grey. The reading also says whether the page was
 upright (`PageResult.upright`), so that the orientation pass runs only when it was not.
 Engines that do not read orientation themselves (the VLMs, rapidocr) have their check
 start with a trial read of the line probe's lines (`reads_upright`, ~0.03-0.05 s): a
-sure upright read ends it, any other page goes to OSD (~0.2-0.3 s) as before.
+sure upright read ends it, any other page goes to OSD (~0.2-0.3 s) as before. An `auto`
+page whose line probe read it that surely needs neither (`detect_script`).
 """
 
 from __future__ import annotations
@@ -193,7 +194,9 @@ class TesseractEngine(OcrEngine):
         Where `probes` can tell a language from a few words (`probes.tells(script,
         text)`: `auto_lang.Probes`), the first probe reads the inkiest line alone
         first, and ends there when that line's words already tell it surely (an
-        English page: one half line instead of three).
+        English page: one half line instead of three). A probe read at or above
+        PROBE_SURE also shows the page upright (`ScriptGuess.rotation` 0): its
+        orientation check is not run again.
         """
         if probes:
             lines = probe_crops(image, self.PROBE_LINES, self.PROBE_WIDTH)
@@ -225,8 +228,7 @@ class TesseractEngine(OcrEngine):
                 good = _mean(words) >= self.PROBE_MIN and \
                     script_share(text, script) >= self.PROBE_SCRIPT_SHARE
                 if good and first(script, text):
-                    return ScriptGuess(script, _mean(words), None, probe_lang=lang,
-                                       probe_text=text)
+                    return self._probed(script, _mean(words), lang, text)
                 if good:  # read well alone: the other lines add to it
                     more, others = self._read_lines(lang, sorted(lines[1:]))
                     text, words = text + more, words + others
@@ -245,7 +247,17 @@ class TesseractEngine(OcrEngine):
         if best is None or best[0] < self.PROBE_MIN:
             return None
         confidence, script, lang, text = best
-        return ScriptGuess(script, confidence, None, probe_lang=lang, probe_text=text)
+        return self._probed(script, confidence, lang, text)
+
+    def _probed(self, script: str, confidence: float, lang: str, text: str) -> ScriptGuess:
+        """A probe's finding; upright (rotation 0) when read at or above PROBE_SURE.
+
+        The same proof `reads_upright` takes: lines of a page turned 90, 180 or 270
+        degrees read far below it. Under it the rotation is left to the page's usual
+        orientation check (None).
+        """
+        rotation = 0 if confidence >= self.PROBE_SURE else None
+        return ScriptGuess(script, confidence, rotation, probe_lang=lang, probe_text=text)
 
     def _read_lines(self, lang: str, lines: Sequence[ProbeLine]) -> tuple[str, list[int]]:
         """The text of `lines` read as one block with `lang`, and its word confidences."""

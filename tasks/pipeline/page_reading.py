@@ -181,8 +181,10 @@ def _auto_language(image: Image.Image, engine: OcrEngine, options: RecognizeOpti
     page's lines with one language of each script (`script_probes`); only a page no
     probe reads well gets an orientation check (OSD) for its script and rotation, and
     the caller then runs no second one. Engines that take no `lang` (vision-language
-    models) read the page as they would without one. The rotation is None when the
-    probe found the script or the check could not tell (too little text): the page is
+    models) read the page as they would without one. The rotation is 0 when a probe
+    read proved the page upright (no orientation check follows: a Han page that
+    rapidocr reads saves its trial read and OSD, ~0.4 s); None when the probe found
+    the script less surely or the check could not tell (too little text): the page is
     then turned as it would have been without `auto`.
     """
     if engine.languages(settings) is None:

@@ -276,7 +276,9 @@ def test_the_line_probe_finds_each_corpus_pages_script_and_language(
     probes = script_probes(SETTINGS, type(tesseract_engine).languages(SETTINGS))
     guess = tesseract_engine.detect_script(page, probes)
     assert guess is not None and (guess.script, guess.probe_lang) == (script, probe)
-    assert guess.rotation is None  # no OSD pass: the page's usual orientation check runs
+    # Read at or above PROBE_SURE: upright, and no orientation check follows; under it
+    # (none of these pages) the page's usual orientation check would run.
+    assert guess.confidence >= tesseract_engine.PROBE_SURE and guess.rotation == 0
     assert page_language(guess, "tesseract", True, SETTINGS).lang == lang
     assert (len(_lines(guess.probe_text)) == 1) == alone, guess.probe_text
     # Probes that cannot tell a language (a plain list): the whole block, every page.
@@ -307,3 +309,35 @@ def test_lines_joined_into_blocks_are_probed_a_line_each(
     assert guess is not None and (guess.script, guess.probe_lang) == ("Latin", "eng")
     lines = _lines(guess.probe_text)
     assert len(lines) == tesseract_engine.PROBE_LINES, lines  # not 3 blocks of 2-3 lines
+
+
+@pytest.mark.parametrize("lang,checked", [("auto", False), ("chi_sim", True)])
+def test_a_page_the_probe_read_surely_gets_no_orientation_check(
+        monkeypatch: pytest.MonkeyPatch, lang: str, checked: bool) -> None:
+    """The Han page: its `auto` probe read (chi_sim, at or above PROBE_SURE) shows it upright.
+
+    So neither the trial read nor OSD runs again before rapidocr (or tesseract) reads
+    it; with `lang=chi_sim` named (no probe) its orientation check runs as it always did.
+    """
+    from tasks.engines.resident import ResidentEngines
+    from tasks.pipeline.documents import run_document
+    from tests.harness import corpus
+
+    trials: list[int] = []
+    osd: list[int] = []
+    upright, orientation = TesseractEngine.reads_upright, TesseractEngine.detect_orientation
+    monkeypatch.setattr(TesseractEngine, "reads_upright",
+                        lambda self, image: trials.append(1) or upright(self, image))
+    monkeypatch.setattr(TesseractEngine, "detect_orientation",
+                        lambda self, image: osd.append(1) or orientation(self, image))
+    engines = ResidentEngines(settings=SETTINGS, primary="tesseract")
+    try:
+        engine = engines.get(engines.for_job(None, lang)).engine
+        result = run_document(corpus("lang_chi_sim_page.jpg").read_bytes(),
+                              JobRequest(source="blob", filename="p.jpg", lang=lang),
+                              engine, SETTINGS)
+    finally:
+        engines.unload()
+    page = result.pages[0]
+    assert (page.lang, page.rotation, page.error) == ("chi_sim", 0, None)
+    assert bool(trials + osd) == checked, (trials, osd)
