@@ -189,12 +189,13 @@ class OcrEngine(ABC):
         """
         return 0
 
-    def reads_upright(self, image: Image.Image) -> bool:
+    def reads_upright(self, image: Image.Image, lang: str | None = None) -> bool:
         """Whether a short trial read of a few of the page's lines shows it upright.
 
         A cheap first step of the orientation check for engines that do not read
         orientation themselves: True ends it (rotation 0); False (the default: cannot
-        tell) leaves it to `detect_orientation`.
+        tell) leaves it to `detect_orientation`. `lang` is the language set the page
+        will be read in (the job's `lang`), None where it names none.
         """
         return False
 

@@ -97,6 +97,7 @@ class TesseractEngine(OcrEngine):
         self._probes: dict[str, Any] = {}
         self._osd_path: str | None = None
         self._upright_probe: tuple[str, str] | None = None
+        self._scripts: dict[str, str] = {}
         self.model = lang
 
     @classmethod
@@ -117,7 +118,8 @@ class TesseractEngine(OcrEngine):
 
         engine = cls(tesserocr, found, lang, settings.tesseract_handles)
         engine._api(lang)
-        engine._upright_probe = _upright_probe(lang, settings.auto_lang_map)
+        engine._scripts = dict(settings.auto_lang_map)
+        engine._upright_probe = _upright_probe(lang, engine._scripts)
         if "osd" in found:
             engine._osd_path = str(found["osd"])
             engine._osd = tesserocr.PyTessBaseAPI(path=engine._osd_path, lang="osd",
@@ -169,17 +171,20 @@ class TesseractEngine(OcrEngine):
             return 0
         return int(found["orient_deg"]) % 360
 
-    def reads_upright(self, image: Image.Image) -> bool:
+    def reads_upright(self, image: Image.Image, lang: str | None = None) -> bool:
         """Whether the page's inkiest lines (`probe_crops`) read surely upright.
 
-        One read of the lines `detect_script` probes, in the engine's first language, at
-        or above PROBE_SURE with letters of that language's script (~0.05 s on a Latin
-        page, where OSD takes ~0.3 s): turned or unreadable lines read far below it.
+        One read of the lines `detect_script` probes, in the first language of `lang`
+        (the set the page will be read in: `chi_sim` for a Han page rapidocr reads;
+        None: the engine's own), at or above PROBE_SURE with letters of that language's
+        script (~0.05 s on a Latin page, ~0.1 s on a Han one, where OSD takes
+        ~0.3-0.4 s): turned or unreadable lines read far below it.
         """
-        if self._upright_probe is None or self._osd is None:
+        probe = self._upright_probe if lang is None else _upright_probe(lang, self._scripts)
+        if probe is None or self._osd is None:
             return False
         lines = probe_crops(image, self.PROBE_LINES, self.PROBE_WIDTH)
-        guess = self._probe(lines, (self._upright_probe,)) if lines else None
+        guess = self._probe(lines, (probe,)) if lines else None
         return guess is not None and guess.confidence >= self.PROBE_SURE
 
     def detect_script(self, image: Image.Image,

@@ -72,7 +72,7 @@ def ocr_page(number: int, image: Image.Image, engine: OcrEngine, options: Recogn
     page_image = image if image.mode == mode else image.convert(mode)
     rotation = 0 if checked is None or not settings.auto_rotate else checked
     if settings.auto_rotate and checked is None and not engine.reads_orientation:
-        rotation = _orientation(engine, page_image, trial=True)
+        rotation = _orientation(engine, page_image, trial=True, lang=options.lang)
     skew, final, result = _read(page_image, rotation, engine, options, settings)
     if settings.auto_rotate and checked is None and engine.reads_orientation and \
             not result.upright:
@@ -249,17 +249,19 @@ def _placed_words(result: PageResult, engine: OcrEngine, boxes_from: str,
     return dataclasses.replace(result, words=words), size, boxed_size, unplaced
 
 
-def _orientation(engine: OcrEngine, image: Image.Image, trial: bool = False) -> int:
+def _orientation(engine: OcrEngine, image: Image.Image, trial: bool = False,
+                 lang: str | None = None) -> int:
     """The page's rotation, by the engine's own check or the one it names.
 
     With `trial` (a page no reading has looked at yet), a checker whose short trial
-    read of a few lines shows the page upright (`reads_upright`) answers 0 without its
-    orientation check (tesseract: ~0.05 s instead of OSD's ~0.3 s on a VLM-sized page).
+    read of a few lines, in `lang` (the set the page is read in), shows the page
+    upright (`reads_upright`) answers 0 without its orientation check (tesseract:
+    ~0.05 s instead of OSD's ~0.3 s on a VLM-sized page).
     """
     checker = _checker(engine, "orientation")
     if checker is None:
         return 0
-    if trial and checker.reads_upright(image):
+    if trial and checker.reads_upright(image, lang):
         return 0
     return checker.detect_orientation(image)
 

@@ -312,33 +312,46 @@ def test_lines_joined_into_blocks_are_probed_a_line_each(
     assert len(lines) == tesseract_engine.PROBE_LINES, lines  # not 3 blocks of 2-3 lines
 
 
-@pytest.mark.parametrize("lang,checked", [("auto", False), ("chi_sim", True)])
-def test_a_page_the_probe_read_surely_gets_no_orientation_check(
-        monkeypatch: pytest.MonkeyPatch, lang: str, checked: bool) -> None:
-    """The Han page: its `auto` probe read (chi_sim, at or above PROBE_SURE) shows it upright.
+@pytest.mark.parametrize("lang,turned,trials,osd", [
+    ("auto", 0, 0, 0),  # the probe's chi_sim read (87) shows it upright: no check
+    ("chi_sim", 0, 1, 0),  # named: the trial read, in chi_sim, shows it upright
+    ("chi_sim", 180, 1, 1),  # turned over: the trial read fails, OSD turns it
+])
+def test_the_han_pages_orientation_is_checked_in_its_own_language(
+        monkeypatch: pytest.MonkeyPatch, lang: str, turned: int, trials: int,
+        osd: int) -> None:
+    """The Han page, read by rapidocr (tesseract where rapidocr is not installed).
 
-    So neither the trial read nor OSD runs again before rapidocr (or tesseract) reads
-    it; with `lang=chi_sim` named (no probe) its orientation check runs as it always did.
+    An `auto` page whose probe read it at or above PROBE_SURE gets no orientation
+    check; a page named `chi_sim` gets the trial read in `chi_sim` (with `eng`, the
+    engine's own language, it read Han lines badly and OSD ran on every page), and OSD
+    only where that read fails.
     """
+    import io
+
+    from PIL import Image
+
     from tasks.engines.resident import ResidentEngines
     from tasks.pipeline.documents import run_document
     from tests.harness import corpus
 
-    trials: list[int] = []
-    osd: list[int] = []
+    calls: dict[str, list[str | None]] = {"trial": [], "osd": []}
     upright, orientation = TesseractEngine.reads_upright, TesseractEngine.detect_orientation
-    monkeypatch.setattr(TesseractEngine, "reads_upright",
-                        lambda self, image: trials.append(1) or upright(self, image))
-    monkeypatch.setattr(TesseractEngine, "detect_orientation",
-                        lambda self, image: osd.append(1) or orientation(self, image))
+    monkeypatch.setattr(TesseractEngine, "reads_upright", lambda self, image, lang=None:
+                        calls["trial"].append(lang) or upright(self, image, lang))
+    monkeypatch.setattr(TesseractEngine, "detect_orientation", lambda self, image:
+                        calls["osd"].append(None) or orientation(self, image))
+    with Image.open(corpus("lang_chi_sim_page.jpg")) as scan:
+        buffer = io.BytesIO()
+        scan.convert("L").rotate(turned).save(buffer, "PNG")
     engines = ResidentEngines(settings=SETTINGS, primary="tesseract")
     try:
         engine = engines.get(engines.for_job(None, lang)).engine
-        result = run_document(corpus("lang_chi_sim_page.jpg").read_bytes(),
-                              JobRequest(source="blob", filename="p.jpg", lang=lang),
+        result = run_document(buffer.getvalue(),
+                              JobRequest(source="blob", filename="p.png", lang=lang),
                               engine, SETTINGS)
     finally:
         engines.unload()
     page = result.pages[0]
-    assert (page.lang, page.rotation, page.error) == ("chi_sim", 0, None)
-    assert bool(trials + osd) == checked, (trials, osd)
+    assert (page.lang, page.rotation, page.error) == ("chi_sim", (360 - turned) % 360, None)
+    assert calls == {"trial": ["chi_sim"] * trials, "osd": [None] * osd}
