@@ -26,7 +26,7 @@ after its first line where that line's words are sure (`Probes.tells`).
 
 from __future__ import annotations
 
-from collections.abc import Collection
+from collections.abc import Collection, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -81,6 +81,18 @@ def script_probes(settings: Settings, reads: Collection[str] | None) -> Probes:
         if reads is None or lang in reads:
             probes.append((script, lang))
     return probes
+
+
+def trial_probe(lang: str, scripts: Mapping[str, str]) -> tuple[str, str] | None:
+    """The (script, language) an orientation check's trial read of a `lang` page reads with.
+
+    `lang`'s first code and the OCR_AUTO_LANGS script (`scripts`) whose set holds it;
+    None where no script there names that code (no trial read: OSD alone, as before).
+    """
+    code = lang.split("+")[0]
+    script = next((name for name, langs in scripts.items() if code in langs.split("+")),
+                  None)
+    return None if script is None else (script, code)
 
 
 def choosable(settings: Settings, reads: Collection[str] | None) -> dict[str, list[str]]:

@@ -31,6 +31,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from tasks.engines._text_lines import ProbeLine, probe_crops, script_share, stack
+from tasks.engines.auto_lang import trial_probe
 from tasks.engines.textfix import fix_text, fix_words, needs_fix
 from tasks.errors import EngineUnavailable, LanguageUnavailable
 
@@ -119,7 +120,7 @@ class TesseractEngine(OcrEngine):
         engine = cls(tesserocr, found, lang, settings.tesseract_handles)
         engine._api(lang)
         engine._scripts = dict(settings.auto_lang_map)
-        engine._upright_probe = _upright_probe(lang, engine._scripts)
+        engine._upright_probe = trial_probe(lang, engine._scripts)
         if "osd" in found:
             engine._osd_path = str(found["osd"])
             engine._osd = tesserocr.PyTessBaseAPI(path=engine._osd_path, lang="osd",
@@ -180,7 +181,7 @@ class TesseractEngine(OcrEngine):
         script (~0.05 s on a Latin page, ~0.1 s on a Han one, where OSD takes
         ~0.3-0.4 s): turned or unreadable lines read far below it.
         """
-        probe = self._upright_probe if lang is None else _upright_probe(lang, self._scripts)
+        probe = self._upright_probe if lang is None else trial_probe(lang, self._scripts)
         if probe is None or self._osd is None:
             return False
         lines = probe_crops(image, self.PROBE_LINES, self.PROBE_WIDTH)
@@ -383,18 +384,6 @@ class TesseractEngine(OcrEngine):
         if self._scratch is not None:
             self._scratch.cleanup()
             self._scratch = None
-
-
-def _upright_probe(lang: str, scripts: dict[str, str]) -> tuple[str, str] | None:
-    """The (script, language) `reads_upright` reads with; None: no trial read.
-
-    `lang`'s first code and the OCR_AUTO_LANGS script whose set holds it (a code no
-    script there names gets no trial read: OSD alone, as before).
-    """
-    code = lang.split("+")[0]
-    script = next((name for name, langs in scripts.items() if code in langs.split("+")),
-                  None)
-    return None if script is None else (script, code)
 
 
 def _mean(confidences: Sequence[int]) -> float:
