@@ -97,8 +97,7 @@ class TesseractEngine(OcrEngine):
         self._script_osd: Any = None
         self._probes: dict[str, Any] = {}
         self._osd_path: str | None = None
-        self._upright_probe: tuple[str, str] | None = None
-        self._scripts: dict[str, str] = {}
+        self._scripts: dict[str, str] = {}  # OCR_AUTO_LANGS: the trial read's script
         self.model = lang
 
     @classmethod
@@ -120,7 +119,6 @@ class TesseractEngine(OcrEngine):
         engine = cls(tesserocr, found, lang, settings.tesseract_handles)
         engine._api(lang)
         engine._scripts = dict(settings.auto_lang_map)
-        engine._upright_probe = trial_probe(lang, engine._scripts)
         if "osd" in found:
             engine._osd_path = str(found["osd"])
             engine._osd = tesserocr.PyTessBaseAPI(path=engine._osd_path, lang="osd",
@@ -181,12 +179,12 @@ class TesseractEngine(OcrEngine):
         script (~0.05 s on a Latin page, ~0.1 s on a Han one, where OSD takes
         ~0.3-0.4 s): turned or unreadable lines read far below it.
         """
-        probe = self._upright_probe if lang is None else trial_probe(lang, self._scripts)
+        probe = trial_probe(lang or self.model or "", self._scripts)
         if probe is None or self._osd is None:
             return False
         lines = probe_crops(image, self.PROBE_LINES, self.PROBE_WIDTH)
         guess = self._probe(lines, (probe,)) if lines else None
-        return guess is not None and guess.confidence >= self.PROBE_SURE
+        return guess is not None and guess.rotation == 0  # read at PROBE_SURE or above
 
     def detect_script(self, image: Image.Image,
                       probes: Sequence[tuple[str, str]] = ()) -> ScriptGuess | None:
