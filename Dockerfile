@@ -9,15 +9,20 @@
 #   LANGS    tesseract languages, Debian's tesseract-ocr-<lang> packages
 #            (default "eng vie ell chi_sim"; `lang=auto` and OCR_LANG need them)
 #   WHEELS   "index" (default): Python packages from the package index; "local": only
-#            from ./wheels (`make wheels` fills it with `pip wheel`), nothing downloaded
+#            from ./wheels (`make wheels` downloads the lock's files there), nothing
+#            downloaded. Either way every package is requirements-image.lock's, each file
+#            checked against its hash (`pip install --require-hashes`)
 #   MLX      "" (default): no in-process VLM (workers use tesseract, rapidocr or
 #            vlm-api); "cpu" or "cuda": requirements-vlm.txt with mlx[cpu] or mlx[cuda]
 #            for OCR_ENGINE=mlx-vlm (cuda: run with the NVIDIA container toolkit; not
-#            built by the tests, and well over the 900 MB of the default image)
+#            built by the tests, well over the 900 MB of the default image, and not in
+#            the lock: those packages are pinned by version only)
+#   BASE     the Debian base, by its version and digest (`make image` gives its own,
+#            made from Debian's packages)
 #   VERSION, SOURCE   the OCI labels
 # No model weights are in the image: mount a model directory (OCR_MODEL_DIR) or point
 # vlm-api workers at an inference server.
-ARG BASE=debian:bookworm-slim
+ARG BASE=debian:12.11-slim@sha256:b1a741487078b369e78119849663d7f1a5341ef2768798f7b7406c4240f86aef
 
 FROM ${BASE} AS build
 ARG WHEELS=index
@@ -28,21 +33,18 @@ RUN apt-get update \
  && rm -rf /var/lib/apt/lists/*
 RUN python3 -m venv /opt/venv
 # Only the files it installs from (requirements-dev.txt changing rebuilds nothing).
-COPY requirements.txt requirements-rapidocr.txt requirements-s3.txt \
-     requirements-vlm-api.txt requirements-vlm.txt /src/
+COPY requirements-image.lock requirements.txt requirements-vlm.txt /src/
 # ./wheels holds only its README unless `make wheels` filled it (git-ignored otherwise).
 COPY wheels/ /wheels/
 # The engines of the default image: tesseract (requirements.txt), rapidocr, the vlm-api
-# client, boto3 for s3:// inputs. OpenCV without GUI: rapidocr only needs cv2, and
+# client, boto3 for s3:// inputs, exactly as requirements-image.lock pins them (`make
+# lock`), every file checked against its hash, nothing else pulled in (--no-deps: the
+# lock holds every dependency). OpenCV without GUI: rapidocr only needs cv2, and
 # opencv-python's cv2 wants libGL, which a slim image does not have.
 RUN set -eu; \
     if [ "$WHEELS" = local ]; then from="--no-index --find-links /wheels"; else from=""; fi; \
     pip() { /opt/venv/bin/pip --disable-pip-version-check --no-cache-dir "$@"; }; \
-    pip install $from -r /src/requirements-rapidocr.txt -r /src/requirements-s3.txt \
-        -r /src/requirements-vlm-api.txt; \
-    cv=$(/opt/venv/bin/python -c 'import importlib.metadata as m; print(m.version("opencv-python"))'); \
-    pip uninstall -y opencv-python; \
-    pip install $from --no-deps "opencv-python-headless==$cv"; \
+    pip install $from --require-hashes --no-deps -r /src/requirements-image.lock; \
     if [ -n "$MLX" ]; then \
       sed "s/^mlx\[cpu\]/mlx[$MLX]/" /src/requirements-vlm.txt > /src/requirements-vlm-image.txt; \
       pip install $from -r /src/requirements-vlm-image.txt; \

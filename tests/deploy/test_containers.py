@@ -1,15 +1,19 @@
 """The image and compose.yaml with real containers (issue 38): podman and podman-compose.
 
 Runs in the test process; everything else runs in containers of the image `make image`
-builds (`ocr-queue:latest`, rebuilt when its inputs changed: the image carries a hash
-of them as a label). One compose project per session (its own podman network, ports
-published on 127.0.0.1 only, free ports chosen here): the API container reads a scanned
-PDF sent with a token, `submit.py` reads one from the host, every role answers its
-health command, a worker stopped with SIGTERM mid-document hands over without reading
-a page twice, queued jobs outlive a Redis restart, a queued job is cancelled, and
-`down` leaves nothing. `make test` installs podman, debootstrap and runc (as root) and
-podman-compose (requirements-dev.txt); without podman these tests skip and say why.
-Select them with `-m containers`.
+builds (tagged `ocr-queue:test-<hash of its inputs>`, rebuilt when they changed, so
+checkouts sharing podman's store never take each other's; `make image` also writes its
+CycloneDX SBOM, validated here against CycloneDX's schema). One compose project per
+session (its own podman network, ports published on 127.0.0.1 only, free ports chosen
+here), its secrets and Redis's certificate made by `scripts/make_secrets.py` as an
+operator makes them: every role runs with its own Redis user over verified TLS (Redis
+serves nothing else, and lists each role's user among its clients, nothing refused);
+the API container reads a scanned PDF sent with a token, `submit.py` reads one from
+the host, every role answers its health command, a worker stopped with SIGTERM
+mid-document hands over without reading a page twice, queued jobs outlive a Redis
+restart, a queued job is cancelled, and `down` leaves nothing. `make test` installs
+podman, debootstrap and runc (as root) and podman-compose (requirements-dev.txt);
+without podman these tests skip and say why. Select them with `-m containers`.
 """
 
 from __future__ import annotations
@@ -19,7 +23,6 @@ import io
 import json
 import os
 import re
-import secrets
 import shutil
 import subprocess
 import sys
@@ -35,6 +38,7 @@ import requests
 import yaml
 from PIL import Image
 
+from scripts.make_secrets import secret_values, write_certs
 from tasks.client import OcrClient
 from tasks.settings import Settings
 from tests.cer import cer
@@ -42,7 +46,6 @@ from tests.harness import CORPUS, ROOT, VENV_BIN, eventually, free_port, procfil
 
 pytestmark = [pytest.mark.containers, pytest.mark.timeout(3600)]
 
-IMAGE = "ocr-queue:latest"
 INPUTS_LABEL = "ocr-queue.inputs"
 SIZE_GOAL = 900_000_000  # bytes, as `podman images` counts MB (10^6)
 ROLES = ("api", "worker", "beat", "flower", "metrics", "control")
@@ -59,9 +62,8 @@ def image_inputs_hash() -> str:
     """A hash of every file the image is built from (the Dockerfile's COPY sources)."""
     digest = hashlib.sha256()
     names = ["Dockerfile", ".dockerignore", "Procfile", "pyproject.toml", "LICENSE",
-             "submit.py", "ocr_admin.py", "worker_config.py",
-             "requirements.txt", "requirements-rapidocr.txt", "requirements-s3.txt",
-             "requirements-vlm-api.txt", "requirements-vlm.txt"]
+             "submit.py", "ocr_admin.py", "worker_config.py", "requirements-image.lock",
+             "requirements.txt", "requirements-vlm.txt"]
     paths = [ROOT / n for n in names]
     for folder in ("tasks", "scripts"):
         paths += sorted(p for p in (ROOT / folder).rglob("*")
@@ -94,27 +96,42 @@ class Podman:
 
 
 class Stack:
-    """One compose project of compose.yaml, on free loopback ports."""
+    """One compose project of compose.yaml, on free loopback ports, with secrets of its own."""
 
-    def __init__(self, podman: Podman, workdir: Path) -> None:
+    def __init__(self, podman: Podman, workdir: Path, image: str) -> None:
         self.podman = podman
         self.project = f"ocrtest{os.getpid()}"
-        self.redis_password = secrets.token_hex(12)
+        self.secrets = secret_values()
         self.ports = {name: free_port() for name in ("redis", "api", "flower", "metrics")}
-        self.env_file = workdir / "compose.env"
-        self.env_file.write_text("\n".join([
-            f"REDIS_PASSWORD={self.redis_password}",
-            f"FLOWER_BASIC_AUTH=ocr:{secrets.token_hex(8)}",
+        self.tls = workdir / "tls"
+        write_certs(self.tls, ["redis", "localhost", "127.0.0.1"])
+        self.env_file = workdir / "secrets.env"  # compose's substitutions (`.env`)
+        self.env_file.write_text("".join(f"{k}={v}\n" for k, v in self.secrets.items()))
+        self.settings_file = workdir / "settings.env"  # every service's settings
+        self.settings_file.write_text("\n".join([
             "OCR_CONCURRENCY=2",
             "OCR_CACHE_RESULTS=0",  # the SIGTERM test reads one page 20 times
             "LOG_LEVEL=INFO", ""]))
-        self.compose_env = {"QUEUE_ENV_FILE": str(self.env_file),
+        self.compose_env = {"QUEUE_ENV_FILE": str(self.settings_file), "QUEUE_IMAGE": image,
+                            "REDIS_TLS_DIR": str(self.tls),
                             **{f"PUBLISH_{k.upper()}_PORT": str(v)
                                for k, v in self.ports.items()}}
 
+    def url(self, user: str, host: str = "127.0.0.1", ca: str | None = None) -> str:
+        """The verified rediss:// URL of a Redis user, from the host (or `host`)."""
+        port = self.ports["redis"] if host == "127.0.0.1" else 6379
+        return (f"rediss://{user}:{self.secrets[f'REDIS_PASSWORD_{user.upper()}']}@{host}:"
+                f"{port}/0?ssl_cert_reqs=required&ssl_ca_certs={ca or self.tls / 'ca.crt'}")
+
     @property
     def redis_url(self) -> str:
-        return f"redis://:{self.redis_password}@127.0.0.1:{self.ports['redis']}/0"
+        """A client's (submit.py, the Python client): the `client` user."""
+        return self.url("client")
+
+    @property
+    def admin_url(self) -> str:
+        """An operator's (ocr_admin.py, inspecting Redis): the `admin` user."""
+        return self.url("admin")
 
     @property
     def api(self) -> str:
@@ -214,28 +231,34 @@ def podman(tmp_path_factory: pytest.TempPathFactory) -> Podman:
     return Podman(tmp_path_factory.mktemp("podman"))
 
 
+def sbom_path(image: str) -> Path:
+    """Where `make image` writes the image's SBOM."""
+    return ROOT / "var" / "sbom" / f"{image.replace(':', '-')}.cdx.json"
+
+
 @pytest.fixture(scope="module")
 def image(podman: Podman) -> str:
-    """ocr-queue:latest built from this tree (reused when its inputs are unchanged)."""
+    """The image of this tree, `ocr-queue:test-<inputs hash>` (reused while they are)."""
     wanted = image_inputs_hash()
-    found = podman.run("image", "inspect", IMAGE, check=False)
-    if found.returncode == 0:
+    tag = f"ocr-queue:test-{wanted[:16]}"
+    found = podman.run("image", "inspect", tag, check=False)
+    if found.returncode == 0 and sbom_path(tag).exists():
         labels = json.loads(found.stdout)[0].get("Labels") or {}
         if labels.get(INPUTS_LABEL) == wanted:
-            return IMAGE
+            return tag
     done = subprocess.run(
-        ["make", "image", f"IMAGE={IMAGE}",
+        ["make", "image", f"IMAGE={tag}",
          f"IMAGE_BUILD_ARGS=--label={INPUTS_LABEL}={wanted}"],
         cwd=ROOT, capture_output=True, text=True, timeout=3000,
         env={**podman.env, "MAKEFLAGS": ""})
     assert done.returncode == 0, f"make image:\n{done.stdout[-4000:]}\n{done.stderr[-4000:]}"
-    return IMAGE
+    return tag
 
 
 @pytest.fixture(scope="module")
 def stack(podman: Podman, image: str,
           tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
-    stack = Stack(podman, tmp_path_factory.mktemp("compose"))
+    stack = Stack(podman, tmp_path_factory.mktemp("compose"), image)
     try:
         stack.compose("up", "-d")
         stack.wait_ready()
@@ -253,20 +276,22 @@ def client_for(stack: Stack) -> OcrClient:
     return OcrClient(Settings.from_env({"REDIS_URL": stack.redis_url}))
 
 
-def submit_py(stack: Stack, *args: str, timeout: float = 600
-              ) -> subprocess.CompletedProcess[str]:
+def submit_py(stack: Stack, *args: str, timeout: float = 600, script: str = "submit.py",
+              url: str | None = None) -> subprocess.CompletedProcess[str]:
+    """submit.py (or ocr_admin.py) from the host, as the `client` user (or `url`'s)."""
     env = {k: v for k, v in os.environ.items() if not k.startswith(("OCR_", "REDIS_"))}
-    return subprocess.run([sys.executable, "submit.py", *args], cwd=ROOT, text=True,
+    return subprocess.run([sys.executable, script, *args], cwd=ROOT, text=True,
                           capture_output=True, timeout=timeout,
-                          env={**env, "REDIS_URL": stack.redis_url})
+                          env={**env, "REDIS_URL": url or stack.redis_url})
 
 
 def queued(stack: Stack) -> int:
     """Messages waiting in the `ocr` queue, every priority list included.
 
-    Waits for Redis to answer first (it may be loading its append-only file).
+    Waits for Redis to answer first (it may be loading its append-only file); an
+    operator's look, with the `admin` user (a client's may not list keys).
     """
-    client = redis.Redis.from_url(stack.redis_url)
+    client = redis.Redis.from_url(stack.admin_url)
 
     def answers() -> bool:
         try:
@@ -294,7 +319,20 @@ def test_compose_runs_the_procfile_lines() -> None:
 
 
 def test_image_is_slim_and_serves_every_engine(podman: Podman, image: str) -> None:
+    """...and its SBOM lists what it holds, valid CycloneDX."""
+    from cyclonedx.schema import SchemaVersion
+    from cyclonedx.validation.json import JsonStrictValidator
+
+    text = sbom_path(image).read_text()
+    assert JsonStrictValidator(SchemaVersion.V1_6).validate_str(text) is None
+    sbom = json.loads(text)
+    purls = {c.get("purl", "").split("@")[0] for c in sbom["components"]}
+    assert {"pkg:pypi/celery", "pkg:pypi/tesserocr", "pkg:pypi/opencv-python-headless",
+            "pkg:deb/debian/redis-server", "pkg:deb/debian/tini"} <= purls
+    assert "pkg:pypi/opencv-python" not in purls and "pkg:pypi/pip" not in purls
     info = podman.inspect("image", image)
+    assert sbom["metadata"]["component"]["hashes"][0]["content"] == \
+        info["Id"].removeprefix("sha256:")
     assert info["Size"] <= SIZE_GOAL, f"{info['Size'] / 1e6:.0f} MB"
     config = info["Config"]
     assert config["User"] == "10001:10001"
@@ -320,6 +358,43 @@ def test_image_is_slim_and_serves_every_engine(podman: Podman, image: str) -> No
         assert f"'{lang}'" in lines["langs"], lines["langs"]
 
 
+def test_every_role_uses_its_own_redis_user_over_tls(stack: Stack) -> None:
+    """Redis serves only TLS; each role's connection is its own user's; nothing refused."""
+    port = stack.ports["redis"]
+    with pytest.raises(redis.ConnectionError):  # no plaintext port
+        redis.Redis(port=port, socket_timeout=5).ping()
+    with pytest.raises(redis.AuthenticationError):  # `default` is off
+        redis.Redis.from_url(stack.url("client").replace(
+            f"client:{stack.secrets['REDIS_PASSWORD_CLIENT']}@", "default:x@")).ping()
+    for role in ROLES:
+        env = stack.podman.inspect("container", stack.container(role))["Config"]["Env"]
+        (url,) = [e.split("=", 1)[1] for e in env if e.startswith("REDIS_URL=")]
+        assert url.startswith(f"rediss://{role}:") and "ssl_cert_reqs=required" in url
+        assert not [e for e in env if e.startswith(("REDIS_PASSWORD_", "FLOWER_PASSWORD"))]
+    # a worker never reads the API's tokens
+    denied = stack.exec("worker", "python", "-c", "import os, redis; redis.Redis.from_url("
+                        "os.environ['REDIS_URL']).get('ocr:api:token:probe')", check=False)
+    assert "NoPermissionError" in denied.stderr, denied.stderr
+    scraped = requests.get(f"http://127.0.0.1:{stack.ports['metrics']}/metrics", timeout=30)
+    assert scraped.status_code == 200  # the exporter read Redis, as its user
+    admin = redis.Redis.from_url(stack.admin_url)
+    try:  # those that hold a connection (beat connects only to send, as its health does)
+        users = {_text(c["user"]) for c in admin.client_list()}
+        assert set(ROLES) - {"beat"} <= users, users
+        # all but this test's own: the worker's look at a token, `default`'s login
+        refused = [e for e in admin.acl_log(count=100)
+                   if (_text(e["username"]), _text(e["object"])) != ("worker",
+                                                                    "ocr:api:token:probe")
+                   and _text(e["username"]) != "default"]
+        assert refused == [], refused
+    finally:
+        admin.close()
+
+
+def _text(value: object) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value)
+
+
 def test_every_role_answers_its_health_commands(stack: Stack) -> None:
     for role in ROLES:
         for probe in ("live", "ready"):
@@ -334,7 +409,9 @@ def test_every_role_answers_its_health_commands(stack: Stack) -> None:
 
 
 def test_scanned_pdf_through_the_api_container(stack: Stack) -> None:
-    made = stack.exec("api", "python", "ocr_admin.py", "tokens", "create", "tests", "--json")
+    made = submit_py(stack, "tokens", "create", "tests", "--json", script="ocr_admin.py",
+                     url=stack.admin_url)  # an operator on the host, the admin user
+    assert made.returncode == 0, made.stderr
     token = json.loads(made.stdout)["token"]
     auth = {"Authorization": f"Bearer {token}"}
     pdf = CORPUS / "scan_dh_lorem_ipsum.pdf"
@@ -370,6 +447,14 @@ def test_submit_py_from_the_host(stack: Stack) -> None:
 SCAN = CORPUS / "scan_tess_phototest.tif"
 
 
+def worker_args(stack: Stack) -> list[str]:
+    """`podman run` options of a worker of the compose network: its user, the CA, locked."""
+    ca = "/run/secrets/redis_ca"
+    return ["-e", f"REDIS_URL={stack.url('worker', host='redis', ca=ca)}",
+            "-v", f"{stack.tls / 'ca.crt'}:{ca}:ro", "--read-only", "--tmpfs",
+            "/app/var:rw,mode=1777", "--cap-drop", "ALL", "--security-opt", "no-new-privileges"]
+
+
 def test_other_engines_run_in_the_image(stack: Stack) -> None:
     """The rapidocr engine reads a page in the compose worker; a vlm-api worker comes up.
 
@@ -387,10 +472,11 @@ def test_other_engines_run_in_the_image(stack: Stack) -> None:
     name = f"{stack.project}_vlm_worker"
     stack.podman.run(
         "run", "-d", "--name", name, "--network", f"{stack.project}_default",
-        "-e", f"REDIS_URL=redis://:{stack.redis_password}@redis:6379/0",
+        *worker_args(stack),
         "-e", "OCR_ENGINE=vlm-api", "-e", "OCR_VLM_API_URL=http://127.0.0.1:9/v1",
         "-e", "OCR_VLM_API_MODEL=none", "-e", "WORKER_NAME=vlm",
-        "-e", "OCR_QUEUES=ocr-vlm-api", "-e", "OCR_CONCURRENCY=1", IMAGE)
+        "-e", "OCR_QUEUES=ocr-vlm-api", "-e", "OCR_CONCURRENCY=1",
+        stack.compose_env["QUEUE_IMAGE"])
     try:
         stack.wait_healthy(name)
         logs = stack.podman.run("logs", name)
@@ -408,8 +494,8 @@ def test_a_booting_worker_stops_on_sigterm(stack: Stack) -> None:
     name = f"{stack.project}_booting_worker"
     stack.podman.run(
         "run", "-d", "--name", name, "--network", f"{stack.project}_default",
-        "-e", f"REDIS_URL=redis://:{stack.redis_password}@redis:6379/0",
-        "-e", "WORKER_NAME=booting", "-e", "OCR_QUEUES=booting", IMAGE)
+        *worker_args(stack), "-e", "WORKER_NAME=booting", "-e", "OCR_QUEUES=ocr-booting",
+        stack.compose_env["QUEUE_IMAGE"])
     try:
         stack.podman.run("stop", "-t", "300", name, timeout=600)
         state = stack.podman.inspect("container", name)["State"]

@@ -20,7 +20,7 @@ import copy
 import re
 import shutil
 import subprocess
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 from urllib.parse import urlparse
 
@@ -29,13 +29,15 @@ import pytest
 import yaml
 from kubernetes_validate import utils as kubernetes_validate
 
-from tasks.queue.routing import queue_for_engine
+from tasks.queue.routing import queue_for_engine, with_priority_queues
 from tasks.settings import Settings
 from tests.harness import ROOT, procfile_command
 from tests.kustomize_lite import build
 
 DEPLOY = ROOT / "deploy" / "kubernetes"
-OVERLAYS = ("cpu-only", "gpu-vllm", "rabbitmq")
+# Every overlay of the kit, those added later included.
+OVERLAYS = tuple(sorted(p.name for p in (DEPLOY / "overlays").iterdir()
+                        if (p / "kustomization.yaml").exists()))
 KEDA_CRDS = ROOT.parent / "shared" / "kubernetes" / "keda-crds"
 KUBERNETES_VERSIONS = ("1.29.0", kubernetes_validate.latest_version())
 IMAGE = "ocr-queue"
@@ -189,15 +191,31 @@ def test_probes_are_the_health_commands(overlay: tuple[str, list[Obj]]) -> None:
                 assert command == ["python", "-m", "scripts.health", role, kind]
 
 
-def _pod_settings(objects: list[Obj], container: Obj) -> tuple[Settings, dict[str, str]]:
-    """The settings a container's process reads: its ConfigMaps and Secrets, then env."""
+def container_env(objects: list[Obj], container: Obj,
+                  secret: Callable[[str, str], str]) -> dict[str, str]:
+    """The environment Kubernetes gives a container: its ConfigMaps, then its `env`.
+
+    A `secretKeyRef` reads `secret(name, key)`; `$(VAR)` in a value is expanded from the
+    variables before it, as the kubelet does.
+    """
     env: dict[str, str] = {}
     for source in container.get("envFrom", []):
-        if "configMapRef" in source:
-            env.update(_find(objects, "ConfigMap", source["configMapRef"]["name"])["data"])
+        assert set(source) == {"configMapRef"}, f"{container['name']}: envFrom {source}"
+        env.update(_find(objects, "ConfigMap", source["configMapRef"]["name"])["data"])
+    for entry in container.get("env", []):
+        if "value" in entry:
+            env[entry["name"]] = re.sub(r"\$\(([A-Za-z_][A-Za-z0-9_]*)\)",
+                                        lambda m: env.get(m.group(1), m.group(0)),
+                                        entry["value"])
         else:
-            env.update(_find(objects, "Secret", source["secretRef"]["name"])["stringData"])
-    env.update({e["name"]: e["value"] for e in container.get("env", []) if "value" in e})
+            ref = entry["valueFrom"]["secretKeyRef"]
+            env[entry["name"]] = secret(ref["name"], ref["key"])
+    return env
+
+
+def _pod_settings(objects: list[Obj], container: Obj) -> tuple[Settings, dict[str, str]]:
+    """The settings a container's process reads, every secret a test value."""
+    env = container_env(objects, container, lambda name, key: f"test-{key.lower()}")
     return Settings.from_env(env), env
 
 
@@ -253,6 +271,8 @@ def test_one_scaled_object_per_pool_on_its_own_queues(overlay: tuple[str, list[O
                 pattern = re.compile(meta["queueName"])
                 assert {q for q in queues | {"ocr-rapidocr", "ocr-control"}
                         if pattern.search(q)} == queues
+                # quorum queues: each priority's queue counts too
+                assert all(pattern.search(q) for q in with_priority_queues(sorted(queues)))
             else:
                 assert {meta["queueName"]} == queues
             continue
@@ -323,7 +343,7 @@ def test_gpu_pool_scales_to_zero_with_its_server_beside_it() -> None:
     assert server["resources"]["limits"]["nvidia.com/gpu"] == "1"
     assert "startupProbe" in server  # the worker starts once the model is loaded
     (worker,) = pod["containers"]
-    env = {e["name"]: e["value"] for e in worker["env"]}
+    env = {e["name"]: e["value"] for e in worker["env"] if "value" in e}
     port = next(a.split("=")[1] for a in server["args"] if a.startswith("--port="))
     assert env["OCR_VLM_API_URL"] == f"http://127.0.0.1:{port}/v1"
     assert env["OCR_VLM_API_MODEL"] == server["args"][0]
@@ -351,8 +371,3 @@ def test_every_container_has_requests_and_a_memory_limit(
             resources = container["resources"]
             assert {"cpu", "memory"} <= set(resources["requests"]), container["name"]
             assert "memory" in resources["limits"], container["name"]
-
-
-def test_the_redis_password_is_the_one_in_redis_url() -> None:
-    secret = _find(build(DEPLOY / "base"), "Secret", "ocr-secrets")["stringData"]
-    assert urlparse(secret["REDIS_URL"]).password == secret["REDIS_PASSWORD"]

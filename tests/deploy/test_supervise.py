@@ -228,3 +228,19 @@ def _pings(url: str) -> bool:
         return bool(redis.Redis.from_url(url, socket_connect_timeout=1).ping())
     except redis.ConnectionError:
         return False
+
+
+def test_the_api_stops_cleanly_on_ctrl_c(tmp_path: Path) -> None:
+    """Redis and the HTTP API: Ctrl-C, and the api process exits 0 (not -15).
+
+    uvicorn raises the signal it stopped on again once it has stopped gracefully: the
+    process's own handler (scripts/run_api.py) makes that a clean exit.
+    """
+    port = free_port()
+    run, log = supervise(tmp_path, "--procfile", str(ROOT / "Procfile"), "redis", "api",
+                         API_PORT=str(port))
+    ctrl_c_once(run, log, lambda: "Application startup complete" in log.read_text(), 120,
+                "the API up")
+    text = log.read_text()
+    assert "api stopped (exit code 0)" in text, text
+    assert "Traceback" not in text, text
