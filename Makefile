@@ -13,7 +13,7 @@ export PATH := $(abspath $(VENV))/bin:$(PATH)
 OCR_LANGS ?= eng
 TEST_LANGS := eng vie ell chi_sim deu fra
 
-.PHONY: langs test-langs run vlm vlm-api rapidocr s3 test lint bench bench-quick clean redis-server rabbitmq-server bench-tools screenshot chromium podman base-image wheels image ocrmypdf-plugin
+.PHONY: langs test-langs run vlm vlm-api rapidocr s3 test lint bench bench-quick clean redis-server rabbitmq-server bench-tools screenshot chromium promtool podman base-image wheels image lock ocrmypdf-plugin
 
 $(VENV)/.runtime: requirements.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -31,7 +31,7 @@ $(VENV)/.vlm-api: $(VENV)/.runtime requirements-vlm-api.txt
 	$(PY) -m pip install -q -r requirements-vlm-api.txt
 	touch $@
 
-# The rapidocr engine's packages (issue 25): `make rapidocr`.
+# The rapidocr engine's packages: `make rapidocr`, and `make run` (Chinese is read by it).
 $(VENV)/.rapidocr: $(VENV)/.runtime requirements-rapidocr.txt
 	$(PY) -m pip install -q -r requirements-rapidocr.txt
 	touch $@
@@ -45,17 +45,16 @@ $(VENV)/.dev: $(VENV)/.vlm $(VENV)/.vlm-api $(VENV)/.rapidocr $(VENV)/.s3 requir
 	$(PY) -m pip install -q -r requirements-dev.txt
 	touch $@
 
-# `make run` installs the VLM packages only when a VLM worker is configured, or the
-# Procfile's `vlm-server` (mlx_vlm.server) serves vlm-api workers (no OCR_VLM_API_URL).
-RUN_NEEDS := $(VENV)/.runtime
+# `make run` installs the service and the rapidocr engine (the default routing reads
+# Chinese with it: OCR_LANG_ENGINES), the VLM packages only when a VLM worker is
+# configured, or the Procfile's `vlm-server` (mlx_vlm.server) serves vlm-api workers
+# (no OCR_VLM_API_URL).
+RUN_NEEDS := $(VENV)/.runtime $(VENV)/.rapidocr
 ifneq ($(strip $(OCR_MODEL))$(filter mlx-vlm,$(OCR_ENGINE))$(if $(strip $(OCR_VLM_API_URL)),,$(filter vlm-api,$(OCR_ENGINE))),)
 RUN_NEEDS += $(VENV)/.vlm
 endif
 ifneq ($(filter vlm-api,$(OCR_ENGINE)),)
 RUN_NEEDS += $(VENV)/.vlm-api
-endif
-ifneq ($(filter rapidocr,$(OCR_ENGINE))$(findstring rapidocr,$(OCR_LANG_ENGINES)),)
-RUN_NEEDS += $(VENV)/.rapidocr
 endif
 ifneq ($(findstring s3://,$(OCR_ALLOWED_URLS)),)
 RUN_NEEDS += $(VENV)/.s3
@@ -137,12 +136,16 @@ rapidocr: $(VENV)/.rapidocr
 
 s3: $(VENV)/.s3
 
-# The container image (issue 38; Dockerfile, compose.yaml, docs/deploy.md): `make image`
-# builds ocr-queue:latest with podman. No registry is needed: the base image is made by
-# debootstrap when missing, and the Python packages come from wheels built here
-# (`pip wheel` into wheels/, git-ignored), so the build downloads only Debian packages.
-# Elsewhere `docker build .` takes them from the package index instead.
-IMAGE ?= ocr-queue:latest
+# The container image (Dockerfile, compose.yaml, docs/deploy.md): `make image` builds
+# ocr-queue:<version> (pyproject.toml's) with podman and writes its CycloneDX SBOM to
+# var/sbom/. No registry is needed: the base image is made by debootstrap when missing,
+# and the Python packages are requirements-image.lock's files, fetched here and checked
+# against their hashes (`make wheels`, into wheels/, git-ignored), so the build
+# downloads only Debian packages. Elsewhere `docker build .` takes the same files from
+# the package index. `make lock` regenerates the lock after a requirements change.
+VERSION := $(shell sed -n 's/^version = "\(.*\)"/\1/p' pyproject.toml)
+IMAGE ?= ocr-queue:$(VERSION)
+SBOM_DIR ?= var/sbom
 BASE_IMAGE ?= debian:bookworm-slim
 IMAGE_LANGS ?= eng vie ell chi_sim
 DEBIAN_MIRROR ?= http://deb.debian.org/debian
@@ -169,22 +172,23 @@ base-image: podman
 	    $$root/usr/share/man/* $$root/usr/share/info/* $$root/usr/share/locale/* && \
 	  tar -C $$root -c . | podman import - $(BASE_IMAGE) && rm -rf $$root; }
 
-# Wheels of every package the image installs (and the headless OpenCV it swaps in).
-wheels/.done: $(VENV)/.runtime requirements.txt requirements-rapidocr.txt requirements-s3.txt requirements-vlm-api.txt
-	$(PY) -m pip wheel -q -w wheels -r requirements-rapidocr.txt -r requirements-s3.txt -r requirements-vlm-api.txt
-	cv=$$(ls wheels/opencv_python-*.whl | sed 's/.*opencv_python-\([^-]*\)-.*/\1/') && \
-	  $(PY) -m pip wheel -q --no-deps -w wheels "opencv-python-headless==$$cv"
-	# redis-py wants async-timeout below Python 3.11.3 (Debian's is 3.11.2)
-	$(PY) -m pip wheel -q --no-deps -w wheels "async-timeout>=4.0.3"
+# The lock's files for this machine (every package the image installs, hash-checked).
+wheels/.done: $(VENV)/.runtime requirements-image.lock
+	$(PY) -m scripts.image_lock --download wheels
 	touch $@
 
 wheels: wheels/.done
+
+# The lock of the image's packages (scripts/image_lock.py; asks the package index).
+lock: $(VENV)/.runtime
+	$(PY) -m scripts.image_lock
 
 image: base-image wheels
 	podman build --isolation chroot --layers -t $(IMAGE) --build-arg WHEELS=local \
 	  --build-arg BASE=$(BASE_IMAGE) --build-arg LANGS="$(IMAGE_LANGS)" \
 	  --build-arg VERSION=$$(git describe --always --dirty 2>/dev/null || echo dev) $(IMAGE_BUILD_ARGS) .
 	podman images $(IMAGE)
+	$(PY) -m scripts.image_sbom $(IMAGE) --out $(SBOM_DIR)/$(subst :,-,$(notdir $(IMAGE))).cdx.json
 
 lint: $(VENV)/.dev
 	ruff check .
@@ -197,7 +201,7 @@ lint: $(VENV)/.dev
 # longest groups go first, in tests/conftest.py's order (--no-loadscope-reorder:
 # pytest-xdist would order them by their number of tests).
 TEST_PROCESSES ?= 2
-test: $(VENV)/.dev redis-server rabbitmq-server podman test-langs ocrmypdf-plugin lint
+test: $(VENV)/.dev redis-server rabbitmq-server podman chromium promtool test-langs ocrmypdf-plugin lint
 	pytest $(if $(filter-out 0,$(TEST_PROCESSES)),-n $(TEST_PROCESSES) --dist loadgroup --no-loadscope-reorder)
 
 # OMP_THREAD_LIMIT=1: one OpenMP thread per tesseract, as the workers run it
@@ -208,12 +212,23 @@ bench: $(VENV)/.bench redis-server rabbitmq-server bench-tools ocrmypdf-plugin
 bench-quick: $(VENV)/.bench redis-server rabbitmq-server bench-tools ocrmypdf-plugin
 	OMP_THREAD_LIMIT=1 $(PY) -m bench --quick
 
-# Debian's chromium for the Flower screenshot (not needed by `make test`).
+# Debian's chromium for the browser tests (Flower's workers page, the API's /docs page)
+# and the Flower screenshot.
 chromium:
 	@command -v chromium >/dev/null || { \
 	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
 	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium; \
 	  else echo "chromium is missing: apt-get install chromium (Debian/Ubuntu)"; exit 1; fi; }
+
+# promtool (Debian's prometheus package; its server is stopped if the install started
+# it): the alert rules' unit tests and the dashboard's expressions (tests/deploy/
+# test_monitoring.py).
+promtool:
+	@command -v promtool >/dev/null || { \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq \
+	      --no-install-recommends prometheus && { service prometheus stop >/dev/null 2>&1 || true; }; \
+	  else echo "promtool is missing: apt-get install prometheus (Debian/Ubuntu) or brew install prometheus (macOS)"; exit 1; fi; }
 
 # docs/flower.png: Flower's workers page with a real worker, taken by the screenshot
 # test in headless chromium (the test fails here rather than skip without chromium).

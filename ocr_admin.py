@@ -4,12 +4,15 @@
     ocr_admin.py [--redis-url URL] models [--prune | --dry-run | --unload] [--json]
     ocr_admin.py [--redis-url URL] tokens create NAME | set NAME | list | revoke NAME |
                                           rotate-secret NAME  [--json]
+    ocr_admin.py [--redis-url URL] backup TARGET | restore SOURCE [--check] [--json]
 
 `models` audits OCR_MODEL_DIR on every host (one table per host), prunes it, or makes
 the workers release their engines; `tokens` administers the HTTP API's clients (their
-tokens, quotas and webhook secrets). `submit.py models ...` and `submit.py tokens ...`
-run the same code with the same words (submit.py registers these commands from here).
-Runs on an operator's machine: needs Redis at REDIS_URL (and workers for `models`).
+tokens, quotas and webhook secrets); `backup` and `restore` save the service's Redis and
+bring it back (tasks/cli/backup.py, docs/deploy.md). `submit.py models ...` and
+`submit.py tokens ...` run the same code with the same words (submit.py registers these
+commands from here). Runs on an operator's machine: needs Redis at REDIS_URL (and
+workers for `models`).
 """
 
 from __future__ import annotations
@@ -22,6 +25,7 @@ from dataclasses import asdict
 from typing import Any, Protocol, TextIO
 
 from tasks.api.tokens import ApiClient, TokenStore
+from tasks.cli.backup import add_backup_commands, run_backup, run_restore
 from tasks.cli.core import (
     EXIT_FAILURE,
     EXIT_OK,
@@ -35,7 +39,7 @@ from tasks.client import OcrClient
 from tasks.errors import OcrError
 from tasks.operator_console import OperatorConsole
 from tasks.settings import Settings
-from tasks.state.stores import connect
+from tasks.state.connection import connect
 from tasks.state.webhook_secrets import DEFAULT_GRACE_SECONDS
 
 PROG = "ocr_admin.py"
@@ -179,13 +183,13 @@ def build_tokens_parser(parser: argparse.ArgumentParser) -> None:
     create = commands.add_parser("create", help="make a client and print its token once")
     create.add_argument("name", metavar="NAME")
     create.add_argument("--jobs-in-flight", type=int, metavar="N",
-                        help="most unfinished jobs at once (0: none; default "
+                        help="most unfinished jobs at once (0: no limit; default "
                              "OCR_API_JOBS_IN_FLIGHT)")
     create.add_argument("--requests-per-minute", type=int, metavar="N",
-                        help="most requests a minute (0: none; default "
+                        help="most requests a minute (0: no limit; default "
                              "OCR_API_REQUESTS_PER_MINUTE)")
     create.add_argument("--max-bytes", type=int, metavar="N",
-                        help="most bytes of input waiting in Redis (0: none; default "
+                        help="most bytes of input waiting in Redis (0: no limit; default "
                              "OCR_API_CLIENT_MAX_BYTES)")
     create.add_argument("--allowed-url", action="append", metavar="PREFIX",
                         dest="allowed_urls",
@@ -199,7 +203,8 @@ def build_tokens_parser(parser: argparse.ArgumentParser) -> None:
                                              "the service-wide default)")
     quotas.add_argument("name", metavar="NAME")
     for flag in ("--jobs-in-flight", "--requests-per-minute", "--max-bytes"):
-        quotas.add_argument(flag, type=int, metavar="N")
+        quotas.add_argument(flag, type=int, metavar="N",
+                            help="0: no limit; -1: the service-wide default")
     quotas.add_argument("--json", action="store_true", default=argparse.SUPPRESS)
     listing = commands.add_parser("list", help="list clients (never their tokens)")
     listing.add_argument("--json", action="store_true", default=argparse.SUPPRESS,
@@ -290,7 +295,7 @@ def _limits(client: ApiClient) -> str:
 
 def run_tokens_command(args: argparse.Namespace, session: Context, prog: str = PROG) -> int:
     """Carry out `tokens ...` against the Redis of the session's settings."""
-    redis_client = connect(session.settings.redis_url)
+    redis_client = connect(session.settings.redis_target)
     try:
         return run_tokens(args, TokenStore(redis_client), sys.stdout)
     except OcrError as exc:
@@ -314,12 +319,14 @@ def build_parser() -> argparse.ArgumentParser:
                         help="stop waiting for the audits after S seconds (default 300)")
     build_tokens_parser(commands.add_parser("tokens", help=TOKENS_SUMMARY,
                                             description=TOKENS_SUMMARY))
+    add_backup_commands(commands)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)  # usage errors exit 2
-    run = run_models if args.command == "models" else run_tokens_command
+    run = {"models": run_models, "backup": run_backup,
+           "restore": run_restore}.get(args.command, run_tokens_command)
     return run_command(PROG, run, args, Session(args.redis_url))
 
 

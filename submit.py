@@ -3,7 +3,7 @@
 
     submit.py [OPTIONS] FILE...            OCR files, print their text (= submit.py submit)
     submit.py COMMAND [OPTIONS] ...        submit, wait, status, cancel, retry, langs; and
-                                           the operator's models, tokens (ocr_admin.py)
+                                           the operator's jobs, models, tokens (ocr_admin.py)
 
 `submit.py --help` lists every command with an example and the exit codes;
 `submit.py COMMAND --help` shows one command's options. The shared options (`--json`,
@@ -29,6 +29,7 @@ from typing import Any
 import ocr_admin
 from tasks import inference_server
 from tasks.admission import job_queues
+from tasks.cli import listing
 from tasks.cli.commands import COMMANDS, build_parser, check_shared, command, with_default_command
 from tasks.cli.core import (
     EXIT_FAILURE,
@@ -126,6 +127,9 @@ def submit_arguments(parser: argparse.ArgumentParser) -> None:
                                        "worker's OCR_LANG, auto unless set; see langs)")
     parser.add_argument("--mode", choices=("auto", "ocr", "text"), default=None,
                         help="PDFs: text layer where present (auto), OCR always, text only")
+    parser.add_argument("--no-cache", action="store_true",
+                        help="read afresh: not answered from the result cache (the new "
+                             "result replaces the cached one)")
     add_job_options(parser)
     parser.add_argument("--callback-task", help="Celery task (by name) that gets the result")
     parser.add_argument("--callback-queue", help="queue of --callback-task")
@@ -150,7 +154,7 @@ def _failure(filename: str, exc: OcrError) -> dict[str, Any]:
 
 @command("submit", "OCR files and print their text (the default command)",
          f"{PROG} --json --pages 1-3 report.pdf scan.png",
-         shared=("json", "timeout", "out"), arguments=submit_arguments)
+         shared=("json", "timeout", "out", "client"), arguments=submit_arguments)
 def run_submit(args: argparse.Namespace, session: Session) -> int:
     client = session.client
     options = {"engine": args.engine, "pages": args.pages, "password": args.password,
@@ -158,7 +162,7 @@ def run_submit(args: argparse.Namespace, session: Session) -> int:
                "priority": args.priority,
                "deadline": args.deadline, "callback_task": args.callback_task,
                "callback_queue": args.callback_queue, "callback_url": args.callback_url,
-               "result_url": args.result_url}
+               "result_url": args.result_url, "no_cache": args.no_cache or None}
     # Refused at the door, before any file is read or sent: options no worker could
     # run (usage error), an engine no live worker runs (unreachable, with its make target).
     try:
@@ -216,9 +220,10 @@ def run_status(args: argparse.Namespace, session: Session) -> int:
     for job_id in args.ids:
         status = client.status(job_id)
         queue = client.queue_of(job_id)
-        record = {"id": job_id, "filename": client.filename(job_id),
-                  "status": status.status.value, "state": status.state,
-                  "done": status.done, "total": status.total, "queue": queue}
+        record = {"id": job_id, "filename": status.filename or client.filename(job_id),
+                  "client": status.client, "status": status.status.value,
+                  "state": status.state, "done": status.done, "total": status.total,
+                  "queue": queue}
         waiting = None if status.final else client.no_worker(queue)
         if waiting is not None:
             record["error"] = waiting.to_dict()
@@ -227,8 +232,9 @@ def run_status(args: argparse.Namespace, session: Session) -> int:
         else:
             pages = f" {status.done}/{status.total} pages" if status.total else ""
             note = f"; {waiting.code}: {waiting.message}" if waiting is not None else ""
+            sender = status.client or "(anonymous)"
             print(f"{record['filename'] or job_id}: {status.status}{pages} "
-                  f"(job {job_id}, queue {queue}{note})", flush=True)
+                  f"(job {job_id}, client {sender}, queue {queue}{note})", flush=True)
     return EXIT_OK
 
 
@@ -255,7 +261,7 @@ def retry_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 @command("retry", "re-read the failed pages of PARTIAL jobs (the new result is complete)",
-         f"{PROG} retry 5b0c2a1e-...", shared=("json", "timeout", "out"),
+         f"{PROG} retry 5b0c2a1e-...", shared=("json", "timeout", "out", "client"),
          arguments=retry_arguments)
 def run_retry(args: argparse.Namespace, session: Session) -> int:
     client = session.client
@@ -311,6 +317,28 @@ def run_langs(args: argparse.Namespace, session: Session) -> int:
     return EXIT_OK
 
 
+@command("jobs", "list jobs, newest first: every client's or one's, by status and time",
+         f"{PROG} jobs --client billing --status FAILURE --since 2h",
+         shared=("json",), arguments=listing.jobs_arguments)
+def run_jobs(args: argparse.Namespace, session: Session) -> int:
+    """The operator's view of the job lists (`GET /v1/jobs` shows a client its own)."""
+    try:
+        page = listing.job_pages(session.client, args)
+    except OcrError as exc:
+        print(f"{PROG}: {exc.code}: {exc.message}", file=sys.stderr)
+        return EXIT_USAGE
+    cursor = None if page.next is None else page.next.encode()
+    if args.json:
+        print(json.dumps({"jobs": [listing.record(*found) for found in page.items],
+                          "next_cursor": cursor}), flush=True)
+    else:
+        for found in page.items:
+            print(listing.line(*found), flush=True)
+        if cursor is not None:
+            print(f"{PROG}: more: add --cursor {cursor}", file=sys.stderr)
+    return EXIT_OK
+
+
 @command("tokens", ocr_admin.TOKENS_SUMMARY, f"{PROG} tokens create billing --json",
          shared=("json",), arguments=ocr_admin.build_tokens_parser)
 def run_tokens(args: argparse.Namespace, session: Session) -> int:
@@ -329,7 +357,8 @@ def main(argv: list[str] | None = None) -> int:
         return EXIT_USAGE
     cmd = COMMANDS[args.command]
     check_shared(parser, args, cmd)
-    return run_command(PROG, cmd.run, args, Session(args.redis_url))
+    return run_command(PROG, cmd.run, args,
+                       Session(args.redis_url, getattr(args, "client", None)))
 
 
 if __name__ == "__main__":

@@ -9,10 +9,14 @@ deadlines; a signed callback for every job; a fifth of the jobs followed by thei
 Server-Sent Events on either API process, opened again after a cut) and injects
 faults at random while it runs: SIGKILL a pool child, SIGKILL a worker parent (the
 host's other processes then die with it, and it starts again), SIGTERM a worker and
-start it again (a scale-down), restart Redis (append-only file), restart an API
-process, stop the inference server for a while, and make the webhook receiver fail
-for a while. When the load stops the fleet is healed and every job is awaited (by its
-callback, then its status), and bench/chaos_checker.py holds each promise over the
+start it again (a scale-down), restart the Redis primary (append-only file), SIGKILL
+the Redis primary (the Sentinels promote a replica; the old one rejoins as a replica),
+restart an API process, stop the inference server for a while, and make the webhook
+receiver fail for a while. `--broker rabbitmq` runs the same fleet on a three-node
+RabbitMQ cluster of quorum queues, and adds a fault: SIGKILL the node that leads the
+busiest queue, start it again later. When the load stops the fleet is healed and every
+job is awaited (by its callback, then its status), and bench/chaos_checker.py holds each
+promise over the
 recorded history. The short form (`run(minutes=1.5)`, tests/queue/test_chaos.py in
 `make test`) injects each kind of fault at least once.
 
@@ -55,8 +59,11 @@ WORDS = ("invoice", "ledger", "harbour", "quartz", "meadow", "lantern", "ribbon"
 OUTPUTS = ("text", "text", "markdown", "pdf", "hocr")  # a VLM's words placed on boxes too
 WATCHED = 0.2  # the share of jobs followed by their events
 PRIORITIES = ("interactive", "normal", "normal", "batch")
-FAULTS = ("kill_child", "kill_parent", "term_worker", "restart_redis", "restart_api",
-          "inference_down", "webhook_failing")
+FAULTS = ("kill_child", "kill_parent", "term_worker", "restart_redis", "failover_redis",
+          "restart_api", "inference_down", "webhook_failing")
+# On a RabbitMQ fleet (`--broker rabbitmq`) too: SIGKILL the node that leads the busiest
+# job queue, start it again after a while (it rejoins its cluster).
+RABBIT_FAULTS = ("stop_rabbit_leader",)
 FINAL = ("SUCCESS", "PARTIAL", "FAILURE", "CANCELLED")
 
 
@@ -118,6 +125,7 @@ class Soak:
         self.stopped = threading.Event()
         self.http = threading.local()
         self.started = time.monotonic()
+        self.kinds = FAULTS + (RABBIT_FAULTS if fleet.rabbit is not None else ())
         self.to_watch: queue.Queue[Job] = queue.Queue()
         self.watching_until = float("inf")  # set when the drain ends
 
@@ -246,7 +254,9 @@ class Soak:
                 if answer.status_code != 200:
                     return None
                 event = None
-                for raw in answer.iter_lines():
+                for raw in answer.iter_lines():  # a keepalive comes every few seconds
+                    if time.monotonic() > self.watching_until:
+                        return None  # the drain is over: a job never ended (checked)
                     line = raw.decode("utf-8", "replace")
                     if line.startswith("event: "):
                         event = line[len("event: "):]
@@ -305,12 +315,12 @@ class Soak:
 
     def injector(self, gap: tuple[float, float], down: float) -> None:
         """Faults one after another at random gaps; every kind once first, in random order."""
-        order = list(FAULTS)
+        order = list(self.kinds)
         self.rng.shuffle(order)
         while self.loading.is_set():
             if self.stopped.wait(self.rng.uniform(*gap)) or not self.loading.is_set():
                 return
-            kind = order.pop(0) if order else self.rng.choice(FAULTS)
+            kind = order.pop(0) if order else self.rng.choice(self.kinds)
             began = time.monotonic()
             detail = self.inject(kind, down)
             self.faults.append(Fault(round(began - self.started, 1), kind, detail,
@@ -349,8 +359,17 @@ class Soak:
                     self.faulting.discard(name)
             return name
         if kind == "restart_redis":
-            fleet.redis.restart(down_seconds=1.0)
+            fleet.redis.restart_primary(down_seconds=1.0)
             return "1 s down"
+        if kind == "failover_redis":
+            # SIGKILL the primary: the Sentinels promote a replica, the fleet follows
+            # them; the old primary then starts again and rejoins as a replica.
+            old = fleet.redis.kill_primary()
+            new = fleet.redis.wait_promoted(old, timeout=60)
+            fleet.redis.rejoin(old)
+            return f"{old.port} -> {new.port}"
+        if kind == "stop_rabbit_leader":
+            return self.stop_rabbit_leader(down / 2)
         if kind == "restart_api":
             index = self.rng.randrange(len(fleet.apis))
             fleet.restart_api(index)
@@ -368,6 +387,16 @@ class Soak:
             return f"{down / 2:.0f} s of 503"
         raise ValueError(kind)
 
+    def stop_rabbit_leader(self, down: float) -> str:
+        """SIGKILL the node leading `ocr` (the busiest job queue); start it again later."""
+        cluster = self.fleet.rabbit
+        assert cluster is not None
+        leader = cluster.leader_of(self.fleet.vhost, "ocr")
+        cluster.kill(leader)
+        self.stopped.wait(down)
+        cluster.restart(leader)
+        return f"{leader.short}, leader of ocr, {down:.0f} s down"
+
     # --- the run -------------------------------------------------------------------------
 
     def run(self, load_seconds: float, drain_seconds: float, rate: float, most_open: int,
@@ -384,7 +413,7 @@ class Soak:
         # The load runs for its time, and until every kind of fault was injected once.
         until = time.monotonic() + load_seconds
         while time.monotonic() < until or (injector.is_alive() and
-                                           len({f.kind for f in self.faults}) < len(FAULTS)):
+                                           len({f.kind for f in self.faults}) < len(self.kinds)):
             time.sleep(1)
         self.loading.clear()
         for thread in threads:
@@ -415,12 +444,15 @@ SIZES = {  # load seconds per minute of the run, jobs a second, open jobs, fault
 }
 
 
-def run(minutes: float, workdir: Path, seed: int = 43, drain_seconds: float = 900.0
-        ) -> dict[str, Any]:
-    """One soak of about `minutes`; its report (jobs, faults by kind, promises)."""
+def run(minutes: float, workdir: Path, seed: int = 43, drain_seconds: float = 900.0,
+        broker: str = "redis") -> dict[str, Any]:
+    """One soak of about `minutes`; its report (jobs, faults by kind, promises).
+
+    `broker`: `redis`, or `rabbitmq` (a three-node cluster, quorum queues).
+    """
     share, rate, most_open, gap, down = SIZES["long" if minutes >= 10 else "short"]
     inputs = direct_reads(make_inputs(seed))
-    fleet = Fleet(workdir)
+    fleet = Fleet(workdir, broker=broker)
     started = time.monotonic()
     try:
         fleet.start()
@@ -439,6 +471,7 @@ def run(minutes: float, workdir: Path, seed: int = 43, drain_seconds: float = 90
     promises.update(check_files(leftovers, soak.jobs))
     jobs = [j for j in soak.jobs if j.job_id]
     return {
+        "broker": broker,
         "minutes": round((time.monotonic() - started) / 60, 2),
         "jobs_sent": len(soak.jobs), "jobs_accepted": len(jobs),
         "not_accepted": Counter((j.refused or "")[:40] for j in soak.jobs if not j.job_id),
@@ -486,10 +519,14 @@ def main(argv: list[str] | None = None) -> int:
                         help="length of the run, 85 %% of it load (38: the long form, "
                              "over 30 minutes of load; 1.5: the short form)")
     parser.add_argument("--seed", type=int, default=43)
+    parser.add_argument("--broker", choices=("redis", "rabbitmq"), default="redis",
+                        help="rabbitmq: a three-node cluster of quorum queues of its own "
+                             "(and the fault stop_rabbit_leader)")
     parser.add_argument("--workdir", type=Path, default=Path("/tmp") / "ocr-chaos")
     parser.add_argument("--out", type=Path, default=RESULTS / "chaos.json")
     args = parser.parse_args(argv)
-    report = run(args.minutes, args.workdir / uuid.uuid4().hex[:8], args.seed)
+    report = run(args.minutes, args.workdir / uuid.uuid4().hex[:8], args.seed,
+                 broker=args.broker)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     # The history (every call, ending and callback: ~20 MB for the long form) beside
     # the report, compressed and not committed; the report keeps the fault log.

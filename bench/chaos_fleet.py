@@ -1,11 +1,17 @@
 """The chaos soak's fleet: every process of a real deployment on this machine.
 
 Runs in the soak's own process (bench/chaos.py), which starts and stops each part and
-injects the faults: Redis with its append-only file, a prefork tesseract worker and a
+injects the faults: Redis as a primary with two replicas and three Sentinels, each
+server with its append-only file (tests/ha.py), every process reaching it through the
+Sentinels (`sentinel://`, so each job is accepted once a replica holds it), a prefork
+tesseract worker and a
 thread-pool `vlm-api` worker (each a Procfile `worker:` line, its own host name and
 temporary folder), the simulated inference server (tests/inference_server.py), two
 HTTP API processes (the Procfile's `api:` line), a webhook receiver that verifies each
-callback's signature, and moto's S3 emulator for documents by URL.
+callback's signature, and moto's S3 emulator for documents by URL. With
+`broker="rabbitmq"` the broker is a three-node RabbitMQ cluster of quorum queues
+(tests/rabbit_cluster.py; each process lists the nodes from a different first one),
+and Redis stays result backend and store.
 """
 
 from __future__ import annotations
@@ -27,9 +33,11 @@ from redis import Redis
 
 from tasks.lifecycle.callbacks import EVENT_ID_HEADER, verify
 from tests.api_server import ApiServer
-from tests.harness import ROOT, RedisServer, Worker
+from tests.ha import RedisHA
+from tests.harness import ROOT, Worker
 from tests.inference_server import SimulatedInferenceServer
 from tests.moto_s3 import MotoS3
+from tests.rabbit_cluster import RabbitCluster
 
 BUCKET = "chaos"
 # Short limits, so that a job lost with a killed worker comes back within the soak: the
@@ -46,6 +54,7 @@ VLM_ENV = {"OCR_ENGINE": "vlm-api", "OCR_VLM_API_MODEL": "simulated-vlm",
            "OCR_DESKEW": "0", "OCR_VLM_API_RETRY_SECONDS": "150", "OCR_CACHE_RESULTS": "0",
            "OCR_PDF_DPI": "150"}
 SIMULATED_TEXT = "Page read by the simulated server."
+SENTINEL_DOWN_AFTER_MS = 5000
 
 
 @dataclass
@@ -164,7 +173,10 @@ class Fleet:
     """Every process of the soak, started in `start` and stopped in `stop`."""
 
     workdir: Path
-    redis: RedisServer = field(init=False)
+    broker: str = "redis"  # or "rabbitmq": a three-node cluster of quorum queues
+    rabbit: RabbitCluster | None = None
+    vhost: str = "ocr-chaos"
+    redis: RedisHA = field(init=False)
     s3: MotoS3 = field(init=False)
     inference: SimulatedInferenceServer = field(init=False)
     receiver: Receiver = field(init=False)
@@ -177,35 +189,51 @@ class Fleet:
     def start(self) -> Fleet:
         for part in ("redis", "logs", "tmp/cpu", "tmp/vlm", "tmp/api"):
             (self.workdir / part).mkdir(parents=True, exist_ok=True)
-        self.redis = RedisServer(self.workdir / "redis", appendonly=True)
+        # Sentinel's down-after (5 s) outlasts a restart (1 s down): `restart_redis`
+        # stays a restart of the primary, `failover_redis` is a failover.
+        self.redis = RedisHA(self.workdir / "redis", down_after_ms=SENTINEL_DOWN_AFTER_MS,
+                             appendonly=True)
         self.redis.start()
         self.s3 = MotoS3(self.workdir / "logs" / "moto.log").start()
         self.s3.client().create_bucket(Bucket=BUCKET)
         self.inference = SimulatedInferenceServer(text=SIMULATED_TEXT).start()
         self.token, secret = self.make_client()
         self.receiver = Receiver({self.client_name: secret})
-        shared = {"REDIS_URL": self.redis.url(), **LIMITS, **self.s3.env(),
+        shared = {**self.redis.env(), **LIMITS, **self.s3.env(),
                   "OCR_ALLOWED_URLS": f"s3://{BUCKET}/",
                   "OCR_CALLBACK_ALLOWED_HOSTS": f"127.0.0.1:{self.receiver.port}"}
+        if self.broker == "rabbitmq":
+            self.rabbit = RabbitCluster(self.workdir / "rabbit").start()
+            self.rabbit.add_vhost(self.vhost)
         logs = self.workdir / "logs"
         self.hosts = {
-            "cpu": Host("chaos-cpu", {**shared, **READ_ENV, "OCR_CONCURRENCY": "2"},
+            "cpu": Host("chaos-cpu", {**shared, **self.broker_env(0), **READ_ENV,
+                                      "OCR_CONCURRENCY": "2"},
                         self.workdir / "tmp" / "cpu", logs),
-            "vlm": Host("chaos-vlm", {**shared, **VLM_ENV,
+            "vlm": Host("chaos-vlm", {**shared, **self.broker_env(1), **VLM_ENV,
                                       "OCR_VLM_API_URL": self.inference.url},
                         self.workdir / "tmp" / "vlm", logs)}
         for host in self.hosts.values():
             host.start()
-        self.api_env = {**shared, "TMPDIR": str(self.workdir / "tmp" / "api")}
+        self.api_env = {**shared, **self.broker_env(2),
+                        "TMPDIR": str(self.workdir / "tmp" / "api")}
         self.apis = [self._api(i) for i in range(2)]
         return self
+
+    def broker_env(self, first: int) -> dict[str, str]:
+        """BROKER_URL of the RabbitMQ fleet, listing the nodes from node `first`; Redis: {}."""
+        if self.rabbit is None:
+            return {}
+        nodes = self.rabbit.nodes[first:] + self.rabbit.nodes[:first]
+        return {"BROKER_URL": ";".join(n.url(self.vhost) for n in nodes),
+                "OCR_RABBITMQ_QUEUE_TYPE": "quorum"}
 
     def make_client(self) -> tuple[str, str]:
         """`submit.py tokens create soak --json`: the client's token and signing secret."""
         done = subprocess.run(
             [sys.executable, "submit.py", "tokens", "create", self.client_name, "--json"],
             cwd=ROOT, capture_output=True, text=True, timeout=120, check=True,
-            env={**os.environ, "REDIS_URL": self.redis.url(), "PYTHONPATH": str(ROOT)})
+            env={**os.environ, **self.redis.env(), "PYTHONPATH": str(ROOT)})
         record = json.loads(done.stdout)
         return str(record["token"]), str(record["webhook_secret"])
 
@@ -227,6 +255,8 @@ class Fleet:
         self.receiver.stop()
         self.s3.stop()
         self.redis.stop()
+        if self.rabbit is not None:
+            self.rabbit.stop()
 
     def worker_rss_mb(self) -> dict[str, float]:
         """Each live worker process's RSS (MB), by host and pid."""
@@ -240,7 +270,8 @@ class Fleet:
         return sizes
 
     def redis_client(self) -> Redis:
-        return Redis.from_url(self.redis.url(), socket_timeout=10)
+        """The primary the Sentinels name now."""
+        return Redis.from_url(self.redis.current().url(), socket_timeout=10)
 
     def leftover_files(self) -> dict[str, list[str]]:
         """Files left in each host's temporary folder (its URL spool included)."""
@@ -253,6 +284,6 @@ class Fleet:
 
 
 def describe(fleet: Fleet) -> dict[str, Any]:
-    return {"redis": fleet.redis.url(), "apis": [a.url for a in fleet.apis],
+    return {"redis": fleet.redis.sentinel_url(), "apis": [a.url for a in fleet.apis],
             "inference": fleet.inference.url, "receiver": fleet.receiver.port,
             "s3": fleet.s3.endpoint}

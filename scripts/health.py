@@ -37,8 +37,8 @@ from pathlib import Path
 import redis
 
 from tasks.settings import Settings, SettingsError
+from tasks.state.connection import connect
 from tasks.state.liveness import WorkerPresence
-from tasks.state.stores import connect
 
 ROLES = ("api", "worker", "control", "beat", "flower", "metrics")
 TIMEOUT = 5.0
@@ -67,7 +67,7 @@ def redis_client() -> redis.Redis:
         settings = Settings.from_env()
     except SettingsError as exc:
         raise Unhealthy(f"settings: {exc}") from exc
-    return connect(settings.redis_url, patient=False)
+    return connect(settings.redis_target, patient=False)
 
 
 def redis_answers() -> None:

@@ -9,6 +9,10 @@ is an amqp:// URL (passive queue declares, no management plugin). Flower's own `
 and worker events) is served by Flower. One exporter per Redis is enough; run more
 for redundancy, they read the same keys.
 
+Beside them the fleet's health (tasks/state/fleet_metrics.py): Redis up and its memory,
+each queue's oldest waiting message, live workers per queue, dead letters, and when
+KEDA last asked for each figure.
+
 Also the figure KEDA scales each worker pool on (tasks/state/queue_depth.py), as JSON
 for KEDA's `metrics-api` trigger: `GET /v1/queues/ocr,ocr-tesseract/depth` answers
 `{"queue": "ocr,ocr-tesseract", "queues": [...], "waiting": W, "running": R,
@@ -37,9 +41,10 @@ from tasks.queue.brokers import amqp_queue_lengths
 from tasks.queue.celery_config import celery_config
 from tasks.queue.routing import DEFAULT_QUEUE, queue_for_engine
 from tasks.settings import Settings, SettingsError
+from tasks.state.connection import connect
+from tasks.state.fleet_metrics import DepthReads, FleetCollector
 from tasks.state.metrics import RedisCollector, priority_suffixes
 from tasks.state.queue_depth import QueueDepth
-from tasks.state.stores import connect
 
 # /v1/queues/<queue>[,<queue>...]/depth; queue names as the API accepts them.
 DEPTH_PATH = re.compile(r"^/v1/queues/([^/]{1,2000})/depth$")
@@ -70,13 +75,20 @@ def main() -> int:
     transport = celery_config(settings)["broker_transport_options"]
     # The queues are the broker's: on RabbitMQ read by passive declares at each scrape,
     # on Redis from the broker's lists (BROKER_URL may name another Redis than REDIS_URL).
+    # Not patient: a scrape answers at once when Redis is away (`ocr_redis_up` 0).
+    store = connect(settings.redis_target, patient=False)
+    broker_target = settings.broker_target
+    broker = None if broker_target is None or settings.broker == settings.redis_url \
+        else connect(broker_target, patient=False)
     depth = (None if settings.broker_is_amqp else
-             QueueDepth(connect(settings.broker, patient=False), transport))
-    lengths = (functools.partial(amqp_queue_lengths, settings.broker) if depth is None
-               else depth.waiting)
-    registry.register(RedisCollector(connect(settings.redis_url), queues,
-                                     priority_suffixes(transport), lengths))
-    app = with_depth(make_wsgi_app(registry), depth)
+             QueueDepth(broker if broker is not None else store, transport))
+    lengths = (functools.partial(amqp_queue_lengths, settings.broker,
+                                 priority_queues=settings.quorum_queues)
+               if depth is None else depth.waiting)
+    reads = DepthReads()
+    registry.register(RedisCollector(store, queues, priority_suffixes(transport), lengths))
+    registry.register(FleetCollector(store, queues, depth, broker, reads))
+    app = with_depth(make_wsgi_app(registry), depth, reads)
     server = make_server(address, port, app, ThreadingWSGIServer, handler_class=QuietHandler)
     print(f"metrics: serving http://{address}:{port}/metrics", flush=True)
     # SIGTERM ends it at once: as a container's first process Python would otherwise
@@ -95,14 +107,21 @@ def _stop(signum: int, frame: object) -> None:
     raise SystemExit(0)
 
 
-def with_depth(metrics: WsgiApp, depth: QueueDepth | None) -> WsgiApp:
-    """`metrics` (Prometheus), with the queue-depth JSON route in front of it."""
+def with_depth(metrics: WsgiApp, depth: QueueDepth | None,
+               reads: DepthReads | None = None) -> WsgiApp:
+    """`metrics` (Prometheus), with the queue-depth JSON route in front of it.
+
+    Each figure answered is noted in `reads` (`ocr_queue_depth_read_timestamp_seconds`:
+    an alert when KEDA stops asking).
+    """
 
     def app(environ: dict[str, Any], start_response: Callable[..., Any]) -> Iterable[bytes]:
         found = DEPTH_PATH.match(environ.get("PATH_INFO", ""))
         if not found:
             return metrics(environ, start_response)
         status, body = depth_answer(depth, found.group(1), environ.get("REQUEST_METHOD"))
+        if reads is not None and status.startswith("200"):
+            reads.read(body["queues"])
         data = json.dumps(body).encode()
         start_response(status, [("Content-Type", "application/json"),
                                 ("Content-Length", str(len(data))),

@@ -23,16 +23,17 @@ from pathlib import Path
 
 import redis
 
-from tasks.settings import Settings
+from tasks.settings import Settings, SettingsError
+from tasks.state.connection import connect
 from tasks.state.liveness import WorkerPresence
 
 LOOPBACK = ("127.0.0.1", "localhost", "::1")
 WORKER_WAIT = 15.0  # seconds Flower waits for a live worker before it starts anyway
 
 
-def wait_for_a_worker(env: dict[str, str], seconds: float = WORKER_WAIT) -> bool:
+def wait_for_a_worker(settings: Settings, seconds: float = WORKER_WAIT) -> bool:
     """Whether a live worker showed up within `seconds` (Redis may still be starting)."""
-    client = redis.Redis.from_url(Settings.from_env(env).redis_url, socket_connect_timeout=2)
+    client = connect(settings.redis_target, patient=False)
     deadline = time.monotonic() + seconds
     try:
         while time.monotonic() < deadline:
@@ -49,6 +50,11 @@ def wait_for_a_worker(env: dict[str, str], seconds: float = WORKER_WAIT) -> bool
 
 def main() -> int:
     env = dict(os.environ)
+    try:
+        settings = Settings.from_env(env)
+    except SettingsError as exc:
+        print(f"flower: refused to start: {exc}", file=sys.stderr, flush=True)
+        return 2
     address = env.setdefault("FLOWER_ADDRESS", "127.0.0.1")
     env.setdefault("FLOWER_PORT", "5555")
     env.setdefault("FLOWER_PERSISTENT", "True")
@@ -66,11 +72,12 @@ def main() -> int:
             print("flower: basic auth user 'ocr', password in var/flower-auth "
                   "(set FLOWER_BASIC_AUTH=user:password to choose)", flush=True)
     Path(env["FLOWER_DB"]).parent.mkdir(parents=True, exist_ok=True)
-    if not wait_for_a_worker(env):
+    if not wait_for_a_worker(settings):
         print(f"flower: no live worker after {WORKER_WAIT:g} s; starting anyway (its "
               "'Inspect method ... failed' warnings mean no worker answered yet)", flush=True)
     celery = shutil.which("celery") or "celery"
-    os.execve(celery, [celery, "-A", "tasks", "flower"], env)
+    # The service's app, with Flower's queue view on the project's Redis connection.
+    os.execve(celery, [celery, "-A", "scripts.flower_app", "flower"], env)
     return 1  # not reached: execve replaces this process
 
 

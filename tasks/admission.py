@@ -1,7 +1,8 @@
 """What a client refuses at the door, before anything is stored or queued (issue 39).
 
 Runs in client processes: `OcrClient.submit` and `enqueue` (so submit.py, the Python
-client and the HTTP API) call `admit` with a job's options. It applies the workers' own
+client and the HTTP API) call `admit` with a job's options, and `read_input` reads a
+job's input within OCR_MAX_INPUT_MB. It applies the workers' own
 checks of the options' shape (`JobRequest.from_kwargs`: output, mode, lang, callback
 names), the syntax of the page selection, and two questions only the service's state
 answers:
@@ -17,21 +18,24 @@ answers:
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
-from tasks.errors import EngineUnavailable, UnknownEngine
-from tasks.queue.routing import CONTROL_QUEUE, job_queue, queue_for_engine
+from tasks.errors import EngineUnavailable, InputNotFound, InputTooLarge, UnknownEngine
+from tasks.queue.routing import is_job_queue, job_queue, queue_for_engine
 from tasks.records.engines import engine_names, install_hint
 from tasks.records.request import SOURCES, JobRequest, check_pages
 from tasks.settings import Settings
 
 ENGINE_QUEUE_PREFIX = queue_for_engine("")  # "ocr-": a queue named after an engine
-DIRECT_SUFFIX = ".dq2"  # Celery's worker_direct queue of each node
 
 
 def job_queues(queues: set[str]) -> set[str]:
-    """Of a worker's queues, those jobs are sent to (no control or `<node>.dq2` queue)."""
-    return {q for q in queues if q != CONTROL_QUEUE and not q.endswith(DIRECT_SUFFIX)}
+    """Of a worker's queues, those jobs are sent to.
+
+    No control or `<node>.dq2` queue, and no queue of one priority (quorum queues).
+    """
+    return {q for q in queues if is_job_queue(q)}
 
 
 def ocr_queues(live: dict[str, set[str]]) -> set[str]:
@@ -66,3 +70,22 @@ def admit(options: dict[str, Any], settings: Settings, live: dict[str, set[str]]
     if isinstance(engine, str) and engine and served and job_queue(engine) not in served:
         raise EngineUnavailable(f"no live worker runs engine {engine!r}: start "
                                 f"{install_hint(engine)}; nothing was sent")
+
+
+def read_input(source: str | Path | bytes, settings: Settings) -> bytes:
+    """The bytes of a job's input (a file or bytes); `input_too_large` past the limit."""
+    limit = settings.max_input_bytes
+    if isinstance(source, bytes):
+        data = source
+    else:
+        path = Path(source)
+        try:
+            size = path.stat().st_size
+        except OSError:
+            raise InputNotFound(f"cannot read {path}") from None
+        if size > limit:
+            raise InputTooLarge(f"{path.name} is larger than {settings.max_input_mb} MB")
+        data = path.read_bytes()
+    if len(data) > limit:
+        raise InputTooLarge(f"the input is larger than {settings.max_input_mb} MB")
+    return data

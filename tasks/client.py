@@ -21,59 +21,71 @@ from celery.exceptions import TimeoutError as CeleryTimeoutError
 from kombu.exceptions import OperationalError
 from kombu.utils.uuid import uuid
 
-from tasks.admission import admit
+from tasks import tracing
+from tasks.admission import admit, read_input
 from tasks.errors import (
     BadRequest,
     DeadlineExceeded,
-    InputNotFound,
-    InputTooLarge,
     NoWorker,
     OcrError,
+    ReplicaMissing,
     ServiceUnreachable,
+    TransientError,
     error_info,
 )
 from tasks.lifecycle.url_policy import is_url, parse_url
+from tasks.queue.message_headers import job_headers
 from tasks.queue.routing import DEFAULT_QUEUE, PRIORITIES, job_queue, priority_value
+from tasks.records.clients import client_name, login_client
 from tasks.records.formats import STORED_FORMATS
+from tasks.records.request import retry_request
 from tasks.records.status import CeleryState, JobStatus, WaitStatus
 from tasks.settings import Settings
+from tasks.state.connection import connect
+from tasks.state.job_index import JobIndex
 from tasks.state.job_state import JobProgress, JobStateReader, expired_before_start
 from tasks.state.liveness import WorkerPresence
-from tasks.state.stores import BlobStore, JobControl, OutputStore, connect
+from tasks.state.stores import BlobStore, JobControl, OutputStore
 
 # What Redis or the Celery transport raise while Redis is unreachable (mid-run too).
 CONNECTION_ERRORS: tuple[type[BaseException], ...] = (
-    redis.ConnectionError, redis.TimeoutError, OperationalError)
+    redis.ConnectionError, redis.TimeoutError, redis.ReadOnlyError, OperationalError)
+LOOK_AGAIN: tuple[type[BaseException], ...] = (TransientError, *CONNECTION_ERRORS)
 ProgressCallback = Callable[[str, "JobProgress"], None]
 FIRST_POLL = 0.01  # seconds before `wait`'s second look; later looks back off to `poll`
 NO_WORKER_GRACE = 6.0   # seconds a job may wait in a queue no live worker consumes
 WORKER_RECHECK = 15.0   # seconds between worker checks while jobs run (2 s once one lacks)
 WorkersCallback = Callable[[set[str], dict[str, set[str]]], None]
 
-__all__ = ["CONNECTION_ERRORS", "JobProgress", "OcrClient", "masked_url"]
+__all__ = ["CONNECTION_ERRORS", "JobProgress", "OcrClient"]
 
 
 class OcrClient:
     """Submit jobs to `ocr.document` and collect their results."""
 
-    def __init__(self, settings: Settings | None = None, app: Celery | None = None) -> None:
+    def __init__(self, settings: Settings | None = None, app: Celery | None = None,
+                 client: str | None = None) -> None:
+        """`client`: the name jobs are sent under; else OCR_CLIENT, else the login name."""
         self.settings = settings or Settings.from_env()
+        self.client = client_name(client or self.settings.client or login_client())
         if app is None:
             from tasks.queue.app import sending_app
 
             app = sending_app(self.settings)
         self.app = app
-        self._redis = redis_client = connect(self.settings.redis_url, patient=False)
+        self._redis = redis_client = connect(self.settings.redis_target, patient=False)
         self._blobs = BlobStore(redis_client, self.settings.blob_ttl)
         self._outputs = OutputStore(redis_client, self.settings.result_ttl)
         self._control = JobControl(redis_client, self.settings.result_ttl)
+        self.index = JobIndex(redis_client, self.settings.blob_ttl + self.settings.result_ttl,
+                              self.settings.jobs_listed)  # jobs by client (`jobs`)
         self.no_worker_grace = NO_WORKER_GRACE  # `wait`: seconds before `no_worker`
         self.worker_recheck = WORKER_RECHECK
         self.states = JobStateReader(redis_client, app.backend)
 
     def submit(self, source: str | Path | bytes, *, filename: str | None = None,
                priority: str | None = None, deadline: float | None = None,
-               **options: Any) -> str:
+               traceparent: str | None = None, **options: Any) -> str:
         """Upload the input to Redis and enqueue a job; returns the job id.
 
         A `source` that is an `s3://` or `https://` URL is not uploaded: the job names
@@ -81,7 +93,7 @@ class OcrClient:
         `options` are the task's kwargs (engine, pages, password, output, mode,
         callback_task, callback_queue, callback_url, result_url). `priority` is interactive,
         normal (default) or batch; `deadline` is seconds from now: a job not started by
-        then never starts, a running one stops reading pages.
+        then never starts, a running one stops reading pages. `traceparent`: enqueue's.
         """
         given = {k: v for k, v in options.items() if v is not None}
         self.admit(given)
@@ -90,14 +102,14 @@ class OcrClient:
             url = parse_url(source).url
             if filename is None:
                 filename = url.rstrip("/").rsplit("/", 1)[-1].split("?", 1)[0]
-            return self._send({"url": url, "filename": filename, **given}, priority,
-                              deadline)
-        data = self._read(source)
+            return self.enqueue({"url": url, "filename": filename, **given},
+                                priority=priority, deadline=deadline, traceparent=traceparent)
+        data = read_input(source, self.settings)
         if filename is None:
             filename = Path(source).name if not isinstance(source, bytes) else ""
-        blob = self._blobs.put(data)
-        kwargs = {"blob": blob, "filename": filename, **given}
-        return self._send(kwargs, priority, deadline)
+        kwargs = {"blob": self._blobs.put(data), "filename": filename, **given}
+        return self.enqueue(kwargs, priority=priority, deadline=deadline,
+                            traceparent=traceparent)
 
     def admit(self, options: dict[str, Any]) -> None:
         """Refuse, before anything is stored, a job the service cannot run.
@@ -108,18 +120,20 @@ class OcrClient:
         """
         admit(options, self.settings, self.live_queues())
 
-    def _send(self, kwargs: dict[str, Any], priority: str | None,
-              deadline: float | None) -> str:
-        return self.enqueue(kwargs, priority=priority, deadline=deadline)
-
     def enqueue(self, kwargs: dict[str, Any], *, priority: str | None = None,
                 deadline: float | None = None, job_id: str | None = None,
-                owner: str = "") -> str:
+                owner: str = "", client: str | None = None,
+                traceparent: str | None = None, created: float | None = None) -> str:
         """Send `ocr.document` with these kwargs (input already stored); returns the id.
 
-        `job_id` is a fresh UUID unless given; `owner` (the HTTP API's client) is
-        recorded in the job's control hash beside its blob.
+        `job_id` is a fresh UUID unless given; `owner` (the HTTP API's client) and the
+        time the job was accepted are recorded in its control hash. `client` is the name
+        the job is sent under (its `ocr_client` header and lane; this client's own unless
+        given); `created` the time it is listed under (epoch seconds; now unless given).
+        `traceparent` (W3C) is sent as a message header, also where this process does
+        not trace.
         """
+        client = self.client if client is None else client_name(client)
         priority = priority or "normal"  # explicit: send_task ignores the default
         if priority not in PRIORITIES:
             raise BadRequest(f"priority must be one of {', '.join(PRIORITIES)}")
@@ -131,13 +145,43 @@ class OcrClient:
             send["expires"] = datetime.fromtimestamp(at, tz=UTC)
         control = {"blob": kwargs.get("blob", ""), "filename": kwargs.get("filename", ""),
                    "deadline": str(kwargs.get("deadline", "")),
-                   "queue": job_queue(kwargs.get("engine"))}  # where route_task sends it
+                   "queue": job_queue(kwargs.get("engine")),  # where route_task sends it
+                   "accepted": f"{time.time():.3f}"}
         if owner:
             control["owner"] = owner
+        if client:
+            control["client"] = client
         self._control.remember(job_id, **control)
-        # The app's send_task shows the kwargs without password or payload (Flower, logs).
-        self.app.send_task("ocr.document", kwargs=kwargs, **send)
+        self.index.add(job_id, client, created)
+        # The input and record reach replicas on their own connection too: its server
+        # may not be the broker's (another Redis; or, mid-failover, an old primary).
+        target = self.settings.redis_target
+        if not self._control.keep(job_id, target):
+            self._withdraw(job_id)
+            raise ReplicaMissing("the job's input and record reached no Redis replica in "
+                                 f"{target.replica_timeout:g} s; send it again")
+        headers = job_headers(client)
+        if tracing.trace_id_of(traceparent) is not None:
+            headers["traceparent"] = str(traceparent).strip()
+        try:
+            # send_task shows the kwargs without password or payload (Flower, logs); the
+            # transport returns once OCR_REDIS_MIN_REPLICAS replicas hold the message.
+            with tracing.continued(traceparent):
+                self.app.send_task("ocr.document", kwargs=kwargs, headers=headers, **send)
+        except ReplicaMissing:
+            self._withdraw(job_id)
+            raise
         return job_id
+
+    def _withdraw(self, job_id: str) -> None:
+        """A job whose message no replica confirmed: should it survive, it never starts.
+
+        Its sender was told it was not accepted, and sends it again under a new id.
+        """
+        try:
+            self._control.cancel(job_id)
+        except OcrError:
+            pass  # Redis went away: the job's record and message likely went with it
 
     def cancel(self, ids: Iterable[str], wait: float = 10.0) -> dict[str, str]:
         """Cancel jobs by sending the public task `ocr.cancel` for each.
@@ -172,50 +216,11 @@ class OcrClient:
 
         The new job's result is complete: it merges the pages the earlier job had.
         """
-        return self._send(self.retry_kwargs(job_id, password), priority, None)
+        return self.enqueue(self.retry_kwargs(job_id, password), priority=priority)
 
     def retry_kwargs(self, job_id: str, password: str | None = None) -> dict[str, Any]:
         """The `ocr.document` kwargs that re-read the failed pages of a PARTIAL job."""
-        earlier = self.result(job_id)
-        by_url = (earlier.get("input_url") or {}).get("url")
-        if earlier.get("status") != JobStatus.PARTIAL or not (earlier.get("input_blob") or by_url):
-            raise BadRequest("only a PARTIAL job whose input is still stored can be retried")
-        failed = ",".join(str(p["number"]) for p in earlier["failed_pages"])
-        source: dict[str, Any] = {"blob": earlier.get("input_blob")}
-        if not earlier.get("input_blob"):  # the version the retried job read, no other
-            pinned = earlier["input_url"]
-            source = {"url": by_url, "url_version": pinned.get("version"),
-                      "url_etag": None if pinned.get("version") else pinned.get("etag")}
-            source = {k: v for k, v in source.items() if v}
-        written = earlier.get("result_object") or {}
-        if written.get("url") and not written.get("error"):
-            source["result_url"] = written["url"]  # the whole result replaces the partial
-        kwargs = {**source, "filename": earlier.get("filename", ""),
-                  "pages": failed, "output": earlier.get("output", "text"),
-                  "mode": earlier.get("mode", "auto"), "engine": earlier["engine"]["name"],
-                  "lang": earlier.get("lang"),
-                  "merge_from": job_id}
-        if password:
-            kwargs["password"] = password
-        return kwargs
-
-    def _read(self, source: str | Path | bytes) -> bytes:
-        limit = self.settings.max_input_bytes
-        if isinstance(source, bytes):
-            data = source
-        else:
-            path = Path(source)
-            try:
-                size = path.stat().st_size
-            except OSError:
-                raise InputNotFound(f"cannot read {path}") from None
-            if size > limit:
-                raise InputTooLarge(f"{path.name} is larger than "
-                                    f"{self.settings.max_input_mb} MB")
-            data = path.read_bytes()
-        if len(data) > limit:
-            raise InputTooLarge(f"the input is larger than {self.settings.max_input_mb} MB")
-        return data
+        return retry_request(self.result(job_id), job_id, password)
 
     def fetch_output(self, result: dict[str, Any]) -> bytes | None:
         """The stored file of a finished job (None when it has none or it expired).
@@ -239,6 +244,7 @@ class OcrClient:
             control = self._control.info(job_id)
             if not result.get("filename"):
                 result["filename"] = control.get("filename", "")
+            result.setdefault("client", control.get("client", ""))
             delivery = self._control.callback(control)  # the callback_url's, once tried
             if delivery is not None:
                 result["callback"] = delivery
@@ -303,7 +309,8 @@ class OcrClient:
         `worker_recheck` s (2 s while a job lacks one): jobs whose recorded queue no live worker
         consumes for `no_worker_grace` s are reported PENDING with error `no_worker`
         instead of waited for (they stay queued; `wait` again once a worker runs).
-        `watch_workers=False`: never. `on_workers(queues, live)` sees each read.
+        `watch_workers=False`: never. `on_workers(queues, live)` sees each read. Redis
+        restarting or failing over meanwhile: the next look tries again.
         """
         pending = list(dict.fromkeys(ids))
         results: dict[str, dict[str, Any]] = {}
@@ -317,16 +324,21 @@ class OcrClient:
         next_check, orphaned_since = start, None
         delay = min(poll, FIRST_POLL)
         while pending:
-            for job_id in list(pending):
-                status = self.status(job_id)
-                if on_progress is not None:
-                    on_progress(job_id, status)
-                if status.final:
-                    results[job_id] = self.result(job_id)
-                    pending.remove(job_id)
+            try:  # Redis restarting or failing over: the next turn looks again
+                for job_id in list(pending):
+                    status = self.status(job_id)
+                    if on_progress is not None:
+                        on_progress(job_id, status)
+                    if status.final:
+                        results[job_id] = self.result(job_id)
+                        pending.remove(job_id)
+                # presence records: one read, no broadcast
+                live = (self.live_queues() if pending and watch
+                        and time.monotonic() >= next_check else None)
+            except LOOK_AGAIN:
+                live = None
             now = time.monotonic()
-            if pending and watch and now >= next_check:
-                live = self.live_queues()  # presence records: one read, no broadcast
+            if live is not None:
                 queues = {job_id: queue_of[job_id] for job_id in pending if job_id in queue_of}
                 if on_workers is not None:
                     on_workers(set(queues.values()), live)
@@ -376,7 +388,7 @@ class OcrClient:
 
     def unreachable_message(self, exc: BaseException) -> str:
         reason = str(exc).strip().rstrip(".") or type(exc).__name__
-        return f"cannot reach Redis at {masked_url(self.settings.redis_url)} ({reason})"
+        return f"cannot reach Redis at {self.settings.redis_target.masked} ({reason})"
 
     def close(self) -> None:
         self.app.close()
@@ -386,13 +398,3 @@ def unserved(queues: dict[str, str], live: dict[str, set[str]]) -> dict[str, str
     """The jobs of `queues` (job id -> its queue) that no live worker consumes."""
     served = set().union(*live.values())
     return {job_id: queue for job_id, queue in queues.items() if queue not in served}
-
-
-def masked_url(url: str) -> str:
-    """`url` without its password, to show in messages."""
-    scheme, sep, rest = url.partition("://")
-    userinfo, at, host = rest.rpartition("@")
-    if not sep or not at:
-        return url
-    user, colon, _ = userinfo.partition(":")
-    return f"{scheme}://{user}:***@{host}" if colon else url

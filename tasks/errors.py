@@ -256,6 +256,16 @@ class TransientError(OcrError):
     default_message = "a temporary failure; the job is retried"
 
 
+class ReplicaMissing(TransientError):
+    """A write the primary took that no replica confirmed in time (Redis WAIT).
+
+    Its code is `transient`: sent again, it may be kept. Raised where a job is
+    accepted (OCR_REDIS_MIN_REPLICAS); the job it names was withdrawn.
+    """
+
+    default_message = "no Redis replica confirmed the write in time; try again"
+
+
 class ServiceUnreachable(OcrError):
     """Client side: the broker (Redis at REDIS_URL) did not answer."""
 
@@ -272,12 +282,29 @@ class NoWorker(OcrError):
     default_message = "no live worker consumes the job's queue"
 
 
+class SnapshotFailed(OcrError):
+    """Operator side (`ocr_admin.py backup`): Redis gave no complete snapshot."""
+
+    code = "snapshot_failed"
+    retryable = True
+    default_message = "Redis gave no complete snapshot"
+
+
+class RestoreRefused(OcrError):
+    """Operator side (`ocr_admin.py restore`): the backup cannot go into that Redis."""
+
+    code = "restore_refused"
+    default_message = "the backup cannot be restored into this Redis"
+
+
 def _descendants(cls: type[OcrError]) -> list[type[OcrError]]:
     return [cls] + [d for sub in cls.__subclasses__() for d in _descendants(sub)]
 
 
-# Every public error code and its class (docs/tasks.md lists them).
-ERROR_CLASSES: dict[str, type[OcrError]] = {c.code: c for c in _descendants(OcrError)}
+# Every public error code and its class (docs/tasks.md lists them); a class that only
+# narrows its parent's meaning (ReplicaMissing) keeps its parent's code and is not listed.
+ERROR_CLASSES: dict[str, type[OcrError]] = {c.code: c for c in _descendants(OcrError)
+                                            if "code" in vars(c)}
 
 
 def error_info(exc: BaseException) -> dict[str, Any]:

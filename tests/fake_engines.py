@@ -127,6 +127,20 @@ class FlakyOnDarkEngine(FakeEngine):
         return super().recognize(image, options)
 
 
+class TransientOnDarkEngine(FakeEngine):
+    """A retryable failure (`transient`) on dark pages until FAKE_HEALED_FLAG exists."""
+
+    name = "transient-on-dark"
+
+    def recognize(self, image: Image.Image, options: RecognizeOptions) -> PageResult:
+        from tasks.errors import TransientError
+
+        healed = os.environ.get("FAKE_HEALED_FLAG", "")
+        if _is_dark(image) and not (healed and os.path.exists(healed)):
+            raise TransientError("the fake engine's service is away until healed")
+        return super().recognize(image, options)
+
+
 class PeakMemoryEngine(FakeEngine):
     """The fake's text plus ` peak_mb=N`: this child's peak RSS so far (decode included)."""
 

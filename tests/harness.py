@@ -43,7 +43,7 @@ FAKE_PLUGINS = ",".join(f"{name}=tests.fake_engines:{cls}" for name, cls in (
     ("fake", "FakeEngine"), ("broken", "BrokenEngine"), ("fake-model", "FakeModelEngine"),
     ("slow-on-dark", "SlowOnDarkEngine"), ("stuck-on-dark", "StuckOnDarkEngine"),
     ("killer", "KillerEngine"), ("flaky-on-dark", "FlakyOnDarkEngine"),
-    ("raising-on-dark", "RaisingOnDarkEngine")))
+    ("raising-on-dark", "RaisingOnDarkEngine"), ("transient-on-dark", "TransientOnDarkEngine")))
 # PDFs rendered small and unturned: fake engines describe pages, they do not read them.
 FAST_PAGES = {"OCR_PDF_DPI": "72", "OCR_DESKEW": "0"}
 

@@ -74,3 +74,59 @@ def filtered_png(pixels: np.ndarray, colour_type: int) -> bytes:
     header = struct.pack(">IIBBBBB", pixels.shape[1], height, 8, colour_type, 0, 0, 0)
     return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header)
             + chunk(b"IDAT", zlib.compress(bytes(out), 6)) + chunk(b"IEND", b""))
+
+
+# A page in five European languages, as the multilingual test page users send: a
+# paragraph each in English, German, Spanish, Portuguese and French (what `lang=auto`
+# must read with the languages its words hold, not as English alone).
+EUROPEAN_PARAGRAPHS = (
+    ("eng", ["The quick brown fox jumps over the lazy dog. This sentence",
+             "is used to test typewriters and computer keyboards, and",
+             "to show every letter of the English alphabet at once."]),
+    ("deu", ["Der schnelle braune Fuchs springt über den faulen Hund.",
+             "Zwölf Boxkämpfer jagen Viktor quer über den großen Sylter",
+             "Deich, während die Möwen über dem Wasser kreisen."]),
+    ("spa", ["El veloz zorro marrón salta sobre el perro perezoso.",
+             "El pingüino Wenceslao hizo kilómetros bajo exhaustiva",
+             "lluvia y frío, añoraba a su querido cachorro."]),
+    ("por", ["A rápida raposa marrom salta sobre o cão preguiçoso.",
+             "Luís argüia à Júlia que «brações, fé, chá, óxido, pôr,",
+             "zângão» eram palavras do português."]),
+    ("fra", ["Le vif renard brun saute par-dessus le chien paresseux.",
+             "Portez ce vieux whisky au juge blond qui fume sur son île",
+             "intérieure, à côté de l'alcôve ovoïde, où les bûches brûlent."]),
+)
+
+
+def european_page(dpi: int = 300, seed: int = 7) -> bytes:
+    """The five-language page as a simulated scan: a PNG at `dpi`, grey, blurred, noisy.
+
+    Drawn with PyMuPDF's Helvetica (Latin-1: every letter above), rendered, blurred and
+    given noise as the corpus' simulated scans are (blur 0.8, noise sigma 8; fixed
+    `seed`, so the same bytes each time). Its text, one line per drawn line and a blank
+    line between paragraphs: `european_text()`.
+    """
+    import pymupdf
+    from PIL import ImageFilter
+
+    doc = pymupdf.open()
+    page = doc.new_page(width=595, height=842)
+    y = 90.0
+    for _, lines in EUROPEAN_PARAGRAPHS:
+        for line in lines:
+            page.insert_text((60, y), line, fontsize=13, fontname="helv")
+            y += 19
+        y += 19
+    pixels = page.get_pixmap(dpi=dpi, colorspace=pymupdf.csGRAY)
+    drawn = Image.frombytes("L", (pixels.width, pixels.height), pixels.samples)
+    image = np.asarray(drawn.filter(ImageFilter.GaussianBlur(0.8)))
+    noisy = image.astype(np.int16) + np.random.default_rng(seed).normal(0, 8, image.shape)
+    out = io.BytesIO()
+    Image.fromarray(np.clip(noisy, 0, 255).astype(np.uint8), "L").save(out, "PNG")
+    doc.close()
+    return out.getvalue()
+
+
+def european_text() -> str:
+    """What `european_page()` draws."""
+    return "\n\n".join("\n".join(lines) for _, lines in EUROPEAN_PARAGRAPHS)

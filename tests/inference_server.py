@@ -62,7 +62,8 @@ class SimulatedInferenceServer:
     answered `latency` seconds after it arrives, whatever the load (what a GPU server
     does well below its batch limit), with a streamed fixed text; any number of
     requests at once (a thread per connection). What it was asked is kept:
-    `requests` (the JSON bodies), `in_flight` and `most_in_flight`. Behaviours, set on
+    `requests` (the JSON bodies), `traceparents` (each one's `traceparent` header, as a
+    vLLM server continues it), `in_flight` and `most_in_flight`. Behaviours, set on
     the object: `hold_until` (answer nothing until that many requests wait at once, or
     `hold_timeout` passed), `abort_first` (that many answers end with vLLM's `abort`
     finish), `chars_per_delta` (merged deltas: several tokens' text in one delta; the
@@ -85,6 +86,7 @@ class SimulatedInferenceServer:
         self.chars_per_delta = 0
         self.silent = False
         self.requests: list[dict[str, Any]] = []
+        self.traceparents: list[str | None] = []  # each request's W3C header, as received
         self.in_flight = 0
         self.most_in_flight = 0
         self.aborted = 0
@@ -116,7 +118,7 @@ class SimulatedInferenceServer:
                 if self.path.rstrip("/") != "/v1/chat/completions":
                     simulator._json(self, 404, {"error": {"type": "not_found"}})
                     return
-                simulator._answer(self, body)
+                simulator._answer(self, body, self.headers.get("traceparent"))
 
         self._server = ThreadingHTTPServer(("127.0.0.1", self.port), Handler)
         self._server.daemon_threads = True
@@ -146,10 +148,12 @@ class SimulatedInferenceServer:
         handler.end_headers()
         handler.wfile.write(data)
 
-    def _answer(self, handler: BaseHTTPRequestHandler, body: dict[str, Any]) -> None:
+    def _answer(self, handler: BaseHTTPRequestHandler, body: dict[str, Any],
+                traceparent: str | None = None) -> None:
         arrived = time.monotonic()
         with self._lock:
             self.requests.append(body)
+            self.traceparents.append(traceparent)
             self.arrivals.append(arrived)
             self.in_flight += 1
             self.most_in_flight = max(self.most_in_flight, self.in_flight)

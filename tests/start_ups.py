@@ -23,8 +23,11 @@ LONGEST_FIRST = (
     "podman",  # tests/deploy/test_containers.py (the image built when its inputs changed)
     "rabbitmq",  # tests/queue/test_brokers.py
     "tests/clients/test_ocrmypdf_plugin.py",
+    "tests/queue/test_chaos_rabbitmq.py",  # the soak on a RabbitMQ cluster of its own
     "tests/queue/test_chaos.py",
+    "tests/queue/test_rabbit_cluster.py",  # a three-node RabbitMQ cluster of its own
     "tests/clients/test_cli.py",
+    "tests/queue/test_failover.py",  # two failovers under 70 jobs each, ~105 s
     "tests/engines/test_structure.py",
     "checkout",  # test_procfile, test_docs_examples, test_supervise
     "tests/api/test_api_hostile.py",

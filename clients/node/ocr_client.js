@@ -15,7 +15,8 @@
 // Prints one JSON result per file, each with `filename` (or, with --no-wait, each
 // job's id and file name), and a line on stderr naming the file of each job that did
 // not succeed (a cancelled job's says how many pages it kept, as submit.py's `wait`). Exit status as submit.py's (USAGE below). REDIS_URL
-// (redis://[:password@]host:port/db, or rediss:// for TLS) is the default for --redis,
+// (redis://[:password@]host:port/db, or rediss:// for verified TLS; sentinel:// is refused
+// with what to use instead) is the default for --redis,
 // else the URL `make run` wrote to var/redis-url (its own Redis), as submit.py finds it.
 'use strict';
 
@@ -29,6 +30,7 @@ const tls = require('tls');
 const DEFAULT_QUEUE = 'ocr';
 const CONTROL_QUEUE = 'ocr-control';
 const BLOB_TTL_SECONDS = 3600;
+const RESULT_TTL_SECONDS = 86400; // the workers' OCR_RESULT_TTL default
 // Job priorities (worker_config.PRIORITIES) and kombu's Redis priority lists as the
 // workers configure them (broker_transport_options `priority_steps`, kombu's default
 // `sep`): a message of priority N > 0 waits in the list `<queue>\x06\x16<N>`; lower N
@@ -77,9 +79,21 @@ function sizeRefusal(size, megabytes, name = 'the input') {
   return new InputTooLarge(`${name} is larger than ${megabytes} MB (OCR_MAX_INPUT_MB); nothing was sent`);
 }
 
-// A minimal Redis connection: commands in, RESP2 replies out, in order.
+// Why `url` cannot be used here, or null: Sentinel (sentinel://) is not spoken by this
+// client; it takes the primary's own address.
+function sentinelRefusal(url) {
+  if (!/^sentinel:/i.test(String(url || ''))) return null;
+  return 'sentinel:// is not supported by the Node client: give --redis (or REDIS_URL) the '
+    + "primary's address as redis:// or rediss:// (a managed Redis's endpoint, or a proxy "
+    + 'that follows the Sentinels), or send jobs through the HTTP API';
+}
+
+// A minimal Redis connection: commands in, RESP2 replies out, in order. rediss://
+// verifies the server's certificate (against OCR_REDIS_TLS_CA_FILE when set).
 class RedisConnection {
   constructor(url) {
+    const refusal = sentinelRefusal(url);
+    if (refusal) throw new RedisError(refusal);
     this.url = new URL(url || 'redis://127.0.0.1:6379/0');
     this.pending = [];
     this.buffer = Buffer.alloc(0);
@@ -93,7 +107,8 @@ class RedisConnection {
     await new Promise((resolve, reject) => {
       const onError = (err) => reject(err);
       this.socket = this.url.protocol === 'rediss:'
-        ? tls.connect({ host, port, servername: net.isIP(host) ? undefined : host }, resolve)
+        ? tls.connect({ host, port, servername: net.isIP(host) ? undefined : host, ...tlsFiles() },
+          resolve)
         : net.createConnection({ host, port }, resolve);
       this.socket.once('error', onError);
     });
@@ -199,6 +214,8 @@ function buildMessage(taskId, taskName, kwargs, queue, shownKwargs, priority = P
       kwargsrepr: JSON.stringify(shownKwargs),
       origin: `node-${process.pid}@${os.hostname()}`,
       ignore_result: false,
+      // when it was sent: the age of the oldest waiting message (the metrics exporter)
+      ocr_published: Date.now() / 1000,
     },
     properties: {
       correlation_id: taskId,
@@ -210,6 +227,33 @@ function buildMessage(taskId, taskName, kwargs, queue, shownKwargs, priority = P
       delivery_tag: crypto.randomUUID(),
     },
   };
+}
+
+// The CA and client certificate files of OCR_REDIS_TLS_* (the Python side's settings).
+function tlsFiles() {
+  const files = {};
+  const named = { ca: 'OCR_REDIS_TLS_CA_FILE', cert: 'OCR_REDIS_TLS_CERT_FILE', key: 'OCR_REDIS_TLS_KEY_FILE' };
+  for (const [option, env] of Object.entries(named)) {
+    if (process.env[env]) files[option] = fs.readFileSync(process.env[env]);
+  }
+  return files;
+}
+
+// With OCR_REDIS_MIN_REPLICAS (replicas behind the address), a job is sent once that many
+// replicas hold its message (WAIT, on the connection that wrote it: every earlier write
+// of the job is covered). Short of them, the job is withdrawn (should its message
+// survive, it ends CANCELLED unread) and a `transient` error asks to send it again.
+async function keptOnReplicas(redis, taskId) {
+  const replicas = Number(process.env.OCR_REDIS_MIN_REPLICAS || 0);
+  if (!(replicas > 0)) return;
+  const seconds = Number(process.env.OCR_REDIS_REPLICA_TIMEOUT || 2);
+  const reached = await redis.command('WAIT', String(replicas), String(Math.max(1, Math.round(seconds * 1000))));
+  if (reached >= replicas) return;
+  await redis.command('HSET', `ocr:job:${taskId}`, 'cancelled', '1');
+  await redis.command('EXPIRE', `ocr:job:${taskId}`, String(RESULT_TTL_SECONDS));
+  const err = new RedisError(`transient: job ${taskId} reached ${reached} of the ${replicas} Redis replica(s) required (OCR_REDIS_MIN_REPLICAS) within ${seconds} s; send it again`);
+  err.code = 'transient';
+  throw err;
 }
 
 // Wake one idle worker of `queue` (its doorbell, `ocr:wake:<queue>`: one item at most,
@@ -285,6 +329,7 @@ async function enqueueDocument(redis, source, options) {
   const message = buildMessage(taskId, 'ocr.document', kwargs, target, shown, level);
   await redis.command('LPUSH', queueList(target, level), JSON.stringify(message));
   await ring(redis, target);
+  await keptOnReplicas(redis, taskId);
   return taskId;
 }
 
@@ -640,6 +685,10 @@ async function main() {
     return 0;
   }
   const url = options.redis || 'redis://127.0.0.1:6379/0';
+  if (sentinelRefusal(url)) {
+    process.stderr.write(`ocr_client: ${sentinelRefusal(url)}\n`);
+    return 2;
+  }
   let redis;
   try {
     redis = await new RedisConnection(url).connect();

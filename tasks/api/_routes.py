@@ -174,7 +174,7 @@ async def create_job(request: Request, response: Response, caller: Caller,
         await run_in_threadpool(service.discard, caller, upload)
         raise RequestValidationError(exc.errors()) from None
     submitted = await run_in_threadpool(service.submit, caller, options, upload, filename,
-                                        idempotency_key)
+                                        idempotency_key, request.headers.get("traceparent"))
     response.headers["Location"] = links(submitted.id).self
     if submitted.replayed:  # the job the key made, as it stands now
         response.headers["Idempotent-Replayed"] = "true"

@@ -64,11 +64,14 @@ class JobOptions(BaseModel):
         "one stops reading pages (deadline_exceeded)"))
     callback_url: str | None = Field(None, max_length=2000, description=(
         "http(s) URL the result summary is POSTed to when the job ends"))
+    no_cache: bool | None = Field(None, description=(
+        "true: read afresh, not answered from the result cache (the new result replaces "
+        "the cached one)"))
 
     def task_kwargs(self) -> dict[str, Any]:
         """The `ocr.document` kwargs besides the input, priority and deadline."""
         names = ("filename", "pages", "password", "output", "mode", "lang", "engine",
-                 "callback_url", "result_url")
+                 "callback_url", "result_url", "no_cache")
         return {n: getattr(self, n) for n in names if getattr(self, n) is not None}
 
 
@@ -102,7 +105,9 @@ class Links(BaseModel):
 
 class Progress(BaseModel):
     done: int = Field(description="pages finished")
-    total: int = Field(description="pages to read (0 until the job has planned them)")
+    total: int | None = Field(description="pages to read; null until the job has "
+                              "planned them (a PDF's page count is known once a worker "
+                              "has opened it)")
 
 
 class JobAccepted(BaseModel):
@@ -121,10 +126,20 @@ class JobInfo(BaseModel):
         "job whose deadline passed before it started is FAILURE, deadline_exceeded)"))
     progress: Progress
     error: ErrorInfo | None = None
+    client: str = Field("", description="the client the job was sent under (the token's "
+                        "name)")
     filename: str = ""
     output: str = "text"
     created: float = Field(description="seconds since the epoch")
     links: Links
+
+
+class JobList(BaseModel):
+    """A page of the client's jobs, newest first."""
+
+    jobs: list[JobInfo]
+    next_cursor: str | None = Field(description=(
+        "pass as `cursor` for the next page (older jobs); null: no more"))
 
 
 class Health(BaseModel):

@@ -110,7 +110,8 @@ class JobService:
     # --- jobs ---------------------------------------------------------------------
 
     def submit(self, caller: ApiClient, options: JobOptions, upload: str | None,
-               filename: str = "", idempotency_key: str | None = None) -> Submitted:
+               filename: str = "", idempotency_key: str | None = None,
+               traceparent: str | None = None) -> Submitted:
         """Send one job; `upload` is the key of a received file (else `options.path`).
 
         Refused before anything is sent: what the workers would refuse and an engine
@@ -144,11 +145,13 @@ class JobService:
             if upload is not None:
                 kwargs["blob"] = api_blob_key(caller.name, uuid.uuid4().hex)
                 self.bytes.adopt(caller.name, upload, kwargs["blob"])  # keeps its TTL
-            self.jobs.remember(caller.name, job_id, options.output,
-                               str(kwargs.get("filename", "")))
+            created = self.jobs.remember(caller.name, job_id, options.output,
+                                         str(kwargs.get("filename", "")))
             deadline = None if options.deadline is None else options.deadline - time.time()
             self.client.enqueue(kwargs, priority=options.priority, deadline=deadline,
-                                job_id=job_id, owner=f"api:{caller.name}")
+                                job_id=job_id, owner=f"api:{caller.name}",
+                                client=caller.name, created=created,
+                                traceparent=traceparent)  # the request's, passed on
         except BaseException:
             if digest:
                 self.jobs.release_key(caller.name, digest)
@@ -269,6 +272,14 @@ class JobService:
         except NotFound:  # the key is claimed before the job's record is written
             return WaitStatus.QUEUED
 
+    @property
+    def redis(self) -> redis.Redis:
+        return self._redis
+
+    def shown(self, job_id: str, record: dict[str, str], marks: Marks) -> JobInfo:
+        """A job's status from its record and marks read already (`GET /v1/jobs`)."""
+        return self._status(job_id, record, marks)[0]
+
     def progress_marks(self, job_id: str) -> Marks:
         """What changes when the job moves on, in one round trip (`tasks.state.job_state`).
 
@@ -293,7 +304,8 @@ class JobService:
             error = None if waiting is None else waiting.to_dict()
         return JobInfo(
             id=job_id, status=status, state=now.state,  # type: ignore[arg-type]
-            progress=Progress(done=now.done, total=now.total), error=error,
+            progress=Progress(done=now.done, total=now.total if now.planned else None),
+            error=error, client=record["owner"],
             filename=str((result or {}).get("filename") or record.get("filename", "")),
             output=record.get("output", "text"), created=float(record.get("created", 0)),
             links=links(job_id)), result
@@ -318,11 +330,12 @@ class JobService:
             raise BadRequest(f"only a PARTIAL job can be retried; this one is {status.status}")
         kwargs = self.client.retry_kwargs(job_id, options.password)
         new_id = str(uuid.uuid4())
-        self.jobs.remember(caller.name, new_id, str(kwargs["output"]),
-                           str(kwargs.get("filename", "")))
+        created = self.jobs.remember(caller.name, new_id, str(kwargs["output"]),
+                                     str(kwargs.get("filename", "")))
         try:
             self.client.enqueue(kwargs, priority=options.priority, job_id=new_id,
-                                owner=f"api:{caller.name}")
+                                owner=f"api:{caller.name}", client=caller.name,
+                                created=created)
         except BaseException:
             self.jobs.forget(caller.name, new_id)
             raise

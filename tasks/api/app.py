@@ -21,6 +21,7 @@ from starlette.exceptions import HTTPException
 from starlette.requests import ClientDisconnect
 
 from tasks.api._errors import JobUnsuccessful, http_status
+from tasks.api._listing import router as listing_router
 from tasks.api._routes import router
 from tasks.api._service import JobService
 from tasks.api._uploads import ENVELOPE_BYTES, DrainRefused
@@ -28,7 +29,7 @@ from tasks.client import OcrClient
 from tasks.errors import OcrError
 from tasks.queue.app import sending_app
 from tasks.settings import Settings
-from tasks.state.stores import connect
+from tasks.state.connection import connect
 
 log = logging.getLogger(__name__)
 DESCRIPTION = """OCR jobs over HTTP: send an image or PDF, follow its progress, fetch its
@@ -41,8 +42,9 @@ def create_api(settings: Settings, client: OcrClient | None = None) -> FastAPI:
     """The app, with its `JobService` in `app.state.service`."""
     app = FastAPIOffline(title="OCR service", version="1", description=DESCRIPTION)
     client = client or OcrClient(settings, app=sending_app(settings))
-    app.state.service = JobService(settings, client, connect(settings.redis_url, patient=False))
+    app.state.service = JobService(settings, client, connect(settings.redis_target, patient=False))
     app.include_router(router)
+    app.include_router(listing_router)  # GET /v1/jobs
     readiness = app.state.service.readiness
     app.router.add_event_handler("startup", readiness.start)  # the snapshot /readyz reads
     app.router.add_event_handler("shutdown", readiness.stop)

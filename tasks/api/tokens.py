@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import re
 import secrets
 import time
 from collections.abc import Sequence
@@ -22,11 +21,11 @@ import redis
 
 from tasks.errors import BadRequest
 from tasks.lifecycle.url_policy import parse_url
+from tasks.records.clients import CLIENT_NAME
 from tasks.state.keys import API_CLIENTS_KEY, api_token_key
 from tasks.state.webhook_secrets import WebhookSecrets
 
 TOKEN_PREFIX = "ocr_"
-CLIENT_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 
 
 @dataclass(frozen=True)

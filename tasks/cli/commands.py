@@ -72,6 +72,10 @@ SHARED: dict[str, SharedOption] = {
                                      "help": "also write each result into DIR"}, None),
     "redis_url": SharedOption(("--redis-url",), {"metavar": "URL", "help": REDIS_URL_HELP},
                               None),
+    "client": SharedOption(("--client",), {
+        "metavar": "NAME", "help": "the client the jobs are sent under (their lane in the "
+        "fair shares, and `client` in results); default $OCR_CLIENT, else your login "
+        "name"}, None),
 }
 TAKES_VALUE = {flag for o in SHARED.values() if o.options.get("action") != "store_true"
                for flag in o.flags}

@@ -18,7 +18,7 @@ import sys
 from collections.abc import Callable, Mapping
 from pathlib import Path
 
-from tasks.client import CONNECTION_ERRORS, OcrClient, masked_url
+from tasks.client import CONNECTION_ERRORS, OcrClient
 from tasks.errors import ServiceUnreachable
 from tasks.records.status import JobStatus, WaitStatus
 from tasks.settings import Settings, SettingsError
@@ -32,6 +32,7 @@ EXIT_PARTIAL = 3      # a job finished with some pages failed (PARTIAL)
 EXIT_OK = 0           # every job succeeded
 EXIT_USAGE = 2        # bad command line or settings (nothing was sent)
 EXIT_INTERRUPTED = 130
+EXIT_BROKEN_PIPE = 141  # the reader of stdout went away (`| head`): as a shell says SIGPIPE
 SEVERITY = (EXIT_UNREACHABLE, EXIT_FAILURE, EXIT_TIMEOUT, EXIT_CANCELLED, EXIT_PARTIAL,
             EXIT_OK)
 EXIT_BY_STATUS: dict[str, int] = {
@@ -81,8 +82,9 @@ def redis_url_of(flag: str | None, environ: Mapping[str, str]) -> str | None:
 class Session:
     """What a command runs with: settings, and a client whose Redis has answered."""
 
-    def __init__(self, redis_url: str | None = None) -> None:
+    def __init__(self, redis_url: str | None = None, client: str | None = None) -> None:
         self.redis_url = redis_url
+        self.client_name = client  # --client: the name jobs are sent under (OCR_CLIENT)
         self._settings: Settings | None = None
         self._client: OcrClient | None = None
 
@@ -93,6 +95,8 @@ class Session:
             url = redis_url_of(self.redis_url, env)
             if url:
                 env["REDIS_URL"] = url
+            if self.client_name is not None:
+                env["OCR_CLIENT"] = self.client_name
             self._settings = Settings.from_env(env)
         return self._settings
 
@@ -112,9 +116,19 @@ Runner = Callable[[argparse.Namespace, Session], int]
 
 
 def run_command(prog: str, run: Runner, args: argparse.Namespace, session: Session) -> int:
-    """Run a command; the service's errors become one line on stderr and an exit code."""
+    """Run a command; the service's errors become one line on stderr and an exit code.
+
+    A reader that stops reading (`submit.py --json wait ID | head -c 600`) ends the
+    command quietly, exit 141 as for a command SIGPIPE ended: no traceback, also not
+    from the interpreter's own last flush.
+    """
     try:
-        return run(args, session)
+        code = run(args, session)
+        sys.stdout.flush()
+        return code
+    except BrokenPipeError:
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return EXIT_BROKEN_PIPE
     except SettingsError as exc:
         print(f"{prog}: {exc}", file=sys.stderr)
         return EXIT_USAGE
@@ -122,7 +136,7 @@ def run_command(prog: str, run: Runner, args: argparse.Namespace, session: Sessi
         print(f"{prog}: {exc.message}: {UNREACHABLE_HINT}", file=sys.stderr)
         return EXIT_UNREACHABLE
     except CONNECTION_ERRORS as exc:  # Redis went away mid-run
-        url = masked_url(session.settings.redis_url)
+        url = session.settings.redis_target.masked
         print(f"{prog}: lost Redis at {url} ({str(exc).strip().rstrip('.')}): "
               f"{UNREACHABLE_HINT}", file=sys.stderr)
         return EXIT_UNREACHABLE

@@ -20,8 +20,10 @@ A Latin page found by the probe is read in the language its probe's words are in
 language (too few, mixed) the page is read with the worker's default set
 (`language_uncertain`), and where they tell one this worker lacks, with the script's
 set (`language_missing`, naming it; not for a language printed in the basic letters
-alone, such as lorem ipsum's `lat`: the set reads every letter of it). The probe ends
-after its first line where that line's words are sure (`Probes.tells`).
+alone, such as lorem ipsum's `lat`: the set reads every letter of it). A page whose
+probe lines each name a language surely, two or more of them, is read with all the
+languages its lines rank highest that this worker has (`deu+fra`; `lang_id.line_votes`).
+The probe ends after its first line where that line's words are sure (`Probes.tells`).
 """
 
 from __future__ import annotations
@@ -169,6 +171,9 @@ def _told_language(guess: ScriptGuess, confidence: float, script_set: str, name:
     the language is printed in the basic letters alone: `lang_id.PLAIN_LETTERS`); with
     the worker's default set where the words tell no language (`language_uncertain`).
     """
+    votes = lang_id.line_votes(guess.probe_text)
+    if votes.mixed:
+        return _mixed_languages(votes, guess, confidence, script_set, name, reads)
     told = lang_id.identify(guess.probe_text)
     if told.code is None:
         return PageLanguage(default, engine,
@@ -180,3 +185,21 @@ def _told_language(guess: ScriptGuess, confidence: float, script_set: str, name:
         return PageLanguage(script_set, name, ScriptFound(
             guess.script, confidence, "language_missing", (told.code,)))
     return PageLanguage(told.code, name, ScriptFound(guess.script, confidence, "found"))
+
+
+def _mixed_languages(votes: lang_id.LineVotes, guess: ScriptGuess, confidence: float,
+                     script_set: str, name: str, reads: Collection[str] | None
+                     ) -> PageLanguage:
+    """A page whose probe lines name two or more languages: read with them all.
+
+    The languages engine `name` has that the lines rank highest (`LineVotes.ranked`,
+    two or three: `deu+fra`); a language a line named that it lacks is named in a
+    `language_missing` warning (not one printed in the basic letters alone). With none
+    of them here, the script's set reads it.
+    """
+    chosen = votes.ranked(reads)
+    lacking = tuple(code for code in votes.sure if reads is not None and code not in reads
+                    and code not in lang_id.PLAIN_LETTERS)
+    outcome = "language_missing" if lacking else "found"
+    return PageLanguage("+".join(chosen) or script_set, name,
+                        ScriptFound(guess.script, confidence, outcome, lacking))

@@ -217,5 +217,9 @@ class OcrEngine(ABC):
         """Running totals the engine keeps (metrics: tasks/queue/telemetry.py)."""
         return {}
 
+    def gauges(self) -> dict[str, float]:
+        """What the engine has now (`ocr_child_*` metrics: tasks/queue/telemetry.py)."""
+        return {}
+
     def close(self) -> None:  # noqa: B027 - optional hook, nothing to free by default
         """Free everything the engine holds; it is not used afterwards."""

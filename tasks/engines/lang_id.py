@@ -17,6 +17,7 @@ texts: docs/languages.md, "Which language identifier".
 from __future__ import annotations
 
 import threading
+from collections.abc import Collection
 from dataclasses import dataclass
 from typing import Any
 
@@ -121,3 +122,60 @@ def identify(text: str) -> Identified:
         and probability >= RUNNER_UP * runner_up)
     return Identified(TESSERACT_CODES[best] if told else None, best,
                       round(float(probability), 3), round(float(runner_up), 3))
+
+
+# A page of several Latin languages: its probe lines each name theirs surely (at
+# SURE_PROBABILITY) and two or more differ. It is read with the languages the lines'
+# words rank highest (probabilities summed over the lines) that the worker has, at most
+# MIXED_MOST, each with at least MIXED_FLOOR (a fair share of one line). Measured on
+# the corpus' single-language pages: no line of them names a second language surely (the
+# Vietnamese pages' lines read without accents name Javanese or Tagalog at 0.59-0.68).
+MIXED_MOST = 3
+MIXED_FLOOR = 0.3
+
+
+@dataclass(frozen=True)
+class LineVotes:
+    """What a probe's lines say one by one: the languages they name surely, and scores.
+
+    `sure`: the tesseract codes of languages some line names at SURE_PROBABILITY, in
+    the order first named; `scores`: each language's probability summed over the lines.
+    """
+
+    sure: tuple[str, ...]
+    scores: dict[str, float]
+
+    @property
+    def mixed(self) -> bool:
+        """Two or more languages, each named surely by a line of its own."""
+        return len(self.sure) >= 2
+
+    def ranked(self, have: Collection[str] | None) -> list[str]:
+        """The languages to read a mixed page with, best first.
+
+        Those of `have` (None: any) the lines rank highest, at most MIXED_MOST, each at
+        MIXED_FLOOR or more.
+        """
+        order = sorted(self.scores.items(), key=lambda item: -item[1])
+        return [code for code, score in order
+                if score >= MIXED_FLOOR and (have is None or code in have)][:MIXED_MOST]
+
+
+def line_votes(text: str) -> LineVotes:
+    """Each line of a probe's `text` identified apart.
+
+    Lines of under SURE_LETTERS letters say nothing.
+    """
+    sure: list[str] = []
+    scores: dict[str, float] = {}
+    for line in text.splitlines():
+        if sum(ch.isalpha() for ch in line) < SURE_LETTERS:
+            continue
+        ranked = _load().rank(line)
+        for best, probability in ranked:
+            code = TESSERACT_CODES[best]
+            scores[code] = scores.get(code, 0.0) + float(probability)
+        best, probability = ranked[0]
+        if probability >= SURE_PROBABILITY and TESSERACT_CODES[best] not in sure:
+            sure.append(TESSERACT_CODES[best])
+    return LineVotes(tuple(sure), {code: round(score, 3) for code, score in scores.items()})

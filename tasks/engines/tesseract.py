@@ -133,8 +133,7 @@ class TesseractEngine(OcrEngine):
         lang = options.named_lang or self.model or ""
         absent = tessdata.missing(lang, self._found)
         if absent:
-            raise LanguageUnavailable(f"no traineddata for {', '.join(absent)} on this "
-                                      f"worker; it has: {', '.join(self.available())}")
+            raise LanguageUnavailable(tessdata.unavailable(absent, self.available()))
 
     def open_languages(self) -> list[str]:
         """The language sets with an open handle, least recently used first."""

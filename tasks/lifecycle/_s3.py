@@ -1,13 +1,15 @@
 """The S3 adapter: the only module that imports boto3/botocore (imported lazily).
 
-Runs in worker pool children: reading `s3://` inputs (HEAD, then a streamed GET of
-the whole object or of a byte range, pinned to the ETag the HEAD saw) and writing
-results to `result_url`. The endpoint, credentials and region come from the standard
-AWS environment, read by botocore itself: AWS_ENDPOINT_URL (MinIO, R2, moto's S3
-emulator...), AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY / AWS_SESSION_TOKEN or
-AWS_PROFILE, AWS_DEFAULT_REGION (AWS_REGION is taken when that is unset, as the other
-AWS SDKs do), AWS_CA_BUNDLE. Nothing of them is ever put in a message, a result or a
-log: errors carry the store's error code and HTTP status only.
+Runs in worker pool children: reading `s3://` inputs (HEAD, then a streamed GET of the
+whole object or of a byte range, pinned to the ETag the HEAD saw) and writing results to
+`result_url`; and in the operator's `ocr_admin.py backup` / `restore`
+(tasks/lifecycle/backup_files.py), which write and read a backup file. The endpoint,
+credentials and region come from the standard AWS environment, read by botocore itself:
+AWS_ENDPOINT_URL (MinIO, R2, moto's S3 emulator...), AWS_ACCESS_KEY_ID /
+AWS_SECRET_ACCESS_KEY / AWS_SESSION_TOKEN or AWS_PROFILE, AWS_DEFAULT_REGION (AWS_REGION
+is taken when that is unset, as the other AWS SDKs do), AWS_CA_BUNDLE. Nothing of them
+is ever put in a message, a result or a log: errors carry the store's error code and
+HTTP status only.
 
 Errors become the service's own (tasks/errors.py): a missing bucket or key is
 `input_not_found`, a refusal (401/403, no credentials) `input_denied`, an unreachable
@@ -118,6 +120,14 @@ def put(bucket: str, key: str, data: bytes, content_type: str, timeout: float) -
         raise ResultWriteFailed(f"the result could not be written to s3://{bucket}/{key} "
                                 f"({mapped.message})") from None
     return str(answer.get("ETag", ""))
+
+
+def upload(bucket: str, key: str, path: str, timeout: float) -> None:
+    """Write one object from a local file, in parts when it is large (a backup)."""
+    try:
+        _client(timeout, True).upload_file(path, bucket, key)
+    except _caught() as exc:
+        raise _mapped(exc, "write") from None
 
 
 def _caught() -> tuple[type[Exception], ...]:

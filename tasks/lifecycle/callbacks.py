@@ -21,6 +21,7 @@ import logging
 import time
 from typing import TYPE_CHECKING, Any
 
+from tasks import tracing
 from tasks.lifecycle.callback_urls import CallbackTarget, callback_target, checked_addresses
 from tasks.lifecycle.outbound import Address, connect_checked
 from tasks.state.webhook_secrets import SigningSecrets, WebhookSecrets
@@ -76,7 +77,7 @@ def signing_secrets(owner: str, secrets: WebhookSecrets) -> SigningSecrets | Non
 
 
 def record_delivery(control: JobControl, job_id: object, status: str, code: str | None,
-                    **details: object) -> None:
+                    event: str = "", **details: object) -> None:
     """Record how the callback went on the job: its result's `callback`.
 
     `{"status": "sent" | "rejected" | "refused" | "failed", "code", "attempts", ...}`
@@ -84,7 +85,7 @@ def record_delivery(control: JobControl, job_id: object, status: str, code: str 
     result they read.
     """
     if isinstance(job_id, str):
-        control.record_callback(job_id, {"status": status, "code": code, **details})
+        control.record_callback(job_id, {"status": status, "code": code, **details}, event)
 
 
 def post_json(url: str, body: dict[str, Any], settings: Settings,
@@ -110,7 +111,12 @@ def post_json(url: str, body: dict[str, Any], settings: Settings,
         headers[SIGNATURE_HEADER] = sign(raw, secrets.current, stamp)
         if secrets.previous:
             headers[PREVIOUS_SIGNATURE_HEADER] = sign(raw, secrets.previous, stamp)
-    status = _post(target, addresses, raw, headers, settings.callback_timeout)
+    with tracing.span("ocr.callback", {"http.request.method": "POST",
+                                       "server.address": target.host,
+                                       "ocr.job_id": body.get("id")}, kind="client") as span:
+        tracing.inject(headers)  # the receiver may join the job's trace
+        status = _post(target, addresses, raw, headers, settings.callback_timeout)
+        span.set({"http.response.status_code": status})
     if 300 <= status < 400:
         log.warning("callback to %s answered %s; redirects are not followed",
                     target.url, status)

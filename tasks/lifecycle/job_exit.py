@@ -22,6 +22,7 @@ import os
 import socket
 from typing import TYPE_CHECKING, Protocol
 
+from tasks import tracing
 from tasks.errors import OcrError
 from tasks.lifecycle.callbacks import summary
 from tasks.state.boundary import CONNECTION_ERRORS
@@ -41,6 +42,9 @@ class EndingPorts(Protocol):
 
     def publish(self, outcome: Outcome) -> None:
         """Store the result where clients read it and tell monitors (Flower)."""
+
+    def keep(self, outcome: Outcome) -> None:
+        """Hold until the stored ending is on enough Redis replicas to outlive a failover."""
 
     def send_callback_task(self, name: str, queue: str | None, result: dict) -> None:
         """Send the caller's callback task with the public result."""
@@ -102,21 +106,30 @@ class JobEnder:
         Storing the result comes first and may raise: the claim is then given back
         (the caller retries, and its retry can claim again: a claim kept across a
         Redis restart ended no one, issue 43's short soak); what follows never raises
-        for a store being briefly unreachable.
+        for a store being briefly unreachable. The stored ending reaches a replica
+        (`keep`) before any callback goes out, so a failover never makes a job that
+        told the world it ended run and end again. Traced where the job is
+        (`ocr.job.end`, and `ocr.result.write` for its result): the trace id goes into
+        its result.
         """
-        try:
-            self._ports.publish(outcome)
-        except _STORE_ERRORS:
-            self._give_back(outcome.job_id)
-            raise
-        request = outcome.request
-        if request is not None and request.callback_task:
-            self._ports.send_callback_task(request.callback_task, request.callback_queue,
-                                           outcome.public())
-        if request is not None and request.callback_url:
-            self._ports.send_http_callback(request.callback_url, summary(outcome.public()),
-                                           outcome.reply_queue)
-        self._ports.record(outcome)
+        outcome.trace_id = outcome.trace_id or tracing.current_trace_id()
+        with tracing.span("ocr.job.end", {"ocr.job_id": outcome.job_id,
+                                          "ocr.status": outcome.status.value}):
+            try:
+                with tracing.span("ocr.result.write"):
+                    self._ports.publish(outcome)
+                    self._ports.keep(outcome)
+            except _STORE_ERRORS:
+                self._give_back(outcome.job_id)
+                raise
+            request = outcome.request
+            if request is not None and request.callback_task:
+                self._ports.send_callback_task(request.callback_task,
+                                               request.callback_queue, outcome.public())
+            if request is not None and request.callback_url:
+                self._ports.send_http_callback(request.callback_url,
+                                               summary(outcome.public()), outcome.reply_queue)
+            self._ports.record(outcome)
         self._free(outcome)
         try:
             self._control.mark_ended(outcome.job_id)

@@ -14,6 +14,7 @@ import time
 from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any
 
+from tasks import tracing
 from tasks.errors import DeadlineExceeded, OcrError, OutputTooLarge
 from tasks.lifecycle import url_inputs
 from tasks.lifecycle.inputs import read_input
@@ -140,7 +141,8 @@ def process_job(job_id: str, request: JobRequest, settings: Settings,
     if settings.cache_results and previous is None and (located is None or identity):
         key = cache_key(data, request, engine_name, loaded.engine.model, settings, identity,
                         scope)
-        hit = stores.cache.get(key)
+        # `no_cache`: read afresh; the result is stored under the key as any other.
+        hit = None if request.no_cache else stores.cache.get(key)
         if hit is not None:
             stored, encrypted = hit
             if encrypted:
@@ -296,8 +298,9 @@ def deliver(result: DocumentResult, request: JobRequest, settings: Settings,
     document = stores.outputs.get(stored.key) if stored is not None else None
     content = url_inputs.result_content(result.to_json(), output, document)
     try:
-        result.result_object = url_inputs.write_result(request.result_url, str(result.id),
-                                                       output, content, settings)
+        with tracing.span("ocr.result.deliver", {"ocr.bytes": len(content)}):
+            result.result_object = url_inputs.write_result(
+                request.result_url, str(result.id), output, content, settings)
     except OcrError as exc:
         result.result_object = {"url": request.result_url, "error": exc.to_dict()}
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import functools
 import hashlib
+import re
 import time
 from collections.abc import Callable
 from dataclasses import replace
@@ -69,7 +70,21 @@ def deadline_page(number: int) -> PageRecord:
 
 def text_page(number: int, text: str, layer: str) -> PageRecord:
     """A page delivered from its PDF text layer (`visible` text or an `invisible` one)."""
-    return PageRecord(number, text.rstrip(), source="text-layer", layer=layer)
+    return PageRecord(number, layer_text(text), source="text-layer", layer=layer)
+
+
+_SPACES_ONLY = re.compile(r"^ +$", re.M)
+_BLANK_RUNS = re.compile(r"\n{3,}")
+
+
+def layer_text(text: str) -> str:
+    """A text layer's text without the blank lines word processors draw as spaces.
+
+    A line of spaces alone (an empty paragraph a PDF draws as one space) is an empty
+    line; the page starts at its first line with text, and a run of empty lines is one.
+    """
+    text = _BLANK_RUNS.sub("\n\n", _SPACES_ONLY.sub("", text))
+    return text.lstrip("\n").rstrip()
 
 
 def structure_chunks(plan: PdfPlan, output: str, settings: Settings) -> list[list[int]]:

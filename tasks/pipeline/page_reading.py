@@ -15,8 +15,9 @@ import logging
 import time
 from collections.abc import Callable
 from dataclasses import replace
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
+from tasks import tracing
 from tasks.engines import PageResult, RecognizeOptions
 from tasks.engines.auto_lang import page_language, script_probes
 from tasks.engines.vlm.word_placement import place_words
@@ -43,6 +44,27 @@ log = logging.getLogger(__name__)
 
 def ocr_page(number: int, image: Image.Image, engine: OcrEngine, options: RecognizeOptions,
              settings: Settings, rerender: Render | None = None) -> PageRecord:
+    """`read_page` in the span `ocr.read` of the job's trace (where it is traced)."""
+    with tracing.span("ocr.read", {"ocr.page": number, "ocr.engine": engine.name}) as span:
+        page = read_page(number, image, engine, options, settings, rerender)
+        span.set(read_attributes(page))
+        return page
+
+
+def read_attributes(page: PageRecord) -> dict[str, Any]:
+    """What the `ocr.read` span says of a read page: its engine, language, VLM read."""
+    vlm, fallback = page.vlm, page.fallback
+    return {"ocr.engine": page.engine, "ocr.language": page.lang, "ocr.source": page.source,
+            "ocr.error": page.error.code if page.error is not None else None,
+            "ocr.finish_reason": vlm.finish_reason if vlm is not None else None,
+            "ocr.prompt_tokens": vlm.prompt_tokens if vlm is not None else None,
+            "ocr.generation_tokens": vlm.generation_tokens if vlm is not None else None,
+            "ocr.fallback": fallback.engine if fallback is not None else None,
+            "ocr.fallback_reason": fallback.reason if fallback is not None else None}
+
+
+def read_page(number: int, image: Image.Image, engine: OcrEngine, options: RecognizeOptions,
+              settings: Settings, rerender: Render | None = None) -> PageRecord:
     """Put the page upright, deskew it and recognise it; raises OcrError.
 
     A blank page (`tasks.pipeline.blank`) is reported as such, without OCR. A

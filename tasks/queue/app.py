@@ -8,9 +8,11 @@ and reads results, and imports no task module, so no engine or image library.
 
 from __future__ import annotations
 
+import sys
+
 from tasks.queue.celery_config import celery_config, worker_app_config
 from tasks.queue.ocr_celery import OcrCelery
-from tasks.settings import Settings
+from tasks.settings import Settings, SettingsError
 
 TASK_MODULES = ("tasks.queue.job_task", "tasks.queue.page_tasks", "tasks.queue.control_tasks",
                 "tasks.queue.maintenance_tasks")
@@ -68,8 +70,18 @@ _app: OcrCelery | None = None
 
 
 def get_app() -> OcrCelery:
-    """The process's app, built from the environment on first use."""
+    """The process's app, built from the environment on first use.
+
+    `celery -A tasks` (worker, control, beat, Flower) builds it as it starts: settings it
+    cannot use (a placeholder secret, a bad value) stop the process with one line naming
+    the variable, exit status 2.
+    """
     global _app
     if _app is None:
-        _app = create_app(Settings.from_env())
+        try:
+            settings = Settings.from_env()
+        except SettingsError as exc:
+            print(f"refused to start: {exc}", file=sys.stderr, flush=True)
+            raise SystemExit(2) from None
+        _app = create_app(settings)
     return _app

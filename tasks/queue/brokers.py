@@ -10,13 +10,28 @@ management plugin). Priorities: `priority_value` (tasks/queue/routing.py).
 
 from __future__ import annotations
 
+import logging
 import sys
-from collections.abc import Sequence
-from typing import Any
+import time
+from collections.abc import Callable, Sequence
+from datetime import UTC, datetime, timedelta
+from typing import Any, TypeVar
 
-from kombu import Connection
+from amqp.exceptions import MessageNacked
+from celery.utils.nodenames import worker_direct
+from kombu import Connection, Queue
+from kombu.exceptions import OperationalError
 
+from tasks.queue.routing import is_priority_queue, with_priority_queues
 from tasks.settings import Settings, SettingsError
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
+# Waits between the sends of a message RabbitMQ refused (basic.nack): 0.25 s doubling
+# to 4 s, about 30 s in all, as long as kombu retries a publish through a lost broker.
+NACK_WAITS = (0.25, 0.5, 1.0, 2.0, 4.0, 4.0, 4.0, 4.0, 4.0, 4.0)
+# A worker's own queue on quorum queues goes away after a day without its worker.
+DIRECT_QUEUE_EXPIRES_MS = 24 * 3600 * 1000
 
 
 def check_worker(settings: Settings) -> None:
@@ -28,20 +43,92 @@ def check_worker(settings: Settings) -> None:
         raise SystemExit(2) from None
 
 
-def prepare_queues(app: Any, settings: Settings) -> None:
+def prepare_queues(app: Any, settings: Settings, node: str) -> None:
     """On RabbitMQ, give each consumer `x-consumer-timeout` = OCR_VISIBILITY_TIMEOUT.
 
     RabbitMQ (3.8 to 3.11.14: node-wide `consumer_timeout` only, 30 min by default)
     closes the channel of a consumer that holds a delivery unacknowledged longer than
     its consumer timeout; from 3.11.15 (per queue) and 3.12 (per consumer) the
     argument below sets it per consumer, older nodes ignore it (docs/operations.md, Brokers).
+    On quorum queues the worker also consumes each job queue's queues of one priority,
+    and its own queue (`node`'s) is a quorum queue too (`direct_queue`).
     """
     if not settings.broker_is_amqp:
         return
+    if settings.quorum_queues:
+        consume(app, with_priority_queues(list(app.amqp.queues.consume_from)))
+        if app.conf.worker_direct:
+            app.amqp.queues.select_add(direct_queue(settings, node))  # replaces Celery's
     milliseconds = settings.visibility_timeout * 1000
     for queue in app.amqp.queues.values():
         queue.consumer_arguments = {**(queue.consumer_arguments or {}),
                                     "x-consumer-timeout": milliseconds}
+
+
+def direct_queue(settings: Settings, node: str) -> Queue:
+    """The queue of one worker (`<node>.dq2`, Celery's worker_direct), as this broker wants it.
+
+    Celery declares it a durable classic queue, which lives on one RabbitMQ node: with
+    that node lost its worker cannot declare it again and stops ("home node is down").
+    On quorum queues it is a quorum queue too (replicated), and goes away a day after
+    its worker (`x-expires`), as workers come and go with their host names. The worker
+    and whoever sends to it (the every-host model audit) declare it the same way.
+    """
+    queue = worker_direct(node)
+    if not settings.quorum_queues:
+        return queue
+    return Queue(queue.name, queue.exchange, queue.routing_key, queue_arguments={
+        "x-queue-type": "quorum", "x-expires": DIRECT_QUEUE_EXPIRES_MS})
+
+
+def consume(app: Any, names: Sequence[str]) -> None:
+    """Make the worker consume these queues too, declared as `-Q` declares them.
+
+    Each as the app's queue of that name (Celery's `new_missing`: its own exchange, and
+    on quorum queues the quorum type), never `select_add` of a bare name, which would
+    declare a classic queue.
+    """
+    queues = app.amqp.queues
+    for name in names:
+        queues.select_add(queues[name])
+
+
+def until_confirmed(send: Callable[[], T], what: str) -> T:
+    """`send()` again while RabbitMQ refuses the message with a negative confirm.
+
+    With publisher confirms a refused message is `basic.nack`: a quorum queue whose
+    leader is being elected after its node was lost nacks what it cannot yet take.
+    Not taken, so sending it again is safe (at worst a copy is queued twice, which a
+    job's end claim makes harmless); kombu retries lost connections, not nacks. Past
+    NACK_WAITS the error is raised (a publish then becomes `transient`).
+    """
+    for wait in (*NACK_WAITS, None):
+        try:
+            return send()
+        except OperationalError as exc:
+            if wait is None or not isinstance(exc.__cause__, MessageNacked):
+                raise
+            log.warning("RabbitMQ refused %s (nack): sending it again in %g s", what, wait)
+            time.sleep(wait)
+    raise AssertionError("unreachable")
+
+
+def expiry_in_header(options: dict[str, Any]) -> dict[str, Any]:
+    """On RabbitMQ a message's `expires` (a job's deadline) travels in its header only.
+
+    Celery also turns `expires` into the AMQP `expiration` property, and RabbitMQ drops
+    a message whose expiration passes while it waits, unseen: its job would never end.
+    Without the property a worker receives it, Celery revokes it as expired and the job
+    ends FAILURE `deadline_exceeded` (tasks/queue/parent_endings.py), as on Redis.
+    """
+    expires = options.get("expires")
+    if expires is None:
+        return options
+    if isinstance(expires, (int, float)):
+        expires = datetime.now(UTC) + timedelta(seconds=expires)
+    at = expires.isoformat() if isinstance(expires, datetime) else str(expires)
+    rest = {k: v for k, v in options.items() if k != "expires"}
+    return {**rest, "headers": {**(options.get("headers") or {}), "expires": at}}
 
 
 def fresh_connections(app: Any) -> None:
@@ -55,8 +142,17 @@ def fresh_connections(app: Any) -> None:
     app.conf.broker_pool_limit = 0
 
 
-def amqp_queue_lengths(broker_url: str, queues: Sequence[str]) -> dict[str, int]:
-    """Messages ready in each queue (all priorities), by passive declare; 0 when absent."""
+def amqp_queue_lengths(broker_url: str, queues: Sequence[str],
+                       priority_queues: bool = False) -> dict[str, int]:
+    """Messages ready in each queue (all priorities), by passive declare; 0 when absent.
+
+    `priority_queues` (quorum queues): a job queue's length adds its queues of one
+    priority (`<queue>.interactive`, `<queue>.batch`).
+    """
+    if priority_queues:
+        each = amqp_queue_lengths(broker_url, with_priority_queues(list(queues)))
+        return {q: sum(n for name, n in each.items() if name == q or (
+            is_priority_queue(name) and name.rpartition(".")[0] == q)) for q in queues}
     lengths: dict[str, int] = {}
     with Connection(broker_url, connect_timeout=5) as conn:
         channel = conn.channel()

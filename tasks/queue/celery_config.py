@@ -10,6 +10,7 @@ from typing import Any
 
 from tasks.queue.routing import AMQP_MAX_PRIORITY, DEFAULT_QUEUE, PRIORITY_STEPS, priority_value
 from tasks.settings import Settings
+from tasks.state.connection import broker_transport_options, celery_backend, celery_broker
 
 # kombu's retry of a message publish while the broker is unreachable: about 30 s of
 # backoff (0.1 s, 0.6 s, ... up to 3 s), then the task retries (tasks/state/boundary.py).
@@ -24,9 +25,8 @@ def celery_config(settings: Settings) -> dict[str, Any]:
     engine the worker loads, is `worker_app_config` below.
     """
     return {
-        "broker_url": settings.broker,
-        **_broker_transport(settings.broker),
-        "result_backend": settings.redis_url,
+        **_broker(settings),
+        **celery_backend(settings.redis_target),
         # JSON only: no pickle anywhere, for messages and results alike.
         "task_serializer": "json",
         "result_serializer": "json",
@@ -81,22 +81,44 @@ def celery_config(settings: Settings) -> dict[str, Any]:
     }
 
 
-def _broker_transport(broker_url: str) -> dict[str, Any]:
-    """On Redis, the transport that dead-letters malformed and refused messages."""
-    if broker_url.startswith(("redis://", "rediss://")):
-        return {"broker_transport": "tasks.queue.transport:Transport"}
-    return {}
+def _broker(settings: Settings) -> dict[str, Any]:
+    """The broker's URL and, on Redis, the project's transport (atomic fetch, dead letters).
+
+    How Redis is reached (TLS, Sentinel) is tasks/state/connection.py's to say.
+    """
+    target = settings.broker_target
+    if target is None:
+        return {"broker_url": settings.broker}
+    transport = ("tasks.queue.sentinel_transport:SentinelTransport" if target.is_sentinel
+                 else "tasks.queue.transport:Transport")
+    return {**celery_broker(target), "broker_transport": transport}
+
+
+# Quorum queues (OCR_RABBITMQ_QUEUE_TYPE=quorum): every queue Celery declares is one,
+# on a topic exchange, so that a countdown (a retry's backoff) waits in RabbitMQ's
+# delay queues (Celery's native delayed delivery, quorum too) instead of in a worker
+# that holds the message meanwhile. No x-max-priority (quorum queues refuse it): each
+# priority has a queue of its own (tasks/queue/routing.py).
+QUORUM = {"task_default_queue_type": "quorum", "task_create_missing_queue_type": "quorum",
+          "task_default_exchange_type": "topic",
+          "task_create_missing_queue_exchange_type": "topic",
+          "broker_native_delayed_delivery_queue_type": "quorum"}
 
 
 def _broker_options(settings: Settings) -> dict[str, Any]:
     if settings.broker_is_amqp:
-        return {
-            # Every queue Celery declares (engine queues, OCR_QUEUES) gets priorities.
-            "task_queue_max_priority": AMQP_MAX_PRIORITY,
-            # Publisher confirms: a job is sent once RabbitMQ has taken it.
-            "broker_transport_options": {"confirm_publish": True},
-        }
+        # Publisher confirms: a job is sent once RabbitMQ has taken it (on quorum
+        # queues: once a majority of the nodes holds it).
+        options: dict[str, Any] = {"broker_transport_options": {"confirm_publish": True}}
+        if settings.quorum_queues:
+            return {**options, **QUORUM}
+        # Every queue Celery declares (engine queues, OCR_QUEUES) gets priorities.
+        return {**options, "task_queue_max_priority": AMQP_MAX_PRIORITY}
+    target = settings.broker_target
+    assert target is not None  # a broker that is not RabbitMQ is Redis
     return {"broker_transport_options": {
+        # Sentinel: the primary's name and the Sentinels' own password and TLS.
+        **broker_transport_options(target),
         # tasks/queue/transport.py: refused messages go to the dead-letter list.
         "ocr_max_message_bytes": settings.max_message_bytes,
         "ocr_accept_content": ("application/json",),
@@ -146,6 +168,11 @@ def worker_app_config(settings: Settings, engine: str) -> dict[str, Any]:
     """
     config = {**celery_config(settings), "worker_concurrency": default_concurrency(
         settings, engine)}
+    if not settings.broker_is_amqp:
+        # A worker's publish short of replicas goes on (its message is on the primary,
+        # and its acknowledgement, replicated after it, shows whether it survived).
+        config["broker_transport_options"] = {**config["broker_transport_options"],
+                                              "ocr_refuse_unkept": False}
     if engine == "vlm-api" and settings.worker_role != "control":
         config["worker_pool"] = "tasks.queue.pool:ThreadTaskPool"
         config["task_annotations"] = {"ocr.pdf_page": {

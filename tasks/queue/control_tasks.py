@@ -46,7 +46,15 @@ def http_callback(self: Task, url: str, body: dict[str, Any]) -> int:
     job_id = body.get("id")
     secrets = None
     stores = JobServices.for_app(self.app).stores
+    event = body.get("event_id")
     if isinstance(job_id, str):  # an API client's job: signed with that client's secret
+        info = stores.control.info(job_id)
+        done = stores.control.callback(info) or {}
+        if event and info.get("callback_event") == event and done.get("status") in (
+                "sent", "rejected"):
+            # This ending was delivered already: its message came back (its
+            # acknowledgement lost with a Redis primary, or a worker died after the POST).
+            return int(done.get("http_status") or 0)
         secrets = signing_secrets(stores.control.owner(job_id), stores.webhook_secrets)
     # The delivery is recorded on the job (its result's `callback`): sent, refused by
     # the address policy, or failed after the last retry.
@@ -63,5 +71,6 @@ def http_callback(self: Task, url: str, body: dict[str, Any]) -> int:
         raise
     record_delivery(stores.control, job_id, "sent" if status < 300 else "rejected",
                     None if status < 300 else "callback_rejected",
-                    attempts=self.request.retries + 1, http_status=status)
+                    attempts=self.request.retries + 1, http_status=status,
+                    event=event if isinstance(event, str) else "")
     return status

@@ -1,8 +1,9 @@
-"""How jobs are shown to people: task arguments without payloads or secrets.
+"""How jobs are shown to people: who sent what, without payloads or secrets.
 
 Runs wherever a job is sent (clients, Flower's send-task API, workers enqueueing page
 tasks): the Celery app puts `job_kwargs_repr()` in each `ocr.document` message's
-`kwargsrepr` header, which the worker logs and Flower shows.
+`kwargsrepr` header, which the worker logs and Flower shows as the task's arguments:
+the job's client (its `ocr_client` header) and its file's name first, then the rest.
 """
 
 from __future__ import annotations
@@ -22,9 +23,15 @@ def b64_size(value: str) -> int:
     return len(stripped) * 3 // 4 - stripped[-2:].count("=")
 
 
-def job_kwargs_repr(kwargs: Mapping[str, Any]) -> str:
-    """`repr` of job kwargs with the password masked and inline data as its size."""
-    shown: dict[str, Any] = {}
+def job_kwargs_repr(kwargs: Mapping[str, Any], client: str | None = None) -> str:
+    """`repr` of job kwargs with the password masked and inline data as its size.
+
+    `client` (the job's, "" for the anonymous one; None: not a job message) and the
+    `filename` come first, so a cut repr still says whose job it is and what it reads.
+    """
+    shown: dict[str, Any] = {} if client is None else {"client": client}
+    if "filename" in kwargs:
+        shown["filename"] = kwargs["filename"]
     for key, value in kwargs.items():
         if key in SECRET_KWARGS and value is not None:
             shown[key] = "***"

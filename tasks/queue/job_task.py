@@ -29,6 +29,7 @@ from tasks.lifecycle.inputs import decode_request
 from tasks.lifecycle.jobs import FanOut, process_job
 from tasks.pipeline.documents import past_deadline
 from tasks.queue import telemetry, thread_limits
+from tasks.queue.message_headers import client_from, job_headers
 from tasks.queue.page_tasks import pdf_chunk_lost, pdf_page, pdf_page_lost, pdf_text_chunk
 from tasks.queue.parent_endings import JobServices, end_from_message, report_progress
 from tasks.queue.poison_guard import GuardedTask
@@ -90,18 +91,25 @@ def document(self: Task, *args: Any, **kwargs: Any) -> dict[str, Any]:
     services = JobServices.for_app(self.app)
     try:
         with transient("Redis"):
+            # Who sent it: its message's header, else what its sender recorded.
+            client = client_from(self.request) or services.stores.control.client(job_id)
+            # Listed under its client, also when a sender by task name did not list it.
+            services.index.add(job_id, client, only_new=True)
             # A job may only name its own client's input and jobs (HTTP API isolation).
             services.stores.control.check_references(job_id, kwargs.get("blob"),
                                                      kwargs.get("merge_from"))
     except OcrError as exc:
         _retry_if_transient(self, exc)
         # Ended without its request: the input it named is someone else's, not freed.
-        _end(self, services, Outcome.failed(job_id, exc, None))
+        refused = Outcome.failed(job_id, exc, None)
+        refused.sender = client_from(self.request)
+        _end(self, services, refused)
         raise Ignore() from None
     try:
-        request = decode_request(kwargs, settings)
+        request = replace(decode_request(kwargs, settings), client=client)
     except OcrError as exc:
-        end_from_message(self.app, job_id, kwargs, JobStatus.FAILURE, exc)
+        end_from_message(self.app, job_id, kwargs, JobStatus.FAILURE, exc,
+                         request=self.request, client=client)
         raise Ignore() from None
     # The engine that reads the job (its own, its language's, or this worker's): failures name it.
     engine = resident.current(settings).for_job(request.engine, request.lang)
@@ -196,13 +204,15 @@ def fan_out(task: Task, work: FanOut, services: JobServices) -> NoReturn:
     # An encrypted URL input's password goes with its page tasks (each host decrypts
     # its own copy), never into the document's meta.
     opened = {"password": work.password} if work.password else {}
+    # The pages stay in their job's client's lane.
+    headers = job_headers(meta.request.client)
     with publishing("a page task"):
         for number, page_id in zip(meta.ocr_pages, meta.page_tasks, strict=True):
             pdf_page.apply_async((job_id, number), opened, queue=queue, task_id=page_id,
-                                 priority=priority,
+                                 priority=priority, headers=headers,
                                  link_error=pdf_page_lost.s(job_id, number, queue))
         for index, chunk_id in enumerate(meta.chunk_tasks):
             pdf_text_chunk.apply_async((job_id, index), opened, queue=queue,
-                                       task_id=chunk_id, priority=priority,
+                                       task_id=chunk_id, priority=priority, headers=headers,
                                        link_error=pdf_chunk_lost.s(job_id, index, queue))
     raise Ignore()  # the job's result is stored when its last page is recorded

@@ -19,15 +19,16 @@ from typing import Any
 
 import redis
 from celery import Celery, Task, shared_task
-from celery.utils import worker_direct
 from celery.utils.nodenames import nodesplit
 
 from tasks.errors import BadRequest, OcrError, TransientError
 from tasks.models.audit import AuditRun, mode_for, run_audit
 from tasks.models.decisions import PrunePolicy
 from tasks.models.registry import ModelRegistry
+from tasks.queue.brokers import direct_queue
+from tasks.records.redis_target import RedisTarget
 from tasks.settings import Settings, audit_crontab_fields
-from tasks.state.stores import connect
+from tasks.state.connection import connect
 
 RUN_ID = re.compile(r"[A-Za-z0-9_.-]{1,100}\Z")
 # A copy not started by then (its worker went away after answering) is dropped unrun.
@@ -35,13 +36,13 @@ COPY_EXPIRES = 6 * 3600
 
 
 @functools.cache
-def _registry(redis_url: str, heartbeat: float, lock_seconds: float) -> ModelRegistry:
-    return ModelRegistry(connect(redis_url), heartbeat, lock_seconds)
+def _registry(target: RedisTarget, heartbeat: float, lock_seconds: float) -> ModelRegistry:
+    return ModelRegistry(connect(target), heartbeat, lock_seconds)
 
 
 def models_registry(settings: Settings) -> ModelRegistry:
     """The Redis side of the model lifecycle for these settings (cached per process)."""
-    return _registry(settings.redis_url, settings.model_heartbeat_seconds,
+    return _registry(settings.redis_target, settings.model_heartbeat_seconds,
                      float(settings.hard_time_limit + 60))
 
 
@@ -82,7 +83,8 @@ def dispatch_every_host(app: Celery, run: str, prune: bool, dry_run: bool,
     """
     targets = audit_targets(app, timeout)
     for target in targets:
-        result = app.send_task("ocr.audit_models", queue=worker_direct(target["node"]),
+        result = app.send_task("ocr.audit_models",
+                               queue=direct_queue(app.ocr_settings, target["node"]),
                                kwargs={"prune": prune, "dry_run": dry_run, "run": run},
                                expires=COPY_EXPIRES)
         target["task_id"] = str(result.id)

@@ -13,7 +13,10 @@ from typing import Any
 
 from celery import Celery
 
+from tasks.queue.brokers import expiry_in_header, until_confirmed
 from tasks.queue.display import job_kwargs_repr
+from tasks.queue.routing import quorum_destination
+from tasks.records.clients import CLIENT_HEADER
 from tasks.settings import Settings
 
 
@@ -25,8 +28,22 @@ class OcrCelery(Celery):
 
     def send_task(self, name: str, args: Any = None, kwargs: Any = None,
                   **options: Any) -> Any:
-        """Celery's `send_task`; jobs are shown (logs, Flower) without payload or password."""
+        """Celery's `send_task`; jobs are shown (logs, Flower) with their client.
+
+        Without payload or password. On RabbitMQ a deadline travels in the message's
+        header only (`expiry_in_header`) and a message the broker refused (nack) is sent
+        again for a while; on quorum queues every message (a job, its pages, a retry)
+        goes to the queue of its priority (tasks/queue/routing.py, `quorum_destination`).
+        """
         # A page task of an encrypted URL input carries its password: masked too.
         if isinstance(kwargs, Mapping) and (name == "ocr.document" or "password" in kwargs):
-            options["kwargsrepr"] = job_kwargs_repr(kwargs)
-        return super().send_task(name, args, kwargs, **options)
+            headers = options.get("headers") or {}
+            client = str(headers.get(CLIENT_HEADER) or "") if name == "ocr.document" else None
+            options["kwargsrepr"] = job_kwargs_repr(kwargs, client)
+        if not self.ocr_settings.broker_is_amqp:
+            return super().send_task(name, args, kwargs, **options)
+        options = expiry_in_header(options)
+        if self.ocr_settings.quorum_queues:
+            options = quorum_destination(name, args, kwargs, options)
+        return until_confirmed(lambda: super(OcrCelery, self).send_task(
+            name, args, kwargs, **options), f"task {name}")

@@ -19,6 +19,7 @@ from typing import Any, TypeVar
 from billiard.exceptions import SoftTimeLimitExceeded
 from celery import Celery, Task, shared_task
 
+from tasks import tracing
 from tasks.engines import resident
 from tasks.errors import OcrError, Timeout, error_info
 from tasks.lifecycle.cancel import end_cancelled_document
@@ -123,7 +124,7 @@ def pdf_chunk_lost(request: Any, exc: BaseException, traceback: Any, doc_id: str
                    index: int, queue: str) -> None:
     """Errback of a chunk task that failed outright: its pages are recorded as failed."""
     pdf_chunk_failed.apply_async((doc_id, index, error_info(exc)), _opened(request),
-                                 queue=queue)
+                                 queue=queue, headers=tracing.headers_of(request))
 
 
 @shared_task(name="ocr.pdf_chunk_failed", bind=True)
@@ -218,7 +219,7 @@ def pdf_page_lost(request: Any, exc: BaseException, traceback: Any, doc_id: str,
     record goes to the page's own queue, which the page's workers consume.
     """
     pdf_page_failed.apply_async((doc_id, number, error_info(exc)), _opened(request),
-                                queue=queue)
+                                queue=queue, headers=tracing.headers_of(request))
 
 
 @shared_task(name="ocr.pdf_page_failed", bind=True)

@@ -18,7 +18,7 @@ from __future__ import annotations
 import logging
 import os
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any
 
 import redis
@@ -26,19 +26,23 @@ from billiard.exceptions import TimeLimitExceeded
 from celery import states
 from celery.signals import celeryd_after_setup, task_failure, task_revoked
 
+from tasks import tracing
 from tasks.engines.resident import engine_for_job
 from tasks.errors import BadRequest, DeadlineExceeded, OcrError, Timeout, TransientError
 from tasks.lifecycle.inputs import decode_request
 from tasks.lifecycle.job_exit import JobEnder, holder_name
 from tasks.queue import telemetry
+from tasks.queue.message_headers import client_from
 from tasks.queue.routing import CONTROL_QUEUE
 from tasks.records.jobs import JobStatus, Outcome
 from tasks.records.request import JobRequest
 from tasks.records.results import DocumentResult
 from tasks.records.status import CeleryState
-from tasks.state.boundary import publishing
+from tasks.state.boundary import PUBLISH_ERRORS, publishing
+from tasks.state.connection import connect
+from tasks.state.job_index import JobIndex
 from tasks.state.join import DocumentJoin
-from tasks.state.stores import BlobStore, JobControl, OutputStore, ResultCache, Stores, connect
+from tasks.state.stores import BlobStore, JobControl, OutputStore, ResultCache, Stores
 
 if TYPE_CHECKING:
     from tasks.queue.ocr_celery import OcrCelery
@@ -53,12 +57,21 @@ _node_name: str | None = None
 def send_job_event(app: Any, event: str, job_id: str, **fields: Any) -> None:
     """A task event for the job, sent as the worker node.
 
-    Flower lists every other sender name as a worker of its own.
+    Flower lists every other sender name as a worker of its own. An event is for
+    watchers only: one the broker cannot take (its connection lost with a RabbitMQ
+    node) is logged and dropped, never allowed to cut the job's ending short (its
+    callbacks, its claim marked done).
     """
     task = app.current_worker_task
     hostname = task.request.hostname if task is not None else _node_name
-    with app.events.default_dispatcher(hostname=hostname) as dispatcher:
-        dispatcher.send(event, uuid=job_id, **fields)
+    broker = app.connection_for_write()
+    try:
+        with app.events.default_dispatcher(hostname=hostname) as dispatcher:
+            dispatcher.send(event, uuid=job_id, **fields)
+    except (*PUBLISH_ERRORS, *broker.connection_errors, *broker.channel_errors) as exc:
+        log.warning("event %s of job %s not sent (%s)", event, job_id, type(exc).__name__)
+    finally:
+        broker.release()
 
 
 def report_progress(app: Any, job_id: str, done: int, total: int) -> None:
@@ -99,12 +112,21 @@ class CeleryPorts:
                            result=f"CANCELLED: {kept} pages kept")
         elif outcome.status is JobStatus.FAILURE:
             error = outcome.error or OcrError()
+            if outcome.client:  # a failure's stored form (an exception) has no field for it
+                self._control.remember(job_id, client=outcome.client)
             app.backend.store_result(job_id, error, states.FAILURE)
             send_job_event(app, "task-failed", job_id, exception=str(error))
         else:
             app.backend.store_result(job_id, outcome.public(), states.SUCCESS)
             send_job_event(app, "task-succeeded", job_id, result=outcome.status.value,
                            runtime=outcome.seconds)
+
+    def keep(self, outcome: Outcome) -> None:
+        target = self._app.ocr_settings.redis_target
+        if not self._control.keep(outcome.job_id, target, ending=True):
+            log.error("job %s: its ending reached no Redis replica within %g s; it goes "
+                      "on without one (a failover now could run it again)",
+                      outcome.job_id, target.replica_timeout)
 
     def send_callback_task(self, name: str, queue: str | None, result: dict) -> None:
         try:
@@ -124,30 +146,37 @@ class CeleryPorts:
             log.error("HTTP callback of job %s not queued: %s", body.get("id"), exc.message)
 
     def record(self, outcome: Outcome) -> None:
-        telemetry.job_ended(outcome)
+        try:
+            accepted = self._control.accepted(outcome.job_id)  # its latency counts from there
+        except OcrError:  # unreachable: from the job's start instead
+            accepted = None
+        telemetry.job_ended(outcome, accepted)
 
 
 @dataclass
 class JobServices:
-    """The Redis stores, the fan-out join and the job ender of one process."""
+    """The Redis stores, the fan-out join, the job ender and the job lists of one process."""
 
     stores: Stores
     join: DocumentJoin
     ender: JobEnder
+    index: JobIndex
 
     @classmethod
     def for_app(cls, app: OcrCelery) -> JobServices:
         made = getattr(app, "_job_services", None)
         if made is None:
             settings: Settings = app.ocr_settings
-            client = connect(settings.redis_url)
+            client = connect(settings.redis_target)
             control = JobControl(client, settings.result_ttl)
             stores = Stores(BlobStore(client, settings.blob_ttl),
                             ResultCache(client, settings.result_ttl),
                             OutputStore(client, settings.result_ttl), control)
             join = DocumentJoin(client, settings.blob_ttl)
             made = cls(stores, join, JobEnder(control, stores.blobs, join,
-                                              CeleryPorts(app, control)))
+                                              CeleryPorts(app, control)),
+                       JobIndex(client, settings.blob_ttl + settings.result_ttl,
+                                settings.jobs_listed))
             app._job_services = made
         return made
 
@@ -163,10 +192,18 @@ def request_of(kwargs: Any, settings: Settings) -> JobRequest | None:
 
 
 def end_from_message(app: OcrCelery, job_id: str, kwargs: Any, status: JobStatus,
-                     error: OcrError | None = None) -> bool:
-    """End a job known only by its message (kwargs); frees its uploaded input too."""
-    outcome = _outcome_of_message(app, job_id, kwargs, status, error)
+                     error: OcrError | None = None, request: Any = None,
+                     client: str = "") -> bool:
+    """End a job known only by its message (kwargs); frees its uploaded input too.
+
+    `request`: the message's, whose `traceparent` names the job's trace. `client`: the
+    one its message names, else the one its control hash recorded.
+    """
     try:
+        outcome = _outcome_of_message(app, job_id, kwargs, status, error,
+                                      client or client_from(request))
+        outcome.trace_id = tracing.trace_id_of(
+            tracing.headers_of(request).get("traceparent"))
         return JobServices.for_app(app).ender.end(outcome)
     except (redis.RedisError, OcrError) as exc:
         log.error("job %s could not be ended here: %s", job_id, type(exc).__name__)
@@ -240,10 +277,13 @@ def _parent_of(pid: int) -> int | None:
 
 
 def _outcome_of_message(app: OcrCelery, job_id: str, kwargs: Any, status: JobStatus,
-                        error: OcrError | None) -> Outcome:
+                        error: OcrError | None, client: str = "") -> Outcome:
     """The outcome of a job ended from its message alone; its uploaded input freed too."""
     settings: Settings = app.ocr_settings
+    client = client or JobServices.for_app(app).stores.control.client(job_id)
     request = request_of(kwargs, settings)
+    if request is not None:
+        request = replace(request, client=client)
     blob = kwargs.get("blob") if isinstance(kwargs, dict) else None
     extra = (blob,) if isinstance(blob, str) and request is None else ()
     if status is JobStatus.FAILURE:
@@ -254,6 +294,7 @@ def _outcome_of_message(app: OcrCelery, job_id: str, kwargs: Any, status: JobSta
             status=status, id=job_id, filename=request.filename if request else ""),
             engine=_engine_of(request, app))
     outcome.extra_blobs = extra
+    outcome.sender = client
     return outcome
 
 
@@ -281,9 +322,9 @@ def connect_parent_endings(app: OcrCelery) -> None:
         kwargs = getattr(request, "kwargs", None) or {}
         if expired:
             end_from_message(app, str(request.id), kwargs, JobStatus.FAILURE,
-                             DeadlineExceeded("the job's deadline passed"))
-        elif not end_from_message(app, str(request.id), kwargs, JobStatus.CANCELLED) \
-                and terminated:
+                             DeadlineExceeded("the job's deadline passed"), request)
+        elif not end_from_message(app, str(request.id), kwargs, JobStatus.CANCELLED,
+                                  request=request) and terminated:
             # The killed child may have been ending the job: its claim, the rest undone.
             take_over_killed(app, str(request.id), kwargs, JobStatus.CANCELLED)
 

@@ -19,8 +19,9 @@ from celery.exceptions import Ignore
 
 from tasks.errors import TransientError, WorkerLost
 from tasks.state.boundary import CONNECTION_ERRORS, transient
+from tasks.state.connection import connect
 from tasks.state.keys import delivery_key
-from tasks.state.stores import JobControl, connect
+from tasks.state.stores import JobControl
 
 
 class GuardedTask(Task):
@@ -40,7 +41,7 @@ class GuardedTask(Task):
             return super().__call__(*args, **kwargs)
         settings = self.app.ocr_settings
         if GuardedTask._guard_redis is None:
-            GuardedTask._guard_redis = connect(settings.redis_url)
+            GuardedTask._guard_redis = connect(settings.redis_target)
         client = GuardedTask._guard_redis
         key = delivery_key(task_id)
         try:

@@ -16,8 +16,8 @@ import redis
 from celery.signals import heartbeat_sent, worker_ready, worker_shutdown
 
 from tasks.records.engines import engine_names
+from tasks.state.connection import connect
 from tasks.state.liveness import WorkerPresence
-from tasks.state.stores import connect
 
 if TYPE_CHECKING:
     from tasks.settings import Settings
@@ -35,7 +35,7 @@ class Presence:
 
     def store(self) -> WorkerPresence:
         if self._store is None:
-            self._store = WorkerPresence(connect(self.settings.redis_url, patient=False))
+            self._store = WorkerPresence(connect(self.settings.redis_target, patient=False))
         return self._store
 
     def queues(self) -> list[str]:

@@ -15,6 +15,8 @@ from __future__ import annotations
 import random
 from typing import TYPE_CHECKING
 
+from tasks.queue.message_headers import carried
+
 if TYPE_CHECKING:
     from celery import Task
 
@@ -41,7 +43,9 @@ def retry_in(task: Task, exc: BaseException, most: int = MAX_RETRIES) -> None:
     retries = task.request.retries
     if retries >= most:
         return
-    raise task.retry(exc=exc, countdown=countdown(retries), max_retries=most)
+    # Celery's retry keeps no custom header: the job's client (its lane) is carried on.
+    raise task.retry(exc=exc, countdown=countdown(retries), max_retries=most,
+                     headers=carried(task.request))
 
 
 def retry_later(task: Task, exc: BaseException) -> None:

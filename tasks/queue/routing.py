@@ -9,6 +9,7 @@ process that sends or serves tasks (clients too: nothing heavy is imported here)
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 from tasks.settings import Settings
@@ -27,6 +28,17 @@ AMQP_PRIORITIES = {name: AMQP_MAX_PRIORITY - value for name, value in PRIORITIES
 
 # Light tasks that must not wait behind OCR work.
 CONTROL_TASKS = ("ocr.cancel", "ocr.http_callback")
+# On quorum queues (OCR_RABBITMQ_QUEUE_TYPE=quorum), which keep no message priorities,
+# each job queue has a queue of its own for these priorities (`<queue>.interactive`,
+# `<queue>.batch`; `normal` stays in the queue itself): a worker consumes all three,
+# each with its own prefetch, so a backlog of one priority never holds back another.
+PRIORITY_QUEUES = ("interactive", "batch")
+_PRIORITY_NAMES = {value: name for name, value in AMQP_PRIORITIES.items()}
+DIRECT_SUFFIX = ".dq2"  # Celery's worker_direct queue of each node
+DIRECT_EXCHANGE = "C.dq2"  # and their exchange (routing key: the node's name)
+# The delay prefix of a routing key that went through RabbitMQ's native delayed delivery
+# (kombu's native_delayed_delivery: 28 bits of the countdown, one word each).
+_DELAY_PREFIX = re.compile(r"^(?:[01]\.){28}")
 
 
 def queue_for_engine(engine: str) -> str:
@@ -48,6 +60,36 @@ def priority_value(settings: Settings, name: str) -> int:
     return (AMQP_PRIORITIES if settings.broker_is_amqp else PRIORITIES)[name]
 
 
+def is_priority_queue(queue: str) -> bool:
+    """Whether `queue` is a job queue's queue of one priority (`ocr-x.interactive`)."""
+    return queue.rpartition(".")[2] in PRIORITY_QUEUES and "." in queue
+
+
+def is_job_queue(queue: str) -> bool:
+    """A queue jobs, pages and their records go to: not control, direct or per-priority."""
+    return queue != CONTROL_QUEUE and not queue.endswith(DIRECT_SUFFIX) \
+        and not is_priority_queue(queue)
+
+
+def priority_queue(queue: str, priority: int | None) -> str:
+    """On quorum queues: where a message of `priority` (RabbitMQ's number) for `queue` goes.
+
+    `queue` itself for `normal`, for a number no named priority has, and for a queue
+    that is not a job queue (control, direct, or already one priority's).
+    """
+    name = _PRIORITY_NAMES.get(priority) if priority is not None else None
+    if name not in PRIORITY_QUEUES or not is_job_queue(queue):
+        return queue
+    return f"{queue}.{name}"
+
+
+def with_priority_queues(queues: list[str]) -> list[str]:
+    """`queues` and, for each job queue among them, its queues of each priority."""
+    return list(dict.fromkeys(q for queue in queues for q in (
+        [queue, *(f"{queue}.{p}" for p in PRIORITY_QUEUES)] if is_job_queue(queue)
+        else [queue])))
+
+
 def route_task(name: str, args: Any, kwargs: dict[str, Any] | None, options: Any,
                task: Any = None, **_: Any) -> dict[str, str] | None:
     """Celery `task_routes` entry; None leaves the job on the default queue `ocr`."""
@@ -57,3 +99,28 @@ def route_task(name: str, args: Any, kwargs: dict[str, Any] | None, options: Any
     if name == "ocr.document" and isinstance(engine, str) and engine:
         return {"queue": job_queue(engine)}
     return None
+
+
+def quorum_destination(name: str, args: Any, kwargs: Any,
+                       options: dict[str, Any]) -> dict[str, Any]:
+    """A message's send options on quorum queues: its priority's queue (`priority_queue`).
+
+    A retry names no queue but its delivery's exchange and routing key; on quorum
+    queues it is sent to the queue that routing key names (the delay prefix of a
+    countdown it waited out removed), so that Celery's native delayed delivery routes
+    its countdown back to that queue rather than the default one.
+    """
+    if options.get("exchange") == DIRECT_EXCHANGE:
+        return options  # a task for one worker (`<node>.dq2`): a classic queue
+    options = dict(options)
+    queue = options.get("queue")
+    routing_key = options.get("routing_key")
+    if queue is None and isinstance(routing_key, str) and routing_key:
+        queue = _DELAY_PREFIX.sub("", routing_key, count=1)
+        options.pop("routing_key")
+        options.pop("exchange", None)
+    if queue is None:
+        queue = (route_task(name, args, kwargs, options) or {}).get("queue", DEFAULT_QUEUE)
+    if isinstance(queue, str):
+        options["queue"] = priority_queue(queue, options.get("priority"))
+    return options

@@ -29,6 +29,7 @@ from celery.signals import (
     worker_shutdown,
 )
 
+from tasks import tracing
 from tasks.engines import release, resident
 from tasks.engines.lang_routing import served_engines
 from tasks.models.registry import ModelRegistry
@@ -37,7 +38,7 @@ from tasks.pipeline.pdf import empty_store
 from tasks.queue import brokers, thread_limits
 from tasks.queue.routing import CONTROL_QUEUE, queue_for_engine
 from tasks.settings import Settings
-from tasks.state.stores import connect
+from tasks.state.connection import connect
 
 if TYPE_CHECKING:
     from tasks.queue.ocr_celery import OcrCelery
@@ -60,6 +61,11 @@ def drop_traceback(exc: Any) -> None:
         exc.__traceback__ = None
 
 
+def service_name(settings: Settings) -> str:
+    """The `service.name` of a worker's traces (unless OTEL_SERVICE_NAME names one)."""
+    return "ocr-control" if settings.worker_role == "control" else "ocr-worker"
+
+
 def forks(worker: Any) -> bool:
     """Whether the worker's pool runs tasks in forked children (prefork), not threads."""
     pool = getattr(worker, "pool_cls", None)
@@ -78,6 +84,8 @@ def connect_signals(app: OcrCelery, settings: Settings) -> None:
 
     def on_after_setup(sender: str, instance: Any, **_: Any) -> None:
         release.node_name = sender
+        if not forks(instance):  # a prefork pool's children start their own
+            tracing.start(service_name(settings), httpx=True)
         if settings.worker_role == "control":
             log.info("worker %s is a control worker: no engine, queue %s", sender,
                      CONTROL_QUEUE)
@@ -85,8 +93,7 @@ def connect_signals(app: OcrCelery, settings: Settings) -> None:
             # Its own engine's queue and those of the engines its language routing
             # loads: a job that names one of them reaches this worker too.
             queues = [queue_for_engine(e) for e in served_engines(app.ocr_engine, settings)]
-            for name in (*queues, CONTROL_QUEUE):
-                instance.app.amqp.queues.select_add(name)
+            brokers.consume(instance.app, [*queues, CONTROL_QUEUE])
             log.info("worker %s serves engine queue %s%s", sender, queues[0],
                      f" and {', '.join(queues[1:])} (its language routing)"
                      if queues[1:] else "")
@@ -101,17 +108,18 @@ def connect_signals(app: OcrCelery, settings: Settings) -> None:
                 thread_limits.set_baseline()  # memory growth counts from here
                 log.info("worker %s reads with engine %s in a pool of %s threads", sender,
                          app.ocr_engine, instance.concurrency)
-        brokers.prepare_queues(instance.app, settings)
+        brokers.prepare_queues(instance.app, settings, sender)
 
     def keep_models(idle_seconds: float) -> release.ChildKeeper:
         global _keeper
-        models = ModelRegistry(connect(settings.redis_url), settings.model_heartbeat_seconds)
+        models = ModelRegistry(connect(settings.redis_target), settings.model_heartbeat_seconds)
         _keeper = release.ChildKeeper(models, settings.model_dir, idle_seconds,
                                       settings.model_heartbeat_seconds, settings.model)
         return _keeper
 
     def on_process_init(**_: Any) -> None:
         brokers.fresh_connections(app)
+        tracing.start(service_name(settings), httpx=True)  # after the fork, never before
         configure_pillow(settings)
         keeper = keep_models(settings.idle_unload_seconds)
         keeper.install()
@@ -139,11 +147,13 @@ def connect_signals(app: OcrCelery, settings: Settings) -> None:
     def on_worker_shutdown(**_: Any) -> None:
         if resident.existing() is not None and _keeper is not None:  # a thread pool's
             on_process_shutdown()
+        tracing.shutdown()  # a thread pool's (a prefork parent traces nothing)
 
     def on_process_shutdown(**_: Any) -> None:
         resident.shutdown_process()
         if _keeper is not None:
             _keeper.stop()
+        tracing.shutdown()  # its spans exported before the process goes
 
     celeryd_init.connect(on_init, weak=False)
     celeryd_after_setup.connect(on_after_setup, weak=False)

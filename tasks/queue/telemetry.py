@@ -1,5 +1,9 @@
 """Worker telemetry: the `ocr.job` line of each ended job, and metrics in Redis.
 
+Counters and gauges per worker node, and the cluster's latency histograms: a job's
+from its acceptance to its end (observed where it ended), each OCR page's read
+(observed where it was read).
+
 `connect_telemetry()` connects the handlers. In the worker parent: `celeryd_after_setup`
 (the node name, inherited by the children) and `heartbeat_sent` (drops the gauges of
 children that are gone, keeps the others fresh). In pool children:
@@ -17,7 +21,6 @@ A failing metrics write is logged and dropped: jobs never depend on it.
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import resource
@@ -37,11 +40,20 @@ from celery.signals import (
 )
 
 from tasks.engines import resident
-from tasks.errors import OcrError, error_info
+from tasks.errors import OcrError
+from tasks.queue import cgroup_memory
+from tasks.queue.job_samples import (
+    job_line,
+    job_record,
+    page_failures,
+    page_latencies,
+    page_samples,
+)
 from tasks.records.jobs import JobStatus, Outcome
 from tasks.records.results import PageRecord
+from tasks.state.client_labels import ANONYMOUS_LABEL, OTHER_LABEL, ClientLabels
+from tasks.state.connection import connect
 from tasks.state.metrics import MetricsStore, Sample
-from tasks.state.stores import connect
 
 if TYPE_CHECKING:
     from tasks.engines.resident import ResidentEngines
@@ -51,99 +63,6 @@ log = logging.getLogger(__name__)
 # Seconds between the worker parent's checks of its children's gauges (it runs on
 # every heartbeat, every 2 s, but acts only this often).
 KEEP_INTERVAL = 10.0
-
-
-def job_line(record: dict[str, Any]) -> str:
-    """The log line of one finished job: `ocr.job` and the record as one JSON object."""
-    return "ocr.job " + json.dumps(record, ensure_ascii=False, separators=(", ", ": "))
-
-
-def job_record(job_id: str, node: str, filename: str, engine: str,
-               seconds: float | None, outcome: Any) -> tuple[dict[str, Any], list[Sample]]:
-    """The log record and counter samples of a job that ended with `outcome`.
-
-    `outcome` is the job's result dict, the exception it failed with, or a final status
-    of its own (`CANCELLED`).
-    """
-    record: dict[str, Any] = {"id": job_id, "node": node, "filename": filename,
-                              "pages": None, "engine": engine, "seconds": seconds}
-    if isinstance(outcome, dict):
-        status = str(outcome.get("status", JobStatus.SUCCESS.value))
-        pages = outcome.get("pages") or []
-        record["pages"] = len(pages)
-        record["engine"] = (outcome.get("engine") or {}).get("name") or engine
-        record.update(outcome=status, code=None, cached=bool(outcome.get("cached")))
-        if outcome.get("failed_pages"):
-            record["failed_pages"] = len(outcome["failed_pages"])
-    elif isinstance(outcome, str):
-        status = outcome
-        record.update(outcome=status, code=None, cached=False)
-    else:
-        status = JobStatus.FAILURE.value
-        record.update(outcome=status, code=error_info(outcome)["code"], cached=False)
-    engine_label = {"engine": str(record["engine"])}
-    samples: list[Sample] = [
-        ("ocr_jobs_total", {**engine_label, "outcome": status}, 1.0),
-        ("ocr_job_seconds_total", {**engine_label, "outcome": status}, float(seconds or 0)),
-    ]
-    if isinstance(outcome, dict) and not outcome.get("cached"):
-        vlm, _ = vlm_record(outcome.get("pages") or [], engine_label)
-        if vlm:
-            record["vlm"] = vlm
-    # Its pages were counted where they were read (`page_samples`).
-    return record, samples
-
-
-def page_samples(engine: str, pages: Iterable[dict[str, Any]],
-                 cached: bool = False) -> list[Sample]:
-    """Counter samples of pages one process read (or answered from the cache).
-
-    `pages` are page records as JSON. Per source (`ocr`, `text-layer`, `blank`,
-    `failed`, or `cached` for a cached job's), and for the pages a VLM read, their
-    tokens, finish reasons and fallbacks.
-    """
-    pages = list(pages)
-    label = {"engine": engine}
-    sources: dict[str, int] = {}
-    for page in pages:
-        source = ("cached" if cached else
-                  "failed" if page.get("error") is not None else str(page.get("source", "ocr")))
-        sources[source] = sources.get(source, 0) + 1
-    samples: list[Sample] = [("ocr_pages_total", {**label, "source": source}, float(count))
-                             for source, count in sorted(sources.items())]
-    if not cached:
-        samples += vlm_record(pages, label)[1]
-    return samples
-
-
-def vlm_record(pages: list[dict[str, Any]], engine_label: dict[str, str]
-               ) -> tuple[dict[str, Any], list[Sample]]:
-    """Token counts, finish reasons and fallbacks of the pages a VLM read."""
-    reads = [p for p in pages if isinstance(p.get("vlm"), dict)]
-    if not reads:
-        return {}, []
-    prompt = sum(int(p["vlm"].get("prompt_tokens", 0)) for p in reads)
-    generated = sum(int(p["vlm"].get("generation_tokens", 0)) for p in reads)
-    reasons: dict[str, int] = {}
-    fallbacks: dict[tuple[str, str], int] = {}
-    for page in reads:
-        reason = str(page["vlm"].get("finish_reason"))
-        reasons[reason] = reasons.get(reason, 0) + 1
-        if isinstance(page.get("fallback"), dict):
-            key = (str(page["fallback"].get("engine")), str(page["fallback"].get("reason")))
-            fallbacks[key] = fallbacks.get(key, 0) + 1
-    record = {"prompt_tokens": prompt, "generation_tokens": generated,
-              "finish_reasons": dict(sorted(reasons.items())),
-              "fallbacks": sum(fallbacks.values())}
-    samples: list[Sample] = [
-        ("ocr_vlm_tokens_total", {**engine_label, "kind": "prompt"}, float(prompt)),
-        ("ocr_vlm_tokens_total", {**engine_label, "kind": "generation"}, float(generated)),
-    ]
-    samples += [("ocr_vlm_pages_total", {**engine_label, "finish_reason": r}, float(n))
-                for r, n in sorted(reasons.items())]
-    samples += [("ocr_vlm_fallbacks_total", {**engine_label, "fallback": fb, "reason": r},
-                 float(n)) for (fb, r), n in sorted(fallbacks.items())]
-    return record, samples
 
 
 def rss_bytes() -> int:
@@ -162,11 +81,14 @@ def child_gauges(registry: ResidentEngines) -> list[Sample]:
         ("ocr_child_rss_bytes", {}, float(rss_bytes())),
         ("ocr_child_tasks", {}, float(registry.tasks_in_process)),
         ("ocr_child_updated_timestamp_seconds", {}, time.time()),
+        *cgroup_memory.samples(),
     ]
     for name, loaded in list(registry.engines.items()):
         samples.append(("ocr_child_engine_load_seconds",
                         {"engine": name, "model": str(loaded.engine.model)},
                         loaded.load_seconds))
+        samples += [(metric, {"engine": name}, value)
+                    for metric, value in loaded.engine.gauges().items()]
     for key, value in registry.last_memory.items():
         if key.endswith("_mb"):
             samples.append(("ocr_child_memory_bytes", {"kind": key[:-3]}, value * 2**20))
@@ -182,6 +104,7 @@ class Telemetry:
         self.node = "unknown"
         self.worker: Any = None
         self._store: MetricsStore | None = None
+        self._labels: ClientLabels | None = None
         self._loads: dict[str, tuple[int, float]] = {}
         self._failures: set[str] = set()
         self._counted: dict[tuple[str, str], float] = {}
@@ -190,12 +113,13 @@ class Telemetry:
 
     def store(self) -> MetricsStore:
         if self._store is None or self._store.node != self.node:
-            self._store = MetricsStore(connect(self.settings.redis_url), self.node)
+            self._store = MetricsStore(connect(self.settings.redis_target), self.node)
         return self._store
 
     def child_started(self) -> None:
         """In a new pool child: forget the parent's connection, record the first load."""
         self._store = None
+        self._labels = None
         self.observe(resident.current(self.settings))
 
     def task_finished(self) -> None:
@@ -204,18 +128,42 @@ class Telemetry:
             self.observe(engines)
 
     def finished(self, job_id: str, filename: str, engine: str, seconds: float | None,
-                 outcome: Any) -> None:
-        """Log the job's line and count it."""
-        record, samples = job_record(job_id, self.node, filename, engine, seconds, outcome)
+                 outcome: Any, client: str = "", trace_id: str | None = None,
+                 latency: float | None = None) -> None:
+        """Log the job's line, count it, and observe its `latency` (seconds), if known.
+
+        Counted per engine, and per client's bounded label.
+        """
+        try:
+            label = self._client_labels().label(client)
+        except redis.RedisError as exc:
+            log.warning("job %s counted as client %s: %s", job_id, OTHER_LABEL,
+                        type(exc).__name__)
+            label = OTHER_LABEL if client else ANONYMOUS_LABEL
+        record, samples = job_record(job_id, self.node, filename, engine, seconds, outcome,
+                                     client, label, trace_id)
         log.info("%s", job_line(record))
-        self._write(lambda store: store.add(samples))
+        observed: list[Sample] = []
+        if latency is not None:
+            labels = {"engine": str(record["engine"]), "outcome": str(record["outcome"])}
+            observed.append(("ocr_job_latency_seconds", labels, max(latency, 0.0)))
+        self._write(lambda store: store.add(samples, observed))
+
+    def _client_labels(self) -> ClientLabels:
+        if self._labels is None:
+            self._labels = ClientLabels(connect(self.settings.redis_target))
+        return self._labels
 
     def pages_read(self, engine: str, pages: Iterable[dict[str, Any]],
                    cached: bool = False) -> None:
-        """Count pages this process read, for this worker."""
+        """Count pages this process read, for this worker, and their latency."""
+        pages = list(pages)
         samples = page_samples(engine, pages, cached)
-        if samples:
-            self._write(lambda store: store.add(samples))
+        if not cached:
+            samples += page_failures(engine, pages)
+        observed = [] if cached else page_latencies(engine, pages)
+        if samples or observed:
+            self._write(lambda store: store.add(samples, observed))
 
     def observe(self, registry: ResidentEngines) -> None:
         """Count engine loads and failed loads since the last look; record the gauges."""
@@ -258,7 +206,11 @@ class Telemetry:
         self._write(lambda store: store.drop_child(pid))
 
     def heartbeat(self) -> None:
-        """In the worker parent: drop gauges of children that are gone, refresh the rest."""
+        """In the worker parent: drop gauges of children that are gone, refresh the rest.
+
+        A thread pool's process is its own child: its gauges are recorded again (the
+        pages in flight at an inference server change while no task ends).
+        """
         now = time.monotonic()
         pool = getattr(self.worker, "pool", None)
         if pool is None or now - self._last_keep < KEEP_INTERVAL:
@@ -267,6 +219,9 @@ class Telemetry:
         live = pool.info.get("processes")
         if live is not None:  # the prefork pool: children with pids of their own
             self._write(lambda store: store.keep_children(live))
+        engines = resident.existing()
+        if live is None and engines is not None and engines.threaded:
+            self.observe(engines)
 
     def _write(self, action: Callable[[MetricsStore], None]) -> None:
         try:
@@ -300,10 +255,11 @@ def connect_telemetry(settings: Settings, engine: str) -> Telemetry:
     return telemetry
 
 
-def job_ended(outcome: Outcome) -> None:
-    """The `ocr.job` line and counters of a job that ended (tasks/lifecycle/job_exit.py).
+def job_ended(outcome: Outcome, accepted: float | None = None) -> None:
+    """The `ocr.job` line, counters and latency of a job that ended (job_exit.py).
 
-    Wherever the job ended: a pool child, a control worker or the worker parent.
+    Wherever the job ended: a pool child, a control worker or the worker parent. Its
+    latency counts from `accepted` (when its client enqueued it), else from its start.
     """
     if _telemetry is None:
         return
@@ -313,7 +269,10 @@ def job_ended(outcome: Outcome) -> None:
         result: Any = outcome.error or OcrError()
     else:
         result = outcome.public()
-    _telemetry.finished(outcome.job_id, outcome.filename, engine, outcome.seconds, result)
+    since = accepted if accepted is not None else outcome.started
+    _telemetry.finished(outcome.job_id, outcome.filename, engine, outcome.seconds, result,
+                        outcome.client, outcome.trace_id,
+                        None if since is None else time.time() - since)
 
 
 def pages_read(engine: str, pages: Iterable[PageRecord], cached: bool = False) -> None:

@@ -20,6 +20,7 @@ memory has no child to recycle. So, in such a worker:
 from __future__ import annotations
 
 import atexit
+import contextvars
 import logging
 import os
 import sys
@@ -89,7 +90,9 @@ def bounded(seconds: float, read: Callable[[], T]) -> T:
                 if abandoned.is_set():
                     _limits.runaways -= 1
 
-    threading.Thread(target=run, name="page-read", daemon=True).start()
+    # In the task's context: the read's spans belong to the task's trace (tasks/tracing.py).
+    threading.Thread(target=contextvars.copy_context().run, args=(run,), name="page-read",
+                     daemon=True).start()
     if not done.wait(seconds):
         with _limits.lock:
             if not done.is_set():

@@ -23,9 +23,10 @@ client without it (a stock kombu client, a restore) is taken at the next fetch, 
 most `brpop_timeout` (1 s) later.
 
 Selected through Celery's `broker_transport` (tasks/queue/celery_config.py), for
-redis:// brokers only; AMQP brokers deliver typed frames and Celery's own
-decode-error path covers them (junk is acked or rejected, the worker goes on); a
-pickled message's FAILURE is stored there from Celery's `task_rejected` signal.
+redis:// and rediss:// brokers (behind Sentinel: tasks/queue/sentinel_transport.py);
+AMQP brokers deliver typed frames and Celery's own decode-error path covers them (junk
+is acked or rejected, the worker goes on); a pickled message's FAILURE is stored there
+from Celery's `task_rejected` signal.
 """
 
 from __future__ import annotations
@@ -38,9 +39,10 @@ from typing import Any
 
 import redis.exceptions
 from kombu.transport import redis as kombu_redis
-from kombu.transport import virtual
 from kombu.utils.encoding import bytes_to_str
 
+from tasks.errors import ReplicaMissing
+from tasks.queue import unsettled
 from tasks.queue.bounded_reply import bounded_parser
 from tasks.queue.refusals import (
     DeadLetter,
@@ -50,7 +52,10 @@ from tasks.queue.refusals import (
     dead_letter,
     message_refused,
 )
-from tasks.state.keys import DEAD_LETTER_KEY, wake_key
+from tasks.queue.unsettled import QoS
+from tasks.state.connection import check_replicas, wait_replicas
+from tasks.state.keys import DEAD_LETTER_COUNT_KEY, DEAD_LETTER_KEY, wake_key
+from tasks.state.queue_depth import PUBLISHED_HEADER
 
 log = logging.getLogger(__name__)
 
@@ -97,16 +102,6 @@ for i = 3, #KEYS do
 end
 return nil
 """
-class QoS(kombu_redis.QoS):
-    """kombu's Redis QoS; a message the fetch recorded is not recorded a second time."""
-
-    def append(self, message: Any, delivery_tag: str) -> None:
-        if delivery_tag is not None and delivery_tag == getattr(self.channel, "_taken", None):
-            virtual.QoS.append(self, message, delivery_tag)  # held in memory only
-            return
-        super().append(message, delivery_tag)
-
-
 class Channel(kombu_redis.Channel):
     """kombu's Redis channel: atomic fetches; each message checked before it is decoded."""
 
@@ -115,14 +110,21 @@ class Channel(kombu_redis.Channel):
     from_transport_options: tuple[str, ...] = (  # type: ignore[assignment]
         *kombu_redis.Channel.from_transport_options,
         "ocr_max_message_bytes", "ocr_accept_content", "ocr_dead_letter_max",
-        "ocr_dead_letter_ttl")
+        "ocr_dead_letter_ttl", "ocr_min_replicas", "ocr_replica_timeout",
+        "ocr_refuse_unkept")
     ocr_max_message_bytes = 0            # 0: no size check
+    # A publish waits for this many replicas (WAIT), at most `ocr_replica_timeout` s;
+    # short of them a client's publish raises ReplicaMissing, a worker's goes on.
+    ocr_min_replicas = 0
+    ocr_replica_timeout = 2.0
+    ocr_refuse_unkept = True
+    _replicas_missed_at = float("-inf")
     ocr_accept_content: tuple[str, ...] = ("application/json",)
     ocr_dead_letter_max = 1000
     ocr_dead_letter_ttl = 7 * 86400
 
     def _connparams(self, asynchronous: bool = False) -> dict[str, Any]:
-        if self.connection.client is None:
+        if self.connection is None or self.connection.client is None:
             # Redis went away while this worker held unacknowledged messages: kombu
             # closes the channel of a connection it has already released, and its
             # restore of those messages finds no address (AttributeError), which
@@ -150,6 +152,26 @@ class Channel(kombu_redis.Channel):
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         self._no_ack: dict[str, bool] = {}   # queue -> consumed without acknowledgements
         super().__init__(*args, **kwargs)
+        unsettled.connected(self._server_run_id())
+        self._settle()
+
+    def _server_run_id(self) -> str:
+        """The server process this channel reached (a failover or restart changes it)."""
+        try:
+            return str(self.client.info("server")["run_id"])
+        except redis.exceptions.ResponseError:  # INFO not allowed: never the same
+            return f"unknown-{id(self)}-{time.monotonic()}"
+
+    def close(self) -> None:
+        if self.active_queues and not self.closed:
+            unsettled.lost()  # recent acknowledgements are looked at on the next server
+        super().close()
+
+    def _settle(self) -> None:
+        """Acknowledge and restore what a lost connection left (tasks/queue/unsettled.py)."""
+        if unsettled.pending():
+            with self.conn_or_acquire() as client:
+                unsettled.settle(self.qos, client, self.connection_errors)
 
     @property
     def supports_batch_publish(self) -> bool:
@@ -161,18 +183,45 @@ class Channel(kombu_redis.Channel):
         return super().basic_consume(queue, *args, **kwargs)
 
     def _put(self, queue: str, message: Any, **kwargs: Any) -> None:
+        # When it was published (the age of the oldest waiting message: queue_depth.py).
+        if isinstance(message.get("headers"), dict):
+            message["headers"][PUBLISHED_HEADER] = round(time.time(), 3)
         super()._put(queue, message, **kwargs)
         self._ring(queue)
 
     def _ring(self, queue: str) -> None:
-        """Wake one worker waiting on `queue` (a missed ring costs `brpop_timeout`)."""
+        """Wake one worker waiting on `queue` (a missed ring costs `brpop_timeout`).
+
+        With `ocr_min_replicas`, the ring's WAIT holds the publish until that many
+        replicas have the message (the ring is written after it: its WAIT covers it).
+        """
         key = wake_key(queue)
+        replicas = int(self.ocr_min_replicas or 0)
+        if not self.ocr_refuse_unkept and time.monotonic() - self._replicas_missed_at < 10:
+            replicas = 0  # a worker's replicas were missing just now: no wait per publish
+        timeout = float(self.ocr_replica_timeout)
         try:
-            with self.conn_or_acquire() as client, client.pipeline() as pipe:
+            with self.conn_or_acquire() as client, \
+                    client.pipeline(transaction=False) as pipe:
                 # LPUSH and PEXPIRE are prefixed by kombu's client, LTRIM is not.
                 pipe.lpush(key, "1").ltrim(self._key(key), 0, 0)
-                pipe.pexpire(key, WAKE_TTL_MS).execute()
+                pipe.pexpire(key, WAKE_TTL_MS)
+                replies = wait_replicas(pipe, replicas, timeout).execute()
+            check_replicas(replies, replicas, timeout, f"a message to queue {queue}")
+        except ReplicaMissing:
+            if self.ocr_refuse_unkept:
+                raise
+            Channel._replicas_missed_at = time.monotonic()
+            log.warning("a message to queue %s reached no Redis replica within %g s; "
+                        "publishing without waiting for replicas for 10 s", queue, timeout)
         except (*self.connection_errors, redis.exceptions.ResponseError) as exc:
+            if replicas and self.ocr_refuse_unkept:
+                raise ReplicaMissing(f"a message to queue {queue} was sent, and Redis went "
+                                     f"away before a replica confirmed it ({exc!r})") from exc
+            if replicas and isinstance(exc, self.connection_errors):
+                # A worker's message the primary may have taken to its grave: kombu sends
+                # it again on the new connection (a second copy is read once: claims).
+                raise
             # The message is published; it is taken at the next fetch.
             log.debug("could not ring the doorbell of %s: %r", queue, exc)
 
@@ -186,6 +235,8 @@ class Channel(kombu_redis.Channel):
         # BLPOP on their doorbells.
         if timeout is None:
             timeout = self.brpop_timeout
+        if unsettled.pending():
+            self._settle()
         queues = self._queue_cycle.consume(len(self.active_queues))
         if not queues:
             return
@@ -218,6 +269,13 @@ class Channel(kombu_redis.Channel):
                 self.client.connection.disconnect()
                 self._waiting = False
                 raise
+            except redis.exceptions.ReadOnlyError as exc:
+                # A replica now (a managed endpoint demoted the server under us): connect
+                # again, to the address's new primary.
+                self.client.connection.disconnect()
+                self._waiting = False
+                raise redis.exceptions.ConnectionError(f"the broker is a replica now: {exc}") \
+                    from None
             except redis.exceptions.ResponseError as exc:
                 # Nothing was taken (the script writes the record before it pops):
                 # e.g. a server out of memory. Wait a turn, then fetch again.
@@ -312,10 +370,19 @@ class Channel(kombu_redis.Channel):
             pipe.lpush(DEAD_LETTER_KEY, json.dumps(asdict(entry)))
             pipe.ltrim(DEAD_LETTER_KEY, 0, int(self.ocr_dead_letter_max) - 1)
             pipe.expire(DEAD_LETTER_KEY, int(self.ocr_dead_letter_ttl))
+            # counted past the list's cap (`ocr_dead_letters_total`: an alert's figure)
+            pipe.incr(DEAD_LETTER_COUNT_KEY).expire(DEAD_LETTER_COUNT_KEY,
+                                                    int(self.ocr_dead_letter_ttl))
             pipe.execute()
 
 
 class Transport(kombu_redis.Transport):
-    """kombu's Redis transport with the checking `Channel`."""
+    """kombu's Redis transport with the checking `Channel`.
+
+    READONLY counts as a lost connection: the server became a replica, and kombu
+    connects again (a publish is retried on the address's new primary).
+    """
 
     Channel = Channel
+    connection_errors = (*kombu_redis.Transport.connection_errors,
+                         redis.exceptions.ReadOnlyError)

@@ -85,6 +85,9 @@ class Outcome:
     started: float | None = None  # epoch seconds the job started, when known
     reply_queue: str | None = None  # the queue of the job's engine (HTTP callbacks)
     extra_blobs: tuple[str, ...] = field(default=())  # inputs to free besides the request's
+    # Who sent the job when its request could not be decoded (else `request.client`).
+    sender: str = ""
+    trace_id: str | None = None  # the job's trace (32 hex digits), where it is traced
 
     @classmethod
     def failed(cls, job_id: str, error: OcrError, request: JobRequest | None, *,
@@ -100,6 +103,11 @@ class Outcome:
         return self.request.filename if self.request is not None else ""
 
     @property
+    def client(self) -> str:
+        """Who sent the job ("" for the anonymous client)."""
+        return self.request.client if self.request is not None else self.sender
+
+    @property
     def seconds(self) -> float | None:
         return None if self.started is None else round(time.time() - self.started, 3)
 
@@ -110,8 +118,10 @@ class Outcome:
 
     def public(self) -> dict[str, Any]:
         """The result a client reads (and a callback task receives)."""
+        traced = {"trace_id": self.trace_id} if self.trace_id else {}
         if self.result is not None:
-            return {**self.result.to_json(), "id": self.job_id, "status": self.status.value}
+            return {**self.result.to_json(), "id": self.job_id, "status": self.status.value,
+                    "client": self.client, **traced}
         error = self.error or OcrError()
         return {"id": self.job_id, "status": self.status.value, "filename": self.filename,
-                "error": error.to_dict()}
+                "client": self.client, "error": error.to_dict(), **traced}

@@ -15,6 +15,7 @@ from typing import Any
 
 from tasks.errors import BadRequest, InvalidPages
 from tasks.records.formats import OUTPUT_NAMES
+from tasks.records.status import JobStatus
 
 # PDFs: keep text layers where present (auto), OCR every page, or text layers only.
 PDF_MODES = ("auto", "ocr", "text")
@@ -32,14 +33,17 @@ OPTIONS = ("filename", "engine", "pages", "password", "output", "mode", "lang", 
            "callback_queue", "callback_url", "merge_from", "result_url", "url_version",
            "url_etag")
 NUMBER_OPTIONS = ("deadline",)
+# `no_cache`: read the input afresh, never answered from the result cache (the fresh
+# result then replaces the cached one).
+BOOLEAN_OPTIONS = ("no_cache",)
 # Request fields that do not change the result: left out of the cache key. The
 # password is checked separately (tasks/lifecycle/jobs.py): a cached result of an
 # encrypted input is served only to a request whose password opens it.
 # A `url` input's identity (URL and ETag/version) is keyed instead of its bytes
 # (tasks/lifecycle/jobs.py); where its result is written does not change it.
 NOT_IN_RESULT = ("source", "blob", "path", "url", "data_b64", "filename", "password",
-                 "deadline", "callback_task", "callback_queue", "callback_url", "merge_from",
-                 "result_url", "url_version", "url_etag")
+                 "client", "no_cache", "deadline", "callback_task", "callback_queue",
+                 "callback_url", "merge_from", "result_url", "url_version", "url_etag")
 _TASK_NAME = re.compile(r"^[A-Za-z_][\w.:-]{0,199}$")
 
 
@@ -69,6 +73,10 @@ class JobRequest:
     # version id, else the ETag it must still have.
     url_version: str | None = None
     url_etag: str | None = None
+    # Who sent the job (tasks/records/clients.py): from its message's `ocr_client`
+    # header, never from its kwargs; "" for the anonymous client.
+    client: str = ""
+    no_cache: bool = False  # read afresh: not answered from the result cache
 
     @classmethod
     def from_kwargs(cls, kwargs: dict[str, Any], engines: Collection[str]) -> JobRequest:
@@ -78,7 +86,8 @@ class JobRequest:
         (OCR_ALLOWED_URLS), are checked where the request is used
         (`tasks.lifecycle.inputs.decode_request`), not here.
         """
-        unknown = sorted(set(kwargs) - set(SOURCES) - set(OPTIONS) - set(NUMBER_OPTIONS))
+        unknown = sorted(set(kwargs) - set(SOURCES) - set(OPTIONS) - set(NUMBER_OPTIONS)
+                         - set(BOOLEAN_OPTIONS))
         if unknown:
             raise BadRequest(f"unknown argument(s): {', '.join(unknown)}")
         given = [s for s in SOURCES if kwargs.get(s) not in (None, "")]
@@ -93,8 +102,11 @@ class JobRequest:
             if value is not None and (isinstance(value, bool)
                                       or not isinstance(value, (int, float))):
                 raise BadRequest(f"`{name}` must be a number (seconds since the epoch)")
-        chosen = {k: kwargs[k] for k in (*SOURCES, *OPTIONS, *NUMBER_OPTIONS)
-                  if kwargs.get(k) not in (None, "")}
+        for name in BOOLEAN_OPTIONS:
+            if kwargs.get(name) is not None and not isinstance(kwargs[name], bool):
+                raise BadRequest(f"`{name}` must be true or false")
+        chosen = {k: kwargs[k] for k in (*SOURCES, *OPTIONS, *NUMBER_OPTIONS,
+                                         *BOOLEAN_OPTIONS) if kwargs.get(k) not in (None, "")}
         request = cls(source=given[0], **chosen)
         if request.engine is not None and request.engine not in engines:
             raise BadRequest(f"unknown engine {request.engine!r}; choose one of "
@@ -140,6 +152,35 @@ class JobRequest:
     def stored_as(self, blob: str) -> JobRequest:
         """The same request with its input now in the blob store under `blob`."""
         return replace(self, source="blob", blob=blob, path=None, url=None, data_b64=None)
+
+
+def retry_request(earlier: dict[str, Any], job_id: str,
+                  password: str | None = None) -> dict[str, Any]:
+    """The `ocr.document` kwargs that re-read the failed pages of a PARTIAL job.
+
+    `earlier` is that job's result (`job_id`); the new job merges its good pages
+    (`merge_from`).
+    """
+    by_url = (earlier.get("input_url") or {}).get("url")
+    if earlier.get("status") != JobStatus.PARTIAL or not (earlier.get("input_blob") or by_url):
+        raise BadRequest("only a PARTIAL job whose input is still stored can be retried")
+    failed = ",".join(str(p["number"]) for p in earlier["failed_pages"])
+    source: dict[str, Any] = {"blob": earlier.get("input_blob")}
+    if not earlier.get("input_blob"):  # the version the retried job read, no other
+        pinned = earlier["input_url"]
+        source = {"url": by_url, "url_version": pinned.get("version"),
+                  "url_etag": None if pinned.get("version") else pinned.get("etag")}
+        source = {k: v for k, v in source.items() if v}
+    written = earlier.get("result_object") or {}
+    if written.get("url") and not written.get("error"):
+        source["result_url"] = written["url"]  # the whole result replaces the partial
+    kwargs = {**source, "filename": earlier.get("filename", ""),
+              "pages": failed, "output": earlier.get("output", "text"),
+              "mode": earlier.get("mode", "auto"), "engine": earlier["engine"]["name"],
+              "lang": earlier.get("lang"), "merge_from": job_id}
+    if password:
+        kwargs["password"] = password
+    return kwargs
 
 
 _PAGE_PART = re.compile(r"^\s*(\d+)?\s*(-)?\s*(\d+)?\s*$")

@@ -12,7 +12,8 @@ the broker), `_engine` (the engine choice, the VLM engines), `_languages` (tesse
 rapidocr, languages, plugins), `_worker` (pool, job limits, storage, input bounds),
 `_pages` (reading pages), `_clients` (callbacks, HTTP API quotas, inputs) and `_models`
 (the model directory's lifecycle). `Settings` joins them; `_checks.validate` is the one
-place their values are checked, `_values.parse` the one place strings become values.
+place their values are checked, `_values.parse` the one place strings become values,
+`_secrets.secret_problem` the one place a placeholder or empty secret is refused.
 
 Runs in every process: clients (submit.py), the HTTP API, the worker parent and its
 pool children, beat and Flower.
@@ -45,6 +46,7 @@ from ._field import Setting
 from ._languages import LanguageSettings
 from ._models import ModelDirSettings
 from ._pages import PageSettings
+from ._secrets import secret_problem
 from ._values import parse
 from ._worker import WorkerSettings
 
@@ -74,6 +76,9 @@ class Settings(ModelDirSettings, ClientSettings, PageSettings, WorkerSettings,
                 raise SettingsError(f"{spec.env}={raw!r}: {exc}") from None
         settings = cls(**values)
         settings.validate()
+        problem = secret_problem(env)  # a placeholder or empty secret stops every role
+        if problem:
+            raise SettingsError(problem)
         return settings
 
     def validate(self) -> None:

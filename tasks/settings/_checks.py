@@ -11,6 +11,7 @@ import zoneinfo
 from dataclasses import fields
 from typing import TYPE_CHECKING
 
+from tasks.records.clients import CLIENT_NAME
 from tasks.records.engines import AUTO, ENGINES, VLM_ENGINES
 from tasks.records.request import AUTO_LANG, LANG_PATTERN
 
@@ -26,7 +27,8 @@ DEFAULT_PROMPT = (
     "Transcribe all text in this image exactly as written, in reading order. "
     "Use Markdown for headings, lists and tables. Output only the transcription."
 )
-_BROKER_SCHEMES = ("redis", "rediss", "amqp", "amqps", "pyamqp")
+_AMQP_SCHEMES = ("amqp", "amqps", "pyamqp")
+RABBITMQ_QUEUE_TYPES = ("classic", "quorum")
 _PART = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*\Z")
 _REVISION = re.compile(r"[A-Za-z0-9][A-Za-z0-9._/-]*\Z")
 
@@ -102,7 +104,7 @@ def validate(settings: Settings) -> None:
                  "max_pages", "soft_time_limit", "tesseract_threads", "tesseract_handles",
                  "pdf_dpi", "page_soft_time_limit", "max_deliveries", "max_render_pixels",
                  "dead_letter_max", "dead_letter_ttl", "visibility_timeout",
-                 "structure_chunk_pages"):
+                 "structure_chunk_pages", "jobs_listed"):
         if getattr(settings, name) <= 0:
             raise SettingsError(f"{env_name(settings, name)} must be positive")
     if not LANG_PATTERN.match(settings.tesseract_lang):
@@ -137,8 +139,11 @@ def validate(settings: Settings) -> None:
         raise SettingsError("OCR_MAX_DECODED_MB must be positive")
     if settings.max_input_mb <= 0 or settings.max_output_mb <= 0:
         raise SettingsError("OCR_MAX_INPUT_MB and OCR_MAX_OUTPUT_MB must be positive")
-    if settings.broker_url and settings.broker_url.split("://", 1)[0] not in _BROKER_SCHEMES:
-        raise SettingsError("BROKER_URL must be a redis://, rediss:// or amqp:// URL")
+    _check_redis(settings)
+    _check_rabbitmq(settings)
+    if settings.client and not CLIENT_NAME.match(settings.client):
+        raise SettingsError(f"OCR_CLIENT={settings.client!r}: a client name is letters, "
+                            "digits, . _ - (up to 64, starting with a letter or digit)")
     if settings.api_body_timeout <= 0:
         raise SettingsError("OCR_API_BODY_TIMEOUT must be positive")
     if settings.model_heartbeat_seconds <= 0:
@@ -159,6 +164,38 @@ def validate(settings: Settings) -> None:
         zoneinfo.ZoneInfo(settings.schedule_timezone)
     except (zoneinfo.ZoneInfoNotFoundError, ValueError):
         raise SettingsError(f"OCR_TIMEZONE={settings.timezone!r}: unknown time zone") from None
+
+
+def _check_rabbitmq(settings: Settings) -> None:
+    """OCR_RABBITMQ_QUEUE_TYPE, and a RabbitMQ BROKER_URL that lists several nodes."""
+    if settings.rabbitmq_queue_type not in RABBITMQ_QUEUE_TYPES:
+        raise SettingsError(f"OCR_RABBITMQ_QUEUE_TYPE={settings.rabbitmq_queue_type!r}: "
+                            f"choose one of {', '.join(RABBITMQ_QUEUE_TYPES)}")
+    if settings.rabbitmq_queue_type != "classic" and not settings.broker_is_amqp:
+        raise SettingsError(f"OCR_RABBITMQ_QUEUE_TYPE={settings.rabbitmq_queue_type}: "
+                            "needs RabbitMQ as broker (BROKER_URL=amqp://...)")
+    if settings.broker_is_amqp:
+        for part in settings.broker_url.split(";"):
+            if part.strip().split("://", 1)[0] not in _AMQP_SCHEMES:
+                raise SettingsError("BROKER_URL: every node of a RabbitMQ cluster is an "
+                                    "amqp:// or amqps:// URL, separated by ;")
+
+
+def _check_redis(settings: Settings) -> None:
+    """REDIS_URL and a Redis BROKER_URL read as targets; the replica bounds."""
+    urls = [("REDIS_URL", settings.redis_url)]
+    if settings.broker_url and settings.broker_url.split("://", 1)[0] not in _AMQP_SCHEMES:
+        urls.append(("BROKER_URL", settings.broker_url))
+    for env, url in urls:
+        try:
+            settings.target_of(url)
+        except ValueError as exc:
+            other = " (or amqp:// for RabbitMQ)" if env == "BROKER_URL" else ""
+            raise SettingsError(f"{env}: {exc}{other}") from None
+    if settings.redis_min_replicas is not None and settings.redis_min_replicas < 0:
+        raise SettingsError("OCR_REDIS_MIN_REPLICAS must be 0 or more (or empty)")
+    if settings.redis_replica_timeout <= 0:
+        raise SettingsError("OCR_REDIS_REPLICA_TIMEOUT must be positive")
 
 
 def check_worker(settings: Settings) -> None:

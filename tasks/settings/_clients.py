@@ -16,6 +16,18 @@ from ._field import setting as _s
 class ClientSettings:
     """Callbacks, the HTTP API's quotas and cache sharing, and where inputs may be read from."""
 
+    client: str = _s("OCR_CLIENT", "",
+                     "The client name this process's jobs are sent under (submit.py "
+                     "`--client`, `OcrClient`): their lane in the fair shares between "
+                     "clients, and their `client` in results and metrics. Empty: the host "
+                     "user's login name. The HTTP API sends each job under its token's "
+                     "name instead.")
+    jobs_listed: int = _s("OCR_JOBS_LISTED", "10000",
+                          "The most jobs each client's list keeps (`GET /v1/jobs`, "
+                          "`submit.py jobs`), newest first; the list of every client's "
+                          "jobs keeps ten times as many. A job also leaves the lists when "
+                          "its records expire (OCR_BLOB_TTL + OCR_RESULT_TTL after it was "
+                          "sent).")
     callback_allowed_hosts: tuple[str, ...] = _s(
         "OCR_CALLBACK_ALLOWED_HOSTS", "",
         "Hosts `callback_url` may name (comma separated `host` or `host:port`); empty: "

@@ -23,6 +23,12 @@ Flower's own `FLOWER_*` variables (`FLOWER_BASIC_AUTH`, `FLOWER_PORT`, `FLOWER_A
 and `OCR_FLOWER_OPEN=1` (no auth, loopback only); `METRICS_ADDRESS` and `METRICS_PORT`
 of the metrics exporter (default 127.0.0.1:9808); `API_ADDRESS` and `API_PORT` of the
 HTTP API (default 127.0.0.1:8000).
+
+Traces are configured by OpenTelemetry's standard variables alone, read by its SDK in
+the API and the workers: off unless an exporter is set (`OTEL_EXPORTER_OTLP_ENDPOINT`,
+`OTEL_EXPORTER_OTLP_TRACES_ENDPOINT` or `OTEL_TRACES_EXPORTER`); `OTEL_SERVICE_NAME`,
+`OTEL_TRACES_SAMPLER`, `OTEL_EXPORTER_OTLP_HEADERS` and the rest as the SDK documents
+them ([operations.md](operations.md#traces)).
 """
 
 

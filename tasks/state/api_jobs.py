@@ -25,9 +25,9 @@ class ApiJobs:
         self._record_ttl = record_ttl
         self._key_ttl = key_ttl
 
-    def remember(self, owner: str, job_id: str, output: str, filename: str) -> None:
-        """Record a job about to be sent and count it open for its owner."""
-        now = time.time()
+    def remember(self, owner: str, job_id: str, output: str, filename: str) -> float:
+        """Record a job about to be sent and count it open for its owner; its `created`."""
+        now = round(time.time(), 3)
         pipe = self._redis.pipeline()
         pipe.hset(api_job_key(job_id), mapping={
             "owner": owner, "created": f"{now:.3f}", "output": output, "filename": filename})
@@ -35,6 +35,7 @@ class ApiJobs:
         pipe.zadd(api_inflight_key(owner), {job_id: now})
         pipe.expire(api_inflight_key(owner), self._record_ttl)
         pipe.execute()
+        return now
 
     def forget(self, owner: str, job_id: str) -> None:
         """Drop the record of a job that could not be sent."""

@@ -27,9 +27,15 @@ from tasks.errors import TransientError
 
 # What "Redis or the broker is unreachable" looks like: redis-py's errors (Redis as
 # store, backend or broker; BusyLoadingError while a restarted Redis reads its AOF is a
-# ConnectionError), kombu's wrapper of any transport's connection error, and the OS's.
+# ConnectionError; READONLY from a server that is a replica now: the primary moved, as
+# a managed endpoint's does in a failover), kombu's wrapper of any transport's
+# connection error, and the OS's.
 CONNECTION_ERRORS: tuple[type[BaseException], ...] = (
-    redis.ConnectionError, redis.TimeoutError, OperationalError, ConnectionError)
+    redis.ConnectionError, redis.TimeoutError, redis.ReadOnlyError, OperationalError,
+    ConnectionError)
+# What a redis-py client retries on a new connection (a failover's moved primary too).
+RETRIED_ERRORS: tuple[type[Exception], ...] = (
+    redis.ConnectionError, redis.TimeoutError, redis.ReadOnlyError)
 
 # About this long, in-process, before a call gives up with TransientError.
 RETRY_SECONDS = 30.0
@@ -38,7 +44,7 @@ RETRY_SECONDS = 30.0
 def redis_retry() -> Retry:
     """redis-py's retry of our clients: jittered backoff 0.1 s doubling to 3 s, 20 tries."""
     return Retry(ExponentialWithJitterBackoff(base=0.1, cap=3.0), retries=20,
-                 supported_errors=(redis.ConnectionError, redis.TimeoutError))
+                 supported_errors=RETRIED_ERRORS)
 
 
 @contextmanager

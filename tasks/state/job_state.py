@@ -3,10 +3,12 @@
 Used by the Python client (`OcrClient.status`, so `submit.py status` and `wait`) and the
 HTTP API (a job's status and its events stream): both read the same three marks in one
 round trip and turn them into a `JobProgress` here. The marks are the job's state in
-Celery's result backend (the same Redis), its cancel record, and three fields of its
-control hash: the page count (`total`, written with each progress report, which a
-cancelled job keeps), its `deadline` and whether a cancel was asked (`cancelled`): what
-tells Celery's one word for two endings, REVOKED, apart (`expired_before_start`).
+Celery's result backend (the same Redis), its cancel record, and fields of its control
+hash: the page count (`total`, written with each progress report, which a cancelled
+job keeps), its `deadline` and whether a cancel was asked (`cancelled`): what tells
+Celery's one word for two endings, REVOKED, apart (`expired_before_start`); and who
+sent it and what (`client`, `filename`). The job lists (`tasks/state/job_index.py`)
+read many jobs' marks in one round trip (`read_many`).
 
 Runs in any client process; Celery's backend is passed in (its key format and codec),
 nothing of Celery is imported here.
@@ -32,9 +34,10 @@ from tasks.state.keys import job_cancelled_key, job_key
 
 Raw = bytes | str | None
 # The control hash's fields read with a job's state: how many pages it reads (its
-# plan), its deadline (epoch seconds) and the cancel's mark (tasks/state/stores.py).
+# plan), its deadline (epoch seconds), the cancel's mark, and who sent it and what
+# (tasks/state/stores.py).
 TOTAL_FIELD = "total"
-JOB_FIELDS = (TOTAL_FIELD, "deadline", "cancelled")
+JOB_FIELDS = (TOTAL_FIELD, "deadline", "cancelled", "client", "filename")
 # A job's raw marks: stored state, cancel record, and the control hash's JOB_FIELDS.
 Marks = tuple[Raw, Raw, tuple[Raw, ...]]
 
@@ -66,7 +69,8 @@ class JobProgress:
     `status` is what every caller shows (QUEUED, RUNNING, then SUCCESS, PARTIAL,
     FAILURE or CANCELLED; `tasks.records.status`); `state` is Celery's state in the
     service's words (`ShownState`: CANCELLED, never Celery's REVOKED). A cancelled job
-    is CANCELLED with the pages it kept out of those it was to read.
+    is CANCELLED with the pages it kept out of those it was to read. `total` is 0 until
+    the job has planned its pages (`planned` says whether it has).
     """
 
     id: str
@@ -75,6 +79,13 @@ class JobProgress:
     total: int = 0
     cancelled: bool = False
     result: dict[str, Any] | None = None  # the stored result of a job that SUCCEEDED
+    client: str = ""  # who sent it ("" for the anonymous client, or not recorded)
+    filename: str = ""  # the input's name it was sent with, when recorded
+
+    @property
+    def planned(self) -> bool:
+        """Whether the job's page count is known (0 of 0 means "not yet", not "none")."""
+        return self.total > 0 or self.final
 
     @property
     def final(self) -> bool:
@@ -120,30 +131,50 @@ class JobStateReader:
     def read(self, job_id: str) -> JobProgress:
         return self.progress(job_id, self.marks(job_id))
 
+    def read_many(self, job_ids: list[str]) -> list[JobProgress]:
+        """The progress of each job of `job_ids`, in order: one round trip."""
+        pipe = self._redis.pipeline(transaction=False)
+        for job_id in job_ids:
+            self.queue_marks(pipe, job_id)
+        raw = pipe.execute()
+        return [self.progress(job_id, (raw[3 * i], raw[3 * i + 1], tuple(raw[3 * i + 2])))
+                for i, job_id in enumerate(job_ids)]
+
     def progress(self, job_id: str, marks: Marks) -> JobProgress:
         """The job's progress from its marks (read by `marks` or `queue_marks`)."""
-        meta, raw_cancelled, (raw_total, deadline, cancel_asked) = marks
+        meta, raw_cancelled, (raw_total, deadline, cancel_asked, client, name) = marks
         planned = int(raw_total) if raw_total else 0
+        sender, filename = _text(client), _text(name)
         # A cancel's stored result is final even when a page that finished just after
         # it wrote PROGRESS over the job's state.
         if raw_cancelled:
             kept = json.loads(raw_cancelled)
             done = len([p for p in kept.get("pages", []) if "error" not in p])
             return JobProgress(job_id, ShownState.CANCELLED, done, max(planned, done),
-                               cancelled=True, result=kept)
+                               cancelled=True, result=kept, client=sender,
+                               filename=filename)
         if meta is None:
-            return JobProgress(job_id, ShownState.PENDING, 0, planned)
+            return JobProgress(job_id, ShownState.PENDING, 0, planned, client=sender,
+                               filename=filename)
         decoded = self._backend.decode_result(meta)
         state = str(decoded.get("status", CeleryState.PENDING))
         shown = ShownState.of(state, expired_before_start(cancel_asked, deadline))
         value = decoded.get("result")
         if state == CeleryState.PROGRESS and isinstance(value, dict):
             return JobProgress(job_id, shown, int(value.get("done", 0)),
-                               int(value.get("total", 0)))
+                               int(value.get("total", 0)), client=sender, filename=filename)
         if state == CeleryState.SUCCESS and isinstance(value, dict):
             done, total = page_counts(value)
-            return JobProgress(job_id, shown, done, max(total, planned), result=value)
-        return JobProgress(job_id, shown, 0, planned)
+            return JobProgress(job_id, shown, done, max(total, planned), result=value,
+                               client=str(value.get("client", sender)),
+                               filename=str(value.get("filename") or filename))
+        return JobProgress(job_id, shown, 0, planned, client=sender, filename=filename)
+
+
+def _text(raw: Raw) -> str:
+    if raw is None:
+        return ""
+    return raw.decode() if isinstance(raw, bytes) else raw
 
 
 def page_counts(result: dict[str, Any]) -> tuple[int, int]:

@@ -24,8 +24,12 @@ DELIVERY_PREFIX = ROOT + "deliveries:"  # poison guard: starts of one task id
 MODELS_PREFIX = ROOT + "models:"
 METRICS_PREFIX = ROOT + "metrics:"    # counters and gauges (tasks/state/metrics.py)
 DEAD_LETTER_KEY = ROOT + "dead-letter"  # refused broker messages (a capped list)
+DEAD_LETTER_COUNT_KEY = ROOT + "dead-letter:count"  # how many were ever refused
 WORKERS_KEY = ROOT + "workers"        # hash: worker node -> its queues (tasks/state/liveness.py)
 WAKE_PREFIX = ROOT + "wake:"          # a queue's doorbell (tasks/queue/transport.py)
+# Jobs by client, newest first (tasks/state/job_index.py): sorted sets of job ids.
+JOBS_PREFIX = ROOT + "jobs:"
+JOBS_ALL_KEY = JOBS_PREFIX + "all"    # every client's jobs (operators: submit.py jobs)
 # The HTTP API (tasks/api/): clients' tokens and the jobs they sent.
 API_PREFIX = ROOT + "api:"
 API_TOKEN_PREFIX = API_PREFIX + "token:"      # sha256 of a token -> client record (no TTL)
@@ -112,6 +116,11 @@ def api_webhook_key(client: str) -> str:
 def job_ended_key(job_id: str) -> str:
     """`ocr:job:<id>:ended`: the one exit's claim; once set, the job takes no writes."""
     return f"{job_key(job_id)}:ended"
+
+
+def jobs_client_key(client: str) -> str:
+    """`ocr:jobs:client:<name>`: one client's jobs by the time they were sent."""
+    return f"{JOBS_PREFIX}client:{client}"
 
 
 def wake_key(queue: str) -> str:

@@ -12,8 +12,12 @@ parent when it prunes children that are gone); the Procfile `metrics` process
 - `ocr:metrics:child:<node>:<pid>`: gauges of one pool child (hash), removed when the
   child exits or its worker parent finds it gone, else `CHILD_TTL` after the last
   refresh.
+- `ocr:metrics:histograms`: the latency histograms of the whole cluster (hash; no
+  `node` label: a pod name per node would multiply the series), kept `COUNTER_TTL`.
 
-Hash fields are JSON `[metric, {label: value}]`, values numbers.
+Hash fields are JSON `[metric, {label: value}]`, values numbers; a histogram's are
+`[metric, {label: value}, part]`, `part` a bucket's upper bound (its own count, not
+cumulative), `sum` or `count`.
 """
 
 from __future__ import annotations
@@ -24,26 +28,39 @@ from dataclasses import dataclass
 from typing import Any
 
 import redis
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.core import (
+    CounterMetricFamily,
+    GaugeMetricFamily,
+    HistogramMetricFamily,
+    Metric,
+)
 from prometheus_client.registry import Collector
 
 from tasks.state.keys import METRICS_PREFIX
 
 PREFIX = METRICS_PREFIX
 NODES_KEY = PREFIX + "nodes"
+HISTOGRAMS_KEY = PREFIX + "histograms"
 COUNTER_TTL = 7 * 24 * 3600
 CHILD_TTL = 300
 
 Sample = tuple[str, dict[str, str], float]
+# Upper bounds of the latency buckets: a 0.3 s scan and a 30 s VLM page each fall
+# among steps of about 1.5x, so a quantile of either is read within a step.
+PAGE_BUCKETS = (0.05, 0.1, 0.2, 0.3, 0.5, 0.75, 1.0, 1.5, 2.0, 3.0, 5.0, 7.5, 10.0, 15.0,
+                20.0, 30.0, 45.0, 60.0, 90.0, 120.0, 300.0, 600.0)
+JOB_BUCKETS = (0.1, 0.25, 0.5, 1.0, 2.0, 3.0, 5.0, 10.0, 20.0, 30.0, 60.0, 120.0, 300.0,
+               600.0, 1200.0, 1800.0, 3600.0, 7200.0)
 
 
 @dataclass(frozen=True)
 class MetricSpec:
-    """A metric: counter or gauge, its help text and its own labels."""
+    """A metric: counter, gauge or histogram, its help text, its own labels, its buckets."""
 
     kind: str
     doc: str
     labels: tuple[str, ...] = ()
+    buckets: tuple[float, ...] = ()
 
 
 # Counters are per worker node (label `node`); `ocr_child_*` gauges per pool child
@@ -55,6 +72,14 @@ METRICS: dict[str, MetricSpec] = {
     "ocr_job_seconds_total": MetricSpec(
         "counter", "Seconds finished jobs took, start to end, by engine and outcome.",
         ("engine", "outcome")),
+    "ocr_job_failures_total": MetricSpec(
+        "counter", "Jobs that ended FAILURE, by engine and error code.", ("engine", "code")),
+    "ocr_page_failures_total": MetricSpec(
+        "counter", "Pages that failed (their job went on), by engine and error code.",
+        ("engine", "code")),
+    "ocr_client_jobs_total": MetricSpec(
+        "counter", "Jobs finished, by client (an API token's name, `anonymous`, or "
+        "`other` for a name no token has) and outcome.", ("client", "outcome")),
     "ocr_pages_total": MetricSpec(
         "counter", "Pages of finished jobs by source: ocr, text-layer, blank, failed, cached.",
         ("engine", "source")),
@@ -91,6 +116,22 @@ METRICS: dict[str, MetricSpec] = {
         "gauge", "Load time of each engine loaded in a pool child.", ("engine", "model")),
     "ocr_child_updated_timestamp_seconds": MetricSpec(
         "gauge", "When a pool child last recorded its gauges (Unix time)."),
+    "ocr_child_cgroup_memory_bytes": MetricSpec(
+        "gauge", "Working set (usage less inactive file pages) of the memory cgroup the "
+        "pool child runs in, its container's: the figure the OOM killer goes by."),
+    "ocr_child_cgroup_memory_limit_bytes": MetricSpec(
+        "gauge", "Memory limit of that cgroup (absent where it has none)."),
+    "ocr_child_vlm_in_flight": MetricSpec(
+        "gauge", "Pages a vlm-api worker has at its inference server now.", ("engine",)),
+    "ocr_child_vlm_server_up": MetricSpec(
+        "gauge", "Whether a vlm-api worker's inference server answers (0: its pages found "
+        "it down or loading and wait for it).", ("engine",)),
+    "ocr_job_latency_seconds": MetricSpec(
+        "histogram", "Seconds from a job's acceptance (its client's enqueue) to its end, "
+        "by engine and outcome.", ("engine", "outcome"), JOB_BUCKETS),
+    "ocr_page_latency_seconds": MetricSpec(
+        "histogram", "Seconds an engine took to read one page (orientation, deskew, "
+        "recognition, fallback), by the engine that read it.", ("engine",), PAGE_BUCKETS),
 }
 QUEUE_LENGTH = "ocr_queue_length"
 
@@ -99,6 +140,11 @@ def _field(name: str, labels: dict[str, str]) -> str:
     if name not in METRICS:
         raise KeyError(f"unknown metric {name}")
     return json.dumps([name, labels], sort_keys=True)
+
+
+def _bucket(bounds: Sequence[float], value: float) -> str:
+    """The bucket of `value`: the first upper bound at or above it, as text."""
+    return next((repr(b) for b in bounds if value <= b), "+Inf")
 
 
 def _node_key(node: str) -> str:
@@ -120,8 +166,8 @@ class MetricsStore:
         self._redis = client
         self.node = node
 
-    def add(self, samples: Iterable[Sample]) -> None:
-        """Add each sample's value to the node's counter."""
+    def add(self, samples: Iterable[Sample], observed: Iterable[Sample] = ()) -> None:
+        """Add each sample's value to the node's counter; put `observed` in histograms."""
         pipe = self._redis.pipeline(transaction=False)
         for name, labels, value in samples:
             pipe.hincrbyfloat(_node_key(self.node), _field(name, labels), value)
@@ -129,6 +175,17 @@ class MetricsStore:
             pipe.expire(_node_key(self.node), COUNTER_TTL)
             pipe.sadd(NODES_KEY, self.node)
             pipe.expire(NODES_KEY, COUNTER_TTL)
+        observations = 0
+        for name, labels, value in observed:
+            spec = METRICS[name]
+            head = json.dumps([name, labels], sort_keys=True)[:-1]
+            for part, amount in ((_bucket(spec.buckets, value), 1.0), ("sum", value),
+                                 ("count", 1.0)):
+                pipe.hincrbyfloat(HISTOGRAMS_KEY, f"{head}, {json.dumps(part)}]", amount)
+            observations += 1
+        if observations:
+            pipe.expire(HISTOGRAMS_KEY, COUNTER_TTL)
+        if len(pipe):
             pipe.execute()
 
     def set_child(self, pid: int, samples: Iterable[Sample]) -> None:
@@ -192,19 +249,32 @@ class RedisCollector(Collector):
         self._broker_lengths = broker_lengths
 
     def collect(self) -> Iterator[Metric]:
+        """Every metric; with Redis unreachable, what was read before (`ocr_redis_up`)."""
         families: dict[str, Any] = {}
         for name, spec in METRICS.items():
+            if spec.kind == "histogram":
+                continue
             labels = ["node", *(["pid"] if name.startswith("ocr_child_") else []),
                       *spec.labels]
             cls = CounterMetricFamily if spec.kind == "counter" else GaugeMetricFamily
             families[name] = cls(name, spec.doc, labels=labels)
-        for node in sorted(_text(n) for n in self._redis.smembers(NODES_KEY)):
-            self._add(families, self._redis.hgetall(_node_key(node)), [node])
-            pids = sorted(_text(p) for p in self._redis.smembers(_children_key(node)))
-            for pid in pids:
-                self._add(families, self._redis.hgetall(_child_key(node, pid)), [node, pid])
+        stored: dict[Any, Any] = {}
+        lengths = GaugeMetricFamily(QUEUE_LENGTH, "Jobs waiting in each queue (all "
+                                    "priorities).", labels=["queue"])
+        try:
+            for node in sorted(_text(n) for n in self._redis.smembers(NODES_KEY)):
+                self._add(families, self._redis.hgetall(_node_key(node)), [node])
+                pids = sorted(_text(p) for p in self._redis.smembers(_children_key(node)))
+                for pid in pids:
+                    self._add(families, self._redis.hgetall(_child_key(node, pid)),
+                              [node, pid])
+            stored = self._redis.hgetall(HISTOGRAMS_KEY)
+            self._queue_lengths(lengths)
+        except redis.RedisError:
+            pass  # the scrape still answers: `ocr_redis_up` (fleet_metrics) says why
         yield from families.values()
-        yield self._queue_lengths()
+        yield from histogram_families(stored)
+        yield lengths
 
     @staticmethod
     def _add(families: dict[str, Any], stored: dict[Any, Any], head: list[str]) -> None:
@@ -215,20 +285,18 @@ class RedisCollector(Collector):
             except ValueError:
                 continue  # a field written by another version: skip it
             spec = METRICS.get(name)
-            if spec is None:
+            if spec is None or name not in families:
                 continue
             families[name].add_metric(head + [str(labels.get(k, "")) for k in spec.labels],
                                       value)
 
-    def _queue_lengths(self) -> GaugeMetricFamily:
-        family = GaugeMetricFamily(QUEUE_LENGTH, "Jobs waiting in each queue (all "
-                                   "priorities).", labels=["queue"])
+    def _queue_lengths(self, family: GaugeMetricFamily) -> None:
         if not self._queues:
-            return family
+            return
         if self._broker_lengths is not None:
             for queue, length in self._broker_lengths(self._queues).items():
                 family.add_metric([queue], float(length))
-            return family
+            return
         pipe = self._redis.pipeline(transaction=False)
         for queue in self._queues:
             for suffix in self._suffixes:
@@ -238,4 +306,27 @@ class RedisCollector(Collector):
         step = len(self._suffixes)
         for i, queue in enumerate(self._queues):
             family.add_metric([queue], float(sum(lengths[i * step:(i + 1) * step])))
-        return family
+
+
+def histogram_families(stored: dict[Any, Any]) -> list[HistogramMetricFamily]:
+    """The histograms of `ocr:metrics:histograms` (every one, even without samples)."""
+    found: dict[tuple[str, tuple[str, ...]], dict[str, float]] = {}
+    for raw_field, raw_value in stored.items():
+        try:
+            name, labels, part = json.loads(raw_field)
+            value = float(raw_value)
+        except (ValueError, TypeError):
+            continue  # a field written by another version: skip it
+        spec = METRICS.get(name)
+        if spec is not None and spec.kind == "histogram" and isinstance(labels, dict):
+            key = (name, tuple(str(labels.get(k, "")) for k in spec.labels))
+            found.setdefault(key, {})[str(part)] = value
+    families = {name: HistogramMetricFamily(name, spec.doc, labels=list(spec.labels))
+                for name, spec in METRICS.items() if spec.kind == "histogram"}
+    for (name, values), parts in sorted(found.items()):
+        running, buckets = 0.0, []
+        for bound in (*map(repr, METRICS[name].buckets), "+Inf"):
+            running += parts.get(bound, 0.0)
+            buckets.append((bound, running))
+        families[name].add_metric(list(values), buckets, parts.get("sum", 0.0))
+    return list(families.values())

@@ -16,6 +16,14 @@ What it counts, for a set of queues, in broker messages, each one unit of work:
   acknowledged late (`task_acks_late`), so a page stays counted until it is done, and
   a pool with work in hand never reads 0.
 
+The age of each queue's oldest waiting message (`oldest_ages`) is read from the same
+lists: each list's oldest message is its tail (kombu pushes left, pops right), whose
+header `ocr_published` (`PUBLISHED_HEADER`, stamped by the project's transport at
+publish: tasks/queue/transport.py) says when it was sent; inside Redis, from the
+message's last bytes, so only the stamps cross the network. A message without the stamp
+(a client that bypasses the transport) counts from when this reader first saw it at
+the tail.
+
 A unit is a job not split yet (an image: one page; a PDF: one until a worker opens it
 and puts one `ocr.pdf_page` task per page to OCR on the same engine's queue, then those
 pages), one page task, one `ocr.pdf_text_chunk` task (up to OCR_STRUCTURE_CHUNK_PAGES
@@ -25,6 +33,8 @@ waiting and running once their jobs are split, and jobs before that.
 
 from __future__ import annotations
 
+import hashlib
+import time
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -35,6 +45,7 @@ from kombu.transport import redis as kombu_redis
 # Counts the unacked messages by (exchange, routing key), inside Redis: each entry is
 # `[message, exchange, routing_key]` as JSON (kombu's QoS.append), so only its last
 # bytes are read, and only the counts cross the network (a message can be megabytes).
+# Run with EVALSHA_RO: a Redis user that may only read (`metrics`) may run it.
 _COUNT_UNACKED = """
 local counts = {}
 for _, tag in ipairs(redis.call('HKEYS', KEYS[1])) do
@@ -52,6 +63,25 @@ for pair, n in pairs(counts) do
   table.insert(flat, n)
 end
 return flat
+"""
+
+# The header a message is stamped with when published (epoch seconds).
+PUBLISHED_HEADER = "ocr_published"
+# Each list's tail: its stamp, "" for an empty list, or "?" and the delivery tag of a
+# message without one. Headers and properties are the envelope's last keys: 8 KiB.
+_OLDEST = """
+local out = {}
+for i, name in ipairs(KEYS) do
+  local item = redis.call('LINDEX', name, -1)
+  if not item then
+    out[i] = ''
+  else
+    local tail = string.sub(item, -8192)
+    local stamp = string.match(tail, '"ocr_published"%s*:%s*([0-9][0-9.eE+]*)')
+    out[i] = stamp or ('?' .. (string.match(tail, '"delivery_tag"%s*:%s*"([^"]*)"') or ''))
+  end
+end
+return out
 """
 
 
@@ -85,7 +115,8 @@ class QueueDepth:
         self._suffixes = tuple(f"{self._sep}{step}" if step else "" for step in steps)
         self._unacked_key: str = transport_options.get("unacked_key", channel.unacked_key)
         self._binding_prefix: str = channel.keyprefix_queue.split("%s")[0]
-        self._count_unacked = client.register_script(_COUNT_UNACKED)
+        # (list, delivery tag) -> when this reader first saw an unstamped tail
+        self._first_seen: dict[tuple[str, str], float] = {}
 
     def lists(self, queue: str) -> tuple[str, ...]:
         """The Redis lists of `queue`, one per priority step."""
@@ -103,6 +134,27 @@ class QueueDepth:
         step = len(self._suffixes)
         return {queue: sum(lengths[i * step:(i + 1) * step]) for i, queue in enumerate(wanted)}
 
+    def oldest_ages(self, queues: Sequence[str], now: float | None = None) -> dict[str, float]:
+        """Seconds the oldest waiting message of each queue has waited (0: none waits)."""
+        now = time.time() if now is None else now
+        wanted = tuple(dict.fromkeys(queues))
+        lists = [(queue, name) for queue in wanted for name in self.lists(queue)]
+        tails = self._read_only(_OLDEST, [name for _, name in lists]) if lists else []
+        ages = dict.fromkeys(wanted, 0.0)
+        asked = {name for _, name in lists}
+        seen = {key: at for key, at in self._first_seen.items() if key[0] not in asked}
+        for (queue, name), raw in zip(lists, tails, strict=True):
+            tail = _text(raw)
+            published = _stamp(tail)
+            if not tail:
+                continue
+            if published is None:  # no stamp: from when this reader first saw it
+                key = (name, tail[1:])
+                seen[key] = published = self._first_seen.get(key, now)
+            ages[queue] = max(ages[queue], now - published)
+        self._first_seen = seen
+        return ages
+
     def depth(self, queues: Sequence[str]) -> Depth:
         wanted = tuple(dict.fromkeys(queues))
         waiting = sum(self.waiting(wanted).values())
@@ -114,8 +166,16 @@ class QueueDepth:
                 running += count
         return Depth(wanted, waiting, running)
 
+    def _read_only(self, script: str, keys: Sequence[str]) -> Any:
+        """Run a read-only Lua `script` as a user that may only read (`EVALSHA_RO`)."""
+        sha = hashlib.sha1(script.encode()).hexdigest()
+        try:
+            return self._redis.evalsha_ro(sha, len(keys), *keys)
+        except redis.exceptions.NoScriptError:  # not yet in this server's script cache
+            return self._redis.eval_ro(script, len(keys), *keys)
+
     def _unacked_by_route(self) -> dict[tuple[str, str], int]:
-        flat = self._count_unacked(keys=[self._unacked_key])
+        flat = self._read_only(_COUNT_UNACKED, [self._unacked_key])
         counts: dict[tuple[str, str], int] = {}
         for pair, count in zip(flat[::2], flat[1::2], strict=True):
             exchange, _, routing_key = _text(pair).partition("\n")
@@ -136,6 +196,16 @@ class QueueDepth:
                 routing_key, _, queue = _text(member).split(self._sep, 2)
                 routes.setdefault((exchange, routing_key), []).append(queue)
         return {route: tuple(queues) for route, queues in routes.items()}
+
+
+def _stamp(tail: str) -> float | None:
+    """A tail's publish stamp, or None (no stamp, or none that reads as a number)."""
+    if not tail or tail.startswith("?"):
+        return None
+    try:
+        return float(tail)
+    except ValueError:
+        return None
 
 
 def _text(value: Any) -> str:

@@ -13,11 +13,11 @@ from dataclasses import dataclass
 from typing import Any
 
 import redis
-from redis.backoff import NoBackoff
-from redis.retry import Retry
 
 from tasks.errors import BadRequest, InputNotFound
-from tasks.state.boundary import redis_retry, transient_methods
+from tasks.records.redis_target import RedisTarget
+from tasks.state.boundary import transient_methods
+from tasks.state.connection import hold_kept
 from tasks.state.keys import (
     BLOB_PREFIX,
     OUTPUT_PREFIX,
@@ -33,19 +33,6 @@ _BLOB_KEY = re.compile("^" + re.escape(BLOB_PREFIX) + r"[A-Za-z0-9_.-]{8,128}$")
 # the job owner (`api:<client>`) that alone may read it.
 _OWNED_BLOB = re.compile("^" + re.escape(BLOB_PREFIX) + r"api\.(?P<client>[A-Za-z0-9_.-]+)"
                          r"\.[0-9a-f]{32}$")
-
-
-def connect(redis_url: str, *, patient: bool = True) -> redis.Redis:
-    """A client that reconnects on its own.
-
-    `patient` (workers): a command retries with backoff through a Redis restart for
-    about half a minute (`boundary.redis_retry`); the stores then raise
-    `TransientError`. Otherwise (clients, the HTTP API, whose callers wait): one quick
-    retry, then `TransientError` at once.
-    """
-    retry = redis_retry() if patient else Retry(NoBackoff(), 1)
-    return redis.Redis.from_url(redis_url, socket_connect_timeout=5, socket_timeout=30,
-                                health_check_interval=30, retry=retry)
 
 
 @transient_methods("the blob store (Redis)")
@@ -132,7 +119,8 @@ class OutputStore:
 class JobControl:
     """Per-job facts clients and workers share: input blob, deadline, cancellation.
 
-    `ocr:job:<id>` is a hash (fields `blob`, `deadline`, `filename`, `cancelled`);
+    `ocr:job:<id>` is a hash (fields `blob`, `deadline`, `filename`, `queue`, `client`,
+    `owner`, `cancelled`, `callback` and `callback_event`);
     `ocr:job:<id>:cancelled` holds the result of a cancelled job (pages done so far);
     `ocr:job:<id>:ended` is the claim of the one exit (tasks/lifecycle/job_exit.py).
     """
@@ -182,20 +170,51 @@ class JobControl:
         """The ending is done: the claim no longer names a holder (its TTL kept)."""
         self._redis.set(job_ended_key(job_id), ENDING_DONE, xx=True, keepttl=True)
 
+    def keep(self, job_id: str, target: RedisTarget, *, ending: bool = False) -> bool:
+        """Hold until `target.min_replicas` replicas have the job's writes (Redis WAIT).
+
+        Every write this process made so far, the job's record or `ending` (its end
+        claim, result and all before) included: one more write to that key (its TTL
+        unchanged) and a WAIT on it. False when the replicas did not answer within
+        `target.replica_timeout` s.
+        """
+        key = job_ended_key(job_id) if ending else job_key(job_id)
+        return hold_kept(self._redis, key, target, target.replica_timeout)
+
     def release_end(self, job_id: str) -> None:
         self._redis.delete(job_ended_key(job_id))
 
     def has_ended(self, job_id: str) -> bool:
         return bool(self._redis.exists(job_ended_key(job_id)))
 
-    def record_callback(self, job_id: str, delivery: dict[str, Any]) -> None:
-        """How the job's `callback_url` delivery went (field `callback`, JSON)."""
-        self.remember(job_id, callback=json.dumps(delivery))
+    def record_callback(self, job_id: str, delivery: dict[str, Any], event: str = "") -> None:
+        """How the job's `callback_url` delivery went (field `callback`, JSON).
+
+        `event`: the ending it delivered (field `callback_event`), so that a message of
+        the same delivery that comes back is not POSTed again.
+        """
+        fields = {"callback": json.dumps(delivery)}
+        if event:
+            fields["callback_event"] = event
+        self.remember(job_id, **fields)
 
     def callback(self, info: dict[str, str]) -> dict[str, Any] | None:
         """The delivery record in a job's `info()`, or None before any attempt ended."""
         raw = info.get("callback")
         return json.loads(raw) if raw else None
+
+    def client(self, job_id: str) -> str:
+        """The client the job was sent under ("" when none was recorded)."""
+        value = self._redis.hget(job_key(job_id), "client")
+        return "" if value is None else _text(value)
+
+    def accepted(self, job_id: str) -> float | None:
+        """When the job's client enqueued it (epoch seconds; field `accepted`), if known."""
+        value = self._redis.hget(job_key(job_id), "accepted")
+        try:
+            return float(value) if value is not None else None
+        except ValueError:
+            return None
 
     def owner(self, job_id: str) -> str:
         """Who sent the job: `api:<client>` for the HTTP API, "" otherwise."""

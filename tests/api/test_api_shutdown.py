@@ -66,9 +66,9 @@ def test_sigterm_ends_the_api_with_an_events_stream_open(
         except subprocess.TimeoutExpired:
             pytest.fail("the API did not exit on SIGTERM while an events stream was open")
         # uvicorn's own way out: requests given their time, the stream cancelled, then
-        # the signal raised again on itself (exit by SIGTERM, as a process that has none
-        # of its own handling).
-        assert code == -signal.SIGTERM, api.log()[-2000:]
+        # the signal raised again into the process's own handler: a clean stop, exit 0
+        # (not -15, a death by signal).
+        assert code == 0, api.log()[-2000:]
         assert "timeout graceful shutdown exceeded" in api.log()
         reader.join(30)
         assert not reader.is_alive()  # the stream was closed: its client reconnects

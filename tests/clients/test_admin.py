@@ -41,3 +41,13 @@ def test_models_is_the_operators_and_submit_py_keeps_its_word() -> None:
     assert "models" in ocr_admin.build_parser().format_help()
     for name in ("EXIT_OK", "EXIT_FAILURE", "EXIT_USAGE", "EXIT_UNREACHABLE"):
         assert getattr(ocr_admin, name) == getattr(submit, name)
+
+
+def test_tokens_help_says_zero_is_no_limit() -> None:
+    """`--jobs-in-flight 0` means no limit, and the help says so (not "none")."""
+    for words in (["tokens", "create", "--help"], ["tokens", "set", "--help"]):
+        done = subprocess.run([sys.executable, "ocr_admin.py", *words], cwd=ROOT, text=True,
+                              capture_output=True, timeout=60)
+        assert done.returncode == 0, done.stderr
+        text = " ".join(done.stdout.split())  # argparse wraps the help
+        assert "0: no limit" in text and "0: none" not in text, text

@@ -372,6 +372,16 @@ def test_requirements_split_service_and_vlm() -> None:
                      .read_text(), re.M)  # make test installs everything
 
 
+def test_make_run_installs_the_rapidocr_engine() -> None:
+    """The default routing reads Chinese with rapidocr: `make run` installs it always."""
+    clean = {k: v for k, v in os.environ.items()
+             if k not in ("OCR_MODEL", "OCR_ENGINE", "OCR_LANG_ENGINES")}
+    done = subprocess.run(["make", "-n", "-B", "run"], cwd=ROOT, env=clean,
+                          capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    assert "-r requirements-rapidocr.txt" in done.stdout
+
+
 @pytest.mark.parametrize(("target", "env", "vlm"), [
     ("run", {}, False), ("run", {"OCR_MODEL": "Qwen2-VL-2B-Instruct-4bit"}, True),
     ("run", {"OCR_ENGINE": "mlx-vlm"}, True), ("vlm", {}, True), ("test", {}, True)])

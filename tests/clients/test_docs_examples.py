@@ -44,7 +44,7 @@ from tests.harness import CORPUS, ROOT, VENV_BIN, eventually, free_port
 
 pytestmark = pytest.mark.slow
 # The examples each document runs, by kind: exact.
-RUN = {"README.md": {"sh": 1, "console": 2}, "docs/http-api.md": {"sh": 2}}
+RUN = {"README.md": {"sh": 1, "console": 3}, "docs/http-api.md": {"sh": 3}}
 SHELLS = {"sh", "console", "bash", "shell", "zsh", "shell-session"}  # only sh and console
 BLOCK = re.compile(r"(?:<!-- not run: (?P<why>[^\n]*?) -->\n)?```(?P<lang>[\w-]*)\n"
                    r"(?P<body>.*?)\n```", re.DOTALL)
@@ -127,10 +127,13 @@ class Service:
         self.checkout = checkout
         ports = {name: str(free_port()) for name in ("API_PORT", "FLOWER_PORT", "METRICS_PORT")}
         self.api = f"http://127.0.0.1:{ports['API_PORT']}"
+        self.hook_port = free_port()  # the callback example's receiver
         self.log = checkout / "make-run.log"
-        env = {k: v for k, v in os.environ.items() if k != "PDF"
+        env = {k: v for k, v in os.environ.items() if k not in ("PDF", "LONG_PDF", "WORK")
                and not k.startswith(("OCR_", "REDIS_", "API_", "FLOWER_", "METRICS_"))}
-        env.update(PATH=f"{VENV_BIN}{os.pathsep}{env['PATH']}", **ports)
+        # As the callback example says to start it: its receiver's address allowed.
+        env.update(PATH=f"{VENV_BIN}{os.pathsep}{env['PATH']}", **ports,
+                   OCR_CALLBACK_ALLOWED_HOSTS=f"127.0.0.1:{self.hook_port}")
         self.env = env
         (checkout / "var").mkdir()  # the recipe's `mkdir -p var`
         with self.log.open("wb") as out:
@@ -174,21 +177,26 @@ def service(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Service]:
         running.stop()
 
 
-def run_block(service: Service, body: str, *flags: str) -> subprocess.CompletedProcess[str]:
-    env = {k: v for k, v in service.env.items() if not k.endswith("_PORT")}
+def run_block(service: Service, body: str, *flags: str, **extra: str
+              ) -> subprocess.CompletedProcess[str]:
+    env = {k: v for k, v in service.env.items()
+           if not k.endswith("_PORT") and not k.startswith("OCR_")}
     env["API"] = service.api  # the examples' own override: API=${API:-http://127.0.0.1:8000}
+    env["HOOK_PORT"] = str(service.hook_port)  # the callback example's: ${HOOK_PORT:-8765}
+    env.update(extra)
     return subprocess.run(["bash", *flags, "-c", body], cwd=service.checkout, env=env,
                           capture_output=True, text=True, timeout=300)
 
 
-def run_script(service: Service, body: str) -> subprocess.CompletedProcess[str]:
-    done = run_block(service, body, "-euo", "pipefail")
+def run_script(service: Service, body: str, **extra: str) -> subprocess.CompletedProcess[str]:
+    done = run_block(service, body, "-euo", "pipefail", **extra)
     assert done.returncode == 0, (body, done.stdout[-2000:], done.stderr[-2000:])
     assert "Traceback" not in done.stderr
     return done
 
 
 def test_readme_examples_run_as_written(service: Service) -> None:
+    before = left_behind(service)
     [quick_start] = run_blocks("README.md", "sh")
     done = run_script(service, quick_start)
     assert "Linn Electronics" in done.stdout
@@ -203,23 +211,71 @@ def test_readme_examples_run_as_written(service: Service) -> None:
     # `make run` said which Redis, in one line, and submit.py found it (var/redis-url).
     said = [line for line in service.log.read_text().splitlines() if "redis: the project's" in line]
     assert len(said) == 1, service.log.read_text()[-2000:]
+    assert left_behind(service) == before  # nothing written into the checkout
 
 
-def test_http_api_examples_run_as_written(service: Service) -> None:
-    tokens, curl = run_blocks("docs/http-api.md", "sh")
-    done = run_script(service, tokens)
+def tokens(service: Service) -> set[str]:
+    """The names of the API's clients, as an operator lists them."""
+    done = run_script(service, ".venv/bin/python ocr_admin.py tokens list --json")
+    return {json.loads(line)["name"] for line in done.stdout.splitlines() if line.strip()}
+
+
+def left_behind(service: Service) -> tuple[set[str], str]:
+    """What the checkout holds: its own entries, and `git status` of this repository."""
+    status = subprocess.run(["git", "status", "--porcelain", "--untracked-files=all"],
+                            cwd=ROOT, capture_output=True, text=True, timeout=60).stdout
+    return {entry.name for entry in service.checkout.iterdir()}, status
+
+
+def folder_of(done: subprocess.CompletedProcess[str], under: Path) -> Path:
+    """The temporary folder an example named on its first line (`files in DIR`)."""
+    first = done.stdout.splitlines()[0]
+    assert first.startswith("files in "), done.stdout
+    folder = Path(first.removeprefix("files in "))
+    assert folder.is_dir() and folder.is_relative_to(under), (folder, under)
+    return folder
+
+
+def test_http_api_examples_run_as_written(service: Service,
+                                          tmp_path_factory: pytest.TempPathFactory) -> None:
+    """docs/http-api.md's examples, as written, leave nothing behind.
+
+    With no WORK set: each example writes only under the temporary folder it names, and
+    leaves no token behind; the cancel acts on a job still running.
+    """
+    before, before_tokens = left_behind(service), tokens(service)
+    temp = tmp_path_factory.mktemp("tmp")  # TMPDIR: where mktemp makes their folders
+    made, curl, callback = run_blocks("docs/http-api.md", "sh")
+    done = run_script(service, made)
     assert json.loads(done.stdout.splitlines()[0])["token"].startswith("ocr_")
     assert "revoked billing" in done.stdout
-    done = run_script(service, curl)
-    lines = done.stdout.splitlines()
-    assert json.loads(lines[0]) == {"status": "SUCCESS", "progress": {"done": 2, "total": 2},
-                                    "error": None}
-    assert lines[1] == "SUCCESS"  # the cancel of a job that had ended: its status
-    assert json.loads(lines[2]) == {"status": "ok"} and json.loads(lines[3])["ready"]
-    events = (service.checkout / "events.txt").read_text()
+    done = run_script(service, curl, TMPDIR=str(temp))
+    work = folder_of(done, temp)
+    lines = done.stdout.splitlines()[1:]
+    status = json.loads(lines[0])
+    assert status["client"].startswith("docs-")  # the token's name: the job's client
+    assert {k: status[k] for k in ("status", "progress", "error")} == {
+        "status": "SUCCESS", "progress": {"done": 2, "total": 2}, "error": None}
+    assert lines[1] == "SUCCESS dig_multicolumn_3p.pdf 2/2"  # the client's own job list
+    assert lines[2] == "RUNNING"  # the cancel of a job that was running: 202, as asked
+    cancelled = json.loads(lines[3])  # {"status": "CANCELLED", "pages": "3 of 14 kept"}
+    assert cancelled["status"] == "CANCELLED", cancelled
+    kept = re.fullmatch(r"(\d+) of 14 kept", cancelled["pages"])
+    assert kept and 1 <= int(kept.group(1)) < 14, cancelled
+    assert json.loads(lines[4]) == {"status": "ok"} and json.loads(lines[5])["ready"]
+    assert len(lines) == 6, lines
+    events = (work / "events.txt").read_text()
     assert events.rstrip().splitlines()[-2] == "event: end"
-    report = (service.checkout / "report.txt").read_text()
+    report = (work / "report.txt").read_text()
     assert report.count("\f") == 1 and "Lorem Ipsum" in report  # pages=1-2: two pages
     # pages=1-2 with output=pdf: the whole input (its text layer kept), as the doc says
-    with pymupdf.open(service.checkout / "report.ocr.pdf") as pdf:
+    with pymupdf.open(work / "report.ocr.pdf") as pdf:
         assert pdf.page_count == 3
+    done = run_script(service, callback, TMPDIR=str(temp))
+    hooks = folder_of(done, temp)
+    assert done.stdout.splitlines()[1:] == [
+        "QUEUED", '{"status":"SUCCESS","filename":"scan_tess_phototest.tif","pages_done":1}']
+    assert len((hooks / "callbacks.jsonl").read_text().splitlines()) == 1  # signature held
+    # Nothing left behind: no file outside their folders, no token.
+    assert left_behind(service) == before
+    assert tokens(service) == before_tokens

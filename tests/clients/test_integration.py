@@ -1,7 +1,8 @@
 """Integration from outside: docs/tasks.md's examples run as written, Flower, metrics, logs.
 
-One fake-engine worker (two pool children), one Flower and one metrics exporter, all
-started from the Procfile's lines, serve every test of this module.
+One fake-engine worker (two pool children), one Flower, one metrics exporter and the
+HTTP API, all started from the Procfile's lines, serve every test of this module; the
+browser tests (Flower's workers page, the API's /docs page) run in headless chromium.
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ from PIL import Image
 from prometheus_client.parser import text_string_to_metric_families
 
 from tasks.client import OcrClient
+from tests.api_server import ApiServer
 from tests.harness import (
     ROOT,
     VENV_BIN,
@@ -347,8 +349,11 @@ def test_one_log_line_per_job(worker: Worker, client: OcrClient) -> None:
     client.wait([image, pdf, bad, late], timeout=120)
     records = worker.job_records([image, pdf, bad, late])
     assert records[image] | {"seconds": 0} == {
-        "id": image, "node": records[image]["node"], "filename": "one.png", "pages": 1,
-        "engine": "fake", "seconds": 0, "outcome": "SUCCESS", "code": None, "cached": False}
+        "id": image, "node": records[image]["node"], "client": client.client,
+        "filename": "one.png", "pages": 1, "engine": "fake", "seconds": 0,
+        "outcome": "SUCCESS", "code": None, "cached": False}
+    # Every line names the job's client, the expired one's (ended by the parent) too.
+    assert {records[job]["client"] for job in (pdf, bad, late)} == {client.client}
     assert records[image]["node"].startswith("ocrshot@") and records[image]["seconds"] > 0
     assert (records[pdf]["pages"], records[pdf]["outcome"]) == (3, "SUCCESS")
     assert records[pdf]["seconds"] >= 0.25
@@ -380,31 +385,64 @@ def test_gauges_of_a_killed_child_are_dropped(exporter: str, worker: Worker,
     assert client.wait([job], timeout=60)[job]["status"] == "SUCCESS"
 
 
+def browser(profile: Path) -> list[str]:
+    """Debian's headless chromium (`make test` installs it) and its flags: offline, quiet.
+
+    Fails, never skips, without it: the browser tests are the only real-browser ones.
+    """
+    chromium = shutil.which("chromium") or shutil.which("chromium-browser")
+    if chromium is None:
+        pytest.fail("chromium is not installed: `make test` installs Debian's chromium "
+                    "(apt-get install chromium)")
+    return [chromium, "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic",
+            "--no-first-run", "--disable-background-networking", "--disable-component-update",
+            "--disable-sync", "--hide-scrollbars", f"--user-data-dir={profile}",
+            "--window-size=1400,900", "--virtual-time-budget=5000"]
+
+
+@pytest.fixture(scope="module")
+def api(worker: Worker, redis_url: str,
+        tmp_path_factory: pytest.TempPathFactory) -> Iterator[ApiServer]:
+    server = ApiServer(tmp_path_factory.mktemp("api") / "api.log",
+                       {"REDIS_URL": redis_url}).start()
+    yield server
+    server.stop()
+
+
+@pytest.mark.slow
+def test_api_docs_page_renders_in_the_browser(api: ApiServer, tmp_path: Path) -> None:
+    """The API's /docs page, its files served by the API itself, in headless chromium.
+
+    Swagger UI's script must run and fetch /openapi.json for the operations to appear
+    in the page: the DOM holds each route as a rendered operation block.
+    """
+    dom = subprocess.run([*browser(tmp_path / "profile"), "--dump-dom", f"{api.url}/docs"],
+                         capture_output=True, text=True, timeout=120)
+    assert dom.returncode == 0, dom.stderr[-2000:]
+    assert "swagger-ui" in dom.stdout and "OCR service" in dom.stdout, dom.stdout[-2000:]
+    rendered = set(re.findall(r'data-path="([^"]+)"', dom.stdout))
+    assert {"/v1/jobs", "/v1/jobs/{job_id}", "/v1/jobs/{job_id}/result", "/healthz"} <= \
+        rendered, dom.stdout[-2000:]
+    assert not re.search(r"https?://(?!127\.0\.0\.1)[\w.-]+/[^\"']*\.(?:js|css)", dom.stdout)
+
+
 @pytest.mark.slow
 def test_flower_dashboard_screenshot(flower: str, worker: Worker, client: OcrClient,
                                      tmp_path: Path) -> None:
     """Headless Chromium's picture of Flower's workers page shows the worker."""
-    chromium = shutil.which("chromium") or shutil.which("chromium-browser")
-    if chromium is None:
-        if SCREENSHOT:
-            pytest.fail("chromium is not installed: no screenshot for the README")
-        pytest.skip("chromium is not installed (`make screenshot` installs it)")
     jobs = [client.submit(png(40 + i)) for i in range(4)]
     client.wait(jobs, timeout=60)
     out = Path(SCREENSHOT).resolve() if SCREENSHOT else tmp_path / "flower.png"
     user, password = FLOWER_AUTH
     page = flower.replace("http://", f"http://{user}:{password}@") + "/workers"
-    flags = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-             "--disable-background-networking", "--disable-component-update",
-             "--disable-sync", "--hide-scrollbars", f"--user-data-dir={tmp_path / 'profile'}",
-             "--window-size=1400,900", "--virtual-time-budget=5000"]
-    dom = subprocess.run([chromium, *flags, "--dump-dom", page], capture_output=True,
+    flags = browser(tmp_path / "profile")
+    dom = subprocess.run([*flags, "--dump-dom", page], capture_output=True,
                          text=True, timeout=120)
     assert worker_node(worker, jobs) in dom.stdout, dom.stderr[-2000:]
     # progress events come from the worker node, not from anonymous senders Flower
     # would list as workers of their own
     assert not re.search(r"gen\d+@", dom.stdout)
-    shot = subprocess.run([chromium, *flags, f"--screenshot={out}", page],
+    shot = subprocess.run([*flags, f"--screenshot={out}", page],
                           capture_output=True, text=True, timeout=120)
     assert shot.returncode == 0 and out.exists(), shot.stderr[-2000:]
     with Image.open(out) as image:

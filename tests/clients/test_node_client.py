@@ -255,3 +255,15 @@ def test_status_names_are_the_ground_floors(node: str) -> None:
     assert tables["status"] == {s.name: s.value for s in
                                 [*JobStatus, WaitStatus.PENDING, WaitStatus.TIMEOUT]}
     assert all(CeleryState[name].value == value for name, value in tables["celery"].items())
+
+
+def test_sentinel_urls_are_refused_with_what_to_use(node: str, scan: Path) -> None:
+    """The Node client speaks no Sentinel: one line says what to give it instead."""
+    url = "sentinel://127.0.0.1:26379;sentinel://127.0.0.1:26380/0"
+    for args in (("--redis", url, str(scan)), ("cancel", "--redis", url, "some-id")):
+        done = run_node(node, *args)
+        assert done.returncode != 0 and done.stdout == ""
+        lines = done.stderr.strip().splitlines()
+        assert len(lines) == 1, done.stderr
+        assert "sentinel:// is not supported by the Node client" in lines[0]
+        assert "redis:// or rediss://" in lines[0] and "HTTP API" in lines[0]

@@ -10,6 +10,7 @@ nearly textless page come back with a warning, never a failure.
 from __future__ import annotations
 
 import io
+import re
 import xml.etree.ElementTree as ET
 from collections.abc import Callable
 from pathlib import Path
@@ -40,6 +41,24 @@ DEJAVU = Path("/usr/share/fonts/truetype/dejavu/DejaVuSans.ttf")
 @pytest.fixture(scope="module")
 def worker(start_worker: Callable[..., Worker]) -> Worker:
     return start_worker(OCR_CONCURRENCY="2")
+
+
+def test_each_child_starts_with_what_an_auto_page_needs(worker: Worker,
+                                                        client: OcrClient) -> None:
+    """No first-job cost: the language identifier is loaded before a child takes a task.
+
+    Each pool child's start-up line names what it loaded; the identifier loads once per
+    process, so a child that named it never loads it inside a job's time limit.
+    """
+    result = _run(client, corpus("lang_fra_pangram.pdf"))
+    assert result["status"] == "SUCCESS" and result["languages"] == ["fra"], result
+    ready = dict(re.findall(r"process (\d+) ready in [\d.]+ s, loaded: (.*)$", worker.log(),
+                            re.M))
+    assert len(ready) >= 2, worker.log()[-3000:]  # the two children, at least
+    for loaded in ready.values():
+        assert re.match(r"tesseract \(eng, [\d.]+ s\), language identifier \([\d.]+ s\)$",
+                        loaded), loaded
+    assert str(result["engine"]["pid"]) in ready
 
 
 def _run(client: OcrClient, source: Path | bytes, **options: str) -> dict[str, Any]:
@@ -183,3 +202,29 @@ def test_a_european_page_is_read_in_its_own_language_without_being_told(
     assert auto["languages"] == [lang] and auto["warnings"] == []
     named = _run(client, corpus(name), lang=lang)
     assert auto["text"] == named["text"]  # read as with its right lang
+
+
+def test_a_page_in_several_latin_languages_is_read_with_them(worker: Worker,
+                                                            client: OcrClient) -> None:
+    """A page in five languages is read with those its probe lines name, not English.
+
+    The page of tests/image_fixtures.py: its probe lines name German and French surely,
+    so it is read with both (this worker has no spa or por), not as English alone; the
+    result's `lang` lists them, with no `lang_uncertain`.
+    """
+    from tests.image_fixtures import european_page, european_text
+
+    auto = _run(client, european_page(), filename="european.png")
+    assert auto["status"] == "SUCCESS", auto
+    page = auto["pages"][0]
+    codes = page["lang"].split("+")
+    assert {"deu", "fra"} <= set(codes) and 2 <= len(codes) <= 3, page
+    assert page["script"]["outcome"] == "found" and auto["warnings"] == []
+    assert auto["languages"] == [page["lang"]]
+    for word in ("über", "großen", "während", "île", "côté", "l'alcôve"):
+        assert word in auto["text"], (word, auto["text"])
+    english = _run(client, european_page(), filename="european.png", lang="eng")
+    assert "über" not in english["text"]  # what `auto` read before: English alone
+    truth = european_text()
+    assert cer(truth, auto["text"]) <= 0.03  # measured 2.2 % (eng alone: 5.0 %)
+    assert cer(truth, auto["text"]) < cer(truth, english["text"])

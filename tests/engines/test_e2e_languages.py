@@ -64,6 +64,8 @@ def test_absent_language_fails_fast_naming_what_is_there(worker: Worker,
     error = result["error"]
     assert isinstance(error, dict) and error["code"] == "language_unavailable"
     assert "tlh" in error["message"] and "vie" in error["message"]
+    # ...and says how to add one (scripts/install_langs.py, docs/languages.md).
+    assert 'OCR_LANGS="eng tlh" make run (docs/languages.md)' in error["message"]
     # A fanned-out PDF is refused before any page task: one quick failure too.
     pdf = _run(client, corpus("lang_mixed_2p.pdf"), lang="eng+tlh")
     assert pdf["status"] == "FAILURE" and pdf["error"]["code"] == "language_unavailable"

@@ -165,6 +165,23 @@ def test_chinese_jobs_without_engine_are_routed_to_rapidocr(tess_worker: Worker,
     assert own["status"] == "SUCCESS" and _engine(own) == "tesseract"
 
 
+def test_a_chinese_page_sent_as_is_goes_to_rapidocr_with_its_ranges_right(
+        tess_worker: Worker, client: OcrClient) -> None:
+    """The corpus' Chinese page, sent as is, is read by rapidocr, its ranges right.
+
+    `make run`'s settings (nothing set: lang=auto, OCR_LANG_ENGINES chi_sim=rapidocr;
+    `make run` installs rapidocr): its numbers and ranges come back as printed
+    (10-20, 15-30, 30-50, 2-3; tesseract's chi_sim turned such ranges into others, as
+    "281-286" into "281-2856").
+    """
+    result = _run(client, corpus(CHINESE))
+    assert result["status"] == "SUCCESS", result
+    assert result["pages"][0]["engine"] == "rapidocr", result["pages"][0]  # the page's reader
+    numbers = re.compile(r"\d+(?:-\d+)?")
+    assert numbers.findall(str(result["text"])) == numbers.findall(ground_truth(CHINESE))
+    assert no_space_cer(ground_truth(CHINESE), str(result["text"])) <= NO_SPACE_BOUND
+
+
 @pytest.mark.parametrize("name,lang,bound", [
     ("lang_vie_page.png", "vie", 0.01),  # the bounds of tests/engines/test_e2e_languages.py
     ("lang_ell_page.png", "ell+eng", 0.04),

@@ -368,8 +368,10 @@ def test_shutdown_removes_registrations(start_worker: Callable[..., Worker],
     worker = start_worker(**FAKE_ENV, OCR_ENGINE="fake-model", OCR_MODEL="lc-model",
                           OCR_MODEL_DIR=str(dirs["models2"]), OCR_QUEUES="shutdown",
                           OCR_CONCURRENCY="1")  # heartbeat 30 s: registrations live 90 s
-    pid = int(re.findall(r"engine loaded: fake-model \S+ in \S+ \(pid (\d+)\)",
-                         worker.log())[-1])
+    # The worker parent's "ready" may come before its child's line (a loaded machine).
+    pid = int(eventually(lambda: re.findall(r"engine loaded: fake-model \S+ in \S+ "
+                                            r"\(pid (\d+)\)", worker.log()), 30,
+                         "the child's engine")[-1])
     eventually(lambda: pid in loaded_pids(models, "lc-model"), 10, "registration")
     worker.stop()
     assert pid not in loaded_pids(models, "lc-model")  # removed at exit, not expired

@@ -16,6 +16,7 @@ import json
 import re
 import signal
 import subprocess
+import time
 from collections import Counter
 from collections.abc import Callable
 from pathlib import Path
@@ -28,9 +29,10 @@ from tasks.client import OcrClient
 from tasks.queue.brokers import amqp_queue_lengths
 from tasks.queue.celery_config import celery_config
 from tasks.queue.routing import priority_value
+from tasks.records.redis_target import RedisTarget
 from tasks.settings import Settings, SettingsError
+from tasks.state.connection import connect
 from tasks.state.metrics import RedisCollector
-from tasks.state.stores import connect
 from tests.harness import (
     ROOT,
     Broker,
@@ -240,12 +242,27 @@ def test_poison_job_ends_as_worker_lost(broker: Broker, workers: Any,
     assert [(p["number"], p["code"]) for p in ended["failed_pages"]] == [(2, "worker_lost")]
 
 
+def test_a_job_whose_deadline_passed_in_the_queue_ends(broker: Broker, workers: Any,
+                                                       client: OcrClient) -> None:
+    """Queued past its deadline, a job still ends: FAILURE `deadline_exceeded`.
+
+    On RabbitMQ the deadline travels in the message's header only: with an AMQP
+    expiration RabbitMQ would drop the message unseen and the job would never end.
+    """
+    late = client.submit(png(30), deadline=1)
+    time.sleep(3)  # no worker yet
+    workers(**FAKE)
+    result = client.wait([late], timeout=120)[late]
+    assert (result["status"], result["error"]["code"]) == ("FAILURE", "deadline_exceeded")
+
+
 @pytest.mark.parametrize("broker", ["amqp"], indirect=True)
 def test_queue_length_metric_reads_rabbitmq(broker: Broker, client: OcrClient) -> None:
     assert broker.vhost is not None
     for i in range(3):
         client.submit(png(60 + i), priority=["interactive", "normal", "batch"][i])
-    collector = RedisCollector(connect(broker.redis_server.url(0)), ["ocr", "ocr-none"],
+    redis_client = connect(RedisTarget(broker.redis_server.url(0)))
+    collector = RedisCollector(redis_client, ["ocr", "ocr-none"],
                                broker_lengths=functools.partial(amqp_queue_lengths,
                                                                 broker.vhost.url()))
     family = [m for m in collector.collect() if m.name == "ocr_queue_length"][0]

@@ -312,6 +312,67 @@ def test_lines_joined_into_blocks_are_probed_a_line_each(
     assert len(lines) == tesseract_engine.PROBE_LINES, lines  # not 3 blocks of 2-3 lines
 
 
+def test_a_sans_serif_pages_lines_are_probed_whole(tesseract_engine: TesseractEngine
+                                                  ) -> None:
+    """A page set in Helvetica at 13 pt is probed on whole lines.
+
+    The five-language page: its lines' cores split at the row threshold, so its pitch
+    comes out at a fraction of a line; its lines are not cut through their letters for
+    that (they were: 32-px crops read as `Dar echnalla`).
+    """
+    import io
+
+    from PIL import Image
+
+    from tasks.engines._text_lines import probe_crops
+    from tasks.engines.auto_lang import script_probes
+    from tests.image_fixtures import european_page
+
+    page = Image.open(io.BytesIO(european_page()))
+    assert all(line.image.height >= 44 for line in probe_crops(page)), \
+        [line.image.height for line in probe_crops(page)]
+    probes = script_probes(SETTINGS, type(tesseract_engine).languages(SETTINGS))
+    guess = tesseract_engine.detect_script(page, probes)
+    assert guess is not None and (guess.script, guess.probe_lang) == ("Latin", "eng")
+    assert guess.confidence >= tesseract_engine.PROBE_SURE, guess
+    chosen = page_language(guess, "tesseract", True, SETTINGS)
+    assert chosen.lang == "deu+fra" and chosen.found.outcome == "found", chosen
+
+
+def test_lines_naming_several_languages_make_a_mixed_page() -> None:
+    """`lang_id.line_votes`: two or more languages, each named surely by a line."""
+    from tasks.engines import lang_id
+
+    # The five-language page's probe (two German lines, a French one), as read with eng.
+    mixed = lang_id.line_votes("Zwolf Boxkamopfer iagen Viktor quer Uber\n"
+                               "Der schnelle braune Fuchs sprinat Uber d\n"
+                               "intérieure. a cété de l'alc6ve ovoide. ou le\n")
+    assert mixed.sure == ("deu", "fra") and mixed.mixed
+    assert mixed.ranked({"eng", "deu", "fra", "vie"}) == ["deu", "fra"]
+    assert mixed.ranked({"eng", "fra"}) == ["fra"]  # what this worker has, ranked
+    assert len(mixed.ranked(None)) <= lang_id.MIXED_MOST
+    # The corpus' single-language probes: no second language named surely (the
+    # Vietnamese page's lines read without accents name Javanese and Tagalog at 0.6-0.7).
+    for text in ("Sn sang cho thir thach tiép theo? Hay th\n"
+                 "Dé kiém tra lai rang kh6ng con handle file\n"
+                 "Chay script nay bang python ocr_cleanup.|\n",
+                 "Mobiltelefonen, Routern.!-! Netbooks, Embedded Sys\n"
+                 "Bereich eine feste GréBe, wihrend es auf dem Deskt\n"
+                 "Linux wird von zahlreichen Nutzern verwendet, daru\n",
+                 "e TIMING CORRECTION works during play\n"
+                 "* Ultra-fast 32\" disk drive stores complex son\n"
+                 "® Exclusive REPEAT function automatically r\n"):
+        assert not lang_id.line_votes(text).mixed, text
+    # A mixed page one of whose languages this worker lacks (no spa here): read with
+    # those it has, and the warning names the one it lacks.
+    guess = ScriptGuess("Latin", 88.0, 0, "eng",
+                        "Der schnelle braune Fuchs springt uber den faulen Hund\n"
+                        "El pinguino Wenceslao hizo kilometros bajo exhaustiva lluvia\n")
+    found = page_language(guess, "tesseract", True, SETTINGS)
+    assert found.lang == "deu"
+    assert found.found == ScriptFound("Latin", 88.0, "language_missing", ("spa",))
+
+
 @pytest.mark.parametrize("lang,turned,trials,osd", [
     ("auto", 0, 0, 0),  # the probe's chi_sim read (87) shows it upright: no check
     ("chi_sim", 0, 1, 0),  # named: the trial read, in chi_sim, shows it upright

@@ -31,11 +31,13 @@ from tasks.lifecycle.jobs import FanOut, process_job
 from tasks.lifecycle.open_documents import OpenDocumentCache
 from tasks.pipeline.documents import deadline_page
 from tasks.records.jobs import DocumentMeta, JobStatus, Outcome
+from tasks.records.redis_target import RedisTarget
 from tasks.records.request import JobRequest
 from tasks.records.results import DocumentResult, PageRecord
 from tasks.settings import Settings
+from tasks.state.connection import connect
 from tasks.state.join import DocumentJoin
-from tasks.state.stores import BlobStore, JobControl, OutputStore, ResultCache, Stores, connect
+from tasks.state.stores import BlobStore, JobControl, OutputStore, ResultCache, Stores
 from tests.harness import FAST_PAGES, corpus, eventually, fake_env
 from tests.pdf_fixtures import image_pdf, plain_pages
 
@@ -48,9 +50,13 @@ class RecordingPorts:
     callback_tasks: list[tuple[str, str | None, dict]] = field(default_factory=list)
     http_callbacks: list[tuple[str, dict]] = field(default_factory=list)
     recorded: list[Outcome] = field(default_factory=list)
+    kept: list[str] = field(default_factory=list)
 
     def publish(self, outcome: Outcome) -> None:
         self.published.append(outcome)
+
+    def keep(self, outcome: Outcome) -> None:
+        self.kept.append(outcome.job_id)
 
     def send_callback_task(self, name: str, queue: str | None, result: dict) -> None:
         self.callback_tasks.append((name, queue, result))
@@ -91,7 +97,7 @@ def make_life(redis_url: str, errors: list[BaseException] | None = None) -> Life
         cache=True, **FAST_PAGES, REDIS_URL=redis_url, OCR_AUTO_ROTATE="0",
         OCR_SKIP_BLANK_PAGES="0",  # the fake pages are plain (blank) on purpose
         OCR_CALLBACK_ALLOWED_HOSTS="127.0.0.1"))
-    client = connect(redis_url)
+    client = connect(RedisTarget(redis_url))
     client.flushdb()  # each test starts from an empty store (the cache included)
     control = JobControl(client, 600)
     stores = Stores(BlobStore(client, 600), ResultCache(client, 600), OutputStore(client, 600),

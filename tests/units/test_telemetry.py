@@ -12,30 +12,50 @@ from prometheus_client.parser import text_string_to_metric_families
 from tasks.errors import PdfEncrypted
 from tasks.queue.app import create_app
 from tasks.queue.display import job_kwargs_repr
-from tasks.queue.telemetry import job_line, job_record, page_samples, rss_bytes
+from tasks.queue.job_samples import job_line, job_record, page_samples
+from tasks.queue.telemetry import rss_bytes
 from tasks.settings import Settings
 from tasks.state.metrics import CHILD_TTL, MetricsStore, RedisCollector, priority_suffixes
+from tests.harness import eventually
 
 
 def test_kwargs_repr_hides_payload_and_password() -> None:
     data = base64.b64encode(b"x" * 1001).decode()
     shown = job_kwargs_repr({"data_b64": data, "filename": "a.png", "password": "s3cret"})
-    assert shown == "{'data_b64': '<1001 bytes base64>', 'filename': 'a.png', 'password': '***'}"
+    assert shown == "{'filename': 'a.png', 'data_b64': '<1001 bytes base64>', 'password': '***'}"
     assert job_kwargs_repr({"blob": "ocr:blob:abc12345"}) == "{'blob': 'ocr:blob:abc12345'}"
     assert len(job_kwargs_repr({"filename": "n" * 5000})) == 1024
+    # A job's client first, then its file's name (Flower's task page, the worker's log).
+    assert job_kwargs_repr({"blob": "ocr:blob:abc12345", "filename": "a.png"}, "billing") \
+        == "{'client': 'billing', 'filename': 'a.png', 'blob': 'ocr:blob:abc12345'}"
 
 
 def test_sent_job_message_carries_the_masked_repr(redis_url: str) -> None:
     app = create_app(Settings.from_env({"REDIS_URL": redis_url}))
     data = base64.b64encode(b"\x89PNG" + b"\0" * 996).decode()
     app.send_task("ocr.document", kwargs={"data_b64": data, "password": "s3cret-pw"},
-                  queue="display-test")
+                  queue="display-test", headers={"ocr_client": "billing"})
     client = redis.Redis.from_url(redis_url)
     message = json.loads(client.lpop("display-test") or b"{}")
-    assert message["headers"]["kwargsrepr"] == ("{'data_b64': '<1000 bytes base64>', "
-                                                "'password': '***'}")
+    assert message["headers"]["kwargsrepr"] == ("{'client': 'billing', 'data_b64': "
+                                                "'<1000 bytes base64>', 'password': '***'}")
     assert "s3cret" not in json.dumps(message["headers"])
     app.close()
+
+
+def test_client_labels_are_token_names_anonymous_or_other(redis_url: str) -> None:
+    from tasks.api.tokens import TokenStore
+    from tasks.state.client_labels import ClientLabels
+
+    store = redis.Redis.from_url(redis_url)
+    labels = ClientLabels(store, refresh=3600)
+    assert labels.label("") == "anonymous"
+    assert labels.label("labels-billing") == "other"  # no such token (yet)
+    TokenStore(store).create_client("labels-billing")
+    # An unknown name reads the token names again (at most every MISS_SECONDS).
+    eventually(lambda: labels.label("labels-billing") == "labels-billing", 10,
+               "the new token's name as its label")
+    assert labels.label("root") == "other"  # a login name is no token's
 
 
 def test_job_record_of_results_and_failures() -> None:
@@ -43,11 +63,15 @@ def test_job_record_of_results_and_failures() -> None:
               "pages": [{"number": 1, "source": "text-layer"}, {"number": 2, "source": "ocr"},
                         {"number": 3, "source": "ocr", "error": {"code": "timeout"}}],
               "failed_pages": [{"number": 3, "code": "timeout"}]}
-    record, samples = job_record("j1", "cpu@h", "a.pdf", "auto", 1.5, result)
-    assert record == {"id": "j1", "node": "cpu@h", "filename": "a.pdf", "pages": 3,
-                      "engine": "tesseract", "seconds": 1.5, "outcome": "PARTIAL",
-                      "code": None, "cached": False, "failed_pages": 1}
+    record, samples = job_record("j1", "cpu@h", "a.pdf", "auto", 1.5, result,
+                                 "scanner-7", "other")
+    assert record == {"id": "j1", "node": "cpu@h", "client": "scanner-7", "filename": "a.pdf",
+                      "pages": 3, "engine": "tesseract", "seconds": 1.5,
+                      "outcome": "PARTIAL", "code": None, "cached": False,
+                      "failed_pages": 1}
     assert ("ocr_jobs_total", {"engine": "tesseract", "outcome": "PARTIAL"}, 1.0) in samples
+    # Per client, under its bounded label (tasks/state/client_labels.py).
+    assert ("ocr_client_jobs_total", {"client": "other", "outcome": "PARTIAL"}, 1.0) in samples
     # Pages are counted where they were read (page_samples), never at the job's end.
     assert not [s for s in samples if s[0] == "ocr_pages_total"]
     assert page_samples("tesseract", result["pages"]) == [  # sorted by source

@@ -28,7 +28,7 @@ from tasks.pipeline.documents import ocr_page
 from tasks.pipeline.pdf import render_page
 from tasks.pipeline.results import assemble
 from tasks.queue.celery_config import worker_app_config
-from tasks.queue.telemetry import job_record, page_samples
+from tasks.queue.job_samples import job_record, page_samples
 from tasks.records.results import DocumentResult, PageRecord
 from tasks.settings import Settings, SettingsError
 from tests.harness import corpus

@@ -1,10 +1,13 @@
-"""The service's broker (`redis://`, `rediss://`) from OCRmyPDF, through its own client.
+"""The service's broker (`redis://`, `rediss://`, `sentinel://`) from OCRmyPDF, via its client.
 
 Runs in OCRmyPDF's processes (`check` in the main process, `read` in page workers).
 For hosts inside the cluster: it imports the service's Python client
 (`tasks.client.OcrClient`), so the service's checkout must be importable (on
 PYTHONPATH) with its client's packages (`pip install "integrations/ocrmypdf[redis]"`:
 celery[redis]); nothing else of the service (no engine, PyMuPDF or Pillow import).
+The URL is read as the service reads REDIS_URL (behind Sentinel, with the environment's
+OCR_REDIS_SENTINEL_MASTER and OCR_REDIS_* settings), so a page follows a failover as
+the service's own clients do.
 """
 
 from __future__ import annotations

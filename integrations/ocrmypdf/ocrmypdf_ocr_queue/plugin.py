@@ -46,8 +46,8 @@ def add_options(parser: argparse.ArgumentParser) -> None:
         "OCR queue", "Read every page through the OCR job queue (ocrmypdf-ocr-queue)")
     group.add_argument("--ocr-queue-url", metavar="URL", dest="ocr_queue_url",
                        help="the service: its HTTP API (http(s)://host:8000, with a token) "
-                            "or its broker (redis://...); default OCR_QUEUE_URL. Without "
-                            "one OCRmyPDF reads pages itself")
+                            "or its broker (redis://, rediss://, sentinel://...); default "
+                            "OCR_QUEUE_URL. Without one OCRmyPDF reads pages itself")
     group.add_argument("--ocr-queue-token", metavar="TOKEN", dest="ocr_queue_token",
                        help="the HTTP API client's token; default OCR_QUEUE_TOKEN")
     group.add_argument("--ocr-queue-engine", metavar="ENGINE", dest="ocr_queue_engine",
@@ -84,7 +84,7 @@ def _active(options: Any) -> bool:
 
 def _service(options: Any) -> Any:
     url = str(_option(options, "ocr_queue_url", "OCR_QUEUE_URL"))
-    if url.startswith(("redis://", "rediss://")):
+    if url.startswith(("redis://", "rediss://", "sentinel://")):
         from ocrmypdf_ocr_queue.broker import Broker
 
         return Broker(url)
@@ -93,7 +93,7 @@ def _service(options: Any) -> Any:
 
         return HttpApi(url, _option(options, "ocr_queue_token", "OCR_QUEUE_TOKEN") or "")
     raise Refused(f"--ocr-queue-url {url!r}: give the HTTP API (http:// or https://) or "
-                  "the broker (redis:// or rediss://)")
+                  "the broker (redis://, rediss:// or sentinel://)")
 
 
 def _lang(options: Any, given: list[str] | None) -> str:

@@ -38,6 +38,7 @@ import functools
 import io
 import json
 import logging
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -159,6 +160,8 @@ class VlmApiEngine(VlmEngine):
         self.gate = ServerGate(self._answers, settings.vlm_api_probe_seconds,
                                settings.vlm_api_base)
         self.extra_body = {**SAMPLING, **dict(profile.request_fields)}
+        self._in_flight = 0  # requests at the server now (`gauges`)
+        self._counting = threading.Lock()
 
     @classmethod
     def load(cls, settings: Settings) -> VlmApiEngine:
@@ -205,6 +208,10 @@ class VlmApiEngine(VlmEngine):
         return {"ocr_vlm_server_outages_total": float(self.gate.outages),
                 "ocr_vlm_server_wait_seconds_total": round(self.gate.down_seconds, 3)}
 
+    def gauges(self) -> dict[str, float]:
+        return {"ocr_child_vlm_in_flight": float(self._in_flight),
+                "ocr_child_vlm_server_up": 1.0 if self.gate.up else 0.0}
+
     def messages(self, image: Image.Image) -> list[dict[str, Any]]:
         """The chat messages of one page: the image (PNG data URL) and the prompt."""
         buffer = io.BytesIO()
@@ -231,7 +238,7 @@ class VlmApiEngine(VlmEngine):
             except ServerWaitOver:
                 raise clock.error(self.page_seconds) from None
             try:
-                return self._request(messages, temperature, clock)
+                return self._counted_request(messages, temperature, clock)
             except _Unreachable as exc:
                 if clock.left() <= 0:
                     raise clock.error(self.page_seconds) from None
@@ -239,6 +246,17 @@ class VlmApiEngine(VlmEngine):
                     raise TransientError(f"the inference server at {_host(self._client)} "
                                          f"did not answer the page ({exc})") from None
                 self.gate.mark_down(str(exc))
+
+    def _counted_request(self, messages: list[dict[str, Any]], temperature: float,
+                         clock: PageClock) -> Generation:
+        """`_request`, counted in `gauges` while it is at the server."""
+        with self._counting:
+            self._in_flight += 1
+        try:
+            return self._request(messages, temperature, clock)
+        finally:
+            with self._counting:
+                self._in_flight -= 1
 
     def _request(self, messages: list[dict[str, Any]], temperature: float,
                  clock: PageClock) -> Generation:

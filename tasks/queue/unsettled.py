@@ -1,0 +1,165 @@
+"""What a lost broker connection left unsettled, settled by the next channel.
+
+Runs in the worker parent, the one process that consumes (tasks/queue/transport.py).
+When Redis goes away under it (a restart, a failover to a promoted replica, a managed
+endpoint that moves), kombu closes the broker channel and Celery connects a new one.
+Acknowledgements near the loss cannot be trusted: the new primary may lack the last
+writes of the old one, a task's own writes among them. So, process-wide:
+
+- an acknowledgement that failed (its task ended around the loss) is done on the next
+  channel if that one reaches the same server process (`run_id`), and otherwise the
+  message goes back to its queue: the task runs again, and its claims and the page
+  join make a second run harmless (a redelivered ended job is ignored);
+- acknowledgements done in the RECENT seconds before a loss are looked at on the next
+  server: a record still there (the ack was lost with the primary's tail) sends its
+  message back to its queue now, rather than after the visibility timeout;
+- a message the worker had taken but no child had started (Celery forgets those at
+  the loss) goes back to its queue now.
+
+A task running at the loss is never restored then (it would run twice at once): its
+acknowledgement, when it ends, follows the first rule. Only delivery tags are kept;
+the records they name are on the server, so one lost with the primary (its message
+still queued there: the fetch records and pops in one step) settles as nothing.
+"""
+
+from __future__ import annotations
+
+import collections
+import logging
+import time
+from typing import Any
+
+from kombu.transport import redis as kombu_redis
+from kombu.transport import virtual
+
+log = logging.getLogger(__name__)
+
+RECENT = 10.0     # seconds of acknowledgements before a loss that are looked at again
+RECENT_MAX = 5000
+
+_server = ""                          # run_id of the server the live channel reached
+_acks: dict[str, str] = {}            # failed ack -> run_id of the server it was for
+_restores: set[str] = set()           # messages to put back on their queues
+_recent: collections.deque[tuple[float, str, str]] = collections.deque(maxlen=RECENT_MAX)
+
+
+def connected(run_id: str) -> None:
+    """A channel reached the server process `run_id` (INFO server)."""
+    global _server
+    _server = run_id
+
+
+def acked(tag: str) -> None:
+    _recent.append((time.monotonic(), tag, _server))
+
+
+def defer_ack(tag: str) -> None:
+    """Acknowledge `tag` on the next channel (if it reaches the same server)."""
+    _acks[tag] = _server
+
+
+def defer_restore(tag: str) -> None:
+    """Put the message of `tag` back on its queue once a channel can."""
+    _restores.add(tag)
+
+
+def lost() -> None:
+    """The channel closed: recent acknowledgements are looked at again on the next one."""
+    since = time.monotonic() - RECENT
+    for at, tag, server in _recent:
+        if at >= since:
+            _acks.setdefault(tag, server + "+done")  # done there: never acked again
+    _recent.clear()
+
+
+def pending() -> bool:
+    return bool(_acks or _restores)
+
+
+def running_task_ids() -> set[str]:
+    """Ids of the tasks this worker's pool children run now (Celery's worker state)."""
+    from celery.worker import state
+
+    return {str(request.id) for request in tuple(state.active_requests)}
+
+
+def split_running(delivered: dict[str, Any]) -> tuple[list[str], list[str]]:
+    """Delivery tags of `delivered` (tag -> message): (running in a child, not started)."""
+    running = running_task_ids()
+    started: list[str] = []
+    waiting: list[str] = []
+    for tag, message in delivered.items():
+        headers = getattr(message, "headers", None) or {}
+        (started if headers.get("id") in running else waiting).append(tag)
+    return started, waiting
+
+
+def settle(qos: Any, client: Any, connection_errors: tuple[type[BaseException], ...]) -> None:
+    """Do what earlier channels left, through `qos` (a live channel's) and `client`.
+
+    What fails again (the server went away once more) stays for the next channel.
+    """
+    try:
+        for tag, server in list(_acks.items()):
+            if server == _server:  # the same server process: its writes are all there
+                qos._remove_from_indices(tag, client.pipeline()).execute()
+            elif not server.endswith("+done") or server[:-5] != _server:
+                _restore(qos, client, tag)
+            del _acks[tag]
+        for tag in list(_restores):
+            _restore(qos, client, tag)
+            _restores.discard(tag)
+    except connection_errors:
+        return
+
+
+def _restore(qos: Any, client: Any, tag: str) -> None:
+    if client.hexists(qos.unacked_key, tag):
+        qos.restore_by_tag(tag, client)
+        log.warning("message %s, unsettled when the broker connection was lost, is back "
+                    "on its queue", tag)
+
+
+class QoS(kombu_redis.QoS):  # the transport's (tasks/queue/transport.py)
+    """kombu's Redis QoS; a message the fetch recorded is not recorded a second time.
+
+    What a lost connection leaves unsettled (acknowledgements around it, messages no
+    child started) is settled by the next channel (this module); a task running at
+    the loss is never restored then.
+    """
+
+    def append(self, message: Any, delivery_tag: str) -> None:
+        if delivery_tag is not None and delivery_tag == getattr(self.channel, "_taken", None):
+            virtual.QoS.append(self, message, delivery_tag)  # held in memory only
+            return
+        super().append(message, delivery_tag)
+
+    def ack(self, delivery_tag: str) -> None:
+        try:
+            super().ack(delivery_tag)
+        except self.channel.connection_errors:
+            defer_ack(delivery_tag)
+            virtual.QoS.ack(self, delivery_tag)
+        else:
+            acked(delivery_tag)
+
+    def reject(self, delivery_tag: str, requeue: bool = False) -> None:
+        try:
+            super().reject(delivery_tag, requeue)
+        except self.channel.connection_errors:
+            (defer_restore if requeue else defer_ack)(delivery_tag)
+            virtual.QoS.ack(self, delivery_tag)
+
+    def restore_unacked(self, client: Any = None) -> None:
+        # At the channel's close: messages no child started go back to their queues
+        # (now, or through the next channel); running tasks keep theirs.
+        _, waiting = split_running(dict(self._delivered))
+        self._delivered.clear()
+        try:
+            with self.channel.conn_or_acquire(client) as conn:
+                while waiting:
+                    self.restore_by_tag(waiting[0], client=conn)
+                    waiting.pop(0)
+        except self.channel.connection_errors:
+            for tag in waiting:
+                defer_restore(tag)

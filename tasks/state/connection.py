@@ -1,0 +1,244 @@
+"""The one owner of "which Redis": every process's Redis client, and Celery's view of it.
+
+`connect(target)` is how any process gets a Redis client (the stores, the HTTP API, the
+worker parent and children, beat, Flower, the metrics exporter, the health commands,
+submit.py and ocr_admin.py): a direct server (`redis://`, `rediss://`, a fixed address
+that may move, as a managed Redis's endpoint does), or the primary that Sentinel names,
+asked again at every reconnection, so a client follows a failover by itself.
+`celery_broker` and `celery_backend` give Celery and kombu the same target: URL,
+verified TLS, Sentinel's primary name and password, and the timeouts and TCP keepalive
+that notice a primary gone silent. `kept(pipe, target)` appends the `WAIT` that holds a
+write until `target.min_replicas` replicas have it; `hold_kept` waits on a client's own
+last write.
+
+Runs in every process that talks to Redis. Imports no Celery.
+"""
+
+from __future__ import annotations
+
+import socket
+import ssl
+import time
+from typing import Any
+from urllib.parse import quote
+
+import redis
+from redis.backoff import NoBackoff
+from redis.retry import Retry
+from redis.sentinel import Sentinel
+
+from tasks.errors import ReplicaMissing
+from tasks.records.redis_target import RedisTarget
+from tasks.state.boundary import RETRIED_ERRORS, redis_retry
+
+# Seconds a command may wait for Redis: long enough for a loaded server, short enough
+# that a primary gone silent (a dropped host) is given up and asked of Sentinel again.
+SOCKET_TIMEOUT = 30.0
+CONNECT_TIMEOUT = 5.0
+SENTINEL_TIMEOUT = 2.0
+# TCP keepalive: an idle connection to a host that vanished without a word (no RST)
+# is dropped after about 10 + 3 x 5 = 25 s.
+KEEPALIVE = {name: value for name, value in (("TCP_KEEPIDLE", 10), ("TCP_KEEPINTVL", 5),
+                                              ("TCP_KEEPCNT", 3)) if hasattr(socket, name)}
+KEEPALIVE_OPTIONS = {getattr(socket, name): value for name, value in KEEPALIVE.items()}
+# Seconds between the broker's checks of its idle connections (kombu drops a wait on
+# the queues that got no answer for this long beyond its own timeout).
+BROKER_HEALTH_CHECK = 10
+
+
+def connect(target: RedisTarget, *, patient: bool = True) -> redis.Redis:
+    """A client of `target` that reconnects on its own.
+
+    `patient` (workers): a command retries with backoff through a Redis restart or a
+    failover for about half a minute (`boundary.redis_retry`); the stores then raise
+    `TransientError`. Otherwise (clients, the HTTP API, whose callers wait): one quick
+    retry, then `TransientError` at once. Behind Sentinel every new connection asks
+    the Sentinels for the current primary; through a fixed address, a server that
+    answers READONLY (a replica now) is left for a new connection, as a dropped one is.
+    """
+    retry = redis_retry() if patient else Retry(NoBackoff(), 1,
+                                                supported_errors=RETRIED_ERRORS)
+    options: dict[str, Any] = {"socket_connect_timeout": CONNECT_TIMEOUT,
+                               "socket_timeout": SOCKET_TIMEOUT,
+                               "socket_keepalive": True,
+                               "socket_keepalive_options": KEEPALIVE_OPTIONS,
+                               "health_check_interval": 30, "retry": retry,
+                               **_tls_options(target)}
+    if not target.is_sentinel:
+        if target.url.startswith("unix://"):
+            options = {k: v for k, v in options.items() if not k.startswith("socket_keep")}
+        return redis.Redis.from_url(target.url, **options)
+    return sentinel_of(target).master_for(
+        target.master, db=target.db, username=target.username, password=target.password,
+        **options)
+
+
+def sentinel_of(target: RedisTarget) -> Sentinel:
+    """The Sentinels of `target` (their own password and TLS), to ask for its primary."""
+    return Sentinel(list(target.sentinels), sentinel_kwargs=_sentinel_options(target))
+
+
+def kept(pipe: Any, target: RedisTarget) -> Any:
+    """Append to `pipe` the `WAIT` that holds it until enough replicas have its writes.
+
+    Redis replicates in the order it executes, so once a replica holds the last write
+    of a connection it holds every write any connection finished before it: a client's
+    input, job record and message are kept when its publish is. A no-op when
+    `target.min_replicas` is 0. `check_kept` reads the pipeline's last reply. The
+    pipeline must write (WAIT counts the writes of its own connection only) and must
+    not be a transaction (WAIT in MULTI does not wait).
+    """
+    return wait_replicas(pipe, target.min_replicas, target.replica_timeout)
+
+
+def check_kept(replies: list[Any], target: RedisTarget, what: str) -> None:
+    """Raise `ReplicaMissing` when the `WAIT` that `kept` appended saw too few replicas."""
+    check_replicas(replies, target.min_replicas, target.replica_timeout, what)
+
+
+def wait_replicas(pipe: Any, replicas: int, timeout: float) -> Any:
+    """`kept` by figures: WAIT for `replicas` replicas, at most `timeout` seconds."""
+    if replicas > 0 and getattr(pipe, "transaction", False):
+        # Inside MULTI a WAIT answers at once, without waiting.
+        raise ValueError("WAIT needs a pipeline without a transaction "
+                         "(pipeline(transaction=False))")
+    if replicas > 0:
+        pipe.execute_command("WAIT", replicas, max(1, int(timeout * 1000)))
+    return pipe
+
+
+def check_replicas(replies: list[Any], replicas: int, timeout: float, what: str) -> None:
+    """`check_kept` by figures."""
+    if replicas <= 0:
+        return
+    reached = int(replies[-1])
+    if reached < replicas:
+        raise ReplicaMissing(
+            f"{what} reached {reached} of the {replicas} Redis replica(s) required "
+            f"(OCR_REDIS_MIN_REPLICAS) within {timeout:g} s; try again")
+
+
+def hold_kept(client: redis.Redis, key: str, target: RedisTarget, patience: float) -> bool:
+    """Hold until `target.min_replicas` replicas have every write made so far.
+
+    One write (`PEXPIRE key`, its TTL unchanged: `key` must have one) then WAIT on the
+    same connection: covered are this process's earlier writes, on any connection.
+    Waits again while replicas lag, up to `patience` seconds; False when they never
+    caught up (the writes are on the primary, not yet safe from a failover).
+    """
+    if target.min_replicas <= 0:
+        return True
+    deadline = time.monotonic() + patience
+    while True:
+        ttl = client.pttl(key)
+        if ttl is None or int(ttl) <= 0:
+            return True  # gone or without a TTL: nothing of this job to keep
+        with client.pipeline(transaction=False) as pipe:
+            pipe.pexpire(key, int(ttl))
+            replies = kept(pipe, target).execute()
+        if int(replies[-1]) >= target.min_replicas:
+            return True
+        if time.monotonic() >= deadline:
+            return False
+
+
+def celery_url(target: RedisTarget) -> str:
+    """`target`'s URL as Celery and kombu read it.
+
+    Behind Sentinel each `sentinel://` part names the database and the password:
+    kombu connects first with the first part only and fails over to the others,
+    and Celery's backend reads the database of the first part only, so the
+    `sentinel://h1;sentinel://h2/DB` form would put them on database 0.
+    """
+    if not target.is_sentinel:
+        return target.url
+    auth = ""
+    if target.password:
+        auth = f"{quote(target.username or '', safe='')}:{quote(target.password, safe='')}@"
+    elif target.username:
+        auth = f"{quote(target.username, safe='')}@"
+    return ";".join(f"sentinel://{auth}{_host(host)}:{port}/{target.db}"
+                    for host, port in target.sentinels)
+
+
+def celery_broker(target: RedisTarget) -> dict[str, Any]:
+    """Celery's broker settings for a Redis `target`: URL, TLS, Sentinel options.
+
+    The transport options (`broker_transport_options`) are merged into
+    `broker_transport_options` by the Celery configuration.
+    """
+    # Behind Sentinel, one Sentinel in the URL: kombu would switch to the next part of a
+    # `;` list on a failed connection and take its transport from that part's scheme
+    # (kombu's own); every Sentinel is in `broker_transport_options["ocr_sentinels"]`.
+    url = celery_url(target).split(";")[0]
+    config: dict[str, Any] = {"broker_url": url}
+    if target.tls:
+        config["broker_use_ssl"] = _celery_tls(target)
+    return config
+
+
+def broker_transport_options(target: RedisTarget) -> dict[str, Any]:
+    """Kombu transport options `target` needs: Sentinel, timeouts, keepalive, WAIT.
+
+    A command waits at most SOCKET_TIMEOUT; idle connections are probed by TCP
+    keepalive and kombu's health check, so a primary that vanished silently is
+    noticed and Sentinel asked again. `ocr_min_replicas` and `ocr_replica_timeout`
+    are the project's transport's (tasks/queue/transport.py: WAIT after a publish).
+    """
+    options: dict[str, Any] = {
+        "socket_timeout": SOCKET_TIMEOUT, "socket_connect_timeout": CONNECT_TIMEOUT,
+        "health_check_interval": BROKER_HEALTH_CHECK,
+        "ocr_min_replicas": target.min_replicas,
+        "ocr_replica_timeout": target.replica_timeout}
+    if not target.url.startswith("unix://"):
+        options |= {"socket_keepalive": True, "socket_keepalive_options": KEEPALIVE_OPTIONS}
+    if target.is_sentinel:
+        options |= {"master_name": target.master,
+                    "sentinel_kwargs": _sentinel_options(target),
+                    "ocr_sentinels": [list(pair) for pair in target.sentinels]}
+    return options
+
+
+def celery_backend(target: RedisTarget) -> dict[str, Any]:
+    """Celery's result-backend settings for `target` (the same Redis as the stores)."""
+    config: dict[str, Any] = {"result_backend": celery_url(target),
+                              "redis_socket_timeout": SOCKET_TIMEOUT,
+                              "redis_socket_connect_timeout": CONNECT_TIMEOUT}
+    if target.tls:
+        config["redis_backend_use_ssl"] = _celery_tls(target)
+    if target.is_sentinel:
+        config["result_backend_transport_options"] = {
+            "master_name": target.master, "sentinel_kwargs": _sentinel_options(target)}
+    return config
+
+
+def _host(host: str) -> str:
+    return f"[{host}]" if ":" in host else host
+
+
+def _tls_options(target: RedisTarget) -> dict[str, Any]:
+    """redis-py's TLS options: verified, always (`rediss://`, Sentinel with TLS)."""
+    if not target.tls:
+        return {}
+    options: dict[str, Any] = {"ssl_cert_reqs": "required", "ssl_check_hostname": True,
+                               "ssl_ca_certs": target.ca_file,
+                               "ssl_certfile": target.cert_file,
+                               "ssl_keyfile": target.key_file}
+    if target.is_sentinel:
+        options["ssl"] = True  # from_url sets it for rediss://
+    return options
+
+
+def _celery_tls(target: RedisTarget) -> dict[str, Any]:
+    """Celery's and kombu's form of the same TLS options (`broker_use_ssl`)."""
+    return {"ssl_cert_reqs": ssl.CERT_REQUIRED, "ssl_ca_certs": target.ca_file,
+            "ssl_certfile": target.cert_file, "ssl_keyfile": target.key_file}
+
+
+def _sentinel_options(target: RedisTarget) -> dict[str, Any]:
+    """How to talk to the Sentinels themselves: their password, TLS and timeouts."""
+    options: dict[str, Any] = {"socket_connect_timeout": SENTINEL_TIMEOUT,
+                               "socket_timeout": SENTINEL_TIMEOUT}
+    if target.sentinel_password:
+        options["password"] = target.sentinel_password
+    return {**options, **_tls_options(target)}

@@ -1,0 +1,142 @@
+"""Each client's jobs, newest first: the index `GET /v1/jobs` and `submit.py jobs` read.
+
+Written where a job is sent (`OcrClient.enqueue`: the HTTP API, submit.py, Python
+clients) and again, only if missing, where a worker starts it (jobs other Celery
+senders sent by task name). Two sorted sets, members job ids, scores the epoch seconds
+the job was sent: `ocr:jobs:client:<name>` per client (the anonymous client's name is
+""), and `ocr:jobs:all` for every client (operators). Bounded twice: each write drops
+the entries older than `keep` seconds (the jobs' own records expire then) and all but
+the newest `most` of the client's (`most * ALL_FACTOR` of everyone's), and the key
+expires `keep` seconds after its last write.
+
+A page is read newest first from a cursor (`Cursor`: the score and id of the last job
+shown), in batches that a caller's `describe` turns into its own records (None: not
+shown, e.g. another API client's job), filtered by `wanted`, within `SCAN_MOST` entries
+a request: a page may hold fewer than asked for and still have a cursor to go on from.
+Runs in clients, the `api` process and worker pool children.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import json
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Generic, TypeVar
+
+import redis
+
+from tasks.errors import BadRequest
+from tasks.state.keys import JOBS_ALL_KEY, jobs_client_key
+
+T = TypeVar("T")
+ALL_FACTOR = 10     # everyone's index keeps this many times one client's
+SCAN_MOST = 1000    # index entries one page request looks at, at most
+BATCH = 100         # entries described per round trip
+
+
+@dataclass(frozen=True)
+class Cursor:
+    """Where a page ended: the last job shown (its score and id); the next starts after."""
+
+    score: float
+    job_id: str
+
+    def encode(self) -> str:
+        raw = json.dumps([self.score, self.job_id], separators=(",", ":")).encode()
+        return base64.urlsafe_b64encode(raw).decode().rstrip("=")
+
+    @classmethod
+    def decode(cls, text: str) -> Cursor:
+        """A cursor from `encode`; BadRequest for anything else."""
+        try:
+            score, job_id = json.loads(base64.urlsafe_b64decode(text + "=" * (-len(text) % 4)))
+            if not isinstance(job_id, str) or isinstance(score, bool):
+                raise TypeError
+            return cls(float(score), job_id)
+        except (ValueError, TypeError, binascii.Error):
+            raise BadRequest("`cursor` is not one this service gave") from None
+
+
+@dataclass(frozen=True)
+class Page(Generic[T]):
+    """One page of a listing: its records, and the cursor of the next (None: the end)."""
+
+    items: list[T]
+    next: Cursor | None
+
+
+class JobIndex:
+    """The sorted sets of jobs by client (thread-safe: Redis calls)."""
+
+    def __init__(self, client: redis.Redis, keep: int, most: int) -> None:
+        self._redis = client
+        self.keep = keep  # seconds an entry is kept (the jobs' records' lifetime)
+        self.most = most  # entries one client's index keeps
+
+    def add(self, job_id: str, client: str, when: float | None = None,
+            only_new: bool = False) -> None:
+        """List `job_id` under `client` (and everyone's); `only_new`: keep an entry there."""
+        now = time.time()
+        score = now if when is None else when
+        pipe = self._redis.pipeline(transaction=False)
+        for key, most in ((jobs_client_key(client), self.most),
+                          (JOBS_ALL_KEY, self.most * ALL_FACTOR)):
+            pipe.zadd(key, {job_id: score}, nx=only_new)
+            pipe.zremrangebyscore(key, "-inf", f"({now - self.keep}")
+            pipe.zremrangebyrank(key, 0, -most - 1)
+            pipe.expire(key, self.keep)
+        pipe.execute()
+
+    def entries(self, client: str | None, since: float | None, until: float | None,
+                after: Cursor | None, count: int) -> list[tuple[str, float]]:
+        """Up to `count` (job id, score) of `client`'s (None: everyone's) newest first."""
+        key = JOBS_ALL_KEY if client is None else jobs_client_key(client)
+        low = max(since or 0.0, time.time() - self.keep)
+        high: float | str = "+inf" if until is None else until
+        if after is not None:
+            high = after.score if until is None else min(until, after.score)
+        found: list[tuple[str, float]] = []
+        skip = 0
+        while len(found) < count:
+            raw = self._redis.zrevrangebyscore(key, high, low, start=skip, num=count,
+                                               withscores=True)
+            for member, score in raw:  # type: ignore[str-unpack]
+                job_id = member.decode() if isinstance(member, bytes) else str(member)
+                # Equal scores come in descending id order: skip up to the cursor's job.
+                if after is not None and score == after.score and job_id >= after.job_id:
+                    continue
+                found.append((job_id, float(score)))
+            if len(raw) < count:
+                break
+            skip += len(raw)
+        return found[:count]
+
+    def page(self, client: str | None, since: float | None, until: float | None,
+             after: Cursor | None, limit: int,
+             describe: Callable[[Sequence[tuple[str, float]]], list[T | None]],
+             wanted: Callable[[T], bool] = lambda _: True) -> Page[T]:
+        """Up to `limit` described records that are `wanted`, newest first.
+
+        `describe` turns a batch of (job id, score) into records (None: not listed);
+        at most SCAN_MOST entries are looked at, so a filter that few jobs pass ends a
+        page early, with a cursor to go on from.
+        """
+        items: list[T] = []
+        looked = 0
+        last = after
+        while len(items) < limit and looked < SCAN_MOST:
+            batch = self.entries(client, since, until, last, min(BATCH, SCAN_MOST - looked))
+            if not batch:
+                return Page(items, None)
+            looked += len(batch)
+            for (job_id, score), record in zip(batch, describe(batch), strict=True):
+                last = Cursor(score, job_id)
+                if record is not None and wanted(record):
+                    items.append(record)
+                    if len(items) == limit:
+                        break
+        more = last is not None and self.entries(client, since, until, last, 1)
+        return Page(items, last if more else None)

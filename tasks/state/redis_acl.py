@@ -1,0 +1,204 @@
+"""The Redis users of the service: one per role, each with only the commands and keys it uses.
+
+The one definition of who may do what in Redis. The Kubernetes kit's and compose's
+Redis write it into their configuration as they start (`python -m scripts.redis_acl`,
+which reads each user's password from `REDIS_PASSWORD_<USER>`); an operator of a managed
+Redis applies the same lines; tests/deploy/test_redis_acl.py runs every role against a
+redis-server holding exactly these users and finds nothing refused, and a command outside
+a user's set refused. Every process then names its own user in REDIS_URL
+(`rediss://worker:PASSWORD@ocr-redis:6379/0?...`), and the `default` user is off.
+
+What each user holds was read from the code and from every role's traffic (the
+commands each one sent through a real run, MONITOR per role): kombu's Redis transport
+and this project's (tasks/queue/transport.py), Celery's result backend, the Lua scripts
+of tasks/queue/transport.py, tasks/state/join.py, stores.py, queue_depth.py and
+tasks/api/_quotas.py (Redis checks every command a script calls against the caller's
+user, keys included), Flower and the metrics exporter. Redis keys outside `ocr:` are
+Celery's and kombu's own: the queues' lists, bindings, the unacknowledged messages, the
+results. To extend a user, add the command or the key pattern to its entry below: both
+kits and the test read this module. Key patterns are Redis globs: `~` read and write,
+`%R~` read only; `&` channels (a PSUBSCRIBE pattern must equal one of them).
+
+Runs in the Redis container's start-up (scripts/redis_acl.py) and in the tests; pure.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+# Celery's channels carry the database number: the kit's Redis database is 0.
+DB = 0
+
+# Every user: authenticate (AUTH, HELLO, the client library's CLIENT SETNAME on
+# connect), choose the database, health checks. redis-py also sends CLIENT SETINFO, a
+# subcommand from Redis 7.2 on (7.0 refuses its name in a rule): SETINFO_SINCE.
+CONNECTION = ("auth", "hello", "select", "ping", "quit", "client|setname", "client|getname",
+              "client|id")
+SETINFO_SINCE = (7, 2)
+
+# Keys of the Celery broker (kombu's Redis transport) and result backend.
+QUEUES = ("ocr", "ocr[^:]*")          # task queues: ocr, ocr-<engine>, ocr-control, and
+#                                       each one's priority lists (`ocr\x06\x163`, ...)
+DIRECT = ("*.dq2*",)                  # each worker's own queue (worker_direct)
+PIDBOX = ("*.celery.pidbox*",)        # remote control: a node's mailbox, replies
+BINDINGS = ("_kombu.*",)              # exchange -> queue tables and their deadlines
+UNACKED = ("unacked", "unacked_index", "unacked_mutex")  # delivered, not acknowledged
+RESULTS = ("celery-task-meta-*",)     # Celery's results
+WAKE = ("ocr:wake:*",)                # each queue's doorbell (tasks/queue/transport.py)
+EVENTS = f"/{DB}.celeryev/*"          # task and worker events (Flower reads them)
+CONTROL_CHANNEL = f"/{DB}.celery.pidbox"  # remote control broadcasts
+RESULT_CHANNEL = "celery-task-meta-*"  # a result as it is stored
+
+# What any Celery app that sends tasks does: push a message (and ring its queue's
+# doorbell), declare the queue's binding (a Lua script: SADD, TIME, ZADD), publish the
+# task-sent event, wait for a result on its channel, read the result; hold a job until
+# enough replicas have it (WAIT, OCR_REDIS_MIN_REPLICAS) and its record with it (PTTL,
+# PEXPIRE); the broker transport tells a reconnection to another server (a failover)
+# by the server's run id (INFO server: tasks/queue/unsettled.py).
+SEND = ("lpush", "llen", "ltrim", "pexpire", "pttl", "sadd", "smembers", "zadd", "time",
+        "eval", "evalsha", "script|load", "script|exists", "multi", "exec", "discard",
+        "publish", "subscribe", "unsubscribe", "get", "mget", "wait", "info")
+# What a consuming worker adds: the atomic fetch (a Lua script: LINDEX, ZADD, HSET,
+# RPOP), doorbells (BLPOP), acknowledgements and restores (HGET, HDEL, ZREM, ZRANGE,
+# WATCH), the binding sweep, remote control (PSUBSCRIBE), results and job state.
+CONSUME = ("rpop", "rpush", "lindex", "lrange", "blpop", "hset", "hsetnx", "hget", "hdel",
+           "hgetall", "hmget", "hexists", "hlen", "hkeys", "hincrby", "hincrbyfloat",
+           "set", "setex", "del", "unlink", "exists", "expire", "pexpire", "ttl", "incr",
+           "incrby", "strlen", "srem", "zrem", "zrange", "zrangebyscore", "watch",
+           "unwatch", "psubscribe", "punsubscribe", "scan")
+
+
+@dataclass(frozen=True)
+class RedisUser:
+    """One role's Redis user: its commands, key patterns and channels."""
+
+    name: str
+    role: str            # who logs in with it (docs/security.md, "Redis users")
+    commands: tuple[str, ...]
+    keys: tuple[str, ...] = ()        # read and write
+    read_keys: tuple[str, ...] = ()   # read only
+    channels: tuple[str, ...] = ()
+
+    @property
+    def password_variable(self) -> str:
+        """The environment variable its password comes from: REDIS_PASSWORD_<NAME>."""
+        return f"REDIS_PASSWORD_{self.name.upper()}"
+
+    def rules(self, redis_version: tuple[int, int] = (7, 0)) -> list[str]:
+        """Its ACL rules, without the password, for a server of `redis_version`."""
+        setinfo = ("client|setinfo",) if redis_version >= SETINFO_SINCE else ()
+        commands = dict.fromkeys((*CONNECTION, *setinfo, *self.commands))
+        return ["resetkeys", "resetchannels", "-@all",
+                *(c if c.startswith("-") else f"+{c}" for c in commands),
+                *(f"~{k}" for k in self.keys), *(f"%R~{k}" for k in self.read_keys),
+                *(f"&{c}" for c in self.channels)]
+
+
+_JOB_STATE = ("ocr:job:*", "ocr:doc:*", "ocr:blob:*", "ocr:deliveries:*", "ocr:metrics:*",
+              "ocr:workers", "ocr:dead-letter")
+_BROKER = (*QUEUES, *DIRECT, *PIDBOX, *BINDINGS, *UNACKED, *RESULTS, *WAKE)
+# The job lists (tasks/state/job_index.py): whoever sends a job lists it; a worker lists
+# a job another Celery client sent when it starts it.
+_JOB_INDEX = ("ocr:jobs:*",)
+_LISTING = ("zadd", "zremrangebyscore", "zremrangebyrank", "expire")
+
+USERS: tuple[RedisUser, ...] = (
+    RedisUser(
+        "worker", "the OCR workers (Procfile `worker`, every engine and pool)",
+        (*SEND, *CONSUME, *_LISTING),
+        keys=(*_BROKER, *_JOB_STATE, *_JOB_INDEX, "ocr:cache:*", "ocr:output:*",
+              "ocr:models:*"),
+        # an API client's callbacks are signed with that client's own secret; the
+        # token names are the metrics' client labels
+        read_keys=("ocr:api:webhook:*", "ocr:api:clients"),
+        channels=(EVENTS, CONTROL_CHANNEL, RESULT_CHANNEL)),
+    RedisUser(
+        "control", "the control worker (Procfile `control`: cancels, HTTP callbacks)",
+        (*SEND, *CONSUME, *_LISTING),
+        keys=(*_BROKER, *_JOB_STATE, *_JOB_INDEX, "ocr:output:*"),
+        read_keys=("ocr:api:webhook:*", "ocr:api:clients"),
+        channels=(EVENTS, CONTROL_CHANNEL, RESULT_CHANNEL)),
+    RedisUser(
+        "api", "the HTTP API (Procfile `api`)",
+        # its upload quota scripts (tasks/api/_quotas.py): APPEND, RENAME, STRLEN, SREM
+        (*SEND, "append", "rename", "strlen", "srem", "hset", "hget", "hgetall", "hmget",
+         "set", "del", "exists", "expire", "incr", "zrem", "zrange", *_LISTING,
+         "zrevrangebyscore"),
+        keys=(*QUEUES, *BINDINGS, *WAKE, *_JOB_INDEX, "ocr:job:*", "ocr:blob:*", "ocr:api:job:*",
+              "ocr:api:idem:*", "ocr:api:rate:*", "ocr:api:inflight:*", "ocr:api:upload:*",
+              "ocr:api:bytes:*"),
+        read_keys=(*RESULTS, "ocr:api:token:*", "ocr:api:clients", "ocr:doc:*",
+                   "ocr:output:*", "ocr:workers"),
+        channels=(EVENTS, RESULT_CHANNEL)),
+    RedisUser(
+        "beat", "beat (Procfile `beat`: sends the scheduled model audit)",
+        SEND, keys=(*QUEUES, *BINDINGS, *WAKE), read_keys=RESULTS,
+        channels=(EVENTS, RESULT_CHANNEL)),
+    RedisUser(
+        "flower", "Flower (Procfile `flower`): events, remote control, queue lengths; it "
+        "cannot send a task",
+        # events and replies come through a consumer of its own (the fetch script names
+        # kombu's unacknowledged-message keys), remote control is a broadcast
+        ("llen", "lindex", "rpop", "blpop", "sadd", "srem", "smembers", "zadd", "zrem",
+         "zrange", "zrangebyscore", "time", "eval", "evalsha", "script|load",
+         "script|exists", "multi", "exec", "discard", "get", "set", "del", "exists",
+         "hset", "hget", "hdel", "hgetall", "watch", "unwatch", "psubscribe",
+         "punsubscribe", "publish", "pexpire", "info"),
+        keys=(*PIDBOX, *BINDINGS, *UNACKED, "celeryev.*", "ocr:wake:*.celery.pidbox"),
+        read_keys=(*QUEUES, *RESULTS, "ocr:workers"),
+        channels=(EVENTS, CONTROL_CHANNEL)),
+    RedisUser(
+        "metrics", "the metrics exporter (Procfile `metrics`): reads only",
+        # the running count is a read-only Lua script over kombu's `unacked` hash
+        # LINDEX: the oldest waiting message (a read-only script); INFO: Redis's memory
+        ("llen", "lindex", "get", "smembers", "hgetall", "hget", "hkeys", "eval_ro", "evalsha_ro",
+         "info"),
+        read_keys=(*QUEUES, *BINDINGS, "unacked", "ocr:metrics:*", "ocr:workers",
+                   "ocr:dead-letter", "ocr:dead-letter:*")),
+    RedisUser(
+        "keda", "KEDA's `redis` trigger, for a ScaledObject that reads a queue's length "
+        "itself (the kit's read the exporter)",
+        ("llen",), read_keys=QUEUES),
+    RedisUser(
+        "client", "clients over the Celery protocol: submit.py, the Python and Node "
+        "clients, the OCRmyPDF plugin",
+        (*SEND, "set", "hset", "hget", "hgetall", "hmget", "expire", "strlen", *_LISTING),
+        keys=(*QUEUES, *BINDINGS, *WAKE, *_JOB_INDEX, "ocr:job:*", "ocr:blob:*"),
+        read_keys=(*RESULTS, "ocr:doc:*", "ocr:output:*", "ocr:workers"),
+        channels=(EVENTS, RESULT_CHANNEL)),
+    RedisUser(
+        "admin", "operators: ocr_admin.py and submit.py's token and maintenance commands",
+        # every key, no server administration (CONFIG, FLUSHALL, ACL SETUSER, ...); what
+        # an operator reads to see who is connected and what Redis refused
+        ("@all", "-@dangerous", "info", "client|list", "acl|log"), keys=("*",),
+        channels=("*",)),
+)
+# A user of the Redis container's own probe (its password is made at each start).
+PROBE = RedisUser("probe", "the Redis container's readiness probe", ())
+
+
+def user(name: str) -> RedisUser:
+    """The user named `name` (KeyError when there is none)."""
+    return {u.name: u for u in (*USERS, PROBE)}[name]
+
+
+def acl_lines(passwords: Mapping[str, str],
+              redis_version: tuple[int, int] = (7, 0)) -> list[str]:
+    """redis.conf / ACL-file lines: `default` off, then each user of `passwords` on.
+
+    `passwords` maps user names to cleartext passwords; only their SHA-256 is written.
+    `default` is off (no one can log in as it: a connection must AUTH as a user here)
+    but keeps every permission: Redis 7.0 checks a transaction (MULTI/EXEC, which
+    every Lua script's effects are in the append-only file) against `default`'s
+    permissions when it loads the file at start, and would skip it otherwise, so a
+    restart would bring back the messages the workers had taken
+    (tests/deploy/test_redis_acl.py restarts one).
+    """
+    lines = ["user default off resetpass ~* &* +@all"]
+    for name, password in passwords.items():
+        digest = hashlib.sha256(password.encode()).hexdigest()
+        lines.append(" ".join(["user", name, "on", "resetpass", f"#{digest}",
+                               *user(name).rules(redis_version)]))
+    return lines

@@ -1,0 +1,472 @@
+"""Lose the Redis primary under load, lose nothing: through Sentinel and a moving endpoint.
+
+One module-scoped Redis set (tests/ha.py): a real primary, two real replicas and three
+real Sentinels on free loopback ports. Each failover test starts a fleet of its own (a
+Procfile worker with the fake engine, the HTTP API, the metrics exporter, Flower; beat
+behind Sentinel), sends 50 jobs (images and three-page PDFs, half by submit.py, half by
+the API, each with a callback URL), SIGKILLs the primary while they are queued and
+running, and then holds: every job ends SUCCESS with its pages' text, each page once,
+one ending per job (one `ocr.job` line), one callback per job; the worker parent is the
+same process and goes on consuming; 20 jobs sent after the switch succeed too; the API,
+the exporter, Flower and the worker follow the new primary within 30 s of the switch,
+beat sends its next schedule through it; the old primary rejoins as a replica. The
+moving endpoint's fleet knows one fixed address only (a TCP proxy), which the test
+points at the promoted replica after the kill, as a managed Redis does.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pytest
+import requests
+from PIL import Image
+
+from tasks.errors import ReplicaMissing
+from tasks.records.redis_target import RedisTarget
+from tasks.settings import Settings
+from tasks.state.connection import connect
+from tests.api_server import ApiServer, create_token, session
+from tests.ha import MASTER, CallbackReceiver, MovingEndpoint, RedisHA, RedisNode
+from tests.harness import (
+    ROOT,
+    ProcfileProcess,
+    Worker,
+    eventually,
+    fake_env,
+    free_port,
+    make_client,
+    procfile_command,
+    stop_all,
+)
+from tests.image_fixtures import png
+from tests.pdf_fixtures import image_pdf
+
+pytestmark = pytest.mark.slow
+
+SWITCH_BOUND = 30.0  # seconds after the switch within which every process follows it
+PAGE_SECONDS = "0.25"
+PDF_PAGES = 3
+MARKER_QUEUE = "ocr-failover-marker"  # a list on the new primary the readers must see
+FLOWER_AUTH = ("ops", "failover")
+# What the primary executed in its last moments and never replicated (a fetch whose
+# reply the worker never read) comes back after the visibility timeout: 60 s here.
+LIMITS = {"OCR_VISIBILITY_TIMEOUT": "60", "OCR_SOFT_TIME_LIMIT": "40",
+          "OCR_HARD_TIME_LIMIT": "45", "OCR_PAGE_SOFT_TIME_LIMIT": "40",
+          "OCR_PAGE_HARD_TIME_LIMIT": "45"}
+
+
+@pytest.fixture(scope="module")
+def ha(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisHA]:
+    redis_set = RedisHA(tmp_path_factory.mktemp("ha")).start()
+    yield redis_set
+    redis_set.stop()
+
+
+@pytest.fixture(scope="module")
+def receiver() -> Iterator[CallbackReceiver]:
+    hooks = CallbackReceiver()
+    yield hooks
+    hooks.stop()
+
+
+@dataclass
+class Sent:
+    """A job the test sent: how, its input's pages' expected shades, its id."""
+
+    job_id: str
+    via: str
+    shades: list[int]
+    after_switch: bool = False
+
+
+@dataclass
+class Fleet:
+    """A worker, the HTTP API and the metrics exporter on one REDIS_URL."""
+
+    env: dict[str, str]
+    workdir: Path
+    receiver: CallbackReceiver
+    worker: Worker = field(init=False)
+    api: ApiServer = field(init=False)
+    exporter: ProcfileProcess = field(init=False)
+    exporter_port: int = 0
+    flower: ProcfileProcess = field(init=False)
+    flower_port: int = 0
+    with_beat: bool = False
+    beat: ProcfileProcess = field(init=False)
+    http: requests.Session = field(init=False)
+    sent: list[Sent] = field(default_factory=list)
+    shade: int = 60
+
+    def start(self) -> Fleet:
+        self.env = {**self.env,
+                    "OCR_CALLBACK_ALLOWED_HOSTS": f"127.0.0.1:{self.receiver.port}"}
+        self.worker = Worker(self.workdir / "worker.log", {
+            **self.env, **fake_env(), **LIMITS, "OCR_CONCURRENCY": "2",
+            "FAKE_PAGE_SECONDS": PAGE_SECONDS, "OCR_PDF_DPI": "72",
+            "OCR_DESKEW": "0"})
+        self.worker.start()
+        self.api = ApiServer(self.workdir / "api.log", self.env)
+        self.api.start()
+        self.exporter_port = free_port()
+        self.exporter = ProcfileProcess("metrics", self.workdir / "metrics.log", {
+            **self.env, "METRICS_PORT": str(self.exporter_port)})
+        self.exporter.spawn()
+        self.flower_port = free_port()
+        self.flower = ProcfileProcess("flower", self.workdir / "flower.log", {
+            **self.env, "FLOWER_PORT": str(self.flower_port),
+            "FLOWER_DB": str(self.workdir / "flower.db"),
+            "FLOWER_BASIC_AUTH": ":".join(FLOWER_AUTH)}, drop=("FLOWER_",))
+        self.flower.spawn()
+        if self.with_beat:  # the model audit every minute: a publish after the switch
+            self.beat = Beat(self.workdir / "beat.log", {**self.env,
+                                                         "OCR_AUDIT_CRONTAB": "* * * * *"})
+            self.beat.spawn()
+        self.http = session(create_token(self.env["REDIS_URL"], f"ha-{uuid.uuid4().hex[:6]}"))
+        eventually(self.depth, 30, "the metrics exporter")
+        eventually(lambda: self.flower_lengths() is not None, 60, "Flower's queue view")
+        return self
+
+    def stop(self) -> None:
+        """Stop what was started (all at once; a fleet that failed to start too)."""
+        stop_all([p for p in (getattr(self, name, None) for name in
+                              ("beat", "flower", "exporter", "api", "worker")) if p is not None])
+
+    def inputs(self, count: int) -> list[tuple[str, bytes, list[int]]]:
+        """Images and three-page PDFs, each page of a shade of its own (its text)."""
+        made = []
+        for i in range(count):
+            if i % 3 == 2:
+                shades = [self.next_shade() for _ in range(PDF_PAGES)]
+                pages = [Image.new("L", (120, 90), s) for s in shades]
+                made.append((f"doc-{i}.pdf", image_pdf(pages, dpi=72), shades))
+            else:
+                shade = self.next_shade()
+                made.append((f"scan-{i}.png", png(shade, (64, 48)), [shade]))
+        return made
+
+    def next_shade(self) -> int:
+        self.shade = 60 + (self.shade - 59) % 190  # 60..249: never dark, never blank
+        return self.shade
+
+    def submit_py(self, count: int, after_switch: bool = False) -> None:
+        """`submit.py --no-wait --json` with a callback URL: prints each job's id."""
+        folder = self.workdir / f"inputs-{uuid.uuid4().hex[:6]}"
+        folder.mkdir()
+        made = self.inputs(count)
+        for name, data, _ in made:
+            (folder / name).write_bytes(data)
+        done = subprocess.run(
+            [sys.executable, "submit.py", "--json", "submit", "--no-wait",
+             "--callback-url", self.receiver.url(),
+             *(str(folder / name) for name, _, _ in made)],
+            cwd=ROOT, capture_output=True, text=True, timeout=120,
+            env={**os.environ, **self.env, "PYTHONPATH": str(ROOT)})
+        assert done.returncode == 0, done.stderr
+        records = [json.loads(line) for line in done.stdout.splitlines()]
+        assert len(records) == count, done.stdout
+        for record, (_, _, shades) in zip(records, made, strict=True):
+            self.sent.append(Sent(record["id"], "submit.py", shades, after_switch))
+
+    def api_submit(self, count: int, after_switch: bool = False) -> None:
+        """POST /v1/jobs with a callback URL; a 503 is sent again (same Idempotency-Key)."""
+        for name, data, shades in self.inputs(count):
+            key = uuid.uuid4().hex
+
+            last: list[str] = []
+
+            def accepted(name: str = name, data: bytes = data, key: str = key,
+                         last: list[str] = last) -> requests.Response | None:
+                answer = self.http.post(
+                    f"{self.api.url}/v1/jobs", files={"file": (name, data)},
+                    data={"callback_url": self.receiver.url()},
+                    headers={"Idempotency-Key": key}, timeout=30)
+                last[:] = [f"{answer.status_code} {answer.text[:300]}"]
+                return answer if answer.status_code == 202 else None
+
+            answer = eventually(accepted, 60, lambda name=name, last=last: f"the API to accept "
+                                f"{name} (last answer: {last})", interval=0.5)
+            self.sent.append(Sent(answer.json()["id"], "api", shades, after_switch))
+
+    def flower_lengths(self) -> dict[str, int] | None:
+        """Flower's own view of the queues' lengths (`/api/queues/length`)."""
+        try:
+            answer = requests.get(f"http://127.0.0.1:{self.flower_port}/api/queues/length",
+                                  auth=FLOWER_AUTH, timeout=5)
+        except requests.RequestException:
+            return None
+        if answer.status_code != 200:
+            return None
+        return {q["name"]: q["messages"] for q in answer.json()["active_queues"]}
+
+    def depth(self) -> dict[str, Any] | None:
+        try:
+            answer = requests.get(f"http://127.0.0.1:{self.exporter_port}/v1/queues/ocr/depth",
+                                  timeout=5)
+        except requests.RequestException:
+            return None
+        return answer.json() if answer.status_code == 200 else None
+
+
+class Beat(ProcfileProcess):
+    """The Procfile's `beat` line with its schedule file in the test's folder, not var/."""
+
+    def __init__(self, log_path: Path, env: dict[str, str]) -> None:
+        super().__init__("beat", log_path, env)
+        self.schedule = log_path.with_name("celerybeat-schedule")
+
+    def spawn(self) -> subprocess.Popen[bytes]:
+        self.spawned_at = time.monotonic()
+        command = procfile_command("beat").replace("var/celerybeat-schedule",
+                                                   str(self.schedule))
+        with open(self.log_path, "ab") as log:
+            self.proc = subprocess.Popen(["sh", "-c", f"exec {command}"], cwd=ROOT,
+                                         env=self.env, stdout=log, stderr=subprocess.STDOUT,
+                                         start_new_session=True)
+        return self.proc
+
+
+def audits_received(worker: Worker) -> int:
+    return worker.log().count("Task ocr.audit_models[")
+
+
+def run_failover(ha: RedisHA, fleet: Fleet, switch: Callable[[RedisNode], None],
+                 then: Callable[[Fleet], None] = lambda fleet: None) -> None:
+    """50 jobs, the primary SIGKILLed while they run, `switch` to the new one, 20 more.
+
+    `then` runs last, while the fleet still runs.
+    """
+    try:
+        fleet.start()
+        client = make_client(fleet.env["REDIS_URL"], **fleet.env)
+        parent = fleet.worker.proc.pid if fleet.worker.proc else None
+        fleet.submit_py(25)
+        fleet.api_submit(25)
+        first = [s.job_id for s in fleet.sent]
+        eventually(lambda: sum(1 for j in first if client.status(j).final) >= 3, 60,
+                   "the first jobs to end")
+        running = [j for j in first if not client.status(j).final]
+        assert len(running) > 20, "the kill must find jobs queued and running"
+        old = ha.kill_primary()
+        switch(old)
+        switched = time.monotonic()
+        audits = audits_received(fleet.worker)
+        # Every process follows the new primary within SWITCH_BOUND seconds of the switch.
+        fleet.api_submit(2, after_switch=True)
+        assert time.monotonic() - switched < SWITCH_BOUND
+        eventually(lambda: _reads_new(fleet, ha.primary),
+                   SWITCH_BOUND - (time.monotonic() - switched), "the exporter and Flower to "
+                   "read the new primary")
+        eventually(lambda: _received(fleet.worker, fleet.sent[-1].job_id),
+                   SWITCH_BOUND - (time.monotonic() - switched) + 5,
+                   "the worker to take a job sent after the switch")
+        eventually(lambda: _healthy(fleet), SWITCH_BOUND - (time.monotonic() - switched) + 5,
+                   "the worker's readiness probe (scripts/health.py) on the new primary")
+        fleet.submit_py(8, after_switch=True)
+        fleet.api_submit(10, after_switch=True)
+        ha.rejoin(old)
+        ids = [s.job_id for s in fleet.sent]
+        results = client.wait(ids, timeout=240)
+        client.close()
+        check_endings(fleet, results, parent)
+        if fleet.with_beat:  # beat's next minute goes through the new primary
+            eventually(lambda: audits_received(fleet.worker) > audits, 90,
+                       lambda: f"beat's audit after the switch: {fleet.beat.log()[-1500:]}")
+        then(fleet)
+    finally:
+        fleet.stop()
+
+
+def _reads_new(fleet: Fleet, primary: RedisNode) -> bool:
+    """The exporter's and Flower's figures read the new primary: a list there is counted."""
+    db = Settings.from_env(fleet.env).redis_target.db
+    marker = primary.client(db)
+    marker.lpush(MARKER_QUEUE, b"{}", b"{}", b"{}")
+    try:
+        depth = requests.get(f"http://127.0.0.1:{fleet.exporter_port}/v1/queues/"
+                             f"{MARKER_QUEUE}/depth", timeout=5)
+        if depth.status_code != 200 or depth.json()["waiting"] != 3:
+            return False
+        flower = fleet.flower_lengths()
+        return flower is not None  # (Flower lists the queues its workers consume)
+    except requests.RequestException:
+        return False
+    finally:
+        marker.delete(MARKER_QUEUE)
+
+
+def _healthy(fleet: Fleet) -> bool:
+    """`python -m scripts.health worker ready`, as the worker's probe runs it."""
+    done = subprocess.run([sys.executable, "-m", "scripts.health", "worker", "ready"],
+                          cwd=ROOT, capture_output=True, text=True, timeout=60,
+                          env={**os.environ, **fleet.env, "WORKER_NAME": fleet.worker.name})
+    return done.returncode == 0
+
+
+def _received(worker: Worker, job_id: str) -> bool:
+    return f"[{job_id}] received" in worker.log()
+
+
+def check_endings(fleet: Fleet, results: dict[str, dict[str, Any]], parent: int | None) -> None:
+    """Every job SUCCESS with its text, pages once, one ending, one callback; no leftovers."""
+    assert len(fleet.sent) == 70
+    wrong = {s.job_id: r.get("status") for s in fleet.sent
+             if (r := results[s.job_id])["status"] != "SUCCESS"}
+    assert wrong == {}
+    for sent in fleet.sent:
+        pages = results[sent.job_id]["pages"]
+        assert [p["number"] for p in pages] == list(range(1, len(sent.shades) + 1))
+        for page, shade in zip(pages, sent.shades, strict=True):
+            assert page["text"].startswith("fake ") and f"mean={shade}.0" in page["text"], \
+                (sent.job_id, page)
+
+    def callbacks_in() -> bool:
+        return all(fleet.receiver.by_job().get(s.job_id) for s in fleet.sent)
+
+    eventually(callbacks_in, 60, "a callback of every job")
+    # A result is stored before its ending's `ocr.job` line is written.
+    fleet.worker.job_records([s.job_id for s in fleet.sent], timeout=30)
+    time.sleep(2)  # a second ending or delivery would follow the first within moments
+    endings = re.findall(r"ocr\.job (\{.*\})$", fleet.worker.log(), re.M)
+    ended = [json.loads(line)["id"] for line in endings]
+    assert sorted(ended) == sorted(s.job_id for s in fleet.sent)  # each ended once
+    by_job = fleet.receiver.by_job()
+    doubled = {s.job_id: by_job[s.job_id] for s in fleet.sent if len(by_job[s.job_id]) != 1}
+    assert doubled == {}
+    assert fleet.worker.proc is not None and fleet.worker.proc.pid == parent
+    assert fleet.worker.proc.poll() is None  # the same worker parent, still consuming
+    # ... through the project's transport, before and after the switch (kombu's own,
+    # which a failed connection used to fall back to, pops before it records)
+    connected = re.findall(r"Connected to (\S+?)://", fleet.worker.log())
+    assert len(connected) >= 2 and all(t.startswith("tasks.queue.") for t in connected), \
+        connected
+    store = connect(Settings.from_env(fleet.env).redis_target)
+
+    def unacked() -> str:
+        held = [json.loads(v)[0] for v in store.hvals("unacked")]
+        return "messages left unacknowledged: " + ", ".join(
+            f"{m['headers']['task']}[{m['headers']['id']}]" for m in held)
+
+    eventually(lambda: store.hlen("unacked") == 0, 30, unacked)
+
+
+def test_a_job_no_replica_confirms_is_refused(ha: RedisHA, tmp_path: Path) -> None:
+    """Replicas silent (frozen): submit.py, OcrClient and the API say so; nothing lost.
+
+    The job that was sent is withdrawn (it would end CANCELLED unread); its sender is
+    told to send it again: a retryable `transient`, the API's 503.
+    """
+    env = {**ha.env(3), "OCR_REDIS_REPLICA_TIMEOUT": "0.3"}
+    api = ApiServer(tmp_path / "api.log", env).start()
+    http = session(create_token(env["REDIS_URL"], "frozen"))
+    client = make_client(env["REDIS_URL"], **env)
+    replicas = [node for node in ha.nodes if node is not ha.primary]
+    for node in replicas:
+        assert node.proc is not None
+        os.kill(node.proc.pid, signal.SIGSTOP)
+    try:
+        with pytest.raises(ReplicaMissing) as refused:
+            client.submit(png(90))
+        assert refused.value.code == "transient" and refused.value.retryable
+        (tmp_path / "a.png").write_bytes(png(91))
+        done = subprocess.run([sys.executable, "submit.py", "--no-wait", str(tmp_path / "a.png")],
+                              cwd=ROOT, capture_output=True, text=True, timeout=60,
+                              env={**os.environ, **env, "PYTHONPATH": str(ROOT)})
+        assert done.returncode != 0 and "transient" in done.stderr + done.stdout
+        assert "replica" in done.stderr + done.stdout
+        answer = http.post(f"{api.url}/v1/jobs", files={"file": ("a.png", png(92))},
+                           timeout=30)
+        assert answer.status_code == 503, answer.text
+        assert answer.json()["error"]["code"] == "transient"
+        assert answer.json()["error"]["retryable"] is True
+        node = shutil.which("node")
+        if node is not None:  # the Node client waits for replicas too, when told to
+            done = subprocess.run([node, str(ROOT / "clients" / "node" / "ocr_client.js"),
+                                   "--no-wait", "--redis", ha.primary.url(3),
+                                   str(tmp_path / "a.png")], capture_output=True, text=True,
+                                  timeout=60, env={"PATH": os.environ["PATH"],
+                                                   "OCR_REDIS_MIN_REPLICAS": "1",
+                                                   "OCR_REDIS_REPLICA_TIMEOUT": "0.3"})
+            assert done.returncode != 0 and "transient" in done.stderr, done.stderr
+            assert "reached 0 of the 1 Redis replica(s)" in done.stderr
+        store = ha.primary.client(3)
+        sent = [k for k in store.scan_iter("ocr:job:*") if k.count(b":") == 2]
+        assert sent and all(store.hget(k, "cancelled") == b"1" for k in sent)  # withdrawn
+    finally:
+        for node in replicas:
+            assert node.proc is not None
+            os.kill(node.proc.pid, signal.SIGCONT)
+        client.close()
+        api.stop()
+    ha.wait_replicas(len(replicas))
+    client = make_client(env["REDIS_URL"], **env)
+    assert client.submit(png(93))  # replicas back: accepted
+    client.close()
+
+
+def test_sentinel_failover_loses_no_job(ha: RedisHA, receiver: CallbackReceiver,
+                                        tmp_path: Path) -> None:
+    """REDIS_URL=sentinel://...: the fleet asks the Sentinels, and follows their switch."""
+    fleet = Fleet(ha.env(1), tmp_path, receiver, with_beat=True)
+    run_failover(ha, fleet, lambda old: ha.wait_promoted(old), then=plugin_reads_a_page)
+
+
+def plugin_reads_a_page(fleet: Fleet) -> None:
+    """The OCRmyPDF plugin's broker mode takes the same sentinel:// URL (OCR_QUEUE_URL)."""
+    sys.path.insert(0, str(ROOT / "integrations" / "ocrmypdf"))
+    try:  # the plugin's broker side imports no OCRmyPDF (its own venv has that)
+        from ocrmypdf_ocr_queue.broker import Broker
+        from ocrmypdf_ocr_queue.pages import PageJob
+    finally:
+        sys.path.remove(str(ROOT / "integrations" / "ocrmypdf"))
+    broker = Broker(fleet.env["REDIS_URL"])
+    try:
+        broker.check(None)
+        page = fleet.workdir / "page.png"
+        page.write_bytes(png(123, (64, 48)))
+        read = broker.read(page, PageJob(output="text", lang="auto", engine=None, deadline=60))
+        assert read.text == "fake 64x48 mean=123.0"
+    finally:
+        broker.close()
+
+
+def test_moving_endpoint_failover_loses_no_job(ha: RedisHA, receiver: CallbackReceiver,
+                                               tmp_path: Path) -> None:
+    """REDIS_URL is one fixed address (a managed Redis's endpoint) that moves on failover.
+
+    The proxy keeps forwarding to the dead primary's port until the replica is
+    promoted, then is pointed at it: what the primary had not replicated is lost.
+    """
+    endpoint = MovingEndpoint(ha.primary.port)
+    try:
+        env = {"REDIS_URL": endpoint.url(2), "OCR_REDIS_MIN_REPLICAS": "1"}
+
+        def switch(old: RedisNode) -> None:
+            endpoint.switch(ha.wait_promoted(old).port)
+
+        run_failover(ha, Fleet(env, tmp_path, receiver), switch)
+    finally:
+        endpoint.close()
+
+
+def test_urls_name_the_database_on_every_sentinel() -> None:
+    """Kombu and Celery's backend read the database from the first Sentinel URL only."""
+    from tasks.state.connection import celery_url
+
+    target = Settings.from_env({"REDIS_URL": "sentinel://:pw@s1:26379;sentinel://s2/4",
+                                "OCR_REDIS_SENTINEL_MASTER": MASTER}).redis_target
+    assert celery_url(target) == "sentinel://:pw@s1:26379/4;sentinel://:pw@s2:26379/4"
+    assert celery_url(RedisTarget("redis://h:1/2")) == "redis://h:1/2"

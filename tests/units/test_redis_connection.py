@@ -1,0 +1,136 @@
+"""The one owner of "which Redis": URLs read into targets, Celery's view, real connections.
+
+Against a real redis-server and a real Sentinel (`redis-server --sentinel`) on free
+loopback ports.
+"""
+
+from __future__ import annotations
+
+import ssl
+import subprocess
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tasks.errors import TransientError
+from tasks.queue.celery_config import celery_config
+from tasks.records.redis_target import RedisTarget
+from tasks.settings import Settings, SettingsError
+from tasks.state.connection import check_kept, connect, kept
+from tests.harness import RedisServer, eventually, free_port, stop_group
+
+
+def test_a_direct_url_is_its_own_target() -> None:
+    target = Settings.from_env({"REDIS_URL": "redis://u:p%40ss@10.0.0.1:6380/3"}).redis_target
+    assert (target.sentinels, target.db, target.username, target.password, target.tls) == \
+        ((), 3, "u", "p@ss", False)
+    assert target.min_replicas == 0
+    assert target.masked == "redis://u:***@10.0.0.1:6380/3"
+
+
+def test_a_sentinel_url_names_every_sentinel_and_the_primary() -> None:
+    env = {"REDIS_URL": "sentinel://:pw@s1:26379;sentinel://s2;sentinel://s3:26380/2",
+           "OCR_REDIS_SENTINEL_MASTER": "ocr", "OCR_REDIS_SENTINEL_PASSWORD": "spw"}
+    target = Settings.from_env(env).redis_target
+    assert target.sentinels == (("s1", 26379), ("s2", 26379), ("s3", 26380))
+    assert (target.master, target.db, target.password, target.sentinel_password) == \
+        ("ocr", 2, "pw", "spw")
+    assert target.min_replicas == 1  # a primary with replicas: a write is kept on one
+    env["OCR_REDIS_MIN_REPLICAS"] = "0"
+    assert Settings.from_env(env).redis_target.min_replicas == 0
+
+
+@pytest.mark.parametrize(("env", "named"), [
+    ({"REDIS_URL": "http://127.0.0.1:6379/0"}, "REDIS_URL"),
+    ({"REDIS_URL": "redis://127.0.0.1:6379/zero"}, "REDIS_URL"),
+    ({"REDIS_URL": "sentinel://s1:26379;redis://s2:26379"}, "REDIS_URL"),
+    ({"BROKER_URL": "kafka://k:9092"}, "BROKER_URL"),
+    ({"REDIS_URL": "sentinel://s1", "OCR_REDIS_SENTINEL_MASTER": ""}, "REDIS_URL"),
+    ({"OCR_REDIS_TLS_CERT_FILE": "/c.pem"}, "REDIS_URL"),
+    ({"OCR_REDIS_MIN_REPLICAS": "-1"}, "OCR_REDIS_MIN_REPLICAS"),
+])
+def test_an_unusable_redis_setting_is_refused_by_name(env: dict[str, str], named: str) -> None:
+    with pytest.raises(SettingsError, match=named):
+        Settings.from_env(env)
+
+
+def test_rediss_means_verified_tls_for_broker_and_backend_alike() -> None:
+    config = celery_config(Settings.from_env({"REDIS_URL": "rediss://r.example:6380/0",
+                                              "OCR_REDIS_TLS_CA_FILE": "/ca.pem"}))
+    for key in ("broker_use_ssl", "redis_backend_use_ssl"):
+        assert config[key]["ssl_cert_reqs"] == ssl.CERT_REQUIRED
+        assert config[key]["ssl_ca_certs"] == "/ca.pem"
+    assert config["broker_transport"] == "tasks.queue.transport:Transport"
+    plain = celery_config(Settings.from_env({"REDIS_URL": "redis://r:6379/0"}))
+    assert "broker_use_ssl" not in plain and "redis_backend_use_ssl" not in plain
+
+
+def test_a_sentinel_broker_keeps_the_project_transport() -> None:
+    config = celery_config(Settings.from_env({
+        "REDIS_URL": "sentinel://s1:26379;sentinel://s2:26379/0",
+        "OCR_REDIS_SENTINEL_MASTER": "ocr", "OCR_REDIS_SENTINEL_PASSWORD": "spw"}))
+    assert config["broker_transport"] == "tasks.queue.sentinel_transport:SentinelTransport"
+    # One Sentinel in the URL (kombu would switch to the next part's own transport on a
+    # failed connection), every Sentinel in the transport's options.
+    assert config["broker_url"] == "sentinel://s1:26379/0"
+    options = config["broker_transport_options"]
+    assert options["ocr_sentinels"] == [["s1", 26379], ["s2", 26379]]
+    assert options["master_name"] == "ocr"
+    assert options["sentinel_kwargs"]["password"] == "spw"
+    assert "ocr_max_message_bytes" in options  # dead-letters and size checks kept
+    assert config["result_backend_transport_options"]["master_name"] == "ocr"
+
+
+@pytest.fixture
+def sentinel(tmp_path: Path) -> Iterator[tuple[RedisServer, int]]:
+    """A primary and one Sentinel watching it (quorum 1), both real processes."""
+    primary = RedisServer(tmp_path)
+    primary.start()
+    port = free_port()
+    conf = tmp_path / "sentinel.conf"
+    conf.write_text(f"port {port}\nbind 127.0.0.1\ndir {tmp_path}\n"
+                    f"sentinel monitor ocr 127.0.0.1 {primary.port} 1\n")
+    proc = subprocess.Popen(["redis-server", str(conf), "--sentinel"],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT,
+                            start_new_session=True)
+    try:
+        yield primary, port
+    finally:
+        stop_group(proc, 5)
+        primary.stop()
+
+
+def test_connect_finds_the_primary_through_sentinel(sentinel: tuple[RedisServer, int]) -> None:
+    primary, port = sentinel
+    target = Settings.from_env({"REDIS_URL": f"sentinel://127.0.0.1:{port}/2",
+                                "OCR_REDIS_SENTINEL_MASTER": "ocr"}).redis_target
+    client = connect(target, patient=False)
+    eventually(lambda: _answers(client), 20, "the Sentinel to name its primary")
+    client.set("ocr:test", "1")
+    direct = connect(RedisTarget(primary.url(2)))
+    assert direct.get("ocr:test") == b"1"
+
+
+def test_a_write_no_replica_holds_is_not_kept(tmp_path: Path) -> None:
+    server = RedisServer(tmp_path)
+    server.start()
+    try:
+        target = RedisTarget(server.url(0), min_replicas=1, replica_timeout=0.2)
+        client = connect(target)
+        replies = kept(client.pipeline(transaction=False).set("ocr:test", "1"), target).execute()
+        with pytest.raises(TransientError) as refused:
+            check_kept(replies, target, "the job")
+        assert refused.value.retryable and refused.value.code == "transient"
+        alone = RedisTarget(server.url(0))
+        pipe = client.pipeline(transaction=False).set("ocr:test", "2")
+        check_kept(kept(pipe, alone).execute(), alone, "the job")
+    finally:
+        server.stop()
+
+
+def _answers(client: object) -> bool:
+    try:
+        return bool(client.ping())  # type: ignore[attr-defined]
+    except Exception:  # noqa: BLE001 - the Sentinel may not have looked at its primary yet
+        return False
