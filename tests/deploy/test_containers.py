@@ -518,6 +518,19 @@ def twenty_page_scan() -> bytes:
 
 
 PAGE_DONE = re.compile(r"Task ocr\.pdf_page\[([0-9a-f-]+)\] succeeded")
+PAGE_SEEN = re.compile(r"Task ocr\.pdf_page\[([0-9a-f-]+)\] received")
+
+
+def _page_trail(log: str, earlier: set[str]) -> str:
+    """Each page task's lines whose success is missing or doubled (a failure's evidence)."""
+    done = Counter(PAGE_DONE.findall(log))
+    odd = [i for i in dict.fromkeys(PAGE_SEEN.findall(log))
+           if i not in earlier and done[i] != 1]
+    marks = ("pdf_page[", "Warm shutdown", "ready.", "ocr.job", "restor", "ERROR", "WARNING",
+             "Traceback", "Error")
+    lines = [line for line in log.splitlines()
+             if any(i in line for i in odd) or any(m in line for m in marks)]
+    return f"{len(done)} succeeded; odd tasks {odd}:\n" + "\n".join(lines[-120:])
 WARM = "Warm shutdown"
 
 
@@ -556,12 +569,22 @@ def test_worker_stopped_mid_document_reads_every_page_once(stack: Stack,
     # Page tasks of this job: those that succeeded after `before` was read. The logs are
     # compared as sets of task ids per run, not by line order (podman writes a
     # container's stdout and stderr apart).
-    log = stack.logs("worker")
+    # The last page's task ends the job before its own "succeeded" line is logged: the
+    # log is read once that line is there too (or after a minute, to show what is not).
     earlier = set(PAGE_DONE.findall(before))
+
+    def pages_logged() -> str | None:
+        text = stack.logs("worker")
+        return text if len(set(PAGE_DONE.findall(text)) - earlier) >= 20 else None
+
+    try:
+        log = eventually(pages_logged, 60, "every page's succeeded line", interval=1)
+    except AssertionError:
+        log = stack.logs("worker")
     succeeded = Counter(i for i in PAGE_DONE.findall(log) if i not in earlier)
     in_first = {i for i in PAGE_DONE.findall(first_run) if i not in earlier}
     assert first_run.count(WARM) > before.count(WARM), first_run[-3000:]
-    assert len(succeeded) == 20 and set(succeeded.values()) == {1}, succeeded
+    assert len(succeeded) == 20 and set(succeeded.values()) == {1}, _page_trail(log, earlier)
     assert 1 <= len(in_first) < 20, in_first  # both runs read pages: the stop came mid-document
     assert "WorkerLostError" not in log and "SIGKILL" not in log
 
