@@ -80,6 +80,10 @@ METRICS: dict[str, MetricSpec] = {
     "ocr_client_jobs_total": MetricSpec(
         "counter", "Jobs finished, by client (an API token's name, `anonymous`, or "
         "`other` for a name no token has) and outcome.", ("client", "outcome")),
+    "ocr_client_pages_total": MetricSpec(
+        "counter", "Pages by client (an API token's name, `anonymous`, or `other`), "
+        "engine and outcome: read, failed, or cached (a cached job's).",
+        ("client", "engine", "outcome")),
     "ocr_pages_total": MetricSpec(
         "counter", "Pages of finished jobs by source: ocr, text-layer, blank, failed, cached.",
         ("engine", "source")),
