@@ -181,6 +181,13 @@ def test_page_cap_refuses_at_the_api_before_anything_is_sent(
     assert store.zcard("ocr:jobs:client:capped") == listed  # no job was sent
     usage = capped.get(f"{api.url}/v1/usage", timeout=10).json()
     assert (usage["today"], usage["pages_per_day"]) == (2, 2)
+    # The operator raises the cap: the next job is taken.
+    done = subprocess.run([sys.executable, "ocr_admin.py", "tokens", "set", "capped",
+                           "--pages-per-day", "3", "--json"], cwd=ROOT, capture_output=True,
+                          text=True, timeout=60, env={**os.environ, "REDIS_URL": redis_url,
+                                                      "PYTHONPATH": str(ROOT)})
+    assert done.returncode == 0 and json.loads(done.stdout)["pages_per_day"] == 3, done.stderr
+    assert wait_end(capped, api, sent(capped, api, png(140)))["status"] == "SUCCESS"
 
     # A selection whose fewest pages pass the monthly cap: refused at the door too.
     monthly = session(create_token(redis_url, "monthly", "--pages-per-month", "2"))
