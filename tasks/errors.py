@@ -316,6 +316,9 @@ class PageQuotaExceeded(OcrError):
         self.quota = dict(quota or {})
         if self.quota:
             self.args = (*self.args, self.quota)
+        # The HTTP API answers it with these (429).
+        self.headers = ({"Retry-After": str(self.quota["retry_after"])}
+                        if "retry_after" in self.quota else {})
 
     def to_dict(self) -> dict[str, Any]:
         return {**super().to_dict(), **self.quota}

@@ -33,7 +33,7 @@ from tasks.api._results import ResultBody, links, result_body
 from tasks.api._schemas import FINAL_STATUSES, JobInfo, JobOptions, Progress, RetryOptions
 from tasks.api.tokens import ApiClient, TokenStore
 from tasks.client import OcrClient
-from tasks.errors import BadRequest, InputTooLarge, PageQuotaExceeded, PathNotAllowed
+from tasks.errors import BadRequest, InputTooLarge, PathNotAllowed
 from tasks.lifecycle.callback_urls import callback_target
 from tasks.lifecycle.url_policy import check_url
 from tasks.queue.routing import PRIORITIES
@@ -248,12 +248,8 @@ class JobService:
 
     def check_pages(self, caller: ApiClient, pages: str | None) -> None:
         """Refuse (429 page_quota_exceeded) a job whose fewest pages pass a page cap."""
-        try:
-            self.usage.check(caller.name, fewest_pages(pages),
-                             PageCaps(caller.pages_per_day, caller.pages_per_month))
-        except PageQuotaExceeded as exc:
-            exc.headers = {"Retry-After": str(exc.quota["retry_after"])}
-            raise
+        self.usage.check(caller.name, fewest_pages(pages),
+                         PageCaps(caller.pages_per_day, caller.pages_per_month))
 
     def _record(self, caller: ApiClient, job_id: str) -> dict[str, str]:
         """The job's record, or NotFound when it is not this client's."""

@@ -28,10 +28,11 @@ def client_usage(usage: PageUsage, caller: ApiClient, start: str | None,
     on_day, in_month = usage.used(caller.name)
     shown = [UsageDay(date=day.isoformat(), pages=by_day.get(day.isoformat(), 0))
              for day in days(first, last)]
-    return Usage(client=caller.name, from_=first.isoformat(), to=last.isoformat(),
-                 days=shown, total=sum(by_day.values()), today=on_day, this_month=in_month,
-                 pages_per_day=caller.pages_per_day or None,
-                 pages_per_month=caller.pages_per_month or None)
+    return Usage.model_validate({
+        "client": caller.name, "from": first.isoformat(), "to": last.isoformat(),
+        "days": shown, "total": sum(by_day.values()), "today": on_day,
+        "this_month": in_month, "pages_per_day": caller.pages_per_day or None,
+        "pages_per_month": caller.pages_per_month or None})
 
 
 @router.get("/v1/usage", response_model=Usage, response_model_by_alias=True,
