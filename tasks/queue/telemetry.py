@@ -166,15 +166,12 @@ class Telemetry:
             samples += page_failures(engine, pages)
         samples += client_page_samples(self.label(client), engine, pages, cached)
         observed = [] if cached else page_latencies(engine, pages)
-        if samples or observed:
-            self._write(lambda store: store.add(samples, observed))
         read = 0 if cached else sum(page.get("error") is None for page in pages)
-        if read:
-            try:
-                self._usage().add(client, read)
-            except redis.RedisError as exc:
-                log.warning("%d pages of client %r not metered: %s", read, client,
-                            type(exc).__name__)
+        usage = self._usage()
+        # One pipeline: the counters, the histograms and the client's usage.
+        if not self._write(lambda store: store.add(
+                samples, observed, lambda pipe: usage.add(client, read, pipe=pipe))):
+            usage.forget_ttls()  # its keys' TTLs are set again by the next write
 
     def label(self, client: str) -> str:
         """`client`'s bounded metric label (`other` while the token names are unread)."""
@@ -248,11 +245,14 @@ class Telemetry:
         if live is None and engines is not None and engines.threaded:
             self.observe(engines)
 
-    def _write(self, action: Callable[[MetricsStore], None]) -> None:
+    def _write(self, action: Callable[[MetricsStore], None]) -> bool:
+        """Whether `action` wrote (a failure is logged and dropped)."""
         try:
             action(self.store())
         except redis.RedisError as exc:
             log.warning("metrics not recorded: %s", type(exc).__name__)
+            return False
+        return True
 
 
 _telemetry: Telemetry | None = None

@@ -170,12 +170,19 @@ class MetricsStore:
         self._redis = client
         self.node = node
 
-    def add(self, samples: Iterable[Sample], observed: Iterable[Sample] = ()) -> None:
-        """Add each sample's value to the node's counter; put `observed` in histograms."""
+    def add(self, samples: Iterable[Sample], observed: Iterable[Sample] = (),
+            also: Callable[[Any], None] | None = None) -> None:
+        """Add each sample's value to the node's counter; put `observed` in histograms.
+
+        `also` queues other writes in the same pipeline (a client's usage).
+        """
         pipe = self._redis.pipeline(transaction=False)
+        if also is not None:
+            also(pipe)
+        queued = len(pipe)
         for name, labels, value in samples:
             pipe.hincrbyfloat(_node_key(self.node), _field(name, labels), value)
-        if len(pipe):
+        if len(pipe) > queued:
             pipe.expire(_node_key(self.node), COUNTER_TTL)
             pipe.sadd(NODES_KEY, self.node)
             pipe.expire(NODES_KEY, COUNTER_TTL)

@@ -24,6 +24,7 @@ import datetime as dt
 import json
 from collections.abc import Iterator
 from dataclasses import dataclass
+from typing import Any
 
 import redis
 
@@ -98,17 +99,34 @@ class PageUsage:
 
     def __init__(self, client: redis.Redis) -> None:
         self._redis = client
+        self._kept: set[str] = set()  # keys this process has given their TTL
 
-    def add(self, client: str, pages: int, now: float | None = None) -> None:
-        """Count `pages` read for `client` today (UTC)."""
+    def add(self, client: str, pages: int, now: float | None = None,
+            pipe: Any = None) -> None:
+        """Count `pages` read for `client` today (UTC); queued in `pipe` when given.
+
+        Each key's TTL is set by the first write of each process, not by every one.
+        """
         if pages <= 0:
             return
         day = today(now)
-        pipe = self._redis.pipeline(transaction=False)
+        own = pipe is None
+        pipe = self._redis.pipeline(transaction=False) if own else pipe
         for key in (day_key(day), month_key(day)):
             pipe.hincrby(key, client, pages)
-            pipe.expire(key, USAGE_TTL)
-        pipe.execute()
+            if key not in self._kept:
+                pipe.expire(key, USAGE_TTL)
+                self._kept.add(key)
+        if own:
+            try:
+                pipe.execute()
+            except redis.RedisError:
+                self.forget_ttls()
+                raise
+
+    def forget_ttls(self) -> None:
+        """After a failed write: set each key's TTL again at its next write."""
+        self._kept.clear()
 
     def used(self, client: str, now: float | None = None) -> tuple[int, int]:
         """Pages `client` read today and this month (UTC)."""
