@@ -5,11 +5,13 @@
     ocr_admin.py [--redis-url URL] tokens create NAME | set NAME | list | revoke NAME |
                                           rotate-secret NAME  [--json]
     ocr_admin.py [--redis-url URL] backup TARGET | restore SOURCE [--check] [--json]
+    ocr_admin.py [--redis-url URL] usage [--from D] [--to D] [--client NAME]
 
 `models` audits OCR_MODEL_DIR on every host (one table per host), prunes it, or makes
 the workers release their engines; `tokens` administers the HTTP API's clients (their
 tokens, quotas and webhook secrets); `backup` and `restore` save the service's Redis and
-bring it back (tasks/cli/backup.py, docs/deploy.md). `submit.py models ...` and
+bring it back (tasks/cli/backup.py, docs/deploy.md); `usage` prints the pages each
+client had read by day, as JSON (tasks/cli/usage.py). `submit.py models ...` and
 `submit.py tokens ...` run the same code with the same words (submit.py registers these
 commands from here). Runs on an operator's machine: needs Redis at REDIS_URL (and
 workers for `models`).
@@ -35,6 +37,7 @@ from tasks.cli.core import (
     Session,
     run_command,
 )
+from tasks.cli.usage import add_usage_command, run_usage
 from tasks.client import OcrClient
 from tasks.errors import OcrError
 from tasks.operator_console import OperatorConsole
@@ -191,6 +194,10 @@ def build_tokens_parser(parser: argparse.ArgumentParser) -> None:
     create.add_argument("--max-bytes", type=int, metavar="N",
                         help="most bytes of input waiting in Redis (0: no limit; default "
                              "OCR_API_CLIENT_MAX_BYTES)")
+    for flag, period in (("--pages-per-day", "a day"), ("--pages-per-month", "a month")):
+        create.add_argument(flag, type=int, metavar="N",
+                            help=f"most pages read {period} (UTC; a job that would pass "
+                                 "it is refused: page_quota_exceeded; default: no cap)")
     create.add_argument("--allowed-url", action="append", metavar="PREFIX",
                         dest="allowed_urls",
                         help="a URL prefix (s3://bucket/folder/, https://host/path/) the "
@@ -202,9 +209,10 @@ def build_tokens_parser(parser: argparse.ArgumentParser) -> None:
     quotas = commands.add_parser("set", help="change a client's own quotas (-1: back to "
                                              "the service-wide default)")
     quotas.add_argument("name", metavar="NAME")
-    for flag in ("--jobs-in-flight", "--requests-per-minute", "--max-bytes"):
+    for flag in ("--jobs-in-flight", "--requests-per-minute", "--max-bytes",
+                 "--pages-per-day", "--pages-per-month"):
         quotas.add_argument(flag, type=int, metavar="N",
-                            help="0: no limit; -1: the service-wide default")
+                            help="0: no limit; -1: the service-wide default (pages: none)")
     quotas.add_argument("--json", action="store_true", default=argparse.SUPPRESS)
     listing = commands.add_parser("list", help="list clients (never their tokens)")
     listing.add_argument("--json", action="store_true", default=argparse.SUPPRESS,
@@ -222,7 +230,8 @@ def build_tokens_parser(parser: argparse.ArgumentParser) -> None:
     rotate.add_argument("--json", action="store_true", default=argparse.SUPPRESS)
 
 
-QUOTA_FLAGS = ("jobs_in_flight", "requests_per_minute", "max_bytes")  # `tokens set`
+QUOTA_FLAGS = ("jobs_in_flight", "requests_per_minute", "max_bytes",  # `tokens set`
+               "pages_per_day", "pages_per_month")
 
 
 def run_tokens(args: argparse.Namespace, store: TokenStore, out: TextIO) -> int:
@@ -232,6 +241,8 @@ def run_tokens(args: argparse.Namespace, store: TokenStore, out: TextIO) -> int:
         token, secret = store.create_client(args.name, args.jobs_in_flight,
                                             args.requests_per_minute,
                                             max_bytes=args.max_bytes,
+                                            pages_per_day=args.pages_per_day,
+                                            pages_per_month=args.pages_per_month,
                                             allowed_urls=args.allowed_urls)
         if as_json:
             print(json.dumps({"name": args.name, "token": token, "webhook_secret": secret}),
@@ -288,6 +299,8 @@ def _limits(client: ApiClient) -> str:
         parts.append(f"requests-per-minute={client.requests_per_minute}")
     if client.max_bytes is not None:
         parts.append(f"max-bytes={client.max_bytes}")
+    parts += [f"{name.replace('_', '-')}={value}" for name in ("pages_per_day",
+              "pages_per_month") if (value := getattr(client, name))]
     if client.allowed_urls is not None:
         parts.append(f"allowed-urls={','.join(client.allowed_urls)}")
     return " ".join(parts) or "default limits"
@@ -320,13 +333,14 @@ def build_parser() -> argparse.ArgumentParser:
     build_tokens_parser(commands.add_parser("tokens", help=TOKENS_SUMMARY,
                                             description=TOKENS_SUMMARY))
     add_backup_commands(commands)
+    add_usage_command(commands)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)  # usage errors exit 2
     run = {"models": run_models, "backup": run_backup,
-           "restore": run_restore}.get(args.command, run_tokens_command)
+           "restore": run_restore, "usage": run_usage}.get(args.command, run_tokens_command)
     return run_command(PROG, run, args, Session(args.redis_url))
 
 

@@ -297,6 +297,33 @@ class RestoreRefused(OcrError):
     default_message = "the backup cannot be restored into this Redis"
 
 
+class PageQuotaExceeded(OcrError):
+    """The job would pass its client's page cap (`tokens create --pages-per-day`/month).
+
+    Refused before any page is read: at the HTTP API (429) or when the job is planned.
+    `quota`, in the error's JSON: `period` (day or month), `cap`, `used`, `pages` (the
+    job's), `resets` (ISO 8601, UTC), `retry_after` (seconds until then). It is the
+    exception's last argument too, so that Celery's copy of a FAILURE keeps it.
+    """
+
+    code = "page_quota_exceeded"
+    default_message = "the job would pass its client's page cap"
+
+    def __init__(self, *args: Any, quota: dict[str, Any] | None = None) -> None:
+        if args and isinstance(args[-1], dict):
+            quota, args = args[-1], args[:-1]
+        super().__init__(*args)
+        self.quota = dict(quota or {})
+        if self.quota:
+            self.args = (*self.args, self.quota)
+        # The HTTP API answers it with these (429).
+        self.headers = ({"Retry-After": str(self.quota["retry_after"])}
+                        if "retry_after" in self.quota else {})
+
+    def to_dict(self) -> dict[str, Any]:
+        return {**super().to_dict(), **self.quota}
+
+
 def _descendants(cls: type[OcrError]) -> list[type[OcrError]]:
     return [cls] + [d for sub in cls.__subclasses__() for d in _descendants(sub)]
 

@@ -2,7 +2,7 @@
 
 Runs in the `api` process. Job errors (tasks/errors.py) keep their codes; `http_status`
 maps them: `input_too_large` 413, `transient` and `engine_unavailable` 503,
-`unknown_engine` and `invalid_pages` 422, the rest 400.
+`unknown_engine` and `invalid_pages` 422, `page_quota_exceeded` 429, the rest 400.
 """
 
 from __future__ import annotations
@@ -94,7 +94,8 @@ class JobUnsuccessful(ApiError):
 # Job errors refused at the door with their own status: options no worker could run
 # are 422 (as invalid options are), an engine no live worker runs 503.
 _STATUS_BY_CODE = {"input_too_large": 413, "transient": 503, "unknown_engine": 422,
-                   "invalid_pages": 422, "engine_unavailable": 503}
+                   "invalid_pages": 422, "engine_unavailable": 503,
+                   "page_quota_exceeded": 429}
 
 
 def http_status(exc: OcrError) -> int:

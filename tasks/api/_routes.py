@@ -86,8 +86,8 @@ def _errors(*codes: int) -> dict[int | str, dict[str, Any]]:
                413: "the upload is larger than OCR_MAX_INPUT_MB; nothing was stored",
                415: "not multipart/form-data or JSON",
                422: "invalid options (and unknown_engine, invalid_pages)",
-               429: "a limit or quota was reached (rate_limited, quota_exceeded); see "
-               "Retry-After",
+               429: "a limit or quota was reached (rate_limited, quota_exceeded, "
+               "page_quota_exceeded); see Retry-After",
                503: "Redis or the broker is unreachable, or no live worker runs the "
                "engine (engine_unavailable)"}
     return {code: {"model": ErrorBody, "description": meaning[code]} for code in codes}

@@ -86,6 +86,14 @@ class RetryOptions(BaseModel):
 
 
 class ErrorInfo(BaseModel):
+    """An error (`page_quota_exceeded` adds the page cap's figures).
+
+    Those are `period`, `cap`, `used`, `pages`, `resets` (ISO 8601, UTC) and
+    `retry_after` (seconds).
+    """
+
+    model_config = ConfigDict(extra="allow")
+
     code: str = Field(description="stable code (docs/tasks.md lists the job codes)")
     message: str = Field(description="safe to show")
     retryable: bool
@@ -159,3 +167,24 @@ class Readiness(BaseModel):
     inference_server: bool | None = Field(
         default=None, description="whether the inference server of the vlm-api workers consuming "
         "the queue answers (checked from the API's host); null: no such worker")
+
+
+class UsageDay(BaseModel):
+    date: str = Field(description="a UTC date, YYYY-MM-DD")
+    pages: int = Field(description="pages read that day")
+
+
+class Usage(BaseModel):
+    """A client's own pages read, by day (GET /v1/usage)."""
+
+    client: str
+    from_: str = Field(alias="from", description="first day (UTC)")
+    to: str = Field(description="last day (UTC)")
+    days: list[UsageDay] = Field(description="every day of the range, oldest first")
+    total: int = Field(description="pages read over the range")
+    today: int = Field(description="pages read today (UTC)")
+    this_month: int = Field(description="pages read this month (UTC)")
+    pages_per_day: int | None = Field(description="the token's cap a day; null: none")
+    pages_per_month: int | None = Field(description="the token's cap a month; null: none")
+
+    model_config = ConfigDict(populate_by_name=True)

@@ -44,6 +44,7 @@ from tasks.state.job_state import Marks
 from tasks.state.keys import API_UPLOAD_PREFIX, api_blob_key, api_upload_key
 from tasks.state.liveness import WorkerPresence
 from tasks.state.stores import BlobStore, OutputStore
+from tasks.state.usage import PageCaps, PageUsage, fewest_pages
 
 CANCEL_TASK = "ocr.cancel"
 SERVER_CHECK_SECONDS = 5.0  # the inference server is asked at most this often
@@ -69,6 +70,7 @@ class JobService:
                             settings.result_ttl)
         self.access = ClientAccess(settings, self.tokens, redis_client)
         self.bytes = ClientBytes(redis_client, settings.blob_ttl)
+        self.usage = PageUsage(redis_client)  # pages read per client, against its caps
         self.readiness = ReadinessCheck(
             WorkerPresence(redis_client), redis_client,
             inference_server.ServerWatch(settings, SERVER_CHECK_SECONDS))
@@ -130,6 +132,7 @@ class JobService:
                 return Submitted(earlier, True)
             self.client.admit(kwargs)
             self._check_in_flight(caller)
+            self.check_pages(caller, options.pages)
             job_id = str(uuid.uuid4())
             if digest and not self.jobs.claim_key(caller.name, digest, job_id, fingerprint):
                 earlier = self._replay(caller, digest, fingerprint)
@@ -243,6 +246,11 @@ class JobService:
             raise QuotaExceeded(f"{limit} jobs are unfinished (the client's jobs-in-flight "
                                 "quota)", headers={"Retry-After": "5"})
 
+    def check_pages(self, caller: ApiClient, pages: str | None) -> None:
+        """Refuse (429 page_quota_exceeded) a job whose fewest pages pass a page cap."""
+        self.usage.check(caller.name, fewest_pages(pages),
+                         PageCaps(caller.pages_per_day, caller.pages_per_month))
+
     def _record(self, caller: ApiClient, job_id: str) -> dict[str, str]:
         """The job's record, or NotFound when it is not this client's."""
         if len(job_id) > 64:
@@ -329,6 +337,7 @@ class JobService:
         if status.status != JobStatus.PARTIAL:
             raise BadRequest(f"only a PARTIAL job can be retried; this one is {status.status}")
         kwargs = self.client.retry_kwargs(job_id, options.password)
+        self.check_pages(caller, str(kwargs.get("pages") or ""))
         new_id = str(uuid.uuid4())
         created = self.jobs.remember(caller.name, new_id, str(kwargs["output"]),
                                      str(kwargs.get("filename", "")))

@@ -25,6 +25,7 @@ from tasks.api._listing import router as listing_router
 from tasks.api._routes import router
 from tasks.api._service import JobService
 from tasks.api._uploads import ENVELOPE_BYTES, DrainRefused
+from tasks.api._usage import router as usage_router
 from tasks.client import OcrClient
 from tasks.errors import OcrError
 from tasks.queue.app import sending_app
@@ -45,6 +46,7 @@ def create_api(settings: Settings, client: OcrClient | None = None) -> FastAPI:
     app.state.service = JobService(settings, client, connect(settings.redis_target, patient=False))
     app.include_router(router)
     app.include_router(listing_router)  # GET /v1/jobs
+    app.include_router(usage_router)  # GET /v1/usage
     readiness = app.state.service.readiness
     app.router.add_event_handler("startup", readiness.start)  # the snapshot /readyz reads
     app.router.add_event_handler("shutdown", readiness.stop)
@@ -75,8 +77,8 @@ async def _ocr_error(request: Request, exc: Exception) -> JSONResponse:
     if isinstance(exc, JobUnsuccessful):
         return JSONResponse({"error": exc.error}, status_code=exc.status)
     headers = getattr(exc, "headers", None)
-    return JSONResponse(_body(exc.code, exc.message, exc.retryable),
-                        status_code=http_status(exc), headers=headers)
+    return JSONResponse({"error": exc.to_dict()}, status_code=http_status(exc),
+                        headers=headers)
 
 
 async def _validation_error(request: Request, exc: Exception) -> JSONResponse:

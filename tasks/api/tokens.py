@@ -47,6 +47,10 @@ class ApiClient:
     # URL prefixes this client's `url` and `result_url` must lie under, beside
     # OCR_ALLOWED_URLS (issue 32); None: OCR_ALLOWED_URLS alone.
     allowed_urls: list[str] | None = None
+    # Pages the client may have read a day and a month (UTC; tasks/state/usage.py);
+    # None or 0: no cap.
+    pages_per_day: int | None = None
+    pages_per_month: int | None = None
 
 
 def _url_prefix(prefix: str) -> str:
@@ -71,17 +75,21 @@ class TokenStore:
     def create_client(self, name: str, jobs_in_flight: int | None = None,
                       requests_per_minute: int | None = None,
                       allowed_urls: Sequence[str] | None = None,
-                      max_bytes: int | None = None) -> tuple[str, str]:
+                      max_bytes: int | None = None,
+                      pages_per_day: int | None = None,
+                      pages_per_month: int | None = None) -> tuple[str, str]:
         """Make a client: its token and its webhook signing secret."""
         if not CLIENT_NAME.match(name):
             raise BadRequest("a client name is 1-64 characters of [A-Za-z0-9_.-], "
                              "starting with a letter or digit")
-        _check_limits(jobs_in_flight, requests_per_minute, max_bytes)
+        _check_limits(jobs_in_flight, requests_per_minute, max_bytes, pages_per_day,
+                      pages_per_month)
         prefixes = None if allowed_urls is None else [_url_prefix(p) for p in allowed_urls]
         token = TOKEN_PREFIX + secrets.token_urlsafe(32)
         digest = token_hash(token)
         record = ApiClient(name, round(time.time(), 3), digest, jobs_in_flight,
-                           requests_per_minute, allowed_urls=prefixes, max_bytes=max_bytes)
+                           requests_per_minute, allowed_urls=prefixes, max_bytes=max_bytes,
+                           pages_per_day=pages_per_day, pages_per_month=pages_per_month)
         if not self._redis.hsetnx(API_CLIENTS_KEY, name, json.dumps(asdict(record))):
             raise BadRequest(f"client {name!r} exists; revoke it first to make a new token")
         # The record again under the hash: a request is authenticated in one GET.
@@ -101,7 +109,8 @@ class TokenStore:
         """Change a client's own quotas; None when there is no such client.
 
         `limits`: any of `jobs_in_flight`, `requests_per_minute`, `max_bytes` (None:
-        back to the service-wide default, 0: no limit).
+        back to the service-wide default, 0: no limit), `pages_per_day`,
+        `pages_per_month` (None or 0: no cap).
         """
         client = self.get(name)
         if client is None:

@@ -29,7 +29,7 @@ from tasks.pipeline.documents import (
     run_document,
     structure_chunks,
 )
-from tasks.pipeline.images import sniff_format
+from tasks.pipeline.images import image_pages, sniff_format
 from tasks.pipeline.layouts import LAYOUT_OUTPUTS
 from tasks.pipeline.pdf import check_password, plan_pdf, searchable_pdf
 from tasks.pipeline.results import OUTPUT_VERSION, merge_previous
@@ -111,7 +111,8 @@ def process_job(job_id: str, request: JobRequest, settings: Settings,
                 progress: Progress | None = None,
                 started: float | None = None,
                 engine_name: str | None = None,
-                pages_read: PagesRead | None = None) -> Outcome | FanOut:
+                pages_read: PagesRead | None = None,
+                check_pages: Callable[[int], None] | None = None) -> Outcome | FanOut:
     """Read the input, then answer from the cache, in-process, or fan out.
 
     `previous` is the result of the job named by `merge_from` (a retry of its failed
@@ -121,7 +122,10 @@ def process_job(job_id: str, request: JobRequest, settings: Settings,
     engine that reads it when the caller has routed the job already (the task has, to
     name it in failures), else `engines.for_job` routes it here. `pages_read` is told
     the pages read here (or answered from the cache: its flag), before the job ends and
-    without those a retry takes from `previous` (the caller's metrics). Raises OcrError.
+    without those a retry takes from `previous` (the caller's metrics). `check_pages`
+    is told how many pages the job will read once they are counted, before any is read
+    (not for a cached answer): it raises to refuse them (a client's page cap). Raises
+    OcrError.
     """
     started = time.time() if started is None else started
     if past_deadline(request.deadline):
@@ -167,6 +171,12 @@ def process_job(job_id: str, request: JobRequest, settings: Settings,
     plan = None
     if fmt == "pdf":
         plan = plan_pdf(data, request.pages, request.password, request.mode, settings)
+        if check_pages is not None:
+            try:
+                check_pages(plan.selected)
+            except BaseException:
+                plan.doc.close()
+                raise
         if plan.ocr_pages or structure_chunks(plan, request.output, settings):
             try:
                 return _fan_out(job_id, request, data, plan, engine_name,
@@ -174,6 +184,8 @@ def process_job(job_id: str, request: JobRequest, settings: Settings,
                                 stores, located)
             finally:
                 plan.doc.close()
+    elif check_pages is not None:
+        check_pages(image_pages(data, fmt, request.pages, settings))
     try:
         result = run_document(data, request, loaded.engine, settings, progress, plan=plan,
                               fmt=fmt, options=options)

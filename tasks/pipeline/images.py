@@ -88,6 +88,17 @@ def image_page_count(image: Image.Image, fmt: str) -> int:
     return getattr(image, "n_frames", 1) if fmt in _PAGED_FORMATS else 1
 
 
+def image_pages(data: bytes, fmt: str, pages: str | None, settings: Settings) -> int:
+    """How many pages an image input's job reads: its selected frames (a TIFF's), else 1."""
+    if fmt not in _PAGED_FORMATS:
+        return 1
+    image = open_image(data, settings)
+    try:
+        return len(select_pages(pages, image_page_count(image, fmt), settings.max_pages))
+    finally:
+        image.close()
+
+
 def iter_image_pages(data: bytes, fmt: str, pages: str | None,
                      settings: Settings) -> Iterator[tuple[int, int, int, Image.Image]]:
     """Yield (page number, page count, pages selected, normalised image).

@@ -90,6 +90,21 @@ def page_samples(engine: str, pages: Iterable[dict[str, Any]],
     return samples
 
 
+def client_page_samples(client_label: str, engine: str, pages: Iterable[dict[str, Any]],
+                        cached: bool = False) -> list[Sample]:
+    """`ocr_client_pages_total` samples: pages by client label, engine and outcome.
+
+    Outcome `read` (OCR, text layer, blank), `failed`, or `cached` (a cached job's).
+    """
+    outcomes: dict[str, int] = {}
+    for page in pages:
+        outcome = "cached" if cached else "failed" if page.get("error") is not None else "read"
+        outcomes[outcome] = outcomes.get(outcome, 0) + 1
+    return [("ocr_client_pages_total",
+             {"client": client_label, "engine": engine, "outcome": outcome}, float(count))
+            for outcome, count in sorted(outcomes.items())]
+
+
 def page_failures(engine: str, pages: Iterable[dict[str, Any]]) -> list[Sample]:
     """`ocr_page_failures_total` samples of the failed pages among `pages`, by code."""
     codes: dict[str, int] = {}

@@ -121,7 +121,8 @@ def document(self: Task, *args: Any, **kwargs: Any) -> dict[str, Any]:
                 _previous(self.app, request),
                 progress=functools.partial(report_progress, self.app, job_id),
                 started=started, engine_name=engine,
-                pages_read=functools.partial(telemetry.pages_read, engine))
+                pages_read=functools.partial(telemetry.pages_read, engine, client=client),
+                check_pages=functools.partial(services.usage.admit, client))
             # A thread pool enforces no limit: the job's own read is bounded here.
             work = (thread_limits.bounded(settings.soft_time_limit, read)
                     if engines.threaded else read())
@@ -198,7 +199,8 @@ def fan_out(task: Task, work: FanOut, services: JobServices) -> NoReturn:
     if not started:  # the job ended while it was split (its ending freed the rest)
         services.stores.blobs.delete(meta.request.blob)
         raise Ignore()
-    telemetry.pages_read(meta.engine, work.text_pages)  # those this task read
+    telemetry.pages_read(meta.engine, work.text_pages,  # those this task read
+                        client=meta.request.client)
     # Progress first: a fast page could otherwise finish the job before this write.
     report_progress(task.app, job_id, len(work.text_pages), meta.total)
     # An encrypted URL input's password goes with its page tasks (each host decrypts

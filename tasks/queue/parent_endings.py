@@ -43,6 +43,7 @@ from tasks.state.connection import connect
 from tasks.state.job_index import JobIndex
 from tasks.state.join import DocumentJoin
 from tasks.state.stores import BlobStore, JobControl, OutputStore, ResultCache, Stores
+from tasks.state.usage import PageUsage
 
 if TYPE_CHECKING:
     from tasks.queue.ocr_celery import OcrCelery
@@ -161,6 +162,7 @@ class JobServices:
     join: DocumentJoin
     ender: JobEnder
     index: JobIndex
+    usage: PageUsage  # pages read per client, and their caps
 
     @classmethod
     def for_app(cls, app: OcrCelery) -> JobServices:
@@ -176,7 +178,7 @@ class JobServices:
             made = cls(stores, join, JobEnder(control, stores.blobs, join,
                                               CeleryPorts(app, control)),
                        JobIndex(client, settings.blob_ttl + settings.result_ttl,
-                                settings.jobs_listed))
+                                settings.jobs_listed), PageUsage(client))
             app._job_services = made
         return made
 

@@ -43,6 +43,7 @@ from tasks.engines import resident
 from tasks.errors import OcrError
 from tasks.queue import cgroup_memory
 from tasks.queue.job_samples import (
+    client_page_samples,
     job_line,
     job_record,
     page_failures,
@@ -54,6 +55,7 @@ from tasks.records.results import PageRecord
 from tasks.state.client_labels import ANONYMOUS_LABEL, OTHER_LABEL, ClientLabels
 from tasks.state.connection import connect
 from tasks.state.metrics import MetricsStore, Sample
+from tasks.state.usage import PageUsage
 
 if TYPE_CHECKING:
     from tasks.engines.resident import ResidentEngines
@@ -105,6 +107,7 @@ class Telemetry:
         self.worker: Any = None
         self._store: MetricsStore | None = None
         self._labels: ClientLabels | None = None
+        self._page_usage: PageUsage | None = None
         self._loads: dict[str, tuple[int, float]] = {}
         self._failures: set[str] = set()
         self._counted: dict[tuple[str, str], float] = {}
@@ -120,6 +123,7 @@ class Telemetry:
         """In a new pool child: forget the parent's connection, record the first load."""
         self._store = None
         self._labels = None
+        self._page_usage = None
         self.observe(resident.current(self.settings))
 
     def task_finished(self) -> None:
@@ -134,12 +138,7 @@ class Telemetry:
 
         Counted per engine, and per client's bounded label.
         """
-        try:
-            label = self._client_labels().label(client)
-        except redis.RedisError as exc:
-            log.warning("job %s counted as client %s: %s", job_id, OTHER_LABEL,
-                        type(exc).__name__)
-            label = OTHER_LABEL if client else ANONYMOUS_LABEL
+        label = self.label(client)
         record, samples = job_record(job_id, self.node, filename, engine, seconds, outcome,
                                      client, label, trace_id)
         log.info("%s", job_line(record))
@@ -155,15 +154,38 @@ class Telemetry:
         return self._labels
 
     def pages_read(self, engine: str, pages: Iterable[dict[str, Any]],
-                   cached: bool = False) -> None:
-        """Count pages this process read, for this worker, and their latency."""
+                   cached: bool = False, client: str = "") -> None:
+        """Count pages this process read, for this worker and `client`, and their latency.
+
+        The pages read (not failed, not cached) are added to the client's usage of the
+        day (tasks/state/usage.py): what its page caps are checked against.
+        """
         pages = list(pages)
         samples = page_samples(engine, pages, cached)
         if not cached:
             samples += page_failures(engine, pages)
+        samples += client_page_samples(self.label(client), engine, pages, cached)
         observed = [] if cached else page_latencies(engine, pages)
-        if samples or observed:
-            self._write(lambda store: store.add(samples, observed))
+        read = 0 if cached else sum(page.get("error") is None for page in pages)
+        usage = self._usage()
+        # One pipeline: the counters, the histograms and the client's usage.
+        if not self._write(lambda store: store.add(
+                samples, observed, lambda pipe: usage.add(client, read, pipe=pipe))):
+            usage.forget_ttls()  # its keys' TTLs are set again by the next write
+
+    def label(self, client: str) -> str:
+        """`client`'s bounded metric label (`other` while the token names are unread)."""
+        try:
+            return self._client_labels().label(client)
+        except redis.RedisError as exc:
+            log.warning("client %r counted as %s: %s", client, OTHER_LABEL,
+                        type(exc).__name__)
+            return OTHER_LABEL if client else ANONYMOUS_LABEL
+
+    def _usage(self) -> PageUsage:
+        if self._page_usage is None:
+            self._page_usage = PageUsage(connect(self.settings.redis_target))
+        return self._page_usage
 
     def observe(self, registry: ResidentEngines) -> None:
         """Count engine loads and failed loads since the last look; record the gauges."""
@@ -223,11 +245,14 @@ class Telemetry:
         if live is None and engines is not None and engines.threaded:
             self.observe(engines)
 
-    def _write(self, action: Callable[[MetricsStore], None]) -> None:
+    def _write(self, action: Callable[[MetricsStore], None]) -> bool:
+        """Whether `action` wrote (a failure is logged and dropped)."""
         try:
             action(self.store())
         except redis.RedisError as exc:
             log.warning("metrics not recorded: %s", type(exc).__name__)
+            return False
+        return True
 
 
 _telemetry: Telemetry | None = None
@@ -275,11 +300,13 @@ def job_ended(outcome: Outcome, accepted: float | None = None) -> None:
                         None if since is None else time.time() - since)
 
 
-def pages_read(engine: str, pages: Iterable[PageRecord], cached: bool = False) -> None:
+def pages_read(engine: str, pages: Iterable[PageRecord], cached: bool = False,
+               client: str = "") -> None:
     """Count pages this process read (or a cached job's pages it answered), for its worker.
 
-    Called before the pages are recorded, so a job's pages are counted by the time its
-    result is stored. A process without telemetry (a client, a test) counts nothing.
+    And for the job's `client` (its counters and its usage of the day). Called before
+    the pages are recorded, so a job's pages are counted by the time its result is
+    stored. A process without telemetry (a client, a test) counts nothing.
     """
     if _telemetry is not None:
-        _telemetry.pages_read(engine, (page.to_json() for page in pages), cached)
+        _telemetry.pages_read(engine, (page.to_json() for page in pages), cached, client)

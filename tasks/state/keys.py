@@ -30,6 +30,7 @@ WAKE_PREFIX = ROOT + "wake:"          # a queue's doorbell (tasks/queue/transpor
 # Jobs by client, newest first (tasks/state/job_index.py): sorted sets of job ids.
 JOBS_PREFIX = ROOT + "jobs:"
 JOBS_ALL_KEY = JOBS_PREFIX + "all"    # every client's jobs (operators: submit.py jobs)
+USAGE_PREFIX = ROOT + "usage:"       # pages read per client: ocr:usage:day|month:<date>
 # The HTTP API (tasks/api/): clients' tokens and the jobs they sent.
 API_PREFIX = ROOT + "api:"
 API_TOKEN_PREFIX = API_PREFIX + "token:"      # sha256 of a token -> client record (no TTL)

@@ -80,6 +80,10 @@ METRICS: dict[str, MetricSpec] = {
     "ocr_client_jobs_total": MetricSpec(
         "counter", "Jobs finished, by client (an API token's name, `anonymous`, or "
         "`other` for a name no token has) and outcome.", ("client", "outcome")),
+    "ocr_client_pages_total": MetricSpec(
+        "counter", "Pages by client (an API token's name, `anonymous`, or `other`), "
+        "engine and outcome: read, failed, or cached (a cached job's).",
+        ("client", "engine", "outcome")),
     "ocr_pages_total": MetricSpec(
         "counter", "Pages of finished jobs by source: ocr, text-layer, blank, failed, cached.",
         ("engine", "source")),
@@ -166,12 +170,19 @@ class MetricsStore:
         self._redis = client
         self.node = node
 
-    def add(self, samples: Iterable[Sample], observed: Iterable[Sample] = ()) -> None:
-        """Add each sample's value to the node's counter; put `observed` in histograms."""
+    def add(self, samples: Iterable[Sample], observed: Iterable[Sample] = (),
+            also: Callable[[Any], None] | None = None) -> None:
+        """Add each sample's value to the node's counter; put `observed` in histograms.
+
+        `also` queues other writes in the same pipeline (a client's usage).
+        """
         pipe = self._redis.pipeline(transaction=False)
+        if also is not None:
+            also(pipe)
+        queued = len(pipe)
         for name, labels, value in samples:
             pipe.hincrbyfloat(_node_key(self.node), _field(name, labels), value)
-        if len(pipe):
+        if len(pipe) > queued:
             pipe.expire(_node_key(self.node), COUNTER_TTL)
             pipe.sadd(NODES_KEY, self.node)
             pipe.expire(NODES_KEY, COUNTER_TTL)

@@ -109,9 +109,9 @@ USERS: tuple[RedisUser, ...] = (
         "worker", "the OCR workers (Procfile `worker`, every engine and pool)",
         (*SEND, *CONSUME, *_LISTING),
         keys=(*_BROKER, *_JOB_STATE, *_JOB_INDEX, "ocr:cache:*", "ocr:output:*",
-              "ocr:models:*"),
+              "ocr:models:*", "ocr:usage:*"),
         # an API client's callbacks are signed with that client's own secret; the
-        # token names are the metrics' client labels
+        # token names are the metrics' client labels, its record its page caps
         read_keys=("ocr:api:webhook:*", "ocr:api:clients"),
         channels=(EVENTS, CONTROL_CHANNEL, RESULT_CHANNEL)),
     RedisUser(
@@ -130,7 +130,7 @@ USERS: tuple[RedisUser, ...] = (
               "ocr:api:idem:*", "ocr:api:rate:*", "ocr:api:inflight:*", "ocr:api:upload:*",
               "ocr:api:bytes:*"),
         read_keys=(*RESULTS, "ocr:api:token:*", "ocr:api:clients", "ocr:doc:*",
-                   "ocr:output:*", "ocr:workers"),
+                   "ocr:output:*", "ocr:workers", "ocr:usage:*"),
         channels=(EVENTS, RESULT_CHANNEL)),
     RedisUser(
         "beat", "beat (Procfile `beat`: sends the scheduled model audit)",

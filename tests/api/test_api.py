@@ -654,7 +654,7 @@ def test_fuzz_from_own_openapi_schema(tmp_path: Path) -> None:
                 failures.append(f"{operation.label}: {exc}")
         assert not failures, "\n\n".join(failures)[:6000]
         print({label: sorted(set(codes)) for label, codes in calls.items()})
-        assert len(calls) == 8, calls  # every operation but /readyz was called
+        assert len(calls) == 9, calls  # every operation but /readyz was called
         assert sum(len(codes) for codes in calls.values()) >= 60, calls
         # Redis gone: coded 503s, not 500s.
         own_redis.stop()

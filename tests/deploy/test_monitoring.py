@@ -157,8 +157,9 @@ def test_the_dashboard_is_well_formed() -> None:
     assert len(ids) == len(set(ids))
     assert [v["name"] for v in board["templating"]["list"]] == ["datasource"]
     titles = {p["title"] for p in board["panels"]}
-    for wanted in ("Pages/s by engine", "Queue depth", "Oldest waiting message",
-                   "Job latency (accepted to ended)", "Page latency by engine (p95)",
+    for wanted in ("Pages/s by engine", "Pages/s by client", "Queue depth",
+                   "Oldest waiting message", "Job latency (accepted to ended)",
+                   "Page latency by engine (p95)",
                    "Failures by code", "Worker memory", "Inference server: pages in flight"):
         assert wanted in titles
     for panel in board["panels"]:

@@ -176,7 +176,7 @@ def test_every_role_works_with_its_own_user_and_nothing_is_refused(fleet: Fleet,
         assert done.returncode == 0, done.stderr
         assert json.loads(done.stdout)["status"] == "SUCCESS"
 
-    made = _admin(fleet, "tokens", "create", "acl-test", "--json")
+    made = _admin(fleet, "tokens", "create", "acl-test", "--json", "--pages-per-day", "1000")
     assert made.returncode == 0, made.stderr
     auth = {"Authorization": f"Bearer {json.loads(made.stdout)['token']}"}
     api = f"http://127.0.0.1:{fleet.ports['api']}"
@@ -197,6 +197,13 @@ def test_every_role_works_with_its_own_user_and_nothing_is_refused(fleet: Fleet,
     assert requests.get(f"{api}/v1/jobs/{job}/result", headers=auth,
                         timeout=30).status_code == 200
     assert requests.get(f"{api}/readyz", headers=auth, timeout=30).json()["ready"] is True
+    # The pages metered (the worker), checked against the token's cap (the worker and
+    # the API), shown to the client (the API) and to the operator (the admin user).
+    usage = requests.get(f"{api}/v1/usage", headers=auth, timeout=30).json()
+    assert (usage["today"], usage["pages_per_day"]) == (2, 1000), usage
+    report = _admin(fleet, "usage", "--client", "acl-test")
+    assert report.returncode == 0, report.stderr
+    assert json.loads(report.stdout)["clients"][0]["total"] == 2
     eventually(lambda: {"/client", "/api"} <= set(fleet.receiver.paths), 120,
                lambda: f"both callbacks posted: {fleet.receiver.paths}")
 
@@ -204,7 +211,8 @@ def test_every_role_works_with_its_own_user_and_nothing_is_refused(fleet: Fleet,
     assert workers.status_code == 200 and len(workers.json()) >= 2, workers.text
     assert fleet.get("flower", f"/api/task/result/{image}", auth=FLOWER_AUTH).json()[
         "state"] == "SUCCESS"
-    assert "ocr_jobs_total" in fleet.get("metrics", "/metrics").text
+    scraped = fleet.get("metrics", "/metrics").text
+    assert "ocr_jobs_total" in scraped and 'client="acl-test"' in scraped
     depth = fleet.get("metrics", "/v1/queues/ocr,ocr-fake/depth")
     assert depth.status_code == 200 and depth.json()["value"] == 0, (
         depth.text, fleet.redis.acl_log()[:3])

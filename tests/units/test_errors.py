@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import json
+
 from celery import Celery
 from celery.backends.base import Backend
 
-from tasks.errors import ERROR_CLASSES, OcrError, PdfEncrypted, error_info
+from tasks.errors import ERROR_CLASSES, OcrError, PageQuotaExceeded, PdfEncrypted, error_info
 
 
 def test_errors_survive_celery_json_round_trip() -> None:
@@ -24,3 +26,14 @@ def test_error_codes_are_unique_and_unknown_errors_hide_text() -> None:
     assert info["code"] == "internal_error" and "secret" not in info["message"]
     assert str(PdfEncrypted("need it")) == "pdf_encrypted: need it"
     assert OcrError().message == "internal error"
+
+
+def test_a_page_quota_refusal_keeps_its_figures_through_celery() -> None:
+    backend = Backend(app=Celery(set_as_current=False), serializer="json")
+    quota = {"period": "day", "cap": 3, "used": 1, "pages": 5,
+             "resets": "2026-01-02T00:00:00Z", "retry_after": 60}
+    stored = backend.prepare_exception(PageQuotaExceeded("over", quota=quota), "json")
+    again = backend.exception_to_python(json.loads(json.dumps(stored)))
+    assert error_info(again) == {"code": "page_quota_exceeded", "message": "over",
+                                 "retryable": False, **quota}
+    assert str(again) == "page_quota_exceeded: over"

@@ -1,0 +1,214 @@
+"""Pages read per client per day and month, and the page caps a client's token sets.
+
+Worker processes add the pages they read (`PageUsage.add`, one pipeline where a page
+or a job's in-process read ends); the HTTP API answers a client's own days
+(`GET /v1/usage`) and refuses a job over its cap at the door; `ocr_admin.py usage`
+reads every client's. Keys (hashes, field: the client name, "" the anonymous client):
+
+- `ocr:usage:day:<YYYY-MM-DD>`: pages read that day (UTC).
+- `ocr:usage:month:<YYYY-MM>`: pages read that month (UTC), what a monthly cap is
+  checked against in one read.
+
+Both are kept `USAGE_TTL` seconds after their last write. Counted: the pages read
+(OCR, text layer, blank), not the failed ones, nor those answered from the cache.
+
+A cap (`pages_per_day`, `pages_per_month` in the client's token record,
+`ocr:api:clients`) refuses a job whose pages would pass it (`PageQuotaExceeded`):
+where the page count is known, before any is read. Two jobs checked at the same
+moment may both pass: the cap holds to within the pages of the jobs in flight.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import redis
+
+from tasks.errors import BadRequest, PageQuotaExceeded
+from tasks.records.request import page_range
+from tasks.state.keys import API_CLIENTS_KEY, USAGE_PREFIX
+
+USAGE_TTL = 400 * 24 * 3600
+MAX_DAYS = 400  # the longest range one read answers
+DEFAULT_DAYS = 30
+
+
+def day_key(day: dt.date) -> str:
+    return f"{USAGE_PREFIX}day:{day.isoformat()}"
+
+
+def month_key(day: dt.date) -> str:
+    return f"{USAGE_PREFIX}month:{day.year:04d}-{day.month:02d}"
+
+
+def today(now: float | None = None) -> dt.date:
+    """The UTC date of `now` (epoch seconds; the present by default)."""
+    at = dt.datetime.now(dt.UTC) if now is None else dt.datetime.fromtimestamp(now, dt.UTC)
+    return at.date()
+
+
+def days(start: dt.date, end: dt.date) -> Iterator[dt.date]:
+    day = start
+    while day <= end:
+        yield day
+        day += dt.timedelta(days=1)
+
+
+def date_range(start: str | None, end: str | None,
+               now: float | None = None) -> tuple[dt.date, dt.date]:
+    """The days asked for: `end` (today) back to `start` (30 days in all); BadRequest."""
+    try:
+        last = dt.date.fromisoformat(end) if end else today(now)
+        first = (dt.date.fromisoformat(start) if start else
+                 last - dt.timedelta(days=DEFAULT_DAYS - 1))
+    except ValueError:
+        raise BadRequest("dates are YYYY-MM-DD") from None
+    if first > last:
+        raise BadRequest("`from` is after `to`")
+    if (last - first).days >= MAX_DAYS:
+        raise BadRequest(f"a range is at most {MAX_DAYS} days")
+    return first, last
+
+
+@dataclass(frozen=True)
+class PageCaps:
+    """A client's caps; None: no cap (0 is refused at creation: see tokens.py)."""
+
+    pages_per_day: int | None = None
+    pages_per_month: int | None = None
+
+    @classmethod
+    def of_record(cls, raw: str | bytes | None) -> PageCaps:
+        """The caps in a token record (`ocr:api:clients` JSON); none without one."""
+        if not raw:
+            return cls()
+        record = json.loads(raw)
+        return cls(record.get("pages_per_day"), record.get("pages_per_month"))
+
+    @property
+    def any(self) -> bool:
+        return bool(self.pages_per_day or self.pages_per_month)
+
+
+class PageUsage:
+    """Pages read per client per day and month, in Redis (thread-safe)."""
+
+    def __init__(self, client: redis.Redis) -> None:
+        self._redis = client
+        self._kept: set[str] = set()  # keys this process has given their TTL
+
+    def add(self, client: str, pages: int, now: float | None = None,
+            pipe: Any = None) -> None:
+        """Count `pages` read for `client` today (UTC); queued in `pipe` when given.
+
+        Each key's TTL is set by the first write of each process, not by every one.
+        """
+        if pages <= 0:
+            return
+        day = today(now)
+        own = pipe is None
+        pipe = self._redis.pipeline(transaction=False) if own else pipe
+        for key in (day_key(day), month_key(day)):
+            pipe.hincrby(key, client, pages)
+            if key not in self._kept:
+                pipe.expire(key, USAGE_TTL)
+                self._kept.add(key)
+        if own:
+            try:
+                pipe.execute()
+            except redis.RedisError:
+                self.forget_ttls()
+                raise
+
+    def forget_ttls(self) -> None:
+        """After a failed write: set each key's TTL again at its next write."""
+        self._kept.clear()
+
+    def used(self, client: str, now: float | None = None) -> tuple[int, int]:
+        """Pages `client` read today and this month (UTC)."""
+        day = today(now)
+        pipe = self._redis.pipeline(transaction=False)
+        pipe.hget(day_key(day), client)
+        pipe.hget(month_key(day), client)
+        on_day, in_month = pipe.execute()
+        return int(on_day or 0), int(in_month or 0)
+
+    def by_day(self, client: str, start: dt.date, end: dt.date) -> dict[str, int]:
+        """`client`'s pages on each day from `start` to `end` that had any (ISO dates)."""
+        chosen = list(days(start, end))
+        pipe = self._redis.pipeline(transaction=False)
+        for day in chosen:
+            pipe.hget(day_key(day), client)
+        return {day.isoformat(): int(n) for day, n in zip(chosen, pipe.execute(), strict=True)
+                if n}
+
+    def every_client(self, start: dt.date, end: dt.date) -> dict[str, dict[str, int]]:
+        """Every client's pages by day from `start` to `end`: {client: {date: pages}}."""
+        chosen = list(days(start, end))
+        pipe = self._redis.pipeline(transaction=False)
+        for day in chosen:
+            pipe.hgetall(day_key(day))
+        found: dict[str, dict[str, int]] = {}
+        for day, counts in zip(chosen, pipe.execute(), strict=True):
+            for name, pages in counts.items():
+                client = name.decode() if isinstance(name, bytes) else str(name)
+                found.setdefault(client, {})[day.isoformat()] = int(pages)
+        return dict(sorted(found.items()))
+
+    def caps(self, client: str) -> PageCaps:
+        """The caps of `client`'s token (none for a client without one)."""
+        return PageCaps.of_record(self._redis.hget(API_CLIENTS_KEY, client)) if client \
+            else PageCaps()
+
+    def admit(self, client: str, pages: int) -> None:
+        """Refuse `pages` more for `client` when they pass its token's caps (workers)."""
+        self.check(client, pages, self.caps(client))
+
+    def check(self, client: str, pages: int, caps: PageCaps,
+              now: float | None = None) -> None:
+        """Refuse (PageQuotaExceeded) `pages` more for `client` when they pass a cap."""
+        if not caps.any:
+            return
+        on_day, in_month = self.used(client, now)
+        day = today(now)
+        for period, cap, used in (("day", caps.pages_per_day, on_day),
+                                  ("month", caps.pages_per_month, in_month)):
+            if cap and used + pages > cap:
+                raise over_cap(period, cap, used, pages, day, now)
+
+
+def over_cap(period: str, cap: int, used: int, pages: int, day: dt.date,
+             now: float | None = None) -> PageQuotaExceeded:
+    """The refusal of a job of `pages` pages, `used` of a `cap` a `period` being read."""
+    if period == "day":
+        resets = day + dt.timedelta(days=1)
+    else:
+        resets = (day.replace(day=1) + dt.timedelta(days=32)).replace(day=1)
+    at = dt.datetime.combine(resets, dt.time(), dt.UTC)
+    now_at = dt.datetime.now(dt.UTC) if now is None else dt.datetime.fromtimestamp(now, dt.UTC)
+    wait = max(1, int((at - now_at).total_seconds()) + 1)
+    return PageQuotaExceeded(
+        f"the job's {pages} page(s) would pass the client's cap of {cap} pages a {period} "
+        f"({used} read); it resets at {at.isoformat()}",
+        quota={"period": period, "cap": cap, "used": used, "pages": pages,
+               "resets": at.isoformat().replace("+00:00", "Z"), "retry_after": wait})
+
+
+def fewest_pages(spec: str | None) -> int:
+    """The fewest pages a job reading the selection `spec` can read (1 without one).
+
+    The document has at least the highest first page of any range (else the job fails,
+    `invalid_pages`), so every range reads at least up to that page.
+    """
+    if not spec or not spec.strip():
+        return 1
+    ranges = [page_range(part, 2**31) for part in spec.split(",")]
+    top = max(first for first, _ in ranges)
+    chosen: set[int] = set()
+    for first, last in ranges:
+        chosen.update(range(first, min(last, top) + 1))
+    return max(1, len(chosen))

@@ -1,0 +1,54 @@
+"""Pages per client per day and month (tasks/state/usage.py): counts, ranges, caps."""
+
+from __future__ import annotations
+
+import datetime as dt
+
+import pytest
+import redis
+
+from tasks.errors import BadRequest, PageQuotaExceeded
+from tasks.state.usage import PageCaps, PageUsage, date_range, over_cap
+
+NEW_YEARS_EVE = dt.datetime(2026, 12, 31, 23, 0, tzinfo=dt.UTC).timestamp()
+
+
+def test_pages_by_day_and_month_and_the_caps(redis_url: str) -> None:
+    client = redis.Redis.from_url(redis_url)
+    client.flushdb()
+    usage = PageUsage(client)
+    usage.add("billing", 3, NEW_YEARS_EVE - 86400)
+    usage.add("billing", 2, NEW_YEARS_EVE)
+    usage.add("", 1, NEW_YEARS_EVE)
+    usage.add("billing", 0, NEW_YEARS_EVE)  # nothing read: nothing written
+    assert usage.used("billing", NEW_YEARS_EVE) == (2, 5)
+    first, last = dt.date(2026, 12, 30), dt.date(2027, 1, 1)
+    assert usage.by_day("billing", first, last) == {"2026-12-30": 3, "2026-12-31": 2}
+    assert usage.every_client(first, last) == {"": {"2026-12-31": 1},
+                                               "billing": {"2026-12-30": 3, "2026-12-31": 2}}
+    assert 0 < client.ttl("ocr:usage:day:2026-12-31") <= 400 * 86400
+    usage.check("billing", 3, PageCaps(5, 8), NEW_YEARS_EVE)  # 2 + 3 fits the day's 5
+    with pytest.raises(PageQuotaExceeded) as over:
+        usage.check("billing", 4, PageCaps(5, 8), NEW_YEARS_EVE)
+    assert over.value.quota == {"period": "day", "cap": 5, "used": 2, "pages": 4,
+                                "resets": "2027-01-01T00:00:00Z", "retry_after": 3601}
+    with pytest.raises(PageQuotaExceeded) as monthly:
+        usage.check("billing", 4, PageCaps(None, 8), NEW_YEARS_EVE)
+    assert (monthly.value.quota["period"], monthly.value.quota["used"]) == ("month", 5)
+    usage.check("billing", 10**6, PageCaps(0, None), NEW_YEARS_EVE)  # 0: no cap
+    assert usage.caps("nobody") == PageCaps() and usage.caps("") == PageCaps()
+
+
+def test_a_monthly_cap_resets_on_the_first_of_the_next_month() -> None:
+    refusal = over_cap("month", 10, 10, 1, dt.date(2026, 12, 31), NEW_YEARS_EVE)
+    assert refusal.quota["resets"] == "2027-01-01T00:00:00Z"
+    assert over_cap("month", 10, 10, 1, dt.date(2026, 2, 1))
+
+
+def test_date_ranges() -> None:
+    assert date_range(None, "2026-03-30") == (dt.date(2026, 3, 1), dt.date(2026, 3, 30))
+    assert date_range("2026-01-01", "2026-01-01") == (dt.date(2026, 1, 1),) * 2
+    for start, end in (("2026-02-30", None), ("2026-02-02", "2026-02-01"),
+                       ("2025-01-01", "2026-12-31")):
+        with pytest.raises(BadRequest):
+            date_range(start, end)
