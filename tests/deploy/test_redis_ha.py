@@ -15,8 +15,10 @@ this very script, and compose's `ha` services run it.
 from __future__ import annotations
 
 import os
+import secrets
 import signal
 import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -28,8 +30,10 @@ import yaml
 
 from tasks.settings import Settings
 from tasks.state.connection import connect
+from tasks.state.redis_acl import HA_USERS, USERS
 from tests.harness import ROOT, eventually, free_port
 from tests.kustomize_lite import build
+from tests.redis_tls import make_certificates
 
 SCRIPT = ROOT / "deploy" / "redis-ha" / "start.sh"
 PASSWORD = 'pa"ss\\word $x'  # quotes, a backslash and a dollar: escaped in the configs
@@ -39,8 +43,10 @@ MASTER = "ocr"
 class Member:
     """One `start.sh redis|sentinel` process and its ports and folders."""
 
-    def __init__(self, role: str, index: int, workdir: Path, env: dict[str, str]) -> None:
+    def __init__(self, role: str, index: int, workdir: Path, env: dict[str, str],
+                 auth: dict[str, Any] | None = None) -> None:
         self.role, self.index = role, index
+        self.auth = auth or {"password": PASSWORD}  # how the test logs in to it
         self.port = free_port()
         self.workdir = workdir / f"{role}-{index}"
         self.env = env
@@ -60,7 +66,7 @@ class Member:
         return self
 
     def client(self) -> redis.Redis:
-        return redis.Redis(port=self.port, password=PASSWORD, socket_timeout=5)
+        return redis.Redis(host="127.0.0.1", port=self.port, socket_timeout=5, **self.auth)
 
     def answers(self) -> bool:
         try:
@@ -154,14 +160,105 @@ def test_seed_leads_a_replica_is_promoted_and_the_old_primary_rejoins(
     service.close()
 
 
+@pytest.fixture
+def locked(tmp_path: Path) -> Iterator[tuple[list[Member], list[Member], dict[str, str]]]:
+    """Two servers and three Sentinels as the kits run them: TLS only, a user per role.
+
+    The users file is `scripts.redis_acl --replicated`'s, as the kits' init container
+    writes it; the test logs in to the servers as `admin`, to the Sentinels with their
+    own password. Yields the servers, the Sentinels and the service's settings.
+    """
+    certs = make_certificates(tmp_path / "tls")
+    passwords = {u.password_variable: secrets.token_urlsafe(18) for u in (*USERS, *HA_USERS)}
+    passwords["REDIS_PASSWORD_REPLICA"] += '"\\$'  # escaped in the servers' config
+    users_file = tmp_path / "users.acl"
+    done = subprocess.run([sys.executable, "-m", "scripts.redis_acl", "--replicated", "--out",
+                           str(users_file)], cwd=ROOT, capture_output=True, text=True,
+                          timeout=60, env={"PATH": os.environ["PATH"], **passwords})
+    assert done.returncode == 0, done.stderr
+    env = {"USERS_FILE": str(users_file), "TLS_DIR": str(certs.ca.parent),
+           "REPLICA_PASSWORD": passwords["REDIS_PASSWORD_REPLICA"],
+           "SENTINEL_AUTH_PASSWORD": passwords["REDIS_PASSWORD_SENTINEL"],
+           "SENTINEL_PASSWORD": PASSWORD, "ANNOUNCE_HOST": "127.0.0.1",
+           "SEED_HOST": "127.0.0.1", "MASTER_NAME": MASTER, "BIND": "127.0.0.1",
+           "DOWN_AFTER_MS": "1000"}
+    tls = {"ssl": True, "ssl_cert_reqs": "required", "ssl_ca_certs": str(certs.ca)}
+    admin = {"username": "admin", "password": passwords["REDIS_PASSWORD_ADMIN"], **tls}
+    servers = [Member("redis", i, tmp_path, env, admin) for i in range(2)]
+    sentinels = [Member("sentinel", i, tmp_path, env, {"password": PASSWORD, **tls})
+                 for i in range(3)]
+    env["SEED_PORT"] = str(servers[0].port)
+    env["SENTINELS"] = " ".join(f"127.0.0.1:{s.port}" for s in sentinels)
+    api = quote(passwords["REDIS_PASSWORD_API"], safe="")
+    service = {"REDIS_URL": ";".join(f"sentinel://api:{api}@127.0.0.1:{s.port}" if i == 0
+                                     else f"sentinel://127.0.0.1:{s.port}"
+                                     for i, s in enumerate(sentinels)) + "/0",
+               "OCR_REDIS_SENTINEL_MASTER": MASTER, "OCR_REDIS_SENTINEL_PASSWORD": PASSWORD,
+               "OCR_REDIS_SENTINEL_TLS": "1", "OCR_REDIS_TLS_CA_FILE": str(certs.ca)}
+    try:
+        yield servers, sentinels, service
+    finally:
+        for member in (*servers, *sentinels):
+            member.kill()
+
+
+def _refused(server: Member) -> list[dict[str, Any]]:
+    """What a server's ACL refused its users (a command, key or channel), not logins."""
+    return [e for e in server.client().acl_log(count=1000) if e["reason"] != "auth"]
+
+
+@pytest.mark.slow
+def test_locked_members_fail_over_over_tls_with_a_user_per_role(
+        locked: tuple[list[Member], list[Member], dict[str, str]]) -> None:
+    """The kits' mode: TLS only, the users file, `replica` and `sentinel` logins."""
+    servers, sentinels, env = locked
+    for member in (*servers, *sentinels):
+        member.start()
+    first, second = servers
+    eventually(lambda: role(first)["connected_slaves"] == 1, 30, "the replica linked")
+    eventually(lambda: all(_master(s)["num-other-sentinels"] == 2 for s in sentinels), 30,
+               lambda: f"the Sentinels know each other: {[_master(s) for s in sentinels]}")
+    tls = {k: v for k, v in first.auth.items() if k.startswith("ssl")}
+    for port in (first.port, second.port):  # `default` is off, plaintext is refused
+        for auth in ({}, {"username": "default", "password": PASSWORD}):
+            with pytest.raises(redis.AuthenticationError):
+                redis.Redis(port=port, socket_timeout=5, **tls, **auth).ping()
+        with pytest.raises(redis.ConnectionError):
+            redis.Redis(port=port, socket_timeout=2, password=PASSWORD).ping()
+    target = Settings.from_env(env).redis_target
+    assert target.username == "api" and target.tls
+    service = connect(target)  # the service's own factory, through the Sentinels
+    service.set("ocr:job:ha", "before")
+    eventually(lambda: second.client().get("ocr:job:ha") == b"before", 10, "replicated")
+
+    first.kill()
+    promoted = eventually(lambda: (lambda n: n if n and n[1] == second.port else None)(
+        named(sentinels[1])), 60, "the replica promoted")
+    assert promoted and role(second)["role"] == "master"
+    eventually(lambda: _writes(service, "ocr:job:ha"), 30, "the service writing again")
+    assert second.client().get("ocr:job:ha") == b"1"
+
+    first.start()  # asks the Sentinels (TLS, their password): rejoins as a replica
+    eventually(lambda: role(first).get("master_link_status") == "up", 30, "rejoined")
+    assert int(role(first)["master_port"]) == second.port
+    handover = subprocess.run(["sh", str(SCRIPT), "handover"], capture_output=True,
+                              text=True, timeout=60, env={**os.environ, **second.env,
+                                                          "REDIS_PORT": str(second.port)})
+    assert handover.returncode == 0, handover.stderr
+    assert role(second)["role"] == "slave", "the handover read INFO as `sentinel`"
+    eventually(lambda: _writes(service, "ocr:job:ha"), 30, "writing after the handover")
+    assert _refused(first) == [] and _refused(second) == []
+    service.close()
+
+
 def _master(sentinel: Member) -> dict[str, Any]:
     """What a Sentinel knows of the primary (`SENTINEL MASTER`, parsed by redis-py)."""
     return dict(sentinel.client().sentinel_master(MASTER))
 
 
-def _writes(client: redis.Redis) -> bool:
+def _writes(client: redis.Redis, key: str = "ocr:test:after") -> bool:
     try:
-        return bool(client.set("ocr:test:after", "1"))
+        return bool(client.set(key, "1"))
     except redis.RedisError:
         return False
 
