@@ -58,10 +58,17 @@ def write_env(path: Path, namespace: str) -> None:
 
 
 def redis_names(namespace: str) -> list[str]:
-    """The names the kits reach Redis by: compose, the Kubernetes Service, loopback."""
-    service = "ocr-redis"
+    """The names the kits reach Redis by: compose, the Kubernetes Service, loopback.
+
+    With a replicated Redis, its members too: compose's `ha` services and each pod of
+    the overlay redis-ha (`ocr-redis-ha-N.ocr-redis-ha`, as they announce themselves).
+    """
+    service, members = "ocr-redis", "*.ocr-redis-ha"
     return ["redis", service, f"{service}.{namespace}", f"{service}.{namespace}.svc",
-            f"{service}.{namespace}.svc.cluster.local", "localhost", "127.0.0.1"]
+            f"{service}.{namespace}.svc.cluster.local", "redis-replica-1",
+            "redis-replica-2", "sentinel-1", "sentinel-2", "sentinel-3", members,
+            f"{members}.{namespace}", f"{members}.{namespace}.svc",
+            f"{members}.{namespace}.svc.cluster.local", "localhost", "127.0.0.1"]
 
 
 def write_certs(folder: Path, names: list[str]) -> None:

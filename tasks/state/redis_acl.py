@@ -171,8 +171,10 @@ USERS: tuple[RedisUser, ...] = (
     RedisUser(
         "admin", "operators: ocr_admin.py and submit.py's token and maintenance commands",
         # every key, no server administration (CONFIG, FLUSHALL, ACL SETUSER, ...); what
-        # an operator reads to see who is connected and what Redis refused
-        ("@all", "-@dangerous", "info", "client|list", "acl|log"), keys=("*",),
+        # an operator reads to see who is connected and what Redis refused; a backup's
+        # snapshot, read as a replica reads it (SYNC, REPLCONF: tasks/state/snapshot.py)
+        ("@all", "-@dangerous", "info", "client|list", "acl|log", "sync", "replconf"),
+        keys=("*",),
         channels=("*",)),
 )
 # The servers' own users, in a replicated Redis only (deploy/redis-ha/start.sh,

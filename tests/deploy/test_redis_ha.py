@@ -31,8 +31,10 @@ import yaml
 from tasks.settings import Settings
 from tasks.state.connection import connect
 from tasks.state.redis_acl import HA_USERS, USERS
+from tests.deploy.test_deploy_manifests import container_env
 from tests.harness import ROOT, eventually, free_port
 from tests.kustomize_lite import build
+from tests.pss import pod_templates
 from tests.redis_tls import make_certificates
 
 SCRIPT = ROOT / "deploy" / "redis-ha" / "start.sh"
@@ -325,25 +327,45 @@ def test_the_overlay_replicates_redis_on_three_nodes() -> None:
 
 
 def test_every_role_reaches_redis_through_the_sentinels() -> None:
-    """The Secret's REDIS_URL names the three pods' Sentinels; the settings read it."""
+    """Each role and the backup: its own user, at the three pods' Sentinels, over TLS.
+
+    Each with only its own key and the Sentinels' password; the members locked down.
+    """
     objects = _overlay()
-    secret = next(o for o in objects if o["kind"] == "Secret"
-                  and o["metadata"]["name"] == "ocr-secrets")["stringData"]
-    config = next(o for o in objects if o["kind"] == "ConfigMap"
-                  and o["metadata"]["name"] == "ocr-config")["data"]
-    settings = Settings.from_env({**config, **{k: v.replace("CHANGE-ME", "pw")
-                                               for k, v in secret.items()}})
-    target = settings.redis_target
-    assert target.is_sentinel and target.password == "pw"
-    assert target.sentinel_password == "pw" and target.min_replicas == 1
-    assert set(target.sentinels) == {(f"ocr-redis-ha-{i}.ocr-redis-ha", 26379)
-                                     for i in range(3)}
+    clients = 0
+    for obj in objects:
+        for _, pod, _ in pod_templates(obj):
+            for container in pod["containers"]:
+                env = {e["name"]: e for e in container.get("env", [])}
+                if "REDIS_URL" not in env:
+                    continue
+                target = Settings.from_env(container_env(
+                    objects, container, lambda _secret, key: f"pw-{key}")).redis_target
+                key = env["REDIS_PASSWORD"]["valueFrom"]["secretKeyRef"]["key"]
+                assert target.is_sentinel and target.tls and target.min_replicas == 1
+                assert key == f"REDIS_PASSWORD_{str(target.username).upper()}"
+                assert target.password == f"pw-{key}", "expanded: REDIS_PASSWORD before"
+                assert target.sentinel_password == "pw-REDIS_SENTINEL_PASSWORD"
+                assert set(target.sentinels) == {(f"ocr-redis-ha-{i}.ocr-redis-ha", 26379)
+                                                 for i in range(3)}
+                clients += 1
+    assert clients >= 8  # api, control, beat, flower, metrics, two pools, the backup
     (redis_set,) = [o for o in objects if o["kind"] == "StatefulSet"]
-    env = {e["name"]: e.get("value") for c in redis_set["spec"]["template"]["spec"][
-        "containers"] for e in c["env"]}
-    assert env.get("MASTER_NAME", "mymaster") == target.master
-    assert {s.split(":")[0] for s in env["SENTINELS"].split()} == {
-        h for h, _ in target.sentinels}
+    pod = redis_set["spec"]["template"]["spec"]
+    members = {c["name"]: {e["name"]: e for e in c["env"]} for c in pod["containers"]}
+    for env in members.values():
+        assert env.get("MASTER_NAME", {}).get("value", "mymaster") == target.master
+        assert {s.split(":")[0] for s in env["SENTINELS"]["value"].split()} == {
+            h for h, _ in target.sentinels}
+        assert env["TLS_DIR"]["value"] == "/etc/ocr/redis-tls"  # TLS only
+        assert env["SENTINEL_PASSWORD"]["valueFrom"]["secretKeyRef"]["key"] == \
+            "REDIS_SENTINEL_PASSWORD"
+    # the servers read the users file (with `replica` and `sentinel`) an init container
+    # of the service's image writes
+    assert members["redis"]["USERS_FILE"]["value"].startswith("/run/redis/")
+    (init,) = pod["initContainers"]
+    assert init["image"].startswith("ocr-queue") and "--replicated" in init["command"][-1]
+    assert "REDIS_PASSWORD_REPLICA" in {e["name"] for e in init["env"]}
     # The pools scale on the exporter's figure, which it reads through the same
     # Sentinels: no ScaledObject names Redis.
     for scaled in (o for o in objects if o["kind"] == "ScaledObject"):
@@ -359,11 +381,13 @@ def test_a_cronjob_backs_redis_up() -> None:
     (container,) = pod["containers"]
     assert container["image"].startswith("ocr-queue")
     assert "python ocr_admin.py backup" in container["args"][-1]
-    assert {"ocr-config", "ocr-secrets", "ocr-backup"} == {
-        (s.get("configMapRef") or s.get("secretRef"))["name"] for s in container["envFrom"]}
+    assert {"ocr-config", "ocr-backup"} == {s["configMapRef"]["name"]
+                                            for s in container["envFrom"]}
+    env = {e["name"]: e for e in container["env"]}
+    assert env["REDIS_URL"]["value"].startswith("sentinel://admin:$(REDIS_PASSWORD)@")
     assert _restricted(pod) == []
     labels = spec["jobTemplate"]["spec"]["template"]["metadata"]["labels"]
-    assert labels["app.kubernetes.io/name"] == "ocr-queue"  # the Redis policies let it in
+    assert labels["app.kubernetes.io/component"] == "backup"  # its own network policies
 
 
 def test_compose_ha_profile_points_the_fleet_at_the_sentinels(tmp_path: Path) -> None:
