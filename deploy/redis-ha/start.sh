@@ -11,21 +11,22 @@
 # when it is the one named) and a Sentinel monitors it. When none answers (a set never
 # started, or every Sentinel down), SEED_HOST:SEED_PORT is taken as the primary.
 #
-# Two modes. Locked (USERS_FILE set; the kits): the servers know the users of
-# tasks/state/redis_acl.py, one per role plus `replica` and `sentinel`, from USERS_FILE
-# (`python -m scripts.redis_acl --replicated` writes it; `default` off); a replica logs
-# in to its primary as `replica`, a Sentinel to the servers as `sentinel`, and the
-# Sentinels ask their own password. Plain (REDIS_PASSWORD): one password for every
-# server and Sentinel. With TLS_DIR, servers and Sentinels speak only TLS, to their
-# clients and to each other.
+# Two modes. Locked (SENTINEL_AUTH_PASSWORD set; the kits): the servers know the users
+# of tasks/state/redis_acl.py, one per role plus `replica` and `sentinel`, from
+# USERS_FILE (`python -m scripts.redis_acl --replicated` writes it; `default` off); a
+# replica logs in to its primary as `replica`, a Sentinel to the servers as
+# `sentinel`, and the Sentinels ask their own password. Plain (REDIS_PASSWORD): one
+# password for every server and Sentinel. With TLS_DIR (or TLS_CA), servers and
+# Sentinels speak only TLS, to their clients and to each other.
 #
 # Environment:
-#   USERS_FILE       locked mode: the servers' `user` lines (included in the config)
-#   REPLICA_PASSWORD        locked mode: the `replica` user's password (a server's)
 #   SENTINEL_AUTH_PASSWORD  locked mode: the `sentinel` user's password
 #   SENTINEL_PASSWORD       locked mode: the Sentinels' own (OCR_REDIS_SENTINEL_PASSWORD)
+#   USERS_FILE       locked mode, a server: its `user` lines (included in its config)
+#   REPLICA_PASSWORD locked mode, a server: the `replica` user's password
 #   REDIS_PASSWORD   plain mode: the servers' password, and each Sentinel's own
-#   TLS_DIR          TLS only: its tls.crt, tls.key (this member's) and ca.crt
+#   TLS_DIR          TLS only: its tls.crt, tls.key (this member's) and ca.crt; or
+#   TLS_CERT TLS_KEY TLS_CA  the three files named one by one
 #   ANNOUNCE_HOST    this member's stable name, as the others and the clients reach it
 #                    (a StatefulSet pod's DNS name, a compose service name); with TLS,
 #                    a name the certificate carries
@@ -57,6 +58,9 @@ QUORUM=${QUORUM:-2}
 DOWN_AFTER_MS=${DOWN_AFTER_MS:-5000}
 USERS_FILE=${USERS_FILE:-}
 TLS_DIR=${TLS_DIR:-}
+TLS_CERT=${TLS_CERT:-${TLS_DIR:+$TLS_DIR/tls.crt}}
+TLS_KEY=${TLS_KEY:-${TLS_DIR:+$TLS_DIR/tls.key}}
+TLS_CA=${TLS_CA:-${TLS_DIR:+$TLS_DIR/ca.crt}}
 
 # A value in double quotes, its backslashes and quotes escaped (a config file, never a
 # command line: it does not show in a process list); written with printf, as sh's echo
@@ -65,15 +69,18 @@ quote() {
   printf '"%s"' "$(printf '%s' "$1" | sed 's/[\\"]/\\&/g')"
 }
 
-if [ -n "$USERS_FILE" ]; then
-  : "${REPLICA_PASSWORD:?REPLICA_PASSWORD is required with USERS_FILE}"
-  : "${SENTINEL_AUTH_PASSWORD:?SENTINEL_AUTH_PASSWORD is required with USERS_FILE}"
-  : "${SENTINEL_PASSWORD:?SENTINEL_PASSWORD is required with USERS_FILE}"
+if [ -n "${SENTINEL_AUTH_PASSWORD:-}" ]; then  # locked
+  : "${SENTINEL_PASSWORD:?SENTINEL_PASSWORD is required with SENTINEL_AUTH_PASSWORD}"
+  if [ "$role" = redis ]; then
+    : "${USERS_FILE:?USERS_FILE is required with SENTINEL_AUTH_PASSWORD}"
+    : "${REPLICA_PASSWORD:?REPLICA_PASSWORD is required with SENTINEL_AUTH_PASSWORD}"
+  fi
   server_user=sentinel  # what this script reads of a server: INFO replication
   server_password=$SENTINEL_AUTH_PASSWORD
   sentinels_password=$SENTINEL_PASSWORD
 else
-  : "${REDIS_PASSWORD:?REDIS_PASSWORD (or USERS_FILE) is required}"
+  : "${REDIS_PASSWORD:?REDIS_PASSWORD (or SENTINEL_AUTH_PASSWORD) is required}"
+  USERS_FILE=
   server_user=default
   server_password=$REDIS_PASSWORD
   sentinels_password=$REDIS_PASSWORD
@@ -82,8 +89,8 @@ fi
 # redis-cli over TLS where the members speak it; the password from the environment
 # (REDISCLI_AUTH), never on a command line.
 cli() {
-  if [ -n "$TLS_DIR" ]; then
-    redis-cli --tls --cacert "$TLS_DIR/ca.crt" "$@"
+  if [ -n "$TLS_CA" ]; then
+    redis-cli --tls --cacert "$TLS_CA" "$@"
   else
     redis-cli "$@"
   fi
@@ -139,12 +146,12 @@ primary_port=${primary#* }
 # their own (each has a user and password) and check this one against the CA.
 listen() {
   echo "bind $BIND"
-  if [ -n "$TLS_DIR" ]; then
+  if [ -n "$TLS_CA" ]; then
     echo "port 0"
     echo "tls-port $1"
-    echo "tls-cert-file \"$TLS_DIR/tls.crt\""
-    echo "tls-key-file \"$TLS_DIR/tls.key\""
-    echo "tls-ca-cert-file \"$TLS_DIR/ca.crt\""
+    echo "tls-cert-file \"$TLS_CERT\""
+    echo "tls-key-file \"$TLS_KEY\""
+    echo "tls-ca-cert-file \"$TLS_CA\""
     echo "tls-auth-clients no"
     echo "tls-replication yes"
   else
@@ -193,7 +200,7 @@ sentinel)
     echo "sentinel announce-ip $ANNOUNCE_HOST"
     echo "sentinel announce-port $SENTINEL_PORT"
     echo "sentinel monitor $MASTER_NAME $primary_host $primary_port $QUORUM"
-    if [ -n "$USERS_FILE" ]; then
+    if [ -n "${SENTINEL_AUTH_PASSWORD:-}" ]; then
       echo "sentinel auth-user $MASTER_NAME sentinel"
       printf 'sentinel auth-pass %s %s\n' "$MASTER_NAME" "$(quote "$SENTINEL_AUTH_PASSWORD")"
     else

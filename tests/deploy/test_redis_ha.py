@@ -8,8 +8,10 @@ replicas, the Sentinels agree; the service's own connection factory reaches the 
 through them (`sentinel://`); the primary is SIGKILLed, a replica is promoted and the
 service writes again; the old primary, started again by the same script, asks the
 Sentinels and rejoins as a replica of the new one; a primary's planned stop hands over
-first (`start.sh handover`, the pod's preStop). Also: the overlay's ConfigMap holds
-this very script, and compose's `ha` services run it.
+first (`start.sh handover`, the pod's preStop). The same in the kits' locked mode: TLS
+only, the users of tasks/state/redis_acl.py (a role logs in as its own user through the
+Sentinels; `default` cannot), replication and Sentinel as their own users, and nothing
+any of them does refused. The kits' files: test_redis_ha_kits.py.
 """
 
 from __future__ import annotations
@@ -26,15 +28,11 @@ from urllib.parse import quote
 
 import pytest
 import redis
-import yaml
 
 from tasks.settings import Settings
 from tasks.state.connection import connect
 from tasks.state.redis_acl import HA_USERS, USERS
-from tests.deploy.test_deploy_manifests import container_env
 from tests.harness import ROOT, eventually, free_port
-from tests.kustomize_lite import build
-from tests.pss import pod_templates
 from tests.redis_tls import make_certificates
 
 SCRIPT = ROOT / "deploy" / "redis-ha" / "start.sh"
@@ -191,6 +189,9 @@ def locked(tmp_path: Path) -> Iterator[tuple[list[Member], list[Member], dict[st
                  for i in range(3)]
     env["SEED_PORT"] = str(servers[0].port)
     env["SENTINELS"] = " ".join(f"127.0.0.1:{s.port}" for s in sentinels)
+    for sentinel in sentinels:  # as the overlay's: no users file, no replica's password
+        sentinel.env = {k: v for k, v in env.items()
+                        if k not in ("USERS_FILE", "REPLICA_PASSWORD")}
     api = quote(passwords["REDIS_PASSWORD_API"], safe="")
     service = {"REDIS_URL": ";".join(f"sentinel://api:{api}@127.0.0.1:{s.port}" if i == 0
                                      else f"sentinel://127.0.0.1:{s.port}"
@@ -263,153 +264,3 @@ def _writes(client: redis.Redis, key: str = "ocr:test:after") -> bool:
         return bool(client.set(key, "1"))
     except redis.RedisError:
         return False
-
-
-def test_the_overlay_and_compose_run_this_script() -> None:
-    objects = build(ROOT / "deploy" / "kubernetes" / "overlays" / "redis-ha")
-    config = next(o for o in objects if o["kind"] == "ConfigMap"
-                  and o["metadata"]["name"] == "ocr-redis-ha")
-    assert config["data"]["start.sh"] == SCRIPT.read_text()
-    services = yaml.safe_load((ROOT / "compose.yaml").read_text())["services"]
-    ha = {name: s for name, s in services.items() if "ha" in s.get("profiles", [])}
-    roles = sorted(s["command"][-1] for s in ha.values())
-    assert roles == ["redis", "redis", "sentinel", "sentinel", "sentinel"], roles
-    for service in ha.values():
-        assert service["command"][:2] == ["sh", "/ha/start.sh"]
-        assert "./deploy/redis-ha/start.sh:/ha/start.sh:ro" in service["volumes"]
-
-
-def _overlay() -> list[dict[str, Any]]:
-    return build(ROOT / "deploy" / "kubernetes" / "overlays" / "redis-ha")
-
-
-def _restricted(pod: dict[str, Any]) -> list[str]:
-    """What breaks the restricted pod security standard in a pod spec (its checks)."""
-    wrong = []
-    context = pod.get("securityContext", {})
-    if not context.get("runAsNonRoot") or context.get("seccompProfile", {}).get(
-            "type") != "RuntimeDefault":
-        wrong.append("pod: runAsNonRoot and seccomp RuntimeDefault")
-    for container in [*pod["containers"], *pod.get("initContainers", [])]:
-        own = container.get("securityContext", {})
-        if own.get("allowPrivilegeEscalation") is not False:
-            wrong.append(f"{container['name']}: allowPrivilegeEscalation")
-        if own.get("capabilities", {}).get("drop") != ["ALL"]:
-            wrong.append(f"{container['name']}: drop ALL")
-        if not own.get("readOnlyRootFilesystem"):
-            wrong.append(f"{container['name']}: read-only root")
-    return wrong
-
-
-def test_the_overlay_replicates_redis_on_three_nodes() -> None:
-    objects = _overlay()
-    kinds = {(o["kind"], o["metadata"]["name"]) for o in objects}
-    assert ("StatefulSet", "ocr-redis") not in kinds  # the base's single Redis is gone
-    assert ("ConfigMap", "ocr-redis-config") not in kinds
-    (redis_set,) = [o for o in objects if o["kind"] == "StatefulSet"]
-    spec = redis_set["spec"]
-    pod = spec["template"]["spec"]
-    assert spec["replicas"] == 3
-    images = {c["image"] for c in pod["containers"]}
-    assert len(images) == 1 and not images.pop().startswith("ocr-queue")  # Redis's own
-    assert sorted(c["command"][-1] for c in pod["containers"]) == ["redis", "sentinel"]
-    (term,) = pod["affinity"]["podAntiAffinity"]["requiredDuringSchedulingIgnoredDuringExecution"]
-    assert term["topologyKey"] == "kubernetes.io/hostname"
-    assert term["labelSelector"]["matchLabels"] == spec["selector"]["matchLabels"]
-    budget = next(o for o in objects if o["kind"] == "PodDisruptionBudget"
-                  and o["metadata"]["name"] == "ocr-redis-ha")
-    assert budget["spec"]["minAvailable"] == 2
-    assert budget["spec"]["selector"] == spec["selector"]
-    assert _restricted(pod) == []
-    redis_container = next(c for c in pod["containers"] if c["name"] == "redis")
-    assert redis_container["lifecycle"]["preStop"]["exec"]["command"][-1] == "handover"
-    assert pod["terminationGracePeriodSeconds"] > 30  # the handover's wait fits
-
-
-def test_every_role_reaches_redis_through_the_sentinels() -> None:
-    """Each role and the backup: its own user, at the three pods' Sentinels, over TLS.
-
-    Each with only its own key and the Sentinels' password; the members locked down.
-    """
-    objects = _overlay()
-    clients = 0
-    for obj in objects:
-        for _, pod, _ in pod_templates(obj):
-            for container in pod["containers"]:
-                env = {e["name"]: e for e in container.get("env", [])}
-                if "REDIS_URL" not in env:
-                    continue
-                target = Settings.from_env(container_env(
-                    objects, container, lambda _secret, key: f"pw-{key}")).redis_target
-                key = env["REDIS_PASSWORD"]["valueFrom"]["secretKeyRef"]["key"]
-                assert target.is_sentinel and target.tls and target.min_replicas == 1
-                assert key == f"REDIS_PASSWORD_{str(target.username).upper()}"
-                assert target.password == f"pw-{key}", "expanded: REDIS_PASSWORD before"
-                assert target.sentinel_password == "pw-REDIS_SENTINEL_PASSWORD"
-                assert set(target.sentinels) == {(f"ocr-redis-ha-{i}.ocr-redis-ha", 26379)
-                                                 for i in range(3)}
-                clients += 1
-    assert clients >= 8  # api, control, beat, flower, metrics, two pools, the backup
-    (redis_set,) = [o for o in objects if o["kind"] == "StatefulSet"]
-    pod = redis_set["spec"]["template"]["spec"]
-    members = {c["name"]: {e["name"]: e for e in c["env"]} for c in pod["containers"]}
-    for env in members.values():
-        assert env.get("MASTER_NAME", {}).get("value", "mymaster") == target.master
-        assert {s.split(":")[0] for s in env["SENTINELS"]["value"].split()} == {
-            h for h, _ in target.sentinels}
-        assert env["TLS_DIR"]["value"] == "/etc/ocr/redis-tls"  # TLS only
-        assert env["SENTINEL_PASSWORD"]["valueFrom"]["secretKeyRef"]["key"] == \
-            "REDIS_SENTINEL_PASSWORD"
-    # the servers read the users file (with `replica` and `sentinel`) an init container
-    # of the service's image writes
-    assert members["redis"]["USERS_FILE"]["value"].startswith("/run/redis/")
-    (init,) = pod["initContainers"]
-    assert init["image"].startswith("ocr-queue") and "--replicated" in init["command"][-1]
-    assert "REDIS_PASSWORD_REPLICA" in {e["name"] for e in init["env"]}
-    # The pools scale on the exporter's figure, which it reads through the same
-    # Sentinels: no ScaledObject names Redis.
-    for scaled in (o for o in objects if o["kind"] == "ScaledObject"):
-        assert {t["type"] for t in scaled["spec"]["triggers"]} == {"metrics-api"}
-
-
-def test_a_cronjob_backs_redis_up() -> None:
-    objects = _overlay()
-    (job,) = [o for o in objects if o["kind"] == "CronJob"]
-    spec = job["spec"]
-    assert spec["concurrencyPolicy"] == "Forbid"
-    pod = spec["jobTemplate"]["spec"]["template"]["spec"]
-    (container,) = pod["containers"]
-    assert container["image"].startswith("ocr-queue")
-    assert "python ocr_admin.py backup" in container["args"][-1]
-    assert {"ocr-config", "ocr-backup"} == {s["configMapRef"]["name"]
-                                            for s in container["envFrom"]}
-    env = {e["name"]: e for e in container["env"]}
-    assert env["REDIS_URL"]["value"].startswith("sentinel://admin:$(REDIS_PASSWORD)@")
-    assert _restricted(pod) == []
-    labels = spec["jobTemplate"]["spec"]["template"]["metadata"]["labels"]
-    assert labels["app.kubernetes.io/component"] == "backup"  # its own network policies
-
-
-def test_compose_ha_profile_points_the_fleet_at_the_sentinels(tmp_path: Path) -> None:
-    """`podman-compose --profile ha config` with .env.example's `ha` lines set."""
-    compose = ROOT / ".venv" / "bin" / "podman-compose"
-    if not compose.exists():
-        pytest.skip("podman-compose is missing (requirements-dev.txt)")
-    lines = (ROOT / ".env.example").read_text().splitlines()
-    ha = [line[2:] for line in lines if line.startswith(("# QUEUE_REDIS_URL=",
-                                                          "# OCR_REDIS_SENTINEL_PASSWORD="))]
-    env_file = tmp_path / "ha.env"
-    env_file.write_text("\n".join([*lines, *ha]) + "\n")
-    done = subprocess.run([str(compose), "-f", str(ROOT / "compose.yaml"), "--env-file",
-                           str(env_file), "--profile", "ha", "config"], cwd=tmp_path,
-                          capture_output=True, text=True, timeout=120, check=False)
-    assert done.returncode == 0, done.stderr
-    services = yaml.safe_load(done.stdout)["services"]
-    url = dict(line.split("=", 1) for line in ha)["QUEUE_REDIS_URL"]
-    for role in ("api", "worker", "beat", "flower", "metrics"):
-        assert services[role]["environment"]["REDIS_URL"] == url, role
-    settings = Settings.from_env({"REDIS_URL": url})
-    assert {h for h, _ in settings.redis_target.sentinels} == {
-        name for name, s in services.items() if s["command"][-1:] == ["sentinel"]}
-    assert {"redis-replica-1", "redis-replica-2", "sentinel-1", "sentinel-2",
-            "sentinel-3"} <= set(services)
