@@ -4,8 +4,9 @@
 - `env FILE [--namespace NS]`: an env file with a random value for every secret the
   kits read (compose's `.env`, the Kubernetes kit's `deploy/kubernetes/secrets/
   ocr-secrets.env`): one password per Redis user (`REDIS_PASSWORD_<USER>`, the users of
-  tasks/state/redis_acl.py), Flower's (`FLOWER_PASSWORD`), RabbitMQ's and the KEDA
-  management URL that carries it, and S3 keys (compose's MinIO root user, which its
+  tasks/state/redis_acl.py, those of a replicated Redis's servers too), the Sentinels'
+  own (`REDIS_SENTINEL_PASSWORD`), Flower's (`FLOWER_PASSWORD`), RabbitMQ's and the
+  KEDA management URL that carries it, and S3 keys (compose's MinIO root user, which its
   workers use; the Kubernetes kit does not read them). Hex, so each goes into a URL as
   it is. Mode 0600; an existing file is never overwritten.
 - `certs DIR [--namespace NS] [--name NAME ...]`: a private CA (`ca.crt`, `ca.key`) and
@@ -28,7 +29,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from tasks.state.redis_acl import USERS
+from tasks.state.redis_acl import HA_USERS, USERS
 
 CA_DAYS = 3650
 CERT_DAYS = 825
@@ -36,7 +37,9 @@ CERT_DAYS = 825
 
 def secret_values(namespace: str = "ocr") -> dict[str, str]:
     """Every secret of the kits, random, by the variable (and Secret key) it goes in."""
-    values = {u.password_variable: secrets.token_hex(24) for u in USERS}
+    values = {u.password_variable: secrets.token_hex(24) for u in (*USERS, *HA_USERS)}
+    # The Sentinels' own password (a replicated Redis: OCR_REDIS_SENTINEL_PASSWORD).
+    values["REDIS_SENTINEL_PASSWORD"] = secrets.token_hex(24)
     values["FLOWER_PASSWORD"] = secrets.token_hex(16)
     values["RABBITMQ_PASSWORD"] = secrets.token_hex(24)
     values["RABBITMQ_MANAGEMENT_URL"] = (
@@ -55,10 +58,17 @@ def write_env(path: Path, namespace: str) -> None:
 
 
 def redis_names(namespace: str) -> list[str]:
-    """The names the kits reach Redis by: compose, the Kubernetes Service, loopback."""
-    service = "ocr-redis"
+    """The names the kits reach Redis by: compose, the Kubernetes Service, loopback.
+
+    With a replicated Redis, its members too: compose's `ha` services and each pod of
+    the overlay redis-ha (`ocr-redis-ha-N.ocr-redis-ha`, as they announce themselves).
+    """
+    service, members = "ocr-redis", "*.ocr-redis-ha"
     return ["redis", service, f"{service}.{namespace}", f"{service}.{namespace}.svc",
-            f"{service}.{namespace}.svc.cluster.local", "localhost", "127.0.0.1"]
+            f"{service}.{namespace}.svc.cluster.local", "redis-replica-1",
+            "redis-replica-2", "sentinel-1", "sentinel-2", "sentinel-3", members,
+            f"{members}.{namespace}", f"{members}.{namespace}.svc",
+            f"{members}.{namespace}.svc.cluster.local", "localhost", "127.0.0.1"]
 
 
 def write_certs(folder: Path, names: list[str]) -> None:

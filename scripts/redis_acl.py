@@ -11,6 +11,9 @@ starts with a user nobody set a password for.
 
 `--probe-password-file FILE` also adds the `probe` user (PING only) with a password made
 here and written to FILE (mode 0600), for the container's own readiness probe.
+`--replicated` also adds the servers' own users of a replicated Redis (`replica`,
+`sentinel`: tasks/state/redis_acl.py HA_USERS; REDIS_PASSWORD_REPLICA,
+REDIS_PASSWORD_SENTINEL), for deploy/redis-ha/start.sh's servers.
 `--redis-version 7.2` names the server's version when no `redis-server` is on PATH (a
 managed Redis: apply the printed lines there).
 """
@@ -27,7 +30,7 @@ import sys
 from pathlib import Path
 
 from tasks.settings import Settings, SettingsError
-from tasks.state.redis_acl import PROBE, USERS, acl_lines
+from tasks.state.redis_acl import HA_USERS, PROBE, USERS, acl_lines
 
 
 def server_version() -> tuple[int, int]:
@@ -48,8 +51,11 @@ def main(argv: list[str] | None = None) -> int:
                         help="add the probe user; write its password here (0600)")
     parser.add_argument("--redis-version", help="the server's MAJOR.MINOR (default: "
                         "`redis-server --version`, else 7.0)")
+    parser.add_argument("--replicated", action="store_true",
+                        help="also the users of replication and Sentinel (HA_USERS)")
     args = parser.parse_args(argv)
-    missing = [u.password_variable for u in USERS if u.password_variable not in os.environ]
+    users = (*USERS, *HA_USERS) if args.replicated else USERS
+    missing = [u.password_variable for u in users if u.password_variable not in os.environ]
     if missing:
         print(f"redis-acl: {missing[0]} is not set (one password per Redis user: "
               "docs/deploy.md)", file=sys.stderr)
@@ -59,7 +65,7 @@ def main(argv: list[str] | None = None) -> int:
     except SettingsError as exc:
         print(f"redis-acl: {exc}", file=sys.stderr)
         return 2
-    passwords = {u.name: os.environ[u.password_variable] for u in USERS}
+    passwords = {u.name: os.environ[u.password_variable] for u in users}
     if args.probe_password_file is not None:
         probe = secrets.token_hex(24)
         fd = os.open(args.probe_password_file, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)

@@ -7,7 +7,8 @@ kustomizations use, and refuses anything else rather than render it differently:
 
 - `resources`: YAML files and folders holding a kustomization.yaml;
 - `namespace`: set on every namespaced object;
-- `images`: `name` -> `newName` / `newTag` in every container and init container;
+- `images`: `name` -> `newName` / `newTag` in every container and init container (a
+  CronJob's too);
 - `patches` with `path`: strategic-merge patches matched by kind and name, whose maps
   merge and whose lists replace (as kustomize does for custom resources); in a
   built-in kind the lists kustomize merges by name (containers, init containers, env,
@@ -135,7 +136,10 @@ def _b64(raw: bytes) -> str:
 
 def _set_image(objects: list[Obj], image: dict[str, str]) -> None:
     for obj in objects:
-        pod = obj.get("spec", {}).get("template", {}).get("spec", {})
+        spec = obj.get("spec", {})
+        if obj["kind"] == "CronJob":  # its pods' template is its jobs' template's
+            spec = spec.get("jobTemplate", {}).get("spec", {})
+        pod = spec.get("template", {}).get("spec", {})
         for container in [*pod.get("containers", []), *pod.get("initContainers", [])]:
             name, _, tag = container["image"].partition(":")
             if name != image["name"]:

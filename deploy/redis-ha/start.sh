@@ -1,19 +1,35 @@
 #!/bin/sh
 # One member of the service's replicated Redis: `start.sh redis` (a Redis server) or
 # `start.sh sentinel` (a Sentinel); `start.sh handover` before a server stops (a
-# Kubernetes preStop hook): a primary asks the Sentinels to promote a replica first. Used as it is by compose's `ha` profile (mounted) and
-# by the Kubernetes overlay deploy/kubernetes/overlays/redis-ha (its ConfigMap holds
-# this file's text; tests/deploy/test_redis_ha.py checks they are the same and runs it).
+# Kubernetes preStop hook): a primary asks the Sentinels to promote a replica first.
+# Used as it is by compose's `ha` profile and by the Kubernetes overlay
+# deploy/kubernetes/overlays/redis-ha (its ConfigMap holds this file's text;
+# tests/deploy/test_redis_ha.py checks they are the same and runs it).
 #
 # Which server is the primary is the Sentinels' to say: a starting member asks each
 # Sentinel; when one names a primary, a server starts as its replica (or as the primary
 # when it is the one named) and a Sentinel monitors it. When none answers (a set never
 # started, or every Sentinel down), SEED_HOST:SEED_PORT is taken as the primary.
 #
+# Two modes. Locked (SENTINEL_AUTH_PASSWORD set; the kits): the servers know the users
+# of tasks/state/redis_acl.py, one per role plus `replica` and `sentinel`, from
+# USERS_FILE (`python -m scripts.redis_acl --replicated` writes it; `default` off); a
+# replica logs in to its primary as `replica`, a Sentinel to the servers as
+# `sentinel`, and the Sentinels ask their own password. Plain (REDIS_PASSWORD): one
+# password for every server and Sentinel. With TLS_DIR (or TLS_CA), servers and
+# Sentinels speak only TLS, to their clients and to each other.
+#
 # Environment:
-#   REDIS_PASSWORD   the servers' password, and each Sentinel's own (required)
+#   SENTINEL_AUTH_PASSWORD  locked mode: the `sentinel` user's password
+#   SENTINEL_PASSWORD       locked mode: the Sentinels' own (OCR_REDIS_SENTINEL_PASSWORD)
+#   USERS_FILE       locked mode, a server: its `user` lines (included in its config)
+#   REPLICA_PASSWORD locked mode, a server: the `replica` user's password
+#   REDIS_PASSWORD   plain mode: the servers' password, and each Sentinel's own
+#   TLS_DIR          TLS only: its tls.crt, tls.key (this member's) and ca.crt; or
+#   TLS_CERT TLS_KEY TLS_CA  the three files named one by one
 #   ANNOUNCE_HOST    this member's stable name, as the others and the clients reach it
-#                    (a StatefulSet pod's DNS name, a compose service name)
+#                    (a StatefulSet pod's DNS name, a compose service name); with TLS,
+#                    a name the certificate carries
 #   SEED_HOST        the server that is primary when no Sentinel names one
 #   SENTINELS        the Sentinels, "host:port host:port host:port"
 #   MASTER_NAME      the primary's name at the Sentinels (default mymaster; the
@@ -28,7 +44,6 @@
 set -eu
 
 role=${1:?usage: start.sh redis|sentinel|handover}
-: "${REDIS_PASSWORD:?REDIS_PASSWORD is required}"
 : "${ANNOUNCE_HOST:?ANNOUNCE_HOST is required}"
 : "${SEED_HOST:?SEED_HOST is required}"
 : "${SENTINELS:?SENTINELS is required}"
@@ -41,20 +56,62 @@ DATA_DIR=${DATA_DIR:-/data}
 CONF_DIR=${CONF_DIR:-/tmp/redis-ha}
 QUORUM=${QUORUM:-2}
 DOWN_AFTER_MS=${DOWN_AFTER_MS:-5000}
+USERS_FILE=${USERS_FILE:-}
+TLS_DIR=${TLS_DIR:-}
+TLS_CERT=${TLS_CERT:-${TLS_DIR:+$TLS_DIR/tls.crt}}
+TLS_KEY=${TLS_KEY:-${TLS_DIR:+$TLS_DIR/tls.key}}
+TLS_CA=${TLS_CA:-${TLS_DIR:+$TLS_DIR/ca.crt}}
 
-umask 077
-mkdir -p "$CONF_DIR"
-# The password in double quotes, its backslashes and quotes escaped (a config file,
-# never a command line: it does not show in a process list); written with printf, as
-# sh's echo would take its backslashes for escapes.
-quoted=$(printf '%s' "$REDIS_PASSWORD" | sed 's/[\\"]/\\&/g')
-export REDISCLI_AUTH="$REDIS_PASSWORD"
+# A value in double quotes, its backslashes and quotes escaped (a config file, never a
+# command line: it does not show in a process list); written with printf, as sh's echo
+# would take its backslashes for escapes.
+quote() {
+  printf '"%s"' "$(printf '%s' "$1" | sed 's/[\\"]/\\&/g')"
+}
+
+if [ -n "${SENTINEL_AUTH_PASSWORD:-}" ]; then  # locked
+  : "${SENTINEL_PASSWORD:?SENTINEL_PASSWORD is required with SENTINEL_AUTH_PASSWORD}"
+  if [ "$role" = redis ]; then
+    : "${USERS_FILE:?USERS_FILE is required with SENTINEL_AUTH_PASSWORD}"
+    : "${REPLICA_PASSWORD:?REPLICA_PASSWORD is required with SENTINEL_AUTH_PASSWORD}"
+  fi
+  server_user=sentinel  # what this script reads of a server: INFO replication
+  server_password=$SENTINEL_AUTH_PASSWORD
+  sentinels_password=$SENTINEL_PASSWORD
+else
+  : "${REDIS_PASSWORD:?REDIS_PASSWORD (or SENTINEL_AUTH_PASSWORD) is required}"
+  USERS_FILE=
+  server_user=default
+  server_password=$REDIS_PASSWORD
+  sentinels_password=$REDIS_PASSWORD
+fi
+
+# redis-cli over TLS where the members speak it; the password from the environment
+# (REDISCLI_AUTH), never on a command line.
+cli() {
+  if [ -n "$TLS_CA" ]; then
+    redis-cli --tls --cacert "$TLS_CA" "$@"
+  else
+    redis-cli "$@"
+  fi
+}
+# This server's replication role and link (INFO replication), as $server_user.
+server_info() {
+  REDISCLI_AUTH="$server_password" cli --user "$server_user" -p "$REDIS_PORT" \
+    INFO replication 2>/dev/null
+}
+# A command to the Sentinel at "host:port" ($1), with the Sentinels' own password.
+sentinel_cli() {
+  address=$1
+  shift
+  REDISCLI_AUTH="$sentinels_password" cli --raw -h "${address%:*}" -p "${address##*:}" "$@"
+}
 
 # The primary a Sentinel names, "host port"; nothing when none answers.
 named_primary() {
   for sentinel in $SENTINELS; do
-    answer=$(redis-cli --raw -h "${sentinel%:*}" -p "${sentinel##*:}" \
-      SENTINEL get-master-addr-by-name "$MASTER_NAME" 2>/dev/null) || continue
+    answer=$(sentinel_cli "$sentinel" SENTINEL get-master-addr-by-name "$MASTER_NAME" \
+      2>/dev/null) || continue
     host=$(printf '%s\n' "$answer" | sed -n 1p)
     port=$(printf '%s\n' "$answer" | sed -n 2p)
     case $port in ''|*[!0-9]*) continue ;; esac
@@ -64,20 +121,20 @@ named_primary() {
 }
 
 if [ "$role" = handover ]; then
-  redis-cli -p "$REDIS_PORT" INFO replication 2>/dev/null | grep -q '^role:master' || exit 0
+  server_info | grep -q '^role:master' || exit 0
   for sentinel in $SENTINELS; do
-    redis-cli -h "${sentinel%:*}" -p "${sentinel##*:}" SENTINEL failover "$MASTER_NAME" \
-      >/dev/null 2>&1 && break
+    sentinel_cli "$sentinel" SENTINEL failover "$MASTER_NAME" >/dev/null 2>&1 && break
   done
   tries=0  # until this server is a replica, for at most 30 s
-  while [ $tries -lt 30 ] && redis-cli -p "$REDIS_PORT" INFO replication 2>/dev/null \
-      | grep -q '^role:master'; do
+  while [ $tries -lt 30 ] && server_info | grep -q '^role:master'; do
     sleep 1
     tries=$((tries + 1))
   done
   exit 0
 fi
 
+umask 077
+mkdir -p "$CONF_DIR"
 primary=$(named_primary || true)
 if [ -z "$primary" ]; then
   primary="$SEED_HOST $SEED_PORT"
@@ -85,19 +142,41 @@ fi
 primary_host=${primary% *}
 primary_port=${primary#* }
 
+# Listening: plain, or TLS only (no plaintext port); clients need no certificate of
+# their own (each has a user and password) and check this one against the CA.
+listen() {
+  echo "bind $BIND"
+  if [ -n "$TLS_CA" ]; then
+    echo "port 0"
+    echo "tls-port $1"
+    echo "tls-cert-file \"$TLS_CERT\""
+    echo "tls-key-file \"$TLS_KEY\""
+    echo "tls-ca-cert-file \"$TLS_CA\""
+    echo "tls-auth-clients no"
+    echo "tls-replication yes"
+  else
+    echo "port $1"
+  fi
+}
+
 case $role in
 redis)
   mkdir -p "$DATA_DIR"
   {
-    echo "bind $BIND"
-    echo "port $REDIS_PORT"
+    listen "$REDIS_PORT"
     echo "dir \"$DATA_DIR\""
     echo "appendonly yes"
     echo "appendfsync everysec"
     echo 'save ""'
     echo "maxmemory-policy noeviction"
-    printf '%s "%s"\n' "requirepass" "$quoted"
-    printf '%s "%s"\n' "masterauth" "$quoted"
+    if [ -n "$USERS_FILE" ]; then
+      echo "include \"$USERS_FILE\""
+      echo "masteruser replica"
+      printf 'masterauth %s\n' "$(quote "$REPLICA_PASSWORD")"
+    else
+      printf 'requirepass %s\n' "$(quote "$REDIS_PASSWORD")"
+      printf 'masterauth %s\n' "$(quote "$REDIS_PASSWORD")"
+    fi
     echo "replica-announce-ip $ANNOUNCE_HOST"
     echo "replica-announce-port $REDIS_PORT"
     # No min-replicas-to-write: the service asks for its replicas itself (WAIT,
@@ -112,17 +191,21 @@ redis)
   ;;
 sentinel)
   {
-    echo "bind $BIND"
-    echo "port $SENTINEL_PORT"
+    listen "$SENTINEL_PORT"
     echo "dir \"$CONF_DIR\""
-    printf '%s "%s"\n' "requirepass" "$quoted"
-    printf '%s "%s"\n' "sentinel sentinel-pass" "$quoted"
+    printf 'requirepass %s\n' "$(quote "$sentinels_password")"
+    printf 'sentinel sentinel-pass %s\n' "$(quote "$sentinels_password")"
     echo "sentinel resolve-hostnames yes"
     echo "sentinel announce-hostnames yes"
     echo "sentinel announce-ip $ANNOUNCE_HOST"
     echo "sentinel announce-port $SENTINEL_PORT"
     echo "sentinel monitor $MASTER_NAME $primary_host $primary_port $QUORUM"
-    printf '%s "%s"\n' "sentinel auth-pass $MASTER_NAME" "$quoted"
+    if [ -n "${SENTINEL_AUTH_PASSWORD:-}" ]; then
+      echo "sentinel auth-user $MASTER_NAME sentinel"
+      printf 'sentinel auth-pass %s %s\n' "$MASTER_NAME" "$(quote "$SENTINEL_AUTH_PASSWORD")"
+    else
+      printf 'sentinel auth-pass %s %s\n' "$MASTER_NAME" "$(quote "$REDIS_PASSWORD")"
+    fi
     echo "sentinel down-after-milliseconds $MASTER_NAME $DOWN_AFTER_MS"
     echo "sentinel failover-timeout $MASTER_NAME 60000"
     echo "sentinel parallel-syncs $MASTER_NAME 1"

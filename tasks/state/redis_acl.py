@@ -171,9 +171,24 @@ USERS: tuple[RedisUser, ...] = (
     RedisUser(
         "admin", "operators: ocr_admin.py and submit.py's token and maintenance commands",
         # every key, no server administration (CONFIG, FLUSHALL, ACL SETUSER, ...); what
-        # an operator reads to see who is connected and what Redis refused
-        ("@all", "-@dangerous", "info", "client|list", "acl|log"), keys=("*",),
+        # an operator reads to see who is connected and what Redis refused; a backup's
+        # snapshot, read as a replica reads it (SYNC, REPLCONF: tasks/state/snapshot.py)
+        ("@all", "-@dangerous", "info", "client|list", "acl|log", "sync", "replconf"),
+        keys=("*",),
         channels=("*",)),
+)
+# The servers' own users, in a replicated Redis only (deploy/redis-ha/start.sh,
+# `scripts.redis_acl --replicated`): no keys. A replica's link to its primary
+# (`masteruser replica`), and a Sentinel's to each server (`sentinel auth-user`), with
+# what Redis's Sentinel documentation lists for it: its hello channel, INFO, ROLE, and a
+# failover's MULTI, REPLICAOF, CONFIG REWRITE, CLIENT KILL, EXEC.
+HA_USERS: tuple[RedisUser, ...] = (
+    RedisUser("replica", "a replica of a replicated Redis (its link to the primary)",
+              ("psync", "replconf")),
+    RedisUser("sentinel", "the Sentinels of a replicated Redis, on each server",
+              ("client|kill", "subscribe", "publish", "info", "role", "multi", "exec",
+               "slaveof", "replicaof", "config|rewrite", "script|kill"),
+              channels=("__sentinel__:hello",)),
 )
 # A user of the Redis container's own probe (its password is made at each start).
 PROBE = RedisUser("probe", "the Redis container's readiness probe", ())
@@ -181,7 +196,7 @@ PROBE = RedisUser("probe", "the Redis container's readiness probe", ())
 
 def user(name: str) -> RedisUser:
     """The user named `name` (KeyError when there is none)."""
-    return {u.name: u for u in (*USERS, PROBE)}[name]
+    return {u.name: u for u in (*USERS, *HA_USERS, PROBE)}[name]
 
 
 def acl_lines(passwords: Mapping[str, str],

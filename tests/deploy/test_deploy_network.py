@@ -47,15 +47,34 @@ KUBE_API = Endpoint("kube-apiserver-service", None, ip="10.96.0.1")
 KUBE_API_NODE = Endpoint("kube-apiserver-endpoint", None, ip="172.18.0.2")
 OUTSIDE = (KUBE_DNS, INGRESS, PROMETHEUS, KEDA, STRANGER, INTRUDER, INTERNET, INTERNET6,
            METADATA, METADATA6, KUBE_API, KUBE_API_NODE)
-PORTS: tuple[Port, ...] = (*DNS, *WEB, (6379, "TCP"), (8000, "TCP"), (9808, "TCP"),
+REDIS, SENTINEL = (6379, "TCP"), (26379, "TCP")
+PORTS: tuple[Port, ...] = (*DNS, *WEB, REDIS, SENTINEL, (8000, "TCP"), (9808, "TCP"),
                            (5555, "TCP"), (5672, "TCP"), (15672, "TCP"), (6443, "TCP"))
 
 
 def _pods(objects: list[Obj]) -> list[Endpoint]:
+    """A pod of each workload (a CronJob's too); two of a replicated Redis (its members).
+
+    A pod of a replicated Redis (a Sentinel beside its server) is named `<set>-<n>`.
+    """
     addresses = count(10)
-    return [Endpoint(o["metadata"]["name"], o["metadata"]["namespace"],
-                     o["spec"]["template"]["metadata"]["labels"], f"10.244.1.{next(addresses)}")
-            for o in objects if o["kind"] in ("Deployment", "StatefulSet")]
+    pods = []
+    for o in objects:
+        if o["kind"] not in ("Deployment", "StatefulSet", "CronJob"):
+            continue
+        template = (o["spec"]["jobTemplate"]["spec"] if o["kind"] == "CronJob"
+                    else o["spec"])["template"]
+        members = 2 if _runs_sentinel(template["spec"]) else 1
+        for n in range(members):
+            pods.append(Endpoint(o["metadata"]["name"] + (f"-{n}" if members > 1 else ""),
+                                 o["metadata"]["namespace"], template["metadata"]["labels"],
+                                 f"10.244.1.{next(addresses)}"))
+    return pods
+
+
+def _runs_sentinel(pod: Obj) -> bool:
+    return any(p["containerPort"] == SENTINEL[0] for c in pod["containers"]
+               for p in c.get("ports", []))
 
 
 def _component(pod: Endpoint) -> str:
@@ -66,13 +85,24 @@ def expected(pods: list[Endpoint]) -> set[tuple[str, str, Port]]:
     """The connections the fleet makes, by component."""
     want: set[tuple[str, str, Port]] = set()
     by = {c: [p for p in pods if _component(p) == c] for c in map(_component, pods)}
-    unknown = set(by) - ROLES - {"redis", "rabbitmq"}
+    unknown = set(by) - ROLES - {"redis", "rabbitmq", "backup"}
     assert not unknown, f"components with no connections declared here: {unknown}"
+    redis = by.get("redis", [])
+    # a replicated Redis: its members (named <set>-<n>) have Sentinels, reached on 26379
+    redis_ports = [REDIS, SENTINEL] if len(redis) > 1 else [REDIS]
+    for member in redis if len(redis) > 1 else []:  # replication, Sentinels, names
+        want |= {(member.name, KUBE_DNS.name, port) for port in DNS}
+        want |= {(member.name, other.name, port) for other in redis if other != member
+                 for port in redis_ports}
+    for backup in by.get("backup", []):  # Redis's snapshot, to the object store
+        want |= {(backup.name, KUBE_DNS.name, port) for port in DNS}
+        want |= {(backup.name, r.name, port) for r in redis for port in redis_ports}
+        want |= {(backup.name, web.name, (443, "TCP")) for web in (INTERNET, INTERNET6)}
     for pod in pods:
         if _component(pod) not in ROLES:
             continue
         want |= {(pod.name, KUBE_DNS.name, port) for port in DNS}
-        want |= {(pod.name, redis.name, (6379, "TCP")) for redis in by.get("redis", [])}
+        want |= {(pod.name, r.name, port) for r in redis for port in redis_ports}
         want |= {(pod.name, rabbit.name, (5672, "TCP")) for rabbit in by.get("rabbitmq", [])}
         if _component(pod) in ("worker", "control"):
             want |= {(pod.name, web.name, port) for web in (INTERNET, INTERNET6)

@@ -37,11 +37,16 @@ VERSION = re.search(r'^version = "([^"]+)"', (ROOT / "pyproject.toml").read_text
                     re.M).group(1)  # type: ignore[union-attr]
 PROJECT_IMAGE = f"ocr-queue:{VERSION}"
 COMPOSE = yaml.safe_load((ROOT / "compose.yaml").read_text())
-# compose service -> the Kubernetes container whose memory limit it shares
+# compose service -> the Kubernetes container whose memory limit it shares (and the
+# overlay it is in: gpu-vllm, or redis-ha for profile ha's members)
 SAME_AS = {"redis": ("ocr-redis", "redis"), "api": ("ocr-api", "api"),
            "worker": ("ocr-worker-cpu", "worker"), "beat": ("ocr-beat", "beat"),
            "flower": ("ocr-flower", "flower"), "metrics": ("ocr-metrics", "metrics"),
-           "control": ("ocr-control", "control"), "worker-vlm": ("ocr-worker-vlm-api", "worker")}
+           "control": ("ocr-control", "control"), "worker-vlm": ("ocr-worker-vlm-api", "worker"),
+           **{f"redis-replica-{n}": ("ocr-redis-ha", "redis", "redis-ha") for n in (1, 2)},
+           **{f"sentinel-{n}": ("ocr-redis-ha", "sentinel", "redis-ha") for n in (1, 2, 3)}}
+# compose's Redis servers: each writes the users' lines, so it reads every password
+SERVERS = {"redis", "redis-replica-1", "redis-replica-2"}
 ROLE_USER = {"api": "api", "worker": "worker", "worker-vlm": "worker", "beat": "beat",
              "flower": "flower", "metrics": "metrics", "control": "control"}
 
@@ -116,8 +121,8 @@ def test_the_lock_pins_every_package_with_hashes() -> None:
 
 def test_compose_requires_each_secret_and_gives_it_only_where_it_is_used() -> None:
     text = (ROOT / "compose.yaml").read_text()
-    for variable in [*(k for k in secret_values() if k.startswith(("REDIS_PASSWORD_",
-                                                                    "FLOWER_"))), ]:
+    for variable in [*(k for k in secret_values() if k.startswith((
+            "REDIS_PASSWORD_", "REDIS_SENTINEL_", "FLOWER_"))), ]:
         uses = re.findall(r"\$\{" + variable + r"(:?[?-])?", text)
         assert uses and all(u == ":?" for u in uses), f"{variable}: {uses}"
     for name in ("minio", "buckets"):
@@ -127,11 +132,13 @@ def test_compose_requires_each_secret_and_gives_it_only_where_it_is_used() -> No
         assert not re.search(r"(^|/)\.env\b", str(service.get("env_file", ""))), name
         environment = service.get("environment", {})
         passwords = {k for k in environment if k.startswith("REDIS_PASSWORD_")}
-        assert not passwords or name == "redis", name
+        assert not passwords or name in SERVERS, name
         if name in ROLE_USER:
             raw = environment["REDIS_URL"]
             assert f"${{REDIS_PASSWORD_{ROLE_USER[name].upper()}:?" in raw, name
-            url = urlsplit(re.sub(r"\$\{([A-Z_]+):\?[^}]*\}", r"\1", raw))
+            # as .env leaves it (no profile ha: REDIS_SCHEME and REDIS_HOSTS unset)
+            url = urlsplit(re.sub(r"\$\{[A-Z_]+:-([^}]*)\}", r"\1", re.sub(
+                r"\$\{([A-Z_]+):\?[^}]*\}", r"\1", raw)))
             assert url.scheme == "rediss" and url.username == ROLE_USER[name], name
             assert url.password == f"REDIS_PASSWORD_{ROLE_USER[name].upper()}", name
             ca = parse_qs(url.query)
@@ -144,8 +151,8 @@ def test_compose_requires_each_secret_and_gives_it_only_where_it_is_used() -> No
                               if name == "flower" else ""}, (name, others)
 
 
-def _k8s_limit(deployment: str, container: str) -> str:
-    objects = build(DEPLOY / "overlays" / "gpu-vllm")
+def _k8s_limit(deployment: str, container: str, overlay: str = "gpu-vllm") -> str:
+    objects = build(DEPLOY / "overlays" / overlay)
     (obj,) = [o for o in objects if o["metadata"]["name"] == deployment
               and o["kind"] in ("Deployment", "StatefulSet")]
     (found,) = [c for c in obj["spec"]["template"]["spec"]["containers"]

@@ -26,7 +26,7 @@ import yaml
 
 from scripts.make_secrets import redis_names, secret_values, write_certs, write_env
 from tasks.settings import Settings, SettingsError
-from tasks.state.redis_acl import USERS
+from tasks.state.redis_acl import HA_USERS, USERS
 from tests.deploy.test_deploy_manifests import DEPLOY, OVERLAYS, container_env
 from tests.harness import ROOT
 from tests.kustomize_lite import build
@@ -37,9 +37,14 @@ SECRETS, TLS_SECRET = "ocr-secrets", "ocr-redis-tls"
 AUTOSCALER_GRACE = 600  # the cluster autoscaler's default --max-graceful-termination-sec
 # Component -> the Redis user its REDIS_URL names, and the keys of `ocr-secrets` it reads.
 USER_OF = {"api": "api", "worker": "worker", "control": "control", "beat": "beat",
-           "flower": "flower", "metrics": "metrics"}
-EXTRA_KEYS = {"flower": {"FLOWER_PASSWORD"}, "redis": {u.password_variable for u in USERS},
-              "rabbitmq": {"RABBITMQ_PASSWORD"}}
+           "flower": "flower", "metrics": "metrics", "backup": "admin"}
+# The Sentinels' own password: a replicated Redis's members, and a client whose
+# REDIS_URL is sentinel:// (OCR_REDIS_SENTINEL_PASSWORD).
+SENTINEL_KEY = "REDIS_SENTINEL_PASSWORD"
+EXTRA_KEYS = {"flower": {"FLOWER_PASSWORD"},
+              "redis": {u.password_variable for u in (*USERS, *HA_USERS)} | {SENTINEL_KEY},
+              "rabbitmq": {"RABBITMQ_PASSWORD"},
+              "backup": {"AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"}}
 BROKER_KEYS = {"RABBITMQ_PASSWORD"}  # any Celery role, on the RabbitMQ broker
 
 
@@ -53,8 +58,10 @@ def _workloads(objects: list[Obj]) -> list[tuple[Obj, str, Obj, Obj]]:
 
 
 def _component(workload: Obj) -> str:
-    return str(workload["spec"]["template"]["metadata"]["labels"][
-        "app.kubernetes.io/component"])
+    spec = workload["spec"]
+    template = (spec["jobTemplate"]["spec"] if workload["kind"] == "CronJob" else spec)[
+        "template"]
+    return str(template["metadata"]["labels"]["app.kubernetes.io/component"])
 
 
 def test_the_namespace_enforces_restricted(overlay: list[Obj]) -> None:
@@ -121,8 +128,12 @@ def test_each_container_reads_only_its_own_keys(overlay: list[Obj]) -> None:
             user = USER_OF.get(component)
             own = {f"REDIS_PASSWORD_{user.upper()}"} | BROKER_KEYS if user else set()
             allowed = own | EXTRA_KEYS.get(component, set())
-            assert keys <= allowed, f"{name}/{container['name']}: {keys - allowed}"
             env = {e["name"]: e for e in container.get("env", [])}
+            if env.get("REDIS_URL", {}).get("value", "").startswith("sentinel://"):
+                allowed.add(SENTINEL_KEY)
+                assert env["OCR_REDIS_SENTINEL_PASSWORD"]["valueFrom"]["secretKeyRef"][
+                    "key"] == SENTINEL_KEY, name
+            assert keys <= allowed, f"{name}/{container['name']}: {keys - allowed}"
             if "REDIS_URL" in env and user is not None:
                 assert urlsplit(env["REDIS_URL"]["value"]).username == user, name
                 assert env["REDIS_PASSWORD"]["valueFrom"]["secretKeyRef"]["key"] == \
@@ -152,19 +163,40 @@ def test_every_role_reaches_redis_over_verified_tls(overlay: list[Obj]) -> None:
             if "REDIS_URL" not in env:
                 continue
             url = urlsplit(env["REDIS_URL"])
-            query = parse_qs(url.query)
-            assert url.scheme == "rediss" and query["ssl_cert_reqs"] == ["required"], name
-            assert "ssl_check_hostname" not in query  # redis-py checks the name by default
-            ca = Path(query["ssl_ca_certs"][0])
+            if url.scheme == "sentinel":  # every Sentinel, and the servers, over TLS
+                target = Settings.from_env(container_env(
+                    overlay, container, lambda _secret, _key: "pw")).redis_target
+                assert target.tls and target.ca_file, name
+                ca, hosts = Path(target.ca_file), [h for h, _ in target.sentinels]
+            else:
+                query = parse_qs(url.query)
+                assert url.scheme == "rediss" and query["ssl_cert_reqs"] == ["required"], name
+                assert "ssl_check_hostname" not in query  # redis-py checks the name
+                ca, hosts = Path(query["ssl_ca_certs"][0]), [str(url.hostname)]
             assert mounts[str(ca.parent)]["secret"]["secretName"] == TLS_SECRET, name
-            assert url.hostname in cert["spec"]["dnsNames"], name
-            assert url.hostname in redis_names("ocr"), name
+            for host in hosts:
+                assert _named(host, cert["spec"]["dnsNames"]), (name, host)
+                assert _named(host, redis_names("ocr")), (name, host)
             roles += 1
     assert roles >= 6
-    config = next(o for o in overlay if o["metadata"]["name"] == "ocr-redis-config")
-    lines = dict(line.split(None, 1) for line in config["data"]["redis.conf"].splitlines()
-                 if line and not line.startswith("#"))
-    assert lines["port"] == "0" and lines["tls-port"] == "6379"
+    config = next((o for o in overlay if o["metadata"]["name"] == "ocr-redis-config"), None)
+    if config is not None:
+        lines = dict(line.split(None, 1) for line in config["data"]["redis.conf"].splitlines()
+                     if line and not line.startswith("#"))
+        assert lines["port"] == "0" and lines["tls-port"] == "6379"
+    for workload, name, pod, _ in _workloads(overlay):  # a replicated Redis: TLS_DIR
+        for container in pod["containers"] if _component(workload) == "redis" else []:
+            env = {e["name"]: e.get("value") for e in container.get("env", [])}
+            if config is None:
+                tls = next(m for m in container["volumeMounts"]
+                           if m["mountPath"] == env["TLS_DIR"])
+                volume = next(v for v in pod["volumes"] if v["name"] == tls["name"])
+                assert volume["secret"]["secretName"] == TLS_SECRET, name
+
+
+def _named(host: str, names: list[str]) -> bool:
+    """Whether a certificate for `names` names `host` (a `*.` name: one label)."""
+    return host in names or f"*.{host.partition('.')[2]}" in names
 
 
 @pytest.mark.parametrize("value", ["CHANGE-ME", ""])

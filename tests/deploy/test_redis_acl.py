@@ -178,6 +178,9 @@ def test_every_role_works_with_its_own_user_and_nothing_is_refused(fleet: Fleet,
 
     made = _admin(fleet, "tokens", "create", "acl-test", "--json", "--pages-per-day", "1000")
     assert made.returncode == 0, made.stderr
+    snapshot = tmp_path / "acl.rdb"  # the backup CronJob's: SYNC as `admin`
+    backup = _admin(fleet, "backup", str(snapshot))
+    assert backup.returncode == 0 and snapshot.read_bytes().startswith(b"REDIS"), backup.stderr
     auth = {"Authorization": f"Bearer {json.loads(made.stdout)['token']}"}
     api = f"http://127.0.0.1:{fleet.ports['api']}"
     sent = requests.post(f"{api}/v1/jobs", headers=auth, timeout=60,

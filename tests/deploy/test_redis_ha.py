@@ -8,15 +8,19 @@ replicas, the Sentinels agree; the service's own connection factory reaches the 
 through them (`sentinel://`); the primary is SIGKILLed, a replica is promoted and the
 service writes again; the old primary, started again by the same script, asks the
 Sentinels and rejoins as a replica of the new one; a primary's planned stop hands over
-first (`start.sh handover`, the pod's preStop). Also: the overlay's ConfigMap holds
-this very script, and compose's `ha` services run it.
+first (`start.sh handover`, the pod's preStop). The same in the kits' locked mode: TLS
+only, the users of tasks/state/redis_acl.py (a role logs in as its own user through the
+Sentinels; `default` cannot), replication and Sentinel as their own users, and nothing
+any of them does refused. The kits' files: test_redis_ha_kits.py.
 """
 
 from __future__ import annotations
 
 import os
+import secrets
 import signal
 import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -24,12 +28,12 @@ from urllib.parse import quote
 
 import pytest
 import redis
-import yaml
 
 from tasks.settings import Settings
 from tasks.state.connection import connect
+from tasks.state.redis_acl import HA_USERS, USERS
 from tests.harness import ROOT, eventually, free_port
-from tests.kustomize_lite import build
+from tests.redis_tls import make_certificates
 
 SCRIPT = ROOT / "deploy" / "redis-ha" / "start.sh"
 PASSWORD = 'pa"ss\\word $x'  # quotes, a backslash and a dollar: escaped in the configs
@@ -39,8 +43,10 @@ MASTER = "ocr"
 class Member:
     """One `start.sh redis|sentinel` process and its ports and folders."""
 
-    def __init__(self, role: str, index: int, workdir: Path, env: dict[str, str]) -> None:
+    def __init__(self, role: str, index: int, workdir: Path, env: dict[str, str],
+                 auth: dict[str, Any] | None = None) -> None:
         self.role, self.index = role, index
+        self.auth = auth or {"password": PASSWORD}  # how the test logs in to it
         self.port = free_port()
         self.workdir = workdir / f"{role}-{index}"
         self.env = env
@@ -60,7 +66,7 @@ class Member:
         return self
 
     def client(self) -> redis.Redis:
-        return redis.Redis(port=self.port, password=PASSWORD, socket_timeout=5)
+        return redis.Redis(host="127.0.0.1", port=self.port, socket_timeout=5, **self.auth)
 
     def answers(self) -> bool:
         try:
@@ -154,141 +160,107 @@ def test_seed_leads_a_replica_is_promoted_and_the_old_primary_rejoins(
     service.close()
 
 
+@pytest.fixture
+def locked(tmp_path: Path) -> Iterator[tuple[list[Member], list[Member], dict[str, str]]]:
+    """Two servers and three Sentinels as the kits run them: TLS only, a user per role.
+
+    The users file is `scripts.redis_acl --replicated`'s, as the kits' init container
+    writes it; the test logs in to the servers as `admin`, to the Sentinels with their
+    own password. Yields the servers, the Sentinels and the service's settings.
+    """
+    certs = make_certificates(tmp_path / "tls")
+    passwords = {u.password_variable: secrets.token_urlsafe(18) for u in (*USERS, *HA_USERS)}
+    passwords["REDIS_PASSWORD_REPLICA"] += '"\\$'  # escaped in the servers' config
+    users_file = tmp_path / "users.acl"
+    done = subprocess.run([sys.executable, "-m", "scripts.redis_acl", "--replicated", "--out",
+                           str(users_file)], cwd=ROOT, capture_output=True, text=True,
+                          timeout=60, env={"PATH": os.environ["PATH"], **passwords})
+    assert done.returncode == 0, done.stderr
+    env = {"USERS_FILE": str(users_file), "TLS_DIR": str(certs.ca.parent),
+           "REPLICA_PASSWORD": passwords["REDIS_PASSWORD_REPLICA"],
+           "SENTINEL_AUTH_PASSWORD": passwords["REDIS_PASSWORD_SENTINEL"],
+           "SENTINEL_PASSWORD": PASSWORD, "ANNOUNCE_HOST": "127.0.0.1",
+           "SEED_HOST": "127.0.0.1", "MASTER_NAME": MASTER, "BIND": "127.0.0.1",
+           "DOWN_AFTER_MS": "1000"}
+    tls = {"ssl": True, "ssl_cert_reqs": "required", "ssl_ca_certs": str(certs.ca)}
+    admin = {"username": "admin", "password": passwords["REDIS_PASSWORD_ADMIN"], **tls}
+    servers = [Member("redis", i, tmp_path, env, admin) for i in range(2)]
+    sentinels = [Member("sentinel", i, tmp_path, env, {"password": PASSWORD, **tls})
+                 for i in range(3)]
+    env["SEED_PORT"] = str(servers[0].port)
+    env["SENTINELS"] = " ".join(f"127.0.0.1:{s.port}" for s in sentinels)
+    for sentinel in sentinels:  # as the overlay's: no users file, no replica's password
+        sentinel.env = {k: v for k, v in env.items()
+                        if k not in ("USERS_FILE", "REPLICA_PASSWORD")}
+    api = quote(passwords["REDIS_PASSWORD_API"], safe="")
+    service = {"REDIS_URL": ";".join(f"sentinel://api:{api}@127.0.0.1:{s.port}" if i == 0
+                                     else f"sentinel://127.0.0.1:{s.port}"
+                                     for i, s in enumerate(sentinels)) + "/0",
+               "OCR_REDIS_SENTINEL_MASTER": MASTER, "OCR_REDIS_SENTINEL_PASSWORD": PASSWORD,
+               "OCR_REDIS_SENTINEL_TLS": "1", "OCR_REDIS_TLS_CA_FILE": str(certs.ca)}
+    try:
+        yield servers, sentinels, service
+    finally:
+        for member in (*servers, *sentinels):
+            member.kill()
+
+
+def _refused(server: Member) -> list[dict[str, Any]]:
+    """What a server's ACL refused its users (a command, key or channel), not logins."""
+    return [e for e in server.client().acl_log(count=1000) if e["reason"] != "auth"]
+
+
+@pytest.mark.slow
+def test_locked_members_fail_over_over_tls_with_a_user_per_role(
+        locked: tuple[list[Member], list[Member], dict[str, str]]) -> None:
+    """The kits' mode: TLS only, the users file, `replica` and `sentinel` logins."""
+    servers, sentinels, env = locked
+    for member in (*servers, *sentinels):
+        member.start()
+    first, second = servers
+    eventually(lambda: role(first)["connected_slaves"] == 1, 30, "the replica linked")
+    eventually(lambda: all(_master(s)["num-other-sentinels"] == 2 for s in sentinels), 30,
+               lambda: f"the Sentinels know each other: {[_master(s) for s in sentinels]}")
+    tls = {k: v for k, v in first.auth.items() if k.startswith("ssl")}
+    for port in (first.port, second.port):  # `default` is off, plaintext is refused
+        for auth in ({}, {"username": "default", "password": PASSWORD}):
+            with pytest.raises(redis.AuthenticationError):
+                redis.Redis(port=port, socket_timeout=5, **tls, **auth).ping()
+        with pytest.raises(redis.ConnectionError):
+            redis.Redis(port=port, socket_timeout=2, password=PASSWORD).ping()
+    target = Settings.from_env(env).redis_target
+    assert target.username == "api" and target.tls
+    service = connect(target)  # the service's own factory, through the Sentinels
+    service.set("ocr:job:ha", "before")
+    eventually(lambda: second.client().get("ocr:job:ha") == b"before", 10, "replicated")
+
+    first.kill()
+    promoted = eventually(lambda: (lambda n: n if n and n[1] == second.port else None)(
+        named(sentinels[1])), 60, "the replica promoted")
+    assert promoted and role(second)["role"] == "master"
+    eventually(lambda: _writes(service, "ocr:job:ha"), 30, "the service writing again")
+    assert second.client().get("ocr:job:ha") == b"1"
+
+    first.start()  # asks the Sentinels (TLS, their password): rejoins as a replica
+    eventually(lambda: role(first).get("master_link_status") == "up", 30, "rejoined")
+    assert int(role(first)["master_port"]) == second.port
+    handover = subprocess.run(["sh", str(SCRIPT), "handover"], capture_output=True,
+                              text=True, timeout=60, env={**os.environ, **second.env,
+                                                          "REDIS_PORT": str(second.port)})
+    assert handover.returncode == 0, handover.stderr
+    assert role(second)["role"] == "slave", "the handover read INFO as `sentinel`"
+    eventually(lambda: _writes(service, "ocr:job:ha"), 30, "writing after the handover")
+    assert _refused(first) == [] and _refused(second) == []
+    service.close()
+
+
 def _master(sentinel: Member) -> dict[str, Any]:
     """What a Sentinel knows of the primary (`SENTINEL MASTER`, parsed by redis-py)."""
     return dict(sentinel.client().sentinel_master(MASTER))
 
 
-def _writes(client: redis.Redis) -> bool:
+def _writes(client: redis.Redis, key: str = "ocr:test:after") -> bool:
     try:
-        return bool(client.set("ocr:test:after", "1"))
+        return bool(client.set(key, "1"))
     except redis.RedisError:
         return False
-
-
-def test_the_overlay_and_compose_run_this_script() -> None:
-    objects = build(ROOT / "deploy" / "kubernetes" / "overlays" / "redis-ha")
-    config = next(o for o in objects if o["kind"] == "ConfigMap"
-                  and o["metadata"]["name"] == "ocr-redis-ha")
-    assert config["data"]["start.sh"] == SCRIPT.read_text()
-    services = yaml.safe_load((ROOT / "compose.yaml").read_text())["services"]
-    ha = {name: s for name, s in services.items() if "ha" in s.get("profiles", [])}
-    roles = sorted(s["command"][-1] for s in ha.values())
-    assert roles == ["redis", "redis", "sentinel", "sentinel", "sentinel"], roles
-    for service in ha.values():
-        assert service["command"][:2] == ["sh", "/ha/start.sh"]
-        assert "./deploy/redis-ha/start.sh:/ha/start.sh:ro" in service["volumes"]
-
-
-def _overlay() -> list[dict[str, Any]]:
-    return build(ROOT / "deploy" / "kubernetes" / "overlays" / "redis-ha")
-
-
-def _restricted(pod: dict[str, Any]) -> list[str]:
-    """What breaks the restricted pod security standard in a pod spec (its checks)."""
-    wrong = []
-    context = pod.get("securityContext", {})
-    if not context.get("runAsNonRoot") or context.get("seccompProfile", {}).get(
-            "type") != "RuntimeDefault":
-        wrong.append("pod: runAsNonRoot and seccomp RuntimeDefault")
-    for container in [*pod["containers"], *pod.get("initContainers", [])]:
-        own = container.get("securityContext", {})
-        if own.get("allowPrivilegeEscalation") is not False:
-            wrong.append(f"{container['name']}: allowPrivilegeEscalation")
-        if own.get("capabilities", {}).get("drop") != ["ALL"]:
-            wrong.append(f"{container['name']}: drop ALL")
-        if not own.get("readOnlyRootFilesystem"):
-            wrong.append(f"{container['name']}: read-only root")
-    return wrong
-
-
-def test_the_overlay_replicates_redis_on_three_nodes() -> None:
-    objects = _overlay()
-    kinds = {(o["kind"], o["metadata"]["name"]) for o in objects}
-    assert ("StatefulSet", "ocr-redis") not in kinds  # the base's single Redis is gone
-    assert ("ConfigMap", "ocr-redis-config") not in kinds
-    (redis_set,) = [o for o in objects if o["kind"] == "StatefulSet"]
-    spec = redis_set["spec"]
-    pod = spec["template"]["spec"]
-    assert spec["replicas"] == 3
-    images = {c["image"] for c in pod["containers"]}
-    assert len(images) == 1 and not images.pop().startswith("ocr-queue")  # Redis's own
-    assert sorted(c["command"][-1] for c in pod["containers"]) == ["redis", "sentinel"]
-    (term,) = pod["affinity"]["podAntiAffinity"]["requiredDuringSchedulingIgnoredDuringExecution"]
-    assert term["topologyKey"] == "kubernetes.io/hostname"
-    assert term["labelSelector"]["matchLabels"] == spec["selector"]["matchLabels"]
-    budget = next(o for o in objects if o["kind"] == "PodDisruptionBudget"
-                  and o["metadata"]["name"] == "ocr-redis-ha")
-    assert budget["spec"]["minAvailable"] == 2
-    assert budget["spec"]["selector"] == spec["selector"]
-    assert _restricted(pod) == []
-    redis_container = next(c for c in pod["containers"] if c["name"] == "redis")
-    assert redis_container["lifecycle"]["preStop"]["exec"]["command"][-1] == "handover"
-    assert pod["terminationGracePeriodSeconds"] > 30  # the handover's wait fits
-
-
-def test_every_role_reaches_redis_through_the_sentinels() -> None:
-    """The Secret's REDIS_URL names the three pods' Sentinels; the settings read it."""
-    objects = _overlay()
-    secret = next(o for o in objects if o["kind"] == "Secret"
-                  and o["metadata"]["name"] == "ocr-secrets")["stringData"]
-    config = next(o for o in objects if o["kind"] == "ConfigMap"
-                  and o["metadata"]["name"] == "ocr-config")["data"]
-    settings = Settings.from_env({**config, **{k: v.replace("CHANGE-ME", "pw")
-                                               for k, v in secret.items()}})
-    target = settings.redis_target
-    assert target.is_sentinel and target.password == "pw"
-    assert target.sentinel_password == "pw" and target.min_replicas == 1
-    assert set(target.sentinels) == {(f"ocr-redis-ha-{i}.ocr-redis-ha", 26379)
-                                     for i in range(3)}
-    (redis_set,) = [o for o in objects if o["kind"] == "StatefulSet"]
-    env = {e["name"]: e.get("value") for c in redis_set["spec"]["template"]["spec"][
-        "containers"] for e in c["env"]}
-    assert env.get("MASTER_NAME", "mymaster") == target.master
-    assert {s.split(":")[0] for s in env["SENTINELS"].split()} == {
-        h for h, _ in target.sentinels}
-    # The pools scale on the exporter's figure, which it reads through the same
-    # Sentinels: no ScaledObject names Redis.
-    for scaled in (o for o in objects if o["kind"] == "ScaledObject"):
-        assert {t["type"] for t in scaled["spec"]["triggers"]} == {"metrics-api"}
-
-
-def test_a_cronjob_backs_redis_up() -> None:
-    objects = _overlay()
-    (job,) = [o for o in objects if o["kind"] == "CronJob"]
-    spec = job["spec"]
-    assert spec["concurrencyPolicy"] == "Forbid"
-    pod = spec["jobTemplate"]["spec"]["template"]["spec"]
-    (container,) = pod["containers"]
-    assert container["image"].startswith("ocr-queue")
-    assert "python ocr_admin.py backup" in container["args"][-1]
-    assert {"ocr-config", "ocr-secrets", "ocr-backup"} == {
-        (s.get("configMapRef") or s.get("secretRef"))["name"] for s in container["envFrom"]}
-    assert _restricted(pod) == []
-    labels = spec["jobTemplate"]["spec"]["template"]["metadata"]["labels"]
-    assert labels["app.kubernetes.io/name"] == "ocr-queue"  # the Redis policies let it in
-
-
-def test_compose_ha_profile_points_the_fleet_at_the_sentinels(tmp_path: Path) -> None:
-    """`podman-compose --profile ha config` with .env.example's `ha` lines set."""
-    compose = ROOT / ".venv" / "bin" / "podman-compose"
-    if not compose.exists():
-        pytest.skip("podman-compose is missing (requirements-dev.txt)")
-    lines = (ROOT / ".env.example").read_text().splitlines()
-    ha = [line[2:] for line in lines if line.startswith(("# QUEUE_REDIS_URL=",
-                                                          "# OCR_REDIS_SENTINEL_PASSWORD="))]
-    env_file = tmp_path / "ha.env"
-    env_file.write_text("\n".join([*lines, *ha]) + "\n")
-    done = subprocess.run([str(compose), "-f", str(ROOT / "compose.yaml"), "--env-file",
-                           str(env_file), "--profile", "ha", "config"], cwd=tmp_path,
-                          capture_output=True, text=True, timeout=120, check=False)
-    assert done.returncode == 0, done.stderr
-    services = yaml.safe_load(done.stdout)["services"]
-    url = dict(line.split("=", 1) for line in ha)["QUEUE_REDIS_URL"]
-    for role in ("api", "worker", "beat", "flower", "metrics"):
-        assert services[role]["environment"]["REDIS_URL"] == url, role
-    settings = Settings.from_env({"REDIS_URL": url})
-    assert {h for h, _ in settings.redis_target.sentinels} == {
-        name for name, s in services.items() if s["command"][-1:] == ["sentinel"]}
-    assert {"redis-replica-1", "redis-replica-2", "sentinel-1", "sentinel-2",
-            "sentinel-3"} <= set(services)
