@@ -17,7 +17,7 @@ from tasks.errors import BadRequest, CallbackNotAllowed, OcrError
 from tasks.lifecycle.callbacks import post_json, record_delivery, signing_secrets
 from tasks.lifecycle.cancel import cancel_job
 from tasks.queue.parent_endings import JobServices
-from tasks.queue.retry_policy import MAX_RETRIES, retry_in
+from tasks.queue.retry_policy import MAX_RETRIES, retries_within, retry_in
 from tasks.settings import Settings
 
 
@@ -65,7 +65,8 @@ def http_callback(self: Task, url: str, body: dict[str, Any]) -> int:
                         attempts=self.request.retries + 1)
         raise
     except (urllib.error.URLError, OSError) as exc:
-        retry_in(self, exc)  # returns once the retries are used up
+        # returns once the retries of OCR_CALLBACK_RETRY_SECONDS are used up
+        retry_in(self, exc, retries_within(settings.callback_retry_seconds))
         record_delivery(stores.control, job_id, "failed", "callback_failed",
                         attempts=self.request.retries + 1, reason=type(exc).__name__)
         raise

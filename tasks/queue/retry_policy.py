@@ -2,7 +2,8 @@
 
 Runs wherever a task runs (worker pool children, the control worker). Job, page and
 chunk tasks retry a retryable error (`OcrError.retryable`) with `retry_later`; the HTTP
-callback task retries a failed POST with `retry_in` on the same backoff.
+callback task retries a failed POST with `retry_in` on the same backoff, for a time
+(`OCR_CALLBACK_RETRY_SECONDS`: a receiver may be down for a while) rather than 5 times.
 
 Exponential backoff (2 s doubling, 60 s cap) with "equal jitter": half of each step is
 waited for sure, the other half is random. Full jitter could spend all five retries
@@ -61,9 +62,14 @@ def max_retries(settings: Settings, engine: str) -> int:
     """
     if engine != "vlm-api":
         return MAX_RETRIES
+    return retries_within(settings.vlm_api_retry_seconds)
+
+
+def retries_within(seconds: float) -> int:
+    """How many retries the backoff fits in `seconds` (each step at its mean, 3/4)."""
     spent, retries = 0.0, 0
     while True:
         spent += 0.75 * backoff_step(retries)
-        if spent > settings.vlm_api_retry_seconds:
+        if spent > seconds:
             return retries
         retries += 1

@@ -46,6 +46,11 @@ class ClientSettings:
                                  "Seconds one HTTP callback attempt may take; failures are "
                                  "retried with backoff (the tasks' retry policy, "
                                  "docs/tasks.md).")
+    callback_retry_seconds: float = _s("OCR_CALLBACK_RETRY_SECONDS", "3600",
+                                       "Seconds a callback keeps being retried while its "
+                                       "receiver fails (5xx, no answer), with the tasks' "
+                                       "backoff (steps up to 60 s), before its delivery is "
+                                       "recorded as `callback_failed`.")
     api_jobs_in_flight: int = _s("OCR_API_JOBS_IN_FLIGHT", "100",
                                  "HTTP API: most unfinished jobs one client may have; more "
                                  "are answered 429 `quota_exceeded` (0: no limit; `submit.py "

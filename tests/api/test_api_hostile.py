@@ -464,16 +464,17 @@ def test_callback_failing_after_its_retries_is_recorded(redis_url: str) -> None:
 
     port = free_port()  # nothing listens there
     settings = Settings.from_env({"REDIS_URL": redis_url, "OCR_CALLBACK_TIMEOUT": "2",
+                                  "OCR_CALLBACK_RETRY_SECONDS": "30",  # 4 retries
                                   "OCR_CALLBACK_ALLOWED_HOSTS": f"127.0.0.1:{port}"})
     app = create_app(settings)
     job_id = str(uuid.uuid4())
     control = JobControl(redis.Redis.from_url(redis_url), settings.result_ttl)
     try:
-        # Eagerly, each retry runs at once (no backoff wait): all six attempts here.
+        # Eagerly, each retry runs at once (no backoff wait): all five attempts here.
         outcome = http_callback.apply(args=(f"http://127.0.0.1:{port}/hook", {"id": job_id}))
         assert outcome.failed()
     finally:
         app.close()
     assert control.callback(control.info(job_id)) == {
-        "status": "failed", "code": "callback_failed", "attempts": 6,
+        "status": "failed", "code": "callback_failed", "attempts": 5,
         "reason": "ConnectionRefusedError"}

@@ -45,8 +45,13 @@ def test_one_retry_policy_for_tasks_and_callbacks() -> None:
         assert step == min(retry_policy.RETRY_BACKOFF_MAX, 2 * 2**retries)
         for _ in range(50):  # equal jitter: half the step for sure, half at random
             assert step / 2 <= retry_policy.countdown(retries) <= step
-    # The callback's count in the docs is the policy's, and no setting's text repeats it.
+    # A callback is retried for a time, on the same backoff: an hour by default holds
+    # dozens of retries, a receiver down for minutes still gets its callback.
+    hour = retry_policy.retries_within(Settings.from_env({}).callback_retry_seconds)
+    assert 60 <= hour <= 90, hour
+    assert retry_policy.retries_within(30) == 4  # 1.5 + 3 + 6 + 12 s, the next step 24 s
     tasks_md = (ROOT / "docs" / "tasks.md").read_text()
-    assert f"retried {retry_policy.MAX_RETRIES} times with backoff" in tasks_md
+    assert "retried with backoff on 5xx and network errors for `OCR_CALLBACK_RETRY_SECONDS`" \
+        in tasks_md
     settings_md = (ROOT / "docs" / "settings.md").read_text()
     assert not re.search(r"retried \d+ times", settings_md)
