@@ -5,6 +5,8 @@ describes the image. Its `load` (in each pool child, never in the worker parent)
 makes that child's `JobEnder.finish` wait `FAKE_ENDING_SECONDS` (default 60) before
 finishing a CANCELLED outcome: the child then holds the job's end claim with nothing
 of its ending done, the window in which the chaos soak saw a cancel's SIGKILL land.
+With `FAKE_ENDING_STALL=stored` it stalls every ending after storing its result (the
+window in which the long soak saw a whole worker host SIGKILLed).
 """
 
 from __future__ import annotations
@@ -29,8 +31,13 @@ class SlowEndingEngine(FakeEngine):
         stall = float(os.environ.get("FAKE_ENDING_SECONDS", "60"))
         finish = JobEnder.finish
 
+        after_store = os.environ.get("FAKE_ENDING_STALL") == "stored"
+
         def stalled(self: JobEnder, outcome: Outcome) -> Any:
-            if outcome.status is JobStatus.CANCELLED:
+            if after_store:
+                self._ports.publish(outcome)  # stored; the rest of the ending not begun
+                time.sleep(stall)
+            elif outcome.status is JobStatus.CANCELLED:
                 time.sleep(stall)
             return finish(self, outcome)
 

@@ -31,7 +31,12 @@ from tasks.pipeline.documents import past_deadline
 from tasks.queue import telemetry, thread_limits
 from tasks.queue.message_headers import client_from, job_headers
 from tasks.queue.page_tasks import pdf_chunk_lost, pdf_page, pdf_page_lost, pdf_text_chunk
-from tasks.queue.parent_endings import JobServices, end_from_message, report_progress
+from tasks.queue.parent_endings import (
+    JobServices,
+    end_from_message,
+    finish_abandoned,
+    report_progress,
+)
 from tasks.queue.poison_guard import GuardedTask
 from tasks.queue.retry_policy import retry_later
 from tasks.queue.routing import job_queue
@@ -48,8 +53,13 @@ class DocumentTask(GuardedTask):
     abstract = True
 
     def check_start(self, task_id: str, kwargs: dict[str, Any]) -> None:
-        if JobServices.for_app(self.app).ender.has_ended(task_id):
-            raise Ignore()  # a redelivery of a job that has ended: nothing to do
+        ender = JobServices.for_app(self.app).ender
+        if ender.has_ended(task_id):
+            # A redelivery of a job that has ended: nothing to do, unless its ender died
+            # with its worker halfway (then its ending is finished, or the job runs).
+            finish_abandoned(self.app, task_id, kwargs)
+            if ender.has_ended(task_id):
+                raise Ignore()
 
     def refuse_cancelled(self, task_id: str, kwargs: dict[str, Any]) -> None:
         end_from_message(self.app, task_id, kwargs, JobStatus.CANCELLED)

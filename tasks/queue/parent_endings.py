@@ -247,6 +247,45 @@ def take_over_killed(app: OcrCelery, job_id: str, kwargs: Any, status: JobStatus
     return True
 
 
+def finish_abandoned(app: OcrCelery, job_id: str, kwargs: Any) -> bool:
+    """Finish the ending of a job whose ender died with its whole worker (a redelivery).
+
+    Runs in a pool child, before a redelivered job message runs. The end claim names a
+    process of this host that is gone (its worker parent and children were killed
+    between the claim and `mark_ended`: no parent was left to `take_over_killed`). With
+    the result stored, the ending is finished from it (callbacks, the `ocr.job` line,
+    the input freed); with none stored, the claim is given back and the job runs. False
+    when the claim names a live process, another host, or no one. A holder on another
+    host is not judged (its pid says nothing here): that ending's input expires with
+    OCR_BLOB_TTL.
+    """
+    services = JobServices.for_app(app)
+    holder = services.stores.control.end_holder(job_id)
+    host, _, pid_text = (holder or "").rpartition(":")
+    if holder is None or host != holder_name().rpartition(":")[0] \
+            or not pid_text.isdigit() or not _gone(int(pid_text)):
+        return False
+    if not services.ender.take_over(job_id, holder):
+        return False
+    stored = app.AsyncResult(job_id)
+    if stored.state not in (JobStatus.SUCCESS.value, JobStatus.PARTIAL.value) \
+            or not isinstance(stored.result, dict):
+        if stored.state in states.UNREADY_STATES or stored.state == "PROGRESS":
+            services.ender.release(job_id)  # no ending was stored: the job runs again
+            log.warning("job %s: its ender %s died before storing; run again", job_id,
+                        holder)
+        else:  # an ending stored as an error is left as it is
+            log.warning("job %s: its ender %s died after storing %s", job_id, holder,
+                        stored.state)
+        return False
+    outcome = _outcome_of_message(app, job_id, kwargs, JobStatus(stored.state), None)
+    outcome.result = DocumentResult.from_json(stored.result)
+    services.ender.finish(outcome)
+    log.warning("job %s: ending finished here, its ender %s gone with its worker",
+                job_id, holder)
+    return True
+
+
 # Seconds the worker parent waits for a child it sent SIGKILL to be gone.
 KILLED_WAIT = 5.0
 

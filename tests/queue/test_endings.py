@@ -280,3 +280,36 @@ def test_cancel_of_an_ended_job_changes_nothing(processes: list[Worker],
     assert client.result(job)["status"] == "SUCCESS"
     # The cancel's task has returned: a callback it sent would be queued by now.
     assert callback_messages(client, job) == []
+
+
+def test_an_ending_abandoned_by_a_killed_host_is_finished_on_redelivery(
+        start_worker: Callable[..., Worker], processes: list[Worker], client: OcrClient,
+        receiver: str) -> None:
+    """The long soak's defect: a worker host SIGKILLed right after a job's result was stored.
+
+    The child took the end claim and stored SUCCESS; its parent and children died before
+    the callbacks, the `ocr.job` line and the input's release. The job's message comes
+    back after the visibility timeout to a worker of the same host: it finds the claim
+    naming a process that is gone and finishes the ending from the stored result, once.
+    """
+    plugins = f"{FAKE_PLUGINS},slow-ending=tests.slow_ending:SlowEndingEngine"
+    env = {**SETTINGS, "OCR_ENGINE": "slow-ending", "OCR_ENGINE_PLUGINS": plugins,
+           "OCR_QUEUES": "ocr-abandoned", "OCR_CONCURRENCY": "1",
+           "OCR_PAGE_SOFT_TIME_LIMIT": "4", "OCR_PAGE_HARD_TIME_LIMIT": "5",
+           "OCR_VISIBILITY_TIMEOUT": "7"}
+    doomed = start_worker(**env, FAKE_ENDING_STALL="stored")
+    store = client.app.backend.client
+    job = str(uuid.uuid4())
+    blob = client._blobs.put(png(234))
+    client.app.send_task("ocr.document", task_id=job, queue="ocr-abandoned", kwargs={
+        "blob": blob, "filename": "abandoned.png",
+        "callback_task": "billing.ocr_done", "callback_queue": CALLBACK_QUEUE,
+        "callback_url": receiver})
+    eventually(lambda: client.status(job).state == "SUCCESS", 60, "the stored result")
+    holder = store.get(job_ended_key(job))
+    assert holder and b":" in holder, holder  # claimed, the ending not done
+    doomed.kill()  # the whole host: parent and children
+    survivor = start_worker(**env)  # the same host, another worker
+    check_ended_once(client, [*processes, doomed, survivor], job, "SUCCESS")
+    assert f"ending finished here, its ender {holder.decode()} gone" in survivor.log()
+    assert not store.exists(blob), "the input was not freed"
