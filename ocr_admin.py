@@ -38,6 +38,7 @@ from tasks.cli.core import (
 from tasks.client import OcrClient
 from tasks.errors import OcrError
 from tasks.operator_console import OperatorConsole
+from tasks.queue.routing import PRIORITIES
 from tasks.settings import Settings
 from tasks.state.connection import connect
 from tasks.state.webhook_secrets import DEFAULT_GRACE_SECONDS
@@ -191,6 +192,7 @@ def build_tokens_parser(parser: argparse.ArgumentParser) -> None:
     create.add_argument("--max-bytes", type=int, metavar="N",
                         help="most bytes of input waiting in Redis (0: no limit; default "
                              "OCR_API_CLIENT_MAX_BYTES)")
+    _share_flags(create)
     create.add_argument("--allowed-url", action="append", metavar="PREFIX",
                         dest="allowed_urls",
                         help="a URL prefix (s3://bucket/folder/, https://host/path/) the "
@@ -205,6 +207,7 @@ def build_tokens_parser(parser: argparse.ArgumentParser) -> None:
     for flag in ("--jobs-in-flight", "--requests-per-minute", "--max-bytes"):
         quotas.add_argument(flag, type=int, metavar="N",
                             help="0: no limit; -1: the service-wide default")
+    _share_flags(quotas)
     quotas.add_argument("--json", action="store_true", default=argparse.SUPPRESS)
     listing = commands.add_parser("list", help="list clients (never their tokens)")
     listing.add_argument("--json", action="store_true", default=argparse.SUPPRESS,
@@ -222,6 +225,15 @@ def build_tokens_parser(parser: argparse.ArgumentParser) -> None:
     rotate.add_argument("--json", action="store_true", default=argparse.SUPPRESS)
 
 
+def _share_flags(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--weight", type=int, metavar="W",
+                        help="the client's share of the workers beside other clients' "
+                             "(1-1000; default 1)")
+    parser.add_argument("--max-priority", choices=(*PRIORITIES, "any"), metavar="P",
+                        help="the highest priority its jobs may have: interactive, normal "
+                             "or batch (any: no limit; default any)")
+
+
 QUOTA_FLAGS = ("jobs_in_flight", "requests_per_minute", "max_bytes")  # `tokens set`
 
 
@@ -232,7 +244,9 @@ def run_tokens(args: argparse.Namespace, store: TokenStore, out: TextIO) -> int:
         token, secret = store.create_client(args.name, args.jobs_in_flight,
                                             args.requests_per_minute,
                                             max_bytes=args.max_bytes,
-                                            allowed_urls=args.allowed_urls)
+                                            allowed_urls=args.allowed_urls,
+                                            weight=1 if args.weight is None else args.weight,
+                                            max_priority=_max_priority(args.max_priority))
         if as_json:
             print(json.dumps({"name": args.name, "token": token, "webhook_secret": secret}),
                   file=out)
@@ -253,7 +267,10 @@ def run_tokens(args: argparse.Namespace, store: TokenStore, out: TextIO) -> int:
     if args.tokens_command == "set":
         given = {name: (None if value == -1 else value) for name in QUOTA_FLAGS
                  if (value := getattr(args, name)) is not None}
-        updated = store.set_limits(args.name, **given)
+        share: dict[str, Any] = {} if args.weight is None else {"weight": args.weight}
+        if args.max_priority is not None:
+            share["max_priority"] = _max_priority(args.max_priority)
+        updated = store.set_limits(args.name, **given, **share)
         if as_json:
             print(json.dumps(None if updated is None else asdict(updated)), file=out)
         else:
@@ -290,7 +307,15 @@ def _limits(client: ApiClient) -> str:
         parts.append(f"max-bytes={client.max_bytes}")
     if client.allowed_urls is not None:
         parts.append(f"allowed-urls={','.join(client.allowed_urls)}")
+    if client.weight != 1:
+        parts.append(f"weight={client.weight}")
+    if client.max_priority is not None:
+        parts.append(f"max-priority={client.max_priority}")
     return " ".join(parts) or "default limits"
+
+
+def _max_priority(value: str | None) -> str | None:
+    return None if value in (None, "any") else value
 
 
 def run_tokens_command(args: argparse.Namespace, session: Context, prog: str = PROG) -> int:

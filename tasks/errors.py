@@ -297,6 +297,13 @@ class RestoreRefused(OcrError):
     default_message = "the backup cannot be restored into this Redis"
 
 
+class PriorityNotAllowed(OcrError):
+    """A job sent with a higher priority than its API client's token allows (403)."""
+
+    code = "priority_not_allowed"
+    default_message = "this client may not send jobs with that priority"
+
+
 def _descendants(cls: type[OcrError]) -> list[type[OcrError]]:
     return [cls] + [d for sub in cls.__subclasses__() for d in _descendants(sub)]
 

@@ -47,6 +47,10 @@ BINDINGS = ("_kombu.*",)              # exchange -> queue tables and their deadl
 UNACKED = ("unacked", "unacked_index", "unacked_mutex")  # delivered, not acknowledged
 RESULTS = ("celery-task-meta-*",)     # Celery's results
 WAKE = ("ocr:wake:*",)                # each queue's doorbell (tasks/queue/transport.py)
+# each client's lane of a queue's list, the lists' rings and turns, the lists with rings
+# (tasks/queue/lanes.py); the clients' weights, written by the token store
+LANES = ("ocr:lane:*", "ocr:lanes:*", "ocr:lanes-active")
+LANE_WEIGHTS = "ocr:lane-weights"
 EVENTS = f"/{DB}.celeryev/*"          # task and worker events (Flower reads them)
 CONTROL_CHANNEL = f"/{DB}.celery.pidbox"  # remote control broadcasts
 RESULT_CHANNEL = "celery-task-meta-*"  # a result as it is stored
@@ -57,13 +61,16 @@ RESULT_CHANNEL = "celery-task-meta-*"  # a result as it is stored
 # enough replicas have it (WAIT, OCR_REDIS_MIN_REPLICAS) and its record with it (PTTL,
 # PEXPIRE); the broker transport tells a reconnection to another server (a failover)
 # by the server's run id (INFO server: tasks/queue/unsettled.py).
-SEND = ("lpush", "llen", "ltrim", "pexpire", "pttl", "sadd", "smembers", "zadd", "time",
+SEND = ("lpush", "lpos", "rpush", "hset", "llen", "ltrim", "pexpire", "pttl", "sadd",
+        "smembers", "zadd", "time",
         "eval", "evalsha", "script|load", "script|exists", "multi", "exec", "discard",
         "publish", "subscribe", "unsubscribe", "get", "mget", "wait", "info")
 # What a consuming worker adds: the atomic fetch (a Lua script: LINDEX, ZADD, HSET,
-# RPOP), doorbells (BLPOP), acknowledgements and restores (HGET, HDEL, ZREM, ZRANGE,
-# WATCH), the binding sweep, remote control (PSUBSCRIBE), results and job state.
-CONSUME = ("rpop", "rpush", "lindex", "lrange", "blpop", "hset", "hsetnx", "hget", "hdel",
+# RPOP; the lanes' ring: HMGET, LPOS, LMOVE, LPOP, HDEL), doorbells (BLPOP),
+# acknowledgements and restores (HGET, HDEL, ZREM, ZRANGE, WATCH), the binding sweep,
+# remote control (PSUBSCRIBE), results and job state.
+CONSUME = ("rpop", "rpush", "lpop", "lmove", "lpos", "lindex", "lrange", "blpop", "hset",
+           "hsetnx", "hget", "hdel",
            "hgetall", "hmget", "hexists", "hlen", "hkeys", "hincrby", "hincrbyfloat",
            "set", "setex", "del", "unlink", "exists", "expire", "pexpire", "ttl", "incr",
            "incrby", "strlen", "srem", "zrem", "zrange", "zrangebyscore", "watch",
@@ -98,7 +105,7 @@ class RedisUser:
 
 _JOB_STATE = ("ocr:job:*", "ocr:doc:*", "ocr:blob:*", "ocr:deliveries:*", "ocr:metrics:*",
               "ocr:workers", "ocr:dead-letter")
-_BROKER = (*QUEUES, *DIRECT, *PIDBOX, *BINDINGS, *UNACKED, *RESULTS, *WAKE)
+_BROKER = (*QUEUES, *DIRECT, *PIDBOX, *BINDINGS, *UNACKED, *RESULTS, *WAKE, *LANES)
 # The job lists (tasks/state/job_index.py): whoever sends a job lists it; a worker lists
 # a job another Celery client sent when it starts it.
 _JOB_INDEX = ("ocr:jobs:*",)
@@ -112,13 +119,13 @@ USERS: tuple[RedisUser, ...] = (
               "ocr:models:*"),
         # an API client's callbacks are signed with that client's own secret; the
         # token names are the metrics' client labels
-        read_keys=("ocr:api:webhook:*", "ocr:api:clients"),
+        read_keys=("ocr:api:webhook:*", "ocr:api:clients", LANE_WEIGHTS),
         channels=(EVENTS, CONTROL_CHANNEL, RESULT_CHANNEL)),
     RedisUser(
         "control", "the control worker (Procfile `control`: cancels, HTTP callbacks)",
         (*SEND, *CONSUME, *_LISTING),
         keys=(*_BROKER, *_JOB_STATE, *_JOB_INDEX, "ocr:output:*"),
-        read_keys=("ocr:api:webhook:*", "ocr:api:clients"),
+        read_keys=("ocr:api:webhook:*", "ocr:api:clients", LANE_WEIGHTS),
         channels=(EVENTS, CONTROL_CHANNEL, RESULT_CHANNEL)),
     RedisUser(
         "api", "the HTTP API (Procfile `api`)",
@@ -126,7 +133,8 @@ USERS: tuple[RedisUser, ...] = (
         (*SEND, "append", "rename", "strlen", "srem", "hset", "hget", "hgetall", "hmget",
          "set", "del", "exists", "expire", "incr", "zrem", "zrange", *_LISTING,
          "zrevrangebyscore"),
-        keys=(*QUEUES, *BINDINGS, *WAKE, *_JOB_INDEX, "ocr:job:*", "ocr:blob:*", "ocr:api:job:*",
+        keys=(*QUEUES, *BINDINGS, *WAKE, *LANES, *_JOB_INDEX, "ocr:job:*", "ocr:blob:*",
+              "ocr:api:job:*",
               "ocr:api:idem:*", "ocr:api:rate:*", "ocr:api:inflight:*", "ocr:api:upload:*",
               "ocr:api:bytes:*"),
         read_keys=(*RESULTS, "ocr:api:token:*", "ocr:api:clients", "ocr:doc:*",
@@ -134,7 +142,7 @@ USERS: tuple[RedisUser, ...] = (
         channels=(EVENTS, RESULT_CHANNEL)),
     RedisUser(
         "beat", "beat (Procfile `beat`: sends the scheduled model audit)",
-        SEND, keys=(*QUEUES, *BINDINGS, *WAKE), read_keys=RESULTS,
+        SEND, keys=(*QUEUES, *BINDINGS, *WAKE, *LANES), read_keys=RESULTS,
         channels=(EVENTS, RESULT_CHANNEL)),
     RedisUser(
         "flower", "Flower (Procfile `flower`): events, remote control, queue lengths; it "
@@ -155,7 +163,7 @@ USERS: tuple[RedisUser, ...] = (
         # LINDEX: the oldest waiting message (a read-only script); INFO: Redis's memory
         ("llen", "lindex", "get", "smembers", "hgetall", "hget", "hkeys", "eval_ro", "evalsha_ro",
          "info"),
-        read_keys=(*QUEUES, *BINDINGS, "unacked", "ocr:metrics:*", "ocr:workers",
+        read_keys=(*QUEUES, *LANES, *BINDINGS, "unacked", "ocr:metrics:*", "ocr:workers",
                    "ocr:dead-letter", "ocr:dead-letter:*")),
     RedisUser(
         "keda", "KEDA's `redis` trigger, for a ScaledObject that reads a queue's length "
@@ -165,7 +173,7 @@ USERS: tuple[RedisUser, ...] = (
         "client", "clients over the Celery protocol: submit.py, the Python and Node "
         "clients, the OCRmyPDF plugin",
         (*SEND, "set", "hset", "hget", "hgetall", "hmget", "expire", "strlen", *_LISTING),
-        keys=(*QUEUES, *BINDINGS, *WAKE, *_JOB_INDEX, "ocr:job:*", "ocr:blob:*"),
+        keys=(*QUEUES, *BINDINGS, *WAKE, *LANES, *_JOB_INDEX, "ocr:job:*", "ocr:blob:*"),
         read_keys=(*RESULTS, "ocr:doc:*", "ocr:output:*", "ocr:workers"),
         channels=(EVENTS, RESULT_CHANNEL)),
     RedisUser(
