@@ -88,3 +88,20 @@ def test_a_list_without_lanes_is_served_as_before(r: redis.Redis) -> None:
         r.lpush(name, envelope("", n))
     assert [fetch(r, [name]) for _ in range(4)] == [(name, "")] * 3 + [None]
     assert not r.exists(lanes_key(name))
+
+
+def test_the_depth_counts_every_lane(r: redis.Redis) -> None:
+    from tasks.state.queue_depth import QueueDepth
+
+    name = f"fd-{uuid.uuid4().hex[:6]}"
+    push(r, name, "a", 3)
+    push(r, f"{name}\x06\x163", "b", 2)
+    r.lpush(name, envelope("", 0))
+    old = json.loads(envelope("a", 9))
+    old["headers"]["ocr_published"] = 1000.0
+    r.rpush(lane_key(name, "a"), json.dumps(old))  # the lane's oldest, at its tail
+    depth = QueueDepth(r, {})
+    assert depth.waiting([name]) == {name: 7}
+    assert depth.oldest_ages([name], now=1100.0)[name] == pytest.approx(100.0)
+    fetch(r, [name])  # serves the ring: the anonymous message joins it
+    assert depth.waiting([name]) == {name: 6}
