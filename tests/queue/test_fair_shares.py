@@ -8,14 +8,19 @@ pages in their client's lane, an anonymous message served.
 from __future__ import annotations
 
 import json
+import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 import pytest
 import redis
 
+from tasks.client import OcrClient
 from tasks.queue.lanes import fetch_command, push_command
-from tasks.state.keys import LANE_WEIGHTS_KEY, LANES_ACTIVE_KEY, lane_key, lanes_key
+from tasks.state.keys import LANE_PREFIX, LANE_WEIGHTS_KEY, LANES_ACTIVE_KEY, lane_key, lanes_key
+from tests.harness import FAST_PAGES, Worker, eventually, fake_env, make_client
+from tests.image_fixtures import png
+from tests.pdf_fixtures import image_pdf, plain_pages
 
 UNACKED = ("unacked:fair", "unacked_index:fair")
 
@@ -105,3 +110,105 @@ def test_the_depth_counts_every_lane(r: redis.Redis) -> None:
     assert depth.oldest_ages([name], now=1100.0)[name] == pytest.approx(100.0)
     fetch(r, [name])  # serves the ring: the anonymous message joins it
     assert depth.waiting([name]) == {name: 6}
+
+
+# --- real workers: one worker, two children, the fake engine at 0.25 s a page ----------
+
+PAGE_SECONDS = 0.25
+
+
+@pytest.fixture(scope="module")
+def worker(start_worker: Callable[..., Worker]) -> Worker:
+    return start_worker(**fake_env(OCR_CONCURRENCY="2", FAKE_PAGE_SECONDS=str(PAGE_SECONDS),
+                                   **FAST_PAGES))
+
+
+@pytest.fixture
+def clients(redis_url: str) -> Iterator[Callable[[str], OcrClient]]:
+    made: list[OcrClient] = []
+
+    def named(name: str) -> OcrClient:
+        client = make_client(redis_url)
+        client.client = name
+        made.append(client)
+        return client
+
+    yield named
+    for client in made:
+        client.close()
+
+
+def done(client: OcrClient, jobs: list[str]) -> int:
+    return sum(client.status(job).state == "SUCCESS" for job in jobs)
+
+
+def test_a_client_backlog_does_not_hold_another_clients_job(
+        worker: Worker, clients: Callable[[str], OcrClient], redis_url: str) -> None:
+    noisy, quiet = clients("noisy"), clients("quiet")
+    backlog = [noisy.submit(png(150 + i % 50), filename=f"n{i}.png") for i in range(60)]
+    sent = time.monotonic()
+    job = quiet.submit(png(120), filename="q.png")
+    result = quiet.wait([job], timeout=120)[job]
+    waited = time.monotonic() - sent
+    assert result["status"] == "SUCCESS"
+    ahead = done(noisy, backlog)
+    # first come, first served it would wait for the whole backlog: 60 pages, 7.5 s
+    assert ahead <= 30, f"{ahead} of the backlog's 60 pages went first ({waited:.1f} s)"
+    # an anonymous message (a stock kombu client's: no header) is served between them
+    anonymous = noisy.app.send_task("ocr.document", kwargs={"blob": noisy._blobs.put(png(90))})
+    assert noisy.wait([anonymous.id], timeout=120)[anonymous.id]["status"] == "SUCCESS"
+    assert done(noisy, backlog) < 60
+    assert {r["status"] for r in noisy.wait(backlog, timeout=180).values()} == {"SUCCESS"}
+
+
+def test_backlogged_clients_share_by_weight(
+        worker: Worker, clients: Callable[[str], OcrClient], redis_url: str) -> None:
+    r = redis.Redis.from_url(redis_url)
+    names = ("w-one", "w-two", "w-four")
+    r.hset(LANE_WEIGHTS_KEY, mapping={"w-one": 1, "w-two": 1, "w-four": 2})
+    senders = {name: clients(name) for name in names}
+    jobs = {name: [senders[name].submit(png(150 + i % 50), filename=f"{name}{i}.png")
+                   for i in range(45)] for name in names}
+    lanes = [lane_key("ocr\x06\x163", name) for name in names]  # `normal`'s list
+
+    def waiting() -> list[int]:
+        pipe = r.pipeline()
+        for lane in lanes:
+            pipe.llen(lane)
+        return list(pipe.execute())
+
+    start = waiting()
+    assert min(start) >= 20, start  # every client backlogged when the window opens
+    end = eventually(lambda: (lambda now: now if sum(start) - sum(now) >= 40 else None)(
+        waiting()), 60, "40 pages taken", interval=0.05)
+    taken = [a - b for a, b in zip(start, end, strict=True)]
+    shares = [100 * t / sum(taken) for t in taken]
+    assert min(end) > 0, (start, end)  # still all backlogged at the window's end
+    for share, expected in zip(shares, (25, 25, 50), strict=True):
+        assert abs(share - expected) <= 12, (taken, shares)
+    for name in names:
+        results = senders[name].wait(jobs[name], timeout=180)
+        assert {r["status"] for r in results.values()} == {"SUCCESS"}
+    r.hdel(LANE_WEIGHTS_KEY, *names)
+    r.close()
+
+
+def test_a_fanned_out_pdfs_pages_wait_in_their_clients_lane(
+        worker: Worker, clients: Callable[[str], OcrClient], redis_url: str) -> None:
+    sender = clients("pdf-sender")
+    r = redis.Redis.from_url(redis_url)
+    job = sender.submit(image_pdf(plain_pages(12)), filename="twelve.pdf", mode="ocr")
+
+    def pages_in_lanes() -> list[bytes] | None:
+        keys = list(r.scan_iter(f"{LANE_PREFIX}*:pdf-sender"))
+        items = [item for key in keys for item in r.lrange(key, 0, -1)]
+        return items if len(items) >= 4 else None
+
+    items = eventually(pages_in_lanes, 60, "the PDF's pages waiting", interval=0.05)
+    headers = [json.loads(item)["headers"] for item in items]
+    assert {h["task"] for h in headers} == {"ocr.pdf_page"}
+    assert {h["ocr_client"] for h in headers} == {"pdf-sender"}
+    result = sender.wait([job], timeout=120)[job]
+    assert (result["status"], len(result["pages"]), result["client"]) == \
+        ("SUCCESS", 12, "pdf-sender")
+    r.close()
