@@ -48,18 +48,20 @@ end
 return 1
 """
 
-# Takes the next message of the lists named in KEYS[5], KEYS[8], ... (kombu's BRPOP
-# order), each followed by its ring and its turn: the list's own tail when no ring is
-# marked in KEYS[4] (the lists with rings), else the next lane's tail by weighted
-# round robin (weights in KEYS[3]; ARGV[4+2i]: the prefix of list i's lane keys).
-# Where ARGV[3+2i] is "1" (a consumer that acknowledges) the message is recorded in
-# kombu's `unacked` hash (KEYS[1]) and index (KEYS[2], score ARGV[1]) under its
-# delivery tag before it is popped, in the same atomic step: a server that refuses
-# writes takes nothing. The tag, exchange and routing key are read from the envelope's
-# text, not decoded: kombu and the Node client write the properties last, so the last
-# 8 KiB are searched first, a message of up to 1 MiB whole. A message larger than
-# ARGV[2] bytes (0: no bound), or whose properties are not found, is popped unrecorded.
-# Returns {list, message, tag or ""}, or nil when every lane of every list is empty.
+# Takes the next message of the lists KEYS[3..] (kombu's BRPOP order: queues in turn,
+# highest priority first): a list's own tail when it has no ring (the lists with rings
+# are the fields of the hash ARGV[4]), else the next lane's tail by weighted round robin
+# (weights in the hash ARGV[3]). For list i (from 0), ARGV[5+4i] is "1" for a consumer
+# that acknowledges, then its ring, its turn and the prefix of its lanes' keys (not
+# declared as KEYS: Redis checks declared keys for writing, and a user may only read
+# the weights). Where acknowledged, the message is recorded in kombu's `unacked` hash
+# (KEYS[1]) and index (KEYS[2], score ARGV[1]) under its delivery tag before it is
+# popped, in the same atomic step: a server that refuses writes takes nothing. The tag,
+# exchange and routing key are read from the envelope's text, not decoded: kombu and
+# the Node client write the properties last, so the last 8 KiB are searched first, a
+# message of up to 1 MiB whole. A message larger than ARGV[2] bytes (0: no bound), or
+# whose properties are not found, is popped unrecorded. Returns {list, message, tag or
+# ""}, or nil when every lane of every list is empty.
 FETCH_SCRIPT = r"""
 local limit = tonumber(ARGV[2])
 local function envelope(text)
@@ -84,13 +86,13 @@ local function take(src, item, ack, list)
   redis.call('RPOP', src)
   return {list, item, tag or ''}
 end
-local lists = (#KEYS - 4) / 3
+local weights, active = ARGV[3], ARGV[4]
 local names = {}
-for i = 0, lists - 1 do names[i + 1] = KEYS[5 + 3 * i] end
-local marked = redis.call('HMGET', KEYS[4], unpack(names))
-for i = 0, lists - 1 do
-  local list, ring, turn = KEYS[5 + 3 * i], KEYS[6 + 3 * i], KEYS[7 + 3 * i]
-  local ack, prefix = ARGV[3 + 2 * i] == '1', ARGV[4 + 2 * i]
+for i = 3, #KEYS do names[i - 2] = KEYS[i] end
+local marked = redis.call('HMGET', active, unpack(names))
+for i = 0, #KEYS - 3 do
+  local list, ack = KEYS[3 + i], ARGV[5 + 4 * i] == '1'
+  local ring, turn, prefix = ARGV[6 + 4 * i], ARGV[7 + 4 * i], ARGV[8 + 4 * i]
   local plain = redis.call('LINDEX', list, -1)
   if not marked[i + 1] then
     if plain then return take(list, plain, ack, list) end
@@ -99,7 +101,7 @@ for i = 0, lists - 1 do
     while true do
       local client = redis.call('LINDEX', ring, 0)
       if not client then
-        redis.call('HDEL', KEYS[4], list)
+        redis.call('HDEL', active, list)
         redis.call('DEL', turn)
         break
       end
@@ -112,7 +114,7 @@ for i = 0, lists - 1 do
       else
         local left = tonumber(redis.call('HGET', turn, client))
         if not left or left < 1 then
-          left = math.floor(tonumber(redis.call('HGET', KEYS[3], client)) or 1)
+          left = math.floor(tonumber(redis.call('HGET', weights, client)) or 1)
           if left < 1 then left = 1 end
         end
         local got = take(lane, item, ack, list)
@@ -145,10 +147,10 @@ def fetch_command(prefix: str, unacked: tuple[str, str], lists: Sequence[tuple[s
 
     `prefix`: kombu's global key prefix; `unacked`: kombu's unacked hash and index.
     """
-    keys = [prefix + unacked[0], prefix + unacked[1], LANE_WEIGHTS_KEY,
-            prefix + LANES_ACTIVE_KEY]
-    args = [repr(now), str(int(max_bytes or 0))]
+    keys = [prefix + unacked[0], prefix + unacked[1]]
+    args = [repr(now), str(int(max_bytes or 0)), LANE_WEIGHTS_KEY, prefix + LANES_ACTIVE_KEY]
     for name, ack in lists:
-        keys += [prefix + name, prefix + lanes_key(name), prefix + lanes_turn_key(name)]
-        args += ["1" if ack else "0", prefix + lane_key(name, "")]
+        keys.append(prefix + name)
+        args += ["1" if ack else "0", prefix + lanes_key(name), prefix + lanes_turn_key(name),
+                 prefix + lane_key(name, "")]
     return ["EVAL", FETCH_SCRIPT, len(keys), *keys, *args]

@@ -149,20 +149,22 @@ USERS: tuple[RedisUser, ...] = (
         "cannot send a task",
         # events and replies come through a consumer of its own (the fetch script names
         # kombu's unacknowledged-message keys), remote control is a broadcast
-        ("llen", "lindex", "rpop", "blpop", "sadd", "srem", "smembers", "zadd", "zrem",
+        ("llen", "lindex", "rpop", "blpop", "hmget", "sadd", "srem", "smembers", "zadd", "zrem",
          "zrange", "zrangebyscore", "time", "eval", "evalsha", "script|load",
          "script|exists", "multi", "exec", "discard", "get", "set", "del", "exists",
          "hset", "hget", "hdel", "hgetall", "watch", "unwatch", "psubscribe",
          "punsubscribe", "publish", "pexpire", "info"),
         keys=(*PIDBOX, *BINDINGS, *UNACKED, "celeryev.*", "ocr:wake:*.celery.pidbox"),
-        read_keys=(*QUEUES, *RESULTS, "ocr:workers"),
+        # its fetch reads which lists have lanes (its own never have)
+        read_keys=(*QUEUES, *RESULTS, "ocr:workers", "ocr:lanes-active"),
         channels=(EVENTS, CONTROL_CHANNEL)),
     RedisUser(
         "metrics", "the metrics exporter (Procfile `metrics`): reads only",
         # the running count is a read-only Lua script over kombu's `unacked` hash
         # LINDEX: the oldest waiting message (a read-only script); INFO: Redis's memory
-        ("llen", "lindex", "get", "smembers", "hgetall", "hget", "hkeys", "eval_ro", "evalsha_ro",
-         "info"),
+        # LRANGE: the lanes of each list's ring (a read-only script)
+        ("llen", "lindex", "lrange", "get", "smembers", "hgetall", "hget", "hkeys", "eval_ro",
+         "evalsha_ro", "info"),
         read_keys=(*QUEUES, *LANES, *BINDINGS, "unacked", "ocr:metrics:*", "ocr:workers",
                    "ocr:dead-letter", "ocr:dead-letter:*")),
     RedisUser(
