@@ -1,24 +1,26 @@
-"""Weighted fair shares between clients in the Redis broker: a lane per client per list.
+r"""Weighted fair shares between clients in the Redis broker: a lane per client per list.
 
 Runs in every process that publishes through the project's transport (clients, the
-API, workers sending page tasks and retries: `push`) and in the worker parent, the
-one process that consumes (`fetch_command`, sent by tasks/queue/transport.py).
+API, workers sending page tasks and retries: `push_command`) and in the worker parent,
+the one process that consumes (`fetch_command`, sent by tasks/queue/transport.py).
 
-Each Redis list kombu keeps for a queue and priority step (`ocr-x`, `ocr-x` and its
-priority suffix, ...) has lanes: a message that names its client (the `ocr_client` header,
-tasks/records/clients.py) is pushed to that client's lane (`ocr:lane:<list>:<client>`)
-instead of the list, and the lane joins the list's ring (`ocr:lanes:<list>`) in the
-same atomic step. Everything else, a stock kombu or Node client's message and every
-restore of an unacknowledged message, stays in the list itself: the anonymous lane,
-which joins the ring at the fetch that finds it holding messages.
+Each Redis list kombu keeps for a service queue (`ocr`, `ocr-<engine>`, ...: `laned`)
+and priority step has lanes: a message that names its client (the `ocr_client`
+header, tasks/records/clients.py) is pushed to that client's lane of the list
+(`ocr:lane:<list>:<client>`) instead of the list, and the client joins the ring of
+its priority step (`ocr:lanes:<step>`, one ring for every queue) in the same atomic
+step. Everything else, a stock kombu or Node client's message and every restore of an
+unacknowledged message, stays in the list itself: the anonymous lane, which joins the
+ring at a fetch that finds it holding messages.
 
-The fetch (`FETCH_SCRIPT`) takes the first list in kombu's order (queues in turn,
-highest priority first) that holds a message in any lane, and within it serves the
-ring by weighted deficit round robin counting pages: the first lane of the ring takes
-up to its weight in messages (a message is one page: a page task, or an image job),
-then goes to the ring's end. A lane found empty leaves the ring at once, so a lone
-client has the whole list (work-conserving). Weights come from `ocr:lane-weights`
-(the API's token store, tasks/api/tokens.py); a client without one weighs 1.
+The fetch (`FETCH_SCRIPT`) serves priority steps in order, highest first, exactly as
+kombu does; within a step, the clients of the ring by weighted deficit round robin
+counting pages, whichever of the worker's queues their pages wait in: the first client
+of the ring that has a message in one of the worker's queues takes up to its weight in
+messages (a message is one page: a page task, or an image job), then goes to the
+ring's end. A client with nothing left waiting leaves the ring at once, so a lone
+client has every worker (work-conserving). Weights come from `ocr:lane-weights` (the
+API's token store, tasks/api/tokens.py); a client without one weighs 1.
 """
 
 from __future__ import annotations
@@ -26,42 +28,44 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-from tasks.state.keys import (
-    LANE_WEIGHTS_KEY,
-    LANES_ACTIVE_KEY,
-    lane_key,
-    lanes_key,
-    lanes_turn_key,
-)
+from tasks.state.keys import LANE_WEIGHTS_KEY, lane_key, lanes_key
 
-# The ring's name for the anonymous lane (no client name can be empty).
-ANONYMOUS_MEMBER = ""
 
-# Pushes a message to its client's lane (KEYS[1]); a lane that was empty joins the ring
-# (KEYS[2]) unless it is in it already, and the list (ARGV[3]) is marked as having a
-# ring in KEYS[3]. ARGV: message, client, list key.
+def laned(queue: str) -> bool:
+    """Whether `queue`'s messages wait in lanes: the service's queues (`ocr*`).
+
+    Not Celery's own (remote control replies, events) nor a queue outside the service's
+    names: those keep kombu's lists alone.
+    """
+    return queue.startswith("ocr") and ":" not in queue
+
+
+# Pushes a message (ARGV[1]) to its client's (ARGV[2]) lane (KEYS[1]), counts it in
+# KEYS[3] and puts the client at the end of the ring KEYS[2] unless it is in it.
 PUSH_SCRIPT = r"""
-if redis.call('LPUSH', KEYS[1], ARGV[1]) == 1 and not redis.call('LPOS', KEYS[2], ARGV[2]) then
-  redis.call('RPUSH', KEYS[2], ARGV[2])
-  redis.call('HSET', KEYS[3], ARGV[3], '1')
-end
+redis.call('LPUSH', KEYS[1], ARGV[1])
+redis.call('HINCRBY', KEYS[3], ARGV[2], 1)
+if not redis.call('LPOS', KEYS[2], ARGV[2]) then redis.call('RPUSH', KEYS[2], ARGV[2]) end
 return 1
 """
 
-# Takes the next message of the lists KEYS[3..] (kombu's BRPOP order: queues in turn,
-# highest priority first): a list's own tail when it has no ring (the lists with rings
-# are the fields of the hash ARGV[4]), else the next lane's tail by weighted round robin
-# (weights in the hash ARGV[3]). For list i (from 0), ARGV[5+4i] is "1" for a consumer
-# that acknowledges, then its ring, its turn and the prefix of its lanes' keys (not
-# declared as KEYS: Redis checks declared keys for writing, and a user may only read
-# the weights). Where acknowledged, the message is recorded in kombu's `unacked` hash
-# (KEYS[1]) and index (KEYS[2], score ARGV[1]) under its delivery tag before it is
-# popped, in the same atomic step: a server that refuses writes takes nothing. The tag,
-# exchange and routing key are read from the envelope's text, not decoded: kombu and
-# the Node client write the properties last, so the last 8 KiB are searched first, a
-# message of up to 1 MiB whole. A message larger than ARGV[2] bytes (0: no bound), or
-# whose properties are not found, is popped unrecorded. Returns {list, message, tag or
-# ""}, or nil when every lane of every list is empty.
+# Takes the next message of the lists KEYS[3..] (kombu's BRPOP order: highest priority
+# first). For list i (from 0): ARGV[4+3i] is "1" for a consumer that acknowledges,
+# ARGV[5+3i] the ring of its priority step ("" for a list without lanes: its tail is
+# taken as kombu would), ARGV[6+3i] the prefix of its lanes' keys. Consecutive lists of
+# one ring are served together: the ring's first client with a message in one of them
+# (the anonymous client "": the lists themselves) takes it; its turn (hash ring..':turn')
+# starts at its weight (hash ARGV[3]) and loses a page per message; at 0 the client
+# goes to the ring's end; with nothing left in any queue (hash ring..':count') it
+# leaves the ring. Key names other than the lists are arguments: Redis checks declared
+# keys for writing, and a worker may only read the weights. Where acknowledged, the
+# message is recorded in kombu's `unacked` hash (KEYS[1]) and index (KEYS[2], score
+# ARGV[1]) under its delivery tag before it is popped, in the same atomic step: a
+# server that refuses writes takes nothing. The tag, exchange and routing key are read
+# from the envelope's text, not decoded: kombu and the Node client write the
+# properties last, so the last 8 KiB are searched first, a message of up to 1 MiB
+# whole. A message larger than ARGV[2] bytes (0: no bound), or whose properties are not
+# found, is popped unrecorded. Returns {list, message, tag or ""}, or nil.
 FETCH_SCRIPT = r"""
 local limit = tonumber(ARGV[2])
 local function envelope(text)
@@ -86,71 +90,113 @@ local function take(src, item, ack, list)
   redis.call('RPOP', src)
   return {list, item, tag or ''}
 end
-local weights, active = ARGV[3], ARGV[4]
-local names = {}
-for i = 3, #KEYS do names[i - 2] = KEYS[i] end
-local marked = redis.call('HMGET', active, unpack(names))
-for i = 0, #KEYS - 3 do
-  local list, ack = KEYS[3 + i], ARGV[5 + 4 * i] == '1'
-  local ring, turn, prefix = ARGV[6 + 4 * i], ARGV[7 + 4 * i], ARGV[8 + 4 * i]
-  local plain = redis.call('LINDEX', list, -1)
-  if not marked[i + 1] then
-    if plain then return take(list, plain, ack, list) end
-  else
-    if plain and not redis.call('LPOS', ring, '') then redis.call('RPUSH', ring, '') end
-    while true do
-      local client = redis.call('LINDEX', ring, 0)
-      if not client then
-        redis.call('HDEL', active, list)
-        redis.call('DEL', turn)
-        break
+-- serves the lists first..last of one ring
+local function share(ring, first, last)
+  local turn, count = ring .. ':turn', ring .. ':count'
+  local plain = {}
+  local any_plain = false
+  for i = first, last do
+    plain[i] = redis.call('LINDEX', KEYS[3 + i], -1)
+    if plain[i] then any_plain = true end
+  end
+  if redis.call('LLEN', ring) == 0 then
+    for i = first, last do
+      if plain[i] then return take(KEYS[3 + i], plain[i], ARGV[4 + 3 * i] == '1', KEYS[3 + i]) end
+    end
+    return nil
+  end
+  if any_plain and not redis.call('LPOS', ring, '') then redis.call('RPUSH', ring, '') end
+  local pos = 0
+  for _ = 1, 1000 do
+    local client = redis.call('LINDEX', ring, pos)
+    if not client then return nil end
+    local src, item, at = nil, nil, nil
+    for i = first, last do
+      if client == '' then
+        src, item = KEYS[3 + i], plain[i]
+      else
+        src = ARGV[6 + 3 * i] .. client
+        item = redis.call('LINDEX', src, -1)
       end
-      local lane = list
-      if client ~= '' then lane = prefix .. client end
-      local item = redis.call('LINDEX', lane, -1)
-      if not item then
-        redis.call('LPOP', ring)
+      if item then at = i break end
+    end
+    if item then
+      local left = tonumber(redis.call('HGET', turn, client))
+      if not left or left < 1 then
+        left = math.floor(tonumber(redis.call('HGET', ARGV[3], client)) or 1)
+        if left < 1 then left = 1 end
+      end
+      local got = take(src, item, ARGV[4 + 3 * at] == '1', KEYS[3 + at])
+      left = left - 1
+      local waiting = 1
+      if client ~= '' then waiting = redis.call('HINCRBY', count, client, -1) end
+      if waiting < 1 then
+        redis.call('LREM', ring, 1, client)
+        redis.call('HDEL', count, client)
+        redis.call('HDEL', turn, client)
+      elseif left < 1 then
+        redis.call('LREM', ring, 1, client)
+        redis.call('RPUSH', ring, client)
         redis.call('HDEL', turn, client)
       else
-        local left = tonumber(redis.call('HGET', turn, client))
-        if not left or left < 1 then
-          left = math.floor(tonumber(redis.call('HGET', weights, client)) or 1)
-          if left < 1 then left = 1 end
-        end
-        local got = take(lane, item, ack, list)
-        left = left - 1
-        if left < 1 then
-          redis.call('LMOVE', ring, ring, 'LEFT', 'RIGHT')
-          redis.call('HDEL', turn, client)
-        else
-          redis.call('HSET', turn, client, left)
-        end
-        return got
+        redis.call('HSET', turn, client, left)
       end
+      return got
+    end
+    if client == '' or (tonumber(redis.call('HGET', count, client)) or 0) < 1 then
+      redis.call('LREM', ring, 1, client)  -- nothing waits for it here, or anywhere
+      redis.call('HDEL', turn, client)
+    else
+      pos = pos + 1  -- its messages wait in queues this worker does not serve
     end
   end
+  return nil
+end
+local lists = #KEYS - 2
+local i = 0
+while i < lists do
+  local ring = ARGV[5 + 3 * i]
+  local last = i
+  while last + 1 < lists and ARGV[5 + 3 * (last + 1)] == ring do last = last + 1 end
+  local got = nil
+  if ring == '' then
+    for j = i, last do
+      local item = redis.call('LINDEX', KEYS[3 + j], -1)
+      if item then got = take(KEYS[3 + j], item, ARGV[4 + 3 * j] == '1', KEYS[3 + j]) break end
+    end
+  else
+    got = share(ring, i, last)
+  end
+  if got then return got end
+  i = last + 1
 end
 return nil
 """
 
 
-def push_command(prefix: str, list_key: str, client: str, body: str) -> list[Any]:
-    """The EVAL that pushes `body` to `client`'s lane of `list_key` (keys unprefixed)."""
-    return ["EVAL", PUSH_SCRIPT, 3, prefix + lane_key(list_key, client),
-            prefix + lanes_key(list_key), prefix + LANES_ACTIVE_KEY, body, client,
-            prefix + list_key]
+def push_command(prefix: str, list_key: str, step: int, client: str, body: str) -> list[Any]:
+    """The EVAL that pushes `body` to `client`'s lane of `list_key` (priority `step`).
+
+    `prefix`: kombu's global key prefix; names are given without it.
+    """
+    ring = prefix + lanes_key(step)
+    return ["EVAL", PUSH_SCRIPT, 3, prefix + lane_key(list_key, client), ring,
+            ring + ":count", body, client]
 
 
-def fetch_command(prefix: str, unacked: tuple[str, str], lists: Sequence[tuple[str, bool]],
-                  now: float, max_bytes: int) -> list[Any]:
-    """The EVAL of `FETCH_SCRIPT` over `lists` (list key, acknowledged), in that order.
+def fetch_command(prefix: str, unacked: tuple[str, str],
+                  lists: Sequence[tuple[str, int, bool, bool]], now: float,
+                  max_bytes: int) -> list[Any]:
+    """The EVAL of `FETCH_SCRIPT` over `lists`, in that order (highest priority first).
 
-    `prefix`: kombu's global key prefix; `unacked`: kombu's unacked hash and index.
+    Each list: its key, its priority step, whether it has lanes, whether its consumer
+    acknowledges. `prefix`: kombu's global key prefix; `unacked`: kombu's unacked hash
+    and index.
     """
     keys = [prefix + unacked[0], prefix + unacked[1]]
-    args = [repr(now), str(int(max_bytes or 0)), LANE_WEIGHTS_KEY, prefix + LANES_ACTIVE_KEY]
-    for name, ack in lists:
+    args = [repr(now), str(int(max_bytes or 0)), LANE_WEIGHTS_KEY]
+    for name, step, has_lanes, ack in lists:
         keys.append(prefix + name)
-        args += ["1" if ack else "0", prefix + lanes_key(name), prefix + lanes_turn_key(name),
+        args += ["1" if ack else "0", prefix + lanes_key(step) if has_lanes else "",
                  prefix + lane_key(name, "")]
     return ["EVAL", FETCH_SCRIPT, len(keys), *keys, *args]

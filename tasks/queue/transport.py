@@ -152,12 +152,12 @@ class Channel(kombu_redis.Channel):
         if isinstance(headers, dict):
             headers[PUBLISHED_HEADER] = round(time.time(), 3)
             client = client_name(headers.get(CLIENT_HEADER))
-        if client and not (self._expires and queue in self._expires):
+        if client and lanes.laned(queue) and not (self._expires and queue in self._expires):
             # A client's message goes to its lane of the list (tasks/queue/lanes.py).
-            name = self._q_for_pri(queue, self._get_message_priority(message, reverse=False))
+            step = self.priority(self._get_message_priority(message, reverse=False))
             with self.conn_or_acquire() as conn:
-                conn.execute_command(*lanes.push_command(self._key(""), name, client,
-                                                         dumps(message)))
+                conn.execute_command(*lanes.push_command(
+                    self._key(""), self._q_for_pri(queue, step), step, client, dumps(message)))
         else:
             super()._put(queue, message, **kwargs)
         self._ring(queue)
@@ -219,8 +219,10 @@ class Channel(kombu_redis.Channel):
                        timeout or 0]
         else:
             # Each list's lanes served by weighted round robin (tasks/queue/lanes.py).
-            lists = [(self._q_for_pri(queue, pri), not self._no_ack.get(queue))
-                     for pri in self.priority_steps for queue in queues]
+            lists = [(self._q_for_pri(queue, pri), self.priority(pri), lanes.laned(queue),
+                      not self._no_ack.get(queue))
+                     for pri in self.priority_steps
+                     for queue in sorted(queues, key=lambda q: not lanes.laned(q))]
             command = lanes.fetch_command(self._key(""), (self.unacked_key,
                                                           self.unacked_index_key),
                                           lists, time.time(), self.ocr_max_message_bytes)

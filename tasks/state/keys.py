@@ -7,7 +7,7 @@ model registry, the poison guard, the metrics exporter and the HTTP API; other c
 asks those for keys rather than building them. Every key is under `ocr:` and every
 key has a TTL, except the HTTP API's client tokens (`ocr:api:token:*`,
 `ocr:api:clients`, `ocr:lane-weights`), which live until revoked, and the broker's
-lanes (`ocr:lane:*`, `ocr:lanes:*`, `ocr:lanes-active`), which live like its queues.
+lanes (`ocr:lane:*`, `ocr:lanes:*`), which live like its queues.
 """
 
 from __future__ import annotations
@@ -29,12 +29,11 @@ DEAD_LETTER_COUNT_KEY = ROOT + "dead-letter:count"  # how many were ever refused
 WORKERS_KEY = ROOT + "workers"        # hash: worker node -> its queues (tasks/state/liveness.py)
 WAKE_PREFIX = ROOT + "wake:"          # a queue's doorbell (tasks/queue/transport.py)
 # The broker's lanes (tasks/queue/lanes.py), kept like the queues' lists (no TTL): a
-# client's lane of a queue's list, ocr:lane:<list>:<client>; the ring of a list's lanes
-# with messages waiting, ocr:lanes:<list>, and its turn, ocr:lanes:<list>:turn; the
-# lists that have a ring; and the clients' weights (the API's token store).
+# client's lane of a queue's list, ocr:lane:<list>:<client>; per priority step, the
+# ring of the clients with messages waiting in any queue, ocr:lanes:<step>, its turn
+# (:turn) and their counts (:count); and the clients' weights (the API's token store).
 LANE_PREFIX = ROOT + "lane:"
 LANES_PREFIX = ROOT + "lanes:"
-LANES_ACTIVE_KEY = ROOT + "lanes-active"
 LANE_WEIGHTS_KEY = ROOT + "lane-weights"
 # Jobs by client, newest first (tasks/state/job_index.py): sorted sets of job ids.
 JOBS_PREFIX = ROOT + "jobs:"
@@ -146,14 +145,13 @@ def lane_key(list_key: str, client: str) -> str:
     return f"{LANE_PREFIX}{list_key}:{client}"
 
 
-def lanes_key(list_key: str) -> str:
-    """`ocr:lanes:<list>`: the clients whose lanes of a queue's list hold messages."""
-    return f"{LANES_PREFIX}{list_key}"
+def lanes_key(step: int) -> str:
+    """`ocr:lanes:<step>`: the ring of clients with messages of priority `step` waiting.
 
-
-def lanes_turn_key(list_key: str) -> str:
-    """`ocr:lanes:<list>:turn`: the pages left in the turn of the ring's first lane."""
-    return f"{LANES_PREFIX}{list_key}:turn"
+    Beside it, `:turn` (hash: the pages left in a client's turn) and `:count` (hash: a
+    client's messages waiting in every queue at that step).
+    """
+    return f"{LANES_PREFIX}{step}"
 
 
 def doc_key(doc_id: str, part: str) -> str:

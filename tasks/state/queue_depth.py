@@ -11,8 +11,9 @@ What it counts, for a set of queues, in broker messages, each one unit of work:
   of its own (`ocr`, `ocr\x06\x163`, `ocr\x06\x166`, `ocr\x06\x169`), so reading `ocr`
   alone misses every job sent with another priority than the first step; a message
   that names its client waits in that client's lane of the list instead
-  (`ocr:lane:<list>:<client>`, found through the list's ring `ocr:lanes:<list>`:
-  tasks/queue/lanes.py), so reading the lists alone misses them.
+  (`ocr:lane:<list>:<client>`, tasks/queue/lanes.py), so reading the lists alone
+  misses them; a list's lanes are found through its priority step's ring of clients
+  (`ocr:lanes:<step>`).
 - **running**: the messages a worker took and has not acknowledged yet (kombu's
   `unacked` hash: the page a pool child reads, those its worker reserved, a retry
   waiting for its countdown) whose routing leads to one of the queues. Tasks are
@@ -150,6 +151,7 @@ class QueueDepth:
         self._sep: str = transport_options.get("sep", channel.sep)
         steps = transport_options.get("priority_steps", kombu_redis.PRIORITY_STEPS)
         self._suffixes = tuple(f"{self._sep}{step}" if step else "" for step in steps)
+        self._steps = tuple(steps)
         self._unacked_key: str = transport_options.get("unacked_key", channel.unacked_key)
         self._binding_prefix: str = channel.keyprefix_queue.split("%s")[0]
         # (list, delivery tag) -> when this reader first saw an unstamped tail
@@ -163,7 +165,7 @@ class QueueDepth:
         """Messages waiting in each queue, every priority list and lane summed."""
         wanted = tuple(dict.fromkeys(queues))
         names = [name for queue in wanted for name in self.lists(queue)]
-        lengths = [int(n) for n in self._read_only(_WAITING, _with_rings(names),
+        lengths = [int(n) for n in self._read_only(_WAITING, self._with_rings(wanted),
                                                    [lane_key(n, "") for n in names])]
         step = len(self._suffixes)
         return {queue: sum(lengths[i * step:(i + 1) * step]) for i, queue in enumerate(wanted)}
@@ -174,7 +176,7 @@ class QueueDepth:
         wanted = tuple(dict.fromkeys(queues))
         lists = [(queue, name) for queue in wanted for name in self.lists(queue)]
         names = [name for _, name in lists]
-        tails = self._read_only(_OLDEST, _with_rings(names),
+        tails = self._read_only(_OLDEST, self._with_rings(wanted),
                                 [lane_key(n, "") for n in names]) if lists else []
         lanes = [_stamp(_text(raw)) for raw in tails[len(lists):]]
         tails = tails[:len(lists)]
@@ -207,6 +209,12 @@ class QueueDepth:
                 running += count
         return Depth(wanted, waiting, running)
 
+    def _with_rings(self, queues: Sequence[str]) -> list[str]:
+        """Each list of `queues` followed by the ring of its priority step's lanes."""
+        return [key for queue in queues
+                for name, step in zip(self.lists(queue), self._steps, strict=True)
+                for key in (name, lanes_key(step))]
+
     def _read_only(self, script: str, keys: Sequence[str], args: Sequence[str] = ()) -> Any:
         """Run a read-only Lua `script` as a user that may only read (`EVALSHA_RO`)."""
         sha = hashlib.sha1(script.encode()).hexdigest()
@@ -237,11 +245,6 @@ class QueueDepth:
                 routing_key, _, queue = _text(member).split(self._sep, 2)
                 routes.setdefault((exchange, routing_key), []).append(queue)
         return {route: tuple(queues) for route, queues in routes.items()}
-
-
-def _with_rings(names: Sequence[str]) -> list[str]:
-    """Each list followed by the ring of its lanes."""
-    return [key for name in names for key in (name, lanes_key(name))]
 
 
 def _stamp(tail: str) -> float | None:

@@ -47,9 +47,9 @@ BINDINGS = ("_kombu.*",)              # exchange -> queue tables and their deadl
 UNACKED = ("unacked", "unacked_index", "unacked_mutex")  # delivered, not acknowledged
 RESULTS = ("celery-task-meta-*",)     # Celery's results
 WAKE = ("ocr:wake:*",)                # each queue's doorbell (tasks/queue/transport.py)
-# each client's lane of a queue's list, the lists' rings and turns, the lists with rings
-# (tasks/queue/lanes.py); the clients' weights, written by the token store
-LANES = ("ocr:lane:*", "ocr:lanes:*", "ocr:lanes-active")
+# each client's lane of a queue's list, each priority step's ring of clients, its turn
+# and counts (tasks/queue/lanes.py); the clients' weights, written by the token store
+LANES = ("ocr:lane:*", "ocr:lanes:*")
 LANE_WEIGHTS = "ocr:lane-weights"
 EVENTS = f"/{DB}.celeryev/*"          # task and worker events (Flower reads them)
 CONTROL_CHANNEL = f"/{DB}.celery.pidbox"  # remote control broadcasts
@@ -61,15 +61,15 @@ RESULT_CHANNEL = "celery-task-meta-*"  # a result as it is stored
 # enough replicas have it (WAIT, OCR_REDIS_MIN_REPLICAS) and its record with it (PTTL,
 # PEXPIRE); the broker transport tells a reconnection to another server (a failover)
 # by the server's run id (INFO server: tasks/queue/unsettled.py).
-SEND = ("lpush", "lpos", "rpush", "hset", "llen", "ltrim", "pexpire", "pttl", "sadd",
+SEND = ("lpush", "lpos", "rpush", "hincrby", "llen", "ltrim", "pexpire", "pttl", "sadd",
         "smembers", "zadd", "time",
         "eval", "evalsha", "script|load", "script|exists", "multi", "exec", "discard",
         "publish", "subscribe", "unsubscribe", "get", "mget", "wait", "info")
 # What a consuming worker adds: the atomic fetch (a Lua script: LINDEX, ZADD, HSET,
-# RPOP; the lanes' ring: HMGET, LPOS, LMOVE, LPOP, HDEL), doorbells (BLPOP),
+# RPOP; the lanes' ring: LLEN, LPOS, LREM, RPUSH, HINCRBY, HDEL), doorbells (BLPOP),
 # acknowledgements and restores (HGET, HDEL, ZREM, ZRANGE, WATCH), the binding sweep,
 # remote control (PSUBSCRIBE), results and job state.
-CONSUME = ("rpop", "rpush", "lpop", "lmove", "lpos", "lindex", "lrange", "blpop", "hset",
+CONSUME = ("rpop", "rpush", "lrem", "lpos", "lindex", "lrange", "blpop", "hset",
            "hsetnx", "hget", "hdel",
            "hgetall", "hmget", "hexists", "hlen", "hkeys", "hincrby", "hincrbyfloat",
            "set", "setex", "del", "unlink", "exists", "expire", "pexpire", "ttl", "incr",
@@ -149,14 +149,13 @@ USERS: tuple[RedisUser, ...] = (
         "cannot send a task",
         # events and replies come through a consumer of its own (the fetch script names
         # kombu's unacknowledged-message keys), remote control is a broadcast
-        ("llen", "lindex", "rpop", "blpop", "hmget", "sadd", "srem", "smembers", "zadd", "zrem",
+        ("llen", "lindex", "rpop", "blpop", "sadd", "srem", "smembers", "zadd", "zrem",
          "zrange", "zrangebyscore", "time", "eval", "evalsha", "script|load",
          "script|exists", "multi", "exec", "discard", "get", "set", "del", "exists",
          "hset", "hget", "hdel", "hgetall", "watch", "unwatch", "psubscribe",
          "punsubscribe", "publish", "pexpire", "info"),
         keys=(*PIDBOX, *BINDINGS, *UNACKED, "celeryev.*", "ocr:wake:*.celery.pidbox"),
-        # its fetch reads which lists have lanes (its own never have)
-        read_keys=(*QUEUES, *RESULTS, "ocr:workers", "ocr:lanes-active"),
+        read_keys=(*QUEUES, *RESULTS, "ocr:workers"),
         channels=(EVENTS, CONTROL_CHANNEL)),
     RedisUser(
         "metrics", "the metrics exporter (Procfile `metrics`): reads only",

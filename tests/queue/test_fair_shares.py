@@ -17,7 +17,7 @@ import redis
 
 from tasks.client import OcrClient
 from tasks.queue.lanes import fetch_command, push_command
-from tasks.state.keys import LANE_PREFIX, LANE_WEIGHTS_KEY, LANES_ACTIVE_KEY, lane_key, lanes_key
+from tasks.state.keys import LANE_PREFIX, LANE_WEIGHTS_KEY, lane_key, lanes_key
 from tests.harness import FAST_PAGES, Worker, eventually, fake_env, make_client
 from tests.image_fixtures import png
 from tests.pdf_fixtures import image_pdf, plain_pages
@@ -43,73 +43,118 @@ def who(item: bytes) -> str:
     return str(json.loads(item)["headers"]["ocr_client"])
 
 
-def fetch(r: redis.Redis, lists: list[str]) -> tuple[str, str] | None:
-    """(list, client) of the message the fetch takes, None when nothing waits."""
-    reply = r.execute_command(*fetch_command("", UNACKED, [(name, True) for name in lists],
-                                             1.0, 0))
-    return None if reply is None else (reply[0].decode(), who(reply[1]))
+class Broker:
+    """The lanes' scripts under a key prefix of their own (kombu's global prefix)."""
+
+    def __init__(self, r: redis.Redis) -> None:
+        self.r = r
+        self.prefix = f"t{uuid.uuid4().hex[:8]}:"
+
+    def key(self, name: str) -> str:
+        return self.prefix + name
+
+    def push(self, name: str, client: str, count: int, step: int = 0) -> None:
+        for n in range(count):
+            self.r.execute_command(*push_command(self.prefix, name, step, client,
+                                                 envelope(client, n)))
+
+    def plain(self, name: str, n: int = 0) -> None:
+        self.r.lpush(self.key(name), envelope("", n))
+
+    def fetch(self, lists: list[tuple[str, int]]) -> tuple[str, str] | None:
+        """(list, client) of the message the fetch takes, None when nothing waits."""
+        reply = self.r.execute_command(*fetch_command(
+            self.prefix, UNACKED, [(name, step, True, True) for name, step in lists], 1.0, 0))
+        return None if reply is None else (reply[0].decode()[len(self.prefix):],
+                                           who(reply[1]))
 
 
-def push(r: redis.Redis, name: str, client: str, count: int) -> None:
-    for n in range(count):
-        r.execute_command(*push_command("", name, client, envelope(client, n)))
+@pytest.fixture
+def broker(r: redis.Redis) -> Iterator[Broker]:
+    made = Broker(r)
+    yield made
+    for key in r.scan_iter(f"{made.prefix}*"):
+        r.delete(key)
 
 
-def test_the_fetch_serves_lanes_by_weighted_round_robin(r: redis.Redis) -> None:
-    name = f"fq-{uuid.uuid4().hex[:6]}"
-    r.hset(LANE_WEIGHTS_KEY, "c", 2)
-    push(r, name, "a", 5)
-    push(r, name, "b", 5)
-    push(r, name, "c", 10)
-    assert r.lrange(lanes_key(name), 0, -1) == [b"a", b"b", b"c"]
-    assert r.llen(name) == 0 and r.llen(lane_key(name, "a")) == 5
-    order = [fetch(r, [name])[1] for _ in range(12)]  # type: ignore[index]
-    assert order == ["a", "b", "c", "c"] * 3
-    # a anonymous message (a stock kombu client's, a restore) joins the ring at the end
-    r.lpush(name, envelope("", 0))
-    order = [fetch(r, [name])[1] for _ in range(5)]  # type: ignore[index]
-    assert order == ["a", "b", "c", "c", ""]
-    # a lane that empties leaves the ring at once: the others share the list
-    assert [fetch(r, [name])[1] for _ in range(4)] == ["a", "b", "c", "c"]  # type: ignore[index]
-    assert fetch(r, [name]) is None
-    assert r.llen(lanes_key(name)) == 0 and not r.hexists(LANES_ACTIVE_KEY, name)
-    assert r.zcard(UNACKED[1]) == 21  # every message recorded as unacknowledged
+def test_the_fetch_serves_clients_by_weighted_round_robin(broker: Broker) -> None:
+    broker.r.hset(LANE_WEIGHTS_KEY, "c", 2)
+    broker.push("q", "a", 5)
+    broker.push("q", "b", 5)
+    broker.push("q", "c", 10)
+    assert broker.r.lrange(broker.key(lanes_key(0)), 0, -1) == [b"a", b"b", b"c"]
+    assert broker.r.llen(broker.key("q")) == 0
+    assert broker.r.llen(broker.key(lane_key("q", "a"))) == 5
+    order = [broker.fetch([("q", 0)]) for _ in range(12)]
+    assert [c for _, c in order] == ["a", "b", "c", "c"] * 3  # type: ignore[misc]
+    # an anonymous message (a stock kombu client's, a restore) joins the ring at the end
+    broker.plain("q")
+    order = [broker.fetch([("q", 0)]) for _ in range(5)]
+    assert [c for _, c in order] == ["a", "b", "c", "c", ""]  # type: ignore[misc]
+    # a client whose lane empties leaves the ring at once: the others share the list
+    order = [broker.fetch([("q", 0)]) for _ in range(4)]
+    assert [c for _, c in order] == ["a", "b", "c", "c"]  # type: ignore[misc]
+    assert broker.fetch([("q", 0)]) is None
+    assert broker.r.llen(broker.key(lanes_key(0))) == 0
+    assert not broker.r.hgetall(broker.key(lanes_key(0)) + ":count")
+    assert broker.r.zcard(broker.key(UNACKED[1])) == 21  # each recorded as unacknowledged
 
 
-def test_a_higher_priority_list_goes_first_whatever_the_share(r: redis.Redis) -> None:
-    name = f"fp-{uuid.uuid4().hex[:6]}"
-    low = f"{name}\x06\x166"
-    push(r, low, "a", 3)
-    push(r, name, "b", 2)
-    r.lpush(low, envelope("", 1))
-    taken = [fetch(r, [name, low]) for _ in range(7)]
-    assert taken == [(name, "b"), (name, "b"), (low, "a"), (low, ""), (low, "a"),
+def test_a_client_shares_across_the_queues_of_one_priority(broker: Broker) -> None:
+    """A's backlog in `ocr` does not hold B's pages in `ocr-x` (the same priority)."""
+    broker.push("ocr", "a", 6)
+    broker.push("ocr-x", "a", 2)
+    broker.push("ocr-x", "b", 3)
+    lists = [("ocr", 0), ("ocr-x", 0)]
+    taken = [broker.fetch(lists) for _ in range(12)]
+    assert taken == [("ocr", "a"), ("ocr-x", "b"), ("ocr", "a"), ("ocr-x", "b"),
+                     ("ocr", "a"), ("ocr-x", "b"), ("ocr", "a"), ("ocr", "a"),
+                     ("ocr", "a"), ("ocr-x", "a"), ("ocr-x", "a"), None]
+    # a worker that serves only `ocr-x` skips a client whose pages wait elsewhere
+    broker.push("ocr", "a", 1)
+    broker.push("ocr-x", "b", 1)
+    assert broker.fetch([("ocr-x", 0)]) == ("ocr-x", "b")
+    assert broker.r.lrange(broker.key(lanes_key(0)), 0, -1) == [b"a"]
+    assert broker.fetch([("ocr", 0)]) == ("ocr", "a")
+
+
+def test_a_higher_priority_list_goes_first_whatever_the_share(broker: Broker) -> None:
+    broker.push("q\x06\x166", "a", 3, step=6)
+    broker.push("q", "b", 2)
+    broker.plain("q\x06\x166")
+    lists = [("q", 0), ("q\x06\x166", 6)]
+    low = "q\x06\x166"
+    taken = [broker.fetch(lists) for _ in range(7)]
+    assert taken == [("q", "b"), ("q", "b"), (low, "a"), (low, ""), (low, "a"),
                      (low, "a"), None]
 
 
-def test_a_list_without_lanes_is_served_as_before(r: redis.Redis) -> None:
-    name = f"fn-{uuid.uuid4().hex[:6]}"
+def test_a_list_without_lanes_is_served_as_before(broker: Broker) -> None:
     for n in range(3):
-        r.lpush(name, envelope("", n))
-    assert [fetch(r, [name]) for _ in range(4)] == [(name, "")] * 3 + [None]
-    assert not r.exists(lanes_key(name))
+        broker.plain("plain", n)
+    assert [broker.fetch([("plain", 0)]) for _ in range(4)] == [("plain", "")] * 3 + [None]
+    assert not broker.r.exists(broker.key(lanes_key(0)))
 
 
 def test_the_depth_counts_every_lane(r: redis.Redis) -> None:
     from tasks.state.queue_depth import QueueDepth
 
     name = f"fd-{uuid.uuid4().hex[:6]}"
-    push(r, name, "a", 3)
-    push(r, f"{name}\x06\x163", "b", 2)
-    r.lpush(name, envelope("", 0))
+    broker = Broker(r)
+    broker.prefix = ""
+    broker.push(name, "a", 3, step=0)
+    broker.push(f"{name}\x06\x163", "b", 2, step=3)
+    broker.plain(name)
     old = json.loads(envelope("a", 9))
     old["headers"]["ocr_published"] = 1000.0
     r.rpush(lane_key(name, "a"), json.dumps(old))  # the lane's oldest, at its tail
     depth = QueueDepth(r, {})
     assert depth.waiting([name]) == {name: 7}
     assert depth.oldest_ages([name], now=1100.0)[name] == pytest.approx(100.0)
-    fetch(r, [name])  # serves the ring: the anonymous message joins it
-    assert depth.waiting([name]) == {name: 6}
+    r.hincrby(lanes_key(0) + ":count", "a", 1)
+    while broker.fetch([(name, 0), (f"{name}\x06\x163", 3)]):
+        pass
+    assert depth.waiting([name]) == {name: 0}
 
 
 # --- real workers: one worker, two children, the fake engine at 0.25 s a page ----------
@@ -169,7 +214,7 @@ def test_backlogged_clients_share_by_weight(
     senders = {name: clients(name) for name in names}
     jobs = {name: [senders[name].submit(png(150 + i % 50), filename=f"{name}{i}.png")
                    for i in range(45)] for name in names}
-    lanes = [lane_key("ocr\x06\x163", name) for name in names]  # `normal`'s list
+    lanes = [lane_key("ocr\x06\x163", name) for name in names]  # `normal`'s list of `ocr`
 
     def waiting() -> list[int]:
         pipe = r.pipeline()
