@@ -41,11 +41,13 @@ def laned(queue: str) -> bool:
 
 
 # Pushes a message (ARGV[1]) to its client's (ARGV[2]) lane (KEYS[1]), counts it in
-# KEYS[3] and puts the client at the end of the ring KEYS[2] unless it is in it.
+# KEYS[3] and, for its first message waiting, puts the client at the end of the ring
+# KEYS[2] (a client with messages counted is in the ring: the fetch drops it only at 0).
 PUSH_SCRIPT = r"""
 redis.call('LPUSH', KEYS[1], ARGV[1])
-redis.call('HINCRBY', KEYS[3], ARGV[2], 1)
-if not redis.call('LPOS', KEYS[2], ARGV[2]) then redis.call('RPUSH', KEYS[2], ARGV[2]) end
+if redis.call('HINCRBY', KEYS[3], ARGV[2], 1) == 1 and not redis.call('LPOS', KEYS[2], ARGV[2]) then
+  redis.call('RPUSH', KEYS[2], ARGV[2])
+end
 return 1
 """
 
@@ -99,13 +101,16 @@ local function share(ring, first, last)
     plain[i] = redis.call('LINDEX', KEYS[3 + i], -1)
     if plain[i] then any_plain = true end
   end
-  if redis.call('LLEN', ring) == 0 then
+  local members = redis.call('LLEN', ring)
+  if members == 0 then
     for i = first, last do
       if plain[i] then return take(KEYS[3 + i], plain[i], ARGV[4 + 3 * i] == '1', KEYS[3 + i]) end
     end
     return nil
   end
-  if any_plain and not redis.call('LPOS', ring, '') then redis.call('RPUSH', ring, '') end
+  if any_plain and not redis.call('LPOS', ring, '') then
+    members = redis.call('RPUSH', ring, '')
+  end
   local pos = 0
   for _ = 1, 1000 do
     local client = redis.call('LINDEX', ring, pos)
@@ -119,6 +124,16 @@ local function share(ring, first, last)
         item = redis.call('LINDEX', src, -1)
       end
       if item then at = i break end
+    end
+    if item and members == 1 and client ~= '' then
+      -- a lone client: no turns to keep
+      local got = take(src, item, ARGV[4 + 3 * at] == '1', KEYS[3 + at])
+      if redis.call('HINCRBY', count, client, -1) < 1 then
+        redis.call('LREM', ring, 1, client)
+        redis.call('HDEL', count, client)
+        redis.call('HDEL', turn, client)
+      end
+      return got
     end
     if item then
       local left = tonumber(redis.call('HGET', turn, client))
