@@ -111,7 +111,7 @@ def shares(ctx: Context, url: str) -> dict[str, Any]:
     per_client = ctx.size(200, 80)
     weights = {"w1-a": 1, "w1-b": 1, "w2": 2}
     r = redis.Redis.from_url(url)
-    r.hset(LANE_WEIGHTS_KEY, mapping=weights)
+    r.hset(LANE_WEIGHTS_KEY, mapping={name: str(w) for name, w in weights.items()})
     worker = _worker(ctx, url, "shares", PAGE_SECONDS / 4)
     senders = {name: _client(url, name) for name in weights}
     lanes = [lane_key(NORMAL_LIST, name) for name in weights]

@@ -57,8 +57,12 @@ def test_a_token_held_to_normal_is_refused_interactive(api: ApiServer, redis_url
             answer = post(http, api, priority)
             assert answer.status_code == 202, answer.text
             job = answer.json()["id"]
-            eventually(lambda job=job: http.get(f"{api.url}/v1/jobs/{job}", timeout=10)
-                       .json()["status"] == "SUCCESS", 60, f"{priority} job done")
+
+            def finished(job: str = job) -> bool:
+                return bool(http.get(f"{api.url}/v1/jobs/{job}", timeout=10)
+                            .json()["status"] == "SUCCESS")
+
+            eventually(finished, 60, f"{priority} job done")
         # an operator lifts the limit and changes the weight; revoking drops the weight
         done = tokens(redis_url, "set", "held", "--max-priority", "any", "--weight", "2")
         assert done.returncode == 0 and "weight=2" in done.stdout, done.stderr

@@ -11,6 +11,7 @@ import json
 import time
 import uuid
 from collections.abc import Callable, Iterator
+from typing import Any
 
 import pytest
 import redis
@@ -164,8 +165,8 @@ PAGE_SECONDS = 0.25
 
 @pytest.fixture(scope="module")
 def worker(start_worker: Callable[..., Worker]) -> Worker:
-    return start_worker(**fake_env(OCR_CONCURRENCY="2", FAKE_PAGE_SECONDS=str(PAGE_SECONDS),
-                                   **FAST_PAGES))
+    env = {**fake_env(OCR_CONCURRENCY="2", FAKE_PAGE_SECONDS=str(PAGE_SECONDS)), **FAST_PAGES}
+    return start_worker(**env)
 
 
 @pytest.fixture
@@ -244,7 +245,7 @@ def test_a_fanned_out_pdfs_pages_wait_in_their_clients_lane(
     r = redis.Redis.from_url(redis_url)
     job = sender.submit(image_pdf(plain_pages(12)), filename="twelve.pdf", mode="ocr")
 
-    def pages_in_lanes() -> list[bytes] | None:
+    def pages_in_lanes() -> list[Any] | None:
         keys = list(r.scan_iter(f"{LANE_PREFIX}*:pdf-sender"))
         items = [item for key in keys for item in r.lrange(key, 0, -1)]
         return items if len(items) >= 4 else None

@@ -16,6 +16,7 @@ import time
 import uuid
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import psutil
 import pytest
@@ -194,18 +195,22 @@ def test_the_fetch_records_before_it_pops(redis_url: str) -> None:
         "delivery_info": {"exchange": "", "routing_key": "q"}, "delivery_tag": tag}})
     r.lpush("q", envelope)
     r.lpush("q\x06\x163", "later")
-    def fetch(lists: list[tuple[str, bool]], now: float) -> object:
-        return r.execute_command(*fetch_command("", ("unacked:t", "unacked_index:t"),
-                                                lists, now, 0))
 
-    name, item, got = fetch([("q", True), ("q\x06\x163", True)], 12.5)
+    def fetch(lists: list[tuple[str, int, bool]], now: float) -> Any:
+        """The fetch over lists without lanes: (list, priority step, acknowledged)."""
+        return r.execute_command(*fetch_command(
+            "", ("unacked:t", "unacked_index:t"),
+            [(name, step, False, ack) for name, step, ack in lists], now, 0))
+
+    name, item, got = fetch([("q", 0, True), ("q\x06\x163", 3, True)], 12.5)
     assert (name, item, got) == (b"q", envelope.encode(), tag.encode())
     assert json.loads(r.hget("unacked:t", tag)) == [json.loads(envelope), "", "q"]
     assert r.zscore("unacked_index:t", tag) == 12.5 and r.llen("q") == 0
     # A consumer without acknowledgements takes unrecorded; nothing left: nil.
-    assert fetch([("q", False), ("q\x06\x163", False)], 13) == [b"q\x06\x163", b"later", b""]
+    assert fetch([("q", 0, False), ("q\x06\x163", 3, False)], 13) == \
+        [b"q\x06\x163", b"later", b""]
     assert r.hlen("unacked:t") == 1
-    assert fetch([("q", True)], 13) is None
+    assert fetch([("q", 0, True)], 13) is None
     r.delete("unacked:t", "unacked_index:t")
 
 
