@@ -215,3 +215,25 @@ def fetch_command(prefix: str, unacked: tuple[str, str],
         args += ["1" if ack else "0", prefix + lanes_key(step) if has_lanes else "",
                  prefix + lane_key(name, "")]
     return ["EVAL", FETCH_SCRIPT, len(keys), *keys, *args]
+
+
+# Messages waiting in the lanes of the lists KEYS[i] (ARGV[2i-1]: the ring of list i's
+# step, ARGV[2i]: the prefix of its lanes' keys), the lists themselves not counted.
+LANE_SIZES_SCRIPT = r"""
+local n = 0
+for i = 1, #KEYS do
+  for _, client in ipairs(redis.call('LRANGE', ARGV[2 * i - 1], 0, -1)) do
+    if client ~= '' then n = n + redis.call('LLEN', ARGV[2 * i] .. client) end
+  end
+end
+return n
+"""
+
+
+def sizes_command(prefix: str, lists: Sequence[tuple[str, int]]) -> list[Any]:
+    """The EVAL that counts the messages in the lanes of `lists` (key, priority step)."""
+    args: list[str] = []
+    for name, step in lists:
+        args += [prefix + lanes_key(step), prefix + lane_key(name, "")]
+    return ["EVAL", LANE_SIZES_SCRIPT, len(lists), *(prefix + name for name, _ in lists),
+            *args]

@@ -162,6 +162,16 @@ class Channel(kombu_redis.Channel):
             super()._put(queue, message, **kwargs)
         self._ring(queue)
 
+    def _size(self, queue: str) -> int:
+        # kombu's count (queue_declare's message count) with the lanes' messages.
+        size = int(super()._size(queue))
+        if lanes.laned(queue):
+            with self.conn_or_acquire() as conn:
+                size += int(conn.execute_command(*lanes.sizes_command(self._key(""), [
+                    (self._q_for_pri(queue, pri), self.priority(pri))
+                    for pri in self.priority_steps])))
+        return size
+
     def _ring(self, queue: str) -> None:
         """Wake one worker waiting on `queue` (a missed ring costs `brpop_timeout`).
 

@@ -55,14 +55,16 @@ EVENTS = f"/{DB}.celeryev/*"          # task and worker events (Flower reads the
 CONTROL_CHANNEL = f"/{DB}.celery.pidbox"  # remote control broadcasts
 RESULT_CHANNEL = "celery-task-meta-*"  # a result as it is stored
 
-# What any Celery app that sends tasks does: push a message (and ring its queue's
-# doorbell), declare the queue's binding (a Lua script: SADD, TIME, ZADD), publish the
-# task-sent event, wait for a result on its channel, read the result; hold a job until
-# enough replicas have it (WAIT, OCR_REDIS_MIN_REPLICAS) and its record with it (PTTL,
-# PEXPIRE); the broker transport tells a reconnection to another server (a failover)
-# by the server's run id (INFO server: tasks/queue/unsettled.py).
-SEND = ("lpush", "lpos", "rpush", "hincrby", "llen", "ltrim", "pexpire", "pttl", "sadd",
-        "smembers", "zadd", "time",
+# What any Celery app that sends tasks does: push a message to its queue or its client's
+# lane (a Lua script: LPUSH, HINCRBY, LPOS, RPUSH) and ring its queue's doorbell, count
+# a queue's messages when it declares it (LLEN; its lanes: LRANGE), declare the queue's
+# binding (a Lua script: SADD, TIME, ZADD), publish the task-sent event, wait for a
+# result on its channel, read the result; hold a job until enough replicas have it
+# (WAIT, OCR_REDIS_MIN_REPLICAS) and its record with it (PTTL, PEXPIRE); the broker
+# transport tells a reconnection to another server (a failover) by the server's run id
+# (INFO server: tasks/queue/unsettled.py).
+SEND = ("lpush", "lpos", "rpush", "hincrby", "lrange", "llen", "ltrim", "pexpire", "pttl",
+        "sadd", "smembers", "zadd", "time",
         "eval", "evalsha", "script|load", "script|exists", "multi", "exec", "discard",
         "publish", "subscribe", "unsubscribe", "get", "mget", "wait", "info")
 # What a consuming worker adds: the atomic fetch (a Lua script: LINDEX, ZADD, HSET,

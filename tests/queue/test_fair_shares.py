@@ -258,3 +258,16 @@ def test_a_fanned_out_pdfs_pages_wait_in_their_clients_lane(
     assert (result["status"], len(result["pages"]), result["client"]) == \
         ("SUCCESS", 12, "pdf-sender")
     r.close()
+
+
+def test_a_queues_size_counts_its_lanes(clients: Callable[[str], OcrClient]) -> None:
+    """Kombu's queue_declare count (Celery's `inspect`, `purge`'s check) sees the lanes."""
+    sender = clients("sized")
+    queue = f"ocr-sized-{uuid.uuid4().hex[:6]}"
+    for n in range(3):
+        sender.app.send_task("ocr.document", kwargs={}, queue=queue,
+                             headers={"ocr_client": "sized"}, priority=3 * (n % 2))
+    sender.app.send_task("ocr.document", kwargs={}, queue=queue)
+    with sender.app.connection_for_write() as conn:
+        declared = conn.default_channel.queue_declare(queue, passive=True)
+    assert declared.message_count == 4
