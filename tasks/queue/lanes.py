@@ -9,9 +9,10 @@ and priority step has lanes: a message that names its client (the `ocr_client`
 header, tasks/records/clients.py) is pushed to that client's lane of the list
 (`ocr:lane:<list>:<client>`) instead of the list, and the client joins the ring of
 its priority step (`ocr:lanes:<step>`, one ring for every queue) in the same atomic
-step. Everything else, a stock kombu or Node client's message and every restore of an
-unacknowledged message, stays in the list itself: the anonymous lane, which joins the
-ring at a fetch that finds it holding messages.
+step; a restored one (kombu's restore of an unacknowledged message) goes back to the
+end of its lane that is taken first. Everything else, a stock kombu or Node client's
+message, stays in the list itself: the anonymous lane, which joins the ring at a fetch
+that finds it holding messages.
 
 The fetch (`FETCH_SCRIPT`) serves priority steps in order, highest first, exactly as
 kombu does; within a step, the clients of the ring by weighted deficit round robin
@@ -40,11 +41,16 @@ def laned(queue: str) -> bool:
     return queue.startswith("ocr") and ":" not in queue
 
 
-# Pushes a message (ARGV[1]) to its client's (ARGV[2]) lane (KEYS[1]), counts it in
+# Pushes a message (ARGV[1]) to its client's (ARGV[2]) lane (KEYS[1]; at the end taken
+# first when ARGV[3] is "1": a restored message), counts it in
 # KEYS[3] and, for its first message waiting, puts the client at the end of the ring
 # KEYS[2] (a client with messages counted is in the ring: the fetch drops it only at 0).
 PUSH_SCRIPT = r"""
-redis.call('LPUSH', KEYS[1], ARGV[1])
+if ARGV[3] == '1' then
+  redis.call('RPUSH', KEYS[1], ARGV[1])
+else
+  redis.call('LPUSH', KEYS[1], ARGV[1])
+end
 if redis.call('HINCRBY', KEYS[3], ARGV[2], 1) == 1 and not redis.call('LPOS', KEYS[2], ARGV[2]) then
   redis.call('RPUSH', KEYS[2], ARGV[2])
 end
@@ -189,14 +195,16 @@ return nil
 """
 
 
-def push_command(prefix: str, list_key: str, step: int, client: str, body: str) -> list[Any]:
+def push_command(prefix: str, list_key: str, step: int, client: str, body: str,
+                 first: bool = False) -> list[Any]:
     """The EVAL that pushes `body` to `client`'s lane of `list_key` (priority `step`).
 
-    `prefix`: kombu's global key prefix; names are given without it.
+    `first`: taken before the lane's other messages (a restored one). `prefix`: kombu's
+    global key prefix; names are given without it.
     """
     ring = prefix + lanes_key(step)
     return ["EVAL", PUSH_SCRIPT, 3, prefix + lane_key(list_key, client), ring,
-            ring + ":count", body, client]
+            ring + ":count", body, client, "1" if first else "0"]
 
 
 def fetch_command(prefix: str, unacked: tuple[str, str],

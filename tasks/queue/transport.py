@@ -162,6 +162,25 @@ class Channel(kombu_redis.Channel):
             super()._put(queue, message, **kwargs)
         self._ring(queue)
 
+    def _do_restore_message(self, payload: Any, exchange: str, routing_key: str, pipe: Any,
+                            leftmost: bool = False) -> None:
+        # kombu's restore (in its WATCH/MULTI), a client's message back to its lane.
+        headers = payload.get("headers") if isinstance(payload, dict) else None
+        client = client_name(headers.get(CLIENT_HEADER)) if isinstance(headers, dict) else ""
+        queues = list(self._lookup(exchange, routing_key)) if client else []
+        if not isinstance(headers, dict) or not queues or \
+                not all(map(lanes.laned, queues)) or \
+                not isinstance(payload.get("properties"), dict):
+            super()._do_restore_message(payload, exchange, routing_key, pipe, leftmost)
+            return
+        headers["redelivered"] = True
+        payload["properties"].setdefault("delivery_info", {})["redelivered"] = True
+        step = self.priority(self._get_message_priority(payload, reverse=False))
+        for queue in queues:
+            pipe.execute_command(*lanes.push_command(
+                self._key(""), self._q_for_pri(queue, step), step, client, dumps(payload),
+                first=not leftmost))
+
     def _size(self, queue: str) -> int:
         # kombu's count (queue_declare's message count) with the lanes' messages.
         size = int(super()._size(queue))

@@ -271,3 +271,35 @@ def test_a_queues_size_counts_its_lanes(clients: Callable[[str], OcrClient]) -> 
     with sender.app.connection_for_write() as conn:
         declared = conn.default_channel.queue_declare(queue, passive=True)
     assert declared.message_count == 4
+
+
+def test_a_restored_message_goes_back_to_its_lane_first(redis_url: str) -> None:
+    """Kombu's restore (visibility timeout, a lost worker) puts it back in its lane."""
+    from kombu import Connection, Exchange, Producer, Queue
+
+    name = f"ocr-restore-{uuid.uuid4().hex[:6]}"
+    queue = Queue(name, Exchange(name, type="direct"), routing_key=name)
+    r = redis.Redis.from_url(redis_url)
+    with Connection(redis_url, transport="tasks.queue.transport:Transport") as conn:
+        channel = conn.default_channel
+        producer = Producer(channel)
+        for n in range(2):
+            producer.publish({"n": n}, exchange=queue.exchange, routing_key=name,
+                             declare=[queue], headers={"ocr_client": "back", "n": n},
+                             serializer="json")
+        lane = lane_key(name, "back")
+        assert r.llen(lane) == 2
+        taken = r.execute_command(*fetch_command(
+            "", (channel.unacked_key, channel.unacked_index_key), [(name, 0, True, True)],
+            1.0, 0))
+        assert json.loads(taken[1])["headers"]["n"] == 0 and r.llen(lane) == 1
+        channel.qos.restore_by_tag(taken[2].decode())
+        assert r.llen(lane) == 2 and r.llen(name) == 0
+        again = r.execute_command(*fetch_command(
+            "", (channel.unacked_key, channel.unacked_index_key), [(name, 0, True, False)],
+            1.0, 0))
+        restored = json.loads(again[1])
+        assert restored["headers"]["n"] == 0 and restored["headers"]["redelivered"] is True
+    r.delete(lane)
+    r.hdel(lanes_key(0) + ":count", "back")  # the last message dropped by hand
+    r.close()
