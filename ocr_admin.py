@@ -41,6 +41,7 @@ from tasks.cli.usage import add_usage_command, run_usage
 from tasks.client import OcrClient
 from tasks.errors import OcrError
 from tasks.operator_console import OperatorConsole
+from tasks.queue.routing import PRIORITIES
 from tasks.settings import Settings
 from tasks.state.connection import connect
 from tasks.state.webhook_secrets import DEFAULT_GRACE_SECONDS
@@ -198,6 +199,7 @@ def build_tokens_parser(parser: argparse.ArgumentParser) -> None:
         create.add_argument(flag, type=int, metavar="N",
                             help=f"most pages read {period} (UTC; a job that would pass "
                                  "it is refused: page_quota_exceeded; default: no cap)")
+    _share_flags(create)
     create.add_argument("--allowed-url", action="append", metavar="PREFIX",
                         dest="allowed_urls",
                         help="a URL prefix (s3://bucket/folder/, https://host/path/) the "
@@ -213,6 +215,7 @@ def build_tokens_parser(parser: argparse.ArgumentParser) -> None:
                  "--pages-per-day", "--pages-per-month"):
         quotas.add_argument(flag, type=int, metavar="N",
                             help="0: no limit; -1: the service-wide default (pages: none)")
+    _share_flags(quotas)
     quotas.add_argument("--json", action="store_true", default=argparse.SUPPRESS)
     listing = commands.add_parser("list", help="list clients (never their tokens)")
     listing.add_argument("--json", action="store_true", default=argparse.SUPPRESS,
@@ -230,6 +233,15 @@ def build_tokens_parser(parser: argparse.ArgumentParser) -> None:
     rotate.add_argument("--json", action="store_true", default=argparse.SUPPRESS)
 
 
+def _share_flags(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--weight", type=int, metavar="W",
+                        help="the client's share of the workers beside other clients' "
+                             "(1-1000; default 1)")
+    parser.add_argument("--max-priority", choices=(*PRIORITIES, "any"), metavar="P",
+                        help="the highest priority its jobs may have: interactive, normal "
+                             "or batch (any: no limit; default any)")
+
+
 QUOTA_FLAGS = ("jobs_in_flight", "requests_per_minute", "max_bytes",  # `tokens set`
                "pages_per_day", "pages_per_month")
 
@@ -243,7 +255,9 @@ def run_tokens(args: argparse.Namespace, store: TokenStore, out: TextIO) -> int:
                                             max_bytes=args.max_bytes,
                                             pages_per_day=args.pages_per_day,
                                             pages_per_month=args.pages_per_month,
-                                            allowed_urls=args.allowed_urls)
+                                            allowed_urls=args.allowed_urls,
+                                            weight=1 if args.weight is None else args.weight,
+                                            max_priority=_max_priority(args.max_priority))
         if as_json:
             print(json.dumps({"name": args.name, "token": token, "webhook_secret": secret}),
                   file=out)
@@ -264,7 +278,10 @@ def run_tokens(args: argparse.Namespace, store: TokenStore, out: TextIO) -> int:
     if args.tokens_command == "set":
         given = {name: (None if value == -1 else value) for name in QUOTA_FLAGS
                  if (value := getattr(args, name)) is not None}
-        updated = store.set_limits(args.name, **given)
+        share: dict[str, Any] = {} if args.weight is None else {"weight": args.weight}
+        if args.max_priority is not None:
+            share["max_priority"] = _max_priority(args.max_priority)
+        updated = store.set_limits(args.name, **given, **share)
         if as_json:
             print(json.dumps(None if updated is None else asdict(updated)), file=out)
         else:
@@ -303,7 +320,15 @@ def _limits(client: ApiClient) -> str:
               "pages_per_month") if (value := getattr(client, name))]
     if client.allowed_urls is not None:
         parts.append(f"allowed-urls={','.join(client.allowed_urls)}")
+    if client.weight != 1:
+        parts.append(f"weight={client.weight}")
+    if client.max_priority is not None:
+        parts.append(f"max-priority={client.max_priority}")
     return " ".join(parts) or "default limits"
+
+
+def _max_priority(value: str | None) -> str | None:
+    return None if value in (None, "any") else value
 
 
 def run_tokens_command(args: argparse.Namespace, session: Context, prog: str = PROG) -> int:

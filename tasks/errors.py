@@ -324,6 +324,13 @@ class PageQuotaExceeded(OcrError):
         return {**super().to_dict(), **self.quota}
 
 
+class PriorityNotAllowed(OcrError):
+    """A job sent with a higher priority than its API client's token allows (403)."""
+
+    code = "priority_not_allowed"
+    default_message = "this client may not send jobs with that priority"
+
+
 def _descendants(cls: type[OcrError]) -> list[type[OcrError]]:
     return [cls] + [d for sub in cls.__subclasses__() for d in _descendants(sub)]
 

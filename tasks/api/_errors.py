@@ -92,10 +92,11 @@ class JobUnsuccessful(ApiError):
 
 
 # Job errors refused at the door with their own status: options no worker could run
-# are 422 (as invalid options are), an engine no live worker runs 503.
+# are 422 (as invalid options are), an engine no live worker runs 503, a priority above
+# the client's token's highest 403.
 _STATUS_BY_CODE = {"input_too_large": 413, "transient": 503, "unknown_engine": 422,
                    "invalid_pages": 422, "engine_unavailable": 503,
-                   "page_quota_exceeded": 429}
+                   "page_quota_exceeded": 429, "priority_not_allowed": 403}
 
 
 def http_status(exc: OcrError) -> int:

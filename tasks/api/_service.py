@@ -125,6 +125,7 @@ class JobService:
         digest = None if not idempotency_key else self._idempotency(idempotency_key)
         fingerprint = _fingerprint(options, filename)
         try:
+            caller.check_priority(options.priority)  # the token's highest priority
             kwargs = self._input_kwargs(options, upload, filename, caller)
             earlier = self._replay(caller, digest, fingerprint)
             if earlier is not None:
@@ -333,6 +334,7 @@ class JobService:
         the client's own, as the record check just showed.
         """
         record = self._record(caller, job_id)
+        caller.check_priority(options.priority)
         status, _ = self._status(job_id, record)
         if status.status != JobStatus.PARTIAL:
             raise BadRequest(f"only a PARTIAL job can be retried; this one is {status.status}")

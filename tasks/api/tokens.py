@@ -19,10 +19,11 @@ from dataclasses import asdict, dataclass, replace
 
 import redis
 
-from tasks.errors import BadRequest
+from tasks.errors import BadRequest, PriorityNotAllowed
 from tasks.lifecycle.url_policy import parse_url
+from tasks.queue.routing import PRIORITIES
 from tasks.records.clients import CLIENT_NAME
-from tasks.state.keys import API_CLIENTS_KEY, api_token_key
+from tasks.state.keys import API_CLIENTS_KEY, LANE_WEIGHTS_KEY, api_token_key
 from tasks.state.webhook_secrets import WebhookSecrets
 
 TOKEN_PREFIX = "ocr_"
@@ -51,6 +52,19 @@ class ApiClient:
     # None or 0: no cap.
     pages_per_day: int | None = None
     pages_per_month: int | None = None
+    # The client's share of the broker's fetch beside other clients' (tasks/queue/lanes.py,
+    # also kept in `ocr:lane-weights`), and the highest priority its jobs may have
+    # (interactive, normal, batch; None: any).
+    weight: int = 1
+    max_priority: str | None = None
+
+    def check_priority(self, priority: str | None) -> None:
+        """Refuse (PriorityNotAllowed) a job priority above this client's highest."""
+        wanted = PRIORITIES.get(priority or "normal")
+        if self.max_priority is not None and wanted is not None \
+                and wanted < PRIORITIES[self.max_priority]:
+            raise PriorityNotAllowed(f"client {self.name!r} may send jobs of priority "
+                                     f"{self.max_priority} or lower, not {priority}")
 
 
 def _url_prefix(prefix: str) -> str:
@@ -77,23 +91,27 @@ class TokenStore:
                       allowed_urls: Sequence[str] | None = None,
                       max_bytes: int | None = None,
                       pages_per_day: int | None = None,
-                      pages_per_month: int | None = None) -> tuple[str, str]:
+                      pages_per_month: int | None = None, weight: int = 1,
+                      max_priority: str | None = None) -> tuple[str, str]:
         """Make a client: its token and its webhook signing secret."""
         if not CLIENT_NAME.match(name):
             raise BadRequest("a client name is 1-64 characters of [A-Za-z0-9_.-], "
                              "starting with a letter or digit")
         _check_limits(jobs_in_flight, requests_per_minute, max_bytes, pages_per_day,
                       pages_per_month)
+        _check_share(weight, max_priority)
         prefixes = None if allowed_urls is None else [_url_prefix(p) for p in allowed_urls]
         token = TOKEN_PREFIX + secrets.token_urlsafe(32)
         digest = token_hash(token)
         record = ApiClient(name, round(time.time(), 3), digest, jobs_in_flight,
                            requests_per_minute, allowed_urls=prefixes, max_bytes=max_bytes,
-                           pages_per_day=pages_per_day, pages_per_month=pages_per_month)
+                           pages_per_day=pages_per_day, pages_per_month=pages_per_month,
+                           weight=weight, max_priority=max_priority)
         if not self._redis.hsetnx(API_CLIENTS_KEY, name, json.dumps(asdict(record))):
             raise BadRequest(f"client {name!r} exists; revoke it first to make a new token")
         # The record again under the hash: a request is authenticated in one GET.
         self._redis.set(api_token_key(digest), json.dumps(asdict(record)))
+        self._redis.hset(LANE_WEIGHTS_KEY, name, weight)
         return token, self.webhook_secrets.create(name)
 
     def clients(self) -> list[ApiClient]:
@@ -105,22 +123,25 @@ class TokenStore:
         raw = self._redis.hget(API_CLIENTS_KEY, name)
         return ApiClient(**json.loads(raw)) if raw else None
 
-    def set_limits(self, name: str, **limits: int | None) -> ApiClient | None:
+    def set_limits(self, name: str, **limits: int | str | None) -> ApiClient | None:
         """Change a client's own quotas; None when there is no such client.
 
         `limits`: any of `jobs_in_flight`, `requests_per_minute`, `max_bytes` (None:
         back to the service-wide default, 0: no limit), `pages_per_day`,
-        `pages_per_month` (None or 0: no cap).
+        `pages_per_month` (None or 0: no cap), `weight`, `max_priority`.
         """
         client = self.get(name)
         if client is None:
             return None
-        _check_limits(*limits.values())
-        updated = replace(client, **limits)  # type: ignore[arg-type]
+        share = {k: limits.pop(k) for k in ("weight", "max_priority") if k in limits}
+        _check_limits(*limits.values())  # type: ignore[arg-type]
+        updated = replace(client, **limits, **share)  # type: ignore[arg-type]
+        _check_share(updated.weight, updated.max_priority)
         raw = json.dumps(asdict(updated))
         pipe = self._redis.pipeline()
         pipe.hset(API_CLIENTS_KEY, name, raw)
         pipe.set(api_token_key(client.token_sha256), raw)
+        pipe.hset(LANE_WEIGHTS_KEY, name, updated.weight)
         pipe.execute()
         return updated
 
@@ -132,6 +153,7 @@ class TokenStore:
         pipe = self._redis.pipeline()
         pipe.delete(api_token_key(client.token_sha256))
         pipe.hdel(API_CLIENTS_KEY, name)
+        pipe.hdel(LANE_WEIGHTS_KEY, name)
         pipe.execute()
         self.webhook_secrets.delete(name)
         return True
@@ -147,3 +169,10 @@ class TokenStore:
 def _check_limits(*limits: int | None) -> None:
     if any(limit is not None and limit < 0 for limit in limits):
         raise BadRequest("limits are 0 (none) or more")
+
+
+def _check_share(weight: object, max_priority: object) -> None:
+    if not isinstance(weight, int) or isinstance(weight, bool) or not 1 <= weight <= 1000:
+        raise BadRequest("a client's weight is a whole number from 1 to 1000")
+    if max_priority is not None and max_priority not in PRIORITIES:
+        raise BadRequest(f"a highest priority is one of {', '.join(PRIORITIES)}")

@@ -8,7 +8,7 @@ either kills the worker parent ("Unrecoverable error") or leaves the job PENDING
 This channel checks each raw message first, before any decoding, and dead-letters
 what a worker must not take (tasks/queue/refusals.py); the worker then goes on.
 
-Taking a message is one atomic step on the server (`FETCH_SCRIPT`, issue 43). kombu
+Taking a message is one atomic step on the server (`lanes.FETCH_SCRIPT`, issue 43). kombu
 pops with `BRPOP` and writes the message's `unacked` record from the worker afterwards:
 a Redis restart, or a worker parent killed, between the two lost the message (the chaos
 soak lost one job of 663 that way), and a `BRPOP` answered in the event-loop turn
@@ -20,7 +20,8 @@ unacknowledged one. Lua cannot block, so an idle worker waits on its queues'
 doorbells instead (`BLPOP` on `wake_key(queue)`, up to kombu's `brpop_timeout`): each
 publish through this transport rings the queue's doorbell, and a message pushed by a
 client without it (a stock kombu client, a restore) is taken at the next fetch, at
-most `brpop_timeout` (1 s) later.
+most `brpop_timeout` (1 s) later. The fetch also chooses whose message: each client
+has a lane of each list, served in weighted fair shares (tasks/queue/lanes.py).
 
 Selected through Celery's `broker_transport` (tasks/queue/celery_config.py), for
 redis:// and rediss:// brokers (behind Sentinel: tasks/queue/sentinel_transport.py);
@@ -40,9 +41,10 @@ from typing import Any
 import redis.exceptions
 from kombu.transport import redis as kombu_redis
 from kombu.utils.encoding import bytes_to_str
+from kombu.utils.json import dumps
 
 from tasks.errors import ReplicaMissing
-from tasks.queue import unsettled
+from tasks.queue import lanes, unsettled
 from tasks.queue.bounded_reply import bounded_parser
 from tasks.queue.refusals import (
     DeadLetter,
@@ -53,6 +55,7 @@ from tasks.queue.refusals import (
     message_refused,
 )
 from tasks.queue.unsettled import QoS
+from tasks.records.clients import CLIENT_HEADER, client_name
 from tasks.state.connection import check_replicas, wait_replicas
 from tasks.state.keys import DEAD_LETTER_COUNT_KEY, DEAD_LETTER_KEY, wake_key
 from tasks.state.queue_depth import PUBLISHED_HEADER
@@ -62,46 +65,6 @@ log = logging.getLogger(__name__)
 TRANSPORT = "tasks.queue.transport:Transport"
 WAKE_TTL_MS = 60_000     # a doorbell nobody answered is gone after a minute
 
-# Takes the first message of the lists KEYS[3..] (in that order: kombu's BRPOP order,
-# queues in turn, highest priority first) and, where ARGV[i] is "1" (a consumer that
-# acknowledges), records it in kombu's `unacked` hash (KEYS[1]) and index (KEYS[2],
-# score ARGV[1]) under its delivery tag, in the same atomic step. The record is written
-# before the pop, so a server that refuses writes (out of memory) takes nothing. The
-# tag, exchange and routing key are read from the envelope's text, not decoded (no
-# cost for a large body): kombu and the Node client write the properties last, so the
-# last 8 KiB are searched first, a message of up to 1 MiB whole. A message larger than
-# ARGV[2] bytes (the transport's size bound, 0 for none), or whose properties are not
-# found, is popped unrecorded (the worker refuses it, or kombu records it as before).
-# Returns {list, message, tag or ""}, or nil when every list is empty.
-FETCH_SCRIPT = r"""
-local limit = tonumber(ARGV[2])
-local function envelope(text)
-  local tag = string.match(text, '"delivery_tag"%s*:%s*"([^"\\]+)"')
-  local info = string.match(text, '"delivery_info"%s*:%s*(%b{})')
-  if not (tag and info) then return nil end
-  local ex = string.match(info, '"exchange"%s*:%s*"([^"\\]*)"')
-  local rk = string.match(info, '"routing_key"%s*:%s*"([^"\\]*)"')
-  if not (ex and rk) then return nil end
-  return tag, ex, rk
-end
-for i = 3, #KEYS do
-  local item = redis.call('LINDEX', KEYS[i], -1)
-  if item then
-    local tag, ex, rk = nil, nil, nil
-    if ARGV[i] == '1' and (limit == 0 or #item <= limit) then
-      tag, ex, rk = envelope(string.sub(item, -8192))
-      if not tag and #item <= 1048576 then tag, ex, rk = envelope(item) end
-    end
-    if tag then
-      redis.call('ZADD', KEYS[2], ARGV[1], tag)
-      redis.call('HSET', KEYS[1], tag, '[' .. item .. ', "' .. ex .. '", "' .. rk .. '"]')
-    end
-    redis.call('RPOP', KEYS[i])
-    return {KEYS[i], item, tag or ''}
-  end
-end
-return nil
-"""
 class Channel(kombu_redis.Channel):
     """kombu's Redis channel: atomic fetches; each message checked before it is decoded."""
 
@@ -184,10 +147,49 @@ class Channel(kombu_redis.Channel):
 
     def _put(self, queue: str, message: Any, **kwargs: Any) -> None:
         # When it was published (the age of the oldest waiting message: queue_depth.py).
-        if isinstance(message.get("headers"), dict):
-            message["headers"][PUBLISHED_HEADER] = round(time.time(), 3)
-        super()._put(queue, message, **kwargs)
+        headers = message.get("headers")
+        client = ""
+        if isinstance(headers, dict):
+            headers[PUBLISHED_HEADER] = round(time.time(), 3)
+            client = client_name(headers.get(CLIENT_HEADER))
+        if client and lanes.laned(queue) and not (self._expires and queue in self._expires):
+            # A client's message goes to its lane of the list (tasks/queue/lanes.py).
+            step = self.priority(self._get_message_priority(message, reverse=False))
+            with self.conn_or_acquire() as conn:
+                conn.execute_command(*lanes.push_command(
+                    self._key(""), self._q_for_pri(queue, step), step, client, dumps(message)))
+        else:
+            super()._put(queue, message, **kwargs)
         self._ring(queue)
+
+    def _do_restore_message(self, payload: Any, exchange: str, routing_key: str, pipe: Any,
+                            leftmost: bool = False) -> None:
+        # kombu's restore (in its WATCH/MULTI), a client's message back to its lane.
+        headers = payload.get("headers") if isinstance(payload, dict) else None
+        client = client_name(headers.get(CLIENT_HEADER)) if isinstance(headers, dict) else ""
+        queues = list(self._lookup(exchange, routing_key)) if client else []
+        if not isinstance(headers, dict) or not queues or \
+                not all(map(lanes.laned, queues)) or \
+                not isinstance(payload.get("properties"), dict):
+            super()._do_restore_message(payload, exchange, routing_key, pipe, leftmost)
+            return
+        headers["redelivered"] = True
+        payload["properties"].setdefault("delivery_info", {})["redelivered"] = True
+        step = self.priority(self._get_message_priority(payload, reverse=False))
+        for queue in queues:
+            pipe.execute_command(*lanes.push_command(
+                self._key(""), self._q_for_pri(queue, step), step, client, dumps(payload),
+                first=not leftmost))
+
+    def _size(self, queue: str) -> int:
+        # kombu's count (queue_declare's message count) with the lanes' messages.
+        size = int(super()._size(queue))
+        if lanes.laned(queue):
+            with self.conn_or_acquire() as conn:
+                size += int(conn.execute_command(*lanes.sizes_command(self._key(""), [
+                    (self._q_for_pri(queue, pri), self.priority(pri))
+                    for pri in self.priority_steps])))
+        return size
 
     def _ring(self, queue: str) -> None:
         """Wake one worker waiting on `queue` (a missed ring costs `brpop_timeout`).
@@ -245,13 +247,14 @@ class Channel(kombu_redis.Channel):
             command = ["BLPOP", *(self._key(wake_key(queue)) for queue in queues),
                        timeout or 0]
         else:
-            lists = [(queue, self._q_for_pri(queue, pri)) for pri in self.priority_steps
-                     for queue in queues]
-            keys = [self._key(self.unacked_key), self._key(self.unacked_index_key),
-                    *(self._key(name) for _, name in lists)]
-            args = [repr(time.time()), str(int(self.ocr_max_message_bytes or 0)),
-                    *("0" if self._no_ack.get(queue) else "1" for queue, _ in lists)]
-            command = ["EVAL", FETCH_SCRIPT, len(keys), *keys, *args]
+            # Each list's lanes served by weighted round robin (tasks/queue/lanes.py).
+            lists = [(self._q_for_pri(queue, pri), self.priority(pri), lanes.laned(queue),
+                      not self._no_ack.get(queue))
+                     for pri in self.priority_steps
+                     for queue in sorted(queues, key=lambda q: not lanes.laned(q))]
+            command = lanes.fetch_command(self._key(""), (self.unacked_key,
+                                                          self.unacked_index_key),
+                                          lists, time.time(), self.ocr_max_message_bytes)
         self._in_poll = self.client.connection
         self._brpop_sent_at = time.monotonic()  # type: ignore[assignment]
         self.client.connection.send_command(*command)

@@ -6,10 +6,14 @@ it as JSON at `/v1/queues/<queue>[,<queue>...]/depth`). Nothing here writes.
 
 What it counts, for a set of queues, in broker messages, each one unit of work:
 
-- **waiting**: the messages in the queues' Redis lists, every priority step included.
-  kombu keeps each step of a queue in a list of its own (`ocr`, `ocr\x06\x163`,
-  `ocr\x06\x166`, `ocr\x06\x169`), so reading `ocr` alone misses every job sent
-  with another priority than the first step.
+- **waiting**: the messages in the queues' Redis lists, every priority step included,
+  and in every client's lane of each list. kombu keeps each step of a queue in a list
+  of its own (`ocr`, `ocr\x06\x163`, `ocr\x06\x166`, `ocr\x06\x169`), so reading `ocr`
+  alone misses every job sent with another priority than the first step; a message
+  that names its client waits in that client's lane of the list instead
+  (`ocr:lane:<list>:<client>`, tasks/queue/lanes.py), so reading the lists alone
+  misses them; a list's lanes are found through its priority step's ring of clients
+  (`ocr:lanes:<step>`).
 - **running**: the messages a worker took and has not acknowledged yet (kombu's
   `unacked` hash: the page a pool child reads, those its worker reserved, a retry
   waiting for its countdown) whose routing leads to one of the queues. Tasks are
@@ -42,6 +46,8 @@ from typing import Any
 import redis
 from kombu.transport import redis as kombu_redis
 
+from tasks.state.keys import lane_key, lanes_key
+
 # Counts the unacked messages by (exchange, routing key), inside Redis: each entry is
 # `[message, exchange, routing_key]` as JSON (kombu's QoS.append), so only its last
 # bytes are read, and only the counts cross the network (a message can be megabytes).
@@ -65,21 +71,53 @@ end
 return flat
 """
 
+# Messages waiting in each list (KEYS[2i-1]) and in the lanes of its ring (KEYS[2i]),
+# whose keys start with ARGV[i]; the ring names the anonymous lane (the list) "". A key
+# of another type under a list's name counts as 0.
+_WAITING = """
+local function length(key)
+  local n = redis.pcall('LLEN', key)
+  if type(n) == 'number' then return n end
+  return 0
+end
+local out = {}
+for i = 1, #ARGV do
+  local n = length(KEYS[2 * i - 1])
+  for _, client in ipairs(redis.call('LRANGE', KEYS[2 * i], 0, -1)) do
+    if client ~= '' then n = n + length(ARGV[i] .. client) end
+  end
+  out[i] = n
+end
+return out
+"""
+
 # The header a message is stamped with when published (epoch seconds).
 PUBLISHED_HEADER = "ocr_published"
-# Each list's tail: its stamp, "" for an empty list, or "?" and the delivery tag of a
-# message without one. Headers and properties are the envelope's last keys: 8 KiB.
+# Each list's tail (KEYS[2i-1]): its stamp, "" for an empty list, or "?" and the
+# delivery tag of a message without one; then the oldest stamp of the tails of the
+# lanes of each list's ring (KEYS[2i], lane keys starting with ARGV[i]), "" for none.
+# Headers and properties are the envelope's last keys: 8 KiB.
 _OLDEST = """
+local function stamp(item)
+  local tail = string.sub(item, -8192)
+  return string.match(tail, '"ocr_published"%s*:%s*([0-9][0-9.eE+]*)'), tail
+end
 local out = {}
-for i, name in ipairs(KEYS) do
-  local item = redis.call('LINDEX', name, -1)
+for i = 1, #ARGV do
+  local item = redis.call('LINDEX', KEYS[2 * i - 1], -1)
   if not item then
     out[i] = ''
   else
-    local tail = string.sub(item, -8192)
-    local stamp = string.match(tail, '"ocr_published"%s*:%s*([0-9][0-9.eE+]*)')
-    out[i] = stamp or ('?' .. (string.match(tail, '"delivery_tag"%s*:%s*"([^"]*)"') or ''))
+    local at, tail = stamp(item)
+    out[i] = at or ('?' .. (string.match(tail, '"delivery_tag"%s*:%s*"([^"]*)"') or ''))
   end
+  local oldest = ''
+  for _, client in ipairs(redis.call('LRANGE', KEYS[2 * i], 0, -1)) do
+    local head = client ~= '' and redis.call('LINDEX', ARGV[i] .. client, -1)
+    local at = head and stamp(head)
+    if at and (oldest == '' or tonumber(at) < tonumber(oldest)) then oldest = at end
+  end
+  out[#ARGV + i] = oldest
 end
 return out
 """
@@ -113,6 +151,7 @@ class QueueDepth:
         self._sep: str = transport_options.get("sep", channel.sep)
         steps = transport_options.get("priority_steps", kombu_redis.PRIORITY_STEPS)
         self._suffixes = tuple(f"{self._sep}{step}" if step else "" for step in steps)
+        self._steps = tuple(steps)
         self._unacked_key: str = transport_options.get("unacked_key", channel.unacked_key)
         self._binding_prefix: str = channel.keyprefix_queue.split("%s")[0]
         # (list, delivery tag) -> when this reader first saw an unstamped tail
@@ -123,14 +162,11 @@ class QueueDepth:
         return tuple(queue + suffix for suffix in self._suffixes)
 
     def waiting(self, queues: Sequence[str]) -> dict[str, int]:
-        """Messages waiting in each queue, every priority list summed."""
+        """Messages waiting in each queue, every priority list and lane summed."""
         wanted = tuple(dict.fromkeys(queues))
-        pipe = self._redis.pipeline(transaction=False)
-        for queue in wanted:
-            for name in self.lists(queue):
-                pipe.llen(name)
-        # A key of another type under a list's name answers an error: counted as 0.
-        lengths = [n if isinstance(n, int) else 0 for n in pipe.execute(raise_on_error=False)]
+        names = [name for queue in wanted for name in self.lists(queue)]
+        lengths = [int(n) for n in self._read_only(_WAITING, self._with_rings(wanted),
+                                                   [lane_key(n, "") for n in names])]
         step = len(self._suffixes)
         return {queue: sum(lengths[i * step:(i + 1) * step]) for i, queue in enumerate(wanted)}
 
@@ -139,13 +175,20 @@ class QueueDepth:
         now = time.time() if now is None else now
         wanted = tuple(dict.fromkeys(queues))
         lists = [(queue, name) for queue in wanted for name in self.lists(queue)]
-        tails = self._read_only(_OLDEST, [name for _, name in lists]) if lists else []
+        names = [name for _, name in lists]
+        tails = self._read_only(_OLDEST, self._with_rings(wanted),
+                                [lane_key(n, "") for n in names]) if lists else []
+        lanes = [_stamp(_text(raw)) for raw in tails[len(lists):]]
+        tails = tails[:len(lists)]
         ages = dict.fromkeys(wanted, 0.0)
         asked = {name for _, name in lists}
         seen = {key: at for key, at in self._first_seen.items() if key[0] not in asked}
         for (queue, name), raw in zip(lists, tails, strict=True):
             tail = _text(raw)
             published = _stamp(tail)
+            oldest_lane = lanes.pop(0)
+            if oldest_lane is not None:
+                ages[queue] = max(ages[queue], now - oldest_lane)
             if not tail:
                 continue
             if published is None:  # no stamp: from when this reader first saw it
@@ -166,13 +209,19 @@ class QueueDepth:
                 running += count
         return Depth(wanted, waiting, running)
 
-    def _read_only(self, script: str, keys: Sequence[str]) -> Any:
+    def _with_rings(self, queues: Sequence[str]) -> list[str]:
+        """Each list of `queues` followed by the ring of its priority step's lanes."""
+        return [key for queue in queues
+                for name, step in zip(self.lists(queue), self._steps, strict=True)
+                for key in (name, lanes_key(step))]
+
+    def _read_only(self, script: str, keys: Sequence[str], args: Sequence[str] = ()) -> Any:
         """Run a read-only Lua `script` as a user that may only read (`EVALSHA_RO`)."""
         sha = hashlib.sha1(script.encode()).hexdigest()
         try:
-            return self._redis.evalsha_ro(sha, len(keys), *keys)
+            return self._redis.evalsha_ro(sha, len(keys), *keys, *args)
         except redis.exceptions.NoScriptError:  # not yet in this server's script cache
-            return self._redis.eval_ro(script, len(keys), *keys)
+            return self._redis.eval_ro(script, len(keys), *keys, *args)
 
     def _unacked_by_route(self) -> dict[tuple[str, str], int]:
         flat = self._read_only(_COUNT_UNACKED, [self._unacked_key])

@@ -47,23 +47,32 @@ BINDINGS = ("_kombu.*",)              # exchange -> queue tables and their deadl
 UNACKED = ("unacked", "unacked_index", "unacked_mutex")  # delivered, not acknowledged
 RESULTS = ("celery-task-meta-*",)     # Celery's results
 WAKE = ("ocr:wake:*",)                # each queue's doorbell (tasks/queue/transport.py)
+# each client's lane of a queue's list, each priority step's ring of clients, its turn
+# and counts (tasks/queue/lanes.py); the clients' weights, written by the token store
+LANES = ("ocr:lane:*", "ocr:lanes:*")
+LANE_WEIGHTS = "ocr:lane-weights"
 EVENTS = f"/{DB}.celeryev/*"          # task and worker events (Flower reads them)
 CONTROL_CHANNEL = f"/{DB}.celery.pidbox"  # remote control broadcasts
 RESULT_CHANNEL = "celery-task-meta-*"  # a result as it is stored
 
-# What any Celery app that sends tasks does: push a message (and ring its queue's
-# doorbell), declare the queue's binding (a Lua script: SADD, TIME, ZADD), publish the
-# task-sent event, wait for a result on its channel, read the result; hold a job until
-# enough replicas have it (WAIT, OCR_REDIS_MIN_REPLICAS) and its record with it (PTTL,
-# PEXPIRE); the broker transport tells a reconnection to another server (a failover)
-# by the server's run id (INFO server: tasks/queue/unsettled.py).
-SEND = ("lpush", "llen", "ltrim", "pexpire", "pttl", "sadd", "smembers", "zadd", "time",
+# What any Celery app that sends tasks does: push a message to its queue or its client's
+# lane (a Lua script: LPUSH, HINCRBY, LPOS, RPUSH) and ring its queue's doorbell, count
+# a queue's messages when it declares it (LLEN; its lanes: LRANGE), declare the queue's
+# binding (a Lua script: SADD, TIME, ZADD), publish the task-sent event, wait for a
+# result on its channel, read the result; hold a job until enough replicas have it
+# (WAIT, OCR_REDIS_MIN_REPLICAS) and its record with it (PTTL, PEXPIRE); the broker
+# transport tells a reconnection to another server (a failover) by the server's run id
+# (INFO server: tasks/queue/unsettled.py).
+SEND = ("lpush", "lpos", "rpush", "hincrby", "lrange", "llen", "ltrim", "pexpire", "pttl",
+        "sadd", "smembers", "zadd", "time",
         "eval", "evalsha", "script|load", "script|exists", "multi", "exec", "discard",
         "publish", "subscribe", "unsubscribe", "get", "mget", "wait", "info")
 # What a consuming worker adds: the atomic fetch (a Lua script: LINDEX, ZADD, HSET,
-# RPOP), doorbells (BLPOP), acknowledgements and restores (HGET, HDEL, ZREM, ZRANGE,
-# WATCH), the binding sweep, remote control (PSUBSCRIBE), results and job state.
-CONSUME = ("rpop", "rpush", "lindex", "lrange", "blpop", "hset", "hsetnx", "hget", "hdel",
+# RPOP; the lanes' ring: LLEN, LPOS, LREM, RPUSH, HINCRBY, HDEL), doorbells (BLPOP),
+# acknowledgements and restores (HGET, HDEL, ZREM, ZRANGE, WATCH), the binding sweep,
+# remote control (PSUBSCRIBE), results and job state.
+CONSUME = ("rpop", "rpush", "lrem", "lpos", "lindex", "lrange", "blpop", "hset",
+           "hsetnx", "hget", "hdel",
            "hgetall", "hmget", "hexists", "hlen", "hkeys", "hincrby", "hincrbyfloat",
            "set", "setex", "del", "unlink", "exists", "expire", "pexpire", "ttl", "incr",
            "incrby", "strlen", "srem", "zrem", "zrange", "zrangebyscore", "watch",
@@ -98,7 +107,7 @@ class RedisUser:
 
 _JOB_STATE = ("ocr:job:*", "ocr:doc:*", "ocr:blob:*", "ocr:deliveries:*", "ocr:metrics:*",
               "ocr:workers", "ocr:dead-letter")
-_BROKER = (*QUEUES, *DIRECT, *PIDBOX, *BINDINGS, *UNACKED, *RESULTS, *WAKE)
+_BROKER = (*QUEUES, *DIRECT, *PIDBOX, *BINDINGS, *UNACKED, *RESULTS, *WAKE, *LANES)
 # The job lists (tasks/state/job_index.py): whoever sends a job lists it; a worker lists
 # a job another Celery client sent when it starts it.
 _JOB_INDEX = ("ocr:jobs:*",)
@@ -112,13 +121,13 @@ USERS: tuple[RedisUser, ...] = (
               "ocr:models:*", "ocr:usage:*"),
         # an API client's callbacks are signed with that client's own secret; the
         # token names are the metrics' client labels, its record its page caps
-        read_keys=("ocr:api:webhook:*", "ocr:api:clients"),
+        read_keys=("ocr:api:webhook:*", "ocr:api:clients", LANE_WEIGHTS),
         channels=(EVENTS, CONTROL_CHANNEL, RESULT_CHANNEL)),
     RedisUser(
         "control", "the control worker (Procfile `control`: cancels, HTTP callbacks)",
         (*SEND, *CONSUME, *_LISTING),
         keys=(*_BROKER, *_JOB_STATE, *_JOB_INDEX, "ocr:output:*"),
-        read_keys=("ocr:api:webhook:*", "ocr:api:clients"),
+        read_keys=("ocr:api:webhook:*", "ocr:api:clients", LANE_WEIGHTS),
         channels=(EVENTS, CONTROL_CHANNEL, RESULT_CHANNEL)),
     RedisUser(
         "api", "the HTTP API (Procfile `api`)",
@@ -126,7 +135,8 @@ USERS: tuple[RedisUser, ...] = (
         (*SEND, "append", "rename", "strlen", "srem", "hset", "hget", "hgetall", "hmget",
          "set", "del", "exists", "expire", "incr", "zrem", "zrange", *_LISTING,
          "zrevrangebyscore"),
-        keys=(*QUEUES, *BINDINGS, *WAKE, *_JOB_INDEX, "ocr:job:*", "ocr:blob:*", "ocr:api:job:*",
+        keys=(*QUEUES, *BINDINGS, *WAKE, *LANES, *_JOB_INDEX, "ocr:job:*", "ocr:blob:*",
+              "ocr:api:job:*",
               "ocr:api:idem:*", "ocr:api:rate:*", "ocr:api:inflight:*", "ocr:api:upload:*",
               "ocr:api:bytes:*"),
         read_keys=(*RESULTS, "ocr:api:token:*", "ocr:api:clients", "ocr:doc:*",
@@ -134,7 +144,7 @@ USERS: tuple[RedisUser, ...] = (
         channels=(EVENTS, RESULT_CHANNEL)),
     RedisUser(
         "beat", "beat (Procfile `beat`: sends the scheduled model audit)",
-        SEND, keys=(*QUEUES, *BINDINGS, *WAKE), read_keys=RESULTS,
+        SEND, keys=(*QUEUES, *BINDINGS, *WAKE, *LANES), read_keys=RESULTS,
         channels=(EVENTS, RESULT_CHANNEL)),
     RedisUser(
         "flower", "Flower (Procfile `flower`): events, remote control, queue lengths; it "
@@ -153,9 +163,10 @@ USERS: tuple[RedisUser, ...] = (
         "metrics", "the metrics exporter (Procfile `metrics`): reads only",
         # the running count is a read-only Lua script over kombu's `unacked` hash
         # LINDEX: the oldest waiting message (a read-only script); INFO: Redis's memory
-        ("llen", "lindex", "get", "smembers", "hgetall", "hget", "hkeys", "eval_ro", "evalsha_ro",
-         "info"),
-        read_keys=(*QUEUES, *BINDINGS, "unacked", "ocr:metrics:*", "ocr:workers",
+        # LRANGE: the lanes of each list's ring (a read-only script)
+        ("llen", "lindex", "lrange", "get", "smembers", "hgetall", "hget", "hkeys", "eval_ro",
+         "evalsha_ro", "info"),
+        read_keys=(*QUEUES, *LANES, *BINDINGS, "unacked", "ocr:metrics:*", "ocr:workers",
                    "ocr:dead-letter", "ocr:dead-letter:*")),
     RedisUser(
         "keda", "KEDA's `redis` trigger, for a ScaledObject that reads a queue's length "
@@ -165,7 +176,7 @@ USERS: tuple[RedisUser, ...] = (
         "client", "clients over the Celery protocol: submit.py, the Python and Node "
         "clients, the OCRmyPDF plugin",
         (*SEND, "set", "hset", "hget", "hgetall", "hmget", "expire", "strlen", *_LISTING),
-        keys=(*QUEUES, *BINDINGS, *WAKE, *_JOB_INDEX, "ocr:job:*", "ocr:blob:*"),
+        keys=(*QUEUES, *BINDINGS, *WAKE, *LANES, *_JOB_INDEX, "ocr:job:*", "ocr:blob:*"),
         read_keys=(*RESULTS, "ocr:doc:*", "ocr:output:*", "ocr:workers"),
         channels=(EVENTS, RESULT_CHANNEL)),
     RedisUser(

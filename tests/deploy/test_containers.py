@@ -286,7 +286,7 @@ def submit_py(stack: Stack, *args: str, timeout: float = 600, script: str = "sub
 
 
 def queued(stack: Stack) -> int:
-    """Messages waiting in the `ocr` queue, every priority list included.
+    """Messages waiting in the `ocr` queue, every priority list and client's lane included.
 
     Waits for Redis to answer first (it may be loading its append-only file); an
     operator's look, with the `admin` user (a client's may not list keys).
@@ -302,7 +302,8 @@ def queued(stack: Stack) -> int:
     try:
         eventually(answers, 120, "redis to come back", interval=0.2)
         names = [k for k in client.scan_iter(match=b"ocr*", count=1000)
-                 if k == b"ocr" or k.startswith(b"ocr\x06\x16")]
+                 if k == b"ocr" or k.startswith((b"ocr\x06\x16", b"ocr:lane:ocr:",
+                                                  b"ocr:lane:ocr\x06\x16"))]
         return sum(int(client.llen(k)) for k in names)
     finally:
         client.close()

@@ -16,12 +16,13 @@ import time
 import uuid
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import psutil
 import pytest
 
 from tasks.client import OcrClient
-from tasks.queue.transport import FETCH_SCRIPT
+from tasks.queue.lanes import fetch_command
 from tests.harness import (
     ROOT,
     VENV_BIN,
@@ -162,7 +163,7 @@ def test_a_message_whose_reply_never_arrives_is_not_lost(
     The fault of the chaos soak's one lost job (issue 43): kombu's BRPOP popped it and
     a Redis restart came before the worker wrote its `unacked` record. The transport's
     fetch records the message in the same atomic step as the pop
-    (`tasks/queue/transport.FETCH_SCRIPT`), so the message is restored after the
+    (`tasks/queue/lanes.FETCH_SCRIPT`), so the message is restored after the
     visibility timeout and read once.
     """
     host_port = int(redis_url.rsplit(":", 1)[1].split("/")[0])
@@ -194,17 +195,22 @@ def test_the_fetch_records_before_it_pops(redis_url: str) -> None:
         "delivery_info": {"exchange": "", "routing_key": "q"}, "delivery_tag": tag}})
     r.lpush("q", envelope)
     r.lpush("q\x06\x163", "later")
-    name, item, got = r.eval(FETCH_SCRIPT, 4, "unacked:t", "unacked_index:t", "q",
-                             "q\x06\x163", "12.5", "0", "1", "1")
+
+    def fetch(lists: list[tuple[str, int, bool]], now: float) -> Any:
+        """The fetch over lists without lanes: (list, priority step, acknowledged)."""
+        return r.execute_command(*fetch_command(
+            "", ("unacked:t", "unacked_index:t"),
+            [(name, step, False, ack) for name, step, ack in lists], now, 0))
+
+    name, item, got = fetch([("q", 0, True), ("q\x06\x163", 3, True)], 12.5)
     assert (name, item, got) == (b"q", envelope.encode(), tag.encode())
     assert json.loads(r.hget("unacked:t", tag)) == [json.loads(envelope), "", "q"]
     assert r.zscore("unacked_index:t", tag) == 12.5 and r.llen("q") == 0
     # A consumer without acknowledgements takes unrecorded; nothing left: nil.
-    assert r.eval(FETCH_SCRIPT, 4, "unacked:t", "unacked_index:t", "q", "q\x06\x163",
-                  "13", "0", "0", "0") == [b"q\x06\x163", b"later", b""]
+    assert fetch([("q", 0, False), ("q\x06\x163", 3, False)], 13) == \
+        [b"q\x06\x163", b"later", b""]
     assert r.hlen("unacked:t") == 1
-    assert r.eval(FETCH_SCRIPT, 3, "unacked:t", "unacked_index:t", "q", "13", "0", "1") \
-        is None
+    assert fetch([("q", 0, True)], 13) is None
     r.delete("unacked:t", "unacked_index:t")
 
 

@@ -129,7 +129,10 @@ def test_a_client_that_does_not_trace_passes_a_traceparent_on(redis_url: str) ->
                          traceparent=header)
     plain = client.enqueue({"blob": "ocr:blob:passing-on", "engine": "nowhere-e"},
                            traceparent="not a traceparent")
-    raw = redis.Redis.from_url(redis_url).lrange("ocr-nowhere-e\x06\x163", 0, -1)
+    from tasks.state.keys import lane_key
+
+    lane = lane_key("ocr-nowhere-e\x06\x163", client.client)  # the client's lane
+    raw = redis.Redis.from_url(redis_url).lrange(lane, 0, -1)
     headers = {m["headers"]["id"]: m["headers"] for m in map(json.loads, raw)}
     assert headers[job]["traceparent"] == header
     assert "traceparent" not in headers[plain]  # refused, not passed on

@@ -1,0 +1,76 @@
+"""A token's share of the workers and its highest priority, as the API and fetch use them.
+
+`tokens create --weight --max-priority`: the weight the broker's fetch reads, a job
+above the priority refused.
+
+A real worker with the fake engine, the Procfile's `api`, a real redis-server.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from collections.abc import Callable, Iterator
+
+import pytest
+import redis
+import requests
+
+from tasks.state.keys import LANE_WEIGHTS_KEY
+from tests.api_server import ApiServer, create_token, session
+from tests.harness import ROOT, Worker, eventually, fake_env
+from tests.image_fixtures import png
+
+
+@pytest.fixture(scope="module")
+def api(start_worker: Callable[..., Worker], redis_url: str,
+        tmp_path_factory: pytest.TempPathFactory) -> Iterator[ApiServer]:
+    start_worker(**fake_env())
+    server = ApiServer(tmp_path_factory.mktemp("api") / "api.log",
+                       {"REDIS_URL": redis_url}).start()
+    yield server
+    server.stop()
+
+
+def tokens(redis_url: str, *words: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "ocr_admin.py", "tokens", *words], cwd=ROOT,
+                          capture_output=True, text=True, timeout=60,
+                          env={**os.environ, "REDIS_URL": redis_url, "PYTHONPATH": str(ROOT)})
+
+
+def post(http: requests.Session, api: ApiServer, priority: str) -> requests.Response:
+    return http.post(f"{api.url}/v1/jobs", files={"file": ("a.png", png(60))},
+                     data={"priority": priority}, timeout=30)
+
+
+def test_a_token_held_to_normal_is_refused_interactive(api: ApiServer, redis_url: str) -> None:
+    http = session(create_token(redis_url, "held", "--max-priority", "normal",
+                                "--weight", "3"))
+    r = redis.Redis.from_url(redis_url)
+    try:
+        assert r.hget(LANE_WEIGHTS_KEY, "held") == b"3"
+        refused = post(http, api, "interactive")
+        assert refused.status_code == 403, refused.text
+        assert refused.json()["error"]["code"] == "priority_not_allowed"
+        for priority in ("normal", "batch"):
+            answer = post(http, api, priority)
+            assert answer.status_code == 202, answer.text
+            job = answer.json()["id"]
+
+            def finished(job: str = job) -> bool:
+                return bool(http.get(f"{api.url}/v1/jobs/{job}", timeout=10)
+                            .json()["status"] == "SUCCESS")
+
+            eventually(finished, 60, f"{priority} job done")
+        # an operator lifts the limit and changes the weight; revoking drops the weight
+        done = tokens(redis_url, "set", "held", "--max-priority", "any", "--weight", "2")
+        assert done.returncode == 0 and "weight=2" in done.stdout, done.stderr
+        assert r.hget(LANE_WEIGHTS_KEY, "held") == b"2"
+        assert post(http, api, "interactive").status_code == 202
+        assert tokens(redis_url, "create", "bad", "--weight", "0").returncode != 0
+        assert tokens(redis_url, "revoke", "held").returncode == 0
+        assert not r.hexists(LANE_WEIGHTS_KEY, "held")
+    finally:
+        http.close()
+        r.close()
