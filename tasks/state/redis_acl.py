@@ -103,12 +103,15 @@ _BROKER = (*QUEUES, *DIRECT, *PIDBOX, *BINDINGS, *UNACKED, *RESULTS, *WAKE)
 # a job another Celery client sent when it starts it.
 _JOB_INDEX = ("ocr:jobs:*",)
 _LISTING = ("zadd", "zremrangebyscore", "zremrangebyrank", "expire")
+# Batches (tasks/state/batch_store.py): the API creates, reads, cancels and retries them;
+# the worker or control worker that takes a batch's step drives it.
+_BATCHES = ("ocr:batch:*", "ocr:batches:*")
 
 USERS: tuple[RedisUser, ...] = (
     RedisUser(
         "worker", "the OCR workers (Procfile `worker`, every engine and pool)",
         (*SEND, *CONSUME, *_LISTING),
-        keys=(*_BROKER, *_JOB_STATE, *_JOB_INDEX, "ocr:cache:*", "ocr:output:*",
+        keys=(*_BROKER, *_JOB_STATE, *_JOB_INDEX, *_BATCHES, "ocr:cache:*", "ocr:output:*",
               "ocr:models:*"),
         # an API client's callbacks are signed with that client's own secret; the
         # token names are the metrics' client labels
@@ -117,7 +120,7 @@ USERS: tuple[RedisUser, ...] = (
     RedisUser(
         "control", "the control worker (Procfile `control`: cancels, HTTP callbacks)",
         (*SEND, *CONSUME, *_LISTING),
-        keys=(*_BROKER, *_JOB_STATE, *_JOB_INDEX, "ocr:output:*"),
+        keys=(*_BROKER, *_JOB_STATE, *_JOB_INDEX, *_BATCHES, "ocr:output:*"),
         read_keys=("ocr:api:webhook:*", "ocr:api:clients"),
         channels=(EVENTS, CONTROL_CHANNEL, RESULT_CHANNEL)),
     RedisUser(
@@ -125,10 +128,10 @@ USERS: tuple[RedisUser, ...] = (
         # its upload quota scripts (tasks/api/_quotas.py): APPEND, RENAME, STRLEN, SREM
         (*SEND, "append", "rename", "strlen", "srem", "hset", "hget", "hgetall", "hmget",
          "set", "del", "exists", "expire", "incr", "zrem", "zrange", *_LISTING,
-         "zrevrangebyscore"),
-        keys=(*QUEUES, *BINDINGS, *WAKE, *_JOB_INDEX, "ocr:job:*", "ocr:blob:*", "ocr:api:job:*",
-              "ocr:api:idem:*", "ocr:api:rate:*", "ocr:api:inflight:*", "ocr:api:upload:*",
-              "ocr:api:bytes:*"),
+         "zrevrangebyscore", "hlen"),
+        keys=(*QUEUES, *BINDINGS, *WAKE, *_JOB_INDEX, *_BATCHES, "ocr:job:*", "ocr:blob:*",
+              "ocr:api:job:*", "ocr:api:idem:*", "ocr:api:rate:*", "ocr:api:inflight:*",
+              "ocr:api:upload:*", "ocr:api:bytes:*"),
         read_keys=(*RESULTS, "ocr:api:token:*", "ocr:api:clients", "ocr:doc:*",
                    "ocr:output:*", "ocr:workers"),
         channels=(EVENTS, RESULT_CHANNEL)),
