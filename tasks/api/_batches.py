@@ -25,7 +25,7 @@ from tasks.errors import BadRequest
 from tasks.lifecycle.callback_urls import callback_target
 from tasks.lifecycle.url_policy import check_url
 from tasks.queue.batch_chain import batch_store, start_chain
-from tasks.state.batch_store import FINAL, BatchStore
+from tasks.state.batch_store import FINAL, BatchStore, progress_of
 
 router = APIRouter()
 BatchState = Literal["RUNNING", "SUCCESS", "PARTIAL", "FAILURE", "CANCELLED"]
@@ -98,6 +98,9 @@ class BatchInfo(BaseModel):
     created: float
     ended: float | None
     cancel_requested: bool
+    error: dict[str, Any] | None = Field(None, description=(
+        "why a batch ended FAILURE before reading its documents (its source or target "
+        "refused): code, message, retryable"))
 
 
 class BatchService:
@@ -170,31 +173,7 @@ class BatchService:
 
 def shown(record: dict[str, str], running: int) -> BatchInfo:
     """A batch's record as the API shows it: counts, rates, an ETA."""
-    counts = {name: int(record.get(name) or 0) for name in
-              ("listed", "done", "failed", "skipped", "pages_done", "pages_failed")}
-    listed_all = record.get("listed_all") == "1"
-    created = float(record.get("created") or 0)
-    started = float(record.get("started") or created)
-    ended = float(record["ended"]) if record.get("ended") else None
-    elapsed = max((ended or time.time()) - started, 1e-3)
-    read = counts["done"] + counts["failed"]
-    pages = counts["pages_done"] + counts["pages_failed"]
-    per_doc = read / elapsed
-    total = counts["listed"] if listed_all else None
-    left = None if total is None else max(total - read - counts["skipped"], 0)
-    eta = None if left is None else (0.0 if left == 0 else
-                                     round(left / per_doc, 1) if per_doc else None)
-    return BatchInfo(
-        id=record.get("id", ""), state=record.get("state", "RUNNING"),  # type: ignore[arg-type]
-        source=record.get("source", ""), result_url=record.get("target", ""),
-        manifest=record.get("target", "") + "manifest.jsonl",
-        documents=Counts(total=total, listed=counts["listed"], done=counts["done"],
-                         failed=counts["failed"], skipped=counts["skipped"],
-                         running=running),
-        pages=PageCounts(done=counts["pages_done"], failed=counts["pages_failed"]),
-        pages_per_second=round(pages / elapsed, 3),
-        documents_per_second=round(per_doc, 3), eta_seconds=eta, created=created,
-        ended=ended, cancel_requested=record.get("cancel") == "1")
+    return BatchInfo.model_validate(progress_of(record, running))
 
 
 def batches_of(request: Request) -> BatchService:

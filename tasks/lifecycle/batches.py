@@ -262,6 +262,17 @@ class BatchDriver:
 
     # --- the end -----------------------------------------------------------------------
 
+    def fail(self, batch_id: str, error: OcrError) -> None:
+        """End a batch whose source or target is refused for good (FAILURE, its error)."""
+        self.store.update(batch_id, error=error.to_dict())
+        self.store.end(batch_id, "FAILURE")
+        record = self.store.get(batch_id)
+        log.warning("batch %s failed: %s", batch_id, error.code)
+        if record.get("callback_url"):
+            self.ports.notify(record, {"id": batch_id, "event": "batch.ended",
+                                       "status": "FAILURE", "error": error.to_dict(),
+                                       **counts_of(record)})
+
     def _finish(self, batch_id: str, target: Target, state: str) -> float | None:
         lines = compose_manifest(target)
         self.store.end(batch_id, state)

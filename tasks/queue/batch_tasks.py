@@ -22,7 +22,7 @@ from celery import Task, shared_task
 from celery.signals import worker_ready
 from kombu.utils.uuid import uuid
 
-from tasks.errors import OcrError, error_info
+from tasks.errors import OcrError, ResultWriteFailed, error_info
 from tasks.lifecycle.batches import BatchDriver
 from tasks.queue.batch_chain import STEP_TASK, batch_store, send_step, start_chain
 from tasks.queue.message_headers import job_headers
@@ -109,7 +109,15 @@ def batch_step(self: Task, batch_id: str, chain: str) -> None:
     driver = _driver(self.app)
     try:
         delay = driver.step(str(batch_id), str(chain))
-    except (OcrError, *CONNECTION_ERRORS) as exc:
+    except OcrError as exc:
+        if not exc.retryable and not isinstance(exc, ResultWriteFailed):
+            # its source or target refused: it cannot go on (a write that failed is
+            # tried again by the next step)
+            driver.fail(str(batch_id), exc)
+            return
+        log.warning("batch %s: step failed (%s); again shortly", batch_id, exc.code)
+        delay = max(driver.settings.batch_step_seconds, 5.0)
+    except CONNECTION_ERRORS as exc:
         # A store or Redis briefly away: the same chain tries again.
         log.warning("batch %s: step failed (%s); again shortly", batch_id, exc)
         delay = max(driver.settings.batch_step_seconds, 5.0)

@@ -144,13 +144,42 @@ class BatchStore:
         pipe = self._redis.pipeline()
         pipe.hset(batch_key(batch_id), mapping={"state": "RUNNING", "phase": phase,
                                                 "cursor": "", "ended": "", "cancel": "",
-                                                "cancel_sent": "", "listed_all": "",
+                                                "cancel_sent": "", "listed_all": "", "error": "",
                                                 "started": f"{time.time():.3f}",
                                                 "pages_at_start": "0"})
         pipe.sadd(BATCHES_RUNNING_KEY, batch_id)
         pipe.expire(BATCHES_RUNNING_KEY, self.ttl)
         pipe.expire(batch_key(batch_id), self.ttl)
         pipe.execute()
+
+
+def progress_of(record: dict[str, str], running: int) -> dict[str, Any]:
+    """A batch's record as shown (API, submit.py): counts, rates, an ETA."""
+    counts = {name: int(record.get(name) or 0) for name in COUNTS}
+    created = float(record.get("created") or 0)
+    started = float(record.get("started") or created)
+    ended = float(record["ended"]) if record.get("ended") else None
+    elapsed = max((ended or time.time()) - started, 1e-3)
+    read = counts["done"] + counts["failed"]
+    per_doc = read / elapsed
+    total = counts["listed"] if record.get("listed_all") == "1" else None
+    left = None if total is None else max(total - read - counts["skipped"], 0)
+    eta = None if left is None else (0.0 if left == 0 else
+                                     round(left / per_doc, 1) if per_doc else None)
+    target = record.get("target", "")
+    return {"id": record.get("id", ""), "state": record.get("state", "RUNNING"),
+            "source": record.get("source", ""), "result_url": target,
+            "manifest": target + ("" if target.endswith("/") else "/") + "manifest.jsonl",
+            "documents": {"total": total, "listed": counts["listed"],
+                          "done": counts["done"], "failed": counts["failed"],
+                          "skipped": counts["skipped"], "running": running},
+            "pages": {"done": counts["pages_done"], "failed": counts["pages_failed"]},
+            "pages_per_second": round((counts["pages_done"] + counts["pages_failed"])
+                                      / elapsed, 3),
+            "documents_per_second": round(per_doc, 3), "eta_seconds": eta,
+            "created": created, "ended": ended,
+            "cancel_requested": record.get("cancel") == "1",
+            "error": json.loads(record["error"]) if record.get("error") else None}
 
 
 def _text(value: Any) -> str:

@@ -16,6 +16,9 @@ its own document's), a window of 4 documents.
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -25,7 +28,7 @@ import redis
 import requests
 
 from tests.api_server import ApiServer, create_token, session
-from tests.harness import FAST_PAGES, Worker, eventually, fake_env
+from tests.harness import FAST_PAGES, ROOT, Worker, eventually, fake_env
 from tests.image_fixtures import png
 from tests.moto_s3 import MotoS3
 
@@ -220,3 +223,56 @@ def test_cancel_stops_the_running_documents_and_starts_no_more(
     assert done["state"] == "CANCELLED", done
     assert jobs_of(store, batch_id) == WINDOW
     assert done["documents"]["running"] == 0
+
+
+def cli(redis_url: str, s3: MotoS3, *words: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "submit.py", *words], cwd=ROOT, text=True,
+                          capture_output=True, timeout=300,
+                          env={**os.environ, "REDIS_URL": redis_url, "PYTHONPATH": str(ROOT),
+                               **BATCH_ENV, **s3.env()})
+
+
+def test_the_local_folder_form_writes_outputs_and_a_manifest_and_resumes(
+        worker: Worker, control: Worker, redis_url: str, s3: MotoS3,
+        tmp_path: Path) -> None:
+    source, target = tmp_path / "scans", tmp_path / "ocr"
+    (source / "sub").mkdir(parents=True)
+    for i in range(5):
+        (source / ("sub" if i % 2 else "") / f"page-{i}.png").write_bytes(
+            png(200, (50 + i, 40 + i)))
+    (source / "broken.png").write_bytes(BAD)
+    done = cli(redis_url, s3, "batch", str(source), "--result-url", str(target), "--json")
+    assert done.returncode == 3, done.stderr  # PARTIAL
+    summary = json.loads(done.stdout)
+    assert summary["state"] == "PARTIAL" and summary["documents"]["done"] == 5, summary
+    lines = [json.loads(line) for line in (target / "manifest.jsonl").read_text().splitlines()]
+    assert [line["name"] for line in lines] == sorted(
+        ["broken.png", "page-0.png", "page-2.png", "page-4.png", "sub/page-1.png",
+         "sub/page-3.png"])
+    for line in lines:
+        if line["name"] == "broken.png":
+            assert line["status"] == "FAILURE" and line["error"], line
+            continue
+        i = int(line["name"][-5])
+        assert line["source_version"]["size"] > 0 and line["status"] == "SUCCESS", line
+        text = (target / f"{line['name']}.txt").read_text()
+        assert text.startswith(f"fake {50 + i}x{40 + i} "), text
+    again = cli(redis_url, s3, "batch", str(source), "--result-url", str(target), "--json")
+    assert again.returncode == 0, again.stderr
+    assert json.loads(again.stdout)["documents"]["skipped"] == 6
+
+
+def test_the_command_line_starts_and_waits_for_an_s3_batch(
+        worker: Worker, control: Worker, redis_url: str, s3: MotoS3) -> None:
+    fill(s3, "cli/", 5)
+    started = cli(redis_url, s3, "batch", "s3://src/cli/", "--result-url", "s3://out/cli/",
+                  "--client", "carol")
+    assert started.returncode == 0, started.stderr
+    batch_id = started.stdout.strip()
+    waited = cli(redis_url, s3, "batch", "wait", batch_id, "--json", "--timeout", "120")
+    assert waited.returncode == 0, waited.stderr
+    shown = json.loads(waited.stdout)
+    assert shown["state"] == "SUCCESS" and shown["documents"]["done"] == 5, shown
+    assert len(manifest(s3, "cli/")) == 5
+    status = cli(redis_url, s3, "batch", "status", batch_id)
+    assert status.returncode == 0 and "SUCCESS" in status.stdout, status.stdout
