@@ -19,7 +19,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
@@ -109,10 +109,16 @@ def read_line(target: Target, name: str) -> dict[str, Any] | None:
     return line if isinstance(line, dict) else None
 
 
-def manifest_lines(target: Target) -> Iterator[dict[str, Any]]:
-    """Every document's manifest line under the target, in the order of their objects."""
+def manifest_lines(target: Target, alive: Callable[[], None] | None = None
+                   ) -> Iterator[dict[str, Any]]:
+    """Every document's manifest line under the target, in the order of their objects.
+
+    `alive` is called before each page of names (the step keeps its lock).
+    """
     after = ""
     while True:
+        if alive is not None:
+            alive()
         names, more = target.names(MANIFEST_DIR, after, 1000)
         for name in names:
             line = read_line_object(target, name)
@@ -132,9 +138,9 @@ def read_line_object(target: Target, name: str) -> dict[str, Any] | None:
     return line if isinstance(line, dict) else None
 
 
-def compose_manifest(target: Target) -> int:
+def compose_manifest(target: Target, alive: Callable[[], None] | None = None) -> int:
     """Write `manifest.jsonl` from the documents' lines (sorted by name); how many."""
-    lines = sorted(manifest_lines(target), key=lambda line: str(line.get("name", "")))
+    lines = sorted(manifest_lines(target, alive), key=lambda line: str(line.get("name", "")))
     body = "".join(json.dumps(line, sort_keys=True) + "\n" for line in lines)
     target.put(MANIFEST_FILE, body.encode(), "application/jsonl")
     return len(lines)

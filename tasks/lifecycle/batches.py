@@ -44,10 +44,14 @@ from tasks.lifecycle.url_inputs import locate
 from tasks.state.batch_store import FINAL, BatchStore
 
 if TYPE_CHECKING:
+    from collections.abc import Callable
+
     from tasks.settings import Settings
 
 log = logging.getLogger(__name__)
-LOCK_SECONDS = 300.0      # a step longer than this may be run twice (it is idempotent)
+# A step's lock: kept alive page by page while the step runs, so a step whose process
+# died holds it this long at most.
+LOCK_SECONDS = 30.0
 PAGE = 100                # documents asked of the source at a time
 PAGES_A_STEP = 50         # source pages one step reads at most (skipping a done listing)
 FAILED = ("FAILURE", "PARTIAL")
@@ -130,11 +134,13 @@ class BatchDriver:
         if not self.store.lock(batch_id, holder, LOCK_SECONDS):
             return self.settings.batch_step_seconds  # another step is running: later
         try:
-            return self._step(batch_id, record)
+            return self._step(batch_id, record,
+                              lambda: self.store.extend(batch_id, holder, LOCK_SECONDS))
         finally:
             self.store.unlock(batch_id, holder)
 
-    def _step(self, batch_id: str, record: dict[str, str]) -> float | None:
+    def _step(self, batch_id: str, record: dict[str, str],
+              alive: Callable[[], None]) -> float | None:
         self.store.touch(batch_id)
         target = target_of(record["target"], self.settings)
         self._collect(batch_id, record, target)
@@ -144,15 +150,15 @@ class BatchDriver:
                 self.ports.cancel(list(flight))
                 self.store.update(batch_id, cancel_sent="1")
             if not flight:
-                return self._finish(batch_id, target, "CANCELLED")
+                return self._finish(batch_id, target, "CANCELLED", alive)
             return self.settings.batch_step_seconds
         if record.get("listed_all") != "1":
-            self._fill(batch_id, record, target)
+            self._fill(batch_id, record, target, alive)
         record = self.store.get(batch_id)  # as the endings and the listing left it
         if record.get("listed_all") == "1" and self.store.in_flight(batch_id) == 0:
             state = ("SUCCESS" if int(record["failed"]) == 0 else
                      "FAILURE" if int(record["done"]) == 0 else "PARTIAL")
-            return self._finish(batch_id, target, state)
+            return self._finish(batch_id, target, state, alive)
         return self.settings.batch_step_seconds
 
     # --- endings -----------------------------------------------------------------------
@@ -179,7 +185,8 @@ class BatchDriver:
 
     # --- the listing -------------------------------------------------------------------
 
-    def _fill(self, batch_id: str, record: dict[str, str], target: Target) -> None:
+    def _fill(self, batch_id: str, record: dict[str, str], target: Target,
+              alive: Callable[[], None]) -> None:
         """Send documents from the cursor until the window is full or the listing ends."""
         room = self.settings.batch_window - self.store.in_flight(batch_id)
         if "fresh" not in record:  # a target without manifest lines: nothing to compare
@@ -193,6 +200,7 @@ class BatchDriver:
         for _ in range(PAGES_A_STEP):
             if room <= 0:
                 return
+            alive()
             documents, done = source.page(cursor, min(room, PAGE) if not retrying else PAGE)
             for document, after in documents:
                 if room <= 0:
@@ -273,8 +281,9 @@ class BatchDriver:
                                        "status": "FAILURE", "error": error.to_dict(),
                                        **counts_of(record)})
 
-    def _finish(self, batch_id: str, target: Target, state: str) -> float | None:
-        lines = compose_manifest(target)
+    def _finish(self, batch_id: str, target: Target, state: str,
+                alive: Callable[[], None]) -> float | None:
+        lines = compose_manifest(target, alive)
         self.store.end(batch_id, state)
         record = self.store.get(batch_id)
         log.info("batch %s ended %s (%d manifest lines)", batch_id, state, lines)

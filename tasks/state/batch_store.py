@@ -86,6 +86,12 @@ class BatchStore:
         return bool(self._redis.set(batch_key(batch_id, "lock"), holder, nx=True,
                                     px=int(seconds * 1000)))
 
+    def extend(self, batch_id: str, holder: str, seconds: float) -> None:
+        """Keep the lock another `seconds` while its holder still holds it."""
+        key = batch_key(batch_id, "lock")
+        if _text(self._redis.get(key) or b"") == holder:
+            self._redis.pexpire(key, int(seconds * 1000))
+
     def unlock(self, batch_id: str, holder: str) -> None:
         key = batch_key(batch_id, "lock")
         if _text(self._redis.get(key) or b"") == holder:

@@ -276,3 +276,47 @@ def test_the_command_line_starts_and_waits_for_an_s3_batch(
     assert len(manifest(s3, "cli/")) == 5
     status = cli(redis_url, s3, "batch", "status", batch_id)
     assert status.returncode == 0 and "SUCCESS" in status.stdout, status.stdout
+
+
+# Short limits so that the killed worker's jobs come back within the test.
+SHORTER = {"OCR_SOFT_TIME_LIMIT": "4", "OCR_HARD_TIME_LIMIT": "5",
+           "OCR_PAGE_SOFT_TIME_LIMIT": "4", "OCR_PAGE_HARD_TIME_LIMIT": "5",
+           "OCR_VISIBILITY_TIMEOUT": "7"}
+
+
+def test_workers_killed_halfway_and_restarted_finish_the_batch(
+        start_worker: Callable[..., Worker], worker: Worker, control: Worker,
+        alice: requests.Session, api: ApiServer, s3: MotoS3, store: redis.Redis,
+        tmp_path: Path) -> None:
+    """Last in the module: it kills the module's workers (as when their host dies)."""
+    count = 30
+    fill(s3, "restart/", count)
+    batch_id = start(alice, api, "restart/")
+    eventually(lambda: info(alice, api, batch_id)["documents"]["done"] >= 6, 60,
+               "a few documents done")
+    worker.kill()
+    control.kill()
+    at_kill = info(alice, api, batch_id)
+    assert at_kill["state"] == "RUNNING", at_kill
+    env = worker_env(s3, tmp_path / "spool", **SHORTER)
+    start_worker(**env)
+    start_worker("control", **env)
+    try:
+        done = ended(alice, api, batch_id, timeout=120)
+    except AssertionError:
+        flight = store.hgetall(f"ocr:batch:{batch_id}:flight")
+        states = {k: (store.get(b"celery-task-meta-" + k), store.hgetall(b"ocr:job:" + k))
+                  for k in flight}
+        raise AssertionError(f"{flight}\n{states}\nunacked={store.hlen('unacked')} "
+                             f"{store.zrange('unacked_index', 0, -1, withscores=True)}"
+                             f"\nqueue={store.llen('ocr')}") from None
+    assert done["state"] == "SUCCESS", done
+    assert done["documents"]["done"] == count, done
+    lines = manifest(s3, "restart/")
+    assert len(lines) == count and all(line["status"] == "SUCCESS" for line in lines.values())
+    for i in range(count):
+        text = s3.client().get_object(Bucket="out", Key=f"restart/doc-{i:03d}.png.txt")
+        assert text["Body"].read().startswith(f"fake {40 + i}x{30 + i} ".encode())
+    sent = jobs_of(store, batch_id)
+    assert count <= sent <= count + WINDOW, (sent, at_kill)
+    print(f"{count} documents, {sent} jobs sent; at the kill: {at_kill['documents']}")
