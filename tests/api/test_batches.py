@@ -27,6 +27,7 @@ import pytest
 import redis
 import requests
 
+from tests.api.test_api import Receiver
 from tests.api_server import ApiServer, create_token, session
 from tests.harness import FAST_PAGES, ROOT, Worker, eventually, fake_env
 from tests.image_fixtures import png
@@ -54,23 +55,37 @@ def worker_env(s3: MotoS3, tmp: Path, **extra: str) -> dict[str, str]:
 
 
 @pytest.fixture(scope="module")
-def worker(start_worker: Callable[..., Worker], s3: MotoS3,
-           tmp_path_factory: pytest.TempPathFactory) -> Worker:
-    return start_worker(**worker_env(s3, tmp_path_factory.mktemp("spool")))
+def receiver() -> Iterator[Receiver]:
+    receiving = Receiver()
+    yield receiving
+    receiving.server.shutdown()
 
 
 @pytest.fixture(scope="module")
-def control(start_worker: Callable[..., Worker], s3: MotoS3,
+def hooks(receiver: Receiver) -> dict[str, str]:
+    """Workers and API alike: the receiver's host is listed for callbacks."""
+    return {"OCR_CALLBACK_ALLOWED_HOSTS": f"127.0.0.1:{receiver.port}"}
+
+
+@pytest.fixture(scope="module")
+def worker(start_worker: Callable[..., Worker], s3: MotoS3, hooks: dict[str, str],
+           tmp_path_factory: pytest.TempPathFactory) -> Worker:
+    return start_worker(**worker_env(s3, tmp_path_factory.mktemp("spool"), **hooks))
+
+
+@pytest.fixture(scope="module")
+def control(start_worker: Callable[..., Worker], s3: MotoS3, hooks: dict[str, str],
             tmp_path_factory: pytest.TempPathFactory) -> Worker:
     """The control worker (a thread pool): batch steps and cancels never wait for OCR."""
-    return start_worker("control", **worker_env(s3, tmp_path_factory.mktemp("spool")))
+    return start_worker("control", **worker_env(s3, tmp_path_factory.mktemp("spool"),
+                                                 **hooks))
 
 
 @pytest.fixture(scope="module")
 def api(tmp_path_factory: pytest.TempPathFactory, redis_url: str, worker: Worker,
-        control: Worker, s3: MotoS3) -> Iterator[ApiServer]:
+        control: Worker, s3: MotoS3, hooks: dict[str, str]) -> Iterator[ApiServer]:
     server = ApiServer(tmp_path_factory.mktemp("api") / "api.log", {
-        "REDIS_URL": redis_url, **BATCH_ENV, **s3.env()}).start()
+        "REDIS_URL": redis_url, **BATCH_ENV, **hooks, **s3.env()}).start()
     yield server
     server.stop()
 
@@ -223,6 +238,35 @@ def test_cancel_stops_the_running_documents_and_starts_no_more(
     assert done["state"] == "CANCELLED", done
     assert jobs_of(store, batch_id) == WINDOW
     assert done["documents"]["running"] == 0
+
+
+def test_a_manifest_source_with_a_missing_object_and_the_end_webhook(
+        alice: requests.Session, api: ApiServer, s3: MotoS3, receiver: Receiver) -> None:
+    store = s3.client()
+    for name, shade in (("a.png", 190), ("b.png", 180), ("c.png", 170)):
+        store.put_object(Bucket="src", Key=f"listed/{name}", Body=png(shade, (33, 22)))
+    entries = [json.dumps({"url": "s3://src/listed/a.png"}), "s3://src/listed/b.png", "",
+               json.dumps({"url": "s3://src/listed/missing.png"}),
+               json.dumps({"url": "s3://src/listed/c.png", "options": {"output": "json"}})]
+    store.put_object(Bucket="src", Key="lists/m.jsonl", Body="\n".join(entries).encode())
+    answer = alice.post(f"{api.url}/v1/batches", json={
+        "source": "s3://src/lists/m.jsonl", "result_url": "s3://out/m/",
+        "callback_url": f"http://127.0.0.1:{receiver.port}/done"}, timeout=30)
+    assert answer.status_code == 202, answer.text
+    done = ended(alice, api, answer.json()["id"])
+    assert done["state"] == "PARTIAL", done
+    assert (done["documents"]["done"], done["documents"]["failed"]) == (3, 1), done
+    lines = manifest(s3, "m/")
+    assert lines["src/listed/missing.png"]["error"] == "input_not_found"
+    assert lines["src/listed/c.png"]["outputs"] == ["s3://out/m/src/listed/c.png.json"]
+    assert lines["src/listed/a.png"]["source_version"]["etag"]
+    result = json.loads(store.get_object(Bucket="out", Key="m/src/listed/c.png.json")
+                        ["Body"].read())
+    assert result["text"].startswith("fake 33x22 mean=170"), result
+    posted = eventually(lambda: [json.loads(body) for _, body in receiver.posts
+                                 if json.loads(body).get("id") == done["id"]], 30,
+                        "the end's webhook")
+    assert posted[0]["status"] == "PARTIAL" and posted[0]["failed"] == 1, posted
 
 
 def cli(redis_url: str, s3: MotoS3, *words: str) -> subprocess.CompletedProcess[str]:
