@@ -24,7 +24,7 @@ from bench.common import RESULTS, Context, Report, machine_info, pin_threads
 
 BENCHMARKS = ("pipeline", "overhead", "api", "peers", "digital", "memory", "blank", "vlm",
               "brokers", "breakdown", "languages", "vlm_api", "object_storage",
-              "structure", "vlm_fleet", "ocrmypdf", "tracing", "failover")
+              "structure", "vlm_fleet", "ocrmypdf", "tracing", "failover", "batch")
 log = logging.getLogger("bench")
 
 

@@ -20,6 +20,7 @@ import hashlib
 import json
 import os
 from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
@@ -36,6 +37,7 @@ if TYPE_CHECKING:
 MANIFEST_DIR = ".manifest/"
 MANIFEST_FILE = "manifest.jsonl"
 MANIFEST_CHUNK = 256 * 1024  # bytes of a manifest read at a time
+READERS = 16  # manifest objects read at once (composing manifest.jsonl)
 # The options a batch (or a manifest line) may give its documents' jobs.
 DOCUMENT_OPTIONS = ("output", "lang", "engine", "mode", "pages")
 
@@ -120,10 +122,10 @@ def manifest_lines(target: Target, alive: Callable[[], None] | None = None
         if alive is not None:
             alive()
         names, more = target.names(MANIFEST_DIR, after, 1000)
-        for name in names:
-            line = read_line_object(target, name)
-            if line is not None:
-                yield line
+        with ThreadPoolExecutor(READERS) as pool:  # one GET each: many at once
+            for line in pool.map(lambda name: read_line_object(target, name), names):
+                if line is not None:
+                    yield line
         if not more or not names:
             return
         after = names[-1]

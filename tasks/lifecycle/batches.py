@@ -22,6 +22,7 @@ import json
 import logging
 import time
 import uuid
+from concurrent.futures import ThreadPoolExecutor
 from typing import TYPE_CHECKING, Any, Protocol
 
 from tasks.errors import OcrError
@@ -52,6 +53,7 @@ log = logging.getLogger(__name__)
 # A step's lock: kept alive page by page while the step runs, so a step whose process
 # died holds it this long at most.
 LOCK_SECONDS = 30.0
+WRITERS = 8               # documents' endings settled at once (one PUT each)
 PAGE = 100                # documents asked of the source at a time
 PAGES_A_STEP = 50         # source pages one step reads at most (skipping a done listing)
 FAILED = ("FAILURE", "PARTIAL")
@@ -168,16 +170,24 @@ class BatchDriver:
         flight = self.store.flight(batch_id)
         if not flight:
             return
-        for job_id in self.ports.ended(list(flight)):
+        ended = self.ports.ended(list(flight))
+        if not ended:
+            return
+
+        def settle(job_id: str) -> None:
             document = Document.from_json(flight[job_id])
             result = self.ports.result(job_id)
             if result.get("status") == "CANCELLED":
                 self.store.settled(batch_id, job_id)  # no line: a later batch reads it
-                continue
+                return
             line = manifest_line(record, document, job_id, result,
                                  document_options(record, document))
             self._write_line(target, document, line)
             self.store.settled(batch_id, job_id, **_counts(line))
+
+        with ThreadPoolExecutor(WRITERS) as pool:  # each ending's line: one PUT
+            for done in [pool.submit(settle, job_id) for job_id in ended]:
+                done.result()  # its error, if any, ends the step (the next one retries)
 
     def _write_line(self, target: Target, document: Document, line: dict[str, Any]) -> None:
         target.put(manifest_name(document.name), json.dumps(line, sort_keys=True).encode(),
