@@ -11,10 +11,14 @@ its client's: another client asking about it gets 404, as for one that does not 
 from __future__ import annotations
 
 import time
+from collections.abc import AsyncIterator
 from typing import Any, Literal
 
+import anyio
 from fastapi import APIRouter, Request, Response
+from fastapi.responses import StreamingResponse
 from pydantic import BaseModel, ConfigDict, Field
+from starlette.concurrency import run_in_threadpool
 
 from tasks.api._errors import NotFound
 from tasks.api._routes import COMMON, Caller, _errors, service_of
@@ -32,6 +36,8 @@ BatchState = Literal["RUNNING", "SUCCESS", "PARTIAL", "FAILURE", "CANCELLED"]
 # A batch whose driver took no step for this long (its workers all restarted while its
 # step's message was held) gets a new chain of steps when it is read.
 STALE_SECONDS = 60.0
+EVENT_POLL_SECONDS = 1.0
+KEEPALIVE_SECONDS = 15.0
 
 
 class BatchRequest(BaseModel):
@@ -57,6 +63,8 @@ class BatchRequest(BaseModel):
         "version and options"))
     callback_url: str | None = Field(None, max_length=2000, description=(
         "POSTed the batch's summary when it ends (signed as a job's callback)"))
+    document_callbacks: bool = Field(False, description=(
+        "also POST each document's job summary to `callback_url` as it ends"))
 
     def job_options(self) -> dict[str, Any]:
         given = {"output": self.output, "lang": self.lang, "engine": self.engine,
@@ -125,6 +133,9 @@ class BatchService:
             "overwrite": "1" if request.overwrite else ""}
         if request.callback_url:
             fields["callback_url"] = callback_target(request.callback_url, settings).url
+            fields["document_callbacks"] = "1" if request.document_callbacks else ""
+        elif request.document_callbacks:
+            raise BadRequest("`document_callbacks` needs a `callback_url`")
         batch_id = self.store.create(fields)
         start_chain(self.service.client.app, self.store, batch_id)
         return batch_id
@@ -213,3 +224,41 @@ def cancel_batch(request: Request, batch_id: str, caller: Caller) -> BatchInfo:
              responses=_errors(400, 404, *COMMON))
 def retry_batch(request: Request, batch_id: str, caller: Caller) -> BatchInfo:
     return batches_of(request).retry(caller, batch_id)
+
+
+@router.get("/v1/batches/{batch_id}/events",
+            summary="Server-sent events: the batch's progress as it changes, then its end",
+            responses={200: {"description": "`event: progress` with the batch's status each "
+                             "time it changes, then one `event: end`; `: keepalive` "
+                             "comments every 15 s", "content": {"text/event-stream": {
+                                 "schema": {"type": "string"}}}},
+                       **_errors(404, *COMMON)})
+async def batch_events(request: Request, batch_id: str, caller: Caller) -> StreamingResponse:
+    batches = batches_of(request)
+    first = await run_in_threadpool(batches.info, caller, batch_id)  # 404 before streaming
+    return StreamingResponse(_events(request, batches, caller, first),
+                             media_type="text/event-stream",
+                             headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
+
+
+async def _events(request: Request, batches: BatchService, caller: ApiClient,
+                  shown_now: BatchInfo) -> AsyncIterator[str]:
+    """The batch's status each time its counts change; one Redis read a second."""
+    last = None
+    quiet = 0.0
+    while True:
+        seen = shown_now.model_dump_json(include={"state", "documents", "pages"})
+        if shown_now.state != "RUNNING":
+            yield f"event: end\ndata: {shown_now.model_dump_json()}\n\n"
+            return
+        if seen != last:
+            yield f"event: progress\ndata: {shown_now.model_dump_json()}\n\n"
+            last, quiet = seen, 0.0
+        elif quiet >= KEEPALIVE_SECONDS:
+            yield ": keepalive\n\n"
+            quiet = 0.0
+        await anyio.sleep(EVENT_POLL_SECONDS)
+        quiet += EVENT_POLL_SECONDS
+        if await request.is_disconnected():
+            return
+        shown_now = await run_in_threadpool(batches.info, caller, shown_now.id)

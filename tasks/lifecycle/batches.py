@@ -271,6 +271,8 @@ class BatchDriver:
             self.store.passed(batch_id, cursor, skipped=1, **counted)
             return 0
         output = str(options.get("output", "text"))
+        if record.get("document_callbacks") == "1" and record.get("callback_url"):
+            pin["callback_url"] = record["callback_url"]  # each document's job summary
         kwargs = {**options, **pin, "url": document.url,
                   "filename": document.name.rsplit("/", 1)[-1],
                   "result_url": f"{record['target']}{output_name(document.name, output)}"}

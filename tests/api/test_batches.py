@@ -251,7 +251,8 @@ def test_a_manifest_source_with_a_missing_object_and_the_end_webhook(
     store.put_object(Bucket="src", Key="lists/m.jsonl", Body="\n".join(entries).encode())
     answer = alice.post(f"{api.url}/v1/batches", json={
         "source": "s3://src/lists/m.jsonl", "result_url": "s3://out/m/",
-        "callback_url": f"http://127.0.0.1:{receiver.port}/done"}, timeout=30)
+        "callback_url": f"http://127.0.0.1:{receiver.port}/done",
+        "document_callbacks": True}, timeout=30)
     assert answer.status_code == 202, answer.text
     done = ended(alice, api, answer.json()["id"])
     assert done["state"] == "PARTIAL", done
@@ -267,6 +268,12 @@ def test_a_manifest_source_with_a_missing_object_and_the_end_webhook(
                                  if json.loads(body).get("id") == done["id"]], 30,
                         "the end's webhook")
     assert posted[0]["status"] == "PARTIAL" and posted[0]["failed"] == 1, posted
+    jobs = {line["job_id"] for line in lines.values() if line["job_id"]}
+    assert len(jobs) == 3
+    eventually(lambda: jobs <= {json.loads(body).get("id") for _, body in receiver.posts},
+               30, "each document's job summary")
+    events = alice.get(f"{api.url}/v1/batches/{done['id']}/events", timeout=30).text
+    assert events.startswith("event: end\n") and '"state":"PARTIAL"' in events, events
 
 
 def cli(redis_url: str, s3: MotoS3, *words: str) -> subprocess.CompletedProcess[str]:
