@@ -157,9 +157,9 @@ USERS: tuple[RedisUser, ...] = (
         # the running count is a read-only Lua script over kombu's `unacked` hash
         # LINDEX: the oldest waiting message (a read-only script); INFO: Redis's memory
         ("llen", "lindex", "get", "smembers", "hgetall", "hget", "hkeys", "eval_ro", "evalsha_ro",
-         "info"),
+         "info", "hlen"),
         read_keys=(*QUEUES, *BINDINGS, "unacked", "ocr:metrics:*", "ocr:workers",
-                   "ocr:dead-letter", "ocr:dead-letter:*")),
+                   "ocr:dead-letter", "ocr:dead-letter:*", *_BATCHES)),
     RedisUser(
         "keda", "KEDA's `redis` trigger, for a ScaledObject that reads a queue's length "
         "itself (the kit's read the exporter)",
