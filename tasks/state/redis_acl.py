@@ -167,8 +167,9 @@ USERS: tuple[RedisUser, ...] = (
     RedisUser(
         "client", "clients over the Celery protocol: submit.py, the Python and Node "
         "clients, the OCRmyPDF plugin",
-        (*SEND, "set", "hset", "hget", "hgetall", "hmget", "expire", "strlen", *_LISTING),
-        keys=(*QUEUES, *BINDINGS, *WAKE, *_JOB_INDEX, "ocr:job:*", "ocr:blob:*"),
+        (*SEND, "set", "hset", "hget", "hgetall", "hmget", "expire", "strlen", *_LISTING,
+         "hlen"),  # hlen: `submit.py batch status` (the batch's documents in flight)
+        keys=(*QUEUES, *BINDINGS, *WAKE, *_JOB_INDEX, *_BATCHES, "ocr:job:*", "ocr:blob:*"),
         read_keys=(*RESULTS, "ocr:doc:*", "ocr:output:*", "ocr:workers"),
         channels=(EVENTS, RESULT_CHANNEL)),
     RedisUser(
