@@ -10,8 +10,10 @@ line, or a plain URL a line) is read by byte ranges (the cursor is the offset of
 next line), a local folder (submit.py only) in sorted path order. A target is an
 `s3://` prefix or a local folder: a document's output is `<target><name><suffix>`, its
 manifest line one object of its own, `<target>.manifest/<sha256 of name>.json`, so
-documents ending at once never write the same object; `manifest.jsonl` is composed
-from them when the batch ends.
+documents ending at once never write the same object (and a document's line is found
+by its name); each step also writes the lines it settled as one part
+(`<target>.manifest-parts/`), and `manifest.jsonl` is composed from the parts when the
+batch ends (submit.py's local form composes it from the lines themselves).
 """
 
 from __future__ import annotations
@@ -19,6 +21,8 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import time
+import uuid
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -35,6 +39,7 @@ if TYPE_CHECKING:
     from tasks.settings import Settings
 
 MANIFEST_DIR = ".manifest/"
+PARTS_DIR = ".manifest-parts/"  # the lines each step settled, one object a step
 MANIFEST_FILE = "manifest.jsonl"
 MANIFEST_CHUNK = 256 * 1024  # bytes of a manifest read at a time
 READERS = 16  # manifest objects read at once (composing manifest.jsonl)
@@ -138,6 +143,44 @@ def read_line_object(target: Target, name: str) -> dict[str, Any] | None:
     except (UnicodeDecodeError, json.JSONDecodeError):
         return None
     return line if isinstance(line, dict) else None
+
+
+def part_name() -> str:
+    """A new part's name: time-ordered, unique across steps and hosts."""
+    return f"{PARTS_DIR}{time.time_ns():020d}-{uuid.uuid4().hex[:8]}.jsonl"
+
+
+def write_part(target: Target, lines: list[dict[str, Any]]) -> None:
+    """The lines one step settled, as one object (composing reads these, not each line)."""
+    if lines:
+        body = "".join(json.dumps(line, sort_keys=True) + "\n" for line in lines)
+        target.put(part_name(), body.encode(), "application/jsonl")
+
+
+def compose_from_parts(target: Target, alive: Callable[[], None] | None = None) -> int:
+    """Write `manifest.jsonl` from the steps' parts: each document's latest line."""
+    latest: dict[str, dict[str, Any]] = {}
+    after = ""
+    while True:
+        if alive is not None:
+            alive()
+        names, more = target.names(PARTS_DIR, after, 1000)
+        with ThreadPoolExecutor(READERS) as pool:
+            bodies = list(pool.map(target.get, names))
+        for body in bodies:  # in the parts' order: a later line of a name wins
+            for raw in (body or b"").decode("utf-8", "replace").splitlines():
+                try:
+                    line = json.loads(raw)
+                except json.JSONDecodeError:
+                    continue
+                if isinstance(line, dict):
+                    latest[str(line.get("name", ""))] = line
+        if not more or not names:
+            break
+        after = names[-1]
+    body = "".join(json.dumps(latest[name], sort_keys=True) + "\n" for name in sorted(latest))
+    target.put(MANIFEST_FILE, body.encode(), "application/jsonl")
+    return len(latest)
 
 
 def compose_manifest(target: Target, alive: Callable[[], None] | None = None) -> int:

@@ -31,7 +31,7 @@ from tasks.lifecycle.batch_sources import (
     Document,
     Source,
     Target,
-    compose_manifest,
+    compose_from_parts,
     manifest_name,
     options_digest,
     output_name,
@@ -40,6 +40,7 @@ from tasks.lifecycle.batch_sources import (
     same_read,
     source_of,
     target_of,
+    write_part,
 )
 from tasks.lifecycle.url_inputs import locate
 from tasks.state.batch_store import FINAL, BatchStore
@@ -174,20 +175,22 @@ class BatchDriver:
         if not ended:
             return
 
-        def settle(job_id: str) -> None:
+        def line_of(job_id: str) -> dict[str, Any] | None:
             document = Document.from_json(flight[job_id])
             result = self.ports.result(job_id)
             if result.get("status") == "CANCELLED":
-                self.store.settled(batch_id, job_id)  # no line: a later batch reads it
-                return
+                return None  # no line: a later batch reads it
             line = manifest_line(record, document, job_id, result,
                                  document_options(record, document))
             self._write_line(target, document, line)
-            self.store.settled(batch_id, job_id, **_counts(line))
+            return line
 
         with ThreadPoolExecutor(WRITERS) as pool:  # each ending's line: one PUT
-            for done in [pool.submit(settle, job_id) for job_id in ended]:
-                done.result()  # its error, if any, ends the step (the next one retries)
+            lines = list(pool.map(line_of, ended))  # an error ends the step: retried
+        # The part before the counts: a step that dies between them is done again.
+        write_part(target, [line for line in lines if line is not None])
+        for job_id, line in zip(ended, lines, strict=True):
+            self.store.settled(batch_id, job_id, **(_counts(line) if line else {}))
 
     def _write_line(self, target: Target, document: Document, line: dict[str, Any]) -> None:
         target.put(manifest_name(document.name), json.dumps(line, sort_keys=True).encode(),
@@ -259,6 +262,7 @@ class BatchDriver:
             except OcrError as exc:
                 line = failed_line(record, document, options, exc)
                 self._write_line(target, document, line)
+                write_part(target, [line])
                 self.store.passed(batch_id, cursor, **_merge(counted, _counts(line)))
                 return 0
             version = {"version_id": info.version} if info.version else \
@@ -295,7 +299,7 @@ class BatchDriver:
 
     def _finish(self, batch_id: str, target: Target, state: str,
                 alive: Callable[[], None]) -> float | None:
-        lines = compose_manifest(target, alive)
+        lines = compose_from_parts(target, alive)
         self.store.end(batch_id, state)
         record = self.store.get(batch_id)
         log.info("batch %s ended %s (%d manifest lines)", batch_id, state, lines)

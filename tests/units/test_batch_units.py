@@ -14,6 +14,7 @@ import redis
 from tasks.lifecycle.batch_sources import (
     Document,
     LocalTarget,
+    compose_from_parts,
     compose_manifest,
     local_documents,
     manifest_document,
@@ -22,6 +23,7 @@ from tasks.lifecycle.batch_sources import (
     output_name,
     read_line,
     same_read,
+    write_part,
 )
 from tasks.state.batch_store import BatchStore, progress_of
 from tasks.state.fleet_metrics import FleetCollector
@@ -100,3 +102,15 @@ def test_the_store_and_the_exporters_batch_gauges(own_redis_url: str) -> None:
     store.end(batch_id, "SUCCESS")
     assert store.running() == [] and store.get(batch_id)["state"] == "SUCCESS"
     assert progress_of(store.get(batch_id), 0)["documents"]["total"] == 2
+
+
+def test_the_manifest_is_composed_from_the_parts_each_name_its_latest_line(
+        tmp_path: Path) -> None:
+    target = LocalTarget(tmp_path)
+    write_part(target, [{"name": "b", "status": "FAILURE"}, {"name": "a", "status": "SUCCESS"}])
+    write_part(target, [])  # nothing settled: no part
+    write_part(target, [{"name": "b", "status": "SUCCESS"}])  # a retry's line
+    assert len(list((tmp_path / ".manifest-parts").iterdir())) == 2
+    assert compose_from_parts(target) == 2
+    lines = [json.loads(line) for line in (tmp_path / "manifest.jsonl").read_text().splitlines()]
+    assert lines == [{"name": "a", "status": "SUCCESS"}, {"name": "b", "status": "SUCCESS"}]
