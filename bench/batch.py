@@ -8,7 +8,7 @@ own cost per document, not an engine's) and two children, and the control worker
 - jobs: every document sent at once as a job naming `s3://bench/docs/<n>.png`, its
   result written to `s3://bench/jobs/`; documents/s from the first send to the last
   result. Redis holds every message at once.
-- batch: one batch (`s3://bench/docs/` into `s3://bench/batch/`): the driver lists the
+- batch: one batch (`s3://bench/docs/` into `s3://bench/batch-<round>/`): the driver lists the
   prefix page by page and keeps OCR_BATCH_WINDOW documents in flight; documents/s from
   its creation to its end (manifest.jsonl composed).
 - crash: the same batch into another target, the workers SIGKILLed once half the
@@ -118,9 +118,9 @@ def wait_batch(store: Any, batch_id: str, timeout: float) -> dict[str, str]:
                       interval=0.2)
 
 
-def run_batch(fleet: Fleet, timeout: float) -> dict[str, Any]:
+def run_batch(fleet: Fleet, target: str, timeout: float) -> dict[str, Any]:
     started = time.perf_counter()
-    batch_id, store = start_batch(fleet, "batch")
+    batch_id, store = start_batch(fleet, target)  # a target of its own: nothing to skip
     record = wait_batch(store, batch_id, timeout)
     seconds = time.perf_counter() - started
     if record["state"] != "SUCCESS":
@@ -174,7 +174,7 @@ def run(ctx: Context) -> Report:
                 fleet = Fleet(ctx.workdir / f"{name}-{i}", env)
                 try:
                     runs[name].append(run_jobs(fleet, docs, timeout) if name == "jobs"
-                                      else run_batch(fleet, timeout))
+                                      else run_batch(fleet, f"batch-{i}", timeout))
                 finally:
                     fleet.close()
         fleet = Fleet(ctx.workdir / "crash", env)

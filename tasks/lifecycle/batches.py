@@ -54,6 +54,7 @@ log = logging.getLogger(__name__)
 # A step's lock: kept alive page by page while the step runs, so a step whose process
 # died holds it this long at most.
 LOCK_SECONDS = 30.0
+BUSY_STEP_SECONDS = 0.1   # the next step's delay after one that settled documents
 WRITERS = 8               # documents' endings settled at once (one PUT each)
 PAGE = 100                # documents asked of the source at a time
 PAGES_A_STEP = 50         # source pages one step reads at most (skipping a done listing)
@@ -77,6 +78,9 @@ class BatchPorts(Protocol):
 
     def notify(self, record: dict[str, str], body: dict[str, Any]) -> None:
         """POST the batch's summary to its `callback_url` (when it names one)."""
+
+    def forget(self, job_ids: list[str]) -> None:
+        """Let the Redis records of these settled jobs go soon (their result, its output)."""
 
 
 def document_options(record: dict[str, str], document: Document) -> dict[str, Any]:
@@ -146,7 +150,7 @@ class BatchDriver:
               alive: Callable[[], None]) -> float | None:
         self.store.touch(batch_id)
         target = target_of(record["target"], self.settings)
-        self._collect(batch_id, record, target)
+        settled = self._collect(batch_id, record, target)
         if record.get("cancel"):
             flight = self.store.flight(batch_id)
             if flight and not record.get("cancel_sent"):
@@ -162,18 +166,20 @@ class BatchDriver:
             state = ("SUCCESS" if int(record["failed"]) == 0 else
                      "FAILURE" if int(record["done"]) == 0 else "PARTIAL")
             return self._finish(batch_id, target, state, alive)
-        return self.settings.batch_step_seconds
+        # Documents ended: the window has room again soon, so the next step comes sooner.
+        return min(BUSY_STEP_SECONDS, self.settings.batch_step_seconds) if settled else \
+            self.settings.batch_step_seconds
 
     # --- endings -----------------------------------------------------------------------
 
-    def _collect(self, batch_id: str, record: dict[str, str], target: Target) -> None:
-        """Write the manifest line of each document whose job ended; count it."""
+    def _collect(self, batch_id: str, record: dict[str, str], target: Target) -> int:
+        """Write the manifest line of each document whose job ended; count it; how many."""
         flight = self.store.flight(batch_id)
         if not flight:
-            return
+            return 0
         ended = self.ports.ended(list(flight))
         if not ended:
-            return
+            return 0
 
         def line_of(job_id: str) -> dict[str, Any] | None:
             document = Document.from_json(flight[job_id])
@@ -191,6 +197,9 @@ class BatchDriver:
         write_part(target, [line for line in lines if line is not None])
         for job_id, line in zip(ended, lines, strict=True):
             self.store.settled(batch_id, job_id, **(_counts(line) if line else {}))
+        # What each job left in Redis is in the target now: Redis keeps the window's.
+        self.ports.forget(ended)
+        return len(ended)
 
     def _write_line(self, target: Target, document: Document, line: dict[str, Any]) -> None:
         target.put(manifest_name(document.name), json.dumps(line, sort_keys=True).encode(),

@@ -34,8 +34,11 @@ from tasks.settings import Settings
 from tasks.state.boundary import CONNECTION_ERRORS
 from tasks.state.connection import connect
 from tasks.state.job_state import JobStateReader
+from tasks.state.keys import job_cancelled_key, job_ended_key, job_key, output_key
 
 log = logging.getLogger(__name__)
+# How long a settled document's job records stay (its line is in the target).
+SETTLED_TTL = 600
 
 
 @functools.cache
@@ -88,6 +91,20 @@ class CeleryBatchPorts:
         for job_id in job_ids:
             self.app.send_task("ocr.cancel", kwargs={"job_id": job_id},
                                priority=PRIORITIES["interactive"])
+
+    def forget(self, job_ids: list[str]) -> None:
+        """Shorten to SETTLED_TTL the records of jobs whose lines are written.
+
+        Their result, control hash, end claim and stored output (a searchable PDF may be
+        megabytes) would stay OCR_RESULT_TTL: a collection's worth of them is what a
+        batch keeps out of Redis.
+        """
+        pipe = _redis(self.settings.redis_target).pipeline(transaction=False)
+        for job_id in job_ids:
+            for key in (self.app.backend.get_key_for_task(job_id), job_key(job_id),
+                        job_ended_key(job_id), job_cancelled_key(job_id), output_key(job_id)):
+                pipe.expire(key, SETTLED_TTL)
+        pipe.execute()
 
     def notify(self, record: dict[str, str], body: dict[str, Any]) -> None:
         self.app.send_task("ocr.http_callback", args=[record["callback_url"], body],
