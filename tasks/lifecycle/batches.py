@@ -79,6 +79,9 @@ class BatchPorts(Protocol):
     def notify(self, record: dict[str, str], body: dict[str, Any]) -> None:
         """POST the batch's summary to its `callback_url` (when it names one)."""
 
+    def stalled(self, job_ids: list[str]) -> list[str]:
+        """Which of these unended jobs had their ending claimed long ago, never finished."""
+
     def forget(self, job_ids: list[str]) -> None:
         """Let the Redis records of these settled jobs go soon (their result, its output)."""
 
@@ -178,6 +181,10 @@ class BatchDriver:
         if not flight:
             return 0
         ended = self.ports.ended(list(flight))
+        waiting = [job_id for job_id in flight if job_id not in set(ended)]
+        stalled = self.ports.stalled(waiting) if waiting else []
+        if stalled:
+            self._resend(batch_id, record, flight, stalled)
         if not ended:
             return 0
 
@@ -283,15 +290,37 @@ class BatchDriver:
                                                 digest):
             self.store.passed(batch_id, cursor, skipped=1, **counted)
             return 0
+        job_id = self._send(record, document, options, pin)
+        self.store.sent(batch_id, job_id, document.to_json(), cursor, **counted)
+        return 1
+
+    def _send(self, record: dict[str, str], document: Document, options: dict[str, Any],
+              pin: dict[str, Any]) -> str:
         output = str(options.get("output", "text"))
         if record.get("document_callbacks") == "1" and record.get("callback_url"):
-            pin["callback_url"] = record["callback_url"]  # each document's job summary
+            pin = {**pin, "callback_url": record["callback_url"]}  # each job's summary
         kwargs = {**options, **pin, "url": document.url,
                   "filename": document.name.rsplit("/", 1)[-1],
                   "result_url": f"{record['target']}{output_name(document.name, output)}"}
-        job_id = self.ports.send(record, kwargs)
-        self.store.sent(batch_id, job_id, document.to_json(), cursor, **counted)
-        return 1
+        return self.ports.send(record, kwargs)
+
+    def _resend(self, batch_id: str, record: dict[str, str], flight: dict[str, Any],
+                stalled: list[str]) -> None:
+        """Send again the documents whose job's ending died with its host.
+
+        Such a job's end claim names a process gone for good, so no delivery of its
+        message ends it: the document is read again under a new job (at most the window).
+        """
+        for job_id in stalled:
+            document = Document.from_json(flight[job_id])
+            pin = {"url_etag": document.version["etag"]} if document.version.get("etag") \
+                else {"url_version": document.version["version_id"]} \
+                if document.version.get("version_id") else {}
+            new_id = self._send(record, document, document_options(record, document), pin)
+            log.warning("batch %s: job %s's ending died with its host; %s sent again as %s",
+                        batch_id, job_id, document.name, new_id)
+            self.store.sent(batch_id, new_id, document.to_json(), record.get("cursor", ""))
+            self.store.settled(batch_id, job_id)
 
     # --- the end -----------------------------------------------------------------------
 

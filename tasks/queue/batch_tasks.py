@@ -39,6 +39,8 @@ from tasks.state.keys import job_cancelled_key, job_ended_key, job_key, output_k
 log = logging.getLogger(__name__)
 # How long a settled document's job records stay (its line is in the target).
 SETTLED_TTL = 600
+# An ending's claim held this long by a process that never finished it: its host died.
+STALLED_SECONDS = 120
 
 
 @functools.cache
@@ -91,6 +93,27 @@ class CeleryBatchPorts:
         for job_id in job_ids:
             self.app.send_task("ocr.cancel", kwargs={"job_id": job_id},
                                priority=PRIORITIES["interactive"])
+
+    def stalled(self, job_ids: list[str]) -> list[str]:
+        """Jobs whose end claim, taken STALLED_SECONDS ago or more, still names a holder.
+
+        Their ending died with its host (the worker parent too, which would take it over).
+        """
+        client = _redis(self.settings.redis_target)
+        pipe = client.pipeline(transaction=False)
+        for job_id in job_ids:
+            pipe.get(job_ended_key(job_id))
+            pipe.ttl(job_ended_key(job_id))
+        raw = pipe.execute()
+        claim_ttl = self.settings.result_ttl  # JobControl's claims live this long
+        out = []
+        for i, job_id in enumerate(job_ids):
+            holder, ttl = raw[2 * i], int(raw[2 * i + 1])
+            if holder is None or holder in (b"done", b"1") or ttl < 0:
+                continue
+            if claim_ttl - ttl >= STALLED_SECONDS:
+                out.append(job_id)
+        return out
 
     def forget(self, job_ids: list[str]) -> None:
         """Shorten to SETTLED_TTL the records of jobs whose lines are written.

@@ -114,3 +114,40 @@ def test_the_manifest_is_composed_from_the_parts_each_name_its_latest_line(
     assert compose_from_parts(target) == 2
     lines = [json.loads(line) for line in (tmp_path / "manifest.jsonl").read_text().splitlines()]
     assert lines == [{"name": "a", "status": "SUCCESS"}, {"name": "b", "status": "SUCCESS"}]
+
+
+class StalledPorts:
+    """Ports whose one job in flight never ends: its ending died with its host."""
+
+    def __init__(self) -> None:
+        self.sent: list[dict[str, object]] = []
+
+    def ended(self, job_ids: list[str]) -> list[str]:
+        return []
+
+    def stalled(self, job_ids: list[str]) -> list[str]:
+        return [j for j in job_ids if j == "job-1"]
+
+    def send(self, record: dict[str, str], kwargs: dict[str, object]) -> str:
+        self.sent.append(kwargs)
+        return f"job-{len(self.sent) + 1}"
+
+
+def test_a_document_whose_ending_died_is_sent_again(own_redis_url: str,
+                                                    tmp_path: Path) -> None:
+    from tasks.lifecycle.batches import BatchDriver
+    from tasks.settings import Settings
+
+    store = BatchStore(redis.Redis.from_url(own_redis_url), 60)
+    batch_id = store.create({"source": "s3://b/", "target": "s3://o/",
+                             "options": {"output": "text"}})
+    document = {"url": "s3://b/a.png", "name": "a.png",
+                "version": {"etag": '"e1"', "size": 3}, "options": {}}
+    store.sent(batch_id, "job-1", document, "a.png", listed=1)
+    ports = StalledPorts()
+    driver = BatchDriver(store, ports, Settings.from_env({}))  # type: ignore[arg-type]
+    assert driver._collect(batch_id, store.get(batch_id), LocalTarget(tmp_path)) == 0
+    assert ports.sent == [{"output": "text", "url_etag": '"e1"', "url": "s3://b/a.png",
+                           "filename": "a.png", "result_url": "s3://o/a.png.txt"}]
+    assert store.flight(batch_id) == {"job-2": document}
+    assert store.get(batch_id)["listed"] == "1"
