@@ -54,7 +54,6 @@ log = logging.getLogger(__name__)
 # A step's lock: kept alive page by page while the step runs, so a step whose process
 # died holds it this long at most.
 LOCK_SECONDS = 30.0
-BUSY_STEP_SECONDS = 0.1   # the next step's delay after one that settled documents
 WRITERS = 8               # documents' endings settled at once (one PUT each)
 PAGE = 100                # documents asked of the source at a time
 PAGES_A_STEP = 50         # source pages one step reads at most (skipping a done listing)
@@ -153,7 +152,7 @@ class BatchDriver:
               alive: Callable[[], None]) -> float | None:
         self.store.touch(batch_id)
         target = target_of(record["target"], self.settings)
-        settled = self._collect(batch_id, record, target)
+        self._collect(batch_id, record, target)
         if record.get("cancel"):
             flight = self.store.flight(batch_id)
             if flight and not record.get("cancel_sent"):
@@ -169,9 +168,7 @@ class BatchDriver:
             state = ("SUCCESS" if int(record["failed"]) == 0 else
                      "FAILURE" if int(record["done"]) == 0 else "PARTIAL")
             return self._finish(batch_id, target, state, alive)
-        # Documents ended: the window has room again soon, so the next step comes sooner.
-        return min(BUSY_STEP_SECONDS, self.settings.batch_step_seconds) if settled else \
-            self.settings.batch_step_seconds
+        return self.settings.batch_step_seconds
 
     # --- endings -----------------------------------------------------------------------
 
