@@ -33,6 +33,7 @@ import os
 import re
 import statistics
 import time
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -211,7 +212,8 @@ def run(ctx: Context) -> Report:
     rate = {name: docs / figures[name]["seconds"] for name in ("jobs", "batch")}
     ratio = rate["batch"] / rate["jobs"]
     cpu_ratio = figures["jobs"]["worker_cpu"] / figures["batch"]["worker_cpu"]
-    rows = [[label, docs, " / ".join(f"{r['seconds']:.1f}" for r in runs[name]),
+    rows: list[Sequence[Any]] = [
+            [label, docs, " / ".join(f"{r['seconds']:.1f}" for r in runs[name]),
              round(rate[name], 2), round(figures[name]["worker_cpu"] / docs * 1000, 1),
              round(figures[name]["store_cpu"] / docs * 1000, 1),
              round(figures[name]["peak_mb"], 1)]

@@ -178,8 +178,9 @@ def compose_from_parts(target: Target, alive: Callable[[], None] | None = None) 
         if not more or not names:
             break
         after = names[-1]
-    body = "".join(json.dumps(latest[name], sort_keys=True) + "\n" for name in sorted(latest))
-    target.put(MANIFEST_FILE, body.encode(), "application/jsonl")
+    composed = "".join(json.dumps(latest[name], sort_keys=True) + "\n"
+                       for name in sorted(latest))
+    target.put(MANIFEST_FILE, composed.encode(), "application/jsonl")
     return len(latest)
 
 

@@ -94,10 +94,10 @@ def document_options(record: dict[str, str], document: Document) -> dict[str, An
 def manifest_line(record: dict[str, str], document: Document, job_id: str,
                   result: dict[str, Any], options: dict[str, Any]) -> dict[str, Any]:
     """The manifest line of a document whose job ended with `result`."""
-    pages = result.get("pages") if isinstance(result.get("pages"), list) else []
+    raw_pages, raw_written = result.get("pages"), result.get("result_object")
+    pages: list[Any] = raw_pages if isinstance(raw_pages, list) else []
     failed = [p for p in pages if isinstance(p, dict) and p.get("error")]
-    written = result.get("result_object") if isinstance(result.get("result_object"),
-                                                        dict) else {}
+    written: dict[str, Any] = raw_written if isinstance(raw_written, dict) else {}
     error = (result.get("error") or written.get("error") or {})
     status = str(result.get("status", "FAILURE"))
     if written.get("error"):

@@ -39,7 +39,7 @@ class BatchStore:
                        "cursor": "", "phase": "list", "chain": "",
                        **{name: "0" for name in COUNTS}})
         pipe = self._redis.pipeline()
-        pipe.hset(batch_key(batch_id), mapping=record)
+        pipe.hset(batch_key(batch_id), mapping=record)  # type: ignore[arg-type]
         pipe.expire(batch_key(batch_id), self.ttl)
         pipe.sadd(BATCHES_RUNNING_KEY, batch_id)
         pipe.expire(BATCHES_RUNNING_KEY, self.ttl)
