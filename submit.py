@@ -29,7 +29,7 @@ from typing import Any
 import ocr_admin
 from tasks import inference_server
 from tasks.admission import job_queues
-from tasks.cli import listing
+from tasks.cli import batches, listing
 from tasks.cli.commands import COMMANDS, build_parser, check_shared, command, with_default_command
 from tasks.cli.core import (
     EXIT_FAILURE,
@@ -56,7 +56,7 @@ from tasks.records.engines import ENGINES
 from tasks.records.request import OUTPUT_CHOICES
 from tasks.records.status import JobStatus, WaitStatus
 
-__all__ = ["COMMANDS", "EXIT_HELP", "build_parser", "exit_status", "main", "wait_for",
+__all__ = ["COMMANDS", "batches", "EXIT_HELP", "build_parser", "exit_status", "main", "wait_for",
            "with_default_command"]
 
 

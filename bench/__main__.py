@@ -24,7 +24,8 @@ from bench.common import RESULTS, Context, Report, machine_info, pin_threads
 
 BENCHMARKS = ("pipeline", "overhead", "api", "peers", "digital", "memory", "blank", "vlm",
               "brokers", "breakdown", "languages", "vlm_api", "object_storage",
-              "structure", "vlm_fleet", "ocrmypdf", "tracing", "failover", "fairness")
+              "structure", "vlm_fleet", "ocrmypdf", "tracing", "failover", "fairness",
+              "batch")
 log = logging.getLogger("bench")
 
 

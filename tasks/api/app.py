@@ -20,6 +20,7 @@ from kombu.exceptions import OperationalError
 from starlette.exceptions import HTTPException
 from starlette.requests import ClientDisconnect
 
+from tasks.api._batches import router as batches_router
 from tasks.api._errors import JobUnsuccessful, http_status
 from tasks.api._listing import router as listing_router
 from tasks.api._routes import router
@@ -47,6 +48,7 @@ def create_api(settings: Settings, client: OcrClient | None = None) -> FastAPI:
     app.include_router(router)
     app.include_router(listing_router)  # GET /v1/jobs
     app.include_router(usage_router)  # GET /v1/usage
+    app.include_router(batches_router)  # /v1/batches
     readiness = app.state.service.readiness
     app.router.add_event_handler("startup", readiness.start)  # the snapshot /readyz reads
     app.router.add_event_handler("shutdown", readiness.stop)

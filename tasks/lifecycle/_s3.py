@@ -122,6 +122,50 @@ def put(bucket: str, key: str, data: bytes, content_type: str, timeout: float) -
     return str(answer.get("ETag", ""))
 
 
+def listing(bucket: str, prefix: str, start_after: str, count: int,
+            timeout: float) -> tuple[list[tuple[str, ObjectInfo]], bool]:
+    """Up to `count` objects under `prefix` after the key `start_after`, in key order.
+
+    Each as (key, ObjectInfo); True when the listing has more. One ListObjectsV2 call.
+    """
+    args: dict[str, Any] = {"Bucket": bucket, "Prefix": prefix, "MaxKeys": count}
+    if start_after:
+        args["StartAfter"] = start_after
+    try:
+        answer = _client(timeout, False).list_objects_v2(**args)
+    except _caught() as exc:
+        raise _mapped(exc, "read") from None
+    found = [(str(o["Key"]), ObjectInfo(int(o.get("Size", 0)), o.get("ETag")))
+             for o in answer.get("Contents", [])]
+    return found, bool(answer.get("IsTruncated"))
+
+
+def get(bucket: str, key: str, timeout: float, first: int | None = None,
+        last: int | None = None) -> bytes | None:
+    """A small object's bytes (or a byte range of it); None when it does not exist."""
+    args: dict[str, Any] = {"Bucket": bucket, "Key": key}
+    if first is not None:
+        args["Range"] = f"bytes={first}-{'' if last is None else last}"
+    try:
+        body = _client(timeout, False).get_object(**args)["Body"]
+        try:
+            return bytes(body.read())
+        finally:
+            body.close()
+    except _caught() as exc:
+        mapped = _mapped(exc, "read")
+        if isinstance(mapped, InputNotFound):
+            return None
+        if _status(exc) == 416:  # a range past the end: nothing more
+            return b""
+        raise mapped from None
+
+
+def _status(exc: Exception) -> int:
+    response = getattr(exc, "response", None) or {}
+    return int(response.get("ResponseMetadata", {}).get("HTTPStatusCode") or 0)
+
+
 def upload(bucket: str, key: str, path: str, timeout: float) -> None:
     """Write one object from a local file, in parts when it is large (a backup)."""
     try:

@@ -27,7 +27,7 @@ AMQP_MAX_PRIORITY = 9
 AMQP_PRIORITIES = {name: AMQP_MAX_PRIORITY - value for name, value in PRIORITIES.items()}
 
 # Light tasks that must not wait behind OCR work.
-CONTROL_TASKS = ("ocr.cancel", "ocr.http_callback")
+CONTROL_TASKS = ("ocr.cancel", "ocr.http_callback", "ocr.batch_step")
 # On quorum queues (OCR_RABBITMQ_QUEUE_TYPE=quorum), which keep no message priorities,
 # each job queue has a queue of its own for these priorities (`<queue>.interactive`,
 # `<queue>.batch`; `normal` stays in the queue itself): a worker consumes all three,

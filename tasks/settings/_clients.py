@@ -94,6 +94,14 @@ class ClientSettings:
                              "Local folder for the one copy per host of a PDF named by URL "
                              "whose pages fan out (page tasks read it instead of Redis); "
                              "empty: `ocr-url-spool` in the system's temporary folder.")
+    batch_window: int = _s("OCR_BATCH_WINDOW", "64",
+                           "Batches: most documents of one batch in flight at once (sent "
+                           "as jobs, not ended). Redis holds the state of these only, not "
+                           "of the whole collection; a crash re-reads at most these.")
+    batch_step_seconds: float = _s("OCR_BATCH_STEP_SECONDS", "0.5",
+                                   "Batches: seconds between two steps of a batch's "
+                                   "driver (`ocr.batch_step`: collect the documents "
+                                   "that ended, send the next ones).")
 
     @property
     def spool_dir(self) -> Path:

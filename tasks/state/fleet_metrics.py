@@ -18,6 +18,9 @@ workers' own counters:
   refused (Redis broker only).
 - `ocr_queue_depth_read_timestamp_seconds{queue}`: when the KEDA figure of a set of
   queues (`/v1/queues/<queues>/depth`) was last asked of this exporter.
+- `ocr_batches_running`, `ocr_batch_documents{batch,client,state}` and
+  `ocr_batch_pages{batch,client,state}`: the unfinished batches and each one's counts
+  (tasks/state/batch_store.py).
 """
 
 from __future__ import annotations
@@ -30,6 +33,7 @@ import redis
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
+from tasks.state.batch_store import BatchStore, progress_of
 from tasks.state.keys import DEAD_LETTER_COUNT_KEY, DEAD_LETTER_KEY
 from tasks.state.liveness import WorkerPresence
 from tasks.state.queue_depth import QueueDepth
@@ -91,6 +95,34 @@ class FleetCollector(Collector):
         for queues, at in sorted((self._reads.last() if self._reads else {}).items()):
             reads.add_metric([queues], at)
         yield reads
+        if answers["store"] is not None:
+            yield from self._batch_gauges()
+
+    def _batch_gauges(self) -> Iterator[Metric]:
+        running = GaugeMetricFamily("ocr_batches_running", "Batches not ended.")
+        documents = GaugeMetricFamily(
+            "ocr_batch_documents", "Documents of each unfinished batch: done, failed, "
+            "skipped, running (in flight).", labels=["batch", "client", "state"])
+        pages = GaugeMetricFamily("ocr_batch_pages", "Pages of each unfinished batch: "
+                                  "done, failed.", labels=["batch", "client", "state"])
+        try:
+            store = BatchStore(self._store, 0)
+            ids = store.running()
+            running.add_metric([], float(len(ids)))
+            for batch_id in ids:
+                record = store.get(batch_id)
+                if not record:
+                    continue
+                shown = progress_of(record, store.in_flight(batch_id))
+                labels = [batch_id, record.get("client", "")]
+                for state, value in shown["documents"].items():
+                    if state in ("done", "failed", "skipped", "running"):
+                        documents.add_metric([*labels, state], float(value))
+                for state, value in shown["pages"].items():
+                    pages.add_metric([*labels, state], float(value))
+        except redis.RedisError:
+            pass
+        yield from (running, documents, pages)
 
     def _queue_gauges(self, store_up: bool, broker_up: bool) -> Iterator[Metric]:
         oldest = GaugeMetricFamily(

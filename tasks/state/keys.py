@@ -50,6 +50,9 @@ API_INFLIGHT_PREFIX = API_PREFIX + "inflight:"  # sorted set per client: open jo
 API_UPLOAD_PREFIX = API_PREFIX + "upload:"    # an upload being received (renamed to a blob)
 API_WEBHOOK_PREFIX = API_PREFIX + "webhook:"  # hash per client: its callback signing secrets
 API_BYTES_PREFIX = API_PREFIX + "bytes:"      # <client>: bytes of its inputs waiting in Redis
+# Batches (tasks/state/batch_store.py): ocr:batch:<id> and its :flight and :lock.
+BATCH_PREFIX = ROOT + "batch:"
+BATCHES_RUNNING_KEY = ROOT + "batches:running"  # set of the ids of unfinished batches
 
 
 def job_key(job_id: str) -> str:
@@ -120,6 +123,11 @@ def api_token_key(digest: str) -> str:
 def api_webhook_key(client: str) -> str:
     """`ocr:api:webhook:<client>`: the client's callback signing secrets."""
     return f"{API_WEBHOOK_PREFIX}{client}"
+
+
+def batch_key(batch_id: str, part: str = "") -> str:
+    """`ocr:batch:<id>` (the record), `ocr:batch:<id>:flight` (its jobs), `:lock`."""
+    return f"{BATCH_PREFIX}{batch_id}" + (f":{part}" if part else "")
 
 
 def job_ended_key(job_id: str) -> str:

@@ -112,12 +112,15 @@ _BROKER = (*QUEUES, *DIRECT, *PIDBOX, *BINDINGS, *UNACKED, *RESULTS, *WAKE, *LAN
 # a job another Celery client sent when it starts it.
 _JOB_INDEX = ("ocr:jobs:*",)
 _LISTING = ("zadd", "zremrangebyscore", "zremrangebyrank", "expire")
+# Batches (tasks/state/batch_store.py): the API creates, reads, cancels and retries them;
+# the worker or control worker that takes a batch's step drives it.
+_BATCHES = ("ocr:batch:*", "ocr:batches:*")
 
 USERS: tuple[RedisUser, ...] = (
     RedisUser(
         "worker", "the OCR workers (Procfile `worker`, every engine and pool)",
         (*SEND, *CONSUME, *_LISTING),
-        keys=(*_BROKER, *_JOB_STATE, *_JOB_INDEX, "ocr:cache:*", "ocr:output:*",
+        keys=(*_BROKER, *_JOB_STATE, *_JOB_INDEX, *_BATCHES, "ocr:cache:*", "ocr:output:*",
               "ocr:models:*", "ocr:usage:*"),
         # an API client's callbacks are signed with that client's own secret; the
         # token names are the metrics' client labels, its record its page caps
@@ -126,7 +129,7 @@ USERS: tuple[RedisUser, ...] = (
     RedisUser(
         "control", "the control worker (Procfile `control`: cancels, HTTP callbacks)",
         (*SEND, *CONSUME, *_LISTING),
-        keys=(*_BROKER, *_JOB_STATE, *_JOB_INDEX, "ocr:output:*"),
+        keys=(*_BROKER, *_JOB_STATE, *_JOB_INDEX, *_BATCHES, "ocr:output:*"),
         read_keys=("ocr:api:webhook:*", "ocr:api:clients", LANE_WEIGHTS),
         channels=(EVENTS, CONTROL_CHANNEL, RESULT_CHANNEL)),
     RedisUser(
@@ -134,11 +137,10 @@ USERS: tuple[RedisUser, ...] = (
         # its upload quota scripts (tasks/api/_quotas.py): APPEND, RENAME, STRLEN, SREM
         (*SEND, "append", "rename", "strlen", "srem", "hset", "hget", "hgetall", "hmget",
          "set", "del", "exists", "expire", "incr", "zrem", "zrange", *_LISTING,
-         "zrevrangebyscore"),
-        keys=(*QUEUES, *BINDINGS, *WAKE, *LANES, *_JOB_INDEX, "ocr:job:*", "ocr:blob:*",
-              "ocr:api:job:*",
-              "ocr:api:idem:*", "ocr:api:rate:*", "ocr:api:inflight:*", "ocr:api:upload:*",
-              "ocr:api:bytes:*"),
+         "zrevrangebyscore", "hlen"),
+        keys=(*QUEUES, *BINDINGS, *WAKE, *LANES, *_JOB_INDEX, *_BATCHES, "ocr:job:*",
+              "ocr:blob:*", "ocr:api:job:*", "ocr:api:idem:*", "ocr:api:rate:*",
+              "ocr:api:inflight:*", "ocr:api:upload:*", "ocr:api:bytes:*"),
         read_keys=(*RESULTS, "ocr:api:token:*", "ocr:api:clients", "ocr:doc:*",
                    "ocr:output:*", "ocr:workers", "ocr:usage:*"),
         channels=(EVENTS, RESULT_CHANNEL)),
@@ -165,9 +167,9 @@ USERS: tuple[RedisUser, ...] = (
         # LINDEX: the oldest waiting message (a read-only script); INFO: Redis's memory
         # LRANGE: the lanes of each list's ring (a read-only script)
         ("llen", "lindex", "lrange", "get", "smembers", "hgetall", "hget", "hkeys", "eval_ro",
-         "evalsha_ro", "info"),
+         "evalsha_ro", "info", "hlen"),
         read_keys=(*QUEUES, *LANES, *BINDINGS, "unacked", "ocr:metrics:*", "ocr:workers",
-                   "ocr:dead-letter", "ocr:dead-letter:*")),
+                   "ocr:dead-letter", "ocr:dead-letter:*", *_BATCHES)),
     RedisUser(
         "keda", "KEDA's `redis` trigger, for a ScaledObject that reads a queue's length "
         "itself (the kit's read the exporter)",
@@ -175,8 +177,10 @@ USERS: tuple[RedisUser, ...] = (
     RedisUser(
         "client", "clients over the Celery protocol: submit.py, the Python and Node "
         "clients, the OCRmyPDF plugin",
-        (*SEND, "set", "hset", "hget", "hgetall", "hmget", "expire", "strlen", *_LISTING),
-        keys=(*QUEUES, *BINDINGS, *WAKE, *LANES, *_JOB_INDEX, "ocr:job:*", "ocr:blob:*"),
+        (*SEND, "set", "hset", "hget", "hgetall", "hmget", "expire", "strlen", *_LISTING,
+         "hlen"),  # hlen: `submit.py batch status` (the batch's documents in flight)
+        keys=(*QUEUES, *BINDINGS, *WAKE, *LANES, *_JOB_INDEX, *_BATCHES, "ocr:job:*",
+              "ocr:blob:*"),
         read_keys=(*RESULTS, "ocr:doc:*", "ocr:output:*", "ocr:workers"),
         channels=(EVENTS, RESULT_CHANNEL)),
     RedisUser(

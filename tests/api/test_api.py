@@ -168,7 +168,10 @@ def test_health_readiness_schema_and_docs(api: ApiServer, alice: requests.Sessio
     assert nobody.status_code == 503 and nobody.json()["ready"] is False
     schema = requests.get(f"{api.url}/openapi.json", timeout=5).json()
     assert {"/v1/jobs", "/v1/jobs/{job_id}", "/v1/jobs/{job_id}/result",
-            "/v1/jobs/{job_id}/events", "/healthz", "/readyz"} <= set(schema["paths"])
+            "/v1/jobs/{job_id}/events", "/healthz", "/readyz", "/v1/batches",
+            "/v1/batches/{batch_id}", "/v1/batches/{batch_id}/cancel",
+            "/v1/batches/{batch_id}/retry", "/v1/batches/{batch_id}/events"} <= \
+        set(schema["paths"])
     # A job's `state` is one of the service's words: CANCELLED, never Celery's REVOKED.
     state = schema["components"]["schemas"]["JobInfo"]["properties"]["state"]
     shown = schema["components"]["schemas"][state["$ref"].rsplit("/", 1)[1]]["enum"]
@@ -654,7 +657,7 @@ def test_fuzz_from_own_openapi_schema(tmp_path: Path) -> None:
                 failures.append(f"{operation.label}: {exc}")
         assert not failures, "\n\n".join(failures)[:6000]
         print({label: sorted(set(codes)) for label, codes in calls.items()})
-        assert len(calls) == 9, calls  # every operation but /readyz was called
+        assert len(calls) == 14, calls  # every operation but /readyz was called
         assert sum(len(codes) for codes in calls.values()) >= 60, calls
         # Redis gone: coded 503s, not 500s.
         own_redis.stop()

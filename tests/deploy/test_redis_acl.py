@@ -45,6 +45,7 @@ from tests.harness import (
     stop_all,
 )
 from tests.image_fixtures import png
+from tests.moto_s3 import MotoS3
 from tests.pdf_fixtures import image_pdf, plain_pages
 from tests.redis_tls import AclRedisServer, make_certificates
 
@@ -80,11 +81,13 @@ class Fleet:
     receiver: Receiver
     processes: dict[str, ProcfileProcess]
     ports: dict[str, int]
+    s3: MotoS3
 
     def env(self, user: str) -> dict[str, str]:
-        """The role's environment: its own REDIS_URL, callbacks to the receiver allowed."""
+        """The role's environment: its own REDIS_URL, callbacks and moto's S3 allowed."""
         return {"REDIS_URL": self.redis.url(user),
-                "OCR_CALLBACK_ALLOWED_HOSTS": f"127.0.0.1:{self.receiver.port}"}
+                "OCR_CALLBACK_ALLOWED_HOSTS": f"127.0.0.1:{self.receiver.port}",
+                "OCR_ALLOWED_URLS": "s3://acl-src/,s3://acl-out/", **self.s3.env()}
 
     def get(self, role: str, path: str, **kwargs: object) -> requests.Response:
         return requests.get(f"http://127.0.0.1:{self.ports[role]}{path}", timeout=30,
@@ -102,7 +105,11 @@ def _answers(fleet: Fleet, role: str, path: str, auth: tuple[str, str] | None = 
 def fleet(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Fleet]:
     tmp = tmp_path_factory.mktemp("acl")
     server = AclRedisServer(tmp / "redis").start()
-    fleet = Fleet(server, Receiver(), {}, {r: free_port() for r in ("flower", "metrics")})
+    s3 = MotoS3(tmp / "moto.log").start()
+    for bucket in ("acl-src", "acl-out"):
+        s3.client().create_bucket(Bucket=bucket)
+    fleet = Fleet(server, Receiver(), {}, {r: free_port() for r in ("flower", "metrics")},
+                  s3)
     started = fleet.processes
     try:
         started["worker"] = Worker(tmp / "worker.log", {
@@ -132,6 +139,7 @@ def fleet(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Fleet]:
     finally:
         stop_all(list(started.values()))
         server.stop()
+        s3.stop()
 
 
 def _user_client(fleet: Fleet, user: str) -> OcrClient:
@@ -197,6 +205,7 @@ def test_every_role_works_with_its_own_user_and_nothing_is_refused(fleet: Fleet,
 
     eventually(ended, 180, lambda: f"the API's job to end: {status}", interval=0.5)
     assert status["status"] == "SUCCESS", status
+    _batches(fleet, api, auth)
     assert requests.get(f"{api}/v1/jobs/{job}/result", headers=auth,
                         timeout=30).status_code == 200
     assert requests.get(f"{api}/readyz", headers=auth, timeout=30).json()["ready"] is True
@@ -241,6 +250,35 @@ def test_every_role_works_with_its_own_user_and_nothing_is_refused(fleet: Fleet,
             assert done.returncode == 0, f"{role} {probe}: {done.stderr}"
     refused = [e for e in fleet.redis.acl_log() if e["username"] != "default"]
     assert refused == [], json.dumps(refused, indent=1)[:4000]
+
+
+def _batches(fleet: Fleet, api: str, auth: dict[str, str]) -> None:
+    """A batch through the API (api user; its steps: control) and submit.py (client)."""
+    for i in range(3):
+        fleet.s3.client().put_object(Bucket="acl-src", Key=f"b/{i}.png", Body=png(100 + i))
+    sent = requests.post(f"{api}/v1/batches", headers=auth, timeout=60, json={
+        "source": "s3://acl-src/b/", "result_url": "s3://acl-out/api/"})
+    assert sent.status_code == 202, sent.text
+    batch: dict[str, object] = {}
+
+    def batch_ended() -> bool:
+        batch.update(requests.get(f"{api}/v1/batches/{sent.json()['id']}", headers=auth,
+                                  timeout=30).json())
+        return batch["state"] != "RUNNING"
+
+    eventually(batch_ended, 120, lambda: f"the batch to end: {batch}", interval=0.5)
+    assert batch["state"] == "SUCCESS", batch
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("OCR_", "REDIS_"))}
+    cli = {**env, **fleet.env("client")}
+    started = subprocess.run([sys.executable, "submit.py", "batch", "s3://acl-src/b/",
+                              "--result-url", "s3://acl-out/cli/"], cwd=ROOT, text=True,
+                             capture_output=True, timeout=120, env=cli)
+    assert started.returncode == 0, started.stderr
+    waited = subprocess.run([sys.executable, "submit.py", "batch", "wait",
+                             started.stdout.strip(), "--timeout", "120"], cwd=ROOT,
+                            text=True, capture_output=True, timeout=180, env=cli)
+    assert waited.returncode == 0 and "SUCCESS" in waited.stdout, waited.stderr
+    assert "ocr_batches_running" in fleet.get("metrics", "/metrics").text
 
 
 # One command each user may not send (a key, a command or a channel not its own).

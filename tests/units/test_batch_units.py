@@ -1,0 +1,153 @@
+"""Batches without workers: manifest lines, sources, the local target, the store, metrics.
+
+The pure pieces of tasks/lifecycle/batch_sources.py and tasks/state/batch_store.py
+(a real redis-server for the store and the exporter's batch gauges).
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import redis
+
+from tasks.lifecycle.batch_sources import (
+    Document,
+    LocalTarget,
+    compose_from_parts,
+    compose_manifest,
+    local_documents,
+    manifest_document,
+    manifest_name,
+    options_digest,
+    output_name,
+    read_line,
+    same_read,
+    write_part,
+)
+from tasks.state.batch_store import BatchStore, progress_of
+from tasks.state.fleet_metrics import FleetCollector
+
+
+def test_a_manifest_line_names_a_document_and_its_own_options() -> None:
+    line = json.dumps({"url": "s3://b/k/a.pdf", "options": {"lang": "vie", "blob": "x"}})
+    document = manifest_document(line.encode())
+    assert document == Document("s3://b/k/a.pdf", "b/k/a.pdf", {}, {"lang": "vie"})
+    plain = manifest_document(b"https://files.example.com/scans/b.png\n")
+    assert plain is not None and plain.name == "files.example.com/scans/b.png"
+    assert manifest_document(b"   \n") is None
+
+
+def test_a_line_matches_only_the_same_version_and_options() -> None:
+    options = {"output": "text", "lang": None}
+    assert options_digest(options) == options_digest({"output": "text"})
+    document = Document("s3://b/a.png", "a.png", {"etag": '"1"', "size": 3})
+    line = {"source_version": {"etag": '"1"', "size": 3},
+            "options_digest": options_digest(options)}
+    assert same_read(line, document, options_digest(options))
+    assert not same_read(line, document, options_digest({"output": "json"}))
+    changed = Document("s3://b/a.png", "a.png", {"etag": '"2"', "size": 3})
+    assert not same_read(line, changed, options_digest(options))
+    assert not same_read(None, document, options_digest(options))
+    assert output_name("a/b.pdf", "pdf") == "a/b.pdf.ocr.pdf"
+    assert manifest_name("a") != manifest_name("b")
+    assert manifest_name("a").startswith(".manifest/")
+
+
+def test_the_local_target_and_the_folder_listing(tmp_path: Path) -> None:
+    source = tmp_path / "in"
+    (source / "sub").mkdir(parents=True)
+    (source / "a.png").write_bytes(b"1")
+    (source / "sub" / "b.png").write_bytes(b"22")
+    (source / ".hidden").write_bytes(b"x")
+    target = LocalTarget(source / "out")  # inside the source: never listed
+    listed = [d.name for d in local_documents(source, source / "out")]
+    assert listed == ["a.png", "sub/b.png"]
+    for name in listed:
+        document = next(d for d in local_documents(source, None) if d.name == name)
+        target.put(manifest_name(name), json.dumps(
+            {"name": name, "source_version": document.version}).encode(), "application/json")
+    assert [d.name for d in local_documents(source, source / "out")] == listed
+    assert read_line(target, "sub/b.png")["source_version"]["size"] == 2
+    assert read_line(target, "nothing") is None
+    assert compose_manifest(target) == 2
+    lines = (source / "out" / "manifest.jsonl").read_text().splitlines()
+    assert [json.loads(line)["name"] for line in lines] == listed
+
+
+def test_the_store_and_the_exporters_batch_gauges(own_redis_url: str) -> None:
+    client = redis.Redis.from_url(own_redis_url)
+    store = BatchStore(client, 60)
+    batch_id = store.create({"source": "s3://b/", "target": "s3://o/", "client": "alice",
+                             "options": {"output": "text"}})
+    store.sent(batch_id, "job-1", {"url": "s3://b/a", "name": "a"}, "a", listed=1)
+    store.passed(batch_id, "b", listed=1, skipped=1)
+    assert store.flight(batch_id) == {"job-1": {"url": "s3://b/a", "name": "a"}}
+    assert store.settled(batch_id, "job-1", done=1, pages_done=2)
+    assert not store.settled(batch_id, "job-1", done=1, pages_done=2)  # once only
+    assert store.lock(batch_id, "me", 5) and not store.lock(batch_id, "other", 5)
+    store.unlock(batch_id, "other")
+    assert not store.lock(batch_id, "other", 5)  # only its holder lets it go
+    store.unlock(batch_id, "me")
+    shown = progress_of(store.get(batch_id), store.in_flight(batch_id))
+    assert shown["documents"] == {"total": None, "listed": 2, "done": 1, "failed": 0,
+                                  "skipped": 1, "running": 0}
+    assert shown["pages"] == {"done": 2, "failed": 0} and shown["state"] == "RUNNING"
+    families = {f.name: f for f in FleetCollector(client, ()).collect()}
+    assert families["ocr_batches_running"].samples[0].value == 1
+    values = {s.labels["state"]: s.value for s in families["ocr_batch_documents"].samples
+              if s.labels["batch"] == batch_id and s.labels["client"] == "alice"}
+    assert values == {"done": 1, "failed": 0, "skipped": 1, "running": 0}
+    store.update(batch_id, listed_all="1")
+    store.end(batch_id, "SUCCESS")
+    assert store.running() == [] and store.get(batch_id)["state"] == "SUCCESS"
+    assert progress_of(store.get(batch_id), 0)["documents"]["total"] == 2
+
+
+def test_the_manifest_is_composed_from_the_parts_each_name_its_latest_line(
+        tmp_path: Path) -> None:
+    target = LocalTarget(tmp_path)
+    write_part(target, [{"name": "b", "status": "FAILURE"}, {"name": "a", "status": "SUCCESS"}])
+    write_part(target, [])  # nothing settled: no part
+    write_part(target, [{"name": "b", "status": "SUCCESS"}])  # a retry's line
+    assert len(list((tmp_path / ".manifest-parts").iterdir())) == 2
+    assert compose_from_parts(target) == 2
+    lines = [json.loads(line) for line in (tmp_path / "manifest.jsonl").read_text().splitlines()]
+    assert lines == [{"name": "a", "status": "SUCCESS"}, {"name": "b", "status": "SUCCESS"}]
+
+
+class StalledPorts:
+    """Ports whose one job in flight never ends: its ending died with its host."""
+
+    def __init__(self) -> None:
+        self.sent: list[dict[str, object]] = []
+
+    def ended(self, job_ids: list[str]) -> list[str]:
+        return []
+
+    def stalled(self, job_ids: list[str]) -> list[str]:
+        return [j for j in job_ids if j == "job-1"]
+
+    def send(self, record: dict[str, str], kwargs: dict[str, object]) -> str:
+        self.sent.append(kwargs)
+        return f"job-{len(self.sent) + 1}"
+
+
+def test_a_document_whose_ending_died_is_sent_again(own_redis_url: str,
+                                                    tmp_path: Path) -> None:
+    from tasks.lifecycle.batches import BatchDriver
+    from tasks.settings import Settings
+
+    store = BatchStore(redis.Redis.from_url(own_redis_url), 60)
+    batch_id = store.create({"source": "s3://b/", "target": "s3://o/",
+                             "options": {"output": "text"}})
+    document = {"url": "s3://b/a.png", "name": "a.png",
+                "version": {"etag": '"e1"', "size": 3}, "options": {}}
+    store.sent(batch_id, "job-1", document, "a.png", listed=1)
+    ports = StalledPorts()
+    driver = BatchDriver(store, ports, Settings.from_env({}))  # type: ignore[arg-type]
+    assert driver._collect(batch_id, store.get(batch_id), LocalTarget(tmp_path)) == 0
+    assert ports.sent == [{"output": "text", "url_etag": '"e1"', "url": "s3://b/a.png",
+                           "filename": "a.png", "result_url": "s3://o/a.png.txt"}]
+    assert store.flight(batch_id) == {"job-2": document}
+    assert store.get(batch_id)["listed"] == "1"
