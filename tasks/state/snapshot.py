@@ -214,7 +214,8 @@ def inventory(client: redis.Redis) -> Inventory:
             counts["inputs"] += 1
         elif key.startswith(keys.JOB_PREFIX) and ":" not in key[len(keys.JOB_PREFIX):]:
             counts["jobs"] += 1
-        elif not key.startswith((keys.ROOT, "_kombu.", "unacked")) and \
-                client.type(raw) in (b"list", "list"):
-            counts["queued_messages"] += int(client.llen(raw))  # a broker queue's list
+        elif (key.startswith(keys.LANE_PREFIX) or not key.startswith(
+                (keys.ROOT, "_kombu.", "unacked"))) and client.type(raw) in (b"list", "list"):
+            # a broker queue's list, or a client's lane of one (tasks/queue/lanes.py)
+            counts["queued_messages"] += int(client.llen(raw))
     return Inventory(**counts)
