@@ -320,12 +320,30 @@ def _received(worker: Worker, job_id: str) -> bool:
     return f"[{job_id}] received" in worker.log()
 
 
+def _whereabouts(fleet: Fleet, jobs: list[str]) -> str:
+    """Where each unfinished job's messages are: lanes, lists, rings, unacked, log lines."""
+    store = connect(Settings.from_env(fleet.env).redis_target)
+    told = []
+    for job in jobs:
+        found = [f"{k!r}[{i}]" for k in store.scan_iter(count=1000)
+                 if store.type(k) == b"list"
+                 for i, m in enumerate(store.lrange(k, 0, -1)) if job.encode() in m]
+        held = [tag.decode() for tag, m in store.hgetall("unacked").items()
+                if job.encode() in m]
+        lines = [line for line in fleet.worker.log().splitlines() if job in line]
+        told.append(f"{job}: in lists {found}, unacked {held}; worker:\n" +
+                    "\n".join(lines[-20:]))
+    rings = {repr(k): store.lrange(k, 0, -1) if store.type(k) == b"list"
+             else store.hgetall(k) for k in store.scan_iter("ocr:lanes:*")}
+    return "\n".join(told) + f"\nrings: {rings}"
+
+
 def check_endings(fleet: Fleet, results: dict[str, dict[str, Any]], parent: int | None) -> None:
     """Every job SUCCESS with its text, pages once, one ending, one callback; no leftovers."""
     assert len(fleet.sent) == 70
     wrong = {s.job_id: r.get("status") for s in fleet.sent
              if (r := results[s.job_id])["status"] != "SUCCESS"}
-    assert wrong == {}
+    assert wrong == {}, _whereabouts(fleet, list(wrong))
     for sent in fleet.sent:
         pages = results[sent.job_id]["pages"]
         assert [p["number"] for p in pages] == list(range(1, len(sent.shades) + 1))
