@@ -328,7 +328,7 @@ def _whereabouts(fleet: Fleet, jobs: list[str]) -> str:
         found = [f"{k!r}[{i}]" for k in store.scan_iter(count=1000)
                  if store.type(k) == b"list"
                  for i, m in enumerate(store.lrange(k, 0, -1)) if job.encode() in m]
-        held = [tag.decode() for tag, m in store.hgetall("unacked").items()
+        held = [repr(tag) for tag, m in store.hgetall("unacked").items()
                 if job.encode() in m]
         lines = [line for line in fleet.worker.log().splitlines() if job in line]
         told.append(f"{job}: in lists {found}, unacked {held}; worker:\n" +
