@@ -316,12 +316,21 @@ def test_metrics_exporter_counts_jobs_pages_loads_and_memory(
     jobs.append(client.submit(b"not an image"))
     results = client.wait(jobs, timeout=120)
     assert [results[j]["status"] for j in jobs] == ["SUCCESS"] * 4 + ["FAILURE"]
-    after = scrape(exporter)
-    node = worker.job_records(jobs[:1])[jobs[0]]["node"]
+    # A job's result is stored before its ending counts it: read once every job's
+    # `ocr.job` line is written and the counts have reached the exporter.
+    node = worker.job_records(jobs)[jobs[0]]["node"]
+    after: dict[str, list[tuple[dict[str, str], float]]] = {}
 
     def delta(name: str, **labels: str) -> float:
         return total(after, name, node=node, **labels) - total(before, name, node=node,
                                                                 **labels)
+
+    def counted() -> bool:
+        after.clear()
+        after.update(scrape(exporter))
+        return delta("ocr_jobs_total", engine="fake") >= 5
+
+    eventually(counted, 30, "every job counted by the exporter", interval=0.5)
 
     assert delta("ocr_jobs_total", engine="fake", outcome="SUCCESS") == 4
     assert delta("ocr_jobs_total", engine="fake", outcome="FAILURE") == 1
