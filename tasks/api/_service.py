@@ -176,6 +176,8 @@ class JobService:
             raise IdempotencyKeyReused(
                 f"this Idempotency-Key was used for job {job_id} with other options; "
                 "use a new key for a new job")
+        if not self.jobs.sent_or_abandoned(job_id, caller.name, digest or ""):
+            return None  # its claimant died before sending it: the key is free again
         return job_id
 
     def _input_kwargs(self, options: JobOptions, upload: str | None,

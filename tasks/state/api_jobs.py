@@ -14,7 +14,10 @@ from typing import Any
 
 import redis
 
-from tasks.state.keys import api_idempotency_key, api_inflight_key, api_job_key
+from tasks.state.keys import api_idempotency_key, api_inflight_key, api_job_key, job_key
+
+# Seconds a request with a claimed Idempotency-Key waits for the claimant's job to be sent.
+SEND_WAIT = 15.0
 
 
 class ApiJobs:
@@ -79,6 +82,32 @@ class ApiJobs:
 
     def release_key(self, owner: str, digest: str) -> None:
         self._redis.delete(api_idempotency_key(owner, digest))
+
+    def sent_or_abandoned(self, job_id: str, owner: str, digest: str,
+                          wait: float = SEND_WAIT) -> bool:
+        """Whether the job a key names was sent; False once its claimant is taken as dead.
+
+        The claimant sends the job right after it claims the key (its control record's
+        `accepted` is written as it is sent). Not sent within `wait` seconds: the process
+        that claimed it died between the two (killed mid-request), and the key is freed
+        (only if it still names that job) so that this request sends a job of its own.
+        """
+        deadline = time.monotonic() + wait
+        while self._redis.hget(job_key(job_id), "accepted") is None:
+            if time.monotonic() >= deadline:
+                self._redis.eval(_RELEASE_IF, 1, api_idempotency_key(owner, digest),
+                                 job_id + " ")
+                return False
+            time.sleep(0.1)
+        return True
+
+# Deletes the key KEYS[1] only if its value starts with ARGV[1] ("<job id> ").
+_RELEASE_IF = """
+if string.sub(redis.call('GET', KEYS[1]) or '', 1, #ARGV[1]) == ARGV[1] then
+  return redis.call('DEL', KEYS[1])
+end
+return 0
+"""
 
 
 def _decode(raw: dict[Any, Any]) -> dict[str, str]:

@@ -6,12 +6,14 @@ idempotency, progress, cancel); the engines themselves are tested elsewhere.
 
 from __future__ import annotations
 
+import hashlib
 import http.server
 import io
 import json
 import subprocess
 import sys
 import threading
+import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -367,6 +369,28 @@ def test_idempotency_key_gives_one_job(api: ApiServer, alice: requests.Session,
     assert other_options.status_code == 409, other_options.text
     assert other_options.json()["error"]["code"] == "idempotency_key_reused"
     assert keys(store, "ocr:api:job:*") == jobs_now
+
+
+def test_a_key_whose_claimant_died_before_sending_makes_a_job(
+        api: ApiServer, alice: requests.Session, store: redis.Redis) -> None:
+    """An API process killed between claiming an Idempotency-Key and sending its job.
+
+    The key names a job that was never sent (no control record): a retry with that key
+    waits for it a while (SEND_WAIT), then takes the key and sends a job of its own,
+    which ends; it is never answered with the id of a job that will not run.
+    """
+    digest = hashlib.sha256(b"died-mid-send").hexdigest()
+    never_sent = str(uuid.uuid4())
+    store.set(f"ocr:api:idem:alice:{digest}", f"{never_sent} ", ex=3600)
+    answer = alice.post(f"{api.url}/v1/jobs", files={"file": ("a.png", png())},
+                        headers={"Idempotency-Key": "died-mid-send"}, timeout=60)
+    assert answer.status_code == 202, answer.text
+    job = answer.json()["id"]
+    assert job != never_sent and answer.headers.get("idempotent-replayed", "") != "true"
+    assert wait_end(alice, api, job)["status"] == "SUCCESS"
+    again = alice.post(f"{api.url}/v1/jobs", files={"file": ("a.png", png())},
+                       headers={"Idempotency-Key": "died-mid-send"}, timeout=60)
+    assert again.json()["id"] == job  # the key now names the job that was sent
 
 
 def test_a_queued_job_no_worker_can_take_says_so(api: ApiServer, alice: requests.Session,
