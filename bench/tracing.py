@@ -19,7 +19,6 @@ cost.
 
 from __future__ import annotations
 
-import io
 import statistics
 from contextlib import ExitStack
 from typing import Any
@@ -27,23 +26,12 @@ from typing import Any
 import psutil
 
 from bench.common import BASE_ENV, Context, Ratio, Report, Services, Table, run_jobs
+from bench.overhead import tiny_image
 from tests.harness import Worker, corpus, free_port
 from tests.otlp_receiver import OtlpReceiver
 
 PDF = "scan_vicksburg_ocrlayer_6p.pdf"
-TEXT = "Invoice 2024-001"
 GOAL = 1.05  # what a shared 2-core machine tells apart from noise
-
-
-def tiny_image() -> bytes:
-    """A 240x40 PNG with one short line of text (as bench/overhead.py)."""
-    from PIL import Image, ImageDraw, ImageFont
-
-    image = Image.new("L", (240, 40), 255)
-    ImageDraw.Draw(image).text((8, 6), TEXT, fill=0, font=ImageFont.load_default(size=22))
-    out = io.BytesIO()
-    image.save(out, format="PNG")
-    return out.getvalue()
 
 
 def cpu_seconds(worker: Worker) -> float:
