@@ -226,11 +226,9 @@ def take_over_killed(app: OcrCelery, job_id: str, kwargs: Any, status: JobStatus
     services = JobServices.for_app(app)
     try:
         holder = services.stores.control.end_holder(job_id)
-        host, _, pid_text = (holder or "").rpartition(":")
-        if holder is None or host != holder_name().rpartition(":")[0] \
-                or not pid_text.isdigit():
+        pid = _local_pid(holder)
+        if holder is None or pid is None:
             return False
-        pid = int(pid_text)
         deadline = time.monotonic() + KILLED_WAIT
         while not _gone(pid):
             if _parent_of(pid) != os.getpid() or time.monotonic() >= deadline:
@@ -261,9 +259,8 @@ def finish_abandoned(app: OcrCelery, job_id: str, kwargs: Any) -> bool:
     """
     services = JobServices.for_app(app)
     holder = services.stores.control.end_holder(job_id)
-    host, _, pid_text = (holder or "").rpartition(":")
-    if holder is None or host != holder_name().rpartition(":")[0] \
-            or not pid_text.isdigit() or not _gone(int(pid_text)):
+    pid = _local_pid(holder)
+    if holder is None or pid is None or not _gone(pid):
         return False
     if not services.ender.take_over(job_id, holder):
         return False
@@ -297,6 +294,14 @@ def _proc_stat(pid: int) -> list[str] | None:
             return stat.read().rsplit(")", 1)[1].split()
     except (OSError, IndexError):
         return None
+
+
+def _local_pid(holder: str | None) -> int | None:
+    """The pid an end claim's holder (`<host>:<pid>`) names, when it is of this host."""
+    host, _, pid_text = (holder or "").rpartition(":")
+    if host != holder_name().rpartition(":")[0] or not pid_text.isdigit():
+        return None
+    return int(pid_text)
 
 
 def _gone(pid: int) -> bool:
