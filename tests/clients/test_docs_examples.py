@@ -276,6 +276,12 @@ def test_http_api_examples_run_as_written(service: Service,
     assert done.stdout.splitlines()[1:] == [
         "QUEUED", '{"status":"SUCCESS","filename":"scan_tess_phototest.tif","pages_done":1}']
     assert len((hooks / "callbacks.jsonl").read_text().splitlines()) == 1  # signature held
+    # A receiver whose address the service does not allow: the refusal is shown, at once.
+    refused = run_block(service, callback, "-euo", "pipefail", TMPDIR=str(temp),
+                        HOOK_PORT=str(free_port()))
+    assert refused.returncode == 1, (refused.stdout, refused.stderr)
+    assert refused.stdout.splitlines()[1].startswith("refused: callback_not_allowed: "), \
+        refused.stdout
     # Nothing left behind: no file outside their folders, no token.
     assert left_behind(service) == before
     assert tokens(service) == before_tokens
