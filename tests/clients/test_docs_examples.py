@@ -211,6 +211,12 @@ def test_readme_examples_run_as_written(service: Service) -> None:
     # `make run` said which Redis, in one line, and submit.py found it (var/redis-url).
     said = [line for line in service.log.read_text().splitlines() if "redis: the project's" in line]
     assert len(said) == 1, service.log.read_text()[-2000:]
+    # and, once every process was up, one line said so with the three URLs.
+    ready = [line for line in service.log.read_text().splitlines()
+             if "ready: every process is up" in line]
+    assert len(ready) == 1, service.log.read_text()[-2000:]
+    assert f"API {service.api}/docs" in ready[0] and "Flower http://" in ready[0]
+    assert "metrics http://" in ready[0] and ready[0].endswith("/metrics"), ready[0]
     assert left_behind(service) == before  # nothing written into the checkout
 
 
