@@ -1,7 +1,8 @@
 """`lang=auto` without workers: a page's languages from its script, records, tags, settings.
 
 The tesseract engine's line probe runs in this process on the corpus' pages. The
-languages are this machine's (`make test-langs`: eng, vie, ell, chi_sim; no rus);
+languages the engines find are the tests' own, whatever else this host has installed
+(`tests.tessdata_sets.UNIT_LANGS`: eng, vie, ell, chi_sim, deu, fra; no rus, no spa);
 rapidocr is in the test environment (requirements-rapidocr.txt), so Han routes to it.
 """
 
@@ -22,8 +23,16 @@ from tasks.pipeline._lang_tags import page_tag, tag
 from tasks.records.request import JobRequest
 from tasks.records.results import DocumentResult, PageRecord, ScriptFound
 from tasks.settings import Settings, SettingsError
+from tests.tessdata_sets import UNIT_LANGS, pinned
 
 SETTINGS = Settings.from_env({})
+
+
+@pytest.fixture(autouse=True, scope="module")
+def installed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+    """The languages every test here finds installed: UNIT_LANGS, not the host's."""
+    with pinned(UNIT_LANGS, tmp_path_factory.mktemp("tessdata")) as folder:
+        yield folder
 
 
 @pytest.mark.parametrize("script,confidence,lang,engine", [
