@@ -9,9 +9,10 @@ PY     := $(VENV)/bin/python
 export PATH := $(abspath $(VENV))/bin:$(PATH)
 
 # Tesseract languages this machine should have (OCR_LANGS, space separated; the tests
-# read Vietnamese, Greek, Chinese, German and French pages, so `make test` adds those).
+# read Vietnamese, Greek, Chinese, German and French pages, and a notice in six Latin
+# languages (Italian, Spanish and Portuguese besides), so `make test` adds those).
 OCR_LANGS ?= eng
-TEST_LANGS := eng vie ell chi_sim deu fra
+TEST_LANGS := eng vie ell chi_sim deu fra ita spa por
 
 .PHONY: langs test-langs run vlm vlm-api rapidocr s3 test lint bench bench-quick clean redis-server rabbitmq-server bench-tools screenshot chromium promtool podman base-image wheels image lock ocrmypdf-plugin
 

@@ -382,6 +382,36 @@ def test_lines_naming_several_languages_make_a_mixed_page() -> None:
     assert found.found == ScriptFound("Latin", 88.0, "language_missing", ("spa",))
 
 
+def test_a_pages_own_read_shows_the_languages_its_probe_missed() -> None:
+    """`shown_languages`: a read whose lines name languages it was not read with."""
+    from tasks.engines.auto_lang import shown_languages
+
+    told = ScriptFound("Latin", 89.0, "found")
+    page = ("Bitte bewahren Sie diesen Hinweis bei Ihren Eintrittskarten auf\n"
+            "Veuillez conserver cet avis avec vos billets. Le musée ouvre\n"
+            "Please keep this notice with your tickets. The museum opens\n")
+    # Read in German alone (its probe's one sure line): read again with all three.
+    again = shown_languages(page, "deu", told, "tesseract", SETTINGS)
+    assert again is not None and sorted(again.lang.split("+")) == ["deu", "eng", "fra"]
+    assert again.found == told
+    # Read with the default set, its words untold by the probe: the same, now `found`.
+    untold = ScriptFound("Latin", 89.0, "language_uncertain")
+    assert shown_languages(page, "eng", untold, "tesseract", SETTINGS) == again
+    # Already read with them all, or one language alone: the read stands.
+    assert shown_languages(page, "fra+deu+eng", told, "tesseract", SETTINGS) is None
+    assert shown_languages(page.splitlines()[0], "eng", told, "tesseract", SETTINGS) is None
+    # A line in a language this worker lacks (no spa here): named in the warning.
+    spanish = page + "Por favor, conserve este aviso junto con sus entradas. El museo\n"
+    lacking = shown_languages(spanish, "deu", told, "tesseract", SETTINGS)
+    assert lacking is not None and "spa" not in lacking.lang
+    assert (lacking.found.outcome, lacking.found.missing) == ("language_missing", ("spa",))
+    # Another script's page, or one read with the default set for its uncertain script.
+    greek = ScriptFound("Greek", 70.0, "found")
+    assert shown_languages(page, "ell+eng", greek, "tesseract", SETTINGS) is None
+    unsure = ScriptFound("Latin", 0.3, "uncertain")
+    assert shown_languages(page, "eng", unsure, "tesseract", SETTINGS) is None
+
+
 @pytest.mark.parametrize("lang,turned,trials,osd", [
     ("auto", 0, 0, 0),  # the probe's chi_sim read (87) shows it upright: no check
     ("chi_sim", 0, 1, 0),  # named: the trial read, in chi_sim, shows it upright
