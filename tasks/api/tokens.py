@@ -47,7 +47,7 @@ class ApiClient:
     # Bytes of input the client may have waiting in Redis (OCR_API_CLIENT_MAX_BYTES).
     max_bytes: int | None = None
     # URL prefixes this client's `url` and `result_url` must lie under, beside
-    # OCR_ALLOWED_URLS (issue 32); None: OCR_ALLOWED_URLS alone.
+    # OCR_ALLOWED_URLS; None: OCR_ALLOWED_URLS alone.
     allowed_urls: list[str] | None = None
     # Pages the client may have read a day and a month (UTC; tasks/state/usage.py);
     # None or 0: no cap.

@@ -7,9 +7,9 @@ connections: each new connection asks the Sentinels for the current primary.
 
 kombu takes the Sentinels from the broker URL's `;`-separated parts, and on a failed
 connection switches to the next part, re-reading the transport from that part's
-scheme: the fleet fell back to kombu's own `sentinel` transport (a `BRPOP` then a
-separate record: a message popped by a worker killed in between is lost, as the chaos
-soak showed). So the broker URL names one Sentinel only (kombu never switches) and
+scheme: the fleet would fall back to kombu's own `sentinel` transport (a `BRPOP` then a
+separate record: a message popped by a worker killed in between is lost).
+So the broker URL names one Sentinel only (kombu never switches) and
 every Sentinel comes in the transport option `ocr_sentinels`
 (tasks/state/connection.py); redis-py asks them in turn.
 """

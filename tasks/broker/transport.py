@@ -8,7 +8,7 @@ either kills the worker parent ("Unrecoverable error") or leaves the job PENDING
 This channel checks each raw message first, before any decoding, and dead-letters
 what a worker must not take (tasks/broker/refusals.py); the worker then goes on.
 
-Taking a message is one atomic step on the server (`lanes.FETCH_SCRIPT`, issue 43). kombu
+Taking a message is one atomic step on the server (`lanes.FETCH_SCRIPT`). kombu
 pops with `BRPOP` and writes the message's `unacked` record from the worker afterwards:
 a Redis restart, or a worker parent killed, between the two lost the message (the chaos
 soak lost one job of 663 that way), and a `BRPOP` answered in the event-loop turn
@@ -92,7 +92,7 @@ class Channel(kombu_redis.Channel):
             # closes the channel of a connection it has already released, and its
             # restore of those messages finds no address (AttributeError), which
             # Celery takes for an "Unrecoverable error" and the worker parent exits
-            # (found by the chaos soak, issue 43). A connection error instead is one
+            # at once. A connection error instead is one
             # the close ignores: the worker reconnects, and the messages, still in
             # Redis's `unacked` set, are restored after the visibility timeout.
             raise redis.exceptions.ConnectionError(

@@ -213,7 +213,7 @@ def _fan_out(job_id: str, request: JobRequest, data: bytes, plan: Any, engine: s
     the same version (`input_object`). An encrypted one is decrypted by each host from
     its own copy, its page tasks carrying the password (`FanOut.password`, never in
     the meta), and so does the merge of its searchable PDF (output=pdf), in the task
-    that records the last page (issue 43).
+    that records the last page.
     """
     replaced = None
     chunks = structure_chunks(plan, request.output, settings)
