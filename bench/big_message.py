@@ -1,7 +1,7 @@
 """A 400 MB broker message and the worker parent's peak RSS, behind two Redis bounds.
 
-Issue 26: a 400 MB message pushed straight onto the queue made the worker parent read it
-whole (redis-py's read: peak 1,311 MB) before the transport refused it by size.
+A 400 MB message pushed straight onto the queue, read whole by redis-py, would cost the
+worker parent a peak of 1,311 MB before the transport refused it by size.
 `unbounded_redis`: a Redis without the project's bound (proto-max-bulk-len 512 MiB) stores
 the message; the worker pops it, its transport reads it in pieces keeping only its ends
 (tasks/broker/bounded_reply.py), refuses it (dead letter, FAILURE) and the parent's RSS is

@@ -1,4 +1,4 @@
-"""Chinese pages (issue 25): rapidocr against tesseract `chi_sim`, in one run.
+"""Chinese pages: rapidocr against tesseract `chi_sim`, in one run.
 
 - direct: the corpus's Chinese page through `run_document` in this process, each
   engine loaded as a pool child loads it (`ResidentEngines`, with rapidocr's
@@ -10,12 +10,12 @@
   with as many threads per child as cores (ONNX Runtime's own default: oversubscribed).
 
 CER against the ground truth, whitespace-normalised (as the tests) and without
-whitespace (the issue's goal: <= 0.5 %; RapidOCR writes no space between Chinese and
+whitespace (the goal: <= 0.5 %; RapidOCR writes no space between Chinese and
 Latin text, which the normalised CER counts).
 
-- auto (issue 33): the corpus' Vietnamese, Greek and Chinese pages, an English scan and
+- auto: the corpus' Vietnamese, Greek and Chinese pages, an English scan and
   the two pages of the mixed PDF (Greek, Vietnamese), each read in this process three
-  ways, interleaved: `lang=eng` (what a job without `lang` got before `auto`), its
+  ways, interleaved: `lang=eng` (every page in English, no probe), its
   right `lang` (on the engine a worker routes it to: rapidocr for chi_sim) and
   `lang=auto`; CER, the page's OCR time (`PageRecord.seconds`, median) and CPU time,
   and auto's CPU time over the right lang's (goal: at most 1.10 for an English page,
@@ -86,8 +86,8 @@ def direct(data: bytes, repeats: int) -> dict[str, dict[str, Any]]:
     return runs
 
 
-# (label, corpus file, page number, its right `lang`): issue 33's auto rows, then
-# issue 41's: Latin pages in other languages (read in their own) and English scans
+# (label, corpus file, page number, its right `lang`): pages of each script, then
+# Latin pages in other languages (read in their own) and English scans
 # (which must stay `eng`).
 AUTO_PAGES = [("lang_vie_page.png", "lang_vie_page.png", 1, "vie"),
               ("lang_ell_page.png", "lang_ell_page.png", 1, "ell+eng"),
@@ -105,7 +105,7 @@ AUTO_PAGES = [("lang_vie_page.png", "lang_vie_page.png", 1, "vie"),
               # languages its lines name that this machine has (no spa, por here).
               ("five languages (drawn)", EUROPEAN, 1, "deu+fra")]
 # Goals, auto's CPU time over the right lang's: an English page (right `eng`) within
-# 10 % (issue 41), any other page within 15 % (issues 33 and 41).
+# 10 %, any other page within 15 %.
 GOAL_AUTO_TIME = 1.15
 GOAL_AUTO_TIME_ENG = 1.10
 # Language sets the auto rows read with (eng, vie, ell+eng, fra, deu, and the probe's
