@@ -10,8 +10,8 @@ what a worker must not take (tasks/broker/refusals.py); the worker then goes on.
 
 Taking a message is one atomic step on the server (`lanes.FETCH_SCRIPT`). kombu
 pops with `BRPOP` and writes the message's `unacked` record from the worker afterwards:
-a Redis restart, or a worker parent killed, between the two lost the message (the chaos
-soak lost one job of 663 that way), and a `BRPOP` answered in the event-loop turn
+a Redis restart, or a worker parent killed, between the two would lose the message,
+and a `BRPOP` answered in the event-loop turn
 in which Redis shut down is popped, written to the append-only file and never sent.
 Here a Lua script records the message as unacknowledged (kombu's own `unacked` hash
 and index, under its delivery tag) and pops it in one step; a message whose worker
