@@ -211,6 +211,7 @@ def _refused(server: Member) -> list[dict[str, Any]]:
 
 
 @pytest.mark.slow
+@pytest.mark.long  # the kit's second failover; its users over TLS: test_redis_acl.py
 def test_locked_members_fail_over_over_tls_with_a_user_per_role(
         locked: tuple[list[Member], list[Member], dict[str, str]]) -> None:
     """The kits' mode: TLS only, the users file, `replica` and `sentinel` logins."""
