@@ -222,7 +222,8 @@ def shown_languages(text: str, lang: str, found: ScriptFound, engine: str,
     `text` is the page read with `lang` by `engine`; `found` what its script check
     said. A Latin page whose lines, one by one (`lang_id.line_votes`), name two or more
     languages surely, any of them missing from `lang`, is to be read again with every
-    one of them `engine` has, best first (`LineVotes.named`); a language a line named
+    one of them `engine` has: those of `lang` first, in its order, then the others best
+    first (`LineVotes.named`); a language a line named
     that it lacks is named in a `language_missing` warning (not one printed in the
     basic letters alone). None: the read stands (one language, or none new here).
     """
@@ -232,9 +233,14 @@ def shown_languages(text: str, lang: str, found: ScriptFound, engine: str,
     if not votes.mixed:
         return None
     reads = engine_class(engine, settings).languages(settings)
-    chosen = votes.named(reads)
-    if len(chosen) < 2 or set(chosen) <= set(lang.split("+")):
+    named = votes.named(reads)
+    read = lang.split("+")
+    if len(named) < 2 or set(named) <= set(read):
         return None
+    # The set it was read with keeps its order (its first is tesseract's main language:
+    # `deu+fra` reads `großen` where `fra` first reads `groBen`), the others after it.
+    chosen = [code for code in read if code in named] + \
+        [code for code in named if code not in read]
     lacking = tuple(code for code in votes.sure if reads is not None and code not in reads
                     and code not in lang_id.PLAIN_LETTERS)
     outcome = "language_missing" if lacking else "found"
