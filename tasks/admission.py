@@ -1,4 +1,4 @@
-"""What a client refuses at the door, before anything is stored or queued (issue 39).
+"""What a client refuses at the door, before anything is stored or queued.
 
 Runs in client processes: `OcrClient.submit` and `enqueue` (so submit.py, the Python
 client and the HTTP API) call `admit` with a job's options, and `read_input` reads a

@@ -321,5 +321,5 @@ class Stores:
 
     @property
     def webhook_secrets(self) -> WebhookSecrets:
-        """API clients' callback signing secrets, in the same Redis (issue 26)."""
+        """API clients' callback signing secrets, in the same Redis."""
         return WebhookSecrets(self.control._redis)
