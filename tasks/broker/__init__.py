@@ -48,8 +48,11 @@ Private kombu names this package overrides or calls, checked against kombu
 - `Channel._get`: basic_get checks each message (`_admit`) before decoding it.
 - `Channel._deliver_fanout_message`: broadcasts checked; a refused one dead-lettered.
 - `Channel.supports_batch_publish`: off, so each publish rings its doorbell.
-- `Channel.from_transport_options`: the `ocr_*` transport options.
+- `Channel.from_transport_options`: the `ocr_*` transport options; `ocr_idle_wait` sets
+  `brpop_timeout` (the doorbell's BLPOP and kombu's BRPOP health check).
 - `QoS.append`: a message the fetch recorded is not recorded twice.
+- `QoS.restore_visible`: one read of `unacked_index` first; kombu's mutex and restore
+  only when a message is past the visibility timeout (an idle worker's cost).
 - `QoS.ack` / `reject` / `restore_unacked`: what fails with the connection is settled by
   the next channel (`unsettled`); they call `_remove_from_indices`, `_delivered`.
 - `SentinelChannel._sentinel_managed_pool`: the Sentinels of `ocr_sentinels`, not the
@@ -72,7 +75,7 @@ KOMBU_OVERRIDES: dict[str, tuple[str, ...]] = {
                 "_get_message_priority", "_maybe_update_queues_expire", "_in_poll",
                 "priority_steps", "unacked_key", "unacked_index_key",
                 "global_keyprefix", "sep", "keyprefix_queue"),
-    "QoS": ("append", "ack", "reject", "restore_unacked", "restore_by_tag",
+    "QoS": ("append", "ack", "reject", "restore_unacked", "restore_visible", "restore_by_tag",
             "_remove_from_indices", "unacked_key"),
     "SentinelChannel": ("_sentinel_managed_pool", "from_transport_options", "connection_class",
                         "connection_class_ssl"),

@@ -74,7 +74,7 @@ class Channel(kombu_redis.Channel):
         *kombu_redis.Channel.from_transport_options,
         "ocr_max_message_bytes", "ocr_accept_content", "ocr_dead_letter_max",
         "ocr_dead_letter_ttl", "ocr_min_replicas", "ocr_replica_timeout",
-        "ocr_refuse_unkept")
+        "ocr_refuse_unkept", "ocr_idle_wait")
     ocr_max_message_bytes = 0            # 0: no size check
     # A publish waits for this many replicas (WAIT), at most `ocr_replica_timeout` s;
     # short of them a client's publish raises ReplicaMissing, a worker's goes on.
@@ -85,6 +85,10 @@ class Channel(kombu_redis.Channel):
     ocr_accept_content: tuple[str, ...] = ("application/json",)
     ocr_dead_letter_max = 1000
     ocr_dead_letter_ttl = 7 * 86400
+    # Seconds an idle consumer waits on its doorbells in one BLPOP (0: kombu's
+    # `brpop_timeout`, 1 s). Workers wait long (tasks/queue/celery_config.py): a publish
+    # rings, so only a message pushed without a ring waits up to this long.
+    ocr_idle_wait = 0.0
 
     def _connparams(self, asynchronous: bool = False) -> dict[str, Any]:
         if self.connection is None or self.connection.client is None:
@@ -108,6 +112,11 @@ class Channel(kombu_redis.Channel):
 
     # The next poll waits on the doorbells (the last fetch found every list empty).
     _waiting = False
+    # The last wait was answered by a ring (not a timeout): a fetch that then takes a
+    # message rings again, for a burst whose rings one doorbell item stood for.
+    _woken = False
+    # The last fetch took a message: the next one skips the idle probe (lanes.py).
+    _busy = False
     # The delivery tag the fetch recorded for the message being delivered (`QoS.append`).
     _taken: str | None = None
     _fetch_refused_at = 0.0
@@ -115,6 +124,9 @@ class Channel(kombu_redis.Channel):
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         self._no_ack: dict[str, bool] = {}   # queue -> consumed without acknowledgements
         super().__init__(*args, **kwargs)
+        if self.ocr_idle_wait:
+            # kombu's BRPOP health check allows `brpop_timeout` plus its interval
+            self.brpop_timeout = float(self.ocr_idle_wait)
         unsettled.connected(self._server_run_id())
         self._settle()
 
@@ -172,6 +184,7 @@ class Channel(kombu_redis.Channel):
                 not all(map(lanes.laned, queues)) or \
                 not isinstance(payload.get("properties"), dict):
             super()._do_restore_message(payload, exchange, routing_key, pipe, leftmost)
+            self._ring_in(pipe, queues or list(self._lookup(exchange, routing_key)))
             return
         headers["redelivered"] = True
         payload["properties"].setdefault("delivery_info", {})["redelivered"] = True
@@ -180,6 +193,14 @@ class Channel(kombu_redis.Channel):
             pipe.execute_command(*lanes.push_command(
                 self._key(""), self._q_for_pri(queue, step), step, client, dumps(payload),
                 first=not leftmost))
+        self._ring_in(pipe, queues)
+
+    def _ring_in(self, pipe: Any, queues: list[str]) -> None:
+        """Ring the doorbells of `queues` in `pipe` (a restore: idle workers wait long)."""
+        for queue in queues:
+            key = wake_key(queue)
+            # LPUSH and PEXPIRE are prefixed by kombu's client, LTRIM is not.
+            pipe.lpush(key, "1").ltrim(self._key(key), 0, 0).pexpire(key, WAKE_TTL_MS)
 
     def _size(self, queue: str) -> int:
         # kombu's count (queue_declare's message count) with the lanes' messages.
@@ -192,12 +213,11 @@ class Channel(kombu_redis.Channel):
         return size
 
     def _ring(self, queue: str) -> None:
-        """Wake one worker waiting on `queue` (a missed ring costs `brpop_timeout`).
+        """Wake one worker waiting on `queue` (a missed ring costs up to `ocr_idle_wait`).
 
         With `ocr_min_replicas`, the ring's WAIT holds the publish until that many
         replicas have the message (the ring is written after it: its WAIT covers it).
         """
-        key = wake_key(queue)
         replicas = int(self.ocr_min_replicas or 0)
         if not self.ocr_refuse_unkept and time.monotonic() - self._replicas_missed_at < 10:
             replicas = 0  # a worker's replicas were missing just now: no wait per publish
@@ -205,9 +225,7 @@ class Channel(kombu_redis.Channel):
         try:
             with self.conn_or_acquire() as client, \
                     client.pipeline(transaction=False) as pipe:
-                # LPUSH and PEXPIRE are prefixed by kombu's client, LTRIM is not.
-                pipe.lpush(key, "1").ltrim(self._key(key), 0, 0)
-                pipe.pexpire(key, WAKE_TTL_MS)
+                self._ring_in(pipe, [queue])
                 replies = wait_replicas(pipe, replicas, timeout).execute()
             check_replicas(replies, replicas, timeout, f"a message to queue {queue}")
         except ReplicaMissing:
@@ -226,6 +244,16 @@ class Channel(kombu_redis.Channel):
                 raise
             # The message is published; it is taken at the next fetch.
             log.debug("could not ring the doorbell of %s: %r", queue, exc)
+
+    def _ring_again(self, queue: str) -> None:
+        """Ring `queue`'s doorbell once more, without waiting for replicas."""
+        try:
+            with self.conn_or_acquire() as client, \
+                    client.pipeline(transaction=False) as pipe:
+                self._ring_in(pipe, [queue])
+                pipe.execute()
+        except (*self.connection_errors, redis.exceptions.ResponseError) as exc:
+            log.debug("could not ring the doorbell of %s again: %r", queue, exc)
 
     def _key(self, name: str) -> str:
         """`name` with kombu's global key prefix (commands sent raw are not prefixed)."""
@@ -254,7 +282,8 @@ class Channel(kombu_redis.Channel):
                      for queue in sorted(queues, key=lambda q: not lanes.laned(q))]
             command = lanes.fetch_command(self._key(""), (self.unacked_key,
                                                           self.unacked_index_key),
-                                          lists, time.time(), self.ocr_max_message_bytes)
+                                          lists, time.time(), self.ocr_max_message_bytes,
+                                          probe=not self._busy)
         self._in_poll = self.client.connection
         self._brpop_sent_at = time.monotonic()  # type: ignore[assignment]
         self.client.connection.send_command(*command)
@@ -289,11 +318,19 @@ class Channel(kombu_redis.Channel):
                 raise kombu_redis.Empty() from None
             if waiting or not reply:
                 self._waiting = not waiting  # after a wait fetch; after nothing, wait
+                self._woken = waiting and bool(reply)
+                self._busy = False
                 raise kombu_redis.Empty()
+            self._busy = True
             name, item, tag = reply
             name = bytes_to_str(name)[len(self.global_keyprefix or ""):]
             dest = name.rsplit(self.sep, 1)[0]
             self._queue_cycle.rotate(dest)
+            if self._woken:
+                # A burst rang one doorbell item: wake the next idle worker, whose
+                # fetch finds the rest (or nothing, and it waits again).
+                self._woken = False
+                self._ring_again(dest)
             return self._deliver_taken(item, dest, bytes_to_str(tag) or None)
         finally:
             self._in_poll = None  # type: ignore[assignment]
