@@ -10,6 +10,7 @@ a loaded 2-core machine its margin.
 
 from __future__ import annotations
 
+import json
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -18,6 +19,8 @@ import pytest
 import redis
 from kombu import Connection, Exchange, Queue
 
+from tasks.broker import layout
+from tasks.broker.lanes import fetch_command, push_command
 from tasks.broker.layout import wake_key
 from tasks.broker.transport import TRANSPORT
 from tests.harness import RedisServer, Worker, fake_env, stop_all
@@ -47,6 +50,43 @@ def idle_worker(own_server: RedisServer, tmp_path_factory: pytest.TempPathFactor
 
 def calls(client: redis.Redis) -> dict[str, int]:
     return {name: int(v["calls"]) for name, v in client.info("commandstats").items()}
+
+
+def fetch(r: redis.Redis, probe: bool = True) -> list[bytes] | None:
+    """One fetch over a worker's lists: `ocr` and `ocr-control`, every priority step."""
+    lists = [(layout.queue_list(q, step), step, True, True)
+             for step in layout.PRIORITY_STEPS for q in ("ocr-control", "ocr")]
+    reply: list[bytes] | None = r.execute_command(*fetch_command(
+        "", ("unacked", "unacked_index"), lists, time.time(), 0, probe=probe))
+    return reply
+
+
+def test_an_empty_fetch_is_one_exists_and_a_lone_clients_keeps_no_turns(
+        own_server: RedisServer) -> None:
+    """Lane bookkeeping costs an idle worker, or a client alone, next to nothing."""
+    r = redis.Redis(port=own_server.port)
+    before = calls(r)
+    assert fetch(r) is None
+    spent = {k: n - before.get(k, 0) for k, n in calls(r).items() if n != before.get(k, 0)}
+    assert spent == {"cmdstat_eval": 1, "cmdstat_exists": 1, "cmdstat_info": 1}, spent
+    step = 3
+    for n in range(3):
+        r.execute_command(*push_command("", layout.queue_list("ocr", step), step, "alone",
+                                        envelope(n)))
+    before = calls(r)
+    taken = [fetch(r, probe=n == 0) for n in range(3)]
+    spent = {k: n - before.get(k, 0) for k, n in calls(r).items() if n != before.get(k, 0)}
+    assert all(reply is not None for reply in taken)
+    assert fetch(r) is None and not r.exists(layout.lanes_key(step))
+    # no turn kept, no weight read: the lone client's path; each message's tail read once
+    assert "cmdstat_hget" not in spent and "cmdstat_hset" in spent, spent
+    assert spent.get("cmdstat_lindex", 0) <= 3 * 3, spent
+
+
+def envelope(n: int) -> str:
+    return json.dumps({"body": "", "headers": {"ocr_client": "alone", "n": n},
+                       "properties": {"delivery_tag": f"tag-{n}", "delivery_info": {
+                           "exchange": "ocr", "routing_key": "ocr"}}})
 
 
 def test_an_idle_worker_sends_a_few_commands_a_second(own_server: RedisServer,
