@@ -83,8 +83,7 @@ class Channel(kombu_redis.Channel):
     ocr_dead_letter_max = 1000
     ocr_dead_letter_ttl = 7 * 86400
     # Seconds an idle consumer waits on its doorbells in one BLPOP (0: kombu's
-    # `brpop_timeout`, 1 s). Workers wait long (tasks/queue/celery_config.py): a publish
-    # rings, so only a message pushed without a ring waits up to this long.
+    # `brpop_timeout`, 1 s; workers: tasks/queue/celery_config.py IDLE_WAIT).
     ocr_idle_wait = 0.0
 
     def _connparams(self, asynchronous: bool = False) -> dict[str, Any]:
@@ -107,11 +106,9 @@ class Channel(kombu_redis.Channel):
 
     # The next poll waits on the doorbells (the last fetch found every list empty).
     _waiting = False
-    # The last wait was answered by a ring (not a timeout): a fetch that then takes a
-    # message rings again, for a burst whose rings one doorbell item stood for.
-    _woken = False
-    # The last fetch took a message: the next one skips the idle probe (lanes.py).
-    _busy = False
+    _woken = False  # the last wait ended with a ring: a fetch that takes, and leaves
+    # messages behind, rings again
+    _busy = False   # the last fetch took a message: the next skips the idle probe
     # The delivery tag the fetch recorded for the message being delivered (`QoS.append`).
     _taken: str | None = None
     _fetch_refused_at = 0.0
@@ -179,7 +176,11 @@ class Channel(kombu_redis.Channel):
                 not all(map(lanes.laned, queues)) or \
                 not isinstance(payload.get("properties"), dict):
             super()._do_restore_message(payload, exchange, routing_key, pipe, leftmost)
-            doorbells.ring(pipe, self._key, queues or list(self._lookup(exchange, routing_key)))
+            try:  # as kombu's restore, a message without a route is logged, not raised
+                queues = queues or list(self._lookup(exchange, routing_key))
+            except Exception:  # noqa: BLE001
+                queues = []
+            doorbells.ring(pipe, self._key, queues)
             return
         headers["redelivered"] = True
         payload["properties"].setdefault("delivery_info", {})["redelivered"] = True
@@ -261,7 +262,7 @@ class Channel(kombu_redis.Channel):
             command = lanes.fetch_command(self._key(""), (self.unacked_key,
                                                           self.unacked_index_key),
                                           lists, time.time(), self.ocr_max_message_bytes,
-                                          probe=not self._busy)
+                                          probe=not self._busy, woken=self._woken)
         self._in_poll = self.client.connection
         self._brpop_sent_at = time.monotonic()  # type: ignore[assignment]
         self.client.connection.send_command(*command)
@@ -300,15 +301,14 @@ class Channel(kombu_redis.Channel):
                 self._busy = False
                 raise kombu_redis.Empty()
             self._busy = True
-            name, item, tag = reply
+            name, item, tag = reply[:3]
             name = bytes_to_str(name)[len(self.global_keyprefix or ""):]
             dest = name.rsplit(self.sep, 1)[0]
             self._queue_cycle.rotate(dest)
-            if self._woken:
-                # A burst rang one doorbell item: wake the next idle worker, whose
-                # fetch finds the rest (or nothing, and it waits again).
-                self._woken = False
+            if self._woken and len(reply) > 3 and int(reply[3]):
+                # A burst rang one doorbell item: wake the next idle worker for the rest.
                 doorbells.ring_again(self, dest)
+            self._woken = False
             return self._deliver_taken(item, dest, bytes_to_str(tag) or None)
         finally:
             self._in_poll = None  # type: ignore[assignment]

@@ -14,6 +14,7 @@ import json
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 import redis
@@ -52,12 +53,12 @@ def calls(client: redis.Redis) -> dict[str, int]:
     return {name: int(v["calls"]) for name, v in client.info("commandstats").items()}
 
 
-def fetch(r: redis.Redis, probe: bool = True) -> list[bytes] | None:
+def fetch(r: redis.Redis, probe: bool = True, woken: bool = False) -> list[Any] | None:
     """One fetch over a worker's lists: `ocr` and `ocr-control`, every priority step."""
     lists = [(layout.queue_list(q, step), step, True, True)
              for step in layout.PRIORITY_STEPS for q in ("ocr-control", "ocr")]
-    reply: list[bytes] | None = r.execute_command(*fetch_command(
-        "", ("unacked", "unacked_index"), lists, time.time(), 0, probe=probe))
+    reply: list[Any] | None = r.execute_command(*fetch_command(
+        "", ("unacked", "unacked_index"), lists, time.time(), 0, probe=probe, woken=woken))
     return reply
 
 
@@ -74,9 +75,12 @@ def test_an_empty_fetch_is_one_exists_and_a_lone_clients_keeps_no_turns(
         r.execute_command(*push_command("", layout.queue_list("ocr", step), step, "alone",
                                         envelope(n)))
     before = calls(r)
-    taken = [fetch(r, probe=n == 0) for n in range(3)]
+    taken = [fetch(r, probe=n == 0, woken=n > 0) for n in range(3)]
     spent = {k: n - before.get(k, 0) for k, n in calls(r).items() if n != before.get(k, 0)}
     assert all(reply is not None for reply in taken)
+    # a fetch woken by a doorbell says whether it left messages (the next ring's cue)
+    assert [len(reply) for reply in taken if reply] == [3, 4, 4]
+    assert [reply[3] > 0 for reply in taken[1:] if reply] == [True, False]
     assert fetch(r) is None and not r.exists(layout.lanes_key(step))
     # no turn kept, no weight read: the lone client's path; each message's tail read once
     assert "cmdstat_hget" not in spent and "cmdstat_hset" in spent, spent
