@@ -4,9 +4,10 @@ Who runs what:
 
 - every process that publishes (clients, the API, beat, workers sending page tasks and
   retries): `transport.Channel._put` (a client's message to its lane, `lanes.push_command`)
-  and the doorbell's ring; behind Sentinel through `sentinel_transport`.
+  and the doorbell's ring (`doorbells`); behind Sentinel through `sentinel_transport`.
 - the worker parent, the one process that consumes: the fetch (`lanes.FETCH_SCRIPT`,
-  recorded and popped in one step), the wait on doorbells, the checks and dead letters
+  recorded and popped in one step; idle, one EXISTS), the long wait on doorbells
+  (`ocr_idle_wait`, 10 s in workers), the checks and dead letters
   (`refusals`, `bounded_reply`), acknowledgements and what a lost connection leaves
   (`unsettled`).
 - the Procfile `metrics` process: `queue_depth` (the figure KEDA scales on) and
@@ -28,7 +29,8 @@ The key layout, owned by `layout` (nothing else spells these names):
                                               [msg, exch, rkey])    depth's running count
     unacked_index                    zset    the fetch (tag->time) kombu's restore sweep
     unacked_mutex                    string  kombu's restore       kombu's restore
-    ocr:wake:<queue>                 list    each publish (1 item) idle workers' BLPOP
+    ocr:wake:<queue>                 list    each publish and      idle workers' BLPOP
+                                              restore (1 item)
     ocr:dead-letter[:count]          list    refused messages      the exporter, operators
     _kombu.binding.<exchange>        set     queue declares        routing, queue depth
 
@@ -39,7 +41,8 @@ Private kombu names this package overrides or calls, checked against kombu
   would raise AttributeError, an "Unrecoverable error"); replies read by `bounded_reply`.
 - `Channel._put`: a client's message to its lane; every publish stamps its time and
   rings the doorbell.
-- `Channel._do_restore_message`: a restored client's message back to its lane.
+- `Channel._do_restore_message`: a restored client's message back to its lane; every
+  restore rings its queues' doorbells (idle workers wait long).
 - `Channel._size`: queue_declare's count includes the lanes.
 - `Channel._brpop_start` / `_brpop_read` / `_poll_error`: the fetch script instead of
   BRPOP (recorded and popped atomically), or a BLPOP on the doorbells; `_admit` before

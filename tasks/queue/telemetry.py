@@ -63,7 +63,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 # Seconds between the worker parent's checks of its children's gauges (it runs on
-# every heartbeat, every 2 s, but acts only this often).
+# every heartbeat, every 5 s, but acts only this often).
 KEEP_INTERVAL = 60.0
 
 
