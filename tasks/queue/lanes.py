@@ -73,7 +73,10 @@ return 1
 # from the envelope's text, not decoded: kombu and the Node client write the
 # properties last, so the last 8 KiB are searched first, a message of up to 1 MiB
 # whole. A message larger than ARGV[2] bytes (0: no bound), or whose properties are not
-# found, is popped unrecorded. Returns {list, message, tag or ""}, or nil.
+# found, is popped unrecorded. The last argument, when not empty, names the holder
+# (`<node>|<pid>`, tasks/queue/holders.py): a recorded message's holder, the key it was
+# taken from, its step's ring and its client go to KEYS[1]..'_holders' under its tag.
+# Returns {list, message, tag or ""}, or nil.
 FETCH_SCRIPT = r"""
 local limit = tonumber(ARGV[2])
 local function envelope(text)
@@ -85,7 +88,8 @@ local function envelope(text)
   if not (ex and rk) then return nil end
   return tag, ex, rk
 end
-local function take(src, item, ack, list)
+local holder = ARGV[4 + 3 * (#KEYS - 2)] or ''
+local function take(src, item, ack, list, ring, client)
   local tag, ex, rk = nil, nil, nil
   if ack and (limit == 0 or #item <= limit) then
     tag, ex, rk = envelope(string.sub(item, -8192))
@@ -94,6 +98,10 @@ local function take(src, item, ack, list)
   if tag then
     redis.call('ZADD', KEYS[2], ARGV[1], tag)
     redis.call('HSET', KEYS[1], tag, '[' .. item .. ', "' .. ex .. '", "' .. rk .. '"]')
+    if holder ~= '' then
+      redis.call('HSET', KEYS[1] .. '_holders', tag,
+                 holder .. '\n' .. src .. '\n' .. (ring or '') .. '\n' .. (client or ''))
+    end
   end
   redis.call('RPOP', src)
   return {list, item, tag or ''}
@@ -133,7 +141,7 @@ local function share(ring, first, last)
     end
     if item and members == 1 and client ~= '' then
       -- a lone client: no turns to keep
-      local got = take(src, item, ARGV[4 + 3 * at] == '1', KEYS[3 + at])
+      local got = take(src, item, ARGV[4 + 3 * at] == '1', KEYS[3 + at], ring, client)
       if redis.call('HINCRBY', count, client, -1) < 1 then
         redis.call('LREM', ring, 1, client)
         redis.call('HDEL', count, client)
@@ -147,7 +155,7 @@ local function share(ring, first, last)
         left = math.floor(tonumber(redis.call('HGET', ARGV[3], client)) or 1)
         if left < 1 then left = 1 end
       end
-      local got = take(src, item, ARGV[4 + 3 * at] == '1', KEYS[3 + at])
+      local got = take(src, item, ARGV[4 + 3 * at] == '1', KEYS[3 + at], ring, client)
       left = left - 1
       local waiting = 1
       if client ~= '' then waiting = redis.call('HINCRBY', count, client, -1) end
@@ -209,12 +217,12 @@ def push_command(prefix: str, list_key: str, step: int, client: str, body: str,
 
 def fetch_command(prefix: str, unacked: tuple[str, str],
                   lists: Sequence[tuple[str, int, bool, bool]], now: float,
-                  max_bytes: int) -> list[Any]:
+                  max_bytes: int, holder: str = "") -> list[Any]:
     """The EVAL of `FETCH_SCRIPT` over `lists`, in that order (highest priority first).
 
     Each list: its key, its priority step, whether it has lanes, whether its consumer
     acknowledges. `prefix`: kombu's global key prefix; `unacked`: kombu's unacked hash
-    and index.
+    and index; `holder`: recorded beside each message taken ("": none).
     """
     keys = [prefix + unacked[0], prefix + unacked[1]]
     args = [repr(now), str(int(max_bytes or 0)), LANE_WEIGHTS_KEY]
@@ -222,7 +230,7 @@ def fetch_command(prefix: str, unacked: tuple[str, str],
         keys.append(prefix + name)
         args += ["1" if ack else "0", prefix + lanes_key(step) if has_lanes else "",
                  prefix + lane_key(name, "")]
-    return ["EVAL", FETCH_SCRIPT, len(keys), *keys, *args]
+    return ["EVAL", FETCH_SCRIPT, len(keys), *keys, *args, holder]
 
 
 # Messages waiting in the lanes of the lists KEYS[i] (ARGV[2i-1]: the ring of list i's

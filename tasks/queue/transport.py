@@ -44,7 +44,7 @@ from kombu.utils.encoding import bytes_to_str
 from kombu.utils.json import dumps
 
 from tasks.errors import ReplicaMissing
-from tasks.queue import lanes, unsettled
+from tasks.queue import holders, lanes, unsettled
 from tasks.queue.bounded_reply import bounded_parser
 from tasks.queue.refusals import (
     DeadLetter,
@@ -254,7 +254,8 @@ class Channel(kombu_redis.Channel):
                      for queue in sorted(queues, key=lambda q: not lanes.laned(q))]
             command = lanes.fetch_command(self._key(""), (self.unacked_key,
                                                           self.unacked_index_key),
-                                          lists, time.time(), self.ocr_max_message_bytes)
+                                          lists, time.time(), self.ocr_max_message_bytes,
+                                          holders.holder())
         self._in_poll = self.client.connection
         self._brpop_sent_at = time.monotonic()  # type: ignore[assignment]
         self.client.connection.send_command(*command)

@@ -104,6 +104,7 @@ def validate(settings: Settings) -> None:
                  "max_pages", "soft_time_limit", "tesseract_threads", "tesseract_handles",
                  "pdf_dpi", "page_soft_time_limit", "max_deliveries", "max_render_pixels",
                  "dead_letter_max", "dead_letter_ttl", "visibility_timeout",
+                 "worker_liveness_seconds",
                  "structure_chunk_pages", "jobs_listed", "callback_retry_seconds"):
         if getattr(settings, name) <= 0:
             raise SettingsError(f"{env_name(settings, name)} must be positive")

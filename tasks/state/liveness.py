@@ -5,10 +5,13 @@ gone at shutdown) and read by everyone who asks: `submit.py`'s wait, the HTTP AP
 readiness (tasks/api/_readiness.py), the operator console. A read is one HGETALL of a
 hash with one field per worker node: no broadcast, no wait for replies.
 
-Each field holds `{"queues": [...], "expires": <epoch s>}`; a worker that stops
-refreshing (killed, hung, cut off from Redis) drops out when its `expires` passes,
-PRESENCE_TTL seconds after its last heartbeat. The hash itself carries a TTL too,
-pushed forward by every write, so it goes when the last worker does.
+Each field holds `{"queues": [...], "engines": [...], "expires": <epoch s>, "pid":
+<the worker parent's pid>}`; a worker that stops refreshing (killed, hung, cut off
+from Redis) drops out when its `expires` passes, PRESENCE_TTL seconds after its last
+heartbeat. The record itself stays `keep` seconds more (OCR_WORKER_LIVENESS_SECONDS):
+the sweep of dead holders (tasks/queue/holders.py) tells a silent worker from a
+restarted one by it. The hash itself carries a TTL too, pushed forward by every
+write, so it goes when the last worker does.
 """
 
 from __future__ import annotations
@@ -29,27 +32,31 @@ PRESENCE_TTL = 10.0
 class WorkerPresence:
     """Presence records of worker nodes (thread-safe: one Redis call per operation)."""
 
-    def __init__(self, client: redis.Redis, ttl: float = PRESENCE_TTL) -> None:
+    def __init__(self, client: redis.Redis, ttl: float = PRESENCE_TTL,
+                 keep: float = 0.0) -> None:
         self._redis = client
         self.ttl = ttl
+        self.keep = keep
 
     def publish(self, node: str, queues: Iterable[str], now: float | None = None,
-                engines: Iterable[str] = ()) -> None:
-        """`node` is alive and consumes `queues`, for the next `ttl` seconds.
+                engines: Iterable[str] = (), pid: int | None = None) -> None:
+        """`node` (worker parent `pid`) is alive and consumes `queues`, for `ttl` seconds.
 
         `engines`: the engine names a job may give, as the node's registry knows them
         (clients without this code, the Node.js one, refuse others at the door).
         """
         now = time.time() if now is None else now
-        record = json.dumps({"queues": sorted(set(queues)), "engines": list(engines),
-                             "expires": round(now + self.ttl, 3)})
+        fields = {"queues": sorted(set(queues)), "engines": list(engines),
+                  "expires": round(now + self.ttl, 3)}
+        if pid is not None:
+            fields["pid"] = pid
         pipe = self._redis.pipeline()
-        pipe.hset(WORKERS_KEY, node, record)
-        pipe.expire(WORKERS_KEY, int(self.ttl * 6) + 1)
+        pipe.hset(WORKERS_KEY, node, json.dumps(fields))
+        pipe.expire(WORKERS_KEY, int(max(self.ttl * 6, self.ttl + self.keep)) + 1)
         pipe.execute()
         # Tidy: the records of workers gone without a word (killed) go with the next
-        # write of any live one; readers never write.
-        stale = [n for n, r in self._records().items() if _expires(r) < now]
+        # write of any live one, `keep` seconds after they lapsed; readers never write.
+        stale = [n for n, r in self._records().items() if _expires(r) + self.keep < now]
         if stale:
             self._redis.hdel(WORKERS_KEY, *stale)
 
