@@ -12,7 +12,9 @@ fanned-out PDF's pages, held by its closed gate), then resumes it:
 - the holder host is SIGSTOPped past OCR_WORKER_LIVENESS_SECONDS: the survivor ends
   its jobs; then the holder's gate opens and it resumes, finishes its runs late, and
   ends none of them a second time: one result and one `ocr.job` line per job, one
-  HTTP callback (to a loopback receiver), each page counted once in the usage.
+  HTTP callback (to a loopback receiver), each page counted once in the usage;
+- the same SIGKILL through Sentinel (three Sentinels, a primary and two replicas:
+  tests/ha.py), with a survivor of its own.
 """
 
 from __future__ import annotations
@@ -32,7 +34,8 @@ import redis
 
 from tasks.client import OcrClient
 from tasks.state.usage import day_key, today
-from tests.harness import FAKE_PLUGINS, FAST_PAGES, Worker, eventually
+from tests.ha import RedisHA
+from tests.harness import FAKE_PLUGINS, FAST_PAGES, Worker, eventually, kill_all, make_client
 from tests.image_fixtures import png
 from tests.pdf_fixtures import image_pdf, plain_pages
 
@@ -73,6 +76,13 @@ def gate(path: Path, open_: bool) -> Path:
     if open_:
         (path / "open").touch()
     return path
+
+
+@pytest.fixture(scope="module")
+def ha(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisHA]:
+    redis_set = RedisHA(tmp_path_factory.mktemp("ha")).start()
+    yield redis_set
+    redis_set.stop()
 
 
 @pytest.fixture(scope="module")
@@ -118,6 +128,32 @@ def hold_jobs(start_worker: Callable[..., Worker], survivor: Worker, client: Ocr
 def test_a_killed_hosts_jobs_end_elsewhere_once(
         start_worker: Callable[..., Worker], survivor: Worker, client: OcrClient,
         tmp_path: Path) -> None:
+    killed_host_jobs_end_elsewhere_once(start_worker, survivor, client, tmp_path)
+
+
+def test_through_sentinel_a_killed_hosts_jobs_end_elsewhere_once(
+        ha: RedisHA, tmp_path: Path) -> None:
+    """REDIS_URL=sentinel://...: the fetch, the holders and the sweep go through it."""
+    env = ha.env(1)
+    started: list[Worker] = []
+
+    def start(**extra: str) -> Worker:
+        worker = Worker(tmp_path / f"worker-{len(started)}.log", {**env, **extra})
+        started.append(worker)
+        return worker.start()
+
+    client = make_client(env["REDIS_URL"], **env)
+    try:
+        survivor = start(**SETTINGS, FAKE_GATE_DIR=str(gate(tmp_path / "open", True)))
+        killed_host_jobs_end_elsewhere_once(start, survivor, client, tmp_path)
+    finally:
+        kill_all(started)
+        client.close()
+
+
+def killed_host_jobs_end_elsewhere_once(start_worker: Callable[..., Worker],
+                                        survivor: Worker, client: OcrClient,
+                                        tmp_path: Path) -> None:
     before = usage_today(client)
     holder, jobs = hold_jobs(start_worker, survivor, client, gate(tmp_path / "g", False))
     holder.kill()  # the host dies: parent and children at once
