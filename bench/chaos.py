@@ -394,7 +394,7 @@ class Soak:
     def kill_host(self, down: float) -> str:
         """SIGKILL a worker host's parent and children at once; start it `down` s later.
 
-        Its held jobs go back through the sweep of dead holders (tasks/queue/holders.py)
+        Its held jobs go back through the sweep of dead holders (tasks/broker/holders.py)
         once it is silent for OCR_WORKER_LIVENESS_SECONDS, or as soon as it starts again
         (a new pid under its node name).
         """

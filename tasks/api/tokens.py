@@ -19,11 +19,12 @@ from dataclasses import asdict, dataclass, replace
 
 import redis
 
+from tasks.broker.layout import LANE_WEIGHTS_KEY
 from tasks.errors import BadRequest, PriorityNotAllowed
 from tasks.lifecycle.url_policy import parse_url
 from tasks.queue.routing import PRIORITIES
 from tasks.records.clients import CLIENT_NAME
-from tasks.state.keys import API_CLIENTS_KEY, LANE_WEIGHTS_KEY, api_token_key
+from tasks.state.keys import API_CLIENTS_KEY, api_token_key
 from tasks.state.webhook_secrets import WebhookSecrets
 
 TOKEN_PREFIX = "ocr_"
@@ -52,7 +53,7 @@ class ApiClient:
     # None or 0: no cap.
     pages_per_day: int | None = None
     pages_per_month: int | None = None
-    # The client's share of the broker's fetch beside other clients' (tasks/queue/lanes.py,
+    # The client's share of the broker's fetch beside other clients' (tasks/broker/lanes.py,
     # also kept in `ocr:lane-weights`), and the highest priority its jobs may have
     # (interactive, normal, batch; None: any).
     weight: int = 1

@@ -6,7 +6,7 @@ from the consumer's own loop: a hung parent stops refreshing and drops out) and
 `worker_shutdown` (the record goes at once). A failing write is logged and dropped:
 the next heartbeat tries again. The record names the parent's pid; on a Redis broker,
 the parent is the holder its fetches record, and its heartbeat drives the sweep of
-dead holders' messages (tasks/queue/holders.py).
+dead holders' messages (tasks/broker/holders.py).
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any
 import redis
 from celery.signals import heartbeat_sent, worker_ready, worker_shutdown
 
-from tasks.queue import holders
+from tasks.broker import holders
 from tasks.records.engines import engine_names
 from tasks.state.connection import connect
 from tasks.state.liveness import PRESENCE_TTL, WorkerPresence

@@ -9,7 +9,7 @@ Each field holds `{"queues": [...], "engines": [...], "expires": <epoch s>, "pid
 <the worker parent's pid>}`; a worker that stops refreshing (killed, hung, cut off
 from Redis) drops out when its `expires` passes, PRESENCE_TTL seconds after its last
 heartbeat. The record itself stays `keep` seconds more (OCR_WORKER_LIVENESS_SECONDS):
-the sweep of dead holders (tasks/queue/holders.py) tells a silent worker from a
+the sweep of dead holders (tasks/broker/holders.py) tells a silent worker from a
 restarted one by it. The hash itself carries a TTL too, pushed forward by every
 write, so it goes when the last worker does.
 """

@@ -50,7 +50,7 @@ def test_channel_of_a_released_connection_fails_as_a_connection_error() -> None:
     from kombu.common import ignore_errors
     from kombu.transport import redis as kombu_redis
 
-    from tasks.queue.transport import Channel
+    from tasks.broker.transport import Channel
 
     released = SimpleNamespace(connection=SimpleNamespace(client=None),
                                ocr_max_message_bytes=0)

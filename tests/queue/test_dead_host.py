@@ -7,7 +7,7 @@ worker, the survivor, serves the module's queues throughout; each test pauses it
 fanned-out PDF's pages, held by its closed gate), then resumes it:
 
 - the holder host is SIGKILLed (parent and children): its held jobs come back through
-  the sweep of dead holders (tasks/queue/holders.py), long before the visibility
+  the sweep of dead holders (tasks/broker/holders.py), long before the visibility
   timeout, and end SUCCESS on the survivor, each once;
 - the holder host is SIGSTOPped past OCR_WORKER_LIVENESS_SECONDS: the survivor ends
   its jobs; then the holder's gate opens and it resumes, finishes its runs late, and

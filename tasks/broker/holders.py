@@ -39,12 +39,12 @@ from typing import Any
 
 import redis
 
+from tasks.broker.layout import HOLDERS_KEY, SWEEP_LOCK_KEY, UNACKED_INDEX_KEY, UNACKED_KEY
 from tasks.state.keys import WORKERS_KEY
 
 log = logging.getLogger(__name__)
 
-HOLDERS_SUFFIX = "_holders"          # beside kombu's `unacked` hash
-SWEEP_LOCK = "unacked_sweep"         # one sweeper at a time (SET NX PX)
+HOLDERS_SUFFIX = HOLDERS_KEY[len(UNACKED_KEY):]  # beside kombu's `unacked` hash
 
 _node: str | None = None
 
@@ -140,15 +140,15 @@ class HolderSweep:
     """
 
     def __init__(self, broker: redis.Redis, presence: redis.Redis, window: float,
-                 presence_ttl: float, prefix: str = "", unacked: str = "unacked",
-                 index: str = "unacked_index") -> None:
+                 presence_ttl: float, prefix: str = "", unacked: str = UNACKED_KEY,
+                 index: str = UNACKED_INDEX_KEY) -> None:
         self._broker = broker
         self._presence = presence
         self.window = window
         self.interval = max(window / 3, 1.0)
         self._ttl = presence_ttl
         self._keys = [prefix + holders_key(unacked), prefix + unacked, prefix + index]
-        self._lock = prefix + SWEEP_LOCK
+        self._lock = prefix + SWEEP_LOCK_KEY
         self._token = uuid.uuid4().hex
         self._next = time.monotonic() + self.interval
 

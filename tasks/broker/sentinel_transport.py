@@ -1,7 +1,7 @@
 """The project's Redis transport behind Sentinel: the primary the Sentinels name, always.
 
 Runs wherever the broker is `sentinel://` (every process that publishes or consumes).
-The channel is tasks/queue/transport.py's (atomic fetch, doorbells, dead letters, WAIT
+The channel is tasks/broker/transport.py's (atomic fetch, doorbells, dead letters, WAIT
 after a publish, what a lost connection leaves settled) on kombu's Sentinel-managed
 connections: each new connection asks the Sentinels for the current primary.
 
@@ -21,7 +21,7 @@ from typing import Any
 from kombu.transport import redis as kombu_redis
 from redis import sentinel
 
-from tasks.queue.transport import Channel, Transport
+from tasks.broker.transport import Channel, Transport
 
 
 class SentinelChannel(Channel, kombu_redis.SentinelChannel):

@@ -2,7 +2,7 @@ r"""Weighted fair shares between clients in the Redis broker: a lane per client 
 
 Runs in every process that publishes through the project's transport (clients, the
 API, workers sending page tasks and retries: `push_command`) and in the worker parent,
-the one process that consumes (`fetch_command`, sent by tasks/queue/transport.py).
+the one process that consumes (`fetch_command`, sent by tasks/broker/transport.py).
 
 Each Redis list kombu keeps for a service queue (`ocr`, `ocr-<engine>`, ...: `laned`)
 and priority step has lanes: a message that names its client (the `ocr_client`
@@ -29,7 +29,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-from tasks.state.keys import LANE_WEIGHTS_KEY, lane_key, lanes_key
+from tasks.broker.layout import LANE_WEIGHTS_KEY, lane_key, lanes_key
 
 
 def laned(queue: str) -> bool:
@@ -74,7 +74,7 @@ return 1
 # properties last, so the last 8 KiB are searched first, a message of up to 1 MiB
 # whole. A message larger than ARGV[2] bytes (0: no bound), or whose properties are not
 # found, is popped unrecorded. The last argument, when not empty, names the holder
-# (`<node>|<pid>`, tasks/queue/holders.py): a recorded message's holder, the key it was
+# (`<node>|<pid>`, tasks/broker/holders.py): a recorded message's holder, the key it was
 # taken from, its step's ring and its client go to KEYS[1]..'_holders' under its tag.
 # Returns {list, message, tag or ""}, or nil.
 FETCH_SCRIPT = r"""

@@ -1,6 +1,6 @@
 """What a lost broker connection left unsettled, settled by the next channel.
 
-Runs in the worker parent, the one process that consumes (tasks/queue/transport.py).
+Runs in the worker parent, the one process that consumes (tasks/broker/transport.py).
 When Redis goes away under it (a restart, a failover to a promoted replica, a managed
 endpoint that moves), kombu closes the broker channel and Celery connects a new one.
 Acknowledgements near the loss cannot be trusted: the new primary may lack the last
@@ -32,7 +32,7 @@ from typing import Any
 from kombu.transport import redis as kombu_redis
 from kombu.transport import virtual
 
-from tasks.queue.holders import holders_key
+from tasks.broker.holders import holders_key
 
 log = logging.getLogger(__name__)
 
@@ -122,7 +122,7 @@ def _restore(qos: Any, client: Any, tag: str) -> None:
                     "on its queue", tag)
 
 
-class QoS(kombu_redis.QoS):  # the transport's (tasks/queue/transport.py)
+class QoS(kombu_redis.QoS):  # the transport's (tasks/broker/transport.py)
     """kombu's Redis QoS; a message the fetch recorded is not recorded a second time.
 
     What a lost connection leaves unsettled (acknowledgements around it, messages no
@@ -137,7 +137,7 @@ class QoS(kombu_redis.QoS):  # the transport's (tasks/queue/transport.py)
         super().append(message, delivery_tag)
 
     def _remove_from_indices(self, delivery_tag: str, pipe: Any = None) -> Any:
-        # kombu's, and the message's holder (tasks/queue/holders.py) in the same MULTI.
+        # kombu's, and the message's holder (tasks/broker/holders.py) in the same MULTI.
         with self.pipe_or_acquire(pipe) as pipe:
             return super()._remove_from_indices(delivery_tag, pipe).hdel(
                 holders_key(self.unacked_key), delivery_tag)
