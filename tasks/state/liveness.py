@@ -64,11 +64,16 @@ class WorkerPresence:
         """`node` is going away: it serves nothing from now on."""
         self._redis.hdel(WORKERS_KEY, node)
 
-    def live_queues(self, now: float | None = None) -> dict[str, set[str]]:
-        """The queues each live worker consumes, by node name (one HGETALL)."""
+    def live_queues(self, now: float | None = None,
+                    grace: float = 0.0) -> dict[str, set[str]]:
+        """The queues each live worker consumes, by node name (one HGETALL).
+
+        `grace`: seconds past its `expires` a silent worker still counts (a busy parent
+        whose heartbeats come late; its jobs are not handed on before either).
+        """
         now = time.time() if now is None else now
         return {node: _queues(record) for node, record in self._records().items()
-                if _expires(record) >= now}
+                if _expires(record) + grace >= now}
 
     def _records(self) -> dict[str, bytes | str]:
         return {(n.decode() if isinstance(n, bytes) else str(n)): r
