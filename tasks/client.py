@@ -44,7 +44,7 @@ from tasks.settings import Settings
 from tasks.state.connection import connect
 from tasks.state.job_index import JobIndex
 from tasks.state.job_state import JobProgress, JobStateReader, expired_before_start
-from tasks.state.liveness import PRESENCE_TTL, WorkerPresence
+from tasks.state.liveness import WorkerPresence
 from tasks.state.stores import BlobStore, JobControl, OutputStore
 
 # What Redis or the Celery transport raise while Redis is unreachable (mid-run too).
@@ -376,15 +376,8 @@ class OcrClient:
                 "filename": self.filename(job_id), "error": error.to_dict()}
 
     def live_queues(self) -> dict[str, set[str]]:
-        """The queues each live worker consumes, by node (presence records: one read).
-
-        A worker counts until it has been silent for OCR_WORKER_LIVENESS_SECONDS, the
-        window after which its held jobs go to another worker: a worker parent whose
-        heartbeats come late (respawning killed pool children on a loaded host) is not
-        taken for gone while it still holds the jobs a `wait` is waiting for.
-        """
-        grace = max(0.0, self.settings.worker_liveness_seconds - PRESENCE_TTL)
-        return WorkerPresence(self._redis).live_queues(grace=grace)
+        """The queues of each worker not silent for OCR_WORKER_LIVENESS_SECONDS, by node."""
+        return WorkerPresence(self._redis).live_queues(window=self.settings.worker_liveness_seconds)
 
     def check_service(self) -> None:
         """Raise `ServiceUnreachable` (with the URL, password masked) unless Redis answers."""

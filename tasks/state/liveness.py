@@ -65,13 +65,15 @@ class WorkerPresence:
         self._redis.hdel(WORKERS_KEY, node)
 
     def live_queues(self, now: float | None = None,
-                    grace: float = 0.0) -> dict[str, set[str]]:
+                    window: float | None = None) -> dict[str, set[str]]:
         """The queues each live worker consumes, by node name (one HGETALL).
 
-        `grace`: seconds past its `expires` a silent worker still counts (a busy parent
-        whose heartbeats come late; its jobs are not handed on before either).
+        `window`: a worker counts until silent that long (OCR_WORKER_LIVENESS_SECONDS:
+        a parent whose heartbeats come late, respawning killed pool children on a
+        loaded host, keeps its held jobs until then); None: until its `expires`.
         """
         now = time.time() if now is None else now
+        grace = 0.0 if window is None else max(0.0, window - self.ttl)
         return {node: _queues(record) for node, record in self._records().items()
                 if _expires(record) + grace >= now}
 
