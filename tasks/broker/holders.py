@@ -84,7 +84,7 @@ for j = 1, #flat, 2 do
   local record = redis.call('HGET', KEYS[2], tag)
   if not record or not node then
     redis.call('HDEL', KEYS[1], tag)
-  elseif not live[who] then
+  elseif not (live[who] or live[node .. '|*']) then
     local dead = known[node]
     if not dead then
       dead = (tonumber(redis.call('ZSCORE', KEYS[3], tag)) or 0) < cutoff
