@@ -4,12 +4,12 @@ Who runs what:
 
 - every process that publishes (clients, the API, beat, workers sending page tasks and
   retries): `transport.Channel._put` (a client's message to its lane, `lanes.push_command`)
-  and the doorbell's ring; behind Sentinel through `sentinel_transport`.
+  and the doorbell's ring (`doorbells`); behind Sentinel through `sentinel_transport`.
 - the worker parent, the one process that consumes: the fetch (`lanes.FETCH_SCRIPT`,
-  recorded with its holder and popped in one step), the wait on doorbells, the checks
-  and dead letters (`refusals`, `bounded_reply`), acknowledgements and what a lost
-  connection leaves (`unsettled`), and, on its heartbeat, the sweep of dead holders'
-  messages (`holders`).
+  recorded with its holder and popped in one step; idle, one EXISTS), the long wait on
+  doorbells (`ocr_idle_wait`, 10 s in workers), the checks and dead letters
+  (`refusals`, `bounded_reply`), acknowledgements and what a lost connection leaves
+  (`unsettled`), and, on its heartbeat, the sweep of dead holders' messages (`holders`).
 - the Procfile `metrics` process: `queue_depth` (the figure KEDA scales on) and
   `fleet_metrics` (Redis health, oldest messages, workers per queue, dead letters).
 - the Redis container's start-up and the kits: `redis_acl` (each role's Redis user).
@@ -36,7 +36,8 @@ The key layout, owned by `layout` (nothing else spells these names):
                                               (SET NX PX lock)
     ocr:workers (tasks/state)        hash    heartbeats (node ->   the holders' sweep
                                               expires, pid)
-    ocr:wake:<queue>                 list    each publish (1 item) idle workers' BLPOP
+    ocr:wake:<queue>                 list    each publish and      idle workers' BLPOP
+                                              restore (1 item)
     ocr:dead-letter[:count]          list    refused messages      the exporter, operators
     _kombu.binding.<exchange>        set     queue declares        routing, queue depth
 
@@ -47,7 +48,8 @@ Private kombu names this package overrides or calls, checked against kombu
   would raise AttributeError, an "Unrecoverable error"); replies read by `bounded_reply`.
 - `Channel._put`: a client's message to its lane; every publish stamps its time and
   rings the doorbell.
-- `Channel._do_restore_message`: a restored client's message back to its lane.
+- `Channel._do_restore_message`: a restored client's message back to its lane; every
+  restore rings its queues' doorbells (idle workers wait long).
 - `Channel._size`: queue_declare's count includes the lanes.
 - `Channel._brpop_start` / `_brpop_read` / `_poll_error`: the fetch script instead of
   BRPOP (recorded and popped atomically), or a BLPOP on the doorbells; `_admit` before
@@ -56,8 +58,11 @@ Private kombu names this package overrides or calls, checked against kombu
 - `Channel._get`: basic_get checks each message (`_admit`) before decoding it.
 - `Channel._deliver_fanout_message`: broadcasts checked; a refused one dead-lettered.
 - `Channel.supports_batch_publish`: off, so each publish rings its doorbell.
-- `Channel.from_transport_options`: the `ocr_*` transport options.
+- `Channel.from_transport_options`: the `ocr_*` transport options; `ocr_idle_wait` sets
+  `brpop_timeout` (the doorbell's BLPOP and kombu's BRPOP health check).
 - `QoS.append`: a message the fetch recorded is not recorded twice.
+- `QoS.restore_visible`: one read of `unacked_index` first; kombu's mutex and restore
+  only when a message is past the visibility timeout (an idle worker's cost).
 - `QoS.ack` / `reject` / `restore_unacked`: what fails with the connection is settled by
   the next channel (`unsettled`); they call `_remove_from_indices`, `_delivered`.
   `restore_unacked` drops the holders of the tasks still running (a warm stop).
@@ -82,7 +87,7 @@ KOMBU_OVERRIDES: dict[str, tuple[str, ...]] = {
                 "_get_message_priority", "_maybe_update_queues_expire", "_in_poll",
                 "priority_steps", "unacked_key", "unacked_index_key",
                 "global_keyprefix", "sep", "keyprefix_queue"),
-    "QoS": ("append", "ack", "reject", "restore_unacked", "restore_by_tag",
+    "QoS": ("append", "ack", "reject", "restore_unacked", "restore_visible", "restore_by_tag",
             "_remove_from_indices", "unacked_key"),
     "SentinelChannel": ("_sentinel_managed_pool", "from_transport_options", "connection_class",
                         "connection_class_ssl"),

@@ -46,6 +46,10 @@ log = logging.getLogger(__name__)
 
 HOLDERS_SUFFIX = HOLDERS_KEY[len(UNACKED_KEY):]  # beside kombu's `unacked` hash
 
+# A sweep is due up to SLACK s early (it runs on a heartbeat), and its lock lapses
+# SLACK s before the next is due: one sweep per interval, on the heartbeat nearest it.
+SLACK = 1.0
+
 _node: str | None = None
 
 
@@ -145,7 +149,7 @@ class HolderSweep:
         self._broker = broker
         self._presence = presence
         self.window = window
-        self.interval = max(window / 3, 1.0)
+        self.interval = max(window / 3, 2 * SLACK)
         self._ttl = presence_ttl
         self._keys = [prefix + holders_key(unacked), prefix + unacked, prefix + index]
         self._lock = prefix + SWEEP_LOCK_KEY
@@ -154,7 +158,7 @@ class HolderSweep:
 
     def tick(self, now: float | None = None) -> list[str]:
         """Sweep when due and this process takes the lock; the tags put back."""
-        if time.monotonic() < self._next:
+        if time.monotonic() < self._next - SLACK:  # heartbeats come a few seconds apart
             return []
         self._next = time.monotonic() + self.interval
         try:
@@ -166,7 +170,7 @@ class HolderSweep:
     def sweep(self, now: float | None = None) -> list[str]:
         """One sweep, if no other worker swept within the interval."""
         if not self._broker.set(self._lock, self._token, nx=True,
-                                px=int(self.interval * 1000)):
+                                px=int((self.interval - SLACK) * 1000)):
             return []
         now = time.time() if now is None else now
         records = self._presence.hgetall(WORKERS_KEY)

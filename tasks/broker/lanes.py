@@ -73,10 +73,15 @@ return 1
 # from the envelope's text, not decoded: kombu and the Node client write the
 # properties last, so the last 8 KiB are searched first, a message of up to 1 MiB
 # whole. A message larger than ARGV[2] bytes (0: no bound), or whose properties are not
-# found, is popped unrecorded. The last argument, when not empty, names the holder
-# (`<node>|<pid>`, tasks/broker/holders.py): a recorded message's holder, the key it was
-# taken from, its step's ring and its client go to KEYS[1]..'_holders' under its tag.
-# Returns {list, message, tag or ""}, or nil.
+# found, is popped unrecorded. Returns {list, message, tag or ""}, or nil; with the
+# ARGV after the lists' "1" (a fetch woken by a doorbell, ARGV[5+3n]), a 4th: how many
+# lists and rings still hold messages. With ARGV[4+3n] "1", an idle fetch costs one
+# EXISTS over every list and ring; a ring with
+# nothing in its lists and no client costs one EXISTS; a list's tail is read only when
+# its anonymous lane's turn comes (or its ring has no clients). ARGV[6+3n], when not
+# empty, names the holder (`<node>|<pid>`, tasks/broker/holders.py): a recorded
+# message's holder, the key it was taken from, its step's ring and its client go to
+# KEYS[1]..'_holders' under its tag.
 FETCH_SCRIPT = r"""
 local limit = tonumber(ARGV[2])
 local function envelope(text)
@@ -88,7 +93,7 @@ local function envelope(text)
   if not (ex and rk) then return nil end
   return tag, ex, rk
 end
-local holder = ARGV[4 + 3 * (#KEYS - 2)] or ''
+local holder = ARGV[6 + 3 * (#KEYS - 2)] or ''
 local function take(src, item, ack, list, ring, client)
   local tag, ex, rk = nil, nil, nil
   if ack and (limit == 0 or #item <= limit) then
@@ -109,16 +114,22 @@ end
 -- serves the lists first..last of one ring
 local function share(ring, first, last)
   local turn, count = ring .. ':turn', ring .. ':count'
-  local plain = {}
-  local any_plain = false
-  for i = first, last do
-    plain[i] = redis.call('LINDEX', KEYS[3 + i], -1)
-    if plain[i] then any_plain = true end
-  end
+  -- one EXISTS: how many of the lists hold messages, plus 1 when the ring has clients
+  local keys = {ring}
+  for i = first, last do keys[#keys + 1] = KEYS[3 + i] end
+  local held = redis.call('EXISTS', unpack(keys))
+  if held == 0 then return nil end
   local members = redis.call('LLEN', ring)
+  local any_plain = held > (members > 0 and 1 or 0)
+  -- each list's tail, read when asked (false: empty)
+  local plain = {}
+  local function tail(i)
+    if plain[i] == nil then plain[i] = redis.call('LINDEX', KEYS[3 + i], -1) or false end
+    return plain[i]
+  end
   if members == 0 then
     for i = first, last do
-      if plain[i] then return take(KEYS[3 + i], plain[i], ARGV[4 + 3 * i] == '1', KEYS[3 + i]) end
+      if tail(i) then return take(KEYS[3 + i], plain[i], ARGV[4 + 3 * i] == '1', KEYS[3 + i]) end
     end
     return nil
   end
@@ -132,7 +143,7 @@ local function share(ring, first, last)
     local src, item, at = nil, nil, nil
     for i = first, last do
       if client == '' then
-        src, item = KEYS[3 + i], plain[i]
+        src, item = KEYS[3 + i], tail(i)
       else
         src = ARGV[6 + 3 * i] .. client
         item = redis.call('LINDEX', src, -1)
@@ -182,6 +193,19 @@ local function share(ring, first, last)
   return nil
 end
 local lists = #KEYS - 2
+-- an idle fetch (asked for by ARGV[4 + 3 * lists]): nothing in any list or ring, one EXISTS
+local probe, seen = {}, {}
+for j = 0, lists - 1 do
+  probe[#probe + 1] = KEYS[3 + j]
+  local ring = ARGV[5 + 3 * j]
+  if ring ~= '' and not seen[ring] then
+    seen[ring] = true
+    probe[#probe + 1] = ring
+  end
+end
+if lists == 0 or (ARGV[4 + 3 * lists] == '1' and redis.call('EXISTS', unpack(probe)) == 0) then
+  return nil
+end
 local i = 0
 while i < lists do
   local ring = ARGV[5 + 3 * i]
@@ -196,7 +220,11 @@ while i < lists do
   else
     got = share(ring, i, last)
   end
-  if got then return got end
+  if got then
+    -- after a wait a ring ended: whether anything is left for the next idle worker
+    if ARGV[5 + 3 * lists] == '1' then got[4] = redis.call('EXISTS', unpack(probe)) end
+    return got
+  end
   i = last + 1
 end
 return nil
@@ -217,12 +245,16 @@ def push_command(prefix: str, list_key: str, step: int, client: str, body: str,
 
 def fetch_command(prefix: str, unacked: tuple[str, str],
                   lists: Sequence[tuple[str, int, bool, bool]], now: float,
-                  max_bytes: int, holder: str = "") -> list[Any]:
+                  max_bytes: int, probe: bool = True, woken: bool = False,
+                  holder: str = "") -> list[Any]:
     """The EVAL of `FETCH_SCRIPT` over `lists`, in that order (highest priority first).
 
     Each list: its key, its priority step, whether it has lanes, whether its consumer
     acknowledges. `prefix`: kombu's global key prefix; `unacked`: kombu's unacked hash
-    and index; `holder`: recorded beside each message taken ("": none).
+    and index. `probe`: first one EXISTS over every list and ring, an empty fetch's
+    whole cost (a fetch likely to find a message leaves it out). `woken`: the reply
+    says whether messages are left (a burst rang one doorbell item for all of them).
+    `holder`: recorded beside each message taken ("": none).
     """
     keys = [prefix + unacked[0], prefix + unacked[1]]
     args = [repr(now), str(int(max_bytes or 0)), LANE_WEIGHTS_KEY]
@@ -230,7 +262,8 @@ def fetch_command(prefix: str, unacked: tuple[str, str],
         keys.append(prefix + name)
         args += ["1" if ack else "0", prefix + lanes_key(step) if has_lanes else "",
                  prefix + lane_key(name, "")]
-    return ["EVAL", FETCH_SCRIPT, len(keys), *keys, *args, holder]
+    return ["EVAL", FETCH_SCRIPT, len(keys), *keys, *args, "1" if probe else "0",
+            "1" if woken else "0", holder]
 
 
 # Messages waiting in the lanes of the lists KEYS[i] (ARGV[2i-1]: the ring of list i's

@@ -22,7 +22,7 @@ from __future__ import annotations
 import json
 import re
 import time
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from typing import TYPE_CHECKING, Any
 
 from celery.signals import task_rejected
@@ -32,7 +32,7 @@ from kombu.utils.encoding import bytes_to_str
 from kombu.utils.json import loads
 
 from tasks.broker.bounded_reply import ENDS, reply_size
-from tasks.broker.layout import DEAD_LETTER_KEY
+from tasks.broker.layout import DEAD_LETTER_COUNT_KEY, DEAD_LETTER_KEY
 from tasks.errors import ContentRefused, InputTooLarge, MalformedMessage, OcrError
 
 if TYPE_CHECKING:
@@ -138,6 +138,17 @@ def dead_letter(raw: bytes, queue: str, refused: Refused) -> DeadLetter:
                       reason=refused.error.message, task_id=refused.task_id,
                       size=reply_size(raw), raw=head.decode("utf-8", "backslashreplace"),
                       truncated=reply_size(raw) > RAW_KEPT)
+
+
+def push_dead_letter(client: Any, entry: DeadLetter, keep: int, ttl: int) -> None:
+    """Keep `entry` in the capped dead-letter list (`keep` entries, `ttl` s) and count it."""
+    with client.pipeline() as pipe:
+        pipe.lpush(DEAD_LETTER_KEY, json.dumps(asdict(entry)))
+        pipe.ltrim(DEAD_LETTER_KEY, 0, keep - 1)
+        pipe.expire(DEAD_LETTER_KEY, ttl)
+        # counted past the list's cap (`ocr_dead_letters_total`: an alert's figure)
+        pipe.incr(DEAD_LETTER_COUNT_KEY).expire(DEAD_LETTER_COUNT_KEY, ttl)
+        pipe.execute()
 
 
 def read_dead_letters(client: Any, count: int = 100) -> list[DeadLetter]:

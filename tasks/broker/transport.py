@@ -8,20 +8,19 @@ either kills the worker parent ("Unrecoverable error") or leaves the job PENDING
 This channel checks each raw message first, before any decoding, and dead-letters
 what a worker must not take (tasks/broker/refusals.py); the worker then goes on.
 
-Taking a message is one atomic step on the server (`lanes.FETCH_SCRIPT`, issue 43). kombu
-pops with `BRPOP` and writes the message's `unacked` record from the worker afterwards:
-a Redis restart, or a worker parent killed, between the two lost the message (the chaos
-soak lost one job of 663 that way), and a `BRPOP` answered in the event-loop turn
-in which Redis shut down is popped, written to the append-only file and never sent.
-Here a Lua script records the message as unacknowledged (kombu's own `unacked` hash
-and index, under its delivery tag) and pops it in one step; a message whose worker
-never reads the reply is restored by kombu after the visibility timeout, like any
-unacknowledged one. Lua cannot block, so an idle worker waits on its queues'
-doorbells instead (`BLPOP` on `wake_key(queue)`, up to kombu's `brpop_timeout`): each
-publish through this transport rings the queue's doorbell, and a message pushed by a
-client without it (a stock kombu client, a restore) is taken at the next fetch, at
-most `brpop_timeout` (1 s) later. The fetch also chooses whose message: each client
-has a lane of each list, served in weighted fair shares (tasks/broker/lanes.py).
+Taking a message is one atomic step on the server (`lanes.FETCH_SCRIPT`): the script
+records it in kombu's `unacked` hash and index, under its delivery tag, and pops it
+(kombu's BRPOP, then a record written by the worker, loses a message when Redis or the
+worker parent dies between the two); one whose worker never reads the reply is
+restored after the visibility timeout. The script also chooses whose message: each
+client has a lane of each list, served in weighted fair shares (tasks/broker/lanes.py).
+Lua cannot block, so an idle worker waits on its queues' doorbells (tasks/broker/
+doorbells.py) in one BLPOP of `ocr_idle_wait` seconds (10 s in workers: about one
+command a second idle). Each publish and each restore rings; a fetch woken by a ring
+that takes a message rings once more (a burst's rings stand in one item); a message
+pushed without a ring (a stock kombu client) waits for a busy worker's next fetch or
+an idle one's wait to end. A fetch after an empty one first asks one EXISTS over
+every list and ring: an idle fetch's whole cost.
 
 Selected through Celery's `broker_transport` (tasks/queue/celery_config.py), for
 redis:// and rediss:// brokers (behind Sentinel: tasks/broker/sentinel_transport.py);
@@ -35,7 +34,6 @@ from __future__ import annotations
 import json
 import logging
 import time
-from dataclasses import asdict
 from typing import Any
 
 import redis.exceptions
@@ -43,17 +41,17 @@ from kombu.transport import redis as kombu_redis
 from kombu.utils.encoding import bytes_to_str
 from kombu.utils.json import dumps
 
-from tasks.broker import holders, lanes, unsettled
+from tasks.broker import doorbells, holders, lanes, unsettled
 from tasks.broker.bounded_reply import bounded_parser
-from tasks.broker.layout import DEAD_LETTER_COUNT_KEY, DEAD_LETTER_KEY, wake_key
+from tasks.broker.layout import DEAD_LETTER_KEY, wake_key
 from tasks.broker.queue_depth import PUBLISHED_HEADER
 from tasks.broker.refusals import (
-    DeadLetter,
     Refused,
     check_envelope,
     check_message,
     dead_letter,
     message_refused,
+    push_dead_letter,
 )
 from tasks.broker.unsettled import QoS
 from tasks.errors import ReplicaMissing
@@ -63,7 +61,6 @@ from tasks.state.connection import check_replicas, wait_replicas
 log = logging.getLogger(__name__)
 
 TRANSPORT = "tasks.broker.transport:Transport"
-WAKE_TTL_MS = 60_000     # a doorbell nobody answered is gone after a minute
 
 class Channel(kombu_redis.Channel):
     """kombu's Redis channel: atomic fetches; each message checked before it is decoded."""
@@ -74,7 +71,7 @@ class Channel(kombu_redis.Channel):
         *kombu_redis.Channel.from_transport_options,
         "ocr_max_message_bytes", "ocr_accept_content", "ocr_dead_letter_max",
         "ocr_dead_letter_ttl", "ocr_min_replicas", "ocr_replica_timeout",
-        "ocr_refuse_unkept")
+        "ocr_refuse_unkept", "ocr_idle_wait")
     ocr_max_message_bytes = 0            # 0: no size check
     # A publish waits for this many replicas (WAIT), at most `ocr_replica_timeout` s;
     # short of them a client's publish raises ReplicaMissing, a worker's goes on.
@@ -85,16 +82,17 @@ class Channel(kombu_redis.Channel):
     ocr_accept_content: tuple[str, ...] = ("application/json",)
     ocr_dead_letter_max = 1000
     ocr_dead_letter_ttl = 7 * 86400
+    # Seconds an idle consumer waits on its doorbells in one BLPOP (0: kombu's
+    # `brpop_timeout`, 1 s; workers: tasks/queue/celery_config.py IDLE_WAIT).
+    ocr_idle_wait = 0.0
 
     def _connparams(self, asynchronous: bool = False) -> dict[str, Any]:
         if self.connection is None or self.connection.client is None:
             # Redis went away while this worker held unacknowledged messages: kombu
-            # closes the channel of a connection it has already released, and its
-            # restore of those messages finds no address (AttributeError), which
-            # Celery takes for an "Unrecoverable error" and the worker parent exits
-            # (found by the chaos soak, issue 43). A connection error instead is one
-            # the close ignores: the worker reconnects, and the messages, still in
-            # Redis's `unacked` set, are restored after the visibility timeout.
+            # closes the channel of a released connection, and its restore finds no
+            # address (AttributeError: Celery's "Unrecoverable error"). A connection
+            # error the close ignores: the worker reconnects, and the messages, still
+            # in `unacked`, are restored after the visibility timeout.
             raise redis.exceptions.ConnectionError(
                 "the broker connection was released; its unacknowledged messages are "
                 "restored after the visibility timeout")
@@ -108,6 +106,9 @@ class Channel(kombu_redis.Channel):
 
     # The next poll waits on the doorbells (the last fetch found every list empty).
     _waiting = False
+    _woken = False  # the last wait ended with a ring: a fetch that takes, and leaves
+    # messages behind, rings again
+    _busy = False   # the last fetch took a message: the next skips the idle probe
     # The delivery tag the fetch recorded for the message being delivered (`QoS.append`).
     _taken: str | None = None
     _fetch_refused_at = 0.0
@@ -115,6 +116,9 @@ class Channel(kombu_redis.Channel):
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         self._no_ack: dict[str, bool] = {}   # queue -> consumed without acknowledgements
         super().__init__(*args, **kwargs)
+        if self.ocr_idle_wait:
+            # kombu's BRPOP health check allows `brpop_timeout` plus its interval
+            self.brpop_timeout = float(self.ocr_idle_wait)
         unsettled.connected(self._server_run_id())
         self._settle()
 
@@ -172,6 +176,11 @@ class Channel(kombu_redis.Channel):
                 not all(map(lanes.laned, queues)) or \
                 not isinstance(payload.get("properties"), dict):
             super()._do_restore_message(payload, exchange, routing_key, pipe, leftmost)
+            try:  # as kombu's restore, a message without a route is logged, not raised
+                queues = queues or list(self._lookup(exchange, routing_key))
+            except Exception:  # noqa: BLE001
+                queues = []
+            doorbells.ring(pipe, self._key, queues)
             return
         headers["redelivered"] = True
         payload["properties"].setdefault("delivery_info", {})["redelivered"] = True
@@ -180,6 +189,7 @@ class Channel(kombu_redis.Channel):
             pipe.execute_command(*lanes.push_command(
                 self._key(""), self._q_for_pri(queue, step), step, client, dumps(payload),
                 first=not leftmost))
+        doorbells.ring(pipe, self._key, queues)
 
     def _size(self, queue: str) -> int:
         # kombu's count (queue_declare's message count) with the lanes' messages.
@@ -192,12 +202,11 @@ class Channel(kombu_redis.Channel):
         return size
 
     def _ring(self, queue: str) -> None:
-        """Wake one worker waiting on `queue` (a missed ring costs `brpop_timeout`).
+        """Wake one worker waiting on `queue` (a missed ring costs up to `ocr_idle_wait`).
 
         With `ocr_min_replicas`, the ring's WAIT holds the publish until that many
         replicas have the message (the ring is written after it: its WAIT covers it).
         """
-        key = wake_key(queue)
         replicas = int(self.ocr_min_replicas or 0)
         if not self.ocr_refuse_unkept and time.monotonic() - self._replicas_missed_at < 10:
             replicas = 0  # a worker's replicas were missing just now: no wait per publish
@@ -205,9 +214,7 @@ class Channel(kombu_redis.Channel):
         try:
             with self.conn_or_acquire() as client, \
                     client.pipeline(transaction=False) as pipe:
-                # LPUSH and PEXPIRE are prefixed by kombu's client, LTRIM is not.
-                pipe.lpush(key, "1").ltrim(self._key(key), 0, 0)
-                pipe.pexpire(key, WAKE_TTL_MS)
+                doorbells.ring(pipe, self._key, [queue])
                 replies = wait_replicas(pipe, replicas, timeout).execute()
             check_replicas(replies, replicas, timeout, f"a message to queue {queue}")
         except ReplicaMissing:
@@ -255,7 +262,8 @@ class Channel(kombu_redis.Channel):
             command = lanes.fetch_command(self._key(""), (self.unacked_key,
                                                           self.unacked_index_key),
                                           lists, time.time(), self.ocr_max_message_bytes,
-                                          holders.holder())
+                                          probe=not self._busy, woken=self._woken,
+                                          holder=holders.holder())
         self._in_poll = self.client.connection
         self._brpop_sent_at = time.monotonic()  # type: ignore[assignment]
         self.client.connection.send_command(*command)
@@ -290,11 +298,18 @@ class Channel(kombu_redis.Channel):
                 raise kombu_redis.Empty() from None
             if waiting or not reply:
                 self._waiting = not waiting  # after a wait fetch; after nothing, wait
+                self._woken = waiting and bool(reply)
+                self._busy = False
                 raise kombu_redis.Empty()
-            name, item, tag = reply
+            self._busy = True
+            name, item, tag = reply[:3]
             name = bytes_to_str(name)[len(self.global_keyprefix or ""):]
             dest = name.rsplit(self.sep, 1)[0]
             self._queue_cycle.rotate(dest)
+            if self._woken and len(reply) > 3 and int(reply[3]):
+                # A burst rang one doorbell item: wake the next idle worker for the rest.
+                doorbells.ring_again(self, dest)
+            self._woken = False
             return self._deliver_taken(item, dest, bytes_to_str(tag) or None)
         finally:
             self._in_poll = None  # type: ignore[assignment]
@@ -365,19 +380,12 @@ class Channel(kombu_redis.Channel):
         entry = dead_letter(raw, queue, refused)
         log.error("refused a message on queue %s (%s: %s), task id %s; kept in %s",
                   queue, entry.code, entry.reason, entry.task_id, DEAD_LETTER_KEY)
-        self._push_dead_letter(entry)
+        with self.conn_or_acquire() as client:
+            push_dead_letter(client, entry, int(self.ocr_dead_letter_max),
+                             int(self.ocr_dead_letter_ttl))
         message_refused.send(sender=self, task_id=refused.task_id, error=refused.error,
                              queue=queue)
 
-    def _push_dead_letter(self, entry: DeadLetter) -> None:
-        with self.conn_or_acquire() as client, client.pipeline() as pipe:
-            pipe.lpush(DEAD_LETTER_KEY, json.dumps(asdict(entry)))
-            pipe.ltrim(DEAD_LETTER_KEY, 0, int(self.ocr_dead_letter_max) - 1)
-            pipe.expire(DEAD_LETTER_KEY, int(self.ocr_dead_letter_ttl))
-            # counted past the list's cap (`ocr_dead_letters_total`: an alert's figure)
-            pipe.incr(DEAD_LETTER_COUNT_KEY).expire(DEAD_LETTER_COUNT_KEY,
-                                                    int(self.ocr_dead_letter_ttl))
-            pipe.execute()
 
 
 class Transport(kombu_redis.Transport):

@@ -158,6 +158,17 @@ class QoS(kombu_redis.QoS):  # the transport's (tasks/broker/transport.py)
             (defer_restore if requeue else defer_ack)(delivery_tag)
             virtual.QoS.ack(self, delivery_tag)
 
+    def restore_visible(self, start: int = 0, num: int = 10, interval: int = 10) -> None:
+        # kombu takes its mutex and reads the index at every call (every
+        # `unacked_restore_interval` s, on every worker): one read first, and only a
+        # message past the visibility timeout takes the mutex.
+        with self.channel.conn_or_acquire() as client:
+            due = client.zrange(self.unacked_index_key, "-inf",
+                                time.time() - self.visibility_timeout,
+                                byscore=True, offset=0, num=1)
+        if due:
+            super().restore_visible(start, num, interval)
+
     def restore_unacked(self, client: Any = None) -> None:
         # At the channel's close: messages no child started go back to their queues
         # (now, or through the next channel); running tasks keep theirs.

@@ -155,6 +155,9 @@ def _beat_schedule(settings: Settings) -> dict[str, Any]:
 
 
 
+IDLE_WAIT = 10.0
+
+
 def worker_app_config(settings: Settings, engine: str) -> dict[str, Any]:
     """`celery_config` plus what only a worker's app needs: its pool, by its `engine`.
 
@@ -171,8 +174,11 @@ def worker_app_config(settings: Settings, engine: str) -> dict[str, Any]:
     if not settings.broker_is_amqp:
         # A worker's publish short of replicas goes on (its message is on the primary,
         # and its acknowledgement, replicated after it, shows whether it survived).
+        # An idle worker waits on its doorbells IDLE_WAIT s at a time: each publish
+        # rings them, and a message pushed without a ring waits at most that long.
         config["broker_transport_options"] = {**config["broker_transport_options"],
-                                              "ocr_refuse_unkept": False}
+                                              "ocr_refuse_unkept": False,
+                                              "ocr_idle_wait": IDLE_WAIT}
     if engine == "vlm-api" and settings.worker_role != "control":
         config["worker_pool"] = "tasks.queue.pool:ThreadTaskPool"
         config["task_annotations"] = {"ocr.pdf_page": {

@@ -1,7 +1,7 @@
 """The worker parent publishes which queues it consumes (tasks/state/liveness.py).
 
 Runs in the worker parent only: `worker_ready` (first record, so a client sees the
-worker as soon as it reads its queues), `heartbeat_sent` (every event heartbeat, 2 s,
+worker as soon as it reads its queues), `heartbeat_sent` (every event heartbeat, 5 s,
 from the consumer's own loop: a hung parent stops refreshing and drops out) and
 `worker_shutdown` (the record goes at once). A failing write is logged and dropped:
 the next heartbeat tries again. The record names the parent's pid; on a Redis broker,

@@ -63,8 +63,8 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 # Seconds between the worker parent's checks of its children's gauges (it runs on
-# every heartbeat, every 2 s, but acts only this often).
-KEEP_INTERVAL = 10.0
+# every heartbeat, every 5 s, but acts only this often).
+KEEP_INTERVAL = 60.0
 
 
 def rss_bytes() -> int:

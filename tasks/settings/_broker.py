@@ -79,7 +79,7 @@ class BrokerSettings:
     worker_liveness_seconds: float = _s(
         "OCR_WORKER_LIVENESS_SECONDS", "30",
         "On a Redis broker: seconds a worker may go without a heartbeat (its presence "
-        "record, refreshed every 2 s) before the jobs it holds are handed to another "
+        "record, refreshed every few seconds) before the jobs it holds go to another "
         "worker (a killed or preempted host); a live worker checks every third of it. "
         "Past OCR_VISIBILITY_TIMEOUT the jobs go back regardless. A paused host that "
         "comes back after this window may still finish its jobs; each job ends once. "

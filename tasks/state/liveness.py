@@ -1,8 +1,9 @@
 """The one answer to "is a live worker serving this queue?": presence records in Redis.
 
 Written by worker parents (tasks/queue/presence.py: at ready, on every event heartbeat,
-gone at shutdown) and read by everyone who asks: `submit.py`'s wait, the HTTP API's
-readiness (tasks/api/_readiness.py), the operator console. A read is one HGETALL of a
+one pipelined HSET and EXPIRE, gone at shutdown) and read by everyone who asks:
+`submit.py`'s wait, the HTTP API's readiness (tasks/api/_readiness.py), the operator
+console. A read is one HGETALL of a
 hash with one field per worker node: no broadcast, no wait for replies.
 
 Each field holds `{"queues": [...], "engines": [...], "expires": <epoch s>, "pid":
@@ -25,8 +26,11 @@ import redis
 from tasks.state.keys import WORKERS_KEY
 
 # Seconds a presence record stays valid after its last refresh (heartbeats come every
-# 2 s: several may be missed before a worker counts as gone).
-PRESENCE_TTL = 10.0
+# 5 s, the Procfile's `--heartbeat-interval`: two may be missed before a worker counts
+# as gone).
+PRESENCE_TTL = 15.0
+# Seconds between one writer's sweeps of records past their `expires`.
+TIDY_INTERVAL = 60.0
 
 
 class WorkerPresence:
@@ -37,6 +41,7 @@ class WorkerPresence:
         self._redis = client
         self.ttl = ttl
         self.keep = keep
+        self._tidied_at = float("-inf")
 
     def publish(self, node: str, queues: Iterable[str], now: float | None = None,
                 engines: Iterable[str] = (), pid: int | None = None) -> None:
@@ -50,12 +55,17 @@ class WorkerPresence:
                   "expires": round(now + self.ttl, 3)}
         if pid is not None:
             fields["pid"] = pid
-        pipe = self._redis.pipeline()
+        # One round trip, two commands: the record and the hash's TTL.
+        pipe = self._redis.pipeline(transaction=False)
         pipe.hset(WORKERS_KEY, node, json.dumps(fields))
         pipe.expire(WORKERS_KEY, int(max(self.ttl * 6, self.ttl + self.keep)) + 1)
         pipe.execute()
-        # Tidy: the records of workers gone without a word (killed) go with the next
-        # write of any live one, `keep` seconds after they lapsed; readers never write.
+        if now - self._tidied_at < TIDY_INTERVAL:
+            return
+        # Tidy: the records of workers gone without a word (killed) go with a write of
+        # a live one, once a TIDY_INTERVAL per writer, `keep` seconds after they lapsed;
+        # readers never write.
+        self._tidied_at = now
         stale = [n for n, r in self._records().items() if _expires(r) + self.keep < now]
         if stale:
             self._redis.hdel(WORKERS_KEY, *stale)

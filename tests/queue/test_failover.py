@@ -369,7 +369,7 @@ def check_endings(fleet: Fleet, results: dict[str, dict[str, Any]], parent: int 
     # ... through the project's transport, before and after the switch (kombu's own,
     # which a failed connection used to fall back to, pops before it records)
     connected = re.findall(r"Connected to (\S+?)://", fleet.worker.log())
-    assert len(connected) >= 2 and all(t.startswith("tasks.queue.") for t in connected), \
+    assert len(connected) >= 2 and all(t.startswith("tasks.broker.") for t in connected), \
         connected
     store = connect(Settings.from_env(fleet.env).redis_target)
 

@@ -1,0 +1,48 @@
+"""Doorbells: how a publish wakes an idle worker without the worker polling its lists.
+
+Runs in every process that publishes through the project's transport (a publish and a
+restore ring) and in the worker parent (a fetch woken by a ring rings once more).
+A queue's doorbell (`layout.wake_key`) is a list of one item at most: idle workers wait
+on their queues' doorbells in one long BLPOP (tasks/broker/transport.py), since taking
+a message is a Lua script, which cannot block.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Iterable
+from typing import Any
+
+import redis
+
+from tasks.broker.layout import wake_key
+
+log = logging.getLogger(__name__)
+WAKE_TTL_MS = 60_000     # a doorbell nobody answered is gone after a minute
+
+
+def ring(pipe: Any, prefixed: Callable[[str], str], queues: Iterable[str]) -> None:
+    """Ring the doorbells of `queues` in `pipe` (a kombu client's pipeline).
+
+    `prefixed`: a name with kombu's global key prefix; kombu's client prefixes LPUSH
+    and PEXPIRE itself, not LTRIM.
+    """
+    for queue in queues:
+        key = wake_key(queue)
+        pipe.lpush(key, "1").ltrim(prefixed(key), 0, 0).pexpire(key, WAKE_TTL_MS)
+
+
+def ring_again(channel: Any, queue: str) -> None:
+    """Ring `queue`'s doorbell once more through `channel`, without waiting for replicas.
+
+    A failure is logged and dropped: the message is taken, and the next idle worker's
+    wait ends on its own.
+    """
+    errors = (*channel.connection_errors, redis.exceptions.ResponseError)
+    try:
+        with channel.conn_or_acquire() as client, \
+                client.pipeline(transaction=False) as pipe:
+            ring(pipe, channel._key, [queue])
+            pipe.execute()
+    except errors as exc:
+        log.debug("could not ring the doorbell of %s again: %r", queue, exc)

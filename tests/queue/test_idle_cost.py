@@ -1,0 +1,126 @@
+"""What an idle worker costs Redis: a few commands a second, and it still wakes at once.
+
+A redis-server of this module's own (its command counts are the worker's alone) and a
+real Procfile worker (2 children, the fake engine: queue mechanics only). Idle, the
+worker waits on its queues' doorbells in long blocking reads; its heartbeats and
+presence record are one write every few seconds; kombu's restore check is one read.
+The goal is 3 commands/s (docs: bench/README.md, `idle_fleet`); the bound here leaves
+a loaded 2-core machine its margin.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import redis
+from kombu import Connection, Exchange, Queue
+
+from tasks.broker import layout
+from tasks.broker.lanes import fetch_command, push_command
+from tasks.broker.layout import wake_key
+from tasks.broker.transport import TRANSPORT
+from tests.harness import RedisServer, Worker, fake_env, stop_all
+
+# Commands/s an idle worker may send here (goal 3, plus a loaded machine's margin).
+IDLE_BOUND = 5.0
+WINDOW = 10.0
+
+
+@pytest.fixture(scope="module")
+def own_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServer]:
+    server = RedisServer(tmp_path_factory.mktemp("idle-redis"))
+    server.start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="module")
+def idle_worker(own_server: RedisServer, tmp_path_factory: pytest.TempPathFactory
+                ) -> Iterator[Worker]:
+    log: Path = tmp_path_factory.mktemp("idle-worker") / "worker.log"
+    worker = Worker(log, {"REDIS_URL": own_server.url(), "OCR_CONCURRENCY": "2",
+                          **fake_env()}).start()
+    yield worker
+    stop_all([worker])
+
+
+def calls(client: redis.Redis) -> dict[str, int]:
+    return {name: int(v["calls"]) for name, v in client.info("commandstats").items()}
+
+
+def fetch(r: redis.Redis, probe: bool = True, woken: bool = False) -> list[Any] | None:
+    """One fetch over a worker's lists: `ocr` and `ocr-control`, every priority step."""
+    lists = [(layout.queue_list(q, step), step, True, True)
+             for step in layout.PRIORITY_STEPS for q in ("ocr-control", "ocr")]
+    reply: list[Any] | None = r.execute_command(*fetch_command(
+        "", ("unacked", "unacked_index"), lists, time.time(), 0, probe=probe, woken=woken))
+    return reply
+
+
+def test_an_empty_fetch_is_one_exists_and_a_lone_clients_keeps_no_turns(
+        own_server: RedisServer) -> None:
+    """Lane bookkeeping costs an idle worker, or a client alone, next to nothing."""
+    r = redis.Redis(port=own_server.port)
+    before = calls(r)
+    assert fetch(r) is None
+    spent = {k: n - before.get(k, 0) for k, n in calls(r).items() if n != before.get(k, 0)}
+    assert spent == {"cmdstat_eval": 1, "cmdstat_exists": 1, "cmdstat_info": 1}, spent
+    step = 3
+    for n in range(3):
+        r.execute_command(*push_command("", layout.queue_list("ocr", step), step, "alone",
+                                        envelope(n)))
+    before = calls(r)
+    taken = [fetch(r, probe=n == 0, woken=n > 0) for n in range(3)]
+    spent = {k: n - before.get(k, 0) for k, n in calls(r).items() if n != before.get(k, 0)}
+    assert all(reply is not None for reply in taken)
+    # a fetch woken by a doorbell says whether it left messages (the next ring's cue)
+    assert [len(reply) for reply in taken if reply] == [3, 4, 4]
+    assert [reply[3] > 0 for reply in taken[1:] if reply] == [True, False]
+    assert fetch(r) is None and not r.exists(layout.lanes_key(step))
+    # no turn kept, no weight read: the lone client's path; each message's tail read once
+    assert "cmdstat_hget" not in spent and "cmdstat_hset" in spent, spent
+    assert spent.get("cmdstat_lindex", 0) <= 3 * 3, spent
+
+
+def envelope(n: int) -> str:
+    return json.dumps({"body": "", "headers": {"ocr_client": "alone", "n": n},
+                       "properties": {"delivery_tag": f"tag-{n}", "delivery_info": {
+                           "exchange": "ocr", "routing_key": "ocr"}}})
+
+
+def test_an_idle_worker_sends_a_few_commands_a_second(own_server: RedisServer,
+                                                      idle_worker: Worker) -> None:
+    r = redis.Redis(port=own_server.port)
+    time.sleep(6)  # past its start: first heartbeat, presence, first fetch and wait
+    before = calls(r)
+    time.sleep(WINDOW)
+    after = calls(r)
+    sent = {k: n - before.get(k, 0) for k, n in after.items() if n != before.get(k, 0)}
+    sent["cmdstat_info"] = sent.get("cmdstat_info", 1) - 1  # this test's own INFO
+    rate = sum(sent.values()) / WINDOW
+    assert rate <= IDLE_BOUND, f"{rate:.1f} commands/s idle: {sorted(sent.items())}"
+    # it waits on doorbells (BLPOP), never polls the queues' lists one by one
+    assert not sent.get("cmdstat_lindex") and not sent.get("cmdstat_llen"), sent
+
+
+def test_a_restored_message_rings_its_queues_doorbell(own_server: RedisServer) -> None:
+    """Idle workers wait long on doorbells: a message put back rings, as a publish does."""
+    r = redis.Redis(port=own_server.port)
+    name = "ocr-restored"
+    queue = Queue(name, Exchange(name, "direct"), name)
+    with Connection(own_server.url(), transport=TRANSPORT) as conn:
+        channel = conn.channel()
+        queue(channel).declare()
+        conn.Producer(channel).publish({"n": 1}, exchange=name, routing_key=name)
+        message = queue(channel).get(no_ack=False)
+        assert message is not None
+        r.delete(wake_key(name))  # the publish's ring, answered
+        message.requeue()  # kombu's restore of an unacknowledged message
+        assert r.exists(wake_key(name))
+        assert r.llen(name) == 1
+        channel.close()
