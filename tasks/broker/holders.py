@@ -172,6 +172,8 @@ class HolderSweep:
         if not self._broker.set(self._lock, self._token, nx=True,
                                 px=int((self.interval - SLACK) * 1000)):
             return []
+        if not self._broker.hlen(self._keys[0]):  # nothing held anywhere (an idle fleet)
+            return []
         now = time.time() if now is None else now
         records = self._presence.hgetall(WORKERS_KEY)
         args = liveness_args(records, now, self.window, self._ttl)
