@@ -4,13 +4,13 @@ Runs in the worker parent: the one process that consumes (the fetch names it as 
 holder) and that writes the node's presence record (tasks/queue/presence.py, whose
 heartbeat drives the sweep). Clients and RabbitMQ workers never use it.
 
-The fetch (tasks/queue/lanes.py, `FETCH_SCRIPT`) writes, in the same script call that
+The fetch (tasks/broker/lanes.py, `FETCH_SCRIPT`) writes, in the same script call that
 records a message in kombu's `unacked` hash, the message's holder in the hash
 `unacked_holders` under the same delivery tag: `<node>|<parent pid>`, then the key it
 was taken from (the client's lane, or the list itself), the ring of its priority step
 and its client, one per line. Every path that drops the `unacked` record (ack, reject,
 restore, the visibility timeout's restore) drops the holder in the same MULTI
-(tasks/queue/unsettled.py, `QoS._remove_from_indices`).
+(tasks/broker/unsettled.py, `QoS._remove_from_indices`).
 
 A holder is alive while its node's presence record (tasks/state/liveness.py: field
 node -> `{"expires", "pid", ...}`, refreshed by every heartbeat) names its pid and
@@ -23,8 +23,8 @@ and holder, in one atomic step. A holder whose node has no record at all counts 
 dead once its message was taken more than the window ago (a worker's first fetch may
 come just before its first record is visible). The visibility timeout stays the
 backstop for a live worker that stops acknowledging. A graceful stop (warm shutdown)
-drops the holders of the tasks still running at the channel's close: those keep the
-visibility timeout, as on every stop before.
+drops the holders of the tasks still running at the channel's close: those have the
+visibility timeout alone, and the stopping worker finishes them.
 """
 
 from __future__ import annotations
