@@ -8,7 +8,9 @@ pdf and hOCR outputs; the tesseract and the vlm-api engine; priorities, cancels 
 deadlines; a signed callback for every job; a fifth of the jobs followed by their
 Server-Sent Events on either API process, opened again after a cut) and injects
 faults at random while it runs: SIGKILL a pool child, SIGKILL a worker parent (the
-host's other processes then die with it, and it starts again), SIGTERM a worker and
+host's other processes then die with it, and it starts again), SIGKILL a whole worker
+host at once (parent and children: a preempted node; its jobs go to another worker, or
+to the host started again later, through the sweep of dead holders), SIGTERM a worker and
 start it again (a scale-down), restart the Redis primary (append-only file), SIGKILL
 the Redis primary (the Sentinels promote a replica; the old one rejoins as a replica),
 restart an API process, stop the inference server for a while, and make the webhook
@@ -59,8 +61,8 @@ WORDS = ("invoice", "ledger", "harbour", "quartz", "meadow", "lantern", "ribbon"
 OUTPUTS = ("text", "text", "markdown", "pdf", "hocr")  # a VLM's words placed on boxes too
 WATCHED = 0.2  # the share of jobs followed by their events
 PRIORITIES = ("interactive", "normal", "normal", "batch")
-FAULTS = ("kill_child", "kill_parent", "term_worker", "restart_redis", "failover_redis",
-          "restart_api", "inference_down", "webhook_failing")
+FAULTS = ("kill_child", "kill_parent", "kill_host", "term_worker", "restart_redis",
+          "failover_redis", "restart_api", "inference_down", "webhook_failing")
 # On a RabbitMQ fleet (`--broker rabbitmq`) too: SIGKILL the node that leads the busiest
 # job queue, start it again after a while (it rejoins its cluster).
 RABBIT_FAULTS = ("stop_rabbit_leader",)
@@ -336,6 +338,8 @@ class Soak:
             victim = self.rng.choice(children)
             victim.kill()
             return f"pid {victim.pid}"
+        if kind == "kill_host":
+            return self.kill_host(down)
         if kind in ("kill_parent", "term_worker"):
             name = self.rng.choice(sorted(fleet.hosts))
             host = fleet.hosts[name]
@@ -386,6 +390,28 @@ class Soak:
             self.stopped.wait(down / 2)
             return f"{down / 2:.0f} s of 503"
         raise ValueError(kind)
+
+    def kill_host(self, down: float) -> str:
+        """SIGKILL a worker host's parent and children at once; start it `down` s later.
+
+        Its held jobs go back through the sweep of dead holders (tasks/broker/holders.py)
+        once it is silent for OCR_WORKER_LIVENESS_SECONDS, or as soon as it starts again
+        (a new pid under its node name).
+        """
+        name = self.rng.choice(sorted(self.fleet.hosts))
+        host = self.fleet.hosts[name]
+        with self.lock:
+            if name in self.faulting:
+                return f"{name}: already restarting"
+            self.faulting.add(name)
+        try:
+            host.kill_group()
+            self.stopped.wait(down)
+            host.start()
+        finally:
+            with self.lock:
+                self.faulting.discard(name)
+        return f"{name}, {down:.0f} s down"
 
     def stop_rabbit_leader(self, down: float) -> str:
         """SIGKILL the node leading `ocr` (the busiest job queue); start it again later."""

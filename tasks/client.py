@@ -376,8 +376,8 @@ class OcrClient:
                 "filename": self.filename(job_id), "error": error.to_dict()}
 
     def live_queues(self) -> dict[str, set[str]]:
-        """The queues each live worker consumes, by node (presence records: one read)."""
-        return WorkerPresence(self._redis).live_queues()
+        """The queues of each worker not silent for OCR_WORKER_LIVENESS_SECONDS, by node."""
+        return WorkerPresence(self._redis).live_queues(window=self.settings.worker_liveness_seconds)
 
     def check_service(self) -> None:
         """Raise `ServiceUnreachable` (with the URL, password masked) unless Redis answers."""

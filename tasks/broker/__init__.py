@@ -6,10 +6,10 @@ Who runs what:
   retries): `transport.Channel._put` (a client's message to its lane, `lanes.push_command`)
   and the doorbell's ring (`doorbells`); behind Sentinel through `sentinel_transport`.
 - the worker parent, the one process that consumes: the fetch (`lanes.FETCH_SCRIPT`,
-  recorded and popped in one step; idle, one EXISTS), the long wait on doorbells
-  (`ocr_idle_wait`, 10 s in workers), the checks and dead letters
+  recorded with its holder and popped in one step; idle, one EXISTS), the long wait on
+  doorbells (`ocr_idle_wait`, 10 s in workers), the checks and dead letters
   (`refusals`, `bounded_reply`), acknowledgements and what a lost connection leaves
-  (`unsettled`).
+  (`unsettled`), and, on its heartbeat, the sweep of dead holders' messages (`holders`).
 - the Procfile `metrics` process: `queue_depth` (the figure KEDA scales on) and
   `fleet_metrics` (Redis health, oldest messages, workers per queue, dead letters).
 - the Redis container's start-up and the kits: `redis_acl` (each role's Redis user).
@@ -29,6 +29,13 @@ The key layout, owned by `layout` (nothing else spells these names):
                                               [msg, exch, rkey])    depth's running count
     unacked_index                    zset    the fetch (tag->time) kombu's restore sweep
     unacked_mutex                    string  kombu's restore       kombu's restore
+    unacked_holders                  hash    the fetch (tag ->     the holders' sweep;
+                                              holder, src, ring,    dropped with the
+                                              client)               unacked record
+    unacked_sweep                    string  the holders' sweep    the holders' sweep
+                                              (SET NX PX lock)
+    ocr:workers (tasks/state)        hash    heartbeats (node ->   the holders' sweep
+                                              expires, pid)
     ocr:wake:<queue>                 list    each publish and      idle workers' BLPOP
                                               restore (1 item)
     ocr:dead-letter[:count]          list    refused messages      the exporter, operators
@@ -58,6 +65,8 @@ Private kombu names this package overrides or calls, checked against kombu
   only when a message is past the visibility timeout (an idle worker's cost).
 - `QoS.ack` / `reject` / `restore_unacked`: what fails with the connection is settled by
   the next channel (`unsettled`); they call `_remove_from_indices`, `_delivered`.
+  `restore_unacked` drops the holders of the tasks still running (a warm stop).
+- `QoS._remove_from_indices`: the message's holder goes in the same MULTI.
 - `SentinelChannel._sentinel_managed_pool`: the Sentinels of `ocr_sentinels`, not the
   URL's parts (kombu would switch to its own transport on a failover).
 

@@ -74,11 +74,14 @@ return 1
 # properties last, so the last 8 KiB are searched first, a message of up to 1 MiB
 # whole. A message larger than ARGV[2] bytes (0: no bound), or whose properties are not
 # found, is popped unrecorded. Returns {list, message, tag or ""}, or nil; with the
-# last ARGV "1" (a fetch woken by a doorbell), a 4th: how many lists and rings still
-# hold messages. With the one before it "1", an idle fetch costs one EXISTS over every
-# list and ring; a ring with
+# ARGV after the lists' "1" (a fetch woken by a doorbell, ARGV[5+3n]), a 4th: how many
+# lists and rings still hold messages. With ARGV[4+3n] "1", an idle fetch costs one
+# EXISTS over every list and ring; a ring with
 # nothing in its lists and no client costs one EXISTS; a list's tail is read only when
-# its anonymous lane's turn comes (or its ring has no clients).
+# its anonymous lane's turn comes (or its ring has no clients). ARGV[6+3n], when not
+# empty, names the holder (`<node>|<pid>`, tasks/broker/holders.py): a recorded
+# message's holder, the key it was taken from, its step's ring and its client go to
+# KEYS[1]..'_holders' under its tag.
 FETCH_SCRIPT = r"""
 local limit = tonumber(ARGV[2])
 local function envelope(text)
@@ -90,7 +93,8 @@ local function envelope(text)
   if not (ex and rk) then return nil end
   return tag, ex, rk
 end
-local function take(src, item, ack, list)
+local holder = ARGV[6 + 3 * (#KEYS - 2)] or ''
+local function take(src, item, ack, list, ring, client)
   local tag, ex, rk = nil, nil, nil
   if ack and (limit == 0 or #item <= limit) then
     tag, ex, rk = envelope(string.sub(item, -8192))
@@ -99,6 +103,10 @@ local function take(src, item, ack, list)
   if tag then
     redis.call('ZADD', KEYS[2], ARGV[1], tag)
     redis.call('HSET', KEYS[1], tag, '[' .. item .. ', "' .. ex .. '", "' .. rk .. '"]')
+    if holder ~= '' then
+      redis.call('HSET', KEYS[1] .. '_holders', tag,
+                 holder .. '\n' .. src .. '\n' .. (ring or '') .. '\n' .. (client or ''))
+    end
   end
   redis.call('RPOP', src)
   return {list, item, tag or ''}
@@ -144,7 +152,7 @@ local function share(ring, first, last)
     end
     if item and members == 1 and client ~= '' then
       -- a lone client: no turns to keep
-      local got = take(src, item, ARGV[4 + 3 * at] == '1', KEYS[3 + at])
+      local got = take(src, item, ARGV[4 + 3 * at] == '1', KEYS[3 + at], ring, client)
       if redis.call('HINCRBY', count, client, -1) < 1 then
         redis.call('LREM', ring, 1, client)
         redis.call('HDEL', count, client)
@@ -158,7 +166,7 @@ local function share(ring, first, last)
         left = math.floor(tonumber(redis.call('HGET', ARGV[3], client)) or 1)
         if left < 1 then left = 1 end
       end
-      local got = take(src, item, ARGV[4 + 3 * at] == '1', KEYS[3 + at])
+      local got = take(src, item, ARGV[4 + 3 * at] == '1', KEYS[3 + at], ring, client)
       left = left - 1
       local waiting = 1
       if client ~= '' then waiting = redis.call('HINCRBY', count, client, -1) end
@@ -237,7 +245,8 @@ def push_command(prefix: str, list_key: str, step: int, client: str, body: str,
 
 def fetch_command(prefix: str, unacked: tuple[str, str],
                   lists: Sequence[tuple[str, int, bool, bool]], now: float,
-                  max_bytes: int, probe: bool = True, woken: bool = False) -> list[Any]:
+                  max_bytes: int, probe: bool = True, woken: bool = False,
+                  holder: str = "") -> list[Any]:
     """The EVAL of `FETCH_SCRIPT` over `lists`, in that order (highest priority first).
 
     Each list: its key, its priority step, whether it has lanes, whether its consumer
@@ -245,6 +254,7 @@ def fetch_command(prefix: str, unacked: tuple[str, str],
     and index. `probe`: first one EXISTS over every list and ring, an empty fetch's
     whole cost (a fetch likely to find a message leaves it out). `woken`: the reply
     says whether messages are left (a burst rang one doorbell item for all of them).
+    `holder`: recorded beside each message taken ("": none).
     """
     keys = [prefix + unacked[0], prefix + unacked[1]]
     args = [repr(now), str(int(max_bytes or 0)), LANE_WEIGHTS_KEY]
@@ -253,7 +263,7 @@ def fetch_command(prefix: str, unacked: tuple[str, str],
         args += ["1" if ack else "0", prefix + lanes_key(step) if has_lanes else "",
                  prefix + lane_key(name, "")]
     return ["EVAL", FETCH_SCRIPT, len(keys), *keys, *args, "1" if probe else "0",
-            "1" if woken else "0"]
+            "1" if woken else "0", holder]
 
 
 # Messages waiting in the lanes of the lists KEYS[i] (ARGV[2i-1]: the ring of list i's

@@ -28,6 +28,11 @@ UNACKED_INDEX_KEY = "unacked_index"
 UNACKED_MUTEX_KEY = "unacked_mutex"
 UNACKED_KEYS = (UNACKED_KEY, UNACKED_INDEX_KEY, UNACKED_MUTEX_KEY)
 BINDING_PREFIX = "_kombu.binding."
+# Beside kombu's unacknowledged messages: each one's holder (hash: tag -> `<node>|<pid>`,
+# the key it was taken from, its ring, its client; one per line) and the lock of the
+# sweep that puts a dead holder's messages back (tasks/broker/holders.py).
+HOLDERS_KEY = UNACKED_KEY + "_holders"
+SWEEP_LOCK_KEY = UNACKED_KEY + "_sweep"
 
 WAKE_PREFIX = ROOT + "wake:"          # doorbells: ocr:wake:<queue>
 LANE_PREFIX = ROOT + "lane:"          # a client's lane: ocr:lane:<list>:<client>

@@ -46,7 +46,9 @@ QUEUES = ("ocr", "ocr[^:]*")          # task queues: ocr, ocr-<engine>, ocr-cont
 DIRECT = ("*.dq2*",)                  # each worker's own queue (worker_direct)
 PIDBOX = ("*.celery.pidbox*",)        # remote control: a node's mailbox, replies
 BINDINGS = ("_kombu.*",)              # exchange -> queue tables and their deadlines
-UNACKED = layout.UNACKED_KEYS         # delivered, not acknowledged
+# delivered, not acknowledged; each one's holder and the lock of their sweep
+# (tasks/broker/holders.py)
+UNACKED = (*layout.UNACKED_KEYS, layout.HOLDERS_KEY, layout.SWEEP_LOCK_KEY)
 RESULTS = ("celery-task-meta-*",)     # Celery's results
 WAKE = (layout.WAKE_PREFIX + "*",)    # each queue's doorbell (tasks/broker/layout.py)
 # each client's lane of a queue's list, each priority step's ring of clients, its turn
@@ -72,13 +74,14 @@ SEND = ("lpush", "lpos", "rpush", "hincrby", "lrange", "llen", "ltrim", "pexpire
         "publish", "subscribe", "unsubscribe", "get", "mget", "wait", "info")
 # What a consuming worker adds: the atomic fetch (a Lua script: LINDEX, ZADD, HSET,
 # RPOP; the lanes' ring: LLEN, LPOS, LREM, RPUSH, HINCRBY, HDEL), doorbells (BLPOP),
-# acknowledgements and restores (HGET, HDEL, ZREM, ZRANGE, WATCH), the binding sweep,
+# acknowledgements and restores (HGET, HDEL, ZREM, ZRANGE, WATCH), the sweep of dead
+# holders' messages (a Lua script: SET NX PX, HGETALL, ZSCORE, RPUSH), the binding sweep,
 # remote control (PSUBSCRIBE), results and job state.
 CONSUME = ("rpop", "rpush", "lrem", "lpos", "lindex", "lrange", "blpop", "hset",
            "hsetnx", "hget", "hdel",
            "hgetall", "hmget", "hexists", "hlen", "hkeys", "hincrby", "hincrbyfloat",
            "set", "setex", "del", "unlink", "exists", "expire", "pexpire", "ttl", "incr",
-           "incrby", "strlen", "srem", "zrem", "zrange", "zrangebyscore", "watch",
+           "incrby", "strlen", "srem", "zrem", "zrange", "zrangebyscore", "zscore", "watch",
            "unwatch", "psubscribe", "punsubscribe", "scan")
 
 

@@ -41,7 +41,7 @@ from kombu.transport import redis as kombu_redis
 from kombu.utils.encoding import bytes_to_str
 from kombu.utils.json import dumps
 
-from tasks.broker import doorbells, lanes, unsettled
+from tasks.broker import doorbells, holders, lanes, unsettled
 from tasks.broker.bounded_reply import bounded_parser
 from tasks.broker.layout import DEAD_LETTER_KEY, wake_key
 from tasks.broker.queue_depth import PUBLISHED_HEADER
@@ -262,7 +262,8 @@ class Channel(kombu_redis.Channel):
             command = lanes.fetch_command(self._key(""), (self.unacked_key,
                                                           self.unacked_index_key),
                                           lists, time.time(), self.ocr_max_message_bytes,
-                                          probe=not self._busy, woken=self._woken)
+                                          probe=not self._busy, woken=self._woken,
+                                          holder=holders.holder())
         self._in_poll = self.client.connection
         self._brpop_sent_at = time.monotonic()  # type: ignore[assignment]
         self.client.connection.send_command(*command)

@@ -32,6 +32,8 @@ from typing import Any
 from kombu.transport import redis as kombu_redis
 from kombu.transport import virtual
 
+from tasks.broker.holders import holders_key
+
 log = logging.getLogger(__name__)
 
 RECENT = 10.0     # seconds of acknowledgements before a loss that are looked at again
@@ -134,6 +136,12 @@ class QoS(kombu_redis.QoS):  # the transport's (tasks/broker/transport.py)
             return
         super().append(message, delivery_tag)
 
+    def _remove_from_indices(self, delivery_tag: str, pipe: Any = None) -> Any:
+        # kombu's, and the message's holder (tasks/broker/holders.py) in the same MULTI.
+        with self.pipe_or_acquire(pipe) as pipe:
+            return super()._remove_from_indices(delivery_tag, pipe).hdel(
+                holders_key(self.unacked_key), delivery_tag)
+
     def ack(self, delivery_tag: str) -> None:
         try:
             super().ack(delivery_tag)
@@ -164,10 +172,12 @@ class QoS(kombu_redis.QoS):  # the transport's (tasks/broker/transport.py)
     def restore_unacked(self, client: Any = None) -> None:
         # At the channel's close: messages no child started go back to their queues
         # (now, or through the next channel); running tasks keep theirs.
-        _, waiting = split_running(dict(self._delivered))
+        running, waiting = split_running(dict(self._delivered))
         self._delivered.clear()
         try:
             with self.channel.conn_or_acquire(client) as conn:
+                if running:  # a stop: running tasks keep the visibility timeout alone
+                    conn.hdel(holders_key(self.unacked_key), *running)
                 while waiting:
                     self.restore_by_tag(waiting[0], client=conn)
                     waiting.pop(0)

@@ -94,8 +94,9 @@ class JobEnder:
     def end(self, outcome: Outcome) -> bool:
         """Claim and finish; False (and nothing done) when the job had already ended."""
         if not self.claim(outcome.job_id):
-            log.debug("job %s already ended; %s not recorded", outcome.job_id,
-                      outcome.status.value)
+            # e.g. a run by a worker that only seemed dead, its job handed on meanwhile
+            log.warning("job %s already ended; this run's %s dropped", outcome.job_id,
+                        outcome.status.value)
             return False
         self.finish(outcome)
         return True

@@ -131,7 +131,8 @@ def document(self: Task, *args: Any, **kwargs: Any) -> dict[str, Any]:
                 _previous(self.app, request),
                 progress=functools.partial(report_progress, self.app, job_id),
                 started=started, engine_name=engine,
-                pages_read=functools.partial(telemetry.pages_read, engine, client=client),
+                pages_read=functools.partial(telemetry.pages_read, engine, client=client,
+                                             job=job_id),
                 check_pages=functools.partial(services.usage.admit, client))
             # A thread pool enforces no limit: the job's own read is bounded here.
             work = (thread_limits.bounded(settings.soft_time_limit, read)
@@ -210,7 +211,7 @@ def fan_out(task: Task, work: FanOut, services: JobServices) -> NoReturn:
         services.stores.blobs.delete(meta.request.blob)
         raise Ignore()
     telemetry.pages_read(meta.engine, work.text_pages,  # those this task read
-                        client=meta.request.client)
+                        client=meta.request.client, job=job_id)
     # Progress first: a fast page could otherwise finish the job before this write.
     report_progress(task.app, job_id, len(work.text_pages), meta.total)
     # An encrypted URL input's password goes with its page tasks (each host decrypts

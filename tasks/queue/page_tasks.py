@@ -71,7 +71,7 @@ def pdf_page(self: Task, doc_id: str, number: int,
             f"({settings.vlm_api_page_time_limit} s)" if engines.threaded else
             f"page {number} ran past its soft time limit of "
             f"{settings.page_soft_time_limit} s"))
-    telemetry.pages_read(meta.engine, [page], client=meta.request.client)
+    telemetry.pages_read(meta.engine, [page], client=meta.request.client, job=doc_id)
     _record_or_end(self, meta, page, services, password)
     return {"document": doc_id, "number": number, "ok": not page.failed}
 
@@ -106,7 +106,7 @@ def pdf_text_chunk(self: Task, doc_id: str, index: int,
         pages = [failed_page(n, Timeout(f"page {n}'s layout analysis ran past the soft "
                                         f"time limit of {settings.soft_time_limit} s"))
                  for n in numbers]
-    telemetry.pages_read(meta.engine, pages, client=meta.request.client)
+    telemetry.pages_read(meta.engine, pages, client=meta.request.client, job=doc_id)
     _record_or_end(self, meta, pages, services, password)
     return {"document": doc_id, "chunk": index, "pages": len(pages)}
 
@@ -157,7 +157,7 @@ def _record_lost(task: Task, doc_id: str,
                 return  # the document has ended
             pages = lost(meta)
             telemetry.pages_read(meta.engine, pages if isinstance(pages, list) else [pages],
-                                 client=meta.request.client)
+                                 client=meta.request.client, job=doc_id)
             _record(task.app, meta, pages, services, password)
     except OcrError as exc:
         retry_later(task, exc)

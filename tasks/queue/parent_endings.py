@@ -236,7 +236,9 @@ def take_over_killed(app: OcrCelery, job_id: str, kwargs: Any, status: JobStatus
             time.sleep(0.02)
         if not services.ender.take_over(job_id, holder):
             return False
-        services.ender.finish(_outcome_of_message(app, job_id, kwargs, status, error))
+        # The child may have stored its result before it was killed: that is the ending.
+        services.ender.finish(_stored_outcome(app, job_id, kwargs)
+                              or _outcome_of_message(app, job_id, kwargs, status, error))
     except (redis.RedisError, OcrError) as exc:
         log.error("job %s could not be taken over here: %s", job_id, type(exc).__name__)
         return False
@@ -264,10 +266,10 @@ def finish_abandoned(app: OcrCelery, job_id: str, kwargs: Any) -> bool:
         return False
     if not services.ender.take_over(job_id, holder):
         return False
-    stored = app.AsyncResult(job_id)
-    if stored.state not in (JobStatus.SUCCESS.value, JobStatus.PARTIAL.value) \
-            or not isinstance(stored.result, dict):
-        if stored.state in states.UNREADY_STATES or stored.state == "PROGRESS":
+    outcome = _stored_outcome(app, job_id, kwargs)
+    if outcome is None:
+        stored = app.AsyncResult(job_id)
+        if stored.state in states.UNREADY_STATES or stored.state == PROGRESS_STATE:
             services.ender.release(job_id)  # no ending was stored: the job runs again
             log.warning("job %s: its ender %s died before storing; run again", job_id,
                         holder)
@@ -275,12 +277,21 @@ def finish_abandoned(app: OcrCelery, job_id: str, kwargs: Any) -> bool:
             log.warning("job %s: its ender %s died after storing %s", job_id, holder,
                         stored.state)
         return False
-    outcome = _outcome_of_message(app, job_id, kwargs, JobStatus(stored.state), None)
-    outcome.result = DocumentResult.from_json(stored.result)
     services.ender.finish(outcome)
     log.warning("job %s: ending finished here, its ender %s gone with its worker",
                 job_id, holder)
     return True
+
+
+def _stored_outcome(app: OcrCelery, job_id: str, kwargs: Any) -> Outcome | None:
+    """The ending a killed ender had stored (a SUCCESS or PARTIAL result), else None."""
+    stored = app.AsyncResult(job_id)
+    if stored.state not in (JobStatus.SUCCESS.value, JobStatus.PARTIAL.value) \
+            or not isinstance(stored.result, dict):
+        return None
+    outcome = _outcome_of_message(app, job_id, kwargs, JobStatus(stored.state), None)
+    outcome.result = DocumentResult.from_json(stored.result)
+    return outcome
 
 
 # Seconds the worker parent waits for a child it sent SIGKILL to be gone.

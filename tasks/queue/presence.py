@@ -4,20 +4,24 @@ Runs in the worker parent only: `worker_ready` (first record, so a client sees t
 worker as soon as it reads its queues), `heartbeat_sent` (every event heartbeat, 5 s,
 from the consumer's own loop: a hung parent stops refreshing and drops out) and
 `worker_shutdown` (the record goes at once). A failing write is logged and dropped:
-the next heartbeat tries again.
+the next heartbeat tries again. The record names the parent's pid; on a Redis broker,
+the parent is the holder its fetches record, and its heartbeat drives the sweep of
+dead holders' messages (tasks/broker/holders.py).
 """
 
 from __future__ import annotations
 
 import logging
+import os
 from typing import TYPE_CHECKING, Any
 
 import redis
 from celery.signals import heartbeat_sent, worker_ready, worker_shutdown
 
+from tasks.broker import holders
 from tasks.records.engines import engine_names
 from tasks.state.connection import connect
-from tasks.state.liveness import WorkerPresence
+from tasks.state.liveness import PRESENCE_TTL, WorkerPresence
 
 if TYPE_CHECKING:
     from tasks.settings import Settings
@@ -32,11 +36,27 @@ class Presence:
         self.settings = settings
         self.consumer: Any = None
         self._store: WorkerPresence | None = None
+        self._sweep: holders.HolderSweep | None = None
 
     def store(self) -> WorkerPresence:
         if self._store is None:
-            self._store = WorkerPresence(connect(self.settings.redis_target, patient=False))
+            self._store = WorkerPresence(connect(self.settings.redis_target, patient=False),
+                                         keep=self.settings.worker_liveness_seconds)
         return self._store
+
+    def sweep(self) -> holders.HolderSweep | None:
+        """The sweep of dead holders (a Redis broker only), built at the first heartbeat."""
+        target = self.settings.broker_target
+        if self._sweep is None and target is not None and self.consumer is not None:
+            options = dict(self.consumer.app.conf.broker_transport_options or {})
+            self._sweep = holders.HolderSweep(
+                connect(target, patient=False),
+                connect(self.settings.redis_target, patient=False),
+                self.settings.worker_liveness_seconds, PRESENCE_TTL,
+                prefix=str(options.get("global_keyprefix") or ""),
+                unacked=str(options.get("unacked_key") or "unacked"),
+                index=str(options.get("unacked_index_key") or "unacked_index"))
+        return self._sweep
 
     def queues(self) -> list[str]:
         """The queues the consumer reads now (add_consumer/cancel_consumer included)."""
@@ -48,15 +68,22 @@ class Presence:
     def ready(self, consumer: Any) -> None:
         self.consumer = consumer
         self.refresh()
+        if self.settings.broker_target is not None:
+            holders.set_node(consumer.hostname)  # from now on its fetches name it
 
     def refresh(self) -> None:
         if self.consumer is None:
             return
         try:
             self.store().publish(self.consumer.hostname, self.queues(),
-                                 engines=engine_names(tuple(self.settings.engine_plugins)))
+                                 engines=engine_names(tuple(self.settings.engine_plugins)),
+                                 pid=os.getpid())
         except redis.RedisError as exc:
             log.warning("worker presence not refreshed: %s", type(exc).__name__)
+            return
+        sweep = self.sweep()
+        if sweep is not None:
+            sweep.tick()
 
     def withdraw(self) -> None:
         if self.consumer is None:

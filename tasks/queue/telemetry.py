@@ -154,11 +154,12 @@ class Telemetry:
         return self._labels
 
     def pages_read(self, engine: str, pages: Iterable[dict[str, Any]],
-                   cached: bool = False, client: str = "") -> None:
+                   cached: bool = False, client: str = "", job: str = "") -> None:
         """Count pages this process read, for this worker and `client`, and their latency.
 
         The pages read (not failed, not cached) are added to the client's usage of the
-        day (tasks/state/usage.py): what its page caps are checked against.
+        day (tasks/state/usage.py): what its page caps are checked against; with `job`,
+        each of the job's pages once, whichever worker read it first.
         """
         pages = list(pages)
         samples = page_samples(engine, pages, cached)
@@ -166,11 +167,13 @@ class Telemetry:
             samples += page_failures(engine, pages)
         samples += client_page_samples(self.label(client), engine, pages, cached)
         observed = [] if cached else page_latencies(engine, pages)
-        read = 0 if cached else sum(page.get("error") is None for page in pages)
+        numbers = [] if cached else [int(page["number"]) for page in pages
+                                     if page.get("error") is None]
         usage = self._usage()
         # One pipeline: the counters, the histograms and the client's usage.
         if not self._write(lambda store: store.add(
-                samples, observed, lambda pipe: usage.add(client, read, pipe=pipe))):
+                samples, observed, lambda pipe: usage.add(client, len(numbers), pipe=pipe,
+                                                          job=job, numbers=numbers))):
             usage.forget_ttls()  # its keys' TTLs are set again by the next write
 
     def label(self, client: str) -> str:
@@ -301,7 +304,7 @@ def job_ended(outcome: Outcome, accepted: float | None = None) -> None:
 
 
 def pages_read(engine: str, pages: Iterable[PageRecord], cached: bool = False,
-               client: str = "") -> None:
+               client: str = "", job: str = "") -> None:
     """Count pages this process read (or a cached job's pages it answered), for its worker.
 
     And for the job's `client` (its counters and its usage of the day). Called before
@@ -309,4 +312,5 @@ def pages_read(engine: str, pages: Iterable[PageRecord], cached: bool = False,
     stored. A process without telemetry (a client, a test) counts nothing.
     """
     if _telemetry is not None:
-        _telemetry.pages_read(engine, (page.to_json() for page in pages), cached, client)
+        _telemetry.pages_read(engine, (page.to_json() for page in pages), cached, client,
+                              job)

@@ -76,6 +76,14 @@ class BrokerSettings:
                                  "RabbitMQ, the consumer timeout. Must be larger than every "
                                  "worker's OCR_HARD_TIME_LIMIT and OCR_PAGE_HARD_TIME_LIMIT; "
                                  "the same value on every host.")
+    worker_liveness_seconds: float = _s(
+        "OCR_WORKER_LIVENESS_SECONDS", "30",
+        "On a Redis broker: seconds a worker may go without a heartbeat (its presence "
+        "record, refreshed every few seconds) before the jobs it holds go to another "
+        "worker (a killed or preempted host); a live worker checks every third of it. "
+        "Past OCR_VISIBILITY_TIMEOUT the jobs go back regardless. A paused host that "
+        "comes back after this window may still finish its jobs; each job ends once. "
+        "The same value on every host (docs/guarantees.md).")
 
     @property
     def broker(self) -> str:

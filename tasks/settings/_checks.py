@@ -104,9 +104,13 @@ def validate(settings: Settings) -> None:
                  "max_pages", "soft_time_limit", "tesseract_threads", "tesseract_handles",
                  "pdf_dpi", "page_soft_time_limit", "max_deliveries", "max_render_pixels",
                  "dead_letter_max", "dead_letter_ttl", "visibility_timeout",
+                 "worker_liveness_seconds",
                  "structure_chunk_pages", "jobs_listed", "callback_retry_seconds"):
         if getattr(settings, name) <= 0:
             raise SettingsError(f"{env_name(settings, name)} must be positive")
+    if settings.worker_liveness_seconds < 10:  # heartbeats come every 5 s
+        raise SettingsError("OCR_WORKER_LIVENESS_SECONDS must be at least 10: a live worker "
+                            "would otherwise lose its jobs between two heartbeats")
     if not LANG_PATTERN.match(settings.tesseract_lang):
         raise SettingsError("OCR_TESSERACT_LANG must be tesseract codes joined by +, "
                             "e.g. eng or ell+eng")

@@ -6,10 +6,13 @@ one pipelined HSET and EXPIRE, gone at shutdown) and read by everyone who asks:
 console. A read is one HGETALL of a
 hash with one field per worker node: no broadcast, no wait for replies.
 
-Each field holds `{"queues": [...], "expires": <epoch s>}`; a worker that stops
-refreshing (killed, hung, cut off from Redis) drops out when its `expires` passes,
-PRESENCE_TTL seconds after its last heartbeat. The hash itself carries a TTL too,
-pushed forward by every write, so it goes when the last worker does.
+Each field holds `{"queues": [...], "engines": [...], "expires": <epoch s>, "pid":
+<the worker parent's pid>}`; a worker that stops refreshing (killed, hung, cut off
+from Redis) drops out when its `expires` passes, PRESENCE_TTL seconds after its last
+heartbeat. The record itself stays `keep` seconds more (OCR_WORKER_LIVENESS_SECONDS):
+the sweep of dead holders (tasks/broker/holders.py) tells a silent worker from a
+restarted one by it. The hash itself carries a TTL too, pushed forward by every
+write, so it goes when the last worker does.
 """
 
 from __future__ import annotations
@@ -33,32 +36,37 @@ TIDY_INTERVAL = 60.0
 class WorkerPresence:
     """Presence records of worker nodes (thread-safe: one Redis call per operation)."""
 
-    def __init__(self, client: redis.Redis, ttl: float = PRESENCE_TTL) -> None:
+    def __init__(self, client: redis.Redis, ttl: float = PRESENCE_TTL,
+                 keep: float = 0.0) -> None:
         self._redis = client
         self.ttl = ttl
+        self.keep = keep
         self._tidied_at = float("-inf")
 
     def publish(self, node: str, queues: Iterable[str], now: float | None = None,
-                engines: Iterable[str] = ()) -> None:
-        """`node` is alive and consumes `queues`, for the next `ttl` seconds.
+                engines: Iterable[str] = (), pid: int | None = None) -> None:
+        """`node` (worker parent `pid`) is alive and consumes `queues`, for `ttl` seconds.
 
         `engines`: the engine names a job may give, as the node's registry knows them
         (clients without this code, the Node.js one, refuse others at the door).
         """
         now = time.time() if now is None else now
-        record = json.dumps({"queues": sorted(set(queues)), "engines": list(engines),
-                             "expires": round(now + self.ttl, 3)})
+        fields = {"queues": sorted(set(queues)), "engines": list(engines),
+                  "expires": round(now + self.ttl, 3)}
+        if pid is not None:
+            fields["pid"] = pid
         # One round trip, two commands: the record and the hash's TTL.
         pipe = self._redis.pipeline(transaction=False)
-        pipe.hset(WORKERS_KEY, node, record)
-        pipe.expire(WORKERS_KEY, int(self.ttl * 6) + 1)
+        pipe.hset(WORKERS_KEY, node, json.dumps(fields))
+        pipe.expire(WORKERS_KEY, int(max(self.ttl * 6, self.ttl + self.keep)) + 1)
         pipe.execute()
         if now - self._tidied_at < TIDY_INTERVAL:
             return
         # Tidy: the records of workers gone without a word (killed) go with a write of
-        # a live one, once a TIDY_INTERVAL per writer; readers never write.
+        # a live one, once a TIDY_INTERVAL per writer, `keep` seconds after they lapsed;
+        # readers never write.
         self._tidied_at = now
-        stale = [n for n, r in self._records().items() if _expires(r) < now]
+        stale = [n for n, r in self._records().items() if _expires(r) + self.keep < now]
         if stale:
             self._redis.hdel(WORKERS_KEY, *stale)
 
@@ -66,11 +74,18 @@ class WorkerPresence:
         """`node` is going away: it serves nothing from now on."""
         self._redis.hdel(WORKERS_KEY, node)
 
-    def live_queues(self, now: float | None = None) -> dict[str, set[str]]:
-        """The queues each live worker consumes, by node name (one HGETALL)."""
+    def live_queues(self, now: float | None = None,
+                    window: float | None = None) -> dict[str, set[str]]:
+        """The queues each live worker consumes, by node name (one HGETALL).
+
+        `window`: a worker counts until silent that long (OCR_WORKER_LIVENESS_SECONDS:
+        a parent whose heartbeats come late, respawning killed pool children on a
+        loaded host, keeps its held jobs until then); None: until its `expires`.
+        """
         now = time.time() if now is None else now
+        grace = 0.0 if window is None else max(0.0, window - self.ttl)
         return {node: _queues(record) for node, record in self._records().items()
-                if _expires(record) >= now}
+                if _expires(record) + grace >= now}
 
     def _records(self) -> dict[str, bytes | str]:
         return {(n.decode() if isinstance(n, bytes) else str(n)): r

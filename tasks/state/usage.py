@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import datetime as dt
 import json
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -35,6 +35,23 @@ from tasks.state.keys import API_CLIENTS_KEY, USAGE_PREFIX
 USAGE_TTL = 400 * 24 * 3600
 MAX_DAYS = 400  # the longest range one read answers
 DEFAULT_DAYS = 30
+
+
+# Adds to the client's (ARGV[1]) count in KEYS[2] the pages ARGV[3..] not yet in the
+# job's set of counted pages KEYS[1] (kept ARGV[2] seconds); returns how many.
+_ADD_ONCE = """
+local n = 0
+for i = 3, #ARGV do n = n + redis.call('SADD', KEYS[1], ARGV[i] .. '@' .. KEYS[2]) end
+redis.call('EXPIRE', KEYS[1], ARGV[2])
+if n > 0 then redis.call('HINCRBY', KEYS[2], ARGV[1], n) end
+return n
+"""
+JOB_PAGES_TTL = 3 * 86400  # a job's counted pages: longer than any job's redelivery
+
+
+def job_pages_key(job: str) -> str:
+    """`ocr:usage:job:<id>`: the pages of a job already counted (a set)."""
+    return f"{USAGE_PREFIX}job:{job}"
 
 
 def day_key(day: dt.date) -> str:
@@ -102,18 +119,25 @@ class PageUsage:
         self._kept: set[str] = set()  # keys this process has given their TTL
 
     def add(self, client: str, pages: int, now: float | None = None,
-            pipe: Any = None) -> None:
+            pipe: Any = None, job: str = "", numbers: Sequence[int] = ()) -> None:
         """Count `pages` read for `client` today (UTC); queued in `pipe` when given.
 
-        Each key's TTL is set by the first write of each process, not by every one.
+        With `job` and the page `numbers` read, each page of a job counts once, however
+        many workers read it (a job handed on from a worker that only seemed dead, a
+        page task delivered twice): `pages` is then ignored. Each key's TTL is set by
+        the first write of each process, not by every one.
         """
-        if pages <= 0:
+        if (pages <= 0 and not job) or (job and not numbers):
             return
         day = today(now)
         own = pipe is None
         pipe = self._redis.pipeline(transaction=False) if own else pipe
         for key in (day_key(day), month_key(day)):
-            pipe.hincrby(key, client, pages)
+            if job:
+                pipe.eval(_ADD_ONCE, 2, job_pages_key(job), key, client,
+                          JOB_PAGES_TTL, *numbers)
+            else:
+                pipe.hincrby(key, client, pages)
             if key not in self._kept:
                 pipe.expire(key, USAGE_TTL)
                 self._kept.add(key)

@@ -1,0 +1,186 @@
+"""Who holds each delivered message on a Redis broker; the sweep of dead holders' messages.
+
+Runs in the worker parent: the one process that consumes (the fetch names it as the
+holder) and that writes the node's presence record (tasks/queue/presence.py, whose
+heartbeat drives the sweep). Clients and RabbitMQ workers never use it.
+
+The fetch (tasks/broker/lanes.py, `FETCH_SCRIPT`) writes, in the same script call that
+records a message in kombu's `unacked` hash, the message's holder in the hash
+`unacked_holders` under the same delivery tag: `<node>|<parent pid>`, then the key it
+was taken from (the client's lane, or the list itself), the ring of its priority step
+and its client, one per line. Every path that drops the `unacked` record (ack, reject,
+restore, the visibility timeout's restore) drops the holder in the same MULTI
+(tasks/broker/unsettled.py, `QoS._remove_from_indices`).
+
+A holder is alive while its node's presence record (tasks/state/liveness.py: field
+node -> `{"expires", "pid", ...}`, refreshed by every heartbeat) names its pid and
+was refreshed within OCR_WORKER_LIVENESS_SECONDS. Each live worker parent looks every
+third of that window whether the sweep is due: the first to take the lock
+(`unacked_sweep`, SET NX PX: one command for the others) reads the presence records
+and runs `SWEEP_SCRIPT`, which puts every message of a dead holder back at the front
+of the lane (or list) it was taken from, and drops its `unacked` record, index entry
+and holder, in one atomic step. A holder whose node has no record at all counts as
+dead once its message was taken more than the window ago (a worker's first fetch may
+come just before its first record is visible). The visibility timeout stays the
+backstop for a live worker that stops acknowledging. A graceful stop (warm shutdown)
+drops the holders of the tasks still running at the channel's close: those have the
+visibility timeout alone, and the stopping worker finishes them.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import time
+import uuid
+from collections.abc import Mapping
+from typing import Any
+
+import redis
+
+from tasks.broker.layout import HOLDERS_KEY, SWEEP_LOCK_KEY, UNACKED_INDEX_KEY, UNACKED_KEY
+from tasks.state.keys import WORKERS_KEY
+
+log = logging.getLogger(__name__)
+
+HOLDERS_SUFFIX = HOLDERS_KEY[len(UNACKED_KEY):]  # beside kombu's `unacked` hash
+
+# A sweep is due up to SLACK s early (it runs on a heartbeat), and its lock lapses
+# SLACK s before the next is due: one sweep per interval, on the heartbeat nearest it.
+SLACK = 1.0
+
+_node: str | None = None
+
+
+def set_node(node: str | None) -> None:
+    """The node name this worker parent's fetches record as holder (None: record none)."""
+    global _node
+    _node = node
+
+
+def holder() -> str:
+    """`<node>|<pid>` of this process, or "" where no node is set (nothing is recorded)."""
+    return f"{_node}|{os.getpid()}" if _node else ""
+
+
+def holders_key(unacked_key: str) -> str:
+    return unacked_key + HOLDERS_SUFFIX
+
+
+# KEYS[1] holders, KEYS[2] kombu's unacked hash, KEYS[3] its index (score: when taken).
+# ARGV[1]: the cutoff (a message taken before it whose node has no presence record is
+# swept); ARGV[2..]: "L<node>|<pid>" a live holder, "K<node>" a node with a record.
+# Returns the delivery tags put back.
+SWEEP_SCRIPT = r"""
+local live, known = {}, {}
+for i = 2, #ARGV do
+  local kind, name = string.sub(ARGV[i], 1, 1), string.sub(ARGV[i], 2)
+  if kind == 'L' then live[name] = true else known[name] = true end
+end
+local cutoff = tonumber(ARGV[1])
+local back = {}
+local flat = redis.call('HGETALL', KEYS[1])
+for j = 1, #flat, 2 do
+  local tag, value = flat[j], flat[j + 1]
+  local who, src, ring, client = string.match(value, '^([^\n]*)\n([^\n]*)\n([^\n]*)\n(.*)$')
+  local node = who and string.match(who, '^(.*)|[^|]*$')
+  local record = redis.call('HGET', KEYS[2], tag)
+  if not record or not node then
+    redis.call('HDEL', KEYS[1], tag)
+  elseif not (live[who] or live[node .. '|*']) then
+    local dead = known[node]
+    if not dead then
+      dead = (tonumber(redis.call('ZSCORE', KEYS[3], tag)) or 0) < cutoff
+    end
+    local item = string.match(record, '^%[(.*), "[^"\\]*", "[^"\\]*"%]$')
+    if dead and item then
+      redis.call('RPUSH', src, item)
+      if client ~= '' and ring ~= '' then
+        if redis.call('HINCRBY', ring .. ':count', client, 1) == 1
+            and not redis.call('LPOS', ring, client) then
+          redis.call('RPUSH', ring, client)
+        end
+      end
+      redis.call('ZREM', KEYS[3], tag)
+      redis.call('HDEL', KEYS[2], tag)
+      redis.call('HDEL', KEYS[1], tag)
+      back[#back + 1] = tag
+    end
+  end
+end
+return back
+"""
+
+
+def liveness_args(records: Mapping[Any, Any], now: float, window: float,
+                  ttl: float) -> list[str]:
+    """The script's holder arguments from the presence records (node -> JSON).
+
+    A record counts as live while its last refresh (`expires` less `ttl`) is at most
+    `window` seconds old; a record without `pid` makes any pid of its node live.
+    """
+    args: list[str] = []
+    for raw_node, raw in records.items():
+        node = raw_node.decode() if isinstance(raw_node, bytes) else str(raw_node)
+        args.append(f"K{node}")
+        try:
+            record = json.loads(raw)
+            refreshed = float(record["expires"]) - ttl
+        except (ValueError, KeyError, TypeError):
+            continue
+        if now - refreshed <= window:
+            pid = record.get("pid")
+            args.append(f"L{node}|{pid if pid is not None else '*'}")
+    return args
+
+
+class HolderSweep:
+    """The worker parent's sweep of dead holders' messages (one per process).
+
+    `broker`: a client of the broker's Redis; `presence`: of the Redis that keeps the
+    presence records (often the same server). `prefix`, `unacked`, `index`: kombu's
+    global key prefix and its unacked hash and index names.
+    """
+
+    def __init__(self, broker: redis.Redis, presence: redis.Redis, window: float,
+                 presence_ttl: float, prefix: str = "", unacked: str = UNACKED_KEY,
+                 index: str = UNACKED_INDEX_KEY) -> None:
+        self._broker = broker
+        self._presence = presence
+        self.window = window
+        self.interval = max(window / 3, 2 * SLACK)
+        self._ttl = presence_ttl
+        self._keys = [prefix + holders_key(unacked), prefix + unacked, prefix + index]
+        self._lock = prefix + SWEEP_LOCK_KEY
+        self._token = uuid.uuid4().hex
+        self._next = time.monotonic() + self.interval
+
+    def tick(self, now: float | None = None) -> list[str]:
+        """Sweep when due and this process takes the lock; the tags put back."""
+        if time.monotonic() < self._next - SLACK:  # heartbeats come a few seconds apart
+            return []
+        self._next = time.monotonic() + self.interval
+        try:
+            return self.sweep(now)
+        except redis.RedisError as exc:
+            log.warning("dead holders not swept: %s", type(exc).__name__)
+            return []
+
+    def sweep(self, now: float | None = None) -> list[str]:
+        """One sweep, if no other worker swept within the interval."""
+        if not self._broker.set(self._lock, self._token, nx=True,
+                                px=int((self.interval - SLACK) * 1000)):
+            return []
+        if not self._broker.hlen(self._keys[0]):  # nothing held anywhere (an idle fleet)
+            return []
+        now = time.time() if now is None else now
+        records = self._presence.hgetall(WORKERS_KEY)
+        args = liveness_args(records, now, self.window, self._ttl)
+        back = [t.decode() if isinstance(t, bytes) else str(t) for t in self._broker.eval(
+            SWEEP_SCRIPT, 3, *self._keys, repr(now - self.window), *args)]
+        if back:
+            log.warning("%d message(s) of dead workers put back in their queues "
+                        "(no heartbeat for %g s): %s", len(back), self.window,
+                        ", ".join(back[:10]))
+        return back
