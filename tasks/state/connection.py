@@ -3,9 +3,10 @@
 `connect(target)` is how any process gets a Redis client (the stores, the HTTP API, the
 worker parent and children, beat, Flower, the metrics exporter, the health commands,
 submit.py and ocr_admin.py), one client (one connection pool) per process, target and
-patience, shared by every module of that process: a direct server (`redis://`, `rediss://`, a fixed address
-that may move, as a managed Redis's endpoint does), or the primary that Sentinel names,
-asked again at every reconnection, so a client follows a failover by itself.
+patience, shared by every module of that process: a direct server (`redis://`,
+`rediss://`, a fixed address that may move, as a managed Redis's endpoint does), or
+the primary that Sentinel names, asked again at every reconnection, so a client
+follows a failover by itself.
 `celery_broker` and `celery_backend` give Celery and kombu the same target: URL,
 verified TLS, Sentinel's primary name and password, and the timeouts and TCP keepalive
 that notice a primary gone silent. `kept(pipe, target)` appends the `WAIT` that holds a
@@ -56,7 +57,7 @@ _CLIENTS_LOCK = threading.Lock()
 
 
 def connect(target: RedisTarget, *, patient: bool = True) -> redis.Redis:
-    """This process's client of `target` (made on the first call, then the same one).
+    """The client of `target` in this process (made on the first call, then reused).
 
     Every module asks here, so a process holds one connection pool per target and
     patience: the telemetry, the poison guard, the job services, the batch tasks and the
