@@ -31,14 +31,14 @@ from tasks.engines.resident import engine_for_job
 from tasks.errors import BadRequest, DeadlineExceeded, OcrError, Timeout, TransientError
 from tasks.lifecycle.inputs import decode_request
 from tasks.lifecycle.job_exit import JobEnder, holder_name
-from tasks.queue import telemetry
+from tasks.queue import job_events, telemetry
 from tasks.queue.message_headers import client_from
 from tasks.queue.routing import CONTROL_QUEUE
 from tasks.records.jobs import JobStatus, Outcome
 from tasks.records.request import JobRequest
 from tasks.records.results import DocumentResult
 from tasks.records.status import CeleryState
-from tasks.state.boundary import PUBLISH_ERRORS, publishing
+from tasks.state.boundary import publishing
 from tasks.state.connection import connect
 from tasks.state.job_index import JobIndex
 from tasks.state.join import DocumentJoin
@@ -56,23 +56,13 @@ _node_name: str | None = None
 
 
 def send_job_event(app: Any, event: str, job_id: str, **fields: Any) -> None:
-    """A task event for the job, sent as the worker node.
+    """A task event for the job, sent as the worker node (tasks/queue/job_events.py).
 
-    Flower lists every other sender name as a worker of its own. An event is for
-    watchers only: one the broker cannot take (its connection lost with a RabbitMQ
-    node) is logged and dropped, never allowed to cut the job's ending short (its
-    callbacks, its claim marked done).
+    Flower lists every other sender name as a worker of its own.
     """
     task = app.current_worker_task
     hostname = task.request.hostname if task is not None else _node_name
-    broker = app.connection_for_write()
-    try:
-        with app.events.default_dispatcher(hostname=hostname) as dispatcher:
-            dispatcher.send(event, uuid=job_id, **fields)
-    except (*PUBLISH_ERRORS, *broker.connection_errors, *broker.channel_errors) as exc:
-        log.warning("event %s of job %s not sent (%s)", event, job_id, type(exc).__name__)
-    finally:
-        broker.release()
+    job_events.send_event(app, hostname, event, job_id, **fields)
 
 
 def report_progress(app: Any, job_id: str, done: int, total: int) -> None:

@@ -65,6 +65,9 @@ log = logging.getLogger(__name__)
 # Seconds between the worker parent's checks of its children's gauges (it runs on
 # every heartbeat, every 2 s, but acts only this often).
 KEEP_INTERVAL = 10.0
+# Seconds between a pool child's writes of its gauges (the first task's at once): a
+# child that runs many short tasks does not rewrite them after each one.
+GAUGE_INTERVAL = 10.0
 
 
 def rss_bytes() -> int:
@@ -113,6 +116,7 @@ class Telemetry:
         self._counted: dict[tuple[str, str], float] = {}
         self._lock = threading.Lock()  # a thread pool's tasks end in several threads
         self._last_keep = 0.0
+        self._gauges_at: float | None = None  # when this process last wrote its gauges
 
     def store(self) -> MetricsStore:
         if self._store is None or self._store.node != self.node:
@@ -124,6 +128,7 @@ class Telemetry:
         self._store = None
         self._labels = None
         self._page_usage = None
+        self._gauges_at = None
         self.observe(resident.current(self.settings))
 
     def task_finished(self) -> None:
@@ -189,8 +194,13 @@ class Telemetry:
 
     def observe(self, registry: ResidentEngines) -> None:
         """Count engine loads and failed loads since the last look; record the gauges."""
+        now = time.monotonic()
         with self._lock:
             samples = self._news(registry)
+            if (not samples and self._gauges_at is not None
+                    and now - self._gauges_at < GAUGE_INTERVAL):
+                return  # nothing new to count, gauges written a moment ago
+            self._gauges_at = now
         gauges = child_gauges(registry)
         pid = os.getpid()
 
