@@ -38,6 +38,7 @@ from tasks.queue.parent_endings import (
     report_progress,
 )
 from tasks.queue.poison_guard import GuardedTask
+from tasks.queue.result_records import store_result
 from tasks.queue.retry_policy import retry_later
 from tasks.queue.routing import job_queue
 from tasks.records.jobs import JobStatus, Outcome
@@ -91,9 +92,9 @@ def document(self: Task, *args: Any, **kwargs: Any) -> dict[str, Any]:
     started = time.time()  # the job's clock (`timings.total_seconds`) starts here
     settings: Settings = self.app.ocr_settings
     job_id = self.request.id
-    # What `task_track_started` would store, were results not ignored.
-    self.backend.store_result(job_id, {"pid": os.getpid(),
-                                       "hostname": self.request.hostname}, states.STARTED)
+    # What `task_track_started` would store, were results not ignored (one SETEX).
+    store_result(self.app, job_id, {"pid": os.getpid(), "hostname": self.request.hostname},
+                 states.STARTED, publish=False)
     if args:
         end_from_message(self.app, job_id, kwargs, JobStatus.FAILURE, BadRequest(
             "ocr.document takes keyword arguments only"))

@@ -33,6 +33,7 @@ from tasks.lifecycle.inputs import decode_request
 from tasks.lifecycle.job_exit import JobEnder, holder_name
 from tasks.queue import job_events, telemetry
 from tasks.queue.message_headers import client_from
+from tasks.queue.result_records import store_result
 from tasks.queue.routing import CONTROL_QUEUE
 from tasks.records.jobs import JobStatus, Outcome
 from tasks.records.request import JobRequest
@@ -65,12 +66,25 @@ def send_job_event(app: Any, event: str, job_id: str, **fields: Any) -> None:
     job_events.send_event(app, hostname, event, job_id, **fields)
 
 
+def _in_own_task(app: Any, job_id: str) -> bool:
+    """Whether this is the job's own `ocr.document` task.
+
+    There a success returns its summary (`celery_summary`): Celery's own task-succeeded
+    event tells Flower.
+    """
+    task = app.current_worker_task
+    return task is not None and task.name == JOB_TASK and task.request.id == job_id
+
+
 def report_progress(app: Any, job_id: str, done: int, total: int) -> None:
     """Progress in the result backend (for clients) and as an event (for Flower).
 
     Written only while the job has not ended, in one atomic step: a page finishing
-    after a cancel must not turn the job's final state back into PROGRESS.
+    after a cancel must not turn the job's final state back into PROGRESS. The last
+    page's is not written: the job's ending follows it at once.
     """
+    if done >= total:
+        return
     meta = {"done": done, "total": total}
     backend = app.backend
     record = backend._get_result_meta(meta, PROGRESS_STATE, None, None)
@@ -105,12 +119,13 @@ class CeleryPorts:
             error = outcome.error or OcrError()
             if outcome.client:  # a failure's stored form (an exception) has no field for it
                 self._control.remember(job_id, client=outcome.client)
-            app.backend.store_result(job_id, error, states.FAILURE)
+            store_result(app, job_id, error, states.FAILURE)
             send_job_event(app, "task-failed", job_id, exception=str(error))
         else:
-            app.backend.store_result(job_id, outcome.public(), states.SUCCESS)
-            send_job_event(app, "task-succeeded", job_id, result=outcome.status.value,
-                           runtime=outcome.seconds)
+            store_result(app, job_id, outcome.public(), states.SUCCESS)
+            if not _in_own_task(app, job_id):  # else Celery's own task-succeeded does
+                send_job_event(app, "task-succeeded", job_id, result=outcome.status.value,
+                               runtime=outcome.seconds)
 
     def keep(self, outcome: Outcome) -> None:
         target = self._app.ocr_settings.redis_target

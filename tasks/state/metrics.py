@@ -18,7 +18,7 @@ parent when it prunes children that are gone); the Procfile `metrics` process
 
 Hash fields are JSON `[metric, {label: value}]`, values numbers; a histogram's are
 `[metric, {label: value}, part]`, `part` a bucket's upper bound (its own count, not
-cumulative), `sum` or `count`.
+cumulative) or `sum`; the count is the buckets' total.
 """
 
 from __future__ import annotations
@@ -211,8 +211,8 @@ class MetricsStore:
         for name, labels, value in observed:
             spec = METRICS[name]
             head = json.dumps([name, labels], sort_keys=True)[:-1]
-            for part, amount in ((_bucket(spec.buckets, value), 1.0), ("sum", value),
-                                 ("count", 1.0)):
+            # the count is the buckets' sum (read back so): not written apart
+            for part, amount in ((_bucket(spec.buckets, value), 1.0), ("sum", value)):
                 pipe.hincrbyfloat(HISTOGRAMS_KEY, f"{head}, {json.dumps(part)}]", amount)
             observations += 1
         if observations and self._due(HISTOGRAMS_KEY):
