@@ -27,7 +27,7 @@ def store_result(app: Any, job_id: str, result: Any, state: str, *,
     def write() -> None:
         with backend.client.pipeline(transaction=False) as pipe:
             if ttl:
-                pipe.setex(key, ttl, value)
+                pipe.set(key, value, ex=ttl)
             else:
                 pipe.set(key, value)
             if publish:
