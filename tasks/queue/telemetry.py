@@ -53,7 +53,7 @@ from tasks.queue.job_samples import (
 from tasks.records.jobs import JobStatus, Outcome
 from tasks.records.results import PageRecord
 from tasks.state.client_labels import ANONYMOUS_LABEL, OTHER_LABEL, ClientLabels
-from tasks.state.connection import connect
+from tasks.state.connection import connect, connection_pools
 from tasks.state.metrics import MetricsStore, Sample
 from tasks.state.usage import PageUsage
 
@@ -85,6 +85,7 @@ def child_gauges(registry: ResidentEngines) -> list[Sample]:
     samples: list[Sample] = [
         ("ocr_child_rss_bytes", {}, float(rss_bytes())),
         ("ocr_child_tasks", {}, float(registry.tasks_in_process)),
+        ("ocr_child_redis_pools", {}, float(connection_pools())),
         ("ocr_child_updated_timestamp_seconds", {}, time.time()),
         *cgroup_memory.samples(),
     ]
@@ -117,6 +118,7 @@ class Telemetry:
         self._lock = threading.Lock()  # a thread pool's tasks end in several threads
         self._last_keep = 0.0
         self._gauges_at: float | None = None  # when this process last wrote its gauges
+        self._pools = 0  # its Redis pools then (a new one is shown at once)
 
     def store(self) -> MetricsStore:
         if self._store is None or self._store.node != self.node:
@@ -194,13 +196,13 @@ class Telemetry:
 
     def observe(self, registry: ResidentEngines) -> None:
         """Count engine loads and failed loads since the last look; record the gauges."""
-        now = time.monotonic()
+        now, pools = time.monotonic(), connection_pools()
         with self._lock:
             samples = self._news(registry)
-            if (not samples and self._gauges_at is not None
+            if (not samples and self._gauges_at is not None and pools == self._pools
                     and now - self._gauges_at < GAUGE_INTERVAL):
                 return  # nothing new to count, gauges written a moment ago
-            self._gauges_at = now
+            self._gauges_at, self._pools = now, pools
         gauges = child_gauges(registry)
         pid = os.getpid()
 

@@ -121,6 +121,9 @@ METRICS: dict[str, MetricSpec] = {
         "(mlx_active, mlx_peak during the task, mlx_cache before it was cleared).",
         ("kind",)),
     "ocr_child_tasks": MetricSpec("gauge", "Tasks a pool child has run since it started."),
+    "ocr_child_redis_pools": MetricSpec(
+        "gauge", "Redis connection pools the service's own code holds in a pool child "
+        "(one per Redis it talks to; Celery's and kombu's own apart)."),
     "ocr_child_engine_load_seconds": MetricSpec(
         "gauge", "Load time of each engine loaded in a pool child.", ("engine", "model")),
     "ocr_child_updated_timestamp_seconds": MetricSpec(
