@@ -80,10 +80,10 @@ def report_progress(app: Any, job_id: str, done: int, total: int) -> None:
     """Progress in the result backend (for clients) and as an event (for Flower).
 
     Written only while the job has not ended, in one atomic step: a page finishing
-    after a cancel must not turn the job's final state back into PROGRESS. The last
-    page's is not written: the job's ending follows it at once.
+    after a cancel must not turn the job's final state back into PROGRESS. A one-page
+    job has none: its ending follows its page at once.
     """
-    if done >= total:
+    if total <= 1:
         return
     meta = {"done": done, "total": total}
     backend = app.backend
