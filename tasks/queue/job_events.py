@@ -26,7 +26,9 @@ def send_event(app: Any, hostname: str | None, event: str, job_id: str,
     """Send `event` of job `job_id` as `hostname`, on this thread's dispatcher."""
     key = (os.getpid(), threading.get_ident(), id(app), hostname)
     broker = app.connection_for_write()  # its error classes (no connection is made)
-    errors = (*PUBLISH_ERRORS, *broker.connection_errors, *broker.channel_errors)
+    # AttributeError: a kept channel kombu closed under it (a broker restart): dropped
+    errors = (*PUBLISH_ERRORS, *broker.connection_errors, *broker.channel_errors,
+              AttributeError)
     try:
         dispatcher = _dispatchers.get(key)
         if dispatcher is None:

@@ -217,15 +217,18 @@ def fan_out(task: Task, work: FanOut, services: JobServices) -> NoReturn:
     # An encrypted URL input's password goes with its page tasks (each host decrypts
     # its own copy), never into the document's meta.
     opened = {"password": work.password} if work.password else {}
-    # The pages stay in their job's client's lane.
+    # The pages stay in their job's client's lane. The queue is not declared again on
+    # each send (this worker declared it as it started to consume it): a child's publish
+    # is on a connection of its own (brokers.fresh_connections), so a declare each time.
     headers = job_headers(meta.request.client)
     with publishing("a page task"):
         for number, page_id in zip(meta.ocr_pages, meta.page_tasks, strict=True):
             pdf_page.apply_async((job_id, number), opened, queue=queue, task_id=page_id,
-                                 priority=priority, headers=headers,
+                                 priority=priority, headers=headers, declare=[],
                                  link_error=pdf_page_lost.s(job_id, number, queue))
         for index, chunk_id in enumerate(meta.chunk_tasks):
             pdf_text_chunk.apply_async((job_id, index), opened, queue=queue,
                                        task_id=chunk_id, priority=priority, headers=headers,
+                                       declare=[],
                                        link_error=pdf_chunk_lost.s(job_id, index, queue))
     raise Ignore()  # the job's result is stored when its last page is recorded
