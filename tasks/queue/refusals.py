@@ -20,6 +20,7 @@ stores that job's FAILURE (`connect_refusals`).
 from __future__ import annotations
 
 import json
+import logging
 import re
 import time
 from dataclasses import dataclass
@@ -37,6 +38,8 @@ from tasks.records.status import JobStatus
 from tasks.state.connection import connect
 from tasks.state.keys import DEAD_LETTER_KEY
 from tasks.state.stores import JobControl
+
+log = logging.getLogger(__name__)
 
 if TYPE_CHECKING:
     from celery import Celery
@@ -160,9 +163,13 @@ def connect_refusals(app: Celery) -> None:
     def failed(task_id: str, error: OcrError) -> None:
         app.backend.mark_as_failure(task_id, error)
         settings = getattr(app, "ocr_settings", None)
-        if settings is not None:  # the ending notice waiting clients block on
+        if settings is None:
+            return
+        try:  # the ending notice waiting clients block on (else they find it by a sweep)
             JobControl(connect(settings.redis_target), settings.result_ttl).notify_ended(
                 task_id, JobStatus.FAILURE.value)
+        except OcrError as exc:
+            log.warning("job %s refused, its ending notice not written: %s", task_id, exc)
 
     def on_refused(sender: Any, task_id: str | None, error: OcrError, queue: str,
                    **_: Any) -> None:
