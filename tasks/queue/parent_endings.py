@@ -66,16 +66,6 @@ def send_job_event(app: Any, event: str, job_id: str, **fields: Any) -> None:
     job_events.send_event(app, hostname, event, job_id, **fields)
 
 
-def _in_own_task(app: Any, job_id: str) -> bool:
-    """Whether this is the job's own `ocr.document` task.
-
-    There a success returns its summary (`celery_summary`): Celery's own task-succeeded
-    event tells Flower.
-    """
-    task = app.current_worker_task
-    return task is not None and task.name == JOB_TASK and task.request.id == job_id
-
-
 def report_progress(app: Any, job_id: str, done: int, total: int) -> None:
     """Progress in the result backend (for clients) and as an event (for Flower).
 
@@ -123,9 +113,9 @@ class CeleryPorts:
             send_job_event(app, "task-failed", job_id, exception=str(error))
         else:
             store_result(app, job_id, outcome.public(), states.SUCCESS)
-            if not _in_own_task(app, job_id):  # else Celery's own task-succeeded does
-                send_job_event(app, "task-succeeded", job_id, result=outcome.status.value,
-                               runtime=outcome.seconds)
+            # always: the worker's own task events are on only while Flower asks for them
+            send_job_event(app, "task-succeeded", job_id, result=outcome.status.value,
+                           runtime=outcome.seconds)
 
     def keep(self, outcome: Outcome) -> None:
         target = self._app.ocr_settings.redis_target
