@@ -134,3 +134,26 @@ def test_a_wait_blocks_on_the_ending_notice_without_polling(tmp_path: Path) -> N
         client.close()
     finally:
         server.stop()
+
+
+def test_every_ending_writes_one_notice(worker: Worker, redis_url: str) -> None:
+    """Success, failure, a deadline the worker parent ends, a cancel: one notice each."""
+    store = redis.Redis.from_url(redis_url)
+    client = make_client(redis_url)
+    try:
+        jobs = {"ok": client.submit(png(60), filename="ok.png"),
+                "bad": client.submit(b"%PDF-1.7 broken", filename="bad.pdf"),
+                "late": client.submit(png(61), filename="late.png", deadline=0.001)}
+        jobs["cancelled"] = client.submit(png(62), filename="gone.png")
+        client.cancel([jobs["cancelled"]])
+        results = client.wait(list(jobs.values()), timeout=60)
+    finally:
+        client.close()
+    assert results[jobs["ok"]]["status"] == "SUCCESS"
+    assert (results[jobs["bad"]]["status"], results[jobs["late"]]["status"]) == (
+        "FAILURE", "FAILURE")
+    for name, job in jobs.items():
+        entries = store.xrange(job_notice_key(job))
+        assert len(entries) == 1, name
+        assert entries[0][1][b"status"].decode() == results[job]["status"], name
+        assert 0 < store.ttl(job_notice_key(job)) <= 86400 * 30, name
