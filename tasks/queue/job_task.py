@@ -221,14 +221,16 @@ def fan_out(task: Task, work: FanOut, services: JobServices) -> NoReturn:
     # each send (this worker declared it as it started to consume it): a child's publish
     # is on a connection of its own (brokers.fresh_connections), so a declare each time.
     headers = job_headers(meta.request.client)
-    with publishing("a page task"):
+    # All of them on one connection (a child's each publish opens one otherwise).
+    with publishing("a page task"), task.app.producer_or_acquire() as producer:
         for number, page_id in zip(meta.ocr_pages, meta.page_tasks, strict=True):
             pdf_page.apply_async((job_id, number), opened, queue=queue, task_id=page_id,
                                  priority=priority, headers=headers, declare=[],
+                                 producer=producer,
                                  link_error=pdf_page_lost.s(job_id, number, queue))
         for index, chunk_id in enumerate(meta.chunk_tasks):
             pdf_text_chunk.apply_async((job_id, index), opened, queue=queue,
                                        task_id=chunk_id, priority=priority, headers=headers,
-                                       declare=[],
+                                       declare=[], producer=producer,
                                        link_error=pdf_chunk_lost.s(job_id, index, queue))
     raise Ignore()  # the job's result is stored when its last page is recorded
