@@ -304,8 +304,9 @@ class OcrClient:
         are read only for `on_progress` (every `max(poll, 1)` s) and as a sweep for a
         job that ended without a notice (after 1 s, then twice as long each time, up to
         SWEEP_MAX). Jobs still open at `timeout` are reported with status TIMEOUT; they
-        go on. The live workers' presence records are read before the first look and
-        every `worker_recheck` s (2 s while a job lacks one): jobs whose recorded queue
+        go on. The live workers' presence records are read 1 s in (a job ended by then
+        costs no read of them; the jobs' queues are read then too) and every
+        `worker_recheck` s (2 s while a job lacks one): jobs whose recorded queue
         no live worker consumes for `no_worker_grace` s are reported PENDING with error
         `no_worker` (they stay queued). `watch_workers=False`: never. `on_workers(queues,
         live)` sees each read. Redis restarting or failing over: the next look tries again.

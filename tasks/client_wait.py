@@ -38,10 +38,10 @@ def wait(client: OcrClient, ids: Iterable[str], on_progress: ProgressCallback | 
     deadline = None if timeout is None else start + timeout
     watch = watch_workers or on_workers is not None
     # Only jobs whose record names their queue are watched: a job another Celery
-    # client sent (send_task to any queue) has no record to say where it waits.
-    recorded = {job_id: client.recorded_queue(job_id) for job_id in pending} if watch else {}
-    queue_of = {job_id: queue for job_id, queue in recorded.items() if queue}
-    next_check, orphaned_since, sweep = start, None, FIRST_SWEEP
+    # client sent (send_task to any queue) has no record to say where it waits. Read
+    # at the first look at the workers, FIRST_SWEEP s in: a job ended by then needs none.
+    queue_of: dict[str, str] | None = None
+    next_check, orphaned_since, sweep = start + FIRST_SWEEP, None, FIRST_SWEEP
     next_sweep = start + sweep
     next_progress = start if on_progress is not None else None
     endings = EndingWatch(connect(client.settings.redis_target, patient=False))
@@ -71,11 +71,14 @@ def wait(client: OcrClient, ids: Iterable[str], on_progress: ProgressCallback | 
             # presence records: one read, no broadcast
             live = (client.live_queues() if pending and watch
                     and time.monotonic() >= next_check else None)
+            if live is not None and queue_of is None:
+                recorded = {job_id: client.recorded_queue(job_id) for job_id in pending}
+                queue_of = {job_id: queue for job_id, queue in recorded.items() if queue}
             failed = False
         except LOOK_AGAIN:
             live, failed = None, True
         now = time.monotonic()
-        if live is not None:
+        if live is not None and queue_of is not None:
             queues = {job_id: queue_of[job_id] for job_id in pending if job_id in queue_of}
             if on_workers is not None:
                 on_workers(set(queues.values()), live)
