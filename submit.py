@@ -81,7 +81,9 @@ def wait_for(client: OcrClient, ids: list[str], timeout: float | None
     vlm-api workers serve a job's queue and their inference server does not answer, a
     line on stderr says so (once, until it answers again).
     """
-    progress = ProgressLine(sys.stderr, {i: client.filename(i) for i in ids})
+    progress = ProgressLine(sys.stderr, {})
+    if progress.enabled:  # a terminal: the statuses are read for the line
+        progress.names = {i: client.filename(i) for i in ids}
     said = [""]
 
     def note(queues: set[str], live: dict[str, set[str]]) -> None:
@@ -91,7 +93,8 @@ def wait_for(client: OcrClient, ids: list[str], timeout: float | None
         said[0] = text
 
     try:
-        return client.wait(ids, on_progress=progress, timeout=timeout, on_workers=note)
+        return client.wait(ids, on_progress=progress if progress.enabled else None,
+                           timeout=timeout, on_workers=note)
     finally:
         progress.close()
 

@@ -21,8 +21,9 @@ from celery.exceptions import TimeoutError as CeleryTimeoutError
 from kombu.exceptions import OperationalError
 from kombu.utils.uuid import uuid
 
-from tasks import tracing
+from tasks import client_wait, tracing
 from tasks.admission import admit, read_input
+from tasks.client_wait import unserved
 from tasks.errors import (
     BadRequest,
     DeadlineExceeded,
@@ -30,7 +31,6 @@ from tasks.errors import (
     OcrError,
     ReplicaMissing,
     ServiceUnreachable,
-    TransientError,
     error_info,
 )
 from tasks.lifecycle.url_policy import is_url, parse_url
@@ -50,9 +50,7 @@ from tasks.state.stores import BlobStore, JobControl, OutputStore
 # What Redis or the Celery transport raise while Redis is unreachable (mid-run too).
 CONNECTION_ERRORS: tuple[type[BaseException], ...] = (
     redis.ConnectionError, redis.TimeoutError, redis.ReadOnlyError, OperationalError)
-LOOK_AGAIN: tuple[type[BaseException], ...] = (TransientError, *CONNECTION_ERRORS)
 ProgressCallback = Callable[[str, "JobProgress"], None]
-FIRST_POLL = 0.01  # seconds before `wait`'s second look; later looks back off to `poll`
 NO_WORKER_GRACE = 6.0   # seconds a job may wait in a queue no live worker consumes
 WORKER_RECHECK = 15.0   # seconds between worker checks while jobs run (2 s once one lacks)
 WorkersCallback = Callable[[set[str], dict[str, set[str]]], None]
@@ -301,67 +299,20 @@ class OcrClient:
              on_workers: WorkersCallback | None = None) -> dict[str, dict[str, Any]]:
         """Wait for every job and return the results by id.
 
-        Jobs still open at `timeout` are reported with status TIMEOUT; they go on.
-        Polls start 10 ms apart and grow to `poll`: a job that ends in a few ms is seen
-        within a few ms, a long one costs no more reads than before.
-
-        The live workers' presence records are read before the first poll and every
-        `worker_recheck` s (2 s while a job lacks one): jobs whose recorded queue no live worker
-        consumes for `no_worker_grace` s are reported PENDING with error `no_worker`
-        instead of waited for (they stay queued; `wait` again once a worker runs).
-        `watch_workers=False`: never. `on_workers(queues, live)` sees each read. Redis
-        restarting or failing over meanwhile: the next look tries again.
+        One blocking read waits on all the jobs' ending notices at once
+        (tasks/state/job_notices.py); an ended job's result is read once. The statuses
+        are read only for `on_progress` (every `max(poll, 1)` s) and as a sweep for a
+        job that ended without a notice (after 1 s, then twice as long each time, up to
+        SWEEP_MAX). Jobs still open at `timeout` are reported with status TIMEOUT; they
+        go on. The live workers' presence records are read 1 s in (a job ended by then
+        costs no read of them; the jobs' queues are read then too) and every
+        `worker_recheck` s (2 s while a job lacks one): jobs whose recorded queue
+        no live worker consumes for `no_worker_grace` s are reported PENDING with error
+        `no_worker` (they stay queued). `watch_workers=False`: never. `on_workers(queues,
+        live)` sees each read. Redis restarting or failing over: the next look tries again.
         """
-        pending = list(dict.fromkeys(ids))
-        results: dict[str, dict[str, Any]] = {}
-        start = time.monotonic()
-        deadline = None if timeout is None else start + timeout
-        watch = watch_workers or on_workers is not None
-        # Only jobs whose record names their queue are watched: a job another Celery
-        # client sent (send_task to any queue) has no record to say where it waits.
-        recorded = {job_id: self.recorded_queue(job_id) for job_id in pending} if watch else {}
-        queue_of = {job_id: queue for job_id, queue in recorded.items() if queue}
-        next_check, orphaned_since = start, None
-        delay = min(poll, FIRST_POLL)
-        while pending:
-            try:  # Redis restarting or failing over: the next turn looks again
-                for job_id in list(pending):
-                    status = self.status(job_id)
-                    if on_progress is not None:
-                        on_progress(job_id, status)
-                    if status.final:
-                        results[job_id] = self.result(job_id)
-                        pending.remove(job_id)
-                # presence records: one read, no broadcast
-                live = (self.live_queues() if pending and watch
-                        and time.monotonic() >= next_check else None)
-            except LOOK_AGAIN:
-                live = None
-            now = time.monotonic()
-            if live is not None:
-                queues = {job_id: queue_of[job_id] for job_id in pending if job_id in queue_of}
-                if on_workers is not None:
-                    on_workers(set(queues.values()), live)
-                orphans = unserved(queues, live)
-                orphaned_since = (orphaned_since or now) if orphans else None
-                if (watch_workers and orphaned_since is not None
-                        and now - orphaned_since >= self.no_worker_grace):
-                    for job_id, queue in orphans.items():
-                        results[job_id] = self.no_worker_record(job_id, queue)
-                        pending.remove(job_id)
-                next_check = now + (2.0 if orphans else self.worker_recheck)
-            if not pending:
-                break
-            if deadline is not None and now >= deadline:
-                for job_id in pending:
-                    results[job_id] = {"id": job_id, "status": WaitStatus.TIMEOUT.value,
-                                       "filename": self.filename(job_id), "error": {
-                        "code": "wait_timeout", "retryable": True,
-                        "message": "the job had not finished when waiting stopped"}}
-                break
-            time.sleep(max(0.0, min(delay, next_check - now)) if watch else delay)
-            delay = min(poll, delay * 1.5)
-        return results
+        return client_wait.wait(self, ids, on_progress, timeout, poll,
+                                watch_workers=watch_workers, on_workers=on_workers)
 
     def no_worker(self, queue: str) -> NoWorker | None:
         """`no_worker` when no live worker consumes `queue` (one read), else None."""
@@ -393,8 +344,3 @@ class OcrClient:
     def close(self) -> None:
         self.app.close()
 
-
-def unserved(queues: dict[str, str], live: dict[str, set[str]]) -> dict[str, str]:
-    """The jobs of `queues` (job id -> its queue) that no live worker consumes."""
-    served = set().union(*live.values())
-    return {job_id: queue for job_id, queue in queues.items() if queue not in served}

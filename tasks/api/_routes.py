@@ -37,7 +37,8 @@ from tasks.errors import BadRequest, EmptyInput
 from tasks.queue.routing import DEFAULT_QUEUE
 from tasks.records.status import WaitStatus
 
-EVENT_POLL_SECONDS = 0.25
+EVENT_POLL_SECONDS = 1.0  # an events stream's look at the progress marks
+MAX_WAIT_SECONDS = 60.0  # the longest `GET /v1/jobs/{id}?wait=`
 KEEPALIVE_SECONDS = 15.0
 
 bearer = HTTPBearer(auto_error=False, description="a client token from "
@@ -162,8 +163,16 @@ def retry_job(request: Request, response: Response, job_id: str, caller: Caller,
 
 @router.get("/v1/jobs/{job_id}", response_model=JobInfo, summary="A job's status",
             responses=_errors(404, *COMMON))
-def get_job(request: Request, job_id: str, caller: Caller) -> JobInfo:
-    return service_of(request).status(caller, job_id)
+async def get_job(request: Request, job_id: str, caller: Caller, wait: float = Query(
+        0, ge=0, le=MAX_WAIT_SECONDS, description="seconds to wait for the job to end "
+        "before answering (it answers at once when it ends; 0: at once)")) -> JobInfo:
+    service = service_of(request)
+    status = await run_in_threadpool(service.status, caller, job_id)
+    if wait and status.status not in FINAL_STATUSES:
+        # one blocking read the process shares, not repeated polls
+        await request.app.state.endings.wait(job_id, wait)
+        status = await run_in_threadpool(service.status, caller, job_id)
+    return status
 
 
 def _result_schema(fmt: str) -> dict[str, str]:
@@ -215,11 +224,13 @@ async def job_events(request: Request, job_id: str, caller: Caller) -> Streaming
 
 async def _events(request: Request, service: JobService, caller: ApiClient,
                   status: JobInfo) -> AsyncIterator[str]:
-    """Progress events; between changes only the job's state marks are polled.
+    """Progress events; the end is learnt from the job's ending notice at once.
 
-    One Redis round trip a poll; the status is built again when the marks moved. Marks
-    are read before the status they stand for, so a change while it is built shows at
-    the next poll.
+    Between changes the stream waits on the notice (the process's one blocking read,
+    tasks/api/_endings.py) up to EVENT_POLL_SECONDS, then reads the job's state marks
+    (one round trip); the status is built again when the marks moved or the job
+    ended. Marks are read before the status they stand for, so a change while it is
+    built shows at the next look.
     """
     last = None
     quiet = 0.0
@@ -237,12 +248,13 @@ async def _events(request: Request, service: JobService, caller: ApiClient,
             yield ": keepalive\n\n"
             quiet = 0.0
         while True:
-            await anyio.sleep(EVENT_POLL_SECONDS)
-            quiet += EVENT_POLL_SECONDS
+            started = anyio.current_time()
+            ended = await request.app.state.endings.wait(status.id, EVENT_POLL_SECONDS)
+            quiet += anyio.current_time() - started
             if await request.is_disconnected():
                 return
             now = await run_in_threadpool(service.progress_marks, status.id)
-            if now != marks or quiet >= KEEPALIVE_SECONDS:
+            if ended or now != marks or quiet >= KEEPALIVE_SECONDS:
                 break
         marks = now
         status = await run_in_threadpool(service.status, caller, status.id)

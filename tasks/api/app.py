@@ -21,6 +21,7 @@ from starlette.exceptions import HTTPException
 from starlette.requests import ClientDisconnect
 
 from tasks.api._batches import router as batches_router
+from tasks.api._endings import EndingWatcher
 from tasks.api._errors import JobUnsuccessful, http_status
 from tasks.api._json_bodies import JsonBodies
 from tasks.api._listing import router as listing_router
@@ -46,6 +47,9 @@ def create_api(settings: Settings, client: OcrClient | None = None) -> FastAPI:
     app = FastAPIOffline(title="OCR service", version="1", description=DESCRIPTION)
     client = client or OcrClient(settings, app=sending_app(settings))
     app.state.service = JobService(settings, client, connect(settings.redis_target, patient=False))
+    # requests that wait for a job's end share one blocking read (tasks/api/_endings.py)
+    app.state.endings = EndingWatcher(connect(settings.redis_target, patient=False))
+    app.router.add_event_handler("shutdown", app.state.endings.stop)
     app.include_router(router)
     app.include_router(listing_router)  # GET /v1/jobs
     app.include_router(usage_router)  # GET /v1/usage

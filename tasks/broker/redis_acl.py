@@ -118,6 +118,9 @@ _BROKER = (*QUEUES, *DIRECT, *PIDBOX, *BINDINGS, *UNACKED, *RESULTS, *WAKE, *LAN
 # a job another Celery client sent when it starts it.
 _JOB_INDEX = ("ocr:jobs:*",)
 _LISTING = ("zadd", "zremrangebyscore", "zremrangebyrank", "expire")
+# A job's ending notice (tasks/state/job_notices.py): written where a job ends, read by
+# whoever waits for it.
+_NOTICE_WRITE, _NOTICE_READ = ("xadd",), ("xread",)
 # Batches (tasks/state/batch_store.py): the API creates, reads, cancels and retries them;
 # the worker or control worker that takes a batch's step drives it.
 _BATCHES = ("ocr:batch:*", "ocr:batches:*")
@@ -125,7 +128,7 @@ _BATCHES = ("ocr:batch:*", "ocr:batches:*")
 USERS: tuple[RedisUser, ...] = (
     RedisUser(
         "worker", "the OCR workers (Procfile `worker`, every engine and pool)",
-        (*SEND, *CONSUME, *_LISTING),
+        (*SEND, *CONSUME, *_LISTING, *_NOTICE_WRITE),
         keys=(*_BROKER, *_JOB_STATE, *_JOB_INDEX, *_BATCHES, "ocr:cache:*", "ocr:output:*",
               "ocr:models:*", "ocr:usage:*"),
         # an API client's callbacks are signed with that client's own secret; the
@@ -134,7 +137,7 @@ USERS: tuple[RedisUser, ...] = (
         channels=(EVENTS, CONTROL_CHANNEL, RESULT_CHANNEL)),
     RedisUser(
         "control", "the control worker (Procfile `control`: cancels, HTTP callbacks)",
-        (*SEND, *CONSUME, *_LISTING),
+        (*SEND, *CONSUME, *_LISTING, *_NOTICE_WRITE),
         keys=(*_BROKER, *_JOB_STATE, *_JOB_INDEX, *_BATCHES, "ocr:output:*"),
         read_keys=("ocr:api:webhook:*", "ocr:api:clients", LANE_WEIGHTS),
         channels=(EVENTS, CONTROL_CHANNEL, RESULT_CHANNEL)),
@@ -143,7 +146,7 @@ USERS: tuple[RedisUser, ...] = (
         # its upload quota scripts (tasks/api/_quotas.py): APPEND, RENAME, STRLEN, SREM
         (*SEND, "append", "rename", "strlen", "srem", "hset", "hget", "hgetall", "hmget",
          "set", "del", "exists", "expire", "incr", "zrem", "zrange", *_LISTING,
-         "zrevrangebyscore", "hlen"),
+         "zrevrangebyscore", "hlen", *_NOTICE_READ),
         keys=(*QUEUES, *BINDINGS, *WAKE, *LANES, *_JOB_INDEX, *_BATCHES, "ocr:job:*",
               "ocr:blob:*", "ocr:api:job:*", "ocr:api:idem:*", "ocr:api:rate:*",
               "ocr:api:inflight:*", "ocr:api:upload:*", "ocr:api:bytes:*"),
@@ -184,7 +187,8 @@ USERS: tuple[RedisUser, ...] = (
         "client", "clients over the Celery protocol: submit.py, the Python and Node "
         "clients, the OCRmyPDF plugin",
         (*SEND, "set", "hset", "hget", "hgetall", "hmget", "expire", "strlen", *_LISTING,
-         "hlen"),  # hlen: `submit.py batch status` (the batch's documents in flight)
+         # hlen: `submit.py batch status` (the batch's documents in flight)
+         "hlen", *_NOTICE_READ),
         keys=(*QUEUES, *BINDINGS, *WAKE, *LANES, *_JOB_INDEX, *_BATCHES, "ocr:job:*",
               "ocr:blob:*"),
         read_keys=(*RESULTS, "ocr:doc:*", "ocr:output:*", "ocr:workers"),

@@ -20,6 +20,7 @@ stores that job's FAILURE (`connect_refusals`).
 from __future__ import annotations
 
 import json
+import logging
 import re
 import time
 from dataclasses import asdict, dataclass
@@ -34,6 +35,11 @@ from kombu.utils.json import loads
 from tasks.broker.bounded_reply import ENDS, reply_size
 from tasks.broker.layout import DEAD_LETTER_COUNT_KEY, DEAD_LETTER_KEY
 from tasks.errors import ContentRefused, InputTooLarge, MalformedMessage, OcrError
+from tasks.records.status import JobStatus
+from tasks.state.connection import connect
+from tasks.state.stores import JobControl
+
+log = logging.getLogger(__name__)
 
 if TYPE_CHECKING:
     from celery import Celery
@@ -165,17 +171,28 @@ def connect_refusals(app: Celery) -> None:
     is how a pickled message ends on other brokers (AMQP) instead of staying PENDING.
     """
 
+    def failed(task_id: str, error: OcrError) -> None:
+        app.backend.mark_as_failure(task_id, error)
+        settings = getattr(app, "ocr_settings", None)
+        if settings is None:
+            return
+        try:  # the ending notice waiting clients block on (else they find it by a sweep)
+            JobControl(connect(settings.redis_target), settings.result_ttl).notify_ended(
+                task_id, JobStatus.FAILURE.value)
+        except OcrError as exc:
+            log.warning("job %s refused, its ending notice not written: %s", task_id, exc)
+
     def on_refused(sender: Any, task_id: str | None, error: OcrError, queue: str,
                    **_: Any) -> None:
         if task_id is not None:
-            app.backend.mark_as_failure(task_id, error)
+            failed(task_id, error)
 
     def on_rejected(sender: Any, message: Any, exc: BaseException | None,
                     **_: Any) -> None:
         headers = getattr(message, "headers", None)
         if isinstance(exc, ContentDisallowed) and isinstance(headers, dict) \
                 and isinstance(headers.get("id"), str):
-            app.backend.mark_as_failure(headers["id"], ContentRefused(
+            failed(headers["id"], ContentRefused(
                 f"content type {str(message.content_type)[:60]!r} is not accepted "
                 "(JSON only)"))
 

@@ -133,7 +133,8 @@ class JobEnder:
             self._ports.record(outcome)
         self._free(outcome)
         try:
-            self._control.mark_ended(outcome.job_id)
+            # the claim marked done, and the notice waiting clients block on
+            self._control.mark_ended(outcome.job_id, outcome.status.value)
         except OcrError as exc:  # unreachable store: the claim keeps naming this process
             log.warning("job %s ended, its claim not marked done: %s", outcome.job_id, exc)
 

@@ -67,8 +67,10 @@ def celery_config(settings: Settings) -> dict[str, Any]:
         "worker_max_memory_per_child": settings.max_memory_per_child_mb * 1024 or None,
         "worker_pool": "tasks.queue.pool:TaskPool",
         "worker_proc_alive_timeout": settings.proc_alive_timeout,
-        # Flower: task events on, progress events visible.
-        "worker_send_task_events": True,
+        # Flower: a task's sent event from its sender; the workers' own task events
+        # are off until Flower turns them on (its `enable_events`, every 5 s while it
+        # runs): with no one watching, a task costs Redis no event PUBLISHes.
+        "worker_send_task_events": False,
         "task_send_sent_event": True,
         "worker_hijack_root_logger": True,
         # Each worker also consumes its own direct queue `<node>.dq2`: the every-host

@@ -38,6 +38,7 @@ from tasks.queue.parent_endings import (
     report_progress,
 )
 from tasks.queue.poison_guard import GuardedTask
+from tasks.queue.result_records import store_result
 from tasks.queue.retry_policy import retry_later
 from tasks.queue.routing import job_queue
 from tasks.records.jobs import JobStatus, Outcome
@@ -91,9 +92,9 @@ def document(self: Task, *args: Any, **kwargs: Any) -> dict[str, Any]:
     started = time.time()  # the job's clock (`timings.total_seconds`) starts here
     settings: Settings = self.app.ocr_settings
     job_id = self.request.id
-    # What `task_track_started` would store, were results not ignored.
-    self.backend.store_result(job_id, {"pid": os.getpid(),
-                                       "hostname": self.request.hostname}, states.STARTED)
+    # What `task_track_started` would store, were results not ignored (one SETEX).
+    store_result(self.app, job_id, {"pid": os.getpid(), "hostname": self.request.hostname},
+                 states.STARTED, publish=False)
     if args:
         end_from_message(self.app, job_id, kwargs, JobStatus.FAILURE, BadRequest(
             "ocr.document takes keyword arguments only"))
@@ -217,15 +218,20 @@ def fan_out(task: Task, work: FanOut, services: JobServices) -> NoReturn:
     # An encrypted URL input's password goes with its page tasks (each host decrypts
     # its own copy), never into the document's meta.
     opened = {"password": work.password} if work.password else {}
-    # The pages stay in their job's client's lane.
+    # The pages stay in their job's client's lane. The queue is not declared again on
+    # each send (this worker declared it as it started to consume it): a child's publish
+    # is on a connection of its own (brokers.fresh_connections), so a declare each time.
     headers = job_headers(meta.request.client)
-    with publishing("a page task"):
+    # All of them on one connection (a child's each publish opens one otherwise).
+    with publishing("a page task"), task.app.producer_or_acquire() as producer:
         for number, page_id in zip(meta.ocr_pages, meta.page_tasks, strict=True):
             pdf_page.apply_async((job_id, number), opened, queue=queue, task_id=page_id,
-                                 priority=priority, headers=headers,
+                                 priority=priority, headers=headers, declare=[],
+                                 producer=producer,
                                  link_error=pdf_page_lost.s(job_id, number, queue))
         for index, chunk_id in enumerate(meta.chunk_tasks):
             pdf_text_chunk.apply_async((job_id, index), opened, queue=queue,
                                        task_id=chunk_id, priority=priority, headers=headers,
+                                       declare=[], producer=producer,
                                        link_error=pdf_chunk_lost.s(job_id, index, queue))
     raise Ignore()  # the job's result is stored when its last page is recorded

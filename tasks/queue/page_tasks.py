@@ -7,7 +7,8 @@ json); the call that records a document's last page ends the job. `pdf_page_lost
 child killed at its hard time limit): they send `ocr.pdf_page_failed` /
 `ocr.pdf_chunk_failed`, which record the pages as failed so the document still ends.
 Retries follow tasks/queue/retry_policy.py; the open PDF is the thread's
-(tasks/lifecycle/open_documents.py).
+(tasks/lifecycle/open_documents.py). A page or chunk task stores no Celery result and
+no STARTED mark (its job's join and ending say all there is); its errback still runs.
 """
 
 from __future__ import annotations
@@ -38,7 +39,8 @@ from tasks.state.boundary import transient
 T = TypeVar("T")
 
 
-@shared_task(name="ocr.pdf_page", bind=True, base=GuardedTask)
+@shared_task(name="ocr.pdf_page", bind=True, base=GuardedTask, ignore_result=True,
+             track_started=False)
 def pdf_page(self: Task, doc_id: str, number: int,
              password: str | None = None) -> dict[str, Any]:
     """OCR one page of a fanned-out PDF and end the document if it was the last.
@@ -76,7 +78,8 @@ def pdf_page(self: Task, doc_id: str, number: int,
     return {"document": doc_id, "number": number, "ok": not page.failed}
 
 
-@shared_task(name="ocr.pdf_text_chunk", bind=True, base=GuardedTask)
+@shared_task(name="ocr.pdf_text_chunk", bind=True, base=GuardedTask, ignore_result=True,
+             track_started=False)
 def pdf_text_chunk(self: Task, doc_id: str, index: int,
                    password: str | None = None) -> dict[str, Any]:
     """Analyse a chunk of a fanned-out PDF's text-layer pages (output=markdown/json).

@@ -31,14 +31,15 @@ from tasks.engines.resident import engine_for_job
 from tasks.errors import BadRequest, DeadlineExceeded, OcrError, Timeout, TransientError
 from tasks.lifecycle.inputs import decode_request
 from tasks.lifecycle.job_exit import JobEnder, holder_name
-from tasks.queue import telemetry
+from tasks.queue import job_events, telemetry
 from tasks.queue.message_headers import client_from
+from tasks.queue.result_records import store_result
 from tasks.queue.routing import CONTROL_QUEUE
 from tasks.records.jobs import JobStatus, Outcome
 from tasks.records.request import JobRequest
 from tasks.records.results import DocumentResult
 from tasks.records.status import CeleryState
-from tasks.state.boundary import PUBLISH_ERRORS, publishing
+from tasks.state.boundary import publishing
 from tasks.state.connection import connect
 from tasks.state.job_index import JobIndex
 from tasks.state.join import DocumentJoin
@@ -56,31 +57,24 @@ _node_name: str | None = None
 
 
 def send_job_event(app: Any, event: str, job_id: str, **fields: Any) -> None:
-    """A task event for the job, sent as the worker node.
+    """A task event for the job, sent as the worker node (tasks/queue/job_events.py).
 
-    Flower lists every other sender name as a worker of its own. An event is for
-    watchers only: one the broker cannot take (its connection lost with a RabbitMQ
-    node) is logged and dropped, never allowed to cut the job's ending short (its
-    callbacks, its claim marked done).
+    Flower lists every other sender name as a worker of its own.
     """
     task = app.current_worker_task
     hostname = task.request.hostname if task is not None else _node_name
-    broker = app.connection_for_write()
-    try:
-        with app.events.default_dispatcher(hostname=hostname) as dispatcher:
-            dispatcher.send(event, uuid=job_id, **fields)
-    except (*PUBLISH_ERRORS, *broker.connection_errors, *broker.channel_errors) as exc:
-        log.warning("event %s of job %s not sent (%s)", event, job_id, type(exc).__name__)
-    finally:
-        broker.release()
+    job_events.send_event(app, hostname, event, job_id, **fields)
 
 
 def report_progress(app: Any, job_id: str, done: int, total: int) -> None:
     """Progress in the result backend (for clients) and as an event (for Flower).
 
     Written only while the job has not ended, in one atomic step: a page finishing
-    after a cancel must not turn the job's final state back into PROGRESS.
+    after a cancel must not turn the job's final state back into PROGRESS. A one-page
+    job has none: its ending follows its page at once.
     """
+    if total <= 1:
+        return
     meta = {"done": done, "total": total}
     backend = app.backend
     record = backend._get_result_meta(meta, PROGRESS_STATE, None, None)
@@ -115,10 +109,11 @@ class CeleryPorts:
             error = outcome.error or OcrError()
             if outcome.client:  # a failure's stored form (an exception) has no field for it
                 self._control.remember(job_id, client=outcome.client)
-            app.backend.store_result(job_id, error, states.FAILURE)
+            store_result(app, job_id, error, states.FAILURE)
             send_job_event(app, "task-failed", job_id, exception=str(error))
         else:
-            app.backend.store_result(job_id, outcome.public(), states.SUCCESS)
+            store_result(app, job_id, outcome.public(), states.SUCCESS)
+            # always: the worker's own task events are on only while Flower asks for them
             send_job_event(app, "task-succeeded", job_id, result=outcome.status.value,
                            runtime=outcome.seconds)
 

@@ -33,16 +33,12 @@ class GuardedTask(Task):
     """
 
     abstract = True
-    _guard_redis: Any = None
-
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
         task_id = self.request.id
         if task_id is None or self.request.is_eager:
             return super().__call__(*args, **kwargs)
         settings = self.app.ocr_settings
-        if GuardedTask._guard_redis is None:
-            GuardedTask._guard_redis = connect(settings.redis_target)
-        client = GuardedTask._guard_redis
+        client = connect(settings.redis_target)  # the process's one client
         key = delivery_key(task_id)
         try:
             with transient("the poison guard's Redis"):
@@ -50,10 +46,9 @@ class GuardedTask(Task):
                 cancelled = JobControl(client, settings.result_ttl).is_cancelled(task_id)
                 starts = 0
                 if not cancelled:
-                    pipe = client.pipeline()
-                    pipe.incr(key)
-                    pipe.expire(key, settings.result_ttl)
-                    starts = int(pipe.execute()[0])
+                    # a first start is one SET (with its TTL); a run again adds to it
+                    first = client.set(key, 1, nx=True, ex=settings.result_ttl)
+                    starts = 1 if first else int(client.incr(key))
                     if starts > settings.max_deliveries:
                         client.delete(key)
         except TransientError as exc:

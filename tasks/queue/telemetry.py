@@ -53,7 +53,7 @@ from tasks.queue.job_samples import (
 from tasks.records.jobs import JobStatus, Outcome
 from tasks.records.results import PageRecord
 from tasks.state.client_labels import ANONYMOUS_LABEL, OTHER_LABEL, ClientLabels
-from tasks.state.connection import connect
+from tasks.state.connection import connect, connection_pools
 from tasks.state.metrics import MetricsStore, Sample
 from tasks.state.usage import PageUsage
 
@@ -65,6 +65,9 @@ log = logging.getLogger(__name__)
 # Seconds between the worker parent's checks of its children's gauges (it runs on
 # every heartbeat, every 5 s, but acts only this often).
 KEEP_INTERVAL = 60.0
+# Seconds between a pool child's writes of its gauges (the first task's at once): a
+# child that runs many short tasks does not rewrite them after each one.
+GAUGE_INTERVAL = 10.0
 
 
 def rss_bytes() -> int:
@@ -82,6 +85,7 @@ def child_gauges(registry: ResidentEngines) -> list[Sample]:
     samples: list[Sample] = [
         ("ocr_child_rss_bytes", {}, float(rss_bytes())),
         ("ocr_child_tasks", {}, float(registry.tasks_in_process)),
+        ("ocr_child_redis_pools", {}, float(connection_pools())),
         ("ocr_child_updated_timestamp_seconds", {}, time.time()),
         *cgroup_memory.samples(),
     ]
@@ -113,6 +117,8 @@ class Telemetry:
         self._counted: dict[tuple[str, str], float] = {}
         self._lock = threading.Lock()  # a thread pool's tasks end in several threads
         self._last_keep = 0.0
+        self._gauges_at: float | None = None  # when this process last wrote its gauges
+        self._pools = 0  # its Redis pools then (a new one is shown at once)
 
     def store(self) -> MetricsStore:
         if self._store is None or self._store.node != self.node:
@@ -124,6 +130,7 @@ class Telemetry:
         self._store = None
         self._labels = None
         self._page_usage = None
+        self._gauges_at = None
         self.observe(resident.current(self.settings))
 
     def task_finished(self) -> None:
@@ -192,8 +199,13 @@ class Telemetry:
 
     def observe(self, registry: ResidentEngines) -> None:
         """Count engine loads and failed loads since the last look; record the gauges."""
+        now, pools = time.monotonic(), connection_pools()
         with self._lock:
             samples = self._news(registry)
+            if (not samples and self._gauges_at is not None and pools == self._pools
+                    and now - self._gauges_at < GAUGE_INTERVAL):
+                return  # nothing new to count, gauges written a moment ago
+            self._gauges_at, self._pools = now, pools
         gauges = child_gauges(registry)
         pid = os.getpid()
 

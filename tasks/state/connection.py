@@ -2,9 +2,11 @@
 
 `connect(target)` is how any process gets a Redis client (the stores, the HTTP API, the
 worker parent and children, beat, Flower, the metrics exporter, the health commands,
-submit.py and ocr_admin.py): a direct server (`redis://`, `rediss://`, a fixed address
-that may move, as a managed Redis's endpoint does), or the primary that Sentinel names,
-asked again at every reconnection, so a client follows a failover by itself.
+submit.py and ocr_admin.py), one client (one connection pool) per process, target and
+patience, shared by every module of that process: a direct server (`redis://`,
+`rediss://`, a fixed address that may move, as a managed Redis's endpoint does), or
+the primary that Sentinel names, asked again at every reconnection, so a client
+follows a failover by itself.
 `celery_broker` and `celery_backend` give Celery and kombu the same target: URL,
 verified TLS, Sentinel's primary name and password, and the timeouts and TCP keepalive
 that notice a primary gone silent. `kept(pipe, target)` appends the `WAIT` that holds a
@@ -16,8 +18,10 @@ Runs in every process that talks to Redis. Imports no Celery.
 
 from __future__ import annotations
 
+import os
 import socket
 import ssl
+import threading
 import time
 from typing import Any
 from urllib.parse import quote
@@ -46,8 +50,43 @@ KEEPALIVE_OPTIONS = {getattr(socket, name): value for name, value in KEEPALIVE.i
 BROKER_HEALTH_CHECK = 10
 
 
+# One client per (process, target, patience): a forked child makes its own, never
+# sharing its parent's sockets; every module of a process shares one pool.
+_CLIENTS: dict[tuple[int, RedisTarget, bool], redis.Redis] = {}
+_CLIENTS_LOCK = threading.Lock()
+
+
 def connect(target: RedisTarget, *, patient: bool = True) -> redis.Redis:
-    """A client of `target` that reconnects on its own.
+    """The client of `target` in this process (made on the first call, then reused).
+
+    Every module asks here, so a process holds one connection pool per target and
+    patience: the telemetry, the poison guard, the job services, the batch tasks and the
+    endings of one worker child share its connections. `close()` on it only drops the
+    pool's idle connections; the next command opens one again.
+    """
+    key = (os.getpid(), target, patient)
+    client = _CLIENTS.get(key)
+    if client is None:
+        with _CLIENTS_LOCK:
+            client = _CLIENTS.get(key)
+            if client is None:
+                for stale in [k for k in _CLIENTS if k[0] != key[0]]:
+                    del _CLIENTS[stale]  # a parent's, inherited by fork: never used here
+                client = _CLIENTS[key] = new_client(target, patient=patient)
+    return client
+
+
+def connection_pools() -> int:
+    """How many connection pools `connect` made in this process (tests, benchmarks)."""
+    pid = os.getpid()
+    return sum(1 for k in _CLIENTS if k[0] == pid)
+
+
+def new_client(target: RedisTarget, *, patient: bool = True) -> redis.Redis:
+    """A client of `target` with a pool of its own, that reconnects on its own.
+
+    `connect` is the usual way; a pool of its own is for a connection that blocks
+    (a long blocking read would hold one of the shared pool's connections).
 
     `patient` (workers): a command retries with backoff through a Redis restart or a
     failover for about half a minute (`boundary.redis_retry`); the stores then raise
@@ -183,7 +222,7 @@ def broker_transport_options(target: RedisTarget) -> dict[str, Any]:
     A command waits at most SOCKET_TIMEOUT; idle connections are probed by TCP
     keepalive and kombu's health check, so a primary that vanished silently is
     noticed and Sentinel asked again. `ocr_min_replicas` and `ocr_replica_timeout`
-    are the project's transport's (tasks/queue/transport.py: WAIT after a publish).
+    are the project's transport's (tasks/broker/transport.py: WAIT after a publish).
     """
     options: dict[str, Any] = {
         "socket_timeout": SOCKET_TIMEOUT, "socket_connect_timeout": CONNECT_TIMEOUT,

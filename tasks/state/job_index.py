@@ -7,7 +7,8 @@ the job was sent: `ocr:jobs:client:<name>` per client (the anonymous client's na
 ""), and `ocr:jobs:all` for every client (operators). Bounded twice: each write drops
 the entries older than `keep` seconds (the jobs' own records expire then) and all but
 the newest `most` of the client's (`most * ALL_FACTOR` of everyone's), and the key
-expires `keep` seconds after its last write.
+expires `keep` seconds after its last write (both time-bound writes made by each
+process at most every TRIM_EVERY s).
 
 A page is read newest first from a cursor (`Cursor`: the score and id of the last job
 shown), in batches that a caller's `describe` turns into its own records (None: not
@@ -21,6 +22,7 @@ from __future__ import annotations
 import base64
 import binascii
 import json
+import threading
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -35,6 +37,7 @@ T = TypeVar("T")
 ALL_FACTOR = 10     # everyone's index keeps this many times one client's
 SCAN_MOST = 1000    # index entries one page request looks at, at most
 BATCH = 100         # entries described per round trip
+TRIM_EVERY = 60.0   # seconds between one process's time trims (and TTLs) of a key
 
 
 @dataclass(frozen=True)
@@ -75,20 +78,49 @@ class JobIndex:
         self._redis = client
         self.keep = keep  # seconds an entry is kept (the jobs' records' lifetime)
         self.most = most  # entries one client's index keeps
+        self._trimmed: dict[str, float] = {}  # key -> when this process last trimmed it
+        self._lock = threading.Lock()
 
     def add(self, job_id: str, client: str, when: float | None = None,
             only_new: bool = False) -> None:
-        """List `job_id` under `client` (and everyone's); `only_new`: keep an entry there."""
+        """List `job_id` under `client` (and everyone's); `only_new`: keep an entry there.
+
+        Each write adds and trims by rank; the time trim and the TTL are written by the
+        first write of each process to a key and then every TRIM_EVERY s (a listing
+        never shows an entry older than `keep` meanwhile). `only_new` where the entry
+        is there already (its sender listed it): the two ZADD NX alone.
+        """
         now = time.time()
         score = now if when is None else when
+        keys = ((jobs_client_key(client), self.most), (JOBS_ALL_KEY, self.most * ALL_FACTOR))
+        if only_new:
+            with self._redis.pipeline(transaction=False) as pipe:
+                for key, _ in keys:
+                    pipe.zadd(key, {job_id: score}, nx=True)
+                if not any(pipe.execute()):
+                    return
         pipe = self._redis.pipeline(transaction=False)
-        for key, most in ((jobs_client_key(client), self.most),
-                          (JOBS_ALL_KEY, self.most * ALL_FACTOR)):
-            pipe.zadd(key, {job_id: score}, nx=only_new)
-            pipe.zremrangebyscore(key, "-inf", f"({now - self.keep}")
+        for key, most in keys:
+            if not only_new:
+                pipe.zadd(key, {job_id: score})
             pipe.zremrangebyrank(key, 0, -most - 1)
-            pipe.expire(key, self.keep)
-        pipe.execute()
+            if self._due(key):
+                pipe.zremrangebyscore(key, "-inf", f"({now - self.keep}")
+                pipe.expire(key, self.keep)
+        try:
+            pipe.execute()
+        except redis.RedisError:
+            self._trimmed.clear()
+            raise
+
+    def _due(self, key: str) -> bool:
+        """Whether this process trims `key` by time and sets its TTL on this write."""
+        now = time.monotonic()
+        with self._lock:
+            if now - self._trimmed.get(key, -TRIM_EVERY) < TRIM_EVERY:
+                return False
+            self._trimmed[key] = now
+            return True
 
     def entries(self, client: str | None, since: float | None, until: float | None,
                 after: Cursor | None, count: int) -> list[tuple[str, float]]:

@@ -126,6 +126,14 @@ def job_ended_key(job_id: str) -> str:
     return f"{job_key(job_id)}:ended"
 
 
+def job_notice_key(job_id: str) -> str:
+    """`ocr:job:<id>:notice`: a one-entry stream written once the job has ended.
+
+    Clients block on it (XREAD, many jobs at once) instead of polling the result.
+    """
+    return f"{job_key(job_id)}:notice"
+
+
 def jobs_client_key(client: str) -> str:
     """`ocr:jobs:client:<name>`: one client's jobs by the time they were sent."""
     return f"{JOBS_PREFIX}client:{client}"

@@ -1,6 +1,7 @@
 """Service metrics kept in Redis and served to Prometheus.
 
-Worker processes record with `MetricsStore` (pool children after each task, the worker
+Worker processes record with `MetricsStore` (pool children's counters after each task
+and their gauges at most every 10 s, the worker
 parent when it prunes children that are gone); the Procfile `metrics` process
 (scripts/metrics_exporter.py) reads everything back on each scrape with
 `RedisCollector`, so one exporter covers every worker on every host. Keys:
@@ -17,12 +18,13 @@ parent when it prunes children that are gone); the Procfile `metrics` process
 
 Hash fields are JSON `[metric, {label: value}]`, values numbers; a histogram's are
 `[metric, {label: value}, part]`, `part` a bucket's upper bound (its own count, not
-cumulative), `sum` or `count`.
+cumulative) or `sum`; the count is the buckets' total.
 """
 
 from __future__ import annotations
 
 import json
+import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -43,6 +45,9 @@ NODES_KEY = PREFIX + "nodes"
 HISTOGRAMS_KEY = PREFIX + "histograms"
 COUNTER_TTL = 7 * 24 * 3600
 CHILD_TTL = 300
+# Seconds between one process's writes of a key's TTL and of its node's and children's
+# set memberships: a counter's write is its HINCRBYFLOAT alone the rest of the time.
+KEEP_EVERY = 60.0
 
 Sample = tuple[str, dict[str, str], float]
 # Upper bounds of the latency buckets: a 0.3 s scan and a 30 s VLM page each fall
@@ -110,12 +115,15 @@ METRICS: dict[str, MetricSpec] = {
     "ocr_engine_load_failures_total": MetricSpec(
         "counter", "Engine loads that failed in pool children.", ("engine",)),
     "ocr_child_rss_bytes": MetricSpec(
-        "gauge", "Resident memory of a pool child after its last task (peak on macOS)."),
+        "gauge", "Resident memory of a pool child after a task, at most 10 s old (peak on macOS)."),
     "ocr_child_memory_bytes": MetricSpec(
         "gauge", "Engine memory of a pool child at the end of its last task, by kind "
         "(mlx_active, mlx_peak during the task, mlx_cache before it was cleared).",
         ("kind",)),
     "ocr_child_tasks": MetricSpec("gauge", "Tasks a pool child has run since it started."),
+    "ocr_child_redis_pools": MetricSpec(
+        "gauge", "Redis connection pools the service's own code holds in a pool child "
+        "(one per Redis it talks to; Celery's and kombu's own apart)."),
     "ocr_child_engine_load_seconds": MetricSpec(
         "gauge", "Load time of each engine loaded in a pool child.", ("engine", "model")),
     "ocr_child_updated_timestamp_seconds": MetricSpec(
@@ -169,6 +177,22 @@ class MetricsStore:
     def __init__(self, client: redis.Redis, node: str) -> None:
         self._redis = client
         self.node = node
+        self._kept: dict[str, float] = {}  # key -> when this process last set its TTL
+
+    def _due(self, key: str) -> bool:
+        """Whether `key`'s TTL (or membership) is to be written again now."""
+        now = time.monotonic()
+        if now - self._kept.get(key, -KEEP_EVERY) < KEEP_EVERY:
+            return False
+        self._kept[key] = now
+        return True
+
+    def _execute(self, pipe: Any) -> None:
+        try:
+            pipe.execute()
+        except redis.RedisError:
+            self._kept.clear()  # every TTL is written again by the next write
+            raise
 
     def add(self, samples: Iterable[Sample], observed: Iterable[Sample] = (),
             also: Callable[[Any], None] | None = None) -> None:
@@ -182,7 +206,7 @@ class MetricsStore:
         queued = len(pipe)
         for name, labels, value in samples:
             pipe.hincrbyfloat(_node_key(self.node), _field(name, labels), value)
-        if len(pipe) > queued:
+        if len(pipe) > queued and self._due(_node_key(self.node)):
             pipe.expire(_node_key(self.node), COUNTER_TTL)
             pipe.sadd(NODES_KEY, self.node)
             pipe.expire(NODES_KEY, COUNTER_TTL)
@@ -190,14 +214,14 @@ class MetricsStore:
         for name, labels, value in observed:
             spec = METRICS[name]
             head = json.dumps([name, labels], sort_keys=True)[:-1]
-            for part, amount in ((_bucket(spec.buckets, value), 1.0), ("sum", value),
-                                 ("count", 1.0)):
+            # the count is the buckets' sum (read back so): not written apart
+            for part, amount in ((_bucket(spec.buckets, value), 1.0), ("sum", value)):
                 pipe.hincrbyfloat(HISTOGRAMS_KEY, f"{head}, {json.dumps(part)}]", amount)
             observations += 1
-        if observations:
+        if observations and self._due(HISTOGRAMS_KEY):
             pipe.expire(HISTOGRAMS_KEY, COUNTER_TTL)
         if len(pipe):
-            pipe.execute()
+            self._execute(pipe)
 
     def set_child(self, pid: int, samples: Iterable[Sample]) -> None:
         """Replace the gauges of pool child `pid`."""
@@ -208,11 +232,12 @@ class MetricsStore:
         if mapping:
             pipe.hset(key, mapping=mapping)
             pipe.expire(key, CHILD_TTL)
-        pipe.sadd(_children_key(self.node), pid)
-        pipe.expire(_children_key(self.node), COUNTER_TTL)
-        pipe.sadd(NODES_KEY, self.node)
-        pipe.expire(NODES_KEY, COUNTER_TTL)
-        pipe.execute()
+        if self._due(f"{_children_key(self.node)}:{pid}"):
+            pipe.sadd(_children_key(self.node), pid)
+            pipe.expire(_children_key(self.node), COUNTER_TTL)
+            pipe.sadd(NODES_KEY, self.node)
+            pipe.expire(NODES_KEY, COUNTER_TTL)
+        self._execute(pipe)
 
     def drop_child(self, pid: int) -> None:
         pipe = self._redis.pipeline(transaction=True)

@@ -16,6 +16,7 @@ import redis
 
 from tasks.errors import BadRequest, InputNotFound
 from tasks.records.redis_target import RedisTarget
+from tasks.state import job_notices
 from tasks.state.boundary import transient_methods
 from tasks.state.connection import hold_kept
 from tasks.state.keys import (
@@ -166,9 +167,22 @@ class JobControl:
         return bool(self._redis.eval(_TAKE_OVER_END, 1, job_ended_key(job_id), holder,
                                      new_holder))
 
-    def mark_ended(self, job_id: str) -> None:
-        """The ending is done: the claim no longer names a holder (its TTL kept)."""
-        self._redis.set(job_ended_key(job_id), ENDING_DONE, xx=True, keepttl=True)
+    def mark_ended(self, job_id: str, status: str = "") -> None:
+        """The ending is done: the claim no longer names a holder (its TTL kept).
+
+        With `status`, the job's ending notice too, in the same round trip
+        (tasks/state/job_notices.py): what waiting clients block on.
+        """
+        pipe = self._redis.pipeline(transaction=False)
+        pipe.set(job_ended_key(job_id), ENDING_DONE, xx=True, keepttl=True)
+        if status:
+            job_notices.announce(pipe, job_id, status, self._ttl)
+        pipe.execute()
+
+    def notify_ended(self, job_id: str, status: str) -> None:
+        """Write the ending notice of a job ended outside the one exit (a refusal)."""
+        job_notices.announce(self._redis.pipeline(transaction=False), job_id, status,
+                             self._ttl).execute()
 
     def keep(self, job_id: str, target: RedisTarget, *, ending: bool = False) -> bool:
         """Hold until `target.min_replicas` replicas have the job's writes (Redis WAIT).

@@ -435,6 +435,15 @@ def test_events_stream_progress_then_end(api: ApiServer, alice: requests.Session
     assert partial == sorted(partial)
 
 
+def test_a_status_read_can_wait_for_the_end(api: ApiServer, alice: requests.Session) -> None:
+    """`?wait=` answers with the final status once the job ends (its ending notice)."""
+    job_id = send(alice, api, image_pdf(plain_pages(3)), "three.pdf")
+    answer = alice.get(f"{api.url}/v1/jobs/{job_id}?wait=60", timeout=90)
+    assert answer.status_code == 200 and answer.json()["status"] == "SUCCESS", answer.text
+    too_long = alice.get(f"{api.url}/v1/jobs/{job_id}?wait=61", timeout=10)
+    assert too_long.status_code == 422
+
+
 def test_delete_cancels_a_running_pdf(api: ApiServer, alice: requests.Session) -> None:
     job_id = send(alice, api, image_pdf(plain_pages(12)), "twelve.pdf")
 

@@ -1,0 +1,193 @@
+"""What a page costs the shared Redis, and the queue's ceiling with a null engine.
+
+One worker (the Procfile's `worker:` line, 2 children, results cache off) with the
+fake engine (tests/fake_engines.py: a null engine, named as such; this measures the
+queue, not OCR), on a redis-server of its own. Commands are `INFO commandstats`
+(commands run inside scripts included), with the idle worker's rate over the same
+time taken off:
+
+- an idle worker, commands/s (over `IDLE_SECONDS`);
+- a 6-page scanned PDF (`--mode ocr`: every page a page task), per page;
+- 20 one-page images in one `submit.py` call that waits, per job;
+- a 117-page born-digital PDF (its text layer), per page.
+
+Each case is one `submit.py` call that waits (the client's own commands counted), run
+`ROUNDS` times after a warm-up (the children's connections made); the median is
+shown. The ceiling: pages/s of `CEILING_JOBS` one-page jobs through the whole service
+(OcrClient enqueue and wait) against the same number of bare Celery no-op tasks
+(bench/_noop_app.py, 2 children, results stored and waited for) on the same Redis in
+the same run.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import redis
+from PIL import Image
+
+from bench.common import BenchError, Context, Ratio, Report, Table, median
+from tests.harness import (
+    CORPUS,
+    FAKE_PLUGINS,
+    FAST_PAGES,
+    ROOT,
+    ProcfileProcess,
+    RedisServer,
+    Worker,
+    make_client,
+    stop_group,
+)
+
+IDLE_SECONDS = 10.0
+ROUNDS = 3
+CEILING_JOBS = 200
+GOALS = {"idle": 3.0, "scan6": 40.0, "img20": 60.0, "dig117": 2.0}
+GOAL_CEILING = 0.5
+CASES = (("scan6", "a 6-page scanned PDF, per page", 6),
+         ("img20", "20 one-page images, one submit.py call that waits, per job", 20),
+         ("dig117", "a 117-page born-digital PDF, per page", 117))
+
+
+def png(n: int) -> bytes:
+    out = io.BytesIO()
+    Image.new("L", (64, 48), 150 + n % 100).save(out, "PNG")
+    return out.getvalue()
+
+
+def calls(client: redis.Redis) -> dict[str, int]:
+    """Commands by name since the last CONFIG RESETSTAT."""
+    return {name.removeprefix("cmdstat_"): int(stat["calls"])
+            for name, stat in client.info("commandstats").items()}
+
+
+def case_files(name: str, folder: Path) -> list[str]:
+    if name == "scan6":
+        return ["--mode", "ocr", str(CORPUS / "scan_vicksburg_ocrlayer_6p.pdf")]
+    if name == "dig117":
+        return [str(CORPUS / "dig_geotopo_117p.pdf")]
+    for n in range(20):
+        (folder / f"p{n}.png").write_bytes(png(n))
+    return [str(folder / f"p{n}.png") for n in range(20)]
+
+
+def count_case(store: redis.Redis, url: str, files: list[str], units: int,
+               idle: float) -> dict[str, Any]:
+    """One `submit.py` call that waits: its commands per unit, idle rate taken off."""
+    store.config_resetstat()
+    started = time.monotonic()
+    done = subprocess.run([sys.executable, "submit.py", "--redis-url", url, "--json",
+                           "--timeout", "600", *files], cwd=ROOT, capture_output=True,
+                          text=True, timeout=900, check=False)
+    seconds = time.monotonic() - started
+    by_command = calls(store)
+    if done.returncode != 0:
+        raise BenchError(f"submit.py failed: {done.stderr[-1000:]}")
+    total = sum(by_command.values())
+    return {"per_unit": (total - idle * seconds) / units, "seconds": seconds, "total": total,
+            "top": dict(sorted(by_command.items(), key=lambda kv: -kv[1])[:20])}
+
+
+def service_rate(url: str, jobs: int) -> float:
+    """Pages/s of `jobs` one-page jobs through the whole service (enqueue to result)."""
+    client = make_client(url)
+    images = [png(n) for n in range(jobs)]
+    started = time.perf_counter()
+    ids = [client.submit(image, filename=f"{n}.png") for n, image in enumerate(images)]
+    results = client.wait(ids, timeout=600)
+    seconds = time.perf_counter() - started
+    client.close()
+    if {r["status"] for r in results.values()} != {"SUCCESS"}:
+        raise BenchError("a ceiling job did not succeed")
+    return jobs / seconds
+
+
+def bare_celery_rate(ctx: Context, url: str, jobs: int) -> float:
+    """Pages/s of `jobs` no-op tasks on bare Celery (2 children), results waited for."""
+    env = {"NOOP_REDIS_URL": url, "PYTHONPATH": str(ROOT)}
+    worker = ProcfileProcess("worker", ctx.workdir / "noop.log", env)
+    worker.proc = subprocess.Popen(
+        [sys.executable, "-m", "celery", "-A", "bench._noop_app", "worker", "-c", "2",
+         "--without-mingle", "--without-gossip", "--loglevel=INFO"], cwd=ROOT,
+        env={**worker.env, **env}, stdout=open(worker.log_path, "ab"),  # noqa: SIM115
+        stderr=subprocess.STDOUT, start_new_session=True)
+    try:
+        worker.wait_until(lambda: " ready." in worker.log(), 120, "ready")
+        from bench import _noop_app
+        _noop_app.app.conf.update(broker_url=url, result_backend=url)
+        data = png(0).hex()
+        started = time.perf_counter()
+        sent = [_noop_app.page.delay(data) for _ in range(jobs)]
+        for result in sent:
+            result.get(timeout=600)
+        return jobs / (time.perf_counter() - started)
+    finally:
+        stop_group(worker.proc, grace=10)
+
+
+def run(ctx: Context) -> Report:
+    rounds = ctx.size(ROUNDS, 1)
+    server = RedisServer(ctx.workdir / "redis")
+    (ctx.workdir / "redis").mkdir(parents=True, exist_ok=True)
+    server.start()
+    url = server.url(3)
+    store = redis.Redis.from_url(url)
+    worker = Worker(ctx.workdir / "worker.log", {
+        "REDIS_URL": url, "OCR_ENGINE": "fake", "OCR_ENGINE_PLUGINS": FAKE_PLUGINS,
+        "OCR_CACHE_RESULTS": "0", "OCR_CONCURRENCY": "2", "OCR_SKIP_BLANK_PAGES": "0",
+        **FAST_PAGES})
+    data: dict[str, Any] = {}
+    try:
+        worker.start(timeout=180)
+        for name, _, _ in CASES[:2]:  # warm: children's connections made, TTLs set
+            count_case(store, url, case_files(name, ctx.workdir), 1, 0.0)
+        time.sleep(3)  # the start-up's own writes are over
+        store.config_resetstat()
+        started = time.monotonic()
+        time.sleep(ctx.size(int(IDLE_SECONDS), 3))
+        idle = sum(calls(store).values()) / (time.monotonic() - started)
+        data["idle_per_s"] = idle
+        for name, _, units in CASES:
+            files = case_files(name, ctx.workdir)
+            runs = [count_case(store, url, files, units, idle) for _ in range(rounds)]
+            data[name] = runs
+        jobs = ctx.size(CEILING_JOBS, 20)
+        data["service_pages_per_s"] = service_rate(url, jobs)
+    finally:
+        worker.stop()
+    try:
+        data["celery_pages_per_s"] = bare_celery_rate(ctx, server.url(5), jobs)
+    finally:
+        server.stop()
+    return report(data, rounds)
+
+
+def report(data: dict[str, Any], rounds: int) -> Report:
+    table = Table(f"Redis commands (INFO commandstats, scripts' own included, idle rate "
+                  f"taken off; median of {rounds}), one worker with 2 children, null "
+                  "(fake) engine, results cache off",
+                  ["case", "commands", "goal", "seconds"])
+    table.rows.append(["an idle worker, commands/s", data["idle_per_s"], GOALS["idle"], ""])
+    ratios = [Ratio("idle worker commands/s", data["idle_per_s"], f"<= {GOALS['idle']}",
+                    data["idle_per_s"] <= GOALS["idle"])]
+    for name, title, _ in CASES:
+        value = median([r["per_unit"] for r in data[name]])
+        table.rows.append([title, value, GOALS[name],
+                           median([r["seconds"] for r in data[name]])])
+        ratios.append(Ratio(f"commands: {title}", value, f"<= {GOALS[name]}",
+                            value <= GOALS[name]))
+    ceiling = data["service_pages_per_s"] / data["celery_pages_per_s"]
+    speed = Table("Null-engine ceiling: one-page jobs through the whole service against "
+                  "bare Celery no-op tasks, same Redis, same run", ["path", "pages/s"])
+    speed.rows += [["the service (OcrClient enqueue and wait)", data["service_pages_per_s"]],
+                   ["bare Celery no-op tasks", data["celery_pages_per_s"]]]
+    ratios.append(Ratio("service / bare Celery pages/s (null engine)", ceiling,
+                        f">= {GOAL_CEILING}", ceiling >= GOAL_CEILING))
+    return Report("queue_cost", tables=[table, speed], ratios=ratios, data=data,
+                  notes=[f"cpus: {os.cpu_count()}"])

@@ -1,0 +1,65 @@
+"""Flower's task events of a job, sent as the worker node on one connection per thread.
+
+Runs in worker processes (pool children, the worker parent, the control worker's
+threads). A process keeps one event dispatcher, on a broker connection of its own, per
+thread and node name, for all its jobs: an event is one PUBLISH, not a new connection.
+An event is for watchers only: one the broker cannot take (its connection lost with a
+RabbitMQ node) is logged and dropped, the dispatcher closed (the next event opens a
+new one), never allowed to cut a job's ending short.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+from typing import Any
+
+from tasks.state.boundary import PUBLISH_ERRORS
+
+log = logging.getLogger(__name__)
+_dispatchers: dict[tuple[int, int, int, str | None], Any] = {}
+
+
+def send_event(app: Any, hostname: str | None, event: str, job_id: str,
+               **fields: Any) -> None:
+    """Send `event` of job `job_id` as `hostname`, on this thread's dispatcher.
+
+    A kept dispatcher whose connection the broker dropped meanwhile (an idle AMQP
+    connection, a Redis restart) is replaced and the event sent once more on a new one.
+    """
+    key = (os.getpid(), threading.get_ident(), id(app), hostname)
+    broker = app.connection_for_write()  # its error classes (no connection is made)
+    # AttributeError: a kept channel kombu closed under it (a broker restart)
+    errors = (*PUBLISH_ERRORS, *broker.connection_errors, *broker.channel_errors,
+              AttributeError)
+    try:
+        for kept in (True, False):
+            try:
+                dispatcher = _dispatchers.get(key)
+                if dispatcher is None:
+                    kept = False
+                    dispatcher = _dispatchers[key] = app.events.Dispatcher(
+                        app.connection_for_write(), hostname=hostname,
+                        buffer_while_offline=False)
+                dispatcher.send(event, uuid=job_id, **fields)
+                return
+            except errors as exc:
+                _drop(key, errors)
+                if not kept:
+                    log.warning("event %s of job %s not sent (%s)", event, job_id,
+                                type(exc).__name__)
+                    return
+    finally:
+        broker.release()
+
+
+def _drop(key: tuple[int, int, int, str | None], errors: tuple[type[BaseException], ...]
+          ) -> None:
+    dropped = _dispatchers.pop(key, None)
+    if dropped is not None:
+        try:
+            dropped.close()
+            dropped.connection.release()
+        except errors:
+            pass

@@ -1,0 +1,159 @@
+"""What a job costs the shared Redis: commands per one-page job, one pool per child.
+
+A redis-server of this module's own (INFO commandstats counts the whole server: the
+module's worker and clients alone), a real worker (2 children) with the fake engine
+(tests/fake_engines.py: queue mechanics only). Bounds are the goals of
+bench/queue_cost.py plus a margin a loaded 2-core machine holds; the benchmark gives
+the figures.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import psutil
+import pytest
+import redis
+
+from tasks.client import OcrClient
+from tasks.state.keys import job_notice_key
+from tests.harness import RedisServer, Worker, eventually, fake_env, make_client
+from tests.image_fixtures import png
+
+# Commands of one one-page job, its client's enqueue and wait included (goal 60).
+JOB_GOAL, JOB_MARGIN = 60, 30
+IDLE_SECONDS = 3.0
+JOBS = 6
+
+
+@pytest.fixture(scope="module")
+def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServer]:
+    server = RedisServer(tmp_path_factory.mktemp("redis"))
+    server.start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="module")
+def worker(start_worker: Callable[..., Worker]) -> Worker:
+    return start_worker(**fake_env(OCR_CONCURRENCY="2"))
+
+
+def _calls(store: redis.Redis) -> dict[str, int]:
+    return {name.removeprefix("cmdstat_"): int(stat["calls"])
+            for name, stat in store.info("commandstats").items()}
+
+
+def _done(client: OcrClient, job_id: str) -> str:
+    return str(client.wait([job_id], timeout=60)[job_id]["status"])
+
+
+def test_a_one_page_job_costs_a_few_dozen_commands(worker: Worker, redis_url: str) -> None:
+    store = redis.Redis.from_url(redis_url)
+    client = make_client(redis_url)
+    try:
+        for n in range(2):  # connections made, first writes' TTLs set
+            assert _done(client, client.submit(png(10 + n), filename="warm.png")) == "SUCCESS"
+        store.config_resetstat()
+        started = time.monotonic()
+        time.sleep(IDLE_SECONDS)
+        idle = sum(_calls(store).values()) / (time.monotonic() - started)
+        store.config_resetstat()
+        started = time.monotonic()
+        for n in range(JOBS):  # one at a time: each job's wait is a wait of its own
+            assert _done(client, client.submit(png(20 + n), filename=f"{n}.png")) == "SUCCESS"
+        seconds = time.monotonic() - started
+        calls = _calls(store)
+    finally:
+        client.close()
+    per_job = (sum(calls.values()) - idle * seconds) / JOBS
+    top = sorted(calls.items(), key=lambda kv: -kv[1])[:40]
+    assert per_job <= JOB_GOAL + JOB_MARGIN, f"{per_job:.1f} a job (idle {idle:.1f}/s): {top}"
+    # the client learnt each ending from a blocking read, not by polling the result
+    assert calls.get("xread", 0) >= JOBS and calls.get("xadd", 0) == JOBS, top
+    assert calls.get("get", 0) <= 3 * JOBS, top
+
+
+def test_one_connection_pool_per_worker_child(worker: Worker, redis_url: str,
+                                              redis_server: RedisServer) -> None:
+    client = make_client(redis_url)
+    try:  # pages, endings, metering, the poison guard: every module of a child at work
+        jobs = [client.submit(png(40 + n), filename=f"{n}.png") for n in range(6)]
+        assert {r["status"] for r in client.wait(jobs, timeout=60).values()} == {"SUCCESS"}
+    finally:
+        client.close()
+    assert worker.proc is not None
+    children = psutil.Process(worker.proc.pid).children()
+    assert len(children) == 2
+    store = redis.Redis.from_url(redis_url)
+    field = json.dumps(["ocr_child_redis_pools", {}], sort_keys=True)
+
+    def pools() -> dict[int, float] | None:
+        found = {}
+        for key in store.scan_iter("ocr:metrics:child:*"):
+            pid = int(key.decode().rsplit(":", 1)[1])
+            value = store.hget(key, field)
+            if value is not None:
+                found[pid] = float(value)
+        return found if {c.pid for c in children} <= set(found) else None
+
+    seen = eventually(pools, 30, "each child's gauges")
+    assert {seen[c.pid] for c in children} == {1.0}, seen
+    # And its sockets: the service's one pool, Celery's result backend, kombu's
+    # connection and the event dispatcher's, at most (each pool holds one while the
+    # child runs one task at a time).
+    for child in children:
+        to_redis = [c for c in child.net_connections("tcp")
+                    if c.raddr and c.raddr.port == redis_server.port]
+        assert len(to_redis) <= 4, (child.pid, len(to_redis))
+
+
+def test_a_wait_blocks_on_the_ending_notice_without_polling(tmp_path: Path) -> None:
+    """A job no worker takes, waited for 3 s: a few reads, not a poll every 0.2 s."""
+    server = RedisServer(tmp_path)
+    server.start()
+    try:
+        url = server.url(2)
+        store = redis.Redis.from_url(url)
+        client = make_client(url)
+        job = client.submit(png(7), filename="late.png")
+        store.config_resetstat()
+        answer = client.wait([job], timeout=3, watch_workers=False)[job]
+        calls = _calls(store)
+        assert answer["status"] == "TIMEOUT"
+        assert calls.get("xread", 0) >= 1
+        assert sum(calls.values()) <= 20, calls  # polling: about 15 looks of 3 reads
+        # a notice ends the wait: the job's result is read (here: none stored, so the
+        # reading of a job without one), where without it the wait would time out
+        store.xadd(job_notice_key(job), {"status": "SUCCESS"})
+        answer = client.wait([job], timeout=5, watch_workers=False)[job]
+        assert answer["status"] != "TIMEOUT", answer
+        client.close()
+    finally:
+        server.stop()
+
+
+def test_every_ending_writes_one_notice(worker: Worker, redis_url: str) -> None:
+    """Success, failure, a deadline the worker parent ends, a cancel: one notice each."""
+    store = redis.Redis.from_url(redis_url)
+    client = make_client(redis_url)
+    try:
+        jobs = {"ok": client.submit(png(60), filename="ok.png"),
+                "bad": client.submit(b"%PDF-1.7 broken", filename="bad.pdf"),
+                "late": client.submit(png(61), filename="late.png", deadline=0.001)}
+        jobs["cancelled"] = client.submit(png(62), filename="gone.png")
+        client.cancel([jobs["cancelled"]])
+        results = client.wait(list(jobs.values()), timeout=60)
+    finally:
+        client.close()
+    assert results[jobs["ok"]]["status"] == "SUCCESS"
+    assert (results[jobs["bad"]]["status"], results[jobs["late"]]["status"]) == (
+        "FAILURE", "FAILURE")
+    for name, job in jobs.items():
+        entries = store.xrange(job_notice_key(job))
+        assert len(entries) == 1, name
+        assert entries[0][1][b"status"].decode() == results[job]["status"], name
+        assert 0 < store.ttl(job_notice_key(job)) <= 86400 * 30, name
