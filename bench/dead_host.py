@@ -7,7 +7,7 @@ kill to the last of A's jobs stored SUCCESS, finished by B (which includes the j
 own run on B, `JOB_SECONDS`). Everything at its defaults: OCR_VISIBILITY_TIMEOUT 900 s
 (the backstop only), OCR_WORKER_LIVENESS_SECONDS 30 s (a silent holder's messages are
 put back by the sweep of dead holders, tasks/broker/holders.py, run by B every 10 s).
-Goal (issue 58): at most 45 s. Fake engine (tests/fake_engines.py), named as such:
+Goal: at most 45 s. Fake engine (tests/fake_engines.py), named as such:
 this measures the queue, not OCR. Runs in the benchmark process; the workers and
 redis-server are its children.
 """
