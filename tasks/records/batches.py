@@ -40,7 +40,7 @@ RETRYABLE_STATES = (BatchState.PARTIAL, BatchState.FAILURE)
 COUNTS = ("listed", "done", "failed", "skipped", "skipped_failed", "pages_done",
           "pages_failed")
 _JSON_FIELDS = ("options", "error")
-_BOOL_FIELDS = ("overwrite", "document_callbacks", "local", "cancel", "cancel_sent",
+_BOOL_FIELDS = ("overwrite", "retry_failed", "document_callbacks", "local", "cancel", "cancel_sent",
                 "listed_all", "fresh")
 _FLOAT_FIELDS = ("created", "started", "ended", "stepped")
 
@@ -65,6 +65,7 @@ class BatchRecord:
     api_client: str = ""
     callback_url: str = ""
     overwrite: bool = False
+    retry_failed: bool = False  # read again the documents whose line shows a failure
     document_callbacks: bool = False
     local: bool = False
     state: BatchState = BatchState.RUNNING

@@ -1,13 +1,16 @@
 """`ocr.batch_step`: a batch's driver, one step at a time, on the control queue.
 
-Thin: the step is tasks/lifecycle/batches.py; here are its Celery ports (send a
-document's job under the batch's client, read job endings, cancel, the end's webhook)
-and the chain of steps: a step that returns a delay sends the next one with that
-countdown. Each chain is named in the batch's record (`chain`): whoever starts a new
-one (the API on create, cancel and retry; a worker as it starts, for every unfinished
-batch, so a batch whose step's message died with its worker goes on) names it there,
-and a step of any other chain stops. Task bodies run in the worker pool children and
-the control worker; `resume_batches` in the worker parent once it is ready.
+Runs in the workers: task bodies in the pool children and the control worker,
+`resume_batches` in the worker parent once it is ready. Thin: the step is
+tasks/lifecycle/batches.py; here are its ports in a worker (the batch's source and
+target, the gate for each document, the one sender, job endings, cancel, the end's
+webhook) and the chain of steps: a step that returns a delay sends the next one with
+that countdown. It sits on the client's floor: it calls the gate (tasks/admission.py)
+and the sender (tasks/queue/sender.py), as every door does. Each chain is named in
+the batch's record (`chain`): whoever starts a new one (the API on create, cancel and
+retry; a worker as it starts, for every unfinished batch, so a batch whose step's
+message died with its worker goes on) names it there, and a step of any other chain
+stops. A local folder's batch (submit.py drives it) is never stepped here.
 """
 
 from __future__ import annotations
@@ -22,25 +25,33 @@ from celery import Task, shared_task
 from celery.signals import worker_ready
 from kombu.utils.uuid import uuid
 
+from tasks.admission import Books, admit
 from tasks.errors import OcrError, ResultWriteFailed, error_info
+from tasks.lifecycle.batch_sources import Source, Target, source_of, target_of
 from tasks.lifecycle.batches import BatchDriver
 from tasks.queue.batch_chain import STEP_TASK, batch_store, send_step, start_chain
-from tasks.queue.message_headers import job_headers
 from tasks.queue.parent_endings import JobServices
-from tasks.queue.routing import CONTROL_QUEUE, PRIORITIES, job_queue, priority_value
+from tasks.queue.routing import CONTROL_QUEUE, PRIORITIES
+from tasks.queue.sender import JobSender, OutgoingJob
+from tasks.records.batches import BatchRecord
+from tasks.records.clients import ClientRules
 from tasks.records.redis_target import RedisTarget
-from tasks.records.status import CeleryState
+from tasks.records.status import CeleryState, JobStatus
 from tasks.settings import Settings
 from tasks.state.boundary import CONNECTION_ERRORS
+from tasks.state.client_rules import InFlight, read_rules
 from tasks.state.connection import connect
 from tasks.state.job_state import JobStateReader
 from tasks.state.keys import job_cancelled_key, job_ended_key, job_key, output_key
+from tasks.state.liveness import WorkerPresence
+from tasks.state.usage import PageUsage
 
 log = logging.getLogger(__name__)
 # How long a settled document's job records stay (its line is in the target).
 SETTLED_TTL = 600
 # An ending's claim held this long by a process that never finished it: its host died.
 STALLED_SECONDS = 120
+RULES_SECONDS = 1.0  # a client's rules and the live workers, read again after this
 
 
 @functools.cache
@@ -49,45 +60,67 @@ def _redis(target: RedisTarget) -> redis.Redis:
 
 
 class CeleryBatchPorts:
-    """The ports of `BatchDriver` in a worker: jobs sent and read through this app."""
+    """The ports of `BatchDriver` in a worker: jobs admitted, sent and read here."""
 
     def __init__(self, app: Any) -> None:
         self.app = app
         self.settings: Settings = app.ocr_settings
         self.services = JobServices.for_app(app)
-        self.states = JobStateReader(_redis(self.settings.redis_target), app.backend)
+        client = _redis(self.settings.redis_target)
+        self.states = JobStateReader(client, app.backend)
+        self.sender = JobSender(self.settings, client, app)
+        self.books = Books(PageUsage(client), InFlight(client, self.settings.blob_ttl
+                                                       + self.settings.result_ttl),
+                           self.states.ended)
+        self._read: dict[str, tuple[float, Any]] = {}
 
-    def send(self, record: dict[str, str], kwargs: dict[str, Any]) -> str:
-        job_id = uuid()
-        client = record.get("client", "")
-        control = {"filename": str(kwargs.get("filename", "")),
-                   "queue": job_queue(kwargs.get("engine")), "accepted": f"{time.time():.3f}",
-                   "batch": record["id"]}
-        if record.get("owner"):
-            control["owner"] = record["owner"]
-        if client:
-            control["client"] = client
-        self.services.stores.control.remember(job_id, **control)
-        self.services.index.add(job_id, client, None)
-        self.app.send_task("ocr.document", kwargs=kwargs, task_id=job_id,
-                           headers=job_headers(client),
-                           priority=priority_value(self.settings,
-                                                   record.get("priority") or "batch"))
-        return job_id
+    def _fresh(self, key: str, read: Any) -> Any:
+        """What `read()` answers, read again at most every RULES_SECONDS."""
+        at, value = self._read.get(key, (0.0, None))
+        if time.monotonic() - at > RULES_SECONDS:
+            value = read()
+            self._read[key] = (time.monotonic(), value)
+        return value
+
+    def rules(self, record: BatchRecord) -> ClientRules:
+        """The batch's client's rules: its token's (an API batch), else the service's."""
+        if not record.api_client:
+            return ClientRules.service_wide(record.client)
+        return self._fresh(f"rules:{record.api_client}", lambda: read_rules(
+            _redis(self.settings.redis_target), record.api_client, self.settings))
+
+    def target(self, record: BatchRecord) -> Target:
+        return target_of(record.target, self.settings)
+
+    def source(self, record: BatchRecord, target: Target) -> Source:
+        return source_of(record.source, self.settings, target_of(record.target,
+                                                                 self.settings), record.id)
+
+    def admit(self, record: BatchRecord, kwargs: dict[str, Any]) -> None:
+        live = self._fresh("live", lambda: WorkerPresence(
+            _redis(self.settings.redis_target)).live_queues())
+        admit(kwargs, self.rules(record), self.settings, live, priority=record.priority,
+              books=self.books)
+
+    def send(self, record: BatchRecord, kwargs: dict[str, Any]) -> str:
+        return self.sender.send(OutgoingJob(
+            job_id=uuid(), kwargs=kwargs, priority=record.priority or "batch",
+            client=record.client, owner=record.owner, batch=record.id,
+            prefixes=self.rules(record).allowed_urls, count_in_flight=True))
 
     def ended(self, job_ids: list[str]) -> list[str]:
         return self.states.ended(job_ids)
 
-    def result(self, job_id: str) -> dict[str, Any]:
+    def result(self, record: BatchRecord, job_id: str) -> dict[str, Any]:
         res = self.app.AsyncResult(job_id)
         state = res.state
         if state == CeleryState.SUCCESS:
             return dict(res.result)
         cancelled = self.services.stores.control.cancelled_result(job_id)
         if cancelled is not None or state == CeleryState.REVOKED:
-            return cancelled or {"id": job_id, "status": "CANCELLED"}
+            return cancelled or {"id": job_id, "status": JobStatus.CANCELLED.value}
         exc = res.result if isinstance(res.result, BaseException) else OcrError()
-        return {"id": job_id, "status": "FAILURE", "error": error_info(exc)}
+        return {"id": job_id, "status": JobStatus.FAILURE.value, "error": error_info(exc)}
 
     def cancel(self, job_ids: list[str]) -> None:
         for job_id in job_ids:
@@ -95,25 +128,7 @@ class CeleryBatchPorts:
                                priority=PRIORITIES["interactive"])
 
     def stalled(self, job_ids: list[str]) -> list[str]:
-        """Jobs whose end claim, taken STALLED_SECONDS ago or more, still names a holder.
-
-        Their ending died with its host (the worker parent too, which would take it over).
-        """
-        client = _redis(self.settings.redis_target)
-        pipe = client.pipeline(transaction=False)
-        for job_id in job_ids:
-            pipe.get(job_ended_key(job_id))
-            pipe.ttl(job_ended_key(job_id))
-        raw = pipe.execute()
-        claim_ttl = self.settings.result_ttl  # JobControl's claims live this long
-        out = []
-        for i, job_id in enumerate(job_ids):
-            holder, ttl = raw[2 * i], int(raw[2 * i + 1])
-            if holder is None or holder in (b"done", b"1") or ttl < 0:
-                continue
-            if claim_ttl - ttl >= STALLED_SECONDS:
-                out.append(job_id)
-        return out
+        return self.sender.stalled(job_ids, STALLED_SECONDS)
 
     def forget(self, job_ids: list[str]) -> None:
         """Shorten to SETTLED_TTL the records of jobs whose lines are written.
@@ -129,8 +144,8 @@ class CeleryBatchPorts:
                 pipe.expire(key, SETTLED_TTL)
         pipe.execute()
 
-    def notify(self, record: dict[str, str], body: dict[str, Any]) -> None:
-        self.app.send_task("ocr.http_callback", args=[record["callback_url"], body],
+    def notify(self, record: BatchRecord, body: dict[str, Any]) -> None:
+        self.app.send_task("ocr.http_callback", args=[record.callback_url, body],
                            queue=CONTROL_QUEUE)
 
 
@@ -147,6 +162,8 @@ def _driver(app: Any) -> BatchDriver:
 def batch_step(self: Task, batch_id: str, chain: str) -> None:
     """One step of a batch's driver; the next step is sent with its countdown."""
     driver = _driver(self.app)
+    if driver.store.get(str(batch_id)).local:
+        return  # submit.py steps a local folder's batch itself
     try:
         delay = driver.step(str(batch_id), str(chain))
     except OcrError as exc:
@@ -171,7 +188,8 @@ def resume_batches(app: Any) -> None:
     store = batch_store(settings, _redis(settings.redis_target))
     try:
         for batch_id in store.running():
-            start_chain(app, store, batch_id)
+            if not store.get(batch_id).local:
+                start_chain(app, store, batch_id)
     except CONNECTION_ERRORS as exc:
         log.warning("unfinished batches not resumed: %s", exc)
 
