@@ -86,6 +86,8 @@ class Counts(BaseModel):
     failed: int = Field(description="documents that failed or were read in part")
     skipped: int = Field(description="documents whose manifest line showed the same "
                          "source version and options")
+    skipped_failed: int = Field(0, description="of the skipped, those whose line shows "
+                                "a failure: they count as failed for the batch's state")
     running: int
 
 

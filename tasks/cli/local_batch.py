@@ -126,7 +126,10 @@ def run_local(client: OcrClient, store: BatchStore, source: Path, target_dir: Pa
         ports.cancel(list(store.flight(record.id)))
         store.end(record.id, BatchState.CANCELLED)
         raise
-    return progress_of(store.get(record.id), store.in_flight(record.id))
+    shown = progress_of(store.get(record.id), store.in_flight(record.id))
+    if progress is not None and progress_line(shown) != last:
+        print(progress_line(shown), file=progress, flush=True)
+    return shown
 
 
 def progress_line(shown: dict[str, Any]) -> str:

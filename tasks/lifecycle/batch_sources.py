@@ -306,9 +306,13 @@ class ManifestSource:
                 break  # cut by the range: read again from its start next time
             position += len(raw)
             document = manifest_document(raw)
-            out.append((document or Document("", ""), str(position)))
+            if document is None:
+                continue  # a blank line: no document, and not counted
+            out.append((document, str(position)))
             if len(out) >= count:
                 return out, last and position >= offset + len(chunk)
+        if position > offset and (not out or out[-1][1] != str(position)):
+            out.append((Document("", ""), str(position)))  # the cursor passes the blanks
         return out, last
 
     def _line_end(self, start: int) -> int:

@@ -301,7 +301,8 @@ class BatchDriver:
         if record.document_callbacks and record.callback_url:
             pin = {**pin, "callback_url": record.callback_url}  # each job's summary
         suffix_of = output if output in FORMATS else "text"  # the gate refuses it
-        source = {"url": document.url} if is_url(document.url) else {"path": document.url}
+        # A local folder's document is a file here; any other batch's names a URL only.
+        source = {"path": document.url} if record.local else {"url": document.url}
         return {**options, **pin, **source,
                 "filename": document.name.rsplit("/", 1)[-1],
                 "result_url": f"{record.target}{output_name(document.name, suffix_of)}"}

@@ -267,7 +267,7 @@ def finish_abandoned(app: OcrCelery, job_id: str, kwargs: Any) -> bool:
     stored = app.AsyncResult(job_id)
     if stored.state not in (JobStatus.SUCCESS.value, JobStatus.PARTIAL.value) \
             or not isinstance(stored.result, dict):
-        if stored.state in states.UNREADY_STATES or stored.state == "PROGRESS":
+        if stored.state in states.UNREADY_STATES or stored.state == PROGRESS_STATE:
             services.ender.release(job_id)  # no ending was stored: the job runs again
             log.warning("job %s: its ender %s died before storing; run again", job_id,
                         holder)

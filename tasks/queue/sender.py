@@ -5,7 +5,7 @@ and in worker children (a batch's driver, `tasks/queue/batch_tasks.py`). A job i
 admitted first (tasks/admission.py); then `JobSender.send` takes its `OutgoingJob` and
 
 1. writes its control hash `ocr:job:<id>` (input blob, file name, deadline, queue,
-   when accepted; its owner, client, batch, and `prefixes`: the JSON list of the
+   priority, when accepted; its owner, client, batch, and `prefixes`: the JSON list of the
    client's own URL prefixes, which the worker checks each redirect hop against),
 2. lists it under its client (`JobIndex`) and, when asked, counts it in the client's
    jobs in flight (`InFlight`),
@@ -93,7 +93,7 @@ class JobSender:
                    "filename": str(kwargs.get("filename", "")),
                    "deadline": str(kwargs.get("deadline", "")),
                    "queue": job_queue(kwargs.get("engine")),  # where route_task sends it
-                   "accepted": f"{time.time():.3f}", **job.extra}
+                   "priority": job.priority, "accepted": f"{time.time():.3f}", **job.extra}
         for name, value in (("owner", job.owner), ("client", client), ("batch", job.batch)):
             if value:
                 control[name] = value
