@@ -4,7 +4,7 @@ Runs in the `api` process (the routes are plain functions: FastAPI runs them in 
 threads, as every call here blocks on Redis). A batch is accepted after the same checks
 as a job's (OCR_ALLOWED_URLS and the client's own prefixes, its engine and options),
 recorded (tasks/state/batch_store.py) and its driver's first step sent
-(`ocr.batch_step`, tasks/queue/batch_tasks.py); the workers do the rest. A batch is
+(`ocr.batch_step`, tasks/batch_worker.py); the workers do the rest. A batch is
 its client's: another client asking about it gets 404, as for one that does not exist.
 """
 

@@ -1,7 +1,7 @@
 """The one sender: every job is written to Redis and sent to `ocr.document` here.
 
 Runs in client processes (`OcrClient.enqueue`: submit.py, the HTTP API, local batches)
-and in worker children (a batch's driver, `tasks/queue/batch_tasks.py`). A job is
+and in worker children (a batch's driver, `tasks/batch_worker.py`). A job is
 admitted first (tasks/admission.py); then `JobSender.send` takes its `OutgoingJob` and
 
 1. writes its control hash `ocr:job:<id>` (input blob, file name, deadline, queue,
