@@ -22,6 +22,7 @@ from typing import Any
 
 import redis
 from celery import Task, shared_task
+from celery.exceptions import SoftTimeLimitExceeded
 from celery.signals import worker_ready
 from kombu.utils.uuid import uuid
 
@@ -174,9 +175,10 @@ def batch_step(self: Task, batch_id: str, chain: str) -> None:
             return
         log.warning("batch %s: step failed (%s); again shortly", batch_id, exc.code)
         delay = max(driver.settings.batch_step_seconds, 5.0)
-    except CONNECTION_ERRORS as exc:
-        # A store or Redis briefly away: the same chain tries again.
-        log.warning("batch %s: step failed (%s); again shortly", batch_id, exc)
+    except (*CONNECTION_ERRORS, SoftTimeLimitExceeded) as exc:
+        # A store or Redis briefly away, or a step past its time limit on a loaded
+        # host: the same chain goes on (the cursor moved past each document sent).
+        log.warning("batch %s: step failed (%r); again shortly", batch_id, exc)
         delay = max(driver.settings.batch_step_seconds, 5.0)
     if delay is not None:
         send_step(self.app, batch_id, chain, delay)

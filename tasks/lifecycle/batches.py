@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import json
 import logging
+import time
 import uuid
 from concurrent.futures import ThreadPoolExecutor
 from typing import TYPE_CHECKING, Any, Protocol
@@ -72,6 +73,7 @@ LOCK_SECONDS = 30.0
 WRITERS = 8               # documents' endings settled at once (one PUT each)
 PAGE = 100                # documents asked of the source at a time
 PAGES_A_STEP = 50         # source pages one step reads at most (skipping a done listing)
+SENDING_SECONDS = 2.0     # one step sends for this long at most; the next goes on
 SENT, PASSED, WAIT = 1, 0, -1  # what became of one document
 
 
@@ -208,13 +210,14 @@ class BatchDriver:
         source = _ManifestObjects(target) if retrying else self.ports.source(record, target)
         cursor = record.cursor
         check = retrying or not (record.overwrite or record.fresh)
+        until = time.monotonic() + SENDING_SECONDS
         for _ in range(PAGES_A_STEP):
             if room <= 0:
                 return
             alive()
             documents, done = source.page(cursor, min(room, PAGE) if not retrying else PAGE)
             for document, after in documents:
-                if room <= 0:
+                if room <= 0 or time.monotonic() > until:
                     return
                 if retrying:
                     document = self._failed_one(target, document)
@@ -248,6 +251,15 @@ class BatchDriver:
         if document.refused:
             return self._refuse(record, target, document, options, cursor, counted,
                                 document.refused)
+        try:  # the gate first: a refused document's object is never asked
+            self.ports.admit(record, self._kwargs(record, document, options, {}))
+        except QuotaExceeded:
+            return WAIT
+        except OcrError as exc:
+            if exc.retryable:
+                raise  # Redis or a store briefly away: the step is tried again
+            return self._refuse(record, target, document, options, cursor, counted,
+                                exc.code)
         pin: dict[str, Any] = {}
         if document.url.startswith("s3://") and document.version.get("etag"):
             pin = {"url_etag": document.version["etag"]}
@@ -270,17 +282,7 @@ class BatchDriver:
                 self.store.passed(batch_id, cursor, skipped=1,
                                   **({"skipped_failed": 1} if failed else {}), **counted)
                 return PASSED
-        kwargs = self._kwargs(record, document, options, pin)
-        try:
-            self.ports.admit(record, kwargs)  # the gate, for this document
-        except QuotaExceeded:
-            return WAIT
-        except OcrError as exc:
-            if exc.retryable:
-                raise  # Redis or a store briefly away: the step is tried again
-            return self._refuse(record, target, document, options, cursor, counted,
-                                exc.code)
-        job_id = self.ports.send(record, kwargs)
+        job_id = self.ports.send(record, self._kwargs(record, document, options, pin))
         self.store.sent(batch_id, job_id, document.to_json(), cursor, **counted)
         return SENT
 
