@@ -101,12 +101,16 @@ class OcrClient:
             return self.enqueue({"url": url, "filename": filename, **given},
                                 priority=priority, deadline=deadline, traceparent=traceparent)
         priority = self.admit(given, priority=priority)
-        data = read_input(source, self.settings)
+        blob = self.put_input(source)
         if filename is None:
             filename = Path(source).name if not isinstance(source, bytes) else ""
-        kwargs = {"blob": self._blobs.put(data), "filename": filename, **given}
+        kwargs = {"blob": blob, "filename": filename, **given}
         return self.enqueue(kwargs, priority=priority, deadline=deadline,
                             traceparent=traceparent)
+
+    def put_input(self, source: str | Path | bytes) -> str:
+        """Store a job's input (a file or bytes, within OCR_MAX_INPUT_MB); its blob key."""
+        return self._blobs.put(read_input(source, self.settings))
 
     def admit(self, options: dict[str, Any], *, priority: str | None = None,
               rules: ClientRules | None = None, books: Books | None = None,

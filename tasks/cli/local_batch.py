@@ -16,7 +16,6 @@ import time
 from pathlib import Path
 from typing import Any, TextIO
 
-from tasks.admission import read_input
 from tasks.client import OcrClient
 from tasks.lifecycle.batch_local import LocalFolder, LocalTarget
 from tasks.lifecycle.batch_sources import Source, Target, output_name
@@ -51,7 +50,7 @@ class LocalPorts:
     def send(self, record: BatchRecord, kwargs: dict[str, Any]) -> str:
         options = _job_options(kwargs)
         path = str(options.pop("path"))
-        blob = self.client._blobs.put(read_input(path, self.client.settings))
+        blob = self.client.put_input(path)
         job_id = self.client.enqueue({**options, "blob": blob}, priority=record.priority)
         name = Path(path).relative_to(record.source).as_posix()  # its name in the batch
         self._outputs[job_id] = (name, str(options.get("output", "text")))
