@@ -1,6 +1,6 @@
 # Two commands: `make run` (the service, offline, bundled engine) and `make test`;
 # `make vlm` adds the vision-language engine's packages (requirements-vlm.txt);
-# `make bench` runs the benchmarks of issue 7 (not part of `make test`).
+# `make bench` runs the benchmarks (bench/README.md; not part of `make test`).
 PYTHON ?= python3
 VENV   ?= .venv
 PY     := $(VENV)/bin/python
@@ -9,11 +9,12 @@ PY     := $(VENV)/bin/python
 export PATH := $(abspath $(VENV))/bin:$(PATH)
 
 # Tesseract languages this machine should have (OCR_LANGS, space separated; the tests
-# read Vietnamese, Greek, Chinese, German and French pages, so `make test` adds those).
+# read Vietnamese, Greek, Chinese, German and French pages, and a notice in six Latin
+# languages (Italian, Spanish and Portuguese besides), so `make test` adds those).
 OCR_LANGS ?= eng
-TEST_LANGS := eng vie ell chi_sim deu fra
+TEST_LANGS := eng vie ell chi_sim deu fra ita spa por
 
-.PHONY: langs test-langs run vlm vlm-api rapidocr s3 test lint bench bench-quick clean redis-server rabbitmq-server bench-tools screenshot chromium promtool podman base-image wheels image lock ocrmypdf-plugin
+.PHONY: langs test-langs run vlm vlm-api rapidocr s3 test test-long lint bench bench-quick clean redis-server rabbitmq-server bench-tools screenshot chromium promtool podman base-image wheels image lock ocrmypdf-plugin
 
 $(VENV)/.runtime: requirements.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -36,7 +37,7 @@ $(VENV)/.rapidocr: $(VENV)/.runtime requirements-rapidocr.txt
 	$(PY) -m pip install -q -r requirements-rapidocr.txt
 	touch $@
 
-# boto3 for s3:// inputs and result_url (issue 32): `make s3`.
+# boto3 for s3:// inputs and result_url: `make s3`.
 $(VENV)/.s3: $(VENV)/.runtime requirements-s3.txt
 	$(PY) -m pip install -q -r requirements-s3.txt
 	touch $@
@@ -200,9 +201,17 @@ lint: $(VENV)/.dev
 # summary's last lines: each process's seconds, and how busy the CPUs were). The
 # longest groups go first, in tests/conftest.py's order (--no-loadscope-reorder:
 # pytest-xdist would order them by their number of tests).
+# `make test` leaves out the long forms (`-m "not long"`: the soaks, the clusters of
+# their own, the image built and run, a second failover); `make test-long` runs them
+# alone, and CI runs both (.ci/run). Each long form keeps a short form, or a test per
+# promise, in `make test` (docs/testing.md, "Two tiers").
 TEST_PROCESSES ?= 2
+PYTEST_PROCESSES = $(if $(filter-out 0,$(TEST_PROCESSES)),-n $(TEST_PROCESSES) --dist loadgroup --no-loadscope-reorder)
 test: $(VENV)/.dev redis-server rabbitmq-server podman chromium promtool test-langs ocrmypdf-plugin lint
-	pytest $(if $(filter-out 0,$(TEST_PROCESSES)),-n $(TEST_PROCESSES) --dist loadgroup --no-loadscope-reorder)
+	pytest $(PYTEST_PROCESSES) -m "not long"
+
+test-long: $(VENV)/.dev redis-server rabbitmq-server podman test-langs
+	pytest $(PYTEST_PROCESSES) -m long
 
 # OMP_THREAD_LIMIT=1: one OpenMP thread per tesseract, as the workers run it
 # (OCR_TESSERACT_THREADS=1); Debian's tesseract on 2 cores is ~8x slower without it.

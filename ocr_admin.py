@@ -19,6 +19,11 @@ workers for `models`).
 
 from __future__ import annotations
 
+if __name__ == "__main__":  # `./ocr_admin.py` by a Python without the service's packages
+    from tasks.cli.launch import ensure_packages
+
+    ensure_packages(__file__)
+
 import argparse
 import json
 import sys

@@ -19,6 +19,11 @@ engines.
 
 from __future__ import annotations
 
+if __name__ == "__main__":  # `./submit.py` by a Python without the service's packages
+    from tasks.cli.launch import ensure_packages
+
+    ensure_packages(__file__)
+
 import argparse
 import json
 import sys
@@ -49,10 +54,11 @@ from tasks.cli.output import (
     results_status,
 )
 from tasks.client import OcrClient
-from tasks.errors import EngineUnavailable, OcrError
+from tasks.errors import EngineUnavailable, OcrError, UnknownLanguage
 from tasks.operator_console import OperatorConsole
 from tasks.queue.routing import PRIORITIES
 from tasks.records.engines import ENGINES
+from tasks.records.languages import unknown_codes
 from tasks.records.request import OUTPUT_CHOICES
 from tasks.records.status import JobStatus, WaitStatus
 
@@ -174,6 +180,10 @@ def run_submit(args: argparse.Namespace, session: Session) -> int:
     except OcrError as exc:
         print(f"{PROG}: {exc.code}: {exc.message}", file=sys.stderr)
         return EXIT_USAGE
+    unknown = unknown_languages(args.lang, session)
+    if unknown:
+        print(f"{PROG}: {unknown.code}: {unknown.message}", file=sys.stderr)
+        return EXIT_USAGE
     order: list[str | dict[str, Any]] = []
     for file in args.files:
         try:
@@ -198,6 +208,26 @@ def run_submit(args: argparse.Namespace, session: Session) -> int:
     results = wait_for(client, sent, args.timeout)
     ordered = [item if isinstance(item, dict) else results[item] for item in order]
     return emit(ordered, args, args.output, client)
+
+
+def unknown_languages(lang: str | None, session: Session) -> UnknownLanguage | None:
+    """`--lang` codes that are no tesseract language and that no live worker reads.
+
+    Only a code outside tesseract's list asks the live workers (an operator's own
+    traineddata); nothing is sent either way.
+    """
+    unknown = unknown_codes(lang)
+    if not unknown:
+        return None
+    console = OperatorConsole(session.client)
+    read = {code for reply in console.languages().values()
+            for code in (reply.get("languages") or [])}
+    unknown = [code for code in unknown if code not in read]
+    if not unknown:
+        return None
+    return UnknownLanguage(f"{', '.join(map(repr, unknown))} is no tesseract language code "
+                           f"and no live worker reads it (`{PROG} langs` lists what they "
+                           "read; docs/languages.md how to add one); nothing was sent")
 
 
 def ids_argument(parser: argparse.ArgumentParser) -> None:

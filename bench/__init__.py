@@ -1,1 +1,1 @@
-"""Benchmarks of the OCR queue (issue 7); run them with `make bench` or `python -m bench`."""
+"""Benchmarks of the OCR queue; run them with `make bench` or `python -m bench`."""

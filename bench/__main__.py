@@ -1,4 +1,4 @@
-"""Run the benchmarks of issue 7: `python -m bench [--quick] [--only NAME ...]`.
+"""Run the benchmarks: `python -m bench [--quick] [--only NAME ...]`.
 
 Each benchmark prints its tables, then writes `<name>.json` (figures, ratios, machine
 facts) and `<name>.png` under `bench/results/` (`bench/results/quick/` with --quick,
@@ -106,7 +106,7 @@ def write(report: Report, ctx: Context, machine: dict[str, Any], seconds: float)
 
 
 def print_summary(reports: list[Report], failed: list[str], total: float) -> None:
-    print("\n=== ratios (issue 7) ===")
+    print("\n=== ratios ===")
     for report in reports:
         for ratio in report.ratios:
             print(f"[{report.name}] {ratio.line()}")

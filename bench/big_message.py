@@ -1,10 +1,10 @@
 """A 400 MB broker message and the worker parent's peak RSS, behind two Redis bounds.
 
-Issue 26: a 400 MB message pushed straight onto the queue made the worker parent read it
-whole (redis-py's read: peak 1,311 MB) before the transport refused it by size.
+A 400 MB message pushed straight onto the queue, read whole by redis-py, would cost the
+worker parent a peak of 1,311 MB before the transport refused it by size.
 `unbounded_redis`: a Redis without the project's bound (proto-max-bulk-len 512 MiB) stores
 the message; the worker pops it, its transport reads it in pieces keeping only its ends
-(tasks/queue/bounded_reply.py), refuses it (dead letter, FAILURE) and the parent's RSS is
+(tasks/broker/bounded_reply.py), refuses it (dead letter, FAILURE) and the parent's RSS is
 sampled every 20 ms. `project_redis`: the bound the project's Redis sets
 (`Settings.redis_max_bulk_bytes`, scripts/run_redis.py): the push is refused by Redis,
 and the parent is sampled for as long. Fake engine, default limits.
@@ -26,8 +26,8 @@ from pathlib import Path
 import psutil
 import redis
 
+from tasks.broker.layout import DEAD_LETTER_KEY
 from tasks.settings import Settings
-from tasks.state.keys import DEAD_LETTER_KEY
 from tests.harness import FAKE_PLUGINS, RedisServer, Worker
 
 MESSAGE_MB = 400

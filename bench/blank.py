@@ -1,15 +1,15 @@
-"""Blank pages (issues 11 and 15): a 500-page blank PDF end to end, and the detector's cost.
+"""Blank pages: a 500-page blank PDF end to end, and the detector's cost.
 
 - queue, blank pages skipped (the default): one job of the 500-page blank PDF (about
-  61 KB, the issue's file) through a Procfile worker with 2 children; every page must
+  61 KB) through a Procfile worker with 2 children; every page must
   come back `source: blank`.
-- queue, OCR_SKIP_BLANK_PAGES=0 (what `main` did): the same kind of PDF, fewer pages
+- queue, OCR_SKIP_BLANK_PAGES=0 (every page OCR'd): the same kind of PDF, fewer pages
   (every page is rendered at 300 dpi and read by tesseract), reported per page and
   extrapolated to 500, so the bench stays short.
 - detector, in this process: `ink_report` on a 300-dpi A4 scan (blank with grain, and a
   page of text), and `plan_pdf` per page of the blank PDF.
 
-Goal (issue 15): 500 blank pages < 10 s end to end.
+Goal: 500 blank pages < 10 s end to end.
 """
 
 from __future__ import annotations
@@ -113,6 +113,5 @@ def run(ctx: Context) -> Report:
     report.ratios.append(Ratio("blank page cost, skipped / OCR'd (per page)",
                                skipped_s / pages / off_per_page, note="lower is better"))
     report.notes.append(f"without skipping, {baseline_pages} blank pages took {off_s:.1f} s; "
-                        f"500 would take about {off_per_page * pages:.0f} s (issue 11 "
-                        "measured 192-462 s on main)")
+                        f"500 would take about {off_per_page * pages:.0f} s")
     return report

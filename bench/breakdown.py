@@ -1,4 +1,4 @@
-"""Where a page's time goes (issue 15): CPU time per step, and a sampled profile of a pool child.
+"""Where a page's time goes: CPU time per step, and a sampled profile of a pool child.
 
 1. Steps, in this process: every page of the pipeline benchmark's scans (and the
    phototest page turned 0/90/180/270 degrees, the orientation fallback) goes through
@@ -13,7 +13,7 @@
    grouped by the innermost pipeline step on the stack, so the queue's own share
    (Celery, Redis, blobs, JSON) shows beside the engine's.
 
-Goal (issue 15): clean-up <= 15 % of recognition time per page.
+Goal: clean-up <= 15 % of recognition time per page.
 """
 
 from __future__ import annotations

@@ -117,6 +117,6 @@ def run(ctx: Context) -> Report:
             "dead-host recovery, redis / rabbitmq (median kill -> done)",
             median([r["kill_to_done_s"] for r in runs["redis"]])
             / median([r["kill_to_done_s"] for r in runs["amqp"]]),
-            note=f"visibility timeout {visibility} s; no goal in issue 11"))
+            note=f"visibility timeout {visibility} s; no goal"))
     return report
 

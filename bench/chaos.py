@@ -1,4 +1,4 @@
-"""The chaos soak (issue 43): a real fleet under mixed load and random faults, then a checker.
+"""The chaos soak: a real fleet under mixed load and random faults, then a checker.
 
 `python -m bench.chaos --minutes 38` (the long form: 32 minutes of load, at least
 2,000 jobs; `--minutes 10` a medium one) runs the fleet of bench/chaos_fleet.py on this

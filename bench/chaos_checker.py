@@ -40,7 +40,7 @@ ENGINE_CER = {"tesseract": 0.02, "text-layer": 0.0, "vlm-api": 0.0}
 WORKER_RSS_LIMIT_MB = 1500.0
 # A client's own keys live as long as the client (tasks/state/keys.py): its token, its
 # record, its webhook signing secrets and its weight; the broker's lanes live like its
-# queues (tasks/queue/lanes.py).
+# queues (tasks/broker/lanes.py).
 NO_TTL = ("ocr:api:token:", "ocr:api:clients", "ocr:api:webhook:", "ocr:lane:", "ocr:lanes:",
           "ocr:lane-weights")
 

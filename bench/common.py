@@ -76,7 +76,7 @@ class Context:
 
 @dataclass
 class Ratio:
-    """A figure the issue asks about, with its goal; `met` is None when there is none."""
+    """A figure the benchmarks report, with its goal; `met` is None when there is none."""
 
     name: str
     value: float

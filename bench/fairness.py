@@ -1,4 +1,4 @@
-"""Weighted fair shares between clients in the broker's fetch (tasks/queue/lanes.py).
+"""Weighted fair shares between clients in the broker's fetch (tasks/broker/lanes.py).
 
 One worker, 2 children, the fake engine (tests/fake_engines.py) at `PAGE_SECONDS` a
 page: this measures the queue's scheduling, not OCR. Each part on a Redis database of
@@ -29,8 +29,8 @@ import redis
 from PIL import Image
 
 from bench.common import BenchError, Context, Ratio, Report, Table, median
+from tasks.broker.layout import LANE_WEIGHTS_KEY, lane_key
 from tasks.client import OcrClient
-from tasks.state.keys import LANE_WEIGHTS_KEY, lane_key
 from tests.harness import FAKE_PLUGINS, FAST_PAGES, RedisServer, Worker, make_client
 from tests.pdf_fixtures import image_pdf, plain_pages
 

@@ -106,7 +106,7 @@ def run(ctx: Context) -> Report:
                         "near zero by construction; a real model's cache is what the clear "
                         "is for")
 
-    # Issue 7 sets no memory goals: these are the headline figures, not verdicts.
+    # No memory goals: these are the headline figures, not verdicts.
     for label, run_ in cache["runs"].items():
         if run_.get("skipped"):
             report.notes.append(f"VLM without cache clear not measured: {run_['skipped']}")

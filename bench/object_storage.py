@@ -1,4 +1,4 @@
-"""Issue 32: scanned PDFs queued by URL vs by upload: Redis `used_memory_peak`, pages/s.
+"""Scanned PDFs queued by URL vs by upload: Redis `used_memory_peak`, pages/s.
 
 Each path gets a redis-server of its own (so each peak is its own) and a Procfile worker
 with the bundled tesseract engine and two children (BASE_ENV). By upload,
@@ -12,7 +12,7 @@ last result.
 The PDFs are scans: the corpus's `scan_linn.png` page at 300 dpi with light sensor noise
 (so the page images do not compress away), PNG-encoded: 8 MB a page, so BENCH_URL_MB=20
 gives 2-page PDFs of 16 MB and 24 gives 3 pages of 24 MB. The count is a parameter:
-the issue's 200 x 20 MB is hours of tesseract on two cores. The paths run in
+200 x 20 MB is hours of tesseract on two cores. The paths run in
 interleaved rounds (the order turned each round); pages/s is from each path's median.
 
     BENCH_URL_DOCS=6 BENCH_URL_MB=24 .venv/bin/python -m bench --only object_storage

@@ -1,4 +1,4 @@
-"""OCRmyPDF through the queue (issue 42): its own tesseract against the plugin, one run.
+"""OCRmyPDF through the queue: its own tesseract against the plugin, one run.
 
 One scanned PDF of 24 pages built from the corpus's scans (the 6 pages of Vicksburg
 three times, the skewed Linn page twice, the lorem-ipsum scan, and the tesseract

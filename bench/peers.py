@@ -167,7 +167,7 @@ def run(ctx: Context) -> Report:
     queue = runs[PER_DOC]["pages_per_s"] / runs[DIRECT_BARE]["pages_per_s"]
     report.ratios.append(Ratio(
         f"{PER_DOC} (defaults) / {DIRECT_BARE} pages/s", queue, f">= {GOAL_QUEUE}",
-        queue >= GOAL_QUEUE, note="issue 15; 2 pool children vs one process"))
+        queue >= GOAL_QUEUE, note="2 pool children vs one process"))
     bound = 2 * runs[DIRECT_BARE]["cpu_per_page"] / runs[PER_DOC]["cpu_per_page"]
     report.ratios.append(Ratio(
         f"{PER_DOC} (defaults) / {DIRECT_BARE}, CPU-bound", bound, f">= {GOAL_QUEUE}",
@@ -186,7 +186,7 @@ def run(ctx: Context) -> Report:
         report.ratios.append(Ratio(f"{PER_DOC} / tesseract CLI x2 pages/s",
                                    runs[PER_DOC]["pages_per_s"] / cli["pages_per_s"],
                                    note=f"CER ours {runs[PER_DOC]['cer']:.2%} vs "
-                                        f"{cli['cer']:.2%}; no goal in issue 7"))
+                                        f"{cli['cer']:.2%}; no goal"))
     report.data = {"files": [d.name for d in docs], "page_counts": page_counts,
                    "versions": versions,
                    "runs": {k: {x: y for x, y in v.items() if x != "texts"}

@@ -15,7 +15,7 @@ user + system time of the worker's processes, main and pool children, for the qu
 so that a loaded machine can be told apart: "CPU-bound x direct" is what the run would
 give with the cores to itself, `concurrency x direct CPU per page / queue CPU per page`.
 
-Goals (issue 7): queue at concurrency 1 >= 0.95 x direct; concurrency 2 >= 1.8 x direct.
+Goals: queue at concurrency 1 >= 0.95 x direct; concurrency 2 >= 1.8 x direct.
 """
 
 from __future__ import annotations
@@ -51,7 +51,7 @@ WARMUP = ("scan_tess_phototest.tif", "scan_dh_lorem_ipsum.pdf")
 OPTIONS = {"mode": "ocr"}
 GOAL_C1 = 0.95
 GOAL_C2 = 1.8
-GOAL_C2_DEFAULTS = 1.7  # issue 15: with orientation and deskew on (the defaults)
+GOAL_C2_DEFAULTS = 1.7  # with orientation and deskew on (the defaults)
 
 
 def run(ctx: Context) -> Report:
@@ -76,7 +76,7 @@ def run(ctx: Context) -> Report:
         direct.close()
     pages_per_pass = sum(len(r["pages"]) for r in direct_results)
     pages = pages_per_pass * passes
-    # Issue 41: the direct loop as the issue timed it, every page read `eng` (no probe):
+    # The direct loop with every page read `eng` (no probe):
     # what the queue with its defaults (`lang=auto`) is held against.
     eng = Direct({"OCR_LANG": "eng"})
     try:
@@ -154,7 +154,7 @@ def run(ctx: Context) -> Report:
         Ratio("queue c2 / direct pages/s", rows["queue c2"]["ratio"], f">= {GOAL_C2}",
               rows["queue c2"]["ratio"] >= GOAL_C2,
               note="images are one job each; scanned PDFs fan out into page tasks"),
-        Ratio("queue c2 / direct pages/s, default clean-up on both (issue 15)",
+        Ratio("queue c2 / direct pages/s, default clean-up on both",
               rows["queue c2"]["ratio"], f">= {GOAL_C2_DEFAULTS}",
               rows["queue c2"]["ratio"] >= GOAL_C2_DEFAULTS,
               note="bench/peers.py compares with the direct loop without clean-up too"),
@@ -167,11 +167,11 @@ def run(ctx: Context) -> Report:
               rows["queue c2"]["pages_per_s"] / rows["direct, OCR_LANG=eng"]["pages_per_s"],
               f">= {GOAL_C2_DEFAULTS}", rows["queue c2"]["pages_per_s"]
               / rows["direct, OCR_LANG=eng"]["pages_per_s"] >= GOAL_C2_DEFAULTS,
-              note="issue 41: what lang=auto costs the default path"),
+              note="what lang=auto costs the default path"),
         Ratio("queue c2 / direct x2 processes pages/s",
               rows["queue c2"]["pages_per_s"] / rows["direct x2 processes"]["pages_per_s"],
               note=f"the machine gives {rows['direct x2 processes']['ratio']:.2f}x direct "
-                   "with two processes and no queue; no goal in issue 7"),
+                   "with two processes and no queue; no goal"),
     ]
     report.figure = plot(rows)
     return report

@@ -1,4 +1,4 @@
-"""Issue 31: Markdown with the document's structure (PyMuPDF 2.0's layout analysis).
+"""Markdown with the document's structure (PyMuPDF 2.0's layout analysis).
 
 - born digital: dig_tracemonkey_14p.pdf through a Procfile worker (one child), one job
   at a time, `output=text` and `output=markdown` in interleaved rounds; pages/s from
@@ -6,7 +6,7 @@
   Goal: >= 2 pages/s with structure on this 2-core machine.
   The same markdown job on a worker with two children, its text-layer pages analysed
   in chunk tasks (OCR_STRUCTURE_CHUNK_PAGES=4) that both children take.
-  Issue 40: throughput on every core, two markdown jobs submitted together, wall-clock
+  Throughput on every core: two markdown jobs submitted together, wall-clock
   seconds from the first submit to the last result, on a one-child worker and on a
   two-children worker (each child's layout sessions with its share of the cores:
   2 intra-op threads for one child, 1 each for two, on two cores), both up at once and
@@ -46,9 +46,9 @@ from bench.common import (
 )
 
 PDF = "dig_tracemonkey_14p.pdf"
-PAGES_GOAL = 2.0  # issue 31: born-digital Markdown with structure, pages/s per child
-OCR_GOAL = 0.20  # issue 31: structure adds at most 20 % to an OCR'd page's time
-CORES_GOAL = 1.8  # issue 40: two children on two cores, at least 1.8x one child
+PAGES_GOAL = 2.0  # born-digital Markdown with structure, pages/s per child
+OCR_GOAL = 0.20  # structure adds at most 20 % to an OCR'd page's time
+CORES_GOAL = 1.8  # two children on two cores, at least 1.8x one child
 # What PyMuPDF 2.0 brought into requirements.txt's install (pip's resolution of both pins).
 ADDED = ("pymupdf", "onnxruntime", "networkx", "protobuf", "psutil", "tabulate",
          "flatbuffers", "pymupdf-layout", "pymupdf4llm")
@@ -209,28 +209,26 @@ def run(ctx: Context) -> Report:
     report = Report("structure", tables=[table, scan_table, size_table], data=data)
     report.ratios.append(Ratio("born-digital Markdown with structure, pages/s per child",
                                rates["markdown"], goal=f">= {PAGES_GOAL:.0f}",
-                               met=rates["markdown"] >= PAGES_GOAL, note="issues 31, 40"))
+                               met=rates["markdown"] >= PAGES_GOAL))
     cores = pair_rates[2] / pair_rates[1]
     report.ratios.append(Ratio("born-digital Markdown, two jobs at once: 2 children / 1",
                                cores, goal=f">= {CORES_GOAL}", met=cores >= CORES_GOAL,
-                               note=f"issue 40; load average {load[0]:.1f} before, "
+                               note=f"load average {load[0]:.1f} before, "
                                     f"{load[1]:.1f} after"))
     per_core = pair_rates[2] / pair_rates[0]
     report.ratios.append(Ratio("born-digital Markdown, two jobs at once: 2 children on 2 "
                                "cores / 1 child on one core", per_core,
                                goal=f">= {CORES_GOAL}", met=per_core >= CORES_GOAL,
-                               note="issue 40: structure scales with the cores"))
+                               note="structure scales with the cores"))
     report.ratios.append(Ratio("born-digital Markdown, one job on 2 children / on 1",
                                job_rate / rates["markdown"],
                                note="text-layer pages analysed in chunk tasks"))
     report.ratios.append(Ratio("born-digital markdown / text seconds", cost,
                                note="the structure's cost over the plain-text path"))
     report.ratios.append(Ratio("OCR'd pages: time structure adds to the page's",
-                               added, goal=f"<= {OCR_GOAL:.2f}", met=added <= OCR_GOAL,
-                               note="issue 31"))
+                               added, goal=f"<= {OCR_GOAL:.2f}", met=added <= OCR_GOAL))
     report.ratios.append(Ratio("OCR'd pages: CPU the structure step adds (paired, one run)",
                                cpu_added, goal=f"<= {OCR_GOAL:.2f}",
-                               met=cpu_added <= OCR_GOAL, note="issue 31"))
-    report.ratios.append(Ratio("lean install growth from PyMuPDF 2.0, MiB", growth,
-                               note="issue 31"))
+                               met=cpu_added <= OCR_GOAL))
+    report.ratios.append(Ratio("lean install growth from PyMuPDF 2.0, MiB", growth))
     return report

@@ -1,4 +1,4 @@
-"""VLM runtime (issue 13): the page budget and the repetition guard, measured.
+"""VLM runtime: the page budget and the repetition guard, measured.
 
 The model is random-weight with Qwen2-VL's real image geometry (14 px patches merged
 2x2, `max_pixels` 12,845,056 as Qwen ships it), built offline by `tests/tiny_vlm.py`

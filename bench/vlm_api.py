@@ -1,4 +1,4 @@
-"""vlm-api (issue 23): one model copy behind mlx_vlm.server vs the model in process.
+"""vlm-api: one model copy behind mlx_vlm.server vs the model in process.
 
 The model: random weights, ~102M parameters in the language model (12 layers of 768,
 `tests/tiny_vlm.py` geometry `bench-100m`) with Qwen2-VL's image geometry, float32,
@@ -21,7 +21,7 @@ result has it).
    and 8 threads (streamed, as the engine sends them); what batching gives here
    before any queue cost.
 
-Without the `vlm-api` engine in this checkout (issue 23 part E), part 1 measures only
+Without the `vlm-api` engine in this checkout, part 1 measures only
 the in-process engine, and the ratios compare it with the server alone (part 2), saying
 so. MLX runs only in the worker children and the server, never in the bench process.
 

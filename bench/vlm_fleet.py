@@ -1,4 +1,4 @@
-"""vlm-api fleet (issue 30): how many pages one worker host keeps in flight, at what memory.
+"""vlm-api fleet: how many pages one worker host keeps in flight, at what memory.
 
 1. Against a simulator: `SimulatedInferenceServer` (tests/inference_server.py), a
    simulated OpenAI-compatible server in the bench process that answers every request

@@ -12,13 +12,19 @@ one's whole process group (pool children included); the `redis` process last (be
 
 Redis: with a `redis` process and no REDIS_URL in the environment, the project's own
 Redis runs on a loopback port of its own (the one it had last time when still free,
-else a free one, never a server someone else runs), every process gets that URL, and
-it is written to `var/redis-url`, where `submit.py` and `ocr_admin.py` find it without
-an exported variable. With REDIS_URL set, that Redis is used as told (the `redis`
-process starts the project's own there only when nothing answers on loopback). One
-line at start says which. On the stop the `redis` process goes last, once the others
-(the workers' warm shutdown) are gone; when they outlive the grace, Redis still gets
-its SIGTERM (a clean stop: its append-only file written) before any SIGKILL is sent.
+else a free one, never a server someone else runs) with a password (generated on the
+first run, then kept), every process gets that URL, and it is written to
+`var/redis-url` (mode 0600), where `submit.py` and `ocr_admin.py` find it without an
+exported variable: a client without the password is refused. With REDIS_URL set,
+that Redis is used as told (the `redis` process starts the project's own there only
+when nothing answers on loopback). One line at start says which. On the stop the
+`redis` process goes last, once the others (the workers' warm shutdown) are gone;
+when they outlive the grace, Redis still gets its SIGTERM (a clean stop: its
+append-only file written) before any SIGKILL is sent.
+
+`make run`'s own stop: `kill -INT` or `kill -TERM` on make's pid stops every process
+too (make passes SIGTERM on, never SIGINT: scripts/supervise_watch.py's `ParentWatch`). One line
+says when every process is ready, with the API's, Flower's and the metrics' URLs.
 
 Why not honcho: when `make run 2>&1 | tee log` is interrupted, Ctrl-C also kills
 `tee`, honcho dies writing to the broken pipe and never stops its children. Here the
@@ -29,6 +35,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import secrets
 import signal
 import socket
 import subprocess
@@ -39,6 +46,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from types import FrameType
 from typing import IO
+from urllib.parse import urlsplit
+
+# Run as a script (`python scripts/supervise.py`): the checkout's root, for its sibling.
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from scripts.supervise_watch import READY_LINES, ParentWatch, Readiness  # noqa: E402
 
 
 def read_procfile(path: Path) -> dict[str, str]:
@@ -66,16 +78,37 @@ def port_free(port: int) -> bool:
 
 
 def project_redis_url(url_file: Path = RUN_URL_FILE) -> str:
-    """The project's own Redis: last run's port when still free, else a free one."""
+    """The project's own Redis: last run's port when still free, else a free one.
+
+    Its password is the one last run's URL holds, or a new random one: generated once,
+    kept in `url_file` (mode 0600) with the URL.
+    """
     try:
-        port = int(url_file.read_text().strip().rsplit(":", 1)[1].split("/", 1)[0])
-    except (OSError, ValueError, IndexError):
-        port = 0
+        last = urlsplit(url_file.read_text().strip())
+        port, password = last.port or 0, last.password or ""
+    except (OSError, ValueError):
+        port, password = 0, ""
     if not port or not port_free(port):
         with socket.socket() as probe:
             probe.bind(("127.0.0.1", 0))
             port = probe.getsockname()[1]
-    return f"redis://127.0.0.1:{port}/0"
+    password = password or secrets.token_urlsafe(24)
+    return f"redis://:{password}@127.0.0.1:{port}/0"
+
+
+def write_private(path: Path, text: str) -> None:
+    """Write `text` to `path`, readable by this user alone (0600, also when it existed)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    os.fchmod(fd, 0o600)
+    with os.fdopen(fd, "w") as file:
+        file.write(text)
+
+
+def shown_url(url: str) -> str:
+    """A Redis URL as it may be printed: without its password."""
+    parts = urlsplit(url)
+    return url if not parts.password else url.replace(f":{parts.password}@", ":***@", 1)
 
 
 def choose_redis(env: dict[str, str], names: list[str]) -> str:
@@ -89,10 +122,10 @@ def choose_redis(env: dict[str, str], names: list[str]) -> str:
         return "redis: no `redis` process and no REDIS_URL: the processes use their default"
     url = project_redis_url()
     env["REDIS_URL"] = url
-    RUN_URL_FILE.parent.mkdir(parents=True, exist_ok=True)
-    RUN_URL_FILE.write_text(url + "\n")
-    return (f"redis: the project's own at {url} (data in var/redis; submit.py finds it "
-            f"through {RUN_URL_FILE}; set REDIS_URL to use another)")
+    write_private(RUN_URL_FILE, url + "\n")
+    return (f"redis: the project's own at {shown_url(url)} (data in var/redis; its "
+            f"password and URL in {RUN_URL_FILE}, mode 0600, where submit.py and "
+            "ocr_admin.py find it; set REDIS_URL to use another)")
 
 
 def shell_line(command: str) -> str:
@@ -128,6 +161,7 @@ class Child:
     command: str
     proc: subprocess.Popen[bytes] = field(init=False)
     reader: threading.Thread = field(init=False)
+    seen: set[str] = field(default_factory=set)  # its ready marks its output showed
 
     def start(self, output: Output, env: dict[str, str]) -> None:
         self.proc = subprocess.Popen(
@@ -140,8 +174,11 @@ class Child:
 
     def _pump(self, stream: IO[bytes] | None, output: Output) -> None:
         assert stream is not None
+        marks = READY_LINES.get(self.name, ())
         for raw in iter(stream.readline, b""):
-            output.line(self.name, raw.decode(errors="replace").rstrip("\r\n"))
+            text = raw.decode(errors="replace").rstrip("\r\n")
+            self.seen.update(mark for mark in marks if mark in text)
+            output.line(self.name, text)
 
     def group_alive(self) -> bool:
         """Whether any process of this child's group (it leads its session) is left."""
@@ -182,7 +219,10 @@ class Supervisor:
         for signum in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
             signal.signal(signum, self._on_signal)
         env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+        parent = ParentWatch()
         self.output.line("system", choose_redis(env, [c.name for c in self.children]))
+        by_name = {c.name: c for c in self.children}
+        ready = Readiness(list(by_name), env, lambda name, mark: mark in by_name[name].seen)
         if os.geteuid() == 0 and any(" worker" in c.command for c in self.children):
             self.output.line("system", "running as root: each Celery worker says so once "
                              "(SecurityWarning, below); they take JSON messages only, and "
@@ -190,7 +230,7 @@ class Supervisor:
         code = 0
         try:
             for child in self.children:
-                if self.signals:
+                if self.signals or parent.stopped():
                     break
                 child.start(self.output, env)
             while not self.signals:
@@ -200,6 +240,13 @@ class Supervisor:
                     self.output.line("system", f"{ended.name} exited (code "
                                                f"{ended.proc.returncode}): stopping all")
                     break
+                why = parent.stopped()
+                if why is not None:
+                    self.output.line("system", f"{why}: stopping all")
+                    break
+                line = ready.check()
+                if line is not None:
+                    self.output.line("system", line)
                 time.sleep(0.1)
             else:
                 name = signal.Signals(self.signals[0]).name

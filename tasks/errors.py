@@ -170,6 +170,17 @@ class LanguageUnavailable(OcrError):
     default_message = "the requested language is not installed on the worker"
 
 
+class UnknownLanguage(OcrError):
+    """The job's `lang` names a code that is no tesseract language and no live worker reads.
+
+    Refused by the command line before anything is sent (a language that exists but a
+    worker lacks is that worker's `language_unavailable`, naming how to install it).
+    """
+
+    code = "unknown_language"
+    default_message = "the requested language is not a tesseract language code"
+
+
 class OutputUnsupported(OcrError):
     """The job's `output` needs word boxes the engine does not give (pdf, hocr, alto)."""
 

@@ -18,7 +18,9 @@ from pathlib import Path
 # The groups of tests (tests/conftest.py's SHARED groups, or modules) that take longest,
 # longest first, from the time table of a `make test` run: they start first, and the
 # short modules fill the test processes around them (the longest-first rule of
-# scheduling). Every other group keeps the order of collection, after these.
+# scheduling). Every other group keeps the order of collection, after these. The
+# groups whose tests are all long forms (podman, the RabbitMQ cluster's soak) order
+# `make test-long`.
 LONGEST_FIRST = (
     "podman",  # tests/deploy/test_containers.py (the image built when its inputs changed)
     "rabbitmq",  # tests/queue/test_brokers.py
@@ -30,6 +32,8 @@ LONGEST_FIRST = (
     "tests/queue/test_failover.py",  # two failovers under 70 jobs each, ~105 s
     "tests/engines/test_structure.py",
     "checkout",  # test_procfile, test_docs_examples, test_supervise
+    "tests/queue/test_hardening.py",  # ~110 s on two busy cores
+    "tests/deploy/test_redis_acl.py",  # ~105 s on two busy cores
     "tests/api/test_api_hostile.py",
     "tests/engines/test_e2e_auto_lang.py",
     "tests/engines/test_pdf.py",

@@ -55,7 +55,7 @@ return total
 
 # KEYS[1]: the client's set, KEYS[2]: the upload, KEYS[3]: the blob it becomes. ARGV: TTL.
 # The set gets its TTL again: removing the upload may have emptied (deleted) it, and the
-# SADD would then make it anew without one (found by the chaos soak, issue 43).
+# SADD would then make it anew without one, never to expire.
 _ADOPT = """
 redis.call('RENAME', KEYS[2], KEYS[3])
 redis.call('SREM', KEYS[1], KEYS[2])

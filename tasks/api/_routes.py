@@ -6,7 +6,6 @@ through `run_in_threadpool` into `JobService`.
 
 from __future__ import annotations
 
-import json
 from collections.abc import AsyncIterator
 from typing import Annotated, Any, Literal
 from urllib.parse import quote
@@ -19,6 +18,7 @@ from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from pydantic import ValidationError
 from starlette.concurrency import run_in_threadpool
 
+from tasks.api._json_bodies import MAX_JSON_BYTES, parse_json
 from tasks.api._results import MEDIA_TYPES, links
 from tasks.api._schemas import (
     FINAL_STATUSES,
@@ -39,44 +39,10 @@ from tasks.records.status import WaitStatus
 
 EVENT_POLL_SECONDS = 0.25
 KEEPALIVE_SECONDS = 15.0
-MAX_JSON_BYTES = 64 * 1024
-MAX_JSON_DEPTH = 32  # a job's options are one flat object
 
 bearer = HTTPBearer(auto_error=False, description="a client token from "
                     "`submit.py tokens create NAME`")
 router = APIRouter()
-
-
-def parse_json(raw: bytes) -> Any:
-    """A JSON body, or BadRequest: invalid, or nested deeper than MAX_JSON_DEPTH."""
-    if _depth(raw) > MAX_JSON_DEPTH:
-        raise BadRequest(f"the JSON body is nested deeper than {MAX_JSON_DEPTH} levels")
-    try:
-        return json.loads(raw)
-    except (UnicodeDecodeError, json.JSONDecodeError):
-        raise BadRequest("the body is not valid JSON") from None
-
-
-def _depth(raw: bytes) -> int:
-    """How deep brackets nest in `raw` (strings skipped), without parsing it."""
-    depth = deepest = 0
-    in_string = escaped = False
-    for byte in raw:
-        if in_string:
-            if escaped:
-                escaped = False
-            elif byte == 0x5C:  # backslash
-                escaped = True
-            elif byte == 0x22:  # quote
-                in_string = False
-        elif byte == 0x22:
-            in_string = True
-        elif byte in (0x5B, 0x7B):  # [ {
-            depth += 1
-            deepest = max(deepest, depth)
-        elif byte in (0x5D, 0x7D):
-            depth -= 1
-    return deepest
 
 
 def _errors(*codes: int) -> dict[int | str, dict[str, Any]]:

@@ -6,6 +6,7 @@ Redis round trip for the range and one for today's and this month's figures.
 
 from __future__ import annotations
 
+import datetime as dt
 from typing import Annotated
 
 from fastapi import APIRouter, Query, Request
@@ -14,16 +15,33 @@ from starlette.concurrency import run_in_threadpool
 from tasks.api._routes import COMMON, Caller, _errors, service_of
 from tasks.api._schemas import Usage, UsageDay
 from tasks.api.tokens import ApiClient
+from tasks.errors import BadRequest
 from tasks.state.usage import PageUsage, date_range, days
 
 router = APIRouter()
 DATE = r"^\d{4}-\d{2}-\d{2}$"
+# The days a range may name: a range's arithmetic (its default start, its last day's
+# next) stays inside the calendar Python counts in.
+FIRST_DAY, LAST_DAY = dt.date(1970, 1, 1), dt.date(9998, 12, 31)
+
+
+def bounded_day(raw: str | None) -> str | None:
+    """`raw` when it is a date between FIRST_DAY and LAST_DAY; BadRequest otherwise."""
+    if raw is None:
+        return None
+    try:
+        day = dt.date.fromisoformat(raw)
+    except ValueError:
+        raise BadRequest("dates are YYYY-MM-DD") from None
+    if not FIRST_DAY <= day <= LAST_DAY:
+        raise BadRequest(f"dates are between {FIRST_DAY} and {LAST_DAY}")
+    return raw
 
 
 def client_usage(usage: PageUsage, caller: ApiClient, start: str | None,
                  end: str | None) -> Usage:
     """The caller's pages on each day of the range (blocking: Redis); BadRequest."""
-    first, last = date_range(start, end)
+    first, last = date_range(bounded_day(start), bounded_day(end))
     by_day = usage.by_day(caller.name, first, last)
     on_day, in_month = usage.used(caller.name)
     shown = [UsageDay(date=day.isoformat(), pages=by_day.get(day.isoformat(), 0))

@@ -22,6 +22,7 @@ from starlette.requests import ClientDisconnect
 
 from tasks.api._batches import router as batches_router
 from tasks.api._errors import JobUnsuccessful, http_status
+from tasks.api._json_bodies import JsonBodies
 from tasks.api._listing import router as listing_router
 from tasks.api._routes import router
 from tasks.api._service import JobService
@@ -58,6 +59,8 @@ def create_api(settings: Settings, client: OcrClient | None = None) -> FastAPI:
     app.add_exception_handler(OperationalError, _redis_error)  # the broker, through kombu
     app.add_exception_handler(HTTPException, _http_error)
     app.add_exception_handler(ClientDisconnect, _client_gone)
+    # Bodies other than multipart uploads: at most 64 KB, and valid JSON when JSON.
+    app.add_middleware(JsonBodies, timeout=settings.api_body_timeout)
     # Refusals read by every client: a refused body within twice the upload limit is
     # read and dropped before the answer (tasks/api/_uploads.py).
     app.add_middleware(DrainRefused, limit=2 * settings.max_input_bytes + ENVELOPE_BYTES,
@@ -90,8 +93,11 @@ async def _validation_error(request: Request, exc: Exception) -> JSONResponse:
         where = ".".join(str(p) for p in error.get("loc", ()) if p != "body")
         parts.append(f"{where}: {error.get('msg', 'invalid')}" if where else
                      str(error.get("msg", "invalid")))
+    # A body that is not JSON at all is 400, as every malformed request; options that
+    # do not fit the schema are 422.
+    malformed = any(error.get("type") == "json_invalid" for error in exc.errors())
     return JSONResponse(_body("bad_request", "; ".join(parts) or "invalid request"),
-                        status_code=422)
+                        status_code=400 if malformed else 422)
 
 
 async def _redis_error(request: Request, exc: Exception) -> JSONResponse:

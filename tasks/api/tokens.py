@@ -19,13 +19,14 @@ from dataclasses import asdict, dataclass, replace
 
 import redis
 
+from tasks.broker.layout import LANE_WEIGHTS_KEY
 from tasks.errors import BadRequest
 from tasks.lifecycle.url_policy import parse_url
 from tasks.queue.routing import PRIORITIES
 from tasks.records.clients import CLIENT_NAME, ClientRules
 from tasks.settings import Settings
 from tasks.state.client_rules import rules_of
-from tasks.state.keys import API_CLIENTS_KEY, LANE_WEIGHTS_KEY, api_token_key
+from tasks.state.keys import API_CLIENTS_KEY, api_token_key
 from tasks.state.webhook_secrets import WebhookSecrets
 
 TOKEN_PREFIX = "ocr_"
@@ -48,13 +49,13 @@ class ApiClient:
     # Bytes of input the client may have waiting in Redis (OCR_API_CLIENT_MAX_BYTES).
     max_bytes: int | None = None
     # URL prefixes this client's `url` and `result_url` must lie under, beside
-    # OCR_ALLOWED_URLS (issue 32); None: OCR_ALLOWED_URLS alone.
+    # OCR_ALLOWED_URLS; None: OCR_ALLOWED_URLS alone.
     allowed_urls: list[str] | None = None
     # Pages the client may have read a day and a month (UTC; tasks/state/usage.py);
     # None or 0: no cap.
     pages_per_day: int | None = None
     pages_per_month: int | None = None
-    # The client's share of the broker's fetch beside other clients' (tasks/queue/lanes.py,
+    # The client's share of the broker's fetch beside other clients' (tasks/broker/lanes.py,
     # also kept in `ocr:lane-weights`), and the highest priority its jobs may have
     # (interactive, normal, batch; None: any).
     weight: int = 1

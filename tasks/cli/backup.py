@@ -25,6 +25,7 @@ from typing import Any, Protocol
 
 import redis
 
+from tasks.broker.layout import LANE_PREFIX
 from tasks.cli.core import EXIT_FAILURE, EXIT_OK
 from tasks.errors import OcrError, RestoreRefused
 from tasks.lifecycle import backup_files
@@ -115,7 +116,7 @@ def run_restore(args: argparse.Namespace, session: Context, prog: str = "ocr_adm
                     # kept on OCR_REDIS_MIN_REPLICAS replicas before it is called done
                     check_kept(kept(destination.pipeline(), target).execute(), target,
                                "the restored keys")
-                    restored = inventory(destination)
+                    restored = inventory(destination, LANE_PREFIX)
                 finally:
                     source.close()
                     destination.close()
@@ -209,6 +210,6 @@ class Loader:
     def inventory(self, db: int) -> Any:
         client = self.client(db)
         try:
-            return inventory(client)
+            return inventory(client, LANE_PREFIX)
         finally:
             client.close()

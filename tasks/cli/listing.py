@@ -3,7 +3,8 @@
 Runs in `submit.py` (an operator's machine). Reads the job index
 (`tasks/state/job_index.py`: every job sent through the HTTP API, submit.py, a Python
 client or by task name once a worker started it) with the filters of `GET /v1/jobs`:
-status, time sent, a page size and the cursor a page ends with.
+status, time sent, a page size and the cursor a page ends with. A failed job's row
+names its error's code (`--json`: the error, as `GET /v1/jobs` shows it).
 """
 
 from __future__ import annotations
@@ -78,34 +79,53 @@ def jobs_arguments(parser: argparse.ArgumentParser) -> None:
                         help="go on from where a page ended (its last line says)")
 
 
-def job_pages(client: OcrClient, args: argparse.Namespace) -> Page[tuple[JobProgress, float]]:
-    """One page of jobs as `args` ask: (progress, time sent), newest first."""
+Found = tuple[JobProgress, float, dict[str, Any] | None]
+
+
+def job_pages(client: OcrClient, args: argparse.Namespace) -> Page[Found]:
+    """One page of jobs as `args` ask: (progress, time sent, error), newest first.
+
+    The error is a failed job's (`code`, `message`, `retryable`); None for the others.
+    """
     if not 1 <= args.limit <= MAX_LIMIT:
         raise BadRequest(f"--limit must be 1 to {MAX_LIMIT}")
     statuses = statuses_of(args.status)
     after = None if args.cursor is None else Cursor.decode(args.cursor)
 
-    def describe(batch: Sequence[tuple[str, float]]) -> list[tuple[JobProgress, float] | None]:
+    def describe(batch: Sequence[tuple[str, float]]) -> list[Found | None]:
         found = client.states.read_many([job_id for job_id, _ in batch])
-        return [(progress, sent) for progress, (_, sent) in zip(found, batch, strict=True)]
+        return [(progress, sent, error_of(client, progress))
+                for progress, (_, sent) in zip(found, batch, strict=True)]
 
     return client.index.page(args.of_client, args.since, args.until, after, args.limit,
                              describe,
                              lambda found: statuses is None or found[0].status in statuses)
 
 
-def record(progress: JobProgress, sent: float) -> dict[str, Any]:
+def error_of(client: OcrClient, progress: JobProgress) -> dict[str, Any] | None:
+    """A failed job's error (its stored result's); None for a job that did not fail."""
+    if progress.status != JobStatus.FAILURE:
+        return None
+    result = progress.result if progress.result is not None else client.result(progress.id)
+    error = result.get("error")
+    return error if isinstance(error, dict) else None
+
+
+def record(progress: JobProgress, sent: float,
+           error: dict[str, Any] | None = None) -> dict[str, Any]:
     """A job as `--json` shows it (the fields `GET /v1/jobs` gives, where it knows them)."""
     return {"id": progress.id, "status": progress.status.value, "state": progress.state,
             "progress": {"done": progress.done,
                          "total": progress.total if progress.planned else None},
-            "client": progress.client, "filename": progress.filename,
+            "error": error, "client": progress.client, "filename": progress.filename,
             "created": round(sent, 3)}
 
 
-def line(progress: JobProgress, sent: float) -> str:
-    """A job in one line: when, status, pages, client, file, id."""
+def line(progress: JobProgress, sent: float, error: dict[str, Any] | None = None) -> str:
+    """A job in one line: when, status, pages, client, file, id; a failure's error code."""
     stamp = datetime.fromtimestamp(sent).strftime("%Y-%m-%d %H:%M:%S")
     pages = f"{progress.done}/{progress.total}" if progress.planned else "-"
+    code = f"\t{error.get('code', 'failed')}" if error is not None else ""
     return (f"{stamp}  {progress.status.value:<9} {pages:>7}  "
-            f"{progress.client or '(anonymous)'}\t{progress.filename or '-'}\t{progress.id}")
+            f"{progress.client or '(anonymous)'}\t{progress.filename or '-'}\t{progress.id}"
+            f"{code}")

@@ -17,6 +17,7 @@ from typing import Any, TextIO
 from tasks.cli.core import exit_status
 from tasks.client import JobProgress, OcrClient
 from tasks.records.formats import FORMATS, STORED_FORMATS, text_suffix
+from tasks.records.request import last_named
 from tasks.records.status import JobStatus, WaitStatus
 
 PROG = "submit.py"
@@ -54,9 +55,26 @@ def emit(results: list[dict[str, Any]], args: argparse.Namespace, output: str,
             total = client.status(str(result["id"])).total if kept else 0
             for line in problem_lines(result, total, args.out):
                 print(line, file=sys.stderr, flush=True)
+        beyond = pages_beyond(result, getattr(args, "pages", None))
+        if beyond:
+            print(beyond, file=sys.stderr, flush=True)
     if any(r.get("status") == WaitStatus.PENDING for r in results):
         print(f"{PROG}: {NO_WORKER_HINT}", file=sys.stderr)
     return results_status(results)
+
+
+def pages_beyond(result: dict[str, Any], pages: str | None) -> str:
+    """The warning for a page selection past the document's last page ("": none).
+
+    The worker reads the pages the document has; a user who asked `--pages 1-500` of a
+    3-page document is told that pages 4-500 were not there.
+    """
+    count = result.get("page_count")
+    asked = last_named(pages)
+    if not isinstance(count, int) or not count or asked <= count:
+        return ""
+    return (f"{label(result)}: warning: --pages {pages} goes past the document's last page "
+            f"({count}); pages after {count} do not exist and were not read")
 
 
 def problem_lines(result: dict[str, Any], total: int = 0,

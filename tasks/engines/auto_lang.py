@@ -24,6 +24,11 @@ alone, such as lorem ipsum's `lat`: the set reads every letter of it). A page wh
 probe lines each name a language surely, two or more of them, is read with all the
 languages its lines rank highest that this worker has (`deu+fra`; `lang_id.line_votes`).
 The probe ends after its first line where that line's words are sure (`Probes.tells`).
+
+A probe reads three lines; a page in more languages than its probe saw (a notice in six
+Latin languages, whose inkiest line was German) is found by its own read: where that
+read's lines name surely languages it was not read with (`shown_languages`), the
+pipeline reads it again with every language its lines name that this worker has.
 """
 
 from __future__ import annotations
@@ -203,3 +208,41 @@ def _mixed_languages(votes: lang_id.LineVotes, guess: ScriptGuess, confidence: f
     outcome = "language_missing" if lacking else "found"
     return PageLanguage("+".join(chosen) or script_set, name,
                         ScriptFound(guess.script, confidence, outcome, lacking))
+
+
+# The outcomes of a Latin page whose own read may show more languages than its probe:
+# read in a language told, the default set (words untold) or the script's set.
+RECHECKED = frozenset({"found", "language_uncertain", "language_missing"})
+
+
+def shown_languages(text: str, lang: str, found: ScriptFound, engine: str,
+                    settings: Settings) -> PageLanguage | None:
+    """The languages an `auto` page's own read shows, where it was read without some.
+
+    `text` is the page read with `lang` by `engine`; `found` what its script check
+    said. A Latin page whose lines, one by one (`lang_id.line_votes`), name two or more
+    languages surely, any of them missing from `lang`, is to be read again with every
+    one of them `engine` has: those of `lang` first, in its order, then the others best
+    first (`LineVotes.named`); a language a line named
+    that it lacks is named in a `language_missing` warning (not one printed in the
+    basic letters alone). None: the read stands (one language, or none new here).
+    """
+    if found.name not in IDENTIFIED_SCRIPTS or found.outcome not in RECHECKED:
+        return None
+    votes = lang_id.line_votes(text)
+    if not votes.mixed:
+        return None
+    reads = engine_class(engine, settings).languages(settings)
+    named = votes.named(reads)
+    read = lang.split("+")
+    if len(named) < 2 or set(named) <= set(read):
+        return None
+    # The set it was read with keeps its order (its first is tesseract's main language:
+    # `deu+fra` reads `großen` where `fra` first reads `groBen`), the others after it.
+    chosen = [code for code in read if code in named] + \
+        [code for code in named if code not in read]
+    lacking = tuple(code for code in votes.sure if reads is not None and code not in reads
+                    and code not in lang_id.PLAIN_LETTERS)
+    outcome = "language_missing" if lacking else "found"
+    return PageLanguage("+".join(chosen), engine,
+                        ScriptFound(found.name, found.confidence, outcome, lacking))

@@ -160,6 +160,14 @@ class LineVotes:
         return [code for code, score in order
                 if score >= MIXED_FLOOR and (have is None or code in have)][:MIXED_MOST]
 
+    def named(self, have: Collection[str] | None) -> list[str]:
+        """Every language some line names surely that `have` holds (None: any), best first.
+
+        A whole page's lines (not a probe's three): a notice in six languages names six.
+        """
+        return sorted((code for code in self.sure if have is None or code in have),
+                      key=lambda code: -self.scores[code])
+
 
 def line_votes(text: str) -> LineVotes:
     """Each line of a probe's `text` identified apart.

@@ -79,7 +79,8 @@ def _request(url: ObjectUrl, method: str, allowed: Sequence[str], timeout: float
             try:
                 url = check_url(urljoin(url.url, location), allowed, "a redirect")
             except UrlNotAllowed:
-                raise UrlNotAllowed("the server redirected out of OCR_ALLOWED_URLS; the "
+                raise UrlNotAllowed("the server redirected out of the allowed prefixes "
+                                    "(OCR_ALLOWED_URLS and the client's own); the "
                                     "redirect was not followed") from None
             continue
         if 200 <= status < 300:

@@ -6,8 +6,8 @@ address must be public unless the host is in OCR_CALLBACK_ALLOWED_HOSTS, and the
 connection goes to those checked addresses. Redirects are never followed. With
 OCR_CALLBACK_SECRET set each POST carries `X-OCR-Timestamp` and `X-OCR-Signature:
 sha256=<hex HMAC-SHA256 of "<timestamp>.<raw body>">` (docs/tasks.md: verifying).
-A job of an HTTP API client is signed with that client's own secret instead (issue
-26; `signing_secrets`), and during a rotation's grace period also with its previous
+A job of an HTTP API client is signed with that client's own secret instead
+(`signing_secrets`), and during a rotation's grace period also with its previous
 one, in `X-OCR-Signature-Previous`.
 """
 

@@ -59,6 +59,7 @@ def run_pdf_page(meta: DocumentMeta, number: int, engines: ResidentEngines,
     request = meta.request
     if past_deadline(request.deadline):
         return deadline_page(number)
+    settings = url_inputs.for_client(settings, meta.url_prefixes)
     try:
         engine = engines.get(meta.engine).engine
         doc = docs.document(meta, stores.blobs, settings, password)
@@ -90,6 +91,7 @@ def run_text_chunk(meta: DocumentMeta, index: int, docs: OpenDocumentCache,
     numbers = meta.text_chunks[index]
     if past_deadline(meta.request.deadline):
         return [deadline_page(n) for n in numbers]
+    settings = url_inputs.for_client(settings, meta.url_prefixes)
     doc = docs.document(meta, stores.blobs, settings, password)
     return chunk_pages(doc, numbers, meta.request.output, settings)
 
@@ -102,6 +104,7 @@ def merge_document(meta: DocumentMeta, pages: list[PageRecord], settings: Settin
     that ends the document carries it; it is never in the meta).
     """
     request = meta.request
+    settings = url_inputs.for_client(settings, meta.url_prefixes)
     if meta.text_chunks:  # heading levels ranked across the chunks
         pages = relevel_headings(pages, meta.text_chunks, request.output)
     try:

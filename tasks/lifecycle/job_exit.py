@@ -105,7 +105,7 @@ class JobEnder:
 
         Storing the result comes first and may raise: the claim is then given back
         (the caller retries, and its retry can claim again: a claim kept across a
-        Redis restart ended no one, issue 43's short soak); what follows never raises
+        Redis restart would end no one); what follows never raises
         for a store being briefly unreachable. The stored ending reaches a replica
         (`keep`) before any callback goes out, so a failover never makes a job that
         told the world it ended run and end again. Traced where the job is

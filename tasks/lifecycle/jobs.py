@@ -131,6 +131,10 @@ def process_job(job_id: str, request: JobRequest, settings: Settings,
     if past_deadline(request.deadline):
         raise DeadlineExceeded("the job's deadline passed before it started")
     request = request.with_default_lang(settings.default_lang)  # OCR_LANG: auto or a set
+    prefixes = None
+    if request.url or request.result_url:  # the sending client's own prefixes hold too
+        prefixes = stores.control.url_prefixes(job_id)
+        settings = url_inputs.for_client(settings, prefixes)
     # A URL input: allowed? how large? which version? (HEAD; nothing read yet)
     located = (url_inputs.locate(request.url, settings, request.url_version,
                                  request.url_etag) if request.url else None)
@@ -181,7 +185,7 @@ def process_job(job_id: str, request: JobRequest, settings: Settings,
             try:
                 return _fan_out(job_id, request, data, plan, engine_name,
                                 loaded.engine.model, key, started, previous, settings,
-                                stores, located)
+                                stores, located, prefixes)
             finally:
                 plan.doc.close()
     elif check_pages is not None:
@@ -205,7 +209,8 @@ def process_job(job_id: str, request: JobRequest, settings: Settings,
 def _fan_out(job_id: str, request: JobRequest, data: bytes, plan: Any, engine: str,
              model: str | None, key: str | None, started: float,
              previous: DocumentResult | None, settings: Settings,
-             stores: Stores, located: LocatedObject | None = None) -> FanOut:
+             stores: Stores, located: LocatedObject | None = None,
+             prefixes: tuple[str, ...] | None = None) -> FanOut:
     """Store the input for the page tasks (decrypted, so no password is kept).
 
     A URL input is not stored in Redis: this host keeps one local copy
@@ -213,7 +218,8 @@ def _fan_out(job_id: str, request: JobRequest, data: bytes, plan: Any, engine: s
     the same version (`input_object`). An encrypted one is decrypted by each host from
     its own copy, its page tasks carrying the password (`FanOut.password`, never in
     the meta), and so does the merge of its searchable PDF (output=pdf), in the task
-    that records the last page (issue 43).
+    that records the last page. The sending client's own URL prefixes (`prefixes`)
+    go in the meta: page tasks and the merge check the job's URLs against them too.
     """
     replaced = None
     chunks = structure_chunks(plan, request.output, settings)
@@ -227,7 +233,8 @@ def _fan_out(job_id: str, request: JobRequest, data: bytes, plan: Any, engine: s
             previous=previous, encrypted=plan.encrypted,
             base=replace(document_base(data, request, "pdf", plan.page_count),
                          input_url=located.to_json()),
-            input_object=located.to_json(), text_chunks=chunks)
+            input_object=located.to_json(), text_chunks=chunks,
+            url_prefixes=None if prefixes is None else list(prefixes))
         return FanOut(meta, planned_pages(plan, settings, request.output, bool(chunks)),
                       password=request.password if plan.encrypted else None)
     if plan.encrypted or request.blob is None:
@@ -240,7 +247,8 @@ def _fan_out(job_id: str, request: JobRequest, data: bytes, plan: Any, engine: s
         job_id=job_id, request=stored, engine=engine, model=model, cache_key=key,
         started=started, total=plan.selected, ocr_pages=list(plan.ocr_pages),
         page_tasks=[], reply_queue="", previous=previous, encrypted=plan.encrypted,
-        base=document_base(data, request, "pdf", plan.page_count), text_chunks=chunks)
+        base=document_base(data, request, "pdf", plan.page_count), text_chunks=chunks,
+        url_prefixes=None if prefixes is None else list(prefixes))
     # text-layer (unless chunked) and blank pages
     texts = planned_pages(plan, settings, request.output, bool(chunks))
     return FanOut(meta, texts, replaced)

@@ -31,11 +31,12 @@ from typing import TYPE_CHECKING, Any
 from tasks.errors import BadRequest, InputNotFound, InputTooLarge
 from tasks.lifecycle import _https_objects, _s3
 from tasks.lifecycle._s3 import ObjectInfo
-from tasks.lifecycle.url_policy import ObjectUrl, check_url
+from tasks.lifecycle.url_policy import ObjectUrl, check_url, narrow
 from tasks.records.formats import FORMATS
 
-__all__ = ["LocatedObject", "ObjectInfo", "check_input_url", "check_result_url", "locate",
-           "read_object", "spool", "spooled", "drop_spool", "write_result", "result_content"]
+__all__ = ["LocatedObject", "ObjectInfo", "for_client", "check_input_url", "check_result_url",
+           "locate", "read_object", "spool", "spooled", "drop_spool", "write_result",
+           "result_content"]
 
 if TYPE_CHECKING:
     from tasks.settings import Settings
@@ -73,6 +74,20 @@ class LocatedObject:
         if self.info.sha256:
             out["sha256"] = self.info.sha256
         return out
+
+
+def for_client(settings: Settings, prefixes: tuple[str, ...] | list[str] | None) -> Settings:
+    """The settings a job's URLs are checked by: OCR_ALLOWED_URLS narrowed to its client's.
+
+    `prefixes` are those of the client that sent the job (`JobControl.url_prefixes`;
+    None: the global list alone).
+
+    Every check of the job's own URLs goes through these: the first URL, each https
+    redirect hop (`_https_objects`), a fanned-out page's fetch and the `result_url` write.
+    """
+    if prefixes is None:
+        return settings
+    return replace(settings, allowed_urls=narrow(settings.allowed_urls, prefixes))
 
 
 def check_input_url(url: str, settings: Settings) -> ObjectUrl:

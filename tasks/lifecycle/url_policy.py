@@ -9,6 +9,9 @@ tasks/lifecycle/url_inputs.py when it connects.
 - `s3://bucket/key`: the bucket is a DNS-style bucket name; the key is taken as it is
   written (S3 keys are literal: `..` is no path step there), without control
   characters. A prefix matches the same bucket and a key that starts with its key.
+- A client held to URL prefixes of its own (its token's `--allowed-url`, carried by the
+  job as its control hash's `prefixes`) may name only URLs under both lists: the
+  worker checks the first URL and each redirect hop against `narrow(...)` of them.
 - `http(s)://host/path`: normalised by `outbound.normalise_url` (case, IDNA, default
   port, dot segments, no credentials) and matched against the normalised prefix; a
   prefix ends in `/`, so `https://files.example.com/` never admits
@@ -95,11 +98,36 @@ def check_url(url: str, allowed: Sequence[str], what: str = "`url`",
     """
     parsed = parse_url(url, what, prefix_ok)
     if not allowed:
-        raise UrlNotAllowed(f"{what}: URL inputs and results are disabled "
-                            "(OCR_ALLOWED_URLS is empty)")
+        raise UrlNotAllowed(f"{what}: no URL is allowed (OCR_ALLOWED_URLS is empty, or "
+                            "shares no prefix with the client's own)")
     if not any(under(parsed, prefix) for prefix in allowed):
-        raise UrlNotAllowed(f"{what} is not under an allowed prefix (OCR_ALLOWED_URLS)")
+        raise UrlNotAllowed(f"{what} is not under an allowed prefix (OCR_ALLOWED_URLS, "
+                            "and the client's own prefixes when it has some)")
     return parsed
+
+
+def narrow(allowed: Sequence[str], client: Sequence[str] | None) -> tuple[str, ...]:
+    """The prefixes of the URLs under both `allowed` and `client` (None: `allowed`).
+
+    Two prefixes of one URL are prefixes of each other, so a URL lies under both
+    lists exactly when it lies under the longer of some matching pair: the list of
+    those. An empty result allows no URL.
+    """
+    if client is None:
+        return tuple(allowed)
+    out: list[str] = []
+    for wide in allowed:
+        for own in client:
+            try:
+                wide_url = parse_url(wide, prefix_ok=True)
+                own_url = parse_url(own, prefix_ok=True)
+            except BadRequest:
+                continue
+            if under(own_url, wide):
+                out.append(own)
+            elif under(wide_url, own):
+                out.append(wide)
+    return tuple(dict.fromkeys(out))
 
 
 def allowed_addresses(allowed: Sequence[str]) -> frozenset[IP]:

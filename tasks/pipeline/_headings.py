@@ -4,7 +4,7 @@ Pure functions, run in worker children by tasks/pipeline/structure.py (the pages
 together) and by tasks/pipeline/documents.py (the pages of all of a job's chunk tasks,
 at the merge).
 
-The rule (issue 40): a title is level 1. A section heading that is numbered ("1",
+The rule: a title is level 1. A section heading that is numbered ("1",
 "1.2", "A.3.1", followed by its words) has its numbering's depth plus one (1 -> 2,
 1.2 -> 3, 1.3.1 -> 4, capped at 6). Any other heading is levelled by its type size,
 ranked over all the headings read together: a size that numbered headings also have

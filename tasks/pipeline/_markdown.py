@@ -4,7 +4,7 @@ Runs in worker children, called by tasks/pipeline/structure.py with the parsed p
 (pymupdf4llm's `PageLayout`, boxes in reading order) and its module
 `pymupdf4llm.helpers.document_layout` (`layout`), whose writers it uses for the
 blocks it writes as pymupdf4llm does (paragraphs with their emphasis, tables,
-footnotes, picture text). What it writes its own way (issue 40):
+footnotes, picture text). What it writes its own way:
 
 - every block is its own CommonMark block: blocks are parted by a blank line, and a
   paragraph that would start with `#` has it escaped, so the only lines that start

@@ -3,7 +3,7 @@
 Pure geometry on boxes (anything with x0, y0, x1, y1), run in worker children by
 tasks/pipeline/structure.py on the blocks of PyMuPDF's layout analysis, whose own
 order can take a paragraph of the right column before the left column has ended
-(dig_multicolumn_3p page 2, issue 40).
+(dig_multicolumn_3p page 2).
 
 A block that spans columns (its width overlaps two blocks that stand side by side:
 apart horizontally, at the same height) is read where it stands, top to bottom; the

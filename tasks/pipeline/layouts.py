@@ -15,7 +15,7 @@ OCR_PDF_DPI): boxes of the upright, deskewed image tesseract read are mapped bac
 A PDF text layer's page carries its own words with their boxes (PyMuPDF's, mapped to
 the page rendered at OCR_PDF_DPI: `pdf.text_layer_words`); a failed or blank page is
 an empty page. Each OCR'd page div carries its language (`lang`, `xml:lang`), the
-document the one most pages are in, each ALTO TextBlock its `LANG` (issue 33).
+document the one most pages are in, each ALTO TextBlock its `LANG`.
 """
 
 from __future__ import annotations
@@ -152,7 +152,7 @@ def _own_page(page: PageRecord) -> ET.Element:
     """A page's div from its own hOCR, boxes on the input page image when known."""
     size = page.image_size
     if not page.hocr and page.source == "text-layer" and size and page.words is not None:
-        # a PDF text layer's words, already in the rendered page's pixels (issue 26)
+        # a PDF text layer's words, already in the rendered page's pixels
         return page_element(page.number, words_hocr(page.number, page.words, size))
     mapped = (to_input(size, page.rotation or 0, page.skew or 0.0) if size else None)
     return _with_lang(page_element(page.number, page.hocr, mapped, size), page.lang)

@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any
 
 from tasks import tracing
 from tasks.engines import PageResult, RecognizeOptions
-from tasks.engines.auto_lang import page_language, script_probes
+from tasks.engines.auto_lang import page_language, script_probes, shown_languages
 from tasks.engines.vlm.word_placement import place_words
 from tasks.errors import EngineUnavailable, LayoutFailed, VlmIncomplete, error_info
 from tasks.pipeline._preprocess import Correction, Skew, estimate_skew
@@ -101,6 +101,11 @@ def read_page(number: int, image: Image.Image, engine: OcrEngine, options: Recog
         rotation = _orientation(engine, page_image)
         if rotation:
             skew, final, result = _read(page_image, rotation, engine, options, settings)
+    if script is not None and options.lang:
+        shown = shown_languages(result.text, options.lang, script, engine.name, settings)
+        if shown is not None:  # more languages than its probe saw: read with them all
+            options, script = replace(options, lang=shown.lang), shown.found
+            result = engine.recognize(final, options)
     read_size = image.size
     vlm = result.vlm
     fell_back: Fallback | None = None

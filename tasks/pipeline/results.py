@@ -17,8 +17,7 @@ OUTPUT_VERSION = 2
 """The version of what the pipeline writes for given input and options: part of the
 result cache's key (tasks/lifecycle/jobs.py `cache_key`), so a result cached before a
 change of an output's format is not served after it. Raise it with any such change.
-1: up to issue 31; 2: issue 40's Markdown (page breaks, heading levels, lists, reading
-order)."""
+2: Markdown with page breaks, heading levels, lists and reading order."""
 
 
 def failed_page(number: int, exc: BaseException) -> PageRecord:

@@ -156,7 +156,7 @@ def layout_threads(settings: Settings) -> int:
 
     The cores this process may run on, divided among the worker's children
     (OCR_CONCURRENCY; 0 is one child per core), at least one: children that fill the
-    cores run one thread each instead of every core each (issue 40: two children with
+    cores run one thread each instead of every core each (two children with
     every core each gave 1.27x one child's pages/s on two cores).
     """
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") \

@@ -42,7 +42,7 @@ def create_app(settings: Settings) -> OcrCelery:
     from tasks.queue.parent_endings import connect_parent_endings
 
     connect_parent_endings(app)
-    from tasks.queue.refusals import connect_refusals
+    from tasks.broker.refusals import connect_refusals
 
     connect_refusals(app)
     from tasks.queue.presence import connect_presence

@@ -89,8 +89,8 @@ def _broker(settings: Settings) -> dict[str, Any]:
     target = settings.broker_target
     if target is None:
         return {"broker_url": settings.broker}
-    transport = ("tasks.queue.sentinel_transport:SentinelTransport" if target.is_sentinel
-                 else "tasks.queue.transport:Transport")
+    transport = ("tasks.broker.sentinel_transport:SentinelTransport" if target.is_sentinel
+                 else "tasks.broker.transport:Transport")
     return {**celery_broker(target), "broker_transport": transport}
 
 
@@ -119,7 +119,7 @@ def _broker_options(settings: Settings) -> dict[str, Any]:
     return {"broker_transport_options": {
         # Sentinel: the primary's name and the Sentinels' own password and TLS.
         **broker_transport_options(target),
-        # tasks/queue/transport.py: refused messages go to the dead-letter list.
+        # tasks/broker/transport.py: refused messages go to the dead-letter list.
         "ocr_max_message_bytes": settings.max_message_bytes,
         "ocr_accept_content": ("application/json",),
         "ocr_dead_letter_max": settings.dead_letter_max,

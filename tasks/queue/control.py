@@ -51,7 +51,7 @@ def languages(state: Any, **_: Any) -> dict[str, Any]:
             "default": cls.default_language(settings) if langs is not None else None,
             "job_default": settings.default_lang if langs is not None else None,
             "languages": langs,
-            # What `lang=auto` may read each script's pages in here (issue 41).
+            # What `lang=auto` may read each script's pages in here.
             "auto": choosable(settings, langs) if langs is not None else None}
 
 

@@ -2,7 +2,7 @@
 
 Runs in the Flower process only (scripts/flower_app.py installs it). Flower reads the
 queue lengths itself, from a client it builds out of the broker URL's scheme: the
-project's transport names its class there (`tasks.queue.transport:Transport://...`),
+project's transport names its class there (`tasks.broker.transport:Transport://...`),
 which Flower's factory does not know, and its Sentinel client asks the first Sentinel
 only. Here the lengths come from the one connection factory (`connect`: direct,
 TLS, or whichever primary the Sentinels name now, so the view follows a failover) and
@@ -16,9 +16,9 @@ import asyncio
 from collections.abc import Iterable
 from typing import Any
 
+from tasks.broker.queue_depth import QueueDepth
 from tasks.settings import Settings
 from tasks.state.connection import connect
-from tasks.state.queue_depth import QueueDepth
 
 
 class QueueLengths:

@@ -3,7 +3,7 @@
 Set by the clients on the job message (tasks/client.py), carried by the worker onto the
 job's page and chunk tasks and onto every retry (Celery keeps no custom header when it
 retries a task). The broker's fetch picks the job's lane by the client header
-(tasks/queue/transport.py). Runs in clients and worker pool children.
+(tasks/broker/transport.py). Runs in clients and worker pool children.
 """
 
 from __future__ import annotations

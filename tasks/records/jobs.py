@@ -51,6 +51,9 @@ class DocumentMeta:
     # page numbers each, `documents.structure_chunks`) and those tasks' ids.
     text_chunks: list[list[int]] = field(default_factory=list)
     chunk_tasks: list[str] = field(default_factory=list)
+    # The sending client's own URL prefixes (its control hash's `prefixes`): page tasks
+    # and the merge hold the job's URLs to them as well as to OCR_ALLOWED_URLS.
+    url_prefixes: list[str] | None = None
 
     def to_json(self) -> str:
         data = {**self.__dict__, "request": self.request.to_json(),

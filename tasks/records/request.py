@@ -184,6 +184,8 @@ def retry_request(earlier: dict[str, Any], job_id: str,
 
 
 _PAGE_PART = re.compile(r"^\s*(\d+)?\s*(-)?\s*(\d+)?\s*$")
+# The highest page number a selection may name (a 32-bit page count's).
+MAX_PAGE_NUMBER = 2**31 - 1
 
 
 def page_range(part: str, count: int) -> tuple[int, int]:
@@ -196,6 +198,9 @@ def page_range(part: str, count: int) -> tuple[int, int]:
     if not match or not (match.group(1) or match.group(3)):
         raise InvalidPages(f"{part.strip()!r} is not a page or range like 3 or 1-5")
     start, dash, end = match.groups()
+    if any(len(n) > len(str(MAX_PAGE_NUMBER)) or int(n) > MAX_PAGE_NUMBER
+           for n in (start, end) if n):
+        raise InvalidPages(f"{part.strip()!r}: page numbers go up to {MAX_PAGE_NUMBER:,}")
     first = int(start) if start else 1
     last = (int(end) if end else count) if dash else first
     if first < 1 or last < first:
@@ -203,6 +208,16 @@ def page_range(part: str, count: int) -> tuple[int, int]:
     if first > count:
         raise InvalidPages(f"page {first} is beyond the last page ({count})")
     return first, min(last, count)
+
+
+def last_named(spec: str | None) -> int:
+    """The highest page a selection names by number (`1-99` names 99; `4-` none: 0)."""
+    named = 0
+    for part in (spec or "").split(","):
+        match = _PAGE_PART.match(part)
+        if match:
+            named = max([named, *(int(n) for n in (match.group(1), match.group(3)) if n)])
+    return named
 
 
 def check_pages(spec: str | None) -> None:

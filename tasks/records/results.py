@@ -24,7 +24,7 @@ from tasks.records.status import JobStatus
 
 PAGE_SEPARATOR = "\f"
 # output=markdown: a blank line, a page marker and a blank line before each page after
-# the first (a form feed alone ends no CommonMark line: issue 40).
+# the first (a form feed alone ends no CommonMark line).
 MARKDOWN_PAGE_BREAK = "\n\n<!-- page {number} -->\n\n"
 _FENCE = re.compile(r"^ {0,3}(?:```|~~~)", re.MULTILINE)
 # The outputs stored as files beside the result (`{"key", "bytes"}` in the JSON).
@@ -306,7 +306,7 @@ class DocumentResult(JsonRecord):
     cached: bool | None = None
     input_blob: str | None = None
     retry_of: str | None = None
-    # Issue 32: the object a `url` input was read from ({url, size, etag, version}), and
+    # The object a `url` input was read from ({url, size, etag, version}), and
     # the object the result was written to ({url, bytes, etag}, or {url, error}).
     input_url: dict[str, Any] | None = None
     result_object: dict[str, Any] | None = None

@@ -89,7 +89,7 @@ class Settings(ModelDirSettings, ClientSettings, PageSettings, WorkerSettings,
         """Checks of a worker's own settings against cluster-wide ones (worker start)."""
         check_worker(self)
 
-    # issue 26: the bound of the project's own Redis
+    # The bound of the project's own Redis
     @property
     def redis_max_bulk_bytes(self) -> int:
         """Redis's `proto-max-bulk-len` for the project's own Redis.

@@ -78,7 +78,7 @@ class ClientSettings:
         "OCR_ALLOWED_ROOTS", "",
         "Directories (os.pathsep separated) under which `path` inputs may be read; "
         "empty: `path` inputs are refused.")
-    # Issue 32: documents by URL (docs/object-storage.md).
+    # Documents by URL (docs/object-storage.md).
     allowed_urls: tuple[str, ...] = _s(
         "OCR_ALLOWED_URLS", "",
         "URL prefixes (comma separated, each ending in `/`: `s3://invoices/`, "

@@ -47,7 +47,7 @@ class EngineSettings:
     vlm_fallback: str = _s("OCR_VLM_FALLBACK", "tesseract",
                            "Engine that reads a page the VLM left incomplete after every "
                            "try; `none`: such a page fails with code `vlm_incomplete`.")
-    # The vlm-api engine: a VLM behind an OpenAI-compatible inference server (issue 23).
+    # The vlm-api engine: a VLM behind an OpenAI-compatible inference server.
     vlm_api_url: str = _s("OCR_VLM_API_URL", "",
                           "Base URL of the OpenAI-compatible inference server the vlm-api "
                           "engine sends pages to (e.g. `http://127.0.0.1:8080/v1`); empty: "

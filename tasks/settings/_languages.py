@@ -30,13 +30,13 @@ class LanguageSettings:
                              "read for a job without `lang` when OCR_LANG names no set, "
                              "and for `auto` pages whose script is uncertain or has no "
                              "language here (with a page warning).")
-    # Issue 33: each page read in the languages of its own script.
+    # `auto`: each page read in the languages of its own script.
     default_lang: str = _s("OCR_LANG", "auto",
                            "`lang` of a job that names none: `auto` (each page read in the "
                            "languages of the script a line probe finds on it, "
                            "OCR_AUTO_LANGS; a Latin page in the language of its words), or "
                            "a language set read on every page "
-                           "(OCR_LANG=eng is the behaviour before `auto`).")
+                           "(OCR_LANG=eng: every page in English, no check).")
     auto_langs: tuple[str, ...] = _s(
         "OCR_AUTO_LANGS",
         "Latin=eng,Greek=ell+eng,Han=chi_sim,Cyrillic=rus+eng,Japanese=jpn,"
@@ -58,7 +58,7 @@ class LanguageSettings:
     tesseract_threads: int = _s("OCR_TESSERACT_THREADS", "1",
                                 "OpenMP threads per tesseract child (OMP_THREAD_LIMIT); 1 is "
                                 "fastest when the pool already uses every core.")
-    # Issue 25: the rapidocr engine and routing of jobs by language.
+    # The rapidocr engine and routing of jobs by language.
     rapidocr_threads: int = _s("OCR_RAPIDOCR_THREADS", "0",
                                "ONNX Runtime intra-op threads per rapidocr pool child; 0: "
                                "the CPU cores divided among the pool children (1 when "

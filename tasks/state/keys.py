@@ -6,8 +6,9 @@ decided once. The prefixes stay for the stores that scan or match a whole family
 model registry, the poison guard, the metrics exporter and the HTTP API; other code
 asks those for keys rather than building them. Every key is under `ocr:` and every
 key has a TTL, except the HTTP API's client tokens (`ocr:api:token:*`,
-`ocr:api:clients`, `ocr:lane-weights`), which live until revoked, and the broker's
-lanes (`ocr:lane:*`, `ocr:lanes:*`), which live like its queues.
+`ocr:api:clients`), which live until revoked. The broker's keys (queues' lists, lanes,
+rings, doorbells, dead letters, kombu's unacknowledged messages) are not here: their
+one owner is tasks/broker/layout.py.
 """
 
 from __future__ import annotations
@@ -24,17 +25,7 @@ DELIVERY_PREFIX = ROOT + "deliveries:"  # poison guard: starts of one task id
 # scheduled-audit, audit-run:<run>:<host>:<dir>
 MODELS_PREFIX = ROOT + "models:"
 METRICS_PREFIX = ROOT + "metrics:"    # counters and gauges (tasks/state/metrics.py)
-DEAD_LETTER_KEY = ROOT + "dead-letter"  # refused broker messages (a capped list)
-DEAD_LETTER_COUNT_KEY = ROOT + "dead-letter:count"  # how many were ever refused
 WORKERS_KEY = ROOT + "workers"        # hash: worker node -> its queues (tasks/state/liveness.py)
-WAKE_PREFIX = ROOT + "wake:"          # a queue's doorbell (tasks/queue/transport.py)
-# The broker's lanes (tasks/queue/lanes.py), kept like the queues' lists (no TTL): a
-# client's lane of a queue's list, ocr:lane:<list>:<client>; per priority step, the
-# ring of the clients with messages waiting in any queue, ocr:lanes:<step>, its turn
-# (:turn) and their counts (:count); and the clients' weights (the API's token store).
-LANE_PREFIX = ROOT + "lane:"
-LANES_PREFIX = ROOT + "lanes:"
-LANE_WEIGHTS_KEY = ROOT + "lane-weights"
 # Jobs by client, newest first (tasks/state/job_index.py): sorted sets of job ids.
 JOBS_PREFIX = ROOT + "jobs:"
 JOBS_ALL_KEY = JOBS_PREFIX + "all"    # every client's jobs (operators: submit.py jobs)
@@ -138,29 +129,6 @@ def job_ended_key(job_id: str) -> str:
 def jobs_client_key(client: str) -> str:
     """`ocr:jobs:client:<name>`: one client's jobs by the time they were sent."""
     return f"{JOBS_PREFIX}client:{client}"
-
-
-def wake_key(queue: str) -> str:
-    """`ocr:wake:<queue>`: the queue's doorbell, one item at most, rung by each publish.
-
-    Idle workers wait on it (BLPOP) instead of on the queue's lists, so that taking a
-    message stays one atomic server-side step (tasks/queue/transport.py).
-    """
-    return f"{WAKE_PREFIX}{queue}"
-
-
-def lane_key(list_key: str, client: str) -> str:
-    """`ocr:lane:<list>:<client>`: `client`'s messages waiting in a queue's list."""
-    return f"{LANE_PREFIX}{list_key}:{client}"
-
-
-def lanes_key(step: int) -> str:
-    """`ocr:lanes:<step>`: the ring of clients with messages of priority `step` waiting.
-
-    Beside it, `:turn` (hash: the pages left in a client's turn) and `:count` (hash: a
-    client's messages waiting in every queue at that step).
-    """
-    return f"{LANES_PREFIX}{step}"
 
 
 def doc_key(doc_id: str, part: str) -> str:

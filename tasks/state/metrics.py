@@ -235,13 +235,6 @@ class MetricsStore:
         pipe.execute()
 
 
-def priority_suffixes(transport_options: dict[str, Any]) -> tuple[str, ...]:
-    """Name suffixes of a queue's Redis lists, one per priority step (kombu's transport)."""
-    sep = transport_options.get("sep", "\x06\x16")
-    steps = transport_options.get("priority_steps", [0, 3, 6, 9])
-    return tuple(f"{sep}{step}" if step else "" for step in steps)
-
-
 def _text(value: Any) -> str:
     return value.decode() if isinstance(value, bytes) else str(value)
 

@@ -197,8 +197,12 @@ class Inventory:
         return dict(self.__dict__)
 
 
-def inventory(client: redis.Redis) -> Inventory:
-    """Count keys by kind: broker messages (waiting and in flight), jobs, results, tokens."""
+def inventory(client: redis.Redis, lane_prefix: str) -> Inventory:
+    """Count keys by kind: broker messages (waiting and in flight), jobs, results, tokens.
+
+    `lane_prefix`: the broker's clients' lanes (tasks/broker/layout.py), lists of
+    queued messages under `ocr:`.
+    """
     counts = {"keys": 0, "queued_messages": 0, "unacked_messages": 0, "jobs": 0,
               "results": 0, "tokens": 0, "inputs": 0}
     for raw in client.scan_iter(count=1000):
@@ -214,8 +218,8 @@ def inventory(client: redis.Redis) -> Inventory:
             counts["inputs"] += 1
         elif key.startswith(keys.JOB_PREFIX) and ":" not in key[len(keys.JOB_PREFIX):]:
             counts["jobs"] += 1
-        elif (key.startswith(keys.LANE_PREFIX) or not key.startswith(
+        elif (key.startswith(lane_prefix) or not key.startswith(
                 (keys.ROOT, "_kombu.", "unacked"))) and client.type(raw) in (b"list", "list"):
-            # a broker queue's list, or a client's lane of one (tasks/queue/lanes.py)
+            # a broker queue's list, or a client's lane of one (tasks/broker/lanes.py)
             counts["queued_messages"] += int(client.llen(raw))
     return Inventory(**counts)

@@ -120,7 +120,7 @@ class JobControl:
     """Per-job facts clients and workers share: input blob, deadline, cancellation.
 
     `ocr:job:<id>` is a hash (fields `blob`, `deadline`, `filename`, `queue`, `client`,
-    `owner`, `cancelled`, `callback` and `callback_event`);
+    `owner`, `prefixes`, `cancelled`, `callback` and `callback_event`);
     `ocr:job:<id>:cancelled` holds the result of a cancelled job (pages done so far);
     `ocr:job:<id>:ended` is the claim of the one exit (tasks/lifecycle/job_exit.py).
     """
@@ -221,6 +221,23 @@ class JobControl:
         value = self._redis.hget(job_key(job_id), "owner")
         return "" if value is None else _text(value)
 
+    def url_prefixes(self, job_id: str) -> tuple[str, ...] | None:
+        """The sending client's own URL prefixes (field `prefixes`, a JSON list).
+
+        None when the job names none (a client held to OCR_ALLOWED_URLS alone); an
+        unreadable field holds the job to no URL at all (an empty tuple).
+        """
+        value = self._redis.hget(job_key(job_id), "prefixes")
+        if value is None:
+            return None
+        try:
+            prefixes = json.loads(value)
+        except ValueError:
+            return ()
+        if not isinstance(prefixes, list):
+            return ()
+        return tuple(p for p in prefixes if isinstance(p, str))
+
     def check_references(self, job_id: str, blob: object, merge_from: object) -> None:
         """Refuse (`bad_request`) a job that names another owner's input or job.
 
@@ -304,5 +321,5 @@ class Stores:
 
     @property
     def webhook_secrets(self) -> WebhookSecrets:
-        """API clients' callback signing secrets, in the same Redis (issue 26)."""
+        """API clients' callback signing secrets, in the same Redis."""
         return WebhookSecrets(self.control._redis)

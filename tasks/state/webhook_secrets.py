@@ -1,4 +1,4 @@
-"""Per-client webhook signing secrets of the HTTP API's clients (issue 26).
+"""Per-client webhook signing secrets of the HTTP API's clients.
 
 Runs in `submit.py tokens` (operators create and rotate them) and in the workers that
 POST callbacks (`ocr.http_callback`: the pool children and the `control` worker), which

@@ -17,7 +17,7 @@ import pytest
 import redis
 import requests
 
-from tasks.state.keys import LANE_WEIGHTS_KEY
+from tasks.broker.layout import LANE_WEIGHTS_KEY
 from tests.api_server import ApiServer, create_token, session
 from tests.harness import ROOT, Worker, eventually, fake_env
 from tests.image_fixtures import png

@@ -223,7 +223,8 @@ def test_a_client_lists_its_own_jobs_newest_first(api: ApiServer, alpha: request
     for job in (running, queued):
         wait_end(alpha, api, job)
     broken = send(alpha, api, corpus("bad_broken.png").read_bytes(), "broken.png")
-    assert wait_end(alpha, api, broken)["status"] == "FAILURE"
+    ended = wait_end(alpha, api, broken)
+    assert ended["status"] == "FAILURE" and ended["error"]["code"]
     everything = listing(alpha, api, limit=100)["jobs"]
     created = [job["created"] for job in everything]
     assert created == sorted(created, reverse=True)  # newest first
@@ -259,6 +260,9 @@ def test_a_client_lists_its_own_jobs_newest_first(api: ApiServer, alpha: request
                                   "--client", "alpha").stdout)["jobs"]
     assert [(j["id"], j["client"], j["filename"]) for j in failed] == \
         [(broken, "alpha", "broken.png")]
+    assert failed[0]["error"]["code"] == ended["error"]["code"]  # as the API shows it
+    failed_line = submit_py(redis_url, "jobs", "--status", "failure", "--client", "alpha").stdout
+    assert failed_line.rstrip("\n").endswith(f"{broken}\t{ended['error']['code']}"), failed_line
     only_beta = submit_py(redis_url, "jobs", "--client", "beta", "--since", "1h").stdout
     assert re.search(rf"SUCCESS +1/1  beta\tbeta\.png\t{theirs}$", only_beta, re.M), only_beta
     first = submit_py(redis_url, "jobs", "--client", "alpha", "--limit", "1")

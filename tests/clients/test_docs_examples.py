@@ -211,6 +211,12 @@ def test_readme_examples_run_as_written(service: Service) -> None:
     # `make run` said which Redis, in one line, and submit.py found it (var/redis-url).
     said = [line for line in service.log.read_text().splitlines() if "redis: the project's" in line]
     assert len(said) == 1, service.log.read_text()[-2000:]
+    # and, once every process was up, one line said so with the three URLs.
+    ready = [line for line in service.log.read_text().splitlines()
+             if "ready: every process is up" in line]
+    assert len(ready) == 1, service.log.read_text()[-2000:]
+    assert f"API {service.api}/docs" in ready[0] and "Flower http://" in ready[0]
+    assert "metrics http://" in ready[0] and ready[0].endswith("/metrics"), ready[0]
     assert left_behind(service) == before  # nothing written into the checkout
 
 
@@ -276,6 +282,12 @@ def test_http_api_examples_run_as_written(service: Service,
     assert done.stdout.splitlines()[1:] == [
         "QUEUED", '{"status":"SUCCESS","filename":"scan_tess_phototest.tif","pages_done":1}']
     assert len((hooks / "callbacks.jsonl").read_text().splitlines()) == 1  # signature held
+    # A receiver whose address the service does not allow: the refusal is shown, at once.
+    refused = run_block(service, callback, "-euo", "pipefail", TMPDIR=str(temp),
+                        HOOK_PORT=str(free_port()))
+    assert refused.returncode == 1, (refused.stdout, refused.stderr)
+    assert refused.stdout.splitlines()[1].startswith("refused: callback_not_allowed: "), \
+        refused.stdout
     # Nothing left behind: no file outside their folders, no token.
     assert left_behind(service) == before
     assert tokens(service) == before_tokens

@@ -44,7 +44,8 @@ from tasks.settings import Settings
 from tests.cer import cer
 from tests.harness import CORPUS, ROOT, VENV_BIN, eventually, free_port, procfile_command
 
-pytestmark = [pytest.mark.containers, pytest.mark.timeout(3600)]
+# `make test-long`: the image is built (minutes from a fresh clone) and run.
+pytestmark = [pytest.mark.containers, pytest.mark.long, pytest.mark.timeout(3600)]
 
 INPUTS_LABEL = "ocr-queue.inputs"
 SIZE_GOAL = 900_000_000  # bytes, as `podman images` counts MB (10^6)

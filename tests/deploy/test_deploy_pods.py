@@ -36,7 +36,8 @@ from tests.deploy.test_deploy_manifests import DEPLOY, container_env
 from tests.harness import corpus, eventually, free_port
 from tests.kustomize_lite import build
 
-pytestmark = [pytest.mark.containers, pytest.mark.timeout(3600)]
+# `make test-long`: the image is built (minutes from a fresh clone) and run.
+pytestmark = [pytest.mark.containers, pytest.mark.long, pytest.mark.timeout(3600)]
 
 READY_SECONDS = 600  # a loaded 2-core machine starting eight containers
 

@@ -25,8 +25,8 @@ import pytest
 import yaml
 
 from scripts.make_secrets import redis_names, secret_values, write_certs, write_env
+from tasks.broker.redis_acl import HA_USERS, USERS
 from tasks.settings import Settings, SettingsError
-from tasks.state.redis_acl import HA_USERS, USERS
 from tests.deploy.test_deploy_manifests import DEPLOY, OVERLAYS, container_env
 from tests.harness import ROOT
 from tests.kustomize_lite import build

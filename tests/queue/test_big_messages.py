@@ -7,7 +7,7 @@ it and reads it whole. The client's and the API's own refusals before sending ar
 test_queue.py (`input_too_large` from the CLI) and test_api.py (413), the transport's
 refusal by raw size before decoding in test_hardening.py. Behind any Redis, bounded or
 not, the transport reads a message longer than it would decode in pieces and keeps only
-its ends (`tasks/queue/bounded_reply.py`): the worker parent's peak memory does not move.
+its ends (`tasks/broker/bounded_reply.py`): the worker parent's peak memory does not move.
 Limits are lowered to 1 MB here so the messages stay small.
 """
 
@@ -26,11 +26,11 @@ import psutil
 import pytest
 import redis
 
+from tasks.broker.bounded_reply import ENDS, OversizedReply, bounded_parser, reply_size
+from tasks.broker.layout import DEAD_LETTER_KEY
+from tasks.broker.refusals import read_dead_letters
 from tasks.client import OcrClient
-from tasks.queue.bounded_reply import ENDS, OversizedReply, bounded_parser, reply_size
-from tasks.queue.refusals import read_dead_letters
 from tasks.settings import Settings
-from tasks.state.keys import DEAD_LETTER_KEY
 from tests.harness import (
     ROOT,
     VENV_BIN,

@@ -23,6 +23,7 @@ from bench.chaos import FAULTS, run
 
 @pytest.mark.timeout(900)  # the drain's bound and more, not the soak's usual ~1.5 minutes
 @pytest.mark.slow
+@pytest.mark.long  # each promise it holds has a test of its own in `make test`
 def test_short_soak_holds_every_promise(tmp_path: Path) -> None:
     report = run(minutes=1.5, workdir=tmp_path / "soak", drain_seconds=300)
     summary = {k: v for k, v in report.items() if k not in ("fault_log", "machine")}
@@ -50,7 +51,7 @@ def test_channel_of_a_released_connection_fails_as_a_connection_error() -> None:
     from kombu.common import ignore_errors
     from kombu.transport import redis as kombu_redis
 
-    from tasks.queue.transport import Channel
+    from tasks.broker.transport import Channel
 
     released = SimpleNamespace(connection=SimpleNamespace(client=None),
                                ocr_max_message_bytes=0)

@@ -20,6 +20,7 @@ from tests.rabbit_cluster import cluster_missing
 
 @pytest.mark.timeout(1200)  # the drain's bound and the cluster's start, not the usual run
 @pytest.mark.slow
+@pytest.mark.long  # a three-node cluster of its own, and the soak
 def test_short_soak_on_a_rabbitmq_cluster_holds_every_promise(tmp_path: Path) -> None:
     reason = cluster_missing()
     if reason is not None:

@@ -461,6 +461,7 @@ def plugin_reads_a_page(fleet: Fleet) -> None:
         broker.close()
 
 
+@pytest.mark.long  # the second failover under load: test_sentinel_failover_loses_no_job's
 def test_moving_endpoint_failover_loses_no_job(ha: RedisHA, receiver: CallbackReceiver,
                                                tmp_path: Path) -> None:
     """REDIS_URL is one fixed address (a managed Redis's endpoint) that moves on failover.

@@ -1,4 +1,4 @@
-"""Weighted fair shares between clients: lanes in the Redis broker (tasks/queue/lanes.py).
+"""Weighted fair shares between clients: lanes in the Redis broker (tasks/broker/lanes.py).
 
 The fetch script straight on a real redis-server (exact round-robin order), then real
 workers with the fake engine: a noisy neighbour, shares by weight, a fanned-out PDF's
@@ -16,9 +16,9 @@ from typing import Any
 import pytest
 import redis
 
+from tasks.broker.lanes import fetch_command, push_command
+from tasks.broker.layout import LANE_PREFIX, LANE_WEIGHTS_KEY, lane_key, lanes_key
 from tasks.client import OcrClient
-from tasks.queue.lanes import fetch_command, push_command
-from tasks.state.keys import LANE_PREFIX, LANE_WEIGHTS_KEY, lane_key, lanes_key
 from tests.harness import FAST_PAGES, Worker, eventually, fake_env, make_client
 from tests.image_fixtures import png
 from tests.pdf_fixtures import image_pdf, plain_pages
@@ -138,7 +138,7 @@ def test_a_list_without_lanes_is_served_as_before(broker: Broker) -> None:
 
 
 def test_the_depth_counts_every_lane(r: redis.Redis) -> None:
-    from tasks.state.queue_depth import QueueDepth
+    from tasks.broker.queue_depth import QueueDepth
 
     name = f"fd-{uuid.uuid4().hex[:6]}"
     broker = Broker(r)
@@ -280,7 +280,7 @@ def test_a_restored_message_goes_back_to_its_lane_first(redis_url: str) -> None:
     name = f"ocr-restore-{uuid.uuid4().hex[:6]}"
     queue = Queue(name, Exchange(name, type="direct"), routing_key=name)
     r = redis.Redis.from_url(redis_url)
-    with Connection(redis_url, transport="tasks.queue.transport:Transport") as conn:
+    with Connection(redis_url, transport="tasks.broker.transport:Transport") as conn:
         channel = conn.default_channel
         producer = Producer(channel)
         for n in range(2):

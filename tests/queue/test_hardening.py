@@ -30,6 +30,8 @@ import pytest
 import redis
 from PIL import Image
 
+from tasks.broker.layout import DEAD_LETTER_KEY
+from tasks.broker.refusals import read_dead_letters
 from tasks.client import OcrClient
 from tasks.errors import (
     BadRequest,
@@ -43,9 +45,7 @@ from tasks.lifecycle.callbacks import sign, verify
 from tasks.lifecycle.inputs import check_callback_url, read_path
 from tasks.pipeline import _png_strips as png_strips
 from tasks.pipeline.images import decode_page, iter_image_pages, normalize, reduce_factor
-from tasks.queue.refusals import read_dead_letters
 from tasks.settings import Settings
-from tasks.state.keys import DEAD_LETTER_KEY
 from tests.harness import FAKE_PLUGINS, Worker, corpus, eventually, fake_env
 from tests.image_fixtures import big_rgba_png, bomb_frame_tiff, filtered_png
 

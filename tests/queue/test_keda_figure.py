@@ -26,9 +26,9 @@ from urllib.parse import urlparse
 import pytest
 import redis
 
+from tasks.broker.layout import lane_key
+from tasks.broker.queue_depth import QueueDepth
 from tasks.client import OcrClient
-from tasks.state.keys import lane_key
-from tasks.state.queue_depth import QueueDepth
 from tests.deploy.test_deploy_manifests import DEPLOY
 from tests.harness import (
     FAKE_PLUGINS,

@@ -147,6 +147,7 @@ def send(client: OcrClient, index: int) -> dict[str, Any]:
 
 @pytest.mark.slow
 @pytest.mark.timeout(900)
+@pytest.mark.long  # the cluster of its own: `make test-long`
 def test_leader_killed_under_load_loses_and_doubles_nothing(fleet: Fleet) -> None:
     """SIGKILL the node that leads the job queues while jobs run and more are sent.
 
@@ -210,6 +211,7 @@ def test_leader_killed_under_load_loses_and_doubles_nothing(fleet: Fleet) -> Non
 
 
 @pytest.mark.slow
+@pytest.mark.long  # the cluster of its own: `make test-long`
 def test_interactive_job_overtakes_a_batch_on_quorum_queues(fleet: Fleet) -> None:
     """A queue per priority: a batch's 24 pages do not hold back an interactive job."""
     client = fleet.client()
@@ -231,6 +233,7 @@ def test_interactive_job_overtakes_a_batch_on_quorum_queues(fleet: Fleet) -> Non
 
 
 @pytest.mark.slow
+@pytest.mark.long  # the cluster of its own: `make test-long`
 def test_retry_countdown_waits_in_rabbitmq_and_returns_to_its_queue(
         fleet: Fleet, tmp_path: Path) -> None:
     """A retryable failure's countdown goes through the delay queues, back to its queue.
@@ -257,6 +260,7 @@ def test_retry_countdown_waits_in_rabbitmq_and_returns_to_its_queue(
 
 
 @pytest.mark.slow
+@pytest.mark.long  # the cluster of its own: `make test-long`
 def test_a_job_past_its_deadline_in_the_queue_still_ends(fleet: Fleet) -> None:
     """RabbitMQ keeps a job whose deadline passed while it waited: the worker ends it.
 

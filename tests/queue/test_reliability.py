@@ -21,8 +21,8 @@ from typing import Any
 import psutil
 import pytest
 
+from tasks.broker.lanes import fetch_command
 from tasks.client import OcrClient
-from tasks.queue.lanes import fetch_command
 from tests.harness import (
     ROOT,
     VENV_BIN,
@@ -163,7 +163,7 @@ def test_a_message_whose_reply_never_arrives_is_not_lost(
     The fault of the chaos soak's one lost job (issue 43): kombu's BRPOP popped it and
     a Redis restart came before the worker wrote its `unacked` record. The transport's
     fetch records the message in the same atomic step as the pop
-    (`tasks/queue/lanes.FETCH_SCRIPT`), so the message is restored after the
+    (`tasks/broker/lanes.FETCH_SCRIPT`), so the message is restored after the
     visibility timeout and read once.
     """
     host_port = int(redis_url.rsplit(":", 1)[1].split("/")[0])

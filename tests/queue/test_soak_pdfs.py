@@ -31,7 +31,10 @@ from tasks.client import OcrClient
 from tests.harness import Worker, fake_env
 from tests.pdf_fixtures import image_pdf
 
-COUNT = int(os.environ.get("OCR_SOAK_PDFS", "500"))
+COUNT = int(os.environ.get("OCR_SOAK_PDFS", "500"))  # the long form (`make test-long`)
+# The short form (`make test`): a warm-up batch and three more, 150 jobs after it; a
+# child growing ~0.37 MB a job (the leaks this soak has caught) grows 55 MB there.
+SHORT = 200
 # OCR_SOAK_ENGINE=fake: the same stream through the fake engine (tests/fake_engines.py),
 # to tell the engine's memory from the fan-out's
 ENGINE = os.environ.get("OCR_SOAK_ENGINE", "tesseract")
@@ -55,16 +58,18 @@ def children_rss_mb(worker: Worker) -> list[float]:
 
 
 @pytest.mark.slow
+@pytest.mark.parametrize("count", [pytest.param(SHORT, id="short"),
+                                   pytest.param(COUNT, id="long", marks=pytest.mark.long)])
 def test_soak_of_small_scanned_pdfs_keeps_children_flat(
-        start_worker: Callable[..., Worker], client: OcrClient) -> None:
+        start_worker: Callable[..., Worker], client: OcrClient, count: int) -> None:
     engine = fake_env(cache=True, OCR_SKIP_BLANK_PAGES="1") if ENGINE == "fake" else {}
     worker = start_worker(**engine, OCR_CONCURRENCY="2",
                           OCR_MAX_TASKS_PER_CHILD="0", OCR_CACHE_RESULTS="0")
     before = children_rss_mb(worker)
     samples: list[list[float]] = []
-    for start in range(0, COUNT, BATCH):
+    for start in range(0, count, BATCH):
         ids = [client.submit(scanned_line(n), filename=f"line{n}.pdf")
-               for n in range(start, min(start + BATCH, COUNT))]
+               for n in range(start, min(start + BATCH, count))]
         results = client.wait(ids, timeout=600)
         assert all(results[i]["status"] == "SUCCESS" for i in ids), \
             [results[i] for i in ids if results[i]["status"] != "SUCCESS"][:2]
@@ -72,9 +77,9 @@ def test_soak_of_small_scanned_pdfs_keeps_children_flat(
         samples.append(children_rss_mb(worker))
     # every job really went through OCR: the number on each line is read back
     if ENGINE == "tesseract":
-        assert str(COUNT - 1) in results[ids[-1]]["text"]
+        assert str(count - 1) in results[ids[-1]]["text"]
     totals = [sum(s) for s in samples]
-    print(f"\nsoak of {COUNT} scanned PDFs: children RSS (MB) at start {before}; after each "
+    print(f"\nsoak of {count} scanned PDFs: children RSS (MB) at start {before}; after each "
           f"{BATCH}: {samples}; total after warm-up {totals[0]:.1f}, at the end "
           f"{totals[-1]:.1f}, max {max(totals):.1f}")
     assert len(samples[-1]) == 2  # the same two children all along (never recycled)

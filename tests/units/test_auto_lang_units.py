@@ -1,7 +1,8 @@
 """`lang=auto` without workers: a page's languages from its script, records, tags, settings.
 
 The tesseract engine's line probe runs in this process on the corpus' pages. The
-languages are this machine's (`make test-langs`: eng, vie, ell, chi_sim; no rus);
+languages the engines find are the tests' own, whatever else this host has installed
+(`tests.tessdata_sets.UNIT_LANGS`: eng, vie, ell, chi_sim, deu, fra; no rus, no spa);
 rapidocr is in the test environment (requirements-rapidocr.txt), so Han routes to it.
 """
 
@@ -22,8 +23,16 @@ from tasks.pipeline._lang_tags import page_tag, tag
 from tasks.records.request import JobRequest
 from tasks.records.results import DocumentResult, PageRecord, ScriptFound
 from tasks.settings import Settings, SettingsError
+from tests.tessdata_sets import UNIT_LANGS, pinned
 
 SETTINGS = Settings.from_env({})
+
+
+@pytest.fixture(autouse=True, scope="module")
+def installed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+    """The languages every test here finds installed: UNIT_LANGS, not the host's."""
+    with pinned(UNIT_LANGS, tmp_path_factory.mktemp("tessdata")) as folder:
+        yield folder
 
 
 @pytest.mark.parametrize("script,confidence,lang,engine", [
@@ -371,6 +380,40 @@ def test_lines_naming_several_languages_make_a_mixed_page() -> None:
     found = page_language(guess, "tesseract", True, SETTINGS)
     assert found.lang == "deu"
     assert found.found == ScriptFound("Latin", 88.0, "language_missing", ("spa",))
+
+
+def test_a_pages_own_read_shows_the_languages_its_probe_missed() -> None:
+    """`shown_languages`: a read whose lines name languages it was not read with."""
+    from tasks.engines.auto_lang import shown_languages
+
+    told = ScriptFound("Latin", 89.0, "found")
+    page = ("Bitte bewahren Sie diesen Hinweis bei Ihren Eintrittskarten auf\n"
+            "Veuillez conserver cet avis avec vos billets. Le musée ouvre\n"
+            "Please keep this notice with your tickets. The museum opens\n")
+    # Read in German alone (its probe's one sure line): read again with all three, the
+    # set it was read with first.
+    again = shown_languages(page, "deu", told, "tesseract", SETTINGS)
+    assert again is not None and again.lang.split("+")[0] == "deu"
+    assert sorted(again.lang.split("+")) == ["deu", "eng", "fra"]
+    assert again.found == told
+    # Read with the default set, its words untold by the probe: the same, now `found`.
+    untold = ScriptFound("Latin", 89.0, "language_uncertain")
+    default = shown_languages(page, "eng", untold, "tesseract", SETTINGS)
+    assert default is not None and default.lang == "eng+deu+fra"  # eng first, as read
+    assert default.found == told
+    # Already read with them all, or one language alone: the read stands.
+    assert shown_languages(page, "fra+deu+eng", told, "tesseract", SETTINGS) is None
+    assert shown_languages(page.splitlines()[0], "eng", told, "tesseract", SETTINGS) is None
+    # A line in a language this worker lacks (no spa here): named in the warning.
+    spanish = page + "Por favor, conserve este aviso junto con sus entradas. El museo\n"
+    lacking = shown_languages(spanish, "deu", told, "tesseract", SETTINGS)
+    assert lacking is not None and "spa" not in lacking.lang
+    assert (lacking.found.outcome, lacking.found.missing) == ("language_missing", ("spa",))
+    # Another script's page, or one read with the default set for its uncertain script.
+    greek = ScriptFound("Greek", 70.0, "found")
+    assert shown_languages(page, "ell+eng", greek, "tesseract", SETTINGS) is None
+    unsure = ScriptFound("Latin", 0.3, "uncertain")
+    assert shown_languages(page, "eng", unsure, "tesseract", SETTINGS) is None
 
 
 @pytest.mark.parametrize("lang,turned,trials,osd", [

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import redis
 
+from tasks.broker.fleet_metrics import FleetCollector
 from tasks.lifecycle.batch_local import LocalFolder, LocalTarget, local_documents
 from tasks.lifecycle.batch_sources import (
     Document,
@@ -28,7 +29,6 @@ from tasks.lifecycle.batch_sources import (
 from tasks.records.batches import BatchRecord, BatchState
 from tasks.settings import Settings
 from tasks.state.batch_store import BatchStore, progress_of
-from tasks.state.fleet_metrics import FleetCollector
 
 
 def test_a_manifest_line_names_a_document_and_its_own_options() -> None:

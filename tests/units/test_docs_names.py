@@ -1,6 +1,6 @@
 """The documentation names only modules, functions, classes and files that exist.
 
-Read in README.md and docs/*.md (code spans and code blocks alike):
+Read in README.md, docs/*.md and bench/README.md (code spans and code blocks alike):
 
 - dotted names under `tasks.` (`tasks.lifecycle.inputs.check_callback_url`): the
   longest prefix that imports is a module, the rest its attributes;
@@ -29,7 +29,8 @@ import pytest
 
 from tests.harness import ROOT
 
-PAGES = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
+PAGES = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md")),
+         ROOT / "bench" / "README.md"]
 DOTTED = re.compile(r"\btasks(?:\.[A-Za-z_][A-Za-z0-9_]*)+")
 SPAN = re.compile(r"`([^`\n]+)`")
 SHORT = re.compile(r"^([A-Za-z_][A-Za-z0-9_]*)\.([A-Za-z_][A-Za-z0-9_]*(?:\.[A-Za-z_]\w*)*)"

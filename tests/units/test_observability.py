@@ -19,13 +19,13 @@ from prometheus_client.parser import text_string_to_metric_families
 from prometheus_client.registry import Collector
 
 from tasks import tracing
+from tasks.broker.fleet_metrics import DepthReads, FleetCollector
+from tasks.broker.queue_depth import PUBLISHED_HEADER, QueueDepth
 from tasks.queue import cgroup_memory
 from tasks.queue.app import sending_app
 from tasks.queue.celery_config import celery_config
 from tasks.settings import Settings
-from tasks.state.fleet_metrics import DepthReads, FleetCollector
 from tasks.state.metrics import PAGE_BUCKETS, MetricsStore, RedisCollector
-from tasks.state.queue_depth import PUBLISHED_HEADER, QueueDepth
 from tests.harness import ROOT, RedisServer, eventually
 from tests.otlp_receiver import OtlpReceiver
 
@@ -129,7 +129,7 @@ def test_a_client_that_does_not_trace_passes_a_traceparent_on(redis_url: str) ->
                          traceparent=header)
     plain = client.enqueue({"blob": "ocr:blob:passing-on", "engine": "nowhere-e"},
                            traceparent="not a traceparent")
-    from tasks.state.keys import lane_key
+    from tasks.broker.layout import lane_key
 
     lane = lane_key("ocr-nowhere-e\x06\x163", client.client)  # the client's lane
     raw = redis.Redis.from_url(redis_url).lrange(lane, 0, -1)

@@ -61,7 +61,7 @@ def test_rediss_means_verified_tls_for_broker_and_backend_alike() -> None:
     for key in ("broker_use_ssl", "redis_backend_use_ssl"):
         assert config[key]["ssl_cert_reqs"] == ssl.CERT_REQUIRED
         assert config[key]["ssl_ca_certs"] == "/ca.pem"
-    assert config["broker_transport"] == "tasks.queue.transport:Transport"
+    assert config["broker_transport"] == "tasks.broker.transport:Transport"
     plain = celery_config(Settings.from_env({"REDIS_URL": "redis://r:6379/0"}))
     assert "broker_use_ssl" not in plain and "redis_backend_use_ssl" not in plain
 
@@ -70,7 +70,7 @@ def test_a_sentinel_broker_keeps_the_project_transport() -> None:
     config = celery_config(Settings.from_env({
         "REDIS_URL": "sentinel://s1:26379;sentinel://s2:26379/0",
         "OCR_REDIS_SENTINEL_MASTER": "ocr", "OCR_REDIS_SENTINEL_PASSWORD": "spw"}))
-    assert config["broker_transport"] == "tasks.queue.sentinel_transport:SentinelTransport"
+    assert config["broker_transport"] == "tasks.broker.sentinel_transport:SentinelTransport"
     # One Sentinel in the URL (kombu would switch to the next part's own transport on a
     # failed connection), every Sentinel in the transport's options.
     assert config["broker_url"] == "sentinel://s1:26379/0"

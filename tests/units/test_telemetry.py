@@ -9,13 +9,14 @@ import redis
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
+from tasks.broker.layout import priority_suffixes
 from tasks.errors import PdfEncrypted
 from tasks.queue.app import create_app
 from tasks.queue.display import job_kwargs_repr
 from tasks.queue.job_samples import job_line, job_record, page_samples
 from tasks.queue.telemetry import rss_bytes
 from tasks.settings import Settings
-from tasks.state.metrics import CHILD_TTL, MetricsStore, RedisCollector, priority_suffixes
+from tasks.state.metrics import CHILD_TTL, MetricsStore, RedisCollector
 from tests.harness import eventually
 
 

@@ -256,8 +256,8 @@ def text_layer_words(doc: Any, number: int, settings: Settings
                      ) -> tuple[tuple[int, int], tuple[WordBox, ...]]:
     """The size and words of page `number`'s text layer, in OCR'd pages' coordinates.
 
-    Pixels of the page rendered at OCR_PDF_DPI (as `render_page` renders it for OCR;
-    issue 26): PyMuPDF's words, in points of the unrotated page, are turned with the
+    Pixels of the page rendered at OCR_PDF_DPI (as `render_page` renders it for
+    OCR): PyMuPDF's words, in points of the unrotated page, are turned with the
     page and scaled. Confidence 100: the text is the PDF's own.
     """
     page = doc[number - 1]

@@ -33,10 +33,10 @@ import redis
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
+from tasks.broker.layout import DEAD_LETTER_COUNT_KEY, DEAD_LETTER_KEY
+from tasks.broker.queue_depth import QueueDepth
 from tasks.state.batch_store import BatchStore, progress_of
-from tasks.state.keys import DEAD_LETTER_COUNT_KEY, DEAD_LETTER_KEY
 from tasks.state.liveness import WorkerPresence
-from tasks.state.queue_depth import QueueDepth
 
 
 class DepthReads:

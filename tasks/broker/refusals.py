@@ -1,6 +1,6 @@
 """Broker messages a worker must not take: the checks, the dead-letter list, their FAILUREs.
 
-Runs in the worker parent (tasks/queue/transport.py checks each message it fetches
+Runs in the worker parent (tasks/broker/transport.py checks each message it fetches
 before it is decoded; `connect_refusals` is wired at the app's start). A message is
 refused when it is:
 
@@ -31,9 +31,9 @@ from kombu.exceptions import ContentDisallowed
 from kombu.utils.encoding import bytes_to_str
 from kombu.utils.json import loads
 
+from tasks.broker.bounded_reply import ENDS, reply_size
+from tasks.broker.layout import DEAD_LETTER_KEY
 from tasks.errors import ContentRefused, InputTooLarge, MalformedMessage, OcrError
-from tasks.queue.bounded_reply import ENDS, reply_size
-from tasks.state.keys import DEAD_LETTER_KEY
 
 if TYPE_CHECKING:
     from celery import Celery

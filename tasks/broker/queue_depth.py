@@ -11,7 +11,7 @@ What it counts, for a set of queues, in broker messages, each one unit of work:
   of its own (`ocr`, `ocr\x06\x163`, `ocr\x06\x166`, `ocr\x06\x169`), so reading `ocr`
   alone misses every job sent with another priority than the first step; a message
   that names its client waits in that client's lane of the list instead
-  (`ocr:lane:<list>:<client>`, tasks/queue/lanes.py), so reading the lists alone
+  (`ocr:lane:<list>:<client>`, tasks/broker/layout.py), so reading the lists alone
   misses them; a list's lanes are found through its priority step's ring of clients
   (`ocr:lanes:<step>`).
 - **running**: the messages a worker took and has not acknowledged yet (kombu's
@@ -23,7 +23,7 @@ What it counts, for a set of queues, in broker messages, each one unit of work:
 The age of each queue's oldest waiting message (`oldest_ages`) is read from the same
 lists: each list's oldest message is its tail (kombu pushes left, pops right), whose
 header `ocr_published` (`PUBLISHED_HEADER`, stamped by the project's transport at
-publish: tasks/queue/transport.py) says when it was sent; inside Redis, from the
+publish: tasks/broker/transport.py) says when it was sent; inside Redis, from the
 message's last bytes, so only the stamps cross the network. A message without the stamp
 (a client that bypasses the transport) counts from when this reader first saw it at
 the tail.
@@ -44,9 +44,9 @@ from dataclasses import dataclass
 from typing import Any
 
 import redis
-from kombu.transport import redis as kombu_redis
 
-from tasks.state.keys import lane_key, lanes_key
+from tasks.broker import layout
+from tasks.broker.layout import lane_key, lanes_key
 
 # Counts the unacked messages by (exchange, routing key), inside Redis: each entry is
 # `[message, exchange, routing_key]` as JSON (kombu's QoS.append), so only its last
@@ -147,19 +147,15 @@ class QueueDepth:
     def __init__(self, client: redis.Redis, transport_options: dict[str, Any]) -> None:
         """`transport_options`: the broker's (Celery's `broker_transport_options`)."""
         self._redis = client
-        channel = kombu_redis.Channel
-        self._sep: str = transport_options.get("sep", channel.sep)
-        steps = transport_options.get("priority_steps", kombu_redis.PRIORITY_STEPS)
-        self._suffixes = tuple(f"{self._sep}{step}" if step else "" for step in steps)
-        self._steps = tuple(steps)
-        self._unacked_key: str = transport_options.get("unacked_key", channel.unacked_key)
-        self._binding_prefix: str = channel.keyprefix_queue.split("%s")[0]
+        self._sep: str = transport_options.get("sep", layout.SEP)
+        self._steps = tuple(transport_options.get("priority_steps", layout.PRIORITY_STEPS))
+        self._unacked_key: str = transport_options.get("unacked_key", layout.UNACKED_KEY)
         # (list, delivery tag) -> when this reader first saw an unstamped tail
         self._first_seen: dict[tuple[str, str], float] = {}
 
     def lists(self, queue: str) -> tuple[str, ...]:
         """The Redis lists of `queue`, one per priority step."""
-        return tuple(queue + suffix for suffix in self._suffixes)
+        return layout.queue_lists(queue, self._steps, self._sep)
 
     def waiting(self, queues: Sequence[str]) -> dict[str, int]:
         """Messages waiting in each queue, every priority list and lane summed."""
@@ -167,7 +163,7 @@ class QueueDepth:
         names = [name for queue in wanted for name in self.lists(queue)]
         lengths = [int(n) for n in self._read_only(_WAITING, self._with_rings(wanted),
                                                    [lane_key(n, "") for n in names])]
-        step = len(self._suffixes)
+        step = len(self._steps)
         return {queue: sum(lengths[i * step:(i + 1) * step]) for i, queue in enumerate(wanted)}
 
     def oldest_ages(self, queues: Sequence[str], now: float | None = None) -> dict[str, float]:
@@ -241,7 +237,7 @@ class QueueDepth:
         """
         routes: dict[tuple[str, str], list[str]] = {}
         for exchange in exchanges:
-            for member in self._redis.smembers(self._binding_prefix + exchange):
+            for member in self._redis.smembers(layout.BINDING_PREFIX + exchange):
                 routing_key, _, queue = _text(member).split(self._sep, 2)
                 routes.setdefault((exchange, routing_key), []).append(queue)
         return {route: tuple(queues) for route, queues in routes.items()}

@@ -1,6 +1,6 @@
 """What a lost broker connection left unsettled, settled by the next channel.
 
-Runs in the worker parent, the one process that consumes (tasks/queue/transport.py).
+Runs in the worker parent, the one process that consumes (tasks/broker/transport.py).
 When Redis goes away under it (a restart, a failover to a promoted replica, a managed
 endpoint that moves), kombu closes the broker channel and Celery connects a new one.
 Acknowledgements near the loss cannot be trusted: the new primary may lack the last
@@ -120,7 +120,7 @@ def _restore(qos: Any, client: Any, tag: str) -> None:
                     "on its queue", tag)
 
 
-class QoS(kombu_redis.QoS):  # the transport's (tasks/queue/transport.py)
+class QoS(kombu_redis.QoS):  # the transport's (tasks/broker/transport.py)
     """kombu's Redis QoS; a message the fetch recorded is not recorded a second time.
 
     What a lost connection leaves unsettled (acknowledgements around it, messages no

@@ -10,8 +10,8 @@ a user's set refused. Every process then names its own user in REDIS_URL
 
 What each user holds was read from the code and from every role's traffic (the
 commands each one sent through a real run, MONITOR per role): kombu's Redis transport
-and this project's (tasks/queue/transport.py), Celery's result backend, the Lua scripts
-of tasks/queue/transport.py, tasks/state/join.py, stores.py, queue_depth.py and
+and this project's (tasks/broker/transport.py), Celery's result backend, the Lua scripts
+of tasks/broker/transport.py, tasks/state/join.py, stores.py, queue_depth.py and
 tasks/api/_quotas.py (Redis checks every command a script calls against the caller's
 user, keys included), Flower and the metrics exporter. Redis keys outside `ocr:` are
 Celery's and kombu's own: the queues' lists, bindings, the unacknowledged messages, the
@@ -27,6 +27,8 @@ from __future__ import annotations
 import hashlib
 from collections.abc import Mapping
 from dataclasses import dataclass
+
+from tasks.broker import layout
 
 # Celery's channels carry the database number: the kit's Redis database is 0.
 DB = 0
@@ -44,13 +46,14 @@ QUEUES = ("ocr", "ocr[^:]*")          # task queues: ocr, ocr-<engine>, ocr-cont
 DIRECT = ("*.dq2*",)                  # each worker's own queue (worker_direct)
 PIDBOX = ("*.celery.pidbox*",)        # remote control: a node's mailbox, replies
 BINDINGS = ("_kombu.*",)              # exchange -> queue tables and their deadlines
-UNACKED = ("unacked", "unacked_index", "unacked_mutex")  # delivered, not acknowledged
+UNACKED = layout.UNACKED_KEYS         # delivered, not acknowledged
 RESULTS = ("celery-task-meta-*",)     # Celery's results
-WAKE = ("ocr:wake:*",)                # each queue's doorbell (tasks/queue/transport.py)
+WAKE = (layout.WAKE_PREFIX + "*",)    # each queue's doorbell (tasks/broker/layout.py)
 # each client's lane of a queue's list, each priority step's ring of clients, its turn
-# and counts (tasks/queue/lanes.py); the clients' weights, written by the token store
-LANES = ("ocr:lane:*", "ocr:lanes:*")
-LANE_WEIGHTS = "ocr:lane-weights"
+# and counts (tasks/broker/lanes.py); the clients' weights, written by the token store
+LANES = (layout.LANE_PREFIX + "*", layout.LANES_PREFIX + "*")
+LANE_WEIGHTS = layout.LANE_WEIGHTS_KEY
+DEAD_LETTERS = (layout.DEAD_LETTER_KEY, layout.DEAD_LETTER_COUNT_KEY)
 EVENTS = f"/{DB}.celeryev/*"          # task and worker events (Flower reads them)
 CONTROL_CHANNEL = f"/{DB}.celery.pidbox"  # remote control broadcasts
 RESULT_CHANNEL = "celery-task-meta-*"  # a result as it is stored
@@ -62,7 +65,7 @@ RESULT_CHANNEL = "celery-task-meta-*"  # a result as it is stored
 # result on its channel, read the result; hold a job until enough replicas have it
 # (WAIT, OCR_REDIS_MIN_REPLICAS) and its record with it (PTTL, PEXPIRE); the broker
 # transport tells a reconnection to another server (a failover) by the server's run id
-# (INFO server: tasks/queue/unsettled.py).
+# (INFO server: tasks/broker/unsettled.py).
 SEND = ("lpush", "lpos", "rpush", "hincrby", "lrange", "llen", "ltrim", "pexpire", "pttl",
         "sadd", "smembers", "zadd", "time",
         "eval", "evalsha", "script|load", "script|exists", "multi", "exec", "discard",
@@ -106,7 +109,7 @@ class RedisUser:
 
 
 _JOB_STATE = ("ocr:job:*", "ocr:doc:*", "ocr:blob:*", "ocr:deliveries:*", "ocr:metrics:*",
-              "ocr:workers", "ocr:dead-letter")
+              "ocr:workers", *DEAD_LETTERS)
 _BROKER = (*QUEUES, *DIRECT, *PIDBOX, *BINDINGS, *UNACKED, *RESULTS, *WAKE, *LANES)
 # The job lists (tasks/state/job_index.py): whoever sends a job lists it; a worker lists
 # a job another Celery client sent when it starts it.
@@ -158,7 +161,7 @@ USERS: tuple[RedisUser, ...] = (
          "script|exists", "multi", "exec", "discard", "get", "set", "del", "exists",
          "hset", "hget", "hdel", "hgetall", "watch", "unwatch", "psubscribe",
          "punsubscribe", "publish", "pexpire", "info"),
-        keys=(*PIDBOX, *BINDINGS, *UNACKED, "celeryev.*", "ocr:wake:*.celery.pidbox"),
+        keys=(*PIDBOX, *BINDINGS, *UNACKED, "celeryev.*", layout.wake_key("*.celery.pidbox")),
         read_keys=(*QUEUES, *RESULTS, "ocr:workers"),
         channels=(EVENTS, CONTROL_CHANNEL)),
     RedisUser(
@@ -168,8 +171,8 @@ USERS: tuple[RedisUser, ...] = (
         # LRANGE: the lanes of each list's ring (a read-only script)
         ("llen", "lindex", "lrange", "get", "smembers", "hgetall", "hget", "hkeys", "eval_ro",
          "evalsha_ro", "info", "hlen"),
-        read_keys=(*QUEUES, *LANES, *BINDINGS, "unacked", "ocr:metrics:*", "ocr:workers",
-                   "ocr:dead-letter", "ocr:dead-letter:*", *_BATCHES)),
+        read_keys=(*QUEUES, *LANES, *BINDINGS, layout.UNACKED_KEY, "ocr:metrics:*",
+                   "ocr:workers", *DEAD_LETTERS, *_BATCHES)),
     RedisUser(
         "keda", "KEDA's `redis` trigger, for a ScaledObject that reads a queue's length "
         "itself (the kit's read the exporter)",

@@ -1,15 +1,15 @@
 """The project's Redis transport behind Sentinel: the primary the Sentinels name, always.
 
 Runs wherever the broker is `sentinel://` (every process that publishes or consumes).
-The channel is tasks/queue/transport.py's (atomic fetch, doorbells, dead letters, WAIT
+The channel is tasks/broker/transport.py's (atomic fetch, doorbells, dead letters, WAIT
 after a publish, what a lost connection leaves settled) on kombu's Sentinel-managed
 connections: each new connection asks the Sentinels for the current primary.
 
 kombu takes the Sentinels from the broker URL's `;`-separated parts, and on a failed
 connection switches to the next part, re-reading the transport from that part's
-scheme: the fleet fell back to kombu's own `sentinel` transport (a `BRPOP` then a
-separate record: a message popped by a worker killed in between is lost, as the chaos
-soak showed). So the broker URL names one Sentinel only (kombu never switches) and
+scheme: the fleet would fall back to kombu's own `sentinel` transport (a `BRPOP` then a
+separate record: a message popped by a worker killed in between is lost).
+So the broker URL names one Sentinel only (kombu never switches) and
 every Sentinel comes in the transport option `ocr_sentinels`
 (tasks/state/connection.py); redis-py asks them in turn.
 """
@@ -21,7 +21,7 @@ from typing import Any
 from kombu.transport import redis as kombu_redis
 from redis import sentinel
 
-from tasks.queue.transport import Channel, Transport
+from tasks.broker.transport import Channel, Transport
 
 
 class SentinelChannel(Channel, kombu_redis.SentinelChannel):

@@ -6,12 +6,12 @@ message it pops into a JSON object and hands it on; a body that is not a JSON ob
 an envelope without its properties, a body that is not base64 or a pickled message
 either kills the worker parent ("Unrecoverable error") or leaves the job PENDING.
 This channel checks each raw message first, before any decoding, and dead-letters
-what a worker must not take (tasks/queue/refusals.py); the worker then goes on.
+what a worker must not take (tasks/broker/refusals.py); the worker then goes on.
 
-Taking a message is one atomic step on the server (`lanes.FETCH_SCRIPT`, issue 43). kombu
+Taking a message is one atomic step on the server (`lanes.FETCH_SCRIPT`). kombu
 pops with `BRPOP` and writes the message's `unacked` record from the worker afterwards:
-a Redis restart, or a worker parent killed, between the two lost the message (the chaos
-soak lost one job of 663 that way), and a `BRPOP` answered in the event-loop turn
+a Redis restart, or a worker parent killed, between the two would lose the message,
+and a `BRPOP` answered in the event-loop turn
 in which Redis shut down is popped, written to the append-only file and never sent.
 Here a Lua script records the message as unacknowledged (kombu's own `unacked` hash
 and index, under its delivery tag) and pops it in one step; a message whose worker
@@ -21,10 +21,10 @@ doorbells instead (`BLPOP` on `wake_key(queue)`, up to kombu's `brpop_timeout`):
 publish through this transport rings the queue's doorbell, and a message pushed by a
 client without it (a stock kombu client, a restore) is taken at the next fetch, at
 most `brpop_timeout` (1 s) later. The fetch also chooses whose message: each client
-has a lane of each list, served in weighted fair shares (tasks/queue/lanes.py).
+has a lane of each list, served in weighted fair shares (tasks/broker/lanes.py).
 
 Selected through Celery's `broker_transport` (tasks/queue/celery_config.py), for
-redis:// and rediss:// brokers (behind Sentinel: tasks/queue/sentinel_transport.py);
+redis:// and rediss:// brokers (behind Sentinel: tasks/broker/sentinel_transport.py);
 AMQP brokers deliver typed frames and Celery's own decode-error path covers them (junk
 is acked or rejected, the worker goes on); a pickled message's FAILURE is stored there
 from Celery's `task_rejected` signal.
@@ -43,10 +43,11 @@ from kombu.transport import redis as kombu_redis
 from kombu.utils.encoding import bytes_to_str
 from kombu.utils.json import dumps
 
-from tasks.errors import ReplicaMissing
-from tasks.queue import lanes, unsettled
-from tasks.queue.bounded_reply import bounded_parser
-from tasks.queue.refusals import (
+from tasks.broker import lanes, unsettled
+from tasks.broker.bounded_reply import bounded_parser
+from tasks.broker.layout import DEAD_LETTER_COUNT_KEY, DEAD_LETTER_KEY, wake_key
+from tasks.broker.queue_depth import PUBLISHED_HEADER
+from tasks.broker.refusals import (
     DeadLetter,
     Refused,
     check_envelope,
@@ -54,15 +55,14 @@ from tasks.queue.refusals import (
     dead_letter,
     message_refused,
 )
-from tasks.queue.unsettled import QoS
+from tasks.broker.unsettled import QoS
+from tasks.errors import ReplicaMissing
 from tasks.records.clients import CLIENT_HEADER, client_name
 from tasks.state.connection import check_replicas, wait_replicas
-from tasks.state.keys import DEAD_LETTER_COUNT_KEY, DEAD_LETTER_KEY, wake_key
-from tasks.state.queue_depth import PUBLISHED_HEADER
 
 log = logging.getLogger(__name__)
 
-TRANSPORT = "tasks.queue.transport:Transport"
+TRANSPORT = "tasks.broker.transport:Transport"
 WAKE_TTL_MS = 60_000     # a doorbell nobody answered is gone after a minute
 
 class Channel(kombu_redis.Channel):
@@ -92,7 +92,7 @@ class Channel(kombu_redis.Channel):
             # closes the channel of a connection it has already released, and its
             # restore of those messages finds no address (AttributeError), which
             # Celery takes for an "Unrecoverable error" and the worker parent exits
-            # (found by the chaos soak, issue 43). A connection error instead is one
+            # at once. A connection error instead is one
             # the close ignores: the worker reconnects, and the messages, still in
             # Redis's `unacked` set, are restored after the visibility timeout.
             raise redis.exceptions.ConnectionError(
@@ -131,7 +131,7 @@ class Channel(kombu_redis.Channel):
         super().close()
 
     def _settle(self) -> None:
-        """Acknowledge and restore what a lost connection left (tasks/queue/unsettled.py)."""
+        """Acknowledge and restore what a lost connection left (tasks/broker/unsettled.py)."""
         if unsettled.pending():
             with self.conn_or_acquire() as client:
                 unsettled.settle(self.qos, client, self.connection_errors)
@@ -153,7 +153,7 @@ class Channel(kombu_redis.Channel):
             headers[PUBLISHED_HEADER] = round(time.time(), 3)
             client = client_name(headers.get(CLIENT_HEADER))
         if client and lanes.laned(queue) and not (self._expires and queue in self._expires):
-            # A client's message goes to its lane of the list (tasks/queue/lanes.py).
+            # A client's message goes to its lane of the list (tasks/broker/lanes.py).
             step = self.priority(self._get_message_priority(message, reverse=False))
             with self.conn_or_acquire() as conn:
                 conn.execute_command(*lanes.push_command(
@@ -247,7 +247,7 @@ class Channel(kombu_redis.Channel):
             command = ["BLPOP", *(self._key(wake_key(queue)) for queue in queues),
                        timeout or 0]
         else:
-            # Each list's lanes served by weighted round robin (tasks/queue/lanes.py).
+            # Each list's lanes served by weighted round robin (tasks/broker/lanes.py).
             lists = [(self._q_for_pri(queue, pri), self.priority(pri), lanes.laned(queue),
                       not self._no_ack.get(queue))
                      for pri in self.priority_steps

@@ -1,0 +1,77 @@
+"""The broker's Redis keys: every name and shape, decided once (drawn in tasks/broker/__init__.py).
+
+Imported by the transport and the lanes (which write them), queue depth and the fleet
+figures (which read them), the Redis users (tasks/broker/redis_acl.py: the key patterns
+each role may touch), the API's token store (the lane weights) and the backup's count
+of queued messages. Pure names: runs in whichever process imports it.
+
+kombu's own names (`sep`, the priority steps, `unacked`, `unacked_index`,
+`unacked_mutex`, `_kombu.binding.<exchange>`) are its Redis channel's defaults, which
+the service does not change (tests/units/test_kombu_overrides.py holds them to the
+installed kombu).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+ROOT = "ocr:"
+
+# kombu's Redis channel: a queue's list for each priority step is the queue's name, then
+# SEP and the step (step 0: the name alone); taken messages wait in UNACKED (hash: tag ->
+# [message, exchange, routing key]) and UNACKED_INDEX (sorted set: tag -> when taken),
+# UNACKED_MUTEX guards their restore; an exchange's bindings in BINDING_PREFIX<exchange>.
+SEP = "\x06\x16"
+PRIORITY_STEPS = (0, 3, 6, 9)
+UNACKED_KEY = "unacked"
+UNACKED_INDEX_KEY = "unacked_index"
+UNACKED_MUTEX_KEY = "unacked_mutex"
+UNACKED_KEYS = (UNACKED_KEY, UNACKED_INDEX_KEY, UNACKED_MUTEX_KEY)
+BINDING_PREFIX = "_kombu.binding."
+
+WAKE_PREFIX = ROOT + "wake:"          # doorbells: ocr:wake:<queue>
+LANE_PREFIX = ROOT + "lane:"          # a client's lane: ocr:lane:<list>:<client>
+LANES_PREFIX = ROOT + "lanes:"        # a priority step's ring: ocr:lanes:<step>[:turn|:count]
+LANE_WEIGHTS_KEY = ROOT + "lane-weights"  # hash: client -> weight (the API's token store)
+DEAD_LETTER_KEY = ROOT + "dead-letter"  # refused broker messages (a capped list)
+DEAD_LETTER_COUNT_KEY = ROOT + "dead-letter:count"  # how many were ever refused
+
+
+def queue_list(queue: str, step: int, sep: str = SEP) -> str:
+    r"""The list kombu keeps of `queue` for priority `step` (`ocr`, `ocr\x06\x163`, ...)."""
+    return f"{queue}{sep}{step}" if step else queue
+
+
+def queue_lists(queue: str, steps: tuple[int, ...] = PRIORITY_STEPS,
+                sep: str = SEP) -> tuple[str, ...]:
+    """Every list of `queue`, one per priority step, highest priority first."""
+    return tuple(queue_list(queue, step, sep) for step in steps)
+
+
+def priority_suffixes(transport_options: dict[str, Any]) -> tuple[str, ...]:
+    """Name suffixes of a queue's lists, one per priority step, from a broker's options."""
+    return queue_lists("", tuple(transport_options.get("priority_steps", PRIORITY_STEPS)),
+                       str(transport_options.get("sep", SEP)))
+
+
+def wake_key(queue: str) -> str:
+    """`ocr:wake:<queue>`: the queue's doorbell, one item at most, rung by each publish.
+
+    Idle workers wait on it (BLPOP) instead of on the queue's lists, so that taking a
+    message stays one atomic server-side step (tasks/broker/transport.py).
+    """
+    return f"{WAKE_PREFIX}{queue}"
+
+
+def lane_key(list_key: str, client: str) -> str:
+    """`ocr:lane:<list>:<client>`: `client`'s messages waiting in a queue's list."""
+    return f"{LANE_PREFIX}{list_key}:{client}"
+
+
+def lanes_key(step: int) -> str:
+    """`ocr:lanes:<step>`: the ring of clients with messages of priority `step` waiting.
+
+    Beside it, `:turn` (hash: the pages left in a client's turn) and `:count` (hash: a
+    client's messages waiting in every queue at that step).
+    """
+    return f"{LANES_PREFIX}{step}"

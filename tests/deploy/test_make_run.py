@@ -1,0 +1,96 @@
+"""`make run` as a script or a service manager runs it: detached, stopped through make's pid.
+
+The real Makefile's `run` target in a checkout of links (its var/ of its own), started
+in a session of its own with SIGINT at its default (as a service manager starts it),
+with a few of the Procfile's processes (redis, worker, flower, metrics, api). The
+recipe's install steps are taken as done (`-o`: the tests' own set-up installed them).
+It says once that it is ready, with the three URLs; its Redis has a password kept in
+var/redis-url (0600) and refuses a client without it; `kill -INT` or `kill -TERM` on
+make's own pid ends every process it started.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import stat
+import subprocess
+from pathlib import Path
+
+import psutil
+import pytest
+import redis
+
+from tests.harness import ROOT, VENV_BIN, eventually, free_port
+
+pytestmark = pytest.mark.slow
+STOP_BOUND = 60  # seconds: the supervisor's 10 s grace, on a loaded machine
+PROCESSES = "redis worker flower metrics api"
+READY = "ready: every process is up"
+
+
+def checkout_of_links(base: Path) -> Path:
+    checkout = base / "checkout"
+    checkout.mkdir()
+    for entry in ROOT.iterdir():
+        if entry.name not in ("var", ".git", ".pytest_cache", ".mypy_cache", ".ruff_cache"):
+            (checkout / entry.name).symlink_to(entry)
+    return checkout
+
+
+def _default_sigint() -> None:
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM], ids=["INT", "TERM"])
+def test_a_signal_to_makes_pid_stops_every_process(tmp_path: Path, signum: int) -> None:
+    checkout = checkout_of_links(tmp_path)
+    ports = {name: str(free_port()) for name in ("API_PORT", "FLOWER_PORT", "METRICS_PORT")}
+    env = {k: v for k, v in os.environ.items()
+           if not k.startswith(("OCR_", "REDIS_", "API_", "FLOWER_", "METRICS_", "MAKE"))}
+    env.update(PATH=f"{VENV_BIN}{os.pathsep}{env['PATH']}", **ports, OCR_CONCURRENCY="1")
+    log = tmp_path / "make-run.log"
+    with log.open("wb") as out:
+        make = subprocess.Popen(
+            ["make", "-o", ".venv/.runtime", "-o", ".venv/.rapidocr", "run",
+             f"PROCESSES={PROCESSES}"], cwd=checkout, env=env, stdout=out,
+            stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True,
+            preexec_fn=_default_sigint)
+    procs: list[psutil.Process] = []
+    try:
+        def ready() -> bool:
+            assert make.poll() is None, log.read_text()[-3000:]
+            return READY in log.read_text()
+
+        eventually(ready, 300, lambda: "the ready line:\n" + log.read_text()[-3000:],
+                   interval=0.5)
+        lines = [line for line in log.read_text().splitlines() if READY in line]
+        assert len(lines) == 1, lines
+        for url in (f"API http://127.0.0.1:{ports['API_PORT']}/docs",
+                    f"Flower http://127.0.0.1:{ports['FLOWER_PORT']}",
+                    f"metrics http://127.0.0.1:{ports['METRICS_PORT']}/metrics"):
+            assert url in lines[0], lines[0]
+        # The project's own Redis: its password kept for this user alone, and needed.
+        url_file = checkout / "var" / "redis-url"
+        assert stat.S_IMODE(url_file.stat().st_mode) == 0o600
+        url = url_file.read_text().strip()
+        port = redis.Redis.from_url(url).connection_pool.connection_kwargs["port"]
+        with pytest.raises(redis.AuthenticationError):
+            redis.Redis(host="127.0.0.1", port=port, socket_timeout=5).ping()
+        assert redis.Redis.from_url(url).ping()
+        assert url.split("@")[0] not in log.read_text()  # the password is never printed
+        top = psutil.Process(make.pid)
+        procs = [top, *top.children(recursive=True)]
+        names = {p.name() for p in procs}
+        assert "redis-server" in names and len(procs) >= 7, [p.cmdline() for p in procs]
+        os.kill(make.pid, signum)  # make's own pid, not its group
+        _, alive = psutil.wait_procs(procs, timeout=STOP_BOUND)
+        assert not alive, ([p.cmdline() for p in alive], log.read_text()[-3000:])
+    finally:
+        for proc in procs:
+            try:
+                proc.kill()
+            except psutil.NoSuchProcess:
+                pass
+        if make.poll() is None:
+            os.killpg(make.pid, signal.SIGKILL)
