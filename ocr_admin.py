@@ -205,6 +205,9 @@ def build_tokens_parser(parser: argparse.ArgumentParser) -> None:
                             help=f"most pages read {period} (UTC; a job that would pass "
                                  "it is refused: page_quota_exceeded; default: no cap)")
     _share_flags(create)
+    create.add_argument("--batches", type=int, metavar="N",
+                        help="most batches the client runs at once (0: no limit; default "
+                             "4); another is refused, 429 batch_quota_exceeded")
     create.add_argument("--allowed-url", action="append", metavar="PREFIX",
                         dest="allowed_urls",
                         help="a URL prefix (s3://bucket/folder/, https://host/path/) the "
@@ -217,7 +220,7 @@ def build_tokens_parser(parser: argparse.ArgumentParser) -> None:
                                              "the service-wide default)")
     quotas.add_argument("name", metavar="NAME")
     for flag in ("--jobs-in-flight", "--requests-per-minute", "--max-bytes",
-                 "--pages-per-day", "--pages-per-month"):
+                 "--pages-per-day", "--pages-per-month", "--batches"):
         quotas.add_argument(flag, type=int, metavar="N",
                             help="0: no limit; -1: the service-wide default (pages: none)")
     _share_flags(quotas)
@@ -248,7 +251,7 @@ def _share_flags(parser: argparse.ArgumentParser) -> None:
 
 
 QUOTA_FLAGS = ("jobs_in_flight", "requests_per_minute", "max_bytes",  # `tokens set`
-               "pages_per_day", "pages_per_month")
+               "pages_per_day", "pages_per_month", "batches")
 
 
 def run_tokens(args: argparse.Namespace, store: TokenStore, out: TextIO) -> int:
@@ -262,7 +265,8 @@ def run_tokens(args: argparse.Namespace, store: TokenStore, out: TextIO) -> int:
                                             pages_per_month=args.pages_per_month,
                                             allowed_urls=args.allowed_urls,
                                             weight=1 if args.weight is None else args.weight,
-                                            max_priority=_max_priority(args.max_priority))
+                                            max_priority=_max_priority(args.max_priority),
+                                            batches=args.batches)
         if as_json:
             print(json.dumps({"name": args.name, "token": token, "webhook_secret": secret}),
                   file=out)
@@ -329,6 +333,8 @@ def _limits(client: ApiClient) -> str:
         parts.append(f"weight={client.weight}")
     if client.max_priority is not None:
         parts.append(f"max-priority={client.max_priority}")
+    if client.batches is not None:
+        parts.append(f"batches={client.batches}")
     return " ".join(parts) or "default limits"
 
 

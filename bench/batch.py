@@ -45,6 +45,8 @@ from bench.common import BenchError, Context, Ratio, Report, Table
 from bench.pipeline import cpu_seconds
 from tasks.client import OcrClient
 from tasks.queue.batch_chain import batch_store, start_chain
+from tasks.records.batches import BatchRecord, BatchState
+from tasks.records.status import JobStatus
 from tasks.settings import Settings
 from tests.harness import RedisServer, Worker, eventually, fake_env, kill_all
 from tests.moto_s3 import MotoS3
@@ -122,17 +124,16 @@ def run_jobs(fleet: Fleet, docs: int, timeout: float) -> dict[str, Any]:
 def start_batch(fleet: Fleet, target: str) -> tuple[str, Any]:
     settings = fleet.client.settings
     store = batch_store(settings, redis.Redis.from_url(fleet.url))
-    batch_id = store.create({"source": f"s3://{BUCKET}/docs/",
-                             "target": f"s3://{BUCKET}/{target}/",
-                             "options": {"output": "text"}, "priority": "batch",
-                             "client": "bench", "owner": "", "overwrite": ""})
+    batch_id = store.create(BatchRecord(
+        id="", source=f"s3://{BUCKET}/docs/", target=f"s3://{BUCKET}/{target}/",
+        options={"output": "text"}, priority="batch", client="bench")).id
     start_chain(fleet.client.app, store, batch_id)
     return batch_id, store
 
 
-def wait_batch(store: Any, batch_id: str, timeout: float) -> dict[str, str]:
-    return eventually(lambda: (lambda r: r if r.get("state") not in ("RUNNING", None)
-                               else None)(store.get(batch_id)), timeout,
+def wait_batch(store: Any, batch_id: str, timeout: float) -> BatchRecord:
+    return eventually(lambda: (lambda r: r if r.state.final else None)(store.get(batch_id)),
+                      timeout,
                       lambda: f"batch {batch_id} did not end: {store.get(batch_id)}",
                       interval=0.2)
 
@@ -142,16 +143,16 @@ def run_batch(fleet: Fleet, target: str, timeout: float) -> dict[str, Any]:
     batch_id, store = start_batch(fleet, target)  # a target of its own: nothing to skip
     record = wait_batch(store, batch_id, timeout)
     seconds = time.perf_counter() - started
-    if record["state"] != "SUCCESS":
-        raise BenchError(f"the batch ended {record['state']}: {record}")
-    return {"seconds": seconds, "peak_mb": fleet.peak_mb(), "done": int(record["done"])}
+    if record.state is not BatchState.SUCCESS:
+        raise BenchError(f"the batch ended {record.state}: {record}")
+    return {"seconds": seconds, "peak_mb": fleet.peak_mb(), "done": record.done}
 
 
 def run_crash(fleet: Fleet, moto: MotoS3, docs: int, timeout: float) -> dict[str, Any]:
     batch_id, store = start_batch(fleet, "crash")
-    eventually(lambda: int(store.get(batch_id).get("done") or 0) >= docs // 2, timeout,
+    eventually(lambda: store.get(batch_id).done >= docs // 2, timeout,
                "half the documents done", interval=0.1)
-    at_kill = int(store.get(batch_id)["done"])
+    at_kill = store.get(batch_id).done
     kill_all(fleet.workers)
     fleet.start_workers()
     record = wait_batch(store, batch_id, timeout)
@@ -165,9 +166,9 @@ def run_crash(fleet: Fleet, moto: MotoS3, docs: int, timeout: float) -> dict[str
                      for log in fleet.workdir.glob("worker-*.log"))
     body = moto.client().get_object(Bucket=BUCKET, Key="crash/manifest.jsonl")["Body"].read()
     lines = [json.loads(line) for line in body.decode().splitlines()]
-    right = len(lines) == docs and all(line["status"] == "SUCCESS" for line in lines) and \
+    right = len(lines) == docs and all(line["status"] == JobStatus.SUCCESS for line in lines) and \
         len({line["name"] for line in lines}) == docs
-    return {"state": record["state"], "done_at_kill": at_kill, "jobs_sent": sent,
+    return {"state": record.state.value, "done_at_kill": at_kill, "jobs_sent": sent,
             "deliveries": deliveries, "read_twice": max(sent, deliveries) - docs,
             "manifest_lines": len(lines), "manifest_right": right}
 

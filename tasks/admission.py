@@ -1,33 +1,59 @@
-"""What a client refuses at the door, before anything is stored or queued.
+"""The gate: whether a job may be sent, decided the same way at every door.
 
-Runs in client processes: `OcrClient.submit` and `enqueue` (so submit.py, the Python
-client and the HTTP API) call `admit` with a job's options, and `read_input` reads a
-job's input within OCR_MAX_INPUT_MB. It applies the workers' own
-checks of the options' shape (`JobRequest.from_kwargs`: output, mode, lang, callback
-names), the syntax of the page selection, and two questions only the service's state
-answers:
+Runs in client processes and in the workers' batch driver. Every door calls `admit`
+with the client's rules (`ClientRules`, tasks/records/clients.py) and the job's
+request (`ocr.document`'s kwargs, with or without its input): the HTTP API's jobs and
+batches, each manifest line and listed object as the batch driver sends it, retries,
+`OcrClient.submit`/submit.py, local batches. It checks, in this order:
 
-- is the engine an engine? A built-in (`tasks/records/engines.py`), a plugin this
-  client's settings name, or one a live worker serves (its queue `ocr-<engine>`);
-  else `unknown_engine` with the list.
-- does a live worker run it? When OCR workers are live and none consumes the engine's
-  queue, `engine_unavailable` names the `make` target that installs its packages.
-  With no OCR worker live at all nothing can be told yet: the job is sent and the
-  client's wait reports `no_worker` (`OcrClient.wait`).
+1. the priority: above the client's highest, `priority_not_allowed` (403 at the API);
+   a job naming none gets `normal`, or the client's highest when that is lower;
+2. every URL the job names (`url`, `result_url`) against OCR_ALLOWED_URLS and the
+   client's own prefixes (`url_not_allowed`);
+3. the options' shape (`JobRequest.from_kwargs`: output, mode, lang, callback names;
+   `bad_request`) and the page selection (`invalid_pages`);
+4. the engine: one that is an engine (a built-in, this process's plugins, or one a
+   live worker serves; else `unknown_engine`), and one some live worker runs when
+   OCR workers are live (`engine_unavailable`, naming its `make` target);
+5. with `books` (the service's doors): the client's page caps
+   (`page_quota_exceeded`) and its jobs in flight, batch documents counted
+   (`quota_exceeded`; a batch waits for room instead).
+
+A client door (`OcrClient`, whose settings are the sender's, not the service's)
+checks OCR_ALLOWED_URLS only where its own settings name some; the worker checks the
+URL again when it decodes the job, and each redirect hop against the client's
+prefixes the job carries (`prefixes` in its control hash). `read_input` reads a job's
+input within OCR_MAX_INPUT_MB.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from tasks.errors import EngineUnavailable, InputNotFound, InputTooLarge, UnknownEngine
-from tasks.queue.routing import is_job_queue, job_queue, queue_for_engine
+from tasks.errors import (
+    BadRequest,
+    EngineUnavailable,
+    InputNotFound,
+    InputTooLarge,
+    PriorityNotAllowed,
+    QuotaExceeded,
+    UnknownEngine,
+)
+from tasks.lifecycle.url_policy import ObjectUrl, check_url, parse_url
+from tasks.queue.routing import PRIORITIES, is_job_queue, job_queue, queue_for_engine
+from tasks.records.clients import ClientRules
 from tasks.records.engines import engine_names, install_hint
 from tasks.records.request import SOURCES, JobRequest, check_pages
 from tasks.settings import Settings
+from tasks.state.client_rules import InFlight
+from tasks.state.usage import PageCaps, PageUsage, fewest_pages
 
 ENGINE_QUEUE_PREFIX = queue_for_engine("")  # "ocr-": a queue named after an engine
+DEFAULT_PRIORITY = "normal"
+URL_FIELDS = ("url", "result_url")
 
 
 def job_queues(queues: set[str]) -> set[str]:
@@ -50,12 +76,78 @@ def known_engines(settings: Settings, live: dict[str, set[str]]) -> tuple[str, .
     return tuple(dict.fromkeys([*engine_names(tuple(settings.engine_plugins)), *served]))
 
 
-def admit(options: dict[str, Any], settings: Settings, live: dict[str, set[str]]) -> None:
-    """Raise the job's error (BadRequest, InvalidPages, UnknownEngine, EngineUnavailable).
+@dataclass(frozen=True)
+class Books:
+    """What the service's doors count a client's jobs against: pages read, jobs open.
+
+    `ended` answers which of some job ids have ended (`JobStateReader.ended`).
+    """
+
+    usage: PageUsage
+    in_flight: InFlight
+    ended: Callable[[list[str]], list[str]]
+
+
+def priority_for(rules: ClientRules, priority: str | None) -> str:
+    """The priority a job is sent at: its own when allowed, else PriorityNotAllowed.
+
+    One naming none gets `normal`, or the client's highest when that is lower.
+    """
+    top = PRIORITIES.get(rules.max_priority or "", 0)
+    if priority is None:
+        return DEFAULT_PRIORITY if PRIORITIES[DEFAULT_PRIORITY] >= top \
+            else str(rules.max_priority)
+    if priority not in PRIORITIES:
+        raise BadRequest(f"priority must be one of {', '.join(PRIORITIES)}")
+    if PRIORITIES[priority] < top:
+        raise PriorityNotAllowed(f"client {rules.name!r} may send jobs of priority "
+                                 f"{rules.max_priority} or lower, not {priority}")
+    return priority
+
+
+def check_job_url(raw: str, rules: ClientRules, settings: Settings, what: str = "`url`",
+                  prefix_ok: bool = False, service: bool = True) -> ObjectUrl:
+    """The parsed URL when OCR_ALLOWED_URLS and the client's prefixes admit it.
+
+    Else `url_not_allowed` (`bad_request` for a URL that is none). `service`: the
+    caller's settings are the service's, so an empty OCR_ALLOWED_URLS refuses.
+    """
+    parsed = check_url(raw, settings.allowed_urls, what, prefix_ok) \
+        if service or settings.allowed_urls else None
+    if rules.allowed_urls is not None:
+        parsed = check_url(raw, rules.allowed_urls, f"{what} (this client's prefixes)",
+                           prefix_ok)
+    if parsed is None:
+        parsed = parse_url(raw, what, prefix_ok)
+    return parsed
+
+
+def admit(options: Mapping[str, Any], rules: ClientRules, settings: Settings,
+          live: dict[str, set[str]], *, priority: str | None = None,
+          books: Books | None = None, service: bool = True) -> str:
+    """The priority the job is sent at, or the job's error (see the module's list).
 
     `options` are `ocr.document`'s kwargs, with or without the input; `live` the
     queues of each live worker (`WorkerPresence.live_queues`).
     """
+    chosen = priority_for(rules, priority)
+    for name in URL_FIELDS:
+        raw = options.get(name)
+        if isinstance(raw, str) and raw:
+            check_job_url(raw, rules, settings, f"`{name}`",
+                          prefix_ok=name == "result_url", service=service)
+    check_options(options, settings, live)
+    if books is not None:
+        pages = options.get("pages")
+        books.usage.check(rules.name, fewest_pages(pages if isinstance(pages, str) else None),
+                          PageCaps(rules.pages_per_day, rules.pages_per_month))
+        check_in_flight(rules, books)
+    return chosen
+
+
+def check_options(options: Mapping[str, Any], settings: Settings,
+                  live: dict[str, set[str]]) -> None:
+    """The options' shape, the page selection and the engine (steps 3 and 4)."""
     engine = options.get("engine")
     engines = known_engines(settings, live)
     if isinstance(engine, str) and engine and engine not in engines:
@@ -70,6 +162,14 @@ def admit(options: dict[str, Any], settings: Settings, live: dict[str, set[str]]
     if isinstance(engine, str) and engine and served and job_queue(engine) not in served:
         raise EngineUnavailable(f"no live worker runs engine {engine!r}: start "
                                 f"{install_hint(engine)}; nothing was sent")
+
+
+def check_in_flight(rules: ClientRules, books: Books) -> None:
+    """`quota_exceeded` when the client has `jobs_in_flight` jobs unfinished."""
+    limit = rules.jobs_in_flight
+    if limit and books.in_flight.count(rules.name, limit, books.ended) >= limit:
+        raise QuotaExceeded(f"{limit} jobs are unfinished (the client's jobs-in-flight "
+                            "quota; batch documents count)", headers={"Retry-After": "5"})
 
 
 def read_input(source: str | Path | bytes, settings: Settings) -> bytes:

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Iterable
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -21,31 +20,29 @@ from celery.exceptions import TimeoutError as CeleryTimeoutError
 from kombu.exceptions import OperationalError
 from kombu.utils.uuid import uuid
 
-from tasks import client_wait, tracing
-from tasks.admission import admit, read_input
+from tasks import client_wait
+from tasks.admission import DEFAULT_PRIORITY, Books, admit, read_input
 from tasks.client_wait import unserved
 from tasks.errors import (
     BadRequest,
     DeadlineExceeded,
     NoWorker,
     OcrError,
-    ReplicaMissing,
     ServiceUnreachable,
     error_info,
 )
 from tasks.lifecycle.url_policy import is_url, parse_url
-from tasks.queue.message_headers import job_headers
-from tasks.queue.routing import DEFAULT_QUEUE, PRIORITIES, job_queue, priority_value
-from tasks.records.clients import client_name, login_client
+from tasks.queue.routing import DEFAULT_QUEUE, PRIORITIES
+from tasks.queue.sender import JobSender, OutgoingJob
+from tasks.records.clients import ClientRules, client_name, login_client
 from tasks.records.formats import STORED_FORMATS
 from tasks.records.request import retry_request
 from tasks.records.status import CeleryState, JobStatus, WaitStatus
 from tasks.settings import Settings
 from tasks.state.connection import connect
-from tasks.state.job_index import JobIndex
 from tasks.state.job_state import JobProgress, JobStateReader, expired_before_start
 from tasks.state.liveness import WorkerPresence
-from tasks.state.stores import BlobStore, JobControl, OutputStore
+from tasks.state.stores import BlobStore, OutputStore
 
 # What Redis or the Celery transport raise while Redis is unreachable (mid-run too).
 CONNECTION_ERRORS: tuple[type[BaseException], ...] = (
@@ -74,9 +71,9 @@ class OcrClient:
         self._redis = redis_client = connect(self.settings.redis_target, patient=False)
         self._blobs = BlobStore(redis_client, self.settings.blob_ttl)
         self._outputs = OutputStore(redis_client, self.settings.result_ttl)
-        self._control = JobControl(redis_client, self.settings.result_ttl)
-        self.index = JobIndex(redis_client, self.settings.blob_ttl + self.settings.result_ttl,
-                              self.settings.jobs_listed)  # jobs by client (`jobs`)
+        self.sender = JobSender(self.settings, redis_client, app)  # every job it sends
+        self._control = self.sender.control
+        self.index = self.sender.index  # jobs by client (`jobs`)
         self.no_worker_grace = NO_WORKER_GRACE  # `wait`: seconds before `no_worker`
         self.worker_recheck = WORKER_RECHECK
         self.states = JobStateReader(redis_client, app.backend)
@@ -94,92 +91,71 @@ class OcrClient:
         then never starts, a running one stops reading pages. `traceparent`: enqueue's.
         """
         given = {k: v for k, v in options.items() if v is not None}
-        self.admit(given)
         if isinstance(source, str) and is_url(source):
             # By URL: the worker reads the object itself; nothing is uploaded.
             url = parse_url(source).url
+            priority = self.admit({"url": url, **given}, priority=priority)
             if filename is None:
                 filename = url.rstrip("/").rsplit("/", 1)[-1].split("?", 1)[0]
             return self.enqueue({"url": url, "filename": filename, **given},
                                 priority=priority, deadline=deadline, traceparent=traceparent)
-        data = read_input(source, self.settings)
+        priority = self.admit(given, priority=priority)
+        blob = self.put_input(source)
         if filename is None:
             filename = Path(source).name if not isinstance(source, bytes) else ""
-        kwargs = {"blob": self._blobs.put(data), "filename": filename, **given}
+        kwargs = {"blob": blob, "filename": filename, **given}
         return self.enqueue(kwargs, priority=priority, deadline=deadline,
                             traceparent=traceparent)
 
-    def admit(self, options: dict[str, Any]) -> None:
-        """Refuse, before anything is stored, a job the service cannot run.
+    def put_input(self, source: str | Path | bytes) -> str:
+        """Store a job's input (a file or bytes, within OCR_MAX_INPUT_MB); its blob key."""
+        return self._blobs.put(read_input(source, self.settings))
 
-        Its options' shape and page syntax, its engine: unknown (`unknown_engine`) or
-        run by no live worker (`engine_unavailable`, naming its `make` target); one
-        read of the presence records (`tasks/admission.py`).
+    def admit(self, options: dict[str, Any], *, priority: str | None = None,
+              rules: ClientRules | None = None, books: Books | None = None,
+              service: bool = False) -> str:
+        """Refuse, before anything is stored, a job the service cannot run; its priority.
+
+        The gate (`tasks/admission.py`) with this client's rules (the service-wide
+        ones) unless `rules` are given: priority, URLs, options' shape and page syntax,
+        its engine (`unknown_engine`, or `engine_unavailable` naming its `make` target);
+        one read of the presence records. `books`: the service's page caps and jobs
+        in flight (the HTTP API's, a batch's).
         """
-        admit(options, self.settings, self.live_queues())
+        return admit(options, rules or self.rules, self.settings, self.live_queues(),
+                     priority=priority, books=books, service=service)
+
+    @property
+    def rules(self) -> ClientRules:
+        """The rules of the client jobs are sent under: the service-wide ones."""
+        return ClientRules.service_wide(self.client)
 
     def enqueue(self, kwargs: dict[str, Any], *, priority: str | None = None,
                 deadline: float | None = None, job_id: str | None = None,
                 owner: str = "", client: str | None = None,
-                traceparent: str | None = None, created: float | None = None) -> str:
-        """Send `ocr.document` with these kwargs (input already stored); returns the id.
+                traceparent: str | None = None, created: float | None = None,
+                prefixes: tuple[str, ...] | None = None,
+                count_in_flight: bool = False) -> str:
+        """Send `ocr.document` with these kwargs (input stored, job admitted); its id.
 
-        `job_id` is a fresh UUID unless given; `owner` (the HTTP API's client) and the
-        time the job was accepted are recorded in its control hash. `client` is the name
-        the job is sent under (its `ocr_client` header and lane; this client's own unless
-        given); `created` the time it is listed under (epoch seconds; now unless given).
-        `traceparent` (W3C) is sent as a message header, also where this process does
-        not trace.
+        The sender (tasks/queue/sender.py) writes and sends it. `job_id` is a fresh
+        UUID unless given; `owner` (the HTTP API's client) is recorded in its control
+        hash. `client` is the name the job is sent under (its `ocr_client` header and
+        lane; this client's own unless given); `created` the time it is listed under
+        (epoch seconds; now unless given); `deadline` seconds from now. `traceparent`
+        (W3C) is sent as a message header, also where this process does not trace.
+        `prefixes`: the client's own URL prefixes, which the worker holds redirects to;
+        `count_in_flight`: count it in the client's jobs in flight.
         """
-        client = self.client if client is None else client_name(client)
-        priority = priority or "normal"  # explicit: send_task ignores the default
-        if priority not in PRIORITIES:
+        chosen = priority or DEFAULT_PRIORITY  # explicit: send_task ignores the default
+        if chosen not in PRIORITIES:
             raise BadRequest(f"priority must be one of {', '.join(PRIORITIES)}")
-        job_id = job_id or uuid()
-        send: dict[str, Any] = {"task_id": job_id,
-                                "priority": priority_value(self.settings, priority)}
-        if deadline is not None:
-            kwargs["deadline"] = at = time.time() + deadline
-            send["expires"] = datetime.fromtimestamp(at, tz=UTC)
-        control = {"blob": kwargs.get("blob", ""), "filename": kwargs.get("filename", ""),
-                   "deadline": str(kwargs.get("deadline", "")),
-                   "queue": job_queue(kwargs.get("engine")),  # where route_task sends it
-                   "accepted": f"{time.time():.3f}"}
-        if owner:
-            control["owner"] = owner
-        if client:
-            control["client"] = client
-        self._control.remember(job_id, **control)
-        self.index.add(job_id, client, created)
-        # The input and record reach replicas on their own connection too: its server
-        # may not be the broker's (another Redis; or, mid-failover, an old primary).
-        target = self.settings.redis_target
-        if not self._control.keep(job_id, target):
-            self._withdraw(job_id)
-            raise ReplicaMissing("the job's input and record reached no Redis replica in "
-                                 f"{target.replica_timeout:g} s; send it again")
-        headers = job_headers(client)
-        if tracing.trace_id_of(traceparent) is not None:
-            headers["traceparent"] = str(traceparent).strip()
-        try:
-            # send_task shows the kwargs without password or payload (Flower, logs); the
-            # transport returns once OCR_REDIS_MIN_REPLICAS replicas hold the message.
-            with tracing.continued(traceparent):
-                self.app.send_task("ocr.document", kwargs=kwargs, headers=headers, **send)
-        except ReplicaMissing:
-            self._withdraw(job_id)
-            raise
-        return job_id
-
-    def _withdraw(self, job_id: str) -> None:
-        """A job whose message no replica confirmed: should it survive, it never starts.
-
-        Its sender was told it was not accepted, and sends it again under a new id.
-        """
-        try:
-            self._control.cancel(job_id)
-        except OcrError:
-            pass  # Redis went away: the job's record and message likely went with it
+        return self.sender.send(OutgoingJob(
+            job_id=job_id or uuid(), kwargs=dict(kwargs), priority=chosen,
+            client=self.client if client is None else client_name(client), owner=owner,
+            deadline=None if deadline is None else time.time() + deadline,
+            created=created, traceparent=traceparent, prefixes=prefixes,
+            count_in_flight=count_in_flight))
 
     def cancel(self, ids: Iterable[str], wait: float = 10.0) -> dict[str, str]:
         """Cancel jobs by sending the public task `ocr.cancel` for each.
@@ -214,7 +190,8 @@ class OcrClient:
 
         The new job's result is complete: it merges the pages the earlier job had.
         """
-        return self.enqueue(self.retry_kwargs(job_id, password), priority=priority)
+        kwargs = self.retry_kwargs(job_id, password)
+        return self.enqueue(kwargs, priority=self.admit(kwargs, priority=priority))
 
     def retry_kwargs(self, job_id: str, password: str | None = None) -> dict[str, Any]:
         """The `ocr.document` kwargs that re-read the failed pages of a PARTIAL job."""

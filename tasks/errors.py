@@ -342,6 +342,37 @@ class PriorityNotAllowed(OcrError):
     default_message = "this client may not send jobs with that priority"
 
 
+class QuotaExceeded(OcrError):
+    """Over one of the client's quotas: its jobs in flight, or its inputs' bytes (429).
+
+    `headers` (Retry-After) are what the HTTP API answers it with. A batch's driver
+    that meets it for a document waits for room and sends it later.
+    """
+
+    code = "quota_exceeded"
+    retryable = True
+    default_message = "over the client's quota; retry after the Retry-After seconds"
+
+    def __init__(self, *args: Any, headers: dict[str, str] | None = None) -> None:
+        super().__init__(*args)
+        self.headers = dict(headers or {})
+
+
+class BatchQuotaExceeded(OcrError):
+    """The client runs as many batches as its token allows (`tokens create --batches`)."""
+
+    code = "batch_quota_exceeded"
+    retryable = True
+    default_message = "the client runs as many batches as it may"
+
+
+class LineTooLong(OcrError):
+    """A manifest line longer than OCR_BATCH_MAX_LINE_BYTES: that document fails."""
+
+    code = "line_too_long"
+    default_message = "the manifest line is too long"
+
+
 def _descendants(cls: type[OcrError]) -> list[type[OcrError]]:
     return [cls] + [d for sub in cls.__subclasses__() for d in _descendants(sub)]
 

@@ -4,7 +4,7 @@ Runs in the `api` process (the routes are plain functions: FastAPI runs them in 
 threads, as every call here blocks on Redis). A batch is accepted after the same checks
 as a job's (OCR_ALLOWED_URLS and the client's own prefixes, its engine and options),
 recorded (tasks/state/batch_store.py) and its driver's first step sent
-(`ocr.batch_step`, tasks/queue/batch_tasks.py); the workers do the rest. A batch is
+(`ocr.batch_step`, tasks/batch_worker.py); the workers do the rest. A batch is
 its client's: another client asking about it gets 404, as for one that does not exist.
 """
 
@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import AsyncIterator
-from typing import Any, Literal
+from typing import Any
 
 import anyio
 from fastapi import APIRouter, Request, Response
@@ -20,19 +20,20 @@ from fastapi.responses import StreamingResponse
 from pydantic import BaseModel, ConfigDict, Field
 from starlette.concurrency import run_in_threadpool
 
+from tasks.admission import check_job_url
 from tasks.api._errors import NotFound
 from tasks.api._routes import COMMON, Caller, _errors, service_of
 from tasks.api._schemas import ENGINE_NAME, ENGINE_NAME_MAX, Mode, Output, Priority
 from tasks.api._service import JobService
 from tasks.api.tokens import ApiClient
-from tasks.errors import BadRequest
+from tasks.errors import BadRequest, BatchQuotaExceeded
 from tasks.lifecycle.callback_urls import callback_target
-from tasks.lifecycle.url_policy import check_url
 from tasks.queue.batch_chain import batch_store, start_chain
-from tasks.state.batch_store import FINAL, BatchStore, progress_of
+from tasks.records.batches import RETRYABLE_STATES, BatchRecord, BatchState
+from tasks.records.clients import ClientRules
+from tasks.state.batch_store import BatchStore, progress_of
 
 router = APIRouter()
-BatchState = Literal["RUNNING", "SUCCESS", "PARTIAL", "FAILURE", "CANCELLED"]
 # A batch whose driver took no step for this long (its workers all restarted while its
 # step's message was held) gets a new chain of steps when it is read.
 STALE_SECONDS = 60.0
@@ -57,7 +58,8 @@ class BatchRequest(BaseModel):
     engine: str | None = Field(None, max_length=ENGINE_NAME_MAX, pattern=ENGINE_NAME)
     mode: Mode | None = None
     pages: str | None = Field(None, max_length=200, pattern=r"^[0-9 ,-]+$")
-    priority: Priority = Field("batch", description="the documents' jobs' priority")
+    priority: Priority | None = Field(None, description=(
+        "the documents' jobs' priority (default: batch); above the token's highest: 403"))
     overwrite: bool = Field(False, description=(
         "read every document, also those whose manifest line shows the same source "
         "version and options"))
@@ -84,6 +86,8 @@ class Counts(BaseModel):
     failed: int = Field(description="documents that failed or were read in part")
     skipped: int = Field(description="documents whose manifest line showed the same "
                          "source version and options")
+    skipped_failed: int = Field(0, description="of the skipped, those whose line shows "
+                                "a failure: they count as failed for the batch's state")
     running: int
 
 
@@ -119,70 +123,77 @@ class BatchService:
         self.store: BatchStore = batch_store(service.settings, service.redis)
 
     def create(self, caller: ApiClient, request: BatchRequest) -> str:
+        """Admit and record a batch, and send its first step; its id.
+
+        The gate's checks for the batch as a whole (priority, `source` and `result_url`
+        under the allow-lists, options, engine); then the client's running batches
+        (`batch_quota_exceeded`). Each document is admitted again as it is sent.
+        """
         settings = self.service.settings
-        source = self._allowed(request.source, caller, "`source`")
-        target = self._allowed(request.result_url, caller, "`result_url`")
+        rules = caller.rules(settings)
+        source = self._allowed(request.source, rules, "`source`")
+        target = self._allowed(request.result_url, rules, "`result_url`")
         if not target.startswith("s3://") or not target.endswith("/"):
             raise BadRequest("`result_url` must be an s3:// prefix ending in /")
         options = request.job_options()
-        self.service.client.admit(options)
-        fields: dict[str, Any] = {
-            "source": source, "target": target, "options": options,
-            "priority": request.priority, "client": caller.name,
-            "owner": f"api:{caller.name}", "api_client": caller.name,
-            "overwrite": "1" if request.overwrite else ""}
+        priority = self.service.client.admit(options, priority=request.priority or "batch",
+                                             rules=rules, service=True)
+        callback_url = ""
         if request.callback_url:
-            fields["callback_url"] = callback_target(request.callback_url, settings).url
-            fields["document_callbacks"] = "1" if request.document_callbacks else ""
+            callback_url = callback_target(request.callback_url, settings).url
         elif request.document_callbacks:
             raise BadRequest("`document_callbacks` needs a `callback_url`")
-        batch_id = self.store.create(fields)
-        start_chain(self.service.client.app, self.store, batch_id)
-        return batch_id
+        if rules.batches and self.store.running_of(caller.name) >= rules.batches:
+            raise BatchQuotaExceeded(f"client {caller.name!r} runs {rules.batches} batches, "
+                                     "as many as its token allows; one must end first")
+        record = self.store.create(BatchRecord(
+            id="", source=source, target=target, options=options, priority=priority,
+            client=caller.name, owner=f"api:{caller.name}", api_client=caller.name,
+            overwrite=request.overwrite, callback_url=callback_url,
+            document_callbacks=bool(callback_url) and request.document_callbacks))
+        start_chain(self.service.client.app, self.store, record.id)
+        return record.id
 
-    def _allowed(self, raw: str, caller: ApiClient, what: str) -> str:
+    def _allowed(self, raw: str, rules: ClientRules, what: str) -> str:
         prefix_ok = raw.endswith("/")
-        parsed = check_url(raw, self.service.settings.allowed_urls, what, prefix_ok)
+        parsed = check_job_url(raw, rules, self.service.settings, what, prefix_ok)
         if prefix_ok and parsed.scheme != "s3":
             raise BadRequest(f"{what} must be an s3:// prefix when it ends in /")
-        if caller.allowed_urls is not None:
-            check_url(raw, tuple(caller.allowed_urls), f"{what} (this client's prefixes)",
-                      prefix_ok)
         return parsed.url
 
-    def record(self, caller: ApiClient, batch_id: str) -> dict[str, str]:
+    def record(self, caller: ApiClient, batch_id: str) -> BatchRecord:
         if len(batch_id) > 64:
             raise NotFound("no such batch")
         record = self.store.get(batch_id)
-        if record.get("api_client") != caller.name:
+        if not record.exists or record.api_client != caller.name:
             raise NotFound("no such batch")
         return record
 
     def info(self, caller: ApiClient, batch_id: str) -> BatchInfo:
         record = self.record(caller, batch_id)
-        stepped = float(record.get("stepped") or record.get("created") or 0)
-        if record.get("state") == "RUNNING" and time.time() - stepped > STALE_SECONDS:
+        stepped = record.stepped or record.created
+        if record.state is BatchState.RUNNING and time.time() - stepped > STALE_SECONDS:
             start_chain(self.service.client.app, self.store, batch_id)
         return shown(record, self.store.in_flight(batch_id))
 
     def cancel(self, caller: ApiClient, batch_id: str) -> BatchInfo:
         record = self.record(caller, batch_id)
-        if record.get("state") not in FINAL:
-            self.store.update(batch_id, cancel="1")
+        if not record.state.final:
+            self.store.update(batch_id, cancel=True)
             start_chain(self.service.client.app, self.store, batch_id)
         return self.info(caller, batch_id)
 
     def retry(self, caller: ApiClient, batch_id: str) -> BatchInfo:
         record = self.record(caller, batch_id)
-        if record.get("state") not in ("PARTIAL", "FAILURE"):
+        if record.state not in RETRYABLE_STATES:
             raise BadRequest("only a PARTIAL or FAILURE batch can be retried; this one is "
-                             f"{record.get('state')}")
+                             f"{record.state}")
         self.store.reopen(batch_id, "retry")
         start_chain(self.service.client.app, self.store, batch_id)
         return self.info(caller, batch_id)
 
 
-def shown(record: dict[str, str], running: int) -> BatchInfo:
+def shown(record: BatchRecord, running: int) -> BatchInfo:
     """A batch's record as the API shows it: counts, rates, an ETA."""
     return BatchInfo.model_validate(progress_of(record, running))
 
@@ -202,7 +213,7 @@ def create_batch(request: Request, response: Response, body: BatchRequest,
                  caller: Caller) -> BatchAccepted:
     batch_id = batches_of(request).create(caller, body)
     response.headers["Location"] = f"/v1/batches/{batch_id}"
-    return BatchAccepted(id=batch_id, state="RUNNING")
+    return BatchAccepted(id=batch_id, state=BatchState.RUNNING)
 
 
 @router.get("/v1/batches/{batch_id}", response_model=BatchInfo,
@@ -248,7 +259,7 @@ async def _events(request: Request, batches: BatchService, caller: ApiClient,
     quiet = 0.0
     while True:
         seen = shown_now.model_dump_json(include={"state", "documents", "pages"})
-        if shown_now.state != "RUNNING":
+        if shown_now.state is not BatchState.RUNNING:
             yield f"event: end\ndata: {shown_now.model_dump_json()}\n\n"
             return
         if seen != last:

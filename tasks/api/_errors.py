@@ -8,6 +8,7 @@ maps them: `input_too_large` 413, `transient` and `engine_unavailable` 503,
 from __future__ import annotations
 
 from tasks.errors import OcrError
+from tasks.errors import QuotaExceeded as QuotaExceeded  # the gate's; answered 429
 
 
 class ApiError(OcrError):
@@ -40,15 +41,6 @@ class RateLimited(ApiError):
     status = 429
     retryable = True
     default_message = "too many requests; retry after the Retry-After seconds"
-
-
-class QuotaExceeded(ApiError):
-    """Over one of the client's quotas: bytes waiting in Redis, or jobs in flight."""
-
-    code = "quota_exceeded"
-    status = 429
-    retryable = True
-    default_message = "over the client's quota; retry after the Retry-After seconds"
 
 
 class BodyTimeout(ApiError):
@@ -96,7 +88,8 @@ class JobUnsuccessful(ApiError):
 # the client's token's highest 403.
 _STATUS_BY_CODE = {"input_too_large": 413, "transient": 503, "unknown_engine": 422,
                    "invalid_pages": 422, "engine_unavailable": 503,
-                   "page_quota_exceeded": 429, "priority_not_allowed": 403}
+                   "page_quota_exceeded": 429, "priority_not_allowed": 403,
+                   "quota_exceeded": 429, "batch_quota_exceeded": 429}
 
 
 def http_status(exc: OcrError) -> int:

@@ -58,7 +58,9 @@ class JobOptions(BaseModel):
     engine: str | None = Field(None, max_length=ENGINE_NAME_MAX, pattern=ENGINE_NAME,
                                description="tesseract, mlx-vlm, rapidocr (default: any "
                                "worker's, or by `lang` as OCR_LANG_ENGINES says)")
-    priority: Priority = Field("normal", description="interactive jobs go first, batch last")
+    priority: Priority | None = Field(None, description=(
+        "interactive jobs go first, batch last (default: normal, or the token's highest "
+        "priority when that is lower)"))
     deadline: float | None = Field(None, gt=0, lt=1e11, description=(
         "seconds since the epoch: a job not started by then never starts; a running "
         "one stops reading pages (deadline_exceeded)"))
@@ -82,7 +84,9 @@ class RetryOptions(BaseModel):
 
     password: str | None = Field(None, max_length=1024,
                                  description="opens an encrypted PDF")
-    priority: Priority = Field("normal", description="interactive jobs go first, batch last")
+    priority: Priority | None = Field(None, description=(
+        "interactive jobs go first, batch last (default: normal, or the token's highest "
+        "priority when that is lower)"))
 
 
 class ErrorInfo(BaseModel):

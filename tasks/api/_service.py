@@ -25,6 +25,7 @@ from typing import Any
 import redis
 
 from tasks import inference_server
+from tasks.admission import Books, check_job_url
 from tasks.api._access import ClientAccess, own_limit
 from tasks.api._errors import IdempotencyKeyReused, NotFinished, NotFound, QuotaExceeded
 from tasks.api._quotas import ClientBytes
@@ -35,16 +36,17 @@ from tasks.api.tokens import ApiClient, TokenStore
 from tasks.client import OcrClient
 from tasks.errors import BadRequest, InputTooLarge, PathNotAllowed
 from tasks.lifecycle.callback_urls import callback_target
-from tasks.lifecycle.url_policy import check_url
 from tasks.queue.routing import PRIORITIES
+from tasks.records.clients import ClientRules
 from tasks.records.status import JobStatus, WaitStatus
 from tasks.settings import Settings
 from tasks.state.api_jobs import ApiJobs
+from tasks.state.client_rules import InFlight
 from tasks.state.job_state import Marks
 from tasks.state.keys import API_UPLOAD_PREFIX, api_blob_key, api_upload_key
 from tasks.state.liveness import WorkerPresence
 from tasks.state.stores import BlobStore, OutputStore
-from tasks.state.usage import PageCaps, PageUsage, fewest_pages
+from tasks.state.usage import PageUsage
 
 CANCEL_TASK = "ocr.cancel"
 SERVER_CHECK_SECONDS = 5.0  # the inference server is asked at most this often
@@ -71,6 +73,9 @@ class JobService:
         self.access = ClientAccess(settings, self.tokens, redis_client)
         self.bytes = ClientBytes(redis_client, settings.blob_ttl)
         self.usage = PageUsage(redis_client)  # pages read per client, against its caps
+        self.books = Books(self.usage, InFlight(redis_client, settings.blob_ttl
+                                                + settings.result_ttl),
+                           self.client.states.ended)
         self.readiness = ReadinessCheck(
             WorkerPresence(redis_client), redis_client,
             inference_server.ServerWatch(settings, SERVER_CHECK_SECONDS))
@@ -124,16 +129,14 @@ class JobService:
         """
         digest = None if not idempotency_key else self._idempotency(idempotency_key)
         fingerprint = _fingerprint(options, filename)
+        rules = caller.rules(self.settings)
         try:
-            caller.check_priority(options.priority)  # the token's highest priority
-            kwargs = self._input_kwargs(options, upload, filename, caller)
+            kwargs = self._input_kwargs(options, upload, filename, rules)
             earlier = self._replay(caller, digest, fingerprint)
             if earlier is not None:
                 self.discard(caller, upload)
                 return Submitted(earlier, True)
-            self.client.admit(kwargs)
-            self._check_in_flight(caller)
-            self.check_pages(caller, options.pages)
+            priority = self.admit(rules, kwargs, options.priority)  # the gate
             job_id = str(uuid.uuid4())
             if digest and not self.jobs.claim_key(caller.name, digest, job_id, fingerprint):
                 earlier = self._replay(caller, digest, fingerprint)
@@ -152,10 +155,11 @@ class JobService:
             created = self.jobs.remember(caller.name, job_id, options.output,
                                          str(kwargs.get("filename", "")))
             deadline = None if options.deadline is None else options.deadline - time.time()
-            self.client.enqueue(kwargs, priority=options.priority, deadline=deadline,
+            self.client.enqueue(kwargs, priority=priority, deadline=deadline,
                                 job_id=job_id, owner=f"api:{caller.name}",
                                 client=caller.name, created=created,
-                                traceparent=traceparent)  # the request's, passed on
+                                traceparent=traceparent,  # the request's, passed on
+                                prefixes=rules.allowed_urls)
         except BaseException:
             if digest:
                 self.jobs.release_key(caller.name, digest)
@@ -181,7 +185,7 @@ class JobService:
         return job_id
 
     def _input_kwargs(self, options: JobOptions, upload: str | None,
-                      filename: str, caller: ApiClient) -> dict[str, Any]:
+                      filename: str, rules: ClientRules) -> dict[str, Any]:
         kwargs = options.task_kwargs()
         if options.deadline is not None and options.deadline <= time.time():
             raise BadRequest("`deadline` is in the past")
@@ -189,7 +193,7 @@ class JobService:
             # The workers' own rule (allow-list, no private addresses unless listed).
             kwargs["callback_url"] = callback_target(options.callback_url, self.settings).url
         if options.result_url is not None:
-            kwargs["result_url"] = self._check_url(options.result_url, caller,
+            kwargs["result_url"] = self._check_url(options.result_url, rules,
                                                    "`result_url`", prefix_ok=True)
         if upload is not None:
             if options.path is not None or options.url is not None:
@@ -199,7 +203,7 @@ class JobService:
         if options.url is not None:
             if options.path is not None:
                 raise BadRequest("send either a `path` or a `url`, not both")
-            kwargs["url"] = self._check_url(options.url, caller, "`url`")
+            kwargs["url"] = self._check_url(options.url, rules, "`url`")
             kwargs.setdefault("filename", kwargs["url"].rstrip("/").rsplit("/", 1)[-1])
             return kwargs
         if options.path is None:
@@ -209,18 +213,15 @@ class JobService:
         kwargs.setdefault("filename", PurePosixPath(options.path).name)
         return kwargs
 
-    def _check_url(self, raw: str, caller: ApiClient, what: str,
+    def _check_url(self, raw: str, rules: ClientRules, what: str,
                    prefix_ok: bool = False) -> str:
         """The normalised URL, when OCR_ALLOWED_URLS and the client's prefixes admit it.
 
         The client's own prefixes: `tokens create --allowed-url`. Else UrlNotAllowed.
         """
-        parsed = check_url(raw, self.settings.allowed_urls, what, prefix_ok)
+        parsed = check_job_url(raw, rules, self.settings, what, prefix_ok)
         if prefix_ok and parsed.scheme != "s3":
             raise BadRequest(f"{what} must be an s3:// URL (results are written to a bucket)")
-        if caller.allowed_urls is not None:
-            check_url(raw, tuple(caller.allowed_urls), f"{what} (this client's prefixes)",
-                      prefix_ok)
         return parsed.url
 
     def _check_path(self, raw: str) -> None:
@@ -236,23 +237,11 @@ class JobService:
             raise InputTooLarge(f"the upload is larger than {self.settings.max_input_mb} MB "
                                 "(OCR_MAX_INPUT_MB); nothing was stored")
 
-    def _check_in_flight(self, caller: ApiClient) -> None:
-        limit = own_limit(caller.jobs_in_flight, self.settings.api_jobs_in_flight)
-        if not limit:
-            return
-        open_ids = self.jobs.open_jobs(caller.name)
-        if len(open_ids) < limit:
-            return
-        finished = self.client.states.ended(open_ids)  # one round trip
-        self.jobs.closed(caller.name, *finished)
-        if len(open_ids) - len(finished) >= limit:
-            raise QuotaExceeded(f"{limit} jobs are unfinished (the client's jobs-in-flight "
-                                "quota)", headers={"Retry-After": "5"})
-
-    def check_pages(self, caller: ApiClient, pages: str | None) -> None:
-        """Refuse (429 page_quota_exceeded) a job whose fewest pages pass a page cap."""
-        self.usage.check(caller.name, fewest_pages(pages),
-                         PageCaps(caller.pages_per_day, caller.pages_per_month))
+    def admit(self, rules: ClientRules, kwargs: dict[str, Any],
+              priority: str | None) -> str:
+        """The gate, with the service's books (page caps, jobs in flight); the priority."""
+        return self.client.admit(kwargs, priority=priority, rules=rules, books=self.books,
+                                 service=True)
 
     def _record(self, caller: ApiClient, job_id: str) -> dict[str, str]:
         """The job's record, or NotFound when it is not this client's."""
@@ -336,19 +325,19 @@ class JobService:
         the client's own, as the record check just showed.
         """
         record = self._record(caller, job_id)
-        caller.check_priority(options.priority)
+        rules = caller.rules(self.settings)
         status, _ = self._status(job_id, record)
         if status.status != JobStatus.PARTIAL:
             raise BadRequest(f"only a PARTIAL job can be retried; this one is {status.status}")
         kwargs = self.client.retry_kwargs(job_id, options.password)
-        self.check_pages(caller, str(kwargs.get("pages") or ""))
+        priority = self.admit(rules, kwargs, options.priority)  # the gate
         new_id = str(uuid.uuid4())
         created = self.jobs.remember(caller.name, new_id, str(kwargs["output"]),
                                      str(kwargs.get("filename", "")))
         try:
-            self.client.enqueue(kwargs, priority=options.priority, job_id=new_id,
+            self.client.enqueue(kwargs, priority=priority, job_id=new_id,
                                 owner=f"api:{caller.name}", client=caller.name,
-                                created=created)
+                                created=created, prefixes=rules.allowed_urls)
         except BaseException:
             self.jobs.forget(caller.name, new_id)
             raise

@@ -20,10 +20,12 @@ from dataclasses import asdict, dataclass, replace
 import redis
 
 from tasks.broker.layout import LANE_WEIGHTS_KEY
-from tasks.errors import BadRequest, PriorityNotAllowed
+from tasks.errors import BadRequest
 from tasks.lifecycle.url_policy import parse_url
 from tasks.queue.routing import PRIORITIES
-from tasks.records.clients import CLIENT_NAME
+from tasks.records.clients import CLIENT_NAME, ClientRules
+from tasks.settings import Settings
+from tasks.state.client_rules import rules_of
 from tasks.state.keys import API_CLIENTS_KEY, api_token_key
 from tasks.state.webhook_secrets import WebhookSecrets
 
@@ -58,14 +60,12 @@ class ApiClient:
     # (interactive, normal, batch; None: any).
     weight: int = 1
     max_priority: str | None = None
+    # Batches the client may run at once (`tokens create --batches`; None: RUNNING_BATCHES).
+    batches: int | None = None
 
-    def check_priority(self, priority: str | None) -> None:
-        """Refuse (PriorityNotAllowed) a job priority above this client's highest."""
-        wanted = PRIORITIES.get(priority or "normal")
-        if self.max_priority is not None and wanted is not None \
-                and wanted < PRIORITIES[self.max_priority]:
-            raise PriorityNotAllowed(f"client {self.name!r} may send jobs of priority "
-                                     f"{self.max_priority} or lower, not {priority}")
+    def rules(self, settings: Settings) -> ClientRules:
+        """What the gate holds this client's jobs to (tasks/admission.py)."""
+        return rules_of(self.name, asdict(self), settings)
 
 
 def _url_prefix(prefix: str) -> str:
@@ -93,13 +93,14 @@ class TokenStore:
                       max_bytes: int | None = None,
                       pages_per_day: int | None = None,
                       pages_per_month: int | None = None, weight: int = 1,
-                      max_priority: str | None = None) -> tuple[str, str]:
+                      max_priority: str | None = None,
+                      batches: int | None = None) -> tuple[str, str]:
         """Make a client: its token and its webhook signing secret."""
         if not CLIENT_NAME.match(name):
             raise BadRequest("a client name is 1-64 characters of [A-Za-z0-9_.-], "
                              "starting with a letter or digit")
         _check_limits(jobs_in_flight, requests_per_minute, max_bytes, pages_per_day,
-                      pages_per_month)
+                      pages_per_month, batches)
         _check_share(weight, max_priority)
         prefixes = None if allowed_urls is None else [_url_prefix(p) for p in allowed_urls]
         token = TOKEN_PREFIX + secrets.token_urlsafe(32)
@@ -107,7 +108,7 @@ class TokenStore:
         record = ApiClient(name, round(time.time(), 3), digest, jobs_in_flight,
                            requests_per_minute, allowed_urls=prefixes, max_bytes=max_bytes,
                            pages_per_day=pages_per_day, pages_per_month=pages_per_month,
-                           weight=weight, max_priority=max_priority)
+                           weight=weight, max_priority=max_priority, batches=batches)
         if not self._redis.hsetnx(API_CLIENTS_KEY, name, json.dumps(asdict(record))):
             raise BadRequest(f"client {name!r} exists; revoke it first to make a new token")
         # The record again under the hash: a request is authenticated in one GET.

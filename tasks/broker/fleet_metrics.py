@@ -111,10 +111,10 @@ class FleetCollector(Collector):
             running.add_metric([], float(len(ids)))
             for batch_id in ids:
                 record = store.get(batch_id)
-                if not record:
+                if not record.exists:
                     continue
                 shown = progress_of(record, store.in_flight(batch_id))
-                labels = [batch_id, record.get("client", "")]
+                labels = [batch_id, record.client]
                 for state, value in shown["documents"].items():
                     if state in ("done", "failed", "skipped", "running"):
                         documents.add_metric([*labels, state], float(value))

@@ -20,16 +20,14 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import time
 import uuid
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
-from tasks.errors import BadRequest
+from tasks.errors import BadRequest, LineTooLong
 from tasks.lifecycle import _s3
 from tasks.lifecycle.url_inputs import check_input_url, locate, read_object
 from tasks.lifecycle.url_policy import check_url
@@ -40,6 +38,7 @@ if TYPE_CHECKING:
 
 MANIFEST_DIR = ".manifest/"
 PARTS_DIR = ".manifest-parts/"  # the lines each step settled, one object a step
+SOURCE_COPY_DIR = ".batch-source/"  # an https manifest, copied once
 MANIFEST_FILE = "manifest.jsonl"
 MANIFEST_CHUNK = 256 * 1024  # bytes of a manifest read at a time
 READERS = 16  # manifest objects read at once (composing manifest.jsonl)
@@ -55,6 +54,7 @@ class Document:
     name: str
     version: dict[str, Any] = field(default_factory=dict)  # etag / version_id / size, mtime
     options: dict[str, Any] = field(default_factory=dict)  # its manifest line's own
+    refused: str = ""  # an error code: its manifest line could not be read (too long)
 
     def to_json(self) -> dict[str, Any]:
         return {"url": self.url, "name": self.name, "version": self.version,
@@ -77,6 +77,9 @@ class Target(Protocol):
 
     def get(self, name: str) -> bytes | None:
         """`<target><name>`'s bytes, None when it does not exist."""
+
+    def get_range(self, name: str, first: int, last: int) -> bytes | None:
+        """Bytes `first` to `last` (included) of `<target><name>`; None: no such object."""
 
     def names(self, under: str, after: str, count: int) -> tuple[list[str], bool]:
         """Names under `under` after `after`, in order, and whether there are more."""
@@ -116,7 +119,7 @@ def read_line(target: Target, name: str) -> dict[str, Any] | None:
     return line if isinstance(line, dict) else None
 
 
-def manifest_lines(target: Target, alive: Callable[[], None] | None = None
+def manifest_lines(target: Target, alive: Callable[[], object] | None = None
                    ) -> Iterator[dict[str, Any]]:
     """Every document's manifest line under the target, in the order of their objects.
 
@@ -157,7 +160,7 @@ def write_part(target: Target, lines: list[dict[str, Any]]) -> None:
         target.put(part_name(), body.encode(), "application/jsonl")
 
 
-def compose_from_parts(target: Target, alive: Callable[[], None] | None = None) -> int:
+def compose_from_parts(target: Target, alive: Callable[[], object] | None = None) -> int:
     """Write `manifest.jsonl` from the steps' parts: each document's latest line."""
     latest: dict[str, dict[str, Any]] = {}
     after = ""
@@ -184,7 +187,7 @@ def compose_from_parts(target: Target, alive: Callable[[], None] | None = None) 
     return len(latest)
 
 
-def compose_manifest(target: Target, alive: Callable[[], None] | None = None) -> int:
+def compose_manifest(target: Target, alive: Callable[[], object] | None = None) -> int:
     """Write `manifest.jsonl` from the documents' lines (sorted by name); how many."""
     lines = sorted(manifest_lines(target, alive), key=lambda line: str(line.get("name", "")))
     body = "".join(json.dumps(line, sort_keys=True) + "\n" for line in lines)
@@ -210,6 +213,9 @@ class S3Target:
 
     def get(self, name: str) -> bytes | None:
         return _s3.get(self.bucket, self.prefix + name, self.timeout)
+
+    def get_range(self, name: str, first: int, last: int) -> bytes | None:
+        return _s3.get(self.bucket, self.prefix + name, self.timeout, first, last)
 
     def names(self, under: str, after: str, count: int) -> tuple[list[str], bool]:
         start = self.prefix + after if after else ""
@@ -244,34 +250,85 @@ class S3Prefix:
 
 @dataclass(frozen=True)
 class ManifestSource:
-    """A JSONL manifest (s3:// read by byte ranges; https:// read once, whole)."""
+    """A JSONL manifest, read by byte ranges from a cursor (the next line's offset).
+
+    An s3:// manifest is read where it is; an https:// one is read once, as the
+    batch's first step asks for it, and copied under the target
+    (`.batch-source/<batch id>.jsonl`): every later page reads ranges of that copy.
+    A line longer than OCR_BATCH_MAX_LINE_BYTES is a refused document
+    (`line_too_long`): the read skips to its end, a range at a time.
+    """
 
     url: str
     settings: Settings
+    target: Target | None = None  # where an https manifest is copied
+    batch_id: str = ""
+
+    @property
+    def _chunk(self) -> int:
+        return max(MANIFEST_CHUNK, self.settings.batch_max_line_bytes + 2)
+
+    def _range(self, first: int, size: int) -> bytes:
+        parsed = check_input_url(self.url, self.settings)
+        if parsed.scheme == "s3":
+            chunk = _s3.get(parsed.bucket, parsed.key, self.settings.url_timeout, first,
+                            first + size - 1)
+        elif self.target is None:
+            chunk = read_object(locate(self.url, self.settings), self.settings)[
+                first:first + size]
+        else:
+            name = f"{SOURCE_COPY_DIR}{self.batch_id or 'manifest'}.jsonl"
+            chunk = self.target.get_range(name, first, first + size - 1)
+            if chunk is None:  # the first read: the whole manifest, once, copied
+                whole = read_object(locate(self.url, self.settings), self.settings)
+                self.target.put(name, whole, "application/jsonl")
+                chunk = whole[first:first + size]
+        if chunk is None:
+            raise BadRequest("the batch's manifest does not exist")
+        return chunk
 
     def page(self, cursor: str, count: int) -> tuple[list[tuple[Document, str]], bool]:
         offset = int(cursor or 0)
-        parsed = check_input_url(self.url, self.settings)
-        if parsed.scheme == "s3":
-            chunk = _s3.get(parsed.bucket, parsed.key, self.settings.url_timeout, offset,
-                            offset + MANIFEST_CHUNK - 1)
-            if chunk is None:
-                raise BadRequest("the batch's manifest does not exist")
-            last = len(chunk) < MANIFEST_CHUNK
-        else:
-            whole = read_object(locate(self.url, self.settings), self.settings)
-            chunk, last = whole[offset:], True
+        size = self._chunk
+        chunk = self._range(offset, size)
+        last = len(chunk) < size
+        longest = self.settings.batch_max_line_bytes
         out: list[tuple[Document, str]] = []
         position = offset
         for raw in chunk.splitlines(keepends=True):
-            if not raw.endswith(b"\n") and not last:
+            complete = raw.endswith(b"\n") or last
+            if len(raw.rstrip(b"\r\n")) > longest:
+                end = position + len(raw) if complete else self._line_end(position + len(raw))
+                name = f"manifest line at byte {position}"
+                out.append((Document("", name, refused=LineTooLong.code), str(end)))
+                return out, self._at_end(end)
+            if not complete:
                 break  # cut by the range: read again from its start next time
             position += len(raw)
             document = manifest_document(raw)
-            out.append((document or Document("", ""), str(position)))
+            if document is None:
+                continue  # a blank line: no document, and not counted
+            out.append((document, str(position)))
             if len(out) >= count:
                 return out, last and position >= offset + len(chunk)
+        if position > offset and (not out or out[-1][1] != str(position)):
+            out.append((Document("", ""), str(position)))  # the cursor passes the blanks
         return out, last
+
+    def _line_end(self, start: int) -> int:
+        """The offset past the end of the line that goes on at `start` (or the end)."""
+        size = self._chunk * 4
+        while True:
+            chunk = self._range(start, size)
+            newline = chunk.find(b"\n")
+            if newline >= 0:
+                return start + newline + 1
+            if len(chunk) < size:
+                return start + len(chunk)
+            start += len(chunk)
+
+    def _at_end(self, offset: int) -> bool:
+        return not self._range(offset, 1)
 
 
 def manifest_document(raw: bytes) -> Document | None:
@@ -295,7 +352,8 @@ def manifest_document(raw: bytes) -> Document | None:
     return Document(url, name, {}, options)
 
 
-def source_of(source: str, settings: Settings, target: S3Target | None) -> Source:
+def source_of(source: str, settings: Settings, target: S3Target | None,
+              batch_id: str = "") -> Source:
     """The source a batch's `source` names: a prefix (ending /) or a manifest."""
     if source.startswith("s3://") and source.endswith("/"):
         parsed = check_url(source, settings.allowed_urls, "`source`", prefix_ok=True)
@@ -303,7 +361,7 @@ def source_of(source: str, settings: Settings, target: S3Target | None) -> Sourc
             target.bucket == parsed.bucket else ""
         return S3Prefix(parsed.bucket, parsed.key, settings.url_timeout, excluded)
     check_input_url(source, settings)
-    return ManifestSource(source, settings)
+    return ManifestSource(source, settings, target, batch_id)
 
 
 def target_of(url: str, settings: Settings) -> S3Target:
@@ -312,42 +370,3 @@ def target_of(url: str, settings: Settings) -> S3Target:
     if parsed.scheme != "s3" or not parsed.url.endswith("/"):
         raise BadRequest("a batch's `result_url` must be an s3:// prefix ending in /")
     return S3Target(parsed.bucket, parsed.key, settings.url_timeout)
-
-
-# --- local folders (submit.py) ----------------------------------------------------------
-
-@dataclass(frozen=True)
-class LocalTarget:
-    root: Path
-
-    def put(self, name: str, data: bytes, content_type: str) -> str:
-        path = self.root / name
-        path.parent.mkdir(parents=True, exist_ok=True)
-        part = path.with_name(path.name + ".part")
-        part.write_bytes(data)
-        os.replace(part, path)
-        return str(path)
-
-    def get(self, name: str) -> bytes | None:
-        path = self.root / name
-        return path.read_bytes() if path.is_file() else None
-
-    def names(self, under: str, after: str, count: int) -> tuple[list[str], bool]:
-        folder = self.root / under
-        found = sorted(f"{under}{p.name}" for p in folder.iterdir()) \
-            if folder.is_dir() else []
-        found = [n for n in found if n > after and not n.endswith(".part")]
-        return found[:count], len(found) > count
-
-
-def local_documents(root: Path, excluded: Path | None) -> Iterator[Document]:
-    """Every file under `root` (sorted), but those under `excluded` and hidden ones."""
-    for path in sorted(p for p in root.rglob("*") if p.is_file()):
-        relative = path.relative_to(root)
-        if any(part.startswith(".") for part in relative.parts):
-            continue
-        if excluded is not None and path.resolve().is_relative_to(excluded.resolve()):
-            continue
-        stat = path.stat()
-        yield Document(str(path), relative.as_posix(),
-                       {"size": stat.st_size, "mtime": stat.st_mtime_ns})

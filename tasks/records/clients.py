@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import getpass
 import re
+from dataclasses import dataclass
 
 CLIENT_HEADER = "ocr_client"
 ANONYMOUS = ""
@@ -30,3 +31,32 @@ def login_client() -> str:
     except (KeyError, OSError):  # no user of that id (a container's arbitrary uid)
         return ANONYMOUS
     return client_name(re.sub(r"[^A-Za-z0-9_.-]", "-", user)[:64])
+
+
+RUNNING_BATCHES = 4  # a client's running batches when its token names no number
+
+
+@dataclass(frozen=True)
+class ClientRules:
+    """What the gate holds a job to for the client that sends it (tasks/admission.py).
+
+    An HTTP API client's come from its token (`tokens create`); any other client's
+    are the service-wide ones. `allowed_urls`: the client's own URL prefixes (None:
+    OCR_ALLOWED_URLS alone); `max_priority`: the highest priority its jobs may have
+    (None: any); `jobs_in_flight`: its unfinished jobs, batch documents included
+    (0: no limit); `batches`: its running batches (0: no limit); `pages_per_day`,
+    `pages_per_month`: page caps (None or 0: none). Pure; crosses process boundaries.
+    """
+
+    name: str
+    allowed_urls: tuple[str, ...] | None = None
+    max_priority: str | None = None
+    jobs_in_flight: int = 0
+    batches: int = RUNNING_BATCHES
+    pages_per_day: int | None = None
+    pages_per_month: int | None = None
+
+    @classmethod
+    def service_wide(cls, name: str) -> ClientRules:
+        """The rules of a client without a token of its own: OCR_ALLOWED_URLS alone."""
+        return cls(name, batches=0)

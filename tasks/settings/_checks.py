@@ -139,8 +139,10 @@ def validate(settings: Settings) -> None:
                                 "http(s)://host/ prefix ending in /")
     if settings.url_timeout <= 0:
         raise SettingsError("OCR_URL_TIMEOUT must be positive")
-    if settings.batch_window < 1 or settings.batch_step_seconds <= 0:
-        raise SettingsError("OCR_BATCH_WINDOW and OCR_BATCH_STEP_SECONDS must be positive")
+    if settings.batch_window < 1 or settings.batch_step_seconds <= 0 \
+            or settings.batch_max_line_bytes < 1:
+        raise SettingsError("OCR_BATCH_WINDOW, OCR_BATCH_STEP_SECONDS and "
+                            "OCR_BATCH_MAX_LINE_BYTES must be positive")
     if settings.max_decoded_mb <= 0:
         raise SettingsError("OCR_MAX_DECODED_MB must be positive")
     if settings.max_input_mb <= 0 or settings.max_output_mb <= 0:

@@ -98,6 +98,10 @@ class ClientSettings:
                            "Batches: most documents of one batch in flight at once (sent "
                            "as jobs, not ended). Redis holds the state of these only, not "
                            "of the whole collection; a crash re-reads at most these.")
+    batch_max_line_bytes: int = _s("OCR_BATCH_MAX_LINE_BYTES", "65536",
+                                   "Batches: the longest manifest line read; a longer "
+                                   "one is that document's manifest line, failed "
+                                   "`line_too_long`, and the batch goes on.")
     batch_step_seconds: float = _s("OCR_BATCH_STEP_SECONDS", "0.5",
                                    "Batches: seconds between two steps of a batch's "
                                    "driver (`ocr.batch_step`: collect the documents "

@@ -2,11 +2,12 @@
 
 Runs in the HTTP API (create, read, cancel, retry), in whichever worker runs the
 batch's driver (`ocr.batch_step`) and in submit.py. Redis holds a batch's window only:
-the record `ocr:batch:<id>` (a hash: source, options, target, client, the listing's
-cursor, counts, state), `ocr:batch:<id>:flight` (job id -> the document it reads, at
-most OCR_BATCH_WINDOW entries) and `ocr:batch:<id>:lock` (the step running now). What
-ended is in the target's manifest, not here. Every key has a TTL, refreshed by each
-step while the batch runs (`ttl`), and kept that long after it ended.
+the record `ocr:batch:<id>` (a hash: a `BatchRecord`'s fields, tasks/records/batches.py),
+`ocr:batch:<id>:flight` (job id -> the document it reads, at most OCR_BATCH_WINDOW
+entries) and `ocr:batch:<id>:lock` (the step running now; taken with SET NX, kept and
+let go by its holder alone, each in one script). What ended is in the target's
+manifest, not here. Every key has a TTL, refreshed by each step while the batch runs
+(`touch`), and kept that long after it ended.
 """
 
 from __future__ import annotations
@@ -18,10 +19,16 @@ from typing import Any
 
 import redis
 
+from tasks.records.batches import COUNTS, BatchRecord, BatchState, encode_field
 from tasks.state.keys import BATCHES_RUNNING_KEY, batch_key
 
-COUNTS = ("listed", "done", "failed", "skipped", "pages_done", "pages_failed")
-FINAL = ("SUCCESS", "PARTIAL", "FAILURE", "CANCELLED")
+FINAL = tuple(s for s in BatchState if s.final)
+# The lock's holder alone extends it (ARGV[2] ms) or lets it go (ARGV[2] absent).
+_HOLDER_SCRIPT = """
+if redis.call('GET', KEYS[1]) ~= ARGV[1] then return 0 end
+if ARGV[2] then return redis.call('PEXPIRE', KEYS[1], ARGV[2]) end
+return redis.call('DEL', KEYS[1])
+"""
 
 
 class BatchStore:
@@ -30,30 +37,30 @@ class BatchStore:
     def __init__(self, client: redis.Redis, ttl: int) -> None:
         self._redis = client
         self.ttl = ttl
+        self._holder = client.register_script(_HOLDER_SCRIPT)
 
-    def create(self, fields: dict[str, Any], batch_id: str | None = None) -> str:
-        """A new RUNNING batch with these fields (JSON for non-strings); its id."""
-        batch_id = batch_id or uuid.uuid4().hex
-        record = {k: v if isinstance(v, str) else json.dumps(v) for k, v in fields.items()}
-        record.update({"id": batch_id, "state": "RUNNING", "created": f"{time.time():.3f}",
-                       "cursor": "", "phase": "list", "chain": "",
-                       **{name: "0" for name in COUNTS}})
+    def create(self, record: BatchRecord) -> BatchRecord:
+        """Record a new RUNNING batch (a fresh id unless the record has one)."""
+        record = record.with_(id=record.id or uuid.uuid4().hex, state=BatchState.RUNNING,
+                              created=round(time.time(), 3), cursor="", phase="list",
+                              chain="")
         pipe = self._redis.pipeline()
-        pipe.hset(batch_key(batch_id), mapping=record)  # type: ignore[arg-type]
-        pipe.expire(batch_key(batch_id), self.ttl)
-        pipe.sadd(BATCHES_RUNNING_KEY, batch_id)
+        pipe.hset(batch_key(record.id), mapping=record.to_hash())  # type: ignore[arg-type]
+        pipe.expire(batch_key(record.id), self.ttl)
+        pipe.sadd(BATCHES_RUNNING_KEY, record.id)
         pipe.expire(BATCHES_RUNNING_KEY, self.ttl)
         pipe.execute()
-        return batch_id
+        return record
 
-    def get(self, batch_id: str) -> dict[str, str]:
-        """The record (strings), empty when there is none."""
+    def get(self, batch_id: str) -> BatchRecord:
+        """The record; one whose `exists` is False when there is none."""
         raw = self._redis.hgetall(batch_key(batch_id))
-        return {_text(k): _text(v) for k, v in raw.items()}
+        return BatchRecord.from_hash({_text(k): _text(v) for k, v in raw.items()})
 
     def update(self, batch_id: str, **fields: Any) -> None:
+        """Set some of the record's fields (typed as `BatchRecord`'s)."""
         self._redis.hset(batch_key(batch_id), mapping={
-            k: v if isinstance(v, str) else json.dumps(v) for k, v in fields.items()})
+            k: encode_field(k, v) for k, v in fields.items()})
 
     def count(self, batch_id: str, **deltas: int) -> None:
         pipe = self._redis.pipeline()
@@ -64,6 +71,18 @@ class BatchStore:
     def running(self) -> list[str]:
         """The ids of the batches not ended (a worker's start resumes their drivers)."""
         return sorted(_text(i) for i in self._redis.smembers(BATCHES_RUNNING_KEY))
+
+    def running_of(self, client: str) -> int:
+        """How many batches of `client` are running (one read of each running record)."""
+        ids = self.running()
+        if not ids:
+            return 0
+        pipe = self._redis.pipeline(transaction=False)
+        for batch_id in ids:
+            pipe.hmget(batch_key(batch_id), "client", "state")
+        return sum(1 for owner, state in pipe.execute()
+                   if owner is not None and _text(owner) == client
+                   and _text(state or b"") == BatchState.RUNNING)
 
     def new_chain(self, batch_id: str) -> str:
         """Name a new chain of steps; a step of any other chain stops where it is."""
@@ -86,16 +105,14 @@ class BatchStore:
         return bool(self._redis.set(batch_key(batch_id, "lock"), holder, nx=True,
                                     px=int(seconds * 1000)))
 
-    def extend(self, batch_id: str, holder: str, seconds: float) -> None:
-        """Keep the lock another `seconds` while its holder still holds it."""
-        key = batch_key(batch_id, "lock")
-        if _text(self._redis.get(key) or b"") == holder:
-            self._redis.pexpire(key, int(seconds * 1000))
+    def extend(self, batch_id: str, holder: str, seconds: float) -> bool:
+        """Keep the lock another `seconds` while its holder still holds it (one script)."""
+        return bool(self._holder(keys=[batch_key(batch_id, "lock")],
+                                 args=[holder, int(seconds * 1000)]))
 
-    def unlock(self, batch_id: str, holder: str) -> None:
-        key = batch_key(batch_id, "lock")
-        if _text(self._redis.get(key) or b"") == holder:
-            self._redis.delete(key)
+    def unlock(self, batch_id: str, holder: str) -> bool:
+        """Let the lock go, when `holder` still holds it (compare and delete: one script)."""
+        return bool(self._holder(keys=[batch_key(batch_id, "lock")], args=[holder]))
 
     # --- documents in flight -----------------------------------------------------------
 
@@ -119,7 +136,7 @@ class BatchStore:
         pipe.execute()
 
     def passed(self, batch_id: str, cursor: str, **deltas: int) -> None:
-        """A document skipped: the cursor past it, counted."""
+        """A document skipped or refused: the cursor past it, counted."""
         pipe = self._redis.pipeline()
         pipe.hset(batch_key(batch_id), "cursor", cursor)
         for name, delta in deltas.items():
@@ -137,9 +154,9 @@ class BatchStore:
             self.count(batch_id, **deltas)
         return True
 
-    def end(self, batch_id: str, state: str) -> None:
+    def end(self, batch_id: str, state: BatchState) -> None:
         pipe = self._redis.pipeline()
-        pipe.hset(batch_key(batch_id), mapping={"state": state,
+        pipe.hset(batch_key(batch_id), mapping={"state": state.value,
                                                 "ended": f"{time.time():.3f}"})
         pipe.srem(BATCHES_RUNNING_KEY, batch_id)
         pipe.delete(batch_key(batch_id, "flight"))
@@ -148,45 +165,49 @@ class BatchStore:
     def reopen(self, batch_id: str, phase: str) -> None:
         """Run an ended batch again (`retry`): its listing from the start, in `phase`."""
         pipe = self._redis.pipeline()
-        pipe.hset(batch_key(batch_id), mapping={"state": "RUNNING", "phase": phase,
-                                                "cursor": "", "ended": "", "cancel": "",
-                                                "cancel_sent": "", "listed_all": "", "error": "",
-                                                "started": f"{time.time():.3f}",
-                                                "pages_at_start": "0"})
+        pipe.hset(batch_key(batch_id), mapping={
+            "state": BatchState.RUNNING.value, "phase": phase, "cursor": "",
+            "cancel": encode_field("cancel", False),
+            "cancel_sent": encode_field("cancel_sent", False),
+            "listed_all": encode_field("listed_all", False),
+            "started": f"{time.time():.3f}"})
+        pipe.hdel(batch_key(batch_id), "ended", "error")
         pipe.sadd(BATCHES_RUNNING_KEY, batch_id)
         pipe.expire(BATCHES_RUNNING_KEY, self.ttl)
         pipe.expire(batch_key(batch_id), self.ttl)
         pipe.execute()
 
 
-def progress_of(record: dict[str, str], running: int) -> dict[str, Any]:
+def progress_of(record: BatchRecord, running: int) -> dict[str, Any]:
     """A batch's record as shown (API, submit.py): counts, rates, an ETA."""
-    counts = {name: int(record.get(name) or 0) for name in COUNTS}
-    created = float(record.get("created") or 0)
-    started = float(record.get("started") or created)
-    ended = float(record["ended"]) if record.get("ended") else None
+    counts = record.counts()
+    started = record.started or record.created
+    ended = record.ended
     elapsed = max((ended or time.time()) - started, 1e-3)
     read = counts["done"] + counts["failed"]
     per_doc = read / elapsed
-    total = counts["listed"] if record.get("listed_all") == "1" else None
+    total = counts["listed"] if record.listed_all else None
     left = None if total is None else max(total - read - counts["skipped"], 0)
     eta = None if left is None else (0.0 if left == 0 else
                                      round(left / per_doc, 1) if per_doc else None)
-    target = record.get("target", "")
-    return {"id": record.get("id", ""), "state": record.get("state", "RUNNING"),
-            "source": record.get("source", ""), "result_url": target,
+    target = record.target
+    return {"id": record.id, "state": record.state.value,
+            "source": record.source, "result_url": target,
             "manifest": target + ("" if target.endswith("/") else "/") + "manifest.jsonl",
             "documents": {"total": total, "listed": counts["listed"],
                           "done": counts["done"], "failed": counts["failed"],
-                          "skipped": counts["skipped"], "running": running},
+                          "skipped": counts["skipped"],
+                          "skipped_failed": counts["skipped_failed"], "running": running},
             "pages": {"done": counts["pages_done"], "failed": counts["pages_failed"]},
             "pages_per_second": round((counts["pages_done"] + counts["pages_failed"])
                                       / elapsed, 3),
             "documents_per_second": round(per_doc, 3), "eta_seconds": eta,
-            "created": created, "ended": ended,
-            "cancel_requested": record.get("cancel") == "1",
-            "error": json.loads(record["error"]) if record.get("error") else None}
+            "created": record.created, "ended": ended,
+            "cancel_requested": record.cancel, "error": record.error}
 
 
 def _text(value: Any) -> str:
     return value.decode() if isinstance(value, bytes) else str(value)
+
+
+__all__ = ["COUNTS", "FINAL", "BatchStore", "progress_of"]

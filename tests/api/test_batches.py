@@ -181,7 +181,9 @@ def test_sent_again_reads_nothing_and_a_changed_object_alone_is_read(
         first: dict[str, Any], alice: requests.Session, api: ApiServer, s3: MotoS3,
         store: redis.Redis) -> None:
     again = ended(alice, api, start(alice, api, "set1/"))
-    assert again["documents"]["skipped"] == 14 and again["state"] == "SUCCESS", again
+    # the state is the collection's: the two that failed were skipped, and still failed
+    assert again["documents"]["skipped"] == 14 and again["state"] == "PARTIAL", again
+    assert again["documents"]["skipped_failed"] == 2
     assert jobs_of(store, again["id"]) == 0
     s3.client().put_object(Bucket="src", Key="set1/doc-005.png", Body=png(120, (99, 77)))
     changed = ended(alice, api, start(alice, api, "set1/"))
@@ -292,7 +294,8 @@ def test_the_local_folder_form_writes_outputs_and_a_manifest_and_resumes(
         (source / ("sub" if i % 2 else "") / f"page-{i}.png").write_bytes(
             png(200, (50 + i, 40 + i)))
     (source / "broken.png").write_bytes(BAD)
-    done = cli(redis_url, s3, "batch", str(source), "--result-url", str(target), "--json")
+    done = cli(redis_url, s3, "batch", str(source), "--result-url", str(target), "--json",
+               "--progress")
     assert done.returncode == 3, done.stderr  # PARTIAL
     summary = json.loads(done.stdout)
     assert summary["state"] == "PARTIAL" and summary["documents"]["done"] == 5, summary
@@ -308,16 +311,23 @@ def test_the_local_folder_form_writes_outputs_and_a_manifest_and_resumes(
         assert line["source_version"]["size"] > 0 and line["status"] == "SUCCESS", line
         text = (target / f"{line['name']}.txt").read_text()
         assert text.startswith(f"fake {50 + i}x{40 + i} "), text
+    assert summary["id"] and f"batch {summary['id']}" in done.stderr  # --progress
+    assert "5 done, 1 failed" in done.stderr and "pages/s" in done.stderr, done.stderr
+    status = cli(redis_url, s3, "batch", "status", summary["id"], "--json")
+    assert json.loads(status.stdout)["state"] == "PARTIAL", status.stdout
     again = cli(redis_url, s3, "batch", str(source), "--result-url", str(target), "--json")
-    assert again.returncode == 0, again.stderr
-    assert json.loads(again.stdout)["documents"]["skipped"] == 6
+    # the collection's state: nothing read again, and broken.png's failure remains
+    assert again.returncode == 3, again.stderr
+    shown = json.loads(again.stdout)
+    assert shown["documents"]["skipped"] == 6 and shown["documents"]["skipped_failed"] == 1
+    assert shown["state"] == "PARTIAL" and shown["id"] != summary["id"], shown
 
 
 def test_the_command_line_starts_and_waits_for_an_s3_batch(
         worker: Worker, control: Worker, redis_url: str, s3: MotoS3) -> None:
     fill(s3, "cli/", 5)
     started = cli(redis_url, s3, "batch", "s3://src/cli/", "--result-url", "s3://out/cli/",
-                  "--client", "carol")
+                  "--client", "carol", "--no-wait")
     assert started.returncode == 0, started.stderr
     batch_id = started.stdout.strip()
     waited = cli(redis_url, s3, "batch", "wait", batch_id, "--json", "--timeout", "120")
@@ -327,6 +337,13 @@ def test_the_command_line_starts_and_waits_for_an_s3_batch(
     assert len(manifest(s3, "cli/")) == 5
     status = cli(redis_url, s3, "batch", "status", batch_id)
     assert status.returncode == 0 and "SUCCESS" in status.stdout, status.stdout
+    # without --no-wait, the command waits for the batch's end, as `submit.py FILE` does
+    fill(s3, "cli-wait/", 3)
+    waited = cli(redis_url, s3, "batch", "s3://src/cli-wait/", "--result-url",
+                 "s3://out/cli-wait/", "--client", "carol", "--json")
+    assert waited.returncode == 0, waited.stderr
+    shown = json.loads(waited.stdout)
+    assert shown["state"] == "SUCCESS" and shown["documents"]["done"] == 3, shown
 
 
 # Short limits so that the killed worker's jobs come back within the test.

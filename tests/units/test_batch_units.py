@@ -12,12 +12,12 @@ from pathlib import Path
 import redis
 
 from tasks.broker.fleet_metrics import FleetCollector
+from tasks.lifecycle.batch_local import LocalFolder, LocalTarget, local_documents
 from tasks.lifecycle.batch_sources import (
     Document,
-    LocalTarget,
+    ManifestSource,
     compose_from_parts,
     compose_manifest,
-    local_documents,
     manifest_document,
     manifest_name,
     options_digest,
@@ -26,6 +26,8 @@ from tasks.lifecycle.batch_sources import (
     same_read,
     write_part,
 )
+from tasks.records.batches import BatchRecord, BatchState
+from tasks.settings import Settings
 from tasks.state.batch_store import BatchStore, progress_of
 
 
@@ -78,29 +80,30 @@ def test_the_local_target_and_the_folder_listing(tmp_path: Path) -> None:
 def test_the_store_and_the_exporters_batch_gauges(own_redis_url: str) -> None:
     client = redis.Redis.from_url(own_redis_url)
     store = BatchStore(client, 60)
-    batch_id = store.create({"source": "s3://b/", "target": "s3://o/", "client": "alice",
-                             "options": {"output": "text"}})
+    batch_id = store.create(BatchRecord(id="", source="s3://b/", target="s3://o/",
+                                        client="alice", options={"output": "text"})).id
     store.sent(batch_id, "job-1", {"url": "s3://b/a", "name": "a"}, "a", listed=1)
     store.passed(batch_id, "b", listed=1, skipped=1)
     assert store.flight(batch_id) == {"job-1": {"url": "s3://b/a", "name": "a"}}
     assert store.settled(batch_id, "job-1", done=1, pages_done=2)
     assert not store.settled(batch_id, "job-1", done=1, pages_done=2)  # once only
     assert store.lock(batch_id, "me", 5) and not store.lock(batch_id, "other", 5)
-    store.unlock(batch_id, "other")
+    assert not store.unlock(batch_id, "other") and not store.extend(batch_id, "other", 9)
     assert not store.lock(batch_id, "other", 5)  # only its holder lets it go
-    store.unlock(batch_id, "me")
+    assert store.extend(batch_id, "me", 9) and store.unlock(batch_id, "me")
+    assert store.lock(batch_id, "other", 5) and store.unlock(batch_id, "other")
     shown = progress_of(store.get(batch_id), store.in_flight(batch_id))
     assert shown["documents"] == {"total": None, "listed": 2, "done": 1, "failed": 0,
-                                  "skipped": 1, "running": 0}
+                                  "skipped": 1, "skipped_failed": 0, "running": 0}
     assert shown["pages"] == {"done": 2, "failed": 0} and shown["state"] == "RUNNING"
     families = {f.name: f for f in FleetCollector(client, ()).collect()}
     assert families["ocr_batches_running"].samples[0].value == 1
     values = {s.labels["state"]: s.value for s in families["ocr_batch_documents"].samples
               if s.labels["batch"] == batch_id and s.labels["client"] == "alice"}
     assert values == {"done": 1, "failed": 0, "skipped": 1, "running": 0}
-    store.update(batch_id, listed_all="1")
-    store.end(batch_id, "SUCCESS")
-    assert store.running() == [] and store.get(batch_id)["state"] == "SUCCESS"
+    store.update(batch_id, listed_all=True)
+    store.end(batch_id, BatchState.SUCCESS)
+    assert store.running() == [] and store.get(batch_id).state is BatchState.SUCCESS
     assert progress_of(store.get(batch_id), 0)["documents"]["total"] == 2
 
 
@@ -128,7 +131,7 @@ class StalledPorts:
     def stalled(self, job_ids: list[str]) -> list[str]:
         return [j for j in job_ids if j == "job-1"]
 
-    def send(self, record: dict[str, str], kwargs: dict[str, object]) -> str:
+    def send(self, record: BatchRecord, kwargs: dict[str, object]) -> str:
         self.sent.append(kwargs)
         return f"job-{len(self.sent) + 1}"
 
@@ -136,18 +139,66 @@ class StalledPorts:
 def test_a_document_whose_ending_died_is_sent_again(own_redis_url: str,
                                                     tmp_path: Path) -> None:
     from tasks.lifecycle.batches import BatchDriver
-    from tasks.settings import Settings
 
     store = BatchStore(redis.Redis.from_url(own_redis_url), 60)
-    batch_id = store.create({"source": "s3://b/", "target": "s3://o/",
-                             "options": {"output": "text"}})
+    batch_id = store.create(BatchRecord(id="", source="s3://b/", target="s3://o/",
+                                        options={"output": "text"})).id
     document = {"url": "s3://b/a.png", "name": "a.png",
                 "version": {"etag": '"e1"', "size": 3}, "options": {}}
     store.sent(batch_id, "job-1", document, "a.png", listed=1)
     ports = StalledPorts()
     driver = BatchDriver(store, ports, Settings.from_env({}))  # type: ignore[arg-type]
-    assert driver._collect(batch_id, store.get(batch_id), LocalTarget(tmp_path)) == 0
+    assert driver._collect(store.get(batch_id), LocalTarget(tmp_path)) == 0
     assert ports.sent == [{"output": "text", "url_etag": '"e1"', "url": "s3://b/a.png",
                            "filename": "a.png", "result_url": "s3://o/a.png.txt"}]
     assert store.flight(batch_id) == {"job-2": document}
-    assert store.get(batch_id)["listed"] == "1"
+    assert store.get(batch_id).listed == 1
+
+
+def test_a_batch_record_round_trips_through_its_hash_with_typed_fields() -> None:
+    record = BatchRecord(id="b1", source="s3://b/", target="s3://o/",
+                         options={"output": "json"}, overwrite=True, listed_all=True,
+                         error={"code": "url_not_allowed"}, created=12.5, done=3,
+                         skipped=2, skipped_failed=1)
+    raw = record.to_hash()
+    assert raw["overwrite"] == "true" and raw["cancel"] == "false" and "ended" not in raw
+    assert BatchRecord.from_hash(raw) == record
+    assert not BatchRecord.from_hash({}).exists
+    # the collection's state: a document skipped as failed already counts as failed
+    assert record.ending() is BatchState.PARTIAL
+    assert record.with_(skipped_failed=0).ending() is BatchState.SUCCESS
+    assert BatchRecord(id="x", failed=2).ending() is BatchState.FAILURE
+
+
+def test_a_manifest_line_past_the_limit_is_refused_and_the_read_goes_on(
+        tmp_path: Path) -> None:
+    settings = Settings.from_env({"OCR_BATCH_MAX_LINE_BYTES": "100",
+                                  "OCR_ALLOWED_URLS": "https://files.example.com/"})
+    target = LocalTarget(tmp_path)
+    long_line = json.dumps({"url": "https://files.example.com/" + "x" * 5000})
+    body = (f"https://files.example.com/a.png\n{long_line}\n"
+            "https://files.example.com/b.png\n").encode()
+    # an https manifest already copied under the target: ranges of the copy are read
+    target.put(".batch-source/b1.jsonl", body, "application/jsonl")
+    source = ManifestSource("https://files.example.com/m.jsonl", settings, target, "b1")
+    cursor, seen = "", []
+    for _ in range(5):
+        page, done = source.page(cursor, 10)
+        seen += [(d.name, d.refused) for d, _ in page]
+        cursor = page[-1][1] if page else cursor
+        if done:
+            break
+    assert seen == [("files.example.com/a.png", ""),
+                    ("manifest line at byte 32", "line_too_long"),
+                    ("files.example.com/b.png", "")]
+
+
+def test_a_local_folder_is_listed_in_name_order_from_a_cursor(tmp_path: Path) -> None:
+    for name in ("a-c.png", "a/b.png", "b.png", ".hidden", "out/x.png"):
+        (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / name).write_bytes(b"1")
+    folder = LocalFolder(tmp_path, tmp_path / "out")
+    first, done = folder.page("", 2)
+    assert [d.name for d, _ in first] == ["a-c.png", "a/b.png"] and not done
+    rest, done = folder.page(first[-1][1], 2)
+    assert [d.name for d, _ in rest] == ["b.png"] and done

@@ -1,0 +1,199 @@
+"""`ocr.batch_step`: a batch's driver, one step at a time, on the control queue.
+
+Runs in the workers: task bodies in the pool children and the control worker,
+`resume_batches` in the worker parent once it is ready. Thin: the step is
+tasks/lifecycle/batches.py; here are its ports in a worker (the batch's source and
+target, the gate for each document, the one sender, job endings, cancel, the end's
+webhook) and the chain of steps: a step that returns a delay sends the next one with
+that countdown. It sits on the client's floor: it calls the gate (tasks/admission.py)
+and the sender (tasks/queue/sender.py), as every door does. Each chain is named in
+the batch's record (`chain`): whoever starts a new one (the API on create, cancel and
+retry; a worker as it starts, for every unfinished batch, so a batch whose step's
+message died with its worker goes on) names it there, and a step of any other chain
+stops. A local folder's batch (submit.py drives it) is never stepped here.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+import time
+from typing import Any
+
+import redis
+from celery import Task, shared_task
+from celery.exceptions import SoftTimeLimitExceeded
+from celery.signals import worker_ready
+from kombu.utils.uuid import uuid
+
+from tasks.admission import Books, admit
+from tasks.errors import OcrError, ResultWriteFailed, error_info
+from tasks.lifecycle.batch_sources import Source, Target, source_of, target_of
+from tasks.lifecycle.batches import BatchDriver
+from tasks.queue.batch_chain import STEP_TASK, batch_store, send_step, start_chain
+from tasks.queue.parent_endings import JobServices
+from tasks.queue.routing import CONTROL_QUEUE, PRIORITIES
+from tasks.queue.sender import JobSender, OutgoingJob
+from tasks.records.batches import BatchRecord
+from tasks.records.clients import ClientRules
+from tasks.records.redis_target import RedisTarget
+from tasks.records.status import CeleryState, JobStatus
+from tasks.settings import Settings
+from tasks.state.boundary import CONNECTION_ERRORS
+from tasks.state.client_rules import InFlight, read_rules
+from tasks.state.connection import connect
+from tasks.state.job_state import JobStateReader
+from tasks.state.keys import job_cancelled_key, job_ended_key, job_key, output_key
+from tasks.state.liveness import WorkerPresence
+from tasks.state.usage import PageUsage
+
+log = logging.getLogger(__name__)
+# How long a settled document's job records stay (its line is in the target).
+SETTLED_TTL = 600
+# An ending's claim held this long by a process that never finished it: its host died.
+STALLED_SECONDS = 120
+RULES_SECONDS = 1.0  # a client's rules and the live workers, read again after this
+
+
+@functools.cache
+def _redis(target: RedisTarget) -> redis.Redis:
+    return connect(target)
+
+
+class CeleryBatchPorts:
+    """The ports of `BatchDriver` in a worker: jobs admitted, sent and read here."""
+
+    def __init__(self, app: Any) -> None:
+        self.app = app
+        self.settings: Settings = app.ocr_settings
+        self.services = JobServices.for_app(app)
+        client = _redis(self.settings.redis_target)
+        self.states = JobStateReader(client, app.backend)
+        self.sender = JobSender(self.settings, client, app)
+        self.books = Books(PageUsage(client), InFlight(client, self.settings.blob_ttl
+                                                       + self.settings.result_ttl),
+                           self.states.ended)
+        self._read: dict[str, tuple[float, Any]] = {}
+
+    def _fresh(self, key: str, read: Any) -> Any:
+        """What `read()` answers, read again at most every RULES_SECONDS."""
+        at, value = self._read.get(key, (0.0, None))
+        if time.monotonic() - at > RULES_SECONDS:
+            value = read()
+            self._read[key] = (time.monotonic(), value)
+        return value
+
+    def rules(self, record: BatchRecord) -> ClientRules:
+        """The batch's client's rules: its token's (an API batch), else the service's."""
+        if not record.api_client:
+            return ClientRules.service_wide(record.client)
+        return self._fresh(f"rules:{record.api_client}", lambda: read_rules(
+            _redis(self.settings.redis_target), record.api_client, self.settings))
+
+    def target(self, record: BatchRecord) -> Target:
+        return target_of(record.target, self.settings)
+
+    def source(self, record: BatchRecord, target: Target) -> Source:
+        return source_of(record.source, self.settings, target_of(record.target,
+                                                                 self.settings), record.id)
+
+    def admit(self, record: BatchRecord, kwargs: dict[str, Any]) -> None:
+        live = self._fresh("live", lambda: WorkerPresence(
+            _redis(self.settings.redis_target)).live_queues())
+        admit(kwargs, self.rules(record), self.settings, live, priority=record.priority,
+              books=self.books)
+
+    def send(self, record: BatchRecord, kwargs: dict[str, Any]) -> str:
+        return self.sender.send(OutgoingJob(
+            job_id=uuid(), kwargs=kwargs, priority=record.priority or "batch",
+            client=record.client, owner=record.owner, batch=record.id,
+            prefixes=self.rules(record).allowed_urls, count_in_flight=True))
+
+    def ended(self, job_ids: list[str]) -> list[str]:
+        return self.states.ended(job_ids)
+
+    def result(self, record: BatchRecord, job_id: str) -> dict[str, Any]:
+        res = self.app.AsyncResult(job_id)
+        state = res.state
+        if state == CeleryState.SUCCESS:
+            return dict(res.result)
+        cancelled = self.services.stores.control.cancelled_result(job_id)
+        if cancelled is not None or state == CeleryState.REVOKED:
+            return cancelled or {"id": job_id, "status": JobStatus.CANCELLED.value}
+        exc = res.result if isinstance(res.result, BaseException) else OcrError()
+        return {"id": job_id, "status": JobStatus.FAILURE.value, "error": error_info(exc)}
+
+    def cancel(self, job_ids: list[str]) -> None:
+        for job_id in job_ids:
+            self.app.send_task("ocr.cancel", kwargs={"job_id": job_id},
+                               priority=PRIORITIES["interactive"])
+
+    def stalled(self, job_ids: list[str]) -> list[str]:
+        return self.sender.stalled(job_ids, STALLED_SECONDS)
+
+    def forget(self, job_ids: list[str]) -> None:
+        """Shorten to SETTLED_TTL the records of jobs whose lines are written.
+
+        Their result, control hash, end claim and stored output (a searchable PDF may be
+        megabytes) would stay OCR_RESULT_TTL: a collection's worth of them is what a
+        batch keeps out of Redis.
+        """
+        pipe = _redis(self.settings.redis_target).pipeline(transaction=False)
+        for job_id in job_ids:
+            for key in (self.app.backend.get_key_for_task(job_id), job_key(job_id),
+                        job_ended_key(job_id), job_cancelled_key(job_id), output_key(job_id)):
+                pipe.expire(key, SETTLED_TTL)
+        pipe.execute()
+
+    def notify(self, record: BatchRecord, body: dict[str, Any]) -> None:
+        self.app.send_task("ocr.http_callback", args=[record.callback_url, body],
+                           queue=CONTROL_QUEUE)
+
+
+def _driver(app: Any) -> BatchDriver:
+    made = getattr(app, "_batch_driver", None)
+    if made is None:
+        settings: Settings = app.ocr_settings
+        store = batch_store(settings, _redis(settings.redis_target))
+        made = app._batch_driver = BatchDriver(store, CeleryBatchPorts(app), settings)
+    return made
+
+
+@shared_task(name=STEP_TASK, bind=True, ignore_result=True)
+def batch_step(self: Task, batch_id: str, chain: str) -> None:
+    """One step of a batch's driver; the next step is sent with its countdown."""
+    driver = _driver(self.app)
+    if driver.store.get(str(batch_id)).local:
+        return  # submit.py steps a local folder's batch itself
+    try:
+        delay = driver.step(str(batch_id), str(chain))
+    except OcrError as exc:
+        if not exc.retryable and not isinstance(exc, ResultWriteFailed):
+            # its source or target refused: it cannot go on (a write that failed is
+            # tried again by the next step)
+            driver.fail(str(batch_id), exc)
+            return
+        log.warning("batch %s: step failed (%s); again shortly", batch_id, exc.code)
+        delay = max(driver.settings.batch_step_seconds, 5.0)
+    except (*CONNECTION_ERRORS, SoftTimeLimitExceeded) as exc:
+        # A store or Redis briefly away, or a step past its time limit on a loaded
+        # host: the same chain goes on (the cursor moved past each document sent).
+        log.warning("batch %s: step failed (%r); again shortly", batch_id, exc)
+        delay = max(driver.settings.batch_step_seconds, 5.0)
+    if delay is not None:
+        send_step(self.app, batch_id, chain, delay)
+
+
+def resume_batches(app: Any) -> None:
+    """A new chain of steps for every unfinished batch (a worker just started)."""
+    settings = app.ocr_settings
+    store = batch_store(settings, _redis(settings.redis_target))
+    try:
+        for batch_id in store.running():
+            if not store.get(batch_id).local:
+                start_chain(app, store, batch_id)
+    except CONNECTION_ERRORS as exc:
+        log.warning("unfinished batches not resumed: %s", exc)
+
+
+worker_ready.connect(lambda sender, **_: resume_batches(sender.app), weak=False)

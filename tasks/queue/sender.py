@@ -1,0 +1,156 @@
+"""The one sender: every job is written to Redis and sent to `ocr.document` here.
+
+Runs in client processes (`OcrClient.enqueue`: submit.py, the HTTP API, local batches)
+and in worker children (a batch's driver, `tasks/batch_worker.py`). A job is
+admitted first (tasks/admission.py); then `JobSender.send` takes its `OutgoingJob` and
+
+1. writes its control hash `ocr:job:<id>` (input blob, file name, deadline, queue,
+   priority, when accepted; its owner, client, batch, and `prefixes`: the JSON list of the
+   client's own URL prefixes, which the worker checks each redirect hop against),
+2. lists it under its client (`JobIndex`) and, when asked, counts it in the client's
+   jobs in flight (`InFlight`),
+3. waits for OCR_REDIS_MIN_REPLICAS replicas to hold those writes (`JobControl.keep`),
+4. sends the message with its client's lane header (`ocr_client`) and a W3C
+   `traceparent` when given; a message no replica confirmed (`ReplicaMissing`) is
+   withdrawn: should it survive, it never starts.
+
+`stalled` reads end claims (`ocr:job:<id>:ended`) for the batch driver: an ending
+whose holder never finished it.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+import redis
+from celery import Celery
+
+from tasks import tracing
+from tasks.errors import OcrError, ReplicaMissing
+from tasks.queue.message_headers import job_headers
+from tasks.queue.routing import job_queue, priority_value
+from tasks.records.clients import client_name
+from tasks.settings import Settings
+from tasks.state.client_rules import InFlight
+from tasks.state.job_index import JobIndex
+from tasks.state.keys import job_ended_key
+from tasks.state.stores import ENDING_DONE, JobControl
+
+SEND_TASK = "ocr.document"
+
+
+@dataclass(frozen=True)
+class OutgoingJob:
+    """One admitted job, as the sender writes and sends it.
+
+    `kwargs`: `ocr.document`'s (its input already stored or named); `priority`: a
+    name of `PRIORITIES`, as the gate chose it; `deadline`: epoch seconds (a job not
+    started by then never starts); `created`: the time it is listed under; `prefixes`:
+    the client's own URL prefixes (None: OCR_ALLOWED_URLS alone); `count_in_flight`:
+    count it among the client's jobs in flight until it ends.
+    """
+
+    job_id: str
+    kwargs: dict[str, Any]
+    priority: str
+    client: str = ""
+    owner: str = ""
+    batch: str = ""
+    deadline: float | None = None
+    created: float | None = None
+    traceparent: str | None = None
+    prefixes: tuple[str, ...] | None = None
+    count_in_flight: bool = False
+    extra: dict[str, str] = field(default_factory=dict)  # more control-hash fields
+
+
+class JobSender:
+    """Writes and sends jobs (thread-safe: Redis calls and Celery's producer pool)."""
+
+    def __init__(self, settings: Settings, redis_client: redis.Redis, app: Celery) -> None:
+        self.settings = settings
+        self.app = app
+        self._redis = redis_client
+        self.control = JobControl(redis_client, settings.result_ttl)
+        self.index = JobIndex(redis_client, settings.blob_ttl + settings.result_ttl,
+                              settings.jobs_listed)
+        self.in_flight = InFlight(redis_client, settings.blob_ttl + settings.result_ttl)
+
+    def send(self, job: OutgoingJob) -> str:
+        """Write, keep and send the job; its id. ReplicaMissing: nothing runs."""
+        client = client_name(job.client)
+        kwargs = dict(job.kwargs)
+        send: dict[str, Any] = {"task_id": job.job_id,
+                                "priority": priority_value(self.settings, job.priority)}
+        if job.deadline is not None:
+            kwargs["deadline"] = job.deadline
+            send["expires"] = datetime.fromtimestamp(job.deadline, tz=UTC)
+        control = {"blob": str(kwargs.get("blob", "")),
+                   "filename": str(kwargs.get("filename", "")),
+                   "deadline": str(kwargs.get("deadline", "")),
+                   "queue": job_queue(kwargs.get("engine")),  # where route_task sends it
+                   "priority": job.priority, "accepted": f"{time.time():.3f}", **job.extra}
+        for name, value in (("owner", job.owner), ("client", client), ("batch", job.batch)):
+            if value:
+                control[name] = value
+        if job.prefixes is not None:
+            control["prefixes"] = json.dumps(list(job.prefixes))
+        self.control.remember(job.job_id, **control)
+        self.index.add(job.job_id, client, job.created)
+        if job.count_in_flight:
+            self.in_flight.add(client, job.job_id, job.created)
+        # The input and record reach replicas on their own connection too: its server
+        # may not be the broker's (another Redis; or, mid-failover, an old primary).
+        target = self.settings.redis_target
+        if not self.control.keep(job.job_id, target):
+            self._withdraw(job)
+            raise ReplicaMissing("the job's input and record reached no Redis replica in "
+                                 f"{target.replica_timeout:g} s; send it again")
+        headers = job_headers(client)
+        if tracing.trace_id_of(job.traceparent) is not None:
+            headers["traceparent"] = str(job.traceparent).strip()
+        try:
+            # send_task shows the kwargs without password or payload (Flower, logs); the
+            # transport returns once OCR_REDIS_MIN_REPLICAS replicas hold the message.
+            with tracing.continued(job.traceparent):
+                self.app.send_task(SEND_TASK, kwargs=kwargs, headers=headers, **send)
+        except ReplicaMissing:
+            self._withdraw(job)
+            raise
+        return job.job_id
+
+    def _withdraw(self, job: OutgoingJob) -> None:
+        """A job whose message no replica confirmed: should it survive, it never starts.
+
+        Its sender was told it was not accepted, and sends it again under a new id.
+        """
+        try:
+            self.control.cancel(job.job_id)
+            if job.count_in_flight:
+                self.in_flight.remove(client_name(job.client), job.job_id)
+        except (OcrError, redis.RedisError):
+            pass  # Redis went away: the job's record and message likely went with it
+
+    def stalled(self, job_ids: list[str], seconds: float) -> list[str]:
+        """Jobs whose end claim, taken `seconds` ago or more, still names a holder.
+
+        Their ending died with its host (the worker parent too, which would take it
+        over). A claim lives OCR_RESULT_TTL: its age is that less its TTL.
+        """
+        pipe = self._redis.pipeline(transaction=False)
+        for job_id in job_ids:
+            pipe.get(job_ended_key(job_id))
+            pipe.ttl(job_ended_key(job_id))
+        raw = pipe.execute()
+        out = []
+        for i, job_id in enumerate(job_ids):
+            holder, ttl = raw[2 * i], int(raw[2 * i + 1])
+            if holder is None or holder in (ENDING_DONE.encode(), b"1") or ttl < 0:
+                continue
+            if self.settings.result_ttl - ttl >= seconds:
+                out.append(job_id)
+        return out

@@ -1,0 +1,79 @@
+"""A client's rules as its token record sets them, and its jobs in flight.
+
+Runs in the `api` process (each request's client), in workers (a batch's driver reads
+its client's rules each step) and in submit.py (local batches). The token record is
+`ocr:api:clients` field <name> (JSON, written by tasks/api/tokens.py); a client
+without one is held to the service-wide rules. Its unfinished jobs, single jobs and
+batch documents alike, are the sorted set `ocr:api:inflight:<client>` (job id ->
+the time it was sent); ended ones leave it when the gate next counts them.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Callable, Mapping
+from typing import Any
+
+import redis
+
+from tasks.records.clients import RUNNING_BATCHES, ClientRules
+from tasks.settings import Settings
+from tasks.state.keys import API_CLIENTS_KEY, api_inflight_key
+
+
+def rules_of(name: str, token: Mapping[str, Any] | None, settings: Settings) -> ClientRules:
+    """The rules of client `name` from its token record (None: it has none)."""
+    if token is None:
+        return ClientRules.service_wide(name)
+    prefixes = token.get("allowed_urls")
+    own = token.get("jobs_in_flight")
+    batches = token.get("batches")
+    return ClientRules(
+        name=name,
+        allowed_urls=None if prefixes is None else tuple(str(p) for p in prefixes),
+        max_priority=token.get("max_priority"),
+        jobs_in_flight=settings.api_jobs_in_flight if own is None else int(own),
+        batches=RUNNING_BATCHES if batches is None else int(batches),
+        pages_per_day=token.get("pages_per_day") or None,
+        pages_per_month=token.get("pages_per_month") or None)
+
+
+def read_rules(client: redis.Redis, name: str, settings: Settings) -> ClientRules:
+    """The rules of client `name` as its token record says now (one HGET)."""
+    raw = client.hget(API_CLIENTS_KEY, name) if name else None
+    return rules_of(name, json.loads(raw) if raw else None, settings)
+
+
+class InFlight:
+    """Each client's unfinished jobs (thread-safe: Redis calls)."""
+
+    def __init__(self, client: redis.Redis, ttl: int) -> None:
+        self._redis = client
+        self.ttl = ttl
+
+    def add(self, name: str, job_id: str, at: float | None = None) -> None:
+        pipe = self._redis.pipeline()
+        pipe.zadd(api_inflight_key(name), {job_id: at or round(time.time(), 3)})
+        pipe.expire(api_inflight_key(name), self.ttl)
+        pipe.execute()
+
+    def remove(self, name: str, *job_ids: str) -> None:
+        if job_ids:
+            self._redis.zrem(api_inflight_key(name), *job_ids)
+
+    def open(self, name: str) -> list[str]:
+        return [m.decode() if isinstance(m, bytes) else str(m)
+                for m in self._redis.zrange(api_inflight_key(name), 0, -1)]
+
+    def count(self, name: str, limit: int, ended: Callable[[list[str]], list[str]]) -> int:
+        """How many of the client's jobs are unfinished; those ended leave the set.
+
+        Only read past `limit`: under it, the set's size says enough.
+        """
+        open_ids = self.open(name)
+        if len(open_ids) < limit:
+            return len(open_ids)
+        finished = ended(open_ids)  # one round trip
+        self.remove(name, *finished)
+        return len(open_ids) - len(finished)

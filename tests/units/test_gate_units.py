@@ -1,0 +1,91 @@
+"""The gate's rules without a service: priority, URLs, options, engines, jobs in flight.
+
+tasks/admission.py's `admit` with `ClientRules` (a real redis-server for the books).
+"""
+
+from __future__ import annotations
+
+import pytest
+import redis
+
+from tasks.admission import Books, admit, check_job_url, priority_for
+from tasks.errors import (
+    BadRequest,
+    EngineUnavailable,
+    PageQuotaExceeded,
+    PriorityNotAllowed,
+    QuotaExceeded,
+    UnknownEngine,
+    UrlNotAllowed,
+)
+from tasks.records.clients import ClientRules
+from tasks.settings import Settings
+from tasks.state.client_rules import InFlight, rules_of
+from tasks.state.usage import PageUsage
+
+SETTINGS = Settings.from_env({"OCR_ALLOWED_URLS": "s3://aaa/,s3://bbb/"})
+LIVE = {"w1": {"ocr", "ocr-tesseract"}}
+
+
+def test_a_job_naming_no_priority_gets_the_highest_its_client_may_use() -> None:
+    assert priority_for(ClientRules("x"), None) == "normal"
+    held = ClientRules("x", max_priority="batch")
+    assert priority_for(held, None) == "batch"
+    assert priority_for(ClientRules("x", max_priority="interactive"), None) == "normal"
+    with pytest.raises(PriorityNotAllowed):
+        priority_for(held, "normal")
+    with pytest.raises(BadRequest):
+        priority_for(ClientRules("x"), "urgent")
+
+
+def test_every_url_lies_under_the_service_and_the_client_prefixes() -> None:
+    b = ClientRules("b", allowed_urls=("s3://bbb/",))
+    assert check_job_url("s3://bbb/doc.png", b, SETTINGS).url == "s3://bbb/doc.png"
+    for rules, url in ((b, "s3://aaa/secret.png"), (ClientRules("x"), "s3://ccc/x.png")):
+        with pytest.raises(UrlNotAllowed):
+            admit({"url": url}, rules, SETTINGS, LIVE)
+    with pytest.raises(UrlNotAllowed):
+        admit({"url": "s3://bbb/x.png", "result_url": "s3://aaa/out/"}, b, SETTINGS, LIVE)
+    # a client door whose own settings name no prefixes leaves it to the worker
+    anywhere = Settings.from_env({})
+    admit({"url": "s3://ccc/x.png"}, ClientRules("x"), anywhere, LIVE, service=False)
+    with pytest.raises(UrlNotAllowed):
+        admit({"url": "s3://ccc/x.png"}, ClientRules("x"), anywhere, LIVE)
+
+
+def test_options_and_engines_are_refused_with_their_codes() -> None:
+    rules = ClientRules("x")
+    with pytest.raises(BadRequest):
+        admit({"url": "s3://aaa/x.png", "output": "exe"}, rules, SETTINGS, LIVE)
+    with pytest.raises(UnknownEngine):
+        admit({"url": "s3://aaa/x.png", "engine": "nope"}, rules, SETTINGS, LIVE)
+    with pytest.raises(EngineUnavailable):  # an engine of the registry no live worker runs
+        admit({"url": "s3://aaa/x.png", "engine": "rapidocr"}, rules, SETTINGS, LIVE)
+    assert admit({"url": "s3://aaa/x.png", "engine": "tesseract"}, rules, SETTINGS,
+                 LIVE) == "normal"
+
+
+def test_jobs_in_flight_and_page_caps_count_at_the_door(own_redis_url: str) -> None:
+    client = redis.Redis.from_url(own_redis_url)
+    ended: set[str] = set()
+    books = Books(PageUsage(client), InFlight(client, 60),
+                  lambda ids: [i for i in ids if i in ended])
+    rules = ClientRules("c", jobs_in_flight=2, pages_per_day=3)
+    for job_id in ("batch-doc", "single"):
+        admit({"url": "s3://aaa/x.png"}, rules, SETTINGS, LIVE, books=books)
+        books.in_flight.add("c", job_id)
+    with pytest.raises(QuotaExceeded):
+        admit({"url": "s3://aaa/x.png"}, rules, SETTINGS, LIVE, books=books)
+    ended.add("batch-doc")  # one ended: room again, and it leaves the set
+    admit({"url": "s3://aaa/x.png"}, rules, SETTINGS, LIVE, books=books)
+    assert books.in_flight.open("c") == ["single"]
+    with pytest.raises(PageQuotaExceeded):
+        admit({"url": "s3://aaa/x.png", "pages": "1,2,3,4"}, rules, SETTINGS, LIVE, books=books)
+
+
+def test_a_tokens_record_makes_its_rules() -> None:
+    settings = Settings.from_env({"OCR_API_JOBS_IN_FLIGHT": "7"})
+    rules = rules_of("b", {"allowed_urls": ["s3://bbb/"], "max_priority": "batch",
+                           "jobs_in_flight": None, "batches": 2}, settings)
+    assert rules == ClientRules("b", ("s3://bbb/",), "batch", 7, 2, None, None)
+    assert rules_of("x", None, settings) == ClientRules.service_wide("x")
