@@ -10,7 +10,7 @@ queues) are in tasks/operator_console.py.
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
@@ -22,7 +22,7 @@ from kombu.utils.uuid import uuid
 
 from tasks import client_wait
 from tasks.admission import DEFAULT_PRIORITY, Books, admit, read_input
-from tasks.client_wait import unserved
+from tasks.client_wait import ProgressCallback, WorkersCallback, unserved
 from tasks.errors import (
     BadRequest,
     DeadlineExceeded,
@@ -47,10 +47,8 @@ from tasks.state.stores import BlobStore, OutputStore
 # What Redis or the Celery transport raise while Redis is unreachable (mid-run too).
 CONNECTION_ERRORS: tuple[type[BaseException], ...] = (
     redis.ConnectionError, redis.TimeoutError, redis.ReadOnlyError, OperationalError)
-ProgressCallback = Callable[[str, "JobProgress"], None]
 NO_WORKER_GRACE = 6.0   # seconds a job may wait in a queue no live worker consumes
 WORKER_RECHECK = 15.0   # seconds between worker checks while jobs run (2 s once one lacks)
-WorkersCallback = Callable[[set[str], dict[str, set[str]]], None]
 
 __all__ = ["CONNECTION_ERRORS", "JobProgress", "OcrClient"]
 

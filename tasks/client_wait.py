@@ -9,8 +9,8 @@ is read as `OcrClient.wait` describes.
 from __future__ import annotations
 
 import time
-from collections.abc import Iterable
-from typing import TYPE_CHECKING, Any
+from collections.abc import Callable, Iterable
+from typing import TYPE_CHECKING, Any, Protocol
 
 from tasks.errors import TransientError
 from tasks.records.status import WaitStatus
@@ -19,7 +19,26 @@ from tasks.state.connection import connect
 from tasks.state.job_notices import EndingWatch
 
 if TYPE_CHECKING:
-    from tasks.client import OcrClient, ProgressCallback, WorkersCallback
+    from tasks.settings import Settings
+    from tasks.state.job_state import JobProgress
+
+ProgressCallback = Callable[[str, "JobProgress"], None]
+WorkersCallback = Callable[[set[str], dict[str, set[str]]], None]
+
+
+class Waiter(Protocol):
+    """What the loop asks of its client (`OcrClient`)."""
+
+    settings: Settings
+    no_worker_grace: float
+    worker_recheck: float
+
+    def status(self, job_id: str) -> JobProgress: ...
+    def result(self, job_id: str) -> dict[str, Any]: ...
+    def live_queues(self) -> dict[str, set[str]]: ...
+    def recorded_queue(self, job_id: str) -> str | None: ...
+    def no_worker_record(self, job_id: str, queue: str) -> dict[str, Any]: ...
+    def filename(self, job_id: str) -> str: ...
 
 # What a look at Redis may raise while it restarts or fails over: the next look tries again.
 LOOK_AGAIN: tuple[type[BaseException], ...] = (TransientError, *CONNECTION_ERRORS)
@@ -28,7 +47,7 @@ LOOK_AGAIN: tuple[type[BaseException], ...] = (TransientError, *CONNECTION_ERROR
 FIRST_SWEEP, SWEEP_MAX = 1.0, 10.0
 
 
-def wait(client: OcrClient, ids: Iterable[str], on_progress: ProgressCallback | None,
+def wait(client: Waiter, ids: Iterable[str], on_progress: ProgressCallback | None,
          timeout: float | None, poll: float, *, watch_workers: bool,
          on_workers: WorkersCallback | None) -> dict[str, dict[str, Any]]:
     """`OcrClient.wait` (its docstring says what it does)."""
