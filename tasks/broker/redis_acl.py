@@ -162,9 +162,8 @@ USERS: tuple[RedisUser, ...] = (
         "cannot send a task",
         # events and replies come through a consumer of its own (the fetch script names
         # kombu's unacknowledged-message keys), remote control is a broadcast
-        # LPUSH, LTRIM: a fetch woken by its doorbell that leaves messages rings again
-        ("llen", "lindex", "rpop", "blpop", "lpush", "ltrim", "sadd", "srem", "smembers",
-         "zadd", "zrem", "zrange", "zrangebyscore", "time", "eval", "evalsha", "script|load",
+        ("llen", "lindex", "rpop", "blpop", "sadd", "srem", "smembers", "zadd", "zrem",
+         "zrange", "zrangebyscore", "time", "eval", "evalsha", "script|load",
          "script|exists", "multi", "exec", "discard", "get", "set", "del", "exists",
          "hset", "hget", "hdel", "hgetall", "watch", "unwatch", "psubscribe",
          "punsubscribe", "publish", "pexpire", "info"),

@@ -306,8 +306,8 @@ class Channel(kombu_redis.Channel):
             name = bytes_to_str(name)[len(self.global_keyprefix or ""):]
             dest = name.rsplit(self.sep, 1)[0]
             self._queue_cycle.rotate(dest)
-            if self._woken and len(reply) > 3 and int(reply[3]):
-                # A burst rang one doorbell item: wake the next idle worker for the rest.
+            if self._woken and len(reply) > 3 and int(reply[3]) and lanes.laned(dest):
+                # A burst rang one item: wake the next idle worker of this service queue.
                 doorbells.ring_again(self, dest)
             self._woken = False
             return self._deliver_taken(item, dest, bytes_to_str(tag) or None)
