@@ -46,3 +46,16 @@ def ring_again(channel: Any, queue: str) -> None:
             pipe.execute()
     except errors as exc:
         log.debug("could not ring the doorbell of %s again: %r", queue, exc)
+
+
+def drop_wait(connection: Any, errors: tuple[type[BaseException], ...]) -> None:
+    """End a closing channel's doorbell wait at once: its connection is dropped, unread.
+
+    kombu reads a pending wait to its end as the channel closes, which would hold a
+    warm shutdown for up to `ocr_idle_wait` s. A ring that wait would have taken is
+    lost: the message waits for another worker's next fetch or the end of its wait.
+    """
+    try:
+        connection.disconnect()
+    except errors as exc:
+        log.debug("doorbell wait dropped: %s", exc)

@@ -122,15 +122,17 @@ _LISTING = ("zadd", "zremrangebyscore", "zremrangebyrank", "expire")
 # whoever waits for it.
 _NOTICE_WRITE, _NOTICE_READ = ("xadd",), ("xread",)
 # Batches (tasks/state/batch_store.py): the API creates, reads, cancels and retries them;
-# the worker or control worker that takes a batch's step drives it.
+# the worker or control worker that takes a batch's step drives it, and counts each
+# document it sends among its client's jobs in flight (tasks/state/client_rules.py).
 _BATCHES = ("ocr:batch:*", "ocr:batches:*")
+_IN_FLIGHT = ("ocr:api:inflight:*",)
 
 USERS: tuple[RedisUser, ...] = (
     RedisUser(
         "worker", "the OCR workers (Procfile `worker`, every engine and pool)",
         (*SEND, *CONSUME, *_LISTING, *_NOTICE_WRITE),
-        keys=(*_BROKER, *_JOB_STATE, *_JOB_INDEX, *_BATCHES, "ocr:cache:*", "ocr:output:*",
-              "ocr:models:*", "ocr:usage:*"),
+        keys=(*_BROKER, *_JOB_STATE, *_JOB_INDEX, *_BATCHES, *_IN_FLIGHT, "ocr:cache:*",
+              "ocr:output:*", "ocr:models:*", "ocr:usage:*"),
         # an API client's callbacks are signed with that client's own secret; the
         # token names are the metrics' client labels, its record its page caps
         read_keys=("ocr:api:webhook:*", "ocr:api:clients", LANE_WEIGHTS),
@@ -138,8 +140,9 @@ USERS: tuple[RedisUser, ...] = (
     RedisUser(
         "control", "the control worker (Procfile `control`: cancels, HTTP callbacks)",
         (*SEND, *CONSUME, *_LISTING, *_NOTICE_WRITE),
-        keys=(*_BROKER, *_JOB_STATE, *_JOB_INDEX, *_BATCHES, "ocr:output:*"),
-        read_keys=("ocr:api:webhook:*", "ocr:api:clients", LANE_WEIGHTS),
+        keys=(*_BROKER, *_JOB_STATE, *_JOB_INDEX, *_BATCHES, *_IN_FLIGHT, "ocr:output:*"),
+        # usage: a batch's documents are held to their client's page caps
+        read_keys=("ocr:api:webhook:*", "ocr:api:clients", LANE_WEIGHTS, "ocr:usage:*"),
         channels=(EVENTS, CONTROL_CHANNEL, RESULT_CHANNEL)),
     RedisUser(
         "api", "the HTTP API (Procfile `api`)",

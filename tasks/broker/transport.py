@@ -104,13 +104,10 @@ class Channel(kombu_redis.Channel):
                                                     int(self.ocr_max_message_bytes))
         return params
 
-    # The next poll waits on the doorbells (the last fetch found every list empty).
-    _waiting = False
-    _woken = False  # the last wait ended with a ring: a fetch that takes, and leaves
-    # messages behind, rings again
+    _waiting = False  # the next poll waits on the doorbells (the last fetch found none)
+    _woken = False  # the last wait ended with a ring: a fetch that leaves messages rings
     _busy = False   # the last fetch took a message: the next skips the idle probe
-    # The delivery tag the fetch recorded for the message being delivered (`QoS.append`).
-    _taken: str | None = None
+    _taken: str | None = None  # the delivering message's tag, as fetched (`QoS.append`)
     _fetch_refused_at = 0.0
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
@@ -132,6 +129,9 @@ class Channel(kombu_redis.Channel):
     def close(self) -> None:
         if self.active_queues and not self.closed:
             unsettled.lost()  # recent acknowledgements are looked at on the next server
+        if self._in_poll and self._waiting:  # kombu would read a doorbell wait to its end
+            doorbells.drop_wait(self._in_poll, self.connection_errors)
+            self._in_poll = None  # type: ignore[assignment]
         super().close()
 
     def _settle(self) -> None:

@@ -271,8 +271,8 @@ def _batches(fleet: Fleet, api: str, auth: dict[str, str]) -> None:
     env = {k: v for k, v in os.environ.items() if not k.startswith(("OCR_", "REDIS_"))}
     cli = {**env, **fleet.env("client")}
     started = subprocess.run([sys.executable, "submit.py", "batch", "s3://acl-src/b/",
-                              "--result-url", "s3://acl-out/cli/"], cwd=ROOT, text=True,
-                             capture_output=True, timeout=120, env=cli)
+                              "--result-url", "s3://acl-out/cli/", "--no-wait"], cwd=ROOT,
+                             text=True, capture_output=True, timeout=120, env=cli)
     assert started.returncode == 0, started.stderr
     waited = subprocess.run([sys.executable, "submit.py", "batch", "wait",
                              started.stdout.strip(), "--timeout", "120"], cwd=ROOT,
