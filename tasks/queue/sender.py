@@ -22,6 +22,8 @@ from __future__ import annotations
 
 import json
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
@@ -116,7 +118,7 @@ class JobSender:
         try:
             # send_task shows the kwargs without password or payload (Flower, logs); the
             # transport returns once OCR_REDIS_MIN_REPLICAS replicas hold the message.
-            with tracing.continued(job.traceparent):
+            with tracing.continued(job.traceparent), _unsubscribed(self.app):
                 self.app.send_task(SEND_TASK, kwargs=kwargs, headers=headers, **send)
         except ReplicaMissing:
             self._withdraw(job)
@@ -154,3 +156,25 @@ class JobSender:
             if self.settings.result_ttl - ttl >= seconds:
                 out.append(job_id)
         return out
+
+
+@contextmanager
+def _unsubscribed(app: Celery) -> Iterator[None]:
+    """Send without Celery's result backend subscribing to the job's result channel.
+
+    Runs in the sending process (a client, the API, the batch driver). A Redis result
+    backend SUBSCRIBEs to each sent task's channel so that `AsyncResult.get` hears
+    the ending; clients learn a job's ending from its notice (`ocr:job:<id>:notice`)
+    instead, so that subscription is never read. The worker still stores the result.
+    `app.backend` is the calling thread's own, so other threads' sends are untouched.
+    """
+    backend = app.backend
+    backend.on_task_call = _no_subscription
+    try:
+        yield
+    finally:
+        del backend.on_task_call
+
+
+def _no_subscription(producer: Any, task_id: str) -> None:
+    """A backend's `on_task_call` that subscribes to nothing."""
