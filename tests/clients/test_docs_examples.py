@@ -1,4 +1,4 @@
-"""Every example of README.md and docs/http-api.md runs as written (issue 39).
+"""Every example of README.md, docs/http-api.md and docs/batches.md runs as written.
 
 The service is the one `make run` starts: its recipe's command, `scripts/supervise.py`
 with the real Procfile and no process named (so every Procfile process: redis, worker,
@@ -44,7 +44,8 @@ from tests.harness import CORPUS, ROOT, VENV_BIN, eventually, free_port
 
 pytestmark = pytest.mark.slow
 # The examples each document runs, by kind: exact.
-RUN = {"README.md": {"sh": 1, "console": 3}, "docs/http-api.md": {"sh": 3}}
+RUN = {"README.md": {"sh": 1, "console": 3}, "docs/http-api.md": {"sh": 3},
+       "docs/batches.md": {"sh": 1}}
 SHELLS = {"sh", "console", "bash", "shell", "zsh", "shell-session"}  # only sh and console
 BLOCK = re.compile(r"(?:<!-- not run: (?P<why>[^\n]*?) -->\n)?```(?P<lang>[\w-]*)\n"
                    r"(?P<body>.*?)\n```", re.DOTALL)
@@ -291,3 +292,22 @@ def test_http_api_examples_run_as_written(service: Service,
     # Nothing left behind: no file outside their folders, no token.
     assert left_behind(service) == before
     assert tokens(service) == before_tokens
+
+
+def test_batches_examples_run_as_written(service: Service) -> None:
+    """docs/batches.md's local folder: read once, every file skipped the second time."""
+    [local] = run_blocks("docs/batches.md", "sh")
+    done = run_script(service, local)
+    lines = done.stdout.splitlines()
+    first, again = (line.split("\t") for line in lines[:2])  # the second: `batch status ID`
+    assert first[1] == "SUCCESS" and first[2].startswith("documents 2 done, 0 failed"), lines
+    assert again[1] == "SUCCESS" and "0 done, 0 failed, 2 skipped" in again[2], lines
+    assert again[0] != first[0], lines  # two batches, the second one's documents all skipped
+    shown = [json.loads(line) for line in lines[2:]]  # `cat var/ocr/manifest.jsonl`
+    ocr = service.checkout / "var" / "ocr"
+    manifest = [json.loads(line) for line in (ocr / "manifest.jsonl").read_text().splitlines()]
+    assert shown == manifest
+    assert sorted((m["name"], m["status"]) for m in manifest) == [
+        ("scan_dh_lorem_ipsum.pdf", "SUCCESS"), ("scan_tess_phototest.tif", "SUCCESS")]
+    assert {m["batch"] for m in manifest} == {first[0]}  # the lines the first run wrote
+    assert all((service.checkout / out).is_file() for m in manifest for out in m["outputs"])
