@@ -40,8 +40,11 @@ DEFAULT_DAYS = 30
 # Adds to the client's (ARGV[1]) count in KEYS[2] the pages ARGV[3..] not yet in the
 # job's set of counted pages KEYS[1] (kept ARGV[2] seconds); returns how many.
 _ADD_ONCE = """
-local n = 0
-for i = 3, #ARGV do n = n + redis.call('SADD', KEYS[1], ARGV[i] .. '@' .. KEYS[2]) end
+local members, n = {}, 0
+for i = 3, #ARGV do members[#members + 1] = ARGV[i] .. '@' .. KEYS[2] end
+for i = 1, #members, 4000 do
+  n = n + redis.call('SADD', KEYS[1], unpack(members, i, math.min(i + 3999, #members)))
+end
 redis.call('EXPIRE', KEYS[1], ARGV[2])
 if n > 0 then redis.call('HINCRBY', KEYS[2], ARGV[1], n) end
 return n
