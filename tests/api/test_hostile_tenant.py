@@ -223,9 +223,31 @@ def test_jobs_in_flight_count_batch_documents_and_running_batches_are_bounded(
     # the batch waits for room: 3 of its 5 documents sent, none failed for it
     assert shown["state"] == "RUNNING" and shown["documents"]["failed"] == 0, shown
     assert jobs_of(store, running) == 3 and store.zcard("ocr:api:inflight:c") == 3
+    sent = [key.decode().removeprefix("ocr:job:") for key in store.scan_iter("ocr:job:*")
+            if key.count(b":") == 2 and store.hget(key, "batch") == running.encode()]
     cancelled = c.post(f"{api.url}/v1/batches/{running}/cancel", timeout=30)
     assert cancelled.status_code == 200, cancelled.text
     assert ended(c, api, running, timeout=90)["state"] == "CANCELLED"
+    eventually(lambda: not _messages_of(store, sent), 60,
+               lambda: f"the cancelled jobs' messages gone: {_messages_of(store, sent)}")
+    # what the batch and its jobs left in Redis expires
+    left = [key for key in (*store.scan_iter(f"ocr:batch:{running}*"),
+                            *(k for job in sent for k in store.scan_iter(f"ocr:job:{job}*")))
+            if store.ttl(key) < 0]
+    assert not left, left
+
+
+def _messages_of(store: redis.Redis, job_ids: list[str]) -> list[str]:
+    """Where a message of these jobs still is: a queue's list or lane, or `unacked`."""
+    found = []
+    lists = [k for pattern in ("ocr*", "ocr:lane:*") for k in store.scan_iter(pattern)
+             if store.type(k) == b"list"]
+    for key in lists:
+        found += [f"{key.decode()}: {job}" for item in store.lrange(key, 0, -1)
+                  for job in job_ids if job.encode() in item]
+    found += [f"unacked: {job}" for item in store.hvals("unacked")
+              for job in job_ids if job.encode() in item]
+    return found
 
 
 def test_bad_option_lines_and_unserved_engines_are_coded_and_the_batch_ends(
