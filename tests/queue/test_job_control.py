@@ -121,7 +121,10 @@ def test_cancel_a_running_document(worker: Callable[..., Worker], client: OcrCli
     store = client.app.backend.client
     control = JobControl(store, 60)
     blob = control.info(job)["blob"]  # its uploaded input
-    wait_for_pages(client, job, 3)
+    # Pages 1-7 done: page 8, queued behind them, has started and hangs in a child (a
+    # cancel that came sooner would find it queued and skip it, killing no child).
+    wait_for_pages(client, job, 7)
+    time.sleep(1.0)
     children_before = {p.pid for p in psutil.Process(running.proc.pid).children()}  # type: ignore[union-attr]
     assert client.cancel([job]) == {job: "cancelled"}
     # Page 8 would hang for 60 s: a result within the bound is the cancel's doing.
@@ -147,7 +150,12 @@ def test_cancel_a_running_document(worker: Callable[..., Worker], client: OcrCli
         children = {p.pid for p in psutil.Process(running.proc.pid).children()}  # type: ignore[union-attr]
         return children if len(children) == 2 and children != children_before else None
 
-    eventually(replaced, 30, "two new pool children")
+    def shown() -> str:
+        kids = psutil.Process(running.proc.pid).children()  # type: ignore[union-attr]
+        return (f"two new pool children: before {sorted(children_before)}, now "
+                f"{[(p.pid, p.status()) for p in kids]}\n{running.log()[-3000:]}")
+
+    eventually(replaced, 30, shown)
 
 
 def test_expired_job_never_starts(worker: Callable[..., Worker], client: OcrClient) -> None:
