@@ -19,12 +19,9 @@ fanned-out PDF's pages, held by its closed gate), then resumes it:
 
 from __future__ import annotations
 
-import http.server
-import json
 import os
 import re
 import signal
-import threading
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -39,6 +36,9 @@ from tests.harness import FAKE_PLUGINS, FAST_PAGES, Worker, eventually, kill_all
 from tests.image_fixtures import png
 from tests.pdf_fixtures import image_pdf, plain_pages
 
+# the loopback callback receiver: each body POSTed, looked up by job id
+from tests.queue.test_endings import Receiver, receiver  # noqa: F401 (a fixture)
+
 pytestmark = pytest.mark.slow
 
 SETTINGS = {"OCR_ENGINE": "gated", "OCR_CACHE_RESULTS": "0", "OCR_CONCURRENCY": "3",
@@ -48,27 +48,6 @@ SETTINGS = {"OCR_ENGINE": "gated", "OCR_CACHE_RESULTS": "0", "OCR_CONCURRENCY": 
 WAIT = 150  # a bound for a loaded machine: far below the visibility timeout
 
 
-class Receiver(http.server.BaseHTTPRequestHandler):
-    """Records every POSTed body (the jobs' HTTP callbacks)."""
-
-    bodies: list[dict[str, Any]] = []
-
-    def do_POST(self) -> None:  # noqa: N802 (http.server's name)
-        length = int(self.headers["Content-Length"])
-        self.bodies.append(json.loads(self.rfile.read(length)))
-        self.send_response(200)
-        self.end_headers()
-
-    def log_message(self, *args: Any) -> None:
-        pass
-
-
-@pytest.fixture(scope="module")
-def receiver() -> Iterator[str]:
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Receiver)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    yield f"http://127.0.0.1:{server.server_address[1]}/done"
-    server.shutdown()
 
 
 def gate(path: Path, open_: bool) -> Path:
@@ -170,7 +149,7 @@ def killed_host_jobs_end_elsewhere_once(start_worker: Callable[..., Worker],
 
 def test_a_host_back_from_a_pause_ends_none_twice(
         start_worker: Callable[..., Worker], survivor: Worker, client: OcrClient,
-        receiver: str, tmp_path: Path) -> None:
+        receiver: str, tmp_path: Path) -> None:  # noqa: F811 (the imported fixture)
     before = usage_today(client)
     holder_gate = gate(tmp_path / "g", False)
     holder, jobs = hold_jobs(start_worker, survivor, client, holder_gate,
