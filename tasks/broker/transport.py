@@ -16,11 +16,11 @@ restored after the visibility timeout. The script also chooses whose message: ea
 client has a lane of each list, served in weighted fair shares (tasks/broker/lanes.py).
 Lua cannot block, so an idle worker waits on its queues' doorbells (tasks/broker/
 doorbells.py) in one BLPOP of `ocr_idle_wait` seconds (10 s in workers: about one
-command a second idle). Each publish and each restore rings; a fetch woken by a ring
-that takes a message rings once more (a burst's rings stand in one item); a message
-pushed without a ring (a stock kombu client) waits for a busy worker's next fetch or
-an idle one's wait to end. A fetch after an empty one first asks one EXISTS over
-every list and ring: an idle fetch's whole cost.
+command a second idle). Each publish and each restore rings; a woken fetch that
+leaves messages rings once more (a burst's rings stand in one item), one that leaves
+none waits again; a message pushed without a ring (a stock kombu client) waits for a
+busy worker's fetch or an idle one's wait to end. A fetch after an empty one first
+asks one EXISTS over every list and ring: an idle fetch's whole cost.
 
 Selected through Celery's `broker_transport` (tasks/queue/celery_config.py), for
 redis:// and rediss:// brokers (behind Sentinel: tasks/broker/sentinel_transport.py);
@@ -306,10 +306,12 @@ class Channel(kombu_redis.Channel):
             name = bytes_to_str(name)[len(self.global_keyprefix or ""):]
             dest = name.rsplit(self.sep, 1)[0]
             self._queue_cycle.rotate(dest)
-            if self._woken and len(reply) > 3 and int(reply[3]) and lanes.laned(dest):
-                # A burst rang one item: wake the next idle worker of this service queue.
+            # After a wait, what is left: a burst rang one item, so wake the next idle
+            # worker of a service queue; nothing, so wait on the doorbells again.
+            left = int(reply[3]) if self._woken and len(reply) > 3 else None
+            if left and lanes.laned(dest):
                 doorbells.ring_again(self, dest)
-            self._woken = False
+            self._waiting, self._woken = left == 0, False
             return self._deliver_taken(item, dest, bytes_to_str(tag) or None)
         finally:
             self._in_poll = None  # type: ignore[assignment]
@@ -387,12 +389,10 @@ class Channel(kombu_redis.Channel):
                              queue=queue)
 
 
-
 class Transport(kombu_redis.Transport):
-    """kombu's Redis transport with the checking `Channel`.
+    """kombu's Redis transport with the checking `Channel`; READONLY is a lost connection.
 
-    READONLY counts as a lost connection: the server became a replica, and kombu
-    connects again (a publish is retried on the address's new primary).
+    The server became a replica: kombu connects again, and retries a publish on the new primary.
     """
 
     Channel = Channel
