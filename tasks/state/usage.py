@@ -37,16 +37,19 @@ MAX_DAYS = 400  # the longest range one read answers
 DEFAULT_DAYS = 30
 
 
-# Adds to the client's (ARGV[1]) count in KEYS[2] the pages ARGV[3..] not yet in the
-# job's set of counted pages KEYS[1] (kept ARGV[2] seconds); returns how many.
+# Adds to the client's (ARGV[1]) counts in KEYS[2] (the day) and KEYS[3] (the month)
+# the pages ARGV[3..] not yet in the job's set of counted pages KEYS[1] (kept ARGV[2]
+# seconds); returns how many.
 _ADD_ONCE = """
-local members, n = {}, 0
-for i = 3, #ARGV do members[#members + 1] = ARGV[i] .. '@' .. KEYS[2] end
-for i = 1, #members, 4000 do
-  n = n + redis.call('SADD', KEYS[1], unpack(members, i, math.min(i + 3999, #members)))
+local n = 0
+for i = 3, #ARGV, 4000 do
+  n = n + redis.call('SADD', KEYS[1], unpack(ARGV, i, math.min(i + 3999, #ARGV)))
 end
 redis.call('EXPIRE', KEYS[1], ARGV[2])
-if n > 0 then redis.call('HINCRBY', KEYS[2], ARGV[1], n) end
+if n > 0 then
+  redis.call('HINCRBY', KEYS[2], ARGV[1], n)
+  redis.call('HINCRBY', KEYS[3], ARGV[1], n)
+end
 return n
 """
 JOB_PAGES_TTL = 3 * 86400  # a job's counted pages: longer than any job's redelivery
@@ -135,11 +138,12 @@ class PageUsage:
         day = today(now)
         own = pipe is None
         pipe = self._redis.pipeline(transaction=False) if own else pipe
-        for key in (day_key(day), month_key(day)):
-            if job:
-                pipe.eval(_ADD_ONCE, 2, job_pages_key(job), key, client,
-                          JOB_PAGES_TTL, *numbers)
-            else:
+        keys = (day_key(day), month_key(day))
+        if job:
+            pipe.eval(_ADD_ONCE, 3, job_pages_key(job), *keys, client, JOB_PAGES_TTL,
+                      *numbers)
+        for key in keys:
+            if not job:
                 pipe.hincrby(key, client, pages)
             if key not in self._kept:
                 pipe.expire(key, USAGE_TTL)
