@@ -29,7 +29,7 @@ from tasks.lifecycle.inputs import decode_request
 from tasks.lifecycle.jobs import FanOut, process_job
 from tasks.pipeline.documents import past_deadline
 from tasks.queue import telemetry, thread_limits
-from tasks.queue.message_headers import client_from, job_headers
+from tasks.queue.message_headers import client_from, job_headers, listed
 from tasks.queue.page_tasks import pdf_chunk_lost, pdf_page, pdf_page_lost, pdf_text_chunk
 from tasks.queue.parent_endings import (
     JobServices,
@@ -105,7 +105,8 @@ def document(self: Task, *args: Any, **kwargs: Any) -> dict[str, Any]:
             # Who sent it: its message's header, else what its sender recorded.
             client = client_from(self.request) or services.stores.control.client(job_id)
             # Listed under its client, also when a sender by task name did not list it.
-            services.index.add(job_id, client, only_new=True)
+            if not listed(self.request):
+                services.index.add(job_id, client, only_new=True)
             # A job may only name its own client's input and jobs (HTTP API isolation).
             services.stores.control.check_references(job_id, kwargs.get("blob"),
                                                      kwargs.get("merge_from"))

@@ -112,7 +112,7 @@ class JobSender:
             self._withdraw(job)
             raise ReplicaMissing("the job's input and record reached no Redis replica in "
                                  f"{target.replica_timeout:g} s; send it again")
-        headers = job_headers(client)
+        headers = job_headers(client, listed=True)
         if tracing.trace_id_of(job.traceparent) is not None:
             headers["traceparent"] = str(job.traceparent).strip()
         try:

@@ -7,8 +7,9 @@ the job was sent: `ocr:jobs:client:<name>` per client (the anonymous client's na
 ""), and `ocr:jobs:all` for every client (operators). Bounded twice: each write drops
 the entries older than `keep` seconds (the jobs' own records expire then) and all but
 the newest `most` of the client's (`most * ALL_FACTOR` of everyone's), and the key
-expires `keep` seconds after its last write (both time-bound writes made by each
-process at most every TRIM_EVERY s).
+expires `keep` seconds after its last write (each process trims a key by rank at most
+every RANK_EVERY s, by time and TTL every TRIM_EVERY s: a burst overshoots `most` by
+what one process sends in a second, until its next write).
 
 A page is read newest first from a cursor (`Cursor`: the score and id of the last job
 shown), in batches that a caller's `describe` turns into its own records (None: not
@@ -38,6 +39,7 @@ ALL_FACTOR = 10     # everyone's index keeps this many times one client's
 SCAN_MOST = 1000    # index entries one page request looks at, at most
 BATCH = 100         # entries described per round trip
 TRIM_EVERY = 60.0   # seconds between one process's time trims (and TTLs) of a key
+RANK_EVERY = 1.0    # seconds between one process's trims of a key by rank
 
 
 @dataclass(frozen=True)
@@ -79,16 +81,17 @@ class JobIndex:
         self.keep = keep  # seconds an entry is kept (the jobs' records' lifetime)
         self.most = most  # entries one client's index keeps
         self._trimmed: dict[str, float] = {}  # key -> when this process last trimmed it
+        self._ranked: dict[str, float] = {}   # ... by rank
         self._lock = threading.Lock()
 
     def add(self, job_id: str, client: str, when: float | None = None,
             only_new: bool = False) -> None:
         """List `job_id` under `client` (and everyone's); `only_new`: keep an entry there.
 
-        Each write adds and trims by rank; the time trim and the TTL are written by the
-        first write of each process to a key and then every TRIM_EVERY s (a listing
-        never shows an entry older than `keep` meanwhile). `only_new` where the entry
-        is there already (its sender listed it): the two ZADD NX alone.
+        Each write adds; the trims by rank and by time and the TTL are written by the
+        first write of each process to a key and then every RANK_EVERY and TRIM_EVERY
+        s (a listing never shows an entry older than `keep` meanwhile). `only_new`
+        where the entry is there already (its sender listed it): the two ZADD NX alone.
         """
         now = time.time()
         score = now if when is None else when
@@ -103,30 +106,38 @@ class JobIndex:
         for key, most in keys:
             if not only_new:
                 pipe.zadd(key, {job_id: score})
-            pipe.zremrangebyrank(key, 0, -most - 1)
-            if self._due(key):
+            if self._due(key, RANK_EVERY, self._ranked):
+                pipe.zremrangebyrank(key, 0, -most - 1)
+            if self._due(key, TRIM_EVERY, self._trimmed):
                 pipe.zremrangebyscore(key, "-inf", f"({now - self.keep}")
                 pipe.expire(key, self.keep)
         try:
             pipe.execute()
         except redis.RedisError:
             self._trimmed.clear()
+            self._ranked.clear()
             raise
 
-    def _due(self, key: str) -> bool:
-        """Whether this process trims `key` by time and sets its TTL on this write."""
+    def _due(self, key: str, every: float, done: dict[str, float]) -> bool:
+        """Whether this write does what `done` records for `key` (last done `every` ago)."""
         now = time.monotonic()
         with self._lock:
-            if now - self._trimmed.get(key, -TRIM_EVERY) < TRIM_EVERY:
+            if now - done.get(key, -every) < every:
                 return False
-            self._trimmed[key] = now
+            done[key] = now
             return True
 
     def entries(self, client: str | None, since: float | None, until: float | None,
                 after: Cursor | None, count: int) -> list[tuple[str, float]]:
         """Up to `count` (job id, score) of `client`'s (None: everyone's) newest first."""
         key = JOBS_ALL_KEY if client is None else jobs_client_key(client)
-        low = max(since or 0.0, time.time() - self.keep)
+        low: float | str = max(since or 0.0, time.time() - self.keep)
+        # Only the newest `most` (of everyone's, `most * ALL_FACTOR`): a burst's entries
+        # past it wait for the writer's next trim by rank.
+        most = self.most if client is not None else self.most * ALL_FACTOR
+        cut = self._redis.zrevrange(key, most, most, withscores=True)
+        if cut and float(cut[0][1]) >= float(low):
+            low = f"({cut[0][1]!r}"
         high: float | str = "+inf" if until is None else until
         if after is not None:
             high = after.score if until is None else min(until, after.score)
