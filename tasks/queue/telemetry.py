@@ -8,7 +8,9 @@ from its acceptance to its end (observed where it ended), each OCR page's read
 (the node name, inherited by the children) and `heartbeat_sent` (drops the gauges of
 children that are gone, keeps the others fresh). In pool children:
 `worker_process_init`, `task_postrun` (after `tasks.queue.signals`' handler, so that the
-engine's memory figures are those of the finished task) and `worker_process_shutdown`.
+engine's memory figures are those of the finished task) and `worker_process_shutdown`;
+a process writes its counts within a second (tasks/state/metrics.py `FLUSH_EVERY`),
+and what it holds as it stops (`worker_shutdown` in the parent).
 The job's one exit (tasks/lifecycle/job_exit.py) calls `job_ended()` wherever the job
 ended, the worker parent included: it counts the job. Pages are counted where they were
 read (`pages_read()`: the job task for an image or an unsplit PDF and for a split PDF's
@@ -37,6 +39,7 @@ from celery.signals import (
     task_postrun,
     worker_process_init,
     worker_process_shutdown,
+    worker_shutdown,
 )
 
 from tasks.engines import resident
@@ -240,7 +243,17 @@ class Telemetry:
 
     def child_exiting(self) -> None:
         pid = os.getpid()
-        self._write(lambda store: store.drop_child(pid))
+
+        def write(store: MetricsStore) -> None:
+            store.flush()
+            store.drop_child(pid)
+
+        self._write(write)
+
+    def exiting(self) -> None:
+        """In the worker parent as it stops: write the counts it holds."""
+        if self._store is not None:
+            self._write(lambda store: store.flush())
 
     def heartbeat(self) -> None:
         """In the worker parent: drop gauges of children that are gone, refresh the rest.
@@ -292,6 +305,7 @@ def connect_telemetry(settings: Settings, engine: str) -> Telemetry:
     worker_process_init.connect(lambda **_: telemetry.child_started(), weak=False)
     task_postrun.connect(on_postrun, weak=False)
     worker_process_shutdown.connect(lambda **_: telemetry.child_exiting(), weak=False)
+    worker_shutdown.connect(lambda **_: telemetry.exiting(), weak=False)
     return telemetry
 
 
@@ -320,8 +334,9 @@ def pages_read(engine: str, pages: Iterable[PageRecord], cached: bool = False,
     """Count pages this process read (or a cached job's pages it answered), for its worker.
 
     And for the job's `client` (its counters and its usage of the day). Called before
-    the pages are recorded, so a job's pages are counted by the time its result is
-    stored. A process without telemetry (a client, a test) counts nothing.
+    the pages are recorded, so a job's pages are in its client's usage by the time its
+    result is stored (the counters within FLUSH_EVERY s). A process without telemetry
+    (a client, a test) counts nothing.
     """
     if _telemetry is not None:
         _telemetry.pages_read(engine, (page.to_json() for page in pages), cached, client,

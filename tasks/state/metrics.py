@@ -18,12 +18,17 @@ parent when it prunes children that are gone); the Procfile `metrics` process
 
 Hash fields are JSON `[metric, {label: value}]`, values numbers; a histogram's are
 `[metric, {label: value}, part]`, `part` a bucket's upper bound (its own count, not
-cumulative) or `sum`; the count is the buckets' total.
+cumulative) or `sum`; the count is the buckets' total. A process holds its counters'
+and histograms' increments up to `FLUSH_EVERY` seconds and writes each field's sum
+once (a busy worker writes a field per second, not per job); a process killed outright
+loses what it held.
 """
 
 from __future__ import annotations
 
 import json
+import logging
+import threading
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
@@ -48,6 +53,9 @@ CHILD_TTL = 300
 # Seconds between one process's writes of a key's TTL and of its node's and children's
 # set memberships: a counter's write is its HINCRBYFLOAT alone the rest of the time.
 KEEP_EVERY = 60.0
+# Seconds a process holds counter and histogram increments before writing them.
+FLUSH_EVERY = 1.0
+log = logging.getLogger(__name__)
 
 Sample = tuple[str, dict[str, str], float]
 # Upper bounds of the latency buckets: a 0.3 s scan and a 30 s VLM page each fall
@@ -178,6 +186,10 @@ class MetricsStore:
         self._redis = client
         self.node = node
         self._kept: dict[str, float] = {}  # key -> when this process last set its TTL
+        self._held: dict[tuple[str, str], float] = {}  # (key, field) -> increment held
+        self._flushed_at = float("-inf")
+        self._timer: threading.Timer | None = None
+        self._lock = threading.Lock()  # a thread pool's tasks end in several threads
 
     def _due(self, key: str) -> bool:
         """Whether `key`'s TTL (or membership) is to be written again now."""
@@ -198,30 +210,56 @@ class MetricsStore:
             also: Callable[[Any], None] | None = None) -> None:
         """Add each sample's value to the node's counter; put `observed` in histograms.
 
-        `also` queues other writes in the same pipeline (a client's usage).
+        Held and written with the others of up to FLUSH_EVERY s; `also` queues other
+        writes (a client's usage), made at once.
         """
+        more = [(_node_key(self.node), _field(name, labels), value)
+                for name, labels, value in samples]
+        for name, labels, value in observed:
+            head = json.dumps([name, labels], sort_keys=True)[:-1]
+            # the count is the buckets' sum (read back so): not written apart
+            more += [(HISTOGRAMS_KEY, f"{head}, {json.dumps(part)}]", amount) for part, amount
+                     in ((_bucket(METRICS[name].buckets, value), 1.0), ("sum", value))]
         pipe = self._redis.pipeline(transaction=False)
         if also is not None:
             also(pipe)
-        queued = len(pipe)
-        for name, labels, value in samples:
-            pipe.hincrbyfloat(_node_key(self.node), _field(name, labels), value)
-        if len(pipe) > queued and self._due(_node_key(self.node)):
+        self._write(pipe, more)
+
+    def flush(self) -> None:
+        """Write what this process holds now (a process that ends)."""
+        self._write(self._redis.pipeline(transaction=False), [], now=True)
+
+    def _write(self, pipe: Any, more: list[tuple[str, str, float]], now: bool = False) -> None:
+        with self._lock:
+            for key, field, amount in more:
+                self._held[key, field] = self._held.get((key, field), 0.0) + amount
+            if now or time.monotonic() - self._flushed_at >= FLUSH_EVERY:
+                held, self._held, self._flushed_at = self._held, {}, time.monotonic()
+            else:
+                held = {}
+            if self._held and self._timer is None:  # written a moment later
+                self._timer = threading.Timer(FLUSH_EVERY, self._flush_later)
+                self._timer.daemon = True
+                self._timer.start()
+        for (key, field), amount in held.items():
+            pipe.hincrbyfloat(key, field, amount)
+        keys = {key for key, _ in held}
+        if _node_key(self.node) in keys and self._due(_node_key(self.node)):
             pipe.expire(_node_key(self.node), COUNTER_TTL)
             pipe.sadd(NODES_KEY, self.node)
             pipe.expire(NODES_KEY, COUNTER_TTL)
-        observations = 0
-        for name, labels, value in observed:
-            spec = METRICS[name]
-            head = json.dumps([name, labels], sort_keys=True)[:-1]
-            # the count is the buckets' sum (read back so): not written apart
-            for part, amount in ((_bucket(spec.buckets, value), 1.0), ("sum", value)):
-                pipe.hincrbyfloat(HISTOGRAMS_KEY, f"{head}, {json.dumps(part)}]", amount)
-            observations += 1
-        if observations and self._due(HISTOGRAMS_KEY):
+        if HISTOGRAMS_KEY in keys and self._due(HISTOGRAMS_KEY):
             pipe.expire(HISTOGRAMS_KEY, COUNTER_TTL)
         if len(pipe):
             self._execute(pipe)
+
+    def _flush_later(self) -> None:
+        with self._lock:
+            self._timer = None
+        try:
+            self.flush()
+        except redis.RedisError as exc:
+            log.warning("metrics not recorded: %s", type(exc).__name__)
 
     def set_child(self, pid: int, samples: Iterable[Sample]) -> None:
         """Replace the gauges of pool child `pid`."""

@@ -316,8 +316,9 @@ def test_metrics_exporter_counts_jobs_pages_loads_and_memory(
     jobs.append(client.submit(b"not an image"))
     results = client.wait(jobs, timeout=120)
     assert [results[j]["status"] for j in jobs] == ["SUCCESS"] * 4 + ["FAILURE"]
-    # A job's result is stored before its ending counts it: read once every job's
-    # `ocr.job` line is written and the counts have reached the exporter.
+    # A job's result is stored before its ending counts it, and a process writes its
+    # counts within a second: read once every job's `ocr.job` line is written and the
+    # jobs' and pages' counts have reached the exporter.
     node = worker.job_records(jobs)[jobs[0]]["node"]
     after: dict[str, list[tuple[dict[str, str], float]]] = {}
 
@@ -328,7 +329,8 @@ def test_metrics_exporter_counts_jobs_pages_loads_and_memory(
     def counted() -> bool:
         after.clear()
         after.update(scrape(exporter))
-        return delta("ocr_jobs_total", engine="fake") >= 5
+        return delta("ocr_jobs_total", engine="fake") >= 5 and \
+            delta("ocr_pages_total", engine="fake", source="ocr") >= 7
 
     eventually(counted, 30, "every job counted by the exporter", interval=0.5)
 

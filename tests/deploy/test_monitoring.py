@@ -219,9 +219,10 @@ def scraped(exporter: str, worker: Worker, client: OcrClient) -> str:
 
     def counted() -> str | None:
         text = _get(f"{exporter}/metrics") or ""
-        jobs = sum(float(n) for n in re.findall(
-            r"^ocr_job_latency_seconds_count\{.*\} (\S+)$", text, re.M))
-        return text if jobs == 3 else None
+        jobs, pages = (sum(float(n) for n in re.findall(
+            rf"^ocr_{kind}_latency_seconds_count\{{.*\}} (\S+)$", text, re.M))
+            for kind in ("job", "page"))
+        return text if (jobs, pages) == (3, 4) else None  # counts written within a second
 
     return eventually(counted, 30, lambda: _get(f"{exporter}/metrics") or "no answer")
 

@@ -126,7 +126,8 @@ def test_a_server_down_when_pages_arrive_reads_them_all_once_it_is_up(
         assert page["text"] == server.text
     assert result["warnings"] == []
     wait_for_log(worker, r"answers again after \d+ s")
-    assert counter(redis_url, "ocr_vlm_server_outages_total") >= 1
+    eventually(lambda: counter(redis_url, "ocr_vlm_server_outages_total") >= 1, 10,
+               "the outage counted (a process writes its counts within a second)")
 
 
 def test_an_aborted_answer_sends_the_page_again(

@@ -16,7 +16,7 @@ from tasks.queue.display import job_kwargs_repr
 from tasks.queue.job_samples import job_line, job_record, page_samples
 from tasks.queue.telemetry import rss_bytes
 from tasks.settings import Settings
-from tasks.state.metrics import CHILD_TTL, MetricsStore, RedisCollector
+from tasks.state.metrics import CHILD_TTL, FLUSH_EVERY, MetricsStore, RedisCollector
 from tests.harness import eventually
 
 
@@ -101,6 +101,33 @@ def _scrape(collector: RedisCollector) -> dict[str, list[tuple[dict[str, str], f
         for sample in family.samples:
             out.setdefault(sample.name, []).append((sample.labels, sample.value))
     return out
+
+
+def test_a_busy_process_writes_each_counter_once_a_second(redis_url: str) -> None:
+    """Increments within FLUSH_EVERY s are held and written as one HINCRBYFLOAT a field."""
+    client = redis.Redis.from_url(redis_url)
+    client.flushdb()
+    store = MetricsStore(client, "cpu@a")
+    job = ("ocr_jobs_total", {"engine": "fake", "outcome": "SUCCESS"}, 1.0)
+    latency = ("ocr_job_latency_seconds", {"engine": "fake", "outcome": "SUCCESS"}, 0.2)
+    store.add([job], [latency])  # the first write goes at once
+    client.config_resetstat()
+    for _ in range(20):
+        store.add([job], [latency])
+    assert "cmdstat_hincrbyfloat" not in client.info("commandstats")  # held
+
+    def jobs() -> float:
+        got = _scrape(RedisCollector(client))
+        return sum(v for _, v in got.get("ocr_jobs_total", []))
+
+    eventually(lambda: jobs() == 21, FLUSH_EVERY + 10, lambda: f"21 jobs: {jobs()}")
+    calls = client.info("commandstats")["cmdstat_hincrbyfloat"]["calls"]
+    assert calls == 3, calls  # the counter, the bucket and the sum, once each
+    got = _scrape(RedisCollector(client))
+    assert [v for _, v in got["ocr_job_latency_seconds_count"]] == [21.0]
+    store.add([job])  # held again; a process that ends writes it at once
+    store.flush()
+    assert jobs() == 22
 
 
 def test_metrics_store_and_collector(redis_url: str) -> None:
