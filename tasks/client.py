@@ -49,6 +49,7 @@ CONNECTION_ERRORS: tuple[type[BaseException], ...] = (
     redis.ConnectionError, redis.TimeoutError, redis.ReadOnlyError, OperationalError)
 NO_WORKER_GRACE = 6.0   # seconds a job may wait in a queue no live worker consumes
 WORKER_RECHECK = 15.0   # seconds between worker checks while jobs run (2 s once one lacks)
+PRESENCE_REUSE = 1.0   # seconds a presence read is reused by `admit` (a burst of sends)
 
 __all__ = ["CONNECTION_ERRORS", "JobProgress", "OcrClient"]
 
@@ -75,6 +76,7 @@ class OcrClient:
         self.no_worker_grace = NO_WORKER_GRACE  # `wait`: seconds before `no_worker`
         self.worker_recheck = WORKER_RECHECK
         self.states = JobStateReader(redis_client, app.backend)
+        self._presence_seen: tuple[float, dict[str, set[str]]] | None = None
 
     def submit(self, source: str | Path | bytes, *, filename: str | None = None,
                priority: str | None = None, deadline: float | None = None,
@@ -117,9 +119,19 @@ class OcrClient:
         The gate (`tasks/admission.py`) with this client's rules (the service-wide
         ones) unless `rules` are given: priority, URLs, options' shape and page syntax,
         its engine (`unknown_engine`, or `engine_unavailable` naming its `make` target);
-        one read of the presence records. `books`: the service's page caps and jobs
-        in flight (the HTTP API's, a batch's).
+        one read of the presence records, reused for PRESENCE_REUSE s (a job refused
+        on a reused read is judged again on a fresh one). `books`: the service's page
+        caps and jobs in flight (the HTTP API's, a batch's).
         """
+        seen = self._presence_seen
+        reused = seen is not None and time.monotonic() - seen[0] < PRESENCE_REUSE
+        live = seen[1] if seen is not None and reused else self.live_queues()
+        try:
+            return admit(options, rules or self.rules, self.settings, live,
+                         priority=priority, books=books, service=service)
+        except OcrError:
+            if not reused:
+                raise
         return admit(options, rules or self.rules, self.settings, self.live_queues(),
                      priority=priority, books=books, service=service)
 
@@ -303,7 +315,10 @@ class OcrClient:
 
     def live_queues(self) -> dict[str, set[str]]:
         """The queues of each worker not silent for OCR_WORKER_LIVENESS_SECONDS, by node."""
-        return WorkerPresence(self._redis).live_queues(window=self.settings.worker_liveness_seconds)
+        live = WorkerPresence(self._redis).live_queues(
+            window=self.settings.worker_liveness_seconds)
+        self._presence_seen = (time.monotonic(), live)
+        return live
 
     def check_service(self) -> None:
         """Raise `ServiceUnreachable` (with the URL, password masked) unless Redis answers."""
