@@ -6,10 +6,13 @@ JSON that keeps its plain strings.
 
 from __future__ import annotations
 
+import ast
 import json
+from pathlib import Path
 
 import pytest
 
+from tasks.records.batches import BatchState
 from tasks.records.results import DocumentResult, PageRecord
 from tasks.records.status import (
     CeleryState,
@@ -67,3 +70,22 @@ def test_a_shown_state_is_never_celerys_revoked(state: str, expired: bool,
     assert "REVOKED" not in set(ShownState)
     assert from_celery(shown) is (JobStatus.FAILURE if expired else from_celery(state))
     assert celery_final(shown) is celery_final(state)
+
+
+def test_status_names_are_spelled_only_in_the_records() -> None:
+    """A job's, a wait's, a batch's or Celery's status is named through its enum.
+
+    Outside tasks/records/ no string constant in tasks/ spells one: a new status, or a
+    renamed one, is changed in one place.
+    """
+    names = {s.value for enum in (JobStatus, WaitStatus, CeleryState, ShownState, BatchState)
+             for s in enum}
+    root = Path(__file__).resolve().parents[2] / "tasks"
+    found = []
+    for path in sorted(root.rglob("*.py")):
+        if "records" in path.relative_to(root).parts:
+            continue
+        for node in ast.walk(ast.parse(path.read_text(), str(path))):
+            if isinstance(node, ast.Constant) and node.value in names:
+                found.append(f"{path.relative_to(root.parent)}:{node.lineno} {node.value!r}")
+    assert not found, found
