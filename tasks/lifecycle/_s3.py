@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import functools
 import os
+import threading
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
@@ -49,9 +50,21 @@ class ObjectInfo:
     sha256: str | None = None
 
 
-@functools.lru_cache(maxsize=4)
+_creating = threading.Lock()
+
+
 def _client(timeout: float, writes: bool) -> Any:
-    """One S3 client per pool child and use (its connection pool is reused)."""
+    """One S3 client per process and use (its connection pool is reused).
+
+    Made once, also when several threads ask at once (a batch driver's writers): making
+    one loads botocore's service model, about half a second of CPU.
+    """
+    with _creating:
+        return _made(timeout, writes)
+
+
+@functools.lru_cache(maxsize=4)
+def _made(timeout: float, writes: bool) -> Any:
     import boto3
     from botocore.config import Config
 
@@ -64,7 +77,7 @@ def _client(timeout: float, writes: bool) -> Any:
 
 def reset_clients() -> None:
     """Forget the cached clients (a pool child after fork, tests)."""
-    _client.cache_clear()
+    _made.cache_clear()
 
 
 def head(bucket: str, key: str, timeout: float, version: str | None = None) -> ObjectInfo:
