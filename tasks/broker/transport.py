@@ -106,7 +106,7 @@ class Channel(kombu_redis.Channel):
 
     _waiting = False  # the next poll waits on the doorbells (the last fetch found none)
     _woken = False  # the last wait ended with a ring: a fetch that leaves messages rings
-    _busy = False   # the last fetch took a message: the next skips the idle probe
+    _busy = False   # the last fetch took a message (or a ring woke it): no idle probe
     _taken: str | None = None  # the delivering message's tag, as fetched (`QoS.append`)
     _fetch_refused_at = 0.0
 
@@ -262,7 +262,7 @@ class Channel(kombu_redis.Channel):
             command = lanes.fetch_command(self._key(""), (self.unacked_key,
                                                           self.unacked_index_key),
                                           lists, time.time(), self.ocr_max_message_bytes,
-                                          probe=not self._busy, woken=self._woken,
+                                          probe=not (self._busy or self._woken), woken=self._woken,
                                           holder=holders.holder())
         self._in_poll = self.client.connection
         self._brpop_sent_at = time.monotonic()  # type: ignore[assignment]
