@@ -76,13 +76,13 @@ SEND = ("lpush", "lpos", "rpush", "hincrby", "lrange", "llen", "ltrim", "pexpire
 # RPOP; the lanes' ring: LLEN, LPOS, LREM, RPUSH, HINCRBY, HDEL), doorbells (BLPOP),
 # acknowledgements and restores (HGET, HDEL, ZREM, ZRANGE, WATCH), the sweep of dead
 # holders' messages (a Lua script: SET NX PX, HGETALL, ZSCORE, RPUSH), the binding sweep,
-# remote control (PSUBSCRIBE), results and job state.
+# remote control (PSUBSCRIBE), results and job state (an input read to its bound: GETRANGE).
 CONSUME = ("rpop", "rpush", "lrem", "lpos", "lindex", "lrange", "blpop", "hset",
            "hsetnx", "hget", "hdel",
            "hgetall", "hmget", "hexists", "hlen", "hkeys", "hincrby", "hincrbyfloat",
            "set", "setex", "del", "unlink", "exists", "expire", "pexpire", "ttl", "incr",
-           "incrby", "strlen", "srem", "zrem", "zrange", "zrangebyscore", "zscore", "watch",
-           "unwatch", "psubscribe", "punsubscribe", "scan")
+           "incrby", "strlen", "getrange", "srem", "zrem", "zrange", "zrangebyscore", "zscore",
+           "watch", "unwatch", "psubscribe", "punsubscribe", "scan")
 
 
 @dataclass(frozen=True)

@@ -58,10 +58,8 @@ def read_input(request: JobRequest, settings: Settings, blobs: BlobStore) -> byt
         except (binascii.Error, ValueError):
             raise BadRequest("`data_b64` is not valid base64") from None
     elif request.source == "blob":
-        # Its length first: a blob over the limit is never read into the worker.
-        if blobs.size(request.blob) > limit:  # type: ignore[arg-type]
-            raise InputTooLarge(f"the input is larger than {settings.max_input_mb} MB")
-        data = blobs.get(request.blob)  # type: ignore[arg-type]
+        # A blob over the limit is never read into the worker past the limit.
+        data = blobs.get(request.blob, most=limit)  # type: ignore[arg-type]
     else:
         data = read_path(request.path, settings)
     if len(data) > limit:

@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import re
 import uuid
+from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
@@ -36,6 +37,13 @@ _OWNED_BLOB = re.compile("^" + re.escape(BLOB_PREFIX) + r"api\.(?P<client>[A-Za-
                          r"\.[0-9a-f]{32}$")
 
 
+# Writes the field/value pairs ARGV[2..] into the hash KEYS[1] and sets its TTL (ARGV[1]).
+_REMEMBER = """
+redis.call('HSET', KEYS[1], unpack(ARGV, 2))
+redis.call('EXPIRE', KEYS[1], ARGV[1])
+"""
+
+
 @transient_methods("the blob store (Redis)")
 class BlobStore:
     """Inputs too large for a message, stored by the client under `ocr:blob:<id>`."""
@@ -49,20 +57,27 @@ class BlobStore:
         self._redis.set(key, data, ex=self._ttl)
         return key
 
-    def size(self, key: str) -> int:
-        """The stored input's length in bytes (0 when none is stored), without reading it."""
-        return int(self._redis.strlen(_checked(key)))
+    def get(self, key: str, most: int | None = None) -> bytes:
+        """The stored input; with `most`, its first `most` + 1 bytes at the most.
 
-    def get(self, key: str) -> bytes:
-        data = self._redis.get(_checked(key))
-        if data is None:
+        (A caller refusing inputs over `most` bytes never reads more of one.)
+        """
+        checked = _checked(key)
+        data = self._redis.get(checked) if most is None else \
+            self._redis.getrange(checked, 0, most)
+        if data is None or (not data and not self._redis.exists(checked)):
             raise InputNotFound(f"no input stored under {key} (expired or never uploaded)")
         return _bytes(data)
 
     def delete(self, key: object) -> None:
         """Delete an input blob; anything that is not a blob key is left alone."""
-        if isinstance(key, str) and _BLOB_KEY.match(key):
-            self._redis.delete(key)
+        if keys := blob_keys([key]):
+            self._redis.delete(*keys)
+
+
+def blob_keys(keys: Iterable[object]) -> list[str]:
+    """The blob keys among `keys` (what may be deleted as an input)."""
+    return [key for key in keys if isinstance(key, str) and _BLOB_KEY.match(key)]
 
 
 def _checked(key: object) -> str:
@@ -131,11 +146,10 @@ class JobControl:
         self._ttl = ttl
 
     def remember(self, job_id: str, **fields: str) -> None:
-        key = job_key(job_id)
-        pipe = self._redis.pipeline()
-        pipe.hset(key, mapping=dict(fields))  # type: ignore[arg-type]
-        pipe.expire(key, self._ttl)
-        pipe.execute()
+        """Write `fields` into the job's control hash and give it its TTL, in one step."""
+        pairs = [part for name, value in fields.items() for part in (name, value)]
+        if pairs:
+            self._redis.eval(_REMEMBER, 1, job_key(job_id), self._ttl, *pairs)
 
     def info(self, job_id: str) -> dict[str, str]:
         raw = self._redis.hgetall(job_key(job_id))
