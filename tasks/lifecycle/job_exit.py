@@ -26,11 +26,12 @@ from tasks import tracing
 from tasks.errors import OcrError
 from tasks.lifecycle.callbacks import summary
 from tasks.state.boundary import CONNECTION_ERRORS
+from tasks.state.stores import blob_keys
 
 if TYPE_CHECKING:
     from tasks.records.jobs import Outcome
     from tasks.state.join import DocumentJoin
-    from tasks.state.stores import BlobStore, JobControl
+    from tasks.state.stores import JobControl
 
 log = logging.getLogger(__name__)
 # What storing a result raises when its store is unreachable (or refuses it).
@@ -59,10 +60,8 @@ class EndingPorts(Protocol):
 class JobEnder:
     """Ends jobs exactly once; one per process, built with that process's stores."""
 
-    def __init__(self, control: JobControl, blobs: BlobStore, join: DocumentJoin,
-                 ports: EndingPorts) -> None:
+    def __init__(self, control: JobControl, join: DocumentJoin, ports: EndingPorts) -> None:
         self._control = control
-        self._blobs = blobs
         self._join = join
         self._ports = ports
 
@@ -150,11 +149,9 @@ class JobEnder:
         blobs = list(outcome.extra_blobs)
         if outcome.request is not None and outcome.request.blob:
             blobs.append(outcome.request.blob)
-        try:
-            self._join.cleanup(outcome.job_id)
-            if not outcome.keeps_input:
-                for blob in blobs:
-                    self._blobs.delete(blob)
+        try:  # the join's keys and the inputs: one DEL
+            self._join.cleanup(outcome.job_id,
+                               () if outcome.keeps_input else blob_keys(blobs))
         except OcrError as exc:  # unreachable store: the keys expire with their TTL
             log.warning("job %s ended, its state not freed: %s", outcome.job_id, exc)
 

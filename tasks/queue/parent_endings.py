@@ -170,7 +170,7 @@ class JobServices:
                             ResultCache(client, settings.result_ttl),
                             OutputStore(client, settings.result_ttl), control)
             join = DocumentJoin(client, settings.blob_ttl)
-            made = cls(stores, join, JobEnder(control, stores.blobs, join,
+            made = cls(stores, join, JobEnder(control, join,
                                               CeleryPorts(app, control)),
                        JobIndex(client, settings.blob_ttl + settings.result_ttl,
                                 settings.jobs_listed), PageUsage(client))

@@ -15,6 +15,7 @@ writes nothing and leaves no key behind.
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
 from tasks.errors import InputNotFound
@@ -94,6 +95,9 @@ class DocumentJoin:
         raw = self._redis.hgetall(self._key(doc_id, "pages"))
         return [PageRecord.from_json(json.loads(value)) for value in raw.values()]
 
-    def cleanup(self, doc_id: str) -> None:
-        """Drop meta and pages (the job's end claim stays until its TTL)."""
-        self._redis.delete(self._key(doc_id, "meta"), self._key(doc_id, "pages"))
+    def cleanup(self, doc_id: str, also: Sequence[str] = ()) -> None:
+        """Drop meta and pages, and the keys `also` (the job's end claim stays until its TTL).
+
+        One DEL for all of them.
+        """
+        self._redis.delete(self._key(doc_id, "meta"), self._key(doc_id, "pages"), *also)

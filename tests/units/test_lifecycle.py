@@ -104,7 +104,7 @@ def make_life(redis_url: str, errors: list[BaseException] | None = None) -> Life
                     control)
     join = FailingJoin(client, 600, errors or [])
     ports = RecordingPorts()
-    return Life(settings, stores, join, JobEnder(control, stores.blobs, join, ports), ports,
+    return Life(settings, stores, join, JobEnder(control, join, ports), ports,
                 ResidentEngines(settings=settings, primary="fake"), client)
 
 
@@ -303,7 +303,7 @@ def test_a_page_finishing_after_its_job_ended_leaves_no_key(life: Life, ending: 
                                    life.stores))
 
     ports = HookedPorts(page_two if late == "while it ends" else None)
-    life.ender = JobEnder(life.stores.control, life.stores.blobs, life.join, ports)
+    life.ender = JobEnder(life.stores.control, life.join, ports)
     end_document(life, job, ending)
     if late == "after it ended":
         page_two()
@@ -322,7 +322,7 @@ def test_late_pages_racing_the_ending_leave_nothing_behind(life: Life, ending: s
     """The race of a page's record with its job's ending, run many times over."""
     meta = fan_out(life, "job-race", image_pdf(plain_pages(3)))
     ports = HookedPorts()
-    life.ender = JobEnder(life.stores.control, life.stores.blobs, life.join, ports)
+    life.ender = JobEnder(life.stores.control, life.join, ports)
     runs = 150
 
     def page_two(job: DocumentMeta, gate: threading.Barrier) -> bool:
@@ -405,7 +405,7 @@ def test_an_ending_that_cannot_store_its_result_gives_its_claim_back(life: Life)
         def publish(self, outcome: Outcome) -> None:
             raise TransientError("the result backend is unreachable")
 
-    ender = JobEnder(life.stores.control, life.stores.blobs, life.join, Unreachable())
+    ender = JobEnder(life.stores.control, life.join, Unreachable())
     outcome = Outcome("j2", JobStatus.SUCCESS, None, DocumentResult(
         status=JobStatus.SUCCESS, id="j2", filename="x.png"))
     with pytest.raises(TransientError):
