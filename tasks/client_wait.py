@@ -64,7 +64,10 @@ def wait(client: Waiter, ids: Iterable[str], on_progress: ProgressCallback | Non
     next_sweep = start + sweep
     next_progress = start if on_progress is not None else None
     endings = EndingWatch(connect(client.settings.redis_target, patient=False))
-    block = 0.0
+    # The first read blocks too (a notice already written answers it at once), unless
+    # progress is to be shown first.
+    block = 0.0 if next_progress is not None else \
+        max(0.001, min(next_sweep, deadline if deadline is not None else next_sweep) - start)
     while pending:
         try:  # Redis restarting or failing over: the next turn looks again
             ended = endings.ended(pending, block=block)
