@@ -220,7 +220,8 @@ def test_transport_reads_an_oversized_message_without_holding_it(tmp_path: Path)
 def test_blob_over_the_limit_is_refused_by_its_length(tmp_path: Path) -> None:
     """A 96 MB blob (a foreign client's) over a 1 MB limit is never read by the child.
 
-    The child asks the blob's length first; the job ends `input_too_large`.
+    The child reads at most the limit and one byte more (GETRANGE); the job ends
+    `input_too_large`.
     """
     with warm_worker(tmp_path) as (url, worker, client):
         assert worker.proc is not None
