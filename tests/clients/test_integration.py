@@ -14,6 +14,7 @@ import re
 import shutil
 import subprocess
 import sys
+import time
 import urllib.error
 import urllib.request
 import uuid
@@ -27,6 +28,7 @@ from PIL import Image
 from prometheus_client.parser import text_string_to_metric_families
 
 from tasks.client import OcrClient
+from tasks.state.metrics import FLUSH_EVERY
 from tests.api_server import ApiServer
 from tests.harness import (
     ROOT,
@@ -310,6 +312,9 @@ def total(samples: dict[str, list[tuple[dict[str, str], float]]], name: str,
 
 def test_metrics_exporter_counts_jobs_pages_loads_and_memory(
         exporter: str, worker: Worker, client: OcrClient) -> None:
+    # The earlier tests' counts that the children still hold are written within
+    # FLUSH_EVERY: waited for (time itself), so that `before` holds them all.
+    time.sleep(2 * FLUSH_EVERY)
     before = scrape(exporter)
     jobs = [client.submit(png(10 * i)) for i in range(1, 4)]
     jobs.append(client.submit(image_pdf(plain_pages(4)), filename="four.pdf"))
