@@ -2,10 +2,9 @@
 
 A redis-server of this module's own (INFO commandstats counts the whole server: the
 module's worker and clients alone), a real worker (2 children) with the fake engine
-(tests/fake_engines.py: queue mechanics only). The job's bound is what the service
-reaches today plus a margin a loaded 2-core machine holds, a guard against the costs
-coming back; the goal (60 a job) is not reached yet: bench/queue_cost.py gives the
-figures and bench/README.md what is left.
+(tests/fake_engines.py: queue mechanics only). The job's bound is the goal (60 a job)
+plus a margin a loaded 2-core machine holds; bench/queue_cost.py gives the figures and
+bench/README.md what a job still costs.
 """
 
 from __future__ import annotations
@@ -24,9 +23,10 @@ from tasks.state.keys import job_notice_key
 from tests.harness import RedisServer, Worker, eventually, fake_env, make_client
 from tests.image_fixtures import png
 
-# Commands of one one-page job, its client's enqueue and wait included: 63 measured
-# (a polling client's wait alone cost 30-60 more), the goal 60.
-JOB_REACHED, JOB_MARGIN = 63, 14
+# Commands of one one-page job, its client's enqueue and wait included: the goal 60
+# plus a margin a loaded 2-core machine holds (63 measured; a polling client's wait
+# alone cost 30-60 more).
+JOB_GOAL, JOB_MARGIN = 60, 14
 IDLE_SECONDS = 3.0
 JOBS = 6
 
@@ -73,7 +73,7 @@ def test_a_one_page_job_costs_what_it_reached(worker: Worker, redis_url: str) ->
         client.close()
     per_job = (sum(calls.values()) - idle * seconds) / JOBS
     top = sorted(calls.items(), key=lambda kv: -kv[1])[:40]
-    assert per_job <= JOB_REACHED + JOB_MARGIN, f"{per_job:.1f} a job (idle {idle:.1f}/s): {top}"
+    assert per_job <= JOB_GOAL + JOB_MARGIN, f"{per_job:.1f} a job (idle {idle:.1f}/s): {top}"
     # the client learnt each ending from a blocking read, not by polling the result
     assert calls.get("xread", 0) >= JOBS and calls.get("xadd", 0) == JOBS, top
     assert calls.get("get", 0) <= 3 * JOBS, top
