@@ -14,13 +14,12 @@ records it in kombu's `unacked` hash and index, under its delivery tag, and pops
 worker parent dies between the two); one whose worker never reads the reply is
 restored after the visibility timeout. The script also chooses whose message: each
 client has a lane of each list, served in weighted fair shares (tasks/broker/lanes.py).
-Lua cannot block, so an idle worker waits on its queues' doorbells (tasks/broker/
-doorbells.py) in one BLPOP of `ocr_idle_wait` seconds (10 s in workers: about one
-command a second idle). Each publish and each restore rings; a woken fetch that
-leaves messages rings once more (a burst's rings stand in one item), one that leaves
-none waits again; a message pushed without a ring (a stock kombu client) waits for a
-busy worker's fetch or an idle one's wait to end. A fetch after an empty one first
-asks one EXISTS over every list and ring: an idle fetch's whole cost.
+Lua cannot block, so an idle worker waits on its queues' doorbells (doorbells.py) in one
+BLPOP of `ocr_idle_wait` s (10 s in workers: about a command a second idle). A publish
+and a restore ring; a woken fetch that leaves messages rings again (a burst's rings
+stand in one item), one that leaves none waits again (SETTLE_WAIT s first, for a message
+pushed without a ring, a stock kombu client's, which waits for the end of a wait). A
+fetch after an empty one first asks one EXISTS over every list and ring: its whole cost.
 
 Selected through Celery's `broker_transport` (tasks/queue/celery_config.py), for
 redis:// and rediss:// brokers (behind Sentinel: tasks/broker/sentinel_transport.py);
@@ -61,6 +60,7 @@ from tasks.state.connection import check_replicas, wait_replicas
 log = logging.getLogger(__name__)
 
 TRANSPORT = "tasks.broker.transport:Transport"
+SETTLE_WAIT = 1.0  # seconds of a first doorbell wait after a woken fetch took the last
 
 class Channel(kombu_redis.Channel):
     """kombu's Redis channel: atomic fetches; each message checked before it is decoded."""
@@ -105,6 +105,7 @@ class Channel(kombu_redis.Channel):
         return params
 
     _waiting = False  # the next poll waits on the doorbells (the last fetch found none)
+    _short = False  # that wait is SETTLE_WAIT s at most (a message published unrung)
     _woken = False  # the last wait ended with a ring: a fetch that leaves messages rings
     _busy = False   # the last fetch took a message (or a ring woke it): no idle probe
     _taken: str | None = None  # the delivering message's tag, as fetched (`QoS.append`)
@@ -239,9 +240,8 @@ class Channel(kombu_redis.Channel):
         return f"{self.global_keyprefix or ''}{name}"
 
     def _brpop_start(self, timeout: float | None = None) -> None:
-        # kombu sends BRPOP over the queues' lists; this channel sends the fetch script
-        # over the same lists in the same order, or, after a fetch found them empty, a
-        # BLPOP on their doorbells.
+        # kombu sends BRPOP over the queues' lists; this channel sends the fetch script over
+        # them in the same order, or, after a fetch found them empty, a BLPOP on doorbells.
         if timeout is None:
             timeout = self.brpop_timeout
         if unsettled.pending():
@@ -250,9 +250,10 @@ class Channel(kombu_redis.Channel):
         if not queues:
             return
         command: list[Any]
-        if self._waiting:
-            command = ["BLPOP", *(self._key(wake_key(queue)) for queue in queues),
-                       timeout or 0]
+        if self._waiting:  # after a woken fetch took the last message, briefly first
+            wait = min(timeout or SETTLE_WAIT, SETTLE_WAIT) if self._short else timeout or 0
+            self._short = False
+            command = ["BLPOP", *(self._key(wake_key(queue)) for queue in queues), wait]
         else:
             # Each list's lanes served by weighted round robin (tasks/broker/lanes.py).
             lists = [(self._q_for_pri(queue, pri), self.priority(pri), lanes.laned(queue),
@@ -311,7 +312,7 @@ class Channel(kombu_redis.Channel):
             left = int(reply[3]) if self._woken and len(reply) > 3 else None
             if left and lanes.laned(dest):
                 doorbells.ring_again(self, dest)
-            self._waiting, self._woken = left == 0, False
+            self._waiting, self._short, self._woken = left == 0, left == 0, False
             return self._deliver_taken(item, dest, bytes_to_str(tag) or None)
         finally:
             self._in_poll = None  # type: ignore[assignment]
@@ -338,8 +339,7 @@ class Channel(kombu_redis.Channel):
 
     def _poll_error(self, type: str, **options: Any) -> None:
         if type == "BRPOP":  # the fetch's or the doorbell's reply
-            self.client.parse_response(self.client.connection,
-                                       "BLPOP" if self._waiting else "EVAL")
+            self.client.parse_response(self.client.connection, "BLPOP" if self._waiting else "EVAL")
             return
         super()._poll_error(type, **options)
 
