@@ -127,17 +127,27 @@ class JobIndex:
             done[key] = now
             return True
 
-    def entries(self, client: str | None, since: float | None, until: float | None,
-                after: Cursor | None, count: int) -> list[tuple[str, float]]:
-        """Up to `count` (job id, score) of `client`'s (None: everyone's) newest first."""
+    def _low(self, client: str | None, since: float | None) -> float | str:
+        """The lowest score a listing shows: newer than `since` and `keep` seconds ago.
+
+        And among the newest `most` (of everyone's, `most * ALL_FACTOR`): a burst's
+        entries past it wait for the writer's next trim by rank.
+        """
         key = JOBS_ALL_KEY if client is None else jobs_client_key(client)
         low: float | str = max(since or 0.0, time.time() - self.keep)
-        # Only the newest `most` (of everyone's, `most * ALL_FACTOR`): a burst's entries
-        # past it wait for the writer's next trim by rank.
         most = self.most if client is not None else self.most * ALL_FACTOR
         cut = self._redis.zrevrange(key, most, most, withscores=True)
         if cut and float(cut[0][1]) >= float(low):
             low = f"({cut[0][1]!r}"
+        return low
+
+    def entries(self, client: str | None, low: float | str, until: float | None,
+                after: Cursor | None, count: int) -> list[tuple[str, float]]:
+        """Up to `count` (job id, score) of `client`'s (None: everyone's) newest first.
+
+        `low`: the lowest score shown (`_low`).
+        """
+        key = JOBS_ALL_KEY if client is None else jobs_client_key(client)
         high: float | str = "+inf" if until is None else until
         if after is not None:
             high = after.score if until is None else min(until, after.score)
@@ -170,8 +180,9 @@ class JobIndex:
         items: list[T] = []
         looked = 0
         last = after
+        low = self._low(client, since)  # read once for the page's batches
         while len(items) < limit and looked < SCAN_MOST:
-            batch = self.entries(client, since, until, last, min(BATCH, SCAN_MOST - looked))
+            batch = self.entries(client, low, until, last, min(BATCH, SCAN_MOST - looked))
             if not batch:
                 return Page(items, None)
             looked += len(batch)
@@ -181,5 +192,5 @@ class JobIndex:
                     items.append(record)
                     if len(items) == limit:
                         break
-        more = last is not None and self.entries(client, since, until, last, 1)
+        more = last is not None and self.entries(client, low, until, last, 1)
         return Page(items, last if more else None)
