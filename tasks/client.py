@@ -123,17 +123,17 @@ class OcrClient:
         on a reused read is judged again on a fresh one). `books`: the service's page
         caps and jobs in flight (the HTTP API's, a batch's).
         """
-        seen = self._presence_seen
-        reused = seen is not None and time.monotonic() - seen[0] < PRESENCE_REUSE
-        live = seen[1] if seen is not None and reused else self.live_queues()
-        try:
+        def judged(live: dict[str, set[str]]) -> str:
             return admit(options, rules or self.rules, self.settings, live,
                          priority=priority, books=books, service=service)
-        except OcrError:
-            if not reused:
-                raise
-        return admit(options, rules or self.rules, self.settings, self.live_queues(),
-                     priority=priority, books=books, service=service)
+
+        seen = self._presence_seen
+        if seen is not None and time.monotonic() - seen[0] < PRESENCE_REUSE:
+            try:
+                return judged(seen[1])
+            except OcrError:
+                pass  # judged again on a fresh read
+        return judged(self.live_queues())
 
     @property
     def rules(self) -> ClientRules:

@@ -64,10 +64,17 @@ def wait(client: Waiter, ids: Iterable[str], on_progress: ProgressCallback | Non
     next_sweep = start + sweep
     next_progress = start if on_progress is not None else None
     endings = EndingWatch(connect(client.settings.redis_target, patient=False))
+
+    def until_next(now: float) -> float:
+        """Seconds the next read may block: to the next look, progress or the deadline."""
+        wakes = [next_sweep, *([next_check] if watch else []),
+                 *([deadline] if deadline is not None else []),
+                 *([next_progress] if next_progress is not None else [])]
+        return max(0.001, min(wakes) - now)
+
     # The first read blocks too (a notice already written answers it at once), unless
     # progress is to be shown first.
-    block = 0.0 if next_progress is not None else \
-        max(0.001, min(next_sweep, deadline if deadline is not None else next_sweep) - start)
+    block = 0.0 if next_progress is not None else until_next(start)
     while pending:
         try:  # Redis restarting or failing over: the next turn looks again
             ended = endings.ended(pending, block=block)
@@ -121,10 +128,7 @@ def wait(client: Waiter, ids: Iterable[str], on_progress: ProgressCallback | Non
                     "code": "wait_timeout", "retryable": True,
                     "message": "the job had not finished when waiting stopped"}}
             break
-        wakes = [next_sweep, *([next_check] if watch else []),
-                 *([deadline] if deadline is not None else []),
-                 *([next_progress] if next_progress is not None else [])]
-        block = max(0.001, min(wakes) - now)
+        block = until_next(now)
         if failed:  # no blocking read to wait in: a pause before looking again
             time.sleep(min(block, 0.5))
             block = 0.0
