@@ -48,8 +48,6 @@ SETTINGS = {"OCR_ENGINE": "gated", "OCR_CACHE_RESULTS": "0", "OCR_CONCURRENCY": 
 WAIT = 150  # a bound for a loaded machine: far below the visibility timeout
 
 
-
-
 def gate(path: Path, open_: bool) -> Path:
     path.mkdir(parents=True, exist_ok=True)
     if open_:
