@@ -3,9 +3,10 @@ r"""The Redis broker: kombu's transport with atomic fetches, lanes, doorbells an
 Who runs what:
 
 - every process that publishes (clients, the API, beat, workers sending page tasks and
-  retries): `transport.Channel._put` (a client's message to its lane, `lanes.push_command`)
-  and the doorbell's ring (`doorbells`); behind Sentinel through `sentinel_transport`.
-- the worker parent, the one process that consumes: the fetch (`lanes.FETCH_SCRIPT`,
+  retries): the channel of `publishing` (a client's message to its lane,
+  `lanes.push_command`, and the doorbell's ring, `doorbells`), which the worker's
+  channel of `transport` extends; behind Sentinel through `sentinel_transport`.
+- the worker parent, the one process that consumes: the fetch (`lanes.FETCH`,
   recorded with its holder and popped in one step; idle, one EXISTS), the long wait on
   doorbells (`ocr_idle_wait`, 10 s in workers), the checks and dead letters
   (`refusals`, `bounded_reply`), acknowledgements and what a lost connection leaves
@@ -13,6 +14,15 @@ Who runs what:
 - the Procfile `metrics` process: `queue_depth` (the figure KEDA scales on) and
   `fleet_metrics` (Redis health, oldest messages, workers per queue, dead letters).
 - the Redis container's start-up and the kits: `redis_acl` (each role's Redis user).
+
+Every script of the broker is a `scripts.Script`, sent as EVALSHA and loaded (SCRIPT
+LOAD) by each process before its first run on a pool, and again where the server
+answers NOSCRIPT (a restart, a failover). kombu's client with a
+global key prefix prefixes an EVALSHA's first key itself (`scripts.keyed` reads its
+`global_keyprefix`). No script reads the envelope: the fetch records a message under a
+delivery tag the worker chose, as `[message, "", queue]` (kombu's restore sends it back
+to the queue it came from); records the previous fetch wrote (the envelope's tag,
+exchange and routing key) are acknowledged and restored alike.
 
 The key layout, owned by `layout` (nothing else spells these names):
 
@@ -26,7 +36,7 @@ The key layout, owned by `layout` (nothing else spells these names):
     ocr:lanes:<step>:count           hash    push +1, fetch -1     the fetch
     ocr:lane-weights                 hash    the API's tokens      the fetch
     unacked                          hash    the fetch (tag ->     acks, restores, queue
-                                              [msg, exch, rkey])    depth's running count
+                                              [msg, "", queue])     depth's running count
     unacked_index                    zset    the fetch (tag->time) kombu's restore sweep
     unacked_mutex                    string  kombu's restore       kombu's restore
     unacked_holders                  hash    the fetch (tag ->     the holders' sweep;
@@ -41,8 +51,12 @@ The key layout, owned by `layout` (nothing else spells these names):
     ocr:dead-letter[:count]          list    refused messages      the exporter, operators
     _kombu.binding.<exchange>        set     queue declares        routing, queue depth
 
-Private kombu names this package overrides or calls, checked against kombu
-`KOMBU_VERSION` (tests/units/test_kombu_overrides.py fails when either changes):
+Private kombu names this package overrides or calls, read against each kombu minor of
+`KOMBU_MINORS`, requirements.txt's range (tests/units/test_kombu_overrides.py checks the
+installed kombu is one, and has each name; `SINCE_KOMBU_5_7` are only in 5.7, and are
+called only where kombu has them).
+`Channel` is `transport.Channel` with the `publishing.PublishingChannel` it extends,
+which holds `_put`, `_do_restore_message`, `_size` and `supports_batch_publish`:
 
 - `Channel._connparams`: a released connection raises ConnectionError (kombu's restore
   would raise AttributeError, an "Unrecoverable error"); replies read by `bounded_reply`.
@@ -56,7 +70,8 @@ Private kombu names this package overrides or calls, checked against kombu
   delivery. They use kombu's `_in_poll`, `_queue_cycle`, `_q_for_pri`,
   `_flush_brpop_reauth`, `_get_message_priority` and `connection._deliver`.
 - `Channel._get`: basic_get checks each message (`_admit`) before decoding it.
-- `Channel._deliver_fanout_message`: broadcasts checked; a refused one dead-lettered.
+- `Channel.basic_consume`: a broadcast queue's callback (kombu's `connection._callbacks`,
+  `_fanout_queues`) checks each broadcast first; a refused one dead-lettered.
 - `Channel.supports_batch_publish`: off, so each publish rings its doorbell.
 - `Channel.from_transport_options`: the `ocr_*` transport options; `ocr_idle_wait` sets
   `brpop_timeout` (the doorbell's BLPOP and kombu's BRPOP health check).
@@ -71,19 +86,28 @@ Private kombu names this package overrides or calls, checked against kombu
   URL's parts (kombu would switch to its own transport on a failover).
 
 redis-py's private `_RESP2Parser`, `_RESP3Parser` and `SocketBuffer` are subclassed by
-`bounded_reply` (checked against redis-py `REDIS_PY_VERSION`).
+`bounded_reply` (read against the redis-py majors of `REDIS_PY_MAJORS`).
 """
 
-KOMBU_VERSION = "5.7.0"
-REDIS_PY_VERSION = "8.1.0"
+# The kombu minors (and celery's, which go with them) whose Redis transport the names
+# below were read against, and the redis-py majors of `bounded_reply`: requirements.txt's
+# range, whose two ends `make test-floor` and `make test` run.
+KOMBU_MINORS = ("5.6", "5.7")
+REDIS_PY_MAJORS = ("6", "7", "8")
+# Names of KOMBU_OVERRIDES that only kombu 5.7 has: on 5.6 the step they take does not
+# exist (no batch publish, re-auth or queue expiry), and they are not called.
+SINCE_KOMBU_5_7: dict[str, tuple[str, ...]] = {
+    "Channel": ("supports_batch_publish", "_flush_brpop_reauth",
+                "_maybe_update_queues_expire"),
+}
 
 # class -> the private (or behaviour-defining) names of it that this package overrides
 # or relies on; each must exist on kombu's class.
 KOMBU_OVERRIDES: dict[str, tuple[str, ...]] = {
     "Channel": ("_connparams", "_put", "_do_restore_message", "_size", "_brpop_start",
-                "_brpop_read", "_poll_error", "_get", "_deliver_fanout_message",
-                "supports_batch_publish", "from_transport_options", "basic_consume",
-                "close", "_q_for_pri", "_flush_brpop_reauth",
+                "_brpop_read", "_poll_error", "_get", "supports_batch_publish",
+                "from_transport_options", "basic_consume", "close", "_q_for_pri",
+                "_flush_brpop_reauth", "_fanout_queues",
                 "_get_message_priority", "_maybe_update_queues_expire", "_in_poll",
                 "priority_steps", "unacked_key", "unacked_index_key",
                 "global_keyprefix", "sep", "keyprefix_queue"),
@@ -91,5 +115,6 @@ KOMBU_OVERRIDES: dict[str, tuple[str, ...]] = {
             "_remove_from_indices", "unacked_key"),
     "SentinelChannel": ("_sentinel_managed_pool", "from_transport_options", "connection_class",
                         "connection_class_ssl"),
-    "Transport": ("Channel", "connection_errors", "brpop_timeout", "polling_interval"),
+    "Transport": ("Channel", "connection_errors", "brpop_timeout", "polling_interval",
+                  "_callbacks"),
 }

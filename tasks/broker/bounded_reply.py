@@ -19,8 +19,8 @@ from collections.abc import Callable
 from typing import Any
 
 from redis._parsers import _RESP2Parser, _RESP3Parser
-from redis._parsers.socket import SocketBuffer
-from redis.utils import SENTINEL, check_protocol_version
+from redis._parsers.socket import SENTINEL, SocketBuffer
+from redis.connection import DEFAULT_RESP_VERSION
 
 ENDS = 65536          # bytes kept from each end of an oversized reply
 PIECE = 2**20         # most bytes buffered at once while an oversized reply is dropped
@@ -52,6 +52,8 @@ class BoundedBuffer(SocketBuffer):
 
     def read(self, length: int, timeout: Any = SENTINEL) -> bytes:
         if length <= self.max_bulk:
+            if timeout is SENTINEL:  # redis-py 6's `read` takes no timeout (7 on: one)
+                return super().read(length)
             return super().read(length, timeout=timeout)
         return self._drop(length, timeout)
 
@@ -96,9 +98,19 @@ class BoundedResp3Parser(_BoundedParsing, _RESP3Parser):
     """RESP3, redis-py's default protocol."""
 
 
+def speaks_resp3(protocol: Any) -> bool:
+    """Whether a connection given `protocol` speaks RESP3 (None: redis-py's default)."""
+    if protocol is None or protocol is SENTINEL:
+        protocol = DEFAULT_RESP_VERSION
+    try:
+        return int(protocol) == 3
+    except (TypeError, ValueError):
+        return False
+
+
 def bounded_parser(protocol: Any, max_bulk: int) -> Callable[..., Any]:
     """The `parser_class` of a pool whose connections speak `protocol` (None: default)."""
-    base = BoundedResp3Parser if check_protocol_version(protocol, 3) else BoundedResp2Parser
+    base = BoundedResp3Parser if speaks_resp3(protocol) else BoundedResp2Parser
 
     def make(socket_read_size: int) -> Any:
         parser = base(socket_read_size)

@@ -4,7 +4,9 @@ Runs in every process that publishes through the project's transport (a publish 
 restore ring) and in the worker parent (a fetch woken by a ring rings once more).
 A queue's doorbell (`layout.wake_key`) is a list of one item at most: idle workers wait
 on their queues' doorbells in one long BLPOP (tasks/broker/transport.py), since taking
-a message is a Lua script, which cannot block.
+a message is a Lua script, which cannot block. A client's message is rung by the script
+that pushes it to its lane (tasks/broker/lanes.py, `PUSH`), where a bell already rung
+costs one PEXPIRE; `ring` rings the others.
 """
 
 from __future__ import annotations
@@ -15,10 +17,9 @@ from typing import Any
 
 import redis
 
-from tasks.broker.layout import wake_key
+from tasks.broker.layout import WAKE_TTL_MS, wake_key
 
 log = logging.getLogger(__name__)
-WAKE_TTL_MS = 60_000     # a doorbell nobody answered is gone after a minute
 
 
 def ring(pipe: Any, prefixed: Callable[[str], str], queues: Iterable[str]) -> None:

@@ -1,7 +1,7 @@
 """The fleet's health as Prometheus gauges: Redis, queues' oldest messages, workers, dead letters.
 
 Runs in the Procfile `metrics` process (scripts/metrics_exporter.py), beside
-`RedisCollector` (tasks/state/metrics.py), read at each scrape; what the alert rules
+`RedisCollector` (tasks/state/metrics_collector.py), read at each scrape; what the alert rules
 (deploy/prometheus/rules.yaml) and the dashboard (deploy/grafana/) read besides the
 workers' own counters:
 

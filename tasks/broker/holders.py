@@ -4,7 +4,7 @@ Runs in the worker parent: the one process that consumes (the fetch names it as 
 holder) and that writes the node's presence record (tasks/queue/presence.py, whose
 heartbeat drives the sweep). Clients and RabbitMQ workers never use it.
 
-The fetch (tasks/broker/lanes.py, `FETCH_SCRIPT`) writes, in the same script call that
+The fetch (tasks/broker/lanes.py, `FETCH`) writes, in the same script call that
 records a message in kombu's `unacked` hash, the message's holder in the hash
 `unacked_holders` under the same delivery tag: `<node>|<parent pid>`, then the key it
 was taken from (the client's lane, or the list itself), the ring of its priority step
@@ -16,8 +16,10 @@ A holder is alive while its node's presence record (tasks/state/liveness.py: fie
 node -> `{"expires", "pid", ...}`, refreshed by every heartbeat) names its pid and
 was refreshed within OCR_WORKER_LIVENESS_SECONDS. Each live worker parent looks every
 third of that window whether the sweep is due: the first to take the lock
-(`unacked_sweep`, SET NX PX: one command for the others) reads the presence records
-and runs `SWEEP_SCRIPT`, which puts every message of a dead holder back at the front
+(`unacked_sweep`: its random token, SET NX PX in `TAKE`, one command for the
+others; it lapses, never deleted, so one sweep runs per interval; a value without
+an expiry is none of a sweeper's and is taken over) reads the presence records
+and runs `SWEEP`, which puts every message of a dead holder back at the front
 of the lane (or list) it was taken from, and drops its `unacked` record, index entry
 and holder, in one atomic step. A holder whose node has no record at all counts as
 dead once its message was taken more than the window ago (a worker's first fetch may
@@ -40,6 +42,7 @@ from typing import Any
 import redis
 
 from tasks.broker.layout import HOLDERS_KEY, SWEEP_LOCK_KEY, UNACKED_INDEX_KEY, UNACKED_KEY
+from tasks.broker.scripts import Script
 from tasks.state.keys import WORKERS_KEY
 
 log = logging.getLogger(__name__)
@@ -72,7 +75,7 @@ def holders_key(unacked_key: str) -> str:
 # ARGV[1]: the cutoff (a message taken before it whose node has no presence record is
 # swept); ARGV[2..]: "L<node>|<pid>" a live holder, "K<node>" a node with a record.
 # Returns the delivery tags put back.
-SWEEP_SCRIPT = r"""
+SWEEP = Script(r"""
 local live, known = {}, {}
 for i = 2, #ARGV do
   local kind, name = string.sub(ARGV[i], 1, 1), string.sub(ARGV[i], 2)
@@ -110,7 +113,20 @@ for j = 1, #flat, 2 do
   end
 end
 return back
-"""
+""")
+
+
+# KEYS[1]: the sweep's lock. ARGV[1]: the taker's token, ARGV[2]: how long (ms). Taken
+# when free, or when it holds a value without an expiry (every sweeper sets one: such
+# a value would stop every sweep for good). Returns 1 when taken.
+TAKE = Script("""
+if redis.call('SET', KEYS[1], ARGV[1], 'NX', 'PX', ARGV[2]) then return 1 end
+if redis.call('PTTL', KEYS[1]) == -1 then
+  redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
+  return 1
+end
+return 0
+""")
 
 
 def liveness_args(records: Mapping[Any, Any], now: float, window: float,
@@ -169,16 +185,16 @@ class HolderSweep:
 
     def sweep(self, now: float | None = None) -> list[str]:
         """One sweep, if no other worker swept within the interval."""
-        if not self._broker.set(self._lock, self._token, nx=True,
-                                px=int((self.interval - SLACK) * 1000)):
+        if not TAKE.run(self._broker, [self._lock],
+                        [self._token, int((self.interval - SLACK) * 1000)]):
             return []
         if not self._broker.hlen(self._keys[0]):  # nothing held anywhere (an idle fleet)
             return []
         now = time.time() if now is None else now
         records = self._presence.hgetall(WORKERS_KEY)
         args = liveness_args(records, now, self.window, self._ttl)
-        back = [t.decode() if isinstance(t, bytes) else str(t) for t in self._broker.eval(
-            SWEEP_SCRIPT, 3, *self._keys, repr(now - self.window), *args)]
+        back = [t.decode() if isinstance(t, bytes) else str(t) for t in SWEEP.run(
+            self._broker, self._keys, [repr(now - self.window), *args])]
         if back:
             log.warning("%d message(s) of dead workers put back in their queues "
                         "(no heartbeat for %g s): %s", len(back), self.window,

@@ -14,7 +14,7 @@ end of its lane that is taken first. Everything else, a stock kombu or Node clie
 message, stays in the list itself: the anonymous lane, which joins the ring at a fetch
 that finds it holding messages.
 
-The fetch (`FETCH_SCRIPT`) serves priority steps in order, highest first, exactly as
+The fetch (`FETCH`) serves priority steps in order, highest first, exactly as
 kombu does; within a step, the clients of the ring by weighted deficit round robin
 counting pages, whichever of the worker's queues their pages wait in: the first client
 of the ring that has a message in one of the worker's queues takes up to its weight in
@@ -26,10 +26,20 @@ API's token store, tasks/api/tokens.py); a client without one weighs 1.
 
 from __future__ import annotations
 
+import json
+import uuid
 from collections.abc import Sequence
 from typing import Any
 
-from tasks.broker.layout import LANE_WEIGHTS_KEY, lane_key, lanes_key
+from tasks.broker.layout import (
+    LANE_WEIGHTS_KEY,
+    SEP,
+    WAKE_TTL_MS,
+    lane_key,
+    lanes_key,
+    wake_key,
+)
+from tasks.broker.scripts import Script
 
 
 def laned(queue: str) -> bool:
@@ -45,7 +55,9 @@ def laned(queue: str) -> bool:
 # first when ARGV[3] is "1": a restored message), counts it in
 # KEYS[3] and, for its first message waiting, puts the client at the end of the ring
 # KEYS[2] (a client with messages counted is in the ring: the fetch drops it only at 0).
-PUSH_SCRIPT = r"""
+# With KEYS[4], rings that doorbell (tasks/broker/doorbells.py) for ARGV[4] ms: a bell
+# already rung (its one item) only has its expiry renewed, one command.
+PUSH = Script(r"""
 if ARGV[3] == '1' then
   redis.call('RPUSH', KEYS[1], ARGV[1])
 else
@@ -54,62 +66,58 @@ end
 if redis.call('HINCRBY', KEYS[3], ARGV[2], 1) == 1 and not redis.call('LPOS', KEYS[2], ARGV[2]) then
   redis.call('RPUSH', KEYS[2], ARGV[2])
 end
+if KEYS[4] and redis.call('PEXPIRE', KEYS[4], ARGV[4]) == 0 then
+  redis.call('LPUSH', KEYS[4], '1')
+  redis.call('PEXPIRE', KEYS[4], ARGV[4])
+end
 return 1
-"""
+""")
 
 # Takes the next message of the lists KEYS[3..] (kombu's BRPOP order: highest priority
-# first). For list i (from 0): ARGV[4+3i] is "1" for a consumer that acknowledges,
-# ARGV[5+3i] the ring of its priority step ("" for a list without lanes: its tail is
-# taken as kombu would), ARGV[6+3i] the prefix of its lanes' keys. Consecutive lists of
-# one ring are served together: the ring's first client with a message in one of them
-# (the anonymous client "": the lists themselves) takes it; its turn (hash ring..':turn')
-# starts at its weight (hash ARGV[3]) and loses a page per message; at 0 the client
-# goes to the ring's end; with nothing left in any queue (hash ring..':count') it
-# leaves the ring. Key names other than the lists are arguments: Redis checks declared
-# keys for writing, and a worker may only read the weights. Where acknowledged, the
-# message is recorded in kombu's `unacked` hash (KEYS[1]) and index (KEYS[2], score
-# ARGV[1]) under its delivery tag before it is popped, in the same atomic step: a
-# server that refuses writes takes nothing. The tag, exchange and routing key are read
-# from the envelope's text, not decoded: kombu and the Node client write the
-# properties last, so the last 8 KiB are searched first, a message of up to 1 MiB
-# whole. A message larger than ARGV[2] bytes (0: no bound), or whose properties are not
-# found, is popped unrecorded. Returns {list, message, tag or ""}, or nil; with the
-# ARGV after the lists' "1" (a fetch woken by a doorbell, ARGV[5+3n]), a 4th: how many
-# lists and rings still hold messages. With ARGV[4+3n] "1", an idle fetch costs one
-# EXISTS over every list and ring; a ring with
-# nothing in its lists and no client costs one EXISTS; a list's tail is read only when
-# its anonymous lane's turn comes (or its ring has no clients). ARGV[6+3n], when not
-# empty, names the holder (`<node>|<pid>`, tasks/broker/holders.py): a recorded
-# message's holder, the key it was taken from, its step's ring and its client go to
-# KEYS[1]..'_holders' under its tag.
-FETCH_SCRIPT = r"""
+# first). For list i (from 0): ARGV[4+4i] is "1" for a consumer that acknowledges,
+# ARGV[5+4i] the ring of its priority step ("" for a list without lanes: its tail is
+# taken as kombu would), ARGV[6+4i] the prefix of its lanes' keys, ARGV[7+4i] the end
+# of its record (`, "", "<queue>"]`). Consecutive lists of one ring are served
+# together: the ring's first client with a message in one of them (the anonymous
+# client "": the lists themselves) takes it; its turn (hash ring..':turn') starts at
+# its weight (hash ARGV[3]) and loses a page per message; at 0 the client goes to the
+# ring's end; with nothing left in any queue (hash ring..':count') it leaves the ring.
+# Key names other than the lists are arguments: Redis checks declared keys for
+# writing, and a worker may only read the weights. Where acknowledged, the message is
+# recorded in kombu's `unacked` hash (KEYS[1]: [message, "", queue], restored to the
+# queue it was taken from) and index (KEYS[2], score ARGV[1]) under the delivery tag
+# the worker chose (ARGV[7+4n], which it hands on as the message's), before it is
+# popped, in the same atomic step: a server that refuses writes takes nothing. The
+# envelope is never read here. A message larger than ARGV[2] bytes (0: no bound), or
+# that is no JSON object by its first and last bytes, is popped unrecorded (the worker
+# refuses it). Returns {list, message, tag or ""}, or nil; with the ARGV after the
+# lists' "1" (a fetch woken by a doorbell, ARGV[5+4n]), a 4th: how many lists and
+# rings still hold messages. With ARGV[4+4n] "1", an idle fetch costs one EXISTS over
+# every list and ring; a ring with nothing in its lists and no client costs one
+# EXISTS; a list's tail is read only when its anonymous lane's turn comes (or its ring
+# has no clients). ARGV[6+4n], when not empty, names the holder (`<node>|<pid>`,
+# tasks/broker/holders.py): a recorded message's holder, the key it was taken from, its
+# step's ring and its client go to KEYS[1]..'_holders' under its tag.
+FETCH = Script(r"""
 local limit = tonumber(ARGV[2])
-local function envelope(text)
-  local tag = string.match(text, '"delivery_tag"%s*:%s*"([^"\\]+)"')
-  local info = string.match(text, '"delivery_info"%s*:%s*(%b{})')
-  if not (tag and info) then return nil end
-  local ex = string.match(info, '"exchange"%s*:%s*"([^"\\]*)"')
-  local rk = string.match(info, '"routing_key"%s*:%s*"([^"\\]*)"')
-  if not (ex and rk) then return nil end
-  return tag, ex, rk
-end
-local holder = ARGV[6 + 3 * (#KEYS - 2)] or ''
-local function take(src, item, ack, list, ring, client)
-  local tag, ex, rk = nil, nil, nil
-  if ack and (limit == 0 or #item <= limit) then
-    tag, ex, rk = envelope(string.sub(item, -8192))
-    if not tag and #item <= 1048576 then tag, ex, rk = envelope(item) end
-  end
-  if tag then
+local lists = #KEYS - 2
+local holder = ARGV[6 + 4 * lists] or ''
+local tag = ARGV[7 + 4 * lists] or ''
+-- pops `item` from `src`, list i's or its lane: recorded under `tag` where acknowledged
+local function take(src, item, i, ring, client)
+  local recorded = tag ~= '' and ARGV[4 + 4 * i] == '1'
+    and (limit == 0 or #item <= limit)
+    and string.byte(item, 1) == 123 and string.byte(item, -1) == 125
+  if recorded then
     redis.call('ZADD', KEYS[2], ARGV[1], tag)
-    redis.call('HSET', KEYS[1], tag, '[' .. item .. ', "' .. ex .. '", "' .. rk .. '"]')
+    redis.call('HSET', KEYS[1], tag, '[' .. item .. ARGV[7 + 4 * i])
     if holder ~= '' then
       redis.call('HSET', KEYS[1] .. '_holders', tag,
                  holder .. '\n' .. src .. '\n' .. (ring or '') .. '\n' .. (client or ''))
     end
   end
   redis.call('RPOP', src)
-  return {list, item, tag or ''}
+  return {KEYS[3 + i], item, recorded and tag or ''}
 end
 -- serves the lists first..last of one ring
 local function share(ring, first, last)
@@ -119,7 +127,9 @@ local function share(ring, first, last)
   for i = first, last do keys[#keys + 1] = KEYS[3 + i] end
   local held = redis.call('EXISTS', unpack(keys))
   if held == 0 then return nil end
-  local members = redis.call('LLEN', ring)
+  -- the ring's first two clients: its head, and whether it has more than one
+  local head = redis.call('LRANGE', ring, 0, 1)
+  local members = #head
   local any_plain = held > (members > 0 and 1 or 0)
   -- each list's tail, read when asked (false: empty)
   local plain = {}
@@ -129,7 +139,7 @@ local function share(ring, first, last)
   end
   if members == 0 then
     for i = first, last do
-      if tail(i) then return take(KEYS[3 + i], plain[i], ARGV[4 + 3 * i] == '1', KEYS[3 + i]) end
+      if tail(i) then return take(KEYS[3 + i], plain[i], i) end
     end
     return nil
   end
@@ -137,22 +147,24 @@ local function share(ring, first, last)
     members = redis.call('RPUSH', ring, '')
   end
   local pos = 0
+  local lead = head[1]  -- the ring's head, read already
   for _ = 1, 1000 do
-    local client = redis.call('LINDEX', ring, pos)
+    local client = lead
+    if client then lead = nil else client = redis.call('LINDEX', ring, pos) end
     if not client then return nil end
     local src, item, at = nil, nil, nil
     for i = first, last do
       if client == '' then
         src, item = KEYS[3 + i], tail(i)
       else
-        src = ARGV[6 + 3 * i] .. client
+        src = ARGV[6 + 4 * i] .. client
         item = redis.call('LINDEX', src, -1)
       end
       if item then at = i break end
     end
     if item and members == 1 and client ~= '' then
       -- a lone client: no turns to keep
-      local got = take(src, item, ARGV[4 + 3 * at] == '1', KEYS[3 + at], ring, client)
+      local got = take(src, item, at, ring, client)
       if redis.call('HINCRBY', count, client, -1) < 1 then
         redis.call('LREM', ring, 1, client)
         redis.call('HDEL', count, client)
@@ -166,7 +178,7 @@ local function share(ring, first, last)
         left = math.floor(tonumber(redis.call('HGET', ARGV[3], client)) or 1)
         if left < 1 then left = 1 end
       end
-      local got = take(src, item, ARGV[4 + 3 * at] == '1', KEYS[3 + at], ring, client)
+      local got = take(src, item, at, ring, client)
       left = left - 1
       local waiting = 1
       if client ~= '' then waiting = redis.call('HINCRBY', count, client, -1) end
@@ -192,83 +204,95 @@ local function share(ring, first, last)
   end
   return nil
 end
-local lists = #KEYS - 2
--- an idle fetch (asked for by ARGV[4 + 3 * lists]): nothing in any list or ring, one EXISTS
+-- an idle fetch (asked for by ARGV[4 + 4 * lists]): nothing in any list or ring, one EXISTS
 local probe, seen = {}, {}
 for j = 0, lists - 1 do
   probe[#probe + 1] = KEYS[3 + j]
-  local ring = ARGV[5 + 3 * j]
+  local ring = ARGV[5 + 4 * j]
   if ring ~= '' and not seen[ring] then
     seen[ring] = true
     probe[#probe + 1] = ring
   end
 end
-if lists == 0 or (ARGV[4 + 3 * lists] == '1' and redis.call('EXISTS', unpack(probe)) == 0) then
+if lists == 0 or (ARGV[4 + 4 * lists] == '1' and redis.call('EXISTS', unpack(probe)) == 0) then
   return nil
 end
 local i = 0
 while i < lists do
-  local ring = ARGV[5 + 3 * i]
+  local ring = ARGV[5 + 4 * i]
   local last = i
-  while last + 1 < lists and ARGV[5 + 3 * (last + 1)] == ring do last = last + 1 end
+  while last + 1 < lists and ARGV[5 + 4 * (last + 1)] == ring do last = last + 1 end
   local got = nil
   if ring == '' then
     for j = i, last do
       local item = redis.call('LINDEX', KEYS[3 + j], -1)
-      if item then got = take(KEYS[3 + j], item, ARGV[4 + 3 * j] == '1', KEYS[3 + j]) break end
+      if item then got = take(KEYS[3 + j], item, j) break end
     end
   else
     got = share(ring, i, last)
   end
   if got then
     -- after a wait a ring ended: whether anything is left for the next idle worker
-    if ARGV[5 + 3 * lists] == '1' then got[4] = redis.call('EXISTS', unpack(probe)) end
+    if ARGV[5 + 4 * lists] == '1' then got[4] = redis.call('EXISTS', unpack(probe)) end
     return got
   end
   i = last + 1
 end
 return nil
-"""
+""")
 
 
 def push_command(prefix: str, list_key: str, step: int, client: str, body: str,
-                 first: bool = False) -> list[Any]:
-    """The EVAL that pushes `body` to `client`'s lane of `list_key` (priority `step`).
+                 first: bool = False, ring_queue: str | None = None) -> list[Any]:
+    """The EVALSHA that pushes `body` to `client`'s lane of `list_key` (priority `step`).
 
-    `first`: taken before the lane's other messages (a restored one). `prefix`: kombu's
-    global key prefix; names are given without it.
+    `first`: taken before the lane's other messages (a restored one). `ring_queue`: the
+    queue whose doorbell the same call rings (None: none). `prefix`: kombu's global key
+    prefix; names are given without it.
     """
     ring = prefix + lanes_key(step)
-    return ["EVAL", PUSH_SCRIPT, 3, prefix + lane_key(list_key, client), ring,
-            ring + ":count", body, client, "1" if first else "0"]
+    keys = [prefix + lane_key(list_key, client), ring, ring + ":count"]
+    args = [body, client, "1" if first else "0"]
+    if ring_queue is not None:
+        keys.append(prefix + wake_key(ring_queue))
+        args.append(str(WAKE_TTL_MS))
+    return PUSH.command(keys, args)
 
 
 def fetch_command(prefix: str, unacked: tuple[str, str],
                   lists: Sequence[tuple[str, int, bool, bool]], now: float,
                   max_bytes: int, probe: bool = True, woken: bool = False,
-                  holder: str = "") -> list[Any]:
-    """The EVAL of `FETCH_SCRIPT` over `lists`, in that order (highest priority first).
+                  holder: str = "", tag: str | None = None, sep: str = SEP) -> list[Any]:
+    """The EVALSHA of `FETCH` over `lists`, in that order (highest priority first).
 
     Each list: its key, its priority step, whether it has lanes, whether its consumer
     acknowledges. `prefix`: kombu's global key prefix; `unacked`: kombu's unacked hash
     and index. `probe`: first one EXISTS over every list and ring, an empty fetch's
     whole cost (a fetch likely to find a message leaves it out). `woken`: the reply
     says whether messages are left (a burst rang one doorbell item for all of them).
-    `holder`: recorded beside each message taken ("": none).
+    `holder`: recorded beside each message taken ("": none). `tag`: the delivery tag
+    a recorded message is recorded and delivered under (None: a new one); `sep`:
+    kombu's separator of a queue's name and priority step. A fetch of lists that
+    are all consumed without acknowledgements names no unacked keys (the first list
+    stands in their places, never written as such): such a consumer (Flower) needs no
+    right on them.
     """
     keys = [prefix + unacked[0], prefix + unacked[1]]
+    if lists and not any(ack for *_, ack in lists):
+        keys = [prefix + lists[0][0]] * 2
     args = [repr(now), str(int(max_bytes or 0)), LANE_WEIGHTS_KEY]
     for name, step, has_lanes, ack in lists:
         keys.append(prefix + name)
+        queue = name.split(sep, 1)[0] if sep else name
         args += ["1" if ack else "0", prefix + lanes_key(step) if has_lanes else "",
-                 prefix + lane_key(name, "")]
-    return ["EVAL", FETCH_SCRIPT, len(keys), *keys, *args, "1" if probe else "0",
-            "1" if woken else "0", holder]
+                 prefix + lane_key(name, ""), f", \"\", {json.dumps(queue)}]"]
+    return FETCH.command(keys, [*args, "1" if probe else "0", "1" if woken else "0", holder,
+                                str(uuid.uuid4()) if tag is None else tag])
 
 
 # Messages waiting in the lanes of the lists KEYS[i] (ARGV[2i-1]: the ring of list i's
 # step, ARGV[2i]: the prefix of its lanes' keys), the lists themselves not counted.
-LANE_SIZES_SCRIPT = r"""
+LANE_SIZES = Script(r"""
 local n = 0
 for i = 1, #KEYS do
   for _, client in ipairs(redis.call('LRANGE', ARGV[2 * i - 1], 0, -1)) do
@@ -276,13 +300,12 @@ for i = 1, #KEYS do
   end
 end
 return n
-"""
+""")
 
 
 def sizes_command(prefix: str, lists: Sequence[tuple[str, int]]) -> list[Any]:
-    """The EVAL that counts the messages in the lanes of `lists` (key, priority step)."""
+    """The EVALSHA that counts the messages in the lanes of `lists` (key, priority step)."""
     args: list[str] = []
     for name, step in lists:
         args += [prefix + lanes_key(step), prefix + lane_key(name, "")]
-    return ["EVAL", LANE_SIZES_SCRIPT, len(lists), *(prefix + name for name, _ in lists),
-            *args]
+    return LANE_SIZES.command([prefix + name for name, _ in lists], args)

@@ -35,6 +35,7 @@ HOLDERS_KEY = UNACKED_KEY + "_holders"
 SWEEP_LOCK_KEY = UNACKED_KEY + "_sweep"
 
 WAKE_PREFIX = ROOT + "wake:"          # doorbells: ocr:wake:<queue>
+WAKE_TTL_MS = 60_000     # a doorbell nobody answered is gone after a minute
 LANE_PREFIX = ROOT + "lane:"          # a client's lane: ocr:lane:<list>:<client>
 LANES_PREFIX = ROOT + "lanes:"        # a priority step's ring: ocr:lanes:<step>[:turn|:count]
 LANE_WEIGHTS_KEY = ROOT + "lane-weights"  # hash: client -> weight (the API's token store)

@@ -61,7 +61,7 @@ CONTROL_CHANNEL = f"/{DB}.celery.pidbox"  # remote control broadcasts
 RESULT_CHANNEL = "celery-task-meta-*"  # a result as it is stored
 
 # What any Celery app that sends tasks does: push a message to its queue or its client's
-# lane (a Lua script: LPUSH, HINCRBY, LPOS, RPUSH) and ring its queue's doorbell, count
+# lane and ring its queue's doorbell (a Lua script: LPUSH, HINCRBY, LPOS, RPUSH, PEXPIRE), count
 # a queue's messages when it declares it (LLEN; its lanes: LRANGE), declare the queue's
 # binding (a Lua script: SADD, TIME, ZADD), publish the task-sent event, wait for a
 # result on its channel, read the result; hold a job until enough replicas have it
@@ -73,7 +73,7 @@ SEND = ("lpush", "lpos", "rpush", "hincrby", "lrange", "llen", "ltrim", "pexpire
         "eval", "evalsha", "script|load", "script|exists", "multi", "exec", "discard",
         "publish", "subscribe", "unsubscribe", "get", "mget", "wait", "info")
 # What a consuming worker adds: the atomic fetch (a Lua script: LINDEX, ZADD, HSET,
-# RPOP; the lanes' ring: LLEN, LPOS, LREM, RPUSH, HINCRBY, HDEL), doorbells (BLPOP),
+# RPOP; the lanes' ring: LRANGE, LPOS, LREM, RPUSH, HINCRBY, HDEL), doorbells (BLPOP),
 # acknowledgements and restores (HGET, HDEL, ZREM, ZRANGE, WATCH), the sweep of dead
 # holders' messages (a Lua script: SET NX PX, HGETALL, ZSCORE, RPUSH), the binding sweep,
 # remote control (PSUBSCRIBE), results and job state (an input read to its bound: GETRANGE).
@@ -126,35 +126,49 @@ _NOTICE_WRITE, _NOTICE_READ = ("xadd",), ("xread",)
 # document it sends among its client's jobs in flight (tasks/state/client_rules.py).
 _BATCHES = ("ocr:batch:*", "ocr:batches:*")
 _IN_FLIGHT = ("ocr:api:inflight:*",)
+# ...and records each document of an API client's batch as that client's job
+# (tasks/state/api_jobs.py), the record the HTTP API checks a job's owner by.
+_API_JOBS = ("ocr:api:job:*",)
+# A place among a client's jobs in flight is reserved in one script (ZSCORE, ZCARD,
+# ZADD, EXPIRE: tasks/state/client_rules.py) by whoever sends its job, and its pages
+# held against the client's caps in another (HVALS, HGET, HSET, EXPIRE; the holds of
+# ended jobs dropped: HKEYS, HDEL; tasks/state/usage.py).
+_RESERVE = ("zscore", "zcard", "hvals", "hkeys", "hdel")
+_PAGE_HOLDS = ("ocr:usage:held:*",)
 
 USERS: tuple[RedisUser, ...] = (
     RedisUser(
         "worker", "the OCR workers (Procfile `worker`, every engine and pool)",
-        (*SEND, *CONSUME, *_LISTING, *_NOTICE_WRITE),
-        keys=(*_BROKER, *_JOB_STATE, *_JOB_INDEX, *_BATCHES, *_IN_FLIGHT, "ocr:cache:*",
-              "ocr:output:*", "ocr:models:*", "ocr:usage:*"),
+        # COPY: a cached answer's page previews are the first job's
+        (*SEND, *CONSUME, *_LISTING, *_NOTICE_WRITE, *_RESERVE, "copy"),
+        keys=(*_BROKER, *_JOB_STATE, *_JOB_INDEX, *_BATCHES, *_IN_FLIGHT, *_API_JOBS,
+              "ocr:cache:*", "ocr:output:*", "ocr:models:*", "ocr:usage:*", "ocr:golden:*",
+              "ocr:preview:*"),
         # an API client's callbacks are signed with that client's own secret; the
         # token names are the metrics' client labels, its record its page caps
         read_keys=("ocr:api:webhook:*", "ocr:api:clients", LANE_WEIGHTS),
         channels=(EVENTS, CONTROL_CHANNEL, RESULT_CHANNEL)),
     RedisUser(
         "control", "the control worker (Procfile `control`: cancels, HTTP callbacks)",
-        (*SEND, *CONSUME, *_LISTING, *_NOTICE_WRITE),
-        keys=(*_BROKER, *_JOB_STATE, *_JOB_INDEX, *_BATCHES, *_IN_FLIGHT, "ocr:output:*"),
+        (*SEND, *CONSUME, *_LISTING, *_NOTICE_WRITE, *_RESERVE),
+        keys=(*_BROKER, *_JOB_STATE, *_JOB_INDEX, *_BATCHES, *_IN_FLIGHT, *_API_JOBS,
+              "ocr:output:*", *_PAGE_HOLDS),
         # usage: a batch's documents are held to their client's page caps
         read_keys=("ocr:api:webhook:*", "ocr:api:clients", LANE_WEIGHTS, "ocr:usage:*"),
         channels=(EVENTS, CONTROL_CHANNEL, RESULT_CHANNEL)),
     RedisUser(
         "api", "the HTTP API (Procfile `api`)",
-        # its upload quota scripts (tasks/api/_quotas.py): APPEND, RENAME, STRLEN, SREM
+        # its upload quota scripts (tasks/api/_quotas.py): APPEND, RENAME, STRLEN, SREM;
+        # line corrections (tasks/state/corrections.py): WATCH, HDEL
         (*SEND, "append", "rename", "strlen", "srem", "hset", "hget", "hgetall", "hmget",
          "set", "del", "exists", "expire", "incr", "zrem", "zrange", *_LISTING,
-         "zrevrangebyscore", "hlen", *_NOTICE_READ),
+         "zrevrangebyscore", "hlen", *_NOTICE_READ, *_RESERVE, "watch", "unwatch", "hdel"),
         keys=(*QUEUES, *BINDINGS, *WAKE, *LANES, *_JOB_INDEX, *_BATCHES, "ocr:job:*",
               "ocr:blob:*", "ocr:api:job:*", "ocr:api:idem:*", "ocr:api:rate:*",
-              "ocr:api:inflight:*", "ocr:api:upload:*", "ocr:api:bytes:*"),
+              "ocr:api:inflight:*", "ocr:api:upload:*", "ocr:api:bytes:*", *_PAGE_HOLDS,
+              "ocr:corrections:*", "ocr:api:session:*"),
         read_keys=(*RESULTS, "ocr:api:token:*", "ocr:api:clients", "ocr:doc:*",
-                   "ocr:output:*", "ocr:workers", "ocr:usage:*"),
+                   "ocr:output:*", "ocr:workers", "ocr:usage:*", "ocr:preview:*"),
         channels=(EVENTS, RESULT_CHANNEL)),
     RedisUser(
         "beat", "beat (Procfile `beat`: sends the scheduled model audit)",
@@ -162,15 +176,16 @@ USERS: tuple[RedisUser, ...] = (
         channels=(EVENTS, RESULT_CHANNEL)),
     RedisUser(
         "flower", "Flower (Procfile `flower`): events, remote control, queue lengths; it "
-        "cannot send a task",
-        # events and replies come through a consumer of its own (the fetch script names
-        # kombu's unacknowledged-message keys), remote control is a broadcast
+        "cannot send a task, nor touch a message in flight",
+        # events and replies come through a consumer of its own that acknowledges
+        # nothing (its fetch names no unacknowledged-message key, it restores none:
+        # tasks/broker/transport.py); remote control is a broadcast
         ("llen", "lindex", "rpop", "blpop", "sadd", "srem", "smembers", "zadd", "zrem",
          "zrange", "zrangebyscore", "time", "eval", "evalsha", "script|load",
          "script|exists", "multi", "exec", "discard", "get", "set", "del", "exists",
          "hset", "hget", "hdel", "hgetall", "watch", "unwatch", "psubscribe",
          "punsubscribe", "publish", "pexpire", "info"),
-        keys=(*PIDBOX, *BINDINGS, *UNACKED, "celeryev.*", layout.wake_key("*.celery.pidbox")),
+        keys=(*PIDBOX, *BINDINGS, "celeryev.*", layout.wake_key("*.celery.pidbox")),
         read_keys=(*QUEUES, *RESULTS, "ocr:workers"),
         channels=(EVENTS, CONTROL_CHANNEL)),
     RedisUser(
@@ -181,7 +196,7 @@ USERS: tuple[RedisUser, ...] = (
         ("llen", "lindex", "lrange", "get", "smembers", "hgetall", "hget", "hkeys", "eval_ro",
          "evalsha_ro", "info", "hlen"),
         read_keys=(*QUEUES, *LANES, *BINDINGS, layout.UNACKED_KEY, "ocr:metrics:*",
-                   "ocr:workers", *DEAD_LETTERS, *_BATCHES)),
+                   "ocr:workers", *DEAD_LETTERS, *_BATCHES, "ocr:golden:*")),
     RedisUser(
         "keda", "KEDA's `redis` trigger, for a ScaledObject that reads a queue's length "
         "itself (the kit's read the exporter)",

@@ -137,10 +137,17 @@ class QoS(kombu_redis.QoS):  # the transport's (tasks/broker/transport.py)
         super().append(message, delivery_tag)
 
     def _remove_from_indices(self, delivery_tag: str, pipe: Any = None) -> Any:
-        # kombu's, and the message's holder (tasks/broker/holders.py) in the same MULTI.
-        with self.pipe_or_acquire(pipe) as pipe:
-            return super()._remove_from_indices(delivery_tag, pipe).hdel(
-                holders_key(self.unacked_key), delivery_tag)
+        # kombu's, and the message's holder (tasks/broker/holders.py): in the caller's
+        # MULTI (a restore), or alone (an ack, a reject) in one round trip without MULTI,
+        # the record first. A part of it done alone leaves nothing to deliver again: an
+        # index entry without its record is dropped by kombu's restore, a holder without
+        # its record by the sweep.
+        if pipe is None:
+            with self.channel.conn_or_acquire() as client:
+                pipe = client.pipeline(transaction=False)
+        return pipe.hdel(self.unacked_key, delivery_tag) \
+            .zrem(self.unacked_index_key, delivery_tag) \
+            .hdel(holders_key(self.unacked_key), delivery_tag)
 
     def ack(self, delivery_tag: str) -> None:
         try:
@@ -161,7 +168,10 @@ class QoS(kombu_redis.QoS):  # the transport's (tasks/broker/transport.py)
     def restore_visible(self, start: int = 0, num: int = 10, interval: int = 10) -> None:
         # kombu takes its mutex and reads the index at every call (every
         # `unacked_restore_interval` s, on every worker): one read first, and only a
-        # message past the visibility timeout takes the mutex.
+        # message past the visibility timeout takes the mutex. A channel that
+        # acknowledges nothing (Flower's) leaves the restores to the workers.
+        if all(getattr(self.channel, "no_ack", {"": False}).values()):
+            return
         with self.channel.conn_or_acquire() as client:
             due = client.zrange(self.unacked_index_key, "-inf",
                                 time.time() - self.visibility_timeout,

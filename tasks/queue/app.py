@@ -15,7 +15,7 @@ from tasks.queue.ocr_celery import OcrCelery
 from tasks.settings import Settings, SettingsError
 
 TASK_MODULES = ("tasks.queue.job_task", "tasks.queue.page_tasks", "tasks.queue.control_tasks",
-                "tasks.queue.maintenance_tasks", "tasks.batch_worker")
+                "tasks.queue.maintenance_tasks", "tasks.queue.golden", "tasks.batch_worker")
 
 
 def create_app(settings: Settings) -> OcrCelery:

@@ -155,8 +155,6 @@ def _beat_schedule(settings: Settings) -> dict[str, Any]:
     }}
 
 
-
-
 IDLE_WAIT = 10.0
 
 

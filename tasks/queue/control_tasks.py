@@ -16,7 +16,7 @@ from celery import Task, shared_task
 from tasks.errors import BadRequest, CallbackNotAllowed, OcrError
 from tasks.lifecycle.callbacks import post_json, record_delivery, signing_secrets
 from tasks.lifecycle.cancel import cancel_job
-from tasks.queue.parent_endings import JobServices
+from tasks.queue.job_services import JobServices
 from tasks.queue.retry_policy import MAX_RETRIES, retries_within, retry_in
 from tasks.settings import Settings
 
@@ -40,14 +40,21 @@ def cancel(self: Task, job_id: str) -> dict[str, str]:
 
 
 @shared_task(name="ocr.http_callback", bind=True, max_retries=MAX_RETRIES)
-def http_callback(self: Task, url: str, body: dict[str, Any]) -> int:
-    """POST a finished job's summary to the caller's URL; retried with the queue's backoff."""
+def http_callback(self: Task, url: str, body: dict[str, Any], owner: str = "",
+                  job_id: str | None = None) -> int:
+    """POST a job's or a batch's summary to the caller's URL; retried with backoff.
+
+    `owner` is the owner named by the record that made the callback (the job's control
+    hash, the batch's record): `api:<client>` signs with that client's secret, and
+    such a callback is never sent unsigned (`callback_not_allowed` when the client has
+    no secret and OCR_CALLBACK_SECRET is empty); any other owner signs with
+    OCR_CALLBACK_SECRET when set. `job_id`: the job the delivery is recorded on (none
+    for a batch's ending).
+    """
     settings: Settings = self.app.ocr_settings
-    job_id = body.get("id")
-    secrets = None
     stores = JobServices.for_app(self.app).stores
     event = body.get("event_id")
-    if isinstance(job_id, str):  # an API client's job: signed with that client's secret
+    if job_id is not None:
         info = stores.control.info(job_id)
         done = stores.control.callback(info) or {}
         if event and info.get("callback_event") == event and done.get("status") in (
@@ -55,10 +62,10 @@ def http_callback(self: Task, url: str, body: dict[str, Any]) -> int:
             # This ending was delivered already: its message came back (its
             # acknowledgement lost with a Redis primary, or a worker died after the POST).
             return int(done.get("http_status") or 0)
-        secrets = signing_secrets(stores.control.owner(job_id), stores.webhook_secrets)
     # The delivery is recorded on the job (its result's `callback`): sent, refused by
     # the address policy, or failed after the last retry.
     try:
+        secrets = signing_secrets(str(owner or ""), stores.webhook_secrets, settings)
         status = post_json(url, body, settings, secrets)
     except CallbackNotAllowed as exc:
         record_delivery(stores.control, job_id, "refused", exc.code,

@@ -10,7 +10,7 @@ import json
 from collections.abc import Iterable
 from typing import Any
 
-from tasks.errors import error_info
+from tasks.error_codes import error_info
 from tasks.records.jobs import JobStatus
 from tasks.state.client_labels import ANONYMOUS_LABEL
 from tasks.state.metrics import Sample
@@ -42,6 +42,8 @@ def job_record(job_id: str, node: str, filename: str, engine: str,
         pages = outcome.get("pages") or []
         record["pages"] = len(pages)
         record["engine"] = (outcome.get("engine") or {}).get("name") or engine
+        if (outcome.get("engine") or {}).get("names"):  # pages read by several
+            record["engines"] = list(outcome["engine"]["names"])
         record.update(outcome=status, code=None, cached=bool(outcome.get("cached")))
         if outcome.get("failed_pages"):
             record["failed_pages"] = len(outcome["failed_pages"])

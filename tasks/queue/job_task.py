@@ -29,14 +29,10 @@ from tasks.lifecycle.inputs import decode_request
 from tasks.lifecycle.jobs import FanOut, process_job
 from tasks.pipeline.documents import past_deadline
 from tasks.queue import telemetry, thread_limits
+from tasks.queue.job_services import JobServices, report_progress
 from tasks.queue.message_headers import client_from, job_headers, listed
 from tasks.queue.page_tasks import pdf_chunk_lost, pdf_page, pdf_page_lost, pdf_text_chunk
-from tasks.queue.parent_endings import (
-    JobServices,
-    end_from_message,
-    finish_abandoned,
-    report_progress,
-)
+from tasks.queue.parent_endings import end_from_message, finish_abandoned
 from tasks.queue.poison_guard import GuardedTask
 from tasks.queue.result_records import store_result
 from tasks.queue.retry_policy import retry_later

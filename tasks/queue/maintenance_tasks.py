@@ -26,6 +26,7 @@ from tasks.models.audit import AuditRun, mode_for, run_audit
 from tasks.models.decisions import PrunePolicy
 from tasks.models.registry import ModelRegistry
 from tasks.queue.brokers import direct_queue
+from tasks.queue.golden import send_scheduled
 from tasks.records.redis_target import RedisTarget
 from tasks.settings import Settings, audit_crontab_fields
 from tasks.state.connection import connect
@@ -111,8 +112,11 @@ def audit_models(self: Task, prune: bool = False, dry_run: bool = False,
                     "reason": "another beat already sent this scheduled audit"}
         if (scheduled or every_host) and run is None:
             targets = dispatch_every_host(self.app, str(self.request.id), prune, dry_run)
-            return {"id": self.request.id, "worker": node, "run": self.request.id,
-                    "dispatched": targets}
+            report = {"id": self.request.id, "worker": node, "run": self.request.id,
+                      "dispatched": targets}
+            if scheduled and settings.golden_set:  # what the models read, beside them
+                report["golden"] = send_scheduled(self.app, str(self.request.id))
+            return report
         model_dir = settings.model_dir.resolve()
         if run is not None and not state.claim_host_run(run, f"{host}:{model_dir}"):
             return {"id": self.request.id, "worker": node, "host": host,

@@ -9,6 +9,8 @@ child killed at its hard time limit): they send `ocr.pdf_page_failed` /
 Retries follow tasks/queue/retry_policy.py; the open PDF is the thread's
 (tasks/lifecycle/open_documents.py). A page or chunk task stores no Celery result and
 no STARTED mark (its job's join and ending say all there is); its errback still runs.
+Its job's cancel is read with the job's meta, not under the page's own id (a cancel
+marks the job), and its record writes the job's progress in the same script.
 """
 
 from __future__ import annotations
@@ -22,13 +24,14 @@ from celery import Celery, Task, shared_task
 
 from tasks import tracing
 from tasks.engines import resident
-from tasks.errors import OcrError, Timeout, error_info
+from tasks.error_codes import error_info
+from tasks.errors import OcrError, Timeout
 from tasks.lifecycle.cancel import end_cancelled_document
-from tasks.lifecycle.fanout import Progress, record_page, run_pdf_page, run_text_chunk
+from tasks.lifecycle.fanout import record_page, run_pdf_page, run_text_chunk
 from tasks.lifecycle.open_documents import open_documents
 from tasks.pipeline.results import failed_page
 from tasks.queue import telemetry, thread_limits
-from tasks.queue.parent_endings import JobServices, report_progress
+from tasks.queue.job_services import JobServices, page_progress
 from tasks.queue.poison_guard import GuardedTask
 from tasks.queue.retry_policy import retry_later
 from tasks.records.jobs import DocumentMeta, Outcome
@@ -40,7 +43,7 @@ T = TypeVar("T")
 
 
 @shared_task(name="ocr.pdf_page", bind=True, base=GuardedTask, ignore_result=True,
-             track_started=False)
+             track_started=False, marks_own_cancel=False)
 def pdf_page(self: Task, doc_id: str, number: int,
              password: str | None = None) -> dict[str, Any]:
     """OCR one page of a fanned-out PDF and end the document if it was the last.
@@ -79,7 +82,7 @@ def pdf_page(self: Task, doc_id: str, number: int,
 
 
 @shared_task(name="ocr.pdf_text_chunk", bind=True, base=GuardedTask, ignore_result=True,
-             track_started=False)
+             track_started=False, marks_own_cancel=False)
 def pdf_text_chunk(self: Task, doc_id: str, index: int,
                    password: str | None = None) -> dict[str, Any]:
     """Analyse a chunk of a fanned-out PDF's text-layer pages (output=markdown/json).
@@ -175,8 +178,7 @@ def _document_to_read(task: Task, doc_id: str,
     """
     try:
         with transient("Redis"):
-            meta = services.join.find(doc_id)
-            cancelled = meta is not None and services.stores.control.is_cancelled(doc_id)
+            meta, cancelled = services.join.running(doc_id)  # one read
     except OcrError as exc:
         retry_later(task, exc)
         raise
@@ -208,7 +210,7 @@ def _record_or_end(task: Task, meta: DocumentMeta, pages: PageRecord | list[Page
 
 def _record(app: Celery, meta: DocumentMeta, page: PageRecord | list[PageRecord],
             services: JobServices, password: str | None = None) -> None:
-    progress: Progress = functools.partial(report_progress, app, meta.job_id)
+    progress = page_progress(app, meta.job_id, meta.total)
     if record_page(meta, page, services.join, services.ender, app.ocr_settings,
                    services.stores, progress, password):
         open_documents().close()  # the document ended: its pages are not read here again

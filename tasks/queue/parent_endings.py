@@ -1,16 +1,13 @@
-"""The queue side of a job's one exit.
+"""The endings only the worker parent sees, and endings finished for a dead ender.
 
-Celery ports for `JobEnder`, and the endings only the worker parent sees.
-
-`JobServices.for_app()` gives each process (worker parent, pool child, control worker)
-its stores and its `JobEnder`, built once. `CeleryPorts` stores results in Celery's
-result backend, sends Flower events as the worker node, enqueues callbacks and writes
-the `ocr.job` line through telemetry. `connect_parent_endings()` connects, in the worker
-parent, `task_revoked` (a job cancelled or expired before or while it ran) and
-`task_failure` (a job whose child was killed at its hard time limit). When a cancel's
-SIGKILL reached a child that was ending its job (its end claim taken, the rest not
-done), the parent takes the claim over and finishes the ending (`take_over_killed`;
-Linux: a child is told by /proc).
+Celery's side of a job's one exit beside its task (tasks/queue/job_task.py), over the
+process's `JobServices` (tasks/queue/job_services.py). `connect_parent_endings()`
+connects, in the worker parent, `task_revoked` (a job cancelled or expired before or
+while it ran) and `task_failure` (a job whose child was killed at its hard time limit).
+When a cancel's SIGKILL reached a child that was ending its job (its end claim taken,
+the rest not done), the parent takes the claim over and finishes the ending
+(`take_over_killed`; Linux: a child is told by /proc); a pool child finishes the ending
+of a job whose whole worker died while ending it (`finish_abandoned`).
 """
 
 from __future__ import annotations
@@ -18,7 +15,7 @@ from __future__ import annotations
 import logging
 import os
 import time
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from typing import TYPE_CHECKING, Any
 
 import redis
@@ -28,23 +25,15 @@ from celery.signals import celeryd_after_setup, task_failure, task_revoked
 
 from tasks import tracing
 from tasks.engines.resident import engine_for_job
-from tasks.errors import BadRequest, DeadlineExceeded, OcrError, Timeout, TransientError
+from tasks.errors import BadRequest, DeadlineExceeded, OcrError, Timeout
 from tasks.lifecycle.inputs import decode_request
-from tasks.lifecycle.job_exit import JobEnder, holder_name
-from tasks.queue import job_events, telemetry
+from tasks.lifecycle.job_exit import holder_name
+from tasks.queue import job_services
+from tasks.queue.job_services import PROGRESS_STATE, JobServices
 from tasks.queue.message_headers import client_from
-from tasks.queue.result_records import store_result
-from tasks.queue.routing import CONTROL_QUEUE
 from tasks.records.jobs import JobStatus, Outcome
 from tasks.records.request import JobRequest
 from tasks.records.results import DocumentResult
-from tasks.records.status import CeleryState
-from tasks.state.boundary import publishing
-from tasks.state.connection import connect
-from tasks.state.job_index import JobIndex
-from tasks.state.join import DocumentJoin
-from tasks.state.stores import BlobStore, JobControl, OutputStore, ResultCache, Stores
-from tasks.state.usage import PageUsage
 
 if TYPE_CHECKING:
     from tasks.queue.ocr_celery import OcrCelery
@@ -52,130 +41,8 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 JOB_TASK = "ocr.document"
-PROGRESS_STATE = CeleryState.PROGRESS.value
-_node_name: str | None = None
-
-
-def send_job_event(app: Any, event: str, job_id: str, **fields: Any) -> None:
-    """A task event for the job, sent as the worker node (tasks/queue/job_events.py).
-
-    Flower lists every other sender name as a worker of its own.
-    """
-    task = app.current_worker_task
-    hostname = task.request.hostname if task is not None else _node_name
-    job_events.send_event(app, hostname, event, job_id, **fields)
-
-
-def report_progress(app: Any, job_id: str, done: int, total: int) -> None:
-    """Progress in the result backend (for clients) and as an event (for Flower).
-
-    Written only while the job has not ended, in one atomic step: a page finishing
-    after a cancel must not turn the job's final state back into PROGRESS. A one-page
-    job has none: its ending follows its page at once.
-    """
-    if total <= 1:
-        return
-    meta = {"done": done, "total": total}
-    backend = app.backend
-    record = backend._get_result_meta(meta, PROGRESS_STATE, None, None)
-    record["task_id"] = job_id
-    control = JobServices.for_app(app).stores.control
-    if not control.store_progress(job_id, backend.get_key_for_task(job_id),
-                                  backend.encode(record), int(backend.expires), total):
-        return
-    # `result` is a field Flower shows on the task page; the final result replaces it.
-    send_job_event(app, "task-progress", job_id, result=f"{done}/{total} pages", **meta)
-
-
-class CeleryPorts:
-    """`EndingPorts` on Celery: result backend, events, task and HTTP callbacks."""
-
-    def __init__(self, app: OcrCelery, control: JobControl) -> None:
-        self._app = app
-        self._control = control
-
-    def publish(self, outcome: Outcome) -> None:
-        app, job_id = self._app, outcome.job_id
-        if outcome.status is JobStatus.CANCELLED:
-            result = outcome.public()
-            self._control.store_cancelled(job_id, result)
-            app.backend.mark_as_revoked(job_id, "cancelled")
-            # Flower ends the job as every other caller does: CANCELLED (a task-*
-            # event's name is its state there), with the pages it kept.
-            kept = len(result.get("pages", []))
-            send_job_event(app, "task-cancelled", job_id,
-                           result=f"CANCELLED: {kept} pages kept")
-        elif outcome.status is JobStatus.FAILURE:
-            error = outcome.error or OcrError()
-            if outcome.client:  # a failure's stored form (an exception) has no field for it
-                self._control.remember(job_id, client=outcome.client)
-            store_result(app, job_id, error, states.FAILURE)
-            send_job_event(app, "task-failed", job_id, exception=str(error))
-        else:
-            store_result(app, job_id, outcome.public(), states.SUCCESS)
-            # always: the worker's own task events are on only while Flower asks for them
-            send_job_event(app, "task-succeeded", job_id, result=outcome.status.value,
-                           runtime=outcome.seconds)
-
-    def keep(self, outcome: Outcome) -> None:
-        target = self._app.ocr_settings.redis_target
-        if not self._control.keep(outcome.job_id, target, ending=True):
-            log.error("job %s: its ending reached no Redis replica within %g s; it goes "
-                      "on without one (a failover now could run it again)",
-                      outcome.job_id, target.replica_timeout)
-
-    def send_callback_task(self, name: str, queue: str | None, result: dict) -> None:
-        try:
-            with publishing("the callback task"):
-                self._app.send_task(name, args=[result], queue=queue)
-        except TransientError as exc:
-            log.error("callback task %s for job %s not sent: %s", name, result.get("id"),
-                      exc.message)
-
-    def send_http_callback(self, url: str, body: dict, queue: str | None) -> None:
-        try:
-            # On the job's own queue: workers with the settings that accepted its URL.
-            with publishing("the HTTP callback"):
-                self._app.send_task("ocr.http_callback", args=[url, body],
-                                    queue=queue or CONTROL_QUEUE)
-        except TransientError as exc:
-            log.error("HTTP callback of job %s not queued: %s", body.get("id"), exc.message)
-
-    def record(self, outcome: Outcome) -> None:
-        try:
-            accepted = self._control.accepted(outcome.job_id)  # its latency counts from there
-        except OcrError:  # unreachable: from the job's start instead
-            accepted = None
-        telemetry.job_ended(outcome, accepted)
-
-
-@dataclass
-class JobServices:
-    """The Redis stores, the fan-out join, the job ender and the job lists of one process."""
-
-    stores: Stores
-    join: DocumentJoin
-    ender: JobEnder
-    index: JobIndex
-    usage: PageUsage  # pages read per client, and their caps
-
-    @classmethod
-    def for_app(cls, app: OcrCelery) -> JobServices:
-        made = getattr(app, "_job_services", None)
-        if made is None:
-            settings: Settings = app.ocr_settings
-            client = connect(settings.redis_target)
-            control = JobControl(client, settings.result_ttl)
-            stores = Stores(BlobStore(client, settings.blob_ttl),
-                            ResultCache(client, settings.result_ttl),
-                            OutputStore(client, settings.result_ttl), control)
-            join = DocumentJoin(client, settings.blob_ttl)
-            made = cls(stores, join, JobEnder(control, join,
-                                              CeleryPorts(app, control)),
-                       JobIndex(client, settings.blob_ttl + settings.result_ttl,
-                                settings.jobs_listed), PageUsage(client))
-            app._job_services = made
-        return made
+# Seconds the worker parent waits for a child it sent SIGKILL to be gone.
+KILLED_WAIT = 5.0
 
 
 def request_of(kwargs: Any, settings: Settings) -> JobRequest | None:
@@ -289,10 +156,6 @@ def _stored_outcome(app: OcrCelery, job_id: str, kwargs: Any) -> Outcome | None:
     return outcome
 
 
-# Seconds the worker parent waits for a child it sent SIGKILL to be gone.
-KILLED_WAIT = 5.0
-
-
 def _proc_stat(pid: int) -> list[str] | None:
     """The fields of /proc/<pid>/stat after the command name; None without them."""
     try:
@@ -364,8 +227,7 @@ def connect_parent_endings(app: OcrCelery) -> None:
     app._parent_endings = True
 
     def on_after_setup(sender: str, **_: Any) -> None:
-        global _node_name
-        _node_name = sender
+        job_services.node_started(sender)
 
     def on_revoked(sender: Any, request: Any = None, expired: bool = False,
                    terminated: bool = False, **_: Any) -> None:

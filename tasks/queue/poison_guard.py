@@ -3,9 +3,11 @@
 Such a job is refused after OCR_MAX_DELIVERIES starts instead of looping forever.
 
 Celery requeues a job whose child died (`task_reject_on_worker_lost`), and Redis has
-no delivery counter of its own, so each start is counted in Redis under the task id.
-A run that returns in any way (result, error, retry, ignore) clears its count; only
-runs that died under it add up. A job cancelled while queued is not started, even by
+no delivery counter of its own, so the starts of a message delivered again (kombu and
+RabbitMQ mark it `redelivered`) are counted in Redis under the task id, the first run
+(the one that died) included; a first delivery writes nothing. A run that returns in
+any way (result, error, retry, ignore) clears its count; only runs that died under it
+add up. A job cancelled while queued is not started, even by
 a worker that restarted since (Celery's revoke list lives in memory). Runs in worker
 pool children.
 """
@@ -33,6 +35,10 @@ class GuardedTask(Task):
     """
 
     abstract = True
+    # Whether a cancel marks this task's own id (a job's); a page task's job is checked
+    # by the task itself, with the job's other state.
+    marks_own_cancel = True
+
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
         task_id = self.request.id
         if task_id is None or self.request.is_eager:
@@ -40,15 +46,20 @@ class GuardedTask(Task):
         settings = self.app.ocr_settings
         client = connect(settings.redis_target)  # the process's one client
         key = delivery_key(task_id)
+        # A message delivered for the first time costs the guard nothing; one delivered
+        # again (its child or host died under it) counts its starts, the first of them
+        # included.
+        again = bool((self.request.delivery_info or {}).get("redelivered"))
         try:
             with transient("the poison guard's Redis"):
                 self.check_start(task_id, kwargs)
-                cancelled = JobControl(client, settings.result_ttl).is_cancelled(task_id)
-                starts = 0
-                if not cancelled:
-                    # a first start is one SET (with its TTL); a run again adds to it
-                    first = client.set(key, 1, nx=True, ex=settings.result_ttl)
-                    starts = 1 if first else int(client.incr(key))
+                cancelled = self.marks_own_cancel and JobControl(
+                    client, settings.result_ttl).is_cancelled(task_id)
+                starts = 1
+                if again and not cancelled:
+                    # the run it died under, and this one: one SET (with its TTL)
+                    first = client.set(key, 2, nx=True, ex=settings.result_ttl)
+                    starts = 2 if first else int(client.incr(key))
                     if starts > settings.max_deliveries:
                         client.delete(key)
         except TransientError as exc:
@@ -64,10 +75,11 @@ class GuardedTask(Task):
         try:
             return super().__call__(*args, **kwargs)
         finally:
-            try:
-                client.delete(key)
-            except CONNECTION_ERRORS:
-                pass  # the count expires with its TTL; this run returned, whatever it was
+            if again:
+                try:
+                    client.delete(key)
+                except CONNECTION_ERRORS:
+                    pass  # the count expires with its TTL; this run returned, whatever it was
 
     def check_start(self, task_id: str, kwargs: dict[str, Any]) -> None:
         """Hook run before anything else; raise Ignore to skip the task."""

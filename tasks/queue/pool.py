@@ -10,11 +10,18 @@ Selected by `worker_pool` in `celery_config()` (tasks/queue/celery_config.py).
 `ThreadTaskPool` is a vlm-api worker's (its pages wait on an inference server).
 `GrowthWorker.on_loop_start` runs in each pool child, after billiard's `after_fork` ran
 the initializer and before the child's work loop reads `max_memory_per_child`.
+
+The pool also keeps a child's result that the worker parent was reading when its broker
+connection was lost (`ResumingResultHandler`): Celery's event loop drops every reader
+at the loss, the half-read result's among them, and a fresh read of that pipe would
+start inside the message.
 """
 
 from __future__ import annotations
 
 import logging
+from collections.abc import Generator
+from inspect import GEN_SUSPENDED, getgeneratorstate
 from typing import Any
 
 from billiard.compat import mem_rss
@@ -37,8 +44,46 @@ class GrowthWorker(asynpool.Worker):
         super().on_loop_start(pid)
 
 
+class ResumingResultHandler(asynpool.ResultHandler):
+    """Reads the children's results; one read half-way when the loop resets goes on.
+
+    On a lost broker connection Celery's event loop resets its hub (every reader
+    dropped) and registers the pool again: a result message of a child read in part
+    (a task that ended just then) would be read afresh from inside its body. That
+    child then never reports a result: the parent counts it busy with that task, gives
+    it no more work until the task's time limit kills it, and then fails reading its
+    pipe ("Unrecoverable error": the worker parent exits). Each pipe's reading is
+    kept here and resumed where it stopped.
+    """
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        self.reading: dict[int, Generator[None, None, None]] = {}
+        super().__init__(*args, **kwargs)
+
+    def _recv_message(self, add_reader: Any, fd: int, callback: Any,
+                      *args: Any, **kwargs: Any) -> Generator[None, None, None]:
+        message: Generator[None, None, None] = super()._recv_message(
+            add_reader, fd, callback, *args, **kwargs)
+        self.reading[fd] = message
+        return message
+
+    def resume_reads(self, hub: Any) -> None:
+        """Put each result read in part back on `hub`, in place of a fresh read."""
+        for fd, message in list(self.reading.items()):
+            del self.reading[fd]
+            if getgeneratorstate(message) == GEN_SUSPENDED and fd in self.fileno_to_outq:
+                log.info("pool child pipe %d: a result read in part when the event loop "
+                         "was reset is read on", fd)
+                hub.add_reader(fd, message)
+
+
 class GrowthAsynPool(asynpool.AsynPool):
     Worker = GrowthWorker
+    ResultHandler = ResumingResultHandler
+
+    def register_with_event_loop(self, hub: Any) -> None:
+        super().register_with_event_loop(hub)
+        self._result_handler.resume_reads(hub)
 
 
 class TaskPool(prefork.TaskPool):

@@ -4,11 +4,15 @@ Runs in client processes (`OcrClient.enqueue`: submit.py, the HTTP API, local ba
 and in worker children (a batch's driver, `tasks/batch_worker.py`). A job is
 admitted first (tasks/admission.py); then `JobSender.send` takes its `OutgoingJob` and
 
+0. when asked, holds its fewest pages against the client's page caps
+   (`PageUsage.reserve`; `page_quota_exceeded`) and reserves its place among the
+   client's jobs in flight (`InFlight.reserve`; `quota_exceeded`), each checked and
+   taken in one script, nothing written when refused; a send that fails after them
+   gives both back,
 1. writes its control hash `ocr:job:<id>` (input blob, file name, deadline, queue,
    priority, when accepted; its owner, client, batch, and `prefixes`: the JSON list of the
    client's own URL prefixes, which the worker checks each redirect hop against),
-2. lists it under its client (`JobIndex`) and, when asked, counts it in the client's
-   jobs in flight (`InFlight`),
+2. lists it under its client (`JobIndex`),
 3. waits for OCR_REDIS_MIN_REPLICAS replicas to hold those writes (`JobControl.keep`),
 4. sends the message with its client's lane header (`ocr_client`) and a W3C
    `traceparent` when given; a message no replica confirmed (`ReplicaMissing`) is
@@ -32,15 +36,17 @@ import redis
 from celery import Celery
 
 from tasks import tracing
-from tasks.errors import OcrError, ReplicaMissing
+from tasks.errors import OcrError, QuotaExceeded, ReplicaMissing
 from tasks.queue.message_headers import job_headers
 from tasks.queue.routing import job_queue, priority_value
 from tasks.records.clients import client_name
 from tasks.settings import Settings
 from tasks.state.client_rules import InFlight
 from tasks.state.job_index import JobIndex
+from tasks.state.job_state import JobStateReader
 from tasks.state.keys import job_ended_key
 from tasks.state.stores import ENDING_DONE, JobControl
+from tasks.state.usage import PageCaps, PageUsage, fewest_pages
 
 SEND_TASK = "ocr.document"
 
@@ -53,7 +59,9 @@ class OutgoingJob:
     name of `PRIORITIES`, as the gate chose it; `deadline`: epoch seconds (a job not
     started by then never starts); `created`: the time it is listed under; `prefixes`:
     the client's own URL prefixes (None: OCR_ALLOWED_URLS alone); `count_in_flight`:
-    count it among the client's jobs in flight until it ends.
+    count it among the client's jobs in flight until it ends, refused when
+    `in_flight_limit` (0: none) are unfinished; `page_caps`: the client's, which the
+    fewest pages the job reads are held against until they are counted.
     """
 
     job_id: str
@@ -67,6 +75,8 @@ class OutgoingJob:
     traceparent: str | None = None
     prefixes: tuple[str, ...] | None = None
     count_in_flight: bool = False
+    in_flight_limit: int = 0
+    page_caps: PageCaps | None = None
     extra: dict[str, str] = field(default_factory=dict)  # more control-hash fields
 
 
@@ -81,10 +91,33 @@ class JobSender:
         self.index = JobIndex(redis_client, settings.blob_ttl + settings.result_ttl,
                               settings.jobs_listed)
         self.in_flight = InFlight(redis_client, settings.blob_ttl + settings.result_ttl)
+        self._states = JobStateReader(redis_client, app.backend)
+        self.usage = PageUsage(redis_client)
 
     def send(self, job: OutgoingJob) -> str:
-        """Write, keep and send the job; its id. ReplicaMissing: nothing runs."""
+        """Write, keep and send the job; its id. ReplicaMissing: nothing runs.
+
+        PageQuotaExceeded, QuotaExceeded: the client's page caps or jobs in flight are
+        full, nothing was written.
+        """
         client = client_name(job.client)
+        held = job.page_caps is not None and job.page_caps.any
+        if job.page_caps is not None:
+            pages = job.kwargs.get("pages")
+            self.usage.reserve(client, job.job_id,
+                               fewest_pages(pages if isinstance(pages, str) else None),
+                               job.page_caps, self._states.ended)
+        try:
+            if job.count_in_flight and not self.in_flight.reserve(
+                    client, job.job_id, job.in_flight_limit, self._states.ended,
+                    job.created):
+                raise over_in_flight(job.in_flight_limit)
+            return self._send(job, client)
+        except BaseException:
+            self._give_back(client, job.job_id, job.count_in_flight, held)
+            raise
+
+    def _send(self, job: OutgoingJob, client: str) -> str:
         kwargs = dict(job.kwargs)
         send: dict[str, Any] = {"task_id": job.job_id,
                                 "priority": priority_value(self.settings, job.priority)}
@@ -103,8 +136,6 @@ class JobSender:
             control["prefixes"] = json.dumps(list(job.prefixes))
         self.control.remember(job.job_id, **control)
         self.index.add(job.job_id, client, job.created)
-        if job.count_in_flight:
-            self.in_flight.add(client, job.job_id, job.created)
         # The input and record reach replicas on their own connection too: its server
         # may not be the broker's (another Redis; or, mid-failover, an old primary).
         target = self.settings.redis_target
@@ -132,10 +163,18 @@ class JobSender:
         """
         try:
             self.control.cancel(job.job_id)
-            if job.count_in_flight:
-                self.in_flight.remove(client_name(job.client), job.job_id)
         except (OcrError, redis.RedisError):
             pass  # Redis went away: the job's record and message likely went with it
+
+    def _give_back(self, client: str, job_id: str, in_flight: bool, held: bool) -> None:
+        """A job not sent leaves the client's jobs in flight and its pages' hold."""
+        try:
+            if in_flight:
+                self.in_flight.remove(client, job_id)
+            if held:
+                self.usage.release(client, job_id)
+        except redis.RedisError:
+            pass  # Redis went away: both are freed when a reservation finds it ended
 
     def stalled(self, job_ids: list[str], seconds: float) -> list[str]:
         """Jobs whose end claim, taken `seconds` ago or more, still names a holder.
@@ -156,6 +195,12 @@ class JobSender:
             if self.settings.result_ttl - ttl >= seconds:
                 out.append(job_id)
         return out
+
+
+def over_in_flight(limit: int) -> QuotaExceeded:
+    """The refusal of a job past the client's `limit` jobs in flight (429 at the API)."""
+    return QuotaExceeded(f"{limit} jobs are unfinished (the client's jobs-in-flight "
+                         "quota; batch documents count)", headers={"Retry-After": "5"})
 
 
 @contextmanager

@@ -10,7 +10,8 @@ children that are gone, keeps the others fresh). In pool children:
 `worker_process_init`, `task_postrun` (after `tasks.queue.signals`' handler, so that the
 engine's memory figures are those of the finished task) and `worker_process_shutdown`;
 a process writes its counts within a second (tasks/state/metrics.py `FLUSH_EVERY`),
-and what it holds as it stops (`worker_shutdown` in the parent).
+and what it holds as it stops (`worker_shutdown` in the parent). Pages read are
+counted at once, with the client's usage, so a child killed mid-task loses none.
 The job's one exit (tasks/lifecycle/job_exit.py) calls `job_ended()` wherever the job
 ended, the worker parent included: it counts the job. Pages are counted where they were
 read (`pages_read()`: the job task for an image or an unsplit PDF and for a split PDF's
@@ -334,8 +335,8 @@ def pages_read(engine: str, pages: Iterable[PageRecord], cached: bool = False,
     """Count pages this process read (or a cached job's pages it answered), for its worker.
 
     And for the job's `client` (its counters and its usage of the day). Called before
-    the pages are recorded, so a job's pages are in its client's usage by the time its
-    result is stored (the counters within FLUSH_EVERY s). A process without telemetry
+    the pages are recorded, so a job's pages are in its client's usage and its
+    worker's counters by the time its result is stored. A process without telemetry
     (a client, a test) counts nothing.
     """
     if _telemetry is not None:

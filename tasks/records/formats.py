@@ -32,6 +32,11 @@ FORMATS: dict[str, OutputFormat] = {f.name: f for f in (
     OutputFormat("alto", ".alto.xml", "application/xml", stored=True),
 )}
 OUTPUT_NAMES = tuple(FORMATS)
+# A page's preview (tasks/pipeline/previews.py): WebP, at most this many pixels on its
+# long side; a smaller copy (`?width=`) at least MIN_PREVIEW_WIDTH wide.
+PREVIEW_MEDIA_TYPE = "image/webp"
+PREVIEW_LONG_SIDE = 1600
+MIN_PREVIEW_WIDTH = 16
 STORED_FORMATS = tuple(name for name, f in FORMATS.items() if f.stored)
 
 

@@ -31,7 +31,7 @@ AUTO_LANG = "auto"
 SOURCES = ("data_b64", "blob", "path", "url")
 OPTIONS = ("filename", "engine", "pages", "password", "output", "mode", "lang", "callback_task",
            "callback_queue", "callback_url", "merge_from", "result_url", "url_version",
-           "url_etag")
+           "url_etag", "ground_truth")
 NUMBER_OPTIONS = ("deadline",)
 # `no_cache`: read the input afresh, never answered from the result cache (the fresh
 # result then replaces the cached one).
@@ -43,7 +43,8 @@ BOOLEAN_OPTIONS = ("no_cache",)
 # (tasks/lifecycle/jobs.py); where its result is written does not change it.
 NOT_IN_RESULT = ("source", "blob", "path", "url", "data_b64", "filename", "password",
                  "client", "no_cache", "deadline", "callback_task", "callback_queue",
-                 "callback_url", "merge_from", "result_url", "url_version", "url_etag")
+                 "callback_url", "merge_from", "result_url", "url_version", "url_etag",
+                 "ground_truth")
 _TASK_NAME = re.compile(r"^[A-Za-z_][\w.:-]{0,199}$")
 
 
@@ -77,6 +78,9 @@ class JobRequest:
     # header, never from its kwargs; "" for the anonymous client.
     client: str = ""
     no_cache: bool = False  # read afresh: not answered from the result cache
+    # The document's text as it should read (pages split by form feeds): the result
+    # then carries `scores` against it (tasks/evaluation/scoring.py).
+    ground_truth: str | None = field(default=None, repr=False)
 
     @classmethod
     def from_kwargs(cls, kwargs: dict[str, Any], engines: Collection[str]) -> JobRequest:

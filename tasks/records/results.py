@@ -40,7 +40,6 @@ class WordBox(JsonRecord):
     confidence: float
 
 
-
 @dataclass(frozen=True)
 class PageError(JsonRecord):
     """Why a page failed: the public `error` object (code, safe message, retryable)."""
@@ -48,7 +47,6 @@ class PageError(JsonRecord):
     code: str
     message: str = field(metadata=json_spec(absent=""))
     retryable: bool = False
-
 
 
 @dataclass(frozen=True)
@@ -70,7 +68,6 @@ class VlmRead(JsonRecord):
     @property
     def complete(self) -> bool:
         return self.finish_reason == "stop"
-
 
 
 @dataclass(frozen=True)
@@ -174,6 +171,17 @@ class ScriptFound(JsonRecord):
 
 
 @dataclass(frozen=True)
+class PagePreview:
+    """A page's preview: the image the engine read, as small WebP bytes.
+
+    Stored beside the result by the task that read the page (tasks/state/previews.py),
+    never in the result's JSON.
+    """
+
+    data: bytes
+
+
+@dataclass(frozen=True)
 class PageRecord(JsonRecord):
     """One page of a result: read by OCR, taken from the PDF's text layer, blank, or failed.
 
@@ -212,6 +220,8 @@ class PageRecord(JsonRecord):
     worker: PageWorker | None = None
     image_size: tuple[int, int] | None = None
     words: tuple[WordBox, ...] | None = None
+    preview: PagePreview | None = field(default=None, repr=False, compare=False,
+                                        metadata=json_spec(omit=lambda *_: True))
 
     @property
     def failed(self) -> bool:
@@ -302,6 +312,9 @@ class DocumentResult(JsonRecord):
     pages: list[PageRecord] = field(default_factory=list, metadata=json_spec(then=_pages_summary))
     timings: dict[str, float] | None = None
     engine: dict[str, Any] | None = None
+    # A job that carried `ground_truth`: CER, WER, characters and words of the document
+    # and (where its pages and the truth's agree in number) of each page.
+    scores: dict[str, Any] | None = None
     id: str | None = None
     cached: bool | None = None
     input_blob: str | None = None

@@ -43,7 +43,11 @@ class ModelDirSettings:
     model_heartbeat_seconds: float = _s("OCR_MODEL_HEARTBEAT_SECONDS", "30",
                                         "How often a pool child renews its `loaded model` "
                                         "registration in Redis (it expires after 3 beats).")
-
+    golden_set: str = _s("OCR_GOLDEN_SET", "",
+                         "A folder (or s3:// prefix) of documents with ground truth beside "
+                         "them (`NAME.gt.txt`, `NAME.gt.xml`, as for `submit.py eval`) that "
+                         "beat's scheduled audit sends to every engine the live workers "
+                         "serve and scores (`ocr_admin.py accuracy`); empty: none.")
 
     @property
     def audit_schedule(self) -> str | None:

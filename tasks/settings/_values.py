@@ -48,7 +48,6 @@ def parse(kind: str, raw: str) -> Any:
     return raw
 
 
-
 def local_timezone() -> str:
     """The IANA name of this machine's time zone, or UTC when it cannot be told."""
     candidates = [os.environ.get("TZ", "").lstrip(":")]

@@ -1,6 +1,8 @@
 """The HTTP API's records of the jobs it sent, its clients' open jobs and Idempotency-Keys.
 
-Runs in the `api` process (tasks/api/_service.py): the one place that writes or reads
+Runs in the `api` process (tasks/api/_service.py), and in the worker that steps a
+batch (tasks/batch_worker.py: an API client's batch records each document it sends as
+that client's job): the one place that writes or reads
 `ocr:api:job:<id>` (owner, created, output, filename), `ocr:api:inflight:<client>`
 (the client's unfinished jobs, for its jobs-in-flight quota) and
 `ocr:api:idem:<client>:<sha256 of the key>` (the job a key made, and the fingerprint of
@@ -29,14 +31,15 @@ class ApiJobs:
         self._key_ttl = key_ttl
 
     def remember(self, owner: str, job_id: str, output: str, filename: str) -> float:
-        """Record a job about to be sent and count it open for its owner; its `created`."""
+        """Record a job about to be sent; its `created`.
+
+        The sender counts it among its owner's open jobs (`InFlight.reserve`).
+        """
         now = round(time.time(), 3)
         pipe = self._redis.pipeline()
         pipe.hset(api_job_key(job_id), mapping={
             "owner": owner, "created": f"{now:.3f}", "output": output, "filename": filename})
         pipe.expire(api_job_key(job_id), self._record_ttl)
-        pipe.zadd(api_inflight_key(owner), {job_id: now})
-        pipe.expire(api_inflight_key(owner), self._record_ttl)
         pipe.execute()
         return now
 
@@ -100,6 +103,7 @@ class ApiJobs:
                 return False
             time.sleep(0.1)
         return True
+
 
 # Deletes the key KEYS[1] only if its value starts with ARGV[1] ("<job id> ").
 _RELEASE_IF = """

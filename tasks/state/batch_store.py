@@ -5,7 +5,9 @@ batch's driver (`ocr.batch_step`) and in submit.py. Redis holds a batch's window
 the record `ocr:batch:<id>` (a hash: a `BatchRecord`'s fields, tasks/records/batches.py),
 `ocr:batch:<id>:flight` (job id -> the document it reads, at most OCR_BATCH_WINDOW
 entries) and `ocr:batch:<id>:lock` (the step running now; taken with SET NX, kept and
-let go by its holder alone, each in one script). What ended is in the target's
+let go by its holder alone, each in one script). A client's running batches are counted
+and its new one recorded in one script (`create(..., limit=)`), so simultaneous
+creates cannot all pass a check that only some of them fit in. What ended is in the target's
 manifest, not here. Every key has a TTL, refreshed by each step while the batch runs
 (`touch`), and kept that long after it ended.
 """
@@ -20,7 +22,7 @@ from typing import Any
 import redis
 
 from tasks.records.batches import COUNTS, BatchRecord, BatchState, encode_field
-from tasks.state.keys import BATCHES_RUNNING_KEY, batch_key
+from tasks.state.keys import BATCH_PREFIX, BATCHES_RUNNING_KEY, batch_key
 
 FINAL = tuple(s for s in BatchState if s.final)
 # The lock's holder alone extends it (ARGV[2] ms) or lets it go (ARGV[2] absent).
@@ -28,6 +30,28 @@ _HOLDER_SCRIPT = """
 if redis.call('GET', KEYS[1]) ~= ARGV[1] then return 0 end
 if ARGV[2] then return redis.call('PEXPIRE', KEYS[1], ARGV[2]) end
 return redis.call('DEL', KEYS[1])
+"""
+
+# KEYS[1]: the running batches' set, KEYS[2]: the new batch's record. ARGV: its client,
+# the limit of its running batches (0: none), the TTL, its id, the records' key prefix,
+# the RUNNING state's name, then the record's fields and values. Records are named
+# from the set, not in KEYS: one Redis, never a cluster. Returns 1 when recorded, 0
+# when the client runs `limit` batches (nothing written).
+_CREATE_WITHIN = """
+local limit = tonumber(ARGV[2])
+if limit > 0 then
+  local running = 0
+  for _, id in ipairs(redis.call('SMEMBERS', KEYS[1])) do
+    local owner = redis.call('HMGET', ARGV[5] .. id, 'client', 'state')
+    if owner[1] == ARGV[1] and owner[2] == ARGV[6] then running = running + 1 end
+  end
+  if running >= limit then return 0 end
+end
+redis.call('HSET', KEYS[2], unpack(ARGV, 7))
+redis.call('EXPIRE', KEYS[2], ARGV[3])
+redis.call('SADD', KEYS[1], ARGV[4])
+redis.call('EXPIRE', KEYS[1], ARGV[3])
+return 1
 """
 
 
@@ -38,12 +62,11 @@ class BatchStore:
         self._redis = client
         self.ttl = ttl
         self._holder = client.register_script(_HOLDER_SCRIPT)
+        self._create_within: Any = client.register_script(_CREATE_WITHIN)
 
     def create(self, record: BatchRecord) -> BatchRecord:
         """Record a new RUNNING batch (a fresh id unless the record has one)."""
-        record = record.with_(id=record.id or uuid.uuid4().hex, state=BatchState.RUNNING,
-                              created=round(time.time(), 3), cursor="", phase="list",
-                              chain="")
+        record = _new(record)
         pipe = self._redis.pipeline()
         pipe.hset(batch_key(record.id), mapping=record.to_hash())  # type: ignore[arg-type]
         pipe.expire(batch_key(record.id), self.ttl)
@@ -51,6 +74,19 @@ class BatchStore:
         pipe.expire(BATCHES_RUNNING_KEY, self.ttl)
         pipe.execute()
         return record
+
+    def create_within(self, record: BatchRecord, limit: int) -> BatchRecord | None:
+        """`create`, while the record's client runs fewer than `limit` batches (0: any).
+
+        Counted and recorded in one script; None (nothing written) when it runs that many.
+        """
+        record = _new(record)
+        fields = [part for pair in record.to_hash().items() for part in pair]
+        made = self._create_within(
+            keys=[BATCHES_RUNNING_KEY, batch_key(record.id)],
+            args=[record.client, limit, self.ttl, record.id, BATCH_PREFIX,
+                  BatchState.RUNNING.value, *fields])
+        return record if int(made) else None
 
     def get(self, batch_id: str) -> BatchRecord:
         """The record; one whose `exists` is False when there is none."""
@@ -72,18 +108,6 @@ class BatchStore:
         """The ids of the batches not ended (a worker's start resumes their drivers)."""
         return sorted(_text(i) for i in self._redis.smembers(BATCHES_RUNNING_KEY))
 
-    def running_of(self, client: str) -> int:
-        """How many batches of `client` are running (one read of each running record)."""
-        ids = self.running()
-        if not ids:
-            return 0
-        pipe = self._redis.pipeline(transaction=False)
-        for batch_id in ids:
-            pipe.hmget(batch_key(batch_id), "client", "state")
-        return sum(1 for owner, state in pipe.execute()
-                   if owner is not None and _text(owner) == client
-                   and _text(state or b"") == BatchState.RUNNING)
-
     def new_chain(self, batch_id: str) -> str:
         """Name a new chain of steps; a step of any other chain stops where it is."""
         chain = uuid.uuid4().hex
@@ -94,7 +118,7 @@ class BatchStore:
         """Keep the batch's keys another TTL (each step)."""
         pipe = self._redis.pipeline(transaction=False)
         pipe.hset(batch_key(batch_id), "stepped", f"{time.time():.3f}")
-        for part in ("", "flight"):
+        for part in ("", "flight", "seen"):
             pipe.expire(batch_key(batch_id, part), self.ttl)
         pipe.expire(BATCHES_RUNNING_KEY, self.ttl)
         pipe.execute()
@@ -159,8 +183,21 @@ class BatchStore:
         pipe.hset(batch_key(batch_id), mapping={"state": state.value,
                                                 "ended": f"{time.time():.3f}"})
         pipe.srem(BATCHES_RUNNING_KEY, batch_id)
-        pipe.delete(batch_key(batch_id, "flight"))
+        pipe.delete(batch_key(batch_id, "flight"), batch_key(batch_id, "seen"))
         pipe.execute()
+
+    def first_seen(self, batch_id: str, read: str, where: str) -> str:
+        """Where the read `read` (a document with its options) was first listed.
+
+        `where` (its manifest line's offset) when no earlier line named it; a step that
+        reads the same line again after a crash finds its own offset, not a duplicate.
+        """
+        pipe = self._redis.pipeline()
+        pipe.hsetnx(batch_key(batch_id, "seen"), read, where)
+        pipe.hget(batch_key(batch_id, "seen"), read)
+        pipe.expire(batch_key(batch_id, "seen"), self.ttl)
+        _, first, _ = pipe.execute()
+        return _text(first or where.encode())
 
     def reopen(self, batch_id: str, phase: str) -> None:
         """Run an ended batch again (`retry`): its listing from the start, in `phase`."""
@@ -176,6 +213,12 @@ class BatchStore:
         pipe.expire(BATCHES_RUNNING_KEY, self.ttl)
         pipe.expire(batch_key(batch_id), self.ttl)
         pipe.execute()
+
+
+def _new(record: BatchRecord) -> BatchRecord:
+    """A new batch's record: RUNNING, created now, its listing from the start."""
+    return record.with_(id=record.id or uuid.uuid4().hex, state=BatchState.RUNNING,
+                        created=round(time.time(), 3), cursor="", phase="list", chain="")
 
 
 def progress_of(record: BatchRecord, running: int) -> dict[str, Any]:

@@ -5,7 +5,10 @@ its client's rules each step) and in submit.py (local batches). The token record
 `ocr:api:clients` field <name> (JSON, written by tasks/api/tokens.py); a client
 without one is held to the service-wide rules. Its unfinished jobs, single jobs and
 batch documents alike, are the sorted set `ocr:api:inflight:<client>` (job id ->
-the time it was sent); ended ones leave it when the gate next counts them.
+the time it was sent); ended ones leave it when the gate next counts them. A job is
+counted by `InFlight.reserve`: one Lua script that checks the limit and adds the job
+together, so simultaneous sends of one client cannot all pass a check that only some
+of them fit in.
 """
 
 from __future__ import annotations
@@ -45,12 +48,44 @@ def read_rules(client: redis.Redis, name: str, settings: Settings) -> ClientRule
     return rules_of(name, json.loads(raw) if raw else None, settings)
 
 
+# KEYS[1]: the client's set. ARGV: the job id, its time, the limit (0: none), the TTL.
+# Adds the job unless the set holds `limit` others; returns the count with it, or -1.
+_RESERVE = """
+local limit = tonumber(ARGV[3])
+if limit > 0 and redis.call('ZSCORE', KEYS[1], ARGV[1]) == false
+    and redis.call('ZCARD', KEYS[1]) >= limit then
+  return -1
+end
+redis.call('ZADD', KEYS[1], ARGV[2], ARGV[1])
+redis.call('EXPIRE', KEYS[1], ARGV[4])
+return redis.call('ZCARD', KEYS[1])
+"""
+
+
 class InFlight:
     """Each client's unfinished jobs (thread-safe: Redis calls)."""
 
     def __init__(self, client: redis.Redis, ttl: int) -> None:
         self._redis = client
         self.ttl = ttl
+        self._reserve: Any = client.register_script(_RESERVE)
+
+    def reserve(self, name: str, job_id: str, limit: int,
+                ended: Callable[[list[str]], list[str]], at: float | None = None) -> bool:
+        """Count `job_id` among the client's jobs if fewer than `limit` are unfinished.
+
+        The check and the add are one script; when the set is full, the jobs that ended
+        leave it and the script runs once more. False: nothing was added. `limit` 0:
+        no limit, the job is counted.
+        """
+        args = [job_id, at or round(time.time(), 3), limit, self.ttl]
+        if int(self._reserve(keys=[api_inflight_key(name)], args=args)) >= 0:
+            return True
+        finished = ended(self.open(name))  # one round trip
+        if not finished:
+            return False
+        self.remove(name, *finished)
+        return int(self._reserve(keys=[api_inflight_key(name)], args=args)) >= 0
 
     def add(self, name: str, job_id: str, at: float | None = None) -> None:
         pipe = self._redis.pipeline()

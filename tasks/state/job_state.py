@@ -34,10 +34,10 @@ from tasks.state.keys import job_cancelled_key, job_key
 
 Raw = bytes | str | None
 # The control hash's fields read with a job's state: how many pages it reads (its
-# plan), its deadline (epoch seconds), the cancel's mark, and who sent it and what
-# (tasks/state/stores.py).
+# plan), its deadline (epoch seconds), the cancel's mark, who sent it and what, and the
+# priority it runs at (tasks/state/stores.py).
 TOTAL_FIELD = "total"
-JOB_FIELDS = (TOTAL_FIELD, "deadline", "cancelled", "client", "filename")
+JOB_FIELDS = (TOTAL_FIELD, "deadline", "cancelled", "client", "filename", "priority")
 # A job's raw marks: stored state, cancel record, and the control hash's JOB_FIELDS.
 Marks = tuple[Raw, Raw, tuple[Raw, ...]]
 
@@ -81,6 +81,8 @@ class JobProgress:
     result: dict[str, Any] | None = None  # the stored result of a job that SUCCEEDED
     client: str = ""  # who sent it ("" for the anonymous client, or not recorded)
     filename: str = ""  # the input's name it was sent with, when recorded
+    priority: str = ""  # the priority it runs at (interactive, normal, batch), when recorded
+    known: bool = True  # False: no record of the job (never sent, or its records expired)
 
     @property
     def planned(self) -> bool:
@@ -142,33 +144,38 @@ class JobStateReader:
 
     def progress(self, job_id: str, marks: Marks) -> JobProgress:
         """The job's progress from its marks (read by `marks` or `queue_marks`)."""
-        meta, raw_cancelled, (raw_total, deadline, cancel_asked, client, name) = marks
+        meta, raw_cancelled, fields = marks
+        raw_total, deadline, cancel_asked, client, name, priority = fields
         planned = int(raw_total) if raw_total else 0
         sender, filename = _text(client), _text(name)
+        if meta is None and not raw_cancelled and all(f is None for f in fields):
+            return JobProgress(job_id, ShownState.PENDING, known=False)
+        runs_at = _text(priority)
+
+        def made(state: ShownState, done: int, total: int, **more: Any) -> JobProgress:
+            return JobProgress(job_id, state, done, total, **{
+                "client": sender, "filename": filename, "priority": runs_at, **more})
         # A cancel's stored result is final even when a page that finished just after
         # it wrote PROGRESS over the job's state.
         if raw_cancelled:
             kept = json.loads(raw_cancelled)
             done = len([p for p in kept.get("pages", []) if "error" not in p])
-            return JobProgress(job_id, ShownState.CANCELLED, done, max(planned, done),
-                               cancelled=True, result=kept, client=sender,
-                               filename=filename)
+            return made(ShownState.CANCELLED, done, max(planned, done), cancelled=True,
+                        result=kept)
         if meta is None:
-            return JobProgress(job_id, ShownState.PENDING, 0, planned, client=sender,
-                               filename=filename)
+            return made(ShownState.PENDING, 0, planned)
         decoded = self._backend.decode_result(meta)
         state = str(decoded.get("status", CeleryState.PENDING))
         shown = ShownState.of(state, expired_before_start(cancel_asked, deadline))
         value = decoded.get("result")
         if state == CeleryState.PROGRESS and isinstance(value, dict):
-            return JobProgress(job_id, shown, int(value.get("done", 0)),
-                               int(value.get("total", 0)), client=sender, filename=filename)
+            return made(shown, int(value.get("done", 0)), int(value.get("total", 0)))
         if state == CeleryState.SUCCESS and isinstance(value, dict):
             done, total = page_counts(value)
-            return JobProgress(job_id, shown, done, max(total, planned), result=value,
-                               client=str(value.get("client", sender)),
-                               filename=str(value.get("filename") or filename))
-        return JobProgress(job_id, shown, 0, planned, client=sender, filename=filename)
+            return made(shown, done, max(total, planned), result=value,
+                        client=str(value.get("client", sender)),
+                        filename=str(value.get("filename") or filename))
+        return made(shown, 0, planned)
 
 
 def _text(raw: Raw) -> str:

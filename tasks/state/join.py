@@ -4,7 +4,8 @@ The splitting task writes the document's meta and its text-layer pages; each pag
 (in any worker child, on any machine) records its page. Recording is atomic (one Lua
 script: HSET then HLEN), so exactly one record sees the document complete — or
 several, when a page is delivered twice: who merges is then decided by the job's end
-claim (`JobEnder.claim`), never here.
+claim (`JobEnder.claim`), never here. The job's progress record (for clients) is written
+in the same script, with the count that script reads.
 
 A job that has ended takes no late writes: both writes check the one exit's claim
 (`ocr:job:<id>:ended`, set by `JobEnder.claim`) in the same script as the write, so a
@@ -15,7 +16,8 @@ writes nothing and leaves no key behind.
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from tasks.errors import InputNotFound
@@ -36,18 +38,53 @@ for i = 3, #ARGV, 2 do redis.call('hset', KEYS[3], ARGV[i], ARGV[i + 1]) end
 redis.call('expire', KEYS[3], ARGV[1])
 return 1
 """
-# KEYS: the end claim, pages; ARGV: page number, page JSON, TTL. -1: the job has ended.
+# KEYS: the end claim, pages, and the job's progress record when one is written; ARGV:
+# TTL, the progress record's text before and after its `done` count, its TTL, then page
+# number/JSON pairs. Returns the pages in (-1: the job has ended). A hash holding only
+# the pages just written is new (or holds them again): it gets its TTL.
 _RECORD_UNLESS_ENDED = """
 if redis.call('exists', KEYS[1]) == 1 then return -1 end
-redis.call('hset', KEYS[2], ARGV[1], ARGV[2])
-if redis.call('ttl', KEYS[2]) < 0 then redis.call('expire', KEYS[2], ARGV[3]) end
-return redis.call('hlen', KEYS[2])
+redis.call('hset', KEYS[2], unpack(ARGV, 5))
+local done = redis.call('hlen', KEYS[2])
+if done <= (#ARGV - 4) / 2 then redis.call('expire', KEYS[2], ARGV[1]) end
+if #KEYS > 2 then redis.call('set', KEYS[3], ARGV[2] .. done .. ARGV[3], 'EX', ARGV[4]) end
+return done
 """
+
+
+@dataclass(frozen=True)
+class ProgressWrite:
+    """A job's progress record, written in the script that records its pages.
+
+    `key` (Celery's result key of the job) is set to `head`, the pages in, `tail`, for
+    `ttl` seconds: the record's text around its `done` count, known only there.
+    """
+
+    key: str | bytes
+    head: str
+    tail: str
+    ttl: int
+
+
+@dataclass(frozen=True)
+class PageProgress:
+    """How recording pages reports the job's progress.
+
+    `write`: the progress record for clients, written in the script that records the
+    pages (None: none, a one-page document); `tell(done, total)`: for watchers (an
+    event), once the pages are in.
+    """
+
+    write: ProgressWrite | None
+    tell: Callable[[int, int], None]
 
 
 @transient_methods("the fan-out join (Redis)")
 class DocumentJoin:
-    """Per-document keys: `<id>:meta` (JSON `DocumentMeta`), `<id>:pages` (hash)."""
+    """Per-document keys: `<id>:meta` (JSON `DocumentMeta`), `<id>:pages` (hash).
+
+    And `<id>:cancel`: a cancel asked (written by `JobControl.cancel`).
+    """
 
     def __init__(self, client: redis.Redis, ttl: int) -> None:
         self._redis = client
@@ -78,26 +115,43 @@ class DocumentJoin:
         except InputNotFound:
             return None
 
+    def running(self, doc_id: str) -> tuple[DocumentMeta | None, bool]:
+        """A running document's meta (None: ended, or not fanned out), and its cancel.
+
+        Whether a cancel was asked (`JobControl.cancel`): one read, a page task's first.
+        """
+        raw, cancel = self._redis.mget(self._key(doc_id, "meta"), self._key(doc_id, "cancel"))
+        return (None if raw is None else DocumentMeta.from_json(raw)), cancel is not None
+
     def done(self, doc_id: str) -> int:
         return int(self._redis.hlen(self._key(doc_id, "pages")))
 
-    def record(self, doc_id: str, page: PageRecord, total: int) -> bool:
-        """Store one page; True when the document has all its pages.
+    def record(self, doc_id: str, pages: Sequence[PageRecord],
+               progress: ProgressWrite | None = None) -> int:
+        """Store pages and the job's `progress`: one script. The pages in, after them.
 
-        False, with nothing written, when the job has ended (its end claim is set).
+        -1, with nothing written, when the job has ended (its end claim is set).
         """
-        done = int(self._redis.eval(
-            _RECORD_UNLESS_ENDED, 2, job_ended_key(doc_id), self._key(doc_id, "pages"),
-            str(page.number), json.dumps(page.to_json()), self._ttl))
-        return done >= total
+        if not pages:
+            return self.done(doc_id)
+        keys: list[str | bytes] = [job_ended_key(doc_id), self._key(doc_id, "pages")]
+        shown: list[str | int] = ["", "", 0]
+        if progress is not None:
+            keys.append(progress.key)
+            shown = [progress.head, progress.tail, max(1, progress.ttl)]
+        pairs = [item for page in pages
+                 for item in (str(page.number), json.dumps(page.to_json()))]
+        return int(self._redis.eval(_RECORD_UNLESS_ENDED, len(keys), *keys, self._ttl,
+                                    *shown, *pairs))
 
     def pages(self, doc_id: str) -> list[PageRecord]:
         raw = self._redis.hgetall(self._key(doc_id, "pages"))
         return [PageRecord.from_json(json.loads(value)) for value in raw.values()]
 
     def cleanup(self, doc_id: str, also: Sequence[str] = ()) -> None:
-        """Drop meta and pages, and the keys `also` (the job's end claim stays until its TTL).
+        """Drop meta, pages, cancel mark, and the keys `also` (not the job's end claim).
 
-        One DEL for all of them.
+        One DEL for all of them; the end claim stays until its TTL.
         """
-        self._redis.delete(self._key(doc_id, "meta"), self._key(doc_id, "pages"), *also)
+        self._redis.delete(self._key(doc_id, "meta"), self._key(doc_id, "pages"),
+                           self._key(doc_id, "cancel"), *also)

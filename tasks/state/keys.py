@@ -6,9 +6,10 @@ decided once. The prefixes stay for the stores that scan or match a whole family
 model registry, the poison guard, the metrics exporter and the HTTP API; other code
 asks those for keys rather than building them. Every key is under `ocr:` and every
 key has a TTL, except the HTTP API's client tokens (`ocr:api:token:*`,
-`ocr:api:clients`), which live until revoked. The broker's keys (queues' lists, lanes,
-rings, doorbells, dead letters, kombu's unacknowledged messages) are not here: their
-one owner is tasks/broker/layout.py.
+`ocr:api:clients`), which live until revoked, and a client's line corrections
+(`ocr:corrections:*`), a person's work, which live until reverted. The broker's
+keys (queues' lists, lanes, rings, doorbells, dead letters, kombu's unacknowledged
+messages) are not here: their one owner is tasks/broker/layout.py.
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ BLOB_PREFIX = ROOT + "blob:"          # input bytes: ocr:blob:<id>
 CACHE_PREFIX = ROOT + "cache:"        # result cache: ocr:cache:<sha256>
 OUTPUT_PREFIX = ROOT + "output:"      # produced files: ocr:output:<job id>
 JOB_PREFIX = ROOT + "job:"            # per-job control hash and ocr:job:<id>:cancelled
-DOC_PREFIX = ROOT + "doc:"            # fan-out join: ocr:doc:<id>:meta|pages|merged
+DOC_PREFIX = ROOT + "doc:"            # fan-out join: ocr:doc:<id>:meta|pages|merged|cancel
 DELIVERY_PREFIX = ROOT + "deliveries:"  # poison guard: starts of one task id
 # model lifecycle (tasks/models/registry.py): last-used, loaded:<host>:<pid>:<model>,
 # configured:<host>:<pid>, report[:<host>:<dir>], prune-lock:<host>:<dir>,
@@ -41,9 +42,29 @@ API_INFLIGHT_PREFIX = API_PREFIX + "inflight:"  # sorted set per client: open jo
 API_UPLOAD_PREFIX = API_PREFIX + "upload:"    # an upload being received (renamed to a blob)
 API_WEBHOOK_PREFIX = API_PREFIX + "webhook:"  # hash per client: its callback signing secrets
 API_BYTES_PREFIX = API_PREFIX + "bytes:"      # <client>: bytes of its inputs waiting in Redis
-# Batches (tasks/state/batch_store.py): ocr:batch:<id> and its :flight and :lock.
+API_SESSION_PREFIX = API_PREFIX + "session:"  # a console sign-in (tasks/api/sessions.py)
+# Page previews (tasks/state/previews.py): ocr:preview:<job id>:<page>, as long as results.
+PREVIEW_PREFIX = ROOT + "preview:"
+# Line corrections (tasks/state/corrections.py): ocr:corrections:<client> and
+# ocr:corrections:<client>:<sha256> (no TTL).
+CORRECTIONS_PREFIX = ROOT + "corrections:"
+# Batches (tasks/state/batch_store.py): ocr:batch:<id> and its :flight, :seen and :lock.
 BATCH_PREFIX = ROOT + "batch:"
 BATCHES_RUNNING_KEY = ROOT + "batches:running"  # set of the ids of unfinished batches
+# The golden set's scores (tasks/state/golden.py): ocr:golden:history (a list, newest
+# first), ocr:golden:run:<run>:<engine> (a run's documents), ocr:golden:job:<job id>.
+GOLDEN_PREFIX = ROOT + "golden:"
+GOLDEN_HISTORY_KEY = GOLDEN_PREFIX + "history"
+
+
+def golden_run_key(run: str, engine: str) -> str:
+    """`ocr:golden:run:<run>:<engine>`: a golden-set run's scores of one engine, by document."""
+    return f"{GOLDEN_PREFIX}run:{run}:{engine}"
+
+
+def golden_job_key(job_id: str) -> str:
+    """`ocr:golden:job:<id>`: which run, engine and document a golden-set job reads."""
+    return f"{GOLDEN_PREFIX}job:{job_id}"
 
 
 def job_key(job_id: str) -> str:
@@ -111,13 +132,18 @@ def api_token_key(digest: str) -> str:
     return f"{API_TOKEN_PREFIX}{digest}"
 
 
+def api_session_key(digest: str) -> str:
+    """`ocr:api:session:<sha256 of the cookie>`: a console session (JSON, with a TTL)."""
+    return f"{API_SESSION_PREFIX}{digest}"
+
+
 def api_webhook_key(client: str) -> str:
     """`ocr:api:webhook:<client>`: the client's callback signing secrets."""
     return f"{API_WEBHOOK_PREFIX}{client}"
 
 
 def batch_key(batch_id: str, part: str = "") -> str:
-    """`ocr:batch:<id>` (the record), `ocr:batch:<id>:flight` (its jobs), `:lock`."""
+    """`ocr:batch:<id>` (the record), `:flight` (its jobs), `:seen` (its reads), `:lock`."""
     return f"{BATCH_PREFIX}{batch_id}" + (f":{part}" if part else "")
 
 
@@ -142,3 +168,18 @@ def jobs_client_key(client: str) -> str:
 def doc_key(doc_id: str, part: str) -> str:
     """`ocr:doc:<id>:<part>` of a fanned-out PDF (`meta`, `pages`)."""
     return f"{DOC_PREFIX}{doc_id}:{part}"
+
+
+def preview_key(job_id: str, page: int) -> str:
+    """`ocr:preview:<job id>:<page>`: the page image as the engine read it (WebP)."""
+    return f"{PREVIEW_PREFIX}{job_id}:{page}"
+
+
+def corrections_key(client: str, digest: str) -> str:
+    """`ocr:corrections:<client>:<sha256>`: a client's corrected lines of one document."""
+    return f"{CORRECTIONS_PREFIX}{client}:{digest}"
+
+
+def corrected_pages_key(client: str) -> str:
+    """`ocr:corrections:<client>`: the client's corrected pages, `<sha256>:<page>` each."""
+    return f"{CORRECTIONS_PREFIX}{client}"

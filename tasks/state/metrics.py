@@ -1,10 +1,10 @@
 """Service metrics kept in Redis and served to Prometheus.
 
 Worker processes record with `MetricsStore` (pool children's counters after each task
-and their gauges at most every 10 s, the worker
-parent when it prunes children that are gone); the Procfile `metrics` process
-(scripts/metrics_exporter.py) reads everything back on each scrape with
-`RedisCollector`, so one exporter covers every worker on every host. Keys:
+and their gauges at most every 10 s, the worker parent when it prunes children that are
+gone); the Procfile `metrics` process (scripts/metrics_exporter.py) reads everything
+back on each scrape with `RedisCollector` (tasks/state/metrics_collector.py), so one
+exporter covers every worker on every host. Keys:
 
 - `ocr:metrics:nodes`: set of worker node names that recorded anything.
 - `ocr:metrics:node:<node>`: counters of one worker node (hash). They outlive pool
@@ -30,18 +30,11 @@ import json
 import logging
 import threading
 import time
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import redis
-from prometheus_client.core import (
-    CounterMetricFamily,
-    GaugeMetricFamily,
-    HistogramMetricFamily,
-    Metric,
-)
-from prometheus_client.registry import Collector
 
 from tasks.state.keys import METRICS_PREFIX
 
@@ -153,7 +146,6 @@ METRICS: dict[str, MetricSpec] = {
         "histogram", "Seconds an engine took to read one page (orientation, deskew, "
         "recognition, fallback), by the engine that read it.", ("engine",), PAGE_BUCKETS),
 }
-QUEUE_LENGTH = "ocr_queue_length"
 
 
 def _field(name: str, labels: dict[str, str]) -> str:
@@ -167,15 +159,15 @@ def _bucket(bounds: Sequence[float], value: float) -> str:
     return next((repr(b) for b in bounds if value <= b), "+Inf")
 
 
-def _node_key(node: str) -> str:
+def node_key(node: str) -> str:
     return f"{PREFIX}node:{node}"
 
 
-def _children_key(node: str) -> str:
+def children_key(node: str) -> str:
     return f"{PREFIX}children:{node}"
 
 
-def _child_key(node: str, pid: int | str) -> str:
+def child_key(node: str, pid: int | str) -> str:
     return f"{PREFIX}child:{node}:{pid}"
 
 
@@ -210,11 +202,14 @@ class MetricsStore:
             also: Callable[[Any], None] | None = None) -> None:
         """Add each sample's value to the node's counter; put `observed` in histograms.
 
-        Held and written with the others of up to FLUSH_EVERY s; `also` queues other
-        writes (a client's usage), made at once.
+        Held and written with the others of up to FLUSH_EVERY s. `also` queues other
+        writes (a client's usage), made at once, and the samples go with them: pages
+        counted so are in Redis before they are recorded, and a child killed (a cancel,
+        a hard limit) loses no counted page, only the histograms' last second.
         """
-        more = [(_node_key(self.node), _field(name, labels), value)
-                for name, labels, value in samples]
+        counts = [(node_key(self.node), _field(name, labels), value)
+                  for name, labels, value in samples]
+        direct, more = (counts, []) if also is not None else ([], counts)
         for name, labels, value in observed:
             head = json.dumps([name, labels], sort_keys=True)[:-1]
             # the count is the buckets' sum (read back so): not written apart
@@ -223,13 +218,15 @@ class MetricsStore:
         pipe = self._redis.pipeline(transaction=False)
         if also is not None:
             also(pipe)
-        self._write(pipe, more)
+        self._write(pipe, more, direct=direct)
 
     def flush(self) -> None:
         """Write what this process holds now (a process that ends)."""
         self._write(self._redis.pipeline(transaction=False), [], now=True)
 
-    def _write(self, pipe: Any, more: list[tuple[str, str, float]], now: bool = False) -> None:
+    def _write(self, pipe: Any, more: list[tuple[str, str, float]], now: bool = False,
+               direct: list[tuple[str, str, float]] | None = None) -> None:
+        """Hold `more`, queue what is due and `direct` (never held) on `pipe`, run it."""
         with self._lock:
             for key, field, amount in more:
                 self._held[key, field] = self._held.get((key, field), 0.0) + amount
@@ -241,11 +238,13 @@ class MetricsStore:
                 self._timer = threading.Timer(FLUSH_EVERY, self._flush_later)
                 self._timer.daemon = True
                 self._timer.start()
-        for (key, field), amount in held.items():
+        written = [(key, field, amount) for (key, field), amount in held.items()]
+        written += direct or []
+        for key, field, amount in written:
             pipe.hincrbyfloat(key, field, amount)
-        keys = {key for key, _ in held}
-        if _node_key(self.node) in keys and self._due(_node_key(self.node)):
-            pipe.expire(_node_key(self.node), COUNTER_TTL)
+        keys = {key for key, _, _ in written}
+        if node_key(self.node) in keys and self._due(node_key(self.node)):
+            pipe.expire(node_key(self.node), COUNTER_TTL)
             pipe.sadd(NODES_KEY, self.node)
             pipe.expire(NODES_KEY, COUNTER_TTL)
         if HISTOGRAMS_KEY in keys and self._due(HISTOGRAMS_KEY):
@@ -264,136 +263,40 @@ class MetricsStore:
     def set_child(self, pid: int, samples: Iterable[Sample]) -> None:
         """Replace the gauges of pool child `pid`."""
         mapping: dict[Any, Any] = {_field(n, labels): v for n, labels, v in samples}
-        key = _child_key(self.node, pid)
+        key = child_key(self.node, pid)
         pipe = self._redis.pipeline(transaction=True)
         pipe.delete(key)
         if mapping:
             pipe.hset(key, mapping=mapping)
             pipe.expire(key, CHILD_TTL)
-        if self._due(f"{_children_key(self.node)}:{pid}"):
-            pipe.sadd(_children_key(self.node), pid)
-            pipe.expire(_children_key(self.node), COUNTER_TTL)
+        if self._due(f"{children_key(self.node)}:{pid}"):
+            pipe.sadd(children_key(self.node), pid)
+            pipe.expire(children_key(self.node), COUNTER_TTL)
             pipe.sadd(NODES_KEY, self.node)
             pipe.expire(NODES_KEY, COUNTER_TTL)
         self._execute(pipe)
 
     def drop_child(self, pid: int) -> None:
         pipe = self._redis.pipeline(transaction=True)
-        pipe.delete(_child_key(self.node, pid))
-        pipe.srem(_children_key(self.node), pid)
+        pipe.delete(child_key(self.node, pid))
+        pipe.srem(children_key(self.node), pid)
         pipe.execute()
 
     def keep_children(self, live: Iterable[int]) -> None:
         """Drop the gauges of children not in `live`; keep the others' fresh."""
         live_ids = {str(pid) for pid in live}
-        known = {_text(p) for p in self._redis.smembers(_children_key(self.node))}
+        known = {as_text(p) for p in self._redis.smembers(children_key(self.node))}
         pipe = self._redis.pipeline(transaction=False)
         for pid in known - live_ids:
-            pipe.delete(_child_key(self.node, pid))
-            pipe.srem(_children_key(self.node), pid)
+            pipe.delete(child_key(self.node, pid))
+            pipe.srem(children_key(self.node), pid)
         for pid in known & live_ids:
-            pipe.expire(_child_key(self.node, pid), CHILD_TTL)
-        pipe.expire(_children_key(self.node), COUNTER_TTL)
-        pipe.expire(_node_key(self.node), COUNTER_TTL)
+            pipe.expire(child_key(self.node, pid), CHILD_TTL)
+        pipe.expire(children_key(self.node), COUNTER_TTL)
+        pipe.expire(node_key(self.node), COUNTER_TTL)
         pipe.execute()
 
 
-def _text(value: Any) -> str:
+def as_text(value: Any) -> str:
+    """A Redis reply's bytes (or number) as text."""
     return value.decode() if isinstance(value, bytes) else str(value)
-
-
-class RedisCollector(Collector):
-    """Prometheus collector reading every node's metrics from Redis at each scrape."""
-
-    def __init__(self, client: redis.Redis, queues: Sequence[str] = (),
-                 suffixes: Sequence[str] = ("",),
-                 broker_lengths: Callable[[Sequence[str]], dict[str, int]] | None = None
-                 ) -> None:
-        """`broker_lengths` reads queue lengths from a broker other than Redis."""
-        self._redis = client
-        self._queues = tuple(queues)
-        self._suffixes = tuple(suffixes)
-        self._broker_lengths = broker_lengths
-
-    def collect(self) -> Iterator[Metric]:
-        """Every metric; with Redis unreachable, what was read before (`ocr_redis_up`)."""
-        families: dict[str, Any] = {}
-        for name, spec in METRICS.items():
-            if spec.kind == "histogram":
-                continue
-            labels = ["node", *(["pid"] if name.startswith("ocr_child_") else []),
-                      *spec.labels]
-            cls = CounterMetricFamily if spec.kind == "counter" else GaugeMetricFamily
-            families[name] = cls(name, spec.doc, labels=labels)
-        stored: dict[Any, Any] = {}
-        lengths = GaugeMetricFamily(QUEUE_LENGTH, "Jobs waiting in each queue (all "
-                                    "priorities).", labels=["queue"])
-        try:
-            for node in sorted(_text(n) for n in self._redis.smembers(NODES_KEY)):
-                self._add(families, self._redis.hgetall(_node_key(node)), [node])
-                pids = sorted(_text(p) for p in self._redis.smembers(_children_key(node)))
-                for pid in pids:
-                    self._add(families, self._redis.hgetall(_child_key(node, pid)),
-                              [node, pid])
-            stored = self._redis.hgetall(HISTOGRAMS_KEY)
-            self._queue_lengths(lengths)
-        except redis.RedisError:
-            pass  # the scrape still answers: `ocr_redis_up` (fleet_metrics) says why
-        yield from families.values()
-        yield from histogram_families(stored)
-        yield lengths
-
-    @staticmethod
-    def _add(families: dict[str, Any], stored: dict[Any, Any], head: list[str]) -> None:
-        for raw_field, raw_value in stored.items():
-            try:
-                name, labels = json.loads(raw_field)
-                value = float(raw_value)
-            except ValueError:
-                continue  # a field written by another version: skip it
-            spec = METRICS.get(name)
-            if spec is None or name not in families:
-                continue
-            families[name].add_metric(head + [str(labels.get(k, "")) for k in spec.labels],
-                                      value)
-
-    def _queue_lengths(self, family: GaugeMetricFamily) -> None:
-        if not self._queues:
-            return
-        if self._broker_lengths is not None:
-            for queue, length in self._broker_lengths(self._queues).items():
-                family.add_metric([queue], float(length))
-            return
-        pipe = self._redis.pipeline(transaction=False)
-        for queue in self._queues:
-            for suffix in self._suffixes:
-                pipe.llen(queue + suffix)
-        # A key of another type under a queue's name answers an error: counted as 0.
-        lengths = [n if isinstance(n, int) else 0 for n in pipe.execute(raise_on_error=False)]
-        step = len(self._suffixes)
-        for i, queue in enumerate(self._queues):
-            family.add_metric([queue], float(sum(lengths[i * step:(i + 1) * step])))
-
-
-def histogram_families(stored: dict[Any, Any]) -> list[HistogramMetricFamily]:
-    """The histograms of `ocr:metrics:histograms` (every one, even without samples)."""
-    found: dict[tuple[str, tuple[str, ...]], dict[str, float]] = {}
-    for raw_field, raw_value in stored.items():
-        try:
-            name, labels, part = json.loads(raw_field)
-            value = float(raw_value)
-        except (ValueError, TypeError):
-            continue  # a field written by another version: skip it
-        spec = METRICS.get(name)
-        if spec is not None and spec.kind == "histogram" and isinstance(labels, dict):
-            key = (name, tuple(str(labels.get(k, "")) for k in spec.labels))
-            found.setdefault(key, {})[str(part)] = value
-    families = {name: HistogramMetricFamily(name, spec.doc, labels=list(spec.labels))
-                for name, spec in METRICS.items() if spec.kind == "histogram"}
-    for (name, values), parts in sorted(found.items()):
-        running, buckets = 0.0, []
-        for bound in (*map(repr, METRICS[name].buckets), "+Inf"):
-            running += parts.get(bound, 0.0)
-            buckets.append((bound, running))
-        families[name].add_metric(list(values), buckets, parts.get("sum", 0.0))
-    return list(families.values())

@@ -23,11 +23,14 @@ from tasks.state.connection import hold_kept
 from tasks.state.keys import (
     BLOB_PREFIX,
     OUTPUT_PREFIX,
+    doc_key,
     job_cancelled_key,
     job_ended_key,
     job_key,
     output_key,
 )
+from tasks.state.previews import PreviewStore
+from tasks.state.sent_fields import AS_SENT, as_sent
 from tasks.state.webhook_secrets import WebhookSecrets
 
 _BLOB_KEY = re.compile("^" + re.escape(BLOB_PREFIX) + r"[A-Za-z0-9_.-]{8,128}$")
@@ -124,6 +127,10 @@ class OutputStore:
         self._redis.set(key, data, ex=self._ttl)
         return key
 
+    def previews(self) -> PreviewStore:
+        """The jobs' page previews, kept as long as their outputs, in the same Redis."""
+        return PreviewStore(self._redis, self._ttl)
+
     def get(self, key: str) -> bytes | None:
         if not key.startswith(OUTPUT_PREFIX):
             raise BadRequest("not an output key")
@@ -138,6 +145,7 @@ class JobControl:
     `ocr:job:<id>` is a hash (fields `blob`, `deadline`, `filename`, `queue`, `client`,
     `owner`, `prefixes`, `cancelled`, `callback` and `callback_event`);
     `ocr:job:<id>:cancelled` holds the result of a cancelled job (pages done so far);
+    `ocr:doc:<id>:cancel` marks a cancel asked, beside a fanned-out PDF's meta;
     `ocr:job:<id>:ended` is the claim of the one exit (tasks/lifecycle/job_exit.py).
     """
 
@@ -156,10 +164,26 @@ class JobControl:
         return {_text(k): _text(v) for k, v in raw.items()}
 
     def cancel(self, job_id: str) -> None:
-        self.remember(job_id, cancelled="1")
+        """Mark the job cancelled: in its control hash, and beside its document's meta.
+
+        The second mark is what a fanned-out PDF's page tasks read with the meta
+        (`DocumentJoin.running`).
+        """
+        pipe = self._redis.pipeline(transaction=False)
+        pipe.eval(_REMEMBER, 1, job_key(job_id), self._ttl, "cancelled", "1")
+        pipe.set(doc_key(job_id, "cancel"), "1", ex=self._ttl)
+        pipe.execute()
 
     def is_cancelled(self, job_id: str) -> bool:
-        return bool(self._redis.hexists(job_key(job_id), "cancelled"))
+        """Whether the job is cancelled; its `owner` and `accepted` read with it, and kept.
+
+        Its sender writes those two before it sends the job, and nothing changes them:
+        a job's start reads them here, and `owner` and `accepted` read them no more.
+        """
+        cancelled, owner, accepted = self._redis.hmget(job_key(job_id), "cancelled",
+                                                       *AS_SENT)
+        as_sent.keep(job_id, (owner, accepted))
+        return cancelled is not None
 
     def claim_end(self, job_id: str, holder: str) -> bool:
         """Take the right to end the job (`ocr:job:<id>:ended`); once only.
@@ -238,7 +262,7 @@ class JobControl:
 
     def accepted(self, job_id: str) -> float | None:
         """When the job's client enqueued it (epoch seconds; field `accepted`), if known."""
-        value = self._redis.hget(job_key(job_id), "accepted")
+        value = self._as_sent(job_id, "accepted")
         try:
             return float(value) if value is not None else None
         except ValueError:
@@ -246,8 +270,14 @@ class JobControl:
 
     def owner(self, job_id: str) -> str:
         """Who sent the job: `api:<client>` for the HTTP API, "" otherwise."""
-        value = self._redis.hget(job_key(job_id), "owner")
+        value = self._as_sent(job_id, "owner")
         return "" if value is None else _text(value)
+
+    def _as_sent(self, job_id: str, field: str) -> Any:
+        known = as_sent.get(job_id)
+        if known is not None:
+            return known[AS_SENT.index(field)]
+        return self._redis.hget(job_key(job_id), field)
 
     def url_prefixes(self, job_id: str) -> tuple[str, ...] | None:
         """The sending client's own URL prefixes (field `prefixes`, a JSON list).
@@ -346,6 +376,11 @@ class Stores:
     cache: ResultCache
     outputs: OutputStore
     control: JobControl
+
+    @property
+    def previews(self) -> PreviewStore:
+        """The jobs' page previews (the outputs' TTL), in the same Redis."""
+        return self.outputs.previews()
 
     @property
     def webhook_secrets(self) -> WebhookSecrets:

@@ -14,15 +14,19 @@ Both are kept `USAGE_TTL` seconds after their last write. Counted: the pages rea
 
 A cap (`pages_per_day`, `pages_per_month` in the client's token record,
 `ocr:api:clients`) refuses a job whose pages would pass it (`PageQuotaExceeded`):
-where the page count is known, before any is read. Two jobs checked at the same
-moment may both pass: the cap holds to within the pages of the jobs in flight.
+where the page count is known, before any is read. As a job is sent, its fewest pages
+are held against the caps (`PageUsage.reserve`: the check and the hold are one
+script) in `ocr:usage:held:<client>` (hash: job id -> pages held), so two jobs sent at
+the same moment cannot both take the last pages. A hold shrinks as the job's pages are
+counted (the same script that counts them), goes when the send fails, and a job that
+ended without reading them leaves it when the next reservation finds the caps full.
 """
 
 from __future__ import annotations
 
 import datetime as dt
 import json
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -38,21 +42,50 @@ DEFAULT_DAYS = 30
 
 
 # Adds to the client's (ARGV[1]) counts in KEYS[2] (the day) and KEYS[3] (the month)
-# the pages ARGV[3..] not yet in the job's set of counted pages KEYS[1] (kept ARGV[2]
-# seconds); returns how many.
+# the pages ARGV[4..] not yet in the job's set of counted pages KEYS[1] (kept ARGV[2]
+# seconds), and takes as many off the job's (ARGV[3]) hold in KEYS[4]; returns how many.
 _ADD_ONCE = """
 local n = 0
-for i = 3, #ARGV, 4000 do
+for i = 4, #ARGV, 4000 do
   n = n + redis.call('SADD', KEYS[1], unpack(ARGV, i, math.min(i + 3999, #ARGV)))
 end
 redis.call('EXPIRE', KEYS[1], ARGV[2])
 if n > 0 then
   redis.call('HINCRBY', KEYS[2], ARGV[1], n)
   redis.call('HINCRBY', KEYS[3], ARGV[1], n)
+  if redis.call('HEXISTS', KEYS[4], ARGV[3]) == 1
+      and redis.call('HINCRBY', KEYS[4], ARGV[3], -n) <= 0 then
+    redis.call('HDEL', KEYS[4], ARGV[3])
+  end
 end
 return n
 """
+# KEYS[1]: the client's holds. ARGV: the client, the job, its pages, the day's cap, the
+# month's (0: none), the holds' TTL, the day's counts and the month's: named in ARGV,
+# not KEYS, as the senders may only read them (a script's KEYS need write rights); one
+# Redis, never a cluster. Holds the pages unless read and held pages would pass a cap:
+# then {period, used}.
+_RESERVE = """
+local held = 0
+for _, n in ipairs(redis.call('HVALS', KEYS[1])) do held = held + tonumber(n) end
+held = held - tonumber(redis.call('HGET', KEYS[1], ARGV[2]) or 0)
+local pages = tonumber(ARGV[3])
+local caps = {{'day', ARGV[7], tonumber(ARGV[4])}, {'month', ARGV[8], tonumber(ARGV[5])}}
+for _, cap in ipairs(caps) do
+  local used = tonumber(redis.call('HGET', cap[2], ARGV[1]) or 0) + held
+  if cap[3] > 0 and used + pages > cap[3] then return {cap[1], used} end
+end
+redis.call('HSET', KEYS[1], ARGV[2], pages)
+redis.call('EXPIRE', KEYS[1], ARGV[6])
+return {'', 0}
+"""
+HOLD_TTL = 3 * 86400  # a hold outlives no job: one not ended by then is gone
 JOB_PAGES_TTL = 3 * 86400  # a job's counted pages: longer than any job's redelivery
+
+
+def held_key(client: str) -> str:
+    """`ocr:usage:held:<client>`: pages held for the client's jobs sent (job -> pages)."""
+    return f"{USAGE_PREFIX}held:{client}"
 
 
 def job_pages_key(job: str) -> str:
@@ -123,6 +156,7 @@ class PageUsage:
     def __init__(self, client: redis.Redis) -> None:
         self._redis = client
         self._kept: set[str] = set()  # keys this process has given their TTL
+        self._reserve: Any = client.register_script(_RESERVE)
 
     def add(self, client: str, pages: int, now: float | None = None,
             pipe: Any = None, job: str = "", numbers: Sequence[int] = ()) -> None:
@@ -140,8 +174,8 @@ class PageUsage:
         pipe = self._redis.pipeline(transaction=False) if own else pipe
         keys = (day_key(day), month_key(day))
         if job:
-            pipe.eval(_ADD_ONCE, 3, job_pages_key(job), *keys, client, JOB_PAGES_TTL,
-                      *numbers)
+            pipe.eval(_ADD_ONCE, 4, job_pages_key(job), *keys, held_key(client), client,
+                      JOB_PAGES_TTL, job, *numbers)
         for key in keys:
             if not job:
                 pipe.hincrby(key, client, pages)
@@ -154,6 +188,35 @@ class PageUsage:
             except redis.RedisError:
                 self.forget_ttls()
                 raise
+
+    def reserve(self, client: str, job: str, pages: int, caps: PageCaps,
+                ended: Callable[[list[str]], list[str]], now: float | None = None) -> None:
+        """Hold `pages` of `job` against `client`'s caps; PageQuotaExceeded when full.
+
+        The check and the hold are one script; when a cap is reached, the holds of
+        jobs that ended leave and the script runs once more.
+        """
+        if not caps.any:
+            return
+        day = today(now)
+        keys = [held_key(client)]
+        args = [client, job, pages, caps.pages_per_day or 0, caps.pages_per_month or 0,
+                HOLD_TTL, day_key(day), month_key(day)]
+        period, used = self._reserve(keys=keys, args=args)
+        if period:
+            holders = [_text(j) for j in self._redis.hkeys(held_key(client))]
+            gone = ended([j for j in holders if j != job])
+            if gone:
+                self._redis.hdel(held_key(client), *gone)
+                period, used = self._reserve(keys=keys, args=args)
+        if period:
+            which = _text(period)
+            cap = caps.pages_per_day if which == "day" else caps.pages_per_month
+            raise over_cap(which, int(cap or 0), int(used), pages, day, now)
+
+    def release(self, client: str, job: str) -> None:
+        """Drop the hold of a job not sent."""
+        self._redis.hdel(held_key(client), job)
 
     def forget_ttls(self) -> None:
         """After a failed write: set each key's TTL again at its next write."""
@@ -243,3 +306,7 @@ def fewest_pages(spec: str | None) -> int:
     for first, last in ranges:
         chosen.update(range(first, min(last, top) + 1))
     return max(1, len(chosen))
+
+
+def _text(value: bytes | str) -> str:
+    return value.decode() if isinstance(value, bytes) else value

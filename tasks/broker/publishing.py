@@ -1,0 +1,148 @@
+"""The publishing side of the Redis broker's channel: lanes, doorbells, replicas.
+
+Runs in every process that publishes (clients, the API, beat, workers sending page
+tasks and retries; the worker parent too, when it restores a message). A client's
+message goes to its lane of its queue's list for its priority step (tasks/broker/lanes.py),
+any other to the list itself, kombu's; either way stamped with the time it was sent
+(the age of the oldest waiting message: queue_depth.py) and rings its queue's doorbell
+(doorbells.py; a lane's push rings it in the same script), so that an idle worker wakes.
+A restored message goes back to its lane the same way. With `ocr_min_replicas`, a WAIT
+after the ring holds a publish until that many replicas have it (OCR_REDIS_MIN_REPLICAS).
+
+The consuming side, the atomic fetch and the checks before decoding, is the channel of
+tasks/broker/transport.py, built on this one.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from typing import Any
+
+import redis.exceptions
+from kombu.transport import redis as kombu_redis
+from kombu.utils.json import dumps
+
+from tasks.broker import doorbells, lanes, scripts
+from tasks.broker.queue_depth import PUBLISHED_HEADER
+from tasks.errors import ReplicaMissing
+from tasks.records.clients import CLIENT_HEADER, client_name
+from tasks.state.connection import check_replicas, wait_replicas
+
+log = logging.getLogger(__name__)
+
+
+class PublishingChannel(kombu_redis.Channel):
+    """kombu's Redis channel whose publishes go to lanes, ring, and wait for replicas."""
+
+    from_transport_options: tuple[str, ...] = (  # type: ignore[assignment]
+        *kombu_redis.Channel.from_transport_options,
+        "ocr_min_replicas", "ocr_replica_timeout", "ocr_refuse_unkept")
+    # A publish waits for this many replicas (WAIT), at most `ocr_replica_timeout` s;
+    # short of them a client's publish raises ReplicaMissing, a worker's goes on.
+    ocr_min_replicas = 0
+    ocr_replica_timeout = 2.0
+    ocr_refuse_unkept = True
+    _replicas_missed_at = float("-inf")
+
+    @property
+    def supports_batch_publish(self) -> bool:
+        # One publish at a time, so that each rings its queue's doorbell (`_put`).
+        return False
+
+    def _put(self, queue: str, message: Any, **kwargs: Any) -> None:
+        # When it was published (the age of the oldest waiting message: queue_depth.py).
+        headers = message.get("headers")
+        client = ""
+        if isinstance(headers, dict):
+            headers[PUBLISHED_HEADER] = round(time.time(), 3)
+            client = client_name(headers.get(CLIENT_HEADER))
+        expires = getattr(self, "_expires", None)  # kombu 5.7's x-expires queues (5.6: none)
+        if client and lanes.laned(queue) and not (expires and queue in expires):
+            # A client's message goes to its lane of the list (tasks/broker/lanes.py),
+            # its doorbell rung by the same script.
+            step = self.priority(self._get_message_priority(message, reverse=False))
+            with self.conn_or_acquire() as conn:
+                scripts.run(conn, lanes.push_command(
+                    self._key(""), self._q_for_pri(queue, step), step, client, dumps(message),
+                    ring_queue=queue))
+            self._ring(queue, rung=True)
+        else:
+            super()._put(queue, message, **kwargs)
+            self._ring(queue)
+
+    def _do_restore_message(self, payload: Any, exchange: str, routing_key: str, pipe: Any,
+                            leftmost: bool = False) -> None:
+        # kombu's restore (in its WATCH/MULTI), a client's message back to its lane.
+        headers = payload.get("headers") if isinstance(payload, dict) else None
+        client = client_name(headers.get(CLIENT_HEADER)) if isinstance(headers, dict) else ""
+        queues = list(self._lookup(exchange, routing_key)) if client else []
+        if not isinstance(headers, dict) or not queues or \
+                not all(map(lanes.laned, queues)) or \
+                not isinstance(payload.get("properties"), dict):
+            super()._do_restore_message(payload, exchange, routing_key, pipe, leftmost)
+            try:  # as kombu's restore, a message without a route is logged, not raised
+                queues = queues or list(self._lookup(exchange, routing_key))
+            except Exception:  # noqa: BLE001
+                queues = []
+            doorbells.ring(pipe, self._key, queues)
+            return
+        headers["redelivered"] = True
+        payload["properties"].setdefault("delivery_info", {})["redelivered"] = True
+        step = self.priority(self._get_message_priority(payload, reverse=False))
+        for queue in queues:
+            scripts.queue(pipe, lanes.push_command(
+                self._key(""), self._q_for_pri(queue, step), step, client, dumps(payload),
+                first=not leftmost))
+        doorbells.ring(pipe, self._key, queues)
+
+    def _size(self, queue: str) -> int:
+        # kombu's count (queue_declare's message count) with the lanes' messages.
+        size = int(super()._size(queue))
+        if lanes.laned(queue):
+            with self.conn_or_acquire() as conn:
+                size += int(scripts.run(conn, lanes.sizes_command(self._key(""), [
+                    (self._q_for_pri(queue, pri), self.priority(pri))
+                    for pri in self.priority_steps])))
+        return size
+
+    def _ring(self, queue: str, rung: bool = False) -> None:
+        """Wake one worker waiting on `queue` (a missed ring costs up to `ocr_idle_wait`).
+
+        `rung`: the push rang it already. With `ocr_min_replicas`, the ring's WAIT holds
+        the publish until that many replicas have the message: the ring is written again
+        on the WAIT's own connection, whose last write is then after the message (WAIT
+        counts a connection's own writes, and the push may have had another connection).
+        """
+        replicas = int(self.ocr_min_replicas or 0)
+        if not self.ocr_refuse_unkept and time.monotonic() - self._replicas_missed_at < 10:
+            replicas = 0  # a worker's replicas were missing just now: no wait per publish
+        if rung and not replicas:
+            return
+        timeout = float(self.ocr_replica_timeout)
+        try:
+            with self.conn_or_acquire() as client, \
+                    client.pipeline(transaction=False) as pipe:
+                doorbells.ring(pipe, self._key, [queue])
+                replies = wait_replicas(pipe, replicas, timeout).execute()
+            check_replicas(replies, replicas, timeout, f"a message to queue {queue}")
+        except ReplicaMissing:
+            if self.ocr_refuse_unkept:
+                raise
+            PublishingChannel._replicas_missed_at = time.monotonic()
+            log.warning("a message to queue %s reached no Redis replica within %g s; "
+                        "publishing without waiting for replicas for 10 s", queue, timeout)
+        except (*self.connection_errors, redis.exceptions.ResponseError) as exc:
+            if replicas and self.ocr_refuse_unkept:
+                raise ReplicaMissing(f"a message to queue {queue} was sent, and Redis went "
+                                     f"away before a replica confirmed it ({exc!r})") from exc
+            if replicas and isinstance(exc, self.connection_errors):
+                # A worker's message the primary may have taken to its grave: kombu sends
+                # it again on the new connection (a second copy is read once: claims).
+                raise
+            # The message is published; it is taken at the next fetch.
+            log.debug("could not ring the doorbell of %s: %r", queue, exc)
+
+    def _key(self, name: str) -> str:
+        """`name` with kombu's global key prefix (commands sent raw are not prefixed)."""
+        return f"{self.global_keyprefix or ''}{name}"

@@ -1,0 +1,203 @@
+"""Each process's job services: its Redis stores, its `JobEnder` and its Celery ports.
+
+Runs in the worker parent, pool children and the control worker. `JobServices.for_app()`
+gives each process its stores and its `JobEnder`, built once. `CeleryPorts` stores
+results in Celery's result backend, sends Flower events as the worker node, enqueues
+callbacks and writes the `ocr.job` line through telemetry. `report_progress` writes a
+job's progress for clients and for Flower; `page_progress` says how a page task's record
+writes it.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from celery import states
+
+from tasks.errors import OcrError, TransientError
+from tasks.lifecycle.job_exit import JobEnder
+from tasks.queue import job_events, telemetry
+from tasks.queue.result_records import store_result
+from tasks.queue.routing import CONTROL_QUEUE
+from tasks.records.jobs import JobStatus, Outcome
+from tasks.records.status import CeleryState
+from tasks.state.boundary import publishing
+from tasks.state.connection import connect
+from tasks.state.job_index import JobIndex
+from tasks.state.join import DocumentJoin, PageProgress, ProgressWrite
+from tasks.state.stores import BlobStore, JobControl, OutputStore, ResultCache, Stores
+from tasks.state.usage import PageUsage
+
+if TYPE_CHECKING:
+    from tasks.queue.ocr_celery import OcrCelery
+    from tasks.settings import Settings
+
+log = logging.getLogger(__name__)
+PROGRESS_STATE = CeleryState.PROGRESS.value
+_node_name: str | None = None
+
+
+def node_started(name: str) -> None:
+    """The worker node's name, for the events the worker parent sends outside a task."""
+    global _node_name
+    _node_name = name
+
+
+def send_job_event(app: Any, event: str, job_id: str, **fields: Any) -> None:
+    """A task event for the job, sent as the worker node (tasks/queue/job_events.py).
+
+    Flower lists every other sender name as a worker of its own.
+    """
+    task = app.current_worker_task
+    hostname = task.request.hostname if task is not None else _node_name
+    job_events.send_event(app, hostname, event, job_id, **fields)
+
+
+def report_progress(app: Any, job_id: str, done: int, total: int) -> None:
+    """Progress in the result backend (for clients) and as an event (for Flower).
+
+    Written only while the job has not ended, in one atomic step: a page finishing
+    after a cancel must not turn the job's final state back into PROGRESS. A one-page
+    job has none: its ending follows its page at once.
+    """
+    if total <= 1:
+        return
+    backend = app.backend
+    control = JobServices.for_app(app).stores.control
+    if not control.store_progress(job_id, backend.get_key_for_task(job_id),
+                                  _progress_text(app, job_id, done, total),
+                                  int(backend.expires), total):
+        return
+    tell_progress(app, job_id, done, total)
+
+
+def tell_progress(app: Any, job_id: str, done: int, total: int) -> None:
+    """The job's progress as a task event, for Flower."""
+    # `result` is a field Flower shows on the task page; the final result replaces it.
+    send_job_event(app, "task-progress", job_id, result=f"{done}/{total} pages",
+                   done=done, total=total)
+
+
+def page_progress(app: Any, job_id: str, total: int) -> PageProgress:
+    """How a page task reports the job's progress: written with its pages' record.
+
+    The record's `done` count is the pages the recording script finds in (a mark here,
+    cut out), so progress costs no read of its own; none for a one-page document.
+    """
+    tell = functools.partial(tell_progress, app, job_id)
+    if total <= 1:
+        return PageProgress(None, tell)
+    head, tail = _progress_text(app, job_id, _DONE_MARK, total).split(str(_DONE_MARK), 1)
+    backend = app.backend
+    return PageProgress(ProgressWrite(backend.get_key_for_task(job_id), head, tail,
+                                      int(backend.expires)), tell)
+
+
+# The `done` a page task's progress record is encoded with, then cut out.
+_DONE_MARK = 918273645546372819
+
+
+def _progress_text(app: Any, job_id: str, done: int, total: int) -> str:
+    """The job's PROGRESS record as Celery's result backend stores it."""
+    backend = app.backend
+    record = backend._get_result_meta({"done": done, "total": total}, PROGRESS_STATE,
+                                      None, None)
+    record["task_id"] = job_id
+    text = backend.encode(record)
+    return text.decode() if isinstance(text, bytes) else str(text)
+
+
+class CeleryPorts:
+    """`EndingPorts` on Celery: result backend, events, task and HTTP callbacks."""
+
+    def __init__(self, app: OcrCelery, control: JobControl) -> None:
+        self._app = app
+        self._control = control
+
+    def publish(self, outcome: Outcome) -> None:
+        app, job_id = self._app, outcome.job_id
+        if outcome.status is JobStatus.CANCELLED:
+            result = outcome.public()
+            self._control.store_cancelled(job_id, result)
+            app.backend.mark_as_revoked(job_id, "cancelled")
+            # Flower ends the job as every other caller does: CANCELLED (a task-*
+            # event's name is its state there), with the pages it kept.
+            kept = len(result.get("pages", []))
+            send_job_event(app, "task-cancelled", job_id,
+                           result=f"CANCELLED: {kept} pages kept")
+        elif outcome.status is JobStatus.FAILURE:
+            error = outcome.error or OcrError()
+            if outcome.client:  # a failure's stored form (an exception) has no field for it
+                self._control.remember(job_id, client=outcome.client)
+            store_result(app, job_id, error, states.FAILURE)
+            send_job_event(app, "task-failed", job_id, exception=str(error))
+        else:
+            store_result(app, job_id, outcome.public(), states.SUCCESS)
+            # always: the worker's own task events are on only while Flower asks for them
+            send_job_event(app, "task-succeeded", job_id, result=outcome.status.value,
+                           runtime=outcome.seconds)
+
+    def keep(self, outcome: Outcome) -> None:
+        target = self._app.ocr_settings.redis_target
+        if not self._control.keep(outcome.job_id, target, ending=True):
+            log.error("job %s: its ending reached no Redis replica within %g s; it goes "
+                      "on without one (a failover now could run it again)",
+                      outcome.job_id, target.replica_timeout)
+
+    def send_callback_task(self, name: str, queue: str | None, result: dict) -> None:
+        try:
+            with publishing("the callback task"):
+                self._app.send_task(name, args=[result], queue=queue)
+        except TransientError as exc:
+            log.error("callback task %s for job %s not sent: %s", name, result.get("id"),
+                      exc.message)
+
+    def send_http_callback(self, url: str, body: dict, queue: str | None,
+                           owner: str = "") -> None:
+        try:
+            # On the job's own queue: workers with the settings that accepted its URL.
+            with publishing("the HTTP callback"):
+                self._app.send_task("ocr.http_callback", args=[url, body],
+                                    kwargs={"owner": owner, "job_id": str(body.get("id"))},
+                                    queue=queue or CONTROL_QUEUE)
+        except TransientError as exc:
+            log.error("HTTP callback of job %s not queued: %s", body.get("id"), exc.message)
+
+    def record(self, outcome: Outcome) -> None:
+        try:
+            accepted = self._control.accepted(outcome.job_id)  # its latency counts from there
+        except OcrError:  # unreachable: from the job's start instead
+            accepted = None
+        telemetry.job_ended(outcome, accepted)
+
+
+@dataclass
+class JobServices:
+    """The Redis stores, the fan-out join, the job ender and the job lists of one process."""
+
+    stores: Stores
+    join: DocumentJoin
+    ender: JobEnder
+    index: JobIndex
+    usage: PageUsage  # pages read per client, and their caps
+
+    @classmethod
+    def for_app(cls, app: OcrCelery) -> JobServices:
+        made = getattr(app, "_job_services", None)
+        if made is None:
+            settings: Settings = app.ocr_settings
+            client = connect(settings.redis_target)
+            control = JobControl(client, settings.result_ttl)
+            stores = Stores(BlobStore(client, settings.blob_ttl),
+                            ResultCache(client, settings.result_ttl),
+                            OutputStore(client, settings.result_ttl), control)
+            join = DocumentJoin(client, settings.blob_ttl)
+            made = cls(stores, join, JobEnder(control, join,
+                                              CeleryPorts(app, control)),
+                       JobIndex(client, settings.blob_ttl + settings.result_ttl,
+                                settings.jobs_listed), PageUsage(client))
+            app._job_services = made
+        return made
