@@ -6,12 +6,14 @@
                                           rotate-secret NAME  [--json]
     ocr_admin.py [--redis-url URL] backup TARGET | restore SOURCE [--check] [--json]
     ocr_admin.py [--redis-url URL] usage [--from D] [--to D] [--client NAME]
+    ocr_admin.py [--redis-url URL] accuracy [--run] [--json]
 
 `models` audits OCR_MODEL_DIR on every host (one table per host), prunes it, or makes
 the workers release their engines; `tokens` administers the HTTP API's clients (their
 tokens, quotas and webhook secrets); `backup` and `restore` save the service's Redis and
 bring it back (tasks/cli/backup.py, docs/deploy.md); `usage` prints the pages each
-client had read by day, as JSON (tasks/cli/usage.py). `submit.py models ...` and
+client had read by day, as JSON (tasks/cli/usage.py); `accuracy` the golden set's
+scores, `--run` scoring it now (tasks/cli/accuracy.py). `submit.py models ...` and
 `submit.py tokens ...` run the same code with the same words (submit.py registers these
 commands from here). Runs on an operator's machine: needs Redis at REDIS_URL (and
 workers for `models`).
@@ -31,7 +33,9 @@ import time
 from dataclasses import asdict
 from typing import Any, Protocol, TextIO
 
+from tasks.admission import priority_for
 from tasks.api.tokens import ApiClient, TokenStore
+from tasks.cli.accuracy import add_accuracy_command, run_accuracy
 from tasks.cli.backup import add_backup_commands, run_backup, run_restore
 from tasks.cli.core import (
     EXIT_FAILURE,
@@ -47,6 +51,7 @@ from tasks.client import OcrClient
 from tasks.errors import OcrError
 from tasks.operator_console import OperatorConsole
 from tasks.queue.routing import PRIORITIES
+from tasks.records.clients import ClientRules
 from tasks.settings import Settings
 from tasks.state.connection import connect
 from tasks.state.webhook_secrets import DEFAULT_GRACE_SECONDS
@@ -272,7 +277,8 @@ def run_tokens(args: argparse.Namespace, store: TokenStore, out: TextIO) -> int:
                   file=out)
         else:
             print(f"token for {args.name} (shown once; only its hash is stored):\n{token}\n"
-                  f"webhook signing secret (shown once):\n{secret}", file=out)
+                  f"webhook signing secret (shown once):\n{secret}\n"
+                  f"{plain_priority(_max_priority(args.max_priority))}", file=out)
         return 0
     if args.tokens_command == "rotate-secret":
         rotated = store.webhook_secrets.rotate(args.name, args.grace)
@@ -338,6 +344,14 @@ def _limits(client: ApiClient) -> str:
     return " ".join(parts) or "default limits"
 
 
+def plain_priority(max_priority: str | None) -> str:
+    """What a job that names no priority gets under this --max-priority, in words."""
+    plain = priority_for(ClientRules("", max_priority=max_priority), None)
+    why = "this token's --max-priority" if plain == max_priority else "the default"
+    return (f"plain jobs run at priority {plain} ({why}); priorities outrank weights: "
+            "a waiting page of a higher priority goes first, whatever the weights")
+
+
 def _max_priority(value: str | None) -> str | None:
     return None if value in (None, "any") else value
 
@@ -370,13 +384,15 @@ def build_parser() -> argparse.ArgumentParser:
                                             description=TOKENS_SUMMARY))
     add_backup_commands(commands)
     add_usage_command(commands)
+    add_accuracy_command(commands)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)  # usage errors exit 2
     run = {"models": run_models, "backup": run_backup,
-           "restore": run_restore, "usage": run_usage}.get(args.command, run_tokens_command)
+           "restore": run_restore, "usage": run_usage,
+           "accuracy": run_accuracy}.get(args.command, run_tokens_command)
     return run_command(PROG, run, args, Session(args.redis_url))
 
 

@@ -32,9 +32,8 @@ from pathlib import Path
 from typing import Any
 
 import ocr_admin
-from tasks import inference_server
 from tasks.admission import job_queues
-from tasks.cli import batches, listing
+from tasks.cli import batches, evaluate, listing
 from tasks.cli.commands import COMMANDS, build_parser, check_shared, command, with_default_command
 from tasks.cli.core import (
     EXIT_FAILURE,
@@ -43,118 +42,37 @@ from tasks.cli.core import (
     EXIT_UNREACHABLE,
     EXIT_USAGE,
     Session,
+    door_refusal,
     run_command,
 )
+from tasks.cli.job_options import submit_arguments
 from tasks.cli.output import (
     NO_WORKER_HINT,
     PROG,
-    ProgressLine,
     emit,
     problem_lines,
     results_status,
 )
-from tasks.client import OcrClient
-from tasks.errors import EngineUnavailable, OcrError, UnknownLanguage
+from tasks.cli.waiting import wait_for
+from tasks.errors import OcrError, UnknownLanguage
 from tasks.operator_console import OperatorConsole
 from tasks.queue.routing import PRIORITIES
-from tasks.records.engines import ENGINES
 from tasks.records.languages import unknown_codes
-from tasks.records.request import OUTPUT_CHOICES
 from tasks.records.status import JobStatus, WaitStatus
 
-__all__ = ["COMMANDS", "batches", "EXIT_HELP", "build_parser", "exit_status", "main", "wait_for",
+__all__ = ["COMMANDS", "batches", "evaluate", "EXIT_FAILURE", "EXIT_HELP", "EXIT_OK",
+           "EXIT_UNREACHABLE", "EXIT_USAGE", "build_parser", "exit_status", "main", "wait_for",
            "with_default_command"]
 
 
-# --- results and waiting ---------------------------------------------------------------
+# --- results ---------------------------------------------------------------------------
 
 def exit_status(results: Sequence[dict[str, Any]]) -> int:
     """The exit status of these results: the most severe outcome."""
     return results_status(results)
 
 
-def wait_for(client: OcrClient, ids: list[str], timeout: float | None
-             ) -> dict[str, dict[str, Any]]:
-    """Wait for jobs with a progress line; a job no live worker serves is reported.
-
-    `OcrClient.wait` watches the workers' presence (`no_worker` after its grace). When
-    vlm-api workers serve a job's queue and their inference server does not answer, a
-    line on stderr says so (once, until it answers again).
-    """
-    progress = ProgressLine(sys.stderr, {})
-    if progress.enabled:  # a terminal: the statuses are read for the line
-        progress.names = {i: client.filename(i) for i in ids}
-    said = [""]
-
-    def note(queues: set[str], live: dict[str, set[str]]) -> None:
-        text = inference_server_note(client, queues, live)
-        if text and text != said[0]:
-            print(f"{PROG}: {text}", file=sys.stderr, flush=True)
-        said[0] = text
-
-    try:
-        return client.wait(ids, on_progress=progress if progress.enabled else None,
-                           timeout=timeout, on_workers=note)
-    finally:
-        progress.close()
-
-
-def inference_server_note(client: OcrClient, queues: set[str],
-                          live: dict[str, set[str]]) -> str:
-    """Why jobs wait for vlm-api workers: their inference server does not answer.
-
-    '' when no live vlm-api worker consumes one of the jobs' `queues`, or when the
-    server (at this host's OCR_VLM_API_URL) answers.
-    """
-    vlm_workers = [served for served in live.values() if inference_server.QUEUE in served]
-    if not any(queues & served for served in vlm_workers):
-        return ""
-    check = inference_server.check_server(client.settings)
-    return "" if check.ok else (f"{check.message}: vlm-api workers retry those pages "
-                                "until it does")
-
-
 # --- the commands ---------------------------------------------------------------------
-
-def submit_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("files", nargs="+", metavar="FILE",
-                        help="a local file, or an s3://bucket/key or https:// URL the "
-                             "workers read themselves (under their OCR_ALLOWED_URLS)")
-    parser.add_argument("--no-wait", action="store_true",
-                        help="print each job's id and file name, and return")
-    parser.add_argument("--engine", help=f"{', '.join(ENGINES)} (default: the worker's, "
-                        "or by `--lang` as OCR_LANG_ENGINES says)")
-    parser.add_argument("--pages", help='pages to read, e.g. "1-3,7" (--output pdf keeps '
-                        'every page of the input, with a text layer on those read)')
-    parser.add_argument("--password", help="password of an encrypted PDF")
-    parser.add_argument("--output", choices=OUTPUT_CHOICES, default="text",
-                        help="pdf, hocr and alto also store a file (--out DIR writes "
-                             "NAME.ocr.pdf, NAME.hocr, NAME.alto.xml)")
-    parser.add_argument("--lang", help="tesseract language(s) of the pages, e.g. vie, "
-                                       "chi_sim, ell+eng, or auto: each page in the "
-                                       "languages of its own script (default: the "
-                                       "worker's OCR_LANG, auto unless set; see langs)")
-    parser.add_argument("--mode", choices=("auto", "ocr", "text"), default=None,
-                        help="PDFs: text layer where present (auto), OCR always, text only")
-    parser.add_argument("--no-cache", action="store_true",
-                        help="read afresh: not answered from the result cache (the new "
-                             "result replaces the cached one)")
-    add_job_options(parser)
-    parser.add_argument("--callback-task", help="Celery task (by name) that gets the result")
-    parser.add_argument("--callback-queue", help="queue of --callback-task")
-    parser.add_argument("--callback-url", help="http(s) URL the result summary is POSTed to")
-    parser.add_argument("--result-url", metavar="S3_URL",
-                        help="s3://bucket/prefix/ (or an object key) the workers write the "
-                             "result to, in --output's format; the result names the object")
-
-
-def add_job_options(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--priority", choices=tuple(PRIORITIES),
-                        help="interactive jobs go before normal (default) and batch ones")
-    parser.add_argument("--deadline", type=float, metavar="SECONDS",
-                        help="not started within SECONDS: never started; running past "
-                             "it: stops, keeping the pages done (deadline_exceeded)")
-
 
 def _failure(filename: str, exc: OcrError) -> dict[str, Any]:
     return {"id": None, "status": JobStatus.FAILURE.value, "filename": filename,
@@ -177,12 +95,8 @@ def run_submit(args: argparse.Namespace, session: Session) -> int:
     try:
         client.admit({k: v for k, v in options.items()
                       if v is not None and k not in ("priority", "deadline")})
-    except EngineUnavailable as exc:
-        print(f"{PROG}: {exc.code}: {exc.message}", file=sys.stderr)
-        return EXIT_UNREACHABLE
     except OcrError as exc:
-        print(f"{PROG}: {exc.code}: {exc.message}", file=sys.stderr)
-        return EXIT_USAGE
+        return door_refusal(exc, PROG)
     unknown = unknown_languages(args.lang, session)
     if unknown:
         print(f"{PROG}: {unknown.code}: {unknown.message}", file=sys.stderr)
@@ -256,7 +170,7 @@ def run_status(args: argparse.Namespace, session: Session) -> int:
         record = {"id": job_id, "filename": status.filename or client.filename(job_id),
                   "client": status.client, "status": status.status.value,
                   "state": status.state, "done": status.done, "total": status.total,
-                  "queue": queue}
+                  "queue": queue, "priority": status.priority or None}
         waiting = None if status.final else client.no_worker(queue)
         if waiting is not None:
             record["error"] = waiting.to_dict()
@@ -299,6 +213,8 @@ def retry_arguments(parser: argparse.ArgumentParser) -> None:
 def run_retry(args: argparse.Namespace, session: Session) -> int:
     client = session.client
     new_ids: list[str] = []
+    for job_id in args.ids:  # not_found (exit 7) before any retry is sent
+        client.status(job_id)
     for job_id in args.ids:
         try:
             new_ids.append(client.retry(job_id, password=args.password,

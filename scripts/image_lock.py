@@ -59,7 +59,6 @@ def resolve(requirements: list[str], machine: str, deps: bool = True) -> dict[st
         for i in installs}
 
 
-
 def lock_lines() -> list[str]:
     """The lock file's requirement lines, every architecture's hashes merged."""
     requirements = [arg for source in SOURCES for arg in ("-r", source)] + list(EXTRA)

@@ -45,7 +45,8 @@ from tasks.queue.celery_config import celery_config
 from tasks.queue.routing import DEFAULT_QUEUE, queue_for_engine
 from tasks.settings import Settings, SettingsError
 from tasks.state.connection import connect
-from tasks.state.metrics import RedisCollector
+from tasks.state.golden_metrics import GoldenCollector
+from tasks.state.metrics_collector import RedisCollector
 
 # /v1/queues/<queue>[,<queue>...]/depth; queue names as the API accepts them.
 DEPTH_PATH = re.compile(r"^/v1/queues/([^/]{1,2000})/depth$")
@@ -89,6 +90,7 @@ def main() -> int:
     reads = DepthReads()
     registry.register(RedisCollector(store, queues, priority_suffixes(transport), lengths))
     registry.register(FleetCollector(store, queues, depth, broker, reads))
+    registry.register(GoldenCollector(store))
     app = with_depth(make_wsgi_app(registry), depth, reads)
     server = make_server(address, port, app, ThreadingWSGIServer, handler_class=QuietHandler)
     print(f"metrics: serving http://{address}:{port}/metrics", flush=True)

@@ -1,7 +1,10 @@
 #!/usr/bin/env python3
 """Procfile `api` process: the HTTP API (tasks/api/) served by uvicorn.
 
-Listens on API_ADDRESS:API_PORT (default 127.0.0.1:8000). Only talks to Redis and
+Listens on API_ADDRESS:API_PORT (default 127.0.0.1:8000). Behind a proxy that ends
+TLS, API_FORWARDED_ALLOW_IPS names the proxies (comma separated addresses or networks)
+whose `X-Forwarded-Proto` and `X-Forwarded-For` it believes (uvicorn's proxy headers,
+from those peers only); unset, it believes no proxy header. Only talks to Redis and
 sends tasks by name: run as many as you like, anywhere that reaches Redis. SIGTERM
 (or SIGINT) stops it within GRACEFUL_SECONDS, open Server-Sent Events streams
 included, and it exits 0: a clean stop is not a death by signal.
@@ -9,6 +12,7 @@ included, and it exits 0: a clean stop is not a death by signal.
 
 from __future__ import annotations
 
+import logging
 import os
 import signal
 import sys
@@ -32,6 +36,19 @@ def _stopped(signum: int, frame: FrameType | None) -> None:
     raise SystemExit(0)
 
 
+def _show_tracing_lines() -> None:
+    """The tracing module's lines (`tracing on: ...`, or why it is off) on stdout.
+
+    As a worker's log shows them; uvicorn's logging configuration covers its own
+    loggers only.
+    """
+    handler = logging.StreamHandler(sys.stdout)
+    handler.setFormatter(logging.Formatter("api: %(message)s"))
+    logger = logging.getLogger(tracing.__name__)
+    logger.addHandler(handler)
+    logger.setLevel(logging.INFO)
+
+
 def main() -> int:
     try:
         settings = Settings.from_env()
@@ -40,7 +57,11 @@ def main() -> int:
         print(f"api: {exc}", flush=True)
         return 2
     address = os.environ.get("API_ADDRESS", "127.0.0.1")
+    # A request's scheme (the console cookie's Secure) and client address as a trusted
+    # proxy forwarded them; no proxy is trusted unless named.
+    proxies = os.environ.get("API_FORWARDED_ALLOW_IPS", "").strip()
     # Traces when an OTEL_* exporter is set: each request, and the job it sends.
+    _show_tracing_lines()
     tracing.start("ocr-api")
     app = create_api(settings)
     tracing.instrument_fastapi(app)
@@ -48,7 +69,8 @@ def main() -> int:
     for stop in (signal.SIGTERM, signal.SIGINT):
         signal.signal(stop, _stopped)  # uvicorn's own handlers take over while it runs
     uvicorn.run(app, host=address, port=port, log_level=os.environ.get(
-        "LOG_LEVEL", "info").lower(), proxy_headers=False, server_header=False,
+        "LOG_LEVEL", "info").lower(), proxy_headers=bool(proxies),
+        forwarded_allow_ips=proxies or None, server_header=False,
         log_config=log_config(),  # the access log without query-string credentials
         # On SIGTERM requests in flight get this long; then open event streams are
         # closed (their clients reconnect, to any replica) and the process exits, well

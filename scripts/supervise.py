@@ -15,7 +15,9 @@ Redis runs on a loopback port of its own (the one it had last time when still fr
 else a free one, never a server someone else runs) with a password (generated on the
 first run, then kept), every process gets that URL, and it is written to
 `var/redis-url` (mode 0600), where `submit.py` and `ocr_admin.py` find it without an
-exported variable: a client without the password is refused. With REDIS_URL set,
+exported variable: a client without the password is refused. `var/starting` (make's
+pid, which the Makefile writes before its installs) is removed once that Redis is up:
+until then those commands wait for it. With REDIS_URL set,
 that Redis is used as told (the `redis` process starts the project's own there only
 when nothing answers on loopback). One line at start says which. On the stop the
 `redis` process goes last, once the others (the workers' warm shutdown) are gone;
@@ -64,6 +66,9 @@ def read_procfile(path: Path) -> dict[str, str]:
 
 
 RUN_URL_FILE = Path("var") / "redis-url"  # read by submit.py (tasks/cli/core.py)
+# make's pid, written by `make run` before its installs: while it is there, submit.py
+# waits for this run's Redis (tasks/cli/core.py); removed once Redis is up.
+STARTING_FILE = Path("var") / "starting"
 LAST = "redis"  # stopped after every other process
 
 
@@ -247,11 +252,14 @@ class Supervisor:
                 line = ready.check()
                 if line is not None:
                     self.output.line("system", line)
+                if LAST not in by_name or LAST in ready.up or ready.done:
+                    STARTING_FILE.unlink(missing_ok=True)  # its Redis is up (or not ours)
                 time.sleep(0.1)
             else:
                 name = signal.Signals(self.signals[0]).name
                 self.output.line("system", f"{name}: stopping all")
         finally:
+            STARTING_FILE.unlink(missing_ok=True)
             self.stop()
         return code
 

@@ -17,7 +17,8 @@ batches, each manifest line and listed object as the batch driver sends it, retr
    OCR workers are live (`engine_unavailable`, naming its `make` target);
 5. with `books` (the service's doors): the client's page caps
    (`page_quota_exceeded`) and its jobs in flight, batch documents counted
-   (`quota_exceeded`; a batch waits for room instead).
+   (`quota_exceeded`; a batch waits for room instead): an early refusal, as the
+   sender reserves the job's place in one step when it sends it (tasks/queue/sender.py).
 
 A client door (`OcrClient`, whose settings are the sender's, not the service's)
 checks OCR_ALLOWED_URLS only where its own settings name some; the worker checks the
@@ -39,11 +40,11 @@ from tasks.errors import (
     InputNotFound,
     InputTooLarge,
     PriorityNotAllowed,
-    QuotaExceeded,
     UnknownEngine,
 )
 from tasks.lifecycle.url_policy import ObjectUrl, check_url, parse_url
 from tasks.queue.routing import PRIORITIES, is_job_queue, job_queue, queue_for_engine
+from tasks.queue.sender import over_in_flight
 from tasks.records.clients import ClientRules
 from tasks.records.engines import engine_names, install_hint
 from tasks.records.request import SOURCES, JobRequest, check_pages
@@ -168,8 +169,7 @@ def check_in_flight(rules: ClientRules, books: Books) -> None:
     """`quota_exceeded` when the client has `jobs_in_flight` jobs unfinished."""
     limit = rules.jobs_in_flight
     if limit and books.in_flight.count(rules.name, limit, books.ended) >= limit:
-        raise QuotaExceeded(f"{limit} jobs are unfinished (the client's jobs-in-flight "
-                            "quota; batch documents count)", headers={"Retry-After": "5"})
+        raise over_in_flight(limit)
 
 
 def read_input(source: str | Path | bytes, settings: Settings) -> bytes:

@@ -27,25 +27,34 @@ from celery.signals import worker_ready
 from kombu.utils.uuid import uuid
 
 from tasks.admission import Books, admit
-from tasks.errors import OcrError, ResultWriteFailed, error_info
-from tasks.lifecycle.batch_sources import Source, Target, source_of, target_of
+from tasks.error_codes import error_info
+from tasks.errors import OcrError, ResultWriteFailed
+from tasks.lifecycle.batch_sources import Source, Target, source_of
 from tasks.lifecycle.batches import BatchDriver
+from tasks.lifecycle.fetcher import Fetcher
 from tasks.queue.batch_chain import STEP_TASK, batch_store, send_step, start_chain
-from tasks.queue.parent_endings import JobServices
+from tasks.queue.job_services import JobServices
 from tasks.queue.routing import CONTROL_QUEUE, PRIORITIES
 from tasks.queue.sender import JobSender, OutgoingJob
 from tasks.records.batches import BatchRecord
-from tasks.records.clients import ClientRules
+from tasks.records.clients import ClientRules, client_name
 from tasks.records.redis_target import RedisTarget
 from tasks.records.status import CeleryState, JobStatus
 from tasks.settings import Settings
+from tasks.state.api_jobs import ApiJobs
 from tasks.state.boundary import CONNECTION_ERRORS
 from tasks.state.client_rules import InFlight, read_rules
 from tasks.state.connection import connect
 from tasks.state.job_state import JobStateReader
-from tasks.state.keys import job_cancelled_key, job_ended_key, job_key, output_key
+from tasks.state.keys import (
+    api_job_key,
+    job_cancelled_key,
+    job_ended_key,
+    job_key,
+    output_key,
+)
 from tasks.state.liveness import WorkerPresence
-from tasks.state.usage import PageUsage
+from tasks.state.usage import PageCaps, PageUsage
 
 log = logging.getLogger(__name__)
 # How long a settled document's job records stay (its line is in the target).
@@ -70,6 +79,9 @@ class CeleryBatchPorts:
         client = _redis(self.settings.redis_target)
         self.states = JobStateReader(client, app.backend)
         self.sender = JobSender(self.settings, client, app)
+        # an API client's batch: each document is that client's job, as if it sent it
+        self.api_jobs = ApiJobs(client, self.settings.blob_ttl + self.settings.result_ttl,
+                                self.settings.result_ttl)
         self.books = Books(PageUsage(client), InFlight(client, self.settings.blob_ttl
                                                        + self.settings.result_ttl),
                            self.states.ended)
@@ -90,12 +102,17 @@ class CeleryBatchPorts:
         return self._fresh(f"rules:{record.api_client}", lambda: read_rules(
             _redis(self.settings.redis_target), record.api_client, self.settings))
 
+    def fetcher(self, record: BatchRecord) -> Fetcher:
+        """Every read of the batch's: under its client's prefixes and OCR_ALLOWED_URLS."""
+        return Fetcher.for_client(self.settings, self.rules(record).allowed_urls)
+
     def target(self, record: BatchRecord) -> Target:
-        return target_of(record.target, self.settings)
+        return self.fetcher(record).target(record.target)
 
     def source(self, record: BatchRecord, target: Target) -> Source:
-        return source_of(record.source, self.settings, target_of(record.target,
-                                                                 self.settings), record.id)
+        fetcher = self.fetcher(record)
+        return source_of(record.source, self.settings, fetcher,
+                         fetcher.target(record.target), record.id)
 
     def admit(self, record: BatchRecord, kwargs: dict[str, Any]) -> None:
         live = self._fresh("live", lambda: WorkerPresence(
@@ -103,11 +120,35 @@ class CeleryBatchPorts:
         admit(kwargs, self.rules(record), self.settings, live, priority=record.priority,
               books=self.books)
 
-    def send(self, record: BatchRecord, kwargs: dict[str, Any]) -> str:
-        return self.sender.send(OutgoingJob(
-            job_id=uuid(), kwargs=kwargs, priority=record.priority or "batch",
-            client=record.client, owner=record.owner, batch=record.id,
-            prefixes=self.rules(record).allowed_urls, count_in_flight=True))
+    def send(self, record: BatchRecord, kwargs: dict[str, Any], replacing: str = "") -> str:
+        """Send one document's job; an API batch's is recorded as its client's job.
+
+        That record (`ocr:api:job:<id>`, owner the batch's API client) is what the HTTP
+        API and the console check a job's client by: the document's status, result,
+        pages and corrections are then its client's only, as for a job it sent.
+        """
+        rules = self.rules(record)
+        job_id = uuid()
+        created = None
+        if record.api_client:
+            created = self.api_jobs.remember(record.api_client, job_id,
+                                             str(kwargs.get("output", "text")),
+                                             str(kwargs.get("filename", "")))
+        try:
+            self.sender.send(OutgoingJob(
+                job_id=job_id, kwargs=kwargs, priority=record.priority or "batch",
+                client=record.client, owner=record.owner, batch=record.id,
+                created=created, prefixes=rules.allowed_urls, count_in_flight=True,
+                in_flight_limit=0 if replacing else rules.jobs_in_flight,
+                page_caps=None if replacing else PageCaps(rules.pages_per_day,
+                                                          rules.pages_per_month)))
+        except BaseException:
+            if record.api_client:  # nothing was sent: no record of it either
+                self.api_jobs.forget(record.api_client, job_id)
+            raise
+        if replacing:
+            self.sender.in_flight.remove(client_name(record.client), replacing)
+        return job_id
 
     def ended(self, job_ids: list[str]) -> list[str]:
         return self.states.ended(job_ids)
@@ -134,20 +175,23 @@ class CeleryBatchPorts:
     def forget(self, job_ids: list[str]) -> None:
         """Shorten to SETTLED_TTL the records of jobs whose lines are written.
 
-        Their result, control hash, end claim and stored output (a searchable PDF may be
-        megabytes) would stay OCR_RESULT_TTL: a collection's worth of them is what a
-        batch keeps out of Redis.
+        Their result, control hash, end claim, stored output (a searchable PDF may be
+        megabytes) and API job record would stay OCR_RESULT_TTL: a collection's worth
+        of them is what a batch keeps out of Redis. The record goes with the result, so
+        the HTTP API then answers 404 for the job, not a state it no longer knows.
         """
         pipe = _redis(self.settings.redis_target).pipeline(transaction=False)
         for job_id in job_ids:
             for key in (self.app.backend.get_key_for_task(job_id), job_key(job_id),
-                        job_ended_key(job_id), job_cancelled_key(job_id), output_key(job_id)):
+                        job_ended_key(job_id), job_cancelled_key(job_id), output_key(job_id),
+                        api_job_key(job_id)):
                 pipe.expire(key, SETTLED_TTL)
         pipe.execute()
 
     def notify(self, record: BatchRecord, body: dict[str, Any]) -> None:
+        # signed with the batch's owner's secret (its record names it)
         self.app.send_task("ocr.http_callback", args=[record.callback_url, body],
-                           queue=CONTROL_QUEUE)
+                           kwargs={"owner": record.owner}, queue=CONTROL_QUEUE)
 
 
 def _driver(app: Any) -> BatchDriver:

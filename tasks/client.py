@@ -22,14 +22,14 @@ from kombu.utils.uuid import uuid
 
 from tasks import client_wait
 from tasks.admission import DEFAULT_PRIORITY, Books, admit, read_input
-from tasks.client_wait import ProgressCallback, WorkersCallback, unserved
+from tasks.client_wait import ProgressCallback, WorkersCallback, not_found, unserved
+from tasks.error_codes import error_info
 from tasks.errors import (
     BadRequest,
     DeadlineExceeded,
     NoWorker,
     OcrError,
     ServiceUnreachable,
-    error_info,
 )
 from tasks.lifecycle.url_policy import is_url, parse_url
 from tasks.queue.routing import DEFAULT_QUEUE, PRIORITIES
@@ -43,6 +43,7 @@ from tasks.state.connection import connect
 from tasks.state.job_state import JobProgress, JobStateReader, expired_before_start
 from tasks.state.liveness import WorkerPresence
 from tasks.state.stores import BlobStore, OutputStore
+from tasks.state.usage import PageCaps
 
 # What Redis or the Celery transport raise while Redis is unreachable (mid-run too).
 CONNECTION_ERRORS: tuple[type[BaseException], ...] = (
@@ -145,7 +146,8 @@ class OcrClient:
                 owner: str = "", client: str | None = None,
                 traceparent: str | None = None, created: float | None = None,
                 prefixes: tuple[str, ...] | None = None,
-                count_in_flight: bool = False) -> str:
+                count_in_flight: bool = False, in_flight_limit: int = 0,
+                page_caps: PageCaps | None = None) -> str:
         """Send `ocr.document` with these kwargs (input stored, job admitted); its id.
 
         The sender (tasks/queue/sender.py) writes and sends it. `job_id` is a fresh
@@ -155,7 +157,9 @@ class OcrClient:
         (epoch seconds; now unless given); `deadline` seconds from now. `traceparent`
         (W3C) is sent as a message header, also where this process does not trace.
         `prefixes`: the client's own URL prefixes, which the worker holds redirects to;
-        `count_in_flight`: count it in the client's jobs in flight.
+        `count_in_flight`: count it in the client's jobs in flight, refused
+        (`quota_exceeded`) when `in_flight_limit` (0: none) are unfinished;
+        `page_caps`: the client's, its fewest pages held against them as it is sent.
         """
         chosen = priority or DEFAULT_PRIORITY  # explicit: send_task ignores the default
         if chosen not in PRIORITIES:
@@ -165,7 +169,8 @@ class OcrClient:
             client=self.client if client is None else client_name(client), owner=owner,
             deadline=None if deadline is None else time.time() + deadline,
             created=created, traceparent=traceparent, prefixes=prefixes,
-            count_in_flight=count_in_flight))
+            count_in_flight=count_in_flight, in_flight_limit=in_flight_limit,
+            page_caps=page_caps))
 
     def cancel(self, ids: Iterable[str], wait: float = 10.0) -> dict[str, str]:
         """Cancel jobs by sending the public task `ocr.cancel` for each.
@@ -175,8 +180,10 @@ class OcrClient:
         answered within
         `wait` seconds (the cancel still happens when one takes the message). Queued jobs
         never start; running ones stop (their running page is killed) and keep the
-        pages they finished.
+        pages they finished. An id with no record raises `JobNotFound` (nothing is sent).
         """
+        for job_id in dict.fromkeys(ids):
+            self.status(job_id)  # JobNotFound before any cancel is sent
         sent = {job_id: self.app.send_task("ocr.cancel", kwargs={"job_id": job_id},
                                            priority=PRIORITIES["interactive"])
                 for job_id in dict.fromkeys(ids)}
@@ -199,7 +206,9 @@ class OcrClient:
         """Re-read the failed pages of a PARTIAL job; returns the new job's id.
 
         The new job's result is complete: it merges the pages the earlier job had.
+        An id with no record raises `JobNotFound`.
         """
+        self.status(job_id)
         kwargs = self.retry_kwargs(job_id, password)
         return self.enqueue(kwargs, priority=self.admit(kwargs, priority=priority))
 
@@ -219,8 +228,16 @@ class OcrClient:
         return None
 
     def status(self, job_id: str) -> JobProgress:
-        """Where the job stands, in one round trip (`tasks.state.job_state`)."""
-        return self.states.read(job_id)
+        """Where the job stands, in one round trip (`tasks.state.job_state`).
+
+        `JobNotFound` for an id with no record: never sent, or its records expired
+        (OCR_RESULT_TTL after it ended); a job a stock Celery sender sent (no control
+        hash) is unknown until a worker starts it.
+        """
+        progress = self.states.read(job_id)
+        if not progress.known:
+            raise not_found(job_id)
+        return progress
 
     def result(self, job_id: str) -> dict[str, Any]:
         """The public result of a finished job; a job's `filename` names its input."""
@@ -282,8 +299,8 @@ class OcrClient:
 
     def wait(self, ids: Iterable[str], on_progress: ProgressCallback | None = None,
              timeout: float | None = None, poll: float = 0.2, *,
-             watch_workers: bool = True,
-             on_workers: WorkersCallback | None = None) -> dict[str, dict[str, Any]]:
+             watch_workers: bool = True, on_workers: WorkersCallback | None = None,
+             must_exist: bool = False) -> dict[str, dict[str, Any]]:
         """Wait for every job and return the results by id.
 
         One blocking read waits on all the jobs' ending notices at once
@@ -291,15 +308,19 @@ class OcrClient:
         are read only for `on_progress` (every `max(poll, 1)` s) and as a sweep for a
         job that ended without a notice (after 1 s, then twice as long each time, up to
         SWEEP_MAX). Jobs still open at `timeout` are reported with status TIMEOUT; they
-        go on. The live workers' presence records are read 1 s in (a job ended by then
-        costs no read of them; the jobs' queues are read then too) and every
-        `worker_recheck` s (2 s while a job lacks one): jobs whose recorded queue
-        no live worker consumes for `no_worker_grace` s are reported PENDING with error
-        `no_worker` (they stay queued). `watch_workers=False`: never. `on_workers(queues,
-        live)` sees each read. Redis restarting or failing over: the next look tries again.
+        go on. An id with no record waits as a queued job does (a stock Celery sender's
+        job has none until a worker starts it); `must_exist=True` raises `JobNotFound`
+        for it at the first read of the statuses (1 s in). The live workers' presence
+        records are read 1 s in (a job ended by then costs no read of them; the jobs'
+        queues are read then too) and every `worker_recheck` s (2 s while a job lacks
+        one): jobs whose recorded queue no live worker consumes for `no_worker_grace` s
+        are reported PENDING with error `no_worker` (they stay queued).
+        `watch_workers=False`: never. `on_workers(queues, live)` sees each read. Redis
+        restarting or failing over: the next look tries again.
         """
         return client_wait.wait(self, ids, on_progress, timeout, poll,
-                                watch_workers=watch_workers, on_workers=on_workers)
+                                watch_workers=watch_workers, on_workers=on_workers,
+                                must_exist=must_exist)
 
     def no_worker(self, queue: str) -> NoWorker | None:
         """`no_worker` when no live worker consumes `queue` (one read), else None."""

@@ -12,7 +12,7 @@ import time
 from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING, Any, Protocol
 
-from tasks.errors import TransientError
+from tasks.errors import JobNotFound, TransientError
 from tasks.records.status import WaitStatus
 from tasks.state.boundary import CONNECTION_ERRORS
 from tasks.state.connection import connect
@@ -20,7 +20,7 @@ from tasks.state.job_notices import EndingWatch
 
 if TYPE_CHECKING:
     from tasks.settings import Settings
-    from tasks.state.job_state import JobProgress
+    from tasks.state.job_state import JobProgress, JobStateReader
 
 ProgressCallback = Callable[[str, "JobProgress"], None]
 WorkersCallback = Callable[[set[str], dict[str, set[str]]], None]
@@ -30,15 +30,16 @@ class Waiter(Protocol):
     """What the loop asks of its client (`OcrClient`)."""
 
     settings: Settings
+    states: JobStateReader
     no_worker_grace: float
     worker_recheck: float
 
-    def status(self, job_id: str) -> JobProgress: ...
     def result(self, job_id: str) -> dict[str, Any]: ...
     def live_queues(self) -> dict[str, set[str]]: ...
     def recorded_queue(self, job_id: str) -> str | None: ...
     def no_worker_record(self, job_id: str, queue: str) -> dict[str, Any]: ...
     def filename(self, job_id: str) -> str: ...
+
 
 # What a look at Redis may raise while it restarts or fails over: the next look tries again.
 LOOK_AGAIN: tuple[type[BaseException], ...] = (TransientError, *CONNECTION_ERRORS)
@@ -47,9 +48,15 @@ LOOK_AGAIN: tuple[type[BaseException], ...] = (TransientError, *CONNECTION_ERROR
 FIRST_SWEEP, SWEEP_MAX = 1.0, 10.0
 
 
+def not_found(job_id: str) -> JobNotFound:
+    """The error of a job id with no record (`OcrClient.status`, `wait(must_exist=True)`)."""
+    return JobNotFound(f"no job {job_id!r}: it was never sent, or its records expired")
+
+
 def wait(client: Waiter, ids: Iterable[str], on_progress: ProgressCallback | None,
          timeout: float | None, poll: float, *, watch_workers: bool,
-         on_workers: WorkersCallback | None) -> dict[str, dict[str, Any]]:
+         on_workers: WorkersCallback | None, must_exist: bool = False,
+         ) -> dict[str, dict[str, Any]]:
     """`OcrClient.wait` (its docstring says what it does)."""
     pending = list(dict.fromkeys(ids))
     results: dict[str, dict[str, Any]] = {}
@@ -82,7 +89,9 @@ def wait(client: Waiter, ids: Iterable[str], on_progress: ProgressCallback | Non
             looks = ((next_progress is not None and now >= next_progress)
                      or now >= next_sweep)
             for job_id in list(pending) if looks else []:
-                status = client.status(job_id)
+                status = client.states.read(job_id)
+                if must_exist and not status.known:
+                    raise not_found(job_id)
                 if on_progress is not None:
                     on_progress(job_id, status)
                 if status.final:
@@ -96,7 +105,7 @@ def wait(client: Waiter, ids: Iterable[str], on_progress: ProgressCallback | Non
                 results[job_id] = client.result(job_id)
                 pending.remove(job_id)
                 if on_progress is not None:
-                    on_progress(job_id, client.status(job_id))
+                    on_progress(job_id, client.states.read(job_id))
             # presence records: one read, no broadcast
             live = (client.live_queues() if pending and watch
                     and time.monotonic() >= next_check else None)

@@ -2,15 +2,13 @@
 
 Raised in worker children by domain code; Celery stores them as the task's FAILURE
 (JSON: `exc_type`, `exc_message` = [code, message], `exc_module`), and clients turn
-them back into `{"code", "message", "retryable"}` with `error_info()`. Messages never
-include file contents or secrets.
+them back into `{"code", "message", "retryable"}` with `error_info()` (tasks/error_codes.py,
+with every public code's class). Messages never include file contents or secrets.
 """
 
 from __future__ import annotations
 
 from typing import Any
-
-from billiard.exceptions import SoftTimeLimitExceeded, TimeLimitExceeded, WorkerLostError
 
 
 class OcrError(Exception):
@@ -373,23 +371,8 @@ class LineTooLong(OcrError):
     default_message = "the manifest line is too long"
 
 
-def _descendants(cls: type[OcrError]) -> list[type[OcrError]]:
-    return [cls] + [d for sub in cls.__subclasses__() for d in _descendants(sub)]
+class JobNotFound(OcrError):
+    """A job id no record names: never sent, or its records expired."""
 
-
-# Every public error code and its class (docs/tasks.md lists them); a class that only
-# narrows its parent's meaning (ReplicaMissing) keeps its parent's code and is not listed.
-ERROR_CLASSES: dict[str, type[OcrError]] = {c.code: c for c in _descendants(OcrError)
-                                            if "code" in vars(c)}
-
-
-def error_info(exc: BaseException) -> dict[str, Any]:
-    """The public `error` object for any exception a job ended with."""
-    if isinstance(exc, OcrError):
-        return exc.to_dict()
-    if isinstance(exc, (SoftTimeLimitExceeded, TimeLimitExceeded)):
-        return Timeout().to_dict()
-    if isinstance(exc, WorkerLostError):
-        return WorkerLost().to_dict()
-    # Unknown failures: never echo their text, it may hold input content.
-    return InternalError(f"unexpected {type(exc).__name__}").to_dict()
+    code = "not_found"
+    default_message = "no such job: it was never sent, or its records expired"

@@ -57,8 +57,6 @@ class ClientAccess:
                               headers={"Retry-After": str(retry)})
 
 
-
-
 def own_limit(own: int | None, default: int) -> int:
     """A client's own limit, else the service-wide default (0: no limit)."""
     return default if own is None else own

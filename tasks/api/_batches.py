@@ -26,8 +26,10 @@ from tasks.api._routes import COMMON, Caller, _errors, service_of
 from tasks.api._schemas import ENGINE_NAME, ENGINE_NAME_MAX, Mode, Output, Priority
 from tasks.api._service import JobService
 from tasks.api.tokens import ApiClient
+from tasks.batch_errors import TargetInSource
 from tasks.errors import BadRequest, BatchQuotaExceeded
 from tasks.lifecycle.callback_urls import callback_target
+from tasks.lifecycle.url_policy import overlap
 from tasks.queue.batch_chain import batch_store, start_chain
 from tasks.records.batches import RETRYABLE_STATES, BatchRecord, BatchState
 from tasks.records.clients import ClientRules
@@ -126,8 +128,10 @@ class BatchService:
         """Admit and record a batch, and send its first step; its id.
 
         The gate's checks for the batch as a whole (priority, `source` and `result_url`
-        under the allow-lists, options, engine); then the client's running batches
-        (`batch_quota_exceeded`). Each document is admitted again as it is sent.
+        under the allow-lists, a target apart from its source (`target_in_source`),
+        options, engine); then the client's running batches (`batch_quota_exceeded`),
+        counted as the batch is recorded (one script). Each document is admitted again
+        as it is sent.
         """
         settings = self.service.settings
         rules = caller.rules(settings)
@@ -135,6 +139,10 @@ class BatchService:
         target = self._allowed(request.result_url, rules, "`result_url`")
         if not target.startswith("s3://") or not target.endswith("/"):
             raise BadRequest("`result_url` must be an s3:// prefix ending in /")
+        if overlap(source, target):
+            raise TargetInSource("the batch's `result_url` lies inside its `source` or "
+                                 "holds it: its outputs would be read as documents, or "
+                                 "its documents taken for outputs")
         options = request.job_options()
         priority = self.service.client.admit(options, priority=request.priority or "batch",
                                              rules=rules, service=True)
@@ -143,14 +151,15 @@ class BatchService:
             callback_url = callback_target(request.callback_url, settings).url
         elif request.document_callbacks:
             raise BadRequest("`document_callbacks` needs a `callback_url`")
-        if rules.batches and self.store.running_of(caller.name) >= rules.batches:
-            raise BatchQuotaExceeded(f"client {caller.name!r} runs {rules.batches} batches, "
-                                     "as many as its token allows; one must end first")
-        record = self.store.create(BatchRecord(
+        record = self.store.create_within(BatchRecord(
             id="", source=source, target=target, options=options, priority=priority,
             client=caller.name, owner=f"api:{caller.name}", api_client=caller.name,
             overwrite=request.overwrite, callback_url=callback_url,
-            document_callbacks=bool(callback_url) and request.document_callbacks))
+            document_callbacks=bool(callback_url) and request.document_callbacks),
+            rules.batches)  # counted and recorded in one step
+        if record is None:
+            raise BatchQuotaExceeded(f"client {caller.name!r} runs {rules.batches} batches, "
+                                     "as many as its token allows; one must end first")
         start_chain(self.service.client.app, self.store, record.id)
         return record.id
 

@@ -2,7 +2,8 @@
 
 Runs in the `api` process. Job errors (tasks/errors.py) keep their codes; `http_status`
 maps them: `input_too_large` 413, `transient` and `engine_unavailable` 503,
-`unknown_engine` and `invalid_pages` 422, `page_quota_exceeded` 429, the rest 400.
+`unknown_engine`, `unknown_language` and `invalid_pages` 422, `page_quota_exceeded`
+429, the rest 400.
 """
 
 from __future__ import annotations
@@ -87,6 +88,7 @@ class JobUnsuccessful(ApiError):
 # are 422 (as invalid options are), an engine no live worker runs 503, a priority above
 # the client's token's highest 403.
 _STATUS_BY_CODE = {"input_too_large": 413, "transient": 503, "unknown_engine": 422,
+                   "unknown_language": 422,
                    "invalid_pages": 422, "engine_unavailable": 503,
                    "page_quota_exceeded": 429, "priority_not_allowed": 403,
                    "quota_exceeded": 429, "batch_quota_exceeded": 429}

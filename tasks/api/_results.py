@@ -4,6 +4,9 @@ Runs in the `api` process. The media type and file name of each format come from
 table of formats (tasks/records/formats.py); a produced file (searchable PDF, hOCR,
 ALTO) is read from its output key or from the result itself. Clients never see storage
 keys: `public_result` drops the input blob and output keys and links each stored file.
+A client's corrected lines (tasks/lifecycle/page_views.py) are in the result given
+here already; the stored hOCR, ALTO and PDF take them as they are answered (the PDF's
+text layer written again by PyMuPDF, which the process loads on that first use).
 """
 
 from __future__ import annotations
@@ -14,7 +17,9 @@ from typing import Any
 
 from tasks.api._errors import FormatUnavailable, JobUnsuccessful
 from tasks.api._schemas import Links
+from tasks.lifecycle.page_views import PageChanges
 from tasks.records.formats import FORMATS, STORED_FORMATS
+from tasks.records.results import PageRecord
 from tasks.records.status import JobStatus
 from tasks.state.keys import OUTPUT_PREFIX
 from tasks.state.stores import OutputStore
@@ -45,10 +50,12 @@ def public_result(result: dict[str, Any]) -> dict[str, Any]:
 
 
 def result_body(result: dict[str, Any], status: str, job_output: str, fmt: str,
-                outputs: OutputStore) -> ResultBody:
+                outputs: OutputStore, changes: PageChanges | None = None) -> ResultBody:
     """The body of `GET /v1/jobs/ID/result?format=fmt` for a job that has ended.
 
-    `status`: how it ended; `job_output`: the output it was sent with.
+    `status`: how it ended; `job_output`: the output it was sent with; `changes`: the
+    client's corrected lines (tasks/lifecycle/page_views.py), which `result` carries
+    already and the stored hOCR and ALTO documents take here.
     """
     name = str(result.get("filename") or result.get("id"))
     answer = FORMATS[fmt]
@@ -66,11 +73,29 @@ def result_body(result: dict[str, Any], status: str, job_output: str, fmt: str,
         return ResultBody(str(result.get("text", "")).encode(), answer.media_type,
                           f"{name}{answer.suffix}")
     content = _document(result, fmt, outputs)
+    if content is not None and changes:
+        content = _corrected_document(fmt, content, result, changes)
     if content is None:
         raise FormatUnavailable(f"the job's output is {output} and has no {fmt}; send it "
                                 f"with output={fmt}" if output != fmt else
                                 f"the job's {fmt} has expired")
     return ResultBody(content, answer.media_type, f"{name}{answer.suffix}")
+
+
+def _corrected_document(fmt: str, content: bytes, result: dict[str, Any],
+                        changes: PageChanges) -> bytes:
+    """A stored hOCR, ALTO or PDF with the corrected lines of `result`'s pages."""
+    from tasks.pipeline.corrected_layouts import corrected_layout  # on a correction's first use
+    from tasks.pipeline.layouts import LAYOUT_OUTPUTS
+
+    pages = {int(p.get("number", 0)): p for p in result.get("pages") or []}
+    if fmt in LAYOUT_OUTPUTS:
+        return corrected_layout(fmt, content, pages, changes)
+    if fmt == "pdf":
+        # PyMuPDF only for a corrected PDF: the API process loads it on this first use.
+        from tasks.pipeline.pdf import relayered_pdf
+        return relayered_pdf(content, [PageRecord.from_json(pages[n]) for n in changes])
+    return content
 
 
 def _document(result: dict[str, Any], fmt: str, outputs: OutputStore) -> bytes | None:

@@ -18,6 +18,7 @@ from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from pydantic import ValidationError
 from starlette.concurrency import run_in_threadpool
 
+from tasks.api._errors import Unauthorized
 from tasks.api._json_bodies import MAX_JSON_BYTES, parse_json
 from tasks.api._results import MEDIA_TYPES, links
 from tasks.api._schemas import (
@@ -32,6 +33,7 @@ from tasks.api._schemas import (
 )
 from tasks.api._service import JobService
 from tasks.api._uploads import body_chunks, receive_multipart
+from tasks.api.sessions import COOKIE, CSRF_HEADER, SAFE_METHODS, Sessions
 from tasks.api.tokens import ApiClient
 from tasks.errors import BadRequest, EmptyInput
 from tasks.queue.routing import DEFAULT_QUEUE
@@ -70,12 +72,26 @@ def service_of(request: Request) -> JobService:
 
 async def current_client(request: Request, credentials: Annotated[
         HTTPAuthorizationCredentials | None, Depends(bearer)]) -> ApiClient:
-    """The client whose token the request carries (401 otherwise), counted for limits."""
+    """The client whose token the request carries (401 otherwise), counted for limits.
+
+    Without a bearer token, the console's session cookie (tasks/api/sessions.py) names
+    the client; a state-changing request with it also carries the session's CSRF token.
+    """
     service = service_of(request)
     header = None if credentials is None else f"{credentials.scheme} {credentials.credentials}"
+    cookie = request.cookies.get(COOKIE) if credentials is None else None
 
     def check() -> ApiClient:
-        caller = service.access.authenticate(header)
+        if cookie is None:
+            caller = service.access.authenticate(header)
+        else:
+            sessions: Sessions = request.app.state.sessions
+            session = sessions.find(cookie)
+            if session is None:
+                raise Unauthorized("the console session is unknown or has ended")
+            if request.method not in SAFE_METHODS:
+                session.check_csrf(request.headers.get(CSRF_HEADER))
+            caller = session.client
         service.access.count_request(caller)
         return caller
 
@@ -189,9 +205,10 @@ def _result_schema(fmt: str) -> dict[str, str]:
 def get_result(request: Request, job_id: str, caller: Caller,
                format: Literal["text", "json", "markdown", "hocr", "alto", "pdf"] = Query(
                    "text", description="text for any job; markdown, hocr, alto and pdf "
-                   "when the job was sent with that output; json: the whole result")
-               ) -> Response:
-    body = service_of(request).result(caller, job_id, format)
+                   "when the job was sent with that output; json: the whole result"),
+               original: bool = Query(False, description="the engine's own text, without "
+                                      "the client's line corrections")) -> Response:
+    body = service_of(request).result(caller, job_id, format, original)
     return Response(body.content, media_type=body.media_type, headers={
         "Content-Disposition": f"inline; filename*=UTF-8''{quote(body.filename)}"})
 

@@ -6,7 +6,7 @@ the workers validate them again, fully (page ranges, engines, languages).
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Any, Literal, cast, get_args
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -16,12 +16,21 @@ from tasks.records.status import JobStatus, ShownState, WaitStatus
 # that matches before the rest of the body arrives; others get this schema's 422).
 ENGINE_NAME = r"^[A-Za-z0-9_.-]+$"
 ENGINE_NAME_MAX = 64
+# A job's ground truth: a document of a few hundred pages of text.
+GROUND_TRUTH_MAX = 2_000_000
 
 # The output formats of tasks/records/formats.py, spelled out for the schema (a test
 # holds them equal).
 Output = Literal["text", "markdown", "json", "pdf", "hocr", "alto"]
 Mode = Literal["auto", "ocr", "text"]
 Priority = Literal["interactive", "normal", "batch"]
+
+
+def shown_priority(name: str) -> Priority | None:
+    """A job's recorded priority as the API shows it (None: not recorded)."""
+    return cast(Priority, name) if name in get_args(Priority) else None
+
+
 # What the API shows of a job (tasks/records/status.py): waiting, then how it ended.
 Status = Literal[WaitStatus.QUEUED, WaitStatus.RUNNING, JobStatus.SUCCESS, JobStatus.PARTIAL,
                  JobStatus.FAILURE, JobStatus.CANCELLED]
@@ -69,11 +78,15 @@ class JobOptions(BaseModel):
     no_cache: bool | None = Field(None, description=(
         "true: read afresh, not answered from the result cache (the new result replaces "
         "the cached one)"))
+    ground_truth: str | None = Field(None, max_length=GROUND_TRUTH_MAX, description=(
+        "the document's text as it should read, pages split by form feeds: the result "
+        "then carries `scores` (CER, WER, characters, words) of the document and its "
+        "pages (docs/accuracy.md)"))
 
     def task_kwargs(self) -> dict[str, Any]:
         """The `ocr.document` kwargs besides the input, priority and deadline."""
         names = ("filename", "pages", "password", "output", "mode", "lang", "engine",
-                 "callback_url", "result_url", "no_cache")
+                 "callback_url", "result_url", "no_cache", "ground_truth")
         return {n: getattr(self, n) for n in names if getattr(self, n) is not None}
 
 
@@ -140,6 +153,9 @@ class JobInfo(BaseModel):
     error: ErrorInfo | None = None
     client: str = Field("", description="the client the job was sent under (the token's "
                         "name)")
+    priority: Priority | None = Field(None, description=(
+        "the priority the job runs at: the one asked for, else normal, or the token's "
+        "--max-priority when that is lower; priorities outrank weights"))
     filename: str = ""
     output: str = "text"
     created: float = Field(description="seconds since the epoch")

@@ -19,34 +19,43 @@ import json
 import time
 import uuid
 from dataclasses import dataclass
-from pathlib import PurePosixPath
 from typing import Any
 
 import redis
 
 from tasks import inference_server
-from tasks.admission import Books, check_job_url
+from tasks.admission import Books
 from tasks.api._access import ClientAccess, own_limit
 from tasks.api._errors import IdempotencyKeyReused, NotFinished, NotFound, QuotaExceeded
+from tasks.api._job_inputs import input_kwargs
 from tasks.api._quotas import ClientBytes
 from tasks.api._readiness import ReadinessCheck
 from tasks.api._results import ResultBody, links, result_body
-from tasks.api._schemas import FINAL_STATUSES, JobInfo, JobOptions, Progress, RetryOptions
+from tasks.api._schemas import (
+    FINAL_STATUSES,
+    JobInfo,
+    JobOptions,
+    Progress,
+    RetryOptions,
+    shown_priority,
+)
 from tasks.api.tokens import ApiClient, TokenStore
 from tasks.client import OcrClient
-from tasks.errors import BadRequest, InputTooLarge, PathNotAllowed
-from tasks.lifecycle.callback_urls import callback_target
+from tasks.errors import BadRequest, InputTooLarge, UnknownLanguage
+from tasks.lifecycle.page_views import PageChanges, corrected_result
+from tasks.operator_console import OperatorConsole
 from tasks.queue.routing import PRIORITIES
 from tasks.records.clients import ClientRules
 from tasks.records.status import JobStatus, WaitStatus
 from tasks.settings import Settings
 from tasks.state.api_jobs import ApiJobs
 from tasks.state.client_rules import InFlight
+from tasks.state.corrections import Corrections
 from tasks.state.job_state import Marks
 from tasks.state.keys import API_UPLOAD_PREFIX, api_blob_key, api_upload_key
 from tasks.state.liveness import WorkerPresence
 from tasks.state.stores import BlobStore, OutputStore
-from tasks.state.usage import PageUsage
+from tasks.state.usage import PageCaps, PageUsage
 
 CANCEL_TASK = "ocr.cancel"
 SERVER_CHECK_SECONDS = 5.0  # the inference server is asked at most this often
@@ -68,6 +77,7 @@ class JobService:
         self.tokens = TokenStore(redis_client)
         self._blobs = BlobStore(redis_client, settings.blob_ttl)
         self._outputs = OutputStore(redis_client, settings.result_ttl)
+        self.previews = self._outputs.previews()  # page images (tasks/api/_pages.py)
         self.jobs = ApiJobs(redis_client, settings.blob_ttl + settings.result_ttl,
                             settings.result_ttl)
         self.access = ClientAccess(settings, self.tokens, redis_client)
@@ -131,7 +141,7 @@ class JobService:
         fingerprint = _fingerprint(options, filename)
         rules = caller.rules(self.settings)
         try:
-            kwargs = self._input_kwargs(options, upload, filename, rules)
+            kwargs = input_kwargs(options, upload, filename, rules, self.settings)
             earlier = self._replay(caller, digest, fingerprint)
             if earlier is not None:
                 self.discard(caller, upload)
@@ -159,7 +169,9 @@ class JobService:
                                 job_id=job_id, owner=f"api:{caller.name}",
                                 client=caller.name, created=created,
                                 traceparent=traceparent,  # the request's, passed on
-                                prefixes=rules.allowed_urls)
+                                prefixes=rules.allowed_urls, count_in_flight=True,
+                                in_flight_limit=rules.jobs_in_flight,
+                                page_caps=_caps(rules))
         except BaseException:
             if digest:
                 self.jobs.release_key(caller.name, digest)
@@ -184,54 +196,6 @@ class JobService:
             return None  # its claimant died before sending it: the key is free again
         return job_id
 
-    def _input_kwargs(self, options: JobOptions, upload: str | None,
-                      filename: str, rules: ClientRules) -> dict[str, Any]:
-        kwargs = options.task_kwargs()
-        if options.deadline is not None and options.deadline <= time.time():
-            raise BadRequest("`deadline` is in the past")
-        if options.callback_url is not None:
-            # The workers' own rule (allow-list, no private addresses unless listed).
-            kwargs["callback_url"] = callback_target(options.callback_url, self.settings).url
-        if options.result_url is not None:
-            kwargs["result_url"] = self._check_url(options.result_url, rules,
-                                                   "`result_url`", prefix_ok=True)
-        if upload is not None:
-            if options.path is not None or options.url is not None:
-                raise BadRequest("send either a file, a `path` or a `url`, not two")
-            kwargs.setdefault("filename", filename)
-            return kwargs
-        if options.url is not None:
-            if options.path is not None:
-                raise BadRequest("send either a `path` or a `url`, not both")
-            kwargs["url"] = self._check_url(options.url, rules, "`url`")
-            kwargs.setdefault("filename", kwargs["url"].rstrip("/").rsplit("/", 1)[-1])
-            return kwargs
-        if options.path is None:
-            raise BadRequest("send a `file` (multipart), or a `path` or `url` (JSON)")
-        self._check_path(options.path)
-        kwargs["path"] = options.path
-        kwargs.setdefault("filename", PurePosixPath(options.path).name)
-        return kwargs
-
-    def _check_url(self, raw: str, rules: ClientRules, what: str,
-                   prefix_ok: bool = False) -> str:
-        """The normalised URL, when OCR_ALLOWED_URLS and the client's prefixes admit it.
-
-        The client's own prefixes: `tokens create --allowed-url`. Else UrlNotAllowed.
-        """
-        parsed = check_job_url(raw, rules, self.settings, what, prefix_ok)
-        if prefix_ok and parsed.scheme != "s3":
-            raise BadRequest(f"{what} must be an s3:// URL (results are written to a bucket)")
-        return parsed.url
-
-    def _check_path(self, raw: str) -> None:
-        """Refuse early what the worker would refuse; the worker resolves links itself."""
-        path = PurePosixPath(raw)
-        if not path.is_absolute() or ".." in path.parts or "\x00" in raw:
-            raise BadRequest("`path` must be an absolute path without `..`")
-        if not any(path.is_relative_to(str(root)) for root in self.settings.allowed_roots):
-            raise PathNotAllowed("the path is outside the allowed roots (OCR_ALLOWED_ROOTS)")
-
     def check_upload_size(self, size: int) -> None:
         if size > self.settings.max_input_bytes:
             raise InputTooLarge(f"the upload is larger than {self.settings.max_input_mb} MB "
@@ -239,9 +203,24 @@ class JobService:
 
     def admit(self, rules: ClientRules, kwargs: dict[str, Any],
               priority: str | None) -> str:
-        """The gate, with the service's books (page caps, jobs in flight); the priority."""
+        """The gate, with the service's books (page caps, jobs in flight); the priority.
+
+        A `lang` naming a code that is no tesseract language and that no live worker
+        reads is `unknown_language` (422), as `submit.py` refuses it.
+        """
+        lang = kwargs.get("lang")
+        unread = OperatorConsole(self.client).unread_codes(lang if isinstance(lang, str)
+                                                           else None)
+        if unread:
+            raise UnknownLanguage(f"{', '.join(map(repr, unread))} is no tesseract "
+                                  "language code and no live worker reads it "
+                                  "(docs/languages.md); nothing was stored")
         return self.client.admit(kwargs, priority=priority, rules=rules, books=self.books,
                                  service=True)
+
+    def owned(self, caller: ApiClient, job_id: str) -> None:
+        """NotFound unless the job is the client's own."""
+        self._record(caller, job_id)
 
     def _record(self, caller: ApiClient, job_id: str) -> dict[str, str]:
         """The job's record, or NotFound when it is not this client's."""
@@ -305,18 +284,29 @@ class JobService:
         return JobInfo(
             id=job_id, status=status, state=now.state,  # type: ignore[arg-type]
             progress=Progress(done=now.done, total=now.total if now.planned else None),
-            error=error, client=record["owner"],
+            error=error, client=record["owner"], priority=shown_priority(now.priority),
             filename=str((result or {}).get("filename") or record.get("filename", "")),
             output=record.get("output", "text"), created=float(record.get("created", 0)),
             links=links(job_id)), result
 
-    def result(self, caller: ApiClient, job_id: str, fmt: str) -> ResultBody:
+    def finished(self, caller: ApiClient, job_id: str
+                 ) -> tuple[dict[str, str], JobInfo, dict[str, Any]]:
+        """The client's own job that has ended: its record, status and stored result."""
         record = self._record(caller, job_id)
         status, result = self._status(job_id, record)
         if result is None:
             raise NotFinished(f"the job is {status.status}; follow {links(job_id).events}")
+        return record, status, result
+
+    def result(self, caller: ApiClient, job_id: str, fmt: str,
+               original: bool = False) -> ResultBody:
+        """The result in `fmt`, the client's corrections applied unless `original`."""
+        record, status, result = self.finished(caller, job_id)
+        changes: PageChanges = {}
+        if not original:
+            result, changes = corrected_result(result, Corrections(self._redis, caller.name))
         return result_body(result, status.status, record.get("output", "text"), fmt,
-                           self._outputs)
+                           self._outputs, changes)
 
     def retry(self, caller: ApiClient, job_id: str, options: RetryOptions) -> str:
         """Re-read the failed pages of the client's own PARTIAL job; the new job's id.
@@ -337,7 +327,9 @@ class JobService:
         try:
             self.client.enqueue(kwargs, priority=priority, job_id=new_id,
                                 owner=f"api:{caller.name}", client=caller.name,
-                                created=created, prefixes=rules.allowed_urls)
+                                created=created, prefixes=rules.allowed_urls,
+                                count_in_flight=True, in_flight_limit=rules.jobs_in_flight,
+                                page_caps=_caps(rules))
         except BaseException:
             self.jobs.forget(caller.name, new_id)
             raise
@@ -358,6 +350,10 @@ class JobService:
         if len(key) > 255:
             raise BadRequest("Idempotency-Key is at most 255 characters")
         return hashlib.sha256(key.encode()).hexdigest()
+
+
+def _caps(rules: ClientRules) -> PageCaps:
+    return PageCaps(rules.pages_per_day, rules.pages_per_month)
 
 
 def _over_bytes(limit: int) -> QuotaExceeded:

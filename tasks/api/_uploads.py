@@ -1,7 +1,8 @@
 """Multipart uploads streamed into Redis as they arrive, never whole in memory or on disk.
 
 Runs in the `api` process. The file part (`file`) is appended to an upload key in
-1 MiB pieces; the other parts are the job's options (small text fields). Past
+1 MiB pieces; the other parts are the job's options (small text fields). A body that
+ends before its closing boundary is `bad_request`, and what it stored is deleted. Past
 OCR_MAX_INPUT_MB the upload key is deleted and the request ends with 413: nothing
 stays stored. A request whose Content-Length already says too much is refused before
 its body is read (clients that send `Expect: 100-continue`, as curl does, then never
@@ -75,6 +76,10 @@ class _Collector:
         self.pending = bytearray()
         self.files = 0
         self.engine: str | None = None  # an `engine` field received, not yet checked
+        self.ended = False  # the closing boundary was read
+
+    def on_end(self) -> None:
+        self.ended = True
 
     def on_part_begin(self) -> None:
         self.part = _Part()
@@ -157,6 +162,7 @@ async def receive_multipart(request: Request, service: JobService,
         "on_header_value": collector.on_header_value,
         "on_header_end": collector.on_header_end,
         "on_headers_finished": collector.on_headers_finished,
+        "on_end": collector.on_end,
     })
     try:
         async for chunk in body_chunks(request, service.settings.api_body_timeout):
@@ -168,6 +174,8 @@ async def receive_multipart(request: Request, service: JobService,
             if len(collector.pending) >= FLUSH_BYTES:
                 await _flush(service, received, collector, caller)
         parser.finalize()
+        if not collector.ended:  # cut short: its last part may be any prefix of itself
+            raise BadRequest("the multipart body ends before its closing boundary")
         if collector.pending or (collector.files and received.upload is None):
             await _flush(service, received, collector, caller)
     except MultipartParseError as exc:

@@ -25,11 +25,14 @@ from tasks.api._endings import EndingWatcher
 from tasks.api._errors import JobUnsuccessful, http_status
 from tasks.api._json_bodies import JsonBodies
 from tasks.api._listing import router as listing_router
+from tasks.api._pages import router as pages_router
 from tasks.api._routes import router
 from tasks.api._service import JobService
 from tasks.api._uploads import ENVELOPE_BYTES, DrainRefused
 from tasks.api._usage import router as usage_router
+from tasks.api.sessions import Sessions
 from tasks.client import OcrClient
+from tasks.console import install as install_console
 from tasks.errors import OcrError
 from tasks.queue.app import sending_app
 from tasks.settings import Settings
@@ -54,6 +57,11 @@ def create_api(settings: Settings, client: OcrClient | None = None) -> FastAPI:
     app.include_router(listing_router)  # GET /v1/jobs
     app.include_router(usage_router)  # GET /v1/usage
     app.include_router(batches_router)  # /v1/batches
+    app.include_router(pages_router)  # /v1/jobs/{id}/pages: lines, images, corrections
+    # the console (tasks/console/) and its sign-in sessions, which the routes above take
+    # in place of a bearer token
+    app.state.sessions = Sessions(connect(settings.redis_target, patient=False))
+    install_console(app)
     readiness = app.state.service.readiness
     app.router.add_event_handler("startup", readiness.start)  # the snapshot /readyz reads
     app.router.add_event_handler("shutdown", readiness.stop)

@@ -9,7 +9,9 @@ process steps the same driver itself (tasks/cli/local_batch.py): each file is
 uploaded as a job, at most OCR_BATCH_WINDOW at once, its output and manifest line
 written under TARGET as it ends, `manifest.jsonl` at the end; run it again to resume
 (files whose manifest line shows the same size, mtime and options are skipped, and
-those that failed still count: the exit status is the collection's).
+those that failed still count: the exit status is the collection's). Before the
+text summary, stderr names each document that failed, with its code, from the
+target's manifest.
 """
 
 from __future__ import annotations
@@ -31,12 +33,16 @@ from tasks.cli.core import (
     EXIT_USAGE,
     Session,
 )
-from tasks.cli.local_batch import progress_line, progress_stream, run_local
+from tasks.cli.local_batch import Progress, failure_lines, progress_stream, run_local
 from tasks.cli.output import PROG
+from tasks.errors import OcrError
+from tasks.lifecycle.batch_local import LocalTarget
+from tasks.lifecycle.fetcher import Fetcher
 from tasks.lifecycle.url_policy import is_url
 from tasks.queue.batch_chain import batch_store, start_chain
 from tasks.records.batches import RETRYABLE_STATES, BatchRecord, BatchState
 from tasks.records.request import OUTPUT_CHOICES
+from tasks.settings import Settings
 from tasks.state.batch_store import BatchStore, progress_of
 from tasks.state.connection import connect
 
@@ -59,6 +65,10 @@ def batch_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--engine")
     parser.add_argument("--mode", choices=("auto", "ocr", "text"))
     parser.add_argument("--pages")
+    parser.add_argument("--no-cache", action="store_true",
+                        help="read each document afresh: not answered from the result "
+                        "cache (documents the manifest shows read are still skipped: "
+                        "--overwrite reads them too)")
     parser.add_argument("--priority", default="batch",
                         choices=("interactive", "normal", "batch"))
     parser.add_argument("--overwrite", action="store_true",
@@ -69,7 +79,8 @@ def batch_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--no-wait", action="store_true",
                         help="print the batch's id and return (s3:// or https:// SOURCE)")
     parser.add_argument("--progress", action="store_true",
-                        help="progress lines on stderr also when it is not a terminal")
+                        help="a progress line on stderr every second also when it is not "
+                        "a terminal (else every 5 s there)")
 
 
 @command("batch", "OCR a collection (s3:// prefix, manifest or folder) into a target; "
@@ -87,7 +98,8 @@ def run_batch(args: argparse.Namespace, session: Session) -> int:
         return EXIT_USAGE
     options = {k: v for k, v in {"output": args.output, "lang": args.lang,
                                  "engine": args.engine, "mode": args.mode,
-                                 "pages": args.pages}.items() if v is not None}
+                                 "pages": args.pages,
+                                 "no_cache": args.no_cache or None}.items() if v is not None}
     if is_url(args.what):
         return _start(args, session, options)
     source, target = Path(args.what), Path(args.result_url)
@@ -100,6 +112,11 @@ def run_batch(args: argparse.Namespace, session: Session) -> int:
                         overwrite=args.overwrite, retry_failed=args.retry_failed,
                         priority=args.priority, timeout=args.timeout,
                         progress=progress_stream(args.progress))
+    if not args.json:  # on stderr, as submit.py's lines of failed files
+        retry = None if args.retry_failed else ("run again with --retry-failed to read "
+                                                "them again")
+        for line in failure_lines(LocalTarget(target), summary, retry):
+            print(line, file=sys.stderr, flush=True)
     _print(summary, args.json)
     return EXIT_BY_STATE.get(summary["state"], EXIT_TIMEOUT)
 
@@ -118,10 +135,9 @@ def _start(args: argparse.Namespace, session: Session, options: dict[str, Any]) 
               if args.json else record.id, flush=True)
         return EXIT_OK
     progress = progress_stream(args.progress)
-    if progress is not None:
-        print(f"batch {record.id}: {args.what} -> {args.result_url}", file=progress,
-              flush=True)
-    return _wait(store, record.id, args, progress)
+    print(f"batch {record.id}: {args.what} -> {args.result_url}", file=progress.stream,
+          flush=True)
+    return _wait(store, record.id, args, progress, session.settings)
 
 
 def _store(session: Session) -> BatchStore:
@@ -150,29 +166,44 @@ def _act(args: argparse.Namespace, session: Session) -> int:
         store.reopen(batch_id, "retry")
         start_chain(client.app, store, batch_id)
     elif args.what == "wait":
-        return _wait(store, batch_id, args, progress_stream(args.progress))
+        return _wait(store, batch_id, args, progress_stream(args.progress),
+                     session.settings)
     _print(progress_of(store.get(batch_id), store.in_flight(batch_id)), args.json)
     return EXIT_OK
 
 
 def _wait(store: BatchStore, batch_id: str, args: argparse.Namespace,
-          progress: Any) -> int:
+          progress: Progress, settings: Settings) -> int:
     """Wait for the batch's end (or --timeout); print it; the exit status of its state."""
     deadline = None if args.timeout is None else time.monotonic() + args.timeout
-    last = ""
     while not store.get(batch_id).state.final:
-        if progress is not None:
-            line = progress_line(progress_of(store.get(batch_id), store.in_flight(batch_id)))
-            if line != last:
-                print(line, file=progress, flush=True)
-                last = line
+        progress.show(progress_of(store.get(batch_id), store.in_flight(batch_id)))
         if deadline is not None and time.monotonic() > deadline:
             _print(progress_of(store.get(batch_id), store.in_flight(batch_id)), args.json)
             return EXIT_TIMEOUT
         time.sleep(WAIT_SECONDS)
     shown = progress_of(store.get(batch_id), 0)
+    if not args.json:
+        for line in _service_failures(store.get(batch_id), shown, settings):
+            print(line, file=sys.stderr, flush=True)
     _print(shown, args.json)
     return EXIT_BY_STATE.get(shown["state"], EXIT_OK)
+
+
+def _service_failures(record: BatchRecord, shown: dict[str, Any],
+                      settings: Settings) -> list[str]:
+    """A service batch's failed documents, from its manifest where this host reads it."""
+    retry = f"`{PROG} batch retry {record.id}` reads them again"
+    failed = shown["documents"]["failed"] + shown["documents"]["skipped_failed"]
+    if not failed or record.local:
+        return []
+    try:
+        return failure_lines(Fetcher.for_client(settings, None).target(record.target),
+                             shown, retry)
+    except (OcrError, ModuleNotFoundError) as exc:  # no boto3, credentials or access here
+        reason = exc.code if isinstance(exc, OcrError) else f"no {exc.name}"
+        return [f"{failed} documents failed: their lines are in {shown['manifest']} "
+                f"(not readable from here: {reason})"]
 
 
 def _print(shown: dict[str, Any], as_json: bool) -> None:

@@ -118,7 +118,7 @@ def record(progress: JobProgress, sent: float,
             "progress": {"done": progress.done,
                          "total": progress.total if progress.planned else None},
             "error": error, "client": progress.client, "filename": progress.filename,
-            "created": round(sent, 3)}
+            "priority": progress.priority or None, "created": round(sent, 3)}
 
 
 def line(progress: JobProgress, sent: float, error: dict[str, Any] | None = None) -> str:

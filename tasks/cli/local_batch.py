@@ -6,20 +6,26 @@ its driver (tasks/lifecycle/batches.py) through `LocalPorts`: the folder is the
 source, the target a folder, each document admitted by the gate (this client's
 rules) and sent by `OcrClient` (its file uploaded as the job's input), its output
 written under the target as its job ends. Progress lines (documents done/failed/total,
-pages/s) go to stderr on a terminal, or with `--progress`.
+pages/s) go to stderr: each second on a terminal (or with `--progress`), every
+PIPE_SECONDS into a pipe or file. After the summary, `failure_lines` name each document
+that failed or was read in part, with its error code, from the target's manifest.
 """
 
 from __future__ import annotations
 
+import json
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TextIO
 
 from tasks.client import OcrClient
 from tasks.lifecycle.batch_local import LocalFolder, LocalTarget
+from tasks.lifecycle.batch_manifest import MANIFEST_FILE
 from tasks.lifecycle.batch_sources import Source, Target, output_name
 from tasks.lifecycle.batches import BatchDriver
+from tasks.lifecycle.fetcher import Fetcher
 from tasks.lifecycle.url_inputs import result_content
 from tasks.records.batches import BatchRecord, BatchState
 from tasks.records.formats import FORMATS
@@ -27,8 +33,26 @@ from tasks.records.status import JobStatus
 from tasks.state.batch_store import BatchStore, progress_of
 
 POLL_SECONDS = 0.2     # between two steps
-PROGRESS_SECONDS = 1.0  # at most one progress line this often
+PROGRESS_SECONDS = 1.0  # at most one progress line this often (a terminal, --progress)
+PIPE_SECONDS = 5.0      # at most one this often into a pipe or a file
 STALLED_SECONDS = 120
+
+
+@dataclass
+class Progress:
+    """Where progress lines go (stderr), and at most how often a changed one is said."""
+
+    stream: TextIO
+    every: float
+    _at: float = float("-inf")
+    _last: str = ""
+
+    def show(self, shown: dict[str, Any], *, last: bool = False) -> None:
+        """Say the batch's progress line when it changed, `every` s at most (`last`: now)."""
+        now, line = time.monotonic(), progress_line(shown)
+        if line != self._last and (last or now - self._at >= self.every):
+            print(line, file=self.stream, flush=True)
+            self._at, self._last = now, line
 
 
 class LocalPorts:
@@ -37,6 +61,10 @@ class LocalPorts:
     def __init__(self, client: OcrClient) -> None:
         self.client = client
         self._outputs: dict[str, tuple[str, str]] = {}  # job id -> (name, output)
+
+    def fetcher(self, record: BatchRecord) -> Fetcher:
+        """A local folder's documents are files: a URL is this client's settings' to read."""
+        return Fetcher.for_client(self.client.settings, None)
 
     def target(self, record: BatchRecord) -> Target:
         return LocalTarget(Path(record.target))
@@ -47,7 +75,7 @@ class LocalPorts:
     def admit(self, record: BatchRecord, kwargs: dict[str, Any]) -> None:
         self.client.admit(_job_options(kwargs), priority=record.priority)
 
-    def send(self, record: BatchRecord, kwargs: dict[str, Any]) -> str:
+    def send(self, record: BatchRecord, kwargs: dict[str, Any], replacing: str = "") -> str:
         options = _job_options(kwargs)
         path = str(options.pop("path"))
         blob = self.client.put_input(path)
@@ -91,7 +119,7 @@ def _job_options(kwargs: dict[str, Any]) -> dict[str, Any]:
 def run_local(client: OcrClient, store: BatchStore, source: Path, target_dir: Path,
               options: dict[str, Any], *, overwrite: bool = False,
               retry_failed: bool = False, priority: str = "batch",
-              timeout: float | None = None, progress: TextIO | None = None
+              timeout: float | None = None, progress: Progress | None = None
               ) -> dict[str, Any]:
     """OCR every file under `source` into `target_dir`; the batch's summary (as shown).
 
@@ -107,18 +135,13 @@ def run_local(client: OcrClient, store: BatchStore, source: Path, target_dir: Pa
     driver = BatchDriver(store, ports, client.settings)
     deadline = None if timeout is None else time.monotonic() + timeout
     if progress is not None:
-        print(f"batch {record.id}: {source} -> {target_dir}", file=progress, flush=True)
-    shown_at, last = 0.0, ""
+        print(f"batch {record.id}: {source} -> {target_dir}", file=progress.stream,
+              flush=True)
     try:
         while driver.step(record.id, chain) is not None:
-            now = time.monotonic()
-            if progress is not None and now - shown_at >= PROGRESS_SECONDS:
-                line = progress_line(progress_of(store.get(record.id),
-                                                 store.in_flight(record.id)))
-                if line != last:
-                    print(line, file=progress, flush=True)
-                    shown_at, last = now, line
-            if deadline is not None and now > deadline:
+            if progress is not None:
+                progress.show(progress_of(store.get(record.id), store.in_flight(record.id)))
+            if deadline is not None and time.monotonic() > deadline:
                 break
             time.sleep(POLL_SECONDS)
     except KeyboardInterrupt:
@@ -126,8 +149,8 @@ def run_local(client: OcrClient, store: BatchStore, source: Path, target_dir: Pa
         store.end(record.id, BatchState.CANCELLED)
         raise
     shown = progress_of(store.get(record.id), store.in_flight(record.id))
-    if progress is not None and progress_line(shown) != last:
-        print(progress_line(shown), file=progress, flush=True)
+    if progress is not None:
+        progress.show(shown, last=True)
     return shown
 
 
@@ -140,6 +163,30 @@ def progress_line(shown: dict[str, Any]) -> str:
             f"documents; {shown['pages_per_second']} pages/s")
 
 
-def progress_stream(forced: bool) -> TextIO | None:
-    """The stream progress lines go to: stderr on a terminal (or `--progress`), else None."""
-    return sys.stderr if forced or sys.stderr.isatty() else None
+def progress_stream(forced: bool) -> Progress:
+    """Progress on stderr: a line a second on a terminal (or `--progress`), else slower."""
+    every = PROGRESS_SECONDS if forced or sys.stderr.isatty() else PIPE_SECONDS
+    return Progress(sys.stderr, every)
+
+
+def failure_lines(target: Target, shown: dict[str, Any], retry: str | None) -> list[str]:
+    """A batch's documents that failed or were read in part, each with its code.
+
+    From the target's `manifest.jsonl` (complete once the batch ended); then, when
+    documents were skipped because they had failed before, `retry`: how to read them
+    again (None: they were).
+    """
+    raw = (target.get(MANIFEST_FILE) or b"").decode("utf-8").splitlines()
+    lines = []
+    for text in raw:
+        line = json.loads(text)
+        status = line.get("status")
+        if status == JobStatus.FAILURE:
+            lines.append(f"{line.get('name')}: FAILURE {line.get('error') or 'failed'}")
+        elif status == JobStatus.PARTIAL:
+            lines.append(f"{line.get('name')}: PARTIAL {line.get('pages_failed')} of "
+                         f"{line.get('pages')} pages failed")
+    skipped = shown["documents"]["skipped_failed"]
+    if skipped and retry is not None:
+        lines.append(f"{skipped} of the skipped had failed before; {retry}")
+    return lines

@@ -39,6 +39,10 @@ def results_status(results: Sequence[dict[str, Any]]) -> int:
 def emit(results: list[dict[str, Any]], args: argparse.Namespace, output: str,
          client: OcrClient) -> int:
     """Print results in input order (and write them to --out); the exit status."""
+    pages = getattr(args, "pages", None)
+    # A range given for several files is for those that have its pages: it is warned
+    # of only when no document of the command reaches its last page.
+    warn_beyond = len(results) == 1 or not any(reaches(r, pages) for r in results)
     for result in results:
         status = result.get("status")
         name = label(result)
@@ -55,7 +59,7 @@ def emit(results: list[dict[str, Any]], args: argparse.Namespace, output: str,
             total = client.status(str(result["id"])).total if kept else 0
             for line in problem_lines(result, total, args.out):
                 print(line, file=sys.stderr, flush=True)
-        beyond = pages_beyond(result, getattr(args, "pages", None))
+        beyond = pages_beyond(result, pages) if warn_beyond else ""
         if beyond:
             print(beyond, file=sys.stderr, flush=True)
     if any(r.get("status") == WaitStatus.PENDING for r in results):
@@ -63,11 +67,18 @@ def emit(results: list[dict[str, Any]], args: argparse.Namespace, output: str,
     return results_status(results)
 
 
+def reaches(result: dict[str, Any], pages: str | None) -> bool:
+    """Whether the document of `result` has the last page `pages` names."""
+    count = result.get("page_count")
+    return isinstance(count, int) and count >= last_named(pages)
+
+
 def pages_beyond(result: dict[str, Any], pages: str | None) -> str:
     """The warning for a page selection past the document's last page ("": none).
 
     The worker reads the pages the document has; a user who asked `--pages 1-500` of a
-    3-page document is told that pages 4-500 were not there.
+    3-page document is told that pages 4-500 were not there (`emit`: with several
+    files, only when none of them has page 500).
     """
     count = result.get("page_count")
     asked = last_named(pages)

@@ -15,6 +15,8 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from tasks.records.languages import TESSERACT_LANGUAGES
+
 if TYPE_CHECKING:
     from tasks.settings import Settings
 
@@ -112,12 +114,20 @@ def unavailable(absent: list[str], have: list[str]) -> str:
     """What `language_unavailable` says: the languages lacking, those here, how to add.
 
     `have`: the languages this worker reads; the way to add is the one `make run` and
-    `make langs` take (scripts/install_langs.py: a wheel, else Debian's package).
+    `make langs` take (scripts/install_langs.py: a wheel, else Debian's package). A
+    code that is no tesseract language is never advised: it is said to be none.
     """
-    wanted = " ".join(dict.fromkeys([*(["eng"] if "eng" in have else []), *absent]))
-    return (f"no traineddata for {', '.join(absent)} on this worker; it has: "
-            f"{', '.join(have)}; add a language where the workers run with "
-            f'OCR_LANGS="{wanted}" make run (docs/languages.md)')
+    real = [code for code in absent if code in TESSERACT_LANGUAGES]
+    unknown = [code for code in absent if code not in TESSERACT_LANGUAGES]
+    said = f"no traineddata for {', '.join(absent)} on this worker; it has: {', '.join(have)}"
+    if real:
+        wanted = " ".join(dict.fromkeys([*(["eng"] if "eng" in have else []), *real]))
+        said += (f"; add a language where the workers run with "
+                 f'OCR_LANGS="{wanted}" make run (docs/languages.md)')
+    if unknown:
+        said += (f"; {', '.join(unknown)} is no tesseract language code "
+                 "(docs/languages.md lists them)")
+    return said
 
 
 def data_path(lang: str, found: dict[str, Path], scratch: Path) -> Path:

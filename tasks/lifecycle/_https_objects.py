@@ -1,8 +1,10 @@
 """Reading an object over http(s) through the outbound address policy (standard library).
 
-Runs in worker pool children (tasks/lifecycle/url_inputs.py calls it). Every hop of a
-request, the first and each redirect, is checked before anything is sent: its URL
-must lie under OCR_ALLOWED_URLS (`url_not_allowed` otherwise), and its host is
+Runs in worker pool children; private to the one fetcher (tasks/lifecycle/fetcher.py),
+which passes the client's list (OCR_ALLOWED_URLS narrowed to its own prefixes). Every
+hop of a request, the first and each redirect, HEAD and GET alike, is checked before
+anything is sent: its canonical URL must lie under that list (`url_not_allowed`
+otherwise: the hop is never asked), and its host is
 resolved once (`outbound.resolve_checked`) and connected to at exactly the checked
 addresses (`outbound.connect_checked`): a private, loopback or link-local address is
 refused (`address_not_allowed`) unless the URL, under a prefix, names that address
@@ -56,6 +58,7 @@ def _request(url: ObjectUrl, method: str, allowed: Sequence[str], timeout: float
     A 2xx answer; None for a status in `unanswered`; else the status's error.
     """
     for _ in range(MAX_REDIRECTS + 1):
+        url = check_url(url.url, allowed, "the URL")  # every hop, before it is asked
         target = url.target
         assert target is not None
         # A non-public address only when this URL, already under OCR_ALLOWED_URLS,

@@ -9,11 +9,13 @@ from __future__ import annotations
 import time
 from typing import Any
 
+from tasks.batch_errors import DuplicateLine
 from tasks.lifecycle.batch_sources import Document, options_digest
 from tasks.records.batches import BatchRecord
 from tasks.records.status import JobStatus
 
 FAILED = (JobStatus.FAILURE, JobStatus.PARTIAL)
+SKIPPED = "SKIPPED"  # a duplicate line: its document is read once, by the first line
 
 
 def document_options(record: BatchRecord, document: Document) -> dict[str, Any]:
@@ -45,7 +47,8 @@ def manifest_line(record: BatchRecord, document: Document, job_id: str,
             else [],
             "seconds": (result.get("timings") or {}).get("total_seconds"),
             "engine": engine_of(result), "job_id": job_id, "batch": record.id,
-            "ended": round(time.time(), 3)}
+            "ended": round(time.time(), 3),
+            **({"line_at": int(document.at)} if document.at else {})}
 
 
 def engine_of(result: dict[str, Any]) -> str | None:
@@ -63,6 +66,13 @@ def failed_line(record: BatchRecord, document: Document, options: dict[str, Any]
     """The manifest line of a document refused before any job read it."""
     return {**manifest_line(record, document, "", {"status": JobStatus.FAILURE.value},
                             options), "error": code}
+
+
+def duplicate_line(record: BatchRecord, document: Document, options: dict[str, Any],
+                   first: str) -> dict[str, Any]:
+    """The manifest line of a document an earlier line (at byte `first`) names already."""
+    return {**failed_line(record, document, options, DuplicateLine.code),
+            "status": SKIPPED, "duplicate_of": int(first)}
 
 
 def line_counts(line: dict[str, Any]) -> dict[str, int]:

@@ -8,40 +8,27 @@ an `s3://bucket/prefix/` is listed in key order (ListObjectsV2 `StartAfter`: the
 is the last key handled), a manifest (JSONL: one `{"url": ..., "options": {...}}` a
 line, or a plain URL a line) is read by byte ranges (the cursor is the offset of the
 next line), a local folder (submit.py only) in sorted path order. A target is an
-`s3://` prefix or a local folder: a document's output is `<target><name><suffix>`, its
-manifest line one object of its own, `<target>.manifest/<sha256 of name>.json`, so
-documents ending at once never write the same object (and a document's line is found
-by its name); each step also writes the lines it settled as one part
-(`<target>.manifest-parts/`), and `manifest.jsonl` is composed from the parts when the
-batch ends (submit.py's local form composes it from the lines themselves).
+`s3://` prefix or a local folder: a document's output is `<target><name><suffix>`; the
+manifest's lines are written and read under it by tasks/lifecycle/batch_manifest.py.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
-import time
-import uuid
-from collections.abc import Callable, Iterator
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Protocol
 
+from tasks.batch_errors import NoUrl
 from tasks.errors import BadRequest, LineTooLong
-from tasks.lifecycle import _s3
-from tasks.lifecycle.url_inputs import check_input_url, locate, read_object
-from tasks.lifecycle.url_policy import check_url
+from tasks.lifecycle.fetcher import Fetcher, S3Target
 from tasks.records.formats import FORMATS
 
 if TYPE_CHECKING:
     from tasks.settings import Settings
 
-MANIFEST_DIR = ".manifest/"
-PARTS_DIR = ".manifest-parts/"  # the lines each step settled, one object a step
 SOURCE_COPY_DIR = ".batch-source/"  # an https manifest, copied once
-MANIFEST_FILE = "manifest.jsonl"
 MANIFEST_CHUNK = 256 * 1024  # bytes of a manifest read at a time
-READERS = 16  # manifest objects read at once (composing manifest.jsonl)
 # The options a batch (or a manifest line) may give its documents' jobs.
 DOCUMENT_OPTIONS = ("output", "lang", "engine", "mode", "pages")
 
@@ -55,15 +42,16 @@ class Document:
     version: dict[str, Any] = field(default_factory=dict)  # etag / version_id / size, mtime
     options: dict[str, Any] = field(default_factory=dict)  # its manifest line's own
     refused: str = ""  # an error code: its manifest line could not be read (too long)
+    at: str = ""  # the byte offset of its manifest line ("" for a listed object)
 
     def to_json(self) -> dict[str, Any]:
         return {"url": self.url, "name": self.name, "version": self.version,
-                "options": self.options}
+                "options": self.options, **({"at": self.at} if self.at else {})}
 
     @classmethod
     def from_json(cls, raw: dict[str, Any]) -> Document:
         return cls(str(raw["url"]), str(raw["name"]), dict(raw.get("version") or {}),
-                   dict(raw.get("options") or {}))
+                   dict(raw.get("options") or {}), at=str(raw.get("at") or ""))
 
 
 class Source(Protocol):
@@ -85,15 +73,15 @@ class Target(Protocol):
         """Names under `under` after `after`, in order, and whether there are more."""
 
 
+# Job options that change how, not what, a document is read: left out of the digest,
+# so that a run with them skips what a run without them read.
+NOT_DIGESTED = ("no_cache",)
+
+
 def options_digest(options: dict[str, Any]) -> str:
     """The digest of a document's job options (a manifest line says which it was read with)."""
-    given = {k: v for k, v in options.items() if v is not None}
+    given = {k: v for k, v in options.items() if v is not None and k not in NOT_DIGESTED}
     return hashlib.sha256(json.dumps(given, sort_keys=True).encode()).hexdigest()[:16]
-
-
-def manifest_name(name: str) -> str:
-    """Where a document's manifest line is, under the target."""
-    return f"{MANIFEST_DIR}{hashlib.sha256(name.encode()).hexdigest()[:32]}.json"
 
 
 def output_name(name: str, output: str) -> str:
@@ -107,140 +95,24 @@ def same_read(line: dict[str, Any] | None, document: Document, digest: str) -> b
             and line.get("options_digest") == digest)
 
 
-def read_line(target: Target, name: str) -> dict[str, Any] | None:
-    """The manifest line of the document named `name`, None when there is none."""
-    raw = target.get(manifest_name(name))
-    if raw is None:
-        return None
-    try:
-        line = json.loads(raw)
-    except (UnicodeDecodeError, json.JSONDecodeError):
-        return None  # unreadable: read the document again
-    return line if isinstance(line, dict) else None
-
-
-def manifest_lines(target: Target, alive: Callable[[], object] | None = None
-                   ) -> Iterator[dict[str, Any]]:
-    """Every document's manifest line under the target, in the order of their objects.
-
-    `alive` is called before each page of names (the step keeps its lock).
-    """
-    after = ""
-    while True:
-        if alive is not None:
-            alive()
-        names, more = target.names(MANIFEST_DIR, after, 1000)
-        with ThreadPoolExecutor(READERS) as pool:  # one GET each: many at once
-            for line in pool.map(lambda name: read_line_object(target, name), names):
-                if line is not None:
-                    yield line
-        if not more or not names:
-            return
-        after = names[-1]
-
-
-def read_line_object(target: Target, name: str) -> dict[str, Any] | None:
-    raw = target.get(name)
-    try:
-        line = json.loads(raw) if raw is not None else None
-    except (UnicodeDecodeError, json.JSONDecodeError):
-        return None
-    return line if isinstance(line, dict) else None
-
-
-def part_name() -> str:
-    """A new part's name: time-ordered, unique across steps and hosts."""
-    return f"{PARTS_DIR}{time.time_ns():020d}-{uuid.uuid4().hex[:8]}.jsonl"
-
-
-def write_part(target: Target, lines: list[dict[str, Any]]) -> None:
-    """The lines one step settled, as one object (composing reads these, not each line)."""
-    if lines:
-        body = "".join(json.dumps(line, sort_keys=True) + "\n" for line in lines)
-        target.put(part_name(), body.encode(), "application/jsonl")
-
-
-def compose_from_parts(target: Target, alive: Callable[[], object] | None = None) -> int:
-    """Write `manifest.jsonl` from the steps' parts: each document's latest line."""
-    latest: dict[str, dict[str, Any]] = {}
-    after = ""
-    while True:
-        if alive is not None:
-            alive()
-        names, more = target.names(PARTS_DIR, after, 1000)
-        with ThreadPoolExecutor(READERS) as pool:
-            bodies = list(pool.map(target.get, names))
-        for body in bodies:  # in the parts' order: a later line of a name wins
-            for raw in (body or b"").decode("utf-8", "replace").splitlines():
-                try:
-                    line = json.loads(raw)
-                except json.JSONDecodeError:
-                    continue
-                if isinstance(line, dict):
-                    latest[str(line.get("name", ""))] = line
-        if not more or not names:
-            break
-        after = names[-1]
-    composed = "".join(json.dumps(latest[name], sort_keys=True) + "\n"
-                       for name in sorted(latest))
-    target.put(MANIFEST_FILE, composed.encode(), "application/jsonl")
-    return len(latest)
-
-
-def compose_manifest(target: Target, alive: Callable[[], object] | None = None) -> int:
-    """Write `manifest.jsonl` from the documents' lines (sorted by name); how many."""
-    lines = sorted(manifest_lines(target, alive), key=lambda line: str(line.get("name", "")))
-    body = "".join(json.dumps(line, sort_keys=True) + "\n" for line in lines)
-    target.put(MANIFEST_FILE, body.encode(), "application/jsonl")
-    return len(lines)
-
-
 # --- S3 -------------------------------------------------------------------------------
-
-@dataclass(frozen=True)
-class S3Target:
-    bucket: str
-    prefix: str
-    timeout: float
-
-    @property
-    def url(self) -> str:
-        return f"s3://{self.bucket}/{self.prefix}"
-
-    def put(self, name: str, data: bytes, content_type: str) -> str:
-        _s3.put(self.bucket, self.prefix + name, data, content_type, self.timeout)
-        return f"{self.url}{name}"
-
-    def get(self, name: str) -> bytes | None:
-        return _s3.get(self.bucket, self.prefix + name, self.timeout)
-
-    def get_range(self, name: str, first: int, last: int) -> bytes | None:
-        return _s3.get(self.bucket, self.prefix + name, self.timeout, first, last)
-
-    def names(self, under: str, after: str, count: int) -> tuple[list[str], bool]:
-        start = self.prefix + after if after else ""
-        found, more = _s3.listing(self.bucket, self.prefix + under, start, count,
-                                  self.timeout)
-        return [key[len(self.prefix):] for key, _ in found], more
-
 
 @dataclass(frozen=True)
 class S3Prefix:
     """Every object under an `s3://bucket/prefix/`, but those under the batch's target."""
 
-    bucket: str
-    prefix: str
-    timeout: float
+    url: str
+    fetcher: Fetcher
     excluded: str = ""  # the target's prefix, when it is in the same bucket
 
     def page(self, cursor: str, count: int) -> tuple[list[tuple[Document, str]], bool]:
-        found, more = _s3.listing(self.bucket, self.prefix, cursor, count, self.timeout)
+        parsed, found, more = self.fetcher.listing(self.url, cursor, count)
         out = []
         for key, info in found:
             if key.endswith("/") or (self.excluded and key.startswith(self.excluded)):
                 continue
             version = {"etag": info.etag, "size": info.size}
-            out.append((Document(f"s3://{self.bucket}/{key}", key[len(self.prefix):],
+            out.append((Document(f"s3://{parsed.bucket}/{key}", key[len(parsed.key):],
                                  version), key))
         if found and (not out or out[-1][1] != found[-1][0]):
             # the page ended on skipped keys: the cursor still passes them
@@ -261,6 +133,7 @@ class ManifestSource:
 
     url: str
     settings: Settings
+    fetcher: Fetcher  # the batch's client's: every read of the manifest goes through it
     target: Target | None = None  # where an https manifest is copied
     batch_id: str = ""
 
@@ -269,18 +142,16 @@ class ManifestSource:
         return max(MANIFEST_CHUNK, self.settings.batch_max_line_bytes + 2)
 
     def _range(self, first: int, size: int) -> bytes:
-        parsed = check_input_url(self.url, self.settings)
-        if parsed.scheme == "s3":
-            chunk = _s3.get(parsed.bucket, parsed.key, self.settings.url_timeout, first,
-                            first + size - 1)
+        fetcher = self.fetcher
+        if fetcher.check(self.url, "`source`").scheme == "s3":
+            chunk = fetcher.range(self.url, first, first + size - 1)
         elif self.target is None:
-            chunk = read_object(locate(self.url, self.settings), self.settings)[
-                first:first + size]
+            chunk = fetcher.read(fetcher.locate(self.url))[first:first + size]
         else:
             name = f"{SOURCE_COPY_DIR}{self.batch_id or 'manifest'}.jsonl"
             chunk = self.target.get_range(name, first, first + size - 1)
             if chunk is None:  # the first read: the whole manifest, once, copied
-                whole = read_object(locate(self.url, self.settings), self.settings)
+                whole = fetcher.read(fetcher.locate(self.url))
                 self.target.put(name, whole, "application/jsonl")
                 chunk = whole[first:first + size]
         if chunk is None:
@@ -300,12 +171,13 @@ class ManifestSource:
             if len(raw.rstrip(b"\r\n")) > longest:
                 end = position + len(raw) if complete else self._line_end(position + len(raw))
                 name = f"manifest line at byte {position}"
-                out.append((Document("", name, refused=LineTooLong.code), str(end)))
+                out.append((Document("", name, refused=LineTooLong.code, at=str(position)),
+                            str(end)))
                 return out, self._at_end(end)
             if not complete:
                 break  # cut by the range: read again from its start next time
+            document = manifest_document(raw, position)
             position += len(raw)
-            document = manifest_document(raw)
             if document is None:
                 continue  # a blank line: no document, and not counted
             out.append((document, str(position)))
@@ -331,8 +203,11 @@ class ManifestSource:
         return not self._range(offset, 1)
 
 
-def manifest_document(raw: bytes) -> Document | None:
-    """A manifest line's document; None for a blank line."""
+def manifest_document(raw: bytes, at: int = 0) -> Document | None:
+    """The document of the manifest line at byte `at`; None for a blank line.
+
+    An object naming no `url` (`{}`) is a refused document (`no_url`).
+    """
     text = raw.decode("utf-8", "replace").strip()
     if not text:
         return None
@@ -341,32 +216,30 @@ def manifest_document(raw: bytes) -> Document | None:
         try:
             entry = json.loads(text)
         except json.JSONDecodeError:
-            return Document(text[:200], text[:200])  # its job fails: bad_request
-        url = str(entry.get("url", ""))
+            return Document(text[:200], text[:200], at=str(at))  # its job: bad_request
+        url = str(entry.get("url") or "")
+        if not url:
+            return Document("", f"manifest line at byte {at}", refused=NoUrl.code,
+                            at=str(at))
         given = entry.get("options") or {}
         options = {k: v for k, v in given.items() if k in DOCUMENT_OPTIONS} \
             if isinstance(given, dict) else {}
     else:
         url = text
     name = url.split("://", 1)[-1]
-    return Document(url, name, {}, options)
+    return Document(url, name, {}, options, at=str(at))
 
 
-def source_of(source: str, settings: Settings, target: S3Target | None,
+def source_of(source: str, settings: Settings, fetcher: Fetcher, target: S3Target | None,
               batch_id: str = "") -> Source:
-    """The source a batch's `source` names: a prefix (ending /) or a manifest."""
+    """The source a batch's `source` names: a prefix (ending /) or a manifest.
+
+    Read through `fetcher`, the batch's client's: the source, and every hop of it.
+    """
     if source.startswith("s3://") and source.endswith("/"):
-        parsed = check_url(source, settings.allowed_urls, "`source`", prefix_ok=True)
+        parsed = fetcher.check(source, "`source`", prefix_ok=True)
         excluded = target.prefix if target is not None and \
             target.bucket == parsed.bucket else ""
-        return S3Prefix(parsed.bucket, parsed.key, settings.url_timeout, excluded)
-    check_input_url(source, settings)
-    return ManifestSource(source, settings, target, batch_id)
-
-
-def target_of(url: str, settings: Settings) -> S3Target:
-    """The batch's `result_url`: an allowed s3:// prefix (ending /)."""
-    parsed = check_url(url, settings.allowed_urls, "`result_url`", prefix_ok=True)
-    if parsed.scheme != "s3" or not parsed.url.endswith("/"):
-        raise BadRequest("a batch's `result_url` must be an s3:// prefix ending in /")
-    return S3Target(parsed.bucket, parsed.key, settings.url_timeout)
+        return S3Prefix(parsed.url, fetcher, excluded)
+    fetcher.check(source, "`source`")
+    return ManifestSource(source, settings, fetcher, target, batch_id)

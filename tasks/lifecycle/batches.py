@@ -6,16 +6,22 @@ delay) and a local folder's (submit.py steps it in its own process, tasks/cli/
 batches.py). No Celery here: where the batch reads and writes, the gate, sending jobs,
 reading their ends and cancelling them go through `BatchPorts`.
 
-A step, under the batch's lock: each document in flight whose job ended gets its
-manifest line written under the target (`<target>.manifest/<sha256 of name>.json`),
-then leaves the flight and is counted; then documents are read from the source's
+A step, under the batch's lock: the lines of the documents in flight whose jobs ended
+are written under the target as one part (tasks/lifecycle/batch_manifest.py), then
+those documents leave the flight and are counted; then documents are read from the source's
 cursor and sent as jobs until OCR_BATCH_WINDOW are in flight. Each document is
 admitted by the gate as it is sent (the client's prefixes and OCR_ALLOWED_URLS, its
-options and engine, page caps, jobs in flight): one refused gets a manifest line
-with the refusal's code and the batch goes on; one over the client's jobs in flight
-waits, the cursor before it, for a later step. A document whose manifest line
-already shows its source version and options is skipped (unless the batch
-overwrites); one skipped whose line shows it failed counts as failed. The cursor
+options and engine, page caps, jobs in flight), and every read of it (a manifest
+document's HEAD, every redirect hop) goes through the batch's client's fetcher
+(`BatchPorts.fetcher`): one refused gets a manifest line with the refusal's code and
+the batch goes on; a manifest line naming a document and options an earlier line of
+the batch named is not read again, its line saying `duplicate`; one over the
+client's jobs in flight waits, the cursor before it, for a later step. A document
+whose manifest line already shows its source version and options is skipped (unless
+the batch overwrites); one skipped whose line shows it failed counts as failed. The
+lines already under the target are read back once, as a run over a target that holds
+some starts (`ManifestIndex`, kept by the driver for that run); a retry reads again the
+documents whose latest line failed. The cursor
 moves past each document as its job is sent. When the listing is done and nothing is
 in flight, `manifest.jsonl` is composed and the batch ends as the collection stands
 (`BatchRecord.ending`) or CANCELLED. A crash anywhere re-reads at most the documents
@@ -24,37 +30,38 @@ in flight: the cursor and the flight are in Redis, what ended is in the target.
 
 from __future__ import annotations
 
-import json
 import logging
 import time
 import uuid
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import replace
 from typing import TYPE_CHECKING, Any, Protocol
 
-from tasks.errors import OcrError, QuotaExceeded
+from tasks.errors import OcrError, PageQuotaExceeded, QuotaExceeded
 from tasks.lifecycle.batch_lines import (
     FAILED,
     document_options,
+    duplicate_line,
     failed_line,
     line_counts,
     manifest_line,
     merged,
 )
+from tasks.lifecycle.batch_manifest import (
+    Indexes,
+    ManifestIndex,
+    compose_from_parts,
+    has_lines,
+    write_part,
+)
 from tasks.lifecycle.batch_sources import (
-    MANIFEST_DIR,
     Document,
     Source,
     Target,
-    compose_from_parts,
-    manifest_name,
     options_digest,
     output_name,
-    read_line,
-    read_line_object,
     same_read,
-    write_part,
 )
-from tasks.lifecycle.url_inputs import locate
 from tasks.lifecycle.url_policy import is_url
 from tasks.records.batches import BatchRecord, BatchState
 from tasks.records.formats import FORMATS
@@ -64,13 +71,14 @@ from tasks.state.batch_store import BatchStore
 if TYPE_CHECKING:
     from collections.abc import Callable
 
+    from tasks.lifecycle.fetcher import Fetcher
     from tasks.settings import Settings
 
 log = logging.getLogger(__name__)
 # A step's lock: kept alive page by page while the step runs, so a step whose process
 # died holds it this long at most.
 LOCK_SECONDS = 30.0
-WRITERS = 8               # documents' endings settled at once (one PUT each)
+READERS = 8               # endings' results read at once (a local folder's: written)
 PAGE = 100                # documents asked of the source at a time
 PAGES_A_STEP = 50         # source pages one step reads at most (skipping a done listing)
 SENDING_SECONDS = 2.0     # one step sends for this long at most; the next goes on
@@ -79,6 +87,9 @@ SENT, PASSED, WAIT = 1, 0, -1  # what became of one document
 
 class BatchPorts(Protocol):
     """What a step needs from the layers above: places, the gate, the queue."""
+
+    def fetcher(self, record: BatchRecord) -> Fetcher:
+        """The batch's client's fetcher: every read of the batch goes through it."""
 
     def target(self, record: BatchRecord) -> Target:
         """Where the batch writes (its `target`, checked)."""
@@ -89,8 +100,13 @@ class BatchPorts(Protocol):
     def admit(self, record: BatchRecord, kwargs: dict[str, Any]) -> None:
         """The gate for one document's job: its error, or None (QuotaExceeded: wait)."""
 
-    def send(self, record: BatchRecord, kwargs: dict[str, Any]) -> str:
-        """Send one document's job (the batch's client, priority); its id."""
+    def send(self, record: BatchRecord, kwargs: dict[str, Any], replacing: str = "") -> str:
+        """Send one document's job (the batch's client, priority); its id.
+
+        QuotaExceeded: its client's jobs in flight filled since `admit` (wait);
+        PageQuotaExceeded: its pages would pass the client's caps (refused).
+        `replacing`: the job whose place in flight it takes (never refused).
+        """
 
     def ended(self, job_ids: list[str]) -> list[str]:
         """Which of these jobs ended."""
@@ -118,6 +134,7 @@ class BatchDriver:
         self.store = store
         self.ports = ports
         self.settings = settings
+        self.indexes = Indexes()
 
     def step(self, batch_id: str, chain: str) -> float | None:
         """One step; the seconds until the next one.
@@ -177,12 +194,10 @@ class BatchDriver:
             result = self.ports.result(record, job_id)
             if result.get("status") == JobStatus.CANCELLED:
                 return None  # no line: a later batch reads it
-            line = manifest_line(record, document, job_id, result,
+            return manifest_line(record, document, job_id, result,
                                  document_options(record, document))
-            self._write_line(target, document, line)
-            return line
 
-        with ThreadPoolExecutor(WRITERS) as pool:  # each ending's line: one PUT
+        with ThreadPoolExecutor(READERS) as pool:
             lines = list(pool.map(line_of, ended))  # an error ends the step: retried
         # The part before the counts: a step that dies between them is done again.
         write_part(target, [line for line in lines if line is not None])
@@ -192,10 +207,6 @@ class BatchDriver:
         self.ports.forget(ended)
         return len(ended)
 
-    def _write_line(self, target: Target, document: Document, line: dict[str, Any]) -> None:
-        target.put(manifest_name(document.name), json.dumps(line, sort_keys=True).encode(),
-                   "application/json")
-
     # --- the listing -------------------------------------------------------------------
 
     def _fill(self, record: BatchRecord, target: Target, alive: Callable[[], object]) -> None:
@@ -203,13 +214,15 @@ class BatchDriver:
         batch_id = record.id
         room = self.settings.batch_window - self.store.in_flight(batch_id)
         if record.fresh is None:  # a target without manifest lines: nothing to compare
-            names, _ = target.names(MANIFEST_DIR, "", 1)
-            record = record.with_(fresh=not names)
+            record = record.with_(fresh=not has_lines(target))
             self.store.update(batch_id, fresh=record.fresh)
         retrying = record.phase == "retry"
-        source = _ManifestObjects(target) if retrying else self.ports.source(record, target)
+        index = None if not retrying and (record.overwrite or record.fresh) else \
+            self.indexes.of(batch_id, (record.chain, record.phase),
+                            lambda: ManifestIndex.read(target, alive))
+        source: Source = index if retrying and index is not None else \
+            self.ports.source(record, target)
         cursor = record.cursor
-        check = retrying or not (record.overwrite or record.fresh)
         until = time.monotonic() + SENDING_SECONDS
         for _ in range(PAGES_A_STEP):
             if room <= 0:
@@ -219,13 +232,12 @@ class BatchDriver:
             for document, after in documents:
                 if room <= 0 or time.monotonic() > until:
                     return
-                if retrying:
-                    document = self._failed_one(target, document)
                 if not document.url and not document.refused:
                     cursor = after
                     self.store.passed(batch_id, cursor)
                     continue
-                outcome = self._one(record, target, document, after, check, retrying)
+                outcome = self._one(record, target, document, after,
+                                    None if retrying else index, retrying)
                 if outcome == WAIT:
                     return  # the client's jobs in flight are full: the cursor stays
                 cursor = after
@@ -234,23 +246,26 @@ class BatchDriver:
                 self.store.update(batch_id, listed_all=True)
                 return
 
-    def _failed_one(self, target: Target, document: Document) -> Document:
-        """In a retry: the document a manifest object names when it failed, else none."""
-        line = read_line_object(target, document.name)
-        if line is None or line.get("status") not in FAILED:
-            return Document("", "")
-        return Document(str(line.get("source", "")), str(line.get("name", "")), {},
-                        dict(line.get("options") or {}))
-
     def _one(self, record: BatchRecord, target: Target, document: Document, cursor: str,
-             check: bool, retrying: bool) -> int:
-        """Skip, refuse, send or hold back one document: SENT, PASSED or WAIT."""
+             index: ManifestIndex | None, retrying: bool) -> int:
+        """Skip, refuse, send or hold back one document: SENT, PASSED or WAIT.
+
+        `index`: the lines under the target, when a matching one skips the document.
+        """
         batch_id = record.id
         options = document_options(record, document)
         counted = {"failed": -1} if retrying else {"listed": 1}
         if document.refused:
             return self._refuse(record, target, document, options, cursor, counted,
                                 document.refused)
+        if document.at and not retrying:  # a manifest's line: read once per batch
+            first = self.store.first_seen(batch_id, f"{document.url}\0"
+                                          f"{options_digest(options)}", document.at)
+            if first != document.at:
+                # its line in manifest.jsonl only: the first line's object stays
+                write_part(target, [duplicate_line(record, document, options, first)])
+                self.store.passed(batch_id, cursor, skipped=1, **counted)
+                return PASSED
         try:  # the gate first: a refused document's object is never asked
             self.ports.admit(record, self._kwargs(record, document, options, {}))
         except QuotaExceeded:
@@ -265,24 +280,30 @@ class BatchDriver:
             pin = {"url_etag": document.version["etag"]}
         elif is_url(document.url):  # a manifest's document: its version from a HEAD
             try:
-                info = locate(document.url, self.settings).info
+                info = self.ports.fetcher(record).locate(document.url).info
             except OcrError as exc:
                 return self._refuse(record, target, document, options, cursor, counted,
                                     exc.code)
             version = {"version_id": info.version} if info.version else \
                 {"etag": info.etag, "size": info.size}
-            document = Document(document.url, document.name, version, document.options)
+            document = replace(document, version=version)
             pin = {"url_version": info.version} if info.version else \
                 {"url_etag": info.etag} if info.etag else {}
-        if check and not retrying:
-            line = read_line(target, document.name)
+        if index is not None:
+            line = index.line(document.name)
             failed = line is not None and line.get("status") in FAILED
             if same_read(line, document, options_digest(options)) \
                     and not (failed and record.retry_failed):
                 self.store.passed(batch_id, cursor, skipped=1,
                                   **({"skipped_failed": 1} if failed else {}), **counted)
                 return PASSED
-        job_id = self.ports.send(record, self._kwargs(record, document, options, pin))
+        try:
+            job_id = self.ports.send(record, self._kwargs(record, document, options, pin))
+        except QuotaExceeded:
+            return WAIT  # another door took the last place first
+        except PageQuotaExceeded as exc:  # another door took the last pages first
+            return self._refuse(record, target, document, options, cursor, counted,
+                                exc.code)
         self.store.sent(batch_id, job_id, document.to_json(), cursor, **counted)
         return SENT
 
@@ -291,7 +312,6 @@ class BatchDriver:
                 code: str) -> int:
         """A document refused before any job read it: its line says why; counted."""
         line = failed_line(record, document, options, code)
-        self._write_line(target, document, line)
         write_part(target, [line])
         self.store.passed(record.id, cursor, **merged(counted, line_counts(line)))
         return PASSED
@@ -322,7 +342,7 @@ class BatchDriver:
                 else {"url_version": document.version["version_id"]} \
                 if document.version.get("version_id") else {}
             kwargs = self._kwargs(record, document, document_options(record, document), pin)
-            new_id = self.ports.send(record, kwargs)
+            new_id = self.ports.send(record, kwargs, replacing=job_id)
             log.warning("batch %s: job %s's ending died with its host; %s sent again as %s",
                         record.id, job_id, document.name, new_id)
             self.store.sent(record.id, new_id, document.to_json(), record.cursor)
@@ -334,6 +354,7 @@ class BatchDriver:
         """End a batch whose source or target is refused for good (FAILURE, its error)."""
         self.store.update(batch_id, error=error.to_dict())
         self.store.end(batch_id, BatchState.FAILURE)
+        self.indexes.drop(batch_id)
         record = self.store.get(batch_id)
         log.warning("batch %s failed: %s", batch_id, error.code)
         if record.callback_url:
@@ -345,6 +366,7 @@ class BatchDriver:
                 alive: Callable[[], object]) -> float | None:
         lines = compose_from_parts(target, alive)
         self.store.end(batch_id, state)
+        self.indexes.drop(batch_id)
         record = self.store.get(batch_id)
         log.info("batch %s ended %s (%d manifest lines)", batch_id, state, lines)
         if record.callback_url:
@@ -352,13 +374,3 @@ class BatchDriver:
                                        "status": state.value, **record.counts()})
         return None
 
-
-class _ManifestObjects:
-    """A retry's source: the target's manifest objects (each a document's line)."""
-
-    def __init__(self, target: Target) -> None:
-        self.target = target
-
-    def page(self, cursor: str, count: int) -> tuple[list[tuple[Document, str]], bool]:
-        names, more = self.target.names(MANIFEST_DIR, cursor, count)
-        return [(Document("-", name), name) for name in names], not more

@@ -25,7 +25,7 @@ import socket
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from tasks.errors import BadRequest, CallbackNotAllowed
+from tasks.errors import BadRequest, CallbackNotAllowed, UrlNotAllowed
 from tasks.lifecycle.outbound import (
     Address,
     Resolver,
@@ -33,6 +33,7 @@ from tasks.lifecycle.outbound import (
     is_public,
     literal_ip,
     normalise_url,
+    path_under,
     remove_dot_segments,
     resolve_checked,
 )
@@ -40,8 +41,8 @@ from tasks.lifecycle.outbound import (
 if TYPE_CHECKING:
     from tasks.settings import Settings
 
-__all__ = ["CallbackTarget", "callback_target", "checked_addresses", "host_listed",
-           "is_public", "parse_host_entry", "remove_dot_segments"]
+__all__ = ["CallbackTarget", "callback_target", "checked_addresses", "host_entry",
+           "host_listed", "is_public", "parse_host_entry", "remove_dot_segments"]
 
 
 @dataclass(frozen=True)
@@ -53,30 +54,42 @@ class CallbackTarget(Target):
 
 def callback_target(url: str, settings: Settings) -> CallbackTarget:
     """The normalised target of `url`, or BadRequest / CallbackNotAllowed."""
-    normal = normalise_url(url, what="`callback_url`")
+    normal = normalise_url(url, what="`callback_url`", refused=CallbackNotAllowed)
     host, port = normal.host, normal.port
     listed = host_listed(host, port, settings.callback_allowed_hosts)
     if settings.callback_allowed_hosts and not listed:
         raise CallbackNotAllowed(f"the host {host}:{port} is not in "
-                                 "OCR_CALLBACK_ALLOWED_HOSTS")
+                                 f"OCR_CALLBACK_ALLOWED_HOSTS; {_to_list(host, port)}")
     if not listed and not _may_be_public(host):
         raise CallbackNotAllowed(f"the host {host} is a private, loopback or link-local "
-                                 "address; list it in OCR_CALLBACK_ALLOWED_HOSTS")
+                                 f"address; {_to_list(host, port)}")
     prefixes = settings.callback_url_prefixes
-    if prefixes and not any(_under(normal.url, prefix) for prefix in prefixes):
+    if prefixes and not any(_under(normal, prefix) for prefix in prefixes):
         raise CallbackNotAllowed("`callback_url` is not under an allowed prefix "
                                  "(OCR_CALLBACK_URL_PREFIXES)")
     return CallbackTarget(normal.url, normal.scheme, host, port, normal.target, listed)
 
 
-def _under(url: str, prefix: str) -> bool:
+def host_entry(host: str, port: int) -> str:
+    """The OCR_CALLBACK_ALLOWED_HOSTS entry that lists `host` at `port` (`[v6]:port`)."""
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
+def _to_list(host: str, port: int) -> str:
+    """What a refusal tells the operator to put in the setting."""
+    return (f"to allow it, add `{host_entry(host, port)}` to OCR_CALLBACK_ALLOWED_HOSTS "
+            "(comma-separated host:port entries)")
+
+
+def _under(url: Target, prefix: str) -> bool:
+    """Whether `url` lies under `prefix`: its scheme, host and port, path by segments."""
     try:
-        normal = normalise_url(prefix).url
-    except BadRequest:
+        normal = normalise_url(prefix)
+    except (BadRequest, CallbackNotAllowed, UrlNotAllowed):
         return False
-    if normal.endswith("/") and not prefix.endswith("/"):
-        normal = normal[:-1]  # "https://h" normalises to "https://h/"
-    return url.startswith(normal)
+    if (url.scheme, url.host, url.port) != (normal.scheme, normal.host, normal.port):
+        return False
+    return path_under(url.target.partition("?")[0], normal.target.partition("?")[0])
 
 
 def parse_host_entry(entry: str) -> tuple[str, int | None]:
@@ -116,4 +129,8 @@ def checked_addresses(target: CallbackTarget,
     check and the connection.
     """
     allowed = (lambda _address: True) if target.listed else None
-    return resolve_checked(target, allowed, resolve, error=CallbackNotAllowed)
+    try:
+        return resolve_checked(target, allowed, resolve, error=CallbackNotAllowed)
+    except CallbackNotAllowed as exc:
+        raise CallbackNotAllowed(f"{exc.message}; {_to_list(target.host, target.port)}"
+                                 ) from None

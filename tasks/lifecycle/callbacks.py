@@ -6,9 +6,14 @@ address must be public unless the host is in OCR_CALLBACK_ALLOWED_HOSTS, and the
 connection goes to those checked addresses. Redirects are never followed. With
 OCR_CALLBACK_SECRET set each POST carries `X-OCR-Timestamp` and `X-OCR-Signature:
 sha256=<hex HMAC-SHA256 of "<timestamp>.<raw body>">` (docs/tasks.md: verifying).
-A job of an HTTP API client is signed with that client's own secret instead
-(`signing_secrets`), and during a rotation's grace period also with its previous
-one, in `X-OCR-Signature-Previous`.
+A callback of an HTTP API client (a job's ending, a batch's ending, each document's
+job) is signed with that client's own secret instead (`signing_secrets`: the owner
+named by the record that made the callback, carried in the task's arguments), and
+during a rotation's grace period also with its previous one, in
+`X-OCR-Signature-Previous`. An API client's callback is never sent unsigned: with no
+secret of its own and OCR_CALLBACK_SECRET empty it is refused when it would be sent
+(`callback_not_allowed`, recorded on the job). A Celery-protocol sender's callback is
+unsigned where OCR_CALLBACK_SECRET is empty.
 """
 
 from __future__ import annotations
@@ -22,6 +27,7 @@ import time
 from typing import TYPE_CHECKING, Any
 
 from tasks import tracing
+from tasks.errors import CallbackNotAllowed
 from tasks.lifecycle.callback_urls import CallbackTarget, callback_target, checked_addresses
 from tasks.lifecycle.outbound import Address, connect_checked
 from tasks.state.webhook_secrets import SigningSecrets, WebhookSecrets
@@ -69,11 +75,24 @@ def verify(body: bytes, secret: str, timestamp: str, signature: str,
     return hmac.compare_digest(sign(body, secret, stamp), signature)
 
 
-def signing_secrets(owner: str, secrets: WebhookSecrets) -> SigningSecrets | None:
-    """The secrets of a job's owner (`api:<client>`); None: OCR_CALLBACK_SECRET signs."""
+def signing_secrets(owner: str, secrets: WebhookSecrets,
+                    settings: Settings) -> SigningSecrets | None:
+    """What a callback of `owner` is signed with; None: it goes unsigned.
+
+    `api:<client>`: that client's secrets, else OCR_CALLBACK_SECRET, else
+    CallbackNotAllowed (an API client's callback is never unsigned). Any other owner:
+    OCR_CALLBACK_SECRET when set.
+    """
+    service = SigningSecrets(settings.callback_secret) if settings.callback_secret \
+        else None
     if not owner.startswith("api:"):
-        return None
-    return secrets.signing(owner[4:])
+        return service
+    own = secrets.signing(owner[4:]) or service
+    if own is None:
+        raise CallbackNotAllowed(f"client {owner[4:]!r} has no webhook secret and "
+                                 "OCR_CALLBACK_SECRET is empty: its callback is not sent "
+                                 "unsigned")
+    return own
 
 
 def record_delivery(control: JobControl, job_id: object, status: str, code: str | None,
@@ -90,7 +109,7 @@ def record_delivery(control: JobControl, job_id: object, status: str, code: str 
 
 def post_json(url: str, body: dict[str, Any], settings: Settings,
               secrets: SigningSecrets | None = None) -> int:
-    """POST `body` to the checked `url`; returns the HTTP status.
+    """POST `body` to the checked `url`, signed with `secrets` (None: unsigned); its status.
 
     A 3xx or 4xx answer is final (returned: a redirect is not followed, and a refusal
     cannot be helped by asking again); 5xx answers and network errors raise
@@ -103,8 +122,6 @@ def post_json(url: str, body: dict[str, Any], settings: Settings,
     headers = {"Content-Type": "application/json", "User-Agent": "ocr-queue-callback"}
     if isinstance(body.get("event_id"), str):
         headers[EVENT_ID_HEADER] = body["event_id"]
-    if secrets is None and settings.callback_secret:
-        secrets = SigningSecrets(settings.callback_secret)
     if secrets is not None:
         stamp = int(time.time())
         headers[TIMESTAMP_HEADER] = str(stamp)

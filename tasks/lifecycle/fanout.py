@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import functools
 import logging
-from collections.abc import Callable
 from dataclasses import replace
 from typing import TYPE_CHECKING
 
@@ -28,7 +27,7 @@ from tasks.pipeline.documents import (
     relevel_headings,
 )
 from tasks.pipeline.pdf import render_page
-from tasks.pipeline.results import assemble, failed_page
+from tasks.pipeline.results import assemble, failed_page, named_engines
 from tasks.records.jobs import DocumentMeta, Outcome
 from tasks.records.results import PageRecord, PageWorker
 
@@ -36,11 +35,10 @@ if TYPE_CHECKING:
     from tasks.engines.resident import ResidentEngines
     from tasks.lifecycle.job_exit import JobEnder
     from tasks.settings import Settings
-    from tasks.state.join import DocumentJoin
+    from tasks.state.join import DocumentJoin, PageProgress
     from tasks.state.stores import Stores
 
 log = logging.getLogger(__name__)
-Progress = Callable[[int, int], None]
 
 
 def unexpected(job_id: str, exc: BaseException) -> InternalError:
@@ -75,9 +73,11 @@ def run_pdf_page(meta: DocumentMeta, number: int, engines: ResidentEngines,
         if exc.retryable:
             raise
         return failed_page(number, exc)
+    if page.preview is not None:
+        stores.previews.put(meta.job_id, number, page.preview.data)
     described = engines.describe(meta.engine)
-    return replace(page, worker=PageWorker(described["pid"], described["tasks_in_process"],
-                                           described["load_seconds"]))
+    return replace(page, preview=None, worker=PageWorker(
+        described["pid"], described["tasks_in_process"], described["load_seconds"]))
 
 
 def run_text_chunk(meta: DocumentMeta, index: int, docs: OpenDocumentCache,
@@ -115,10 +115,11 @@ def merge_document(meta: DocumentMeta, pages: list[PageRecord], settings: Settin
     workers = [p.worker for p in ocr if p.worker is not None]
     first = workers[0] if workers else PageWorker(None, None, None)
     # The child that read the first OCR page, and every child that read one.
-    result.engine = {"name": meta.engine, "model": meta.model, "pid": first.pid,
-                     "tasks_in_process": first.tasks_in_process,
-                     "load_seconds": first.load_seconds,
-                     "pids": sorted({w.pid for w in workers if w.pid is not None})}
+    result.engine = named_engines(
+        {"name": meta.engine, "model": meta.model, "pid": first.pid,
+         "tasks_in_process": first.tasks_in_process, "load_seconds": first.load_seconds,
+         "pids": sorted({w.pid for w in workers if w.pid is not None})},
+        result.pages, {meta.engine: meta.model})
     # total_seconds, from the document task's start (`meta.started`), is stamped by
     # `complete` once the result is whole.
     result.timings = {"ocr_seconds": round(sum(p.seconds or 0.0 for p in ocr), 3)}
@@ -138,7 +139,7 @@ def merge_document(meta: DocumentMeta, pages: list[PageRecord], settings: Settin
 
 def record_page(meta: DocumentMeta, page: PageRecord | list[PageRecord],
                 join: DocumentJoin, ender: JobEnder, settings: Settings, stores: Stores,
-                progress: Progress | None = None, password: str | None = None) -> bool:
+                progress: PageProgress | None = None, password: str | None = None) -> bool:
     """Record one page (or a chunk's pages); the call that completes the document ends it.
 
     Returns True when this call ended the document. Raises only retryable errors, with
@@ -146,12 +147,12 @@ def record_page(meta: DocumentMeta, page: PageRecord | list[PageRecord],
     """
     doc_id = meta.job_id
     pages = page if isinstance(page, list) else [page]
-    if progress is not None:
-        progress(min(join.done(doc_id) + len(pages), meta.total), meta.total)
-    complete_now = False
-    for one in pages:
-        complete_now = join.record(doc_id, one, meta.total) or complete_now
-    if not complete_now or not ender.claim(doc_id):
+    done = join.record(doc_id, pages, progress.write if progress is not None else None)
+    if done < 0:  # the job has ended: nothing was written
+        return False
+    if progress is not None and meta.total > 1:
+        progress.tell(min(done, meta.total), meta.total)
+    if done < meta.total or not ender.claim(doc_id):
         return False
     try:
         outcome = merge_document(meta, join.pages(doc_id), settings, stores, password)

@@ -50,8 +50,12 @@ class EndingPorts(Protocol):
     def send_callback_task(self, name: str, queue: str | None, result: dict) -> None:
         """Send the caller's callback task with the public result."""
 
-    def send_http_callback(self, url: str, body: dict, queue: str | None) -> None:
-        """Enqueue the POST of the summary to the caller's URL (retried there)."""
+    def send_http_callback(self, url: str, body: dict, queue: str | None,
+                           owner: str = "") -> None:
+        """Enqueue the POST of the summary to the caller's URL (retried there).
+
+        `owner`: the job's (`api:<client>` signs with that client's secret).
+        """
 
     def record(self, outcome: Outcome) -> None:
         """Write the `ocr.job` log line and count the job."""
@@ -127,8 +131,9 @@ class JobEnder:
                 self._ports.send_callback_task(request.callback_task,
                                                request.callback_queue, outcome.public())
             if request is not None and request.callback_url:
-                self._ports.send_http_callback(request.callback_url,
-                                               summary(outcome.public()), outcome.reply_queue)
+                self._ports.send_http_callback(
+                    request.callback_url, summary(outcome.public()), outcome.reply_queue,
+                    self._control.owner(outcome.job_id))  # from the job's own record
             self._ports.record(outcome)
         self._free(outcome)
         try:

@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any
 from tasks import tracing
 from tasks.errors import DeadlineExceeded, OcrError, OutputTooLarge
 from tasks.lifecycle import url_inputs
+from tasks.lifecycle.fetcher import Fetcher
 from tasks.lifecycle.inputs import read_input
 from tasks.lifecycle.url_inputs import LocatedObject
 from tasks.pipeline import layouts
@@ -32,7 +33,7 @@ from tasks.pipeline.documents import (
 from tasks.pipeline.images import image_pages, sniff_format
 from tasks.pipeline.layouts import LAYOUT_OUTPUTS
 from tasks.pipeline.pdf import check_password, plan_pdf, searchable_pdf
-from tasks.pipeline.results import OUTPUT_VERSION, merge_previous
+from tasks.pipeline.results import OUTPUT_VERSION, merge_previous, named_engines, with_scores
 from tasks.records.jobs import DocumentMeta, JobStatus, Outcome
 from tasks.records.request import JobRequest
 from tasks.records.results import DocumentResult, PageRecord, StoredOutput
@@ -134,10 +135,11 @@ def process_job(job_id: str, request: JobRequest, settings: Settings,
     prefixes = None
     if request.url or request.result_url:  # the sending client's own prefixes hold too
         prefixes = stores.control.url_prefixes(job_id)
-        settings = url_inputs.for_client(settings, prefixes)
+    fetcher = Fetcher.for_client(settings, prefixes)  # every read: the client's rules
+    settings = url_inputs.for_client(settings, prefixes)
     # A URL input: allowed? how large? which version? (HEAD; nothing read yet)
-    located = (url_inputs.locate(request.url, settings, request.url_version,
-                                 request.url_etag) if request.url else None)
+    located = (fetcher.locate(request.url, request.url_version, request.url_etag)
+               if request.url else None)
     identity = located.identity if located is not None else None
     data = b"" if located is not None else read_input(request, settings, stores.blobs)
     engine_name = engine_name or engines.for_job(request.engine, request.lang)
@@ -155,19 +157,23 @@ def process_job(job_id: str, request: JobRequest, settings: Settings,
             stored, encrypted = hit
             if encrypted:
                 if located is not None:
-                    data = url_inputs.read_object(located, settings)
+                    data = fetcher.read(located)
                 check_password(data, request.password, settings)
             # This job's own time (input, key, lookup), not the first run's: no OCR ran.
             cached = replace(DocumentResult.from_json(stored), id=job_id,
                              filename=request.filename, cached=True, result_object=None,
                              timings={"ocr_seconds": 0.0, "total_seconds": _since(started)})
+            cached = with_scores(cached, request.ground_truth)
+            # the pages' previews are those of the job that read them
+            stores.previews.copy(str(stored.get("id") or ""), job_id,
+                                 [p.number for p in cached.pages])
             deliver(cached, request, settings, stores)
             if pages_read is not None:
                 pages_read(cached.pages, True)
             return Outcome(job_id, JobStatus.of(cached.status), request, cached,
                            engine=engine_name, started=started)
     if located is not None:
-        data = url_inputs.read_object(located, settings)
+        data = fetcher.read(located)
         if settings.cache_results and previous is None and key is None:
             key = cache_key(data, request, engine_name, loaded.engine.model, settings,
                             scope=scope)
@@ -196,7 +202,9 @@ def process_job(job_id: str, request: JobRequest, settings: Settings,
     finally:
         if plan is not None:
             plan.doc.close()
-    result.engine = engines.describe(engine_name)
+    result.engine = named_engines(engines.describe(engine_name), result.pages, {
+        name: held.engine.model for name, held in engines.engines.items()})
+    keep_previews(job_id, result, stores)
     if pages_read is not None:
         pages_read(result.pages, False)
     if located is not None:
@@ -254,6 +262,14 @@ def _fan_out(job_id: str, request: JobRequest, data: bytes, plan: Any, engine: s
     return FanOut(meta, texts, replaced)
 
 
+def keep_previews(job_id: str, result: DocumentResult, stores: Stores) -> None:
+    """The previews of the pages read in this process, kept beside the job's result."""
+    for index, page in enumerate(result.pages):
+        if page.preview is not None:
+            stores.previews.put(job_id, page.number, page.preview.data)
+            result.pages[index] = replace(page, preview=None)
+
+
 def complete(job_id: str, result: DocumentResult, data: bytes, request: JobRequest,
              key: str | None, encrypted: bool, settings: Settings, stores: Stores,
              previous: DocumentResult | None, started: float | None,
@@ -296,6 +312,7 @@ def complete(job_id: str, result: DocumentResult, data: bytes, request: JobReque
     if key is not None and result.status == JobStatus.SUCCESS:
         # A hit has its own timings (and writes its own result object).
         stores.cache.put(key, result.to_json(), encrypted=encrypted)
+    result = with_scores(result, request.ground_truth)  # the job's own, never cached
     deliver(result, request, settings, stores)
     if started is not None:
         result.timings = {**(result.timings or {}), "total_seconds": _since(started)}
@@ -309,7 +326,9 @@ def deliver(result: DocumentResult, request: JobRequest, settings: Settings,
 
     The record names the object (`result_object`: url, bytes, etag); a failed write
     is recorded there as its error (`result_write_failed`), the job keeps its status
-    and its result stays in the result store, to be fetched as usual.
+    and its result stays in the result store, to be fetched as usual. The pages'
+    previews are written beside the object (`previews`: the folder; a failure is
+    `previews_error`).
     """
     if not request.result_url or result.status not in (JobStatus.SUCCESS, JobStatus.PARTIAL):
         return
@@ -323,6 +342,15 @@ def deliver(result: DocumentResult, request: JobRequest, settings: Settings,
                 request.result_url, str(result.id), output, content, settings)
     except OcrError as exc:
         result.result_object = {"url": request.result_url, "error": exc.to_dict()}
+        return
+    previews = {p.number: data for p in result.pages
+                if (data := stores.previews.get(str(result.id), p.number)) is not None}
+    if previews:  # the page images beside the result object (`previews`)
+        try:
+            result.result_object["previews"] = url_inputs.write_previews(
+                str(result.result_object["url"]), previews, settings)
+        except OcrError as exc:
+            result.result_object["previews_error"] = exc.to_dict()
 
 
 def _since(started: float) -> float:

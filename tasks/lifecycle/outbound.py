@@ -8,10 +8,14 @@ children: callbacks in tasks/lifecycle/callbacks.py, URL inputs).
 The rule, in the order it is applied:
 
 1. `normalise_url`: scheme and host lower case, IDNA host, default port dropped,
-   `%2e` decoded and dot segments removed, fragment dropped; credentials in the URL,
-   control characters, spaces and backslashes are refused, and so is any host that a
-   browser or resolver would read as an IPv4 address but that is not written as four
-   canonical decimal parts (`2130706433`, `0177.0.0.1`, `0x7f.1`, `127.1`): BadRequest.
+   the path in its canonical form (`canonical_path`), fragment dropped; credentials in
+   the URL, control characters, spaces and backslashes are refused, and so is any host
+   that a browser or resolver would read as an IPv4 address but that is not written as
+   four canonical decimal parts (`2130706433`, `0177.0.0.1`, `0x7f.1`, `127.1`):
+   BadRequest. A path whose meaning depends on how the origin decodes it (an encoded
+   `/` or backslash, an encoded dot segment) is refused with the caller's code
+   (`url_not_allowed` unless it names another). `path_under` compares paths segment by
+   segment: `/b/` never holds `/bb/`.
 2. `is_public`: an address is public when it is globally routable unicast; an IPv6
    address that carries an IPv4 address (IPv4-mapped `::ffff:0:0/96`, IPv4-translated
    `::ffff:0:0:0/96`, IPv4-compatible `::/96`, NAT64 `64:ff9b::/96` and
@@ -36,13 +40,19 @@ from dataclasses import dataclass
 from typing import Any, NamedTuple
 from urllib.parse import urlsplit
 
-from tasks.errors import AddressNotAllowed, BadRequest, OcrError
+from tasks.errors import AddressNotAllowed, BadRequest, OcrError, UrlNotAllowed
 
 IP = ipaddress.IPv4Address | ipaddress.IPv6Address
 Resolver = Callable[..., list[tuple[Any, ...]]]
 DEFAULT_PORTS = {"http": 80, "https": 443}
 _UNSAFE = re.compile(r"[\x00-\x20\x7f\\]")
-_DOT = re.compile(r"%2e", re.IGNORECASE)
+_ESCAPE = re.compile(r"%([0-9A-Fa-f]{2})")
+_BAD_ESCAPE = re.compile(r"%(?![0-9A-Fa-f]{2})")
+# Escapes an origin may decode before it splits or resolves the path: `/`, `\`, and
+# the same once more encoded (`%252F`); control characters.
+_SEPARATOR = re.compile(r"%(2F|5C)|%25(2F|5C|2E)", re.IGNORECASE)
+_CONTROL_ESCAPE = re.compile(r"%([01][0-9A-F]|7F)", re.IGNORECASE)
+_UNRESERVED = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-._~")
 _NUMERIC_LABEL = re.compile(r"^(0x[0-9a-f]*|[0-9]+)$")
 _CANONICAL_PART = re.compile(r"^(0|[1-9][0-9]{0,2})$")
 _V4_COMPATIBLE = ipaddress.ip_network("::/96")
@@ -70,8 +80,11 @@ class Address(NamedTuple):
 
 
 def normalise_url(url: str, schemes: Sequence[str] = ("http", "https"),
-                  what: str = "the URL") -> Target:
-    """The normalised `Target` of `url`, or BadRequest (`what` names it in messages)."""
+                  what: str = "the URL", refused: type[OcrError] = UrlNotAllowed) -> Target:
+    """The normalised `Target` of `url`, or BadRequest (`what` names it in messages).
+
+    A path `canonical_path` refuses raises `refused`.
+    """
     if not isinstance(url, str) or _UNSAFE.search(url):
         raise BadRequest(f"{what} must be a URL without spaces, control characters or "
                          "backslashes")
@@ -88,7 +101,7 @@ def normalise_url(url: str, schemes: Sequence[str] = ("http", "https"),
         raise BadRequest(f"{what} has an invalid host or port") from None
     if port is None:
         raise BadRequest(f"{what} must name a port for the scheme {scheme}")
-    path = remove_dot_segments(_DOT.sub(".", parts.path)) or "/"
+    path = canonical_path(parts.path, what, refused) or "/"
     target = path + (f"?{parts.query}" if parts.query else "")
     netloc = f"[{host}]" if ":" in host else host
     if port != DEFAULT_PORTS.get(scheme):
@@ -114,6 +127,49 @@ def _normal_host(hostname: str, what: str) -> str:
         raise BadRequest(f"{what} spells an IPv4 address in a non-canonical form "
                          "(write it as four decimal parts, a.b.c.d)")
     return host
+
+
+def canonical_path(path: str, what: str = "the URL",
+                   refused: type[OcrError] = UrlNotAllowed) -> str:
+    """The path as every origin reads it (RFC 3986 sections 6.2.2 and 5.2.4), or an error.
+
+    Escapes of unreserved characters are decoded (`%7E` is `~`, `%41` is `A`), the other
+    escapes written in upper case, and dot segments removed. Refused with `refused`:
+    an encoded `/` or backslash (`%2F`, `%5C`, and `%252F`, `%255C`, `%252E` encoded once
+    more), since an origin that decodes them before it resolves `..` reads another
+    path; a dot segment written with an escape (`%2e%2e`, `.%2E`) or with parameters
+    (`..;x`). A malformed escape or an encoded control character is BadRequest.
+    """
+    if _BAD_ESCAPE.search(path) or _CONTROL_ESCAPE.search(path):
+        raise BadRequest(f"{what} has a malformed or control-character escape in its path")
+    if _SEPARATOR.search(path):
+        raise refused(f"{what} has an encoded / or \\ in its path (an origin may read "
+                      "it as a separator)")
+    segments = []
+    for raw in path.split("/"):
+        segment = _ESCAPE.sub(_unescape, raw)
+        bare = segment.split(";", 1)[0]
+        if bare in (".", "..") and (segment != raw or bare != segment):
+            raise refused(f"{what} has a dot segment written with an escape or "
+                          "parameters (its meaning depends on the origin)")
+        segments.append(segment)
+    return remove_dot_segments("/".join(segments))
+
+
+def _unescape(match: re.Match[str]) -> str:
+    char = chr(int(match.group(1), 16))
+    return char if char in _UNRESERVED else f"%{match.group(1).upper()}"
+
+
+def path_under(path: str, prefix: str) -> bool:
+    """Whether the canonical `path` lies under the canonical `prefix`, segment by segment.
+
+    A prefix ending in `/` holds what is below it; one that does not holds itself and
+    what is below it as a folder: `/b` and `/b/` hold `/b/x`, never `/bb/x`.
+    """
+    if prefix.endswith("/"):
+        return path.startswith(prefix)
+    return path == prefix or path.startswith(prefix + "/")
 
 
 def remove_dot_segments(path: str) -> str:

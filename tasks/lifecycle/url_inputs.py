@@ -1,12 +1,12 @@
 """Jobs whose input is named by URL (`url`) and results written to a bucket (`result_url`).
 
 Runs in worker pool children (tasks/lifecycle/jobs.py and fanout.py call it). The job
-message carries the URL only, never the bytes: the child checks it against
-OCR_ALLOWED_URLS, asks the object's size and identity first (`locate`: S3 HEAD, or an
-https HEAD), refuses one over OCR_MAX_INPUT_MB there (`input_too_large`, nothing
-read), then streams the object in 1 MiB pieces, counting, and stops as soon as the
-count passes the limit. S3 goes through the boto3 adapter (tasks/lifecycle/_s3.py),
-http(s) through the outbound address policy (tasks/lifecycle/_https_objects.py).
+message carries the URL only, never the bytes: the child reads it through the one
+fetcher (tasks/lifecycle/fetcher.py) made for the job's client, which checks it
+against OCR_ALLOWED_URLS and the client's prefixes, asks the object's size and
+identity first (`Fetcher.locate`: S3 HEAD, or an https HEAD), refuses one over
+OCR_MAX_INPUT_MB there (`input_too_large`, nothing read), then streams the object in
+1 MiB pieces, counting, and stops as soon as the count passes the limit.
 
 A PDF whose pages fan out is not copied into Redis: the document task leaves one
 local copy per host in OCR_URL_SPOOL_DIR, named after the object's identity, and a
@@ -23,57 +23,20 @@ import json
 import os
 import tempfile
 import time
-from collections.abc import Iterator
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from tasks.errors import BadRequest, InputNotFound, InputTooLarge
-from tasks.lifecycle import _https_objects, _s3
-from tasks.lifecycle._s3 import ObjectInfo
-from tasks.lifecycle.url_policy import ObjectUrl, check_url, narrow
+from tasks.errors import InputNotFound
+from tasks.lifecycle.fetcher import Fetcher, LocatedObject, ObjectInfo
+from tasks.lifecycle.url_policy import ObjectUrl, narrow
 from tasks.records.formats import FORMATS
 
 __all__ = ["LocatedObject", "ObjectInfo", "for_client", "check_input_url", "check_result_url",
-           "locate", "read_object", "spool", "spooled", "drop_spool", "write_result",
-           "result_content"]
+           "spool", "spooled", "drop_spool", "write_result", "result_content"]
 
 if TYPE_CHECKING:
     from tasks.settings import Settings
-
-
-
-@dataclass(frozen=True)
-class LocatedObject:
-    """An allowed object URL and what its HEAD said (size, ETag/version)."""
-
-    url: ObjectUrl
-    info: ObjectInfo
-
-    @property
-    def identity(self) -> str | None:
-        """URL plus version or ETag: the object's identity.
-
-        None when the store gave neither (the bytes themselves are then hashed).
-        """
-        tag = self.info.version or self.info.etag
-        if tag is None and self.info.sha256:
-            tag = f"sha256:{self.info.sha256}"
-        return None if tag is None else f"{self.url.url}\0{tag}"
-
-    def pinned(self, data: bytes) -> LocatedObject:
-        """The object pinned by the hash of `data` when its store named no identity for it."""
-        if self.identity is not None:
-            return self
-        return LocatedObject(self.url, replace(self.info,
-                                               sha256=hashlib.sha256(data).hexdigest()))
-
-    def to_json(self) -> dict[str, Any]:
-        out = {"url": self.url.url, "size": self.info.size, "etag": self.info.etag,
-               "version": self.info.version}
-        if self.info.sha256:
-            out["sha256"] = self.info.sha256
-        return out
 
 
 def for_client(settings: Settings, prefixes: tuple[str, ...] | list[str] | None) -> Settings:
@@ -82,8 +45,9 @@ def for_client(settings: Settings, prefixes: tuple[str, ...] | list[str] | None)
     `prefixes` are those of the client that sent the job (`JobControl.url_prefixes`;
     None: the global list alone).
 
-    Every check of the job's own URLs goes through these: the first URL, each https
-    redirect hop (`_https_objects`), a fanned-out page's fetch and the `result_url` write.
+    Every check of the job's own URLs goes through these: its fetcher
+    (`Fetcher.for_client(settings, prefixes)`: the first URL, each redirect hop, a
+    fanned-out page's fetch) and the `result_url` write.
     """
     if prefixes is None:
         return settings
@@ -91,67 +55,13 @@ def for_client(settings: Settings, prefixes: tuple[str, ...] | list[str] | None)
 
 
 def check_input_url(url: str, settings: Settings) -> ObjectUrl:
-    """The allowed, parsed input URL; BadRequest or UrlNotAllowed."""
-    return check_url(url, settings.allowed_urls, "`url`")
+    """The allowed, parsed input URL under `settings`' list; BadRequest or UrlNotAllowed."""
+    return Fetcher.for_client(settings, None).check(url)
 
 
 def check_result_url(url: str, settings: Settings) -> ObjectUrl:
     """The allowed, parsed `result_url` (s3:// only: an object, or a prefix ending /)."""
-    parsed = check_url(url, settings.allowed_urls, "`result_url`", prefix_ok=True)
-    if parsed.scheme != "s3":
-        raise BadRequest("`result_url` must be an s3:// URL (results are written to a bucket)")
-    return parsed
-
-
-def locate(url: str, settings: Settings, version: str | None = None,
-           etag: str | None = None) -> LocatedObject:
-    """Check the URL and HEAD it; an object over OCR_MAX_INPUT_MB is refused here.
-
-    `version` / `etag` pin the version an earlier job read (a retry: `url_version`,
-    `url_etag`): an s3:// version is read as it was, even if the key was overwritten
-    since (a versioned bucket); an object whose ETag is no longer the pinned one is
-    `input_not_found` (that version is gone), never read as it is now.
-    """
-    parsed = check_input_url(url, settings)
-    if parsed.scheme == "s3":
-        info = _s3.head(parsed.bucket, parsed.key, settings.url_timeout, version)
-    else:
-        info = _https_objects.head(parsed, settings.allowed_urls, settings.url_timeout)
-    if version is None and etag is not None and info.etag != etag:
-        raise InputNotFound(f"the object changed since the retried job read it (its ETag "
-                            f"was {etag}, now {info.etag}); that version is gone")
-    if info.size is not None and info.size > settings.max_input_bytes:
-        raise InputTooLarge(f"the object is {info.size / 2**20:.1f} MB, more than "
-                            f"{settings.max_input_mb} MB")
-    return LocatedObject(parsed, info)
-
-
-def _pieces(located: LocatedObject, settings: Settings) -> Iterator[bytes]:
-    url, info = located.url, located.info
-    if url.scheme == "s3":
-        return _s3.stream(url.bucket, url.key, info, settings.url_timeout)
-    return _https_objects.stream(url, info, settings.allowed_urls, settings.url_timeout,
-                                 settings.max_input_bytes)
-
-
-def read_object(located: LocatedObject, settings: Settings) -> bytes:
-    """The object's bytes, streamed and counted: over the limit ends the read at once."""
-    limit = settings.max_input_bytes
-    parts: list[bytes] = []
-    count = 0
-    pieces = _pieces(located, settings)
-    try:
-        for piece in pieces:
-            count += len(piece)
-            if count > limit:
-                raise InputTooLarge(f"the object is larger than {settings.max_input_mb} MB "
-                                    "(counted while reading)")
-            parts.append(piece)
-    finally:
-        close = getattr(pieces, "close", None)
-        if close is not None:
-            close()
-    return b"".join(parts)
+    return Fetcher.for_client(settings, None).check_result(url)
 
 
 # --- one local copy per host for fanned-out PDFs -------------------------------------
@@ -180,10 +90,12 @@ def spool(settings: Settings, identity: str, data: bytes) -> Path:
 def spooled(settings: Settings, url: str, info: ObjectInfo) -> bytes:
     """The bytes of this host's copy of the object; fetched once per host when absent.
 
-    A file lock makes the pool children of one host wait for the first one's fetch
-    instead of each fetching the object.
+    `settings` are the job's (`for_client`): the fetch is its client's. A file lock
+    makes the pool children of one host wait for the first one's fetch instead of
+    each fetching the object.
     """
-    located = LocatedObject(check_input_url(url, settings), info)
+    fetcher = Fetcher.for_client(settings, None)
+    located = LocatedObject(fetcher.check(url), info)
     identity = located.identity or located.url.url
     path = spool_path(settings, identity)
     path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
@@ -191,7 +103,7 @@ def spooled(settings: Settings, url: str, info: ObjectInfo) -> bytes:
         fcntl.flock(lock, fcntl.LOCK_EX)
         try:
             if not path.exists():
-                data = read_object(located, settings)
+                data = fetcher.read(located)
                 if info.sha256 and hashlib.sha256(data).hexdigest() != info.sha256:
                     # No ETag to pin it by: the bytes the job read are gone.
                     raise InputNotFound("the object changed since the job read it (its "
@@ -232,11 +144,23 @@ def result_key(target: ObjectUrl, job_id: str, output: str) -> str:
 def write_result(result_url: str, job_id: str, output: str, content: bytes,
                  settings: Settings) -> dict[str, Any]:
     """Write the job's result; the record naming the object. ResultWriteFailed else."""
-    target = check_result_url(result_url, settings)
-    key = result_key(target, job_id, output)
-    etag = _s3.put(target.bucket, key, content, FORMATS[output].media_type,
-                   settings.url_timeout)
-    return {"url": f"s3://{target.bucket}/{key}", "bytes": len(content), "etag": etag}
+    fetcher = Fetcher.for_client(settings, None)  # `settings` are the job's (`for_client`)
+    target = fetcher.check_result(result_url)
+    url = f"s3://{target.bucket}/{result_key(target, job_id, output)}"
+    etag = fetcher.put(url, content, FORMATS[output].media_type)
+    return {"url": url, "bytes": len(content), "etag": etag}
+
+
+def write_previews(result_object: str, previews: dict[int, bytes], settings: Settings) -> str:
+    """The job's page previews written beside its result object; the folder they are in.
+
+    `result_object` is the result's `s3://bucket/key`; page N's is `<key>.pages/N.webp`.
+    ResultWriteFailed when one cannot be written.
+    """
+    fetcher = Fetcher.for_client(settings, None)  # `settings` are the job's (`for_client`)
+    for number, data in sorted(previews.items()):
+        fetcher.put(f"{result_object}.pages/{number}.webp", data, "image/webp")
+    return f"{result_object}.pages/"
 
 
 def result_content(result_json: dict[str, Any], output: str,

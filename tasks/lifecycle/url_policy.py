@@ -7,15 +7,22 @@ prefix names that address itself) is tasks/lifecycle/outbound.py's rule, applied
 tasks/lifecycle/url_inputs.py when it connects.
 
 - `s3://bucket/key`: the bucket is a DNS-style bucket name; the key is taken as it is
-  written (S3 keys are literal: `..` is no path step there), without control
-  characters. A prefix matches the same bucket and a key that starts with its key.
+  written (S3 keys are literal: no escape is decoded), without control characters and
+  without a `.` or `..` segment (a store or a proxy in front of it may resolve one).
+  A prefix matches the same bucket and a key under its key, segment by segment.
 - A client held to URL prefixes of its own (its token's `--allowed-url`, carried by the
   job as its control hash's `prefixes`) may name only URLs under both lists: the
   worker checks the first URL and each redirect hop against `narrow(...)` of them.
 - `http(s)://host/path`: normalised by `outbound.normalise_url` (case, IDNA, default
-  port, dot segments, no credentials) and matched against the normalised prefix; a
-  prefix ends in `/`, so `https://files.example.com/` never admits
-  `https://files.example.com.evil/`.
+  port, no credentials, the path's canonical form: unreserved escapes decoded, dot
+  segments removed, an encoded `/`, backslash or dot segment refused) and matched against
+  the normalised prefix: the same scheme, host and port, and a path under the
+  prefix's segment by segment (`outbound.path_under`): `https://h/b/` never admits
+  `https://h/bb/x` nor `https://h.evil/`.
+
+Every URL a job, a batch or a fetch names is checked here, by `check_url`: the API's
+`url` and `result_url`, a batch's `source` and target, each manifest line and listed
+object, and each redirect hop (tasks/lifecycle/fetcher.py).
 """
 
 from __future__ import annotations
@@ -26,7 +33,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from tasks.errors import BadRequest, UrlNotAllowed
-from tasks.lifecycle.outbound import IP, Target, literal_ip, normalise_url
+from tasks.lifecycle.outbound import IP, Target, literal_ip, normalise_url, path_under
 
 URL_SCHEMES = ("s3", "https", "http")
 _BUCKET = re.compile(r"^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$")
@@ -70,6 +77,8 @@ def parse_url(url: str, what: str = "`url`", prefix_ok: bool = False) -> ObjectU
     if _KEY_UNSAFE.search(key) or len(key.encode()) > MAX_KEY_BYTES:
         raise BadRequest(f"{what} has a key with control characters or over "
                          f"{MAX_KEY_BYTES} bytes")
+    if any(segment in (".", "..") for segment in key.split("/")):
+        raise UrlNotAllowed(f"{what} has a `.` or `..` segment in its key")
     if not key and not prefix_ok:
         raise BadRequest(f"{what} must name an object: s3://bucket/key")
     if key.endswith("/") and not prefix_ok:
@@ -81,13 +90,31 @@ def under(url: ObjectUrl, prefix: str) -> bool:
     """Whether `url` lies under the allow-list entry `prefix` (an invalid one: never)."""
     try:
         allowed = parse_url(prefix, prefix_ok=True)
-    except BadRequest:
+    except (BadRequest, UrlNotAllowed):
         return False
     if url.scheme != allowed.scheme:
         return False
     if url.scheme == "s3":
-        return url.bucket == allowed.bucket and url.key.startswith(allowed.key)
-    return allowed.url.endswith("/") and url.url.startswith(allowed.url)
+        return url.bucket == allowed.bucket and \
+            (not allowed.key or path_under(url.key, allowed.key))
+    mine, theirs = url.target, allowed.target
+    assert mine is not None and theirs is not None
+    if (mine.host, mine.port) != (theirs.host, theirs.port):
+        return False
+    path, _, query = mine.target.partition("?")
+    prefix, _, prefix_query = theirs.target.partition("?")
+    if prefix_query:  # a prefix with a query names one URL
+        return mine.target == theirs.target
+    return path_under(path, prefix)
+
+
+def overlap(first: str, second: str) -> bool:
+    """Whether one of two canonical URLs (objects or prefixes) lies under the other."""
+    try:
+        one, other = parse_url(first, prefix_ok=True), parse_url(second, prefix_ok=True)
+    except (BadRequest, UrlNotAllowed):
+        return False
+    return under(one, other.url) or under(other, one.url)
 
 
 def check_url(url: str, allowed: Sequence[str], what: str = "`url`",
@@ -121,7 +148,7 @@ def narrow(allowed: Sequence[str], client: Sequence[str] | None) -> tuple[str, .
             try:
                 wide_url = parse_url(wide, prefix_ok=True)
                 own_url = parse_url(own, prefix_ok=True)
-            except BadRequest:
+            except (BadRequest, UrlNotAllowed):
                 continue
             if under(own_url, wide):
                 out.append(own)
@@ -140,7 +167,7 @@ def allowed_addresses(allowed: Sequence[str]) -> frozenset[IP]:
     for prefix in allowed:
         try:
             parsed = parse_url(prefix, prefix_ok=True)
-        except BadRequest:
+        except (BadRequest, UrlNotAllowed):
             continue
         if parsed.target is not None:
             ip = literal_ip(parsed.target.host)

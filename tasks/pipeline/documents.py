@@ -52,8 +52,7 @@ Progress = Callable[[int, int], None]
 
 def recognize_options(request: JobRequest) -> RecognizeOptions:
     return RecognizeOptions(output=request.output,
-                            want_words=request.output in ("markdown", "json", "pdf",
-                                                          "hocr", "alto"),
+                            want_words=True,  # every page's lines (the page API)
                             want_hocr=request.output in LAYOUT_OUTPUTS, lang=request.lang,
                             deadline=request.deadline,
                             engine_named=request.engine is not None)

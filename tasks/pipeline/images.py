@@ -230,6 +230,7 @@ def _orientation(image: Image.Image) -> int:
         exif.load(raw)
     return int(exif.get(_ORIENTATION, 1))
 
+
 _EXIF_TRANSPOSE = {
     2: Image.Transpose.FLIP_LEFT_RIGHT, 3: Image.Transpose.ROTATE_180,
     4: Image.Transpose.FLIP_TOP_BOTTOM, 5: Image.Transpose.TRANSPOSE,

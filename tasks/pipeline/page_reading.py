@@ -21,11 +21,13 @@ from tasks import tracing
 from tasks.engines import PageResult, RecognizeOptions
 from tasks.engines.auto_lang import page_language, script_probes, shown_languages
 from tasks.engines.vlm.word_placement import place_words
-from tasks.errors import EngineUnavailable, LayoutFailed, VlmIncomplete, error_info
+from tasks.error_codes import error_info
+from tasks.errors import EngineUnavailable, LayoutFailed, VlmIncomplete
 from tasks.pipeline._preprocess import Correction, Skew, estimate_skew
 from tasks.pipeline.blank import is_blank
 from tasks.pipeline.layouts import words_hocr
 from tasks.pipeline.pdf import ocr_layer_pdf
+from tasks.pipeline.previews import page_preview
 from tasks.pipeline.results import failed_page
 from tasks.pipeline.structure import STRUCTURE_OUTPUTS, Analysed, analyse, layout_threads
 from tasks.records.request import AUTO_LANG, WORD_BOX_OUTPUTS
@@ -34,7 +36,7 @@ from tasks.records.results import Fallback, PageError, PageRecord, ScriptFound, 
 if TYPE_CHECKING:
     from PIL import Image
 
-    from tasks.engines import OcrEngine, PageResult
+    from tasks.engines import OcrEngine
     from tasks.settings import Settings
 
 # Renders the page again at full resolution (OCR_PDF_DPI) for a fallback engine.
@@ -151,8 +153,10 @@ def read_page(number: int, image: Image.Image, engine: OcrEngine, options: Recog
         text_layer=text_layer, lang=_read_lang(engine, options, settings),
         engine=engine.name, script=script)
     page = with_structure(page, found, options.output)
-    if options.output in ("json", "pdf"):
+    if options.output in ("json", "pdf") or result.words:
         page = replace(page, image_size=read_size, words=tuple(result.words))
+    if settings.page_previews:
+        page = replace(page, preview=page_preview(final))
     if options.want_hocr and text_layer is not None:
         # Placed words: boxes of the full-resolution page the box engine read, mapped
         # onto that page as given.

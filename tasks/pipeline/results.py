@@ -6,10 +6,13 @@ children (no engine or PDF imports).
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import replace
+from typing import Any
 
-from tasks.errors import ERROR_CLASSES, PagesFailed, error_info
+from tasks.error_codes import ERROR_CLASSES, error_info
+from tasks.errors import PagesFailed
+from tasks.evaluation.scoring import score_pages, total
 from tasks.records.results import DocumentResult, PageError, PageRecord
 from tasks.records.status import JobStatus
 
@@ -54,3 +57,47 @@ def cancelled_result(job_id: str, pages: Iterable[PageRecord],
     """A cancelled document: the pages finished before the cancel, in order."""
     done = sorted((p for p in pages if not p.failed), key=lambda p: p.number)
     return replace(base, id=job_id, status=JobStatus.CANCELLED, pages=done)
+
+
+def page_engines(pages: Iterable[PageRecord]) -> list[str]:
+    """The engines that read the document's OCR'd pages, in page order, once each."""
+    return list(dict.fromkeys(p.engine for p in pages
+                              if p.source == "ocr" and p.engine and not p.failed))
+
+
+def named_engines(engine: dict[str, Any], pages: Iterable[PageRecord],
+                  models: Mapping[str, str | None]) -> dict[str, Any]:
+    """A result's `engine`, naming the engine(s) that read its pages.
+
+    `engine` describes the job's engine; where one other engine read every OCR'd page
+    (a Chinese page routed to rapidocr), `name` is that one and `model` its model
+    (from `models`, None when not known here); where several did, `name` stays the
+    job's and `names` lists them all, in page order. A job with no OCR'd page keeps
+    its engine's description.
+    """
+    names = page_engines(pages)
+    out = dict(engine)
+    if len(names) == 1 and names[0] != out.get("name"):
+        out.update(name=names[0], model=models.get(names[0]))
+    elif len(names) > 1:
+        out["names"] = names
+    return out
+
+
+def with_scores(result: DocumentResult, ground_truth: str | None) -> DocumentResult:
+    """The result with `scores` against a job's ground truth (none given: unchanged).
+
+    The truth's pages (split by form feeds) are the result's pages in order: scored one
+    by one where they agree in number (`scores.pages`, by page number), else as one
+    text. What is scored is each page's `text` (Markdown for output=markdown).
+    """
+    if ground_truth is None:
+        return result
+    truth = ground_truth.split("\f")
+    pages = sorted(result.pages, key=lambda p: p.number)
+    scores = score_pages(truth, [p.text for p in pages])
+    shown: dict[str, Any] = dict(total(scores).to_json())
+    if len(truth) == len(pages):
+        shown["pages"] = [{"number": p.number, **one.to_json()}
+                          for p, one in zip(pages, scores, strict=True)]
+    return replace(result, scores=shown)

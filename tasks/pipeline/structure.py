@@ -35,6 +35,7 @@ from tasks.pipeline._headings import (
 )
 from tasks.pipeline._markdown import heading_text, page_markdown, plain_text
 from tasks.pipeline._reading_order import reading_order
+from tasks.pipeline._symbol_fonts import with_symbols
 from tasks.pipeline.pdf import use_layout_threads
 from tasks.records.results import Block, PageStructure
 
@@ -170,6 +171,11 @@ def _parse(layout: Any, doc: Any, numbers: Sequence[int]) -> list[Any]:
 
     parsed = layout.parse_document(doc, pages=[n - 1 for n in numbers],
                                    use_ocr=OCRMode.NEVER, force_text=True)
+    for page in parsed.pages:  # a symbol font's private-use characters as they draw
+        for box in page.boxes:
+            for line in box.textlines or ():
+                for span in line.get("spans", ()):
+                    span["text"] = with_symbols(str(span["text"]), str(span.get("font", "")))
     return list(parsed.pages)
 
 

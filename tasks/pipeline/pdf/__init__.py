@@ -34,6 +34,7 @@ from tasks.pipeline.pdf._render import render_page, render_small, render_zoom
 from tasks.pipeline.pdf._write import (
     INVISIBLE,
     ocr_layer_pdf,
+    relayered_pdf,
     searchable_pdf,
     strip_active_content,
     word_rects,
@@ -42,7 +43,7 @@ from tasks.pipeline.pdf._write import (
 __all__ = [
     "INVISIBLE", "PLAN_CHECK_MAX_IMAGE_BYTES", "PdfPlan", "TextLayer", "check_password",
     "decrypted_bytes", "empty_store", "ocr_layer_pdf", "open_pdf", "page_is_blank",
-    "plan_pdf", "read_text_layer", "render_page", "render_small", "render_zoom",
+    "plan_pdf", "read_text_layer", "relayered_pdf", "render_page", "render_small", "render_zoom",
     "searchable_pdf", "session_threads", "strip_active_content", "text_chars",
     "text_layer_page", "text_layer_words", "use_layout_threads", "word_rects",
 ]

@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any
 import pymupdf
 
 from tasks.errors import CorruptInput, NoPages, PdfEncrypted, TooManyPages
+from tasks.pipeline._symbol_fonts import PRIVATE, page_symbols, with_symbols
 from tasks.pipeline.blank import ink_report
 from tasks.pipeline.pages import select_pages
 from tasks.pipeline.pdf._render import render_small, render_zoom
@@ -138,7 +139,14 @@ class TextLayer:
 
     @property
     def text(self) -> str:
-        return str(self.textpage.extractText())
+        """The page's text; a symbol font's private-use characters as what they draw."""
+        text = str(self.textpage.extractText())
+        if PRIVATE.search(text) is None:
+            return text
+        fonts = [str(span["font"]) for block in self.textpage.extractRAWDICT()["blocks"]
+                 for line in block.get("lines", ()) for span in line["spans"]
+                 for char in span["chars"] if PRIVATE.match(char["c"])]
+        return page_symbols(text, fonts)
 
 
 def read_text_layer(page: Any, enough: int | None = None) -> TextLayer:
@@ -267,6 +275,7 @@ def text_layer_words(doc: Any, number: int, settings: Settings
     turn = page.rotation_matrix * pymupdf.Matrix(zoom, zoom)
     words = []
     for x0, y0, x1, y1, text, *_ in page.get_text("words"):
+        text = with_symbols(text, "Symbol")  # words carry no font: Symbol's table
         rect = (pymupdf.Rect(x0, y0, x1, y1) * turn).normalize()
         box = (max(0, math.floor(rect.x0)), max(0, math.floor(rect.y0)),
                min(size[0], math.ceil(rect.x1)), min(size[1], math.ceil(rect.y1)))

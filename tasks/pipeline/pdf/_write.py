@@ -184,36 +184,7 @@ def searchable_pdf(data: bytes, fmt: str, password: str | None,
         for result in pages:
             if result.source != "ocr" or result.words is None or result.image_size is None:
                 continue
-            page = doc[result.number - 1]
-            if text_chars(page)[1]:
-                # An old OCR layer is replaced, not doubled: remove text, keep images.
-                page.add_redact_annot(page.rect)
-                page.apply_redactions(
-                    images=pymupdf.PDF_REDACT_IMAGE_NONE,  # type: ignore[attr-defined]
-                    graphics=pymupdf.PDF_REDACT_LINE_ART_NONE)  # type: ignore[attr-defined]
-            inserted: set[str] = set()
-            for line in _lines(word_rects(result, page.rect), result.words):
-                # One baseline and size per OCR line: extraction reads it as one line.
-                bottom = sum(rect.y1 for _, rect in line) / len(line)
-                height = sum(rect.height for _, rect in line) / len(line)
-                size = max(1.0, height * 0.85)
-                for index, (text, rect) in enumerate(line):
-                    following = line[index + 1] if index + 1 < len(line) else None
-                    # Never past the next word (tesseract's CJK boxes can overlap): text
-                    # running backwards would read as a new line.
-                    right = min(rect.x1, following[1].x0) if following else rect.x1
-                    name, font = _font_for(text)
-                    if name not in inserted:
-                        page.insert_font(fontname=name, fontbuffer=font.buffer)
-                        inserted.add(name)
-                    width = font.text_length(text, fontsize=size)
-                    scale = max(right - rect.x0, 1.0) / width if width else 1.0
-                    if following and not (is_cjk(text[-1]) and is_cjk(following[0][0])):
-                        text += " "  # a real space between words, as tesseract writes it
-                    origin = pymupdf.Point(rect.x0, bottom - height * 0.15)
-                    page.insert_text(origin, text, fontsize=size, fontname=name,
-                                     render_mode=INVISIBLE,
-                                     morph=(origin, pymupdf.Matrix(scale, 1)))
+            _write_layer(doc[result.number - 1], result)
         # The catalog's /Lang: the language most OCR'd pages were read in (a PDF page
         # has no /Lang of its own, and PyMuPDF writes no marked-content /Lang).
         language = main_tag(page_tag(p.lang) for p in pages if p.source == "ocr")
@@ -222,6 +193,63 @@ def searchable_pdf(data: bytes, fmt: str, password: str | None,
         removed = strip_active_content(doc)
         doc.subset_fonts()
         return bytes(doc.tobytes(garbage=3, deflate=True)), removed
+    finally:
+        doc.close()
+
+
+def _write_layer(page: Any, result: PageRecord, suffix: str = "") -> None:
+    """An OCR'd page's words as its invisible text layer, in place of any text it had.
+
+    `suffix` names the fonts apart from those an earlier layer of the page embedded
+    (subset to that layer's characters).
+    """
+    if text_chars(page)[1]:
+        # An old OCR layer is replaced, not doubled: remove text, keep images.
+        page.add_redact_annot(page.rect)
+        page.apply_redactions(
+            images=pymupdf.PDF_REDACT_IMAGE_NONE,  # type: ignore[attr-defined]
+            graphics=pymupdf.PDF_REDACT_LINE_ART_NONE)  # type: ignore[attr-defined]
+    inserted: set[str] = set()
+    for line in _lines(word_rects(result, page.rect), result.words or ()):
+        # One baseline and size per OCR line: extraction reads it as one line.
+        bottom = sum(rect.y1 for _, rect in line) / len(line)
+        height = sum(rect.height for _, rect in line) / len(line)
+        size = max(1.0, height * 0.85)
+        for index, (text, rect) in enumerate(line):
+            following = line[index + 1] if index + 1 < len(line) else None
+            # Never past the next word (tesseract's CJK boxes can overlap): text
+            # running backwards would read as a new line.
+            right = min(rect.x1, following[1].x0) if following else rect.x1
+            name, font = _font_for(text)
+            name += suffix
+            if name not in inserted:
+                page.insert_font(fontname=name, fontbuffer=font.buffer)
+                inserted.add(name)
+            width = font.text_length(text, fontsize=size)
+            scale = max(right - rect.x0, 1.0) / width if width else 1.0
+            if following and not (is_cjk(text[-1]) and is_cjk(following[0][0])):
+                text += " "  # a real space between words, as tesseract writes it
+            origin = pymupdf.Point(rect.x0, bottom - height * 0.15)
+            page.insert_text(origin, text, fontsize=size, fontname=name,
+                             render_mode=INVISIBLE,
+                             morph=(origin, pymupdf.Matrix(scale, 1)))
+
+
+def relayered_pdf(data: bytes, pages: list[PageRecord]) -> bytes:
+    """A searchable PDF this service wrote, the text layer of `pages` written again.
+
+    The pages' words are those of a corrected result (a client's corrected lines,
+    tasks/lifecycle/page_views.py); the other pages are left as they are.
+    """
+    doc = pymupdf.open("pdf", data)
+    try:
+        for result in pages:
+            if result.source != "ocr" or not result.words or result.image_size is None \
+                    or not 1 <= result.number <= doc.page_count:
+                continue
+            _write_layer(doc[result.number - 1], result, suffix="c")
+        doc.subset_fonts()
+        return bytes(doc.tobytes(garbage=3, deflate=True))
     finally:
         doc.close()
 

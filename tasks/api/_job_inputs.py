@@ -1,0 +1,70 @@
+"""A job's input options decoded and checked: a file, a `path` or a `url`, and its targets.
+
+Runs in the `api` process, for `JobService.submit` (tasks/api/_service.py): what the
+workers would refuse is refused here first, before anything is stored.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import PurePosixPath
+from typing import Any
+
+from tasks.admission import check_job_url
+from tasks.api._schemas import JobOptions
+from tasks.errors import BadRequest, PathNotAllowed
+from tasks.lifecycle.callback_urls import callback_target
+from tasks.records.clients import ClientRules
+from tasks.settings import Settings
+
+
+def input_kwargs(options: JobOptions, upload: str | None, filename: str, rules: ClientRules,
+                 settings: Settings) -> dict[str, Any]:
+    """The task's arguments of a job's options: its input (a file, a `path` or a `url`) checked."""
+    kwargs = options.task_kwargs()
+    if options.deadline is not None and options.deadline <= time.time():
+        raise BadRequest("`deadline` is in the past")
+    if options.callback_url is not None:
+        # The workers' own rule (allow-list, no private addresses unless listed).
+        kwargs["callback_url"] = callback_target(options.callback_url, settings).url
+    if options.result_url is not None:
+        kwargs["result_url"] = _check_url(options.result_url, rules, settings,
+                                      "`result_url`", prefix_ok=True)
+    if upload is not None:
+        if options.path is not None or options.url is not None:
+            raise BadRequest("send either a file, a `path` or a `url`, not two")
+        kwargs.setdefault("filename", filename)
+        return kwargs
+    if options.url is not None:
+        if options.path is not None:
+            raise BadRequest("send either a `path` or a `url`, not both")
+        kwargs["url"] = _check_url(options.url, rules, settings, "`url`")
+        kwargs.setdefault("filename", kwargs["url"].rstrip("/").rsplit("/", 1)[-1])
+        return kwargs
+    if options.path is None:
+        raise BadRequest("send a `file` (multipart), or a `path` or `url` (JSON)")
+    _check_path(options.path, settings)
+    kwargs["path"] = options.path
+    kwargs.setdefault("filename", PurePosixPath(options.path).name)
+    return kwargs
+
+
+def _check_url(raw: str, rules: ClientRules, settings: Settings, what: str,
+               prefix_ok: bool = False) -> str:
+    """The normalised URL, when OCR_ALLOWED_URLS and the client's prefixes admit it.
+
+    The client's own prefixes: `tokens create --allowed-url`. Else UrlNotAllowed.
+    """
+    parsed = check_job_url(raw, rules, settings, what, prefix_ok)
+    if prefix_ok and parsed.scheme != "s3":
+        raise BadRequest(f"{what} must be an s3:// URL (results are written to a bucket)")
+    return parsed.url
+
+
+def _check_path(raw: str, settings: Settings) -> None:
+    """Refuse early what the worker would refuse; the worker resolves links itself."""
+    path = PurePosixPath(raw)
+    if not path.is_absolute() or ".." in path.parts or "\x00" in raw:
+        raise BadRequest("`path` must be an absolute path without `..`")
+    if not any(path.is_relative_to(str(root)) for root in settings.allowed_roots):
+        raise PathNotAllowed("the path is outside the allowed roots (OCR_ALLOWED_ROOTS)")

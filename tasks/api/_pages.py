@@ -1,0 +1,166 @@
+"""`/v1/jobs/{id}/pages/{n}`: a finished job's pages, their images, and line corrections.
+
+Runs in the `api` process. For the job's own client only (another client's job, or an
+unknown job, page or line, is 404 `not_found`, as jobs are). The page's lines and the
+corrections are built by tasks/lifecycle/page_views.py from the stored result and
+the client's corrections (tasks/state/corrections.py); the page image is the preview
+the worker kept while it read the page (tasks/state/previews.py), never rendered again.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections import OrderedDict
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Path, Query, Request, Response
+from pydantic import BaseModel, ConfigDict, Field
+from starlette.concurrency import run_in_threadpool
+
+from tasks.api._errors import NotFound
+from tasks.api._routes import COMMON, Caller, _errors, service_of
+from tasks.api._service import JobService
+from tasks.api.tokens import ApiClient
+from tasks.lifecycle import page_views
+from tasks.records.formats import MIN_PREVIEW_WIDTH, PREVIEW_LONG_SIDE, PREVIEW_MEDIA_TYPE
+from tasks.state.corrections import MAX_TEXT, Corrections
+
+router = APIRouter()
+RESULTS_KEPT = 4  # ended jobs' decoded results kept for their pages (EndedResults)
+PageNumber = Annotated[int, Path(ge=1, le=1_000_000, description="the page (1-based)")]
+LineId = Annotated[str, Path(max_length=40, pattern=r"^p\d+-l\d+$",
+                             description="a line's `id` from the page's JSON")]
+
+
+class LineText(BaseModel):
+    """A line's corrected text."""
+
+    model_config = ConfigDict(extra="forbid")
+    text: str = Field(max_length=MAX_TEXT, description="the line as it should read")
+
+
+class EndedResults:
+    """The results of the last few ended jobs the page calls read, kept decoded.
+
+    A job's result does not change once it has ended, and a page view of a large
+    document would otherwise read and decode the whole result for each page. The
+    owner is checked on every call (`JobService.owned`); thread-safe.
+    """
+
+    def __init__(self, size: int = RESULTS_KEPT) -> None:
+        self._kept: OrderedDict[str, dict[str, Any]] = OrderedDict()
+        self._size = size
+        self._lock = threading.Lock()
+
+    def get(self, service: JobService, caller: ApiClient, job_id: str) -> dict[str, Any]:
+        service.owned(caller, job_id)  # NotFound for another client's job
+        with self._lock:
+            result = self._kept.get(job_id)
+            if result is not None:
+                self._kept.move_to_end(job_id)
+                return result
+        result = service.finished(caller, job_id)[2]
+        with self._lock:
+            self._kept[job_id] = result
+            while len(self._kept) > self._size:
+                self._kept.popitem(last=False)
+        return result
+
+
+_ended = EndedResults()
+
+
+def _result(service: JobService, caller: ApiClient, job_id: str) -> dict[str, Any]:
+    return _ended.get(service, caller, job_id)
+
+
+def _corrections(service: JobService, caller: ApiClient) -> Corrections:
+    return Corrections(service.redis, caller.name)
+
+
+def _missing(exc: page_views.Missing) -> NotFound:
+    return NotFound(str(exc))
+
+
+@router.get("/v1/jobs/{job_id}/pages/{number}",
+            summary="A page's lines: text, box, confidence, words; corrections applied",
+            responses=_errors(404, 409, *COMMON))
+def get_page(request: Request, job_id: str, number: PageNumber,
+             caller: Caller) -> dict[str, Any]:
+    service = service_of(request)
+    result = _result(service, caller, job_id)
+    try:
+        return page_views.page_view(result, number, _corrections(service, caller))
+    except page_views.Missing as exc:
+        raise _missing(exc) from None
+
+
+@router.get("/v1/jobs/{job_id}/pages/{number}/image", response_class=Response,
+            summary="The page as the engine read it (turned upright), WebP",
+            responses={200: {"description": "the page image", "content": {
+                PREVIEW_MEDIA_TYPE: {"schema": {"type": "string", "format": "binary"}}}},
+                **_errors(404, 409, *COMMON)})
+async def get_page_image(request: Request, job_id: str, number: PageNumber, caller: Caller,
+                         width: int | None = Query(
+                             None, ge=MIN_PREVIEW_WIDTH, le=PREVIEW_LONG_SIDE,
+                             description="pixels wide: a smaller copy")) -> Response:
+    service = service_of(request)
+
+    def stored() -> bytes:
+        result = _result(service, caller, job_id)
+        try:
+            page_views.result_page(result, number)
+        except page_views.Missing as exc:
+            raise _missing(exc) from None
+        data = service.previews.get(job_id, number)
+        if data is None:
+            raise NotFound(f"page {number} has no image (a text-layer, blank or failed "
+                           "page, or previews are off: OCR_PAGE_PREVIEWS)")
+        return data
+
+    data = await run_in_threadpool(stored)
+    if width is not None:
+        # Pillow only for a smaller copy: the API process loads it on this first use.
+        from tasks.pipeline.previews import smaller_preview
+        data = await run_in_threadpool(smaller_preview, data, width)
+    return Response(data, media_type=PREVIEW_MEDIA_TYPE, headers={"Cache-Control": "private"})
+
+
+@router.get("/v1/jobs/{job_id}/pages/{number}/lines/{line}",
+            summary="A line with every version of its correction",
+            responses=_errors(404, 409, *COMMON))
+def get_line(request: Request, job_id: str, number: PageNumber, line: LineId,
+             caller: Caller) -> dict[str, Any]:
+    service = service_of(request)
+    result = _result(service, caller, job_id)
+    try:
+        return page_views.line_history(result, number, line, _corrections(service, caller))
+    except page_views.Missing as exc:
+        raise _missing(exc) from None
+
+
+@router.put("/v1/jobs/{job_id}/pages/{number}/lines/{line}",
+            summary="Correct a line (kept for this document's later jobs too)",
+            responses=_errors(400, 404, 409, *COMMON))
+def put_line(request: Request, job_id: str, number: PageNumber, line: LineId,
+             body: LineText, caller: Caller) -> dict[str, Any]:
+    return _correct(request, job_id, number, line, body.text, caller)
+
+
+@router.delete("/v1/jobs/{job_id}/pages/{number}/lines/{line}",
+               summary="Revert a line to the engine's text (its history stays)",
+               responses=_errors(404, 409, *COMMON))
+def delete_line(request: Request, job_id: str, number: PageNumber, line: LineId,
+                caller: Caller) -> dict[str, Any]:
+    return _correct(request, job_id, number, line, None, caller)
+
+
+def _correct(request: Request, job_id: str, number: int, line: str, text: str | None,
+             caller: ApiClient) -> dict[str, Any]:
+    service = service_of(request)
+    result = _result(service, caller, job_id)
+    try:
+        return page_views.correct_line(result, job_id, number, line, text, caller.name,
+                                       _corrections(service, caller))
+    except page_views.Missing as exc:
+        raise _missing(exc) from None

@@ -1,0 +1,27 @@
+"""The console at `/console`: a person looks at what was read and corrects it.
+
+Runs in the `api` process, mounted into the HTTP API's app (`install`). Pages are
+rendered on the server from Jinja2 templates with autoescaping (document text and
+file names are only ever text), and one small script of its own
+(`static/console.js`) draws each page's line boxes and edits lines through the JSON
+page endpoints, signed in by the session cookie (tasks/api/sessions.py). Every
+console answer carries a Content-Security-Policy that allows no inline script; no
+file comes from anywhere but this package.
+"""
+
+from __future__ import annotations
+
+from fastapi import FastAPI
+
+from tasks.console._batches import router as batches_router
+from tasks.console._views import router
+from tasks.console._web import STATIC, SecurityHeaders, SignInFirst, StaticFiles, to_sign_in
+
+
+def install(app: FastAPI) -> None:
+    """The console's routes, its static files and its security headers on `app`."""
+    app.include_router(router)
+    app.include_router(batches_router)
+    app.mount("/console/static", StaticFiles(directory=STATIC), name="console-static")
+    app.add_middleware(SecurityHeaders)
+    app.add_exception_handler(SignInFirst, to_sign_in)

@@ -1,0 +1,194 @@
+"""The console's pages: sign in and out, the jobs list, a job's pages, the usage chart.
+
+Runs in the `api` process. Each view is a plain function (FastAPI runs it in a worker
+thread: every call here blocks on Redis) that reads through the API's own service
+(tasks/api/), so the console shows exactly what the JSON API answers the same client,
+and another client's job is a 404 here as there.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from typing import Annotated
+from urllib.parse import quote
+
+from fastapi import APIRouter, Form, Path, Query, Request
+from fastapi.responses import HTMLResponse, RedirectResponse, Response
+
+from tasks.api._errors import NotFound, Unauthorized, http_status
+from tasks.api._listing import STATUSES, list_jobs, parse_statuses
+from tasks.api._schemas import FINAL_STATUSES
+from tasks.api._usage import client_usage
+from tasks.api.sessions import COOKIE, SESSION_SECONDS, CsrfFailed, Session
+from tasks.console._charts import bars
+from tasks.console._compare import ENGINE_NAMES, compare, page_of, read_again
+from tasks.console._web import (
+    PREFIX,
+    render,
+    same_origin,
+    service_of,
+    sessions_of,
+    signed_in,
+)
+from tasks.errors import BadRequest, OcrError
+from tasks.lifecycle import page_views
+from tasks.records.status import JobStatus
+
+router = APIRouter(prefix=PREFIX, include_in_schema=False)
+LOW_CONFIDENCE = 0.8  # a line below this is uncertain: coloured, and the `n` key's stop
+
+
+@router.get("")
+def index(request: Request) -> Response:
+    signed_in(request)
+    return RedirectResponse(f"{PREFIX}/jobs", status_code=303)
+
+
+@router.get("/signin", response_class=HTMLResponse)
+def sign_in_form(request: Request) -> HTMLResponse:
+    return render(request, "signin.html", error="")
+
+
+@router.post("/signin")
+def sign_in(request: Request, token: Annotated[str, Form(max_length=300)] = "") -> Response:
+    """An API token exchanged for a session cookie (HttpOnly, SameSite=Strict)."""
+    if not same_origin(request):
+        raise CsrfFailed()
+    service = service_of(request)
+    try:
+        caller = service.access.authenticate(f"Bearer {token.strip()}")
+    except Unauthorized:
+        return render(request, "signin.html", status_code=401,
+                      error="That token is unknown or revoked.")
+    service.access.count_request(caller)
+    response = RedirectResponse(f"{PREFIX}/jobs", status_code=303)
+    response.set_cookie(COOKIE, sessions_of(request).start(caller), max_age=SESSION_SECONDS,
+                        path="/", httponly=True, samesite="strict",
+                        secure=request.url.scheme == "https")
+    return response
+
+
+@router.post("/signout")
+def sign_out(request: Request, csrf: Annotated[str, Form(max_length=100)] = "") -> Response:
+    session = signed_in(request)
+    session.check_csrf(csrf)
+    sessions_of(request).end(request.cookies.get(COOKIE))
+    response = RedirectResponse(f"{PREFIX}/signin", status_code=303)
+    response.delete_cookie(COOKIE, path="/", httponly=True, samesite="strict")
+    return response
+
+
+def _day_start(raw: str | None, end: bool = False) -> float | None:
+    """A YYYY-MM-DD date (UTC) as seconds since the epoch: its start, or its end."""
+    if not raw:
+        return None
+    try:
+        day = dt.datetime.combine(dt.date.fromisoformat(raw), dt.time(), dt.UTC)
+        return (day + dt.timedelta(days=1)).timestamp() - 0.001 if end else day.timestamp()
+    except (ValueError, OverflowError):  # not a date, or past the calendar's last day
+        raise BadRequest("dates are YYYY-MM-DD, up to 9999-12-30") from None
+
+
+@router.get("/jobs")
+def jobs(request: Request,
+         status: Annotated[str, Query(max_length=20)] = "",
+         since: Annotated[str, Query(alias="from", max_length=10)] = "",
+         until: Annotated[str, Query(alias="to", max_length=10)] = "",
+         batch: Annotated[str, Query(max_length=64)] = "",
+         cursor: Annotated[str | None, Query(max_length=400)] = None) -> Response:
+    """The client's own jobs, newest first, 50 a page, filtered by status and days.
+
+    A batch's jobs are its page's (its manifest and the documents in flight).
+    """
+    session = signed_in(request)
+    if batch.strip():
+        return RedirectResponse(f"{PREFIX}/batches/{quote(batch.strip(), safe='')}",
+                                status_code=303)
+    try:
+        listed = list_jobs(service_of(request), session.client, parse_statuses(
+            [status] if status else None), _day_start(since), _day_start(until, end=True),
+            50, cursor)
+    except BadRequest as exc:  # a date, status or cursor the list cannot take
+        return _refused(request, session, exc)
+    return render(request, "jobs.html", session=session, jobs=listed.jobs,
+                  next_cursor=listed.next_cursor, statuses=STATUSES, status=status,
+                  since=since, until=until, shown_time=_shown_time)
+
+
+def _shown_time(seconds: float) -> str:
+    return dt.datetime.fromtimestamp(seconds, dt.UTC).strftime("%Y-%m-%d %H:%M:%S")
+
+
+@router.get("/jobs/{job_id}", response_class=HTMLResponse)
+def job(request: Request, job_id: str) -> HTMLResponse:
+    """A job's pages: each image with its line boxes, and its lines beside it."""
+    session = signed_in(request)
+    try:
+        info = service_of(request).status(session.client, job_id)
+    except NotFound:
+        return render(request, "missing.html", status_code=404, session=session,
+                      what="job")
+    pages: list[int] = []
+    if info.status in (JobStatus.SUCCESS, JobStatus.PARTIAL):
+        result = service_of(request).finished(session.client, job_id)[2]
+        pages = [int(page["number"]) for page in result.get("pages") or []]
+    return render(request, "job.html", session=session, job=info, pages=pages,
+                  low=LOW_CONFIDENCE, shown_time=_shown_time, engines=ENGINE_NAMES)
+
+
+@router.post("/jobs/{job_id}/pages/{number}/compare")
+def read_page_again(request: Request, job_id: str, number: Annotated[int, Path(ge=1)],
+                    engine: Annotated[str, Form(max_length=40)] = "",
+                    csrf: Annotated[str, Form(max_length=100)] = "") -> Response:
+    """The page read again by `engine` as a new job; then the comparison's page."""
+    session = signed_in(request)
+    session.check_csrf(csrf)
+    if not same_origin(request):
+        raise CsrfFailed()
+    service = service_of(request)
+    try:
+        info = service.status(session.client, job_id)
+        other = read_again(service, session.client, job_id, number, engine, info.filename)
+    except (OcrError, page_views.Missing) as exc:
+        return _refused(request, session, exc)
+    return RedirectResponse(f"{PREFIX}/jobs/{job_id}/pages/{number}/compare/{other}",
+                            status_code=303)
+
+
+@router.get("/jobs/{job_id}/pages/{number}/compare/{other_id}", response_class=HTMLResponse)
+def compared(request: Request, job_id: str, number: Annotated[int, Path(ge=1)],
+             other_id: str) -> HTMLResponse:
+    """Both readings of the page side by side, the differences marked."""
+    session = signed_in(request)
+    service = service_of(request)
+    try:
+        first = page_of(service, session.client, job_id, number)
+        other = service.status(session.client, other_id)
+        second = None
+        if other.status in (JobStatus.SUCCESS, JobStatus.PARTIAL):
+            second = page_of(service, session.client, other_id, 1)
+    except (OcrError, page_views.Missing) as exc:
+        return _refused(request, session, exc)
+    rows = [] if second is None else compare([line["text"] for line in first["lines"]],
+                                             [line["text"] for line in second["lines"]])
+    return render(request, "compare.html", session=session, job_id=job_id, number=number,
+                  other=other, first=first, second=second, rows=rows,
+                  waiting=other.status not in FINAL_STATUSES)
+
+
+def _refused(request: Request, session: Session, exc: Exception) -> HTMLResponse:
+    """An error as a console page, with the API's status and code."""
+    if isinstance(exc, page_views.Missing):
+        exc = NotFound(str(exc))
+    assert isinstance(exc, OcrError)
+    return render(request, "refused.html", status_code=http_status(exc), session=session,
+                  code=exc.code, message=exc.message)
+
+
+@router.get("/usage", response_class=HTMLResponse)
+def usage(request: Request) -> HTMLResponse:
+    """The client's pages a day over the last 30 days, as a bar chart."""
+    session = signed_in(request)
+    shown = client_usage(service_of(request).usage, session.client, None, None)
+    return render(request, "usage.html", session=session, usage=shown,
+                  chart=bars([(day.date, day.pages) for day in shown.days]))

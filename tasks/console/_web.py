@@ -1,0 +1,105 @@
+"""The console's web parts: its templates, its security headers, who is signed in.
+
+Runs in the `api` process. The only module of the console that imports Jinja2: the
+templates are rendered with autoescaping on for every file, so a value reaches the
+page as text unless a template says otherwise (none does).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import jinja2
+from fastapi import Request
+from fastapi.responses import HTMLResponse, RedirectResponse, Response
+from fastapi.staticfiles import StaticFiles
+from fastapi.templating import Jinja2Templates
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from tasks.api._service import JobService
+from tasks.api.sessions import COOKIE, Session, Sessions
+
+HERE = Path(__file__).parent
+STATIC = HERE / "static"
+PREFIX = "/console"
+# No inline script or style, nothing from elsewhere, no plugins, never in a frame.
+CSP = ("default-src 'self'; script-src 'self'; object-src 'none'; frame-ancestors 'none'; "
+       "base-uri 'none'; form-action 'self'")
+HEADERS = [(b"content-security-policy", CSP.encode()),
+           (b"x-content-type-options", b"nosniff"),
+           (b"referrer-policy", b"same-origin")]
+
+templates = Jinja2Templates(env=jinja2.Environment(
+    loader=jinja2.FileSystemLoader(HERE / "templates"), autoescape=True,
+    undefined=jinja2.StrictUndefined))
+
+__all__ = ["STATIC", "SecurityHeaders", "StaticFiles", "render", "templates"]
+
+
+class SecurityHeaders:
+    """The console's headers on every `/console` answer (a pure ASGI middleware)."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        path = scope.get("path", "") if scope["type"] == "http" else ""
+        if not (path == PREFIX or path.startswith(PREFIX + "/")):
+            await self.app(scope, receive, send)
+            return
+        static = path.startswith(PREFIX + "/static/")
+
+        async def sending(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                headers = [h for h in message.get("headers", [])
+                           if h[0].lower() not in {k for k, _ in HEADERS}]
+                headers.extend(HEADERS)
+                if not static:  # pages show a client's own jobs: never kept by a cache
+                    headers.append((b"cache-control", b"no-store"))
+                message = {**message, "headers": headers}
+            await send(message)
+
+        await self.app(scope, receive, sending)
+
+
+class SignInFirst(Exception):
+    """A console page asked for without a session: the answer is the sign-in form."""
+
+
+def service_of(request: Request) -> JobService:
+    service: JobService = request.app.state.service
+    return service
+
+
+def sessions_of(request: Request) -> Sessions:
+    sessions: Sessions = request.app.state.sessions
+    return sessions
+
+
+def signed_in(request: Request) -> Session:
+    """The request's session (blocking: Redis); SignInFirst without one."""
+    session = sessions_of(request).find(request.cookies.get(COOKIE))
+    if session is None:
+        raise SignInFirst()
+    return session
+
+
+def same_origin(request: Request) -> bool:
+    """Whether a form post comes from a page of this site (its Origin, when sent)."""
+    origin = request.headers.get("origin")
+    return origin is None or origin == f"{request.url.scheme}://{request.url.netloc}"
+
+
+def render(request: Request, name: str, status_code: int = 200,
+           session: Session | None = None, **context: Any) -> HTMLResponse:
+    """A template rendered with the signed-in client and its CSRF token."""
+    context.update(client=None if session is None else session.client.name,
+                   csrf="" if session is None else session.csrf)
+    response: HTMLResponse = templates.TemplateResponse(request, name, context,
+                                                        status_code=status_code)
+    return response
+
+
+def to_sign_in(request: Request, exc: Exception) -> Response:
+    return RedirectResponse(f"{PREFIX}/signin", status_code=303)

@@ -1,0 +1,209 @@
+"""The one fetcher: every outbound read of a URL a client named, under that client's rules.
+
+Runs in worker pool children (a job's `url` input, its pages' copies, its `result_url`
+write; a batch's source, its manifest lines' HEADs and its target) and wherever a
+batch is driven. A `Fetcher` is made for one client (`Fetcher.for_client`: the
+service's OCR_ALLOWED_URLS narrowed to the client's own prefixes, which the caller
+must name, None only for a client with none of its own) and checks every URL against
+that list before any request: the first URL, each redirect hop (HEAD and GET alike,
+in tasks/lifecycle/_https_objects.py), a listed prefix, a ranged read, a target. A URL
+or a hop outside the list is `url_not_allowed` and is never asked.
+
+It is the only module that reads through the S3 adapter (tasks/lifecycle/_s3.py) and
+the https reader (tasks/lifecycle/_https_objects.py); the operator's backup files
+(tasks/lifecycle/backup_files.py) are the adapter's one other user, a path the
+operator names, never a client.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Iterator
+from dataclasses import dataclass, replace
+from typing import TYPE_CHECKING, Any
+
+from tasks.errors import BadRequest, InputNotFound, InputTooLarge
+from tasks.lifecycle import _https_objects, _s3
+from tasks.lifecycle._s3 import ObjectInfo
+from tasks.lifecycle.url_policy import ObjectUrl, check_url, narrow
+
+if TYPE_CHECKING:
+    from tasks.settings import Settings
+
+__all__ = ["Fetcher", "LocatedObject", "ObjectInfo", "S3Target"]
+
+
+@dataclass(frozen=True)
+class LocatedObject:
+    """An allowed object URL and what its HEAD said (size, ETag/version)."""
+
+    url: ObjectUrl
+    info: ObjectInfo
+
+    @property
+    def identity(self) -> str | None:
+        """URL plus version or ETag: the object's identity.
+
+        None when the store gave neither (the bytes themselves are then hashed).
+        """
+        tag = self.info.version or self.info.etag
+        if tag is None and self.info.sha256:
+            tag = f"sha256:{self.info.sha256}"
+        return None if tag is None else f"{self.url.url}\0{tag}"
+
+    def pinned(self, data: bytes) -> LocatedObject:
+        """The object pinned by the hash of `data` when its store named no identity for it."""
+        if self.identity is not None:
+            return self
+        return LocatedObject(self.url, replace(self.info,
+                                               sha256=hashlib.sha256(data).hexdigest()))
+
+    def to_json(self) -> dict[str, Any]:
+        out = {"url": self.url.url, "size": self.info.size, "etag": self.info.etag,
+               "version": self.info.version}
+        if self.info.sha256:
+            out["sha256"] = self.info.sha256
+        return out
+
+
+@dataclass(frozen=True)
+class Fetcher:
+    """Reads under one client's rules: `allowed` is checked before every request."""
+
+    allowed: tuple[str, ...]  # OCR_ALLOWED_URLS narrowed to the client's own prefixes
+    timeout: float
+    max_bytes: int
+    max_mb: float
+
+    @classmethod
+    def for_client(cls, settings: Settings,
+                   prefixes: tuple[str, ...] | list[str] | None) -> Fetcher:
+        """The fetcher of a client whose own prefixes are `prefixes`.
+
+        None: a client without prefixes of its own (or `settings` already narrowed to
+        them); OCR_ALLOWED_URLS alone.
+        """
+        allowed = tuple(settings.allowed_urls) if prefixes is None \
+            else narrow(settings.allowed_urls, prefixes)
+        return cls(allowed, settings.url_timeout, settings.max_input_bytes,
+                   settings.max_input_mb)
+
+    def check(self, url: str, what: str = "`url`", prefix_ok: bool = False) -> ObjectUrl:
+        """The parsed, canonical URL when it lies under the list; UrlNotAllowed else."""
+        return check_url(url, self.allowed, what, prefix_ok)
+
+    def check_result(self, url: str) -> ObjectUrl:
+        """The allowed `result_url` (s3:// only: an object, or a prefix ending /)."""
+        parsed = self.check(url, "`result_url`", prefix_ok=True)
+        if parsed.scheme != "s3":
+            raise BadRequest("`result_url` must be an s3:// URL (results are written to "
+                             "a bucket)")
+        return parsed
+
+    def locate(self, url: str, version: str | None = None,
+               etag: str | None = None) -> LocatedObject:
+        """Check the URL and HEAD it; an object over OCR_MAX_INPUT_MB is refused here.
+
+        `version` / `etag` pin the version an earlier job read (a retry: `url_version`,
+        `url_etag`): an s3:// version is read as it was, even if the key was
+        overwritten since (a versioned bucket); an object whose ETag is no longer the
+        pinned one is `input_not_found` (that version is gone), never read as it is now.
+        """
+        parsed = self.check(url)
+        if parsed.scheme == "s3":
+            info = _s3.head(parsed.bucket, parsed.key, self.timeout, version)
+        else:
+            info = _https_objects.head(parsed, self.allowed, self.timeout)
+        if version is None and etag is not None and info.etag != etag:
+            raise InputNotFound(f"the object changed since the retried job read it (its "
+                                f"ETag was {etag}, now {info.etag}); that version is gone")
+        if info.size is not None and info.size > self.max_bytes:
+            raise InputTooLarge(f"the object is {info.size / 2**20:.1f} MB, more than "
+                                f"{self.max_mb} MB")
+        return LocatedObject(parsed, info)
+
+    def _pieces(self, located: LocatedObject) -> Iterator[bytes]:
+        url = self.check(located.url.url)  # a located object of another client: refused
+        if url.scheme == "s3":
+            return _s3.stream(url.bucket, url.key, located.info, self.timeout)
+        return _https_objects.stream(url, located.info, self.allowed, self.timeout,
+                                     self.max_bytes)
+
+    def read(self, located: LocatedObject) -> bytes:
+        """The object's bytes, streamed and counted: over the limit ends the read at once."""
+        parts: list[bytes] = []
+        count = 0
+        pieces = self._pieces(located)
+        try:
+            for piece in pieces:
+                count += len(piece)
+                if count > self.max_bytes:
+                    raise InputTooLarge(f"the object is larger than {self.max_mb} MB "
+                                        "(counted while reading)")
+                parts.append(piece)
+        finally:
+            close = getattr(pieces, "close", None)
+            if close is not None:
+                close()
+        return b"".join(parts)
+
+    def range(self, url: str, first: int, last: int) -> bytes | None:
+        """Bytes `first` to `last` (included) of an s3:// object; None: no such object."""
+        parsed = self.check(url)
+        if parsed.scheme != "s3":
+            raise BadRequest("only an s3:// object is read by ranges")
+        return _s3.get(parsed.bucket, parsed.key, self.timeout, first, last)
+
+    def listing(self, prefix: str, start_after: str, count: int
+                ) -> tuple[ObjectUrl, list[tuple[str, ObjectInfo]], bool]:
+        """Up to `count` objects under the s3:// `prefix` after the key `start_after`.
+
+        The prefix parsed, each object as (key, ObjectInfo), and whether there are more.
+        """
+        parsed = self.check(prefix, "`source`", prefix_ok=True)
+        if parsed.scheme != "s3":
+            raise BadRequest("only an s3:// prefix is listed")
+        found, more = _s3.listing(parsed.bucket, parsed.key, start_after, count,
+                                  self.timeout)
+        return parsed, found, more
+
+    def put(self, url: str, data: bytes, content_type: str) -> str:
+        """Write the s3:// object `url` (a result); its ETag."""
+        parsed = self.check_result(url)
+        return _s3.put(parsed.bucket, parsed.key, data, content_type, self.timeout)
+
+    def target(self, url: str) -> S3Target:
+        """A batch's target: an allowed s3:// prefix (ending /)."""
+        parsed = self.check(url, "`result_url`", prefix_ok=True)
+        if parsed.scheme != "s3" or not parsed.url.endswith("/"):
+            raise BadRequest("a batch's `result_url` must be an s3:// prefix ending in /")
+        return S3Target(parsed.bucket, parsed.key, self.timeout)
+
+
+@dataclass(frozen=True)
+class S3Target:
+    """A batch's target prefix, checked when it was made (`Fetcher.target`)."""
+
+    bucket: str
+    prefix: str
+    timeout: float
+
+    @property
+    def url(self) -> str:
+        return f"s3://{self.bucket}/{self.prefix}"
+
+    def put(self, name: str, data: bytes, content_type: str) -> str:
+        _s3.put(self.bucket, self.prefix + name, data, content_type, self.timeout)
+        return f"{self.url}{name}"
+
+    def get(self, name: str) -> bytes | None:
+        return _s3.get(self.bucket, self.prefix + name, self.timeout)
+
+    def get_range(self, name: str, first: int, last: int) -> bytes | None:
+        return _s3.get(self.bucket, self.prefix + name, self.timeout, first, last)
+
+    def names(self, under: str, after: str, count: int) -> tuple[list[str], bool]:
+        start = self.prefix + after if after else ""
+        found, more = _s3.listing(self.bucket, self.prefix + under, start, count,
+                                  self.timeout)
+        return [key[len(self.prefix):] for key, _ in found], more
