@@ -1,58 +1,18 @@
-"""The Procfile's `api` process for tests and benchmarks, and clients made for it."""
+"""The tests' import path of the `api` process and its clients: devkit/api_server.py.
+
+The code lives in devkit/, which the benchmarks import too; tests import either.
+"""
 
 from __future__ import annotations
 
-import json
-import os
-import subprocess
-import sys
-import time
-from pathlib import Path
+from devkit.api_server import (
+    ApiServer,
+    create_token,
+    session,
+)
 
-import requests
-
-from tests.harness import ROOT, ProcfileProcess, free_port
-
-
-class ApiServer(ProcfileProcess):
-    """The HTTP API started with the Procfile's `api:` command on a free port."""
-
-    stop_grace = 15.0
-
-    def __init__(self, log_path: Path, env: dict[str, str]) -> None:
-        self.port = free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
-        super().__init__("api", log_path, {"API_PORT": str(self.port), "LOG_LEVEL": "warning",
-                                           **env}, drop=("API_",))
-        self.startup_seconds = 0.0
-
-    def start(self, timeout: float = 60) -> ApiServer:
-        started = time.monotonic()
-        self.spawn()
-        self.wait_until(self.healthy, timeout, "up")
-        self.startup_seconds = time.monotonic() - started
-        return self
-
-    def healthy(self) -> bool:
-        try:
-            return requests.get(f"{self.url}/healthz", timeout=1).status_code == 200
-        except requests.ConnectionError:
-            return False
-
-
-def create_token(redis_url: str, name: str, *options: str) -> str:
-    """`submit.py tokens create NAME --json`, as an operator runs it."""
-    done = subprocess.run(
-        [sys.executable, "submit.py", "tokens", "create", name, "--json", *options],
-        cwd=ROOT, capture_output=True, text=True, timeout=60,
-        env={**os.environ, "REDIS_URL": redis_url, "PYTHONPATH": str(ROOT)})
-    assert done.returncode == 0, done.stderr
-    record = json.loads(done.stdout)
-    assert record["name"] == name
-    return str(record["token"])
-
-
-def session(token: str) -> requests.Session:
-    http = requests.Session()
-    http.headers["Authorization"] = f"Bearer {token}"
-    return http
+__all__ = [
+    "ApiServer",
+    "create_token",
+    "session",
+]

@@ -1,7 +1,8 @@
-"""The tests' fixtures: a real redis-server, RabbitMQ vhosts, Procfile-started workers, clients.
+"""The tests' fixtures: a real redis-server, RabbitMQ vhosts, Procfile processes, clients.
 
-What they start is tests/harness.py (which tests and benchmarks import); only the
-fixtures live here, and the hooks that keep a module in one pytest-xdist process
+Workers and APIs started from the Procfile, a callback receiver, Redis that fails
+over: what they start is devkit/ (which tests and benchmarks import); only the fixtures
+live here, and the hooks that keep a module in one pytest-xdist process
 (`SHARED`) and print, at the end of a run, where its time went (per test module:
 seconds, and the start-ups of the processes it started).
 """
@@ -14,7 +15,10 @@ from typing import Any
 
 import pytest
 
+from devkit.receivers import CallbackReceiver
 from tasks.client import OcrClient
+from tests.api_server import ApiServer
+from tests.ha import RedisHA
 from tests.harness import (
     DATABASES,
     Broker,
@@ -24,6 +28,7 @@ from tests.harness import (
     kill_all,
     make_client,
     rabbitmq_missing,
+    take_pending,
 )
 from tests.start_ups import (
     StartUp,
@@ -31,7 +36,6 @@ from tests.start_ups import (
     cpu_sample,
     group_rank,
     process_lines,
-    take_pending,
     time_report,
 )
 
@@ -156,7 +160,7 @@ def broker(request: pytest.FixtureRequest, aof_redis: RedisServer) -> Iterator[B
     try:
         yield Broker("amqp", aof_redis, vhost)
     finally:
-        vhost.delete()
+        vhost.delete(wait=False)  # its workers are gone; the next test need not wait
 
 
 @pytest.fixture(scope="session")
@@ -201,7 +205,39 @@ def start_worker(tmp_path_factory: pytest.TempPathFactory,
 
 
 @pytest.fixture(scope="module")
+def start_api(tmp_path_factory: pytest.TempPathFactory,
+              redis_url: str) -> Iterator[Callable[..., ApiServer]]:
+    """The Procfile's `api` on the module's Redis database, with the settings given."""
+    started: list[ApiServer] = []
+
+    def factory(**env: str) -> ApiServer:
+        server = ApiServer(tmp_path_factory.mktemp("api") / "api.log",
+                           {"REDIS_URL": redis_url, **env})
+        started.append(server)
+        return server.start()
+
+    yield factory
+    kill_all(started)  # the module's tests are done: nothing waits on a graceful stop
+
+
+@pytest.fixture(scope="module")
 def client(redis_url: str) -> Iterator[OcrClient]:
     ocr = make_client(redis_url)
     yield ocr
     ocr.close()
+
+
+@pytest.fixture(scope="module")
+def receiver() -> Iterator[CallbackReceiver]:
+    """A callback receiver on loopback of this module's own (devkit/receivers.py)."""
+    hooks = CallbackReceiver()
+    yield hooks
+    hooks.stop()
+
+
+@pytest.fixture(scope="module")
+def ha(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisHA]:
+    """Redis that fails over, of this module's own: a primary, two replicas, three Sentinels."""
+    redis_set = RedisHA(tmp_path_factory.mktemp("ha")).start()
+    yield redis_set
+    redis_set.stop()

@@ -1,158 +1,30 @@
-"""Images made for the limit tests, generated in memory (nothing big in the repo)."""
+"""The tests' import path of the generated images: devkit/image_fixtures.py, re-exported.
+
+The code lives in devkit/, which the benchmarks import too; tests import either.
+"""
 
 from __future__ import annotations
 
-import io
-import struct
-import zlib
-
-import numpy as np
-from PIL import Image
-
-
-def png(shade: int = 200, size: tuple[int, int] = (64, 48)) -> bytes:
-    """A plain grey PNG: the fake engines answer `fake WxH mean=SHADE` (dark ones fault)."""
-    buffer = io.BytesIO()
-    Image.new("L", size, shade).save(buffer, "PNG")
-    return buffer.getvalue()
-
-
-def bomb_frame_tiff() -> bytes:
-    """A G4 TIFF: page 1 is 800x600, page 2 is 15000x15000 (225 Mpx) of white."""
-    buf = io.BytesIO()
-    Image.new("1", (800, 600), 1).save(buf, "TIFF", save_all=True, compression="group4",
-                                       append_images=[Image.new("1", (15000, 15000), 1)])
-    return buf.getvalue()
-
-
-def big_rgba_png(side: int = 13300) -> bytes:
-    """A side x side RGBA PNG (white, a dark band every 1000 rows), made row by row."""
-    def chunk(kind: bytes, body: bytes) -> bytes:
-        return (struct.pack(">I", len(body)) + kind + body
-                + struct.pack(">I", zlib.crc32(kind + body)))
-
-    white, dark = b"\0" + b"\xff" * 4 * side, b"\0" + b"\x20\x20\x20\xff" * side
-    packer = zlib.compressobj(9)
-    idat = b"".join(packer.compress(dark if y % 1000 < 40 else white) for y in range(side))
-    idat += packer.flush()
-    return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", side, side, 8, 6,
-                                                              0, 0, 0))
-            + chunk(b"IDAT", idat) + chunk(b"IEND", b""))
-
-
-def filtered_png(pixels: np.ndarray, colour_type: int) -> bytes:
-    """An 8-bit PNG of `pixels` (H x W x channels) whose rows use filters 0-4 in turn."""
-    height = pixels.shape[0]
-    rows = pixels.reshape(height, -1).astype(np.int16)
-    bpp = pixels.shape[2]
-    out = bytearray()
-    for y in range(height):
-        raw = rows[y]
-        up = rows[y - 1] if y else np.zeros_like(raw)
-        left = np.concatenate([np.zeros(bpp, np.int16), raw[:-bpp]])
-        upleft = np.concatenate([np.zeros(bpp, np.int16), up[:-bpp]])
-        kind = y % 5
-        if kind == 0:
-            encoded = raw
-        elif kind == 1:
-            encoded = raw - left
-        elif kind == 2:
-            encoded = raw - up
-        elif kind == 3:
-            encoded = raw - (left + up) // 2
-        else:
-            p = left + up - upleft
-            pa, pb, pc = np.abs(p - left), np.abs(p - up), np.abs(p - upleft)
-            predictor = np.where((pa <= pb) & (pa <= pc), left, np.where(pb <= pc, up, upleft))
-            encoded = raw - predictor
-        out += bytes([kind]) + (encoded % 256).astype(np.uint8).tobytes()
-
-    def chunk(kind: bytes, body: bytes) -> bytes:
-        return (struct.pack(">I", len(body)) + kind + body
-                + struct.pack(">I", zlib.crc32(kind + body)))
-
-    header = struct.pack(">IIBBBBB", pixels.shape[1], height, 8, colour_type, 0, 0, 0)
-    return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header)
-            + chunk(b"IDAT", zlib.compress(bytes(out), 6)) + chunk(b"IEND", b""))
-
-
-# A page in five European languages, as the multilingual test page users send: a
-# paragraph each in English, German, Spanish, Portuguese and French (what `lang=auto`
-# must read with the languages its words hold, not as English alone).
-EUROPEAN_PARAGRAPHS = (
-    ("eng", ["The quick brown fox jumps over the lazy dog. This sentence",
-             "is used to test typewriters and computer keyboards, and",
-             "to show every letter of the English alphabet at once."]),
-    ("deu", ["Der schnelle braune Fuchs springt über den faulen Hund.",
-             "Zwölf Boxkämpfer jagen Viktor quer über den großen Sylter",
-             "Deich, während die Möwen über dem Wasser kreisen."]),
-    ("spa", ["El veloz zorro marrón salta sobre el perro perezoso.",
-             "El pingüino Wenceslao hizo kilómetros bajo exhaustiva",
-             "lluvia y frío, añoraba a su querido cachorro."]),
-    ("por", ["A rápida raposa marrom salta sobre o cão preguiçoso.",
-             "Luís argüia à Júlia que «brações, fé, chá, óxido, pôr,",
-             "zângão» eram palavras do português."]),
-    ("fra", ["Le vif renard brun saute par-dessus le chien paresseux.",
-             "Portez ce vieux whisky au juge blond qui fume sur son île",
-             "intérieure, à côté de l'alcôve ovoïde, où les bûches brûlent."]),
+from devkit.image_fixtures import (
+    EUROPEAN_PARAGRAPHS,
+    NOTICE_PARAGRAPHS,
+    big_rgba_png,
+    bomb_frame_tiff,
+    european_page,
+    european_text,
+    filtered_png,
+    notice_page,
+    png,
 )
 
-
-# A notice in six European languages (a paragraph each: English, German, French,
-# Italian, Spanish, Portuguese), set in Times: held out from the sentences and the font
-# the line identification was measured on above, for the multilingual test.
-NOTICE_PARAGRAPHS = (
-    ("eng", ["Please keep this notice with your tickets. The museum",
-             "opens at nine in the morning and closes at six on weekdays."]),
-    ("deu", ["Bitte bewahren Sie diesen Hinweis bei Ihren Eintrittskarten",
-             "auf. Das Museum öffnet werktags um neun Uhr und schließt um"]),
-    ("fra", ["Veuillez conserver cet avis avec vos billets. Le musée ouvre",
-             "à neuf heures du matin et ferme à dix-huit heures en semaine."]),
-    ("ita", ["Si prega di conservare questo avviso insieme ai biglietti. Il",
-             "museo apre alle nove del mattino e chiude alle diciotto."]),
-    ("spa", ["Por favor, conserve este aviso junto con sus entradas. El",
-             "museo abre a las nueve de la mañana y cierra a las seis."]),
-    ("por", ["Por favor, guarde este aviso junto com os seus bilhetes. O",
-             "museu abre às nove da manhã e fecha às dezoito horas."]),
-)
-
-
-def european_page(dpi: int = 300, seed: int = 7, paragraphs: tuple[
-        tuple[str, list[str]], ...] = EUROPEAN_PARAGRAPHS, font: str = "helv") -> bytes:
-    """A page of `paragraphs` as a simulated scan: a PNG at `dpi`, grey, blurred, noisy.
-
-    Drawn with PyMuPDF's `font` (Helvetica; `tiro`: Times; Latin-1: every letter
-    above), rendered, blurred and given noise as the corpus' simulated scans are (blur
-    0.8, noise sigma 8; fixed `seed`, so the same bytes each time). Its text, one line
-    per drawn line and a blank line between paragraphs: `european_text(paragraphs)`.
-    """
-    import pymupdf
-    from PIL import ImageFilter
-
-    doc = pymupdf.open()
-    page = doc.new_page(width=595, height=842)
-    y = 90.0
-    for _, lines in paragraphs:
-        for line in lines:
-            page.insert_text((60, y), line, fontsize=13, fontname=font)
-            y += 19
-        y += 19
-    pixels = page.get_pixmap(dpi=dpi, colorspace=pymupdf.csGRAY)
-    drawn = Image.frombytes("L", (pixels.width, pixels.height), pixels.samples)
-    image = np.asarray(drawn.filter(ImageFilter.GaussianBlur(0.8)))
-    noisy = image.astype(np.int16) + np.random.default_rng(seed).normal(0, 8, image.shape)
-    out = io.BytesIO()
-    Image.fromarray(np.clip(noisy, 0, 255).astype(np.uint8), "L").save(out, "PNG")
-    doc.close()
-    return out.getvalue()
-
-
-def european_text(paragraphs: tuple[tuple[str, list[str]], ...] = EUROPEAN_PARAGRAPHS
-                  ) -> str:
-    """What `european_page(paragraphs=paragraphs)` draws."""
-    return "\n\n".join("\n".join(lines) for _, lines in paragraphs)
-
-
-def notice_page() -> bytes:
-    """The six-language notice as a simulated scan (`european_page`, Times)."""
-    return european_page(seed=11, paragraphs=NOTICE_PARAGRAPHS, font="tiro")
+__all__ = [
+    "EUROPEAN_PARAGRAPHS",
+    "NOTICE_PARAGRAPHS",
+    "big_rgba_png",
+    "bomb_frame_tiff",
+    "european_page",
+    "european_text",
+    "filtered_png",
+    "notice_page",
+    "png",
+]

@@ -1,12 +1,13 @@
 """Where a test run's time goes: each test module's seconds and its processes' start-ups.
 
-`ProcfileProcess` (tests/harness.py) records each start-up in the process that runs the
-test (a pytest-xdist worker under `make test`); tests/conftest.py moves them onto the
-test's report, which reaches the process that prints the summary, adds the modules'
-seconds and prints `time_report` at the end of the run, with each test process's
-seconds and how busy the machine's CPUs were (`cpu_sample`, `cpu_line`): what tells
-whether one more test process would fit. `LONGEST_FIRST` orders the longest groups
-of tests first, so that no long one is left to run alone at the end.
+`ProcfileProcess` (devkit/harness.py: `record_start_up`, `take_pending`) records each
+start-up in the process that runs the test (a pytest-xdist worker under `make test`);
+tests/conftest.py moves them onto the test's report, which reaches the process that
+prints the summary, adds the modules' seconds and prints `time_report` at the end of
+the run, with each test process's seconds and how busy the machine's CPUs were
+(`cpu_sample`, `cpu_line`): what tells whether one more test process would fit.
+`LONGEST_FIRST` orders the longest groups of tests first, so that no long one is left
+to run alone at the end.
 """
 
 from __future__ import annotations
@@ -30,6 +31,7 @@ LONGEST_FIRST = (
     "tests/queue/test_rabbit_cluster.py",  # a three-node RabbitMQ cluster of its own
     "tests/clients/test_cli.py",
     "tests/queue/test_failover.py",  # two failovers under 70 jobs each, ~105 s
+    "tests/queue/test_dead_host.py",  # three dead hosts, one behind Sentinel, ~100 s
     "tests/engines/test_structure.py",
     "checkout",  # test_procfile, test_docs_examples, test_supervise
     "tests/queue/test_hardening.py",  # ~110 s on two busy cores
@@ -76,22 +78,6 @@ class StartUp:
     module: str
     process: str
     seconds: float
-
-
-# Start-ups recorded in this process since the last report took them.
-_PENDING: list[tuple[str, float]] = []
-
-
-def record_start_up(process: str, seconds: float) -> None:
-    """Count one start-up of the test running now (its report takes it)."""
-    _PENDING.append((process, seconds))
-
-
-def take_pending() -> list[tuple[str, float]]:
-    """The start-ups recorded since the last call, to go onto the current test's report."""
-    taken = list(_PENDING)
-    _PENDING.clear()
-    return taken
 
 
 def process_lines(process_seconds: dict[str, float], modules: dict[str, set[str]]) -> list[str]:

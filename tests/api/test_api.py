@@ -7,14 +7,13 @@ idempotency, progress, cancel); the engines themselves are tested elsewhere.
 from __future__ import annotations
 
 import hashlib
-import http.server
 import io
 import json
 import subprocess
 import sys
 import threading
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -23,6 +22,7 @@ import redis
 import requests
 from PIL import Image
 
+from devkit.receivers import CallbackReceiver
 from tasks.client import OcrClient
 from tasks.state.api_jobs import ApiJobs
 from tests.api_server import ApiServer, create_token, session
@@ -34,31 +34,6 @@ WORKER_ENV = fake_env("fake", "flaky-on-dark", "tesseract", **FAST_PAGES,
                       OCR_CONCURRENCY="2", FAKE_PAGE_SECONDS="0.4")
 MAX_MB = "1"
 SECRET = "webhook-secret"
-
-
-class Receiver:
-    """A webhook receiver on loopback: records each POST's headers and body.
-
-    Answers `answer` (204 unless a test wants a refusal).
-    """
-
-    def __init__(self, answer: int = 204) -> None:
-        self.posts: list[tuple[dict[str, str], bytes]] = []
-        received = self.posts
-
-        class Handler(http.server.BaseHTTPRequestHandler):
-            def do_POST(self) -> None:  # noqa: N802 - http.server's name
-                body = self.rfile.read(int(self.headers.get("Content-Length", 0)))
-                received.append((dict(self.headers.items()), body))
-                self.send_response(answer)
-                self.end_headers()
-
-            def log_message(self, format: str, *args: object) -> None:
-                return
-
-        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.port = self.server.server_address[1]
-        threading.Thread(target=self.server.serve_forever, daemon=True).start()
 
 
 def text_png(text: str = "Invoice 2024") -> bytes:
@@ -78,14 +53,7 @@ def roots(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture(scope="module")
-def receiver() -> Iterator[Receiver]:
-    receiving = Receiver()
-    yield receiving
-    receiving.server.shutdown()
-
-
-@pytest.fixture(scope="module")
-def callbacks(receiver: Receiver) -> dict[str, str]:
+def callbacks(receiver: CallbackReceiver) -> dict[str, str]:
     """Workers and API alike: the receiver's host is listed; POSTs are signed."""
     return {"OCR_CALLBACK_ALLOWED_HOSTS": f"127.0.0.1:{receiver.port}",
             "OCR_CALLBACK_SECRET": SECRET}
@@ -105,13 +73,9 @@ def worker(start_worker: Callable[..., Worker], roots: Path, callbacks: dict[str
 
 
 @pytest.fixture(scope="module")
-def api(tmp_path_factory: pytest.TempPathFactory, redis_url: str, roots: Path,
-        worker: Worker, callbacks: dict[str, str]) -> Iterator[ApiServer]:
-    server = ApiServer(tmp_path_factory.mktemp("api") / "api.log", {
-        "REDIS_URL": redis_url, "OCR_MAX_INPUT_MB": MAX_MB,
-        "OCR_ALLOWED_ROOTS": str(roots), **callbacks}).start()
-    yield server
-    server.stop()
+def api(start_api: Callable[..., ApiServer], roots: Path, worker: Worker,
+        callbacks: dict[str, str]) -> ApiServer:
+    return start_api(OCR_MAX_INPUT_MB=MAX_MB, OCR_ALLOWED_ROOTS=str(roots), **callbacks)
 
 
 @pytest.fixture(scope="module")
@@ -472,7 +436,7 @@ def test_delete_cancels_a_running_pdf(api: ApiServer, alice: requests.Session) -
 
 
 def test_signed_webhook_to_a_listed_host_and_refusals(api: ApiServer, alice: requests.Session,
-                                                      receiver: Receiver) -> None:
+                                                      receiver: CallbackReceiver) -> None:
     from tasks.lifecycle.callbacks import verify
     from tasks.state.webhook_secrets import WebhookSecrets
 
@@ -483,8 +447,8 @@ def test_signed_webhook_to_a_listed_host_and_refusals(api: ApiServer, alice: req
                30, "the job's callback")
     headers, body = next((h, b) for h, b in receiver.posts if json.loads(b)["id"] == job_id)
     assert json.loads(body)["status"] == "SUCCESS"
-    # an API client's job is signed with that client's own secret (issue 26;
-    # tests/api/test_webhook_secrets.py), not with OCR_CALLBACK_SECRET
+    # an API client's job is signed with that client's own secret
+    # (tests/api/test_webhook_secrets.py), not with OCR_CALLBACK_SECRET
     own = WebhookSecrets(redis.Redis.from_url(api.env["REDIS_URL"])).signing("alice")
     assert own is not None
     assert verify(body, own.current, headers["X-OCR-Timestamp"], headers["X-OCR-Signature"])
@@ -498,6 +462,9 @@ def test_signed_webhook_to_a_listed_host_and_refusals(api: ApiServer, alice: req
                             data={"callback_url": url}, timeout=10)
         assert answer.status_code == 400, (url, answer.text)
         assert answer.json()["error"]["code"] == "callback_not_allowed", url
+        if ":" in url.split("//", 1)[1]:  # the entry to list is this host:port
+            assert (f"add `127.0.0.1:{receiver.port + 1}` to OCR_CALLBACK_ALLOWED_HOSTS"
+                    in answer.json()["error"]["message"]), answer.text
 
 
 def test_retry_rereads_failed_pages_of_own_jobs_only(api: ApiServer, alice: requests.Session,
@@ -615,6 +582,14 @@ def test_an_unknown_engine_is_422_with_nothing_stored(api: ApiServer, redis_url:
     assert chunked.status_code == 422, chunked.text
     assert chunked.json()["error"]["code"] == "unknown_engine"
     assert not left_behind(store, before)
+    # A language that does not exist: 422 unknown_language naming it, nothing stored.
+    for lang in ("klingon", "eng+klingon"):
+        answer = carol.post(f"{api.url}/v1/jobs", files={"file": ("a.png", png())},
+                            data={"lang": lang}, timeout=30)
+        assert answer.status_code == 422, answer.text
+        error = answer.json()["error"]
+        assert error["code"] == "unknown_language" and "'klingon'" in error["message"], error
+        assert not left_behind(store, before)
 
 
 def test_the_schemas_formats_are_the_table_of_formats() -> None:
@@ -690,7 +665,7 @@ def test_fuzz_from_own_openapi_schema(tmp_path: Path) -> None:
                 failures.append(f"{operation.label}: {exc}")
         assert not failures, "\n\n".join(failures)[:6000]
         print({label: sorted(set(codes)) for label, codes in calls.items()})
-        assert len(calls) == 14, calls  # every operation but /readyz was called
+        assert len(calls) == 19, calls  # every operation but /readyz was called
         assert sum(len(codes) for codes in calls.values()) >= 60, calls
         # Redis gone: coded 503s, not 500s.
         own_redis.stop()
@@ -698,6 +673,7 @@ def test_fuzz_from_own_openapi_schema(tmp_path: Path) -> None:
                             headers={"Authorization": f"Bearer {token}"})
         assert down.status_code == 503 and down.json()["error"]["code"] == "transient"
         # /readyz answers from a snapshot refreshed every second: it says so soon.
+
         def redis_down() -> tuple[requests.Response] | None:  # a 503 Response is false
             ready = requests.get(f"{server.url}/readyz", timeout=30)
             return None if ready.json()["redis"] else (ready,)

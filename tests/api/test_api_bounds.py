@@ -8,7 +8,7 @@ hold are 400, never a traceback in the API's log.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 import pytest
 import requests
@@ -19,11 +19,8 @@ JSON = {"Content-Type": "application/json"}
 
 
 @pytest.fixture(scope="module")
-def api(tmp_path_factory: pytest.TempPathFactory, redis_url: str) -> Iterator[ApiServer]:
-    server = ApiServer(tmp_path_factory.mktemp("api") / "api.log",
-                       {"REDIS_URL": redis_url, "LOG_LEVEL": "info"}).start()
-    yield server
-    server.stop()
+def api(start_api: Callable[..., ApiServer]) -> ApiServer:
+    return start_api(LOG_LEVEL="info")
 
 
 @pytest.fixture(scope="module")

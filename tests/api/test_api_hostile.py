@@ -1,4 +1,4 @@
-"""The HTTP API against hostile clients (issue 35): each reproduction of the issue.
+"""The HTTP API against hostile clients: each abuse, and what it gets.
 
 Through the Procfile's `api` process, a real worker (fake engine) and a real Redis:
 readiness that a flood of unknown queue names cannot stall, quotas on what a client
@@ -27,12 +27,13 @@ import pytest
 import redis
 import requests
 
+from devkit.receivers import CallbackReceiver
 from tasks.api._readiness import ReadinessCheck
 from tasks.inference_server import ServerWatch
 from tasks.lifecycle.outbound import is_public
 from tasks.settings import Settings
 from tasks.state.liveness import PRESENCE_TTL, WorkerPresence
-from tests.api.test_api import WORKER_ENV, Receiver, png, send, wait_end
+from tests.api.test_api import WORKER_ENV, png, send, wait_end
 from tests.api_server import ApiServer, create_token, session
 from tests.harness import ROOT, RedisServer, Worker, eventually, free_port
 
@@ -40,27 +41,23 @@ BODY_TIMEOUT = "15"  # the idle service's: a stalled upload ends in a test's tim
 
 
 @pytest.fixture(scope="module")
-def receiver() -> Iterator[Receiver]:
-    receiving = Receiver(answer=410)
+def receiver() -> Iterator[CallbackReceiver]:
+    receiving = CallbackReceiver(answer=410)
     yield receiving
-    receiving.server.shutdown()
+    receiving.stop()
 
 
 @pytest.fixture(scope="module")
-def worker(start_worker: Callable[..., Worker], receiver: Receiver) -> Worker:
+def worker(start_worker: Callable[..., Worker], receiver: CallbackReceiver) -> Worker:
     # The result cache on (per-client keys); the receiver's host listed for callbacks.
     return start_worker(**{**WORKER_ENV, "OCR_CACHE_RESULTS": "1",
                            "OCR_CALLBACK_ALLOWED_HOSTS": f"127.0.0.1:{receiver.port}"})
 
 
 @pytest.fixture(scope="module")
-def api(tmp_path_factory: pytest.TempPathFactory, redis_url: str,
-        worker: Worker, receiver: Receiver) -> Iterator[ApiServer]:
-    server = ApiServer(tmp_path_factory.mktemp("api") / "api.log", {
-        "REDIS_URL": redis_url, "LOG_LEVEL": "info",
-        "OCR_CALLBACK_ALLOWED_HOSTS": f"127.0.0.1:{receiver.port}"}).start()
-    yield server
-    server.stop()
+def api(start_api: Callable[..., ApiServer], worker: Worker,
+        receiver: CallbackReceiver) -> ApiServer:
+    return start_api(LOG_LEVEL="info", OCR_CALLBACK_ALLOWED_HOSTS=f"127.0.0.1:{receiver.port}")
 
 
 @pytest.fixture(scope="module")
@@ -418,7 +415,7 @@ def _delivery(api: ApiServer, http: requests.Session, job_id: str) -> dict[str, 
 
 
 def test_callback_rejected_by_its_receiver_is_recorded(
-        api: ApiServer, carol: requests.Session, receiver: Receiver) -> None:
+        api: ApiServer, carol: requests.Session, receiver: CallbackReceiver) -> None:
     job_id = send(carol, api, png(), callback_url=f"http://127.0.0.1:{receiver.port}/hook")
     wait_end(carol, api, job_id)
     assert _delivery(api, carol, job_id) == {"status": "rejected", "code": "callback_rejected",
@@ -471,7 +468,8 @@ def test_callback_failing_after_its_retries_is_recorded(redis_url: str) -> None:
     control = JobControl(redis.Redis.from_url(redis_url), settings.result_ttl)
     try:
         # Eagerly, each retry runs at once (no backoff wait): all five attempts here.
-        outcome = http_callback.apply(args=(f"http://127.0.0.1:{port}/hook", {"id": job_id}))
+        outcome = http_callback.apply(args=(f"http://127.0.0.1:{port}/hook", {"id": job_id}),
+                                      kwargs={"job_id": job_id})
         assert outcome.failed()
     finally:
         app.close()

@@ -1,4 +1,4 @@
-"""Every client reads a refusal (issue 43 item 2): Python's urllib, requests and httpx.
+"""Every client reads a refusal: Python's urllib, requests and httpx.
 
 The Procfile's `api` process on a real Redis, no worker (nothing here is run). An
 upload refused for its size (413 input_too_large) or its client's bytes quota (429
@@ -14,7 +14,7 @@ import json
 import urllib.error
 import urllib.request
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -32,11 +32,8 @@ OVER_QUOTA = 6 * 1024 * 1024  # within the upload limit, over the client's quota
 
 
 @pytest.fixture(scope="module")
-def api(tmp_path_factory: pytest.TempPathFactory, redis_url: str) -> Iterator[ApiServer]:
-    server = ApiServer(tmp_path_factory.mktemp("api") / "api.log", {
-        "REDIS_URL": redis_url, "OCR_MAX_INPUT_MB": str(MAX_MB)}).start()
-    yield server
-    server.stop()
+def api(start_api: Callable[..., ApiServer]) -> ApiServer:
+    return start_api(OCR_MAX_INPUT_MB=str(MAX_MB))
 
 
 @pytest.fixture(scope="module")

@@ -27,7 +27,7 @@ import pytest
 import redis
 import requests
 
-from tests.api.test_api import Receiver
+from devkit.receivers import CallbackReceiver
 from tests.api_server import ApiServer, create_token, session
 from tests.harness import FAST_PAGES, ROOT, Worker, eventually, fake_env
 from tests.image_fixtures import png
@@ -55,14 +55,7 @@ def worker_env(s3: MotoS3, tmp: Path, **extra: str) -> dict[str, str]:
 
 
 @pytest.fixture(scope="module")
-def receiver() -> Iterator[Receiver]:
-    receiving = Receiver()
-    yield receiving
-    receiving.server.shutdown()
-
-
-@pytest.fixture(scope="module")
-def hooks(receiver: Receiver) -> dict[str, str]:
+def hooks(receiver: CallbackReceiver) -> dict[str, str]:
     """Workers and API alike: the receiver's host is listed for callbacks."""
     return {"OCR_CALLBACK_ALLOWED_HOSTS": f"127.0.0.1:{receiver.port}"}
 
@@ -82,12 +75,9 @@ def control(start_worker: Callable[..., Worker], s3: MotoS3, hooks: dict[str, st
 
 
 @pytest.fixture(scope="module")
-def api(tmp_path_factory: pytest.TempPathFactory, redis_url: str, worker: Worker,
-        control: Worker, s3: MotoS3, hooks: dict[str, str]) -> Iterator[ApiServer]:
-    server = ApiServer(tmp_path_factory.mktemp("api") / "api.log", {
-        "REDIS_URL": redis_url, **BATCH_ENV, **hooks, **s3.env()}).start()
-    yield server
-    server.stop()
+def api(start_api: Callable[..., ApiServer], worker: Worker, control: Worker, s3: MotoS3,
+        hooks: dict[str, str]) -> ApiServer:
+    return start_api(**{**BATCH_ENV, **hooks, **s3.env()})
 
 
 @pytest.fixture(scope="module")
@@ -243,7 +233,7 @@ def test_cancel_stops_the_running_documents_and_starts_no_more(
 
 
 def test_a_manifest_source_with_a_missing_object_and_the_end_webhook(
-        alice: requests.Session, api: ApiServer, s3: MotoS3, receiver: Receiver) -> None:
+        alice: requests.Session, api: ApiServer, s3: MotoS3, receiver: CallbackReceiver) -> None:
     store = s3.client()
     for name, shade in (("a.png", 190), ("b.png", 180), ("c.png", 170)):
         store.put_object(Bucket="src", Key=f"listed/{name}", Body=png(shade, (33, 22)))
@@ -321,6 +311,17 @@ def test_the_local_folder_form_writes_outputs_and_a_manifest_and_resumes(
     shown = json.loads(again.stdout)
     assert shown["documents"]["skipped"] == 6 and shown["documents"]["skipped_failed"] == 1
     assert shown["state"] == "PARTIAL" and shown["id"] != summary["id"], shown
+    # as text, into a pipe: progress on stderr; the summary names the failed file with
+    # its code and how to read it again; --no-cache is taken and reads nothing skipped
+    text = cli(redis_url, s3, "batch", str(source), "--result-url", str(target),
+               "--no-cache")
+    assert text.returncode == 3, text.stderr
+    code = next(line["error"] for line in lines if line["name"] == "broken.png")
+    assert f"\nbroken.png: FAILURE {code}\n" in text.stderr, text.stderr
+    assert ("1 of the skipped had failed before; run again with --retry-failed"
+            in text.stderr), text.stderr
+    assert "skipped, 0 running of 6 documents" in text.stderr, text.stderr
+    assert len(text.stdout.splitlines()) == 1  # the summary alone
 
 
 def test_the_command_line_starts_and_waits_for_an_s3_batch(
@@ -344,6 +345,14 @@ def test_the_command_line_starts_and_waits_for_an_s3_batch(
     assert waited.returncode == 0, waited.stderr
     shown = json.loads(waited.stdout)
     assert shown["state"] == "SUCCESS" and shown["documents"]["done"] == 3, shown
+    # as text: a failed document named with its code, from the batch's manifest
+    fill(s3, "cli-bad/", 2, bad=(1,))
+    partial = cli(redis_url, s3, "batch", "s3://src/cli-bad/", "--result-url",
+                  "s3://out/cli-bad/")
+    assert partial.returncode == 3, partial.stderr
+    code = manifest(s3, "cli-bad/")["doc-001.png"]["error"]
+    assert f"\ndoc-001.png: FAILURE {code}\n" in partial.stderr, partial.stderr
+    assert len(partial.stdout.splitlines()) == 1  # the summary alone
 
 
 # Short limits so that the killed worker's jobs come back within the test.

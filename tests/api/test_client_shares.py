@@ -8,10 +8,11 @@ A real worker with the fake engine, the Procfile's `api`, a real redis-server.
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 
 import pytest
 import redis
@@ -24,13 +25,9 @@ from tests.image_fixtures import png
 
 
 @pytest.fixture(scope="module")
-def api(start_worker: Callable[..., Worker], redis_url: str,
-        tmp_path_factory: pytest.TempPathFactory) -> Iterator[ApiServer]:
+def api(start_worker: Callable[..., Worker], start_api: Callable[..., ApiServer]) -> ApiServer:
     start_worker(**fake_env())
-    server = ApiServer(tmp_path_factory.mktemp("api") / "api.log",
-                       {"REDIS_URL": redis_url}).start()
-    yield server
-    server.stop()
+    return start_api()
 
 
 def tokens(redis_url: str, *words: str) -> subprocess.CompletedProcess[str]:
@@ -74,3 +71,38 @@ def test_a_token_held_to_normal_is_refused_interactive(api: ApiServer, redis_url
     finally:
         http.close()
         r.close()
+
+
+def test_a_plain_job_shows_the_priority_its_token_gives_it(api: ApiServer,
+                                                           redis_url: str) -> None:
+    """`tokens create` says what a plain job gets; the job's status and lists show it."""
+    made = tokens(redis_url, "create", "lowly", "--weight", "5", "--max-priority", "batch")
+    assert made.returncode == 0, made.stderr
+    token = made.stdout.splitlines()[1]
+    assert ("plain jobs run at priority batch (this token's --max-priority); "
+            "priorities outrank weights") in made.stdout, made.stdout
+    plain = tokens(redis_url, "create", "plainly")
+    assert "plain jobs run at priority normal (the default)" in plain.stdout, plain.stdout
+    http = session(token)
+    try:
+        answer = http.post(f"{api.url}/v1/jobs", files={"file": ("a.png", png(61))},
+                           timeout=30)
+        assert answer.status_code == 202, answer.text
+        job = answer.json()["id"]
+        shown = http.get(f"{api.url}/v1/jobs/{job}", timeout=10).json()
+        assert shown["priority"] == "batch", shown
+        listed = http.get(f"{api.url}/v1/jobs", timeout=10).json()["jobs"]
+        assert [(j["id"], j["priority"]) for j in listed] == [(job, "batch")], listed
+        status = subprocess.run([sys.executable, "submit.py", "--json", "status", job],
+                                cwd=ROOT, capture_output=True, text=True, timeout=60,
+                                env={**os.environ, "REDIS_URL": redis_url,
+                                     "PYTHONPATH": str(ROOT)})
+        assert status.returncode == 0, status.stderr
+        assert json.loads(status.stdout)["priority"] == "batch", status.stdout
+        everyone = subprocess.run([sys.executable, "submit.py", "--json", "jobs", "--client",
+                                   "lowly"], cwd=ROOT, capture_output=True, text=True,
+                                  timeout=60, env={**os.environ, "REDIS_URL": redis_url,
+                                                   "PYTHONPATH": str(ROOT)})
+        assert [j["priority"] for j in json.loads(everyone.stdout)["jobs"]] == ["batch"]
+    finally:
+        http.close()

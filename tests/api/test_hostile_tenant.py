@@ -167,11 +167,14 @@ def test_a_manifest_line_into_another_clients_prefix_is_refused(
     done = ended(tenants["b"], api, batch(tenants["b"], api, source,
                                           "s3://tenant-b/stolen/")["id"])
     assert done["state"] == "PARTIAL", done
-    assert (done["documents"]["done"], done["documents"]["failed"]) == (1, 2), done
-    lines_by_name = manifest(s3, "tenant-b", "stolen/")
-    refused = lines_by_name["tenant-a/private/secret.png"]
+    counts = done["documents"]
+    assert (counts["done"], counts["failed"], counts["skipped"]) == (1, 1, 1), done
+    body = s3.client().get_object(Bucket="tenant-b", Key="stolen/manifest.jsonl")["Body"]
+    refused, again = [line for line in map(json.loads, body.read().decode().splitlines())
+                      if line["name"] == "tenant-a/private/secret.png"]
     assert refused["status"] == "FAILURE" and refused["error"] == "url_not_allowed"
     assert refused["job_id"] == "" and refused["outputs"] == []
+    assert again["error"] == "duplicate" and again["outputs"] == []  # the same line
     assert jobs_of(store, done["id"]) == 1  # the own document's job alone
     written = objects(s3, "tenant-b", "stolen/")
     assert "stolen/tenant-b/docs/own.png.txt" in written
@@ -189,7 +192,7 @@ def test_a_batch_above_the_tokens_priority_is_403_and_a_plain_job_runs_at_batch(
         store: redis.Redis) -> None:
     c = tenants["c"]
     doc = put(s3, "tenant-b", "c/plain.png", png(210, (41, 31)))
-    over = batch(c, api, "s3://tenant-b/c/", "s3://tenant-b/c/out/", status=403,
+    over = batch(c, api, "s3://tenant-b/c/in/", "s3://tenant-b/c/out/", status=403,
                  priority="interactive")
     assert over["error"]["code"] == "priority_not_allowed", over
     refused = c.post(f"{api.url}/v1/jobs", json={"url": doc, "priority": "normal"},
@@ -217,7 +220,7 @@ def test_jobs_in_flight_count_batch_documents_and_running_batches_are_bounded(
                     timeout=30)
     assert single.status_code == 429, single.text
     assert single.json()["error"]["code"] == "quota_exceeded"
-    second = batch(c, api, "s3://tenant-b/c/", "s3://tenant-b/c/two/", status=429)
+    second = batch(c, api, "s3://tenant-b/c/dark/", "s3://tenant-b/c/two/", status=429)
     assert second["error"]["code"] == "batch_quota_exceeded", second
     shown = info(c, api, running)
     # the batch waits for room: 3 of its 5 documents sent, none failed for it

@@ -61,12 +61,8 @@ def worker(start_worker: Callable[..., Worker], gate: Path) -> Worker:
 
 
 @pytest.fixture(scope="module")
-def api(worker: Worker, redis_url: str,
-        tmp_path_factory: pytest.TempPathFactory) -> Iterator[ApiServer]:
-    server = ApiServer(tmp_path_factory.mktemp("api") / "api.log",
-                       {"REDIS_URL": redis_url}).start()
-    yield server
-    server.stop()
+def api(start_api: Callable[..., ApiServer], worker: Worker) -> ApiServer:
+    return start_api()
 
 
 def _process(name: str, log: Path, env: dict[str, str], ready: Callable[[], bool],

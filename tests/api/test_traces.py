@@ -15,15 +15,14 @@ saw the same), and the result's write.
 
 from __future__ import annotations
 
-import http.server
 import json
 import re
-import threading
 from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
 
+from devkit.receivers import CallbackReceiver
 from tests.api_server import ApiServer, create_token, session
 from tests.harness import Worker, eventually
 from tests.inference_server import SimulatedInferenceServer
@@ -36,29 +35,6 @@ TRACE_ID = "4bf92f3577b34da6a3ce929d0e0e4736"
 CALLER_SPAN = "00f067aa0ba902b7"
 TRACEPARENT = f"00-{TRACE_ID}-{CALLER_SPAN}-01"
 PAGE_TEXT = "Page read by the simulated server."
-
-
-class Hooks:
-    """A callback receiver on loopback: each POST's headers and JSON body."""
-
-    def __init__(self) -> None:
-        self.posts: list[tuple[dict[str, str], dict[str, Any]]] = []
-        posts = self.posts
-
-        class Handler(http.server.BaseHTTPRequestHandler):
-            def do_POST(self) -> None:  # noqa: N802 - http.server's name
-                body = self.rfile.read(int(self.headers.get("Content-Length", 0)))
-                posts.append(({k.lower(): v for k, v in self.headers.items()},
-                              json.loads(body)))
-                self.send_response(204)
-                self.end_headers()
-
-            def log_message(self, format: str, *args: object) -> None:
-                return
-
-        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.port = self.server.server_address[1]
-        threading.Thread(target=self.server.serve_forever, daemon=True).start()
 
 
 @pytest.fixture(scope="module")
@@ -76,20 +52,13 @@ def server() -> Iterator[SimulatedInferenceServer]:
 
 
 @pytest.fixture(scope="module")
-def hooks() -> Iterator[Hooks]:
-    receiving = Hooks()
-    yield receiving
-    receiving.server.shutdown()
-
-
-@pytest.fixture(scope="module")
 def env(collector: OtlpReceiver, server: SimulatedInferenceServer,
-        hooks: Hooks) -> dict[str, str]:
+        receiver: CallbackReceiver) -> dict[str, str]:
     """What every process gets: the standard OTEL_* variables, the server, the hook."""
     return {"OTEL_EXPORTER_OTLP_ENDPOINT": collector.endpoint,
             "OTEL_BSP_SCHEDULE_DELAY": "200",  # ms: spans leave soon after they end
             "OCR_VLM_API_URL": server.url, "OCR_VLM_API_MODEL": server.model,
-            "OCR_CALLBACK_ALLOWED_HOSTS": f"127.0.0.1:{hooks.port}",
+            "OCR_CALLBACK_ALLOWED_HOSTS": f"127.0.0.1:{receiver.port}",
             "OCR_CACHE_RESULTS": "0", "OCR_AUTO_ROTATE": "0", "OCR_DESKEW": "0",
             "OCR_SKIP_BLANK_PAGES": "0"}
 
@@ -106,12 +75,9 @@ def workers(start_worker: Callable[..., Worker], env: dict[str, str]) -> list[Wo
 
 
 @pytest.fixture(scope="module")
-def api(tmp_path_factory: pytest.TempPathFactory, redis_url: str, env: dict[str, str],
-        workers: list[Worker]) -> Iterator[ApiServer]:
-    server = ApiServer(tmp_path_factory.mktemp("api") / "api.log",
-                       {"REDIS_URL": redis_url, **env}).start()
-    yield server
-    server.stop()
+def api(start_api: Callable[..., ApiServer], env: dict[str, str],
+        workers: list[Worker]) -> ApiServer:
+    return start_api(**env)
 
 
 def ancestors(span: ReceivedSpan, by_id: dict[str, ReceivedSpan]) -> list[ReceivedSpan]:
@@ -131,12 +97,15 @@ def one(spans: list[ReceivedSpan], **want: str) -> ReceivedSpan:
 
 def test_one_trace_from_the_request_to_the_inference_server_and_the_callback(
         api: ApiServer, redis_url: str, workers: list[Worker], collector: OtlpReceiver,
-        server: SimulatedInferenceServer, hooks: Hooks) -> None:
+        server: SimulatedInferenceServer, receiver: CallbackReceiver) -> None:
+    # the API says it traces, as the workers do
+    assert re.search(r"^api: tracing on: service ocr-api, exporting to otlp \(pid \d+\)$",
+                     api.log(), re.M), api.log()[-2000:]
     http = session(create_token(redis_url, "tracer"))
     sent = http.post(f"{api.url}/v1/jobs", headers={"traceparent": TRACEPARENT},
                      files={"file": ("three.pdf", image_pdf(plain_pages(3)),
                                      "application/pdf")},
-                     data={"lang": "eng", "callback_url": f"http://127.0.0.1:{hooks.port}/"})
+                     data={"lang": "eng", "callback_url": receiver.url("/")})
     assert sent.status_code == 202, sent.text
     job = sent.json()["id"]
 
@@ -150,7 +119,7 @@ def test_one_trace_from_the_request_to_the_inference_server_and_the_callback(
     assert [p["text"] for p in result["pages"]] == [PAGE_TEXT] * 3
     assert {p["engine"] for p in result["pages"]} == {"vlm-api"}
     assert result["trace_id"] == TRACE_ID  # the caller's trace, in the job's result
-    eventually(lambda: hooks.posts, 60, "the callback POST")
+    eventually(lambda: receiver.posts, 60, "the callback POST")
 
     def logged() -> list[dict[str, Any]]:  # the ending logs its line after the result
         return [r for w in workers for r in map(json.loads, re.findall(
@@ -203,8 +172,9 @@ def test_one_trace_from_the_request_to_the_inference_server_and_the_callback(
     callback = one(spans, name="ocr.callback")
     assert callback.kind == "client" and job_span in ancestors(callback, by_id)
     assert callback.attributes["http.response.status_code"] == 204
-    headers, body = hooks.posts[0]
-    assert body["id"] == job
+    sent, body = receiver.posts[0]
+    headers = {k.lower(): v for k, v in sent.items()}
+    assert json.loads(body)["id"] == job
     assert headers["traceparent"].split("-")[1:3] == [TRACE_ID, callback.span_id]
     write = one(spans, name="ocr.result.write")
     assert any(p in ancestors(write, by_id) for p in pages)  # the last page ended the job

@@ -14,7 +14,7 @@ import json
 import os
 import subprocess
 import sys
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from typing import Any
 
 import pytest
@@ -23,7 +23,7 @@ import requests
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
-from tasks.state.metrics import RedisCollector
+from tasks.state.metrics_collector import RedisCollector
 from tasks.state.usage import fewest_pages
 from tests.api_server import ApiServer, create_token, session
 from tests.harness import FAST_PAGES, ROOT, Worker, eventually, fake_env, make_client
@@ -39,12 +39,8 @@ def worker(start_worker: Callable[..., Worker]) -> Worker:
 
 
 @pytest.fixture(scope="module")
-def api(tmp_path_factory: pytest.TempPathFactory, redis_url: str,
-        worker: Worker) -> Iterator[ApiServer]:
-    server = ApiServer(tmp_path_factory.mktemp("api") / "api.log",
-                       {"REDIS_URL": redis_url}).start()
-    yield server
-    server.stop()
+def api(start_api: Callable[..., ApiServer], worker: Worker) -> ApiServer:
+    return start_api()
 
 
 def send(http: requests.Session, api: ApiServer, data: bytes, name: str = "scan.png",

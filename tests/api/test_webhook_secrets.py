@@ -1,7 +1,7 @@
 # ruff: noqa: F811  (the fixtures of test_api.py are imported by name, as pytest needs)
 """Per-client webhook secrets through the real API server, a real worker and a receiver.
 
-Issue 26: each API client gets its own signing secret with its token (`submit.py tokens
+Each API client gets its own signing secret with its token (`submit.py tokens
 create NAME --json` prints it once as `webhook_secret`); callbacks of its jobs are signed
 with it. `tokens rotate-secret NAME --grace S` makes a new one; for S seconds each
 callback also carries `X-OCR-Signature-Previous`, made with the old secret, so a
@@ -20,16 +20,15 @@ from typing import Any
 import redis
 import requests
 
+from devkit.receivers import CallbackReceiver
 from tasks.client import OcrClient
 from tasks.lifecycle.callbacks import verify
 from tests.api.test_api import (  # noqa: F401 - the module's fixtures, reused
     SECRET,
-    Receiver,
     api,
     callbacks,
     healed,
     png,
-    receiver,
     roots,
     send,
     wait_end,
@@ -48,13 +47,13 @@ def tokens(redis_url: str, *args: str) -> dict[str, Any]:
     return dict(json.loads(done.stdout))
 
 
-def callback_of(receiver: Receiver, job_id: str) -> tuple[dict[str, str], bytes]:
+def callback_of(receiver: CallbackReceiver, job_id: str) -> tuple[dict[str, str], bytes]:
     found = eventually(lambda: [(h, b) for h, b in receiver.posts
                                 if json.loads(b).get("id") == job_id], 60, "the callback")
     return found[0]
 
 
-def hooked_job(http: requests.Session, api: ApiServer, receiver: Receiver) -> str:
+def hooked_job(http: requests.Session, api: ApiServer, receiver: CallbackReceiver) -> str:
     job_id = send(http, api, png(), "hooked.png",
                   callback_url=f"http://127.0.0.1:{receiver.port}/hooks/ocr")
     assert wait_end(http, api, job_id)["status"] == "SUCCESS"
@@ -62,7 +61,7 @@ def hooked_job(http: requests.Session, api: ApiServer, receiver: Receiver) -> st
 
 
 def test_each_client_signs_with_its_own_secret_and_rotation_has_grace(
-        api: ApiServer, receiver: Receiver, redis_url: str) -> None:
+        api: ApiServer, receiver: CallbackReceiver, redis_url: str) -> None:
     carol = tokens(redis_url, "create", "carol")
     dave = tokens(redis_url, "create", "dave")
     assert carol["webhook_secret"].startswith("whsec_")
@@ -105,7 +104,7 @@ def test_each_client_signs_with_its_own_secret_and_rotation_has_grace(
 
 
 def test_celery_protocol_jobs_keep_the_service_secret(
-        api: ApiServer, receiver: Receiver, redis_url: str) -> None:
+        api: ApiServer, receiver: CallbackReceiver, redis_url: str) -> None:
     from tests.harness import make_client
 
     client: OcrClient = make_client(redis_url)

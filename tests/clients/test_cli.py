@@ -22,7 +22,17 @@ import redis
 
 import submit
 from tasks.client import OcrClient
-from tests.harness import FAST_PAGES, ROOT, Worker, corpus, eventually, fake_env, free_port
+from tasks.errors import JobNotFound
+from tests.harness import (
+    FAST_PAGES,
+    ROOT,
+    Worker,
+    corpus,
+    eventually,
+    fake_env,
+    free_port,
+    make_client,
+)
 from tests.pdf_fixtures import image_pdf, plain_pages
 from tests.queue.test_queue import submit_cli
 
@@ -67,7 +77,7 @@ def test_help_lists_every_command_with_an_example_and_the_exit_codes() -> None:
     for cmd in submit.COMMANDS.values():
         assert re.search(rf"^    {cmd.name}\s", done.stdout, re.M), cmd.name
         assert cmd.example in done.stdout
-    for code in (0, 1, 2, 3, 4, 5, 6):
+    for code in (0, 1, 2, 3, 4, 5, 6, 7):
         assert re.search(rf"^  {code}  \S", done.stdout, re.M), code
     assert {"submit", "wait", "status", "cancel", "retry", "models"} <= set(submit.COMMANDS)
     readme = (ROOT / "README.md").read_text()
@@ -133,6 +143,73 @@ def test_a_cancelled_jobs_line_says_what_it_kept_and_where() -> None:
         "prints them, `--out DIR` writes them)"]
     [line] = problem_lines(result, 14, Path("out"))
     assert line.endswith("(pages 1-2,4; written to out)")
+
+
+def test_an_unknown_job_id_is_not_found_in_every_command(redis_url: str,
+                                                         client: OcrClient) -> None:
+    """A mistyped id is `not_found`, exit 7, never a queued job; the Python client raises."""
+    unknown = "5b0c2a1e-0000-4000-8000-000000000000"
+    store = redis.Redis.from_url(redis_url)
+    before = door_keys(store)
+    for words in (["status", unknown], ["--json", "status", unknown], ["wait", unknown],
+                  ["cancel", unknown], ["retry", unknown]):
+        done = submit_cli(redis_url, *words)
+        assert done.returncode == 7, (words, done.stdout, done.stderr)
+        [line] = done.stderr.splitlines()
+        assert line.startswith("submit.py: not_found: ") and unknown in line, line
+        assert done.stdout == ""
+    assert door_keys(store) == before  # no cancel and no retry was sent
+    for call in (client.status, client.retry, lambda job: client.cancel([job]),
+                 lambda job: client.wait([job], timeout=30, must_exist=True)):
+        with pytest.raises(JobNotFound) as raised:
+            call(unknown)
+        assert raised.value.code == "not_found" and unknown in raised.value.message
+
+
+def cli_in(checkout: Path, *args: str) -> subprocess.Popen[str]:
+    """`submit.py ARGS` run in `checkout` (as its own checkout), without REDIS_URL."""
+    code = ("import sys; from pathlib import Path; import tasks.cli.core as core; "
+            f"core.CHECKOUT = Path({str(checkout)!r}); import submit; "
+            "sys.exit(submit.main(sys.argv[1:]))")
+    env = {k: v for k, v in os.environ.items() if k not in ("REDIS_URL", "BROKER_URL")}
+    return subprocess.Popen([sys.executable, "-c", code, *args], cwd=checkout, text=True,
+                            env={**env, "PYTHONPATH": str(ROOT)},
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+
+
+def test_no_redis_named_is_never_a_guess(tmp_path: Path) -> None:
+    """No REDIS_URL, no var/redis-url, no `make run` starting (its pid gone): exit 5."""
+    (tmp_path / "var").mkdir()
+    gone = subprocess.Popen([sys.executable, "-c", "pass"])
+    gone.wait()
+    (tmp_path / "var" / "starting").write_text(f"{gone.pid}\n")  # a run that failed
+    done = cli_in(tmp_path, "status", "some-id")
+    _, err = done.communicate(timeout=120)
+    assert done.returncode == 5, err
+    [line] = err.splitlines()
+    assert "no Redis named" in line and "make run" in line and "REDIS_URL" in line, line
+    assert "6379" not in line and "starting" not in line
+
+
+def test_a_starting_make_run_is_waited_for(tmp_path: Path, redis_url: str) -> None:
+    """While `make run` starts (var/starting names a live pid) a command waits for it."""
+    (tmp_path / "var").mkdir()
+    make = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(600)"])
+    try:
+        (tmp_path / "var" / "starting").write_text(f"{make.pid}\n")
+        waiting = cli_in(tmp_path, "status", "5b0c2a1e-0000-4000-8000-000000000001")
+        assert waiting.stderr is not None
+        said = waiting.stderr.readline()
+        assert f"`make run` (pid {make.pid}) is starting" in said, said
+        assert waiting.poll() is None  # still waiting: nothing was sent anywhere
+        (tmp_path / "var" / "redis-url").write_text(redis_url + "\n")
+        (tmp_path / "var" / "starting").unlink()  # as the supervisor does once Redis is up
+        _, err = waiting.communicate(timeout=120)
+        assert waiting.returncode == 7, err  # that Redis answered: no such job there
+        assert "not_found" in err
+    finally:
+        make.kill()
+        make.wait()
 
 
 # --- with a worker ---------------------------------------------------------------------
@@ -202,8 +279,9 @@ def test_an_engine_no_worker_can_run_is_refused_at_the_door(worker: Worker,
     assert door_keys(store) == before
 
 
-def test_no_worker_on_the_queue_is_reported_not_waited_for(worker: Worker, redis_url: str,
-                                                           client: OcrClient) -> None:
+def test_no_worker_on_the_queue_is_reported_not_waited_for(
+        worker: Worker, redis_url: str, client: OcrClient,
+        monkeypatch: pytest.MonkeyPatch) -> None:
     # a job on a queue no live worker consumes (sent past the door, as any Celery
     # client can): `wait` reports it instead of waiting at PENDING
     blob = client._blobs.put(corpus("scan_linn.png").read_bytes())
@@ -221,7 +299,8 @@ def test_no_worker_on_the_queue_is_reported_not_waited_for(worker: Worker, redis
     assert "make run" in text.stderr.splitlines()[-1]
     status = submit_cli(redis_url, "--json", "status", job)
     assert json.loads(status.stdout)["error"]["code"] == "no_worker"
-    # the Python client says it too
+    # the Python client says it too (after a grace of 1 s, not its default 6 s)
+    monkeypatch.setattr(client, "no_worker_grace", 1.0)
     assert client.wait([job])[job]["error"]["code"] == "no_worker"
     # cancelled while queued: status (plain and --json, its `state` too) and `wait` say
     # CANCELLED (exit 4), never Celery's REVOKED
@@ -271,11 +350,16 @@ def test_revoked_reads_as_the_jobs_real_ending_in_status_and_wait(
 
 
 def test_a_worker_lost_while_waiting_is_reported(start_worker: Callable[..., Worker],
-                                                 client: OcrClient,
+                                                 redis_url: str,
                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    # the shortest liveness window the settings allow (10 s; 30 s by default): a dead
+    # worker drops out of the presence records that much sooner
+    window = {"OCR_WORKER_LIVENESS_SECONDS": "10"}
+    client = make_client(redis_url, **window)
     monkeypatch.setattr(client, "worker_recheck", 1.0)
     monkeypatch.setattr(client, "no_worker_grace", 2.0)
-    solo = start_worker(**{**BASE, "OCR_QUEUES": "ocr-solo", "FAKE_PAGE_SECONDS": "60"})
+    solo = start_worker(**{**BASE, **window, "OCR_QUEUES": "ocr-solo",
+                           "FAKE_PAGE_SECONDS": "60"})
     blob = client._blobs.put(corpus("scan_tess_phototest.tif").read_bytes())
     job = str(client.app.send_task("ocr.document", queue="ocr-solo",
                                    kwargs={"blob": blob, "filename": "solo.tif"}).id)
@@ -283,7 +367,10 @@ def test_a_worker_lost_while_waiting_is_reported(start_worker: Callable[..., Wor
     assert solo.proc is not None
     threading.Timer(3.0, os.killpg, (solo.proc.pid, signal.SIGKILL)).start()
     # reported PENDING, not waited for until the timeout (TIMEOUT); the page takes 60 s
-    result = submit.wait_for(client, [job], timeout=60)[job]
+    try:
+        result = submit.wait_for(client, [job], timeout=60)[job]
+    finally:
+        client.close()
     assert result["status"] == "PENDING" and result["filename"] == "solo.tif"
     assert result["error"]["code"] == "no_worker" and "'ocr-solo'" in result["error"]["message"]
 

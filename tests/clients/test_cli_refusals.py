@@ -63,3 +63,11 @@ def test_a_range_past_the_last_page_is_read_with_a_warning(worker: Worker,
     assert "--pages 1-99999999 goes past the document's last page (1)" in warnings[0]
     plain = submit_cli(redis_url, "--pages", "1", str(corpus("scan_linn.png")))
     assert plain.returncode == 0 and "warning" not in plain.stderr, plain.stderr
+    # a range for several files is for those that have its pages: the README's example
+    files = [str(corpus("dig_multicolumn_3p.pdf")), str(corpus("scan_linn.png"))]
+    several = submit_cli(redis_url, "--json", "--pages", "1-2", *files)
+    assert several.returncode == 0 and "warning" not in several.stderr, several.stderr
+    past = submit_cli(redis_url, "--json", "--pages", "1-5", *files)  # no file has page 5
+    assert past.returncode == 0, past.stderr
+    assert [line.split(":")[0] for line in past.stderr.splitlines() if "warning" in line] \
+        == ["dig_multicolumn_3p.pdf", "scan_linn.png"], past.stderr

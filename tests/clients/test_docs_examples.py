@@ -201,6 +201,7 @@ def test_readme_examples_run_as_written(service: Service) -> None:
     [quick_start] = run_blocks("README.md", "sh")
     done = run_script(service, quick_start)
     assert "Linn Electronics" in done.stdout
+    assert "warning" not in done.stderr, done.stderr  # `--pages 1-2` for a PDF and a PNG
     records = [json.loads(line) for line in done.stdout.splitlines() if line.startswith("{")]
     assert [r["status"] for r in records] == ["SUCCESS"] * 3, records
     assert re.search(r"^scan_dh_lorem_ipsum\.pdf: SUCCESS 1/1 pages", done.stdout, re.M)

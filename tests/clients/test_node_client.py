@@ -1,10 +1,10 @@
-"""The Node.js client against a real Redis and real workers: the worker check (issue 26).
+"""The Node.js client against a real Redis and real workers: the worker check.
 
 Like submit.py, `clients/node/ocr_client.js` reads which queues the live workers
 consume (their presence records) and answers a job whose queue none consumes within
 ~6 s: PENDING with error `no_worker`, exit status 5, the job left queued. One
 fake-engine worker started from the Procfile serves `ocr`. A cancelled job reads
-CANCELLED with the pages it kept, as in submit.py (issue 39).
+CANCELLED with the pages it kept, as in submit.py.
 """
 
 from __future__ import annotations
@@ -74,7 +74,6 @@ def test_queue_without_a_worker_is_answered_in_seconds(
     assert message["headers"]["id"] == result["id"]
 
 
-
 def test_redis_with_no_worker_at_all(node: str, tmp_path: Path, scan: Path) -> None:
     server = RedisServer(tmp_path)
     server.start()
@@ -89,7 +88,7 @@ def test_redis_with_no_worker_at_all(node: str, tmp_path: Path, scan: Path) -> N
 
 def test_unknown_engine_is_a_usage_error_and_nothing_is_sent(
         node: str, worker: Worker, redis_url: str, scan: Path) -> None:
-    """`--engine tesserakt` exits 2 with the engines the live workers know (issue 39)."""
+    """`--engine tesserakt` exits 2 with the engines the live workers know."""
     store = redis.Redis.from_url(redis_url)
     before = set(store.keys("ocr:blob:*"))
     done = run_node(node, "--redis", redis_url, "--engine", "tesserakt", str(scan))

@@ -1,4 +1,4 @@
-"""Documents by URL and results written to a bucket (issue 32), with real parts only.
+"""Documents by URL and results written to a bucket, with real parts only.
 
 - S3: moto's server mode (`moto_server`), an S3 *emulator* that speaks the real S3 HTTP
   protocol, started by these tests on free ports. The workers reach it through the
@@ -39,6 +39,7 @@ from PIL import Image
 from tasks.client import OcrClient
 from tasks.errors import TransientError
 from tasks.lifecycle import _s3, url_inputs
+from tasks.lifecycle.fetcher import Fetcher
 from tasks.settings import Settings
 from tests.api_server import ApiServer, create_token, session
 from tests.harness import (
@@ -540,7 +541,7 @@ def test_another_hosts_page_tasks_fetch_one_copy_of_the_same_version(
     s3.client().put_object(Bucket="docs", Key="other-host.pdf", Body=data)
     settings = Settings.from_env({"OCR_ALLOWED_URLS": "s3://docs/",
                                   "OCR_URL_SPOOL_DIR": str(tmp_path / "host-b")})
-    located = url_inputs.locate("s3://docs/other-host.pdf", settings)
+    located = Fetcher.for_client(settings, None).locate("s3://docs/other-host.pdf")
     gets = s3_requests(s3, "GET", "/docs/other-host.pdf")
     for _ in range(3):  # three page tasks on host B: one read, then its local copy
         assert url_inputs.spooled(settings, "s3://docs/other-host.pdf", located.info) == data

@@ -1,16 +1,16 @@
-"""The OCRmyPDF engine plugin (issue 42), as a user runs it.
+"""The OCRmyPDF engine plugin, as a user runs it.
 
 OCRmyPDF 17 and the plugin are installed in a clean venv of their own (`make
 ocrmypdf-plugin`: .venv-ocrmypdf); its `ocrmypdf` command runs against a running
 service (real workers, the real HTTP API, Redis).
 
-OCRmyPDF's own tesseract reads the corpus's scanned 6-page PDF once; the plugin reads it
-by the HTTP API with a token and by the broker, each within 1 CER point of it, with
-every page a job the workers logged, in the languages `-l` named (`auto` without it,
-on the command line and through the Python API alike). A vlm-api worker against the
-simulated inference server gives hOCR whose words carry the model's text on
-tesseract's boxes. The HTTP API stopped while OCRmyPDF is mid-document (a page read, the
-next held at the model), a service that was never up, a refused token and a failed page
+OCRmyPDF's own tesseract reads three pages of the corpus's scanned 6-page PDF once; the
+plugin reads them by the HTTP API with a token and by the broker, each within 1 CER
+point of it, with every page a job the workers logged, in the languages `-l` named
+(`auto` without it, on the command line and through the Python API alike). A vlm-api
+worker against the simulated inference server gives hOCR whose words carry the model's
+text on tesseract's boxes. The HTTP API stopped while OCRmyPDF is mid-document (a page
+read, the next held at the model), a service that was never up, a refused token and a failed page
 end OCRmyPDF with one line, a non-zero exit and no output file; `--ocr-engine
 tesseract|none` leaves OCRmyPDF to itself.
 """
@@ -46,7 +46,7 @@ VENV = ROOT / ".venv-ocrmypdf"
 OCRMYPDF = VENV / "bin" / "ocrmypdf"
 PLUGIN = ROOT / "integrations" / "ocrmypdf" / "ocrmypdf_ocr_queue"
 SCAN = "scan_vicksburg_ocrlayer_6p.pdf"  # 6 scanned pages (with an old OCR layer)
-PAGES = 6
+PAGES = 3  # its first three (`scan`): several pages, each a job, read three times over
 # Both sides the same: OCRmyPDF's default output (PDF/A by its own means, no Ghostscript
 # needed), an old layer replaced, 2 pages at once.
 COMMON = ["--force-ocr", "--jobs", "2", "--output-type", "pdf"]
@@ -208,18 +208,34 @@ def vlm_worker(start_worker: Callable[..., Worker], api: tuple[ApiServer, str],
 
 
 @pytest.fixture(scope="module")
-def own_tesseract(tmp_path_factory: pytest.TempPathFactory, installed: Path) -> float:
+def scan(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The scan's first PAGES pages, as a PDF of their own (their old OCR layer kept)."""
+    path = tmp_path_factory.mktemp("scan") / "scan.pdf"
+    with pymupdf.open(corpus(SCAN)) as doc, pymupdf.open() as part:
+        part.insert_pdf(doc, from_page=0, to_page=PAGES - 1)
+        part.save(path)
+    return path
+
+
+def scan_truth() -> str:
+    """The ground truth of `scan`'s pages (the corpus' pages are separated by form feeds)."""
+    return "\f".join(ground_truth(SCAN).split("\f")[:PAGES])
+
+
+@pytest.fixture(scope="module")
+def own_tesseract(tmp_path_factory: pytest.TempPathFactory, installed: Path,
+                  scan: Path) -> float:
     """The CER of OCRmyPDF's own tesseract on the scan (the plugin present, not chosen)."""
     out = tmp_path_factory.mktemp("own") / "out.pdf"
-    done = ocrmypdf(*COMMON, "-l", "eng", corpus(SCAN), out)
+    done = ocrmypdf(*COMMON, "-l", "eng", scan, out)
     assert done.returncode == 0, done.stderr
     assert "ocr-queue" not in done.stderr
-    return cer(ground_truth(SCAN), text_layer(out))
+    return cer(scan_truth(), text_layer(out))
 
 
 def test_http_api_with_a_token_reads_every_page_as_its_tesseract_does(
         api: tuple[ApiServer, str], tesseract_worker: Worker, own_tesseract: float,
-        client: Any, tmp_path: Path) -> None:
+        client: Any, scan: Path, tmp_path: Path) -> None:
     server, token = api
     # The HTTP path imports nothing of the service's stack: these would fail if it did.
     poison = tmp_path / "poison"
@@ -230,11 +246,11 @@ def test_http_api_with_a_token_reads_every_page_as_its_tesseract_does(
     before = len(page_jobs(tesseract_worker))
     done = ocrmypdf(*COMMON, "-l", "eng", "--sidecar", tmp_path / "out.txt",
                     "--ocr-queue-url", server.url, "--ocr-queue-token", token,
-                    corpus(SCAN), out, env={"PYTHONPATH": str(poison)})
+                    scan, out, env={"PYTHONPATH": str(poison)})
     assert done.returncode == 0, done.stderr
-    got = cer(ground_truth(SCAN), text_layer(out))
+    got = cer(scan_truth(), text_layer(out))
     assert abs(got - own_tesseract) <= 0.01, (got, own_tesseract)
-    assert cer(ground_truth(SCAN), (tmp_path / "out.txt").read_text()) <= own_tesseract + 0.01
+    assert cer(scan_truth(), (tmp_path / "out.txt").read_text()) <= own_tesseract + 0.01
     jobs = jobs_since(tesseract_worker, before, PAGES)
     assert len(jobs) == PAGES, jobs
     assert {(j["engine"], j["outcome"], j["pages"]) for j in jobs} == {("tesseract",
@@ -244,14 +260,14 @@ def test_http_api_with_a_token_reads_every_page_as_its_tesseract_does(
 
 def test_broker_url_from_the_environment_reads_every_page(
         redis_url: str, tesseract_worker: Worker, own_tesseract: float,
-        client: Any, tmp_path: Path) -> None:
+        client: Any, scan: Path, tmp_path: Path) -> None:
     out = tmp_path / "out.pdf"
     before = len(page_jobs(tesseract_worker))
     # OCR_QUEUE_URL as paperless-ngx would set it; no -l: each page lang=auto.
-    done = ocrmypdf(*COMMON, corpus(SCAN), out,
+    done = ocrmypdf(*COMMON, scan, out,
                     env={"OCR_QUEUE_URL": redis_url, "PYTHONPATH": str(ROOT)})
     assert done.returncode == 0, done.stderr
-    got = cer(ground_truth(SCAN), text_layer(out))
+    got = cer(scan_truth(), text_layer(out))
     assert abs(got - own_tesseract) <= 0.01, (got, own_tesseract)
     jobs = jobs_since(tesseract_worker, before, PAGES)
     assert len(jobs) == PAGES and {j["outcome"] for j in jobs} == {"SUCCESS"}, jobs
@@ -421,7 +437,7 @@ def test_failures_end_ocrmypdf_with_one_line_and_no_output(
         (["--ocr-queue-url", server.url, "--ocr-queue-token", token, "--pdf-renderer",
           "sandwich"], 1, "not a text-only PDF"),
         (["--ocr-queue-url", server.url, "--ocr-queue-token", token, "-l", "xyz"], 7,
-         "page 1: language_unavailable"),
+         "page 1: unknown_language"),
     ]
     # All at once (each its own output path): they share nothing.
     runs = [(args, code, message, tmp_path / f"out{n}.pdf", pool.submit(

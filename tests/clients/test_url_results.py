@@ -1,4 +1,4 @@
-"""Documents by URL at the edges (issue 43 item 4), with moto's S3 and real workers.
+"""Documents by URL at their edges, with moto's S3 and real workers.
 
 moto's S3 emulator on a free port (tests/moto_s3.py), a real redis-server and workers
 started from the Procfile.
@@ -86,6 +86,12 @@ def test_result_url_takes_the_document_outputs(output: str, worker: Worker,
     else:
         text = body.decode()
     assert "Harbour" in text and "quartz" in text, text[:500]
+    # The page's preview beside the result object: the image the engine read, as WebP.
+    assert written["previews"] == f"s3://results/{key}.pages/", written
+    preview = store.get_object(Bucket="results", Key=f"{key}.pages/1.webp")
+    assert preview["ContentType"] == "image/webp"
+    with Image.open(io.BytesIO(preview["Body"].read())) as image:
+        assert image.format == "WEBP" and abs(image.width - 900) <= 20, image.size
 
 
 def pages_pdf(*sizes: tuple[int, int]) -> bytes:
@@ -154,6 +160,7 @@ def test_https_object_without_etag_is_pinned_by_its_hash_across_hosts(
 
     from tasks.errors import InputNotFound
     from tasks.lifecycle import url_inputs
+    from tasks.lifecycle.fetcher import Fetcher
     from tasks.settings import Settings
     from tests.clients.test_object_storage import self_signed
 
@@ -190,9 +197,10 @@ def test_https_object_without_etag_is_pinned_by_its_hash_across_hosts(
                                       "OCR_URL_SPOOL_DIR": str(tmp_path / name)})
 
         first = host("first")
-        located = url_inputs.locate(url, first)
+        fetcher = Fetcher.for_client(first, None)
+        located = fetcher.locate(url)
         assert located.identity is None  # nothing from the server pins it
-        pinned = located.pinned(url_inputs.read_object(located, first))
+        pinned = located.pinned(fetcher.read(located))
         assert pinned.identity is not None and pinned.to_json()["sha256"]
         assert url_inputs.spooled(host("second"), url, pinned.info) == served["body"]
         served["body"] = b"%PDF-1.4 second version, another length"

@@ -1,4 +1,4 @@
-"""The image and compose.yaml with real containers (issue 38): podman and podman-compose.
+"""The image and compose.yaml with real containers: podman and podman-compose.
 
 Runs in the test process; everything else runs in containers of the image `make image`
 builds (tagged `ocr-queue:test-<hash of its inputs>`, rebuilt when they changed, so
@@ -533,6 +533,8 @@ def _page_trail(log: str, earlier: set[str]) -> str:
     lines = [line for line in log.splitlines()
              if any(i in line for i in odd) or any(m in line for m in marks)]
     return f"{len(done)} succeeded; odd tasks {odd}:\n" + "\n".join(lines[-120:])
+
+
 WARM = "Warm shutdown"
 
 

@@ -72,6 +72,8 @@ def test_a_signal_to_makes_pid_stops_every_process(tmp_path: Path, signum: int) 
             assert url in lines[0], lines[0]
         # The project's own Redis: its password kept for this user alone, and needed.
         url_file = checkout / "var" / "redis-url"
+        # make's pid was kept in var/starting while it started; gone once Redis is up
+        assert not (checkout / "var" / "starting").exists()
         assert stat.S_IMODE(url_file.stat().st_mode) == 0o600
         url = url_file.read_text().strip()
         port = redis.Redis.from_url(url).connection_pool.connection_kwargs["port"]

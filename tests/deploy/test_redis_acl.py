@@ -8,10 +8,11 @@ minute), Flower, the metrics exporter; clients (the Python one, and the Node one
 node is installed), an operator (`ocr_admin.py`), and KEDA's reader. They read images
 and a PDF sent by the clients and through the API, a callback is posted, a job is
 cancelled, Flower lists the workers and a task's result, the exporter serves its
-metrics and the figure KEDA reads, beat's audit reaches a worker, every role's health
-commands pass; and Redis's ACL LOG shows nothing refused. Then each user is refused
-what is not its own, plaintext and unverified connections are refused, every role
-refuses to start on a placeholder secret, and a restart keeps what the workers took.
+metrics and the figure KEDA reads, every role's health commands pass; and Redis's ACL
+LOG shows nothing refused. Then each user is refused what is not its own, plaintext
+and unverified connections are refused, every role refuses to start on a placeholder
+secret, and a restart keeps what the workers took. Last, beat's audit (sent at the top
+of a minute) reaches a worker, and neither had anything refused.
 """
 
 from __future__ import annotations
@@ -42,7 +43,7 @@ from tests.harness import (
     eventually,
     fake_env,
     free_port,
-    stop_all,
+    kill_all,
 )
 from tests.image_fixtures import png
 from tests.moto_s3 import MotoS3
@@ -112,15 +113,15 @@ def fleet(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Fleet]:
                   s3)
     started = fleet.processes
     try:
-        started["worker"] = Worker(tmp / "worker.log", {
+        # Every process spawned first, then each waited for: their start-ups overlap.
+        worker = started["worker"] = Worker(tmp / "worker.log", {
             **fake_env(), **FAST_PAGES, **fleet.env("worker"), "OCR_CONCURRENCY": "2",
-            "FAKE_PAGE_SECONDS": "0.2"}).start(timeout=180)
-        started["control"] = Worker(tmp / "control.log", {**fake_env(),
-                                                          **fleet.env("control")},
-                                    process="control").start(timeout=180)
+            "FAKE_PAGE_SECONDS": "0.2"})
+        control = started["control"] = Worker(tmp / "control.log", {**fake_env(),
+                                                                    **fleet.env("control")},
+                                              process="control")
         api = started["api"] = ApiServer(tmp / "api.log", {**fleet.env("api")})
         fleet.ports["api"] = api.port
-        api.start(timeout=120)
         started["metrics"] = ProcfileProcess("metrics", tmp / "metrics.log", {
             **fleet.env("metrics"), "METRICS_PORT": str(fleet.ports["metrics"])})
         started["flower"] = ProcfileProcess("flower", tmp / "flower.log", {
@@ -129,15 +130,18 @@ def fleet(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Fleet]:
             drop=("FLOWER_",))
         started["beat"] = ProcfileProcess("beat", tmp / "beat.log", {
             **fleet.env("beat"), "OCR_AUDIT_CRONTAB": "* * * * *"})
-        for name in ("metrics", "flower", "beat"):
-            started[name].spawn()
+        for process in started.values():
+            process.spawn()
+        worker.wait_ready(timeout=180)
+        control.wait_ready(timeout=180)
+        api.wait_up(timeout=120)
         started["metrics"].wait_until(lambda: _answers(fleet, "metrics", "/metrics"), 120,
                                       "serving")
         started["flower"].wait_until(
             lambda: _answers(fleet, "flower", "/healthcheck"), 180, "serving")
         yield fleet
     finally:
-        stop_all(list(started.values()))
+        kill_all(list(started.values()))  # the module is done: no warm shutdown
         server.stop()
         s3.stop()
 
@@ -232,12 +236,6 @@ def test_every_role_works_with_its_own_user_and_nothing_is_refused(fleet: Fleet,
     assert keda.llen("ocr") == 0  # what KEDA's redis trigger sends
     keda.close()
 
-    beat, worker = fleet.processes["beat"], fleet.processes["worker"]
-    beat.wait_until(lambda: "Sending due task ocr-audit-models" in beat.log(), 130,
-                    "sending the scheduled audit")
-    worker.wait_until(lambda: "Task ocr.audit_models[" in worker.log() and "succeeded"
-                      in worker.log().split("Task ocr.audit_models[", 1)[1], 120,
-                      "running beat's audit")
     for role in HEALTH_ROLES:
         env = {k: v for k, v in os.environ.items() if not k.startswith(("OCR_", "REDIS_"))}
         env.update({"REDIS_URL": fleet.redis.url(role), "WORKER_NAME": getattr(
@@ -391,3 +389,22 @@ def test_a_restart_replays_the_roles_transactions(tmp_path: Path) -> None:
                 f"worker:{server.passwords['worker']}@", "default:x@")).ping()
     finally:
         server.stop()
+
+
+def test_beats_scheduled_audit_reaches_a_worker_and_nothing_is_refused(fleet: Fleet) -> None:
+    """Beat sends its audit at the top of a minute (`* * * * *`), the worker runs it.
+
+    Last in the module: the wait for that minute overlaps the tests before it. What
+    they had refused on purpose (DENIED, FLUSHALL) is left out of the ACL LOG's check.
+    """
+    beat, worker = fleet.processes["beat"], fleet.processes["worker"]
+    beat.wait_until(lambda: "Sending due task ocr-audit-models" in beat.log(), 130,
+                    "sending the scheduled audit")
+    worker.wait_until(lambda: "Task ocr.audit_models[" in worker.log() and "succeeded"
+                      in worker.log().split("Task ocr.audit_models[", 1)[1], 120,
+                      "running beat's audit")
+    roles = ("beat", "worker")
+    on_purpose = {(role, what) for role in roles for what in (DENIED[role][1], "flushall")}
+    refused = [e for e in fleet.redis.acl_log() if e["username"] in roles
+               and (e["username"], e["object"]) not in on_purpose]
+    assert refused == [], json.dumps(refused, indent=1)[:4000]

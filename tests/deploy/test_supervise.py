@@ -4,7 +4,7 @@ The real Procfile (redis, worker, beat, Flower, metrics) under scripts/supervise
 `make run` starts it, its output piped to `tee` in a session of its own; SIGINT goes
 to that foreground process group as a terminal's Ctrl-C would. Redis stops last: the
 worker's warm shutdown ends while it still answers, and Redis gets SIGTERM (never only
-SIGKILL) also when another process outlives the grace (issue 39).
+SIGKILL) also when another process outlives the grace.
 """
 
 from __future__ import annotations
@@ -48,8 +48,9 @@ def test_ctrl_c_through_tee_stops_every_process(tmp_path: Path) -> None:
     env = {k: v for k, v in os.environ.items() if not k.startswith(("OCR_", "REDIS_"))}
     env.update(PATH=f"{VENV_BIN}{os.pathsep}{env['PATH']}", PYTHONPATH=str(ROOT),
                REDIS_URL=f"redis://127.0.0.1:{free_port()}/0", FLOWER_PORT=str(free_port()),
-               METRICS_PORT=str(free_port()), WORKER_NAME=f"stop-{uuid.uuid4().hex[:6]}",
-               OCR_CONCURRENCY="1", OCR_ENGINE="tesseract")
+               METRICS_PORT=str(free_port()), API_PORT=str(free_port()),
+               WORKER_NAME=f"stop-{uuid.uuid4().hex[:6]}", OCR_CONCURRENCY="1",
+               OCR_ENGINE="tesseract")
     run = f"{sys.executable} {ROOT}/scripts/supervise.py --procfile {ROOT}/Procfile"
     # SIGINT as in a terminal's foreground job, even when pytest runs with it ignored
     # (started in the background): tee then dies of it and the pipe breaks.

@@ -1,6 +1,6 @@
 """End to end on the mlx-vlm engine, with a tiny random-weight model.
 
-A real worker loads a qwen2_vl model built offline by tests/tiny_vlm.py.
+A real worker loads a qwen2_vl model built offline by devkit/tiny_vlm.py.
 
 The text of a random-weight model is noise; these tests check the pipeline (load in
 the child, generation, provenance, cache clearing, recycling, guarded loading).
@@ -35,7 +35,7 @@ def model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     models = tmp_path_factory.mktemp("models")
     # `tiny-stops`: every read ends at once (complete and empty), so these jobs test the
     # queue mechanics without fallbacks (tests/engines/test_e2e_vlm_runtime.py tests those).
-    subprocess.run([sys.executable, "-m", "tests.tiny_vlm", str(models / "tiny-qwen2-vl"),
+    subprocess.run([sys.executable, "-m", "devkit.tiny_vlm", str(models / "tiny-qwen2-vl"),
                     "tiny-stops"],
                    cwd=ROOT, check=True, timeout=300, capture_output=True,
                    env={**os.environ, "MLX_DISABLE_COMPILE": "1", "HF_HUB_OFFLINE": "1"})

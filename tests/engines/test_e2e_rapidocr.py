@@ -11,6 +11,7 @@ bench/languages.py, not here.
 from __future__ import annotations
 
 import io
+import json
 import re
 import xml.etree.ElementTree as ET
 from collections.abc import Callable
@@ -24,7 +25,7 @@ from tasks.client import OcrClient
 from tasks.operator_console import OperatorConsole
 from tasks.pipeline import layouts
 from tests.cer import cer
-from tests.harness import Worker, corpus, ground_truth
+from tests.harness import Worker, corpus, eventually, ground_truth
 
 pytestmark = pytest.mark.slow
 
@@ -74,7 +75,7 @@ def test_rapidocr_worker_advertises_what_it_reads(rapid_worker: Worker,
     replies = OperatorConsole(client).languages()
     reply = next(r for node, r in replies.items() if node.startswith(rapid_worker.name))
     # `job_default`: what a job without `lang` asks for (OCR_LANG, auto unless set).
-    # `auto`: the languages lang=auto may choose for each script (issue 41).
+    # `auto`: the languages lang=auto may choose for each script.
     assert reply == {"engine": "rapidocr", "default": "chi_sim+eng", "job_default": "auto",
                      "languages": ["chi_sim", "eng"],
                      "auto": {"Han": ["chi_sim"], "Latin": ["eng"]}}
@@ -177,13 +178,44 @@ def test_a_chinese_page_sent_as_is_goes_to_rapidocr_with_its_ranges_right(
     result = _run(client, corpus(CHINESE))
     assert result["status"] == "SUCCESS", result
     assert result["pages"][0]["engine"] == "rapidocr", result["pages"][0]  # the page's reader
+    # the job names the engine that read its one page, in its result and its log line
+    assert _engine(result) == "rapidocr" and "names" not in result["engine"], result["engine"]
+    assert _job_line(tess_worker, str(result["id"]))["engine"] == "rapidocr"
     numbers = re.compile(r"\d+(?:-\d+)?")
     assert numbers.findall(str(result["text"])) == numbers.findall(ground_truth(CHINESE))
     assert no_space_cer(ground_truth(CHINESE), str(result["text"])) <= NO_SPACE_BOUND
 
 
+def _job_line(worker: Worker, job_id: str) -> dict[str, object]:
+    """The `ocr.job` line of a job (written just after its result is stored)."""
+    def found() -> dict[str, object] | None:
+        lines = [json.loads(x) for x in re.findall(r"ocr\.job (\{.*\})", worker.log())]
+        return next((line for line in lines if line["id"] == job_id), None)
+    return eventually(found, 60, f"the ocr.job line of {job_id}")
+
+
+def test_a_job_whose_pages_two_engines_read_names_both(tess_worker: Worker,
+                                                       client: OcrClient) -> None:
+    """A Chinese page and a Vietnamese one in one PDF, lang=auto: rapidocr and tesseract."""
+    with pymupdf.open() as doc:
+        for name in (CHINESE, "lang_vie_page.png"):
+            with pymupdf.open(corpus(name)) as image:
+                rect = image[0].rect
+            page = doc.new_page(width=rect.width * 72 / 300, height=rect.height * 72 / 300)
+            page.insert_image(page.rect, filename=str(corpus(name)))
+        data = bytes(doc.tobytes())
+    result = _run(client, data, filename="two.pdf")
+    assert result["status"] == "SUCCESS", result
+    assert [p["engine"] for p in result["pages"]] == ["rapidocr", "tesseract"]
+    assert result["engine"]["names"] == ["rapidocr", "tesseract"], result["engine"]
+    line = _job_line(tess_worker, str(result["id"]))
+    assert line["engines"] == ["rapidocr", "tesseract"]
+
+
 @pytest.mark.parametrize("name,lang,bound", [
-    ("lang_vie_page.png", "vie", 0.01),  # the bounds of tests/engines/test_e2e_languages.py
+    # the bounds of tests/engines/test_e2e_languages.py; the Vietnamese page alone is the
+    # long form (on tesseract in the test above, and in the mixed PDF here)
+    pytest.param("lang_vie_page.png", "vie", 0.01, marks=pytest.mark.long),
     ("lang_ell_page.png", "ell+eng", 0.04),
     ("lang_mixed_2p.pdf", "ell+eng+vie", 0.05),
 ])

@@ -1,6 +1,6 @@
 """The vlm-api engine through real workers and a real `python -m mlx_vlm.server`.
 
-The servers run the tiny random-weight qwen2_vl models of tests/tiny_vlm.py on CPU,
+The servers run the tiny random-weight qwen2_vl models of devkit/tiny_vlm.py on CPU,
 offline: `tiny-stops` ends every read at once (a clean, empty read), the other never
 emits its end token (every read stops at the token budget). Workers reach them over
 loopback HTTP exactly as they would reach LM Studio, vLLM or SGLang.
@@ -92,7 +92,7 @@ def models(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """Both tiny models, built in subprocesses (no MLX in the test process)."""
     root = tmp_path_factory.mktemp("vlm-models")
     for name, geometry in (("tiny-stops", ["tiny-stops"]), ("tiny-loops", [])):
-        subprocess.run([sys.executable, "-m", "tests.tiny_vlm", str(root / name), *geometry],
+        subprocess.run([sys.executable, "-m", "devkit.tiny_vlm", str(root / name), *geometry],
                        cwd=ROOT, check=True, timeout=300, capture_output=True,
                        env={**os.environ, **OFFLINE})
     return root

@@ -2,7 +2,7 @@
 
 The model is random-weight with Qwen2-VL's own image geometry (14 px patches, 2x2 merge,
 max_pixels 12,845,056: the processor would take a 300-dpi page whole), built offline by
-tests/tiny_vlm.py. Its greedy output never ends with the end token, so every read stops
+devkit/tiny_vlm.py. Its greedy output never ends with the end token, so every read stops
 at the (small) token budget: tried on each temperature, then read by tesseract.
 """
 
@@ -34,7 +34,7 @@ VLM_ENV = {"MLX_DISABLE_COMPILE": "1", "HF_HUB_OFFLINE": "1", "OCR_CACHE_RESULTS
 def model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """Built in a subprocess: MLX must not run in the test process, which starts workers."""
     models = tmp_path_factory.mktemp("models")
-    subprocess.run([sys.executable, "-m", "tests.tiny_vlm", str(models / "qwen2-vl-pages"),
+    subprocess.run([sys.executable, "-m", "devkit.tiny_vlm", str(models / "qwen2-vl-pages"),
                     "qwen2-vl-pages"], cwd=ROOT, check=True, timeout=300,
                    capture_output=True,
                    env={**os.environ, "MLX_DISABLE_COMPILE": "1", "HF_HUB_OFFLINE": "1"})

@@ -1,4 +1,4 @@
-"""Issue 40: Markdown that a CommonMark parser reads as a reader sees the document.
+"""Markdown that a CommonMark parser reads as a reader sees the document.
 
 In-process (no worker): the pure rules (heading levels, reading order, list items,
 page joins) on made-up inputs, and PyMuPDF's layout analysis on a made-up PDF with

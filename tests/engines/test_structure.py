@@ -1,4 +1,4 @@
-"""Issue 31: Markdown and JSON with the document's structure, from every page source.
+"""Markdown and JSON with the document's structure, from every page source.
 
 Real workers on the shared corpus. What a reader sees on the pages asserted here (their
 renders were looked at): dig_multicolumn_3p page 1 is a title, author and date, an
@@ -39,19 +39,18 @@ FAKES = ("fake-markdown=tests.fake_engines:MarkdownModelEngine,"
 
 @pytest.fixture(scope="module")
 def workers(start_worker: Callable[..., Worker]) -> list[Worker]:
-    """A tesseract worker, and one each for the fake engines.
+    """A tesseract worker, and one worker for both fake engines (a queue each).
 
     Jobs name their engine, so each goes to the queue of the worker meant for it. The
     tesseract worker analyses text-layer pages in chunks of one page
     (OCR_STRUCTURE_CHUNK_PAGES=1): a job with several text-layer pages fans them out
     into chunk tasks, so the heading levels asserted below are ranked across chunks
-    (the fake engines' workers keep the default: their jobs analyse in planning).
+    (the fake engines' worker keeps the default: their jobs analyse in planning).
     """
     return [start_worker(OCR_ENGINE="tesseract", OCR_CONCURRENCY="2",
                          OCR_CACHE_RESULTS="0", OCR_STRUCTURE_CHUNK_PAGES="1"),
             start_worker(OCR_ENGINE="fake-markdown", OCR_ENGINE_PLUGINS=FAKES,
-                         OCR_CONCURRENCY="1", OCR_CACHE_RESULTS="0"),
-            start_worker(OCR_ENGINE="layout-breaking", OCR_ENGINE_PLUGINS=FAKES,
+                         OCR_QUEUES="ocr-fake-markdown,ocr-layout-breaking",
                          OCR_CONCURRENCY="1", OCR_CACHE_RESULTS="0")]
 
 
@@ -152,7 +151,7 @@ def commonmark(markdown: str) -> tuple[list[tuple[int, str]], int]:
 @pytest.mark.parametrize("name", ["dig_multicolumn_3p.pdf", "dig_tracemonkey_14p.pdf"])
 def test_commonmark_finds_every_heading_and_table_the_pages_hold(
         workers: list[Worker], client: OcrClient, name: str) -> None:
-    """Issue 40: the whole Markdown through a CommonMark parser, against the JSON blocks.
+    """The whole Markdown through a CommonMark parser, against the JSON blocks.
 
     The same headings (text and level) and as many tables as the pages' blocks hold;
     numbered sections one level below their parent number; no emphasis in a heading;

@@ -1,4 +1,4 @@
-"""Issue 24: a born-digital PDF is read in one text pass.
+"""A born-digital PDF is read in one text pass.
 
 Planning builds each page's text once (`read_text_layer`): what it keeps is exactly
 `page.get_text("text")`, on every text PDF of the corpus, with the visible/invisible

@@ -1,4 +1,4 @@
-"""hOCR and ALTO of PDF pages read from their text layer (issue 26), through a real worker.
+"""hOCR and ALTO of PDF pages read from their text layer, through a real worker.
 
 Every word of a text-layer page is in the document with its box, in the coordinates of
 OCR'd pages (pixels of the page rendered at OCR_PDF_DPI), so a page's size is the same

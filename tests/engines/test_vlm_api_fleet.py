@@ -1,4 +1,4 @@
-"""A vlm-api worker against a simulated inference server (issue 30), through real workers.
+"""A vlm-api worker against a simulated inference server, through real workers.
 
 The server is `SimulatedInferenceServer` (tests/inference_server.py): a simulator of an
 OpenAI-compatible server in this test's process, no model behind it; it answers any

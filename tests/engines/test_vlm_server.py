@@ -1,11 +1,11 @@
-"""The inference server as part of the service (issue 23).
+"""The inference server of the vlm-api engine as part of the service.
 
 The Procfile's `vlm-server`, the readiness of vlm-api workers, and the model audit of a
 vlm-api host.
 
 Units: the `vlm-server` decision (serve, idle, fail) and the light server check
 against a small HTTP server of the test's own. Slow: the real `vlm-server` process
-(mlx_vlm.server with the tiny offline model of tests/tiny_vlm.py), real workers started
+(mlx_vlm.server with the tiny offline model of devkit/tiny_vlm.py), real workers started
 as the Procfile starts them, the real API process and `submit.py`, with the server down
 and up.
 """
@@ -199,7 +199,7 @@ MODEL = "old_tiny"  # the prune prefix `old_`: pruned unless something keeps it
 def model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The tiny model (built in a subprocess: no MLX in this process) and a spare."""
     models = tmp_path_factory.mktemp("models")
-    subprocess.run([sys.executable, "-m", "tests.tiny_vlm", str(models / MODEL)],
+    subprocess.run([sys.executable, "-m", "devkit.tiny_vlm", str(models / MODEL)],
                    cwd=ROOT, check=True, timeout=300, capture_output=True,
                    env={**os.environ, **SERVER_ENV})
     return models

@@ -94,9 +94,13 @@ def loaded_pids(models: ModelRegistry, model: str) -> set[int]:
 
 def test_audit_reports_every_entry(fresh_dir: Path, client: OcrClient, models: ModelRegistry,
                                    in_use_worker: Worker) -> None:
+    sent = time.time()
     job = client.app.send_task("ocr.document", queue="in-use", kwargs={
         "data_b64": _b64(IMAGE)}).id
     assert client.wait([job], timeout=30)[job]["status"] == "SUCCESS"
+    # the child records the models a task used after its result is stored (task_postrun)
+    eventually(lambda: any(t >= sent for t in models.last_used().values()), 30,
+               "the job's model use recorded")
     before = sorted(os.listdir(fresh_dir))
 
     report = OperatorConsole(client).audit_models(timeout=60)

@@ -1,4 +1,4 @@
-"""Messages over the input limit never reach a worker (issue 26), through real processes.
+"""Messages over the input limit never reach a worker, through real processes.
 
 The project's Redis (scripts/run_redis.py, and the tests' own RedisServer) refuses a
 command argument longer than `Settings.redis_max_bulk_bytes` (proto-max-bulk-len): a
@@ -43,7 +43,7 @@ from tests.harness import (
     kill_all,
     make_client,
 )
-from tests.queue.test_hardening import celery_body, envelope
+from tests.queue.test_hardening import celery_body, envelope, push_rung
 
 LIMITS = {"OCR_MAX_INPUT_MB": "1", "OCR_MAX_OUTPUT_MB": "1"}
 FAKE_ENV = fake_env(OCR_CONCURRENCY="1", **LIMITS)
@@ -204,7 +204,7 @@ def test_transport_reads_an_oversized_message_without_holding_it(tmp_path: Path)
         task_id = str(uuid.uuid4())
         raw = oversized_message(task_id, 72)
         size = len(raw)
-        redis.Redis.from_url(url).lpush("ocr", raw)
+        push_rung(redis.Redis.from_url(url), "ocr", raw)
         del raw
         result = client.wait([task_id], timeout=60)[task_id]
         assert result["status"] == "FAILURE"
@@ -231,7 +231,7 @@ def test_blob_over_the_limit_is_refused_by_its_length(tmp_path: Path) -> None:
         key = f"ocr:blob:{uuid.uuid4().hex}"
         store.set(key, b"\0" * 96 * 2**20, ex=600)
         task_id = str(uuid.uuid4())
-        store.lpush("ocr", envelope(task_id, celery_body({"blob": key})))
+        push_rung(store, "ocr", envelope(task_id, celery_body({"blob": key})))
         result = client.wait([task_id], timeout=60)[task_id]
         assert result["status"] == "FAILURE"
         assert result["error"]["code"] == "input_too_large"

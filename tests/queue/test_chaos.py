@@ -1,4 +1,4 @@
-"""The chaos soak's short form (issue 43): bench/chaos.py for about 1.5 minutes of load.
+"""The chaos soak's short form: bench/chaos.py for about 1.5 minutes of load.
 
 A real fleet (Redis with its append-only file, a prefork tesseract worker, a thread-pool
 vlm-api worker against the simulated inference server, two API processes, a webhook

@@ -47,7 +47,7 @@ def test_an_event_the_broker_cannot_take_does_not_cut_an_ending_short(
     callback that never came.
     """
     from tasks.queue.app import sending_app
-    from tasks.queue.parent_endings import send_job_event
+    from tasks.queue.job_services import send_job_event
     from tasks.settings import Settings
     from tests.harness import free_port
 

@@ -8,13 +8,15 @@ fanned-out PDF's pages, held by its closed gate), then resumes it:
 
 - the holder host is SIGKILLed (parent and children): its held jobs come back through
   the sweep of dead holders (tasks/broker/holders.py), long before the visibility
-  timeout, and end SUCCESS on the survivor, each once;
+  timeout, and end SUCCESS on the survivor, each once (OCR_WORKER_LIVENESS_SECONDS at
+  12 s: the window's length is a setting, and the sweep the same at any length);
 - the holder host is SIGSTOPped past OCR_WORKER_LIVENESS_SECONDS: the survivor ends
   its jobs; then the holder's gate opens and it resumes, finishes its runs late, and
   ends none of them a second time: one result and one `ocr.job` line per job, one
   HTTP callback (to a loopback receiver), each page counted once in the usage;
 - the same SIGKILL through Sentinel (three Sentinels, a primary and two replicas:
-  tests/ha.py), with a survivor of its own.
+  devkit/ha.py), with a survivor of its own and the window at 12 s; its long form
+  (`make test-long`) keeps the window at its default (30 s).
 """
 
 from __future__ import annotations
@@ -22,13 +24,14 @@ from __future__ import annotations
 import os
 import re
 import signal
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import pytest
 import redis
 
+from devkit.receivers import CallbackReceiver
 from tasks.client import OcrClient
 from tasks.state.usage import day_key, today
 from tests.ha import RedisHA
@@ -36,15 +39,14 @@ from tests.harness import FAKE_PLUGINS, FAST_PAGES, Worker, eventually, kill_all
 from tests.image_fixtures import png
 from tests.pdf_fixtures import image_pdf, plain_pages
 
-# the loopback callback receiver: each body POSTed, looked up by job id
-from tests.queue.test_endings import Receiver, receiver  # noqa: F401 (a fixture)
-
 pytestmark = pytest.mark.slow
 
 SETTINGS = {"OCR_ENGINE": "gated", "OCR_CACHE_RESULTS": "0", "OCR_CONCURRENCY": "3",
             "OCR_ENGINE_PLUGINS": f"{FAKE_PLUGINS},gated=tests.gated_engine:GatedEngine",
             "OCR_CALLBACK_ALLOWED_HOSTS": "127.0.0.1", **FAST_PAGES}
-# Both the sweep's window and the visibility timeout at their defaults (30 s, 900 s).
+# The visibility timeout at its default (900 s); the sweep's window (default 30 s) at
+# 12 s on the module's workers, which share one (the same value on every host).
+SHORT_WINDOW = {"OCR_WORKER_LIVENESS_SECONDS": "12"}
 WAIT = 150  # a bound for a loaded machine: far below the visibility timeout
 
 
@@ -56,17 +58,16 @@ def gate(path: Path, open_: bool) -> Path:
 
 
 @pytest.fixture(scope="module")
-def ha(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisHA]:
-    redis_set = RedisHA(tmp_path_factory.mktemp("ha")).start()
-    yield redis_set
-    redis_set.stop()
+def start_host(start_worker: Callable[..., Worker]) -> Callable[..., Worker]:
+    """The module's workers: the sweep's window at SHORT_WINDOW on each."""
+    return lambda **env: start_worker(**env, **SHORT_WINDOW)
 
 
 @pytest.fixture(scope="module")
-def survivor(start_worker: Callable[..., Worker],
+def survivor(start_host: Callable[..., Worker],
              tmp_path_factory: pytest.TempPathFactory) -> Worker:
     """The worker that outlives every holder (its gate open: it reads at once)."""
-    return start_worker(**SETTINGS, FAKE_GATE_DIR=str(gate(
+    return start_host(**SETTINGS, FAKE_GATE_DIR=str(gate(
         tmp_path_factory.mktemp("survivor-gate"), open_=True)))
 
 
@@ -103,15 +104,23 @@ def hold_jobs(start_worker: Callable[..., Worker], survivor: Worker, client: Ocr
 
 
 def test_a_killed_hosts_jobs_end_elsewhere_once(
-        start_worker: Callable[..., Worker], survivor: Worker, client: OcrClient,
+        start_host: Callable[..., Worker], survivor: Worker, client: OcrClient,
         tmp_path: Path) -> None:
-    killed_host_jobs_end_elsewhere_once(start_worker, survivor, client, tmp_path)
+    killed_host_jobs_end_elsewhere_once(start_host, survivor, client, tmp_path)
 
 
+@pytest.mark.parametrize("window,db", [  # a database each: no holder of the other's left
+    pytest.param(SHORT_WINDOW, 1, id="short-window"),
+    pytest.param({}, 2, id="default-window", marks=pytest.mark.long),
+])
 def test_through_sentinel_a_killed_hosts_jobs_end_elsewhere_once(
-        ha: RedisHA, tmp_path: Path) -> None:
-    """REDIS_URL=sentinel://...: the fetch, the holders and the sweep go through it."""
-    env = ha.env(1)
+        ha: RedisHA, tmp_path: Path, window: dict[str, str], db: int) -> None:
+    """REDIS_URL=sentinel://...: the fetch, the holders and the sweep go through it.
+
+    Its own workers, with the window at 12 s; the long form keeps the default (30 s):
+    the default loses no job either.
+    """
+    env = {**ha.env(db), **window}
     started: list[Worker] = []
 
     def start(**extra: str) -> Worker:
@@ -146,12 +155,12 @@ def killed_host_jobs_end_elsewhere_once(start_worker: Callable[..., Worker],
 
 
 def test_a_host_back_from_a_pause_ends_none_twice(
-        start_worker: Callable[..., Worker], survivor: Worker, client: OcrClient,
-        receiver: str, tmp_path: Path) -> None:  # noqa: F811 (the imported fixture)
+        start_host: Callable[..., Worker], survivor: Worker, client: OcrClient,
+        receiver: CallbackReceiver, tmp_path: Path) -> None:
     before = usage_today(client)
     holder_gate = gate(tmp_path / "g", False)
-    holder, jobs = hold_jobs(start_worker, survivor, client, holder_gate,
-                             callback_url=receiver)
+    holder, jobs = hold_jobs(start_host, survivor, client, holder_gate,
+                             callback_url=receiver.url("/done"))
     signal_host(holder, signal.SIGSTOP)  # a paused VM, a partition
     try:
         results = client.wait(jobs, timeout=WAIT)
@@ -165,10 +174,10 @@ def test_a_host_back_from_a_pause_ends_none_twice(
     eventually(lambda: "already ended; this run's SUCCESS dropped" in holder.log()
                and len(re.findall(r"Task ocr\.pdf_page\[\S+\] succeeded", holder.log())) >= 2,
                60, lambda: f"the holder's late runs: {holder.log()[-3000:]}")
-    eventually(lambda: {b["id"] for b in Receiver.bodies} >= set(jobs), 60,
+    eventually(lambda: {b["id"] for b in receiver.bodies()} >= set(jobs), 60,
                "the HTTP callbacks")
     queues_idle(client)
-    assert sorted(b["id"] for b in Receiver.bodies if b["id"] in jobs) == sorted(jobs)
+    assert sorted(b["id"] for b in receiver.bodies() if b["id"] in jobs) == sorted(jobs)
     lines = survivor.log() + holder.log()
     for job in jobs:
         assert len(re.findall(rf"ocr\.job .*\"id\": \"{job}\"", lines)) == 1, job

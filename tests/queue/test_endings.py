@@ -14,16 +14,15 @@ records on the job); no check waits a fixed time for a duplicate.
 
 from __future__ import annotations
 
-import http.server
 import json
 import re
-import threading
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from typing import Any
 
 import pytest
 
+from devkit.receivers import CallbackReceiver
 from tasks.client import OcrClient
 from tasks.state.keys import job_ended_key
 from tasks.state.stores import ENDING_DONE, JobControl
@@ -40,29 +39,6 @@ SETTINGS = fake_env(*ENGINES, **FAST_PAGES,
                     OCR_PAGE_SOFT_TIME_LIMIT="20", OCR_PAGE_HARD_TIME_LIMIT="25",
                     OCR_CALLBACK_ALLOWED_HOSTS="127.0.0.1")  # the test receiver, on loopback
 CALLBACK_QUEUE = "endings-callbacks"
-
-
-class Receiver(http.server.BaseHTTPRequestHandler):
-    """Records every POSTed body."""
-
-    bodies: list[dict[str, Any]] = []
-
-    def do_POST(self) -> None:  # noqa: N802 (http.server's name)
-        length = int(self.headers["Content-Length"])
-        self.bodies.append(json.loads(self.rfile.read(length)))
-        self.send_response(200)
-        self.end_headers()
-
-    def log_message(self, *args: Any) -> None:
-        pass
-
-
-@pytest.fixture(scope="module")
-def receiver() -> Iterator[str]:
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Receiver)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    yield f"http://127.0.0.1:{server.server_address[1]}/done"
-    server.shutdown()
 
 
 @pytest.fixture(scope="module")
@@ -109,7 +85,8 @@ def callback_messages(client: OcrClient, job: str) -> list[dict[str, Any]]:
     return CALLBACKS.pop(job, [])
 
 
-def http_bodies(client: OcrClient, job: str) -> list[dict[str, Any]]:
+def http_bodies(client: OcrClient, receiver: CallbackReceiver,
+                job: str) -> list[dict[str, Any]]:
     """The bodies POSTed for `job`, once the ending is done and its callback task returned.
 
     The `ocr.http_callback` task records the delivery on the job (the result's
@@ -119,7 +96,7 @@ def http_bodies(client: OcrClient, job: str) -> list[dict[str, Any]]:
     wait_ending_done(client, job)
     eventually(lambda: client.result(job).get("callback"), 30,
                f"the HTTP callback of {job} recorded")
-    return [b for b in Receiver.bodies if b["id"] == job]
+    return [b for b in receiver.bodies() if b["id"] == job]
 
 
 def job_lines(processes: list[Worker], job: str) -> list[dict[str, Any]]:
@@ -132,8 +109,8 @@ def job_lines(processes: list[Worker], job: str) -> list[dict[str, Any]]:
     return lines
 
 
-def check_ended_once(client: OcrClient, processes: list[Worker], job: str,
-                     status: str, code: str | None = None) -> dict[str, Any]:
+def check_ended_once(client: OcrClient, receiver: CallbackReceiver, processes: list[Worker],
+                     job: str, status: str, code: str | None = None) -> dict[str, Any]:
     """The job's result, and one callback of each kind and one job line, all agreeing."""
     result = client.wait([job], timeout=60)[job]
     assert result["status"] == status, result
@@ -141,7 +118,7 @@ def check_ended_once(client: OcrClient, processes: list[Worker], job: str,
         assert result["error"]["code"] == code, result
     tasks = callback_messages(client, job)
     assert len(tasks) == 1 and tasks[0]["status"] == status, tasks
-    bodies = http_bodies(client, job)
+    bodies = http_bodies(client, receiver, job)
     assert len(bodies) == 1 and bodies[0]["status"] == status, bodies
     if code is not None:
         assert tasks[0]["error"]["code"] == code and bodies[0]["error"]["code"] == code
@@ -153,64 +130,66 @@ def check_ended_once(client: OcrClient, processes: list[Worker], job: str,
     return result
 
 
-def submit(client: OcrClient, receiver: str, data: bytes, **options: Any) -> str:
+def submit(client: OcrClient, receiver: CallbackReceiver, data: bytes, **options: Any) -> str:
     return client.submit(data, callback_task="billing.ocr_done",
-                         callback_queue=CALLBACK_QUEUE, callback_url=receiver, **options)
+                         callback_queue=CALLBACK_QUEUE, callback_url=receiver.url("/done"),
+                         **options)
 
 
-def test_success(processes: list[Worker], client: OcrClient, receiver: str) -> None:
+def test_success(processes: list[Worker], client: OcrClient, receiver: CallbackReceiver) -> None:
     job = submit(client, receiver, png(220), filename="ok.png")
-    result = check_ended_once(client, processes, job, "SUCCESS")
+    result = check_ended_once(client, receiver, processes, job, "SUCCESS")
     assert result["text"].startswith("fake 64x48")
 
 
-def test_failure(processes: list[Worker], client: OcrClient, receiver: str) -> None:
+def test_failure(processes: list[Worker], client: OcrClient, receiver: CallbackReceiver) -> None:
     job = submit(client, receiver, b"not an image at all", filename="bad.bin")
-    check_ended_once(client, processes, job, "FAILURE", "unsupported_format")
+    check_ended_once(client, receiver, processes, job, "FAILURE", "unsupported_format")
 
 
-def test_partial(processes: list[Worker], client: OcrClient, receiver: str) -> None:
+def test_partial(processes: list[Worker], client: OcrClient, receiver: CallbackReceiver) -> None:
     job = submit(client, receiver, image_pdf(plain_pages(3, dark=[2])),
                  engine="flaky-on-dark")
-    result = check_ended_once(client, processes, job, "PARTIAL")
+    result = check_ended_once(client, receiver, processes, job, "PARTIAL")
     assert [p["number"] for p in result["failed_pages"]] == [2]
 
 
 def test_unexpected_exception(processes: list[Worker], client: OcrClient,
-                              receiver: str) -> None:
+                              receiver: CallbackReceiver) -> None:
     job = submit(client, receiver, png(10), engine="raising-on-dark")
-    result = check_ended_once(client, processes, job, "FAILURE", "internal_error")
+    result = check_ended_once(client, receiver, processes, job, "FAILURE", "internal_error")
     assert "ValueError" in result["error"]["message"]
     assert "a bug in the fake engine" not in result["error"]["message"]
 
 
-def test_poison_job(processes: list[Worker], client: OcrClient, receiver: str) -> None:
+def test_poison_job(processes: list[Worker], client: OcrClient, receiver: CallbackReceiver) -> None:
     job = submit(client, receiver, png(10), engine="killer")
-    check_ended_once(client, processes, job, "FAILURE", "worker_lost")
+    check_ended_once(client, receiver, processes, job, "FAILURE", "worker_lost")
 
 
 def test_hard_time_limit(processes: list[Worker], client: OcrClient,
-                         receiver: str) -> None:
+                         receiver: CallbackReceiver) -> None:
     job = submit(client, receiver, png(10), engine="stuck-on-dark")
-    check_ended_once(client, processes, job, "FAILURE", "timeout")
+    check_ended_once(client, receiver, processes, job, "FAILURE", "timeout")
 
 
 def test_deadline_before_start(processes: list[Worker], client: OcrClient,
-                               receiver: str) -> None:
+                               receiver: CallbackReceiver) -> None:
     blockers = [client.submit(png(11), engine="stuck-on-dark") for _ in range(2)]
     # Both pool children busy first (the blockers' queue is not the job's: a worker may
     # take the job first), so the job cannot start before its deadline.
     eventually(lambda: all(client.status(b).state == "STARTED" for b in blockers), 30,
                "both blockers running")
     job = submit(client, receiver, png(230), deadline=0.5)
-    check_ended_once(client, processes, job, "FAILURE", "deadline_exceeded")
+    check_ended_once(client, receiver, processes, job, "FAILURE", "deadline_exceeded")
     client.wait(blockers, timeout=60)
 
 
 def test_cancel_running_document(processes: list[Worker], client: OcrClient,
-                                 receiver: str) -> None:
+                                 receiver: CallbackReceiver) -> None:
     job = submit(client, receiver, image_pdf(plain_pages(6, dark=[6])),
                  engine="stuck-on-dark")
+
     def three_done() -> bool:
         status = client.status(job)
         assert not status.final, status
@@ -218,14 +197,15 @@ def test_cancel_running_document(processes: list[Worker], client: OcrClient,
 
     eventually(three_done, 60, "three pages of six done")
     assert client.cancel([job]) == {job: "cancelled"}
-    result = check_ended_once(client, processes, job, "CANCELLED")
+    result = check_ended_once(client, receiver, processes, job, "CANCELLED")
     assert 3 <= len(result["pages"]) <= 5 and 6 not in [p["number"] for p in
                                                         result["pages"]]
 
 
 def test_cancel_that_kills_a_child_ending_its_job(start_worker: Callable[..., Worker],
                                                   processes: list[Worker],
-                                                  client: OcrClient, receiver: str) -> None:
+                                                  client: OcrClient,
+                                                  receiver: CallbackReceiver) -> None:
     """The chaos soak's defect: a cancel's SIGKILL lands while the child ends the job.
 
     The child met the cancel marker as the job started and took the end claim; the kill
@@ -243,7 +223,7 @@ def test_cancel_that_kills_a_child_ending_its_job(start_worker: Callable[..., Wo
     client.app.send_task("ocr.document", task_id=job, queue="ocr-slowend", kwargs={
         "blob": blob, "filename": "killed.png",
         "callback_task": "billing.ocr_done", "callback_queue": CALLBACK_QUEUE,
-        "callback_url": receiver})
+        "callback_url": receiver.url("/done")})
 
     def holder() -> str | None:
         value = store.get(f"ocr:job:{job}:ended")
@@ -251,7 +231,7 @@ def test_cancel_that_kills_a_child_ending_its_job(start_worker: Callable[..., Wo
 
     child = eventually(holder, 60, "the child's end claim")
     client.app.control.revoke(job, terminate=True, signal="SIGKILL")  # the cancel's stop
-    check_ended_once(client, [*processes, stalling], job, "CANCELLED")
+    check_ended_once(client, receiver, [*processes, stalling], job, "CANCELLED")
     assert store.get(f"ocr:job:{job}:ended") == b"done"
     pid = int(child.rsplit(":", 1)[1])
     assert f"ended by the worker parent, its child {pid} killed" in stalling.log()
@@ -259,7 +239,8 @@ def test_cancel_that_kills_a_child_ending_its_job(start_worker: Callable[..., Wo
 
 
 def test_cancel_queued_job_while_the_pool_is_busy(processes: list[Worker],
-                                                  client: OcrClient, receiver: str) -> None:
+                                                  client: OcrClient,
+                                                  receiver: CallbackReceiver) -> None:
     blockers = [client.submit(png(12), engine="stuck-on-dark") for _ in range(2)]
     eventually(lambda: all(client.status(b).state == "STARTED" for b in blockers), 30,
                "both blockers running")
@@ -267,15 +248,16 @@ def test_cancel_queued_job_while_the_pool_is_busy(processes: list[Worker],
     # Both pool children are busy: the control worker takes the cancel at once.
     assert client.cancel([job], wait=5) == {job: "cancelled"}
     assert client.status(job).state == "CANCELLED"  # never Celery's REVOKED
-    check_ended_once(client, processes, job, "CANCELLED")
+    check_ended_once(client, receiver, processes, job, "CANCELLED")
     assert all(r["error"]["code"] == "timeout"
                for r in client.wait(blockers, timeout=60).values())
 
 
 def test_cancel_of_an_ended_job_changes_nothing(processes: list[Worker],
-                                                client: OcrClient, receiver: str) -> None:
+                                                client: OcrClient,
+                                                receiver: CallbackReceiver) -> None:
     job = submit(client, receiver, png(232))
-    check_ended_once(client, processes, job, "SUCCESS")
+    check_ended_once(client, receiver, processes, job, "SUCCESS")
     assert client.cancel([job]) == {job: "success"}
     assert client.result(job)["status"] == "SUCCESS"
     # The cancel's task has returned: a callback it sent would be queued by now.
@@ -284,7 +266,7 @@ def test_cancel_of_an_ended_job_changes_nothing(processes: list[Worker],
 
 def test_an_ending_abandoned_by_a_killed_host_is_finished_on_redelivery(
         start_worker: Callable[..., Worker], processes: list[Worker], client: OcrClient,
-        receiver: str) -> None:
+        receiver: CallbackReceiver) -> None:
     """The long soak's defect: a worker host SIGKILLed right after a job's result was stored.
 
     The child took the end claim and stored SUCCESS; its parent and children died before
@@ -304,12 +286,12 @@ def test_an_ending_abandoned_by_a_killed_host_is_finished_on_redelivery(
     client.app.send_task("ocr.document", task_id=job, queue="ocr-abandoned", kwargs={
         "blob": blob, "filename": "abandoned.png",
         "callback_task": "billing.ocr_done", "callback_queue": CALLBACK_QUEUE,
-        "callback_url": receiver})
-    eventually(lambda: client.status(job).state == "SUCCESS", 60, "the stored result")
+        "callback_url": receiver.url("/done")})
+    eventually(lambda: client.states.read(job).state == "SUCCESS", 60, "the stored result")
     holder = store.get(job_ended_key(job))
     assert holder and b":" in holder, holder  # claimed, the ending not done
     doomed.kill()  # the whole host: parent and children
     survivor = start_worker(**env)  # the same host, another worker
-    check_ended_once(client, [*processes, doomed, survivor], job, "SUCCESS")
+    check_ended_once(client, receiver, [*processes, doomed, survivor], job, "SUCCESS")
     assert f"ending finished here, its ender {holder.decode()} gone" in survivor.log()
     assert not store.exists(blob), "the input was not freed"

@@ -1,4 +1,4 @@
-"""A job that names an engine reaches a worker that has it (issue 34, item 4).
+"""A job that names an engine reaches a worker that has it.
 
 One real worker, the Procfile's default (tesseract on `ocr`, the default OCR_LANG_ENGINES
 that routes `chi_sim` to rapidocr): it consumes `ocr-tesseract` and `ocr-rapidocr`, so

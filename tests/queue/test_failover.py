@@ -25,7 +25,7 @@ import subprocess
 import sys
 import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -34,12 +34,13 @@ import pytest
 import requests
 from PIL import Image
 
+from devkit.receivers import CallbackReceiver
 from tasks.errors import ReplicaMissing
 from tasks.records.redis_target import RedisTarget
 from tasks.settings import Settings
 from tasks.state.connection import connect
 from tests.api_server import ApiServer, create_token, session
-from tests.ha import MASTER, CallbackReceiver, MovingEndpoint, RedisHA, RedisNode
+from tests.ha import MASTER, MovingEndpoint, RedisHA, RedisNode
 from tests.harness import (
     ROOT,
     ProcfileProcess,
@@ -47,9 +48,9 @@ from tests.harness import (
     eventually,
     fake_env,
     free_port,
+    kill_all,
     make_client,
     procfile_command,
-    stop_all,
 )
 from tests.image_fixtures import png
 from tests.pdf_fixtures import image_pdf
@@ -66,20 +67,6 @@ FLOWER_AUTH = ("ops", "failover")
 LIMITS = {"OCR_VISIBILITY_TIMEOUT": "60", "OCR_SOFT_TIME_LIMIT": "40",
           "OCR_HARD_TIME_LIMIT": "45", "OCR_PAGE_SOFT_TIME_LIMIT": "40",
           "OCR_PAGE_HARD_TIME_LIMIT": "45"}
-
-
-@pytest.fixture(scope="module")
-def ha(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisHA]:
-    redis_set = RedisHA(tmp_path_factory.mktemp("ha")).start()
-    yield redis_set
-    redis_set.stop()
-
-
-@pytest.fixture(scope="module")
-def receiver() -> Iterator[CallbackReceiver]:
-    hooks = CallbackReceiver()
-    yield hooks
-    hooks.stop()
 
 
 @dataclass
@@ -108,6 +95,7 @@ class Fleet:
     with_beat: bool = False
     beat: ProcfileProcess = field(init=False)
     http: requests.Session = field(init=False)
+    newcomer: requests.Session = field(init=False)  # a client with nothing queued
     sent: list[Sent] = field(default_factory=list)
     shade: int = 60
 
@@ -136,13 +124,15 @@ class Fleet:
                                                          "OCR_AUDIT_CRONTAB": "* * * * *"})
             self.beat.spawn()
         self.http = session(create_token(self.env["REDIS_URL"], f"ha-{uuid.uuid4().hex[:6]}"))
+        self.newcomer = session(create_token(self.env["REDIS_URL"],
+                                             f"ha-new-{uuid.uuid4().hex[:6]}"))
         eventually(self.depth, 30, "the metrics exporter")
         eventually(lambda: self.flower_lengths() is not None, 60, "Flower's queue view")
         return self
 
     def stop(self) -> None:
-        """Stop what was started (all at once; a fleet that failed to start too)."""
-        stop_all([p for p in (getattr(self, name, None) for name in
+        """Kill what was started (all at once; a fleet that failed to start too)."""
+        kill_all([p for p in (getattr(self, name, None) for name in
                               ("beat", "flower", "exporter", "api", "worker")) if p is not None])
 
     def inputs(self, count: int) -> list[tuple[str, bytes, list[int]]]:
@@ -181,8 +171,13 @@ class Fleet:
         for record, (_, _, shades) in zip(records, made, strict=True):
             self.sent.append(Sent(record["id"], "submit.py", shades, after_switch))
 
-    def api_submit(self, count: int, after_switch: bool = False) -> None:
-        """POST /v1/jobs with a callback URL; a 503 is sent again (same Idempotency-Key)."""
+    def api_submit(self, count: int, after_switch: bool = False,
+                   http: requests.Session | None = None) -> None:
+        """POST /v1/jobs with a callback URL; a 503 is sent again (same Idempotency-Key).
+
+        As the fleet's API client (`http`: another client's session instead).
+        """
+        http = http or self.http
         for name, data, shades in self.inputs(count):
             key = uuid.uuid4().hex
 
@@ -190,7 +185,7 @@ class Fleet:
 
             def accepted(name: str = name, data: bytes = data, key: str = key,
                          last: list[str] = last) -> requests.Response | None:
-                answer = self.http.post(
+                answer = http.post(
                     f"{self.api.url}/v1/jobs", files={"file": (name, data)},
                     data={"callback_url": self.receiver.url()},
                     headers={"Idempotency-Key": key}, timeout=30)
@@ -265,14 +260,19 @@ def run_failover(ha: RedisHA, fleet: Fleet, switch: Callable[[RedisNode], None],
         switched = time.monotonic()
         audits = audits_received(fleet.worker)
         # Every process follows the new primary within SWITCH_BOUND seconds of the switch.
-        fleet.api_submit(2, after_switch=True)
+        # The worker's proof: a job of a client with nothing queued, whose lane has the
+        # next turn of the ring. (The fleet's own clients have some 40 jobs queued from
+        # before the kill; a job of theirs waits for those in its lane, for as long as
+        # the backlog takes, which says nothing of the failover.)
+        fleet.api_submit(2, after_switch=True, http=fleet.newcomer)
         assert time.monotonic() - switched < SWITCH_BOUND
         eventually(lambda: _reads_new(fleet, ha.primary),
                    SWITCH_BOUND - (time.monotonic() - switched), "the exporter and Flower to "
                    "read the new primary")
         eventually(lambda: _received(fleet.worker, fleet.sent[-1].job_id),
                    SWITCH_BOUND - (time.monotonic() - switched) + 5,
-                   "the worker to take a job sent after the switch")
+                   lambda: "the worker to take a job sent after the switch; where it sat:\n"
+                   + _sat(fleet, ha.primary, fleet.sent[-1].job_id, switched))
         eventually(lambda: _healthy(fleet), SWITCH_BOUND - (time.monotonic() - switched) + 5,
                    "the worker's readiness probe (scripts/health.py) on the new primary")
         fleet.submit_py(8, after_switch=True)
@@ -318,6 +318,26 @@ def _healthy(fleet: Fleet) -> bool:
 
 def _received(worker: Worker, job_id: str) -> bool:
     return f"[{job_id}] received" in worker.log()
+
+
+def _sat(fleet: Fleet, primary: RedisNode, job: str, switched: float) -> str:
+    """The new primary's broker keys, its clients and the worker's log after the switch."""
+    store = primary.client(Settings.from_env(fleet.env).redis_target.db)
+    keys: dict[bytes, Any] = {}
+    for key in store.scan_iter(count=1000):
+        kind = store.type(key)
+        if kind == b"list":
+            keys[key] = [m[:120] for m in store.lrange(key, 0, -1)]
+        elif kind == b"hash":
+            keys[key] = {f: v[:80] for f, v in store.hgetall(key).items()}
+        elif kind == b"zset":
+            keys[key] = store.zrange(key, 0, -1, withscores=True)
+        else:
+            keys[key] = kind
+    clients = store.execute_command("CLIENT LIST")
+    log = fleet.worker.log()
+    return (f"{time.monotonic() - switched:.1f} s after the switch; job {job}\n"
+            f"keys: {keys}\nclients:\n{clients}\nworker log tail:\n{log[-6000:]}")
 
 
 def _whereabouts(fleet: Fleet, jobs: list[str]) -> str:
@@ -467,14 +487,19 @@ def test_moving_endpoint_failover_loses_no_job(ha: RedisHA, receiver: CallbackRe
     """REDIS_URL is one fixed address (a managed Redis's endpoint) that moves on failover.
 
     The proxy keeps forwarding to the dead primary's port until the replica is
-    promoted, then is pointed at it: what the primary had not replicated is lost.
+    promoted, then is pointed at it: what the primary had not replicated is lost. It
+    follows the primary the Sentinels agree on, as a managed endpoint does, so a second
+    switch on a loaded machine (a live primary taken for dead) moves it too.
     """
     endpoint = MovingEndpoint(ha.primary.port)
+    endpoint.follow(ha)
     try:
         env = {"REDIS_URL": endpoint.url(2), "OCR_REDIS_MIN_REPLICAS": "1"}
 
         def switch(old: RedisNode) -> None:
-            endpoint.switch(ha.wait_promoted(old).port)
+            new = ha.wait_promoted(old)
+            eventually(lambda: endpoint.upstream == new.port, 10,
+                       "the endpoint to point at the promoted replica")
 
         run_failover(ha, Fleet(env, tmp_path, receiver), switch)
     finally:

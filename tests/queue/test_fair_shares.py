@@ -16,6 +16,7 @@ from typing import Any
 import pytest
 import redis
 
+from tasks.broker import scripts
 from tasks.broker.lanes import fetch_command, push_command
 from tasks.broker.layout import LANE_PREFIX, LANE_WEIGHTS_KEY, lane_key, lanes_key
 from tasks.client import OcrClient
@@ -56,15 +57,15 @@ class Broker:
 
     def push(self, name: str, client: str, count: int, step: int = 0) -> None:
         for n in range(count):
-            self.r.execute_command(*push_command(self.prefix, name, step, client,
-                                                 envelope(client, n)))
+            scripts.run(self.r, push_command(self.prefix, name, step, client,
+                                             envelope(client, n)))
 
     def plain(self, name: str, n: int = 0) -> None:
         self.r.lpush(self.key(name), envelope("", n))
 
     def fetch(self, lists: list[tuple[str, int]]) -> tuple[str, str] | None:
         """(list, client) of the message the fetch takes, None when nothing waits."""
-        reply = self.r.execute_command(*fetch_command(
+        reply = scripts.run(self.r, fetch_command(
             self.prefix, UNACKED, [(name, step, True, True) for name, step in lists], 1.0, 0))
         return None if reply is None else (reply[0].decode()[len(self.prefix):],
                                            who(reply[1]))
@@ -289,13 +290,14 @@ def test_a_restored_message_goes_back_to_its_lane_first(redis_url: str) -> None:
                              serializer="json")
         lane = lane_key(name, "back")
         assert r.llen(lane) == 2
-        taken = r.execute_command(*fetch_command(
+        taken = scripts.run(r, fetch_command(
             "", (channel.unacked_key, channel.unacked_index_key), [(name, 0, True, True)],
             1.0, 0))
         assert json.loads(taken[1])["headers"]["n"] == 0 and r.llen(lane) == 1
+        r.script_flush()  # the restore's transaction loads the push script it runs
         channel.qos.restore_by_tag(taken[2].decode())
         assert r.llen(lane) == 2 and r.llen(name) == 0
-        again = r.execute_command(*fetch_command(
+        again = scripts.run(r, fetch_command(
             "", (channel.unacked_key, channel.unacked_index_key), [(name, 0, True, False)],
             1.0, 0))
         restored = json.loads(again[1])

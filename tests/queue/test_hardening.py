@@ -1,4 +1,4 @@
-"""Hardening (issue 11): hostile broker messages, path races, leaking limits, callbacks.
+"""Hardening: hostile broker messages, path races, leaking limits, callbacks.
 
 Real redis-server and real worker processes (fake engines) throughout.
 """
@@ -30,6 +30,7 @@ import pytest
 import redis
 from PIL import Image
 
+from tasks.broker.doorbells import ring
 from tasks.broker.layout import DEAD_LETTER_KEY
 from tasks.broker.refusals import read_dead_letters
 from tasks.client import OcrClient
@@ -87,6 +88,19 @@ def ok_job(client: OcrClient) -> dict[str, Any]:
     return client.wait([job], timeout=60)[job]
 
 
+def push_rung(raw_redis: redis.Redis, queue: str, *messages: bytes) -> None:
+    """LPUSH raw `messages` onto `queue` and ring its doorbell, as a publish does.
+
+    Unrung, they would wait for an idle worker's doorbell wait to end (10 s: a stock
+    Celery client's jobs, tests/clients/test_integration.py's send_task example).
+    """
+    with raw_redis.pipeline(transaction=False) as pipe:
+        for message in messages:
+            pipe.lpush(queue, message)
+        ring(pipe, lambda key: key, [queue])
+        pipe.execute()
+
+
 def wait_state(client: OcrClient, task_id: str, timeout: float = 30) -> dict[str, Any]:
     return client.wait([task_id], timeout=timeout)[task_id]
 
@@ -118,7 +132,7 @@ def test_pickled_message_fails_instead_of_pending(worker: Worker, client: OcrCli
                                                   raw_redis: redis.Redis) -> None:
     task_id = str(uuid.uuid4())
     body = base64.b64encode(pickle.dumps(((), {"data_b64": "AAAA"}, {}))).decode()
-    raw_redis.lpush(QUEUE, envelope(task_id, body, "application/x-python-serialize"))
+    push_rung(raw_redis, QUEUE, envelope(task_id, body, "application/x-python-serialize"))
     result = wait_state(client, task_id)
     assert result["status"] == "FAILURE" and result["error"]["code"] == "content_refused"
     assert read_dead_letters(raw_redis, 1)[0].task_id == task_id
@@ -132,7 +146,7 @@ def test_oversized_inline_input_is_refused_before_decoding(
         worker: Worker, client: OcrClient, raw_redis: redis.Redis) -> None:
     task_id = str(uuid.uuid4())
     data = base64.b64encode(b"\0" * 3 * 2**20).decode()  # 3 MB, limit 1 MB
-    raw_redis.lpush(QUEUE, envelope(task_id, celery_body({"data_b64": data})))
+    push_rung(raw_redis, QUEUE, envelope(task_id, celery_body({"data_b64": data})))
     result = wait_state(client, task_id)
     assert result["status"] == "FAILURE" and result["error"]["code"] == "input_too_large"
     letter = read_dead_letters(raw_redis, 1)[0]
@@ -146,8 +160,7 @@ def test_dead_letter_list_is_capped(start_worker: Callable[..., Worker],
                                     raw_redis: redis.Redis, client: OcrClient) -> None:
     start_worker(**FAKE_ENV, OCR_DEAD_LETTER_MAX="3", OCR_QUEUES="ocr-capped")
     raw_redis.delete(DEAD_LETTER_KEY)
-    for n in range(5):
-        raw_redis.lpush("ocr-capped", f"junk {n}".encode())
+    push_rung(raw_redis, "ocr-capped", *(f"junk {n}".encode() for n in range(5)))
     # The worker pops them in order; each entry is pushed and the list trimmed in one
     # MULTI/EXEC: once the last one is in, the list is final.
     eventually(lambda: [d.raw for d in read_dead_letters(raw_redis)][:1] == ["junk 4"], 30,
@@ -410,6 +423,24 @@ def test_every_resolved_address_is_checked_at_send_time() -> None:
     listed = callback_target("https://hooks.example.com/x",
                              policy(OCR_CALLBACK_ALLOWED_HOSTS="hooks.example.com"))
     assert len(checked_addresses(listed, resolver("192.168.1.10"))) == 1
+    with pytest.raises(CallbackNotAllowed) as refused:
+        checked_addresses(target, resolver("192.168.1.10"))
+    assert "add `hooks.example.com:443` to OCR_CALLBACK_ALLOWED_HOSTS" in str(refused.value)
+
+
+@pytest.mark.parametrize("url,env", [
+    ("http://127.0.0.1:8080/hook", {}), ("http://[::1]:9000/h", {}),
+    ("http://LOCALHOST/hook", {}),
+    ("https://hooks.example.com:8443/x", {"OCR_CALLBACK_ALLOWED_HOSTS": "hooks.example.com:443"}),
+])
+def test_a_callback_refusal_gives_the_entry_that_allows_it(url: str, env: dict[str, str]
+                                                          ) -> None:
+    """The refusal names the host:port entry; that entry in the setting lets the URL in."""
+    with pytest.raises(CallbackNotAllowed) as refused:
+        check_callback_url(url, policy(**env))
+    found = re.search(r"add `([^`]+)` to OCR_CALLBACK_ALLOWED_HOSTS", refused.value.message)
+    assert found, refused.value.message
+    assert check_callback_url(url, policy(OCR_CALLBACK_ALLOWED_HOSTS=found[1]))
 
 
 def test_sign_and_verify() -> None:

@@ -84,6 +84,7 @@ def tls_redis(tmp_path: Path) -> Iterator[tuple[str, Path]]:
         stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
     url = (f"rediss://:tls-s3cret@127.0.0.1:{port}/0?ssl_cert_reqs=required"
            f"&ssl_ca_certs={ca}")
+
     def answers() -> bool:
         if proc.poll() is not None:
             pytest.skip("this redis-server has no TLS support")

@@ -1,4 +1,4 @@
-"""Soak: a stream of small scanned PDFs through the fan-out keeps pool children flat (issue 26).
+"""Soak: a stream of small scanned PDFs through the fan-out keeps pool children flat.
 
 500 one-page scanned PDFs (a rendered line of text each, no text layer, all different)
 go through a real tesseract worker started from the Procfile: each job plans its PDF

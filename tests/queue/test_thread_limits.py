@@ -1,4 +1,4 @@
-"""A thread-pool (vlm-api) worker's limits (issue 43 item 3), through real workers.
+"""A thread-pool (vlm-api) worker's limits, through real workers.
 
 The worker is the Procfile's `worker:` line with OCR_ENGINE=vlm-api against the
 simulated inference server (tests/inference_server.py): one process, a thread pool.

@@ -1,4 +1,4 @@
-"""Issue 43 item 5, through real workers (the Procfile's `worker:` line, a real Redis).
+"""A worker's edge cases, through real workers (the Procfile's `worker:` line, a real Redis).
 
 - A lost structure chunk: a markdown job on a born-digital PDF fans its text-layer
   pages out in chunk tasks (OCR_STRUCTURE_CHUNK_PAGES=1); the chunk whose analysis

@@ -17,6 +17,7 @@ import pytest
 from tasks.api._schemas import JobOptions
 from tasks.engines.auto_lang import page_language
 from tasks.engines.base import RecognizeOptions, ScriptGuess
+from tasks.engines.resident import ResidentEngines
 from tasks.engines.tesseract import TesseractEngine
 from tasks.pipeline import layouts
 from tasks.pipeline._lang_tags import page_tag, tag
@@ -416,14 +417,22 @@ def test_a_pages_own_read_shows_the_languages_its_probe_missed() -> None:
     assert shown_languages(page, "eng", unsure, "tesseract", SETTINGS) is None
 
 
+@pytest.fixture(scope="module")
+def resident() -> Iterator[ResidentEngines]:
+    """A worker process's engines (tesseract; rapidocr for Han), loaded once for the module."""
+    engines = ResidentEngines(settings=SETTINGS, primary="tesseract")
+    yield engines
+    engines.unload()
+
+
 @pytest.mark.parametrize("lang,turned,trials,osd", [
     ("auto", 0, 0, 0),  # the probe's chi_sim read (87) shows it upright: no check
     ("chi_sim", 0, 1, 0),  # named: the trial read, in chi_sim, shows it upright
     ("chi_sim", 180, 1, 1),  # turned over: the trial read fails, OSD turns it
 ])
 def test_the_han_pages_orientation_is_checked_in_its_own_language(
-        monkeypatch: pytest.MonkeyPatch, lang: str, turned: int, trials: int,
-        osd: int) -> None:
+        resident: ResidentEngines, monkeypatch: pytest.MonkeyPatch, lang: str, turned: int,
+        trials: int, osd: int) -> None:
     """The Han page, read by rapidocr (tesseract where rapidocr is not installed).
 
     An `auto` page whose probe read it at or above PROBE_SURE gets no orientation
@@ -435,7 +444,6 @@ def test_the_han_pages_orientation_is_checked_in_its_own_language(
 
     from PIL import Image
 
-    from tasks.engines.resident import ResidentEngines
     from tasks.pipeline.documents import run_document
     from tests.harness import corpus
 
@@ -448,14 +456,10 @@ def test_the_han_pages_orientation_is_checked_in_its_own_language(
     with Image.open(corpus("lang_chi_sim_page.jpg")) as scan:
         buffer = io.BytesIO()
         scan.convert("L").rotate(turned).save(buffer, "PNG")
-    engines = ResidentEngines(settings=SETTINGS, primary="tesseract")
-    try:
-        engine = engines.get(engines.for_job(None, lang)).engine
-        result = run_document(buffer.getvalue(),
-                              JobRequest(source="blob", filename="p.png", lang=lang),
-                              engine, SETTINGS)
-    finally:
-        engines.unload()
+    engine = resident.get(resident.for_job(None, lang)).engine
+    result = run_document(buffer.getvalue(),
+                          JobRequest(source="blob", filename="p.png", lang=lang),
+                          engine, SETTINGS)
     page = result.pages[0]
     assert (page.lang, page.rotation, page.error) == ("chi_sim", (360 - turned) % 360, None)
     assert calls == {"trial": ["chi_sim"] * trials, "osd": [None] * osd}

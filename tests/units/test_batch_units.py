@@ -13,19 +13,22 @@ import redis
 
 from tasks.broker.fleet_metrics import FleetCollector
 from tasks.lifecycle.batch_local import LocalFolder, LocalTarget, local_documents
+from tasks.lifecycle.batch_manifest import (
+    Indexes,
+    ManifestIndex,
+    compose_from_parts,
+    has_lines,
+    write_part,
+)
 from tasks.lifecycle.batch_sources import (
     Document,
     ManifestSource,
-    compose_from_parts,
-    compose_manifest,
     manifest_document,
-    manifest_name,
     options_digest,
     output_name,
-    read_line,
     same_read,
-    write_part,
 )
+from tasks.lifecycle.fetcher import Fetcher
 from tasks.records.batches import BatchRecord, BatchState
 from tasks.settings import Settings
 from tasks.state.batch_store import BatchStore, progress_of
@@ -34,7 +37,9 @@ from tasks.state.batch_store import BatchStore, progress_of
 def test_a_manifest_line_names_a_document_and_its_own_options() -> None:
     line = json.dumps({"url": "s3://b/k/a.pdf", "options": {"lang": "vie", "blob": "x"}})
     document = manifest_document(line.encode())
-    assert document == Document("s3://b/k/a.pdf", "b/k/a.pdf", {}, {"lang": "vie"})
+    assert document == Document("s3://b/k/a.pdf", "b/k/a.pdf", {}, {"lang": "vie"}, at="0")
+    at = manifest_document(b"{}\n", 120)  # an object naming no url: a line of its own
+    assert at == Document("", "manifest line at byte 120", refused="no_url", at="120")
     plain = manifest_document(b"https://files.example.com/scans/b.png\n")
     assert plain is not None and plain.name == "files.example.com/scans/b.png"
     assert manifest_document(b"   \n") is None
@@ -52,8 +57,6 @@ def test_a_line_matches_only_the_same_version_and_options() -> None:
     assert not same_read(line, changed, options_digest(options))
     assert not same_read(None, document, options_digest(options))
     assert output_name("a/b.pdf", "pdf") == "a/b.pdf.ocr.pdf"
-    assert manifest_name("a") != manifest_name("b")
-    assert manifest_name("a").startswith(".manifest/")
 
 
 def test_the_local_target_and_the_folder_listing(tmp_path: Path) -> None:
@@ -65,14 +68,19 @@ def test_the_local_target_and_the_folder_listing(tmp_path: Path) -> None:
     target = LocalTarget(source / "out")  # inside the source: never listed
     listed = [d.name for d in local_documents(source, source / "out")]
     assert listed == ["a.png", "sub/b.png"]
-    for name in listed:
+    assert not has_lines(target)
+    for name in reversed(listed):  # one part a line, the later name first
         document = next(d for d in local_documents(source, None) if d.name == name)
-        target.put(manifest_name(name), json.dumps(
-            {"name": name, "source_version": document.version}).encode(), "application/json")
+        write_part(target, [{"name": name, "source_version": document.version,
+                             "status": "SUCCESS"}])
+    assert has_lines(target)
     assert [d.name for d in local_documents(source, source / "out")] == listed
-    assert read_line(target, "sub/b.png")["source_version"]["size"] == 2
-    assert read_line(target, "nothing") is None
-    assert compose_manifest(target) == 2
+    index = ManifestIndex.read(target)
+    assert index.line("sub/b.png") == {"source_version": {"size": 2, "mtime": (
+        source / "sub" / "b.png").stat().st_mtime_ns}, "options_digest": "",
+        "status": "SUCCESS"}
+    assert index.line("nothing") is None
+    assert compose_from_parts(target) == 2
     lines = (source / "out" / "manifest.jsonl").read_text().splitlines()
     assert [json.loads(line)["name"] for line in lines] == listed
 
@@ -119,6 +127,52 @@ def test_the_manifest_is_composed_from_the_parts_each_name_its_latest_line(
     assert lines == [{"name": "a", "status": "SUCCESS"}, {"name": "b", "status": "SUCCESS"}]
 
 
+def test_the_index_holds_each_documents_latest_line_and_the_failed_ones_in_order(
+        tmp_path: Path) -> None:
+    target = LocalTarget(tmp_path)
+    version = {"etag": '"1"', "size": 3}
+
+    def line(name: str, status: str, **more: object) -> dict[str, object]:
+        return {"name": name, "source": f"s3://b/{name}", "source_version": version,
+                "options": {"output": "text"}, "options_digest": "d1", "status": status,
+                **more}
+
+    write_part(target, [line("c", "FAILURE"), line("a", "PARTIAL"), line("b", "SUCCESS"),
+                        line("m", "FAILURE", line_at=40), line("m", "FAILURE", line_at=7)])
+    # a later step: c read again and right; m's line at 90 a duplicate of its line at 7
+    write_part(target, [line("c", "SUCCESS"),
+                        {**line("m", "SKIPPED", line_at=90, duplicate_of=7),
+                         "source_version": {}}])
+    index = ManifestIndex.read(target)
+    assert index.line("c") == {"source_version": version, "options_digest": "d1",
+                               "status": "SUCCESS"}
+    # a duplicate's line shows no read: the name's latest read stays its own line's
+    assert index.line("m") == {"source_version": version, "options_digest": "d1",
+                               "status": "FAILURE"}
+    cursor, failed = "", []
+    for _ in range(4):  # a retry's source, two at a time from its cursor
+        page, done = index.page(cursor, 2)
+        failed += [(d.url, d.name, d.at, d.options) for d, _ in page]
+        cursor = page[-1][1] if page else cursor
+        if done:
+            break
+    assert done and failed == [("s3://b/a", "a", "", {"output": "text"}),
+                                ("s3://b/m", "m", "7", {"output": "text"}),
+                                ("s3://b/m", "m", "40", {"output": "text"})]
+    assert index.page("not a cursor", 10)[0][0][0].name == "a"  # from the start
+    indexes, reads = Indexes(), []
+
+    def read() -> ManifestIndex:
+        reads.append(1)
+        return ManifestIndex.read(target)
+
+    assert indexes.of("b1", ("chain", "list"), read) is indexes.of("b1", ("chain", "list"), read)
+    indexes.of("b1", ("chain", "retry"), read)  # a new run: read again
+    indexes.drop("b1")
+    indexes.of("b1", ("chain", "retry"), read)
+    assert len(reads) == 3
+
+
 class StalledPorts:
     """Ports whose one job in flight never ends: its ending died with its host."""
 
@@ -131,7 +185,7 @@ class StalledPorts:
     def stalled(self, job_ids: list[str]) -> list[str]:
         return [j for j in job_ids if j == "job-1"]
 
-    def send(self, record: BatchRecord, kwargs: dict[str, object]) -> str:
+    def send(self, record: BatchRecord, kwargs: dict[str, object], replacing: str = "") -> str:
         self.sent.append(kwargs)
         return f"job-{len(self.sent) + 1}"
 
@@ -180,7 +234,8 @@ def test_a_manifest_line_past_the_limit_is_refused_and_the_read_goes_on(
             "https://files.example.com/b.png\n").encode()
     # an https manifest already copied under the target: ranges of the copy are read
     target.put(".batch-source/b1.jsonl", body, "application/jsonl")
-    source = ManifestSource("https://files.example.com/m.jsonl", settings, target, "b1")
+    source = ManifestSource("https://files.example.com/m.jsonl", settings,
+                            Fetcher.for_client(settings, None), target, "b1")
     cursor, seen = "", []
     for _ in range(5):
         page, done = source.page(cursor, 10)

@@ -1,4 +1,4 @@
-"""Page clean-up of issue 15, in-process on the real engine and a corpus scan.
+"""Page clean-up before tesseract, in-process on the real engine and a corpus scan.
 
 Skew from projected ink, the deskew resampling only the inked part of the page, the
 orientation pass only when the reading was not upright, raw grey pixels to libtesseract.

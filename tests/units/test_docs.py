@@ -1,4 +1,4 @@
-"""The documentation's links and settings hold (issue 34): runs in the test process only.
+"""The documentation's links and settings hold: runs in the test process only.
 
 Every relative link in README.md, docs/*.md and bench/README.md names a file that
 exists and, for `#anchor`, a heading of that file (GitHub's slugs); every docs page is
@@ -121,8 +121,8 @@ def test_slugs_follow_github() -> None:
     assert slug("The VLM behind an inference server (vlm-api)") == \
         "the-vlm-behind-an-inference-server-vlm-api"
     assert slug("Failure (task state `FAILURE`)") == "failure-task-state-failure"
-    assert slug("One model copy behind a server (issue 23, `bench/vlm_api.py`)") == \
-        "one-model-copy-behind-a-server-issue-23-benchvlm_apipy"
+    assert slug("One model copy behind a server (2 GPUs, `bench/vlm_api.py`)") == \
+        "one-model-copy-behind-a-server-2-gpus-benchvlm_apipy"
 
 
 def test_every_docs_page_is_linked_from_the_readme() -> None:

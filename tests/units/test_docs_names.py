@@ -10,8 +10,9 @@ Read in README.md, docs/*.md and bench/README.md (code spans and code blocks ali
 - the project's own paths (`tasks/lifecycle/inputs.py`, `scripts/run_api.py`,
   `tests/clients/test_docs_examples.py`): each a file or folder of the checkout.
 
-Also: the pages speak of the product as it is, never of the work's history
-("issue 41", "before this round").
+Also: the pages speak of the product as it is, never of the work's history: no issue
+numbers, no words of the work's rounds, no commit ids (a short or long hash in
+backticks, in parentheses or after "at").
 """
 
 from __future__ import annotations
@@ -39,6 +40,10 @@ PATH = re.compile(r"(?<![\w./-])((?:tasks|scripts|tests|bench|clients|integratio
                   r"/[A-Za-z0-9_./-]*[A-Za-z0-9_])")
 HISTORY = re.compile(r"\b(?:issues? \d+|this round|before this (?:round|change)|"
                      r"no longer|used to)\b", re.I)
+# A commit id: 7-40 hex digits, letters and digits both, in backticks, in parentheses or
+# after "at", with or without a `^` or `~` suffix.
+COMMIT = re.compile(r"(?:`|\(|\bat\s+)((?=[0-9a-f]*[a-f])(?=[0-9a-f]*\d)[0-9a-f]{7,40})"
+                    r"[\^~]*(?=[`)\s.,;:]|$)")
 # A name ending in a file's suffix is a file (`docs/tasks.md`, `_access.py`), not code.
 SUFFIXES = {"md", "py", "txt", "json", "yaml", "yml", "toml", "html", "png", "js", "log"}
 # Records of a job's result, written `pdf.removed` or `vlm.image_size`: JSON, not modules.
@@ -158,8 +163,16 @@ def test_a_page_names_only_what_exists(page: Path) -> None:
 
 @pytest.mark.parametrize("page", PAGES, ids=lambda p: p.name)
 def test_a_page_speaks_of_the_product_not_its_history(page: Path) -> None:
-    found = [match.group(0) for match in HISTORY.finditer(page.read_text())]
+    text = page.read_text()
+    found = [match.group(0) for match in (*HISTORY.finditer(text), *COMMIT.finditer(text))]
     assert not found, f"{page.name}: {found}"
+
+
+def test_the_history_check_finds_commit_ids() -> None:
+    text = ("| case | before (3e99fc8) | now |\nmeasured at\n28c87ba: 901 tests; `44b391a^`\n"
+            "not `deadbeef` (no digit), `0123456` (no letter), main=a1b2c3d4, a sha256 "
+            f"`{'ab12' * 16}`")
+    assert [m.group(1) for m in COMMIT.finditer(text)] == ["3e99fc8", "28c87ba", "44b391a"]
 
 
 def test_the_checks_catch_a_wrong_name() -> None:

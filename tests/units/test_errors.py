@@ -7,7 +7,8 @@ import json
 from celery import Celery
 from celery.backends.base import Backend
 
-from tasks.errors import ERROR_CLASSES, OcrError, PageQuotaExceeded, PdfEncrypted, error_info
+from tasks.error_codes import ERROR_CLASSES, error_info
+from tasks.errors import OcrError, PageQuotaExceeded, PdfEncrypted
 
 
 def test_errors_survive_celery_json_round_trip() -> None:

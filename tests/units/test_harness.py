@@ -1,4 +1,4 @@
-"""The test harness itself (tests/harness.py): `eventually()`, and who imports it.
+"""The test harness itself (devkit/harness.py): `eventually()`, and who imports it.
 
 Pure: no process is started.
 """
@@ -57,6 +57,17 @@ def test_benchmarks_import_the_harness_not_conftest() -> None:
     assert defined
     assert all(lines[i - 1].startswith("@pytest.fixture") or
                lines[i].startswith("def pytest_") for i in defined)  # fixtures and hooks
+
+
+def test_benchmarks_and_the_kit_import_nothing_of_the_test_tree() -> None:
+    """bench/ and devkit/ import devkit/, never tests/ (nor run a module of it)."""
+    importers = [str(p.relative_to(ROOT))
+                 for p in [*(ROOT / "bench").rglob("*.py"), *(ROOT / "devkit").rglob("*.py")]
+                 if re.search(r"^\s*(from|import) tests\b|-m\", \"tests\.|\btests\.\w+:",
+                              p.read_text(encoding="utf-8"), re.M)]
+    assert importers == []
+    assert re.search(r"^from devkit\.harness import", (ROOT / "bench" / "common.py").read_text(
+        encoding="utf-8"), re.M)  # the rule sees a real import
 
 
 def test_longest_first_names_groups_that_exist() -> None:

@@ -107,3 +107,9 @@ def test_a_missing_language_says_how_to_add_it() -> None:
     message = tessdata.unavailable(["deu"], ["eng", "fra"])
     assert message.startswith("no traineddata for deu on this worker; it has: eng, fra")
     assert 'OCR_LANGS="eng deu" make run' in message and "docs/languages.md" in message
+    # a code that is no language is never advised
+    both = tessdata.unavailable(["deu", "klingon"], ["eng"])
+    assert 'OCR_LANGS="eng deu" make run' in both, both
+    assert both.endswith("; klingon is no tesseract language code (docs/languages.md "
+                         "lists them)"), both
+    assert "OCR_LANGS" not in tessdata.unavailable(["tlh"], ["eng"])

@@ -1,38 +1,90 @@
-"""The kombu private names tasks/broker overrides still exist, on the kombu they were read against.
+"""The kombu private names tasks/broker overrides exist on the installed kombu, one of the range.
 
 tasks/broker/__init__.py lists every private kombu (and redis-py) name the broker's
-channel, QoS and Sentinel channel override or call, with the versions they were read
-against; a kombu or redis-py upgrade fails here first, until the overrides are read
-again against it and the pins moved.
+channel, QoS and Sentinel channel override or call, with the kombu minors and redis-py
+majors they were read against: requirements.txt's range. Whichever version of it is
+installed (`make test` runs its top, `make test-floor` its floor), it must be one that
+was read, and have each name; a kombu or redis-py outside it fails here first, until
+the overrides are read again against it and the range moved.
 """
 
 from __future__ import annotations
 
+import re
+
+import celery
 import kombu
 import pytest
 import redis
 from kombu.transport import redis as kombu_redis
+from packaging.specifiers import SpecifierSet
+from packaging.version import Version
 
 from tasks import broker
 from tasks.broker import layout
+from tests.harness import ROOT
 
 
-def test_kombu_is_the_version_the_overrides_were_read_against() -> None:
-    assert kombu.__version__ == broker.KOMBU_VERSION, (
-        f"kombu {kombu.__version__} is installed; tasks/broker overrides were read "
-        f"against {broker.KOMBU_VERSION}: read each override listed in "
-        "tasks/broker/__init__.py against it, then move KOMBU_VERSION")
+def required(name: str) -> SpecifierSet:
+    """requirements.txt's version range of `name`."""
+    text = (ROOT / "requirements.txt").read_text()
+    found = re.search(rf"^{re.escape(name)}(\[[^\]]*\])?([<>=!~][^\s#;]*)", text, re.M)
+    assert found, f"requirements.txt names no {name}"
+    return SpecifierSet(found.group(2))
 
 
-def test_redis_py_is_the_version_the_bounded_parser_was_read_against() -> None:
-    assert redis.__version__ == broker.REDIS_PY_VERSION
+def minor(version: str) -> str:
+    return ".".join(version.split(".")[:2])
+
+
+@pytest.mark.parametrize("name, installed", [("kombu", kombu.__version__),
+                                             ("celery", celery.__version__)])
+def test_kombu_and_celery_are_of_the_minors_the_overrides_were_read_against(
+        name: str, installed: str) -> None:
+    assert minor(installed) in broker.KOMBU_MINORS, (
+        f"{name} {installed} is installed; tasks/broker overrides were read against "
+        f"{broker.KOMBU_MINORS}: read each override listed in tasks/broker/__init__.py "
+        "against it, then add its minor to KOMBU_MINORS and requirements.txt's range")
+    assert Version(installed) in required(name)
+
+
+def test_the_requirements_range_is_the_minors_read() -> None:
+    for name in ("kombu", "celery[redis]"):
+        spec = required(name.split("[")[0])
+        assert [m for m in ("5.5", "5.6", "5.7", "5.8") if Version(f"{m}.0") in spec] == \
+            list(broker.KOMBU_MINORS), f"{name}{spec}"
+    spec = required("redis")
+    assert {v.split(".")[0] for v in ("5.3.0", "6.4.0", "7.0.0", "8.1.0", "9.0.0")
+            if Version(v) in spec} == set(broker.REDIS_PY_MAJORS), f"redis{spec}"
+
+
+def test_redis_py_is_of_the_majors_the_bounded_parser_was_read_against() -> None:
+    assert redis.__version__.split(".")[0] in broker.REDIS_PY_MAJORS
+    assert Version(redis.__version__) in required("redis")
+
+
+def expected_names(owner: str) -> tuple[list[str], list[str]]:
+    """(the names the installed kombu must have, those it must not: 5.7's on a 5.6)."""
+    names = list(broker.KOMBU_OVERRIDES[owner])
+    later = broker.SINCE_KOMBU_5_7.get(owner, ())
+    if Version(kombu.__version__) >= Version("5.7"):
+        return names, []
+    return [n for n in names if n not in later], list(later)
 
 
 @pytest.mark.parametrize("owner", sorted(broker.KOMBU_OVERRIDES))
 def test_each_overridden_name_exists_on_kombus_class(owner: str) -> None:
     cls = getattr(kombu_redis, owner)
-    missing = [name for name in broker.KOMBU_OVERRIDES[owner] if not hasattr(cls, name)]
-    assert not missing, f"kombu's {owner} no longer has {missing}"
+    has, lacks = expected_names(owner)
+    missing = [name for name in has if not hasattr(cls, name)]
+    assert not missing, f"kombu {kombu.__version__}'s {owner} no longer has {missing}"
+    present = [name for name in lacks if hasattr(cls, name)]
+    assert not present, f"kombu {kombu.__version__}'s {owner} has {present}: not 5.7's alone"
+
+
+def test_the_names_of_5_7_alone_are_overridden_or_called() -> None:
+    for owner, names in broker.SINCE_KOMBU_5_7.items():
+        assert set(names) <= set(broker.KOMBU_OVERRIDES[owner]), owner
 
 
 def test_every_private_override_of_the_channels_is_listed() -> None:
@@ -40,10 +92,17 @@ def test_every_private_override_of_the_channels_is_listed() -> None:
     from tasks.broker.transport import Channel
     from tasks.broker.unsettled import QoS
 
-    for ours, owner in ((Channel, "Channel"), (QoS, "QoS"),
-                        (SentinelChannel, "SentinelChannel")):
+    checked = {Channel: "Channel", QoS: "QoS", SentinelChannel: "SentinelChannel"}
+    for ours, owner in checked.items():
         base = getattr(kombu_redis, owner)
-        overridden = {name for name in vars(ours)
+        # ours, and the classes of ours it extends up to one checked on its own
+        # (`Channel`: the publishing channel too; `SentinelChannel`: itself alone)
+        own = [ours]
+        for cls in ours.__mro__[1:]:
+            if cls in checked or not cls.__module__.startswith("tasks."):
+                break
+            own.append(cls)
+        overridden = {name for cls in own for name in vars(cls)
                       if hasattr(base, name) and not name.startswith("__")}
         listed = set(broker.KOMBU_OVERRIDES[owner]) | {"QoS", "connection_class",
                                                         "connection_class_ssl"}

@@ -61,7 +61,8 @@ class RecordingPorts:
     def send_callback_task(self, name: str, queue: str | None, result: dict) -> None:
         self.callback_tasks.append((name, queue, result))
 
-    def send_http_callback(self, url: str, body: dict, queue: str | None) -> None:
+    def send_http_callback(self, url: str, body: dict, queue: str | None,
+                           owner: str = "") -> None:
         self.http_callbacks.append((url, body))
 
     def record(self, outcome: Outcome) -> None:
@@ -241,7 +242,7 @@ def test_a_cached_result_of_an_encrypted_pdf_needs_its_password(life: Life) -> N
     assert isinstance(hit, Outcome) and hit.result is not None and hit.result.cached
 
 
-# --- A job that has ended takes no late writes (issue 34, item 6) -----------------------
+# --- A job that has ended takes no late writes ----------------------------------------
 
 ENDINGS = ("cancel", "deadline", "failure")
 
@@ -359,7 +360,7 @@ def test_a_cancel_met_by_a_page_while_the_pdf_was_split_ends_it(life: Life) -> N
 
 
 def test_a_claim_names_its_holder_until_the_ending_is_done(life: Life) -> None:
-    """Issue 43: the end claim names `<host>:<pid>` while its ending runs.
+    """The end claim names `<host>:<pid>` while its ending runs.
 
     `take_over` moves it once, and only from the holder named; a finished ending names
     no one, so nothing takes it over.
@@ -396,7 +397,7 @@ def test_gone_tells_a_killed_child_from_a_live_one() -> None:
 
 
 def test_an_ending_that_cannot_store_its_result_gives_its_claim_back(life: Life) -> None:
-    """Issue 43: storing the result fails (Redis restarting): the claim is released.
+    """Storing the result fails (Redis restarting): the claim is released.
 
     The task's retry then ends the job instead of finding it "already ended".
     """

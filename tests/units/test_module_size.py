@@ -1,4 +1,4 @@
-"""No module of the service is over 400 lines (issue 44): a busy module is split along its seams.
+"""No module of the service is over 400 lines: a busy module is split along its seams.
 
 Every Python file of the checkout counts (tasks/, scripts/, integrations/, submit.py,
 ocr_admin.py, worker_config.py, and any folder added later) but the tests and the

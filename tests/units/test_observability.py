@@ -25,7 +25,8 @@ from tasks.queue import cgroup_memory
 from tasks.queue.app import sending_app
 from tasks.queue.celery_config import celery_config
 from tasks.settings import Settings
-from tasks.state.metrics import PAGE_BUCKETS, MetricsStore, RedisCollector
+from tasks.state.metrics import PAGE_BUCKETS, MetricsStore
+from tasks.state.metrics_collector import RedisCollector
 from tests.harness import ROOT, RedisServer, eventually
 from tests.otlp_receiver import OtlpReceiver
 

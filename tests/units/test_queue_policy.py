@@ -1,4 +1,4 @@
-"""One owner per queue decision (issue 44 items 3 and 4), without a worker.
+"""One owner per queue decision (routing, retries, engines), without a worker.
 
 - The engine a job runs on: a worker parent that ends a job itself names the engine a
   pool child would have read it with (`resident.engine_for_job`, language routing

@@ -5,16 +5,14 @@ and each JSON they give is compared with a file under tests/fixtures/results/, b
 for byte (key order included); rewrite them with `python -m tests.units.test_result_json
 --write` only when the public JSON changes on purpose.
 
-Six of the eight files are byte for byte what the hand-written codecs gave before the
-codecs were generated from the records' fields (issue 44; checked by running those
-codecs, at 44b391a^, on the same records): page_failed, page_text_layer,
-document_cancelled, document_unassembled, document_success_pdf_no_removed and
-lenient.json. `OLD_CODEC_SHA256` holds them to those bytes. Two changed on purpose:
-page_full and document_partial, whose OCR page has a `text_layer` record, which now
-says `"unplaced": 0` (the model's words the alignment found no box for, counted in the
-page record: issue 42); and document_partial, a Markdown result, whose `text` joins its
-pages with a blank line, `<!-- page N -->` and a blank line instead of a form feed, so
-that the whole Markdown stays valid CommonMark (issue 40).
+Six of the eight files are held to fixed bytes as well (`OLD_CODEC_SHA256`), the
+shapes clients have read longest: page_failed, page_text_layer, document_cancelled,
+document_unassembled, document_success_pdf_no_removed and lenient.json. The other two,
+page_full and document_partial, hold what those lack: an OCR page's `text_layer`
+record with `"unplaced"` (the model's words the alignment found no box for, counted in
+the page record), and a Markdown result whose `text` joins its pages with a blank line,
+`<!-- page N -->` and a blank line (not a form feed), so that the whole Markdown is
+valid CommonMark.
 
 Each case also reads its JSON back (`from_json`) and must give the same record and the
 same JSON again: a page record crosses Redis that way, a result the cache. The lenient
@@ -160,7 +158,7 @@ _LENIENT: dict[str, tuple[Any, dict[str, Any]]] = {
 }
 
 
-# The golden files whose bytes the hand-written codecs gave (before issue 44), by sha256.
+# The golden files held to fixed bytes (the shapes clients have read longest), by sha256.
 OLD_CODEC_SHA256 = {
     "page_failed": "09d2d221cdae633af420f70c9633c35ffc4241abf5de6a9549386079d19d7ff7",
     "page_text_layer": "3b1da373ba613244d869f604cfb890dd5355558476d16e31d364badeca4f6848",

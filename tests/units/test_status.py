@@ -65,7 +65,7 @@ def test_document_result_status_is_typed_and_its_json_a_plain_string() -> None:
     ("SUCCESS", False, ShownState.SUCCESS), ("SOME-NEW-STATE", False, ShownState.STARTED)])
 def test_a_shown_state_is_never_celerys_revoked(state: str, expired: bool,
                                                 shown: ShownState) -> None:
-    """A job's `state` beside its status (issue 39): REVOKED is CANCELLED, or FAILURE."""
+    """A job's `state` beside its status: REVOKED is CANCELLED, or FAILURE."""
     assert ShownState.of(state, expired) is shown
     assert "REVOKED" not in set(ShownState)
     assert from_celery(shown) is (JobStatus.FAILURE if expired else from_celery(state))

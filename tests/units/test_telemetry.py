@@ -16,7 +16,8 @@ from tasks.queue.display import job_kwargs_repr
 from tasks.queue.job_samples import job_line, job_record, page_samples
 from tasks.queue.telemetry import rss_bytes
 from tasks.settings import Settings
-from tasks.state.metrics import CHILD_TTL, FLUSH_EVERY, MetricsStore, RedisCollector
+from tasks.state.metrics import CHILD_TTL, FLUSH_EVERY, MetricsStore
+from tasks.state.metrics_collector import RedisCollector
 from tests.harness import eventually
 
 
@@ -128,6 +129,30 @@ def test_a_busy_process_writes_each_counter_once_a_second(redis_url: str) -> Non
     store.add([job])  # held again; a process that ends writes it at once
     store.flush()
     assert jobs() == 22
+
+
+def test_counts_written_with_other_writes_are_never_held(redis_url: str) -> None:
+    """Pages counted with the client's usage (`also`) are in Redis when `add` returns.
+
+    A child killed right after (a cancel's SIGKILL) would lose what it held; the
+    histograms' observations are still held.
+    """
+    client = redis.Redis.from_url(redis_url)
+    client.flushdb()
+    store = MetricsStore(client, "cpu@a")
+    page = ("ocr_pages_total", {"engine": "fake", "source": "ocr"}, 1.0)
+    latency = ("ocr_page_latency_seconds", {"engine": "fake"}, 0.3)
+    store.add([page], [latency])  # the first write goes at once: the window starts
+    for n in range(1, 4):
+        store.add([page], [latency], lambda pipe: pipe.incr("usage"))
+        got = _scrape(RedisCollector(client))
+        assert sum(v for _, v in got["ocr_pages_total"]) == 1 + n
+        assert client.get("usage") == str(n).encode()
+    got = _scrape(RedisCollector(client))
+    assert [v for _, v in got["ocr_page_latency_seconds_count"]] == [1.0]  # held
+    store.flush()
+    got = _scrape(RedisCollector(client))
+    assert [v for _, v in got["ocr_page_latency_seconds_count"]] == [4.0]
 
 
 def test_metrics_store_and_collector(redis_url: str) -> None:

@@ -1,4 +1,4 @@
-"""Issue 24: `timings.total_seconds` covers the job.
+"""`timings.total_seconds` covers the job.
 
 It runs from the task's start (planning included) to the result handed to the job's
 exit, for a PDF read in process, a fanned-out PDF and a cache hit. Checked for
@@ -30,7 +30,7 @@ DIGITAL = "dig_geotopo_117p.pdf"
 PAGE_SECONDS = 0.3  # the fake engine's time per OCR page (FAKE_PAGE_SECONDS)
 # A worker's planning of the digital PDF is at least this share of the fastest of three
 # plannings in the test process: a wide margin for load on a shared machine, while a
-# clock started after planning (issue 24: 0.008 s for 0.2-0.5 s of work) stays far below.
+# clock started after planning (0.008 s for 0.2-0.5 s of work) stays far below.
 PLANNING_SHARE = 0.25
 
 

@@ -7,7 +7,7 @@ small image in well under a second on CPU (the output text is garbage).
 MLX deadlocks a forked child once the parent has evaluated an MLX array, so
 callers should run the builder in a subprocess::
 
-    python -m tests.tiny_vlm DEST
+    python -m devkit.tiny_vlm DEST
 
 All MLX work happens inside the function; importing this module evaluates
 nothing.
@@ -154,7 +154,7 @@ QWEN2_VL_PAGES = Geometry(max_pixels=12_845_056)
 TINY_STOPS = Geometry(stops=True)
 # ~113M parameters in the language model (12 layers of 768, MLP 3,072) with Qwen2-VL's
 # image geometry and a small vision tower: big enough that generating tokens, not the
-# Python around them, dominates a page (bench/vlm_api.py, issue 23).
+# Python around them, dominates a page (bench/vlm_api.py).
 BENCH_100M = Geometry(max_pixels=12_845_056, hidden=768, heads=12, layers=12,
                       intermediate=3072)
 
@@ -242,10 +242,10 @@ GEOMETRIES = {"tiny": Geometry(), "qwen2-vl-pages": QWEN2_VL_PAGES, "tiny-stops"
 
 
 def main(argv: list[str] | None = None) -> int:
-    """CLI entry point: ``python -m tests.tiny_vlm DEST [GEOMETRY]``."""
+    """CLI entry point: ``python -m devkit.tiny_vlm DEST [GEOMETRY]``."""
     args = sys.argv[1:] if argv is None else argv
     if len(args) not in (1, 2) or (len(args) == 2 and args[1] not in GEOMETRIES):
-        print(f"usage: python -m tests.tiny_vlm DEST [{'|'.join(GEOMETRIES)}]",
+        print(f"usage: python -m devkit.tiny_vlm DEST [{'|'.join(GEOMETRIES)}]",
               file=sys.stderr)
         return 2
     print(build_tiny_qwen2_vl(Path(args[0]), GEOMETRIES[args[1] if len(args) == 2

@@ -1,0 +1,58 @@
+"""The previous release of the service: its commit, and its tree written out from git.
+
+The rolling-upgrade test (tests/queue/test_rolling_upgrade.py) runs this release's
+worker and client beside the checkout's own on one Redis. The release is `COMMIT`, the
+one place it is recorded: a release moves it to the commit that production runs once
+the new one is deployed. Its tree is read from this checkout's git history (`git
+archive`, so a full clone has it; no network), into a folder of its own:
+
+    python -m devkit.previous_release DIR    # writes the tree into DIR, prints DIR
+
+The old tree runs with this checkout's venv (the releases share requirements.txt's
+range) and from its own top, as its Procfile says.
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import subprocess
+import tarfile
+from pathlib import Path
+
+from devkit.harness import ROOT
+
+COMMIT = "7c2e279caeb6fa835e153c7cf2775822cf67521d"
+
+
+class ReleaseMissing(RuntimeError):
+    """The checkout's git history does not hold COMMIT (a shallow clone, or no git)."""
+
+
+def materialize(dest: Path, commit: str = COMMIT) -> Path:
+    """`commit`'s tree written into `dest` (created; it must be empty or absent)."""
+    try:
+        archive = subprocess.run(["git", "archive", "--format=tar", commit], cwd=ROOT,
+                                 capture_output=True, check=True, timeout=120).stdout
+    except (OSError, subprocess.CalledProcessError) as error:
+        told = getattr(error, "stderr", b"") or b""
+        raise ReleaseMissing(
+            f"git cannot read the previous release {commit} in {ROOT} ({error}: "
+            f"{told.decode(errors='replace').strip()}); a shallow clone needs "
+            f"`git fetch --unshallow`") from error
+    dest.mkdir(parents=True, exist_ok=True)
+    with tarfile.open(fileobj=io.BytesIO(archive)) as tar:
+        tar.extractall(dest, filter="data")
+    return dest
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("dest", type=Path, help="the folder to write the tree into")
+    parser.add_argument("--commit", default=COMMIT, help=f"default: {COMMIT}")
+    args = parser.parse_args()
+    print(materialize(args.dest, args.commit))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,72 @@
+"""The console's session cookie is Secure behind a trusted proxy that ends TLS.
+
+Two of the Procfile's `api` processes on one Redis: one as started by default (no proxy
+trusted), one with `API_FORWARDED_ALLOW_IPS=127.0.0.1`, the address this test reaches
+it from, as a TLS-ending proxy on this host would. A sign-in forwarded with
+`X-Forwarded-Proto: https` by the trusted proxy sets the cookie Secure (and the
+redirect stays on https); the same header from a peer that is not trusted changes
+nothing, and a plain-HTTP sign-in through the proxy is not Secure.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import pytest
+import requests
+
+from tests.api_server import ApiServer, create_token
+
+HTTPS = {"X-Forwarded-Proto": "https", "X-Forwarded-For": "203.0.113.9"}
+
+
+@pytest.fixture(scope="module")
+def token(redis_url: str) -> str:
+    return create_token(redis_url, "alice")
+
+
+@pytest.fixture(scope="module")
+def direct(start_api: Callable[..., ApiServer]) -> ApiServer:
+    return start_api()
+
+
+@pytest.fixture(scope="module")
+def proxied(start_api: Callable[..., ApiServer]) -> ApiServer:
+    return start_api(API_FORWARDED_ALLOW_IPS="127.0.0.1")
+
+
+def sign_in(api: ApiServer, token: str, headers: dict[str, str]) -> requests.Response:
+    answer = requests.post(f"{api.url}/console/signin", data={"token": token},
+                           headers=headers, allow_redirects=False, timeout=30)
+    assert answer.status_code == 303, answer.text
+    return answer
+
+
+def cookie_flags(answer: requests.Response) -> set[str]:
+    """The attributes of the `ocr_console` cookie the answer sets, in lower case."""
+    cookie, = (value for value in answer.raw.headers.getlist("set-cookie")
+               if value.startswith("ocr_console="))
+    return {part.strip().split("=")[0].lower() for part in cookie.split(";")[1:]}
+
+
+def test_the_cookie_is_secure_through_a_trusted_proxy_over_https(
+        proxied: ApiServer, token: str) -> None:
+    answer = sign_in(proxied, token, HTTPS)
+    assert {"secure", "httponly", "samesite"} <= cookie_flags(answer)
+    assert answer.headers["location"].endswith("/console/jobs")
+    assert not answer.headers["location"].startswith("http://")
+    # the session works for the browser that holds it
+    cookie = answer.cookies["ocr_console"]
+    jobs = requests.get(f"{proxied.url}/console/jobs", cookies={"ocr_console": cookie},
+                        headers=HTTPS, timeout=30)
+    assert jobs.status_code == 200, jobs.text
+
+
+def test_plain_http_through_the_proxy_is_not_secure(proxied: ApiServer, token: str) -> None:
+    flags = cookie_flags(sign_in(proxied, token, {"X-Forwarded-Proto": "http"}))
+    assert "secure" not in flags and "httponly" in flags
+
+
+def test_the_header_from_a_peer_not_trusted_is_ignored(direct: ApiServer, token: str) -> None:
+    flags = cookie_flags(sign_in(direct, token, HTTPS))
+    assert "secure" not in flags and "httponly" in flags

@@ -1,0 +1,181 @@
+"""The Redis users' key matrix, held against a real redis-server with the kit's users.
+
+tasks/broker/acl_matrix.py computes, from tasks/broker/redis_acl.py's key patterns,
+what each role may read and write of each key family; docs/security.md shows that
+matrix. Here a redis-server holding exactly the kit's users (written by
+scripts/redis_acl.py) is asked with `ACL DRYRUN`, for each user and each key of each
+family, every read and write command of the probes the user holds, and its scripts
+(`EVALSHA`, `EVALSHA_RO`, `FCALL` naming the key): the server's answers must agree with
+the matrix cell by cell. Flower's user is also made to run scripts that name the keys
+of messages in flight only in their arguments (Redis checks each call inside a script):
+refused. The scripts that reserve a client's jobs in flight, pages and running batches
+run as each role that sends jobs. And the sweep's lock, set without an expiry, is
+taken over by the next sweep.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+
+import pytest
+import redis
+
+from tasks.broker import layout
+from tasks.broker.acl_matrix import END, FAMILIES, NONE, READ_WRITE, START, key_access, markdown
+from tasks.broker.holders import HolderSweep
+from tasks.broker.redis_acl import USERS, RedisUser
+from tasks.errors import PageQuotaExceeded
+from tasks.records.batches import BatchRecord
+from tasks.state.batch_store import BatchStore
+from tasks.state.client_rules import InFlight
+from tasks.state.usage import PageCaps, PageUsage
+from tests.harness import ROOT
+from tests.redis_tls import AclRedisServer
+
+SHA = "0" * 40
+# Commands that read or write one key: each probe is the command, then what follows
+# its key.
+READS = (("GET",), ("HGET", "f"), ("HGETALL",), ("HLEN",), ("LLEN",), ("LINDEX", "0"),
+         ("LRANGE", "0", "1"), ("ZRANGE", "0", "1"), ("ZSCORE", "m"), ("SMEMBERS",),
+         ("EXISTS",), ("STRLEN",), ("TTL",))
+WRITES = (("SET", "x"), ("HSET", "f", "x"), ("ZADD", "1", "m"), ("RPUSH", "x"),
+          ("LPUSH", "x"), ("SADD", "x"), ("DEL",), ("HDEL", "f"), ("EXPIRE", "9"),
+          ("APPEND", "x"), ("RPOP",), ("PEXPIRE", "9"))
+SCRIPTS_WRITE = (("EVALSHA", SHA, "1"), ("FCALL", "f", "1"))
+SCRIPTS_READ = (("EVALSHA_RO", SHA, "1"), ("EVAL_RO", "return 1", "1"))
+# Writes into a message in flight, a lane or a queue, named only in a script's ARGV.
+SCRIPT_WRITE = "return redis.call(ARGV[2], ARGV[1], unpack(ARGV, 3))"
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[AclRedisServer]:
+    started = AclRedisServer(tmp_path_factory.mktemp("acl")).start()
+    yield started
+    started.stop()
+
+
+def dryrun(admin: redis.Redis, user: str, command: tuple[str, ...], key: str,
+           ) -> bool | None:
+    """Whether `user` may send `command` on `key`; None when it holds no such command.
+
+    A script's probe names the key after its count of keys, as Redis reads them.
+    """
+    name, *rest = command
+    args = [*rest, key] if name in ("EVALSHA", "FCALL", "EVALSHA_RO", "EVAL_RO") \
+        else [key, *rest]
+    try:
+        answer = admin.execute_command("ACL", "DRYRUN", user, name, *args)
+    except redis.ResponseError as exc:
+        answer = str(exc)
+    text = answer.decode() if isinstance(answer, bytes) else str(answer)
+    if "to run the" in text:
+        return None
+    return text == "OK"
+
+
+def allowed(admin: redis.Redis, user: str, probes: tuple[tuple[str, ...], ...],
+            key: str) -> list[bool]:
+    return [ok for probe in probes if (ok := dryrun(admin, user, probe, key)) is not None]
+
+
+@pytest.mark.parametrize("user", USERS, ids=lambda u: u.name)
+def test_each_role_against_each_key_family_agrees_with_the_matrix(
+        server: AclRedisServer, user: RedisUser) -> None:
+    admin = server.client()
+    wrong = []
+    for family in FAMILIES:
+        for key in family.keys:
+            expected = key_access(user, key)
+            reads = allowed(admin, user.name, READS + SCRIPTS_READ, key)
+            writes = allowed(admin, user.name, WRITES + SCRIPTS_WRITE, key)
+            seen = READ_WRITE if any(writes) and any(reads) else \
+                "w" if any(writes) else "r" if any(reads) else NONE
+            if seen != expected:
+                wrong.append(f"{family.name} {key!r}: the server allows {seen}, "
+                             f"the matrix says {expected}")
+            scripts = [dryrun(admin, user.name, p, key) for p in SCRIPTS_WRITE]
+            if any(ok for ok in scripts if ok is not None) and expected != READ_WRITE:
+                wrong.append(f"{family.name} {key!r}: a script may name it")
+    assert not wrong, "\n".join(wrong)
+
+
+IN_FLIGHT_WRITES = (
+    (layout.UNACKED_KEY, "HSET", "1", "forged"),
+    (layout.UNACKED_INDEX_KEY, "ZADD", "1", "forged"),
+    (layout.HOLDERS_KEY, "HSET", "1", "forged"),
+    (layout.SWEEP_LOCK_KEY, "SET", "x"),
+    (layout.lane_key("ocr", "alice"), "RPUSH", "forged"),
+    ("ocr", "RPUSH", "forged"),
+)
+
+
+@pytest.mark.parametrize("write", IN_FLIGHT_WRITES, ids=lambda w: f"{w[1]} {w[0]}")
+def test_flower_cannot_write_a_message_in_flight_a_lane_or_a_queue(
+        server: AclRedisServer, write: tuple[str, ...]) -> None:
+    key, command, *rest = write
+    flower = redis.Redis.from_url(server.url("flower"))
+    try:
+        with pytest.raises(redis.exceptions.NoPermissionError):
+            flower.execute_command(command, key, *rest)
+        with pytest.raises(redis.exceptions.ResponseError):  # named in ARGV only
+            flower.eval(SCRIPT_WRITE, 0, key, command, *rest)
+        assert not server.client().exists(key)
+    finally:
+        flower.close()
+
+
+def test_a_sweep_lock_without_an_expiry_is_taken_over(server: AclRedisServer) -> None:
+    admin = server.client()
+    admin.set(layout.SWEEP_LOCK_KEY, "x")  # no TTL: no sweeper's
+    worker = redis.Redis.from_url(server.url("worker"))
+    try:
+        sweep = HolderSweep(worker, worker, window=6.0, presence_ttl=30.0)
+        admin.hset(layout.HOLDERS_KEY, "t", "gone|1\nocr\n\n")
+        assert sweep.sweep(time.time()) == []  # taken; nothing of a live message
+        assert admin.get(layout.SWEEP_LOCK_KEY) != b"x"
+        assert 0 < admin.pttl(layout.SWEEP_LOCK_KEY) <= 1000 * sweep.interval
+        assert not admin.hexists(layout.HOLDERS_KEY, "t")  # its message was gone
+        # held by a sweeper (an expiry): the next one waits its turn
+        assert not HolderSweep(worker, worker, window=6.0, presence_ttl=30.0).sweep()
+    finally:
+        worker.close()
+        admin.delete(layout.SWEEP_LOCK_KEY, layout.HOLDERS_KEY)
+
+
+@pytest.mark.parametrize("role", ["api", "control", "worker"])
+def test_the_reservation_scripts_run_as_each_sending_role(server: AclRedisServer,
+                                                          role: str) -> None:
+    """Jobs in flight, page holds and running batches, each taken by its script."""
+    sender = redis.Redis.from_url(server.url(role))
+    try:
+        assert InFlight(sender, 60).reserve(role, "j1", 1, lambda ids: [])
+        assert not InFlight(sender, 60).reserve(role, "j2", 1, lambda ids: [])
+        PageUsage(sender).reserve(role, "j1", 1, PageCaps(1, None), lambda ids: [])
+        with pytest.raises(PageQuotaExceeded):
+            PageUsage(sender).reserve(role, "j2", 1, PageCaps(1, None), lambda ids: [])
+        store = BatchStore(sender, 60)
+        record = BatchRecord(id="", source="s3://b/", target="s3://o/", client=role)
+        assert store.create_within(record, 1) is not None
+        assert store.create_within(record, 1) is None
+    finally:
+        sender.close()
+
+
+def test_the_security_page_shows_the_matrix() -> None:
+    text = (ROOT / "docs" / "security.md").read_text()
+    shown = text[text.index(START):text.index(END) + len(END)]
+    assert shown == markdown(), \
+        "docs/security.md's matrix is stale: paste `python -m tasks.broker.acl_matrix`"
+
+
+def test_the_matrix_is_from_the_users_patterns() -> None:
+    """A key pattern added to a user changes its cell (the matrix can fail)."""
+    from dataclasses import replace
+
+    from tasks.broker.redis_acl import user as named
+
+    flower = named("flower")
+    widened = replace(flower, keys=(*flower.keys, "unacked*"))
+    assert key_access(flower, layout.UNACKED_KEY) == NONE
+    assert key_access(widened, layout.UNACKED_KEY) == READ_WRITE
