@@ -25,7 +25,8 @@ from bench.common import RESULTS, Context, Report, machine_info, pin_threads
 BENCHMARKS = ("pipeline", "overhead", "api", "peers", "digital", "memory", "blank", "vlm",
               "brokers", "breakdown", "languages", "vlm_api", "object_storage",
               "structure", "vlm_fleet", "ocrmypdf", "tracing", "failover", "fairness",
-              "batch", "idle_fleet", "dead_host", "queue_cost")
+              "batch", "idle_fleet", "dead_host", "queue_cost", "fleet_scale", "accuracy",
+              "console")
 log = logging.getLogger("bench")
 
 

@@ -32,8 +32,8 @@ import requests
 
 from bench.common import BenchError, Context, Ratio, Report, Services, Table, percentile
 from bench.overhead import tiny_image
-from tests.api_server import ApiServer, create_token, session
-from tests.harness import ROOT
+from devkit.api_server import ApiServer, create_token, session
+from devkit.harness import ROOT
 
 POLL = 0.002
 CONNECTIONS = 50

@@ -1,8 +1,8 @@
 """Batches: a collection in S3 as one batch vs the same documents sent as separate jobs.
 
 N generated one-page images (distinct sizes) in moto's S3 emulator (`moto_server`,
-tests/moto_s3.py). Each path gets a redis-server of its own (its `used_memory_peak` is
-its own), an OCR worker with the fake engine (tests/fake_engines.py: the service's
+devkit/moto_s3.py). Each path gets a redis-server of its own (its `used_memory_peak` is
+its own), an OCR worker with the fake engine (devkit/fake_engines.py: the service's
 own cost per document, not an engine's) and two children, and the control worker:
 
 - jobs: every document sent at once as a job naming `s3://bench/docs/<n>.png`, its
@@ -43,13 +43,13 @@ from PIL import Image
 
 from bench.common import BenchError, Context, Ratio, Report, Table
 from bench.pipeline import cpu_seconds
+from devkit.harness import RedisServer, Worker, eventually, fake_env, kill_all
+from devkit.moto_s3 import MotoS3
 from tasks.client import OcrClient
 from tasks.queue.batch_chain import batch_store, start_chain
 from tasks.records.batches import BatchRecord, BatchState
 from tasks.records.status import JobStatus
 from tasks.settings import Settings
-from tests.harness import RedisServer, Worker, eventually, fake_env, kill_all
-from tests.moto_s3 import MotoS3
 
 BUCKET = "bench"
 SHORT = {"OCR_SOFT_TIME_LIMIT": "8", "OCR_HARD_TIME_LIMIT": "10",

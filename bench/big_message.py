@@ -26,9 +26,9 @@ from pathlib import Path
 import psutil
 import redis
 
+from devkit.harness import FAKE_PLUGINS, RedisServer, Worker
 from tasks.broker.layout import DEAD_LETTER_KEY
 from tasks.settings import Settings
-from tests.harness import FAKE_PLUGINS, RedisServer, Worker
 
 MESSAGE_MB = 400
 ENV = {"OCR_ENGINE": "fake", "OCR_ENGINE_PLUGINS": FAKE_PLUGINS, "OCR_CONCURRENCY": "1"}

@@ -150,7 +150,7 @@ def rotated_doc() -> Doc:
     """The phototest scan as a 4-page PDF, turned 0, 90, 180 and 270 degrees."""
     from PIL import Image
 
-    from tests.pdf_fixtures import image_pdf
+    from devkit.pdf_fixtures import image_pdf
 
     base = load_doc("scan_tess_phototest.tif")
     scan = Image.open(io.BytesIO(base.data)).convert("L")

@@ -6,7 +6,7 @@ to the job's SUCCESS, finished by B (which includes the job's own run on B,
 `JOB_SECONDS`). On Redis the job comes back after the cluster-wide
 visibility timeout (OCR_VISIBILITY_TIMEOUT, set low here: 30 s, 15 s with --quick;
 900 by default) counted from A's delivery; on RabbitMQ as soon as the broker sees
-A's connection close. Fake engine (tests/fake_engines.py), named as such: this
+A's connection close. Fake engine (devkit/fake_engines.py), named as such: this
 measures the queue, not OCR. RabbitMQ: the local node on 127.0.0.1:5672, a vhost of
 the benchmark's own; its row is skipped (and said so) where RabbitMQ is absent.
 """
@@ -19,8 +19,9 @@ import time
 from PIL import Image
 
 from bench.common import BenchError, Context, Ratio, Report, Table, median
-from tests.harness import FAKE_PLUGINS, RabbitVhost, RedisServer, Worker, rabbitmq_missing
-from tests.harness import make_client as make_test_client
+from devkit.harness import FAKE_PLUGINS, RedisServer, Worker
+from devkit.harness import make_client as make_test_client
+from devkit.rabbitmq import RabbitVhost, rabbitmq_missing
 
 JOB_SECONDS = 0.5  # on B; on A the fake engine would take 10 min (killed long before)
 

@@ -50,8 +50,8 @@ from bench.chaos_checker import check
 from bench.chaos_fleet import BUCKET, READ_ENV, Fleet
 from bench.chaos_history import Fault, Input, Job
 from bench.common import CORPUS, RESULTS, Direct, machine_info
-from tests.inference_server import SimulatedInferenceServer
-from tests.pdf_fixtures import image_pdf
+from devkit.inference_server import SimulatedInferenceServer
+from devkit.pdf_fixtures import image_pdf
 
 WORDS = ("invoice", "ledger", "harbour", "quartz", "meadow", "lantern", "ribbon",
          "saddle", "timber", "violet", "walnut", "yonder", "zephyr", "amber", "bridge",

@@ -26,7 +26,7 @@ from collections import Counter
 from typing import TYPE_CHECKING, Any
 
 from bench.chaos_fleet import SIMULATED_TEXT
-from tests.cer import cer
+from devkit.cer import cer
 
 if TYPE_CHECKING:
     import redis

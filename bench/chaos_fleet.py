@@ -2,15 +2,15 @@
 
 Runs in the soak's own process (bench/chaos.py), which starts and stops each part and
 injects the faults: Redis as a primary with two replicas and three Sentinels, each
-server with its append-only file (tests/ha.py), every process reaching it through the
+server with its append-only file (devkit/ha.py), every process reaching it through the
 Sentinels (`sentinel://`, so each job is accepted once a replica holds it), a prefork
 tesseract worker and a
 thread-pool `vlm-api` worker (each a Procfile `worker:` line, its own host name and
-temporary folder), the simulated inference server (tests/inference_server.py), two
+temporary folder), the simulated inference server (devkit/inference_server.py), two
 HTTP API processes (the Procfile's `api:` line), a webhook receiver that verifies each
 callback's signature, and moto's S3 emulator for documents by URL. With
 `broker="rabbitmq"` the broker is a three-node RabbitMQ cluster of quorum queues
-(tests/rabbit_cluster.py; each process lists the nodes from a different first one),
+(devkit/rabbit_cluster.py; each process lists the nodes from a different first one),
 and Redis stays result backend and store.
 """
 
@@ -31,13 +31,13 @@ from typing import Any
 import psutil
 from redis import Redis
 
+from devkit.api_server import ApiServer
+from devkit.ha import RedisHA
+from devkit.harness import ROOT, Worker
+from devkit.inference_server import SimulatedInferenceServer
+from devkit.moto_s3 import MotoS3
+from devkit.rabbit_cluster import RabbitCluster
 from tasks.lifecycle.callbacks import EVENT_ID_HEADER, verify
-from tests.api_server import ApiServer
-from tests.ha import RedisHA
-from tests.harness import ROOT, Worker
-from tests.inference_server import SimulatedInferenceServer
-from tests.moto_s3 import MotoS3
-from tests.rabbit_cluster import RabbitCluster
 
 BUCKET = "chaos"
 # Short limits, so that a job lost with a killed worker comes back within the soak: the

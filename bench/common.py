@@ -1,6 +1,6 @@
 """Shared plumbing of the benchmarks: services, inputs, timing, machine facts, reports.
 
-Redis and workers are started exactly as the tests start them (`tests.harness`:
+Redis and workers are started exactly as the tests start them (`devkit.harness`:
 `RedisServer` on a free loopback port, `Worker` from the Procfile's `worker:` line), so
 a benchmark measures what `make run` runs. Nothing here imports an engine or MLX: the
 benchmark process forks workers, and MLX evaluated before a fork deadlocks the child.
@@ -27,10 +27,10 @@ from typing import TYPE_CHECKING, Any
 
 import psutil
 
+from devkit.cer import normalize
+from devkit.harness import CORPUS, ROOT, RedisServer, Worker
 from tasks.client import OcrClient
 from tasks.settings import Settings
-from tests.cer import normalize
-from tests.harness import CORPUS, ROOT, RedisServer, Worker
 
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
@@ -48,11 +48,11 @@ MLX_ENV = {"MLX_DISABLE_COMPILE": "1", "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFL
 
 
 def build_tiny_model(models: Path, name: str, timeout: float = 600) -> Path:
-    """The tests' tiny offline VLM `name` (tests/tiny_vlm.py) built under `models/name`.
+    """The tests' tiny offline VLM `name` (devkit/tiny_vlm.py) built under `models/name`.
 
     In a subprocess: MLX is never evaluated in the benchmark process, which forks workers.
     """
-    subprocess.run([sys.executable, "-m", "tests.tiny_vlm", str(models / name), name],
+    subprocess.run([sys.executable, "-m", "devkit.tiny_vlm", str(models / name), name],
                    cwd=ROOT, check=True, timeout=timeout, capture_output=True,
                    env={**os.environ, **MLX_ENV, "PYTHONPATH": str(ROOT)})
     return models / name
@@ -160,7 +160,7 @@ def load_doc(name: str) -> Doc:
 
 
 def edits_and_length(reference: str, hypothesis: str) -> tuple[int, int]:
-    """Edit distance and reference length after whitespace normalisation (as tests/cer.py)."""
+    """Edit distance and reference length after whitespace normalisation (as devkit/cer.py)."""
     from rapidfuzz.distance import Levenshtein
 
     ref, hyp = normalize(reference), normalize(hypothesis)

@@ -7,7 +7,7 @@ kill to the last of A's jobs stored SUCCESS, finished by B (which includes the j
 own run on B, `JOB_SECONDS`). Everything at its defaults: OCR_VISIBILITY_TIMEOUT 900 s
 (the backstop only), OCR_WORKER_LIVENESS_SECONDS 30 s (a silent holder's messages are
 put back by the sweep of dead holders, tasks/broker/holders.py, run by B every 10 s).
-Goal: at most 45 s. Fake engine (tests/fake_engines.py), named as such:
+Goal: at most 45 s. Fake engine (devkit/fake_engines.py), named as such:
 this measures the queue, not OCR. Runs in the benchmark process; the workers and
 redis-server are its children.
 """
@@ -20,8 +20,8 @@ import time
 from PIL import Image
 
 from bench.common import BenchError, Context, Ratio, Report, Table, median
-from tests.harness import FAKE_PLUGINS, RedisServer, Worker
-from tests.harness import make_client as make_test_client
+from devkit.harness import FAKE_PLUGINS, RedisServer, Worker
+from devkit.harness import make_client as make_test_client
 
 JOB_SECONDS = 0.5  # on B
 HELD = 4           # jobs A holds when it dies

@@ -1,6 +1,6 @@
 """Redis high availability: what WAIT costs a submit, and how long a failover stops the fleet.
 
-Real servers on loopback (tests/ha.py): a primary, two replicas, three Sentinels
+Real servers on loopback (devkit/ha.py): a primary, two replicas, three Sentinels
 (down-after-milliseconds 1000, failover-timeout 3000: the harness's short settings; a
 production Sentinel's own `down-after-milliseconds` adds to the second figure).
 
@@ -24,9 +24,9 @@ import time
 from collections.abc import Callable
 
 from bench.common import BenchError, Context, Ratio, Report, Table, median, percentile
-from tests.ha import MovingEndpoint, RedisHA, RedisNode
-from tests.harness import FAKE_PLUGINS, Worker, make_client
-from tests.image_fixtures import png
+from devkit.ha import MovingEndpoint, RedisHA, RedisNode
+from devkit.harness import FAKE_PLUGINS, Worker, make_client
+from devkit.image_fixtures import png
 
 WORKER_ENV = {"OCR_ENGINE": "fake", "OCR_ENGINE_PLUGINS": FAKE_PLUGINS,
               "OCR_CACHE_RESULTS": "0", "OCR_CONCURRENCY": "1", "FAKE_PAGE_SECONDS": "0.05"}

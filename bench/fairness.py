@@ -1,6 +1,6 @@
 """Weighted fair shares between clients in the broker's fetch (tasks/broker/lanes.py).
 
-One worker, 2 children, the fake engine (tests/fake_engines.py) at `PAGE_SECONDS` a
+One worker, 2 children, the fake engine (devkit/fake_engines.py) at `PAGE_SECONDS` a
 page: this measures the queue's scheduling, not OCR. Each part on a Redis database of
 its own:
 
@@ -29,10 +29,10 @@ import redis
 from PIL import Image
 
 from bench.common import BenchError, Context, Ratio, Report, Table, median
+from devkit.harness import FAKE_PLUGINS, FAST_PAGES, RedisServer, Worker, make_client
+from devkit.pdf_fixtures import image_pdf, plain_pages
 from tasks.broker.layout import LANE_WEIGHTS_KEY, lane_key
 from tasks.client import OcrClient
-from tests.harness import FAKE_PLUGINS, FAST_PAGES, RedisServer, Worker, make_client
-from tests.pdf_fixtures import image_pdf, plain_pages
 
 PAGE_SECONDS = 0.25  # a page of real OCR is 0.5-2 s: the queue's overhead counts more here
 LONE_PAGE_SECONDS = 0.05

@@ -20,7 +20,7 @@ sys.path.insert(0, ".")
 import redis  # noqa: E402
 from PIL import Image  # noqa: E402
 
-from tests.harness import FAKE_PLUGINS, FAST_PAGES, RedisServer, Worker, make_client  # noqa: E402
+from devkit.harness import FAKE_PLUGINS, FAST_PAGES, RedisServer, Worker, make_client  # noqa: E402
 
 
 def png(n: int) -> bytes:

@@ -2,7 +2,7 @@
 
 `python -m bench --only idle_fleet` starts one redis-server and N workers from the
 Procfile's `worker` line (50; 4 with --quick), each with the solo pool and the fake
-engine (tests/fake_engines.py: a null engine, for queue mechanics only), waits until
+engine (devkit/fake_engines.py: a null engine, for queue mechanics only), waits until
 every one is ready and a settling while has passed, then reads `INFO commandstats`
 twice, a window apart, and divides: every command counts, those run inside Lua
 scripts included. Nothing is sent: the figure is what workers cost Redis doing
@@ -21,7 +21,7 @@ from typing import Any
 import redis
 
 from bench.common import Context, Ratio, Report, Table
-from tests.harness import ROOT, RedisServer, Worker, fake_env, procfile_command, stop_all
+from devkit.harness import ROOT, RedisServer, Worker, fake_env, procfile_command, stop_all
 
 GOAL_PER_WORKER = 3.0
 

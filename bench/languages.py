@@ -45,7 +45,7 @@ from bench.common import (
 )
 
 PAGE = "lang_chi_sim_page.jpg"
-EUROPEAN = "european.png"  # not corpus files: drawn by tests/image_fixtures.py
+EUROPEAN = "european.png"  # not corpus files: drawn by devkit/image_fixtures.py
 NOTICE = "notice.png"
 GOAL_NO_SPACE_CER = 0.005
 
@@ -101,7 +101,7 @@ AUTO_PAGES = [("lang_vie_page.png", "lang_vie_page.png", 1, "vie"),
               ("scan_linn.png", "scan_linn.png", 1, "eng"),
               ("scan_tess_phototest.tif", "scan_tess_phototest.tif", 1, "eng"),
               ("scan_dh_lorem_ipsum.pdf", "scan_dh_lorem_ipsum.pdf", 1, "eng"),
-              # Pages in several Latin languages (tests/image_fixtures.py, drawn: the
+              # Pages in several Latin languages (devkit/image_fixtures.py, drawn: the
               # corpus has none): their right lang is the set `auto` reads them with,
               # the languages their lines name that this machine has (`drawn_right`).
               ("five languages (drawn)", EUROPEAN, 1, "deu+fra eng spa por"),
@@ -120,7 +120,7 @@ AUTO_HANDLES = 8
 
 def european_doc(name: str = EUROPEAN) -> Doc:
     """A page in several languages the tests draw, with what it draws as its truth."""
-    from tests.image_fixtures import (
+    from devkit.image_fixtures import (
         NOTICE_PARAGRAPHS,
         european_page,
         european_text,

@@ -1,6 +1,6 @@
 """Memory: worker RSS and MLX memory, RSS over a 1,000-page PDF, cost of recycling.
 
-1. The tiny random-weight VLM of the tests (`tests/tiny_vlm.py`, built offline here) in
+1. The tiny random-weight VLM of the tests (`devkit/tiny_vlm.py`, built offline here) in
    one pool child that is never recycled, 500 tasks, with the `task_postrun` cache clear
    (OCR_MLX_CLEAR_CACHE=1, the default) and without (0). RSS of the child is sampled
    after every batch; MLX active/peak/cache memory is what the engine's
@@ -43,8 +43,8 @@ from bench.common import (
     run_jobs,
     worker_processes,
 )
+from devkit.harness import ROOT, Worker
 from tasks.settings import Settings
-from tests.harness import ROOT, Worker
 
 MODEL = "tiny-qwen2-vl"
 VLM_ENV = {"OCR_ENGINE": "mlx-vlm", "OCR_MODEL": MODEL, "OCR_CONCURRENCY": "1",
@@ -136,7 +136,7 @@ def build_tiny_vlm(models: Path) -> Path:
     the VLM alone (a read cut at the token limit would also run the tesseract fallback).
     """
     env = {**os.environ, "MLX_DISABLE_COMPILE": "1", "HF_HUB_OFFLINE": "1"}
-    subprocess.run([sys.executable, "-m", "tests.tiny_vlm", str(models / MODEL),
+    subprocess.run([sys.executable, "-m", "devkit.tiny_vlm", str(models / MODEL),
                     "tiny-stops"], cwd=ROOT,
                    env=env, check=True, capture_output=True, timeout=300)
     return models

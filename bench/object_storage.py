@@ -3,7 +3,7 @@
 Each path gets a redis-server of its own (so each peak is its own) and a Procfile worker
 with the bundled tesseract engine and two children (BASE_ENV). By upload,
 `OcrClient.submit(path)` puts every PDF into Redis as a blob before the job is sent; by
-URL the same PDFs lie in moto's S3 emulator (`moto_server`, tests/moto_s3.py) and the
+URL the same PDFs lie in moto's S3 emulator (`moto_server`, devkit/moto_s3.py) and the
 jobs name `s3://bench/<n>.pdf`: the workers read them through AWS_ENDPOINT_URL and a
 fanned-out PDF's pages are read from one local copy per host. Every job is queued at
 once, then waited for; pages/s is pages over the seconds from the first submit to the
@@ -37,9 +37,9 @@ from PIL import Image
 
 from bench.common import BenchError, Context, Ratio, Report, Services, Table
 from bench.pipeline import cpu_seconds
+from devkit.harness import CORPUS
+from devkit.moto_s3 import MotoS3
 from tasks.client import OcrClient
-from tests.harness import CORPUS
-from tests.moto_s3 import MotoS3
 
 PAGE_MB = 8.0  # one 300-dpi Letter page with the noise below, PNG-encoded
 BUCKET = "bench"

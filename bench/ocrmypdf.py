@@ -10,7 +10,7 @@ ways, each `--force-ocr --output-type pdf`:
 - the plugin over the HTTP API with a token, read by a tesseract worker (2 pool
   children; `-l eng`, `--jobs 2`);
 - the plugin with `--ocr-queue-engine vlm-api`, read by a vlm-api worker whose inference
-  server is the simulator of tests/inference_server.py answering every page after
+  server is the simulator of devkit/inference_server.py answering every page after
   LATENCY seconds (`--jobs 8`: 8 pages in flight); tesseract in that worker finds the
   word boxes the model's words are placed on.
 
@@ -35,9 +35,9 @@ import pymupdf
 from PIL import Image
 
 from bench.common import BenchError, Context, Ratio, Report, Table, new_figure, pooled_cer
-from tests.api_server import ApiServer, create_token
-from tests.harness import CORPUS, ROOT, RedisServer, Worker
-from tests.inference_server import SimulatedInferenceServer
+from devkit.api_server import ApiServer, create_token
+from devkit.harness import CORPUS, ROOT, RedisServer, Worker
+from devkit.inference_server import SimulatedInferenceServer
 
 OCRMYPDF = ROOT / ".venv-ocrmypdf" / "bin" / "ocrmypdf"
 LATENCY = 4.0  # seconds the simulated GPU server takes for a page

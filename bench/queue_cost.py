@@ -1,7 +1,7 @@
 """What a page costs the shared Redis, and the queue's ceiling with a null engine.
 
 One worker (the Procfile's `worker:` line, 2 children, results cache off) with the
-fake engine (tests/fake_engines.py: a null engine, named as such; this measures the
+fake engine (devkit/fake_engines.py: a null engine, named as such; this measures the
 queue, not OCR), on a redis-server of its own. Commands are `INFO commandstats`
 (commands run inside scripts included), with the idle worker's rate over the same
 time taken off:
@@ -33,7 +33,7 @@ import redis
 from PIL import Image
 
 from bench.common import BenchError, Context, Ratio, Report, Table, median
-from tests.harness import (
+from devkit.harness import (
     CORPUS,
     FAKE_PLUGINS,
     FAST_PAGES,

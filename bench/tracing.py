@@ -2,7 +2,7 @@
 
 Three Procfile workers (tesseract, two children each), alive together, each on a
 database of its own: off (no OTEL_* variable), on (OTEL_EXPORTER_OTLP_ENDPOINT: an
-OTLP/HTTP receiver in this process that decodes every export, tests/otlp_receiver.py)
+OTLP/HTTP receiver in this process that decodes every export, devkit/otlp_receiver.py)
 and on with the collector down (the endpoint's port closed: every export fails and is
 dropped). One batch at a time, the three in turn, round after round and in another
 order each round, so that the machine's drift falls on all three alike. Two workloads:
@@ -27,8 +27,8 @@ import psutil
 
 from bench.common import BASE_ENV, Context, Ratio, Report, Services, Table, run_jobs
 from bench.overhead import tiny_image
-from tests.harness import Worker, corpus, free_port
-from tests.otlp_receiver import OtlpReceiver
+from devkit.harness import Worker, corpus, free_port
+from devkit.otlp_receiver import OtlpReceiver
 
 PDF = "scan_vicksburg_ocrlayer_6p.pdf"
 GOAL = 1.05  # what a shared 2-core machine tells apart from noise

@@ -1,7 +1,7 @@
 """VLM runtime: the page budget and the repetition guard, measured.
 
 The model is random-weight with Qwen2-VL's real image geometry (14 px patches merged
-2x2, `max_pixels` 12,845,056 as Qwen ships it), built offline by `tests/tiny_vlm.py`
+2x2, `max_pixels` 12,845,056 as Qwen ships it), built offline by `devkit/tiny_vlm.py`
 (geometry `qwen2-vl-pages`); its networks are tiny, so the figures show how the number
 of image tokens drives the cost, not a real 2B model's speed (a real model's prefill
 per token is far larger; the ratio only grows with it).
@@ -34,7 +34,7 @@ from pathlib import Path
 from typing import Any
 
 from bench.common import MLX_ENV, BenchError, Context, Ratio, Report, Table, build_tiny_model
-from tests.harness import CORPUS, ROOT
+from devkit.harness import CORPUS, ROOT
 
 MODEL = "qwen2-vl-pages"
 PAGE = "scan_linn.png"

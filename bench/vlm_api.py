@@ -1,7 +1,7 @@
 """vlm-api: one model copy behind mlx_vlm.server vs the model in process.
 
 The model: random weights, ~102M parameters in the language model (12 layers of 768,
-`tests/tiny_vlm.py` geometry `bench-100m`) with Qwen2-VL's image geometry, float32,
+`devkit/tiny_vlm.py` geometry `bench-100m`) with Qwen2-VL's image geometry, float32,
 built offline. Every run reads the same pages (the Letter scan scan_linn.png, sent at
 448 px longest side) and generates 256 tokens a page: random weights never stop,
 so each read ends at the limit (`length`), sampled at temperature 1.0 so that the
@@ -60,8 +60,8 @@ from bench.common import (
     build_tiny_model,
     rss_mb,
 )
-from tests.harness import CORPUS, Worker
-from tests.inference_server import VlmServer
+from devkit.harness import CORPUS, Worker
+from devkit.inference_server import VlmServer
 
 MODEL = "bench-100m"
 PAGE = "scan_linn.png"

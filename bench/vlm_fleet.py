@@ -1,6 +1,6 @@
 """vlm-api fleet: how many pages one worker host keeps in flight, at what memory.
 
-1. Against a simulator: `SimulatedInferenceServer` (tests/inference_server.py), a
+1. Against a simulator: `SimulatedInferenceServer` (devkit/inference_server.py), a
    simulated OpenAI-compatible server in the bench process that answers every request
    `LATENCY` s after it arrives whatever the load (what a GPU server does well below
    its batch limit), any number at once. One real worker (the Procfile's `worker`
@@ -18,7 +18,7 @@
    Goals: pages/s at the server >= 0.9 x ideal up to 128 in flight (or the figure where this
    CPU stops it); PSS <= 1.5 GB at 128.
 2. Against a real `mlx_vlm.server` (the Procfile's `vlm-server`) with the tests' tiny
-   random-weight model (tests/tiny_vlm.py, built offline): pages/s of a 16-page PDF at
+   random-weight model (devkit/tiny_vlm.py, built offline): pages/s of a 16-page PDF at
    1, 4 and 16 in flight, 16 tokens a page (every read ends at the limit:
    OCR_VLM_FALLBACK=none, so no tesseract time is mixed in).
 
@@ -46,9 +46,9 @@ from bench.common import (
     new_figure,
     worker_processes,
 )
-from tests.harness import CORPUS, Worker
-from tests.inference_server import SimulatedInferenceServer, VlmServer
-from tests.pdf_fixtures import repeated_image_pdf
+from devkit.harness import CORPUS, Worker
+from devkit.inference_server import SimulatedInferenceServer, VlmServer
+from devkit.pdf_fixtures import repeated_image_pdf
 
 PAGE = "scan_linn.png"
 MODEL = "tiny"
