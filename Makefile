@@ -14,7 +14,7 @@ export PATH := $(abspath $(VENV))/bin:$(PATH)
 OCR_LANGS ?= eng
 TEST_LANGS := eng vie ell chi_sim deu fra ita spa por
 
-.PHONY: langs test-langs run vlm vlm-api rapidocr s3 test test-long lint bench bench-quick clean redis-server rabbitmq-server bench-tools screenshot chromium promtool podman base-image wheels image lock ocrmypdf-plugin
+.PHONY: langs test-langs run run-starting vlm vlm-api rapidocr s3 test test-long test-floor lint bench bench-quick clean redis-server rabbitmq-server bench-tools screenshot chromium promtool podman base-image wheels image lock ocrmypdf-plugin
 
 $(VENV)/.runtime: requirements.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -123,11 +123,16 @@ test-langs: $(VENV)/.runtime
 	$(PY) -m scripts.install_langs $(sort $(OCR_LANGS) $(TEST_LANGS))
 
 # scripts/supervise.py runs the Procfile (PROCESSES="worker beat": only those); Ctrl-C
-# stops every process, also through a pipe.
+# stops every process, also through a pipe. First, var/starting names make's pid:
+# submit.py and ocr_admin.py wait for this run's Redis while it installs and starts
+# (tasks/cli/core.py); the supervisor removes it once its Redis is up.
 PROCESSES ?=
-run: $(RUN_NEEDS) redis-server langs
+run: run-starting $(RUN_NEEDS) redis-server langs
 	mkdir -p var
 	$(PY) scripts/supervise.py $(PROCESSES)
+
+run-starting:
+	@mkdir -p var && echo $$PPID > var/starting
 
 vlm: $(VENV)/.vlm
 
@@ -213,6 +218,30 @@ test: $(VENV)/.dev redis-server rabbitmq-server podman chromium promtool test-la
 test-long: $(VENV)/.dev redis-server rabbitmq-server podman test-langs
 	pytest $(PYTEST_PROCESSES) -m long
 
+# The two ends of requirements.txt's celery/kombu range: `make test` runs the top (pip's
+# pick, in .venv, what the image locks); `make test-floor` runs the queue's tests at the
+# floor, in .venv-floor: the service's requirements held to constraints-floor.txt, and
+# the test runner's pins of requirements-dev.txt (rebuilt when any of them changes).
+# CI runs it after `make test` (docs/testing.md, "Both ends of the celery/kombu range").
+FLOOR_VENV := .venv-floor
+FLOOR_TOOLS := pytest|pytest-timeout|pytest-xdist|execnet|psutil|httpx
+FLOOR_TESTS := tests/units/test_kombu_overrides.py tests/queue/test_queue.py \
+	tests/queue/test_big_messages.py tests/queue/test_hardening.py tests/queue/test_brokers.py \
+	tests/queue/test_dead_host.py tests/queue/test_fair_shares.py tests/queue/test_reliability.py
+
+$(FLOOR_VENV)/.floor: requirements.txt requirements-dev.txt constraints-floor.txt
+	rm -rf $(FLOOR_VENV)
+	$(PYTHON) -m venv $(FLOOR_VENV)
+	$(FLOOR_VENV)/bin/python -m pip install -q --upgrade pip
+	$(FLOOR_VENV)/bin/python -m pip install -q -c constraints-floor.txt -r requirements.txt \
+	  $$(grep -E '^($(FLOOR_TOOLS))==' requirements-dev.txt)
+	touch $@
+
+test-floor: $(FLOOR_VENV)/.floor redis-server rabbitmq-server
+	$(FLOOR_VENV)/bin/python -m pip list | grep -Ei '^(celery|kombu|redis) '
+	PATH=$(abspath $(FLOOR_VENV))/bin:$$PATH $(FLOOR_VENV)/bin/pytest $(PYTEST_PROCESSES) \
+	  -m "not long" $(FLOOR_TESTS)
+
 # OMP_THREAD_LIMIT=1: one OpenMP thread per tesseract, as the workers run it
 # (OCR_TESSERACT_THREADS=1); Debian's tesseract on 2 cores is ~8x slower without it.
 bench: $(VENV)/.bench redis-server rabbitmq-server bench-tools ocrmypdf-plugin
@@ -239,11 +268,14 @@ promtool:
 	      --no-install-recommends prometheus && { service prometheus stop >/dev/null 2>&1 || true; }; \
 	  else echo "promtool is missing: apt-get install prometheus (Debian/Ubuntu) or brew install prometheus (macOS)"; exit 1; fi; }
 
-# docs/flower.png: Flower's workers page with a real worker, taken by the screenshot
-# test in headless chromium (the test fails here rather than skip without chromium).
+# docs/flower.png: Flower's workers page with a real worker, and docs/console.png: a
+# job page of the console, taken by the screenshot tests in headless chromium (the
+# tests fail here rather than skip without chromium).
 screenshot: $(VENV)/.dev redis-server chromium
 	FLOWER_SCREENSHOT=docs/flower.png pytest -q -p no:cacheprovider \
 	  tests/clients/test_integration.py -k test_flower_dashboard_screenshot
+	CONSOLE_SCREENSHOT=docs/console.png pytest -q -p no:cacheprovider \
+	  tests/console/test_console.py -k test_a_job_page_screenshot
 
 clean:
 	rm -rf var .pytest_cache .mypy_cache .ruff_cache $(OCRMYPDF_VENV)

@@ -258,7 +258,8 @@ async function keptOnReplicas(redis, taskId) {
 
 // Wake one idle worker of `queue` (its doorbell, `ocr:wake:<queue>`: one item at most,
 // for a minute). Workers take a message in one atomic step and wait on doorbells when
-// their queues are empty; a message pushed without a ring is taken within a second.
+// their queues are empty; a message pushed without a ring waits for the end of an idle
+// worker's wait (up to 10 s).
 async function ring(redis, queue) {
   const key = `ocr:wake:${queue}`;
   await redis.command('LPUSH', key, '1');

@@ -80,7 +80,6 @@ class Broker:
         return PageRead(text=str(result.get("text", "")), hocr=hocr,
                         rotation=int(pages[0].get("rotation") or 0))
 
-
     def close(self) -> None:
         self._client.close()
 
