@@ -107,17 +107,22 @@ sentinel_cli() {
   REDISCLI_AUTH="$sentinels_password" cli --raw -h "${address%:*}" -p "${address##*:}" "$@"
 }
 
-# The primary a Sentinel names, "host port"; nothing when none answers.
+# The primary the Sentinels name, "host port": the answer most of those that answer
+# give (one Sentinel that has not yet heard of a failover is outvoted); nothing when
+# none answers.
 named_primary() {
+  answers=
   for sentinel in $SENTINELS; do
     answer=$(sentinel_cli "$sentinel" SENTINEL get-master-addr-by-name "$MASTER_NAME" \
       2>/dev/null) || continue
     host=$(printf '%s\n' "$answer" | sed -n 1p)
     port=$(printf '%s\n' "$answer" | sed -n 2p)
     case $port in ''|*[!0-9]*) continue ;; esac
-    echo "$host $port"
-    return 0
+    answers="$answers$host $port
+"
   done
+  [ -n "$answers" ] || return 0
+  printf '%s' "$answers" | sort | uniq -c | sort -rn | sed -n '1s/^ *[0-9]* //p'
 }
 
 if [ "$role" = handover ]; then

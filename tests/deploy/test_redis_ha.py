@@ -243,7 +243,11 @@ def test_locked_members_fail_over_over_tls_with_a_user_per_role(
     assert second.client().get("ocr:job:ha") == b"1"
 
     first.start()  # asks the Sentinels (TLS, their password): rejoins as a replica
-    eventually(lambda: role(first).get("master_link_status") == "up", 30, "rejoined")
+    # Its full sync waits Redis's diskless-sync delay (5 s); on a busy host the link, or
+    # the Sentinels turning a server that started as primary, takes longer.
+    eventually(lambda: role(first).get("master_link_status") == "up", 60,
+               lambda: f"rejoined: {_state(first)}; the Sentinels: "
+               f"{[_events(s) for s in sentinels]}")
     assert int(role(first)["master_port"]) == second.port
     handover = subprocess.run(["sh", str(SCRIPT), "handover"], capture_output=True,
                               text=True, timeout=60, env={**os.environ, **second.env,
@@ -253,6 +257,21 @@ def test_locked_members_fail_over_over_tls_with_a_user_per_role(
     eventually(lambda: _writes(service, "ocr:job:ha"), 30, "writing after the handover")
     assert _refused(first) == [] and _refused(second) == []
     service.close()
+
+
+def _state(server: Member) -> str:
+    """A server's replication as it reports it, and its log's last lines (a failure's)."""
+    try:
+        told = {k: v for k, v in role(server).items() if "master" in k or k == "role"}
+    except redis.RedisError as exc:
+        told = {"error": repr(exc)}
+    return f"{told}, log: {(server.workdir / 'log').read_text()[-1500:]}"
+
+
+def _events(sentinel: Member) -> str:
+    """A Sentinel's events (its log's `+`/`-` lines) since it started, the last ones."""
+    lines = (sentinel.workdir / "log").read_text().splitlines()
+    return "\n".join(line for line in lines if " +" in line or " -" in line)[-1500:]
 
 
 def _master(sentinel: Member) -> dict[str, Any]:
