@@ -67,8 +67,9 @@ which holds `_put`, `_do_restore_message`, `_size` and `supports_batch_publish`:
 - `Channel._size`: queue_declare's count includes the lanes.
 - `Channel._brpop_start` / `_brpop_read` / `_poll_error`: the fetch script instead of
   BRPOP (recorded and popped atomically), or a BLPOP on the doorbells; `_admit` before
-  delivery. They use kombu's `_in_poll`, `_queue_cycle`, `_q_for_pri`,
-  `_flush_brpop_reauth`, `_get_message_priority` and `connection._deliver`.
+  delivery. They use kombu's `_in_poll`, `_queue_cycle`, `_flush_brpop_reauth` and
+  `connection._deliver`; a message's list is named by `layout` (`message_step`,
+  `queue_list`), not by kombu's private helpers.
 - `Channel._get`: basic_get checks each message (`_admit`) before decoding it.
 - `Channel.basic_consume`: a broadcast queue's callback (kombu's `connection._callbacks`,
   `_fanout_queues`) checks each broadcast first; a refused one dead-lettered.
@@ -106,9 +107,9 @@ SINCE_KOMBU_5_7: dict[str, tuple[str, ...]] = {
 KOMBU_OVERRIDES: dict[str, tuple[str, ...]] = {
     "Channel": ("_connparams", "_put", "_do_restore_message", "_size", "_brpop_start",
                 "_brpop_read", "_poll_error", "_get", "supports_batch_publish",
-                "from_transport_options", "basic_consume", "close", "_q_for_pri",
+                "from_transport_options", "basic_consume", "close",
                 "_flush_brpop_reauth", "_fanout_queues",
-                "_get_message_priority", "_maybe_update_queues_expire", "_in_poll",
+                "_maybe_update_queues_expire", "_in_poll",
                 "priority_steps", "unacked_key", "unacked_index_key",
                 "global_keyprefix", "sep", "keyprefix_queue"),
     "QoS": ("append", "ack", "reject", "restore_unacked", "restore_visible", "restore_by_tag",

@@ -13,6 +13,8 @@ installed kombu).
 
 from __future__ import annotations
 
+from bisect import bisect
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 ROOT = "ocr:"
@@ -23,6 +25,7 @@ ROOT = "ocr:"
 # UNACKED_MUTEX guards their restore; an exchange's bindings in BINDING_PREFIX<exchange>.
 SEP = "\x06\x16"
 PRIORITY_STEPS = (0, 3, 6, 9)
+MAX_PRIORITY = 9  # a message's priority is held to 0..9
 UNACKED_KEY = "unacked"
 UNACKED_INDEX_KEY = "unacked_index"
 UNACKED_MUTEX_KEY = "unacked_mutex"
@@ -46,6 +49,19 @@ DEAD_LETTER_COUNT_KEY = ROOT + "dead-letter:count"  # how many were ever refused
 def queue_list(queue: str, step: int, sep: str = SEP) -> str:
     r"""The list kombu keeps of `queue` for priority `step` (`ocr`, `ocr\x06\x163`, ...)."""
     return f"{queue}{sep}{step}" if step else queue
+
+
+def message_step(message: Mapping[str, Any], steps: Sequence[int] = PRIORITY_STEPS) -> int:
+    """The priority step whose list holds `message` (kombu's rule, as stock clients push).
+
+    Its `properties.priority` held to 0..9 (0 when it has none or it is not a number),
+    then the highest step not above it.
+    """
+    try:
+        priority = max(min(int(message["properties"]["priority"]), MAX_PRIORITY), 0)
+    except (TypeError, ValueError, KeyError):
+        priority = 0
+    return steps[bisect(steps, priority) - 1]
 
 
 def queue_lists(queue: str, steps: tuple[int, ...] = PRIORITY_STEPS,

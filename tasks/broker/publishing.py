@@ -23,7 +23,7 @@ import redis.exceptions
 from kombu.transport import redis as kombu_redis
 from kombu.utils.json import dumps
 
-from tasks.broker import doorbells, lanes, scripts
+from tasks.broker import doorbells, lanes, layout, scripts
 from tasks.broker.queue_depth import PUBLISHED_HEADER
 from tasks.errors import ReplicaMissing
 from tasks.records.clients import CLIENT_HEADER, client_name
@@ -61,11 +61,11 @@ class PublishingChannel(kombu_redis.Channel):
         if client and lanes.laned(queue) and not (expires and queue in expires):
             # A client's message goes to its lane of the list (tasks/broker/lanes.py),
             # its doorbell rung by the same script.
-            step = self.priority(self._get_message_priority(message, reverse=False))
+            step = layout.message_step(message, self.priority_steps)
             with self.conn_or_acquire() as conn:
                 scripts.run(conn, lanes.push_command(
-                    self._key(""), self._q_for_pri(queue, step), step, client, dumps(message),
-                    ring_queue=queue))
+                    self._key(""), layout.queue_list(queue, step, self.sep), step, client,
+                    dumps(message), ring_queue=queue))
             self._ring(queue, rung=True)
         else:
             super()._put(queue, message, **kwargs)
@@ -89,11 +89,11 @@ class PublishingChannel(kombu_redis.Channel):
             return
         headers["redelivered"] = True
         payload["properties"].setdefault("delivery_info", {})["redelivered"] = True
-        step = self.priority(self._get_message_priority(payload, reverse=False))
+        step = layout.message_step(payload, self.priority_steps)
         for queue in queues:
             scripts.queue(pipe, lanes.push_command(
-                self._key(""), self._q_for_pri(queue, step), step, client, dumps(payload),
-                first=not leftmost))
+                self._key(""), layout.queue_list(queue, step, self.sep), step, client,
+                dumps(payload), first=not leftmost))
         doorbells.ring(pipe, self._key, queues)
 
     def _size(self, queue: str) -> int:
@@ -102,7 +102,7 @@ class PublishingChannel(kombu_redis.Channel):
         if lanes.laned(queue):
             with self.conn_or_acquire() as conn:
                 size += int(scripts.run(conn, lanes.sizes_command(self._key(""), [
-                    (self._q_for_pri(queue, pri), self.priority(pri))
+                    (layout.queue_list(queue, pri, self.sep), pri)
                     for pri in self.priority_steps])))
         return size
 

@@ -45,7 +45,7 @@ from kombu.utils.encoding import bytes_to_str
 
 from tasks.broker import doorbells, holders, lanes, scripts, unsettled
 from tasks.broker.bounded_reply import bounded_parser
-from tasks.broker.layout import DEAD_LETTER_KEY, wake_key
+from tasks.broker.layout import DEAD_LETTER_KEY, queue_list, wake_key
 from tasks.broker.publishing import PublishingChannel
 from tasks.broker.refusals import (
     Refused,
@@ -176,7 +176,7 @@ class Channel(PublishingChannel):
             command = ["BLPOP", *(self._key(wake_key(queue)) for queue in queues), wait]
         else:
             # Each list's lanes served by weighted round robin (tasks/broker/lanes.py).
-            lists = [(self._q_for_pri(queue, pri), self.priority(pri), lanes.laned(queue),
+            lists = [(queue_list(queue, pri, self.sep), pri, lanes.laned(queue),
                       not self.no_ack.get(queue))
                      for pri in self.priority_steps
                      for queue in sorted(queues, key=lambda q: not lanes.laned(q))]
@@ -277,7 +277,7 @@ class Channel(PublishingChannel):
         # kombu's `_get` (basic_get and the polling fallback), with `_admit`.
         with self.conn_or_acquire() as client:
             for pri in self.priority_steps:
-                item = client.rpop(self._q_for_pri(queue, pri))
+                item = client.rpop(queue_list(queue, pri, self.sep))
                 if item:
                     self._since_kombu_5_7("_maybe_update_queues_expire", client, queue)
                     message = self._admit(item, queue)

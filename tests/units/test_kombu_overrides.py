@@ -115,3 +115,16 @@ def test_the_layout_names_are_kombus_defaults() -> None:
             channel.unacked_mutex_key) == (layout.SEP, *layout.UNACKED_KEYS)
     assert tuple(kombu_redis.PRIORITY_STEPS) == layout.PRIORITY_STEPS
     assert channel.keyprefix_queue == layout.BINDING_PREFIX + "%s"
+
+
+@pytest.mark.parametrize("priority", [None, "x", -3, 0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 255, "7"])
+@pytest.mark.parametrize("steps", [layout.PRIORITY_STEPS, (0, 5), tuple(range(10))])
+def test_a_messages_list_is_the_one_a_stock_kombu_client_pushes_to(
+        priority: object, steps: tuple[int, ...]) -> None:
+    """`layout.message_step` and `queue_list` name the list kombu's own `_put` uses."""
+    channel = object.__new__(kombu_redis.Channel)  # kombu's rule, read without a connection
+    channel.priority_steps, channel.sep = steps, layout.SEP
+    message = {"properties": {} if priority is None else {"priority": priority}}
+    kombus = channel._q_for_pri("ocr", channel._get_message_priority(message, reverse=False))
+    step = layout.message_step(message, steps)
+    assert layout.queue_list("ocr", step) == kombus
