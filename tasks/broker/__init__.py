@@ -14,6 +14,8 @@ Who runs what:
 - the Procfile `metrics` process: `queue_depth` (the figure KEDA scales on) and
   `fleet_metrics` (Redis health, oldest messages, workers per queue, dead letters).
 - the Redis container's start-up and the kits: `redis_acl` (each role's Redis user).
+- the worker parent as it starts: `stored_layout` (the layout version this Redis
+  holds: stored where none is; a newer one than this release reads stops the worker).
 
 Every script of the broker is a `scripts.Script`, sent as EVALSHA and loaded (SCRIPT
 LOAD) by each process before its first run on a pool, and again where the server
@@ -50,6 +52,8 @@ The key layout, owned by `layout` (nothing else spells these names):
                                               restore (1 item)
     ocr:dead-letter[:count]          list    refused messages      the exporter, operators
     _kombu.binding.<exchange>        set     queue declares        routing, queue depth
+    ocr:layout                       string  the first worker to   each worker's start
+                                              start (SET NX: 1)     (`stored_layout`)
 
 Private kombu names this package overrides or calls, read against each kombu minor of
 `KOMBU_MINORS`, requirements.txt's range (tests/units/test_kombu_overrides.py checks the

@@ -42,6 +42,12 @@ WAKE_TTL_MS = 60_000     # a doorbell nobody answered is gone after a minute
 LANE_PREFIX = ROOT + "lane:"          # a client's lane: ocr:lane:<list>:<client>
 LANES_PREFIX = ROOT + "lanes:"        # a priority step's ring: ocr:lanes:<step>[:turn|:count]
 LANE_WEIGHTS_KEY = ROOT + "lane-weights"  # hash: client -> weight (the API's token store)
+# The version of the layout drawn here, stored by the first worker that finds none
+# (tasks/broker/stored_layout.py). Version 1: kombu's lists, the clients' lanes and
+# rings, `unacked` with its holders, and the doorbells, as the release before the
+# stored version wrote them too.
+LAYOUT_KEY = ROOT + "layout"
+LAYOUT_VERSION = 1
 DEAD_LETTER_KEY = ROOT + "dead-letter"  # refused broker messages (a capped list)
 DEAD_LETTER_COUNT_KEY = ROOT + "dead-letter:count"  # how many were ever refused
 

@@ -56,6 +56,7 @@ WAKE = (layout.WAKE_PREFIX + "*",)    # each queue's doorbell (tasks/broker/layo
 LANES = (layout.LANE_PREFIX + "*", layout.LANES_PREFIX + "*")
 LANE_WEIGHTS = layout.LANE_WEIGHTS_KEY
 DEAD_LETTERS = (layout.DEAD_LETTER_KEY, layout.DEAD_LETTER_COUNT_KEY)
+LAYOUT = (layout.LAYOUT_KEY,)         # the key layout's version (a worker's start)
 EVENTS = f"/{DB}.celeryev/*"          # task and worker events (Flower reads them)
 CONTROL_CHANNEL = f"/{DB}.celery.pidbox"  # remote control broadcasts
 RESULT_CHANNEL = "celery-task-meta-*"  # a result as it is stored
@@ -113,7 +114,8 @@ class RedisUser:
 
 _JOB_STATE = ("ocr:job:*", "ocr:doc:*", "ocr:blob:*", "ocr:deliveries:*", "ocr:metrics:*",
               "ocr:workers", *DEAD_LETTERS)
-_BROKER = (*QUEUES, *DIRECT, *PIDBOX, *BINDINGS, *UNACKED, *RESULTS, *WAKE, *LANES)
+_BROKER = (*QUEUES, *DIRECT, *PIDBOX, *BINDINGS, *UNACKED, *RESULTS, *WAKE, *LANES,
+           *LAYOUT)
 # The job lists (tasks/state/job_index.py): whoever sends a job lists it; a worker lists
 # a job another Celery client sent when it starts it.
 _JOB_INDEX = ("ocr:jobs:*",)

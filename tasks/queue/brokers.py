@@ -3,7 +3,8 @@
 Pool children call `fresh_connections` when they start. The worker parent calls
 `check_worker` at start (refuses hard limits that reach the
 cluster-wide visibility timeout) and `prepare_queues` once its queues are known (on
-RabbitMQ each consumer asks for a delivery-ack timeout above the hard limits). The
+Redis it settles the broker's key layout version, `check_layout`; on RabbitMQ each
+consumer asks for a delivery-ack timeout above the hard limits). The
 metrics exporter reads queue lengths with `amqp_queue_lengths` (passive declares, no
 management plugin). Priorities: `priority_value` (tasks/queue/routing.py).
 """
@@ -22,8 +23,11 @@ from celery.utils.nodenames import worker_direct
 from kombu import Connection, Queue
 from kombu.exceptions import OperationalError
 
+from tasks.broker import stored_layout
 from tasks.queue.routing import is_priority_queue, with_priority_queues
+from tasks.records.redis_target import RedisTarget
 from tasks.settings import Settings, SettingsError
+from tasks.state.connection import connect
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -44,8 +48,9 @@ def check_worker(settings: Settings) -> None:
 
 
 def prepare_queues(app: Any, settings: Settings, node: str) -> None:
-    """On RabbitMQ, give each consumer `x-consumer-timeout` = OCR_VISIBILITY_TIMEOUT.
+    """On Redis, check the key layout; on RabbitMQ, give each consumer `x-consumer-timeout`.
 
+    The consumer timeout is OCR_VISIBILITY_TIMEOUT:
     RabbitMQ (3.8 to 3.11.14: node-wide `consumer_timeout` only, 30 min by default)
     closes the channel of a consumer that holds a delivery unacknowledged longer than
     its consumer timeout; from 3.11.15 (per queue) and 3.12 (per consumer) the
@@ -53,7 +58,9 @@ def prepare_queues(app: Any, settings: Settings, node: str) -> None:
     On quorum queues the worker also consumes each job queue's queues of one priority,
     and its own queue (`node`'s) is a quorum queue too (`direct_queue`).
     """
-    if not settings.broker_is_amqp:
+    target = settings.broker_target
+    if target is not None:
+        check_layout(target)
         return
     if settings.quorum_queues:
         consume(app, with_priority_queues(list(app.amqp.queues.consume_from)))
@@ -63,6 +70,19 @@ def prepare_queues(app: Any, settings: Settings, node: str) -> None:
     for queue in app.amqp.queues.values():
         queue.consumer_arguments = {**(queue.consumer_arguments or {}),
                                     "x-consumer-timeout": milliseconds}
+
+
+def check_layout(target: RedisTarget) -> None:
+    """Stop a worker whose broker holds a key layout newer than it reads (exit status 2).
+
+    The version is stored here by the first worker to find none (tasks/broker/stored_layout.py).
+    """
+    try:
+        version = stored_layout.settle(connect(target))
+    except stored_layout.LayoutNewer as exc:
+        print(f"worker refused to start: {exc}", file=sys.stderr, flush=True)
+        raise SystemExit(2) from None
+    log.info("broker key layout version %s", version)
 
 
 def direct_queue(settings: Settings, node: str) -> Queue:

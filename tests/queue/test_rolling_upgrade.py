@@ -37,6 +37,8 @@ import pytest
 import redis
 
 from devkit.previous_release import COMMIT, ReleaseMissing, materialize
+from tasks.broker import stored_layout
+from tasks.broker.layout import LAYOUT_KEY, LAYOUT_VERSION
 from tasks.broker.queue_depth import QueueDepth
 from tasks.client import OcrClient
 from tasks.settings import Settings
@@ -204,6 +206,8 @@ def test_the_previous_release_is_another_tree(old_tree: Path) -> None:
 def test_a_warm_stop_of_the_old_worker_loses_and_doubles_nothing(fleet: Fleet) -> None:
     before = fleet.usage()
     old, new, jobs = side_by_side(fleet)
+    # The previous release stores no layout version; this one's worker stored its own.
+    assert fleet.store.get(LAYOUT_KEY) == str(LAYOUT_VERSION).encode()
     assert old.proc is not None
     old.proc.send_signal(signal.SIGTERM)  # warm: it finishes what it runs
     old.wait_until(lambda: "warm shutdown" in old.log().lower(), 60, "stopping warm")
@@ -221,3 +225,31 @@ def test_a_killed_old_worker_loses_and_doubles_nothing(fleet: Fleet) -> None:
     (fleet.gate("new") / "open").touch()
     ended_once(fleet, jobs, pages=6, before=before)
     assert "put back in their queues" in new.log()
+
+
+def test_the_layout_version_is_stored_once_and_a_newer_one_refused(own_redis_url: str) -> None:
+    store = redis.Redis.from_url(own_redis_url)
+    assert store.get(LAYOUT_KEY) is None
+    assert stored_layout.settle(store) == LAYOUT_VERSION
+    assert store.get(LAYOUT_KEY) == str(LAYOUT_VERSION).encode()
+    assert stored_layout.settle(store) == LAYOUT_VERSION  # kept, not written again
+    for stored in (LAYOUT_VERSION + 1, "v2"):
+        store.set(LAYOUT_KEY, stored)
+        with pytest.raises(stored_layout.LayoutNewer, match="broker_layout_newer"):
+            stored_layout.settle(store)
+        assert store.get(LAYOUT_KEY) == str(stored).encode()  # never overwritten
+
+
+def test_a_worker_refuses_a_newer_key_layout(own_redis_url: str, tmp_path: Path) -> None:
+    """A worker of this release on a Redis a newer release laid out stops (exit 2), unfed."""
+    store = redis.Redis.from_url(own_redis_url)
+    store.set(LAYOUT_KEY, LAYOUT_VERSION + 1)
+    worker = Worker(tmp_path / "worker.log", {"REDIS_URL": own_redis_url, **SETTINGS})
+    try:
+        process = worker.spawn()
+        assert process.wait(90) == 2, worker.log()[-3000:]
+    finally:
+        kill_all([worker])
+    assert f"broker_layout_newer: the broker's key layout is version {LAYOUT_VERSION + 1}" \
+        in worker.log()
+    assert not re.search(r"@\S+ ready\.", worker.log())
