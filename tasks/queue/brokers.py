@@ -77,11 +77,14 @@ def check_layout(target: RedisTarget) -> None:
 
     The version is stored here by the first worker to find none (tasks/broker/stored_layout.py).
     """
+    client = connect(target)
     try:
-        version = stored_layout.settle(connect(target))
+        version = stored_layout.settle(client)
     except stored_layout.LayoutNewer as exc:
         print(f"worker refused to start: {exc}", file=sys.stderr, flush=True)
         raise SystemExit(2) from None
+    finally:
+        client.close()  # its socket closed before the pool forks: no child inherits it
     log.info("broker key layout version %s", version)
 
 
