@@ -27,6 +27,7 @@ from typing import TYPE_CHECKING, Any
 
 from bench.chaos_fleet import SIMULATED_TEXT
 from devkit.cer import cer
+from tasks.broker.layout import LAYOUT_KEY
 
 if TYPE_CHECKING:
     import redis
@@ -40,9 +41,10 @@ ENGINE_CER = {"tesseract": 0.02, "text-layer": 0.0, "vlm-api": 0.0}
 WORKER_RSS_LIMIT_MB = 1500.0
 # A client's own keys live as long as the client (tasks/state/keys.py): its token, its
 # record, its webhook signing secrets and its weight; the broker's lanes live like its
-# queues (tasks/broker/lanes.py).
+# queues (tasks/broker/lanes.py), and its key layout's version like the broker itself
+# (tasks/broker/stored_layout.py).
 NO_TTL = ("ocr:api:token:", "ocr:api:clients", "ocr:api:webhook:", "ocr:lane:", "ocr:lanes:",
-          "ocr:lane-weights")
+          "ocr:lane-weights", LAYOUT_KEY)
 
 
 def check(jobs: list[Job], inputs: dict[str, Input], deliveries: list[Delivery],
