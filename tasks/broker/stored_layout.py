@@ -20,7 +20,7 @@ class LayoutNewer(Exception):
     code = "broker_layout_newer"
     retryable = False
 
-    def __init__(self, stored: int) -> None:
+    def __init__(self, stored: int | str) -> None:
         super().__init__(f"{self.code}: the broker's key layout is version {stored}; this "
                          f"release reads version {LAYOUT_VERSION} (run the newer release's "
                          "workers)")
@@ -40,7 +40,8 @@ def settle(client: redis.Redis) -> int:
     try:
         version = int(stored)
     except (TypeError, ValueError):
-        raise LayoutNewer(stored) from None
+        told = "(none)" if stored is None else stored.decode(errors="replace")
+        raise LayoutNewer(told) from None
     if version > LAYOUT_VERSION:
         raise LayoutNewer(version)
     return version
