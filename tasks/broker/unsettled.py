@@ -143,11 +143,25 @@ class QoS(kombu_redis.QoS):  # the transport's (tasks/broker/transport.py)
         # index entry without its record is dropped by kombu's restore, a holder without
         # its record by the sweep.
         if pipe is None:
-            with self.channel.conn_or_acquire() as client:
-                pipe = client.pipeline(transaction=False)
+            pipe = self._client().pipeline(transaction=False)
         return pipe.hdel(self.unacked_key, delivery_tag) \
             .zrem(self.unacked_index_key, delivery_tag) \
             .hdel(holders_key(self.unacked_key), delivery_tag)
+
+    _acks_client: Any = None
+
+    def _client(self) -> Any:
+        """This channel's client for acknowledgements, made once per connection pool.
+
+        kombu makes a new client (its command table built afresh) for every call outside
+        the fetch's connection: per acknowledgement, a tenth of the worker parent's CPU.
+        A new pool (a reconnection, a fork) gets a new client.
+        """
+        client = self._acks_client
+        if client is None or client.connection_pool is not self.channel.pool:
+            with self.channel.conn_or_acquire() as client:
+                self._acks_client = client
+        return client
 
     def ack(self, delivery_tag: str) -> None:
         try:
@@ -172,10 +186,9 @@ class QoS(kombu_redis.QoS):  # the transport's (tasks/broker/transport.py)
         # acknowledges nothing (Flower's) leaves the restores to the workers.
         if all(getattr(self.channel, "no_ack", {"": False}).values()):
             return
-        with self.channel.conn_or_acquire() as client:
-            due = client.zrange(self.unacked_index_key, "-inf",
-                                time.time() - self.visibility_timeout,
-                                byscore=True, offset=0, num=1)
+        due = self._client().zrange(self.unacked_index_key, "-inf",
+                                    time.time() - self.visibility_timeout,
+                                    byscore=True, offset=0, num=1)
         if due:
             super().restore_visible(start, num, interval)
 
