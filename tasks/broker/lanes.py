@@ -97,12 +97,21 @@ return 1
 # EXISTS; a list's tail is read only when its anonymous lane's turn comes (or its ring
 # has no clients). ARGV[6+4n], when not empty, names the holder (`<node>|<pid>`,
 # tasks/broker/holders.py): a recorded message's holder, the key it was taken from, its
-# step's ring and its client go to KEYS[1]..'_holders' under its tag.
+# step's ring and its client go to KEYS[1]..'_holders' under its tag. ARGV[8+4n..]:
+# delivery tags this worker acknowledges first (their records, index entries and
+# holders dropped: the acknowledgements of the tasks that ended since the last fetch,
+# in its round trip).
 FETCH = Script(r"""
 local limit = tonumber(ARGV[2])
 local lists = #KEYS - 2
 local holder = ARGV[6 + 4 * lists] or ''
 local tag = ARGV[7 + 4 * lists] or ''
+if #ARGV > 7 + 4 * lists then
+  local done = {unpack(ARGV, 8 + 4 * lists)}
+  redis.call('HDEL', KEYS[1], unpack(done))
+  redis.call('ZREM', KEYS[2], unpack(done))
+  redis.call('HDEL', KEYS[1] .. '_holders', unpack(done))
+end
 -- pops `item` from `src`, list i's or its lane: recorded under `tag` where acknowledged
 local function take(src, item, i, ring, client)
   local recorded = tag ~= '' and ARGV[4 + 4 * i] == '1'
@@ -262,7 +271,8 @@ def push_command(prefix: str, list_key: str, step: int, client: str, body: str,
 def fetch_command(prefix: str, unacked: tuple[str, str],
                   lists: Sequence[tuple[str, int, bool, bool]], now: float,
                   max_bytes: int, probe: bool = True, woken: bool = False,
-                  holder: str = "", tag: str | None = None, sep: str = SEP) -> list[Any]:
+                  holder: str = "", tag: str | None = None, sep: str = SEP,
+                  acks: Sequence[str] = ()) -> list[Any]:
     """The EVALSHA of `FETCH` over `lists`, in that order (highest priority first).
 
     Each list: its key, its priority step, whether it has lanes, whether its consumer
@@ -272,7 +282,8 @@ def fetch_command(prefix: str, unacked: tuple[str, str],
     says whether messages are left (a burst rang one doorbell item for all of them).
     `holder`: recorded beside each message taken ("": none). `tag`: the delivery tag
     a recorded message is recorded and delivered under (None: a new one); `sep`:
-    kombu's separator of a queue's name and priority step. A fetch of lists that
+    kombu's separator of a queue's name and priority step. `acks`: delivery tags
+    acknowledged by the same call, before it fetches. A fetch of lists that
     are all consumed without acknowledgements names no unacked keys (the first list
     stands in their places, never written as such): such a consumer (Flower) needs no
     right on them.
@@ -287,7 +298,7 @@ def fetch_command(prefix: str, unacked: tuple[str, str],
         args += ["1" if ack else "0", prefix + lanes_key(step) if has_lanes else "",
                  prefix + lane_key(name, ""), f", \"\", {json.dumps(queue)}]"]
     return FETCH.command(keys, [*args, "1" if probe else "0", "1" if woken else "0", holder,
-                                str(uuid.uuid4()) if tag is None else tag])
+                                str(uuid.uuid4()) if tag is None else tag, *acks])
 
 
 # Messages waiting in the lanes of the lists KEYS[i] (ARGV[2i-1]: the ring of list i's

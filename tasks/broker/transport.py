@@ -36,6 +36,7 @@ from __future__ import annotations
 
 import json
 import logging
+import threading
 import time
 from typing import Any
 
@@ -122,9 +123,24 @@ class Channel(PublishingChannel):
         except redis.exceptions.ResponseError:  # INFO not allowed: never the same
             return f"unknown-{id(self)}-{time.monotonic()}"
 
+    def fetch_follows(self) -> bool:
+        """Whether this channel's next poll is a fetch, on this loop's next turn.
+
+        Then an acknowledgement rides on that fetch (`QoS.ack`): the worker's event
+        loop starts a fetch on every turn a channel is consuming, can take a message,
+        and has no fetch or doorbell wait in flight (an ack frees its place). An
+        acknowledgement from another thread (the threads pool's) goes alone.
+        """
+        return bool(getattr(self.connection, "loop_thread", None) == threading.get_ident()
+                    and not self._in_poll and not self._waiting and not self.closed
+                    and self.active_queues)
+
     def close(self) -> None:
         if self.active_queues and not self.closed:
             unsettled.lost()  # recent acknowledgements are looked at on the next server
+        if not self.closed:
+            self.qos.fetch_lost()  # a fetch unread carried these
+            self.qos.flush_due()
         if self._in_poll and self._waiting:  # kombu would read a doorbell wait to its end
             doorbells.drop_wait(self._in_poll, self.connection_errors)
             self._in_poll = None  # type: ignore[assignment]
@@ -167,6 +183,8 @@ class Channel(PublishingChannel):
         if unsettled.pending():
             self._settle()
         queues = self._queue_cycle.consume(len(self.active_queues))
+        if not queues or self._waiting:
+            self.qos.flush_due()  # no fetch now to carry them
         if not queues:
             return
         command: list[Any]
@@ -184,11 +202,15 @@ class Channel(PublishingChannel):
                 self._key(""), (self.unacked_key, self.unacked_index_key), lists,
                 time.time(), self.ocr_max_message_bytes,
                 probe=not (self._busy or self._woken), woken=self._woken,
-                holder=holders.holder(), sep=self.sep)
+                holder=holders.holder(), sep=self.sep, acks=self.qos.take_due())
             self._fetch = command
         self._in_poll = self.client.connection
         self._brpop_sent_at = time.monotonic()  # type: ignore[assignment]
-        self.client.connection.send_command(*command)
+        try:
+            self.client.connection.send_command(*command)
+        except self.connection_errors:
+            self.qos.fetch_lost()
+            raise
 
     def _brpop_read(self, **options: Any) -> bool:
         # kombu's `_brpop_read` for the fetch (or the doorbell's wait), with `_admit`
@@ -202,27 +224,33 @@ class Channel(PublishingChannel):
             except self.connection_errors:
                 self.client.connection.disconnect()
                 self._waiting = False
+                self.qos.fetch_lost()
                 raise
             except redis.exceptions.ReadOnlyError as exc:
                 # A replica now (a managed endpoint demoted the server under us): connect
                 # again, to the address's new primary.
                 self.client.connection.disconnect()
                 self._waiting = False
+                self.qos.fetch_lost()
                 raise redis.exceptions.ConnectionError(f"the broker is a replica now: {exc}") \
                     from None
             except redis.exceptions.NoScriptError:
                 # A server that never ran the fetch (a new one, a restart, a failover):
                 # nothing was taken; the script is loaded and the next poll fetches.
+                self.qos.fetch_not_run()
                 scripts.reload(self.client, self._fetch)
                 raise kombu_redis.Empty() from None
             except redis.exceptions.ResponseError as exc:
                 # Nothing was taken (the script writes the record before it pops):
-                # e.g. a server out of memory. Wait a turn, then fetch again.
+                # e.g. a server out of memory. Wait a turn, then fetch again (the
+                # acknowledgements it carried again: deleting twice is harmless).
+                self.qos.fetch_not_run()
                 self._waiting = True
                 if time.monotonic() - self._fetch_refused_at > 60:
                     self._fetch_refused_at = time.monotonic()
                     log.error("the broker refused to hand out a message: %s", exc)
                 raise kombu_redis.Empty() from None
+            self.qos.fetch_read()
             if waiting or not reply:
                 self._waiting = not waiting  # after a wait fetch; after nothing, wait
                 self._woken = waiting and bool(reply)
@@ -324,3 +352,10 @@ class Transport(kombu_redis.Transport):
     Channel = Channel
     connection_errors = (*kombu_redis.Transport.connection_errors,
                          redis.exceptions.ReadOnlyError)
+    # The thread of the worker's event loop, whose channels' fetches carry their
+    # acknowledgements (None: no loop, every acknowledgement goes alone).
+    loop_thread: int | None = None
+
+    def register_with_event_loop(self, connection: Any, loop: Any) -> None:
+        self.loop_thread = threading.get_ident()
+        super().register_with_event_loop(connection, loop)
