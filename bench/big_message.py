@@ -3,9 +3,9 @@
 A 400 MB message pushed straight onto the queue, read whole by redis-py, would cost the
 worker parent a peak of 1,311 MB before the transport refused it by size.
 `unbounded_redis`: a Redis without the project's bound (proto-max-bulk-len 512 MiB) stores
-the message; the worker pops it, its transport reads it in pieces keeping only its ends
-(tasks/broker/bounded_reply.py), refuses it (dead letter, FAILURE) and the parent's RSS is
-sampled every 20 ms. `project_redis`: the bound the project's Redis sets
+the message; the worker's fetch pops it and Redis sends only its ends and its length
+(tasks/broker/oversized.py), the transport refuses it (dead letter, FAILURE) and the
+parent's RSS is sampled every 20 ms. `project_redis`: the bound the project's Redis sets
 (`Settings.redis_max_bulk_bytes`, scripts/run_redis.py): the push is refused by Redis,
 and the parent is sampled for as long. Fake engine, default limits.
 
@@ -67,12 +67,13 @@ def run(bound: int, workdir: Path) -> dict[str, float | str]:
         raw = message(str(uuid.uuid4()))
         size = len(raw)
         try:
-            redis.Redis.from_url(server.url(0)).lpush("ocr", raw)
+            redis.Redis.from_url(server.url(0), socket_timeout=60).lpush("ocr", raw)
             pushed = "stored"
         except redis.RedisError as exc:
             pushed = f"refused by Redis ({type(exc).__name__})"
         del raw
-        store = redis.Redis.from_url(server.url(0))
+        # the fetch that takes the 400 MB message holds Redis for seconds
+        store = redis.Redis.from_url(server.url(0), socket_timeout=60)
         deadline = time.monotonic() + 120
         while pushed == "stored" and not store.llen(DEAD_LETTER_KEY) \
                 and time.monotonic() < deadline:

@@ -9,7 +9,7 @@ Who runs what:
 - the worker parent, the one process that consumes: the fetch (`lanes.FETCH`,
   recorded with its holder and popped in one step; idle, one EXISTS), the long wait on
   doorbells (`ocr_idle_wait`, 10 s in workers), the checks and dead letters
-  (`refusals`, `bounded_reply`), acknowledgements and what a lost connection leaves
+  (`refusals`, `oversized`), acknowledgements and what a lost connection leaves
   (`unsettled`), and, on its heartbeat, the sweep of dead holders' messages (`holders`).
 - the Procfile `metrics` process: `queue_depth` (the figure KEDA scales on) and
   `fleet_metrics` (Redis health, oldest messages, workers per queue, dead letters).
@@ -63,7 +63,7 @@ called only where kombu has them).
 which holds `_put`, `_do_restore_message`, `_size` and `supports_batch_publish`:
 
 - `Channel._connparams`: a released connection raises ConnectionError (kombu's restore
-  would raise AttributeError, an "Unrecoverable error"); replies read by `bounded_reply`.
+  would raise AttributeError, an "Unrecoverable error").
 - `Channel._put`: a client's message to its lane; every publish stamps its time and
   rings the doorbell.
 - `Channel._do_restore_message`: a restored client's message back to its lane; every
@@ -74,7 +74,8 @@ which holds `_put`, `_do_restore_message`, `_size` and `supports_batch_publish`:
   delivery. They use kombu's `_in_poll`, `_queue_cycle`, `_flush_brpop_reauth` and
   `connection._deliver`; a message's list is named by `layout` (`message_step`,
   `queue_list`), not by kombu's private helpers.
-- `Channel._get`: basic_get checks each message (`_admit`) before decoding it.
+- `Channel._get`: basic_get pops by a script (`oversized.POP`, bounded as the fetch) and
+  checks each message (`_admit`) before decoding it.
 - `Channel.basic_consume`: a broadcast queue's callback (kombu's `connection._callbacks`,
   `_fanout_queues`) checks each broadcast first; a refused one dead-lettered.
 - `Channel.supports_batch_publish`: off, so each publish rings its doorbell.
@@ -85,20 +86,30 @@ which holds `_put`, `_do_restore_message`, `_size` and `supports_batch_publish`:
   only when a message is past the visibility timeout (an idle worker's cost).
 - `QoS.ack` / `reject` / `restore_unacked`: what fails with the connection is settled by
   the next channel (`unsettled`); they call `_remove_from_indices`, `_delivered`.
-  `restore_unacked` drops the holders of the tasks still running (a warm stop).
+  `restore_unacked` drops the holders of the tasks still running (a warm stop). In the
+  worker's event loop an acknowledgement rides on the channel's next fetch
+  (`Channel.fetch_follows`: the fetch script drops its record first, one round trip a
+  task); `Transport.register_with_event_loop` (kombu's hook) names the loop's thread.
 - `QoS._remove_from_indices`: the message's holder goes in the same MULTI.
 - `SentinelChannel._sentinel_managed_pool`: the Sentinels of `ocr_sentinels`, not the
   URL's parts (kombu would switch to its own transport on a failover).
 
-redis-py's private `_RESP2Parser`, `_RESP3Parser` and `SocketBuffer` are subclassed by
-`bounded_reply` (read against the redis-py majors of `REDIS_PY_MAJORS`).
+No name of redis-py's is overridden, and only its public API is called: a message
+longer than the worker's bound (`ocr_max_message_bytes`) is cut on the server by the
+scripts that pop it for a worker (the fetch and `Channel._get`'s: `oversized`), which
+send its first and last bytes and its length, never its body. Nothing else hands a
+worker a whole message from Redis: kombu's restore reads `unacked` records (HGET), and
+only messages within the bound are recorded (the fetch records none larger, and
+`QoS.append` only a message `_admit` took); the holders' sweep returns
+delivery tags; a broadcast (PUBLISH: remote control) comes on kombu's pubsub
+connection, and Redis's `client-output-buffer-limit pubsub` bounds it (by default a
+subscriber whose pending output passes 32 MB is disconnected instead of sent it).
 """
 
 # The kombu minors (and celery's, which go with them) whose Redis transport the names
-# below were read against, and the redis-py majors of `bounded_reply`: requirements.txt's
-# range, whose two ends `make test-floor` and `make test` run.
+# below were read against: requirements.txt's range, whose two ends `make test-floor`
+# and `make test` run.
 KOMBU_MINORS = ("5.6", "5.7")
-REDIS_PY_MAJORS = ("6", "7", "8")
 # Names of KOMBU_OVERRIDES that only kombu 5.7 has: on 5.6 the step they take does not
 # exist (no batch publish, re-auth or queue expiry), and they are not called.
 SINCE_KOMBU_5_7: dict[str, tuple[str, ...]] = {
@@ -121,5 +132,5 @@ KOMBU_OVERRIDES: dict[str, tuple[str, ...]] = {
     "SentinelChannel": ("_sentinel_managed_pool", "from_transport_options", "connection_class",
                         "connection_class_ssl"),
     "Transport": ("Channel", "connection_errors", "brpop_timeout", "polling_interval",
-                  "_callbacks"),
+                  "_callbacks", "register_with_event_loop"),
 }

@@ -21,7 +21,8 @@ others; it lapses, never deleted, so one sweep runs per interval; a value withou
 an expiry is none of a sweeper's and is taken over) reads the presence records
 and runs `SWEEP`, which puts every message of a dead holder back at the front
 of the lane (or list) it was taken from, and drops its `unacked` record, index entry
-and holder, in one atomic step. A holder whose node has no record at all counts as
+and holder, in one atomic step (it returns their delivery tags: no message leaves
+Redis). A holder whose node has no record at all counts as
 dead once its message was taken more than the window ago (a worker's first fetch may
 come just before its first record is visible). The visibility timeout stays the
 backstop for a live worker that stops acknowledging. A graceful stop (warm shutdown)

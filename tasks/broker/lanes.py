@@ -39,6 +39,7 @@ from tasks.broker.layout import (
     lanes_key,
     wake_key,
 )
+from tasks.broker.oversized import BOUND_LUA
 from tasks.broker.scripts import Script
 
 
@@ -90,18 +91,19 @@ return 1
 # popped, in the same atomic step: a server that refuses writes takes nothing. The
 # envelope is never read here. A message larger than ARGV[2] bytes (0: no bound), or
 # that is no JSON object by its first and last bytes, is popped unrecorded (the worker
-# refuses it). Returns {list, message, tag or ""}, or nil; with the ARGV after the
-# lists' "1" (a fetch woken by a doorbell, ARGV[5+4n]), a 4th: how many lists and
-# rings still hold messages. With ARGV[4+4n] "1", an idle fetch costs one EXISTS over
-# every list and ring; a ring with nothing in its lists and no client costs one
-# EXISTS; a list's tail is read only when its anonymous lane's turn comes (or its ring
-# has no clients). ARGV[6+4n], when not empty, names the holder (`<node>|<pid>`,
-# tasks/broker/holders.py): a recorded message's holder, the key it was taken from, its
-# step's ring and its client go to KEYS[1]..'_holders' under its tag. ARGV[8+4n..]:
-# delivery tags this worker acknowledges first (their records, index entries and
-# holders dropped: the acknowledgements of the tasks that ended since the last fetch,
-# in its round trip).
-FETCH = Script(r"""
+# refuses it); a larger one is returned as its ends and its length alone, never whole
+# (`bounded`: tasks/broker/oversized.py). Returns {list, message, tag or ""}, or nil;
+# with the ARGV after the lists' "1" (a fetch woken by a doorbell, ARGV[5+4n]), a 4th:
+# how many lists and rings still hold messages. With ARGV[4+4n] "1", an idle fetch
+# costs one EXISTS over every list and ring; a ring with nothing in its lists and no
+# client costs one EXISTS; a list's tail is read only when its anonymous lane's turn
+# comes (or its ring has no clients). ARGV[6+4n], when not empty, names the holder
+# (`<node>|<pid>`, tasks/broker/holders.py): a recorded message's holder, the key it
+# was taken from, its step's ring and its client go to KEYS[1]..'_holders' under its
+# tag. ARGV[8+4n..]: delivery tags this worker acknowledges first (their records,
+# index entries and holders dropped: the acknowledgements of the tasks that ended
+# since the last fetch, in its round trip).
+FETCH = Script(BOUND_LUA + r"""
 local limit = tonumber(ARGV[2])
 local lists = #KEYS - 2
 local holder = ARGV[6 + 4 * lists] or ''
@@ -126,7 +128,7 @@ local function take(src, item, i, ring, client)
     end
   end
   redis.call('RPOP', src)
-  return {KEYS[3 + i], item, recorded and tag or ''}
+  return {KEYS[3 + i], bounded(item, limit), recorded and tag or ''}
 end
 -- serves the lists first..last of one ring
 local function share(ring, first, last)

@@ -4,9 +4,10 @@ Runs in the worker parent (tasks/broker/transport.py checks each message it fetc
 before it is decoded; `connect_refusals` is wired at the app's start). A message is
 refused when it is:
 
-- larger than the inline input limit allows (`input_too_large`), by its raw length,
-  which the channel's connections read without holding such a message whole
-  (`bounded_reply`: only its ends are kept, whatever Redis's own bound);
+- larger than the inline input limit allows (`input_too_large`), by its raw length:
+  the scripts that pop a message for the worker send such a message as its ends and
+  its length alone (`oversized`: Redis never sends it whole, whatever its own bound),
+  and the task id is read from those ends;
 - not a kombu envelope (`malformed_message`): not JSON, not an object, no
   `properties.delivery_tag`/`delivery_info`, headers not an object, body not base64;
 - a content type the app does not accept, e.g. pickle (`content_refused`).
@@ -32,8 +33,8 @@ from kombu.exceptions import ContentDisallowed
 from kombu.utils.encoding import bytes_to_str
 from kombu.utils.json import loads
 
-from tasks.broker.bounded_reply import ENDS, reply_size
 from tasks.broker.layout import DEAD_LETTER_COUNT_KEY, DEAD_LETTER_KEY
+from tasks.broker.oversized import ENDS, reply_size
 from tasks.errors import ContentRefused, InputTooLarge, MalformedMessage, OcrError
 from tasks.records.status import JobStatus
 from tasks.state.connection import connect

@@ -6,7 +6,10 @@ message it pops into a JSON object and hands it on; a body that is not a JSON ob
 an envelope without its properties, a body that is not base64 or a pickled message
 either kills the worker parent ("Unrecoverable error") or leaves the job PENDING.
 This channel checks each raw message first, before any decoding, and dead-letters
-what a worker must not take (tasks/broker/refusals.py); the worker then goes on.
+what a worker must not take (tasks/broker/refusals.py); the worker then goes on. A
+message longer than the largest it would decode (`ocr_max_message_bytes`) reaches it
+as its ends and its length alone: the scripts that pop it (the fetch, and `_get`'s)
+never send it whole (tasks/broker/oversized.py).
 
 Taking a message is one atomic step on the server (`lanes.FETCH`): the script
 records it in kombu's `unacked` hash and index, under a delivery tag the worker chose
@@ -44,8 +47,7 @@ import redis.exceptions
 from kombu.transport import redis as kombu_redis
 from kombu.utils.encoding import bytes_to_str
 
-from tasks.broker import doorbells, holders, lanes, scripts, unsettled
-from tasks.broker.bounded_reply import bounded_parser
+from tasks.broker import doorbells, holders, lanes, oversized, scripts, unsettled
 from tasks.broker.layout import DEAD_LETTER_KEY, queue_list, wake_key
 from tasks.broker.publishing import PublishingChannel
 from tasks.broker.refusals import (
@@ -91,12 +93,7 @@ class Channel(PublishingChannel):
             raise redis.exceptions.ConnectionError(
                 "the broker connection was released; its unacknowledged messages are "
                 "restored after the visibility timeout")
-        # Every connection of this channel reads a reply longer than the largest
-        # message it would decode in pieces, keeping only its ends (`bounded_reply`).
         params: dict[str, Any] = super()._connparams(asynchronous)
-        if self.ocr_max_message_bytes:
-            params["parser_class"] = bounded_parser(params.get("protocol"),
-                                                    int(self.ocr_max_message_bytes))
         return params
 
     _waiting = False  # the next poll waits on the doorbells (the last fetch found none)
@@ -267,7 +264,8 @@ class Channel(PublishingChannel):
             if left and lanes.laned(dest):
                 doorbells.ring_again(self, dest)
             self._waiting, self._short, self._woken = left == 0, left == 0, False
-            return self._deliver_taken(item, dest, bytes_to_str(tag) or None)
+            return self._deliver_taken(oversized.received(item), dest,
+                                       bytes_to_str(tag) or None)
         finally:
             self._in_poll = None  # type: ignore[assignment]
             self._since_kombu_5_7("_flush_brpop_reauth")  # a re-auth token's AUTH
@@ -302,10 +300,13 @@ class Channel(PublishingChannel):
         super()._poll_error(type, **options)
 
     def _get(self, queue: str, timeout: float | None = None) -> dict[str, Any]:
-        # kombu's `_get` (basic_get and the polling fallback), with `_admit`.
+        # kombu's `_get` (basic_get and the polling fallback), with `_admit`; its RPOP a
+        # script that hands over a message over the bound as its ends (`oversized.POP`).
         with self.conn_or_acquire() as client:
             for pri in self.priority_steps:
-                item = client.rpop(queue_list(queue, pri, self.sep))
+                item = oversized.received(scripts.run(client, oversized.pop_command(
+                    self._key(queue_list(queue, pri, self.sep)),
+                    self.ocr_max_message_bytes)))
                 if item:
                     self._since_kombu_5_7("_maybe_update_queues_expire", client, queue)
                     message = self._admit(item, queue)

@@ -127,7 +127,9 @@ class QoS(kombu_redis.QoS):  # the transport's (tasks/broker/transport.py)
 
     What a lost connection leaves unsettled (acknowledgements around it, messages no
     child started) is settled by the next channel (this module); a task running at
-    the loss is never restored then.
+    the loss is never restored then. A restore reads each `unacked` record whole
+    (HGET): only messages within the worker's bound are recorded (the fetch records
+    none larger; `append` only a message the channel's checks took).
     """
 
     def append(self, message: Any, delivery_tag: str) -> None:

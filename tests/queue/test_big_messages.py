@@ -6,9 +6,9 @@ message too large for OCR_MAX_INPUT_MB is refused when it is pushed, so no worke
 it and reads it whole. The client's and the API's own refusals before sending are in
 test_queue.py (`input_too_large` from the CLI) and test_api.py (413), the transport's
 refusal by raw size before decoding in test_hardening.py. Behind any Redis, bounded or
-not, the transport reads a message longer than it would decode in pieces and keeps only
-its ends (`tasks/broker/bounded_reply.py`): the worker parent's peak memory does not move.
-Limits are lowered to 1 MB here so the messages stay small.
+not, the scripts that pop a message for a worker send one longer than it would decode
+as its ends and its length alone (`tasks/broker/oversized.py`): the worker parent's
+peak memory does not move. Limits are lowered to 1 MB here so the messages stay small.
 """
 
 from __future__ import annotations
@@ -21,13 +21,15 @@ import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 import psutil
 import pytest
 import redis
 
-from tasks.broker.bounded_reply import ENDS, OversizedReply, bounded_parser, reply_size
-from tasks.broker.layout import DEAD_LETTER_KEY
+from tasks.broker import lanes, oversized, scripts
+from tasks.broker.layout import DEAD_LETTER_KEY, UNACKED_INDEX_KEY, UNACKED_KEY
+from tasks.broker.oversized import ENDS, OversizedReply, received, reply_size
 from tasks.broker.refusals import read_dead_letters
 from tasks.client import OcrClient
 from tasks.settings import Settings
@@ -128,38 +130,53 @@ def test_oversized_message_never_reaches_a_worker(tmp_path: Path) -> None:
 
 
 @pytest.mark.parametrize("protocol", [2, 3])
-def test_bounded_parser_drops_only_replies_over_the_bound(redis_url: str,
-                                                          protocol: int) -> None:
-    """Against a real Redis: replies up to the bound come whole, longer ones as their ends.
+def test_scripts_send_only_the_ends_of_a_message_over_the_bound(redis_url: str,
+                                                                protocol: int) -> None:
+    """Against a real Redis: messages up to the bound come whole, longer ones as their ends.
 
-    The connection stays in step for the next command and within a pipeline.
+    Both scripts that pop for a worker: basic_get's `POP` and the fetch, which records
+    only a message within the bound. What is over it is popped all the same.
     """
     bound = 2**20
-    pool = redis.ConnectionPool.from_url(redis_url, protocol=protocol,
-                                         parser_class=bounded_parser(protocol, bound))
-    store = redis.Redis(connection_pool=pool)
+    store = redis.Redis.from_url(redis_url, protocol=protocol)
     key = f"bounded-{protocol}"
     exact = b"e" * bound
     big = b"HEAD" + os.urandom(3 * bound) + b"TAIL"
-    store.rpush(key, exact, exact + b"+", big, b"small")
-    assert store.lpop(key) == exact
-    one_over = store.lpop(key)
+    store.rpush(key, b"small", big, exact + b"+", exact)
+
+    def pop(limit: int = bound) -> Any:
+        return received(scripts.run(store, oversized.pop_command(key, limit)))
+
+    assert pop() == exact
+    one_over = pop()
     assert isinstance(one_over, OversizedReply) and reply_size(one_over) == bound + 1
-    dropped = store.lpop(key)
+    dropped = pop()
     assert isinstance(dropped, OversizedReply) and dropped.size == len(big)
     assert dropped == big[:ENDS] + b"\n" + big[-ENDS:]
     assert dropped.startswith(b"HEAD") and dropped.endswith(b"TAIL")
-    assert store.lpop(key) == b"small" and reply_size(b"small") == 5
-    store.set(key, big)
-    with store.pipeline() as pipe:
-        pipe.get(key)
-        pipe.ping()
-        pipe.strlen(key)
-        got, pong, length = pipe.execute()
-    assert isinstance(got, OversizedReply) and got.size == len(big)
-    assert pong is True and length == len(big)
-    store.delete(key)
-    pool.disconnect()
+    assert pop() == b"small" and reply_size(b"small") == 5
+    assert pop() is None and store.llen(key) == 0
+    store.rpush(key, big)
+    assert pop(0) == big  # no bound
+
+    # the fetch: the message over the bound unrecorded, its ends sent; the one within
+    # the bound recorded and sent whole
+    within = envelope(str(uuid.uuid4()), celery_body({"data_b64": "AAAA"}))
+    over = oversized_message(str(uuid.uuid4()), 2)
+    queue = f"ocr-bounded-{protocol}"
+    store.rpush(queue, within, over)
+    fetch = lanes.fetch_command("", (UNACKED_KEY, UNACKED_INDEX_KEY),
+                                [(queue, 0, False, True)], 1.0, bound)
+    name, item, tag = scripts.run(store, fetch)
+    got = received(item)
+    assert isinstance(got, OversizedReply) and got.size == len(over) and tag == b""
+    assert got == over[:ENDS] + b"\n" + over[-ENDS:]
+    assert name == queue.encode() and store.llen(queue) == 1
+    assert store.hlen(UNACKED_KEY) == 0
+    name, item, tag = scripts.run(store, fetch)
+    assert received(item) == within and tag and store.hexists(UNACKED_KEY, tag)
+    store.delete(key, queue, UNACKED_KEY, UNACKED_INDEX_KEY)
+    store.close()
 
 
 def peak_rss(pid: int) -> int:
@@ -194,9 +211,10 @@ def warm_worker(tmp_path: Path,
 def test_transport_reads_an_oversized_message_without_holding_it(tmp_path: Path) -> None:
     """A Redis without the project's bound stores a 128 MB message; the worker refuses it.
 
-    Redis's own default bound (512 MiB) lets it in, so the worker pops it: its parent
-    reads the message in pieces, keeps its ends, finds the task id there and stores the
-    job's FAILURE. Read whole it would peak the parent at about three times its size.
+    Redis's own default bound (512 MiB) lets it in, so the worker pops it: the fetch
+    sends only its ends and its length, the parent refuses it by that length, finds the
+    task id in the ends and stores the job's FAILURE. Read whole it would peak the
+    parent at about three times its size.
     """
     with warm_worker(tmp_path, max_bulk_bytes=512 * 2**20) as (url, worker, client):
         assert worker.proc is not None
