@@ -11,6 +11,7 @@ bench/README.md what a job still costs.
 from __future__ import annotations
 
 import json
+import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -116,6 +117,44 @@ def test_a_scanned_page_costs_what_it_reached(worker: Worker, redis_url: str) ->
     top = sorted(calls.items(), key=lambda kv: -kv[1])[:40]
     assert per_page <= PAGE_BOUND, f"{per_page:.1f} a page (idle {idle:.1f}/s): {top}"
     assert calls.get("mget", 0) >= 6, top  # each page's meta and cancel: one MGET
+
+
+def test_a_burst_s_acknowledgements_ride_on_the_fetches(worker: Worker, redis_url: str) -> None:
+    """20 jobs at once: most acknowledgements go in the worker's next fetch, none is lost.
+
+    MONITOR tells an acknowledgement sent alone (HDEL of `unacked` by the worker parent)
+    from one the fetch script ran (the same HDEL inside a script).
+    """
+    store = redis.Redis.from_url(redis_url)
+    alone: list[str] = []
+    carried: list[str] = []
+    stop = threading.Event()
+
+    def watch() -> None:
+        with store.monitor() as monitor:
+            for seen in monitor.listen():
+                words = seen["command"].split()
+                if words[:2] == ["HDEL", "unacked"]:
+                    (carried if seen.get("client_type") == "lua" else alone).extend(words[2:])
+                if stop.is_set():
+                    return
+
+    watcher = threading.Thread(target=watch, daemon=True)
+    watcher.start()
+    time.sleep(0.3)
+    client = make_client(redis_url)
+    try:
+        jobs = [client.submit(png(80 + n), filename=f"{n}.png") for n in range(20)]
+        assert {r["status"] for r in client.wait(jobs, timeout=60).values()} == {"SUCCESS"}
+    finally:
+        client.close()
+    eventually(lambda: store.hlen("unacked") == 0 or None, 15, "every record acknowledged")
+    stop.set()
+    store.ping()  # a command for the monitor to see, so that it stops
+    watcher.join(10)
+    assert store.zcard("unacked_index") == 0 and store.hlen("unacked_holders") == 0
+    assert len(set(alone) | set(carried)) >= 20, (alone, carried)
+    assert len(carried) > len(alone), (len(carried), len(alone))
 
 
 def test_one_connection_pool_per_worker_child(worker: Worker, redis_url: str,
