@@ -52,19 +52,23 @@ def laned(queue: str) -> bool:
     return queue.startswith("ocr") and ":" not in queue
 
 
-# Pushes a message (ARGV[1]) to its client's (ARGV[2]) lane (KEYS[1]; at the end taken
-# first when ARGV[3] is "1": a restored message), counts it in
-# KEYS[3] and, for its first message waiting, puts the client at the end of the ring
+# Pushes a message (ARGV[1], then any ARGV[5..] after it, taken in that order) to its
+# client's (ARGV[2]) lane (KEYS[1]; a lone message at the end taken first when ARGV[3]
+# is "1": a restored one), counts them in
+# KEYS[3] and, for its first messages waiting, puts the client at the end of the ring
 # KEYS[2] (a client with messages counted is in the ring: the fetch drops it only at 0).
 # With KEYS[4], rings that doorbell (tasks/broker/doorbells.py) for ARGV[4] ms: a bell
 # already rung (its one item) only has its expiry renewed, one command.
 PUSH = Script(r"""
+local bodies = {ARGV[1]}
+for i = 5, #ARGV do bodies[#bodies + 1] = ARGV[i] end
 if ARGV[3] == '1' then
-  redis.call('RPUSH', KEYS[1], ARGV[1])
+  redis.call('RPUSH', KEYS[1], unpack(bodies))
 else
-  redis.call('LPUSH', KEYS[1], ARGV[1])
+  redis.call('LPUSH', KEYS[1], unpack(bodies))
 end
-if redis.call('HINCRBY', KEYS[3], ARGV[2], 1) == 1 and not redis.call('LPOS', KEYS[2], ARGV[2]) then
+if redis.call('HINCRBY', KEYS[3], ARGV[2], #bodies) == #bodies
+    and not redis.call('LPOS', KEYS[2], ARGV[2]) then
   redis.call('RPUSH', KEYS[2], ARGV[2])
 end
 if KEYS[4] and redis.call('PEXPIRE', KEYS[4], ARGV[4]) == 0 then
@@ -254,20 +258,24 @@ return nil
 
 
 def push_command(prefix: str, list_key: str, step: int, client: str, body: str,
-                 first: bool = False, ring_queue: str | None = None) -> list[Any]:
+                 first: bool = False, ring_queue: str | None = None,
+                 more: Sequence[str] = ()) -> list[Any]:
     """The EVALSHA that pushes `body` to `client`'s lane of `list_key` (priority `step`).
 
     `first`: taken before the lane's other messages (a restored one). `ring_queue`: the
-    queue whose doorbell the same call rings (None: none). `prefix`: kombu's global key
-    prefix; names are given without it.
+    queue whose doorbell the same call rings (None: none). `more`: messages pushed in
+    the same call after `body`, taken after it in their order (not with `first`).
+    `prefix`: kombu's global key prefix; names are given without it.
     """
+    if first and more:
+        raise ValueError("several messages are pushed to the end taken last only")
     ring = prefix + lanes_key(step)
     keys = [prefix + lane_key(list_key, client), ring, ring + ":count"]
-    args = [body, client, "1" if first else "0"]
+    args = [body, client, "1" if first else "0", ""]
     if ring_queue is not None:
         keys.append(prefix + wake_key(ring_queue))
-        args.append(str(WAKE_TTL_MS))
-    return PUSH.command(keys, args)
+        args[3] = str(WAKE_TTL_MS)
+    return PUSH.command(keys, [*args, *more])
 
 
 def fetch_command(prefix: str, unacked: tuple[str, str],

@@ -15,8 +15,10 @@ tasks/broker/transport.py, built on this one.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import time
+from collections.abc import Iterator
 from typing import Any
 
 import redis.exceptions
@@ -62,6 +64,9 @@ class PublishingChannel(kombu_redis.Channel):
             # A client's message goes to its lane of the list (tasks/broker/lanes.py),
             # its doorbell rung by the same script.
             step = layout.message_step(message, self.priority_steps)
+            if self._held is not None:  # `together`: pushed with the others at its end
+                self._held.append((queue, step, client, dumps(message)))
+                return
             with self.conn_or_acquire() as conn:
                 scripts.run(conn, lanes.push_command(
                     self._key(""), layout.queue_list(queue, step, self.sep), step, client,
@@ -70,6 +75,33 @@ class PublishingChannel(kombu_redis.Channel):
         else:
             super()._put(queue, message, **kwargs)
             self._ring(queue)
+
+    _held: list[tuple[str, int, str, str]] | None = None  # client pushes `together` holds
+
+    @contextlib.contextmanager
+    def together(self) -> Iterator[None]:
+        """Hold this channel's client pushes, and send them at the end, a script a lane.
+
+        Runs in a worker child splitting a document: its page tasks, all to one lane,
+        go in one push (one LPUSH of all, one count, one ring of the doorbell, one WAIT
+        for replicas) in the order they were published. Nothing is sent when the block
+        raises. Other messages (no client, not a service queue) go as they come.
+        """
+        if self._held is not None:
+            yield
+            return
+        self._held = []
+        try:
+            yield
+            held = self._held
+        finally:
+            self._held = None
+        for (queue, step, client), bodies in _lanes_in_order(held):
+            with self.conn_or_acquire() as conn:
+                scripts.run(conn, lanes.push_command(
+                    self._key(""), layout.queue_list(queue, step, self.sep), step, client,
+                    bodies[0], ring_queue=queue, more=bodies[1:]))
+            self._ring(queue, rung=True)
 
     def _do_restore_message(self, payload: Any, exchange: str, routing_key: str, pipe: Any,
                             leftmost: bool = False) -> None:
@@ -146,3 +178,23 @@ class PublishingChannel(kombu_redis.Channel):
     def _key(self, name: str) -> str:
         """`name` with kombu's global key prefix (commands sent raw are not prefixed)."""
         return f"{self.global_keyprefix or ''}{name}"
+
+
+def _lanes_in_order(held: list[tuple[str, int, str, str]],
+                    ) -> list[tuple[tuple[str, int, str], list[str]]]:
+    """Held pushes grouped by lane (queue, step, client), each lane's in their order."""
+    grouped: dict[tuple[str, int, str], list[str]] = {}
+    for queue, step, client, body in held:
+        grouped.setdefault((queue, step, client), []).append(body)
+    return list(grouped.items())
+
+
+@contextlib.contextmanager
+def pushes_together(channel: Any) -> Iterator[None]:
+    """`PublishingChannel.together` on `channel`; on another broker's channel, nothing."""
+    hold = getattr(channel, "together", None)
+    if hold is None:
+        yield
+        return
+    with hold():
+        yield

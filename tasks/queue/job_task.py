@@ -22,6 +22,7 @@ from celery import Celery, Task, shared_task, states
 from celery.exceptions import Ignore
 from kombu.utils.uuid import uuid
 
+from tasks.broker.publishing import pushes_together
 from tasks.engines import resident
 from tasks.errors import BadRequest, DeadlineExceeded, OcrError, Timeout, WorkerLost
 from tasks.lifecycle.fanout import unexpected
@@ -219,8 +220,10 @@ def fan_out(task: Task, work: FanOut, services: JobServices) -> NoReturn:
     # each send (this worker declared it as it started to consume it): a child's publish
     # is on a connection of its own (brokers.fresh_connections), so a declare each time.
     headers = job_headers(meta.request.client)
-    # All of them on one connection (a child's each publish opens one otherwise).
-    with publishing("a page task"), task.app.producer_or_acquire() as producer:
+    # All of them on one connection (a child's each publish opens one otherwise), and
+    # on Redis in one push to their lane.
+    with publishing("a page task"), task.app.producer_or_acquire() as producer, \
+            pushes_together(producer.channel):
         for number, page_id in zip(meta.ocr_pages, meta.page_tasks, strict=True):
             pdf_page.apply_async((job_id, number), opened, queue=queue, task_id=page_id,
                                  priority=priority, headers=headers, declare=[],

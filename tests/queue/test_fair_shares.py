@@ -11,6 +11,7 @@ import json
 import time
 import uuid
 from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -18,9 +19,16 @@ import redis
 
 from tasks.broker import scripts
 from tasks.broker.lanes import fetch_command, push_command
-from tasks.broker.layout import LANE_PREFIX, LANE_WEIGHTS_KEY, lane_key, lanes_key
+from tasks.broker.layout import LANE_PREFIX, LANE_WEIGHTS_KEY, lane_key, lanes_key, wake_key
 from tasks.client import OcrClient
-from tests.harness import FAST_PAGES, Worker, eventually, fake_env, make_client
+from tests.harness import (
+    FAST_PAGES,
+    RedisServer,
+    Worker,
+    eventually,
+    fake_env,
+    make_client,
+)
 from tests.image_fixtures import png
 from tests.pdf_fixtures import image_pdf, plain_pages
 
@@ -305,3 +313,47 @@ def test_a_restored_message_goes_back_to_its_lane_first(redis_url: str) -> None:
     r.delete(lane)
     r.hdel(lanes_key(0) + ":count", "back")  # the last message dropped by hand
     r.close()
+
+
+def test_pushes_held_together_go_in_one_script_in_their_order(tmp_path: Path) -> None:
+    """A document's page tasks: one push at the block's end, taken in published order.
+
+    On a Redis of its own: its command counts are this test's alone.
+    """
+    from kombu import Connection, Exchange, Producer, Queue
+
+    from tasks.broker.publishing import pushes_together
+
+    server = RedisServer(tmp_path)
+    server.start()
+    redis_url = server.url(1)
+    name = f"ocr-together-{uuid.uuid4().hex[:6]}"
+    queue = Queue(name, Exchange(name, type="direct"), routing_key=name)
+    r = redis.Redis.from_url(redis_url)
+    lane = lane_key(name, "pages")
+    with Connection(redis_url, transport="tasks.broker.transport:Transport") as conn:
+        channel = conn.default_channel
+        producer = Producer(channel)
+        producer.publish({}, exchange=queue.exchange, routing_key=name, declare=[queue],
+                         serializer="json")  # declared; no client: the list itself
+        r.delete(name)
+        r.config_resetstat()
+        with pushes_together(channel):
+            for n in range(5):
+                producer.publish({"n": n}, exchange=queue.exchange, routing_key=name,
+                                 headers={"ocr_client": "pages", "n": n}, serializer="json")
+            assert r.llen(lane) == 0  # held until the block ends
+        stats = r.info("commandstats")
+        assert stats["cmdstat_evalsha"]["calls"] == 1 and stats["cmdstat_lpush"]["calls"] == 1
+        assert r.llen(lane) == 5 and r.hget(lanes_key(0) + ":count", "pages") == b"5"
+        assert b"pages" in r.lrange(lanes_key(0), 0, -1)
+        assert r.llen(wake_key(name)) == 1
+        order = [json.loads(item)["headers"]["n"] for item in reversed(r.lrange(lane, 0, -1))]
+        assert order == [0, 1, 2, 3, 4]  # the fetch takes the tail first
+        with pytest.raises(RuntimeError), pushes_together(channel):
+            producer.publish({"n": 9}, exchange=queue.exchange, routing_key=name,
+                             headers={"ocr_client": "pages", "n": 9}, serializer="json")
+            raise RuntimeError("the split failed")
+        assert r.llen(lane) == 5  # nothing sent from a block that raised
+    r.close()
+    server.stop()
