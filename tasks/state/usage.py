@@ -34,6 +34,7 @@ import redis
 
 from tasks.errors import BadRequest, PageQuotaExceeded
 from tasks.records.request import page_range
+from tasks.state import lua
 from tasks.state.keys import API_CLIENTS_KEY, USAGE_PREFIX
 
 USAGE_TTL = 400 * 24 * 3600
@@ -44,7 +45,7 @@ DEFAULT_DAYS = 30
 # Adds to the client's (ARGV[1]) counts in KEYS[2] (the day) and KEYS[3] (the month)
 # the pages ARGV[4..] not yet in the job's set of counted pages KEYS[1] (kept ARGV[2]
 # seconds), and takes as many off the job's (ARGV[3]) hold in KEYS[4]; returns how many.
-_ADD_ONCE = """
+_ADD_ONCE = lua.Script("""
 local n = 0
 for i = 4, #ARGV, 4000 do
   n = n + redis.call('SADD', KEYS[1], unpack(ARGV, i, math.min(i + 3999, #ARGV)))
@@ -59,7 +60,7 @@ if n > 0 then
   end
 end
 return n
-"""
+""")
 # KEYS[1]: the client's holds. ARGV: the client, the job, its pages, the day's cap, the
 # month's (0: none), the holds' TTL, the day's counts and the month's: named in ARGV,
 # not KEYS, as the senders may only read them (a script's KEYS need write rights); one
@@ -174,8 +175,8 @@ class PageUsage:
         pipe = self._redis.pipeline(transaction=False) if own else pipe
         keys = (day_key(day), month_key(day))
         if job:
-            pipe.eval(_ADD_ONCE, 4, job_pages_key(job), *keys, held_key(client), client,
-                      JOB_PAGES_TTL, job, *numbers)
+            _ADD_ONCE.queue(pipe, [job_pages_key(job), *keys, held_key(client)],
+                            [client, JOB_PAGES_TTL, job, *numbers])
         for key in keys:
             if not job:
                 pipe.hincrby(key, client, pages)
@@ -184,7 +185,7 @@ class PageUsage:
                 self._kept.add(key)
         if own:
             try:
-                pipe.execute()
+                lua.execute(pipe)
             except redis.RedisError:
                 self.forget_ttls()
                 raise

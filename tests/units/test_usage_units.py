@@ -1,4 +1,7 @@
-"""Pages per client per day and month (tasks/state/usage.py): counts, ranges, caps."""
+"""Pages per client per day and month (tasks/state/usage.py): counts, ranges, caps.
+
+And the state's scripts run by SHA (tasks/state/lua.py), loaded again on NOSCRIPT.
+"""
 
 from __future__ import annotations
 
@@ -8,6 +11,9 @@ import pytest
 import redis
 
 from tasks.errors import BadRequest, PageQuotaExceeded
+from tasks.state import lua
+from tasks.state.keys import doc_key, job_key
+from tasks.state.stores import JobControl
 from tasks.state.usage import PageCaps, PageUsage, date_range, over_cap
 
 NEW_YEARS_EVE = dt.datetime(2026, 12, 31, 23, 0, tzinfo=dt.UTC).timestamp()
@@ -52,3 +58,24 @@ def test_date_ranges() -> None:
                        ("2025-01-01", "2026-12-31")):
         with pytest.raises(BadRequest):
             date_range(start, end)
+
+
+def test_a_script_the_server_lost_is_loaded_again_alone_or_in_a_pipeline(
+        own_redis_url: str) -> None:
+    """The state's scripts go by SHA (tasks/state/lua.py); NOSCRIPT loads them again."""
+    client = redis.Redis.from_url(own_redis_url)
+    usage, control = PageUsage(client), JobControl(client, 600)
+    for _ in range(2):  # the second time, the server has them: no load
+        client.script_flush()
+        control.remember("job-1", filename="a.png")  # alone
+        usage.add("billing", 0, NEW_YEARS_EVE, job="job-1", numbers=[1, 2])  # in a pipeline
+        control.cancel("job-1")  # in a pipeline, before a SET
+    assert client.hgetall(job_key("job-1")) == {b"filename": b"a.png", b"cancelled": b"1"}
+    assert 0 < client.ttl(job_key("job-1")) <= 600
+    assert usage.used("billing", NEW_YEARS_EVE) == (2, 2)  # each page once
+    assert client.get(doc_key("job-1", "cancel")) == b"1"
+    pipe = client.pipeline(transaction=False)
+    pipe.set("plain", "1")
+    pipe.lpush("plain", "x")  # WRONGTYPE: raised, as by pipe.execute()
+    with pytest.raises(redis.ResponseError):
+        lua.execute(pipe)
