@@ -174,16 +174,17 @@ class JobControl:
         pipe.set(doc_key(job_id, "cancel"), "1", ex=self._ttl)
         lua.execute(pipe)
 
-    def is_cancelled(self, job_id: str) -> bool:
-        """Whether the job is cancelled; its `owner` and `accepted` read with it, and kept.
+    def at_start(self, job_id: str) -> tuple[bool, bool]:
+        """Whether the job has ended (its end claim is set), and whether it is cancelled.
 
-        Its sender writes those two before it sends the job, and nothing changes them:
-        a job's start reads them here, and `owner` and `accepted` read them no more.
+        One round trip (EXISTS, HMGET). Its `owner` and `accepted`, read with its cancel
+        mark, are kept for `owner` and `accepted` (written once, before it was sent).
         """
-        cancelled, owner, accepted = self._redis.hmget(job_key(job_id), "cancelled",
-                                                       *AS_SENT)
+        pipe: Any = self._redis.pipeline(transaction=False)
+        ended, (cancelled, owner, accepted) = pipe.exists(job_ended_key(job_id)).hmget(
+            job_key(job_id), "cancelled", *AS_SENT).execute()
         as_sent.keep(job_id, (owner, accepted))
-        return cancelled is not None
+        return bool(ended), cancelled is not None
 
     def claim_end(self, job_id: str, holder: str) -> bool:
         """Take the right to end the job (`ocr:job:<id>:ended`); once only.
