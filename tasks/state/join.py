@@ -153,5 +153,9 @@ class DocumentJoin:
 
         One DEL for all of them; the end claim stays until its TTL.
         """
-        self._redis.delete(self._key(doc_id, "meta"), self._key(doc_id, "pages"),
-                           self._key(doc_id, "cancel"), *also)
+        self._redis.delete(*self.keys(doc_id, also))
+
+    def keys(self, doc_id: str, also: Sequence[str] = ()) -> list[str]:
+        """What `cleanup` drops: meta, pages, cancel mark, and the keys `also`."""
+        return [self._key(doc_id, "meta"), self._key(doc_id, "pages"),
+                self._key(doc_id, "cancel"), *also]

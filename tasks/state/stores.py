@@ -9,7 +9,7 @@ from __future__ import annotations
 import json
 import re
 import uuid
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -205,13 +205,17 @@ class JobControl:
         """Move the claim from `holder` to `new_holder` (atomic); False if it moved."""
         return bool(_TAKE_OVER_END(self._redis, [job_ended_key(job_id)], [holder, new_holder]))
 
-    def mark_ended(self, job_id: str, status: str = "") -> None:
+    def mark_ended(self, job_id: str, status: str = "",
+                   freed: Sequence[str] = ()) -> None:
         """The ending is done: the claim no longer names a holder (its TTL kept).
 
         With `status`, the job's ending notice too, in the same round trip
-        (tasks/state/job_notices.py): what waiting clients block on.
+        (tasks/state/job_notices.py): what waiting clients block on. The keys `freed`
+        (the job's join and inputs) are deleted first, in that round trip too.
         """
         pipe = self._redis.pipeline(transaction=False)
+        if freed:
+            pipe.delete(*freed)
         pipe.set(job_ended_key(job_id), ENDING_DONE, xx=True, keepttl=True)
         if status:
             job_notices.announce(pipe, job_id, status, self._ttl)
