@@ -6,13 +6,15 @@ And the state's scripts run by SHA (tasks/state/lua.py), loaded again on NOSCRIP
 from __future__ import annotations
 
 import datetime as dt
+import json
 
 import pytest
 import redis
 
 from tasks.errors import BadRequest, PageQuotaExceeded
 from tasks.state import lua
-from tasks.state.keys import doc_key, job_key
+from tasks.state import usage as usage_module
+from tasks.state.keys import API_CLIENTS_KEY, doc_key, job_key
 from tasks.state.stores import JobControl
 from tasks.state.usage import PageCaps, PageUsage, date_range, over_cap
 
@@ -79,3 +81,20 @@ def test_a_script_the_server_lost_is_loaded_again_alone_or_in_a_pipeline(
     pipe.lpush("plain", "x")  # WRONGTYPE: raised, as by pipe.execute()
     with pytest.raises(redis.ResponseError):
         lua.execute(pipe)
+
+
+def test_a_workers_check_reads_the_caps_again_before_it_refuses(
+        own_redis_url: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    client = redis.Redis.from_url(own_redis_url)
+    usage = PageUsage(client)
+    client.hset(API_CLIENTS_KEY, "capped", json.dumps({"pages_per_day": 2}))
+    usage.add("capped", 2)
+    with pytest.raises(PageQuotaExceeded):
+        usage.admit("capped", 1)
+    client.hset(API_CLIENTS_KEY, "capped", json.dumps({"pages_per_day": 3}))
+    usage.admit("capped", 1)  # a cap raised counts at once
+    client.hset(API_CLIENTS_KEY, "capped", json.dumps({"pages_per_day": 1}))
+    usage.admit("capped", 1)  # one lowered, within CAPS_SECONDS: as read a moment ago
+    monkeypatch.setattr(usage_module, "CAPS_SECONDS", 0.0)
+    with pytest.raises(PageQuotaExceeded):
+        usage.admit("capped", 1)
