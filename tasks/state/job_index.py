@@ -31,7 +31,7 @@ import time
 import zlib
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Generic, TypeVar
+from typing import Any, Generic, TypeVar
 
 import redis
 
@@ -93,13 +93,14 @@ class JobIndex:
         self._lock = threading.Lock()
 
     def add(self, job_id: str, client: str, when: float | None = None,
-            only_new: bool = False) -> None:
+            only_new: bool = False, pipe: Any = None) -> None:
         """List `job_id` under `client` (and everyone's); `only_new`: keep an entry there.
 
         Each write adds; one in TRIM_ONE_IN (`trims`) also trims both keys by rank and
         by time, and the TTL is written by the first write of each process to a key
         and then every TTL_EVERY s. `only_new` where the entry is there already (its
-        sender listed it): the two ZADD NX alone.
+        sender listed it): the two ZADD NX alone. With `pipe`, the writes are queued
+        there, for the caller to run (`forget_ttls` where that fails).
         """
         now = time.time()
         score = now if when is None else when
@@ -111,7 +112,8 @@ class JobIndex:
                 if not any(pipe.execute()):
                     return
         trim = trims(job_id)
-        pipe = self._redis.pipeline(transaction=False)
+        own = pipe is None
+        pipe = self._redis.pipeline(transaction=False) if own else pipe
         for key, most in keys:
             if not only_new:
                 pipe.zadd(key, {job_id: score})
@@ -120,11 +122,16 @@ class JobIndex:
                 pipe.zremrangebyscore(key, "-inf", f"({now - self.keep}")
             if self._due(key):
                 pipe.expire(key, self.keep)
-        try:
-            pipe.execute()
-        except redis.RedisError:
-            self._kept.clear()
-            raise
+        if own:
+            try:
+                pipe.execute()
+            except redis.RedisError:
+                self.forget_ttls()
+                raise
+
+    def forget_ttls(self) -> None:
+        """Write each key's TTL again with the next add (a write that failed)."""
+        self._kept.clear()
 
     def _due(self, key: str) -> bool:
         """Whether this write gives `key` its TTL (last given TTL_EVERY s ago or more)."""

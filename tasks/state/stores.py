@@ -159,6 +159,12 @@ class JobControl:
         if pairs:
             _REMEMBER(self._redis, [job_key(job_id)], [self._ttl, *pairs])
 
+    def remember_in(self, pipe: Any, job_id: str, fields: dict[str, str]) -> None:
+        """`remember`, queued in `pipe` (no transaction; run by `lua.execute`)."""
+        pairs = [part for name, value in fields.items() for part in (name, value)]
+        if pairs:
+            _REMEMBER.queue(pipe, [job_key(job_id)], [self._ttl, *pairs])
+
     def info(self, job_id: str) -> dict[str, str]:
         raw = self._redis.hgetall(job_key(job_id))
         return {_text(k): _text(v) for k, v in raw.items()}
