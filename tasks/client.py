@@ -240,10 +240,13 @@ class OcrClient:
         return progress
 
     def result(self, job_id: str) -> dict[str, Any]:
-        """The public result of a finished job; a job's `filename` names its input."""
-        result = self._result(job_id)
+        """The public result of a finished job; a job's `filename` names its input.
+
+        Its stored state and its record are read in one round trip.
+        """
+        meta, control = self.states.ending(job_id)
+        result = self._result(job_id, meta, control)
         if "status" in result:  # a job's result (not an audit report)
-            control = self._control.info(job_id)
             if not result.get("filename"):
                 result["filename"] = control.get("filename", "")
             result.setdefault("client", control.get("client", ""))
@@ -265,22 +268,22 @@ class OcrClient:
         queue = self._control.info(job_id).get("queue")
         return str(queue) if queue else None
 
-    def _result(self, job_id: str) -> dict[str, Any]:
-        res = self.app.AsyncResult(job_id)
-        state = res.state
+    def _result(self, job_id: str, meta: dict[str, Any],
+                control: dict[str, str]) -> dict[str, Any]:
+        state, stored = meta.get("status"), meta["result"]
         if state == CeleryState.SUCCESS:
-            return dict(res.result)
+            return dict(stored)
         if state == CeleryState.REVOKED:
-            return self._revoked(job_id)
+            return self._revoked(job_id, control)
         # A cancel's ending stores the job's result, then Celery's REVOKED: in between
         # the job has ended CANCELLED as `status` already says (`JobStateReader`).
         cancelled = self._control.cancelled_result(job_id)
         if cancelled is not None:
             return cancelled
-        exc = res.result if isinstance(res.result, BaseException) else OcrError()
+        exc = stored if isinstance(stored, BaseException) else OcrError()
         return {"id": job_id, "status": JobStatus.FAILURE.value, "error": error_info(exc)}
 
-    def _revoked(self, job_id: str) -> dict[str, Any]:
+    def _revoked(self, job_id: str, info: dict[str, str]) -> dict[str, Any]:
         """A revoked job: cancelled (with the pages it had), or expired at its deadline.
 
         The same rule as `status` (`expired_before_start`): both say FAILURE
@@ -289,7 +292,6 @@ class OcrClient:
         cancelled = self._control.cancelled_result(job_id)
         if cancelled is not None:
             return cancelled
-        info = self._control.info(job_id)
         if expired_before_start(info.get("cancelled"), info.get("deadline")):
             return {"id": job_id, "status": JobStatus.FAILURE.value,
                     "filename": info.get("filename", ""),

@@ -135,12 +135,16 @@ class JobEnder:
                     request.callback_url, summary(outcome.public()), outcome.reply_queue,
                     self._control.owner(outcome.job_id))  # from the job's own record
             self._ports.record(outcome)
-        self._free(outcome)
         try:
-            # the claim marked done, and the notice waiting clients block on
-            self._control.mark_ended(outcome.job_id, outcome.status.value)
-        except OcrError as exc:  # unreachable store: the claim keeps naming this process
-            log.warning("job %s ended, its claim not marked done: %s", outcome.job_id, exc)
+            # One round trip: the join's keys and the inputs freed (one DEL), the claim
+            # marked done, and the notice waiting clients block on, in that order.
+            self._control.mark_ended(outcome.job_id, outcome.status.value,
+                                     freed=self._freed(outcome))
+        except OcrError as exc:
+            # Unreachable store: the keys expire with their TTL, the claim keeps naming
+            # this process.
+            log.warning("job %s ended, its state not freed nor its claim marked done: %s",
+                        outcome.job_id, exc)
 
     def _give_back(self, job_id: str) -> None:
         """Release the claim of an ending that failed to store its result."""
@@ -150,15 +154,13 @@ class JobEnder:
             log.error("job %s: its ending failed and its claim was not given back: %s",
                       job_id, exc)
 
-    def _free(self, outcome: Outcome) -> None:
+    def _freed(self, outcome: Outcome) -> list[str]:
+        """What an ending deletes: the join's keys, and the inputs unless it keeps them."""
         blobs = list(outcome.extra_blobs)
         if outcome.request is not None and outcome.request.blob:
             blobs.append(outcome.request.blob)
-        try:  # the join's keys and the inputs: one DEL
-            self._join.cleanup(outcome.job_id,
+        return self._join.keys(outcome.job_id,
                                () if outcome.keeps_input else blob_keys(blobs))
-        except OcrError as exc:  # unreachable store: the keys expire with their TTL
-            log.warning("job %s ended, its state not freed: %s", outcome.job_id, exc)
 
 
 def holder_name(pid: int | None = None) -> str:

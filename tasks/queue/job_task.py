@@ -50,13 +50,12 @@ class DocumentTask(GuardedTask):
 
     abstract = True
 
-    def check_start(self, task_id: str, kwargs: dict[str, Any]) -> None:
-        ender = JobServices.for_app(self.app).ender
-        if ender.has_ended(task_id):
+    def check_start(self, task_id: str, kwargs: dict[str, Any], ended: bool) -> None:
+        if ended:
             # A redelivery of a job that has ended: nothing to do, unless its ender died
             # with its worker halfway (then its ending is finished, or the job runs).
             finish_abandoned(self.app, task_id, kwargs)
-            if ender.has_ended(task_id):
+            if JobServices.for_app(self.app).ender.has_ended(task_id):
                 raise Ignore()
 
     def refuse_cancelled(self, task_id: str, kwargs: dict[str, Any]) -> None:

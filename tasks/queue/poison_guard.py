@@ -52,9 +52,10 @@ class GuardedTask(Task):
         again = bool((self.request.delivery_info or {}).get("redelivered"))
         try:
             with transient("the poison guard's Redis"):
-                self.check_start(task_id, kwargs)
-                cancelled = self.marks_own_cancel and JobControl(
-                    client, settings.result_ttl).is_cancelled(task_id)
+                # A job's end claim and cancel mark: one round trip.
+                ended, cancelled = JobControl(client, settings.result_ttl).at_start(
+                    task_id) if self.marks_own_cancel else (False, False)
+                self.check_start(task_id, kwargs, ended)
                 starts = 1
                 if again and not cancelled:
                     # the run it died under, and this one: one SET (with its TTL)
@@ -81,8 +82,12 @@ class GuardedTask(Task):
                 except CONNECTION_ERRORS:
                     pass  # the count expires with its TTL; this run returned, whatever it was
 
-    def check_start(self, task_id: str, kwargs: dict[str, Any]) -> None:
-        """Hook run before anything else; raise Ignore to skip the task."""
+    def check_start(self, task_id: str, kwargs: dict[str, Any], ended: bool) -> None:
+        """Hook run before anything else; raise Ignore to skip the task.
+
+        `ended`: whether the task's id has ended (read with its cancel, where a cancel
+        marks the task's own id; else False).
+        """
 
     def refuse_cancelled(self, task_id: str, kwargs: dict[str, Any]) -> None:
         self.app.backend.mark_as_revoked(task_id, "cancelled")

@@ -12,7 +12,7 @@ admitted first (tasks/admission.py); then `JobSender.send` takes its `OutgoingJo
 1. writes its control hash `ocr:job:<id>` (input blob, file name, deadline, queue,
    priority, when accepted; its owner, client, batch, and `prefixes`: the JSON list of the
    client's own URL prefixes, which the worker checks each redirect hop against),
-2. lists it under its client (`JobIndex`),
+2. lists it under its client (`JobIndex`), in the round trip of 1,
 3. waits for OCR_REDIS_MIN_REPLICAS replicas to hold those writes (`JobControl.keep`),
 4. sends the message with its client's lane header (`ocr_client`) and a W3C
    `traceparent` when given; a message no replica confirmed (`ReplicaMissing`) is
@@ -41,6 +41,8 @@ from tasks.queue.message_headers import job_headers
 from tasks.queue.routing import job_queue, priority_value
 from tasks.records.clients import client_name
 from tasks.settings import Settings
+from tasks.state import lua
+from tasks.state.boundary import transient
 from tasks.state.client_rules import InFlight
 from tasks.state.job_index import JobIndex
 from tasks.state.job_state import JobStateReader
@@ -134,8 +136,16 @@ class JobSender:
                 control[name] = value
         if job.prefixes is not None:
             control["prefixes"] = json.dumps(list(job.prefixes))
-        self.control.remember(job.job_id, **control)
-        self.index.add(job.job_id, client, job.created)
+        # The job's record and its index entries: one round trip.
+        pipe = self._redis.pipeline(transaction=False)
+        self.control.remember_in(pipe, job.job_id, control)
+        self.index.add(job.job_id, client, job.created, pipe=pipe)
+        try:
+            with transient("job control (Redis)"):
+                lua.execute(pipe)
+        except (OcrError, redis.RedisError):
+            self.index.forget_ttls()
+            raise
         # The input and record reach replicas on their own connection too: its server
         # may not be the broker's (another Redis; or, mid-failover, an old primary).
         target = self.settings.redis_target

@@ -4,12 +4,15 @@ Written where a job is sent (`OcrClient.enqueue`: the HTTP API, submit.py, Pytho
 clients) and again, only if missing, where a worker starts it (jobs other Celery
 senders sent by task name). Two sorted sets, members job ids, scores the epoch seconds
 the job was sent: `ocr:jobs:client:<name>` per client (the anonymous client's name is
-""), and `ocr:jobs:all` for every client (operators). Bounded twice: each write drops
-the entries older than `keep` seconds (the jobs' own records expire then) and all but
-the newest `most` of the client's (`most * ALL_FACTOR` of everyone's), and the key
-expires `keep` seconds after its last write (each process trims a key by rank at most
-every RANK_EVERY s, by time and TTL every TRIM_EVERY s: a burst overshoots `most` by
-what one process sends in a second, until its next write).
+""), and `ocr:jobs:all` for every client (operators). Bounded twice: entries older than
+`keep` seconds are dropped (the jobs' own records expire then), and all but the newest
+`most` of the client's (`most * ALL_FACTOR` of everyone's). Those trims are made by one
+add in TRIM_ONE_IN, the one whose job id's hash says so (`trims`, whichever process
+sends it): between two such adds an index grows past its bound by the adds between
+them, TRIM_ONE_IN on average, more than 435 once in a million (31/32 to that power). A
+listing never shows past `most` meanwhile (`_low`), nor an entry older than `keep`. The
+key's TTL (`keep`) is written by each process's first add to it and then every
+TTL_EVERY s: it expires no earlier than `keep` - TTL_EVERY s after its last add.
 
 A page is read newest first from a cursor (`Cursor`: the score and id of the last job
 shown), in batches that a caller's `describe` turns into its own records (None: not
@@ -25,9 +28,10 @@ import binascii
 import json
 import threading
 import time
+import zlib
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Generic, TypeVar
+from typing import Any, Generic, TypeVar
 
 import redis
 
@@ -38,8 +42,13 @@ T = TypeVar("T")
 ALL_FACTOR = 10     # everyone's index keeps this many times one client's
 SCAN_MOST = 1000    # index entries one page request looks at, at most
 BATCH = 100         # entries described per round trip
-TRIM_EVERY = 60.0   # seconds between one process's time trims (and TTLs) of a key
-RANK_EVERY = 1.0    # seconds between one process's trims of a key by rank
+TRIM_ONE_IN = 32    # an add trims its keys when its job id's hash is a multiple of this
+TTL_EVERY = 60.0    # seconds between one process's TTL writes of a key
+
+
+def trims(job_id: str) -> bool:
+    """Whether the add of `job_id` trims its index keys (one job id in TRIM_ONE_IN)."""
+    return zlib.crc32(job_id.encode()) % TRIM_ONE_IN == 0
 
 
 @dataclass(frozen=True)
@@ -80,18 +89,18 @@ class JobIndex:
         self._redis = client
         self.keep = keep  # seconds an entry is kept (the jobs' records' lifetime)
         self.most = most  # entries one client's index keeps
-        self._trimmed: dict[str, float] = {}  # key -> when this process last trimmed it
-        self._ranked: dict[str, float] = {}   # ... by rank
+        self._kept: dict[str, float] = {}  # key -> when this process last wrote its TTL
         self._lock = threading.Lock()
 
     def add(self, job_id: str, client: str, when: float | None = None,
-            only_new: bool = False) -> None:
+            only_new: bool = False, pipe: Any = None) -> None:
         """List `job_id` under `client` (and everyone's); `only_new`: keep an entry there.
 
-        Each write adds; the trims by rank and by time and the TTL are written by the
-        first write of each process to a key and then every RANK_EVERY and TRIM_EVERY
-        s (a listing never shows an entry older than `keep` meanwhile). `only_new`
-        where the entry is there already (its sender listed it): the two ZADD NX alone.
+        Each write adds; one in TRIM_ONE_IN (`trims`) also trims both keys by rank and
+        by time, and the TTL is written by the first write of each process to a key
+        and then every TTL_EVERY s. `only_new` where the entry is there already (its
+        sender listed it): the two ZADD NX alone. With `pipe`, the writes are queued
+        there, for the caller to run (`forget_ttls` where that fails).
         """
         now = time.time()
         score = now if when is None else when
@@ -102,36 +111,42 @@ class JobIndex:
                     pipe.zadd(key, {job_id: score}, nx=True)
                 if not any(pipe.execute()):
                     return
-        pipe = self._redis.pipeline(transaction=False)
+        trim = trims(job_id)
+        own = pipe is None
+        pipe = self._redis.pipeline(transaction=False) if own else pipe
         for key, most in keys:
             if not only_new:
                 pipe.zadd(key, {job_id: score})
-            if self._due(key, RANK_EVERY, self._ranked):
+            if trim:
                 pipe.zremrangebyrank(key, 0, -most - 1)
-            if self._due(key, TRIM_EVERY, self._trimmed):
                 pipe.zremrangebyscore(key, "-inf", f"({now - self.keep}")
+            if self._due(key):
                 pipe.expire(key, self.keep)
-        try:
-            pipe.execute()
-        except redis.RedisError:
-            self._trimmed.clear()
-            self._ranked.clear()
-            raise
+        if own:
+            try:
+                pipe.execute()
+            except redis.RedisError:
+                self.forget_ttls()
+                raise
 
-    def _due(self, key: str, every: float, done: dict[str, float]) -> bool:
-        """Whether this write does what `done` records for `key` (last done `every` ago)."""
+    def forget_ttls(self) -> None:
+        """Write each key's TTL again with the next add (a write that failed)."""
+        self._kept.clear()
+
+    def _due(self, key: str) -> bool:
+        """Whether this write gives `key` its TTL (last given TTL_EVERY s ago or more)."""
         now = time.monotonic()
         with self._lock:
-            if now - done.get(key, -every) < every:
+            if now - self._kept.get(key, -TTL_EVERY) < TTL_EVERY:
                 return False
-            done[key] = now
+            self._kept[key] = now
             return True
 
     def _low(self, client: str | None, since: float | None) -> float | str:
         """The lowest score a listing shows: newer than `since` and `keep` seconds ago.
 
-        And among the newest `most` (of everyone's, `most * ALL_FACTOR`): a burst's
-        entries past it wait for the writer's next trim by rank.
+        And among the newest `most` (of everyone's, `most * ALL_FACTOR`): the entries
+        past it wait for the next trimming add.
         """
         key = JOBS_ALL_KEY if client is None else jobs_client_key(client)
         low: float | str = max(since or 0.0, time.time() - self.keep)

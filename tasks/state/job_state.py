@@ -122,6 +122,19 @@ class JobStateReader:
         pipe.get(job_cancelled_key(job_id))
         pipe.hmget(job_key(job_id), list(JOB_FIELDS))
 
+    def ending(self, job_id: str) -> tuple[dict[str, Any], dict[str, str]]:
+        """The job's stored state as Celery decodes it, and its control hash: one round trip.
+
+        The state is PENDING (result None) where none is stored.
+        """
+        pipe = self._redis.pipeline(transaction=False)
+        pipe.get(self._backend.get_key_for_task(job_id))
+        pipe.hgetall(job_key(job_id))
+        meta, fields = pipe.execute()
+        decoded = (self._backend.decode_result(meta) if meta else
+                   {"status": CeleryState.PENDING.value, "result": None})
+        return decoded, {_text(k): _text(v) for k, v in fields.items()}
+
     def ended(self, job_ids: list[str]) -> list[str]:
         """Which of `job_ids` have ended: one MGET of their stored states."""
         if not job_ids:

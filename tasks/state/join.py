@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING
 from tasks.errors import InputNotFound
 from tasks.records.jobs import DocumentMeta
 from tasks.records.results import PageRecord
+from tasks.state import lua
 from tasks.state.boundary import transient_methods
 from tasks.state.keys import doc_key, job_ended_key
 
@@ -30,26 +31,26 @@ if TYPE_CHECKING:
     import redis
 
 # KEYS: the end claim, meta, pages; ARGV: TTL, meta JSON, then page number/JSON pairs.
-_START_UNLESS_ENDED = """
+_START_UNLESS_ENDED = lua.Script("""
 if redis.call('exists', KEYS[1]) == 1 then return 0 end
 redis.call('set', KEYS[2], ARGV[2], 'EX', ARGV[1])
 redis.call('del', KEYS[3])
 for i = 3, #ARGV, 2 do redis.call('hset', KEYS[3], ARGV[i], ARGV[i + 1]) end
 redis.call('expire', KEYS[3], ARGV[1])
 return 1
-"""
+""")
 # KEYS: the end claim, pages, and the job's progress record when one is written; ARGV:
 # TTL, the progress record's text before and after its `done` count, its TTL, then page
 # number/JSON pairs. Returns the pages in (-1: the job has ended). A hash holding only
 # the pages just written is new (or holds them again): it gets its TTL.
-_RECORD_UNLESS_ENDED = """
+_RECORD_UNLESS_ENDED = lua.Script("""
 if redis.call('exists', KEYS[1]) == 1 then return -1 end
 redis.call('hset', KEYS[2], unpack(ARGV, 5))
 local done = redis.call('hlen', KEYS[2])
 if done <= (#ARGV - 4) / 2 then redis.call('expire', KEYS[2], ARGV[1]) end
 if #KEYS > 2 then redis.call('set', KEYS[3], ARGV[2] .. done .. ARGV[3], 'EX', ARGV[4]) end
 return done
-"""
+""")
 
 
 @dataclass(frozen=True)
@@ -98,9 +99,9 @@ class DocumentJoin:
         doc_id = meta.job_id
         pairs = [item for page in pages
                  for item in (str(page.number), json.dumps(page.to_json()))]
-        return bool(self._redis.eval(
-            _START_UNLESS_ENDED, 3, job_ended_key(doc_id), self._key(doc_id, "meta"),
-            self._key(doc_id, "pages"), self._ttl, meta.to_json(), *pairs))
+        return bool(_START_UNLESS_ENDED(
+            self._redis, [job_ended_key(doc_id), self._key(doc_id, "meta"),
+                          self._key(doc_id, "pages")], [self._ttl, meta.to_json(), *pairs]))
 
     def meta(self, doc_id: str) -> DocumentMeta:
         raw = self._redis.get(self._key(doc_id, "meta"))
@@ -141,8 +142,7 @@ class DocumentJoin:
             shown = [progress.head, progress.tail, max(1, progress.ttl)]
         pairs = [item for page in pages
                  for item in (str(page.number), json.dumps(page.to_json()))]
-        return int(self._redis.eval(_RECORD_UNLESS_ENDED, len(keys), *keys, self._ttl,
-                                    *shown, *pairs))
+        return int(_RECORD_UNLESS_ENDED(self._redis, keys, [self._ttl, *shown, *pairs]))
 
     def pages(self, doc_id: str) -> list[PageRecord]:
         raw = self._redis.hgetall(self._key(doc_id, "pages"))
@@ -153,5 +153,9 @@ class DocumentJoin:
 
         One DEL for all of them; the end claim stays until its TTL.
         """
-        self._redis.delete(self._key(doc_id, "meta"), self._key(doc_id, "pages"),
-                           self._key(doc_id, "cancel"), *also)
+        self._redis.delete(*self.keys(doc_id, also))
+
+    def keys(self, doc_id: str, also: Sequence[str] = ()) -> list[str]:
+        """What `cleanup` drops: meta, pages, cancel mark, and the keys `also`."""
+        return [self._key(doc_id, "meta"), self._key(doc_id, "pages"),
+                self._key(doc_id, "cancel"), *also]

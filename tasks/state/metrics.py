@@ -36,6 +36,7 @@ from typing import Any
 
 import redis
 
+from tasks.state import lua
 from tasks.state.keys import METRICS_PREFIX
 
 PREFIX = METRICS_PREFIX
@@ -193,7 +194,7 @@ class MetricsStore:
 
     def _execute(self, pipe: Any) -> None:
         try:
-            pipe.execute()
+            lua.execute(pipe)
         except redis.RedisError:
             self._kept.clear()  # every TTL is written again by the next write
             raise

@@ -1,6 +1,6 @@
 """A job's fields its sender writes once, read at the job's start and kept in the process.
 
-Runs in worker pool children: `JobControl.is_cancelled` (tasks/state/stores.py) reads
+Runs in worker pool children: `JobControl.at_start` (tasks/state/stores.py) reads
 them with the cancel mark as a job starts (one HMGET), and the job's owner and the time
 it was accepted are then answered from here, not read again.
 """

@@ -9,7 +9,7 @@ from __future__ import annotations
 import json
 import re
 import uuid
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -17,7 +17,7 @@ import redis
 
 from tasks.errors import BadRequest, InputNotFound
 from tasks.records.redis_target import RedisTarget
-from tasks.state import job_notices
+from tasks.state import job_notices, lua
 from tasks.state.boundary import transient_methods
 from tasks.state.connection import hold_kept
 from tasks.state.keys import (
@@ -41,10 +41,10 @@ _OWNED_BLOB = re.compile("^" + re.escape(BLOB_PREFIX) + r"api\.(?P<client>[A-Za-
 
 
 # Writes the field/value pairs ARGV[2..] into the hash KEYS[1] and sets its TTL (ARGV[1]).
-_REMEMBER = """
+_REMEMBER = lua.Script("""
 redis.call('HSET', KEYS[1], unpack(ARGV, 2))
 redis.call('EXPIRE', KEYS[1], ARGV[1])
-"""
+""")
 
 
 @transient_methods("the blob store (Redis)")
@@ -157,7 +157,13 @@ class JobControl:
         """Write `fields` into the job's control hash and give it its TTL, in one step."""
         pairs = [part for name, value in fields.items() for part in (name, value)]
         if pairs:
-            self._redis.eval(_REMEMBER, 1, job_key(job_id), self._ttl, *pairs)
+            _REMEMBER(self._redis, [job_key(job_id)], [self._ttl, *pairs])
+
+    def remember_in(self, pipe: Any, job_id: str, fields: dict[str, str]) -> None:
+        """`remember`, queued in `pipe` (no transaction; run by `lua.execute`)."""
+        pairs = [part for name, value in fields.items() for part in (name, value)]
+        if pairs:
+            _REMEMBER.queue(pipe, [job_key(job_id)], [self._ttl, *pairs])
 
     def info(self, job_id: str) -> dict[str, str]:
         raw = self._redis.hgetall(job_key(job_id))
@@ -170,20 +176,21 @@ class JobControl:
         (`DocumentJoin.running`).
         """
         pipe = self._redis.pipeline(transaction=False)
-        pipe.eval(_REMEMBER, 1, job_key(job_id), self._ttl, "cancelled", "1")
+        _REMEMBER.queue(pipe, [job_key(job_id)], [self._ttl, "cancelled", "1"])
         pipe.set(doc_key(job_id, "cancel"), "1", ex=self._ttl)
-        pipe.execute()
+        lua.execute(pipe)
 
-    def is_cancelled(self, job_id: str) -> bool:
-        """Whether the job is cancelled; its `owner` and `accepted` read with it, and kept.
+    def at_start(self, job_id: str) -> tuple[bool, bool]:
+        """Whether the job has ended (its end claim is set), and whether it is cancelled.
 
-        Its sender writes those two before it sends the job, and nothing changes them:
-        a job's start reads them here, and `owner` and `accepted` read them no more.
+        One round trip (EXISTS, HMGET). Its `owner` and `accepted`, read with its cancel
+        mark, are kept for `owner` and `accepted` (written once, before it was sent).
         """
-        cancelled, owner, accepted = self._redis.hmget(job_key(job_id), "cancelled",
-                                                       *AS_SENT)
+        pipe: Any = self._redis.pipeline(transaction=False)
+        ended, (cancelled, owner, accepted) = pipe.exists(job_ended_key(job_id)).hmget(
+            job_key(job_id), "cancelled", *AS_SENT).execute()
         as_sent.keep(job_id, (owner, accepted))
-        return cancelled is not None
+        return bool(ended), cancelled is not None
 
     def claim_end(self, job_id: str, holder: str) -> bool:
         """Take the right to end the job (`ocr:job:<id>:ended`); once only.
@@ -202,16 +209,19 @@ class JobControl:
 
     def take_over_end(self, job_id: str, holder: str, new_holder: str) -> bool:
         """Move the claim from `holder` to `new_holder` (atomic); False if it moved."""
-        return bool(self._redis.eval(_TAKE_OVER_END, 1, job_ended_key(job_id), holder,
-                                     new_holder))
+        return bool(_TAKE_OVER_END(self._redis, [job_ended_key(job_id)], [holder, new_holder]))
 
-    def mark_ended(self, job_id: str, status: str = "") -> None:
+    def mark_ended(self, job_id: str, status: str = "",
+                   freed: Sequence[str] = ()) -> None:
         """The ending is done: the claim no longer names a holder (its TTL kept).
 
         With `status`, the job's ending notice too, in the same round trip
-        (tasks/state/job_notices.py): what waiting clients block on.
+        (tasks/state/job_notices.py): what waiting clients block on. The keys `freed`
+        (the job's join and inputs) are deleted first, in that round trip too.
         """
         pipe = self._redis.pipeline(transaction=False)
+        if freed:
+            pipe.delete(*freed)
         pipe.set(job_ended_key(job_id), ENDING_DONE, xx=True, keepttl=True)
         if status:
             job_notices.announce(pipe, job_id, status, self._ttl)
@@ -332,8 +342,9 @@ class JobControl:
         The count (field `total`) outlives the progress record: a cancelled job's
         status keeps it (`tasks.state.job_state`).
         """
-        return bool(self._redis.eval(_SET_PROGRESS_UNLESS_ENDED, 3, job_ended_key(job_id),
-                                     key, job_key(job_id), value, max(1, ttl), total))
+        return bool(_SET_PROGRESS_UNLESS_ENDED(
+            self._redis, [job_ended_key(job_id), key, job_key(job_id)],
+            [value, max(1, ttl), total]))
 
     def store_cancelled(self, job_id: str, result: dict[str, Any]) -> None:
         self._redis.set(job_cancelled_key(job_id), json.dumps(result), ex=self._ttl)
@@ -346,18 +357,18 @@ class JobControl:
 # The end claim's value once the ending finished (before, its holder's `<host>:<pid>`).
 ENDING_DONE = "done"
 
-_TAKE_OVER_END = """
+_TAKE_OVER_END = lua.Script("""
 if redis.call('get', KEYS[1]) ~= ARGV[1] then return 0 end
 redis.call('set', KEYS[1], ARGV[2], 'KEEPTTL')
 return 1
-"""
+""")
 
-_SET_PROGRESS_UNLESS_ENDED = """
+_SET_PROGRESS_UNLESS_ENDED = lua.Script("""
 if redis.call('exists', KEYS[1]) == 1 then return 0 end
 redis.call('set', KEYS[2], ARGV[1], 'EX', ARGV[2])
 redis.call('hset', KEYS[3], 'total', ARGV[3])
 return 1
-"""
+""")
 
 
 def _text(value: bytes | str) -> str:

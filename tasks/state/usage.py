@@ -20,12 +20,17 @@ script) in `ocr:usage:held:<client>` (hash: job id -> pages held), so two jobs s
 the same moment cannot both take the last pages. A hold shrinks as the job's pages are
 counted (the same script that counts them), goes when the send fails, and a job that
 ended without reading them leaves it when the next reservation finds the caps full.
+A worker's check (`admit`) reads a client's caps at most once every CAPS_SECONDS per
+process, and again before it refuses: a cap raised or removed counts at once, one set
+or lowered within CAPS_SECONDS (the sender's hold reads them afresh).
 """
 
 from __future__ import annotations
 
 import datetime as dt
 import json
+import threading
+import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -34,17 +39,20 @@ import redis
 
 from tasks.errors import BadRequest, PageQuotaExceeded
 from tasks.records.request import page_range
+from tasks.state import lua
 from tasks.state.keys import API_CLIENTS_KEY, USAGE_PREFIX
 
 USAGE_TTL = 400 * 24 * 3600
 MAX_DAYS = 400  # the longest range one read answers
 DEFAULT_DAYS = 30
+CAPS_SECONDS = 5.0  # how long a worker process answers a client's caps from what it read
+CAPS_KEPT = 1024  # clients whose caps one process holds (all dropped past that)
 
 
 # Adds to the client's (ARGV[1]) counts in KEYS[2] (the day) and KEYS[3] (the month)
 # the pages ARGV[4..] not yet in the job's set of counted pages KEYS[1] (kept ARGV[2]
 # seconds), and takes as many off the job's (ARGV[3]) hold in KEYS[4]; returns how many.
-_ADD_ONCE = """
+_ADD_ONCE = lua.Script("""
 local n = 0
 for i = 4, #ARGV, 4000 do
   n = n + redis.call('SADD', KEYS[1], unpack(ARGV, i, math.min(i + 3999, #ARGV)))
@@ -59,7 +67,7 @@ if n > 0 then
   end
 end
 return n
-"""
+""")
 # KEYS[1]: the client's holds. ARGV: the client, the job, its pages, the day's cap, the
 # month's (0: none), the holds' TTL, the day's counts and the month's: named in ARGV,
 # not KEYS, as the senders may only read them (a script's KEYS need write rights); one
@@ -157,6 +165,8 @@ class PageUsage:
         self._redis = client
         self._kept: set[str] = set()  # keys this process has given their TTL
         self._reserve: Any = client.register_script(_RESERVE)
+        self._caps: dict[str, tuple[float, PageCaps]] = {}  # client -> (read at, caps)
+        self._lock = threading.Lock()
 
     def add(self, client: str, pages: int, now: float | None = None,
             pipe: Any = None, job: str = "", numbers: Sequence[int] = ()) -> None:
@@ -174,8 +184,8 @@ class PageUsage:
         pipe = self._redis.pipeline(transaction=False) if own else pipe
         keys = (day_key(day), month_key(day))
         if job:
-            pipe.eval(_ADD_ONCE, 4, job_pages_key(job), *keys, held_key(client), client,
-                      JOB_PAGES_TTL, job, *numbers)
+            _ADD_ONCE.queue(pipe, [job_pages_key(job), *keys, held_key(client)],
+                            [client, JOB_PAGES_TTL, job, *numbers])
         for key in keys:
             if not job:
                 pipe.hincrby(key, client, pages)
@@ -184,7 +194,7 @@ class PageUsage:
                 self._kept.add(key)
         if own:
             try:
-                pipe.execute()
+                lua.execute(pipe)
             except redis.RedisError:
                 self.forget_ttls()
                 raise
@@ -259,8 +269,29 @@ class PageUsage:
             else PageCaps()
 
     def admit(self, client: str, pages: int) -> None:
-        """Refuse `pages` more for `client` when they pass its token's caps (workers)."""
-        self.check(client, pages, self.caps(client))
+        """Refuse `pages` more for `client` when they pass its token's caps (workers).
+
+        The caps as read at most CAPS_SECONDS ago by this process; read again before
+        a refusal.
+        """
+        now = time.monotonic()
+        with self._lock:
+            known = self._caps.get(client)
+        if known is not None and now - known[0] < CAPS_SECONDS:
+            try:
+                self.check(client, pages, known[1])
+                return
+            except PageQuotaExceeded:
+                pass  # read again: the cap may be raised since
+        self.check(client, pages, self._read_caps(client, now))
+
+    def _read_caps(self, client: str, now: float) -> PageCaps:
+        caps = self.caps(client)
+        with self._lock:
+            if len(self._caps) >= CAPS_KEPT:
+                self._caps.clear()
+            self._caps[client] = (now, caps)
+        return caps
 
     def check(self, client: str, pages: int, caps: PageCaps,
               now: float | None = None) -> None:

@@ -16,7 +16,7 @@ from tasks.engines import tessdata
 from tasks.errors import BadRequest
 from tasks.pipeline.documents import layer_text
 from tasks.records.request import JobRequest
-from tasks.state.job_index import ALL_FACTOR, Cursor, JobIndex
+from tasks.state.job_index import ALL_FACTOR, Cursor, JobIndex, trims
 from tasks.state.keys import JOBS_ALL_KEY, jobs_client_key
 
 
@@ -113,3 +113,18 @@ def test_a_missing_language_says_how_to_add_it() -> None:
     assert both.endswith("; klingon is no tesseract language code (docs/languages.md "
                          "lists them)"), both
     assert "OCR_LANGS" not in tessdata.unavailable(["tlh"], ["eng"])
+
+
+def test_one_add_in_trim_one_in_trims_by_rank_and_by_time(own_redis_url: str) -> None:
+    index = JobIndex(redis.Redis.from_url(own_redis_url), keep=3600, most=5)
+    store, key, now = index._redis, jobs_client_key("t"), time.time()
+    plain = [f"p{i}" for i in range(400) if not trims(f"p{i}")][:20]
+    index.add(plain[0], "t", now - 7200)  # older than `keep`: shown never, kept a while
+    for n, job_id in enumerate(plain[1:]):
+        index.add(job_id, "t", now - 100 + n)
+    assert store.zcard(key) == 20  # no add trimmed: over `most` meanwhile
+    assert _ids(index, "t") == plain[:-6:-1]  # shown: the newest `most`
+    trimming = next(f"t{i}" for i in range(400) if trims(f"t{i}"))
+    index.add(trimming, "t", now)
+    assert store.zcard(key) == 5 and _ids(index, "t") == [trimming, *plain[:-5:-1]]
+    assert sum(trims(f"job-{i}") for i in range(32_000)) == pytest.approx(1000, rel=0.1)

@@ -1,13 +1,21 @@
-"""Pages per client per day and month (tasks/state/usage.py): counts, ranges, caps."""
+"""Pages per client per day and month (tasks/state/usage.py): counts, ranges, caps.
+
+And the state's scripts run by SHA (tasks/state/lua.py), loaded again on NOSCRIPT.
+"""
 
 from __future__ import annotations
 
 import datetime as dt
+import json
 
 import pytest
 import redis
 
 from tasks.errors import BadRequest, PageQuotaExceeded
+from tasks.state import lua
+from tasks.state import usage as usage_module
+from tasks.state.keys import API_CLIENTS_KEY, doc_key, job_key
+from tasks.state.stores import JobControl
 from tasks.state.usage import PageCaps, PageUsage, date_range, over_cap
 
 NEW_YEARS_EVE = dt.datetime(2026, 12, 31, 23, 0, tzinfo=dt.UTC).timestamp()
@@ -52,3 +60,41 @@ def test_date_ranges() -> None:
                        ("2025-01-01", "2026-12-31")):
         with pytest.raises(BadRequest):
             date_range(start, end)
+
+
+def test_a_script_the_server_lost_is_loaded_again_alone_or_in_a_pipeline(
+        own_redis_url: str) -> None:
+    """The state's scripts go by SHA (tasks/state/lua.py); NOSCRIPT loads them again."""
+    client = redis.Redis.from_url(own_redis_url)
+    usage, control = PageUsage(client), JobControl(client, 600)
+    for _ in range(2):  # the second time, the server has them: no load
+        client.script_flush()
+        control.remember("job-1", filename="a.png")  # alone
+        usage.add("billing", 0, NEW_YEARS_EVE, job="job-1", numbers=[1, 2])  # in a pipeline
+        control.cancel("job-1")  # in a pipeline, before a SET
+    assert client.hgetall(job_key("job-1")) == {b"filename": b"a.png", b"cancelled": b"1"}
+    assert 0 < client.ttl(job_key("job-1")) <= 600
+    assert usage.used("billing", NEW_YEARS_EVE) == (2, 2)  # each page once
+    assert client.get(doc_key("job-1", "cancel")) == b"1"
+    pipe = client.pipeline(transaction=False)
+    pipe.set("plain", "1")
+    pipe.lpush("plain", "x")  # WRONGTYPE: raised, as by pipe.execute()
+    with pytest.raises(redis.ResponseError):
+        lua.execute(pipe)
+
+
+def test_a_workers_check_reads_the_caps_again_before_it_refuses(
+        own_redis_url: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    client = redis.Redis.from_url(own_redis_url)
+    usage = PageUsage(client)
+    client.hset(API_CLIENTS_KEY, "capped", json.dumps({"pages_per_day": 2}))
+    usage.add("capped", 2)
+    with pytest.raises(PageQuotaExceeded):
+        usage.admit("capped", 1)
+    client.hset(API_CLIENTS_KEY, "capped", json.dumps({"pages_per_day": 3}))
+    usage.admit("capped", 1)  # a cap raised counts at once
+    client.hset(API_CLIENTS_KEY, "capped", json.dumps({"pages_per_day": 1}))
+    usage.admit("capped", 1)  # one lowered, within CAPS_SECONDS: as read a moment ago
+    monkeypatch.setattr(usage_module, "CAPS_SECONDS", 0.0)
+    with pytest.raises(PageQuotaExceeded):
+        usage.admit("capped", 1)
