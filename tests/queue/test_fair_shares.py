@@ -315,18 +315,24 @@ def test_a_restored_message_goes_back_to_its_lane_first(redis_url: str) -> None:
     r.close()
 
 
-def test_pushes_held_together_go_in_one_script_in_their_order(tmp_path: Path) -> None:
-    """A document's page tasks: one push at the block's end, taken in published order.
+@pytest.fixture
+def lone_redis_url(tmp_path: Path) -> Iterator[str]:
+    """A redis-server of this test's own: its command counts are the test's alone."""
+    server = RedisServer(tmp_path)
+    server.start()
+    try:
+        yield server.url(1)
+    finally:
+        server.stop()
 
-    On a Redis of its own: its command counts are this test's alone.
-    """
+
+def test_pushes_held_together_go_in_one_script_in_their_order(lone_redis_url: str) -> None:
+    """A document's page tasks: one push at the block's end, taken in published order."""
     from kombu import Connection, Exchange, Producer, Queue
 
     from tasks.broker.publishing import pushes_together
 
-    server = RedisServer(tmp_path)
-    server.start()
-    redis_url = server.url(1)
+    redis_url = lone_redis_url
     name = f"ocr-together-{uuid.uuid4().hex[:6]}"
     queue = Queue(name, Exchange(name, type="direct"), routing_key=name)
     r = redis.Redis.from_url(redis_url)
@@ -356,4 +362,3 @@ def test_pushes_held_together_go_in_one_script_in_their_order(tmp_path: Path) ->
             raise RuntimeError("the split failed")
         assert r.llen(lane) == 5  # nothing sent from a block that raised
     r.close()
-    server.stop()
