@@ -16,6 +16,7 @@ points at the promoted replica after the kill, as a managed Redis does.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
@@ -31,6 +32,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import redis
 import requests
 from PIL import Image
 
@@ -153,23 +155,41 @@ class Fleet:
         return self.shade
 
     def submit_py(self, count: int, after_switch: bool = False) -> None:
-        """`submit.py --no-wait --json` with a callback URL: prints each job's id."""
+        """`submit.py --no-wait --json` with a callback URL: prints each job's id.
+
+        A file refused as `transient` (no replica confirmed it in time: while the
+        Sentinels re-point the replicas after a switch, or on a starved host) is sent
+        again, as its sender is told to, for up to 60 s, as `api_submit` sends a 503
+        again. A refused job was withdrawn (it never runs) and is not counted.
+        """
         folder = self.workdir / f"inputs-{uuid.uuid4().hex[:6]}"
         folder.mkdir()
         made = self.inputs(count)
+        shades_of = {name: shades for name, _, shades in made}
         for name, data, _ in made:
             (folder / name).write_bytes(data)
-        done = subprocess.run(
-            [sys.executable, "submit.py", "--json", "submit", "--no-wait",
-             "--callback-url", self.receiver.url(),
-             *(str(folder / name) for name, _, _ in made)],
-            cwd=ROOT, capture_output=True, text=True, timeout=120,
-            env={**os.environ, **self.env, "PYTHONPATH": str(ROOT)})
-        assert done.returncode == 0, done.stderr
-        records = [json.loads(line) for line in done.stdout.splitlines()]
-        assert len(records) == count, done.stdout
-        for record, (_, _, shades) in zip(records, made, strict=True):
-            self.sent.append(Sent(record["id"], "submit.py", shades, after_switch))
+        left = [name for name, _, _ in made]
+        until = time.monotonic() + 60
+        while left:
+            done = subprocess.run(
+                [sys.executable, "submit.py", "--json", "submit", "--no-wait",
+                 "--callback-url", self.receiver.url(), *(str(folder / name) for name in left)],
+                cwd=ROOT, capture_output=True, text=True, timeout=120,
+                env={**os.environ, **self.env, "PYTHONPATH": str(ROOT)})
+            records = [json.loads(line) for line in done.stdout.splitlines()]
+            assert [r["filename"] for r in records] == left, done.stdout + done.stderr
+            refused = []
+            for record in records:
+                if record["status"] == "PENDING":
+                    self.sent.append(Sent(record["id"], "submit.py",
+                                          shades_of[record["filename"]], after_switch))
+                else:
+                    assert record["error"]["code"] == "transient", record
+                    refused.append(record["filename"])
+            assert (done.returncode == 0) == (not refused), done.stderr
+            assert not refused or time.monotonic() < until, done.stderr
+            left = refused
+            time.sleep(0.5 if left else 0)
 
     def api_submit(self, count: int, after_switch: bool = False,
                    http: requests.Session | None = None) -> None:
@@ -266,13 +286,15 @@ def run_failover(ha: RedisHA, fleet: Fleet, switch: Callable[[RedisNode], None],
         # the backlog takes, which says nothing of the failover.)
         fleet.api_submit(2, after_switch=True, http=fleet.newcomer)
         assert time.monotonic() - switched < SWITCH_BOUND
-        eventually(lambda: _reads_new(fleet, ha.primary),
+        # The primary the Sentinels agree on now: a loaded host can see a second switch.
+        eventually(lambda: _reads_new(fleet, ha.agreed_primary()),
                    SWITCH_BOUND - (time.monotonic() - switched), "the exporter and Flower to "
                    "read the new primary")
         eventually(lambda: _received(fleet.worker, fleet.sent[-1].job_id),
                    SWITCH_BOUND - (time.monotonic() - switched) + 5,
                    lambda: "the worker to take a job sent after the switch; where it sat:\n"
-                   + _sat(fleet, ha.primary, fleet.sent[-1].job_id, switched))
+                   + _sat(fleet, ha.agreed_primary() or ha.primary, fleet.sent[-1].job_id,
+                          switched))
         eventually(lambda: _healthy(fleet), SWITCH_BOUND - (time.monotonic() - switched) + 5,
                    "the worker's readiness probe (scripts/health.py) on the new primary")
         fleet.submit_py(8, after_switch=True)
@@ -290,11 +312,20 @@ def run_failover(ha: RedisHA, fleet: Fleet, switch: Callable[[RedisNode], None],
         fleet.stop()
 
 
-def _reads_new(fleet: Fleet, primary: RedisNode) -> bool:
-    """The exporter's and Flower's figures read the new primary: a list there is counted."""
+def _reads_new(fleet: Fleet, primary: RedisNode | None) -> bool:
+    """The exporter's and Flower's figures read the new primary: a list there is counted.
+
+    None (the Sentinels disagree: a switch under way), or a primary demoted meanwhile
+    (READONLY): not yet.
+    """
+    if primary is None:
+        return False
     db = Settings.from_env(fleet.env).redis_target.db
     marker = primary.client(db)
-    marker.lpush(MARKER_QUEUE, b"{}", b"{}", b"{}")
+    try:
+        marker.lpush(MARKER_QUEUE, b"{}", b"{}", b"{}")
+    except redis.RedisError:
+        return False
     try:
         depth = requests.get(f"http://127.0.0.1:{fleet.exporter_port}/v1/queues/"
                              f"{MARKER_QUEUE}/depth", timeout=5)
@@ -305,7 +336,8 @@ def _reads_new(fleet: Fleet, primary: RedisNode) -> bool:
     except requests.RequestException:
         return False
     finally:
-        marker.delete(MARKER_QUEUE)
+        with contextlib.suppress(redis.RedisError):  # demoted meanwhile: the next look
+            marker.delete(MARKER_QUEUE)
 
 
 def _healthy(fleet: Fleet) -> bool:
