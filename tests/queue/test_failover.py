@@ -529,9 +529,20 @@ def test_moving_endpoint_failover_loses_no_job(ha: RedisHA, receiver: CallbackRe
         env = {"REDIS_URL": endpoint.url(2), "OCR_REDIS_MIN_REPLICAS": "1"}
 
         def switch(old: RedisNode) -> None:
-            new = ha.wait_promoted(old)
-            eventually(lambda: endpoint.upstream == new.port, 10,
-                       "the endpoint to point at the promoted replica")
+            ha.wait_promoted(old)
+
+            def followed() -> bool:
+                # the primary the Sentinels agree on now: a second switch on a loaded
+                # host moves the endpoint again
+                node = ha.agreed_primary()
+                if node is None or node.port == old.port or endpoint.upstream != node.port:
+                    return False
+                ha.primary = node
+                return True
+
+            eventually(followed, 10, lambda: "the endpoint to point at the promoted replica "
+                       f"(it points at {endpoint.upstream}; the Sentinels name "
+                       f"{ha.named_primaries()}, the old primary {old.port})")
 
         run_failover(ha, Fleet(env, tmp_path, receiver), switch)
     finally:
