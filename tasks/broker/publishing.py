@@ -66,12 +66,8 @@ class PublishingChannel(kombu_redis.Channel):
             step = layout.message_step(message, self.priority_steps)
             if self._held is not None:  # `together`: pushed with the others at its end
                 self._held.append((queue, step, client, dumps(message)))
-                return
-            with self.conn_or_acquire() as conn:
-                scripts.run(conn, lanes.push_command(
-                    self._key(""), layout.queue_list(queue, step, self.sep), step, client,
-                    dumps(message), ring_queue=queue))
-            self._ring(queue, rung=True)
+            else:
+                self._push(queue, step, client, [dumps(message)])
         else:
             super()._put(queue, message, **kwargs)
             self._ring(queue)
@@ -97,11 +93,18 @@ class PublishingChannel(kombu_redis.Channel):
         finally:
             self._held = None
         for (queue, step, client), bodies in _lanes_in_order(held):
-            with self.conn_or_acquire() as conn:
-                scripts.run(conn, lanes.push_command(
-                    self._key(""), layout.queue_list(queue, step, self.sep), step, client,
-                    bodies[0], ring_queue=queue, more=bodies[1:]))
-            self._ring(queue, rung=True)
+            self._push(queue, step, client, bodies)
+
+    def _push(self, queue: str, step: int, client: str, bodies: list[str]) -> None:
+        """`bodies`, in their order, to `client`'s lane of `queue` (priority `step`).
+
+        One push script, which rings the queue's doorbell; then the replicas' WAIT.
+        """
+        with self.conn_or_acquire() as conn:
+            scripts.run(conn, lanes.push_command(
+                self._key(""), layout.queue_list(queue, step, self.sep), step, client,
+                bodies[0], ring_queue=queue, more=bodies[1:]))
+        self._ring(queue, rung=True)
 
     def _do_restore_message(self, payload: Any, exchange: str, routing_key: str, pipe: Any,
                             leftmost: bool = False) -> None:

@@ -93,8 +93,7 @@ class Channel(PublishingChannel):
             raise redis.exceptions.ConnectionError(
                 "the broker connection was released; its unacknowledged messages are "
                 "restored after the visibility timeout")
-        params: dict[str, Any] = super()._connparams(asynchronous)
-        return params
+        return super()._connparams(asynchronous)
 
     _waiting = False  # the next poll waits on the doorbells (the last fetch found none)
     _short = False  # that wait is SETTLE_WAIT s at most (a message published unrung)
