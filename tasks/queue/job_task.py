@@ -30,7 +30,7 @@ from tasks.lifecycle.inputs import decode_request
 from tasks.lifecycle.jobs import FanOut, process_job
 from tasks.pipeline.documents import past_deadline
 from tasks.queue import telemetry, thread_limits
-from tasks.queue.job_services import JobServices, report_progress
+from tasks.queue.job_services import JobServices, page_progress, report_progress
 from tasks.queue.message_headers import client_from, job_headers, listed
 from tasks.queue.page_tasks import pdf_chunk_lost, pdf_page, pdf_page_lost, pdf_text_chunk
 from tasks.queue.parent_endings import end_from_message, finish_abandoned
@@ -202,7 +202,9 @@ def fan_out(task: Task, work: FanOut, services: JobServices) -> NoReturn:
                    chunk_tasks=[uuid() for _ in work.meta.text_chunks], reply_queue=queue)
     job_id = meta.job_id
     priority = (task.request.delivery_info or {}).get("priority")
-    started = services.join.start(meta, work.text_pages)
+    # Progress with the meta: a fast page could otherwise finish the job before it.
+    progress = page_progress(task.app, job_id, meta.total)
+    started = services.join.start(meta, work.text_pages, progress.write)
     if work.replaced_blob:
         services.stores.blobs.delete(work.replaced_blob)  # the encrypted upload
     if not started:  # the job ended while it was split (its ending freed the rest)
@@ -210,8 +212,8 @@ def fan_out(task: Task, work: FanOut, services: JobServices) -> NoReturn:
         raise Ignore()
     telemetry.pages_read(meta.engine, work.text_pages,  # those this task read
                         client=meta.request.client, job=job_id)
-    # Progress first: a fast page could otherwise finish the job before this write.
-    report_progress(task.app, job_id, len(work.text_pages), meta.total)
+    if progress.write is not None:
+        progress.tell(len(work.text_pages), meta.total)
     # An encrypted URL input's password goes with its page tasks (each host decrypts
     # its own copy), never into the document's meta.
     opened = {"password": work.password} if work.password else {}

@@ -25,18 +25,27 @@ from tasks.records.jobs import DocumentMeta
 from tasks.records.results import PageRecord
 from tasks.state import lua
 from tasks.state.boundary import transient_methods
-from tasks.state.keys import doc_key, job_ended_key
+from tasks.state.keys import doc_key, job_ended_key, job_key
 
 if TYPE_CHECKING:
     import redis
 
-# KEYS: the end claim, meta, pages; ARGV: TTL, meta JSON, then page number/JSON pairs.
+# KEYS: the end claim, meta, pages, and the job's progress record and control hash when
+# progress is written; ARGV: TTL, meta JSON, the progress record's text before and after
+# its `done` count, its TTL, the page count, then page number/JSON pairs (the `done`).
+# A document without text-layer pages has no pages hash yet: its first record makes it.
 _START_UNLESS_ENDED = lua.Script("""
 if redis.call('exists', KEYS[1]) == 1 then return 0 end
 redis.call('set', KEYS[2], ARGV[2], 'EX', ARGV[1])
 redis.call('del', KEYS[3])
-for i = 3, #ARGV, 2 do redis.call('hset', KEYS[3], ARGV[i], ARGV[i + 1]) end
-redis.call('expire', KEYS[3], ARGV[1])
+if #ARGV > 6 then
+  redis.call('hset', KEYS[3], unpack(ARGV, 7))
+  redis.call('expire', KEYS[3], ARGV[1])
+end
+if #KEYS > 3 then
+  redis.call('set', KEYS[4], ARGV[3] .. ((#ARGV - 6) / 2) .. ARGV[4], 'EX', ARGV[5])
+  redis.call('hset', KEYS[5], 'total', ARGV[6])
+end
 return 1
 """)
 # KEYS: the end claim, pages, and the job's progress record when one is written; ARGV:
@@ -94,14 +103,25 @@ class DocumentJoin:
     def _key(self, doc_id: str, part: str) -> str:
         return doc_key(doc_id, part)
 
-    def start(self, meta: DocumentMeta, pages: list[PageRecord]) -> bool:
-        """Write the meta and the text-layer pages; False (nothing written) when ended."""
+    def start(self, meta: DocumentMeta, pages: list[PageRecord],
+              progress: ProgressWrite | None = None) -> bool:
+        """Write the meta, the text-layer pages and the job's `progress`: one script.
+
+        The progress record counts the text-layer pages as done; the job's control hash
+        gets its page count (`total`, which outlives the progress record). False, with
+        nothing written, when the job has ended.
+        """
         doc_id = meta.job_id
+        keys: list[str | bytes] = [job_ended_key(doc_id), self._key(doc_id, "meta"),
+                                   self._key(doc_id, "pages")]
+        shown: list[str | int] = ["", "", 0]
+        if progress is not None:
+            keys += [progress.key, job_key(doc_id)]
+            shown = [progress.head, progress.tail, max(1, progress.ttl)]
         pairs = [item for page in pages
                  for item in (str(page.number), json.dumps(page.to_json()))]
         return bool(_START_UNLESS_ENDED(
-            self._redis, [job_ended_key(doc_id), self._key(doc_id, "meta"),
-                          self._key(doc_id, "pages")], [self._ttl, meta.to_json(), *pairs]))
+            self._redis, keys, [self._ttl, meta.to_json(), *shown, meta.total, *pairs]))
 
     def meta(self, doc_id: str) -> DocumentMeta:
         raw = self._redis.get(self._key(doc_id, "meta"))

@@ -1,0 +1,79 @@
+"""What a fanned-out document's start and a page's record write to Redis, and in how many commands.
+
+A real Redis (the tests' own, its INFO commandstats counting commands run inside
+scripts too) holds the join; no Celery, no worker: the state layer alone.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+
+import pytest
+import redis
+
+from tasks.records.jobs import DocumentMeta
+from tasks.records.redis_target import RedisTarget
+from tasks.records.request import JobRequest
+from tasks.records.results import DocumentResult, PageRecord
+from tasks.state.connection import connect
+from tasks.state.join import DocumentJoin, ProgressWrite
+from tasks.state.keys import doc_key, job_ended_key, job_key
+
+TOTAL = 6
+
+
+@pytest.fixture
+def store(redis_url: str) -> Iterator[redis.Redis]:
+    client = connect(RedisTarget(redis_url))
+    client.flushdb()
+    yield client
+
+
+def meta_of(job_id: str) -> DocumentMeta:
+    return DocumentMeta(job_id, JobRequest("blob", filename="doc.pdf"), "fake", None, None, 0.0,
+                        TOTAL, list(range(1, TOTAL + 1)), [], "ocr-fake",
+                        DocumentResult(filename="doc.pdf", status=None))
+
+
+def progress_of(job_id: str) -> ProgressWrite:
+    return ProgressWrite(f"progress-{job_id}", '{"done": ', ', "total": 6}', 60)
+
+
+def commands(store: redis.Redis) -> dict[str, int]:
+    """Commands by name since the last CONFIG RESETSTAT (that one left out)."""
+    return {name.removeprefix("cmdstat_"): int(stat["calls"])
+            for name, stat in store.info("commandstats").items()
+            if name != "cmdstat_config|resetstat"}
+
+
+def test_a_documents_start_writes_its_progress_and_page_count_in_its_script(
+        store: redis.Redis) -> None:
+    join = DocumentJoin(store, 600)
+    join.start(meta_of("warm"), [], progress_of("warm"))  # the script loaded
+    store.config_resetstat()
+    assert join.start(meta_of("job-1"), [], progress_of("job-1"))
+    # EVALSHA; EXISTS, SET meta, DEL pages, SET progress, HSET total: no EXPIRE of a
+    # pages hash that is not there, no progress script of its own
+    assert commands(store) == {"evalsha": 1, "exists": 1, "set": 2, "del": 1, "hset": 1}
+    assert json.loads(store.get("progress-job-1") or b"") == {"done": 0, "total": 6}
+    assert 0 < store.ttl("progress-job-1") <= 60
+    assert store.hget(job_key("job-1"), "total") == b"6"
+    assert store.exists(doc_key("job-1", "pages")) == 0
+
+
+def test_a_documents_start_counts_its_text_layer_pages_done(store: redis.Redis) -> None:
+    join = DocumentJoin(store, 600)
+    pages = [PageRecord(1, "text", source="text-layer"), PageRecord(4, "more",
+                                                                     source="text-layer")]
+    assert join.start(meta_of("job-2"), pages, progress_of("job-2"))
+    assert json.loads(store.get("progress-job-2") or b"") == {"done": 2, "total": 6}
+    assert store.hlen(doc_key("job-2", "pages")) == 2
+    assert 0 < store.ttl(doc_key("job-2", "pages")) <= 600
+
+
+def test_a_documents_start_after_its_ending_writes_nothing(store: redis.Redis) -> None:
+    store.set(job_ended_key("job-3"), "done")
+    join = DocumentJoin(store, 600)
+    assert not join.start(meta_of("job-3"), [], progress_of("job-3"))
+    assert store.exists("progress-job-3", job_key("job-3"), doc_key("job-3", "meta")) == 0
