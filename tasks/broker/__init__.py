@@ -1,4 +1,4 @@
-r"""The Redis broker: kombu's transport with atomic fetches, lanes, doorbells and dead letters.
+r"""The Redis broker: our own kombu transport, with atomic fetches, lanes, doorbells, dead letters.
 
 Who runs what:
 
@@ -19,12 +19,12 @@ Who runs what:
 
 Every script of the broker is a `scripts.Script`, sent as EVALSHA and loaded (SCRIPT
 LOAD) by each process before its first run on a pool, and again where the server
-answers NOSCRIPT (a restart, a failover). kombu's client with a
-global key prefix prefixes an EVALSHA's first key itself (`scripts.keyed` reads its
-`global_keyprefix`). No script reads the envelope: the fetch records a message under a
-delivery tag the worker chose, as `[message, "", queue]` (kombu's restore sends it back
-to the queue it came from); records the previous fetch wrote (the envelope's tag,
-exchange and routing key) are acknowledged and restored alike.
+answers NOSCRIPT (a restart, a failover). No key carries a global prefix (the
+transport refuses `global_keyprefix`: a service has its own database or ACL user). No
+script reads the envelope: the fetch records a message under a delivery tag the worker
+chose, as `[message, "", queue]` (the restore sends it back to the queue it came from);
+records of the envelope's tag, exchange and routing key (a `basic_get`'s, or a stock
+kombu worker's) are acknowledged and restored alike.
 
 The key layout, owned by `layout` (nothing else spells these names):
 
@@ -39,8 +39,8 @@ The key layout, owned by `layout` (nothing else spells these names):
     ocr:lane-weights                 hash    the API's tokens      the fetch
     unacked                          hash    the fetch (tag ->     acks, restores, queue
                                               [msg, "", queue])     depth's running count
-    unacked_index                    zset    the fetch (tag->time) kombu's restore sweep
-    unacked_mutex                    string  kombu's restore       kombu's restore
+    unacked_index                    zset    the fetch (tag->time) the restore sweep
+    unacked_mutex                    string  the restore sweep     the restore sweep
     unacked_holders                  hash    the fetch (tag ->     the holders' sweep;
                                               holder, src, ring,    dropped with the
                                               client)               unacked record
@@ -55,82 +55,64 @@ The key layout, owned by `layout` (nothing else spells these names):
     ocr:layout                       string  the first worker to   each worker's start
                                               start (SET NX: 1)     (`stored_layout`)
 
-Private kombu names this package overrides or calls, read against each kombu minor of
-`KOMBU_MINORS`, requirements.txt's range (tests/units/test_kombu_overrides.py checks the
-installed kombu is one, and has each name; `SINCE_KOMBU_5_7` are only in 5.7, and are
-called only where kombu has them).
-`Channel` is `transport.Channel` with the `publishing.PublishingChannel` it extends,
-which holds `_put`, `_do_restore_message`, `_size` and `supports_batch_publish`:
+The transport is our own (`transport.Transport`, registered as `ocr-redis`: Celery's
+`broker_transport`), built on kombu's virtual transport, not on kombu's Redis transport,
+which nothing here imports. Its layers, each a module:
 
-- `Channel._connparams`: a released connection raises ConnectionError (kombu's restore
-  would raise AttributeError, an "Unrecoverable error").
-- `Channel._put`: a client's message to its lane; every publish stamps its time and
-  rings the doorbell.
-- `Channel._do_restore_message`: a restored client's message back to its lane; every
-  restore rings its queues' doorbells (idle workers wait long).
-- `Channel._size`: queue_declare's count includes the lanes.
-- `Channel._brpop_start` / `_brpop_read` / `_poll_error`: the fetch script instead of
-  BRPOP (recorded and popped atomically), or a BLPOP on the doorbells; `_admit` before
-  delivery. They use kombu's `_in_poll`, `_queue_cycle`, `_flush_brpop_reauth` and
-  `connection._deliver`; a message's list is named by `layout` (`message_step`,
-  `queue_list`), not by kombu's private helpers.
-- `Channel._get`: basic_get pops by a script (`oversized.POP`, bounded as the fetch) and
-  checks each message (`_admit`) before decoding it.
-- `Channel.basic_consume`: a broadcast queue's callback (kombu's `connection._callbacks`,
-  `_fanout_queues`) checks each broadcast first; a refused one dead-lettered.
-- `Channel.supports_batch_publish`: off, so each publish rings its doorbell.
-- `Channel.from_transport_options`: the `ocr_*` transport options; `ocr_idle_wait` sets
-  `brpop_timeout` (the doorbell's BLPOP and kombu's BRPOP health check).
-- `QoS.append`: a message the fetch recorded is not recorded twice.
-- `QoS.restore_visible`: one read of `unacked_index` first; kombu's mutex and restore
-  only when a message is past the visibility timeout (an idle worker's cost).
-- `QoS.ack` / `reject` / `restore_unacked`: what fails with the connection is settled by
-  the next channel (`unsettled`); they call `_remove_from_indices`, `_delivered`.
-  `restore_unacked` drops the holders of the tasks still running (a warm stop). In the
-  worker's event loop an acknowledgement rides on the channel's next fetch
-  (`Channel.fetch_follows`: the fetch script drops its record first, one round trip a
-  task); `Transport.register_with_event_loop` (kombu's hook) names the loop's thread.
-- `QoS._remove_from_indices`: the message's holder goes in the same MULTI.
-- `SentinelChannel._sentinel_managed_pool`: the Sentinels of `ocr_sentinels`, not the
-  URL's parts (kombu would switch to its own transport on a failover).
+- `redis_channel.RedisChannel`: kombu's virtual channel on Redis: the pools
+  (`connections`), the bindings, the queues' lists, broadcasts over PUB/SUB;
+- `publishing.PublishingChannel`: lanes, doorbells' rings, the replicas' WAIT;
+- `transport.Channel`: the fetch and the checks before decoding; `transport.Transport`;
+- `poller.Poller`: each channel's fetch and broadcast sockets, driven by Celery's event
+  loop (kombu's `register_with_event_loop`) or by `drain_events`;
+- `unsettled.QoS`: the `unacked` records, their acknowledgement and restore;
+- `sentinel_transport`: the same on redis-py's Sentinel-managed pools.
+
+The names of kombu's virtual transport it overrides or relies on are `KOMBU_HOOKS`,
+read against each kombu minor of `KOMBU_MINORS`, requirements.txt's range
+(tests/units/test_kombu_overrides.py checks the installed kombu is one, has each name,
+and that no other name of kombu's is overridden). Most are the hooks kombu documents
+for a transport to fill in (`_get`, `_put`, `_size`, `_purge`, `_delete`, `_has_queue`,
+`_new_queue`, `_queue_bind`, `get_table`, `_put_fanout`, `register_with_event_loop`,
+`on_readable`); `KOMBU_PRIVATE_READS` are the few private names of the virtual
+transport it reads or calls without overriding them.
 
 No name of redis-py's is overridden, and only its public API is called: a message
 longer than the worker's bound (`ocr_max_message_bytes`) is cut on the server by the
 scripts that pop it for a worker (the fetch and `Channel._get`'s: `oversized`), which
 send its first and last bytes and its length, never its body. Nothing else hands a
-worker a whole message from Redis: kombu's restore reads `unacked` records (HGET), and
+worker a whole message from Redis: the restore reads `unacked` records (HGET), and
 only messages within the bound are recorded (the fetch records none larger, and
 `QoS.append` only a message `_admit` took); the holders' sweep returns
-delivery tags; a broadcast (PUBLISH: remote control) comes on kombu's pubsub
+delivery tags; a broadcast (PUBLISH: remote control) comes on the channel's PUB/SUB
 connection, and Redis's `client-output-buffer-limit pubsub` bounds it (by default a
 subscriber whose pending output passes 32 MB is disconnected instead of sent it).
 """
 
-# The kombu minors (and celery's, which go with them) whose Redis transport the names
+# The kombu minors (and celery's, which go with them) whose virtual transport the names
 # below were read against: requirements.txt's range, whose two ends `make test-floor`
 # and `make test` run.
 KOMBU_MINORS = ("5.6", "5.7")
-# Names of KOMBU_OVERRIDES that only kombu 5.7 has: on 5.6 the step they take does not
-# exist (no batch publish, re-auth or queue expiry), and they are not called.
-SINCE_KOMBU_5_7: dict[str, tuple[str, ...]] = {
-    "Channel": ("supports_batch_publish", "_flush_brpop_reauth",
-                "_maybe_update_queues_expire"),
-}
 
-# class -> the private (or behaviour-defining) names of it that this package overrides
-# or relies on; each must exist on kombu's class.
-KOMBU_OVERRIDES: dict[str, tuple[str, ...]] = {
-    "Channel": ("_connparams", "_put", "_do_restore_message", "_size", "_brpop_start",
-                "_brpop_read", "_poll_error", "_get", "supports_batch_publish",
-                "from_transport_options", "basic_consume", "close",
-                "_flush_brpop_reauth", "_fanout_queues",
-                "_maybe_update_queues_expire", "_in_poll",
-                "priority_steps", "unacked_key", "unacked_index_key",
-                "global_keyprefix", "sep", "keyprefix_queue"),
-    "QoS": ("append", "ack", "reject", "restore_unacked", "restore_visible", "restore_by_tag",
-            "_remove_from_indices", "unacked_key"),
-    "SentinelChannel": ("_sentinel_managed_pool", "from_transport_options", "connection_class",
-                        "connection_class_ssl"),
-    "Transport": ("Channel", "connection_errors", "brpop_timeout", "polling_interval",
-                  "_callbacks", "register_with_event_loop"),
+# kombu.transport.virtual class -> the names of it that this package overrides (each
+# must exist on kombu's class; no other of its names is overridden).
+KOMBU_HOOKS: dict[str, tuple[str, ...]] = {
+    "Channel": ("QoS", "supports_fanout", "from_transport_options", "_get", "_put",
+                "_size", "_purge", "_delete", "_has_queue", "_new_queue", "get_table",
+                "basic_consume", "basic_cancel", "close"),
+    "QoS": ("append", "ack", "reject", "restore_unacked", "restore_visible",
+            "restore_at_shutdown"),
+    "Transport": ("Channel", "polling_interval", "default_port", "driver_type",
+                  "driver_name", "implements", "connection_errors", "channel_errors",
+                  "driver_version", "register_with_event_loop", "on_readable"),
+}
+# Hooks kombu's virtual transport calls where a channel has them, with no default of its
+# own (a channel with `supports_fanout`: a binding's note, a fanout publish).
+KOMBU_FILLED_HOOKS: dict[str, tuple[str, ...]] = {
+    "Channel": ("_queue_bind", "_put_fanout"),
+}
+# Private names of kombu's virtual transport read or called, never overridden.
+KOMBU_PRIVATE_READS: dict[str, tuple[str, ...]] = {
+    "Channel": ("_lookup", "_tag_to_queue", "_active_queues"),
+    "QoS": ("_delivered",),
 }

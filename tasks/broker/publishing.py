@@ -9,7 +9,8 @@ any other to the list itself, kombu's; either way stamped with the time it was s
 A restored message goes back to its lane the same way. With `ocr_min_replicas`, a WAIT
 after the ring holds a publish until that many replicas have it (OCR_REDIS_MIN_REPLICAS).
 
-The consuming side, the atomic fetch and the checks before decoding, is the channel of
+Built on the channel of tasks/broker/redis_channel.py (pools, bindings, queue lists);
+the consuming side, the atomic fetch and the checks before decoding, is the channel of
 tasks/broker/transport.py, built on this one.
 """
 
@@ -22,11 +23,11 @@ from collections.abc import Iterator
 from typing import Any
 
 import redis.exceptions
-from kombu.transport import redis as kombu_redis
 from kombu.utils.json import dumps
 
 from tasks.broker import doorbells, lanes, layout, scripts
 from tasks.broker.queue_depth import PUBLISHED_HEADER
+from tasks.broker.redis_channel import RedisChannel
 from tasks.errors import ReplicaMissing
 from tasks.records.clients import CLIENT_HEADER, client_name
 from tasks.state.connection import check_replicas, wait_replicas
@@ -34,11 +35,11 @@ from tasks.state.connection import check_replicas, wait_replicas
 log = logging.getLogger(__name__)
 
 
-class PublishingChannel(kombu_redis.Channel):
-    """kombu's Redis channel whose publishes go to lanes, ring, and wait for replicas."""
+class PublishingChannel(RedisChannel):
+    """The Redis channel whose publishes go to lanes, ring, and wait for replicas."""
 
-    from_transport_options: tuple[str, ...] = (  # type: ignore[assignment]
-        *kombu_redis.Channel.from_transport_options,
+    from_transport_options: tuple[str, ...] = (
+        *RedisChannel.from_transport_options,
         "ocr_min_replicas", "ocr_replica_timeout", "ocr_refuse_unkept")
     # A publish waits for this many replicas (WAIT), at most `ocr_replica_timeout` s;
     # short of them a client's publish raises ReplicaMissing, a worker's goes on.
@@ -47,11 +48,6 @@ class PublishingChannel(kombu_redis.Channel):
     ocr_refuse_unkept = True
     _replicas_missed_at = float("-inf")
 
-    @property
-    def supports_batch_publish(self) -> bool:
-        # One publish at a time, so that each rings its queue's doorbell (`_put`).
-        return False
-
     def _put(self, queue: str, message: Any, **kwargs: Any) -> None:
         # When it was published (the age of the oldest waiting message: queue_depth.py).
         headers = message.get("headers")
@@ -59,8 +55,7 @@ class PublishingChannel(kombu_redis.Channel):
         if isinstance(headers, dict):
             headers[PUBLISHED_HEADER] = round(time.time(), 3)
             client = client_name(headers.get(CLIENT_HEADER))
-        expires = getattr(self, "_expires", None)  # kombu 5.7's x-expires queues (5.6: none)
-        if client and lanes.laned(queue) and not (expires and queue in expires):
+        if client and lanes.laned(queue) and queue not in self._expires:
             # A client's message goes to its lane of the list (tasks/broker/lanes.py),
             # its doorbell rung by the same script.
             step = layout.message_step(message, self.priority_steps)
@@ -106,20 +101,17 @@ class PublishingChannel(kombu_redis.Channel):
                 bodies[0], ring_queue=queue, more=bodies[1:]))
         self._ring(queue, rung=True)
 
-    def _do_restore_message(self, payload: Any, exchange: str, routing_key: str, pipe: Any,
-                            leftmost: bool = False) -> None:
-        # kombu's restore (in its WATCH/MULTI), a client's message back to its lane.
+    def restore_payload(self, payload: Any, exchange: str, routing_key: str, pipe: Any,
+                        leftmost: bool = False) -> None:
+        # A restore (in its WATCH/MULTI): a client's message back to its lane.
         headers = payload.get("headers") if isinstance(payload, dict) else None
         client = client_name(headers.get(CLIENT_HEADER)) if isinstance(headers, dict) else ""
         queues = list(self._lookup(exchange, routing_key)) if client else []
         if not isinstance(headers, dict) or not queues or \
                 not all(map(lanes.laned, queues)) or \
                 not isinstance(payload.get("properties"), dict):
-            super()._do_restore_message(payload, exchange, routing_key, pipe, leftmost)
-            try:  # as kombu's restore, a message without a route is logged, not raised
-                queues = queues or list(self._lookup(exchange, routing_key))
-            except Exception:  # noqa: BLE001
-                queues = []
+            queues = queues or list(self._lookup(exchange, routing_key))
+            super().restore_payload(payload, exchange, routing_key, pipe, leftmost)
             doorbells.ring(pipe, self._key, queues)
             return
         headers["redelivered"] = True
@@ -132,7 +124,7 @@ class PublishingChannel(kombu_redis.Channel):
         doorbells.ring(pipe, self._key, queues)
 
     def _size(self, queue: str) -> int:
-        # kombu's count (queue_declare's message count) with the lanes' messages.
+        # queue_declare's message count: the queue's lists and its lanes.
         size = int(super()._size(queue))
         if lanes.laned(queue):
             with self.conn_or_acquire() as conn:
@@ -179,8 +171,8 @@ class PublishingChannel(kombu_redis.Channel):
             log.debug("could not ring the doorbell of %s: %r", queue, exc)
 
     def _key(self, name: str) -> str:
-        """`name` with kombu's global key prefix (commands sent raw are not prefixed)."""
-        return f"{self.global_keyprefix or ''}{name}"
+        """`name` as a raw command names it (the transport takes no global key prefix)."""
+        return name
 
 
 def _lanes_in_order(held: list[tuple[str, int, str, str]],

@@ -2,60 +2,59 @@
 
 Runs wherever the broker is `sentinel://` (every process that publishes or consumes).
 The channel is tasks/broker/transport.py's (atomic fetch, doorbells, dead letters, WAIT
-after a publish, what a lost connection leaves settled) on kombu's Sentinel-managed
+after a publish, what a lost connection leaves settled) on redis-py's Sentinel-managed
 connections: each new connection asks the Sentinels for the current primary.
 
-kombu takes the Sentinels from the broker URL's `;`-separated parts, and on a failed
-connection switches to the next part, re-reading the transport from that part's
-scheme: the fleet would fall back to kombu's own `sentinel` transport (a `BRPOP` then a
-separate record: a message popped by a worker killed in between is lost).
-So the broker URL names one Sentinel only (kombu never switches) and
-every Sentinel comes in the transport option `ocr_sentinels`
-(tasks/state/connection.py); redis-py asks them in turn.
+The broker URL names one Sentinel; every Sentinel comes in the transport option
+`ocr_sentinels` (tasks/state/connection.py), and redis-py asks them in turn.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
-from kombu.transport import redis as kombu_redis
+import redis
 from redis import sentinel
 
+from tasks.broker.connections import watched
 from tasks.broker.transport import Channel, Transport
 
+# Keywords of the primary's parameters that the Sentinel-managed pool sets itself.
+_POOL_OWN = ("host", "port", "connection_class", "max_connections")
 
-class SentinelChannel(Channel, kombu_redis.SentinelChannel):
+
+class SentinelChannel(Channel):
     """`Channel` on the primary that Sentinel names (asked again at each reconnection)."""
 
-    from_transport_options = (  # type: ignore[assignment]
+    from_transport_options = (
         *Channel.from_transport_options,
-        "master_name", "min_other_sentinels", "sentinel_kwargs", "sentinel_fanout_compat",
-        "ocr_sentinels")
-    connection_class = kombu_redis.SentinelChannel.connection_class
-    connection_class_ssl = kombu_redis.SentinelChannel.connection_class_ssl
+        "master_name", "min_other_sentinels", "sentinel_kwargs", "ocr_sentinels")
     ocr_sentinels: tuple[tuple[str, int], ...] = ()
     master_name = "mymaster"
+    min_other_sentinels = 0
+    sentinel_kwargs: dict[str, Any] | None = None
 
-    def _sentinel_managed_pool(self, asynchronous: bool = False) -> Any:
-        # kombu's, with the Sentinels of `ocr_sentinels` (not the URL's parts).
-        params = self._connparams(asynchronous)
+    def _make_pool(self, params: dict[str, Any],
+                   on_disconnect: Callable[[Any], None] | None = None,
+                   ) -> redis.ConnectionPool:
         sentinels = [(str(host), int(port)) for host, port in self.ocr_sentinels] \
             or [(params["host"], params["port"])]
-        extra = {k: v for k, v in params.items() if k not in ("host", "port")}
-        manager = sentinel.Sentinel(
-            sentinels, min_other_sentinels=getattr(self, "min_other_sentinels", 0),
-            sentinel_kwargs=getattr(self, "sentinel_kwargs", None), **extra)
-        if asynchronous:
-            self._async_sentinel_manager = manager
-        else:
-            self._sentinel_manager = manager
-        credentials = {k: extra[k] for k in ("username", "password") if k in extra}
-        return manager.master_for(self.master_name, kombu_redis.redis.Redis,
-                                  **credentials).connection_pool
+        manager = sentinel.Sentinel(sentinels, min_other_sentinels=self.min_other_sentinels,
+                                    sentinel_kwargs=self.sentinel_kwargs)
+        managed: type = sentinel.SentinelManagedConnection
+        if issubclass(params["connection_class"], redis.SSLConnection):
+            managed = sentinel.SentinelManagedSSLConnection
+        if on_disconnect is not None:
+            managed = watched(managed, on_disconnect)
+        return sentinel.SentinelConnectionPool(
+            self.master_name, manager, connection_class=managed,
+            max_connections=params.get("max_connections"),
+            **{k: v for k, v in params.items() if k not in _POOL_OWN})
 
 
 class SentinelTransport(Transport):
     """The checking transport behind Redis Sentinel (`sentinel://` broker URLs)."""
 
-    default_port = 26379  # type: ignore[assignment]
+    default_port = 26379
     Channel = SentinelChannel

@@ -1,20 +1,19 @@
-"""The Redis broker transport: kombu's, with atomic fetches and refused messages dead-lettered.
+"""The Redis broker transport: our own, on kombu's virtual transport, with atomic fetches.
 
-Runs in the worker parent (the only process that consumes from the broker; clients
-load the class too, and only publish through it). kombu's Redis channel turns every
-message it pops into a JSON object and hands it on; a body that is not a JSON object,
-an envelope without its properties, a body that is not base64 or a pickled message
-either kills the worker parent ("Unrecoverable error") or leaves the job PENDING.
-This channel checks each raw message first, before any decoding, and dead-letters
+Runs in the worker parent (the only process that consumes task messages; clients,
+Flower and the exporter load it too, and consume only replies and events). A body that
+is not a JSON object, an envelope without its properties, a body that is not base64 or
+a pickled message would either kill the worker parent ("Unrecoverable error") or leave
+the job PENDING. This channel checks each raw message first, before any decoding, and dead-letters
 what a worker must not take (tasks/broker/refusals.py); the worker then goes on. A
 message longer than the largest it would decode (`ocr_max_message_bytes`) reaches it
 as its ends and its length alone: the scripts that pop it (the fetch, and `_get`'s)
 never send it whole (tasks/broker/oversized.py).
 
 Taking a message is one atomic step on the server (`lanes.FETCH`): the script
-records it in kombu's `unacked` hash and index, under a delivery tag the worker chose
+records it in the `unacked` hash and index, under a delivery tag the worker chose
 (the one it delivers the message under: Lua never reads the envelope), and pops it
-(kombu's BRPOP, then a record written by the worker, loses a message when Redis or the
+(a BRPOP, then a record written by the worker, would lose a message when Redis or the
 worker parent dies between the two); one whose worker never reads the reply is
 restored after the visibility timeout. The script also chooses whose message: each
 client has a lane of each list, served in weighted fair shares (tasks/broker/lanes.py).
@@ -26,7 +25,8 @@ pushed without a ring, a stock kombu client's, which waits for the end of a wait
 fetch after an empty one first asks one EXISTS over every list and ring: its whole cost.
 
 Publishing (lanes, doorbells' rings, replicas' WAIT) is the channel of
-tasks/broker/publishing.py, which this one extends.
+tasks/broker/publishing.py, which this one extends; the event loop drives each
+channel's fetches through tasks/broker/poller.py (kombu's `register_with_event_loop`).
 
 Selected through Celery's `broker_transport` (tasks/queue/celery_config.py), for
 redis:// and rediss:// brokers (behind Sentinel: tasks/broker/sentinel_transport.py);
@@ -39,15 +39,21 @@ from __future__ import annotations
 
 import json
 import logging
+import socket
 import threading
 import time
+from queue import Empty
 from typing import Any
 
+import redis
 import redis.exceptions
-from kombu.transport import redis as kombu_redis
+from kombu.exceptions import InconsistencyError
+from kombu.transport import TRANSPORT_ALIASES, virtual
 from kombu.utils.encoding import bytes_to_str
 
 from tasks.broker import doorbells, holders, lanes, oversized, scripts, unsettled
+from tasks.broker.connections import DEFAULT_PORT
+from tasks.broker.poller import Poller
 from tasks.broker.layout import DEAD_LETTER_KEY, queue_list, wake_key
 from tasks.broker.publishing import PublishingChannel
 from tasks.broker.refusals import (
@@ -67,7 +73,7 @@ SETTLE_WAIT = 1.0  # seconds of a first doorbell wait after a woken fetch took t
 
 
 class Channel(PublishingChannel):
-    """kombu's Redis channel: atomic fetches; each message checked before it is decoded."""
+    """The consuming channel: atomic fetches; each message checked before it is decoded."""
 
     QoS = QoS
 
@@ -83,18 +89,6 @@ class Channel(PublishingChannel):
     # `brpop_timeout`, 1 s; workers: tasks/queue/celery_config.py IDLE_WAIT).
     ocr_idle_wait = 0.0
 
-    def _connparams(self, asynchronous: bool = False) -> dict[str, Any]:
-        if self.connection is None or self.connection.client is None:
-            # Redis went away while this worker held unacknowledged messages: kombu
-            # closes the channel of a released connection, and its restore finds no
-            # address (AttributeError: Celery's "Unrecoverable error"). A connection
-            # error the close ignores: the worker reconnects, and the messages, still
-            # in `unacked`, are restored after the visibility timeout.
-            raise redis.exceptions.ConnectionError(
-                "the broker connection was released; its unacknowledged messages are "
-                "restored after the visibility timeout")
-        return super()._connparams(asynchronous)
-
     _waiting = False  # the next poll waits on the doorbells (the last fetch found none)
     _short = False  # that wait is SETTLE_WAIT s at most (a message published unrung)
     _woken = False  # the last wait ended with a ring: a fetch that leaves messages rings
@@ -107,7 +101,7 @@ class Channel(PublishingChannel):
         self.no_ack: dict[str, bool] = {}  # queue -> consumed unacknowledged (unsettled.py)
         super().__init__(*args, **kwargs)
         if self.ocr_idle_wait:
-            # kombu's BRPOP health check allows `brpop_timeout` plus its interval
+            # the health check allows a wait `brpop_timeout` plus its interval
             self.brpop_timeout = float(self.ocr_idle_wait)
         unsettled.connected(self._server_run_id())
         self._settle()
@@ -134,13 +128,34 @@ class Channel(PublishingChannel):
     def close(self) -> None:
         if self.active_queues and not self.closed:
             unsettled.lost()  # recent acknowledgements are looked at on the next server
+        if self._in_poll and not self._waiting and not self.closed:
+            # A fetch in flight holds a recorded message: read it, so that the close
+            # puts it back on its queue now (no child started it).
+            try:
+                self.fetch_read()
+            except (Empty, *self.connection_errors):
+                pass
         if not self.closed:
             self.qos.fetch_lost()  # a fetch unread carried these
             self.qos.flush_due()
-        if self._in_poll and self._waiting:  # kombu would read a doorbell wait to its end
+        if self._in_poll and self._waiting:  # a doorbell wait is dropped, not read out
             doorbells.drop_wait(self._in_poll, self.connection_errors)
-            self._in_poll = None  # type: ignore[assignment]
+            self._in_poll = None
         super().close()
+
+    def fetch_dropped(self) -> None:
+        self._waiting = False
+        self.qos.fetch_lost()
+
+    def check_health(self, now: float) -> None:
+        super().check_health(now)
+        connection, sent = self._in_poll, self._fetch_sent_at
+        if not connection or sent is None or not self.health_check_interval:
+            return
+        if now - sent > self.brpop_timeout + SETTLE_WAIT + float(self.health_check_interval):
+            log.warning("the broker did not answer a fetch for %.0f s; connecting again",
+                        now - sent)
+            connection.disconnect()
 
     def _settle(self) -> None:
         """Acknowledge and restore what a lost connection left (tasks/broker/unsettled.py)."""
@@ -150,30 +165,24 @@ class Channel(PublishingChannel):
 
     def basic_consume(self, queue: str, *args: Any, **kwargs: Any) -> Any:
         self.no_ack[queue] = bool(kwargs.get("no_ack", args[0] if args else False))
-        tag = super().basic_consume(queue, *args, **kwargs)
-        if queue in self._fanout_queues:
-            # Broadcasts (remote control) arrive by PUBLISH, decoded by kombu, which hands
-            # them to this queue's callback: checked there first (kombu 5.6 has no hook
-            # before it, and its Message would raise on junk and stop the worker).
-            deliver = self.connection._callbacks[queue]
-            exchange = self._fanout_queues[queue][0]
-            self.connection._callbacks[queue] = (
-                lambda message: self._deliver_broadcast(message, exchange, deliver))
-        return tag
+        return super().basic_consume(queue, *args, **kwargs)
 
-    def _deliver_broadcast(self, message: Any, exchange: str, deliver: Any) -> Any:
+    def deliver_broadcast(self, message: Any, exchange: str, queue: str) -> bool:
+        # Broadcasts (remote control) are checked as task messages are: a refused one
+        # is dead-lettered (a broadcast is no job: no FAILURE is stored for it).
         try:
             check_envelope(message, tuple(self.ocr_accept_content))
         except Refused as refused:
-            # A broadcast is no job: no FAILURE is stored for it.
-            self._refuse(json.dumps(message).encode(), f"fanout:{exchange}",
-                         Refused(refused.error, None))
-            return None
-        return deliver(message)
+            raw = message if isinstance(message, bytes) else json.dumps(message).encode()
+            self._refuse(raw, f"fanout:{exchange}", Refused(refused.error, None))
+            return False
+        return super().deliver_broadcast(message, exchange, queue)
 
-    def _brpop_start(self, timeout: float | None = None) -> None:
-        # kombu sends BRPOP over the queues' lists; this channel sends the fetch script over
-        # them in the same order, or, after a fetch found them empty, a BLPOP on doorbells.
+    _fetch_sent_at: float | None = None
+
+    def fetch_start(self, timeout: float | None = None) -> None:
+        """Send the fetch script over the queues' lists, or, after a fetch found them
+        empty, a BLPOP on their doorbells (the poller reads the reply: `fetch_read`)."""
         if timeout is None:
             timeout = self.brpop_timeout
         if unsettled.pending():
@@ -201,16 +210,19 @@ class Channel(PublishingChannel):
                 holder=holders.holder(), sep=self.sep, acks=self.qos.take_due())
             self._fetch = command
         self._in_poll = self.client.connection
-        self._brpop_sent_at = time.monotonic()  # type: ignore[assignment]
+        self._fetch_sent_at = time.monotonic()
         try:
             self.client.connection.send_command(*command)
         except self.connection_errors:
             self.qos.fetch_lost()
             raise
 
-    def _brpop_read(self, **options: Any) -> bool:
-        # kombu's `_brpop_read` for the fetch (or the doorbell's wait), with `_admit`
-        # between the fetch and the delivery.
+    def fetch_read(self, **options: Any) -> bool:
+        """Read the fetch's reply (or the doorbell wait's) and deliver what it took.
+
+        The message is checked (`_admit`) between the fetch and the delivery; Empty
+        when nothing was taken.
+        """
         waiting = self._waiting
         try:
             try:
@@ -235,7 +247,7 @@ class Channel(PublishingChannel):
                 # nothing was taken; the script is loaded and the next poll fetches.
                 self.qos.fetch_not_run()
                 scripts.reload(self.client, self._fetch)
-                raise kombu_redis.Empty() from None
+                raise Empty() from None
             except redis.exceptions.ResponseError as exc:
                 # Nothing was taken (the script writes the record before it pops):
                 # e.g. a server out of memory. Wait a turn, then fetch again (the
@@ -245,16 +257,16 @@ class Channel(PublishingChannel):
                 if time.monotonic() - self._fetch_refused_at > 60:
                     self._fetch_refused_at = time.monotonic()
                     log.error("the broker refused to hand out a message: %s", exc)
-                raise kombu_redis.Empty() from None
+                raise Empty() from None
             self.qos.fetch_read()
             if waiting or not reply:
                 self._waiting = not waiting  # after a wait fetch; after nothing, wait
                 self._woken = waiting and bool(reply)
                 self._busy = False
-                raise kombu_redis.Empty()
+                raise Empty()
             self._busy = True
             name, item, tag = reply[:3]
-            name = bytes_to_str(name)[len(self.global_keyprefix or ""):]
+            name = bytes_to_str(name)
             dest = name.rsplit(self.sep, 1)[0]
             self._queue_cycle.rotate(dest)
             # After a wait, what is left: a burst rang one item, so wake the next idle
@@ -266,8 +278,8 @@ class Channel(PublishingChannel):
             return self._deliver_taken(oversized.received(item), dest,
                                        bytes_to_str(tag) or None)
         finally:
-            self._in_poll = None  # type: ignore[assignment]
-            self._since_kombu_5_7("_flush_brpop_reauth")  # a re-auth token's AUTH
+            self._in_poll = None
+            self._fetch_sent_at = None
 
     def _deliver_taken(self, item: bytes, dest: str, tag: str | None) -> bool:
         """Check and deliver a fetched message; `tag`: the delivery tag it was recorded by.
@@ -280,46 +292,34 @@ class Channel(PublishingChannel):
             message["properties"]["delivery_tag"] = tag
             self._taken = tag
             try:
-                self.connection._deliver(message, dest)
+                self.connection.on_message_ready(self, message, dest)
+            except KeyError:  # its consumer was cancelled meanwhile: back to its queue
+                self.qos.restore_by_tag(tag)
+                return False
             finally:
                 self._taken = None
             return True
         if tag is not None:  # refused: not restored
-            self.qos._remove_from_indices(tag).execute()
+            self.qos.unrecord(tag).execute()
         if message is None:
             return False
-        self.connection._deliver(message, dest)
+        self.connection.on_message_ready(self, message, dest)
         return True
 
-    def _poll_error(self, type: str, **options: Any) -> None:
-        if type == "BRPOP":  # the fetch's or the doorbell's reply
-            self.client.parse_response(self.client.connection,
-                                       "BLPOP" if self._waiting else "EVALSHA")
-            return
-        super()._poll_error(type, **options)
-
     def _get(self, queue: str, timeout: float | None = None) -> dict[str, Any]:
-        # kombu's `_get` (basic_get and the polling fallback), with `_admit`; its RPOP a
-        # script that hands over a message over the bound as its ends (`oversized.POP`).
+        # basic_get: the tail of the highest step's list, by a script that hands over a
+        # message over the bound as its ends (`oversized.POP`), checked (`_admit`).
         with self.conn_or_acquire() as client:
             for pri in self.priority_steps:
                 item = oversized.received(scripts.run(client, oversized.pop_command(
                     self._key(queue_list(queue, pri, self.sep)),
                     self.ocr_max_message_bytes)))
                 if item:
-                    self._since_kombu_5_7("_maybe_update_queues_expire", client, queue)
                     message = self._admit(item, queue)
                     if message is None:
-                        raise kombu_redis.Empty()
+                        raise Empty()
                     return message
-            self._since_kombu_5_7("_maybe_update_queues_expire", client, queue)
-            raise kombu_redis.Empty()
-
-    def _since_kombu_5_7(self, name: str, *args: Any) -> None:
-        """Call kombu's method `name` where kombu has it (5.7 on; 5.6 has no such step)."""
-        method = getattr(super(), name, None)
-        if method is not None:
-            method(*args)
+            raise Empty()
 
     def _admit(self, raw: bytes, queue: str) -> dict[str, Any] | None:
         """The decoded envelope, or None after dead-lettering a refused message."""
@@ -342,20 +342,56 @@ class Channel(PublishingChannel):
                              queue=queue)
 
 
-class Transport(kombu_redis.Transport):
-    """kombu's Redis transport with the checking `Channel`; READONLY is a lost connection.
+class Transport(virtual.Transport):
+    """The project's Redis transport: kombu's virtual transport, with the checking `Channel`.
 
-    The server became a replica: kombu connects again, and retries a publish on the new
-    primary.
+    READONLY is a lost connection: the server became a replica, and kombu connects
+    again, and retries a publish on the new primary.
     """
 
     Channel = Channel
-    connection_errors = (*kombu_redis.Transport.connection_errors,
-                         redis.exceptions.ReadOnlyError)
+    polling_interval = None  # `Poller.get` waits on the sockets; no sleep between polls
+    brpop_timeout = 1.0
+    default_port = DEFAULT_PORT
+    driver_type = "redis"
+    driver_name = "redis"
+    implements = virtual.Transport.implements.extend(
+        asynchronous=True, exchange_type=frozenset(["direct", "topic", "fanout"]))
+    connection_errors = (*virtual.Transport.connection_errors, InconsistencyError,
+                         socket.error, OSError, redis.exceptions.ConnectionError,
+                         redis.exceptions.BusyLoadingError,
+                         redis.exceptions.AuthenticationError,
+                         redis.exceptions.TimeoutError, redis.exceptions.ReadOnlyError)
+    channel_errors = (*virtual.Transport.channel_errors, redis.exceptions.DataError,
+                      redis.exceptions.InvalidResponse, redis.exceptions.ResponseError)
     # The thread of the worker's event loop, whose channels' fetches carry their
     # acknowledgements (None: no loop, every acknowledgement goes alone).
     loop_thread: int | None = None
 
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.cycle = Poller()
+
+    def driver_version(self) -> str:
+        return str(redis.__version__)
+
     def register_with_event_loop(self, connection: Any, loop: Any) -> None:
         self.loop_thread = threading.get_ident()
-        super().register_with_event_loop(connection, loop)
+        options = self.client.transport_options
+        self.cycle.register(
+            loop, float(options.get("unacked_restore_interval")
+                        or Channel.unacked_restore_interval),
+            float(options.get("health_check_interval") or Channel.health_check_interval))
+
+    def on_readable(self, fileno: int) -> None:
+        self.cycle.on_readable(fileno)
+
+
+# The transport's own names, as a broker URL's scheme (`ocr-redis://host:6379/0`).
+NAMES = {"ocr-redis": TRANSPORT,
+         "ocr-sentinel": "tasks.broker.sentinel_transport:SentinelTransport"}
+
+
+def register_names() -> None:
+    """Make `NAMES` known to kombu in this process (its documented transport aliases)."""
+    TRANSPORT_ALIASES.update(NAMES)

@@ -29,10 +29,15 @@ import logging
 import time
 from typing import Any
 
-from kombu.transport import redis as kombu_redis
+import uuid
+from functools import cached_property
+
 from kombu.transport import virtual
+from kombu.utils.encoding import bytes_to_str
+from kombu.utils.json import dumps, loads
 
 from tasks.broker.holders import holders_key
+from tasks.broker.scripts import Script
 
 log = logging.getLogger(__name__)
 
@@ -104,7 +109,7 @@ def settle(qos: Any, client: Any, connection_errors: tuple[type[BaseException], 
     try:
         for tag, server in list(_acks.items()):
             if server == _server:  # the same server process: its writes are all there
-                qos._remove_from_indices(tag, client.pipeline()).execute()
+                qos.unrecord(tag, client.pipeline(transaction=False)).execute()
             elif not server.endswith("+done") or server[:-5] != _server:
                 _restore(qos, client, tag)
             del _acks[tag]
@@ -122,8 +127,16 @@ def _restore(qos: Any, client: Any, tag: str) -> None:
                     "on its queue", tag)
 
 
-class QoS(kombu_redis.QoS):  # the transport's (tasks/broker/transport.py)
-    """kombu's Redis QoS; a message the fetch recorded is not recorded a second time.
+# Releases the restore's mutex (KEYS[1]) only while it holds this holder's token.
+RELEASE = Script("if redis.call('GET', KEYS[1]) == ARGV[1] then "
+                 "return redis.call('DEL', KEYS[1]) end return 0")
+
+
+class QoS(virtual.QoS):  # the transport's (tasks/broker/transport.py)
+    """Taken messages recorded in `unacked` until acknowledged, restored when lost.
+
+    A message the fetch took is recorded by the fetch itself (`lanes.FETCH`, with its
+    holder); one taken by `basic_get` is recorded here.
 
     What a lost connection leaves unsettled (acknowledgements around it, messages no
     child started) is settled by the next channel (this module); a task running at
@@ -132,38 +145,58 @@ class QoS(kombu_redis.QoS):  # the transport's (tasks/broker/transport.py)
     none larger; `append` only a message the channel's checks took).
     """
 
+    restore_at_shutdown = True
+    _restore_calls = 0
+
     def append(self, message: Any, delivery_tag: str) -> None:
-        if delivery_tag is not None and delivery_tag == getattr(self.channel, "_taken", None):
-            virtual.QoS.append(self, message, delivery_tag)  # held in memory only
-            return
+        if delivery_tag is not None and delivery_tag != getattr(self.channel, "_taken", None):
+            info = message.delivery_info
+            self._client().pipeline(transaction=False) \
+                .zadd(self.unacked_index_key, {delivery_tag: time.time()}) \
+                .hset(self.unacked_key, delivery_tag, dumps(
+                    [message.serializable(), info["exchange"], info["routing_key"]])) \
+                .execute()
         super().append(message, delivery_tag)
 
-    def _remove_from_indices(self, delivery_tag: str, pipe: Any = None) -> Any:
-        # kombu's, and the message's holder (tasks/broker/holders.py): in the caller's
-        # MULTI (a restore), or alone (an ack, a reject) in one round trip without MULTI,
-        # the record first. A part of it done alone leaves nothing to deliver again: an
-        # index entry without its record is dropped by kombu's restore, a holder without
-        # its record by the sweep.
+    @cached_property
+    def unacked_key(self) -> str:
+        return str(self.channel.unacked_key)
+
+    @cached_property
+    def unacked_index_key(self) -> str:
+        return str(self.channel.unacked_index_key)
+
+    def unrecord(self, delivery_tag: str, pipe: Any = None) -> Any:
+        """Drop the record of `delivery_tag`: its message, index entry and holder.
+
+        In the caller's MULTI (a restore), or alone (an ack, a reject) in one round trip
+        without MULTI, the record first. A part of it done alone leaves nothing to
+        deliver again: an index entry without its record is dropped by the restore, a
+        holder without its record by the holders' sweep (tasks/broker/holders.py).
+        """
         if pipe is None:
             pipe = self._client().pipeline(transaction=False)
         return pipe.hdel(self.unacked_key, delivery_tag) \
             .zrem(self.unacked_index_key, delivery_tag) \
             .hdel(holders_key(self.unacked_key), delivery_tag)
 
-    _acks_client: Any = None
+    def restore_by_tag(self, tag: str, client: Any = None, leftmost: bool = False) -> None:
+        """The message of `tag` back on its queues, its record dropped, in one MULTI."""
+
+        def restore(pipe: Any) -> None:
+            raw = pipe.hget(self.unacked_key, tag)
+            pipe.multi()
+            self.unrecord(tag, pipe)
+            if raw:
+                payload, exchange, routing_key = loads(bytes_to_str(raw))
+                self.channel.restore_payload(payload, exchange, routing_key, pipe, leftmost)
+
+        with self.channel.conn_or_acquire(client) as conn:
+            conn.transaction(restore, self.unacked_key)
 
     def _client(self) -> Any:
-        """The channel's client for acknowledgements, made once per connection pool.
-
-        kombu makes a new client (its command table built afresh) for every call outside
-        the fetch's connection: per acknowledgement, about 5 % of the worker parent's CPU.
-        A new pool (a reconnection, a fork) gets a new client.
-        """
-        client = self._acks_client
-        if client is None or client.connection_pool is not self.channel.pool:
-            with self.channel.conn_or_acquire() as client:
-                self._acks_client = client
-        return client
+        """The channel's client for acknowledgements and restores."""
+        return self.channel.commands
 
     # Acknowledgements that ride on the channel's next fetch (`lanes.FETCH` drops them
     # first, in the fetch's round trip): due, then sent until the fetch's reply is read.
@@ -176,12 +209,12 @@ class QoS(kombu_redis.QoS):  # the transport's (tasks/broker/transport.py)
             virtual.QoS.ack(self, delivery_tag)
             return
         try:
-            super().ack(delivery_tag)
+            self.unrecord(delivery_tag).execute()
         except self.channel.connection_errors:
             defer_ack(delivery_tag)
-            virtual.QoS.ack(self, delivery_tag)
         else:
             acked(delivery_tag)
+        virtual.QoS.ack(self, delivery_tag)
 
     def take_due(self) -> list[str]:
         """The acknowledgements the fetch being sent carries (sent until it is read)."""
@@ -211,7 +244,7 @@ class QoS(kombu_redis.QoS):  # the transport's (tasks/broker/transport.py)
             return
         pipe = self._client().pipeline(transaction=False)
         for tag in tags:
-            self._remove_from_indices(tag, pipe)
+            self.unrecord(tag, pipe)
         try:
             pipe.execute()
         except self.channel.connection_errors:
@@ -223,23 +256,47 @@ class QoS(kombu_redis.QoS):  # the transport's (tasks/broker/transport.py)
 
     def reject(self, delivery_tag: str, requeue: bool = False) -> None:
         try:
-            super().reject(delivery_tag, requeue)
+            if requeue:
+                self.restore_by_tag(delivery_tag, leftmost=True)
+            else:
+                self.unrecord(delivery_tag).execute()
         except self.channel.connection_errors:
             (defer_restore if requeue else defer_ack)(delivery_tag)
-            virtual.QoS.ack(self, delivery_tag)
+        virtual.QoS.ack(self, delivery_tag)
 
-    def restore_visible(self, start: int = 0, num: int = 10, interval: int = 10) -> None:
-        # kombu takes its mutex and reads the index at every call (every
-        # `unacked_restore_interval` s, on every worker): one read first, and only a
-        # message past the visibility timeout takes the mutex. A channel that
-        # acknowledges nothing (Flower's) leaves the restores to the workers.
+    def restore_visible(self, start: int = 0, num: int | None = None,
+                        interval: int | None = None) -> None:
+        """Messages taken longer ago than the visibility timeout back on their queues.
+
+        Every `unacked_restore_throttle` call (every `unacked_restore_interval` s, on
+        every worker): one read of the index first, and only a message past the timeout
+        takes the mutex (one worker restores at a time). A channel that acknowledges
+        nothing (Flower's) leaves the restores to the workers.
+        """
+        interval = interval or int(self.channel.unacked_restore_throttle) or 1
+        self._restore_calls += 1
+        if (self._restore_calls - 1) % interval:
+            return
         if all(getattr(self.channel, "no_ack", {"": False}).values()):
             return
-        due = self._client().zrange(self.unacked_index_key, "-inf",
-                                    time.time() - self.visibility_timeout,
-                                    byscore=True, offset=0, num=1)
-        if due:
-            super().restore_visible(start, num, interval)
+        client = self._client()
+        ceiling = time.time() - float(self.channel.visibility_timeout)
+        if not client.zrange(self.unacked_index_key, "-inf", ceiling, byscore=True,
+                             offset=0, num=1):
+            return
+        token = uuid.uuid4().hex
+        mutex = str(self.channel.unacked_mutex_key)
+        if not client.set(mutex, token, nx=True, ex=int(self.channel.unacked_mutex_expire)):
+            return  # another worker restores now
+        try:
+            limit = num if num is not None else self.channel.unacked_restore_limit
+            visible = client.zrange(self.unacked_index_key, ceiling, 0, desc=True,
+                                    byscore=True, offset=start if limit else None,
+                                    num=limit or None)
+            for tag in visible or ():
+                self.restore_by_tag(bytes_to_str(tag), client)
+        finally:
+            RELEASE.run(client, [mutex], [token])
 
     def restore_unacked(self, client: Any = None) -> None:
         # At the channel's close: messages no child started go back to their queues

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import sys
 
+from tasks.broker.transport import register_names
 from tasks.queue.celery_config import celery_config, worker_app_config
 from tasks.queue.ocr_celery import OcrCelery
 from tasks.settings import Settings, SettingsError
@@ -24,6 +25,7 @@ def create_app(settings: Settings) -> OcrCelery:
     The worker's engine is resolved here, once (OCR_ENGINE=auto looks at the model
     folder), and handed to what depends on it: the pool, queues, telemetry and control.
     """
+    register_names()  # the transport's names, for a broker URL that uses one
     app = OcrCelery("ocr", include=list(TASK_MODULES), set_as_current=True)
     app.ocr_settings = settings
     from tasks.engines import resolve_engine  # here: clients import this module too
@@ -59,6 +61,7 @@ def sending_app(settings: Settings) -> OcrCelery:
 
     No task modules and no worker signals: those pull in the image pipeline.
     """
+    register_names()
     app = OcrCelery("ocr", set_as_current=False)
     app.ocr_settings = settings
     app.ocr_engine = settings.engine  # runs no engine (`auto` stays as it is)

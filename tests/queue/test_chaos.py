@@ -49,15 +49,12 @@ def test_channel_of_a_released_connection_fails_as_a_connection_error() -> None:
 
     import redis.exceptions
     from kombu.common import ignore_errors
-    from kombu.transport import redis as kombu_redis
-
-    from tasks.broker.transport import Channel
+    from tasks.broker.transport import Channel, Transport
 
     released = SimpleNamespace(connection=SimpleNamespace(client=None),
                                ocr_max_message_bytes=0)
     with pytest.raises(redis.exceptions.ConnectionError):
-        Channel._connparams(released)  # type: ignore[arg-type]
-    connection_errors, _ = kombu_redis.get_redis_error_classes()
-    owner = SimpleNamespace(connection_errors=connection_errors, channel_errors=())
+        Channel._pool_params(released)  # type: ignore[arg-type]
+    owner = SimpleNamespace(connection_errors=Transport.connection_errors, channel_errors=())
     with ignore_errors(owner):  # what kombu's close wraps the restore in
-        Channel._connparams(released)  # type: ignore[arg-type]
+        Channel._pool_params(released)  # type: ignore[arg-type]

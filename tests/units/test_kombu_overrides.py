@@ -1,23 +1,25 @@
-"""The kombu private names tasks/broker overrides exist on the installed kombu, one of the range.
+"""The transport is our own, on kombu's virtual transport: the names it overrides exist there.
 
-tasks/broker/__init__.py lists every private kombu name the broker's channel, QoS and
-Sentinel channel override or call, with the kombu minors they were read against:
-requirements.txt's range. Whichever version of it is installed (`make test` runs its
-top, `make test-floor` its floor), it must be one that was read, and have each name; a
-kombu outside it fails here first, until the overrides are read again against it and
-the range moved. No private name of redis-py is used (the scripts bound a message's
-length on the server: tasks/broker/oversized.py), so its version is not checked here.
+tasks/broker/__init__.py lists every name of kombu's virtual Channel, QoS and Transport
+that the broker's classes override (`KOMBU_HOOKS`) and the few private ones they read
+(`KOMBU_PRIVATE_READS`), with the kombu minors they were read against: requirements.txt's
+range. Whichever version of it is installed (`make test` runs its top, `make test-floor`
+its floor), it must be one that was read, and have each name; a kombu outside it fails
+here first. Nothing in tasks/ imports kombu's Redis transport, and no private name of
+redis-py is imported.
 """
 
 from __future__ import annotations
 
 import ast
 import re
+from pathlib import Path
 
 import celery
 import kombu
 import pytest
 from kombu.transport import redis as kombu_redis
+from kombu.transport import virtual
 from packaging.specifiers import SpecifierSet
 from packaging.version import Version
 
@@ -71,50 +73,67 @@ def test_no_private_name_of_redis_py_is_imported() -> None:
     assert not found, "\n".join(found)
 
 
-def expected_names(owner: str) -> tuple[list[str], list[str]]:
-    """(the names the installed kombu must have, those it must not: 5.7's on a 5.6)."""
-    names = list(broker.KOMBU_OVERRIDES[owner])
-    later = broker.SINCE_KOMBU_5_7.get(owner, ())
-    if Version(kombu.__version__) >= Version("5.7"):
-        return names, []
-    return [n for n in names if n not in later], list(later)
+def test_nothing_imports_kombus_redis_transport() -> None:
+    """The transport is our own: kombu's Redis transport is no base of it."""
+    found = []
+    for path in sorted((ROOT / "tasks").rglob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text())):
+            names = [alias.name for alias in node.names] \
+                if isinstance(node, ast.Import) else []
+            if isinstance(node, ast.ImportFrom) and node.module:
+                names = [node.module, *(f"{node.module}.{a.name}" for a in node.names)]
+            found += [f"{path.relative_to(ROOT)}:{node.lineno}: {name}" for name in names
+                      if name.startswith("kombu.transport.redis")]
+    assert not found, "\n".join(found)
 
 
-@pytest.mark.parametrize("owner", sorted(broker.KOMBU_OVERRIDES))
-def test_each_overridden_name_exists_on_kombus_class(owner: str) -> None:
-    cls = getattr(kombu_redis, owner)
-    has, lacks = expected_names(owner)
-    missing = [name for name in has if not hasattr(cls, name)]
-    assert not missing, f"kombu {kombu.__version__}'s {owner} no longer has {missing}"
-    present = [name for name in lacks if hasattr(cls, name)]
-    assert not present, f"kombu {kombu.__version__}'s {owner} has {present}: not 5.7's alone"
+@pytest.mark.parametrize("owner", sorted(broker.KOMBU_HOOKS))
+def test_each_hook_and_private_read_exists_on_kombus_virtual_class(owner: str) -> None:
+    cls = getattr(virtual, owner)
+    names = [*broker.KOMBU_HOOKS[owner], *broker.KOMBU_PRIVATE_READS.get(owner, ())]
+    # a name set on the instance by the class's __init__, or a class attribute
+    set_by_init = set(cls.__init__.__code__.co_names)
+    missing = [name for name in names if not hasattr(cls, name) and name not in set_by_init]
+    assert not missing, f"kombu {kombu.__version__}'s virtual {owner} no longer has {missing}"
 
 
-def test_the_names_of_5_7_alone_are_overridden_or_called() -> None:
-    for owner, names in broker.SINCE_KOMBU_5_7.items():
-        assert set(names) <= set(broker.KOMBU_OVERRIDES[owner]), owner
+def test_the_hooks_without_a_default_are_called_by_kombus_virtual_transport() -> None:
+    source = "".join(path.read_text() for path in
+                     sorted(Path(virtual.__file__).parent.glob("*.py")))
+    for owner, names in broker.KOMBU_FILLED_HOOKS.items():
+        for name in names:
+            assert f"channel.{name}(" in source or f"self.{name}(" in source, (owner, name)
 
 
-def test_every_private_override_of_the_channels_is_listed() -> None:
-    from tasks.broker.sentinel_transport import SentinelChannel
-    from tasks.broker.transport import Channel
+def test_only_the_listed_names_of_kombus_virtual_classes_are_overridden() -> None:
+    from tasks.broker.sentinel_transport import SentinelChannel, SentinelTransport
+    from tasks.broker.transport import Channel, Transport
     from tasks.broker.unsettled import QoS
 
-    checked = {Channel: "Channel", QoS: "QoS", SentinelChannel: "SentinelChannel"}
-    for ours, owner in checked.items():
-        base = getattr(kombu_redis, owner)
-        # ours, and the classes of ours it extends up to one checked on its own
-        # (`Channel`: the publishing channel too; `SentinelChannel`: itself alone)
-        own = [ours]
-        for cls in ours.__mro__[1:]:
-            if cls in checked or not cls.__module__.startswith("tasks."):
-                break
-            own.append(cls)
-        overridden = {name for cls in own for name in vars(cls)
+    ours = {"Channel": (Channel, SentinelChannel), "QoS": (QoS,),
+            "Transport": (Transport, SentinelTransport)}
+    for owner, classes in ours.items():
+        base = getattr(virtual, owner)
+        overridden = {name for cls in classes for each in cls.__mro__
+                      if each.__module__.startswith("tasks.")
+                      for name in vars(each)
                       if hasattr(base, name) and not name.startswith("__")}
-        listed = set(broker.KOMBU_OVERRIDES[owner]) | {"QoS", "connection_class",
-                                                        "connection_class_ssl"}
+        listed = {*broker.KOMBU_HOOKS[owner], *broker.KOMBU_FILLED_HOOKS.get(owner, ())}
         assert overridden <= listed, f"{owner} overrides {overridden - listed}, not listed"
+        private = {name for name in overridden if name.startswith("_")}
+        assert private <= listed
+
+
+def test_the_transport_is_registered_under_its_own_names() -> None:
+    from kombu import Connection
+
+    from tasks.broker import transport
+    from tasks.broker.sentinel_transport import SentinelTransport
+
+    transport.register_names()
+    assert Connection("ocr-redis://127.0.0.1:1/0").transport_cls == "ocr-redis"
+    assert type(Connection("ocr-redis://127.0.0.1:1/0").transport) is transport.Transport
+    assert type(Connection("ocr-sentinel://127.0.0.1:1/0").transport) is SentinelTransport
 
 
 def test_the_layout_names_are_kombus_defaults() -> None:

@@ -27,7 +27,7 @@ class Recorded:
     restored: list[str] = field(default_factory=list)
     unacked_key = "unacked"
 
-    def _remove_from_indices(self, tag: str, pipe: Any) -> Any:
+    def unrecord(self, tag: str, pipe: Any) -> Any:
         self.acked.append(tag)
         self.unacked.discard(tag)
         return pipe
@@ -39,7 +39,7 @@ class Recorded:
     def hexists(self, key: str, tag: str) -> bool:
         return tag in self.unacked
 
-    def pipeline(self) -> Any:
+    def pipeline(self, transaction: bool = True) -> Any:
         return type("Pipe", (), {"execute": lambda self: []})()
 
 
