@@ -37,6 +37,7 @@ if TYPE_CHECKING:
     from tasks.settings import Settings
     from tasks.state.join import DocumentJoin, PageProgress
     from tasks.state.stores import Stores
+    from tasks.state.usage import JobPages
 
 log = logging.getLogger(__name__)
 
@@ -139,15 +140,18 @@ def merge_document(meta: DocumentMeta, pages: list[PageRecord], settings: Settin
 
 def record_page(meta: DocumentMeta, page: PageRecord | list[PageRecord],
                 join: DocumentJoin, ender: JobEnder, settings: Settings, stores: Stores,
-                progress: PageProgress | None = None, password: str | None = None) -> bool:
+                progress: PageProgress | None = None, password: str | None = None,
+                counted: JobPages | None = None) -> bool:
     """Record one page (or a chunk's pages); the call that completes the document ends it.
 
+    `counted`: the pages read, counted in the client's usage by the same script.
     Returns True when this call ended the document. Raises only retryable errors, with
     the end claim given back (the caller retries the page).
     """
     doc_id = meta.job_id
     pages = page if isinstance(page, list) else [page]
-    done = join.record(doc_id, pages, progress.write if progress is not None else None)
+    done = join.record(doc_id, pages, progress.write if progress is not None else None,
+                       counted)
     if done < 0:  # the job has ended: nothing was written
         return False
     if progress is not None and meta.total > 1:

@@ -10,7 +10,8 @@ Retries follow tasks/queue/retry_policy.py; the open PDF is the thread's
 (tasks/lifecycle/open_documents.py). A page or chunk task stores no Celery result and
 no STARTED mark (its job's join and ending say all there is); its errback still runs.
 Its job's cancel is read with the job's meta, not under the page's own id (a cancel
-marks the job), and its record writes the job's progress in the same script.
+marks the job), and its record writes the job's progress and counts its pages in the
+client's usage in the same script.
 """
 
 from __future__ import annotations
@@ -38,6 +39,7 @@ from tasks.records.jobs import DocumentMeta, Outcome
 from tasks.records.results import PageError, PageRecord
 from tasks.settings import Settings
 from tasks.state.boundary import transient
+from tasks.state.usage import JobPages
 
 T = TypeVar("T")
 
@@ -76,8 +78,9 @@ def pdf_page(self: Task, doc_id: str, number: int,
             f"({settings.vlm_api_page_time_limit} s)" if engines.threaded else
             f"page {number} ran past its soft time limit of "
             f"{settings.page_soft_time_limit} s"))
-    telemetry.pages_read(meta.engine, [page], client=meta.request.client, job=doc_id)
-    _record_or_end(self, meta, page, services, password)
+    counted = telemetry.pages_read(meta.engine, [page], client=meta.request.client,
+                                   job=doc_id, recorded=True)
+    _record_or_end(self, meta, page, services, password, counted)
     return {"document": doc_id, "number": number, "ok": not page.failed}
 
 
@@ -112,8 +115,9 @@ def pdf_text_chunk(self: Task, doc_id: str, index: int,
         pages = [failed_page(n, Timeout(f"page {n}'s layout analysis ran past the soft "
                                         f"time limit of {settings.soft_time_limit} s"))
                  for n in numbers]
-    telemetry.pages_read(meta.engine, pages, client=meta.request.client, job=doc_id)
-    _record_or_end(self, meta, pages, services, password)
+    counted = telemetry.pages_read(meta.engine, pages, client=meta.request.client,
+                                   job=doc_id, recorded=True)
+    _record_or_end(self, meta, pages, services, password, counted)
     return {"document": doc_id, "chunk": index, "pages": len(pages)}
 
 
@@ -162,9 +166,10 @@ def _record_lost(task: Task, doc_id: str,
             if meta is None:
                 return  # the document has ended
             pages = lost(meta)
-            telemetry.pages_read(meta.engine, pages if isinstance(pages, list) else [pages],
-                                 client=meta.request.client, job=doc_id)
-            _record(task.app, meta, pages, services, password)
+            counted = telemetry.pages_read(
+                meta.engine, pages if isinstance(pages, list) else [pages],
+                client=meta.request.client, job=doc_id, recorded=True)
+            _record(task.app, meta, pages, services, password, counted)
     except OcrError as exc:
         retry_later(task, exc)
         raise
@@ -196,11 +201,12 @@ def _document_to_read(task: Task, doc_id: str,
 
 
 def _record_or_end(task: Task, meta: DocumentMeta, pages: PageRecord | list[PageRecord],
-                   services: JobServices, password: str | None = None) -> None:
+                   services: JobServices, password: str | None = None,
+                   counted: JobPages | None = None) -> None:
     """Record read pages; a record or merge that met an outage past its retries ends the job."""
     try:
         with transient("Redis or the broker"):
-            _record(task.app, meta, pages, services, password)
+            _record(task.app, meta, pages, services, password, counted)
     except OcrError as exc:
         retry_later(task, exc)
         services.ender.end(Outcome.failed(meta.job_id, exc, meta.request, engine=meta.engine,
@@ -209,10 +215,12 @@ def _record_or_end(task: Task, meta: DocumentMeta, pages: PageRecord | list[Page
 
 
 def _record(app: Celery, meta: DocumentMeta, page: PageRecord | list[PageRecord],
-            services: JobServices, password: str | None = None) -> None:
+            services: JobServices, password: str | None = None,
+            counted: JobPages | None = None) -> None:
+    """Record the pages, with the job's progress and the usage `counted`: one script."""
     progress = page_progress(app, meta.job_id, meta.total)
     if record_page(meta, page, services.join, services.ender, app.ocr_settings,
-                   services.stores, progress, password):
+                   services.stores, progress, password, counted):
         open_documents().close()  # the document ended: its pages are not read here again
 
 

@@ -17,7 +17,8 @@ ended, the worker parent included: it counts the job. Pages are counted where th
 read (`pages_read()`: the job task for an image or an unsplit PDF and for a split PDF's
 text-layer pages, each page or chunk task for its own), so a page is credited to the
 worker that read it, not to the one that ended its job (a control worker that cancelled
-it, or the worker of its last page).
+it, or the worker of its last page). A page or chunk task's usage is counted by the
+script that records its pages, its counters written at once just before.
 
 A failing metrics write is logged and dropped: jobs never depend on it.
 """
@@ -59,7 +60,7 @@ from tasks.records.results import PageRecord
 from tasks.state.client_labels import ANONYMOUS_LABEL, OTHER_LABEL, ClientLabels
 from tasks.state.connection import connect, connection_pools
 from tasks.state.metrics import MetricsStore, Sample
-from tasks.state.usage import PageUsage
+from tasks.state.usage import JobPages, PageUsage, today
 
 if TYPE_CHECKING:
     from tasks.engines.resident import ResidentEngines
@@ -165,12 +166,15 @@ class Telemetry:
         return self._labels
 
     def pages_read(self, engine: str, pages: Iterable[dict[str, Any]],
-                   cached: bool = False, client: str = "", job: str = "") -> None:
+                   cached: bool = False, client: str = "", job: str = "",
+                   recorded: bool = False) -> JobPages | None:
         """Count pages this process read, for this worker and `client`, and their latency.
 
         The pages read (not failed, not cached) are added to the client's usage of the
         day (tasks/state/usage.py): what its page caps are checked against; with `job`,
-        each of the job's pages once, whichever worker read it first.
+        each of the job's pages once, whichever worker read it first. `recorded`: the
+        usage is returned, for the script that records the pages to count (a page
+        task's), and the counters are written at once.
         """
         pages = list(pages)
         samples = page_samples(engine, pages, cached)
@@ -180,12 +184,16 @@ class Telemetry:
         observed = [] if cached else page_latencies(engine, pages)
         numbers = [] if cached else [int(page["number"]) for page in pages
                                      if page.get("error") is None]
+        if recorded:
+            self._write(lambda store: store.add(samples, observed, at_once=True))
+            return JobPages(client, job, tuple(numbers), today()) if job and numbers else None
         usage = self._usage()
         # One pipeline: the counters, the histograms and the client's usage.
         if not self._write(lambda store: store.add(
                 samples, observed, lambda pipe: usage.add(client, len(numbers), pipe=pipe,
                                                           job=job, numbers=numbers))):
             usage.forget_ttls()  # its keys' TTLs are set again by the next write
+        return None
 
     def label(self, client: str) -> str:
         """`client`'s bounded metric label (`other` while the token names are unread)."""
@@ -331,14 +339,17 @@ def job_ended(outcome: Outcome, accepted: float | None = None) -> None:
 
 
 def pages_read(engine: str, pages: Iterable[PageRecord], cached: bool = False,
-               client: str = "", job: str = "") -> None:
+               client: str = "", job: str = "", recorded: bool = False) -> JobPages | None:
     """Count pages this process read (or a cached job's pages it answered), for its worker.
 
     And for the job's `client` (its counters and its usage of the day). Called before
     the pages are recorded, so a job's pages are in its client's usage and its
-    worker's counters by the time its result is stored. A process without telemetry
-    (a client, a test) counts nothing.
+    worker's counters by the time its result is stored. `recorded`: the usage is
+    returned instead, for the script that records the pages to count (a page task's
+    record, tasks/state/join.py); None when there is nothing to count. A process
+    without telemetry (a client, a test) counts nothing.
     """
-    if _telemetry is not None:
-        _telemetry.pages_read(engine, (page.to_json() for page in pages), cached, client,
-                              job)
+    if _telemetry is None:
+        return None
+    return _telemetry.pages_read(engine, (page.to_json() for page in pages), cached, client,
+                                 job, recorded)

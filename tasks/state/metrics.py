@@ -200,17 +200,18 @@ class MetricsStore:
             raise
 
     def add(self, samples: Iterable[Sample], observed: Iterable[Sample] = (),
-            also: Callable[[Any], None] | None = None) -> None:
+            also: Callable[[Any], None] | None = None, at_once: bool = False) -> None:
         """Add each sample's value to the node's counter; put `observed` in histograms.
 
         Held and written with the others of up to FLUSH_EVERY s. `also` queues other
-        writes (a client's usage), made at once, and the samples go with them: pages
-        counted so are in Redis before they are recorded, and a child killed (a cancel,
-        a hard limit) loses no counted page, only the histograms' last second.
+        writes (a client's usage), made at once, and the samples go with them (as they
+        do with `at_once`): pages counted so are in Redis before they are recorded, and
+        a child killed (a cancel, a hard limit) loses no counted page, only the
+        histograms' last second.
         """
         counts = [(node_key(self.node), _field(name, labels), value)
                   for name, labels, value in samples]
-        direct, more = (counts, []) if also is not None else ([], counts)
+        direct, more = (counts, []) if also is not None or at_once else ([], counts)
         for name, labels, value in observed:
             head = json.dumps([name, labels], sort_keys=True)[:-1]
             # the count is the buckets' sum (read back so): not written apart

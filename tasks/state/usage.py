@@ -9,8 +9,10 @@ reads every client's. Keys (hashes, field: the client name, "" the anonymous cli
 - `ocr:usage:month:<YYYY-MM>`: pages read that month (UTC), what a monthly cap is
   checked against in one read.
 
-Both are kept `USAGE_TTL` seconds after their last write. Counted: the pages read
-(OCR, text layer, blank), not the failed ones, nor those answered from the cache.
+Both are kept `USAGE_TTL` seconds from the day's (month's) first page of the client
+that began last in them. Counted: the pages read (OCR, text layer, blank), not the
+failed ones, nor those answered from the cache. A page task's pages are counted by the
+script that records them (`JobPages`, tasks/state/join.py).
 
 A cap (`pages_per_day`, `pages_per_month` in the client's token record,
 `ocr:api:clients`) refuses a job whose pages would pass it (`PageQuotaExceeded`):
@@ -49,24 +51,34 @@ CAPS_SECONDS = 5.0  # how long a worker process answers a client's caps from wha
 CAPS_KEPT = 1024  # clients whose caps one process holds (all dropped past that)
 
 
-# Adds to the client's (ARGV[1]) counts in KEYS[2] (the day) and KEYS[3] (the month)
-# the pages ARGV[4..] not yet in the job's set of counted pages KEYS[1] (kept ARGV[2]
-# seconds), and takes as many off the job's (ARGV[3]) hold in KEYS[4]; returns how many.
-_ADD_ONCE = lua.Script("""
-local n = 0
-for i = 4, #ARGV, 4000 do
-  n = n + redis.call('SADD', KEYS[1], unpack(ARGV, i, math.min(i + 3999, #ARGV)))
-end
-redis.call('EXPIRE', KEYS[1], ARGV[2])
-if n > 0 then
-  redis.call('HINCRBY', KEYS[2], ARGV[1], n)
-  redis.call('HINCRBY', KEYS[3], ARGV[1], n)
-  if redis.call('HEXISTS', KEYS[4], ARGV[3]) == 1
-      and redis.call('HINCRBY', KEYS[4], ARGV[3], -n) <= 0 then
-    redis.call('HDEL', KEYS[4], ARGV[3])
+# A Lua function, put before the scripts that count a job's pages (this one and the
+# page record's, tasks/state/join.py): adds to `client`'s counts in `day` and `month`
+# the pages ARGV[first..last] not yet in the job's set of counted pages `set` (kept
+# `set_ttl` seconds), and takes as many off the job's hold in `held`; returns how many.
+# A count that begins in a key (a new key begins one too) gives the key its TTL `ttl`.
+COUNT_PAGES_LUA = """
+local function count_pages(set, day, month, held, client, job, set_ttl, ttl, first, last)
+  local n = 0
+  for i = first, last, 4000 do
+    n = n + redis.call('SADD', set, unpack(ARGV, i, math.min(i + 3999, last)))
   end
+  redis.call('EXPIRE', set, set_ttl)
+  if n > 0 then
+    for _, key in ipairs({day, month}) do
+      if redis.call('HINCRBY', key, client, n) == n then redis.call('EXPIRE', key, ttl) end
+    end
+    if redis.call('HEXISTS', held, job) == 1
+        and redis.call('HINCRBY', held, job, -n) <= 0 then
+      redis.call('HDEL', held, job)
+    end
+  end
+  return n
 end
-return n
+"""
+# KEYS and ARGV: those of `JobPages`, then the page numbers.
+_ADD_ONCE = lua.Script(COUNT_PAGES_LUA + """
+return count_pages(KEYS[1], KEYS[2], KEYS[3], KEYS[4], ARGV[1], ARGV[2], ARGV[3], ARGV[4],
+                   5, #ARGV)
 """)
 # KEYS[1]: the client's holds. ARGV: the client, the job, its pages, the day's cap, the
 # month's (0: none), the holds' TTL, the day's counts and the month's: named in ARGV,
@@ -139,6 +151,25 @@ def date_range(start: str | None, end: str | None,
 
 
 @dataclass(frozen=True)
+class JobPages:
+    """Pages of `job` read for `client` on `day`, to count once each (`COUNT_PAGES_LUA`)."""
+
+    client: str
+    job: str
+    numbers: tuple[int, ...]
+    day: dt.date
+
+    def keys(self) -> list[str]:
+        """The job's counted pages, the day's and the month's counts, the client's holds."""
+        return [job_pages_key(self.job), day_key(self.day), month_key(self.day),
+                held_key(self.client)]
+
+    def args(self) -> list[str | int]:
+        """The client, the job, the TTLs of its counted pages and of the counts."""
+        return [self.client, self.job, JOB_PAGES_TTL, USAGE_TTL]
+
+
+@dataclass(frozen=True)
 class PageCaps:
     """A client's caps; None: no cap (0 is refused at creation: see tokens.py)."""
 
@@ -174,21 +205,20 @@ class PageUsage:
 
         With `job` and the page `numbers` read, each page of a job counts once, however
         many workers read it (a job handed on from a worker that only seemed dead, a
-        page task delivered twice): `pages` is then ignored. Each key's TTL is set by
-        the first write of each process, not by every one.
+        page task delivered twice): `pages` is then ignored, and a key's TTL is set as
+        the client's count in it begins. Without `job`, each key's TTL is set by the
+        first write of each process, not by every one.
         """
         if (pages <= 0 and not job) or (job and not numbers):
             return
         day = today(now)
         own = pipe is None
         pipe = self._redis.pipeline(transaction=False) if own else pipe
-        keys = (day_key(day), month_key(day))
         if job:
-            _ADD_ONCE.queue(pipe, [job_pages_key(job), *keys, held_key(client)],
-                            [client, JOB_PAGES_TTL, job, *numbers])
-        for key in keys:
-            if not job:
-                pipe.hincrby(key, client, pages)
+            counted = JobPages(client, job, tuple(numbers), day)
+            _ADD_ONCE.queue(pipe, counted.keys(), [*counted.args(), *numbers])
+        for key in () if job else (day_key(day), month_key(day)):
+            pipe.hincrby(key, client, pages)
             if key not in self._kept:
                 pipe.expire(key, USAGE_TTL)
                 self._kept.add(key)

@@ -6,6 +6,7 @@ scripts too) holds the join; no Celery, no worker: the state layer alone.
 
 from __future__ import annotations
 
+import datetime as dt
 import json
 from collections.abc import Iterator
 
@@ -19,8 +20,19 @@ from tasks.records.results import DocumentResult, PageRecord
 from tasks.state.connection import connect
 from tasks.state.join import DocumentJoin, ProgressWrite
 from tasks.state.keys import doc_key, job_ended_key, job_key
+from tasks.state.usage import (
+    JOB_PAGES_TTL,
+    USAGE_TTL,
+    JobPages,
+    PageUsage,
+    day_key,
+    held_key,
+    job_pages_key,
+    month_key,
+)
 
 TOTAL = 6
+NEW_YEARS_EVE = dt.datetime(2026, 12, 31, 23, 0, tzinfo=dt.UTC).timestamp()
 
 
 @pytest.fixture
@@ -77,3 +89,42 @@ def test_a_documents_start_after_its_ending_writes_nothing(store: redis.Redis) -
     join = DocumentJoin(store, 600)
     assert not join.start(meta_of("job-3"), [], progress_of("job-3"))
     assert store.exists("progress-job-3", job_key("job-3"), doc_key("job-3", "meta")) == 0
+
+
+def counted(job_id: str, *numbers: int) -> JobPages:
+    return JobPages("billing", job_id, numbers, dt.date(2026, 12, 31))
+
+
+def test_a_pages_record_counts_it_in_its_clients_usage_in_the_same_script(
+        store: redis.Redis) -> None:
+    join = DocumentJoin(store, 600)
+    usage = PageUsage(store)
+    store.hset(held_key("billing"), "job-4", 2)  # held as the job was sent
+    assert join.start(meta_of("job-4"), [], progress_of("job-4"))
+    assert join.record("job-4", [PageRecord(1, "one")], progress_of("job-4"),
+                       counted("job-4", 1)) == 1
+    store.config_resetstat()
+    assert join.record("job-4", [PageRecord(2, "two")], progress_of("job-4"),
+                       counted("job-4", 2)) == 2
+    # one script: the usage's SADD, EXPIRE, the day's and the month's HINCRBY (their
+    # TTLs set as the client's counts began), the hold's HEXISTS, HINCRBY and HDEL; the
+    # end claim's EXISTS, HSET, HLEN and the progress SET
+    assert commands(store) == {"evalsha": 1, "sadd": 1, "expire": 1, "hincrby": 3,
+                               "hexists": 1, "hdel": 1, "exists": 1, "hset": 1, "hlen": 1,
+                               "set": 1}
+    assert json.loads(store.get("progress-job-4") or b"") == {"done": 2, "total": 6}
+    assert usage.used("billing", NEW_YEARS_EVE) == (2, 2)
+    assert store.hgetall(held_key("billing")) == {}  # its pages counted: the hold is gone
+    assert 0 < store.ttl(day_key(dt.date(2026, 12, 31))) <= USAGE_TTL
+    assert 0 < store.ttl(month_key(dt.date(2026, 12, 31))) <= USAGE_TTL
+    # delivered again: recorded again, counted once; after the ending, counted, not
+    # recorded
+    assert join.record("job-4", [PageRecord(2, "two")], None, counted("job-4", 2)) == 2
+    store.set(job_ended_key("job-4"), "done")
+    assert join.record("job-4", [PageRecord(3, "three")], progress_of("job-4"),
+                       counted("job-4", 3)) == -1
+    assert usage.used("billing", NEW_YEARS_EVE) == (3, 3)
+    assert store.hlen(doc_key("job-4", "pages")) == 2
+    assert json.loads(store.get("progress-job-4") or b"") == {"done": 2, "total": 6}
+    assert 0 < store.ttl(job_pages_key("job-4")) <= JOB_PAGES_TTL
+

@@ -14,10 +14,11 @@ from tasks.errors import PdfEncrypted
 from tasks.queue.app import create_app
 from tasks.queue.display import job_kwargs_repr
 from tasks.queue.job_samples import job_line, job_record, page_samples
-from tasks.queue.telemetry import rss_bytes
+from tasks.queue.telemetry import Telemetry, rss_bytes
 from tasks.settings import Settings
 from tasks.state.metrics import CHILD_TTL, FLUSH_EVERY, MetricsStore
 from tasks.state.metrics_collector import RedisCollector
+from tasks.state.usage import JobPages, PageUsage, today
 from tests.harness import eventually
 
 
@@ -153,6 +154,26 @@ def test_counts_written_with_other_writes_are_never_held(redis_url: str) -> None
     store.flush()
     got = _scrape(RedisCollector(client))
     assert [v for _, v in got["ocr_page_latency_seconds_count"]] == [4.0]
+
+
+def test_a_page_tasks_usage_is_left_to_its_record_and_its_counters_written_at_once(
+        redis_url: str) -> None:
+    """`recorded`: the pages to count come back (for the page's record script)."""
+    client = redis.Redis.from_url(redis_url)
+    client.flushdb()
+    telemetry = Telemetry(Settings.from_env({"REDIS_URL": redis_url}), "fake")
+    telemetry.node = "cpu@a"
+    pages = [{"number": 1, "source": "ocr", "seconds": 0.2},
+             {"number": 2, "source": "ocr", "error": {"code": "engine_failed"}},
+             {"number": 3, "source": "ocr", "seconds": 0.3}]
+    telemetry.pages_read("fake", pages[:1])  # the first write goes at once
+    counted = telemetry.pages_read("fake", pages, client="billing", job="job-1",
+                                   recorded=True)
+    assert counted == JobPages("billing", "job-1", (1, 3), today())
+    got = _scrape(RedisCollector(client))
+    assert sum(v for _, v in got["ocr_pages_total"]) == 4  # not held
+    assert PageUsage(client).used("billing") == (0, 0)  # counted by the record
+    assert telemetry.pages_read("fake", pages[1:2], job="job-1", recorded=True) is None
 
 
 def test_metrics_store_and_collector(redis_url: str) -> None:
