@@ -37,7 +37,7 @@ if TYPE_CHECKING:
     from tasks.settings import Settings
     from tasks.state.join import DocumentJoin, PageProgress
     from tasks.state.stores import Stores
-    from tasks.state.usage import JobPages
+    from tasks.state.usage_counts import JobPages
 
 log = logging.getLogger(__name__)
 

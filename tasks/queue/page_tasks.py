@@ -39,7 +39,7 @@ from tasks.records.jobs import DocumentMeta, Outcome
 from tasks.records.results import PageError, PageRecord
 from tasks.settings import Settings
 from tasks.state.boundary import transient
-from tasks.state.usage import JobPages
+from tasks.state.usage_counts import JobPages
 
 T = TypeVar("T")
 

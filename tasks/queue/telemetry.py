@@ -60,7 +60,8 @@ from tasks.records.results import PageRecord
 from tasks.state.client_labels import ANONYMOUS_LABEL, OTHER_LABEL, ClientLabels
 from tasks.state.connection import connect, connection_pools
 from tasks.state.metrics import MetricsStore, Sample
-from tasks.state.usage import JobPages, PageUsage, today
+from tasks.state.usage import PageUsage, today
+from tasks.state.usage_counts import JobPages
 
 if TYPE_CHECKING:
     from tasks.engines.resident import ResidentEngines

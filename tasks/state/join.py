@@ -6,7 +6,7 @@ script: HSET then HLEN), so exactly one record sees the document complete — or
 several, when a page is delivered twice: who merges is then decided by the job's end
 claim (`JobEnder.claim`), never here. The job's progress record (for clients) is written
 in the same script, with the count that script reads, and so are the page's counts in
-its client's usage (tasks/state/usage.py `JobPages`).
+its client's usage (tasks/state/usage_counts.py `JobPages`).
 
 A job that has ended takes no late writes: both writes check the one exit's claim
 (`ocr:job:<id>:ended`, set by `JobEnder.claim`) in the same script as the write, so a
@@ -27,7 +27,7 @@ from tasks.records.results import PageRecord
 from tasks.state import lua
 from tasks.state.boundary import transient_methods
 from tasks.state.keys import doc_key, job_ended_key, job_key
-from tasks.state.usage import COUNT_PAGES_LUA, JobPages
+from tasks.state.usage_counts import COUNT_PAGES_LUA, JobPages, quiet_jobs
 
 if TYPE_CHECKING:
     import redis
@@ -53,27 +53,28 @@ return 1
 # KEYS: the end claim, pages, the four keys of `JobPages` when pages are counted, and
 # the job's progress record when one is written; ARGV: TTL, the progress record's text
 # before and after its `done` count, its TTL, how many page numbers are counted (m), the
-# four arguments of `JobPages`, those m numbers, then page number/JSON pairs. Counts
+# five arguments of `JobPages`, those m numbers, then page number/JSON pairs. Counts
 # the pages for the job's client (also once the job has ended, as they were read), then
-# returns the pages in (-1: the job has ended, nothing recorded). A hash holding only
-# the pages just written is new (or holds them again): it gets its TTL.
+# records them. Returns the pages in (-1: the job has ended, nothing recorded) and what
+# the count found of the job's hold (`COUNT_PAGES_LUA`). A hash holding only the pages
+# just written is new (or holds them again): it gets its TTL.
 _RECORD_UNLESS_ENDED = lua.Script(COUNT_PAGES_LUA + """
 local m = tonumber(ARGV[5])
-local shown = 3
+local shown, hold = 3, -1
 if m > 0 then
-  count_pages(KEYS[3], KEYS[4], KEYS[5], KEYS[6], ARGV[6], ARGV[7], ARGV[8], ARGV[9], 10,
-              9 + m)
-  shown = 7
+  local _, found = count_pages(KEYS[3], KEYS[4], KEYS[5], KEYS[6], ARGV[6], ARGV[7], ARGV[8],
+                               ARGV[9], ARGV[10], 11, 10 + m)
+  shown, hold = 7, found
 end
-if redis.call('exists', KEYS[1]) == 1 then return -1 end
-local first = 10 + m
+if redis.call('exists', KEYS[1]) == 1 then return {-1, hold} end
+local first = 11 + m
 redis.call('hset', KEYS[2], unpack(ARGV, first))
 local done = redis.call('hlen', KEYS[2])
 if done <= (#ARGV - first + 1) / 2 then redis.call('expire', KEYS[2], ARGV[1]) end
 if #KEYS >= shown then
   redis.call('set', KEYS[shown], ARGV[2] .. done .. ARGV[3], 'EX', ARGV[4])
 end
-return done
+return {done, hold}
 """)
 
 
@@ -172,7 +173,7 @@ class DocumentJoin:
         if not pages:
             return self.done(doc_id)
         keys: list[str | bytes] = [job_ended_key(doc_id), self._key(doc_id, "pages")]
-        args: list[str | int] = [self._ttl, "", "", 0, 0, "", "", 0, 0]
+        args: list[str | int] = [self._ttl, "", "", 0, 0, "", "", 0, 0, 0]
         if counted is not None and counted.numbers:
             keys += counted.keys()
             args[4:] = [len(counted.numbers), *counted.args(), *counted.numbers]
@@ -181,7 +182,10 @@ class DocumentJoin:
             args[1:4] = [progress.head, progress.tail, max(1, progress.ttl)]
         pairs = [item for page in pages
                  for item in (str(page.number), json.dumps(page.to_json()))]
-        return int(_RECORD_UNLESS_ENDED(self._redis, keys, [*args, *pairs]))
+        done, hold = _RECORD_UNLESS_ENDED(self._redis, keys, [*args, *pairs])
+        if counted is not None:
+            quiet_jobs.counted(counted.job, int(hold))
+        return int(done)
 
     def pages(self, doc_id: str) -> list[PageRecord]:
         raw = self._redis.hgetall(self._key(doc_id, "pages"))

@@ -12,7 +12,8 @@ reads every client's. Keys (hashes, field: the client name, "" the anonymous cli
 Both are kept `USAGE_TTL` seconds from the day's (month's) first page of the client
 that began last in them. Counted: the pages read (OCR, text layer, blank), not the
 failed ones, nor those answered from the cache. A page task's pages are counted by the
-script that records them (`JobPages`, tasks/state/join.py).
+script that records them (tasks/state/join.py); what counts a job's pages once each
+is tasks/state/usage_counts.py.
 
 A cap (`pages_per_day`, `pages_per_month` in the client's token record,
 `ocr:api:clients`) refuses a job whose pages would pass it (`PageQuotaExceeded`):
@@ -42,43 +43,25 @@ import redis
 from tasks.errors import BadRequest, PageQuotaExceeded
 from tasks.records.request import page_range
 from tasks.state import lua
-from tasks.state.keys import API_CLIENTS_KEY, USAGE_PREFIX
+from tasks.state.keys import API_CLIENTS_KEY
+from tasks.state.usage_counts import (
+    COUNT_PAGES_LUA,
+    USAGE_TTL,
+    JobPages,
+    day_key,
+    held_key,
+    month_key,
+)
 
-USAGE_TTL = 400 * 24 * 3600
 MAX_DAYS = 400  # the longest range one read answers
 DEFAULT_DAYS = 30
 CAPS_SECONDS = 5.0  # how long a worker process answers a client's caps from what it read
 CAPS_KEPT = 1024  # clients whose caps one process holds (all dropped past that)
 
-
-# A Lua function, put before the scripts that count a job's pages (this one and the
-# page record's, tasks/state/join.py): adds to `client`'s counts in `day` and `month`
-# the pages ARGV[first..last] not yet in the job's set of counted pages `set` (kept
-# `set_ttl` seconds), and takes as many off the job's hold in `held`; returns how many.
-# A count that begins in a key (a new key begins one too) gives the key its TTL `ttl`.
-COUNT_PAGES_LUA = """
-local function count_pages(set, day, month, held, client, job, set_ttl, ttl, first, last)
-  local n = 0
-  for i = first, last, 4000 do
-    n = n + redis.call('SADD', set, unpack(ARGV, i, math.min(i + 3999, last)))
-  end
-  redis.call('EXPIRE', set, set_ttl)
-  if n > 0 then
-    for _, key in ipairs({day, month}) do
-      if redis.call('HINCRBY', key, client, n) == n then redis.call('EXPIRE', key, ttl) end
-    end
-    if redis.call('HEXISTS', held, job) == 1
-        and redis.call('HINCRBY', held, job, -n) <= 0 then
-      redis.call('HDEL', held, job)
-    end
-  end
-  return n
-end
-"""
 # KEYS and ARGV: those of `JobPages`, then the page numbers.
 _ADD_ONCE = lua.Script(COUNT_PAGES_LUA + """
 return count_pages(KEYS[1], KEYS[2], KEYS[3], KEYS[4], ARGV[1], ARGV[2], ARGV[3], ARGV[4],
-                   5, #ARGV)
+                   ARGV[5], 6, #ARGV)
 """)
 # KEYS[1]: the client's holds. ARGV: the client, the job, its pages, the day's cap, the
 # month's (0: none), the holds' TTL, the day's counts and the month's: named in ARGV,
@@ -100,25 +83,6 @@ redis.call('EXPIRE', KEYS[1], ARGV[6])
 return {'', 0}
 """
 HOLD_TTL = 3 * 86400  # a hold outlives no job: one not ended by then is gone
-JOB_PAGES_TTL = 3 * 86400  # a job's counted pages: longer than any job's redelivery
-
-
-def held_key(client: str) -> str:
-    """`ocr:usage:held:<client>`: pages held for the client's jobs sent (job -> pages)."""
-    return f"{USAGE_PREFIX}held:{client}"
-
-
-def job_pages_key(job: str) -> str:
-    """`ocr:usage:job:<id>`: the pages of a job already counted (a set)."""
-    return f"{USAGE_PREFIX}job:{job}"
-
-
-def day_key(day: dt.date) -> str:
-    return f"{USAGE_PREFIX}day:{day.isoformat()}"
-
-
-def month_key(day: dt.date) -> str:
-    return f"{USAGE_PREFIX}month:{day.year:04d}-{day.month:02d}"
 
 
 def today(now: float | None = None) -> dt.date:
@@ -148,25 +112,6 @@ def date_range(start: str | None, end: str | None,
     if (last - first).days >= MAX_DAYS:
         raise BadRequest(f"a range is at most {MAX_DAYS} days")
     return first, last
-
-
-@dataclass(frozen=True)
-class JobPages:
-    """Pages of `job` read for `client` on `day`, to count once each (`COUNT_PAGES_LUA`)."""
-
-    client: str
-    job: str
-    numbers: tuple[int, ...]
-    day: dt.date
-
-    def keys(self) -> list[str]:
-        """The job's counted pages, the day's and the month's counts, the client's holds."""
-        return [job_pages_key(self.job), day_key(self.day), month_key(self.day),
-                held_key(self.client)]
-
-    def args(self) -> list[str | int]:
-        """The client, the job, the TTLs of its counted pages and of the counts."""
-        return [self.client, self.job, JOB_PAGES_TTL, USAGE_TTL]
 
 
 @dataclass(frozen=True)

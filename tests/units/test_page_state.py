@@ -20,11 +20,11 @@ from tasks.records.results import DocumentResult, PageRecord
 from tasks.state.connection import connect
 from tasks.state.join import DocumentJoin, ProgressWrite
 from tasks.state.keys import doc_key, job_ended_key, job_key
-from tasks.state.usage import (
+from tasks.state.usage import PageUsage
+from tasks.state.usage_counts import (
     JOB_PAGES_TTL,
     USAGE_TTL,
     JobPages,
-    PageUsage,
     day_key,
     held_key,
     job_pages_key,
@@ -128,3 +128,18 @@ def test_a_pages_record_counts_it_in_its_clients_usage_in_the_same_script(
     assert json.loads(store.get("progress-job-4") or b"") == {"done": 2, "total": 6}
     assert 0 < store.ttl(job_pages_key("job-4")) <= JOB_PAGES_TTL
 
+
+
+def test_a_job_without_a_hold_is_counted_without_its_sets_ttl_and_hold_again(
+        store: redis.Redis) -> None:
+    """Its set has its TTL from the process's first count; no hold comes after its send."""
+    join = DocumentJoin(store, 600)
+    assert join.start(meta_of("job-6"), [])
+    assert join.record("job-6", [PageRecord(1, "one")], None, counted("job-6", 1)) == 1
+    assert 0 < store.ttl(job_pages_key("job-6")) <= JOB_PAGES_TTL
+    store.config_resetstat()
+    assert join.record("job-6", [PageRecord(2, "two")], None, counted("job-6", 2)) == 2
+    # SADD, the day's and the month's HINCRBY; EXISTS, HSET, HLEN: no EXPIRE, no HEXISTS
+    assert commands(store) == {"evalsha": 1, "sadd": 1, "hincrby": 2, "exists": 1,
+                               "hset": 1, "hlen": 1}
+    assert PageUsage(store).used("billing", NEW_YEARS_EVE) == (2, 2)

@@ -1,0 +1,118 @@
+"""A job's pages counted once each in its client's usage, and the keys that holds.
+
+Runs in worker pool children (and the worker processes of in-process jobs): the Lua
+function `COUNT_PAGES_LUA` is put before both scripts that count a job's pages,
+`PageUsage.add`'s (tasks/state/usage.py) and a page task's record (tasks/state/join.py,
+which counts the pages it records). Keys (tasks/state/usage.py says what reads them):
+
+- `ocr:usage:day:<YYYY-MM-DD>`, `ocr:usage:month:<YYYY-MM>` (hashes, field: the client).
+- `ocr:usage:job:<id>`: the pages of a job already counted (a set), `JOB_PAGES_TTL`.
+- `ocr:usage:held:<client>`: pages held for the client's jobs sent (job -> pages).
+
+`quiet_jobs` holds the jobs this process counted pages of in the last
+`QUIET_SECONDS` with no hold found: a hold is made before its job is sent, so none
+comes later, and the job's set has its TTL; their next counts write neither.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import threading
+import time
+from dataclasses import dataclass
+
+from tasks.state.keys import USAGE_PREFIX
+
+USAGE_TTL = 400 * 24 * 3600
+JOB_PAGES_TTL = 3 * 86400  # a job's counted pages: longer than any job's redelivery
+QUIET_SECONDS = 3600.0  # far within JOB_PAGES_TTL: a set that expired is given it again
+QUIET_KEPT = 1024  # jobs one process remembers (all dropped past that)
+
+# Adds to `client`'s counts in `day` and `month` the pages ARGV[first..last] not yet in
+# the job's set of counted pages `set` (kept `set_ttl` seconds), and takes as many off
+# the job's hold in `held`. A count that begins in a key (a new key begins one too)
+# gives the key its TTL `ttl`. `quiet` ('1': the job is in `quiet_jobs`): the set's TTL
+# and the hold are left alone. Returns how many, and the hold: 1 found, 0 none, -1 not
+# looked at.
+COUNT_PAGES_LUA = """
+local function count_pages(set, day, month, held, client, job, set_ttl, ttl, quiet, first,
+                           last)
+  local n = 0
+  for i = first, last, 4000 do
+    n = n + redis.call('SADD', set, unpack(ARGV, i, math.min(i + 3999, last)))
+  end
+  if quiet ~= '1' then redis.call('EXPIRE', set, set_ttl) end
+  if n == 0 then return 0, -1 end
+  for _, key in ipairs({day, month}) do
+    if redis.call('HINCRBY', key, client, n) == n then redis.call('EXPIRE', key, ttl) end
+  end
+  if quiet == '1' or redis.call('HEXISTS', held, job) == 0 then return n, 0 end
+  if redis.call('HINCRBY', held, job, -n) <= 0 then redis.call('HDEL', held, job) end
+  return n, 1
+end
+"""
+
+
+def held_key(client: str) -> str:
+    """`ocr:usage:held:<client>`: pages held for the client's jobs sent (job -> pages)."""
+    return f"{USAGE_PREFIX}held:{client}"
+
+
+def job_pages_key(job: str) -> str:
+    """`ocr:usage:job:<id>`: the pages of a job already counted (a set)."""
+    return f"{USAGE_PREFIX}job:{job}"
+
+
+def day_key(day: dt.date) -> str:
+    return f"{USAGE_PREFIX}day:{day.isoformat()}"
+
+
+def month_key(day: dt.date) -> str:
+    return f"{USAGE_PREFIX}month:{day.year:04d}-{day.month:02d}"
+
+
+@dataclass(frozen=True)
+class JobPages:
+    """Pages of `job` read for `client` on `day`, to count once each (`COUNT_PAGES_LUA`)."""
+
+    client: str
+    job: str
+    numbers: tuple[int, ...]
+    day: dt.date
+
+    def keys(self) -> list[str]:
+        """The job's counted pages, the day's and the month's counts, the client's holds."""
+        return [job_pages_key(self.job), day_key(self.day), month_key(self.day),
+                held_key(self.client)]
+
+    def args(self) -> list[str | int]:
+        """The client, the job, the TTLs of its counted pages and of the counts, `quiet`."""
+        return [self.client, self.job, JOB_PAGES_TTL, USAGE_TTL,
+                int(quiet_jobs.knows(self.job))]
+
+
+class QuietJobs:
+    """Jobs this process counted pages of lately with no hold found (thread-safe)."""
+
+    def __init__(self) -> None:
+        self._since: dict[str, float] = {}  # job -> when its first count found no hold
+        self._lock = threading.Lock()
+
+    def knows(self, job: str) -> bool:
+        with self._lock:
+            since = self._since.get(job)
+        return since is not None and time.monotonic() - since < QUIET_SECONDS
+
+    def counted(self, job: str, hold: int) -> None:
+        """What a count of `job`'s pages found of its hold (`COUNT_PAGES_LUA`'s)."""
+        if hold != 0:
+            return
+        with self._lock:
+            if job in self._since:
+                return
+            if len(self._since) >= QUIET_KEPT:
+                self._since.clear()
+            self._since[job] = time.monotonic()
+
+
+quiet_jobs = QuietJobs()
