@@ -73,8 +73,8 @@ read against each kombu minor of `KOMBU_MINORS`, requirements.txt's range
 (tests/units/test_kombu_overrides.py checks the installed kombu is one, has each name,
 and that no other name of kombu's is overridden). Most are the hooks kombu documents
 for a transport to fill in (`_get`, `_put`, `_size`, `_purge`, `_delete`, `_has_queue`,
-`_new_queue`, `_queue_bind`, `get_table`, `_put_fanout`, `register_with_event_loop`,
-`on_readable`); `KOMBU_PRIVATE_READS` are the few private names of the virtual
+`_new_queue`, `_queue_bind`, `get_table`, `_put_fanout`, `register_with_event_loop`);
+`KOMBU_PRIVATE_READS` are the few private names of the virtual
 transport it reads or calls without overriding them.
 
 No name of redis-py's is overridden, and only its public API is called: a message
@@ -104,7 +104,7 @@ KOMBU_HOOKS: dict[str, tuple[str, ...]] = {
             "restore_at_shutdown"),
     "Transport": ("Channel", "polling_interval", "default_port", "driver_type",
                   "driver_name", "implements", "connection_errors", "channel_errors",
-                  "driver_version", "register_with_event_loop", "on_readable"),
+                  "driver_version", "register_with_event_loop"),
 }
 # Hooks kombu's virtual transport calls where a channel has them, with no default of its
 # own (a channel with `supports_fanout`: a binding's note, a fanout publish).

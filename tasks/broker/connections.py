@@ -75,7 +75,7 @@ def pool_params(conninfo: Any, channel: Any, default_port: int = DEFAULT_PORT,
     return params
 
 
-def watched(connection_class: type, on_disconnect: Callable[[Any], None]) -> type:
+def watched(connection_class: Any, on_disconnect: Callable[[Any], None]) -> type:
     """`connection_class` whose `disconnect` first calls `on_disconnect(connection)`.
 
     The poller's connections: a socket closed under the event loop is dropped from it
@@ -92,8 +92,10 @@ def watched(connection_class: type, on_disconnect: Callable[[Any], None]) -> typ
 
 def make_pool(params: dict[str, Any],
               on_disconnect: Callable[[Any], None] | None = None) -> redis.ConnectionPool:
-    """A connection pool from `pool_params` (a redis:// or rediss:// broker); with
-    `on_disconnect`, its connections are `watched`."""
+    """A connection pool from `pool_params` (a redis:// or rediss:// broker).
+
+    With `on_disconnect`, its connections are `watched`.
+    """
     if on_disconnect is not None:
         params = {**params, "connection_class": watched(params["connection_class"],
                                                         on_disconnect)}

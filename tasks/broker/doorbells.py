@@ -23,14 +23,13 @@ log = logging.getLogger(__name__)
 
 
 def ring(pipe: Any, prefixed: Callable[[str], str], queues: Iterable[str]) -> None:
-    """Ring the doorbells of `queues` in `pipe` (a kombu client's pipeline).
+    """Ring the doorbells of `queues` in `pipe` (a channel's pipeline).
 
-    `prefixed`: a name with kombu's global key prefix; kombu's client prefixes LPUSH
-    and PEXPIRE itself, not LTRIM.
+    `prefixed`: a key's name as the channel's raw commands spell it (`_key`).
     """
     for queue in queues:
-        key = wake_key(queue)
-        pipe.lpush(key, "1").ltrim(prefixed(key), 0, 0).pexpire(key, WAKE_TTL_MS)
+        key = prefixed(wake_key(queue))
+        pipe.lpush(key, "1").ltrim(key, 0, 0).pexpire(key, WAKE_TTL_MS)
 
 
 def ring_again(channel: Any, queue: str) -> None:
@@ -52,7 +51,7 @@ def ring_again(channel: Any, queue: str) -> None:
 def drop_wait(connection: Any, errors: tuple[type[BaseException], ...]) -> None:
     """End a closing channel's doorbell wait at once: its connection is dropped, unread.
 
-    kombu reads a pending wait to its end as the channel closes, which would hold a
+    Read to its end as the channel closes, a pending wait would hold a
     warm shutdown for up to `ocr_idle_wait` s. A ring that wait would have taken is
     lost: the message waits for another worker's next fetch or the end of its wait.
     """

@@ -10,7 +10,7 @@ records a message in kombu's `unacked` hash, the message's holder in the hash
 was taken from (the client's lane, or the list itself), the ring of its priority step
 and its client, one per line. Every path that drops the `unacked` record (ack, reject,
 restore, the visibility timeout's restore) drops the holder in the same MULTI
-(tasks/broker/unsettled.py, `QoS._remove_from_indices`).
+(tasks/broker/unsettled.py, `QoS.unrecord`).
 
 A holder is alive while its node's presence record (tasks/state/liveness.py: field
 node -> `{"expires", "pid", ...}`, refreshed by every heartbeat) names its pid and

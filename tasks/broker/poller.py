@@ -129,8 +129,10 @@ class Poller:
                         loop.call_repeatedly(health_every, self.check_health)]
 
     def restore_visible(self) -> None:
-        """Messages past the visibility timeout go back to their queues (one channel's
-        sweep covers the server: the records are not the channel's own)."""
+        """Messages past the visibility timeout go back to their queues.
+
+        One channel's sweep covers the server: the records are not the channel's own.
+        """
         for channel in self.channels:
             if channel.active_queues:
                 try:

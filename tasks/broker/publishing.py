@@ -38,7 +38,7 @@ log = logging.getLogger(__name__)
 class PublishingChannel(RedisChannel):
     """The Redis channel whose publishes go to lanes, ring, and wait for replicas."""
 
-    from_transport_options: tuple[str, ...] = (
+    from_transport_options = (
         *RedisChannel.from_transport_options,
         "ocr_min_replicas", "ocr_replica_timeout", "ocr_refuse_unkept")
     # A publish waits for this many replicas (WAIT), at most `ocr_replica_timeout` s;

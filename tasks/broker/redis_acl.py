@@ -9,8 +9,8 @@ a user's set refused. Every process then names its own user in REDIS_URL
 (`rediss://worker:PASSWORD@ocr-redis:6379/0?...`), and the `default` user is off.
 
 What each user holds was read from the code and from every role's traffic (the
-commands each one sent through a real run, MONITOR per role): kombu's Redis transport
-and this project's (tasks/broker/transport.py), Celery's result backend, the Lua scripts
+commands each one sent through a real run, MONITOR per role): this project's
+transport (tasks/broker/transport.py, on the lists and bindings kombu's clients use), Celery's result backend, the Lua scripts
 of tasks/broker/transport.py, tasks/state/join.py, stores.py, queue_depth.py and
 tasks/api/_quotas.py (Redis checks every command a script calls against the caller's
 user, keys included), Flower and the metrics exporter. Redis keys outside `ocr:` are
@@ -40,7 +40,7 @@ CONNECTION = ("auth", "hello", "select", "ping", "quit", "client|setname", "clie
               "client|id")
 SETINFO_SINCE = (7, 2)
 
-# Keys of the Celery broker (kombu's Redis transport) and result backend.
+# Keys of the Celery broker (the lists and bindings every kombu client uses) and result backend.
 QUEUES = ("ocr", "ocr[^:]*")          # task queues: ocr, ocr-<engine>, ocr-control, and
 #                                       each one's priority lists (`ocr\x06\x163`, ...)
 DIRECT = ("*.dq2*",)                  # each worker's own queue (worker_direct)

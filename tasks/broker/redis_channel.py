@@ -64,7 +64,7 @@ class RedisChannel(virtual.Channel):
     queue_order_strategy = "round_robin"
     brpop_timeout = 1.0
 
-    from_transport_options = (
+    from_transport_options: tuple[str, ...] = (  # type: ignore[assignment]
         *virtual.Channel.from_transport_options,
         "sep", "unacked_key", "unacked_index_key", "unacked_mutex_key",
         "unacked_mutex_expire", "visibility_timeout", "unacked_restore_limit",
@@ -250,7 +250,8 @@ class RedisChannel(virtual.Channel):
     def _purge(self, queue: str) -> int:
         with self.commands.pipeline() as pipe:
             for name in self._lists(queue):
-                pipe.llen(name).delete(name)
+                pipe.llen(name)
+                pipe.delete(name)
             return sum(int(size) for size in pipe.execute()[::2])
 
     def _put(self, queue: str, message: Any, **kwargs: Any) -> None:

@@ -53,8 +53,8 @@ from kombu.utils.encoding import bytes_to_str
 
 from tasks.broker import doorbells, holders, lanes, oversized, scripts, unsettled
 from tasks.broker.connections import DEFAULT_PORT
-from tasks.broker.poller import Poller
 from tasks.broker.layout import DEAD_LETTER_KEY, queue_list, wake_key
+from tasks.broker.poller import Poller
 from tasks.broker.publishing import PublishingChannel
 from tasks.broker.refusals import (
     Refused,
@@ -181,8 +181,11 @@ class Channel(PublishingChannel):
     _fetch_sent_at: float | None = None
 
     def fetch_start(self, timeout: float | None = None) -> None:
-        """Send the fetch script over the queues' lists, or, after a fetch found them
-        empty, a BLPOP on their doorbells (the poller reads the reply: `fetch_read`)."""
+        """Send the fetch script over the queues' lists, or a wait on their doorbells.
+
+        The wait (a BLPOP) follows a fetch that found them empty; the poller reads the
+        reply (`fetch_read`).
+        """
         if timeout is None:
             timeout = self.brpop_timeout
         if unsettled.pending():
@@ -209,10 +212,10 @@ class Channel(PublishingChannel):
                 probe=not (self._busy or self._woken), woken=self._woken,
                 holder=holders.holder(), sep=self.sep, acks=self.qos.take_due())
             self._fetch = command
-        self._in_poll = self.client.connection
+        self._in_poll = self.fetch_connection()
         self._fetch_sent_at = time.monotonic()
         try:
-            self.client.connection.send_command(*command)
+            self.fetch_connection().send_command(*command)
         except self.connection_errors:
             self.qos.fetch_lost()
             raise
@@ -226,18 +229,18 @@ class Channel(PublishingChannel):
         waiting = self._waiting
         try:
             try:
-                reply = self.client.parse_response(self.client.connection,
+                reply = self.client.parse_response(self.fetch_connection(),
                                                    "BLPOP" if waiting else "EVALSHA",
                                                    **options)
             except self.connection_errors:
-                self.client.connection.disconnect()
+                self.fetch_connection().disconnect()
                 self._waiting = False
                 self.qos.fetch_lost()
                 raise
             except redis.exceptions.ReadOnlyError as exc:
                 # A replica now (a managed endpoint demoted the server under us): connect
                 # again, to the address's new primary.
-                self.client.connection.disconnect()
+                self.fetch_connection().disconnect()
                 self._waiting = False
                 self.qos.fetch_lost()
                 raise redis.exceptions.ConnectionError(f"the broker is a replica now: {exc}") \
@@ -350,19 +353,21 @@ class Transport(virtual.Transport):
     """
 
     Channel = Channel
-    polling_interval = None  # `Poller.get` waits on the sockets; no sleep between polls
+    polling_interval = None  # type: ignore[assignment]  # `Poller.get` waits on the sockets; no sleep between polls
     brpop_timeout = 1.0
-    default_port = DEFAULT_PORT
+    default_port = DEFAULT_PORT  # type: ignore[assignment]
     driver_type = "redis"
     driver_name = "redis"
     implements = virtual.Transport.implements.extend(
         asynchronous=True, exchange_type=frozenset(["direct", "topic", "fanout"]))
-    connection_errors = (*virtual.Transport.connection_errors, InconsistencyError,
+    connection_errors = (  # type: ignore[assignment]
+                         *virtual.Transport.connection_errors, InconsistencyError,
                          socket.error, OSError, redis.exceptions.ConnectionError,
                          redis.exceptions.BusyLoadingError,
                          redis.exceptions.AuthenticationError,
                          redis.exceptions.TimeoutError, redis.exceptions.ReadOnlyError)
-    channel_errors = (*virtual.Transport.channel_errors, redis.exceptions.DataError,
+    channel_errors = (  # type: ignore[assignment]
+                      *virtual.Transport.channel_errors, redis.exceptions.DataError,
                       redis.exceptions.InvalidResponse, redis.exceptions.ResponseError)
     # The thread of the worker's event loop, whose channels' fetches carry their
     # acknowledgements (None: no loop, every acknowledgement goes alone).
@@ -370,21 +375,19 @@ class Transport(virtual.Transport):
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
-        self.cycle = Poller()
+        self.poller = Poller()
+        self.cycle = self.poller  # type: ignore[assignment]  # kombu's name for it
 
     def driver_version(self) -> str:
         return str(redis.__version__)
 
     def register_with_event_loop(self, connection: Any, loop: Any) -> None:
         self.loop_thread = threading.get_ident()
-        options = self.client.transport_options
-        self.cycle.register(
+        options = connection.client.transport_options
+        self.poller.register(
             loop, float(options.get("unacked_restore_interval")
                         or Channel.unacked_restore_interval),
             float(options.get("health_check_interval") or Channel.health_check_interval))
-
-    def on_readable(self, fileno: int) -> None:
-        self.cycle.on_readable(fileno)
 
 
 # The transport's own names, as a broker URL's scheme (`ocr-redis://host:6379/0`).

@@ -1,4 +1,4 @@
-"""What differs between the brokers: Redis (kombu's redis transport) and RabbitMQ (amqp).
+"""What differs between the brokers: Redis (the service's transport) and RabbitMQ (amqp).
 
 Pool children call `fresh_connections` when they start. The worker parent calls
 `check_worker` at start (refuses hard limits that reach the
