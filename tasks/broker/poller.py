@@ -15,6 +15,7 @@ descriptor the kernel reuses is never read for the old connection.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import select
 import time
@@ -99,21 +100,23 @@ class Poller:
                 channel.subscribe()
                 self._watch(channel, LISTEN, channel.listen_connection())
 
-    def on_readable(self, fd: int) -> None:
-        """A watched socket has a reply (or was closed by the server)."""
+    def on_readable(self, fd: int) -> bool:
+        """A watched socket has a reply, or was closed by the server.
+
+        Returns whether a message was delivered; raises Empty when the fetch took none.
+        """
         known = self.readers.get(fd)
         if known is None:
-            return
+            return False
         channel, kind, connection = known
         if kind == FETCH:
             if not channel.fetching():
                 # No reply is due: the server closed an idle connection. The next
                 # fetch connects again.
                 connection.disconnect()
-                return
-            channel.fetch_read()
-        else:
-            channel.receive()
+                return False
+            return bool(channel.fetch_read())
+        return bool(channel.receive())
 
     # -- Celery's event loop ------------------------------------------------------
 
@@ -168,9 +171,9 @@ class Poller:
                 poll.register(fd, READ | ERRORS)
             events = poll.poll(None if timeout is None else timeout * 1000)
             for fd, _ in events:
-                if fd in self.readers:
-                    self.on_readable(fd)
-                    return
+                with contextlib.suppress(Empty):
+                    if self.on_readable(fd):
+                        return
             self.restore_visible()
             raise Empty()
         finally:

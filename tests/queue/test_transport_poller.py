@@ -1,0 +1,111 @@
+"""The transport's own poller and channel, on a redis-server of the test's own.
+
+The transport is built on kombu's virtual transport (tasks/broker/transport.py): its
+poller (tasks/broker/poller.py) sends each channel's fetch and watches the socket, its
+channel keeps the queues' lists, bindings and PUB/SUB broadcasts
+(tasks/broker/redis_channel.py). These tests drive it as a client or Flower does,
+through kombu's `drain_events`, and as Celery's event loop does, through kombu's Hub;
+the worker's whole path is in the queue's other tests.
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import redis
+from kombu import Connection, Consumer, Exchange, Producer, Queue
+from kombu.asynchronous import Hub
+
+from tasks.broker.connections import BrokerOptionRefused
+from tasks.broker.transport import TRANSPORT
+from tests.harness import RedisServer, eventually
+
+
+@pytest.fixture
+def own_redis(tmp_path: Path) -> Iterator[str]:
+    server = RedisServer(tmp_path)
+    server.start()
+    try:
+        yield server.url(0)
+    finally:
+        server.stop()
+
+
+def direct(name: str) -> Queue:
+    return Queue(name, Exchange(name, type="direct"), routing_key=name)
+
+
+def test_a_message_and_a_broadcast_reach_their_consumers_through_drain_events(
+        own_redis: str) -> None:
+    queue = direct(f"poller-{uuid.uuid4().hex[:6]}")
+    fanout = Queue(f"bc-{uuid.uuid4().hex[:6]}", Exchange("poller-bc", type="fanout"),
+                   auto_delete=True)
+    got: list[Any] = []
+    with Connection(own_redis, transport=TRANSPORT) as conn:
+        Producer(conn.default_channel).publish({"n": 1}, exchange=queue.exchange,
+                                               routing_key=queue.routing_key,
+                                               declare=[queue], serializer="json")
+        with Consumer(conn.channel(), [queue], accept=["json"],
+                      callbacks=[lambda body, message: (got.append(body), message.ack())]):
+            conn.drain_events(timeout=5)
+        with Consumer(conn.channel(), [fanout], accept=["json"], no_ack=True,
+                      callbacks=[lambda body, message: got.append(body)]):
+            with pytest.raises(TimeoutError):
+                conn.drain_events(timeout=0.3)  # subscribed; nothing published yet
+            Producer(conn.channel()).publish({"b": 2}, exchange=fanout.exchange,
+                                             routing_key="", serializer="json")
+            conn.drain_events(timeout=5)
+    assert got == [{"n": 1}, {"b": 2}]
+    r = redis.Redis.from_url(own_redis)
+    assert r.hlen("unacked") == 0 and r.zcard("unacked_index") == 0  # acknowledged
+    r.close()
+
+
+def test_the_event_loop_drives_the_fetch_and_a_silent_fetch_is_dropped(
+        own_redis: str) -> None:
+    """Celery's loop (kombu's Hub): a fetch on every turn; a reply overdue drops its socket.
+
+    A fetch carries a server-side timeout, so a socket silent past it and a health
+    interval is dead (half-open): the poller forgets it, and the next turn's fetch
+    goes out on a new connection and still takes the message.
+    """
+    queue = direct(f"loop-{uuid.uuid4().hex[:6]}")
+    got: list[Any] = []
+    hub = Hub()
+    with Connection(own_redis, transport=TRANSPORT) as conn:
+        conn.default_channel.queue_declare(queue.name)
+        channel = conn.channel()
+        consumer = Consumer(channel, [queue], accept=["json"],
+                            callbacks=[lambda body, message: (got.append(body),
+                                                              message.ack())])
+        consumer.consume()
+        conn.transport.register_with_event_loop(conn.connection, hub)
+        loop = hub.create_loop()
+        for _ in range(5):  # idle: the fetch found nothing, then its doorbell wait
+            next(loop)
+        eventually(lambda: (next(loop), channel.fetching())[1], timeout=10,
+                   what="a fetch in flight")
+        first = channel.fetch_connection()
+        channel.check_health(time.monotonic() + 3600)  # its reply long overdue
+        assert not channel.fetching()
+        assert all(known[2] is not first for known in conn.transport.poller.readers.values())
+        Producer(conn.default_channel).publish({"n": 7}, exchange=queue.exchange,
+                                               routing_key=queue.routing_key,
+                                               declare=[queue], serializer="json")
+        eventually(lambda: next(loop) or got, timeout=10,
+                   what="the message taken through the new connection")
+        assert got == [{"n": 7}]
+        consumer.cancel()
+        hub.close()
+
+
+def test_a_global_key_prefix_is_refused_with_a_code(own_redis: str) -> None:
+    with Connection(own_redis, transport=TRANSPORT,
+                    transport_options={"global_keyprefix": "svc:"}) as conn, \
+            pytest.raises(BrokerOptionRefused, match="broker_option_refused"):
+        conn.default_channel  # noqa: B018  # the channel is made on first use
