@@ -8,16 +8,17 @@ redis-server holding exactly these users and finds nothing refused, and a comman
 a user's set refused. Every process then names its own user in REDIS_URL
 (`rediss://worker:PASSWORD@ocr-redis:6379/0?...`), and the `default` user is off.
 
-What each user holds was read from the code and from every role's traffic (the
-commands each one sent through a real run, MONITOR per role): this project's
-transport (tasks/broker/transport.py, on the lists and bindings kombu's clients use),
-Celery's result backend, the Lua scripts of tasks/broker/transport.py,
-tasks/state/join.py, stores.py, queue_depth.py and tasks/api/_quotas.py (Redis checks
-every command a script calls against the caller's user, keys included), Flower and the metrics exporter. Redis keys outside `ocr:` are
-Celery's and kombu's own: the queues' lists, bindings, the unacknowledged messages, the
-results. To extend a user, add the command or the key pattern to its entry below: both
-kits and the test read this module. Key patterns are Redis globs: `~` read and write,
-`%R~` read only; `&` channels (a PSUBSCRIBE pattern must equal one of them).
+What each user holds was read from the code and from every role's traffic (the commands
+each one sent through a real run, MONITOR per role): this project's transport
+(tasks/broker/transport.py, on the lists and bindings kombu's clients use), Celery's
+result backend, the Lua scripts of tasks/broker/transport.py, tasks/state/join.py,
+stores.py, queue_depth.py and tasks/api/_quotas.py (Redis checks every command a script
+calls against the caller's user, keys included), Flower and the metrics exporter. Redis
+keys outside `ocr:` are Celery's and kombu's own: the queues' lists, bindings, the
+unacknowledged messages, the results. To extend a user, add the command or the key
+pattern to its entry below: both kits and the test read this module. Key patterns are
+Redis globs: `~` read and write, `%R~` read only; `&` channels (a PSUBSCRIBE pattern
+must equal one of them).
 
 Runs in the Redis container's start-up (scripts/redis_acl.py) and in the tests; pure.
 """
