@@ -1,19 +1,20 @@
 """Pages read per client per day and month, and the page caps a client's token sets.
 
-Worker processes add the pages they read (`PageUsage.add`, one pipeline where a page
-or a job's in-process read ends); the HTTP API answers a client's own days
-(`GET /v1/usage`) and refuses a job over its cap at the door; `ocr_admin.py usage`
-reads every client's. Keys (hashes, field: the client name, "" the anonymous client):
+Worker processes add the pages they read (`PageUsage.add`, one pipeline where a job's
+in-process read ends; a page task's in the script that records its page); the HTTP API
+answers a client's own days (`GET /v1/usage`) and refuses a job over its cap at the
+door; `ocr_admin.py usage` reads every client's. Keys (hashes, field: the client
+name, "" the anonymous client):
 
 - `ocr:usage:day:<YYYY-MM-DD>`: pages read that day (UTC).
 - `ocr:usage:month:<YYYY-MM>`: pages read that month (UTC), what a monthly cap is
   checked against in one read.
 
-Both are kept `USAGE_TTL` seconds from the day's (month's) first page of the client
-that began last in them. Counted: the pages read (OCR, text layer, blank), not the
-failed ones, nor those answered from the cache. A page task's pages are counted by the
-script that records them (tasks/state/join.py); what counts a job's pages once each
-is tasks/state/usage_counts.py.
+Each gets its TTL (`USAGE_TTL`) as a client's count of a job's pages in it begins (a
+count without a job: at each process's first write). Counted: the pages read (OCR,
+text layer, blank), not the failed ones, nor those answered from the cache. A page
+task's pages are counted by the script that records them (tasks/state/join.py); what
+counts a job's pages once each is tasks/state/usage_counts.py.
 
 A cap (`pages_per_day`, `pages_per_month` in the client's token record,
 `ocr:api:clients`) refuses a job whose pages would pass it (`PageQuotaExceeded`):
