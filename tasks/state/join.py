@@ -19,7 +19,8 @@ from __future__ import annotations
 import json
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+
+import redis
 
 from tasks.errors import InputNotFound
 from tasks.records.jobs import DocumentMeta
@@ -28,9 +29,6 @@ from tasks.state import lua
 from tasks.state.boundary import transient_methods
 from tasks.state.keys import doc_key, job_ended_key, job_key
 from tasks.state.usage_counts import COUNT_PAGES_LUA, JobPages, quiet_jobs
-
-if TYPE_CHECKING:
-    import redis
 
 # KEYS: the end claim, meta, pages, and the job's progress record and control hash when
 # progress is written; ARGV: TTL, meta JSON, the progress record's text before and after
@@ -182,7 +180,11 @@ class DocumentJoin:
             args[1:4] = [progress.head, progress.tail, max(1, progress.ttl)]
         pairs = [item for page in pages
                  for item in (str(page.number), json.dumps(page.to_json()))]
-        done, hold = _RECORD_UNLESS_ENDED(self._redis, keys, [*args, *pairs])
+        try:
+            done, hold = _RECORD_UNLESS_ENDED(self._redis, keys, [*args, *pairs])
+        except redis.RedisError:
+            quiet_jobs.forget()
+            raise
         if counted is not None:
             quiet_jobs.counted(counted.job, int(hold))
         return int(done)

@@ -52,6 +52,7 @@ from tasks.state.usage_counts import (
     day_key,
     held_key,
     month_key,
+    quiet_jobs,
 )
 
 MAX_DAYS = 400  # the longest range one read answers
@@ -207,6 +208,7 @@ class PageUsage:
     def forget_ttls(self) -> None:
         """After a failed write: set each key's TTL again at its next write."""
         self._kept.clear()
+        quiet_jobs.forget()
 
     def used(self, client: str, now: float | None = None) -> tuple[int, int]:
         """Pages `client` read today and this month (UTC)."""

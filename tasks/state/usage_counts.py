@@ -11,7 +11,8 @@ which counts the pages it records). Keys (tasks/state/usage.py says what reads t
 
 `quiet_jobs` holds the jobs this process counted pages of in the last
 `QUIET_SECONDS` with no hold found: a hold is made before its job is sent, so none
-comes later, and the job's set has its TTL; their next counts write neither.
+comes later, and the job's set has its TTL; their next counts write neither. A write
+that fails makes it forget them all (as the other keys' TTLs are written again then).
 """
 
 from __future__ import annotations
@@ -102,6 +103,11 @@ class QuietJobs:
         with self._lock:
             since = self._since.get(job)
         return since is not None and time.monotonic() - since < QUIET_SECONDS
+
+    def forget(self) -> None:
+        """After a failed write (Redis may have restarted without its data): none known."""
+        with self._lock:
+            self._since.clear()
 
     def counted(self, job: str, hold: int) -> None:
         """What a count of `job`'s pages found of its hold (`COUNT_PAGES_LUA`'s)."""

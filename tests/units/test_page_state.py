@@ -29,6 +29,7 @@ from tasks.state.usage_counts import (
     held_key,
     job_pages_key,
     month_key,
+    quiet_jobs,
 )
 
 TOTAL = 6
@@ -129,7 +130,6 @@ def test_a_pages_record_counts_it_in_its_clients_usage_in_the_same_script(
     assert 0 < store.ttl(job_pages_key("job-4")) <= JOB_PAGES_TTL
 
 
-
 def test_a_job_without_a_hold_is_counted_without_its_sets_ttl_and_hold_again(
         store: redis.Redis) -> None:
     """Its set has its TTL from the process's first count; no hold comes after its send."""
@@ -143,3 +143,16 @@ def test_a_job_without_a_hold_is_counted_without_its_sets_ttl_and_hold_again(
     assert commands(store) == {"evalsha": 1, "sadd": 1, "hincrby": 2, "exists": 1,
                                "hset": 1, "hlen": 1}
     assert PageUsage(store).used("billing", NEW_YEARS_EVE) == (2, 2)
+
+
+def test_a_failed_record_forgets_the_jobs_counted_without_a_hold(store: redis.Redis) -> None:
+    """Redis may have restarted without its data: the next counts set the TTL again."""
+    join = DocumentJoin(store, 600)
+    assert join.start(meta_of("job-7"), [])
+    assert join.record("job-7", [PageRecord(1, "one")], None, counted("job-7", 1)) == 1
+    assert quiet_jobs.knows("job-7")
+    store.delete(doc_key("job-7", "pages"))
+    store.set(doc_key("job-7", "pages"), "not a hash")  # the record's HSET fails
+    with pytest.raises(redis.ResponseError):
+        join.record("job-7", [PageRecord(2, "two")], None, counted("job-7", 2))
+    assert not quiet_jobs.knows("job-7")
