@@ -47,7 +47,7 @@ if TYPE_CHECKING:
     from tasks.state.stores import Stores
 
     # Told the pages a job read in this process, and whether they came from the cache.
-    PagesRead = Callable[[list[PageRecord], bool], None]
+    PagesRead = Callable[[list[PageRecord], bool], object]  # what it returns is not used
 
 
 @dataclass
