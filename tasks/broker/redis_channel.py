@@ -100,7 +100,7 @@ class RedisChannel(virtual.Channel):
             self.keyprefix_fanout = ""
         self.brpop_timeout = float(getattr(self.connection, "brpop_timeout", 1.0))
         try:
-            self.client.ping()
+            self.commands.ping()
         except Exception:
             self._disconnect_pools()
             raise

@@ -103,13 +103,23 @@ class Channel(PublishingChannel):
         if self.ocr_idle_wait:
             # the health check allows a wait `brpop_timeout` plus its interval
             self.brpop_timeout = float(self.ocr_idle_wait)
-        unsettled.connected(self._server_run_id())
         self._settle()
+
+    _reached = False  # the server this channel reached was told to `unsettled`
+
+    def _reach(self) -> None:
+        """Tell `unsettled` which server this channel reached, once.
+
+        A consuming channel's step: a channel that only publishes asks nothing.
+        """
+        if not self._reached:
+            unsettled.connected(self._server_run_id())
+            self._reached = True
 
     def _server_run_id(self) -> str:
         """The server process this channel reached (a failover or restart changes it)."""
         try:
-            return str(self.client.info("server")["run_id"])
+            return str(self.commands.info("server")["run_id"])
         except redis.exceptions.ResponseError:  # INFO not allowed: never the same
             return f"unknown-{id(self)}-{time.monotonic()}"
 
@@ -160,11 +170,13 @@ class Channel(PublishingChannel):
     def _settle(self) -> None:
         """Acknowledge and restore what a lost connection left (tasks/broker/unsettled.py)."""
         if unsettled.pending():
+            self._reach()
             with self.conn_or_acquire() as client:
                 unsettled.settle(self.qos, client, self.connection_errors)
 
     def basic_consume(self, queue: str, *args: Any, **kwargs: Any) -> Any:
         self.no_ack[queue] = bool(kwargs.get("no_ack", args[0] if args else False))
+        self._reach()
         return super().basic_consume(queue, *args, **kwargs)
 
     def deliver_broadcast(self, message: Any, exchange: str, queue: str) -> bool:

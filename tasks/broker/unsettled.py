@@ -27,10 +27,9 @@ from __future__ import annotations
 import collections
 import logging
 import time
-from typing import Any
-
 import uuid
 from functools import cached_property
+from typing import Any
 
 from kombu.transport import virtual
 from kombu.utils.encoding import bytes_to_str

@@ -49,6 +49,7 @@ def test_channel_of_a_released_connection_fails_as_a_connection_error() -> None:
 
     import redis.exceptions
     from kombu.common import ignore_errors
+
     from tasks.broker.transport import Channel, Transport
 
     released = SimpleNamespace(connection=SimpleNamespace(client=None),
