@@ -128,8 +128,11 @@ class RedisHA:
                 [shutil.which("redis-server") or "redis-server", str(conf), "--sentinel"],
                 stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT,
                 start_new_session=True))
-        eventually(self._sentinels_agree, 20, "the Sentinels to see the primary and "
-                   "its replicas")
+        # A Sentinel learns of the replicas from the primary's INFO (every 10 s) and of
+        # the other Sentinels from their hellos (every 2 s): two INFO periods and more on
+        # a loaded host.
+        eventually(self._sentinels_agree, 40, lambda: "the Sentinels to see the primary "
+                   f"and its replicas; each sees {self._sentinel_views()}")
         return self
 
     def sentinel_url(self, db: int = 0) -> str:
@@ -174,6 +177,20 @@ class RedisHA:
             except redis.RedisError:
                 return False
         return True
+
+    def _sentinel_views(self) -> list[str]:
+        """What each Sentinel sees of the primary: its replicas and the other Sentinels."""
+        views = []
+        for port in self.sentinel_ports:
+            try:
+                master: Any = redis.Redis(port=port, socket_timeout=2).execute_command(
+                    "SENTINEL MASTER", MASTER)
+                views.append(f"{port}: {master['num-slaves']} replicas, "
+                             f"{master['num-other-sentinels']} other Sentinels, "
+                             f"flags {master['flags']}")
+            except redis.RedisError as exc:
+                views.append(f"{port}: {exc!r}")
+        return views
 
     def wait_replicas(self, count: int, timeout: float = 30) -> None:
         """Until the primary has `count` replicas online and caught up."""
