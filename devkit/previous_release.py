@@ -22,10 +22,12 @@ from pathlib import Path
 
 from devkit.harness import ROOT
 
-COMMIT = "24b87874fcab7a1fabacb83b1c22e64eb4e939a0"
+COMMIT = "040d7271795dadef2c34ddc1c1ea04f78970c63e"
 # Its subject: a history whose commit ids were rewritten (a re-seeded mirror) still
 # holds the release under it, and `resolve` finds it there.
-SUBJECT = "test_dead_host: blank lines left where the receiver was"
+SUBJECT = ("Publishing: a client's push and the held pushes of `together` go through one "
+           "`_push` (the push script then the replicas' WAIT), not two copies of it; "
+           "`_connparams` returns kombu's parameters as they are")
 
 
 class ReleaseMissing(RuntimeError):
