@@ -5,7 +5,7 @@ Who runs what:
 - every process that publishes (clients, the API, beat, workers sending page tasks and
   retries): the channel of `publishing` (a client's message to its lane,
   `lanes.push_command`, and the doorbell's ring, `doorbells`), which the worker's
-  channel of `transport` extends; behind Sentinel through `sentinel_transport`.
+  channel of `fetching` extends; behind Sentinel through `sentinel_transport`.
 - the worker parent, the one process that consumes: the fetch (`lanes.FETCH`,
   recorded with its holder and popped in one step; idle, one EXISTS), the long wait on
   doorbells (`ocr_idle_wait`, 10 s in workers), the checks and dead letters
@@ -62,7 +62,8 @@ which nothing here imports. Its layers, each a module:
 - `redis_channel.RedisChannel`: kombu's virtual channel on Redis: the pools
   (`connections`), the bindings, the queues' lists, broadcasts over PUB/SUB;
 - `publishing.PublishingChannel`: lanes, doorbells' rings, the replicas' WAIT;
-- `transport.Channel`: the fetch and the checks before decoding; `transport.Transport`;
+- `fetching.Channel`: the fetch and the checks before decoding;
+- `transport.Transport`: makes the channels, registers the poller with the event loop;
 - `poller.Poller`: each channel's fetch and broadcast sockets, driven by Celery's event
   loop (kombu's `register_with_event_loop`) or by `drain_events`;
 - `unsettled.QoS`: the `unacked` records, their acknowledgement and restore;

@@ -3,7 +3,7 @@
 Runs in every process that publishes through the project's transport (a publish and a
 restore ring) and in the worker parent (a fetch woken by a ring rings once more).
 A queue's doorbell (`layout.wake_key`) is a list of one item at most: idle workers wait
-on their queues' doorbells in one long BLPOP (tasks/broker/transport.py), since taking
+on their queues' doorbells in one long BLPOP (tasks/broker/fetching.py), since taking
 a message is a Lua script, which cannot block. A client's message is rung by the script
 that pushes it to its lane (tasks/broker/lanes.py, `PUSH`), where a bell already rung
 costs one PEXPIRE; `ring` rings the others.

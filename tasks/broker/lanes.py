@@ -2,7 +2,7 @@ r"""Weighted fair shares between clients in the Redis broker: a lane per client 
 
 Runs in every process that publishes through the project's transport (clients, the
 API, workers sending page tasks and retries: `push_command`) and in the worker parent,
-the one process that consumes (`fetch_command`, sent by tasks/broker/transport.py).
+the one process that consumes (`fetch_command`, sent by tasks/broker/fetching.py).
 
 Each Redis list kombu keeps for a service queue (`ocr`, `ocr-<engine>`, ...: `laned`)
 and priority step has lanes: a message that names its client (the `ocr_client`

@@ -86,7 +86,7 @@ def wake_key(queue: str) -> str:
     """`ocr:wake:<queue>`: the queue's doorbell, one item at most, rung by each publish.
 
     Idle workers wait on it (BLPOP) instead of on the queue's lists, so that taking a
-    message stays one atomic server-side step (tasks/broker/transport.py).
+    message stays one atomic server-side step (tasks/broker/fetching.py).
     """
     return f"{WAKE_PREFIX}{queue}"
 

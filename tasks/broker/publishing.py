@@ -11,7 +11,7 @@ after the ring holds a publish until that many replicas have it (OCR_REDIS_MIN_R
 
 Built on the channel of tasks/broker/redis_channel.py (pools, bindings, queue lists);
 the consuming side, the atomic fetch and the checks before decoding, is the channel of
-tasks/broker/transport.py, built on this one.
+tasks/broker/fetching.py, built on this one.
 """
 
 from __future__ import annotations

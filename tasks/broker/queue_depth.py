@@ -23,7 +23,7 @@ What it counts, for a set of queues, in broker messages, each one unit of work:
 The age of each queue's oldest waiting message (`oldest_ages`) is read from the same
 lists: each list's oldest message is its tail (kombu pushes left, pops right), whose
 header `ocr_published` (`PUBLISHED_HEADER`, stamped by the project's transport at
-publish: tasks/broker/transport.py) says when it was sent; inside Redis, from the
+publish: tasks/broker/publishing.py) says when it was sent; inside Redis, from the
 message's last bytes, so only the stamps cross the network. A message without the stamp
 (a client that bypasses the transport) counts from when this reader first saw it at
 the tail.

@@ -11,7 +11,7 @@ a user's set refused. Every process then names its own user in REDIS_URL
 What each user holds was read from the code and from every role's traffic (the commands
 each one sent through a real run, MONITOR per role): this project's transport
 (tasks/broker/transport.py, on the lists and bindings kombu's clients use), Celery's
-result backend, the Lua scripts of tasks/broker/transport.py, tasks/state/join.py,
+result backend, the Lua scripts of tasks/broker/lanes.py, tasks/state/join.py,
 stores.py, queue_depth.py and tasks/api/_quotas.py (Redis checks every command a script
 calls against the caller's user, keys included), Flower and the metrics exporter. Redis
 keys outside `ocr:` are Celery's and kombu's own: the queues' lists, bindings, the
@@ -182,7 +182,7 @@ USERS: tuple[RedisUser, ...] = (
         "cannot send a task, nor touch a message in flight",
         # events and replies come through a consumer of its own that acknowledges
         # nothing (its fetch names no unacknowledged-message key, it restores none:
-        # tasks/broker/transport.py); remote control is a broadcast
+        # tasks/broker/fetching.py); remote control is a broadcast
         ("llen", "lindex", "rpop", "blpop", "sadd", "srem", "smembers", "zadd", "zrem",
          "zrange", "zrangebyscore", "time", "eval", "evalsha", "script|load",
          "script|exists", "multi", "exec", "discard", "get", "set", "del", "exists",

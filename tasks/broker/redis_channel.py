@@ -8,7 +8,7 @@ built on the hooks kombu's virtual transport is made to be extended by (`_put`, 
 The names are those stock kombu clients use (a queue's lists, `_kombu.binding.<exchange>`,
 the `/<db>.<exchange>` topics), so that they and Celery clients of other services share
 the queues. Publishing into lanes is tasks/broker/publishing.py's channel, built on
-this one; fetching, the worker's, tasks/broker/transport.py's.
+this one; fetching, the worker's, tasks/broker/fetching.py's.
 """
 
 from __future__ import annotations

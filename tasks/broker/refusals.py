@@ -1,6 +1,6 @@
 """Broker messages a worker must not take: the checks, the dead-letter list, their FAILUREs.
 
-Runs in the worker parent (tasks/broker/transport.py checks each message it fetches
+Runs in the worker parent (tasks/broker/fetching.py checks each message it fetches
 before it is decoded; `connect_refusals` is wired at the app's start). A message is
 refused when it is:
 

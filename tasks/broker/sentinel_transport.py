@@ -18,7 +18,8 @@ import redis
 from redis import sentinel
 
 from tasks.broker.connections import watched
-from tasks.broker.transport import Channel, Transport
+from tasks.broker.fetching import Channel
+from tasks.broker.transport import Transport
 
 # Keywords of the primary's parameters that the Sentinel-managed pool sets itself.
 _POOL_OWN = ("host", "port", "connection_class", "max_connections")

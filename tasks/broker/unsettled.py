@@ -1,6 +1,6 @@
 """What a lost broker connection left unsettled, settled by the next channel.
 
-Runs in the worker parent, the one process that consumes (tasks/broker/transport.py).
+Runs in the worker parent, the one process that consumes (tasks/broker/fetching.py).
 When Redis goes away under it (a restart, a failover to a promoted replica, a managed
 endpoint that moves), kombu closes the broker channel and Celery connects a new one.
 Acknowledgements near the loss cannot be trusted: the new primary may lack the last
@@ -131,7 +131,7 @@ RELEASE = Script("if redis.call('GET', KEYS[1]) == ARGV[1] then "
                  "return redis.call('DEL', KEYS[1]) end return 0")
 
 
-class QoS(virtual.QoS):  # the transport's (tasks/broker/transport.py)
+class QoS(virtual.QoS):  # the transport's (tasks/broker/fetching.py)
     """Taken messages recorded in `unacked` until acknowledged, restored when lost.
 
     A message the fetch took is recorded by the fetch itself (`lanes.FETCH`, with its

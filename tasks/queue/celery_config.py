@@ -121,7 +121,7 @@ def _broker_options(settings: Settings) -> dict[str, Any]:
     return {"broker_transport_options": {
         # Sentinel: the primary's name and the Sentinels' own password and TLS.
         **broker_transport_options(target),
-        # tasks/broker/transport.py: refused messages go to the dead-letter list.
+        # tasks/broker/fetching.py: refused messages go to the dead-letter list.
         "ocr_max_message_bytes": settings.max_message_bytes,
         "ocr_accept_content": ("application/json",),
         "ocr_dead_letter_max": settings.dead_letter_max,

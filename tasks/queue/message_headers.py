@@ -3,7 +3,7 @@
 Set by the clients on the job message (tasks/client.py), carried by the worker onto the
 job's page and chunk tasks and onto every retry (Celery keeps no custom header when it
 retries a task). The broker's fetch picks the job's lane by the client header
-(tasks/broker/transport.py). The sender (tasks/queue/sender.py) also marks a job it
+(tasks/broker/fetching.py). The sender (tasks/queue/sender.py) also marks a job it
 listed under its client (`LISTED_HEADER`): its worker does not list it again. Runs in
 clients and worker pool children.
 """
