@@ -92,7 +92,8 @@ def count_case(store: redis.Redis, url: str, files: list[str], units: int,
     seconds = time.monotonic() - started
     by_command = calls(store)
     if done.returncode != 0:
-        raise BenchError(f"submit.py failed: {done.stderr[-1000:]}")
+        raise BenchError(f"submit.py failed (exit {done.returncode}): "
+                         f"{(done.stderr or done.stdout)[-1000:]}")
     total = sum(by_command.values())
     return {"per_unit": (total - idle * seconds) / units, "seconds": seconds, "total": total,
             "top": dict(sorted(by_command.items(), key=lambda kv: -kv[1])[:20])}
