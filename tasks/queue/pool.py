@@ -11,6 +11,9 @@ Selected by `worker_pool` in `celery_config()` (tasks/queue/celery_config.py).
 `GrowthWorker.on_loop_start` runs in each pool child, after billiard's `after_fork` ran
 the initializer and before the child's work loop reads `max_memory_per_child`.
 
+A recycled child's replacement starts within `MAINTAIN_EVERY` s of its exit, also where
+Celery misses the exit (its sentinel closed before the child could be reaped).
+
 The pool also keeps a child's result that the worker parent was reading when its broker
 connection was lost (`ResumingResultHandler`): Celery's event loop drops every reader
 at the loss, the half-read result's among them, and a fresh read of that pipe would
@@ -77,9 +80,21 @@ class ResumingResultHandler(asynpool.ResultHandler):
                 hub.add_reader(fd, message)
 
 
+# Seconds between the pool's own checks for exited children (Celery's: 5). A recycled
+# child's exit is seen at once through its process sentinel, unless the sentinel closes
+# before the kernel lets the child be reaped: then only this check starts its
+# replacement (celery/celery#9588), and a task written to the child just before it
+# exited waits for it. Each check is a `waitpid` per child.
+MAINTAIN_EVERY = 0.25
+
+
 class GrowthAsynPool(asynpool.AsynPool):
     Worker = GrowthWorker
     ResultHandler = ResumingResultHandler
+
+    @property
+    def timers(self) -> dict[Any, float]:
+        return {**super().timers, self.maintain_pool: MAINTAIN_EVERY}
 
     def register_with_event_loop(self, hub: Any) -> None:
         super().register_with_event_loop(hub)
