@@ -1,5 +1,4 @@
-"""A recycled pool child's replacement starts within a quarter second, also where Celery
-misses the child's exit.
+"""A recycled pool child's replacement starts within a quarter second, exit missed or not.
 
 Celery starts a replacement when a child's process sentinel closes; where the sentinel
 closes before the kernel lets the child be reaped, only the pool's periodic check
