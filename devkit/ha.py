@@ -109,10 +109,20 @@ class RedisHA:
         self.sentinels: list[subprocess.Popen[bytes]] = []
 
     def start(self) -> RedisHA:
+        """Every node and Sentinel up and agreed; what started is stopped where one is not."""
+        try:
+            return self._start()
+        except BaseException:
+            self.stop()
+            raise
+
+    def _start(self) -> RedisHA:
         self.primary.start()
         for i in range(self.replica_count):
-            self.nodes.append(RedisNode(self.workdir, f"node-{i + 1}", self.primary.port,
-                                        appendonly=self.appendonly).start())
+            node = RedisNode(self.workdir, f"node-{i + 1}", self.primary.port,
+                             appendonly=self.appendonly)
+            self.nodes.append(node)  # before its start: a failed start stops it too
+            node.start()
         self.wait_replicas(self.replica_count)
         for i, port in enumerate(self.sentinel_ports):
             folder = self.workdir / f"sentinel-{i}"
