@@ -181,6 +181,17 @@ def redis_url(redis_server: RedisServer) -> str:
 
 
 @pytest.fixture
+def lone_redis_url(tmp_path: Path) -> Iterator[str]:
+    """A redis-server of this test's own (database 1): its keys and counts are its alone."""
+    server = RedisServer(tmp_path)
+    server.start()
+    try:
+        yield server.url(1)
+    finally:
+        server.stop()
+
+
+@pytest.fixture
 def own_redis_url(redis_server: RedisServer) -> str:
     """A Redis database of this test's own.
 

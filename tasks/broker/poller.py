@@ -125,7 +125,7 @@ class Poller:
         for timer in self._timers:
             timer.cancel()
         self.loop = loop
-        for fd, (_, _, _) in list(self.readers.items()):
+        for fd in list(self.readers):
             loop.add_reader(fd, self.on_readable, fd)
         loop.on_tick.add(self.start)
         self._timers = [loop.call_repeatedly(restore_every, self.restore_visible),

@@ -11,7 +11,6 @@ import json
 import time
 import uuid
 from collections.abc import Callable, Iterator
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -23,7 +22,6 @@ from tasks.broker.layout import LANE_PREFIX, LANE_WEIGHTS_KEY, lane_key, lanes_k
 from tasks.client import OcrClient
 from tests.harness import (
     FAST_PAGES,
-    RedisServer,
     Worker,
     eventually,
     fake_env,
@@ -313,17 +311,6 @@ def test_a_restored_message_goes_back_to_its_lane_first(redis_url: str) -> None:
     r.delete(lane)
     r.hdel(lanes_key(0) + ":count", "back")  # the last message dropped by hand
     r.close()
-
-
-@pytest.fixture
-def lone_redis_url(tmp_path: Path) -> Iterator[str]:
-    """A redis-server of this test's own: its command counts are the test's alone."""
-    server = RedisServer(tmp_path)
-    server.start()
-    try:
-        yield server.url(1)
-    finally:
-        server.stop()
 
 
 def test_pushes_held_together_go_in_one_script_in_their_order(lone_redis_url: str) -> None:

@@ -12,8 +12,6 @@ from __future__ import annotations
 
 import time
 import uuid
-from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -23,17 +21,7 @@ from kombu.asynchronous import Hub
 
 from tasks.broker.connections import BrokerOptionRefused
 from tasks.broker.transport import TRANSPORT
-from tests.harness import RedisServer, eventually
-
-
-@pytest.fixture
-def own_redis(tmp_path: Path) -> Iterator[str]:
-    server = RedisServer(tmp_path)
-    server.start()
-    try:
-        yield server.url(0)
-    finally:
-        server.stop()
+from tests.harness import eventually
 
 
 def direct(name: str) -> Queue:
@@ -41,12 +29,12 @@ def direct(name: str) -> Queue:
 
 
 def test_a_message_and_a_broadcast_reach_their_consumers_through_drain_events(
-        own_redis: str) -> None:
+        lone_redis_url: str) -> None:
     queue = direct(f"poller-{uuid.uuid4().hex[:6]}")
     fanout = Queue(f"bc-{uuid.uuid4().hex[:6]}", Exchange("poller-bc", type="fanout"),
                    auto_delete=True)
     got: list[Any] = []
-    with Connection(own_redis, transport=TRANSPORT) as conn:
+    with Connection(lone_redis_url, transport=TRANSPORT) as conn:
         Producer(conn.default_channel).publish({"n": 1}, exchange=queue.exchange,
                                                routing_key=queue.routing_key,
                                                declare=[queue], serializer="json")
@@ -61,13 +49,13 @@ def test_a_message_and_a_broadcast_reach_their_consumers_through_drain_events(
                                              routing_key="", serializer="json")
             conn.drain_events(timeout=5)
     assert got == [{"n": 1}, {"b": 2}]
-    r = redis.Redis.from_url(own_redis)
+    r = redis.Redis.from_url(lone_redis_url)
     assert r.hlen("unacked") == 0 and r.zcard("unacked_index") == 0  # acknowledged
     r.close()
 
 
 def test_the_event_loop_drives_the_fetch_and_a_silent_fetch_is_dropped(
-        own_redis: str) -> None:
+        lone_redis_url: str) -> None:
     """Celery's loop (kombu's Hub): a fetch on every turn; a reply overdue drops its socket.
 
     A fetch carries a server-side timeout, so a socket silent past it and a health
@@ -77,7 +65,7 @@ def test_the_event_loop_drives_the_fetch_and_a_silent_fetch_is_dropped(
     queue = direct(f"loop-{uuid.uuid4().hex[:6]}")
     got: list[Any] = []
     hub = Hub()
-    with Connection(own_redis, transport=TRANSPORT) as conn:
+    with Connection(lone_redis_url, transport=TRANSPORT) as conn:
         conn.default_channel.queue_declare(queue.name)
         channel = conn.channel()
         consumer = Consumer(channel, [queue], accept=["json"],
@@ -104,8 +92,8 @@ def test_the_event_loop_drives_the_fetch_and_a_silent_fetch_is_dropped(
         hub.close()
 
 
-def test_a_global_key_prefix_is_refused_with_a_code(own_redis: str) -> None:
-    with Connection(own_redis, transport=TRANSPORT,
+def test_a_global_key_prefix_is_refused_with_a_code(lone_redis_url: str) -> None:
+    with Connection(lone_redis_url, transport=TRANSPORT,
                     transport_options={"global_keyprefix": "svc:"}) as conn, \
             pytest.raises(BrokerOptionRefused, match="broker_option_refused"):
         conn.default_channel  # noqa: B018  # the channel is made on first use

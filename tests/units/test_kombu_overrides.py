@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import ast
 import re
+from collections.abc import Iterator
 from pathlib import Path
 
 import celery
@@ -58,32 +59,30 @@ def test_the_requirements_range_is_the_minors_read() -> None:
             list(broker.KOMBU_MINORS), f"{name}{spec}"
 
 
-def test_no_private_name_of_redis_py_is_imported() -> None:
-    """The service imports only redis-py's public modules and names."""
-    found = []
-    for path in sorted((ROOT / "tasks").rglob("*.py")):
-        for node in ast.walk(ast.parse(path.read_text())):
-            modules = [alias.name for alias in node.names] \
-                if isinstance(node, ast.Import) else []
-            if isinstance(node, ast.ImportFrom) and node.module:
-                modules = [node.module, *(f"{node.module}.{a.name}" for a in node.names)]
-            found += [f"{path.relative_to(ROOT)}:{node.lineno}: {name}" for name in modules
-                      if name.split(".")[0] == "redis"
-                      and any(part.startswith("_") for part in name.split("."))]
-    assert not found, "\n".join(found)
-
-
-def test_nothing_imports_kombus_redis_transport() -> None:
-    """The transport is our own: kombu's Redis transport is no base of it."""
-    found = []
+def imports_of_tasks() -> Iterator[tuple[str, str]]:
+    """(`path:line`, dotted name) of each module and name tasks/ imports."""
     for path in sorted((ROOT / "tasks").rglob("*.py")):
         for node in ast.walk(ast.parse(path.read_text())):
             names = [alias.name for alias in node.names] \
                 if isinstance(node, ast.Import) else []
             if isinstance(node, ast.ImportFrom) and node.module:
                 names = [node.module, *(f"{node.module}.{a.name}" for a in node.names)]
-            found += [f"{path.relative_to(ROOT)}:{node.lineno}: {name}" for name in names
-                      if name.startswith("kombu.transport.redis")]
+            for name in names:
+                yield f"{path.relative_to(ROOT)}:{node.lineno}", name
+
+
+def test_no_private_name_of_redis_py_is_imported() -> None:
+    """The service imports only redis-py's public modules and names."""
+    found = [f"{where}: {name}" for where, name in imports_of_tasks()
+             if name.split(".")[0] == "redis"
+             and any(part.startswith("_") for part in name.split("."))]
+    assert not found, "\n".join(found)
+
+
+def test_nothing_imports_kombus_redis_transport() -> None:
+    """The transport is our own: kombu's Redis transport is no base of it."""
+    found = [f"{where}: {name}" for where, name in imports_of_tasks()
+             if name.startswith("kombu.transport.redis")]
     assert not found, "\n".join(found)
 
 
