@@ -19,6 +19,7 @@ from tasks.state.boundary import PUBLISH_ERRORS
 
 log = logging.getLogger(__name__)
 _dispatchers: dict[tuple[int, int, int, str | None], Any] = {}
+_errors: dict[tuple[int, int], tuple[type[BaseException], ...]] = {}
 
 
 def send_event(app: Any, hostname: str | None, event: str, job_id: str,
@@ -29,29 +30,43 @@ def send_event(app: Any, hostname: str | None, event: str, job_id: str,
     connection, a Redis restart) is replaced and the event sent once more on a new one.
     """
     key = (os.getpid(), threading.get_ident(), id(app), hostname)
-    broker = app.connection_for_write()  # its error classes (no connection is made)
-    # AttributeError: a kept channel kombu closed under it (a broker restart)
-    errors = (*PUBLISH_ERRORS, *broker.connection_errors, *broker.channel_errors,
-              AttributeError)
-    try:
-        for kept in (True, False):
-            try:
-                dispatcher = _dispatchers.get(key)
-                if dispatcher is None:
-                    kept = False
-                    dispatcher = _dispatchers[key] = app.events.Dispatcher(
-                        app.connection_for_write(), hostname=hostname,
-                        buffer_while_offline=False)
-                dispatcher.send(event, uuid=job_id, **fields)
+    errors = _broker_errors(app)
+    for kept in (True, False):
+        try:
+            dispatcher = _dispatchers.get(key)
+            if dispatcher is None:
+                kept = False
+                dispatcher = _dispatchers[key] = app.events.Dispatcher(
+                    app.connection_for_write(), hostname=hostname,
+                    buffer_while_offline=False)
+            dispatcher.send(event, uuid=job_id, **fields)
+            return
+        except errors as exc:
+            _drop(key, errors)
+            if not kept:
+                log.warning("event %s of job %s not sent (%s)", event, job_id,
+                            type(exc).__name__)
                 return
-            except errors as exc:
-                _drop(key, errors)
-                if not kept:
-                    log.warning("event %s of job %s not sent (%s)", event, job_id,
-                                type(exc).__name__)
-                    return
-    finally:
-        broker.release()
+
+
+def _broker_errors(app: Any) -> tuple[type[BaseException], ...]:
+    """What a publish to `app`'s broker may raise, found once per process and app.
+
+    Read from the errors kombu's connection names for the broker's transport: its
+    Connection object opens no connection, but building one costs about half an
+    event's publish in CPU, so it is built once.
+    """
+    key = (os.getpid(), id(app))
+    errors = _errors.get(key)
+    if errors is None:
+        broker = app.connection_for_write()
+        try:
+            # AttributeError: a kept channel kombu closed under it (a broker restart)
+            errors = _errors[key] = (*PUBLISH_ERRORS, *broker.connection_errors,
+                                     *broker.channel_errors, AttributeError)
+        finally:
+            broker.release()
+    return errors
 
 
 def _drop(key: tuple[int, int, int, str | None], errors: tuple[type[BaseException], ...]
