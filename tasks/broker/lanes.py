@@ -80,11 +80,13 @@ return 1
 
 # Takes the next message of the lists KEYS[3..] (kombu's BRPOP order: highest priority
 # first). For list i (from 0): ARGV[4+4i] is "1" for a consumer that acknowledges,
-# ARGV[5+4i] the ring of its priority step ("" for a list without lanes: its tail is
-# taken as kombu would), ARGV[6+4i] the prefix of its lanes' keys, ARGV[7+4i] the end
-# of its record (`, "", "<queue>"]`). Consecutive lists of one ring are served
-# together: the ring's first client with a message in one of them (the anonymous
-# client "": the lists themselves) takes it; its turn (hash ring..':turn') starts at
+# ARGV[5+4i] the ring of its priority step ("" for a list of a step with no lanes: its
+# tail is taken as kombu would), ARGV[6+4i] the prefix of its lanes' keys ("" for a
+# list without lanes at a step with some: it is served as the anonymous lane alone),
+# ARGV[7+4i] the end of its record (`, "", "<queue>"]`). Consecutive lists of one ring
+# are served together, one EXISTS telling whether any holds a message: the ring's
+# first client with a message in one of them (the anonymous client "": the lists
+# themselves) takes it; its turn (hash ring..':turn') starts at
 # its weight (hash ARGV[3]) and loses a page per message; at 0 the client goes to the
 # ring's end; with nothing left in any queue (hash ring..':count') it leaves the ring.
 # Key names other than the lists are arguments: Redis checks declared keys for
@@ -171,9 +173,11 @@ local function share(ring, first, last)
     for i = first, last do
       if client == '' then
         src, item = KEYS[3 + i], tail(i)
-      else
+      elseif ARGV[6 + 4 * i] ~= '' then
         src = ARGV[6 + 4 * i] .. client
         item = redis.call('LINDEX', src, -1)
+      else
+        src, item = nil, nil  -- a list without lanes: its anonymous lane alone
       end
       if item then at = i break end
     end
@@ -302,11 +306,15 @@ def fetch_command(prefix: str, unacked: tuple[str, str],
     if lists and not any(ack for *_, ack in lists):
         keys = [prefix + lists[0][0]] * 2
     args = [repr(now), str(int(max_bytes or 0)), LANE_WEIGHTS_KEY]
+    # a list without lanes at a step with some (a worker's direct queue) is served in
+    # that step's ring, as its anonymous lane: one EXISTS covers the step's lists
+    laned_steps = {step for _, step, has_lanes, _ in lists if has_lanes}
     for name, step, has_lanes, ack in lists:
         keys.append(prefix + name)
         queue = name.split(sep, 1)[0] if sep else name
-        args += ["1" if ack else "0", prefix + lanes_key(step) if has_lanes else "",
-                 prefix + lane_key(name, ""), f", \"\", {json.dumps(queue)}]"]
+        ring = prefix + lanes_key(step) if step in laned_steps else ""
+        args += ["1" if ack else "0", ring, prefix + lane_key(name, "") if has_lanes else "",
+                 f", \"\", {json.dumps(queue)}]"]
     return FETCH.command(keys, [*args, "1" if probe else "0", "1" if woken else "0", holder,
                                 str(uuid.uuid4()) if tag is None else tag, *acks])
 

@@ -144,6 +144,38 @@ def test_a_list_without_lanes_is_served_as_before(broker: Broker) -> None:
     assert not broker.r.exists(broker.key(lanes_key(0)))
 
 
+def test_a_list_without_lanes_beside_laned_ones_is_the_steps_anonymous_lane(
+        broker: Broker) -> None:
+    """A worker's direct queue (no lanes) is served in its step's ring, as "" is.
+
+    An empty step, its direct queue's list included, costs the fetch one EXISTS: the
+    direct queue's tail is read only where that EXISTS counts a message.
+    """
+    def fetch(lists: list[tuple[str, int, bool]]) -> tuple[str, str] | None:
+        reply = scripts.run(broker.r, fetch_command(
+            broker.prefix, UNACKED, [(n, s, laned, True) for n, s, laned in lists], 1.0, 0))
+        return None if reply is None else (reply[0].decode()[len(broker.prefix):],
+                                           who(reply[1]))
+
+    lists = [("q", 0, True), ("dq", 0, False), ("q\x06\x163", 3, True), ("dq\x06\x163", 3, False)]
+    broker.push("q\x06\x163", "a", 2, step=3)
+    broker.plain("dq\x06\x163")
+    commands: list[str] = []
+    with broker.r.monitor() as monitor:
+        assert fetch(lists) == ("q\x06\x163", "a")
+        for seen in monitor.listen():
+            if seen.get("client_type") == "lua":  # the script's own commands
+                commands.append(seen["command"])
+            if seen["command"].startswith("HINCRBY"):
+                break  # the taken message's count: the fetch's last command for "a"
+    dq = broker.key("dq")
+    assert not [c for c in commands if c.startswith("LINDEX") and dq in c.split()[1:2]], \
+        commands
+    assert [c.split()[0] for c in commands if f" {dq} " in f"{c} "][:1] == ["EXISTS"]
+    # the direct queue's message takes the anonymous lane's turn, after a's
+    assert [fetch(lists) for _ in range(3)] == [("dq\x06\x163", ""), ("q\x06\x163", "a"), None]
+
+
 def test_the_depth_counts_every_lane(r: redis.Redis) -> None:
     from tasks.broker.queue_depth import QueueDepth
 
