@@ -74,7 +74,9 @@ read against each kombu minor of `KOMBU_MINORS`, requirements.txt's range
 (tests/units/test_kombu_overrides.py checks the installed kombu is one, has each name,
 and that no other name of kombu's is overridden). Most are the hooks kombu documents
 for a transport to fill in (`_get`, `_put`, `_size`, `_purge`, `_delete`, `_has_queue`,
-`_new_queue`, `_queue_bind`, `get_table`, `_put_fanout`, `register_with_event_loop`);
+`_new_queue`, `_queue_bind`, `get_table`, `_put_fanout`, `register_with_event_loop`,
+and `prepare_queue_arguments`, kombu's base channel's, which turns `Queue(expires=...)`
+into x-expires as kombu's own transports do);
 `KOMBU_PRIVATE_READS` are the few private names of the virtual
 transport it reads or calls without overriding them.
 
@@ -100,7 +102,7 @@ KOMBU_MINORS = ("5.6", "5.7")
 KOMBU_HOOKS: dict[str, tuple[str, ...]] = {
     "Channel": ("QoS", "supports_fanout", "from_transport_options", "_get", "_put",
                 "_size", "_purge", "_delete", "_has_queue", "_new_queue", "get_table",
-                "basic_consume", "basic_cancel", "close"),
+                "basic_consume", "basic_cancel", "close", "prepare_queue_arguments"),
     "QoS": ("append", "ack", "reject", "restore_unacked", "restore_visible",
             "restore_at_shutdown"),
     "Transport": ("Channel", "polling_interval", "default_port", "driver_type",

@@ -21,6 +21,7 @@ from typing import Any
 
 import redis
 from kombu.transport import virtual
+from kombu.transport.base import to_rabbitmq_queue_arguments
 from kombu.utils.encoding import bytes_to_str
 from kombu.utils.json import dumps, loads
 from kombu.utils.scheduling import cycle_by_name
@@ -213,6 +214,10 @@ class RedisChannel(virtual.Channel):
             self._expires[queue] = int(expires)
         else:
             self._expires.pop(queue, None)
+
+    def prepare_queue_arguments(self, arguments: Any, **kwargs: Any) -> Any:
+        """`Queue(expires=...)` as x-expires, and the like (as kombu's Redis channel)."""
+        return to_rabbitmq_queue_arguments(arguments, **kwargs)
 
     def _queue_bind(self, exchange: str, routing_key: str, pattern: str,
                     queue: str) -> None:
