@@ -52,6 +52,13 @@ The key layout, owned by `layout` (nothing else spells these names):
                                               restore (1 item)
     ocr:dead-letter[:count]          list    refused messages      the exporter, operators
     _kombu.binding.<exchange>        set     queue declares        routing, queue depth
+    _kombu.binding_permanent.<ex.>   set     declares of queues    the sweeps: kept
+                                              without x-expires
+    _kombu.binding_expiry            zset    declares of queues    the sweep of dead
+                                              with x-expires, and   ones (`binding_expiry`)
+                                              their consumers
+    _kombu.binding_deadlines         zset    the same (exchange    stock kombu 5.7
+                                              -> deadline)          clients' sweep
     ocr:layout                       string  the first worker to   each worker's start
                                               start (SET NX: 1)     (`stored_layout`)
 
@@ -66,6 +73,8 @@ which nothing here imports. Its layers, each a module:
 - `transport.Transport`: makes the channels, registers the poller with the event loop;
 - `poller.Poller`: each channel's fetch and broadcast sockets, driven by Celery's event
   loop (kombu's `register_with_event_loop`) or by `drain_events`;
+- `binding_expiry`: the bindings of queues with x-expires (Celery's event and mailbox
+  queues): their deadlines, raised by their consumers, and the sweep of dead ones;
 - `unsettled.QoS`: the `unacked` records, their acknowledgement and restore;
 - `sentinel_transport`: the same on redis-py's Sentinel-managed pools.
 
