@@ -52,6 +52,13 @@ The key layout, owned by `layout` (nothing else spells these names):
                                               restore (1 item)
     ocr:dead-letter[:count]          list    refused messages      the exporter, operators
     _kombu.binding.<exchange>        set     queue declares        routing, queue depth
+    _kombu.binding_permanent.<ex.>   set     declares of queues    the sweeps: kept
+                                              without x-expires
+    _kombu.binding_expiry            zset    declares of queues    the sweep of dead
+                                              with x-expires, and   ones (`binding_expiry`)
+                                              their consumers
+    _kombu.binding_deadlines         zset    the same (exchange    stock kombu 5.7
+                                              -> deadline)          clients' sweep
     ocr:layout                       string  the first worker to   each worker's start
                                               start (SET NX: 1)     (`stored_layout`)
 
@@ -66,6 +73,8 @@ which nothing here imports. Its layers, each a module:
 - `transport.Transport`: makes the channels, registers the poller with the event loop;
 - `poller.Poller`: each channel's fetch and broadcast sockets, driven by Celery's event
   loop (kombu's `register_with_event_loop`) or by `drain_events`;
+- `binding_expiry`: the bindings of queues with x-expires (Celery's event and mailbox
+  queues): their deadlines, raised by their consumers, and the sweep of dead ones;
 - `unsettled.QoS`: the `unacked` records, their acknowledgement and restore;
 - `sentinel_transport`: the same on redis-py's Sentinel-managed pools.
 
@@ -74,7 +83,9 @@ read against each kombu minor of `KOMBU_MINORS`, requirements.txt's range
 (tests/units/test_kombu_overrides.py checks the installed kombu is one, has each name,
 and that no other name of kombu's is overridden). Most are the hooks kombu documents
 for a transport to fill in (`_get`, `_put`, `_size`, `_purge`, `_delete`, `_has_queue`,
-`_new_queue`, `_queue_bind`, `get_table`, `_put_fanout`, `register_with_event_loop`);
+`_new_queue`, `_queue_bind`, `get_table`, `_put_fanout`, `register_with_event_loop`,
+and `prepare_queue_arguments`, kombu's base channel's, which turns `Queue(expires=...)`
+into x-expires as kombu's own transports do);
 `KOMBU_PRIVATE_READS` are the few private names of the virtual
 transport it reads or calls without overriding them.
 
@@ -100,7 +111,7 @@ KOMBU_MINORS = ("5.6", "5.7")
 KOMBU_HOOKS: dict[str, tuple[str, ...]] = {
     "Channel": ("QoS", "supports_fanout", "from_transport_options", "_get", "_put",
                 "_size", "_purge", "_delete", "_has_queue", "_new_queue", "get_table",
-                "basic_consume", "basic_cancel", "close"),
+                "basic_consume", "basic_cancel", "close", "prepare_queue_arguments"),
     "QoS": ("append", "ack", "reject", "restore_unacked", "restore_visible",
             "restore_at_shutdown"),
     "Transport": ("Channel", "polling_interval", "default_port", "driver_type",

@@ -31,6 +31,12 @@ UNACKED_INDEX_KEY = "unacked_index"
 UNACKED_MUTEX_KEY = "unacked_mutex"
 UNACKED_KEYS = (UNACKED_KEY, UNACKED_INDEX_KEY, UNACKED_MUTEX_KEY)
 BINDING_PREFIX = "_kombu.binding."
+# kombu 5.7's: an exchange's bindings of queues without x-expires (never swept), and the
+# sorted set of its tables' deadlines (exchange -> ms). Ours beside them: each binding of
+# a queue with x-expires -> its deadline (tasks/broker/binding_expiry.py, which sweeps).
+BINDING_PERMANENT_PREFIX = "_kombu.binding_permanent."
+KOMBU_DEADLINES_KEY = "_kombu.binding_deadlines"
+BINDING_EXPIRY_KEY = "_kombu.binding_expiry"
 # Beside kombu's unacknowledged messages: each one's holder (hash: tag -> `<node>|<pid>`,
 # the key it was taken from, its ring, its client; one per line) and the lock of the
 # sweep that puts a dead holder's messages back (tasks/broker/holders.py).

@@ -6,7 +6,9 @@ on every turn of the loop each consuming channel that can take a message and has
 fetch in flight sends one (`Channel.fetch_start`: the fetch script, or its wait on the
 doorbells), and a channel bound to a fanout exchange subscribes; the loop calls
 `on_readable` when a reply is there. A client, Flower or the exporter drains events
-without a loop (`get`, kombu's `drain_events`): the same steps, then one `poll`.
+without a loop (`get`, kombu's `drain_events`): the same steps, then one `poll`. Each
+turn also keeps the bindings of the expiring queues consumed, and sweeps dead ones,
+when due (tasks/broker/binding_expiry.py: a clock's reading when not).
 
 A socket is watched from the fetch that uses it until its connection is dropped
 (`forget`, from the connection's `disconnect`: tasks/broker/connections.py), so a
@@ -22,6 +24,8 @@ import time
 from collections.abc import Callable
 from queue import Empty
 from typing import Any
+
+from tasks.broker import binding_expiry
 
 log = logging.getLogger(__name__)
 
@@ -45,6 +49,7 @@ class Poller:
         self.in_read = False
         self.after_read: list[Callable[[], None]] = []
         self._timers: list[Any] = []
+        self.bindings = binding_expiry.Keeper()
 
     def add(self, channel: Any) -> None:
         if channel not in self.channels:
@@ -99,6 +104,7 @@ class Poller:
             if channel.active_fanout_queues and not channel.listening():
                 channel.subscribe()
                 self._watch(channel, LISTEN, channel.listen_connection())
+        self.bindings.keep(self.channels)
 
     def on_readable(self, fd: int) -> bool:
         """A watched socket has a reply, or was closed by the server.

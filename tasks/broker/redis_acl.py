@@ -77,13 +77,15 @@ SEND = ("lpush", "lpos", "rpush", "hincrby", "lrange", "llen", "ltrim", "pexpire
 # What a consuming worker adds: the atomic fetch (a Lua script: LINDEX, ZADD, HSET,
 # RPOP; the lanes' ring: LRANGE, LPOS, LREM, RPUSH, HINCRBY, HDEL), doorbells (BLPOP),
 # acknowledgements and restores (HGET, HDEL, ZREM, ZRANGE, WATCH), the sweep of dead
-# holders' messages (a Lua script: SET NX PX, HGETALL, ZSCORE, RPUSH), the binding sweep,
+# holders' messages (a Lua script: SET NX PX, HGETALL, ZSCORE, RPUSH), the sweep of
+# expired queues' bindings (a Lua script: TIME, ZRANGEBYSCORE, SISMEMBER, SREM, ZREM),
 # remote control (PSUBSCRIBE), results and job state (an input read to its bound: GETRANGE).
 CONSUME = ("rpop", "rpush", "lrem", "lpos", "lindex", "lrange", "blpop", "hset",
            "hsetnx", "hget", "hdel",
            "hgetall", "hmget", "hexists", "hlen", "hkeys", "hincrby", "hincrbyfloat",
            "set", "setex", "del", "unlink", "exists", "expire", "pexpire", "ttl", "incr",
-           "incrby", "strlen", "getrange", "srem", "zrem", "zrange", "zrangebyscore", "zscore",
+           "incrby", "strlen", "getrange", "srem", "sismember", "zrem", "zrange",
+           "zrangebyscore", "zscore",
            "watch", "unwatch", "psubscribe", "punsubscribe", "scan")
 
 
@@ -183,7 +185,8 @@ USERS: tuple[RedisUser, ...] = (
         # events and replies come through a consumer of its own that acknowledges
         # nothing (its fetch names no unacknowledged-message key, it restores none:
         # tasks/broker/fetching.py); remote control is a broadcast
-        ("llen", "lindex", "rpop", "blpop", "sadd", "srem", "smembers", "zadd", "zrem",
+        ("llen", "lindex", "rpop", "blpop", "sadd", "srem", "sismember", "smembers", "zadd",
+         "zrem",
          "zrange", "zrangebyscore", "time", "eval", "evalsha", "script|load",
          "script|exists", "multi", "exec", "discard", "get", "set", "del", "exists",
          "hset", "hget", "hdel", "hgetall", "watch", "unwatch", "psubscribe",

@@ -21,11 +21,12 @@ from typing import Any
 
 import redis
 from kombu.transport import virtual
+from kombu.transport.base import to_rabbitmq_queue_arguments
 from kombu.utils.encoding import bytes_to_str
 from kombu.utils.json import dumps, loads
 from kombu.utils.scheduling import cycle_by_name
 
-from tasks.broker import connections, layout
+from tasks.broker import binding_expiry, connections, layout
 from tasks.broker.poller import FETCH, LISTEN, socket_of
 
 log = logging.getLogger(__name__)
@@ -38,7 +39,7 @@ class RedisChannel(virtual.Channel):
 
     supports_fanout = True
     keyprefix_queue = layout.BINDING_PREFIX + "%s"
-    keyprefix_permanent = "_kombu.binding_permanent.%s"  # kombu 5.7's sweep keeps these
+    keyprefix_permanent = layout.BINDING_PERMANENT_PREFIX + "%s"  # never swept
     keyprefix_fanout = "/{db}."
     sep = layout.SEP
     priority_steps = layout.PRIORITY_STEPS
@@ -63,6 +64,7 @@ class RedisChannel(virtual.Channel):
     global_keyprefix = ""
     queue_order_strategy = "round_robin"
     brpop_timeout = 1.0
+    ocr_binding_min_ttl = binding_expiry.MIN_BINDING_TTL_MS  # an expiring binding's least
 
     from_transport_options: tuple[str, ...] = (  # type: ignore[assignment]
         *virtual.Channel.from_transport_options,
@@ -72,7 +74,7 @@ class RedisChannel(virtual.Channel):
         "fanout_patterns", "global_keyprefix", "socket_timeout", "socket_connect_timeout",
         "socket_keepalive", "socket_keepalive_options", "queue_order_strategy",
         "max_connections", "health_check_interval", "retry_on_timeout", "priority_steps",
-        "client_name")
+        "client_name", "ocr_binding_min_ttl")
 
     # queue -> (exchange, routing key) of every fanout binding this process declared:
     # shared by the process's channels (Celery declares on one, consumes on another).
@@ -214,11 +216,18 @@ class RedisChannel(virtual.Channel):
         else:
             self._expires.pop(queue, None)
 
+    def prepare_queue_arguments(self, arguments: Any, **kwargs: Any) -> Any:
+        """`Queue(expires=...)` as x-expires, and the like (as kombu's Redis channel)."""
+        return to_rabbitmq_queue_arguments(arguments, **kwargs)
+
     def _queue_bind(self, exchange: str, routing_key: str, pattern: str,
                     queue: str) -> None:
         if self.typeof(exchange).type == "fanout":
             self._fanout_queues[queue] = (exchange, (routing_key or "").replace("#", "*"))
         member = self.sep.join([routing_key or "", pattern or "", queue or ""])
+        if queue in self._expires:  # swept once its consumers stop (binding_expiry.py)
+            binding_expiry.bind(self, exchange, member, queue)
+            return
         with self.commands.pipeline() as pipe:
             pipe.sadd(self.keyprefix_queue % exchange, member)
             pipe.sadd(self.keyprefix_permanent % exchange, member)

@@ -9,8 +9,9 @@ family, every read and write command of the probes the user holds, and its scrip
 the matrix cell by cell. Flower's user is also made to run scripts that name the keys
 of messages in flight only in their arguments (Redis checks each call inside a script):
 refused. The scripts that reserve a client's jobs in flight, pages and running batches
-run as each role that sends jobs. And the sweep's lock, set without an expiry, is
-taken over by the next sweep.
+run as each role that sends jobs, the bindings' (a binding with its deadline, the sweep
+of expired ones) as each role that consumes. And the sweep's lock, set without an
+expiry, is taken over by the next sweep.
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ from collections.abc import Iterator
 import pytest
 import redis
 
-from tasks.broker import layout
+from tasks.broker import binding_expiry, layout, scripts
 from tasks.broker.acl_matrix import END, FAMILIES, NONE, READ_WRITE, START, key_access, markdown
 from tasks.broker.holders import HolderSweep
 from tasks.broker.redis_acl import USERS, RedisUser
@@ -123,6 +124,23 @@ def test_flower_cannot_write_a_message_in_flight_a_lane_or_a_queue(
         assert not server.client().exists(key)
     finally:
         flower.close()
+
+
+@pytest.mark.parametrize("role", ["worker", "control", "flower"])
+def test_the_binding_scripts_run_as_each_consuming_role(server: AclRedisServer,
+                                                         role: str) -> None:
+    """A consumer of an expiring queue binds it, keeps it, and sweeps dead ones."""
+    admin = server.client()
+    client = redis.Redis.from_url(server.url(role))
+    table, member = f"{layout.BINDING_PREFIX}celeryev", "#\x06\x16\x06\x16celeryev.x"
+    try:
+        scripts.run(client, binding_expiry.bind_command(table, "celeryev", member, 0))
+        assert admin.sismember(table, member)
+        assert binding_expiry.sweep(client) == 1  # its deadline was now
+        assert not admin.exists(table) and not admin.exists(layout.BINDING_EXPIRY_KEY)
+    finally:
+        client.close()
+        admin.delete(table, layout.KOMBU_DEADLINES_KEY)
 
 
 def test_a_sweep_lock_without_an_expiry_is_taken_over(server: AclRedisServer) -> None:

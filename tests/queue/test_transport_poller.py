@@ -10,6 +10,7 @@ the worker's whole path is in the queue's other tests.
 
 from __future__ import annotations
 
+import contextlib
 import time
 import uuid
 from typing import Any
@@ -19,6 +20,7 @@ import redis
 from kombu import Connection, Consumer, Exchange, Producer, Queue
 from kombu.asynchronous import Hub
 
+from tasks.broker import binding_expiry, layout
 from tasks.broker.connections import BrokerOptionRefused
 from tasks.broker.transport import TRANSPORT
 from tests.harness import eventually
@@ -97,3 +99,51 @@ def test_a_global_key_prefix_is_refused_with_a_code(lone_redis_url: str) -> None
                     transport_options={"global_keyprefix": "svc:"}) as conn, \
             pytest.raises(BrokerOptionRefused, match="broker_option_refused"):
         conn.default_channel  # noqa: B018  # the channel is made on first use
+
+
+@pytest.mark.parametrize("kind", ["fanout", "topic"])
+def test_the_binding_of_an_expired_queue_is_swept_and_a_permanent_one_stays(
+        lone_redis_url: str, kind: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """An event consumer that died (a Flower's `celeryev.<uuid>`) leaves no binding.
+
+    A queue with x-expires is bound with a deadline its consumer raises while it
+    consumes (tasks/broker/binding_expiry.py); once the deadline passes, a sweep by a
+    process that consumes an expiring queue takes the binding out of the exchange's
+    table. A queue without x-expires (the service's) is bound for good.
+    """
+    monkeypatch.setattr(binding_expiry, "SWEEP_INTERVAL", 0.2)
+    options = {"ocr_binding_min_ttl": 0}  # a binding's TTL: twice its x-expires, 1 s
+    exchange = Exchange(f"ev-{uuid.uuid4().hex[:6]}", type=kind)
+    dead, live, kept = (Queue(f"{name}-{uuid.uuid4().hex[:6]}", exchange, routing_key="#",
+                              expires=None if name == "kept" else 0.5)
+                        for name in ("dead", "live", "kept"))
+    r = redis.Redis.from_url(lone_redis_url, decode_responses=True)
+    table = f"_kombu.binding.{exchange.name}"
+
+    def bound() -> set[str]:
+        return {member.rsplit(layout.SEP, 1)[-1] for member in r.smembers(table)}
+
+    with Connection(lone_redis_url, transport=TRANSPORT, transport_options=options) as conn:
+        kept(conn.default_channel).declare()
+        # Its consumer dies: it never deletes the queue, nor refreshes the binding again.
+        with Consumer(conn.channel(), [dead], accept=["json"], no_ack=True), \
+                pytest.raises(TimeoutError):
+            conn.drain_events(timeout=0.2)
+    assert bound() == {dead.name, kept.name}
+    assert {m.rsplit(layout.SEP, 1)[-1]
+            for m in r.smembers(f"_kombu.binding_permanent.{exchange.name}")} == {kept.name}
+    with Connection(lone_redis_url, transport=TRANSPORT, transport_options=options) as conn, \
+            Consumer(conn.channel(), [live], accept=["json"], no_ack=True):
+
+        def swept() -> bool:
+            with contextlib.suppress(TimeoutError):
+                conn.drain_events(timeout=0.2)
+            return dead.name not in bound()
+
+        eventually(swept, timeout=10, what=f"the sweep of {dead.name}'s binding")
+        time.sleep(1.2)  # past the live one's TTL: its consumer keeps it
+        with contextlib.suppress(TimeoutError):
+            conn.drain_events(timeout=0.5)
+        assert bound() == {live.name, kept.name}
+    assert r.zcard(layout.BINDING_EXPIRY_KEY) == 1  # the live one's, until it is due
+    r.close()

@@ -141,6 +141,9 @@ def test_the_layout_names_are_kombus_defaults() -> None:
             channel.unacked_mutex_key) == (layout.SEP, *layout.UNACKED_KEYS)
     assert tuple(kombu_redis.PRIORITY_STEPS) == layout.PRIORITY_STEPS
     assert channel.keyprefix_queue == layout.BINDING_PREFIX + "%s"
+    if hasattr(channel, "keyprefix_binding_deadlines"):  # kombu 5.7 on: its sweep's keys
+        assert channel.keyprefix_binding_permanent == layout.BINDING_PERMANENT_PREFIX + "%s"
+        assert channel.keyprefix_binding_deadlines == layout.KOMBU_DEADLINES_KEY
 
 
 @pytest.mark.parametrize("priority", [None, "x", -3, 0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 255, "7"])
