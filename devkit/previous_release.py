@@ -22,12 +22,12 @@ from pathlib import Path
 
 from devkit.harness import ROOT
 
-COMMIT = "040d7271795dadef2c34ddc1c1ea04f78970c63e"
+COMMIT = "296bb115856bd2d60dc78adc4be40c744590326c"
 # Its subject: a history whose commit ids were rewritten (a re-seeded mirror) still
 # holds the release under it, and `resolve` finds it there.
-SUBJECT = ("Publishing: a client's push and the held pushes of `together` go through one "
-           "`_push` (the push script then the replicas' WAIT), not two copies of it; "
-           "`_connparams` returns kombu's parameters as they are")
+SUBJECT = ("Tests: one lone_redis_url fixture in conftest (a redis-server of the test's own) "
+           "for the lanes' and the poller's tests, one walk over tasks/' imports for the "
+           "override test's two checks; the poller's registration loop reads the fds alone")
 
 
 class ReleaseMissing(RuntimeError):
