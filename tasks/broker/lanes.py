@@ -93,8 +93,11 @@ return 1
 # writing, and a worker may only read the weights. Where acknowledged, the message is
 # recorded in kombu's `unacked` hash (KEYS[1]: [message, "", queue], restored to the
 # queue it was taken from) and index (KEYS[2], score ARGV[1]) under the delivery tag
-# the worker chose (ARGV[7+4n], which it hands on as the message's), before it is
-# popped, in the same atomic step: a server that refuses writes takes nothing. The
+# the worker chose (ARGV[7+4n], which it hands on as the message's), in the same
+# atomic step as its pop: a server that refuses writes (a read-only replica, too few
+# replicas, out of memory) refuses the script's first write, so it takes nothing, and
+# a script that has written goes on to its end. A client's lanes are popped by one
+# LMPOP (the first of them, in the lists' order, that holds a message). The
 # envelope is never read here. A message larger than ARGV[2] bytes (0: no bound), or
 # that is no JSON object by its first and last bytes, is popped unrecorded (the worker
 # refuses it); a larger one is returned as its ends and its length alone, never whole
@@ -120,8 +123,9 @@ if #ARGV > 7 + 4 * lists then
   redis.call('ZREM', KEYS[2], unpack(done))
   redis.call('HDEL', KEYS[1] .. '_holders', unpack(done))
 end
--- pops `item` from `src`, list i's or its lane: recorded under `tag` where acknowledged
-local function take(src, item, i, ring, client)
+-- pops `item` from `src`, list i's or its lane (`popped`: LMPOP took it already):
+-- recorded under `tag` where acknowledged
+local function take(src, item, i, ring, client, popped)
   local recorded = tag ~= '' and ARGV[4 + 4 * i] == '1'
     and (limit == 0 or #item <= limit)
     and string.byte(item, 1) == 123 and string.byte(item, -1) == 125
@@ -133,7 +137,7 @@ local function take(src, item, i, ring, client)
                  holder .. '\n' .. src .. '\n' .. (ring or '') .. '\n' .. (client or ''))
     end
   end
-  redis.call('RPOP', src)
+  if not popped then redis.call('RPOP', src) end
   return {KEYS[3 + i], bounded(item, limit), recorded and tag or ''}
 end
 -- serves the lists first..last of one ring
@@ -169,21 +173,33 @@ local function share(ring, first, last)
     local client = lead
     if client then lead = nil else client = redis.call('LINDEX', ring, pos) end
     if not client then return nil end
-    local src, item, at = nil, nil, nil
-    for i = first, last do
-      if client == '' then
+    local src, item, at, popped = nil, nil, nil, false
+    if client == '' then
+      for i = first, last do
         src, item = KEYS[3 + i], tail(i)
-      elseif ARGV[6 + 4 * i] ~= '' then
-        src = ARGV[6 + 4 * i] .. client
-        item = redis.call('LINDEX', src, -1)
-      else
-        src, item = nil, nil  -- a list without lanes: its anonymous lane alone
+        if item then at = i break end
       end
-      if item then at = i break end
+    else
+      -- the client's lanes of these lists (a list without lanes has its anonymous lane
+      -- alone), in order: one LMPOP takes from the first that holds a message
+      local call, index = {'LMPOP', 0}, {}
+      for i = first, last do
+        if ARGV[6 + 4 * i] ~= '' then
+          call[#call + 1] = ARGV[6 + 4 * i] .. client
+          index[call[#call]] = i
+        end
+      end
+      call[2] = #call - 2
+      call[#call + 1] = 'RIGHT'
+      local got = call[2] > 0 and redis.call(unpack(call))
+      if got then
+        src, item, popped = got[1], got[2][1], true
+        at = index[src]
+      end
     end
     if item and members == 1 and client ~= '' then
       -- a lone client: no turns to keep
-      local got = take(src, item, at, ring, client)
+      local got = take(src, item, at, ring, client, popped)
       if redis.call('HINCRBY', count, client, -1) < 1 then
         redis.call('LREM', ring, 1, client)
         redis.call('HDEL', count, client)
@@ -197,7 +213,7 @@ local function share(ring, first, last)
         left = math.floor(tonumber(redis.call('HGET', ARGV[3], client)) or 1)
         if left < 1 then left = 1 end
       end
-      local got = take(src, item, at, ring, client)
+      local got = take(src, item, at, ring, client, popped)
       left = left - 1
       local waiting = 1
       if client ~= '' then waiting = redis.call('HINCRBY', count, client, -1) end

@@ -381,3 +381,37 @@ def test_pushes_held_together_go_in_one_script_in_their_order(lone_redis_url: st
             raise RuntimeError("the split failed")
         assert r.llen(lane) == 5  # nothing sent from a block that raised
     r.close()
+
+
+@pytest.mark.parametrize("refusal", ["oom", "too-few-replicas"])
+def test_a_server_that_refuses_writes_loses_no_message_to_the_fetch(
+        lone_redis_url: str, refusal: str) -> None:
+    """Out of memory, or short of replicas: a lane's message is taken and recorded, or left.
+
+    The fetch pops a client's lane (LMPOP) before it records the message: Redis runs a
+    script on past its first write, and refuses that first write where it refuses
+    writes at all (too few replicas), so neither case pops a message unrecorded.
+    """
+    r = redis.Redis.from_url(lone_redis_url)
+    made = Broker(r)
+    made.push("q", "a", 2)
+    lane = made.key(lane_key("q", "a"))
+    if refusal == "oom":
+        r.set("ballast", "x" * 2_000_000)
+        r.config_set("maxmemory-policy", "noeviction")
+        r.config_set("maxmemory", int(r.info("memory")["used_memory"]) - 200_000)
+    else:
+        r.config_set("min-replicas-to-write", 1)
+    try:
+        try:
+            taken = made.fetch([("q", 0)])
+        except redis.ResponseError:
+            taken = None
+        recorded = r.hvals(made.key(UNACKED[0]))
+        assert r.llen(lane) + len(recorded) == 2, (taken, recorded)
+        assert (taken is None) == (not recorded)
+        if refusal != "oom":
+            assert taken is None and r.llen(lane) == 2
+    finally:
+        r.config_set("maxmemory", 0)
+        r.config_set("min-replicas-to-write", 0)
