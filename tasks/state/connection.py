@@ -7,6 +7,8 @@ patience, shared by every module of that process: a direct server (`redis://`,
 `rediss://`, a fixed address that may move, as a managed Redis's endpoint does), or
 the primary that Sentinel names, asked again at every reconnection, so a client
 follows a failover by itself.
+`PrimaryConnection` (and its TLS form) is the connection of both, the stores' pools and
+the broker's: each socket it opens goes to the primary the Sentinels name at that moment.
 `celery_broker` and `celery_backend` give Celery and kombu the same target: URL,
 verified TLS, Sentinel's primary name and password, and the timeouts and TCP keepalive
 that notice a primary gone silent. `kept(pipe, target)` appends the `WAIT` that holds a
@@ -29,7 +31,11 @@ from urllib.parse import quote
 import redis
 from redis.backoff import NoBackoff
 from redis.retry import Retry
-from redis.sentinel import Sentinel
+from redis.sentinel import (
+    Sentinel,
+    SentinelManagedConnection,
+    SentinelManagedSSLConnection,
+)
 
 from tasks.errors import ReplicaMissing
 from tasks.records.redis_target import RedisTarget
@@ -109,7 +115,50 @@ def new_client(target: RedisTarget, *, patient: bool = True) -> redis.Redis:
         return redis.Redis.from_url(target.url, **options)
     return sentinel_of(target).master_for(
         target.master, db=target.db, username=target.username, password=target.password,
+        connection_class=PrimarySSLConnection if target.tls else PrimaryConnection,
         **options)
+
+
+def _named_now(connection: PrimaryConnection | PrimarySSLConnection) -> None:
+    """Point `connection` at the primary its Sentinels name now (a primary's pool only).
+
+    redis-py's retry of a failed command reconnects the same connection object by its
+    last address, asking no Sentinel: after a failover that address is the old primary,
+    dead (refused) or back as a replica (READONLY), for every retry until they run out.
+    An address `connect_to` was given a moment ago is taken as it is.
+    """
+    named, connection.named = connection.named, None
+    if connection.connection_pool.is_master:
+        connection.host, connection.port = named or \
+            connection.connection_pool.get_master_address()
+
+
+class PrimaryConnection(SentinelManagedConnection):
+    """A Sentinel-named primary's connection: each socket to the one named at that moment."""
+
+    named: tuple[str, int] | None = None  # the address `connect` just looked up
+
+    def connect_to(self, address: tuple[str, int]) -> None:
+        self.named = address
+        super().connect_to(address)
+
+    def _connect(self) -> socket.socket:
+        _named_now(self)
+        return super()._connect()
+
+
+class PrimarySSLConnection(SentinelManagedSSLConnection):
+    """`PrimaryConnection` over TLS."""
+
+    named: tuple[str, int] | None = None
+
+    def connect_to(self, address: tuple[str, int]) -> None:
+        self.named = address
+        super().connect_to(address)
+
+    def _connect(self) -> socket.socket:
+        _named_now(self)
+        return super()._connect()
 
 
 def sentinel_of(target: RedisTarget) -> Sentinel:

@@ -12,12 +12,14 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+import redis
+from redis.sentinel import Sentinel
 
 from tasks.errors import TransientError
 from tasks.queue.celery_config import celery_config
 from tasks.records.redis_target import RedisTarget
 from tasks.settings import Settings, SettingsError
-from tasks.state.connection import check_kept, connect, kept
+from tasks.state.connection import check_kept, connect, kept, new_client
 from tests.harness import RedisServer, eventually, free_port, stop_group
 
 
@@ -110,6 +112,38 @@ def test_connect_finds_the_primary_through_sentinel(sentinel: tuple[RedisServer,
     client.set("ocr:test", "1")
     direct = connect(RedisTarget(primary.url(2)))
     assert direct.get("ocr:test") == b"1"
+
+
+def test_a_retried_command_goes_to_the_primary_the_sentinels_name_now(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A write that meets its primary turned replica is sent again to the new primary.
+
+    What a failover leaves a worker: a pooled connection to the old primary, which
+    comes back as a replica and answers READONLY. The retry reconnects that same
+    connection: it asks the Sentinels again (here a stand-in naming the new primary),
+    never its last address, where every try would meet READONLY until its retries
+    ran out (a job held past its time limit).
+    """
+    old, new = RedisServer(tmp_path / "old"), RedisServer(tmp_path / "new")
+    for server in (old, new):
+        server.workdir.mkdir()
+        server.start()
+    try:
+        named = [("127.0.0.1", old.port)]
+        monkeypatch.setattr(Sentinel, "discover_master", lambda self, name: named[0])
+        target = Settings.from_env({"REDIS_URL": "sentinel://127.0.0.1:1/2",
+                                    "OCR_REDIS_SENTINEL_MASTER": "ocr"}).redis_target
+        client = new_client(target, patient=False)  # one retry, no backoff
+        client.set("ocr:test", "old")
+        redis.Redis(port=old.port).replicaof("127.0.0.1", new.port)  # demoted
+        named[0] = ("127.0.0.1", new.port)
+        assert client.pipeline(transaction=False).set("ocr:test", "new").incr(
+            "ocr:count").execute() == [True, 1]
+        assert redis.Redis(port=new.port, db=2).get("ocr:test") == b"new"
+        client.close()
+    finally:
+        old.stop()
+        new.stop()
 
 
 def test_a_write_no_replica_holds_is_not_kept(tmp_path: Path) -> None:
