@@ -8,13 +8,17 @@ from __future__ import annotations
 
 import ssl
 import subprocess
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 import redis
+from redis.backoff import NoBackoff
+from redis.retry import Retry
 from redis.sentinel import Sentinel
 
+from tasks.broker.sentinel_transport import SentinelChannel
 from tasks.errors import TransientError
 from tasks.queue.celery_config import celery_config
 from tasks.records.redis_target import RedisTarget
@@ -114,8 +118,28 @@ def test_connect_finds_the_primary_through_sentinel(sentinel: tuple[RedisServer,
     assert direct.get("ocr:test") == b"1"
 
 
+def _stores_client() -> redis.Redis:
+    """The stores' client of a Sentinel target: one retry, no backoff."""
+    target = Settings.from_env({"REDIS_URL": "sentinel://127.0.0.1:1/2",
+                                "OCR_REDIS_SENTINEL_MASTER": "ocr"}).redis_target
+    return new_client(target, patient=False)
+
+
+def _broker_client() -> redis.Redis:
+    """A client on the pool the broker's Sentinel channel makes: one retry, no backoff."""
+    options = SimpleNamespace(ocr_sentinels=[("127.0.0.1", 1)], master_name="ocr",
+                              min_other_sentinels=0, sentinel_kwargs=None)
+    pool = SentinelChannel._make_pool(options, {  # type: ignore[arg-type]
+        "host": "127.0.0.1", "port": 1, "db": 2, "connection_class": redis.Connection,
+        "max_connections": 4, "retry": Retry(NoBackoff(), 1)})
+    return redis.Redis(connection_pool=pool)
+
+
+@pytest.mark.parametrize("make_client", [_stores_client, _broker_client],
+                         ids=["stores", "broker"])
 def test_a_retried_command_goes_to_the_primary_the_sentinels_name_now(
-        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+        make_client: Callable[[], redis.Redis]) -> None:
     """A write that meets its primary turned replica is sent again to the new primary.
 
     What a failover leaves a worker: a pooled connection to the old primary, which
@@ -131,14 +155,14 @@ def test_a_retried_command_goes_to_the_primary_the_sentinels_name_now(
     try:
         named = [("127.0.0.1", old.port)]
         monkeypatch.setattr(Sentinel, "discover_master", lambda self, name: named[0])
-        target = Settings.from_env({"REDIS_URL": "sentinel://127.0.0.1:1/2",
-                                    "OCR_REDIS_SENTINEL_MASTER": "ocr"}).redis_target
-        client = new_client(target, patient=False)  # one retry, no backoff
+        client = make_client()
         client.set("ocr:test", "old")
         redis.Redis(port=old.port).replicaof("127.0.0.1", new.port)  # demoted
         named[0] = ("127.0.0.1", new.port)
-        assert client.pipeline(transaction=False).set("ocr:test", "new").incr(
-            "ocr:count").execute() == [True, 1]
+        pipe = client.pipeline(transaction=False)
+        pipe.set("ocr:test", "new")
+        pipe.incr("ocr:count")
+        assert pipe.execute() == [True, 1]
         assert redis.Redis(port=new.port, db=2).get("ocr:test") == b"new"
         client.close()
     finally:
