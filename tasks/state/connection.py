@@ -37,7 +37,7 @@ from redis.sentinel import (
     SentinelManagedSSLConnection,
 )
 
-from tasks.errors import ReplicaMissing
+from tasks.errors import ReplicaMissing, TransientError
 from tasks.records.redis_target import RedisTarget
 from tasks.state.boundary import RETRIED_ERRORS, redis_retry
 
@@ -213,17 +213,25 @@ def hold_kept(client: redis.Redis, key: str, target: RedisTarget, patience: floa
     same connection: covered are this process's earlier writes, on any connection.
     Waits again while replicas lag, up to `patience` seconds; False when they never
     caught up (the writes are on the primary, not yet safe from a failover).
+    `key` was written by this process just before: where the server that answers has
+    none, a failover took the writes with the old primary before a replica had them (a
+    command retried through the failover goes to the new one): `TransientError`, so
+    that its writer sends them again rather than go on without them.
     """
     if target.min_replicas <= 0:
         return True
     deadline = time.monotonic() + patience
     while True:
-        ttl = client.pttl(key)
-        if ttl is None or int(ttl) <= 0:
-            return True  # gone or without a TTL: nothing of this job to keep
-        with client.pipeline(transaction=False) as pipe:
-            pipe.pexpire(key, int(ttl))
-            replies = kept(pipe, target).execute()
+        ttl = int(client.pttl(key))
+        if ttl in (-1, 0):
+            return True  # without a TTL (not this job's), or expiring: nothing to keep
+        if ttl > 0:
+            with client.pipeline(transaction=False) as pipe:
+                pipe.pexpire(key, ttl)
+                replies = kept(pipe, target).execute()
+        if ttl < 0 or not replies[0]:  # -2, or gone by the PEXPIRE: not on this server
+            raise TransientError(f"{key} is not on the Redis primary: lost with a "
+                                 "failover before a replica had it")
         if int(replies[-1]) >= target.min_replicas:
             return True
         if time.monotonic() >= deadline:

@@ -23,7 +23,7 @@ from tasks.errors import TransientError
 from tasks.queue.celery_config import celery_config
 from tasks.records.redis_target import RedisTarget
 from tasks.settings import Settings, SettingsError
-from tasks.state.connection import check_kept, connect, kept, new_client
+from tasks.state.connection import check_kept, connect, hold_kept, kept, new_client
 from tests.harness import RedisServer, eventually, free_port, stop_group
 
 
@@ -183,6 +183,27 @@ def test_a_write_no_replica_holds_is_not_kept(tmp_path: Path) -> None:
         alone = RedisTarget(server.url(0))
         pipe = client.pipeline(transaction=False).set("ocr:test", "2")
         check_kept(kept(pipe, alone).execute(), alone, "the job")
+    finally:
+        server.stop()
+
+
+def test_a_write_the_primary_lacks_is_lost_not_kept(tmp_path: Path) -> None:
+    """A key its writer just wrote, absent from the server that answers: a failover lost it.
+
+    (A command retried through a failover reaches the new primary, which never got the
+    write.) Its writer is told `transient` and sends it again; a key that is there and
+    on no replica is the primary's alone: not kept, not lost.
+    """
+    server = RedisServer(tmp_path)
+    server.start()
+    try:
+        target = RedisTarget(server.url(0), min_replicas=1, replica_timeout=0.2)
+        client = connect(target)
+        with pytest.raises(TransientError) as lost:
+            hold_kept(client, "ocr:job:lost:ended", target, 0.2)
+        assert lost.value.retryable
+        client.set("ocr:job:there:ended", "host:1", px=60_000)
+        assert hold_kept(client, "ocr:job:there:ended", target, 0.2) is False
     finally:
         server.stop()
 
