@@ -33,6 +33,7 @@ from redis.backoff import NoBackoff
 from redis.retry import Retry
 from redis.sentinel import (
     Sentinel,
+    SentinelConnectionPool,
     SentinelManagedConnection,
     SentinelManagedSSLConnection,
 )
@@ -216,7 +217,8 @@ def hold_kept(client: redis.Redis, key: str, target: RedisTarget, patience: floa
     `key` was written by this process just before: where the server that answers has
     none, a failover took the writes with the old primary before a replica had them (a
     command retried through the failover goes to the new one): `TransientError`, so
-    that its writer sends them again rather than go on without them.
+    that its writer sends them again rather than go on without them. So too when the
+    replicas never caught up and the Sentinels name another primary by then.
     """
     if target.min_replicas <= 0:
         return True
@@ -235,7 +237,24 @@ def hold_kept(client: redis.Redis, key: str, target: RedisTarget, patience: floa
         if int(replies[-1]) >= target.min_replicas:
             return True
         if time.monotonic() >= deadline:
+            if _primary_replaced(client):
+                raise TransientError(f"{key} was written to a Redis primary the Sentinels "
+                                     "have replaced; its writes will be thrown away")
             return False
+
+
+def _primary_replaced(client: redis.Redis) -> bool:
+    """Whether the Sentinels name another primary than the one `client`'s pool writes to.
+
+    A live primary the Sentinels took for dead and replaced keeps taking writes, with no
+    replica left, until they tell it to follow the new one (seconds later), which throws
+    those writes away. Asking drops the pool's idle connections to it.
+    """
+    pool = client.connection_pool
+    if not isinstance(pool, SentinelConnectionPool):
+        return False
+    used = pool.master_address
+    return used is not None and tuple(pool.get_master_address()) != tuple(used)
 
 
 def celery_url(target: RedisTarget) -> str:

@@ -208,6 +208,35 @@ def test_a_write_the_primary_lacks_is_lost_not_kept(tmp_path: Path) -> None:
         server.stop()
 
 
+def test_a_write_to_a_replaced_primary_is_lost_not_kept(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Replicas short, and the Sentinels name another primary by then: the writes are lost.
+
+    (A live primary the Sentinels replaced takes writes until they tell it to follow the
+    new one, which throws them away.) Still named, it is the primary's alone: not kept.
+    """
+    old, new = RedisServer(tmp_path / "old"), RedisServer(tmp_path / "new")
+    for server in (old, new):
+        server.workdir.mkdir()
+        server.start()
+    try:
+        named = [("127.0.0.1", old.port)]
+        monkeypatch.setattr(Sentinel, "discover_master", lambda self, name: named[0])
+        target = Settings.from_env({
+            "REDIS_URL": "sentinel://127.0.0.1:1/2", "OCR_REDIS_SENTINEL_MASTER": "ocr",
+            "OCR_REDIS_MIN_REPLICAS": "1", "OCR_REDIS_REPLICA_TIMEOUT": "0.2"}).redis_target
+        client = new_client(target)
+        client.set("ocr:job:a:ended", "host:1", px=60_000)
+        assert hold_kept(client, "ocr:job:a:ended", target, 0.2) is False
+        named[0] = ("127.0.0.1", new.port)  # replaced meanwhile, not yet told
+        with pytest.raises(TransientError):
+            hold_kept(client, "ocr:job:a:ended", target, 0.2)
+        client.close()
+    finally:
+        old.stop()
+        new.stop()
+
+
 def _answers(client: object) -> bool:
     try:
         return bool(client.ping())  # type: ignore[attr-defined]
