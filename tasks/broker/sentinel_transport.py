@@ -3,7 +3,8 @@
 Runs wherever the broker is `sentinel://` (every process that publishes or consumes).
 The channel is tasks/broker/transport.py's (atomic fetch, doorbells, dead letters, WAIT
 after a publish, what a lost connection leaves settled) on redis-py's Sentinel-managed
-connections: each new connection asks the Sentinels for the current primary.
+pool, with the primary connections of tasks/state/connection.py: each socket they open
+(a retried command's too) goes to the primary the Sentinels name at that moment.
 
 The broker URL names one Sentinel; every Sentinel comes in the transport option
 `ocr_sentinels` (tasks/state/connection.py), and redis-py asks them in turn.
@@ -20,6 +21,7 @@ from redis import sentinel
 from tasks.broker.connections import watched
 from tasks.broker.fetching import Channel
 from tasks.broker.transport import Transport
+from tasks.state.connection import PrimaryConnection, PrimarySSLConnection
 
 # Keywords of the primary's parameters that the Sentinel-managed pool sets itself.
 _POOL_OWN = ("host", "port", "connection_class", "max_connections")
@@ -43,9 +45,9 @@ class SentinelChannel(Channel):
             or [(params["host"], params["port"])]
         manager = sentinel.Sentinel(sentinels, min_other_sentinels=self.min_other_sentinels,
                                     sentinel_kwargs=self.sentinel_kwargs)
-        managed: type = sentinel.SentinelManagedConnection
+        managed: type = PrimaryConnection
         if issubclass(params["connection_class"], redis.SSLConnection):
-            managed = sentinel.SentinelManagedSSLConnection
+            managed = PrimarySSLConnection
         if on_disconnect is not None:
             managed = watched(managed, on_disconnect)
         return sentinel.SentinelConnectionPool(

@@ -7,6 +7,8 @@ patience, shared by every module of that process: a direct server (`redis://`,
 `rediss://`, a fixed address that may move, as a managed Redis's endpoint does), or
 the primary that Sentinel names, asked again at every reconnection, so a client
 follows a failover by itself.
+`PrimaryConnection` (and its TLS form) is the connection of both, the stores' pools and
+the broker's: each socket it opens goes to the primary the Sentinels name at that moment.
 `celery_broker` and `celery_backend` give Celery and kombu the same target: URL,
 verified TLS, Sentinel's primary name and password, and the timeouts and TCP keepalive
 that notice a primary gone silent. `kept(pipe, target)` appends the `WAIT` that holds a
@@ -29,9 +31,14 @@ from urllib.parse import quote
 import redis
 from redis.backoff import NoBackoff
 from redis.retry import Retry
-from redis.sentinel import Sentinel
+from redis.sentinel import (
+    Sentinel,
+    SentinelConnectionPool,
+    SentinelManagedConnection,
+    SentinelManagedSSLConnection,
+)
 
-from tasks.errors import ReplicaMissing
+from tasks.errors import ReplicaMissing, TransientError
 from tasks.records.redis_target import RedisTarget
 from tasks.state.boundary import RETRIED_ERRORS, redis_retry
 
@@ -109,7 +116,50 @@ def new_client(target: RedisTarget, *, patient: bool = True) -> redis.Redis:
         return redis.Redis.from_url(target.url, **options)
     return sentinel_of(target).master_for(
         target.master, db=target.db, username=target.username, password=target.password,
+        connection_class=PrimarySSLConnection if target.tls else PrimaryConnection,
         **options)
+
+
+def _named_now(connection: PrimaryConnection | PrimarySSLConnection) -> None:
+    """Point `connection` at the primary its Sentinels name now (a primary's pool only).
+
+    redis-py's retry of a failed command reconnects the same connection object by its
+    last address, asking no Sentinel: after a failover that address is the old primary,
+    dead (refused) or back as a replica (READONLY), for every retry until they run out.
+    An address `connect_to` was given a moment ago is taken as it is.
+    """
+    named, connection.named = connection.named, None
+    if connection.connection_pool.is_master:
+        connection.host, connection.port = named or \
+            connection.connection_pool.get_master_address()
+
+
+class PrimaryConnection(SentinelManagedConnection):
+    """A Sentinel-named primary's connection: each socket to the one named at that moment."""
+
+    named: tuple[str, int] | None = None  # the address `connect` just looked up
+
+    def connect_to(self, address: tuple[str, int]) -> None:
+        self.named = address
+        super().connect_to(address)
+
+    def _connect(self) -> socket.socket:
+        _named_now(self)
+        return super()._connect()
+
+
+class PrimarySSLConnection(SentinelManagedSSLConnection):
+    """`PrimaryConnection` over TLS."""
+
+    named: tuple[str, int] | None = None
+
+    def connect_to(self, address: tuple[str, int]) -> None:
+        self.named = address
+        super().connect_to(address)
+
+    def _connect(self) -> socket.socket:
+        _named_now(self)
+        return super()._connect()
 
 
 def sentinel_of(target: RedisTarget) -> Sentinel:
@@ -164,21 +214,47 @@ def hold_kept(client: redis.Redis, key: str, target: RedisTarget, patience: floa
     same connection: covered are this process's earlier writes, on any connection.
     Waits again while replicas lag, up to `patience` seconds; False when they never
     caught up (the writes are on the primary, not yet safe from a failover).
+    `key` was written by this process just before: where the server that answers has
+    none, a failover took the writes with the old primary before a replica had them (a
+    command retried through the failover goes to the new one): `TransientError`, so
+    that its writer sends them again rather than go on without them. So too when the
+    replicas never caught up and the Sentinels name another primary by then.
     """
     if target.min_replicas <= 0:
         return True
     deadline = time.monotonic() + patience
     while True:
-        ttl = client.pttl(key)
-        if ttl is None or int(ttl) <= 0:
-            return True  # gone or without a TTL: nothing of this job to keep
-        with client.pipeline(transaction=False) as pipe:
-            pipe.pexpire(key, int(ttl))
-            replies = kept(pipe, target).execute()
+        ttl = int(client.pttl(key))
+        if ttl in (-1, 0):
+            return True  # without a TTL (not this job's), or expiring: nothing to keep
+        if ttl > 0:
+            with client.pipeline(transaction=False) as pipe:
+                pipe.pexpire(key, ttl)
+                replies = kept(pipe, target).execute()
+        if ttl < 0 or not replies[0]:  # -2, or gone by the PEXPIRE: not on this server
+            raise TransientError(f"{key} is not on the Redis primary: lost with a "
+                                 "failover before a replica had it")
         if int(replies[-1]) >= target.min_replicas:
             return True
         if time.monotonic() >= deadline:
+            if _primary_replaced(client):
+                raise TransientError(f"{key} was written to a Redis primary the Sentinels "
+                                     "have replaced; its writes will be thrown away")
             return False
+
+
+def _primary_replaced(client: redis.Redis) -> bool:
+    """Whether the Sentinels name another primary than the one `client`'s pool writes to.
+
+    A live primary the Sentinels took for dead and replaced keeps taking writes, with no
+    replica left, until they tell it to follow the new one (seconds later), which throws
+    those writes away. Asking drops the pool's idle connections to it.
+    """
+    pool = client.connection_pool
+    if not isinstance(pool, SentinelConnectionPool):
+        return False
+    used = pool.master_address
+    return used is not None and tuple(pool.get_master_address()) != tuple(used)
 
 
 def celery_url(target: RedisTarget) -> str:

@@ -8,16 +8,22 @@ from __future__ import annotations
 
 import ssl
 import subprocess
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
+import redis
+from redis.backoff import NoBackoff
+from redis.retry import Retry
+from redis.sentinel import Sentinel
 
+from tasks.broker.sentinel_transport import SentinelChannel
 from tasks.errors import TransientError
 from tasks.queue.celery_config import celery_config
 from tasks.records.redis_target import RedisTarget
 from tasks.settings import Settings, SettingsError
-from tasks.state.connection import check_kept, connect, kept
+from tasks.state.connection import check_kept, connect, hold_kept, kept, new_client
 from tests.harness import RedisServer, eventually, free_port, stop_group
 
 
@@ -112,6 +118,58 @@ def test_connect_finds_the_primary_through_sentinel(sentinel: tuple[RedisServer,
     assert direct.get("ocr:test") == b"1"
 
 
+def _stores_client() -> redis.Redis:
+    """The stores' client of a Sentinel target: one retry, no backoff."""
+    target = Settings.from_env({"REDIS_URL": "sentinel://127.0.0.1:1/2",
+                                "OCR_REDIS_SENTINEL_MASTER": "ocr"}).redis_target
+    return new_client(target, patient=False)
+
+
+def _broker_client() -> redis.Redis:
+    """A client on the pool the broker's Sentinel channel makes: one retry, no backoff."""
+    options = SimpleNamespace(ocr_sentinels=[("127.0.0.1", 1)], master_name="ocr",
+                              min_other_sentinels=0, sentinel_kwargs=None)
+    pool = SentinelChannel._make_pool(options, {  # type: ignore[arg-type]
+        "host": "127.0.0.1", "port": 1, "db": 2, "connection_class": redis.Connection,
+        "max_connections": 4, "retry": Retry(NoBackoff(), 1)})
+    return redis.Redis(connection_pool=pool)
+
+
+@pytest.mark.parametrize("make_client", [_stores_client, _broker_client],
+                         ids=["stores", "broker"])
+def test_a_retried_command_goes_to_the_primary_the_sentinels_name_now(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+        make_client: Callable[[], redis.Redis]) -> None:
+    """A write that meets its primary turned replica is sent again to the new primary.
+
+    What a failover leaves a worker: a pooled connection to the old primary, which
+    comes back as a replica and answers READONLY. The retry reconnects that same
+    connection: it asks the Sentinels again (here a stand-in naming the new primary),
+    never its last address, where every try would meet READONLY until its retries
+    ran out (a job held past its time limit).
+    """
+    old, new = RedisServer(tmp_path / "old"), RedisServer(tmp_path / "new")
+    for server in (old, new):
+        server.workdir.mkdir()
+        server.start()
+    try:
+        named = [("127.0.0.1", old.port)]
+        monkeypatch.setattr(Sentinel, "discover_master", lambda self, name: named[0])
+        client = make_client()
+        client.set("ocr:test", "old")
+        redis.Redis(port=old.port).replicaof("127.0.0.1", new.port)  # demoted
+        named[0] = ("127.0.0.1", new.port)
+        pipe = client.pipeline(transaction=False)
+        pipe.set("ocr:test", "new")
+        pipe.incr("ocr:count")
+        assert pipe.execute() == [True, 1]
+        assert redis.Redis(port=new.port, db=2).get("ocr:test") == b"new"
+        client.close()
+    finally:
+        old.stop()
+        new.stop()
+
+
 def test_a_write_no_replica_holds_is_not_kept(tmp_path: Path) -> None:
     server = RedisServer(tmp_path)
     server.start()
@@ -127,6 +185,56 @@ def test_a_write_no_replica_holds_is_not_kept(tmp_path: Path) -> None:
         check_kept(kept(pipe, alone).execute(), alone, "the job")
     finally:
         server.stop()
+
+
+def test_a_write_the_primary_lacks_is_lost_not_kept(tmp_path: Path) -> None:
+    """A key its writer just wrote, absent from the server that answers: a failover lost it.
+
+    (A command retried through a failover reaches the new primary, which never got the
+    write.) Its writer is told `transient` and sends it again; a key that is there and
+    on no replica is the primary's alone: not kept, not lost.
+    """
+    server = RedisServer(tmp_path)
+    server.start()
+    try:
+        target = RedisTarget(server.url(0), min_replicas=1, replica_timeout=0.2)
+        client = connect(target)
+        with pytest.raises(TransientError) as lost:
+            hold_kept(client, "ocr:job:lost:ended", target, 0.2)
+        assert lost.value.retryable
+        client.set("ocr:job:there:ended", "host:1", px=60_000)
+        assert hold_kept(client, "ocr:job:there:ended", target, 0.2) is False
+    finally:
+        server.stop()
+
+
+def test_a_write_to_a_replaced_primary_is_lost_not_kept(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Replicas short, and the Sentinels name another primary by then: the writes are lost.
+
+    (A live primary the Sentinels replaced takes writes until they tell it to follow the
+    new one, which throws them away.) Still named, it is the primary's alone: not kept.
+    """
+    old, new = RedisServer(tmp_path / "old"), RedisServer(tmp_path / "new")
+    for server in (old, new):
+        server.workdir.mkdir()
+        server.start()
+    try:
+        named = [("127.0.0.1", old.port)]
+        monkeypatch.setattr(Sentinel, "discover_master", lambda self, name: named[0])
+        target = Settings.from_env({
+            "REDIS_URL": "sentinel://127.0.0.1:1/2", "OCR_REDIS_SENTINEL_MASTER": "ocr",
+            "OCR_REDIS_MIN_REPLICAS": "1", "OCR_REDIS_REPLICA_TIMEOUT": "0.2"}).redis_target
+        client = new_client(target)
+        client.set("ocr:job:a:ended", "host:1", px=60_000)
+        assert hold_kept(client, "ocr:job:a:ended", target, 0.2) is False
+        named[0] = ("127.0.0.1", new.port)  # replaced meanwhile, not yet told
+        with pytest.raises(TransientError):
+            hold_kept(client, "ocr:job:a:ended", target, 0.2)
+        client.close()
+    finally:
+        old.stop()
+        new.stop()
 
 
 def _answers(client: object) -> bool:
