@@ -123,10 +123,12 @@ def new_client(target: RedisTarget, *, patient: bool = True) -> redis.Redis:
 def _named_now(connection: PrimaryConnection | PrimarySSLConnection) -> None:
     """Point `connection` at the primary its Sentinels name now (a primary's pool only).
 
-    redis-py's retry of a failed command reconnects the same connection object by its
-    last address, asking no Sentinel: after a failover that address is the old primary,
-    dead (refused) or back as a replica (READONLY), for every retry until they run out.
-    An address `connect_to` was given a moment ago is taken as it is.
+    Called from `connect_check_health` (redis-py's public step that opens a socket)
+    when a socket is to be opened. redis-py's retry of a failed command reconnects the
+    same connection object through that step by its last address, asking no Sentinel:
+    after a failover that address is the old primary, dead (refused) or back as a
+    replica (READONLY), for every retry until they run out. An address `connect_to`
+    was given a moment ago is taken as it is.
     """
     named, connection.named = connection.named, None
     if connection.connection_pool.is_master:
@@ -143,9 +145,10 @@ class PrimaryConnection(SentinelManagedConnection):
         self.named = address
         super().connect_to(address)
 
-    def _connect(self) -> socket.socket:
-        _named_now(self)
-        return super()._connect()
+    def connect_check_health(self, *args: Any, **kwargs: Any) -> None:
+        if self._sock is None:  # a socket to open: to the primary named now
+            _named_now(self)
+        super().connect_check_health(*args, **kwargs)
 
 
 class PrimarySSLConnection(SentinelManagedSSLConnection):
@@ -157,9 +160,10 @@ class PrimarySSLConnection(SentinelManagedSSLConnection):
         self.named = address
         super().connect_to(address)
 
-    def _connect(self) -> socket.socket:
-        _named_now(self)
-        return super()._connect()
+    def connect_check_health(self, *args: Any, **kwargs: Any) -> None:
+        if self._sock is None:  # a socket to open: to the primary named now
+            _named_now(self)
+        super().connect_check_health(*args, **kwargs)
 
 
 def sentinel_of(target: RedisTarget) -> Sentinel:
