@@ -31,6 +31,7 @@ in flight: the cursor and the flight are in Redis, what ended is in the target.
 from __future__ import annotations
 
 import logging
+import threading
 import time
 import uuid
 from dataclasses import replace
@@ -136,6 +137,7 @@ class BatchDriver:
         self.settings = settings
         self.indexes = Indexes()
         self._checked: dict[str, float] = {}  # batch id -> when `_stalled` last asked
+        self._checking = threading.Lock()
 
     def step(self, batch_id: str, chain: str) -> float | None:
         """One step; the seconds until the next one.
@@ -212,13 +214,14 @@ class BatchDriver:
         taken for dead only after minutes, and the question costs two reads a job.
         """
         now = time.monotonic()
-        if not waiting or now - self._checked.get(batch_id, -STALL_CHECK_SECONDS) \
-                < STALL_CHECK_SECONDS:
-            return []
-        self._checked.pop(batch_id, None)
-        self._checked[batch_id] = now
-        while len(self._checked) > CHECKED_BATCHES:
-            self._checked.pop(next(iter(self._checked)))
+        with self._checking:
+            last = self._checked.get(batch_id)
+            if not waiting or (last is not None and now - last < STALL_CHECK_SECONDS):
+                return []
+            self._checked.pop(batch_id, None)  # the latest asked last
+            self._checked[batch_id] = now
+            while len(self._checked) > CHECKED_BATCHES:
+                self._checked.pop(next(iter(self._checked)))
         return self.ports.stalled(waiting)
 
     # --- the listing -------------------------------------------------------------------
@@ -368,8 +371,7 @@ class BatchDriver:
         """End a batch whose source or target is refused for good (FAILURE, its error)."""
         self.store.update(batch_id, error=error.to_dict())
         self.store.end(batch_id, BatchState.FAILURE)
-        self.indexes.drop(batch_id)
-        self._checked.pop(batch_id, None)
+        self._forget(batch_id)
         record = self.store.get(batch_id)
         log.warning("batch %s failed: %s", batch_id, error.code)
         if record.callback_url:
@@ -377,12 +379,17 @@ class BatchDriver:
                                        "status": BatchState.FAILURE.value,
                                        "error": error.to_dict(), **record.counts()})
 
+    def _forget(self, batch_id: str) -> None:
+        """What this driver held of an ended batch: its index, its last stall question."""
+        self.indexes.drop(batch_id)
+        with self._checking:
+            self._checked.pop(batch_id, None)
+
     def _finish(self, batch_id: str, target: Target, state: BatchState,
                 alive: Callable[[], object]) -> float | None:
         lines = compose_from_parts(target, alive)
         self.store.end(batch_id, state)
-        self.indexes.drop(batch_id)
-        self._checked.pop(batch_id, None)
+        self._forget(batch_id)
         record = self.store.get(batch_id)
         log.info("batch %s ended %s (%d manifest lines)", batch_id, state, lines)
         if record.callback_url:
