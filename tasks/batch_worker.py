@@ -150,18 +150,24 @@ class CeleryBatchPorts:
             self.sender.in_flight.remove(client_name(record.client), replacing)
         return job_id
 
-    def ended(self, job_ids: list[str]) -> list[str]:
-        return self.states.ended(job_ids)
+    def endings(self, record: BatchRecord, job_ids: list[str]) -> dict[str, dict[str, Any]]:
+        """Those of `job_ids` that ended, each with its public result.
 
-    def result(self, record: BatchRecord, job_id: str) -> dict[str, Any]:
-        res = self.app.AsyncResult(job_id)
-        state = res.state
+        Their stored states in one MGET, each decoded once; only a job that did not
+        succeed (a failure, a cancel) costs one more read, its cancel record.
+        """
+        return {job_id: self._public(job_id, meta)
+                for job_id, meta in self.states.endings(job_ids).items()}
+
+    def _public(self, job_id: str, meta: dict[str, Any]) -> dict[str, Any]:
+        """An ended job's public result from its stored state."""
+        state, stored = meta.get("status"), meta.get("result")
         if state == CeleryState.SUCCESS:
-            return dict(res.result)
+            return dict(stored or {})
         cancelled = self.services.stores.control.cancelled_result(job_id)
         if cancelled is not None or state == CeleryState.REVOKED:
             return cancelled or {"id": job_id, "status": JobStatus.CANCELLED.value}
-        exc = res.result if isinstance(res.result, BaseException) else OcrError()
+        exc = stored if isinstance(stored, BaseException) else OcrError()
         return {"id": job_id, "status": JobStatus.FAILURE.value, "error": error_info(exc)}
 
     def cancel(self, job_ids: list[str]) -> None:

@@ -16,6 +16,7 @@ from __future__ import annotations
 import json
 import sys
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TextIO
@@ -36,6 +37,7 @@ POLL_SECONDS = 0.2     # between two steps
 PROGRESS_SECONDS = 1.0  # at most one progress line this often (a terminal, --progress)
 PIPE_SECONDS = 5.0      # at most one this often into a pipe or a file
 STALLED_SECONDS = 120
+WRITERS = 8            # ended documents' outputs fetched and written at once
 
 
 @dataclass
@@ -84,10 +86,15 @@ class LocalPorts:
         self._outputs[job_id] = (name, str(options.get("output", "text")))
         return job_id
 
-    def ended(self, job_ids: list[str]) -> list[str]:
-        return self.client.states.ended(job_ids)
+    def endings(self, record: BatchRecord, job_ids: list[str]) -> dict[str, dict[str, Any]]:
+        """Those of `job_ids` that ended, each with its result; their outputs written."""
+        ended = self.client.states.ended(job_ids)
+        with ThreadPoolExecutor(WRITERS) as pool:
+            return dict(zip(ended, pool.map(lambda job_id: self._result(record, job_id),
+                                            ended), strict=True))
 
-    def result(self, record: BatchRecord, job_id: str) -> dict[str, Any]:
+    def _result(self, record: BatchRecord, job_id: str) -> dict[str, Any]:
+        """An ended job's result, its output written under the target folder."""
         result = self.client.result(job_id)
         name, output = self._outputs.pop(job_id, ("", "text"))
         if name and JobStatus.of(result.get("status")).answered and output in FORMATS:

@@ -56,28 +56,37 @@ _creating = threading.Lock()
 def _client(timeout: float, writes: bool) -> Any:
     """One S3 client per process and use (its connection pool is reused).
 
-    Made once, also when several threads ask at once (a batch driver's writers): making
-    one loads botocore's service model, about half a second of CPU.
+    Made once, also when several threads ask at once (a manifest's part readers): the
+    first one made loads botocore's service model (a tenth of a second of CPU or more),
+    which the others share through the process's one session.
     """
     with _creating:
         return _made(timeout, writes)
 
 
+@functools.lru_cache(maxsize=1)
+def _session() -> Any:
+    """The process's one boto3 session: its clients share the service model it loaded."""
+    import boto3
+
+    return boto3.session.Session()
+
+
 @functools.lru_cache(maxsize=4)
 def _made(timeout: float, writes: bool) -> Any:
-    import boto3
     from botocore.config import Config
 
     config = Config(connect_timeout=timeout, read_timeout=timeout,
                     retries={"mode": "standard", "max_attempts": 3 if writes else 1},
                     user_agent_extra="ocr-service")
     region = None if os.environ.get("AWS_DEFAULT_REGION") else os.environ.get("AWS_REGION")
-    return boto3.session.Session().client("s3", region_name=region or None, config=config)
+    return _session().client("s3", region_name=region or None, config=config)
 
 
 def reset_clients() -> None:
-    """Forget the cached clients (a pool child after fork, tests)."""
+    """Forget the cached clients and their session (a pool child after fork, tests)."""
     _made.cache_clear()
+    _session.cache_clear()
 
 
 def head(bucket: str, key: str, timeout: float, version: str | None = None) -> ObjectInfo:

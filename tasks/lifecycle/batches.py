@@ -31,9 +31,9 @@ in flight: the cursor and the flight are in Redis, what ended is in the target.
 from __future__ import annotations
 
 import logging
+import threading
 import time
 import uuid
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import replace
 from typing import TYPE_CHECKING, Any, Protocol
 
@@ -78,7 +78,8 @@ log = logging.getLogger(__name__)
 # A step's lock: kept alive page by page while the step runs, so a step whose process
 # died holds it this long at most.
 LOCK_SECONDS = 30.0
-READERS = 8               # endings' results read at once (a local folder's: written)
+STALL_CHECK_SECONDS = 15.0  # a batch's waiting jobs asked whether their ending died
+CHECKED_BATCHES = 1024    # batches whose last such question one driver remembers
 PAGE = 100                # documents asked of the source at a time
 PAGES_A_STEP = 50         # source pages one step reads at most (skipping a done listing)
 SENDING_SECONDS = 2.0     # one step sends for this long at most; the next goes on
@@ -108,11 +109,11 @@ class BatchPorts(Protocol):
         `replacing`: the job whose place in flight it takes (never refused).
         """
 
-    def ended(self, job_ids: list[str]) -> list[str]:
-        """Which of these jobs ended."""
+    def endings(self, record: BatchRecord, job_ids: list[str]) -> dict[str, dict[str, Any]]:
+        """Those of these jobs that ended, in order, each with its public result.
 
-    def result(self, record: BatchRecord, job_id: str) -> dict[str, Any]:
-        """An ended job's public result (its output written under the target)."""
+        Each one's output is under the target by then.
+        """
 
     def cancel(self, job_ids: list[str]) -> None:
         """Cancel these jobs (queued ones never start, running ones stop)."""
@@ -135,6 +136,8 @@ class BatchDriver:
         self.ports = ports
         self.settings = settings
         self.indexes = Indexes()
+        self._checked: dict[str, float] = {}  # batch id -> when `_stalled` last asked
+        self._checking = threading.Lock()
 
     def step(self, batch_id: str, chain: str) -> float | None:
         """One step; the seconds until the next one.
@@ -181,31 +184,45 @@ class BatchDriver:
         flight = self.store.flight(batch_id)
         if not flight:
             return 0
-        ended = self.ports.ended(list(flight))
-        waiting = [job_id for job_id in flight if job_id not in set(ended)]
-        stalled = self.ports.stalled(waiting) if waiting else []
+        results = self.ports.endings(record, list(flight))  # an error ends the step
+        ended = list(results)
+        waiting = [job_id for job_id in flight if job_id not in results]
+        stalled = self._stalled(batch_id, waiting)
         if stalled:
             self._resend(record, flight, stalled)
         if not ended:
             return 0
-
-        def line_of(job_id: str) -> dict[str, Any] | None:
+        lines: dict[str, dict[str, Any] | None] = {}
+        for job_id, result in results.items():
             document = Document.from_json(flight[job_id])
-            result = self.ports.result(record, job_id)
-            if result.get("status") == JobStatus.CANCELLED:
-                return None  # no line: a later batch reads it
-            return manifest_line(record, document, job_id, result,
-                                 document_options(record, document))
-
-        with ThreadPoolExecutor(READERS) as pool:
-            lines = list(pool.map(line_of, ended))  # an error ends the step: retried
+            # a cancelled document gets no line: a later batch reads it
+            lines[job_id] = None if result.get("status") == JobStatus.CANCELLED else \
+                manifest_line(record, document, job_id, result,
+                              document_options(record, document))
         # The part before the counts: a step that dies between them is done again.
-        write_part(target, [line for line in lines if line is not None])
-        for job_id, line in zip(ended, lines, strict=True):
-            self.store.settled(batch_id, job_id, **(line_counts(line) if line else {}))
+        write_part(target, [line for line in lines.values() if line is not None])
+        self.store.settle(batch_id, {job_id: line_counts(line) if line else {}
+                                     for job_id, line in lines.items()})
         # What each job left in Redis is in the target now: Redis keeps the window's.
         self.ports.forget(ended)
         return len(ended)
+
+    def _stalled(self, batch_id: str, waiting: list[str]) -> list[str]:
+        """Of the jobs waiting, those whose ending died with its host.
+
+        Asked of a batch at most every STALL_CHECK_SECONDS by this driver: an ending is
+        taken for dead only after minutes, and the question costs two reads a job.
+        """
+        now = time.monotonic()
+        with self._checking:
+            last = self._checked.get(batch_id)
+            if not waiting or (last is not None and now - last < STALL_CHECK_SECONDS):
+                return []
+            self._checked.pop(batch_id, None)  # the latest asked last
+            self._checked[batch_id] = now
+            while len(self._checked) > CHECKED_BATCHES:
+                self._checked.pop(next(iter(self._checked)))
+        return self.ports.stalled(waiting)
 
     # --- the listing -------------------------------------------------------------------
 
@@ -346,7 +363,7 @@ class BatchDriver:
             log.warning("batch %s: job %s's ending died with its host; %s sent again as %s",
                         record.id, job_id, document.name, new_id)
             self.store.sent(record.id, new_id, document.to_json(), record.cursor)
-            self.store.settled(record.id, job_id)
+            self.store.settle(record.id, {job_id: {}})
 
     # --- the end -----------------------------------------------------------------------
 
@@ -354,7 +371,7 @@ class BatchDriver:
         """End a batch whose source or target is refused for good (FAILURE, its error)."""
         self.store.update(batch_id, error=error.to_dict())
         self.store.end(batch_id, BatchState.FAILURE)
-        self.indexes.drop(batch_id)
+        self._forget(batch_id)
         record = self.store.get(batch_id)
         log.warning("batch %s failed: %s", batch_id, error.code)
         if record.callback_url:
@@ -362,11 +379,17 @@ class BatchDriver:
                                        "status": BatchState.FAILURE.value,
                                        "error": error.to_dict(), **record.counts()})
 
+    def _forget(self, batch_id: str) -> None:
+        """What this driver held of an ended batch: its index, its last stall question."""
+        self.indexes.drop(batch_id)
+        with self._checking:
+            self._checked.pop(batch_id, None)
+
     def _finish(self, batch_id: str, target: Target, state: BatchState,
                 alive: Callable[[], object]) -> float | None:
         lines = compose_from_parts(target, alive)
         self.store.end(batch_id, state)
-        self.indexes.drop(batch_id)
+        self._forget(batch_id)
         record = self.store.get(batch_id)
         log.info("batch %s ended %s (%d manifest lines)", batch_id, state, lines)
         if record.callback_url:

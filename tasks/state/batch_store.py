@@ -54,6 +54,25 @@ redis.call('EXPIRE', KEYS[1], ARGV[3])
 return 1
 """
 
+# KEYS[1]: the batch's flight, KEYS[2]: its record. ARGV: for each job, its id, the
+# number of its counts, then each count's name and delta. A job still in flight leaves
+# it and its counts are added; one already gone is not counted again. Returns the ids
+# of the jobs settled.
+_SETTLE = """
+local settled, i = {}, 1
+while i <= #ARGV do
+  local job, n = ARGV[i], tonumber(ARGV[i + 1])
+  if redis.call('HDEL', KEYS[1], job) == 1 then
+    settled[#settled + 1] = job
+    for k = 0, n - 1 do
+      redis.call('HINCRBY', KEYS[2], ARGV[i + 2 + 2 * k], ARGV[i + 3 + 2 * k])
+    end
+  end
+  i = i + 2 + 2 * n
+end
+return settled
+"""
+
 
 class BatchStore:
     """Reads and writes batches' records (thread-safe: one Redis client)."""
@@ -63,6 +82,7 @@ class BatchStore:
         self.ttl = ttl
         self._holder = client.register_script(_HOLDER_SCRIPT)
         self._create_within: Any = client.register_script(_CREATE_WITHIN)
+        self._settle: Any = client.register_script(_SETTLE)
 
     def create(self, record: BatchRecord) -> BatchRecord:
         """Record a new RUNNING batch (a fresh id unless the record has one)."""
@@ -167,16 +187,26 @@ class BatchStore:
             pipe.hincrby(batch_key(batch_id), name, delta)
         pipe.execute()
 
-    def settled(self, batch_id: str, job_id: str, **deltas: int) -> bool:
-        """A document's job ended and its manifest line written: out of flight, counted.
+    def settle(self, batch_id: str, counts: dict[str, dict[str, int]]) -> list[str]:
+        """Documents' jobs ended, their manifest lines written: out of flight, counted.
 
-        False (nothing counted) when another step had settled it already.
+        `counts`: job id -> its document's counts. One script for them all; a job another
+        step had settled already is counted no more. The jobs settled here, in order.
         """
-        if not self._redis.hdel(batch_key(batch_id, "flight"), job_id):
-            return False
-        if deltas:
-            self.count(batch_id, **deltas)
-        return True
+        if not counts:
+            return []
+        args: list[Any] = []
+        for job_id, deltas in counts.items():
+            args += [job_id, len(deltas)]
+            for name, delta in deltas.items():
+                args += [name, delta]
+        settled = self._settle(keys=[batch_key(batch_id, "flight"), batch_key(batch_id)],
+                               args=args)
+        return [_text(job_id) for job_id in settled]
+
+    def settled(self, batch_id: str, job_id: str, **deltas: int) -> bool:
+        """One document's job settled (`settle`); False when another step had settled it."""
+        return bool(self.settle(batch_id, {job_id: deltas}))
 
     def end(self, batch_id: str, state: BatchState) -> None:
         pipe = self._redis.pipeline()

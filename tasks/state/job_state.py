@@ -137,11 +137,23 @@ class JobStateReader:
 
     def ended(self, job_ids: list[str]) -> list[str]:
         """Which of `job_ids` have ended: one MGET of their stored states."""
+        return list(self.endings(job_ids))
+
+    def endings(self, job_ids: list[str]) -> dict[str, dict[str, Any]]:
+        """The stored states of those of `job_ids` that ended, as Celery decodes them.
+
+        One MGET, in the order of `job_ids`; a failure's `result` is its exception.
+        """
         if not job_ids:
-            return []
+            return {}
         raw = self._redis.mget([self._backend.get_key_for_task(i) for i in job_ids])
-        return [job_id for job_id, meta in zip(job_ids, raw, strict=True)
-                if meta and celery_final(str(self._backend.decode_result(meta).get("status")))]
+        out = {}
+        for job_id, meta in zip(job_ids, raw, strict=True):
+            if meta:
+                decoded = self._backend.decode_result(meta)
+                if celery_final(str(decoded.get("status"))):
+                    out[job_id] = decoded
+        return out
 
     def read(self, job_id: str) -> JobProgress:
         return self.progress(job_id, self.marks(job_id))

@@ -190,9 +190,9 @@ def test_retry_reads_the_failed_documents_only(first: dict[str, Any],
                                                alice: requests.Session, api: ApiServer,
                                                s3: MotoS3, store: redis.Redis) -> None:
     s3.client().put_object(Bucket="src", Key="set1/doc-003.png", Body=png(150, (43, 33)))
+    before = jobs_of(store, first["id"])  # counted before the retry's first step sends
     answer = alice.post(f"{api.url}/v1/batches/{first['id']}/retry", timeout=30)
     assert answer.status_code == 202, answer.text
-    before = jobs_of(store, first["id"])
     retried = ended(alice, api, first["id"])
     assert retried["state"] == "PARTIAL", json.dumps([retried, manifest(s3, "set1/")])
     assert (retried["documents"]["done"], retried["documents"]["failed"]) == (13, 1)

@@ -95,6 +95,13 @@ def test_the_store_and_the_exporters_batch_gauges(own_redis_url: str) -> None:
     assert store.flight(batch_id) == {"job-1": {"url": "s3://b/a", "name": "a"}}
     assert store.settled(batch_id, "job-1", done=1, pages_done=2)
     assert not store.settled(batch_id, "job-1", done=1, pages_done=2)  # once only
+    for job in ("job-2", "job-3"):
+        store.sent(batch_id, job, {"url": f"s3://b/{job}", "name": job}, job)
+    # a step's endings settled at once; one settled already is counted no more
+    assert store.settle(batch_id, {"job-2": {"done": 1, "pages_done": 3}, "job-1": {"done": 1},
+                                   "job-3": {}}) == ["job-2", "job-3"]
+    assert store.flight(batch_id) == {} and store.settle(batch_id, {}) == []
+    store.count(batch_id, done=-1, pages_done=-3)  # the counts below are job-1's
     assert store.lock(batch_id, "me", 5) and not store.lock(batch_id, "other", 5)
     assert not store.unlock(batch_id, "other") and not store.extend(batch_id, "other", 9)
     assert not store.lock(batch_id, "other", 5)  # only its holder lets it go
@@ -179,8 +186,8 @@ class StalledPorts:
     def __init__(self) -> None:
         self.sent: list[dict[str, object]] = []
 
-    def ended(self, job_ids: list[str]) -> list[str]:
-        return []
+    def endings(self, record: BatchRecord, job_ids: list[str]) -> dict[str, object]:
+        return {}
 
     def stalled(self, job_ids: list[str]) -> list[str]:
         return [j for j in job_ids if j == "job-1"]
@@ -207,6 +214,61 @@ def test_a_document_whose_ending_died_is_sent_again(own_redis_url: str,
                            "filename": "a.png", "result_url": "s3://o/a.png.txt"}]
     assert store.flight(batch_id) == {"job-2": document}
     assert store.get(batch_id).listed == 1
+
+
+class EndingPorts:
+    """Ports whose jobs in flight end as `done` says; records what the driver asks."""
+
+    def __init__(self) -> None:
+        self.done: dict[str, dict[str, object]] = {}
+        self.asked: list[list[str]] = []
+        self.stalled_asked: list[list[str]] = []
+        self.forgotten: list[str] = []
+
+    def endings(self, record: BatchRecord, job_ids: list[str]) -> dict[str, object]:
+        self.asked.append(job_ids)
+        return {j: self.done[j] for j in job_ids if j in self.done}
+
+    def stalled(self, job_ids: list[str]) -> list[str]:
+        self.stalled_asked.append(job_ids)
+        return []
+
+    def forget(self, job_ids: list[str]) -> None:
+        self.forgotten += job_ids
+
+
+def test_a_step_collects_its_endings_at_once_into_one_part(own_redis_url: str,
+                                                           tmp_path: Path) -> None:
+    from tasks.lifecycle.batches import BatchDriver
+
+    store = BatchStore(redis.Redis.from_url(own_redis_url), 60)
+    batch_id = store.create(BatchRecord(id="", source="s3://b/", target="s3://o/",
+                                        options={"output": "text"})).id
+    for name in ("a", "b", "c", "d"):
+        store.sent(batch_id, f"job-{name}", {"url": f"s3://b/{name}.png", "name": f"{name}.png",
+                                             "version": {"etag": '"e"'}}, name, listed=1)
+    ports = EndingPorts()
+    ports.done = {"job-a": {"id": "job-a", "status": "SUCCESS", "pages": [{}, {}]},
+                  "job-b": {"id": "job-b", "status": "FAILURE", "error": {"code": "x"}},
+                  "job-c": {"id": "job-c", "status": "CANCELLED"}}
+    driver = BatchDriver(store, ports, Settings.from_env({}))  # type: ignore[arg-type]
+    target = LocalTarget(tmp_path)
+    assert driver._collect(store.get(batch_id), target) == 3
+    # one question for the whole flight; the job still running asked whether it stalled
+    assert len(ports.asked) == 1 and sorted(ports.asked[0]) == [
+        "job-a", "job-b", "job-c", "job-d"]
+    assert ports.stalled_asked == [["job-d"]]
+    parts = list((tmp_path / ".manifest-parts").iterdir())
+    lines = [json.loads(line) for line in parts[0].read_text().splitlines()]
+    # one part for the step; the cancelled document has no line (a later batch reads it)
+    assert len(parts) == 1 and sorted(line["name"] for line in lines) == ["a.png", "b.png"]
+    assert list(store.flight(batch_id)) == ["job-d"]
+    record = store.get(batch_id)
+    assert (record.done, record.failed, record.pages_done) == (1, 1, 2)
+    assert sorted(ports.forgotten) == ["job-a", "job-b", "job-c"]
+    # the next step: nothing ended, and the stalled endings are not asked again so soon
+    assert driver._collect(store.get(batch_id), target) == 0
+    assert len(ports.asked) == 2 and ports.stalled_asked == [["job-d"]]
 
 
 def test_a_batch_record_round_trips_through_its_hash_with_typed_fields() -> None:
