@@ -120,7 +120,7 @@ def new_client(target: RedisTarget, *, patient: bool = True) -> redis.Redis:
         **options)
 
 
-def _named_now(connection: PrimaryConnection | PrimarySSLConnection) -> None:
+def _named_now(connection: PrimaryConnection) -> None:
     """Point `connection` at the primary its Sentinels name now (a primary's pool only).
 
     Called from `connect_check_health` (redis-py's public step that opens a socket)
@@ -151,19 +151,8 @@ class PrimaryConnection(SentinelManagedConnection):
         super().connect_check_health(*args, **kwargs)
 
 
-class PrimarySSLConnection(SentinelManagedSSLConnection):
+class PrimarySSLConnection(PrimaryConnection, SentinelManagedSSLConnection):
     """`PrimaryConnection` over TLS."""
-
-    named: tuple[str, int] | None = None
-
-    def connect_to(self, address: tuple[str, int]) -> None:
-        self.named = address
-        super().connect_to(address)
-
-    def connect_check_health(self, *args: Any, **kwargs: Any) -> None:
-        if self._sock is None:  # a socket to open: to the primary named now
-            _named_now(self)
-        super().connect_check_health(*args, **kwargs)
 
 
 def sentinel_of(target: RedisTarget) -> Sentinel:

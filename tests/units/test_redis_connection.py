@@ -135,11 +135,37 @@ def _broker_client() -> redis.Redis:
     return redis.Redis(connection_pool=pool)
 
 
+class Primaries:
+    """An old and a new primary, and the one a stand-in for the Sentinels names."""
+
+    def __init__(self, old: RedisServer, new: RedisServer) -> None:
+        self.old, self.new = old, new
+        self.named = ("127.0.0.1", old.port)
+
+    def replace(self) -> None:
+        """The Sentinels name the new primary from now on."""
+        self.named = ("127.0.0.1", self.new.port)
+
+
+@pytest.fixture
+def primaries(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Primaries]:
+    old, new = RedisServer(tmp_path / "old"), RedisServer(tmp_path / "new")
+    for server in (old, new):
+        server.workdir.mkdir()
+        server.start()
+    made = Primaries(old, new)
+    monkeypatch.setattr(Sentinel, "discover_master", lambda self, name: made.named)
+    try:
+        yield made
+    finally:
+        old.stop()
+        new.stop()
+
+
 @pytest.mark.parametrize("make_client", [_stores_client, _broker_client],
                          ids=["stores", "broker"])
 def test_a_retried_command_goes_to_the_primary_the_sentinels_name_now(
-        tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
-        make_client: Callable[[], redis.Redis]) -> None:
+        primaries: Primaries, make_client: Callable[[], redis.Redis]) -> None:
     """A write that meets its primary turned replica is sent again to the new primary.
 
     What a failover leaves a worker: a pooled connection to the old primary, which
@@ -148,26 +174,16 @@ def test_a_retried_command_goes_to_the_primary_the_sentinels_name_now(
     never its last address, where every try would meet READONLY until its retries
     ran out (a job held past its time limit).
     """
-    old, new = RedisServer(tmp_path / "old"), RedisServer(tmp_path / "new")
-    for server in (old, new):
-        server.workdir.mkdir()
-        server.start()
-    try:
-        named = [("127.0.0.1", old.port)]
-        monkeypatch.setattr(Sentinel, "discover_master", lambda self, name: named[0])
-        client = make_client()
-        client.set("ocr:test", "old")
-        redis.Redis(port=old.port).replicaof("127.0.0.1", new.port)  # demoted
-        named[0] = ("127.0.0.1", new.port)
-        pipe = client.pipeline(transaction=False)
-        pipe.set("ocr:test", "new")
-        pipe.incr("ocr:count")
-        assert pipe.execute() == [True, 1]
-        assert redis.Redis(port=new.port, db=2).get("ocr:test") == b"new"
-        client.close()
-    finally:
-        old.stop()
-        new.stop()
+    client = make_client()
+    client.set("ocr:test", "old")
+    redis.Redis(port=primaries.old.port).replicaof("127.0.0.1", primaries.new.port)
+    primaries.replace()
+    pipe = client.pipeline(transaction=False)
+    pipe.set("ocr:test", "new")
+    pipe.incr("ocr:count")
+    assert pipe.execute() == [True, 1]
+    assert redis.Redis(port=primaries.new.port, db=2).get("ocr:test") == b"new"
+    client.close()
 
 
 def test_a_write_no_replica_holds_is_not_kept(tmp_path: Path) -> None:
@@ -208,33 +224,22 @@ def test_a_write_the_primary_lacks_is_lost_not_kept(tmp_path: Path) -> None:
         server.stop()
 
 
-def test_a_write_to_a_replaced_primary_is_lost_not_kept(
-        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_a_write_to_a_replaced_primary_is_lost_not_kept(primaries: Primaries) -> None:
     """Replicas short, and the Sentinels name another primary by then: the writes are lost.
 
     (A live primary the Sentinels replaced takes writes until they tell it to follow the
     new one, which throws them away.) Still named, it is the primary's alone: not kept.
     """
-    old, new = RedisServer(tmp_path / "old"), RedisServer(tmp_path / "new")
-    for server in (old, new):
-        server.workdir.mkdir()
-        server.start()
-    try:
-        named = [("127.0.0.1", old.port)]
-        monkeypatch.setattr(Sentinel, "discover_master", lambda self, name: named[0])
-        target = Settings.from_env({
-            "REDIS_URL": "sentinel://127.0.0.1:1/2", "OCR_REDIS_SENTINEL_MASTER": "ocr",
-            "OCR_REDIS_MIN_REPLICAS": "1", "OCR_REDIS_REPLICA_TIMEOUT": "0.2"}).redis_target
-        client = new_client(target)
-        client.set("ocr:job:a:ended", "host:1", px=60_000)
-        assert hold_kept(client, "ocr:job:a:ended", target, 0.2) is False
-        named[0] = ("127.0.0.1", new.port)  # replaced meanwhile, not yet told
-        with pytest.raises(TransientError):
-            hold_kept(client, "ocr:job:a:ended", target, 0.2)
-        client.close()
-    finally:
-        old.stop()
-        new.stop()
+    target = Settings.from_env({
+        "REDIS_URL": "sentinel://127.0.0.1:1/2", "OCR_REDIS_SENTINEL_MASTER": "ocr",
+        "OCR_REDIS_MIN_REPLICAS": "1", "OCR_REDIS_REPLICA_TIMEOUT": "0.2"}).redis_target
+    client = new_client(target)
+    client.set("ocr:job:a:ended", "host:1", px=60_000)
+    assert hold_kept(client, "ocr:job:a:ended", target, 0.2) is False
+    primaries.replace()  # replaced meanwhile, not yet told
+    with pytest.raises(TransientError):
+        hold_kept(client, "ocr:job:a:ended", target, 0.2)
+    client.close()
 
 
 def _answers(client: object) -> bool:
