@@ -75,12 +75,13 @@ SEND = ("lpush", "lpos", "rpush", "hincrby", "lrange", "llen", "ltrim", "pexpire
         "eval", "evalsha", "script|load", "script|exists", "multi", "exec", "discard",
         "publish", "subscribe", "unsubscribe", "get", "mget", "wait", "info")
 # What a consuming worker adds: the atomic fetch (a Lua script: LINDEX, ZADD, HSET,
-# RPOP; the lanes' ring: LRANGE, LPOS, LREM, RPUSH, HINCRBY, HDEL), doorbells (BLPOP),
+# RPOP; a client's lanes: LMPOP; the lanes' ring: LRANGE, LPOS, LREM, RPUSH, HINCRBY,
+# HDEL), doorbells (BLPOP),
 # acknowledgements and restores (HGET, HDEL, ZREM, ZRANGE, WATCH), the sweep of dead
 # holders' messages (a Lua script: SET NX PX, HGETALL, ZSCORE, RPUSH), the sweep of
 # expired queues' bindings (a Lua script: TIME, ZRANGEBYSCORE, SISMEMBER, SREM, ZREM),
 # remote control (PSUBSCRIBE), results and job state (an input read to its bound: GETRANGE).
-CONSUME = ("rpop", "rpush", "lrem", "lpos", "lindex", "lrange", "blpop", "hset",
+CONSUME = ("rpop", "lmpop", "rpush", "lrem", "lpos", "lindex", "lrange", "blpop", "hset",
            "hsetnx", "hget", "hdel",
            "hgetall", "hmget", "hexists", "hlen", "hkeys", "hincrby", "hincrbyfloat",
            "set", "setex", "del", "unlink", "exists", "expire", "pexpire", "ttl", "incr",
