@@ -87,18 +87,23 @@ def ttl_ms(expires_ms: int, min_ttl_ms: int) -> int:
     return max(int(expires_ms) * BINDING_EXPIRES_FACTOR, int(min_ttl_ms))
 
 
-def bind_command(table: str, exchange: str, member: str, ttl: int) -> list[Any]:
-    """The script that adds `member` to `table` (`exchange`'s) with a deadline `ttl` ms out."""
-    binding = json.dumps([exchange, member], separators=(",", ":"))
+def member(sep: str, routing_key: str | None, pattern: str | None, queue: str) -> str:
+    """A binding as an exchange's table holds it: routing key, pattern, queue."""
+    return sep.join([routing_key or "", pattern or "", queue or ""])
+
+
+def bind_command(table: str, exchange: str, entry: str, ttl: int) -> list[Any]:
+    """The script that adds `entry` to `table` (`exchange`'s) with a deadline `ttl` ms out."""
+    binding = json.dumps([exchange, entry], separators=(",", ":"))
     return BIND.command([table, layout.BINDING_EXPIRY_KEY, layout.KOMBU_DEADLINES_KEY],
-                        [member, binding, exchange, ttl])
+                        [entry, binding, exchange, ttl])
 
 
-def bind(channel: Any, exchange: str, member: str, queue: str) -> None:
-    """Bind `queue` (declared with x-expires on `channel`) by `member`, with a deadline."""
+def bind(channel: Any, exchange: str, binding: str, queue: str) -> None:
+    """Bind `queue` (declared with x-expires on `channel`) by `binding`, with a deadline."""
     ttl = ttl_ms(channel._expires[queue], channel.ocr_binding_min_ttl)
     scripts.run(channel.commands, bind_command(channel.keyprefix_queue % exchange,
-                                               exchange, member, ttl))
+                                               exchange, binding, ttl))
 
 
 def sweep(client: Any, limit: int = SWEEP_LIMIT) -> int:
@@ -120,9 +125,9 @@ def refresh(channel: Any, queues: dict[str, int]) -> None:
             for exchange, routing_key, arguments in channel.state.queue_bindings(queue):
                 _, pattern, _ = channel.typeof(exchange).prepare_bind(
                     queue, exchange, routing_key, arguments)
-                member = channel.sep.join([routing_key or "", pattern or "", queue])
-                scripts.queue(pipe, bind_command(channel.keyprefix_queue % exchange,
-                                                 exchange, member, ttl))
+                scripts.queue(pipe, bind_command(
+                    channel.keyprefix_queue % exchange, exchange,
+                    member(channel.sep, routing_key, pattern, queue), ttl))
         pipe.execute()
 
 

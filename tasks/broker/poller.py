@@ -8,7 +8,8 @@ doorbells), and a channel bound to a fanout exchange subscribes; the loop calls
 `on_readable` when a reply is there. A client, Flower or the exporter drains events
 without a loop (`get`, kombu's `drain_events`): the same steps, then one `poll`. Each
 turn also keeps the bindings of the expiring queues consumed, and sweeps dead ones,
-when due (tasks/broker/binding_expiry.py: a clock's reading when not).
+when due (tasks/broker/binding_expiry.py: when not, a clock's reading and a look at
+which expiring queues each channel consumes).
 
 A socket is watched from the fetch that uses it until its connection is dropped
 (`forget`, from the connection's `disconnect`: tasks/broker/connections.py), so a

@@ -224,7 +224,7 @@ class RedisChannel(virtual.Channel):
                     queue: str) -> None:
         if self.typeof(exchange).type == "fanout":
             self._fanout_queues[queue] = (exchange, (routing_key or "").replace("#", "*"))
-        member = self.sep.join([routing_key or "", pattern or "", queue or ""])
+        member = binding_expiry.member(self.sep, routing_key, pattern, queue)
         if queue in self._expires:  # swept once its consumers stop (binding_expiry.py)
             binding_expiry.bind(self, exchange, member, queue)
             return
@@ -240,7 +240,7 @@ class RedisChannel(virtual.Channel):
     def _delete(self, queue: str, exchange: str, routing_key: str, pattern: str,
                 *args: Any, **kwargs: Any) -> None:
         self.auto_delete_queues.discard(queue)
-        member = self.sep.join([routing_key or "", pattern or "", queue or ""])
+        member = binding_expiry.member(self.sep, routing_key, pattern, queue)
         with self.conn_or_acquire(kwargs.get("client")) as client, client.pipeline() as pipe:
             pipe.srem(self.keyprefix_queue % exchange, member)
             pipe.srem(self.keyprefix_permanent % exchange, member)

@@ -204,10 +204,6 @@ class BatchStore:
                                args=args)
         return [_text(job_id) for job_id in settled]
 
-    def settled(self, batch_id: str, job_id: str, **deltas: int) -> bool:
-        """One document's job settled (`settle`); False when another step had settled it."""
-        return bool(self.settle(batch_id, {job_id: deltas}))
-
     def end(self, batch_id: str, state: BatchState) -> None:
         pipe = self._redis.pipeline()
         pipe.hset(batch_key(batch_id), mapping={"state": state.value,

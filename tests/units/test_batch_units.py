@@ -93,8 +93,8 @@ def test_the_store_and_the_exporters_batch_gauges(own_redis_url: str) -> None:
     store.sent(batch_id, "job-1", {"url": "s3://b/a", "name": "a"}, "a", listed=1)
     store.passed(batch_id, "b", listed=1, skipped=1)
     assert store.flight(batch_id) == {"job-1": {"url": "s3://b/a", "name": "a"}}
-    assert store.settled(batch_id, "job-1", done=1, pages_done=2)
-    assert not store.settled(batch_id, "job-1", done=1, pages_done=2)  # once only
+    assert store.settle(batch_id, {"job-1": {"done": 1, "pages_done": 2}}) == ["job-1"]
+    assert store.settle(batch_id, {"job-1": {"done": 1, "pages_done": 2}}) == []  # once only
     for job in ("job-2", "job-3"):
         store.sent(batch_id, job, {"url": f"s3://b/{job}", "name": job}, job)
     # a step's endings settled at once; one settled already is counted no more
