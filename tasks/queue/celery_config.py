@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from tasks.queue.result_backend import sentinel_backend_url
 from tasks.queue.routing import AMQP_MAX_PRIORITY, DEFAULT_QUEUE, PRIORITY_STEPS, priority_value
 from tasks.settings import Settings
 from tasks.state.connection import broker_transport_options, celery_backend, celery_broker
@@ -26,7 +27,7 @@ def celery_config(settings: Settings) -> dict[str, Any]:
     """
     return {
         **_broker(settings),
-        **celery_backend(settings.redis_target),
+        **_backend(settings),
         # JSON only: no pickle anywhere, for messages and results alike.
         "task_serializer": "json",
         "result_serializer": "json",
@@ -81,6 +82,14 @@ def celery_config(settings: Settings) -> dict[str, Any]:
         "beat_schedule": _beat_schedule(settings),
         "beat_scheduler": "tasks.queue.beat:Scheduler",  # makes var/ for the schedule
     }
+
+
+def _backend(settings: Settings) -> dict[str, Any]:
+    """The result backend: the stores' Redis; behind Sentinel, on the primary connections."""
+    config = celery_backend(settings.redis_target)
+    if settings.redis_target.is_sentinel:
+        config["result_backend"] = sentinel_backend_url(config["result_backend"])
+    return config
 
 
 def _broker(settings: Settings) -> dict[str, Any]:

@@ -135,6 +135,17 @@ def _broker_client() -> redis.Redis:
     return redis.Redis(connection_pool=pool)
 
 
+def _backend_client() -> redis.Redis:
+    """The client of the result backend a Sentinel target's Celery app builds."""
+    from celery import Celery
+    app = Celery("backend-test", set_as_current=False)
+    app.conf.update(celery_config(Settings.from_env({
+        "REDIS_URL": "sentinel://127.0.0.1:1/2", "OCR_REDIS_SENTINEL_MASTER": "ocr"})))
+    backend = app.backend
+    assert type(backend).__name__ == "PrimarySentinelBackend"
+    return backend.client
+
+
 class Primaries:
     """An old and a new primary, and the one a stand-in for the Sentinels names."""
 
@@ -162,8 +173,8 @@ def primaries(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Prima
         new.stop()
 
 
-@pytest.mark.parametrize("make_client", [_stores_client, _broker_client],
-                         ids=["stores", "broker"])
+@pytest.mark.parametrize("make_client", [_stores_client, _broker_client, _backend_client],
+                         ids=["stores", "broker", "results"])
 def test_a_retried_command_goes_to_the_primary_the_sentinels_name_now(
         primaries: Primaries, make_client: Callable[[], redis.Redis]) -> None:
     """A write that meets its primary turned replica is sent again to the new primary.
