@@ -5,7 +5,8 @@ built on the hooks kombu's virtual transport is made to be extended by (`_put`, 
 `_size`, `_purge`, `_delete`, `_has_queue`, `_new_queue`, `_queue_bind`, `get_table`,
 `_put_fanout`): the connection pools, the exchange bindings, the queues' lists
 (tasks/broker/layout.py), broadcasts over PUB/SUB (tasks/broker/broadcasts.py, mixed
-in), and which queues a channel consumes.
+in), and which queues a channel consumes. A declare's count is one EXISTS where nothing
+waits.
 The names are those stock kombu clients use (a queue's lists, `_kombu.binding.<exchange>`,
 the `/<db>.<exchange>` topics), so that they and Celery clients of other services share
 the queues. Publishing into lanes is tasks/broker/publishing.py's channel, built on
@@ -251,6 +252,21 @@ class RedisChannel(Broadcasts, virtual.Channel):
         return bool(self.commands.exists(*self._lists(queue)))
 
     def _size(self, queue: str) -> int:
+        """queue_declare's message count: one EXISTS where nothing waits, else counted.
+
+        Every declare of a queue asks it (a publisher's first publish to it, each
+        process's), and most find the queue empty: none of `_holding_keys` exists.
+        """
+        if not self.commands.exists(*self._holding_keys(queue)):
+            return 0
+        return self._count(queue)
+
+    def _holding_keys(self, queue: str) -> tuple[str, ...]:
+        """Keys of which one exists wherever a message of `queue` waits: its lists."""
+        return self._lists(queue)
+
+    def _count(self, queue: str) -> int:
+        """The messages waiting in `queue`'s lists."""
         with self.commands.pipeline(transaction=False) as pipe:
             for name in self._lists(queue):
                 pipe.llen(name)
