@@ -6,7 +6,7 @@ built on the hooks kombu's virtual transport is made to be extended by (`_put`, 
 `_put_fanout`): the connection pools, the exchange bindings, the queues' lists
 (tasks/broker/layout.py), broadcasts over PUB/SUB (tasks/broker/broadcasts.py, mixed
 in), and which queues a channel consumes. A declare's count is one EXISTS where nothing
-waits.
+waits, a binding two SADDs.
 The names are those stock kombu clients use (a queue's lists, `_kombu.binding.<exchange>`,
 the `/<db>.<exchange>` topics), so that they and Celery clients of other services share
 the queues. Publishing into lanes is tasks/broker/publishing.py's channel, built on
@@ -229,9 +229,11 @@ class RedisChannel(Broadcasts, virtual.Channel):
         if queue in self._expires:  # swept once its consumers stop (binding_expiry.py)
             binding_expiry.bind(self, exchange, member, queue)
             return
-        with self.commands.pipeline() as pipe:
-            pipe.sadd(self.keyprefix_queue % exchange, member)
+        # Two commands, no MULTI: listed permanent first, so that no sweep (ours or a
+        # stock kombu's) ever finds the table's entry without it.
+        with self.commands.pipeline(transaction=False) as pipe:
             pipe.sadd(self.keyprefix_permanent % exchange, member)
+            pipe.sadd(self.keyprefix_queue % exchange, member)
             pipe.execute()
 
     def get_table(self, exchange: str) -> list[tuple[str, ...]]:

@@ -1,8 +1,9 @@
-"""What a queue's declare costs Redis, and what it still promises.
+"""What a queue's declare and a binding cost Redis, and what they still promise.
 
 On a redis-server of the test's own, counted by `INFO commandstats` (a script's own
-commands included): a declare of an empty queue is one EXISTS, of a busy one its exact
-count (tasks/broker/redis_channel.py, publishing.py).
+commands included) and read in order by MONITOR: a declare of an empty queue is one
+EXISTS, of a busy one its exact count; a binding is two SADDs, its permanent entry
+first (tasks/broker/redis_channel.py, publishing.py).
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ import pytest
 import redis
 from kombu import Connection, Exchange, Producer, Queue
 
+from tasks.broker import layout
 from tasks.broker.transport import TRANSPORT
 from tasks.records.clients import CLIENT_HEADER
 
@@ -73,3 +75,29 @@ def test_a_declare_of_an_empty_queue_is_one_exists_and_a_busy_one_counts_exactly
         publish(conn, "celeryev.x", 2)
         assert channel.queue_declare("celeryev.x").message_count == 2
         assert channel.queue_declare("ocr-busy", passive=True).message_count == 10
+
+
+def test_a_binding_is_two_sadds_its_permanent_entry_first(lone_redis_url: str,
+                                                          r: redis.Redis) -> None:
+    """No MULTI: the permanent set lists a binding before its exchange's table does.
+
+    A sweep (ours, binding_expiry.py, or a stock kombu 5.7 client's) keeps a table entry
+    listed permanent, so at no moment can one find the table's entry without it.
+    """
+    exchange = Exchange("ocr-bind", type="direct")
+    first, second = (Queue(f"ocr-bind-{n}", exchange, routing_key="ocr-bind")
+                     for n in (1, 2))
+    with Connection(lone_redis_url, transport=TRANSPORT) as conn:
+        channel = conn.default_channel
+        channel.queue_declare("ocr-warm")
+        exchange(channel).declare()  # the channel's own state: no command
+        assert counted(r, lambda: first(channel).queue_bind()) == {"sadd": 2}
+        with r.monitor() as monitor:
+            second(channel).queue_bind()
+            seen = [monitor.next_command()["command"] for _ in range(2)]
+    assert [command.split(" ")[:2] for command in seen] == [
+        ["SADD", f"{layout.BINDING_PERMANENT_PREFIX}ocr-bind"],
+        ["SADD", f"{layout.BINDING_PREFIX}ocr-bind"]]
+    for key in (layout.BINDING_PREFIX, layout.BINDING_PERMANENT_PREFIX):
+        assert {m.decode().rsplit(layout.SEP, 1)[-1] for m in r.smembers(f"{key}ocr-bind")} \
+            == {first.name, second.name}
