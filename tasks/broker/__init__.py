@@ -67,7 +67,8 @@ The transport is our own (`transport.Transport`, registered as `ocr-redis`: Cele
 which nothing here imports. Its layers, each a module:
 
 - `redis_channel.RedisChannel`: kombu's virtual channel on Redis: the pools
-  (`connections`), the bindings, the queues' lists, broadcasts over PUB/SUB;
+  (`connections`), the bindings, the queues' lists, broadcasts over PUB/SUB
+  (`broadcasts`: an event exchange's topic nobody heard is left quiet a few seconds);
 - `publishing.PublishingChannel`: lanes, doorbells' rings, the replicas' WAIT;
 - `fetching.Channel`: the fetch and the checks before decoding;
 - `transport.Transport`: makes the channels, registers the poller with the event loop;

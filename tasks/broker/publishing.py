@@ -123,9 +123,18 @@ class PublishingChannel(RedisChannel):
                 dumps(payload), first=not leftmost))
         doorbells.ring(pipe, self._key, queues)
 
-    def _size(self, queue: str) -> int:
-        # queue_declare's message count: the queue's lists and its lanes.
-        size = int(super()._size(queue))
+    def _holding_keys(self, queue: str) -> tuple[str, ...]:
+        # A message in a lane has its client in its step's ring (the push adds it, the
+        # fetch takes it out only once none waits): where no ring exists, no lane
+        # holds one (and the count below, over the rings' clients, finds none).
+        keys = super()._holding_keys(queue)
+        if not lanes.laned(queue):
+            return keys
+        return (*keys, *(self._key(layout.lanes_key(step)) for step in self.priority_steps))
+
+    def _count(self, queue: str) -> int:
+        # The queue's lists and its lanes.
+        size = int(super()._count(queue))
         if lanes.laned(queue):
             with self.conn_or_acquire() as conn:
                 size += int(scripts.run(conn, lanes.sizes_command(self._key(""), [

@@ -64,14 +64,15 @@ RESULT_CHANNEL = "celery-task-meta-*"  # a result as it is stored
 
 # What any Celery app that sends tasks does: push a message to its queue or its client's
 # lane and ring its queue's doorbell (a Lua script: LPUSH, HINCRBY, LPOS, RPUSH, PEXPIRE), count
-# a queue's messages when it declares it (LLEN; its lanes: LRANGE), declare the queue's
+# a queue's messages when it declares it (EXISTS, and where any waits LLEN; its lanes:
+# LRANGE), declare the queue's
 # binding (a Lua script: SADD, TIME, ZADD), publish the task-sent event, wait for a
 # result on its channel, read the result; hold a job until enough replicas have it
 # (WAIT, OCR_REDIS_MIN_REPLICAS) and its record with it (PTTL, PEXPIRE); the broker
 # transport tells a reconnection to another server (a failover) by the server's run id
 # (INFO server: tasks/broker/unsettled.py).
 SEND = ("lpush", "lpos", "rpush", "hincrby", "lrange", "llen", "ltrim", "pexpire", "pttl",
-        "sadd", "smembers", "zadd", "time",
+        "sadd", "smembers", "zadd", "time", "exists",
         "eval", "evalsha", "script|load", "script|exists", "multi", "exec", "discard",
         "publish", "subscribe", "unsubscribe", "get", "mget", "wait", "info")
 # What a consuming worker adds: the atomic fetch (a Lua script: LINDEX, ZADD, HSET,

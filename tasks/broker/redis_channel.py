@@ -4,7 +4,9 @@ Runs in every process that uses the Redis broker. It holds what any channel need
 built on the hooks kombu's virtual transport is made to be extended by (`_put`, `_get`,
 `_size`, `_purge`, `_delete`, `_has_queue`, `_new_queue`, `_queue_bind`, `get_table`,
 `_put_fanout`): the connection pools, the exchange bindings, the queues' lists
-(tasks/broker/layout.py), broadcasts over PUB/SUB, and which queues a channel consumes.
+(tasks/broker/layout.py), broadcasts over PUB/SUB (tasks/broker/broadcasts.py, mixed
+in), and which queues a channel consumes. A declare's count is one EXISTS where nothing
+waits, a binding two SADDs.
 The names are those stock kombu clients use (a queue's lists, `_kombu.binding.<exchange>`,
 the `/<db>.<exchange>` topics), so that they and Celery clients of other services share
 the queues. Publishing into lanes is tasks/broker/publishing.py's channel, built on
@@ -23,10 +25,11 @@ import redis
 from kombu.transport import virtual
 from kombu.transport.base import to_rabbitmq_queue_arguments
 from kombu.utils.encoding import bytes_to_str
-from kombu.utils.json import dumps, loads
+from kombu.utils.json import dumps
 from kombu.utils.scheduling import cycle_by_name
 
 from tasks.broker import binding_expiry, connections, layout
+from tasks.broker.broadcasts import Broadcasts
 from tasks.broker.poller import FETCH, LISTEN, socket_of
 
 log = logging.getLogger(__name__)
@@ -34,13 +37,12 @@ log = logging.getLogger(__name__)
 HEALTH_CHECK_INTERVAL = 25
 
 
-class RedisChannel(virtual.Channel):
+class RedisChannel(Broadcasts, virtual.Channel):
     """A channel on Redis: pools, bindings, queue lists, fanout; consuming is a subclass's."""
 
     supports_fanout = True
     keyprefix_queue = layout.BINDING_PREFIX + "%s"
     keyprefix_permanent = layout.BINDING_PERMANENT_PREFIX + "%s"  # never swept
-    keyprefix_fanout = "/{db}."
     sep = layout.SEP
     priority_steps = layout.PRIORITY_STEPS
     unacked_key = layout.UNACKED_KEY
@@ -60,7 +62,6 @@ class RedisChannel(virtual.Channel):
     health_check_interval = HEALTH_CHECK_INTERVAL
     client_name: str | None = None
     fanout_prefix: bool | str = True
-    fanout_patterns = True
     global_keyprefix = ""
     queue_order_strategy = "round_robin"
     brpop_timeout = 1.0
@@ -74,7 +75,7 @@ class RedisChannel(virtual.Channel):
         "fanout_patterns", "global_keyprefix", "socket_timeout", "socket_connect_timeout",
         "socket_keepalive", "socket_keepalive_options", "queue_order_strategy",
         "max_connections", "health_check_interval", "retry_on_timeout", "priority_steps",
-        "client_name", "ocr_binding_min_ttl")
+        "client_name", "ocr_binding_min_ttl", "ocr_unheard_exchanges", "ocr_unheard_quiet")
 
     # queue -> (exchange, routing key) of every fanout binding this process declared:
     # shared by the process's channels (Celery declares on one, consumes on another).
@@ -228,9 +229,11 @@ class RedisChannel(virtual.Channel):
         if queue in self._expires:  # swept once its consumers stop (binding_expiry.py)
             binding_expiry.bind(self, exchange, member, queue)
             return
-        with self.commands.pipeline() as pipe:
-            pipe.sadd(self.keyprefix_queue % exchange, member)
+        # Two commands, no MULTI: listed permanent first, so that no sweep (ours or a
+        # stock kombu's) ever finds the table's entry without it.
+        with self.commands.pipeline(transaction=False) as pipe:
             pipe.sadd(self.keyprefix_permanent % exchange, member)
+            pipe.sadd(self.keyprefix_queue % exchange, member)
             pipe.execute()
 
     def get_table(self, exchange: str) -> list[tuple[str, ...]]:
@@ -251,6 +254,21 @@ class RedisChannel(virtual.Channel):
         return bool(self.commands.exists(*self._lists(queue)))
 
     def _size(self, queue: str) -> int:
+        """queue_declare's message count: one EXISTS where nothing waits, else counted.
+
+        Every declare of a queue asks it (a publisher's first publish to it, each
+        process's), and most find the queue empty: none of `_holding_keys` exists.
+        """
+        if not self.commands.exists(*self._holding_keys(queue)):
+            return 0
+        return self._count(queue)
+
+    def _holding_keys(self, queue: str) -> tuple[str, ...]:
+        """Keys of which one exists wherever a message of `queue` waits: its lists."""
+        return self._lists(queue)
+
+    def _count(self, queue: str) -> int:
+        """The messages waiting in `queue`'s lists."""
         with self.commands.pipeline(transaction=False) as pipe:
             for name in self._lists(queue):
                 pipe.llen(name)
@@ -288,66 +306,6 @@ class RedisChannel(virtual.Channel):
         for queue in self._lookup(exchange, routing_key):
             name = layout.queue_list(queue, step, self.sep)
             (pipe.lpush if leftmost else pipe.rpush)(name, dumps(payload))
-
-    # -- broadcasts (fanout exchanges over PUB/SUB) --------------------------------
-
-    def _topic(self, exchange: str, routing_key: str) -> str:
-        if routing_key and self.fanout_patterns:
-            return f"{self.keyprefix_fanout}{exchange}/{routing_key}"
-        return f"{self.keyprefix_fanout}{exchange}"
-
-    def _put_fanout(self, exchange: str, message: Any, routing_key: str,
-                    **kwargs: Any) -> None:
-        self.commands.publish(self._topic(exchange, routing_key), dumps(message))
-
-    def subscribe(self) -> None:
-        """Subscribe this channel's PUB/SUB client to its fanout queues' topics."""
-        topics = [self._topic(*self._fanout_queues[queue])
-                  for queue in self.active_fanout_queues]
-        if topics:
-            self.subclient.psubscribe(*topics)
-            self._listening = self.subclient.connection
-
-    def receive(self) -> bool:
-        """Deliver the broadcasts that arrived (one read, then what is buffered)."""
-        client = self.subclient
-        delivered = False
-        try:
-            while True:
-                reply = client.parse_response(block=False)
-                if reply is None:
-                    break
-                delivered = self._broadcast(reply) or delivered
-                if client.connection is None or not client.connection.can_read(timeout=0):
-                    break
-        except self.connection_errors:
-            self._listening = None
-            raise
-        return delivered
-
-    def _broadcast(self, reply: Any) -> bool:
-        if not isinstance(reply, (list, tuple)) or not reply:
-            return False
-        kind = bytes_to_str(reply[0])
-        if kind not in ("message", "pmessage"):
-            return False
-        topic, data = bytes_to_str(reply[-2]), reply[-1]
-        if topic.startswith("/"):
-            topic = topic.partition(".")[2]
-        exchange = topic.split("/", 1)[0]
-        queue = self._fanout_to_queue.get(exchange)
-        if queue is None or not data:
-            return False
-        try:
-            message = loads(bytes_to_str(data))
-        except (TypeError, ValueError):
-            message = data
-        return self.deliver_broadcast(message, exchange, queue)
-
-    def deliver_broadcast(self, message: Any, exchange: str, queue: str) -> bool:
-        """Hand broadcast `message` of `exchange` to `queue`'s consumer."""
-        self.connection.on_message_ready(self, message, queue)
-        return True
 
     # -- consuming -----------------------------------------------------------------
 

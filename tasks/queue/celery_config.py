@@ -15,6 +15,10 @@ from tasks.state.connection import broker_transport_options, celery_backend, cel
 
 # kombu's retry of a message publish while the broker is unreachable: about 30 s of
 # backoff (0.1 s, 0.6 s, ... up to 3 s), then the task retries (tasks/state/boundary.py).
+# Celery's event exchange (its default, named here once): Flower's task and worker
+# events, left quiet while nobody hears them (the Redis transport's unheard exchanges).
+EVENT_EXCHANGE = "celeryev"
+
 PUBLISH_RETRY_POLICY = {"max_retries": 14, "interval_start": 0.1, "interval_step": 0.5,
                         "interval_max": 3.0}
 
@@ -73,6 +77,7 @@ def celery_config(settings: Settings) -> dict[str, Any]:
         # runs): with no one watching, a task costs Redis no event PUBLISHes.
         "worker_send_task_events": False,
         "task_send_sent_event": True,
+        "event_exchange": EVENT_EXCHANGE,
         "worker_hijack_root_logger": True,
         # Each worker also consumes its own direct queue `<node>.dq2`: the every-host
         # model audit sends one copy to one worker per host (maintenance_tasks.py).
@@ -148,6 +153,11 @@ def _broker_options(settings: Settings) -> dict[str, Any]:
         # more than the timeout).
         "unacked_restore_interval": 5,
         "unacked_restore_throttle": 1,
+        # An event that reached no subscriber (no Flower, no `celery events`): its kind
+        # is not published again by this process for a few seconds
+        # (tasks/broker/broadcasts.py). Remote control is always published.
+        "ocr_unheard_exchanges": (EVENT_EXCHANGE,),
+        "ocr_unheard_quiet": settings.events_quiet_seconds,
     }}
 
 

@@ -69,6 +69,14 @@ class BrokerSettings:
                                       "replicas; past it a job is not accepted "
                                       "(`transient`: send it again) and a worker goes on "
                                       "without them (logged).")
+    events_quiet_seconds: float = _s(
+        "OCR_EVENTS_QUIET_SECONDS", "5",
+        "On a Redis broker: seconds a process sends no more of one kind of Celery event "
+        "(`task-sent`, `task-progress`, a worker's heartbeat, ...) after one reached "
+        "nobody (no Flower, no `celery events` running); then it sends again, and goes "
+        "on while anyone hears. A Flower that starts shows them within that time. 0: "
+        "every event is sent. Remote control is always sent (docs/operations.md, "
+        "Monitoring).")
     visibility_timeout: int = _s("OCR_VISIBILITY_TIMEOUT", "900",
                                  "Cluster-wide seconds a job may stay delivered but "
                                  "unacknowledged: on Redis, after that the job is given to "

@@ -204,6 +204,8 @@ def _check_redis(settings: Settings) -> None:
         raise SettingsError("OCR_REDIS_MIN_REPLICAS must be 0 or more (or empty)")
     if settings.redis_replica_timeout <= 0:
         raise SettingsError("OCR_REDIS_REPLICA_TIMEOUT must be positive")
+    if settings.events_quiet_seconds < 0:
+        raise SettingsError("OCR_EVENTS_QUIET_SECONDS must be 0 or more")
 
 
 def check_worker(settings: Settings) -> None:

@@ -1,0 +1,136 @@
+"""Broadcasts: fanout exchanges over Redis PUB/SUB, and the unheard ones left quiet.
+
+Runs in every process that uses the Redis broker: a fanout publish (`_put_fanout`:
+remote control's broadcasts, Celery's task and worker events) is one PUBLISH to the
+exchange's topic, `/<db>.<exchange>/<routing key>` as stock kombu clients name it; a
+process that consumes a fanout queue (the worker parent's mailbox, Flower's and
+`celery events`' event queues) subscribes to its topics with PSUBSCRIBE on the
+channel's PUB/SUB connection and hands each broadcast to the queue's consumer.
+
+Unheard exchanges (the channel's `ocr_unheard_exchanges`; tasks/queue/celery_config.py
+names Celery's event exchange, and nothing else): PUBLISH answers how many subscribers
+took the message, pattern subscribers included. Where a topic of such an exchange
+reached none, this process sends nothing more to that topic for `ocr_unheard_quiet`
+seconds, then publishes again, which asks again. Kept per topic, not per exchange: a
+subscriber to some routing keys alone (a stock worker's gossip hears `worker.*`) still
+gets every message of those. A subscriber that appears meanwhile (a Flower that starts)
+gets each topic's messages from that topic's next publish after its quiet time. Any
+other fanout exchange (remote control's `celery.pidbox`) is always published.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+from kombu.utils.encoding import bytes_to_str
+from kombu.utils.json import dumps, loads
+
+UNHEARD_QUIET = 5.0  # seconds a topic of an unheard exchange stays quiet (the default)
+
+
+class Broadcasts:
+    """A Redis channel's fanout side: topics, PUBLISH, PSUBSCRIBE, delivery.
+
+    Mixed into tasks/broker/redis_channel.py's `RedisChannel`, which holds the pools,
+    the fanout queues' bindings and the consumers named below.
+    """
+
+    fanout_patterns = True
+    keyprefix_fanout = "/{db}."
+    # Fanout exchanges whose topics go quiet when a publish reached no subscriber, and
+    # for how long (transport options; none by default: every broadcast is published).
+    ocr_unheard_exchanges: tuple[str, ...] = ()
+    ocr_unheard_quiet = UNHEARD_QUIET
+
+    # (server, topic) -> until when (time.monotonic) this process does not publish to
+    # it: shared by the process's channels (Celery sends events on several).
+    _quiet_until: dict[tuple[str, str], float] = {}
+
+    # What the channel provides (tasks/broker/redis_channel.py): its connection, the
+    # clients that publish (`commands`) and subscribe (`subclient`), its fanout queues.
+    connection: Any
+    commands: Any
+    subclient: Any
+    connection_errors: Any
+    _fanout_queues: dict[str, tuple[str, str]]
+    _fanout_to_queue: dict[str, str]
+    active_fanout_queues: set[str]
+    _listening: Any
+
+    def _topic(self, exchange: str, routing_key: str) -> str:
+        if routing_key and self.fanout_patterns:
+            return f"{self.keyprefix_fanout}{exchange}/{routing_key}"
+        return f"{self.keyprefix_fanout}{exchange}"
+
+    def _put_fanout(self, exchange: str, message: Any, routing_key: str,
+                    **kwargs: Any) -> None:
+        topic = self._topic(exchange, routing_key)
+        if exchange not in self.ocr_unheard_exchanges or self.ocr_unheard_quiet <= 0:
+            self.commands.publish(topic, dumps(message))
+            return
+        key = (self._server(), topic)
+        now = time.monotonic()
+        if now < self._quiet_until.get(key, float("-inf")):
+            return  # nobody heard this topic a moment ago
+        if self.commands.publish(topic, dumps(message)):
+            self._quiet_until.pop(key, None)
+        else:
+            self._quiet_until[key] = now + float(self.ocr_unheard_quiet)
+
+    _server_uri: str | None = None
+
+    def _server(self) -> str:
+        """The broker this channel's connection names (its URL without the password)."""
+        if self._server_uri is None:
+            self._server_uri = str(self.connection.client.as_uri())
+        return self._server_uri
+
+    def subscribe(self) -> None:
+        """Subscribe this channel's PUB/SUB client to its fanout queues' topics."""
+        topics = [self._topic(*self._fanout_queues[queue])
+                  for queue in self.active_fanout_queues]
+        if topics:
+            self.subclient.psubscribe(*topics)
+            self._listening = self.subclient.connection
+
+    def receive(self) -> bool:
+        """Deliver the broadcasts that arrived (one read, then what is buffered)."""
+        client = self.subclient
+        delivered = False
+        try:
+            while True:
+                reply = client.parse_response(block=False)
+                if reply is None:
+                    break
+                delivered = self._broadcast(reply) or delivered
+                if client.connection is None or not client.connection.can_read(timeout=0):
+                    break
+        except self.connection_errors:
+            self._listening = None
+            raise
+        return delivered
+
+    def _broadcast(self, reply: Any) -> bool:
+        if not isinstance(reply, (list, tuple)) or not reply:
+            return False
+        kind = bytes_to_str(reply[0])
+        if kind not in ("message", "pmessage"):
+            return False
+        topic, data = bytes_to_str(reply[-2]), reply[-1]
+        if topic.startswith("/"):
+            topic = topic.partition(".")[2]
+        exchange = topic.split("/", 1)[0]
+        queue = self._fanout_to_queue.get(exchange)
+        if queue is None or not data:
+            return False
+        try:
+            message = loads(bytes_to_str(data))
+        except (TypeError, ValueError):
+            message = data
+        return self.deliver_broadcast(message, exchange, queue)
+
+    def deliver_broadcast(self, message: Any, exchange: str, queue: str) -> bool:
+        """Hand broadcast `message` of `exchange` to `queue`'s consumer."""
+        self.connection.on_message_ready(self, message, queue)
+        return True

@@ -1,0 +1,185 @@
+"""What a queue's declare, a binding and a broadcast cost Redis, and what they still promise.
+
+On a redis-server of the test's own, counted by `INFO commandstats` (a script's own
+commands included) and read in order by MONITOR: a declare of an empty queue is one
+EXISTS, of a busy one its exact count; a binding is two SADDs, its permanent entry
+first; an event nobody hears goes quiet for a while and reaches a subscriber that came
+once that while is over; a remote control broadcast always goes out
+(tasks/broker/redis_channel.py, publishing.py, broadcasts.py).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import pytest
+import redis
+from kombu import Connection, Exchange, Producer, Queue
+
+from tasks.broker import layout
+from tasks.broker.transport import TRANSPORT
+from tasks.records.clients import CLIENT_HEADER
+
+
+def calls(r: redis.Redis) -> dict[str, int]:
+    """Commands by name since the last CONFIG RESETSTAT (AUTH, PING, ... left out)."""
+    skip = {"config|resetstat", "info", "ping", "hello", "client|setinfo", "select",
+            "client|setname", "script|load"}
+    return {name.removeprefix("cmdstat_"): int(stat["calls"])
+            for name, stat in r.info("commandstats").items()
+            if name.removeprefix("cmdstat_") not in skip}
+
+
+@pytest.fixture
+def r(lone_redis_url: str) -> Iterator[redis.Redis]:
+    client = redis.Redis.from_url(lone_redis_url)
+    yield client
+    client.close()
+
+
+def counted(r: redis.Redis, step: Callable[[], Any]) -> dict[str, int]:
+    r.config_resetstat()
+    step()
+    return calls(r)
+
+
+def publish(conn: Connection, queue: str, n: int, client: str = "",
+            priority: int = 0) -> None:
+    exchange = Exchange(queue, type="direct")
+    producer = Producer(conn.default_channel)
+    for i in range(n):
+        producer.publish({"n": i}, exchange=exchange, routing_key=queue, priority=priority,
+                         headers={CLIENT_HEADER: client} if client else {},
+                         declare=[Queue(queue, exchange, routing_key=queue)],
+                         serializer="json")
+
+
+def test_a_declare_of_an_empty_queue_is_one_exists_and_a_busy_one_counts_exactly(
+        lone_redis_url: str, r: redis.Redis) -> None:
+    """queue_declare's message count, asked by every process's first publish to a queue."""
+    with Connection(lone_redis_url, transport=TRANSPORT) as conn:
+        channel = conn.default_channel
+        channel.queue_declare("ocr-warm")  # the channel's connection made
+        for queue in ("ocr-empty", "celeryev.x"):  # laned, and not
+            assert counted(r, lambda q=queue: channel.queue_declare(q).message_count == 0) \
+                == {"exists": 1}
+        # Messages in lanes (two clients, two priorities), in the list, in another queue.
+        publish(conn, "ocr-busy", 3, client="alice")
+        publish(conn, "ocr-busy", 2, client="bob", priority=6)
+        publish(conn, "ocr-busy", 4)
+        publish(conn, "ocr-busy", 1, priority=9)
+        publish(conn, "ocr-other", 5, client="carol")
+        assert channel.queue_declare("ocr-busy").message_count == 10
+        assert channel.queue_declare("ocr-other").message_count == 5
+        # Rings hold clients (of the other queues): counted, and found empty.
+        assert channel.queue_declare("ocr-empty").message_count == 0
+        publish(conn, "celeryev.x", 2)
+        assert channel.queue_declare("celeryev.x").message_count == 2
+        assert channel.queue_declare("ocr-busy", passive=True).message_count == 10
+
+
+def test_a_binding_is_two_sadds_its_permanent_entry_first(lone_redis_url: str,
+                                                          r: redis.Redis) -> None:
+    """No MULTI: the permanent set lists a binding before its exchange's table does.
+
+    A sweep (ours, binding_expiry.py, or a stock kombu 5.7 client's) keeps a table entry
+    listed permanent, so at no moment can one find the table's entry without it.
+    """
+    exchange = Exchange("ocr-bind", type="direct")
+    first, second = (Queue(f"ocr-bind-{n}", exchange, routing_key="ocr-bind")
+                     for n in (1, 2))
+    with Connection(lone_redis_url, transport=TRANSPORT) as conn:
+        channel = conn.default_channel
+        channel.queue_declare("ocr-warm")
+        exchange(channel).declare()  # the channel's own state: no command
+        assert counted(r, lambda: first(channel).queue_bind()) == {"sadd": 2}
+        with r.monitor() as monitor:
+            second(channel).queue_bind()
+            seen = [monitor.next_command()["command"] for _ in range(2)]
+    assert [command.split(" ")[:2] for command in seen] == [
+        ["SADD", f"{layout.BINDING_PERMANENT_PREFIX}ocr-bind"],
+        ["SADD", f"{layout.BINDING_PREFIX}ocr-bind"]]
+    for key in (layout.BINDING_PREFIX, layout.BINDING_PERMANENT_PREFIX):
+        assert {m.decode().rsplit(layout.SEP, 1)[-1] for m in r.smembers(f"{key}ocr-bind")} \
+            == {first.name, second.name}
+
+
+QUIET = 0.6
+EVENTS = {"ocr_unheard_exchanges": ["celeryev"], "ocr_unheard_quiet": QUIET}
+
+
+def broadcast(conn: Connection, exchange: str, routing_key: str, body: Any) -> None:
+    fanout = Exchange(exchange, type="fanout")
+    Producer(conn.default_channel).publish(body, exchange=fanout, routing_key=routing_key,
+                                           declare=[fanout], serializer="json")
+
+
+def heard(pubsub: Any) -> list[str]:
+    """The topics of the messages `pubsub` received so far."""
+    got = []
+    while (message := pubsub.get_message(timeout=0.2)) is not None:
+        if message["type"] == "pmessage":
+            got.append(message["channel"].decode())
+    return got
+
+
+def test_an_unheard_event_goes_quiet_then_reaches_a_subscriber_that_came(
+        lone_redis_url: str, r: redis.Redis) -> None:
+    """No one subscribed: one PUBLISH, then none for the quiet time; then heard each time."""
+    with Connection(lone_redis_url, transport=TRANSPORT, transport_options=EVENTS) as conn:
+        conn.default_channel.queue_declare("ocr-warm")
+        assert counted(r, lambda: [broadcast(conn, "celeryev", "task.sent", {"n": n})
+                                   for n in range(5)]) == {"publish": 1}
+        flower = r.pubsub()
+        flower.psubscribe("/1.celeryev/*")  # Flower's subscription
+        assert heard(flower) == []
+        broadcast(conn, "celeryev", "task.sent", {"n": 5})  # still quiet: not sent
+        assert heard(flower) == []
+        time.sleep(QUIET)
+        assert counted(r, lambda: [broadcast(conn, "celeryev", "task.sent", {"n": n})
+                                   for n in range(6, 9)]) == {"publish": 3}
+        assert heard(flower) == ["/1.celeryev/task.sent"] * 3
+        flower.close()
+
+
+def test_quiet_is_per_routing_key_and_never_for_remote_control(lone_redis_url: str,
+                                                              r: redis.Redis) -> None:
+    """A subscriber of `worker.*` alone (gossip) hears every heartbeat; pidbox always goes."""
+    with Connection(lone_redis_url, transport=TRANSPORT, transport_options=EVENTS) as conn:
+        conn.default_channel.queue_declare("ocr-warm")
+        gossip = r.pubsub()
+        gossip.psubscribe("/1.celeryev/worker.*")
+        heard(gossip)
+
+        def sends() -> None:
+            for n in range(3):
+                broadcast(conn, "celeryev", "task.progress", {"n": n})
+                broadcast(conn, "celeryev", "worker.heartbeat", {"n": n})
+                broadcast(conn, "celery.pidbox", "", {"method": "enable_events"})
+
+        # progress: one PUBLISH (unheard, then quiet); heartbeats and pidbox: three each
+        assert counted(r, sends) == {"publish": 1 + 3 + 3}
+        assert heard(gossip) == ["/1.celeryev/worker.heartbeat"] * 3
+        gossip.close()
+    with Connection(lone_redis_url, transport=TRANSPORT) as conn:  # no option: all go
+        conn.default_channel.queue_declare("ocr-warm")
+        assert counted(r, lambda: [broadcast(conn, "celeryev", "task.sent", {"n": n})
+                                   for n in range(3)]) == {"publish": 3}
+
+
+def test_celery_config_names_its_event_exchange_and_the_quiet_setting() -> None:
+    from tasks.queue.celery_config import celery_config
+    from tasks.settings import Settings, SettingsError
+
+    env = {"REDIS_URL": "redis://127.0.0.1:6379/0", "OCR_EVENTS_QUIET_SECONDS": "2.5"}
+    config = celery_config(Settings.from_env(env))
+    options = config["broker_transport_options"]
+    assert list(options["ocr_unheard_exchanges"]) == [config["event_exchange"]]
+    assert options["ocr_unheard_quiet"] == 2.5
+    with pytest.raises(SettingsError, match="OCR_EVENTS_QUIET_SECONDS"):
+        Settings.from_env({**env, "OCR_EVENTS_QUIET_SECONDS": "-1"})
+    assert "ocr_unheard_exchanges" not in celery_config(Settings.from_env(
+        {**env, "BROKER_URL": "amqp://guest:guest@127.0.0.1:5672//"})).get(
+            "broker_transport_options", {})
