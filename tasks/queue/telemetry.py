@@ -9,9 +9,9 @@ from its acceptance to its end (observed where it ended), each OCR page's read
 children that are gone, keeps the others fresh). In pool children:
 `worker_process_init`, `task_postrun` (after `tasks.queue.signals`' handler, so that the
 engine's memory figures are those of the finished task) and `worker_process_shutdown`.
-A process holds its counts, merged, and writes them at most once a second, each within
-a second (tasks/state/metrics.py `FLUSH_EVERY`: at the end of a task if due, else on a
-timer thread), and what it holds as it stops (`worker_process_shutdown` in a child,
+A process holds its counts, merged, and writes them a second after the oldest of them
+(tasks/state/metrics.py `FLUSH_EVERY`: at the end of a task if that second is over,
+else on a timer thread), and what it holds as it stops (`worker_process_shutdown` in a child,
 `worker_shutdown` in the parent); a child killed outright loses at most its last
 second's counts. The job's one exit (tasks/lifecycle/job_exit.py) calls `job_ended()`
 wherever the job ended, the worker parent included: it counts the job. Pages are

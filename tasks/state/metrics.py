@@ -21,14 +21,15 @@ Hash fields are JSON `[metric, {label: value}]`, values numbers; a histogram's a
 cumulative) or `sum`; the count is the buckets' total.
 
 A process holds its counters' and histograms' increments, merged by field, and writes
-them at most once every `FLUSH_EVERY` seconds, each within `FLUSH_EVERY` seconds of its
-increment: a busy pool child writes a field once a second however many pages it read
-in it (two pages of one engine and client: one HINCRBYFLOAT of 2.0), and a counter may
-reach Redis up to a second after the job's result. A pool child writes what it holds
-as it exits (recycled after its tasks, or a warm shutdown), the worker parent as it
-stops. A process killed outright (a cancel's or a hard time limit's SIGKILL, the OOM
-killer) loses what it held: the increments of at most its last `FLUSH_EVERY` seconds,
-and while Redis was unreachable every increment since its last write that went in.
+them `FLUSH_EVERY` seconds after the oldest of them came: each waits at most that long,
+and two writes are at least that far apart. A busy pool child writes a field once a
+second however many pages it read in it (two pages of one engine and client: one
+HINCRBYFLOAT of 2.0), and a counter may reach Redis up to a second after the job's
+result. A pool child writes what it holds as it exits (recycled after its tasks, or a
+warm shutdown), the worker parent as it stops. A process killed outright (a cancel's
+or a hard time limit's SIGKILL, the OOM killer) loses what it held: the increments of
+at most its last `FLUSH_EVERY` seconds, and while Redis was unreachable every
+increment since its last write that went in.
 """
 
 from __future__ import annotations
@@ -183,11 +184,12 @@ class MetricsStore:
     """Writes one worker node's metrics. Raises `redis.RedisError` when Redis fails.
 
     Counter and histogram increments are held and merged by field, and written (one
-    pipeline, one HINCRBYFLOAT a field) when FLUSH_EVERY s have passed since the last
-    write: by the call that adds them if so, else by a daemon timer thread at that
-    moment, so an increment waits at most FLUSH_EVERY s, another task or not. A write
-    that fails keeps its increments for the next one (a field's sum, so what is held
-    stays bounded by the fields there are, however long Redis is away).
+    pipeline, one HINCRBYFLOAT a field) FLUSH_EVERY s after the oldest of them came: by
+    a call that adds more then (a task's end), else by a daemon timer thread at that
+    moment, another task or not. So an increment waits at most FLUSH_EVERY s, and two
+    writes are at least FLUSH_EVERY s apart. A write that fails keeps its increments
+    for the next one (a field's sum: what is held stays bounded by the fields there
+    are, however long Redis is away).
     """
 
     def __init__(self, client: redis.Redis, node: str) -> None:
@@ -195,7 +197,7 @@ class MetricsStore:
         self.node = node
         self._kept: dict[str, float] = {}  # key -> when this process last set its TTL
         self._held: dict[tuple[str, str], float] = {}  # (key, field) -> increment held
-        self._flushed_at = float("-inf")
+        self._held_since = 0.0  # when the oldest increment held came
         self._timer: threading.Timer | None = None
         self._lock = threading.Lock()  # a thread pool's tasks end in several threads
         self._writing = threading.Lock()  # held while held increments are on their way
@@ -247,18 +249,20 @@ class MetricsStore:
         writing = now and self._writing.acquire()  # one write of held ones at a time
         try:
             with self._lock:
+                if more and not self._held:
+                    self._held_since = time.monotonic()
                 for key, field, amount in more:
                     self._held[key, field] = self._held.get((key, field), 0.0) + amount
-                wait = self._flushed_at + FLUSH_EVERY - time.monotonic()
-                if not writing and wait <= 0:
+                wait = self._held_since + FLUSH_EVERY - time.monotonic()
+                if self._held and not writing and wait <= 0:
                     writing = self._writing.acquire(blocking=False)
                 held: dict[tuple[str, str], float] = {}
                 if writing:
-                    held, self._held, self._flushed_at = self._held, {}, time.monotonic()
-                if writing or wait <= 0:  # else a write on its way: the next one after it
-                    wait = FLUSH_EVERY
+                    held, self._held = self._held, {}
                 if self._held and self._timer is None:  # written a moment later
-                    self._timer = threading.Timer(wait, self._flush_later)
+                    # (a write on its way: the next one a second after it)
+                    self._timer = threading.Timer(wait if wait > 0 else FLUSH_EVERY,
+                                                  self._flush_later)
                     self._timer.daemon = True
                     self._timer.start()
             first = len(pipe)
@@ -297,9 +301,12 @@ class MetricsStore:
             raise errors[0]
 
     def _hold_again(self, held: dict[tuple[str, str], float]) -> None:
+        """Hold again what a write did not make; the next write is a second away."""
         if not held:
             return
         with self._lock:
+            if not self._held:
+                self._held_since = time.monotonic()
             for field, amount in held.items():
                 self._held[field] = self._held.get(field, 0.0) + amount
             if self._timer is None:

@@ -83,8 +83,8 @@ def test_a_split_pdfs_pages_count_for_the_workers_that_read_them(
 
 def test_a_cancelled_jobs_pages_are_not_the_control_workers(
         start_worker: Callable[..., Worker], client: OcrClient, redis_url: str) -> None:
-    # Pages longer than FLUSH_EVERY: each page's counts are written as its task ends,
-    # before its record (what a killed child held, its last second's, would be lost).
+    # Pages longer than FLUSH_EVERY: the reader's child holds one page's counts at most
+    # when the cancel's SIGKILL reaches it (what it held is lost: its last second's).
     reader = start_worker(**fake_env(OCR_CONCURRENCY="1", FAKE_PAGE_SECONDS="1.2",
                                      **FAST_PAGES))
     control = start_worker("control")
@@ -104,10 +104,11 @@ def test_a_cancelled_jobs_pages_are_not_the_control_workers(
     # the job's ending, is the control worker's, which under the old counting (pages
     # counted where a job ended) took the kept pages' credit.
     assert ended_by == f"control@{socket.gethostname()}", ended_by
-    # The pages are the reader's: at least those the result kept (a page that finished
-    # after the cancel was read too); none are the control worker's, whoever ended it.
-    eventually(lambda: pages_counted(redis_url, node_of(reader)) >= len(result["pages"]),
-               10, lambda: f"{len(result['pages'])} kept pages counted for the reader: "
+    # The pages are the reader's: those the result kept, but for the one its killed
+    # child may have held; none are the control worker's, whoever ended it.
+    kept = len(result["pages"])
+    eventually(lambda: pages_counted(redis_url, node_of(reader)) >= kept - 1,
+               10, lambda: f"{kept} kept pages counted for the reader, but one: "
                f"{pages_counted(redis_url, node_of(reader))}")
     assert pages_counted(redis_url, f"control@{socket.gethostname()}") == 0, ended_by
     kill_all([reader, control])  # nothing waits on their warm shutdown
