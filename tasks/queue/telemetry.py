@@ -8,19 +8,21 @@ from its acceptance to its end (observed where it ended), each OCR page's read
 (the node name, inherited by the children) and `heartbeat_sent` (drops the gauges of
 children that are gone, keeps the others fresh). In pool children:
 `worker_process_init`, `task_postrun` (after `tasks.queue.signals`' handler, so that the
-engine's memory figures are those of the finished task) and `worker_process_shutdown`;
-a process writes its counts within a second (tasks/state/metrics.py `FLUSH_EVERY`),
-and what it holds as it stops (`worker_shutdown` in the parent). Pages read are
-counted at once, with the client's usage, so a child killed mid-task loses none.
-The job's one exit (tasks/lifecycle/job_exit.py) calls `job_ended()` wherever the job
-ended, the worker parent included: it counts the job. Pages are counted where they were
-read (`pages_read()`: the job task for an image or an unsplit PDF and for a split PDF's
-text-layer pages, each page or chunk task for its own), so a page is credited to the
-worker that read it, not to the one that ended its job (a control worker that cancelled
-it, or the worker of its last page). A page or chunk task's usage is counted by the
-script that records its pages, its counters written at once just before.
+engine's memory figures are those of the finished task) and `worker_process_shutdown`.
+A process holds its counts, merged, and writes them a second after the oldest of them
+(tasks/state/metrics.py `FLUSH_EVERY`: at the end of a task if that second is over,
+else on a timer thread), and what it holds as it stops (`worker_process_shutdown` in a child,
+`worker_shutdown` in the parent); a child killed outright loses at most its last
+second's counts. The job's one exit (tasks/lifecycle/job_exit.py) calls `job_ended()`
+wherever the job ended, the worker parent included: it counts the job. Pages are
+counted where they were read (`pages_read()`: the job task for an image or an unsplit
+PDF and for a split PDF's text-layer pages, each page or chunk task for its own), so a
+page is credited to the worker that read it, not to the one that ended its job (a
+control worker that cancelled it, or the worker of its last page). A page or chunk
+task's usage is counted by the script that records its pages.
 
-A failing metrics write is logged and dropped: jobs never depend on it.
+A failing metrics write is logged, never raised: jobs never depend on it. Counts it
+did not write are held for the next write; gauges wait for their next turn.
 """
 
 from __future__ import annotations
@@ -172,10 +174,11 @@ class Telemetry:
         """Count pages this process read, for this worker and `client`, and their latency.
 
         The pages read (not failed, not cached) are added to the client's usage of the
-        day (tasks/state/usage.py): what its page caps are checked against; with `job`,
-        each of the job's pages once, whichever worker read it first. `recorded`: the
-        usage is returned, for the script that records the pages to count (a page
-        task's), and the counters are written at once.
+        day (tasks/state/usage.py, at once): what its page caps are checked against;
+        with `job`, each of the job's pages once, whichever worker read it first.
+        `recorded`: the usage is returned instead, for the script that records the
+        pages to count (a page task's). The counters and latencies are held (within a
+        second in Redis).
         """
         pages = list(pages)
         samples = page_samples(engine, pages, cached)
@@ -186,10 +189,10 @@ class Telemetry:
         numbers = [] if cached else [int(page["number"]) for page in pages
                                      if page.get("error") is None]
         if recorded:
-            self._write(lambda store: store.add(samples, observed, at_once=True))
+            self._write(lambda store: store.add(samples, observed))
             return JobPages(client, job, tuple(numbers), today()) if job and numbers else None
         usage = self._usage()
-        # One pipeline: the counters, the histograms and the client's usage.
+        # One pipeline: the client's usage, and the counts held if their write is due.
         if not self._write(lambda store: store.add(
                 samples, observed, lambda pipe: usage.add(client, len(numbers), pipe=pipe,
                                                           job=job, numbers=numbers))):
@@ -344,8 +347,8 @@ def pages_read(engine: str, pages: Iterable[PageRecord], cached: bool = False,
     """Count pages this process read (or a cached job's pages it answered), for its worker.
 
     And for the job's `client` (its counters and its usage of the day). Called before
-    the pages are recorded, so a job's pages are in its client's usage and its
-    worker's counters by the time its result is stored. `recorded`: the usage is
+    the pages are recorded, so a job's pages are in its client's usage by the time its
+    result is stored (its worker's counters within a second). `recorded`: the usage is
     returned instead, for the script that records the pages to count (a page task's
     record, tasks/state/join.py); None when there is nothing to count. A process
     without telemetry (a client, a test) counts nothing.

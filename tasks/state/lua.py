@@ -42,19 +42,31 @@ class Script:
         return pipe.evalsha(self.sha, len(keys), *keys, *args)
 
 
+def answers(pipe: Any) -> list[Any]:
+    """Run `pipe` as `execute` does; a command's error is its answer, not raised.
+
+    Raises only what fails the whole pipeline (the connection's errors).
+    """
+    sent = [args for args, _ in pipe.command_stack]
+    got = list(pipe.execute(raise_on_error=False))
+    for i, answer in enumerate(got):
+        script = _BY_SHA.get(str(sent[i][1])) if isinstance(answer, NoScriptError) else None
+        if script is not None:
+            try:
+                got[i] = script(redis.Redis(connection_pool=pipe.connection_pool),
+                                sent[i][3:3 + int(sent[i][2])], sent[i][3 + int(sent[i][2]):])
+            except redis.ResponseError as exc:
+                got[i] = exc
+    return got
+
+
 def execute(pipe: Any) -> list[Any]:
     """Run `pipe` (no transaction); a queued script its server lacked is loaded and run.
 
     Raises the first error among the answers, as `pipe.execute()` does.
     """
-    sent = [args for args, _ in pipe.command_stack]
-    answers = list(pipe.execute(raise_on_error=False))
-    for i, answer in enumerate(answers):
-        script = _BY_SHA.get(str(sent[i][1])) if isinstance(answer, NoScriptError) else None
-        if script is not None:
-            answers[i] = script(redis.Redis(connection_pool=pipe.connection_pool),
-                                sent[i][3:3 + int(sent[i][2])], sent[i][3 + int(sent[i][2]):])
-    for answer in answers:
+    got = answers(pipe)
+    for answer in got:
         if isinstance(answer, Exception):
             raise answer
-    return answers
+    return got

@@ -18,10 +18,18 @@ exporter covers every worker on every host. Keys:
 
 Hash fields are JSON `[metric, {label: value}]`, values numbers; a histogram's are
 `[metric, {label: value}, part]`, `part` a bucket's upper bound (its own count, not
-cumulative) or `sum`; the count is the buckets' total. A process holds its counters'
-and histograms' increments up to `FLUSH_EVERY` seconds and writes each field's sum
-once (a busy worker writes a field per second, not per job); a process killed outright
-loses what it held.
+cumulative) or `sum`; the count is the buckets' total.
+
+A process holds its counters' and histograms' increments, merged by field, and writes
+them `FLUSH_EVERY` seconds after the oldest of them came: each waits at most that long,
+and two writes are at least that far apart. A busy pool child writes a field once a
+second however many pages it read in it (two pages of one engine and client: one
+HINCRBYFLOAT of 2.0), and a counter may reach Redis up to a second after the job's
+result. A pool child writes what it holds as it exits (recycled after its tasks, or a
+warm shutdown), the worker parent as it stops. A process killed outright (a cancel's
+or a hard time limit's SIGKILL, the OOM killer) loses what it held: the increments of
+at most its last `FLUSH_EVERY` seconds, and while Redis was unreachable every
+increment since its last write that went in.
 """
 
 from __future__ import annotations
@@ -173,16 +181,26 @@ def child_key(node: str, pid: int | str) -> str:
 
 
 class MetricsStore:
-    """Writes one worker node's metrics. Raises `redis.RedisError` when Redis fails."""
+    """Writes one worker node's metrics. Raises `redis.RedisError` when Redis fails.
+
+    Counter and histogram increments are held and merged by field, and written (one
+    pipeline, one HINCRBYFLOAT a field) FLUSH_EVERY s after the oldest of them came: by
+    a call that adds more then (a task's end), else by a daemon timer thread at that
+    moment, another task or not. So an increment waits at most FLUSH_EVERY s, and two
+    writes are at least FLUSH_EVERY s apart. A write that fails keeps its increments
+    for the next one (a field's sum: what is held stays bounded by the fields there
+    are, however long Redis is away).
+    """
 
     def __init__(self, client: redis.Redis, node: str) -> None:
         self._redis = client
         self.node = node
         self._kept: dict[str, float] = {}  # key -> when this process last set its TTL
         self._held: dict[tuple[str, str], float] = {}  # (key, field) -> increment held
-        self._flushed_at = float("-inf")
+        self._held_since = 0.0  # when the oldest increment held came
         self._timer: threading.Timer | None = None
         self._lock = threading.Lock()  # a thread pool's tasks end in several threads
+        self._writing = threading.Lock()  # held while held increments are on their way
 
     def _due(self, key: str) -> bool:
         """Whether `key`'s TTL (or membership) is to be written again now."""
@@ -200,18 +218,14 @@ class MetricsStore:
             raise
 
     def add(self, samples: Iterable[Sample], observed: Iterable[Sample] = (),
-            also: Callable[[Any], None] | None = None, at_once: bool = False) -> None:
+            also: Callable[[Any], None] | None = None) -> None:
         """Add each sample's value to the node's counter; put `observed` in histograms.
 
         Held and written with the others of up to FLUSH_EVERY s. `also` queues other
-        writes (a client's usage), made at once, and the samples go with them (as they
-        do with `at_once`): pages counted so are in Redis before they are recorded, and
-        a child killed (a cancel, a hard limit) loses no counted page, only the
-        histograms' last second.
+        writes (a client's usage), made at once; what is due goes in the same pipeline.
         """
-        counts = [(node_key(self.node), _field(name, labels), value)
-                  for name, labels, value in samples]
-        direct, more = (counts, []) if also is not None or at_once else ([], counts)
+        more = [(node_key(self.node), _field(name, labels), value)
+                for name, labels, value in samples]
         for name, labels, value in observed:
             head = json.dumps([name, labels], sort_keys=True)[:-1]
             # the count is the buckets' sum (read back so): not written apart
@@ -220,47 +234,95 @@ class MetricsStore:
         pipe = self._redis.pipeline(transaction=False)
         if also is not None:
             also(pipe)
-        self._write(pipe, more, direct=direct)
+        self._write(pipe, more)
 
     def flush(self) -> None:
-        """Write what this process holds now (a process that ends)."""
+        """Write what this process holds now, after a write on its way (a process that ends)."""
+        with self._lock:
+            if self._timer is not None:
+                self._timer.cancel()
+                self._timer = None
         self._write(self._redis.pipeline(transaction=False), [], now=True)
 
-    def _write(self, pipe: Any, more: list[tuple[str, str, float]], now: bool = False,
-               direct: list[tuple[str, str, float]] | None = None) -> None:
-        """Hold `more`, queue what is due and `direct` (never held) on `pipe`, run it."""
+    def _write(self, pipe: Any, more: list[tuple[str, str, float]], now: bool = False) -> None:
+        """Hold `more`, queue what is due on `pipe` after its own commands, run it."""
+        writing = now and self._writing.acquire()  # one write of held ones at a time
+        try:
+            with self._lock:
+                if more and not self._held:
+                    self._held_since = time.monotonic()
+                for key, field, amount in more:
+                    self._held[key, field] = self._held.get((key, field), 0.0) + amount
+                wait = self._held_since + FLUSH_EVERY - time.monotonic()
+                if self._held and not writing and wait <= 0:
+                    writing = self._writing.acquire(blocking=False)
+                held: dict[tuple[str, str], float] = {}
+                if writing:
+                    held, self._held = self._held, {}
+                if self._held and self._timer is None:  # written a moment later
+                    # (a write on its way: the next one a second after it)
+                    self._timer = threading.Timer(wait if wait > 0 else FLUSH_EVERY,
+                                                  self._flush_later)
+                    self._timer.daemon = True
+                    self._timer.start()
+            first = len(pipe)
+            for (key, field), amount in held.items():
+                pipe.hincrbyfloat(key, field, amount)
+            keys = {key for key, _ in held}
+            if node_key(self.node) in keys and self._due(node_key(self.node)):
+                pipe.expire(node_key(self.node), COUNTER_TTL)
+                pipe.sadd(NODES_KEY, self.node)
+                pipe.expire(NODES_KEY, COUNTER_TTL)
+            if HISTOGRAMS_KEY in keys and self._due(HISTOGRAMS_KEY):
+                pipe.expire(HISTOGRAMS_KEY, COUNTER_TTL)
+            if len(pipe):
+                self._run(pipe, first, held)
+        finally:
+            if writing:
+                self._writing.release()
+
+    def _run(self, pipe: Any, first: int, held: dict[tuple[str, str], float]) -> None:
+        """Run `pipe`; what of `held` (its commands from `first` on) did not go in is held.
+
+        Raises the first error.
+        """
+        try:
+            got = lua.answers(pipe)
+        except redis.RedisError:
+            self._hold_again(held)
+            self._kept.clear()
+            raise
+        failed = {k for k, answer in zip(held, got[first:], strict=False)
+                  if isinstance(answer, Exception)}
+        self._hold_again({k: held[k] for k in failed})
+        errors = [answer for answer in got if isinstance(answer, Exception)]
+        if errors:
+            self._kept.clear()  # every TTL is written again by the next write
+            raise errors[0]
+
+    def _hold_again(self, held: dict[tuple[str, str], float]) -> None:
+        """Hold again what a write did not make; the next write is a second away."""
+        if not held:
+            return
         with self._lock:
-            for key, field, amount in more:
-                self._held[key, field] = self._held.get((key, field), 0.0) + amount
-            if now or time.monotonic() - self._flushed_at >= FLUSH_EVERY:
-                held, self._held, self._flushed_at = self._held, {}, time.monotonic()
-            else:
-                held = {}
-            if self._held and self._timer is None:  # written a moment later
+            if not self._held:
+                self._held_since = time.monotonic()
+            for field, amount in held.items():
+                self._held[field] = self._held.get(field, 0.0) + amount
+            if self._timer is None:
                 self._timer = threading.Timer(FLUSH_EVERY, self._flush_later)
                 self._timer.daemon = True
                 self._timer.start()
-        written = [(key, field, amount) for (key, field), amount in held.items()]
-        written += direct or []
-        for key, field, amount in written:
-            pipe.hincrbyfloat(key, field, amount)
-        keys = {key for key, _, _ in written}
-        if node_key(self.node) in keys and self._due(node_key(self.node)):
-            pipe.expire(node_key(self.node), COUNTER_TTL)
-            pipe.sadd(NODES_KEY, self.node)
-            pipe.expire(NODES_KEY, COUNTER_TTL)
-        if HISTOGRAMS_KEY in keys and self._due(HISTOGRAMS_KEY):
-            pipe.expire(HISTOGRAMS_KEY, COUNTER_TTL)
-        if len(pipe):
-            self._execute(pipe)
 
     def _flush_later(self) -> None:
+        """In the timer's thread: write what is held if due (else the timer starts again)."""
         with self._lock:
             self._timer = None
         try:
-            self.flush()
+            self._write(self._redis.pipeline(transaction=False), [])
         except redis.RedisError as exc:
-            log.warning("metrics not recorded: %s", type(exc).__name__)
+            log.warning("metrics not written, held for the next write: %s",
+                        type(exc).__name__)
 
     def set_child(self, pid: int, samples: Iterable[Sample]) -> None:
         """Replace the gauges of pool child `pid`."""

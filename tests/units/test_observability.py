@@ -161,9 +161,12 @@ def test_latency_histograms_are_stored_and_served_cumulative(redis_url: str) -> 
     store = MetricsStore(client, "cpu@a")
     labels = {"engine": "tesseract"}
     store.add([], [("ocr_page_latency_seconds", labels, v) for v in (0.25, 0.3, 29.0, 900.0)])
-    MetricsStore(client, "vlm@b").add(
+    other = MetricsStore(client, "vlm@b")
+    other.add(
         [("ocr_jobs_total", {"engine": "vlm-api", "outcome": "SUCCESS"}, 1.0)],
         [("ocr_job_latency_seconds", {"engine": "vlm-api", "outcome": "SUCCESS"}, 31.5)])
+    store.flush()  # else written a second later
+    other.flush()
     got = scrape(RedisCollector(client))
     buckets = {float(b["le"]): v for b, v in got["ocr_page_latency_seconds_bucket"]}
     assert list(buckets) == [*PAGE_BUCKETS, float("inf")]

@@ -4,10 +4,15 @@ from __future__ import annotations
 
 import base64
 import json
+import time
+from pathlib import Path
 
+import pytest
 import redis
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.parser import text_string_to_metric_families
+from redis.backoff import NoBackoff
+from redis.retry import Retry
 
 from tasks.broker.layout import priority_suffixes
 from tasks.errors import PdfEncrypted
@@ -19,7 +24,7 @@ from tasks.settings import Settings
 from tasks.state.metrics import CHILD_TTL, FLUSH_EVERY, MetricsStore
 from tasks.state.metrics_collector import RedisCollector
 from tasks.state.usage import JobPages, PageUsage, today
-from tests.harness import eventually
+from tests.harness import RedisServer, eventually
 
 
 def test_kwargs_repr_hides_payload_and_password() -> None:
@@ -112,9 +117,8 @@ def test_a_busy_process_writes_each_counter_once_a_second(redis_url: str) -> Non
     store = MetricsStore(client, "cpu@a")
     job = ("ocr_jobs_total", {"engine": "fake", "outcome": "SUCCESS"}, 1.0)
     latency = ("ocr_job_latency_seconds", {"engine": "fake", "outcome": "SUCCESS"}, 0.2)
-    store.add([job], [latency])  # the first write goes at once
     client.config_resetstat()
-    for _ in range(20):
+    for _ in range(21):
         store.add([job], [latency])
     assert "cmdstat_hincrbyfloat" not in client.info("commandstats")  # held
 
@@ -132,48 +136,102 @@ def test_a_busy_process_writes_each_counter_once_a_second(redis_url: str) -> Non
     assert jobs() == 22
 
 
-def test_counts_written_with_other_writes_are_never_held(redis_url: str) -> None:
-    """Pages counted with the client's usage (`also`) are in Redis when `add` returns.
-
-    A child killed right after (a cancel's SIGKILL) would lose what it held; the
-    histograms' observations are still held.
-    """
-    client = redis.Redis.from_url(redis_url)
-    client.flushdb()
-    store = MetricsStore(client, "cpu@a")
-    page = ("ocr_pages_total", {"engine": "fake", "source": "ocr"}, 1.0)
-    latency = ("ocr_page_latency_seconds", {"engine": "fake"}, 0.3)
-    store.add([page], [latency])  # the first write goes at once: the window starts
-    for n in range(1, 4):
-        store.add([page], [latency], lambda pipe: pipe.incr("usage"))
-        got = _scrape(RedisCollector(client))
-        assert sum(v for _, v in got["ocr_pages_total"]) == 1 + n
-        assert client.get("usage") == str(n).encode()
-    got = _scrape(RedisCollector(client))
-    assert [v for _, v in got["ocr_page_latency_seconds_count"]] == [1.0]  # held
-    store.flush()
-    got = _scrape(RedisCollector(client))
-    assert [v for _, v in got["ocr_page_latency_seconds_count"]] == [4.0]
+def _hincrbyfloats(client: redis.Redis) -> int:
+    return int(client.info("commandstats").get("cmdstat_hincrbyfloat", {}).get("calls", 0))
 
 
-def test_a_page_tasks_usage_is_left_to_its_record_and_its_counters_written_at_once(
+def test_page_counts_are_merged_by_field_and_written_as_few_commands(
         redis_url: str) -> None:
-    """`recorded`: the pages to count come back (for the page's record script)."""
+    """N pages' increments (page tasks', and job tasks' with the usage) in 4 commands."""
     client = redis.Redis.from_url(redis_url)
     client.flushdb()
     telemetry = Telemetry(Settings.from_env({"REDIS_URL": redis_url}), "fake")
     telemetry.node = "cpu@a"
-    pages = [{"number": 1, "source": "ocr", "seconds": 0.2},
-             {"number": 2, "source": "ocr", "error": {"code": "engine_failed"}},
-             {"number": 3, "source": "ocr", "seconds": 0.3}]
-    telemetry.pages_read("fake", pages[:1])  # the first write goes at once
-    counted = telemetry.pages_read("fake", pages, client="billing", job="job-1",
-                                   recorded=True)
-    assert counted == JobPages("billing", "job-1", (1, 3), today())
+    telemetry.pages_read("fake", [{"number": 1, "source": "ocr", "seconds": 0.2}])
+    client.config_resetstat()  # the usage's first write made
+    pages = 12
+    for n in range(2, pages + 2):
+        page = {"number": n, "source": "ocr", "seconds": 0.2}
+        if n % 2:  # a page task's: its usage left to its record script
+            counted = telemetry.pages_read("fake", [page], job="job-1", recorded=True)
+            assert counted == JobPages("", "job-1", (n,), today())
+        else:  # a job task's: the usage written at once, the counters held
+            telemetry.pages_read("fake", [page])
+    assert PageUsage(client).used("") == (pages // 2 + 1,) * 2  # the first call too
+
+    def read() -> float:
+        got = _scrape(RedisCollector(client))
+        return sum(v for _, v in got.get("ocr_client_pages_total", []))
+
+    eventually(lambda: read() == pages + 1, FLUSH_EVERY + 10,
+               lambda: f"{pages + 1} pages: {read()}")
     got = _scrape(RedisCollector(client))
-    assert sum(v for _, v in got["ocr_pages_total"]) == 4  # not held
-    assert PageUsage(client).used("billing") == (0, 0)  # counted by the record
-    assert telemetry.pages_read("fake", pages[1:2], job="job-1", recorded=True) is None
+    assert got["ocr_pages_total"] == [({"node": "cpu@a", "engine": "fake", "source": "ocr"},
+                                       pages + 1.0)]
+    assert [v for _, v in got["ocr_page_latency_seconds_count"]] == [pages + 1.0]
+    # 4 fields (a counter each, a bucket and the sum), once each: not 4 per page
+    assert _hincrbyfloats(client) == 4, client.info("commandstats")
+
+
+def test_held_counts_reach_redis_within_a_second_with_no_other_write(
+        redis_url: str) -> None:
+    """The timer thread writes what is held FLUSH_EVERY s after the first of it came."""
+    client = redis.Redis.from_url(redis_url)
+    client.flushdb()
+    store = MetricsStore(client, "cpu@a")
+    page = ("ocr_pages_total", {"engine": "fake", "source": "ocr"}, 1.0)
+    store.add([page])
+    written = time.monotonic()
+    store.add([page], [("ocr_page_latency_seconds", {"engine": "fake"}, 0.3)])
+    store.add([page])
+    assert client.hlen("ocr:metrics:histograms") == 0 and client.hlen(
+        "ocr:metrics:node:cpu@a") == 0  # held
+
+    def pages() -> float:
+        return sum(v for _, v in _scrape(RedisCollector(client)).get("ocr_pages_total", []))
+
+    eventually(lambda: pages() == 3, FLUSH_EVERY + 10, lambda: f"3 pages: {pages()}",
+               interval=0.02)
+    waited = time.monotonic() - written
+    assert 0.8 * FLUSH_EVERY <= waited <= 2 * FLUSH_EVERY, waited  # held about a second
+    assert client.hlen("ocr:metrics:histograms") == 2  # the bucket and the sum
+
+
+def test_counts_a_failed_write_did_not_make_are_written_by_the_next(
+        redis_url: str, tmp_path: Path) -> None:
+    """A field Redis refused, or a pipeline that never got through, is held again."""
+    client = redis.Redis.from_url(redis_url)
+    client.flushdb()
+    store = MetricsStore(client, "cpu@a")
+    jobs = ("ocr_jobs_total", {"engine": "fake", "outcome": "SUCCESS"}, 1.0)
+    loads = ("ocr_engine_loads_total", {"engine": "fake"}, 1.0)
+    jobs_field = json.dumps(list(jobs[:2]), sort_keys=True)
+    client.hset("ocr:metrics:node:cpu@a", jobs_field, "not a number")
+    store.add([jobs, loads])
+    with pytest.raises(redis.ResponseError):
+        store.flush()  # one field refused, the other in
+    client.hdel("ocr:metrics:node:cpu@a", jobs_field)
+    store.add([jobs, loads])
+    store.flush()
+    loads_field = json.dumps(list(loads[:2]), sort_keys=True)
+    got = {k.decode(): float(v) for k, v in client.hgetall("ocr:metrics:node:cpu@a").items()}
+    assert got == {jobs_field: 2.0, loads_field: 2.0}
+
+    down = RedisServer(tmp_path)
+    down.start()
+    lone = redis.Redis.from_url(down.url(), retry=Retry(NoBackoff(), 0))
+    store = MetricsStore(lone, "cpu@b")
+    down.stop()
+    store.add([jobs, loads])
+    with pytest.raises(redis.ConnectionError):
+        store.flush()
+    store.add([jobs])  # held: the next write is a second away
+    down.start()
+    store.flush()
+    got = {k.decode(): float(v) for k, v in lone.hgetall("ocr:metrics:node:cpu@b").items()}
+    assert got == {jobs_field: 2.0, loads_field: 1.0}
+    lone.close()
+    down.stop()
 
 
 def test_metrics_store_and_collector(redis_url: str) -> None:
@@ -181,10 +239,13 @@ def test_metrics_store_and_collector(redis_url: str) -> None:
     client.flushdb()
     store = MetricsStore(client, "cpu@a")
     store.add([("ocr_jobs_total", {"engine": "fake", "outcome": "SUCCESS"}, 1.0)] * 3)
+    store.flush()  # else written a second later
     store.set_child(11, [("ocr_child_rss_bytes", {}, 5e6),
                          ("ocr_child_memory_bytes", {"kind": "mlx_active"}, 2e6)])
     store.set_child(12, [("ocr_child_rss_bytes", {}, 6e6)])
-    MetricsStore(client, "vlm@b").add([("ocr_engine_loads_total", {"engine": "mlx-vlm"}, 1.0)])
+    other = MetricsStore(client, "vlm@b")
+    other.add([("ocr_engine_loads_total", {"engine": "mlx-vlm"}, 1.0)])
+    other.flush()
     client.lpush("ocr", "m1", "m2")
     client.lpush("ocr:9", "late")
     client.set("ocr-odd", "not a list")
