@@ -75,18 +75,18 @@ def parse(raw: bytes) -> Held | None:
 
 # The delivery tags of messages taken before ARGV[1] (epoch s), ARGV[2] of them at most
 # (0: every one): of the held hash KEYS[1] (its heads read), then of layout version 1's
-# index KEYS[2] (ZRANGE: its records are the release before's).
+# index KEYS[2] (ZRANGE, where that key exists: its records are the release before's).
 VISIBLE = Script(HEAD_LUA + r"""
 local ceiling, limit = tonumber(ARGV[1]), tonumber(ARGV[2])
 local past = {}
-for _, tag in ipairs(redis.call('HKEYS', KEYS[1])) do
+local flat = redis.call('HGETALL', KEYS[1])
+for j = 1, #flat, 2 do
   if limit > 0 and #past >= limit then return past end
-  local held = redis.call('HGET', KEYS[1], tag)
-  local taken = held and head(held)
-  if taken and (tonumber(taken) or 0) < ceiling then past[#past + 1] = tag end
+  local taken = head(flat[j + 1])
+  if taken and (tonumber(taken) or 0) < ceiling then past[#past + 1] = flat[j] end
 end
 local more = limit > 0 and limit - #past or -1
-if more ~= 0 then
+if more ~= 0 and (#flat == 0 or redis.call('EXISTS', KEYS[2]) == 1) then
   for _, tag in ipairs(redis.call('ZRANGE', KEYS[2], '-inf', ARGV[1], 'BYSCORE',
                                   'LIMIT', 0, more)) do
     past[#past + 1] = tag

@@ -108,10 +108,10 @@ local function put_back(tag, record, at, src, ring, client)
   back[#back + 1] = tag
   return true
 end
-for _, tag in ipairs(redis.call('HKEYS', KEYS[1])) do
-  local value = redis.call('HGET', KEYS[1], tag)
-  local taken, who, src, ring, client, at = nil, nil, nil, nil, nil, nil
-  if value then taken, who, src, ring, client, at = head(value) end
+local held = redis.call('HGETALL', KEYS[1])
+for j = 1, #held, 2 do
+  local tag, value = held[j], held[j + 1]
+  local taken, who, src, ring, client, at = head(value)
   local node = who and string.match(who, '^(.*)|[^|]*$')
   if node and src ~= '' and dead(who, node, function() return taken end)
       and put_back(tag, value, at, src, ring, client) then

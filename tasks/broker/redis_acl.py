@@ -79,8 +79,8 @@ SEND = ("lpush", "lpos", "rpush", "hincrby", "lrange", "llen", "ltrim", "pexpire
 # RPOP; a client's lanes: LMPOP; the lanes' ring: LRANGE, LPOS, LREM, RPUSH, HINCRBY,
 # HDEL), doorbells (BLPOP),
 # acknowledgements and restores (HGET, HDEL, ZREM, WATCH; the visibility timeout's look,
-# a Lua script: HKEYS, HGET, ZRANGE), the sweep of dead
-# holders' messages (a Lua script: SET NX PX, HKEYS, HGET, HGETALL, ZSCORE, RPUSH), the sweep of
+# EXISTS and a Lua script: HGETALL, ZRANGE), the sweep of dead
+# holders' messages (a Lua script: SET NX PX, HGETALL, HGET, ZSCORE, RPUSH), the sweep of
 # expired queues' bindings (a Lua script: TIME, ZRANGEBYSCORE, SISMEMBER, SREM, ZREM),
 # remote control (PSUBSCRIBE), results and job state (an input read to its bound: GETRANGE).
 CONSUME = ("rpop", "lmpop", "rpush", "lrem", "lpos", "lindex", "lrange", "blpop", "hset",

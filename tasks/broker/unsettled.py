@@ -288,11 +288,11 @@ class QoS(virtual.QoS):  # the transport's (tasks/broker/fetching.py)
         """Messages taken longer ago than the visibility timeout back on their queues.
 
         Every `unacked_restore_throttle` call (every `unacked_restore_interval` s, on
-        every worker): one script first (`held.VISIBLE`: the held records' heads and
-        layout version 1's index read on the server, the delivery tags past the timeout
-        sent back), and only a message past the timeout takes the mutex (one worker
-        restores at a time). A channel that acknowledges nothing (Flower's) leaves the
-        restores to the workers.
+        every worker): an EXISTS first (nothing held: its whole cost), then one script
+        (`held.VISIBLE`: the held records' heads and layout version 1's index read on
+        the server, the delivery tags past the timeout sent back), and only a message
+        past the timeout takes the mutex (one worker restores at a time). A channel
+        that acknowledges nothing (Flower's) leaves the restores to the workers.
         """
         interval = interval or int(self.channel.unacked_restore_throttle) or 1
         self._restore_calls += 1
@@ -302,9 +302,11 @@ class QoS(virtual.QoS):  # the transport's (tasks/broker/fetching.py)
             return
         client = self._client()
         ceiling = time.time() - float(self.channel.visibility_timeout)
+        keys = [self.held_key, self.unacked_index_key]
+        if not client.exists(*keys):  # nothing held (an idle fleet): one command
+            return
         limit = num if num is not None else self.channel.unacked_restore_limit
-        visible = held.VISIBLE.run(client, [self.held_key, self.unacked_index_key],
-                                   [repr(ceiling), start + limit if limit else 0])
+        visible = held.VISIBLE.run(client, keys, [repr(ceiling), start + limit if limit else 0])
         if not visible[start:]:
             return
         token = uuid.uuid4().hex
