@@ -207,3 +207,19 @@ def test_a_message_past_the_visibility_timeout_is_restored(lone_redis_url: str,
             assert r.hkeys(HELD_KEY) == [recent.encode()]
         assert late != recent
     r.close()
+
+
+def test_a_warm_stop_s_running_messages_are_left_to_the_visibility_timeout(
+        r: redis.Redis) -> None:
+    """UNHOLD (a warm stop's running tasks): the holder dropped, the record kept, unswept."""
+    push(r, "ocr", "carol", 0)
+    now = time.time()
+    tag = fetch_v2(r, "ocr", now, holder="stopping@h|5")
+    before = held.parse(r.hget(HELD_KEY, tag))
+    assert held.UNHOLD.run(r, [HELD_KEY], [tag, "no-such-tag"]) == 1
+    after = held.parse(r.hget(HELD_KEY, tag))
+    assert before is not None and after is not None
+    assert after == held.Held(before.taken, "", before.src, before.ring, before.client,
+                              before.record)
+    assert HolderSweep(r, r, WINDOW, TTL).sweep(now + 10 * WINDOW) == []
+    assert r.hkeys(HELD_KEY) == [tag.encode()]
