@@ -50,7 +50,9 @@ The key layout, owned by `layout` (nothing else spells these names):
     unacked, unacked_index,          hash,   the release before    the restores, the
       unacked_holders (layout 1)     zset,    (layout 1) only       holders' sweep, queue
                                      hash                           depth (`unacked`)
-    unacked_mutex                    string  the restore sweep     the restore sweep
+    unacked_mutex                    string  the visibility look   the visibility look
+                                              (SET NX PX: one a     (a worker's, every 5 s
+                                              fleet an interval)    while one is held)
     unacked_sweep                    string  the holders' sweep    the holders' sweep
                                               (SET NX PX lock)
     ocr:workers (tasks/state)        hash    heartbeats (node ->   the holders' sweep

@@ -23,7 +23,8 @@ ROOT = "ocr:"
 # SEP and the step (step 0: the name alone); kombu keeps taken messages in UNACKED (hash:
 # tag -> [message, exchange, routing key]) and UNACKED_INDEX (sorted set: tag -> when
 # taken), UNACKED_MUTEX guards their restore (this service holds them in HELD_KEY,
-# below); an exchange's bindings in BINDING_PREFIX<exchange>.
+# below, and takes the mutex for an interval: one visibility look of the fleet an
+# interval); an exchange's bindings in BINDING_PREFIX<exchange>.
 SEP = "\x06\x16"
 PRIORITY_STEPS = (0, 3, 6, 9)
 MAX_PRIORITY = 9  # a message's priority is held to 0..9

@@ -37,7 +37,6 @@ from kombu.utils.json import dumps, loads
 
 from tasks.broker import held
 from tasks.broker.layout import held_key, holders_key
-from tasks.broker.scripts import Script
 
 log = logging.getLogger(__name__)
 
@@ -127,9 +126,9 @@ def _restore(qos: Any, client: Any, tag: str) -> None:
                     "on its queue", tag)
 
 
-# Releases the restore's mutex (KEYS[1]) only while it holds this holder's token.
-RELEASE = Script("if redis.call('GET', KEYS[1]) == ARGV[1] then "
-                 "return redis.call('DEL', KEYS[1]) end return 0")
+# The restore's mutex lapses this long before the next worker's look is due: one look
+# of the fleet an interval, on the tick nearest it.
+LOOK_SLACK = 0.5
 
 
 class QoS(virtual.QoS):  # the transport's (tasks/broker/fetching.py)
@@ -288,11 +287,12 @@ class QoS(virtual.QoS):  # the transport's (tasks/broker/fetching.py)
         """Messages taken longer ago than the visibility timeout back on their queues.
 
         Every `unacked_restore_throttle` call (every `unacked_restore_interval` s, on
-        every worker): an EXISTS first (nothing held: its whole cost), then one script
-        (`held.VISIBLE`: the held records' heads and layout version 1's index read on
-        the server, the delivery tags past the timeout sent back), and only a message
-        past the timeout takes the mutex (one worker restores at a time). A channel
-        that acknowledges nothing (Flower's) leaves the restores to the workers.
+        every worker): an EXISTS first (nothing held: its whole cost), then the mutex,
+        taken for the interval and left to lapse, so that one worker of the fleet looks
+        each interval (the look, `held.VISIBLE`, reads every held record's head and
+        layout version 1's index on the server and sends back the delivery tags past
+        the timeout; each restore is atomic, `restore_by_tag`). A channel that
+        acknowledges nothing (Flower's) leaves the restores to the workers.
         """
         interval = interval or int(self.channel.unacked_restore_throttle) or 1
         self._restore_calls += 1
@@ -305,19 +305,14 @@ class QoS(virtual.QoS):  # the transport's (tasks/broker/fetching.py)
         keys = [self.held_key, self.unacked_index_key]
         if not client.exists(*keys):  # nothing held (an idle fleet): one command
             return
+        every = float(self.channel.unacked_restore_interval) * interval
+        if not client.set(str(self.channel.unacked_mutex_key), uuid.uuid4().hex, nx=True,
+                          px=max(int((every - LOOK_SLACK) * 1000), 1)):
+            return  # another worker looked within the interval
         limit = num if num is not None else self.channel.unacked_restore_limit
         visible = held.VISIBLE.run(client, keys, [repr(ceiling), start + limit if limit else 0])
-        if not visible[start:]:
-            return
-        token = uuid.uuid4().hex
-        mutex = str(self.channel.unacked_mutex_key)
-        if not client.set(mutex, token, nx=True, ex=int(self.channel.unacked_mutex_expire)):
-            return  # another worker restores now
-        try:
-            for tag in visible[start:]:
-                self.restore_by_tag(bytes_to_str(tag), client)
-        finally:
-            RELEASE.run(client, [mutex], [token])
+        for tag in visible[start:]:
+            self.restore_by_tag(bytes_to_str(tag), client)
 
     def restore_unacked(self, client: Any = None) -> None:
         # At the channel's close: messages no child started go back to their queues

@@ -209,6 +209,45 @@ def test_a_message_past_the_visibility_timeout_is_restored(lone_redis_url: str,
     r.close()
 
 
+def test_one_worker_of_the_fleet_looks_for_visible_messages_an_interval(
+        lone_redis_url: str) -> None:
+    """The look reads every held record's head: the fleet's workers take turns.
+
+    Two workers' channels ask within one interval: the first looks (one script), the
+    second costs an EXISTS and the mutex's SET; once the interval is over, the next ask
+    looks again and restores what is past the timeout.
+    """
+    name = "visible-turns"
+    queue = Queue(name, Exchange(name, type="direct"), routing_key=name)
+    r = redis.Redis.from_url(lone_redis_url)
+    options = {"visibility_timeout": 60, "unacked_restore_interval": 1,
+               "unacked_restore_throttle": 1}
+    with Connection(lone_redis_url, transport="tasks.broker.transport:Transport",
+                    transport_options=options) as one, \
+            Connection(lone_redis_url, transport="tasks.broker.transport:Transport",
+                       transport_options=options) as two:
+        first, second = one.channel(), two.channel()
+        for n in range(2):
+            one.Producer(first).publish({"n": n}, exchange=queue.exchange,
+                                        routing_key=name, declare=[queue], serializer="json")
+        fetch_v2(r, name, time.time(), holder="w@h|1")  # held, not past the timeout
+        with Consumer(first, [queue], no_ack=False, accept=["json"]), \
+                Consumer(second, [queue], no_ack=False, accept=["json"]):
+            r.config_resetstat()
+            first.qos.restore_visible()
+            assert r.info("commandstats")["cmdstat_evalsha"]["calls"] == 1
+            r.config_resetstat()
+            second.qos.restore_visible()
+            assert {k.removeprefix("cmdstat_"): v["calls"]
+                    for k, v in r.info("commandstats").items()
+                    if k != "cmdstat_config|resetstat"} == {"exists": 1, "set": 1}
+            late = fetch_v2(r, name, time.time() - 120, holder="w@h|1")
+            time.sleep(1.0)
+            second.qos.restore_visible()
+        assert r.hget(HELD_KEY, late) is None and r.llen(name) == 1
+    r.close()
+
+
 def test_a_warm_stop_s_running_messages_are_left_to_the_visibility_timeout(
         r: redis.Redis) -> None:
     """UNHOLD (a warm stop's running tasks): the holder dropped, the record kept, unswept."""
