@@ -27,7 +27,7 @@ from typing import TYPE_CHECKING, Any
 
 from bench.chaos_fleet import SIMULATED_TEXT
 from devkit.cer import cer
-from tasks.broker.layout import LAYOUT_KEY
+from tasks.broker.layout import HELD_KEY, LAYOUT_KEY, UNACKED_KEYS
 
 if TYPE_CHECKING:
     import redis
@@ -178,7 +178,7 @@ def _keys(store: redis.Redis, jobs: list[Job]) -> dict[str, Any]:
     counted = 0
     for raw in store.scan_iter(count=1000):
         key = raw.decode(errors="replace")
-        if key.startswith("_kombu.") or key in ("unacked", "unacked_index", "unacked_mutex"):
+        if key.startswith("_kombu.") or key in (HELD_KEY, *UNACKED_KEYS):
             continue  # the broker's own bookkeeping
         if key.startswith(("ocr:blob:", "ocr:api:upload:")):
             inputs_left.append(key)

@@ -22,12 +22,13 @@ from pathlib import Path
 
 from devkit.harness import ROOT
 
-COMMIT = "296bb115856bd2d60dc78adc4be40c744590326c"
+COMMIT = "9cb8c70e04a417d33d081a070ae168576ff73314"
 # Its subject: a history whose commit ids were rewritten (a re-seeded mirror) still
 # holds the release under it, and `resolve` finds it there.
-SUBJECT = ("Tests: one lone_redis_url fixture in conftest (a redis-server of the test's own) "
-           "for the lanes' and the poller's tests, one walk over tasks/' imports for the "
-           "override test's two checks; the poller's registration loop reads the fds alone")
+SUBJECT = ("Review: BatchStore.settled (one job) removed, its test calls settle as the driver "
+           "does; a binding's table entry spelled by one function (binding_expiry.member) "
+           "for its declare and its refresh; the poller's docstring says what a turn costs "
+           "the bindings' keeper when nothing is due")
 
 
 class ReleaseMissing(RuntimeError):

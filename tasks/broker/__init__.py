@@ -7,24 +7,30 @@ Who runs what:
   `lanes.push_command`, and the doorbell's ring, `doorbells`), which the worker's
   channel of `fetching` extends; behind Sentinel through `sentinel_transport`.
 - the worker parent, the one process that consumes: the fetch (`lanes.FETCH`,
-  recorded with its holder and popped in one step; idle, one EXISTS), the long wait on
+  held in one record with its holder and popped in one step, `held`; idle, one
+  EXISTS), the long wait on
   doorbells (`ocr_idle_wait`, 10 s in workers), the checks and dead letters
   (`refusals`, `oversized`), acknowledgements and what a lost connection leaves
   (`unsettled`), and, on its heartbeat, the sweep of dead holders' messages (`holders`).
 - the Procfile `metrics` process: `queue_depth` (the figure KEDA scales on) and
   `fleet_metrics` (Redis health, oldest messages, workers per queue, dead letters).
 - the Redis container's start-up and the kits: `redis_acl` (each role's Redis user).
-- the worker parent as it starts: `stored_layout` (the layout version this Redis
-  holds: stored where none is; a newer one than this release reads stops the worker).
+- the worker parent as it starts: `stored_layout` (the oldest layout version a worker
+  must read on this Redis: stored where none is; a newer one than this release reads
+  stops the worker).
 
 Every script of the broker is a `scripts.Script`, sent as EVALSHA and loaded (SCRIPT
 LOAD) by each process before its first run on a pool, and again where the server
 answers NOSCRIPT (a restart, a failover). No key carries a global prefix (the
 transport refuses `global_keyprefix`: a service has its own database or ACL user). No
-script reads the envelope: the fetch records a message under a delivery tag the worker
-chose, as `[message, "", queue]` (the restore sends it back to the queue it came from);
-records of the envelope's tag, exchange and routing key (a `basic_get`'s, or a stock
-kombu worker's) are acknowledged and restored alike.
+script reads the envelope: the fetch holds a message under a delivery tag the worker
+chose, in one record whose head says when it was taken, by whom and from where, then
+`[message, "", queue]` (the restore sends it back to the queue it came from); records
+of the envelope's tag, exchange and routing key (a `basic_get`'s, or a stock kombu
+worker's in `unacked`) are acknowledged and restored alike. A worker of the release
+before (layout version 1, during an upgrade) keeps the same in kombu's `unacked`,
+`unacked_index` and `unacked_holders`: this release's workers restore, sweep and count
+those too, and write none.
 
 The key layout, owned by `layout` (nothing else spells these names):
 
@@ -37,13 +43,16 @@ The key layout, owned by `layout` (nothing else spells these names):
     ocr:lanes:<step>:turn            hash    the fetch             the fetch
     ocr:lanes:<step>:count           hash    push +1, fetch -1     the fetch
     ocr:lane-weights                 hash    the API's tokens      the fetch
-    unacked                          hash    the fetch (tag ->     acks, restores, queue
-                                              [msg, "", queue])     depth's running count
-    unacked_index                    zset    the fetch (tag->time) the restore sweep
-    unacked_mutex                    string  the restore sweep     the restore sweep
-    unacked_holders                  hash    the fetch (tag ->     the holders' sweep;
-                                              holder, src, ring,    dropped with the
-                                              client)               unacked record
+    unacked_held                     hash    the fetch (tag ->     acks (one HDEL), the
+                                              time, holder, src,    restores, the holders'
+                                              ring, client; then    sweep, queue depth's
+                                              [msg, "", queue])     running count
+    unacked, unacked_index,          hash,   the release before    the restores, the
+      unacked_holders (layout 1)     zset,    (layout 1) only       holders' sweep, queue
+                                     hash                           depth (`unacked`)
+    unacked_mutex                    string  the visibility look   the visibility look
+                                              (SET NX PX: one a     (a worker's, every 5 s
+                                              fleet an interval)    while one is held)
     unacked_sweep                    string  the holders' sweep    the holders' sweep
                                               (SET NX PX lock)
     ocr:workers (tasks/state)        hash    heartbeats (node ->   the holders' sweep
@@ -60,7 +69,9 @@ The key layout, owned by `layout` (nothing else spells these names):
     _kombu.binding_deadlines         zset    the same (exchange    stock kombu 5.7
                                               -> deadline)          clients' sweep
     ocr:layout                       string  the first worker to   each worker's start
-                                              start (SET NX: 1)     (`stored_layout`)
+                                              start (SET NX: the    (`stored_layout`)
+                                              oldest layout read,
+                                              1)
 
 The transport is our own (`transport.Transport`, registered as `ocr-redis`: Celery's
 `broker_transport`), built on kombu's virtual transport, not on kombu's Redis transport,
@@ -76,7 +87,7 @@ which nothing here imports. Its layers, each a module:
   loop (kombu's `register_with_event_loop`) or by `drain_events`;
 - `binding_expiry`: the bindings of queues with x-expires (Celery's event and mailbox
   queues): their deadlines, raised by their consumers, and the sweep of dead ones;
-- `unsettled.QoS`: the `unacked` records, their acknowledgement and restore;
+- `unsettled.QoS`: the held records (`held`), their acknowledgement and restore;
 - `sentinel_transport`: the same on redis-py's Sentinel-managed pools.
 
 The names of kombu's virtual transport it overrides or relies on are `KOMBU_HOOKS`,
@@ -94,12 +105,13 @@ No name of redis-py's is overridden, and only its public API is called: a messag
 longer than the worker's bound (`ocr_max_message_bytes`) is cut on the server by the
 scripts that pop it for a worker (the fetch and `Channel._get`'s: `oversized`), which
 send its first and last bytes and its length, never its body. Nothing else hands a
-worker a whole message from Redis: the restore reads `unacked` records (HGET), and
-only messages within the bound are recorded (the fetch records none larger, and
-`QoS.append` only a message `_admit` took); the holders' sweep returns
-delivery tags; a broadcast (PUBLISH: remote control) comes on the channel's PUB/SUB
-connection, and Redis's `client-output-buffer-limit pubsub` bounds it (by default a
-subscriber whose pending output passes 32 MB is disconnected instead of sent it).
+worker a whole message from Redis: the restore reads held records (HGET), and only
+messages within the bound are held (the fetch holds none larger, and `QoS.append` only
+a message `_admit` took); the holders' sweep and the visibility timeout's look read the
+records' heads on the server and return delivery tags; a broadcast (PUBLISH: remote
+control) comes on the channel's PUB/SUB connection, and Redis's
+`client-output-buffer-limit pubsub` bounds it (by default a subscriber whose pending
+output passes 32 MB is disconnected instead of sent it).
 """
 
 # The kombu minors (and celery's, which go with them) whose virtual transport the names

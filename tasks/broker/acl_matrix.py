@@ -37,7 +37,7 @@ FAMILIES: tuple[KeyFamily, ...] = (
                                            layout.lanes_key(3), layout.lanes_key(3) + ":turn")),
     KeyFamily("doorbells", (layout.wake_key("ocr"),)),
     KeyFamily("the key layout's version", (layout.LAYOUT_KEY,)),
-    KeyFamily("unacknowledged messages", (layout.UNACKED_KEY,)),
+    KeyFamily("unacknowledged messages", (layout.HELD_KEY, layout.UNACKED_KEY)),
     KeyFamily("their index, holders, restore mutex, sweep lock",
               (layout.UNACKED_INDEX_KEY, layout.UNACKED_MUTEX_KEY, layout.HOLDERS_KEY,
                layout.SWEEP_LOCK_KEY)),

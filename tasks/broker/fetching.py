@@ -11,7 +11,7 @@ as its ends and its length alone: the scripts that pop it (the fetch, and `_get`
 never send it whole (tasks/broker/oversized.py).
 
 Taking a message is one atomic step on the server (`lanes.FETCH`): the script
-records it in the `unacked` hash and index, under a delivery tag the worker chose
+holds it in one record (tasks/broker/held.py), under a delivery tag the worker chose
 (the one it delivers the message under: Lua never reads the envelope), and pops it
 (a BRPOP, then a record written by the worker, would lose a message when Redis or the
 worker parent dies between the two); one whose worker never reads the reply is
@@ -213,7 +213,7 @@ class Channel(PublishingChannel):
                      for pri in self.priority_steps
                      for queue in sorted(queues, key=lambda q: not lanes.laned(q))]
             command = lanes.fetch_command(
-                self._key(""), (self.unacked_key, self.unacked_index_key), lists,
+                self._key(""), self.qos.held_key, lists,
                 time.time(), self.ocr_max_message_bytes,
                 probe=not (self._busy or self._woken), woken=self._woken,
                 holder=holders.holder(), sep=self.sep, acks=self.qos.take_due())

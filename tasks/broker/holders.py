@@ -4,13 +4,15 @@ Runs in the worker parent: the one process that consumes (the fetch names it as 
 holder) and that writes the node's presence record (tasks/queue/presence.py, whose
 heartbeat drives the sweep). Clients and RabbitMQ workers never use it.
 
-The fetch (tasks/broker/lanes.py, `FETCH`) writes, in the same script call that
-records a message in kombu's `unacked` hash, the message's holder in the hash
-`unacked_holders` under the same delivery tag: `<node>|<parent pid>`, then the key it
-was taken from (the client's lane, or the list itself), the ring of its priority step
-and its client, one per line. Every path that drops the `unacked` record (ack, reject,
-restore, the visibility timeout's restore) drops the holder in the same MULTI
-(tasks/broker/unsettled.py, `QoS.unrecord`).
+The fetch (tasks/broker/lanes.py, `FETCH`) holds each message it takes in one record
+(tasks/broker/held.py) whose head names its holder, `<node>|<parent pid>`, then the
+key it was taken from (the client's lane, or the list itself), the ring of its
+priority step and its client. Every path that drops the record (ack, reject,
+restore, the visibility timeout's restore: tasks/broker/unsettled.py) drops the
+holder with it. A worker of layout version 1 (the release before, during an upgrade)
+keeps the holder apart, in the hash `unacked_holders` (the same lines, less the
+time), beside its record in `unacked` and the time in `unacked_index`: the sweep reads
+both layouts.
 
 A holder is alive while its node's presence record (tasks/state/liveness.py: field
 node -> `{"expires", "pid", ...}`, refreshed by every heartbeat) names its pid and
@@ -20,9 +22,9 @@ third of that window whether the sweep is due: the first to take the lock
 others; it lapses, never deleted, so one sweep runs per interval; a value without
 an expiry is none of a sweeper's and is taken over) reads the presence records
 and runs `SWEEP`, which puts every message of a dead holder back at the front
-of the lane (or list) it was taken from, and drops its `unacked` record, index entry
-and holder, in one atomic step (it returns their delivery tags: no message leaves
-Redis). A holder whose node has no record at all counts as
+of the lane (or list) it was taken from, and drops its record, in one atomic step
+(it reads the records' heads on the server and returns their delivery tags: no
+message leaves Redis). A holder whose node has no record at all counts as
 dead once its message was taken more than the window ago (a worker's first fetch may
 come just before its first record is visible). The visibility timeout stays the
 backstop for a live worker that stops acknowledging. A graceful stop (warm shutdown)
@@ -42,13 +44,18 @@ from typing import Any
 
 import redis
 
-from tasks.broker.layout import HOLDERS_KEY, SWEEP_LOCK_KEY, UNACKED_INDEX_KEY, UNACKED_KEY
+from tasks.broker.held import HEAD_LUA
+from tasks.broker.layout import (
+    SWEEP_LOCK_KEY,
+    UNACKED_INDEX_KEY,
+    UNACKED_KEY,
+    held_key,
+    holders_key,
+)
 from tasks.broker.scripts import Script
 from tasks.state.keys import WORKERS_KEY
 
 log = logging.getLogger(__name__)
-
-HOLDERS_SUFFIX = HOLDERS_KEY[len(UNACKED_KEY):]  # beside kombu's `unacked` hash
 
 # A sweep is due up to SLACK s early (it runs on a heartbeat), and its lock lapses
 # SLACK s before the next is due: one sweep per interval, on the heartbeat nearest it.
@@ -68,15 +75,13 @@ def holder() -> str:
     return f"{_node}|{os.getpid()}" if _node else ""
 
 
-def holders_key(unacked_key: str) -> str:
-    return unacked_key + HOLDERS_SUFFIX
-
-
-# KEYS[1] holders, KEYS[2] kombu's unacked hash, KEYS[3] its index (score: when taken).
+# KEYS[1] the held records (tasks/broker/held.py); layout version 1's: KEYS[2] its
+# holders, KEYS[3] kombu's unacked hash, KEYS[4] its index (score: when taken).
 # ARGV[1]: the cutoff (a message taken before it whose node has no presence record is
 # swept); ARGV[2..]: "L<node>|<pid>" a live holder, "K<node>" a node with a record.
-# Returns the delivery tags put back.
-SWEEP = Script(r"""
+# Returns the delivery tags put back. A held record without a holder is left to the
+# visibility timeout; a version 1 holder without its record is dropped.
+SWEEP = Script(HEAD_LUA + r"""
 local live, known = {}, {}
 for i = 2, #ARGV do
   local kind, name = string.sub(ARGV[i], 1, 1), string.sub(ARGV[i], 2)
@@ -84,33 +89,48 @@ for i = 2, #ARGV do
 end
 local cutoff = tonumber(ARGV[1])
 local back = {}
-local flat = redis.call('HGETALL', KEYS[1])
+-- whether `who` is dead (`taken`: when its message was taken, read when asked)
+local function dead(who, node, taken)
+  if live[who] or live[node .. '|*'] then return false end
+  return known[node] or (tonumber(taken()) or 0) < cutoff
+end
+-- kombu's record's message back at the front of `src` (its client back in the ring)
+local function put_back(tag, record, at, src, ring, client)
+  local item = string.match(record, '^%[(.*), "[^"\\]*", "[^"\\]*"%]$', at)
+  if not item then return false end
+  redis.call('RPUSH', src, item)
+  if client ~= '' and ring ~= '' then
+    if redis.call('HINCRBY', ring .. ':count', client, 1) == 1
+        and not redis.call('LPOS', ring, client) then
+      redis.call('RPUSH', ring, client)
+    end
+  end
+  back[#back + 1] = tag
+  return true
+end
+local held = redis.call('HGETALL', KEYS[1])
+for j = 1, #held, 2 do
+  local tag, value = held[j], held[j + 1]
+  local taken, who, src, ring, client, at = head(value)
+  local node = who and string.match(who, '^(.*)|[^|]*$')
+  if node and src ~= '' and dead(who, node, function() return taken end)
+      and put_back(tag, value, at, src, ring, client) then
+    redis.call('HDEL', KEYS[1], tag)
+  end
+end
+local flat = redis.call('HGETALL', KEYS[2])
 for j = 1, #flat, 2 do
   local tag, value = flat[j], flat[j + 1]
   local who, src, ring, client = string.match(value, '^([^\n]*)\n([^\n]*)\n([^\n]*)\n(.*)$')
   local node = who and string.match(who, '^(.*)|[^|]*$')
-  local record = redis.call('HGET', KEYS[2], tag)
+  local record = redis.call('HGET', KEYS[3], tag)
   if not record or not node then
-    redis.call('HDEL', KEYS[1], tag)
-  elseif not (live[who] or live[node .. '|*']) then
-    local dead = known[node]
-    if not dead then
-      dead = (tonumber(redis.call('ZSCORE', KEYS[3], tag)) or 0) < cutoff
-    end
-    local item = string.match(record, '^%[(.*), "[^"\\]*", "[^"\\]*"%]$')
-    if dead and item then
-      redis.call('RPUSH', src, item)
-      if client ~= '' and ring ~= '' then
-        if redis.call('HINCRBY', ring .. ':count', client, 1) == 1
-            and not redis.call('LPOS', ring, client) then
-          redis.call('RPUSH', ring, client)
-        end
-      end
-      redis.call('ZREM', KEYS[3], tag)
-      redis.call('HDEL', KEYS[2], tag)
-      redis.call('HDEL', KEYS[1], tag)
-      back[#back + 1] = tag
-    end
+    redis.call('HDEL', KEYS[2], tag)
+  elseif dead(who, node, function() return redis.call('ZSCORE', KEYS[4], tag) end)
+      and put_back(tag, record, 1, src, ring, client) then
+    redis.call('ZREM', KEYS[4], tag)
+    redis.call('HDEL', KEYS[3], tag)
+    redis.call('HDEL', KEYS[2], tag)
   end
 end
 return back
@@ -157,7 +177,8 @@ class HolderSweep:
 
     `broker`: a client of the broker's Redis; `presence`: of the Redis that keeps the
     presence records (often the same server). `prefix`, `unacked`, `index`: kombu's
-    global key prefix and its unacked hash and index names.
+    global key prefix and its unacked hash and index names (the held records' hash
+    beside them; layout version 1's records in them).
     """
 
     def __init__(self, broker: redis.Redis, presence: redis.Redis, window: float,
@@ -168,7 +189,8 @@ class HolderSweep:
         self.window = window
         self.interval = max(window / 3, 2 * SLACK)
         self._ttl = presence_ttl
-        self._keys = [prefix + holders_key(unacked), prefix + unacked, prefix + index]
+        self._keys = [prefix + held_key(unacked), prefix + holders_key(unacked),
+                      prefix + unacked, prefix + index]
         self._lock = prefix + SWEEP_LOCK_KEY
         self._token = uuid.uuid4().hex
         self._next = time.monotonic() + self.interval
@@ -189,7 +211,7 @@ class HolderSweep:
         if not TAKE.run(self._broker, [self._lock],
                         [self._token, int((self.interval - SLACK) * 1000)]):
             return []
-        if not self._broker.hlen(self._keys[0]):  # nothing held anywhere (an idle fleet)
+        if not self._broker.exists(*self._keys[:2]):  # nothing held (an idle fleet)
             return []
         now = time.time() if now is None else now
         records = self._presence.hgetall(WORKERS_KEY)

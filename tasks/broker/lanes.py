@@ -78,7 +78,7 @@ end
 return 1
 """)
 
-# Takes the next message of the lists KEYS[3..] (kombu's BRPOP order: highest priority
+# Takes the next message of the lists KEYS[2..] (kombu's BRPOP order: highest priority
 # first). For list i (from 0): ARGV[4+4i] is "1" for a consumer that acknowledges,
 # ARGV[5+4i] the ring of its priority step ("" for a list of a step with no lanes: its
 # tail is taken as kombu would), ARGV[6+4i] the prefix of its lanes' keys ("" for a
@@ -89,39 +89,36 @@ return 1
 # themselves) takes it; its turn (hash ring..':turn') starts at
 # its weight (hash ARGV[3]) and loses a page per message; at 0 the client goes to the
 # ring's end; with nothing left in any queue (hash ring..':count') it leaves the ring.
-# Key names other than the lists are arguments: Redis checks declared keys for
-# writing, and a worker may only read the weights. Where acknowledged, the message is
-# recorded in kombu's `unacked` hash (KEYS[1]: [message, "", queue], restored to the
-# queue it was taken from) and index (KEYS[2], score ARGV[1]) under the delivery tag
-# the worker chose (ARGV[7+4n], which it hands on as the message's), in the same
-# atomic step as its pop: a server that refuses writes (a read-only replica, too few
-# replicas, out of memory) refuses the script's first write, so it takes nothing, and
-# a script that has written goes on to its end. A client's lanes are popped by one
-# LMPOP (the first of them, in the lists' order, that holds a message). The
-# envelope is never read here. A message larger than ARGV[2] bytes (0: no bound), or
-# that is no JSON object by its first and last bytes, is popped unrecorded (the worker
-# refuses it); a larger one is returned as its ends and its length alone, never whole
-# (`bounded`: tasks/broker/oversized.py). Returns {list, message, tag or ""}, or nil;
-# with the ARGV after the lists' "1" (a fetch woken by a doorbell, ARGV[5+4n]), a 4th:
-# how many lists and rings still hold messages. With ARGV[4+4n] "1", an idle fetch
-# costs one EXISTS over every list and ring; a ring with nothing in its lists and no
-# client costs one EXISTS; a list's tail is read only when its anonymous lane's turn
-# comes (or its ring has no clients). ARGV[6+4n], when not empty, names the holder
-# (`<node>|<pid>`, tasks/broker/holders.py): a recorded message's holder, the key it
-# was taken from, its step's ring and its client go to KEYS[1]..'_holders' under its
-# tag. ARGV[8+4n..]: delivery tags this worker acknowledges first (their records,
-# index entries and holders dropped: the acknowledgements of the tasks that ended
-# since the last fetch, in its round trip).
+# Key names other than the lists and the held hash are arguments: Redis checks
+# declared keys for writing, and a worker may only read the weights. Where
+# acknowledged, the message is held in KEYS[1] (tasks/broker/held.py: one HSET of its
+# head, taken at ARGV[1], its holder ARGV[6+4n] (`<node>|<pid>`,
+# tasks/broker/holders.py; "" for none), the key it was taken from, its step's ring
+# and its client, then `[message, "", queue]`, restored to the queue it was taken
+# from) under the delivery tag the worker chose (ARGV[7+4n], which it hands on as the
+# message's), in the same atomic step as its pop: a server that refuses writes (a
+# read-only replica, too few replicas, out of memory) refuses the script's first
+# write, so it takes nothing, and a script that has written goes on to its end. A
+# client's lanes are popped by one LMPOP (the first of them, in the lists' order,
+# that holds a message). The envelope is never read here. A message larger than
+# ARGV[2] bytes (0: no bound), or that is no JSON object by its first and last bytes,
+# is popped unrecorded (the worker refuses it); a larger one is returned as its ends
+# and its length alone, never whole (`bounded`: tasks/broker/oversized.py). Returns
+# {list, message, tag or ""}, or nil; with the ARGV after the lists' "1" (a fetch woken
+# by a doorbell, ARGV[5+4n]), a 4th: how many lists and rings still hold messages.
+# With ARGV[4+4n] "1", an idle fetch costs one EXISTS over every list and ring; a ring
+# with nothing in its lists and no client costs one EXISTS; a list's tail is read only
+# when its anonymous lane's turn comes (or its ring has no clients). ARGV[8+4n..]:
+# delivery tags this worker acknowledges first (one HDEL of their held records: the
+# acknowledgements of the tasks that ended since the last fetch, in its round trip).
 FETCH = Script(BOUND_LUA + r"""
 local limit = tonumber(ARGV[2])
-local lists = #KEYS - 2
+local lists = #KEYS - 1
 local holder = ARGV[6 + 4 * lists] or ''
 local tag = ARGV[7 + 4 * lists] or ''
 if #ARGV > 7 + 4 * lists then
   local done = {unpack(ARGV, 8 + 4 * lists)}
   redis.call('HDEL', KEYS[1], unpack(done))
-  redis.call('ZREM', KEYS[2], unpack(done))
-  redis.call('HDEL', KEYS[1] .. '_holders', unpack(done))
 end
 -- pops `item` from `src`, list i's or its lane (`popped`: LMPOP took it already):
 -- recorded under `tag` where acknowledged
@@ -130,22 +127,19 @@ local function take(src, item, i, ring, client, popped)
     and (limit == 0 or #item <= limit)
     and string.byte(item, 1) == 123 and string.byte(item, -1) == 125
   if recorded then
-    redis.call('ZADD', KEYS[2], ARGV[1], tag)
-    redis.call('HSET', KEYS[1], tag, '[' .. item .. ARGV[7 + 4 * i])
-    if holder ~= '' then
-      redis.call('HSET', KEYS[1] .. '_holders', tag,
-                 holder .. '\n' .. src .. '\n' .. (ring or '') .. '\n' .. (client or ''))
-    end
+    redis.call('HSET', KEYS[1], tag, table.concat({ARGV[1], holder, src, ring or '',
+                                                   client or '', '[' .. item}, '\n')
+                                     .. ARGV[7 + 4 * i])
   end
   if not popped then redis.call('RPOP', src) end
-  return {KEYS[3 + i], bounded(item, limit), recorded and tag or ''}
+  return {KEYS[2 + i], bounded(item, limit), recorded and tag or ''}
 end
 -- serves the lists first..last of one ring
 local function share(ring, first, last)
   local turn, count = ring .. ':turn', ring .. ':count'
   -- one EXISTS: how many of the lists hold messages, plus 1 when the ring has clients
   local keys = {ring}
-  for i = first, last do keys[#keys + 1] = KEYS[3 + i] end
+  for i = first, last do keys[#keys + 1] = KEYS[2 + i] end
   local held = redis.call('EXISTS', unpack(keys))
   if held == 0 then return nil end
   -- the ring's first two clients: its head, and whether it has more than one
@@ -155,12 +149,12 @@ local function share(ring, first, last)
   -- each list's tail, read when asked (false: empty)
   local plain = {}
   local function tail(i)
-    if plain[i] == nil then plain[i] = redis.call('LINDEX', KEYS[3 + i], -1) or false end
+    if plain[i] == nil then plain[i] = redis.call('LINDEX', KEYS[2 + i], -1) or false end
     return plain[i]
   end
   if members == 0 then
     for i = first, last do
-      if tail(i) then return take(KEYS[3 + i], plain[i], i) end
+      if tail(i) then return take(KEYS[2 + i], plain[i], i) end
     end
     return nil
   end
@@ -176,7 +170,7 @@ local function share(ring, first, last)
     local src, item, at, popped = nil, nil, nil, false
     if client == '' then
       for i = first, last do
-        src, item = KEYS[3 + i], tail(i)
+        src, item = KEYS[2 + i], tail(i)
         if item then at = i break end
       end
     else
@@ -242,7 +236,7 @@ end
 -- an idle fetch (asked for by ARGV[4 + 4 * lists]): nothing in any list or ring, one EXISTS
 local probe, seen = {}, {}
 for j = 0, lists - 1 do
-  probe[#probe + 1] = KEYS[3 + j]
+  probe[#probe + 1] = KEYS[2 + j]
   local ring = ARGV[5 + 4 * j]
   if ring ~= '' and not seen[ring] then
     seen[ring] = true
@@ -260,8 +254,8 @@ while i < lists do
   local got = nil
   if ring == '' then
     for j = i, last do
-      local item = redis.call('LINDEX', KEYS[3 + j], -1)
-      if item then got = take(KEYS[3 + j], item, j) break end
+      local item = redis.call('LINDEX', KEYS[2 + j], -1)
+      if item then got = take(KEYS[2 + j], item, j) break end
     end
   else
     got = share(ring, i, last)
@@ -298,7 +292,7 @@ def push_command(prefix: str, list_key: str, step: int, client: str, body: str,
     return PUSH.command(keys, [*args, *more])
 
 
-def fetch_command(prefix: str, unacked: tuple[str, str],
+def fetch_command(prefix: str, held: str,
                   lists: Sequence[tuple[str, int, bool, bool]], now: float,
                   max_bytes: int, probe: bool = True, woken: bool = False,
                   holder: str = "", tag: str | None = None, sep: str = SEP,
@@ -306,21 +300,21 @@ def fetch_command(prefix: str, unacked: tuple[str, str],
     """The EVALSHA of `FETCH` over `lists`, in that order (highest priority first).
 
     Each list: its key, its priority step, whether it has lanes, whether its consumer
-    acknowledges. `prefix`: kombu's global key prefix; `unacked`: kombu's unacked hash
-    and index. `probe`: first one EXISTS over every list and ring, an empty fetch's
+    acknowledges. `prefix`: kombu's global key prefix; `held`: the hash of held messages
+    (tasks/broker/held.py). `probe`: first one EXISTS over every list and ring, an empty fetch's
     whole cost (a fetch likely to find a message leaves it out). `woken`: the reply
     says whether messages are left (a burst rang one doorbell item for all of them).
-    `holder`: recorded beside each message taken ("": none). `tag`: the delivery tag
+    `holder`: recorded in each message's held record ("": none). `tag`: the delivery tag
     a recorded message is recorded and delivered under (None: a new one); `sep`:
     kombu's separator of a queue's name and priority step. `acks`: delivery tags
     acknowledged by the same call, before it fetches. A fetch of lists that
-    are all consumed without acknowledgements names no unacked keys (the first list
-    stands in their places, never written as such): such a consumer (Flower) needs no
-    right on them.
+    are all consumed without acknowledgements names no held hash (the first list
+    stands in its place, never written as such): such a consumer (Flower) needs no
+    right on it.
     """
-    keys = [prefix + unacked[0], prefix + unacked[1]]
+    keys = [prefix + held]
     if lists and not any(ack for *_, ack in lists):
-        keys = [prefix + lists[0][0]] * 2
+        keys = [prefix + lists[0][0]]
     args = [repr(now), str(int(max_bytes or 0)), LANE_WEIGHTS_KEY]
     # a list without lanes at a step with some (a worker's direct queue) is served in
     # that step's ring, as its anonymous lane: one EXISTS covers the step's lists

@@ -20,9 +20,11 @@ from typing import Any
 ROOT = "ocr:"
 
 # kombu's Redis channel: a queue's list for each priority step is the queue's name, then
-# SEP and the step (step 0: the name alone); taken messages wait in UNACKED (hash: tag ->
-# [message, exchange, routing key]) and UNACKED_INDEX (sorted set: tag -> when taken),
-# UNACKED_MUTEX guards their restore; an exchange's bindings in BINDING_PREFIX<exchange>.
+# SEP and the step (step 0: the name alone); kombu keeps taken messages in UNACKED (hash:
+# tag -> [message, exchange, routing key]) and UNACKED_INDEX (sorted set: tag -> when
+# taken), UNACKED_MUTEX guards their restore (this service holds them in HELD_KEY,
+# below, and takes the mutex for an interval: one visibility look of the fleet an
+# interval); an exchange's bindings in BINDING_PREFIX<exchange>.
 SEP = "\x06\x16"
 PRIORITY_STEPS = (0, 3, 6, 9)
 MAX_PRIORITY = 9  # a message's priority is held to 0..9
@@ -37,9 +39,14 @@ BINDING_PREFIX = "_kombu.binding."
 BINDING_PERMANENT_PREFIX = "_kombu.binding_permanent."
 KOMBU_DEADLINES_KEY = "_kombu.binding_deadlines"
 BINDING_EXPIRY_KEY = "_kombu.binding_expiry"
-# Beside kombu's unacknowledged messages: each one's holder (hash: tag -> `<node>|<pid>`,
-# the key it was taken from, its ring, its client; one per line) and the lock of the
-# sweep that puts a dead holder's messages back (tasks/broker/holders.py).
+# The messages workers hold, each in one record (hash: tag -> when it was taken, its
+# holder `<node>|<pid>`, the key it was taken from, its ring, its client, one per line,
+# then `[message, "", queue]`: tasks/broker/held.py), written by the fetch and dropped
+# by the acknowledgement, one command each; and the lock of the sweep that puts a dead
+# holder's messages back (tasks/broker/holders.py). Layout version 1's records of a
+# delivered message are three, still read (acknowledged, restored, swept) beside it:
+# UNACKED, UNACKED_INDEX and HOLDERS (hash: tag -> the head's last four lines).
+HELD_KEY = UNACKED_KEY + "_held"
 HOLDERS_KEY = UNACKED_KEY + "_holders"
 SWEEP_LOCK_KEY = UNACKED_KEY + "_sweep"
 
@@ -48,12 +55,16 @@ WAKE_TTL_MS = 60_000     # a doorbell nobody answered is gone after a minute
 LANE_PREFIX = ROOT + "lane:"          # a client's lane: ocr:lane:<list>:<client>
 LANES_PREFIX = ROOT + "lanes:"        # a priority step's ring: ocr:lanes:<step>[:turn|:count]
 LANE_WEIGHTS_KEY = ROOT + "lane-weights"  # hash: client -> weight (the API's token store)
-# The version of the layout drawn here, stored by the first worker that finds none
-# (tasks/broker/stored_layout.py). Version 1: kombu's lists, the clients' lanes and
-# rings, `unacked` with its holders, and the doorbells, as the release before the
-# stored version wrote them too.
+# The version of the layout drawn here (tasks/broker/stored_layout.py). Version 1:
+# kombu's lists, the clients' lanes and rings, `unacked` with its index and holders,
+# and the doorbells. Version 2: the same, a delivered message held in HELD_KEY alone.
+# The stored one is the oldest version a worker must read to run on this Redis: a
+# worker stores LAYOUT_OLDEST where none is, the oldest version whose workers may run
+# beside this release's (version 1's read none of version 2's records, and version 2's
+# workers sweep and restore both).
 LAYOUT_KEY = ROOT + "layout"
-LAYOUT_VERSION = 1
+LAYOUT_VERSION = 2
+LAYOUT_OLDEST = 1
 DEAD_LETTER_KEY = ROOT + "dead-letter"  # refused broker messages (a capped list)
 DEAD_LETTER_COUNT_KEY = ROOT + "dead-letter:count"  # how many were ever refused
 
@@ -95,6 +106,16 @@ def wake_key(queue: str) -> str:
     message stays one atomic server-side step (tasks/broker/fetching.py).
     """
     return f"{WAKE_PREFIX}{queue}"
+
+
+def held_key(unacked_key: str = UNACKED_KEY) -> str:
+    """The hash of held messages beside kombu's `unacked_key` (`unacked_held`)."""
+    return unacked_key + HELD_KEY[len(UNACKED_KEY):]
+
+
+def holders_key(unacked_key: str = UNACKED_KEY) -> str:
+    """Layout version 1's holders beside kombu's `unacked_key` (`unacked_holders`)."""
+    return unacked_key + HOLDERS_KEY[len(UNACKED_KEY):]
 
 
 def lane_key(list_key: str, client: str) -> str:

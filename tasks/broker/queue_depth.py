@@ -14,9 +14,10 @@ What it counts, for a set of queues, in broker messages, each one unit of work:
   (`ocr:lane:<list>:<client>`, tasks/broker/layout.py), so reading the lists alone
   misses them; a list's lanes are found through its priority step's ring of clients
   (`ocr:lanes:<step>`).
-- **running**: the messages a worker took and has not acknowledged yet (kombu's
-  `unacked` hash: the page a pool child reads, those its worker reserved, a retry
-  waiting for its countdown) whose routing leads to one of the queues. Tasks are
+- **running**: the messages a worker took and has not acknowledged yet (the held
+  records, tasks/broker/held.py, and those of a worker of the release before in
+  kombu's `unacked` hash: the page a pool child reads, those its worker reserved, a
+  retry waiting for its countdown) whose routing leads to one of the queues. Tasks are
   acknowledged late (`task_acks_late`), so a page stays counted until it is done, and
   a pool with work in hand never reads 0.
 
@@ -48,19 +49,22 @@ import redis
 from tasks.broker import layout
 from tasks.broker.layout import lane_key, lanes_key
 
-# Counts the unacked messages by (exchange, routing key), inside Redis: each entry is
-# `[message, exchange, routing_key]` as JSON (kombu's QoS.append), so only its last
-# bytes are read, and only the counts cross the network (a message can be megabytes).
-# Run with EVALSHA_RO: a Redis user that may only read (`metrics`) may run it.
+# Counts the held messages of the hashes KEYS[..] by (exchange, routing key), inside
+# Redis: each entry ends with `[message, exchange, routing_key]` as JSON (kombu's
+# QoS.append; a held record's head before it), so only its last bytes are read, and
+# only the counts cross the network (a message can be megabytes). Run with
+# EVALSHA_RO: a Redis user that may only read (`metrics`) may run it.
 _COUNT_UNACKED = """
 local counts = {}
-for _, tag in ipairs(redis.call('HKEYS', KEYS[1])) do
-  local entry = redis.call('HGET', KEYS[1], tag)
-  if entry then
-    local ex, rk = string.match(string.sub(entry, -600),
-                                ',%s*"([^"]*)"%s*,%s*"([^"]*)"%s*%]%s*$')
-    local pair = (ex or '') .. '\\n' .. (rk or '')
-    counts[pair] = (counts[pair] or 0) + 1
+for k = 1, #KEYS do
+  for _, tag in ipairs(redis.call('HKEYS', KEYS[k])) do
+    local entry = redis.call('HGET', KEYS[k], tag)
+    if entry then
+      local ex, rk = string.match(string.sub(entry, -600),
+                                  ',%s*"([^"]*)"%s*,%s*"([^"]*)"%s*%]%s*$')
+      local pair = (ex or '') .. '\\n' .. (rk or '')
+      counts[pair] = (counts[pair] or 0) + 1
+    end
   end
 end
 local flat = {}
@@ -220,7 +224,8 @@ class QueueDepth:
             return self._redis.eval_ro(script, len(keys), *keys, *args)
 
     def _unacked_by_route(self) -> dict[tuple[str, str], int]:
-        flat = self._read_only(_COUNT_UNACKED, [self._unacked_key])
+        flat = self._read_only(_COUNT_UNACKED,
+                               [layout.held_key(self._unacked_key), self._unacked_key])
         counts: dict[tuple[str, str], int] = {}
         for pair, count in zip(flat[::2], flat[1::2], strict=True):
             exchange, _, routing_key = _text(pair).partition("\n")

@@ -47,9 +47,10 @@ QUEUES = ("ocr", "ocr[^:]*")          # task queues: ocr, ocr-<engine>, ocr-cont
 DIRECT = ("*.dq2*",)                  # each worker's own queue (worker_direct)
 PIDBOX = ("*.celery.pidbox*",)        # remote control: a node's mailbox, replies
 BINDINGS = ("_kombu.*",)              # exchange -> queue tables and their deadlines
-# delivered, not acknowledged; each one's holder and the lock of their sweep
+# delivered, not acknowledged: held (tasks/broker/held.py), or in layout version 1's
+# keys (kombu's unacked hash and index, the holders); the lock of their sweep
 # (tasks/broker/holders.py)
-UNACKED = (*layout.UNACKED_KEYS, layout.HOLDERS_KEY, layout.SWEEP_LOCK_KEY)
+UNACKED = (layout.HELD_KEY, *layout.UNACKED_KEYS, layout.HOLDERS_KEY, layout.SWEEP_LOCK_KEY)
 RESULTS = ("celery-task-meta-*",)     # Celery's results
 WAKE = (layout.WAKE_PREFIX + "*",)    # each queue's doorbell (tasks/broker/layout.py)
 # each client's lane of a queue's list, each priority step's ring of clients, its turn
@@ -75,11 +76,12 @@ SEND = ("lpush", "lpos", "rpush", "hincrby", "lrange", "llen", "ltrim", "pexpire
         "sadd", "smembers", "zadd", "time", "exists",
         "eval", "evalsha", "script|load", "script|exists", "multi", "exec", "discard",
         "publish", "subscribe", "unsubscribe", "get", "mget", "wait", "info")
-# What a consuming worker adds: the atomic fetch (a Lua script: LINDEX, ZADD, HSET,
+# What a consuming worker adds: the atomic fetch (a Lua script: LINDEX, HSET, HDEL,
 # RPOP; a client's lanes: LMPOP; the lanes' ring: LRANGE, LPOS, LREM, RPUSH, HINCRBY,
 # HDEL), doorbells (BLPOP),
-# acknowledgements and restores (HGET, HDEL, ZREM, ZRANGE, WATCH), the sweep of dead
-# holders' messages (a Lua script: SET NX PX, HGETALL, ZSCORE, RPUSH), the sweep of
+# acknowledgements and restores (HGET, HDEL, ZREM, WATCH; the visibility timeout's look,
+# EXISTS and a Lua script: HGETALL, ZRANGE), the sweep of dead
+# holders' messages (a Lua script: SET NX PX, HGETALL, HGET, ZSCORE, RPUSH), the sweep of
 # expired queues' bindings (a Lua script: TIME, ZRANGEBYSCORE, SISMEMBER, SREM, ZREM),
 # remote control (PSUBSCRIBE), results and job state (an input read to its bound: GETRANGE).
 CONSUME = ("rpop", "lmpop", "rpush", "lrem", "lpos", "lindex", "lrange", "blpop", "hset",
@@ -198,13 +200,14 @@ USERS: tuple[RedisUser, ...] = (
         channels=(EVENTS, CONTROL_CHANNEL)),
     RedisUser(
         "metrics", "the metrics exporter (Procfile `metrics`): reads only",
-        # the running count is a read-only Lua script over kombu's `unacked` hash
+        # the running count is a read-only Lua script over the held messages' hashes
         # LINDEX: the oldest waiting message (a read-only script); INFO: Redis's memory
         # LRANGE: the lanes of each list's ring (a read-only script)
         ("llen", "lindex", "lrange", "get", "smembers", "hgetall", "hget", "hkeys", "eval_ro",
          "evalsha_ro", "info", "hlen"),
-        read_keys=(*QUEUES, *LANES, *BINDINGS, layout.UNACKED_KEY, "ocr:metrics:*",
-                   "ocr:workers", *DEAD_LETTERS, *_BATCHES, "ocr:golden:*")),
+        read_keys=(*QUEUES, *LANES, *BINDINGS, layout.HELD_KEY, layout.UNACKED_KEY,
+                   "ocr:metrics:*", "ocr:workers", *DEAD_LETTERS, *_BATCHES,
+                   "ocr:golden:*")),
     RedisUser(
         "keda", "KEDA's `redis` trigger, for a ScaledObject that reads a queue's length "
         "itself (the kit's read the exporter)",

@@ -35,8 +35,8 @@ from kombu.transport import virtual
 from kombu.utils.encoding import bytes_to_str
 from kombu.utils.json import dumps, loads
 
-from tasks.broker.holders import holders_key
-from tasks.broker.scripts import Script
+from tasks.broker import held
+from tasks.broker.layout import held_key, holders_key
 
 log = logging.getLogger(__name__)
 
@@ -120,28 +120,31 @@ def settle(qos: Any, client: Any, connection_errors: tuple[type[BaseException], 
 
 
 def _restore(qos: Any, client: Any, tag: str) -> None:
-    if client.hexists(qos.unacked_key, tag):
+    if client.hexists(qos.held_key, tag):
         qos.restore_by_tag(tag, client)
         log.warning("message %s, unsettled when the broker connection was lost, is back "
                     "on its queue", tag)
 
 
-# Releases the restore's mutex (KEYS[1]) only while it holds this holder's token.
-RELEASE = Script("if redis.call('GET', KEYS[1]) == ARGV[1] then "
-                 "return redis.call('DEL', KEYS[1]) end return 0")
+# The restore's mutex lapses this long before the next worker's look is due: one look
+# of the fleet an interval, on the tick nearest it.
+LOOK_SLACK = 0.5
 
 
 class QoS(virtual.QoS):  # the transport's (tasks/broker/fetching.py)
-    """Taken messages recorded in `unacked` until acknowledged, restored when lost.
+    """Taken messages held (tasks/broker/held.py) until acknowledged, restored when lost.
 
-    A message the fetch took is recorded by the fetch itself (`lanes.FETCH`, with its
-    holder); one taken by `basic_get` is recorded here.
+    A message the fetch took is held by the fetch itself (`lanes.FETCH`, with its
+    holder); one taken by `basic_get` is held here, without a holder. An
+    acknowledgement drops the held record, one HDEL.
 
     What a lost connection leaves unsettled (acknowledgements around it, messages no
     child started) is settled by the next channel (this module); a task running at
-    the loss is never restored then. A restore reads each `unacked` record whole
-    (HGET): only messages within the worker's bound are recorded (the fetch records
-    none larger; `append` only a message the channel's checks took).
+    the loss is never restored then. A restore reads each held record whole (HGET):
+    only messages within the worker's bound are held (the fetch holds none larger;
+    `append` only a message the channel's checks took). Records of layout version 1
+    (`unacked`, its index and holders: a worker of the release before took the
+    message) are restored too, by tag and by the visibility timeout.
     """
 
     restore_at_shutdown = True
@@ -150,12 +153,13 @@ class QoS(virtual.QoS):  # the transport's (tasks/broker/fetching.py)
     def append(self, message: Any, delivery_tag: str) -> None:
         if delivery_tag is not None and delivery_tag != getattr(self.channel, "_taken", None):
             info = message.delivery_info
-            self._client().pipeline(transaction=False) \
-                .zadd(self.unacked_index_key, {delivery_tag: time.time()}) \
-                .hset(self.unacked_key, delivery_tag, dumps(
-                    [message.serializable(), info["exchange"], info["routing_key"]])) \
-                .execute()
+            self._client().hset(self.held_key, delivery_tag, held.value(time.time(), dumps(
+                [message.serializable(), info["exchange"], info["routing_key"]])))
         super().append(message, delivery_tag)
+
+    @cached_property
+    def held_key(self) -> str:
+        return held_key(self.unacked_key)
 
     @cached_property
     def unacked_key(self) -> str:
@@ -166,32 +170,47 @@ class QoS(virtual.QoS):  # the transport's (tasks/broker/fetching.py)
         return str(self.channel.unacked_index_key)
 
     def unrecord(self, delivery_tag: str, pipe: Any = None) -> Any:
-        """Drop the record of `delivery_tag`: its message, index entry and holder.
+        """Drop the held record of `delivery_tag` (one HDEL).
 
-        In the caller's MULTI (a restore), or alone (an ack, a reject) in one round trip
-        without MULTI, the record first. A part of it done alone leaves nothing to
-        deliver again: an index entry without its record is dropped by the restore, a
-        holder without its record by the holders' sweep (tasks/broker/holders.py).
+        In the caller's MULTI (a restore), or alone (an ack, a reject). A worker of this
+        release acknowledges only messages it took: each one held by this layout.
         """
         if pipe is None:
             pipe = self._client().pipeline(transaction=False)
+        return pipe.hdel(self.held_key, delivery_tag)
+
+    def unrecord_v1(self, delivery_tag: str, pipe: Any) -> Any:
+        """Drop layout version 1's record of `delivery_tag`: message, index entry, holder."""
         return pipe.hdel(self.unacked_key, delivery_tag) \
             .zrem(self.unacked_index_key, delivery_tag) \
             .hdel(holders_key(self.unacked_key), delivery_tag)
 
     def restore_by_tag(self, tag: str, client: Any = None, leftmost: bool = False) -> None:
-        """The message of `tag` back on its queues, its record dropped, in one MULTI."""
+        """The message of `tag` back on its queues, its record dropped, in one MULTI.
+
+        Its held record, or else layout version 1's (a worker of the release before
+        took it). A held value without its head is dropped, not restored.
+        """
 
         def restore(pipe: Any) -> None:
-            raw = pipe.hget(self.unacked_key, tag)
-            pipe.multi()
-            self.unrecord(tag, pipe)
-            if raw:
-                payload, exchange, routing_key = loads(bytes_to_str(raw))
+            raw = pipe.hget(self.held_key, tag)
+            if raw is not None:
+                found = held.parse(raw)
+                record = found.record if found else None
+                if found is None:
+                    log.error("held record %s has no head; dropped", tag)
+                pipe.multi()
+                self.unrecord(tag, pipe)
+            else:
+                record = pipe.hget(self.unacked_key, tag)
+                pipe.multi()
+                self.unrecord_v1(tag, pipe)
+            if record:
+                payload, exchange, routing_key = loads(bytes_to_str(record))
                 self.channel.restore_payload(payload, exchange, routing_key, pipe, leftmost)
 
         with self.channel.conn_or_acquire(client) as conn:
-            conn.transaction(restore, self.unacked_key)
+            conn.transaction(restore, self.held_key, self.unacked_key)
 
     def _client(self) -> Any:
         """The channel's client for acknowledgements and restores."""
@@ -268,9 +287,12 @@ class QoS(virtual.QoS):  # the transport's (tasks/broker/fetching.py)
         """Messages taken longer ago than the visibility timeout back on their queues.
 
         Every `unacked_restore_throttle` call (every `unacked_restore_interval` s, on
-        every worker): one read of the index first, and only a message past the timeout
-        takes the mutex (one worker restores at a time). A channel that acknowledges
-        nothing (Flower's) leaves the restores to the workers.
+        every worker): an EXISTS first (nothing held: its whole cost), then the mutex,
+        taken for the interval and left to lapse, so that one worker of the fleet looks
+        each interval (the look, `held.VISIBLE`, reads every held record's head and
+        layout version 1's index on the server and sends back the delivery tags past
+        the timeout; each restore is atomic, `restore_by_tag`). A channel that
+        acknowledges nothing (Flower's) leaves the restores to the workers.
         """
         interval = interval or int(self.channel.unacked_restore_throttle) or 1
         self._restore_calls += 1
@@ -280,22 +302,17 @@ class QoS(virtual.QoS):  # the transport's (tasks/broker/fetching.py)
             return
         client = self._client()
         ceiling = time.time() - float(self.channel.visibility_timeout)
-        if not client.zrange(self.unacked_index_key, "-inf", ceiling, byscore=True,
-                             offset=0, num=1):
+        keys = [self.held_key, self.unacked_index_key]
+        if not client.exists(*keys):  # nothing held (an idle fleet): one command
             return
-        token = uuid.uuid4().hex
-        mutex = str(self.channel.unacked_mutex_key)
-        if not client.set(mutex, token, nx=True, ex=int(self.channel.unacked_mutex_expire)):
-            return  # another worker restores now
-        try:
-            limit = num if num is not None else self.channel.unacked_restore_limit
-            visible = client.zrange(self.unacked_index_key, ceiling, 0, desc=True,
-                                    byscore=True, offset=start if limit else None,
-                                    num=limit or None)
-            for tag in visible or ():
-                self.restore_by_tag(bytes_to_str(tag), client)
-        finally:
-            RELEASE.run(client, [mutex], [token])
+        every = float(self.channel.unacked_restore_interval) * interval
+        if not client.set(str(self.channel.unacked_mutex_key), uuid.uuid4().hex, nx=True,
+                          px=max(int((every - LOOK_SLACK) * 1000), 1)):
+            return  # another worker looked within the interval
+        limit = num if num is not None else self.channel.unacked_restore_limit
+        visible = held.VISIBLE.run(client, keys, [repr(ceiling), start + limit if limit else 0])
+        for tag in visible[start:]:
+            self.restore_by_tag(bytes_to_str(tag), client)
 
     def restore_unacked(self, client: Any = None) -> None:
         # At the channel's close: messages no child started go back to their queues
@@ -305,7 +322,7 @@ class QoS(virtual.QoS):  # the transport's (tasks/broker/fetching.py)
         try:
             with self.channel.conn_or_acquire(client) as conn:
                 if running:  # a stop: running tasks keep the visibility timeout alone
-                    conn.hdel(holders_key(self.unacked_key), *running)
+                    held.UNHOLD.run(conn, [self.held_key], running)
                 while waiting:
                     self.restore_by_tag(waiting[0], client=conn)
                     waiting.pop(0)

@@ -75,7 +75,8 @@ def prepare_queues(app: Any, settings: Settings, node: str) -> None:
 def check_layout(target: RedisTarget) -> None:
     """Stop a worker whose broker holds a key layout newer than it reads (exit status 2).
 
-    The version is stored here by the first worker to find none (tasks/broker/stored_layout.py).
+    The oldest version it must read is stored by the first worker to find none
+    (tasks/broker/stored_layout.py).
     """
     client = connect(target)
     try:

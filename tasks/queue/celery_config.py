@@ -148,9 +148,10 @@ def _broker_options(settings: Settings) -> dict[str, Any]:
         # One value for the cluster, larger than every worker's hard limits
         # (Settings.check_worker): a running job is never delivered twice.
         "visibility_timeout": settings.visibility_timeout,
-        # Every worker looks for jobs past the visibility timeout every 5 s (kombu's
-        # default is 10 s x a throttle of 10: a dead worker's jobs waited up to 100 s
-        # more than the timeout).
+        # One worker of the fleet looks for jobs past the visibility timeout every 5 s:
+        # each asks every 5 s, the first takes the look (tasks/broker/unsettled.py).
+        # kombu's default is 10 s x a throttle of 10: a dead worker's jobs waited up to
+        # 100 s more than the timeout.
         "unacked_restore_interval": 5,
         "unacked_restore_throttle": 1,
         # An event that reached no subscriber (no Flower, no `celery events`): its kind

@@ -197,18 +197,20 @@ class Inventory:
         return dict(self.__dict__)
 
 
-def inventory(client: redis.Redis, lane_prefix: str) -> Inventory:
+def inventory(client: redis.Redis, lane_prefix: str,
+              held_hashes: tuple[str, ...]) -> Inventory:
     """Count keys by kind: broker messages (waiting and in flight), jobs, results, tokens.
 
     `lane_prefix`: the broker's clients' lanes (tasks/broker/layout.py), lists of
-    queued messages under `ocr:`.
+    queued messages under `ocr:`; `held_hashes`: the broker's hashes of messages in
+    flight (one entry each).
     """
     counts = {"keys": 0, "queued_messages": 0, "unacked_messages": 0, "jobs": 0,
               "results": 0, "tokens": 0, "inputs": 0}
     for raw in client.scan_iter(count=1000):
         key = raw.decode(errors="replace") if isinstance(raw, bytes) else str(raw)
         counts["keys"] += 1
-        if key == "unacked":
+        if key in held_hashes:
             counts["unacked_messages"] += int(client.hlen(raw))
         elif key.startswith(keys.API_TOKEN_PREFIX):
             counts["tokens"] += 1

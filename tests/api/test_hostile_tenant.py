@@ -31,6 +31,7 @@ import pytest
 import redis
 import requests
 
+from tasks.broker.layout import HELD_KEY
 from tests.api.test_batches import ended, info, jobs_of
 from tests.api_server import ApiServer, create_token, session
 from tests.clients.test_object_storage import self_signed
@@ -241,14 +242,14 @@ def test_jobs_in_flight_count_batch_documents_and_running_batches_are_bounded(
 
 
 def _messages_of(store: redis.Redis, job_ids: list[str]) -> list[str]:
-    """Where a message of these jobs still is: a queue's list or lane, or `unacked`."""
+    """Where a message of these jobs still is: a queue's list or lane, or held."""
     found = []
     lists = [k for pattern in ("ocr*", "ocr:lane:*") for k in store.scan_iter(pattern)
              if store.type(k) == b"list"]
     for key in lists:
         found += [f"{key.decode()}: {job}" for item in store.lrange(key, 0, -1)
                   for job in job_ids if job.encode() in item]
-    found += [f"unacked: {job}" for item in store.hvals("unacked")
+    found += [f"held: {job}" for item in store.hvals(HELD_KEY)
               for job in job_ids if job.encode() in item]
     return found
 

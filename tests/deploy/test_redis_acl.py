@@ -32,6 +32,7 @@ import pytest
 import redis
 import requests
 
+from tasks.broker.layout import HELD_KEY
 from tasks.client import OcrClient
 from tasks.settings import Settings
 from tests.api_server import ApiServer
@@ -377,13 +378,12 @@ def test_a_restart_replays_the_roles_transactions(tmp_path: Path) -> None:
         client = redis.Redis.from_url(server.url("client"))
         client.lpush("ocr", "a", "b", "c")
         worker = redis.Redis.from_url(server.url("worker"))
-        taken = worker.eval("redis.call('ZADD', KEYS[2], 1, 't'); redis.call('HSET', KEYS[1],"
-                            " 't', 'x'); return redis.call('RPOP', KEYS[3])", 3, "unacked",
-                            "unacked_index", "ocr")
+        taken = worker.eval("redis.call('HSET', KEYS[1], 't', 'x');"
+                            " return redis.call('RPOP', KEYS[2])", 2, HELD_KEY, "ocr")
         assert taken == b"a"
         server.restart()
         after = redis.Redis.from_url(server.url("worker"))
-        assert after.llen("ocr") == 2 and after.hget("unacked", "t") == b"x"
+        assert after.llen("ocr") == 2 and after.hget(HELD_KEY, "t") == b"x"
         with pytest.raises(redis.exceptions.AuthenticationError):  # `default` still off
             redis.Redis.from_url(server.url("worker").replace(
                 f"worker:{server.passwords['worker']}@", "default:x@")).ping()

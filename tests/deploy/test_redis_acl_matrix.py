@@ -102,6 +102,7 @@ def test_each_role_against_each_key_family_agrees_with_the_matrix(
 
 
 IN_FLIGHT_WRITES = (
+    (layout.HELD_KEY, "HSET", "1", "forged"),
     (layout.UNACKED_KEY, "HSET", "1", "forged"),
     (layout.UNACKED_INDEX_KEY, "ZADD", "1", "forged"),
     (layout.HOLDERS_KEY, "HSET", "1", "forged"),

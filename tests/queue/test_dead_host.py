@@ -32,6 +32,7 @@ import pytest
 import redis
 
 from devkit.receivers import CallbackReceiver
+from tasks.broker.layout import HELD_KEY
 from tasks.client import OcrClient
 from tasks.state.usage import day_key, today
 from tests.ha import RedisHA
@@ -192,6 +193,6 @@ def queues_idle(client: OcrClient) -> None:
     def idle() -> bool:
         waiting = sum(store.llen(k) for k in store.scan_iter("ocr*")
                       if not k.startswith(b"ocr:wake:") and store.type(k) == b"list")
-        return not waiting and not store.hlen("unacked")
+        return not waiting and not store.hlen(HELD_KEY)
 
     eventually(idle, 60, "the queues empty and no message held")

@@ -37,6 +37,7 @@ import requests
 from PIL import Image
 
 from devkit.receivers import CallbackReceiver
+from tasks.broker.layout import HELD_KEY
 from tasks.errors import ReplicaMissing
 from tasks.records.redis_target import RedisTarget
 from tasks.settings import Settings
@@ -380,10 +381,10 @@ def _whereabouts(fleet: Fleet, jobs: list[str]) -> str:
         found = [f"{k!r}[{i}]" for k in store.scan_iter(count=1000)
                  if store.type(k) == b"list"
                  for i, m in enumerate(store.lrange(k, 0, -1)) if job.encode() in m]
-        held = [repr(tag) for tag, m in store.hgetall("unacked").items()
+        held = [repr(tag) for tag, m in store.hgetall(HELD_KEY).items()
                 if job.encode() in m]
         lines = [line for line in fleet.worker.log().splitlines() if job in line]
-        told.append(f"{job}: in lists {found}, unacked {held}; worker:\n" +
+        told.append(f"{job}: in lists {found}, held {held}; worker:\n" +
                     "\n".join(lines[-20:]))
     rings = {repr(k): store.lrange(k, 0, -1) if store.type(k) == b"list"
              else store.hgetall(k) for k in store.scan_iter("ocr:lanes:*")}
@@ -426,11 +427,12 @@ def check_endings(fleet: Fleet, results: dict[str, dict[str, Any]], parent: int 
     store = connect(Settings.from_env(fleet.env).redis_target)
 
     def unacked() -> str:
-        held = [json.loads(v)[0] for v in store.hvals("unacked")]
+        held = [json.loads(record)[0] for v in store.hvals(HELD_KEY)
+                if (record := v.split(b"\n", 5)[-1])]
         return "messages left unacknowledged: " + ", ".join(
             f"{m['headers']['task']}[{m['headers']['id']}]" for m in held)
 
-    eventually(lambda: store.hlen("unacked") == 0, 30, unacked)
+    eventually(lambda: store.hlen(HELD_KEY) == 0, 30, unacked)
 
 
 def test_a_job_no_replica_confirms_is_refused(ha: RedisHA, tmp_path: Path) -> None:

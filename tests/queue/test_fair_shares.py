@@ -30,14 +30,14 @@ from tests.harness import (
 from tests.image_fixtures import png
 from tests.pdf_fixtures import image_pdf, plain_pages
 
-UNACKED = ("unacked:fair", "unacked_index:fair")
+HELD = "unacked_held:fair"
 
 
 @pytest.fixture
 def r(redis_url: str) -> Iterator[redis.Redis]:
     client = redis.Redis.from_url(redis_url)
     yield client
-    client.delete(*UNACKED, LANE_WEIGHTS_KEY)
+    client.delete(HELD, LANE_WEIGHTS_KEY)
     client.close()
 
 
@@ -72,7 +72,7 @@ class Broker:
     def fetch(self, lists: list[tuple[str, int]]) -> tuple[str, str] | None:
         """(list, client) of the message the fetch takes, None when nothing waits."""
         reply = scripts.run(self.r, fetch_command(
-            self.prefix, UNACKED, [(name, step, True, True) for name, step in lists], 1.0, 0))
+            self.prefix, HELD, [(name, step, True, True) for name, step in lists], 1.0, 0))
         return None if reply is None else (reply[0].decode()[len(self.prefix):],
                                            who(reply[1]))
 
@@ -105,7 +105,7 @@ def test_the_fetch_serves_clients_by_weighted_round_robin(broker: Broker) -> Non
     assert broker.fetch([("q", 0)]) is None
     assert broker.r.llen(broker.key(lanes_key(0))) == 0
     assert not broker.r.hgetall(broker.key(lanes_key(0)) + ":count")
-    assert broker.r.zcard(broker.key(UNACKED[1])) == 21  # each recorded as unacknowledged
+    assert broker.r.hlen(broker.key(HELD)) == 21  # each held until acknowledged
 
 
 def test_a_client_shares_across_the_queues_of_one_priority(broker: Broker) -> None:
@@ -153,7 +153,7 @@ def test_a_list_without_lanes_beside_laned_ones_is_the_steps_anonymous_lane(
     """
     def fetch(lists: list[tuple[str, int, bool]]) -> tuple[str, str] | None:
         reply = scripts.run(broker.r, fetch_command(
-            broker.prefix, UNACKED, [(n, s, laned, True) for n, s, laned in lists], 1.0, 0))
+            broker.prefix, HELD, [(n, s, laned, True) for n, s, laned in lists], 1.0, 0))
         return None if reply is None else (reply[0].decode()[len(broker.prefix):],
                                            who(reply[1]))
 
@@ -329,14 +329,14 @@ def test_a_restored_message_goes_back_to_its_lane_first(redis_url: str) -> None:
         lane = lane_key(name, "back")
         assert r.llen(lane) == 2
         taken = scripts.run(r, fetch_command(
-            "", (channel.unacked_key, channel.unacked_index_key), [(name, 0, True, True)],
+            "", channel.qos.held_key, [(name, 0, True, True)],
             1.0, 0))
         assert json.loads(taken[1])["headers"]["n"] == 0 and r.llen(lane) == 1
         r.script_flush()  # the restore's transaction loads the push script it runs
         channel.qos.restore_by_tag(taken[2].decode())
         assert r.llen(lane) == 2 and r.llen(name) == 0
         again = scripts.run(r, fetch_command(
-            "", (channel.unacked_key, channel.unacked_index_key), [(name, 0, True, False)],
+            "", channel.qos.held_key, [(name, 0, True, False)],
             1.0, 0))
         restored = json.loads(again[1])
         assert restored["headers"]["n"] == 0 and restored["headers"]["redelivered"] is True
@@ -407,7 +407,7 @@ def test_a_server_that_refuses_writes_loses_no_message_to_the_fetch(
             taken = made.fetch([("q", 0)])
         except redis.ResponseError:
             taken = None
-        recorded = r.hvals(made.key(UNACKED[0]))
+        recorded = r.hvals(made.key(HELD))
         assert r.llen(lane) + len(recorded) == 2, (taken, recorded)
         assert (taken is None) == (not recorded)
         if refusal != "oom":

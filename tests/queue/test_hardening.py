@@ -31,7 +31,7 @@ import redis
 from PIL import Image
 
 from tasks.broker.doorbells import ring
-from tasks.broker.layout import DEAD_LETTER_KEY
+from tasks.broker.layout import DEAD_LETTER_KEY, HELD_KEY
 from tasks.broker.refusals import read_dead_letters
 from tasks.client import OcrClient
 from tasks.errors import (
@@ -137,9 +137,9 @@ def test_pickled_message_fails_instead_of_pending(worker: Worker, client: OcrCli
     assert result["status"] == "FAILURE" and result["error"]["code"] == "content_refused"
     assert read_dead_letters(raw_redis, 1)[0].task_id == task_id
     assert ok_job(client)["status"] == "SUCCESS"
-    # The fetch recorded it as unacknowledged (it has a delivery tag); the refusal
-    # removed the record, so it is not restored after the visibility timeout.
-    assert task_id.encode() not in b"".join(raw_redis.hvals("unacked"))
+    # The fetch held it (it has a delivery tag); the refusal removed the record, so it
+    # is not restored after the visibility timeout.
+    assert task_id.encode() not in b"".join(raw_redis.hvals(HELD_KEY))
 
 
 def test_oversized_inline_input_is_refused_before_decoding(

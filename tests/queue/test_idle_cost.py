@@ -58,7 +58,7 @@ def fetch(r: redis.Redis, probe: bool = True, woken: bool = False) -> list[Any] 
     lists = [(layout.queue_list(q, step), step, True, True)
              for step in layout.PRIORITY_STEPS for q in ("ocr-control", "ocr")]
     reply: list[Any] | None = scripts.run(r, fetch_command(
-        "", ("unacked", "unacked_index"), lists, time.time(), 0, probe=probe, woken=woken))
+        "", layout.HELD_KEY, lists, time.time(), 0, probe=probe, woken=woken))
     return reply
 
 

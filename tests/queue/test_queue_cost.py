@@ -20,6 +20,7 @@ import psutil
 import pytest
 import redis
 
+from tasks.broker.layout import HELD_KEY, HOLDERS_KEY, UNACKED_INDEX_KEY, UNACKED_KEY
 from tasks.client import OcrClient
 from tasks.state.keys import job_notice_key
 from tests.harness import FAST_PAGES, RedisServer, Worker, corpus, eventually, fake_env, make_client
@@ -124,20 +125,30 @@ def test_a_scanned_page_costs_what_it_reached(worker: Worker, redis_url: str) ->
 def test_a_burst_s_acknowledgements_ride_on_the_fetches(worker: Worker, redis_url: str) -> None:
     """20 jobs at once: most acknowledgements go in the worker's next fetch, none is lost.
 
-    MONITOR tells an acknowledgement sent alone (HDEL of `unacked` by the worker parent)
-    from one the fetch script ran (the same HDEL inside a script).
+    MONITOR tells an acknowledgement sent alone (HDEL of the held records by the worker
+    parent) from one the fetch script ran (the same HDEL inside a script). A delivered
+    message costs one write at its fetch (HSET of its held record) and one at its
+    acknowledgement (that HDEL): nothing else of the broker's in-flight keys is written.
     """
     store = redis.Redis.from_url(redis_url)
     alone: list[str] = []
     carried: list[str] = []
+    held: list[str] = []
+    others: list[str] = []
     stop = threading.Event()
 
     def watch() -> None:
         with store.monitor() as monitor:
             for seen in monitor.listen():
                 words = seen["command"].split()
-                if words[:2] == ["HDEL", "unacked"]:
+                if words[:2] == ["HDEL", HELD_KEY]:
                     (carried if seen.get("client_type") == "lua" else alone).extend(words[2:])
+                elif words[:2] == ["HSET", HELD_KEY]:
+                    held.append(words[2])
+                elif len(words) > 1 and words[1].startswith(UNACKED_KEY) and \
+                        words[0] not in ("HGET", "HKEYS", "HGETALL", "EXISTS", "ZRANGE",
+                                         "SET", "HLEN"):  # reads; the sweep's lock
+                    others.append(seen["command"])
                 if stop.is_set():
                     return
 
@@ -150,13 +161,17 @@ def test_a_burst_s_acknowledgements_ride_on_the_fetches(worker: Worker, redis_ur
         assert {r["status"] for r in client.wait(jobs, timeout=60).values()} == {"SUCCESS"}
     finally:
         client.close()
-    eventually(lambda: store.hlen("unacked") == 0 or None, 15, "every record acknowledged")
+    eventually(lambda: store.hlen(HELD_KEY) == 0 or None, 15, "every record acknowledged")
     stop.set()
     store.ping()  # a command for the monitor to see, so that it stops
     watcher.join(10)
-    assert store.zcard("unacked_index") == 0 and store.hlen("unacked_holders") == 0
+    assert not store.exists(UNACKED_KEY, UNACKED_INDEX_KEY, HOLDERS_KEY)
     assert len(set(alone) | set(carried)) >= 20, (alone, carried)
     assert len(carried) > len(alone), (len(carried), len(alone))
+    # one write a message at its fetch, one at its acknowledgement, and no other
+    assert len(held) == len(set(held)) and sorted(held) == sorted(alone + carried), \
+        (held, alone, carried)
+    assert not others, others
 
 
 def test_one_connection_pool_per_worker_child(worker: Worker, redis_url: str,

@@ -23,7 +23,7 @@ from typing import Any
 import psutil
 import pytest
 
-from tasks.broker import scripts
+from tasks.broker import held, scripts
 from tasks.broker.lanes import fetch_command
 from tasks.client import OcrClient
 from tests.harness import (
@@ -181,8 +181,8 @@ def test_a_message_whose_reply_never_arrives_is_not_lost(
     """Redis pops a message and the worker never reads the reply: it comes back.
 
     The fault (bench/chaos.py's soak can meet it): kombu's BRPOP pops a message and a
-    Redis restart comes before the worker writes its `unacked` record. The transport's
-    fetch records the message in the same atomic step as the pop
+    Redis restart comes before the worker writes its record of it. The transport's
+    fetch holds the message in the same atomic step as the pop
     (`tasks/broker/lanes.FETCH`), so the message is restored after the
     visibility timeout and read once.
     """
@@ -204,9 +204,10 @@ def test_a_message_whose_reply_never_arrives_is_not_lost(
 
 
 def test_the_fetch_records_before_it_pops(redis_url: str) -> None:
-    """The fetch script: recorded and popped in one step, the record kombu's own shape.
+    """The fetch script: held and popped in one step, the record kombu's own shape.
 
-    The record is under the tag the worker chose (never read from the envelope), and
+    The held value is under the tag the worker chose (never read from the envelope):
+    its head (when taken, no holder, the list it came from), then kombu's record, which
     names the queue the message was taken from, not the envelope's exchange.
     """
     import json
@@ -224,19 +225,20 @@ def test_the_fetch_records_before_it_pops(redis_url: str) -> None:
     def fetch(lists: list[tuple[str, int, bool]], now: float) -> Any:
         """The fetch over lists without lanes: (list, priority step, acknowledged)."""
         return scripts.run(r, fetch_command(
-            "", ("unacked:t", "unacked_index:t"),
+            "", "unacked_held:t",
             [(name, step, False, ack) for name, step, ack in lists], now, 0, tag=tag))
 
     name, item, got = fetch([("q", 0, True), ("q\x06\x163", 3, True)], 12.5)
     assert (name, item, got) == (b"q", envelope.encode(), tag.encode())
-    assert json.loads(r.hget("unacked:t", tag)) == [json.loads(envelope), "", "q"]
-    assert r.zscore("unacked_index:t", tag) == 12.5 and r.llen("q") == 0
+    found = held.parse(r.hget("unacked_held:t", tag))
+    assert found is not None and (found.taken, found.holder, found.src) == (12.5, "", "q")
+    assert json.loads(found.record) == [json.loads(envelope), "", "q"] and r.llen("q") == 0
     # A consumer without acknowledgements takes unrecorded; nothing left: nil.
     assert fetch([("q", 0, False), ("q\x06\x163", 3, False)], 13) == \
         [b"q\x06\x163", b"later", b""]
-    assert r.hlen("unacked:t") == 1
+    assert r.hlen("unacked_held:t") == 1
     assert fetch([("q", 0, True)], 13) is None
-    r.delete("unacked:t", "unacked_index:t")
+    r.delete("unacked_held:t")
 
 
 def test_pickle_message_is_refused_and_worker_survives(start_worker: Callable[..., Worker],

@@ -13,7 +13,8 @@ old worker holds some when it goes:
   new client queues more behind them;
 - the old worker is stopped: warm (SIGTERM, then its gate opens: it finishes what it
   runs and gives back what it had reserved), or killed with its pages held (SIGKILL of
-  its process group: the new worker's sweep of dead holders gives them back);
+  its process group: the new worker's sweep of dead holders gives them back, from the
+  old release's own keys);
 - every job of both clients ends SUCCESS exactly once: one result, one `ocr.job` line
   across both workers' logs, each page counted once in the day's usage, and nothing
   left waiting or held in the queues (the broker's own depth figure).
@@ -38,7 +39,7 @@ import redis
 
 from devkit.previous_release import COMMIT, ReleaseMissing, materialize
 from tasks.broker import stored_layout
-from tasks.broker.layout import LAYOUT_KEY, LAYOUT_VERSION
+from tasks.broker.layout import HELD_KEY, LAYOUT_KEY, LAYOUT_OLDEST, LAYOUT_VERSION, UNACKED_KEY
 from tasks.broker.queue_depth import QueueDepth
 from tasks.client import OcrClient
 from tasks.settings import Settings
@@ -206,8 +207,8 @@ def test_the_previous_release_is_another_tree(old_tree: Path) -> None:
 def test_a_warm_stop_of_the_old_worker_loses_and_doubles_nothing(fleet: Fleet) -> None:
     before = fleet.usage()
     old, new, jobs = side_by_side(fleet)
-    # The previous release stores no layout version; this one's worker stored its own.
-    assert fleet.store.get(LAYOUT_KEY) == str(LAYOUT_VERSION).encode()
+    # Whichever started first stored the oldest layout both read: either starts after.
+    assert fleet.store.get(LAYOUT_KEY) == str(LAYOUT_OLDEST).encode()
     assert old.proc is not None
     old.proc.send_signal(signal.SIGTERM)  # warm: it finishes what it runs
     old.wait_until(lambda: "warm shutdown" in old.log().lower(), 60, "stopping warm")
@@ -221,6 +222,7 @@ def test_a_warm_stop_of_the_old_worker_loses_and_doubles_nothing(fleet: Fleet) -
 def test_a_killed_old_worker_loses_and_doubles_nothing(fleet: Fleet) -> None:
     before = fleet.usage()
     old, new, jobs = side_by_side(fleet)
+    assert fleet.store.hlen(UNACKED_KEY) and fleet.store.hlen(HELD_KEY)  # both layouts held
     old.kill()  # parent and children at once, its pages held
     (fleet.gate("new") / "open").touch()
     ended_once(fleet, jobs, pages=6, before=before)
@@ -228,11 +230,15 @@ def test_a_killed_old_worker_loses_and_doubles_nothing(fleet: Fleet) -> None:
 
 
 def test_the_layout_version_is_stored_once_and_a_newer_one_refused(own_redis_url: str) -> None:
+    """The oldest version this release runs beside is stored; any it reads is run on."""
     store = redis.Redis.from_url(own_redis_url)
     assert store.get(LAYOUT_KEY) is None
+    assert stored_layout.settle(store) == LAYOUT_OLDEST
+    assert store.get(LAYOUT_KEY) == str(LAYOUT_OLDEST).encode()
+    assert stored_layout.settle(store) == LAYOUT_OLDEST  # kept, not written again
+    store.set(LAYOUT_KEY, LAYOUT_VERSION)
     assert stored_layout.settle(store) == LAYOUT_VERSION
     assert store.get(LAYOUT_KEY) == str(LAYOUT_VERSION).encode()
-    assert stored_layout.settle(store) == LAYOUT_VERSION  # kept, not written again
     for stored in (LAYOUT_VERSION + 1, "v2"):
         store.set(LAYOUT_KEY, stored)
         with pytest.raises(stored_layout.LayoutNewer, match="broker_layout_newer"):
@@ -253,3 +259,21 @@ def test_a_worker_refuses_a_newer_key_layout(own_redis_url: str, tmp_path: Path)
     assert f"broker_layout_newer: the broker's key layout is version {LAYOUT_VERSION + 1}" \
         in worker.log()
     assert not re.search(r"@\S+ ready\.", worker.log())
+
+
+def test_the_previous_release_starts_after_this_one_stored_the_layout(
+        own_redis_url: str, old_tree: Path) -> None:
+    """A worker of the release before, started after one of this release, is not refused.
+
+    Its start's check (its own tasks/broker/stored_layout.py, run from its tree) reads
+    the version this release stored: the oldest both run beside each other.
+    """
+    store = redis.Redis.from_url(own_redis_url)
+    assert stored_layout.settle(store) == LAYOUT_OLDEST
+    settled = subprocess.run(
+        [str(VENV_BIN / "python"), "-c", "import sys, redis; from tasks.broker import "
+         "stored_layout; print(stored_layout.settle(redis.Redis.from_url(sys.argv[1])))",
+         own_redis_url], cwd=old_tree, capture_output=True, text=True, timeout=60,
+        env={"PATH": f"{VENV_BIN}:/usr/bin:/bin", "PYTHONPATH": str(old_tree)})
+    assert settled.returncode == 0 and settled.stdout.strip() == str(LAYOUT_OLDEST), \
+        settled.stdout + settled.stderr

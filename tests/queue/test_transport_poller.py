@@ -52,7 +52,8 @@ def test_a_message_and_a_broadcast_reach_their_consumers_through_drain_events(
             conn.drain_events(timeout=5)
     assert got == [{"n": 1}, {"b": 2}]
     r = redis.Redis.from_url(lone_redis_url)
-    assert r.hlen("unacked") == 0 and r.zcard("unacked_index") == 0  # acknowledged
+    assert r.hlen(layout.HELD_KEY) == 0  # acknowledged
+    assert not r.exists(layout.UNACKED_KEY, layout.UNACKED_INDEX_KEY, layout.HOLDERS_KEY)
     r.close()
 
 

@@ -1,7 +1,7 @@
 """What a lost broker connection left is settled by the next channel, by the server it reaches.
 
 The rules of tasks/broker/unsettled.py against a recording stand-in for kombu's QoS
-and Redis's `unacked` hash (the real thing runs under failover in
+and Redis's held records (the real thing runs under failover in
 tests/queue/test_failover.py): an acknowledgement is done only on the server process
 that ran the task's writes, else its message goes back; acknowledgements just before
 a loss are looked at again on a new server only.
@@ -20,12 +20,12 @@ from tasks.broker import unsettled
 
 @dataclass
 class Recorded:
-    """A stand-in for kombu's QoS and a Redis client: the `unacked` hash and what was done."""
+    """A stand-in for kombu's QoS and a Redis client: the held records and what was done."""
 
     unacked: set[str] = field(default_factory=set)
     acked: list[str] = field(default_factory=list)
     restored: list[str] = field(default_factory=list)
-    unacked_key = "unacked"
+    held_key = "unacked_held"
 
     def unrecord(self, tag: str, pipe: Any) -> Any:
         self.acked.append(tag)

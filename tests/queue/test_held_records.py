@@ -1,0 +1,264 @@
+"""Held records on a real Redis: one write a fetch, one an ack; both layouts swept and restored.
+
+A message a worker took is held in one record (tasks/broker/held.py): the fetch writes
+it with one HSET and the acknowledgement drops it with one HDEL (INFO commandstats on a
+redis-server of the test's own). The release before (devkit/previous_release.py, layout
+version 1) runs beside this one during an upgrade and records a message in three keys;
+its records are written here by its own fetch script, read from git, and this release's
+sweep of dead holders and visibility timeout put them back, as they do this release's.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import subprocess
+import time
+import types
+import uuid
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+import redis
+from kombu import Connection, Consumer, Exchange, Queue
+
+from devkit.previous_release import resolve
+from tasks.broker import held, scripts
+from tasks.broker.holders import HolderSweep
+from tasks.broker.lanes import fetch_command, push_command
+from tasks.broker.layout import (
+    HELD_KEY,
+    HOLDERS_KEY,
+    UNACKED_INDEX_KEY,
+    UNACKED_KEY,
+    lane_key,
+    lanes_key,
+)
+from tasks.state.keys import WORKERS_KEY
+from tests.harness import ROOT
+
+WINDOW, TTL = 6.0, 30.0
+
+
+@pytest.fixture
+def r(lone_redis_url: str) -> Iterator[redis.Redis]:
+    client = redis.Redis.from_url(lone_redis_url)
+    yield client
+    client.close()
+
+
+def previous_lanes() -> Any:
+    """The release before's tasks/broker/lanes.py (its FETCH, its fetch_command), from git."""
+    shown = subprocess.run(["git", "show", f"{resolve()}:tasks/broker/lanes.py"], cwd=ROOT,
+                           capture_output=True, text=True, timeout=60)
+    if shown.returncode:
+        pytest.fail(f"the previous release's lanes.py is not in git: {shown.stderr}")
+    module = types.ModuleType("previous_lanes")
+    exec(compile(shown.stdout, "previous_lanes.py", "exec"), module.__dict__)  # noqa: S102
+    return module
+
+
+def message(client: str, n: int) -> str:
+    return json.dumps({"body": "", "headers": {"ocr_client": client, "n": n},
+                       "properties": {"delivery_tag": str(uuid.uuid4())}})
+
+
+def push(r: redis.Redis, queue: str, client: str, n: int) -> None:
+    scripts.run(r, push_command("", queue, 0, client, message(client, n)))
+
+
+def fetch_v2(r: redis.Redis, queue: str, now: float, holder: str = "",
+             acks: tuple[str, ...] = ()) -> str:
+    reply = scripts.run(r, fetch_command("", HELD_KEY, [(queue, 0, True, True)], now, 0,
+                                         probe=False, holder=holder, acks=acks))
+    return str(reply[2].decode()) if reply else ""
+
+
+def fetch_v1(r: redis.Redis, queue: str, now: float, holder: str) -> str:
+    """A fetch as the release before runs it: its record in `unacked`, index and holders."""
+    old = previous_lanes()
+    command = old.fetch_command("", (UNACKED_KEY, UNACKED_INDEX_KEY), [(queue, 0, True, True)],
+                                now, 0, probe=False, holder=holder)
+    r.script_load(old.FETCH.text)
+    reply = r.execute_command(*command)
+    return str(reply[2].decode())
+
+
+def alive(r: redis.Redis, node: str, pid: int) -> None:
+    """`node`'s presence record, refreshed now, naming `pid`."""
+    r.hset(WORKERS_KEY, node, json.dumps({"queues": ["ocr"], "pid": pid,
+                                          "expires": time.time() + TTL}))
+
+
+def n_of(raw: bytes) -> int:
+    return int(json.loads(raw)["headers"]["n"])
+
+
+def test_a_fetch_holds_with_one_write_and_an_ack_drops_with_one(r: redis.Redis) -> None:
+    for n in range(3):  # one left: the client's ring entries are not dropped
+        push(r, "ocr", "alice", n)
+    r.config_resetstat()
+    tag = fetch_v2(r, "ocr", time.time(), holder="w@h|1")
+    calls = {k.removeprefix("cmdstat_"): v["calls"] for k, v in r.info("commandstats").items()}
+    assert calls.get("hset") == 1 and "zadd" not in calls, calls
+    found = held.parse(r.hget(HELD_KEY, tag))
+    assert found is not None and (found.holder, found.src, found.ring, found.client) == (
+        "w@h|1", lane_key("ocr", "alice"), lanes_key(0), "alice")
+    assert json.loads(found.record)[1:] == ["", "ocr"]
+    assert not r.exists(UNACKED_KEY, UNACKED_INDEX_KEY, HOLDERS_KEY)
+    # the acknowledgement rides on the next fetch: one HDEL
+    r.config_resetstat()
+    second = fetch_v2(r, "ocr", time.time(), holder="w@h|1", acks=(tag,))
+    calls = {k.removeprefix("cmdstat_"): v["calls"] for k, v in r.info("commandstats").items()}
+    assert calls.get("hdel") == 1 and "zrem" not in calls, calls
+    assert r.hkeys(HELD_KEY) == [second.encode()]
+
+
+def test_an_ack_alone_is_one_command(lone_redis_url: str) -> None:
+    """A message taken by basic_get (held by `QoS.append`, one HSET), acknowledged: one HDEL."""
+    queue = Queue("acked", Exchange("acked", type="direct"), routing_key="acked")
+    r = redis.Redis.from_url(lone_redis_url)
+    with Connection(lone_redis_url, transport="tasks.broker.transport:Transport") as conn:
+        channel = conn.channel()
+        conn.Producer(channel).publish({"n": 1}, exchange=queue.exchange, routing_key="acked",
+                                       declare=[queue], serializer="json")
+        got = queue(channel).get(no_ack=False)
+        assert got is not None and r.hlen(HELD_KEY) == 1
+        r.config_resetstat()
+        got.ack()
+        calls = {k.removeprefix("cmdstat_"): v["calls"]
+                 for k, v in r.info("commandstats").items()}
+        calls.pop("config|resetstat", None)
+        assert calls == {"hdel": 1}, calls
+        assert r.hlen(HELD_KEY) == 0
+    r.close()
+
+
+def test_a_dead_holder_s_messages_of_both_layouts_are_swept_back(r: redis.Redis) -> None:
+    """A holder dead (its node's record names another pid): its messages back at the front.
+
+    The release before's record (three keys) and this release's (one) alike; a live
+    holder's and a record without holder are left.
+    """
+    for n in range(4):
+        push(r, "ocr", "alice", n)
+    now = time.time()
+    v1 = fetch_v1(r, "ocr", now, holder="old@h|7")
+    v2 = fetch_v2(r, "ocr", now, holder="new@h|8")
+    kept = fetch_v2(r, "ocr", now, holder="live@h|9")
+    unheld = fetch_v2(r, "ocr", now)
+    assert r.hlen(UNACKED_KEY) == r.zcard(UNACKED_INDEX_KEY) == r.hlen(HOLDERS_KEY) == 1
+    assert r.hlen(HELD_KEY) == 3 and r.llen(lane_key("ocr", "alice")) == 0
+    assert not r.exists(lanes_key(0))  # the lone client left the ring
+    alive(r, "old@h", 70)
+    alive(r, "new@h", 80)  # restarted: another pid
+    alive(r, "live@h", 9)
+    back = HolderSweep(r, r, WINDOW, TTL).sweep(now)
+    assert sorted(back) == sorted([v1, v2])
+    # each back at the end taken first, in the order the sweep read them: both there
+    lane = lane_key("ocr", "alice")
+    assert sorted(n_of(m) for m in r.lrange(lane, 0, -1)) == [0, 1]
+    assert r.lrange(lanes_key(0), 0, -1) == [b"alice"]
+    assert r.hget(lanes_key(0) + ":count", "alice") == b"2"
+    assert not r.exists(UNACKED_KEY, UNACKED_INDEX_KEY, HOLDERS_KEY)
+    assert sorted(r.hkeys(HELD_KEY)) == sorted([kept.encode(), unheld.encode()])
+
+
+def test_a_holder_of_no_node_counts_as_dead_after_the_window(r: redis.Redis) -> None:
+    for n in range(2):
+        push(r, "ocr", "bob", n)
+    now = time.time()
+    old = fetch_v2(r, "ocr", now - 2 * WINDOW, holder="gone@h|1")
+    fresh = fetch_v2(r, "ocr", now, holder="gone@h|1")
+    assert HolderSweep(r, r, WINDOW, TTL).sweep(now) == [old]
+    assert r.hkeys(HELD_KEY) == [fresh.encode()]
+
+
+@pytest.mark.parametrize("layout_version", [1, 2])
+def test_a_message_past_the_visibility_timeout_is_restored(lone_redis_url: str,
+                                                           layout_version: int) -> None:
+    """The visibility timeout's restore reads both layouts (a version 1 record: its keys)."""
+    name = f"visible-{layout_version}"
+    queue = Queue(name, Exchange(name, type="direct"), routing_key=name)
+    r = redis.Redis.from_url(lone_redis_url)
+    options = {"visibility_timeout": 60}
+    with Connection(lone_redis_url, transport="tasks.broker.transport:Transport",
+                    transport_options=options) as conn:
+        channel = conn.channel()
+        for n in range(2):
+            conn.Producer(channel).publish({"n": n}, exchange=queue.exchange, routing_key=name,
+                                           declare=[queue], serializer="json")
+        fetch = fetch_v1 if layout_version == 1 else fetch_v2
+        late = fetch(r, name, time.time() - 120, holder="w@h|1")
+        recent = fetch(r, name, time.time(), holder="w@h|1")
+        assert r.llen(name) == 0
+        with Consumer(channel, [queue], no_ack=False, accept=["json"]):
+            channel.qos.restore_visible()
+        assert r.llen(name) == 1
+        restored = json.loads(r.lindex(name, 0))
+        assert json.loads(base64.b64decode(restored["body"])) == {"n": 0}
+        assert restored["headers"]["redelivered"] is True
+        if layout_version == 1:
+            assert r.hkeys(UNACKED_KEY) == [recent.encode()]
+            assert r.zrange(UNACKED_INDEX_KEY, 0, -1) == [recent.encode()]
+            assert r.hkeys(HOLDERS_KEY) == [recent.encode()]
+        else:
+            assert r.hkeys(HELD_KEY) == [recent.encode()]
+        assert late != recent
+    r.close()
+
+
+def test_one_worker_of_the_fleet_looks_for_visible_messages_an_interval(
+        lone_redis_url: str) -> None:
+    """The look reads every held record's head: the fleet's workers take turns.
+
+    Two workers' channels ask within one interval: the first looks (one script), the
+    second costs an EXISTS and the mutex's SET; once the interval is over, the next ask
+    looks again and restores what is past the timeout.
+    """
+    name = "visible-turns"
+    queue = Queue(name, Exchange(name, type="direct"), routing_key=name)
+    r = redis.Redis.from_url(lone_redis_url)
+    options = {"visibility_timeout": 60, "unacked_restore_interval": 1,
+               "unacked_restore_throttle": 1}
+    with Connection(lone_redis_url, transport="tasks.broker.transport:Transport",
+                    transport_options=options) as one, \
+            Connection(lone_redis_url, transport="tasks.broker.transport:Transport",
+                       transport_options=options) as two:
+        first, second = one.channel(), two.channel()
+        for n in range(2):
+            one.Producer(first).publish({"n": n}, exchange=queue.exchange,
+                                        routing_key=name, declare=[queue], serializer="json")
+        fetch_v2(r, name, time.time(), holder="w@h|1")  # held, not past the timeout
+        with Consumer(first, [queue], no_ack=False, accept=["json"]), \
+                Consumer(second, [queue], no_ack=False, accept=["json"]):
+            r.config_resetstat()
+            first.qos.restore_visible()
+            assert r.info("commandstats")["cmdstat_evalsha"]["calls"] == 1
+            r.config_resetstat()
+            second.qos.restore_visible()
+            assert {k.removeprefix("cmdstat_"): v["calls"]
+                    for k, v in r.info("commandstats").items()
+                    if k != "cmdstat_config|resetstat"} == {"exists": 1, "set": 1}
+            late = fetch_v2(r, name, time.time() - 120, holder="w@h|1")
+            time.sleep(1.0)
+            second.qos.restore_visible()
+        assert r.hget(HELD_KEY, late) is None and r.llen(name) == 1
+    r.close()
+
+
+def test_a_warm_stop_s_running_messages_are_left_to_the_visibility_timeout(
+        r: redis.Redis) -> None:
+    """UNHOLD (a warm stop's running tasks): the holder dropped, the record kept, unswept."""
+    push(r, "ocr", "carol", 0)
+    now = time.time()
+    tag = fetch_v2(r, "ocr", now, holder="stopping@h|5")
+    before = held.parse(r.hget(HELD_KEY, tag))
+    assert held.UNHOLD.run(r, [HELD_KEY], [tag, "no-such-tag"]) == 1
+    after = held.parse(r.hget(HELD_KEY, tag))
+    assert before is not None and after is not None
+    assert after == held.Held(before.taken, "", before.src, before.ring, before.client,
+                              before.record)
+    assert HolderSweep(r, r, WINDOW, TTL).sweep(now + 10 * WINDOW) == []
+    assert r.hkeys(HELD_KEY) == [tag.encode()]
