@@ -14,8 +14,11 @@ reached none, this process sends nothing more to that topic for `ocr_unheard_qui
 seconds, then publishes again, which asks again. Kept per topic, not per exchange: a
 subscriber to some routing keys alone (a stock worker's gossip hears `worker.*`) still
 gets every message of those. A subscriber that appears meanwhile (a Flower that starts)
-gets each topic's messages from that topic's next publish after its quiet time. Any
-other fanout exchange (remote control's `celery.pidbox`) is always published.
+gets each topic's messages from that topic's next publish after its quiet time. The
+routing keys of `ocr_unheard_always` (celery_config names a task's endings and a
+worker's coming and going) are published whatever was heard, so a subscriber that
+came within a quiet time still sees each task end. Any other fanout exchange (remote
+control's `celery.pidbox`) is always published.
 """
 
 from __future__ import annotations
@@ -42,6 +45,8 @@ class Broadcasts:
     # for how long (transport options; none by default: every broadcast is published).
     ocr_unheard_exchanges: tuple[str, ...] = ()
     ocr_unheard_quiet = UNHEARD_QUIET
+    # Routing keys of those exchanges published whatever was heard (none by default).
+    ocr_unheard_always: tuple[str, ...] = ()
 
     # (server, topic) -> until when (time.monotonic) this process does not publish to
     # it: shared by the process's channels (Celery sends events on several).
@@ -66,7 +71,8 @@ class Broadcasts:
     def _put_fanout(self, exchange: str, message: Any, routing_key: str,
                     **kwargs: Any) -> None:
         topic = self._topic(exchange, routing_key)
-        if exchange not in self.ocr_unheard_exchanges or self.ocr_unheard_quiet <= 0:
+        if (exchange not in self.ocr_unheard_exchanges or self.ocr_unheard_quiet <= 0
+                or routing_key in self.ocr_unheard_always):
             self.commands.publish(topic, dumps(message))
             return
         key = (self._server(), topic)

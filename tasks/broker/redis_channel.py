@@ -75,7 +75,8 @@ class RedisChannel(Broadcasts, virtual.Channel):
         "fanout_patterns", "global_keyprefix", "socket_timeout", "socket_connect_timeout",
         "socket_keepalive", "socket_keepalive_options", "queue_order_strategy",
         "max_connections", "health_check_interval", "retry_on_timeout", "priority_steps",
-        "client_name", "ocr_binding_min_ttl", "ocr_unheard_exchanges", "ocr_unheard_quiet")
+        "client_name", "ocr_binding_min_ttl", "ocr_unheard_exchanges", "ocr_unheard_quiet",
+        "ocr_unheard_always")
 
     # queue -> (exchange, routing key) of every fanout binding this process declared:
     # shared by the process's channels (Celery declares on one, consumes on another).

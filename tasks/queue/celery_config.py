@@ -18,6 +18,10 @@ from tasks.state.connection import broker_transport_options, celery_backend, cel
 # Celery's event exchange (its default, named here once): Flower's task and worker
 # events, left quiet while nobody hears them (the Redis transport's unheard exchanges).
 EVENT_EXCHANGE = "celeryev"
+# Its routing keys never left quiet: a task's endings (Celery's and a job's own) and a
+# worker's coming and going, so that a Flower started within a quiet time shows them.
+ALWAYS_SENT_EVENTS = ("task.succeeded", "task.failed", "task.revoked", "task.rejected",
+                      "worker.online", "worker.offline")
 
 PUBLISH_RETRY_POLICY = {"max_retries": 14, "interval_start": 0.1, "interval_step": 0.5,
                         "interval_max": 3.0}
@@ -156,9 +160,12 @@ def _broker_options(settings: Settings) -> dict[str, Any]:
         "unacked_restore_throttle": 1,
         # An event that reached no subscriber (no Flower, no `celery events`): its kind
         # is not published again by this process for a few seconds
-        # (tasks/broker/broadcasts.py). Remote control is always published.
+        # (tasks/broker/broadcasts.py), but for a task's endings and a worker's coming
+        # and going, which a Flower that came meanwhile must see. Remote control is
+        # always published.
         "ocr_unheard_exchanges": (EVENT_EXCHANGE,),
         "ocr_unheard_quiet": settings.events_quiet_seconds,
+        "ocr_unheard_always": ALWAYS_SENT_EVENTS,
     }}
 
 

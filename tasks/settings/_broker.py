@@ -75,8 +75,8 @@ class BrokerSettings:
         "(`task-sent`, `task-progress`, a worker's heartbeat, ...) after one reached "
         "nobody (no Flower, no `celery events` running); then it sends again, and goes "
         "on while anyone hears. A Flower that starts shows them within that time. 0: "
-        "every event is sent. Remote control is always sent (docs/operations.md, "
-        "Monitoring).")
+        "every event is sent. A task's endings, a worker's online and offline, and "
+        "remote control are always sent (docs/operations.md, Monitoring).")
     visibility_timeout: int = _s("OCR_VISIBILITY_TIMEOUT", "900",
                                  "Cluster-wide seconds a job may stay delivered but "
                                  "unacknowledged: on Redis, after that the job is given to "

@@ -107,7 +107,8 @@ def test_a_binding_is_two_sadds_its_permanent_entry_first(lone_redis_url: str,
 
 
 QUIET = 0.6
-EVENTS = {"ocr_unheard_exchanges": ["celeryev"], "ocr_unheard_quiet": QUIET}
+EVENTS = {"ocr_unheard_exchanges": ["celeryev"], "ocr_unheard_quiet": QUIET,
+          "ocr_unheard_always": ["task.succeeded"]}
 
 
 def broadcast(conn: Connection, exchange: str, routing_key: str, body: Any) -> None:
@@ -141,6 +142,24 @@ def test_an_unheard_event_goes_quiet_then_reaches_a_subscriber_that_came(
         assert counted(r, lambda: [broadcast(conn, "celeryev", "task.sent", {"n": n})
                                    for n in range(6, 9)]) == {"publish": 3}
         assert heard(flower) == ["/1.celeryev/task.sent"] * 3
+        flower.close()
+
+
+def test_a_tasks_ending_is_published_while_its_topic_would_be_quiet(
+        lone_redis_url: str, r: redis.Redis) -> None:
+    """A subscriber that came within a quiet time still sees a task end (always sent)."""
+    with Connection(lone_redis_url, transport=TRANSPORT, transport_options=EVENTS) as conn:
+        conn.default_channel.queue_declare("ocr-warm")
+        assert counted(r, lambda: [broadcast(conn, "celeryev", key, {"n": n})
+                                   for n in range(3) for key in ("task.started",
+                                                                 "task.succeeded")]) \
+            == {"publish": 1 + 3}
+        flower = r.pubsub()
+        flower.psubscribe("/1.celeryev/*")
+        heard(flower)
+        broadcast(conn, "celeryev", "task.started", {"n": 3})  # quiet: not sent
+        broadcast(conn, "celeryev", "task.succeeded", {"n": 3})
+        assert heard(flower) == ["/1.celeryev/task.succeeded"]
         flower.close()
 
 
@@ -178,6 +197,7 @@ def test_celery_config_names_its_event_exchange_and_the_quiet_setting() -> None:
     options = config["broker_transport_options"]
     assert list(options["ocr_unheard_exchanges"]) == [config["event_exchange"]]
     assert options["ocr_unheard_quiet"] == 2.5
+    assert {"task.succeeded", "task.failed"} <= set(options["ocr_unheard_always"])
     with pytest.raises(SettingsError, match="OCR_EVENTS_QUIET_SECONDS"):
         Settings.from_env({**env, "OCR_EVENTS_QUIET_SECONDS": "-1"})
     assert "ocr_unheard_exchanges" not in celery_config(Settings.from_env(
