@@ -37,6 +37,7 @@ from kombu.utils.json import dumps, loads
 
 from tasks.broker import held
 from tasks.broker.layout import held_key, holders_key
+from tasks.broker.scripts import Script
 
 log = logging.getLogger(__name__)
 
@@ -129,6 +130,9 @@ def _restore(qos: Any, client: Any, tag: str) -> None:
 # The restore's mutex lapses this long before the next worker's look is due: one look
 # of the fleet an interval, on the tick nearest it.
 LOOK_SLACK = 0.5
+# Releases the mutex (KEYS[1]) only while it holds this look's token (a failed look).
+RELEASE = Script("if redis.call('GET', KEYS[1]) == ARGV[1] then "
+                 "return redis.call('DEL', KEYS[1]) end return 0")
 
 
 class QoS(virtual.QoS):  # the transport's (tasks/broker/fetching.py)
@@ -288,7 +292,8 @@ class QoS(virtual.QoS):  # the transport's (tasks/broker/fetching.py)
 
         Every `unacked_restore_throttle` call (every `unacked_restore_interval` s, on
         every worker): an EXISTS first (nothing held: its whole cost), then the mutex,
-        taken for the interval and left to lapse, so that one worker of the fleet looks
+        taken for the interval and left to lapse (given back by a look that failed),
+        so that one worker of the fleet looks
         each interval (the look, `held.VISIBLE`, reads every held record's head and
         layout version 1's index on the server and sends back the delivery tags past
         the timeout; each restore is atomic, `restore_by_tag`). A channel that
@@ -306,13 +311,20 @@ class QoS(virtual.QoS):  # the transport's (tasks/broker/fetching.py)
         if not client.exists(*keys):  # nothing held (an idle fleet): one command
             return
         every = float(self.channel.unacked_restore_interval) * interval
-        if not client.set(str(self.channel.unacked_mutex_key), uuid.uuid4().hex, nx=True,
-                          px=max(int((every - LOOK_SLACK) * 1000), 1)):
+        mutex, token = str(self.channel.unacked_mutex_key), uuid.uuid4().hex
+        if not client.set(mutex, token, nx=True, px=max(int((every - LOOK_SLACK) * 1000), 1)):
             return  # another worker looked within the interval
-        limit = num if num is not None else self.channel.unacked_restore_limit
-        visible = held.VISIBLE.run(client, keys, [repr(ceiling), start + limit if limit else 0])
-        for tag in visible[start:]:
-            self.restore_by_tag(bytes_to_str(tag), client)
+        try:
+            limit = num if num is not None else self.channel.unacked_restore_limit
+            visible = held.VISIBLE.run(client, keys,
+                                       [repr(ceiling), start + limit if limit else 0])
+            for tag in visible[start:]:
+                self.restore_by_tag(bytes_to_str(tag), client)
+        except BaseException:
+            # A look that failed (a connection lost under it) is not the interval's
+            # look: the next worker's ask, or this one's next, looks again.
+            RELEASE.run(client, [mutex], [token])
+            raise
 
     def restore_unacked(self, client: Any = None) -> None:
         # At the channel's close: messages no child started go back to their queues

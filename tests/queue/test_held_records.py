@@ -32,6 +32,7 @@ from tasks.broker.layout import (
     HOLDERS_KEY,
     UNACKED_INDEX_KEY,
     UNACKED_KEY,
+    UNACKED_MUTEX_KEY,
     lane_key,
     lanes_key,
 )
@@ -245,6 +246,34 @@ def test_one_worker_of_the_fleet_looks_for_visible_messages_an_interval(
             time.sleep(1.0)
             second.qos.restore_visible()
         assert r.hget(HELD_KEY, late) is None and r.llen(name) == 1
+    r.close()
+
+
+def test_a_failed_look_gives_the_interval_back(lone_redis_url: str,
+                                               monkeypatch: pytest.MonkeyPatch) -> None:
+    """A look cut short (its connection lost) leaves the next ask free to look at once."""
+    name = "visible-failed"
+    queue = Queue(name, Exchange(name, type="direct"), routing_key=name)
+    r = redis.Redis.from_url(lone_redis_url)
+    options = {"visibility_timeout": 60, "unacked_restore_interval": 5,
+               "unacked_restore_throttle": 1}
+    with Connection(lone_redis_url, transport="tasks.broker.transport:Transport",
+                    transport_options=options) as conn:
+        channel = conn.channel()
+        conn.Producer(channel).publish({"n": 0}, exchange=queue.exchange, routing_key=name,
+                                       declare=[queue], serializer="json")
+        fetch_v2(r, name, time.time() - 120, holder="w@h|1")
+        with Consumer(channel, [queue], no_ack=False, accept=["json"]):
+            def cut(*args: Any, **kwargs: Any) -> Any:
+                raise redis.ConnectionError("connection lost under the look")
+
+            with monkeypatch.context() as patch:
+                patch.setattr(held.VISIBLE, "run", cut)
+                with pytest.raises(redis.ConnectionError):
+                    channel.qos.restore_visible()
+            assert not r.exists(UNACKED_MUTEX_KEY)
+            channel.qos.restore_visible()
+        assert r.llen(name) == 1 and not r.hlen(HELD_KEY)
     r.close()
 
 
