@@ -27,7 +27,6 @@ from __future__ import annotations
 import collections
 import logging
 import time
-import uuid
 from functools import cached_property
 from typing import Any
 
@@ -130,7 +129,17 @@ def _restore(qos: Any, client: Any, tag: str) -> None:
 # The restore's mutex lapses this long before the next worker's look is due: one look
 # of the fleet an interval, on the tick nearest it.
 LOOK_SLACK = 0.5
-# Releases the mutex (KEYS[1]) only while it holds this look's token (a failed look).
+# Whether this worker looks now: it takes the mutex (KEYS[1]) for the interval (ARGV[2]
+# ms) with its visibility timeout (ARGV[1]) as the value, or finds it taken by a look
+# with a longer timeout (which did not cover this worker's shorter one: a fleet whose
+# workers differ, as during a change of OCR_VISIBILITY_TIMEOUT). 1: look.
+LOOK = Script("""
+if redis.call('SET', KEYS[1], ARGV[1], 'NX', 'PX', ARGV[2]) then return 1 end
+local taken = tonumber(redis.call('GET', KEYS[1]))
+if taken and taken > tonumber(ARGV[1]) then return 1 end
+return 0
+""")
+# Gives the mutex back after a failed look, while it holds that look's value.
 RELEASE = Script("if redis.call('GET', KEYS[1]) == ARGV[1] then "
                  "return redis.call('DEL', KEYS[1]) end return 0")
 
@@ -292,8 +301,9 @@ class QoS(virtual.QoS):  # the transport's (tasks/broker/fetching.py)
 
         Every `unacked_restore_throttle` call (every `unacked_restore_interval` s, on
         every worker): an EXISTS first (nothing held: its whole cost), then the mutex,
-        taken for the interval and left to lapse (given back by a look that failed),
-        so that one worker of the fleet looks
+        taken for the interval and left to lapse (given back by a look that failed;
+        a worker whose visibility timeout is shorter than the taker's looks anyway:
+        `LOOK`), so that one worker of the fleet looks
         each interval (the look, `held.VISIBLE`, reads every held record's head and
         layout version 1's index on the server and sends back the delivery tags past
         the timeout; each restore is atomic, `restore_by_tag`). A channel that
@@ -311,8 +321,10 @@ class QoS(virtual.QoS):  # the transport's (tasks/broker/fetching.py)
         if not client.exists(*keys):  # nothing held (an idle fleet): one command
             return
         every = float(self.channel.unacked_restore_interval) * interval
-        mutex, token = str(self.channel.unacked_mutex_key), uuid.uuid4().hex
-        if not client.set(mutex, token, nx=True, px=max(int((every - LOOK_SLACK) * 1000), 1)):
+        mutex, timeout = str(self.channel.unacked_mutex_key), repr(float(
+            self.channel.visibility_timeout))
+        if not LOOK.run(client, [mutex],
+                        [timeout, max(int((every - LOOK_SLACK) * 1000), 1)]):
             return  # another worker looked within the interval
         try:
             limit = num if num is not None else self.channel.unacked_restore_limit
@@ -323,7 +335,7 @@ class QoS(virtual.QoS):  # the transport's (tasks/broker/fetching.py)
         except BaseException:
             # A look that failed (a connection lost under it) is not the interval's
             # look: the next worker's ask, or this one's next, looks again.
-            RELEASE.run(client, [mutex], [token])
+            RELEASE.run(client, [mutex], [timeout])
             raise
 
     def restore_unacked(self, client: Any = None) -> None:

@@ -214,9 +214,9 @@ def test_one_worker_of_the_fleet_looks_for_visible_messages_an_interval(
         lone_redis_url: str) -> None:
     """The look reads every held record's head: the fleet's workers take turns.
 
-    Two workers' channels ask within one interval: the first looks (one script), the
-    second costs an EXISTS and the mutex's SET; once the interval is over, the next ask
-    looks again and restores what is past the timeout.
+    Two workers' channels ask within one interval: the first looks, the second costs an
+    EXISTS and the mutex's script (its SET and GET); once the interval is over, the
+    next ask looks again and restores what is past the timeout.
     """
     name = "visible-turns"
     queue = Queue(name, Exchange(name, type="direct"), routing_key=name)
@@ -236,16 +236,42 @@ def test_one_worker_of_the_fleet_looks_for_visible_messages_an_interval(
                 Consumer(second, [queue], no_ack=False, accept=["json"]):
             r.config_resetstat()
             first.qos.restore_visible()
-            assert r.info("commandstats")["cmdstat_evalsha"]["calls"] == 1
+            assert r.info("commandstats")["cmdstat_evalsha"]["calls"] == 2  # mutex, look
             r.config_resetstat()
             second.qos.restore_visible()
             assert {k.removeprefix("cmdstat_"): v["calls"]
                     for k, v in r.info("commandstats").items()
-                    if k != "cmdstat_config|resetstat"} == {"exists": 1, "set": 1}
+                    if k not in ("cmdstat_config|resetstat",  # and a pool's first load
+                                 "cmdstat_script|load")} == {"exists": 1, "evalsha": 1,
+                                                            "set": 1, "get": 1}
             late = fetch_v2(r, name, time.time() - 120, holder="w@h|1")
             time.sleep(1.0)
             second.qos.restore_visible()
         assert r.hget(HELD_KEY, late) is None and r.llen(name) == 1
+    r.close()
+
+
+def test_a_shorter_visibility_timeout_looks_within_a_longer_ones_interval(
+        lone_redis_url: str) -> None:
+    """A look with a longer timeout does not cover a shorter one's: that one looks too."""
+    name = "visible-shorter"
+    queue = Queue(name, Exchange(name, type="direct"), routing_key=name)
+    r = redis.Redis.from_url(lone_redis_url)
+    common = {"unacked_restore_interval": 5, "unacked_restore_throttle": 1}
+    with Connection(lone_redis_url, transport="tasks.broker.transport:Transport",
+                    transport_options={**common, "visibility_timeout": 900}) as long, \
+            Connection(lone_redis_url, transport="tasks.broker.transport:Transport",
+                       transport_options={**common, "visibility_timeout": 60}) as short:
+        patient, eager = long.channel(), short.channel()
+        long.Producer(patient).publish({"n": 0}, exchange=queue.exchange, routing_key=name,
+                                       declare=[queue], serializer="json")
+        fetch_v2(r, name, time.time() - 120, holder="w@h|1")  # past 60 s, not 900 s
+        with Consumer(patient, [queue], no_ack=False, accept=["json"]), \
+                Consumer(eager, [queue], no_ack=False, accept=["json"]):
+            patient.qos.restore_visible()
+            assert r.llen(name) == 0 and r.exists(UNACKED_MUTEX_KEY)
+            eager.qos.restore_visible()
+        assert r.llen(name) == 1 and not r.hlen(HELD_KEY)
     r.close()
 
 
