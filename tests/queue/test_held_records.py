@@ -86,6 +86,12 @@ def fetch_v1(r: redis.Redis, queue: str, now: float, holder: str) -> str:
     return str(reply[2].decode())
 
 
+def transport(url: str, options: dict[str, Any]) -> Connection:
+    """A connection of this project's transport to `url` with its `options`."""
+    return Connection(url, transport="tasks.broker.transport:Transport",
+                      transport_options=options)
+
+
 def alive(r: redis.Redis, node: str, pid: int) -> None:
     """`node`'s presence record, refreshed now, naming `pid`."""
     r.hset(WORKERS_KEY, node, json.dumps({"queues": ["ocr"], "pid": pid,
@@ -184,8 +190,7 @@ def test_a_message_past_the_visibility_timeout_is_restored(lone_redis_url: str,
     queue = Queue(name, Exchange(name, type="direct"), routing_key=name)
     r = redis.Redis.from_url(lone_redis_url)
     options = {"visibility_timeout": 60}
-    with Connection(lone_redis_url, transport="tasks.broker.transport:Transport",
-                    transport_options=options) as conn:
+    with transport(lone_redis_url, options) as conn:
         channel = conn.channel()
         for n in range(2):
             conn.Producer(channel).publish({"n": n}, exchange=queue.exchange, routing_key=name,
@@ -223,10 +228,8 @@ def test_one_worker_of_the_fleet_looks_for_visible_messages_an_interval(
     r = redis.Redis.from_url(lone_redis_url)
     options = {"visibility_timeout": 60, "unacked_restore_interval": 1,
                "unacked_restore_throttle": 1}
-    with Connection(lone_redis_url, transport="tasks.broker.transport:Transport",
-                    transport_options=options) as one, \
-            Connection(lone_redis_url, transport="tasks.broker.transport:Transport",
-                       transport_options=options) as two:
+    with transport(lone_redis_url, options) as one, \
+            transport(lone_redis_url, options) as two:
         first, second = one.channel(), two.channel()
         for n in range(2):
             one.Producer(first).publish({"n": n}, exchange=queue.exchange,
@@ -258,10 +261,8 @@ def test_a_shorter_visibility_timeout_looks_within_a_longer_ones_interval(
     queue = Queue(name, Exchange(name, type="direct"), routing_key=name)
     r = redis.Redis.from_url(lone_redis_url)
     common = {"unacked_restore_interval": 5, "unacked_restore_throttle": 1}
-    with Connection(lone_redis_url, transport="tasks.broker.transport:Transport",
-                    transport_options={**common, "visibility_timeout": 900}) as long, \
-            Connection(lone_redis_url, transport="tasks.broker.transport:Transport",
-                       transport_options={**common, "visibility_timeout": 60}) as short:
+    with transport(lone_redis_url, {**common, "visibility_timeout": 900}) as long, \
+            transport(lone_redis_url, {**common, "visibility_timeout": 60}) as short:
         patient, eager = long.channel(), short.channel()
         long.Producer(patient).publish({"n": 0}, exchange=queue.exchange, routing_key=name,
                                        declare=[queue], serializer="json")
@@ -283,8 +284,7 @@ def test_a_failed_look_gives_the_interval_back(lone_redis_url: str,
     r = redis.Redis.from_url(lone_redis_url)
     options = {"visibility_timeout": 60, "unacked_restore_interval": 5,
                "unacked_restore_throttle": 1}
-    with Connection(lone_redis_url, transport="tasks.broker.transport:Transport",
-                    transport_options=options) as conn:
+    with transport(lone_redis_url, options) as conn:
         channel = conn.channel()
         conn.Producer(channel).publish({"n": 0}, exchange=queue.exchange, routing_key=name,
                                        declare=[queue], serializer="json")
