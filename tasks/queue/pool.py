@@ -14,6 +14,10 @@ the initializer and before the child's work loop reads `max_memory_per_child`.
 A recycled child's replacement starts within `MAINTAIN_EVERY` s of its exit, also where
 Celery misses the exit (its sentinel closed before the child could be reaped).
 
+`warm_before_fork` runs in the worker parent before its pool forks: what each child
+would otherwise load afresh at its start is loaded once there and inherited, so that a
+recycled child's replacement reads its first page as fast as its last.
+
 The pool also keeps a child's result that the worker parent was reading when its broker
 connection was lost (`ResumingResultHandler`): Celery's event loop drops every reader
 at the loss, the half-read result's among them, and a fresh read of that pipe would
@@ -22,15 +26,40 @@ start inside the message.
 
 from __future__ import annotations
 
+import importlib
 import logging
+import sys
 from collections.abc import Generator
 from inspect import GEN_SUSPENDED, getgeneratorstate
 from typing import Any
 
 from billiard.compat import mem_rss
 from celery.concurrency import asynpool, prefork, thread
+from PIL import Image
 
 log = logging.getLogger(__name__)
+
+
+# The C declaration billiard's `set_pdeathsig` parses with cffi in each pool child
+# where cffi is importable (cryptography requires it): parsed once in the parent, the
+# children inherit cffi's parser and pycparser's tables instead of building them.
+PDEATHSIG_DECLARATION = "int prctl (int __option, ...);"
+
+
+def warm_before_fork() -> None:
+    """Load once, in the worker parent before its pool forks, what each child would.
+
+    - Pillow's format plugins: a child's first WebP preview (tasks/pipeline/previews.py)
+      makes Pillow import all of them (`Image.init()`), about 40 modules, and the
+      previews' filters (`ImageFilter`);
+    - cffi's C parser (pycparser), which billiard builds in each child to set its
+      parent-death signal: tens of ms of a child's start, at every recycle.
+    """
+    Image.init()
+    importlib.import_module("PIL.ImageFilter")
+    cffi = sys.modules.get("cffi")  # billiard imports it where it is installed
+    if cffi is not None:
+        cffi.FFI().cdef(PDEATHSIG_DECLARATION)
 
 
 class GrowthWorker(asynpool.Worker):

@@ -6,9 +6,17 @@ starts it (celery/celery#9588), every 5 s in Celery: a task written to the child
 before it exited waited that long (the null-engine ceiling of bench/queue_cost.py lost
 3-4 s in about one round of four; bench/README.md). The worker's pool checks every
 `MAINTAIN_EVERY` s.
+
+A replacement's start and first page load nothing the worker parent could have loaded
+before it forked (`warm_before_fork`): checked in a fresh interpreter, which forks
+the way the pool does and records the modules each child imports.
 """
 
 from __future__ import annotations
+
+import subprocess
+import sys
+import textwrap
 
 from celery.concurrency import asynpool
 
@@ -22,3 +30,39 @@ def test_the_pool_checks_for_exited_children_every_quarter_second() -> None:
                for fun, every in asynpool.AsynPool.timers.fget(pool).items()}
     assert ours["maintain_pool"] == MAINTAIN_EVERY <= 0.25 < celerys["maintain_pool"]
     assert set(ours) == set(celerys)  # Celery's other timers kept
+
+
+# What a pool child does at its start and its first page that loads modules lazily:
+# billiard's parent-death signal (cffi's C parser where cffi is installed, as here),
+# and a page's WebP preview (Pillow's plugins, and its filters).
+CHILD = textwrap.dedent("""
+    import os, sys
+    from billiard.util import set_pdeathsig
+    from PIL import Image
+    from tasks.pipeline.previews import page_preview
+    from tasks.queue.pool import warm_before_fork
+    if sys.argv[1] == "warm":
+        warm_before_fork()
+    read, write = os.pipe()
+    if os.fork() == 0:
+        before = set(sys.modules)
+        set_pdeathsig(9)
+        with Image.new("RGB", (400, 300), "white") as page:
+            page_preview(page)
+        os.write(write, " ".join(sorted(set(sys.modules) - before)).encode())
+        os._exit(0)
+    os.close(write)
+    print(os.read(read, 65536).decode())
+""")
+
+
+def child_imports(mode: str) -> list[str]:
+    done = subprocess.run([sys.executable, "-c", CHILD, mode], capture_output=True,
+                          text=True, timeout=120, check=True)
+    return done.stdout.split()
+
+
+def test_a_forked_child_loads_no_module_the_parent_warmed() -> None:
+    cold = child_imports("cold")
+    assert "cffi.cparser" in cold and "PIL.WebPImagePlugin" in cold  # what it spares
+    assert child_imports("warm") == []
