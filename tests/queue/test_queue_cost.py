@@ -152,6 +152,9 @@ def test_a_burst_s_acknowledgements_ride_on_the_fetches(worker: Worker, redis_ur
                 if stop.is_set():
                     return
 
+    # the module's earlier jobs acknowledged first: an acknowledgement that rides on a
+    # later fetch would be seen here without the write of its record
+    eventually(lambda: store.hlen(HELD_KEY) == 0 or None, 15, "earlier records acknowledged")
     watcher = threading.Thread(target=watch, daemon=True)
     watcher.start()
     time.sleep(0.3)
