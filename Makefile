@@ -200,23 +200,27 @@ lint: $(VENV)/.dev
 	ruff check .
 	mypy
 
-# Two test processes by default: most of a test's time is spent waiting on the
-# processes it started, so two modules at once fit two cores (docs/testing.md).
-# TEST_PROCESSES=0 runs them in this one process; TEST_PROCESSES=3 to compare (the
-# summary's last lines: each process's seconds, and how busy the CPUs were). The
-# longest groups go first, in tests/conftest.py's order (--no-loadscope-reorder:
-# pytest-xdist would order them by their number of tests).
+# Three test processes for `make test`: most of a test's time is spent waiting on the
+# processes it started, so three modules at once fit two cores (docs/testing.md: 14 min
+# 58 s of pytest from a fresh clone against 18 min 35 s with two, the CPUs busy 92 %
+# against 68 %). `make test-long` and `make test-floor` keep two
+# (FOCUSED_TEST_PROCESSES): the long forms' soaks and clusters keep the cores busy
+# themselves, and the floor's queue modules are few. TEST_PROCESSES=0 runs them in this one process (the summary's last
+# lines: each process's seconds, and how busy the CPUs were). The longest groups go
+# first, in tests/conftest.py's order (--no-loadscope-reorder: pytest-xdist would order
+# them by their number of tests).
 # `make test` leaves out the long forms (`-m "not long"`: the soaks, the clusters of
 # their own, the image built and run, a second failover); `make test-long` runs them
 # alone, and CI runs both (.ci/run). Each long form keeps a short form, or a test per
 # promise, in `make test` (docs/testing.md, "Two tiers").
-TEST_PROCESSES ?= 2
-PYTEST_PROCESSES = $(if $(filter-out 0,$(TEST_PROCESSES)),-n $(TEST_PROCESSES) --dist loadgroup --no-loadscope-reorder)
+TEST_PROCESSES ?= 3
+FOCUSED_TEST_PROCESSES ?= 2
+processes = $(if $(filter-out 0,$(1)),-n $(1) --dist loadgroup --no-loadscope-reorder)
 test: $(VENV)/.dev redis-server rabbitmq-server podman chromium promtool test-langs ocrmypdf-plugin lint
-	pytest $(PYTEST_PROCESSES) -m "not long"
+	pytest $(call processes,$(TEST_PROCESSES)) -m "not long"
 
 test-long: $(VENV)/.dev redis-server rabbitmq-server podman test-langs
-	pytest $(PYTEST_PROCESSES) -m long
+	pytest $(call processes,$(FOCUSED_TEST_PROCESSES)) -m long
 
 # The two ends of requirements.txt's celery/kombu range: `make test` runs the top (pip's
 # pick, in .venv, what the image locks); `make test-floor` runs the queue's tests at the
@@ -240,7 +244,7 @@ $(FLOOR_VENV)/.floor: requirements.txt requirements-dev.txt constraints-floor.tx
 
 test-floor: $(FLOOR_VENV)/.floor redis-server rabbitmq-server
 	$(FLOOR_VENV)/bin/python -m pip list | grep -Ei '^(celery|kombu|redis) '
-	PATH=$(abspath $(FLOOR_VENV))/bin:$$PATH $(FLOOR_VENV)/bin/pytest $(PYTEST_PROCESSES) \
+	PATH=$(abspath $(FLOOR_VENV))/bin:$$PATH $(FLOOR_VENV)/bin/pytest $(call processes,$(FOCUSED_TEST_PROCESSES)) \
 	  -m "not long" $(FLOOR_TESTS)
 
 # OMP_THREAD_LIMIT=1: one OpenMP thread per tesseract, as the workers run it
