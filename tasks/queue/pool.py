@@ -5,6 +5,8 @@ every task, against the child's whole resident memory. A child that holds a 4 GB
 would then be recycled after every task. This pool subclass adds, in each child, the
 child's RSS once `worker_process_init` (which loads the engine) has run to that limit:
 the child is recycled when it has *grown* by more than OCR_MAX_MEMORY_PER_CHILD_MB.
+Its task limit is OCR_MAX_TASKS_PER_CHILD less up to a fifth, drawn at its start, so
+that children started together do not all recycle at once.
 
 Selected by `worker_pool` in `celery_config()` (tasks/queue/celery_config.py).
 `ThreadTaskPool` is a vlm-api worker's (its pages wait on an inference server).
@@ -29,6 +31,7 @@ from __future__ import annotations
 import gc
 import importlib
 import logging
+import random
 import sys
 from collections.abc import Generator
 from inspect import GEN_SUSPENDED, getgeneratorstate
@@ -70,10 +73,29 @@ def warm_before_fork() -> None:
     gc.freeze()
 
 
+# A child's task limit is OCR_MAX_TASKS_PER_CHILD less up to this share of it, drawn
+# at its start: children that started together take tasks in turn and would otherwise
+# all recycle at once, the worker reading nothing while every engine loads again.
+TASKS_STAGGER = 0.2
+
+
+def staggered(max_tasks: int, draw: float) -> int:
+    """`max_tasks` less up to TASKS_STAGGER of it, by `draw` in [0, 1); at least 1."""
+    return max(1, max_tasks - int(max_tasks * TASKS_STAGGER * draw))
+
+
 class GrowthWorker(asynpool.Worker):
-    """A pool child whose memory limit counts from its RSS after the engine loaded."""
+    """A pool child whose memory limit counts from its RSS after the engine loaded.
+
+    Its task limit is staggered (`staggered`), so that the pool's children recycle
+    one at a time.
+    """
 
     def on_loop_start(self, pid: int) -> None:
+        max_tasks: int = getattr(self, "maxtasks", None) or 0
+        if max_tasks > 0:
+            self.maxtasks = staggered(max_tasks, random.random())
+            log.info("pool child %d: recycles after %d tasks", pid, self.maxtasks)
         limit: int = getattr(self, "max_memory_per_child", None) or 0
         if limit > 0:
             baseline = mem_rss()

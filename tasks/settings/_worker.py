@@ -24,7 +24,9 @@ class WorkerSettings:
                           "copy of the model), and OCR_VLM_API_IN_FLIGHT threads for "
                           "vlm-api.")
     max_tasks_per_child: int = _s("OCR_MAX_TASKS_PER_CHILD", "200",
-                                  "Recycle a pool child after this many tasks (0: never).")
+                                  "Recycle a pool child after this many tasks (0: never), each "
+                                  "child's limit drawn up to a fifth below it so that "
+                                  "children do not recycle at once.")
     max_memory_per_child_mb: int = _s("OCR_MAX_MEMORY_PER_CHILD_MB", "4096",
                                       "Recycle a pool child whose RSS has grown by more "
                                       "than this since its engine loaded (0: never); a "

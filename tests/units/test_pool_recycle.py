@@ -12,6 +12,10 @@ before it forked (`warm_before_fork`): checked in a fresh interpreter, which for
 the way the pool does and records the modules each child imports. And Celery's
 collection of the parent's garbage before each fork walks only what the parent made
 since (the rest frozen): it walked the whole heap, ~150 ms a replacement.
+
+Children that start together take tasks in turn; each child's task limit is drawn a
+little below OCR_MAX_TASKS_PER_CHILD (`staggered`), so that they do not all recycle at
+once, the worker then reading nothing while every child loads its engine again.
 """
 
 from __future__ import annotations
@@ -19,10 +23,17 @@ from __future__ import annotations
 import subprocess
 import sys
 import textwrap
+from types import SimpleNamespace
 
 from celery.concurrency import asynpool
 
-from tasks.queue.pool import MAINTAIN_EVERY, GrowthAsynPool
+from tasks.queue.pool import (
+    MAINTAIN_EVERY,
+    TASKS_STAGGER,
+    GrowthAsynPool,
+    GrowthWorker,
+    staggered,
+)
 
 
 def test_the_pool_checks_for_exited_children_every_quarter_second() -> None:
@@ -75,3 +86,28 @@ def test_a_forked_child_loads_no_module_the_parent_warmed() -> None:
     warm, tracked, frozen = fork_once("warm")
     assert warm == []
     assert tracked < frozen / 20 and tracked < tracked_cold / 20
+
+
+def test_a_childs_task_limit_is_drawn_a_little_below_the_setting() -> None:
+    for setting in (1, 2, 3, 10, 200):
+        limits = {staggered(setting, n / 100) for n in range(100)}
+        assert max(limits) == staggered(setting, 0.0) == setting
+        assert min(limits) >= max(1, setting * (1 - TASKS_STAGGER))
+    assert len({staggered(200, n / 100) for n in range(100)}) > 30
+
+
+def child_started(max_tasks: int | None) -> GrowthWorker:
+    """A pool child's `on_loop_start` run, its pipe to the parent a list."""
+    child = object.__new__(GrowthWorker)  # its start reads only these
+    sent: list[object] = []
+    child.maxtasks, child.max_memory_per_child = max_tasks, None
+    child.outq = SimpleNamespace(put=sent.append)
+    child.on_loop_start(pid=4242)
+    assert sent  # its WORKER_UP went to the parent as before
+    return child
+
+
+def test_children_started_together_recycle_at_different_counts() -> None:
+    limits = [child_started(200).maxtasks for _ in range(20)]
+    assert all(160 <= limit <= 200 for limit in limits) and len(set(limits)) > 1
+    assert child_started(None).maxtasks is None  # 0: never recycled, as before
