@@ -11,7 +11,8 @@ that children started together do not all recycle at once.
 Selected by `worker_pool` in `celery_config()` (tasks/queue/celery_config.py).
 `ThreadTaskPool` is a vlm-api worker's (its pages wait on an inference server).
 `GrowthWorker.on_loop_start` runs in each pool child, after billiard's `after_fork` ran
-the initializer and before the child's work loop reads `max_memory_per_child`.
+the initializer and before the child's work loop reads `maxtasks` and
+`max_memory_per_child`.
 
 A recycled child's replacement starts within `MAINTAIN_EVERY` s of its exit, also where
 Celery misses the exit (its sentinel closed before the child could be reaped).
