@@ -205,10 +205,10 @@ lint: $(VENV)/.dev
 # 44 s of pytest from a fresh clone against 18 min 35 s with two, the CPUs busy 85 %
 # against 68 %). `make test-long` and `make test-floor` keep two
 # (FOCUSED_TEST_PROCESSES): the long forms' soaks and clusters keep the cores busy
-# themselves, and the floor's queue modules are few. TEST_PROCESSES=0 runs them in this one process (the summary's last
-# lines: each process's seconds, and how busy the CPUs were). The longest groups go
-# first, in tests/conftest.py's order (--no-loadscope-reorder: pytest-xdist would order
-# them by their number of tests).
+# themselves, and the floor's queue modules are few. TEST_PROCESSES=0 runs them in
+# this one process (the summary's last lines: each process's seconds, and how busy the
+# CPUs were). The longest groups go first, in tests/conftest.py's order
+# (--no-loadscope-reorder: pytest-xdist would order them by their number of tests).
 # `make test` leaves out the long forms (`-m "not long"`: the soaks, the clusters of
 # their own, the image built and run, a second failover); `make test-long` runs them
 # alone, and CI runs both (.ci/run). Each long form keeps a short form, or a test per

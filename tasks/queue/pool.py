@@ -17,7 +17,8 @@ the initializer and before the child's work loop reads `maxtasks` and
 A recycled child's replacement starts within `MAINTAIN_EVERY` s of its exit, also where
 Celery misses the exit (its sentinel closed before the child could be reaped).
 
-`warm_before_fork` runs in the worker parent before its pool forks: what each child
+`warm_before_fork` runs in the worker parent as its pool starts (`TaskPool.on_start`),
+before the pool forks its children: what each child
 would otherwise load afresh at its start is loaded once there and inherited, so that a
 recycled child's replacement reads its first page as fast as its last.
 
@@ -162,9 +163,13 @@ class GrowthAsynPool(asynpool.AsynPool):
 
 
 class TaskPool(prefork.TaskPool):
-    """Celery's prefork pool, recycling children on memory growth."""
+    """Celery's prefork pool, recycling children on memory growth, warmed before it forks."""
 
     Pool = GrowthAsynPool
+
+    def on_start(self) -> None:
+        warm_before_fork()  # in the worker parent, before the pool's first fork
+        super().on_start()
 
 
 class ThreadTaskPool(thread.TaskPool):

@@ -35,7 +35,7 @@ from tasks.engines.lang_routing import served_engines
 from tasks.models.registry import ModelRegistry
 from tasks.pipeline.images import configure_pillow
 from tasks.pipeline.pdf import empty_store
-from tasks.queue import brokers, pool, thread_limits
+from tasks.queue import brokers, thread_limits
 from tasks.queue.routing import CONTROL_QUEUE, queue_for_engine
 from tasks.settings import Settings
 from tasks.state.connection import connect
@@ -109,8 +109,6 @@ def connect_signals(app: OcrCelery, settings: Settings) -> None:
                 log.info("worker %s reads with engine %s in a pool of %s threads", sender,
                          app.ocr_engine, instance.concurrency)
         brokers.prepare_queues(instance.app, settings, sender)
-        if forks(instance):
-            pool.warm_before_fork()
 
     def keep_models(idle_seconds: float) -> release.ChildKeeper:
         global _keeper

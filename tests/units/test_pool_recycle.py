@@ -25,13 +25,16 @@ import sys
 import textwrap
 from types import SimpleNamespace
 
-from celery.concurrency import asynpool
+import pytest
+from celery.concurrency import asynpool, prefork
 
+from tasks.queue import pool
 from tasks.queue.pool import (
     MAINTAIN_EVERY,
     TASKS_STAGGER,
     GrowthAsynPool,
     GrowthWorker,
+    TaskPool,
     staggered,
 )
 
@@ -86,6 +89,15 @@ def test_a_forked_child_loads_no_module_the_parent_warmed() -> None:
     warm, tracked, frozen = fork_once("warm")
     assert warm == []
     assert tracked < frozen / 20 and tracked < tracked_cold / 20
+
+
+def test_the_prefork_pool_warms_its_parent_before_it_forks(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    calls: list[str] = []
+    monkeypatch.setattr(pool, "warm_before_fork", lambda: calls.append("warm"))
+    monkeypatch.setattr(prefork.TaskPool, "on_start", lambda self: calls.append("fork"))
+    TaskPool.on_start(object.__new__(TaskPool))  # its start reads no state of the pool
+    assert calls == ["warm", "fork"]
 
 
 def test_a_childs_task_limit_is_drawn_a_little_below_the_setting() -> None:
