@@ -2,11 +2,12 @@
 
 Loaded by real workers as a plugin (OCR_ENGINE_PLUGINS, `slow-ending`); its text only
 describes the image. Its `load` (in each pool child, never in the worker parent)
-makes that child's `JobEnder.finish` wait `FAKE_ENDING_SECONDS` (default 60) before
-finishing a CANCELLED outcome: the child then holds the job's end claim with nothing
-of its ending done, the window in which the chaos soak saw a cancel's SIGKILL land.
-With `FAKE_ENDING_STALL=stored` it stalls every ending after storing its result (the
-window in which the long soak saw a whole worker host SIGKILLed).
+makes that child's `JobEnder` wait `FAKE_ENDING_SECONDS` (default 60) after claiming
+a CANCELLED outcome's end, before storing it: the child then holds the job's end claim
+with nothing of its ending done, the window in which the chaos soak saw a cancel's
+SIGKILL land. With `FAKE_ENDING_STALL=stored` it stalls every ending after storing its
+result, before what follows it (the window in which the long soak saw a whole worker
+host SIGKILLed).
 """
 
 from __future__ import annotations
@@ -29,17 +30,19 @@ class SlowEndingEngine(FakeEngine):
     @classmethod
     def load(cls, settings: Settings) -> SlowEndingEngine:
         stall = float(os.environ.get("FAKE_ENDING_SECONDS", "60"))
-        finish = JobEnder.finish
-
+        finish, after_storing = JobEnder._finish, JobEnder._after_storing
         after_store = os.environ.get("FAKE_ENDING_STALL") == "stored"
 
-        def stalled(self: JobEnder, outcome: Outcome) -> Any:
-            if after_store:
-                self._ports.publish(outcome)  # stored; the rest of the ending not begun
-                time.sleep(stall)
-            elif outcome.status is JobStatus.CANCELLED:
+        def stalled_finish(self: JobEnder, outcome: Outcome) -> Any:
+            if not after_store and outcome.status is JobStatus.CANCELLED:
                 time.sleep(stall)
             return finish(self, outcome)
 
-        JobEnder.finish = stalled  # type: ignore[method-assign]
+        def stalled_after(self: JobEnder, outcome: Outcome, *, marked: bool) -> Any:
+            if after_store:
+                time.sleep(stall)  # stored; the rest of the ending not begun
+            return after_storing(self, outcome, marked=marked)
+
+        JobEnder._finish = stalled_finish  # type: ignore[method-assign]
+        JobEnder._after_storing = stalled_after  # type: ignore[method-assign]
         return cls(float(os.environ.get("FAKE_PAGE_SECONDS", "0")))

@@ -38,7 +38,7 @@ from tasks.broker.oversized import ENDS, reply_size
 from tasks.errors import ContentRefused, InputTooLarge, MalformedMessage, OcrError
 from tasks.records.status import JobStatus
 from tasks.state.connection import connect
-from tasks.state.stores import JobControl
+from tasks.state.job_control import JobControl
 
 log = logging.getLogger(__name__)
 

@@ -34,7 +34,7 @@ from tasks.state.webhook_secrets import SigningSecrets, WebhookSecrets
 
 if TYPE_CHECKING:
     from tasks.settings import Settings
-    from tasks.state.stores import JobControl
+    from tasks.state.job_control import JobControl
 
 log = logging.getLogger(__name__)
 SUMMARY_FIELDS = ("id", "status", "filename", "format", "page_count", "failed_pages",

@@ -18,8 +18,8 @@ from tasks.records.results import DocumentResult
 
 if TYPE_CHECKING:
     from tasks.lifecycle.job_exit import JobEnder
+    from tasks.state.job_control import JobControl
     from tasks.state.join import DocumentJoin
-    from tasks.state.stores import JobControl
 
 # What `ocr.cancel` answers for a job that had ended before the cancel came.
 ALREADY_ENDED = "already_ended"

@@ -29,9 +29,9 @@ from tasks.state.boundary import CONNECTION_ERRORS
 from tasks.state.stores import blob_keys
 
 if TYPE_CHECKING:
-    from tasks.records.jobs import Outcome
+    from tasks.records.jobs import Outcome, ResultRecord
+    from tasks.state.job_control import JobControl
     from tasks.state.join import DocumentJoin
-    from tasks.state.stores import JobControl
 
 log = logging.getLogger(__name__)
 # What storing a result raises when its store is unreachable (or refuses it).
@@ -41,8 +41,20 @@ _STORE_ERRORS: tuple[type[BaseException], ...] = (OcrError, *CONNECTION_ERRORS)
 class EndingPorts(Protocol):
     """What ending a job needs from the queue layer."""
 
+    def result_record(self, outcome: Outcome) -> ResultRecord | None:
+        """The result record of an ending the end claim stores in its own step.
+
+        None: `publish` stores the result (an ending whose stored form needs more).
+        """
+
     def publish(self, outcome: Outcome) -> None:
         """Store the result where clients read it and tell monitors (Flower)."""
+
+    def tell(self, outcome: Outcome) -> None:
+        """Tell monitors (Flower) of an ending whose `result_record` the claim stored."""
+
+    def waits_for_replicas(self) -> bool:
+        """Whether `keep` holds for Redis replicas (nothing else then follows the claim)."""
 
     def keep(self, outcome: Outcome) -> None:
         """Hold until the stored ending is on enough Redis replicas to outlive a failover."""
@@ -95,13 +107,39 @@ class JobEnder:
         self._ports.publish(outcome)
 
     def end(self, outcome: Outcome) -> bool:
-        """Claim and finish; False (and nothing done) when the job had already ended."""
-        if not self.claim(outcome.job_id):
-            # e.g. a run by a worker that only seemed dead, its job handed on meanwhile
-            log.warning("job %s already ended; this run's %s dropped", outcome.job_id,
-                        outcome.status.value)
-            return False
-        self.finish(outcome)
+        """Claim and finish; False (and nothing done) when the job had already ended.
+
+        Where the ports give the result's record, the claim stores it in its own atomic
+        step; where nothing has to happen between the two (no callback, no replica to
+        wait for), that step finishes the ending too (freed, marked done, the notice):
+        a job's whole ending in one round trip.
+        """
+        job_id = outcome.job_id
+        outcome.trace_id = outcome.trace_id or tracing.current_trace_id()
+        with tracing.span("ocr.job.end", {"ocr.job_id": job_id,
+                                          "ocr.status": outcome.status.value}):
+            record = self._ports.result_record(outcome)
+            done = record is not None and not self._steps_between(outcome)
+            holder = holder_name()
+            try:
+                with tracing.span("ocr.result.write"):
+                    claimed = self._control.claim_end(
+                        job_id, holder, record, ended=outcome.status.value if done else "",
+                        freed=self._freed(outcome) if done else ())
+            except _STORE_ERRORS:
+                if record is not None:  # it may have run: only a claim naming this ender
+                    self._give_back(job_id, holder)
+                raise
+            if not claimed:
+                # e.g. a run by a worker that only seemed dead, its job handed on meanwhile
+                log.warning("job %s already ended; this run's %s dropped", job_id,
+                            outcome.status.value)
+                return False
+            if record is None:
+                self._finish(outcome)
+            else:
+                self._ports.tell(outcome)
+                self._after_storing(outcome, marked=done)
         return True
 
     def finish(self, outcome: Outcome) -> None:
@@ -119,22 +157,41 @@ class JobEnder:
         outcome.trace_id = outcome.trace_id or tracing.current_trace_id()
         with tracing.span("ocr.job.end", {"ocr.job_id": outcome.job_id,
                                           "ocr.status": outcome.status.value}):
-            try:
-                with tracing.span("ocr.result.write"):
-                    self._ports.publish(outcome)
-                    self._ports.keep(outcome)
-            except _STORE_ERRORS:
-                self._give_back(outcome.job_id)
-                raise
-            request = outcome.request
-            if request is not None and request.callback_task:
-                self._ports.send_callback_task(request.callback_task,
-                                               request.callback_queue, outcome.public())
-            if request is not None and request.callback_url:
-                self._ports.send_http_callback(
-                    request.callback_url, summary(outcome.public()), outcome.reply_queue,
-                    self._control.owner(outcome.job_id))  # from the job's own record
-            self._ports.record(outcome)
+            self._finish(outcome)
+
+    def _finish(self, outcome: Outcome) -> None:
+        """`finish`, inside its span."""
+        try:
+            with tracing.span("ocr.result.write"):
+                self._ports.publish(outcome)
+        except _STORE_ERRORS:
+            self._give_back(outcome.job_id)
+            raise
+        self._after_storing(outcome, marked=False)
+
+    def _steps_between(self, outcome: Outcome) -> bool:
+        """Whether something must happen between storing the result and its notice."""
+        request = outcome.request
+        return self._ports.waits_for_replicas() or (request is not None and bool(
+            request.callback_task or request.callback_url))
+
+    def _after_storing(self, outcome: Outcome, *, marked: bool) -> None:
+        """What follows the stored result: replicas, callbacks, the record, the notice.
+
+        `marked`: the claim's own step already freed the job and wrote its notice.
+        """
+        self._ports.keep(outcome)
+        request = outcome.request
+        if request is not None and request.callback_task:
+            self._ports.send_callback_task(request.callback_task,
+                                           request.callback_queue, outcome.public())
+        if request is not None and request.callback_url:
+            self._ports.send_http_callback(
+                request.callback_url, summary(outcome.public()), outcome.reply_queue,
+                self._control.owner(outcome.job_id))  # from the job's own record
+        self._ports.record(outcome)
+        if marked:
+            return
         try:
             # One round trip: the join's keys and the inputs freed (one DEL), the claim
             # marked done, and the notice waiting clients block on, in that order.
@@ -146,10 +203,14 @@ class JobEnder:
             log.warning("job %s ended, its state not freed nor its claim marked done: %s",
                         outcome.job_id, exc)
 
-    def _give_back(self, job_id: str) -> None:
-        """Release the claim of an ending that failed to store its result."""
+    def _give_back(self, job_id: str, holder: str | None = None) -> None:
+        """Release the claim of an ending that failed to store its result.
+
+        With `holder`, only while the claim names it (the step that failed may not
+        have taken it, or may have finished the ending).
+        """
         try:
-            self._control.release_end(job_id)
+            self._control.release_end(job_id, holder)
         except OcrError as exc:  # still unreachable: the claim waits for its TTL
             log.error("job %s: its ending failed and its claim was not given back: %s",
                       job_id, exc)

@@ -20,15 +20,16 @@ from celery import states
 from tasks.errors import OcrError, TransientError
 from tasks.lifecycle.job_exit import JobEnder
 from tasks.queue import job_events, telemetry
-from tasks.queue.result_records import store_result
+from tasks.queue.result_records import result_record, store_result
 from tasks.queue.routing import CONTROL_QUEUE
-from tasks.records.jobs import JobStatus, Outcome
+from tasks.records.jobs import JobStatus, Outcome, ResultRecord
 from tasks.records.status import CeleryState
 from tasks.state.boundary import publishing
 from tasks.state.connection import connect
+from tasks.state.job_control import JobControl
 from tasks.state.job_index import JobIndex
 from tasks.state.join import DocumentJoin, PageProgress, ProgressWrite
-from tasks.state.stores import BlobStore, JobControl, OutputStore, ResultCache, Stores
+from tasks.state.stores import BlobStore, OutputStore, ResultCache, Stores
 from tasks.state.usage import PageUsage
 
 if TYPE_CHECKING:
@@ -117,6 +118,11 @@ class CeleryPorts:
         self._app = app
         self._control = control
 
+    def result_record(self, outcome: Outcome) -> ResultRecord | None:
+        if outcome.status in (JobStatus.CANCELLED, JobStatus.FAILURE):
+            return None  # stored by `publish`, with the writes they need beside
+        return result_record(self._app, outcome.job_id, outcome.public(), states.SUCCESS)
+
     def publish(self, outcome: Outcome) -> None:
         app, job_id = self._app, outcome.job_id
         if outcome.status is JobStatus.CANCELLED:
@@ -136,9 +142,15 @@ class CeleryPorts:
             send_job_event(app, "task-failed", job_id, exception=str(error))
         else:
             store_result(app, job_id, outcome.public(), states.SUCCESS)
-            # always: the worker's own task events are on only while Flower asks for them
-            send_job_event(app, "task-succeeded", job_id, result=outcome.status.value,
-                           runtime=outcome.seconds)
+            self.tell(outcome)
+
+    def tell(self, outcome: Outcome) -> None:
+        # always: the worker's own task events are on only while Flower asks for them
+        send_job_event(self._app, "task-succeeded", outcome.job_id,
+                       result=outcome.status.value, runtime=outcome.seconds)
+
+    def waits_for_replicas(self) -> bool:
+        return self._app.ocr_settings.redis_target.min_replicas > 0
 
     def keep(self, outcome: Outcome) -> None:
         target = self._app.ocr_settings.redis_target

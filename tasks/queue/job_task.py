@@ -35,10 +35,10 @@ from tasks.queue.message_headers import client_from, job_headers, listed
 from tasks.queue.page_tasks import pdf_chunk_lost, pdf_page, pdf_page_lost, pdf_text_chunk
 from tasks.queue.parent_endings import end_from_message, finish_abandoned
 from tasks.queue.poison_guard import GuardedTask
-from tasks.queue.result_records import store_result
+from tasks.queue.result_records import result_record
 from tasks.queue.retry_policy import retry_later
 from tasks.queue.routing import job_queue
-from tasks.records.jobs import JobStatus, Outcome
+from tasks.records.jobs import JobStatus, Outcome, ResultRecord
 from tasks.records.request import JobRequest
 from tasks.records.results import DocumentResult
 from tasks.settings import Settings
@@ -49,6 +49,12 @@ class DocumentTask(GuardedTask):
     """`ocr.document`: every refusal ends the job through its one exit."""
 
     abstract = True
+
+    def started_record(self, task_id: str) -> ResultRecord:
+        # What `task_track_started` would store, were results not ignored.
+        return result_record(self.app, task_id, {"pid": os.getpid(),
+                                                 "hostname": self.request.hostname},
+                             states.STARTED)
 
     def check_start(self, task_id: str, kwargs: dict[str, Any], ended: bool) -> None:
         if ended:
@@ -87,10 +93,7 @@ def document(self: Task, *args: Any, **kwargs: Any) -> dict[str, Any]:
     """
     started = time.time()  # the job's clock (`timings.total_seconds`) starts here
     settings: Settings = self.app.ocr_settings
-    job_id = self.request.id
-    # What `task_track_started` would store, were results not ignored (one SETEX).
-    store_result(self.app, job_id, {"pid": os.getpid(), "hostname": self.request.hostname},
-                 states.STARTED, publish=False)
+    job_id = self.request.id  # its STARTED record is written as it starts (started_record)
     if args:
         end_from_message(self.app, job_id, kwargs, JobStatus.FAILURE, BadRequest(
             "ocr.document takes keyword arguments only"))

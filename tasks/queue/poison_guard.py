@@ -20,10 +20,11 @@ from celery import Task
 from celery.exceptions import Ignore
 
 from tasks.errors import TransientError, WorkerLost
+from tasks.records.jobs import ResultRecord
 from tasks.state.boundary import CONNECTION_ERRORS, transient
 from tasks.state.connection import connect
+from tasks.state.job_control import JobControl
 from tasks.state.keys import delivery_key
-from tasks.state.stores import JobControl
 
 
 class GuardedTask(Task):
@@ -52,9 +53,11 @@ class GuardedTask(Task):
         again = bool((self.request.delivery_info or {}).get("redelivered"))
         try:
             with transient("the poison guard's Redis"):
-                # A job's end claim and cancel mark: one round trip.
+                # A job's end claim and cancel mark, its STARTED record written: one
+                # round trip.
                 ended, cancelled = JobControl(client, settings.result_ttl).at_start(
-                    task_id) if self.marks_own_cancel else (False, False)
+                    task_id, self.started_record(task_id)) if self.marks_own_cancel \
+                    else (False, False)
                 self.check_start(task_id, kwargs, ended)
                 starts = 1
                 if again and not cancelled:
@@ -81,6 +84,13 @@ class GuardedTask(Task):
                     client.delete(key)
                 except CONNECTION_ERRORS:
                     pass  # the count expires with its TTL; this run returned, whatever it was
+
+    def started_record(self, task_id: str) -> ResultRecord | None:
+        """The task's STARTED record, written as it starts unless it ended or is cancelled.
+
+        None (the default): nothing is written.
+        """
+        return None
 
     def check_start(self, task_id: str, kwargs: dict[str, Any], ended: bool) -> None:
         """Hook run before anything else; raise Ignore to skip the task.

@@ -6,32 +6,43 @@ backend encodes it) is what Celery clients read; the job's one exit
 writes it without Celery's read-before-write (a GET) and without a transaction: one
 SETEX and its PUBLISH (for a Celery client blocked in `AsyncResult.get`). A job's
 `STARTED` mark is the SETEX alone. Redis unreachable: retried as Celery retries its
-own writes (`result_backend_always_retry`), then raised.
+own writes (`result_backend_always_retry`), then raised. `result_record` builds the
+record alone, for the state store to write with a job's start or end claim
+(`JobControl.at_start`, `JobControl.claim_end`), in their round trip.
 """
 
 from __future__ import annotations
 
 from typing import Any
 
+from tasks.records.jobs import ResultRecord
+
+
+def result_record(app: Any, job_id: str, result: Any, state: str) -> ResultRecord:
+    """The job's record for `state` (`result`: a dict, or an exception for a failure)."""
+    backend = app.backend
+    meta = backend._get_result_meta(result=backend.encode_result(result, state), state=state,
+                                    traceback=None, request=None)
+    meta["task_id"] = job_id
+    key = backend.get_key_for_task(job_id)  # bytes, as Celery's key-value backends make it
+    return ResultRecord(key.decode() if isinstance(key, bytes) else str(key),
+                        backend.encode(meta), int(backend.expires) if backend.expires else None)
+
 
 def store_result(app: Any, job_id: str, result: Any, state: str, *,
                  publish: bool = True) -> None:
     """Store `result` (a dict, or an exception for a failure) as the job's `state`."""
     backend = app.backend
-    meta = backend._get_result_meta(result=backend.encode_result(result, state), state=state,
-                                    traceback=None, request=None)
-    meta["task_id"] = job_id
-    key, value = backend.get_key_for_task(job_id), backend.encode(meta)
-    ttl = int(backend.expires) if backend.expires else None
+    record = result_record(app, job_id, result, state)
 
     def write() -> None:
         with backend.client.pipeline(transaction=False) as pipe:
-            if ttl:
-                pipe.set(key, value, ex=ttl)
+            if record.ttl:
+                pipe.set(record.key, record.text, ex=record.ttl)
             else:
-                pipe.set(key, value)
+                pipe.set(record.key, record.text)
             if publish:
-                pipe.publish(key, value)
+                pipe.publish(record.key, record.text)
             pipe.execute()
 
     backend.ensure(write, ())

@@ -44,10 +44,10 @@ from tasks.settings import Settings
 from tasks.state import lua
 from tasks.state.boundary import transient
 from tasks.state.client_rules import InFlight
+from tasks.state.job_control import ENDING_DONE, JobControl
 from tasks.state.job_index import JobIndex
 from tasks.state.job_state import JobStateReader
 from tasks.state.keys import job_ended_key
-from tasks.state.stores import ENDING_DONE, JobControl
 from tasks.state.usage import PageCaps, PageUsage, fewest_pages
 
 SEND_TASK = "ocr.document"

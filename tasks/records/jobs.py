@@ -4,7 +4,9 @@
 Redis, read by page tasks in any worker child); `Outcome` is how a job ended, handed to
 the one exit (`tasks.lifecycle.job_exit`), with its `JobStatus` (owned by
 `tasks.records.status`, re-exported here). Built in worker pool children, and in the
-worker parent for the endings only it sees (hard kills, expiries).
+worker parent for the endings only it sees (hard kills, expiries). `ResultRecord` is a
+job's record in Celery's result backend, built by the queue layer and written by the
+state store with the job's start or end claim.
 """
 
 from __future__ import annotations
@@ -19,7 +21,8 @@ from tasks.records.request import JobRequest
 from tasks.records.results import DocumentResult
 from tasks.records.status import JobStatus
 
-__all__ = ["DocumentMeta", "JobStatus", "Outcome"]  # JobStatus: tasks.records.status
+# JobStatus: owned by tasks.records.status
+__all__ = ["DocumentMeta", "JobStatus", "Outcome", "ResultRecord"]
 
 
 @dataclass(frozen=True)
@@ -69,6 +72,19 @@ class DocumentMeta:
         if data.get("previous") is not None:
             data["previous"] = DocumentResult.from_json(data["previous"])
         return cls(**data)
+
+
+@dataclass(frozen=True)
+class ResultRecord:
+    """A job's record as Celery's result backend stores it: key, JSON text, TTL (s).
+
+    `ttl` None: kept without one. Stored by `JobControl` in the round trip of the job's
+    start or end claim (tasks/state/job_control.py), published on `key` when it ends.
+    """
+
+    key: str
+    text: str | bytes
+    ttl: int | None
 
 
 @dataclass

@@ -254,7 +254,7 @@ def test_worker_side_reference_check(api: ApiServer, alice: requests.Session,
                                      store: redis.Redis) -> None:
     """What a worker asks before a job reads its input (JobControl.check_references)."""
     from tasks.errors import BadRequest
-    from tasks.state.stores import JobControl
+    from tasks.state.job_control import JobControl
 
     job_id = send(alice, api, png())
     wait_end(alice, api, job_id)

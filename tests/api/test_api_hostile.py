@@ -457,7 +457,7 @@ def test_callback_failing_after_its_retries_is_recorded(redis_url: str) -> None:
     """
     from tasks.queue.app import create_app
     from tasks.queue.control_tasks import http_callback
-    from tasks.state.stores import JobControl
+    from tasks.state.job_control import JobControl
 
     port = free_port()  # nothing listens there
     settings = Settings.from_env({"REDIS_URL": redis_url, "OCR_CALLBACK_TIMEOUT": "2",

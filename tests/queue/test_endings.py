@@ -24,8 +24,8 @@ import pytest
 
 from devkit.receivers import CallbackReceiver
 from tasks.client import OcrClient
+from tasks.state.job_control import ENDING_DONE, JobControl
 from tasks.state.keys import job_ended_key
-from tasks.state.stores import ENDING_DONE, JobControl
 from tests.harness import FAKE_PLUGINS, FAST_PAGES, Worker, eventually, fake_env
 from tests.image_fixtures import png
 from tests.pdf_fixtures import image_pdf, plain_pages

@@ -22,7 +22,7 @@ import psutil
 import pytest
 
 from tasks.client import OcrClient
-from tasks.state.stores import JobControl
+from tasks.state.job_control import JobControl
 from tests.harness import FAST_PAGES, Worker, eventually, fake_env, kill_all
 from tests.image_fixtures import png
 from tests.pdf_fixtures import image_pdf, plain_pages

@@ -30,14 +30,15 @@ from tasks.lifecycle.job_exit import JobEnder, holder_name
 from tasks.lifecycle.jobs import FanOut, process_job
 from tasks.lifecycle.open_documents import OpenDocumentCache
 from tasks.pipeline.documents import deadline_page
-from tasks.records.jobs import DocumentMeta, JobStatus, Outcome
+from tasks.records.jobs import DocumentMeta, JobStatus, Outcome, ResultRecord
 from tasks.records.redis_target import RedisTarget
 from tasks.records.request import JobRequest
 from tasks.records.results import DocumentResult, PageRecord
 from tasks.settings import Settings
 from tasks.state.connection import connect
+from tasks.state.job_control import JobControl
 from tasks.state.join import DocumentJoin
-from tasks.state.stores import BlobStore, JobControl, OutputStore, ResultCache, Stores
+from tasks.state.stores import BlobStore, OutputStore, ResultCache, Stores
 from tests.harness import FAST_PAGES, corpus, eventually, fake_env
 from tests.pdf_fixtures import image_pdf, plain_pages
 
@@ -52,8 +53,17 @@ class RecordingPorts:
     recorded: list[Outcome] = field(default_factory=list)
     kept: list[str] = field(default_factory=list)
 
+    def result_record(self, outcome: Outcome) -> ResultRecord | None:
+        return None  # every ending stored through `publish`, recorded
+
     def publish(self, outcome: Outcome) -> None:
         self.published.append(outcome)
+
+    def tell(self, outcome: Outcome) -> None:
+        self.published.append(outcome)
+
+    def waits_for_replicas(self) -> bool:
+        return False
 
     def keep(self, outcome: Outcome) -> None:
         self.kept.append(outcome.job_id)

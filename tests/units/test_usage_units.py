@@ -14,8 +14,8 @@ import redis
 from tasks.errors import BadRequest, PageQuotaExceeded
 from tasks.state import lua
 from tasks.state import usage as usage_module
+from tasks.state.job_control import JobControl
 from tasks.state.keys import API_CLIENTS_KEY, doc_key, job_key
-from tasks.state.stores import JobControl
 from tasks.state.usage import PageCaps, PageUsage, date_range, over_cap
 
 NEW_YEARS_EVE = dt.datetime(2026, 12, 31, 23, 0, tzinfo=dt.UTC).timestamp()

@@ -1,0 +1,339 @@
+"""A job's control record and its end claim: what clients and workers share about a job.
+
+Runs in every process that sends, runs, cancels or ends jobs (clients, the `api`
+process, worker pool children, the worker parent, the control worker). A job's start
+reads its end claim and cancel mark in one round trip, writing its STARTED record in
+it; its end takes the claim and stores its result in one atomic step, and where
+nothing has to happen between the two (no callback, no replica to wait for) finishes
+the ending in that step too (tasks/lifecycle/job_exit.py).
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Sequence
+from typing import Any
+
+import redis
+
+from tasks.errors import BadRequest
+from tasks.records.jobs import ResultRecord
+from tasks.records.redis_target import RedisTarget
+from tasks.state import job_notices, lua
+from tasks.state.boundary import transient_methods
+from tasks.state.connection import hold_kept
+from tasks.state.keys import (
+    BLOB_PREFIX,
+    doc_key,
+    job_cancelled_key,
+    job_ended_key,
+    job_key,
+    job_notice_key,
+)
+from tasks.state.sent_fields import AS_SENT, as_sent
+
+# Inputs uploaded through the HTTP API: ocr:blob:api.<client>.<32 hex>; the key names
+# the job owner (`api:<client>`) that alone may read it.
+_OWNED_BLOB = re.compile("^" + re.escape(BLOB_PREFIX) + r"api\.(?P<client>[A-Za-z0-9_.-]+)"
+                         r"\.[0-9a-f]{32}$")
+
+
+# Writes the field/value pairs ARGV[2..] into the hash KEYS[1] and sets its TTL (ARGV[1]).
+_REMEMBER = lua.Script("""
+redis.call('HSET', KEYS[1], unpack(ARGV, 2))
+redis.call('EXPIRE', KEYS[1], ARGV[1])
+""")
+
+
+@transient_methods("job control (Redis)")
+class JobControl:
+    """Per-job facts clients and workers share: input blob, deadline, cancellation.
+
+    `ocr:job:<id>` is a hash (fields `blob`, `deadline`, `filename`, `queue`, `client`,
+    `owner`, `prefixes`, `cancelled`, `callback` and `callback_event`);
+    `ocr:job:<id>:cancelled` holds the result of a cancelled job (pages done so far);
+    `ocr:doc:<id>:cancel` marks a cancel asked, beside a fanned-out PDF's meta;
+    `ocr:job:<id>:ended` is the claim of the one exit (tasks/lifecycle/job_exit.py).
+    """
+
+    def __init__(self, client: redis.Redis, ttl: int) -> None:
+        self._redis = client
+        self._ttl = ttl
+
+    def remember(self, job_id: str, **fields: str) -> None:
+        """Write `fields` into the job's control hash and give it its TTL, in one step."""
+        pairs = [part for name, value in fields.items() for part in (name, value)]
+        if pairs:
+            _REMEMBER(self._redis, [job_key(job_id)], [self._ttl, *pairs])
+
+    def remember_in(self, pipe: Any, job_id: str, fields: dict[str, str]) -> None:
+        """`remember`, queued in `pipe` (no transaction; run by `lua.execute`)."""
+        pairs = [part for name, value in fields.items() for part in (name, value)]
+        if pairs:
+            _REMEMBER.queue(pipe, [job_key(job_id)], [self._ttl, *pairs])
+
+    def info(self, job_id: str) -> dict[str, str]:
+        raw = self._redis.hgetall(job_key(job_id))
+        return {_text(k): _text(v) for k, v in raw.items()}
+
+    def cancel(self, job_id: str) -> None:
+        """Mark the job cancelled: in its control hash, and beside its document's meta.
+
+        The second mark is what a fanned-out PDF's page tasks read with the meta
+        (`DocumentJoin.running`).
+        """
+        pipe = self._redis.pipeline(transaction=False)
+        _REMEMBER.queue(pipe, [job_key(job_id)], [self._ttl, "cancelled", "1"])
+        pipe.set(doc_key(job_id, "cancel"), "1", ex=self._ttl)
+        lua.execute(pipe)
+
+    def at_start(self, job_id: str, started: ResultRecord | None = None) -> tuple[bool, bool]:
+        """Whether the job has ended (its end claim is set), and whether it is cancelled.
+
+        One round trip. Its `owner` and `accepted`, read with its cancel mark, are kept
+        for `owner` and `accepted` (written once, before it was sent). `started`, the
+        job's STARTED record, is stored in that round trip unless the job has ended or
+        is cancelled (a redelivery must not hide an ending already stored).
+        """
+        keys = [job_ended_key(job_id), job_key(job_id)]
+        args: list[Any] = ["", "", "cancelled", *AS_SENT]
+        if started is not None:
+            keys.append(started.key)
+            args[:2] = [started.text, started.ttl or ""]
+        ended, cancelled, owner, accepted = _AT_START(self._redis, keys, args)
+        as_sent.keep(job_id, (owner, accepted))
+        return bool(ended), cancelled is not None
+
+    def claim_end(self, job_id: str, holder: str, record: ResultRecord | None = None, *,
+                  ended: str = "", freed: Sequence[str] = ()) -> bool:
+        """Take the right to end the job (`ocr:job:<id>:ended`); once only.
+
+        The claim names its `holder` (`<host>:<pid>`) until the ending is done
+        (`mark_ended`), so that a holder killed halfway can be told (`end_holder`).
+        With `record`, the job's result record is stored and published (for Celery
+        clients blocked on its key) in the same atomic step, only when the claim is
+        taken; with `ended` (the job's status) too, the ending is done in that step as
+        well, as `mark_ended(job_id, ended, freed)` does after it.
+        """
+        if record is None:
+            return bool(self._redis.set(job_ended_key(job_id), holder, nx=True,
+                                        ex=self._ttl))
+        keys = [job_ended_key(job_id), record.key, job_notice_key(job_id), *freed]
+        return bool(_CLAIM_END(self._redis, keys, [
+            holder, self._ttl, record.text, record.ttl or "", ended, ENDING_DONE,
+            job_notices.FIELD, max(1, int(self._ttl))]))
+
+    def end_holder(self, job_id: str) -> str | None:
+        """Who holds the job's end claim while its ending runs; None: unclaimed or done."""
+        value = self._redis.get(job_ended_key(job_id))
+        if value is None or _text(value) in (ENDING_DONE, "1"):
+            return None
+        return _text(value)
+
+    def take_over_end(self, job_id: str, holder: str, new_holder: str) -> bool:
+        """Move the claim from `holder` to `new_holder` (atomic); False if it moved."""
+        return bool(_TAKE_OVER_END(self._redis, [job_ended_key(job_id)], [holder, new_holder]))
+
+    def mark_ended(self, job_id: str, status: str = "",
+                   freed: Sequence[str] = ()) -> None:
+        """The ending is done: the claim no longer names a holder (its TTL kept).
+
+        With `status`, the job's ending notice too, in the same round trip
+        (tasks/state/job_notices.py): what waiting clients block on. The keys `freed`
+        (the job's join and inputs) are deleted first, in that round trip too.
+        """
+        pipe = self._redis.pipeline(transaction=False)
+        if freed:
+            pipe.delete(*freed)
+        pipe.set(job_ended_key(job_id), ENDING_DONE, xx=True, keepttl=True)
+        if status:
+            job_notices.announce(pipe, job_id, status, self._ttl)
+        pipe.execute()
+
+    def notify_ended(self, job_id: str, status: str) -> None:
+        """Write the ending notice of a job ended outside the one exit (a refusal)."""
+        job_notices.announce(self._redis.pipeline(transaction=False), job_id, status,
+                             self._ttl).execute()
+
+    def keep(self, job_id: str, target: RedisTarget, *, ending: bool = False) -> bool:
+        """Hold until `target.min_replicas` replicas have the job's writes (Redis WAIT).
+
+        Every write this process made so far, the job's record or `ending` (its end
+        claim, result and all before) included: one more write to that key (its TTL
+        unchanged) and a WAIT on it. False when the replicas did not answer within
+        `target.replica_timeout` s.
+        """
+        key = job_ended_key(job_id) if ending else job_key(job_id)
+        return hold_kept(self._redis, key, target, target.replica_timeout)
+
+    def release_end(self, job_id: str, holder: str | None = None) -> None:
+        """Drop the end claim; with `holder`, only while the claim names that holder."""
+        if holder is None:
+            self._redis.delete(job_ended_key(job_id))
+        else:
+            _RELEASE_END(self._redis, [job_ended_key(job_id)], [holder])
+
+    def has_ended(self, job_id: str) -> bool:
+        return bool(self._redis.exists(job_ended_key(job_id)))
+
+    def record_callback(self, job_id: str, delivery: dict[str, Any], event: str = "") -> None:
+        """How the job's `callback_url` delivery went (field `callback`, JSON).
+
+        `event`: the ending it delivered (field `callback_event`), so that a message of
+        the same delivery that comes back is not POSTed again.
+        """
+        fields = {"callback": json.dumps(delivery)}
+        if event:
+            fields["callback_event"] = event
+        self.remember(job_id, **fields)
+
+    def callback(self, info: dict[str, str]) -> dict[str, Any] | None:
+        """The delivery record in a job's `info()`, or None before any attempt ended."""
+        raw = info.get("callback")
+        return json.loads(raw) if raw else None
+
+    def client(self, job_id: str) -> str:
+        """The client the job was sent under ("" when none was recorded)."""
+        value = self._redis.hget(job_key(job_id), "client")
+        return "" if value is None else _text(value)
+
+    def accepted(self, job_id: str) -> float | None:
+        """When the job's client enqueued it (epoch seconds; field `accepted`), if known."""
+        value = self._as_sent(job_id, "accepted")
+        try:
+            return float(value) if value is not None else None
+        except ValueError:
+            return None
+
+    def owner(self, job_id: str) -> str:
+        """Who sent the job: `api:<client>` for the HTTP API, "" otherwise."""
+        value = self._as_sent(job_id, "owner")
+        return "" if value is None else _text(value)
+
+    def _as_sent(self, job_id: str, field: str) -> Any:
+        known = as_sent.get(job_id)
+        if known is not None:
+            return known[AS_SENT.index(field)]
+        return self._redis.hget(job_key(job_id), field)
+
+    def url_prefixes(self, job_id: str) -> tuple[str, ...] | None:
+        """The sending client's own URL prefixes (field `prefixes`, a JSON list).
+
+        None when the job names none (a client held to OCR_ALLOWED_URLS alone); an
+        unreadable field holds the job to no URL at all (an empty tuple).
+        """
+        value = self._redis.hget(job_key(job_id), "prefixes")
+        if value is None:
+            return None
+        try:
+            prefixes = json.loads(value)
+        except ValueError:
+            return ()
+        if not isinstance(prefixes, list):
+            return ()
+        return tuple(p for p in prefixes if isinstance(p, str))
+
+    def check_references(self, job_id: str, blob: object, merge_from: object) -> None:
+        """Refuse (`bad_request`) a job that names another owner's input or job.
+
+        Called by workers before a job reads its input. `merge_from` must name a job
+        of the same owner (jobs without one: owner ""); a blob uploaded through the
+        HTTP API (`ocr:blob:api.<client>.<hex>`) only serves jobs of `api:<client>`,
+        and a job of an API client only reads the blob recorded for it or for its
+        `merge_from` job. Jobs from Celery-protocol senders have no owner: whoever can
+        write to the broker is trusted (docs/security.md).
+        """
+        owner = self.owner(job_id)
+        if isinstance(merge_from, str) and merge_from and self.owner(merge_from) != owner:
+            raise BadRequest("`merge_from` names a job of another client")
+        if not isinstance(blob, str):
+            return
+        owned = _OWNED_BLOB.match(blob)
+        if owned and owner != f"api:{owned.group('client')}":
+            raise BadRequest("`blob` names an input of another client")
+        if owner:
+            recorded = {_text(b) for b in self._redis.hmget(job_key(job_id), "blob")
+                        if b is not None}
+            if isinstance(merge_from, str) and merge_from:
+                recorded |= {_text(b) for b in self._redis.hmget(job_key(merge_from),
+                                                                  "blob") if b is not None}
+            if blob not in recorded:
+                raise BadRequest("`blob` is not this job's input")
+
+    def store_progress(self, job_id: str, key: str | bytes, value: str | bytes, ttl: int,
+                       total: int) -> bool:
+        """SET progress `key` to `value` (EX `ttl`) and the page count, unless ended.
+
+        Atomic (Lua): nothing is written once the job has ended (its end claim).
+
+        The count (field `total`) outlives the progress record: a cancelled job's
+        status keeps it (`tasks.state.job_state`).
+        """
+        return bool(_SET_PROGRESS_UNLESS_ENDED(
+            self._redis, [job_ended_key(job_id), key, job_key(job_id)],
+            [value, max(1, ttl), total]))
+
+    def store_cancelled(self, job_id: str, result: dict[str, Any]) -> None:
+        self._redis.set(job_cancelled_key(job_id), json.dumps(result), ex=self._ttl)
+
+    def cancelled_result(self, job_id: str) -> dict[str, Any] | None:
+        raw = self._redis.get(job_cancelled_key(job_id))
+        return json.loads(raw) if raw else None
+
+
+# The end claim's value once the ending finished (before, its holder's `<host>:<pid>`).
+ENDING_DONE = "done"
+
+_TAKE_OVER_END = lua.Script("""
+if redis.call('get', KEYS[1]) ~= ARGV[1] then return 0 end
+redis.call('set', KEYS[1], ARGV[2], 'KEEPTTL')
+return 1
+""")
+
+# A job's start: its end claim and cancel mark (ARGV[3..]: the fields read with it),
+# its STARTED record stored (KEYS[3]: ARGV[1], TTL ARGV[2]) unless ended or cancelled.
+_AT_START = lua.Script("""
+local ended = redis.call('EXISTS', KEYS[1])
+local fields = redis.call('HMGET', KEYS[2], unpack(ARGV, 3))
+if KEYS[3] and ended == 0 and not fields[1] then
+  if ARGV[2] == '' then redis.call('SET', KEYS[3], ARGV[1])
+  else redis.call('SET', KEYS[3], ARGV[1], 'EX', ARGV[2]) end
+end
+return {ended, fields[1], fields[2], fields[3]}
+""")
+
+# The end claim (KEYS[1] := holder ARGV[1], NX, TTL ARGV[2]) with the result record
+# (KEYS[2] := ARGV[3], TTL ARGV[4], published on its key); with a status (ARGV[5]) the
+# ending done as well: the keys KEYS[4..] freed, the claim marked done (ARGV[6]) and the
+# notice (KEYS[3], field ARGV[7], TTL ARGV[8]) written, as mark_ended does.
+_CLAIM_END = lua.Script("""
+if not redis.call('SET', KEYS[1], ARGV[1], 'NX', 'EX', ARGV[2]) then return 0 end
+if ARGV[4] == '' then redis.call('SET', KEYS[2], ARGV[3])
+else redis.call('SET', KEYS[2], ARGV[3], 'EX', ARGV[4]) end
+redis.call('PUBLISH', KEYS[2], ARGV[3])
+if ARGV[5] ~= '' then
+  if #KEYS > 3 then redis.call('DEL', unpack(KEYS, 4)) end
+  redis.call('SET', KEYS[1], ARGV[6], 'XX', 'KEEPTTL')
+  redis.call('XADD', KEYS[3], 'MAXLEN', '1', '*', ARGV[7], ARGV[5])
+  redis.call('EXPIRE', KEYS[3], ARGV[8])
+end
+return 1
+""")
+
+_RELEASE_END = lua.Script("""
+if redis.call('GET', KEYS[1]) == ARGV[1] then redis.call('DEL', KEYS[1]) end
+""")
+
+_SET_PROGRESS_UNLESS_ENDED = lua.Script("""
+if redis.call('exists', KEYS[1]) == 1 then return 0 end
+redis.call('set', KEYS[2], ARGV[1], 'EX', ARGV[2])
+redis.call('hset', KEYS[3], 'total', ARGV[3])
+return 1
+""")
+
+
+def _text(value: bytes | str) -> str:
+    return value.decode() if isinstance(value, bytes) else value
+
+

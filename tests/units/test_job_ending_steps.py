@@ -1,0 +1,248 @@
+"""A job's start and end in the fewest round trips, and what the end claim's one step keeps.
+
+A real Redis (the tests' own database). The end claim stores the job's result record
+in its own atomic step (`JobControl.claim_end`) and, with nothing to do between the
+two, finishes the ending in it; a job's start writes its STARTED record with the read
+of its end claim and cancel mark (`JobControl.at_start`). `StoringPorts` is a fake of
+the queue layer's ports that gives a result record and records what else it was asked;
+round trips are counted on the connection (`CountingConnection`, one per command sent
+or pipeline). Faults are injected into the claim's step by a `JobControl` whose step
+raises after running, or without running.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+import pytest
+import redis
+
+from tasks.errors import TransientError
+from tasks.lifecycle.job_exit import JobEnder, holder_name
+from tasks.records.jobs import JobStatus, Outcome, ResultRecord
+from tasks.records.request import JobRequest
+from tasks.records.results import DocumentResult
+from tasks.state.job_control import ENDING_DONE, JobControl
+from tasks.state.join import DocumentJoin
+from tasks.state.keys import job_ended_key, job_key, job_notice_key
+
+TTL = 600
+BLOB = "ocr:blob:0123456789abcdef"
+
+
+class CountingConnection(redis.Connection):
+    """A connection that counts its round trips (each command, or pipeline, sent)."""
+
+    sent = 0
+
+    def send_packed_command(self, command: Any, check_health: bool = True) -> None:
+        CountingConnection.sent += 1
+        super().send_packed_command(command, check_health)
+
+
+@dataclass
+class StoringPorts:
+    """Fake `EndingPorts`: a result record for every ending; records the rest."""
+
+    replicas: bool = False
+    published: list[str] = field(default_factory=list)
+    told: list[str] = field(default_factory=list)
+    kept: list[str] = field(default_factory=list)
+    recorded: list[str] = field(default_factory=list)
+    callbacks: list[str] = field(default_factory=list)
+    during_keep: Callable[[], None] | None = None
+    during_callback: Callable[[], None] | None = None
+
+    def result_record(self, outcome: Outcome) -> ResultRecord | None:
+        text = json.dumps({"status": "SUCCESS", "result": outcome.public()})
+        return ResultRecord(result_key(outcome.job_id), text, TTL)
+
+    def publish(self, outcome: Outcome) -> None:
+        self.published.append(outcome.job_id)
+
+    def tell(self, outcome: Outcome) -> None:
+        self.told.append(outcome.job_id)
+
+    def waits_for_replicas(self) -> bool:
+        return self.replicas
+
+    def keep(self, outcome: Outcome) -> None:
+        self.kept.append(outcome.job_id)
+        if self.during_keep is not None:
+            self.during_keep()
+
+    def send_callback_task(self, name: str, queue: str | None, result: dict) -> None:
+        self.callbacks.append(name)
+        if self.during_callback is not None:
+            self.during_callback()
+
+    def send_http_callback(self, url: str, body: dict, queue: str | None,
+                           owner: str = "") -> None:
+        self.callbacks.append(url)
+
+    def record(self, outcome: Outcome) -> None:
+        self.recorded.append(outcome.job_id)
+
+
+class StepFails(JobControl):
+    """A `JobControl` whose end claim's step raises: after running it, or instead."""
+
+    def __init__(self, client: redis.Redis, ttl: int, *, runs: bool) -> None:
+        super().__init__(client, ttl)
+        self.runs = runs
+
+    def claim_end(self, job_id: str, holder: str, record: ResultRecord | None = None, *,
+                  ended: str = "", freed: Any = ()) -> bool:
+        if self.runs:
+            super().claim_end(job_id, holder, record, ended=ended, freed=freed)
+        raise TransientError("Redis went away with the claim's answer")
+
+
+def result_key(job_id: str) -> str:
+    return f"celery-task-meta-{job_id}"
+
+
+@pytest.fixture
+def store(own_redis_url: str) -> Iterator[redis.Redis]:
+    pool = redis.ConnectionPool.from_url(own_redis_url, connection_class=CountingConnection)
+    client = redis.Redis(connection_pool=pool)
+    yield client
+    client.close()
+
+
+def outcome_for(job_id: str, **request: Any) -> Outcome:
+    return Outcome(job_id, JobStatus.SUCCESS, JobRequest("blob", blob=BLOB, **request),
+                   DocumentResult(status=JobStatus.SUCCESS, id=job_id, filename="x.png"))
+
+
+def round_trips(action: Callable[[], Any]) -> tuple[Any, int]:
+    before = CountingConnection.sent
+    answer = action()
+    return answer, CountingConnection.sent - before
+
+
+def notice(client: redis.Redis, job_id: str) -> list[Any]:
+    return client.xrange(job_notice_key(job_id))
+
+
+def test_a_plain_ending_is_one_atomic_step(store: redis.Redis) -> None:
+    """Claim, result and its PUBLISH, input freed, claim done and notice: one round trip."""
+    control = JobControl(store, TTL)
+    ports = StoringPorts()
+    ender = JobEnder(control, DocumentJoin(store, TTL), ports)
+    store.set(BLOB, b"input", ex=TTL)
+    listener = store.pubsub()
+    listener.subscribe(result_key("j1"))
+    ender.end(outcome_for("warm"))  # the script loaded once (NOSCRIPT) before counting
+    ended, trips = round_trips(lambda: ender.end(outcome_for("j1")))
+    assert ended and trips == 1
+    stored = json.loads(store.get(result_key("j1")))
+    assert stored["result"]["id"] == "j1" and 0 < store.ttl(result_key("j1")) <= TTL
+    assert store.get(job_ended_key("j1")) == ENDING_DONE.encode()
+    assert 0 < store.ttl(job_ended_key("j1")) <= TTL
+    assert [fields for _, fields in notice(store, "j1")] == [{b"status": b"SUCCESS"}]
+    assert 0 < store.ttl(job_notice_key("j1")) <= TTL
+    assert not store.exists(BLOB)
+    deadline = time.monotonic() + 5
+    message = None
+    while message is None and time.monotonic() < deadline:
+        message = listener.get_message(ignore_subscribe_messages=True, timeout=0.5)
+    listener.close()
+    assert message is not None and json.loads(message["data"])["result"]["id"] == "j1"
+    assert ports.told == ["warm", "j1"] and ports.published == []
+    assert ports.recorded == ["warm", "j1"] and ports.kept == ["warm", "j1"]
+
+
+def test_a_second_ender_stores_nothing(store: redis.Redis) -> None:
+    control = JobControl(store, TTL)
+    ports = StoringPorts()
+    ender = JobEnder(control, DocumentJoin(store, TTL), ports)
+    assert ender.end(outcome_for("j2"))
+    first = store.get(result_key("j2"))
+    later = outcome_for("j2")
+    later.result = DocumentResult(status=JobStatus.SUCCESS, id="j2", filename="later.png")
+    assert not ender.end(later)
+    assert store.get(result_key("j2")) == first
+    assert len(notice(store, "j2")) == 1 and ports.told == ["j2"]
+
+
+def test_a_callback_comes_after_the_stored_result_and_before_the_notice(
+        store: redis.Redis) -> None:
+    """With a callback, the claim names its holder until the ending is done."""
+    control = JobControl(store, TTL)
+    seen: dict[str, Any] = {}
+
+    def during() -> None:
+        seen["holder"] = control.end_holder("j3")
+        seen["stored"] = store.exists(result_key("j3"))
+        seen["notice"] = notice(store, "j3")
+
+    ports = StoringPorts(during_callback=during)
+    ender = JobEnder(control, DocumentJoin(store, TTL), ports)
+    assert ender.end(outcome_for("j3", callback_task="billing.done"))
+    assert seen == {"holder": holder_name(), "stored": 1, "notice": []}
+    assert ports.callbacks == ["billing.done"]
+    assert store.get(job_ended_key("j3")) == ENDING_DONE.encode()
+    assert len(notice(store, "j3")) == 1
+
+
+def test_replicas_are_waited_for_before_the_notice(store: redis.Redis) -> None:
+    control = JobControl(store, TTL)
+    seen: dict[str, Any] = {}
+    ports = StoringPorts(replicas=True,
+                         during_keep=lambda: seen.update(notice=notice(store, "j4")))
+    ender = JobEnder(control, DocumentJoin(store, TTL), ports)
+    assert ender.end(outcome_for("j4"))
+    assert seen == {"notice": []} and len(notice(store, "j4")) == 1
+
+
+@pytest.mark.parametrize("callback", [False, True])
+def test_a_step_that_ran_but_failed_to_answer(store: redis.Redis, callback: bool) -> None:
+    """Done in its step: the job stays ended. Held by this ender: given back for its retry."""
+    ports = StoringPorts()
+    ender = JobEnder(StepFails(store, TTL, runs=True), DocumentJoin(store, TTL), ports)
+    options = {"callback_task": "billing.done"} if callback else {}
+    with pytest.raises(TransientError):
+        ender.end(outcome_for("j5", **options))
+    assert store.exists(job_ended_key("j5")) == (0 if callback else 1)
+    assert ports.told == [] and ports.callbacks == []
+
+
+def test_a_step_that_did_not_run_leaves_another_holder_s_claim(store: redis.Redis) -> None:
+    store.set(job_ended_key("j6"), "elsewhere:1", ex=TTL)
+    ender = JobEnder(StepFails(store, TTL, runs=False), DocumentJoin(store, TTL),
+                     StoringPorts())
+    with pytest.raises(TransientError):
+        ender.end(outcome_for("j6"))
+    assert store.get(job_ended_key("j6")) == b"elsewhere:1"
+
+
+def started(job_id: str) -> ResultRecord:
+    return ResultRecord(result_key(job_id), '{"status": "STARTED"}', TTL)
+
+
+def test_a_start_writes_its_record_in_its_one_round_trip(store: redis.Redis) -> None:
+    control = JobControl(store, TTL)
+    store.hset(job_key("s1"), mapping={"owner": "api:acme", "accepted": "12.5"})
+    control.at_start("warm", started("warm"))  # the script loaded once before counting
+    flags, trips = round_trips(lambda: control.at_start("s1", started("s1")))
+    assert flags == (False, False) and trips == 1
+    assert store.get(result_key("s1")) == b'{"status": "STARTED"}'
+    assert 0 < store.ttl(result_key("s1")) <= TTL
+    assert control.owner("s1") == "api:acme" and control.accepted("s1") == 12.5
+
+
+def test_a_start_leaves_an_ended_or_cancelled_job_s_record(store: redis.Redis) -> None:
+    control = JobControl(store, TTL)
+    store.set(result_key("s2"), "SUCCESS record")
+    store.set(job_ended_key("s2"), ENDING_DONE)
+    assert control.at_start("s2", started("s2")) == (True, False)
+    assert store.get(result_key("s2")) == b"SUCCESS record"
+    store.hset(job_key("s3"), "cancelled", "1")
+    assert control.at_start("s3", started("s3")) == (False, True)
+    assert not store.exists(result_key("s3"))
+    assert control.at_start("s4") == (False, False) and not store.exists(result_key("s4"))
