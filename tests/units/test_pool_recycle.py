@@ -16,6 +16,10 @@ since (the rest frozen): it walked the whole heap, ~150 ms a replacement.
 Children that start together take tasks in turn; each child's task limit is drawn a
 little below OCR_MAX_TASKS_PER_CHILD (`staggered`), so that they do not all recycle at
 once, the worker then reading nothing while every child loads its engine again.
+
+A retiring child waits until the worker parent has read its last result; billiard
+looks every 0.1 s, the pool every `EXIT_POLL` s with the same patience: checked on
+billiard's own wait, its sleeps recorded.
 """
 
 from __future__ import annotations
@@ -26,15 +30,19 @@ import textwrap
 from types import SimpleNamespace
 
 import pytest
+from billiard import pool as billiard_pool
 from celery.concurrency import asynpool, prefork
 
 from tasks.queue import pool
 from tasks.queue.pool import (
+    EXIT_PATIENCE,
+    EXIT_POLL,
     MAINTAIN_EVERY,
     TASKS_STAGGER,
     GrowthAsynPool,
     GrowthWorker,
     TaskPool,
+    quick_exit_poll,
     staggered,
 )
 
@@ -95,9 +103,47 @@ def test_the_prefork_pool_warms_its_parent_before_it_forks(
         monkeypatch: pytest.MonkeyPatch) -> None:
     calls: list[str] = []
     monkeypatch.setattr(pool, "warm_before_fork", lambda: calls.append("warm"))
+    monkeypatch.setattr(pool, "quick_exit_poll", lambda: calls.append("exit poll"))
     monkeypatch.setattr(prefork.TaskPool, "on_start", lambda self: calls.append("fork"))
     TaskPool.on_start(object.__new__(TaskPool))  # its start reads no state of the pool
-    assert calls == ["warm", "fork"]
+    assert calls == ["warm", "exit poll", "fork"]
+
+
+class ReadCounter:
+    """billiard's shared count of a child's results the parent has read, read `after` looks."""
+
+    def __init__(self, after: int | None) -> None:
+        self.looks, self.after = 0, after
+
+    @property
+    def value(self) -> int:
+        self.looks += 1
+        return 1 if self.after is not None and self.looks > self.after else 0
+
+
+@pytest.mark.parametrize("after", [3, None])
+def test_a_retiring_child_looks_for_its_last_result_read_every_few_ms(
+        monkeypatch: pytest.MonkeyPatch, after: int | None) -> None:
+    """Read after three looks: three short sleeps. Never read: billiard's 30 s, then gone."""
+    for name in ("GUARANTEE_MESSAGE_CONSUMPTION_RETRY_INTERVAL",
+                 "GUARANTEE_MESSAGE_CONSUMPTION_RETRY_LIMIT"):
+        monkeypatch.setattr(billiard_pool, name, getattr(billiard_pool, name))
+    slept: list[float] = []
+    monkeypatch.setattr(billiard_pool.time, "sleep", slept.append)
+    child = object.__new__(GrowthWorker)
+    child.on_ready_counter = ReadCounter(after)
+    billiard_pool.Worker._ensure_messages_consumed(child, completed=1)
+    assert set(slept) == {0.1}  # billiard's own look: every 0.1 s
+    assert len(slept) == (300 if after is None else after)
+    quick_exit_poll()
+    child.on_ready_counter = ReadCounter(after)
+    slept.clear()
+    consumed = billiard_pool.Worker._ensure_messages_consumed(child, completed=1)
+    assert set(slept) == {EXIT_POLL}
+    if after is None:
+        assert not consumed and sum(slept) == pytest.approx(EXIT_PATIENCE)
+    else:
+        assert consumed and len(slept) == after
 
 
 def test_a_childs_task_limit_is_drawn_a_little_below_the_setting() -> None:
