@@ -101,8 +101,8 @@ class JobControl:
         if started is not None:
             keys.append(started.key)
             args[:2] = [started.text, started.ttl or ""]
-        ended, cancelled, owner, accepted = _AT_START(self._redis, keys, args)
-        as_sent.keep(job_id, (owner, accepted))
+        ended, cancelled, *sent = _AT_START(self._redis, keys, args)
+        as_sent.keep(job_id, tuple(sent))
         return bool(ended), cancelled is not None
 
     def claim_end(self, job_id: str, holder: str, record: ResultRecord | None = None, *,
@@ -300,7 +300,7 @@ if KEYS[3] and ended == 0 and not fields[1] then
   if ARGV[2] == '' then redis.call('SET', KEYS[3], ARGV[1])
   else redis.call('SET', KEYS[3], ARGV[1], 'EX', ARGV[2]) end
 end
-return {ended, fields[1], fields[2], fields[3]}
+return {ended, unpack(fields)}
 """)
 
 # The end claim (KEYS[1] := holder ARGV[1], NX, TTL ARGV[2]) with the result record
