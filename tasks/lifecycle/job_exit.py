@@ -20,7 +20,8 @@ from __future__ import annotations
 import logging
 import os
 import socket
-from typing import TYPE_CHECKING, Protocol
+from contextlib import AbstractContextManager
+from typing import TYPE_CHECKING, Any, Protocol
 
 from tasks import tracing
 from tasks.errors import OcrError
@@ -115,9 +116,7 @@ class JobEnder:
         a job's whole ending in one round trip.
         """
         job_id = outcome.job_id
-        outcome.trace_id = outcome.trace_id or tracing.current_trace_id()
-        with tracing.span("ocr.job.end", {"ocr.job_id": job_id,
-                                          "ocr.status": outcome.status.value}):
+        with _ending_span(outcome):
             record = self._ports.result_record(outcome)
             done = record is not None and not self._steps_between(outcome)
             holder = holder_name()
@@ -154,9 +153,7 @@ class JobEnder:
         (`ocr.job.end`, and `ocr.result.write` for its result): the trace id goes into
         its result.
         """
-        outcome.trace_id = outcome.trace_id or tracing.current_trace_id()
-        with tracing.span("ocr.job.end", {"ocr.job_id": outcome.job_id,
-                                          "ocr.status": outcome.status.value}):
+        with _ending_span(outcome):
             self._finish(outcome)
 
     def _finish(self, outcome: Outcome) -> None:
@@ -222,6 +219,13 @@ class JobEnder:
             blobs.append(outcome.request.blob)
         return self._join.keys(outcome.job_id,
                                () if outcome.keeps_input else blob_keys(blobs))
+
+
+def _ending_span(outcome: Outcome) -> AbstractContextManager[Any]:
+    """The ending's span (`ocr.job.end`); the trace id goes into its result."""
+    outcome.trace_id = outcome.trace_id or tracing.current_trace_id()
+    return tracing.span("ocr.job.end", {"ocr.job_id": outcome.job_id,
+                                        "ocr.status": outcome.status.value})
 
 
 def holder_name(pid: int | None = None) -> str:
