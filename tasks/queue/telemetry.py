@@ -335,7 +335,7 @@ def job_ended(outcome: Outcome, accepted: float | None = None) -> None:
     if outcome.status is JobStatus.FAILURE:
         result: Any = outcome.error or OcrError()
     else:
-        result = outcome.public()
+        result = outcome.brief()
     since = accepted if accepted is not None else outcome.started
     _telemetry.finished(outcome.job_id, outcome.filename, engine, outcome.seconds, result,
                         outcome.client, outcome.trace_id,

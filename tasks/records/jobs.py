@@ -135,6 +135,23 @@ class Outcome:
         """A PARTIAL result keeps its input, so that its failed pages can be retried."""
         return self.status is JobStatus.PARTIAL
 
+    def brief(self) -> dict[str, Any]:
+        """What the job's `ocr.job` line reads of its public result, its pages not encoded.
+
+        The keys of `public()` that `tasks/queue/job_samples.job_record` reads: status,
+        pages (counted, with their `vlm` reads), engine, cached, failed_pages (not for a
+        cancelled result).
+        """
+        if self.result is None:
+            return self.public()
+        pages = [{} if p.vlm is None else {"vlm": p.vlm.to_json()} for p in self.result.pages]
+        brief: dict[str, Any] = {"status": self.status.value, "pages": pages,
+                                 "engine": self.result.engine, "cached": self.result.cached}
+        if self.result.status is not JobStatus.CANCELLED:
+            brief["failed_pages"] = [p.number for p in self.result.pages
+                                     if p.error is not None]
+        return brief
+
     def public(self) -> dict[str, Any]:
         """The result a client reads (and a callback task receives)."""
         traced = {"trace_id": self.trace_id} if self.trace_id else {}

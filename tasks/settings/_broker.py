@@ -8,6 +8,7 @@ Part of `tasks.settings.Settings` (read and validated there); runs in every proc
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import cached_property
 
 from tasks.records.redis_target import RedisTarget
 
@@ -107,14 +108,14 @@ class BrokerSettings:
         """RabbitMQ with quorum queues (OCR_RABBITMQ_QUEUE_TYPE=quorum)."""
         return self.broker_is_amqp and self.rabbitmq_queue_type == "quorum"
 
-    @property
+    @cached_property
     def redis_target(self) -> RedisTarget:
-        """The Redis of results, stores and state (REDIS_URL)."""
+        """The Redis of results, stores and state (REDIS_URL); read once per settings."""
         return self.target_of(self.redis_url)
 
-    @property
+    @cached_property
     def broker_target(self) -> RedisTarget | None:
-        """The broker's Redis; None when the broker is RabbitMQ."""
+        """The broker's Redis; None when the broker is RabbitMQ. Read once per settings."""
         return self.target_of(self.broker) if is_redis_url(self.broker) else None
 
     def target_of(self, url: str) -> RedisTarget:

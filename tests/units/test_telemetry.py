@@ -20,6 +20,9 @@ from tasks.queue.app import create_app
 from tasks.queue.display import job_kwargs_repr
 from tasks.queue.job_samples import job_line, job_record, page_samples
 from tasks.queue.telemetry import Telemetry, rss_bytes
+from tasks.records.jobs import Outcome
+from tasks.records.results import DocumentResult, PageError, PageRecord, VlmRead
+from tasks.records.status import JobStatus
 from tasks.settings import Settings
 from tasks.state.metrics import CHILD_TTL, FLUSH_EVERY, MetricsStore
 from tasks.state.metrics_collector import RedisCollector
@@ -270,3 +273,22 @@ def test_metrics_store_and_collector(redis_url: str) -> None:
     assert "ocr_child_rss_bytes" not in _scrape(RedisCollector(client))
     client.hset("ocr:metrics:node:cpu@a", "not json", "1")  # another version's field
     assert _scrape(RedisCollector(client))["ocr_jobs_total"][0][1] == 3.0
+
+
+@pytest.mark.parametrize("status", ["SUCCESS", "PARTIAL", "CANCELLED"])
+def test_a_jobs_line_from_its_brief_is_the_line_from_its_public_result(status: str) -> None:
+    """`Outcome.brief` (the ending's line, its pages not encoded) reads as `public` does."""
+    read = VlmRead(profile="p", image_size=(8, 8), prompt_tokens=5, generation_tokens=7,
+                   finish_reason="length", tries=2)
+    pages = [PageRecord(1, "a", engine="vlm", vlm=read), PageRecord(2, "", source="blank"),
+             PageRecord(3, "", error=PageError(code="timeout", message="slow"))]
+    result = DocumentResult.from_json({"status": status, "format": "png", "cached": False,
+                                       "engine": {"name": "fake", "names": ["fake", "b"]},
+                                       "pages": [p.to_json() for p in pages]})
+    outcome = Outcome("j9", JobStatus(status), result=result)
+    lines = [job_record("j9", "n", "f.png", "auto", 1.0, shown, "c", "other")
+             for shown in (outcome.public(), outcome.brief())]
+    assert lines[0] == lines[1]
+    assert lines[0][0]["pages"] == 3 and lines[0][0]["engines"] == ["fake", "b"]
+    assert lines[0][0]["vlm"]["generation_tokens"] == 7
+    assert ("failed_pages" in lines[0][0]) == (status != "CANCELLED")
