@@ -42,7 +42,7 @@ from tasks.settings import Settings
 from tasks.state.connection import connect
 from tasks.state.job_state import JobProgress, JobStateReader, expired_before_start
 from tasks.state.liveness import WorkerPresence
-from tasks.state.stores import BlobStore, OutputStore
+from tasks.state.stores import BlobStore, OutputStore, new_blob_key
 from tasks.state.usage import PageCaps
 
 # What Redis or the Celery transport raise while Redis is unreachable (mid-run too).
@@ -51,6 +51,7 @@ CONNECTION_ERRORS: tuple[type[BaseException], ...] = (
 NO_WORKER_GRACE = 6.0   # seconds a job may wait in a queue no live worker consumes
 WORKER_RECHECK = 15.0   # seconds between worker checks while jobs run (2 s once one lacks)
 PRESENCE_REUSE = 1.0   # seconds a presence read is reused by `admit` (a burst of sends)
+RESULTS_READ = 256     # ended jobs whose results `results` reads in one round trip
 
 __all__ = ["CONNECTION_ERRORS", "JobProgress", "OcrClient"]
 
@@ -101,12 +102,12 @@ class OcrClient:
             return self.enqueue({"url": url, "filename": filename, **given},
                                 priority=priority, deadline=deadline, traceparent=traceparent)
         priority = self.admit(given, priority=priority)
-        blob = self.put_input(source)
+        data = read_input(source, self.settings)
         if filename is None:
             filename = Path(source).name if not isinstance(source, bytes) else ""
-        kwargs = {"blob": blob, "filename": filename, **given}
+        kwargs = {"blob": new_blob_key(), "filename": filename, **given}
         return self.enqueue(kwargs, priority=priority, deadline=deadline,
-                            traceparent=traceparent)
+                            traceparent=traceparent, input_data=data)
 
     def put_input(self, source: str | Path | bytes) -> str:
         """Store a job's input (a file or bytes, within OCR_MAX_INPUT_MB); its blob key."""
@@ -147,7 +148,7 @@ class OcrClient:
                 traceparent: str | None = None, created: float | None = None,
                 prefixes: tuple[str, ...] | None = None,
                 count_in_flight: bool = False, in_flight_limit: int = 0,
-                page_caps: PageCaps | None = None) -> str:
+                page_caps: PageCaps | None = None, input_data: bytes | None = None) -> str:
         """Send `ocr.document` with these kwargs (input stored, job admitted); its id.
 
         The sender (tasks/queue/sender.py) writes and sends it. `job_id` is a fresh
@@ -160,6 +161,8 @@ class OcrClient:
         `count_in_flight`: count it in the client's jobs in flight, refused
         (`quota_exceeded`) when `in_flight_limit` (0: none) are unfinished;
         `page_caps`: the client's, its fewest pages held against them as it is sent.
+        `input_data`: the input, stored under `kwargs["blob"]` in the round trip that
+        writes the job's record (else the input is stored already, or named by URL).
         """
         chosen = priority or DEFAULT_PRIORITY  # explicit: send_task ignores the default
         if chosen not in PRIORITIES:
@@ -170,7 +173,7 @@ class OcrClient:
             deadline=None if deadline is None else time.time() + deadline,
             created=created, traceparent=traceparent, prefixes=prefixes,
             count_in_flight=count_in_flight, in_flight_limit=in_flight_limit,
-            page_caps=page_caps))
+            page_caps=page_caps, input=input_data))
 
     def cancel(self, ids: Iterable[str], wait: float = 10.0) -> dict[str, str]:
         """Cancel jobs by sending the public task `ocr.cancel` for each.
@@ -244,7 +247,23 @@ class OcrClient:
 
         Its stored state and its record are read in one round trip.
         """
-        meta, control = self.states.ending(job_id)
+        return self.results([job_id])[job_id]
+
+    def results(self, job_ids: list[str]) -> dict[str, dict[str, Any]]:
+        """`result` of each of `job_ids`: their states and records, in one round trip.
+
+        (One for each RESULTS_READ of them.)
+        """
+        out = {}
+        for first in range(0, len(job_ids), RESULTS_READ):
+            some = job_ids[first:first + RESULTS_READ]
+            for job_id, (meta, control) in zip(some, self.states.endings_of(some),
+                                               strict=True):
+                out[job_id] = self._public(job_id, meta, control)
+        return out
+
+    def _public(self, job_id: str, meta: dict[str, Any],
+                control: dict[str, str]) -> dict[str, Any]:
         result = self._result(job_id, meta, control)
         if "status" in result:  # a job's result (not an audit report)
             if not result.get("filename"):

@@ -34,7 +34,7 @@ class Waiter(Protocol):
     no_worker_grace: float
     worker_recheck: float
 
-    def result(self, job_id: str) -> dict[str, Any]: ...
+    def results(self, job_ids: list[str]) -> dict[str, dict[str, Any]]: ...
     def live_queues(self) -> dict[str, set[str]]: ...
     def recorded_queue(self, job_id: str) -> str | None: ...
     def no_worker_record(self, job_id: str, queue: str) -> dict[str, Any]: ...
@@ -101,8 +101,9 @@ def wait(client: Waiter, ids: Iterable[str], on_progress: ProgressCallback | Non
             if now >= next_sweep:
                 sweep = min(SWEEP_MAX, sweep * 2)
                 next_sweep = now + sweep
-            for job_id in [j for j in pending if j in ended]:
-                results[job_id] = client.result(job_id)
+            done = [j for j in pending if j in ended]
+            for job_id, result in (client.results(done) if done else {}).items():
+                results[job_id] = result
                 pending.remove(job_id)
                 if on_progress is not None:
                     on_progress(job_id, client.states.read(job_id))

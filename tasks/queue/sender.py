@@ -12,7 +12,8 @@ admitted first (tasks/admission.py); then `JobSender.send` takes its `OutgoingJo
 1. writes its control hash `ocr:job:<id>` (input blob, file name, deadline, queue,
    priority, when accepted; its owner, client, batch, and `prefixes`: the JSON list of the
    client's own URL prefixes, which the worker checks each redirect hop against),
-2. lists it under its client (`JobIndex`), in the round trip of 1,
+2. lists it under its client (`JobIndex`), and stores its input when the job carries
+   it (`OutgoingJob.input`: under its `blob` key), in the round trip of 1,
 3. waits for OCR_REDIS_MIN_REPLICAS replicas to hold those writes (`JobControl.keep`),
 4. sends the message with its client's lane header (`ocr_client`) and a W3C
    `traceparent` when given; a message no replica confirmed (`ReplicaMissing`) is
@@ -48,6 +49,7 @@ from tasks.state.job_control import ENDING_DONE, JobControl
 from tasks.state.job_index import JobIndex
 from tasks.state.job_state import JobStateReader
 from tasks.state.keys import job_ended_key
+from tasks.state.stores import BlobStore
 from tasks.state.usage import PageCaps, PageUsage, fewest_pages
 
 SEND_TASK = "ocr.document"
@@ -80,6 +82,7 @@ class OutgoingJob:
     in_flight_limit: int = 0
     page_caps: PageCaps | None = None
     extra: dict[str, str] = field(default_factory=dict)  # more control-hash fields
+    input: bytes | None = None  # stored under kwargs["blob"] with the job's record
 
 
 class JobSender:
@@ -90,6 +93,7 @@ class JobSender:
         self.app = app
         self._redis = redis_client
         self.control = JobControl(redis_client, settings.result_ttl)
+        self.blobs = BlobStore(redis_client, settings.blob_ttl)
         self.index = JobIndex(redis_client, settings.blob_ttl + settings.result_ttl,
                               settings.jobs_listed)
         self.in_flight = InFlight(redis_client, settings.blob_ttl + settings.result_ttl)
@@ -136,8 +140,10 @@ class JobSender:
                 control[name] = value
         if job.prefixes is not None:
             control["prefixes"] = json.dumps(list(job.prefixes))
-        # The job's record and its index entries: one round trip.
+        # The job's input, record and index entries: one round trip.
         pipe = self._redis.pipeline(transaction=False)
+        if job.input is not None:
+            self.blobs.queue_put(pipe, control["blob"], job.input)
         self.control.remember_in(pipe, job.job_id, control)
         self.index.add(job.job_id, client, job.created, pipe=pipe)
         try:

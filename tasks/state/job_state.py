@@ -127,13 +127,21 @@ class JobStateReader:
 
         The state is PENDING (result None) where none is stored.
         """
+        return self.endings_of([job_id])[0]
+
+    def endings_of(self, job_ids: list[str]) -> list[tuple[dict[str, Any], dict[str, str]]]:
+        """`ending` of each of `job_ids`, in order: one round trip for them all."""
         pipe = self._redis.pipeline(transaction=False)
-        pipe.get(self._backend.get_key_for_task(job_id))
-        pipe.hgetall(job_key(job_id))
-        meta, fields = pipe.execute()
-        decoded = (self._backend.decode_result(meta) if meta else
-                   {"status": CeleryState.PENDING.value, "result": None})
-        return decoded, {_text(k): _text(v) for k, v in fields.items()}
+        for job_id in job_ids:
+            pipe.get(self._backend.get_key_for_task(job_id))
+            pipe.hgetall(job_key(job_id))
+        raw = pipe.execute()
+        out = []
+        for meta, fields in zip(raw[::2], raw[1::2], strict=True):
+            decoded = (self._backend.decode_result(meta) if meta else
+                       {"status": CeleryState.PENDING.value, "result": None})
+            out.append((decoded, {_text(k): _text(v) for k, v in fields.items()}))
+        return out
 
     def ended(self, job_ids: list[str]) -> list[str]:
         """Which of `job_ids` have ended: one MGET of their stored states."""

@@ -35,9 +35,13 @@ class BlobStore:
         self._ttl = ttl
 
     def put(self, data: bytes) -> str:
-        key = f"{BLOB_PREFIX}{uuid.uuid4().hex}"
-        self._redis.set(key, data, ex=self._ttl)
+        key = new_blob_key()
+        self.queue_put(self._redis, key, data)
         return key
+
+    def queue_put(self, pipe: Any, key: str, data: bytes) -> None:
+        """`put`'s command under `key`, queued on `pipe` (a job's record's round trip)."""
+        pipe.set(_checked(key), data, ex=self._ttl)
 
     def get(self, key: str, most: int | None = None) -> bytes:
         """The stored input; with `most`, its first `most` + 1 bytes at the most.
@@ -60,6 +64,11 @@ class BlobStore:
 def blob_keys(keys: Iterable[object]) -> list[str]:
     """The blob keys among `keys` (what may be deleted as an input)."""
     return [key for key in keys if isinstance(key, str) and _BLOB_KEY.match(key)]
+
+
+def new_blob_key() -> str:
+    """A fresh blob key, for an input stored later (`BlobStore.queue_put`)."""
+    return f"{BLOB_PREFIX}{uuid.uuid4().hex}"
 
 
 def _checked(key: object) -> str:

@@ -1,0 +1,104 @@
+"""A client reads the results of jobs that ended together in one round trip.
+
+A real Redis (the tests' own database) and a real `OcrClient`; no worker: each job's
+ending is written as a worker's would be (Celery's result record, the job's record,
+its ending notice). Round trips are counted on the connection the client reads
+states with (`CountingConnection`, one per command sent or pipeline).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import redis
+
+from tasks.client import RESULTS_READ
+from tasks.state.keys import job_key, job_notice_key
+from tasks.state.stores import new_blob_key
+from tests.harness import make_client
+
+
+class CountingConnection(redis.Connection):
+    """A connection that counts its round trips (each command, or pipeline, sent)."""
+
+    sent = 0
+
+    def send_packed_command(self, command: Any, check_health: bool = True) -> None:
+        CountingConnection.sent += 1
+        super().send_packed_command(command, check_health)
+
+
+def _ended(store: redis.Redis, client: Any, job_id: str, n: int) -> None:
+    """Job `job_id` ended SUCCESS as a worker ends it: result, record, notice."""
+    client.app.backend.store_result(job_id, {"id": job_id, "status": "SUCCESS",
+                                             "text": f"page {n}", "pages": []}, "SUCCESS")
+    store.hset(job_key(job_id), mapping={"filename": f"{n}.png", "client": "billing"})
+    store.xadd(job_notice_key(job_id), {"status": "SUCCESS"})
+
+
+def _counted(client: Any) -> None:
+    kwargs = client.states._redis.connection_pool.connection_kwargs
+    client.states._redis = redis.Redis(connection_pool=redis.ConnectionPool(
+        connection_class=CountingConnection, **kwargs))
+    client.states._redis.ping()  # connected: its handshake's commands not counted
+
+
+def test_jobs_that_ended_together_are_read_in_one_round_trip(redis_url: str) -> None:
+    store = redis.Redis.from_url(redis_url)
+    client = make_client(redis_url)
+    try:
+        jobs = [f"batched-{n}" for n in range(5)]
+        for n, job_id in enumerate(jobs):
+            _ended(store, client, job_id, n)
+        _counted(client)
+        CountingConnection.sent = 0
+        results = client.wait(jobs, timeout=10, watch_workers=False)
+        assert CountingConnection.sent == 1  # five endings, one read of their results
+        for n, job_id in enumerate(jobs):
+            assert (results[job_id]["status"], results[job_id]["text"],
+                    results[job_id]["filename"], results[job_id]["client"]) == (
+                "SUCCESS", f"page {n}", f"{n}.png", "billing")
+        # one job alone
+        CountingConnection.sent = 0
+        assert client.result(jobs[2])["text"] == "page 2"
+        assert CountingConnection.sent == 1
+    finally:
+        client.close()
+
+
+def test_a_larger_batch_is_read_in_rounds_of_results_read(redis_url: str) -> None:
+    store = redis.Redis.from_url(redis_url)
+    client = make_client(redis_url)
+    try:
+        jobs = [f"many-{n}" for n in range(RESULTS_READ + 3)]
+        for n, job_id in enumerate(jobs):
+            _ended(store, client, job_id, n)
+        _counted(client)
+        CountingConnection.sent = 0
+        results = client.results(jobs)
+        assert CountingConnection.sent == 2
+        assert [results[j]["text"] for j in jobs] == [f"page {n}" for n in range(len(jobs))]
+    finally:
+        client.close()
+
+
+def test_a_job_s_input_is_stored_with_its_record_in_one_round_trip(redis_url: str) -> None:
+    """The input, the job's record and its index entry: one round trip (then the send)."""
+    store = redis.Redis.from_url(redis_url)
+    client = make_client(redis_url)
+    try:
+        kwargs = client._redis.connection_pool.connection_kwargs
+        client._redis.connection_pool = redis.ConnectionPool(
+            connection_class=CountingConnection, **kwargs)
+        client.enqueue({"blob": new_blob_key(), "filename": "warm.png"},  # scripts loaded
+                       input_data=b"\x89PNG warm")
+        CountingConnection.sent = 0
+        blob = new_blob_key()
+        job_id = client.enqueue({"blob": blob, "filename": "in.png"},
+                                input_data=b"\x89PNG input")
+        assert CountingConnection.sent == 1
+        assert store.hget(job_key(job_id), "blob").decode() == blob
+        assert store.get(blob) == b"\x89PNG input"
+        assert 0 < store.ttl(blob) <= client.settings.blob_ttl
+    finally:
+        client.close()
