@@ -31,6 +31,7 @@ from tasks.state.stores import blob_keys
 
 if TYPE_CHECKING:
     from tasks.records.jobs import Outcome, ResultRecord
+    from tasks.state.carried_writes import CarriedWrites
     from tasks.state.job_control import JobControl
     from tasks.state.join import DocumentJoin
 
@@ -107,13 +108,14 @@ class JobEnder:
         """Show a result before the job is ended (a cancel met before its message)."""
         self._ports.publish(outcome)
 
-    def end(self, outcome: Outcome) -> bool:
+    def end(self, outcome: Outcome, carried: CarriedWrites | None = None) -> bool:
         """Claim and finish; False (and nothing done) when the job had already ended.
 
         Where the ports give the result's record, the claim stores it in its own atomic
         step; where nothing has to happen between the two (no callback, no replica to
         wait for), that step finishes the ending too (freed, marked done, the notice):
-        a job's whole ending in one round trip.
+        a job's whole ending in one round trip. The `carried` writes (what the job
+        read: tasks/state/carried_writes.py) go in that round trip, before the claim.
         """
         job_id = outcome.job_id
         with _ending_span(outcome):
@@ -124,7 +126,7 @@ class JobEnder:
                 with tracing.span("ocr.result.write"):
                     claimed = self._control.claim_end(
                         job_id, holder, record, ended=outcome.status.value if done else "",
-                        freed=self._freed(outcome) if done else ())
+                        freed=self._freed(outcome) if done else (), carried=carried)
             except _STORE_ERRORS:
                 if record is not None:  # it may have run: only a claim naming this ender
                     self._give_back(job_id, holder)

@@ -8,6 +8,7 @@ Celery here: the tasks decide what to enqueue; every ending goes through
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import time
@@ -44,6 +45,7 @@ if TYPE_CHECKING:
 
     from tasks.engines.resident import ResidentEngines
     from tasks.settings import Settings
+    from tasks.state.carried_writes import CarriedWrites
     from tasks.state.stores import Stores
 
     # Told the pages a job read in this process, and whether they came from the cache.
@@ -113,7 +115,8 @@ def process_job(job_id: str, request: JobRequest, settings: Settings,
                 started: float | None = None,
                 engine_name: str | None = None,
                 pages_read: PagesRead | None = None,
-                check_pages: Callable[[int], None] | None = None) -> Outcome | FanOut:
+                check_pages: Callable[[int], None] | None = None,
+                carried: CarriedWrites | None = None) -> Outcome | FanOut:
     """Read the input, then answer from the cache, in-process, or fan out.
 
     `previous` is the result of the job named by `merge_from` (a retry of its failed
@@ -125,7 +128,9 @@ def process_job(job_id: str, request: JobRequest, settings: Settings,
     the pages read here (or answered from the cache: its flag), before the job ends and
     without those a retry takes from `previous` (the caller's metrics). `check_pages`
     is told how many pages the job will read once they are counted, before any is read
-    (not for a cached answer): it raises to refuse them (a client's page cap). Raises
+    (not for a cached answer): it raises to refuse them (a client's page cap).
+    `carried`: the writes the job's ending sends with its claim, where the pages'
+    previews are queued (tasks/state/carried_writes.py; else written at once). Raises
     OcrError.
     """
     started = time.time() if started is None else started
@@ -204,7 +209,7 @@ def process_job(job_id: str, request: JobRequest, settings: Settings,
             plan.doc.close()
     result.engine = named_engines(engines.describe(engine_name), result.pages, {
         name: held.engine.model for name, held in engines.engines.items()})
-    keep_previews(job_id, result, stores)
+    keep_previews(job_id, result, stores, carried)
     if pages_read is not None:
         pages_read(result.pages, False)
     if located is not None:
@@ -262,11 +267,20 @@ def _fan_out(job_id: str, request: JobRequest, data: bytes, plan: Any, engine: s
     return FanOut(meta, texts, replaced)
 
 
-def keep_previews(job_id: str, result: DocumentResult, stores: Stores) -> None:
-    """The previews of the pages read in this process, kept beside the job's result."""
+def keep_previews(job_id: str, result: DocumentResult, stores: Stores,
+                  carried: CarriedWrites | None = None) -> None:
+    """The previews of the pages read in this process, kept beside the job's result.
+
+    Queued on `carried` (sent with the job's end claim) where given, else written now.
+    """
     for index, page in enumerate(result.pages):
         if page.preview is not None:
-            stores.previews.put(job_id, page.number, page.preview.data)
+            if carried is None:
+                stores.previews.put(job_id, page.number, page.preview.data)
+            else:
+                carried.add(f"page {page.number}'s preview", functools.partial(
+                    stores.previews.queue_put, job_id=job_id, page=page.number,
+                    data=page.preview.data))
             result.pages[index] = replace(page, preview=None)
 
 

@@ -40,9 +40,11 @@ from tasks.queue.retry_policy import retry_later
 from tasks.queue.routing import job_queue
 from tasks.records.jobs import JobStatus, Outcome, ResultRecord
 from tasks.records.request import JobRequest
-from tasks.records.results import DocumentResult
+from tasks.records.results import DocumentResult, PageRecord
 from tasks.settings import Settings
 from tasks.state.boundary import publishing, transient
+from tasks.state.carried_writes import CarriedWrites
+from tasks.state.usage import PageUsage
 
 
 class DocumentTask(GuardedTask):
@@ -125,6 +127,7 @@ def document(self: Task, *args: Any, **kwargs: Any) -> dict[str, Any]:
     # The engine that reads the job (its own, its language's, or this worker's): failures name it.
     engine = resident.current(settings).for_job(request.engine, request.lang)
     engines = resident.current(settings)
+    carried = CarriedWrites()  # the previews and page counts its ending sends
     try:
         with transient("Redis or the broker"):
             read = functools.partial(
@@ -132,9 +135,9 @@ def document(self: Task, *args: Any, **kwargs: Any) -> dict[str, Any]:
                 _previous(self.app, request),
                 progress=functools.partial(report_progress, self.app, job_id),
                 started=started, engine_name=engine,
-                pages_read=functools.partial(telemetry.pages_read, engine, client=client,
-                                             job=job_id),
-                check_pages=functools.partial(services.usage.admit, client))
+                pages_read=functools.partial(_pages_read, engine, client, job_id, carried),
+                check_pages=functools.partial(services.usage.admit, client),
+                carried=carried)
             # A thread pool enforces no limit: the job's own read is bounded here.
             work = (thread_limits.bounded(settings.soft_time_limit, read)
                     if engines.threaded else read())
@@ -157,8 +160,18 @@ def document(self: Task, *args: Any, **kwargs: Any) -> dict[str, Any]:
     else:
         outcome = work  # a FanOut raised Ignore in fan_out
     outcome.reply_queue = (self.request.delivery_info or {}).get("routing_key")
-    _end(self, services, outcome)
+    _end(self, services, outcome, carried)
     return celery_summary(outcome)
+
+
+def _pages_read(engine: str, client: str, job_id: str, carried: CarriedWrites,
+                pages: list[PageRecord], cached: bool) -> None:
+    """Count the pages a job read: its worker's counters held, its client's usage carried."""
+    counted = telemetry.pages_read(engine, pages, cached, client=client, job=job_id,
+                                   recorded=True)
+    if counted is not None:
+        carried.add("its pages' count in the client's usage",
+                    functools.partial(PageUsage.queue_counted, counted=counted))
 
 
 def _retry_if_transient(task: Task, exc: OcrError) -> None:
@@ -167,11 +180,12 @@ def _retry_if_transient(task: Task, exc: OcrError) -> None:
         retry_later(task, exc)
 
 
-def _end(task: Task, services: JobServices, outcome: Outcome) -> None:
+def _end(task: Task, services: JobServices, outcome: Outcome,
+         carried: CarriedWrites | None = None) -> None:
     """End the job; a store unreachable at that moment retries the task instead."""
     try:
         with transient("Redis or the broker"):
-            services.ender.end(outcome)
+            services.ender.end(outcome, carried)
     except OcrError as exc:
         if not exc.retryable:
             raise

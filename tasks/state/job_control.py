@@ -22,6 +22,7 @@ from tasks.records.jobs import ResultRecord
 from tasks.records.redis_target import RedisTarget
 from tasks.state import job_notices, lua
 from tasks.state.boundary import transient_methods
+from tasks.state.carried_writes import CarriedWrites
 from tasks.state.connection import hold_kept
 from tasks.state.keys import (
     BLOB_PREFIX,
@@ -106,7 +107,8 @@ class JobControl:
         return bool(ended), cancelled is not None
 
     def claim_end(self, job_id: str, holder: str, record: ResultRecord | None = None, *,
-                  ended: str = "", freed: Sequence[str] = ()) -> bool:
+                  ended: str = "", freed: Sequence[str] = (),
+                  carried: CarriedWrites | None = None) -> bool:
         """Take the right to end the job (`ocr:job:<id>:ended`); once only.
 
         The claim names its `holder` (`<host>:<pid>`) until the ending is done
@@ -114,15 +116,27 @@ class JobControl:
         With `record`, the job's result record is stored and published (for Celery
         clients blocked on its key) in the same atomic step, only when the claim is
         taken; with `ended` (the job's status) too, the ending is done in that step as
-        well, as `mark_ended(job_id, ended, freed)` does after it.
+        well, as `mark_ended(job_id, ended, freed)` does after it. The `carried` writes
+        (tasks/state/carried_writes.py) go first in the same round trip, claimed or not.
         """
+        pipe = self._redis.pipeline(transaction=False) if carried else None
+        names = carried.queue(pipe) if carried and pipe is not None else []
         if record is None:
-            return bool(self._redis.set(job_ended_key(job_id), holder, nx=True,
-                                        ex=self._ttl))
-        keys = [job_ended_key(job_id), record.key, job_notice_key(job_id), *freed]
-        return bool(_CLAIM_END(self._redis, keys, [
-            holder, self._ttl, record.text, record.ttl or "", ended, ENDING_DONE,
-            job_notices.FIELD, max(1, int(self._ttl))]))
+            answer = (self._redis if pipe is None else pipe).set(
+                job_ended_key(job_id), holder, nx=True, ex=self._ttl)
+        else:
+            keys = [job_ended_key(job_id), record.key, job_notice_key(job_id), *freed]
+            args = [holder, self._ttl, record.text, record.ttl or "", ended, ENDING_DONE,
+                    job_notices.FIELD, max(1, int(self._ttl))]
+            answer = (_CLAIM_END(self._redis, keys, args) if pipe is None
+                      else _CLAIM_END.queue(pipe, keys, args))
+        if pipe is None:
+            return bool(answer)
+        got = lua.answers(pipe)
+        CarriedWrites.report(job_id, names, got)
+        if isinstance(got[-1], Exception):
+            raise got[-1]
+        return bool(got[-1])
 
     def end_holder(self, job_id: str) -> str | None:
         """Who holds the job's end claim while its ending runs; None: unclaimed or done."""

@@ -10,6 +10,7 @@ the job that read the pages.
 from __future__ import annotations
 
 from collections.abc import Iterable
+from typing import Any
 
 import redis
 
@@ -26,7 +27,11 @@ class PreviewStore:
         self._ttl = ttl
 
     def put(self, job_id: str, page: int, data: bytes) -> None:
-        self._redis.set(preview_key(job_id, page), data, ex=self._ttl)
+        self.queue_put(self._redis, job_id, page, data)
+
+    def queue_put(self, pipe: Any, job_id: str, page: int, data: bytes) -> None:
+        """`put`'s command, queued on `pipe` (a job's ending carries it)."""
+        pipe.set(preview_key(job_id, page), data, ex=self._ttl)
 
     def get(self, job_id: str, page: int) -> bytes | None:
         data = self._redis.get(preview_key(job_id, page))

@@ -162,8 +162,7 @@ class PageUsage:
         own = pipe is None
         pipe = self._redis.pipeline(transaction=False) if own else pipe
         if job:
-            counted = JobPages(client, job, tuple(numbers), day)
-            _ADD_ONCE.queue(pipe, counted.keys(), [*counted.args(), *numbers])
+            self.queue_counted(pipe, JobPages(client, job, tuple(numbers), day))
         for key in () if job else (day_key(day), month_key(day)):
             pipe.hincrby(key, client, pages)
             if key not in self._kept:
@@ -175,6 +174,11 @@ class PageUsage:
             except redis.RedisError:
                 self.forget_ttls()
                 raise
+
+    @staticmethod
+    def queue_counted(pipe: Any, counted: JobPages) -> None:
+        """Count `counted`'s pages, each of its job once, on `pipe` (one script)."""
+        _ADD_ONCE.queue(pipe, counted.keys(), [*counted.args(), *counted.numbers])
 
     def reserve(self, client: str, job: str, pages: int, caps: PageCaps,
                 ended: Callable[[list[str]], list[str]], now: float | None = None) -> None:

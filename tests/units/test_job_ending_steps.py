@@ -12,7 +12,9 @@ raises after running, or without running.
 
 from __future__ import annotations
 
+import functools
 import json
+import logging
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -26,9 +28,13 @@ from tasks.lifecycle.job_exit import JobEnder, holder_name
 from tasks.records.jobs import JobStatus, Outcome, ResultRecord
 from tasks.records.request import JobRequest
 from tasks.records.results import DocumentResult
+from tasks.state.carried_writes import CarriedWrites
 from tasks.state.job_control import ENDING_DONE, JobControl
 from tasks.state.join import DocumentJoin
-from tasks.state.keys import job_ended_key, job_key, job_notice_key
+from tasks.state.keys import job_ended_key, job_key, job_notice_key, preview_key
+from tasks.state.previews import PreviewStore
+from tasks.state.usage import PageUsage, today
+from tasks.state.usage_counts import JobPages
 
 TTL = 600
 BLOB = "ocr:blob:0123456789abcdef"
@@ -96,9 +102,10 @@ class StepFails(JobControl):
         self.runs = runs
 
     def claim_end(self, job_id: str, holder: str, record: ResultRecord | None = None, *,
-                  ended: str = "", freed: Any = ()) -> bool:
+                  ended: str = "", freed: Any = (), carried: Any = None) -> bool:
         if self.runs:
-            super().claim_end(job_id, holder, record, ended=ended, freed=freed)
+            super().claim_end(job_id, holder, record, ended=ended, freed=freed,
+                              carried=carried)
         raise TransientError("Redis went away with the claim's answer")
 
 
@@ -246,3 +253,49 @@ def test_a_start_leaves_an_ended_or_cancelled_job_s_record(store: redis.Redis) -
     assert control.at_start("s3", started("s3")) == (False, True)
     assert not store.exists(result_key("s3"))
     assert control.at_start("s4") == (False, False) and not store.exists(result_key("s4"))
+
+
+def _carrying(job_id: str, previews: PreviewStore, counted: JobPages) -> CarriedWrites:
+    """What a one-page job's read carries to its ending: its preview and its page count."""
+    carried = CarriedWrites()
+    carried.add("the preview", functools.partial(previews.queue_put, job_id=job_id, page=1,
+                                                 data=b"RIFF-webp"))
+    carried.add("the count", functools.partial(PageUsage.queue_counted, counted=counted))
+    return carried
+
+
+def test_what_a_job_read_rides_with_its_ending(store: redis.Redis) -> None:
+    """The preview and the page count go in the ending's one round trip, before its claim."""
+    control = JobControl(store, TTL)
+    ender = JobEnder(control, DocumentJoin(store, TTL), StoringPorts())
+    previews = PreviewStore(store, TTL)
+    day = today()
+    ender.end(outcome_for("warm"), _carrying("warm", previews,  # scripts loaded
+                                             JobPages("warm-client", "warm", (1,), day)))
+    counted = JobPages("billing", "j10", (1,), day)
+    ended, trips = round_trips(lambda: ender.end(outcome_for("j10"),
+                                                 _carrying("j10", previews, counted)))
+    assert ended and trips == 1
+    assert previews.get("j10", 1) == b"RIFF-webp" and 0 < store.ttl(preview_key("j10", 1)) <= TTL
+    assert int(store.hget(counted.keys()[1], "billing")) == 1
+    assert store.get(job_ended_key("j10")) == ENDING_DONE.encode()
+    # a second run of the job (redelivered) ends nothing and does not count its page twice
+    again = _carrying("j10", previews, counted)
+    assert not ender.end(outcome_for("j10"), again) and len(again) == 0
+    assert int(store.hget(counted.keys()[1], "billing")) == 1
+
+
+def test_a_carried_write_that_fails_is_logged_and_the_ending_stands(
+        store: redis.Redis, caplog: pytest.LogCaptureFixture) -> None:
+    control = JobControl(store, TTL)
+    ender = JobEnder(control, DocumentJoin(store, TTL), StoringPorts())
+    counted = JobPages("broken", "j11", (1,), today())
+    store.set(counted.keys()[1], "not a hash")  # the day's counts: the wrong type
+    with caplog.at_level(logging.WARNING, logger="tasks.state.carried_writes"):
+        assert ender.end(outcome_for("j11"), _carrying("j11", PreviewStore(store, TTL),
+                                                       counted))
+    assert store.get(job_ended_key("j11")) == ENDING_DONE.encode()
+    assert store.exists(result_key("j11")) and store.exists(preview_key("j11", 1))
+    [logged] = [r.getMessage() for r in caplog.records]
+    assert logged.startswith("job j11: the count not written with its ending: ")
+    assert "WRONGTYPE" in logged
