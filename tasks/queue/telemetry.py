@@ -177,7 +177,8 @@ class Telemetry:
         day (tasks/state/usage.py, at once): what its page caps are checked against;
         with `job`, each of the job's pages once, whichever worker read it first.
         `recorded`: the usage is returned instead, for the script that records the
-        pages to count (a page task's). The counters and latencies are held (within a
+        pages to count (a page task's) or the job's end claim (a document's task:
+        tasks/state/carried_writes.py). The counters and latencies are held (within a
         second in Redis).
         """
         pages = list(pages)
@@ -350,7 +351,8 @@ def pages_read(engine: str, pages: Iterable[PageRecord], cached: bool = False,
     the pages are recorded, so a job's pages are in its client's usage by the time its
     result is stored (its worker's counters within a second). `recorded`: the usage is
     returned instead, for the script that records the pages to count (a page task's
-    record, tasks/state/join.py); None when there is nothing to count. A process
+    record, tasks/state/join.py) or the job's end claim (a document's task); None when
+    there is nothing to count. A process
     without telemetry (a client, a test) counts nothing.
     """
     if _telemetry is None:
