@@ -24,6 +24,8 @@ import shutil
 import subprocess
 import sys
 import threading
+import uuid
+from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -32,8 +34,10 @@ import pytest
 import redis
 import requests
 
+from tasks.broker import layout
 from tasks.broker.layout import HELD_KEY
 from tasks.client import OcrClient
+from tasks.records.clients import CLIENT_HEADER
 from tasks.settings import Settings
 from tests.api_server import ApiServer
 from tests.harness import (
@@ -307,13 +311,79 @@ def test_a_command_outside_the_users_rules_is_refused(fleet: Fleet, user: str) -
         client.close()
 
 
-def test_flower_cannot_send_a_task(fleet: Fleet) -> None:
+# Flower's "apply task" as its UI sends it (to the task's queue, `ocr`), and with a
+# client's header (to that client's lane) to a queue no worker reads, where a message
+# it had pushed would still be found.
+UNREAD = "ocr-unread"
+FLOWER_SENDS = (({}, "ocr", ""),
+                ({"queue": UNREAD, "headers": {CLIENT_HEADER: "flower-sent"}}, UNREAD,
+                 "flower-sent"))
+
+
+def _flower_refusals(fleet: Fleet) -> Counter[tuple[str, str]]:
+    """How often Redis has refused Flower's user each (reason, command or key)."""
+    refused: Counter[tuple[str, str]] = Counter()
+    for e in fleet.redis.acl_log():
+        if e["username"] == "flower":
+            refused[str(e["reason"]), str(e["object"])] += int(str(e["count"]))
+    return refused
+
+
+def _queue_lists(queue: str) -> list[str]:
+    return [layout.queue_list(queue, step) for step in layout.PRIORITY_STEPS]
+
+
+def _refuses_a_message(queue: str, reason: str, what: str) -> bool:
+    """Whether a refusal keeps a message out of `queue`: its push, or a key of it.
+
+    A key of its lists, of their lanes, or a priority step's ring of lanes (the
+    queue's declare counts the messages in its lanes by them).
+    """
+    if reason == "command":
+        return what in ("lpush", "rpush")
+    rings = [layout.lanes_key(step) for step in layout.PRIORITY_STEPS]
+    lanes = tuple(layout.lane_key(name, "") for name in _queue_lists(queue))
+    return reason == "key" and (what in (*_queue_lists(queue), *rings)
+                                or what.startswith(lanes))
+
+
+def _holding(fleet: Fleet, queue: str, task_id: str, client: str) -> list[str]:
+    """Where the task `task_id` waits: `queue`'s lists and lanes holding its message.
+
+    And the rings of lanes that hold `client` (a lane's push puts its client there).
+    """
+    admin = fleet.redis.client()
+    try:
+        keys = [*_queue_lists(queue), *(k.decode() for name in _queue_lists(queue)
+                                       for k in admin.scan_iter(layout.lane_key(name, "*")))]
+        held = [k for k in keys if any(task_id.encode() in m for m in admin.lrange(k, 0, -1))]
+        return held + [layout.lanes_key(step) for step in layout.PRIORITY_STEPS if client
+                       and admin.lpos(layout.lanes_key(step), client) is not None]
+    finally:
+        admin.close()
+
+
+@pytest.mark.parametrize(("options", "queue", "client"), FLOWER_SENDS,
+                         ids=("ocr", "lane"))
+def test_flower_cannot_send_a_task(fleet: Fleet, options: dict[str, object], queue: str,
+                                   client: str) -> None:
+    """Redis refuses Flower's user its task's message, and nothing of it is queued.
+
+    Its publish declares the queue first (EXISTS over the queue's lists and the rings
+    of lanes), and Flower's user has no key of the lanes, so the push never goes; past
+    the declare it has no LPUSH nor any lane's key (test_redis_acl_matrix.py). Only
+    the refusals of this call count: DENIED refuses Flower an LPUSH too.
+    """
+    before, task_id = _flower_refusals(fleet), str(uuid.uuid4())
     sent = requests.post(f"http://127.0.0.1:{fleet.ports['flower']}/api/task/async-apply/"
-                         "ocr.document", json={"kwargs": {}}, auth=FLOWER_AUTH, timeout=60)
+                         "ocr.document", json={"kwargs": {}, "task_id": task_id, **options},
+                         auth=FLOWER_AUTH, timeout=60)
     assert sent.status_code >= 500, sent.text
-    # Flower's user has no LPUSH: the task's message is refused where it would be pushed
-    assert any(e["username"] == "flower" and e["object"] == "lpush"
-               for e in fleet.redis.acl_log()), (sent.text, fleet.redis.acl_log())
+    refused = _flower_refusals(fleet) - before
+    assert refused and all(_refuses_a_message(queue, reason, what)
+                           for reason, what in refused), (sent.text, refused)
+    assert _holding(fleet, queue, task_id, client) == []
+    assert task_id not in fleet.processes["worker"].log()  # nor taken from `ocr`
 
 
 def test_default_user_other_passwords_and_plaintext_are_refused(
