@@ -44,6 +44,7 @@ from tasks.records.results import DocumentResult, PageRecord
 from tasks.settings import Settings
 from tasks.state.boundary import publishing, transient
 from tasks.state.carried_writes import CarriedWrites
+from tasks.state.stores import blob_keys
 from tasks.state.usage import PageUsage
 
 
@@ -57,6 +58,14 @@ class DocumentTask(GuardedTask):
         return result_record(self.app, task_id, {"pid": os.getpid(),
                                                  "hostname": self.request.hostname},
                              states.STARTED)
+
+    def start_input(self, kwargs: dict[str, Any]) -> tuple[str, int] | None:
+        # An input uploaded beside the message, read as the job's own read would read it
+        # (tasks/lifecycle/inputs.py); what the job may name is checked before it is used.
+        blob = kwargs.get("blob")
+        if not blob_keys([blob]) or kwargs.get("url") or kwargs.get("data_b64"):
+            return None
+        return str(blob), self.app.ocr_settings.max_input_bytes
 
     def check_start(self, task_id: str, kwargs: dict[str, Any], ended: bool) -> None:
         if ended:

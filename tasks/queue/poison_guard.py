@@ -53,11 +53,11 @@ class GuardedTask(Task):
         again = bool((self.request.delivery_info or {}).get("redelivered"))
         try:
             with transient("the poison guard's Redis"):
-                # A job's end claim and cancel mark, its STARTED record written: one
-                # round trip.
+                # A job's end claim and cancel mark, its STARTED record written and its
+                # input read: one round trip.
                 ended, cancelled = JobControl(client, settings.result_ttl).at_start(
-                    task_id, self.started_record(task_id)) if self.marks_own_cancel \
-                    else (False, False)
+                    task_id, self.started_record(task_id), self.start_input(kwargs)) \
+                    if self.marks_own_cancel else (False, False)
                 self.check_start(task_id, kwargs, ended)
                 starts = 1
                 if again and not cancelled:
@@ -89,6 +89,14 @@ class GuardedTask(Task):
         """The task's STARTED record, written as it starts unless it ended or is cancelled.
 
         None (the default): nothing is written.
+        """
+        return None
+
+    def start_input(self, kwargs: dict[str, Any]) -> tuple[str, int] | None:
+        """The input blob to read with the task's start (its key, the most bytes read).
+
+        Read in the start's round trip unless the task ended or is cancelled, and kept
+        for the task's own read (tasks/state/sent_fields.py). None (the default): none.
         """
         return None
 

@@ -32,7 +32,7 @@ from tasks.state.keys import (
     job_key,
     job_notice_key,
 )
-from tasks.state.sent_fields import AS_SENT, as_sent
+from tasks.state.sent_fields import AS_SENT, as_sent, start_inputs
 
 # Inputs uploaded through the HTTP API: ocr:blob:api.<client>.<32 hex>; the key names
 # the job owner (`api:<client>`) that alone may read it.
@@ -89,21 +89,28 @@ class JobControl:
         pipe.set(doc_key(job_id, "cancel"), "1", ex=self._ttl)
         lua.execute(pipe)
 
-    def at_start(self, job_id: str, started: ResultRecord | None = None) -> tuple[bool, bool]:
+    def at_start(self, job_id: str, started: ResultRecord | None = None,
+                 input_blob: tuple[str, int] | None = None) -> tuple[bool, bool]:
         """Whether the job has ended (its end claim is set), and whether it is cancelled.
 
         One round trip. Its `owner` and `accepted`, read with its cancel mark, are kept
-        for `owner` and `accepted` (written once, before it was sent). `started`, the
-        job's STARTED record, is stored in that round trip unless the job has ended or
-        is cancelled (a redelivery must not hide an ending already stored).
+        for `owner` and `accepted` (written once, before it was sent). Unless the job
+        has ended or is cancelled (a redelivery must not hide an ending already stored),
+        `started`, its STARTED record, is stored in that round trip, and its input
+        `input_blob` (a blob key, and the most bytes the job may read) is read in it
+        and kept for the job's own read (`BlobStore.get`: tasks/state/sent_fields.py).
         """
-        keys = [job_ended_key(job_id), job_key(job_id)]
-        args: list[Any] = ["", "", "cancelled", *AS_SENT]
+        keys = [job_ended_key(job_id), job_key(job_id), job_key(job_id), job_key(job_id)]
+        args: list[Any] = ["", "", "", "cancelled", *AS_SENT]
         if started is not None:
-            keys.append(started.key)
+            keys[2] = started.key
             args[:2] = [started.text, started.ttl or ""]
-        ended, cancelled, *sent = _AT_START(self._redis, keys, args)
+        if input_blob is not None:
+            keys[3], args[2] = input_blob
+        ended, data, cancelled, *sent = _AT_START(self._redis, keys, args)
         as_sent.keep(job_id, tuple(sent))
+        if input_blob is not None and data is not None:
+            start_inputs.keep(input_blob[0], input_blob[1], _raw(data))
         return bool(ended), cancelled is not None
 
     def claim_end(self, job_id: str, holder: str, record: ResultRecord | None = None, *,
@@ -305,16 +312,25 @@ redis.call('set', KEYS[1], ARGV[2], 'KEEPTTL')
 return 1
 """)
 
-# A job's start: its end claim and cancel mark (ARGV[3..]: the fields read with it),
-# its STARTED record stored (KEYS[3]: ARGV[1], TTL ARGV[2]) unless ended or cancelled.
+# A job's start: its end claim (KEYS[1]) and cancel mark (KEYS[2], the job's hash:
+# ARGV[4..] the fields read with it); unless it ended or is cancelled, its STARTED record
+# stored (KEYS[3] := ARGV[1], TTL ARGV[2]; ARGV[1] '': none) and its input read (KEYS[4]:
+# its first ARGV[3] + 1 bytes, where it exists; ARGV[3] '': none). A key not used is
+# the job's hash again.
 _AT_START = lua.Script("""
 local ended = redis.call('EXISTS', KEYS[1])
-local fields = redis.call('HMGET', KEYS[2], unpack(ARGV, 3))
-if KEYS[3] and ended == 0 and not fields[1] then
-  if ARGV[2] == '' then redis.call('SET', KEYS[3], ARGV[1])
-  else redis.call('SET', KEYS[3], ARGV[1], 'EX', ARGV[2]) end
+local fields = redis.call('HMGET', KEYS[2], unpack(ARGV, 4))
+local input = false
+if ended == 0 and not fields[1] then
+  if ARGV[1] ~= '' then
+    if ARGV[2] == '' then redis.call('SET', KEYS[3], ARGV[1])
+    else redis.call('SET', KEYS[3], ARGV[1], 'EX', ARGV[2]) end
+  end
+  if ARGV[3] ~= '' and redis.call('EXISTS', KEYS[4]) == 1 then
+    input = redis.call('GETRANGE', KEYS[4], 0, ARGV[3])
+  end
 end
-return {ended, unpack(fields)}
+return {ended, input, unpack(fields)}
 """)
 
 # The end claim (KEYS[1] := holder ARGV[1], NX, TTL ARGV[2]) with the result record
@@ -351,3 +367,5 @@ def _text(value: bytes | str) -> str:
     return value.decode() if isinstance(value, bytes) else value
 
 
+def _raw(value: bytes | str) -> bytes:
+    return value if isinstance(value, bytes) else value.encode()

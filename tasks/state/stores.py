@@ -21,6 +21,7 @@ from tasks.state.boundary import transient_methods
 from tasks.state.job_control import JobControl
 from tasks.state.keys import BLOB_PREFIX, OUTPUT_PREFIX, output_key
 from tasks.state.previews import PreviewStore
+from tasks.state.sent_fields import start_inputs
 from tasks.state.webhook_secrets import WebhookSecrets
 
 _BLOB_KEY = re.compile("^" + re.escape(BLOB_PREFIX) + r"[A-Za-z0-9_.-]{8,128}$")
@@ -49,6 +50,9 @@ class BlobStore:
         (A caller refusing inputs over `most` bytes never reads more of one.)
         """
         checked = _checked(key)
+        kept = start_inputs.take(checked, most)  # read with the job's start
+        if kept is not None:
+            return kept
         data = self._redis.get(checked) if most is None else \
             self._redis.getrange(checked, 0, most)
         if data is None or (not data and not self._redis.exists(checked)):

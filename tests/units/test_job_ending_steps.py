@@ -23,7 +23,7 @@ from typing import Any
 import pytest
 import redis
 
-from tasks.errors import TransientError
+from tasks.errors import InputNotFound, TransientError
 from tasks.lifecycle.job_exit import JobEnder, holder_name
 from tasks.records.jobs import JobStatus, Outcome, ResultRecord
 from tasks.records.request import JobRequest
@@ -33,6 +33,7 @@ from tasks.state.job_control import ENDING_DONE, JobControl
 from tasks.state.join import DocumentJoin
 from tasks.state.keys import job_ended_key, job_key, job_notice_key, preview_key
 from tasks.state.previews import PreviewStore
+from tasks.state.stores import BlobStore
 from tasks.state.usage import PageUsage, today
 from tasks.state.usage_counts import JobPages
 
@@ -253,6 +254,41 @@ def test_a_start_leaves_an_ended_or_cancelled_job_s_record(store: redis.Redis) -
     assert control.at_start("s3", started("s3")) == (False, True)
     assert not store.exists(result_key("s3"))
     assert control.at_start("s4") == (False, False) and not store.exists(result_key("s4"))
+
+
+def test_a_start_reads_the_input_its_job_then_reads_without_a_round_trip(
+        store: redis.Redis) -> None:
+    control = JobControl(store, TTL)
+    blobs = BlobStore(store, TTL)
+    blob = blobs.put(b"0123456789")
+    control.at_start("warm", started("warm"))
+    flags, trips = round_trips(lambda: control.at_start("s5", started("s5"), (blob, 4)))
+    assert flags == (False, False) and trips == 1
+    data, trips = round_trips(lambda: blobs.get(blob, most=4))
+    assert (data, trips) == (b"01234", 0)  # the first `most` + 1 bytes, as GETRANGE reads
+    assert round_trips(lambda: blobs.get(blob, most=4)) == (b"01234", 1)  # taken once
+    # kept for the bound it was read with only; the whole input is read afresh
+    control.at_start("s6", None, (blob, 4))
+    assert round_trips(lambda: blobs.get(blob)) == (b"0123456789", 1)
+
+
+def test_a_start_reads_no_input_for_an_ended_or_cancelled_job_nor_a_missing_one(
+        store: redis.Redis) -> None:
+    control = JobControl(store, TTL)
+    blobs = BlobStore(store, TTL)
+    blob = blobs.put(b"input")
+    store.set(job_ended_key("s7"), ENDING_DONE)
+    store.hset(job_key("s8"), "cancelled", "1")
+    assert control.at_start("s7", None, (blob, 100)) == (True, False)
+    assert control.at_start("s8", None, (blob, 100)) == (False, True)
+    assert round_trips(lambda: blobs.get(blob, most=100)) == (b"input", 1)
+    gone = "ocr:blob:" + "0" * 32
+    control.at_start("s9", None, (gone, 100))
+    with pytest.raises(InputNotFound):
+        blobs.get(gone, most=100)
+    empty = blobs.put(b"")
+    control.at_start("s10", None, (empty, 100))
+    assert round_trips(lambda: blobs.get(empty, most=100)) == (b"", 0)
 
 
 def _carrying(job_id: str, previews: PreviewStore, counted: JobPages) -> CarriedWrites:
