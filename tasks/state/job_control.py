@@ -97,8 +97,10 @@ class JobControl:
         for `owner` and `accepted` (written once, before it was sent). Unless the job
         has ended or is cancelled (a redelivery must not hide an ending already stored),
         `started`, its STARTED record, is stored in that round trip, and its input
-        `input_blob` (a blob key, and the most bytes the job may read) is read in it
-        and kept for the job's own read (`BlobStore.get`: tasks/state/sent_fields.py).
+        `input_blob` (a blob key, and the most bytes the job may read) is read in it,
+        where the job's own record names that blob (its sender wrote it there), and
+        kept for the job's own read (`BlobStore.get`: tasks/state/sent_fields.py), which
+        follows the task's checks of what the job may name (`check_references`).
         """
         keys = [job_ended_key(job_id), job_key(job_id), job_key(job_id), job_key(job_id)]
         args: list[Any] = ["", "", "", "cancelled", *AS_SENT]
@@ -315,8 +317,9 @@ return 1
 # A job's start: its end claim (KEYS[1]) and cancel mark (KEYS[2], the job's hash:
 # ARGV[4..] the fields read with it); unless it ended or is cancelled, its STARTED record
 # stored (KEYS[3] := ARGV[1], TTL ARGV[2]; ARGV[1] '': none) and its input read (KEYS[4]:
-# its first ARGV[3] + 1 bytes, where it exists; ARGV[3] '': none). A key not used is
-# the job's hash again.
+# its first ARGV[3] + 1 bytes; ARGV[3] '': none), only where the job's own record names
+# that blob (field `blob`, written by its sender) and it exists. A key not used is the
+# job's hash again.
 _AT_START = lua.Script("""
 local ended = redis.call('EXISTS', KEYS[1])
 local fields = redis.call('HMGET', KEYS[2], unpack(ARGV, 4))
@@ -326,7 +329,8 @@ if ended == 0 and not fields[1] then
     if ARGV[2] == '' then redis.call('SET', KEYS[3], ARGV[1])
     else redis.call('SET', KEYS[3], ARGV[1], 'EX', ARGV[2]) end
   end
-  if ARGV[3] ~= '' and redis.call('EXISTS', KEYS[4]) == 1 then
+  if ARGV[3] ~= '' and redis.call('HGET', KEYS[2], 'blob') == KEYS[4]
+      and redis.call('EXISTS', KEYS[4]) == 1 then
     input = redis.call('GETRANGE', KEYS[4], 0, ARGV[3])
   end
 end

@@ -261,6 +261,8 @@ def test_a_start_reads_the_input_its_job_then_reads_without_a_round_trip(
     control = JobControl(store, TTL)
     blobs = BlobStore(store, TTL)
     blob = blobs.put(b"0123456789")
+    for job_id in ("s5", "s6"):
+        store.hset(job_key(job_id), "blob", blob)  # as its sender records it
     control.at_start("warm", started("warm"))
     flags, trips = round_trips(lambda: control.at_start("s5", started("s5"), (blob, 4)))
     assert flags == (False, False) and trips == 1
@@ -272,21 +274,30 @@ def test_a_start_reads_the_input_its_job_then_reads_without_a_round_trip(
     assert round_trips(lambda: blobs.get(blob)) == (b"0123456789", 1)
 
 
-def test_a_start_reads_no_input_for_an_ended_or_cancelled_job_nor_a_missing_one(
+def test_a_start_reads_no_input_of_an_ended_or_cancelled_job_nor_one_not_its_own(
         store: redis.Redis) -> None:
     control = JobControl(store, TTL)
     blobs = BlobStore(store, TTL)
     blob = blobs.put(b"input")
+    for job_id in ("s7", "s8"):
+        store.hset(job_key(job_id), "blob", blob)
     store.set(job_ended_key("s7"), ENDING_DONE)
     store.hset(job_key("s8"), "cancelled", "1")
     assert control.at_start("s7", None, (blob, 100)) == (True, False)
     assert control.at_start("s8", None, (blob, 100)) == (False, True)
     assert round_trips(lambda: blobs.get(blob, most=100)) == (b"input", 1)
+    # a message naming a blob its job's record does not name (another sender's input)
+    store.hset(job_key("s12"), "blob", "ocr:blob:" + "1" * 32)
+    control.at_start("s12", None, (blob, 100))
+    control.at_start("s13", None, (blob, 100))  # no record at all
+    assert round_trips(lambda: blobs.get(blob, most=100)) == (b"input", 1)
     gone = "ocr:blob:" + "0" * 32
+    store.hset(job_key("s9"), "blob", gone)
     control.at_start("s9", None, (gone, 100))
     with pytest.raises(InputNotFound):
         blobs.get(gone, most=100)
     empty = blobs.put(b"")
+    store.hset(job_key("s10"), "blob", empty)
     control.at_start("s10", None, (empty, 100))
     assert round_trips(lambda: blobs.get(empty, most=100)) == (b"", 0)
 
