@@ -2,8 +2,8 @@
 
 A real Redis (the tests' own database) and a real `OcrClient`; no worker: each job's
 ending is written as a worker's would be (Celery's result record, the job's record,
-its ending notice). Round trips are counted on the connection the client reads
-states with (`CountingConnection`, one per command sent or pipeline).
+its ending notice). Round trips are counted on the client's connection to the state
+(`CountingConnection`, one per command sent or pipeline).
 """
 
 from __future__ import annotations
@@ -37,10 +37,11 @@ def _ended(store: redis.Redis, client: Any, job_id: str, n: int) -> None:
 
 
 def _counted(client: Any) -> None:
-    kwargs = client.states._redis.connection_pool.connection_kwargs
-    client.states._redis = redis.Redis(connection_pool=redis.ConnectionPool(
-        connection_class=CountingConnection, **kwargs))
-    client.states._redis.ping()  # connected: its handshake's commands not counted
+    """The client's Redis connection (its states' and its sender's) counts round trips."""
+    kwargs = client._redis.connection_pool.connection_kwargs
+    client._redis.connection_pool = redis.ConnectionPool(
+        connection_class=CountingConnection, **kwargs)
+    client._redis.ping()  # connected: its handshake's commands not counted
 
 
 def test_jobs_that_ended_together_are_read_in_one_round_trip(redis_url: str) -> None:
@@ -53,7 +54,8 @@ def test_jobs_that_ended_together_are_read_in_one_round_trip(redis_url: str) -> 
         _counted(client)
         CountingConnection.sent = 0
         results = client.wait(jobs, timeout=10, watch_workers=False)
-        assert CountingConnection.sent == 1  # five endings, one read of their results
+        # five endings: one read of their notices (XREAD), one of their results
+        assert CountingConnection.sent == 2
         for n, job_id in enumerate(jobs):
             assert (results[job_id]["status"], results[job_id]["text"],
                     results[job_id]["filename"], results[job_id]["client"]) == (
@@ -87,9 +89,7 @@ def test_a_job_s_input_is_stored_with_its_record_in_one_round_trip(redis_url: st
     store = redis.Redis.from_url(redis_url)
     client = make_client(redis_url)
     try:
-        kwargs = client._redis.connection_pool.connection_kwargs
-        client._redis.connection_pool = redis.ConnectionPool(
-            connection_class=CountingConnection, **kwargs)
+        _counted(client)
         client.enqueue({"blob": new_blob_key(), "filename": "warm.png"},  # scripts loaded
                        input_data=b"\x89PNG warm")
         CountingConnection.sent = 0

@@ -256,13 +256,19 @@ def test_a_start_leaves_an_ended_or_cancelled_job_s_record(store: redis.Redis) -
     assert control.at_start("s4") == (False, False) and not store.exists(result_key("s4"))
 
 
+def _jobs_of_input(store: redis.Redis, data: bytes,
+                   *jobs: str) -> tuple[JobControl, BlobStore, str]:
+    """An input stored, and `jobs` whose records name it, as their sender records them."""
+    blobs = BlobStore(store, TTL)
+    blob = blobs.put(data)
+    for job_id in jobs:
+        store.hset(job_key(job_id), "blob", blob)
+    return JobControl(store, TTL), blobs, blob
+
+
 def test_a_start_reads_the_input_its_job_then_reads_without_a_round_trip(
         store: redis.Redis) -> None:
-    control = JobControl(store, TTL)
-    blobs = BlobStore(store, TTL)
-    blob = blobs.put(b"0123456789")
-    for job_id in ("s5", "s6"):
-        store.hset(job_key(job_id), "blob", blob)  # as its sender records it
+    control, blobs, blob = _jobs_of_input(store, b"0123456789", "s5", "s6")
     control.at_start("warm", started("warm"))
     flags, trips = round_trips(lambda: control.at_start("s5", started("s5"), (blob, 4)))
     assert flags == (False, False) and trips == 1
@@ -276,11 +282,7 @@ def test_a_start_reads_the_input_its_job_then_reads_without_a_round_trip(
 
 def test_a_start_reads_no_input_of_an_ended_or_cancelled_job_nor_one_not_its_own(
         store: redis.Redis) -> None:
-    control = JobControl(store, TTL)
-    blobs = BlobStore(store, TTL)
-    blob = blobs.put(b"input")
-    for job_id in ("s7", "s8"):
-        store.hset(job_key(job_id), "blob", blob)
+    control, blobs, blob = _jobs_of_input(store, b"input", "s7", "s8")
     store.set(job_ended_key("s7"), ENDING_DONE)
     store.hset(job_key("s8"), "cancelled", "1")
     assert control.at_start("s7", None, (blob, 100)) == (True, False)
