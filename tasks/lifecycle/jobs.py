@@ -209,7 +209,8 @@ def process_job(job_id: str, request: JobRequest, settings: Settings,
             plan.doc.close()
     result.engine = named_engines(engines.describe(engine_name), result.pages, {
         name: held.engine.model for name, held in engines.engines.items()})
-    keep_previews(job_id, result, stores, carried)
+    # A `result_url`'s delivery reads the previews from Redis: written at once for it.
+    keep_previews(job_id, result, stores, None if request.result_url else carried)
     if pages_read is not None:
         pages_read(result.pages, False)
     if located is not None:

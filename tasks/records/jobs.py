@@ -139,12 +139,13 @@ class Outcome:
         """What the job's `ocr.job` line reads of its public result, its pages not encoded.
 
         The keys of `public()` that `tasks/queue/job_samples.job_record` reads: status,
-        pages (counted, with their `vlm` reads), engine, cached, failed_pages (not for a
-        cancelled result).
+        pages (counted, with their `vlm` reads and `fallback`s), engine, cached,
+        failed_pages (not for a cancelled result).
         """
         if self.result is None:
             return self.public()
-        pages = [{} if p.vlm is None else {"vlm": p.vlm.to_json()} for p in self.result.pages]
+        pages = [{key: value.to_json() for key, value in (("vlm", p.vlm), ("fallback", p.fallback))
+                  if value is not None} for p in self.result.pages]
         brief: dict[str, Any] = {"status": self.status.value, "pages": pages,
                                  "engine": self.result.engine, "cached": self.result.cached}
         if self.result.status is not JobStatus.CANCELLED:

@@ -21,7 +21,13 @@ from tasks.queue.display import job_kwargs_repr
 from tasks.queue.job_samples import job_line, job_record, page_samples
 from tasks.queue.telemetry import Telemetry, rss_bytes
 from tasks.records.jobs import Outcome
-from tasks.records.results import DocumentResult, PageError, PageRecord, VlmRead
+from tasks.records.results import (
+    DocumentResult,
+    Fallback,
+    PageError,
+    PageRecord,
+    VlmRead,
+)
 from tasks.records.status import JobStatus
 from tasks.settings import Settings
 from tasks.state.metrics import CHILD_TTL, FLUSH_EVERY, MetricsStore
@@ -280,7 +286,9 @@ def test_a_jobs_line_from_its_brief_is_the_line_from_its_public_result(status: s
     """`Outcome.brief` (the ending's line, its pages not encoded) reads as `public` does."""
     read = VlmRead(profile="p", image_size=(8, 8), prompt_tokens=5, generation_tokens=7,
                    finish_reason="length", tries=2)
-    pages = [PageRecord(1, "a", engine="vlm", vlm=read), PageRecord(2, "", source="blank"),
+    pages = [PageRecord(1, "a", engine="vlm", vlm=read,
+                        fallback=Fallback(engine="tesseract", reason="length")),
+             PageRecord(2, "", source="blank"),
              PageRecord(3, "", error=PageError(code="timeout", message="slow"))]
     result = DocumentResult.from_json({"status": status, "format": "png", "cached": False,
                                        "engine": {"name": "fake", "names": ["fake", "b"]},
@@ -291,4 +299,5 @@ def test_a_jobs_line_from_its_brief_is_the_line_from_its_public_result(status: s
     assert lines[0] == lines[1]
     assert lines[0][0]["pages"] == 3 and lines[0][0]["engines"] == ["fake", "b"]
     assert lines[0][0]["vlm"]["generation_tokens"] == 7
+    assert lines[0][0]["vlm"]["fallbacks"] == 1
     assert ("failed_pages" in lines[0][0]) == (status != "CANCELLED")
