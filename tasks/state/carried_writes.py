@@ -6,7 +6,8 @@ client's usage (`PageUsage.queue_counted`) are queued here instead of written at
 the job's end claim (`JobControl.claim_end`) sends them in its pipeline, before the
 claim's own command. So the previews and the usage are in Redis by the time the
 result is, as they were when each was written at once, and cost the ending no round
-trip of their own.
+trip of their own. (A job that names a `result_url` writes its previews at once: their
+delivery beside the result object reads them.)
 
 A carried write whose command fails (its answer an error: a key of the wrong type,
 Redis out of memory) is logged and dropped, and the ending goes on: a preview is not
