@@ -42,7 +42,7 @@ from tasks.settings import Settings
 from tasks.state.connection import connect
 from tasks.state.job_state import JobProgress, JobStateReader, expired_before_start
 from tasks.state.liveness import WorkerPresence
-from tasks.state.stores import BlobStore, OutputStore, new_blob_key
+from tasks.state.stores import OutputStore, new_blob_key
 from tasks.state.usage import PageCaps
 
 # What Redis or the Celery transport raise while Redis is unreachable (mid-run too).
@@ -70,9 +70,9 @@ class OcrClient:
             app = sending_app(self.settings)
         self.app = app
         self._redis = redis_client = connect(self.settings.redis_target, patient=False)
-        self._blobs = BlobStore(redis_client, self.settings.blob_ttl)
         self._outputs = OutputStore(redis_client, self.settings.result_ttl)
         self.sender = JobSender(self.settings, redis_client, app)  # every job it sends
+        self._blobs = self.sender.blobs
         self._control = self.sender.control
         self.index = self.sender.index  # jobs by client (`jobs`)
         self.no_worker_grace = NO_WORKER_GRACE  # `wait`: seconds before `no_worker`

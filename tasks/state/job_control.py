@@ -112,7 +112,7 @@ class JobControl:
         ended, data, cancelled, *sent = _AT_START(self._redis, keys, args)
         as_sent.keep(job_id, tuple(sent))
         if input_blob is not None and data is not None:
-            start_inputs.keep(input_blob[0], input_blob[1], _raw(data))
+            start_inputs.keep(input_blob[0], input_blob[1], data)
         return bool(ended), cancelled is not None
 
     def claim_end(self, job_id: str, holder: str, record: ResultRecord | None = None, *,
@@ -128,8 +128,10 @@ class JobControl:
         well, as `mark_ended(job_id, ended, freed)` does after it. The `carried` writes
         (tasks/state/carried_writes.py) go first in the same round trip, claimed or not.
         """
-        pipe = self._redis.pipeline(transaction=False) if carried else None
-        names = carried.queue(pipe) if carried and pipe is not None else []
+        pipe, names = None, []
+        if carried:
+            pipe = self._redis.pipeline(transaction=False)
+            names = carried.queue(pipe)
         if record is None:
             answer = (self._redis if pipe is None else pipe).set(
                 job_ended_key(job_id), holder, nx=True, ex=self._ttl)
@@ -369,7 +371,3 @@ return 1
 
 def _text(value: bytes | str) -> str:
     return value.decode() if isinstance(value, bytes) else value
-
-
-def _raw(value: bytes | str) -> bytes:
-    return value if isinstance(value, bytes) else value.encode()

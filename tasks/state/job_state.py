@@ -122,13 +122,6 @@ class JobStateReader:
         pipe.get(job_cancelled_key(job_id))
         pipe.hmget(job_key(job_id), list(JOB_FIELDS))
 
-    def ending(self, job_id: str) -> tuple[dict[str, Any], dict[str, str]]:
-        """The job's stored state as Celery decodes it, and its control hash: one round trip.
-
-        The state is PENDING (result None) where none is stored.
-        """
-        return self.endings_of([job_id])[0]
-
     def endings_of(self, job_ids: list[str]) -> list[tuple[dict[str, Any], dict[str, str]]]:
         """`ending` of each of `job_ids`, in order: one round trip for them all."""
         pipe = self._redis.pipeline(transaction=False)

@@ -47,10 +47,10 @@ class StartInputs:
     MOST = 2  # a pool child runs one job at a time; a thread pool's others read their own
 
     def __init__(self) -> None:
-        self._kept: dict[str, tuple[int, bytes]] = {}
+        self._kept: dict[str, tuple[int, bytes | str]] = {}
         self._lock = threading.Lock()
 
-    def keep(self, key: str, most: int, data: bytes) -> None:
+    def keep(self, key: str, most: int, data: bytes | str) -> None:
         """Blob `key`'s first `most` + 1 bytes at the most (all of it when shorter)."""
         with self._lock:
             self._kept.pop(key, None)
@@ -58,7 +58,7 @@ class StartInputs:
             while len(self._kept) > self.MOST:
                 del self._kept[next(iter(self._kept))]
 
-    def take(self, key: str, most: int | None) -> bytes | None:
+    def take(self, key: str, most: int | None) -> bytes | str | None:
         """Blob `key`'s bytes as a read of its first `most` + 1 would give; None: not kept."""
         with self._lock:
             kept = self._kept.pop(key, None)

@@ -52,7 +52,7 @@ class BlobStore:
         checked = _checked(key)
         kept = start_inputs.take(checked, most)  # read with the job's start
         if kept is not None:
-            return kept
+            return _bytes(kept)
         data = self._redis.get(checked) if most is None else \
             self._redis.getrange(checked, 0, most)
         if data is None or (not data and not self._redis.exists(checked)):
