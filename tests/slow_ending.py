@@ -7,7 +7,8 @@ a CANCELLED outcome's end, before storing it: the child then holds the job's end
 with nothing of its ending done, the window in which the chaos soak saw a cancel's
 SIGKILL land. With `FAKE_ENDING_STALL=stored` it stalls every ending after storing its
 result, before what follows it (the window in which the long soak saw a whole worker
-host SIGKILLed).
+host SIGKILLed); with `FAKE_ENDING_STALL=claimed`, every ending it finishes after
+its claim, before storing (a fanned-out PDF's merge, in which the chaos soak saw one).
 """
 
 from __future__ import annotations
@@ -31,10 +32,12 @@ class SlowEndingEngine(FakeEngine):
     def load(cls, settings: Settings) -> SlowEndingEngine:
         stall = float(os.environ.get("FAKE_ENDING_SECONDS", "60"))
         finish, after_storing = JobEnder._finish, JobEnder._after_storing
-        after_store = os.environ.get("FAKE_ENDING_STALL") == "stored"
+        where = os.environ.get("FAKE_ENDING_STALL", "cancelled")
+        after_store = where == "stored"
 
         def stalled_finish(self: JobEnder, outcome: Outcome) -> Any:
-            if not after_store and outcome.status is JobStatus.CANCELLED:
+            if where == "claimed" or (where == "cancelled"
+                                      and outcome.status is JobStatus.CANCELLED):
                 time.sleep(stall)
             return finish(self, outcome)
 

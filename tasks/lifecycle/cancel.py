@@ -50,7 +50,7 @@ def cancel_job(job_id: str, control: JobControl, join: DocumentJoin, ender: JobE
     if not ender.claim(job_id):
         return ALREADY_ENDED
     stop([job_id, *meta.page_tasks, *meta.chunk_tasks])
-    _finish_cancelled(meta, join, ender)
+    finish_cancelled(meta, join, ender)
     return CANCELLED
 
 
@@ -58,15 +58,16 @@ def end_cancelled_document(meta: DocumentMeta, join: DocumentJoin, ender: JobEnd
     """End a fanned-out PDF whose cancel marker a page task met; False if it had ended.
 
     The cancel found no document to end when it came while the PDF was being split
-    (its meta not yet written): the first page task that meets the marker ends it.
+    (its meta not yet written): the first page task that meets the marker ends it. A
+    claim whose ender died with its whole worker is taken over (`take_over_abandoned`).
     """
-    if not ender.claim(meta.job_id):
+    if not ender.claim(meta.job_id) and ender.take_over_abandoned(meta.job_id) is None:
         return False
-    _finish_cancelled(meta, join, ender)
+    finish_cancelled(meta, join, ender)
     return True
 
 
-def _finish_cancelled(meta: DocumentMeta, join: DocumentJoin, ender: JobEnder) -> None:
+def finish_cancelled(meta: DocumentMeta, join: DocumentJoin, ender: JobEnder) -> None:
     """Finish a cancelled PDF whose end claim the caller holds: the pages done are kept.
 
     The claim taken first, no page recorded later writes anything (`DocumentJoin`).

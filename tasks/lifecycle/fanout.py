@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING
 
 from tasks.errors import InternalError, OcrError
 from tasks.lifecycle import url_inputs
+from tasks.lifecycle.cancel import finish_cancelled
 from tasks.lifecycle.jobs import complete
 from tasks.lifecycle.open_documents import OpenDocumentCache, object_info
 from tasks.pipeline.documents import (
@@ -146,18 +147,41 @@ def record_page(meta: DocumentMeta, page: PageRecord | list[PageRecord],
 
     `counted`: the pages read, counted in the client's usage by the same script.
     Returns True when this call ended the document. Raises only retryable errors, with
-    the end claim given back (the caller retries the page).
+    the end claim given back (the caller retries the page). A claim held by an ender
+    that died with its whole worker (a page redelivered after its host was killed
+    while merging) is taken over, and the document ended here.
     """
     doc_id = meta.job_id
     pages = page if isinstance(page, list) else [page]
     done = join.record(doc_id, pages, progress.write if progress is not None else None,
                        counted)
-    if done < 0:  # the job has ended: nothing was written
-        return False
-    if progress is not None and meta.total > 1:
+    if done >= 0 and progress is not None and meta.total > 1:
         progress.tell(min(done, meta.total), meta.total)
-    if done < meta.total or not ender.claim(doc_id):
+    if 0 <= done < meta.total:
         return False
+    if done >= meta.total and ender.claim(doc_id):
+        merge_and_finish(meta, join, ender, settings, stores, password)
+        return True
+    # The job has ended (nothing was written), or another ender holds its claim.
+    holder = ender.take_over_abandoned(doc_id)
+    if holder is None:
+        return False
+    log.warning("job %s: its ender %s died with its worker; the document ends here",
+                doc_id, holder)
+    if join.running(doc_id)[1]:  # the dead ender may have been the cancel's
+        finish_cancelled(meta, join, ender)
+    else:
+        merge_and_finish(meta, join, ender, settings, stores, password)
+    return True
+
+
+def merge_and_finish(meta: DocumentMeta, join: DocumentJoin, ender: JobEnder,
+                     settings: Settings, stores: Stores, password: str | None = None) -> None:
+    """Merge the recorded pages and end the document; the caller holds its end claim.
+
+    A retryable failure gives the claim back and is raised; any other ends the job failed.
+    """
+    doc_id = meta.job_id
     try:
         outcome = merge_document(meta, join.pages(doc_id), settings, stores, password)
     except OcrError as exc:
@@ -168,7 +192,6 @@ def record_page(meta: DocumentMeta, page: PageRecord | list[PageRecord],
     except Exception as exc:  # noqa: BLE001 - any other failure ends the job, logged
         outcome = _failed(meta, unexpected(doc_id, exc))
     ender.finish(outcome)
-    return True
 
 
 def _failed(meta: DocumentMeta, exc: OcrError) -> Outcome:

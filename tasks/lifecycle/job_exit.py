@@ -9,7 +9,9 @@ The claim (`ocr:job:<id>:ended`, SET NX) makes the second ender a no-op, so a pa
 delivered twice, a cancel racing the merge, or the worker parent's view of a kill never
 end a job twice. The claim names its holder (`<host>:<pid>`) until `finish` is done: a
 holder killed halfway (a cancel's SIGKILL that reached the child ending the job) is
-taken over by the worker parent that killed it (`take_over`), which finishes the ending.
+taken over by the worker parent that killed it (`take_over`), which finishes the ending;
+one that died with its whole worker, by the redelivered message of its job or page
+(`take_over_abandoned`; tasks/lifecycle/claim_holders.py tells a dead holder).
 
 No Celery here: storing, events and callbacks go through `EndingPorts`, which the
 queue layer implements. Runs in worker pool children and in the worker parent.
@@ -18,14 +20,13 @@ queue layer implements. Runs in worker pool children and in the worker parent.
 from __future__ import annotations
 
 import logging
-import os
-import socket
 from contextlib import AbstractContextManager
 from typing import TYPE_CHECKING, Any, Protocol
 
 from tasks import tracing
 from tasks.errors import OcrError
 from tasks.lifecycle.callbacks import summary
+from tasks.lifecycle.claim_holders import dead_local_holder, holder_name
 from tasks.state.boundary import CONNECTION_ERRORS
 from tasks.state.stores import blob_keys
 
@@ -96,6 +97,17 @@ class JobEnder:
         if self._control.end_holder(job_id) != holder:
             return False
         return self._control.take_over_end(job_id, holder, holder_name())
+
+    def take_over_abandoned(self, job_id: str) -> str | None:
+        """Take the claim of an ender that died with its whole worker; its name, or None.
+
+        Only a holder of this host whose process is gone is taken over (one taker
+        wins); None when the claim names a live process, another host, or no one.
+        """
+        holder = self._control.end_holder(job_id)
+        if holder is None or not dead_local_holder(holder):
+            return None
+        return holder if self._control.take_over_end(job_id, holder, holder_name()) else None
 
     def release(self, job_id: str) -> None:
         """Give the claim back (the work that was to end the job will be retried)."""
@@ -228,8 +240,3 @@ def _ending_span(outcome: Outcome) -> AbstractContextManager[Any]:
     outcome.trace_id = outcome.trace_id or tracing.current_trace_id()
     return tracing.span("ocr.job.end", {"ocr.job_id": outcome.job_id,
                                         "ocr.status": outcome.status.value})
-
-
-def holder_name(pid: int | None = None) -> str:
-    """How an end claim names the process holding it: `<host>:<pid>` (this one's)."""
-    return f"{socket.gethostname()}:{os.getpid() if pid is None else pid}"

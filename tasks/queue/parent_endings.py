@@ -26,8 +26,8 @@ from celery.signals import celeryd_after_setup, task_failure, task_revoked
 from tasks import tracing
 from tasks.engines.resident import engine_for_job
 from tasks.errors import BadRequest, DeadlineExceeded, OcrError, Timeout
+from tasks.lifecycle.claim_holders import gone, local_pid, parent_of
 from tasks.lifecycle.inputs import decode_request
-from tasks.lifecycle.job_exit import holder_name
 from tasks.queue import job_services
 from tasks.queue.job_services import PROGRESS_STATE, JobServices
 from tasks.queue.message_headers import client_from
@@ -88,12 +88,12 @@ def take_over_killed(app: OcrCelery, job_id: str, kwargs: Any, status: JobStatus
     services = JobServices.for_app(app)
     try:
         holder = services.stores.control.end_holder(job_id)
-        pid = _local_pid(holder)
+        pid = local_pid(holder)
         if holder is None or pid is None:
             return False
         deadline = time.monotonic() + KILLED_WAIT
-        while not _gone(pid):
-            if _parent_of(pid) != os.getpid() or time.monotonic() >= deadline:
+        while not gone(pid):
+            if parent_of(pid) != os.getpid() or time.monotonic() >= deadline:
                 return False  # a live process that is not a child this parent killed
             time.sleep(0.02)
         if not services.ender.take_over(job_id, holder):
@@ -122,11 +122,8 @@ def finish_abandoned(app: OcrCelery, job_id: str, kwargs: Any) -> bool:
     OCR_BLOB_TTL.
     """
     services = JobServices.for_app(app)
-    holder = services.stores.control.end_holder(job_id)
-    pid = _local_pid(holder)
-    if holder is None or pid is None or not _gone(pid):
-        return False
-    if not services.ender.take_over(job_id, holder):
+    holder = services.ender.take_over_abandoned(job_id)
+    if holder is None:
         return False
     outcome = _stored_outcome(app, job_id, kwargs)
     if outcome is None:
@@ -154,41 +151,6 @@ def _stored_outcome(app: OcrCelery, job_id: str, kwargs: Any) -> Outcome | None:
     outcome = _outcome_of_message(app, job_id, kwargs, JobStatus(stored.state), None)
     outcome.result = DocumentResult.from_json(stored.result)
     return outcome
-
-
-def _proc_stat(pid: int) -> list[str] | None:
-    """The fields of /proc/<pid>/stat after the command name; None without them."""
-    try:
-        with open(f"/proc/{pid}/stat") as stat:
-            return stat.read().rsplit(")", 1)[1].split()
-    except (OSError, IndexError):
-        return None
-
-
-def _local_pid(holder: str | None) -> int | None:
-    """The pid an end claim's holder (`<host>:<pid>`) names, when it is of this host."""
-    host, _, pid_text = (holder or "").rpartition(":")
-    if host != holder_name().rpartition(":")[0] or not pid_text.isdigit():
-        return None
-    return int(pid_text)
-
-
-def _gone(pid: int) -> bool:
-    """Whether process `pid` has exited (a zombie not yet reaped counts as exited)."""
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return True
-    except PermissionError:  # another user's process: the pid was reused
-        return True
-    fields = _proc_stat(pid)
-    return fields is not None and fields[0] in ("Z", "X")  # no /proc: alive until reaped
-
-
-def _parent_of(pid: int) -> int | None:
-    """The parent pid of a live process, from /proc (None where it cannot be read)."""
-    fields = _proc_stat(pid)
-    return int(fields[1]) if fields is not None and len(fields) > 1 else None
 
 
 def _outcome_of_message(app: OcrCelery, job_id: str, kwargs: Any, status: JobStatus,

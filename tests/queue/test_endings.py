@@ -17,7 +17,7 @@ from __future__ import annotations
 import json
 import re
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
@@ -26,7 +26,7 @@ from devkit.receivers import CallbackReceiver
 from tasks.client import OcrClient
 from tasks.state.job_control import ENDING_DONE, JobControl
 from tasks.state.keys import job_ended_key
-from tests.harness import FAKE_PLUGINS, FAST_PAGES, Worker, eventually, fake_env
+from tests.harness import FAKE_PLUGINS, FAST_PAGES, Worker, eventually, fake_env, kill_all
 from tests.image_fixtures import png
 from tests.pdf_fixtures import image_pdf, plain_pages
 
@@ -39,6 +39,26 @@ SETTINGS = fake_env(*ENGINES, **FAST_PAGES,
                     OCR_PAGE_SOFT_TIME_LIMIT="20", OCR_PAGE_HARD_TIME_LIMIT="25",
                     OCR_CALLBACK_ALLOWED_HOSTS="127.0.0.1")  # the test receiver, on loopback
 CALLBACK_QUEUE = "endings-callbacks"
+SLOW_ENDING = {**SETTINGS, "OCR_ENGINE": "slow-ending",
+               "OCR_ENGINE_PLUGINS": f"{FAKE_PLUGINS},slow-ending=tests.slow_ending:"
+                                     "SlowEndingEngine"}
+
+
+@pytest.fixture
+def slow_ending(start_worker: Callable[..., Worker]) -> Iterator[Callable[..., Worker]]:
+    """Workers of the `slow-ending` fake (tests/slow_ending.py), gone after the test.
+
+    Every one of them consumes that engine's queue, where a fanned-out PDF's pages go:
+    a worker left from an earlier test would take a later test's pages.
+    """
+    started: list[Worker] = []
+
+    def factory(**env: str) -> Worker:
+        started.append(start_worker(**{**SLOW_ENDING, **env}))
+        return started[-1]
+
+    yield factory
+    kill_all(started)
 
 
 @pytest.fixture(scope="module")
@@ -202,7 +222,7 @@ def test_cancel_running_document(processes: list[Worker], client: OcrClient,
                                                         result["pages"]]
 
 
-def test_cancel_that_kills_a_child_ending_its_job(start_worker: Callable[..., Worker],
+def test_cancel_that_kills_a_child_ending_its_job(slow_ending: Callable[..., Worker],
                                                   processes: list[Worker],
                                                   client: OcrClient,
                                                   receiver: CallbackReceiver) -> None:
@@ -212,10 +232,7 @@ def test_cancel_that_kills_a_child_ending_its_job(start_worker: Callable[..., Wo
     came before the rest of its ending (the `slow-ending` fake stalls it there). The
     worker parent that killed it takes the claim over and ends the job, once.
     """
-    plugins = f"{FAKE_PLUGINS},slow-ending=tests.slow_ending:SlowEndingEngine"
-    stalling = start_worker(**{**SETTINGS, "OCR_ENGINE": "slow-ending",
-                               "OCR_ENGINE_PLUGINS": plugins, "OCR_QUEUES": "ocr-slowend",
-                               "OCR_CONCURRENCY": "1"})
+    stalling = slow_ending(OCR_QUEUES="ocr-slowend", OCR_CONCURRENCY="1")
     store = client.app.backend.client
     job = str(uuid.uuid4())
     JobControl(store, 3600).cancel(job)  # the cancel's marker, before the job starts
@@ -234,7 +251,9 @@ def test_cancel_that_kills_a_child_ending_its_job(start_worker: Callable[..., Wo
     check_ended_once(client, receiver, [*processes, stalling], job, "CANCELLED")
     assert store.get(f"ocr:job:{job}:ended") == b"done"
     pid = int(child.rsplit(":", 1)[1])
-    assert f"ended by the worker parent, its child {pid} killed" in stalling.log()
+    # Logged once its ending is finished: the job's line and notice come before it.
+    eventually(lambda: f"ended by the worker parent, its child {pid} killed"
+               in stalling.log(), 10, "the worker parent's line")
     assert not store.exists(blob), "the input was not freed"
 
 
@@ -265,7 +284,7 @@ def test_cancel_of_an_ended_job_changes_nothing(processes: list[Worker],
 
 
 def test_an_ending_abandoned_by_a_killed_host_is_finished_on_redelivery(
-        start_worker: Callable[..., Worker], processes: list[Worker], client: OcrClient,
+        slow_ending: Callable[..., Worker], processes: list[Worker], client: OcrClient,
         receiver: CallbackReceiver) -> None:
     """The long soak's defect: a worker host SIGKILLed right after a job's result was stored.
 
@@ -274,12 +293,10 @@ def test_an_ending_abandoned_by_a_killed_host_is_finished_on_redelivery(
     back after the visibility timeout to a worker of the same host: it finds the claim
     naming a process that is gone and finishes the ending from the stored result, once.
     """
-    plugins = f"{FAKE_PLUGINS},slow-ending=tests.slow_ending:SlowEndingEngine"
-    env = {**SETTINGS, "OCR_ENGINE": "slow-ending", "OCR_ENGINE_PLUGINS": plugins,
-           "OCR_QUEUES": "ocr-abandoned", "OCR_CONCURRENCY": "1",
+    env = {"OCR_QUEUES": "ocr-abandoned", "OCR_CONCURRENCY": "1",
            "OCR_PAGE_SOFT_TIME_LIMIT": "4", "OCR_PAGE_HARD_TIME_LIMIT": "5",
            "OCR_VISIBILITY_TIMEOUT": "7"}
-    doomed = start_worker(**env, FAKE_ENDING_STALL="stored")
+    doomed = slow_ending(**env, FAKE_ENDING_STALL="stored")
     store = client.app.backend.client
     job = str(uuid.uuid4())
     blob = client._blobs.put(png(234))
@@ -291,7 +308,48 @@ def test_an_ending_abandoned_by_a_killed_host_is_finished_on_redelivery(
     holder = store.get(job_ended_key(job))
     assert holder and b":" in holder, holder  # claimed, the ending not done
     doomed.kill()  # the whole host: parent and children
-    survivor = start_worker(**env)  # the same host, another worker
+    survivor = slow_ending(**env)  # the same host, another worker
     check_ended_once(client, receiver, [*processes, doomed, survivor], job, "SUCCESS")
-    assert f"ending finished here, its ender {holder.decode()} gone" in survivor.log()
+    eventually(lambda: f"ending finished here, its ender {holder.decode()} gone"
+               in survivor.log(), 10, "the survivor's line")
+    assert not store.exists(blob), "the input was not freed"
+
+
+@pytest.mark.parametrize("stall", ["claimed", "stored"])
+def test_a_merge_abandoned_by_a_killed_host_is_ended_by_its_redelivered_page(
+        slow_ending: Callable[..., Worker], processes: list[Worker], client: OcrClient,
+        receiver: CallbackReceiver, stall: str) -> None:
+    """The chaos soak's defect: a host killed while its last page's task merged a PDF.
+
+    The task that recorded the last page of a fanned-out PDF took the end claim to
+    merge; the whole worker died before the result was stored (`claimed`) or right
+    after (`stored`). That page task comes back to a worker of the same host: it finds
+    the claim naming a process that is gone, takes it over and ends the document, once.
+    """
+    queue = f"ocr-abandoned-merge-{stall}"
+    env = {"OCR_QUEUES": queue, "OCR_CONCURRENCY": "1", "OCR_VISIBILITY_TIMEOUT": "7",
+           "OCR_PAGE_SOFT_TIME_LIMIT": "4", "OCR_PAGE_HARD_TIME_LIMIT": "5"}
+    doomed = slow_ending(**env, FAKE_ENDING_STALL=stall)
+    store = client.app.backend.client
+    job = str(uuid.uuid4())
+    blob = client._blobs.put(image_pdf(plain_pages(2)))
+    client.app.send_task("ocr.document", task_id=job, queue=queue, kwargs={
+        "blob": blob, "filename": "merged.pdf",
+        "callback_task": "billing.ocr_done", "callback_queue": CALLBACK_QUEUE,
+        "callback_url": receiver.url("/done")})
+
+    def merging() -> bytes | None:
+        holder = store.get(job_ended_key(job))
+        stored = client.app.AsyncResult(job).state == "SUCCESS"
+        return holder if holder and b":" in holder and stored == (stall == "stored") \
+            else None
+
+    holder = eventually(merging, 60, f"the merge's claim ({stall})")
+    doomed.kill()  # the whole host: parent and children
+    survivor = slow_ending(**env)  # the same host, another worker
+    result = check_ended_once(client, receiver, [*processes, doomed, survivor], job,
+                              "SUCCESS")
+    assert [p["number"] for p in result["pages"]] == [1, 2]
+    eventually(lambda: f"its ender {holder.decode()} died with its worker; the document "
+               "ends here" in survivor.log(), 10, "the survivor's line")
     assert not store.exists(blob), "the input was not freed"

@@ -393,7 +393,7 @@ def test_a_claim_names_its_holder_until_the_ending_is_done(life: Life) -> None:
 
 def test_gone_tells_a_killed_child_from_a_live_one() -> None:
     """A claim is taken over only from a child that is gone (a zombie or reaped)."""
-    from tasks.queue.parent_endings import _gone
+    from tasks.lifecycle.claim_holders import gone as _gone
 
     assert not _gone(os.getpid())
     child = subprocess.Popen(["sleep", "30"])

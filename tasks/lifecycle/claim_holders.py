@@ -1,0 +1,58 @@
+"""Who holds a job's end claim, and whether that process is still alive (Linux: /proc).
+
+An end claim names its holder `<host>:<pid>` while the ending runs
+(tasks/lifecycle/job_exit.py). A holder of this host is judged by its pid: gone, or a
+zombie not yet reaped, is dead. A holder on another host is never judged here (its pid
+says nothing on this one). Pure process checks: runs in pool children and worker parents.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+
+
+def holder_name(pid: int | None = None) -> str:
+    """How an end claim names the process holding it: `<host>:<pid>` (this one's)."""
+    return f"{socket.gethostname()}:{os.getpid() if pid is None else pid}"
+
+
+def local_pid(holder: str | None) -> int | None:
+    """The pid a claim's holder (`<host>:<pid>`) names, when it is of this host."""
+    host, _, pid_text = (holder or "").rpartition(":")
+    if host != socket.gethostname() or not pid_text.isdigit():
+        return None
+    return int(pid_text)
+
+
+def gone(pid: int) -> bool:
+    """Whether process `pid` has exited (a zombie not yet reaped counts as exited)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return True
+    except PermissionError:  # another user's process: the pid was reused
+        return True
+    fields = _proc_stat(pid)
+    return fields is not None and fields[0] in ("Z", "X")  # no /proc: alive until reaped
+
+
+def dead_local_holder(holder: str | None) -> bool:
+    """Whether `holder` names a process of this host that has exited."""
+    pid = local_pid(holder)
+    return pid is not None and gone(pid)
+
+
+def parent_of(pid: int) -> int | None:
+    """The parent pid of a live process, from /proc (None where it cannot be read)."""
+    fields = _proc_stat(pid)
+    return int(fields[1]) if fields is not None and len(fields) > 1 else None
+
+
+def _proc_stat(pid: int) -> list[str] | None:
+    """The fields of /proc/<pid>/stat after the command name; None without them."""
+    try:
+        with open(f"/proc/{pid}/stat") as stat:
+            return stat.read().rsplit(")", 1)[1].split()
+    except (OSError, IndexError):
+        return None
