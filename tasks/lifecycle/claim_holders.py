@@ -1,9 +1,12 @@
 """Who holds a job's end claim, and whether that process is still alive (Linux: /proc).
 
 An end claim names its holder `<host>:<pid>` while the ending runs
-(tasks/lifecycle/job_exit.py). A holder of this host is judged by its pid: gone, or a
-zombie not yet reaped, is dead. A holder on another host is never judged here (its pid
-says nothing on this one). Pure process checks: runs in pool children and worker parents.
+(tasks/lifecycle/job_exit.py), `<host>` being the host name and the process's pid
+namespace (`node1/4026531836`): containers that share a host name (host networking)
+each have their own pids. A holder of this host and namespace is judged by its pid:
+gone, or a zombie not yet reaped, is dead. Any other holder is never judged here (its
+pid says nothing in this namespace). Pure process checks: runs in pool children and
+worker parents.
 """
 
 from __future__ import annotations
@@ -14,15 +17,27 @@ import socket
 
 def holder_name(pid: int | None = None) -> str:
     """How an end claim names the process holding it: `<host>:<pid>` (this one's)."""
-    return f"{socket.gethostname()}:{os.getpid() if pid is None else pid}"
+    return f"{_host()}:{os.getpid() if pid is None else pid}"
 
 
 def local_pid(holder: str | None) -> int | None:
     """The pid a claim's holder (`<host>:<pid>`) names, when it is of this host."""
     host, _, pid_text = (holder or "").rpartition(":")
-    if host != socket.gethostname() or not pid_text.isdigit():
+    if host != _host() or not pid_text.isdigit():
         return None
     return int(pid_text)
+
+
+def _host() -> str:
+    """The name and pid namespace of the host this runs on: `<name>/<namespace inode>`.
+
+    The name alone where /proc does not tell the namespace.
+    """
+    try:
+        namespace = os.stat("/proc/self/ns/pid").st_ino
+    except OSError:
+        return socket.gethostname()
+    return f"{socket.gethostname()}/{namespace}"
 
 
 def gone(pid: int) -> bool:

@@ -25,7 +25,7 @@ from celery.signals import celeryd_after_setup, task_failure, task_revoked
 
 from tasks import tracing
 from tasks.engines.resident import engine_for_job
-from tasks.errors import BadRequest, DeadlineExceeded, OcrError, Timeout
+from tasks.errors import BadRequest, DeadlineExceeded, InternalError, OcrError, Timeout
 from tasks.lifecycle.claim_holders import gone, local_pid, parent_of
 from tasks.lifecycle.inputs import decode_request
 from tasks.queue import job_services
@@ -115,8 +115,9 @@ def finish_abandoned(app: OcrCelery, job_id: str, kwargs: Any) -> bool:
     Runs in a pool child, before a redelivered job message runs. The end claim names a
     process of this host that is gone (its worker parent and children were killed
     between the claim and `mark_ended`: no parent was left to `take_over_killed`). With
-    the result stored, the ending is finished from it (callbacks, the `ocr.job` line,
-    the input freed); with none stored, the claim is given back and the job runs. False
+    the result stored (a success, a cancel or a failure), the ending is finished from
+    it (callbacks, the `ocr.job` line, the input freed); with none stored, the claim is
+    given back and the job runs. False
     when the claim names a live process, another host, or no one. A holder on another
     host is not judged (its pid says nothing here): that ending's input expires with
     OCR_BLOB_TTL.
@@ -132,14 +133,22 @@ def finish_abandoned(app: OcrCelery, job_id: str, kwargs: Any) -> bool:
             services.ender.release(job_id)  # no ending was stored: the job runs again
             log.warning("job %s: its ender %s died before storing; run again", job_id,
                         holder)
-        else:  # an ending stored as an error is left as it is
-            log.warning("job %s: its ender %s died after storing %s", job_id, holder,
-                        stored.state)
-        return False
+            return False
+        outcome = _stored_error(app, job_id, kwargs, stored)
     services.ender.finish(outcome)
     log.warning("job %s: ending finished here, its ender %s gone with its worker",
                 job_id, holder)
     return True
+
+
+def _stored_error(app: OcrCelery, job_id: str, kwargs: Any, stored: Any) -> Outcome:
+    """The ending a killed ender had stored as a cancel (REVOKED) or a failure."""
+    if stored.state == states.REVOKED:
+        return _outcome_of_message(app, job_id, kwargs, JobStatus.CANCELLED, None)
+    error = stored.result
+    if not isinstance(error, OcrError):  # an exception this release does not know
+        error = InternalError(f"the job ended {stored.state}: {error}")
+    return _outcome_of_message(app, job_id, kwargs, JobStatus.FAILURE, error)
 
 
 def _stored_outcome(app: OcrCelery, job_id: str, kwargs: Any) -> Outcome | None:

@@ -283,13 +283,16 @@ def test_cancel_of_an_ended_job_changes_nothing(processes: list[Worker],
     assert callback_messages(client, job) == []
 
 
+@pytest.mark.parametrize(("data", "status", "code"), [
+    (png(234), "SUCCESS", None), (b"not an image at all", "FAILURE", "unsupported_format")])
 def test_an_ending_abandoned_by_a_killed_host_is_finished_on_redelivery(
         slow_ending: Callable[..., Worker], processes: list[Worker], client: OcrClient,
-        receiver: CallbackReceiver) -> None:
+        receiver: CallbackReceiver, data: bytes, status: str, code: str | None) -> None:
     """The long soak's defect: a worker host SIGKILLed right after a job's result was stored.
 
-    The child took the end claim and stored SUCCESS; its parent and children died before
-    the callbacks, the `ocr.job` line and the input's release. The job's message comes
+    The child took the end claim and stored its ending (a success, or a failure); its
+    parent and children died before the callbacks, the `ocr.job` line and the input's
+    release. The job's message comes
     back after the visibility timeout to a worker of the same host: it finds the claim
     naming a process that is gone and finishes the ending from the stored result, once.
     """
@@ -299,17 +302,17 @@ def test_an_ending_abandoned_by_a_killed_host_is_finished_on_redelivery(
     doomed = slow_ending(**env, FAKE_ENDING_STALL="stored")
     store = client.app.backend.client
     job = str(uuid.uuid4())
-    blob = client._blobs.put(png(234))
+    blob = client._blobs.put(data)
     client.app.send_task("ocr.document", task_id=job, queue="ocr-abandoned", kwargs={
         "blob": blob, "filename": "abandoned.png",
         "callback_task": "billing.ocr_done", "callback_queue": CALLBACK_QUEUE,
         "callback_url": receiver.url("/done")})
-    eventually(lambda: client.states.read(job).state == "SUCCESS", 60, "the stored result")
+    eventually(lambda: client.app.AsyncResult(job).state == status, 60, "the stored result")
     holder = store.get(job_ended_key(job))
     assert holder and b":" in holder, holder  # claimed, the ending not done
     doomed.kill()  # the whole host: parent and children
     survivor = slow_ending(**env)  # the same host, another worker
-    check_ended_once(client, receiver, [*processes, doomed, survivor], job, "SUCCESS")
+    check_ended_once(client, receiver, [*processes, doomed, survivor], job, status, code)
     eventually(lambda: f"ending finished here, its ender {holder.decode()} gone"
                in survivor.log(), 10, "the survivor's line")
     assert not store.exists(blob), "the input was not freed"

@@ -406,6 +406,20 @@ def test_gone_tells_a_killed_child_from_a_live_one() -> None:
     assert _gone(child.pid)
 
 
+def test_a_holder_is_judged_only_in_its_own_host_and_pid_namespace() -> None:
+    """Containers sharing a host name (host networking) do not see each other's pids."""
+    import socket
+
+    from tasks.lifecycle.claim_holders import dead_local_holder, local_pid
+
+    assert local_pid(holder_name(4321)) == 4321
+    dead = 999_999
+    assert dead_local_holder(holder_name(dead))
+    for elsewhere in (f"{socket.gethostname()}:{dead}",  # another namespace, or an old claim
+                      f"{socket.gethostname()}/1:{dead}", f"other-host:{dead}"):
+        assert local_pid(elsewhere) is None and not dead_local_holder(elsewhere)
+
+
 def test_an_ending_that_cannot_store_its_result_gives_its_claim_back(life: Life) -> None:
     """Storing the result fails (Redis restarting): the claim is released.
 
