@@ -71,8 +71,7 @@ class Broadcasts:
     def _put_fanout(self, exchange: str, message: Any, routing_key: str,
                     **kwargs: Any) -> None:
         topic = self._topic(exchange, routing_key)
-        if (exchange not in self.ocr_unheard_exchanges or self.ocr_unheard_quiet <= 0
-                or routing_key in self.ocr_unheard_always):
+        if not self._may_quiet(exchange, routing_key):
             self.commands.publish(topic, dumps(message))
             return
         key = (self._server(), topic)
@@ -83,6 +82,21 @@ class Broadcasts:
             self._quiet_until.pop(key, None)
         else:
             self._quiet_until[key] = now + float(self.ocr_unheard_quiet)
+
+    def unheard(self, exchange: str, routing_key: str) -> bool:
+        """Whether a broadcast to this topic would be left quiet now (not published).
+
+        A sender asks first, so that it does not even make a message nobody hears
+        (tasks/queue/ocr_celery.py: Celery's `task-sent` events).
+        """
+        if not self._may_quiet(exchange, routing_key):
+            return False
+        key = (self._server(), self._topic(exchange, routing_key))
+        return time.monotonic() < self._quiet_until.get(key, float("-inf"))
+
+    def _may_quiet(self, exchange: str, routing_key: str) -> bool:
+        return (exchange in self.ocr_unheard_exchanges and self.ocr_unheard_quiet > 0
+                and routing_key not in self.ocr_unheard_always)
 
     _server_uri: str | None = None
 

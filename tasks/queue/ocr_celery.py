@@ -9,6 +9,7 @@ children fork: a recycled child loads the engine its parent chose).
 from __future__ import annotations
 
 from collections.abc import Mapping
+from functools import cached_property
 from typing import Any
 
 from celery import Celery
@@ -41,9 +42,32 @@ class OcrCelery(Celery):
             client = str(headers.get(CLIENT_HEADER) or "") if name == "ocr.document" else None
             options["kwargsrepr"] = job_kwargs_repr(kwargs, client)
         if not self.ocr_settings.broker_is_amqp:
+            options.setdefault("event_dispatcher", self._sent_events)
             return super().send_task(name, args, kwargs, **options)
         options = expiry_in_header(options)
         if self.ocr_settings.quorum_queues:
             options = quorum_destination(name, args, kwargs, options)
         return until_confirmed(lambda: super(OcrCelery, self).send_task(
             name, args, kwargs, **options), f"task {name}")
+
+    @cached_property
+    def _sent_events(self) -> QuietSentEvents:
+        return QuietSentEvents(self.events.Dispatcher(enabled=False))
+
+
+class QuietSentEvents:
+    """Celery's `task-sent` events on the Redis broker, not made while nobody hears them.
+
+    Runs where tasks are sent (`send_task`'s `event_dispatcher`). The transport leaves
+    quiet a topic of the event exchange that no one heard a moment ago
+    (tasks/broker/broadcasts.py); asked first, the event is not built at all.
+    """
+
+    def __init__(self, dispatcher: Any) -> None:
+        self._dispatcher = dispatcher  # Celery's own kind: it publishes with the producer given
+
+    def publish(self, type: str, fields: dict[str, Any], producer: Any,  # noqa: A002 - Celery's name
+                **kwargs: Any) -> Any:
+        if producer.channel.unheard(self._dispatcher.exchange.name, type.replace("-", ".")):
+            return None
+        return self._dispatcher.publish(type, fields, producer, **kwargs)

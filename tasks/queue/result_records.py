@@ -15,15 +15,20 @@ from __future__ import annotations
 
 from typing import Any
 
+from celery import states
+
 from tasks.records.jobs import ResultRecord
 
 
 def result_record(app: Any, job_id: str, result: Any, state: str) -> ResultRecord:
     """The job's record for `state` (`result`: a dict, or an exception for a failure)."""
     backend = app.backend
-    meta = backend._get_result_meta(result=backend.encode_result(result, state), state=state,
-                                    traceback=None, request=None)
-    meta["task_id"] = job_id
+    # The fields Celery's backend writes for a task (`result_extended` adds none without
+    # the request, which the service never passes): made here, without its config reads.
+    meta = {"status": state, "result": backend.encode_result(result, state),
+            "traceback": None, "children": backend.current_task_children(),
+            "date_done": app.now().isoformat() if state in states.READY_STATES else None,
+            "task_id": job_id}
     key = backend.get_key_for_task(job_id)  # bytes, as Celery's key-value backends make it
     return ResultRecord(key.decode() if isinstance(key, bytes) else str(key),
                         backend.encode(meta), int(backend.expires) if backend.expires else None)

@@ -133,6 +133,8 @@ def test_an_unheard_event_goes_quiet_then_reaches_a_subscriber_that_came(
         conn.default_channel.queue_declare("ocr-warm")
         assert counted(r, lambda: [broadcast(conn, "celeryev", "task.sent", {"n": n})
                                    for n in range(5)]) == {"publish": 1}
+        assert conn.default_channel.unheard("celeryev", "task.sent")
+        assert not conn.default_channel.unheard("celeryev", "task.succeeded")  # always
         flower = r.pubsub()
         flower.psubscribe("/1.celeryev/*")  # Flower's subscription
         assert heard(flower) == []
@@ -143,6 +145,30 @@ def test_an_unheard_event_goes_quiet_then_reaches_a_subscriber_that_came(
                                    for n in range(6, 9)]) == {"publish": 3}
         assert heard(flower) == ["/1.celeryev/task.sent"] * 3
         flower.close()
+
+
+def test_a_task_sent_event_nobody_hears_is_not_even_made(lone_redis_url: str,
+                                                         r: redis.Redis) -> None:
+    """The sender asks the transport first (`QuietSentEvents`): no event is built."""
+    from celery import Celery
+
+    from tasks.queue.ocr_celery import QuietSentEvents
+
+    app = Celery(broker=lone_redis_url, broker_transport_options=EVENTS)
+    app.conf.broker_transport = TRANSPORT
+    dispatcher = app.events.Dispatcher(enabled=False)
+    made: list[str] = []
+    publish = dispatcher.publish
+    dispatcher.publish = lambda kind, *a, **k: made.append(kind) or publish(kind, *a, **k)
+    events = QuietSentEvents(dispatcher)
+    with app.connection_for_write() as conn, app.producer_or_acquire() as producer:
+        conn.default_channel.queue_declare("ocr-warm")
+        assert counted(r, lambda: [events.publish("task-sent", {"uuid": str(n)}, producer)
+                                   for n in range(4)]) == {"publish": 1}
+        assert made == ["task-sent"]  # the first asked the broker; nobody heard it
+        time.sleep(QUIET)
+        events.publish("task-sent", {"uuid": "5"}, producer)
+        assert made == ["task-sent"] * 2
 
 
 def test_a_tasks_ending_is_published_while_its_topic_would_be_quiet(

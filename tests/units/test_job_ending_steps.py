@@ -23,11 +23,13 @@ from typing import Any
 import pytest
 import redis
 
-from tasks.errors import InputNotFound, TransientError
-from tasks.lifecycle.job_exit import JobEnder, holder_name
+from tasks.errors import BadRequest, InputNotFound, TransientError
+from tasks.lifecycle.claim_holders import holder_name
+from tasks.lifecycle.job_exit import JobEnder
 from tasks.records.jobs import JobStatus, Outcome, ResultRecord
 from tasks.records.request import JobRequest
 from tasks.records.results import DocumentResult
+from tasks.settings import Settings
 from tasks.state.carried_writes import CarriedWrites
 from tasks.state.job_control import ENDING_DONE, JobControl
 from tasks.state.join import DocumentJoin
@@ -348,3 +350,25 @@ def test_a_carried_write_that_fails_is_logged_and_the_ending_stands(
     [logged] = [r.getMessage() for r in caplog.records]
     assert logged.startswith("job j11: the count not written with its ending: ")
     assert "WRONGTYPE" in logged
+
+
+@pytest.mark.parametrize(("state", "result"), [
+    ("SUCCESS", {"status": "SUCCESS", "text": "ok"}), ("STARTED", {"pid": 7}),
+    ("FAILURE", BadRequest("no such page"))])
+def test_a_result_record_is_what_celery_itself_would_store(own_redis_url: str, state: str,
+                                                           result: Any) -> None:
+    """Written without Celery's backend, read back by it as its own (but the time)."""
+    from tasks.queue.app import create_app
+    from tasks.queue.result_records import result_record
+
+    app = create_app(Settings.from_env({"REDIS_URL": own_redis_url}))
+    backend = app.backend
+    backend.store_result("celery-wrote", result, state)
+    record = result_record(app, "we-wrote", result, state)
+    store = backend.client
+    store.set(record.key, record.text)
+    theirs, ours = (backend.decode(store.get(result_key(job)))
+                    for job in ("celery-wrote", "we-wrote"))
+    assert (theirs.pop("date_done") is None) == (ours.pop("date_done") is None)
+    assert (theirs.pop("task_id"), ours.pop("task_id")) == ("celery-wrote", "we-wrote")
+    assert ours == theirs

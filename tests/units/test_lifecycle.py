@@ -24,9 +24,10 @@ import redis
 from tasks.engines.resident import ResidentEngines
 from tasks.errors import PdfEncrypted, TransientError
 from tasks.lifecycle.cancel import ALREADY_ENDED, CANCELLED, cancel_job, end_cancelled_document
+from tasks.lifecycle.claim_holders import holder_name
 from tasks.lifecycle.fanout import record_page, run_pdf_page
 from tasks.lifecycle.inputs import decode_request
-from tasks.lifecycle.job_exit import JobEnder, holder_name
+from tasks.lifecycle.job_exit import JobEnder
 from tasks.lifecycle.jobs import FanOut, process_job
 from tasks.lifecycle.open_documents import OpenDocumentCache
 from tasks.pipeline.documents import deadline_page
