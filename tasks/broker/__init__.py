@@ -81,7 +81,8 @@ which nothing here imports. Its layers, each a module:
   (`connections`), the bindings, the queues' lists, broadcasts over PUB/SUB
   (`broadcasts`: an event exchange's topic nobody heard is left quiet a few seconds);
 - `publishing.PublishingChannel`: lanes, doorbells' rings, the replicas' WAIT;
-- `fetching.Channel`: the fetch and the checks before decoding;
+- `fetching.Channel`: the fetch and the checks before decoding (`wire`: the parts every
+  fetch repeats, encoded once);
 - `transport.Transport`: makes the channels, registers the poller with the event loop;
 - `poller.Poller`: each channel's fetch and broadcast sockets, driven by Celery's event
   loop (kombu's `register_with_event_loop`) or by `drain_events`;

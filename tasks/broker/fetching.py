@@ -60,6 +60,7 @@ from tasks.broker.refusals import (
     push_dead_letter,
 )
 from tasks.broker.unsettled import QoS
+from tasks.broker.wire import FetchBytes
 
 log = logging.getLogger(__name__)
 
@@ -93,6 +94,7 @@ class Channel(PublishingChannel):
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         self.no_ack: dict[str, bool] = {}  # queue -> consumed unacknowledged (unsettled.py)
+        self._packed = FetchBytes()
         super().__init__(*args, **kwargs)
         if self.ocr_idle_wait:
             # the health check allows a wait `brpop_timeout` plus its interval
@@ -202,26 +204,31 @@ class Channel(PublishingChannel):
         if not queues:
             return
         command: list[Any]
+        packed: bytes | None = None  # a fetch, the parts every fetch repeats encoded once
         if self._waiting:  # after a woken fetch took the last message, briefly first
             wait = min(timeout or SETTLE_WAIT, SETTLE_WAIT) if self._short else timeout or 0
             self._short = False
             command = ["BLPOP", *(self._key(wake_key(queue)) for queue in queues), wait]
         else:
             # Each list's lanes served by weighted round robin (tasks/broker/lanes.py).
-            lists = [(queue_list(queue, pri, self.sep), pri, lanes.laned(queue),
-                      not self.no_ack.get(queue))
-                     for pri in self.priority_steps
-                     for queue in sorted(queues, key=lambda q: not lanes.laned(q))]
-            command = lanes.fetch_command(
-                self._key(""), self.qos.held_key, lists,
-                time.time(), self.ocr_max_message_bytes,
-                probe=not (self._busy or self._woken), woken=self._woken,
-                holder=holders.holder(), sep=self.sep, acks=self.qos.take_due())
-            self._fetch = command
-        self._in_poll = self.fetch_connection()
+            lists = tuple((queue_list(queue, pri, self.sep), pri, lanes.laned(queue),
+                           not self.no_ack.get(queue))
+                          for pri in self.priority_steps
+                          for queue in sorted(queues, key=lambda q: not lanes.laned(q)))
+            parts = lanes.fetch_parts(self._key(""), self.qos.held_key, lists,
+                                      int(self.ocr_max_message_bytes or 0), self.sep)
+            now = repr(time.time())
+            tail = lanes.fetch_tail(not (self._busy or self._woken), self._woken,
+                                    holders.holder(), None, self.qos.take_due())
+            command = self._fetch = [*parts[0], now, *parts[1], *tail]
+            packed = self._packed.fetch(self.fetch_connection().encoder, parts, now, tail)
+        connection = self._in_poll = self.fetch_connection()
         self._fetch_sent_at = time.monotonic()
         try:
-            self.fetch_connection().send_command(*command)
+            if packed is None:
+                connection.send_command(*command)
+            else:
+                connection.send_packed_command([packed])  # chunks, as pack_command gives
         except self.connection_errors:
             self.qos.fetch_lost()
             raise

@@ -26,6 +26,7 @@ API's token store, tasks/api/tokens.py); a client without one weighs 1.
 
 from __future__ import annotations
 
+import functools
 import json
 import uuid
 from collections.abc import Sequence
@@ -312,10 +313,24 @@ def fetch_command(prefix: str, held: str,
     stands in its place, never written as such): such a consumer (Flower) needs no
     right on it.
     """
+    head, lane_args = fetch_parts(prefix, held, tuple(lists), int(max_bytes or 0), sep)
+    return [*head, repr(now), *lane_args, *fetch_tail(probe, woken, holder, tag, acks)]
+
+
+@functools.lru_cache(maxsize=64)
+def fetch_parts(prefix: str, held: str, lists: tuple[tuple[str, int, bool, bool], ...],
+                max_bytes: int, sep: str = SEP) -> tuple[tuple[Any, ...], tuple[str, ...]]:
+    """What a fetch over `lists` sends at every poll alike, made once (`fetch_command`).
+
+    Its head (`EVALSHA`, the script, its keys) and the arguments between the time and
+    the flags (the bound, the weights' hash, each list's ack flag, ring and lanes).
+    The same tuples come back for the same arguments while they are kept, so that a
+    caller may keep their encoded form beside them (tasks/broker/fetching.py).
+    """
     keys = [prefix + held]
     if lists and not any(ack for *_, ack in lists):
         keys = [prefix + lists[0][0]]
-    args = [repr(now), str(int(max_bytes or 0)), LANE_WEIGHTS_KEY]
+    args = [str(max_bytes), LANE_WEIGHTS_KEY]
     # a list without lanes at a step with some (a worker's direct queue) is served in
     # that step's ring, as its anonymous lane: one EXISTS covers the step's lists
     laned_steps = {step for _, step, has_lanes, _ in lists if has_lanes}
@@ -325,8 +340,14 @@ def fetch_command(prefix: str, held: str,
         ring = prefix + lanes_key(step) if step in laned_steps else ""
         args += ["1" if ack else "0", ring, prefix + lane_key(name, "") if has_lanes else "",
                  f", \"\", {json.dumps(queue)}]"]
-    return FETCH.command(keys, [*args, "1" if probe else "0", "1" if woken else "0", holder,
-                                str(uuid.uuid4()) if tag is None else tag, *acks])
+    return tuple(FETCH.command(keys, [])), tuple(args)
+
+
+def fetch_tail(probe: bool, woken: bool, holder: str, tag: str | None,
+               acks: Sequence[str]) -> list[str]:
+    """The arguments after a fetch's lane arguments: its flags, holder, tag, acks."""
+    return ["1" if probe else "0", "1" if woken else "0", holder,
+            str(uuid.uuid4()) if tag is None else tag, *acks]
 
 
 # Messages waiting in the lanes of the lists KEYS[i] (ARGV[2i-1]: the ring of list i's
