@@ -24,6 +24,7 @@ control's `celery.pidbox`) is always published.
 from __future__ import annotations
 
 import time
+import uuid
 from typing import Any
 
 from kombu.utils.encoding import bytes_to_str
@@ -62,6 +63,9 @@ class Broadcasts:
     _fanout_to_queue: dict[str, str]
     active_fanout_queues: set[str]
     _listening: Any
+    body_encoding: str
+    default_priority: int
+    encode_body: Any
 
     def _topic(self, exchange: str, routing_key: str) -> str:
         if routing_key and self.fanout_patterns:
@@ -82,6 +86,23 @@ class Broadcasts:
             self._quiet_until.pop(key, None)
         else:
             self._quiet_until[key] = now + float(self.ocr_unheard_quiet)
+
+    def broadcast(self, exchange: str, routing_key: str, body: Any,
+                  headers: dict[str, Any] | None = None, delivery_mode: int = 1) -> None:
+        """Publish `body` (JSON) to a fanout exchange in the envelope kombu's producer makes.
+
+        The same message a kombu `Producer.publish` gives this channel (a base64 body, the
+        delivery info, a new delivery tag), made without its declare and preparing steps,
+        so that any kombu consumer (Flower, `celery events`) reads it as its own.
+        """
+        encoded, encoding = self.encode_body(dumps(body), self.body_encoding)
+        self._put_fanout(exchange, {
+            "body": encoded, "content-encoding": "utf-8", "content-type": "application/json",
+            "headers": headers or {},
+            "properties": {"delivery_mode": delivery_mode,
+                           "delivery_info": {"exchange": exchange, "routing_key": routing_key},
+                           "priority": self.default_priority, "body_encoding": encoding,
+                           "delivery_tag": str(uuid.uuid4())}}, routing_key)
 
     def unheard(self, exchange: str, routing_key: str) -> bool:
         """Whether a broadcast to this topic would be left quiet now (not published).

@@ -3,6 +3,8 @@
 Runs in worker processes (pool children, the worker parent, the control worker's
 threads). A process keeps one event dispatcher, on a broker connection of its own, per
 thread and node name, for all its jobs: an event is one PUBLISH, not a new connection.
+On the Redis broker the event goes out through the transport's `broadcast`, in the
+message the dispatcher's producer would make, without the producer's steps.
 An event is for watchers only: one the broker cannot take (its connection lost with a
 RabbitMQ node) is logged and dropped, the dispatcher closed (the next event opens a
 new one), never allowed to cut a job's ending short.
@@ -14,6 +16,9 @@ import logging
 import os
 import threading
 from typing import Any
+
+from celery.events import Event
+from celery.utils.time import utcoffset
 
 from tasks.state.boundary import PUBLISH_ERRORS
 
@@ -39,7 +44,10 @@ def send_event(app: Any, hostname: str | None, event: str, job_id: str,
                 dispatcher = _dispatchers[key] = app.events.Dispatcher(
                     app.connection_for_write(), hostname=hostname,
                     buffer_while_offline=False)
-            dispatcher.send(event, uuid=job_id, **fields)
+            if app.ocr_settings.broker_is_amqp:
+                dispatcher.send(event, uuid=job_id, **fields)
+            else:  # the transport's own broadcast: the same message, fewer steps
+                _broadcast(dispatcher, event, uuid=job_id, **fields)
             return
         except errors as exc:
             _drop(key, errors)
@@ -47,6 +55,20 @@ def send_event(app: Any, hostname: str | None, event: str, job_id: str,
                 log.warning("event %s of job %s not sent (%s)", event, job_id,
                             type(exc).__name__)
                 return
+
+
+def _broadcast(dispatcher: Any, event: str, **fields: Any) -> None:
+    """`dispatcher.send(event, **fields)` on the Redis transport, through its `broadcast`.
+
+    The event Celery's dispatcher makes (its clock forwarded), in the message kombu's
+    producer would make (tasks/broker/broadcasts.py), without the producer's steps.
+    """
+    if not dispatcher.enabled:
+        return
+    body = Event(event, hostname=dispatcher.hostname, utcoffset=utcoffset(),
+                 pid=dispatcher.pid, clock=dispatcher.clock.forward(), **fields)
+    dispatcher.producer.channel.broadcast(dispatcher.exchange.name, event.replace("-", "."),
+                                          body, dispatcher.headers, dispatcher.delivery_mode)
 
 
 def _broker_errors(app: Any) -> tuple[type[BaseException], ...]:

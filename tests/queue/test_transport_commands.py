@@ -171,6 +171,42 @@ def test_a_task_sent_event_nobody_hears_is_not_even_made(lone_redis_url: str,
         assert made == ["task-sent"] * 2
 
 
+def test_a_jobs_event_is_the_message_celerys_dispatcher_sends(lone_redis_url: str,
+                                                              r: redis.Redis) -> None:
+    """The transport's `broadcast` of a job's event: what Flower gets from Celery's path."""
+    import base64
+    import json
+
+    from tasks.queue import job_events
+    from tasks.queue.app import create_app
+    from tasks.settings import Settings
+
+    app = create_app(Settings.from_env({"REDIS_URL": lone_redis_url}))
+    flower = r.pubsub()
+    flower.psubscribe("/1.celeryev/*")
+    heard(flower)
+    with app.connection_for_write() as conn:
+        dispatcher = app.events.Dispatcher(conn, hostname="node@host")
+        dispatcher.send("task-succeeded", uuid="job-1", result="SUCCESS", runtime=0.5)
+        job_events._broadcast(dispatcher, "task-succeeded", uuid="job-1", result="SUCCESS",
+                              runtime=0.5)
+        dispatcher.close()
+    got = []
+    while (message := flower.get_message(timeout=1)) is not None:
+        if message["type"] == "pmessage":
+            got.append((message["channel"], json.loads(message["data"])))
+    flower.close()
+    assert [topic for topic, _ in got] == [b"/1.celeryev/task.succeeded"] * 2
+    (_, celerys), (_, ours) = got
+    bodies = [json.loads(base64.b64decode(m.pop("body"))) for m in (celerys, ours)]
+    for body in bodies:
+        assert body.pop("clock") > 0 and body.pop("timestamp") > 0
+    assert bodies[0] == bodies[1] and bodies[0]["type"] == "task-succeeded"
+    tags = [m["properties"].pop("delivery_tag") for m in (celerys, ours)]
+    assert tags[0] != tags[1]
+    assert ours == celerys
+
+
 def test_a_tasks_ending_is_published_while_its_topic_would_be_quiet(
         lone_redis_url: str, r: redis.Redis) -> None:
     """A subscriber that came within a quiet time still sees a task end (always sent)."""
