@@ -149,7 +149,9 @@ def record_page(meta: DocumentMeta, page: PageRecord | list[PageRecord],
     Returns True when this call ended the document. Raises only retryable errors, with
     the end claim given back (the caller retries the page). A claim held by an ender
     that died with its whole worker (a page redelivered after its host was killed
-    while merging) is taken over, and the document ended here.
+    while merging) is taken over: the cancel it held is finished, any other ending is
+    given back and the pages recorded again, so the call that completes the document
+    merges it.
     """
     doc_id = meta.job_id
     pages = page if isinstance(page, list) else [page]
@@ -166,13 +168,16 @@ def record_page(meta: DocumentMeta, page: PageRecord | list[PageRecord],
     holder = ender.take_over_abandoned(doc_id)
     if holder is None:
         return False
-    log.warning("job %s: its ender %s died with its worker; the document ends here",
+    log.warning("job %s: its ender %s died with its worker; its claim taken over here",
                 doc_id, holder)
     if join.running(doc_id)[1]:  # the dead ender may have been the cancel's
         finish_cancelled(meta, join, ender)
-    else:
-        merge_and_finish(meta, join, ender, settings, stores, password)
-    return True
+        return True
+    # Given back and recorded again: the call that completes the document merges it
+    # (this one, or a page still to come).
+    ender.release(doc_id)
+    return record_page(meta, page, join, ender, settings, stores, progress, password,
+                       counted)
 
 
 def merge_and_finish(meta: DocumentMeta, join: DocumentJoin, ender: JobEnder,

@@ -353,6 +353,6 @@ def test_a_merge_abandoned_by_a_killed_host_is_ended_by_its_redelivered_page(
     result = check_ended_once(client, receiver, [*processes, doomed, survivor], job,
                               "SUCCESS")
     assert [p["number"] for p in result["pages"]] == [1, 2]
-    eventually(lambda: f"its ender {holder.decode()} died with its worker; the document "
-               "ends here" in survivor.log(), 10, "the survivor's line")
+    eventually(lambda: f"its ender {holder.decode()} died with its worker; its claim taken "
+               "over here" in survivor.log(), 10, "the survivor's line")
     assert not store.exists(blob), "the input was not freed"

@@ -392,6 +392,34 @@ def test_a_claim_names_its_holder_until_the_ending_is_done(life: Life) -> None:
     assert [o.job_id for o in life.ports.recorded] == ["j1"]
 
 
+@pytest.mark.parametrize("cancelled", [False, True])
+def test_a_claim_whose_ender_died_with_its_worker_is_taken_over_by_a_page(
+        life: Life, cancelled: bool) -> None:
+    """A page meets the claim of an ender gone with its host (not its last page).
+
+    Its cancel is finished; any other ending is given back, the page recorded, and the
+    page that completes the document merges it, once.
+    """
+    meta = fan_out(life, "job-dead", image_pdf(plain_pages(3)))
+    ports = RecordingPorts()
+    life.ender = JobEnder(life.stores.control, life.join, ports)
+    job = begun(life, meta, "job-dead")  # page 1 recorded
+    if cancelled:
+        life.stores.control.cancel("job-dead")
+    assert life.stores.control.claim_end("job-dead", holder_name(pid=999_999))
+    ended = record_page(job, read(2), life.join, life.ender, life.settings, life.stores)
+    if cancelled:
+        assert ended and [o.status for o in ports.published] == [JobStatus.CANCELLED]
+        assert [p.number for p in ports.published[0].result.pages] == [1]
+        return
+    assert not ended and ports.published == []
+    assert life.stores.control.end_holder("job-dead") is None
+    assert life.join.done("job-dead") == 2
+    assert record_page(job, read(3), life.join, life.ender, life.settings, life.stores)
+    assert [o.status for o in ports.published] == [JobStatus.SUCCESS]
+    assert [p.number for p in ports.published[0].result.pages] == [1, 2, 3]
+
+
 def test_gone_tells_a_killed_child_from_a_live_one() -> None:
     """A claim is taken over only from a child that is gone (a zombie or reaped)."""
     from tasks.lifecycle.claim_holders import gone as _gone
