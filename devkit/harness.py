@@ -19,7 +19,6 @@ import os
 import re
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -31,6 +30,7 @@ from typing import Any, TypeVar
 import pytest
 import redis
 
+from devkit.ports import free_port
 from devkit.rabbitmq import RabbitVhost
 from tasks.client import OcrClient
 from tasks.settings import Settings
@@ -78,12 +78,6 @@ def fake_env(*engines: str, cache: bool = False, **extra: str) -> dict[str, str]
     if engines:
         env["OCR_QUEUES"] = ",".join(["ocr", *(f"ocr-{e}" for e in engines)])
     return {**env, **extra}
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def eventually(predicate: Callable[[], T | None], timeout: float, what: str | Callable[[], str],
