@@ -37,5 +37,3 @@ def _ephemeral_low() -> int:
             return int(ports.read().split()[0])
     except (OSError, ValueError, IndexError):
         return 32768
-
-

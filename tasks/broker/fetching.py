@@ -204,6 +204,7 @@ class Channel(PublishingChannel):
         if not queues:
             return
         command: list[Any]
+        connection = self.fetch_connection()
         packed: bytes | None = None  # a fetch, the parts every fetch repeats encoded once
         if self._waiting:  # after a woken fetch took the last message, briefly first
             wait = min(timeout or SETTLE_WAIT, SETTLE_WAIT) if self._short else timeout or 0
@@ -221,8 +222,8 @@ class Channel(PublishingChannel):
             tail = lanes.fetch_tail(not (self._busy or self._woken), self._woken,
                                     holders.holder(), None, self.qos.take_due())
             command = self._fetch = [*parts[0], now, *parts[1], *tail]
-            packed = self._packed.fetch(self.fetch_connection().encoder, parts, now, tail)
-        connection = self._in_poll = self.fetch_connection()
+            packed = self._packed.fetch(connection.encoder, parts, now, tail)
+        self._in_poll = connection
         self._fetch_sent_at = time.monotonic()
         try:
             if packed is None:

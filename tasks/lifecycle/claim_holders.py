@@ -11,6 +11,7 @@ worker parents.
 
 from __future__ import annotations
 
+import functools
 import os
 import socket
 
@@ -33,11 +34,17 @@ def _host() -> str:
 
     The name alone where /proc does not tell the namespace.
     """
+    namespace = _pid_namespace()
+    return socket.gethostname() if namespace is None else f"{socket.gethostname()}/{namespace}"
+
+
+@functools.cache
+def _pid_namespace() -> int | None:
+    """The pid namespace (its inode) of the process, read once: it never changes."""
     try:
-        namespace = os.stat("/proc/self/ns/pid").st_ino
+        return os.stat("/proc/self/ns/pid").st_ino
     except OSError:
-        return socket.gethostname()
-    return f"{socket.gethostname()}/{namespace}"
+        return None
 
 
 def gone(pid: int) -> bool:

@@ -99,7 +99,7 @@ def take_over_killed(app: OcrCelery, job_id: str, kwargs: Any, status: JobStatus
         if not services.ender.take_over(job_id, holder):
             return False
         # The child may have stored its result before it was killed: that is the ending.
-        services.ender.finish(_stored_outcome(app, job_id, kwargs)
+        services.ender.finish(_stored_outcome(app, job_id, kwargs, app.AsyncResult(job_id))
                               or _outcome_of_message(app, job_id, kwargs, status, error))
     except (redis.RedisError, OcrError) as exc:
         log.error("job %s could not be taken over here: %s", job_id, type(exc).__name__)
@@ -117,18 +117,17 @@ def finish_abandoned(app: OcrCelery, job_id: str, kwargs: Any) -> bool:
     between the claim and `mark_ended`: no parent was left to `take_over_killed`). With
     the result stored (a success, a cancel or a failure), the ending is finished from
     it (callbacks, the `ocr.job` line, the input freed); with none stored, the claim is
-    given back and the job runs. False
-    when the claim names a live process, another host, or no one. A holder on another
-    host is not judged (its pid says nothing here): that ending's input expires with
-    OCR_BLOB_TTL.
+    given back and the job runs. False when the claim names a live process, another
+    host, or no one. A holder on another host is not judged (its pid says nothing
+    here): that ending's input expires with OCR_BLOB_TTL.
     """
     services = JobServices.for_app(app)
     holder = services.ender.take_over_abandoned(job_id)
     if holder is None:
         return False
-    outcome = _stored_outcome(app, job_id, kwargs)
+    stored = app.AsyncResult(job_id)
+    outcome = _stored_outcome(app, job_id, kwargs, stored)
     if outcome is None:
-        stored = app.AsyncResult(job_id)
         if stored.state in states.UNREADY_STATES or stored.state == PROGRESS_STATE:
             services.ender.release(job_id)  # no ending was stored: the job runs again
             log.warning("job %s: its ender %s died before storing; run again", job_id,
@@ -151,9 +150,9 @@ def _stored_error(app: OcrCelery, job_id: str, kwargs: Any, stored: Any) -> Outc
     return _outcome_of_message(app, job_id, kwargs, JobStatus.FAILURE, error)
 
 
-def _stored_outcome(app: OcrCelery, job_id: str, kwargs: Any) -> Outcome | None:
-    """The ending a killed ender had stored (a SUCCESS or PARTIAL result), else None."""
-    stored = app.AsyncResult(job_id)
+def _stored_outcome(app: OcrCelery, job_id: str, kwargs: Any,
+                    stored: Any) -> Outcome | None:
+    """The ending a killed ender had `stored` (a SUCCESS or PARTIAL result), else None."""
     if stored.state not in (JobStatus.SUCCESS.value, JobStatus.PARTIAL.value) \
             or not isinstance(stored.result, dict):
         return None
