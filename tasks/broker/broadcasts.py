@@ -30,6 +30,8 @@ from typing import Any
 from kombu.utils.encoding import bytes_to_str
 from kombu.utils.json import dumps, loads
 
+from tasks.records.jobs import Broadcast
+
 UNHEARD_QUIET = 5.0  # seconds a topic of an unheard exchange stays quiet (the default)
 
 
@@ -95,14 +97,33 @@ class Broadcasts:
         delivery info, a new delivery tag), made without its declare and preparing steps,
         so that any kombu consumer (Flower, `celery events`) reads it as its own.
         """
+        self._put_fanout(exchange, self._envelope(exchange, routing_key, body, headers,
+                                                  delivery_mode), routing_key)
+
+    def broadcast_later(self, exchange: str, routing_key: str, body: Any,
+                        headers: dict[str, Any] | None = None,
+                        delivery_mode: int = 1) -> Broadcast | None:
+        """`broadcast`'s PUBLISH, made and not sent: for a caller to send to this server.
+
+        A writer that reaches the same server sends it in a round trip of its own (a
+        job's end claim: tasks/state/job_control.py). None where the topic may be left
+        quiet (an unheard exchange's): `broadcast` sends that one, asking who heard it.
+        """
+        if self._may_quiet(exchange, routing_key):
+            return None
+        envelope = self._envelope(exchange, routing_key, body, headers, delivery_mode)
+        return Broadcast(self._topic(exchange, routing_key), dumps(envelope))
+
+    def _envelope(self, exchange: str, routing_key: str, body: Any,
+                  headers: dict[str, Any] | None, delivery_mode: int) -> dict[str, Any]:
         encoded, encoding = self.encode_body(dumps(body), self.body_encoding)
-        self._put_fanout(exchange, {
+        return {
             "body": encoded, "content-encoding": "utf-8", "content-type": "application/json",
             "headers": headers or {},
             "properties": {"delivery_mode": delivery_mode,
                            "delivery_info": {"exchange": exchange, "routing_key": routing_key},
                            "priority": self.default_priority, "body_encoding": encoding,
-                           "delivery_tag": str(uuid.uuid4())}}, routing_key)
+                           "delivery_tag": str(uuid.uuid4())}}
 
     def unheard(self, exchange: str, routing_key: str) -> bool:
         """Whether a broadcast to this topic would be left quiet now (not published).

@@ -31,7 +31,7 @@ from tasks.state.boundary import CONNECTION_ERRORS
 from tasks.state.stores import blob_keys
 
 if TYPE_CHECKING:
-    from tasks.records.jobs import Outcome, ResultRecord
+    from tasks.records.jobs import Broadcast, Outcome, ResultRecord
     from tasks.state.carried_writes import CarriedWrites
     from tasks.state.job_control import JobControl
     from tasks.state.join import DocumentJoin
@@ -55,6 +55,13 @@ class EndingPorts(Protocol):
 
     def tell(self, outcome: Outcome) -> None:
         """Tell monitors (Flower) of an ending whose `result_record` the claim stored."""
+
+    def told_by_claim(self, outcome: Outcome) -> Broadcast | None:
+        """`tell`'s message, for the claim's step to publish with the result record.
+
+        None: `tell` sends it after the claim (the monitors' channel is not on the
+        state store's server, or not always published).
+        """
 
     def waits_for_replicas(self) -> bool:
         """Whether `keep` holds for Redis replicas (nothing else then follows the claim)."""
@@ -125,20 +132,24 @@ class JobEnder:
 
         Where the ports give the result's record, the claim stores it in its own atomic
         step; where nothing has to happen between the two (no callback, no replica to
-        wait for), that step finishes the ending too (freed, marked done, the notice):
-        a job's whole ending in one round trip. The `carried` writes (what the job
-        read: tasks/state/carried_writes.py) go in that round trip, before the claim.
+        wait for), that step finishes the ending too (freed, marked done, the notice),
+        and publishes the monitors' event where the ports hand it over
+        (`told_by_claim`): a job's whole ending in one round trip. The `carried` writes
+        (what the job read: tasks/state/carried_writes.py) go in that round trip, before
+        the claim.
         """
         job_id = outcome.job_id
         with _ending_span(outcome):
             record = self._ports.result_record(outcome)
+            told = None if record is None else self._ports.told_by_claim(outcome)
             done = record is not None and not self._steps_between(outcome)
             holder = holder_name()
             try:
                 with tracing.span("ocr.result.write"):
                     claimed = self._control.claim_end(
                         job_id, holder, record, ended=outcome.status.value if done else "",
-                        freed=self._freed(outcome) if done else (), carried=carried)
+                        freed=self._freed(outcome) if done else (), carried=carried,
+                        told=told)
             except _STORE_ERRORS:
                 if record is not None:  # it may have run: only a claim naming this ender
                     self._give_back(job_id, holder)
@@ -151,7 +162,8 @@ class JobEnder:
             if record is None:
                 self._finish(outcome)
             else:
-                self._ports.tell(outcome)
+                if told is None:
+                    self._ports.tell(outcome)
                 self._after_storing(outcome, marked=done)
         return True
 

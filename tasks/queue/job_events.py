@@ -4,7 +4,9 @@ Runs in worker processes (pool children, the worker parent, the control worker's
 threads). A process keeps one event dispatcher, on a broker connection of its own, per
 thread and node name, for all its jobs: an event is one PUBLISH, not a new connection.
 On the Redis broker the event goes out through the transport's `broadcast`, in the
-message the dispatcher's producer would make, without the producer's steps.
+message the dispatcher's producer would make, without the producer's steps; or, made
+by `event_later`, in the round trip of a job's end claim, where the state store is on
+the broker's server (tasks/queue/job_services.py).
 An event is for watchers only: one the broker cannot take (its connection lost with a
 RabbitMQ node) is logged and dropped, the dispatcher closed (the next event opens a
 new one), never allowed to cut a job's ending short.
@@ -20,6 +22,7 @@ from typing import Any
 from celery.events import Event
 from celery.utils.time import utcoffset
 
+from tasks.records.jobs import Broadcast
 from tasks.state.boundary import PUBLISH_ERRORS
 
 log = logging.getLogger(__name__)
@@ -57,6 +60,34 @@ def send_event(app: Any, hostname: str | None, event: str, job_id: str,
                 return
 
 
+def event_later(app: Any, hostname: str | None, event: str, job_id: str,
+                **fields: Any) -> Broadcast | None:
+    """`send_event`'s message as the Redis broker would PUBLISH it, made and not sent.
+
+    For a caller that sends it to the broker's server in a round trip of its own (a job's
+    end claim). None where `send_event` must send it: a RabbitMQ broker, events off, a
+    topic that may be left quiet, or a dispatcher the broker would not give.
+    """
+    if app.ocr_settings.broker_is_amqp:
+        return None
+    key = (os.getpid(), threading.get_ident(), id(app), hostname)
+    errors = _broker_errors(app)
+    try:
+        dispatcher = _dispatchers.get(key)
+        if dispatcher is None:
+            dispatcher = _dispatchers[key] = app.events.Dispatcher(
+                app.connection_for_write(), hostname=hostname, buffer_while_offline=False)
+        if not dispatcher.enabled:
+            return None
+        return dispatcher.producer.channel.broadcast_later(
+            dispatcher.exchange.name, event.replace("-", "."),
+            _event(dispatcher, event, uuid=job_id, **fields), dispatcher.headers,
+            dispatcher.delivery_mode)
+    except errors:
+        _drop(key, errors)
+        return None
+
+
 def _broadcast(dispatcher: Any, event: str, **fields: Any) -> None:
     """`dispatcher.send(event, **fields)` on the Redis transport, through its `broadcast`.
 
@@ -65,10 +96,15 @@ def _broadcast(dispatcher: Any, event: str, **fields: Any) -> None:
     """
     if not dispatcher.enabled:
         return
-    body = Event(event, hostname=dispatcher.hostname, utcoffset=utcoffset(),
-                 pid=dispatcher.pid, clock=dispatcher.clock.forward(), **fields)
     dispatcher.producer.channel.broadcast(dispatcher.exchange.name, event.replace("-", "."),
-                                          body, dispatcher.headers, dispatcher.delivery_mode)
+                                          _event(dispatcher, event, **fields),
+                                          dispatcher.headers, dispatcher.delivery_mode)
+
+
+def _event(dispatcher: Any, event: str, **fields: Any) -> dict[str, Any]:
+    """The event Celery's dispatcher makes, its clock forwarded."""
+    return Event(event, hostname=dispatcher.hostname, utcoffset=utcoffset(),
+                 pid=dispatcher.pid, clock=dispatcher.clock.forward(), **fields)
 
 
 def _broker_errors(app: Any) -> tuple[type[BaseException], ...]:

@@ -22,7 +22,7 @@ from tasks.lifecycle.job_exit import JobEnder
 from tasks.queue import job_events, telemetry
 from tasks.queue.result_records import result_record, store_result
 from tasks.queue.routing import CONTROL_QUEUE
-from tasks.records.jobs import JobStatus, Outcome, ResultRecord
+from tasks.records.jobs import Broadcast, JobStatus, Outcome, ResultRecord
 from tasks.records.status import CeleryState
 from tasks.state.boundary import publishing
 from tasks.state.connection import connect
@@ -52,9 +52,13 @@ def send_job_event(app: Any, event: str, job_id: str, **fields: Any) -> None:
 
     Flower lists every other sender name as a worker of its own.
     """
+    job_events.send_event(app, _sender(app), event, job_id, **fields)
+
+
+def _sender(app: Any) -> str | None:
+    """The worker node's name: its running task's, else the node's (the parent)."""
     task = app.current_worker_task
-    hostname = task.request.hostname if task is not None else _node_name
-    job_events.send_event(app, hostname, event, job_id, **fields)
+    return task.request.hostname if task is not None else _node_name
 
 
 def report_progress(app: Any, job_id: str, done: int, total: int) -> None:
@@ -148,6 +152,20 @@ class CeleryPorts:
         # always: the worker's own task events are on only while Flower asks for them
         send_job_event(self._app, "task-succeeded", outcome.job_id,
                        result=outcome.status.value, runtime=outcome.seconds)
+
+    def told_by_claim(self, outcome: Outcome) -> Broadcast | None:
+        if not self._one_server:
+            return None
+        return job_events.event_later(self._app, _sender(self._app), "task-succeeded",
+                                      outcome.job_id, result=outcome.status.value,
+                                      runtime=outcome.seconds)
+
+    @functools.cached_property
+    def _one_server(self) -> bool:
+        """Whether the broker's PUB/SUB is the state store's: one server, one user."""
+        settings = self._app.ocr_settings
+        broker = settings.broker_target
+        return broker is not None and broker.same_server(settings.redis_target)
 
     def waits_for_replicas(self) -> bool:
         return self._app.ocr_settings.redis_target.min_replicas > 0

@@ -87,6 +87,18 @@ class ResultRecord:
     ttl: int | None
 
 
+@dataclass(frozen=True)
+class Broadcast:
+    """A PUB/SUB message as it is published: its channel and its text.
+
+    A job's ending event for monitors (Flower), made by the queue layer for the end
+    claim's step to publish with the result (tasks/state/job_control.py).
+    """
+
+    topic: str
+    message: str
+
+
 @dataclass
 class Outcome:
     """A finished job: its status and either its result or its error.

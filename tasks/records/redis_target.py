@@ -10,6 +10,7 @@ Pure data; runs in every process.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from urllib.parse import urlsplit
 
 
 @dataclass(frozen=True)
@@ -43,6 +44,25 @@ class RedisTarget:
     @property
     def is_sentinel(self) -> bool:
         return bool(self.sentinels)
+
+    def same_server(self, other: RedisTarget) -> bool:
+        """Whether `other` is this server (or Sentinels' primary) as this user, any db.
+
+        A server's PUB/SUB spans its databases: what either publishes reaches the same
+        subscribers. Told by address, so one server named two ways counts as two.
+        """
+        return self._server() == other._server()
+
+    def _server(self) -> tuple[object, ...]:
+        where: tuple[object, ...]
+        if self.sentinels:
+            where = (self.sentinels, self.master)
+        else:
+            parts = urlsplit(self.url)
+            where = (parts.scheme, parts.hostname, parts.port,
+                     parts.path if parts.scheme == "unix" else "")
+        return (where, self.username, self.password, self.tls, self.ca_file,
+                self.cert_file, self.key_file)
 
     @property
     def masked(self) -> str:

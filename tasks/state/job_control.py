@@ -18,7 +18,7 @@ from typing import Any
 import redis
 
 from tasks.errors import BadRequest
-from tasks.records.jobs import ResultRecord
+from tasks.records.jobs import Broadcast, ResultRecord
 from tasks.records.redis_target import RedisTarget
 from tasks.state import job_notices, lua
 from tasks.state.boundary import transient_methods
@@ -117,7 +117,8 @@ class JobControl:
 
     def claim_end(self, job_id: str, holder: str, record: ResultRecord | None = None, *,
                   ended: str = "", freed: Sequence[str] = (),
-                  carried: CarriedWrites | None = None) -> bool:
+                  carried: CarriedWrites | None = None,
+                  told: Broadcast | None = None) -> bool:
         """Take the right to end the job (`ocr:job:<id>:ended`); once only.
 
         The claim names its `holder` (`<host>:<pid>`) until the ending is done
@@ -125,8 +126,10 @@ class JobControl:
         With `record`, the job's result record is stored and published (for Celery
         clients blocked on its key) in the same atomic step, only when the claim is
         taken; with `ended` (the job's status) too, the ending is done in that step as
-        well, as `mark_ended(job_id, ended, freed)` does after it. The `carried` writes
-        (tasks/state/carried_writes.py) go first in the same round trip, claimed or not.
+        well, as `mark_ended(job_id, ended, freed)` does after it; with `told` (the
+        ending's event for monitors, on this server's PUB/SUB) that step publishes it
+        after the record. The `carried` writes (tasks/state/carried_writes.py) go first
+        in the same round trip, claimed or not.
         """
         pipe, names = None, []
         if carried:
@@ -139,6 +142,8 @@ class JobControl:
             keys = [job_ended_key(job_id), record.key, job_notice_key(job_id), *freed]
             args = [holder, self._ttl, record.text, record.ttl or "", ended, ENDING_DONE,
                     job_notices.FIELD, max(1, int(self._ttl))]
+            if told is not None:
+                args += [told.topic, told.message]
             answer = (_CLAIM_END(self._redis, keys, args) if pipe is None
                       else _CLAIM_END.queue(pipe, keys, args))
         if pipe is None:
@@ -340,7 +345,8 @@ return {ended, input, unpack(fields)}
 """)
 
 # The end claim (KEYS[1] := holder ARGV[1], NX, TTL ARGV[2]) with the result record
-# (KEYS[2] := ARGV[3], TTL ARGV[4], published on its key); with a status (ARGV[5]) the
+# (KEYS[2] := ARGV[3], TTL ARGV[4], published on its key, then ARGV[10] on channel
+# ARGV[9] where given: the ending's event for monitors); with a status (ARGV[5]) the
 # ending done as well: the keys KEYS[4..] freed, the claim marked done (ARGV[6]) and the
 # notice (KEYS[3], field ARGV[7], TTL ARGV[8]) written, as mark_ended does.
 _CLAIM_END = lua.Script("""
@@ -348,6 +354,7 @@ if not redis.call('SET', KEYS[1], ARGV[1], 'NX', 'EX', ARGV[2]) then return 0 en
 if ARGV[4] == '' then redis.call('SET', KEYS[2], ARGV[3])
 else redis.call('SET', KEYS[2], ARGV[3], 'EX', ARGV[4]) end
 redis.call('PUBLISH', KEYS[2], ARGV[3])
+if ARGV[9] then redis.call('PUBLISH', ARGV[9], ARGV[10]) end
 if ARGV[5] ~= '' then
   if #KEYS > 3 then redis.call('DEL', unpack(KEYS, 4)) end
   redis.call('SET', KEYS[1], ARGV[6], 'XX', 'KEEPTTL')

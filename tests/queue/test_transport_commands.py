@@ -173,7 +173,10 @@ def test_a_task_sent_event_nobody_hears_is_not_even_made(lone_redis_url: str,
 
 def test_a_jobs_event_is_the_message_celerys_dispatcher_sends(lone_redis_url: str,
                                                               r: redis.Redis) -> None:
-    """The transport's `broadcast` of a job's event: what Flower gets from Celery's path."""
+    """The transport's `broadcast` of a job's event: what Flower gets from Celery's path.
+
+    So is the one made for a job's end claim to publish (`event_later`).
+    """
     import base64
     import json
 
@@ -191,20 +194,25 @@ def test_a_jobs_event_is_the_message_celerys_dispatcher_sends(lone_redis_url: st
         job_events._broadcast(dispatcher, "task-succeeded", uuid="job-1", result="SUCCESS",
                               runtime=0.5)
         dispatcher.close()
+    later = job_events.event_later(app, "node@host", "task-succeeded", "job-1",
+                                   result="SUCCESS", runtime=0.5)
+    assert later is not None
+    r.publish(later.topic, later.message)
     got = []
     while (message := flower.get_message(timeout=1)) is not None:
         if message["type"] == "pmessage":
             got.append((message["channel"], json.loads(message["data"])))
     flower.close()
-    assert [topic for topic, _ in got] == [b"/1.celeryev/task.succeeded"] * 2
-    (_, celerys), (_, ours) = got
-    bodies = [json.loads(base64.b64decode(m.pop("body"))) for m in (celerys, ours)]
+    assert [topic for topic, _ in got] == [b"/1.celeryev/task.succeeded"] * 3
+    (_, celerys), (_, ours), (_, claims) = got
+    messages = (celerys, ours, claims)
+    bodies = [json.loads(base64.b64decode(m.pop("body"))) for m in messages]
     for body in bodies:
         assert body.pop("clock") > 0 and body.pop("timestamp") > 0
-    assert bodies[0] == bodies[1] and bodies[0]["type"] == "task-succeeded"
-    tags = [m["properties"].pop("delivery_tag") for m in (celerys, ours)]
-    assert tags[0] != tags[1]
-    assert ours == celerys
+    assert bodies[0] == bodies[1] == bodies[2] and bodies[0]["type"] == "task-succeeded"
+    tags = [m["properties"].pop("delivery_tag") for m in messages]
+    assert len(set(tags)) == 3
+    assert ours == celerys == claims
 
 
 def test_a_tasks_ending_is_published_while_its_topic_would_be_quiet(

@@ -26,7 +26,7 @@ import redis
 from tasks.errors import BadRequest, InputNotFound, TransientError
 from tasks.lifecycle.claim_holders import holder_name
 from tasks.lifecycle.job_exit import JobEnder
-from tasks.records.jobs import JobStatus, Outcome, ResultRecord
+from tasks.records.jobs import Broadcast, JobStatus, Outcome, ResultRecord
 from tasks.records.request import JobRequest
 from tasks.records.results import DocumentResult
 from tasks.settings import Settings
@@ -65,6 +65,7 @@ class StoringPorts:
     callbacks: list[str] = field(default_factory=list)
     during_keep: Callable[[], None] | None = None
     during_callback: Callable[[], None] | None = None
+    event_topic: str | None = None  # where the claim's step publishes the event
 
     def result_record(self, outcome: Outcome) -> ResultRecord | None:
         text = json.dumps({"status": "SUCCESS", "result": outcome.public()})
@@ -75,6 +76,11 @@ class StoringPorts:
 
     def tell(self, outcome: Outcome) -> None:
         self.told.append(outcome.job_id)
+
+    def told_by_claim(self, outcome: Outcome) -> Broadcast | None:
+        if self.event_topic is None:
+            return None
+        return Broadcast(self.event_topic, json.dumps({"uuid": outcome.job_id}))
 
     def waits_for_replicas(self) -> bool:
         return self.replicas
@@ -105,10 +111,11 @@ class StepFails(JobControl):
         self.runs = runs
 
     def claim_end(self, job_id: str, holder: str, record: ResultRecord | None = None, *,
-                  ended: str = "", freed: Any = (), carried: Any = None) -> bool:
+                  ended: str = "", freed: Any = (), carried: Any = None,
+                  told: Any = None) -> bool:
         if self.runs:
             super().claim_end(job_id, holder, record, ended=ended, freed=freed,
-                              carried=carried)
+                              carried=carried, told=told)
         raise TransientError("Redis went away with the claim's answer")
 
 
@@ -165,6 +172,34 @@ def test_a_plain_ending_is_one_atomic_step(store: redis.Redis) -> None:
     assert message is not None and json.loads(message["data"])["result"]["id"] == "j1"
     assert ports.told == ["warm", "j1"] and ports.published == []
     assert ports.recorded == ["warm", "j1"] and ports.kept == ["warm", "j1"]
+
+
+def messages(listener: Any, seconds: float) -> list[Any]:
+    """What `listener` heard within `seconds` (subscriptions left out)."""
+    heard, deadline = [], time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        message = listener.get_message(ignore_subscribe_messages=True, timeout=0.1)
+        if message is not None:
+            heard.append(json.loads(message["data"]))
+    return heard
+
+
+def test_the_monitors_event_is_published_by_the_claim_s_step(store: redis.Redis) -> None:
+    """Handed over by the ports, the event goes in the claim's round trip; once only."""
+    control = JobControl(store, TTL)
+    ports = StoringPorts(event_topic="/0.celeryev/task.succeeded")
+    ender = JobEnder(control, DocumentJoin(store, TTL), ports)
+    listener = store.pubsub()
+    listener.subscribe("/0.celeryev/task.succeeded")
+    ender.end(outcome_for("warm"))
+    ended, trips = round_trips(lambda: ender.end(outcome_for("e1")))
+    assert ended and trips == 1
+    assert not ender.end(outcome_for("e1"))  # ended already: no second event
+    ended, _ = round_trips(lambda: ender.end(outcome_for("e2", callback_task="x.done")))
+    heard = messages(listener, 1.0)
+    listener.close()
+    assert heard == [{"uuid": "warm"}, {"uuid": "e1"}, {"uuid": "e2"}]
+    assert ports.told == [] and ports.callbacks == ["x.done"]
 
 
 def test_a_second_ender_stores_nothing(store: redis.Redis) -> None:

@@ -35,6 +35,21 @@ def test_a_direct_url_is_its_own_target() -> None:
     assert target.masked == "redis://u:***@10.0.0.1:6380/3"
 
 
+@pytest.mark.parametrize(("broker", "same"), [
+    ("redis://u:pw@10.0.0.1:6380/5", True),  # another db: one server's PUB/SUB
+    ("redis://u:pw@10.0.0.1:6380", True),
+    ("redis://u:pw@10.0.0.1:6381/3", False),
+    ("redis://v:pw@10.0.0.1:6380/3", False),  # another user: maybe other rights
+    ("rediss://u:pw@10.0.0.1:6380/3", False),
+    ("sentinel://u:pw@10.0.0.1:6380/3", False),
+])
+def test_one_server_is_told_whatever_its_db(broker: str, same: bool) -> None:
+    settings = Settings.from_env({"REDIS_URL": "redis://u:pw@10.0.0.1:6380/3",
+                                  "BROKER_URL": broker})
+    assert settings.broker_target is not None
+    assert settings.broker_target.same_server(settings.redis_target) is same
+
+
 def test_a_sentinel_url_names_every_sentinel_and_the_primary() -> None:
     env = {"REDIS_URL": "sentinel://:pw@s1:26379;sentinel://s2;sentinel://s3:26380/2",
            "OCR_REDIS_SENTINEL_MASTER": "ocr", "OCR_REDIS_SENTINEL_PASSWORD": "spw"}
