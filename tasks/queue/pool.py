@@ -14,8 +14,9 @@ Selected by `worker_pool` in `celery_config()` (tasks/queue/celery_config.py).
 the initializer and before the child's work loop reads `maxtasks` and
 `max_memory_per_child`.
 
-A recycled child's replacement starts within `MAINTAIN_EVERY` s of its exit, also where
-Celery misses the exit (its sentinel closed before the child could be reaped).
+A recycled child's replacement starts as it exits, also where Celery misses the exit
+(its sentinel closed before the child could be reaped: the pool looks again every
+`REAP_EVERY` s), and within `MAINTAIN_EVERY` s in any case.
 
 `warm_before_fork` runs in the worker parent as its pool starts (`TaskPool.on_start`),
 before the pool forks its children: what each child
@@ -164,10 +165,13 @@ class ResumingResultHandler(asynpool.ResultHandler):
 
 # Seconds between the pool's own checks for exited children (Celery's: 5). A recycled
 # child's exit is seen at once through its process sentinel, unless the sentinel closes
-# before the kernel lets the child be reaped: then only this check starts its
-# replacement (celery/celery#9588), and a task written to the child just before it
-# exited waits for it. Each check is a `waitpid` per child.
+# before the kernel lets the child be reaped (celery/celery#9588): the pool then looks
+# for that child's exit again every REAP_EVERY s, up to REAP_LOOKS times (a loaded
+# machine may take some milliseconds to finish an exit), and this check is the last
+# resort. Each look is one `waitpid`.
 MAINTAIN_EVERY = 0.25
+REAP_EVERY = 0.002
+REAP_LOOKS = 50
 
 
 class GrowthAsynPool(asynpool.AsynPool):
@@ -181,6 +185,23 @@ class GrowthAsynPool(asynpool.AsynPool):
     def register_with_event_loop(self, hub: Any) -> None:
         super().register_with_event_loop(hub)
         self._result_handler.resume_reads(hub)
+
+    def _event_process_exit(self, hub: Any, proc: Any) -> None:
+        """A child's sentinel closed: replace it, at once or as soon as it can be reaped.
+
+        Celery's handler looks once; a child not reapable yet stays in the pool.
+        """
+        super()._event_process_exit(hub, proc)
+        if proc in self._pool:
+            hub.call_later(REAP_EVERY, self._look_for_exit, hub, proc, REAP_LOOKS - 1)
+
+    def _look_for_exit(self, hub: Any, proc: Any, looks_left: int) -> None:
+        if proc not in self._pool:
+            return  # replaced meanwhile (MAINTAIN_EVERY's check)
+        if proc.exitcode is not None:
+            self.maintain_pool()
+        elif looks_left > 0:
+            hub.call_later(REAP_EVERY, self._look_for_exit, hub, proc, looks_left - 1)
 
 
 class TaskPool(prefork.TaskPool):

@@ -5,7 +5,8 @@ closes before the kernel lets the child be reaped, only the pool's periodic chec
 starts it (celery/celery#9588), every 5 s in Celery: a task written to the child just
 before it exited waited that long (the null-engine ceiling of bench/queue_cost.py lost
 3-4 s in about one round of four; bench/README.md). The worker's pool checks every
-`MAINTAIN_EVERY` s.
+`MAINTAIN_EVERY` s, and looks for a child whose sentinel closed before it could be
+reaped every `REAP_EVERY` s until it can be (fakes of the loop and the children).
 
 A replacement's start and first page load nothing the worker parent could have loaded
 before it forked (`warm_before_fork`): checked in a fresh interpreter, which forks
@@ -28,6 +29,7 @@ import subprocess
 import sys
 import textwrap
 from types import SimpleNamespace
+from typing import Any
 
 import pytest
 from billiard import pool as billiard_pool
@@ -38,6 +40,8 @@ from tasks.queue.pool import (
     EXIT_PATIENCE,
     EXIT_POLL,
     MAINTAIN_EVERY,
+    REAP_EVERY,
+    REAP_LOOKS,
     TASKS_STAGGER,
     GrowthAsynPool,
     GrowthWorker,
@@ -54,6 +58,62 @@ def test_the_pool_checks_for_exited_children_every_quarter_second() -> None:
                for fun, every in asynpool.AsynPool.timers.fget(pool).items()}
     assert ours["maintain_pool"] == MAINTAIN_EVERY <= 0.25 < celerys["maintain_pool"]
     assert set(ours) == set(celerys)  # Celery's other timers kept
+
+
+class LoopHub:
+    """Fake of Celery's event loop: what the pool asks it to call later, not called."""
+
+    def __init__(self) -> None:
+        self.later: list[tuple[float, Any, tuple[Any, ...]]] = []
+
+    def call_later(self, delay: float, fun: Any, *args: Any) -> None:
+        self.later.append((delay, fun, args))
+
+    def remove(self, fd: int) -> None:
+        pass
+
+
+def test_a_child_not_reapable_when_its_sentinel_closes_is_looked_for_again() -> None:
+    """Replaced as soon as the kernel lets it be reaped, not at the next periodic check."""
+    pool = object.__new__(GrowthAsynPool)
+    child = SimpleNamespace(exitcode=None, _sentinel_poll=None)
+    pool._pool = [child]
+    maintained: list[int] = []
+
+    def maintain_pool() -> None:  # billiard's: reaps (and replaces) the exited children
+        maintained.append(len(pool._pool))
+        pool._pool = [p for p in pool._pool if p.exitcode is None]
+
+    pool.maintain_pool = maintain_pool  # type: ignore[method-assign]
+    hub = LoopHub()
+    pool._event_process_exit(hub, child)  # Celery's look: the child is still exiting
+    assert maintained == [1] and pool._pool == [child]
+    for _ in range(3):
+        delay, look, args = hub.later.pop()
+        assert delay == REAP_EVERY and not hub.later
+        look(*args)
+    assert maintained == [1]  # each look found it exiting: no replacement yet
+    child.exitcode = 0
+    hub.later.pop()[1](*args)
+    assert maintained == [1, 1] and pool._pool == [] and not hub.later
+    pool._pool = [child]
+    hub.later.clear()
+    child.exitcode = None
+    pool._event_process_exit(hub, child)
+    for _ in range(REAP_LOOKS):  # looked for REAP_LOOKS times in all
+        delay, look, args = hub.later.pop()
+        look(*args)
+    assert not hub.later  # then the periodic check is left to find it
+
+
+def test_a_child_reaped_at_its_sentinel_is_not_looked_for() -> None:
+    pool = object.__new__(GrowthAsynPool)
+    child = SimpleNamespace(exitcode=0, _sentinel_poll=None)
+    pool._pool = [child]
+    pool.maintain_pool = lambda: setattr(pool, "_pool", [])  # type: ignore[method-assign]
+    hub = LoopHub()
+    pool._event_process_exit(hub, child)
+    assert pool._pool == [] and not hub.later
 
 
 # What a pool child does at its start and its first page that loads modules lazily:
