@@ -23,6 +23,9 @@ PREVIEW_BUDGET = 150 * 1024  # bytes a page's preview aims at
 # budget. Most scans fit at the first; the corpus's densest page (scan_linn, 8-point
 # type on textured paper) at the third.
 PREVIEW_STEPS = ((60, False), (40, False), (40, True), (25, True))
+# libwebp's effort (0-6). On the corpus's pages at 1,600 pixels, 2 against Pillow's 4:
+# a page's WebP encoded in 37-67 ms against 100-160, files 2-5 % larger (bench/README.md).
+WEBP_METHOD = 2
 MIN_WIDTH = MIN_PREVIEW_WIDTH
 MEDIA_TYPE = PREVIEW_MEDIA_TYPE
 
@@ -64,7 +67,7 @@ def _webp(image: Image.Image, quality: int = PREVIEW_STEPS[0][0]) -> bytes:
         "RGBA" if "A" in image.getbands() else "RGB")
     out = io.BytesIO()
     try:
-        converted.save(out, "WEBP", quality=quality, method=4)
+        converted.save(out, "WEBP", quality=quality, method=WEBP_METHOD)
     finally:
         if converted is not image:
             converted.close()
