@@ -99,12 +99,18 @@ def encode(record: Any) -> dict[str, Any]:
     return out
 
 
+# Values that are their own JSON (most of a record's fields): told by their exact type.
+_PLAIN_TYPES = frozenset((str, int, float, bool, type(None)))
+
+
 def _encode(value: Any) -> Any:
+    if type(value) in _PLAIN_TYPES:
+        return value
     if isinstance(value, JsonRecord):
         return value.to_json()
     if isinstance(value, enum.Enum):
         return value.value
-    if isinstance(value, tuple | list):
+    if isinstance(value, (tuple, list)):
         return [_encode(v) for v in value]
     if isinstance(value, dict):
         return {k: _encode(v) for k, v in value.items()}
