@@ -145,7 +145,8 @@ def test_progress_in_backend_and_as_flower_events(worker: Worker, client: OcrCli
     def listen() -> None:
         with client.app.connection() as conn:
             receiver = client.app.events.Receiver(
-                conn, handlers={"task-progress": events.append})
+                conn, handlers={"task-progress": events.append,
+                                "task-succeeded": events.append})
             receivers.append(receiver)
             ready.set()
             receiver.capture(limit=None, timeout=60, wakeup=True)
@@ -159,15 +160,23 @@ def test_progress_in_backend_and_as_flower_events(worker: Worker, client: OcrCli
     seen: list[JobProgress] = []
     job = client.submit(corpus("scan_vicksburg_ocrlayer_6p.pdf"), mode="ocr")
     result = client.wait([job], timeout=180, on_progress=lambda _, s: seen.append(s))[job]
+    deadline = time.monotonic() + 10  # its ending's event went out before its notice
+    while time.monotonic() < deadline and not any(
+            e["uuid"] == job and e["type"] == "task-succeeded" for e in list(events)):
+        time.sleep(0.1)
     receivers[0].should_stop = True
     listener.join(10)
     assert result["status"] == "SUCCESS"
     running = [s for s in seen if s.state == "PROGRESS"]
     assert running and all(s.total == 6 and 0 <= s.done <= 6 for s in running)
     assert any(s.done < 6 for s in running)
-    mine = [e for e in events if e["uuid"] == job]
+    mine = [e for e in events if e["uuid"] == job and e["type"] == "task-progress"]
     assert mine and {e["total"] for e in mine} == {6}
     assert max(e["done"] for e in mine) == 6
+    # its ending, published by the end claim's own step (one server: broker and state)
+    ended = [e for e in events if e["uuid"] == job and e["type"] == "task-succeeded"]
+    assert [e["result"] for e in ended] == ["SUCCESS"]
+    assert ended[0]["hostname"] == mine[0]["hostname"]
 
 
 def test_searchable_pdf_output(worker: Worker, client: OcrClient) -> None:
