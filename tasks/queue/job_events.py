@@ -26,7 +26,8 @@ from tasks.records.jobs import Broadcast
 from tasks.state.boundary import PUBLISH_ERRORS
 
 log = logging.getLogger(__name__)
-_dispatchers: dict[tuple[int, int, int, str | None], Any] = {}
+_Key = tuple[int, int, int, str | None]  # process, thread, app, node name: `_key`
+_dispatchers: dict[_Key, Any] = {}
 _errors: dict[tuple[int, int], tuple[type[BaseException], ...]] = {}
 
 
@@ -37,16 +38,12 @@ def send_event(app: Any, hostname: str | None, event: str, job_id: str,
     A kept dispatcher whose connection the broker dropped meanwhile (an idle AMQP
     connection, a Redis restart) is replaced and the event sent once more on a new one.
     """
-    key = (os.getpid(), threading.get_ident(), id(app), hostname)
+    key = _key(app, hostname)
     errors = _broker_errors(app)
-    for kept in (True, False):
+    for _ in range(2):
+        kept = key in _dispatchers
         try:
-            dispatcher = _dispatchers.get(key)
-            if dispatcher is None:
-                kept = False
-                dispatcher = _dispatchers[key] = app.events.Dispatcher(
-                    app.connection_for_write(), hostname=hostname,
-                    buffer_while_offline=False)
+            dispatcher = _dispatcher(app, key)
             if app.ocr_settings.broker_is_amqp:
                 dispatcher.send(event, uuid=job_id, **fields)
             else:  # the transport's own broadcast: the same message, fewer steps
@@ -70,22 +67,31 @@ def event_later(app: Any, hostname: str | None, event: str, job_id: str,
     """
     if app.ocr_settings.broker_is_amqp:
         return None
-    key = (os.getpid(), threading.get_ident(), id(app), hostname)
+    key = _key(app, hostname)
     errors = _broker_errors(app)
     try:
-        dispatcher = _dispatchers.get(key)
-        if dispatcher is None:
-            dispatcher = _dispatchers[key] = app.events.Dispatcher(
-                app.connection_for_write(), hostname=hostname, buffer_while_offline=False)
+        dispatcher = _dispatcher(app, key)
         if not dispatcher.enabled:
             return None
         return dispatcher.producer.channel.broadcast_later(
-            dispatcher.exchange.name, event.replace("-", "."),
-            _event(dispatcher, event, uuid=job_id, **fields), dispatcher.headers,
-            dispatcher.delivery_mode)
+            *_message(dispatcher, event, uuid=job_id, **fields))
     except errors:
         _drop(key, errors)
         return None
+
+
+def _key(app: Any, hostname: str | None) -> _Key:
+    """A kept dispatcher's key: this process and thread, `app`, the node it speaks for."""
+    return (os.getpid(), threading.get_ident(), id(app), hostname)
+
+
+def _dispatcher(app: Any, key: _Key) -> Any:
+    """The dispatcher kept for `key`; made, on a broker connection of its own, if none is."""
+    dispatcher = _dispatchers.get(key)
+    if dispatcher is None:
+        dispatcher = _dispatchers[key] = app.events.Dispatcher(
+            app.connection_for_write(), hostname=key[3], buffer_while_offline=False)
+    return dispatcher
 
 
 def _broadcast(dispatcher: Any, event: str, **fields: Any) -> None:
@@ -96,15 +102,18 @@ def _broadcast(dispatcher: Any, event: str, **fields: Any) -> None:
     """
     if not dispatcher.enabled:
         return
-    dispatcher.producer.channel.broadcast(dispatcher.exchange.name, event.replace("-", "."),
-                                          _event(dispatcher, event, **fields),
-                                          dispatcher.headers, dispatcher.delivery_mode)
+    dispatcher.producer.channel.broadcast(*_message(dispatcher, event, **fields))
 
 
-def _event(dispatcher: Any, event: str, **fields: Any) -> dict[str, Any]:
-    """The event Celery's dispatcher makes, its clock forwarded."""
-    return Event(event, hostname=dispatcher.hostname, utcoffset=utcoffset(),
+def _message(dispatcher: Any, event: str, **fields: Any) -> tuple[Any, ...]:
+    """A broadcast's arguments for `event`: exchange, routing key, body, headers, mode.
+
+    The body is the event Celery's dispatcher makes, its clock forwarded.
+    """
+    body = Event(event, hostname=dispatcher.hostname, utcoffset=utcoffset(),
                  pid=dispatcher.pid, clock=dispatcher.clock.forward(), **fields)
+    return (dispatcher.exchange.name, event.replace("-", "."), body, dispatcher.headers,
+            dispatcher.delivery_mode)
 
 
 def _broker_errors(app: Any) -> tuple[type[BaseException], ...]:
@@ -127,8 +136,7 @@ def _broker_errors(app: Any) -> tuple[type[BaseException], ...]:
     return errors
 
 
-def _drop(key: tuple[int, int, int, str | None], errors: tuple[type[BaseException], ...]
-          ) -> None:
+def _drop(key: _Key, errors: tuple[type[BaseException], ...]) -> None:
     dropped = _dispatchers.pop(key, None)
     if dropped is not None:
         try:

@@ -61,6 +61,11 @@ def _sender(app: Any) -> str | None:
     return task.request.hostname if task is not None else _node_name
 
 
+def _succeeded(outcome: Outcome) -> dict[str, Any]:
+    """The fields of an ended job's `task-succeeded` event (Flower's result and runtime)."""
+    return {"result": outcome.status.value, "runtime": outcome.seconds}
+
+
 def report_progress(app: Any, job_id: str, done: int, total: int) -> None:
     """Progress in the result backend (for clients) and as an event (for Flower).
 
@@ -150,15 +155,13 @@ class CeleryPorts:
 
     def tell(self, outcome: Outcome) -> None:
         # always: the worker's own task events are on only while Flower asks for them
-        send_job_event(self._app, "task-succeeded", outcome.job_id,
-                       result=outcome.status.value, runtime=outcome.seconds)
+        send_job_event(self._app, "task-succeeded", outcome.job_id, **_succeeded(outcome))
 
     def told_by_claim(self, outcome: Outcome) -> Broadcast | None:
         if not self._one_server:
             return None
         return job_events.event_later(self._app, _sender(self._app), "task-succeeded",
-                                      outcome.job_id, result=outcome.status.value,
-                                      runtime=outcome.seconds)
+                                      outcome.job_id, **_succeeded(outcome))
 
     @functools.cached_property
     def _one_server(self) -> bool:
