@@ -165,10 +165,10 @@ class ResumingResultHandler(asynpool.ResultHandler):
 
 # Seconds between the pool's own checks for exited children (Celery's: 5). A recycled
 # child's exit is seen at once through its process sentinel, unless the sentinel closes
-# before the kernel lets the child be reaped (celery/celery#9588): the pool then looks
-# for that child's exit again every REAP_EVERY s, up to REAP_LOOKS times (a loaded
-# machine may take some milliseconds to finish an exit), and this check is the last
-# resort. Each look is one `waitpid`.
+# before the kernel lets the child be reaped (Celery's handler looks once, then leaves
+# the child to this check): the pool then looks for that child's exit again every
+# REAP_EVERY s, up to REAP_LOOKS times (a loaded machine may take some milliseconds to
+# finish an exit), and this check is the last resort. Each look is one `waitpid`.
 MAINTAIN_EVERY = 0.25
 REAP_EVERY = 0.002
 REAP_LOOKS = 50
