@@ -24,6 +24,9 @@ would otherwise load afresh at its start is loaded once there and inherited, so 
 recycled child's replacement reads its first page as fast as its last. A retiring
 child exits within milliseconds of its last task (`quick_exit_poll`).
 
+A job written to a child as the broker connection closes is kept (`flush`): its
+result acknowledges its message.
+
 The pool also keeps a child's result that the worker parent was reading when its broker
 connection was lost (`ResumingResultHandler`): Celery's event loop drops every reader
 at the loss, the half-read result's among them, and a fresh read of that pipe would
@@ -185,6 +188,22 @@ class GrowthAsynPool(asynpool.AsynPool):
     def register_with_event_loop(self, hub: Any) -> None:
         super().register_with_event_loop(hub)
         self._result_handler.resume_reads(hub)
+
+    def flush(self) -> None:
+        """The broker connection closes (a warm shutdown or a lost connection).
+
+        Celery forgets every job whose acceptance the parent has not read, and the
+        broker gives it again. A job already written to a child, in whole or in part,
+        runs there all the same (`_write_to` is set as its writing begins): it stays
+        in the cache, so that its acceptance and result are read (at the latest as the
+        pool stops) and its message is acknowledged, not run a second time.
+        """
+        given = {key: job for key, job in self._cache.items()
+                 if not job._accepted and job._write_to is not None}
+        super().flush()
+        for key, job in given.items():
+            if job._write_to._is_alive():
+                self._cache.setdefault(key, job)
 
     def _event_process_exit(self, hub: Any, proc: Any) -> None:
         """A child's sentinel closed: replace it, at once or as soon as it can be reaped.

@@ -104,6 +104,42 @@ def test_warm_shutdown_requeues_unstarted_jobs(start_worker: Callable[..., Worke
     assert [results[j]["status"] for j in jobs] == ["SUCCESS"] * 4
 
 
+def test_a_job_given_to_a_child_as_the_worker_stops_runs_once(
+        start_worker: Callable[..., Worker], client: OcrClient) -> None:
+    """A job written to a child whose acceptance the parent has not read yet runs once.
+
+    The child is held (SIGSTOP) so that the job waits in its pipe while the warm
+    shutdown begins; let go, it runs the job. Its message is acknowledged, not put
+    back on its queue for the next worker to run again.
+    """
+    env = {**FAKE, "OCR_CONCURRENCY": "1", "FAKE_PAGE_SECONDS": "0.2",
+           "OCR_QUEUES": "given"}
+    first = start_worker(**env)
+    [child] = children(first)
+    child.suspend()
+    try:
+        job = client.app.send_task("ocr.document", queue="given",
+                                   kwargs={"blob": client._blobs.put(png(70))}).id
+        first.wait_until(lambda: f"[{job}] received" in first.log(), 30, "received")
+        time.sleep(0.5)  # the parent writes the job to the child's pipe
+        assert first.proc is not None
+        first.proc.send_signal(signal.SIGTERM)
+        first.wait_until(lambda: "Warm shutdown" in first.log(), 30, "warm shutdown")
+        time.sleep(0.5)
+    finally:
+        child.resume()
+    first.proc.wait(60)
+    assert client.status(job).state == "SUCCESS"
+    with client.app.connection_for_write() as conn:
+        left = conn.default_channel.queue_declare("given").message_count
+    second = start_worker(**env)
+    after = client.app.send_task("ocr.document", queue="given",
+                                 kwargs={"blob": client._blobs.put(png(71))}).id
+    assert client.wait([after], timeout=60)[after]["status"] == "SUCCESS"
+    delivered = (first.log() + second.log()).count(f"ocr.document[{job}] received")
+    assert (left, delivered) == (0, 1), second.log()[-3000:]
+
+
 def test_redis_restart_loses_no_job(aof_redis: RedisServer,
                                     tmp_path_factory: pytest.TempPathFactory) -> None:
     url = aof_redis.url(0)
