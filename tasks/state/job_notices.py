@@ -27,6 +27,11 @@ FIELD = "status"
 # XREAD BLOCK takes milliseconds; a read never blocks longer than the connection's
 # socket timeout allows (tasks/state/connection.py: 30 s).
 LONGEST_BLOCK = 20.0
+# Packed stream names an `EndingWatch` keeps beyond twice its current look's (those of
+# jobs whose watchers gave up before they ended).
+KEPT_NAMES = 1024
+_FROM_START = b"$1\r\n0\r\n"  # an XREAD's id for a stream: all its entries
+_NOTICE_HEAD, _NOTICE_TAIL = job_notice_key("\0").split("\0")
 
 
 def announce(pipe: Any, job_id: str, status: str, ttl: int) -> Any:
@@ -42,10 +47,17 @@ def announce(pipe: Any, job_id: str, status: str, ttl: int) -> Any:
 
 
 class EndingWatch:
-    """Which of some jobs have ended, read from their notices (one XREAD per look)."""
+    """Which of some jobs have ended, read from their notices (one XREAD per look).
+
+    A client waiting for hundreds of jobs looks once for each few that end, naming every
+    pending job's stream each time: redis-py's packing of those names took more of a
+    waiting client's CPU than all of its jobs' sending. So each job's stream name is
+    packed (as RESP) once and kept while the job is watched; a look joins them.
+    """
 
     def __init__(self, client: redis.Redis) -> None:
         self._redis = client
+        self._packed: dict[str, bytes] = {}  # job id -> its stream's name, packed
 
     def ended(self, job_ids: Iterable[str], block: float | None = None) -> set[str]:
         """The jobs among `job_ids` whose notice is written.
@@ -56,15 +68,50 @@ class EndingWatch:
         ids = list(dict.fromkeys(job_ids))
         if not ids:
             return set()
-        keys = {job_notice_key(job_id): job_id for job_id in ids}
         wait = None if not block or block <= 0 else max(1, int(min(block, LONGEST_BLOCK) * 1000))
-        reply = self._redis.xread(dict.fromkeys(keys, "0"), block=wait)
+        head = [b"XREAD", *((b"BLOCK", str(wait).encode()) if wait else ()), b"STREAMS"]
+        command = b"".join([b"*%d\r\n" % (len(head) + 2 * len(ids)),
+                            *(_bulk(word) for word in head),
+                            *(self._name(job_id) for job_id in ids), _FROM_START * len(ids)])
+        if len(self._packed) > 2 * len(ids) + KEPT_NAMES:  # watches that ended unanswered
+            self._packed = {job_id: self._packed[job_id] for job_id in ids}
+        reply = self._read(command)
         found: set[str] = set()
         for stream in _streams(reply):
             name = stream.decode() if isinstance(stream, bytes) else str(stream)
-            if name in keys:
-                found.add(keys[name])
+            job_id = name[len(_NOTICE_HEAD):-len(_NOTICE_TAIL)]
+            if job_id in self._packed:
+                found.add(job_id)
+                del self._packed[job_id]
         return found
+
+    def _name(self, job_id: str) -> bytes:
+        packed = self._packed.get(job_id)
+        if packed is None:
+            packed = self._packed[job_id] = _bulk(job_notice_key(job_id).encode())
+        return packed
+
+    def _read(self, command: bytes) -> Any:
+        """`command`'s reply, on a connection of the client's pool.
+
+        A read that failed (the server went away, a timeout) closes its connection, so
+        that no later command reads this one's reply.
+        """
+        pool = self._redis.connection_pool
+        connection = pool.get_connection()
+        try:
+            connection.send_packed_command([command])
+            return connection.read_response()
+        except BaseException:
+            connection.disconnect()
+            raise
+        finally:
+            pool.release(connection)
+
+
+def _bulk(word: bytes) -> bytes:
+    """`word` as a RESP bulk string."""
+    return b"$%d\r\n%s\r\n" % (len(word), word)
 
 
 def _streams(reply: Any) -> list[Any]:
