@@ -284,8 +284,12 @@ class OcrClient:
 
     def recorded_queue(self, job_id: str) -> str | None:
         """The queue a job's record names; None for a job sent without one (`send_task`)."""
-        queue = self._control.info(job_id).get("queue")
-        return str(queue) if queue else None
+        return self.recorded_queues([job_id]).get(job_id)
+
+    def recorded_queues(self, job_ids: list[str]) -> dict[str, str]:
+        """`recorded_queue` of each of `job_ids` that has one: one round trip."""
+        queues = self._control.field_of(job_ids, "queue") if job_ids else []
+        return {job_id: queue for job_id, queue in zip(job_ids, queues, strict=True) if queue}
 
     def _result(self, job_id: str, meta: dict[str, Any],
                 control: dict[str, str]) -> dict[str, Any]:

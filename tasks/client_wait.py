@@ -36,7 +36,7 @@ class Waiter(Protocol):
 
     def results(self, job_ids: list[str]) -> dict[str, dict[str, Any]]: ...
     def live_queues(self) -> dict[str, set[str]]: ...
-    def recorded_queue(self, job_id: str) -> str | None: ...
+    def recorded_queues(self, job_ids: list[str]) -> dict[str, str]: ...
     def no_worker_record(self, job_id: str, queue: str) -> dict[str, Any]: ...
     def filename(self, job_id: str) -> str: ...
 
@@ -46,6 +46,7 @@ LOOK_AGAIN: tuple[type[BaseException], ...] = (TransientError, *CONNECTION_ERROR
 # The sweep of the statuses, for a job that ended without a notice: 1 s after the
 # start, then twice as long each time, up to SWEEP_MAX s.
 FIRST_SWEEP, SWEEP_MAX = 1.0, 10.0
+SWEEP_READS = 500  # jobs whose statuses one round trip of a sweep reads
 
 
 def not_found(job_id: str) -> JobNotFound:
@@ -88,8 +89,7 @@ def wait(client: Waiter, ids: Iterable[str], on_progress: ProgressCallback | Non
             now = time.monotonic()
             looks = ((next_progress is not None and now >= next_progress)
                      or now >= next_sweep)
-            for job_id in list(pending) if looks else []:
-                status = client.states.read(job_id)
+            for job_id, status in _statuses(client, pending) if looks else ():
                 if must_exist and not status.known:
                     raise not_found(job_id)
                 if on_progress is not None:
@@ -111,8 +111,7 @@ def wait(client: Waiter, ids: Iterable[str], on_progress: ProgressCallback | Non
             live = (client.live_queues() if pending and watch
                     and time.monotonic() >= next_check else None)
             if live is not None and queue_of is None:
-                recorded = {job_id: client.recorded_queue(job_id) for job_id in pending}
-                queue_of = {job_id: queue for job_id, queue in recorded.items() if queue}
+                queue_of = client.recorded_queues(pending)
             failed = False
         except LOOK_AGAIN:
             live, failed = None, True
@@ -143,6 +142,14 @@ def wait(client: Waiter, ids: Iterable[str], on_progress: ProgressCallback | Non
             time.sleep(min(block, 0.5))
             block = 0.0
     return results
+
+
+def _statuses(client: Waiter, job_ids: list[str]) -> list[tuple[str, JobProgress]]:
+    """Each job's progress, read `SWEEP_READS` jobs a round trip."""
+    return [(job_id, status) for at in range(0, len(job_ids), SWEEP_READS)
+            for job_id, status in zip(job_ids[at:at + SWEEP_READS],
+                                      client.states.read_many(job_ids[at:at + SWEEP_READS]),
+                                      strict=True)]
 
 
 def unserved(queues: dict[str, str], live: dict[str, set[str]]) -> dict[str, str]:

@@ -78,6 +78,13 @@ class JobControl:
         raw = self._redis.hgetall(job_key(job_id))
         return {_text(k): _text(v) for k, v in raw.items()}
 
+    def field_of(self, job_ids: list[str], name: str) -> list[str | None]:
+        """Field `name` of each job's control hash, in order (None where unset): one round trip."""
+        pipe = self._redis.pipeline(transaction=False)
+        for job_id in job_ids:
+            pipe.hget(job_key(job_id), name)
+        return [None if value is None else _text(value) for value in pipe.execute()]
+
     def cancel(self, job_id: str) -> None:
         """Mark the job cancelled: in its control hash, and beside its document's meta.
 

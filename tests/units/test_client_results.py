@@ -28,12 +28,14 @@ class CountingConnection(redis.Connection):
         super().send_packed_command(command, check_health)
 
 
-def _ended(store: redis.Redis, client: Any, job_id: str, n: int) -> None:
+def _ended(store: redis.Redis, client: Any, job_id: str, n: int,
+           notice: bool = True) -> None:
     """Job `job_id` ended SUCCESS as a worker ends it: result, record, notice."""
     client.app.backend.store_result(job_id, {"id": job_id, "status": "SUCCESS",
                                              "text": f"page {n}", "pages": []}, "SUCCESS")
     store.hset(job_key(job_id), mapping={"filename": f"{n}.png", "client": "billing"})
-    store.xadd(job_notice_key(job_id), {"status": "SUCCESS"})
+    if notice:
+        store.xadd(job_notice_key(job_id), {"status": "SUCCESS"})
 
 
 def _counted(client: Any) -> None:
@@ -64,6 +66,43 @@ def test_jobs_that_ended_together_are_read_in_one_round_trip(redis_url: str) -> 
         CountingConnection.sent = 0
         assert client.result(jobs[2])["text"] == "page 2"
         assert CountingConnection.sent == 1
+    finally:
+        client.close()
+
+
+def test_jobs_that_ended_without_a_notice_are_found_by_one_sweep(redis_url: str) -> None:
+    store = redis.Redis.from_url(redis_url)
+    client = make_client(redis_url)
+    try:
+        jobs = [f"unnoticed-{n}" for n in range(30)]
+        for n, job_id in enumerate(jobs):
+            _ended(store, client, job_id, n, notice=False)
+        _counted(client)
+        CountingConnection.sent = 0
+        results = client.wait(jobs, timeout=10, watch_workers=False)
+        assert [results[job_id]["text"] for job_id in jobs] == [f"page {n}"
+                                                                for n in range(30)]
+        # the read of the notices (none: it blocks to the sweep), the sweep 1 s in (one
+        # read of the thirty statuses), then one of their results
+        assert CountingConnection.sent == 3
+    finally:
+        client.close()
+
+
+def test_jobs_whose_queue_no_worker_serves_say_so(redis_url: str) -> None:
+    store = redis.Redis.from_url(redis_url)
+    client = make_client(redis_url)
+    client.no_worker_grace = 0.5
+    try:
+        jobs = [f"unserved-{n}" for n in range(20)]
+        for job_id in jobs:
+            store.hset(job_key(job_id), mapping={"queue": "ocr-nobody", "client": "billing"})
+        store.hset(job_key(jobs[0]), "queue", "")  # a job whose record names no queue
+        results = client.wait(jobs, timeout=6)
+        assert {job_id for job_id in jobs
+                if results[job_id].get("error", {}).get("code") == "no_worker"} == set(
+            jobs[1:])
+        assert results[jobs[0]]["status"] == "TIMEOUT"
     finally:
         client.close()
 
