@@ -10,9 +10,10 @@ from __future__ import annotations
 
 from typing import Any
 
+import pytest
 import redis
 
-from tasks.client import RESULTS_READ
+from tasks.client import RESULTS_READ, OcrClient
 from tasks.state.keys import job_key, job_notice_key
 from tasks.state.stores import new_blob_key
 from tests.harness import make_client
@@ -46,15 +47,22 @@ def _counted(client: Any) -> None:
     client._redis.ping()  # connected: its handshake's commands not counted
 
 
+def _jobs_ended(store: redis.Redis, client: Any, name: str, count: int,
+                notice: bool = True) -> list[str]:
+    """`count` jobs ended (`_ended`), then the client's round trips counted from 0."""
+    jobs = [f"{name}-{n}" for n in range(count)]
+    for n, job_id in enumerate(jobs):
+        _ended(store, client, job_id, n, notice)
+    _counted(client)
+    CountingConnection.sent = 0
+    return jobs
+
+
 def test_jobs_that_ended_together_are_read_in_one_round_trip(redis_url: str) -> None:
     store = redis.Redis.from_url(redis_url)
     client = make_client(redis_url)
     try:
-        jobs = [f"batched-{n}" for n in range(5)]
-        for n, job_id in enumerate(jobs):
-            _ended(store, client, job_id, n)
-        _counted(client)
-        CountingConnection.sent = 0
+        jobs = _jobs_ended(store, client, "batched", 5)
         results = client.wait(jobs, timeout=10, watch_workers=False)
         # five endings: one read of their notices (XREAD), one of their results
         assert CountingConnection.sent == 2
@@ -70,52 +78,36 @@ def test_jobs_that_ended_together_are_read_in_one_round_trip(redis_url: str) -> 
         client.close()
 
 
-def test_jobs_that_ended_without_a_notice_are_found_by_one_sweep(redis_url: str) -> None:
-    store = redis.Redis.from_url(redis_url)
-    client = make_client(redis_url)
-    try:
-        jobs = [f"unnoticed-{n}" for n in range(30)]
-        for n, job_id in enumerate(jobs):
-            _ended(store, client, job_id, n, notice=False)
-        _counted(client)
-        CountingConnection.sent = 0
-        results = client.wait(jobs, timeout=10, watch_workers=False)
-        assert [results[job_id]["text"] for job_id in jobs] == [f"page {n}"
-                                                                for n in range(30)]
-        # the read of the notices (none: it blocks to the sweep), the sweep 1 s in (one
-        # read of the thirty statuses), then one of their results
-        assert CountingConnection.sent == 3
-    finally:
-        client.close()
+def test_jobs_that_ended_without_a_notice_are_found_by_one_sweep(redis_url: str,
+                                                                client: OcrClient) -> None:
+    jobs = _jobs_ended(redis.Redis.from_url(redis_url), client, "unnoticed", 30,
+                       notice=False)
+    results = client.wait(jobs, timeout=10, watch_workers=False)
+    assert [results[job_id]["text"] for job_id in jobs] == [f"page {n}" for n in range(30)]
+    # the read of the notices (none: it blocks to the sweep), the sweep 1 s in (one read
+    # of the thirty statuses), then one of their results
+    assert CountingConnection.sent == 3
 
 
-def test_jobs_whose_queue_no_worker_serves_say_so(redis_url: str) -> None:
+def test_jobs_whose_queue_no_worker_serves_say_so(redis_url: str, client: OcrClient,
+                                                  monkeypatch: pytest.MonkeyPatch) -> None:
     store = redis.Redis.from_url(redis_url)
-    client = make_client(redis_url)
-    client.no_worker_grace = 0.5
-    try:
-        jobs = [f"unserved-{n}" for n in range(20)]
-        for job_id in jobs:
-            store.hset(job_key(job_id), mapping={"queue": "ocr-nobody", "client": "billing"})
-        store.hset(job_key(jobs[0]), "queue", "")  # a job whose record names no queue
-        results = client.wait(jobs, timeout=6)
-        assert {job_id for job_id in jobs
-                if results[job_id].get("error", {}).get("code") == "no_worker"} == set(
-            jobs[1:])
-        assert results[jobs[0]]["status"] == "TIMEOUT"
-    finally:
-        client.close()
+    monkeypatch.setattr(client, "no_worker_grace", 0.5)
+    jobs = [f"unserved-{n}" for n in range(20)]
+    for job_id in jobs:
+        store.hset(job_key(job_id), mapping={"queue": "ocr-nobody", "client": "billing"})
+    store.hset(job_key(jobs[0]), "queue", "")  # a job whose record names no queue
+    results = client.wait(jobs, timeout=6)
+    assert {job_id for job_id in jobs
+            if results[job_id].get("error", {}).get("code") == "no_worker"} == set(jobs[1:])
+    assert results[jobs[0]]["status"] == "TIMEOUT"
 
 
 def test_a_larger_batch_is_read_in_rounds_of_results_read(redis_url: str) -> None:
     store = redis.Redis.from_url(redis_url)
     client = make_client(redis_url)
     try:
-        jobs = [f"many-{n}" for n in range(RESULTS_READ + 3)]
-        for n, job_id in enumerate(jobs):
-            _ended(store, client, job_id, n)
-        _counted(client)
-        CountingConnection.sent = 0
+        jobs = _jobs_ended(store, client, "many", RESULTS_READ + 3)
         results = client.results(jobs)
         assert CountingConnection.sent == 2
         assert [results[j]["text"] for j in jobs] == [f"page {n}" for n in range(len(jobs))]
