@@ -49,10 +49,10 @@ def announce(pipe: Any, job_id: str, status: str, ttl: int) -> Any:
 class EndingWatch:
     """Which of some jobs have ended, read from their notices (one XREAD per look).
 
-    A client waiting for hundreds of jobs looks once for each few that end, naming every
-    pending job's stream each time: redis-py's packing of those names took more of a
-    waiting client's CPU than all of its jobs' sending. So each job's stream name is
-    packed (as RESP) once and kept while the job is watched; a look joins them.
+    A client waiting for hundreds of jobs looks once for each few that end, and each
+    look names every pending job's stream: packing those names is most of a look's
+    cost. So each job's stream name is packed (as RESP) once and kept while the job is
+    watched, and a look joins them.
     """
 
     def __init__(self, client: redis.Redis) -> None:
