@@ -18,7 +18,11 @@ from typing import Any
 import redis
 from redis.exceptions import NoScriptError
 
+from tasks.errors import TransientError
+
 _BY_SHA: dict[str, Script] = {}
+# Loads of a script one call makes before it gives up (each after a NOSCRIPT answer).
+LOADS = 3
 
 
 class Script:
@@ -30,12 +34,22 @@ class Script:
         _BY_SHA[self.sha] = self
 
     def __call__(self, client: Any, keys: Sequence[Any], args: Sequence[Any]) -> Any:
-        """Run the script through `client`; loaded first where its server lacks it."""
+        """Run the script through `client`; loaded first where its server lacks it.
+
+        A server that lacks it again right after its load (a restart or a failover
+        between the two commands) has it loaded again, up to LOADS times; then the
+        call is `TransientError` (retryable), never a job's internal error.
+        """
+        for _ in range(LOADS):
+            try:
+                return client.evalsha(self.sha, len(keys), *keys, *args)
+            except NoScriptError:
+                client.script_load(self.text)
         try:
             return client.evalsha(self.sha, len(keys), *keys, *args)
-        except NoScriptError:
-            client.script_load(self.text)
-            return client.evalsha(self.sha, len(keys), *keys, *args)
+        except NoScriptError as exc:
+            raise TransientError(f"Redis lost a script as it was loaded {LOADS} times "
+                                 "(restarting or failing over); the job is retried") from exc
 
     def queue(self, pipe: Any, keys: Sequence[Any], args: Sequence[Any]) -> Any:
         """Queue the script's command in `pipe` (no transaction; run by `execute`)."""

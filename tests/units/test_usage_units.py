@@ -11,7 +11,7 @@ import json
 import pytest
 import redis
 
-from tasks.errors import BadRequest, PageQuotaExceeded
+from tasks.errors import BadRequest, PageQuotaExceeded, TransientError
 from tasks.state import lua
 from tasks.state import usage as usage_module
 from tasks.state.job_control import JobControl
@@ -81,6 +81,38 @@ def test_a_script_the_server_lost_is_loaded_again_alone_or_in_a_pipeline(
     pipe.lpush("plain", "x")  # WRONGTYPE: raised, as by pipe.execute()
     with pytest.raises(redis.ResponseError):
         lua.execute(pipe)
+
+
+class LosingRedis(redis.Redis):
+    """A real Redis client whose server loses each of its first `losses` script loads.
+
+    As a restart or failover between a SCRIPT LOAD and the EVALSHA after it does.
+    """
+
+    losses = 0
+
+    def script_load(self, script: str) -> str:
+        sha = str(super().script_load(script))
+        if self.losses:
+            self.losses -= 1
+            self.script_flush()
+        return sha
+
+
+def test_a_script_lost_again_as_it_is_loaded_is_loaded_again_then_transient(
+        own_redis_url: str) -> None:
+    client = LosingRedis.from_url(own_redis_url)
+    control = JobControl(client, 600)
+    client.script_flush()
+    client.losses = lua.LOADS - 1
+    control.remember("job-2", filename="b.png")
+    assert client.hget(job_key("job-2"), "filename") == b"b.png"
+    client.script_flush()
+    client.losses = lua.LOADS
+    with pytest.raises(TransientError) as raised:
+        control.remember("job-2", filename="c.png")
+    assert raised.value.retryable and raised.value.code == "transient"
+    assert client.hget(job_key("job-2"), "filename") == b"b.png"
 
 
 def test_a_workers_check_reads_the_caps_again_before_it_refuses(
