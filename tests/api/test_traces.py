@@ -128,12 +128,16 @@ def test_one_trace_from_the_request_to_the_inference_server_and_the_callback(
     lines = eventually(logged, 30, f"the ocr.job line of {job}")
     assert [r["trace_id"] for r in lines] == [TRACE_ID]
 
-    # Every span ends up at the collector (each process exports on its own schedule).
+    # Every span ends up at the collector (each process exports on its own schedule:
+    # a span's parent may come after it).
     def whole() -> list[ReceivedSpan] | None:
         spans = collector.trace(TRACE_ID)
         names = [s.name for s in spans]
+        ids = {s.span_id for s in spans}
         return spans if ("ocr.callback" in names and names.count("ocr.read") == 3
-                         and names.count("run/ocr.pdf_page") == 3) else None
+                         and names.count("run/ocr.pdf_page") == 3
+                         and all(s.parent in ids or s.parent == CALLER_SPAN
+                                 for s in spans)) else None
 
     spans = eventually(whole, 60, lambda: str(sorted(
         (s.service, s.name) for s in collector.trace(TRACE_ID))))
