@@ -121,7 +121,7 @@ def test_a_job_given_to_a_child_as_the_worker_stops_runs_once(
         job = client.app.send_task("ocr.document", queue="given",
                                    kwargs={"blob": client._blobs.put(png(70))}).id
         first.wait_until(lambda: f"[{job}] received" in first.log(), 30, "received")
-        time.sleep(0.5)  # the parent writes the job to the child's pipe
+        time.sleep(1.5)  # the parent writes the job to the child's pipe (at once: a margin)
         assert first.proc is not None
         first.proc.send_signal(signal.SIGTERM)
         first.wait_until(lambda: "Warm shutdown" in first.log(), 30, "warm shutdown")
