@@ -4,13 +4,16 @@ Runs in the worker parent (tasks/broker/fetching.py). A worker's fetch names the
 keys and lane arguments at every poll (tasks/broker/lanes.py, `fetch_parts`); only the
 time, the flags, the delivery tag and the acknowledgements change. redis-py's packer
 encodes every argument of a command each time it is sent; here the RESP form of the
-repeated parts is kept and the command goes out whole with `send_packed_command`.
+repeated parts is kept (tasks/state/resp.py) and the command goes out whole with
+`send_packed_command`.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 from typing import Any
+
+from tasks.state.resp import resp
 
 
 class FetchBytes:
@@ -30,11 +33,3 @@ class FetchBytes:
         return b"".join((b"*%d\r\n" % count, self._head, resp(encoder, (now,)), self._lanes,
                          resp(encoder, tail)))
 
-
-def resp(encoder: Any, args: Sequence[Any]) -> bytes:
-    """The RESP bulk strings of `args`, each encoded as redis-py's `encoder` does."""
-    out = []
-    for arg in args:
-        data = encoder.encode(arg)
-        out.append(b"$%d\r\n%b\r\n" % (len(data), data))
-    return b"".join(out)

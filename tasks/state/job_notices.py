@@ -20,6 +20,7 @@ from typing import Any
 import redis
 
 from tasks.state.keys import job_notice_key
+from tasks.state.resp import resp
 
 # The entry's one field: the ending's status (`SUCCESS`, `FAILURE`, ...), for a reader
 # that wants it without reading the result.
@@ -30,7 +31,6 @@ LONGEST_BLOCK = 20.0
 # Packed stream names an `EndingWatch` keeps beyond twice its current look's (those of
 # jobs whose watchers gave up before they ended).
 KEPT_NAMES = 1024
-_FROM_START = b"$1\r\n0\r\n"  # an XREAD's id for a stream: all its entries
 _NOTICE_HEAD, _NOTICE_TAIL = job_notice_key("\0").split("\0")
 
 
@@ -57,6 +57,7 @@ class EndingWatch:
 
     def __init__(self, client: redis.Redis) -> None:
         self._redis = client
+        self._encoder = client.connection_pool.get_encoder()
         self._packed: dict[str, bytes] = {}  # job id -> its stream's name, packed
 
     def ended(self, job_ids: Iterable[str], block: float | None = None) -> set[str]:
@@ -69,10 +70,10 @@ class EndingWatch:
         if not ids:
             return set()
         wait = None if not block or block <= 0 else max(1, int(min(block, LONGEST_BLOCK) * 1000))
-        head = [b"XREAD", *((b"BLOCK", str(wait).encode()) if wait else ()), b"STREAMS"]
-        command = b"".join([b"*%d\r\n" % (len(head) + 2 * len(ids)),
-                            *(_bulk(word) for word in head),
-                            *(self._name(job_id) for job_id in ids), _FROM_START * len(ids)])
+        head = ["XREAD", *(("BLOCK", wait) if wait else ()), "STREAMS"]
+        command = b"".join([b"*%d\r\n" % (len(head) + 2 * len(ids)), resp(self._encoder, head),
+                            *(self._name(job_id) for job_id in ids),
+                            resp(self._encoder, ("0",)) * len(ids)])  # each stream from its start
         if len(self._packed) > 2 * len(ids) + KEPT_NAMES:  # watches that ended unanswered
             self._packed = {job_id: self._packed[job_id] for job_id in ids}
         reply = self._read(command)
@@ -88,7 +89,7 @@ class EndingWatch:
     def _name(self, job_id: str) -> bytes:
         packed = self._packed.get(job_id)
         if packed is None:
-            packed = self._packed[job_id] = _bulk(job_notice_key(job_id).encode())
+            packed = self._packed[job_id] = resp(self._encoder, (job_notice_key(job_id),))
         return packed
 
     def _read(self, command: bytes) -> Any:
@@ -107,11 +108,6 @@ class EndingWatch:
             raise
         finally:
             pool.release(connection)
-
-
-def _bulk(word: bytes) -> bytes:
-    """`word` as a RESP bulk string."""
-    return b"$%d\r\n%s\r\n" % (len(word), word)
 
 
 def _streams(reply: Any) -> list[Any]:
