@@ -146,10 +146,11 @@ def wait(client: Waiter, ids: Iterable[str], on_progress: ProgressCallback | Non
 
 def _statuses(client: Waiter, job_ids: list[str]) -> list[tuple[str, JobProgress]]:
     """Each job's progress, read `SWEEP_READS` jobs a round trip."""
-    return [(job_id, status) for at in range(0, len(job_ids), SWEEP_READS)
-            for job_id, status in zip(job_ids[at:at + SWEEP_READS],
-                                      client.states.read_many(job_ids[at:at + SWEEP_READS]),
-                                      strict=True)]
+    statuses: list[tuple[str, JobProgress]] = []
+    for first in range(0, len(job_ids), SWEEP_READS):
+        some = job_ids[first:first + SWEEP_READS]
+        statuses.extend(zip(some, client.states.read_many(some), strict=True))
+    return statuses
 
 
 def unserved(queues: dict[str, str], live: dict[str, set[str]]) -> dict[str, str]:
