@@ -11,6 +11,8 @@ bench/README.md what a job still costs.
 from __future__ import annotations
 
 import json
+import os
+import signal
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -135,10 +137,12 @@ def test_a_burst_s_acknowledgements_ride_on_the_fetches(worker: Worker, redis_ur
     carried: list[str] = []
     held: list[str] = []
     others: list[str] = []
-    stop = threading.Event()
+    marker = f"burst-seen-{os.getpid()}"
+    watching = threading.Event()
 
     def watch() -> None:
         with store.monitor() as monitor:
+            watching.set()  # MONITOR answered: every later command is seen
             for seen in monitor.listen():
                 words = seen["command"].split()
                 if words[:2] == ["HDEL", HELD_KEY]:
@@ -149,7 +153,7 @@ def test_a_burst_s_acknowledgements_ride_on_the_fetches(worker: Worker, redis_ur
                         words[0] not in ("HGET", "HKEYS", "HGETALL", "EXISTS", "ZRANGE",
                                          "SET", "HLEN"):  # reads; the sweep's lock
                     others.append(seen["command"])
-                if stop.is_set():
+                if words == ["ECHO", marker]:  # every command before it was seen
                     return
 
     # the module's earlier jobs acknowledged first: an acknowledgement that rides on a
@@ -157,17 +161,25 @@ def test_a_burst_s_acknowledgements_ride_on_the_fetches(worker: Worker, redis_ur
     eventually(lambda: store.hlen(HELD_KEY) == 0 or None, 15, "earlier records acknowledged")
     watcher = threading.Thread(target=watch, daemon=True)
     watcher.start()
-    time.sleep(0.3)
+    assert watching.wait(10)
     client = make_client(redis_url)
+    assert worker.proc is not None
     try:
-        jobs = [client.submit(png(80 + n), filename=f"{n}.png") for n in range(20)]
+        # The worker parent is held while the 20 are sent, so that they wait as one
+        # burst: on a loaded machine a slowed sender would otherwise feed an idle worker
+        # one job at a time, each acknowledged alone as the worker waits for the next.
+        os.kill(worker.proc.pid, signal.SIGSTOP)
+        try:
+            jobs = [client.submit(png(80 + n), filename=f"{n}.png") for n in range(20)]
+        finally:
+            os.kill(worker.proc.pid, signal.SIGCONT)
         assert {r["status"] for r in client.wait(jobs, timeout=60).values()} == {"SUCCESS"}
     finally:
         client.close()
     eventually(lambda: store.hlen(HELD_KEY) == 0 or None, 15, "every record acknowledged")
-    stop.set()
-    store.ping()  # a command for the monitor to see, so that it stops
+    store.echo(marker)  # the last command the monitor reads
     watcher.join(10)
+    assert not watcher.is_alive()
     assert not store.exists(UNACKED_KEY, UNACKED_INDEX_KEY, HOLDERS_KEY)
     assert len(set(alone) | set(carried)) >= 20, (alone, carried)
     assert len(carried) > len(alone), (len(carried), len(alone))
