@@ -241,16 +241,14 @@ class Ride:
         """Raise the first error among the publishes' `answers` (the whole pipeline's).
 
         A script the server lacked (NOSCRIPT: a restart, a failover) is loaded and run
-        through `client`, after the pipeline's other commands; lacked again right after
-        its load, `TransientError`.
+        through `client`, after the pipeline's other commands; lacked again after its
+        loads (`scripts.run_loaded`), `TransientError`.
         """
         for place in range(self.first, len(answers)):
             answer = answers[place]
             if isinstance(answer, redis.exceptions.NoScriptError) and place in self._scripts:
-                command = scripts.keyed(client, self._scripts[place])
-                scripts.reload(client, command)
                 try:
-                    answer = client.execute_command(*command)
+                    answer = scripts.run_loaded(client, self._scripts[place])
                 except redis.exceptions.NoScriptError as exc:  # lost again as it loaded
                     raise TransientError("Redis lost the push script as it was loaded "
                                          "(restarting or failing over)") from exc

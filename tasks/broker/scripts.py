@@ -5,8 +5,9 @@ the worker parent: the fetch, the holders' sweep; queue_declare's count). Each s
 is a `Script`: its command is `EVALSHA <sha> ...`. A process loads it (`SCRIPT LOAD`)
 before its first run on each connection pool (`run`; the fetch, sent raw, on NOSCRIPT
 only); a server that does not know it (a restart, a failover to a replica that never
-ran it) answers NOSCRIPT, and the caller loads it and sends the command again. A script run
-inside a transaction (kombu's restore) is loaded in the same MULTI, just before it.
+ran it) answers NOSCRIPT, and the caller loads it and sends the command again (up to
+`LOADS` times while the server loses it again as it loads). A script run inside a
+transaction (kombu's restore) is loaded in the same MULTI, just before it.
 
 kombu's client with a global key prefix prefixes the first key of an EVALSHA itself
 (`keyed`); a command sent raw on a connection (the fetch) is not prefixed.
@@ -22,6 +23,9 @@ from redis.exceptions import NoScriptError
 
 _BY_SHA: dict[str, Script] = {}
 _LOADED: set[tuple[int, str]] = set()  # (connection pool, sha) this process loaded
+# Loads of a script one run makes after NOSCRIPT answers before the answer is raised (a
+# server restarting or failing over can lose a script again right after its load).
+LOADS = 3
 
 
 class Script:
@@ -66,8 +70,24 @@ def run(client: Any, command: list[Any]) -> Any:
     try:
         return client.execute_command(*command)
     except NoScriptError:
+        return run_loaded(client, command)
+
+
+def run_loaded(client: Any, command: list[Any]) -> Any:
+    """Load the script of `command` (its server answered NOSCRIPT), then send it again.
+
+    Up to LOADS times while the server lacks it again right after its load; then that
+    NoScriptError is raised.
+    """
+    command = keyed(client, command)
+    for _ in range(LOADS - 1):
         reload(client, command)
-        return client.execute_command(*command)
+        try:
+            return client.execute_command(*command)
+        except NoScriptError:
+            continue
+    reload(client, command)
+    return client.execute_command(*command)
 
 
 def queue(pipe: Any, command: list[Any]) -> None:

@@ -6,7 +6,8 @@ record and index entries, then the transport's push of its message
 (`PublishingChannel.riding`, tasks/broker/publishing.py), in one MULTI; a push script
 the server lost is loaded and sent after the records; a record refused as the message
 went in withdraws the job; a broker on another database gets records first, then the
-message, as two round trips.
+message, as two round trips. A broker script its server loses again as it is loaded is
+loaded again, up to `scripts.LOADS` times (tasks/broker/scripts.py).
 """
 
 from __future__ import annotations
@@ -18,9 +19,10 @@ from typing import Any
 import pytest
 import redis
 
-from tasks.broker import lanes, layout
+from tasks.broker import lanes, layout, scripts
 from tasks.broker.publishing import same_database
 from tasks.client import OcrClient
+from tasks.errors import TransientError
 from tasks.state.keys import JOBS_ALL_KEY, job_key
 from tests.harness import make_client
 from tests.image_fixtures import png
@@ -151,3 +153,53 @@ def test_same_database_asks_one_address_database_user_and_kind() -> None:
     assert not same_database(pool("redis://h:6379/1"), pool("rediss://h:6379/1"))
     assert same_database(pool("unix:///tmp/r.sock?db=1"), pool("unix:///tmp/r.sock?db=1"))
     assert not same_database(pool("unix:///tmp/r.sock?db=1"), pool("unix:///tmp/s.sock?db=1"))
+
+
+class LosingRedis(redis.Redis):
+    """A real Redis client whose server loses each of its first `losses` script loads.
+
+    As a restart or failover between a SCRIPT LOAD and the EVALSHA after it does.
+    """
+
+    losses = 0
+
+    def execute_command(self, *args: Any, **options: Any) -> Any:
+        answer = super().execute_command(*args, **options)
+        if args[:2] == ("SCRIPT", "LOAD") and self.losses:
+            self.losses -= 1
+            self.script_flush()
+        return answer
+
+
+def test_a_broker_script_lost_again_as_it_is_loaded_is_loaded_again(
+        lone_redis_url: str) -> None:
+    losing = LosingRedis(connection_pool=redis.ConnectionPool.from_url(lone_redis_url))
+    push = lanes.push_command("", layout.queue_list("ocr", 3), 3, "root", "{}")
+    losing.losses = scripts.LOADS - 1
+    scripts.run(losing, push)
+    assert losing.llen(LANE) == 1
+    losing.script_flush()
+    losing.losses = scripts.LOADS
+    with pytest.raises(redis.exceptions.NoScriptError):
+        scripts.run(losing, push)
+    assert losing.llen(LANE) == 1
+
+
+def test_a_sent_push_lost_again_as_it_is_loaded_is_transient(
+        client: OcrClient, r: redis.Redis, monkeypatch: pytest.MonkeyPatch) -> None:
+    client.submit(png(1), filename="first.png")
+    r.script_flush()
+    lost = scripts.LOADS
+
+    def losing_load(self: scripts.Script, on: Any) -> None:
+        nonlocal lost
+        on.execute_command("SCRIPT", "LOAD", self.text)
+        if lost:
+            lost -= 1
+            on.script_flush()
+
+    monkeypatch.setattr(scripts.Script, "load", losing_load)
+    with pytest.raises(TransientError) as raised:
+        client.submit(png(2), filename="second.png")
+    assert raised.value.retryable
+    assert r.llen(LANE) == 1  # the second job's message never went in
