@@ -1,8 +1,8 @@
 """What differs between the brokers: Redis (the service's transport) and RabbitMQ (amqp).
 
-Pool children call `fresh_connections` when they start. The worker parent calls
-`check_worker` at start (refuses hard limits that reach the
-cluster-wide visibility timeout) and `prepare_queues` once its queues are known (on
+Pool children call `fresh_connections` when they start (RabbitMQ: no pooled
+connection). The worker parent calls `check_worker` at start (refuses hard limits that
+reach the cluster-wide visibility timeout) and `prepare_queues` once its queues are known (on
 Redis it settles the broker's key layout version, `check_layout`; on RabbitMQ each
 consumer asks for a delivery-ack timeout above the hard limits). The
 metrics exporter reads queue lengths with `amqp_queue_lengths` (passive declares, no
@@ -155,15 +155,18 @@ def expiry_in_header(options: dict[str, Any]) -> dict[str, Any]:
     return {**rest, "headers": {**(options.get("headers") or {}), "expires": at}}
 
 
-def fresh_connections(app: Any) -> None:
-    """A pool child publishes on a new broker connection each time (no pool).
+def fresh_connections(app: Any, settings: Settings) -> None:
+    """On RabbitMQ, a pool child publishes on a new broker connection each time (no pool).
 
-    With kombu 5.7's redis transport, a pooled connection that lived through a broker
-    restart can hand out a closed channel (AttributeError on every later publish from
-    that child). A child publishes a few messages per job (pages, progress events,
-    retries), so a connection each costs little. Called in `worker_process_init`.
+    A child publishes a few messages per job (pages, progress events, retries), so a
+    connection each costs little there. On Redis a child keeps its pooled connection:
+    the service's transport (tasks/broker/) connects a broken one again on its next
+    command, and a new one a publish would cost its handshake, a script load and the
+    queue's declare (about a command a page of a split PDF). Called in
+    `worker_process_init`.
     """
-    app.conf.broker_pool_limit = 0
+    if settings.broker_is_amqp:
+        app.conf.broker_pool_limit = 0
 
 
 def amqp_queue_lengths(broker_url: str, queues: Sequence[str],

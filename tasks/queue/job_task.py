@@ -244,8 +244,9 @@ def fan_out(task: Task, work: FanOut, services: JobServices) -> NoReturn:
     # its own copy), never into the document's meta.
     opened = {"password": work.password} if work.password else {}
     # The pages stay in their job's client's lane. The queue is not declared again on
-    # each send (this worker declared it as it started to consume it): a child's publish
-    # is on a connection of its own (brokers.fresh_connections), so a declare each time.
+    # each send (this worker declared it as it started to consume it): on RabbitMQ a
+    # child's publish is on a connection of its own (brokers.fresh_connections), where
+    # a declare would go each time.
     headers = job_headers(meta.request.client)
     # All of them on one connection (a child's each publish opens one otherwise), and
     # on Redis in one push to their lane.

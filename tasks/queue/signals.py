@@ -118,7 +118,7 @@ def connect_signals(app: OcrCelery, settings: Settings) -> None:
         return _keeper
 
     def on_process_init(**_: Any) -> None:
-        brokers.fresh_connections(app)
+        brokers.fresh_connections(app, settings)
         tracing.start(service_name(settings), httpx=True)  # after the fork, never before
         configure_pillow(settings)
         keeper = keep_models(settings.idle_unload_seconds)
