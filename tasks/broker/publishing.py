@@ -28,7 +28,7 @@ from kombu.utils.json import dumps
 from tasks.broker import doorbells, lanes, layout, scripts
 from tasks.broker.queue_depth import PUBLISHED_HEADER
 from tasks.broker.redis_channel import RedisChannel
-from tasks.errors import ReplicaMissing, TransientError
+from tasks.errors import ReplicaMissing
 from tasks.records.clients import CLIENT_HEADER, client_name
 from tasks.state.connection import check_replicas, wait_replicas
 
@@ -63,9 +63,6 @@ class PublishingChannel(RedisChannel):
                 self._held.append((queue, step, client, dumps(message)))
             else:
                 self._push(queue, step, client, [dumps(message)])
-        elif self._riding is not None:
-            self.queue_put(self._riding.pipe, queue, message)
-            doorbells.ring(self._riding.pipe, self._key, [queue])
         else:
             super()._put(queue, message, **kwargs)
             self._ring(queue)
@@ -93,48 +90,15 @@ class PublishingChannel(RedisChannel):
         for (queue, step, client), bodies in _lanes_in_order(held):
             self._push(queue, step, client, bodies)
 
-    _riding: Ride | None = None  # `riding`: the pipeline this channel's publishes go in
-
-    def carries(self, pool: Any) -> bool:
-        """Whether `riding` may queue this channel's publishes in a pipeline of `pool`.
-
-        Where `pool` reaches this channel's Redis database, and no WAIT for replicas
-        follows a publish (`ocr_min_replicas` 0).
-        """
-        return (self._riding is None and not int(self.ocr_min_replicas or 0)
-                and same_database(self.pool, pool))
-
-    @contextlib.contextmanager
-    def riding(self, pipe: Any) -> Iterator[Ride]:
-        """Queue this channel's publishes in `pipe` instead of sending them.
-
-        Runs in a sender (tasks/queue/sender.py): a job's records and its message go in
-        one round trip, the records first. `pipe` is another client's transaction
-        (MULTI) whose pool this channel `carries`: no worker sees the message without
-        the records. The `Ride` yielded reads the publishes' answers (`settle`).
-        """
-        if not self.carries(pipe.connection_pool):
-            raise ValueError("this channel does not publish through that pipeline")
-        self._riding = Ride(pipe)
-        try:
-            yield self._riding
-        finally:
-            self._riding = None
-
     def _push(self, queue: str, step: int, client: str, bodies: list[str]) -> None:
         """`bodies`, in their order, to `client`'s lane of `queue` (priority `step`).
 
         One push script, which rings the queue's doorbell; then the replicas' WAIT.
-        Queued in the pipeline of `riding` instead, when one is given.
         """
-        command = lanes.push_command(
-            self._key(""), layout.queue_list(queue, step, self.sep), step, client,
-            bodies[0], ring_queue=queue, more=bodies[1:])
-        if self._riding is not None:
-            self._riding.queue(command)
-            return
         with self.conn_or_acquire() as conn:
-            scripts.run(conn, command)
+            scripts.run(conn, lanes.push_command(
+                self._key(""), layout.queue_list(queue, step, self.sep), step, client,
+                bodies[0], ring_queue=queue, more=bodies[1:]))
         self._ring(queue, rung=True)
 
     def restore_payload(self, payload: Any, exchange: str, routing_key: str, pipe: Any,
@@ -218,56 +182,6 @@ class PublishingChannel(RedisChannel):
     def _key(self, name: str) -> str:
         """`name` as a raw command names it (the transport takes no global key prefix)."""
         return name
-
-
-class Ride:
-    """Publishes queued in a sender's pipeline after its records (`PublishingChannel.riding`).
-
-    `first`: the place of the first of them in the pipeline; the answers before it are
-    the sender's own.
-    """
-
-    def __init__(self, pipe: Any) -> None:
-        self.pipe = pipe
-        self.first = len(pipe.command_stack)
-        self._scripts: dict[int, list[Any]] = {}  # place in the pipeline -> EVALSHA
-
-    def queue(self, command: list[Any]) -> None:
-        """Queue a script's `command` (an EVALSHA) in the pipeline."""
-        self._scripts[len(self.pipe.command_stack)] = command
-        self.pipe.execute_command(*command)
-
-    def settle(self, answers: list[Any], client: Any) -> None:
-        """Raise the first error among the publishes' `answers` (the whole pipeline's).
-
-        A script the server lacked (NOSCRIPT: a restart, a failover) is loaded and run
-        through `client`, after the pipeline's other commands; lacked again after its
-        loads (`scripts.run_loaded`), `TransientError`.
-        """
-        for place in range(self.first, len(answers)):
-            answer = answers[place]
-            if isinstance(answer, redis.exceptions.NoScriptError) and place in self._scripts:
-                try:
-                    answer = scripts.run_loaded(client, self._scripts[place])
-                except redis.exceptions.NoScriptError as exc:  # lost again as it loaded
-                    raise TransientError("Redis lost the push script as it was loaded "
-                                         "(restarting or failing over)") from exc
-            if isinstance(answer, Exception):
-                raise answer
-
-
-def same_database(pool: Any, other: Any) -> bool:
-    """Whether two redis-py connection pools reach one Redis database by one address.
-
-    The same host and port (or Unix socket), database number, user and kind of
-    connection (TLS or not); a pool without a fixed address (behind Sentinel) never is.
-    """
-    mine, theirs = pool.connection_kwargs, other.connection_kwargs
-    if not (mine.get("host") or mine.get("path")):
-        return False
-    return pool.connection_class is other.connection_class and all(
-        mine.get(name) == theirs.get(name)
-        for name in ("host", "port", "path", "db", "username"))
 
 
 def _lanes_in_order(held: list[tuple[str, int, str, str]],

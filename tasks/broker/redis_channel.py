@@ -284,19 +284,15 @@ class RedisChannel(Broadcasts, virtual.Channel):
 
     def _put(self, queue: str, message: Any, **kwargs: Any) -> None:
         """`message` to its priority step's list of `queue` (kombu's LPUSH)."""
-        with self.commands.pipeline() as pipe:
-            self.queue_put(pipe, queue, message)
-            pipe.execute()
-
-    def queue_put(self, pipe: Any, queue: str, message: Any) -> None:
-        """`_put`'s commands, queued in `pipe`."""
         name = layout.queue_list(queue, layout.message_step(message, self.priority_steps),
                                  self.sep)
-        pipe.lpush(name, dumps(message))
         expires = self._expires.get(queue)
-        if expires:
-            for each in self._lists(queue):
-                pipe.pexpire(each, expires)
+        with self.commands.pipeline() as pipe:
+            pipe.lpush(name, dumps(message))
+            if expires:
+                for each in self._lists(queue):
+                    pipe.pexpire(each, expires)
+            pipe.execute()
 
     def restore_payload(self, payload: Any, exchange: str, routing_key: str, pipe: Any,
                         leftmost: bool = False) -> None:

@@ -19,10 +19,6 @@ admitted first (tasks/admission.py); then `JobSender.send` takes its `OutgoingJo
    `traceparent` when given; a message no replica confirmed (`ReplicaMissing`) is
    withdrawn: should it survive, it never starts.
 
-Where the broker is the same Redis database and no replica is waited for
-(OCR_REDIS_MIN_REPLICAS 0), 1, 2 and 4 are one transaction (MULTI), the message last:
-one round trip, and no worker sees a message without its records.
-
 `stalled` reads end claims (`ocr:job:<id>:ended`) for the batch driver: an ending
 whose holder never finished it.
 """
@@ -144,19 +140,12 @@ class JobSender:
                 control[name] = value
         if job.prefixes is not None:
             control["prefixes"] = json.dumps(list(job.prefixes))
-        headers = job_headers(client, listed=True)
-        if tracing.trace_id_of(job.traceparent) is not None:
-            headers["traceparent"] = str(job.traceparent).strip()
-        if self.settings.redis_target.min_replicas <= 0:
-            with self.app.producer_or_acquire() as producer:
-                carries = getattr(producer.channel, "carries", None)
-                if carries is not None and carries(self._redis.connection_pool):
-                    self._send_together(job, client, control, producer,
-                                        {"kwargs": kwargs, "headers": headers, **send})
-                    return job.job_id
         # The job's input, record and index entries: one round trip.
         pipe = self._redis.pipeline(transaction=False)
-        self._queue_records(pipe, job, client, control)
+        if job.input is not None:
+            self.blobs.queue_put(pipe, control["blob"], job.input)
+        self.control.remember_in(pipe, job.job_id, control)
+        self.index.add(job.job_id, client, job.created, pipe=pipe)
         try:
             with transient("job control (Redis)"):
                 lua.execute(pipe)
@@ -170,6 +159,9 @@ class JobSender:
             self._withdraw(job)
             raise ReplicaMissing("the job's input and record reached no Redis replica in "
                                  f"{target.replica_timeout:g} s; send it again")
+        headers = job_headers(client, listed=True)
+        if tracing.trace_id_of(job.traceparent) is not None:
+            headers["traceparent"] = str(job.traceparent).strip()
         try:
             # send_task shows the kwargs without password or payload (Flower, logs); the
             # transport returns once OCR_REDIS_MIN_REPLICAS replicas hold the message.
@@ -179,39 +171,6 @@ class JobSender:
             self._withdraw(job)
             raise
         return job.job_id
-
-    def _queue_records(self, pipe: Any, job: OutgoingJob, client: str,
-                       control: dict[str, str]) -> None:
-        """The job's input, record and index entries, queued in `pipe`."""
-        if job.input is not None:
-            self.blobs.queue_put(pipe, control["blob"], job.input)
-        self.control.remember_in(pipe, job.job_id, control)
-        self.index.add(job.job_id, client, job.created, pipe=pipe)
-
-    def _send_together(self, job: OutgoingJob, client: str, control: dict[str, str],
-                       producer: Any, send: dict[str, Any]) -> None:
-        """The job's records, then its message, in one transaction: one round trip.
-
-        Where the broker is this Redis database (the channel `carries` it) and no
-        replica is waited for: no worker sees the message without the records. A
-        record the server refused as the message went in withdraws the job.
-        """
-        pipe = self._redis.pipeline(transaction=True)
-        self._queue_records(pipe, job, client, control)
-        with producer.channel.riding(pipe) as ride, tracing.continued(job.traceparent), \
-                _unsubscribed(self.app):
-            self.app.send_task(SEND_TASK, producer=producer, **send)
-        try:
-            with transient("job control (Redis)"):
-                answers = lua.answers(pipe)
-                ride.settle(answers, producer.channel.commands)
-                for answer in answers[:ride.first]:
-                    if isinstance(answer, Exception):
-                        self._withdraw(job)
-                        raise answer
-        except (OcrError, redis.RedisError):
-            self.index.forget_ttls()
-            raise
 
     def _withdraw(self, job: OutgoingJob) -> None:
         """A job whose message no replica confirmed: should it survive, it never starts.

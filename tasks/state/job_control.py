@@ -69,15 +69,9 @@ class JobControl:
             _REMEMBER(self._redis, [job_key(job_id)], [self._ttl, *pairs])
 
     def remember_in(self, pipe: Any, job_id: str, fields: dict[str, str]) -> None:
-        """`remember`, queued in `pipe` (no transaction; run by `lua.execute`).
-
-        In a transaction (MULTI, atomic), as the HSET and the EXPIRE themselves.
-        """
+        """`remember`, queued in `pipe` (no transaction; run by `lua.execute`)."""
         pairs = [part for name, value in fields.items() for part in (name, value)]
-        if pairs and pipe.transaction:
-            pipe.hset(job_key(job_id), mapping=fields)
-            pipe.expire(job_key(job_id), self._ttl)
-        elif pairs:
+        if pairs:
             _REMEMBER.queue(pipe, [job_key(job_id)], [self._ttl, *pairs])
 
     def info(self, job_id: str) -> dict[str, str]:

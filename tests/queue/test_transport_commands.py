@@ -5,7 +5,9 @@ commands included) and read in order by MONITOR: a declare of an empty queue is 
 EXISTS, of a busy one its exact count; a binding is two SADDs, its permanent entry
 first; an event nobody hears goes quiet for a while and reaches a subscriber that came
 once that while is over; a remote control broadcast always goes out
-(tasks/broker/redis_channel.py, publishing.py, broadcasts.py).
+(tasks/broker/redis_channel.py, publishing.py, broadcasts.py). A broker script its
+server loses again as it is loaded is loaded again, up to `scripts.LOADS` times
+(tasks/broker/scripts.py).
 """
 
 from __future__ import annotations
@@ -18,7 +20,7 @@ import pytest
 import redis
 from kombu import Connection, Exchange, Producer, Queue
 
-from tasks.broker import layout
+from tasks.broker import lanes, layout, scripts
 from tasks.broker.transport import TRANSPORT
 from tasks.records.clients import CLIENT_HEADER
 
@@ -273,3 +275,34 @@ def test_celery_config_names_its_event_exchange_and_the_quiet_setting() -> None:
     assert "ocr_unheard_exchanges" not in celery_config(Settings.from_env(
         {**env, "BROKER_URL": "amqp://guest:guest@127.0.0.1:5672//"})).get(
             "broker_transport_options", {})
+
+
+class LosingRedis(redis.Redis):
+    """A real Redis client whose server loses each of its first `losses` script loads.
+
+    As a restart or failover between a SCRIPT LOAD and the EVALSHA after it does.
+    """
+
+    losses = 0
+
+    def execute_command(self, *args: Any, **options: Any) -> Any:
+        answer = super().execute_command(*args, **options)
+        if args[:2] == ("SCRIPT", "LOAD") and self.losses:
+            self.losses -= 1
+            self.script_flush()
+        return answer
+
+
+def test_a_broker_script_lost_again_as_it_is_loaded_is_loaded_again(
+        lone_redis_url: str) -> None:
+    losing = LosingRedis(connection_pool=redis.ConnectionPool.from_url(lone_redis_url))
+    lane = layout.lane_key(layout.queue_list("ocr", 3), "root")
+    push = lanes.push_command("", layout.queue_list("ocr", 3), 3, "root", "{}")
+    losing.losses = scripts.LOADS - 1
+    scripts.run(losing, push)
+    assert losing.llen(lane) == 1
+    losing.script_flush()
+    losing.losses = scripts.LOADS
+    with pytest.raises(redis.exceptions.NoScriptError):
+        scripts.run(losing, push)
+    assert losing.llen(lane) == 1
