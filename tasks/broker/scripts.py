@@ -59,7 +59,11 @@ def keyed(client: Any, command: list[Any]) -> list[Any]:
 
 
 def run(client: Any, command: list[Any]) -> Any:
-    """Send an `EVALSHA` `command` through `client`; on NOSCRIPT, load and send again."""
+    """Send an `EVALSHA` `command` through `client`; on NOSCRIPT, load and send again.
+
+    Up to LOADS loads while the server lacks it again right after its load; then that
+    NoScriptError is raised.
+    """
     command = keyed(client, command)
     pool = id(getattr(client, "connection_pool", client))
     if (pool, str(command[1])) not in _LOADED:
@@ -67,26 +71,11 @@ def run(client: Any, command: list[Any]) -> Any:
         # answer on a kombu pool's connection costs that pool a second connection.
         reload(client, command)
         _LOADED.add((pool, str(command[1])))
-    try:
-        return client.execute_command(*command)
-    except NoScriptError:
-        return run_loaded(client, command)
-
-
-def run_loaded(client: Any, command: list[Any]) -> Any:
-    """Load the script of `command` (its server answered NOSCRIPT), then send it again.
-
-    Up to LOADS times while the server lacks it again right after its load; then that
-    NoScriptError is raised.
-    """
-    command = keyed(client, command)
-    for _ in range(LOADS - 1):
-        reload(client, command)
+    for _ in range(LOADS):
         try:
             return client.execute_command(*command)
         except NoScriptError:
-            continue
-    reload(client, command)
+            reload(client, command)
     return client.execute_command(*command)
 
 

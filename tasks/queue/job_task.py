@@ -248,8 +248,8 @@ def fan_out(task: Task, work: FanOut, services: JobServices) -> NoReturn:
     # child's publish is on a connection of its own (brokers.fresh_connections), where
     # a declare would go each time.
     headers = job_headers(meta.request.client)
-    # All of them on one connection (a child's each publish opens one otherwise), and
-    # on Redis in one push to their lane.
+    # All of them on one connection (on RabbitMQ a child's each publish opens one
+    # otherwise), and on Redis in one push to their lane.
     with publishing("a page task"), task.app.producer_or_acquire() as producer, \
             pushes_together(producer.channel):
         for number, page_id in zip(meta.ocr_pages, meta.page_tasks, strict=True):

@@ -23,6 +23,7 @@ from kombu import Connection, Exchange, Producer, Queue
 from tasks.broker import lanes, layout, scripts
 from tasks.broker.transport import TRANSPORT
 from tasks.records.clients import CLIENT_HEADER
+from tests.losing_redis import losing_redis
 
 
 def calls(r: redis.Redis) -> dict[str, int]:
@@ -277,25 +278,9 @@ def test_celery_config_names_its_event_exchange_and_the_quiet_setting() -> None:
             "broker_transport_options", {})
 
 
-class LosingRedis(redis.Redis):
-    """A real Redis client whose server loses each of its first `losses` script loads.
-
-    As a restart or failover between a SCRIPT LOAD and the EVALSHA after it does.
-    """
-
-    losses = 0
-
-    def execute_command(self, *args: Any, **options: Any) -> Any:
-        answer = super().execute_command(*args, **options)
-        if args[:2] == ("SCRIPT", "LOAD") and self.losses:
-            self.losses -= 1
-            self.script_flush()
-        return answer
-
-
 def test_a_broker_script_lost_again_as_it_is_loaded_is_loaded_again(
         lone_redis_url: str) -> None:
-    losing = LosingRedis(connection_pool=redis.ConnectionPool.from_url(lone_redis_url))
+    losing = losing_redis(lone_redis_url)
     lane = layout.lane_key(layout.queue_list("ocr", 3), "root")
     push = lanes.push_command("", layout.queue_list("ocr", 3), 3, "root", "{}")
     losing.losses = scripts.LOADS - 1

@@ -17,6 +17,7 @@ from tasks.state import usage as usage_module
 from tasks.state.job_control import JobControl
 from tasks.state.keys import API_CLIENTS_KEY, doc_key, job_key
 from tasks.state.usage import PageCaps, PageUsage, date_range, over_cap
+from tests.losing_redis import losing_redis
 
 NEW_YEARS_EVE = dt.datetime(2026, 12, 31, 23, 0, tzinfo=dt.UTC).timestamp()
 
@@ -83,25 +84,9 @@ def test_a_script_the_server_lost_is_loaded_again_alone_or_in_a_pipeline(
         lua.execute(pipe)
 
 
-class LosingRedis(redis.Redis):
-    """A real Redis client whose server loses each of its first `losses` script loads.
-
-    As a restart or failover between a SCRIPT LOAD and the EVALSHA after it does.
-    """
-
-    losses = 0
-
-    def script_load(self, script: str) -> str:
-        sha = str(super().script_load(script))
-        if self.losses:
-            self.losses -= 1
-            self.script_flush()
-        return sha
-
-
 def test_a_script_lost_again_as_it_is_loaded_is_loaded_again_then_transient(
         own_redis_url: str) -> None:
-    client = LosingRedis.from_url(own_redis_url)
+    client = losing_redis(own_redis_url)
     control = JobControl(client, 600)
     client.script_flush()
     client.losses = lua.LOADS - 1
