@@ -3,7 +3,9 @@
 Each node runs under its own node name (`ocr<tag>-<n>@localhost`), AMQP and
 distribution ports, data directory and log, all sharing one Erlang cookie (a HOME of
 the cluster's own) and an `epmd` the cluster starts on a port of its own; nodes 2 and
-3 join node 1 with `rabbitmqctl join_cluster`. Nothing of the machine's own RabbitMQ
+3 join node 1 with `rabbitmqctl join_cluster`, one after the other (two nodes joining
+at once can crash the joiner's Mnesia as it starts: `{mnesia_app, start}` from
+`start_app`, the race RabbitMQ's own test clusters meet, rabbitmq-server #15502). Nothing of the machine's own RabbitMQ
 (its node, its epmd, its ports, its cookie) is used or touched. The CLI's own
 distribution port is an ephemeral one, so that concurrent `rabbitmqctl` calls (other
 tests') never take a port a node listens on.
@@ -22,7 +24,6 @@ import socket
 import subprocess
 import time
 import uuid
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -170,8 +171,8 @@ class RabbitCluster:
             self._spawn(node)
         for node in self.nodes:
             self.wait_ready(node)
-        with ThreadPoolExecutor(self.size - 1) as pool:
-            list(pool.map(self._join, self.nodes[1:]))
+        for node in self.nodes[1:]:
+            self._join(node)
         eventually(self._formed, 60, lambda: f"a cluster of {self.size} nodes: "
                    f"{self.any_ctl('cluster_status')}", interval=0.5)
         self.boot_seconds = time.monotonic() - began
