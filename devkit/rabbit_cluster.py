@@ -5,10 +5,10 @@ distribution ports, data directory and log, all sharing one Erlang cookie (a HOM
 the cluster's own) and an `epmd` the cluster starts on a port of its own; nodes 2 and
 3 join node 1 with `rabbitmqctl join_cluster`, one after the other (two nodes joining
 at once can crash the joiner's Mnesia as it starts: `{mnesia_app, start}` from
-`start_app`, the race RabbitMQ's own test clusters meet, rabbitmq-server #15502). Nothing of the machine's own RabbitMQ
-(its node, its epmd, its ports, its cookie) is used or touched. The CLI's own
-distribution port is an ephemeral one, so that concurrent `rabbitmqctl` calls (other
-tests') never take a port a node listens on.
+`start_app`, the race RabbitMQ's own test clusters meet, rabbitmq-server #15502).
+Nothing of the machine's own RabbitMQ (its node, its epmd, its ports, its cookie) is
+used or touched. The CLI's own distribution port is an ephemeral one, so that
+concurrent `rabbitmqctl` calls (other tests') never take a port a node listens on.
 
 Runs in the test or benchmark process; the nodes and epmd run in process groups of
 their own, stopped by `stop` (SIGKILL: a module's cluster is thrown away whole).
