@@ -31,7 +31,7 @@ from PIL import Image
 from bench.common import BenchError, Context, Ratio, Report, Table, median
 from devkit.harness import FAKE_PLUGINS, FAST_PAGES, RedisServer, Worker, make_client
 from devkit.pdf_fixtures import image_pdf, plain_pages
-from tasks.broker.layout import LANE_WEIGHTS_KEY, lane_key
+from tasks.broker.layout import LANE_WEIGHTS_KEY, list_lane_key
 from tasks.client import OcrClient
 
 PAGE_SECONDS = 0.25  # a page of real OCR is 0.5-2 s: the queue's overhead counts more here
@@ -88,9 +88,9 @@ def noisy_neighbour(ctx: Context, url: str) -> dict[str, Any]:
         jobs = [a.submit(_png(n), filename=f"a{n}.png") for n in range(backlog)]
         sent_s = time.perf_counter() - started
         before = time.perf_counter()
-        left_before = r.llen(lane_key(NORMAL_LIST, "client-a"))
+        left_before = r.llen(list_lane_key(NORMAL_LIST, "client-a"))
         busy = _b_jobs(b, pdf, rounds)
-        left_after = r.llen(lane_key(NORMAL_LIST, "client-a"))
+        left_after = r.llen(list_lane_key(NORMAL_LIST, "client-a"))
         rate = (left_before - left_after) / (time.perf_counter() - before)
         waiting_min = left_after
         waiting_start = left_before
@@ -114,7 +114,7 @@ def shares(ctx: Context, url: str) -> dict[str, Any]:
     r.hset(LANE_WEIGHTS_KEY, mapping={name: str(w) for name, w in weights.items()})
     worker = _worker(ctx, url, "shares", PAGE_SECONDS / 4)
     senders = {name: _client(url, name) for name in weights}
-    lanes = [lane_key(NORMAL_LIST, name) for name in weights]
+    lanes = [list_lane_key(NORMAL_LIST, name) for name in weights]
     try:
         for n in range(per_client):
             for name, sender in senders.items():

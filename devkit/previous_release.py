@@ -22,13 +22,19 @@ from pathlib import Path
 
 from devkit.harness import ROOT
 
-COMMIT = "9cb8c70e04a417d33d081a070ae168576ff73314"
+COMMIT = "9c26c23270444db3376070e90b91e2f0660d80e7"
 # Its subject: a history whose commit ids were rewritten (a re-seeded mirror) still
 # holds the release under it, and `resolve` finds it there.
-SUBJECT = ("Review: BatchStore.settled (one job) removed, its test calls settle as the driver "
-           "does; a binding's table entry spelled by one function (binding_expiry.member) "
-           "for its declare and its refresh; the poller's docstring says what a turn costs "
-           "the bindings' keeper when nothing is due")
+SUBJECT = "devkit rabbit cluster: the module's docstring within the line length"
+# The release before it (layout version 1: its records in kombu's `unacked`, index and
+# holders), whose records this release still reads: tests/queue/test_held_records.py
+# writes them with that release's own fetch.
+LAYOUT_1_COMMIT = "9cb8c70e04a417d33d081a070ae168576ff73314"
+LAYOUT_1_SUBJECT = ("Review: BatchStore.settled (one job) removed, its test calls settle as "
+                    "the driver does; a binding's table entry spelled by one function "
+                    "(binding_expiry.member) for its declare and its refresh; the poller's "
+                    "docstring says what a turn costs the bindings' keeper when nothing is "
+                    "due")
 
 
 class ReleaseMissing(RuntimeError):

@@ -6,18 +6,19 @@ Who runs what:
   retries): the channel of `publishing` (a client's message to its lane,
   `lanes.push_command`, and the doorbell's ring, `doorbells`), which the worker's
   channel of `fetching` extends; behind Sentinel through `sentinel_transport`.
-- the worker parent, the one process that consumes: the fetch (`lanes.FETCH`,
-  held in one record with its holder and popped in one step, `held`; idle, one
-  EXISTS), the long wait on
-  doorbells (`ocr_idle_wait`, 10 s in workers), the checks and dead letters
-  (`refusals`, `oversized`), acknowledgements and what a lost connection leaves
-  (`unsettled`), and, on its heartbeat, the sweep of dead holders' messages (`holders`).
+- the worker parent, the one process that consumes: the fetch (`fetch_script.FETCH`,
+  held in one record of its list's hash with its holder and popped in one step,
+  `held`; idle, one EXISTS; version 2's lanes moved in first every few seconds,
+  `old_lanes`), the long wait on doorbells (`ocr_idle_wait`, 10 s in workers), the
+  checks and dead letters (`refusals`, `oversized`), acknowledgements (`qos`) and what
+  a lost connection leaves (`unsettled`), and, on its heartbeat, the sweep of dead
+  holders' messages (`holders`) and the move of the stored layout (`stored_layout`).
 - the Procfile `metrics` process: `queue_depth` (the figure KEDA scales on) and
   `fleet_metrics` (Redis health, oldest messages, workers per queue, dead letters).
 - the Redis container's start-up and the kits: `redis_acl` (each role's Redis user).
 - the worker parent as it starts: `stored_layout` (the oldest layout version a worker
-  must read on this Redis: stored where none is; a newer one than this release reads
-  stops the worker).
+  must read on this Redis, and the one clients write their lanes in: this release's
+  stored where none is; a newer one than this release reads stops the worker).
 
 Every script of the broker is a `scripts.Script`, sent as EVALSHA and loaded (SCRIPT
 LOAD) by each process before its first run on a pool, and again where the server
@@ -27,10 +28,12 @@ script reads the envelope: the fetch holds a message under a delivery tag the wo
 chose, in one record whose head says when it was taken, by whom and from where, then
 `[message, "", queue]` (the restore sends it back to the queue it came from); records
 of the envelope's tag, exchange and routing key (a `basic_get`'s, or a stock kombu
-worker's in `unacked`) are acknowledged and restored alike. A worker of the release
-before (layout version 1, during an upgrade) keeps the same in kombu's `unacked`,
-`unacked_index` and `unacked_holders`: this release's workers restore, sweep and count
-those too, and write none.
+worker's in `unacked`) are acknowledged and restored alike. Layout version 3: every
+key beside a list L takes L as its hash tag (`{L}:...`, in L's own slot: Cluster-
+ready). Workers of the releases before keep theirs in version 2's `unacked_held`
+and version 1's `unacked`, `unacked_index` and `unacked_holders`, and clients of the
+release before write version 2's lanes and rings: this release's workers restore,
+sweep and count those records too, move those lanes into their own, and write none.
 
 The key layout, owned by `layout` (nothing else spells these names):
 
@@ -38,27 +41,35 @@ The key layout, owned by `layout` (nothing else spells these names):
     -------------------------------  ------  --------------------  ---------------------
     <queue>, <queue>\x06\x16<step>   list    a publish without a   the fetch, queue depth
       (one per priority step 3,6,9)            client (kombu LPUSH)
-    ocr:lane:<list>:<client>         list    a client's publish    the fetch, queue depth
-    ocr:lanes:<step>                 list    push (joins the ring) the fetch (its order)
-    ocr:lanes:<step>:turn            hash    the fetch             the fetch
-    ocr:lanes:<step>:count           hash    push +1, fetch -1     the fetch
+    {<list>}:lane:<client>           list    a client's publish    the fetch, queue depth
+    {<list>}:ring                    list    push (joins the ring) the fetch (its order)
+    {<list>}:ring:turn               hash    the fetch             the fetch
+    {<list>}:ring:count              hash    push +1, fetch -1     the fetch
     ocr:lane-weights                 hash    the API's tokens      the fetch
-    unacked_held                     hash    the fetch (tag ->     acks (one HDEL), the
+    {<list>}:held                    hash    the fetch (tag ->     acks (one HDEL), the
                                               time, holder, src,    restores, the holders'
                                               ring, client; then    sweep, queue depth's
                                               [msg, "", queue])     running count
+    ocr:held-lists                   set     a worker's first      the sweep (drops the
+                                              record of a list,     empty), the look,
+                                              again every minute    queue depth
+    ocr:lane:<list>:<client>,        list,   clients of the        the fetch (moves them
+      ocr:lanes:<step>[:turn|:count]  hashes  release before        in), queue depth
+      (layout 2)                              (while 2 is stored)
+    unacked_held (layout 2)          hash    the release before    the restores, the
+                                                                    sweep, queue depth
     unacked, unacked_index,          hash,   the release before    the restores, the
-      unacked_holders (layout 1)     zset,    (layout 1) only       holders' sweep, queue
+      unacked_holders (layout 1)     zset,    that (layout 1)       holders' sweep, queue
                                      hash                           depth (`unacked`)
     unacked_mutex                    string  the visibility look   the visibility look
                                               (SET NX PX: one a     (a worker's, every 5 s
                                               fleet an interval)    while one is held)
     unacked_sweep                    string  the holders' sweep    the holders' sweep
                                               (SET NX PX lock)
-    ocr:workers (tasks/state)        hash    heartbeats (node ->   the holders' sweep
-                                              expires, pid)
-    ocr:wake:<queue>                 list    each publish and      idle workers' BLPOP
-                                              restore (1 item)
+    ocr:workers (tasks/state)        hash    heartbeats (node ->   the holders' sweep,
+                                              expires, pid, layout) the layout's move
+    {<queue>}:wake, and layout 2's   list    each publish and      idle workers' BLPOP
+      ocr:wake:<queue>                        restore (1 item)      (both)
     ocr:dead-letter[:count]          list    refused messages      the exporter, operators
     _kombu.binding.<exchange>        set     queue declares        routing, queue depth
     _kombu.binding_permanent.<ex.>   set     declares of queues    the sweeps: kept
@@ -69,9 +80,10 @@ The key layout, owned by `layout` (nothing else spells these names):
     _kombu.binding_deadlines         zset    the same (exchange    stock kombu 5.7
                                               -> deadline)          clients' sweep
     ocr:layout                       string  the first worker to   each worker's start
-                                              start (SET NX: the    (`stored_layout`)
-                                              oldest layout read,
-                                              1)
+                                              start (SET NX: 3 on   (`stored_layout`);
+                                              a new Redis); moved   clients (the layout
+                                              to 3 once no older    their lanes are
+                                              worker is alive       written in)
 
 The transport is our own (`transport.Transport`, registered as `ocr-redis`: Celery's
 `broker_transport`), built on kombu's virtual transport, not on kombu's Redis transport,
@@ -88,7 +100,7 @@ which nothing here imports. Its layers, each a module:
   loop (kombu's `register_with_event_loop`) or by `drain_events`;
 - `binding_expiry`: the bindings of queues with x-expires (Celery's event and mailbox
   queues): their deadlines, raised by their consumers, and the sweep of dead ones;
-- `unsettled.QoS`: the held records (`held`), their acknowledgement and restore;
+- `qos.QoS`: the held records (`held`), their acknowledgement and restore;
 - `sentinel_transport`: the same on redis-py's Sentinel-managed pools.
 
 The names of kombu's virtual transport it overrides or relies on are `KOMBU_HOOKS`,

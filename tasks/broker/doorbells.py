@@ -2,9 +2,10 @@
 
 Runs in every process that publishes through the project's transport (a publish and a
 restore ring) and in the worker parent (a fetch woken by a ring rings once more).
-A queue's doorbell (`layout.wake_key`) is a list of one item at most: idle workers wait
-on their queues' doorbells in one long BLPOP (tasks/broker/fetching.py), since taking
-a message is a Lua script, which cannot block. A client's message is rung by the script
+A queue's doorbell (`layout.queue_wake_key`, `{<queue>}:wake`) is a list of one item
+at most: idle workers wait on their queues' doorbells in one long BLPOP
+(tasks/broker/fetching.py), since taking a message is a Lua script, which cannot
+block. A client's message is rung by the script
 that pushes it to its lane (tasks/broker/lanes.py, `PUSH`), where a bell already rung
 costs one PEXPIRE; `ring` rings the others.
 """
@@ -17,18 +18,21 @@ from typing import Any
 
 import redis
 
-from tasks.broker.layout import WAKE_TTL_MS, wake_key
+from tasks.broker.layout import LAYOUT_VERSION, WAKE_TTL_MS, wake
 
 log = logging.getLogger(__name__)
 
 
-def ring(pipe: Any, prefixed: Callable[[str], str], queues: Iterable[str]) -> None:
+def ring(pipe: Any, prefixed: Callable[[str], str], queues: Iterable[str],
+         layout: int = LAYOUT_VERSION) -> None:
     """Ring the doorbells of `queues` in `pipe` (a channel's pipeline).
 
     `prefixed`: a key's name as the channel's raw commands spell it (`_key`).
+    `layout`: the key layout the channel writes (2: the doorbells workers of the
+    release before wait on; this release's wait on both).
     """
     for queue in queues:
-        key = prefixed(wake_key(queue))
+        key = wake(prefixed(queue), layout)
         pipe.lpush(key, "1").ltrim(key, 0, 0).pexpire(key, WAKE_TTL_MS)
 
 
@@ -42,7 +46,7 @@ def ring_again(channel: Any, queue: str) -> None:
     try:
         with channel.conn_or_acquire() as client, \
                 client.pipeline(transaction=False) as pipe:
-            ring(pipe, channel._key, [queue])
+            ring(pipe, channel._key, [queue], channel.lanes_layout())
             pipe.execute()
     except errors as exc:
         log.debug("could not ring the doorbell of %s again: %r", queue, exc)

@@ -10,7 +10,7 @@ message longer than the largest it would decode (`ocr_max_message_bytes`) reache
 as its ends and its length alone: the scripts that pop it (the fetch, and `_get`'s)
 never send it whole (tasks/broker/oversized.py).
 
-Taking a message is one atomic step on the server (`lanes.FETCH`): the script
+Taking a message is one atomic step on the server (`fetch_script.FETCH`): the script
 holds it in one record (tasks/broker/held.py), under a delivery tag the worker chose
 (the one it delivers the message under: Lua never reads the envelope), and pops it
 (a BRPOP, then a record written by the worker, would lose a message when Redis or the
@@ -48,9 +48,17 @@ from typing import Any
 import redis.exceptions
 from kombu.utils.encoding import bytes_to_str
 
-from tasks.broker import doorbells, holders, lanes, oversized, scripts, unsettled
-from tasks.broker.layout import DEAD_LETTER_KEY, queue_list, wake_key
+from tasks.broker import doorbells, fetch_script, holders, lanes, oversized, scripts, unsettled
+from tasks.broker.layout import (
+    DEAD_LETTER_KEY,
+    list_held_key,
+    queue_list,
+    queue_wake_key,
+    wake_key,
+)
+from tasks.broker.old_lanes import MOVE_EVERY, old_lanes
 from tasks.broker.publishing import PublishingChannel
+from tasks.broker.qos import QoS
 from tasks.broker.refusals import (
     Refused,
     check_envelope,
@@ -59,7 +67,6 @@ from tasks.broker.refusals import (
     message_refused,
     push_dead_letter,
 )
-from tasks.broker.unsettled import QoS
 from tasks.broker.wire import FetchBytes
 
 log = logging.getLogger(__name__)
@@ -91,9 +98,15 @@ class Channel(PublishingChannel):
     _taken: str | None = None  # the delivering message's tag, as fetched (`QoS.append`)
     _fetch: list[Any] = []  # the last fetch command sent (its script reloaded on NOSCRIPT)
     _fetch_refused_at = 0.0
+    _moved_at = float("-inf")  # when a fetch last moved layout version 2's lanes
+    _old_bell = False  # a version 2 doorbell woke the last wait: the next fetch moves
+    got_from = ""  # the list `basic_get` took its last message from (`QoS.append`)
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         self.no_ack: dict[str, bool] = {}  # queue -> consumed unacknowledged (unsettled.py)
+        # the lists this channel saw named in HELD_LISTS_KEY (its fetch names the others
+        # as it holds a message of them: tasks/broker/fetch_script.py)
+        self.held_lists: set[str] = set()
         self._packed = FetchBytes()
         super().__init__(*args, **kwargs)
         if self.ocr_idle_wait:
@@ -209,18 +222,29 @@ class Channel(PublishingChannel):
         if self._waiting:  # after a woken fetch took the last message, briefly first
             wait = min(timeout or SETTLE_WAIT, SETTLE_WAIT) if self._short else timeout or 0
             self._short = False
-            command = ["BLPOP", *(self._key(wake_key(queue)) for queue in queues), wait]
+            # each queue's doorbell, and layout version 2's (rung by a client of the
+            # release before: its lanes are moved by the next fetch)
+            command = ["BLPOP", *(queue_wake_key(self._key(queue)) for queue in queues),
+                       *(self._key(wake_key(queue)) for queue in queues), wait]
         else:
             # Each list's lanes served by weighted round robin (tasks/broker/lanes.py).
             lists = tuple((queue_list(queue, pri, self.sep), pri, lanes.laned(queue),
                            not self.no_ack.get(queue))
                           for pri in self.priority_steps
                           for queue in sorted(queues, key=lambda q: not lanes.laned(q)))
-            parts = lanes.fetch_parts(self._key(""), self.qos.held_key, lists,
-                                      int(self.ocr_max_message_bytes or 0), self.sep)
+            parts = fetch_script.fetch_parts(self._key(""), lists,
+                                             int(self.ocr_max_message_bytes or 0), self.sep)
+            riding, alone = fetch_script.split_acks(parts, self.qos.take_due())
+            self.qos.carried_not([tag for _, tag in alone])
+            moves: tuple[str, ...] = ()
+            if self._old_bell or time.monotonic() - self._moved_at >= MOVE_EVERY or \
+                    self.lanes_layout() < 3:  # clients write version 2's lanes still
+                moves = old_lanes(self._key(""), lists)
+                self._moved_at, self._old_bell = time.monotonic(), False
             now = repr(time.time())
-            tail = lanes.fetch_tail(not (self._busy or self._woken), self._woken,
-                                    holders.holder(), None, self.qos.take_due())
+            tail = fetch_script.fetch_tail(not (self._busy or self._woken), self._woken,
+                                           holders.holder(), None, riding, moves,
+                                           fetch_script.unnamed(parts, self.held_lists))
             command = self._fetch = [*parts[0], now, *parts[1], *tail]
             packed = self._packed.fetch(connection.encoder, parts, now, tail)
         self._in_poll = connection
@@ -276,6 +300,8 @@ class Channel(PublishingChannel):
                     log.error("the broker refused to hand out a message: %s", exc)
                 raise Empty() from None
             self.qos.fetch_read()
+            if waiting and reply and not bytes_to_str(reply[0]).startswith("{"):
+                self._old_bell = True  # a client of the release before rang
             if waiting or not reply:
                 self._waiting = not waiting  # after a wait fetch; after nothing, wait
                 self._woken = waiting and bool(reply)
@@ -292,8 +318,11 @@ class Channel(PublishingChannel):
             if left and lanes.laned(dest):
                 doorbells.ring_again(self, dest)
             self._waiting, self._short, self._woken = left == 0, left == 0, False
-            return self._deliver_taken(oversized.received(item), dest,
-                                       bytes_to_str(tag) or None)
+            tag = bytes_to_str(tag) or None
+            if tag is not None:
+                unsettled.hold(tag, list_held_key(name))
+                self.held_lists.add(name)  # the fetch named it
+            return self._deliver_taken(oversized.received(item), dest, tag)
         finally:
             self._in_poll = None
             self._fetch_sent_at = None
@@ -318,6 +347,7 @@ class Channel(PublishingChannel):
             return True
         if tag is not None:  # refused: not restored
             self.qos.unrecord(tag).execute()
+            unsettled.forget(tag)
         if message is None:
             return False
         self.connection.on_message_ready(self, message, dest)
@@ -328,9 +358,9 @@ class Channel(PublishingChannel):
         # message over the bound as its ends (`oversized.POP`), checked (`_admit`).
         with self.conn_or_acquire() as client:
             for pri in self.priority_steps:
+                self.got_from = self._key(queue_list(queue, pri, self.sep))
                 item = oversized.received(scripts.run(client, oversized.pop_command(
-                    self._key(queue_list(queue, pri, self.sep)),
-                    self.ocr_max_message_bytes)))
+                    self.got_from, self.ocr_max_message_bytes)))
                 if item:
                     message = self._admit(item, queue)
                     if message is None:

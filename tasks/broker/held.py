@@ -5,9 +5,11 @@ tasks/broker/lanes.py; acknowledgements and restores drop it, tasks/broker/unset
 the sweep of dead holders reads it, tasks/broker/holders.py), and in the metrics
 exporter, which counts the records (tasks/broker/queue_depth.py).
 
-A message a worker took and has not acknowledged is held in the hash `unacked_held`
-(tasks/broker/layout.py, `HELD_KEY`) under the delivery tag the worker chose, in one
-value: five head lines, then kombu's record of it,
+A message a worker took and has not acknowledged is held in the hash of the list it
+was taken from, `{<list>}:held` (tasks/broker/layout.py, version 3: in the list's own
+hash slot; version 2 kept every list's in `unacked_held`, `HELD_KEY`, still read),
+under the delivery tag the worker chose, in one value: five head lines, then kombu's
+record of it,
 
     <when taken, epoch s>\n<node>|<pid>\n<key taken from>\n<ring>\n<client>\n[message, "", queue]
 
@@ -28,7 +30,9 @@ swept when their holder dies, restored by tag; this release writes none.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
+from tasks.broker.layout import HELD_KEY, HELD_LISTS_KEY, list_held_key
 from tasks.broker.scripts import Script
 
 HEAD_LINES = 5
@@ -46,6 +50,17 @@ def value(taken: float, record: str, holder: str = "", src: str = "", ring: str 
           client: str = "") -> str:
     """The held value of `record` (kombu's JSON `[message, exchange, routing key]`)."""
     return "\n".join((repr(taken), holder, src, ring, client, record))
+
+
+def held_hashes(client: Any, old: str = HELD_KEY) -> list[str]:
+    """Every hash of held records: each list's that a consumer told of, then `old`.
+
+    `old`: layout version 2's hash (a worker of the release before held its messages
+    there). One SMEMBERS of `HELD_LISTS_KEY`.
+    """
+    names = sorted(n.decode() if isinstance(n, bytes) else str(n)
+                   for n in client.smembers(HELD_LISTS_KEY))
+    return [*(list_held_key(name) for name in names), old]
 
 
 @dataclass(frozen=True)
@@ -73,22 +88,32 @@ def parse(raw: bytes) -> Held | None:
     return Held(taken, holder, src, ring, client, parts[HEAD_LINES])
 
 
-# The delivery tags of messages taken before ARGV[1] (epoch s), ARGV[2] of them at most
-# (0: every one): of the held hash KEYS[1] (its heads read), then of layout version 1's
-# index KEYS[2] (ZRANGE, where that key exists: its records are the release before's).
+# The messages taken before ARGV[1] (epoch s), ARGV[2] of them at most (0: every one):
+# of the held hashes KEYS[1..n-1] (their heads read), then of layout version 1's index
+# KEYS[n] (ZRANGE, where that key exists: its records are the release before's).
+# Returns a flat list: each one's key number k (KEYS[k]; n for version 1's), its tag.
 VISIBLE = Script(HEAD_LUA + r"""
 local ceiling, limit = tonumber(ARGV[1]), tonumber(ARGV[2])
-local past = {}
-local flat = redis.call('HGETALL', KEYS[1])
-for j = 1, #flat, 2 do
-  if limit > 0 and #past >= limit then return past end
-  local taken = head(flat[j + 1])
-  if taken and (tonumber(taken) or 0) < ceiling then past[#past + 1] = flat[j] end
+local past, found = {}, 0
+local held = 0
+for k = 1, #KEYS - 1 do
+  local flat = redis.call('HGETALL', KEYS[k])
+  held = held + #flat
+  for j = 1, #flat, 2 do
+    if limit > 0 and found >= limit then return past end
+    local taken = head(flat[j + 1])
+    if taken and (tonumber(taken) or 0) < ceiling then
+      past[#past + 1] = k
+      past[#past + 1] = flat[j]
+      found = found + 1
+    end
+  end
 end
-local more = limit > 0 and limit - #past or -1
-if more ~= 0 and (#flat == 0 or redis.call('EXISTS', KEYS[2]) == 1) then
-  for _, tag in ipairs(redis.call('ZRANGE', KEYS[2], '-inf', ARGV[1], 'BYSCORE',
+local more = limit > 0 and limit - found or -1
+if more ~= 0 and (held == 0 or redis.call('EXISTS', KEYS[#KEYS]) == 1) then
+  for _, tag in ipairs(redis.call('ZRANGE', KEYS[#KEYS], '-inf', ARGV[1], 'BYSCORE',
                                   'LIMIT', 0, more)) do
+    past[#past + 1] = #KEYS
     past[#past + 1] = tag
   end
 end

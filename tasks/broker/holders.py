@@ -44,7 +44,7 @@ from typing import Any
 
 import redis
 
-from tasks.broker.held import HEAD_LUA
+from tasks.broker.held import HEAD_LUA, held_hashes
 from tasks.broker.layout import (
     SWEEP_LOCK_KEY,
     UNACKED_INDEX_KEY,
@@ -75,8 +75,9 @@ def holder() -> str:
     return f"{_node}|{os.getpid()}" if _node else ""
 
 
-# KEYS[1] the held records (tasks/broker/held.py); layout version 1's: KEYS[2] its
-# holders, KEYS[3] kombu's unacked hash, KEYS[4] its index (score: when taken).
+# KEYS[1..n-3] the hashes of held records (tasks/broker/held.py: each list's, then
+# layout version 2's); layout version 1's: KEYS[n-2] its holders, KEYS[n-1] kombu's
+# unacked hash, KEYS[n] its index (score: when taken).
 # ARGV[1]: the cutoff (a message taken before it whose node has no presence record is
 # swept); ARGV[2..]: "L<node>|<pid>" a live holder, "K<node>" a node with a record.
 # Returns the delivery tags put back. A held record without a holder is left to the
@@ -108,29 +109,32 @@ local function put_back(tag, record, at, src, ring, client)
   back[#back + 1] = tag
   return true
 end
-local held = redis.call('HGETALL', KEYS[1])
-for j = 1, #held, 2 do
-  local tag, value = held[j], held[j + 1]
-  local taken, who, src, ring, client, at = head(value)
-  local node = who and string.match(who, '^(.*)|[^|]*$')
-  if node and src ~= '' and dead(who, node, function() return taken end)
-      and put_back(tag, value, at, src, ring, client) then
-    redis.call('HDEL', KEYS[1], tag)
+local v1 = #KEYS - 2
+for k = 1, v1 - 1 do
+  local held = redis.call('HGETALL', KEYS[k])
+  for j = 1, #held, 2 do
+    local tag, value = held[j], held[j + 1]
+    local taken, who, src, ring, client, at = head(value)
+    local node = who and string.match(who, '^(.*)|[^|]*$')
+    if node and src ~= '' and dead(who, node, function() return taken end)
+        and put_back(tag, value, at, src, ring, client) then
+      redis.call('HDEL', KEYS[k], tag)
+    end
   end
 end
-local flat = redis.call('HGETALL', KEYS[2])
+local flat = redis.call('HGETALL', KEYS[v1])
 for j = 1, #flat, 2 do
   local tag, value = flat[j], flat[j + 1]
   local who, src, ring, client = string.match(value, '^([^\n]*)\n([^\n]*)\n([^\n]*)\n(.*)$')
   local node = who and string.match(who, '^(.*)|[^|]*$')
-  local record = redis.call('HGET', KEYS[3], tag)
+  local record = redis.call('HGET', KEYS[v1 + 1], tag)
   if not record or not node then
-    redis.call('HDEL', KEYS[2], tag)
-  elseif dead(who, node, function() return redis.call('ZSCORE', KEYS[4], tag) end)
+    redis.call('HDEL', KEYS[v1], tag)
+  elseif dead(who, node, function() return redis.call('ZSCORE', KEYS[v1 + 2], tag) end)
       and put_back(tag, record, 1, src, ring, client) then
-    redis.call('ZREM', KEYS[4], tag)
-    redis.call('HDEL', KEYS[3], tag)
-    redis.call('HDEL', KEYS[2], tag)
+    redis.call('ZREM', KEYS[v1 + 2], tag)
+    redis.call('HDEL', KEYS[v1 + 1], tag)
+    redis.call('HDEL', KEYS[v1], tag)
   end
 end
 return back
@@ -211,13 +215,14 @@ class HolderSweep:
         if not TAKE.run(self._broker, [self._lock],
                         [self._token, int((self.interval - SLACK) * 1000)]):
             return []
-        if not self._broker.exists(*self._keys[:2]):  # nothing held (an idle fleet)
+        keys = [*held_hashes(self._broker, self._keys[0]), *self._keys[1:]]
+        if not self._broker.exists(*keys[:-2]):  # nothing held (an idle fleet)
             return []
         now = time.time() if now is None else now
         records = self._presence.hgetall(WORKERS_KEY)
         args = liveness_args(records, now, self.window, self._ttl)
         back = [t.decode() if isinstance(t, bytes) else str(t) for t in SWEEP.run(
-            self._broker, self._keys, [repr(now - self.window), *args])]
+            self._broker, keys, [repr(now - self.window), *args])]
         if back:
             log.warning("%d message(s) of dead workers put back in their queues "
                         "(no heartbeat for %g s): %s", len(back), self.window,

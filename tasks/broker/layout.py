@@ -58,13 +58,24 @@ LANE_WEIGHTS_KEY = ROOT + "lane-weights"  # hash: client -> weight (the API's to
 # The version of the layout drawn here (tasks/broker/stored_layout.py). Version 1:
 # kombu's lists, the clients' lanes and rings, `unacked` with its index and holders,
 # and the doorbells. Version 2: the same, a delivered message held in HELD_KEY alone.
-# The stored one is the oldest version a worker must read to run on this Redis: a
-# worker stores LAYOUT_OLDEST where none is, the oldest version whose workers may run
-# beside this release's (version 1's read none of version 2's records, and version 2's
-# workers sweep and restore both).
+# Version 3: below. The stored one is the oldest version a worker must read to run on
+# this Redis and the one clients write their lanes in: a worker stores LAYOUT_VERSION
+# where none is (a new Redis), and moves an older one on once no older worker is alive;
+# LAYOUT_OLDEST is the oldest stored version this release runs on (it reads version
+# 1's and 2's records, and moves version 2's lanes into its own).
 LAYOUT_KEY = ROOT + "layout"
-LAYOUT_VERSION = 2
+LAYOUT_VERSION = 3
 LAYOUT_OLDEST = 1
+# Layout version 3 (Cluster-ready): every key beside one of a queue's lists L takes L
+# as its hash tag (`{L}:...`: in the slot of L itself, where every kombu client pushes),
+# so that a fetch from L, its lanes and its ring, and the record it holds, touch one
+# slot: its held records `{L}:held`, a client's lane `{L}:lane:<client>`, its ring of
+# clients `{L}:ring` (with `:turn` and `:count` beside it), and a queue's doorbell
+# `{Q}:wake` (Q's step-0 list is Q). HELD_LISTS_KEY: the set of lists whose held
+# records a consumer may have written (each consuming worker adds its own): what the
+# sweep, the visibility timeout's look and queue depth read. Version 2's lanes, rings,
+# doorbells and held hash are still read beside them (a rolling upgrade).
+HELD_LISTS_KEY = ROOT + "held-lists"
 DEAD_LETTER_KEY = ROOT + "dead-letter"  # refused broker messages (a capped list)
 DEAD_LETTER_COUNT_KEY = ROOT + "dead-letter:count"  # how many were ever refused
 
@@ -130,3 +141,54 @@ def lanes_key(step: int) -> str:
     client's messages waiting in every queue at that step).
     """
     return f"{LANES_PREFIX}{step}"
+
+
+def tagged(list_key: str, part: str) -> str:
+    """`{list_key}:part`: a key in the hash slot of the list `list_key` (layout 3)."""
+    return f"{{{list_key}}}:{part}"
+
+
+def list_held_key(list_key: str) -> str:
+    """`{L}:held`: the records of the messages held that were taken from list L."""
+    return tagged(list_key, "held")
+
+
+def list_lane_key(list_key: str, client: str) -> str:
+    """`{L}:lane:<client>`: `client`'s messages waiting in list L (layout 3)."""
+    return tagged(list_key, f"lane:{client}")
+
+
+def list_ring_key(list_key: str) -> str:
+    """`{L}:ring`: the clients with messages waiting in list L's lanes (layout 3).
+
+    Beside it, `{L}:ring:turn` (hash: the pages left in a client's turn) and
+    `{L}:ring:count` (hash: a client's messages waiting in L's lanes).
+    """
+    return tagged(list_key, "ring")
+
+
+def queue_wake_key(queue: str) -> str:
+    """`{Q}:wake`: queue Q's doorbell (layout 3), in the slot of Q's step-0 list."""
+    return tagged(queue, "wake")
+
+
+def wake(queue_key: str, layout: int = LAYOUT_VERSION) -> str:
+    """The doorbell of the queue whose step-0 list is `queue_key`, in `layout`."""
+    return queue_wake_key(queue_key) if layout >= 3 else wake_key(queue_key)
+
+
+def list_of_held_key(key: str) -> str | None:
+    """The list L of a held hash `{L}:held`; None for any other key."""
+    if key.startswith("{") and key.endswith("}:held"):
+        return key[1:-len("}:held")]
+    return None
+
+
+def is_lane(key: str) -> bool:
+    """Whether `key` is a client's lane of a list (layout 3's, or version 2's)."""
+    return key.startswith(LANE_PREFIX) or (key.startswith("{") and "}:lane:" in key)
+
+
+def is_held_hash(key: str) -> bool:
+    """Whether `key` is a hash of held messages (a list's; version 2's; version 1's)."""
+    return key in (HELD_KEY, UNACKED_KEY) or list_of_held_key(key) is not None

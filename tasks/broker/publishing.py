@@ -34,6 +34,8 @@ from tasks.state.connection import check_replicas, wait_replicas
 
 log = logging.getLogger(__name__)
 
+LAYOUT_SECONDS = 5.0  # how long a channel's view of the broker's stored layout lasts
+
 
 class PublishingChannel(RedisChannel):
     """The Redis channel whose publishes go to lanes, ring, and wait for replicas."""
@@ -98,7 +100,7 @@ class PublishingChannel(RedisChannel):
         with self.conn_or_acquire() as conn:
             scripts.run(conn, lanes.push_command(
                 self._key(""), layout.queue_list(queue, step, self.sep), step, client,
-                bodies[0], ring_queue=queue, more=bodies[1:]))
+                bodies[0], ring_queue=queue, more=bodies[1:], layout=self.lanes_layout()))
         self._ring(queue, rung=True)
 
     def restore_payload(self, payload: Any, exchange: str, routing_key: str, pipe: Any,
@@ -112,25 +114,29 @@ class PublishingChannel(RedisChannel):
                 not isinstance(payload.get("properties"), dict):
             queues = queues or list(self._lookup(exchange, routing_key))
             super().restore_payload(payload, exchange, routing_key, pipe, leftmost)
-            doorbells.ring(pipe, self._key, queues)
+            doorbells.ring(pipe, self._key, queues, self.lanes_layout())
             return
         headers["redelivered"] = True
         payload["properties"].setdefault("delivery_info", {})["redelivered"] = True
         step = layout.message_step(payload, self.priority_steps)
+        written = self.lanes_layout()
         for queue in queues:
             scripts.queue(pipe, lanes.push_command(
                 self._key(""), layout.queue_list(queue, step, self.sep), step, client,
-                dumps(payload), first=not leftmost))
-        doorbells.ring(pipe, self._key, queues)
+                dumps(payload), first=not leftmost, layout=written))
+        doorbells.ring(pipe, self._key, queues, written)
 
     def _holding_keys(self, queue: str) -> tuple[str, ...]:
-        # A message in a lane has its client in its step's ring (the push adds it, the
+        # A message in a lane has its client in its list's ring (the push adds it, the
         # fetch takes it out only once none waits): where no ring exists, no lane
-        # holds one (and the count below, over the rings' clients, finds none).
+        # holds one (and the count below, over the rings' clients, finds none). Layout
+        # version 2's rings, one a step, hold a client of the release before.
         keys = super()._holding_keys(queue)
         if not lanes.laned(queue):
             return keys
-        return (*keys, *(self._key(layout.lanes_key(step)) for step in self.priority_steps))
+        return (*keys, *(layout.list_ring_key(self._key(layout.queue_list(queue, step, self.sep)))
+                         for step in self.priority_steps),
+                *(self._key(layout.lanes_key(step)) for step in self.priority_steps))
 
     def _count(self, queue: str) -> int:
         # The queue's lists and its lanes.
@@ -159,7 +165,7 @@ class PublishingChannel(RedisChannel):
         try:
             with self.conn_or_acquire() as client, \
                     client.pipeline(transaction=False) as pipe:
-                doorbells.ring(pipe, self._key, [queue])
+                doorbells.ring(pipe, self._key, [queue], self.lanes_layout())
                 replies = wait_replicas(pipe, replicas, timeout).execute()
             check_replicas(replies, replicas, timeout, f"a message to queue {queue}")
         except ReplicaMissing:
@@ -182,6 +188,30 @@ class PublishingChannel(RedisChannel):
     def _key(self, name: str) -> str:
         """`name` as a raw command names it (the transport takes no global key prefix)."""
         return name
+
+    _layout: tuple[float, int] = (float("-inf"), layout.LAYOUT_VERSION)
+
+    def lanes_layout(self) -> int:
+        """The key layout this channel's lanes and doorbells are written in.
+
+        The broker's stored layout (tasks/broker/stored_layout.py), read again every
+        LAYOUT_SECONDS: while it is 2, workers of the release before may run, and a
+        client's message goes to the lanes and doorbells they read (this release's
+        workers move them into their own); from 3 on, to this release's. A Redis that
+        holds none, or a read refused, is taken for this release's.
+        """
+        read_at, known = self._layout
+        if time.monotonic() - read_at < LAYOUT_SECONDS:
+            return known
+        try:
+            with self.conn_or_acquire() as client:
+                stored = client.get(layout.LAYOUT_KEY)
+            known = min(int(stored), layout.LAYOUT_VERSION) if stored is not None \
+                else layout.LAYOUT_VERSION
+        except (*self.connection_errors, redis.exceptions.ResponseError, ValueError):
+            known = layout.LAYOUT_VERSION
+        self._layout = (time.monotonic(), known)
+        return known
 
 
 def _lanes_in_order(held: list[tuple[str, int, str, str]],

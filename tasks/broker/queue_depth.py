@@ -11,9 +11,10 @@ What it counts, for a set of queues, in broker messages, each one unit of work:
   of its own (`ocr`, `ocr\x06\x163`, `ocr\x06\x166`, `ocr\x06\x169`), so reading `ocr`
   alone misses every job sent with another priority than the first step; a message
   that names its client waits in that client's lane of the list instead
-  (`ocr:lane:<list>:<client>`, tasks/broker/layout.py), so reading the lists alone
-  misses them; a list's lanes are found through its priority step's ring of clients
-  (`ocr:lanes:<step>`).
+  (`{<list>}:lane:<client>`, tasks/broker/layout.py), so reading the lists alone
+  misses them; a list's lanes are found through its ring of clients (`{<list>}:ring`;
+  layout version 2's lanes, `ocr:lane:<list>:<client>`, through their priority step's
+  ring `ocr:lanes:<step>`: a client of the release before).
 - **running**: the messages a worker took and has not acknowledged yet (the held
   records, tasks/broker/held.py, and those of a worker of the release before in
   kombu's `unacked` hash: the page a pool child reads, those its worker reserved, a
@@ -47,7 +48,8 @@ from typing import Any
 import redis
 
 from tasks.broker import layout
-from tasks.broker.layout import lane_key, lanes_key
+from tasks.broker.held import held_hashes
+from tasks.broker.layout import lane_key, lanes_key, list_lane_key, list_ring_key
 
 # Counts the held messages of the hashes KEYS[..] by (exchange, routing key), inside
 # Redis: each entry ends with `[message, exchange, routing_key]` as JSON (kombu's
@@ -75,9 +77,10 @@ end
 return flat
 """
 
-# Messages waiting in each list (KEYS[2i-1]) and in the lanes of its ring (KEYS[2i]),
-# whose keys start with ARGV[i]; the ring names the anonymous lane (the list) "". A key
-# of another type under a list's name counts as 0.
+# Messages waiting in each list (KEYS[3i-2]) and in the lanes of its rings (KEYS[3i-1],
+# lane keys starting with ARGV[2i-1]; layout version 2's KEYS[3i], ARGV[2i]); a ring
+# names the anonymous lane (the list) "". A key of another type under a list's name
+# counts as 0.
 _WAITING = """
 local function length(key)
   local n = redis.pcall('LLEN', key)
@@ -85,10 +88,12 @@ local function length(key)
   return 0
 end
 local out = {}
-for i = 1, #ARGV do
-  local n = length(KEYS[2 * i - 1])
-  for _, client in ipairs(redis.call('LRANGE', KEYS[2 * i], 0, -1)) do
-    if client ~= '' then n = n + length(ARGV[i] .. client) end
+for i = 1, #KEYS / 3 do
+  local n = length(KEYS[3 * i - 2])
+  for r = 1, 2 do
+    for _, client in ipairs(redis.call('LRANGE', KEYS[3 * i - 2 + r], 0, -1)) do
+      if client ~= '' then n = n + length(ARGV[2 * i - 2 + r] .. client) end
+    end
   end
   out[i] = n
 end
@@ -97,9 +102,9 @@ return out
 
 # The header a message is stamped with when published (epoch seconds).
 PUBLISHED_HEADER = "ocr_published"
-# Each list's tail (KEYS[2i-1]): its stamp, "" for an empty list, or "?" and the
+# Each list's tail (KEYS[3i-2]): its stamp, "" for an empty list, or "?" and the
 # delivery tag of a message without one; then the oldest stamp of the tails of the
-# lanes of each list's ring (KEYS[2i], lane keys starting with ARGV[i]), "" for none.
+# lanes of each list's rings (KEYS[3i-1] and KEYS[3i], as `_WAITING`), "" for none.
 # Headers and properties are the envelope's last keys: 8 KiB.
 _OLDEST = """
 local function stamp(item)
@@ -107,8 +112,9 @@ local function stamp(item)
   return string.match(tail, '"ocr_published"%s*:%s*([0-9][0-9.eE+]*)'), tail
 end
 local out = {}
-for i = 1, #ARGV do
-  local item = redis.call('LINDEX', KEYS[2 * i - 1], -1)
+local lists = #KEYS / 3
+for i = 1, lists do
+  local item = redis.call('LINDEX', KEYS[3 * i - 2], -1)
   if not item then
     out[i] = ''
   else
@@ -116,12 +122,14 @@ for i = 1, #ARGV do
     out[i] = at or ('?' .. (string.match(tail, '"delivery_tag"%s*:%s*"([^"]*)"') or ''))
   end
   local oldest = ''
-  for _, client in ipairs(redis.call('LRANGE', KEYS[2 * i], 0, -1)) do
-    local head = client ~= '' and redis.call('LINDEX', ARGV[i] .. client, -1)
-    local at = head and stamp(head)
-    if at and (oldest == '' or tonumber(at) < tonumber(oldest)) then oldest = at end
+  for r = 1, 2 do
+    for _, client in ipairs(redis.call('LRANGE', KEYS[3 * i - 2 + r], 0, -1)) do
+      local head = client ~= '' and redis.call('LINDEX', ARGV[2 * i - 2 + r] .. client, -1)
+      local at = head and stamp(head)
+      if at and (oldest == '' or tonumber(at) < tonumber(oldest)) then oldest = at end
+    end
   end
-  out[#ARGV + i] = oldest
+  out[lists + i] = oldest
 end
 return out
 """
@@ -166,7 +174,7 @@ class QueueDepth:
         wanted = tuple(dict.fromkeys(queues))
         names = [name for queue in wanted for name in self.lists(queue)]
         lengths = [int(n) for n in self._read_only(_WAITING, self._with_rings(wanted),
-                                                   [lane_key(n, "") for n in names])]
+                                                   self._lane_prefixes(names))]
         step = len(self._steps)
         return {queue: sum(lengths[i * step:(i + 1) * step]) for i, queue in enumerate(wanted)}
 
@@ -177,7 +185,7 @@ class QueueDepth:
         lists = [(queue, name) for queue in wanted for name in self.lists(queue)]
         names = [name for _, name in lists]
         tails = self._read_only(_OLDEST, self._with_rings(wanted),
-                                [lane_key(n, "") for n in names]) if lists else []
+                                self._lane_prefixes(names)) if lists else []
         lanes = [_stamp(_text(raw)) for raw in tails[len(lists):]]
         tails = tails[:len(lists)]
         ages = dict.fromkeys(wanted, 0.0)
@@ -210,10 +218,16 @@ class QueueDepth:
         return Depth(wanted, waiting, running)
 
     def _with_rings(self, queues: Sequence[str]) -> list[str]:
-        """Each list of `queues` followed by the ring of its priority step's lanes."""
+        """Each list of `queues`, its ring, and layout version 2's ring of its step."""
         return [key for queue in queues
                 for name, step in zip(self.lists(queue), self._steps, strict=True)
-                for key in (name, lanes_key(step))]
+                for key in (name, list_ring_key(name), lanes_key(step))]
+
+    @staticmethod
+    def _lane_prefixes(names: Sequence[str]) -> list[str]:
+        """Each list's lanes' prefix, then layout version 2's."""
+        return [prefix for name in names
+                for prefix in (list_lane_key(name, ""), lane_key(name, ""))]
 
     def _read_only(self, script: str, keys: Sequence[str], args: Sequence[str] = ()) -> Any:
         """Run a read-only Lua `script` as a user that may only read (`EVALSHA_RO`)."""
@@ -224,8 +238,8 @@ class QueueDepth:
             return self._redis.eval_ro(script, len(keys), *keys, *args)
 
     def _unacked_by_route(self) -> dict[tuple[str, str], int]:
-        flat = self._read_only(_COUNT_UNACKED,
-                               [layout.held_key(self._unacked_key), self._unacked_key])
+        flat = self._read_only(_COUNT_UNACKED, [
+            *held_hashes(self._redis, layout.held_key(self._unacked_key)), self._unacked_key])
         counts: dict[tuple[str, str], int] = {}
         for pair, count in zip(flat[::2], flat[1::2], strict=True):
             exchange, _, routing_key = _text(pair).partition("\n")

@@ -47,18 +47,24 @@ QUEUES = ("ocr", "ocr[^:]*")          # task queues: ocr, ocr-<engine>, ocr-cont
 DIRECT = ("*.dq2*",)                  # each worker's own queue (worker_direct)
 PIDBOX = ("*.celery.pidbox*",)        # remote control: a node's mailbox, replies
 BINDINGS = ("_kombu.*",)              # exchange -> queue tables and their deadlines
-# delivered, not acknowledged: held (tasks/broker/held.py), or in layout version 1's
-# keys (kombu's unacked hash and index, the holders); the lock of their sweep
-# (tasks/broker/holders.py)
-UNACKED = (layout.HELD_KEY, *layout.UNACKED_KEYS, layout.HOLDERS_KEY, layout.SWEEP_LOCK_KEY)
+# delivered, not acknowledged: held in the hash of the list taken from (tasks/broker/
+# held.py: a service queue's, a worker's direct queue's), the set of those lists, or in
+# layout version 2's hash and version 1's keys (kombu's unacked hash and index, the
+# holders); the lock of their sweep (tasks/broker/holders.py)
+HELD = ("{ocr*}:held", "{*.dq2*}:held")
+UNACKED = (*HELD, layout.HELD_LISTS_KEY, layout.HELD_KEY, *layout.UNACKED_KEYS,
+           layout.HOLDERS_KEY, layout.SWEEP_LOCK_KEY)
 RESULTS = ("celery-task-meta-*",)     # Celery's results
-WAKE = (layout.WAKE_PREFIX + "*",)    # each queue's doorbell (tasks/broker/layout.py)
-# each client's lane of a queue's list, each priority step's ring of clients, its turn
-# and counts (tasks/broker/lanes.py); the clients' weights, written by the token store
-LANES = (layout.LANE_PREFIX + "*", layout.LANES_PREFIX + "*")
+# each queue's doorbell (tasks/broker/layout.py), and layout version 2's
+WAKE = (layout.queue_wake_key("ocr*"), layout.WAKE_PREFIX + "*")
+# each client's lane of a queue's list, each list's ring of clients, its turn and
+# counts (tasks/broker/lanes.py), and layout version 2's lanes and rings (one a
+# priority step); the clients' weights, written by the token store
+LANES = ("{ocr*}:lane:*", "{ocr*}:ring*", layout.LANE_PREFIX + "*", layout.LANES_PREFIX + "*")
 LANE_WEIGHTS = layout.LANE_WEIGHTS_KEY
 DEAD_LETTERS = (layout.DEAD_LETTER_KEY, layout.DEAD_LETTER_COUNT_KEY)
-LAYOUT = (layout.LAYOUT_KEY,)         # the key layout's version (a worker's start)
+LAYOUT = (layout.LAYOUT_KEY,)         # the key layout's version (a worker's start;
+#                                       every publisher reads which lanes to write)
 EVENTS = f"/{DB}.celeryev/*"          # task and worker events (Flower reads them)
 CONTROL_CHANNEL = f"/{DB}.celery.pidbox"  # remote control broadcasts
 RESULT_CHANNEL = "celery-task-meta-*"  # a result as it is stored
@@ -177,11 +183,11 @@ USERS: tuple[RedisUser, ...] = (
               "ocr:api:inflight:*", "ocr:api:upload:*", "ocr:api:bytes:*", *_PAGE_HOLDS,
               "ocr:corrections:*", "ocr:api:session:*"),
         read_keys=(*RESULTS, "ocr:api:token:*", "ocr:api:clients", "ocr:doc:*",
-                   "ocr:output:*", "ocr:workers", "ocr:usage:*", "ocr:preview:*"),
+                   "ocr:output:*", "ocr:workers", "ocr:usage:*", "ocr:preview:*", *LAYOUT),
         channels=(EVENTS, RESULT_CHANNEL)),
     RedisUser(
         "beat", "beat (Procfile `beat`: sends the scheduled model audit)",
-        SEND, keys=(*QUEUES, *BINDINGS, *WAKE, *LANES), read_keys=RESULTS,
+        SEND, keys=(*QUEUES, *BINDINGS, *WAKE, *LANES), read_keys=(*RESULTS, *LAYOUT),
         channels=(EVENTS, RESULT_CHANNEL)),
     RedisUser(
         "flower", "Flower (Procfile `flower`): events, remote control, queue lengths; it "
@@ -195,8 +201,9 @@ USERS: tuple[RedisUser, ...] = (
          "script|exists", "multi", "exec", "discard", "get", "set", "del", "exists",
          "hset", "hget", "hdel", "hgetall", "watch", "unwatch", "psubscribe",
          "punsubscribe", "publish", "pexpire", "info"),
-        keys=(*PIDBOX, *BINDINGS, "celeryev.*", layout.wake_key("*.celery.pidbox")),
-        read_keys=(*QUEUES, *RESULTS, "ocr:workers"),
+        keys=(*PIDBOX, *BINDINGS, "celeryev.*", layout.queue_wake_key("*.celery.pidbox"),
+              layout.wake_key("*.celery.pidbox")),
+        read_keys=(*QUEUES, *RESULTS, "ocr:workers", *LAYOUT),
         channels=(EVENTS, CONTROL_CHANNEL)),
     RedisUser(
         "metrics", "the metrics exporter (Procfile `metrics`): reads only",
@@ -205,7 +212,8 @@ USERS: tuple[RedisUser, ...] = (
         # LRANGE: the lanes of each list's ring (a read-only script)
         ("llen", "lindex", "lrange", "get", "smembers", "hgetall", "hget", "hkeys", "eval_ro",
          "evalsha_ro", "info", "hlen"),
-        read_keys=(*QUEUES, *LANES, *BINDINGS, layout.HELD_KEY, layout.UNACKED_KEY,
+        read_keys=(*QUEUES, *LANES, *BINDINGS, *HELD, layout.HELD_LISTS_KEY,
+                   layout.HELD_KEY, layout.UNACKED_KEY,
                    "ocr:metrics:*", "ocr:workers", *DEAD_LETTERS, *_BATCHES,
                    "ocr:golden:*")),
     RedisUser(
@@ -220,7 +228,7 @@ USERS: tuple[RedisUser, ...] = (
          "hlen", *_NOTICE_READ),
         keys=(*QUEUES, *BINDINGS, *WAKE, *LANES, *_JOB_INDEX, *_BATCHES, "ocr:job:*",
               "ocr:blob:*"),
-        read_keys=(*RESULTS, "ocr:doc:*", "ocr:output:*", "ocr:workers"),
+        read_keys=(*RESULTS, "ocr:doc:*", "ocr:output:*", "ocr:workers", *LAYOUT),
         channels=(EVENTS, RESULT_CHANNEL)),
     RedisUser(
         "admin", "operators: ocr_admin.py and submit.py's token and maintenance commands",

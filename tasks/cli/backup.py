@@ -25,7 +25,7 @@ from typing import Any, Protocol
 
 import redis
 
-from tasks.broker.layout import HELD_KEY, LANE_PREFIX, UNACKED_KEY
+from tasks.broker.layout import is_held_hash, is_lane
 from tasks.cli.core import EXIT_FAILURE, EXIT_OK
 from tasks.errors import OcrError, RestoreRefused
 from tasks.lifecycle import backup_files
@@ -116,7 +116,7 @@ def run_restore(args: argparse.Namespace, session: Context, prog: str = "ocr_adm
                     # kept on OCR_REDIS_MIN_REPLICAS replicas before it is called done
                     check_kept(kept(destination.pipeline(), target).execute(), target,
                                "the restored keys")
-                    restored = inventory(destination, LANE_PREFIX, (HELD_KEY, UNACKED_KEY))
+                    restored = inventory(destination, is_lane, is_held_hash)
                 finally:
                     source.close()
                     destination.close()
@@ -210,6 +210,6 @@ class Loader:
     def inventory(self, db: int) -> Any:
         client = self.client(db)
         try:
-            return inventory(client, LANE_PREFIX, (HELD_KEY, UNACKED_KEY))
+            return inventory(client, is_lane, is_held_hash)
         finally:
             client.close()

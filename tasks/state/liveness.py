@@ -7,12 +7,12 @@ console. A read is one HGETALL of a
 hash with one field per worker node: no broadcast, no wait for replies.
 
 Each field holds `{"queues": [...], "engines": [...], "expires": <epoch s>, "pid":
-<the worker parent's pid>}`; a worker that stops refreshing (killed, hung, cut off
-from Redis) drops out when its `expires` passes, PRESENCE_TTL seconds after its last
-heartbeat. The record itself stays `keep` seconds more (OCR_WORKER_LIVENESS_SECONDS):
-the sweep of dead holders (tasks/broker/holders.py) tells a silent worker from a
-restarted one by it. The hash itself carries a TTL too, pushed forward by every
-write, so it goes when the last worker does.
+<the worker parent's pid>, "layout": <its broker key layout>}`; a worker that stops
+refreshing (killed, hung, cut off from Redis) drops out when its `expires` passes,
+PRESENCE_TTL seconds after its last heartbeat. The record itself stays `keep` seconds
+more (OCR_WORKER_LIVENESS_SECONDS): the sweep of dead holders (tasks/broker/holders.py)
+tells a silent worker from a restarted one by it. The hash itself carries a TTL too,
+pushed forward by every write, so it goes when the last worker does.
 """
 
 from __future__ import annotations
@@ -44,17 +44,22 @@ class WorkerPresence:
         self._tidied_at = float("-inf")
 
     def publish(self, node: str, queues: Iterable[str], now: float | None = None,
-                engines: Iterable[str] = (), pid: int | None = None) -> None:
+                engines: Iterable[str] = (), pid: int | None = None,
+                layout: int | None = None) -> None:
         """`node` (worker parent `pid`) is alive and consumes `queues`, for `ttl` seconds.
 
         `engines`: the engine names a job may give, as the node's registry knows them
         (clients without this code, the Node.js one, refuse others at the door).
+        `layout`: the broker key layout its release writes (the broker's stored one
+        moves on once every live worker's is the newest: tasks/broker/stored_layout.py).
         """
         now = time.time() if now is None else now
         fields = {"queues": sorted(set(queues)), "engines": list(engines),
                   "expires": round(now + self.ttl, 3)}
         if pid is not None:
             fields["pid"] = pid
+        if layout is not None:
+            fields["layout"] = layout
         # One round trip, two commands: the record and the hash's TTL.
         pipe = self._redis.pipeline(transaction=False)
         pipe.hset(WORKERS_KEY, node, json.dumps(fields))
@@ -86,6 +91,10 @@ class WorkerPresence:
         grace = 0.0 if window is None else max(0.0, window - self.ttl)
         return {node: _queues(record) for node, record in self._records().items()
                 if _expires(record) + grace >= now}
+
+    def records(self) -> dict[str, bytes | str]:
+        """Every node's presence record (node -> JSON), lapsed ones too: one HGETALL."""
+        return self._records()
 
     def _records(self) -> dict[str, bytes | str]:
         return {(n.decode() if isinstance(n, bytes) else str(n)): r

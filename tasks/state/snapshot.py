@@ -19,7 +19,7 @@ Runs in the operator's process (`ocr_admin.py backup` and `restore`, tasks/cli/b
 from __future__ import annotations
 
 import socket
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any, BinaryIO
 
@@ -197,20 +197,21 @@ class Inventory:
         return dict(self.__dict__)
 
 
-def inventory(client: redis.Redis, lane_prefix: str,
-              held_hashes: tuple[str, ...]) -> Inventory:
+def inventory(client: redis.Redis, is_lane: Callable[[str], bool],
+              is_held: Callable[[str], bool]) -> Inventory:
     """Count keys by kind: broker messages (waiting and in flight), jobs, results, tokens.
 
-    `lane_prefix`: the broker's clients' lanes (tasks/broker/layout.py), lists of
-    queued messages under `ocr:`; `held_hashes`: the broker's hashes of messages in
-    flight (one entry each).
+    `is_lane`: whether a key is one of the broker's clients' lanes (tasks/broker/
+    layout.py), lists of queued messages; `is_held`: whether it is one of the broker's
+    hashes of messages in flight (one entry each). Other lists outside `ocr:` and the
+    broker's tagged keys (`{...}`: its rings, doorbells) are queues' lists.
     """
     counts = {"keys": 0, "queued_messages": 0, "unacked_messages": 0, "jobs": 0,
               "results": 0, "tokens": 0, "inputs": 0}
     for raw in client.scan_iter(count=1000):
         key = raw.decode(errors="replace") if isinstance(raw, bytes) else str(raw)
         counts["keys"] += 1
-        if key in held_hashes:
+        if is_held(key):
             counts["unacked_messages"] += int(client.hlen(raw))
         elif key.startswith(keys.API_TOKEN_PREFIX):
             counts["tokens"] += 1
@@ -220,8 +221,8 @@ def inventory(client: redis.Redis, lane_prefix: str,
             counts["inputs"] += 1
         elif key.startswith(keys.JOB_PREFIX) and ":" not in key[len(keys.JOB_PREFIX):]:
             counts["jobs"] += 1
-        elif (key.startswith(lane_prefix) or not key.startswith(
-                (keys.ROOT, "_kombu.", "unacked"))) and client.type(raw) in (b"list", "list"):
+        elif (is_lane(key) or not key.startswith(
+                (keys.ROOT, "_kombu.", "unacked", "{"))) and client.type(raw) in (b"list", "list"):
             # a broker queue's list, or a client's lane of one (tasks/broker/lanes.py)
             counts["queued_messages"] += int(client.llen(raw))
     return Inventory(**counts)

@@ -28,9 +28,9 @@ import redis
 import requests
 
 from devkit.receivers import CallbackReceiver
-from tasks.broker.layout import HELD_KEY
 from tests.api_server import ApiServer, create_token, session
 from tests.harness import FAST_PAGES, ROOT, Worker, eventually, fake_env
+from tests.held_records import held_items
 from tests.image_fixtures import png
 from tests.moto_s3 import MotoS3
 
@@ -385,7 +385,7 @@ def test_workers_killed_halfway_and_restarted_finish_the_batch(
         flight = store.hgetall(f"ocr:batch:{batch_id}:flight")
         states = {k: (store.get(b"celery-task-meta-" + k), store.hgetall(b"ocr:job:" + k))
                   for k in flight}
-        raise AssertionError(f"{flight}\n{states}\nheld={store.hkeys(HELD_KEY)}"
+        raise AssertionError(f"{flight}\n{states}\nheld={list(held_items(store))}"
                              f"\nqueue={store.llen('ocr')}") from None
     assert done["state"] == "SUCCESS", done
     assert done["documents"]["done"] == count, done

@@ -31,11 +31,11 @@ import pytest
 import redis
 import requests
 
-from tasks.broker.layout import HELD_KEY
 from tests.api.test_batches import ended, info, jobs_of
 from tests.api_server import ApiServer, create_token, session
 from tests.clients.test_object_storage import self_signed
 from tests.harness import FAST_PAGES, Worker, eventually, fake_env
+from tests.held_records import held_items
 from tests.image_fixtures import png
 from tests.moto_s3 import MotoS3
 
@@ -249,7 +249,7 @@ def _messages_of(store: redis.Redis, job_ids: list[str]) -> list[str]:
     for key in lists:
         found += [f"{key.decode()}: {job}" for item in store.lrange(key, 0, -1)
                   for job in job_ids if job.encode() in item]
-    found += [f"held: {job}" for item in store.hvals(HELD_KEY)
+    found += [f"held: {job}" for item in held_items(store).values()
               for job in job_ids if job.encode() in item]
     return found
 

@@ -344,13 +344,16 @@ def _queue_lists(queue: str) -> list[str]:
 def _refuses_a_message(queue: str, reason: str, what: str) -> bool:
     """Whether a refusal keeps a message out of `queue`: its push, or a key of it.
 
-    A key of its lists, of their lanes, or a priority step's ring of lanes (the
-    queue's declare counts the messages in its lanes by them).
+    A key of its lists, of their lanes, or a ring of lanes (each list's, and layout
+    version 2's, one a priority step: the queue's declare counts the messages in its
+    lanes by them).
     """
     if reason == "command":
         return what in ("lpush", "rpush")
-    rings = [layout.lanes_key(step) for step in layout.PRIORITY_STEPS]
-    lanes = tuple(layout.lane_key(name, "") for name in _queue_lists(queue))
+    rings = [*(layout.lanes_key(step) for step in layout.PRIORITY_STEPS),
+             *(layout.list_ring_key(name) for name in _queue_lists(queue))]
+    lanes = tuple(prefix for name in _queue_lists(queue)
+                  for prefix in (layout.lane_key(name, ""), layout.list_lane_key(name, "")))
     return reason == "key" and (what in (*_queue_lists(queue), *rings)
                                 or what.startswith(lanes))
 
@@ -362,11 +365,15 @@ def _holding(fleet: Fleet, queue: str, task_id: str, client: str) -> list[str]:
     """
     admin = fleet.redis.client()
     try:
-        keys = [*_queue_lists(queue), *(k.decode() for name in _queue_lists(queue)
-                                       for k in admin.scan_iter(layout.lane_key(name, "*")))]
+        lanes = [pattern for name in _queue_lists(queue)
+                 for pattern in (layout.lane_key(name, "*"), layout.list_lane_key(name, "*"))]
+        keys = [*_queue_lists(queue), *(k.decode() for pattern in lanes
+                                       for k in admin.scan_iter(pattern))]
         held = [k for k in keys if any(task_id.encode() in m for m in admin.lrange(k, 0, -1))]
-        return held + [layout.lanes_key(step) for step in layout.PRIORITY_STEPS if client
-                       and admin.lpos(layout.lanes_key(step), client) is not None]
+        rings = [*(layout.lanes_key(step) for step in layout.PRIORITY_STEPS),
+                 *(layout.list_ring_key(name) for name in _queue_lists(queue))]
+        return held + [ring for ring in rings
+                       if client and admin.lpos(ring, client) is not None]
     finally:
         admin.close()
 

@@ -27,8 +27,8 @@ import psutil
 import pytest
 import redis
 
-from tasks.broker import lanes, oversized, scripts
-from tasks.broker.layout import DEAD_LETTER_KEY, HELD_KEY
+from tasks.broker import fetch_script, oversized, scripts
+from tasks.broker.layout import DEAD_LETTER_KEY, list_held_key
 from tasks.broker.oversized import ENDS, OversizedReply, received, reply_size
 from tasks.broker.refusals import read_dead_letters
 from tasks.client import OcrClient
@@ -165,17 +165,17 @@ def test_scripts_send_only_the_ends_of_a_message_over_the_bound(redis_url: str,
     over = oversized_message(str(uuid.uuid4()), 2)
     queue = f"ocr-bounded-{protocol}"
     store.rpush(queue, within, over)
-    fetch = lanes.fetch_command("", HELD_KEY,
-                                [(queue, 0, False, True)], 1.0, bound)
+    fetch = fetch_script.fetch_command("", [(queue, 0, False, True)], 1.0, bound)
+    held = list_held_key(queue)
     name, item, tag = scripts.run(store, fetch)
     got = received(item)
     assert isinstance(got, OversizedReply) and got.size == len(over) and tag == b""
     assert got == over[:ENDS] + b"\n" + over[-ENDS:]
     assert name == queue.encode() and store.llen(queue) == 1
-    assert store.hlen(HELD_KEY) == 0
+    assert store.hlen(held) == 0
     name, item, tag = scripts.run(store, fetch)
-    assert received(item) == within and tag and store.hexists(HELD_KEY, tag)
-    store.delete(key, queue, HELD_KEY)
+    assert received(item) == within and tag and store.hexists(held, tag)
+    store.delete(key, queue, held)
     store.close()
 
 

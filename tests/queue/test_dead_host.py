@@ -32,11 +32,11 @@ import pytest
 import redis
 
 from devkit.receivers import CallbackReceiver
-from tasks.broker.layout import HELD_KEY
 from tasks.client import OcrClient
 from tasks.state.usage import day_key, today
 from tests.ha import RedisHA
 from tests.harness import FAKE_PLUGINS, FAST_PAGES, Worker, eventually, kill_all, make_client
+from tests.held_records import held_count
 from tests.image_fixtures import png
 from tests.pdf_fixtures import image_pdf, plain_pages
 
@@ -193,6 +193,6 @@ def queues_idle(client: OcrClient) -> None:
     def idle() -> bool:
         waiting = sum(store.llen(k) for k in store.scan_iter("ocr*")
                       if not k.startswith(b"ocr:wake:") and store.type(k) == b"list")
-        return not waiting and not store.hlen(HELD_KEY)
+        return not waiting and not held_count(store)
 
     eventually(idle, 60, "the queues empty and no message held")

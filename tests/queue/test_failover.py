@@ -37,7 +37,6 @@ import requests
 from PIL import Image
 
 from devkit.receivers import CallbackReceiver
-from tasks.broker.layout import HELD_KEY
 from tasks.errors import ReplicaMissing
 from tasks.records.redis_target import RedisTarget
 from tasks.settings import Settings
@@ -55,6 +54,7 @@ from tests.harness import (
     make_client,
     procfile_command,
 )
+from tests.held_records import held_count, held_items
 from tests.image_fixtures import png
 from tests.pdf_fixtures import image_pdf
 
@@ -381,7 +381,7 @@ def _whereabouts(fleet: Fleet, jobs: list[str]) -> str:
         found = [f"{k!r}[{i}]" for k in store.scan_iter(count=1000)
                  if store.type(k) == b"list"
                  for i, m in enumerate(store.lrange(k, 0, -1)) if job.encode() in m]
-        held = [repr(tag) for tag, m in store.hgetall(HELD_KEY).items()
+        held = [repr(tag) for tag, m in held_items(store).items()
                 if job.encode() in m]
         lines = [line for line in fleet.worker.log().splitlines() if job in line]
         told.append(f"{job}: in lists {found}, held {held}; worker:\n" +
@@ -427,12 +427,12 @@ def check_endings(fleet: Fleet, results: dict[str, dict[str, Any]], parent: int 
     store = connect(Settings.from_env(fleet.env).redis_target)
 
     def unacked() -> str:
-        held = [json.loads(record)[0] for v in store.hvals(HELD_KEY)
+        held = [json.loads(record)[0] for v in held_items(store).values()
                 if (record := v.split(b"\n", 5)[-1])]
         return "messages left unacknowledged: " + ", ".join(
             f"{m['headers']['task']}[{m['headers']['id']}]" for m in held)
 
-    eventually(lambda: store.hlen(HELD_KEY) == 0, 30, unacked)
+    eventually(lambda: held_count(store) == 0, 30, unacked)
 
 
 def test_a_job_no_replica_confirms_is_refused(ha: RedisHA, tmp_path: Path) -> None:

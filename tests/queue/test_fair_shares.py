@@ -17,8 +17,15 @@ import pytest
 import redis
 
 from tasks.broker import scripts
-from tasks.broker.lanes import fetch_command, push_command
-from tasks.broker.layout import LANE_PREFIX, LANE_WEIGHTS_KEY, lane_key, lanes_key, wake_key
+from tasks.broker.fetch_script import fetch_command
+from tasks.broker.lanes import push_command
+from tasks.broker.layout import (
+    LANE_WEIGHTS_KEY,
+    list_held_key,
+    list_lane_key,
+    list_ring_key,
+    queue_wake_key,
+)
 from tasks.client import OcrClient
 from tests.harness import (
     FAST_PAGES,
@@ -30,14 +37,12 @@ from tests.harness import (
 from tests.image_fixtures import png
 from tests.pdf_fixtures import image_pdf, plain_pages
 
-HELD = "unacked_held:fair"
-
 
 @pytest.fixture
 def r(redis_url: str) -> Iterator[redis.Redis]:
     client = redis.Redis.from_url(redis_url)
     yield client
-    client.delete(HELD, LANE_WEIGHTS_KEY)
+    client.delete(LANE_WEIGHTS_KEY)
     client.close()
 
 
@@ -61,6 +66,12 @@ class Broker:
     def key(self, name: str) -> str:
         return self.prefix + name
 
+    def ring(self, name: str) -> str:
+        return list_ring_key(self.key(name))
+
+    def lane(self, name: str, client: str) -> str:
+        return list_lane_key(self.key(name), client)
+
     def push(self, name: str, client: str, count: int, step: int = 0) -> None:
         for n in range(count):
             scripts.run(self.r, push_command(self.prefix, name, step, client,
@@ -72,7 +83,7 @@ class Broker:
     def fetch(self, lists: list[tuple[str, int]]) -> tuple[str, str] | None:
         """(list, client) of the message the fetch takes, None when nothing waits."""
         reply = scripts.run(self.r, fetch_command(
-            self.prefix, HELD, [(name, step, True, True) for name, step in lists], 1.0, 0))
+            self.prefix, [(name, step, True, True) for name, step in lists], 1.0, 0))
         return None if reply is None else (reply[0].decode()[len(self.prefix):],
                                            who(reply[1]))
 
@@ -81,7 +92,7 @@ class Broker:
 def broker(r: redis.Redis) -> Iterator[Broker]:
     made = Broker(r)
     yield made
-    for key in r.scan_iter(f"{made.prefix}*"):
+    for key in [*r.scan_iter(f"{made.prefix}*"), *r.scan_iter(f"{{{made.prefix}*")]:
         r.delete(key)
 
 
@@ -90,9 +101,9 @@ def test_the_fetch_serves_clients_by_weighted_round_robin(broker: Broker) -> Non
     broker.push("q", "a", 5)
     broker.push("q", "b", 5)
     broker.push("q", "c", 10)
-    assert broker.r.lrange(broker.key(lanes_key(0)), 0, -1) == [b"a", b"b", b"c"]
+    assert broker.r.lrange(broker.ring("q"), 0, -1) == [b"a", b"b", b"c"]
     assert broker.r.llen(broker.key("q")) == 0
-    assert broker.r.llen(broker.key(lane_key("q", "a"))) == 5
+    assert broker.r.llen(broker.lane("q", "a")) == 5
     order = [broker.fetch([("q", 0)]) for _ in range(12)]
     assert [c for _, c in order] == ["a", "b", "c", "c"] * 3  # type: ignore[misc]
     # an anonymous message (a stock kombu client's, a restore) joins the ring at the end
@@ -103,27 +114,32 @@ def test_the_fetch_serves_clients_by_weighted_round_robin(broker: Broker) -> Non
     order = [broker.fetch([("q", 0)]) for _ in range(4)]
     assert [c for _, c in order] == ["a", "b", "c", "c"]  # type: ignore[misc]
     assert broker.fetch([("q", 0)]) is None
-    assert broker.r.llen(broker.key(lanes_key(0))) == 0
-    assert not broker.r.hgetall(broker.key(lanes_key(0)) + ":count")
-    assert broker.r.hlen(broker.key(HELD)) == 21  # each held until acknowledged
+    assert broker.r.llen(broker.ring("q")) == 0
+    assert not broker.r.hgetall(broker.ring("q") + ":count")
+    # each held until acknowledged, in the hash of the list it was taken from
+    assert broker.r.hlen(list_held_key(broker.key("q"))) == 21
 
 
-def test_a_client_shares_across_the_queues_of_one_priority(broker: Broker) -> None:
-    """A's backlog in `ocr` does not hold B's pages in `ocr-x` (the same priority)."""
-    broker.push("ocr", "a", 6)
-    broker.push("ocr-x", "a", 2)
-    broker.push("ocr-x", "b", 3)
-    lists = [("ocr", 0), ("ocr-x", 0)]
-    taken = [broker.fetch(lists) for _ in range(12)]
-    assert taken == [("ocr", "a"), ("ocr-x", "b"), ("ocr", "a"), ("ocr-x", "b"),
-                     ("ocr", "a"), ("ocr-x", "b"), ("ocr", "a"), ("ocr", "a"),
-                     ("ocr", "a"), ("ocr-x", "a"), ("ocr-x", "a"), None]
-    # a worker that serves only `ocr-x` skips a client whose pages wait elsewhere
-    broker.push("ocr", "a", 1)
-    broker.push("ocr-x", "b", 1)
+def test_each_list_has_its_own_ring_served_in_the_fetchs_order(broker: Broker) -> None:
+    """Clients share each list by its own ring; the lists of one step go in their order.
+
+    A worker turns the order of its queues after each message it takes (kombu's queue
+    cycle), so no queue of a step waits behind another's backlog.
+    """
+    broker.push("ocr", "a", 2)
+    broker.push("ocr-x", "a", 1)
+    broker.push("ocr-x", "b", 2)
+    assert broker.r.lrange(broker.ring("ocr"), 0, -1) == [b"a"]
+    assert broker.r.lrange(broker.ring("ocr-x"), 0, -1) == [b"a", b"b"]
+    assert broker.fetch([("ocr-x", 0), ("ocr", 0)]) == ("ocr-x", "a")
+    assert broker.fetch([("ocr", 0), ("ocr-x", 0)]) == ("ocr", "a")
+    assert broker.fetch([("ocr-x", 0), ("ocr", 0)]) == ("ocr-x", "b")
+    # a worker that serves only `ocr-x` never reads `ocr`'s ring
     assert broker.fetch([("ocr-x", 0)]) == ("ocr-x", "b")
-    assert broker.r.lrange(broker.key(lanes_key(0)), 0, -1) == [b"a"]
-    assert broker.fetch([("ocr", 0)]) == ("ocr", "a")
+    assert broker.fetch([("ocr-x", 0)]) is None
+    assert broker.r.lrange(broker.ring("ocr"), 0, -1) == [b"a"]
+    assert broker.fetch([("ocr", 0), ("ocr-x", 0)]) == ("ocr", "a")
+    assert broker.fetch([("ocr", 0), ("ocr-x", 0)]) is None
 
 
 def test_a_higher_priority_list_goes_first_whatever_the_share(broker: Broker) -> None:
@@ -141,19 +157,19 @@ def test_a_list_without_lanes_is_served_as_before(broker: Broker) -> None:
     for n in range(3):
         broker.plain("plain", n)
     assert [broker.fetch([("plain", 0)]) for _ in range(4)] == [("plain", "")] * 3 + [None]
-    assert not broker.r.exists(broker.key(lanes_key(0)))
+    assert not broker.r.exists(broker.ring("plain"))
 
 
 def test_a_list_without_lanes_beside_laned_ones_is_the_steps_anonymous_lane(
         broker: Broker) -> None:
-    """A worker's direct queue (no lanes) is served in its step's ring, as "" is.
+    """A worker's direct queue (no lanes) is served in its step's rings, as "" is.
 
     An empty step, its direct queue's list included, costs the fetch one EXISTS: the
     direct queue's tail is read only where that EXISTS counts a message.
     """
     def fetch(lists: list[tuple[str, int, bool]]) -> tuple[str, str] | None:
         reply = scripts.run(broker.r, fetch_command(
-            broker.prefix, HELD, [(n, s, laned, True) for n, s, laned in lists], 1.0, 0))
+            broker.prefix, [(n, s, laned, True) for n, s, laned in lists], 1.0, 0))
         return None if reply is None else (reply[0].decode()[len(broker.prefix):],
                                            who(reply[1]))
 
@@ -187,11 +203,11 @@ def test_the_depth_counts_every_lane(r: redis.Redis) -> None:
     broker.plain(name)
     old = json.loads(envelope("a", 9))
     old["headers"]["ocr_published"] = 1000.0
-    r.rpush(lane_key(name, "a"), json.dumps(old))  # the lane's oldest, at its tail
+    r.rpush(list_lane_key(name, "a"), json.dumps(old))  # the lane's oldest, at its tail
     depth = QueueDepth(r, {})
     assert depth.waiting([name]) == {name: 7}
     assert depth.oldest_ages([name], now=1100.0)[name] == pytest.approx(100.0)
-    r.hincrby(lanes_key(0) + ":count", "a", 1)
+    r.hincrby(list_ring_key(name) + ":count", "a", 1)
     while broker.fetch([(name, 0), (f"{name}\x06\x163", 3)]):
         pass
     assert depth.waiting([name]) == {name: 0}
@@ -254,7 +270,7 @@ def test_backlogged_clients_share_by_weight(
     senders = {name: clients(name) for name in names}
     jobs = {name: [senders[name].submit(png(150 + i % 50), filename=f"{name}{i}.png")
                    for i in range(45)] for name in names}
-    lanes = [lane_key("ocr\x06\x163", name) for name in names]  # `normal`'s list of `ocr`
+    lanes = [list_lane_key("ocr\x06\x163", name) for name in names]  # `normal`'s list
 
     def waiting() -> list[int]:
         pipe = r.pipeline()
@@ -285,7 +301,7 @@ def test_a_fanned_out_pdfs_pages_wait_in_their_clients_lane(
     job = sender.submit(image_pdf(plain_pages(12)), filename="twelve.pdf", mode="ocr")
 
     def pages_in_lanes() -> list[Any] | None:
-        keys = list(r.scan_iter(f"{LANE_PREFIX}*:pdf-sender"))
+        keys = list(r.scan_iter("{ocr*}:lane:pdf-sender"))
         items = [item for key in keys for item in r.lrange(key, 0, -1)]
         return items if len(items) >= 4 else None
 
@@ -326,22 +342,18 @@ def test_a_restored_message_goes_back_to_its_lane_first(redis_url: str) -> None:
             producer.publish({"n": n}, exchange=queue.exchange, routing_key=name,
                              declare=[queue], headers={"ocr_client": "back", "n": n},
                              serializer="json")
-        lane = lane_key(name, "back")
+        lane = list_lane_key(name, "back")
         assert r.llen(lane) == 2
-        taken = scripts.run(r, fetch_command(
-            "", channel.qos.held_key, [(name, 0, True, True)],
-            1.0, 0))
+        taken = scripts.run(r, fetch_command("", [(name, 0, True, True)], 1.0, 0))
         assert json.loads(taken[1])["headers"]["n"] == 0 and r.llen(lane) == 1
         r.script_flush()  # the restore's transaction loads the push script it runs
-        channel.qos.restore_by_tag(taken[2].decode())
+        channel.qos.restore_by_tag(taken[2].decode(), key=list_held_key(name))
         assert r.llen(lane) == 2 and r.llen(name) == 0
-        again = scripts.run(r, fetch_command(
-            "", channel.qos.held_key, [(name, 0, True, False)],
-            1.0, 0))
+        again = scripts.run(r, fetch_command("", [(name, 0, True, False)], 1.0, 0))
         restored = json.loads(again[1])
         assert restored["headers"]["n"] == 0 and restored["headers"]["redelivered"] is True
     r.delete(lane)
-    r.hdel(lanes_key(0) + ":count", "back")  # the last message dropped by hand
+    r.delete(list_ring_key(name), list_ring_key(name) + ":count")  # dropped by hand
     r.close()
 
 
@@ -355,7 +367,7 @@ def test_pushes_held_together_go_in_one_script_in_their_order(lone_redis_url: st
     name = f"ocr-together-{uuid.uuid4().hex[:6]}"
     queue = Queue(name, Exchange(name, type="direct"), routing_key=name)
     r = redis.Redis.from_url(redis_url)
-    lane = lane_key(name, "pages")
+    lane = list_lane_key(name, "pages")
     with Connection(redis_url, transport="tasks.broker.transport:Transport") as conn:
         channel = conn.default_channel
         producer = Producer(channel)
@@ -370,9 +382,9 @@ def test_pushes_held_together_go_in_one_script_in_their_order(lone_redis_url: st
             assert r.llen(lane) == 0  # held until the block ends
         stats = r.info("commandstats")
         assert stats["cmdstat_evalsha"]["calls"] == 1 and stats["cmdstat_lpush"]["calls"] == 1
-        assert r.llen(lane) == 5 and r.hget(lanes_key(0) + ":count", "pages") == b"5"
-        assert b"pages" in r.lrange(lanes_key(0), 0, -1)
-        assert r.llen(wake_key(name)) == 1
+        assert r.llen(lane) == 5 and r.hget(list_ring_key(name) + ":count", "pages") == b"5"
+        assert r.lrange(list_ring_key(name), 0, -1) == [b"pages"]
+        assert r.llen(queue_wake_key(name)) == 1
         order = [json.loads(item)["headers"]["n"] for item in reversed(r.lrange(lane, 0, -1))]
         assert order == [0, 1, 2, 3, 4]  # the fetch takes the tail first
         with pytest.raises(RuntimeError), pushes_together(channel):
@@ -395,7 +407,7 @@ def test_a_server_that_refuses_writes_loses_no_message_to_the_fetch(
     r = redis.Redis.from_url(lone_redis_url)
     made = Broker(r)
     made.push("q", "a", 2)
-    lane = made.key(lane_key("q", "a"))
+    lane = made.lane("q", "a")
     if refusal == "oom":
         r.set("ballast", "x" * 2_000_000)
         r.config_set("maxmemory-policy", "noeviction")
@@ -407,7 +419,7 @@ def test_a_server_that_refuses_writes_loses_no_message_to_the_fetch(
             taken = made.fetch([("q", 0)])
         except redis.ResponseError:
             taken = None
-        recorded = r.hvals(made.key(HELD))
+        recorded = r.hvals(list_held_key(made.key("q")))
         assert r.llen(lane) + len(recorded) == 2, (taken, recorded)
         assert (taken is None) == (not recorded)
         if refusal != "oom":

@@ -31,7 +31,7 @@ import redis
 from PIL import Image
 
 from tasks.broker.doorbells import ring
-from tasks.broker.layout import DEAD_LETTER_KEY, HELD_KEY
+from tasks.broker.layout import DEAD_LETTER_KEY
 from tasks.broker.refusals import read_dead_letters
 from tasks.client import OcrClient
 from tasks.errors import (
@@ -48,6 +48,7 @@ from tasks.pipeline import _png_strips as png_strips
 from tasks.pipeline.images import decode_page, iter_image_pages, normalize, reduce_factor
 from tasks.settings import Settings
 from tests.harness import FAKE_PLUGINS, Worker, corpus, eventually, fake_env
+from tests.held_records import held_items
 from tests.image_fixtures import big_rgba_png, bomb_frame_tiff, filtered_png
 
 FAKE_ENV = fake_env(OCR_CONCURRENCY="1")
@@ -139,7 +140,7 @@ def test_pickled_message_fails_instead_of_pending(worker: Worker, client: OcrCli
     assert ok_job(client)["status"] == "SUCCESS"
     # The fetch held it (it has a delivery tag); the refusal removed the record, so it
     # is not restored after the visibility timeout.
-    assert task_id.encode() not in b"".join(raw_redis.hvals(HELD_KEY))
+    assert task_id.encode() not in b"".join(held_items(raw_redis).values())
 
 
 def test_oversized_inline_input_is_refused_before_decoding(

@@ -1,11 +1,13 @@
-"""Held records on a real Redis: one write a fetch, one an ack; both layouts swept and restored.
+"""Held records on a real Redis: one write a fetch, one an ack; every layout swept and restored.
 
-A message a worker took is held in one record (tasks/broker/held.py): the fetch writes
-it with one HSET and the acknowledgement drops it with one HDEL (INFO commandstats on a
-redis-server of the test's own). The release before (devkit/previous_release.py, layout
-version 1) runs beside this one during an upgrade and records a message in three keys;
-its records are written here by its own fetch script, read from git, and this release's
-sweep of dead holders and visibility timeout put them back, as they do this release's.
+A message a worker took is held in one record (tasks/broker/held.py) in the hash of the
+list it was taken from: the fetch writes it with one HSET and the acknowledgement drops
+it with one HDEL (INFO commandstats on a redis-server of the test's own). The release
+before (devkit/previous_release.py, layout version 2) runs beside this one during an
+upgrade and holds every list's messages in one hash, `unacked_held`; the one before
+that (layout version 1) in three keys. Their records are written here by their own
+fetch scripts, read from git, and this release's sweep of dead holders and visibility
+timeout put them back, as they do this release's.
 """
 
 from __future__ import annotations
@@ -23,18 +25,23 @@ import pytest
 import redis
 from kombu import Connection, Consumer, Exchange, Queue
 
-from devkit.previous_release import resolve
+from devkit.previous_release import LAYOUT_1_COMMIT, LAYOUT_1_SUBJECT, resolve
 from tasks.broker import held, scripts
+from tasks.broker.fetch_script import fetch_command
 from tasks.broker.holders import HolderSweep
-from tasks.broker.lanes import fetch_command, push_command
+from tasks.broker.lanes import push_command
 from tasks.broker.layout import (
     HELD_KEY,
+    HELD_LISTS_KEY,
     HOLDERS_KEY,
     UNACKED_INDEX_KEY,
     UNACKED_KEY,
     UNACKED_MUTEX_KEY,
     lane_key,
     lanes_key,
+    list_held_key,
+    list_lane_key,
+    list_ring_key,
 )
 from tasks.state.keys import WORKERS_KEY
 from tests.harness import ROOT
@@ -49,15 +56,25 @@ def r(lone_redis_url: str) -> Iterator[redis.Redis]:
     client.close()
 
 
-def previous_lanes() -> Any:
-    """The release before's tasks/broker/lanes.py (its FETCH, its fetch_command), from git."""
-    shown = subprocess.run(["git", "show", f"{resolve()}:tasks/broker/lanes.py"], cwd=ROOT,
+def release_lanes(commit: str) -> Any:
+    """A release's tasks/broker/lanes.py (its FETCH, fetch_command, push_command), from git."""
+    shown = subprocess.run(["git", "show", f"{commit}:tasks/broker/lanes.py"], cwd=ROOT,
                            capture_output=True, text=True, timeout=60)
     if shown.returncode:
-        pytest.fail(f"the previous release's lanes.py is not in git: {shown.stderr}")
-    module = types.ModuleType("previous_lanes")
-    exec(compile(shown.stdout, "previous_lanes.py", "exec"), module.__dict__)  # noqa: S102
+        pytest.fail(f"the release's lanes.py is not in git: {shown.stderr}")
+    module = types.ModuleType(f"lanes_{commit[:8]}")
+    exec(compile(shown.stdout, "lanes.py", "exec"), module.__dict__)  # noqa: S102
     return module
+
+
+def previous_lanes() -> Any:
+    """Layout version 2's release (the release before this one)."""
+    return release_lanes(resolve())
+
+
+def layout_1_lanes() -> Any:
+    """Layout version 1's release (the one before that)."""
+    return release_lanes(resolve(LAYOUT_1_COMMIT, LAYOUT_1_SUBJECT))
 
 
 def message(client: str, n: int) -> str:
@@ -69,16 +86,39 @@ def push(r: redis.Redis, queue: str, client: str, n: int) -> None:
     scripts.run(r, push_command("", queue, 0, client, message(client, n)))
 
 
-def fetch_v2(r: redis.Redis, queue: str, now: float, holder: str = "",
-             acks: tuple[str, ...] = ()) -> str:
-    reply = scripts.run(r, fetch_command("", HELD_KEY, [(queue, 0, True, True)], now, 0,
+def push_v2(r: redis.Redis, queue: str, client: str, n: int) -> None:
+    """A push as the release before runs it: to its version 2 lane, its step's ring."""
+    old = previous_lanes()
+    r.script_load(old.PUSH.text)
+    r.execute_command(*old.push_command("", queue, 0, client, message(client, n)))
+
+
+def fetch_v3(r: redis.Redis, queue: str, now: float, holder: str = "",
+             acks: tuple[tuple[str, str], ...] = ()) -> str:
+    """A fetch of the release under test.
+
+    Its list is named in the set of lists with held records, as a worker's consume
+    names it.
+    """
+    r.sadd(HELD_LISTS_KEY, queue)
+    reply = scripts.run(r, fetch_command("", [(queue, 0, True, True)], now, 0,
                                          probe=False, holder=holder, acks=acks))
     return str(reply[2].decode()) if reply else ""
 
 
-def fetch_v1(r: redis.Redis, queue: str, now: float, holder: str) -> str:
-    """A fetch as the release before runs it: its record in `unacked`, index and holders."""
+def fetch_v2(r: redis.Redis, queue: str, now: float, holder: str) -> str:
+    """A fetch as the release before runs it: its record in `unacked_held`."""
     old = previous_lanes()
+    command = old.fetch_command("", HELD_KEY, [(queue, 0, True, True)], now, 0, probe=False,
+                                holder=holder)
+    r.script_load(old.FETCH.text)
+    reply = r.execute_command(*command)
+    return str(reply[2].decode())
+
+
+def fetch_v1(r: redis.Redis, queue: str, now: float, holder: str) -> str:
+    """A fetch of layout version 1's release: its record in `unacked`, index and holders."""
+    old = layout_1_lanes()
     command = old.fetch_command("", (UNACKED_KEY, UNACKED_INDEX_KEY), [(queue, 0, True, True)],
                                 now, 0, probe=False, holder=holder)
     r.script_load(old.FETCH.text)
@@ -105,21 +145,23 @@ def n_of(raw: bytes) -> int:
 def test_a_fetch_holds_with_one_write_and_an_ack_drops_with_one(r: redis.Redis) -> None:
     for n in range(3):  # one left: the client's ring entries are not dropped
         push(r, "ocr", "alice", n)
+    held_in = list_held_key("ocr")
+    r.sadd(HELD_LISTS_KEY, "ocr")
     r.config_resetstat()
-    tag = fetch_v2(r, "ocr", time.time(), holder="w@h|1")
+    tag = fetch_v3(r, "ocr", time.time(), holder="w@h|1")
     calls = {k.removeprefix("cmdstat_"): v["calls"] for k, v in r.info("commandstats").items()}
     assert calls.get("hset") == 1 and "zadd" not in calls, calls
-    found = held.parse(r.hget(HELD_KEY, tag))
+    found = held.parse(r.hget(held_in, tag))
     assert found is not None and (found.holder, found.src, found.ring, found.client) == (
-        "w@h|1", lane_key("ocr", "alice"), lanes_key(0), "alice")
+        "w@h|1", list_lane_key("ocr", "alice"), list_ring_key("ocr"), "alice")
     assert json.loads(found.record)[1:] == ["", "ocr"]
-    assert not r.exists(UNACKED_KEY, UNACKED_INDEX_KEY, HOLDERS_KEY)
+    assert not r.exists(HELD_KEY, UNACKED_KEY, UNACKED_INDEX_KEY, HOLDERS_KEY)
     # the acknowledgement rides on the next fetch: one HDEL
     r.config_resetstat()
-    second = fetch_v2(r, "ocr", time.time(), holder="w@h|1", acks=(tag,))
+    second = fetch_v3(r, "ocr", time.time(), holder="w@h|1", acks=((held_in, tag),))
     calls = {k.removeprefix("cmdstat_"): v["calls"] for k, v in r.info("commandstats").items()}
     assert calls.get("hdel") == 1 and "zrem" not in calls, calls
-    assert r.hkeys(HELD_KEY) == [second.encode()]
+    assert r.hkeys(held_in) == [second.encode()]
 
 
 def test_an_ack_alone_is_one_command(lone_redis_url: str) -> None:
@@ -131,61 +173,69 @@ def test_an_ack_alone_is_one_command(lone_redis_url: str) -> None:
         conn.Producer(channel).publish({"n": 1}, exchange=queue.exchange, routing_key="acked",
                                        declare=[queue], serializer="json")
         got = queue(channel).get(no_ack=False)
-        assert got is not None and r.hlen(HELD_KEY) == 1
+        assert got is not None and r.hlen(list_held_key("acked")) == 1
         r.config_resetstat()
         got.ack()
         calls = {k.removeprefix("cmdstat_"): v["calls"]
                  for k, v in r.info("commandstats").items()}
         calls.pop("config|resetstat", None)
         assert calls == {"hdel": 1}, calls
-        assert r.hlen(HELD_KEY) == 0
+        assert r.hlen(list_held_key("acked")) == 0
     r.close()
 
 
-def test_a_dead_holder_s_messages_of_both_layouts_are_swept_back(r: redis.Redis) -> None:
+def test_a_dead_holder_s_messages_of_every_layout_are_swept_back(r: redis.Redis) -> None:
     """A holder dead (its node's record names another pid): its messages back at the front.
 
-    The release before's record (three keys) and this release's (one) alike; a live
-    holder's and a record without holder are left.
+    Layout version 1's record (three keys), version 2's (one, in `unacked_held`) and
+    this release's (one, in its list's hash) alike, each back in the lane it was taken
+    from; a live holder's and a record without holder are left.
     """
-    for n in range(4):
+    for n in range(2):
+        push_v2(r, "ocr", "alice", n)
+    for n in range(2, 5):
         push(r, "ocr", "alice", n)
     now = time.time()
     v1 = fetch_v1(r, "ocr", now, holder="old@h|7")
-    v2 = fetch_v2(r, "ocr", now, holder="new@h|8")
-    kept = fetch_v2(r, "ocr", now, holder="live@h|9")
-    unheld = fetch_v2(r, "ocr", now)
+    v2 = fetch_v2(r, "ocr", now, holder="mid@h|6")
+    v3 = fetch_v3(r, "ocr", now, holder="new@h|8")
+    kept = fetch_v3(r, "ocr", now, holder="live@h|9")
+    unheld = fetch_v3(r, "ocr", now)
     assert r.hlen(UNACKED_KEY) == r.zcard(UNACKED_INDEX_KEY) == r.hlen(HOLDERS_KEY) == 1
-    assert r.hlen(HELD_KEY) == 3 and r.llen(lane_key("ocr", "alice")) == 0
-    assert not r.exists(lanes_key(0))  # the lone client left the ring
+    assert r.hlen(HELD_KEY) == 1 and r.hlen(list_held_key("ocr")) == 3
+    assert r.llen(lane_key("ocr", "alice")) == r.llen(list_lane_key("ocr", "alice")) == 0
+    assert not r.exists(lanes_key(0), list_ring_key("ocr"))  # the lone client left
     alive(r, "old@h", 70)
+    alive(r, "mid@h", 60)
     alive(r, "new@h", 80)  # restarted: another pid
     alive(r, "live@h", 9)
     back = HolderSweep(r, r, WINDOW, TTL).sweep(now)
-    assert sorted(back) == sorted([v1, v2])
-    # each back at the end taken first, in the order the sweep read them: both there
-    lane = lane_key("ocr", "alice")
-    assert sorted(n_of(m) for m in r.lrange(lane, 0, -1)) == [0, 1]
+    assert sorted(back) == sorted([v1, v2, v3])
+    # each back at the end taken first of the lane it was taken from
+    assert sorted(n_of(m) for m in r.lrange(lane_key("ocr", "alice"), 0, -1)) == [0, 1]
     assert r.lrange(lanes_key(0), 0, -1) == [b"alice"]
     assert r.hget(lanes_key(0) + ":count", "alice") == b"2"
-    assert not r.exists(UNACKED_KEY, UNACKED_INDEX_KEY, HOLDERS_KEY)
-    assert sorted(r.hkeys(HELD_KEY)) == sorted([kept.encode(), unheld.encode()])
+    assert [n_of(m) for m in r.lrange(list_lane_key("ocr", "alice"), 0, -1)] == [2]
+    assert r.lrange(list_ring_key("ocr"), 0, -1) == [b"alice"]
+    assert r.hget(list_ring_key("ocr") + ":count", "alice") == b"1"
+    assert not r.exists(HELD_KEY, UNACKED_KEY, UNACKED_INDEX_KEY, HOLDERS_KEY)
+    assert sorted(r.hkeys(list_held_key("ocr"))) == sorted([kept.encode(), unheld.encode()])
 
 
 def test_a_holder_of_no_node_counts_as_dead_after_the_window(r: redis.Redis) -> None:
     for n in range(2):
         push(r, "ocr", "bob", n)
     now = time.time()
-    old = fetch_v2(r, "ocr", now - 2 * WINDOW, holder="gone@h|1")
-    fresh = fetch_v2(r, "ocr", now, holder="gone@h|1")
+    old = fetch_v3(r, "ocr", now - 2 * WINDOW, holder="gone@h|1")
+    fresh = fetch_v3(r, "ocr", now, holder="gone@h|1")
     assert HolderSweep(r, r, WINDOW, TTL).sweep(now) == [old]
-    assert r.hkeys(HELD_KEY) == [fresh.encode()]
+    assert r.hkeys(list_held_key("ocr")) == [fresh.encode()]
 
 
-@pytest.mark.parametrize("layout_version", [1, 2])
+@pytest.mark.parametrize("layout_version", [1, 2, 3])
 def test_a_message_past_the_visibility_timeout_is_restored(lone_redis_url: str,
                                                            layout_version: int) -> None:
-    """The visibility timeout's restore reads both layouts (a version 1 record: its keys)."""
+    """The visibility timeout's restore reads every layout (a version 1 record: its keys)."""
     name = f"visible-{layout_version}"
     queue = Queue(name, Exchange(name, type="direct"), routing_key=name)
     r = redis.Redis.from_url(lone_redis_url)
@@ -195,7 +245,7 @@ def test_a_message_past_the_visibility_timeout_is_restored(lone_redis_url: str,
         for n in range(2):
             conn.Producer(channel).publish({"n": n}, exchange=queue.exchange, routing_key=name,
                                            declare=[queue], serializer="json")
-        fetch = fetch_v1 if layout_version == 1 else fetch_v2
+        fetch = {1: fetch_v1, 2: fetch_v2, 3: fetch_v3}[layout_version]
         late = fetch(r, name, time.time() - 120, holder="w@h|1")
         recent = fetch(r, name, time.time(), holder="w@h|1")
         assert r.llen(name) == 0
@@ -210,7 +260,8 @@ def test_a_message_past_the_visibility_timeout_is_restored(lone_redis_url: str,
             assert r.zrange(UNACKED_INDEX_KEY, 0, -1) == [recent.encode()]
             assert r.hkeys(HOLDERS_KEY) == [recent.encode()]
         else:
-            assert r.hkeys(HELD_KEY) == [recent.encode()]
+            assert r.hkeys(HELD_KEY if layout_version == 2 else list_held_key(name)) == \
+                [recent.encode()]
         assert late != recent
     r.close()
 
@@ -234,12 +285,13 @@ def test_one_worker_of_the_fleet_looks_for_visible_messages_an_interval(
         for n in range(2):
             one.Producer(first).publish({"n": n}, exchange=queue.exchange,
                                         routing_key=name, declare=[queue], serializer="json")
-        fetch_v2(r, name, time.time(), holder="w@h|1")  # held, not past the timeout
+        fetch_v3(r, name, time.time(), holder="w@h|1")  # held, not past the timeout
         with Consumer(first, [queue], no_ack=False, accept=["json"]), \
                 Consumer(second, [queue], no_ack=False, accept=["json"]):
             r.config_resetstat()
             first.qos.restore_visible()
             assert r.info("commandstats")["cmdstat_evalsha"]["calls"] == 2  # mutex, look
+            second.qos.restore_visible()  # its first: the lists with held records read
             r.config_resetstat()
             second.qos.restore_visible()
             assert {k.removeprefix("cmdstat_"): v["calls"]
@@ -247,10 +299,10 @@ def test_one_worker_of_the_fleet_looks_for_visible_messages_an_interval(
                     if k not in ("cmdstat_config|resetstat",  # and a pool's first load
                                  "cmdstat_script|load")} == {"exists": 1, "evalsha": 1,
                                                             "set": 1, "get": 1}
-            late = fetch_v2(r, name, time.time() - 120, holder="w@h|1")
+            late = fetch_v3(r, name, time.time() - 120, holder="w@h|1")
             time.sleep(1.0)
             second.qos.restore_visible()
-        assert r.hget(HELD_KEY, late) is None and r.llen(name) == 1
+        assert r.hget(list_held_key(name), late) is None and r.llen(name) == 1
     r.close()
 
 
@@ -266,13 +318,13 @@ def test_a_shorter_visibility_timeout_looks_within_a_longer_ones_interval(
         patient, eager = long.channel(), short.channel()
         long.Producer(patient).publish({"n": 0}, exchange=queue.exchange, routing_key=name,
                                        declare=[queue], serializer="json")
-        fetch_v2(r, name, time.time() - 120, holder="w@h|1")  # past 60 s, not 900 s
+        fetch_v3(r, name, time.time() - 120, holder="w@h|1")  # past 60 s, not 900 s
         with Consumer(patient, [queue], no_ack=False, accept=["json"]), \
                 Consumer(eager, [queue], no_ack=False, accept=["json"]):
             patient.qos.restore_visible()
             assert r.llen(name) == 0 and r.exists(UNACKED_MUTEX_KEY)
             eager.qos.restore_visible()
-        assert r.llen(name) == 1 and not r.hlen(HELD_KEY)
+        assert r.llen(name) == 1 and not r.hlen(list_held_key(name))
     r.close()
 
 
@@ -288,7 +340,7 @@ def test_a_failed_look_gives_the_interval_back(lone_redis_url: str,
         channel = conn.channel()
         conn.Producer(channel).publish({"n": 0}, exchange=queue.exchange, routing_key=name,
                                        declare=[queue], serializer="json")
-        fetch_v2(r, name, time.time() - 120, holder="w@h|1")
+        fetch_v3(r, name, time.time() - 120, holder="w@h|1")
         with Consumer(channel, [queue], no_ack=False, accept=["json"]):
             def cut(*args: Any, **kwargs: Any) -> Any:
                 raise redis.ConnectionError("connection lost under the look")
@@ -299,7 +351,7 @@ def test_a_failed_look_gives_the_interval_back(lone_redis_url: str,
                     channel.qos.restore_visible()
             assert not r.exists(UNACKED_MUTEX_KEY)
             channel.qos.restore_visible()
-        assert r.llen(name) == 1 and not r.hlen(HELD_KEY)
+        assert r.llen(name) == 1 and not r.hlen(list_held_key(name))
     r.close()
 
 
@@ -308,12 +360,13 @@ def test_a_warm_stop_s_running_messages_are_left_to_the_visibility_timeout(
     """UNHOLD (a warm stop's running tasks): the holder dropped, the record kept, unswept."""
     push(r, "ocr", "carol", 0)
     now = time.time()
-    tag = fetch_v2(r, "ocr", now, holder="stopping@h|5")
-    before = held.parse(r.hget(HELD_KEY, tag))
-    assert held.UNHOLD.run(r, [HELD_KEY], [tag, "no-such-tag"]) == 1
-    after = held.parse(r.hget(HELD_KEY, tag))
+    tag = fetch_v3(r, "ocr", now, holder="stopping@h|5")
+    held_in = list_held_key("ocr")
+    before = held.parse(r.hget(held_in, tag))
+    assert held.UNHOLD.run(r, [held_in], [tag, "no-such-tag"]) == 1
+    after = held.parse(r.hget(held_in, tag))
     assert before is not None and after is not None
     assert after == held.Held(before.taken, "", before.src, before.ring, before.client,
                               before.record)
     assert HolderSweep(r, r, WINDOW, TTL).sweep(now + 10 * WINDOW) == []
-    assert r.hkeys(HELD_KEY) == [tag.encode()]
+    assert r.hkeys(held_in) == [tag.encode()]

@@ -21,8 +21,9 @@ import redis
 from kombu import Connection, Exchange, Queue
 
 from tasks.broker import layout, scripts
-from tasks.broker.lanes import fetch_command, push_command
-from tasks.broker.layout import wake_key
+from tasks.broker.fetch_script import fetch_command
+from tasks.broker.lanes import push_command
+from tasks.broker.layout import queue_wake_key
 from tasks.broker.transport import TRANSPORT
 from tests.harness import RedisServer, Worker, fake_env, stop_all
 
@@ -58,7 +59,7 @@ def fetch(r: redis.Redis, probe: bool = True, woken: bool = False) -> list[Any] 
     lists = [(layout.queue_list(q, step), step, True, True)
              for step in layout.PRIORITY_STEPS for q in ("ocr-control", "ocr")]
     reply: list[Any] | None = scripts.run(r, fetch_command(
-        "", layout.HELD_KEY, lists, time.time(), 0, probe=probe, woken=woken))
+        "", lists, time.time(), 0, probe=probe, woken=woken))
     return reply
 
 
@@ -82,7 +83,7 @@ def test_an_empty_fetch_is_one_exists_and_a_lone_clients_keeps_no_turns(
     # a fetch woken by a doorbell says whether it left messages (the next ring's cue)
     assert [len(reply) for reply in taken if reply] == [3, 4, 4]
     assert [reply[3] > 0 for reply in taken[1:] if reply] == [True, False]
-    assert fetch(r) is None and not r.exists(layout.lanes_key(step))
+    assert fetch(r) is None and not r.exists(layout.list_ring_key(layout.queue_list("ocr", step)))
     # no turn kept, no weight read: the lone client's path; each message's tail read once
     assert "cmdstat_hget" not in spent and "cmdstat_hset" in spent, spent
     assert spent.get("cmdstat_lindex", 0) <= 3 * 3, spent
@@ -120,8 +121,8 @@ def test_a_restored_message_rings_its_queues_doorbell(own_server: RedisServer) -
         conn.Producer(channel).publish({"n": 1}, exchange=name, routing_key=name)
         message = queue(channel).get(no_ack=False)
         assert message is not None
-        r.delete(wake_key(name))  # the publish's ring, answered
+        r.delete(queue_wake_key(name))  # the publish's ring, answered
         message.requeue()  # kombu's restore of an unacknowledged message
-        assert r.exists(wake_key(name))
+        assert r.exists(queue_wake_key(name))
         assert r.llen(name) == 1
         channel.close()

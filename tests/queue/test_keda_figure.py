@@ -26,7 +26,7 @@ from urllib.parse import urlparse
 import pytest
 import redis
 
-from tasks.broker.layout import lane_key
+from tasks.broker.layout import list_lane_key
 from tasks.broker.queue_depth import QueueDepth
 from tasks.client import OcrClient
 from tests.deploy.test_deploy_manifests import DEPLOY
@@ -115,7 +115,7 @@ def test_figure_counts_every_priority_list_and_the_pages_workers_hold(
                 for priority in PRIORITIES for n in range(JOBS_PER_PRIORITY)]
         broker = redis.Redis.from_url(redis_url)
         lists = QueueDepth(broker, {}).lists("ocr")
-        lengths = [broker.llen(lane_key(name, client.client)) for name in lists]
+        lengths = [broker.llen(list_lane_key(name, client.client)) for name in lists]
         # The jobs sit in the client's lanes of three of the `ocr` lists (tasks/queue/
         # lanes.py): a trigger on the list `ocr` alone sees none of them.
         assert sorted(lengths, reverse=True)[:3] == [JOBS_PER_PRIORITY] * 3

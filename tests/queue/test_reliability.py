@@ -24,7 +24,8 @@ import psutil
 import pytest
 
 from tasks.broker import held, scripts
-from tasks.broker.lanes import fetch_command
+from tasks.broker.fetch_script import fetch_command
+from tasks.broker.layout import list_held_key
 from tasks.client import OcrClient
 from tests.harness import (
     ROOT,
@@ -261,20 +262,20 @@ def test_the_fetch_records_before_it_pops(redis_url: str) -> None:
     def fetch(lists: list[tuple[str, int, bool]], now: float) -> Any:
         """The fetch over lists without lanes: (list, priority step, acknowledged)."""
         return scripts.run(r, fetch_command(
-            "", "unacked_held:t",
-            [(name, step, False, ack) for name, step, ack in lists], now, 0, tag=tag))
+            "", [(name, step, False, ack) for name, step, ack in lists], now, 0, tag=tag))
 
+    held_in = list_held_key("q")  # the hash of the list it was taken from
     name, item, got = fetch([("q", 0, True), ("q\x06\x163", 3, True)], 12.5)
     assert (name, item, got) == (b"q", envelope.encode(), tag.encode())
-    found = held.parse(r.hget("unacked_held:t", tag))
+    found = held.parse(r.hget(held_in, tag))
     assert found is not None and (found.taken, found.holder, found.src) == (12.5, "", "q")
     assert json.loads(found.record) == [json.loads(envelope), "", "q"] and r.llen("q") == 0
     # A consumer without acknowledgements takes unrecorded; nothing left: nil.
     assert fetch([("q", 0, False), ("q\x06\x163", 3, False)], 13) == \
         [b"q\x06\x163", b"later", b""]
-    assert r.hlen("unacked_held:t") == 1
+    assert r.hlen(held_in) == 1 and not r.exists(list_held_key("q\x06\x163"))
     assert fetch([("q", 0, True)], 13) is None
-    r.delete("unacked_held:t")
+    r.delete(held_in)
 
 
 def test_pickle_message_is_refused_and_worker_survives(start_worker: Callable[..., Worker],

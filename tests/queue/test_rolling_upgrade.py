@@ -39,7 +39,7 @@ import redis
 
 from devkit.previous_release import COMMIT, ReleaseMissing, materialize
 from tasks.broker import stored_layout
-from tasks.broker.layout import HELD_KEY, LAYOUT_KEY, LAYOUT_OLDEST, LAYOUT_VERSION, UNACKED_KEY
+from tasks.broker.layout import HELD_KEY, LAYOUT_KEY, LAYOUT_OLDEST, LAYOUT_VERSION
 from tasks.broker.queue_depth import QueueDepth
 from tasks.client import OcrClient
 from tasks.settings import Settings
@@ -53,6 +53,7 @@ from tests.harness import (
     eventually,
     kill_all,
 )
+from tests.held_records import held_count
 from tests.image_fixtures import png
 from tests.pdf_fixtures import image_pdf, plain_pages
 
@@ -97,17 +98,20 @@ class Fleet:
         return len(list(self.gate(name).glob("started-*")))
 
     def start_workers(self) -> tuple[Worker, Worker]:
-        """The old release's worker and this tree's, started at once: (old, new)."""
+        """The old release's worker, then this tree's once it runs: (old, new).
+
+        As in an upgrade: the old fleet runs on its Redis (its layout stored) when the
+        new release's first worker comes.
+        """
         made = []
         for name, root in (("old", self.old_tree), ("new", ROOT)):
             env = {"REDIS_URL": self.redis_url, **SETTINGS,
                    "FAKE_GATE_DIR": str(self.gate(name))}
-            made.append(Worker(self.tmp_path / f"{name}.log", env, root=root))
-        self.workers.extend(made)
-        for worker in made:
+            worker = Worker(self.tmp_path / f"{name}.log", env, root=root)
+            self.workers.append(worker)
             worker.spawn()
-        for worker in made:
             worker.wait_until(partial(ready, worker), 90, "ready")
+            made.append(worker)
         return made[0], made[1]
 
     def old_submit(self, *files: Path) -> list[str]:
@@ -207,8 +211,9 @@ def test_the_previous_release_is_another_tree(old_tree: Path) -> None:
 def test_a_warm_stop_of_the_old_worker_loses_and_doubles_nothing(fleet: Fleet) -> None:
     before = fleet.usage()
     old, new, jobs = side_by_side(fleet)
-    # Whichever started first stored the oldest layout both read: either starts after.
-    assert fleet.store.get(LAYOUT_KEY) == str(LAYOUT_OLDEST).encode()
+    # The old fleet's Redis keeps its layout (1) while the old worker lives: the new
+    # client wrote the lanes the old worker reads.
+    assert fleet.store.get(LAYOUT_KEY) == b"1"
     assert old.proc is not None
     old.proc.send_signal(signal.SIGTERM)  # warm: it finishes what it runs
     old.wait_until(lambda: "warm shutdown" in old.log().lower(), 60, "stopping warm")
@@ -216,13 +221,19 @@ def test_a_warm_stop_of_the_old_worker_loses_and_doubles_nothing(fleet: Fleet) -
     assert old.proc.wait(WAIT) == 0, old.log()[-3000:]
     (fleet.gate("new") / "open").touch()
     ended_once(fleet, jobs, pages=6, before=before)
+    # the old worker gone, the new one stored this release's layout at a heartbeat
+    eventually(lambda: fleet.store.get(LAYOUT_KEY) == str(LAYOUT_VERSION).encode(), 30,
+               "this release's layout stored")
+    late = fleet.client.submit(png(160), filename="new-late.png")
+    assert fleet.client.wait([late], timeout=WAIT)[late]["status"] == "SUCCESS"
 
 
 @pytest.mark.long  # the warm stop above is the short form (`make test`)
 def test_a_killed_old_worker_loses_and_doubles_nothing(fleet: Fleet) -> None:
     before = fleet.usage()
     old, new, jobs = side_by_side(fleet)
-    assert fleet.store.hlen(UNACKED_KEY) and fleet.store.hlen(HELD_KEY)  # both layouts held
+    # both layouts held: the old worker's in version 2's hash, the new one's in its lists'
+    assert fleet.store.hlen(HELD_KEY) and held_count(fleet.store) > fleet.store.hlen(HELD_KEY)
     old.kill()  # parent and children at once, its pages held
     (fleet.gate("new") / "open").touch()
     ended_once(fleet, jobs, pages=6, before=before)
@@ -230,15 +241,15 @@ def test_a_killed_old_worker_loses_and_doubles_nothing(fleet: Fleet) -> None:
 
 
 def test_the_layout_version_is_stored_once_and_a_newer_one_refused(own_redis_url: str) -> None:
-    """The oldest version this release runs beside is stored; any it reads is run on."""
+    """A new Redis gets this release's version; any it reads is run on as it is."""
     store = redis.Redis.from_url(own_redis_url)
     assert store.get(LAYOUT_KEY) is None
-    assert stored_layout.settle(store) == LAYOUT_OLDEST
-    assert store.get(LAYOUT_KEY) == str(LAYOUT_OLDEST).encode()
-    assert stored_layout.settle(store) == LAYOUT_OLDEST  # kept, not written again
-    store.set(LAYOUT_KEY, LAYOUT_VERSION)
     assert stored_layout.settle(store) == LAYOUT_VERSION
     assert store.get(LAYOUT_KEY) == str(LAYOUT_VERSION).encode()
+    assert stored_layout.settle(store) == LAYOUT_VERSION  # kept, not written again
+    store.set(LAYOUT_KEY, LAYOUT_OLDEST)  # an older fleet's Redis
+    assert stored_layout.settle(store) == LAYOUT_OLDEST
+    assert store.get(LAYOUT_KEY) == str(LAYOUT_OLDEST).encode()
     for stored in (LAYOUT_VERSION + 1, "v2"):
         store.set(LAYOUT_KEY, stored)
         with pytest.raises(stored_layout.LayoutNewer, match="broker_layout_newer"):
@@ -261,14 +272,16 @@ def test_a_worker_refuses_a_newer_key_layout(own_redis_url: str, tmp_path: Path)
     assert not re.search(r"@\S+ ready\.", worker.log())
 
 
-def test_the_previous_release_starts_after_this_one_stored_the_layout(
+def test_the_previous_release_starts_after_this_one_on_its_fleets_redis(
         own_redis_url: str, old_tree: Path) -> None:
     """A worker of the release before, started after one of this release, is not refused.
 
-    Its start's check (its own tasks/broker/stored_layout.py, run from its tree) reads
-    the version this release stored: the oldest both run beside each other.
+    On a Redis its fleet laid out (a rolling upgrade: a pod rescheduled), its start's
+    check (its own tasks/broker/stored_layout.py, run from its tree) reads the version
+    that fleet stored, which this release runs on as it is.
     """
     store = redis.Redis.from_url(own_redis_url)
+    store.set(LAYOUT_KEY, LAYOUT_OLDEST)
     assert stored_layout.settle(store) == LAYOUT_OLDEST
     settled = subprocess.run(
         [str(VENV_BIN / "python"), "-c", "import sys, redis; from tasks.broker import "

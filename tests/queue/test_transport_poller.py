@@ -24,6 +24,7 @@ from tasks.broker import binding_expiry, layout
 from tasks.broker.connections import BrokerOptionRefused
 from tasks.broker.transport import TRANSPORT
 from tests.harness import eventually
+from tests.held_records import held_count
 
 
 def direct(name: str) -> Queue:
@@ -52,7 +53,7 @@ def test_a_message_and_a_broadcast_reach_their_consumers_through_drain_events(
             conn.drain_events(timeout=5)
     assert got == [{"n": 1}, {"b": 2}]
     r = redis.Redis.from_url(lone_redis_url)
-    assert r.hlen(layout.HELD_KEY) == 0  # acknowledged
+    assert held_count(r) == 0  # acknowledged
     assert not r.exists(layout.UNACKED_KEY, layout.UNACKED_INDEX_KEY, layout.HOLDERS_KEY)
     r.close()
 

@@ -105,9 +105,9 @@ def test_the_hooks_without_a_default_are_called_by_kombus_virtual_transport() ->
 
 
 def test_only_the_listed_names_of_kombus_virtual_classes_are_overridden() -> None:
+    from tasks.broker.qos import QoS
     from tasks.broker.sentinel_transport import SentinelChannel, SentinelTransport
     from tasks.broker.transport import Channel, Transport
-    from tasks.broker.unsettled import QoS
 
     ours = {"Channel": (Channel, SentinelChannel), "QoS": (QoS,),
             "Transport": (Transport, SentinelTransport)}

@@ -130,9 +130,9 @@ def test_a_client_that_does_not_trace_passes_a_traceparent_on(redis_url: str) ->
                          traceparent=header)
     plain = client.enqueue({"blob": "ocr:blob:passing-on", "engine": "nowhere-e"},
                            traceparent="not a traceparent")
-    from tasks.broker.layout import lane_key
+    from tasks.broker.layout import list_lane_key
 
-    lane = lane_key("ocr-nowhere-e\x06\x163", client.client)  # the client's lane
+    lane = list_lane_key("ocr-nowhere-e\x06\x163", client.client)  # the client's lane
     raw = redis.Redis.from_url(redis_url).lrange(lane, 0, -1)
     headers = {m["headers"]["id"]: m["headers"] for m in map(json.loads, raw)}
     assert headers[job]["traceparent"] == header

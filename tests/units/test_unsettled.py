@@ -48,10 +48,12 @@ def fresh() -> Iterator[None]:
     unsettled._acks.clear()
     unsettled._restores.clear()
     unsettled._recent.clear()
+    unsettled._held_in.clear()
     yield
     unsettled._acks.clear()
     unsettled._restores.clear()
     unsettled._recent.clear()
+    unsettled._held_in.clear()
 
 
 def settle(run_id: str, server: Recorded) -> None:
