@@ -105,8 +105,10 @@ class Channel(PublishingChannel):
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         self.no_ack: dict[str, bool] = {}  # queue -> consumed unacknowledged (unsettled.py)
         # the lists this channel saw named in HELD_LISTS_KEY (its fetch names the others
-        # as it holds a message of them: tasks/broker/fetch_script.py)
+        # as it holds a message of them: tasks/broker/fetch_script.py), since its fetch
+        # connection last connected: a server reached anew (a failover) may lack them
         self.held_lists: set[str] = set()
+        self._watched: Any = None
         self._packed = FetchBytes()
         super().__init__(*args, **kwargs)
         if self.ocr_idle_wait:
@@ -218,6 +220,10 @@ class Channel(PublishingChannel):
             return
         command: list[Any]
         connection = self.fetch_connection()
+        if connection is not self._watched:
+            connection.register_connect_callback(self._connected)
+            self._watched = connection
+        connection.connect()  # a reconnection first: it tells which lists to name
         packed: bytes | None = None  # a fetch, the parts every fetch repeats encoded once
         if self._waiting:  # after a woken fetch took the last message, briefly first
             wait = min(timeout or SETTLE_WAIT, SETTLE_WAIT) if self._short else timeout or 0
@@ -326,6 +332,10 @@ class Channel(PublishingChannel):
         finally:
             self._in_poll = None
             self._fetch_sent_at = None
+
+    def _connected(self, connection: Any) -> None:
+        """The fetch connection (re)connected: its fetches name their lists again."""
+        self.held_lists.clear()
 
     def _deliver_taken(self, item: bytes, dest: str, tag: str | None) -> bool:
         """Check and deliver a fetched message; `tag`: the delivery tag it was recorded by.

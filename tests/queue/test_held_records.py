@@ -370,3 +370,36 @@ def test_a_warm_stop_s_running_messages_are_left_to_the_visibility_timeout(
                               before.record)
     assert HolderSweep(r, r, WINDOW, TTL).sweep(now + 10 * WINDOW) == []
     assert r.hkeys(held_in) == [tag.encode()]
+
+
+def test_a_fetch_connected_anew_names_its_lists_again(lone_redis_url: str) -> None:
+    """A server reached anew (a failover's promoted replica) may lack a list's name.
+
+    The fetch names a list in the set of lists with held records the first time it
+    holds a message of it; after its connection connects again, it names it again, so
+    the sweep and the visibility look never miss a record held on the new server.
+    """
+    name = "named-again"
+    queue = Queue(name, Exchange(name, type="direct"), routing_key=name)
+    r = redis.Redis.from_url(lone_redis_url)
+    taken: list[Any] = []
+    with transport(lone_redis_url, {}) as conn:
+        channel = conn.channel()
+
+        def publish(n: int) -> None:
+            conn.Producer(channel).publish({"n": n}, exchange=queue.exchange, routing_key=name,
+                                           declare=[queue], serializer="json")
+
+        publish(0)
+        with Consumer(channel, [queue], no_ack=False, accept=["json"],
+                      callbacks=[lambda body, message: taken.append(message)]):
+            conn.drain_events(timeout=5)
+            assert len(taken) == 1 and r.smembers(HELD_LISTS_KEY) == {name.encode()}
+            r.delete(HELD_LISTS_KEY)  # the set as a promoted replica may lack it
+            channel.fetch_connection().disconnect()
+            publish(1)
+            conn.drain_events(timeout=5)
+            assert len(taken) == 2 and r.smembers(HELD_LISTS_KEY) == {name.encode()}
+            for message in taken:
+                message.ack()
+    r.close()
