@@ -302,9 +302,10 @@ def queued(stack: Stack) -> int:
 
     try:
         eventually(answers, 120, "redis to come back", interval=0.2)
-        names = [k for k in client.scan_iter(match=b"ocr*", count=1000)
+        names = [k for k in client.scan_iter(match=b"*ocr*", count=1000)
                  if k == b"ocr" or k.startswith((b"ocr\x06\x16", b"ocr:lane:ocr:",
-                                                  b"ocr:lane:ocr\x06\x16"))]
+                                                  b"ocr:lane:ocr\x06\x16", b"{ocr}:lane:"))
+                 or (k.startswith(b"{ocr\x06\x16") and b"}:lane:" in k)]
         return sum(int(client.llen(k)) for k in names)
     finally:
         client.close()
