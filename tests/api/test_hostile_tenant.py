@@ -244,7 +244,8 @@ def test_jobs_in_flight_count_batch_documents_and_running_batches_are_bounded(
 def _messages_of(store: redis.Redis, job_ids: list[str]) -> list[str]:
     """Where a message of these jobs still is: a queue's list or lane, or held."""
     found = []
-    lists = [k for pattern in ("ocr*", "ocr:lane:*") for k in store.scan_iter(pattern)
+    lists = [k for pattern in ("ocr*", "ocr:lane:*", "{ocr*}:lane:*")
+             for k in store.scan_iter(pattern)
              if store.type(k) == b"list"]
     for key in lists:
         found += [f"{key.decode()}: {job}" for item in store.lrange(key, 0, -1)

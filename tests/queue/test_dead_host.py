@@ -191,7 +191,8 @@ def queues_idle(client: OcrClient) -> None:
     store: redis.Redis = client.app.backend.client
 
     def idle() -> bool:
-        waiting = sum(store.llen(k) for k in store.scan_iter("ocr*")
+        waiting = sum(store.llen(k) for pattern in ("ocr*", "{ocr*}:lane:*")
+                      for k in store.scan_iter(pattern)
                       if not k.startswith(b"ocr:wake:") and store.type(k) == b"list")
         return not waiting and not held_count(store)
 

@@ -383,11 +383,15 @@ def _whereabouts(fleet: Fleet, jobs: list[str]) -> str:
                  for i, m in enumerate(store.lrange(k, 0, -1)) if job.encode() in m]
         held = [repr(tag) for tag, m in held_items(store).items()
                 if job.encode() in m]
+        # every list's held hash, named in the set of lists or not
+        held += [f"{k!r}: {tag!r}" for k in store.scan_iter(match="{*}:held", count=1000)
+                 for tag, m in store.hgetall(k).items() if job.encode() in m]
         lines = [line for line in fleet.worker.log().splitlines() if job in line]
         told.append(f"{job}: in lists {found}, held {held}; worker:\n" +
                     "\n".join(lines[-20:]))
     rings = {repr(k): store.lrange(k, 0, -1) if store.type(k) == b"list"
-             else store.hgetall(k) for k in store.scan_iter("ocr:lanes:*")}
+             else store.hgetall(k) for pattern in ("ocr:lanes:*", "{ocr*}:ring*")
+             for k in store.scan_iter(pattern)}
     return "\n".join(told) + f"\nrings: {rings}"
 
 
