@@ -175,7 +175,8 @@ class JobEnder:
         Redis restart would end no one); what follows never raises
         for a store being briefly unreachable. The stored ending reaches a replica
         (`keep`) before any callback goes out, so a failover never makes a job that
-        told the world it ended run and end again. Traced where the job is
+        told the world it ended run and end again; one it may have lost gives the claim
+        back and raises, as a failed store does. Traced where the job is
         (`ocr.job.end`, and `ocr.result.write` for its result): the trace id goes into
         its result.
         """
@@ -202,8 +203,16 @@ class JobEnder:
         """What follows the stored result: replicas, callbacks, the record, the notice.
 
         `marked`: the claim's own step already freed the job and wrote its notice.
+        A stored ending a failover may have taken (`keep` raises: written to a primary
+        that was replaced before a replica had it) gives its claim back before anything
+        is told, and the caller's retry ends the job again: a claim left behind would
+        have its retry and every redelivery ignored as ended, and the job never end.
         """
-        self._ports.keep(outcome)
+        try:
+            self._ports.keep(outcome)
+        except _STORE_ERRORS:
+            self._give_back(outcome.job_id, holder_name())
+            raise
         request = outcome.request
         if request is not None and request.callback_task:
             self._ports.send_callback_task(request.callback_task,

@@ -246,6 +246,49 @@ def test_replicas_are_waited_for_before_the_notice(store: redis.Redis) -> None:
 
 
 @pytest.mark.parametrize("callback", [False, True])
+def test_an_ending_a_failover_may_have_lost_gives_its_claim_back(store: redis.Redis,
+                                                                  callback: bool) -> None:
+    """`keep` raises (written to a replaced primary): nothing told, the retry ends it.
+
+    A claim kept would have the job's retry, and every redelivery of its message,
+    ignored as ended: the job would never end.
+    """
+    control = JobControl(store, TTL)
+
+    def replaced() -> None:
+        raise TransientError("ended was written to a Redis primary the Sentinels have "
+                             "replaced")
+
+    ports = StoringPorts(replicas=True, during_keep=replaced)
+    ender = JobEnder(control, DocumentJoin(store, TTL), ports)
+    options = {"callback_task": "billing.done"} if callback else {}
+    with pytest.raises(TransientError):
+        ender.end(outcome_for("j4b", **options))
+    assert not control.has_ended("j4b")
+    assert ports.callbacks == [] and ports.recorded == [] and notice(store, "j4b") == []
+    ports.during_keep = None  # the retry, on the primary that stays
+    assert ender.end(outcome_for("j4b", **options))
+    assert store.get(job_ended_key("j4b")) == ENDING_DONE.encode()
+    assert len(notice(store, "j4b")) == 1 and ports.recorded == ["j4b"]
+    assert ports.callbacks == (["billing.done"] if callback else [])
+
+
+def test_a_lost_ending_leaves_another_holder_s_claim(store: redis.Redis) -> None:
+    """Given back only while the claim names this ender (another may have taken it)."""
+    control = JobControl(store, TTL)
+
+    def taken_over() -> None:
+        store.set(job_ended_key("j4c"), "elsewhere:1", keepttl=True)
+        raise TransientError("ended is not on the Redis primary")
+
+    ender = JobEnder(control, DocumentJoin(store, TTL),
+                     StoringPorts(replicas=True, during_keep=taken_over))
+    with pytest.raises(TransientError):
+        ender.end(outcome_for("j4c"))
+    assert control.end_holder("j4c") == "elsewhere:1"
+
+
+@pytest.mark.parametrize("callback", [False, True])
 def test_a_step_that_ran_but_failed_to_answer(store: redis.Redis, callback: bool) -> None:
     """Done in its step: the job stays ended. Held by this ender: given back for its retry."""
     ports = StoringPorts()
