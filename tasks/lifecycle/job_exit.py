@@ -28,6 +28,7 @@ from tasks.errors import OcrError
 from tasks.lifecycle.callbacks import summary
 from tasks.lifecycle.claim_holders import dead_local_holder, holder_name
 from tasks.state.boundary import CONNECTION_ERRORS
+from tasks.state.job_control import EndMark
 from tasks.state.stores import blob_keys
 
 if TYPE_CHECKING:
@@ -225,15 +226,44 @@ class JobEnder:
         if marked:
             return
         try:
-            # One round trip: the join's keys and the inputs freed (one DEL), the claim
-            # marked done, and the notice waiting clients block on, in that order.
-            self._control.mark_ended(outcome.job_id, outcome.status.value,
-                                     freed=self._freed(outcome))
-        except OcrError as exc:
+            self._close(outcome)
+        except _STORE_ERRORS as exc:
             # Unreachable store: the keys expire with their TTL, the claim keeps naming
             # this process.
             log.warning("job %s ended, its state not freed nor its claim marked done: %s",
                         outcome.job_id, exc)
+
+    def _close(self, outcome: Outcome) -> None:
+        """Mark the ending done; an ending a failover took from the server is written again.
+
+        One atomic step: the join's keys and the inputs freed, the claim marked done,
+        and the notice waiting clients block on, only while the claim names this ender.
+        Where the server holds no claim, the claim's step went to a primary lost before
+        its replicas had it (`keep` gave up waiting first): the job's message, restored,
+        would run it again (its callbacks twice), or fail on the input freed here. Its
+        claim and result are written again instead, so that the ending stands and the
+        redelivery is ignored. A claim another run took meanwhile is left to that run.
+        """
+        job_id, status, holder = outcome.job_id, outcome.status.value, holder_name()
+        freed = self._freed(outcome)
+        mark = self._control.mark_ended(job_id, holder, status, freed=freed)
+        if mark is EndMark.ELSEWHERE:
+            log.warning("job %s: its end claim names another holder; its ending is left "
+                        "to it", job_id)
+        if mark is not EndMark.LOST:
+            return
+        log.warning("job %s: its stored ending was lost with a failover; written again",
+                    job_id)
+        record = self._ports.result_record(outcome)
+        if record is not None:
+            self._control.claim_end(job_id, holder, record, ended=status, freed=freed)
+        elif self._control.claim_end(job_id, holder):
+            try:
+                self._ports.publish(outcome)
+            except _STORE_ERRORS:
+                self._give_back(job_id, holder)
+                raise
+            self._control.mark_ended(job_id, holder, status, freed=freed)
 
     def _give_back(self, job_id: str, holder: str | None = None) -> None:
         """Release the claim of an ending that failed to store its result.

@@ -10,6 +10,7 @@ the ending in that step too (tasks/lifecycle/job_exit.py).
 
 from __future__ import annotations
 
+import enum
 import json
 import re
 from collections.abc import Sequence
@@ -20,7 +21,7 @@ import redis
 from tasks.errors import BadRequest
 from tasks.records.jobs import Broadcast, ResultRecord
 from tasks.records.redis_target import RedisTarget
-from tasks.state import job_notices, lua
+from tasks.state import job_notices, job_scripts, lua
 from tasks.state.boundary import transient_methods
 from tasks.state.carried_writes import CarriedWrites
 from tasks.state.connection import hold_kept
@@ -116,7 +117,7 @@ class JobControl:
             args[:2] = [started.text, started.ttl or ""]
         if input_blob is not None:
             keys[3], args[2] = input_blob
-        ended, data, cancelled, *sent = _AT_START(self._redis, keys, args)
+        ended, data, cancelled, *sent = job_scripts.AT_START(self._redis, keys, args)
         as_sent.keep(job_id, tuple(sent))
         if input_blob is not None and data is not None:
             start_inputs.keep(input_blob[0], input_blob[1], data)
@@ -151,8 +152,8 @@ class JobControl:
                     job_notices.FIELD, max(1, int(self._ttl))]
             if told is not None:
                 args += [told.topic, told.message]
-            answer = (_CLAIM_END(self._redis, keys, args) if pipe is None
-                      else _CLAIM_END.queue(pipe, keys, args))
+            answer = (job_scripts.CLAIM_END(self._redis, keys, args) if pipe is None
+                      else job_scripts.CLAIM_END.queue(pipe, keys, args))
         if pipe is None:
             return bool(answer)
         got = lua.answers(pipe)
@@ -170,23 +171,23 @@ class JobControl:
 
     def take_over_end(self, job_id: str, holder: str, new_holder: str) -> bool:
         """Move the claim from `holder` to `new_holder` (atomic); False if it moved."""
-        return bool(_TAKE_OVER_END(self._redis, [job_ended_key(job_id)], [holder, new_holder]))
+        return bool(job_scripts.TAKE_OVER_END(self._redis, [job_ended_key(job_id)],
+                                              [holder, new_holder]))
 
-    def mark_ended(self, job_id: str, status: str = "",
-                   freed: Sequence[str] = ()) -> None:
-        """The ending is done: the claim no longer names a holder (its TTL kept).
+    def mark_ended(self, job_id: str, holder: str, status: str = "",
+                   freed: Sequence[str] = ()) -> EndMark:
+        """The ending is done: the claim no longer names its `holder` (its TTL kept).
 
-        With `status`, the job's ending notice too, in the same round trip
+        With `status`, the job's ending notice too, in the same atomic step
         (tasks/state/job_notices.py): what waiting clients block on. The keys `freed`
-        (the job's join and inputs) are deleted first, in that round trip too.
+        (the job's join and inputs) are deleted first, in that step too. Only while the
+        claim names `holder`: a server without the claim (its step was lost with a
+        failover), or one where another holder claimed since, is left as it is.
         """
-        pipe = self._redis.pipeline(transaction=False)
-        if freed:
-            pipe.delete(*freed)
-        pipe.set(job_ended_key(job_id), ENDING_DONE, xx=True, keepttl=True)
-        if status:
-            job_notices.announce(pipe, job_id, status, self._ttl)
-        pipe.execute()
+        keys = [job_ended_key(job_id), job_notice_key(job_id), *freed]
+        answer = int(job_scripts.MARK_ENDED(self._redis, keys, [
+            holder, ENDING_DONE, status, job_notices.FIELD, max(1, int(self._ttl))]))
+        return {1: EndMark.DONE, 0: EndMark.LOST}.get(answer, EndMark.ELSEWHERE)
 
     def notify_ended(self, job_id: str, status: str) -> None:
         """Write the ending notice of a job ended outside the one exit (a refusal)."""
@@ -209,7 +210,7 @@ class JobControl:
         if holder is None:
             self._redis.delete(job_ended_key(job_id))
         else:
-            _RELEASE_END(self._redis, [job_ended_key(job_id)], [holder])
+            job_scripts.RELEASE_END(self._redis, [job_ended_key(job_id)], [holder])
 
     def has_ended(self, job_id: str) -> bool:
         return bool(self._redis.exists(job_ended_key(job_id)))
@@ -307,7 +308,7 @@ class JobControl:
         The count (field `total`) outlives the progress record: a cancelled job's
         status keeps it (`tasks.state.job_state`).
         """
-        return bool(_SET_PROGRESS_UNLESS_ENDED(
+        return bool(job_scripts.SET_PROGRESS_UNLESS_ENDED(
             self._redis, [job_ended_key(job_id), key, job_key(job_id)],
             [value, max(1, ttl), total]))
 
@@ -322,65 +323,13 @@ class JobControl:
 # The end claim's value once the ending finished (before, its holder's `<host>:<pid>`).
 ENDING_DONE = "done"
 
-_TAKE_OVER_END = lua.Script("""
-if redis.call('get', KEYS[1]) ~= ARGV[1] then return 0 end
-redis.call('set', KEYS[1], ARGV[2], 'KEEPTTL')
-return 1
-""")
 
-# A job's start: its end claim (KEYS[1]) and cancel mark (KEYS[2], the job's hash:
-# ARGV[4..] the fields read with it); unless it ended or is cancelled, its STARTED record
-# stored (KEYS[3] := ARGV[1], TTL ARGV[2]; ARGV[1] '': none) and its input read (KEYS[4]:
-# its first ARGV[3] + 1 bytes; ARGV[3] '': none), only where the job's own record names
-# that blob (field `blob`, written by its sender) and it exists. A key not used is the
-# job's hash again.
-_AT_START = lua.Script("""
-local ended = redis.call('EXISTS', KEYS[1])
-local fields = redis.call('HMGET', KEYS[2], unpack(ARGV, 4))
-local input = false
-if ended == 0 and not fields[1] then
-  if ARGV[1] ~= '' then
-    if ARGV[2] == '' then redis.call('SET', KEYS[3], ARGV[1])
-    else redis.call('SET', KEYS[3], ARGV[1], 'EX', ARGV[2]) end
-  end
-  if ARGV[3] ~= '' and redis.call('HGET', KEYS[2], 'blob') == KEYS[4]
-      and redis.call('EXISTS', KEYS[4]) == 1 then
-    input = redis.call('GETRANGE', KEYS[4], 0, ARGV[3])
-  end
-end
-return {ended, input, unpack(fields)}
-""")
+class EndMark(enum.Enum):
+    """What `JobControl.mark_ended` found: the claim its holder's, none, or another's."""
 
-# The end claim (KEYS[1] := holder ARGV[1], NX, TTL ARGV[2]) with the result record
-# (KEYS[2] := ARGV[3], TTL ARGV[4], published on its key, then ARGV[10] on channel
-# ARGV[9] where given: the ending's event for monitors); with a status (ARGV[5]) the
-# ending done as well: the keys KEYS[4..] freed, the claim marked done (ARGV[6]) and the
-# notice (KEYS[3], field ARGV[7], TTL ARGV[8]) written, as mark_ended does.
-_CLAIM_END = lua.Script("""
-if not redis.call('SET', KEYS[1], ARGV[1], 'NX', 'EX', ARGV[2]) then return 0 end
-if ARGV[4] == '' then redis.call('SET', KEYS[2], ARGV[3])
-else redis.call('SET', KEYS[2], ARGV[3], 'EX', ARGV[4]) end
-redis.call('PUBLISH', KEYS[2], ARGV[3])
-if ARGV[9] then redis.call('PUBLISH', ARGV[9], ARGV[10]) end
-if ARGV[5] ~= '' then
-  if #KEYS > 3 then redis.call('DEL', unpack(KEYS, 4)) end
-  redis.call('SET', KEYS[1], ARGV[6], 'XX', 'KEEPTTL')
-  redis.call('XADD', KEYS[3], 'MAXLEN', '1', '*', ARGV[7], ARGV[5])
-  redis.call('EXPIRE', KEYS[3], ARGV[8])
-end
-return 1
-""")
-
-_RELEASE_END = lua.Script("""
-if redis.call('GET', KEYS[1]) == ARGV[1] then redis.call('DEL', KEYS[1]) end
-""")
-
-_SET_PROGRESS_UNLESS_ENDED = lua.Script("""
-if redis.call('exists', KEYS[1]) == 1 then return 0 end
-redis.call('set', KEYS[2], ARGV[1], 'EX', ARGV[2])
-redis.call('hset', KEYS[3], 'total', ARGV[3])
-return 1
-""")
+    DONE = "done"
+    LOST = "lost"
+    ELSEWHERE = "elsewhere"
 
 
 def _text(value: bytes | str) -> str:

@@ -107,7 +107,8 @@ def test_a_cancelled_jobs_pages_are_not_the_control_workers(
         # The reader's one child holds a page (acks late, prefetch 1): the cancel, and
         # so the job's ending, is the control worker's, which under the old counting
         # (pages counted where a job ended) took the kept pages' credit.
-        assert ended_by == f"control@{socket.gethostname()}", ended_by
+        assert ended_by == f"control@{socket.gethostname()}", \
+            f"ended by {ended_by}; " + _cancel_lines(job, {"reader": reader, "control": control})
         # The pages are the reader's: those the result kept, but for the one its killed
         # child may have held; none are the control worker's, whoever ended it.
         kept = len(result["pages"])
@@ -139,3 +140,11 @@ def test_a_childs_counts_are_written_within_a_second_and_as_it_is_recycled(
     eventually(lambda: pages_counted(redis_url, node_of(recycled)) == 5, FLUSH_EVERY + 10,
                lambda: f"5 pages counted: {pages_counted(redis_url, node_of(recycled))}")
     kill_all([recycled])
+
+
+def _cancel_lines(job: str, workers: dict[str, Worker]) -> str:
+    """Each worker's log lines of the job and of `ocr.cancel`: who took what, when."""
+    return "\n".join(f"{name}: {line}" for name, worker in workers.items()
+                     for line in worker.log().splitlines()
+                     if job in line or "ocr.cancel" in line)
+

@@ -273,6 +273,59 @@ def test_an_ending_a_failover_may_have_lost_gives_its_claim_back(store: redis.Re
     assert ports.callbacks == (["billing.done"] if callback else [])
 
 
+@dataclass
+class PublishingPorts(StoringPorts):
+    """`StoringPorts` whose endings are stored by `publish` (as a failure's are)."""
+
+    def result_record(self, outcome: Outcome) -> ResultRecord | None:
+        return None
+
+
+@pytest.mark.parametrize("ports_kind", [StoringPorts, PublishingPorts])
+def test_an_ending_lost_after_keep_gave_up_is_written_again(store: redis.Redis,
+                                                            ports_kind: type) -> None:
+    """The claim's step lost with a primary whose replicas never confirmed it.
+
+    `keep` gave up waiting and the ending went on (its callback sent) on the promoted
+    replica, which holds neither claim nor result: the ending is written there again,
+    the input freed once it stands, so that the job's restored message is ignored as
+    ended (not run again, not failed on an input already freed).
+    """
+    control = JobControl(store, TTL)
+    store.set(BLOB, b"input", ex=TTL)
+
+    def failover() -> None:  # what the claim's step wrote is gone; the input is not
+        store.delete(job_ended_key("j4d"), result_key("j4d"))
+
+    ports = ports_kind(replicas=True, during_keep=failover)
+    ender = JobEnder(control, DocumentJoin(store, TTL), ports)
+    assert ender.end(outcome_for("j4d", callback_task="billing.done"))
+    assert store.get(job_ended_key("j4d")) == ENDING_DONE.encode()
+    assert control.at_start("j4d") == (True, False)  # the redelivery: ended
+    assert len(notice(store, "j4d")) == 1 and not store.exists(BLOB)
+    assert ports.callbacks == ["billing.done"] and ports.recorded == ["j4d"]
+    if ports_kind is StoringPorts:
+        assert json.loads(store.get(result_key("j4d")))["status"] == "SUCCESS"
+    else:
+        assert ports.published == ["j4d", "j4d"]  # stored, then stored again
+
+
+def test_an_ending_whose_claim_another_run_took_frees_nothing(store: redis.Redis) -> None:
+    """After the failover a redelivery's run claimed first: its ending is left to it."""
+    control = JobControl(store, TTL)
+    store.set(BLOB, b"input", ex=TTL)
+
+    def failover_then_claimed() -> None:
+        store.delete(job_ended_key("j4e"), result_key("j4e"))
+        assert control.claim_end("j4e", "elsewhere:2")
+
+    ender = JobEnder(control, DocumentJoin(store, TTL),
+                     StoringPorts(replicas=True, during_keep=failover_then_claimed))
+    assert ender.end(outcome_for("j4e"))
+    assert control.end_holder("j4e") == "elsewhere:2"
+    assert store.exists(BLOB) and notice(store, "j4e") == []
+
+
 def test_a_lost_ending_leaves_another_holder_s_claim(store: redis.Redis) -> None:
     """Given back only while the claim names this ender (another may have taken it)."""
     control = JobControl(store, TTL)
