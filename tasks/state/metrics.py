@@ -34,6 +34,7 @@ increment since its last write that went in.
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import threading
@@ -157,10 +158,21 @@ METRICS: dict[str, MetricSpec] = {
 }
 
 
-def _field(name: str, labels: dict[str, str]) -> str:
+def _field(name: str, labels: dict[str, str], part: str | None = None) -> str:
+    """A hash field: `[name, labels]`, or a histogram's `[name, labels, part]`, as JSON.
+
+    Made once per process for each metric, label set and part (a pool child ends every
+    job with the same few), by `_encoded`.
+    """
     if name not in METRICS:
         raise KeyError(f"unknown metric {name}")
-    return json.dumps([name, labels], sort_keys=True)
+    return _encoded(name, tuple(sorted(labels.items())), part)
+
+
+@functools.lru_cache(maxsize=4096)
+def _encoded(name: str, labels: tuple[tuple[str, str], ...], part: str | None) -> str:
+    field = json.dumps([name, dict(labels)], sort_keys=True)
+    return field if part is None else f"{field[:-1]}, {json.dumps(part)}]"
 
 
 def _bucket(bounds: Sequence[float], value: float) -> str:
@@ -227,9 +239,8 @@ class MetricsStore:
         more = [(node_key(self.node), _field(name, labels), value)
                 for name, labels, value in samples]
         for name, labels, value in observed:
-            head = json.dumps([name, labels], sort_keys=True)[:-1]
             # the count is the buckets' sum (read back so): not written apart
-            more += [(HISTOGRAMS_KEY, f"{head}, {json.dumps(part)}]", amount) for part, amount
+            more += [(HISTOGRAMS_KEY, _field(name, labels, part), amount) for part, amount
                      in ((_bucket(METRICS[name].buckets, value), 1.0), ("sum", value))]
         pipe = self._redis.pipeline(transaction=False)
         if also is not None:
