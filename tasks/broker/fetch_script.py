@@ -116,17 +116,21 @@ local function take(src, item, i, ring, client, popped)
   return {list(i), bounded(item, limit), recorded and tag or ''}
 end
 """ + SHARE_LUA + r"""
--- an idle fetch (asked for by ARGV[base]): nothing in any list or ring, one EXISTS
-local probe, seen = {}, {}
-for j = 0, n - 1 do
-  for _, key in ipairs({list(j), arg(j, 1)}) do
-    if key ~= '' and not seen[key] then
-      seen[key] = true
-      probe[#probe + 1] = key
+-- every list and ring once: an idle fetch (asked for by ARGV[base]) finds nothing in
+-- any of them with one EXISTS; made only for the EXISTS that asks (not for every fetch)
+local function probe()
+  local keys, seen = {}, {}
+  for j = 0, n - 1 do
+    for _, key in ipairs({list(j), arg(j, 1)}) do
+      if key ~= '' and not seen[key] then
+        seen[key] = true
+        keys[#keys + 1] = key
+      end
     end
   end
+  return keys
 end
-if n == 0 or (ARGV[base] == '1' and redis.call('EXISTS', unpack(probe)) == 0) then
+if n == 0 or (ARGV[base] == '1' and redis.call('EXISTS', unpack(probe())) == 0) then
   return nil
 end
 local i = 0
@@ -192,7 +196,7 @@ while i < n do
   end
   if got then
     -- after a wait a ring ended: whether anything is left for the next idle worker
-    if ARGV[base + 1] == '1' then got[4] = redis.call('EXISTS', unpack(probe)) end
+    if ARGV[base + 1] == '1' then got[4] = redis.call('EXISTS', unpack(probe())) end
     return got
   end
   i = last + 1
