@@ -76,12 +76,15 @@ return 1
 # (ARGV[3]), the notice (KEYS[2], field ARGV[4], TTL ARGV[5]) written. 1: done; 0: no
 # claim on this server (its step was lost with a failover), nothing written; -1: the
 # claim names another holder, nothing written.
+# (The claim is set and read in one command; another holder's is put back.)
 MARK_ENDED = lua.Script("""
-local claim = redis.call('GET', KEYS[1])
+local claim = redis.call('SET', KEYS[1], ARGV[2], 'XX', 'KEEPTTL', 'GET')
 if not claim then return 0 end
-if claim ~= ARGV[1] then return -1 end
+if claim ~= ARGV[1] then
+  redis.call('SET', KEYS[1], claim, 'KEEPTTL')
+  return -1
+end
 if #KEYS > 2 then redis.call('DEL', unpack(KEYS, 3)) end
-redis.call('SET', KEYS[1], ARGV[2], 'XX', 'KEEPTTL')
 if ARGV[3] ~= '' then
   redis.call('XADD', KEYS[2], 'MAXLEN', '1', '*', ARGV[4], ARGV[3])
   redis.call('EXPIRE', KEYS[2], ARGV[5])
