@@ -275,6 +275,17 @@ class ReplicaMissing(TransientError):
     default_message = "no Redis replica confirmed the write in time; try again"
 
 
+class PrimaryReplaced(TransientError):
+    """Writes a failover took: made on a Redis primary since replaced, or lost with it.
+
+    Its code is `transient`: the task that made them is retried, and its retry goes out
+    on a new broker connection (this process's may still be on the replaced primary,
+    which takes writes until the Sentinels demote it, and then throws them away).
+    """
+
+    default_message = "a Redis failover took this process's writes; the job is retried"
+
+
 class ServiceUnreachable(OcrError):
     """Client side: the broker (Redis at REDIS_URL) did not answer."""
 

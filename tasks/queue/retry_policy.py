@@ -16,10 +16,12 @@ from __future__ import annotations
 import random
 from typing import TYPE_CHECKING
 
+from tasks.errors import PrimaryReplaced
 from tasks.queue.message_headers import carried
 
 if TYPE_CHECKING:
     from celery import Task
+    from kombu import Producer
 
     from tasks.settings import Settings
 
@@ -39,19 +41,34 @@ def countdown(retries: int) -> float:
     return step / 2 + random.uniform(0, step / 2)
 
 
-def retry_in(task: Task, exc: BaseException, most: int = MAX_RETRIES) -> None:
-    """Retry `task` after the policy's countdown; returns when its `most` retries are used."""
+def retry_in(task: Task, exc: BaseException, most: int = MAX_RETRIES,
+             producer: Producer | None = None) -> None:
+    """Retry `task` after the policy's countdown; returns when its `most` retries are used.
+
+    `producer`: the retry goes out through it (else through one of the app's pool).
+    """
     retries = task.request.retries
     if retries >= most:
         return
     # Celery's retry keeps no custom header: the job's client (its lane) is carried on.
+    through = {} if producer is None else {"producer": producer}
     raise task.retry(exc=exc, countdown=countdown(retries), max_retries=most,
-                     headers=carried(task.request))
+                     headers=carried(task.request), **through)
 
 
 def retry_later(task: Task, exc: BaseException) -> None:
-    """Retry a job, page or chunk task for a retryable error; returns when retries are used up."""
-    retry_in(task, exc, max_retries(task.app.ocr_settings, task.app.ocr_engine))
+    """Retry a job, page or chunk task for a retryable error; returns when retries are used up.
+
+    After writes a Redis failover took (`PrimaryReplaced`), the retry goes out on a new
+    broker connection, which asks the Sentinels for the primary: the pool's may still
+    be on the replaced one, which would take the retry and throw it away with the rest.
+    """
+    most = max_retries(task.app.ocr_settings, task.app.ocr_engine)
+    if not isinstance(exc, PrimaryReplaced) or task.request.retries >= most:
+        retry_in(task, exc, most)
+        return
+    with task.app.connection_for_write() as connection:
+        retry_in(task, exc, most, producer=connection.Producer())
 
 
 def max_retries(settings: Settings, engine: str) -> int:

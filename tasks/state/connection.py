@@ -39,7 +39,7 @@ from redis.sentinel import (
     SentinelManagedSSLConnection,
 )
 
-from tasks.errors import ReplicaMissing, TransientError
+from tasks.errors import PrimaryReplaced, ReplicaMissing
 from tasks.records.redis_target import RedisTarget
 from tasks.state.boundary import RETRIED_ERRORS, redis_retry
 
@@ -210,8 +210,8 @@ def hold_kept(client: redis.Redis, key: str, target: RedisTarget, patience: floa
     caught up (the writes are on the primary, not yet safe from a failover).
     `key` was written by this process just before: where the server that answers has
     none, a failover took the writes with the old primary before a replica had them (a
-    command retried through the failover goes to the new one): `TransientError`, so
-    that its writer sends them again rather than go on without them. So too when the
+    command retried through the failover goes to the new one): `PrimaryReplaced`
+    (transient), so that its writer sends them again rather than go on without them. So too when the
     replicas never caught up and the Sentinels name another primary by then.
     """
     if target.min_replicas <= 0:
@@ -226,14 +226,14 @@ def hold_kept(client: redis.Redis, key: str, target: RedisTarget, patience: floa
                 pipe.pexpire(key, ttl)
                 replies = kept(pipe, target).execute()
         if ttl < 0 or not replies[0]:  # -2, or gone by the PEXPIRE: not on this server
-            raise TransientError(f"{key} is not on the Redis primary: lost with a "
-                                 "failover before a replica had it")
+            raise PrimaryReplaced(f"{key} is not on the Redis primary: lost with a "
+                                  "failover before a replica had it")
         if int(replies[-1]) >= target.min_replicas:
             return True
         if time.monotonic() >= deadline:
             if _primary_replaced(client):
-                raise TransientError(f"{key} was written to a Redis primary the Sentinels "
-                                     "have replaced; its writes will be thrown away")
+                raise PrimaryReplaced(f"{key} was written to a Redis primary the Sentinels "
+                                      "have replaced; its writes will be thrown away")
             return False
 
 

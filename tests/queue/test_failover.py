@@ -41,7 +41,7 @@ from tasks.errors import ReplicaMissing
 from tasks.records.redis_target import RedisTarget
 from tasks.settings import Settings
 from tasks.state.connection import connect
-from tasks.state.keys import job_ended_key, job_notice_key
+from tasks.state.keys import job_ended_key, job_key, job_notice_key
 from tests.api_server import ApiServer, create_token, session
 from tests.ha import MASTER, MovingEndpoint, RedisHA, RedisNode
 from tests.harness import (
@@ -388,12 +388,16 @@ def _whereabouts(fleet: Fleet, jobs: list[str]) -> str:
         held += [f"{k!r}: {tag!r}" for k in store.scan_iter(match="{*}:held", count=1000)
                  for tag, m in store.hgetall(k).items() if job.encode() in m]
         # its ending: the end claim (its holder, or done), the stored result, the notice
+        result = store.get(f"celery-task-meta-{job}")
         ending = {"claim": store.get(job_ended_key(job)),
-                  "result": store.exists(f"celery-task-meta-{job}"),
-                  "notice": store.exists(job_notice_key(job))}
+                  "claim ttl": store.ttl(job_ended_key(job)),
+                  "result": result[:160] if result else None,
+                  "notice": store.exists(job_notice_key(job)),
+                  "record": store.hgetall(job_key(job))}
         lines = [line for line in fleet.worker.log().splitlines() if job in line]
+        sent = [line for line in fleet.api.log().splitlines() if job in line]
         told.append(f"{job}: in lists {found}, held {held}, ending {ending}; worker:\n" +
-                    "\n".join(lines[-20:]))
+                    "\n".join(lines[-20:]) + "\napi:\n" + "\n".join(sent[-10:]))
     rings = {repr(k): store.lrange(k, 0, -1) if store.type(k) == b"list"
              else store.hgetall(k) for pattern in ("ocr:lanes:*", "{ocr*}:ring*")
              for k in store.scan_iter(pattern)}

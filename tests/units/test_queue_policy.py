@@ -5,17 +5,22 @@
   included).
 - One retry policy: the job, page and chunk tasks and the HTTP callback task back off
   alike (`tasks/queue/retry_policy.py`), and what the docs say of callbacks is the
-  policy's count.
+  policy's count; a retry after writes a failover took goes out on a new connection.
 """
 
 from __future__ import annotations
 
 import re
 from types import SimpleNamespace
+from typing import Any
 
 import pytest
+from celery import Celery
+from celery.exceptions import Retry
+from kombu import Producer
 
 from tasks.engines.resident import engine_for_job
+from tasks.errors import PrimaryReplaced, TransientError
 from tasks.queue import parent_endings, retry_policy
 from tasks.queue.control_tasks import http_callback
 from tasks.records.request import JobRequest
@@ -55,3 +60,30 @@ def test_one_retry_policy_for_tasks_and_callbacks() -> None:
         in tasks_md
     settings_md = (ROOT / "docs" / "settings.md").read_text()
     assert not re.search(r"retried \d+ times", settings_md)
+
+
+@pytest.mark.parametrize("error", [PrimaryReplaced, TransientError])
+def test_a_retry_after_a_failover_goes_out_on_a_new_broker_connection(
+        own_redis_url: str, error: type[TransientError]) -> None:
+    """The pool's connections may be on the replaced primary, which drops what it takes.
+
+    A real Celery app on a real Redis; the task is a fake that records its retry.
+    """
+    app = Celery(broker=own_redis_url, set_as_current=False)
+    sent: dict[str, Any] = {}
+
+    def retry(**options: Any) -> Retry:
+        sent.update(options)
+        return Retry()
+
+    task = SimpleNamespace(
+        app=SimpleNamespace(ocr_settings=Settings.from_env({}), ocr_engine="fake",
+                            connection_for_write=app.connection_for_write),
+        request=SimpleNamespace(retries=0, headers={}), retry=retry)
+    with pytest.raises(Retry):
+        retry_policy.retry_later(task, error("the ending met a failover"))
+    if error is PrimaryReplaced:
+        assert isinstance(sent["producer"], Producer)  # on a connection of its own
+    else:
+        assert "producer" not in sent  # the pool's, as every other publish
+    app.close()
