@@ -30,7 +30,7 @@ from tasks.broker.queue_depth import PUBLISHED_HEADER
 from tasks.broker.redis_channel import RedisChannel
 from tasks.errors import ReplicaMissing
 from tasks.records.clients import CLIENT_HEADER, client_name
-from tasks.state.connection import check_replicas, wait_replicas
+from tasks.state.connection import check_replicas, primary_replaced, wait_replicas
 
 log = logging.getLogger(__name__)
 
@@ -163,11 +163,11 @@ class PublishingChannel(RedisChannel):
             return
         timeout = float(self.ocr_replica_timeout)
         try:
-            with self.conn_or_acquire() as client, \
-                    client.pipeline(transaction=False) as pipe:
-                doorbells.ring(pipe, self._key, [queue], self.lanes_layout())
-                replies = wait_replicas(pipe, replicas, timeout).execute()
-            check_replicas(replies, replicas, timeout, f"a message to queue {queue}")
+            with self.conn_or_acquire() as client:
+                with client.pipeline(transaction=False) as pipe:
+                    doorbells.ring(pipe, self._key, [queue], self.lanes_layout())
+                    replies = wait_replicas(pipe, replicas, timeout).execute()
+                self._check_kept(client, replies, replicas, f"a message to queue {queue}")
         except ReplicaMissing:
             if self.ocr_refuse_unkept:
                 raise
@@ -184,6 +184,23 @@ class PublishingChannel(RedisChannel):
                 raise
             # The message is published; it is taken at the next fetch.
             log.debug("could not ring the doorbell of %s: %r", queue, exc)
+
+    def _check_kept(self, client: Any, replies: list[Any], replicas: int, what: str) -> None:
+        """`check_replicas`; a worker's publish to a primary the Sentinels replaced fails.
+
+        Short of replicas, a worker's publish goes on (ReplicaMissing, logged) unless
+        its server is a primary the Sentinels have replaced: that one takes writes until
+        they demote it, then throws them away. A lost connection instead, so that kombu
+        sends the message again on a new one, which asks the Sentinels for the primary
+        (a copy that survives after all is read once: the end claim, the page join).
+        """
+        try:
+            check_replicas(replies, replicas, float(self.ocr_replica_timeout), what)
+        except ReplicaMissing:
+            if not self.ocr_refuse_unkept and primary_replaced(client):
+                raise redis.exceptions.ConnectionError(
+                    f"{what} went to a Redis primary the Sentinels have replaced") from None
+            raise
 
     def _key(self, name: str) -> str:
         """`name` as a raw command names it (the transport takes no global key prefix)."""

@@ -231,13 +231,13 @@ def hold_kept(client: redis.Redis, key: str, target: RedisTarget, patience: floa
         if int(replies[-1]) >= target.min_replicas:
             return True
         if time.monotonic() >= deadline:
-            if _primary_replaced(client):
+            if primary_replaced(client):
                 raise PrimaryReplaced(f"{key} was written to a Redis primary the Sentinels "
                                       "have replaced; its writes will be thrown away")
             return False
 
 
-def _primary_replaced(client: redis.Redis) -> bool:
+def primary_replaced(client: redis.Redis) -> bool:
     """Whether the Sentinels name another primary than the one `client`'s pool writes to.
 
     A live primary the Sentinels took for dead and replaced keeps taking writes, with no

@@ -273,3 +273,33 @@ def _answers(client: object) -> bool:
         return bool(client.ping())  # type: ignore[attr-defined]
     except Exception:  # noqa: BLE001 - the Sentinel may not have looked at its primary yet
         return False
+
+
+def test_a_workers_publish_to_a_replaced_primary_is_sent_again_to_the_new_one(
+        primaries: Primaries, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Replicas short and the Sentinels name another primary: the message goes there too.
+
+    A worker's publish short of replicas goes on; to a live primary the Sentinels have
+    replaced it would be thrown away with that server's writes (a retry, a callback, a
+    page task lost). Its channel fails it as a lost connection instead, and Celery's
+    publish retry sends it again on a new connection, which asks the Sentinels.
+    """
+    from celery import Celery
+
+    from tasks.broker.publishing import PublishingChannel
+    monkeypatch.setattr(PublishingChannel, "_replicas_missed_at", float("-inf"))
+    settings = Settings.from_env({
+        "REDIS_URL": "sentinel://127.0.0.1:1/2", "OCR_REDIS_SENTINEL_MASTER": "ocr",
+        "OCR_REDIS_MIN_REPLICAS": "1", "OCR_REDIS_REPLICA_TIMEOUT": "0.2"})
+    app = Celery("replaced-test", set_as_current=False)
+    config = celery_config(settings)
+    app.conf.update(config, broker_transport_options={
+        **config["broker_transport_options"], "ocr_refuse_unkept": False})
+    old, new = (redis.Redis(port=p.port, db=2) for p in (primaries.old, primaries.new))
+    with app.producer_or_acquire() as producer:
+        producer.channel.client.ping()  # connected to the primary named first
+        primaries.replace()  # replaced meanwhile, not yet told
+        app.send_task("ocr.test", queue="ocr-test", producer=producer)
+    assert new.llen("ocr-test") == 1  # sent again there
+    assert old.llen("ocr-test") == 1  # (what the replaced one took, and will throw away)
+    app.close()
