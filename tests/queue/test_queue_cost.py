@@ -217,12 +217,14 @@ def test_one_connection_pool_per_worker_child(worker: Worker, redis_url: str,
     seen = eventually(pools, 30, "each child's gauges")
     assert {seen[c.pid] for c in children} == {1.0}, seen
     # And its sockets: the service's one pool, Celery's result backend, kombu's
-    # connection and the event dispatcher's, at most (each pool holds one while the
-    # child runs one task at a time).
+    # connection and the event dispatcher's (each pool holds one while the child runs
+    # one task at a time), and one more in the service's pool where its metrics timer
+    # (tasks/state/metrics.py: a thread, FLUSH_EVERY) wrote while the task's thread had
+    # the first (seen once in a loaded run).
     for child in children:
         to_redis = [c for c in child.net_connections("tcp")
                     if c.raddr and c.raddr.port == redis_server.port]
-        assert len(to_redis) <= 4, (child.pid, len(to_redis))
+        assert len(to_redis) <= 5, (child.pid, [(c.laddr.port, c.status) for c in to_redis])
 
 
 def test_a_wait_blocks_on_the_ending_notice_without_polling(tmp_path: Path) -> None:
