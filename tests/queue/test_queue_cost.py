@@ -220,7 +220,7 @@ def test_one_connection_pool_per_worker_child(worker: Worker, redis_url: str,
     # connection and the event dispatcher's (each pool holds one while the child runs
     # one task at a time), and one more in the service's pool where its metrics timer
     # (tasks/state/metrics.py: a thread, FLUSH_EVERY) wrote while the task's thread had
-    # the first (seen once in a loaded run).
+    # the first.
     for child in children:
         to_redis = [c for c in child.net_connections("tcp")
                     if c.raddr and c.raddr.port == redis_server.port]
