@@ -167,7 +167,8 @@ class PublishingChannel(RedisChannel):
                 with client.pipeline(transaction=False) as pipe:
                     doorbells.ring(pipe, self._key, [queue], self.lanes_layout())
                     replies = wait_replicas(pipe, replicas, timeout).execute()
-                self._check_kept(client, replies, replicas, f"a message to queue {queue}")
+                self._check_kept(client, replies, replicas, timeout,
+                                 f"a message to queue {queue}")
         except ReplicaMissing:
             if self.ocr_refuse_unkept:
                 raise
@@ -185,7 +186,8 @@ class PublishingChannel(RedisChannel):
             # The message is published; it is taken at the next fetch.
             log.debug("could not ring the doorbell of %s: %r", queue, exc)
 
-    def _check_kept(self, client: Any, replies: list[Any], replicas: int, what: str) -> None:
+    def _check_kept(self, client: Any, replies: list[Any], replicas: int, timeout: float,
+                    what: str) -> None:
         """`check_replicas`; a worker's publish to a primary the Sentinels replaced fails.
 
         Short of replicas, a worker's publish goes on (ReplicaMissing, logged) unless
@@ -195,7 +197,7 @@ class PublishingChannel(RedisChannel):
         (a copy that survives after all is read once: the end claim, the page join).
         """
         try:
-            check_replicas(replies, replicas, float(self.ocr_replica_timeout), what)
+            check_replicas(replies, replicas, timeout, what)
         except ReplicaMissing:
             if not self.ocr_refuse_unkept and primary_replaced(client):
                 raise redis.exceptions.ConnectionError(

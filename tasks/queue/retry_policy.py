@@ -64,10 +64,10 @@ def retry_later(task: Task, exc: BaseException) -> None:
     be on the replaced one, which would take the retry and throw it away with the rest.
     """
     most = max_retries(task.app.ocr_settings, task.app.ocr_engine)
-    if not isinstance(exc, PrimaryReplaced) or task.request.retries >= most:
+    if not isinstance(exc, PrimaryReplaced):
         retry_in(task, exc, most)
         return
-    with task.app.connection_for_write() as connection:
+    with task.app.connection_for_write() as connection:  # connects only to publish
         retry_in(task, exc, most, producer=connection.Producer())
 
 
