@@ -275,6 +275,16 @@ class ReplicaMissing(TransientError):
     default_message = "no Redis replica confirmed the write in time; try again"
 
 
+class ObjectChanged(TransientError):
+    """An object whose ETag is no longer the one its read was pinned to (HTTP 412).
+
+    Its code is `transient`: read again from a new HEAD. A read pinned by its sender
+    (`url_etag`) has no HEAD to read again from: there it is `input_not_found`.
+    """
+
+    default_message = "the object changed while it was read; it is read again"
+
+
 class PrimaryReplaced(TransientError):
     """Writes a failover took: made on a Redis primary since replaced, or lost with it.
 

@@ -22,7 +22,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any
 
-from tasks.errors import BadRequest, InputNotFound, InputTooLarge
+from tasks.errors import BadRequest, InputNotFound, InputTooLarge, ObjectChanged
 from tasks.lifecycle import _https_objects, _s3
 from tasks.lifecycle._s3 import ObjectInfo
 from tasks.lifecycle.url_policy import ObjectUrl, check_url, narrow
@@ -39,6 +39,9 @@ class LocatedObject:
 
     url: ObjectUrl
     info: ObjectInfo
+    # Pinned to the ETag its sender named, with no HEAD: the read checks it (IfMatch),
+    # and an object changed since is `input_not_found` there.
+    unheaded: bool = False
 
     @property
     def identity(self) -> str | None:
@@ -50,6 +53,12 @@ class LocatedObject:
         if tag is None and self.info.sha256:
             tag = f"sha256:{self.info.sha256}"
         return None if tag is None else f"{self.url.url}\0{tag}"
+
+    def sized(self, data: bytes) -> LocatedObject:
+        """With the size of its bytes, read, where no HEAD gave one (`unheaded`)."""
+        if self.info.size is not None:
+            return self
+        return replace(self, info=replace(self.info, size=len(data)))
 
     def pinned(self, data: bytes) -> LocatedObject:
         """The object pinned by the hash of `data` when its store named no identity for it."""
@@ -64,6 +73,15 @@ class LocatedObject:
         if self.info.sha256:
             out["sha256"] = self.info.sha256
         return out
+
+
+def preload(settings: Settings) -> None:
+    """Ready the S3 adapter in a worker's parent when OCR_ALLOWED_URLS names a bucket.
+
+    Its pool's children are forked with boto3 and S3's models loaded (_s3.preload).
+    """
+    if any(prefix.startswith("s3://") for prefix in settings.allowed_urls):
+        _s3.preload()
 
 
 @dataclass(frozen=True)
@@ -108,8 +126,14 @@ class Fetcher:
         `url_etag`): an s3:// version is read as it was, even if the key was
         overwritten since (a versioned bucket); an object whose ETag is no longer the
         pinned one is `input_not_found` (that version is gone), never read as it is now.
+        An s3:// object pinned by its ETag alone is not HEADed: its read checks the ETag.
         """
         parsed = self.check(url)
+        if parsed.scheme == "s3" and version is None and etag is not None:
+            # The ETag its sender saw (a batch's listing, a retried job's read): the GET
+            # is pinned to it, so a HEAD would tell nothing more. Its size is counted
+            # as it is read.
+            return LocatedObject(parsed, ObjectInfo(None, etag), unheaded=True)
         if parsed.scheme == "s3":
             info = _s3.head(parsed.bucket, parsed.key, self.timeout, version)
         else:
@@ -141,6 +165,11 @@ class Fetcher:
                     raise InputTooLarge(f"the object is larger than {self.max_mb} MB "
                                         "(counted while reading)")
                 parts.append(piece)
+        except ObjectChanged:
+            if not located.unheaded:
+                raise
+            raise InputNotFound(f"the object changed since its sender saw it (its ETag "
+                                f"was {located.info.etag}); that version is gone") from None
         finally:
             close = getattr(pieces, "close", None)
             if close is not None:

@@ -179,6 +179,7 @@ def process_job(job_id: str, request: JobRequest, settings: Settings,
                            engine=engine_name, started=started)
     if located is not None:
         data = fetcher.read(located)
+        located = located.sized(data)
         if settings.cache_results and previous is None and key is None:
             key = cache_key(data, request, engine_name, loaded.engine.model, settings,
                             scope=scope)

@@ -32,6 +32,7 @@ from celery.signals import (
 from tasks import tracing
 from tasks.engines import release, resident
 from tasks.engines.lang_routing import served_engines
+from tasks.lifecycle import fetcher
 from tasks.models.registry import ModelRegistry
 from tasks.pipeline.images import configure_pillow
 from tasks.pipeline.pdf import empty_store
@@ -108,6 +109,7 @@ def connect_signals(app: OcrCelery, settings: Settings) -> None:
                 thread_limits.set_baseline()  # memory growth counts from here
                 log.info("worker %s reads with engine %s in a pool of %s threads", sender,
                          app.ocr_engine, instance.concurrency)
+        fetcher.preload(settings)  # before a prefork pool's children are forked
         brokers.prepare_queues(instance.app, settings, sender)
 
     def keep_models(idle_seconds: float) -> release.ChildKeeper:

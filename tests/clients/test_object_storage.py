@@ -215,8 +215,10 @@ def run(client: OcrClient, source: str, timeout: float = 120, **options: Any) ->
 
 
 def s3_requests(s3: MotoS3, method: str, path: str) -> int:
-    """How many `method path` requests moto's own request log shows."""
-    return len(re.findall(rf'"{method} {re.escape(path)}(\?[^ ]*)? HTTP', s3.log()))
+    """How many `method path` requests moto's own request log shows (errors included:
+    it colours their lines)."""
+    log = re.sub(r"\x1b\[[0-9;]*m", "", s3.log())
+    return len(re.findall(rf'"{method} {re.escape(path)}(\?[^ ]*)? HTTP', log))
 
 
 # --- reading by URL -------------------------------------------------------------------
@@ -429,6 +431,26 @@ def test_cache_is_keyed_on_the_etag(worker: Worker, client: OcrClient, s3: MotoS
     assert third["text"].startswith("fake 230x80")
     assert third["input_url"]["etag"] != first["input_url"]["etag"]
     assert s3_requests(s3, "GET", "/docs/cached.png") == gets + 1
+
+
+def test_a_job_pinned_to_an_etag_reads_its_object_with_one_get(
+        worker: Worker, client: OcrClient, s3: MotoS3) -> None:
+    # A batch's documents are sent pinned to the ETag the bucket's listing gave.
+    store = s3.client()
+    body = png(250, 90)
+    etag = store.put_object(Bucket="docs", Key="pinned.png", Body=body)["ETag"]
+    result = run(client, "s3://docs/pinned.png", url_etag=etag, no_cache=True)
+    assert result["status"] == "SUCCESS", result
+    assert result["text"].startswith("fake 250x90")
+    assert s3_requests(s3, "HEAD", "/docs/pinned.png") == 0
+    assert s3_requests(s3, "GET", "/docs/pinned.png") == 1
+    assert result["input_url"] == {**result["input_url"], "etag": etag, "size": len(body)}
+    store.put_object(Bucket="docs", Key="pinned.png", Body=png(260, 95))  # a new ETag
+    stale = run(client, "s3://docs/pinned.png", url_etag=etag, no_cache=True)
+    assert stale["status"] == "FAILURE", stale
+    assert stale["error"] == {**stale["error"], "code": "input_not_found", "retryable": False}
+    assert not re.search(rf"ocr.document\[{stale['id']}\] retry", worker.log())
+    assert s3_requests(s3, "GET", "/docs/pinned.png") == 2  # once, never read as it is now
 
 
 # --- fan-out by URL -------------------------------------------------------------------
