@@ -35,9 +35,9 @@ import threading
 import time
 import uuid
 from dataclasses import replace
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Any
 
-from tasks.errors import OcrError, PageQuotaExceeded, QuotaExceeded
+from tasks.errors import InputTooLarge, OcrError, PageQuotaExceeded, QuotaExceeded
 from tasks.lifecycle.batch_lines import (
     FAILED,
     document_options,
@@ -71,7 +71,7 @@ from tasks.state.batch_store import BatchStore
 if TYPE_CHECKING:
     from collections.abc import Callable
 
-    from tasks.lifecycle.fetcher import Fetcher
+    from tasks.lifecycle.batch_ports import BatchPorts
     from tasks.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -84,48 +84,6 @@ PAGE = 100                # documents asked of the source at a time
 PAGES_A_STEP = 50         # source pages one step reads at most (skipping a done listing)
 SENDING_SECONDS = 2.0     # one step sends for this long at most; the next goes on
 SENT, PASSED, WAIT = 1, 0, -1  # what became of one document
-
-
-class BatchPorts(Protocol):
-    """What a step needs from the layers above: places, the gate, the queue."""
-
-    def fetcher(self, record: BatchRecord) -> Fetcher:
-        """The batch's client's fetcher: every read of the batch goes through it."""
-
-    def target(self, record: BatchRecord) -> Target:
-        """Where the batch writes (its `target`, checked)."""
-
-    def source(self, record: BatchRecord, target: Target) -> Source:
-        """What the batch reads (its `source`, checked)."""
-
-    def admit(self, record: BatchRecord, kwargs: dict[str, Any]) -> None:
-        """The gate for one document's job: its error, or None (QuotaExceeded: wait)."""
-
-    def send(self, record: BatchRecord, kwargs: dict[str, Any], replacing: str = "") -> str:
-        """Send one document's job (the batch's client, priority); its id.
-
-        QuotaExceeded: its client's jobs in flight filled since `admit` (wait);
-        PageQuotaExceeded: its pages would pass the client's caps (refused).
-        `replacing`: the job whose place in flight it takes (never refused).
-        """
-
-    def endings(self, record: BatchRecord, job_ids: list[str]) -> dict[str, dict[str, Any]]:
-        """Those of these jobs that ended, in order, each with its public result.
-
-        Each one's output is under the target by then.
-        """
-
-    def cancel(self, job_ids: list[str]) -> None:
-        """Cancel these jobs (queued ones never start, running ones stop)."""
-
-    def notify(self, record: BatchRecord, body: dict[str, Any]) -> None:
-        """POST the batch's summary to its `callback_url` (when it names one)."""
-
-    def stalled(self, job_ids: list[str]) -> list[str]:
-        """Which of these unended jobs had their ending claimed long ago, never finished."""
-
-    def forget(self, job_ids: list[str]) -> None:
-        """Let the Redis records of these settled jobs go soon (their result, its output)."""
 
 
 class BatchDriver:
@@ -292,6 +250,11 @@ class BatchDriver:
                 raise  # Redis or a store briefly away: the step is tried again
             return self._refuse(record, target, document, options, cursor, counted,
                                 exc.code)
+        size = document.version.get("size")
+        if isinstance(size, int) and size > self.settings.max_input_bytes:
+            # Its job would read it with no HEAD (its ETag pinned): refused here, unread.
+            return self._refuse(record, target, document, options, cursor, counted,
+                                InputTooLarge.code)
         pin: dict[str, Any] = {}
         if document.url.startswith("s3://") and document.version.get("etag"):
             pin = {"url_etag": document.version["etag"]}

@@ -215,8 +215,10 @@ def run(client: OcrClient, source: str, timeout: float = 120, **options: Any) ->
 
 
 def s3_requests(s3: MotoS3, method: str, path: str) -> int:
-    """How many `method path` requests moto's own request log shows (errors included:
-    it colours their lines)."""
+    """How many `method path` requests moto's own request log shows.
+
+    Errors included: moto colours their lines.
+    """
     log = re.sub(r"\x1b\[[0-9;]*m", "", s3.log())
     return len(re.findall(rf'"{method} {re.escape(path)}(\?[^ ]*)? HTTP', log))
 

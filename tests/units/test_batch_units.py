@@ -18,6 +18,7 @@ from tasks.lifecycle.batch_manifest import (
     ManifestIndex,
     compose_from_parts,
     has_lines,
+    latest_lines,
     write_part,
 )
 from tasks.lifecycle.batch_sources import (
@@ -319,3 +320,42 @@ def test_a_local_folder_is_listed_in_name_order_from_a_cursor(tmp_path: Path) ->
     assert [d.name for d, _ in first] == ["a-c.png", "a/b.png"] and not done
     rest, done = folder.page(first[-1][1], 2)
     assert [d.name for d, _ in rest] == ["b.png"] and done
+
+
+class SendingPorts:
+    """Ports that admit every document and record the jobs sent."""
+
+    def __init__(self) -> None:
+        self.sent: list[dict[str, object]] = []
+
+    def admit(self, record: BatchRecord, kwargs: dict[str, object]) -> None:
+        return None
+
+    def send(self, record: BatchRecord, kwargs: dict[str, object], replacing: str = "") -> str:
+        self.sent.append(kwargs)
+        return f"job-{len(self.sent)}"
+
+
+def test_a_listed_document_over_the_input_limit_is_refused_unread(own_redis_url: str,
+                                                                 tmp_path: Path) -> None:
+    from tasks.lifecycle.batches import PASSED, SENT, BatchDriver
+
+    store = BatchStore(redis.Redis.from_url(own_redis_url), 60)
+    record = store.get(store.create(BatchRecord(id="", source="s3://b/", target="s3://o/",
+                                                options={"output": "text"})).id)
+    ports = SendingPorts()
+    driver = BatchDriver(store, ports,  # type: ignore[arg-type]
+                         Settings.from_env({"OCR_MAX_INPUT_MB": "1"}))
+    target = LocalTarget(tmp_path)
+    small = Document("s3://b/small.png", "small.png", {"etag": '"e1"', "size": 2**20})
+    large = Document("s3://b/large.png", "large.png", {"etag": '"e2"', "size": 2**20 + 1})
+    assert driver._one(record, target, small, "small.png", None, False) == SENT
+    # Its job would read it with no HEAD: the listing's size refuses it, no job is sent.
+    assert driver._one(record, target, large, "large.png", None, False) == PASSED
+    assert [kwargs["url"] for kwargs in ports.sent] == ["s3://b/small.png"]
+    assert ports.sent[0]["url_etag"] == '"e1"'
+    lines = latest_lines(target)
+    assert [(line["name"], line["status"], line["error"]) for line in lines] == [
+        ("large.png", "FAILURE", "input_too_large")]
+    counts = store.get(record.id)
+    assert (counts.listed, counts.failed, store.in_flight(record.id)) == (2, 1, 1)
