@@ -22,6 +22,7 @@ write would waste the work), then end `result_write_failed`.
 from __future__ import annotations
 
 import functools
+import logging
 import os
 import threading
 from collections.abc import Iterator
@@ -37,6 +38,7 @@ from tasks.errors import (
     TransientError,
 )
 
+log = logging.getLogger(__name__)
 CHUNK = 1 << 20
 _NOT_FOUND = {"404", "NoSuchKey", "NoSuchBucket", "NotFound", "NoSuchVersion"}
 _DENIED = {"401", "403", "AccessDenied", "InvalidAccessKeyId", "SignatureDoesNotMatch",
@@ -88,8 +90,14 @@ def preload() -> None:
     unused: its placeholder region, endpoint and keys keep it from looking anything
     up, and it never connects.
     """
-    _session().client("s3", region_name="us-east-1", endpoint_url="http://127.0.0.1:9",
-                      aws_access_key_id="preload", aws_secret_access_key="preload")
+    from botocore.exceptions import BotoCoreError
+
+    try:
+        _session().client("s3", region_name="us-east-1", endpoint_url="http://127.0.0.1:9",
+                          aws_access_key_id="preload", aws_secret_access_key="preload")
+    except BotoCoreError as exc:  # AWS_PROFILE naming no profile, say: a job reports it
+        log.warning("the S3 client was not prepared (%s); each child makes its own",
+                    type(exc).__name__)
 
 
 @functools.lru_cache(maxsize=4)

@@ -146,6 +146,18 @@ class Fetcher:
                                 f"{self.max_mb} MB")
         return LocatedObject(parsed, info)
 
+    def confirm(self, located: LocatedObject) -> None:
+        """An unHEADed object that is answered without a read (a cached result) HEADed.
+
+        InputNotFound when its ETag is no longer the pinned one.
+        """
+        if located.unheaded:
+            info = _s3.head(located.url.bucket, located.url.key, self.timeout)
+            if info.etag != located.info.etag:
+                raise InputNotFound(f"the object changed since its sender saw it (its "
+                                    f"ETag was {located.info.etag}, now {info.etag}); "
+                                    "that version is gone")
+
     def _pieces(self, located: LocatedObject) -> Iterator[bytes]:
         url = self.check(located.url.url)  # a located object of another client: refused
         if url.scheme == "s3":

@@ -164,6 +164,8 @@ def process_job(job_id: str, request: JobRequest, settings: Settings,
                 if located is not None:
                     data = fetcher.read(located)
                 check_password(data, request.password, settings)
+            elif located is not None:
+                fetcher.confirm(located)  # pinned with no HEAD: it must still be that one
             # This job's own time (input, key, lookup), not the first run's: no OCR ran.
             cached = replace(DocumentResult.from_json(stored), id=job_id,
                              filename=request.filename, cached=True, result_object=None,

@@ -455,6 +455,23 @@ def test_a_job_pinned_to_an_etag_reads_its_object_with_one_get(
     assert s3_requests(s3, "GET", "/docs/pinned.png") == 2  # once, never read as it is now
 
 
+def test_a_cached_answer_to_a_job_pinned_to_an_etag_checks_the_object_is_still_that_one(
+        worker: Worker, client: OcrClient, s3: MotoS3) -> None:
+    store = s3.client()
+    etag = store.put_object(Bucket="docs", Key="pinned-cached.png", Body=png(270, 60))["ETag"]
+    first = run(client, "s3://docs/pinned-cached.png", url_etag=etag)
+    second = run(client, "s3://docs/pinned-cached.png", url_etag=etag)
+    assert first["status"] == second["status"] == "SUCCESS", (first, second)
+    assert second["cached"] is True
+    # the hit read nothing: one HEAD said the object still has that ETag
+    assert s3_requests(s3, "GET", "/docs/pinned-cached.png") == 1
+    assert s3_requests(s3, "HEAD", "/docs/pinned-cached.png") == 1
+    store.put_object(Bucket="docs", Key="pinned-cached.png", Body=png(280, 65))
+    stale = run(client, "s3://docs/pinned-cached.png", url_etag=etag)
+    assert stale["status"] == "FAILURE", stale
+    assert stale["error"]["code"] == "input_not_found"
+
+
 # --- fan-out by URL -------------------------------------------------------------------
 
 def test_pdf_fans_out_by_url_without_passing_through_redis(

@@ -65,3 +65,10 @@ def test_without_a_bucket_allowed_nothing_is_loaded_and_a_child_reads_the_models
     assert _s3._session.cache_info().currsize == 0
     assert any(path.endswith("service-2.json") or "service-2" in path
                for path in s3_models(files_a_forked_child_reads()))
+
+
+def test_a_session_botocore_refuses_is_left_to_the_children(
+        monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture) -> None:
+    monkeypatch.setenv("AWS_PROFILE", "no-such-profile")
+    fetcher.preload(Settings.from_env({"OCR_ALLOWED_URLS": "s3://bucket/"}))
+    assert "the S3 client was not prepared (ProfileNotFound)" in caplog.text
