@@ -40,6 +40,7 @@ from tasks.errors import (
 
 log = logging.getLogger(__name__)
 CHUNK = 1 << 20
+POOL_CONNECTIONS = 32  # one client's connections kept open to the store
 _NOT_FOUND = {"404", "NoSuchKey", "NoSuchBucket", "NotFound", "NoSuchVersion"}
 _DENIED = {"401", "403", "AccessDenied", "InvalidAccessKeyId", "SignatureDoesNotMatch",
            "AllAccessDisabled", "AccountProblem", "InvalidToken", "ExpiredToken"}
@@ -104,9 +105,11 @@ def preload() -> None:
 def _made(timeout: float, writes: bool) -> Any:
     from botocore.config import Config
 
+    # POOL_CONNECTIONS: a manifest's parts are read by 16 threads at once through one
+    # client; botocore's 10 would drop and reopen a connection per read past them.
     config = Config(connect_timeout=timeout, read_timeout=timeout,
                     retries={"mode": "standard", "max_attempts": 3 if writes else 1},
-                    user_agent_extra="ocr-service")
+                    max_pool_connections=POOL_CONNECTIONS, user_agent_extra="ocr-service")
     region = None if os.environ.get("AWS_DEFAULT_REGION") else os.environ.get("AWS_REGION")
     return _session().client("s3", region_name=region or None, config=config)
 

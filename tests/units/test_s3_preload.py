@@ -72,3 +72,13 @@ def test_a_session_botocore_refuses_is_left_to_the_children(
     monkeypatch.setenv("AWS_PROFILE", "no-such-profile")
     fetcher.preload(Settings.from_env({"OCR_ALLOWED_URLS": "s3://bucket/"}))
     assert "the S3 client was not prepared (ProfileNotFound)" in caplog.text
+
+
+def test_one_client_keeps_a_connection_for_each_reader_of_a_manifest_s_parts(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    from tasks.lifecycle.batch_manifest import READERS
+
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "test")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "test")
+    monkeypatch.setenv("AWS_DEFAULT_REGION", "us-east-1")
+    assert _s3._made(5.0, False).meta.config.max_pool_connections >= READERS
