@@ -1,7 +1,8 @@
-"""The S3 adapter readied in a worker's parent: a child forked after it reads no model.
+"""The S3 adapter's clients: readied in a worker's parent, and their connection pool.
 
-A pool child's first S3 client otherwise imports boto3 and reads S3's models again
-(half a second of CPU), in every child that replaces a recycled one.
+Readied before the pool forks, a child's first S3 client reads no model; otherwise it
+imports boto3 and reads S3's models again (half a second of CPU), in every child that
+replaces a recycled one.
 """
 
 from __future__ import annotations
