@@ -181,21 +181,32 @@ def test_the_index_holds_each_documents_latest_line_and_the_failed_ones_in_order
     assert len(reads) == 3
 
 
-class StalledPorts:
+class SendingPorts:
+    """Ports that admit every document and record the jobs sent, numbered from `first`."""
+
+    def __init__(self, first: int = 1) -> None:
+        self.first = first
+        self.sent: list[dict[str, object]] = []
+
+    def admit(self, record: BatchRecord, kwargs: dict[str, object]) -> None:
+        return None
+
+    def send(self, record: BatchRecord, kwargs: dict[str, object], replacing: str = "") -> str:
+        self.sent.append(kwargs)
+        return f"job-{self.first + len(self.sent) - 1}"
+
+
+class StalledPorts(SendingPorts):
     """Ports whose one job in flight never ends: its ending died with its host."""
 
     def __init__(self) -> None:
-        self.sent: list[dict[str, object]] = []
+        super().__init__(first=2)
 
     def endings(self, record: BatchRecord, job_ids: list[str]) -> dict[str, object]:
         return {}
 
     def stalled(self, job_ids: list[str]) -> list[str]:
         return [j for j in job_ids if j == "job-1"]
-
-    def send(self, record: BatchRecord, kwargs: dict[str, object], replacing: str = "") -> str:
-        self.sent.append(kwargs)
-        return f"job-{len(self.sent) + 1}"
 
 
 def test_a_document_whose_ending_died_is_sent_again(own_redis_url: str,
@@ -320,20 +331,6 @@ def test_a_local_folder_is_listed_in_name_order_from_a_cursor(tmp_path: Path) ->
     assert [d.name for d, _ in first] == ["a-c.png", "a/b.png"] and not done
     rest, done = folder.page(first[-1][1], 2)
     assert [d.name for d, _ in rest] == ["b.png"] and done
-
-
-class SendingPorts:
-    """Ports that admit every document and record the jobs sent."""
-
-    def __init__(self) -> None:
-        self.sent: list[dict[str, object]] = []
-
-    def admit(self, record: BatchRecord, kwargs: dict[str, object]) -> None:
-        return None
-
-    def send(self, record: BatchRecord, kwargs: dict[str, object], replacing: str = "") -> str:
-        self.sent.append(kwargs)
-        return f"job-{len(self.sent)}"
 
 
 def test_a_listed_document_over_the_input_limit_is_refused_unread(own_redis_url: str,
