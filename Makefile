@@ -202,8 +202,8 @@ lint: $(VENV)/.dev
 
 # Three test processes for `make test`: most of a test's time is spent waiting on the
 # processes it started, so three modules at once fit two cores (docs/testing.md: 12 min
-# 44 s of pytest from a fresh clone against 18 min 35 s with two, the CPUs busy 85 %
-# against 68 %). `make test-long` and `make test-floor` keep two
+# 44 s of pytest from a fresh clone against 18 min 35 s with two on one machine, the
+# CPUs busy 85 % against 68 %). `make test-long` and `make test-floor` keep two
 # (FOCUSED_TEST_PROCESSES): the long forms' soaks and clusters keep the cores busy
 # themselves, and the floor's queue modules are few. TEST_PROCESSES=0 runs them in
 # this one process (the summary's last lines: each process's seconds, and how busy the
