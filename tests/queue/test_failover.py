@@ -417,10 +417,11 @@ def check_endings(fleet: Fleet, results: dict[str, dict[str, Any]], parent: int 
             assert page["text"].startswith("fake ") and f"mean={shade}.0" in page["text"], \
                 (sent.job_id, page)
 
-    def callbacks_in() -> bool:
-        return all(fleet.receiver.by_job().get(s.job_id) for s in fleet.sent)
+    def callbacks_missing() -> list[str]:
+        return [s.job_id for s in fleet.sent if not fleet.receiver.by_job().get(s.job_id)]
 
-    eventually(callbacks_in, 60, "a callback of every job")
+    eventually(lambda: not callbacks_missing(), 60, lambda: "a callback of every job; "
+               f"none for {callbacks_missing()}:\n{_whereabouts(fleet, callbacks_missing())}")
     # A result is stored before its ending's `ocr.job` line is written.
     fleet.worker.job_records([s.job_id for s in fleet.sent], timeout=30)
     time.sleep(2)  # a second ending or delivery would follow the first within moments
