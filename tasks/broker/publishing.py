@@ -20,7 +20,7 @@ import contextlib
 import logging
 import time
 from collections.abc import Iterator
-from typing import Any
+from typing import Any, ClassVar
 
 import redis.exceptions
 from kombu.utils.json import dumps
@@ -30,10 +30,16 @@ from tasks.broker.queue_depth import PUBLISHED_HEADER
 from tasks.broker.redis_channel import RedisChannel
 from tasks.errors import ReplicaMissing
 from tasks.records.clients import CLIENT_HEADER, client_name
-from tasks.state.connection import check_replicas, primary_replaced, wait_replicas
+from tasks.state.connection import (
+    check_replicas,
+    primary_replaced,
+    server_of,
+    wait_replicas,
+)
 
 log = logging.getLogger(__name__)
 
+MISSED_SECONDS = 10.0  # a server short of replicas: a worker's publishes to it skip WAIT
 LAYOUT_SECONDS = 5.0  # how long a channel's view of the broker's stored layout lasts
 
 
@@ -48,7 +54,11 @@ class PublishingChannel(RedisChannel):
     ocr_min_replicas = 0
     ocr_replica_timeout = 2.0
     ocr_refuse_unkept = True
-    _replicas_missed_at = float("-inf")
+    # The servers whose replicas were missing, and when: a worker's publish to one of
+    # them skips its WAIT for MISSED_SECONDS. By server, never for the whole process:
+    # a publish on another connection, still on a primary the Sentinels replaced, must
+    # still wait, and so be found out (`_check_kept`).
+    _replicas_missed: ClassVar[dict[Any, float]] = {}
 
     def _put(self, queue: str, message: Any, **kwargs: Any) -> None:
         # When it was published (the age of the oldest waiting message: queue_depth.py).
@@ -157,24 +167,32 @@ class PublishingChannel(RedisChannel):
         counts a connection's own writes, and the push may have had another connection).
         """
         replicas = int(self.ocr_min_replicas or 0)
-        if not self.ocr_refuse_unkept and time.monotonic() - self._replicas_missed_at < 10:
-            replicas = 0  # a worker's replicas were missing just now: no wait per publish
         if rung and not replicas:
             return
         timeout = float(self.ocr_replica_timeout)
+        server: Any = None
         try:
             with self.conn_or_acquire() as client:
+                server = server_of(client)
+                if not self.ocr_refuse_unkept and \
+                        time.monotonic() - self._replicas_missed.get(server, -MISSED_SECONDS) \
+                        < MISSED_SECONDS:
+                    replicas = 0  # its replicas were missing just now: no wait per publish
+                    if rung:
+                        return
                 with client.pipeline(transaction=False) as pipe:
                     doorbells.ring(pipe, self._key, [queue], self.lanes_layout())
                     replies = wait_replicas(pipe, replicas, timeout).execute()
+                server = server_of(client)  # a Sentinel pool knows its primary once connected
                 self._check_kept(client, replies, replicas, timeout,
                                  f"a message to queue {queue}")
         except ReplicaMissing:
             if self.ocr_refuse_unkept:
                 raise
-            PublishingChannel._replicas_missed_at = time.monotonic()
+            PublishingChannel._replicas_missed[server] = time.monotonic()
             log.warning("a message to queue %s reached no Redis replica within %g s; "
-                        "publishing without waiting for replicas for 10 s", queue, timeout)
+                        "publishing to that server without waiting for replicas for %g s",
+                        queue, timeout, MISSED_SECONDS)
         except (*self.connection_errors, redis.exceptions.ResponseError) as exc:
             if replicas and self.ocr_refuse_unkept:
                 raise ReplicaMissing(f"a message to queue {queue} was sent, and Redis went "

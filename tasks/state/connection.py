@@ -251,6 +251,19 @@ def primary_replaced(client: redis.Redis) -> bool:
     return used is not None and tuple(pool.get_master_address()) != tuple(used)
 
 
+def server_of(client: redis.Redis) -> tuple[Any, ...]:
+    """The server `client`'s pool writes to: a Sentinel pool's primary as it last asked.
+
+    Before a Sentinel pool's first connection, None for its primary.
+    """
+    pool = client.connection_pool
+    if isinstance(pool, SentinelConnectionPool):
+        return ("sentinel", pool.service_name,
+                None if pool.master_address is None else tuple(pool.master_address))
+    kwargs = pool.connection_kwargs
+    return (kwargs.get("host"), kwargs.get("port"), kwargs.get("path"))
+
+
 def celery_url(target: RedisTarget) -> str:
     """`target`'s URL as Celery and kombu read it.
 
