@@ -11,6 +11,7 @@ import subprocess
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from types import SimpleNamespace
+from typing import Any
 
 import pytest
 import redis
@@ -275,6 +276,25 @@ def _answers(client: object) -> bool:
         return False
 
 
+def worker_app(name: str, monkeypatch: pytest.MonkeyPatch) -> Any:
+    """A worker's Celery app behind the stand-in Sentinels, waiting for one replica.
+
+    No server is short of replicas yet (`PublishingChannel._replicas_missed` emptied).
+    """
+    from celery import Celery
+
+    from tasks.broker.publishing import PublishingChannel
+    monkeypatch.setattr(PublishingChannel, "_replicas_missed", {})
+    settings = Settings.from_env({
+        "REDIS_URL": "sentinel://127.0.0.1:1/2", "OCR_REDIS_SENTINEL_MASTER": "ocr",
+        "OCR_REDIS_MIN_REPLICAS": "1", "OCR_REDIS_REPLICA_TIMEOUT": "0.2"})
+    app = Celery(name, set_as_current=False)
+    config = celery_config(settings)
+    app.conf.update(config, broker_transport_options={
+        **config["broker_transport_options"], "ocr_refuse_unkept": False})
+    return app
+
+
 def test_a_workers_publish_to_a_replaced_primary_is_sent_again_to_the_new_one(
         primaries: Primaries, monkeypatch: pytest.MonkeyPatch) -> None:
     """Replicas short and the Sentinels name another primary: the message goes there too.
@@ -284,17 +304,7 @@ def test_a_workers_publish_to_a_replaced_primary_is_sent_again_to_the_new_one(
     page task lost). Its channel fails it as a lost connection instead, and Celery's
     publish retry sends it again on a new connection, which asks the Sentinels.
     """
-    from celery import Celery
-
-    from tasks.broker.publishing import PublishingChannel
-    monkeypatch.setattr(PublishingChannel, "_replicas_missed", {})
-    settings = Settings.from_env({
-        "REDIS_URL": "sentinel://127.0.0.1:1/2", "OCR_REDIS_SENTINEL_MASTER": "ocr",
-        "OCR_REDIS_MIN_REPLICAS": "1", "OCR_REDIS_REPLICA_TIMEOUT": "0.2"})
-    app = Celery("replaced-test", set_as_current=False)
-    config = celery_config(settings)
-    app.conf.update(config, broker_transport_options={
-        **config["broker_transport_options"], "ocr_refuse_unkept": False})
+    app = worker_app("replaced-test", monkeypatch)
     old, new = (redis.Redis(port=p.port, db=2) for p in (primaries.old, primaries.new))
     with app.producer_or_acquire() as producer:
         producer.channel.client.ping()  # connected to the primary named first
@@ -310,21 +320,12 @@ def test_a_window_without_waits_on_the_new_primary_leaves_the_replaced_one_found
     """Replicas just missing on the new primary: publishes there skip their WAIT.
 
     Not a publish still on the replaced primary: it waits, comes up short, and is sent
-    again to the new one (a process-wide window let one callback of 70 be lost).
+    again to the new one.
     """
     import time
 
-    from celery import Celery
-
     from tasks.broker.publishing import PublishingChannel
-    monkeypatch.setattr(PublishingChannel, "_replicas_missed", {})
-    settings = Settings.from_env({
-        "REDIS_URL": "sentinel://127.0.0.1:1/2", "OCR_REDIS_SENTINEL_MASTER": "ocr",
-        "OCR_REDIS_MIN_REPLICAS": "1", "OCR_REDIS_REPLICA_TIMEOUT": "0.2"})
-    app = Celery("window-test", set_as_current=False)
-    config = celery_config(settings)
-    app.conf.update(config, broker_transport_options={
-        **config["broker_transport_options"], "ocr_refuse_unkept": False})
+    app = worker_app("window-test", monkeypatch)
     old, new = (redis.Redis(port=p.port, db=2) for p in (primaries.old, primaries.new))
     with app.producer_or_acquire() as producer:
         producer.channel.client.ping()  # connected to the primary named first
