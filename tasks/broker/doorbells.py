@@ -31,13 +31,22 @@ def ring(pipe: Any, prefixed: Callable[[str], str], queues: Iterable[str],
     `layout`: the key layout the channel writes (2: the doorbells workers of the
     release before wait on; this release's wait on both).
     """
+    for command in ring_commands(prefixed, queues, layout):
+        pipe.execute_command(*command)
+
+
+def ring_commands(prefixed: Callable[[str], str], queues: Iterable[str],
+                  layout: int = LAYOUT_VERSION) -> list[list[Any]]:
+    """The commands that ring the doorbells of `queues` (`ring`'s arguments)."""
+    commands: list[list[Any]] = []
     for queue in queues:
         key = wake(prefixed(queue), layout)
-        pipe.lpush(key, "1").ltrim(key, 0, 0).pexpire(key, WAKE_TTL_MS)
+        commands += [["LPUSH", key, "1"], ["LTRIM", key, 0, 0], ["PEXPIRE", key, WAKE_TTL_MS]]
+    return commands
 
 
-def ring_again(channel: Any, queue: str) -> None:
-    """Ring `queue`'s doorbell once more through `channel`, without waiting for replicas.
+def ring_now(channel: Any, queue: str) -> None:
+    """Ring `queue`'s doorbell through `channel`, without waiting for replicas.
 
     A failure is logged and dropped: the message is taken, and the next idle worker's
     wait ends on its own.
@@ -49,7 +58,7 @@ def ring_again(channel: Any, queue: str) -> None:
             ring(pipe, channel._key, [queue], channel.lanes_layout())
             pipe.execute()
     except errors as exc:
-        log.debug("could not ring the doorbell of %s again: %r", queue, exc)
+        log.debug("could not ring the doorbell of %s: %r", queue, exc)
 
 
 def drop_wait(connection: Any, errors: tuple[type[BaseException], ...]) -> None:

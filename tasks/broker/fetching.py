@@ -322,7 +322,7 @@ class Channel(PublishingChannel):
             # worker of a service queue; nothing, so wait on the doorbells again.
             left = int(reply[3]) if self._woken and len(reply) > 3 else None
             if left and lanes.laned(dest):
-                doorbells.ring_again(self, dest)
+                doorbells.ring_now(self, dest)
             self._waiting, self._short, self._woken = left == 0, left == 0, False
             tag = bytes_to_str(tag) or None
             if tag is not None:

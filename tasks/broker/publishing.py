@@ -24,6 +24,7 @@ from typing import Any, ClassVar
 
 import redis.exceptions
 from kombu.utils.json import dumps
+from redis.exceptions import NoScriptError
 
 from tasks.broker import doorbells, lanes, layout, scripts
 from tasks.broker.queue_depth import PUBLISHED_HEADER
@@ -31,10 +32,10 @@ from tasks.broker.redis_channel import RedisChannel
 from tasks.errors import ReplicaMissing
 from tasks.records.clients import CLIENT_HEADER, client_name
 from tasks.state.connection import (
+    address_of,
     check_replicas,
-    primary_replaced,
-    server_of,
-    wait_replicas,
+    replaced_at,
+    wait_command,
 )
 
 log = logging.getLogger(__name__)
@@ -57,7 +58,7 @@ class PublishingChannel(RedisChannel):
     # The servers whose replicas were missing, and when: a worker's publish to one of
     # them skips its WAIT for MISSED_SECONDS. By server, never for the whole process:
     # a publish on another connection, still on a primary the Sentinels replaced, must
-    # still wait, and so be found out (`_check_kept`).
+    # still wait, and so be found out (`_send_kept`).
     _replicas_missed: ClassVar[dict[Any, float]] = {}
 
     def _put(self, queue: str, message: Any, **kwargs: Any) -> None:
@@ -75,9 +76,14 @@ class PublishingChannel(RedisChannel):
                 self._held.append((queue, step, client, dumps(message)))
             else:
                 self._push(queue, step, client, [dumps(message)])
+        elif int(self.ocr_min_replicas or 0):
+            put = self._put_commands(queue, message)
+            self._send_kept(queue, [*(put if len(put) == 1 else [["MULTI"], *put, ["EXEC"]]),
+                                    *doorbells.ring_commands(self._key, [queue],
+                                                             self.lanes_layout())])
         else:
             super()._put(queue, message, **kwargs)
-            self._ring(queue)
+            doorbells.ring_now(self, queue)
 
     _held: list[tuple[str, int, str, str]] | None = None  # client pushes `together` holds
 
@@ -105,13 +111,17 @@ class PublishingChannel(RedisChannel):
     def _push(self, queue: str, step: int, client: str, bodies: list[str]) -> None:
         """`bodies`, in their order, to `client`'s lane of `queue` (priority `step`).
 
-        One push script, which rings the queue's doorbell; then the replicas' WAIT.
+        One push script, which rings the queue's doorbell; with `ocr_min_replicas`, the
+        replicas' WAIT after it on its connection.
         """
+        command = lanes.push_command(
+            self._key(""), layout.queue_list(queue, step, self.sep), step, client,
+            bodies[0], ring_queue=queue, more=bodies[1:], layout=self.lanes_layout())
+        if int(self.ocr_min_replicas or 0):
+            self._send_kept(queue, [command])
+            return
         with self.conn_or_acquire() as conn:
-            scripts.run(conn, lanes.push_command(
-                self._key(""), layout.queue_list(queue, step, self.sep), step, client,
-                bodies[0], ring_queue=queue, more=bodies[1:], layout=self.lanes_layout()))
-        self._ring(queue, rung=True)
+            scripts.run(conn, command)
 
     def restore_payload(self, payload: Any, exchange: str, routing_key: str, pipe: Any,
                         leftmost: bool = False) -> None:
@@ -158,69 +168,86 @@ class PublishingChannel(RedisChannel):
                     for pri in self.priority_steps])))
         return size
 
-    def _ring(self, queue: str, rung: bool = False) -> None:
-        """Wake one worker waiting on `queue` (a missed ring costs up to `ocr_idle_wait`).
+    def _send_kept(self, queue: str, commands: list[list[Any]]) -> None:
+        """A publish's `commands`, then the replicas' WAIT, on one connection.
 
-        `rung`: the push rang it already. With `ocr_min_replicas`, the ring's WAIT holds
-        the publish until that many replicas have the message: the ring is written again
-        on the WAIT's own connection, whose last write is then after the message (WAIT
-        counts a connection's own writes, and the push may have had another connection).
+        With `ocr_min_replicas`. WAIT counts the writes of its own connection on its
+        own server, so the message and its WAIT share a connection: whatever the pool
+        names meanwhile, the WAIT speaks for the server that took the message. Short of
+        replicas, a client's publish raises ReplicaMissing; a worker's goes on (logged,
+        and that server's publishes skip their WAIT for MISSED_SECONDS), unless that
+        server is a primary the Sentinels have replaced: it takes writes until they
+        demote it, then throws them away. That publish fails as a lost connection, so
+        that kombu sends it again on a new one, which asks the Sentinels (a copy that
+        survives after all is read once: the end claim, the page join).
         """
-        replicas = int(self.ocr_min_replicas or 0)
-        if rung and not replicas:
-            return
+        what = f"a message to queue {queue}"
         timeout = float(self.ocr_replica_timeout)
-        server: Any = None
+        with self.conn_or_acquire() as client:
+            scripts.preload(client, commands[0])
+            for loads in range(scripts.LOADS + 1):
+                replicas = int(self.ocr_min_replicas)
+                server, replies, replaced = self._sent(client, commands, replicas, timeout)
+                if not server:  # the window of its server: sent without a WAIT
+                    replicas = 0
+                failed = next((r for r in replies[:len(commands)]
+                               if isinstance(r, redis.exceptions.ResponseError)), None)
+                if failed is None:
+                    break
+                if not isinstance(failed, NoScriptError) or loads == scripts.LOADS:
+                    raise failed
+                scripts.reload(client, commands[0])
+        if not replicas:
+            return
+        reached = replies[-1]
+        if isinstance(reached, redis.exceptions.ResponseError):  # the message is sent
+            if self.ocr_refuse_unkept:
+                raise ReplicaMissing(f"{what} was sent, and no replica could be waited "
+                                     f"for ({reached!r})")
+            log.debug("could not wait for the replicas of %s: %r", what, reached)
+            return
         try:
-            with self.conn_or_acquire() as client:
-                server = server_of(client)
-                if not self.ocr_refuse_unkept and \
-                        time.monotonic() - self._replicas_missed.get(server, -MISSED_SECONDS) \
-                        < MISSED_SECONDS:
-                    replicas = 0  # its replicas were missing just now: no wait per publish
-                    if rung:
-                        return
-                with client.pipeline(transaction=False) as pipe:
-                    doorbells.ring(pipe, self._key, [queue], self.lanes_layout())
-                    replies = wait_replicas(pipe, replicas, timeout).execute()
-                server = server_of(client)  # a Sentinel pool knows its primary once connected
-                self._check_kept(client, replies, replicas, timeout,
-                                 f"a message to queue {queue}")
+            check_replicas([reached], replicas, timeout, what)
         except ReplicaMissing:
             if self.ocr_refuse_unkept:
                 raise
-            PublishingChannel._replicas_missed[server] = time.monotonic()
-            log.warning("a message to queue %s reached no Redis replica within %g s; "
-                        "publishing to that server without waiting for replicas for %g s",
-                        queue, timeout, MISSED_SECONDS)
-        except (*self.connection_errors, redis.exceptions.ResponseError) as exc:
-            if replicas and self.ocr_refuse_unkept:
-                raise ReplicaMissing(f"a message to queue {queue} was sent, and Redis went "
-                                     f"away before a replica confirmed it ({exc!r})") from exc
-            if replicas and isinstance(exc, self.connection_errors):
-                # A worker's message the primary may have taken to its grave: kombu sends
-                # it again on the new connection (a second copy is read once: claims).
-                raise
-            # The message is published; it is taken at the next fetch.
-            log.debug("could not ring the doorbell of %s: %r", queue, exc)
-
-    def _check_kept(self, client: Any, replies: list[Any], replicas: int, timeout: float,
-                    what: str) -> None:
-        """`check_replicas`; a worker's publish to a primary the Sentinels replaced fails.
-
-        Short of replicas, a worker's publish goes on (ReplicaMissing, logged) unless
-        its server is a primary the Sentinels have replaced: that one takes writes until
-        they demote it, then throws them away. A lost connection instead, so that kombu
-        sends the message again on a new one, which asks the Sentinels for the primary
-        (a copy that survives after all is read once: the end claim, the page join).
-        """
-        try:
-            check_replicas(replies, replicas, timeout, what)
-        except ReplicaMissing:
-            if not self.ocr_refuse_unkept and primary_replaced(client):
+            if replaced:
                 raise redis.exceptions.ConnectionError(
                     f"{what} went to a Redis primary the Sentinels have replaced") from None
+            PublishingChannel._replicas_missed[server] = time.monotonic()
+            log.warning("%s reached no Redis replica within %g s; publishing to that "
+                        "server without waiting for replicas for %g s",
+                        what, timeout, MISSED_SECONDS)
+
+    def _sent(self, client: Any, commands: list[list[Any]], replicas: int,
+              timeout: float) -> tuple[tuple[Any, ...] | None, list[Any], bool]:
+        """`commands` and their WAIT sent on one connection of `client`'s pool.
+
+        Returns the connection's server (None where its window skipped the WAIT), the
+        replies (an error reply as its exception) and whether replicas came up short on
+        a primary the Sentinels have replaced (its connection is then dropped).
+        """
+        pool = client.connection_pool
+        connection = pool.get_connection()
+        try:
+            server: tuple[Any, ...] | None = address_of(connection)
+            if not self.ocr_refuse_unkept and time.monotonic() - \
+                    self._replicas_missed.get(server, -MISSED_SECONDS) < MISSED_SECONDS:
+                server = None  # its replicas were missing just now: no wait per publish
+            else:
+                commands = [*commands, wait_command(replicas, timeout)]
+            replies = _replies(connection, commands)
+            replaced = server is not None and not self.ocr_refuse_unkept and \
+                isinstance(replies[-1], int) and replies[-1] < replicas and \
+                replaced_at(client, server)
+            if replaced:
+                connection.disconnect()
+        except BaseException:
+            connection.disconnect()  # no later command may read this one's replies
             raise
+        finally:
+            pool.release(connection)
+        return server, replies, replaced
 
     def _key(self, name: str) -> str:
         """`name` as a raw command names it (the transport takes no global key prefix)."""
@@ -249,6 +276,18 @@ class PublishingChannel(RedisChannel):
             known = layout.LAYOUT_VERSION
         self._layout = (time.monotonic(), known)
         return known
+
+
+def _replies(connection: Any, commands: list[list[Any]]) -> list[Any]:
+    """`commands` sent in one write on `connection`; a reply each, an error as its exception."""
+    connection.send_packed_command(connection.pack_commands(commands))
+    replies: list[Any] = []
+    for _ in commands:
+        try:
+            replies.append(connection.read_response())
+        except redis.exceptions.ResponseError as exc:
+            replies.append(exc)
+    return replies
 
 
 def _lanes_in_order(held: list[tuple[str, int, str, str]],

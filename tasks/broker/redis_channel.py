@@ -284,15 +284,18 @@ class RedisChannel(Broadcasts, virtual.Channel):
 
     def _put(self, queue: str, message: Any, **kwargs: Any) -> None:
         """`message` to its priority step's list of `queue` (kombu's LPUSH)."""
+        with self.commands.pipeline() as pipe:
+            for command in self._put_commands(queue, message):
+                pipe.execute_command(*command)
+            pipe.execute()
+
+    def _put_commands(self, queue: str, message: Any) -> list[list[Any]]:
+        """`_put`'s commands, to run as one transaction: an LPUSH, an expiring queue's PEXPIREs."""
         name = layout.queue_list(queue, layout.message_step(message, self.priority_steps),
                                  self.sep)
         expires = self._expires.get(queue)
-        with self.commands.pipeline() as pipe:
-            pipe.lpush(name, dumps(message))
-            if expires:
-                for each in self._lists(queue):
-                    pipe.pexpire(each, expires)
-            pipe.execute()
+        return [["LPUSH", name, dumps(message)],
+                *(["PEXPIRE", each, expires] for each in (self._lists(queue) if expires else ()))]
 
     def restore_payload(self, payload: Any, exchange: str, routing_key: str, pipe: Any,
                         leftmost: bool = False) -> None:

@@ -65,18 +65,27 @@ def run(client: Any, command: list[Any]) -> Any:
     NoScriptError is raised.
     """
     command = keyed(client, command)
-    pool = id(getattr(client, "connection_pool", client))
-    if (pool, str(command[1])) not in _LOADED:
-        # Loaded once by each process on each pool, before its first run: a NOSCRIPT
-        # answer on a kombu pool's connection costs that pool a second connection.
-        reload(client, command)
-        _LOADED.add((pool, str(command[1])))
+    preload(client, command)
     for _ in range(LOADS):
         try:
             return client.execute_command(*command)
         except NoScriptError:
             reload(client, command)
     return client.execute_command(*command)
+
+
+def preload(client: Any, command: Sequence[Any]) -> None:
+    """Load the script an `EVALSHA` `command` names, once by this process on `client`'s pool.
+
+    Before its first run there: a NOSCRIPT answer on a kombu pool's connection costs
+    that pool a second connection. Another command: nothing.
+    """
+    if command[0] != "EVALSHA":
+        return
+    pool = id(getattr(client, "connection_pool", client))
+    if (pool, str(command[1])) not in _LOADED:
+        reload(client, command)
+        _LOADED.add((pool, str(command[1])))
 
 
 def queue(pipe: Any, command: list[Any]) -> None:

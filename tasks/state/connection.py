@@ -186,8 +186,13 @@ def wait_replicas(pipe: Any, replicas: int, timeout: float) -> Any:
         raise ValueError("WAIT needs a pipeline without a transaction "
                          "(pipeline(transaction=False))")
     if replicas > 0:
-        pipe.execute_command("WAIT", replicas, max(1, int(timeout * 1000)))
+        pipe.execute_command(*wait_command(replicas, timeout))
     return pipe
+
+
+def wait_command(replicas: int, timeout: float) -> list[Any]:
+    """`WAIT` for `replicas` replicas, at most `timeout` seconds (at least a millisecond)."""
+    return ["WAIT", replicas, max(1, int(timeout * 1000))]
 
 
 def check_replicas(replies: list[Any], replicas: int, timeout: float, what: str) -> None:
@@ -251,17 +256,24 @@ def primary_replaced(client: redis.Redis) -> bool:
     return used is not None and tuple(pool.get_master_address()) != tuple(used)
 
 
-def server_of(client: redis.Redis) -> tuple[Any, ...]:
-    """The server `client`'s pool writes to: a Sentinel pool's primary as it last asked.
+def replaced_at(client: redis.Redis, address: tuple[Any, ...]) -> bool:
+    """Whether the Sentinels name another primary than `address`, where `client` wrote.
 
-    Before a Sentinel pool's first connection, None for its primary.
+    `address`: `address_of` the connection that took the writes. Its pool's name for the
+    primary may be newer than that connection (another thread asked meanwhile), so the
+    connection's own address is compared. Asking drops the pool's idle connections to
+    a replaced primary. False off Sentinel.
     """
     pool = client.connection_pool
-    if isinstance(pool, SentinelConnectionPool):
-        return ("sentinel", pool.service_name,
-                None if pool.master_address is None else tuple(pool.master_address))
-    kwargs = pool.connection_kwargs
-    return (kwargs.get("host"), kwargs.get("port"), kwargs.get("path"))
+    if not isinstance(pool, SentinelConnectionPool):
+        return False
+    return tuple(pool.get_master_address()) != tuple(address[:2])
+
+
+def address_of(connection: Any) -> tuple[Any, ...]:
+    """The server a connected redis-py connection talks to: host, port, socket path."""
+    return (getattr(connection, "host", None), getattr(connection, "port", None),
+            getattr(connection, "path", None))
 
 
 def celery_url(target: RedisTarget) -> str:

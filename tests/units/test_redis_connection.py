@@ -331,9 +331,57 @@ def test_a_window_without_waits_on_the_new_primary_leaves_the_replaced_one_found
         producer.channel.client.ping()  # connected to the primary named first
         primaries.replace()  # replaced meanwhile, not yet told
         # another connection of the process found the new primary short of replicas
-        new_server = ("sentinel", "ocr", ("127.0.0.1", primaries.new.port))
-        PublishingChannel._replicas_missed[new_server] = time.monotonic()
+        PublishingChannel._replicas_missed[("127.0.0.1", primaries.new.port, None)] = \
+            time.monotonic()
         app.send_task("ocr.test", queue="ocr-window", producer=producer)
         app.send_task("ocr.test", queue="ocr-window", producer=producer)  # now on the new
     assert new.llen("ocr-window") == 2  # the first sent again there, the second at once
     app.close()
+
+
+@pytest.mark.parametrize("laned", [False, True], ids=["list", "lane"])
+def test_a_publish_on_a_connection_to_the_replaced_primary_is_judged_by_that_connection(
+        primaries: Primaries, monkeypatch: pytest.MonkeyPatch, laned: bool) -> None:
+    """The pool comes to name the new primary while a publish's connection is to the old.
+
+    (Another thread of the process asks the Sentinels as the publish goes out.) The new
+    primary is short of replicas just now, so publishes there skip their WAIT. The
+    publish is judged by where its connection went: it waits there, comes up short,
+    and is sent again to the new primary. Judged by the pool's name instead, it would
+    skip its WAIT and stay on the old one, to be thrown away.
+    """
+    import time
+
+    from tasks.broker.publishing import PublishingChannel
+    from tasks.records.clients import CLIENT_HEADER
+    from tasks.state.connection import PrimaryConnection
+    app = worker_app("held-test", monkeypatch)
+    new = redis.Redis(port=primaries.new.port, db=2)
+    PublishingChannel._replicas_missed[("127.0.0.1", primaries.new.port, None)] = \
+        time.monotonic()
+    send = PrimaryConnection.send_packed_command
+    asked: list[bool] = []
+
+    def other_thread_asks(self: PrimaryConnection, command: Any, *args: Any,
+                          **kwargs: Any) -> None:
+        packed = command if isinstance(command, bytes) else b"".join(command)
+        if not asked and b"ocr.test" in packed:  # as the message goes out
+            asked.append(True)  # the pool names the new primary from now on
+            self.connection_pool.get_master_address()
+        send(self, command, *args, **kwargs)
+
+    with app.producer_or_acquire() as producer:
+        producer.channel.commands.ping()  # a connection to the primary named first
+        primaries.replace()  # replaced meanwhile, not yet told
+        monkeypatch.setattr(PrimaryConnection, "send_packed_command", other_thread_asks)
+        app.send_task("ocr.test", queue="ocr-held", producer=producer,
+                      headers={CLIENT_HEADER: "svc-a"} if laned else {})
+    assert asked
+    assert _queued(new, "ocr-held") == 1  # sent again there
+    app.close()
+
+
+def _queued(client: redis.Redis, queue: str) -> int:
+    """Messages waiting in `queue`: its list and client svc-a's lane of it."""
+    from tasks.broker.layout import list_lane_key
+    return int(client.llen(queue)) + int(client.llen(list_lane_key(queue, "svc-a")))
