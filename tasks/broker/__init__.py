@@ -92,7 +92,9 @@ which nothing here imports. Its layers, each a module:
 - `redis_channel.RedisChannel`: kombu's virtual channel on Redis: the pools
   (`connections`), the bindings, the queues' lists, broadcasts over PUB/SUB
   (`broadcasts`: an event exchange's topic nobody heard is left quiet a few seconds);
-- `publishing.PublishingChannel`: lanes, doorbells' rings, the replicas' WAIT;
+- `publishing.PublishingChannel`: lanes, doorbells' rings, the replicas' WAIT on the
+  message's own connection (`unkept`: a worker's publishes no replica confirmed, sent
+  again once the Sentinels replace the primary that took them);
 - `fetching.Channel`: the fetch and the checks before decoding (`wire`: the parts every
   fetch repeats, encoded once);
 - `transport.Transport`: makes the channels, registers the poller with the event loop;

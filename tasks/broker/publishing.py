@@ -17,6 +17,7 @@ tasks/broker/fetching.py, built on this one.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import logging
 import time
 from collections.abc import Iterator
@@ -29,6 +30,7 @@ from redis.exceptions import NoScriptError
 from tasks.broker import doorbells, lanes, layout, scripts
 from tasks.broker.queue_depth import PUBLISHED_HEADER
 from tasks.broker.redis_channel import RedisChannel
+from tasks.broker.unkept import Unkept, UnkeptPublish
 from tasks.errors import ReplicaMissing
 from tasks.records.clients import CLIENT_HEADER, client_name
 from tasks.state.connection import (
@@ -60,6 +62,8 @@ class PublishingChannel(RedisChannel):
     # a publish on another connection, still on a primary the Sentinels replaced, must
     # still wait, and so be found out (`_send_kept`).
     _replicas_missed: ClassVar[dict[Any, float]] = {}
+    # A worker's publishes no replica confirmed, to send again after a switch.
+    _unkept: ClassVar[Unkept] = Unkept()
 
     def _put(self, queue: str, message: Any, **kwargs: Any) -> None:
         # When it was published (the age of the oldest waiting message: queue_depth.py).
@@ -175,69 +179,67 @@ class PublishingChannel(RedisChannel):
         own server, so the message and its WAIT share a connection: whatever the pool
         names meanwhile, the WAIT speaks for the server that took the message. Short of
         replicas, a client's publish raises ReplicaMissing; a worker's goes on (logged,
-        and that server's publishes skip their WAIT for MISSED_SECONDS), unless that
-        server is a primary the Sentinels have replaced: it takes writes until they
-        demote it, then throws them away. That publish fails as a lost connection, so
-        that kombu sends it again on a new one, which asks the Sentinels (a copy that
-        survives after all is read once: the end claim, the page join).
+        and that server's publishes skip their WAIT for MISSED_SECONDS; kept, to be sent
+        again after a switch: tasks/broker/unkept.py), unless that server is a primary
+        the Sentinels have replaced: it takes writes until they demote it, then throws
+        them away. That publish fails as a lost connection, so that kombu sends it again
+        on a new one, which asks the Sentinels (a copy that survives after all is read
+        once: the end claim, the page join).
         """
         what = f"a message to queue {queue}"
         timeout = float(self.ocr_replica_timeout)
         with self.conn_or_acquire() as client:
             scripts.preload(client, commands[0])
             for loads in range(scripts.LOADS + 1):
-                replicas = int(self.ocr_min_replicas)
-                server, replies, replaced = self._sent(client, commands, replicas, timeout)
-                if not server:  # the window of its server: sent without a WAIT
-                    replicas = 0
-                failed = next((r for r in replies[:len(commands)]
+                started = time.monotonic()
+                sent = self._sent(client, commands, int(self.ocr_min_replicas), timeout)
+                failed = next((r for r in sent.replies[:len(commands)]
                                if isinstance(r, redis.exceptions.ResponseError)), None)
                 if failed is None:
                     break
                 if not isinstance(failed, NoScriptError) or loads == scripts.LOADS:
                     raise failed
                 scripts.reload(client, commands[0])
-        if not replicas:
-            return
-        reached = replies[-1]
+        reached = sent.replies[-1] if sent.waited else None
         if isinstance(reached, redis.exceptions.ResponseError):  # the message is sent
             if self.ocr_refuse_unkept:
                 raise ReplicaMissing(f"{what} was sent, and no replica could be waited "
                                      f"for ({reached!r})")
             log.debug("could not wait for the replicas of %s: %r", what, reached)
-            return
-        try:
-            check_replicas([reached], replicas, timeout, what)
-        except ReplicaMissing:
-            if self.ocr_refuse_unkept:
-                raise
-            if replaced:
-                raise redis.exceptions.ConnectionError(
-                    f"{what} went to a Redis primary the Sentinels have replaced") from None
-            PublishingChannel._replicas_missed[server] = time.monotonic()
-            log.warning("%s reached no Redis replica within %g s; publishing to that "
-                        "server without waiting for replicas for %g s",
-                        what, timeout, MISSED_SECONDS)
+        elif reached is not None and reached >= int(self.ocr_min_replicas):
+            self._unkept.confirmed(sent.server, started)
+        elif self.ocr_refuse_unkept:
+            check_replicas([reached], int(self.ocr_min_replicas), timeout, what)
+        elif sent.replaced:
+            raise redis.exceptions.ConnectionError(
+                f"{what} went to a Redis primary the Sentinels have replaced")
+        else:  # short of replicas, or in its server's window (sent without a WAIT)
+            self._unkept.add(sent.server, UnkeptPublish(started, queue, commands))
+            if reached is not None:
+                PublishingChannel._replicas_missed[sent.server] = time.monotonic()
+                log.warning("%s reached no Redis replica within %g s; publishing to that "
+                            "server without waiting for replicas for %g s",
+                            what, timeout, MISSED_SECONDS)
+        if not self.ocr_refuse_unkept:
+            self._send_again(client, sent.server)
 
     def _sent(self, client: Any, commands: list[list[Any]], replicas: int,
-              timeout: float) -> tuple[tuple[Any, ...] | None, list[Any], bool]:
-        """`commands` and their WAIT sent on one connection of `client`'s pool.
+              timeout: float) -> _Sent:
+        """`commands` and their WAIT (unless in its server's window) on one connection.
 
-        Returns the connection's server (None where its window skipped the WAIT), the
-        replies (an error reply as its exception) and whether replicas came up short on
-        a primary the Sentinels have replaced (its connection is then dropped).
+        Where replicas came up short on a primary the Sentinels have replaced, its
+        connection is dropped.
         """
         pool = client.connection_pool
         connection = pool.get_connection()
         try:
-            server: tuple[Any, ...] | None = address_of(connection)
-            if not self.ocr_refuse_unkept and time.monotonic() - \
-                    self._replicas_missed.get(server, -MISSED_SECONDS) < MISSED_SECONDS:
-                server = None  # its replicas were missing just now: no wait per publish
-            else:
+            server = address_of(connection)
+            waited = self.ocr_refuse_unkept or time.monotonic() - \
+                self._replicas_missed.get(server, -MISSED_SECONDS) >= MISSED_SECONDS
+            if waited:  # else its replicas were missing just now: no wait per publish
                 commands = [*commands, wait_command(replicas, timeout)]
             replies = _replies(connection, commands)
-            replaced = server is not None and not self.ocr_refuse_unkept and \
+            replaced = waited and not self.ocr_refuse_unkept and \
                 isinstance(replies[-1], int) and replies[-1] < replicas and \
                 replaced_at(client, server)
             if replaced:
@@ -247,7 +249,29 @@ class PublishingChannel(RedisChannel):
             raise
         finally:
             pool.release(connection)
-        return server, replies, replaced
+        return _Sent(server, waited, replies, replaced)
+
+    def _send_again(self, client: Any, server: tuple[Any, ...]) -> None:
+        """Send again what went unconfirmed to a primary the Sentinels have since replaced.
+
+        `server`: where this process's publishes go now. Each other server with kept
+        publishes is looked up (at most once a second); where a Sentinel names another
+        primary, its publishes go again, now. One that fails is kept again, with the rest.
+        """
+        now = time.monotonic()
+        for other in self._unkept.due(server, now):
+            if not replaced_at(client, other):
+                self._unkept.looked_up(other, now)
+                continue
+            publishes = self._unkept.take(other)
+            log.warning("%d message(s) went to a Redis primary the Sentinels have since "
+                        "replaced, confirmed by no replica: sent again", len(publishes))
+            for index, publish in enumerate(publishes):
+                try:
+                    self._send_kept(publish.queue, publish.commands)
+                except BaseException:
+                    self._unkept.give_back(other, publishes[index:])
+                    raise
 
     def _key(self, name: str) -> str:
         """`name` as a raw command names it (the transport takes no global key prefix)."""
@@ -276,6 +300,16 @@ class PublishingChannel(RedisChannel):
             known = layout.LAYOUT_VERSION
         self._layout = (time.monotonic(), known)
         return known
+
+
+@dataclasses.dataclass(frozen=True)
+class _Sent:
+    """A publish sent: its connection's server, whether it waited, the replies, replaced."""
+
+    server: tuple[Any, ...]
+    waited: bool
+    replies: list[Any]
+    replaced: bool
 
 
 def _replies(connection: Any, commands: list[list[Any]]) -> list[Any]:

@@ -253,11 +253,11 @@ def primary_replaced(client: redis.Redis) -> bool:
     if not isinstance(pool, SentinelConnectionPool):
         return False
     used = pool.master_address
-    return used is not None and tuple(pool.get_master_address()) != tuple(used)
+    return used is not None and replaced_at(client, tuple(used))
 
 
 def replaced_at(client: redis.Redis, address: tuple[Any, ...]) -> bool:
-    """Whether the Sentinels name another primary than `address`, where `client` wrote.
+    """Whether a Sentinel names another primary than `address`, where `client` wrote.
 
     `address`: `address_of` the connection that took the writes. Its pool's name for the
     primary may be newer than that connection (another thread asked meanwhile), so the
@@ -267,7 +267,44 @@ def replaced_at(client: redis.Redis, address: tuple[Any, ...]) -> bool:
     pool = client.connection_pool
     if not isinstance(pool, SentinelConnectionPool):
         return False
-    return tuple(pool.get_master_address()) != tuple(address[:2])
+    if tuple(pool.get_master_address()) != tuple(address[:2]):
+        return True
+    return any(_named_elsewhere(sentinel, pool.service_name, address[:2])
+               for sentinel in pool.sentinel_manager.sentinels)
+
+
+def _named_elsewhere(sentinel: redis.Redis, service: str, address: tuple[Any, ...]) -> bool:
+    """Whether one Sentinel names another primary for `service`, or holds it down (odown).
+
+    The pool takes the first Sentinel that answers; in a switch, one that has not yet
+    heard of it still names the old primary. One that has is enough to tell.
+    """
+    masters = _masters_of(sentinel)
+    if masters is None:
+        return False  # a Sentinel that does not answer tells nothing
+    state = masters.get(service) if isinstance(masters, dict) else \
+        next((m for m in masters if m.get("name") == service), None)
+    if not state:
+        return False
+    return (state["ip"], state["port"]) != tuple(address) or not state["is_master"] or \
+        bool(state["is_odown"])
+
+
+def _masters_of(sentinel: redis.Redis) -> Any:
+    """`SENTINEL MASTERS` of one Sentinel, asked once; None where it does not answer.
+
+    On a connection of its own, without retries: a Sentinel client retries a refused
+    connection with a backoff of seconds, and the Sentinel of a dead host is asked too.
+    """
+    pool = sentinel.connection_pool
+    once = redis.ConnectionPool(connection_class=pool.connection_class,
+                                **{**pool.connection_kwargs, "retry": Retry(NoBackoff(), 0)})
+    try:
+        return redis.Redis(connection_pool=once).sentinel_masters()
+    except (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError):
+        return None
+    finally:
+        once.disconnect()
 
 
 def address_of(connection: Any) -> tuple[Any, ...]:

@@ -279,12 +279,15 @@ def _answers(client: object) -> bool:
 def worker_app(name: str, monkeypatch: pytest.MonkeyPatch) -> Any:
     """A worker's Celery app behind the stand-in Sentinels, waiting for one replica.
 
-    No server is short of replicas yet (`PublishingChannel._replicas_missed` emptied).
+    No server is short of replicas yet (`PublishingChannel._replicas_missed` emptied),
+    and no publish waits to be sent again (`_unkept`).
     """
     from celery import Celery
 
     from tasks.broker.publishing import PublishingChannel
+    from tasks.broker.unkept import Unkept
     monkeypatch.setattr(PublishingChannel, "_replicas_missed", {})
+    monkeypatch.setattr(PublishingChannel, "_unkept", Unkept())
     settings = Settings.from_env({
         "REDIS_URL": "sentinel://127.0.0.1:1/2", "OCR_REDIS_SENTINEL_MASTER": "ocr",
         "OCR_REDIS_MIN_REPLICAS": "1", "OCR_REDIS_REPLICA_TIMEOUT": "0.2"})
@@ -385,3 +388,99 @@ def _queued(client: redis.Redis, queue: str) -> int:
     """Messages waiting in `queue`: its list and client svc-a's lane of it."""
     from tasks.broker.layout import list_lane_key
     return int(client.llen(queue)) + int(client.llen(list_lane_key(queue, "svc-a")))
+
+
+class _SentinelView:
+    """One Sentinel's answer to SENTINEL MASTERS: the primary it names for `ocr`."""
+
+    def __init__(self, port: int | None, odown: bool = False) -> None:
+        self.port, self.odown = port, odown
+
+    def masters(self) -> dict[str, Any] | None:
+        if self.port is None:
+            return None  # this Sentinel does not answer
+        return {"ocr": {"ip": "127.0.0.1", "port": self.port, "is_master": True,
+                        "is_sdown": False, "is_odown": self.odown}}
+
+
+@pytest.mark.parametrize(("views", "replaced"), [
+    ((6001, 6001), False),
+    ((6001, 6002), True),
+    ((None, 6001), False),
+    ((6001, None), False),
+    ((6001, (6001, True)), True),
+], ids=["all-name-it", "one-heard-of-the-switch", "one-silent", "last-silent", "held-down"])
+def test_a_primary_one_sentinel_has_replaced_is_replaced(
+        monkeypatch: pytest.MonkeyPatch, views: tuple[Any, ...], replaced: bool) -> None:
+    """The pool asks the first Sentinel that answers; in a switch it may not have heard.
+
+    A Sentinel that names another primary, or holds this one objectively down, is
+    enough: a worker's publish short of replicas there is sent again, not left on a
+    primary about to be demoted. A silent Sentinel tells nothing.
+    """
+    from redis.sentinel import Sentinel
+
+    from tasks.state import connection
+    from tasks.state.connection import replaced_at
+    monkeypatch.setattr(Sentinel, "discover_master", lambda self, name: ("127.0.0.1", 6001))
+    monkeypatch.setattr(connection, "_masters_of", lambda view: view.masters())
+    sentinel = Sentinel([("127.0.0.1", 1)])
+    sentinel.sentinels = [_SentinelView(*v) if isinstance(v, tuple) else _SentinelView(v)
+                          for v in views]
+    client = sentinel.master_for("ocr")
+    assert replaced_at(client, ("127.0.0.1", 6001, None)) is replaced
+
+
+def test_a_silent_sentinel_is_asked_once_without_retries() -> None:
+    """Looking past the first Sentinel: one that drops the connection costs one try.
+
+    (A Sentinel client retries a refused connection with a backoff of seconds; the
+    Sentinel of a dead host would cost each look that much.)
+    """
+    import socket
+    import threading
+
+    from tasks.state.connection import _masters_of
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen()
+    accepted: list[int] = []
+
+    def drop() -> None:
+        while True:
+            try:
+                peer, _ = listener.accept()
+            except OSError:
+                return
+            accepted.append(1)
+            peer.close()
+
+    threading.Thread(target=drop, daemon=True).start()
+    sentinel = redis.Redis(port=listener.getsockname()[1], socket_timeout=2)
+    try:
+        assert _masters_of(sentinel) is None
+    finally:
+        listener.close()
+    assert accepted == [1]
+
+
+def test_publishes_no_replica_confirmed_go_again_once_their_primary_is_replaced(
+        primaries: Primaries, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A worker's publishes to a primary short of replicas, which the Sentinels still name.
+
+    They go on (the first waits and comes up short, the next skips its WAIT in that
+    server's window), on that primary alone. Then the Sentinels replace it, and it is
+    told to follow the new one, throwing its writes away. The worker's next publish
+    meets it read-only, goes to the new primary, and the two before go there again.
+    """
+    app = worker_app("unkept-test", monkeypatch)
+    old, new = (redis.Redis(port=p.port, db=2) for p in (primaries.old, primaries.new))
+    with app.producer_or_acquire() as producer:
+        app.send_task("ocr.test", queue="ocr-unkept", producer=producer)  # short: a window
+        app.send_task("ocr.test", queue="ocr-unkept", producer=producer)  # in the window
+        assert (_queued(old, "ocr-unkept"), _queued(new, "ocr-unkept")) == (2, 0)
+        primaries.replace()
+        old.replicaof("127.0.0.1", primaries.new.port)
+        app.send_task("ocr.test", queue="ocr-unkept", producer=producer)
+    assert _queued(new, "ocr-unkept") == 3
+    app.close()
