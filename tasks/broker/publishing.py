@@ -33,7 +33,7 @@ from tasks.broker.redis_channel import RedisChannel
 from tasks.broker.unkept import Unkept, UnkeptPublish
 from tasks.errors import ReplicaMissing
 from tasks.records.clients import CLIENT_HEADER, client_name
-from tasks.state.connection import (
+from tasks.state.replicas import (
     address_of,
     check_replicas,
     replaced_at,

@@ -31,7 +31,8 @@ from tasks.errors import OcrError, RestoreRefused
 from tasks.lifecycle import backup_files
 from tasks.records.redis_target import RedisTarget
 from tasks.settings import Settings
-from tasks.state.connection import check_kept, connect, kept
+from tasks.state.connection import connect
+from tasks.state.replicas import check_kept, kept
 from tasks.state.snapshot import copy_database, inventory, read_snapshot
 
 BACKUP_SUMMARY = "write a consistent snapshot of the service's Redis to a file or s3:// key"

@@ -24,7 +24,6 @@ from tasks.records.redis_target import RedisTarget
 from tasks.state import job_notices, job_scripts, lua
 from tasks.state.boundary import transient_methods
 from tasks.state.carried_writes import CarriedWrites
-from tasks.state.connection import hold_kept
 from tasks.state.keys import (
     BLOB_PREFIX,
     doc_key,
@@ -33,6 +32,7 @@ from tasks.state.keys import (
     job_key,
     job_notice_key,
 )
+from tasks.state.replicas import hold_kept
 from tasks.state.sent_fields import AS_SENT, as_sent, start_inputs
 
 # Inputs uploaded through the HTTP API: ocr:blob:api.<client>.<32 hex>; the key names

@@ -24,7 +24,8 @@ from tasks.errors import TransientError
 from tasks.queue.celery_config import celery_config
 from tasks.records.redis_target import RedisTarget
 from tasks.settings import Settings, SettingsError
-from tasks.state.connection import check_kept, connect, hold_kept, kept, new_client
+from tasks.state.connection import connect, new_client
+from tasks.state.replicas import check_kept, hold_kept, kept
 from tests.harness import RedisServer, eventually, free_port, stop_group
 
 
@@ -420,10 +421,10 @@ def test_a_primary_one_sentinel_has_replaced_is_replaced(
     """
     from redis.sentinel import Sentinel
 
-    from tasks.state import connection
-    from tasks.state.connection import replaced_at
+    from tasks.state import replicas
+    from tasks.state.replicas import replaced_at
     monkeypatch.setattr(Sentinel, "discover_master", lambda self, name: ("127.0.0.1", 6001))
-    monkeypatch.setattr(connection, "_masters_of", lambda view: view.masters())
+    monkeypatch.setattr(replicas, "_masters_of", lambda view: view.masters())
     sentinel = Sentinel([("127.0.0.1", 1)])
     sentinel.sentinels = [_SentinelView(*v) if isinstance(v, tuple) else _SentinelView(v)
                           for v in views]
@@ -440,7 +441,7 @@ def test_a_silent_sentinel_is_asked_once_without_retries() -> None:
     import socket
     import threading
 
-    from tasks.state.connection import _masters_of
+    from tasks.state.replicas import _masters_of
     listener = socket.socket()
     listener.bind(("127.0.0.1", 0))
     listener.listen()
