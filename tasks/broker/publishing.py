@@ -37,6 +37,7 @@ from tasks.state.replicas import (
     address_of,
     check_replicas,
     replaced_at,
+    sentinel_named,
     wait_command,
 )
 
@@ -214,7 +215,8 @@ class PublishingChannel(RedisChannel):
             raise redis.exceptions.ConnectionError(
                 f"{what} went to a Redis primary the Sentinels have replaced")
         else:  # short of replicas, or in its server's window (sent without a WAIT)
-            self._unkept.add(sent.server, UnkeptPublish(started, queue, commands))
+            if sentinel_named(client):  # (an address that moves stays the same address)
+                self._unkept.add(sent.server, UnkeptPublish(started, queue, commands))
             if reached is not None:
                 PublishingChannel._replicas_missed[sent.server] = time.monotonic()
                 log.warning("%s reached no Redis replica within %g s; publishing to that "

@@ -1,7 +1,7 @@
 """A worker's publishes no Redis replica confirmed, kept to be sent again after a switch.
 
-Runs in every worker process that publishes with OCR_REDIS_MIN_REPLICAS (pool children:
-page tasks, callbacks, retries; the parent: restores). Such a publish that no replica
+Runs in every worker process that publishes behind Sentinel with OCR_REDIS_MIN_REPLICAS
+(pool children: page tasks, callbacks, retries). Such a publish that no replica
 confirmed goes on (short of replicas, or in its server's window without WAITs:
 tasks/broker/publishing.py); it is then on that primary alone, and should the
 Sentinels replace it, it is thrown away with the primary's other unreplicated writes.

@@ -118,6 +118,11 @@ def primary_replaced(client: redis.Redis) -> bool:
     return used is not None and replaced_at(client, tuple(used))
 
 
+def sentinel_named(client: redis.Redis) -> bool:
+    """Whether `client` writes to the primary the Sentinels name (one they may replace)."""
+    return isinstance(client.connection_pool, SentinelConnectionPool)
+
+
 def replaced_at(client: redis.Redis, address: tuple[Any, ...]) -> bool:
     """Whether a Sentinel names another primary than `address`, where `client` wrote.
 
