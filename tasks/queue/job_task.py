@@ -12,6 +12,7 @@ tasks/queue/page_tasks.py.
 from __future__ import annotations
 
 import functools
+import logging
 import os
 import time
 from dataclasses import replace
@@ -46,6 +47,8 @@ from tasks.state.boundary import publishing, transient
 from tasks.state.carried_writes import CarriedWrites
 from tasks.state.stores import blob_keys
 from tasks.state.usage import PageUsage
+
+log = logging.getLogger(__name__)
 
 
 class DocumentTask(GuardedTask):
@@ -240,6 +243,10 @@ def fan_out(task: Task, work: FanOut, services: JobServices) -> NoReturn:
                         client=meta.request.client, job=job_id)
     if progress.write is not None:
         progress.tell(len(work.text_pages), meta.total)
+    target = task.app.ocr_settings.redis_target
+    if target.min_replicas and not services.join.keep(job_id, target):
+        log.error("job %s: its split reached no Redis replica within %g s; its pages are "
+                  "sent without one", job_id, target.replica_timeout)
     # An encrypted URL input's password goes with its page tasks (each host decrypts
     # its own copy), never into the document's meta.
     opened = {"password": work.password} if work.password else {}

@@ -24,10 +24,12 @@ import redis
 
 from tasks.errors import InputNotFound
 from tasks.records.jobs import DocumentMeta
+from tasks.records.redis_target import RedisTarget
 from tasks.records.results import PageRecord
 from tasks.state import lua
 from tasks.state.boundary import transient_methods
 from tasks.state.keys import doc_key, job_ended_key, job_key
+from tasks.state.replicas import hold_kept
 from tasks.state.usage_counts import COUNT_PAGES_LUA, JobPages, quiet_jobs
 
 # KEYS: the end claim, meta, pages, and the job's progress record and control hash when
@@ -136,6 +138,18 @@ class DocumentJoin:
                  for item in (str(page.number), json.dumps(page.to_json()))]
         return bool(_START_UNLESS_ENDED(
             self._redis, keys, [self._ttl, meta.to_json(), *shown, meta.total, *pairs]))
+
+    def keep(self, doc_id: str, target: RedisTarget) -> bool:
+        """Hold until `target.min_replicas` replicas have the document's split (its meta).
+
+        Before its page tasks are sent: the split's server may not be the broker's
+        (mid-failover, a primary the Sentinels have replaced), and a page task that
+        finds no meta has no job to read for. `PrimaryReplaced` (transient) where the
+        split went to such a primary; False where the replicas did not answer within
+        `target.replica_timeout` s.
+        """
+        return hold_kept(self._redis, self._key(doc_id, "meta"), target,
+                         target.replica_timeout)
 
     def meta(self, doc_id: str) -> DocumentMeta:
         raw = self._redis.get(self._key(doc_id, "meta"))

@@ -485,3 +485,33 @@ def test_publishes_no_replica_confirmed_go_again_once_their_primary_is_replaced(
         app.send_task("ocr.test", queue="ocr-unkept", producer=producer)
     assert _queued(new, "ocr-unkept") == 3
     app.close()
+
+
+def test_a_split_on_a_replaced_primary_is_found_before_its_pages_go(
+        primaries: Primaries) -> None:
+    """A document's split (its meta) held until a replica has it, as its pages wait to go.
+
+    Mid-failover the state store's connection may still be to a primary the Sentinels
+    have replaced while the broker's is to the new one: pages sent there would find no
+    meta. The hold finds it out (`transient`: the document is split again); on the
+    primary still named, short of replicas, it is False and the pages go without one.
+    """
+    from tasks.errors import PrimaryReplaced
+    from tasks.records.jobs import DocumentMeta
+    from tasks.records.request import JobRequest
+    from tasks.records.results import DocumentResult
+    from tasks.state.join import DocumentJoin
+    target = Settings.from_env({
+        "REDIS_URL": "sentinel://127.0.0.1:1/2", "OCR_REDIS_SENTINEL_MASTER": "ocr",
+        "OCR_REDIS_MIN_REPLICAS": "1", "OCR_REDIS_REPLICA_TIMEOUT": "0.2"}).redis_target
+    client = new_client(target)
+    join = DocumentJoin(client, 600)
+    meta = DocumentMeta("doc-1", JobRequest("blob", filename="doc.pdf"), "fake", None, None,
+                        0.0, 2, [1, 2], ["p1", "p2"], "ocr-fake",
+                        DocumentResult(filename="doc.pdf", status=None))
+    assert join.start(meta, [])
+    assert join.keep("doc-1", target) is False  # still named: no replica, goes on
+    primaries.replace()  # replaced meanwhile, not yet told
+    with pytest.raises(PrimaryReplaced):
+        join.keep("doc-1", target)
+    client.close()
