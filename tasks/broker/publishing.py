@@ -7,7 +7,8 @@ any other to the list itself, kombu's; either way stamped with the time it was s
 (the age of the oldest waiting message: queue_depth.py) and rings its queue's doorbell
 (doorbells.py; a lane's push rings it in the same script), so that an idle worker wakes.
 A restored message goes back to its lane the same way. With `ocr_min_replicas`, a WAIT
-after the ring holds a publish until that many replicas have it (OCR_REDIS_MIN_REPLICAS).
+sent after the message on its own connection holds a publish until that many replicas
+have it (OCR_REDIS_MIN_REPLICAS).
 
 Built on the channel of tasks/broker/redis_channel.py (pools, bindings, queue lists);
 the consuming side, the atomic fetch and the checks before decoding, is the channel of

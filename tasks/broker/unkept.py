@@ -55,8 +55,7 @@ class Unkept:
 
     def add(self, server: Server, publish: UnkeptPublish) -> None:
         """Keep `publish`, which `server` took and no replica confirmed."""
-        if self.pid != os.getpid():  # forked: the parent sends its own again
-            self.by_server, self.looked, self.pid = {}, {}, os.getpid()
+        self._own()
         kept = self.by_server.setdefault(server, deque())
         kept.append(publish)
         if len(self) > KEPT_MESSAGES:
@@ -80,8 +79,7 @@ class Unkept:
         Publishes older than KEPT_SECONDS are dropped first. A server is looked up at
         most once every LOOK_SECONDS (`looked_up`). None in a forked child.
         """
-        if self.pid != os.getpid():
-            return []
+        self._own()
         for other in list(self.by_server):
             kept = self.by_server[other]
             while kept and now - kept[0].at > KEPT_SECONDS:
@@ -103,6 +101,11 @@ class Unkept:
         """Keep `publishes` for `server` again, ahead of any kept since (a resend failed)."""
         kept = self.by_server.setdefault(server, deque())
         kept.extendleft(reversed(list(publishes)))
+
+    def _own(self) -> None:
+        """In a forked child, drop what the parent kept: the parent sends its own again."""
+        if self.pid != os.getpid():
+            self.by_server, self.looked, self.pid = {}, {}, os.getpid()
 
     def _forget_empty(self, server: Server) -> None:
         if not self.by_server.get(server, True):

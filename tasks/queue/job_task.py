@@ -244,7 +244,7 @@ def fan_out(task: Task, work: FanOut, services: JobServices) -> NoReturn:
     if progress.write is not None:
         progress.tell(len(work.text_pages), meta.total)
     target = task.app.ocr_settings.redis_target
-    if target.min_replicas and not services.join.keep(job_id, target):
+    if not services.join.keep(job_id, target):  # at once without OCR_REDIS_MIN_REPLICAS
         log.error("job %s: its split reached no Redis replica within %g s; its pages are "
                   "sent without one", job_id, target.replica_timeout)
     # An encrypted URL input's password goes with its page tasks (each host decrypts

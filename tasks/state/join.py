@@ -146,7 +146,7 @@ class DocumentJoin:
         (mid-failover, a primary the Sentinels have replaced), and a page task that
         finds no meta has no job to read for. `PrimaryReplaced` (transient) where the
         split went to such a primary; False where the replicas did not answer within
-        `target.replica_timeout` s.
+        `target.replica_timeout` s; True at once where none is asked for.
         """
         return hold_kept(self._redis, self._key(doc_id, "meta"), target,
                          target.replica_timeout)
