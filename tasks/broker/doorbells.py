@@ -7,7 +7,9 @@ at most: idle workers wait on their queues' doorbells in one long BLPOP
 (tasks/broker/fetching.py), since taking a message is a Lua script, which cannot
 block. A client's message is rung by the script
 that pushes it to its lane (tasks/broker/lanes.py, `PUSH`), where a bell already rung
-costs one PEXPIRE; `ring` rings the others.
+costs one PEXPIRE; `ring` rings the others. A fetch that finds nothing in a queue's
+lists and rings empties its doorbell in the same script (tasks/broker/fetch_script.py):
+every ring follows its push, so a ring left then was for messages taken already.
 """
 
 from __future__ import annotations

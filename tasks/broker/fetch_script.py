@@ -31,6 +31,7 @@ from tasks.broker.layout import (
     list_held_key,
     list_lane_key,
     list_ring_key,
+    queue_wake_key,
 )
 from tasks.broker.old_lanes import MOVE_OLD_LUA, old_lanes
 from tasks.broker.oversized import BOUND_LUA
@@ -39,10 +40,10 @@ from tasks.broker.scripts import Script
 # Takes the next message of a worker's lists. The fetch names entries, each a list:
 # entry i (from 0) is the list KEYS[2i+1] and the hash its records are held in,
 # KEYS[2i+2] (its own list where its consumer does not acknowledge: never written);
-# ARGV[4+5i] "1" for a consumer that acknowledges, ARGV[5+5i] the ring whose clients'
+# ARGV[5+5i] "1" for a consumer that acknowledges, ARGV[6+5i] the ring whose clients'
 # lanes of the list it serves ("" for none: the list's own tail alone, as kombu takes
-# it), ARGV[6+5i] the prefix of those lanes' keys, ARGV[7+5i] the end of its record
-# (`, "", "<queue>"]`), ARGV[8+5i] its group. Groups go in order (kombu's BRPOP order:
+# it), ARGV[7+5i] the prefix of those lanes' keys, ARGV[8+5i] the end of its record
+# (`, "", "<queue>"]`), ARGV[9+5i] its group. Groups go in order (kombu's BRPOP order:
 # highest priority first), one a priority step; within a group each ring in the
 # order of its first entry, its lists' tails served beside it as the anonymous lane
 # (client "": a stock kombu client's messages, and the lists without a ring), the
@@ -55,29 +56,35 @@ from tasks.broker.scripts import Script
 # asks one EXISTS a ring). Key names other than the lists and held hashes are
 # arguments: Redis checks declared keys for writing, and a worker may only read the
 # weights. Where acknowledged, the message is held (tasks/broker/held.py: one HSET of
-# its head, taken at ARGV[1], its holder ARGV[6+5n] (`<node>|<pid>`, "" for none), the
+# its head, taken at ARGV[1], its holder ARGV[7+5n] (`<node>|<pid>`, "" for none), the
 # key it was taken from, its ring and its client, then `[message, "", queue]`) under
-# the delivery tag the worker chose (ARGV[7+5n]), in the same atomic step as its pop:
+# the delivery tag the worker chose (ARGV[8+5n]), in the same atomic step as its pop:
 # a server that refuses writes refuses the script's first write, so it takes nothing,
 # and a script that has written goes on to its end. A client's lanes are popped by one
 # LMPOP. The envelope is never read here. A message larger than ARGV[2] bytes (0: no
 # bound), or that is no JSON object by its first and last bytes, is popped unrecorded
 # (the worker refuses it); a larger one is returned as its ends and its length alone
 # (`bounded`: tasks/broker/oversized.py). Returns {list, message, tag or ""}, or nil;
-# with ARGV[5+5n] "1" (a fetch woken by a doorbell), a 4th: how many lists and rings
-# still hold messages. With ARGV[4+5n] "1", an idle fetch costs one EXISTS over every
-# list and ring. ARGV[8+5n]: m, then m quads (ARGV[9+5n..8+5n+4m]) that move version
+# with ARGV[6+5n] "1" (a fetch woken by a doorbell), a 4th: how many lists and rings
+# still hold messages. With ARGV[5+5n] "1", an idle fetch costs one EXISTS over every
+# list and ring. ARGV[9+5n]: m, then m quads (ARGV[10+5n..9+5n+4m]) that move version
 # 2's lanes first (`old_lanes`). Then r, and r entry numbers (from 0): the lists whose
-# name this worker has not seen in the set of lists with held records, the last key
-# (KEYS[2n+1]; the first list where no entry acknowledges): a record written in one
+# name this worker has not seen in the set of lists with held records, KEYS[2n+1]
+# (the first list where no entry acknowledges): a record written in one
 # of them names it there in the same step (SADD), so no record is ever held where the
 # sweep and the visibility timeout's look do not look. Then acknowledgements, each
 # `<k>:<tag>`, the record of <tag> in the held hash KEYS[k], dropped first (one HDEL a
-# hash).
+# hash). ARGV[4]: w, the doorbells of the service queues served, KEYS[2n+2..2n+1+w]
+# (tasks/broker/doorbells.py): a fetch that looked through every list and ring and
+# took nothing empties them (one DEL). Nothing waits in these queues at that instant,
+# and a publish rings after it pushes, so a ring still there was for a message taken
+# already (a woken fetch that left messages rang for the next worker, then its own
+# worker took them): left, it would end the next wait at once for an empty fetch.
 FETCH = Script(BOUND_LUA + MOVE_OLD_LUA + r"""
 local limit = tonumber(ARGV[2])
-local n = (#KEYS - 1) / 2
-local base = 4 + 5 * n
+local wakes = tonumber(ARGV[4])
+local n = (#KEYS - 1 - wakes) / 2
+local base = 5 + 5 * n
 local holder = ARGV[base + 2] or ''
 local tag = ARGV[base + 3] or ''
 local moves = tonumber(ARGV[base + 4]) or 0
@@ -86,7 +93,7 @@ local names = tonumber(ARGV[base + 5 + 4 * moves]) or 0
 for j = 1, names do unnamed[tonumber(ARGV[base + 5 + 4 * moves + j])] = true end
 local acks_at = base + 6 + 4 * moves + names
 local function list(i) return KEYS[2 * i + 1] end
-local function arg(i, k) return ARGV[4 + 5 * i + k] end
+local function arg(i, k) return ARGV[5 + 5 * i + k] end
 if #ARGV >= acks_at then
   local order, done = {}, {}
   for j = acks_at, #ARGV do
@@ -110,7 +117,7 @@ local function take(src, item, i, ring, client, popped)
     redis.call('HSET', KEYS[2 * i + 2], tag,
                table.concat({ARGV[1], holder, src, ring or '', client or '', '[' .. item},
                             '\n') .. arg(i, 3))
-    if unnamed[i] then redis.call('SADD', KEYS[#KEYS], list(i)) end
+    if unnamed[i] then redis.call('SADD', KEYS[2 * n + 1], list(i)) end
   end
   if not popped then redis.call('RPOP', src) end
   return {list(i), bounded(item, limit), recorded and tag or ''}
@@ -201,6 +208,7 @@ while i < n do
   end
   i = last + 1
 end
+if wakes > 0 then redis.call('DEL', unpack(KEYS, 2 * n + 2, 2 * n + 1 + wakes)) end
 return nil
 """)
 
@@ -240,14 +248,16 @@ def fetch_parts(prefix: str, lists: tuple[Listed, ...], max_bytes: int, sep: str
     """What a fetch over `lists` sends at every poll alike, made once (`fetch_command`).
 
     Its head (`EVALSHA`, the script, its keys) and the arguments between the time and
-    the flags (the bound, the weights' hash, each entry's). The same tuples come back
+    the flags (the bound, the weights' hash, how many doorbells, each entry's). The
+    doorbells are those of the queues whose lists have lanes. The same tuples come back
     for the same arguments while they are kept, so that a caller may keep their encoded
     form beside them (tasks/broker/wire.py). A step's entries: each list with lanes,
     served by its own ring; each list without (a worker's direct queue), served as the
     anonymous lane beside them.
     """
     keys: list[str] = []
-    args = [str(max_bytes), LANE_WEIGHTS_KEY]
+    args: list[str] = []
+    wakes: list[str] = []
     steps: list[int] = []
     for _, step, _, _ in lists:
         if step not in steps:
@@ -262,18 +272,27 @@ def fetch_parts(prefix: str, lists: tuple[Listed, ...], max_bytes: int, sep: str
         for name, ring, lanes, ack in entries:
             keys += [prefix + name, list_held_key(prefix + name) if ack else prefix + name]
             queue = name.split(sep, 1)[0] if sep else name
+            if ring and queue_wake_key(prefix + queue) not in wakes:
+                wakes.append(queue_wake_key(prefix + queue))
             args += ["1" if ack else "0", ring, lanes, f", \"\", {json.dumps(queue)}]",
                      str(step)]
     if keys:  # the set of lists with held records (a list where none is held)
         acked = any(ack for *_, ack in lists)
         keys.append(prefix + HELD_LISTS_KEY if acked else keys[0])
-    return tuple(FETCH.command(keys, [])), tuple(args)
+    return (tuple(FETCH.command([*keys, *wakes], [])),
+            (str(max_bytes), LANE_WEIGHTS_KEY, str(len(wakes)), *args))
+
+
+def entry_keys(parts: tuple[tuple[Any, ...], tuple[str, ...]]) -> tuple[str, ...]:
+    """A fetch's entries' keys, each list then its held hash (KEYS[1..2n])."""
+    entries = (len(parts[1]) - 3) // 5
+    return tuple(parts[0][3:3 + 2 * entries])
 
 
 def unnamed(parts: tuple[tuple[Any, ...], tuple[str, ...]],
             named: Collection[str]) -> list[str]:
     """The numbers of a fetch's entries whose list is not in `named` and is held."""
-    keys = parts[0][3:-1]
+    keys = entry_keys(parts)
     return [str(i) for i in range(len(keys) // 2)
             if keys[2 * i + 1] != keys[2 * i] and keys[2 * i] not in named]
 
@@ -285,8 +304,7 @@ def split_acks(parts: tuple[tuple[Any, ...], tuple[str, ...]],
     A fetch carries the acknowledgements of the held hashes it names (`<k>:<tag>`,
     KEYS[k]); the others (a queue no longer consumed) go alone.
     """
-    head = parts[0]
-    index = {key: k for k, key in enumerate(head[3:], 1) if k % 2 == 0}
+    index = {key: k for k, key in enumerate(entry_keys(parts), 1) if k % 2 == 0}
     riding: list[str] = []
     alone: list[tuple[str, str]] = []
     for key, tag in acks:

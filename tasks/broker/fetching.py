@@ -21,8 +21,9 @@ Lua cannot block, so an idle worker waits on its queues' doorbells (doorbells.py
 BLPOP of `ocr_idle_wait` s (10 s in workers: about a command a second idle). A publish
 and a restore ring; a woken fetch that leaves messages rings again (a burst's rings
 stand in one item), one that leaves none waits again (SETTLE_WAIT s first, for a message
-pushed without a ring, a stock kombu client's, which waits for the end of a wait). A
-fetch after an empty one first asks one EXISTS over every list and ring: its whole cost.
+pushed without a ring, a stock kombu client's, which waits for the end of a wait); one
+that takes nothing empties its queues' doorbells (doorbells.py). A fetch after an
+empty one first asks one EXISTS over every list and ring: its whole cost.
 
 Publishing (lanes, doorbells' rings, replicas' WAIT) is the channel of
 tasks/broker/publishing.py, which this one extends; the event loop drives each

@@ -84,7 +84,7 @@ SEND = ("lpush", "lpos", "rpush", "hincrby", "lrange", "llen", "ltrim", "pexpire
         "publish", "subscribe", "unsubscribe", "get", "mget", "wait", "info")
 # What a consuming worker adds: the atomic fetch (a Lua script: LINDEX, HSET, HDEL,
 # RPOP; a client's lanes: LMPOP; the lanes' ring: LRANGE, LPOS, LREM, RPUSH, HINCRBY,
-# HDEL), doorbells (BLPOP),
+# HDEL; its queues' doorbells: DEL), doorbells (BLPOP),
 # acknowledgements and restores (HGET, HDEL, ZREM, WATCH; the visibility timeout's look,
 # EXISTS and a Lua script: HGETALL, ZRANGE), the sweep of dead
 # holders' messages (a Lua script: SET NX PX, HGETALL, HGET, ZSCORE, RPUSH), the sweep of

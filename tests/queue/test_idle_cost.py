@@ -95,6 +95,43 @@ def envelope(n: int) -> str:
                            "exchange": "ocr", "routing_key": "ocr"}}})
 
 
+def test_a_fetch_that_takes_nothing_empties_its_queues_doorbells(
+        own_server: RedisServer) -> None:
+    """A ring left for a message taken already would end the next wait for nothing.
+
+    A woken fetch that leaves messages rings for the next idle worker; when its own
+    worker takes them, that ring outlives them. The fetch that then finds every list
+    and ring empty drops its queues' rings; a fetch that takes a message, and an idle
+    fetch's one EXISTS, leave them, and so does every fetch another queue's.
+    """
+    r = redis.Redis(port=own_server.port)
+    r.flushdb()
+    step = 3
+    mine = [queue_wake_key(q) for q in ("ocr-control", "ocr")]
+    other = queue_wake_key("ocr-other")
+    for n in range(2):
+        scripts.run(r, push_command("", layout.queue_list("ocr", step), step, "alone",
+                                    envelope(n), ring_queue="ocr"))
+    r.lpush(mine[0], "1")
+    r.lpush(other, "1")
+    assert r.exists(*mine, other) == 3
+    first = fetch(r, probe=False, woken=True)
+    assert first is not None and first[3] > 0  # left one: its worker rings again
+    assert fetch(r, probe=False) is not None
+    assert r.exists(*mine, other) == 3  # each took a message: rings stay
+    before = calls(r)
+    assert fetch(r) is None  # idle: its one EXISTS, nothing else
+    spent = {k: n - before.get(k, 0) for k, n in calls(r).items() if n != before.get(k, 0)}
+    assert spent == {"cmdstat_evalsha": 1, "cmdstat_exists": 1, "cmdstat_info": 1}, spent
+    assert r.exists(*mine, other) == 3
+    assert fetch(r, probe=False) is None  # looked through every list and ring
+    assert r.exists(*mine) == 0 and r.exists(other) == 1
+    # a ring with a message waiting is never dropped: the fetch takes the message
+    scripts.run(r, push_command("", layout.queue_list("ocr", step), step, "alone",
+                                envelope(2), ring_queue="ocr"))
+    assert fetch(r, probe=False) is not None and r.exists(mine[1]) == 1
+
+
 def test_an_idle_worker_sends_a_few_commands_a_second(own_server: RedisServer,
                                                       idle_worker: Worker) -> None:
     r = redis.Redis(port=own_server.port)
