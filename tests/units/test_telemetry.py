@@ -6,6 +6,7 @@ import base64
 import json
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 import redis
@@ -73,6 +74,34 @@ def test_client_labels_are_token_names_anonymous_or_other(redis_url: str) -> Non
     eventually(lambda: labels.label("labels-billing") == "labels-billing", 10,
                "the new token's name as its label")
     assert labels.label("root") == "other"  # a login name is no token's
+
+
+def test_a_name_that_keeps_missing_reads_the_token_names_ever_less_often(
+        redis_url: str) -> None:
+    """A login name is no token's: its misses back off to `refresh`, a new token's don't."""
+    from tasks.api.tokens import TokenStore
+    from tasks.state.client_labels import MISS_SECONDS, ClientLabels
+
+    store = redis.Redis.from_url(redis_url)
+    now = [1000.0]
+    reads: list[float] = []
+
+    class Counted(redis.Redis):
+        def hkeys(self, name: str) -> Any:
+            reads.append(now[0])
+            return super().hkeys(name)
+
+    labels = ClientLabels(Counted.from_url(redis_url), refresh=30, clock=lambda: now[0])
+    for _ in range(120):  # a job of login name `root` every second, for two minutes
+        assert labels.label("root") == "other"
+        now[0] += 1
+    gaps = [b - a for a, b in zip(reads, reads[1:], strict=False)]
+    assert gaps[:4] == [MISS_SECONDS, 2 * MISS_SECONDS, 4 * MISS_SECONDS, 8 * MISS_SECONDS]
+    assert set(gaps[4:]) == {30}, gaps  # then once a refresh
+    # a token made a moment ago is still found within MISS_SECONDS of its first job
+    TokenStore(store).create_client("labels-fresh")
+    now[0] += MISS_SECONDS
+    assert labels.label("labels-fresh") == "labels-fresh"
 
 
 def test_job_record_of_results_and_failures() -> None:
