@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any
 
 from tasks import tracing
 from tasks.errors import DeadlineExceeded, OcrError, OutputTooLarge
-from tasks.lifecycle import url_inputs
+from tasks.lifecycle import open_documents, url_inputs
 from tasks.lifecycle.fetcher import Fetcher
 from tasks.lifecycle.inputs import read_input
 from tasks.lifecycle.url_inputs import LocatedObject
@@ -259,6 +259,8 @@ def _fan_out(job_id: str, request: JobRequest, data: bytes, plan: Any, engine: s
         replaced = request.blob
     else:
         blob = request.blob
+    # this process's page tasks of it open these bytes, not a read of them again
+    open_documents.share(blob, plan.decrypted or data)
     stored = replace(request.stored_as(blob), password=None)
     meta = DocumentMeta(
         job_id=job_id, request=stored, engine=engine, model=model, cache_key=key,

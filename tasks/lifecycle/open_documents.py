@@ -46,11 +46,15 @@ class _SharedBytes:
             data = self._bytes.get(key)
         if data is None:
             data = source.get(key)
-            with self._lock:
-                self._bytes[key] = data
-                while len(self._bytes) > self.KEEP:
-                    del self._bytes[next(iter(self._bytes))]
+            self.keep(key, data)
         return data
+
+    def keep(self, key: str, data: bytes) -> None:
+        with self._lock:
+            self._bytes.pop(key, None)
+            self._bytes[key] = data
+            while len(self._bytes) > self.KEEP:
+                del self._bytes[next(iter(self._bytes))]
 
 
 class OpenDocumentCache:
@@ -110,6 +114,15 @@ def object_info(meta: DocumentMeta) -> ObjectInfo:
 
 _shared = _SharedBytes()
 _per_thread = threading.local()
+
+
+def share(key: str, data: bytes) -> None:
+    """`data`, the bytes stored under blob `key`, for this process's threads to open.
+
+    The task that fans a document out holds its bytes as it stores them: its process's
+    page tasks of it need no read of them.
+    """
+    _shared.keep(key, data)
 
 
 def open_documents() -> OpenDocumentCache:
