@@ -14,6 +14,8 @@ from typing import Any
 
 import redis
 
+from tasks.state.connection import fresh_session
+
 DEFAULT_PORT = 6379
 
 
@@ -67,6 +69,7 @@ def pool_params(conninfo: Any, channel: Any, default_port: int = DEFAULT_PORT,
         "retry_on_timeout": channel.retry_on_timeout,
         "client_name": channel.client_name,
         "connection_class": redis.Connection,
+        "redis_connect_func": fresh_session,
     }
     if conninfo.ssl:
         if isinstance(conninfo.ssl, dict):

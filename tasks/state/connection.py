@@ -24,6 +24,7 @@ import os
 import socket
 import ssl
 import threading
+import time
 from typing import Any
 from urllib.parse import quote
 
@@ -86,6 +87,20 @@ def connection_pools() -> int:
     return sum(1 for k in _CLIENTS if k[0] == pid)
 
 
+def fresh_session(connection: Any) -> None:
+    """Open `connection`'s session (AUTH, HELLO, SELECT) with no PING before it.
+
+    redis-py's `redis_connect_func` hook, on the connections of every pool made here
+    and of the broker's (tasks/broker/connections.py). A connection checks its health
+    with a PING before a command once `health_check_interval` s have passed since its
+    last reply, and a new one has had none, so its handshake went after a PING: one
+    more command and round trip for every connection a process opens. The handshake's
+    own replies show the session alive.
+    """
+    connection.next_health_check = time.monotonic() + connection.health_check_interval
+    connection.on_connect()
+
+
 def new_client(target: RedisTarget, *, patient: bool = True) -> redis.Redis:
     """A client of `target` with a pool of its own, that reconnects on its own.
 
@@ -106,6 +121,7 @@ def new_client(target: RedisTarget, *, patient: bool = True) -> redis.Redis:
                                "socket_keepalive": True,
                                "socket_keepalive_options": KEEPALIVE_OPTIONS,
                                "health_check_interval": 30, "retry": retry,
+                               "redis_connect_func": fresh_session,
                                **_tls_options(target)}
     if not target.is_sentinel:
         if target.url.startswith("unix://"):

@@ -515,3 +515,34 @@ def test_a_split_on_a_replaced_primary_is_found_before_its_pages_go(
     with pytest.raises(PrimaryReplaced):
         join.keep("doc-1", target)
     client.close()
+
+
+@pytest.mark.parametrize("pool", ["stores", "broker"])
+def test_a_new_connection_opens_its_session_without_a_ping_first(tmp_path: Path,
+                                                                 pool: str) -> None:
+    """A connection's handshake shows it alive: no health-check PING goes before it.
+
+    The stores' pools and the broker's check a connection's health (a PING) before a
+    command once their interval passed since its last reply; a new connection had
+    none. The broker's channel asks one PING of its own as it opens (kombu's check).
+    """
+    from kombu import Connection
+
+    from tasks.broker.transport import TRANSPORT
+
+    server = RedisServer(tmp_path)
+    server.start()
+    try:
+        observer = redis.Redis(port=server.port)
+        observer.config_resetstat()
+        if pool == "stores":
+            assert new_client(RedisTarget(server.url(2)), patient=False).get("x") is None
+        else:
+            with Connection(server.url(2), transport=TRANSPORT) as conn:
+                assert conn.default_channel.client.get("x") is None
+        calls = {name: int(stat["calls"])
+                 for name, stat in observer.info("commandstats").items()}
+        assert calls.get("cmdstat_hello", 0) >= 1 and calls.get("cmdstat_get") == 1, calls
+        assert calls.get("cmdstat_ping", 0) == (0 if pool == "stores" else 1), calls
+    finally:
+        server.stop()
