@@ -157,6 +157,25 @@ def doc_keys(life: Life, job_id: str) -> list[bytes]:
     return list(life.client.scan_iter(f"ocr:doc:{job_id}:*"))
 
 
+def test_the_splitting_process_reads_its_pages_without_reading_the_pdf_again(
+        life: Life, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The task that fans a PDF out leaves its bytes to its own process's page tasks."""
+    meta = fan_out(life, "job-shared", image_pdf(plain_pages(2)))
+    reads: list[str] = []
+    read = life.stores.blobs.get
+
+    def counted(key: str, *args: Any, **kwargs: Any) -> bytes:
+        reads.append(key)
+        return read(key, *args, **kwargs)
+
+    monkeypatch.setattr(life.stores.blobs, "get", counted)
+    docs = OpenDocumentCache()
+    assert [read_page(life, meta, n, docs) for n in meta.ocr_pages] == [False, True]
+    docs.close()
+    assert reads == []
+    assert life.ports.published[0].status is JobStatus.SUCCESS
+
+
 def test_pages_in_any_order_and_twice_end_the_document_once(life: Life) -> None:
     meta = fan_out(life, "job-order", image_pdf(plain_pages(5)))
     order = [*meta.ocr_pages, 2, 4]  # pages 2 and 4 delivered twice (at least once)
