@@ -208,6 +208,7 @@ class MetricsStore:
         self._redis = client
         self.node = node
         self._kept: dict[str, float] = {}  # key -> when this process last set its TTL
+        self._gauges: dict[int, set[str]] = {}  # child pid -> the gauge fields it wrote
         self._held: dict[tuple[str, str], float] = {}  # (key, field) -> increment held
         self._held_since = 0.0  # when the oldest increment held came
         self._timer: threading.Timer | None = None
@@ -336,20 +337,36 @@ class MetricsStore:
                         type(exc).__name__)
 
     def set_child(self, pid: int, samples: Iterable[Sample]) -> None:
-        """Replace the gauges of pool child `pid`."""
+        """Replace the gauges of pool child `pid`.
+
+        The first time in this process, in one transaction (a key its pid's earlier
+        child left is dropped); then its fields are set, and those it no longer has
+        dropped after them: a scrape between the two sees a gauge gone a moment late,
+        never none.
+        """
         mapping: dict[Any, Any] = {_field(n, labels): v for n, labels, v in samples}
         key = child_key(self.node, pid)
-        pipe = self._redis.pipeline(transaction=True)
-        pipe.delete(key)
+        written = self._gauges.get(pid)
+        pipe = self._redis.pipeline(transaction=written is None)
+        if written is None or not mapping:
+            pipe.delete(key)
         if mapping:
             pipe.hset(key, mapping=mapping)
+            gone = (written or set()) - set(mapping)
+            if gone:
+                pipe.hdel(key, *gone)
             pipe.expire(key, CHILD_TTL)
         if self._due(f"{children_key(self.node)}:{pid}"):
             pipe.sadd(children_key(self.node), pid)
             pipe.expire(children_key(self.node), COUNTER_TTL)
             pipe.sadd(NODES_KEY, self.node)
             pipe.expire(NODES_KEY, COUNTER_TTL)
-        self._execute(pipe)
+        try:
+            self._execute(pipe)
+        except redis.RedisError:
+            self._gauges.pop(pid, None)  # the next write replaces them whole
+            raise
+        self._gauges[pid] = set(mapping)
 
     def drop_child(self, pid: int) -> None:
         pipe = self._redis.pipeline(transaction=True)

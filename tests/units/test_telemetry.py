@@ -310,6 +310,32 @@ def test_metrics_store_and_collector(redis_url: str) -> None:
     assert _scrape(RedisCollector(client))["ocr_jobs_total"][0][1] == 3.0
 
 
+def test_a_childs_gauges_are_rewritten_in_two_commands(redis_url: str) -> None:
+    """After its first write, a child's gauges cost an HSET and an EXPIRE, no transaction.
+
+    A gauge it no longer has goes (one HDEL); a key its pid's earlier child left is
+    replaced whole at the first write.
+    """
+    client = redis.Redis.from_url(redis_url)
+    client.flushdb()
+    key = "ocr:metrics:child:cpu@g:21"
+    client.hset(key, "left by an earlier child of pid 21", "1")
+    store = MetricsStore(client, "cpu@g")
+    rss, tasks = ("ocr_child_rss_bytes", {}, 5e6), ("ocr_child_tasks", {}, 3.0)
+    store.set_child(21, [rss, tasks])
+    assert len(client.hkeys(key)) == 2
+    client.config_resetstat()
+    store.set_child(21, [rss, ("ocr_child_tasks", {}, 4.0)])
+    store.set_child(21, [rss])
+    calls = {name: int(stat["calls"]) for name, stat in client.info("commandstats").items()}
+    assert calls == {"cmdstat_config|resetstat": 1, "cmdstat_hset": 2, "cmdstat_expire": 2,
+                     "cmdstat_hdel": 1}, calls
+    got = _scrape(RedisCollector(client))
+    assert [s[1] for s in got["ocr_child_rss_bytes"]] == [5e6]
+    assert "ocr_child_tasks" not in got
+    assert 0 < client.ttl(key) <= CHILD_TTL
+
+
 @pytest.mark.parametrize("status", ["SUCCESS", "PARTIAL", "CANCELLED"])
 def test_a_jobs_line_from_its_brief_is_the_line_from_its_public_result(status: str) -> None:
     """`Outcome.brief` (the ending's line, its pages not encoded) reads as `public` does."""
