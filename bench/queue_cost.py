@@ -15,7 +15,12 @@ Each case is one `submit.py` call that waits (the client's own commands counted)
 `SETTLE_SECONDS` after it for the counts a process holds up to a second
 (tasks/state/metrics.py `FLUSH_EVERY`) to go in and be counted with their case, run
 `ROUNDS` times after a warm-up (the children's connections made); the median is
-shown. The ceiling: pages/s of `CEILING_JOBS` one-page jobs through the whole service
+shown. A round is a window of about 2 s, and the fleet's periodic work (the holders'
+sweep, the children's gauges, heartbeats, the health check of a connection idle since
+the idle measurement) lands in some windows and not others: the idle rate takes its
+average off, and five rounds keep a window it landed in from being the median.
+
+The ceiling: pages/s of `CEILING_JOBS` one-page jobs through the whole service
 (OcrClient enqueue and wait) against the same number of bare Celery no-op tasks
 (bench/_noop_app.py, 2 children, results stored and waited for) on the same Redis in
 the same run, in `CEILING_ROUNDS` interleaved rounds with both workers up (each idle
@@ -52,7 +57,7 @@ from devkit.harness import (
 )
 
 IDLE_SECONDS = 10.0
-ROUNDS = 3
+ROUNDS = 5
 # Seconds a case's count goes on after its call: its held metrics written (FLUSH_EVERY).
 SETTLE_SECONDS = 1.5
 # The ceiling's rounds: more and longer than the counts', since a round's rate on a
