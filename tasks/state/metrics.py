@@ -340,9 +340,9 @@ class MetricsStore:
         """Replace the gauges of pool child `pid`.
 
         The first time in this process, in one transaction (a key its pid's earlier
-        child left is dropped); then its fields are set, and those it no longer has
-        dropped after them: a scrape between the two sees a gauge gone a moment late,
-        never none.
+        child left is dropped); then its fields are set, and those missing from the
+        new set dropped after them: a scrape between the two sees a gauge gone a moment
+        late, never none.
         """
         mapping: dict[Any, Any] = {_field(n, labels): v for n, labels, v in samples}
         key = child_key(self.node, pid)

@@ -313,7 +313,7 @@ def test_metrics_store_and_collector(redis_url: str) -> None:
 def test_a_childs_gauges_are_rewritten_in_two_commands(redis_url: str) -> None:
     """After its first write, a child's gauges cost an HSET and an EXPIRE, no transaction.
 
-    A gauge it no longer has goes (one HDEL); a key its pid's earlier child left is
+    A gauge missing from the new set goes (one HDEL); a key its pid's earlier child left is
     replaced whole at the first write.
     """
     client = redis.Redis.from_url(redis_url)
