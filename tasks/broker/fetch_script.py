@@ -272,8 +272,9 @@ def fetch_parts(prefix: str, lists: tuple[Listed, ...], max_bytes: int, sep: str
         for name, ring, lanes, ack in entries:
             keys += [prefix + name, list_held_key(prefix + name) if ack else prefix + name]
             queue = name.split(sep, 1)[0] if sep else name
-            if ring and queue_wake_key(prefix + queue) not in wakes:
-                wakes.append(queue_wake_key(prefix + queue))
+            wake = queue_wake_key(prefix + queue)
+            if ring and wake not in wakes:
+                wakes.append(wake)
             args += ["1" if ack else "0", ring, lanes, f", \"\", {json.dumps(queue)}]",
                      str(step)]
     if keys:  # the set of lists with held records (a list where none is held)
