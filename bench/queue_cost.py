@@ -27,19 +27,25 @@ the same run, in `CEILING_ROUNDS` interleaved rounds with both workers up (each 
 while the other is measured); the ratio is the median of the rounds' ratios, so that a
 drift in the machine's load between the two halves does not read as a ratio. The
 service's children recycle after `OCR_MAX_TASKS_PER_CHILD` tasks as they do in
-production, so the rounds include their recycles.
+production, so the rounds include their recycles. Each round also gives the CPU a job
+of each side's processes (psutil): the client (this process), the worker parent, its
+pool children (those reaped in the round included) and the redis-server, so that a
+run says where the two sides differ.
 """
 
 from __future__ import annotations
 
+import contextlib
 import io
 import os
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import psutil
 import redis
 from PIL import Image
 
@@ -128,6 +134,36 @@ def service_rate(url: str, jobs: int) -> float:
     return jobs / seconds
 
 
+CPU_PARTS = ("client", "worker parent", "pool children", "redis-server")
+
+
+def cpu_seconds(worker_pid: int, redis_pid: int) -> dict[str, float]:
+    """CPU seconds so far of this process, a worker parent, its children, a redis-server.
+
+    A worker parent's children are its live ones and those it has reaped (their time is
+    added to the parent's `children_*` as each is reaped).
+    """
+    parent = psutil.Process(worker_pid).cpu_times()
+    children = parent.children_user + parent.children_system
+    for child in psutil.Process(worker_pid).children(recursive=True):
+        with contextlib.suppress(psutil.NoSuchProcess):
+            times = child.cpu_times()
+            children += times.user + times.system
+    me, server = psutil.Process().cpu_times(), psutil.Process(redis_pid).cpu_times()
+    return dict(zip(CPU_PARTS, (me.user + me.system, parent.user + parent.system, children,
+                                server.user + server.system), strict=True))
+
+
+def measured(rate: Callable[[], float], worker_pid: int, redis_pid: int,
+             jobs: int) -> tuple[float, dict[str, float]]:
+    """`rate()` (pages/s), and the ms of CPU a job each of `CPU_PARTS` spent meanwhile."""
+    before = cpu_seconds(worker_pid, redis_pid)
+    pages_per_second = rate()
+    after = cpu_seconds(worker_pid, redis_pid)
+    return pages_per_second, {part: (after[part] - before[part]) * 1000 / jobs
+                              for part in CPU_PARTS}
+
+
 def start_bare_celery(ctx: Context, url: str) -> ProcfileProcess:
     """A bare Celery worker (bench/_noop_app.py, 2 children) on `url`, ready."""
     env = {"NOOP_REDIS_URL": url, "PYTHONPATH": str(ROOT)}
@@ -185,9 +221,17 @@ def run(ctx: Context) -> Report:
         try:
             bare_celery_rate(jobs // 10)  # warm: its children's connections made
             data["ceiling_rounds"] = []
+            assert worker.proc is not None and bare.proc is not None
+            assert server.proc is not None
+            pids = {"service": worker.proc.pid, "celery": bare.proc.pid}
             for _ in range(ctx.size(CEILING_ROUNDS, 1)):
-                data["ceiling_rounds"].append({"service": service_rate(url, jobs),
-                                               "celery": bare_celery_rate(jobs)})
+                service, service_cpu = measured(lambda: service_rate(url, jobs),
+                                                pids["service"], server.proc.pid, jobs)
+                celery, celery_cpu = measured(lambda: bare_celery_rate(jobs),
+                                              pids["celery"], server.proc.pid, jobs)
+                data["ceiling_rounds"].append({
+                    "service": service, "celery": celery,
+                    "service_cpu_ms": service_cpu, "celery_cpu_ms": celery_cpu})
         finally:
             stop_group(bare.proc, grace=10)
     finally:
@@ -221,5 +265,16 @@ def report(data: dict[str, Any], rounds: int) -> Report:
                                                             strict=True))]
     ratios.append(Ratio("service / bare Celery pages/s (null engine)", ceiling,
                         f">= {GOAL_CEILING}", ceiling >= GOAL_CEILING))
-    return Report("queue_cost", tables=[table, speed], ratios=ratios, data=data,
-                  notes=[f"cpus: {os.cpu_count()}"])
+    return Report("queue_cost", tables=[table, speed, cpu_table(data["ceiling_rounds"])],
+                  ratios=ratios, data=data, notes=[f"cpus: {os.cpu_count()}"])
+
+
+def cpu_table(rounds: list[dict[str, Any]]) -> Table:
+    """The ceiling rounds' CPU a job by process, each side's median over the rounds."""
+    table = Table("Null-engine ceiling: CPU a job by process (psutil; ms, median of the "
+                  "rounds)", ["process", "service", "bare Celery", "service - bare"])
+    for part in (*CPU_PARTS, "all"):
+        sides = [median([sum(r[side].values()) if part == "all" else r[side][part]
+                         for r in rounds]) for side in ("service_cpu_ms", "celery_cpu_ms")]
+        table.rows.append([part, *sides, sides[0] - sides[1]])
+    return table
