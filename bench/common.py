@@ -28,7 +28,7 @@ from typing import TYPE_CHECKING, Any
 import psutil
 
 from devkit.cer import normalize
-from devkit.harness import CORPUS, ROOT, RedisServer, Worker
+from devkit.harness import CORPUS, ROOT, ProcfileProcess, RedisServer, Worker
 from tasks.client import OcrClient
 from tasks.settings import Settings
 
@@ -264,7 +264,7 @@ def worker_pids(result: dict[str, Any]) -> set[int]:
     return {int(p) for p in pids if p is not None}
 
 
-def worker_processes(worker: Worker) -> list[psutil.Process]:
+def worker_processes(worker: ProcfileProcess) -> list[psutil.Process]:
     """The worker's main process and its pool children."""
     if worker.proc is None:
         return []

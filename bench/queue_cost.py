@@ -49,7 +49,15 @@ import psutil
 import redis
 from PIL import Image
 
-from bench.common import BenchError, Context, Ratio, Report, Table, median
+from bench.common import (
+    BenchError,
+    Context,
+    Ratio,
+    Report,
+    Table,
+    median,
+    worker_processes,
+)
 from devkit.harness import (
     CORPUS,
     FAKE_PLUGINS,
@@ -137,29 +145,31 @@ def service_rate(url: str, jobs: int) -> float:
 CPU_PARTS = ("client", "worker parent", "pool children", "redis-server")
 
 
-def cpu_seconds(worker_pid: int, redis_pid: int) -> dict[str, float]:
+def cpu_seconds(worker: ProcfileProcess, server: RedisServer) -> dict[str, float]:
     """CPU seconds so far of this process, a worker parent, its children, a redis-server.
 
     A worker parent's children are its live ones and those it has reaped (their time is
     added to the parent's `children_*` as each is reaped).
     """
-    parent = psutil.Process(worker_pid).cpu_times()
+    main, *live = worker_processes(worker)
+    parent = main.cpu_times()
     children = parent.children_user + parent.children_system
-    for child in psutil.Process(worker_pid).children(recursive=True):
+    for child in live:
         with contextlib.suppress(psutil.NoSuchProcess):
             times = child.cpu_times()
             children += times.user + times.system
-    me, server = psutil.Process().cpu_times(), psutil.Process(redis_pid).cpu_times()
+    assert server.proc is not None
+    me, redis_cpu = psutil.Process().cpu_times(), psutil.Process(server.proc.pid).cpu_times()
     return dict(zip(CPU_PARTS, (me.user + me.system, parent.user + parent.system, children,
-                                server.user + server.system), strict=True))
+                                redis_cpu.user + redis_cpu.system), strict=True))
 
 
-def measured(rate: Callable[[], float], worker_pid: int, redis_pid: int,
+def measured(rate: Callable[[], float], worker: ProcfileProcess, server: RedisServer,
              jobs: int) -> tuple[float, dict[str, float]]:
     """`rate()` (pages/s), and the ms of CPU a job each of `CPU_PARTS` spent meanwhile."""
-    before = cpu_seconds(worker_pid, redis_pid)
+    before = cpu_seconds(worker, server)
     pages_per_second = rate()
-    after = cpu_seconds(worker_pid, redis_pid)
+    after = cpu_seconds(worker, server)
     return pages_per_second, {part: (after[part] - before[part]) * 1000 / jobs
                               for part in CPU_PARTS}
 
@@ -221,14 +231,11 @@ def run(ctx: Context) -> Report:
         try:
             bare_celery_rate(jobs // 10)  # warm: its children's connections made
             data["ceiling_rounds"] = []
-            assert worker.proc is not None and bare.proc is not None
-            assert server.proc is not None
-            pids = {"service": worker.proc.pid, "celery": bare.proc.pid}
             for _ in range(ctx.size(CEILING_ROUNDS, 1)):
-                service, service_cpu = measured(lambda: service_rate(url, jobs),
-                                                pids["service"], server.proc.pid, jobs)
-                celery, celery_cpu = measured(lambda: bare_celery_rate(jobs),
-                                              pids["celery"], server.proc.pid, jobs)
+                service, service_cpu = measured(lambda: service_rate(url, jobs), worker,
+                                                server, jobs)
+                celery, celery_cpu = measured(lambda: bare_celery_rate(jobs), bare, server,
+                                              jobs)
                 data["ceiling_rounds"].append({
                     "service": service, "celery": celery,
                     "service_cpu_ms": service_cpu, "celery_cpu_ms": celery_cpu})
