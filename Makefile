@@ -198,6 +198,7 @@ image: base-image wheels
 
 lint: $(VENV)/.dev
 	ruff check .
+	lint-imports --no-cache
 	mypy
 
 # Three test processes for `make test`: most of a test's time is spent waiting on the

@@ -19,9 +19,10 @@ import sys
 from types import FrameType
 
 import uvicorn
+from fastapi import FastAPI
 
-from tasks import tracing
-from tasks.api._access_log import log_config
+from tasks import console, tracing
+from tasks.api.access_log import log_config
 from tasks.api.app import create_api
 from tasks.settings import Settings, SettingsError
 
@@ -49,6 +50,21 @@ def _show_tracing_lines() -> None:
     logger.setLevel(logging.INFO)
 
 
+def serving_app(settings: Settings) -> FastAPI:
+    """The API's app with the console mounted: the app this process serves.
+
+    Also uvicorn's factory: `uvicorn --factory scripts.run_api:from_env`.
+    """
+    app = create_api(settings)
+    console.install(app)
+    return app
+
+
+def from_env() -> FastAPI:
+    """The uvicorn factory: the served app from the environment's settings."""
+    return serving_app(Settings.from_env())
+
+
 def main() -> int:
     try:
         settings = Settings.from_env()
@@ -63,7 +79,7 @@ def main() -> int:
     # Traces when an OTEL_* exporter is set: each request, and the job it sends.
     _show_tracing_lines()
     tracing.start("ocr-api")
-    app = create_api(settings)
+    app = serving_app(settings)
     tracing.instrument_fastapi(app)
     print(f"api: serving http://{address}:{port} (docs at /docs)", flush=True)
     for stop in (signal.SIGTERM, signal.SIGINT):

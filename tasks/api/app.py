@@ -1,5 +1,8 @@
 """The HTTP API's application: `create_api(settings)` builds the FastAPI app.
 
+The console (tasks/console/) sits a floor above it and is mounted into this app by
+the `api` process (scripts/run_api.py: `serving_app`).
+
 Runs in the `api` process (Procfile; `scripts/run_api.py` serves it with uvicorn). It
 talks only to Redis and sends tasks by name, so it imports no engine, MLX or PyMuPDF
 and starts in well under a second. The docs page (`/docs`) is served from files in
@@ -32,7 +35,6 @@ from tasks.api._uploads import ENVELOPE_BYTES, DrainRefused
 from tasks.api._usage import router as usage_router
 from tasks.api.sessions import Sessions
 from tasks.client import OcrClient
-from tasks.console import install as install_console
 from tasks.errors import OcrError
 from tasks.queue.app import sending_app
 from tasks.settings import Settings
@@ -58,10 +60,9 @@ def create_api(settings: Settings, client: OcrClient | None = None) -> FastAPI:
     app.include_router(usage_router)  # GET /v1/usage
     app.include_router(batches_router)  # /v1/batches
     app.include_router(pages_router)  # /v1/jobs/{id}/pages: lines, images, corrections
-    # the console (tasks/console/) and its sign-in sessions, which the routes above take
-    # in place of a bearer token
+    # the console's sign-in sessions, which the routes above take in place of a bearer
+    # token; the console itself is mounted where the app is served (scripts/run_api.py)
     app.state.sessions = Sessions(connect(settings.redis_target, patient=False))
-    install_console(app)
     readiness = app.state.service.readiness
     app.router.add_event_handler("startup", readiness.start)  # the snapshot /readyz reads
     app.router.add_event_handler("shutdown", readiness.stop)
@@ -78,11 +79,6 @@ def create_api(settings: Settings, client: OcrClient | None = None) -> FastAPI:
     app.add_middleware(DrainRefused, limit=2 * settings.max_input_bytes + ENVELOPE_BYTES,
                        timeout=settings.api_body_timeout)
     return app
-
-
-def from_env() -> FastAPI:
-    """The uvicorn factory (`uvicorn --factory tasks.api.app:from_env`)."""
-    return create_api(Settings.from_env())
 
 
 def _body(code: str, message: str, retryable: bool = False) -> dict[str, Any]:

@@ -15,7 +15,7 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Query, Request
 from fastapi.responses import HTMLResponse
 
-from tasks.api._batches import BatchService
+from tasks.api.services import BatchService
 from tasks.console._web import PREFIX, render, service_of, signed_in
 from tasks.errors import OcrError
 from tasks.lifecycle.batch_manifest import latest_lines

@@ -15,8 +15,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from tasks.api._schemas import JobOptions
-from tasks.api._service import JobService
+from tasks.api.services import JobOptions, JobService
 from tasks.api.tokens import ApiClient
 from tasks.errors import BadRequest
 from tasks.lifecycle import page_views

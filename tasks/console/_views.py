@@ -15,10 +15,16 @@ from urllib.parse import quote
 from fastapi import APIRouter, Form, Path, Query, Request
 from fastapi.responses import HTMLResponse, RedirectResponse, Response
 
-from tasks.api._errors import NotFound, Unauthorized, http_status
-from tasks.api._listing import STATUSES, list_jobs, parse_statuses
-from tasks.api._schemas import FINAL_STATUSES
-from tasks.api._usage import client_usage
+from tasks.api.services import (
+    FINAL_STATUSES,
+    STATUSES,
+    NotFound,
+    Unauthorized,
+    client_usage,
+    http_status,
+    list_jobs,
+    parse_statuses,
+)
 from tasks.api.sessions import COOKIE, SESSION_SECONDS, CsrfFailed, Session
 from tasks.console._charts import bars
 from tasks.console._compare import ENGINE_NAMES, compare, page_of, read_again

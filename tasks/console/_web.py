@@ -17,7 +17,7 @@ from fastapi.staticfiles import StaticFiles
 from fastapi.templating import Jinja2Templates
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from tasks.api._service import JobService
+from tasks.api.services import JobService
 from tasks.api.sessions import COOKIE, Session, Sessions
 
 HERE = Path(__file__).parent

@@ -13,7 +13,7 @@
 - `repetition`: the repetition guard (token ids, and streamed text pieces).
 - `word_placement`: the model's words on another engine's word boxes.
 - `server_gate`: the vlm-api engine's view of its server (up, or down and watched).
-- The one "is the inference server up?" check is `tasks/server_probe.py`, outside this
-  package (standard library only: client processes call it through
+- The one "is the inference server up?" check is `tasks/server_probe.py`, a floor below
+  the engines (standard library only: client processes call it through
   tasks/inference_server.py without importing any engine module).
 """
