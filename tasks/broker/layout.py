@@ -66,7 +66,7 @@ LANE_WEIGHTS_KEY = ROOT + "lane-weights"  # hash: client -> weight (the API's to
 LAYOUT_KEY = ROOT + "layout"
 LAYOUT_VERSION = 3
 LAYOUT_OLDEST = 1
-# Layout version 3 (Cluster-ready): every key beside one of a queue's lists L takes L
+# Layout version 3: every key beside one of a queue's lists L takes L
 # as its hash tag (`{L}:...`: in the slot of L itself, where every kombu client pushes),
 # so that a fetch from L, its lanes and its ring, and the record it holds, touch one
 # slot: its held records `{L}:held`, a client's lane `{L}:lane:<client>`, its ring of
