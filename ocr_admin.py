@@ -203,7 +203,8 @@ def build_tokens_parser(parser: argparse.ArgumentParser) -> None:
                         help="most requests a minute (0: no limit; default "
                              "OCR_API_REQUESTS_PER_MINUTE)")
     create.add_argument("--max-bytes", type=int, metavar="N",
-                        help="most bytes of input waiting in Redis (0: no limit; default "
+                        help="most bytes stored in Redis: inputs waiting and line "
+                             "corrections (0: no limit; default "
                              "OCR_API_CLIENT_MAX_BYTES)")
     for flag, period in (("--pages-per-day", "a day"), ("--pages-per-month", "a month")):
         create.add_argument(flag, type=int, metavar="N",

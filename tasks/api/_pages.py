@@ -127,7 +127,7 @@ async def get_page_image(request: Request, job_id: str, number: PageNumber, call
 
 
 @router.get("/v1/jobs/{job_id}/pages/{number}/lines/{line}",
-            summary="A line with every version of its correction",
+            summary="A line with the kept versions of its correction",
             responses=_errors(404, 409, *COMMON))
 def get_line(request: Request, job_id: str, number: PageNumber, line: LineId,
              caller: Caller) -> dict[str, Any]:
@@ -161,6 +161,8 @@ def _correct(request: Request, job_id: str, number: int, line: str, text: str | 
     result = _result(service, caller, job_id)
     try:
         return page_views.correct_line(result, job_id, number, line, text, caller.name,
-                                       _corrections(service, caller))
+                                       _corrections(service, caller),
+                                       versions=service.settings.correction_versions,
+                                       limit=service.max_bytes(caller))
     except page_views.Missing as exc:
         raise _missing(exc) from None

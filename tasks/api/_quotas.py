@@ -1,10 +1,11 @@
-"""Bytes a client of the HTTP API may have waiting in Redis (OCR_API_CLIENT_MAX_BYTES).
+"""Bytes a client of the HTTP API may have stored in Redis (OCR_API_CLIENT_MAX_BYTES).
 
 Runs in the `api` process. Every key that holds a client's input bytes (an upload
 being received, then the job's blob) is a member of the client's set
-`ocr:api:bytes:<client>`; what the client has waiting is the sum of those keys'
-lengths, measured in Redis (STRLEN), so a blob that a worker deleted at the job's end,
-or that expired, stops counting by itself. The check and the append are one Lua
+`ocr:api:bytes:<client>`. What counts against the limit is the client's stored
+bytes (tasks/state/stored_bytes.py): those keys' lengths, measured in Redis (STRLEN),
+and its line corrections' bytes. So a blob that a worker deleted at the job's end, or
+that expired, stops counting by itself. The check and the append are one Lua
 script: two uploads of one client at the same time cannot both pass a check that only
 one of them fits in. Nothing is written when a piece does not fit.
 """
@@ -15,20 +16,15 @@ from typing import Any
 
 import redis
 
-from tasks.state.keys import api_bytes_key
+from tasks.state.keys import api_bytes_key, corrections_bytes_key
+from tasks.state.stored_bytes import STORED
 
-# KEYS[1]: the client's set; KEYS[2]: the key to append to. ARGV: data, limit (0: no
-# limit), TTL. Returns the bytes waiting after the append, or -1 (nothing written).
+# KEYS[1]: the client's set; KEYS[2]: the key to append to; KEYS[3]: its corrections'
+# bytes. ARGV: data, limit (0: no limit), TTL. Returns the bytes stored after the
+# append, or -1 (nothing written).
 # Members are listed in the set, not in KEYS: one Redis, never a cluster.
-_APPEND = """
-local total = 0
-for _, member in ipairs(redis.call('SMEMBERS', KEYS[1])) do
-  local size = redis.call('STRLEN', member)
-  if size == 0 and member ~= KEYS[2] then
-    redis.call('SREM', KEYS[1], member)
-  end
-  total = total + size
-end
+_APPEND = STORED + """
+local total = stored(KEYS[1], KEYS[3], KEYS[2])
 local limit = tonumber(ARGV[2])
 if limit > 0 and total + string.len(ARGV[1]) > limit then
   return -1
@@ -40,17 +36,10 @@ redis.call('EXPIRE', KEYS[1], ARGV[3])
 return total + string.len(ARGV[1])
 """
 
-# KEYS[1]: the client's set. Returns the bytes waiting (and drops members gone).
-_USAGE = """
-local total = 0
-for _, member in ipairs(redis.call('SMEMBERS', KEYS[1])) do
-  local size = redis.call('STRLEN', member)
-  if size == 0 then
-    redis.call('SREM', KEYS[1], member)
-  end
-  total = total + size
-end
-return total
+# KEYS[1]: the client's set, KEYS[2]: its corrections' bytes. Returns the bytes stored
+# (and drops members gone).
+_USAGE = STORED + """
+return stored(KEYS[1], KEYS[2], '')
 """
 
 # KEYS[1]: the client's set, KEYS[2]: the upload, KEYS[3]: the blob it becomes. ARGV: TTL.
@@ -75,7 +64,10 @@ return 1
 
 
 class ClientBytes:
-    """Each client's waiting input bytes, checked against its limit (thread-safe)."""
+    """Each client's input bytes, checked with its stored bytes against its limit.
+
+    Thread-safe.
+    """
 
     def __init__(self, client: redis.Redis, ttl: int) -> None:
         self._redis = client
@@ -87,13 +79,13 @@ class ClientBytes:
 
     def append(self, name: str, key: str, data: bytes, limit: int) -> bool:
         """Append `data` to `key` if the client stays within `limit` (0: none)."""
-        waiting = self._append(keys=[api_bytes_key(name), key],
-                               args=[data, limit, self._ttl])
-        return int(waiting) >= 0
+        stored = self._append(keys=[api_bytes_key(name), key, corrections_bytes_key(name)],
+                              args=[data, limit, self._ttl])
+        return int(stored) >= 0
 
-    def waiting(self, name: str) -> int:
-        """The bytes of the client's inputs stored in Redis now."""
-        return int(self._usage(keys=[api_bytes_key(name)]))
+    def stored(self, name: str) -> int:
+        """The client's bytes stored in Redis now: its inputs and its corrections."""
+        return int(self._usage(keys=[api_bytes_key(name), corrections_bytes_key(name)]))
 
     def adopt(self, name: str, upload: str, blob: str) -> None:
         """The upload becomes the job's blob (RENAME keeps its TTL); it still counts."""

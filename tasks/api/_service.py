@@ -26,7 +26,7 @@ import redis
 from tasks import inference_server
 from tasks.admission import Books
 from tasks.api._access import ClientAccess, own_limit
-from tasks.api._errors import IdempotencyKeyReused, NotFinished, NotFound, QuotaExceeded
+from tasks.api._errors import IdempotencyKeyReused, NotFinished, NotFound
 from tasks.api._job_inputs import input_kwargs
 from tasks.api._quotas import ClientBytes
 from tasks.api._readiness import ReadinessCheck
@@ -54,6 +54,7 @@ from tasks.state.corrections import Corrections
 from tasks.state.job_state import Marks
 from tasks.state.keys import API_UPLOAD_PREFIX, api_blob_key, api_upload_key
 from tasks.state.liveness import WorkerPresence
+from tasks.state.stored_bytes import over_quota
 from tasks.state.stores import BlobStore, OutputStore
 from tasks.state.usage import PageCaps, PageUsage
 
@@ -100,7 +101,7 @@ class JobService:
         """Append a piece of an upload, within the client's bytes quota (else 429)."""
         limit = self.max_bytes(caller)
         if not self.bytes.append(caller.name, key, data, limit):
-            raise _over_bytes(limit)
+            raise over_quota(limit)
 
     def max_bytes(self, caller: ApiClient) -> int:
         return own_limit(caller.max_bytes, self.settings.api_client_max_bytes)
@@ -108,8 +109,8 @@ class JobService:
     def check_room(self, caller: ApiClient, size: int) -> None:
         """Refuse, before reading it, an upload of `size` bytes the quota cannot take."""
         limit = self.max_bytes(caller)
-        if limit and size > limit - self.bytes.waiting(caller.name):
-            raise _over_bytes(limit)
+        if limit and size > limit - self.bytes.stored(caller.name):
+            raise over_quota(limit)
 
     def discard(self, caller: ApiClient, key: str | None) -> None:
         """Delete an upload that will not become a job's input, and its bytes record."""
@@ -354,12 +355,6 @@ class JobService:
 
 def _caps(rules: ClientRules) -> PageCaps:
     return PageCaps(rules.pages_per_day, rules.pages_per_month)
-
-
-def _over_bytes(limit: int) -> QuotaExceeded:
-    return QuotaExceeded(f"the client's inputs waiting in Redis would pass its quota of "
-                         f"{limit} bytes (OCR_API_CLIENT_MAX_BYTES); nothing was stored",
-                         headers={"Retry-After": "30"})
 
 
 def _fingerprint(options: JobOptions, filename: str) -> str:

@@ -65,6 +65,8 @@ FAMILIES: tuple[KeyFamily, ...] = (
     KeyFamily("clients' records", ("ocr:api:clients",)),
     KeyFamily("webhook secrets", ("ocr:api:webhook:alice",)),
     KeyFamily("uploads and bytes quotas", ("ocr:api:upload:1", "ocr:api:bytes:alice")),
+    KeyFamily("line corrections and their bytes", ("ocr:corrections:alice",
+                                                   "ocr:corrections:alice:bytes")),
     KeyFamily("page usage", ("ocr:usage:day:2026-01-01", "ocr:usage:month:2026-01")),
     KeyFamily("pages held for jobs sent", ("ocr:usage:held:alice",)),
     KeyFamily("result cache", ("ocr:cache:1",)),

@@ -174,10 +174,12 @@ USERS: tuple[RedisUser, ...] = (
     RedisUser(
         "api", "the HTTP API (Procfile `api`)",
         # its upload quota scripts (tasks/api/_quotas.py): APPEND, RENAME, STRLEN, SREM;
-        # line corrections (tasks/state/corrections.py): WATCH, HDEL
+        # line corrections (tasks/state/corrections.py): WATCH, HSCAN, and their write
+        # script: HSTRLEN, HSET, HDEL, INCRBY, SET
         (*SEND, "append", "rename", "strlen", "srem", "hset", "hget", "hgetall", "hmget",
          "set", "del", "exists", "expire", "incr", "zrem", "zrange", *_LISTING,
-         "zrevrangebyscore", "hlen", *_NOTICE_READ, *_RESERVE, "watch", "unwatch", "hdel"),
+         "zrevrangebyscore", "hlen", *_NOTICE_READ, *_RESERVE, "watch", "unwatch", "hdel",
+         "hscan", "hstrlen", "incrby"),
         keys=(*QUEUES, *BINDINGS, *WAKE, *LANES, *_JOB_INDEX, *_BATCHES, "ocr:job:*",
               "ocr:blob:*", "ocr:api:job:*", "ocr:api:idem:*", "ocr:api:rate:*",
               "ocr:api:inflight:*", "ocr:api:upload:*", "ocr:api:bytes:*", *_PAGE_HOLDS,

@@ -117,7 +117,7 @@ def _corrections_of(result: Mapping[str, Any], number: int,
 
 def line_history(result: Mapping[str, Any], number: int, ident: str,
                  corrections: Corrections) -> dict[str, Any]:
-    """The line with every version of its correction (`versions`, oldest first)."""
+    """The line with the kept versions of its correction (`versions`, oldest first)."""
     page = result_page(result, number)
     lines = _page_lines().page_lines(page)
     index, line = _line(lines, ident)
@@ -136,10 +136,14 @@ def _line(lines: Sequence[PageLine], ident: str) -> tuple[int, PageLine]:
 
 
 def correct_line(result: Mapping[str, Any], job_id: str, number: int, ident: str,
-                 text: str | None, by: str, corrections: Corrections) -> dict[str, Any]:
+                 text: str | None, by: str, corrections: Corrections, *, versions: int,
+                 limit: int) -> dict[str, Any]:
     """Correct line `ident` of page `number` (`text` None: revert it); the line's JSON.
 
-    The page's corrected text is kept as ground truth (`corrected_pages`).
+    The answer is the line with its record's versions: the last `versions` kept. The
+    page's corrected text is kept as ground truth (`corrected_pages`), written with
+    the line's record. A correction that would take the client's stored bytes past
+    `limit` (0: none) is refused, `QuotaExceeded`, and nothing is written.
     """
     if text is not None and (len(text) > MAX_TEXT or "\n" in text or "\f" in text):
         raise BadRequest(f"a line's text is one line of at most {MAX_TEXT} characters")
@@ -151,16 +155,22 @@ def correct_line(result: Mapping[str, Any], job_id: str, number: int, ident: str
         raise BadRequest(f"page {number} failed; it has no lines to correct")
     lines = _page_lines().page_lines(page)
     index, line = _line(lines, ident)
-    corrections.correct(str(digest), number, line_box(line, index), line.text, text, by)
-    found = corrections.for_page(str(digest), number)
-    by_line = matched(lines, found)
-    changes = {k: str(c.current.text) for k, c in by_line.items()}
-    corrections.record_page(CorrectedPage(
-        str(digest), number,
-        _page_lines().corrected_text(str(page.get("text", "")), lines, changes),
-        page.get("engine"), page.get("lang"), job_id, len(changes),
-        max((c.current.at for c in by_line.values()), default=0.0)))
-    return line_history(result, number, ident, corrections)
+
+    def corrected(found: Sequence[LineCorrection]) -> CorrectedPage:
+        by_line = matched(lines, found)
+        changes = {k: str(c.current.text) for k, c in by_line.items()}
+        return CorrectedPage(
+            str(digest), number,
+            _page_lines().corrected_text(str(page.get("text", "")), lines, changes),
+            page.get("engine"), page.get("lang"), job_id, len(changes),
+            max((c.current.at for c in by_line.values()), default=0.0))
+
+    record, found = corrections.correct(str(digest), number, line_box(line, index),
+                                        line.text, text, by, versions=versions,
+                                        limit=limit, page_of=corrected)
+    body = line_json(line, matched(lines, found).get(line.id))
+    body["versions"] = [v.to_json() for v in record.versions]
+    return body
 
 
 def corrected_result(result: Mapping[str, Any], corrections: Corrections | None

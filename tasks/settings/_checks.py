@@ -154,6 +154,8 @@ def validate(settings: Settings) -> None:
                             "digits, . _ - (up to 64, starting with a letter or digit)")
     if settings.api_body_timeout <= 0:
         raise SettingsError("OCR_API_BODY_TIMEOUT must be positive")
+    if settings.correction_versions < 1:
+        raise SettingsError("OCR_CORRECTION_VERSIONS must be 1 or more")
     if settings.model_heartbeat_seconds <= 0:
         raise SettingsError("OCR_MODEL_HEARTBEAT_SECONDS must be positive")
     for name in ("prune_unused_days", "prune_grace_minutes", "idle_unload_seconds",

@@ -56,11 +56,18 @@ class ClientSettings:
                                  "are answered 429 `quota_exceeded` (0: no limit; `submit.py "
                                  "tokens create|set --jobs-in-flight` sets one client's own).")
     api_client_max_bytes: int = _s("OCR_API_CLIENT_MAX_BYTES", "268435456",
-                                   "HTTP API: most bytes of input one client may have "
-                                   "waiting in Redis (uploads being received and inputs of "
-                                   "unfinished jobs; default 256 MB); an upload that would "
-                                   "pass it is answered 429 `quota_exceeded` and nothing of "
-                                   "it is kept (0: no limit; per client: --max-bytes).")
+                                   "HTTP API: most bytes one client may have stored in "
+                                   "Redis: uploads being received, inputs of unfinished "
+                                   "jobs and its line corrections (default 256 MB). An "
+                                   "upload or a correction that would pass it is answered "
+                                   "429 `quota_exceeded` and nothing of it is kept (0: no "
+                                   "limit; per client: --max-bytes).")
+    correction_versions: int = _s("OCR_CORRECTION_VERSIONS", "5",
+                                  "HTTP API: versions of a corrected line kept (its text, "
+                                  "who, when), newest last; a new one drops the oldest. "
+                                  "Corrections have no TTL: this bound, a line's 10,000 "
+                                  "characters and the client's bytes quota "
+                                  "(OCR_API_CLIENT_MAX_BYTES) hold them.")
     api_body_timeout: float = _s("OCR_API_BODY_TIMEOUT", "120",
                                  "HTTP API: seconds a request's body may take to arrive; "
                                  "an upload still arriving then is answered 408 "

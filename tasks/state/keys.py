@@ -7,7 +7,8 @@ model registry, the poison guard, the metrics exporter and the HTTP API; other c
 asks those for keys rather than building them. Every key is under `ocr:` and every
 key has a TTL, except the HTTP API's client tokens (`ocr:api:token:*`,
 `ocr:api:clients`), which live until revoked, and a client's line corrections
-(`ocr:corrections:*`), a person's work, which live until reverted. The broker's
+(`ocr:corrections:*`), a person's work, bounded instead: a few versions a line
+(OCR_CORRECTION_VERSIONS), counted in the client's bytes quota. The broker's
 keys (queues' lists, lanes, rings, doorbells, dead letters, kombu's unacknowledged
 messages) are not here: their one owner is tasks/broker/layout.py.
 """
@@ -45,8 +46,8 @@ API_BYTES_PREFIX = API_PREFIX + "bytes:"      # <client>: bytes of its inputs wa
 API_SESSION_PREFIX = API_PREFIX + "session:"  # a console sign-in (tasks/api/sessions.py)
 # Page previews (tasks/state/previews.py): ocr:preview:<job id>:<page>, as long as results.
 PREVIEW_PREFIX = ROOT + "preview:"
-# Line corrections (tasks/state/corrections.py): ocr:corrections:<client> and
-# ocr:corrections:<client>:<sha256> (no TTL).
+# Line corrections (tasks/state/corrections.py): ocr:corrections:<client>,
+# ocr:corrections:<client>:<sha256> and their size ocr:corrections:<client>:bytes (no TTL).
 CORRECTIONS_PREFIX = ROOT + "corrections:"
 # Batches (tasks/state/batch_store.py): ocr:batch:<id> and its :flight, :seen and :lock.
 BATCH_PREFIX = ROOT + "batch:"
@@ -183,3 +184,8 @@ def corrections_key(client: str, digest: str) -> str:
 def corrected_pages_key(client: str) -> str:
     """`ocr:corrections:<client>`: the client's corrected pages, `<sha256>:<page>` each."""
     return f"{CORRECTIONS_PREFIX}{client}"
+
+
+def corrections_bytes_key(client: str) -> str:
+    """`ocr:corrections:<client>:bytes`: the bytes of the client's correction records."""
+    return f"{CORRECTIONS_PREFIX}{client}:bytes"

@@ -5,7 +5,9 @@ corpus's small phototest scan): the page's JSON (lines with boxes, confidences a
 words), its image (the preview the worker kept: WebP, `Cache-Control: private`, a
 smaller copy on `?width=`), another client's 404, a line corrected and carried by
 every text output (`original=true` not), its versions, its revert, a later job of the
-same document carrying it, and the corrected page as ground truth.
+same document carrying it, and the corrected page as ground truth. A line keeps its
+last few versions however often it is corrected, and corrections count against the
+client's bytes quota.
 """
 
 from __future__ import annotations
@@ -275,3 +277,75 @@ def test_eval_scores_engines_on_the_corrected_pages(
         timeout=120)
     assert unknown.returncode == 0, unknown.stderr
     assert [json.loads(line) for line in unknown.stdout.splitlines()] == [{"summary": {}}]
+
+
+LONGEST = 10_000  # characters: the longest text a line takes
+VERSIONS = 5  # OCR_CORRECTION_VERSIONS's default
+
+
+def test_a_line_keeps_a_few_versions_and_a_put_answers_the_line(
+        api: ApiServer, redis_url: str) -> None:
+    """300 PUTs of the longest text to one line: its record stays small.
+
+    The record keeps the last few versions, and each answer is the line with them,
+    never the history of every PUT.
+    """
+    carol = session(create_token(redis_url, "carol"))
+    job_id = read(carol, api)
+    digest = json.loads(result(carol, api, job_id, "json"))["sha256"]
+    target = page(carol, api, job_id).json()["lines"][0]
+    url = f"{api.url}/v1/jobs/{job_id}/pages/1/lines/{target['id']}"
+    for n in range(1, 301):
+        text = f"{n:03d}" + "x" * (LONGEST - 3)
+        answer = carol.put(url, json={"text": text}, timeout=30)
+        assert answer.status_code == 200, answer.text
+        # the line (its text, original and words) and its versions: no more
+        assert len(answer.content) < (VERSIONS + 3) * LONGEST, (n, len(answer.content))
+        line = answer.json()
+        assert line["text"] == text and line["corrected"]["version"] == n
+        assert [v["version"] for v in line["versions"]] == list(
+            range(max(1, n - VERSIONS + 1), n + 1))
+    kept = redis.Redis.from_url(redis_url).hgetall(f"ocr:corrections:carol:{digest}")
+    assert len(kept) == 1 and len(next(iter(kept.values()))) < (VERSIONS + 1) * LONGEST
+    shown = carol.get(url, timeout=10).json()
+    assert shown["text"].startswith("300") and len(shown["versions"]) == VERSIONS
+    truth = corrected_pages(redis.Redis.from_url(redis_url), "carol")
+    assert [p.corrected_lines for p in truth] == [1] and "300x" in truth[0].text
+
+
+def test_corrections_count_against_the_clients_bytes_quota(
+        api: ApiServer, redis_url: str) -> None:
+    """Corrections past a client's `--max-bytes` are refused: 429 `quota_exceeded`.
+
+    The client (200,000 bytes) corrects lines until one is refused; nothing of that
+    one is kept, and its uploads share the room left.
+    """
+    quota = 200_000  # the scan (38 KB) fits while its job runs
+    dana = session(create_token(redis_url, "dana", "--max-bytes", str(quota)))
+    job_id = read(dana, api)
+    lines = page(dana, api, job_id).json()["lines"]
+    assert len(lines) >= 4, lines  # 4 lines of 5 versions pass the quota
+    base = f"{api.url}/v1/jobs/{job_id}/pages/1/lines"
+    accepted: dict[str, str] = {}
+    refused = None
+    for n in range(1, 6 * len(lines)):
+        line = lines[n % len(lines)]
+        text = f"{n:03d}" + "y" * (LONGEST - 3)
+        answer = dana.put(f"{base}/{line['id']}", json={"text": text}, timeout=30)
+        if answer.status_code != 200:
+            refused = (answer, line["id"])
+            break
+        accepted[line["id"]] = text
+    assert refused is not None, "every correction was kept"
+    answer, refused_line = refused
+    assert answer.status_code == 429, answer.text
+    assert answer.json()["error"]["code"] == "quota_exceeded"
+    assert answer.headers["Retry-After"]
+    engine_read = {each["id"]: each["text"] for each in lines}
+    shown = {each["id"]: each for each in page(dana, api, job_id).json()["lines"]}
+    assert shown[refused_line]["text"] == accepted.get(refused_line,
+                                                       engine_read[refused_line])
+    # The room left is less than the scan: its upload is refused as well.
+    again = dana.post(f"{api.url}/v1/jobs", data={"lang": "eng"}, files={
+        "file": (SCAN, corpus(SCAN).read_bytes())}, timeout=30)
+    assert again.status_code == 429 and again.json()["error"]["code"] == "quota_exceeded"

@@ -22,14 +22,16 @@ from collections.abc import Iterator
 import pytest
 import redis
 
+from tasks.api._quotas import ClientBytes
 from tasks.broker import binding_expiry, layout, scripts
 from tasks.broker.acl_matrix import END, FAMILIES, NONE, READ_WRITE, START, key_access, markdown
 from tasks.broker.holders import HolderSweep
 from tasks.broker.redis_acl import USERS, RedisUser
-from tasks.errors import PageQuotaExceeded
+from tasks.errors import PageQuotaExceeded, QuotaExceeded
 from tasks.records.batches import BatchRecord
 from tasks.state.batch_store import BatchStore
 from tasks.state.client_rules import InFlight
+from tasks.state.corrections import CorrectedPage, Corrections, LineCorrection
 from tasks.state.usage import PageCaps, PageUsage
 from tests.harness import ROOT
 from tests.redis_tls import AclRedisServer
@@ -179,6 +181,34 @@ def test_the_reservation_scripts_run_as_each_sending_role(server: AclRedisServer
         assert store.create_within(record, 1) is None
     finally:
         sender.close()
+
+
+def test_a_correction_and_an_upload_run_as_the_api(server: AclRedisServer) -> None:
+    """A line's correction and an upload's piece run as the `api` user.
+
+    The correction reads its page's records and runs its write script; both are
+    counted in one sum, and the correction past it is refused.
+    """
+    api = redis.Redis.from_url(server.url("api"))
+    digest = "d" * 64
+
+    def page_of(found: list[LineCorrection]) -> CorrectedPage:
+        return CorrectedPage(digest, 1, "the page", None, None, "j1", len(found), 0.0)
+
+    try:
+        quota = ClientBytes(api, 60)
+        assert quota.append("acl", "ocr:api:upload:acl", b"x" * 100, 1000)
+        corrections = Corrections(api, "acl")
+        record, found = corrections.correct(digest, 1, (0, 0, 10, 10), "read", "new", "acl",
+                                            versions=5, limit=1000, page_of=page_of)
+        assert found == [record] == corrections.for_page(digest, 1)
+        assert 100 < quota.stored("acl") < 1000
+        with pytest.raises(QuotaExceeded):
+            corrections.correct(digest, 1, (0, 0, 10, 10), "read", "y" * 900, "acl",
+                                versions=5, limit=1000, page_of=page_of)
+        assert corrections.for_page(digest, 1) == [record]
+    finally:
+        api.close()
 
 
 def test_the_security_page_shows_the_matrix() -> None:
