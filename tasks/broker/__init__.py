@@ -28,12 +28,13 @@ script reads the envelope: the fetch holds a message under a delivery tag the wo
 chose, in one record whose head says when it was taken, by whom and from where, then
 `[message, "", queue]` (the restore sends it back to the queue it came from); records
 of the envelope's tag, exchange and routing key (a `basic_get`'s, or a stock kombu
-worker's in `unacked`) are acknowledged and restored alike. Layout version 3: every
-key beside a list L takes L as its hash tag (`{L}:...`, in L's own slot). Redis
-Cluster is not supported: one fetch touches several slots (docs/scaling.md). Workers
-of the releases before keep theirs in version 2's `unacked_held` and version 1's `unacked`, `unacked_index` and `unacked_holders`, and clients of the
-release before write version 2's lanes and rings: this release's workers restore,
-sweep and count those records too, move those lanes into their own, and write none.
+worker's in `unacked`) are acknowledged and restored alike. Layout version 3: every key
+beside a list L takes L as its hash tag (`{L}:...`, in L's own slot). Redis Cluster is
+not supported: one fetch touches several slots (docs/scaling.md). Workers of the
+releases before keep theirs in version 2's `unacked_held` and version 1's `unacked`,
+`unacked_index` and `unacked_holders`, and clients of the release before write version
+2's lanes and rings: this release's workers restore, sweep and count those records too,
+move those lanes into their own, and write none.
 
 The key layout, owned by `layout` (nothing else spells these names):
 
