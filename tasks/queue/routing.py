@@ -17,7 +17,7 @@ from tasks.settings import Settings
 
 DEFAULT_QUEUE = "ocr"
 # Light tasks (ocr.cancel, HTTP callbacks without a job queue): every worker consumes it, and the
-# Procfile's `control` worker serves only it, so a cancel never waits for a busy pool.
+# Procfile's `control` worker serves it, so a cancel never waits for a busy pool.
 CONTROL_QUEUE = "ocr-control"
 # A batch's driver steps (`ocr.batch_step`), which read the client's source and HEAD its
 # documents: only the control worker consumes it, and holds each client's steps to a few

@@ -91,6 +91,7 @@ class SlowOrigin:
     def stop(self) -> None:
         self.stopping.set()
         self.server.shutdown()
+        self.server.server_close()  # later requests refused, not left in the backlog
 
 
 @pytest.fixture(scope="module")

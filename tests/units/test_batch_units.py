@@ -31,7 +31,6 @@ from tasks.lifecycle.batch_sources import (
 )
 from tasks.lifecycle.fetcher import Fetcher
 from tasks.queue.batch_slots import StepSlots
-from tasks.queue.routing import BATCH_QUEUE, CONTROL_QUEUE, is_job_queue, route_task
 from tasks.records.batches import BatchRecord, BatchState
 from tasks.settings import Settings
 from tasks.state.batch_store import BatchStore, progress_of
@@ -370,8 +369,3 @@ def test_batch_steps_hold_a_few_threads_a_client_and_leave_the_pools_last() -> N
         assert again  # each let go at its block's end
     assert StepSlots(per_client=1, pool_threads=1).total == 1
 
-
-def test_batch_steps_go_to_their_own_queue_not_the_control_queue() -> None:
-    assert route_task("ocr.batch_step", (), {}, {}) == {"queue": BATCH_QUEUE}
-    assert route_task("ocr.cancel", (), {}, {}) == {"queue": CONTROL_QUEUE}
-    assert not is_job_queue(BATCH_QUEUE) and BATCH_QUEUE != CONTROL_QUEUE
