@@ -3,9 +3,9 @@
 `job_queue` is the one rule of where a job goes: the queue of the engine it names (or was
 given by its worker, for its pages), else `ocr`. `route_task` is Celery's router (that
 rule for `ocr.document`; cancels and callbacks to the control queue, batch steps to the
-batch queue); the client records
-the same queue beside the job, and a fanned-out PDF sends its pages there. Runs in every
-process that sends or serves tasks (clients too: nothing heavy is imported here).
+batch queue); the client records the same queue beside the job, and a fanned-out PDF
+sends its pages there. Runs in every process that sends or serves tasks (clients too:
+nothing heavy is imported here).
 """
 
 from __future__ import annotations
