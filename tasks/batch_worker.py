@@ -1,7 +1,11 @@
-"""`ocr.batch_step`: a batch's driver, one step at a time, on the control queue.
+"""`ocr.batch_step`: a batch's driver, one step at a time, on the batch queue.
 
-Runs in the workers: task bodies in the pool children and the control worker,
-`resume_batches` in the worker parent once it is ready. Thin: the step is
+Runs in the workers: task bodies in the control worker's threads (the one worker that
+consumes the batch queue, tasks/queue/routing.py), `resume_batches` in every worker
+parent once it is ready. A step runs only while its client holds fewer than
+OCR_BATCH_THREADS_PER_CLIENT of the pool's threads and the pool keeps a thread for
+cancels and callbacks (tasks/queue/batch_slots.py); else it reads nothing and is sent
+again after OCR_BATCH_STEP_SECONDS. Thin: the step is
 tasks/lifecycle/batches.py; here are its ports in a worker (the batch's source and
 target, the gate for each document, the one sender, job endings, cancel, the end's
 webhook) and the chain of steps: a step that returns a delay sends the next one with
@@ -33,6 +37,7 @@ from tasks.lifecycle.batch_sources import Source, Target, source_of
 from tasks.lifecycle.batches import BatchDriver
 from tasks.lifecycle.fetcher import Fetcher
 from tasks.queue.batch_chain import STEP_TASK, batch_store, send_step, start_chain
+from tasks.queue.batch_slots import StepSlots
 from tasks.queue.job_services import JobServices
 from tasks.queue.routing import CONTROL_QUEUE, PRIORITIES
 from tasks.queue.sender import JobSender, OutgoingJob
@@ -209,19 +214,43 @@ def _driver(app: Any) -> BatchDriver:
     return made
 
 
+def _slots(app: Any) -> StepSlots:
+    """The batch steps running in this process, counted (sized by `size_slots`)."""
+    made = getattr(app, "_batch_slots", None)
+    if made is None:
+        made = app._batch_slots = StepSlots(app.ocr_settings.batch_threads_per_client)
+    return made
+
+
+def size_slots(app: Any, pool_threads: int) -> None:
+    """Count this worker's batch steps against its pool of `pool_threads` threads."""
+    app._batch_slots = StepSlots(app.ocr_settings.batch_threads_per_client, pool_threads)
+
+
 @shared_task(name=STEP_TASK, bind=True, ignore_result=True)
 def batch_step(self: Task, batch_id: str, chain: str) -> None:
     """One step of a batch's driver; the next step is sent with its countdown."""
     driver = _driver(self.app)
-    if driver.store.get(str(batch_id)).local:
-        return  # submit.py steps a local folder's batch itself
+    record = driver.store.get(str(batch_id))
+    if record.local or not record.driven_by(str(chain)):
+        return  # submit.py steps a local folder's batch itself; or no step drives it now
+    with _slots(self.app).held(client_name(record.client)) as room:
+        if not room:  # its client's threads are taken, or the pool's last one: later
+            driver.store.touch(str(batch_id))  # its chain lives: not stale (the API's)
+            send_step(self.app, batch_id, chain, driver.settings.batch_step_seconds)
+            return
+        _step(self, driver, str(batch_id), str(chain))
+
+
+def _step(task: Task, driver: BatchDriver, batch_id: str, chain: str) -> None:
+    """Run one step; send the next with its countdown (sooner after a failure)."""
     try:
-        delay = driver.step(str(batch_id), str(chain))
+        delay = driver.step(batch_id, chain)
     except OcrError as exc:
         if not exc.retryable and not isinstance(exc, ResultWriteFailed):
             # its source or target refused: it cannot go on (a write that failed is
             # tried again by the next step)
-            driver.fail(str(batch_id), exc)
+            driver.fail(batch_id, exc)
             return
         log.warning("batch %s: step failed (%s); again shortly", batch_id, exc.code)
         delay = max(driver.settings.batch_step_seconds, 5.0)
@@ -231,7 +260,7 @@ def batch_step(self: Task, batch_id: str, chain: str) -> None:
         log.warning("batch %s: step failed (%r); again shortly", batch_id, exc)
         delay = max(driver.settings.batch_step_seconds, 5.0)
     if delay is not None:
-        send_step(self.app, batch_id, chain, delay)
+        send_step(task.app, batch_id, chain, delay)
 
 
 def resume_batches(app: Any) -> None:
@@ -246,4 +275,10 @@ def resume_batches(app: Any) -> None:
         log.warning("unfinished batches not resumed: %s", exc)
 
 
-worker_ready.connect(lambda sender, **_: resume_batches(sender.app), weak=False)
+def on_worker_ready(sender: Any, **_: Any) -> None:
+    """A worker ready (`sender`: its consumer): its pool sized, its batches resumed."""
+    size_slots(sender.app, sender.controller.concurrency)
+    resume_batches(sender.app)
+
+
+worker_ready.connect(on_worker_ready, weak=False)

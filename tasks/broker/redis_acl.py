@@ -42,8 +42,8 @@ CONNECTION = ("auth", "hello", "select", "ping", "quit", "client|setname", "clie
 SETINFO_SINCE = (7, 2)
 
 # Keys of the Celery broker (the lists and bindings every kombu client uses) and result backend.
-QUEUES = ("ocr", "ocr[^:]*")          # task queues: ocr, ocr-<engine>, ocr-control, and
-#                                       each one's priority lists (`ocr\x06\x163`, ...)
+QUEUES = ("ocr", "ocr[^:]*")          # task queues: ocr, ocr-<engine>, ocr-control,
+#   ocr-batch-steps, and each one's priority lists (`ocr\x06\x163`, ...)
 DIRECT = ("*.dq2*",)                  # each worker's own queue (worker_direct)
 PIDBOX = ("*.celery.pidbox*",)        # remote control: a node's mailbox, replies
 BINDINGS = ("_kombu.*",)              # exchange -> queue tables and their deadlines
@@ -164,7 +164,7 @@ USERS: tuple[RedisUser, ...] = (
         read_keys=("ocr:api:webhook:*", "ocr:api:clients", LANE_WEIGHTS),
         channels=(EVENTS, CONTROL_CHANNEL, RESULT_CHANNEL)),
     RedisUser(
-        "control", "the control worker (Procfile `control`: cancels, HTTP callbacks)",
+        "control", "the control worker (Procfile `control`: cancels, HTTP callbacks, batch steps)",
         (*SEND, *CONSUME, *_LISTING, *_NOTICE_WRITE, *_RESERVE),
         keys=(*_BROKER, *_JOB_STATE, *_JOB_INDEX, *_BATCHES, *_IN_FLIGHT, *_API_JOBS,
               "ocr:output:*", *_PAGE_HOLDS),

@@ -103,7 +103,7 @@ class BatchDriver:
         None when the batch ended, or when this chain of steps is not the batch's.
         """
         record = self.store.get(batch_id)
-        if not record.exists or record.state.final or record.chain != chain:
+        if not record.driven_by(chain):
             return None
         holder = uuid.uuid4().hex
         if not self.store.lock(batch_id, holder, LOCK_SECONDS):

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from tasks.queue.routing import CONTROL_QUEUE, PRIORITIES
+from tasks.queue.routing import BATCH_QUEUE, PRIORITIES
 from tasks.settings import Settings
 from tasks.state.batch_store import BatchStore
 
@@ -22,9 +22,9 @@ def batch_store(settings: Settings, client: Any) -> BatchStore:
 
 
 def send_step(app: Any, batch_id: str, chain: str, countdown: float | None = None) -> None:
-    """Send one step of the chain `chain` (on the control queue, ahead of its jobs)."""
+    """Send one step of the chain `chain` (on the batch queue: the control worker's)."""
     app.send_task(STEP_TASK, kwargs={"batch_id": batch_id, "chain": chain},
-                  queue=CONTROL_QUEUE, countdown=countdown or None,
+                  queue=BATCH_QUEUE, countdown=countdown or None,
                   priority=PRIORITIES["interactive"])
 
 

@@ -1,7 +1,8 @@
 """Control tasks: `ocr.cancel` and `ocr.http_callback`.
 
 Run in worker pool children and in the Procfile's control worker (a thread pool that
-serves only the `ocr-control` queue, so a cancel never waits for a busy pool). A
+serves the `ocr-control` queue, so a cancel never waits for a busy pool; batch steps,
+its other queue's, always leave it a thread: tasks/queue/batch_slots.py). A
 callback's failed POST is retried on the queue's one retry policy
 (tasks/queue/retry_policy.py).
 """

@@ -2,9 +2,10 @@
 
 `job_queue` is the one rule of where a job goes: the queue of the engine it names (or was
 given by its worker, for its pages), else `ocr`. `route_task` is Celery's router (that
-rule for `ocr.document`; cancels and callbacks to the control queue); the client records
-the same queue beside the job, and a fanned-out PDF sends its pages there. Runs in every
-process that sends or serves tasks (clients too: nothing heavy is imported here).
+rule for `ocr.document`; cancels and callbacks to the control queue, batch steps to the
+batch queue); the client records the same queue beside the job, and a fanned-out PDF
+sends its pages there. Runs in every process that sends or serves tasks (clients too:
+nothing heavy is imported here).
 """
 
 from __future__ import annotations
@@ -16,8 +17,13 @@ from tasks.settings import Settings
 
 DEFAULT_QUEUE = "ocr"
 # Light tasks (ocr.cancel, HTTP callbacks without a job queue): every worker consumes it, and the
-# Procfile's `control` worker serves only it, so a cancel never waits for a busy pool.
+# Procfile's `control` worker serves it, so a cancel never waits for a busy pool.
 CONTROL_QUEUE = "ocr-control"
+# A batch's driver steps (`ocr.batch_step`), which read the client's source and HEAD its
+# documents: only the control worker consumes it, and holds each client's steps to a few
+# of its threads (tasks/queue/batch_slots.py), so a slow origin never holds an OCR
+# child nor the control worker's last thread.
+BATCH_QUEUE = "ocr-batch-steps"
 # Job priorities on the Redis transport: lower numbers are served first.
 PRIORITIES = {"interactive": 0, "normal": 3, "batch": 6}
 PRIORITY_STEPS = [0, 3, 6, 9]
@@ -26,8 +32,9 @@ PRIORITY_STEPS = [0, 3, 6, 9]
 AMQP_MAX_PRIORITY = 9
 AMQP_PRIORITIES = {name: AMQP_MAX_PRIORITY - value for name, value in PRIORITIES.items()}
 
-# Light tasks that must not wait behind OCR work.
-CONTROL_TASKS = ("ocr.cancel", "ocr.http_callback", "ocr.batch_step")
+# Light tasks that must not wait behind OCR work, nor behind a batch's reads.
+CONTROL_TASKS = ("ocr.cancel", "ocr.http_callback")
+BATCH_TASKS = ("ocr.batch_step",)
 # On quorum queues (OCR_RABBITMQ_QUEUE_TYPE=quorum), which keep no message priorities,
 # each job queue has a queue of its own for these priorities (`<queue>.interactive`,
 # `<queue>.batch`; `normal` stays in the queue itself): a worker consumes all three,
@@ -66,8 +73,8 @@ def is_priority_queue(queue: str) -> bool:
 
 
 def is_job_queue(queue: str) -> bool:
-    """A queue jobs, pages and their records go to: not control, direct or per-priority."""
-    return queue != CONTROL_QUEUE and not queue.endswith(DIRECT_SUFFIX) \
+    """A queue jobs, pages and their records go to: not control, steps, direct, per-priority."""
+    return queue not in (CONTROL_QUEUE, BATCH_QUEUE) and not queue.endswith(DIRECT_SUFFIX) \
         and not is_priority_queue(queue)
 
 
@@ -95,6 +102,8 @@ def route_task(name: str, args: Any, kwargs: dict[str, Any] | None, options: Any
     """Celery `task_routes` entry; None leaves the job on the default queue `ocr`."""
     if name in CONTROL_TASKS:
         return {"queue": CONTROL_QUEUE}
+    if name in BATCH_TASKS:
+        return {"queue": BATCH_QUEUE}
     engine = (kwargs or {}).get("engine")
     if name == "ocr.document" and isinstance(engine, str) and engine:
         return {"queue": job_queue(engine)}

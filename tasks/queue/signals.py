@@ -37,7 +37,7 @@ from tasks.models.registry import ModelRegistry
 from tasks.pipeline.images import configure_pillow
 from tasks.pipeline.pdf import empty_store
 from tasks.queue import brokers, thread_limits
-from tasks.queue.routing import CONTROL_QUEUE, queue_for_engine
+from tasks.queue.routing import BATCH_QUEUE, CONTROL_QUEUE, queue_for_engine
 from tasks.settings import Settings
 from tasks.state.connection import connect
 
@@ -88,8 +88,10 @@ def connect_signals(app: OcrCelery, settings: Settings) -> None:
         if not forks(instance):  # a prefork pool's children start their own
             tracing.start(service_name(settings), httpx=True)
         if settings.worker_role == "control":
-            log.info("worker %s is a control worker: no engine, queue %s", sender,
-                     CONTROL_QUEUE)
+            # batch steps are served here alone, never by an OCR worker's pool
+            brokers.consume(instance.app, [BATCH_QUEUE])
+            log.info("worker %s is a control worker: no engine, queues %s and %s", sender,
+                     CONTROL_QUEUE, BATCH_QUEUE)
         else:
             # Its own engine's queue and those of the engines its language routing
             # loads: a job that names one of them reaches this worker too.

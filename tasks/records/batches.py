@@ -93,6 +93,10 @@ class BatchRecord:
     def exists(self) -> bool:
         return bool(self.id)
 
+    def driven_by(self, chain: str) -> bool:
+        """Whether a step of `chain` drives this batch: it exists, runs, and names it."""
+        return self.exists and not self.state.final and self.chain == chain
+
     def counts(self) -> dict[str, int]:
         return {name: int(getattr(self, name)) for name in COUNTS}
 

@@ -140,9 +140,10 @@ def validate(settings: Settings) -> None:
     if settings.url_timeout <= 0:
         raise SettingsError("OCR_URL_TIMEOUT must be positive")
     if settings.batch_window < 1 or settings.batch_step_seconds <= 0 \
-            or settings.batch_max_line_bytes < 1:
-        raise SettingsError("OCR_BATCH_WINDOW, OCR_BATCH_STEP_SECONDS and "
-                            "OCR_BATCH_MAX_LINE_BYTES must be positive")
+            or settings.batch_max_line_bytes < 1 or settings.batch_threads_per_client < 1:
+        raise SettingsError("OCR_BATCH_WINDOW, OCR_BATCH_STEP_SECONDS, "
+                            "OCR_BATCH_MAX_LINE_BYTES and OCR_BATCH_THREADS_PER_CLIENT "
+                            "must be positive")
     if settings.max_decoded_mb <= 0:
         raise SettingsError("OCR_MAX_DECODED_MB must be positive")
     if settings.max_input_mb <= 0 or settings.max_output_mb <= 0:

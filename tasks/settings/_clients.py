@@ -113,6 +113,12 @@ class ClientSettings:
                                    "Batches: seconds between two steps of a batch's "
                                    "driver (`ocr.batch_step`: collect the documents "
                                    "that ended, send the next ones).")
+    batch_threads_per_client: int = _s(
+        "OCR_BATCH_THREADS_PER_CLIENT", "1",
+        "Batches: most threads of the control worker's pool that one client's batch "
+        "steps hold at once (a step reads the batch's source and HEADs its documents); "
+        "its other batches' steps wait their turn. Batch steps of all clients together "
+        "leave one thread of the pool to cancels and callbacks.")
 
     @property
     def spool_dir(self) -> Path:

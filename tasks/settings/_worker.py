@@ -17,7 +17,8 @@ class WorkerSettings:
     worker_role: str = _s("OCR_WORKER_ROLE", "ocr",
                           "ocr: a worker that runs OCR with its engine; control: the "
                           "light worker of the Procfile that serves only the "
-                          "`ocr-control` queue (cancels, callbacks) and loads no engine.")
+                          "`ocr-control` queue (cancels, callbacks) and `ocr-batch-steps` "
+                          "(batch steps), and loads no engine.")
     concurrency: int = _s("OCR_CONCURRENCY", "0",
                           "Pool children per worker; 0 means one per CPU core, one "
                           "for a worker whose engine is mlx-vlm (each child holds its own "

@@ -30,6 +30,7 @@ from tasks.lifecycle.batch_sources import (
     same_read,
 )
 from tasks.lifecycle.fetcher import Fetcher
+from tasks.queue.batch_slots import StepSlots
 from tasks.records.batches import BatchRecord, BatchState
 from tasks.settings import Settings
 from tasks.state.batch_store import BatchStore, progress_of
@@ -356,3 +357,15 @@ def test_a_listed_document_over_the_input_limit_is_refused_unread(own_redis_url:
         ("large.png", "FAILURE", "input_too_large")]
     counts = store.get(record.id)
     assert (counts.listed, counts.failed, store.in_flight(record.id)) == (2, 1, 1)
+
+
+def test_batch_steps_hold_a_few_threads_a_client_and_leave_the_pools_last() -> None:
+    slots = StepSlots(per_client=2, pool_threads=4)
+    with slots.held("a") as one, slots.held("a") as two, slots.held("a") as three:
+        assert (one, two, three) == (True, True, False)  # a's two threads taken
+        with slots.held("b") as other, slots.held("c") as last:
+            assert (other, last) == (True, False)  # the fourth: cancels' and callbacks'
+    with slots.held("a") as again:
+        assert again  # each let go at its block's end
+    assert StepSlots(per_client=1, pool_threads=1).total == 1
+
