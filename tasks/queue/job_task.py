@@ -5,8 +5,8 @@ through `DocumentTask`'s guards). It decodes the message into a typed request, c
 lifecycle, retries what is retryable (tasks/queue/retry_policy.py) and hands every
 ending to the job's one exit (`JobServices.ender`). A job's result is stored by that
 exit, so Celery stores nothing for `ocr.document` (`ignore_result`) and logs no result
-text. A PDF read page by page is fanned out here into the page and chunk tasks of
-tasks/queue/page_tasks.py.
+text. A PDF read page by page is split here, and its page and chunk tasks are sent
+through the queue layer's port (`page_tasks.send_pages`).
 """
 
 from __future__ import annotations
@@ -23,7 +23,6 @@ from celery import Celery, Task, shared_task, states
 from celery.exceptions import Ignore
 from kombu.utils.uuid import uuid
 
-from tasks.broker.publishing import pushes_together
 from tasks.engines import resident
 from tasks.errors import BadRequest, DeadlineExceeded, OcrError, Timeout, WorkerLost
 from tasks.lifecycle.fanout import unexpected
@@ -32,8 +31,8 @@ from tasks.lifecycle.jobs import FanOut, process_job
 from tasks.pipeline.documents import past_deadline
 from tasks.queue import telemetry, thread_limits
 from tasks.queue.job_services import JobServices, page_progress, report_progress
-from tasks.queue.message_headers import client_from, job_headers, listed
-from tasks.queue.page_tasks import pdf_chunk_lost, pdf_page, pdf_page_lost, pdf_text_chunk
+from tasks.queue.message_headers import client_from, listed
+from tasks.queue.page_tasks import send_pages
 from tasks.queue.parent_endings import end_from_message, finish_abandoned
 from tasks.queue.poison_guard import GuardedTask
 from tasks.queue.result_records import result_record
@@ -43,7 +42,7 @@ from tasks.records.jobs import JobStatus, Outcome, ResultRecord
 from tasks.records.request import JobRequest
 from tasks.records.results import DocumentResult, PageRecord
 from tasks.settings import Settings
-from tasks.state.boundary import publishing, transient
+from tasks.state.boundary import transient
 from tasks.state.carried_writes import CarriedWrites
 from tasks.state.stores import blob_keys
 from tasks.state.usage import PageUsage
@@ -250,23 +249,5 @@ def fan_out(task: Task, work: FanOut, services: JobServices) -> NoReturn:
     # An encrypted URL input's password goes with its page tasks (each host decrypts
     # its own copy), never into the document's meta.
     opened = {"password": work.password} if work.password else {}
-    # The pages stay in their job's client's lane. The queue is not declared again on
-    # each send (this worker declared it as it started to consume it): on RabbitMQ a
-    # child's publish is on a connection of its own (brokers.fresh_connections), where
-    # a declare would go each time.
-    headers = job_headers(meta.request.client)
-    # All of them on one connection (on RabbitMQ a child's each publish opens one
-    # otherwise), and on Redis in one push to their lane.
-    with publishing("a page task"), task.app.producer_or_acquire() as producer, \
-            pushes_together(producer.channel):
-        for number, page_id in zip(meta.ocr_pages, meta.page_tasks, strict=True):
-            pdf_page.apply_async((job_id, number), opened, queue=queue, task_id=page_id,
-                                 priority=priority, headers=headers, declare=[],
-                                 producer=producer,
-                                 link_error=pdf_page_lost.s(job_id, number, queue))
-        for index, chunk_id in enumerate(meta.chunk_tasks):
-            pdf_text_chunk.apply_async((job_id, index), opened, queue=queue,
-                                       task_id=chunk_id, priority=priority, headers=headers,
-                                       declare=[], producer=producer,
-                                       link_error=pdf_chunk_lost.s(job_id, index, queue))
+    send_pages(task.app, meta, priority, opened)
     raise Ignore()  # the job's result is stored when its last page is recorded

@@ -24,6 +24,7 @@ from billiard.exceptions import SoftTimeLimitExceeded
 from celery import Celery, Task, shared_task
 
 from tasks import tracing
+from tasks.broker.publishing import pushes_together
 from tasks.engines import resident
 from tasks.error_codes import error_info
 from tasks.errors import OcrError, Timeout
@@ -33,12 +34,13 @@ from tasks.lifecycle.open_documents import open_documents
 from tasks.pipeline.results import failed_page
 from tasks.queue import telemetry, thread_limits
 from tasks.queue.job_services import JobServices, page_progress
+from tasks.queue.message_headers import job_headers
 from tasks.queue.poison_guard import GuardedTask
 from tasks.queue.retry_policy import retry_later
 from tasks.records.jobs import DocumentMeta, Outcome
 from tasks.records.results import PageError, PageRecord
 from tasks.settings import Settings
-from tasks.state.boundary import transient
+from tasks.state.boundary import publishing, transient
 from tasks.state.usage_counts import JobPages
 
 T = TypeVar("T")
@@ -242,3 +244,30 @@ def pdf_page_failed(self: Task, doc_id: str, number: int, error: dict[str, Any],
     """Record a lost page as failed, so the document still ends (PARTIAL)."""
     _record_lost(self, doc_id, lambda _meta: PageRecord(
         number, source="ocr", error=PageError.from_json(error)), password)
+
+
+def send_pages(app: Celery, meta: DocumentMeta, priority: int | None,
+               opened: dict[str, str]) -> None:
+    """Publish a fanned-out job's page and chunk tasks: the port `ocr.document` splits through.
+
+    Each goes to `meta.reply_queue` under the id `meta` names for it, at the job's
+    priority and in its client's lane, with the errback that records it lost. The
+    queue is not declared again on each send: this worker declared it as it started
+    to consume it, and on RabbitMQ a child's publish is on a connection of its own
+    (brokers.fresh_connections), where a declare would go each time. All of them go on
+    one connection and, on Redis, in one push to their lane.
+    """
+    queue = meta.reply_queue
+    headers = job_headers(meta.request.client)
+    with publishing("a page task"), app.producer_or_acquire() as producer, \
+            pushes_together(producer.channel):
+        for number, page_id in zip(meta.ocr_pages, meta.page_tasks, strict=True):
+            pdf_page.apply_async((meta.job_id, number), opened, queue=queue,
+                                 task_id=page_id, priority=priority, headers=headers,
+                                 declare=[], producer=producer,
+                                 link_error=pdf_page_lost.s(meta.job_id, number, queue))
+        for index, chunk_id in enumerate(meta.chunk_tasks):
+            pdf_text_chunk.apply_async((meta.job_id, index), opened, queue=queue,
+                                       task_id=chunk_id, priority=priority, headers=headers,
+                                       declare=[], producer=producer,
+                                       link_error=pdf_chunk_lost.s(meta.job_id, index, queue))
