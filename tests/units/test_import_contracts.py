@@ -1,8 +1,9 @@
 """The import contracts of `make lint` (pyproject.toml, `lint-imports`) hold the floors.
 
 They hold on the tree as it is, and they break on a copy of it with one upward import
-(a module of `tasks/records/`, the ground floor, importing the queue) or one private
-module imported from outside its package.
+(a module of `tasks/records/`, the ground floor, importing the queue), one private
+module imported from outside its package, devkit imported by the service, or a task
+module reaching into the broker.
 """
 
 from __future__ import annotations
@@ -44,6 +45,7 @@ def test_the_contracts_hold_on_the_tree() -> None:
     ("tasks/api/app.py", "import tasks.console", "The floors"),
     ("tasks/console/_views.py", "import tasks.api._service", "private to it"),
     ("tasks/state/keys.py", "import devkit", "imports nothing of devkit"),
+    ("tasks/queue/job_task.py", "import tasks.broker.publishing", "Tasks are thin"),
 ])
 def test_a_forbidden_import_breaks_a_contract(tmp_path: Path, module: str, line: str,
                                               broken: str) -> None:
