@@ -110,6 +110,37 @@ def test_usage_errors_exit_2_before_anything_is_sent() -> None:
         assert "Traceback" not in done.stderr
 
 
+def test_a_folder_is_a_usage_error_that_names_batch(tmp_path: Path) -> None:
+    """`submit.py DIR`: exit 2 with the command that reads a folder, Redis never asked."""
+    folder = tmp_path / "scans"
+    folder.mkdir()
+    (folder / "page.png").write_bytes(b"")
+    for words in ([str(folder)], ["--json", str(folder / "page.png"), str(folder)]):
+        done = submit_cli(f"redis://127.0.0.1:{free_port()}/0", *words)
+        assert done.returncode == 2, done.stderr
+        [line] = done.stderr.splitlines()
+        assert line == (f"submit.py: {folder}: a folder: use `submit.py batch {folder} "
+                        "--result-url OUT/` (every image and PDF in it, each output into "
+                        "OUT/); nothing was sent")
+
+
+def test_a_mistyped_command_asks_did_you_mean(tmp_path: Path) -> None:
+    """`submit.py stauts abc`: exit 2, "did you mean `status`", no file read or sent."""
+    url = f"redis://127.0.0.1:{free_port()}/0"
+    for words, meant in ((["stauts", "abc"], "status"), (["--json", "wiat", "x"], "wait"),
+                         (["bach", "in/"], "batch")):
+        done = submit_cli(url, *words)
+        assert done.returncode == 2, (words, done.stderr)
+        [line] = done.stderr.splitlines()
+        assert f"did you mean `{meant}`?" in line and "Traceback" not in line, line
+    # a word that is a file is a file, however close to a command's name
+    (tmp_path / "stauts").write_bytes(b"")
+    done = subprocess.run([sys.executable, str(ROOT / "submit.py"), "stauts"], cwd=tmp_path,
+                          env={**os.environ, "REDIS_URL": url}, capture_output=True,
+                          text=True, timeout=120)
+    assert done.returncode == 5 and "did you mean" not in done.stderr, done.stderr
+
+
 def test_redis_unreachable_is_one_line_with_the_url_and_what_to_do() -> None:
     url = f"redis://:s3cret@127.0.0.1:{free_port()}/0"
     done = submit_cli(url, str(corpus("scan_linn.png")))
@@ -242,7 +273,7 @@ def test_no_wait_then_wait_with_options_before_the_command(worker: Worker,
         assert (record["id"], record["filename"], record["status"]) == (
             job_id, "scan_linn.png", "SUCCESS")
     status = submit_cli(redis_url, "status", job_id)
-    assert status.stdout.startswith("scan_linn.png: SUCCESS")
+    assert status.stdout.startswith("scan_linn.png: SUCCESS") and status.returncode == 0
 
 
 def test_partial_result_exits_3_and_names_the_page(worker: Worker, redis_url: str,
@@ -299,6 +330,7 @@ def test_no_worker_on_the_queue_is_reported_not_waited_for(
     assert "make run" in text.stderr.splitlines()[-1]
     status = submit_cli(redis_url, "--json", "status", job)
     assert json.loads(status.stdout)["error"]["code"] == "no_worker"
+    assert status.returncode == 5  # as `wait` exits on it
     # the Python client says it too (after a grace of 1 s, not its default 6 s)
     monkeypatch.setattr(client, "no_worker_grace", 1.0)
     assert client.wait([job])[job]["error"]["code"] == "no_worker"
@@ -306,8 +338,10 @@ def test_no_worker_on_the_queue_is_reported_not_waited_for(
     # CANCELLED (exit 4), never Celery's REVOKED
     cancel = submit_cli(redis_url, "cancel", record["id"])
     assert cancel.stdout.startswith(f"scan_linn.png: cancelled (job {job})"), cancel.stdout
-    plain = submit_cli(redis_url, "status", job).stdout
+    status = submit_cli(redis_url, "status", job)
+    plain = status.stdout
     assert plain.startswith(f"scan_linn.png: CANCELLED (job {job}, "), plain
+    assert status.returncode == 4, status.stderr  # as `wait` exits on it, below
     shown = json.loads(submit_cli(redis_url, "--json", "status", job).stdout)
     assert (shown["status"], shown["state"]) == ("CANCELLED", "CANCELLED"), shown
     waited = submit_cli(redis_url, "wait", record["id"])
@@ -338,8 +372,10 @@ def test_revoked_reads_as_the_jobs_real_ending_in_status_and_wait(
                 "stopped.png": ("CANCELLED", 4, "stopped.png: CANCELLED: no page had finished")}
     for name, (ending, code, line) in expected.items():
         job = sent[name]
-        shown = json.loads(submit_cli(redis_url, "--json", "status", job).stdout)
+        status = submit_cli(redis_url, "--json", "status", job)
+        shown = json.loads(status.stdout)
         assert (shown["status"], shown["state"]) == (ending, ending), shown
+        assert status.returncode == code, status.stderr  # as `wait` exits, below
         waited = submit_cli(redis_url, "--json", "wait", job)
         assert waited.returncode == code, waited.stderr
         assert json.loads(waited.stdout)["status"] == ending
