@@ -33,7 +33,8 @@ from tests.harness import (
     free_port,
     make_client,
 )
-from tests.pdf_fixtures import image_pdf, plain_pages
+from tests.image_fixtures import png
+from tests.pdf_fixtures import encrypted_pdf, image_pdf, plain_pages
 from tests.queue.test_queue import submit_cli
 
 ENGINES = ("fake", "flaky-on-dark")
@@ -284,6 +285,72 @@ def test_partial_result_exits_3_and_names_the_page(worker: Worker, redis_url: st
     assert done.returncode == 3, done.stderr
     assert re.search(r"^three\.pdf: PARTIAL: page 2 failed: engine_failed: ", done.stderr,
                      re.M)
+
+
+def scans_folder(base: Path) -> Path:
+    """Scans as a real folder holds them: sidecar texts, notes, an encrypted PDF."""
+    folder = base / "scans"
+    (folder / "drafts").mkdir(parents=True)
+    (folder / "p1.png").write_bytes(png(200, (50, 40)))
+    (folder / "p1.gt.txt").write_text("the page's ground truth\n")
+    (folder / "p2.pdf").write_bytes(image_pdf(plain_pages(2)))
+    (folder / "p2.md").write_text("# notes\n")
+    (folder / "README").write_text("scanned in 2024\n")
+    (folder / "locked.pdf").write_bytes(encrypted_pdf(image_pdf(plain_pages(1)), "s3cret"))
+    (folder / "drafts" / "d1.png").write_bytes(png(200, (60, 40)))
+    return folder
+
+
+def test_a_folders_batch_reads_its_images_and_pdfs_only(worker: Worker, redis_url: str,
+                                                         tmp_path: Path) -> None:
+    """Sidecar files are left out and said; globs choose; --password opens PDFs."""
+    folder, out = scans_folder(tmp_path), tmp_path / "out"
+    done = submit_cli(redis_url, "batch", str(folder), "--result-url", str(out), "--json")
+    assert done.returncode == 3, done.stderr  # PARTIAL: locked.pdf is pdf_encrypted
+    assert ("submit.py: left out 3 of 7 files: 3 no image or PDF (by their first bytes) "
+            "(README, p1.gt.txt, p2.md)\n") in done.stderr, done.stderr
+    shown = json.loads(done.stdout)
+    assert shown["documents"]["total"] == 4 and shown["documents"]["failed"] == 1, shown
+    assert shown["left_out"] == {"no_image_or_pdf": 3}
+    lines = {line["name"]: line for line in map(
+        json.loads, (out / "manifest.jsonl").read_text().splitlines())}
+    assert sorted(lines) == ["drafts/d1.png", "locked.pdf", "p1.png", "p2.pdf"]
+    assert lines["locked.pdf"]["error"] == "pdf_encrypted"
+    assert "unsupported_format" not in (out / "manifest.jsonl").read_text()
+    # the password opens it; it is written nowhere
+    again = submit_cli(redis_url, "batch", str(folder), "--result-url", str(out), "--json",
+                       "--retry-failed", "--password", "s3cret")
+    assert again.returncode == 0, again.stderr
+    assert json.loads(again.stdout)["state"] == "SUCCESS"
+    assert (out / "locked.pdf.txt").read_text().startswith("fake ")
+    assert not [p for p in out.rglob("*") if p.is_file() and b"s3cret" in p.read_bytes()]
+    # globs, matched on the path under the folder or the name, repeatable
+    chosen = submit_cli(redis_url, "batch", str(folder), "--result-url",
+                        str(tmp_path / "pngs"), "--json", "--include", "*.png",
+                        "--include", "README", "--exclude", "drafts/*")
+    assert chosen.returncode == 0, chosen.stderr
+    summary = json.loads(chosen.stdout)
+    assert summary["documents"]["total"] == 1, summary
+    assert summary["left_out"] == {"not_included": 4, "excluded": 1, "no_image_or_pdf": 1}
+    assert "1 matched --exclude (drafts/d1.png)" in chosen.stderr, chosen.stderr
+    # a service batch takes none of these: usage error, nothing started
+    remote = submit_cli(redis_url, "batch", "s3://scans/2024/", "--result-url",
+                        "s3://ocr/2024/", "--exclude", "*.md", "--password", "x")
+    assert remote.returncode == 2, remote.stderr
+    assert "--exclude, --password: only for a local folder" in remote.stderr
+
+
+def test_eval_takes_a_password(worker: Worker, redis_url: str, tmp_path: Path) -> None:
+    folder = tmp_path / "truth"
+    folder.mkdir()
+    (folder / "locked.pdf").write_bytes(encrypted_pdf(image_pdf(plain_pages(1)), "s3cret"))
+    (folder / "locked.gt.txt").write_text("fake")
+    locked = submit_cli(redis_url, "eval", str(folder), "--json")
+    assert locked.returncode == 1 and "pdf_encrypted" in locked.stdout, locked.stdout
+    opened = submit_cli(redis_url, "eval", str(folder), "--json", "--password", "s3cret")
+    assert opened.returncode == 0, opened.stderr
+    record = json.loads(opened.stdout.splitlines()[0])
+    assert "error" not in record and record["chars"] == 4, record
 
 
 def door_keys(store: redis.Redis) -> set[bytes]:
