@@ -27,10 +27,10 @@ from tasks.engines.auto_lang import choosable
 def unload_model(state: Any, **_: Any) -> dict[str, Any]:
     """Signal every pool child of this worker; reply with the pids signalled.
 
-    The control worker holds no engine by design: its reply says so (`skipped`).
+    The control worker holds no engine by design: its reply says so, as nothing to do.
     """
     if state.consumer.app.ocr_settings.worker_role == "control":
-        return {"skipped": "no engine (control)"}
+        return {"ok": "no engine (control)", "pids": []}
     info = state.consumer.pool.info
     pids = info.get("processes") if isinstance(info, dict) else None
     if not pids:
