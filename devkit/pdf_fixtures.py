@@ -72,5 +72,5 @@ def huge_page_pdf(inches: float = 200) -> bytes:
 def encrypted_pdf(source: bytes, password: str) -> bytes:
     """`source` encrypted (AES-256): it opens only with `password`."""
     doc = pymupdf.open(stream=source, filetype="pdf")
-    return bytes(doc.tobytes(encryption=pymupdf.PDF_ENCRYPT_AES_256, user_pw=password,
+    return bytes(doc.tobytes(encryption=pymupdf.mupdf.PDF_ENCRYPT_AES_256, user_pw=password,
                              owner_pw=password))
