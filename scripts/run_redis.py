@@ -20,10 +20,15 @@ from urllib.parse import urlparse
 
 import redis
 
-from tasks.settings import Settings
+from tasks.settings import Settings, SettingsError
 
 
 def main() -> int:
+    try:
+        settings = Settings.from_env(os.environ)
+    except SettingsError as exc:
+        print(f"redis: {exc}", flush=True)
+        return 2
     url = os.environ.get("REDIS_URL", "redis://127.0.0.1:6379/0")
     parsed = urlparse(url)
     shown = f"{parsed.hostname}:{parsed.port or 6379}"
@@ -52,7 +57,7 @@ def main() -> int:
              "appendonly yes", "appendfsync everysec", 'save ""', "protected-mode yes",
              # No command argument longer than the largest input or output the service
              # takes: a huge message is refused here, never popped by a worker.
-             f"proto-max-bulk-len {Settings.from_env(os.environ).redis_max_bulk_bytes}"]
+             f"proto-max-bulk-len {settings.redis_max_bulk_bytes}"]
     if parsed.password:
         lines.append(f'requirepass "{parsed.password}"')
     # A config file, not arguments, so the password never shows in `ps`.

@@ -24,9 +24,12 @@ when nothing answers on loopback). One line at start says which. On the stop the
 when they outlive the grace, Redis still gets its SIGTERM (a clean stop: its
 append-only file written) before any SIGKILL is sent.
 
-`make run`'s own stop: `kill -INT` or `kill -TERM` on make's pid stops every process
-too (make passes SIGTERM on, never SIGINT: scripts/supervise_watch.py's `ParentWatch`). One line
-says when every process is ready, with the API's, Flower's and the metrics' URLs.
+`make run`'s own stop: `kill -TERM` on make's pid stops every process too, and so does
+`kill -INT` where make started with SIGINT at its default (make passes SIGTERM on, never
+SIGINT: scripts/supervise_watch.py's `ParentWatch`). A make started with SIGINT ignored
+(`make run &` in a script) never gets a SIGINT: one line at start says so, and names
+`kill -TERM`. One line says when every process is ready, with the API's, Flower's and
+the metrics' URLs.
 
 Why not honcho: when `make run 2>&1 | tee log` is interrupted, Ctrl-C also kills
 `tee`, honcho dies writing to the broken pipe and never stops its children. Here the
@@ -226,6 +229,10 @@ class Supervisor:
         env = {**os.environ, "PYTHONUNBUFFERED": "1"}
         parent = ParentWatch()
         self.output.line("system", choose_redis(env, [c.name for c in self.children]))
+        if parent.ignores_sigint():
+            self.output.line("system", f"make (pid {parent.pid}) ignores SIGINT, as a "
+                             "script's `make run &` starts it: `kill -TERM "
+                             f"{parent.pid}` stops every process")
         by_name = {c.name: c for c in self.children}
         ready = Readiness(list(by_name), env, lambda name, mark: mark in by_name[name].seen)
         if os.geteuid() == 0 and any(" worker" in c.command for c in self.children):

@@ -7,9 +7,11 @@ waits for its recipe's process to end and tells it nothing (SIGTERM it passes on
 SIGINT and SIGHUP it does not), so the supervisor watches its parent when that is
 make: make's handler resets the signal it took to its default, which shows in
 /proc/<pid>/status (`SigCgt` loses it), and a make that is gone leaves the supervisor
-with another parent. Either stops the whole service, as Ctrl-C does. (Where make
-started with SIGINT ignored, as `make run &` in a script starts it, SIGINT reaches no
-process at all: make never sees it.)
+with another parent. Either stops the whole service, as Ctrl-C does. Where make
+started with SIGINT ignored, as `make run &` in a script starts it (a non-interactive
+shell's background jobs ignore SIGINT, and make keeps an ignored signal ignored), the
+kernel drops a SIGINT sent to make before any process sees it: `ignores_sigint` tells
+the supervisor, which says at start that `kill -TERM` is the way to stop it.
 
 `Readiness`: one line once every process is up: Redis answering, each Celery worker's
 `ready.`, the API, Flower and the metrics exporter accepting connections on their
@@ -29,16 +31,24 @@ STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
 MAKES = ("make", "gmake")
 
 
-def caught_signals(pid: int) -> int | None:
-    """The mask of signals `pid` handles (`SigCgt`); None where /proc does not say."""
+def signal_mask(pid: int, field: str = "SigCgt") -> int | None:
+    """A signal mask of /proc/<pid>/status; None where /proc does not say.
+
+    `SigCgt`: the signals `pid` handles; `SigIgn`: those it ignores.
+    """
     try:
         status = Path(f"/proc/{pid}/status").read_text()
     except OSError:
         return None
     for line in status.splitlines():
-        if line.startswith("SigCgt:"):
+        if line.startswith(f"{field}:"):
             return int(line.split()[1], 16)
     return None
+
+
+def caught_signals(pid: int) -> int | None:
+    """The mask of signals `pid` handles (`SigCgt`); None where /proc does not say."""
+    return signal_mask(pid, "SigCgt")
 
 
 def _command(pid: int) -> str:
@@ -55,6 +65,11 @@ class ParentWatch:
         self.pid = os.getppid()
         self.is_make = _command(self.pid) in MAKES
         self.caught = caught_signals(self.pid) if self.is_make else None
+
+    def ignores_sigint(self) -> bool:
+        """Whether the make that started this process ignores SIGINT (`make run &`)."""
+        ignored = signal_mask(self.pid, "SigIgn") if self.is_make else None
+        return ignored is not None and bool(ignored & 1 << (signal.SIGINT - 1))
 
     def stopped(self) -> str | None:
         """Why make wants the service stopped ("make got SIGINT"); None: it does not."""

@@ -29,6 +29,7 @@ input within OCR_MAX_INPUT_MB.
 
 from __future__ import annotations
 
+import stat
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -41,6 +42,7 @@ from tasks.errors import (
     InputTooLarge,
     PriorityNotAllowed,
     UnknownEngine,
+    UnsupportedFormat,
 )
 from tasks.lifecycle.url_policy import ObjectUrl, check_url, parse_url
 from tasks.queue.routing import PRIORITIES, is_job_queue, job_queue, queue_for_engine
@@ -173,17 +175,22 @@ def check_in_flight(rules: ClientRules, books: Books) -> None:
 
 
 def read_input(source: str | Path | bytes, settings: Settings) -> bytes:
-    """The bytes of a job's input (a file or bytes); `input_too_large` past the limit."""
+    """The bytes of a job's input (a file or bytes); `input_too_large` past the limit.
+
+    A folder is `unsupported_format`.
+    """
     limit = settings.max_input_bytes
     if isinstance(source, bytes):
         data = source
     else:
         path = Path(source)
         try:
-            size = path.stat().st_size
+            info = path.stat()
         except OSError:
             raise InputNotFound(f"cannot read {path}") from None
-        if size > limit:
+        if stat.S_ISDIR(info.st_mode):
+            raise UnsupportedFormat(f"{path} is a folder, not a file")
+        if info.st_size > limit:
             raise InputTooLarge(f"{path.name} is larger than {settings.max_input_mb} MB")
         data = path.read_bytes()
     if len(data) > limit:

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from devkit.pdf_fixtures import (
     broken_xref_pdf,
+    encrypted_pdf,
     huge_page_pdf,
     image_pdf,
     millions_of_pages_pdf,
@@ -17,6 +18,7 @@ from devkit.pdf_fixtures import (
 
 __all__ = [
     "broken_xref_pdf",
+    "encrypted_pdf",
     "huge_page_pdf",
     "image_pdf",
     "millions_of_pages_pdf",

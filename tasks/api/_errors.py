@@ -1,9 +1,9 @@
 """Errors only the HTTP API answers, each with its HTTP status beside code and retryable.
 
 Runs in the `api` process. Job errors (tasks/errors.py) keep their codes; `http_status`
-maps them: `input_too_large` 413, `transient` and `engine_unavailable` 503,
-`unknown_engine`, `unknown_language` and `invalid_pages` 422, `page_quota_exceeded`
-429, the rest 400.
+maps them: `input_too_large` 413, `unsupported_format` 415, `transient` and
+`engine_unavailable` 503, `unknown_engine`, `unknown_language` and `invalid_pages` 422,
+`page_quota_exceeded` 429, the rest 400.
 """
 
 from __future__ import annotations
@@ -87,8 +87,8 @@ class JobUnsuccessful(ApiError):
 # Job errors refused at the door with their own status: options no worker could run
 # are 422 (as invalid options are), an engine no live worker runs 503, a priority above
 # the client's token's highest 403.
-_STATUS_BY_CODE = {"input_too_large": 413, "transient": 503, "unknown_engine": 422,
-                   "unknown_language": 422,
+_STATUS_BY_CODE = {"input_too_large": 413, "unsupported_format": 415, "transient": 503,
+                   "unknown_engine": 422, "unknown_language": 422,
                    "invalid_pages": 422, "engine_unavailable": 503,
                    "page_quota_exceeded": 429, "priority_not_allowed": 403,
                    "quota_exceeded": 429, "batch_quota_exceeded": 429}

@@ -4,9 +4,10 @@ Runs in the `api` process. The file part (`file`) is appended to an upload key i
 1 MiB pieces; the other parts are the job's options (small text fields). A body that
 ends before its closing boundary is `bad_request`, and what it stored is deleted. Past
 OCR_MAX_INPUT_MB the upload key is deleted and the request ends with 413: nothing
-stays stored. A request whose Content-Length already says too much is refused before
-its body is read (clients that send `Expect: 100-continue`, as curl does, then never
-send it).
+stays stored. A file that is no PDF or image, told by its first bytes
+(tasks/records/formats.py), ends it the same way with 415 `unsupported_format`. A
+request whose Content-Length already says too much is refused before its body is read
+(clients that send `Expect: 100-continue`, as curl does, then never send it).
 
 `DrainRefused` makes every client read such a refusal: a refused request's body, up to
 twice the upload limit in all, is read and dropped before the answer goes out, so a
@@ -32,7 +33,8 @@ from tasks.api._errors import BodyTimeout
 from tasks.api._schemas import ENGINE_NAME, ENGINE_NAME_MAX
 from tasks.api._service import JobService
 from tasks.api.tokens import ApiClient
-from tasks.errors import BadRequest
+from tasks.errors import BadRequest, UnsupportedFormat
+from tasks.records.formats import SNIFF_BYTES, UNSUPPORTED, input_format
 
 Message = MutableMapping[str, Any]
 Receive = Callable[[], Awaitable[Message]]
@@ -55,6 +57,8 @@ class Received:
     upload: str | None = None
     filename: str = ""
     size: int = 0
+    head: bytearray = field(default_factory=bytearray)  # the file's first SNIFF_BYTES
+    format: str | None = None  # told by `head` (tasks/records/formats.py)
 
 
 @dataclass
@@ -114,6 +118,9 @@ class _Collector:
         if self.part.filename is not None:
             self.pending += data[start:end]
             self.received.size += end - start
+            head = self.received.head
+            if len(head) < SNIFF_BYTES:
+                head += data[start:min(end, start + SNIFF_BYTES - len(head))]
             return
         self.part.data += data[start:end]
         if len(self.part.data) > MAX_FIELD_BYTES:
@@ -171,11 +178,15 @@ async def receive_multipart(request: Request, service: JobService,
                 engine, collector.engine = collector.engine, None
                 await run_in_threadpool(service.check_engine, engine)
             service.check_upload_size(received.size)
+            if received.format is None and len(received.head) >= SNIFF_BYTES:
+                check_format(received)
             if len(collector.pending) >= FLUSH_BYTES:
                 await _flush(service, received, collector, caller)
         parser.finalize()
         if not collector.ended:  # cut short: its last part may be any prefix of itself
             raise BadRequest("the multipart body ends before its closing boundary")
+        if received.format is None and received.head:
+            check_format(received)
         if collector.pending or (collector.files and received.upload is None):
             await _flush(service, received, collector, caller)
     except MultipartParseError as exc:
@@ -185,6 +196,14 @@ async def receive_multipart(request: Request, service: JobService,
         await run_in_threadpool(service.discard, caller, received.upload)
         raise
     return received
+
+
+def check_format(received: Received) -> None:
+    """The file's format from its first bytes; `unsupported_format` when it is none."""
+    received.format = input_format(bytes(received.head))
+    if received.format is None:
+        raise UnsupportedFormat(f"{received.filename or 'the file'} is {UNSUPPORTED}; "
+                                "nothing was stored")
 
 
 async def body_chunks(request: Request, timeout: float) -> AsyncIterator[bytes]:

@@ -2,7 +2,8 @@
 
 Runs in the operator's process. Without `--run` it prints the history the golden-set
 runs left in Redis (tasks/state/golden.py), newest first: per run and engine, its
-model, release, CER, WER, documents and characters (`--json`: one record a line).
+model, release, CER, WER, documents and characters (`--json`: one record a line); an
+empty history is one line on stderr that says how to make a first run.
 `--run` sends OCR_GOLDEN_SET (the operator's setting, as beat's audit reads it) to
 every engine the live workers serve (tasks/queue/golden.py), waits for the jobs and
 for their scores to be recorded, and prints the run's records.
@@ -90,6 +91,17 @@ def run_accuracy(args: argparse.Namespace, session: Context,
                   f"{len(sent['engines']) - len(records)} engine(s) were not recorded",
                   file=sys.stderr)
             return EXIT_FAILURE
+    if not records:  # stdout stays empty: one line on stderr says why and what to do
+        print(no_history(prog, bool(session.settings.golden_set)), file=sys.stderr)
     for record in records:
         print(json.dumps(record) if args.json else _line(record), flush=True)
     return EXIT_OK
+
+
+def no_history(prog: str, has_set: bool) -> str:
+    """The line said for an empty history: how a first run is made."""
+    first = (f"`{prog} accuracy --run` scores OCR_GOLDEN_SET now, and beat's audit "
+             "(OCR_AUDIT_CRONTAB) on its schedule" if has_set else
+             "set OCR_GOLDEN_SET to a folder of documents with ground truth (as for "
+             f"`submit.py eval`), then run `{prog} accuracy --run` (docs/accuracy.md)")
+    return f"{prog}: no golden-set runs recorded yet: {first}"

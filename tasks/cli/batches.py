@@ -5,13 +5,15 @@ s3:// (or https://) SOURCE records the batch in Redis and sends its driver's fir
 step: the workers do the rest (tasks/lifecycle/batches.py); the command waits for its
 end like the other forms (`--no-wait`: the id alone), and `batch status|wait|cancel|
 retry ID` follow it. With a local folder as SOURCE (and a folder as TARGET) this
-process steps the same driver itself (tasks/cli/local_batch.py): each file is
-uploaded as a job, at most OCR_BATCH_WINDOW at once, its output and manifest line
-written under TARGET as it ends, `manifest.jsonl` at the end; run it again to resume
-(files whose manifest line shows the same size, mtime and options are skipped, and
-those that failed still count: the exit status is the collection's). Before the
-text summary, stderr names each document that failed, with its code, from the
-target's manifest.
+process steps the same driver itself (tasks/cli/local_batch.py). It reads the
+folder's images and PDFs, told by their first bytes; `--include`/`--exclude GLOB`
+choose among them, and one line on stderr says how many files were left out and why.
+Each is uploaded as a job (`--password` goes with each, never into a record), at most
+OCR_BATCH_WINDOW at once, its output and manifest line written under TARGET as it
+ends, `manifest.jsonl` at the end; run it again to resume (files whose manifest line
+shows the same size, mtime and options are skipped, and those that failed still
+count: the exit status is the collection's). Before the text summary, stderr names
+each document that failed, with its code, from the target's manifest.
 """
 
 from __future__ import annotations
@@ -36,7 +38,15 @@ from tasks.cli.core import (
 from tasks.cli.local_batch import Progress, failure_lines, progress_stream, run_local
 from tasks.cli.output import PROG
 from tasks.errors import OcrError
-from tasks.lifecycle.batch_local import LocalTarget
+from tasks.lifecycle.batch_local import (
+    EXCLUDED,
+    NOT_A_DOCUMENT,
+    NOT_INCLUDED,
+    UNREADABLE,
+    FolderChoice,
+    LocalTarget,
+    choose,
+)
 from tasks.lifecycle.fetcher import Fetcher
 from tasks.lifecycle.url_policy import is_url
 from tasks.queue.batch_chain import batch_store, start_chain
@@ -81,6 +91,14 @@ def batch_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--progress", action="store_true",
                         help="a progress line on stderr every second also when it is not "
                         "a terminal (else every 5 s there)")
+    parser.add_argument("--include", action="append", default=[], metavar="GLOB",
+                        help="local SOURCE: read only files whose path under it, or name, "
+                        "matches GLOB (repeatable; `*` also crosses `/`)")
+    parser.add_argument("--exclude", action="append", default=[], metavar="GLOB",
+                        help="local SOURCE: leave out files whose path or name matches "
+                        "GLOB (repeatable)")
+    parser.add_argument("--password", help="local SOURCE: password of its encrypted PDFs "
+                        "(sent with each job, never written to the manifest)")
 
 
 @command("batch", "OCR a collection (s3:// prefix, manifest or folder) into a target; "
@@ -101,17 +119,31 @@ def run_batch(args: argparse.Namespace, session: Session) -> int:
                                  "pages": args.pages,
                                  "no_cache": args.no_cache or None}.items() if v is not None}
     if is_url(args.what):
+        local_only = [flag for flag, given in (("--include", args.include),
+                                               ("--exclude", args.exclude),
+                                               ("--password", args.password)) if given]
+        if local_only:
+            print(f"{PROG}: {', '.join(local_only)}: only for a local folder as SOURCE",
+                  file=sys.stderr)
+            return EXIT_USAGE
         return _start(args, session, options)
     source, target = Path(args.what), Path(args.result_url)
     if not source.is_dir():
         print(f"{PROG}: {source} is not a folder (nor an s3:// or https:// URL)",
               file=sys.stderr)
         return EXIT_USAGE
-    session.client.admit(options, priority=args.priority)
+    session.client.admit({**options, "password": args.password} if args.password
+                         else options, priority=args.priority)
+    choice = choose(source, target, args.include, args.exclude)
+    said = left_out_line(choice)
+    if said:
+        print(f"{PROG}: {said}", file=sys.stderr, flush=True)
     summary = run_local(session.client, _store(session), source, target, options,
                         overwrite=args.overwrite, retry_failed=args.retry_failed,
                         priority=args.priority, timeout=args.timeout,
-                        progress=progress_stream(args.progress))
+                        progress=progress_stream(args.progress), chosen=choice.chosen,
+                        password=args.password)
+    summary["left_out"] = {reason: len(names) for reason, names in choice.left_out.items()}
     if not args.json:  # on stderr, as submit.py's lines of failed files
         retry = None if args.retry_failed else ("run again with --retry-failed to read "
                                                 "them again")
@@ -119,6 +151,25 @@ def run_batch(args: argparse.Namespace, session: Session) -> int:
             print(line, file=sys.stderr, flush=True)
     _print(summary, args.json)
     return EXIT_BY_STATE.get(summary["state"], EXIT_TIMEOUT)
+
+
+REASONS = {NOT_A_DOCUMENT: "no image or PDF (by their first bytes)",
+           EXCLUDED: "matched --exclude", NOT_INCLUDED: "matched no --include",
+           UNREADABLE: "could not be read"}
+EXAMPLES = 3  # names shown of each reason's files
+
+
+def left_out_line(choice: FolderChoice) -> str:
+    """One line saying how many files the batch leaves out, why, and a few names."""
+    if not choice.left_out:
+        return ""
+    count = sum(len(names) for names in choice.left_out.values())
+    parts = []
+    for reason, names in choice.left_out.items():
+        shown = ", ".join(names[:EXAMPLES]) + (", ..." if len(names) > EXAMPLES else "")
+        parts.append(f"{len(names)} {REASONS[reason]} ({shown})")
+    return (f"left out {count} of {count + len(choice.chosen)} files: "
+            f"{'; '.join(parts)}")
 
 
 def _start(args: argparse.Namespace, session: Session, options: dict[str, Any]) -> int:

@@ -10,6 +10,7 @@ registration (`COMMANDS`). The shared options (`--json`, `--timeout`, `--out`,
 from __future__ import annotations
 
 import argparse
+import difflib
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -77,6 +78,7 @@ SHARED: dict[str, SharedOption] = {
         "fair shares, and `client` in results); default $OCR_CLIENT, else your login "
         "name"}, None),
 }
+CLOSE = 0.75  # how alike a word and a command's name must be to ask "did you mean"
 TAKES_VALUE = {flag for o in SHARED.values() if o.options.get("action") != "store_true"
                for flag in o.flags}
 SHARED_FLAGS = {flag for o in SHARED.values() for flag in o.flags}
@@ -132,6 +134,23 @@ def with_default_command(argv: list[str]) -> list[str]:
             return [*argv[:i], "submit", *argv[i:]]
         i += 2 if flag in TAKES_VALUE and not eq else 1
     return argv
+
+
+def mistyped_command(argv: list[str]) -> tuple[str, str] | None:
+    """(word, command) for a first word that names no file and looks like a command mistyped.
+
+    `stauts ID` gives ("stauts", "status"). Only the word `with_default_command` would
+    read as the first file is asked about; None for any other command line.
+    """
+    words = with_default_command(argv)
+    if len(words) == len(argv):  # a command named, or none
+        return None
+    at = next((i for i, (a, b) in enumerate(zip(argv, words, strict=False)) if a != b),
+              len(argv))
+    if at >= len(argv) or Path(argv[at]).exists():
+        return None
+    close = difflib.get_close_matches(argv[at], list(COMMANDS), n=1, cutoff=CLOSE)
+    return (argv[at], close[0]) if close else None
 
 
 def check_shared(parser: argparse.ArgumentParser, args: argparse.Namespace,

@@ -52,7 +52,8 @@ EXIT_HELP = """exit status (several jobs: the most severe, in this order):
   3  a job was PARTIAL (some pages failed; `retry` re-reads them)
   0  every job succeeded
   2  usage error (bad option, file list or setting; nothing was sent)
-  7  not_found: no job has that id (never sent, or its records expired)"""
+  7  not_found: no job has that id (never sent, or its records expired)
+`status` exits as `wait` for jobs that ended or wait with no worker; 0 while they run"""
 UNREACHABLE_HINT = ("start the service with `make run`, or point REDIS_URL (or "
                     "--redis-url) at the broker's Redis")
 REDIS_URL_HELP = ("the broker's Redis (default: $REDIS_URL, else the one `make run` "

@@ -49,6 +49,7 @@ def eval_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--engine", help=f"engines to score, comma-separated: "
                         f"{', '.join(ENGINES)} (default: the service's default path)")
     parser.add_argument("--lang", help="the documents' language(s), as submit's --lang")
+    parser.add_argument("--password", help="password of the encrypted PDFs among them")
     parser.add_argument("--report", type=Path, metavar="FILE.html",
                         help="write each read aligned with its ground truth, edits "
                              "marked, worst lines first")
@@ -140,7 +141,8 @@ def run_eval(args: argparse.Namespace, session: Session) -> int:
     client = session.client
     engines: list[str | None] = [e.strip() for e in (args.engine or "").split(",")
                                  if e.strip()] or [None]
-    options = {k: v for k, v in {"lang": args.lang}.items() if v is not None}
+    options = {k: v for k, v in {"lang": args.lang, "password": args.password}.items()
+               if v is not None}
     if (args.location is None) == (args.corrected is None):
         print(f"{PROG}: eval needs a DIR or --corrected CLIENT (one of them)",
               file=sys.stderr)

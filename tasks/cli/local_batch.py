@@ -58,10 +58,18 @@ class Progress:
 
 
 class LocalPorts:
-    """The driver's ports in submit.py: a folder in, a folder out, jobs via OcrClient."""
+    """The driver's ports in submit.py: a folder in, a folder out, jobs via OcrClient.
 
-    def __init__(self, client: OcrClient) -> None:
+    `chosen`: the folder's files it reads (`choose`'s; None: every one). `password`
+    opens encrypted PDFs: it goes with each job, never into the batch's record or its
+    manifest.
+    """
+
+    def __init__(self, client: OcrClient, chosen: frozenset[str] | None = None,
+                 password: str | None = None) -> None:
         self.client = client
+        self.chosen = chosen
+        self.password = password
         self._outputs: dict[str, tuple[str, str]] = {}  # job id -> (name, output)
 
     def fetcher(self, record: BatchRecord) -> Fetcher:
@@ -72,13 +80,13 @@ class LocalPorts:
         return LocalTarget(Path(record.target))
 
     def source(self, record: BatchRecord, target: Target) -> Source:
-        return LocalFolder(Path(record.source), Path(record.target))
+        return LocalFolder(Path(record.source), Path(record.target), self.chosen)
 
     def admit(self, record: BatchRecord, kwargs: dict[str, Any]) -> None:
-        self.client.admit(_job_options(kwargs), priority=record.priority)
+        self.client.admit(self._job_options(kwargs), priority=record.priority)
 
     def send(self, record: BatchRecord, kwargs: dict[str, Any], replacing: str = "") -> str:
-        options = _job_options(kwargs)
+        options = self._job_options(kwargs)
         path = str(options.pop("path"))
         blob = self.client.put_input(path)
         job_id = self.client.enqueue({**options, "blob": blob}, priority=record.priority)
@@ -117,28 +125,31 @@ class LocalPorts:
     def forget(self, job_ids: list[str]) -> None:
         return None  # their records expire as any job's
 
-
-def _job_options(kwargs: dict[str, Any]) -> dict[str, Any]:
-    """The driver's kwargs as a local job's: its file by path, no result URL."""
-    return {k: v for k, v in kwargs.items() if k != "result_url"}
+    def _job_options(self, kwargs: dict[str, Any]) -> dict[str, Any]:
+        """The driver's kwargs as a local job's: its file by path, no result URL."""
+        password = {"password": self.password} if self.password else {}
+        return {**{k: v for k, v in kwargs.items() if k != "result_url"}, **password}
 
 
 def run_local(client: OcrClient, store: BatchStore, source: Path, target_dir: Path,
               options: dict[str, Any], *, overwrite: bool = False,
               retry_failed: bool = False, priority: str = "batch",
-              timeout: float | None = None, progress: Progress | None = None
+              timeout: float | None = None, progress: Progress | None = None,
+              chosen: frozenset[str] | None = None, password: str | None = None
               ) -> dict[str, Any]:
-    """OCR every file under `source` into `target_dir`; the batch's summary (as shown).
+    """OCR the files under `source` into `target_dir`; the batch's summary (as shown).
 
-    The batch is recorded (its id printed to `progress` first); interrupted, it ends
-    CANCELLED. `timeout`: the summary as it stands then (RUNNING), the jobs go on.
+    `chosen`: only those relative paths (None: every file); `password` goes with each
+    job (LocalPorts). The batch is recorded (its id printed to `progress` first);
+    interrupted, it ends CANCELLED. `timeout`: the summary as it stands then
+    (RUNNING), the jobs go on.
     """
     record = store.create(BatchRecord(
         id="", source=str(source.resolve()), target=str(target_dir.resolve()) + "/",
         options=options, priority=priority, client=client.client, local=True,
         overwrite=overwrite, retry_failed=retry_failed))
     chain = store.new_chain(record.id)
-    ports = LocalPorts(client)
+    ports = LocalPorts(client, chosen, password)
     driver = BatchDriver(store, ports, client.settings)
     deadline = None if timeout is None else time.monotonic() + timeout
     if progress is not None:

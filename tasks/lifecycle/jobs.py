@@ -31,10 +31,11 @@ from tasks.pipeline.documents import (
     run_document,
     structure_chunks,
 )
-from tasks.pipeline.images import image_pages, sniff_format
+from tasks.pipeline.images import image_pages
 from tasks.pipeline.layouts import LAYOUT_OUTPUTS
 from tasks.pipeline.pdf import check_password, plan_pdf, searchable_pdf
 from tasks.pipeline.results import OUTPUT_VERSION, merge_previous, named_engines, with_scores
+from tasks.records.formats import sniff_format
 from tasks.records.jobs import DocumentMeta, JobStatus, Outcome
 from tasks.records.request import JobRequest
 from tasks.records.results import DocumentResult, PageRecord, StoredOutput

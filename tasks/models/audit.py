@@ -135,7 +135,8 @@ def build_report(run: AuditRun, model_dir: Path, entries: Sequence[ModelEntry],
         "policy": run.policy.to_dict(),
         "model_dir_exists": model_dir.is_dir() or bool(entries),
         "notes": list(notes),
-        "models": [{**e.to_dict(), **status(whole.get(e.name))} for e in entries],
+        "models": [{**e.to_dict(), **status(whole.get(e.name), bool(e.integrity.problems))}
+                   for e in entries],
         "totals": {
             "entries": len(entries),
             "size_bytes": sum(e.size_bytes for e in entries),

@@ -227,16 +227,19 @@ CURRENT_REASONS = frozenset({"current_model", "loaded"})
 HELD_BACK_REASONS = frozenset({"audit_only", "prune_locked", "remove_failed"})
 
 
-def status(decision: Decision | None) -> dict[str, Any]:
+def status(decision: Decision | None, broken: bool = False) -> dict[str, Any]:
     """An entry's status in the design's words.
 
-    `CURRENT` (configured or loaded somewhere), `OLD` (a prune candidate; `old_reason`
-    says why) or `OK`.
+    `OLD` (a prune candidate; `old_reason` says why), `BROKEN` (its integrity check
+    found problems: no worker can load it), `CURRENT` (configured or loaded somewhere)
+    or `OK`.
     """
-    if decision is None:
-        return {"status": "OK", "old_reason": None}
-    if CURRENT_REASONS & set(decision.reasons):
-        return {"status": "CURRENT", "old_reason": None}
-    if decision.prune or HELD_BACK_REASONS & set(decision.reasons):
+    reasons = set(decision.reasons) if decision is not None else set()
+    if decision is not None and (decision.prune or HELD_BACK_REASONS & reasons) \
+            and not CURRENT_REASONS & reasons:
         return {"status": "OLD", "old_reason": decision.detail}
+    if broken:
+        return {"status": "BROKEN", "old_reason": None}
+    if CURRENT_REASONS & reasons:
+        return {"status": "CURRENT", "old_reason": None}
     return {"status": "OK", "old_reason": None}

@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any
 
 from tasks.engines import RecognizeOptions
 from tasks.errors import DeadlineExceeded, OcrError
-from tasks.pipeline.images import iter_image_pages, sniff_format
+from tasks.pipeline.images import iter_image_pages
 from tasks.pipeline.layouts import LAYOUT_OUTPUTS
 from tasks.pipeline.page_reading import Render, blank_page, ocr_page, with_structure
 from tasks.pipeline.pdf import (
@@ -37,6 +37,7 @@ from tasks.pipeline.structure import (
     layout_threads,
     relevel,
 )
+from tasks.records.formats import sniff_format
 from tasks.records.request import WORD_BOX_OUTPUTS
 from tasks.records.results import DocumentResult, PageRecord, PageStructure
 

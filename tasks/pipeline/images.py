@@ -1,6 +1,7 @@
-"""Image inputs: format sniffing, safe decoding and normalisation to page images.
+"""Image inputs: safe decoding and normalisation to page images.
 
-Runs in worker children. Formats are recognised by their bytes, never by file name.
+Runs in worker children. An input's format is recognised by its bytes, never by file
+name (`sniff_format`, tasks/records/formats.py).
 Pillow is the only imaging library used.
 """
 
@@ -14,39 +15,15 @@ from typing import TYPE_CHECKING
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-from tasks.errors import CorruptInput, EmptyInput, ImageTooLarge, UnsupportedFormat
+from tasks.errors import CorruptInput, ImageTooLarge
 from tasks.pipeline import _png_strips as png_strips
 from tasks.pipeline.pages import select_pages
 
 if TYPE_CHECKING:
     from tasks.settings import Settings
 
-_MAGIC = (
-    (b"\x89PNG\r\n\x1a\n", "png"),
-    (b"\xff\xd8\xff", "jpeg"),
-    (b"GIF87a", "gif"),
-    (b"GIF89a", "gif"),
-    (b"II*\x00", "tiff"),
-    (b"MM\x00*", "tiff"),
-    (b"BM", "bmp"),
-)
-IMAGE_FORMATS = ("png", "jpeg", "gif", "tiff", "webp", "bmp")
 # Formats whose frames are pages of a document; in others only the first frame counts.
 _PAGED_FORMATS = ("tiff",)
-
-
-def sniff_format(data: bytes) -> str:
-    """`pdf` or an image format name, from the leading bytes."""
-    if not data:
-        raise EmptyInput()
-    if b"%PDF-" in data[:1024]:
-        return "pdf"
-    if data[:4] == b"RIFF" and data[8:12] == b"WEBP":
-        return "webp"
-    for magic, name in _MAGIC:
-        if data.startswith(magic):
-            return name
-    raise UnsupportedFormat("the input is not a PDF, PNG, JPEG, TIFF, WebP, BMP or GIF file")
 
 
 def configure_pillow(settings: Settings) -> None:

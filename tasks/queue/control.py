@@ -5,7 +5,8 @@ All run in the worker parent (MainProcess).
 `celery -A tasks control unload_model`, or `submit.py models --unload`. The parent
 holds no engine (they live in the pool children), so it sends each pool child the
 release signal (tasks/engines/release.py): each child closes its engines and clears MLX's cache
-now, or after the task it is running, and loads them again on its next task.
+now, or after the task it is running, and loads them again on its next task. The
+control worker answers that it has none.
 
 Imported by `create_app`, so the worker and the `celery control` command line both know
 the command.
@@ -24,7 +25,12 @@ from tasks.engines.auto_lang import choosable
 
 @control_command(help="Make every pool child release its engines (reloaded on next task).")
 def unload_model(state: Any, **_: Any) -> dict[str, Any]:
-    """Signal every pool child of this worker; reply with the pids signalled."""
+    """Signal every pool child of this worker; reply with the pids signalled.
+
+    The control worker holds no engine by design: its reply says so, as nothing to do.
+    """
+    if state.consumer.app.ocr_settings.worker_role == "control":
+        return {"ok": "no engine (control)", "pids": []}
     info = state.consumer.pool.info
     pids = info.get("processes") if isinstance(info, dict) else None
     if not pids:

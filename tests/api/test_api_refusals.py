@@ -1,11 +1,12 @@
 """Every client reads a refusal: Python's urllib, requests and httpx.
 
 The Procfile's `api` process on a real Redis, no worker (nothing here is run). An
-upload refused for its size (413 input_too_large) or its client's bytes quota (429
-quota_exceeded) is answered once the body within twice the upload limit has been read
-and dropped, so a client that only reads the answer after sending the whole body (as
-urllib does) reads the coded JSON error instead of a reset connection. Bodies are
-larger than loopback's socket buffers, so the old early answer did reset urllib.
+upload refused for its size (413 input_too_large), its client's bytes quota (429
+quota_exceeded) or its format (415 unsupported_format: a text file) is answered once
+the body within twice the upload limit has been read and dropped, so a client that
+only reads the answer after sending the whole body (as urllib does) reads the coded
+JSON error instead of a reset connection. Bodies are larger than loopback's socket
+buffers, so the old early answer did reset urllib.
 """
 
 from __future__ import annotations
@@ -42,11 +43,16 @@ def tokens(api: ApiServer, redis_url: str) -> dict[str, str]:
             "tight": create_token(redis_url, "tight", "--max-bytes", str(QUOTA_BYTES))}
 
 
-def multipart(size: int) -> tuple[bytes, str]:
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"  # an upload's first bytes tell its format
+
+
+def multipart(size: int, data: bytes = PNG_SIGNATURE, name: str = "big.png"
+              ) -> tuple[bytes, str]:
+    """A multipart body whose file is `size` bytes: `data`, then zeros."""
     boundary = uuid.uuid4().hex
     head = (f'--{boundary}\r\nContent-Disposition: form-data; name="file"; '
-            f'filename="big.png"\r\nContent-Type: image/png\r\n\r\n').encode()
-    return head + bytes(size) + f"\r\n--{boundary}--\r\n".encode(), \
+            f'filename="{name}"\r\nContent-Type: image/png\r\n\r\n').encode()
+    return head + data + bytes(size - len(data)) + f"\r\n--{boundary}--\r\n".encode(), \
         f"multipart/form-data; boundary={boundary}"
 
 
@@ -110,3 +116,23 @@ def test_clients_bytes_set_keeps_its_ttl(api: ApiServer, tokens: dict[str, str],
     got, answer = by_requests(f"{api.url}/v1/jobs", tokens["roomy"], body, content_type)
     assert got == 202, answer
     assert store.ttl("ocr:api:bytes:roomy") > 0
+
+
+@pytest.mark.parametrize("size", [60, 2 * 1024 * 1024])
+def test_a_file_that_is_no_image_or_pdf_is_refused_at_the_door(
+        size: int, api: ApiServer, tokens: dict[str, str], redis_url: str) -> None:
+    """A text file: 415 `unsupported_format`, told by its first bytes, nothing stored.
+
+    A large one is refused once its first KiB has arrived; every client reads it.
+    """
+    store = redis.Redis.from_url(redis_url)
+    before = stored(store)
+    body, content_type = multipart(size, b"Dear reader,\nthis is a ground-truth text.\n",
+                                   "page.gt.txt")
+    for client in sorted(CLIENTS):
+        got, error = CLIENTS[client](f"{api.url}/v1/jobs", tokens["roomy"], body,
+                                     content_type)
+        assert (got, error["error"]["code"]) == (415, "unsupported_format"), (client, error)
+        assert "page.gt.txt" in error["error"]["message"]
+        assert "nothing was stored" in error["error"]["message"]
+    assert stored(store) <= before

@@ -284,7 +284,7 @@ def test_the_local_folder_form_writes_outputs_and_a_manifest_and_resumes(
     for i in range(5):
         (source / ("sub" if i % 2 else "") / f"page-{i}.png").write_bytes(
             png(200, (50 + i, 40 + i)))
-    (source / "broken.png").write_bytes(BAD)
+    (source / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n" + BAD)  # a PNG's first bytes
     done = cli(redis_url, s3, "batch", str(source), "--result-url", str(target), "--json",
                "--progress")
     assert done.returncode == 3, done.stderr  # PARTIAL

@@ -1,19 +1,22 @@
 """The operator's commands (ocr_admin.py) apart from the user's, with submit.py's words.
 
 `ocr_admin.py tokens ...` and `submit.py tokens ...` are one code path against a real
-Redis; both command lines give the same exit statuses.
+Redis; both command lines give the same exit statuses. `accuracy` with no history
+says how to make one; `models --unload` says the control worker has no engine.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
+from collections.abc import Callable
 
 import ocr_admin
 import submit
-from tests.harness import ROOT
+from tests.harness import FAST_PAGES, ROOT, Worker, fake_env
 
 
 def run(redis_url: str, *words: str) -> subprocess.CompletedProcess[str]:
@@ -51,3 +54,36 @@ def test_tokens_help_says_zero_is_no_limit() -> None:
         assert done.returncode == 0, done.stderr
         text = " ".join(done.stdout.split())  # argparse wraps the help
         assert "0: no limit" in text and "0: none" not in text, text
+
+
+def test_accuracy_without_history_says_how_to_make_one(redis_url: str) -> None:
+    for env, then in (({}, "set OCR_GOLDEN_SET to a folder of documents with ground truth"),
+                      ({"OCR_GOLDEN_SET": "/srv/golden"},
+                       "`ocr_admin.py accuracy --run` scores OCR_GOLDEN_SET now")):
+        done = subprocess.run([sys.executable, "ocr_admin.py", "accuracy"], cwd=ROOT,
+                              capture_output=True, text=True, timeout=60,
+                              env={**os.environ, "REDIS_URL": redis_url, **env})
+        assert done.returncode == 0 and done.stdout == "", done.stderr
+        [line] = done.stderr.splitlines()
+        assert line.startswith("ocr_admin.py: no golden-set runs recorded yet: ") and \
+            then in line, line
+
+
+def node(worker: Worker) -> str:
+    """The worker's node name, as its `ready.` line gives it."""
+    found = re.search(r"(\S+@\S+) ready\.", worker.log())
+    assert found, worker.log()[-2000:]
+    return found.group(1)
+
+
+def test_unload_says_the_control_worker_has_no_engine(
+        start_worker: Callable[..., Worker], redis_url: str) -> None:
+    ocr = start_worker(**fake_env(**FAST_PAGES))
+    control = start_worker("control", **fake_env(**FAST_PAGES))
+    for prog in ("ocr_admin.py", "submit.py"):
+        done = run(redis_url, prog, "models", "--unload")
+        assert done.returncode == 0, done.stderr
+        lines = dict(line.split(": ", 1) for line in done.stdout.splitlines())
+        assert lines[node(control)] == "no engine (control)", done.stdout
+        assert lines[node(ocr)].startswith("release requested in "), done.stdout
+        assert "error" not in done.stdout

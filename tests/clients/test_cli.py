@@ -33,7 +33,8 @@ from tests.harness import (
     free_port,
     make_client,
 )
-from tests.pdf_fixtures import image_pdf, plain_pages
+from tests.image_fixtures import png
+from tests.pdf_fixtures import encrypted_pdf, image_pdf, plain_pages
 from tests.queue.test_queue import submit_cli
 
 ENGINES = ("fake", "flaky-on-dark")
@@ -108,6 +109,37 @@ def test_usage_errors_exit_2_before_anything_is_sent() -> None:
         done = submit_cli(f"redis://127.0.0.1:{port}/0", *words)
         assert done.returncode == 2, (words, done.stderr)
         assert "Traceback" not in done.stderr
+
+
+def test_a_folder_is_a_usage_error_that_names_batch(tmp_path: Path) -> None:
+    """`submit.py DIR`: exit 2 with the command that reads a folder, Redis never asked."""
+    folder = tmp_path / "scans"
+    folder.mkdir()
+    (folder / "page.png").write_bytes(b"")
+    for words in ([str(folder)], ["--json", str(folder / "page.png"), str(folder)]):
+        done = submit_cli(f"redis://127.0.0.1:{free_port()}/0", *words)
+        assert done.returncode == 2, done.stderr
+        [line] = done.stderr.splitlines()
+        assert line == (f"submit.py: {folder}: a folder: use `submit.py batch {folder} "
+                        "--result-url OUT/` (every image and PDF in it, each output into "
+                        "OUT/); nothing was sent")
+
+
+def test_a_mistyped_command_asks_did_you_mean(tmp_path: Path) -> None:
+    """`submit.py stauts abc`: exit 2, "did you mean `status`", no file read or sent."""
+    url = f"redis://127.0.0.1:{free_port()}/0"
+    for words, meant in ((["stauts", "abc"], "status"), (["--json", "wiat", "x"], "wait"),
+                         (["bach", "in/"], "batch")):
+        done = submit_cli(url, *words)
+        assert done.returncode == 2, (words, done.stderr)
+        [line] = done.stderr.splitlines()
+        assert f"did you mean `{meant}`?" in line and "Traceback" not in line, line
+    # a word that is a file is a file, however close to a command's name
+    (tmp_path / "stauts").write_bytes(b"")
+    done = subprocess.run([sys.executable, str(ROOT / "submit.py"), "stauts"], cwd=tmp_path,
+                          env={**os.environ, "REDIS_URL": url}, capture_output=True,
+                          text=True, timeout=120)
+    assert done.returncode == 5 and "did you mean" not in done.stderr, done.stderr
 
 
 def test_redis_unreachable_is_one_line_with_the_url_and_what_to_do() -> None:
@@ -242,7 +274,7 @@ def test_no_wait_then_wait_with_options_before_the_command(worker: Worker,
         assert (record["id"], record["filename"], record["status"]) == (
             job_id, "scan_linn.png", "SUCCESS")
     status = submit_cli(redis_url, "status", job_id)
-    assert status.stdout.startswith("scan_linn.png: SUCCESS")
+    assert status.stdout.startswith("scan_linn.png: SUCCESS") and status.returncode == 0
 
 
 def test_partial_result_exits_3_and_names_the_page(worker: Worker, redis_url: str,
@@ -253,6 +285,72 @@ def test_partial_result_exits_3_and_names_the_page(worker: Worker, redis_url: st
     assert done.returncode == 3, done.stderr
     assert re.search(r"^three\.pdf: PARTIAL: page 2 failed: engine_failed: ", done.stderr,
                      re.M)
+
+
+def scans_folder(base: Path) -> Path:
+    """Scans as a real folder holds them: sidecar texts, notes, an encrypted PDF."""
+    folder = base / "scans"
+    (folder / "drafts").mkdir(parents=True)
+    (folder / "p1.png").write_bytes(png(200, (50, 40)))
+    (folder / "p1.gt.txt").write_text("the page's ground truth\n")
+    (folder / "p2.pdf").write_bytes(image_pdf(plain_pages(2)))
+    (folder / "p2.md").write_text("# notes\n")
+    (folder / "README").write_text("scanned in 2024\n")
+    (folder / "locked.pdf").write_bytes(encrypted_pdf(image_pdf(plain_pages(1)), "s3cret"))
+    (folder / "drafts" / "d1.png").write_bytes(png(200, (60, 40)))
+    return folder
+
+
+def test_a_folders_batch_reads_its_images_and_pdfs_only(worker: Worker, redis_url: str,
+                                                         tmp_path: Path) -> None:
+    """Sidecar files are left out and said; globs choose; --password opens PDFs."""
+    folder, out = scans_folder(tmp_path), tmp_path / "out"
+    done = submit_cli(redis_url, "batch", str(folder), "--result-url", str(out), "--json")
+    assert done.returncode == 3, done.stderr  # PARTIAL: locked.pdf is pdf_encrypted
+    assert ("submit.py: left out 3 of 7 files: 3 no image or PDF (by their first bytes) "
+            "(README, p1.gt.txt, p2.md)\n") in done.stderr, done.stderr
+    shown = json.loads(done.stdout)
+    assert shown["documents"]["total"] == 4 and shown["documents"]["failed"] == 1, shown
+    assert shown["left_out"] == {"no_image_or_pdf": 3}
+    lines = {line["name"]: line for line in map(
+        json.loads, (out / "manifest.jsonl").read_text().splitlines())}
+    assert sorted(lines) == ["drafts/d1.png", "locked.pdf", "p1.png", "p2.pdf"]
+    assert lines["locked.pdf"]["error"] == "pdf_encrypted"
+    assert "unsupported_format" not in (out / "manifest.jsonl").read_text()
+    # the password opens it; it is written nowhere
+    again = submit_cli(redis_url, "batch", str(folder), "--result-url", str(out), "--json",
+                       "--retry-failed", "--password", "s3cret")
+    assert again.returncode == 0, again.stderr
+    assert json.loads(again.stdout)["state"] == "SUCCESS"
+    assert (out / "locked.pdf.txt").read_text().startswith("fake ")
+    assert not [p for p in out.rglob("*") if p.is_file() and b"s3cret" in p.read_bytes()]
+    # globs, matched on the path under the folder or the name, repeatable
+    chosen = submit_cli(redis_url, "batch", str(folder), "--result-url",
+                        str(tmp_path / "pngs"), "--json", "--include", "*.png",
+                        "--include", "README", "--exclude", "drafts/*")
+    assert chosen.returncode == 0, chosen.stderr
+    summary = json.loads(chosen.stdout)
+    assert summary["documents"]["total"] == 1, summary
+    assert summary["left_out"] == {"not_included": 4, "excluded": 1, "no_image_or_pdf": 1}
+    assert "1 matched --exclude (drafts/d1.png)" in chosen.stderr, chosen.stderr
+    # a service batch takes none of these: usage error, nothing started
+    remote = submit_cli(redis_url, "batch", "s3://scans/2024/", "--result-url",
+                        "s3://ocr/2024/", "--exclude", "*.md", "--password", "x")
+    assert remote.returncode == 2, remote.stderr
+    assert "--exclude, --password: only for a local folder" in remote.stderr
+
+
+def test_eval_takes_a_password(worker: Worker, redis_url: str, tmp_path: Path) -> None:
+    folder = tmp_path / "truth"
+    folder.mkdir()
+    (folder / "locked.pdf").write_bytes(encrypted_pdf(image_pdf(plain_pages(1)), "s3cret"))
+    (folder / "locked.gt.txt").write_text("fake")
+    locked = submit_cli(redis_url, "eval", str(folder), "--json")
+    assert locked.returncode == 1 and "pdf_encrypted" in locked.stdout, locked.stdout
+    opened = submit_cli(redis_url, "eval", str(folder), "--json", "--password", "s3cret")
+    assert opened.returncode == 0, opened.stderr
+    record = json.loads(opened.stdout.splitlines()[0])
+    assert "error" not in record and record["chars"] == 4, record
 
 
 def door_keys(store: redis.Redis) -> set[bytes]:
@@ -299,6 +397,7 @@ def test_no_worker_on_the_queue_is_reported_not_waited_for(
     assert "make run" in text.stderr.splitlines()[-1]
     status = submit_cli(redis_url, "--json", "status", job)
     assert json.loads(status.stdout)["error"]["code"] == "no_worker"
+    assert status.returncode == 5  # as `wait` exits on it
     # the Python client says it too (after a grace of 1 s, not its default 6 s)
     monkeypatch.setattr(client, "no_worker_grace", 1.0)
     assert client.wait([job])[job]["error"]["code"] == "no_worker"
@@ -306,8 +405,10 @@ def test_no_worker_on_the_queue_is_reported_not_waited_for(
     # CANCELLED (exit 4), never Celery's REVOKED
     cancel = submit_cli(redis_url, "cancel", record["id"])
     assert cancel.stdout.startswith(f"scan_linn.png: cancelled (job {job})"), cancel.stdout
-    plain = submit_cli(redis_url, "status", job).stdout
+    status = submit_cli(redis_url, "status", job)
+    plain = status.stdout
     assert plain.startswith(f"scan_linn.png: CANCELLED (job {job}, "), plain
+    assert status.returncode == 4, status.stderr  # as `wait` exits on it, below
     shown = json.loads(submit_cli(redis_url, "--json", "status", job).stdout)
     assert (shown["status"], shown["state"]) == ("CANCELLED", "CANCELLED"), shown
     waited = submit_cli(redis_url, "wait", record["id"])
@@ -338,8 +439,10 @@ def test_revoked_reads_as_the_jobs_real_ending_in_status_and_wait(
                 "stopped.png": ("CANCELLED", 4, "stopped.png: CANCELLED: no page had finished")}
     for name, (ending, code, line) in expected.items():
         job = sent[name]
-        shown = json.loads(submit_cli(redis_url, "--json", "status", job).stdout)
+        status = submit_cli(redis_url, "--json", "status", job)
+        shown = json.loads(status.stdout)
         assert (shown["status"], shown["state"]) == (ending, ending), shown
+        assert status.returncode == code, status.stderr  # as `wait` exits, below
         waited = submit_cli(redis_url, "--json", "wait", job)
         assert waited.returncode == code, waited.stderr
         assert json.loads(waited.stdout)["status"] == ending

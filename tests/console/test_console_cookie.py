@@ -5,7 +5,8 @@ trusted), one with `API_FORWARDED_ALLOW_IPS=127.0.0.1`, the address this test re
 it from, as a TLS-ending proxy on this host would. A sign-in forwarded with
 `X-Forwarded-Proto: https` by the trusted proxy sets the cookie Secure (and the
 redirect stays on https); the same header from a peer that is not trusted changes
-nothing, and a plain-HTTP sign-in through the proxy is not Secure.
+nothing, and a plain-HTTP sign-in through the proxy is not Secure. The console's icon
+answers `/favicon.ico` too.
 """
 
 from __future__ import annotations
@@ -70,3 +71,15 @@ def test_plain_http_through_the_proxy_is_not_secure(proxied: ApiServer, token: s
 def test_the_header_from_a_peer_not_trusted_is_ignored(direct: ApiServer, token: str) -> None:
     flags = cookie_flags(sign_in(direct, token, HTTPS))
     assert "secure" not in flags and "httponly" in flags
+
+
+def test_the_icon_browsers_ask_for_is_served(direct: ApiServer) -> None:
+    """`/favicon.ico` (asked by a browser on any page) answers the console's icon."""
+    answer = requests.get(f"{direct.url}/favicon.ico", timeout=30)
+    assert answer.status_code == 200, answer.text
+    assert answer.headers["content-type"] == "image/svg+xml"
+    assert answer.content.startswith(b"<svg ")
+    page = requests.get(f"{direct.url}/console/signin", timeout=30)
+    assert '<link rel="icon" href="/console/static/favicon.svg"' in page.text
+    icon = requests.get(f"{direct.url}/console/static/favicon.svg", timeout=30)
+    assert icon.status_code == 200 and icon.content == answer.content

@@ -6,7 +6,9 @@ with a few of the Procfile's processes (redis, worker, flower, metrics, api). Th
 recipe's install steps are taken as done (`-o`: the tests' own set-up installed them).
 It says once that it is ready, with the three URLs; its Redis has a password kept in
 var/redis-url (0600) and refuses a client without it; `kill -INT` or `kill -TERM` on
-make's own pid ends every process it started.
+make's own pid ends every process it started. Started as a script's `make run &`
+(SIGINT ignored), it says so and names `kill -TERM`, which ends every process. A bad
+setting ends it with one clear line, no traceback.
 """
 
 from __future__ import annotations
@@ -36,6 +38,19 @@ def checkout_of_links(base: Path) -> Path:
         if entry.name not in ("var", ".git", ".pytest_cache", ".mypy_cache", ".ruff_cache"):
             (checkout / entry.name).symlink_to(entry)
     return checkout
+
+
+def run_env() -> dict[str, str]:
+    """The environment of a user's shell: no settings of the tests' own, fresh ports."""
+    env = {k: v for k, v in os.environ.items()
+           if not k.startswith(("OCR_", "REDIS_", "API_", "FLOWER_", "METRICS_", "MAKE"))}
+    env.update(PATH=f"{VENV_BIN}{os.pathsep}{env['PATH']}", OCR_CONCURRENCY="1",
+               **{name: str(free_port()) for name in ("API_PORT", "FLOWER_PORT",
+                                                      "METRICS_PORT")})
+    return env
+
+
+MAKE_RUN = ["make", "-o", ".venv/.runtime", "-o", ".venv/.rapidocr", "run"]
 
 
 def _default_sigint() -> None:
@@ -96,3 +111,48 @@ def test_a_signal_to_makes_pid_stops_every_process(tmp_path: Path, signum: int) 
                 pass
         if make.poll() is None:
             os.killpg(make.pid, signal.SIGKILL)
+
+
+def test_a_bad_setting_ends_make_run_with_one_clear_line(tmp_path: Path) -> None:
+    checkout = checkout_of_links(tmp_path)
+    done = subprocess.run([*MAKE_RUN, "PROCESSES=redis"], cwd=checkout,
+                          env={**run_env(), "OCR_CONCURRENCY": "two"},
+                          stdin=subprocess.DEVNULL, capture_output=True, text=True,
+                          timeout=300)
+    assert done.returncode != 0, done.stdout
+    said = done.stdout + done.stderr
+    assert "Traceback" not in said, said
+    assert ("settings: OCR_CONCURRENCY='two': invalid literal for int() with base 10: "
+            "'two' (docs/settings.md)") in done.stderr.splitlines(), said
+
+
+def test_make_run_started_by_a_script_says_sigterm_stops_it(tmp_path: Path) -> None:
+    """A non-interactive shell's `make run &`: make ignores SIGINT; `kill -TERM` stops all."""
+    checkout = checkout_of_links(tmp_path)
+    log = tmp_path / "make-run.log"
+    started = subprocess.run(
+        ["sh", "-c", f'{" ".join(MAKE_RUN)} PROCESSES=redis >"$1" 2>&1 & echo $!', "sh",
+         str(log)], cwd=checkout, env=run_env(), stdin=subprocess.DEVNULL,
+        capture_output=True, text=True, timeout=60, start_new_session=True,
+        preexec_fn=_default_sigint)
+    pid = int(started.stdout)
+    procs = [psutil.Process(pid)]
+    try:
+        said = f"make (pid {pid}) ignores SIGINT, as a script's `make run &` starts it: " \
+            f"`kill -TERM {pid}` stops every process"
+        eventually(lambda: READY in log.read_text(), 300,
+                   lambda: "the ready line:\n" + log.read_text()[-3000:], interval=0.5)
+        assert said in log.read_text(), log.read_text()[-3000:]
+        top = psutil.Process(pid)
+        procs = [top, *top.children(recursive=True)]
+        assert "redis-server" in {p.name() for p in procs}, [p.cmdline() for p in procs]
+        os.kill(pid, signal.SIGTERM)
+        _, alive = psutil.wait_procs(procs, timeout=STOP_BOUND)
+        assert not alive, ([p.cmdline() for p in alive], log.read_text()[-3000:])
+    finally:
+        for proc in procs:
+            try:
+                procs += proc.children(recursive=True)
+                proc.kill()
+            except psutil.NoSuchProcess:
+                pass

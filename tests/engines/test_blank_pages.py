@@ -20,8 +20,9 @@ from PIL import Image, ImageDraw, ImageFont
 from tasks.client import OcrClient
 from tasks.pipeline.blank import MAX_INK_PIXELS, ink_report, is_blank
 from tasks.pipeline.documents import ocr_page
-from tasks.pipeline.images import iter_image_pages, sniff_format
+from tasks.pipeline.images import iter_image_pages
 from tasks.pipeline.pdf import page_is_blank, plan_pdf, render_page, render_small
+from tasks.records.formats import sniff_format
 from tasks.settings import Settings
 from tests.fake_engines import FakeEngine
 from tests.harness import CORPUS, Worker

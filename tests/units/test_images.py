@@ -6,7 +6,8 @@ import pytest
 from PIL import Image
 
 from tasks.errors import CorruptInput, EmptyInput, ImageTooLarge, UnsupportedFormat
-from tasks.pipeline.images import normalize, open_image, sniff_format
+from tasks.pipeline.images import normalize, open_image
+from tasks.records.formats import sniff_format
 from tasks.settings import Settings
 from tests.harness import corpus
 

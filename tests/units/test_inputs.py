@@ -7,7 +7,14 @@ from pathlib import Path
 
 import pytest
 
-from tasks.errors import BadRequest, InputNotFound, InputTooLarge, PathNotAllowed
+from tasks.admission import read_input as read_client_input
+from tasks.errors import (
+    BadRequest,
+    InputNotFound,
+    InputTooLarge,
+    PathNotAllowed,
+    UnsupportedFormat,
+)
 from tasks.lifecycle.inputs import decode_request, read_input, read_path
 from tasks.records.request import JobRequest
 from tasks.settings import Settings
@@ -64,3 +71,11 @@ def test_read_path_stays_inside_roots(tmp_path: Path) -> None:
         read_path("relative.png", s)
     with pytest.raises(PathNotAllowed):
         read_path(str(root / "ok.png"), settings())
+
+
+def test_a_client_door_refuses_a_folder_with_a_code(tmp_path: Path) -> None:
+    """`OcrClient.submit(FOLDER)` reads no folder: `unsupported_format`, no OSError."""
+    with pytest.raises(UnsupportedFormat, match="is a folder, not a file"):
+        read_client_input(tmp_path, settings())
+    with pytest.raises(InputNotFound):
+        read_client_input(tmp_path / "missing.png", settings())

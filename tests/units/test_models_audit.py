@@ -204,6 +204,27 @@ def test_protections_and_grace(tmp_path: Path) -> None:
     assert locked.reasons == ("prune_locked",) and locked.matched == ("prefix",)
 
 
+def test_a_broken_model_never_shows_ok(tmp_path: Path) -> None:
+    """A model whose config.json does not parse: BROKEN, also when too recent to prune.
+
+    Configured as OCR_MODEL it is BROKEN too (no worker can load it); a prune candidate
+    stays OLD, its reason naming the breakage.
+    """
+    write_model(tmp_path / "fresh-broken", config="{not json")
+    write_model(tmp_path / "current-broken", config="{not json")
+    write_model(tmp_path / "fine")
+    policy = PrunePolicy(current_model="current-broken", grace_seconds=3600)
+    report = run_audit(AuditRun(tmp_path, policy, "audit"), MemoryState())
+    found = {m["name"]: m for m in report["models"]}
+    assert found["fresh-broken"]["integrity"]["problems"] == ["config.json does not parse"]
+    assert {name: m["status"] for name, m in found.items()} == {
+        "fresh-broken": "BROKEN", "current-broken": "BROKEN", "fine": "OK"}
+    age(tmp_path / "fresh-broken", 2 * DAY)
+    aged = run_audit(AuditRun(tmp_path, PrunePolicy(), "dry-run"), MemoryState())
+    old = {m["name"]: m for m in aged["models"]}["fresh-broken"]
+    assert old["status"] == "OLD" and old["old_reason"].startswith("broken: ")
+
+
 def test_current_model_through_a_link_protects_its_target(tmp_path: Path) -> None:
     write_model(tmp_path / "old_real")
     os.symlink("old_real", tmp_path / "current")
@@ -507,7 +528,7 @@ def test_a_repo_goes_whole_only_when_retired_or_unused(tmp_path: Path) -> None:
     whole = next(k for k in kept["kept"] if k["name"] == REPO and k["scope"] == "entry")
     assert whole["reasons"] == ["current_model"] and whole["matched"] == ["retired"]
     broken = next(m for m in kept["models"] if m["name"] == "org/broken")
-    assert broken["integrity"]["problems"] and broken["status"] == "OK"
+    assert broken["integrity"]["problems"] and broken["status"] == "BROKEN"
     assert (models / "models--org--broken").is_dir()  # broken hub repos are reported
 
     report = run_audit(AuditRun(models, policy, "prune"), MemoryState())
@@ -589,7 +610,7 @@ def test_a_repo_the_hub_scan_refuses_is_reported_and_kept(tmp_path: Path) -> Non
     report = run_audit(AuditRun(models, PrunePolicy(grace_seconds=60), "prune"),
                        MemoryState())
     [entry] = report["models"]
-    assert (entry["name"], entry["kind"], entry["status"]) == ("org/torn", "hub", "OK")
+    assert (entry["name"], entry["kind"], entry["status"]) == ("org/torn", "hub", "BROKEN")
     assert entry["integrity"]["problems"][0].startswith("Blob missing (broken symlink)")
     assert report["pruned"] == [] and folder.is_dir()
 
