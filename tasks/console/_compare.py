@@ -190,7 +190,8 @@ def second_reading(service: JobService, caller: ApiClient, job_id: str) -> Secon
         info = service.status(caller, job_id)
         if info.status in FINAL_STATUSES:  # it ended meanwhile
             return second_reading(service, caller, job_id)
-        return SecondReading(job_id, info.status, info.error, None)
+        return SecondReading(job_id, info.status,
+                             None if info.error is None else info.error.model_dump(), None)
     status = JobStatus.of(result.get("status"))
     page = None
     if status in (JobStatus.SUCCESS, JobStatus.PARTIAL):
