@@ -53,6 +53,29 @@ class BodyTimeout(ApiError):
     default_message = "the request body did not arrive in time"
 
 
+class CompareTooLarge(ApiError):
+    """A compare past its bounds: a reading's lines or characters, or its running time.
+
+    OCR_COMPARE_MAX_LINES, OCR_COMPARE_MAX_CHARS, OCR_COMPARE_TIMEOUT; nothing shown.
+    """
+
+    code = "compare_too_large"
+    status = 422
+    default_message = "the readings are too large to compare"
+
+
+class Busy(ApiError):
+    """Heavy work that found no turn within OCR_API_HEAVY_WAIT (tasks/api/_heavy.py)."""
+
+    code = "busy"
+    status = 503
+    retryable = True
+    default_message = "the API process is busy with other such requests; try again shortly"
+
+    def __init__(self, *args: object) -> None:
+        super().__init__(*args, headers={"Retry-After": "5"})
+
+
 class NotFinished(ApiError):
     code = "not_finished"
     status = 409

@@ -70,7 +70,11 @@ class EndedResults:
 _ended = EndedResults()
 
 
-def _result(service: JobService, caller: ApiClient, job_id: str) -> dict[str, Any]:
+def ended_result(service: JobService, caller: ApiClient, job_id: str) -> dict[str, Any]:
+    """The client's own ended job's result, decoded once for the process's page reads.
+
+    NotFound (another client's job, or none) or NotFinished.
+    """
     return _ended.get(service, caller, job_id)
 
 
@@ -88,7 +92,7 @@ def _missing(exc: page_views.Missing) -> NotFound:
 def get_page(request: Request, job_id: str, number: PageNumber,
              caller: Caller) -> dict[str, Any]:
     service = service_of(request)
-    result = _result(service, caller, job_id)
+    result = ended_result(service, caller, job_id)
     try:
         return page_views.page_view(result, number, _corrections(service, caller))
     except page_views.Missing as exc:
@@ -107,7 +111,7 @@ async def get_page_image(request: Request, job_id: str, number: PageNumber, call
     service = service_of(request)
 
     def stored() -> bytes:
-        result = _result(service, caller, job_id)
+        result = ended_result(service, caller, job_id)
         try:
             page_views.result_page(result, number)
         except page_views.Missing as exc:
@@ -132,7 +136,7 @@ async def get_page_image(request: Request, job_id: str, number: PageNumber, call
 def get_line(request: Request, job_id: str, number: PageNumber, line: LineId,
              caller: Caller) -> dict[str, Any]:
     service = service_of(request)
-    result = _result(service, caller, job_id)
+    result = ended_result(service, caller, job_id)
     try:
         return page_views.line_history(result, number, line, _corrections(service, caller))
     except page_views.Missing as exc:
@@ -158,7 +162,7 @@ def delete_line(request: Request, job_id: str, number: PageNumber, line: LineId,
 def _correct(request: Request, job_id: str, number: int, line: str, text: str | None,
              caller: ApiClient) -> dict[str, Any]:
     service = service_of(request)
-    result = _result(service, caller, job_id)
+    result = ended_result(service, caller, job_id)
     try:
         return page_views.correct_line(result, job_id, number, line, text, caller.name,
                                        _corrections(service, caller),

@@ -12,7 +12,9 @@ text layer written again by PyMuPDF, which the process loads on that first use).
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from dataclasses import dataclass
+from functools import partial
 from typing import Any
 
 from tasks.api._errors import FormatUnavailable, JobUnsuccessful
@@ -29,9 +31,17 @@ MEDIA_TYPES = {name: fmt.media_type for name, fmt in FORMATS.items()}
 
 @dataclass(frozen=True)
 class ResultBody:
+    """An answer's body, and how a stored document takes the client's corrections.
+
+    A stored hOCR, ALTO or PDF that corrections change comes with `correct`, which
+    makes the corrected document from `content`: work that grows with the document,
+    which the route runs as heavy work (tasks/api/_heavy.py).
+    """
+
     content: bytes
     media_type: str
     filename: str
+    correct: Callable[[bytes], bytes] | None = None
 
 
 def links(job_id: str) -> Links:
@@ -55,7 +65,7 @@ def result_body(result: dict[str, Any], status: str, job_output: str, fmt: str,
 
     `status`: how it ended; `job_output`: the output it was sent with; `changes`: the
     client's corrected lines (tasks/lifecycle/page_views.py), which `result` carries
-    already and the stored hOCR and ALTO documents take here.
+    already and the stored hOCR, ALTO and PDF documents take by the body's `correct`.
     """
     name = str(result.get("filename") or result.get("id"))
     answer = FORMATS[fmt]
@@ -73,16 +83,16 @@ def result_body(result: dict[str, Any], status: str, job_output: str, fmt: str,
         return ResultBody(str(result.get("text", "")).encode(), answer.media_type,
                           f"{name}{answer.suffix}")
     content = _document(result, fmt, outputs)
-    if content is not None and changes:
-        content = _corrected_document(fmt, content, result, changes)
     if content is None:
         raise FormatUnavailable(f"the job's output is {output} and has no {fmt}; send it "
                                 f"with output={fmt}" if output != fmt else
                                 f"the job's {fmt} has expired")
-    return ResultBody(content, answer.media_type, f"{name}{answer.suffix}")
+    correct = partial(_corrected_document, fmt, result=result, changes=changes) \
+        if changes else None
+    return ResultBody(content, answer.media_type, f"{name}{answer.suffix}", correct)
 
 
-def _corrected_document(fmt: str, content: bytes, result: dict[str, Any],
+def _corrected_document(fmt: str, content: bytes, *, result: dict[str, Any],
                         changes: PageChanges) -> bytes:
     """A stored hOCR, ALTO or PDF with the corrected lines of `result`'s pages."""
     from tasks.pipeline.corrected_layouts import corrected_layout  # on a correction's first use

@@ -19,6 +19,7 @@ from pydantic import ValidationError
 from starlette.concurrency import run_in_threadpool
 
 from tasks.api._errors import Unauthorized
+from tasks.api._heavy import heavy_of
 from tasks.api._json_bodies import MAX_JSON_BYTES, parse_json
 from tasks.api._results import MEDIA_TYPES, links
 from tasks.api._schemas import (
@@ -57,8 +58,9 @@ def _errors(*codes: int) -> dict[int | str, dict[str, Any]]:
                422: "invalid options (and unknown_engine, invalid_pages)",
                429: "a limit or quota was reached (rate_limited, quota_exceeded, "
                "page_quota_exceeded); see Retry-After",
-               503: "Redis or the broker is unreachable, or no live worker runs the "
-               "engine (engine_unavailable)"}
+               503: "Redis or the broker is unreachable, no live worker runs the "
+               "engine (engine_unavailable), or the process's turns for heavy work "
+               "stayed taken (busy; see Retry-After)"}
     return {code: {"model": ErrorBody, "description": meaning[code]} for code in codes}
 
 
@@ -202,14 +204,19 @@ def _result_schema(fmt: str) -> dict[str, str]:
                 200: {"description": "the result", "content": {
                     media: {"schema": _result_schema(fmt)} for fmt, media in MEDIA_TYPES.items()}},
                 **_errors(404, 409, *COMMON)})
-def get_result(request: Request, job_id: str, caller: Caller,
-               format: Literal["text", "json", "markdown", "hocr", "alto", "pdf"] = Query(
-                   "text", description="text for any job; markdown, hocr, alto and pdf "
-                   "when the job was sent with that output; json: the whole result"),
-               original: bool = Query(False, description="the engine's own text, without "
-                                      "the client's line corrections")) -> Response:
-    body = service_of(request).result(caller, job_id, format, original)
-    return Response(body.content, media_type=body.media_type, headers={
+async def get_result(
+        request: Request, job_id: str, caller: Caller,
+        format: Literal["text", "json", "markdown", "hocr", "alto", "pdf"] = Query(
+            "text", description="text for any job; markdown, hocr, alto and pdf when the "
+            "job was sent with that output; json: the whole result"),
+        original: bool = Query(False, description="the engine's own text, without the "
+                               "client's line corrections")) -> Response:
+    body = await run_in_threadpool(service_of(request).result, caller, job_id, format,
+                                   original)
+    content = body.content
+    if body.correct is not None:  # a stored document made again: heavy work
+        content = await heavy_of(request).run(body.correct, content)
+    return Response(content, media_type=body.media_type, headers={
         "Content-Disposition": f"inline; filename*=UTF-8''{quote(body.filename)}"})
 
 

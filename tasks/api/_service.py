@@ -301,7 +301,10 @@ class JobService:
 
     def result(self, caller: ApiClient, job_id: str, fmt: str,
                original: bool = False) -> ResultBody:
-        """The result in `fmt`, the client's corrections applied unless `original`."""
+        """The result in `fmt`, the client's corrections applied unless `original`.
+
+        A stored hOCR, ALTO or PDF takes them by the body's `correct` (heavy work).
+        """
         record, status, result = self.finished(caller, job_id)
         changes: PageChanges = {}
         if not original:

@@ -26,6 +26,7 @@ from starlette.requests import ClientDisconnect
 from tasks.api._batches import router as batches_router
 from tasks.api._endings import EndingWatcher
 from tasks.api._errors import JobUnsuccessful, http_status
+from tasks.api._heavy import HeavyWork
 from tasks.api._json_bodies import JsonBodies
 from tasks.api._listing import router as listing_router
 from tasks.api._pages import router as pages_router
@@ -63,6 +64,8 @@ def create_api(settings: Settings, client: OcrClient | None = None) -> FastAPI:
     # the console's sign-in sessions, which the routes above take in place of a bearer
     # token; the console itself is mounted where the app is served (scripts/run_api.py)
     app.state.sessions = Sessions(connect(settings.redis_target, patient=False))
+    # work that grows with a stored object: a few requests at once (tasks/api/_heavy.py)
+    app.state.heavy = HeavyWork.of(settings)
     readiness = app.state.service.readiness
     app.router.add_event_handler("startup", readiness.start)  # the snapshot /readyz reads
     app.router.add_event_handler("shutdown", readiness.stop)

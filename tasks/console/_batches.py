@@ -3,8 +3,9 @@
 Runs in the `api` process. The batch is read through the API's own batch service
 (tasks/api/_batches.py: another client's batch is 404), its manifest lines from the
 batch's target (each document's latest line in the steps' parts, sorted by name as in
-`manifest.jsonl`: tasks/lifecycle/batch_manifest.py), at most `MOST_LINES` of them, and
-the documents still in flight from the batch's record.
+`manifest.jsonl`: tasks/lifecycle/batch_manifest.py), at most `MOST_LINES` of them
+from the parts' first `MOST_READ` lines, and the documents still in flight from the
+batch's record. A page costs the same for a batch of any size.
 """
 
 from __future__ import annotations
@@ -18,12 +19,13 @@ from fastapi.responses import HTMLResponse
 from tasks.api.services import BatchService
 from tasks.console._web import PREFIX, render, service_of, signed_in
 from tasks.errors import OcrError
-from tasks.lifecycle.batch_manifest import latest_lines
+from tasks.lifecycle.batch_manifest import first_latest_lines
 from tasks.lifecycle.fetcher import Fetcher
 from tasks.records.status import WaitStatus
 
 router = APIRouter(prefix=PREFIX, include_in_schema=False)
-MOST_LINES = 2000  # manifest lines a batch page reads
+MOST_LINES = 2000  # manifest lines a batch page shows
+MOST_READ = 5 * MOST_LINES  # the parts' lines it reads, a document's retries included
 
 
 @dataclass(frozen=True)
@@ -54,13 +56,14 @@ def batch_rows(batches: BatchService, target: str, flight: dict[str, dict[str, A
     rows = [DocumentRow(str(doc.get("name") or doc.get("url") or ""), WaitStatus.RUNNING, "", None,
                         None, job_id, "") for job_id, doc in flight.items()]
     try:
-        for i, line in enumerate(latest_lines(
-                Fetcher.for_client(batches.service.settings, None).target(target))):
-            if i >= MOST_LINES:
-                return rows, f"the first {MOST_LINES} manifest lines are shown"
-            rows.append(_row(line))
+        lines, more = first_latest_lines(
+            Fetcher.for_client(batches.service.settings, None).target(target), MOST_READ)
     except OcrError as exc:
         return rows, f"the manifest could not be read ({exc.code}: {exc.message})"
+    rows += [_row(line) for line in lines[:MOST_LINES]]
+    if more or len(lines) > MOST_LINES:
+        return rows, (f"the first {min(len(lines), MOST_LINES)} manifest lines are shown, "
+                      f"of the first {MOST_READ} read")
     return rows, ""
 
 

@@ -6,23 +6,43 @@ the API's own submit, so the gate (tasks/admission.py) admits it as any job: its
 engine, the client's quotas and page caps. The comparison pairs the two readings' lines
 (difflib over the lines, then over each changed pair's words) into rows of segments
 that the template marks as inserted or deleted text; no markup is built here.
+
+difflib's matcher costs up to the product of the two sides' lengths, so a compare is
+bounded (`Bounds`): each reading's lines and characters before it starts, and its time
+by a deadline that the matcher checks before each of its steps. It runs as the API's
+heavy work (tasks/api/_heavy.py): a few at once, each in a worker thread.
 """
 
 from __future__ import annotations
 
 import difflib
+import math
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from tasks.api.services import JobOptions, JobService
+from tasks.api.services import (
+    FINAL_STATUSES,
+    CompareTooLarge,
+    HeavyWork,
+    JobOptions,
+    JobService,
+    NotFinished,
+    ended_result,
+)
 from tasks.api.tokens import ApiClient
 from tasks.errors import BadRequest
 from tasks.lifecycle import page_views
 from tasks.records.engines import ENGINES
+from tasks.records.status import JobStatus
+from tasks.settings import Settings
 from tasks.state.corrections import Corrections
 
 ENGINE_NAMES = tuple(ENGINES)
+# A changed pair of lines longer than this (the product of their word counts) is shown
+# whole, deleted and inserted, without a word-by-word diff.
+MAX_WORD_PAIRS = 250_000
 
 
 @dataclass(frozen=True)
@@ -38,11 +58,31 @@ class Row:
     same: bool
 
 
-def _words(left: str, right: str) -> tuple[list[Segment], list[Segment]]:
+class _Matcher(difflib.SequenceMatcher[str]):
+    """difflib's matcher that gives up at `deadline` (time.monotonic()).
+
+    The matcher's cost is in its search for the longest match, once for each block it
+    finds: the deadline is checked before each search.
+    """
+
+    def __init__(self, a: Sequence[str], b: Sequence[str], deadline: float) -> None:
+        self._deadline = deadline
+        super().__init__(None, a, b, autojunk=False)
+
+    def find_longest_match(self, alo: int = 0, ahi: int | None = None, blo: int = 0,
+                           bhi: int | None = None) -> difflib.Match:
+        if time.monotonic() > self._deadline:
+            raise CompareTooLarge("the compare took longer than OCR_COMPARE_TIMEOUT")
+        return super().find_longest_match(alo, ahi, blo, bhi)
+
+
+def _words(left: str, right: str, deadline: float) -> tuple[list[Segment], list[Segment]]:
     a, b = left.split(), right.split()
+    if len(a) * len(b) > MAX_WORD_PAIRS:
+        return ([Segment("del", left)] if a else []), ([Segment("ins", right)] if b else [])
     lefts: list[Segment] = []
     rights: list[Segment] = []
-    for op, i0, i1, j0, j1 in difflib.SequenceMatcher(None, a, b, autojunk=False).get_opcodes():
+    for op, i0, i1, j0, j1 in _Matcher(a, b, deadline).get_opcodes():
         if op == "equal":
             lefts.append(Segment("same", " ".join(a[i0:i1])))
             rights.append(Segment("same", " ".join(b[j0:j1])))
@@ -54,10 +94,14 @@ def _words(left: str, right: str) -> tuple[list[Segment], list[Segment]]:
     return lefts, rights
 
 
-def compare(left: Sequence[str], right: Sequence[str]) -> list[Row]:
-    """Rows of the two readings' lines: equal lines as they are, changed ones word by word."""
+def compare(left: Sequence[str], right: Sequence[str],
+            deadline: float = math.inf) -> list[Row]:
+    """Rows of the two readings' lines: equal lines as they are, changed ones word by word.
+
+    CompareTooLarge once `deadline` (time.monotonic()) has passed.
+    """
     rows: list[Row] = []
-    matcher = difflib.SequenceMatcher(None, list(left), list(right), autojunk=False)
+    matcher = _Matcher(list(left), list(right), deadline)
     for op, i0, i1, j0, j1 in matcher.get_opcodes():
         if op == "equal":
             rows += [Row([Segment("same", text)], [Segment("same", text)], True)
@@ -66,9 +110,51 @@ def compare(left: Sequence[str], right: Sequence[str]) -> list[Row]:
         for k in range(max(i1 - i0, j1 - j0)):
             a = left[i0 + k] if i0 + k < i1 else ""
             b = right[j0 + k] if j0 + k < j1 else ""
-            lefts, rights = _words(a, b)
+            lefts, rights = _words(a, b, deadline)
             rows.append(Row(lefts, rights, False))
     return rows
+
+
+@dataclass(frozen=True)
+class Bounds:
+    """What one compare may take (OCR_COMPARE_*)."""
+
+    max_lines: int
+    max_chars: int
+    timeout: float
+
+    @classmethod
+    def of(cls, settings: Settings) -> Bounds:
+        return cls(settings.compare_max_lines, settings.compare_max_chars,
+                   settings.compare_timeout)
+
+    def check(self, *readings: Sequence[str]) -> None:
+        """CompareTooLarge when a reading has more lines or characters than allowed."""
+        for reading in readings:
+            if len(reading) > self.max_lines:
+                raise CompareTooLarge(
+                    f"a reading has {len(reading)} lines; a compare takes at most "
+                    f"{self.max_lines} (OCR_COMPARE_MAX_LINES)")
+            chars = sum(len(line) for line in reading)
+            if chars > self.max_chars:
+                raise CompareTooLarge(
+                    f"a reading has {chars} characters; a compare takes at most "
+                    f"{self.max_chars} (OCR_COMPARE_MAX_CHARS)")
+
+    def compare(self, left: Sequence[str], right: Sequence[str]) -> list[Row]:
+        """`compare` within these bounds; its time counts from now."""
+        self.check(left, right)
+        return compare(left, right, time.monotonic() + self.timeout)
+
+
+async def compared_rows(bounds: Bounds, heavy: HeavyWork, left: Sequence[str],
+                        right: Sequence[str]) -> list[Row]:
+    """The compare's rows, made in one of the process's heavy turns.
+
+    CompareTooLarge past a bound (before its turn when by size), Busy without a turn.
+    """
+    bounds.check(left, right)
+    return await heavy.run(bounds.compare, left, right)
 
 
 def page_of(service: JobService, caller: ApiClient, job_id: str,
@@ -76,9 +162,45 @@ def page_of(service: JobService, caller: ApiClient, job_id: str,
     """Page `number` of the client's own finished job, its corrections applied.
 
     NotFound (another client's job, or none), NotFinished, or `page_views.Missing`.
+    The job's result is decoded once for the process's page reads (`ended_result`).
     """
-    result = service.finished(caller, job_id)[2]
+    result = ended_result(service, caller, job_id)
     return page_views.page_view(result, number, Corrections(service.redis, caller.name))
+
+
+@dataclass(frozen=True)
+class SecondReading:
+    """The page read again: its job's id, status and error, and its page once it ended."""
+
+    id: str
+    status: str
+    error: dict[str, Any] | None
+    page: dict[str, Any] | None
+
+    @property
+    def waiting(self) -> bool:
+        return self.status not in FINAL_STATUSES
+
+
+def second_reading(service: JobService, caller: ApiClient, job_id: str) -> SecondReading:
+    """The job that read the page again, as it stands (NotFound when not the client's).
+
+    An ended job's result is decoded once for the process (`ended_result`); a job
+    still running is read from its state, which is small.
+    """
+    try:
+        result = ended_result(service, caller, job_id)
+    except NotFinished:
+        info = service.status(caller, job_id)
+        if info.status in FINAL_STATUSES:  # it ended meanwhile
+            return second_reading(service, caller, job_id)
+        return SecondReading(job_id, info.status,
+                             None if info.error is None else info.error.model_dump(), None)
+    status = JobStatus.of(result.get("status"))
+    page = None
+    if status in (JobStatus.SUCCESS, JobStatus.PARTIAL):
+        page = page_views.page_view(result, 1, Corrections(service.redis, caller.name))
+    return SecondReading(job_id, status, result.get("error"), page)
 
 
 def read_again(service: JobService, caller: ApiClient, job_id: str, number: int,

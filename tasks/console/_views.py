@@ -3,31 +3,45 @@
 Runs in the `api` process. Each view is a plain function (FastAPI runs it in a worker
 thread: every call here blocks on Redis) that reads through the API's own service
 (tasks/api/), so the console shows exactly what the JSON API answers the same client,
-and another client's job is a 404 here as there.
+and another client's job is a 404 here as there. The compare is the one coroutine: it
+waits for its turn among the API's heavy work without holding a thread.
 """
 
 from __future__ import annotations
 
 import datetime as dt
-from typing import Annotated
+from functools import partial
+from typing import Annotated, Any
 from urllib.parse import quote
 
 from fastapi import APIRouter, Form, Path, Query, Request
 from fastapi.responses import HTMLResponse, RedirectResponse, Response
+from starlette.concurrency import run_in_threadpool
 
 from tasks.api.services import (
-    FINAL_STATUSES,
     STATUSES,
+    Busy,
+    CompareTooLarge,
     NotFound,
     Unauthorized,
     client_usage,
+    heavy_of,
     http_status,
     list_jobs,
     parse_statuses,
 )
 from tasks.api.sessions import COOKIE, SESSION_SECONDS, CsrfFailed, Session
 from tasks.console._charts import bars
-from tasks.console._compare import ENGINE_NAMES, compare, page_of, read_again
+from tasks.console._compare import (
+    ENGINE_NAMES,
+    Bounds,
+    Row,
+    SecondReading,
+    compared_rows,
+    page_of,
+    read_again,
+    second_reading,
+)
 from tasks.console._web import (
     PREFIX,
     render,
@@ -162,33 +176,52 @@ def read_page_again(request: Request, job_id: str, number: Annotated[int, Path(g
 
 
 @router.get("/jobs/{job_id}/pages/{number}/compare/{other_id}", response_class=HTMLResponse)
-def compared(request: Request, job_id: str, number: Annotated[int, Path(ge=1)],
-             other_id: str) -> HTMLResponse:
-    """Both readings of the page side by side, the differences marked."""
+async def compared(request: Request, job_id: str, number: Annotated[int, Path(ge=1)],
+                   other_id: str) -> HTMLResponse:
+    """Both readings of the page side by side, the differences marked.
+
+    The reads and the rendering run in worker threads, the compare as the API's heavy
+    work (tasks/api/_heavy.py), bounded (`Bounds`): past a bound, a coded refusal.
+    """
+    read = await run_in_threadpool(_readings, request, job_id, number, other_id)
+    if isinstance(read, HTMLResponse):
+        return read
+    session, first, other = read
+    rows: list[Row] = []
+    if other.page is not None:
+        try:
+            rows = await compared_rows(
+                Bounds.of(service_of(request).settings), heavy_of(request),
+                [line["text"] for line in first["lines"]],
+                [line["text"] for line in other.page["lines"]])
+        except (CompareTooLarge, Busy) as exc:
+            return await run_in_threadpool(_refused, request, session, exc)
+    return await run_in_threadpool(partial(
+        render, request, "compare.html", session=session, job_id=job_id, number=number,
+        other=other, first=first, second=other.page, rows=rows, waiting=other.waiting))
+
+
+def _readings(request: Request, job_id: str, number: int, other_id: str
+              ) -> HTMLResponse | tuple[Session, dict[str, Any], SecondReading]:
+    """The page's first reading and the job that read it again (blocking: Redis)."""
     session = signed_in(request)
     service = service_of(request)
     try:
-        first = page_of(service, session.client, job_id, number)
-        other = service.status(session.client, other_id)
-        second = None
-        if other.status in (JobStatus.SUCCESS, JobStatus.PARTIAL):
-            second = page_of(service, session.client, other_id, 1)
+        return (session, page_of(service, session.client, job_id, number),
+                second_reading(service, session.client, other_id))
     except (OcrError, page_views.Missing) as exc:
         return _refused(request, session, exc)
-    rows = [] if second is None else compare([line["text"] for line in first["lines"]],
-                                             [line["text"] for line in second["lines"]])
-    return render(request, "compare.html", session=session, job_id=job_id, number=number,
-                  other=other, first=first, second=second, rows=rows,
-                  waiting=other.status not in FINAL_STATUSES)
 
 
 def _refused(request: Request, session: Session, exc: Exception) -> HTMLResponse:
-    """An error as a console page, with the API's status and code."""
+    """An error as a console page, with the API's status, code and headers."""
     if isinstance(exc, page_views.Missing):
         exc = NotFound(str(exc))
     assert isinstance(exc, OcrError)
-    return render(request, "refused.html", status_code=http_status(exc), session=session,
+    page = render(request, "refused.html", status_code=http_status(exc), session=session,
                   code=exc.code, message=exc.message)
+    page.headers.update(getattr(exc, "headers", None) or {})
+    return page
 
 
 @router.get("/usage", response_class=HTMLResponse)

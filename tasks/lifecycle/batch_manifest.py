@@ -14,6 +14,7 @@ the batch ends, `manifest.jsonl` is composed from the parts.
 from __future__ import annotations
 
 import bisect
+import itertools
 import json
 import threading
 import time
@@ -59,17 +60,18 @@ def line_key(line: dict[str, Any]) -> tuple[str, int]:
     return str(line.get("name", "")), at if isinstance(at, int) else -1
 
 
-def part_lines(target: Target, alive: Callable[[], object] | None = None
-               ) -> Iterator[dict[str, Any]]:
+def part_lines(target: Target, alive: Callable[[], object] | None = None,
+               page: int = 1000) -> Iterator[dict[str, Any]]:
     """Every line of every part, in the parts' order (a later line is a later word).
 
-    `alive` is called before each page of names (the step keeps its lock).
+    `alive` is called before each page of names (the step keeps its lock); `page`
+    parts are read at once.
     """
     after = ""
     while True:
         if alive is not None:
             alive()
-        names, more = target.names(PARTS_DIR, after, 1000)
+        names, more = target.names(PARTS_DIR, after, page)
         with ThreadPoolExecutor(READERS) as pool:
             bodies = list(pool.map(target.get, names))
         for body in bodies:
@@ -90,6 +92,17 @@ def latest_lines(target: Target, alive: Callable[[], object] | None = None
     """Each input line's latest line, sorted by name and then by `line_at`."""
     latest = {line_key(line): line for line in part_lines(target, alive)}
     return [latest[key] for key in sorted(latest)]
+
+
+def first_latest_lines(target: Target, most: int) -> tuple[list[dict[str, Any]], bool]:
+    """`latest_lines` of the parts' first `most` lines; and whether any were left unread.
+
+    What reads it for a person (the console's batch page) reads a bounded part of a
+    batch of any size: at most `most` lines, from at most `most` + 1 parts.
+    """
+    read = list(itertools.islice(part_lines(target, page=min(1000, most + 1)), most + 1))
+    latest = {line_key(line): line for line in read[:most]}
+    return [latest[key] for key in sorted(latest)], len(read) > most
 
 
 def compose_from_parts(target: Target, alive: Callable[[], object] | None = None) -> int:

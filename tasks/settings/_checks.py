@@ -157,6 +157,12 @@ def validate(settings: Settings) -> None:
         raise SettingsError("OCR_API_BODY_TIMEOUT must be positive")
     if settings.correction_versions < 1:
         raise SettingsError("OCR_CORRECTION_VERSIONS must be 1 or more")
+    if min(settings.compare_timeout, settings.api_heavy_wait) <= 0 or min(
+            settings.compare_max_lines, settings.compare_max_chars,
+            settings.api_heavy_concurrency) < 1:
+        raise SettingsError("OCR_COMPARE_MAX_LINES, OCR_COMPARE_MAX_CHARS, "
+                            "OCR_COMPARE_TIMEOUT, OCR_API_HEAVY_CONCURRENCY and "
+                            "OCR_API_HEAVY_WAIT must be positive")
     if settings.model_heartbeat_seconds <= 0:
         raise SettingsError("OCR_MODEL_HEARTBEAT_SECONDS must be positive")
     for name in ("prune_unused_days", "prune_grace_minutes", "idle_unload_seconds",

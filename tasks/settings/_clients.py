@@ -81,6 +81,27 @@ class ClientSettings:
                                       "HTTP API: most requests one client may make a "
                                       "minute; more are answered 429 with Retry-After (0: "
                                       "no limit; per client: --requests-per-minute).")
+    # The console's compare of two readings of a page (docs/console.md).
+    compare_max_lines: int = _s("OCR_COMPARE_MAX_LINES", "2000",
+                                "Console: most lines each reading of a page may have to be "
+                                "compared; more are answered 422 `compare_too_large` and "
+                                "nothing is compared.")
+    compare_max_chars: int = _s("OCR_COMPARE_MAX_CHARS", "200000",
+                                "Console: most characters each reading of a page may have "
+                                "to be compared; more are answered 422 "
+                                "`compare_too_large`.")
+    compare_timeout: float = _s("OCR_COMPARE_TIMEOUT", "10",
+                                "Console: seconds a compare may run; one still comparing "
+                                "then is answered 422 `compare_too_large`.")
+    api_heavy_concurrency: int = _s(
+        "OCR_API_HEAVY_CONCURRENCY", "2",
+        "HTTP API: requests one API process works on at once whose work grows with a "
+        "stored object (the console's compare; a corrected hOCR, ALTO or PDF result), "
+        "each in a worker thread. The others wait for a turn without holding a thread, "
+        "so the API's other routes keep theirs.")
+    api_heavy_wait: float = _s("OCR_API_HEAVY_WAIT", "30",
+                               "HTTP API: seconds such a request waits for a turn; then "
+                               "it is answered 503 `busy` with Retry-After.")
     allowed_roots: tuple[Path, ...] = _s(
         "OCR_ALLOWED_ROOTS", "",
         "Directories (os.pathsep separated) under which `path` inputs may be read; "

@@ -1,8 +1,18 @@
-"""The console's comparison of two readings of a page (tasks/console/_compare.py)."""
+"""The console's comparison of two readings of a page (tasks/console/_compare.py).
+
+And its bounds: each reading's lines and characters, a deadline, a heavy-work turn.
+"""
 
 from __future__ import annotations
 
-from tasks.console._compare import Row, Segment, compare
+import time
+
+import anyio
+import pytest
+
+from tasks.api._errors import Busy, CompareTooLarge
+from tasks.api._heavy import HeavyWork
+from tasks.console._compare import Bounds, Row, Segment, compare, compared_rows
 
 
 def shown(row: Row) -> tuple[str, str]:
@@ -27,3 +37,52 @@ def test_markup_is_kept_as_text_for_the_template_to_escape() -> None:
 
 def test_nothing_to_compare() -> None:
     assert compare([], []) == []
+
+
+def test_a_compare_past_its_deadline_is_refused() -> None:
+    """The matcher checks the deadline before each search: a passed one stops it."""
+    with pytest.raises(CompareTooLarge):
+        compare(["a", "b", "c"], ["a", "x", "c"], deadline=time.monotonic() - 1)
+
+
+def test_a_changed_pair_too_long_for_words_is_shown_whole() -> None:
+    left, right = "word " * 600, "word " * 601
+    row, = compare([left], [right])
+    assert shown(row) == (f"[del:{left}]", f"[ins:{right}]")
+
+
+@pytest.mark.parametrize(("left", "right", "bound"), [
+    (["line"] * 11, ["line"], "OCR_COMPARE_MAX_LINES"),
+    (["line"], ["x" * 101], "OCR_COMPARE_MAX_CHARS"),
+])
+def test_a_reading_past_the_bounds_is_refused_before_its_turn(
+        left: list[str], right: list[str], bound: str) -> None:
+    heavy = HeavyWork(concurrency=1, wait=5)
+    with pytest.raises(CompareTooLarge, match=bound) as refused:
+        anyio.run(compared_rows, Bounds(max_lines=10, max_chars=100, timeout=5), heavy,
+                  left, right)
+    assert refused.value.code == "compare_too_large" and refused.value.status == 422
+
+
+def test_heavy_work_without_a_turn_in_time_is_busy() -> None:
+    """The one turn is held: more heavy work waits on the event loop, then is refused."""
+    heavy = HeavyWork(concurrency=1, wait=0.2)
+    bounds = Bounds(max_lines=10, max_chars=100, timeout=5)
+
+    async def both() -> tuple[list[Row], Busy]:
+        refusal: list[Busy] = []
+        async with heavy._turns:  # the one turn, taken
+
+            async def second() -> None:
+                with pytest.raises(Busy) as busy:
+                    await compared_rows(bounds, heavy, ["a"], ["b"])
+                refusal.append(busy.value)
+
+            async with anyio.create_task_group() as group:
+                group.start_soon(second)
+        return await compared_rows(bounds, heavy, ["a"], ["a"]), refusal[0]
+
+    rows, busy = anyio.run(both)
+    assert [row.same for row in rows] == [True]  # the turn given back serves the next
+    assert busy.code == "busy" and busy.retryable and busy.status == 503
+    assert busy.headers["Retry-After"]
