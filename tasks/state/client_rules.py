@@ -32,9 +32,11 @@ def rules_of(name: str, token: Mapping[str, Any] | None, settings: Settings) -> 
     prefixes = token.get("allowed_urls")
     own = token.get("jobs_in_flight")
     batches = token.get("batches")
+    own_urls = None if prefixes is None else tuple(str(p) for p in prefixes)
     return ClientRules(
         name=name,
-        allowed_urls=None if prefixes is None else tuple(str(p) for p in prefixes),
+        allowed_urls=own_urls,
+        result_urls=own_urls or (),  # none of its own: it writes results nowhere
         max_priority=token.get("max_priority"),
         jobs_in_flight=settings.api_jobs_in_flight if own is None else int(own),
         batches=RUNNING_BATCHES if batches is None else int(batches),

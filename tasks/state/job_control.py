@@ -53,7 +53,7 @@ class JobControl:
     """Per-job facts clients and workers share: input blob, deadline, cancellation.
 
     `ocr:job:<id>` is a hash (fields `blob`, `deadline`, `filename`, `queue`, `client`,
-    `owner`, `prefixes`, `cancelled`, `callback` and `callback_event`);
+    `owner`, `prefixes`, `result_prefixes`, `cancelled`, `callback` and `callback_event`);
     `ocr:job:<id>:cancelled` holds the result of a cancelled job (pages done so far);
     `ocr:doc:<id>:cancel` marks a cancel asked, beside a fanned-out PDF's meta;
     `ocr:job:<id>:ended` is the claim of the one exit (tasks/lifecycle/job_exit.py).
@@ -261,7 +261,19 @@ class JobControl:
         None when the job names none (a client held to OCR_ALLOWED_URLS alone); an
         unreadable field holds the job to no URL at all (an empty tuple).
         """
-        value = self._redis.hget(job_key(job_id), "prefixes")
+        return self._prefixes(job_id, "prefixes")
+
+    def result_prefixes(self, job_id: str) -> tuple[str, ...] | None:
+        """Where the sending client writes results (field `result_prefixes`, a JSON list).
+
+        None when the job names none (the operator's doors: under OCR_ALLOWED_URLS);
+        empty for an API client without prefixes of its own: it writes nowhere. An
+        unreadable field: nowhere.
+        """
+        return self._prefixes(job_id, "result_prefixes")
+
+    def _prefixes(self, job_id: str, field: str) -> tuple[str, ...] | None:
+        value = self._redis.hget(job_key(job_id), field)
         if value is None:
             return None
         try:

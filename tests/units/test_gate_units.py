@@ -87,5 +87,9 @@ def test_a_tokens_record_makes_its_rules() -> None:
     settings = Settings.from_env({"OCR_API_JOBS_IN_FLIGHT": "7"})
     rules = rules_of("b", {"allowed_urls": ["s3://bbb/"], "max_priority": "batch",
                            "jobs_in_flight": None, "batches": 2}, settings)
-    assert rules == ClientRules("b", ("s3://bbb/",), "batch", 7, 2, None, None)
+    assert rules == ClientRules("b", ("s3://bbb/",), "batch", 7, 2, None, None,
+                                result_urls=("s3://bbb/",))
     assert rules_of("x", None, settings) == ClientRules.service_wide("x")
+    # a token without prefixes reads under OCR_ALLOWED_URLS and writes nowhere
+    bare = rules_of("n", {"allowed_urls": None}, settings)
+    assert bare.allowed_urls is None and bare.result_urls == ()
