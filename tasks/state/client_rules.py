@@ -107,7 +107,8 @@ class InFlight:
             self._redis.zrem(api_inflight_key(name), *job_ids)
 
     def open(self, name: str) -> list[str]:
-        return [_text(m) for m in self._redis.zrange(api_inflight_key(name), 0, -1)]
+        members: list[Any] = self._redis.zrange(api_inflight_key(name), 0, -1)
+        return [_text(m) for m in members]
 
     def count(self, name: str, limit: int, ended: Callable[[list[str]], list[str]]) -> int:
         """How many of the client's jobs are unfinished; those that no longer count leave.
@@ -121,8 +122,9 @@ class InFlight:
 
     def _members(self, name: str) -> list[tuple[str, float]]:
         """The client's places: (job id, when it was sent)."""
-        return [(_text(m), float(at)) for m, at in
-                self._redis.zrange(api_inflight_key(name), 0, -1, withscores=True)]
+        members: list[Any] = self._redis.zrange(api_inflight_key(name), 0, -1,
+                                                withscores=True)
+        return [(_text(m), float(at)) for m, at in members]
 
     def settle(self, name: str, members: list[tuple[str, float]],
                ended: Callable[[list[str]], list[str]]) -> list[str]:
