@@ -218,8 +218,8 @@ def build_tokens_parser(parser: argparse.ArgumentParser) -> None:
                         dest="allowed_urls",
                         help="a URL prefix (s3://bucket/folder/, https://host/path/) the "
                              "client's `url` and `result_url` must lie under, beside "
-                             "OCR_ALLOWED_URLS; repeat for several (default: "
-                             "OCR_ALLOWED_URLS alone)")
+                             "OCR_ALLOWED_URLS; repeat for several (default: it reads "
+                             "under OCR_ALLOWED_URLS alone and writes no result_url)")
     create.add_argument("--json", action="store_true", default=argparse.SUPPRESS,
                         help='print {"name": …, "token": …}')
     quotas = commands.add_parser("set", help="change a client's own quotas (-1: back to "

@@ -9,7 +9,9 @@ batches, each manifest line and listed object as the batch driver sends it, retr
 1. the priority: above the client's highest, `priority_not_allowed` (403 at the API);
    a job naming none gets `normal`, or the client's highest when that is lower;
 2. every URL the job names (`url`, `result_url`) against OCR_ALLOWED_URLS and the
-   client's own prefixes (`url_not_allowed`);
+   client's own prefixes, and `result_url` as a place a result may be written
+   (`check_result_target`: under the client's own prefixes, none for a client without
+   any; never under a read-only prefix) (`url_not_allowed`);
 3. the options' shape (`JobRequest.from_kwargs`: output, mode, lang, callback names;
    `bad_request`) and the page selection (`invalid_pages`);
 4. the engine: one that is an engine (a built-in, this process's plugins, or one a
@@ -44,7 +46,7 @@ from tasks.errors import (
     UnknownEngine,
     UnsupportedFormat,
 )
-from tasks.lifecycle.url_policy import ObjectUrl, check_url, parse_url
+from tasks.lifecycle.url_policy import ObjectUrl, check_target, check_url, parse_url
 from tasks.queue.routing import PRIORITIES, is_job_queue, job_queue, queue_for_engine
 from tasks.queue.sender import over_in_flight
 from tasks.records.clients import ClientRules
@@ -125,6 +127,21 @@ def check_job_url(raw: str, rules: ClientRules, settings: Settings, what: str = 
     return parsed
 
 
+def check_result_target(raw: str, rules: ClientRules, settings: Settings,
+                        what: str = "`result_url`", service: bool = True,
+                        batch: bool = False) -> ObjectUrl:
+    """The parsed `result_url` (or a batch's target) when a result may be written there.
+
+    `check_job_url`, then the URL policy's `check_target`: under the client's own
+    result prefixes (`ClientRules.result_urls`), never reaching a read-only prefix
+    (`Settings.readonly_prefixes`). `batch`: a batch's target, any name under which
+    is written. Else `url_not_allowed`.
+    """
+    parsed = check_job_url(raw, rules, settings, what, prefix_ok=True, service=service)
+    return check_target(parsed, rules.result_urls, settings.readonly_prefixes, what,
+                        whole_prefix=batch)
+
+
 def admit(options: Mapping[str, Any], rules: ClientRules, settings: Settings,
           live: dict[str, set[str]], *, priority: str | None = None,
           books: Books | None = None, service: bool = True) -> str:
@@ -134,11 +151,11 @@ def admit(options: Mapping[str, Any], rules: ClientRules, settings: Settings,
     queues of each live worker (`WorkerPresence.live_queues`).
     """
     chosen = priority_for(rules, priority)
-    for name in URL_FIELDS:
-        raw = options.get(name)
-        if isinstance(raw, str) and raw:
-            check_job_url(raw, rules, settings, f"`{name}`",
-                          prefix_ok=name == "result_url", service=service)
+    url, result_url = (options.get(name) for name in URL_FIELDS)
+    if isinstance(url, str) and url:
+        check_job_url(url, rules, settings, service=service)
+    if isinstance(result_url, str) and result_url:
+        check_result_target(result_url, rules, settings, service=service)
     check_options(options, settings, live)
     if books is not None:
         pages = options.get("pages")

@@ -108,8 +108,12 @@ class CeleryBatchPorts:
             _redis(self.settings.redis_target), record.api_client, self.settings))
 
     def fetcher(self, record: BatchRecord) -> Fetcher:
-        """Every read of the batch's: under its client's prefixes and OCR_ALLOWED_URLS."""
-        return Fetcher.for_client(self.settings, self.rules(record).allowed_urls)
+        """Every read of the batch's: under its client's prefixes and OCR_ALLOWED_URLS.
+
+        Its target: under the client's result prefixes too, and no read-only prefix.
+        """
+        rules = self.rules(record)
+        return Fetcher.for_client(self.settings, rules.allowed_urls, rules.result_urls)
 
     def target(self, record: BatchRecord) -> Target:
         return self.fetcher(record).target(record.target)
@@ -143,7 +147,8 @@ class CeleryBatchPorts:
             self.sender.send(OutgoingJob(
                 job_id=job_id, kwargs=kwargs, priority=record.priority or "batch",
                 client=record.client, owner=record.owner, batch=record.id,
-                created=created, prefixes=rules.allowed_urls, count_in_flight=True,
+                created=created, prefixes=rules.allowed_urls,
+                result_prefixes=rules.result_urls, count_in_flight=True,
                 in_flight_limit=0 if replacing else rules.jobs_in_flight,
                 page_caps=None if replacing else PageCaps(rules.pages_per_day,
                                                           rules.pages_per_month)))

@@ -147,6 +147,7 @@ class OcrClient:
                 owner: str = "", client: str | None = None,
                 traceparent: str | None = None, created: float | None = None,
                 prefixes: tuple[str, ...] | None = None,
+                result_prefixes: tuple[str, ...] | None = None,
                 count_in_flight: bool = False, in_flight_limit: int = 0,
                 page_caps: PageCaps | None = None, input_data: bytes | None = None) -> str:
         """Send `ocr.document` with these kwargs (input stored, job admitted); its id.
@@ -158,6 +159,7 @@ class OcrClient:
         (epoch seconds; now unless given); `deadline` seconds from now. `traceparent`
         (W3C) is sent as a message header, also where this process does not trace.
         `prefixes`: the client's own URL prefixes, which the worker holds redirects to;
+        `result_prefixes`: where it writes results (None: under OCR_ALLOWED_URLS);
         `count_in_flight`: count it in the client's jobs in flight, refused
         (`quota_exceeded`) when `in_flight_limit` (0: none) are unfinished;
         `page_caps`: the client's, its fewest pages held against them as it is sent.
@@ -172,8 +174,8 @@ class OcrClient:
             client=self.client if client is None else client_name(client), owner=owner,
             deadline=None if deadline is None else time.time() + deadline,
             created=created, traceparent=traceparent, prefixes=prefixes,
-            count_in_flight=count_in_flight, in_flight_limit=in_flight_limit,
-            page_caps=page_caps, input=input_data))
+            result_prefixes=result_prefixes, count_in_flight=count_in_flight,
+            in_flight_limit=in_flight_limit, page_caps=page_caps, input=input_data))
 
     def cancel(self, ids: Iterable[str], wait: float = 10.0) -> dict[str, str]:
         """Cancel jobs by sending the public task `ocr.cancel` for each.

@@ -20,7 +20,7 @@ from fastapi.responses import StreamingResponse
 from pydantic import BaseModel, ConfigDict, Field
 from starlette.concurrency import run_in_threadpool
 
-from tasks.admission import check_job_url
+from tasks.admission import check_job_url, check_result_target
 from tasks.api._errors import NotFound
 from tasks.api._routes import COMMON, Caller, _errors, service_of
 from tasks.api._schemas import ENGINE_NAME, ENGINE_NAME_MAX, Mode, Output, Priority
@@ -128,7 +128,8 @@ class BatchService:
         """Admit and record a batch, and send its first step; its id.
 
         The gate's checks for the batch as a whole (priority, `source` and `result_url`
-        under the allow-lists, a target apart from its source (`target_in_source`),
+        under the allow-lists, the target where the client writes results and clear of
+        read-only prefixes, a target apart from its source (`target_in_source`),
         options, engine); then the client's running batches (`batch_quota_exceeded`),
         counted as the batch is recorded (one script). Each document is admitted again
         as it is sent.
@@ -136,7 +137,7 @@ class BatchService:
         settings = self.service.settings
         rules = caller.rules(settings)
         source = self._allowed(request.source, rules, "`source`")
-        target = self._allowed(request.result_url, rules, "`result_url`")
+        target = check_result_target(request.result_url, rules, settings, batch=True).url
         if not target.startswith("s3://") or not target.endswith("/"):
             raise BadRequest("`result_url` must be an s3:// prefix ending in /")
         if overlap(source, target):

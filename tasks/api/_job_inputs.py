@@ -10,7 +10,7 @@ import time
 from pathlib import PurePosixPath
 from typing import Any
 
-from tasks.admission import check_job_url
+from tasks.admission import check_job_url, check_result_target
 from tasks.api._schemas import JobOptions
 from tasks.errors import BadRequest, PathNotAllowed
 from tasks.lifecycle.callback_urls import callback_target
@@ -28,8 +28,11 @@ def input_kwargs(options: JobOptions, upload: str | None, filename: str, rules: 
         # The workers' own rule (allow-list, no private addresses unless listed).
         kwargs["callback_url"] = callback_target(options.callback_url, settings).url
     if options.result_url is not None:
-        kwargs["result_url"] = _check_url(options.result_url, rules, settings,
-                                      "`result_url`", prefix_ok=True)
+        target = check_result_target(options.result_url, rules, settings)
+        if target.scheme != "s3":
+            raise BadRequest("`result_url` must be an s3:// URL (results are written to a "
+                             "bucket)")
+        kwargs["result_url"] = target.url
     if upload is not None:
         if options.path is not None or options.url is not None:
             raise BadRequest("send either a file, a `path` or a `url`, not two")
@@ -49,16 +52,12 @@ def input_kwargs(options: JobOptions, upload: str | None, filename: str, rules: 
     return kwargs
 
 
-def _check_url(raw: str, rules: ClientRules, settings: Settings, what: str,
-               prefix_ok: bool = False) -> str:
+def _check_url(raw: str, rules: ClientRules, settings: Settings, what: str) -> str:
     """The normalised URL, when OCR_ALLOWED_URLS and the client's prefixes admit it.
 
     The client's own prefixes: `tokens create --allowed-url`. Else UrlNotAllowed.
     """
-    parsed = check_job_url(raw, rules, settings, what, prefix_ok)
-    if prefix_ok and parsed.scheme != "s3":
-        raise BadRequest(f"{what} must be an s3:// URL (results are written to a bucket)")
-    return parsed.url
+    return check_job_url(raw, rules, settings, what).url
 
 
 def _check_path(raw: str, settings: Settings) -> None:

@@ -170,7 +170,8 @@ class JobService:
                                 job_id=job_id, owner=f"api:{caller.name}",
                                 client=caller.name, created=created,
                                 traceparent=traceparent,  # the request's, passed on
-                                prefixes=rules.allowed_urls, count_in_flight=True,
+                                prefixes=rules.allowed_urls,
+                                result_prefixes=rules.result_urls, count_in_flight=True,
                                 in_flight_limit=rules.jobs_in_flight,
                                 page_caps=_caps(rules))
         except BaseException:
@@ -332,8 +333,8 @@ class JobService:
             self.client.enqueue(kwargs, priority=priority, job_id=new_id,
                                 owner=f"api:{caller.name}", client=caller.name,
                                 created=created, prefixes=rules.allowed_urls,
-                                count_in_flight=True, in_flight_limit=rules.jobs_in_flight,
-                                page_caps=_caps(rules))
+                                result_prefixes=rules.result_urls, count_in_flight=True,
+                                in_flight_limit=rules.jobs_in_flight, page_caps=_caps(rules))
         except BaseException:
             self.jobs.forget(caller.name, new_id)
             raise

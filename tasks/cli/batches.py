@@ -25,6 +25,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from tasks.admission import check_result_target
 from tasks.cli.commands import command
 from tasks.cli.core import (
     EXIT_CANCELLED,
@@ -34,6 +35,7 @@ from tasks.cli.core import (
     EXIT_TIMEOUT,
     EXIT_USAGE,
     Session,
+    door_refusal,
 )
 from tasks.cli.local_batch import Progress, failure_lines, progress_stream, run_local
 from tasks.cli.output import PROG
@@ -175,7 +177,13 @@ def left_out_line(choice: FolderChoice) -> str:
 def _start(args: argparse.Namespace, session: Session, options: dict[str, Any]) -> int:
     """Record a batch in Redis and send its first step; wait for its end (or not)."""
     client = session.client
-    priority = client.admit(options, priority=args.priority)
+    try:
+        priority = client.admit(options, priority=args.priority)
+        # The target where this client writes results, clear of read-only prefixes.
+        check_result_target(args.result_url, client.rules, session.settings,
+                            service=False, batch=True)
+    except OcrError as exc:
+        return door_refusal(exc, PROG)
     store = _store(session)
     record = store.create(BatchRecord(id="", source=args.what, target=args.result_url,
                                       options=options, priority=priority,

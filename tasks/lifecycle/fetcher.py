@@ -7,7 +7,9 @@ service's OCR_ALLOWED_URLS narrowed to the client's own prefixes, which the call
 must name, None only for a client with none of its own) and checks every URL against
 that list before any request: the first URL, each redirect hop (HEAD and GET alike,
 in tasks/lifecycle/_https_objects.py), a listed prefix, a ranged read, a target. A URL
-or a hop outside the list is `url_not_allowed` and is never asked.
+or a hop outside the list is `url_not_allowed` and is never asked. A result write and a
+batch's target are held to the client's result prefixes and the read-only prefixes
+too (`url_policy.check_target`, the rule the gate applies at the door).
 
 It is the only module that reads through the S3 adapter (tasks/lifecycle/_s3.py) and
 the https reader (tasks/lifecycle/_https_objects.py); the operator's backup files
@@ -25,7 +27,7 @@ from typing import TYPE_CHECKING, Any
 from tasks.errors import BadRequest, InputNotFound, InputTooLarge, ObjectChanged
 from tasks.lifecycle import _https_objects, _s3
 from tasks.lifecycle._s3 import ObjectInfo
-from tasks.lifecycle.url_policy import ObjectUrl, check_url, narrow
+from tasks.lifecycle.url_policy import ObjectUrl, check_target, check_url, narrow
 
 if TYPE_CHECKING:
     from tasks.settings import Settings
@@ -86,33 +88,47 @@ def preload(settings: Settings) -> None:
 
 @dataclass(frozen=True)
 class Fetcher:
-    """Reads under one client's rules: `allowed` is checked before every request."""
+    """Reads under one client's rules: `allowed` is checked before every request.
+
+    A write (a result, a batch's target) is checked against `results` and `readonly`
+    as well.
+    """
 
     allowed: tuple[str, ...]  # OCR_ALLOWED_URLS narrowed to the client's own prefixes
     timeout: float
     max_bytes: int
     max_mb: float
+    results: tuple[str, ...] | None = None  # the client's result prefixes (None: no list)
+    readonly: tuple[str, ...] = ()          # where no result is written, for any client
 
     @classmethod
-    def for_client(cls, settings: Settings,
-                   prefixes: tuple[str, ...] | list[str] | None) -> Fetcher:
+    def for_client(cls, settings: Settings, prefixes: tuple[str, ...] | list[str] | None,
+                   results: tuple[str, ...] | list[str] | None = None) -> Fetcher:
         """The fetcher of a client whose own prefixes are `prefixes`.
 
         None: a client without prefixes of its own (or `settings` already narrowed to
-        them); OCR_ALLOWED_URLS alone.
+        them); OCR_ALLOWED_URLS alone. `results`: where the client writes results
+        (`ClientRules.result_urls`, a job's `result_prefixes`; empty: nowhere; None:
+        no list of its own, the operator's doors). Settings' read-only prefixes hold
+        for every client.
         """
         allowed = tuple(settings.allowed_urls) if prefixes is None \
             else narrow(settings.allowed_urls, prefixes)
         return cls(allowed, settings.url_timeout, settings.max_input_bytes,
-                   settings.max_input_mb)
+                   settings.max_input_mb, None if results is None else tuple(results),
+                   settings.readonly_prefixes)
 
     def check(self, url: str, what: str = "`url`", prefix_ok: bool = False) -> ObjectUrl:
         """The parsed, canonical URL when it lies under the list; UrlNotAllowed else."""
         return check_url(url, self.allowed, what, prefix_ok)
 
     def check_result(self, url: str) -> ObjectUrl:
-        """The allowed `result_url` (s3:// only: an object, or a prefix ending /)."""
-        parsed = self.check(url, "`result_url`", prefix_ok=True)
+        """The allowed `result_url` (s3:// only: an object, or a prefix ending /).
+
+        Under the client's result prefixes and no read-only prefix (`check_target`).
+        """
+        parsed = check_target(self.check(url, "`result_url`", prefix_ok=True),
+                              self.results, self.readonly)
         if parsed.scheme != "s3":
             raise BadRequest("`result_url` must be an s3:// URL (results are written to "
                              "a bucket)")
@@ -214,8 +230,13 @@ class Fetcher:
         return _s3.put(parsed.bucket, parsed.key, data, content_type, self.timeout)
 
     def target(self, url: str) -> S3Target:
-        """A batch's target: an allowed s3:// prefix (ending /)."""
-        parsed = self.check(url, "`result_url`", prefix_ok=True)
+        """A batch's target: an allowed s3:// prefix (ending /).
+
+        Under the client's result prefixes, and neither under nor holding a read-only
+        prefix (`check_target`): any name under it is written.
+        """
+        parsed = check_target(self.check(url, "`result_url`", prefix_ok=True),
+                              self.results, self.readonly, whole_prefix=True)
         if parsed.scheme != "s3" or not parsed.url.endswith("/"):
             raise BadRequest("a batch's `result_url` must be an s3:// prefix ending in /")
         return S3Target(parsed.bucket, parsed.key, self.timeout)

@@ -5,6 +5,10 @@ exception: each path builds an `Outcome` and calls `JobEnder.end()` (or `claim()
 `finish()` where the right to end must be taken before the work that builds the
 outcome, as when the last page of a PDF merges). `finish` stores the result, fires the
 callbacks, writes the `ocr.job` line and counters, and frees the input and the join.
+The step that marks the ending done also takes the job out of its client's jobs in
+flight (tasks/state/client_rules.py), whatever its status: its place is free once it
+ends, whatever becomes of its result.
+
 The claim (`ocr:job:<id>:ended`, SET NX) makes the second ender a no-op, so a page
 delivered twice, a cancel racing the merge, or the worker parent's view of a kill never
 end a job twice. The claim names its holder (`<host>:<pid>`) until `finish` is done: a
@@ -150,7 +154,7 @@ class JobEnder:
                     claimed = self._control.claim_end(
                         job_id, holder, record, ended=outcome.status.value if done else "",
                         freed=self._freed(outcome) if done else (), carried=carried,
-                        told=told)
+                        told=told, client=outcome.client)
             except _STORE_ERRORS:
                 if record is not None:  # it may have run: only a claim naming this ender
                     self._give_back(job_id, holder)
@@ -246,7 +250,8 @@ class JobEnder:
         """
         job_id, status, holder = outcome.job_id, outcome.status.value, holder_name()
         freed = self._freed(outcome)
-        mark = self._control.mark_ended(job_id, holder, status, freed=freed)
+        client = outcome.client
+        mark = self._control.mark_ended(job_id, holder, status, freed=freed, client=client)
         if mark is EndMark.ELSEWHERE:
             log.warning("job %s: its end claim names another holder; its ending is left "
                         "to it", job_id)
@@ -256,14 +261,15 @@ class JobEnder:
                     job_id)
         record = self._ports.result_record(outcome)
         if record is not None:
-            self._control.claim_end(job_id, holder, record, ended=status, freed=freed)
+            self._control.claim_end(job_id, holder, record, ended=status, freed=freed,
+                                    client=client)
         elif self._control.claim_end(job_id, holder):
             try:
                 self._ports.publish(outcome)
             except _STORE_ERRORS:
                 self._give_back(job_id, holder)
                 raise
-            self._control.mark_ended(job_id, holder, status, freed=freed)
+            self._control.mark_ended(job_id, holder, status, freed=freed, client=client)
 
     def _give_back(self, job_id: str, holder: str | None = None) -> None:
         """Release the claim of an ending that failed to store its result.

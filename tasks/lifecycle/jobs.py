@@ -349,7 +349,9 @@ def deliver(result: DocumentResult, request: JobRequest, settings: Settings,
     is recorded there as its error (`result_write_failed`), the job keeps its status
     and its result stays in the result store, to be fetched as usual. The pages'
     previews are written beside the object (`previews`: the folder; a failure is
-    `previews_error`).
+    `previews_error`). Both are held to where the job's client writes results (its
+    control hash's `result_prefixes`): elsewhere, or under a read-only prefix, nothing
+    is written and the record's error is `url_not_allowed`.
     """
     if not request.result_url or result.status not in (JobStatus.SUCCESS, JobStatus.PARTIAL):
         return
@@ -357,10 +359,11 @@ def deliver(result: DocumentResult, request: JobRequest, settings: Settings,
     stored = result.outputs.get(output)
     document = stores.outputs.get(stored.key) if stored is not None else None
     content = url_inputs.result_content(result.to_json(), output, document)
+    results = stores.control.result_prefixes(str(result.id))  # where its client writes
     try:
         with tracing.span("ocr.result.deliver", {"ocr.bytes": len(content)}):
             result.result_object = url_inputs.write_result(
-                request.result_url, str(result.id), output, content, settings)
+                request.result_url, str(result.id), output, content, settings, results)
     except OcrError as exc:
         result.result_object = {"url": request.result_url, "error": exc.to_dict()}
         return
@@ -369,7 +372,7 @@ def deliver(result: DocumentResult, request: JobRequest, settings: Settings,
     if previews:  # the page images beside the result object (`previews`)
         try:
             result.result_object["previews"] = url_inputs.write_previews(
-                str(result.result_object["url"]), previews, settings)
+                str(result.result_object["url"]), previews, settings, results)
         except OcrError as exc:
             result.result_object["previews_error"] = exc.to_dict()
 

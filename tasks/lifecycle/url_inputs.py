@@ -142,22 +142,29 @@ def result_key(target: ObjectUrl, job_id: str, output: str) -> str:
 
 
 def write_result(result_url: str, job_id: str, output: str, content: bytes,
-                 settings: Settings) -> dict[str, Any]:
-    """Write the job's result; the record naming the object. ResultWriteFailed else."""
-    fetcher = Fetcher.for_client(settings, None)  # `settings` are the job's (`for_client`)
+                 settings: Settings, results: tuple[str, ...] | None) -> dict[str, Any]:
+    """Write the job's result; the record naming the object. ResultWriteFailed else.
+
+    `results`: where the job's client writes results (`JobControl.result_prefixes`);
+    a target outside them, or under a read-only prefix, is `url_not_allowed`.
+    """
+    # `settings` are the job's (`for_client`)
+    fetcher = Fetcher.for_client(settings, None, results)
     target = fetcher.check_result(result_url)
     url = f"s3://{target.bucket}/{result_key(target, job_id, output)}"
     etag = fetcher.put(url, content, FORMATS[output].media_type)
     return {"url": url, "bytes": len(content), "etag": etag}
 
 
-def write_previews(result_object: str, previews: dict[int, bytes], settings: Settings) -> str:
+def write_previews(result_object: str, previews: dict[int, bytes], settings: Settings,
+                   results: tuple[str, ...] | None) -> str:
     """The job's page previews written beside its result object; the folder they are in.
 
     `result_object` is the result's `s3://bucket/key`; page N's is `<key>.pages/N.webp`.
-    ResultWriteFailed when one cannot be written.
+    ResultWriteFailed when one cannot be written; each is held to `results` as the
+    result was (`write_result`).
     """
-    fetcher = Fetcher.for_client(settings, None)  # `settings` are the job's (`for_client`)
+    fetcher = Fetcher.for_client(settings, None, results)  # `settings`: the job's
     for number, data in sorted(previews.items()):
         fetcher.put(f"{result_object}.pages/{number}.webp", data, "image/webp")
     return f"{result_object}.pages/"

@@ -23,6 +23,19 @@ tasks/lifecycle/url_inputs.py when it connects.
 Every URL a job, a batch or a fetch names is checked here, by `check_url`: the API's
 `url` and `result_url`, a batch's `source` and target, each manifest line and listed
 object, and each redirect hop (tasks/lifecycle/fetcher.py).
+
+Where a result may be written is decided here too, by `check_target`, on top of
+`check_url`: the gate calls it for a job's `result_url` and a batch's target, the
+fetcher for each result write and each batch target it makes.
+
+- A client with result prefixes of its own (an HTTP API client: its token's
+  `--allowed-url`, carried by the job as its control hash's `result_prefixes`) writes
+  only under them; one with none writes nowhere. A client without such a list (the
+  operator's own doors: submit.py, `OcrClient`, a Celery client, which hold Redis
+  credentials) writes under OCR_ALLOWED_URLS.
+- No client writes under a read-only prefix (OCR_READONLY_URLS, and OCR_GOLDEN_SET
+  when it names a URL). A batch's target writes any name under it, so it may neither
+  lie under nor hold one.
 """
 
 from __future__ import annotations
@@ -131,6 +144,28 @@ def check_url(url: str, allowed: Sequence[str], what: str = "`url`",
         raise UrlNotAllowed(f"{what} is not under an allowed prefix (OCR_ALLOWED_URLS, "
                             "and the client's own prefixes when it has some)")
     return parsed
+
+
+def check_target(url: ObjectUrl, writable: Sequence[str] | None, readonly: Sequence[str],
+                 what: str = "`result_url`", whole_prefix: bool = False) -> ObjectUrl:
+    """`url`, already allowed by `check_url`, when a result may be written there.
+
+    `writable`: the client's own result prefixes (None: it has no such list, the
+    operator's doors; empty: it writes nowhere). `readonly`: prefixes no result is
+    written under. `whole_prefix`: any name under `url` may be written (a batch's
+    target), so it must not hold a read-only prefix either. Else UrlNotAllowed.
+    """
+    if writable is not None and not any(under(url, prefix) for prefix in writable):
+        if not writable:
+            raise UrlNotAllowed(f"{what}: this client has no URL prefixes of its own, so "
+                                "it writes results nowhere (`tokens create --allowed-url`)")
+        raise UrlNotAllowed(f"{what} is not under this client's own prefixes, the only "
+                            "places it writes results")
+    for prefix in readonly:
+        if under(url, prefix) or (whole_prefix and overlap(url.url, prefix)):
+            raise UrlNotAllowed(f"{what} reaches a read-only prefix (OCR_READONLY_URLS, "
+                                "OCR_GOLDEN_SET): no result is written there")
+    return url
 
 
 def narrow(allowed: Sequence[str], client: Sequence[str] | None) -> tuple[str, ...]:

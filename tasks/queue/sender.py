@@ -10,8 +10,10 @@ admitted first (tasks/admission.py); then `JobSender.send` takes its `OutgoingJo
    taken in one script, nothing written when refused; a send that fails after them
    gives both back,
 1. writes its control hash `ocr:job:<id>` (input blob, file name, deadline, queue,
-   priority, when accepted; its owner, client, batch, and `prefixes`: the JSON list of the
-   client's own URL prefixes, which the worker checks each redirect hop against),
+   priority, when accepted; its owner, client, batch, `prefixes`: the JSON list of the
+   client's own URL prefixes, which the worker checks each redirect hop against, and
+   `result_prefixes`: those it writes results under, which the worker holds its
+   `result_url` write to),
 2. lists it under its client (`JobIndex`), and stores its input when the job carries
    it (`OutgoingJob.input`: under its `blob` key), in the round trip of 1,
 3. waits for OCR_REDIS_MIN_REPLICAS replicas to hold those writes (`JobControl.keep`),
@@ -62,7 +64,9 @@ class OutgoingJob:
     `kwargs`: `ocr.document`'s (its input already stored or named); `priority`: a
     name of `PRIORITIES`, as the gate chose it; `deadline`: epoch seconds (a job not
     started by then never starts); `created`: the time it is listed under; `prefixes`:
-    the client's own URL prefixes (None: OCR_ALLOWED_URLS alone); `count_in_flight`:
+    the client's own URL prefixes (None: OCR_ALLOWED_URLS alone); `result_prefixes`:
+    where it writes results (`ClientRules.result_urls`; None: under OCR_ALLOWED_URLS,
+    empty: nowhere); `count_in_flight`:
     count it among the client's jobs in flight until it ends, refused when
     `in_flight_limit` (0: none) are unfinished; `page_caps`: the client's, which the
     fewest pages the job reads are held against until they are counted.
@@ -78,6 +82,7 @@ class OutgoingJob:
     created: float | None = None
     traceparent: str | None = None
     prefixes: tuple[str, ...] | None = None
+    result_prefixes: tuple[str, ...] | None = None
     count_in_flight: bool = False
     in_flight_limit: int = 0
     page_caps: PageCaps | None = None
@@ -140,6 +145,8 @@ class JobSender:
                 control[name] = value
         if job.prefixes is not None:
             control["prefixes"] = json.dumps(list(job.prefixes))
+        if job.result_prefixes is not None:
+            control["result_prefixes"] = json.dumps(list(job.result_prefixes))
         # The job's input, record and index entries: one round trip.
         pipe = self._redis.pipeline(transaction=False)
         if job.input is not None:

@@ -42,10 +42,13 @@ class ClientRules:
 
     An HTTP API client's come from its token (`tokens create`); any other client's
     are the service-wide ones. `allowed_urls`: the client's own URL prefixes (None:
-    OCR_ALLOWED_URLS alone); `max_priority`: the highest priority its jobs may have
-    (None: any); `jobs_in_flight`: its unfinished jobs, batch documents included
-    (0: no limit); `batches`: its running batches (0: no limit); `pages_per_day`,
-    `pages_per_month`: page caps (None or 0: none). Pure; crosses process boundaries.
+    OCR_ALLOWED_URLS alone); `result_urls`: where its results may be written (an API
+    client's: its own prefixes, empty when it has none; None: under OCR_ALLOWED_URLS,
+    the operator's doors, which hold Redis credentials); `max_priority`: the highest
+    priority its jobs may have (None: any); `jobs_in_flight`: its unfinished jobs,
+    batch documents included (0: no limit); `batches`: its running batches (0: no
+    limit); `pages_per_day`, `pages_per_month`: page caps (None or 0: none). Pure;
+    crosses process boundaries.
     """
 
     name: str
@@ -55,8 +58,14 @@ class ClientRules:
     batches: int = RUNNING_BATCHES
     pages_per_day: int | None = None
     pages_per_month: int | None = None
+    result_urls: tuple[str, ...] | None = None
 
     @classmethod
     def service_wide(cls, name: str) -> ClientRules:
-        """The rules of a client without a token of its own: OCR_ALLOWED_URLS alone."""
+        """The rules of a client without a token of its own: OCR_ALLOWED_URLS alone.
+
+        Such a client sends over the Celery protocol (submit.py, `OcrClient`): it holds
+        Redis credentials, and writes results anywhere under OCR_ALLOWED_URLS but a
+        read-only prefix.
+        """
         return cls(name, batches=0)

@@ -89,6 +89,16 @@ class Settings(ModelDirSettings, ClientSettings, PageSettings, WorkerSettings,
         """Checks of a worker's own settings against cluster-wide ones (worker start)."""
         check_worker(self)
 
+    @property
+    def readonly_prefixes(self) -> tuple[str, ...]:
+        """The prefixes no result is written under: OCR_READONLY_URLS, OCR_GOLDEN_SET's URL.
+
+        The golden set is read-only when it names a URL (`s3://...`); a local folder
+        is never a result target anyway (results are written to a bucket).
+        """
+        golden = (self.golden_set,) if "://" in self.golden_set else ()
+        return (*self.readonly_urls, *golden)
+
     # The bound of the project's own Redis
     @property
     def redis_max_bulk_bytes(self) -> int:

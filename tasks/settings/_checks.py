@@ -132,11 +132,13 @@ def validate(settings: Settings) -> None:
         if not re.fullmatch(r"(\[[0-9a-fA-F:.]+\]|[^\s:/\[\]@]+)(:\d{1,5})?", entry):
             raise SettingsError(f"OCR_CALLBACK_ALLOWED_HOSTS: {entry!r} is not host "
                                 "or host:port")
-    for prefix in settings.allowed_urls:
-        if not re.fullmatch(r"(s3://[a-z0-9][a-z0-9.-]{1,62}|https?://[^\s/?#@]+)/\S*", prefix) \
-                or not prefix.endswith("/"):
-            raise SettingsError(f"OCR_ALLOWED_URLS: {prefix!r} is not an s3://bucket/ or "
-                                "http(s)://host/ prefix ending in /")
+    for env, prefixes in (("OCR_ALLOWED_URLS", settings.allowed_urls),
+                          ("OCR_READONLY_URLS", settings.readonly_urls)):
+        for prefix in prefixes:
+            if not re.fullmatch(r"(s3://[a-z0-9][a-z0-9.-]{1,62}|https?://[^\s/?#@]+)/\S*",
+                                prefix) or not prefix.endswith("/"):
+                raise SettingsError(f"{env}: {prefix!r} is not an s3://bucket/ or "
+                                    "http(s)://host/ prefix ending in /")
     if settings.url_timeout <= 0:
         raise SettingsError("OCR_URL_TIMEOUT must be positive")
     if settings.batch_window < 1 or settings.batch_step_seconds <= 0 \

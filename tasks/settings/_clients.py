@@ -114,6 +114,12 @@ class ClientSettings:
         "`result_url` objects written; empty: URL inputs and result_url are refused "
         "(`url_not_allowed`), nothing is fetched. https never reaches a private, "
         "loopback or link-local address unless a prefix names that address itself.")
+    readonly_urls: tuple[str, ...] = _s(
+        "OCR_READONLY_URLS", "",
+        "URL prefixes (comma separated, each ending in `/`, as OCR_ALLOWED_URLS) that "
+        "are never a result target, for any client: no `result_url` lies under one, and "
+        "no batch's target holds one or lies under one (`url_not_allowed`). Reading "
+        "under them is unchanged. OCR_GOLDEN_SET, when it names a URL, is read-only too.")
     url_timeout: float = _s("OCR_URL_TIMEOUT", "30",
                             "Seconds to connect to the object store or https server, and "
                             "the longest wait for the next bytes of a read; a store that "

@@ -5,10 +5,15 @@ its client's rules each step) and in submit.py (local batches). The token record
 `ocr:api:clients` field <name> (JSON, written by tasks/api/tokens.py); a client
 without one is held to the service-wide rules. Its unfinished jobs, single jobs and
 batch documents alike, are the sorted set `ocr:api:inflight:<client>` (job id ->
-the time it was sent); ended ones leave it when the gate next counts them. A job is
-counted by `InFlight.reserve`: one Lua script that checks the limit and adds the job
-together, so simultaneous sends of one client cannot all pass a check that only some
-of them fit in.
+the time it was sent). A job is counted by `InFlight.reserve`: one Lua script that
+checks the limit and adds the job together, so simultaneous sends of one client cannot
+all pass a check that only some of them fit in.
+
+A job leaves the set when it ends, whatever its status: the step that marks its
+ending done removes it (tasks/state/job_scripts.py, `JobControl.mark_ended`). When
+the set is full, the gate also drops the members that no longer count: a job whose
+stored state is final (an ending outside the one exit), and a job whose record is gone
+(`ocr:job:<id>` expired or lost) once its place is older than RECORD_GRACE.
 """
 
 from __future__ import annotations
@@ -22,7 +27,11 @@ import redis
 
 from tasks.records.clients import RUNNING_BATCHES, ClientRules
 from tasks.settings import Settings
-from tasks.state.keys import API_CLIENTS_KEY, api_inflight_key
+from tasks.state.keys import API_CLIENTS_KEY, api_inflight_key, job_key
+
+# Seconds a place is kept for a job without a record: its sender writes the job's record
+# (`ocr:job:<id>`) in the round trip after it reserves the place.
+RECORD_GRACE = 300.0
 
 
 def rules_of(name: str, token: Mapping[str, Any] | None, settings: Settings) -> ClientRules:
@@ -32,9 +41,11 @@ def rules_of(name: str, token: Mapping[str, Any] | None, settings: Settings) -> 
     prefixes = token.get("allowed_urls")
     own = token.get("jobs_in_flight")
     batches = token.get("batches")
+    own_urls = None if prefixes is None else tuple(str(p) for p in prefixes)
     return ClientRules(
         name=name,
-        allowed_urls=None if prefixes is None else tuple(str(p) for p in prefixes),
+        allowed_urls=own_urls,
+        result_urls=own_urls or (),  # none of its own: it writes results nowhere
         max_priority=token.get("max_priority"),
         jobs_in_flight=settings.api_jobs_in_flight if own is None else int(own),
         batches=RUNNING_BATCHES if batches is None else int(batches),
@@ -74,17 +85,15 @@ class InFlight:
                 ended: Callable[[list[str]], list[str]], at: float | None = None) -> bool:
         """Count `job_id` among the client's jobs if fewer than `limit` are unfinished.
 
-        The check and the add are one script; when the set is full, the jobs that ended
-        leave it and the script runs once more. False: nothing was added. `limit` 0:
-        no limit, the job is counted.
+        The check and the add are one script; when the set is full, the jobs that no
+        longer count leave it (`settle`) and the script runs once more. False: nothing
+        was added. `limit` 0: no limit, the job is counted.
         """
         args = [job_id, at or round(time.time(), 3), limit, self.ttl]
         if int(self._reserve(keys=[api_inflight_key(name)], args=args)) >= 0:
             return True
-        finished = ended(self.open(name))  # one round trip
-        if not finished:
+        if not self.settle(name, self._members(name), ended):
             return False
-        self.remove(name, *finished)
         return int(self._reserve(keys=[api_inflight_key(name)], args=args)) >= 0
 
     def add(self, name: str, job_id: str, at: float | None = None) -> None:
@@ -98,17 +107,46 @@ class InFlight:
             self._redis.zrem(api_inflight_key(name), *job_ids)
 
     def open(self, name: str) -> list[str]:
-        return [m.decode() if isinstance(m, bytes) else str(m)
-                for m in self._redis.zrange(api_inflight_key(name), 0, -1)]
+        members: list[Any] = self._redis.zrange(api_inflight_key(name), 0, -1)
+        return [_text(m) for m in members]
 
     def count(self, name: str, limit: int, ended: Callable[[list[str]], list[str]]) -> int:
-        """How many of the client's jobs are unfinished; those ended leave the set.
+        """How many of the client's jobs are unfinished; those that no longer count leave.
 
-        Only read past `limit`: under it, the set's size says enough.
+        Only settled past `limit`: under it, the set's size says enough.
         """
-        open_ids = self.open(name)
-        if len(open_ids) < limit:
-            return len(open_ids)
-        finished = ended(open_ids)  # one round trip
-        self.remove(name, *finished)
-        return len(open_ids) - len(finished)
+        members = self._members(name)
+        if len(members) < limit:
+            return len(members)
+        return len(members) - len(self.settle(name, members, ended))
+
+    def _members(self, name: str) -> list[tuple[str, float]]:
+        """The client's places: (job id, when it was sent)."""
+        members: list[Any] = self._redis.zrange(api_inflight_key(name), 0, -1,
+                                                withscores=True)
+        return [(_text(m), float(at)) for m, at in members]
+
+    def settle(self, name: str, members: list[tuple[str, float]],
+               ended: Callable[[list[str]], list[str]]) -> list[str]:
+        """Drop those of `members` that no longer count; the ids dropped.
+
+        `ended` answers which jobs' stored states are final (one round trip); of the
+        others, those whose place is older than RECORD_GRACE are asked whether their
+        record still exists (one more round trip, only when there are such places).
+        """
+        finished = set(ended([job_id for job_id, _ in members]))
+        before = time.time() - RECORD_GRACE
+        old = [job_id for job_id, at in members if job_id not in finished and at < before]
+        if old:
+            pipe = self._redis.pipeline(transaction=False)
+            for job_id in old:
+                pipe.exists(job_key(job_id))
+            finished.update(job_id for job_id, kept in zip(old, pipe.execute(), strict=True)
+                            if not kept)
+        dropped = [job_id for job_id, _ in members if job_id in finished]
+        self.remove(name, *dropped)
+        return dropped
+
+
+def _text(value: bytes | str) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value)

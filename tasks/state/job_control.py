@@ -26,6 +26,7 @@ from tasks.state.boundary import transient_methods
 from tasks.state.carried_writes import CarriedWrites
 from tasks.state.keys import (
     BLOB_PREFIX,
+    api_inflight_key,
     doc_key,
     job_cancelled_key,
     job_ended_key,
@@ -53,7 +54,7 @@ class JobControl:
     """Per-job facts clients and workers share: input blob, deadline, cancellation.
 
     `ocr:job:<id>` is a hash (fields `blob`, `deadline`, `filename`, `queue`, `client`,
-    `owner`, `prefixes`, `cancelled`, `callback` and `callback_event`);
+    `owner`, `prefixes`, `result_prefixes`, `cancelled`, `callback` and `callback_event`);
     `ocr:job:<id>:cancelled` holds the result of a cancelled job (pages done so far);
     `ocr:doc:<id>:cancel` marks a cancel asked, beside a fanned-out PDF's meta;
     `ocr:job:<id>:ended` is the claim of the one exit (tasks/lifecycle/job_exit.py).
@@ -126,7 +127,7 @@ class JobControl:
     def claim_end(self, job_id: str, holder: str, record: ResultRecord | None = None, *,
                   ended: str = "", freed: Sequence[str] = (),
                   carried: CarriedWrites | None = None,
-                  told: Broadcast | None = None) -> bool:
+                  told: Broadcast | None = None, client: str | None = None) -> bool:
         """Take the right to end the job (`ocr:job:<id>:ended`); once only.
 
         The claim names its `holder` (`<host>:<pid>`) until the ending is done
@@ -134,7 +135,7 @@ class JobControl:
         With `record`, the job's result record is stored and published (for Celery
         clients blocked on its key) in the same atomic step, only when the claim is
         taken; with `ended` (the job's status) too, the ending is done in that step as
-        well, as `mark_ended(job_id, ended, freed)` does after it; with `told` (the
+        well, as `mark_ended(job_id, ended, freed, client)` does after it; with `told` (the
         ending's event for monitors, on this server's PUB/SUB) that step publishes it
         after the record. The `carried` writes (tasks/state/carried_writes.py) go first
         in the same round trip, claimed or not.
@@ -147,9 +148,11 @@ class JobControl:
             answer = (self._redis if pipe is None else pipe).set(
                 job_ended_key(job_id), holder, nx=True, ex=self._ttl)
         else:
-            keys = [job_ended_key(job_id), record.key, job_notice_key(job_id), *freed]
+            in_flight, member = _in_flight(job_id, client)
+            keys = [job_ended_key(job_id), record.key, job_notice_key(job_id), in_flight,
+                    *freed]
             args = [holder, self._ttl, record.text, record.ttl or "", ended, ENDING_DONE,
-                    job_notices.FIELD, max(1, int(self._ttl))]
+                    job_notices.FIELD, max(1, int(self._ttl)), member]
             if told is not None:
                 args += [told.topic, told.message]
             answer = (job_scripts.CLAIM_END(self._redis, keys, args) if pipe is None
@@ -175,18 +178,22 @@ class JobControl:
                                               [holder, new_holder]))
 
     def mark_ended(self, job_id: str, holder: str, status: str = "",
-                   freed: Sequence[str] = ()) -> EndMark:
+                   freed: Sequence[str] = (), client: str | None = None) -> EndMark:
         """The ending is done: the claim no longer names its `holder` (its TTL kept).
 
         With `status`, the job's ending notice too, in the same atomic step
         (tasks/state/job_notices.py): what waiting clients block on. The keys `freed`
-        (the job's join and inputs) are deleted first, in that step too. Only while the
+        (the job's join and inputs) are deleted first, in that step too, and the job
+        leaves the jobs in flight of its `client` (`ocr:api:inflight:<client>`, counted
+        by tasks/state/client_rules.py; None: no client's). Only while the
         claim names `holder`: a server without the claim (its step was lost with a
         failover), or one where another holder claimed since, is left as it is.
         """
-        keys = [job_ended_key(job_id), job_notice_key(job_id), *freed]
+        in_flight, member = _in_flight(job_id, client)
+        keys = [job_ended_key(job_id), job_notice_key(job_id), in_flight, *freed]
         answer = int(job_scripts.MARK_ENDED(self._redis, keys, [
-            holder, ENDING_DONE, status, job_notices.FIELD, max(1, int(self._ttl))]))
+            holder, ENDING_DONE, status, job_notices.FIELD, max(1, int(self._ttl)),
+            member]))
         return {1: EndMark.DONE, 0: EndMark.LOST}.get(answer, EndMark.ELSEWHERE)
 
     def notify_ended(self, job_id: str, status: str) -> None:
@@ -261,7 +268,19 @@ class JobControl:
         None when the job names none (a client held to OCR_ALLOWED_URLS alone); an
         unreadable field holds the job to no URL at all (an empty tuple).
         """
-        value = self._redis.hget(job_key(job_id), "prefixes")
+        return self._prefixes(job_id, "prefixes")
+
+    def result_prefixes(self, job_id: str) -> tuple[str, ...] | None:
+        """Where the sending client writes results (field `result_prefixes`, a JSON list).
+
+        None when the job names none (the operator's doors: under OCR_ALLOWED_URLS);
+        empty for an API client without prefixes of its own: it writes nowhere. An
+        unreadable field: nowhere.
+        """
+        return self._prefixes(job_id, "result_prefixes")
+
+    def _prefixes(self, job_id: str, field: str) -> tuple[str, ...] | None:
+        value = self._redis.hget(job_key(job_id), field)
         if value is None:
             return None
         try:
@@ -334,3 +353,13 @@ class EndMark(enum.Enum):
 
 def _text(value: bytes | str) -> str:
     return value.decode() if isinstance(value, bytes) else value
+
+
+def _in_flight(job_id: str, client: str | None) -> tuple[str, str]:
+    """The key and member an ending takes the job out of its client's jobs in flight by.
+
+    No client: the job's end claim stands in for the key and no member is removed.
+    """
+    if client is None:
+        return job_ended_key(job_id), ""
+    return api_inflight_key(client), job_id

@@ -40,18 +40,20 @@ return {ended, input, unpack(fields)}
 """)
 
 # The end claim (KEYS[1] := holder ARGV[1], NX, TTL ARGV[2]) with the result record
-# (KEYS[2] := ARGV[3], TTL ARGV[4], published on its key, then ARGV[10] on channel
-# ARGV[9] where given: the ending's event for monitors); with a status (ARGV[5]) the
-# ending done as well: the keys KEYS[4..] freed, the claim marked done (ARGV[6]) and the
-# notice (KEYS[3], field ARGV[7], TTL ARGV[8]) written, as mark_ended does.
+# (KEYS[2] := ARGV[3], TTL ARGV[4], published on its key, then ARGV[11] on channel
+# ARGV[10] where given: the ending's event for monitors); with a status (ARGV[5]) the
+# ending done as well: the keys KEYS[5..] freed, the job (ARGV[9]; '': none) out of its
+# client's jobs in flight (KEYS[4]), the claim marked done (ARGV[6]) and the notice
+# (KEYS[3], field ARGV[7], TTL ARGV[8]) written, as mark_ended does.
 CLAIM_END = lua.Script("""
 if not redis.call('SET', KEYS[1], ARGV[1], 'NX', 'EX', ARGV[2]) then return 0 end
 if ARGV[4] == '' then redis.call('SET', KEYS[2], ARGV[3])
 else redis.call('SET', KEYS[2], ARGV[3], 'EX', ARGV[4]) end
 redis.call('PUBLISH', KEYS[2], ARGV[3])
-if ARGV[9] then redis.call('PUBLISH', ARGV[9], ARGV[10]) end
+if ARGV[10] then redis.call('PUBLISH', ARGV[10], ARGV[11]) end
 if ARGV[5] ~= '' then
-  if #KEYS > 3 then redis.call('DEL', unpack(KEYS, 4)) end
+  if #KEYS > 4 then redis.call('DEL', unpack(KEYS, 5)) end
+  if ARGV[9] ~= '' then redis.call('ZREM', KEYS[4], ARGV[9]) end
   redis.call('SET', KEYS[1], ARGV[6], 'XX', 'KEEPTTL')
   redis.call('XADD', KEYS[3], 'MAXLEN', '1', '*', ARGV[7], ARGV[5])
   redis.call('EXPIRE', KEYS[3], ARGV[8])
@@ -72,7 +74,8 @@ return 1
 
 
 # The ending done (KEYS[1], the claim, still naming its holder ARGV[1]): the keys
-# KEYS[3..] freed, the claim marked done (ARGV[2], its TTL kept) and, with a status
+# KEYS[4..] freed, the job (ARGV[6]; '': none) out of its client's jobs in flight
+# (KEYS[3]), the claim marked done (ARGV[2], its TTL kept) and, with a status
 # (ARGV[3]), the notice (KEYS[2], field ARGV[4], TTL ARGV[5]) written. 1: done; 0: no
 # claim on this server (its step was lost with a failover), nothing written; -1: the
 # claim names another holder, nothing written.
@@ -84,7 +87,8 @@ if claim ~= ARGV[1] then
   redis.call('SET', KEYS[1], claim, 'KEEPTTL')
   return -1
 end
-if #KEYS > 2 then redis.call('DEL', unpack(KEYS, 3)) end
+if #KEYS > 3 then redis.call('DEL', unpack(KEYS, 4)) end
+if ARGV[6] ~= '' then redis.call('ZREM', KEYS[3], ARGV[6]) end
 if ARGV[3] ~= '' then
   redis.call('XADD', KEYS[2], 'MAXLEN', '1', '*', ARGV[4], ARGV[3])
   redis.call('EXPIRE', KEYS[2], ARGV[5])

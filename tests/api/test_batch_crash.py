@@ -19,7 +19,7 @@ from typing import Any
 import pytest
 import redis
 
-from tests.api.test_batches import SHORTER, WINDOW, fill, worker_env
+from tests.api.test_batches import OWN, SHORTER, WINDOW, fill, worker_env
 from tests.api_server import ApiServer, create_token, session
 from tests.harness import RedisServer, Worker, eventually, kill_all
 from tests.moto_s3 import MotoS3
@@ -48,7 +48,7 @@ def test_api_workers_and_redis_killed_halfway_resume_from_the_aof(
     processes = fleet(tmp_path, url, s3, 1)
     try:
         api = processes[2]
-        http = session(create_token(url, "alice"))
+        http = session(create_token(url, "alice", *OWN))
         count = 24
         fill(s3, "crash/", count)
         answer = http.post(f"{api.url}/v1/batches", json={

@@ -23,6 +23,7 @@ from tests.harness import FAST_PAGES, Worker, eventually, fake_env
 from tests.image_fixtures import png
 from tests.moto_s3 import MotoS3
 
+OWN = ("--allowed-url", "s3://src/", "--allowed-url", "s3://out/")  # a client writes there
 BATCH_ENV = {"OCR_ALLOWED_URLS": "s3://src/,s3://out/", "OCR_BATCH_WINDOW": "4",
              "OCR_BATCH_STEP_SECONDS": "0.2"}
 NAMES = ["doc-0.png", "doc-1.png"]
@@ -62,12 +63,12 @@ def api(tmp_path_factory: pytest.TempPathFactory, s3: MotoS3,
 
 @pytest.fixture(scope="module")
 def alice(api: ApiServer, redis_url: str) -> requests.Session:
-    return session(create_token(redis_url, "alice"))
+    return session(create_token(redis_url, "alice", *OWN))
 
 
 @pytest.fixture(scope="module")
 def bob(api: ApiServer, redis_url: str) -> requests.Session:
-    return session(create_token(redis_url, "bob"))
+    return session(create_token(redis_url, "bob", *OWN))
 
 
 def batch_ended(http: requests.Session, api: ApiServer, result_url: str) -> dict[str, Any]:

@@ -39,6 +39,7 @@ ALLOWED = "s3://src/,s3://out/"
 BATCH_ENV = {"OCR_ALLOWED_URLS": ALLOWED, "OCR_BATCH_WINDOW": str(WINDOW),
              "OCR_BATCH_STEP_SECONDS": "0.2"}
 BAD = b"this is not an image at all"
+OWN = ("--allowed-url", "s3://src/", "--allowed-url", "s3://out/")  # a client writes there
 
 
 @pytest.fixture(scope="module")
@@ -83,7 +84,7 @@ def api(start_api: Callable[..., ApiServer], worker: Worker, control: Worker, s3
 
 @pytest.fixture(scope="module")
 def alice(api: ApiServer, redis_url: str) -> requests.Session:
-    return session(create_token(redis_url, "alice"))
+    return session(create_token(redis_url, "alice", *OWN))
 
 
 def fill(s3: MotoS3, prefix: str, count: int, bad: tuple[int, ...] = (),

@@ -522,7 +522,9 @@ def api(tmp_path_factory: pytest.TempPathFactory, redis_url: str, worker: Worker
 def test_api_takes_a_url_and_a_result_url(api: ApiServer, redis_url: str,
                                           client: OcrClient, s3: MotoS3) -> None:
     s3.client().put_object(Bucket="docs", Key="api.png", Body=png(280, 100))
-    http = session(create_token(redis_url, "billing"))
+    # A client writes results only under prefixes of its own.
+    http = session(create_token(redis_url, "billing", "--allowed-url", "s3://docs/",
+                                "--allowed-url", "s3://results/api/"))
     answer = http.post(f"{api.url}/v1/jobs", json={
         "url": "s3://docs/api.png", "result_url": "s3://results/api/", "output": "markdown"})
     assert answer.status_code == 202, answer.text

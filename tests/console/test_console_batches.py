@@ -17,7 +17,7 @@ from typing import Any
 import pytest
 from playwright.sync_api import Browser, Page, sync_playwright
 
-from tests.api.test_batch_pages import batch_ended, start_batch_service
+from tests.api.test_batch_pages import OWN, batch_ended, start_batch_service
 from tests.api_server import ApiServer, create_token, session
 from tests.harness import Worker
 from tests.image_fixtures import png
@@ -47,7 +47,7 @@ def api(tmp_path_factory: pytest.TempPathFactory, s3: MotoS3,
 
 @pytest.fixture(scope="module")
 def tokens(api: ApiServer, redis_url: str) -> dict[str, str]:
-    return {name: create_token(redis_url, name) for name in ("alice", "bob")}
+    return {name: create_token(redis_url, name, *OWN) for name in ("alice", "bob")}
 
 
 @pytest.fixture(scope="module")

@@ -193,7 +193,8 @@ def test_every_role_works_with_its_own_user_and_nothing_is_refused(fleet: Fleet,
         assert done.returncode == 0, done.stderr
         assert json.loads(done.stdout)["status"] == "SUCCESS"
 
-    made = _admin(fleet, "tokens", "create", "acl-test", "--json", "--pages-per-day", "1000")
+    made = _admin(fleet, "tokens", "create", "acl-test", "--json", "--pages-per-day", "1000",
+                  "--allowed-url", "s3://acl-src/", "--allowed-url", "s3://acl-out/")
     assert made.returncode == 0, made.stderr
     snapshot = tmp_path / "acl.rdb"  # the backup CronJob's: SYNC as `admin`
     backup = _admin(fleet, "backup", str(snapshot))

@@ -8,7 +8,7 @@ from __future__ import annotations
 import pytest
 import redis
 
-from tasks.admission import Books, admit, check_job_url, priority_for
+from tasks.admission import Books, admit, check_job_url, check_result_target, priority_for
 from tasks.errors import (
     BadRequest,
     EngineUnavailable,
@@ -18,6 +18,7 @@ from tasks.errors import (
     UnknownEngine,
     UrlNotAllowed,
 )
+from tasks.lifecycle.fetcher import Fetcher
 from tasks.records.clients import ClientRules
 from tasks.settings import Settings
 from tasks.state.client_rules import InFlight, rules_of
@@ -87,5 +88,45 @@ def test_a_tokens_record_makes_its_rules() -> None:
     settings = Settings.from_env({"OCR_API_JOBS_IN_FLIGHT": "7"})
     rules = rules_of("b", {"allowed_urls": ["s3://bbb/"], "max_priority": "batch",
                            "jobs_in_flight": None, "batches": 2}, settings)
-    assert rules == ClientRules("b", ("s3://bbb/",), "batch", 7, 2, None, None)
+    assert rules == ClientRules("b", ("s3://bbb/",), "batch", 7, 2, None, None,
+                                result_urls=("s3://bbb/",))
     assert rules_of("x", None, settings) == ClientRules.service_wide("x")
+    # a token without prefixes reads under OCR_ALLOWED_URLS and writes nowhere
+    bare = rules_of("n", {"allowed_urls": None}, settings)
+    assert bare.allowed_urls is None and bare.result_urls == ()
+
+
+def test_results_go_only_under_the_clients_own_prefixes_and_never_a_read_only_one() -> None:
+    settings = Settings.from_env({"OCR_ALLOWED_URLS": "s3://aaa/,s3://bbb/",
+                                  "OCR_READONLY_URLS": "s3://aaa/frozen/",
+                                  "OCR_GOLDEN_SET": "s3://bbb/golden"})
+    assert settings.readonly_prefixes == ("s3://aaa/frozen/", "s3://bbb/golden")
+    bare = ClientRules("bare", result_urls=())          # a token without prefixes
+    own = ClientRules("own", ("s3://aaa/",), result_urls=("s3://aaa/",))
+    operator = ClientRules.service_wide("ops")          # submit.py, OcrClient
+    refused = [(bare, "s3://aaa/x.txt", False),
+               (own, "s3://bbb/x.txt", False),
+               (own, "s3://aaa/frozen/x.txt", False),
+               (operator, "s3://bbb/golden/a.gt.txt", False),
+               (operator, "s3://bbb/golden", False),
+               (operator, "s3://bbb/", True),      # a batch's target holding the golden set
+               (own, "s3://aaa/frozen/", True),
+               (own, "s3://aaa/", True)]
+    for rules, url, batch in refused:
+        with pytest.raises(UrlNotAllowed):
+            check_result_target(url, rules, settings, batch=batch)
+    # A job's own object or prefix beside them; the operator's anywhere else.
+    for rules, url, batch in ((own, "s3://aaa/out/", False), (own, "s3://aaa/", False),
+                              (own, "s3://aaa/out/", True), (operator, "s3://bbb/out/", True),
+                              (operator, "s3://bbb/goldens/x.txt", False)):
+        assert check_result_target(url, rules, settings, batch=batch).url == url
+    # The fetcher's writes hold the same rule, whoever reached them.
+    with pytest.raises(UrlNotAllowed):
+        Fetcher.for_client(settings, None).check_result("s3://bbb/golden/a.gt.txt")
+    with pytest.raises(UrlNotAllowed):
+        Fetcher.for_client(settings, None).target("s3://bbb/")
+    with pytest.raises(UrlNotAllowed):
+        Fetcher.for_client(settings, None, ()).check_result("s3://aaa/out/x.txt")
+    assert Fetcher.for_client(settings, None).target("s3://bbb/out/").url == "s3://bbb/out/"
+    # A local golden set is no URL: nothing more is read-only.
+    assert Settings.from_env({"OCR_GOLDEN_SET": "/srv/golden"}).readonly_prefixes == ()

@@ -112,10 +112,10 @@ class StepFails(JobControl):
 
     def claim_end(self, job_id: str, holder: str, record: ResultRecord | None = None, *,
                   ended: str = "", freed: Any = (), carried: Any = None,
-                  told: Any = None) -> bool:
+                  told: Any = None, client: str | None = None) -> bool:
         if self.runs:
             super().claim_end(job_id, holder, record, ended=ended, freed=freed,
-                              carried=carried, told=told)
+                              carried=carried, told=told, client=client)
         raise TransientError("Redis went away with the claim's answer")
 
 
