@@ -137,8 +137,8 @@ def validate(settings: Settings) -> None:
                 or not prefix.endswith("/"):
             raise SettingsError(f"OCR_ALLOWED_URLS: {prefix!r} is not an s3://bucket/ or "
                                 "http(s)://host/ prefix ending in /")
-    if settings.url_timeout <= 0:
-        raise SettingsError("OCR_URL_TIMEOUT must be positive")
+    if settings.url_timeout <= 0 or settings.url_deadline <= 0:
+        raise SettingsError("OCR_URL_TIMEOUT and OCR_URL_DEADLINE must be positive")
     if settings.batch_window < 1 or settings.batch_step_seconds <= 0 \
             or settings.batch_max_line_bytes < 1:
         raise SettingsError("OCR_BATCH_WINDOW, OCR_BATCH_STEP_SECONDS and "
@@ -152,8 +152,9 @@ def validate(settings: Settings) -> None:
     if settings.client and not CLIENT_NAME.match(settings.client):
         raise SettingsError(f"OCR_CLIENT={settings.client!r}: a client name is letters, "
                             "digits, . _ - (up to 64, starting with a letter or digit)")
-    if settings.api_body_timeout <= 0:
-        raise SettingsError("OCR_API_BODY_TIMEOUT must be positive")
+    if settings.api_body_timeout <= 0 or settings.api_header_timeout <= 0:
+        raise SettingsError("OCR_API_BODY_TIMEOUT and OCR_API_HEADER_TIMEOUT must be "
+                            "positive")
     if settings.model_heartbeat_seconds <= 0:
         raise SettingsError("OCR_MODEL_HEARTBEAT_SECONDS must be positive")
     for name in ("prune_unused_days", "prune_grace_minutes", "idle_unload_seconds",
