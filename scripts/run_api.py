@@ -7,7 +7,9 @@ whose `X-Forwarded-Proto` and `X-Forwarded-For` it believes (uvicorn's proxy hea
 from those peers only); unset, it believes no proxy header. Only talks to Redis and
 sends tasks by name: run as many as you like, anywhere that reaches Redis. SIGTERM
 (or SIGINT) stops it within GRACEFUL_SECONDS, open Server-Sent Events streams
-included, and it exits 0: a clean stop is not a death by signal.
+included, and it exits 0: a clean stop is not a death by signal. A connection whose
+request line and headers are not in within OCR_API_HEADER_TIMEOUT is closed
+(tasks/api/http_protocol.py: uvicorn's h11 protocol with that bound).
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ from fastapi import FastAPI
 from tasks import console, tracing
 from tasks.api.access_log import log_config
 from tasks.api.app import create_api
+from tasks.api.http_protocol import head_timed
 from tasks.settings import Settings, SettingsError
 
 GRACEFUL_SECONDS = 10
@@ -87,6 +90,7 @@ def main() -> int:
     uvicorn.run(app, host=address, port=port, log_level=os.environ.get(
         "LOG_LEVEL", "info").lower(), proxy_headers=bool(proxies),
         forwarded_allow_ips=proxies or None, server_header=False,
+        http=head_timed(settings.api_header_timeout),  # a request's head bounded
         log_config=log_config(),  # the access log without query-string credentials
         # On SIGTERM requests in flight get this long; then open event streams are
         # closed (their clients reconnect, to any replica) and the process exits, well

@@ -97,6 +97,17 @@ class UrlNotAllowed(OcrError):
     default_message = "the URL is not under an allowed prefix (OCR_ALLOWED_URLS)"
 
 
+class UrlTimeout(OcrError):
+    """A read of a URL that took longer than OCR_URL_DEADLINE in all.
+
+    Its headers, body and redirects together. Not retried: an origin that slow would
+    hold a pool child as long again on every try.
+    """
+
+    code = "url_timeout"
+    default_message = "the read took longer than its deadline (OCR_URL_DEADLINE)"
+
+
 class InputDenied(OcrError):
     """The object store (or https server) refused to give the object (403/401)."""
 

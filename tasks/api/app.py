@@ -31,6 +31,7 @@ from tasks.api._json_bodies import JsonBodies
 from tasks.api._listing import router as listing_router
 from tasks.api._pages import router as pages_router
 from tasks.api._routes import router
+from tasks.api._security_headers import ApiSecurityHeaders
 from tasks.api._service import JobService
 from tasks.api._uploads import ENVELOPE_BYTES, DrainRefused
 from tasks.api._usage import router as usage_router
@@ -81,6 +82,9 @@ def create_api(settings: Settings, client: OcrClient | None = None) -> FastAPI:
     # read and dropped before the answer (tasks/api/_uploads.py).
     app.add_middleware(DrainRefused, limit=2 * settings.max_input_bytes + ENVELOPE_BYTES,
                        timeout=settings.api_body_timeout)
+    # A CSP and nosniff on every /v1 answer (hOCR is text/html): outermost, so refusals
+    # made by the middlewares above carry them too.
+    app.add_middleware(ApiSecurityHeaders)
     return app
 
 

@@ -11,12 +11,18 @@ refused (`address_not_allowed`) unless the URL, under a prefix, names that addre
 itself (`https://10.0.0.5/...`; a name that resolves there is refused). TLS is
 verified against the system's trust store, which honours SSL_CERT_FILE and
 SSL_CERT_DIR (the tests trust their self-signed certificate that way).
+
+Every request runs within its `Deadline` (OCR_URL_DEADLINE, from the fetcher): each
+hop's connection is watched from its socket's start (the TLS handshake, the headers,
+the body), and cut when the time is up: `url_timeout`. A body shorter than its
+`Content-Length` is `transient`, never taken as the object.
 """
 
 from __future__ import annotations
 
 import functools
 import http.client
+import socket
 from collections.abc import Iterator, Sequence
 from urllib.parse import urljoin
 
@@ -28,6 +34,7 @@ from tasks.errors import (
     TransientError,
     UrlNotAllowed,
 )
+from tasks.lifecycle._deadline import Deadline, shut
 from tasks.lifecycle._s3 import CHUNK, ObjectInfo
 from tasks.lifecycle.outbound import IP, connect_checked, literal_ip, resolve_checked
 from tasks.lifecycle.url_policy import ObjectUrl, check_url
@@ -50,12 +57,13 @@ class _Response:
         self.connection.close()
 
 
-def _request(url: ObjectUrl, method: str, allowed: Sequence[str], timeout: float,
+def _request(url: ObjectUrl, method: str, allowed: Sequence[str], deadline: Deadline,
              headers: dict[str, str] | None = None,
              unanswered: tuple[int, ...] = ()) -> _Response | None:
-    """Send `method` to `url`, following allowed redirects.
+    """Send `method` to `url`, following allowed redirects, within `deadline`.
 
-    A 2xx answer; None for a status in `unanswered`; else the status's error.
+    A 2xx answer, its connection still watched by `deadline`; None for a status in
+    `unanswered`; else the status's error.
     """
     for _ in range(MAX_REDIRECTS + 1):
         url = check_url(url.url, allowed, "the URL")  # every hop, before it is asked
@@ -64,14 +72,25 @@ def _request(url: ObjectUrl, method: str, allowed: Sequence[str], timeout: float
         # A non-public address only when this URL, already under OCR_ALLOWED_URLS,
         # names that very address (`https://10.0.0.5/`): never through a name.
         named = literal_ip(target.host)
+        connection, response = None, None
         try:
             addresses = resolve_checked(target, functools.partial(_is, named))
-            connection = connect_checked(target, addresses, timeout)
+            connection = connect_checked(target, addresses, deadline.wait(),
+                                         opened=functools.partial(_watch, deadline))
             connection.request(method, target.target,
                                headers={"User-Agent": "ocr-service", **(headers or {})})
             response = connection.getresponse()
         except (OSError, http.client.HTTPException) as exc:
+            if deadline.expired:
+                raise deadline.error() from None
             raise TransientError(f"the server did not answer ({type(exc).__name__})") from None
+        finally:
+            if response is None and connection is not None:
+                connection.close()  # unanswered (the deadline's `opened` check included)
+        if deadline.expired:  # headers that the deadline's cut ended are no answer
+            response.close()
+            connection.close()
+            raise deadline.error()
         status = response.status
         if status in _REDIRECTS:
             location = response.getheader("Location") or ""
@@ -100,6 +119,12 @@ def _is(named: IP | None, address: IP) -> bool:
     return address == named
 
 
+def _watch(deadline: Deadline, sock: socket.socket) -> None:
+    """`sock`, just connected, cut when `deadline` is up (a response keeps it, too)."""
+    deadline.watch(functools.partial(shut, sock))
+    deadline.check()  # the time was up before the watch began
+
+
 def _status_error(status: int) -> OcrError:
     if status in (404, 410):
         return InputNotFound(f"the object does not exist (HTTP {status})")
@@ -112,12 +137,12 @@ def _status_error(status: int) -> OcrError:
     return InputDenied(f"the server refused the read (HTTP {status})")
 
 
-def head(url: ObjectUrl, allowed: Sequence[str], timeout: float) -> ObjectInfo:
+def head(url: ObjectUrl, allowed: Sequence[str], deadline: Deadline) -> ObjectInfo:
     """Size and identity (ETag, else Last-Modified) from a HEAD.
 
     Unknown when the server does not answer HEAD (405, 501): the GET is then counted.
     """
-    answer = _request(url, "HEAD", allowed, timeout, unanswered=(405, 501))
+    answer = _request(url, "HEAD", allowed, deadline, unanswered=(405, 501))
     if answer is None:
         return ObjectInfo(None, None)
     try:
@@ -131,11 +156,12 @@ def head(url: ObjectUrl, allowed: Sequence[str], timeout: float) -> ObjectInfo:
         answer.close()
 
 
-def stream(url: ObjectUrl, info: ObjectInfo, allowed: Sequence[str], timeout: float,
+def stream(url: ObjectUrl, info: ObjectInfo, allowed: Sequence[str], deadline: Deadline,
            limit: int) -> Iterator[bytes]:
     """The body in pieces of up to 1 MiB (redirects checked as for the HEAD).
 
-    A Content-Length over `limit` bytes is refused before the body is read.
+    A Content-Length over `limit` bytes is refused before the body is read; a body
+    that ends short of it is `transient`.
 
     A strong ETag seen by the HEAD is sent as If-Match: a server that honours it
     answers 412 for a replaced object, read again as `transient`.
@@ -143,7 +169,7 @@ def stream(url: ObjectUrl, info: ObjectInfo, allowed: Sequence[str], timeout: fl
     headers = {}
     if info.etag and not info.etag.startswith("modified:"):
         headers["If-Match"] = info.etag
-    answer = _request(url, "GET", allowed, timeout, headers)
+    answer = _request(url, "GET", allowed, deadline, headers)
     assert answer is not None
     length = answer.response.getheader("Content-Length")
     if length and length.isdigit() and int(length) > limit:
@@ -154,10 +180,19 @@ def stream(url: ObjectUrl, info: ObjectInfo, allowed: Sequence[str], timeout: fl
             try:
                 piece = answer.response.read(CHUNK)
             except (OSError, http.client.HTTPException) as exc:
+                if deadline.expired:
+                    raise deadline.error() from None
                 raise TransientError(f"the read was cut ({type(exc).__name__})") from None
-            if not piece:
-                return
-            yield piece
+            if piece:
+                yield piece
+                continue
+            if deadline.expired:  # the end the deadline's cut made
+                raise deadline.error()
+            missing = answer.response.length  # what Content-Length said is still to come
+            if missing:
+                raise TransientError(f"the body ended {missing} bytes short of its "
+                                     "Content-Length; it is read again")
+            return
     finally:
         answer.close()
 

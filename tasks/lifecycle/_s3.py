@@ -17,6 +17,12 @@ or overloaded store (connection refused, timeouts, 5xx, SlowDown) `transient`, w
 the document task retries with backoff. Reads use one attempt per call (the task
 owns the retries); writes let botocore retry three times (re-running OCR to retry a
 write would waste the work), then end `result_write_failed`.
+
+Each call runs within a `Deadline` (tasks/lifecycle/_deadline.py): none starts once it
+is up, and a body being read is cut when it is (`url_timeout`). botocore gives no hold
+of a request's socket before its answer: each wait for an answer is bounded by
+OCR_URL_TIMEOUT (connect and read timeouts), and the store is the operator's, never a
+client's.
 """
 
 from __future__ import annotations
@@ -37,6 +43,7 @@ from tasks.errors import (
     ResultWriteFailed,
     TransientError,
 )
+from tasks.lifecycle._deadline import Deadline
 
 log = logging.getLogger(__name__)
 CHUNK = 1 << 20
@@ -120,18 +127,20 @@ def reset_clients() -> None:
     _session.cache_clear()
 
 
-def head(bucket: str, key: str, timeout: float, version: str | None = None) -> ObjectInfo:
+def head(bucket: str, key: str, deadline: Deadline,
+         version: str | None = None) -> ObjectInfo:
     """The object's (or its `version`'s) size, ETag and version id; the service's errors."""
     args = {"Bucket": bucket, "Key": key, **({"VersionId": version} if version else {})}
+    deadline.check()
     try:
-        answer = _client(timeout, False).head_object(**args)
+        answer = _client(deadline.per_read, False).head_object(**args)
     except _caught() as exc:
         raise _mapped(exc, "read") from None
     return ObjectInfo(int(answer.get("ContentLength", 0)), answer.get("ETag"),
                       answer.get("VersionId"))
 
 
-def stream(bucket: str, key: str, info: ObjectInfo, timeout: float,
+def stream(bucket: str, key: str, info: ObjectInfo, deadline: Deadline,
            first: int | None = None, last: int | None = None) -> Iterator[bytes]:
     """The object's bytes in pieces of up to 1 MiB, from the version the HEAD saw.
 
@@ -146,28 +155,49 @@ def stream(bucket: str, key: str, info: ObjectInfo, timeout: float,
         args["IfMatch"] = info.etag
     if first is not None:
         args["Range"] = f"bytes={first}-{'' if last is None else last}"
+    deadline.check()
     try:
-        body = _client(timeout, False).get_object(**args)["Body"]
+        body = _client(deadline.per_read, False).get_object(**args)["Body"]
     except _caught() as exc:
-        raise _mapped(exc, "read") from None
+        raise _read_error(exc, deadline) from None
+    deadline.watch(functools.partial(_cut, body))
     try:
         while True:
             try:
                 piece = body.read(CHUNK)
             except _caught() as exc:
-                raise _mapped(exc, "read") from None
+                raise _read_error(exc, deadline) from None
             if not piece:
+                deadline.check()  # an end the deadline's cut made is no end
                 return
             yield piece
     finally:
         body.close()
 
 
-def put(bucket: str, key: str, data: bytes, content_type: str, timeout: float) -> str:
-    """Write one object; its ETag. Any failure is `result_write_failed`."""
+def _cut(body: Any) -> None:
+    """End the waits on a body being read; nothing once it is closed.
+
+    urllib3's own shutdown of the response's socket (`HTTPResponse.shutdown`), made
+    for a read blocked in another thread; botocore's body holds it as `_raw_stream`.
+    """
     try:
-        answer = _client(timeout, True).put_object(Bucket=bucket, Key=key, Body=data,
-                                                   ContentType=content_type)
+        body._raw_stream.shutdown()
+    except (ValueError, RuntimeError, OSError):  # released or closed by its reader first
+        return
+
+
+def _read_error(exc: Exception, deadline: Deadline) -> OcrError:
+    """A failed read as the service's error: `url_timeout` when the deadline cut it."""
+    return deadline.error() if deadline.expired else _mapped(exc, "read")
+
+
+def put(bucket: str, key: str, data: bytes, content_type: str, deadline: Deadline) -> str:
+    """Write one object; its ETag. Any failure is `result_write_failed`."""
+    deadline.check()
+    try:
+        answer = _client(deadline.per_read, True).put_object(
+            Bucket=bucket, Key=key, Body=data, ContentType=content_type)
     except _caught() as exc:
         mapped = _mapped(exc, "write")
         raise ResultWriteFailed(f"the result could not be written to s3://{bucket}/{key} "
@@ -176,7 +206,7 @@ def put(bucket: str, key: str, data: bytes, content_type: str, timeout: float) -
 
 
 def listing(bucket: str, prefix: str, start_after: str, count: int,
-            timeout: float) -> tuple[list[tuple[str, ObjectInfo]], bool]:
+            deadline: Deadline) -> tuple[list[tuple[str, ObjectInfo]], bool]:
     """Up to `count` objects under `prefix` after the key `start_after`, in key order.
 
     Each as (key, ObjectInfo); True when the listing has more. One ListObjectsV2 call.
@@ -184,8 +214,9 @@ def listing(bucket: str, prefix: str, start_after: str, count: int,
     args: dict[str, Any] = {"Bucket": bucket, "Prefix": prefix, "MaxKeys": count}
     if start_after:
         args["StartAfter"] = start_after
+    deadline.check()
     try:
-        answer = _client(timeout, False).list_objects_v2(**args)
+        answer = _client(deadline.per_read, False).list_objects_v2(**args)
     except _caught() as exc:
         raise _mapped(exc, "read") from None
     found = [(str(o["Key"]), ObjectInfo(int(o.get("Size", 0)), o.get("ETag")))
@@ -193,25 +224,31 @@ def listing(bucket: str, prefix: str, start_after: str, count: int,
     return found, bool(answer.get("IsTruncated"))
 
 
-def get(bucket: str, key: str, timeout: float, first: int | None = None,
+def get(bucket: str, key: str, deadline: Deadline, first: int | None = None,
         last: int | None = None) -> bytes | None:
     """A small object's bytes (or a byte range of it); None when it does not exist."""
     args: dict[str, Any] = {"Bucket": bucket, "Key": key}
     if first is not None:
         args["Range"] = f"bytes={first}-{'' if last is None else last}"
+    deadline.check()
     try:
-        body = _client(timeout, False).get_object(**args)["Body"]
-        try:
-            return bytes(body.read())
-        finally:
-            body.close()
+        body = _client(deadline.per_read, False).get_object(**args)["Body"]
     except _caught() as exc:
-        mapped = _mapped(exc, "read")
+        mapped = _read_error(exc, deadline)
         if isinstance(mapped, InputNotFound):
             return None
         if _status(exc) == 416:  # a range past the end: nothing more
             return b""
         raise mapped from None
+    deadline.watch(functools.partial(_cut, body))
+    try:
+        data = bytes(body.read())
+    except _caught() as exc:
+        raise _read_error(exc, deadline) from None
+    finally:
+        body.close()
+    deadline.check()  # an end the deadline's cut made is no end
+    return data
 
 
 def _status(exc: Exception) -> int:
@@ -244,6 +281,7 @@ def _mapped(exc: Exception, doing: str) -> OcrError:
         ClientError,
         ConnectionError,
         HTTPClientError,
+        IncompleteReadError,
         NoCredentialsError,
         PartialCredentialsError,
         ReadTimeoutError,
@@ -267,7 +305,7 @@ def _mapped(exc: Exception, doing: str) -> OcrError:
     if isinstance(exc, (NoCredentialsError, PartialCredentialsError)):
         return InputDenied("no usable AWS credentials in the worker's environment")
     if isinstance(exc, (ConnectionError, HTTPClientError, ReadTimeoutError,
-                        ResponseStreamingError)):
+                        ResponseStreamingError, IncompleteReadError)):  # a body cut short
         return TransientError(f"the object store did not answer ({type(exc).__name__})")
     if isinstance(exc, BotoCoreError):
         return InputDenied(f"the S3 client refused the {doing} ({type(exc).__name__})")

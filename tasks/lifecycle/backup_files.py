@@ -14,8 +14,10 @@ from urllib.parse import urlsplit
 
 from tasks.errors import BadRequest
 from tasks.lifecycle import _s3
+from tasks.lifecycle._deadline import Deadline
 
-# Seconds each call to the object store may take (a multi-part upload: each part).
+# Seconds each call to the object store may take (a multi-part upload: each part). A
+# backup has no total deadline: the operator names its store, and a large one takes long.
 TIMEOUT = 120.0
 
 
@@ -56,8 +58,9 @@ def fetch(source: str, into: Path) -> Path:
             raise BadRequest(f"no backup file at {source}")
         return path
     bucket, key = _bucket_key(source)
-    info = _s3.head(bucket, key, TIMEOUT)
-    with open(into, "wb") as out:
-        for piece in _s3.stream(bucket, key, info, TIMEOUT):
-            out.write(piece)
+    with Deadline(TIMEOUT, None) as waits:
+        info = _s3.head(bucket, key, waits)
+        with open(into, "wb") as out:
+            for piece in _s3.stream(bucket, key, info, waits):
+                out.write(piece)
     return into

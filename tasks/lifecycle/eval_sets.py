@@ -61,7 +61,7 @@ def _folder(folder: Path) -> list[EvalDocument]:
 def _s3_prefix(url: str, settings: Settings) -> list[EvalDocument]:
     parsed = check_url(url, settings.allowed_urls, "the set's s3:// prefix", prefix_ok=True)
     prefix = parsed.key if not parsed.key or parsed.key.endswith("/") else parsed.key + "/"
-    target = S3Target(parsed.bucket, prefix, settings.url_timeout)
+    target = S3Target(parsed.bucket, prefix, settings.url_timeout, settings.url_deadline)
     names: list[str] = []
     more = True
     while more:

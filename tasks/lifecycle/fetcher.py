@@ -11,6 +11,11 @@ or a hop outside the list is `url_not_allowed` and is never asked. A result writ
 batch's target are held to the client's result prefixes and the read-only prefixes
 too (`url_policy.check_target`, the rule the gate applies at the door).
 
+Each request it makes (a HEAD, a read, a ranged read, a listing, a write) has
+OCR_URL_DEADLINE seconds in all, its redirects, headers and body together; each wait
+within it has OCR_URL_TIMEOUT. One still going then is cut: `url_timeout`, which is
+not retried (tasks/lifecycle/_deadline.py).
+
 It is the only module that reads through the S3 adapter (tasks/lifecycle/_s3.py) and
 the https reader (tasks/lifecycle/_https_objects.py); the operator's backup files
 (tasks/lifecycle/backup_files.py) are the adapter's one other user, a path the
@@ -26,6 +31,7 @@ from typing import TYPE_CHECKING, Any
 
 from tasks.errors import BadRequest, InputNotFound, InputTooLarge, ObjectChanged
 from tasks.lifecycle import _https_objects, _s3
+from tasks.lifecycle._deadline import Deadline
 from tasks.lifecycle._s3 import ObjectInfo
 from tasks.lifecycle.url_policy import ObjectUrl, check_target, check_url, narrow
 
@@ -95,7 +101,8 @@ class Fetcher:
     """
 
     allowed: tuple[str, ...]  # OCR_ALLOWED_URLS narrowed to the client's own prefixes
-    timeout: float
+    timeout: float  # OCR_URL_TIMEOUT: each wait
+    deadline: float  # OCR_URL_DEADLINE: each request in all
     max_bytes: int
     max_mb: float
     results: tuple[str, ...] | None = None  # the client's result prefixes (None: no list)
@@ -114,9 +121,13 @@ class Fetcher:
         """
         allowed = tuple(settings.allowed_urls) if prefixes is None \
             else narrow(settings.allowed_urls, prefixes)
-        return cls(allowed, settings.url_timeout, settings.max_input_bytes,
-                   settings.max_input_mb, None if results is None else tuple(results),
-                   settings.readonly_prefixes)
+        return cls(allowed, settings.url_timeout, settings.url_deadline,
+                   settings.max_input_bytes, settings.max_input_mb,
+                   None if results is None else tuple(results), settings.readonly_prefixes)
+
+    def _within(self) -> Deadline:
+        """One request's deadline, starting now."""
+        return Deadline(self.timeout, self.deadline)
 
     def check(self, url: str, what: str = "`url`", prefix_ok: bool = False) -> ObjectUrl:
         """The parsed, canonical URL when it lies under the list; UrlNotAllowed else."""
@@ -150,10 +161,11 @@ class Fetcher:
             # is pinned to it, so a HEAD would tell nothing more. Its size is counted
             # as it is read.
             return LocatedObject(parsed, ObjectInfo(None, etag), unheaded=True)
-        if parsed.scheme == "s3":
-            info = _s3.head(parsed.bucket, parsed.key, self.timeout, version)
-        else:
-            info = _https_objects.head(parsed, self.allowed, self.timeout)
+        with self._within() as deadline:
+            if parsed.scheme == "s3":
+                info = _s3.head(parsed.bucket, parsed.key, deadline, version)
+            else:
+                info = _https_objects.head(parsed, self.allowed, deadline)
         if version is None and etag is not None and info.etag != etag:
             raise InputNotFound(f"the object changed since the retried job read it (its "
                                 f"ETag was {etag}, now {info.etag}); that version is gone")
@@ -168,24 +180,29 @@ class Fetcher:
         InputNotFound when its ETag is no longer the pinned one.
         """
         if located.unheaded:
-            info = _s3.head(located.url.bucket, located.url.key, self.timeout)
+            with self._within() as deadline:
+                info = _s3.head(located.url.bucket, located.url.key, deadline)
             if info.etag != located.info.etag:
                 raise InputNotFound(f"the object changed since its sender saw it (its "
                                     f"ETag was {located.info.etag}, now {info.etag}); "
                                     "that version is gone")
 
-    def _pieces(self, located: LocatedObject) -> Iterator[bytes]:
+    def _pieces(self, located: LocatedObject, deadline: Deadline) -> Iterator[bytes]:
         url = self.check(located.url.url)  # a located object of another client: refused
         if url.scheme == "s3":
-            return _s3.stream(url.bucket, url.key, located.info, self.timeout)
-        return _https_objects.stream(url, located.info, self.allowed, self.timeout,
+            return _s3.stream(url.bucket, url.key, located.info, deadline)
+        return _https_objects.stream(url, located.info, self.allowed, deadline,
                                      self.max_bytes)
 
     def read(self, located: LocatedObject) -> bytes:
         """The object's bytes, streamed and counted: over the limit ends the read at once."""
+        with self._within() as deadline:
+            return self._read(located, deadline)
+
+    def _read(self, located: LocatedObject, deadline: Deadline) -> bytes:
         parts: list[bytes] = []
         count = 0
-        pieces = self._pieces(located)
+        pieces = self._pieces(located, deadline)
         try:
             for piece in pieces:
                 count += len(piece)
@@ -209,7 +226,8 @@ class Fetcher:
         parsed = self.check(url)
         if parsed.scheme != "s3":
             raise BadRequest("only an s3:// object is read by ranges")
-        return _s3.get(parsed.bucket, parsed.key, self.timeout, first, last)
+        with self._within() as deadline:
+            return _s3.get(parsed.bucket, parsed.key, deadline, first, last)
 
     def listing(self, prefix: str, start_after: str, count: int
                 ) -> tuple[ObjectUrl, list[tuple[str, ObjectInfo]], bool]:
@@ -220,14 +238,16 @@ class Fetcher:
         parsed = self.check(prefix, "`source`", prefix_ok=True)
         if parsed.scheme != "s3":
             raise BadRequest("only an s3:// prefix is listed")
-        found, more = _s3.listing(parsed.bucket, parsed.key, start_after, count,
-                                  self.timeout)
+        with self._within() as deadline:
+            found, more = _s3.listing(parsed.bucket, parsed.key, start_after, count,
+                                      deadline)
         return parsed, found, more
 
     def put(self, url: str, data: bytes, content_type: str) -> str:
         """Write the s3:// object `url` (a result); its ETag."""
         parsed = self.check_result(url)
-        return _s3.put(parsed.bucket, parsed.key, data, content_type, self.timeout)
+        with self._within() as deadline:
+            return _s3.put(parsed.bucket, parsed.key, data, content_type, deadline)
 
     def target(self, url: str) -> S3Target:
         """A batch's target: an allowed s3:// prefix (ending /).
@@ -239,7 +259,7 @@ class Fetcher:
                               self.results, self.readonly, whole_prefix=True)
         if parsed.scheme != "s3" or not parsed.url.endswith("/"):
             raise BadRequest("a batch's `result_url` must be an s3:// prefix ending in /")
-        return S3Target(parsed.bucket, parsed.key, self.timeout)
+        return S3Target(parsed.bucket, parsed.key, self.timeout, self.deadline)
 
 
 @dataclass(frozen=True)
@@ -248,24 +268,32 @@ class S3Target:
 
     bucket: str
     prefix: str
-    timeout: float
+    timeout: float  # OCR_URL_TIMEOUT: each wait
+    deadline: float  # OCR_URL_DEADLINE: each request in all
 
     @property
     def url(self) -> str:
         return f"s3://{self.bucket}/{self.prefix}"
 
+    def _within(self) -> Deadline:
+        return Deadline(self.timeout, self.deadline)
+
     def put(self, name: str, data: bytes, content_type: str) -> str:
-        _s3.put(self.bucket, self.prefix + name, data, content_type, self.timeout)
+        with self._within() as deadline:
+            _s3.put(self.bucket, self.prefix + name, data, content_type, deadline)
         return f"{self.url}{name}"
 
     def get(self, name: str) -> bytes | None:
-        return _s3.get(self.bucket, self.prefix + name, self.timeout)
+        with self._within() as deadline:
+            return _s3.get(self.bucket, self.prefix + name, deadline)
 
     def get_range(self, name: str, first: int, last: int) -> bytes | None:
-        return _s3.get(self.bucket, self.prefix + name, self.timeout, first, last)
+        with self._within() as deadline:
+            return _s3.get(self.bucket, self.prefix + name, deadline, first, last)
 
     def names(self, under: str, after: str, count: int) -> tuple[list[str], bool]:
         start = self.prefix + after if after else ""
-        found, more = _s3.listing(self.bucket, self.prefix + under, start, count,
-                                  self.timeout)
+        with self._within() as deadline:
+            found, more = _s3.listing(self.bucket, self.prefix + under, start, count,
+                                      deadline)
         return [key[len(self.prefix):] for key, _ in found], more

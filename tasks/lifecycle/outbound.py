@@ -258,12 +258,16 @@ def resolve_checked(target: Target, allowed: Callable[[IP], bool] | None = None,
 
 
 def connect_checked(target: Target, addresses: Sequence[Address | tuple[Any, ...]],
-                    timeout: float) -> http.client.HTTPConnection:
+                    timeout: float,
+                    opened: Callable[[socket.socket], object] | None = None
+                    ) -> http.client.HTTPConnection:
     """An unopened HTTP(S) connection that connects only to `addresses`.
 
     Its `connect()` tries the checked addresses in order; `Host`, TLS SNI and the
     certificate check name `target.host`. Redirects are the caller's business (the
-    connection never follows one).
+    connection never follows one). `opened` is called with the connection's socket
+    once it is connected, before a byte is read from it (the TLS handshake included):
+    a read's deadline watches it from there (tasks/lifecycle/_deadline.py).
     """
     checked = [Address(int(a[0]), tuple(a[1])) for a in addresses]
 
@@ -286,13 +290,18 @@ def connect_checked(target: Target, addresses: Sequence[Address | tuple[Any, ...
 
         class Pinned(http.client.HTTPSConnection):
             def connect(self) -> None:
-                self.sock = context.wrap_socket(open_socket(),
-                                                server_hostname=target.host)
+                self.sock = context.wrap_socket(open_socket(), server_hostname=target.host,
+                                                do_handshake_on_connect=False)
+                if opened is not None:
+                    opened(self.sock)
+                self.sock.do_handshake()
 
         return Pinned(target.host, target.port, timeout=timeout, context=context)
 
     class PinnedPlain(http.client.HTTPConnection):
         def connect(self) -> None:
             self.sock = open_socket()
+            if opened is not None:
+                opened(self.sock)
 
     return PinnedPlain(target.host, target.port, timeout=timeout)

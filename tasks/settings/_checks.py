@@ -139,8 +139,8 @@ def validate(settings: Settings) -> None:
                                 prefix) or not prefix.endswith("/"):
                 raise SettingsError(f"{env}: {prefix!r} is not an s3://bucket/ or "
                                     "http(s)://host/ prefix ending in /")
-    if settings.url_timeout <= 0:
-        raise SettingsError("OCR_URL_TIMEOUT must be positive")
+    if settings.url_timeout <= 0 or settings.url_deadline <= 0:
+        raise SettingsError("OCR_URL_TIMEOUT and OCR_URL_DEADLINE must be positive")
     if settings.batch_window < 1 or settings.batch_step_seconds <= 0 \
             or settings.batch_max_line_bytes < 1 or settings.batch_threads_per_client < 1:
         raise SettingsError("OCR_BATCH_WINDOW, OCR_BATCH_STEP_SECONDS, "
@@ -155,8 +155,9 @@ def validate(settings: Settings) -> None:
     if settings.client and not CLIENT_NAME.match(settings.client):
         raise SettingsError(f"OCR_CLIENT={settings.client!r}: a client name is letters, "
                             "digits, . _ - (up to 64, starting with a letter or digit)")
-    if settings.api_body_timeout <= 0:
-        raise SettingsError("OCR_API_BODY_TIMEOUT must be positive")
+    if settings.api_body_timeout <= 0 or settings.api_header_timeout <= 0:
+        raise SettingsError("OCR_API_BODY_TIMEOUT and OCR_API_HEADER_TIMEOUT must be "
+                            "positive")
     if settings.correction_versions < 1:
         raise SettingsError("OCR_CORRECTION_VERSIONS must be 1 or more")
     if min(settings.compare_timeout, settings.api_heavy_wait) <= 0 or min(

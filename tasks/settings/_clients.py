@@ -72,6 +72,11 @@ class ClientSettings:
                                  "HTTP API: seconds a request's body may take to arrive; "
                                  "an upload still arriving then is answered 408 "
                                  "`body_timeout` and what came of it is deleted.")
+    api_header_timeout: float = _s("OCR_API_HEADER_TIMEOUT", "10",
+                                   "HTTP API: seconds a request's line and headers may "
+                                   "take to arrive, from the connection's start or the "
+                                   "previous answer's end; a connection whose request "
+                                   "head is not in by then is closed.")
     cache_across_clients: bool = _s("OCR_CACHE_ACROSS_CLIENTS", "0",
                                     "Let jobs of different HTTP API clients share cached "
                                     "results (off: each client's jobs only reuse its own, "
@@ -124,6 +129,12 @@ class ClientSettings:
                             "Seconds to connect to the object store or https server, and "
                             "the longest wait for the next bytes of a read; a store that "
                             "does not answer is `transient` (the job is retried).")
+    url_deadline: float = _s("OCR_URL_DEADLINE", "60",
+                             "Seconds one read of a URL may take in all: its headers, "
+                             "body and redirects together (a job's input, a batch's "
+                             "source, a manifest document's HEAD, a listing). A read "
+                             "still going then is cut and ends `url_timeout` (not "
+                             "retried); OCR_URL_TIMEOUT bounds each wait within it.")
     url_spool_dir: Path = _s("OCR_URL_SPOOL_DIR", "",
                              "Local folder for the one copy per host of a PDF named by URL "
                              "whose pages fan out (page tasks read it instead of Redis); "
