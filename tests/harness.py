@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from devkit.harness import (
     CORPUS,
+    CORPUS_MISSING,
     DATABASES,
     FAKE_PLUGINS,
     FAST_PAGES,
@@ -17,6 +18,8 @@ from devkit.harness import (
     RedisServer,
     Worker,
     corpus,
+    corpus_folder,
+    corpus_summary,
     eventually,
     fake_env,
     free_port,
@@ -46,6 +49,7 @@ __all__ = [
     "ACTING_USER",
     "Broker",
     "CORPUS",
+    "CORPUS_MISSING",
     "DATABASES",
     "FAKE_PLUGINS",
     "FAST_PAGES",
@@ -58,6 +62,8 @@ __all__ = [
     "VENV_BIN",
     "Worker",
     "corpus",
+    "corpus_folder",
+    "corpus_summary",
     "eventually",
     "fake_env",
     "free_port",
