@@ -217,7 +217,7 @@ def run_script(service: Service, body: str, **extra: str) -> subprocess.Complete
 def run_transcript(service: Service, body: str) -> None:
     """A `console` example: its `$ ` lines run, their output (stderr too) as it shows."""
     commands, expected = transcript(body)
-    done = run_block(service, commands + " 2>&1", "-uo", "pipefail")
+    done = run_block(service, "{\n" + commands + "\n} 2>&1", "-uo", "pipefail")
     assert "Traceback" not in done.stdout
     assert shows(expected, done.stdout.splitlines()), (body, done.stdout[-3000:])
 
