@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from bench.common import RESULTS, Context, Report, machine_info, pin_threads
-from devkit.harness import CORPUS, CORPUS_MISSING
+from devkit.corpus import CORPUS, CORPUS_MISSING
 
 BENCHMARKS = ("pipeline", "overhead", "api", "peers", "digital", "memory", "blank", "vlm",
               "brokers", "breakdown", "languages", "vlm_api", "object_storage",

@@ -28,7 +28,8 @@ from typing import TYPE_CHECKING, Any
 import psutil
 
 from devkit.cer import normalize
-from devkit.harness import CORPUS, CORPUS_MISSING, ROOT, ProcfileProcess, RedisServer, Worker
+from devkit.corpus import CORPUS, CORPUS_MISSING
+from devkit.harness import ROOT, ProcfileProcess, RedisServer, Worker
 from tasks.client import OcrClient
 from tasks.settings import Settings
 

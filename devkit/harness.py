@@ -3,11 +3,11 @@
 `RedisServer` (a redis-server of its own on a free loopback port), `Broker` (Redis, or
 a RabbitMQ vhost of devkit/rabbitmq.py), `ProcfileProcess` and `Worker` (a Procfile
 line run as a Procfile runner runs it), the fault-injecting fake engines' wiring
-(`FAKE_PLUGINS`, `fake_env`: the engines themselves are in devkit/fake_engines.py), the
-corpus (`corpus`: found through OCR_TEST_CORPUS; its tests skip without it), and
-`eventually()`, the one way a test waits for something to happen. Tests
-reach it through the fixtures of tests/conftest.py or through tests/harness.py, which
-re-exports it; benchmarks (bench/) import it from here, never from tests/.
+(`FAKE_PLUGINS`, `fake_env`: the engines themselves are in devkit/fake_engines.py), and
+`eventually()`, the one way a test waits for something to happen; the corpus is
+devkit/corpus.py's. Tests reach it through the fixtures of tests/conftest.py or
+through tests/harness.py, which re-exports it; benchmarks (bench/) import it from
+here, never from tests/.
 
 Runs in the test or benchmark process; everything it starts runs in processes (process
 groups) of their own, stopped by `stop_group`.
@@ -28,7 +28,6 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, TypeVar
 
-import pytest
 import redis
 
 from devkit.ports import free_port
@@ -56,13 +55,6 @@ def take_pending() -> list[tuple[str, float]]:
 
 
 ROOT = Path(__file__).resolve().parents[1]
-# The real-world corpus (scans, PDFs and their ground truth, MANIFEST.tsv) is kept
-# beside the repository, not in it. OCR_TEST_CORPUS names its folder, relative to the
-# repository's root; ../shared/corpus by default.
-CORPUS_SETTING = "OCR_TEST_CORPUS"
-CORPUS = Path(os.path.normpath(ROOT / (os.environ.get(CORPUS_SETTING) or "../shared/corpus")))
-# The one reason a test skips without it (tests/conftest.py counts them by it).
-CORPUS_MISSING = f"no corpus at {CORPUS} ({CORPUS_SETTING})"
 VENV_BIN = Path(sys.executable).parent
 FAKE_PLUGINS = ",".join(f"{name}=devkit.fake_engines:{cls}" for name, cls in (
     ("fake", "FakeEngine"), ("broken", "BrokenEngine"), ("fake-model", "FakeModelEngine"),
@@ -369,37 +361,3 @@ class Worker(ProcfileProcess):
 
 def make_client(redis_url: str, **env: str) -> OcrClient:
     return OcrClient(Settings.from_env({"REDIS_URL": redis_url, **env}))
-
-
-def corpus_folder() -> Path:
-    """The corpus' folder; without it the test skips (CORPUS_MISSING), or fails under CI=true.
-
-    CI runs every test: there a missing corpus is a failure, never a skip.
-    """
-    if CORPUS.is_dir():
-        return CORPUS
-    if os.environ.get("CI", "").lower() == "true":
-        pytest.fail(f"{CORPUS_MISSING}: CI=true runs every test; point {CORPUS_SETTING} "
-                    "at the corpus")
-    pytest.skip(CORPUS_MISSING)
-
-
-def corpus(name: str) -> Path:
-    """A file of the corpus (`corpus_folder`); one missing from a corpus fails the test."""
-    path = corpus_folder() / name
-    if not path.exists():
-        pytest.fail(f"corpus file missing: {path}")
-    return path
-
-
-def corpus_summary(skipped: int) -> list[str]:
-    """The run's last lines when `skipped` tests skipped for want of the corpus."""
-    return [f"{skipped} tests skipped: {CORPUS_MISSING}.",
-            f"They read the real-world corpus; to run them, point {CORPUS_SETTING} at its "
-            "folder",
-            f"(absolute, or relative to {ROOT}): {CORPUS_SETTING}=/path/to/corpus make test",
-            "(docs/testing.md, \"The corpus\"). Under CI=true they fail instead."]
-
-
-def ground_truth(name: str) -> str:
-    return corpus(name.rsplit(".", 1)[0] + ".gt.txt").read_text()

@@ -5,7 +5,7 @@ over: what they start is devkit/ (which tests and benchmarks import); only the f
 live here, and the hooks that keep a module in one pytest-xdist process
 (`SHARED`) and print, at the end of a run, where its time went (per test module:
 seconds, and the start-ups of the processes it started) and how many tests skipped for
-want of the corpus (`corpus` in devkit/harness.py: OCR_TEST_CORPUS).
+want of the corpus (devkit/corpus.py: OCR_TEST_CORPUS).
 """
 
 from __future__ import annotations
