@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import io
 import sys
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
@@ -203,7 +204,7 @@ def paragraphs(page: pymupdf.Page, left: float, top: float, right: float,
 
 
 def table(page: pymupdf.Page, left: float, top: float, widths: list[float],
-          rows: list[tuple[str, ...]]) -> float:
+          rows: Sequence[tuple[str, ...]]) -> float:
     """`rows` in ruled cells, the first row bold; the bottom of the table."""
     height = 20
     for number, row in enumerate(rows):
