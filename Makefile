@@ -14,7 +14,7 @@ export PATH := $(abspath $(VENV))/bin:$(PATH)
 OCR_LANGS ?= eng
 TEST_LANGS := eng vie ell chi_sim deu fra ita spa por
 
-.PHONY: langs test-langs run run-starting vlm vlm-api rapidocr s3 test test-long test-floor lint bench bench-quick clean redis-server rabbitmq-server bench-tools screenshot chromium promtool podman base-image wheels image lock ocrmypdf-plugin
+.PHONY: samples langs test-langs run run-starting vlm vlm-api rapidocr s3 test test-long test-floor lint bench bench-quick clean redis-server rabbitmq-server bench-tools screenshot chromium promtool podman base-image wheels image lock ocrmypdf-plugin
 
 $(VENV)/.runtime: requirements.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -114,6 +114,11 @@ bench-tools:
 	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
 	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq tesseract-ocr ghostscript; \
 	  else echo "tesseract or gs is missing: apt-get install tesseract-ocr ghostscript (Debian/Ubuntu) or brew install tesseract ghostscript (macOS); the peer rows are skipped without them"; fi; }
+
+# The documents of samples/ that README's and the docs' examples read, drawn again
+# (scripts/make_samples.py; tests/units/test_samples.py checks the committed files).
+samples: $(VENV)/.runtime
+	$(PY) -m scripts.make_samples
 
 # Traineddata of OCR_LANGS: pip tessdata-* wheels, Debian's tesseract-ocr-<lang> when root.
 langs: $(VENV)/.runtime

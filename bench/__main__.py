@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from bench.common import RESULTS, Context, Report, machine_info, pin_threads
+from devkit.corpus import CORPUS, CORPUS_MISSING
 
 BENCHMARKS = ("pipeline", "overhead", "api", "peers", "digital", "memory", "blank", "vlm",
               "brokers", "breakdown", "languages", "vlm_api", "object_storage",
@@ -51,6 +52,9 @@ def main(argv: list[str] | None = None) -> int:
     if machine["loadavg"][0] > 0.5:
         print(f"warning: 1-minute load average {machine['loadavg'][0]} before the run: other "
               "work on this machine skews the numbers (each JSON records the load)")
+    if not CORPUS.is_dir():
+        print(f"warning: {CORPUS_MISSING}: the benchmarks that read the corpus fail "
+              "(docs/testing.md, \"The corpus\")")
     names = args.only or list(BENCHMARKS)
     reports: list[Report] = []
     failed: list[str] = []

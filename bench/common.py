@@ -28,7 +28,8 @@ from typing import TYPE_CHECKING, Any
 import psutil
 
 from devkit.cer import normalize
-from devkit.harness import CORPUS, ROOT, ProcfileProcess, RedisServer, Worker
+from devkit.corpus import CORPUS, CORPUS_MISSING
+from devkit.harness import ROOT, ProcfileProcess, RedisServer, Worker
 from tasks.client import OcrClient
 from tasks.settings import Settings
 
@@ -152,6 +153,8 @@ def manifest() -> dict[str, dict[str, str]]:
 
 def load_doc(name: str) -> Doc:
     path = CORPUS / name
+    if not CORPUS.is_dir():
+        raise BenchError(CORPUS_MISSING)
     if not path.is_file():
         raise BenchError(f"corpus file missing: {path}")
     truth_path = CORPUS / (name.rsplit(".", 1)[0] + ".gt.txt")

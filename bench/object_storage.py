@@ -37,7 +37,7 @@ from PIL import Image
 
 from bench.common import BenchError, Context, Ratio, Report, Services, Table
 from bench.pipeline import cpu_seconds
-from devkit.harness import CORPUS
+from devkit.corpus import CORPUS
 from devkit.moto_s3 import MotoS3
 from tasks.client import OcrClient
 

@@ -36,7 +36,8 @@ from PIL import Image
 
 from bench.common import BenchError, Context, Ratio, Report, Table, new_figure, pooled_cer
 from devkit.api_server import ApiServer, create_token
-from devkit.harness import CORPUS, ROOT, RedisServer, Worker
+from devkit.corpus import CORPUS
+from devkit.harness import ROOT, RedisServer, Worker
 from devkit.inference_server import SimulatedInferenceServer
 
 OCRMYPDF = ROOT / ".venv-ocrmypdf" / "bin" / "ocrmypdf"

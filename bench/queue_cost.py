@@ -58,8 +58,8 @@ from bench.common import (
     median,
     worker_processes,
 )
+from devkit.corpus import CORPUS
 from devkit.harness import (
-    CORPUS,
     FAKE_PLUGINS,
     FAST_PAGES,
     ROOT,

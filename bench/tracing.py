@@ -25,9 +25,9 @@ from typing import Any
 
 import psutil
 
-from bench.common import BASE_ENV, Context, Ratio, Report, Services, Table, run_jobs
+from bench.common import BASE_ENV, Context, Ratio, Report, Services, Table, load_doc, run_jobs
 from bench.overhead import tiny_image
-from devkit.harness import Worker, corpus, free_port
+from devkit.harness import Worker, free_port
 from devkit.otlp_receiver import OtlpReceiver
 
 PDF = "scan_vicksburg_ocrlayer_6p.pdf"
@@ -53,7 +53,7 @@ def run(ctx: Context) -> Report:
     images = ctx.size(60, 6)
     workloads: dict[str, list[tuple[bytes, dict[str, Any]]]] = {
         f"{images} tiny images": [(tiny_image(), {"filename": "tiny.png"})] * images,
-        "6-page scanned PDF": [(corpus(PDF).read_bytes(), {"filename": PDF, "mode": "ocr"})],
+        "6-page scanned PDF": [(load_doc(PDF).data, {"filename": PDF, "mode": "ocr"})],
     }
     receiver = OtlpReceiver().start()
     modes = {"off": {},

@@ -34,7 +34,8 @@ from pathlib import Path
 from typing import Any
 
 from bench.common import MLX_ENV, BenchError, Context, Ratio, Report, Table, build_tiny_model
-from devkit.harness import CORPUS, ROOT
+from devkit.corpus import CORPUS
+from devkit.harness import ROOT
 
 MODEL = "qwen2-vl-pages"
 PAGE = "scan_linn.png"

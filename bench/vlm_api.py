@@ -60,7 +60,8 @@ from bench.common import (
     build_tiny_model,
     rss_mb,
 )
-from devkit.harness import CORPUS, Worker
+from devkit.corpus import CORPUS
+from devkit.harness import Worker
 from devkit.inference_server import VlmServer
 
 MODEL = "bench-100m"

@@ -46,7 +46,8 @@ from bench.common import (
     new_figure,
     worker_processes,
 )
-from devkit.harness import CORPUS, Worker
+from devkit.corpus import CORPUS
+from devkit.harness import Worker
 from devkit.inference_server import SimulatedInferenceServer, VlmServer
 from devkit.pdf_fixtures import repeated_image_pdf
 

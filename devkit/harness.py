@@ -3,10 +3,11 @@
 `RedisServer` (a redis-server of its own on a free loopback port), `Broker` (Redis, or
 a RabbitMQ vhost of devkit/rabbitmq.py), `ProcfileProcess` and `Worker` (a Procfile
 line run as a Procfile runner runs it), the fault-injecting fake engines' wiring
-(`FAKE_PLUGINS`, `fake_env`: the engines themselves are in devkit/fake_engines.py), the
-corpus, and `eventually()`, the one way a test waits for something to happen. Tests
-reach it through the fixtures of tests/conftest.py or through tests/harness.py, which
-re-exports it; benchmarks (bench/) import it from here, never from tests/.
+(`FAKE_PLUGINS`, `fake_env`: the engines themselves are in devkit/fake_engines.py), and
+`eventually()`, the one way a test waits for something to happen; the corpus is
+devkit/corpus.py's. Tests reach it through the fixtures of tests/conftest.py or
+through tests/harness.py, which re-exports it; benchmarks (bench/) import it from
+here, never from tests/.
 
 Runs in the test or benchmark process; everything it starts runs in processes (process
 groups) of their own, stopped by `stop_group`.
@@ -27,7 +28,6 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, TypeVar
 
-import pytest
 import redis
 
 from devkit.ports import free_port
@@ -55,7 +55,6 @@ def take_pending() -> list[tuple[str, float]]:
 
 
 ROOT = Path(__file__).resolve().parents[1]
-CORPUS = ROOT.parent / "shared" / "corpus"
 VENV_BIN = Path(sys.executable).parent
 FAKE_PLUGINS = ",".join(f"{name}=devkit.fake_engines:{cls}" for name, cls in (
     ("fake", "FakeEngine"), ("broken", "BrokenEngine"), ("fake-model", "FakeModelEngine"),
@@ -362,14 +361,3 @@ class Worker(ProcfileProcess):
 
 def make_client(redis_url: str, **env: str) -> OcrClient:
     return OcrClient(Settings.from_env({"REDIS_URL": redis_url, **env}))
-
-
-def corpus(name: str) -> Path:
-    path = CORPUS / name
-    if not path.exists():
-        pytest.fail(f"corpus file missing: {path}")
-    return path
-
-
-def ground_truth(name: str) -> str:
-    return corpus(name.rsplit(".", 1)[0] + ".gt.txt").read_text()

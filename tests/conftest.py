@@ -4,7 +4,8 @@ Workers and APIs started from the Procfile, a callback receiver, Redis that fail
 over: what they start is devkit/ (which tests and benchmarks import); only the fixtures
 live here, and the hooks that keep a module in one pytest-xdist process
 (`SHARED`) and print, at the end of a run, where its time went (per test module:
-seconds, and the start-ups of the processes it started).
+seconds, and the start-ups of the processes it started) and how many tests skipped for
+want of the corpus (devkit/corpus.py: OCR_TEST_CORPUS).
 """
 
 from __future__ import annotations
@@ -20,11 +21,13 @@ from tasks.client import OcrClient
 from tests.api_server import ApiServer
 from tests.ha import RedisHA
 from tests.harness import (
+    CORPUS_MISSING,
     DATABASES,
     Broker,
     RabbitVhost,
     RedisServer,
     Worker,
+    corpus_summary,
     kill_all,
     make_client,
     rabbitmq_missing,
@@ -58,6 +61,7 @@ _START_UPS: list[StartUp] = []
 _PROCESS_SECONDS: dict[str, float] = {}  # by test process (xdist worker), and its modules
 _PROCESS_MODULES: dict[str, set[str]] = {}
 _CPU_AT_START: list[tuple[int, int] | None] = []
+_CORPUS_SKIPS: set[str] = set()  # the tests skipped for want of the corpus
 
 
 def pytest_sessionstart(session: pytest.Session) -> None:
@@ -118,6 +122,8 @@ def pytest_runtest_logreport(report: pytest.TestReport) -> None:
     for name, value in report.user_properties:
         if name == "start_ups":
             _START_UPS.extend(StartUp(module, process, seconds) for process, seconds in value)
+    if report.skipped and CORPUS_MISSING in str(report.longrepr):
+        _CORPUS_SKIPS.add(report.nodeid)
 
 
 def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
@@ -132,6 +138,10 @@ def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
         cpu = cpu_line(_CPU_AT_START[0] if _CPU_AT_START else None, cpu_sample())
         if cpu is not None:
             terminalreporter.write_line(cpu)
+    if _CORPUS_SKIPS:
+        terminalreporter.section("the corpus")
+        for line in corpus_summary(len(_CORPUS_SKIPS)):
+            terminalreporter.write_line(line)
 
 
 @pytest.fixture

@@ -1,12 +1,19 @@
-"""The tests' import path of the process harness: devkit/harness.py, devkit/rabbitmq.py.
+"""The tests' import path of the harness: devkit/harness.py, corpus.py and rabbitmq.py.
 
 The code lives in devkit/, which the benchmarks import too; tests import either.
 """
 
 from __future__ import annotations
 
-from devkit.harness import (
+from devkit.corpus import (
     CORPUS,
+    CORPUS_MISSING,
+    corpus,
+    corpus_folder,
+    corpus_summary,
+    ground_truth,
+)
+from devkit.harness import (
     DATABASES,
     FAKE_PLUGINS,
     FAST_PAGES,
@@ -16,11 +23,9 @@ from devkit.harness import (
     ProcfileProcess,
     RedisServer,
     Worker,
-    corpus,
     eventually,
     fake_env,
     free_port,
-    ground_truth,
     kill_all,
     make_client,
     procfile_command,
@@ -46,6 +51,7 @@ __all__ = [
     "ACTING_USER",
     "Broker",
     "CORPUS",
+    "CORPUS_MISSING",
     "DATABASES",
     "FAKE_PLUGINS",
     "FAST_PAGES",
@@ -58,6 +64,8 @@ __all__ = [
     "VENV_BIN",
     "Worker",
     "corpus",
+    "corpus_folder",
+    "corpus_summary",
     "eventually",
     "fake_env",
     "free_port",

@@ -3,24 +3,27 @@
 The service is the one `make run` starts: its recipe's command, `scripts/supervise.py`
 with the real Procfile and no process named (so every Procfile process: redis, worker,
 control, beat, flower, metrics, api, vlm-server, which idles without a model), no
-REDIS_URL and no OCR_* setting (its defaults), in a checkout of its own: a directory
-of links to this repository's files beside a `shared/corpus` link, so that `var/` (the
-project's own Redis, its var/redis-url) and every file an example writes land there
-and not in this checkout. What differs from a plain `make run` is set through the
-environment, as a user would: the three listening processes take free ports
-(`API_PORT`, `FLOWER_PORT`, `METRICS_PORT`) instead of 8000, 5555 and 9808, which
-another service or test may hold, and the examples read the API's from `API`. The
-recipe's prerequisites are not run: they install (pip, traineddata), which the
-tests' own set-up has done.
+REDIS_URL and no OCR_* setting (its defaults), in a checkout of its own: a fresh clone
+of this tree, that is a copy of the files git tracks (uncommitted edits included; a
+file git does not track is not there) with the venv linked, alone in a folder of its
+own (no `../shared` beside it), so that the examples read only what a clone holds
+(`samples/`), and `var/` (the project's own Redis, its var/redis-url) and every file
+an example writes land there and not in this checkout. What differs from a plain
+`make run` is set through the environment, as a user would: the three listening
+processes take free ports (`API_PORT`, `FLOWER_PORT`, `METRICS_PORT`) instead of 8000,
+5555 and 9808, which another service or test may hold, and the examples read the
+API's from `API`. The recipe's prerequisites are not run: they install (pip,
+traineddata), which the tests' own set-up has done.
 
-An example is a fenced block: `sh` blocks run with `bash -euo pipefail` from the
-checkout's root, as pasted; `console` blocks are transcripts, whose `$ ` lines run
-there the same way (without -e: a transcript may show a failure) and whose output is
-compared with the lines shown (`...` alone: any lines; a line ending in `...`: that
-beginning). A block marked `<!-- not run: REASON -->` is not run and says why; any
-other fenced block is not a shell example (a language that is not a shell's, no `$ `
-prompt). Each document's count of examples run is exact: an example added, dropped or
-left unrun fails here until the count says so.
+An example is a fenced block: `sh` blocks are scripts, whose first line is `set -euo
+pipefail`, run with `bash` from the checkout's root as pasted into a file (they stop
+at the first step that fails by themselves); `console` blocks are transcripts, whose
+`$ ` lines run there the same way (without -e: a transcript may show a failure) and
+whose output is compared with the lines shown (`...` alone: any lines; a line ending
+in `...`: that beginning). A block marked `<!-- not run: REASON -->` is not run and
+says why; any other fenced block is not a shell example (a language that is not a
+shell's, no `$ ` prompt). Each document's count of examples run is exact: an example
+added, dropped or left unrun fails here until the count says so.
 """
 
 from __future__ import annotations
@@ -28,6 +31,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import shutil
 import signal
 import subprocess
 import sys
@@ -40,12 +44,13 @@ import pymupdf
 import pytest
 import requests
 
-from tests.harness import CORPUS, ROOT, VENV_BIN, eventually, free_port
+from tests.harness import ROOT, VENV_BIN, eventually, free_port
 
 pytestmark = pytest.mark.slow
 # The examples each document runs, by kind: exact.
-RUN = {"README.md": {"sh": 1, "console": 3}, "docs/http-api.md": {"sh": 3},
+RUN = {"README.md": {"console": 4}, "docs/http-api.md": {"sh": 2, "console": 1},
        "docs/batches.md": {"sh": 1}}
+SCRIPT_START = "set -euo pipefail\n"  # an `sh` example's first line
 SHELLS = {"sh", "console", "bash", "shell", "zsh", "shell-session"}  # only sh and console
 BLOCK = re.compile(r"(?:<!-- not run: (?P<why>[^\n]*?) -->\n)?```(?P<lang>[\w-]*)\n"
                    r"(?P<body>.*?)\n```", re.DOTALL)
@@ -86,6 +91,10 @@ def test_every_example_runs_or_says_why() -> None:
                 assert not re.search(r"^\$ ", block.body, re.M), (
                     f"{where}: a transcript with `$ ` lines is a `console` block")
             assert block.why is None or block.why.strip(), f"{where}: say why it is not run"
+            if block.runs and block.lang == "sh":
+                assert block.body.startswith(SCRIPT_START), (
+                    f"{where}: a script starts with `set -euo pipefail`: it stops at a failure")
+            assert "../" not in block.body, f"{where}: an example reads only the clone's files"
         assert Counter(b.lang for b in found if b.runs) == Counter(expected), name
 
 
@@ -159,16 +168,24 @@ class Service:
             self.proc.wait(10)
 
 
+def fresh_clone(checkout: Path) -> None:
+    """The files git tracks, copied into `checkout` as they are now, and the venv linked."""
+    tracked = subprocess.run(["git", "ls-files", "-z"], cwd=ROOT, capture_output=True,
+                             check=True, timeout=60).stdout.decode().split("\0")
+    for name in filter(None, tracked):
+        source = ROOT / name
+        if source.exists() or source.is_symlink():  # a tracked file deleted here: not copied
+            (checkout / name).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(source, checkout / name, follow_symlinks=False)
+    (checkout / ".venv").symlink_to((ROOT / ".venv").resolve())
+
+
 @pytest.fixture(scope="module")
 def service(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Service]:
-    base = tmp_path_factory.mktemp("user")
-    checkout = base / "checkout"
+    checkout = tmp_path_factory.mktemp("user") / "checkout"
     checkout.mkdir()
-    for entry in ROOT.iterdir():
-        if entry.name not in ("var", ".git", ".pytest_cache", ".mypy_cache", ".ruff_cache"):
-            (checkout / entry.name).symlink_to(entry)
-    (base / "shared").mkdir()
-    (base / "shared" / "corpus").symlink_to(CORPUS)
+    fresh_clone(checkout)
+    assert list(checkout.parent.iterdir()) == [checkout]  # nothing beside it: no ../shared
     running = Service(checkout)
     try:
         eventually(running.ready, 180, lambda: "the service to be ready:\n"
@@ -190,26 +207,29 @@ def run_block(service: Service, body: str, *flags: str, **extra: str
 
 
 def run_script(service: Service, body: str, **extra: str) -> subprocess.CompletedProcess[str]:
-    done = run_block(service, body, "-euo", "pipefail", **extra)
+    """An `sh` example as a script: `bash` alone, its own first line stops it at a failure."""
+    done = run_block(service, body, **extra)
     assert done.returncode == 0, (body, done.stdout[-2000:], done.stderr[-2000:])
     assert "Traceback" not in done.stderr
     return done
 
 
+def run_transcript(service: Service, body: str) -> None:
+    """A `console` example: its `$ ` lines run, their output (stderr too) as it shows."""
+    commands, expected = transcript(body)
+    done = run_block(service, "{\n" + commands + "\n} 2>&1", "-uo", "pipefail")
+    assert "Traceback" not in done.stdout
+    assert shows(expected, done.stdout.splitlines()), (body, done.stdout[-3000:])
+
+
 def test_readme_examples_run_as_written(service: Service) -> None:
     before = left_behind(service)
-    [quick_start] = run_blocks("README.md", "sh")
-    done = run_script(service, quick_start)
-    assert "Linn Electronics" in done.stdout
-    assert "warning" not in done.stderr, done.stderr  # `--pages 1-2` for a PDF and a PNG
-    records = [json.loads(line) for line in done.stdout.splitlines() if line.startswith("{")]
-    assert [r["status"] for r in records] == ["SUCCESS"] * 3, records
-    assert re.search(r"^scan_dh_lorem_ipsum\.pdf: SUCCESS 1/1 pages", done.stdout, re.M)
-    for body in run_blocks("README.md", "console"):
-        commands, expected = transcript(body)
-        done = run_block(service, commands + " 2>&1", "-uo", "pipefail")
-        assert "Traceback" not in done.stdout
-        assert shows(expected, done.stdout.splitlines()), (body, done.stdout[-3000:])
+    quick_start, *others = run_blocks("README.md", "console")
+    # The quick start: the whole letter, and no warning (`--pages 1-2` for a PDF and a PNG).
+    letter = (ROOT / "samples" / "letter.gt.txt").read_text().splitlines()
+    assert quick_start.split("\n$ ")[0].splitlines()[1:] == [*letter[:2], "...", letter[-1]]
+    for body in [quick_start, *others]:
+        run_transcript(service, body)
     # `make run` said which Redis, in one line, and submit.py found it (var/redis-url).
     said = [line for line in service.log.read_text().splitlines() if "redis: the project's" in line]
     assert len(said) == 1, service.log.read_text()[-2000:]
@@ -253,10 +273,9 @@ def test_http_api_examples_run_as_written(service: Service,
     """
     before, before_tokens = left_behind(service), tokens(service)
     temp = tmp_path_factory.mktemp("tmp")  # TMPDIR: where mktemp makes their folders
-    made, curl, callback = run_blocks("docs/http-api.md", "sh")
-    done = run_script(service, made)
-    assert json.loads(done.stdout.splitlines()[0])["token"].startswith("ocr_")
-    assert "revoked billing" in done.stdout
+    [made] = run_blocks("docs/http-api.md", "console")
+    curl, callback = run_blocks("docs/http-api.md", "sh")
+    run_transcript(service, made)
     done = run_script(service, curl, TMPDIR=str(temp))
     work = folder_of(done, temp)
     lines = done.stdout.splitlines()[1:]
@@ -264,34 +283,53 @@ def test_http_api_examples_run_as_written(service: Service,
     assert status["client"].startswith("docs-")  # the token's name: the job's client
     assert {k: status[k] for k in ("status", "progress", "error")} == {
         "status": "SUCCESS", "progress": {"done": 2, "total": 2}, "error": None}
-    assert lines[1] == "SUCCESS dig_multicolumn_3p.pdf 2/2"  # the client's own job list
+    assert lines[1] == "SUCCESS report.pdf 2/2"  # the client's own job list
     assert lines[2] == "RUNNING"  # the cancel of a job that was running: 202, as asked
-    cancelled = json.loads(lines[3])  # {"status": "CANCELLED", "pages": "3 of 14 kept"}
+    cancelled = json.loads(lines[3])  # {"status": "CANCELLED", "pages": "3 of 10 kept"}
     assert cancelled["status"] == "CANCELLED", cancelled
-    kept = re.fullmatch(r"(\d+) of 14 kept", cancelled["pages"])
-    assert kept and 1 <= int(kept.group(1)) < 14, cancelled
+    kept = re.fullmatch(r"(\d+) of 10 kept", cancelled["pages"])
+    assert kept and 1 <= int(kept.group(1)) < 10, cancelled
     assert json.loads(lines[4]) == {"status": "ok"} and json.loads(lines[5])["ready"]
     assert len(lines) == 6, lines
     events = (work / "events.txt").read_text()
     assert events.rstrip().splitlines()[-2] == "event: end"
     report = (work / "report.txt").read_text()
-    assert report.count("\f") == 1 and "Lorem Ipsum" in report  # pages=1-2: two pages
+    # pages=1-2: two pages, the text layer's and the scan's, read by tesseract
+    assert report.count("\f") == 1, report
+    assert "Annual Report" in report and "committee met on the first Tuesday" in report
     # pages=1-2 with output=pdf: the whole input (its text layer kept), as the doc says
     with pymupdf.open(work / "report.ocr.pdf") as pdf:
         assert pdf.page_count == 3
     done = run_script(service, callback, TMPDIR=str(temp))
     hooks = folder_of(done, temp)
     assert done.stdout.splitlines()[1:] == [
-        "QUEUED", '{"status":"SUCCESS","filename":"scan_tess_phototest.tif","pages_done":1}']
+        "QUEUED", "SUCCESS", '{"status":"SUCCESS","filename":"letter.png","pages_done":1}']
     assert len((hooks / "callbacks.jsonl").read_text().splitlines()) == 1  # signature held
     # A receiver whose address the service does not allow: the refusal is shown, at once.
-    refused = run_block(service, callback, "-euo", "pipefail", TMPDIR=str(temp),
-                        HOOK_PORT=str(free_port()))
+    refused = run_block(service, callback, TMPDIR=str(temp), HOOK_PORT=str(free_port()))
     assert refused.returncode == 1, (refused.stdout, refused.stderr)
     assert refused.stdout.splitlines()[1].startswith("refused: callback_not_allowed: "), \
         refused.stdout
+    assert len(refused.stdout.splitlines()) == 2, refused.stdout  # and it stops there
     # Nothing left behind: no file outside their folders, no token.
     assert left_behind(service) == before
+    assert tokens(service) == before_tokens
+
+
+def test_a_failing_step_stops_the_walk_through(service: Service,
+                                               tmp_path_factory: pytest.TempPathFactory) -> None:
+    """The curl walk-through stops at its first failure, and says which, its token revoked.
+
+    A PDF that is not there: curl's own error, the script's exit status is curl's (26:
+    the file could not be read), nothing after it runs, and the token it made is gone.
+    """
+    before_tokens = tokens(service)
+    temp = tmp_path_factory.mktemp("tmp")
+    curl, _ = run_blocks("docs/http-api.md", "sh")
+    done = run_block(service, curl, TMPDIR=str(temp), PDF="samples/missing.pdf")
+    assert done.returncode == 26, (done.returncode, done.stdout, done.stderr)
+    assert "curl: (26)" in done.stderr, done.stderr
+    assert done.stdout.splitlines() == [f"files in {folder_of(done, temp)}"], done.stdout
     assert tokens(service) == before_tokens
 
 
@@ -309,6 +347,6 @@ def test_batches_examples_run_as_written(service: Service) -> None:
     manifest = [json.loads(line) for line in (ocr / "manifest.jsonl").read_text().splitlines()]
     assert shown == manifest
     assert sorted((m["name"], m["status"]) for m in manifest) == [
-        ("scan_dh_lorem_ipsum.pdf", "SUCCESS"), ("scan_tess_phototest.tif", "SUCCESS")]
+        ("letter.png", "SUCCESS"), ("report.pdf", "SUCCESS")]
     assert {m["batch"] for m in manifest} == {first[0]}  # the lines the first run wrote
     assert all((service.checkout / out).is_file() for m in manifest for out in m["outputs"])

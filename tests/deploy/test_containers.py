@@ -42,7 +42,15 @@ from scripts.make_secrets import secret_values, write_certs
 from tasks.client import OcrClient
 from tasks.settings import Settings
 from tests.cer import cer
-from tests.harness import CORPUS, ROOT, VENV_BIN, eventually, free_port, procfile_command
+from tests.harness import (
+    ROOT,
+    VENV_BIN,
+    corpus,
+    eventually,
+    free_port,
+    ground_truth,
+    procfile_command,
+)
 
 # `make test-long`: the image is built (minutes from a fresh clone) and run.
 pytestmark = [pytest.mark.containers, pytest.mark.long, pytest.mark.timeout(3600)]
@@ -417,7 +425,7 @@ def test_scanned_pdf_through_the_api_container(stack: Stack) -> None:
     assert made.returncode == 0, made.stderr
     token = json.loads(made.stdout)["token"]
     auth = {"Authorization": f"Bearer {token}"}
-    pdf = CORPUS / "scan_dh_lorem_ipsum.pdf"
+    pdf = corpus("scan_dh_lorem_ipsum.pdf")
     assert requests.post(f"{stack.api}/v1/jobs", files={"file": (pdf.name, b"x")},
                          timeout=30).status_code == 401
     sent = requests.post(f"{stack.api}/v1/jobs", headers=auth, timeout=60,
@@ -439,7 +447,7 @@ def test_scanned_pdf_through_the_api_container(stack: Stack) -> None:
 
 
 def test_submit_py_from_the_host(stack: Stack) -> None:
-    pdf = CORPUS / "scan_linn_skew.pdf"
+    pdf = corpus("scan_linn_skew.pdf")
     done = submit_py(stack, "--json", str(pdf))
     assert done.returncode == 0, done.stderr
     result = json.loads(done.stdout.splitlines()[-1])
@@ -447,7 +455,7 @@ def test_submit_py_from_the_host(stack: Stack) -> None:
     assert cer(pdf.with_suffix(".gt.txt").read_text(), result["text"]) < 0.1
 
 
-SCAN = CORPUS / "scan_tess_phototest.tif"
+SCAN = "scan_tess_phototest.tif"
 
 
 def worker_args(stack: Stack) -> list[str]:
@@ -466,7 +474,7 @@ def test_other_engines_run_in_the_image(stack: Stack) -> None:
     exist, which it tolerates (pages would wait for it); it must come up and publish
     its presence.
     """
-    scan = CORPUS / "scan_tess_phototest.tif"
+    scan = corpus(SCAN)
     done = submit_py(stack, "--json", "--engine", "rapidocr", str(scan))
     assert done.returncode == 0, done.stdout + done.stderr
     result = json.loads(done.stdout.splitlines()[-1])
@@ -509,7 +517,7 @@ def test_a_booting_worker_stops_on_sigterm(stack: Stack) -> None:
 
 def twenty_page_scan() -> bytes:
     """20 pages, each the corpus's scan of tesseract's test page (no text layer)."""
-    scan = Image.open(SCAN)
+    scan = Image.open(corpus(SCAN))
     dpi = int(scan.info.get("dpi", (300, 300))[0]) or 300
     buffer = io.BytesIO()
     scan.save(buffer, "PNG")
@@ -569,7 +577,7 @@ def test_worker_stopped_mid_document_reads_every_page_once(stack: Stack,
     assert result["status"] == "SUCCESS"
     pages = result["pages"]
     assert sorted(p["number"] for p in pages) == list(range(1, 21))
-    reference = SCAN.with_suffix(".gt.txt").read_text()
+    reference = ground_truth(SCAN)
     assert all(cer(reference, p["text"]) < 0.1 for p in pages)
     # Page tasks of this job: those that succeeded after `before` was read. The logs are
     # compared as sets of task ids per run, not by line order (podman writes a
@@ -597,7 +605,7 @@ def test_worker_stopped_mid_document_reads_every_page_once(stack: Stack,
 def test_queued_jobs_outlive_a_redis_restart_and_one_is_cancelled(stack: Stack) -> None:
     worker = stack.container("worker")
     stack.podman.run("stop", "-t", "600", worker, timeout=900)
-    scan = str(CORPUS / "scan_tess_phototest.tif")
+    scan = str(corpus(SCAN))
     sent = submit_py(stack, "--no-wait", scan, scan, scan)
     assert sent.returncode == 0, sent.stderr
     jobs = [line.split()[0] for line in sent.stdout.splitlines()]

@@ -5,7 +5,7 @@ kubectl is installed (the two must agree). Every built-in object validates stric
 (unknown fields refused) against the Kubernetes schemas of the `kubernetes-validate`
 package for 1.29 (the first release with sidecar containers on by default) and its
 latest; every keda.sh object against KEDA's own CRD schemas
-(../shared/kubernetes/keda-crds/), made strict the same way. Then what the manifests
+(tests/fixtures/keda-crds/), made strict the same way. Then what the manifests
 say is checked against the project: each container runs its Procfile line under
 `sh -c`, probes are the health commands, grace periods cover the time limits of the
 settings the pod runs with, each worker pool has one ScaledObject reading its own
@@ -38,7 +38,7 @@ DEPLOY = ROOT / "deploy" / "kubernetes"
 # Every overlay of the kit, those added later included.
 OVERLAYS = tuple(sorted(p.name for p in (DEPLOY / "overlays").iterdir()
                         if (p / "kustomization.yaml").exists()))
-KEDA_CRDS = ROOT.parent / "shared" / "kubernetes" / "keda-crds"
+KEDA_CRDS = ROOT / "tests" / "fixtures" / "keda-crds"
 KUBERNETES_VERSIONS = ("1.29.0", kubernetes_validate.latest_version())
 IMAGE = "ocr-queue"
 # Container name -> the Procfile process (and scripts.health role) it runs.

@@ -25,7 +25,7 @@ from tasks.pipeline.pdf import page_is_blank, plan_pdf, render_page, render_smal
 from tasks.records.formats import sniff_format
 from tasks.settings import Settings
 from tests.fake_engines import FakeEngine
-from tests.harness import CORPUS, Worker
+from tests.harness import Worker, corpus_folder
 from tests.pdf_fixtures import image_pdf
 
 A4_300 = (2480, 3508)
@@ -120,7 +120,7 @@ def test_every_corpus_page_is_not_blank() -> None:
     """No real page of the corpus (images, every frame, every PDF page) is blank."""
     settings = Settings.from_env({})
     checked = 0
-    for path in sorted(CORPUS.iterdir()):
+    for path in sorted(corpus_folder().iterdir()):
         if path.suffix in (".txt", ".tsv") or path.name.startswith(("bad_", "edge_zero",
                                                                     "edge_decompression")):
             continue

@@ -18,7 +18,7 @@ import pytest
 
 from tasks.client import OcrClient
 from tests.harness import ROOT, Worker, corpus, fake_env, kill_all, make_client
-from tests.image_fixtures import bomb_frame_tiff
+from tests.image_fixtures import bomb_frame_tiff, png
 from tests.pdf_fixtures import (
     broken_xref_pdf,
     huge_page_pdf,
@@ -32,8 +32,8 @@ FAKE_ENV = fake_env(OCR_CONCURRENCY="1")
 @pytest.fixture(scope="module")
 def fake_worker(start_worker: Callable[..., Worker], tmp_path_factory: pytest.TempPathFactory
                 ) -> Worker:
-    inbox = tmp_path_factory.mktemp("inbox")
-    (inbox / "phototest.tif").write_bytes(corpus("scan_tess_phototest.tif").read_bytes())
+    inbox = tmp_path_factory.mktemp("inbox")  # a drawn page: the module runs without the corpus
+    (inbox / "page.png").write_bytes(png())
     return start_worker(**FAKE_ENV, OCR_ALLOWED_ROOTS=str(inbox))
 
 
@@ -161,7 +161,7 @@ def test_huge_page_is_rendered_at_a_capped_size(fake_worker: Worker,
 
 def test_path_input_inside_allowed_root(fake_worker: Worker, client: OcrClient) -> None:
     inbox = Path(fake_worker.env["OCR_ALLOWED_ROOTS"])
-    assert send(client, path=str(inbox / "phototest.tif"))["status"] == "SUCCESS"
+    assert send(client, path=str(inbox / "page.png"))["status"] == "SUCCESS"
     escaped = send(client, path=str(inbox / ".." / ".." / "etc" / "passwd"))
     assert escaped["error"]["code"] == "path_not_allowed"
 

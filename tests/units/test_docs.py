@@ -29,6 +29,7 @@ NOT_SETTINGS = {
     "OCR_FLOWER_OPEN": "read by scripts/run_flower.py (docs/settings.md, same list)",
     "OCR_QUEUE_URL": "the OCRmyPDF plugin's, in OCRmyPDF's environment (docs/ocrmypdf.md)",
     "OCR_QUEUE_TOKEN": "the OCRmyPDF plugin's, in OCRmyPDF's environment (docs/ocrmypdf.md)",
+    "OCR_TEST_CORPUS": "the tests' corpus folder, read by devkit/corpus.py (docs/testing.md)",
 }
 
 FENCE = re.compile(r"^(```|~~~).*?^\1[^\n]*$", re.M | re.S)

@@ -1,6 +1,6 @@
 """VLM model profiles and output normalisers, on real replies and documented shapes.
 
-Real replies and their provenance are in `../shared/vlm_outputs/` (MANIFEST.tsv); formats
+Real replies and their provenance are in tests/fixtures/vlm/replies/ (MANIFEST.tsv); formats
 without a captured reply have hand-written fixtures in tests/fixtures/vlm/ (README there).
 Pure code: no worker, no model.
 """
@@ -17,18 +17,14 @@ from tasks.engines.vlm.replies import markdown_to_text
 from tasks.engines.vlm.reply_formats import clean_doctags, doctags_document
 from tasks.errors import EngineUnavailable
 
-ROOT = Path(__file__).resolve().parents[2]
-SAMPLES = ROOT.parent / "shared" / "vlm_outputs"
 FIXTURES = Path(__file__).parents[1] / "fixtures" / "vlm"
+SAMPLES = FIXTURES / "replies"
 DOCTAGS = ("doctags_smoldocling_page_with_pic", "doctags_01030000000083_tables",
            "doctags_01030000000111_picture_formula", "doctags_barchart_chart")
 
 
 def sample(name: str) -> str:
-    path = SAMPLES / name
-    if not path.is_file():
-        pytest.fail(f"VLM sample missing: {path}")
-    return path.read_text(encoding="utf-8")
+    return (SAMPLES / name).read_text(encoding="utf-8")
 
 
 def fixture(name: str) -> str:

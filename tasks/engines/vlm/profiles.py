@@ -8,7 +8,7 @@ turns the raw reply into Markdown and plain text (`tasks.engines.vlm.replies`).
 Pure code (no mlx import): runs in the pool child that loads the VLM, and in tests.
 
 Prompt provenance: every trained prompt below is copied from the prompt files in
-`shared/vlm_outputs/*.prompts.json` (see its MANIFEST.tsv); each constant names the
+`tests/fixtures/vlm/replies/*.prompts.json` (see its MANIFEST.tsv); each constant names the
 upstream file and commit it came from.
 """
 
