@@ -81,8 +81,8 @@ def test_help_lists_every_command_with_an_example_and_the_exit_codes() -> None:
     for code in (0, 1, 2, 3, 4, 5, 6, 7):
         assert re.search(rf"^  {code}  \S", done.stdout, re.M), code
     assert {"submit", "wait", "status", "cancel", "retry", "models"} <= set(submit.COMMANDS)
-    readme = (ROOT / "README.md").read_text()
-    assert all(line.strip() in readme for line in submit.EXIT_HELP.splitlines()[1:])
+    page = (ROOT / "docs" / "cli.md").read_text()
+    assert all(line.strip() in page for line in submit.EXIT_HELP.splitlines()[1:])
 
 
 @pytest.mark.parametrize(("words", "command", "json_", "rest"), [

@@ -1,4 +1,4 @@
-"""Every example of README.md, docs/http-api.md and docs/batches.md runs as written.
+"""Every example of README.md, docs/cli.md, docs/http-api.md and docs/batches.md runs as written.
 
 The service is the one `make run` starts: its recipe's command, `scripts/supervise.py`
 with the real Procfile and no process named (so every Procfile process: redis, worker,
@@ -48,8 +48,8 @@ from tests.harness import ROOT, VENV_BIN, eventually, free_port
 
 pytestmark = pytest.mark.slow
 # The examples each document runs, by kind: exact.
-RUN = {"README.md": {"console": 4}, "docs/http-api.md": {"sh": 2, "console": 1},
-       "docs/batches.md": {"sh": 1}}
+RUN = {"README.md": {"console": 2}, "docs/cli.md": {"console": 2},
+       "docs/http-api.md": {"sh": 2, "console": 1}, "docs/batches.md": {"sh": 1}}
 SCRIPT_START = "set -euo pipefail\n"  # an `sh` example's first line
 SHELLS = {"sh", "console", "bash", "shell", "zsh", "shell-session"}  # only sh and console
 BLOCK = re.compile(r"(?:<!-- not run: (?P<why>[^\n]*?) -->\n)?```(?P<lang>[\w-]*)\n"
@@ -240,6 +240,14 @@ def test_readme_examples_run_as_written(service: Service) -> None:
     assert f"API {service.api}/docs" in ready[0] and "Flower http://" in ready[0]
     assert "metrics http://" in ready[0] and ready[0].endswith("/metrics"), ready[0]
     assert left_behind(service) == before  # nothing written into the checkout
+
+
+def test_command_line_examples_run_as_written(service: Service) -> None:
+    """docs/cli.md: each file named on its lines, failures too; the jobs list after them."""
+    before = left_behind(service)
+    for body in run_blocks("docs/cli.md", "console"):
+        run_transcript(service, body)
+    assert left_behind(service) == before
 
 
 def tokens(service: Service) -> set[str]:
