@@ -31,10 +31,10 @@ from tasks.api._json_bodies import JsonBodies
 from tasks.api._listing import router as listing_router
 from tasks.api._pages import router as pages_router
 from tasks.api._routes import router
-from tasks.api._security_headers import ApiSecurityHeaders
 from tasks.api._service import JobService
 from tasks.api._uploads import ENVELOPE_BYTES, DrainRefused
 from tasks.api._usage import router as usage_router
+from tasks.api.security_headers import SecurityHeaders
 from tasks.api.sessions import Sessions
 from tasks.client import OcrClient
 from tasks.errors import OcrError
@@ -84,7 +84,7 @@ def create_api(settings: Settings, client: OcrClient | None = None) -> FastAPI:
                        timeout=settings.api_body_timeout)
     # A CSP and nosniff on every /v1 answer (hOCR is text/html): outermost, so refusals
     # made by the middlewares above carry them too.
-    app.add_middleware(ApiSecurityHeaders)
+    app.add_middleware(SecurityHeaders)  # /v1's CSP and nosniff
     return app
 
 

@@ -15,9 +15,10 @@ from __future__ import annotations
 from fastapi import FastAPI
 from fastapi.responses import FileResponse
 
+from tasks.api.security_headers import SecurityHeaders
 from tasks.console._batches import router as batches_router
 from tasks.console._views import router
-from tasks.console._web import STATIC, SecurityHeaders, SignInFirst, StaticFiles, to_sign_in
+from tasks.console._web import HEADERS, PREFIX, STATIC, SignInFirst, StaticFiles, to_sign_in
 
 ICON = "favicon.svg"
 
@@ -28,7 +29,8 @@ def install(app: FastAPI) -> None:
     app.include_router(batches_router)
     app.mount("/console/static", StaticFiles(directory=STATIC), name="console-static")
     app.add_api_route("/favicon.ico", favicon, include_in_schema=False)
-    app.add_middleware(SecurityHeaders)
+    app.add_middleware(SecurityHeaders, prefix=PREFIX, headers=HEADERS, no_store=True,
+                       cacheable=PREFIX + "/static")
     app.add_exception_handler(SignInFirst, to_sign_in)
 
 

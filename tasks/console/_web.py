@@ -15,7 +15,6 @@ from fastapi import Request
 from fastapi.responses import HTMLResponse, RedirectResponse, Response
 from fastapi.staticfiles import StaticFiles
 from fastapi.templating import Jinja2Templates
-from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from tasks.api.services import JobService
 from tasks.api.sessions import COOKIE, Session, Sessions
@@ -34,33 +33,7 @@ templates = Jinja2Templates(env=jinja2.Environment(
     loader=jinja2.FileSystemLoader(HERE / "templates"), autoescape=True,
     undefined=jinja2.StrictUndefined))
 
-__all__ = ["STATIC", "SecurityHeaders", "StaticFiles", "render", "templates"]
-
-
-class SecurityHeaders:
-    """The console's headers on every `/console` answer (a pure ASGI middleware)."""
-
-    def __init__(self, app: ASGIApp) -> None:
-        self.app = app
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        path = scope.get("path", "") if scope["type"] == "http" else ""
-        if not (path == PREFIX or path.startswith(PREFIX + "/")):
-            await self.app(scope, receive, send)
-            return
-        static = path.startswith(PREFIX + "/static/")
-
-        async def sending(message: Message) -> None:
-            if message["type"] == "http.response.start":
-                headers = [h for h in message.get("headers", [])
-                           if h[0].lower() not in {k for k, _ in HEADERS}]
-                headers.extend(HEADERS)
-                if not static:  # pages show a client's own jobs: never kept by a cache
-                    headers.append((b"cache-control", b"no-store"))
-                message = {**message, "headers": headers}
-            await send(message)
-
-        await self.app(scope, receive, sending)
+__all__ = ["HEADERS", "PREFIX", "STATIC", "StaticFiles", "render", "templates"]
 
 
 class SignInFirst(Exception):
