@@ -180,6 +180,7 @@ def open_job(tab: Page, api: ApiServer, job_id: str) -> None:
     csp = answer.headers["content-security-policy"]
     assert "script-src 'self'" in csp and "object-src 'none'" in csp
     assert "frame-ancestors 'none'" in csp and "unsafe-inline" not in csp
+    assert answer.headers["cache-control"] == "no-store"  # a client's own page
     tab.wait_for_selector("#page-1.drawn")
 
 
