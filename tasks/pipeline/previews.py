@@ -2,14 +2,22 @@
 
 `page_preview` runs in worker children (tasks/pipeline/page_reading.py), on the image
 the engine recognised (turned upright and deskewed): WebP at PREVIEW_LONG_SIDE pixels
-on its long side, at most, kept beside the job's result (tasks/state/previews.py).
-`smaller_preview` runs in the `api` process for `?width=`: a copy of the stored
-preview scaled down, never up, nothing rendered again. Pillow is imported when called.
+on its long side, at most, and PREVIEW_BUDGET bytes at most, kept beside the job's
+result (tasks/state/previews.py). `smaller_preview` runs in the `api` process for
+`?width=`: a copy of the stored preview scaled down, never up, nothing rendered again.
+Pillow is imported when called.
+
+A preview costs a few percent of a page's CPU at most: one bilinear resize and one
+encode at libwebp's cheapest effort for most pages. A page over the budget (dense type
+on textured paper, noise) is encoded again at a lower quality and a smaller size, the
+size chosen from the bytes the last try took; PREVIEW_TRIES encodes at most.
 """
 
 from __future__ import annotations
 
 import io
+import logging
+import math
 from typing import TYPE_CHECKING
 
 from tasks.records.formats import MIN_PREVIEW_WIDTH, PREVIEW_LONG_SIDE, PREVIEW_MEDIA_TYPE
@@ -18,51 +26,85 @@ from tasks.records.results import PagePreview
 if TYPE_CHECKING:
     from PIL import Image
 
-PREVIEW_BUDGET = 150 * 1024  # bytes a page's preview aims at
-# (WebP quality, a 3-pixel median filter first): tried in turn until one fits the
-# budget. Most scans fit at the first; the corpus's densest page (scan_linn, 8-point
-# type on textured paper) at the third.
-PREVIEW_STEPS = ((60, False), (40, False), (40, True), (25, True))
-# libwebp's effort (0-6). On the corpus's pages at 1,600 pixels, 2 against Pillow's 4:
-# a page's WebP encoded in 37-67 ms against 100-160, files 2-5 % larger (bench/README.md).
-WEBP_METHOD = 2
+log = logging.getLogger(__name__)
+
+PREVIEW_BUDGET = 150 * 1024  # bytes a page's preview holds to, whatever the page
+# WebP quality of the first try, and of every try after it: most scans fit at the
+# first; a page over the budget is encoded again at the second, smaller too.
+FIRST_QUALITY = 50
+OVER_BUDGET_QUALITY = 30
+# Bytes at OVER_BUDGET_QUALITY against FIRST_QUALITY, about (the corpus's scans, noise).
+QUALITY_BYTES = 0.8
+# A try after the first aims at this share of the budget: bytes follow the area only
+# roughly, and a second miss costs an encode.
+AIM = 0.85
+# Encodes a preview takes at most. The last is held to BUDGET_PIXELS, where even noise
+# fits: lossy WebP takes well under a byte a pixel.
+PREVIEW_TRIES = 4
+BUDGET_PIXELS = PREVIEW_BUDGET
+# libwebp's effort (0-6): 0, its cheapest. On the corpus's pages at 1,600 pixels an
+# encode takes 20-33 ms against 33-53 at 2, its file 10-30 % larger (bench/README.md).
+WEBP_METHOD = 0
 MIN_WIDTH = MIN_PREVIEW_WIDTH
 MEDIA_TYPE = PREVIEW_MEDIA_TYPE
 
 
-def page_preview(image: Image.Image) -> PagePreview:
-    """`image` (the page as the engine read it) as WebP, PREVIEW_LONG_SIDE at most."""
+def page_preview(image: Image.Image) -> PagePreview | None:
+    """`image` (the page as the engine read it) as WebP within PREVIEW_BUDGET, or None.
+
+    None only where no try fits (no page seen does): the page then has no preview.
+    """
     from PIL import Image
 
-    scale = min(1.0, PREVIEW_LONG_SIDE / max(image.width, image.height, 1))
-    small = image
-    if scale < 1.0:
-        size = (max(1, round(image.width * scale)), max(1, round(image.height * scale)))
-        small = image.resize(size, Image.Resampling.LANCZOS, reducing_gap=2.0)
+    small = _scaled(image, min(1.0, PREVIEW_LONG_SIDE / max(image.width, image.height, 1)),
+                    Image.Resampling.BILINEAR)
     try:
-        return PagePreview(_within_budget(small))
+        data = _within_budget(small)
     finally:
         if small is not image:
             small.close()
+    if data is None:
+        log.warning("a page's preview is over %d bytes at every size tried: none kept",
+                    PREVIEW_BUDGET)
+        return None
+    return PagePreview(data)
 
 
-def _within_budget(image: Image.Image) -> bytes:
-    """The image as WebP at the first of PREVIEW_STEPS that fits PREVIEW_BUDGET (else the last)."""
-    from PIL import ImageFilter
+def _within_budget(image: Image.Image) -> bytes | None:
+    """`image` as WebP within PREVIEW_BUDGET: lower quality, then smaller, until it fits."""
+    from PIL import Image
 
-    data = b""
-    for quality, smooth in PREVIEW_STEPS:
-        if smooth:
-            with image.filter(ImageFilter.MedianFilter(3)) as smoothed:
-                data = _webp(smoothed, quality)
-        else:
-            data = _webp(image, quality)
-        if len(data) <= PREVIEW_BUDGET:
-            break
-    return data
+    quality, tried = FIRST_QUALITY, image
+    try:
+        for attempt in range(1, PREVIEW_TRIES + 1):
+            data = _webp(tried, quality)
+            if len(data) <= PREVIEW_BUDGET:
+                return data
+            if attempt < PREVIEW_TRIES:
+                expected = len(data) * (QUALITY_BYTES if quality == FIRST_QUALITY else 1.0)
+                factor = min(0.95, math.sqrt(AIM * PREVIEW_BUDGET / expected))
+                if attempt + 1 == PREVIEW_TRIES:  # the last: small enough for any page
+                    factor = min(factor, math.sqrt(BUDGET_PIXELS / (tried.width * tried.height)))
+                smaller = _scaled(tried, factor, Image.Resampling.BILINEAR)
+                if tried is not image:
+                    tried.close()
+                quality, tried = OVER_BUDGET_QUALITY, smaller
+        return None
+    finally:
+        if tried is not image:
+            tried.close()
 
 
-def _webp(image: Image.Image, quality: int = PREVIEW_STEPS[0][0]) -> bytes:
+def _scaled(image: Image.Image, factor: float, resample: Image.Resampling) -> Image.Image:
+    """`image` scaled by `factor` (<= 1; the image itself at 1), a pixel at least a side."""
+    if factor >= 1.0:
+        return image
+    size = (max(1, round(image.width * factor)), max(1, round(image.height * factor)))
+    # reducing_gap: a box reduction by a whole factor first, then the filter on what is left
+    return image.resize(size, resample, reducing_gap=1.0)
+
+
+def _webp(image: Image.Image, quality: int = FIRST_QUALITY) -> bytes:
     converted = image if image.mode in ("RGB", "RGBA") else image.convert(
         "RGBA" if "A" in image.getbands() else "RGB")
     out = io.BytesIO()
