@@ -8,9 +8,11 @@ result (tasks/state/previews.py). `smaller_preview` runs in the `api` process fo
 Pillow is imported when called.
 
 A preview costs a few percent of a page's CPU at most: one bilinear resize and one
-encode at libwebp's cheapest effort for most pages. A page over the budget (dense type
-on textured paper, noise) is encoded again at a lower quality and a smaller size, the
-size chosen from the bytes the last try took; PREVIEW_TRIES encodes at most.
+encode at libwebp's cheapest effort. A probe (a 16th of the pixels) predicts the
+bytes: a page that would be over the budget (dense type on textured paper, noise) is
+encoded at a lower quality and a smaller size from the start, and a try that is still
+over is followed by a smaller one, its size chosen from the bytes it took;
+PREVIEW_TRIES encodes at most.
 """
 
 from __future__ import annotations
@@ -38,12 +40,17 @@ QUALITY_BYTES = 0.8
 # A try after the first aims at this share of the budget: bytes follow the area only
 # roughly, and a second miss costs an encode.
 AIM = 0.85
+# The probe that predicts a preview's bytes: the preview reduced 4 times each way (a
+# 16th of its pixels, 2-3 ms), its bytes times PROBE_BYTES (the corpus's scans: 7.3-10.7;
+# the high end, so that a page near the budget starts smaller rather than encodes twice).
+PROBE_REDUCTION = 4
+PROBE_BYTES = 10.0
 # Encodes a preview takes at most. The last is held to BUDGET_PIXELS, where even noise
 # fits: lossy WebP takes well under a byte a pixel.
 PREVIEW_TRIES = 4
 BUDGET_PIXELS = PREVIEW_BUDGET
 # libwebp's effort (0-6): 0, its cheapest. On the corpus's pages at 1,600 pixels an
-# encode takes 20-33 ms against 33-53 at 2, its file 10-30 % larger (bench/README.md).
+# encode takes 20-33 ms against 33-53 at 2, its file 10-30 % larger.
 WEBP_METHOD = 0
 MIN_WIDTH = MIN_PREVIEW_WIDTH
 MEDIA_TYPE = PREVIEW_MEDIA_TYPE
@@ -54,10 +61,7 @@ def page_preview(image: Image.Image) -> PagePreview | None:
 
     None only where no try fits (no page seen does): the page then has no preview.
     """
-    from PIL import Image
-
-    small = _scaled(image, min(1.0, PREVIEW_LONG_SIDE / max(image.width, image.height, 1)),
-                    Image.Resampling.BILINEAR)
+    small = _scaled(image, min(1.0, PREVIEW_LONG_SIDE / max(image.width, image.height, 1)))
     try:
         data = _within_budget(small)
     finally:
@@ -71,37 +75,54 @@ def page_preview(image: Image.Image) -> PagePreview | None:
 
 
 def _within_budget(image: Image.Image) -> bytes | None:
-    """`image` as WebP within PREVIEW_BUDGET: lower quality, then smaller, until it fits."""
-    from PIL import Image
+    """`image` as WebP within PREVIEW_BUDGET: lower quality and smaller until it fits.
 
-    quality, tried = FIRST_QUALITY, image
+    A probe (the image reduced PROBE_REDUCTION times each way) predicts the bytes, so
+    that a page that would not fit starts smaller instead of with an encode thrown away.
+    """
+    quality, factor = FIRST_QUALITY, 1.0
+    if min(image.size) >= 4 * PROBE_REDUCTION:
+        with image.reduce(PROBE_REDUCTION) as probe:
+            predicted = len(_webp(probe, FIRST_QUALITY)) * PROBE_BYTES
+        if predicted > PREVIEW_BUDGET:
+            quality, factor = OVER_BUDGET_QUALITY, _shrink(predicted * QUALITY_BYTES)
+    tried = image
     try:
         for attempt in range(1, PREVIEW_TRIES + 1):
+            if attempt == PREVIEW_TRIES:  # the last: small enough for any page
+                factor = min(factor, math.sqrt(BUDGET_PIXELS / (tried.width * tried.height)))
+            smaller = _scaled(tried, factor)
+            if smaller is not tried and tried is not image:
+                tried.close()
+            tried = smaller
             data = _webp(tried, quality)
             if len(data) <= PREVIEW_BUDGET:
                 return data
-            if attempt < PREVIEW_TRIES:
-                expected = len(data) * (QUALITY_BYTES if quality == FIRST_QUALITY else 1.0)
-                factor = min(0.95, math.sqrt(AIM * PREVIEW_BUDGET / expected))
-                if attempt + 1 == PREVIEW_TRIES:  # the last: small enough for any page
-                    factor = min(factor, math.sqrt(BUDGET_PIXELS / (tried.width * tried.height)))
-                smaller = _scaled(tried, factor, Image.Resampling.BILINEAR)
-                if tried is not image:
-                    tried.close()
-                quality, tried = OVER_BUDGET_QUALITY, smaller
+            expected = len(data) * (QUALITY_BYTES if quality == FIRST_QUALITY else 1.0)
+            quality, factor = OVER_BUDGET_QUALITY, _shrink(expected)
         return None
     finally:
         if tried is not image:
             tried.close()
 
 
-def _scaled(image: Image.Image, factor: float, resample: Image.Resampling) -> Image.Image:
-    """`image` scaled by `factor` (<= 1; the image itself at 1), a pixel at least a side."""
+def _shrink(expected: float) -> float:
+    """The scale at which an image of `expected` bytes takes AIM of the budget, about."""
+    return min(0.95, math.sqrt(AIM * PREVIEW_BUDGET / expected))
+
+
+def _scaled(image: Image.Image, factor: float) -> Image.Image:
+    """`image` scaled by `factor` (<= 1; the image itself at 1), a pixel at least a side.
+
+    Bilinear, after a box reduction by a whole factor (`reducing_gap`): about a quarter
+    of Lanczos' CPU, and smaller files of scans (their paper's grain smoothed).
+    """
+    from PIL import Image
+
     if factor >= 1.0:
         return image
     size = (max(1, round(image.width * factor)), max(1, round(image.height * factor)))
-    # reducing_gap: a box reduction by a whole factor first, then the filter on what is left
-    return image.resize(size, resample, reducing_gap=1.0)
+    return image.resize(size, Image.Resampling.BILINEAR, reducing_gap=1.0)
 
 
 def _webp(image: Image.Image, quality: int = FIRST_QUALITY) -> bytes:

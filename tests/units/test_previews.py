@@ -63,7 +63,7 @@ def test_degenerate_pages_have_a_preview(size: tuple[int, int]) -> None:
 
 
 def test_the_tries_are_bounded(monkeypatch: pytest.MonkeyPatch) -> None:
-    """An encoder that never fits: PREVIEW_TRIES encodes, then no preview, not a loop."""
+    """An encoder that never fits: the probe and PREVIEW_TRIES encodes, then no preview."""
     from tasks.pipeline import previews
 
     tries: list[tuple[int, int]] = []
@@ -74,7 +74,8 @@ def test_the_tries_are_bounded(monkeypatch: pytest.MonkeyPatch) -> None:
 
     monkeypatch.setattr(previews, "_webp", never_fits)
     assert page_preview(noise("L", (1236, 1600))) is None
-    assert len(tries) == PREVIEW_TRIES
+    assert tries[0] == (1236 // previews.PROBE_REDUCTION, 1600 // previews.PROBE_REDUCTION)
+    assert len(tries) == 1 + PREVIEW_TRIES
     assert tries[-1][0] * tries[-1][1] <= previews.BUDGET_PIXELS
 
 
