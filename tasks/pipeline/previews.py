@@ -31,8 +31,8 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 PREVIEW_BUDGET = 150 * 1024  # bytes a page's preview holds to, whatever the page
-# WebP quality of the first try, and of every try after it: most scans fit at the
-# first; a page over the budget is encoded again at the second, smaller too.
+# WebP quality of a page that fits at the preview's size (most scans), and of a page
+# that does not (encoded smaller too).
 FIRST_QUALITY = 50
 OVER_BUDGET_QUALITY = 30
 # Bytes at OVER_BUDGET_QUALITY against FIRST_QUALITY, about (the corpus's scans, noise).
