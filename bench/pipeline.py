@@ -10,6 +10,12 @@ A second direct row runs two such loops at once in two processes (no queue): wha
 cores give this engine on this machine, so that the queue's own loss at concurrency 2
 can be told from the machine's (shared caches, memory bandwidth, a busy neighbour).
 
+A third queue row runs at concurrency 2 with OCR_PAGE_PREVIEWS=0: what the pages'
+previews cost the queue (CPU a page against the previews-on row). Beside it, each
+page's preview is made again from its page image in this process (`page_preview`, the
+best of 3), its CPU set against the direct loop's CPU a page: the preview's own share,
+which other load barely moves.
+
 CPU seconds are counted beside the wall clock (`time.process_time` for the direct loop;
 user + system time of the worker's processes, main and pool children, for the queue),
 so that a loaded machine can be told apart: "CPU-bound x direct" is what the run would
@@ -52,6 +58,8 @@ OPTIONS = {"mode": "ocr"}
 GOAL_C1 = 0.95
 GOAL_C2 = 1.8
 GOAL_C2_DEFAULTS = 1.7  # with orientation and deskew on (the defaults)
+GOAL_PREVIEW_SHARE = 0.03  # a page's preview: at most a few percent of the page's CPU
+NO_PREVIEWS = {"OCR_PAGE_PREVIEWS": "0"}
 
 
 def run(ctx: Context) -> Report:
@@ -104,8 +112,9 @@ def run(ctx: Context) -> Report:
         "engine_seconds": sum(e for _, _, e in spans) * passes / 2, "children": 2}
     texts_match = True
     with Services(ctx.workdir) as services:
-        for concurrency in (1, 2):
-            with services.stack(OCR_CONCURRENCY=str(concurrency)) as (worker, client):
+        for concurrency, env, name in ((1, {}, "queue c1"), (2, {}, "queue c2"),
+                                       (2, NO_PREVIEWS, "queue c2, OCR_PAGE_PREVIEWS=0")):
+            with services.stack(OCR_CONCURRENCY=str(concurrency), **env) as (worker, client):
                 run_jobs(client, [(w.data, {"filename": w.name, **OPTIONS})
                                   for w in warm] * concurrency)
                 jobs = [(d.data, {"filename": d.name, **OPTIONS}) for d in docs] * passes
@@ -114,7 +123,7 @@ def run(ctx: Context) -> Report:
                 queue_cpu = cpu_seconds(worker) - cpu_before
             texts_match &= all(r["text"] == d["text"] for r, d in
                                zip(results, direct_results * passes, strict=True))
-            rows[f"queue c{concurrency}"] = {
+            rows[name] = {
                 "seconds": seconds, "pages": pages, "pages_per_s": pages / seconds,
                 "engine_seconds": sum(p_ocr(r) for r in results),
                 "task_seconds": sum(r["timings"]["total_seconds"] for r in results),
@@ -131,12 +140,16 @@ def run(ctx: Context) -> Report:
         if "cpu_per_page" in row:
             row["cpu_bound_ratio"] = row.get("children", 1) * \
                 rows["direct"]["cpu_per_page"] / row["cpu_per_page"]
+    preview_cpu = preview_seconds(docs)
+    previews_off = rows["queue c2, OCR_PAGE_PREVIEWS=0"]
+    off_rate = previews_off["pages_per_s"] / rows["queue c2"]["pages_per_s"]
     cer = pooled_cer([(d.truth, r["text"]) for d, r in zip(docs, direct_results, strict=True)
                       if d.truth is not None])
 
     report = Report("pipeline", data={"files": [d.name for d in docs], "passes": passes,
                                       "pages_per_pass": pages_per_pass, "rows": rows,
-                                      "cer_pooled": cer, "queue_texts_equal_direct": texts_match})
+                                      "cer_pooled": cer, "queue_texts_equal_direct": texts_match,
+                                      "preview_cpu_per_page": preview_cpu})
     table = Table(f"Pipeline efficiency: {len(docs)} scans, {pages_per_pass} pages x "
                   f"{passes} passes, tesseract, mode=ocr",
                   ["run", "pages", "seconds", "pages/s", "x direct", "engine s/page x direct",
@@ -168,6 +181,14 @@ def run(ctx: Context) -> Report:
               f">= {GOAL_C2_DEFAULTS}", rows["queue c2"]["pages_per_s"]
               / rows["direct, OCR_LANG=eng"]["pages_per_s"] >= GOAL_C2_DEFAULTS,
               note="what lang=auto costs the default path"),
+        Ratio("a page's preview CPU / a page's CPU (direct loop)",
+              preview_cpu / rows["direct"]["cpu_per_page"], f"<= {GOAL_PREVIEW_SHARE}",
+              preview_cpu / rows["direct"]["cpu_per_page"] <= GOAL_PREVIEW_SHARE,
+              note=f"page_preview on each page image, {preview_cpu * 1000:.1f} ms a page"),
+        Ratio("queue c2 CPU/page, previews off / on",
+              previews_off["cpu_per_page"] / rows["queue c2"]["cpu_per_page"],
+              note=f"pages/s off / on {off_rate:.3f}; 1 - this is the previews' share "
+                   "of the queue's CPU; no goal"),
         Ratio("queue c2 / direct x2 processes pages/s",
               rows["queue c2"]["pages_per_s"] / rows["direct x2 processes"]["pages_per_s"],
               note=f"the machine gives {rows['direct x2 processes']['ratio']:.2f}x direct "
@@ -211,6 +232,28 @@ def parallel_direct(names: list[str], processes: int) -> list[tuple[float, float
         return list(pool.map(_direct_pass, [names] * processes))
 
 
+def preview_seconds(docs: list[Any]) -> float:
+    """CPU seconds a page's preview takes: `page_preview` on each page image, best of 3."""
+    from bench.breakdown import page_images  # breakdown imports this module's scans
+    from tasks.pipeline.previews import page_preview
+
+    direct = Direct()
+    seconds: list[float] = []
+    try:
+        for doc in docs:
+            for _, image, _ in page_images(doc, direct):
+                best = float("inf")
+                for _ in range(3):
+                    started = time.process_time()
+                    page_preview(image)
+                    best = min(best, time.process_time() - started)
+                seconds.append(best)
+                image.close()
+    finally:
+        direct.close()
+    return sum(seconds) / len(seconds)
+
+
 def cpu_seconds(worker: Any) -> float:
     """User + system CPU seconds of a worker's main process and pool children so far."""
     total = 0.0
@@ -232,12 +275,14 @@ def plot(rows: dict[str, dict[str, Any]]) -> Any:
     ax = axes[0][0]
     names = list(rows)
     values = [rows[n]["pages_per_s"] for n in names]
-    ax.bar(names, values, color=["#777777", "#aaaaaa", "#1f77b4", "#2ca02c"])
+    ax.bar(names, values, color=["#777777", "#aaaaaa", "#999999", "#1f77b4", "#2ca02c",
+                                 "#98df8a"])
     base = rows["direct"]["pages_per_s"]
     ax.axhline(base * GOAL_C1, ls="--", color="#1f77b4", lw=1, label=f"goal c1: {GOAL_C1} x direct")
     ax.axhline(base * GOAL_C2, ls="--", color="#2ca02c", lw=1, label=f"goal c2: {GOAL_C2} x direct")
     for i, v in enumerate(values):
         ax.annotate(f"{v:.2f}\n({v / base:.2f}x)", (i, v), ha="center", va="bottom", fontsize=8)
+    ax.tick_params(axis="x", labelrotation=20, labelsize=7)
     ax.set_ylabel("pages / s")
     ax.set_title("Corpus scans: direct loop vs queue")
     ax.legend(fontsize=8, loc="upper left")

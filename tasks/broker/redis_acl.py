@@ -154,8 +154,7 @@ _PAGE_HOLDS = ("ocr:usage:held:*",)
 USERS: tuple[RedisUser, ...] = (
     RedisUser(
         "worker", "the OCR workers (Procfile `worker`, every engine and pool)",
-        # COPY: a cached answer's page previews are the first job's
-        (*SEND, *CONSUME, *_LISTING, *_NOTICE_WRITE, *_RESERVE, "copy"),
+        (*SEND, *CONSUME, *_LISTING, *_NOTICE_WRITE, *_RESERVE),
         keys=(*_BROKER, *_JOB_STATE, *_JOB_INDEX, *_BATCHES, *_IN_FLIGHT, *_API_JOBS,
               "ocr:cache:*", "ocr:output:*", "ocr:models:*", "ocr:usage:*", "ocr:golden:*",
               "ocr:preview:*"),

@@ -172,9 +172,9 @@ def process_job(job_id: str, request: JobRequest, settings: Settings,
                              filename=request.filename, cached=True, result_object=None,
                              timings={"ocr_seconds": 0.0, "total_seconds": _since(started)})
             cached = with_scores(cached, request.ground_truth)
-            # the pages' previews are those of the job that read them
-            stores.previews.copy(str(stored.get("id") or ""), job_id,
-                                 [p.number for p in cached.pages])
+            # the pages' previews are those of the job that read them, by reference
+            stores.previews.refer(str(stored.get("id") or ""), job_id,
+                                  [p.number for p in cached.pages])
             deliver(cached, request, settings, stores)
             if pages_read is not None:
                 pages_read(cached.pages, True)

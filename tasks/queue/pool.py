@@ -36,7 +36,6 @@ start inside the message.
 from __future__ import annotations
 
 import gc
-import importlib
 import logging
 import random
 import sys
@@ -62,8 +61,7 @@ def warm_before_fork() -> None:
     """Load once, in the worker parent before its pool forks, what each child would.
 
     - Pillow's format plugins: a child's first WebP preview (tasks/pipeline/previews.py)
-      makes Pillow import all of them (`Image.init()`), about 40 modules, and the
-      previews' filters (`ImageFilter`);
+      makes Pillow import all of them (`Image.init()`), about 40 modules;
     - cffi's C parser (pycparser), which billiard builds in each child to set its
       parent-death signal: tens of ms of a child's start, at every recycle.
 
@@ -74,7 +72,6 @@ def warm_before_fork() -> None:
     and so copy, the pages they share with the parent.
     """
     Image.init()
-    importlib.import_module("PIL.ImageFilter")
     cffi = sys.modules.get("cffi")  # billiard imports it where it is installed
     if cffi is not None:
         cffi.FFI().cdef(PDEATHSIG_DECLARATION)

@@ -44,7 +44,8 @@ API_UPLOAD_PREFIX = API_PREFIX + "upload:"    # an upload being received (rename
 API_WEBHOOK_PREFIX = API_PREFIX + "webhook:"  # hash per client: its callback signing secrets
 API_BYTES_PREFIX = API_PREFIX + "bytes:"      # <client>: bytes of its inputs waiting in Redis
 API_SESSION_PREFIX = API_PREFIX + "session:"  # a console sign-in (tasks/api/sessions.py)
-# Page previews (tasks/state/previews.py): ocr:preview:<job id>:<page>, as long as results.
+# Page previews (tasks/state/previews.py): ocr:preview:<job id>:<page>, as long as results;
+# ocr:preview:<job id>:source names the job whose previews a cached answer shows.
 PREVIEW_PREFIX = ROOT + "preview:"
 # Line corrections (tasks/state/corrections.py): ocr:corrections:<client>,
 # ocr:corrections:<client>:<sha256> and their size ocr:corrections:<client>:bytes (no TTL).
@@ -174,6 +175,11 @@ def doc_key(doc_id: str, part: str) -> str:
 def preview_key(job_id: str, page: int) -> str:
     """`ocr:preview:<job id>:<page>`: the page image as the engine read it (WebP)."""
     return f"{PREVIEW_PREFIX}{job_id}:{page}"
+
+
+def preview_source_key(job_id: str) -> str:
+    """`ocr:preview:<job id>:source`: the job whose previews job `job_id` shows (a cache hit)."""
+    return f"{PREVIEW_PREFIX}{job_id}:source"
 
 
 def corrections_key(client: str, digest: str) -> str:

@@ -1,10 +1,15 @@
 """Page previews in Redis: the image each OCR'd page was read from, as small WebP.
 
 Written by the worker child that read the page (tasks/lifecycle/fanout.py, jobs.py),
-read by the `api` process (`GET /v1/jobs/{id}/pages/{n}/image`). One key a page,
-`ocr:preview:<job id>:<page>` (tasks/state/keys.py), with the results' TTL: a preview
-lives as long as the result it belongs to. A cached answer's previews are copied from
-the job that read the pages.
+read by the `api` process (`GET /v1/jobs/{id}/pages/{n}/image`, the console). One key a
+page, `ocr:preview:<job id>:<page>` (tasks/state/keys.py), with the results' TTL: a
+preview lives as long as the result it belongs to.
+
+A job answered from the result cache keeps no previews of its own. Its
+`ocr:preview:<job id>:source` names the job that read the pages, and that job's
+previews are kept at least as long as the reference (EXPIRE ... GT): they live as long
+as the longest of the jobs that show them. A reference names a job that read its
+pages, never another reference: the cache stores only results that were read.
 """
 
 from __future__ import annotations
@@ -15,12 +20,12 @@ from typing import Any
 import redis
 
 from tasks.state.boundary import transient_methods
-from tasks.state.keys import preview_key
+from tasks.state.keys import preview_key, preview_source_key
 
 
 @transient_methods("page previews (Redis)")
 class PreviewStore:
-    """Page previews, kept as long as results are."""
+    """Page previews, kept as long as results are; a cached answer's, by reference."""
 
     def __init__(self, client: redis.Redis, ttl: int) -> None:
         self._redis = client
@@ -34,16 +39,33 @@ class PreviewStore:
         pipe.set(preview_key(job_id, page), data, ex=self._ttl)
 
     def get(self, job_id: str, page: int) -> bytes | None:
-        data = self._redis.get(preview_key(job_id, page))
+        """Job `job_id`'s preview of `page`: its own, else that of the job it refers to.
+
+        One round trip for a job's own preview, two for a cached answer's.
+        """
+        pipe = self._redis.pipeline(transaction=False)
+        pipe.get(preview_key(job_id, page))
+        pipe.get(preview_source_key(job_id))
+        data, source = pipe.execute()
+        if data is None and source:
+            data = self._redis.get(preview_key(_text(source), page))
         return None if data is None else data if isinstance(data, bytes) else data.encode()
 
-    def copy(self, source: str, job_id: str, pages: Iterable[int]) -> int:
-        """The previews of job `source`'s `pages` kept for `job_id` too; how many there were."""
+    def refer(self, source: str, job_id: str, pages: Iterable[int]) -> None:
+        """Job `job_id` shows job `source`'s previews of `pages`: a reference, no copy.
+
+        `source`'s previews are kept at least as long as the reference (never shortened:
+        another job may hold them longer). One round trip.
+        """
         numbers = list(pages)
-        if not numbers or source == job_id:
-            return 0
+        if not numbers or not source or source == job_id:
+            return
         pipe = self._redis.pipeline(transaction=False)
+        pipe.set(preview_source_key(job_id), source, ex=self._ttl)
         for number in numbers:
-            pipe.copy(preview_key(source, number), preview_key(job_id, number), replace=True)
-            pipe.expire(preview_key(job_id, number), self._ttl)
-        return sum(1 for done in pipe.execute()[::2] if done)
+            pipe.expire(preview_key(source, number), self._ttl, gt=True)
+        pipe.execute()
+
+
+def _text(value: bytes | str) -> str:
+    return value.decode() if isinstance(value, bytes) else value

@@ -118,7 +118,7 @@ def test_a_child_reaped_at_its_sentinel_is_not_looked_for() -> None:
 
 # What a pool child does at its start and its first page that loads modules lazily:
 # billiard's parent-death signal (cffi's C parser where cffi is installed, as here),
-# and a page's WebP preview (Pillow's plugins, and its filters).
+# and a page's WebP preview (Pillow's plugins).
 CHILD = textwrap.dedent("""
     import gc, os, sys
     import tasks.queue.app
