@@ -1,8 +1,7 @@
 """Broker messages a worker must not take: the checks, the dead-letter list, their FAILUREs.
 
-Runs in the worker parent (tasks/broker/fetching.py checks each message it fetches
-before it is decoded; `connect_refusals` is wired at the app's start). A message is
-refused when it is:
+Runs in the worker parent: tasks/broker/fetching.py checks each message it fetches
+before it is decoded. A message is refused when it is:
 
 - larger than the inline input limit allows (`input_too_large`), by its raw length:
   the scripts that pop a message for the worker send such a message as its ends and
@@ -14,8 +13,8 @@ refused when it is:
 
 A refused message is pushed to `DEAD_LETTER_KEY` (a capped list with a TTL; each
 entry JSON with the reason, the time, the queue and the first bytes of the message)
-and `message_refused` is sent with the task id when one could be read; the worker
-stores that job's FAILURE (`connect_refusals`).
+and `message_refused` is sent with the task id when one could be read. The queue layer
+stores that job's FAILURE (tasks/queue/parent_endings.py: `connect_refusals`).
 """
 
 from __future__ import annotations
@@ -27,23 +26,18 @@ import time
 from dataclasses import asdict, dataclass
 from typing import TYPE_CHECKING, Any
 
-from celery.signals import task_rejected
 from celery.utils.dispatch import Signal
-from kombu.exceptions import ContentDisallowed
 from kombu.utils.encoding import bytes_to_str
 from kombu.utils.json import loads
 
 from tasks.broker.layout import DEAD_LETTER_COUNT_KEY, DEAD_LETTER_KEY
 from tasks.broker.oversized import ENDS, reply_size
 from tasks.errors import ContentRefused, InputTooLarge, MalformedMessage, OcrError
-from tasks.records.status import JobStatus
-from tasks.state.connection import connect
-from tasks.state.job_control import JobControl
 
 log = logging.getLogger(__name__)
 
 if TYPE_CHECKING:
-    from celery import Celery
+    pass
 
 # Sent in the worker parent for each refused message: task_id (None when unreadable),
 # error (an OcrError) and queue.
@@ -162,40 +156,3 @@ def read_dead_letters(client: Any, count: int = 100) -> list[DeadLetter]:
     """The newest `count` dead-letter entries (for operators and tests)."""
     return [DeadLetter(**json.loads(entry))
             for entry in client.lrange(DEAD_LETTER_KEY, 0, count - 1)]
-
-
-def connect_refusals(app: Celery) -> None:
-    """Store a FAILURE for each refused message whose task id was read (worker parent).
-
-    Two sources: this transport's `message_refused` (Redis), and Celery's own
-    `task_rejected` for a message it refused to deserialize (ContentDisallowed), which
-    is how a pickled message ends on other brokers (AMQP) instead of staying PENDING.
-    """
-
-    def failed(task_id: str, error: OcrError) -> None:
-        app.backend.mark_as_failure(task_id, error)
-        settings = getattr(app, "ocr_settings", None)
-        if settings is None:
-            return
-        try:  # the ending notice waiting clients block on (else they find it by a sweep)
-            JobControl(connect(settings.redis_target), settings.result_ttl).notify_ended(
-                task_id, JobStatus.FAILURE.value)
-        except OcrError as exc:
-            log.warning("job %s refused, its ending notice not written: %s", task_id, exc)
-
-    def on_refused(sender: Any, task_id: str | None, error: OcrError, queue: str,
-                   **_: Any) -> None:
-        if task_id is not None:
-            failed(task_id, error)
-
-    def on_rejected(sender: Any, message: Any, exc: BaseException | None,
-                    **_: Any) -> None:
-        headers = getattr(message, "headers", None)
-        if isinstance(exc, ContentDisallowed) and isinstance(headers, dict) \
-                and isinstance(headers.get("id"), str):
-            failed(headers["id"], ContentRefused(
-                f"content type {str(message.content_type)[:60]!r} is not accepted "
-                "(JSON only)"))
-
-    message_refused.connect(on_refused, weak=False, dispatch_uid="ocr-refusals")
-    task_rejected.connect(on_rejected, weak=False, dispatch_uid="ocr-rejected")

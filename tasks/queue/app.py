@@ -41,11 +41,9 @@ def create_app(settings: Settings) -> OcrCelery:
     from tasks.queue.telemetry import connect_telemetry
 
     connect_telemetry(settings, app.ocr_engine)  # after connect_signals: its handlers run first
-    from tasks.queue.parent_endings import connect_parent_endings
+    from tasks.queue.parent_endings import connect_parent_endings, connect_refusals
 
     connect_parent_endings(app)
-    from tasks.broker.refusals import connect_refusals
-
     connect_refusals(app)
     from tasks.queue.presence import connect_presence
 

@@ -8,6 +8,8 @@ When a cancel's SIGKILL reached a child that was ending its job (its end claim t
 the rest not done), the parent takes the claim over and finishes the ending
 (`take_over_killed`; Linux: a child is told by /proc); a pool child finishes the ending
 of a job whose whole worker died while ending it (`finish_abandoned`).
+`connect_refusals()` stores the FAILURE of a message the broker refused
+(tasks/broker/refusals.py's `message_refused`) or Celery would not decode.
 """
 
 from __future__ import annotations
@@ -21,11 +23,20 @@ from typing import TYPE_CHECKING, Any
 import redis
 from billiard.exceptions import TimeLimitExceeded
 from celery import states
-from celery.signals import celeryd_after_setup, task_failure, task_revoked
+from celery.signals import celeryd_after_setup, task_failure, task_rejected, task_revoked
+from kombu.exceptions import ContentDisallowed
 
 from tasks import tracing
+from tasks.broker.refusals import message_refused
 from tasks.engines.resident import engine_for_job
-from tasks.errors import BadRequest, DeadlineExceeded, InternalError, OcrError, Timeout
+from tasks.errors import (
+    BadRequest,
+    ContentRefused,
+    DeadlineExceeded,
+    InternalError,
+    OcrError,
+    Timeout,
+)
 from tasks.lifecycle.claim_holders import gone, local_pid, parent_of
 from tasks.lifecycle.inputs import decode_request
 from tasks.queue import job_services
@@ -34,6 +45,8 @@ from tasks.queue.message_headers import client_from
 from tasks.records.jobs import JobStatus, Outcome
 from tasks.records.request import JobRequest
 from tasks.records.results import DocumentResult
+from tasks.state.connection import connect
+from tasks.state.job_control import JobControl
 
 if TYPE_CHECKING:
     from tasks.queue.ocr_celery import OcrCelery
@@ -225,3 +238,40 @@ def connect_parent_endings(app: OcrCelery) -> None:
     celeryd_after_setup.connect(on_after_setup, weak=False)
     task_revoked.connect(on_revoked, weak=False)
     task_failure.connect(on_failure, weak=False)
+
+
+def connect_refusals(app: OcrCelery) -> None:
+    """Store a FAILURE for each refused message whose task id was read (worker parent).
+
+    Two sources: this transport's `message_refused` (Redis), and Celery's own
+    `task_rejected` for a message it refused to deserialize (ContentDisallowed), which
+    is how a pickled message ends on other brokers (AMQP) instead of staying PENDING.
+    """
+
+    def failed(task_id: str, error: OcrError) -> None:
+        app.backend.mark_as_failure(task_id, error)
+        settings = getattr(app, "ocr_settings", None)
+        if settings is None:
+            return
+        try:  # the ending notice waiting clients block on (else they find it by a sweep)
+            JobControl(connect(settings.redis_target), settings.result_ttl).notify_ended(
+                task_id, JobStatus.FAILURE.value)
+        except OcrError as exc:
+            log.warning("job %s refused, its ending notice not written: %s", task_id, exc)
+
+    def on_refused(sender: Any, task_id: str | None, error: OcrError, queue: str,
+                   **_: Any) -> None:
+        if task_id is not None:
+            failed(task_id, error)
+
+    def on_rejected(sender: Any, message: Any, exc: BaseException | None,
+                    **_: Any) -> None:
+        headers = getattr(message, "headers", None)
+        if isinstance(exc, ContentDisallowed) and isinstance(headers, dict) \
+                and isinstance(headers.get("id"), str):
+            failed(headers["id"], ContentRefused(
+                f"content type {str(message.content_type)[:60]!r} is not accepted "
+                "(JSON only)"))
+
+    message_refused.connect(on_refused, weak=False, dispatch_uid="ocr-refusals")
+    task_rejected.connect(on_rejected, weak=False, dispatch_uid="ocr-rejected")
