@@ -7,10 +7,11 @@ Runs in worker children, for `output=markdown` and `output=json`, on documents t
 tasks/pipeline/pdf opened (text-layer pages) or built (an OCR'd page: its words as an
 invisible text layer over the page image, `pdf.ocr_layer_pdf`). pymupdf4llm parses each
 page into blocks of DocLayNet's classes (running heads and footers apart, tables with
-their cell grid); this module puts them in reading order (`_reading_order`: columns
-read one by one), levels the headings (`_headings`: numbering, then type size) and
-turns them into the typed `PageStructure` records and the page's Markdown
-(`_markdown`), without headers and footers. The layout model is loaded with PyMuPDF
+their cell grid); this module puts them in reading order (`_reading_order`: a block
+that holds columns side by side cut into them, then columns read one by one), levels
+the headings (`_headings`: numbering, then type size) and turns them into the typed
+`PageStructure` records and the page's Markdown (`_markdown`), without headers and
+footers. The layout model is loaded with PyMuPDF
 itself: in 2.0 `import pymupdf` imports `pymupdf.layout`, which opens its ONNX
 sessions (measured: the import of PyMuPDF 2.0 takes about as long as 1.28's, and its
 peak RSS is 8 MB more); tasks/pipeline/pdf rebuilds them in a pool child with the
@@ -34,7 +35,7 @@ from tasks.pipeline._headings import (
     set_levels,
 )
 from tasks.pipeline._markdown import heading_text, page_markdown, plain_text
-from tasks.pipeline._reading_order import reading_order
+from tasks.pipeline._reading_order import block_columns, reading_order
 from tasks.pipeline._symbol_fonts import with_symbols
 from tasks.pipeline.pdf import use_layout_threads
 from tasks.records.results import Block, PageStructure
@@ -50,6 +51,7 @@ _KINDS = {"text": "text", "title": "title", "section-header": "section_header",
           "caption": "caption", "footnote": "footnote", "formula": "formula",
           "page-header": "page_header", "page-footer": "page_footer"}
 _HEADINGS = ("title", "section-header")
+_RUNNING_TEXT = ("text", "list-item", "caption", "footnote")
 # Points above and below a table box that its ruling lines may reach: the model's box
 # hugs the table's text, the rules run around it (9 pt on tests/engines/test_structure.py's).
 _MARGIN = 36.0
@@ -148,8 +150,57 @@ def _ordered(boxes: list[Any]) -> list[Any]:
     """Page headers, the body in reading order (`_reading_order`), page footers."""
     heads = [b for b in boxes if b.boxclass == "page-header"]
     feet = [b for b in boxes if b.boxclass == "page-footer"]
-    body = [b for b in boxes if b.boxclass not in ("page-header", "page-footer")]
-    return heads + reading_order(body) + feet
+    body = [cut for b in boxes if b.boxclass not in ("page-header", "page-footer")
+            for cut in _column_cuts(b)]
+    return _unshared(heads + reading_order(body) + feet)
+
+
+def _column_cuts(box: Any) -> list[Any]:
+    """A block of text that holds columns side by side, a block each (`block_columns`).
+
+    Only blocks of running text are cut: a heading is one line, whose words a gutter
+    may part ("What Kids" and "Need Most in a Dad" across two magazine pages), and a
+    picture's or a formula's text is one block, however it is set.
+    """
+    if box.boxclass not in _RUNNING_TEXT or not box.textlines:
+        return [box]
+    found = block_columns(box.textlines)
+    if len(found) == 1:
+        return [box]
+    return [replace(box, x0=min(line["bbox"][0] for line in lines),
+                    y0=min(line["bbox"][1] for line in lines),
+                    x1=max(line["bbox"][2] for line in lines),
+                    y1=max(line["bbox"][3] for line in lines), textlines=lines)
+            for lines in found]
+
+
+def _unshared(boxes: list[Any]) -> list[Any]:
+    """Each span of text in the first block (in reading order) that holds it.
+
+    The layout analysis takes a block's lines from its box, and two boxes can overlap:
+    a span inside both was written twice. A block left without text is dropped.
+    """
+    seen: set[tuple[str, tuple[int, ...]]] = set()
+    out = []
+    for box in boxes:
+        if not box.textlines:
+            out.append(box)
+            continue
+        lines = []
+        for line in box.textlines:
+            spans = []
+            for span in line["spans"]:
+                key = (str(span["text"]), tuple(round(float(v)) for v in span["bbox"]))
+                if key not in seen:
+                    seen.add(key)
+                    spans.append(span)
+            if len(spans) == len(line["spans"]):
+                lines.append(line)
+            elif spans:
+                lines.append({**line, "spans": spans})
+        if lines:
+            out.append(box if lines == box.textlines else replace(box, textlines=lines))
+    return out
 
 
 def layout_threads(settings: Settings) -> int:

@@ -1,9 +1,10 @@
 """Markdown that a CommonMark parser reads as a reader sees the document.
 
-In-process (no worker): the pure rules (heading levels, reading order, list items,
-page joins) on made-up inputs, and PyMuPDF's layout analysis on a made-up PDF with
-unmapped bullet glyphs and on the corpus' two-column PDF. The corpus documents through
-real workers, parsed by markdown-it-py, are in tests/engines/test_structure.py.
+In-process (no worker): the pure rules (heading levels, reading order, columns within a
+block, list items, page joins) on made-up inputs, and PyMuPDF's layout analysis on a
+made-up PDF with unmapped bullet glyphs and on the corpus' two-column PDF. The corpus
+documents through real workers, parsed by markdown-it-py, are in
+tests/engines/test_structure.py.
 """
 
 from __future__ import annotations
@@ -76,6 +77,38 @@ def test_reading_order_columns_one_after_another() -> None:
              Box(311, 128, 539, 232, "R1"), Box(72, 271, 301, 424, "L3"),
              Box(311, 546, 539, 675, "R2"), Box(72, 582, 301, 675, "L4")]
     assert [b.name for b in reading_order(page2)] == ["L1", "L2", "L3", "L4", "R1", "R2"]
+
+
+def test_a_block_of_columns_side_by_side_is_cut_into_them() -> None:
+    """The layout analysis's block over two columns: its lines, column by column.
+
+    The lines join a line of each column, as pymupdf4llm joins spans at one height.
+    """
+    from tasks.pipeline._reading_order import block_columns
+
+    def row(y: float, *pieces: tuple[float, float, str]) -> dict[str, Any]:
+        return {"bbox": (pieces[0][0], y, pieces[-1][1], y + 10),
+                "spans": [{"bbox": (x0, y, x1, y + 10), "text": text, "size": 9.5}
+                          for x0, x1, text in pieces]}
+
+    left, right = (43.0, 191.0), (203.0, 351.0)  # a gutter of 12 pt beside 9.5 pt type
+    block = [row(63 + 11 * i, (*left, f"left column, its line {i}"),
+                 (*right, f"right column, its line {i}")) for i in range(4)]
+    block.append(row(107, (*left, "the left column's last line")))  # ragged ends
+    assert [[" ".join(s["text"] for s in line["spans"]) for line in column]
+            for column in block_columns(block)] == [
+        [f"left column, its line {i}" for i in range(4)] + ["the left column's last line"],
+        [f"right column, its line {i}" for i in range(4)]]
+    # not cut: bullet glyphs beside their items, a formula's two cases, and the words of
+    # justified text (a span each, as LaTeX's PDFs give them) whose gaps line up
+    bullets = [row(100 + 12 * i, (72, 76, "\u2022"), (90, 300, f"item {i} of the list"))
+               for i in range(4)]
+    cases = [row(100, (72, 200, "U open in R, such that"), (260, 400, "if 0 is not in U")),
+             row(112, (72, 200, "U open in X if and only"), (260, 400, "if 0 is in U"))]
+    words = [row(100 + 12 * i, (54, 85, "After"), (89, 154, "an instruction is"),
+                 (158, 293, f"read from the pipeline {i}")) for i in range(4)]
+    for lines in (bullets, cases, words):
+        assert block_columns(lines) == [lines]
 
 
 def line(x0: float, *texts: str, font: str = "Helvetica") -> dict[str, Any]:
