@@ -36,8 +36,8 @@ from tasks.pipeline._headings import (
 )
 from tasks.pipeline._markdown import heading_text, page_markdown, plain_text
 from tasks.pipeline._reading_order import block_columns, reading_order
-from tasks.pipeline._symbol_fonts import with_symbols
-from tasks.pipeline.pdf import use_layout_threads
+from tasks.pipeline._symbol_fonts import PRIVATE, with_symbols
+from tasks.pipeline.pdf import name_glyphs, use_layout_threads
 from tasks.records.results import Block, PageStructure
 
 if TYPE_CHECKING:
@@ -217,17 +217,57 @@ def layout_threads(settings: Settings) -> int:
 
 
 def _parse(layout: Any, doc: Any, numbers: Sequence[int]) -> list[Any]:
-    """pymupdf4llm's parse of the pages, from their text layers only (OCR is ours)."""
+    """pymupdf4llm's parse of the pages, from their text layers only (OCR is ours).
+
+    Glyphs are read as the plain text reads them: fonts' named glyphs by their
+    ToUnicode (`pdf.name_glyphs`), a symbol font's private-use characters as they draw
+    (`_symbol_fonts`): a span by its font, a table's text by the page's fonts.
+    """
     from pymupdf4llm.ocr import OCRMode
 
+    for number in numbers:
+        name_glyphs(doc[number - 1])
     parsed = layout.parse_document(doc, pages=[n - 1 for n in numbers],
                                    use_ocr=OCRMode.NEVER, force_text=True)
-    for page in parsed.pages:  # a symbol font's private-use characters as they draw
+    for page in parsed.pages:
+        symbols = _symbols(page)
         for box in page.boxes:
             for line in box.textlines or ():
-                for span in line.get("spans", ()):
-                    span["text"] = with_symbols(str(span["text"]), str(span.get("font", "")))
+                # new span dicts: the page's own (`fulltext`) keep what MuPDF read
+                line["spans"] = [{**span, "text": with_symbols(
+                    str(span["text"]), str(span.get("font", "")))}
+                    for span in line.get("spans", ())]
+            if box.table and symbols:
+                box.table = _mapped(box.table, symbols)
     return list(parsed.pages)
+
+
+def _symbols(page: Any) -> dict[int, str]:
+    """The page's private-use characters as its fonts draw them (`str.translate`'s table).
+
+    For text that carries no font: a table's cells, which pymupdf4llm and MuPDF's table
+    finder read from the page's characters. A character drawn in two kinds of font on
+    one page takes the last one's.
+    """
+    found: dict[int, str] = {}
+    for block in page.fulltext or ():
+        for line in block.get("lines", ()):
+            for span in line.get("spans", ()):
+                for char in set(PRIVATE.findall(str(span.get("text", "")))):
+                    found[ord(char)] = with_symbols(char, str(span.get("font", "")))
+    return found
+
+
+def _mapped(table: dict[str, Any], symbols: dict[int, str]) -> dict[str, Any]:
+    """pymupdf4llm's table, its text (Markdown, HTML, cells) with `symbols` mapped."""
+    out = dict(table)
+    for key in ("markdown", "html"):
+        if isinstance(out.get(key), str):
+            out[key] = out[key].translate(symbols)
+    if out.get("extract"):
+        out["extract"] = [[None if c is None else str(c).translate(symbols) for c in row]
+                          for row in out["extract"]]
+    return out
 
 
 def _failed(number: int, exc: BaseException) -> LayoutFailed:
@@ -256,6 +296,7 @@ def _spanning_tables(doc: Any, page: Any) -> dict[int, _Spanned]:
     boxes = [(i, box) for i, box in enumerate(page.boxes) if box.boxclass == "table"]
     if not boxes:
         return {}
+    symbols = _symbols(page)
     source = doc[page.page_number - 1]
     if not source.get_cdrawings():
         return {}  # no ruling lines, no table for the finder
@@ -274,7 +315,7 @@ def _spanning_tables(doc: Any, page: Any) -> dict[int, _Spanned]:
         best = max(tables, key=lambda t: overlap[id(t)], default=None)
         if best is None or overlap[id(best)] < area / 2:
             continue
-        spanned = _spanned(best)
+        spanned = _spanned(best, symbols)
         if spanned is not None:
             out[index] = spanned
     return out
@@ -286,12 +327,16 @@ def _overlap(a: Sequence[float], b: Sequence[float]) -> float:
     return max(width, 0.0) * max(height, 0.0)
 
 
-def _spanned(table: Any) -> _Spanned | None:
-    """`table` (PyMuPDF's) as HTML with rowspan/colspan, or None when no cell spans."""
+def _spanned(table: Any, symbols: dict[int, str]) -> _Spanned | None:
+    """`table` (PyMuPDF's) as HTML with rowspan/colspan, or None when no cell spans.
+
+    Its cells' private-use characters are mapped by `symbols` (`_symbols`).
+    """
     rects = [list(row.cells) for row in table.rows]
     if all(rect is not None for row in rects for rect in row):
         return None
-    texts = table.extract()
+    texts = [[None if text is None else str(text).translate(symbols) for text in row]
+             for row in table.extract()]
     columns = max(map(len, rects))
     col_x = [min((row[j][0] for row in rects if j < len(row) and row[j] is not None),
                  default=float("inf")) for j in range(columns)]

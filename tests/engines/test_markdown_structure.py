@@ -2,8 +2,8 @@
 
 In-process (no worker): the pure rules (heading levels, reading order, columns within a
 block, list items, page joins) on made-up inputs, and PyMuPDF's layout analysis on a
-made-up PDF with unmapped bullet glyphs and on the corpus' two-column PDF. The corpus
-documents through real workers, parsed by markdown-it-py, are in
+made-up PDF with unmapped bullet glyphs and on the corpus' two-column PDF and IBM
+Redpaper. The corpus documents through real workers, parsed by markdown-it-py, are in
 tests/engines/test_structure.py.
 """
 
@@ -22,6 +22,10 @@ from tasks.pipeline._markdown import list_items
 from tasks.pipeline._reading_order import reading_order
 from tasks.records.results import DocumentResult, PageRecord
 from tests.harness import corpus
+
+# docling's 18-page sample of IBM's Redpaper REDP-5110 (docling tests/data/pdf/
+# redp5110_sampled.pdf): page 8's table lists values behind BookMaster's bullets.
+REDPAPER = "dig_redp5110_sampled_18p.pdf"
 
 
 def parse(markdown: str) -> list[Any]:
@@ -209,11 +213,12 @@ def settings() -> Any:
     return replace(Settings.from_env({}), structure_chunk_pages=100)
 
 
-def markdown_of(data: bytes, settings: Any, output: str = "markdown") -> list[PageRecord]:
+def markdown_of(data: bytes, settings: Any, output: str = "markdown",
+                pages: str | None = None) -> list[PageRecord]:
     from tasks.pipeline.documents import planned_pages
     from tasks.pipeline.pdf import plan_pdf
 
-    plan = plan_pdf(data, None, None, "auto", settings)
+    plan = plan_pdf(data, pages, None, "auto", settings)
     try:
         return planned_pages(plan, settings, output)
     finally:
@@ -234,6 +239,19 @@ def test_pdf_with_unmapped_bullets_gives_list_items(settings: Any) -> None:
     assert items == ["Extremely large database and overcoming limits",
                      "ISV education and enablement", "Security of the data at rest",
                      "Performance of row and column access"], page.text
+
+
+def test_redpaper_table_keeps_its_bullets(settings: Any) -> None:
+    """Page 8's table of function usage: BookMaster's four pointers, no U+FFFD."""
+    pages = markdown_of(Path(corpus(REDPAPER)).read_bytes(), settings)
+    markdown = "\n\n".join(page.text for page in pages)
+    assert len(pages) == 18 and "\ufffd" not in markdown
+    assert "|USAGE|VARCHAR(7)|Usage setting:<br>\u25ba<br>ALLOWED: The user profile is " \
+        "allowed to use the function.<br>\u25ba<br>DENIED: The user profile is not " \
+        "allowed to use the function.|" in markdown
+    assert markdown.count("\u25ba") == 4
+    (text,) = markdown_of(Path(corpus(REDPAPER)).read_bytes(), settings, "text", "8")
+    assert "Usage setting:\n\u25ba\nALLOWED" in text.text and "\x02" not in text.text
 
 
 def test_two_column_pdf_column_by_column_on_every_page(settings: Any) -> None:

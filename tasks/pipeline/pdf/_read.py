@@ -16,7 +16,13 @@ from typing import TYPE_CHECKING, Any
 import pymupdf
 
 from tasks.errors import CorruptInput, NoPages, PdfEncrypted, TooManyPages
-from tasks.pipeline._symbol_fonts import PRIVATE, page_symbols, with_symbols
+from tasks.pipeline._symbol_fonts import (
+    PRIVATE,
+    named_codes,
+    page_symbols,
+    to_unicode_cmap,
+    with_symbols,
+)
 from tasks.pipeline.blank import ink_report
 from tasks.pipeline.pages import select_pages
 from tasks.pipeline.pdf._render import render_small, render_zoom
@@ -149,6 +155,33 @@ class TextLayer:
         return page_symbols(text, fonts)
 
 
+def name_glyphs(page: Any) -> None:
+    """Give the page's fonts that name glyphs in `GLYPH_NAMES` a ToUnicode of them.
+
+    Only a font without a ToUnicode of its own, whose encoding's /Differences names
+    such a glyph (`_symbol_fonts`). Called before the page's text is first read:
+    MuPDF reads a font's ToUnicode when it loads the font. A ToUnicode changes what
+    the text extracts as, not how the page draws.
+    """
+    doc = page.parent
+    for xref, *_ in page.get_fonts():
+        if doc.xref_get_key(xref, "ToUnicode")[0] != "null":
+            continue
+        kind, value = doc.xref_get_key(xref, "Encoding")
+        if kind == "xref":
+            differences = doc.xref_get_key(int(value.split()[0]), "Differences")[1]
+        elif kind == "dict":
+            differences = doc.xref_get_key(xref, "Encoding/Differences")[1]
+        else:
+            continue
+        codes = named_codes(differences)
+        if codes:
+            cmap = doc.get_new_xref()
+            doc.update_object(cmap, "<<>>")
+            doc.update_stream(cmap, to_unicode_cmap(codes))
+            doc.xref_set_key(xref, "ToUnicode", f"{cmap} 0 R")
+
+
 def read_text_layer(page: Any, enough: int | None = None) -> TextLayer:
     """Build the page's text once (`get_text`'s own flags) and count its characters.
 
@@ -162,6 +195,7 @@ def read_text_layer(page: Any, enough: int | None = None) -> TextLayer:
     (the texttrace counted them: a "text" page with no text), and text both filled and
     stroked, counted once (the texttrace counted it twice).
     """
+    name_glyphs(page)
     textpage = page.get_textpage(flags=pymupdf.TEXTFLAGS_TEXT)
     visible = invisible = 0
     for block in textpage.this:
@@ -273,6 +307,7 @@ def text_layer_words(doc: Any, number: int, settings: Settings
     # the size MuPDF gives a pixmap of this zoom (each side rounded up)
     size = (math.ceil(page.rect.width * zoom - 1e-6), math.ceil(page.rect.height * zoom - 1e-6))
     turn = page.rotation_matrix * pymupdf.Matrix(zoom, zoom)
+    name_glyphs(page)
     words = []
     for x0, y0, x1, y1, text, *_ in page.get_text("words"):
         text = with_symbols(text, "Symbol")  # words carry no font: Symbol's table
