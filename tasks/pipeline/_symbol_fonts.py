@@ -28,11 +28,14 @@ from __future__ import annotations
 
 import re
 
-__all__ = ["GLYPH_NAMES", "PRIVATE", "font_table", "named_codes", "page_symbols",
-           "to_unicode_cmap", "with_symbols"]
+__all__ = ["GLYPH_NAMES", "PRIVATE", "UNNAMED", "font_table", "named_codes",
+           "page_symbols", "to_unicode_cmap", "with_symbols"]
 
 # U+F020-U+F0FF: a symbolic font's glyph code behind U+F000.
 PRIVATE = re.compile("[\uf020-\uf0ff]")
+# What MuPDF gives a glyph it has no Unicode for: the glyph's code, a control character
+# (TEXTFLAGS_TEXT's CID_FOR_UNKNOWN_UNICODE), or U+FFFD.
+UNNAMED = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\ufffd]")
 _DINGBAT_FONT = re.compile(r"wingding|webding", re.IGNORECASE)
 
 # Adobe's Symbol encoding: code -> Unicode (codes 0x7F-0x9F, 0xF0 and 0xFF draw nothing).

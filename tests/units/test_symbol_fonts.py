@@ -176,8 +176,11 @@ def test_glyphs_without_unicode_in_a_table_read_as_they_draw() -> None:
     markdown = read(data, "markdown")["text"]
     page = read(data, "json")["pages"][0]
     table = next(b for b in page["structure"]["blocks"] if b["kind"] == "table")
-    for found in (text, markdown, page["text"], table["text"], repr(table["cells"])):
+    words = [w["text"] for w in read(data, "hocr")["pages"][0]["words"]]
+    for found in (text, markdown, page["text"], table["text"], repr(table["cells"]),
+                  " ".join(words)):
         assert not any(is_unmapped(ch) for ch in found), found
+    assert words.count("\u25ba") == 2 and "\u2265" in words
     assert text.count("\u25ba") == 2 and "Levels \u2265 5 need approval." in text
     assert "|Usage setting:<br>\u25ba<br>ALLOWED: The profile may use the function." \
         "<br>\u25ba<br>DENIED:" in markdown
