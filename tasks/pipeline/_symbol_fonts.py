@@ -19,9 +19,9 @@ A simple font can also name a glyph in its encoding (/Differences) by a name no 
 mapping knows, and carry no ToUnicode: MuPDF then gives the glyph's code (a control
 character) or U+FFFD. The BookMaster fonts of IBM's Redbooks name their bullets so, by
 IBM's graphic character IDs (GCGIDs). `GLYPH_NAMES` holds such names with what they
-draw; `tasks/pipeline/pdf` gives such a font a ToUnicode (`to_unicode_cmap`) before
-the page's text is read, so every reader of the text (plain text, words, Markdown and
-its tables) gets the character.
+draw; `tasks/pipeline/pdf` gives such a font a ToUnicode (`to_unicode_cmap`,
+`pdf.name_glyphs`), so every reader of the text (plain text, words, Markdown and its
+tables) gets the character.
 """
 
 from __future__ import annotations
