@@ -156,3 +156,77 @@ def european_text(paragraphs: tuple[tuple[str, list[str]], ...] = EUROPEAN_PARAG
 def notice_page() -> bytes:
     """The six-language notice as a simulated scan (`european_page`, Times)."""
     return european_page(seed=11, paragraphs=NOTICE_PARAGRAPHS, font="tiro")
+
+
+# A magazine page's title, deck and four columns (a paragraph list each), in reading
+# order: what `magazine_page` draws.
+MAGAZINE_TITLE = "Harbour Towns of the Northern Coast"
+MAGAZINE_DECK = "Four villages, one coastline, and the seasons that rule them"
+MAGAZINE_COLUMNS = (
+    ("The first boats leave the harbour before dawn, when the water is still dark and "
+     "the gulls sleep on the sea wall. Fishermen load their nets by lantern light and "
+     "call to each other across the quay.",
+     "By the time the sun rises the fleet is far out beyond the lighthouse, and the "
+     "town is quiet again. Only the baker is awake, pulling loaves from an oven that "
+     "his grandfather built of river stones. His bread is sold out before nine."),
+    ("Visitors come for the light, which painters have praised for two centuries. In "
+     "the late afternoon it turns the slate roofs silver and the harbour green.",
+     "A small museum on the hill keeps their canvases, and the keeper will tell anyone "
+     "who asks which window each picture was painted from. Most of those windows "
+     "still open onto the same view of masts and nets and weathered boats."),
+    ("Winter storms shape the life of every village along this coast. The old houses "
+     "turn their backs to the sea, with thick walls and small windows facing the "
+     "hills.",
+     "When a gale is forecast the harbour master raises a red flag, and the boats stay "
+     "tied up for days. Families gather in the kitchen and mend nets by the stove "
+     "while the wind rattles the shutters."),
+    ("Spring brings the market back to the square, with cheese from the farms inland "
+     "and honey from the heather moors. Children race paper boats in the stream that "
+     "runs beside the church.",
+     "The ferry to the islands starts again in April, and the first passengers of the "
+     "year are greeted by the mayor with a speech that nobody can hear over the "
+     "engines. Summer is short here, and everyone knows it."),
+)
+
+
+def magazine_page(dpi: int = 300, seed: int = 5) -> bytes:
+    """A four-column magazine page as a simulated scan: a PNG at `dpi`, grey, blurred, noisy.
+
+    A title and a deck across the columns, then four justified columns of Times with
+    gutters of 12 pt (a magazine's: narrower than a line is tall). Columns one and two
+    start under the deck; a photograph (shaded, with grain) tops columns three and
+    four, whose text starts below it. Each column ends where its text does (ragged
+    ends). Rendered, blurred and given noise as `european_page` is.
+    """
+    import pymupdf
+    from PIL import ImageFilter
+
+    doc = pymupdf.open()
+    page = doc.new_page(width=595, height=842)
+    page.insert_text((40, 80), MAGAZINE_TITLE, fontsize=26, fontname="tibo")
+    page.insert_text((40, 104), MAGAZINE_DECK, fontsize=11, fontname="tiit")
+    gutter = 12.0
+    width = (515 - 3 * gutter) / 4
+    rng = np.random.default_rng(seed)
+    rows, cols = np.mgrid[0:300, 0:520]
+    shade = 120 + 60 * np.sin(cols / 40.0) * np.cos(rows / 55.0) + rng.normal(0, 20, rows.shape)
+    photo = io.BytesIO()
+    Image.fromarray(np.clip(shade, 0, 255).astype(np.uint8), "L").save(photo, "PNG")
+    left = 40 + 2 * (width + gutter)
+    picture = pymupdf.Rect(left, 125, 555, 125 + (555 - left) * 300 / 520)
+    page.insert_image(picture, stream=photo.getvalue())
+    for index, paragraphs in enumerate(MAGAZINE_COLUMNS):
+        x0 = 40 + index * (width + gutter)
+        top = 125 if index < 2 else picture.y1 + 14
+        text = "\n".join(paragraphs)
+        room = page.insert_textbox(pymupdf.Rect(x0, top, x0 + width, 800), text,
+                                   fontsize=9.5, fontname="tiro", align=3)
+        assert room >= 0, "the column's text does not fit"
+    pixels = page.get_pixmap(dpi=dpi, colorspace=pymupdf.csGRAY)
+    drawn = Image.frombytes("L", (pixels.width, pixels.height), pixels.samples)
+    image = np.asarray(drawn.filter(ImageFilter.GaussianBlur(0.8)))
+    noisy = image.astype(np.int16) + np.random.default_rng(seed).normal(0, 8, image.shape)
+    out = io.BytesIO()
+    Image.fromarray(np.clip(noisy, 0, 255).astype(np.uint8), "L").save(out, "PNG")
+    doc.close()
+    return out.getvalue()

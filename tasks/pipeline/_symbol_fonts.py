@@ -14,16 +14,28 @@ a character is given the character the glyph draws:
   piece is given instead (U+239B-U+23AE, U+23AF, U+23D0, U+203E, U+00A9, U+00AE, U+2122).
 - Wingdings (and Webdings): the glyphs used as bullets and check marks, by what the
   font draws; its other glyphs stay private-use code points.
+
+A simple font can also name a glyph in its encoding (/Differences) by a name no Unicode
+mapping knows, and carry no ToUnicode: MuPDF then gives the glyph's code (a control
+character) or U+FFFD. The BookMaster fonts of IBM's Redbooks name their bullets so, by
+IBM's graphic character IDs (GCGIDs). `GLYPH_NAMES` holds such names with what they
+draw; `tasks/pipeline/pdf` gives such a font a ToUnicode (`to_unicode_cmap`,
+`pdf.name_glyphs`), so every reader of the text (plain text, words, Markdown and its
+tables) gets the character.
 """
 
 from __future__ import annotations
 
 import re
 
-__all__ = ["PRIVATE", "font_table", "page_symbols", "with_symbols"]
+__all__ = ["GLYPH_NAMES", "PRIVATE", "UNNAMED", "font_table", "named_codes",
+           "page_symbols", "to_unicode_cmap", "with_symbols"]
 
 # U+F020-U+F0FF: a symbolic font's glyph code behind U+F000.
 PRIVATE = re.compile("[\uf020-\uf0ff]")
+# What MuPDF gives a glyph it has no Unicode for: the glyph's code, a control character
+# (TEXTFLAGS_TEXT's CID_FOR_UNKNOWN_UNICODE), or U+FFFD.
+UNNAMED = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\ufffd]")
 _DINGBAT_FONT = re.compile(r"wingding|webding", re.IGNORECASE)
 
 # Adobe's Symbol encoding: code -> Unicode (codes 0x7F-0x9F, 0xF0 and 0xFF draw nothing).
@@ -69,6 +81,11 @@ WINGDINGS: dict[int, int] = {
     0xFD: 0x2612, 0xFE: 0x2611,
 }
 
+# Glyph names (IBM GCGIDs) -> the character the glyph draws. SM590000: the black
+# right-pointing pointer, ► (IBM code page 437's 0x10), BookMaster's list bullet.
+GLYPH_NAMES: dict[str, str] = {"SM590000": "\u25ba"}
+_GLYPH_NAME = re.compile(r"\d+|/[^\s/\[\]<>()]+")
+
 _TABLES = {name: {0xF000 + code: chr(char) for code, char in table.items()}
            for name, table in (("symbol", SYMBOL), ("wingdings", WINGDINGS))}
 
@@ -95,3 +112,32 @@ def page_symbols(text: str, fonts: list[str]) -> str:
         return with_symbols(match.group(0), next(found, "Symbol"))
 
     return PRIVATE.sub(one, text)
+
+
+def named_codes(differences: str) -> dict[int, str]:
+    """The codes a font's /Differences array (its PDF text) gives `GLYPH_NAMES`' glyphs.
+
+    The array is codes, each followed by the names of the glyphs from that code on
+    (`[2 /SM590000 /bullet 40 /a]`: 2 SM590000, 3 bullet, 40 a).
+    """
+    found: dict[int, str] = {}
+    code = 0
+    for token in _GLYPH_NAME.findall(differences):
+        if token[0] != "/":
+            code = int(token)
+            continue
+        if token[1:] in GLYPH_NAMES:
+            found[code] = GLYPH_NAMES[token[1:]]
+        code += 1
+    return {code: char for code, char in found.items() if 0 <= code <= 0xFF}
+
+
+def to_unicode_cmap(codes: dict[int, str]) -> bytes:
+    """A ToUnicode CMap of one-byte codes: each of `codes` to its character."""
+    pairs = [f"<{code:02X}> <{ord(char):04X}>" for code, char in sorted(codes.items())]
+    chunks = [pairs[i:i + 100] for i in range(0, len(pairs), 100)]  # 100 a bfchar block
+    body = " ".join(f"{len(chunk)} beginbfchar {' '.join(chunk)} endbfchar"
+                    for chunk in chunks)
+    return ("/CIDInit /ProcSet findresource begin 12 dict begin begincmap "
+            "/CMapName /GlyphNames def 1 begincodespacerange <00> <FF> endcodespacerange "
+            f"{body} endcmap CMapName currentdict /CMap defineresource pop end end").encode()

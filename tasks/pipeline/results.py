@@ -16,11 +16,13 @@ from tasks.evaluation.scoring import score_pages, total
 from tasks.records.results import DocumentResult, PageError, PageRecord
 from tasks.records.status import JobStatus
 
-OUTPUT_VERSION = 2
+OUTPUT_VERSION = 3
 """The version of what the pipeline writes for given input and options: part of the
 result cache's key (tasks/lifecycle/jobs.py `cache_key`), so a result cached before a
 change of an output's format is not served after it. Raise it with any such change.
-2: Markdown with page breaks, heading levels, lists and reading order."""
+2: Markdown with page breaks, heading levels, lists and reading order.
+3: a block of columns side by side read column by column; glyphs named without Unicode
+(IBM's SM590000) and a table's private-use characters read as they draw."""
 
 
 def failed_page(number: int, exc: BaseException) -> PageRecord:

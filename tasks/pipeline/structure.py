@@ -7,10 +7,11 @@ Runs in worker children, for `output=markdown` and `output=json`, on documents t
 tasks/pipeline/pdf opened (text-layer pages) or built (an OCR'd page: its words as an
 invisible text layer over the page image, `pdf.ocr_layer_pdf`). pymupdf4llm parses each
 page into blocks of DocLayNet's classes (running heads and footers apart, tables with
-their cell grid); this module puts them in reading order (`_reading_order`: columns
-read one by one), levels the headings (`_headings`: numbering, then type size) and
-turns them into the typed `PageStructure` records and the page's Markdown
-(`_markdown`), without headers and footers. The layout model is loaded with PyMuPDF
+their cell grid); this module puts them in reading order (`_reading_order`: a block
+that holds columns side by side cut into them, then columns read one by one), levels
+the headings (`_headings`: numbering, then type size) and turns them into the typed
+`PageStructure` records and the page's Markdown (`_markdown`), without headers and
+footers. The layout model is loaded with PyMuPDF
 itself: in 2.0 `import pymupdf` imports `pymupdf.layout`, which opens its ONNX
 sessions (measured: the import of PyMuPDF 2.0 takes about as long as 1.28's, and its
 peak RSS is 8 MB more); tasks/pipeline/pdf rebuilds them in a pool child with the
@@ -34,9 +35,9 @@ from tasks.pipeline._headings import (
     set_levels,
 )
 from tasks.pipeline._markdown import heading_text, page_markdown, plain_text
-from tasks.pipeline._reading_order import reading_order
-from tasks.pipeline._symbol_fonts import with_symbols
-from tasks.pipeline.pdf import use_layout_threads
+from tasks.pipeline._reading_order import block_columns, reading_order
+from tasks.pipeline._symbol_fonts import PRIVATE, with_symbols
+from tasks.pipeline.pdf import name_glyphs, use_layout_threads
 from tasks.records.results import Block, PageStructure
 
 if TYPE_CHECKING:
@@ -50,6 +51,7 @@ _KINDS = {"text": "text", "title": "title", "section-header": "section_header",
           "caption": "caption", "footnote": "footnote", "formula": "formula",
           "page-header": "page_header", "page-footer": "page_footer"}
 _HEADINGS = ("title", "section-header")
+_RUNNING_TEXT = ("text", "list-item", "caption", "footnote")
 # Points above and below a table box that its ruling lines may reach: the model's box
 # hugs the table's text, the rules run around it (9 pt on tests/engines/test_structure.py's).
 _MARGIN = 36.0
@@ -148,8 +150,57 @@ def _ordered(boxes: list[Any]) -> list[Any]:
     """Page headers, the body in reading order (`_reading_order`), page footers."""
     heads = [b for b in boxes if b.boxclass == "page-header"]
     feet = [b for b in boxes if b.boxclass == "page-footer"]
-    body = [b for b in boxes if b.boxclass not in ("page-header", "page-footer")]
-    return heads + reading_order(body) + feet
+    body = [cut for b in boxes if b.boxclass not in ("page-header", "page-footer")
+            for cut in _column_cuts(b)]
+    return _unshared(heads + reading_order(body) + feet)
+
+
+def _column_cuts(box: Any) -> list[Any]:
+    """A block of text that holds columns side by side, a block each (`block_columns`).
+
+    Only blocks of running text are cut: a heading is one line, whose words a gutter
+    may part ("What Kids" and "Need Most in a Dad" across two magazine pages), and a
+    picture's or a formula's text is one block, however it is set.
+    """
+    if box.boxclass not in _RUNNING_TEXT or not box.textlines:
+        return [box]
+    found = block_columns(box.textlines)
+    if len(found) == 1:
+        return [box]
+    return [replace(box, x0=min(line["bbox"][0] for line in lines),
+                    y0=min(line["bbox"][1] for line in lines),
+                    x1=max(line["bbox"][2] for line in lines),
+                    y1=max(line["bbox"][3] for line in lines), textlines=lines)
+            for lines in found]
+
+
+def _unshared(boxes: list[Any]) -> list[Any]:
+    """Each span of text in the first block (in reading order) that holds it.
+
+    The layout analysis takes a block's lines from its box, and two boxes can overlap:
+    a span inside both was written twice. A block left without text is dropped.
+    """
+    seen: set[tuple[str, tuple[int, ...]]] = set()
+    out = []
+    for box in boxes:
+        if not box.textlines:
+            out.append(box)
+            continue
+        lines = []
+        for line in box.textlines:
+            spans = []
+            for span in line["spans"]:
+                key = (str(span["text"]), tuple(round(float(v)) for v in span["bbox"]))
+                if key not in seen:
+                    seen.add(key)
+                    spans.append(span)
+            if len(spans) == len(line["spans"]):
+                lines.append(line)
+            elif spans:
+                lines.append({**line, "spans": spans})
+        if lines:
+            out.append(box if lines == box.textlines else replace(box, textlines=lines))
+    return out
 
 
 def layout_threads(settings: Settings) -> int:
@@ -166,17 +217,57 @@ def layout_threads(settings: Settings) -> int:
 
 
 def _parse(layout: Any, doc: Any, numbers: Sequence[int]) -> list[Any]:
-    """pymupdf4llm's parse of the pages, from their text layers only (OCR is ours)."""
+    """pymupdf4llm's parse of the pages, from their text layers only (OCR is ours).
+
+    Glyphs are read as the plain text reads them: fonts' named glyphs by their
+    ToUnicode (`pdf.name_glyphs`), a symbol font's private-use characters as they draw
+    (`_symbol_fonts`): a span by its font, a table's text by the page's fonts.
+    """
     from pymupdf4llm.ocr import OCRMode
 
+    for number in numbers:
+        name_glyphs(doc[number - 1])
     parsed = layout.parse_document(doc, pages=[n - 1 for n in numbers],
                                    use_ocr=OCRMode.NEVER, force_text=True)
-    for page in parsed.pages:  # a symbol font's private-use characters as they draw
+    for page in parsed.pages:
+        symbols = _symbols(page)
         for box in page.boxes:
             for line in box.textlines or ():
-                for span in line.get("spans", ()):
-                    span["text"] = with_symbols(str(span["text"]), str(span.get("font", "")))
+                # new span dicts: the page's own (`fulltext`) keep what MuPDF read
+                line["spans"] = [{**span, "text": with_symbols(
+                    str(span["text"]), str(span.get("font", "")))}
+                    for span in line.get("spans", ())]
+            if box.table and symbols:
+                box.table = _mapped(box.table, symbols)
     return list(parsed.pages)
+
+
+def _symbols(page: Any) -> dict[int, str]:
+    """The page's private-use characters as its fonts draw them (`str.translate`'s table).
+
+    For text that carries no font: a table's cells, which pymupdf4llm and MuPDF's table
+    finder read from the page's characters. A character drawn in two kinds of font on
+    one page takes the last one's.
+    """
+    found: dict[int, str] = {}
+    for block in page.fulltext or ():
+        for line in block.get("lines", ()):
+            for span in line.get("spans", ()):
+                for char in set(PRIVATE.findall(str(span.get("text", "")))):
+                    found[ord(char)] = with_symbols(char, str(span.get("font", "")))
+    return found
+
+
+def _mapped(table: dict[str, Any], symbols: dict[int, str]) -> dict[str, Any]:
+    """pymupdf4llm's table, its text (Markdown, HTML, cells) with `symbols` mapped."""
+    out = dict(table)
+    for key in ("markdown", "html"):
+        if isinstance(out.get(key), str):
+            out[key] = out[key].translate(symbols)
+    if out.get("extract"):
+        out["extract"] = [[None if c is None else str(c).translate(symbols) for c in row]
+                          for row in out["extract"]]
+    return out
 
 
 def _failed(number: int, exc: BaseException) -> LayoutFailed:
@@ -205,6 +296,7 @@ def _spanning_tables(doc: Any, page: Any) -> dict[int, _Spanned]:
     boxes = [(i, box) for i, box in enumerate(page.boxes) if box.boxclass == "table"]
     if not boxes:
         return {}
+    symbols = _symbols(page)
     source = doc[page.page_number - 1]
     if not source.get_cdrawings():
         return {}  # no ruling lines, no table for the finder
@@ -223,7 +315,7 @@ def _spanning_tables(doc: Any, page: Any) -> dict[int, _Spanned]:
         best = max(tables, key=lambda t: overlap[id(t)], default=None)
         if best is None or overlap[id(best)] < area / 2:
             continue
-        spanned = _spanned(best)
+        spanned = _spanned(best, symbols)
         if spanned is not None:
             out[index] = spanned
     return out
@@ -235,12 +327,16 @@ def _overlap(a: Sequence[float], b: Sequence[float]) -> float:
     return max(width, 0.0) * max(height, 0.0)
 
 
-def _spanned(table: Any) -> _Spanned | None:
-    """`table` (PyMuPDF's) as HTML with rowspan/colspan, or None when no cell spans."""
+def _spanned(table: Any, symbols: dict[int, str]) -> _Spanned | None:
+    """`table` (PyMuPDF's) as HTML with rowspan/colspan, or None when no cell spans.
+
+    Its cells' private-use characters are mapped by `symbols` (`_symbols`).
+    """
     rects = [list(row.cells) for row in table.rows]
     if all(rect is not None for row in rects for rect in row):
         return None
-    texts = table.extract()
+    texts = [[None if text is None else str(text).translate(symbols) for text in row]
+             for row in table.extract()]
     columns = max(map(len, rects))
     col_x = [min((row[j][0] for row in rects if j < len(row) and row[j] is not None),
                  default=float("inf")) for j in range(columns)]

@@ -1,9 +1,10 @@
 """Markdown that a CommonMark parser reads as a reader sees the document.
 
-In-process (no worker): the pure rules (heading levels, reading order, list items,
-page joins) on made-up inputs, and PyMuPDF's layout analysis on a made-up PDF with
-unmapped bullet glyphs and on the corpus' two-column PDF. The corpus documents through
-real workers, parsed by markdown-it-py, are in tests/engines/test_structure.py.
+In-process (no worker): the pure rules (heading levels, reading order, columns within a
+block, list items, page joins) on made-up inputs, and PyMuPDF's layout analysis on a
+made-up PDF with unmapped bullet glyphs and on the corpus' two-column PDF and IBM
+Redpaper. The corpus documents through real workers, parsed by markdown-it-py, are in
+tests/engines/test_structure.py.
 """
 
 from __future__ import annotations
@@ -21,6 +22,10 @@ from tasks.pipeline._markdown import list_items
 from tasks.pipeline._reading_order import reading_order
 from tasks.records.results import DocumentResult, PageRecord
 from tests.harness import corpus
+
+# docling's 18-page sample of IBM's Redpaper REDP-5110 (docling tests/data/pdf/
+# redp5110_sampled.pdf): page 8's table lists values behind BookMaster's bullets.
+REDPAPER = "dig_redp5110_sampled_18p.pdf"
 
 
 def parse(markdown: str) -> list[Any]:
@@ -76,6 +81,38 @@ def test_reading_order_columns_one_after_another() -> None:
              Box(311, 128, 539, 232, "R1"), Box(72, 271, 301, 424, "L3"),
              Box(311, 546, 539, 675, "R2"), Box(72, 582, 301, 675, "L4")]
     assert [b.name for b in reading_order(page2)] == ["L1", "L2", "L3", "L4", "R1", "R2"]
+
+
+def test_a_block_of_columns_side_by_side_is_cut_into_them() -> None:
+    """The layout analysis's block over two columns: its lines, column by column.
+
+    The lines join a line of each column, as pymupdf4llm joins spans at one height.
+    """
+    from tasks.pipeline._reading_order import block_columns
+
+    def row(y: float, *pieces: tuple[float, float, str]) -> dict[str, Any]:
+        return {"bbox": (pieces[0][0], y, pieces[-1][1], y + 10),
+                "spans": [{"bbox": (x0, y, x1, y + 10), "text": text, "size": 9.5}
+                          for x0, x1, text in pieces]}
+
+    left, right = (43.0, 191.0), (203.0, 351.0)  # a gutter of 12 pt beside 9.5 pt type
+    block = [row(63 + 11 * i, (*left, f"left column, its line {i}"),
+                 (*right, f"right column, its line {i}")) for i in range(4)]
+    block.append(row(107, (*left, "the left column's last line")))  # ragged ends
+    assert [[" ".join(s["text"] for s in line["spans"]) for line in column]
+            for column in block_columns(block)] == [
+        [f"left column, its line {i}" for i in range(4)] + ["the left column's last line"],
+        [f"right column, its line {i}" for i in range(4)]]
+    # not cut: bullet glyphs beside their items, a formula's two cases, and the words of
+    # justified text (a span each, as LaTeX's PDFs give them) whose gaps line up
+    bullets = [row(100 + 12 * i, (72, 76, "\u2022"), (90, 300, f"item {i} of the list"))
+               for i in range(4)]
+    cases = [row(100, (72, 200, "U open in R, such that"), (260, 400, "if 0 is not in U")),
+             row(112, (72, 200, "U open in X if and only"), (260, 400, "if 0 is in U"))]
+    words = [row(100 + 12 * i, (54, 85, "After"), (89, 154, "an instruction is"),
+                 (158, 293, f"read from the pipeline {i}")) for i in range(4)]
+    for lines in (bullets, cases, words):
+        assert block_columns(lines) == [lines]
 
 
 def line(x0: float, *texts: str, font: str = "Helvetica") -> dict[str, Any]:
@@ -176,11 +213,12 @@ def settings() -> Any:
     return replace(Settings.from_env({}), structure_chunk_pages=100)
 
 
-def markdown_of(data: bytes, settings: Any, output: str = "markdown") -> list[PageRecord]:
+def markdown_of(data: bytes, settings: Any, output: str = "markdown",
+                pages: str | None = None) -> list[PageRecord]:
     from tasks.pipeline.documents import planned_pages
     from tasks.pipeline.pdf import plan_pdf
 
-    plan = plan_pdf(data, None, None, "auto", settings)
+    plan = plan_pdf(data, pages, None, "auto", settings)
     try:
         return planned_pages(plan, settings, output)
     finally:
@@ -201,6 +239,19 @@ def test_pdf_with_unmapped_bullets_gives_list_items(settings: Any) -> None:
     assert items == ["Extremely large database and overcoming limits",
                      "ISV education and enablement", "Security of the data at rest",
                      "Performance of row and column access"], page.text
+
+
+def test_redpaper_table_keeps_its_bullets(settings: Any) -> None:
+    """Page 8's table of function usage: BookMaster's four pointers, no U+FFFD."""
+    pages = markdown_of(Path(corpus(REDPAPER)).read_bytes(), settings)
+    markdown = "\n\n".join(page.text for page in pages)
+    assert len(pages) == 18 and "\ufffd" not in markdown
+    assert "|USAGE|VARCHAR(7)|Usage setting:<br>\u25ba<br>ALLOWED: The user profile is " \
+        "allowed to use the function.<br>\u25ba<br>DENIED: The user profile is not " \
+        "allowed to use the function.|" in markdown
+    assert markdown.count("\u25ba") == 4
+    (text,) = markdown_of(Path(corpus(REDPAPER)).read_bytes(), settings, "text", "8")
+    assert "Usage setting:\n\u25ba\nALLOWED" in text.text and "\x02" not in text.text
 
 
 def test_two_column_pdf_column_by_column_on_every_page(settings: Any) -> None:

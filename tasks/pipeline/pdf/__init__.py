@@ -22,6 +22,7 @@ from tasks.pipeline.pdf._read import (
     check_password,
     decrypted_bytes,
     empty_store,
+    name_glyphs,
     open_pdf,
     page_is_blank,
     plan_pdf,
@@ -42,8 +43,9 @@ from tasks.pipeline.pdf._write import (
 
 __all__ = [
     "INVISIBLE", "PLAN_CHECK_MAX_IMAGE_BYTES", "PdfPlan", "TextLayer", "check_password",
-    "decrypted_bytes", "empty_store", "ocr_layer_pdf", "open_pdf", "page_is_blank",
-    "plan_pdf", "read_text_layer", "relayered_pdf", "render_page", "render_small", "render_zoom",
-    "searchable_pdf", "session_threads", "strip_active_content", "text_chars",
-    "text_layer_page", "text_layer_words", "use_layout_threads", "word_rects",
+    "decrypted_bytes", "empty_store", "name_glyphs", "ocr_layer_pdf", "open_pdf",
+    "page_is_blank", "plan_pdf", "read_text_layer", "relayered_pdf", "render_page",
+    "render_small", "render_zoom", "searchable_pdf", "session_threads",
+    "strip_active_content", "text_chars", "text_layer_page", "text_layer_words",
+    "use_layout_threads", "word_rects",
 ]

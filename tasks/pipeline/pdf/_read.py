@@ -16,7 +16,14 @@ from typing import TYPE_CHECKING, Any
 import pymupdf
 
 from tasks.errors import CorruptInput, NoPages, PdfEncrypted, TooManyPages
-from tasks.pipeline._symbol_fonts import PRIVATE, page_symbols, with_symbols
+from tasks.pipeline._symbol_fonts import (
+    PRIVATE,
+    UNNAMED,
+    named_codes,
+    page_symbols,
+    to_unicode_cmap,
+    with_symbols,
+)
 from tasks.pipeline.blank import ink_report
 from tasks.pipeline.pages import select_pages
 from tasks.pipeline.pdf._render import render_small, render_zoom
@@ -129,24 +136,66 @@ class TextLayer:
     """A page's text layer, read in one pass of MuPDF's text extraction.
 
     `visible` and `invisible` count the characters the PDF draws (counting stops once
-    `visible` reaches the `enough` it was read with); `text` is exactly what
-    `page.get_text("text")` gives.
+    `visible` reaches the `enough` it was read with); `text` is what
+    `page.get_text("text")` gives, its glyphs without Unicode as they draw.
     """
 
+    page: Any
     textpage: Any
     visible: int
     invisible: int
 
     @property
     def text(self) -> str:
-        """The page's text; a symbol font's private-use characters as what they draw."""
-        text = str(self.textpage.extractText())
+        """The page's text; glyphs without Unicode as what they draw (`_symbol_fonts`).
+
+        Text that holds a character MuPDF gives a glyph without Unicode (`UNNAMED`) is
+        read again once the page's fonts that name such glyphs have a ToUnicode
+        (`name_glyphs`); a symbol font's private-use characters are mapped by font.
+        """
+        textpage = self.textpage
+        text = str(textpage.extractText())
+        if UNNAMED.search(text) and name_glyphs(self.page):
+            textpage = self.page.get_textpage(flags=pymupdf.TEXTFLAGS_TEXT)
+            text = str(textpage.extractText())
         if PRIVATE.search(text) is None:
             return text
-        fonts = [str(span["font"]) for block in self.textpage.extractRAWDICT()["blocks"]
+        fonts = [str(span["font"]) for block in textpage.extractRAWDICT()["blocks"]
                  for line in block.get("lines", ()) for span in line["spans"]
                  for char in span["chars"] if PRIVATE.match(char["c"])]
         return page_symbols(text, fonts)
+
+
+def name_glyphs(page: Any) -> bool:
+    """Give the page's fonts that name glyphs in `GLYPH_NAMES` a ToUnicode of them.
+
+    Only a font without a ToUnicode of its own, whose encoding's /Differences names
+    such a glyph (`_symbol_fonts`); True when a font was given one. MuPDF reads it at
+    the page's next text extraction. A ToUnicode changes what the text extracts as,
+    not how the page draws. Called where a page's text shows a glyph without Unicode
+    (`UNNAMED`: listing a page's fonts costs about as much as reading its text), and
+    before each layout analysis (which costs a hundred times more).
+    """
+    doc = page.parent
+    named = False
+    for xref, *_ in page.get_fonts():
+        if doc.xref_get_key(xref, "ToUnicode")[0] != "null":
+            continue
+        kind, value = doc.xref_get_key(xref, "Encoding")
+        if kind == "xref":
+            differences = doc.xref_get_key(int(value.split()[0]), "Differences")[1]
+        elif kind == "dict":
+            differences = doc.xref_get_key(xref, "Encoding/Differences")[1]
+        else:
+            continue
+        codes = named_codes(differences)
+        if codes:
+            cmap = doc.get_new_xref()
+            doc.update_object(cmap, "<<>>")
+            doc.update_stream(cmap, to_unicode_cmap(codes))
+            doc.xref_set_key(xref, "ToUnicode", f"{cmap} 0 R")
+            named = True
+    return named
 
 
 def read_text_layer(page: Any, enough: int | None = None) -> TextLayer:
@@ -178,8 +227,8 @@ def read_text_layer(page: Any, enough: int | None = None) -> TextLayer:
                         invisible += 1
                 char = char.next
             if enough is not None and visible >= enough:
-                return TextLayer(textpage, visible, invisible)
-    return TextLayer(textpage, visible, invisible)
+                return TextLayer(page, textpage, visible, invisible)
+    return TextLayer(page, textpage, visible, invisible)
 
 
 def text_chars(page: Any) -> tuple[int, int]:
@@ -273,8 +322,11 @@ def text_layer_words(doc: Any, number: int, settings: Settings
     # the size MuPDF gives a pixmap of this zoom (each side rounded up)
     size = (math.ceil(page.rect.width * zoom - 1e-6), math.ceil(page.rect.height * zoom - 1e-6))
     turn = page.rotation_matrix * pymupdf.Matrix(zoom, zoom)
+    found = page.get_text("words")
+    if any(UNNAMED.search(word[4]) for word in found) and name_glyphs(page):
+        found = page.get_text("words")  # read again, with the fonts' new ToUnicode
     words = []
-    for x0, y0, x1, y1, text, *_ in page.get_text("words"):
+    for x0, y0, x1, y1, text, *_ in found:
         text = with_symbols(text, "Symbol")  # words carry no font: Symbol's table
         rect = (pymupdf.Rect(x0, y0, x1, y1) * turn).normalize()
         box = (max(0, math.floor(rect.x0)), max(0, math.floor(rect.y0)),
