@@ -44,6 +44,18 @@ def corpus(name: str) -> Path:
     return path
 
 
+def corpus_addition(name: str, source: str) -> Path:
+    """A file the corpus may not hold yet (`source`: where it comes from, its licence).
+
+    Without it the test skips, also under CI=true, saying where to get it: the corpus
+    is kept beside the repository, and this repository takes no copy of it.
+    """
+    path = corpus_folder() / name
+    if not path.exists():
+        pytest.skip(f"the corpus at {CORPUS} holds no {name} yet ({source})")
+    return path
+
+
 def ground_truth(name: str) -> str:
     """The text of corpus file `name`: its `.gt.txt`."""
     return corpus(name.rsplit(".", 1)[0] + ".gt.txt").read_text()

@@ -17,6 +17,7 @@ import pymupdf
 import pytest
 from markdown_it import MarkdownIt
 
+from devkit.corpus import corpus_addition
 from tasks.pipeline._headings import TITLE, Heading, levels, number_depth
 from tasks.pipeline._markdown import list_items
 from tasks.pipeline._reading_order import reading_order
@@ -26,6 +27,7 @@ from tests.harness import corpus
 # docling's 18-page sample of IBM's Redpaper REDP-5110 (docling tests/data/pdf/
 # redp5110_sampled.pdf): page 8's table lists values behind BookMaster's bullets.
 REDPAPER = "dig_redp5110_sampled_18p.pdf"
+REDPAPER_SOURCE = "DS4SD/docling, tests/data/pdf/redp5110_sampled.pdf, MIT"
 
 
 def parse(markdown: str) -> list[Any]:
@@ -243,14 +245,15 @@ def test_pdf_with_unmapped_bullets_gives_list_items(settings: Any) -> None:
 
 def test_redpaper_table_keeps_its_bullets(settings: Any) -> None:
     """Page 8's table of function usage: BookMaster's four pointers, no U+FFFD."""
-    pages = markdown_of(Path(corpus(REDPAPER)).read_bytes(), settings)
+    pages = markdown_of(Path(corpus_addition(REDPAPER, REDPAPER_SOURCE)).read_bytes(), settings)
     markdown = "\n\n".join(page.text for page in pages)
     assert len(pages) == 18 and "\ufffd" not in markdown
     assert "|USAGE|VARCHAR(7)|Usage setting:<br>\u25ba<br>ALLOWED: The user profile is " \
         "allowed to use the function.<br>\u25ba<br>DENIED: The user profile is not " \
         "allowed to use the function.|" in markdown
     assert markdown.count("\u25ba") == 4
-    (text,) = markdown_of(Path(corpus(REDPAPER)).read_bytes(), settings, "text", "8")
+    redpaper = Path(corpus_addition(REDPAPER, REDPAPER_SOURCE)).read_bytes()
+    (text,) = markdown_of(redpaper, settings, "text", "8")
     assert "Usage setting:\n\u25ba\nALLOWED" in text.text and "\x02" not in text.text
 
 

@@ -22,6 +22,7 @@ from typing import Any
 
 import pytest
 
+from devkit.corpus import corpus_addition
 from tasks.client import OcrClient
 from tests.harness import Worker, corpus
 from tests.image_fixtures import MAGAZINE_COLUMNS, MAGAZINE_DECK, MAGAZINE_TITLE, magazine_page
@@ -29,6 +30,8 @@ from tests.image_fixtures import MAGAZINE_COLUMNS, MAGAZINE_DECK, MAGAZINE_TITLE
 pytestmark = pytest.mark.slow
 
 UNLV_PAGE = "scan_unlv_8071_093.tif"
+# tesseract-ocr/test testing/8071_093.3B.tif (Apache-2.0): not in the shared corpus yet.
+UNLV_SOURCE = "tesseract-ocr/test, testing/8071_093.3B.tif, Apache-2.0"
 
 
 @pytest.fixture(scope="module")
@@ -100,7 +103,7 @@ def test_unlv_magazine_spread_column_by_column(worker: Worker, client: OcrClient
              "assemble a tricycle he had just", "Ziglar finished putting together",  # 4
              "Fathers might also consider a", "for a father to convey affection",
              "What Kids Need Most in a Dad"]  # the title across the spread's foot
-    as_json, as_markdown = pages = read(client, corpus(UNLV_PAGE))
+    as_json, as_markdown = pages = read(client, corpus_addition(UNLV_PAGE, UNLV_SOURCE))
     assert_read_in_order(pages, [known])
     # a line inside two overlapping blocks is written once
     assert " ".join(as_markdown[0]["text"].split()).count("years old.") == 1
