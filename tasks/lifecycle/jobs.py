@@ -376,8 +376,10 @@ def complete(job_id: str, result: DocumentResult, data: bytes, request: JobReque
                                  f"{settings.max_output_mb} MB")
         result.outputs[request.output] = StoredOutput(stores.outputs.put(job_id, layout),
                                                       len(layout))
-    if key is not None and result.status == JobStatus.SUCCESS:
-        # A hit has its own timings (and writes its own result object).
+    if key is not None and result.status == JobStatus.SUCCESS and not any(
+            p.escalation is not None and p.escalation.error is not None for p in result.pages):
+        # A hit has its own timings (and writes its own result object). A page whose
+        # second reading did not come is not answered from the cache: it is tried again.
         stores.cache.put(key, result.to_json(), encrypted=encrypted)
     result = with_scores(result, request.ground_truth)  # the job's own, never cached
     deliver(result, request, settings, stores)
