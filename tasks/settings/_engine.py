@@ -63,7 +63,7 @@ class EngineSettings:
                                       "reading from when it was escalated (in the "
                                       "escalation engine's queue, for its server, its "
                                       "retries); past it the page keeps its first reading "
-                                      "(`escalation.error`: timeout).")
+                                      "(its `escalation` says `error` code timeout).")
     # The vlm-api engine: a VLM behind an OpenAI-compatible inference server.
     vlm_api_url: str = _s("OCR_VLM_API_URL", "",
                           "Base URL of the OpenAI-compatible inference server the vlm-api "
