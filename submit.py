@@ -99,7 +99,9 @@ def run_submit(args: argparse.Namespace, session: Session) -> int:
                   "was sent", file=sys.stderr)
         return EXIT_USAGE
     client = session.client
-    options = {"engine": args.engine, "pages": args.pages, "password": args.password,
+    options = {"engine": args.engine, "escalate": args.escalate,
+               "escalate_below": args.escalate_below, "pages": args.pages,
+               "password": args.password,
                "output": args.output, "mode": args.mode, "lang": args.lang,
                "priority": args.priority,
                "deadline": args.deadline, "callback_task": args.callback_task,

@@ -16,7 +16,8 @@ batches, each manifest line and listed object as the batch driver sends it, retr
    `bad_request`) and the page selection (`invalid_pages`);
 4. the engine: one that is an engine (a built-in, this process's plugins, or one a
    live worker serves; else `unknown_engine`), and one some live worker runs when
-   OCR workers are live (`engine_unavailable`, naming its `make` target);
+   OCR workers are live (`engine_unavailable`, naming its `make` target); so is the
+   engine the job escalates to (`escalate`);
 5. with `books` (the service's doors): the client's page caps
    (`page_quota_exceeded`) and its jobs in flight, batch documents counted
    (`quota_exceeded`; a batch waits for room instead): an early refusal, as the
@@ -179,9 +180,11 @@ def check_options(options: Mapping[str, Any], settings: Settings,
     pages = options.get("pages")
     check_pages(pages if isinstance(pages, str) else None)
     served = ocr_queues(live)
-    if isinstance(engine, str) and engine and served and job_queue(engine) not in served:
-        raise EngineUnavailable(f"no live worker runs engine {engine!r}: start "
-                                f"{install_hint(engine)}; nothing was sent")
+    for name in ("engine", "escalate"):  # the engine that reads it, the one it escalates to
+        wanted = options.get(name)
+        if isinstance(wanted, str) and wanted and served and job_queue(wanted) not in served:
+            raise EngineUnavailable(f"no live worker runs engine {wanted!r}: start "
+                                    f"{install_hint(wanted)}; nothing was sent")
 
 
 def check_in_flight(rules: ClientRules, books: Books) -> None:

@@ -67,6 +67,14 @@ class JobOptions(BaseModel):
     engine: str | None = Field(None, max_length=ENGINE_NAME_MAX, pattern=ENGINE_NAME,
                                description="tesseract, mlx-vlm, rapidocr (default: any "
                                "worker's, or by `lang` as OCR_LANG_ENGINES says)")
+    escalate: str | None = Field(None, max_length=ENGINE_NAME_MAX, pattern=ENGINE_NAME,
+                                 description=(
+        "vlm-api or mlx-vlm: the engine that reads again the pages the job's engine is "
+        "unsure of (default: the fleet's OCR_ESCALATE_ENGINE; docs/escalation.md)"))
+    escalate_below: float | None = Field(None, ge=0, le=1, description=(
+        "a page whose mean word confidence (0 to 1) is below this, or that has no text "
+        "and is not blank, is escalated; 0: none, 1: every OCR'd page (default: "
+        "OCR_ESCALATE_BELOW)"))
     priority: Priority | None = Field(None, description=(
         "interactive jobs go first, batch last (default: normal, or the token's highest "
         "priority when that is lower)"))
@@ -86,7 +94,8 @@ class JobOptions(BaseModel):
     def task_kwargs(self) -> dict[str, Any]:
         """The `ocr.document` kwargs besides the input, priority and deadline."""
         names = ("filename", "pages", "password", "output", "mode", "lang", "engine",
-                 "callback_url", "result_url", "no_cache", "ground_truth")
+                 "escalate", "escalate_below", "callback_url", "result_url", "no_cache",
+                 "ground_truth")
         return {n: getattr(self, n) for n in names if getattr(self, n) is not None}
 
 

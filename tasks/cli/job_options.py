@@ -1,7 +1,7 @@
 """The options of a job sent from the command line: `submit.py submit`'s and shared ones.
 
 Runs in `submit.py` (a user's machine): `submit_arguments` adds the options of `submit`
-(files, engine, pages, output, language, mode, cache, callbacks, result URL) and
+(files, engine, escalation, pages, output, language, mode, cache, callbacks, result URL) and
 `add_job_options` those every command that sends jobs takes (priority, deadline).
 """
 
@@ -10,7 +10,7 @@ from __future__ import annotations
 import argparse
 
 from tasks.queue.routing import PRIORITIES
-from tasks.records.engines import ENGINES
+from tasks.records.engines import ENGINES, VLM_ENGINES
 from tasks.records.request import OUTPUT_CHOICES
 
 
@@ -22,6 +22,13 @@ def submit_arguments(parser: argparse.ArgumentParser) -> None:
                         help="print each job's id and file name, and return")
     parser.add_argument("--engine", help=f"{', '.join(ENGINES)} (default: the worker's, "
                         "or by `--lang` as OCR_LANG_ENGINES says)")
+    parser.add_argument("--escalate", metavar="ENGINE", choices=VLM_ENGINES,
+                        help=f"{' or '.join(VLM_ENGINES)}: read again the pages the engine "
+                        "is unsure of (default: the fleet's OCR_ESCALATE_ENGINE)")
+    parser.add_argument("--escalate-below", type=_fraction, metavar="X",
+                        help="escalate a page whose mean word confidence (0 to 1) is "
+                             "below X, or that has no text and is not blank (default: "
+                             "OCR_ESCALATE_BELOW; 0: none, 1: every OCR'd page)")
     parser.add_argument("--pages", help='pages to read, e.g. "1-3,7" (--output pdf keeps '
                         'every page of the input, with a text layer on those read)')
     parser.add_argument("--password", help="password of an encrypted PDF")
@@ -44,6 +51,17 @@ def submit_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--result-url", metavar="S3_URL",
                         help="s3://bucket/prefix/ (or an object key) the workers write the "
                              "result to, in --output's format; the result names the object")
+
+
+def _fraction(raw: str) -> float:
+    """`--escalate-below`'s value: a number from 0 to 1."""
+    try:
+        value = float(raw)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{raw!r} is not a number") from None
+    if not 0 <= value <= 1:
+        raise argparse.ArgumentTypeError(f"{raw} is not from 0 to 1")
+    return value
 
 
 def add_job_options(parser: argparse.ArgumentParser) -> None:

@@ -49,7 +49,7 @@ def cancel_job(job_id: str, control: JobControl, join: DocumentJoin, ender: JobE
         return CANCELLED
     if not ender.claim(job_id):
         return ALREADY_ENDED
-    stop([job_id, *meta.page_tasks, *meta.chunk_tasks])
+    stop([job_id, *meta.page_tasks, *meta.chunk_tasks, *meta.escalation_tasks()])
     finish_cancelled(meta, join, ender)
     return CANCELLED
 

@@ -1,7 +1,9 @@
-"""A PDF fanned out into page tasks: reading one page, recording it, and the merge.
+"""A document fanned out into page tasks: reading one page, recording it, and the merge.
 
 Runs in worker children, called by `ocr.pdf_page` and `ocr.pdf_text_chunk` (a chunk of
-text-layer pages whose structure is wanted; tasks/queue/page_tasks.py). No Celery
+text-layer pages whose structure is wanted; tasks/queue/page_tasks.py), and by
+`ocr.escalate_page` (a page read again by the job's escalation engine: `read_again`;
+an image's pages fan out only for that). No Celery
 here: progress is reported through a callable, and the document ends through its
 `JobEnder`. The splitting side (`FanOut`) is built by `tasks.lifecycle.jobs`; the open
 document a page is read from, by `tasks.lifecycle.open_documents`.
@@ -9,12 +11,13 @@ document a page is read from, by `tasks.lifecycle.open_documents`.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import logging
 from dataclasses import replace
 from typing import TYPE_CHECKING
 
-from tasks.errors import InternalError, OcrError
+from tasks.errors import DeadlineExceeded, InternalError, OcrError, Timeout
 from tasks.lifecycle import url_inputs
 from tasks.lifecycle.cancel import finish_cancelled
 from tasks.lifecycle.jobs import complete
@@ -27,14 +30,21 @@ from tasks.pipeline.documents import (
     recognize_options,
     relevel_headings,
 )
+from tasks.pipeline.escalation import escalated_page, keep_first
+from tasks.pipeline.images import iter_image_pages
 from tasks.pipeline.pdf import render_page
 from tasks.pipeline.results import assemble, failed_page, named_engines
 from tasks.records.jobs import DocumentMeta, Outcome
+from tasks.records.request import WORD_BOX_OUTPUTS
 from tasks.records.results import PageRecord, PageWorker
 
 if TYPE_CHECKING:
+    from PIL import Image
+
+    from tasks.engines import OcrEngine
     from tasks.engines.resident import ResidentEngines
     from tasks.lifecycle.job_exit import JobEnder
+    from tasks.pipeline.page_reading import Render
     from tasks.settings import Settings
     from tasks.state.join import DocumentJoin, PageProgress
     from tasks.state.stores import Stores
@@ -62,10 +72,7 @@ def run_pdf_page(meta: DocumentMeta, number: int, engines: ResidentEngines,
     settings = url_inputs.for_client(settings, meta.url_prefixes)
     try:
         engine = engines.get(meta.engine).engine
-        doc = docs.document(meta, stores.blobs, settings, password)
-        image = render_page(doc, number, settings, engine.page_longest_side,
-                            mode=engine.page_mode, fit=engine.page_size)
-        full = functools.partial(render_page, doc, number, settings)  # fallback engines
+        image, full = page_image(meta, number, engine, docs, settings, stores, password)
         try:
             page = ocr_page(number, image, engine, recognize_options(request), settings,
                             full)
@@ -80,6 +87,75 @@ def run_pdf_page(meta: DocumentMeta, number: int, engines: ResidentEngines,
     described = engines.describe(meta.engine)
     return replace(page, preview=None, worker=PageWorker(
         described["pid"], described["tasks_in_process"], described["load_seconds"]))
+
+
+def read_again(meta: DocumentMeta, first: PageRecord, engines: ResidentEngines,
+               docs: OpenDocumentCache, settings: Settings, stores: Stores,
+               password: str | None = None, due: float | None = None) -> PageRecord:
+    """Read an escalated page again with the job's escalation engine: the page to record.
+
+    `first` is the page's first reading, marked with its `escalation`
+    (`tasks.pipeline.escalation.mark`). The model's read has no fallback engine: a read
+    that does not finish, a non-retryable error, the job's deadline or `due` (epoch
+    seconds: OCR_ESCALATE_WAIT_SECONDS from when the page was escalated) passing keep
+    the first reading, with the error. Retryable errors are raised (the task retries
+    them until `due`).
+    """
+    request = meta.request
+    number, to = first.number, request.escalate or ""
+    if past_deadline(request.deadline):
+        return keep_first(first, DeadlineExceeded(
+            f"the job's deadline passed before page {number} was read again"))
+    if past_deadline(due):
+        return keep_first(first, _waited(number, settings))
+    settings = replace(url_inputs.for_client(settings, meta.url_prefixes), vlm_fallback="none")
+    options = recognize_options(request)
+    # The model's text only: its words go on the first reading's boxes, not a new read's.
+    options = replace(options, want_hocr=False, deadline=min(
+        (d for d in (request.deadline, due) if d is not None), default=None),
+        output="text" if options.output in WORD_BOX_OUTPUTS else options.output)
+    try:
+        engine = engines.get(to).engine
+        image, rerender = page_image(meta, number, engine, docs, settings, stores, password)
+        try:
+            second = ocr_page(number, image, engine, options, settings, rerender)
+        finally:
+            image.close()
+    except OcrError as exc:
+        if exc.retryable:
+            raise
+        if isinstance(exc, DeadlineExceeded) and not past_deadline(request.deadline):
+            exc = _waited(number, settings)  # the page's clock stopped at `due`
+        return keep_first(first, exc)
+    if second.error is not None:
+        return keep_first(first, second.error)
+    described = engines.describe(to)
+    return replace(escalated_page(first, second, request.output), worker=PageWorker(
+        described["pid"], described["tasks_in_process"], described["load_seconds"]))
+
+
+def _waited(number: int, settings: Settings) -> Timeout:
+    return Timeout(f"page {number}'s second reading did not come within "
+                   f"OCR_ESCALATE_WAIT_SECONDS ({settings.escalate_wait_seconds:.0f} s)")
+
+
+def page_image(meta: DocumentMeta, number: int, engine: OcrEngine, docs: OpenDocumentCache,
+               settings: Settings, stores: Stores, password: str | None = None
+               ) -> tuple[Image.Image, Render | None]:
+    """Page `number` of a fanned-out document as `engine` reads it, and its full render.
+
+    A PDF's page is rendered at the engine's size (the render at OCR_PDF_DPI given for a
+    fallback engine); an image's frame is decoded as the document's task decoded it.
+    """
+    if meta.base.format == "pdf":
+        doc = docs.document(meta, stores.blobs, settings, password)
+        image = render_page(doc, number, settings, engine.page_longest_side,
+                            mode=engine.page_mode, fit=engine.page_size)
+        return image, functools.partial(render_page, doc, number, settings)
+    data = docs.data(meta, stores.blobs, settings)
+    with contextlib.closing(iter_image_pages(data, meta.base.format or "", str(number),
+                                             settings)) as frames:
+        return next(frames)[3], None
 
 
 def run_text_chunk(meta: DocumentMeta, index: int, docs: OpenDocumentCache,

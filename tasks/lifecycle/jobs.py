@@ -3,7 +3,8 @@
 Runs in worker children, called by `ocr.document` (`tasks.queue.job_task`). No
 Celery here: the tasks decide what to enqueue; every ending goes through
 `tasks.lifecycle.job_exit.JobEnder`. The page side of a fan-out is in
-`tasks.lifecycle.fanout`.
+`tasks.lifecycle.fanout`. A PDF with pages to OCR fans out; an image read here fans
+out only when some of its pages escalate (docs/escalation.md).
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ import functools
 import hashlib
 import json
 import time
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any
 
 from tasks import tracing
@@ -31,6 +32,7 @@ from tasks.pipeline.documents import (
     run_document,
     structure_chunks,
 )
+from tasks.pipeline.escalation import awaits_second_reading, mark
 from tasks.pipeline.images import image_pages
 from tasks.pipeline.layouts import LAYOUT_OUTPUTS
 from tasks.pipeline.pdf import check_password, plan_pdf, searchable_pdf
@@ -63,13 +65,15 @@ class FanOut:
     `meta.request` already names the stored input (decrypted when it was encrypted);
     `replaced_blob` is the client's upload that the stored copy replaces. `password`:
     an encrypted `url` input's, which its page tasks carry (each host decrypts its own
-    copy); never in `meta`.
+    copy); never in `meta`. `escalated`: an image's pages read here that go to the
+    escalation engine (their first readings, marked); its other pages are `text_pages`.
     """
 
     meta: DocumentMeta
     text_pages: list[PageRecord]
     replaced_blob: str | None = None
     password: str | None = None
+    escalated: list[PageRecord] = field(default_factory=list)
 
 
 def result_settings(settings: Settings) -> dict[str, Any]:
@@ -117,7 +121,8 @@ def process_job(job_id: str, request: JobRequest, settings: Settings,
                 engine_name: str | None = None,
                 pages_read: PagesRead | None = None,
                 check_pages: Callable[[int], None] | None = None,
-                carried: CarriedWrites | None = None) -> Outcome | FanOut:
+                carried: CarriedWrites | None = None,
+                served: Callable[[str], bool] | None = None) -> Outcome | FanOut:
     """Read the input, then answer from the cache, in-process, or fan out.
 
     `previous` is the result of the job named by `merge_from` (a retry of its failed
@@ -131,13 +136,17 @@ def process_job(job_id: str, request: JobRequest, settings: Settings,
     is told how many pages the job will read once they are counted, before any is read
     (not for a cached answer): it raises to refuse them (a client's page cap).
     `carried`: the writes the job's ending sends with its claim, where the pages'
-    previews are queued (tasks/state/carried_writes.py; else written at once). Raises
-    OcrError.
+    previews are queued (tasks/state/carried_writes.py; else written at once).
+    `served(engine)`: whether a live worker consumes that engine's queue; an image's
+    pages escalate with it (a PDF's escalate in its page tasks), none without it.
+    Raises OcrError.
     """
     started = time.time() if started is None else started
     if past_deadline(request.deadline):
         raise DeadlineExceeded("the job's deadline passed before it started")
     request = request.with_default_lang(settings.default_lang)  # OCR_LANG: auto or a set
+    # OCR_ESCALATE_ENGINE and OCR_ESCALATE_BELOW, where the job names none
+    request = request.with_escalation(settings.escalate_engine, settings.escalate_below)
     prefixes = None
     if request.url or request.result_url:  # the sending client's own prefixes hold too
         prefixes = stores.control.url_prefixes(job_id)
@@ -211,6 +220,13 @@ def process_job(job_id: str, request: JobRequest, settings: Settings,
     finally:
         if plan is not None:
             plan.doc.close()
+    if served is not None and plan is None and request.escalate is not None:
+        result = replace(result, pages=[mark(p, request, served) for p in result.pages])
+        if any(awaits_second_reading(p) for p in result.pages):
+            keep_previews(job_id, result, stores)  # now: the job ends in another task
+            return _escalate_image(job_id, request, data, fmt, result, engine_name,
+                                   loaded.engine.model, key, started, previous, settings,
+                                   stores, located, prefixes)
     result.engine = named_engines(engines.describe(engine_name), result.pages, {
         name: held.engine.model for name, held in engines.engines.items()})
     # A `result_url`'s delivery reads the previews from Redis: written at once for it.
@@ -229,49 +245,79 @@ def _fan_out(job_id: str, request: JobRequest, data: bytes, plan: Any, engine: s
              previous: DocumentResult | None, settings: Settings,
              stores: Stores, located: LocatedObject | None = None,
              prefixes: tuple[str, ...] | None = None) -> FanOut:
-    """Store the input for the page tasks (decrypted, so no password is kept).
-
-    A URL input is not stored in Redis: this host keeps one local copy
-    (OCR_URL_SPOOL_DIR) and the page tasks read it, or fetch their own host's copy of
-    the same version (`input_object`). An encrypted one is decrypted by each host from
-    its own copy, its page tasks carrying the password (`FanOut.password`, never in
-    the meta), and so does the merge of its searchable PDF (output=pdf), in the task
-    that records the last page. The sending client's own URL prefixes (`prefixes`)
-    go in the meta: page tasks and the merge check the job's URLs against them too.
-    """
-    replaced = None
+    """A PDF split into page tasks: one per page to OCR, one per chunk (`_split`)."""
     chunks = structure_chunks(plan, request.output, settings)
+    meta, replaced = _split(job_id, request, data, "pdf", plan.page_count, plan.selected,
+                            engine, model, key, started, previous, settings, stores,
+                            located, prefixes, plan.encrypted, plan.decrypted)
+    meta = replace(meta, ocr_pages=list(plan.ocr_pages), text_chunks=chunks)
+    # text-layer (unless chunked) and blank pages
+    texts = planned_pages(plan, settings, request.output, bool(chunks))
+    password = request.password if plan.encrypted and located is not None else None
+    return FanOut(meta, texts, replaced, password)
+
+
+def _escalate_image(job_id: str, request: JobRequest, data: bytes, fmt: str,
+                    result: DocumentResult, engine: str, model: str | None, key: str | None,
+                    started: float, previous: DocumentResult | None, settings: Settings,
+                    stores: Stores, located: LocatedObject | None = None,
+                    prefixes: tuple[str, ...] | None = None) -> FanOut:
+    """An image whose pages escalate, split: they are read again in page tasks.
+
+    Its other pages, read here, are recorded as the split starts; the job ends with
+    the last escalated page, as a PDF's with its last page.
+    """
+    meta, replaced = _split(job_id, request, data, fmt, result.page_count or 0,
+                            len(result.pages), engine, model, key, started, previous,
+                            settings, stores, located, prefixes)
+    sent = [p for p in result.pages if awaits_second_reading(p)]
+    meta = replace(meta, escalated=[p.number for p in sent])
+    kept = [p for p in result.pages if not awaits_second_reading(p)]
+    return FanOut(meta, kept, replaced, escalated=sent)
+
+
+def _split(job_id: str, request: JobRequest, data: bytes, fmt: str, count: int, total: int,
+           engine: str, model: str | None, key: str | None, started: float,
+           previous: DocumentResult | None, settings: Settings, stores: Stores,
+           located: LocatedObject | None, prefixes: tuple[str, ...] | None,
+           encrypted: bool = False, decrypted: bytes | None = None
+           ) -> tuple[DocumentMeta, str | None]:
+    """A split document's meta, its input stored for its page tasks; the upload replaced.
+
+    The input is stored decrypted (`decrypted`), so no password is kept. A URL input is
+    not stored in Redis: this host keeps one local copy (OCR_URL_SPOOL_DIR) and the page
+    tasks read it, or fetch their own host's copy of the same version (`input_object`).
+    An encrypted one is decrypted by each host from its own copy, its page tasks
+    carrying the password (`FanOut.password`, never in the meta), and so does the merge
+    of its searchable PDF (output=pdf), in the task that records the last page. The
+    sending client's own URL prefixes (`prefixes`) go in the meta: page tasks and the
+    merge check the job's URLs against them too.
+    """
+    shown = None if prefixes is None else list(prefixes)
     if located is not None:
         located = located.pinned(data)  # no version from its store: its bytes' hash
         url_inputs.spool(settings, located.identity or located.url.url, data)
-        meta = DocumentMeta(
+        return DocumentMeta(
             job_id=job_id, request=replace(request, password=None), engine=engine,
-            model=model, cache_key=key, started=started, total=plan.selected,
-            ocr_pages=list(plan.ocr_pages), page_tasks=[], reply_queue="",
-            previous=previous, encrypted=plan.encrypted,
-            base=replace(document_base(data, request, "pdf", plan.page_count),
+            model=model, cache_key=key, started=started, total=total, ocr_pages=[],
+            page_tasks=[], reply_queue="", previous=previous, encrypted=encrypted,
+            base=replace(document_base(data, request, fmt, count),
                          input_url=located.to_json()),
-            input_object=located.to_json(), text_chunks=chunks,
-            url_prefixes=None if prefixes is None else list(prefixes))
-        return FanOut(meta, planned_pages(plan, settings, request.output, bool(chunks)),
-                      password=request.password if plan.encrypted else None)
-    if plan.encrypted or request.blob is None:
-        blob = stores.blobs.put(plan.decrypted or data)
+            input_object=located.to_json(), url_prefixes=shown), None
+    replaced = None
+    if encrypted or request.blob is None:
+        blob = stores.blobs.put(decrypted or data)
         replaced = request.blob
     else:
         blob = request.blob
     # this process's page tasks of it open these bytes, not a read of them again
-    open_documents.share(blob, plan.decrypted or data)
+    open_documents.share(blob, decrypted or data)
     stored = replace(request.stored_as(blob), password=None)
-    meta = DocumentMeta(
+    return DocumentMeta(
         job_id=job_id, request=stored, engine=engine, model=model, cache_key=key,
-        started=started, total=plan.selected, ocr_pages=list(plan.ocr_pages),
-        page_tasks=[], reply_queue="", previous=previous, encrypted=plan.encrypted,
-        base=document_base(data, request, "pdf", plan.page_count), text_chunks=chunks,
-        url_prefixes=None if prefixes is None else list(prefixes))
-    # text-layer (unless chunked) and blank pages
-    texts = planned_pages(plan, settings, request.output, bool(chunks))
-    return FanOut(meta, texts, replaced)
+        started=started, total=total, ocr_pages=[], page_tasks=[], reply_queue="",
+        previous=previous, encrypted=encrypted, base=document_base(data, request, fmt, count),
+        url_prefixes=shown), replaced
 
 
 def keep_previews(job_id: str, result: DocumentResult, stores: Stores,
@@ -330,8 +376,10 @@ def complete(job_id: str, result: DocumentResult, data: bytes, request: JobReque
                                  f"{settings.max_output_mb} MB")
         result.outputs[request.output] = StoredOutput(stores.outputs.put(job_id, layout),
                                                       len(layout))
-    if key is not None and result.status == JobStatus.SUCCESS:
-        # A hit has its own timings (and writes its own result object).
+    if key is not None and result.status == JobStatus.SUCCESS and not any(
+            p.escalation is not None and p.escalation.error is not None for p in result.pages):
+        # A hit has its own timings (and writes its own result object). A page whose
+        # second reading did not come is not answered from the cache: it is tried again.
         stores.cache.put(key, result.to_json(), encrypted=encrypted)
     result = with_scores(result, request.ground_truth)  # the job's own, never cached
     deliver(result, request, settings, stores)

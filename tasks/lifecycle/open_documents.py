@@ -80,12 +80,13 @@ class OpenDocumentCache:
         A `url` input is read from this host's copy (fetched once per host if absent),
         decrypted here with `password` when it is encrypted.
         """
-        request = meta.request
-        if request.url is None or meta.input_object is None:
-            return self.get(request.blob or "", blobs, settings)
-        info = object_info(meta)
-        return self.get(f"url:{request.url}\0{info.version or info.etag or info.sha256}",
-                        _SpooledObject(settings, request.url, info), settings, password)
+        key, source = _bytes_of(meta, blobs, settings)
+        return self.get(key, source, settings, password)
+
+    def data(self, meta: DocumentMeta, blobs: BytesSource, settings: Settings) -> bytes:
+        """The fanned-out document's bytes (an image's), as `document` opens them."""
+        key, source = _bytes_of(meta, blobs, settings)
+        return _shared.get(key, source)
 
     def close(self) -> None:
         if self._doc is not None:
@@ -103,6 +104,17 @@ class _SpooledObject:
 
     def get(self, key: str) -> bytes:
         return url_inputs.spooled(self.settings, self.url, self.info)
+
+
+def _bytes_of(meta: DocumentMeta, blobs: BytesSource,
+              settings: Settings) -> tuple[str, BytesSource]:
+    """Where a fanned-out document's bytes are: their key and their source."""
+    request = meta.request
+    if request.url is None or meta.input_object is None:
+        return request.blob or "", blobs
+    info = object_info(meta)
+    return (f"url:{request.url}\0{info.version or info.etag or info.sha256}",
+            _SpooledObject(settings, request.url, info))
 
 
 def object_info(meta: DocumentMeta) -> ObjectInfo:

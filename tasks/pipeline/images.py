@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import io
 import math
-from collections.abc import Iterator
+from collections.abc import Generator, Iterator
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -76,8 +76,8 @@ def image_pages(data: bytes, fmt: str, pages: str | None, settings: Settings) ->
         image.close()
 
 
-def iter_image_pages(data: bytes, fmt: str, pages: str | None,
-                     settings: Settings) -> Iterator[tuple[int, int, int, Image.Image]]:
+def iter_image_pages(data: bytes, fmt: str, pages: str | None, settings: Settings
+                     ) -> Generator[tuple[int, int, int, Image.Image], None, None]:
     """Yield (page number, page count, pages selected, normalised image).
 
     Every selected frame is checked against the pixel limit before any is decoded. A

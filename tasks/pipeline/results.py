@@ -62,9 +62,21 @@ def cancelled_result(job_id: str, pages: Iterable[PageRecord],
 
 
 def page_engines(pages: Iterable[PageRecord]) -> list[str]:
-    """The engines that read the document's OCR'd pages, in page order, once each."""
-    return list(dict.fromkeys(p.engine for p in pages
-                              if p.source == "ocr" and p.engine and not p.failed))
+    """The engines that read the document's OCR'd pages, in page order, once each.
+
+    A page read again by the job's escalation engine names both: the engine of its
+    first reading, then the one whose text it keeps.
+    """
+    names: list[str] = []
+    for page in pages:
+        if page.source != "ocr" or page.failed:
+            continue
+        escalation = page.escalation
+        if escalation is not None and escalation.error is None:
+            names.append(escalation.source)
+        if page.engine:
+            names.append(page.engine)
+    return list(dict.fromkeys(names))
 
 
 def named_engines(engine: dict[str, Any], pages: Iterable[PageRecord],

@@ -25,6 +25,9 @@ ALWAYS_SENT_EVENTS = ("task.succeeded", "task.failed", "task.revoked", "task.rej
 
 PUBLISH_RETRY_POLICY = {"max_retries": 14, "interval_start": 0.1, "interval_step": 0.5,
                         "interval_max": 3.0}
+# The tasks that read one page, under the page time limits: a fanned-out page, and a page
+# read again by the escalation engine.
+PAGE_TASKS = ("ocr.pdf_page", "ocr.escalate_page")
 
 
 def celery_config(settings: Settings) -> dict[str, Any]:
@@ -67,9 +70,9 @@ def celery_config(settings: Settings) -> dict[str, Any]:
         # Limits are the executing worker's own: a VLM worker runs with its own env.
         "task_soft_time_limit": settings.soft_time_limit,
         "task_time_limit": settings.hard_time_limit,
-        "task_annotations": {"ocr.pdf_page": {
+        "task_annotations": {name: {
             "soft_time_limit": settings.page_soft_time_limit,
-            "time_limit": settings.page_hard_time_limit}},
+            "time_limit": settings.page_hard_time_limit} for name in PAGE_TASKS},
         "worker_max_tasks_per_child": settings.max_tasks_per_child or None,
         # Measured as growth over the child's RSS once its engine loaded (the pool
         # class adds that baseline in each child: tasks/queue/pool.py).
@@ -208,9 +211,9 @@ def worker_app_config(settings: Settings, engine: str) -> dict[str, Any]:
                                               "ocr_idle_wait": IDLE_WAIT}
     if engine == "vlm-api" and settings.worker_role != "control":
         config["worker_pool"] = "tasks.queue.pool:ThreadTaskPool"
-        config["task_annotations"] = {"ocr.pdf_page": {
+        config["task_annotations"] = {name: {
             "soft_time_limit": settings.vlm_api_page_time_limit,
-            "time_limit": settings.vlm_api_page_time_limit + 30}}
+            "time_limit": settings.vlm_api_page_time_limit + 30} for name in PAGE_TASKS}
     return config
 
 

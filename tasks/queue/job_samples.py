@@ -107,6 +107,19 @@ def client_page_samples(client_label: str, engine: str, pages: Iterable[dict[str
             for outcome, count in sorted(outcomes.items())]
 
 
+def escalation_samples(pages: Iterable[dict[str, Any]]) -> list[Sample]:
+    """`ocr_pages_escalated_total` samples of the pages among `pages` that escalated."""
+    counts: dict[tuple[str, str, str], int] = {}
+    for page in pages:
+        escalation = page.get("escalation")
+        if isinstance(escalation, dict):
+            key = (str(escalation.get("from")), str(escalation.get("to")),
+                   str(escalation.get("reason")))
+            counts[key] = counts.get(key, 0) + 1
+    return [("ocr_pages_escalated_total", {"from": source, "to": to, "reason": reason},
+             float(count)) for (source, to, reason), count in sorted(counts.items())]
+
+
 def page_failures(engine: str, pages: Iterable[dict[str, Any]]) -> list[Sample]:
     """`ocr_page_failures_total` samples of the failed pages among `pages`, by code."""
     codes: dict[str, int] = {}

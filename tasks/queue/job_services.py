@@ -29,6 +29,7 @@ from tasks.state.connection import connect
 from tasks.state.job_control import JobControl
 from tasks.state.job_index import JobIndex
 from tasks.state.join import DocumentJoin, PageProgress, ProgressWrite
+from tasks.state.liveness import WorkerPresence
 from tasks.state.stores import BlobStore, OutputStore, ResultCache, Stores
 from tasks.state.usage import PageUsage
 
@@ -209,13 +210,14 @@ class CeleryPorts:
 
 @dataclass
 class JobServices:
-    """The Redis stores, the fan-out join, the job ender and the job lists of one process."""
+    """The Redis stores, the fan-out join, the job ender, the job lists, the workers' presence."""
 
     stores: Stores
     join: DocumentJoin
     ender: JobEnder
     index: JobIndex
     usage: PageUsage  # pages read per client, and their caps
+    presence: WorkerPresence  # the queues live workers consume (an escalation's engine)
 
     @classmethod
     def for_app(cls, app: OcrCelery) -> JobServices:
@@ -231,6 +233,7 @@ class JobServices:
             made = cls(stores, join, JobEnder(control, join,
                                               CeleryPorts(app, control)),
                        JobIndex(client, settings.blob_ttl + settings.result_ttl,
-                                settings.jobs_listed), PageUsage(client))
+                                settings.jobs_listed), PageUsage(client),
+                       WorkerPresence(client))
             app._job_services = made
         return made

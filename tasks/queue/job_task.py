@@ -6,7 +6,8 @@ lifecycle, retries what is retryable (tasks/queue/retry_policy.py) and hands eve
 ending to the job's one exit (`JobServices.ender`). A job's result is stored by that
 exit, so Celery stores nothing for `ocr.document` (`ignore_result`) and logs no result
 text. A PDF read page by page is split here, and its page and chunk tasks are sent
-through the queue layer's port (`page_tasks.send_pages`).
+through the queue layer's port (`page_tasks.send_pages`); so is an image whose pages
+escalate, its escalated pages through `page_tasks.send_escalations`.
 """
 
 from __future__ import annotations
@@ -32,7 +33,7 @@ from tasks.pipeline.documents import past_deadline
 from tasks.queue import telemetry, thread_limits
 from tasks.queue.job_services import JobServices, page_progress, report_progress
 from tasks.queue.message_headers import client_from, listed
-from tasks.queue.page_tasks import send_pages
+from tasks.queue.page_tasks import send_escalations, send_pages, serves
 from tasks.queue.parent_endings import end_from_message, finish_abandoned
 from tasks.queue.poison_guard import GuardedTask
 from tasks.queue.result_records import result_record
@@ -148,7 +149,7 @@ def document(self: Task, *args: Any, **kwargs: Any) -> dict[str, Any]:
                 started=started, engine_name=engine,
                 pages_read=functools.partial(_pages_read, engine, client, job_id, carried),
                 check_pages=functools.partial(services.usage.admit, client),
-                carried=carried)
+                carried=carried, served=functools.partial(serves, self.app))
             # A thread pool enforces no limit: the job's own read is bounded here.
             work = (thread_limits.bounded(settings.soft_time_limit, read)
                     if engines.threaded else read())
@@ -180,6 +181,8 @@ def _pages_read(engine: str, client: str, job_id: str, carried: CarriedWrites,
     """Count the pages a job read: its worker's counters held, its client's usage carried."""
     counted = telemetry.pages_read(engine, pages, cached, client=client, job=job_id,
                                    recorded=True)
+    if not cached:  # escalated here, their first reading kept (no live worker)
+        telemetry.pages_escalated(pages)
     if counted is not None:
         carried.add("its pages' count in the client's usage",
                     functools.partial(PageUsage.queue_counted, counted=counted))
@@ -216,7 +219,7 @@ def celery_summary(outcome: Outcome) -> dict[str, Any]:
 
 
 def fan_out(task: Task, work: FanOut, services: JobServices) -> NoReturn:
-    """Enqueue one page task per OCR page; the job ends when its last page is in.
+    """Enqueue one page task per OCR page or escalated page; the job ends with its last.
 
     Page tasks get the job's priority, and their ids are kept (for cancellation).
     Raises `Ignore`, never returns: a returned value would be stored as the job's
@@ -238,8 +241,9 @@ def fan_out(task: Task, work: FanOut, services: JobServices) -> NoReturn:
     if not started:  # the job ended while it was split (its ending freed the rest)
         services.stores.blobs.delete(meta.request.blob)
         raise Ignore()
-    telemetry.pages_read(meta.engine, work.text_pages,  # those this task read
-                        client=meta.request.client, job=job_id)
+    read = [*work.text_pages, *work.escalated]  # those this task read
+    telemetry.pages_read(meta.engine, read, client=meta.request.client, job=job_id)
+    telemetry.pages_escalated(read)
     if progress.write is not None:
         progress.tell(len(work.text_pages), meta.total)
     target = task.app.ocr_settings.redis_target
@@ -250,4 +254,6 @@ def fan_out(task: Task, work: FanOut, services: JobServices) -> NoReturn:
     # its own copy), never into the document's meta.
     opened = {"password": work.password} if work.password else {}
     send_pages(task.app, meta, priority, opened)
+    if work.escalated:
+        send_escalations(task.app, meta, work.escalated, priority, opened, services)
     raise Ignore()  # the job's result is stored when its last page is recorded

@@ -2,7 +2,12 @@
 
 Runs in worker pool children (or a thread-pool worker's threads): `ocr.pdf_page` reads
 one page, `ocr.pdf_text_chunk` analyses a chunk of text-layer pages (output=markdown or
-json); the call that records a document's last page ends the job. `pdf_page_lost` and
+json); the call that records a document's last page ends the job. A page the job's
+engine is unsure of (a PDF's, or an image's) goes to the job's escalation engine's
+queue (`send_escalations`): `ocr.escalate_page` reads it again there and records it;
+`ocr.escalation_lost` (its errback) and `ocr.escalation_due` (sent to the job's own
+queue, due OCR_ESCALATE_WAIT_SECONDS later) record its first reading instead when the
+second does not come (docs/escalation.md). `pdf_page_lost` and
 `pdf_chunk_lost` run wherever Celery marks such a task failed (the worker parent, for a
 child killed at its hard time limit): they send `ocr.pdf_page_failed` /
 `ocr.pdf_chunk_failed`, which record the pages as failed so the document still ends.
@@ -17,6 +22,7 @@ client's usage in the same script.
 from __future__ import annotations
 
 import functools
+import time
 from collections.abc import Callable
 from typing import Any, TypeVar
 
@@ -29,14 +35,17 @@ from tasks.engines import resident
 from tasks.error_codes import error_info
 from tasks.errors import OcrError, Timeout
 from tasks.lifecycle.cancel import end_cancelled_document
-from tasks.lifecycle.fanout import record_page, run_pdf_page, run_text_chunk
+from tasks.lifecycle.fanout import read_again, record_page, run_pdf_page, run_text_chunk
 from tasks.lifecycle.open_documents import open_documents
+from tasks.pipeline.documents import past_deadline
+from tasks.pipeline.escalation import awaits_second_reading, keep_first, mark
 from tasks.pipeline.results import failed_page
 from tasks.queue import telemetry, thread_limits
 from tasks.queue.job_services import JobServices, page_progress
 from tasks.queue.message_headers import job_headers
 from tasks.queue.poison_guard import GuardedTask
 from tasks.queue.retry_policy import retry_later
+from tasks.queue.routing import job_queue
 from tasks.records.jobs import DocumentMeta, Outcome
 from tasks.records.results import PageError, PageRecord
 from tasks.settings import Settings
@@ -80,10 +89,176 @@ def pdf_page(self: Task, doc_id: str, number: int,
             f"({settings.vlm_api_page_time_limit} s)" if engines.threaded else
             f"page {number} ran past its soft time limit of "
             f"{settings.page_soft_time_limit} s"))
+    try:
+        page = mark(page, meta.request, functools.partial(serves, self.app))
+    except OcrError as exc:  # the workers' presence unread (Redis)
+        retry_later(self, exc)
+        raise
+    telemetry.pages_escalated([page])
+    if awaits_second_reading(page):  # recorded once the escalation engine read it again
+        telemetry.pages_read(meta.engine, [page], client=meta.request.client, job=doc_id)
+        _send_escalations(self, meta, [page], services, password)
+        return {"document": doc_id, "number": number, "escalated": True}
     counted = telemetry.pages_read(meta.engine, [page], client=meta.request.client,
                                    job=doc_id, recorded=True)
     _record_or_end(self, meta, page, services, password, counted)
     return {"document": doc_id, "number": number, "ok": not page.failed}
+
+
+def serves(app: Celery, engine: str) -> bool:
+    """Whether a live worker consumes `engine`'s queue (OCR_WORKER_LIVENESS_SECONDS)."""
+    window = app.ocr_settings.worker_liveness_seconds
+    queue = job_queue(engine)
+    with transient("Redis"):
+        live = JobServices.for_app(app).presence.live_queues(window=window)
+    return any(queue in queues for queues in live.values())
+
+
+def _send_escalations(task: Task, meta: DocumentMeta, pages: list[PageRecord],
+                      services: JobServices, password: str | None) -> None:
+    """Send a page task's escalated page on (`send_escalations`); an outage ends the job."""
+    opened = {"password": password} if password else {}
+    priority = (task.request.delivery_info or {}).get("priority")
+    try:
+        send_escalations(task.app, meta, pages, priority, opened, services)
+    except OcrError as exc:
+        retry_later(task, exc)
+        services.ender.end(Outcome.failed(meta.job_id, exc, meta.request, engine=meta.engine,
+                                          started=meta.started,
+                                          reply_queue=meta.reply_queue))
+
+
+def send_escalations(app: Celery, meta: DocumentMeta, pages: list[PageRecord],
+                     priority: int | None, opened: dict[str, str],
+                     services: JobServices) -> None:
+    """Hold escalated pages' first readings and send each to the escalation engine.
+
+    `pages` are first readings marked by `mark`. Each `ocr.escalate_page` goes to the
+    escalation engine's queue under the id the meta derives for it, at the job's
+    priority and in its client's lane, with the errback that keeps its first reading;
+    and an `ocr.escalation_due` to the job's own queue, due once the page may wait no
+    more (OCR_ESCALATE_WAIT_SECONDS, and a little): it keeps the first reading of a
+    page whose second reading never came (no worker took it). Nothing is sent for a
+    job that has ended.
+    """
+    with transient("Redis"):
+        if not services.join.hold_first(meta.job_id, pages):
+            return
+    wait = app.ocr_settings.escalate_wait_seconds
+    due = time.time() + wait
+    queue = job_queue(meta.request.escalate)
+    headers = job_headers(meta.request.client)
+    with publishing("an escalated page"), app.producer_or_acquire() as producer:
+        for page in pages:
+            # Not `declare=[]`: the queue is another pool's, which this worker may not
+            # have declared (RabbitMQ).
+            escalate_page.apply_async(
+                (meta.job_id, page.number, due), opened, queue=queue,
+                task_id=meta.escalation_task(page.number), priority=priority,
+                headers=headers, producer=producer,
+                link_error=escalation_lost.s(meta.job_id, page.number, queue))
+            escalation_due.apply_async((meta.job_id, page.number), opened,
+                                       queue=meta.reply_queue, countdown=wait + DUE_GRACE,
+                                       priority=priority, headers=headers,
+                                       declare=[], producer=producer)
+
+
+# Seconds past an escalated page's due time its `ocr.escalation_due` runs: the second
+# reading's own clock stops at the due time, so it is recorded first.
+DUE_GRACE = 30.0
+
+
+@shared_task(name="ocr.escalate_page", bind=True, base=GuardedTask, ignore_result=True,
+             track_started=False, marks_own_cancel=False)
+def escalate_page(self: Task, doc_id: str, number: int, due: float,
+                  password: str | None = None) -> dict[str, Any]:
+    """Read an escalated page again with the job's escalation engine, and record it.
+
+    `due` (epoch seconds): past it, or when the read fails, the page keeps its first
+    reading with the error (`escalation.error`). Ends the document if it was the last.
+    """
+    settings: Settings = self.app.ocr_settings
+    services = JobServices.for_app(self.app)
+    meta, skipped = _document_to_read(self, doc_id, services)
+    if meta is None:
+        return {"document": doc_id, "number": number, "skipped": skipped}
+    try:
+        with transient("Redis"):
+            first = services.join.first(doc_id, number)
+            if first is not None and services.join.recorded(doc_id, number):
+                first = None  # recorded by its `ocr.escalation_due`
+    except OcrError as exc:
+        retry_later(self, exc)
+        raise
+    if first is None:
+        return {"document": doc_id, "number": number, "skipped": "page recorded"}
+    engines = resident.current(settings)
+
+    def read() -> PageRecord:
+        return read_again(meta, first, engines, open_documents(), settings, services.stores,
+                          password, due)
+
+    try:
+        with transient("Redis"):
+            page = (thread_limits.bounded(settings.vlm_api_page_time_limit,
+                                          functools.partial(_closing, read))
+                    if engines.threaded else read())
+    except OcrError as exc:  # retryable: retried while the page may wait
+        if not past_deadline(due):
+            retry_later(self, exc)
+        page = keep_first(first, exc)
+    except SoftTimeLimitExceeded:
+        page = keep_first(first, Timeout(f"page {number}'s second reading ran past its "
+                                         "time limit"))
+    counted = None
+    if page.escalation is not None and page.escalation.error is None:  # read again
+        counted = telemetry.pages_read(meta.request.escalate or "", [page],
+                                       client=meta.request.client, job=doc_id,
+                                       recorded=True)
+    _record_or_end(self, meta, page, services, password, counted)
+    return {"document": doc_id, "number": number, "ok": page.escalation is not None
+            and page.escalation.error is None}
+
+
+@shared_task(name="ocr.escalation_lost")
+def escalation_lost(request: Any, exc: BaseException, traceback: Any, doc_id: str,
+                    number: int, queue: str) -> None:
+    """Errback of an escalation task that failed outright: the first reading is kept."""
+    escalation_failed.apply_async((doc_id, number, error_info(exc)), _opened(request),
+                                  queue=queue, headers=tracing.headers_of(request))
+
+
+@shared_task(name="ocr.escalation_failed", bind=True)
+def escalation_failed(self: Task, doc_id: str, number: int, error: dict[str, Any],
+                      password: str | None = None) -> None:
+    """Record a lost escalation's page with its first reading (and the error)."""
+    _keep_first_reading(self, doc_id, number, PageError.from_json(error), password)
+
+
+@shared_task(name="ocr.escalation_due", bind=True)
+def escalation_due(self: Task, doc_id: str, number: int, password: str | None = None) -> None:
+    """Keep an escalated page's first reading if its second has not come by now."""
+    _keep_first_reading(self, doc_id, number, PageError.from_json(error_info(Timeout(
+        f"page {number}'s second reading did not come within OCR_ESCALATE_WAIT_SECONDS "
+        f"({self.app.ocr_settings.escalate_wait_seconds:.0f} s)"))), password)
+
+
+def _keep_first_reading(task: Task, doc_id: str, number: int, error: PageError,
+                        password: str | None) -> None:
+    """Record page `number`'s first reading with `error`, unless the page is recorded."""
+    services = JobServices.for_app(task.app)
+    try:
+        with transient("Redis or the broker"):
+            meta = services.join.find(doc_id)
+            if meta is None or services.join.recorded(doc_id, number):
+                return  # the document has ended, or the page is in
+            first = services.join.first(doc_id, number)
+            if first is None:
+                return
+            _record(task.app, meta, keep_first(first, error), services, password)
+    except OcrError as exc:
+        retry_later(task, exc)
+        raise
 
 
 @shared_task(name="ocr.pdf_text_chunk", bind=True, base=GuardedTask, ignore_result=True,

@@ -51,6 +51,7 @@ from tasks.errors import OcrError
 from tasks.queue import cgroup_memory
 from tasks.queue.job_samples import (
     client_page_samples,
+    escalation_samples,
     job_line,
     job_record,
     page_failures,
@@ -199,6 +200,12 @@ class Telemetry:
                                                           job=job, numbers=numbers))):
             usage.forget_ttls()  # its keys' TTLs are set again by the next write
         return None
+
+    def pages_escalated(self, pages: Iterable[dict[str, Any]]) -> None:
+        """Count the pages among `pages` that escalated (held, within a second in Redis)."""
+        samples = escalation_samples(pages)
+        if samples:
+            self._write(lambda store: store.add(samples, []))
 
     def label(self, client: str) -> str:
         """`client`'s bounded metric label (`other` while the token names are unread)."""
@@ -359,3 +366,14 @@ def pages_read(engine: str, pages: Iterable[PageRecord], cached: bool = False,
         return None
     return _telemetry.pages_read(engine, (page.to_json() for page in pages), cached, client,
                                  job, recorded)
+
+
+def pages_escalated(pages: Iterable[PageRecord]) -> None:
+    """Count the escalated pages among `pages`, where their escalation was decided.
+
+    That is the task that read them first (escalated or not, a page is counted once):
+    a page task, or the job task of an image. A process without telemetry counts nothing.
+    """
+    if _telemetry is None:
+        return
+    _telemetry.pages_escalated(page.to_json() for page in pages if page.escalation is not None)

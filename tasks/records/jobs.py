@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import time
+import uuid
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -57,6 +58,19 @@ class DocumentMeta:
     # The sending client's own URL prefixes (its control hash's `prefixes`): page tasks
     # and the merge hold the job's URLs to them as well as to OCR_ALLOWED_URLS.
     url_prefixes: list[str] | None = None
+    # An image's pages its task sent to the escalation engine (an image fans out only
+    # for them); a PDF's escalate from its `ocr_pages`.
+    escalated: list[int] = field(default_factory=list)
+
+    def escalation_task(self, number: int) -> str:
+        """The id of page `number`'s `ocr.escalate_page`: derived, so a cancel names it."""
+        return str(uuid.uuid5(uuid.NAMESPACE_URL, f"ocr:escalate:{self.job_id}:{number}"))
+
+    def escalation_tasks(self) -> list[str]:
+        """The ids of every escalation task the document may have sent."""
+        if self.request.escalate is None:
+            return []
+        return [self.escalation_task(n) for n in (*self.ocr_pages, *self.escalated)]
 
     def to_json(self) -> str:
         data = {**self.__dict__, "request": self.request.to_json(),

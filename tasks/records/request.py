@@ -14,6 +14,7 @@ from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
 from tasks.errors import BadRequest, InvalidPages
+from tasks.records.engines import VLM_ENGINES
 from tasks.records.formats import OUTPUT_NAMES
 from tasks.records.status import JobStatus
 
@@ -31,8 +32,10 @@ AUTO_LANG = "auto"
 SOURCES = ("data_b64", "blob", "path", "url")
 OPTIONS = ("filename", "engine", "pages", "password", "output", "mode", "lang", "callback_task",
            "callback_queue", "callback_url", "merge_from", "result_url", "url_version",
-           "url_etag", "ground_truth")
+           "url_etag", "ground_truth", "escalate")
 NUMBER_OPTIONS = ("deadline",)
+# Numbers from 0 to 1: `escalate_below`, the mean word confidence a page is read again below.
+FRACTION_OPTIONS = ("escalate_below",)
 # `no_cache`: read the input afresh, never answered from the result cache (the fresh
 # result then replaces the cached one).
 BOOLEAN_OPTIONS = ("no_cache",)
@@ -81,6 +84,10 @@ class JobRequest:
     # The document's text as it should read (pages split by form feeds): the result
     # then carries `scores` against it (tasks/evaluation/scoring.py).
     ground_truth: str | None = field(default=None, repr=False)
+    # The engine that reads again the pages the job's engine is unsure of (a VLM), and
+    # the mean word confidence (0-1) a page is read again below (docs/escalation.md).
+    escalate: str | None = None
+    escalate_below: float | None = None
 
     @classmethod
     def from_kwargs(cls, kwargs: dict[str, Any], engines: Collection[str]) -> JobRequest:
@@ -91,7 +98,7 @@ class JobRequest:
         (`tasks.lifecycle.inputs.decode_request`), not here.
         """
         unknown = sorted(set(kwargs) - set(SOURCES) - set(OPTIONS) - set(NUMBER_OPTIONS)
-                         - set(BOOLEAN_OPTIONS))
+                         - set(FRACTION_OPTIONS) - set(BOOLEAN_OPTIONS))
         if unknown:
             raise BadRequest(f"unknown argument(s): {', '.join(unknown)}")
         given = [s for s in SOURCES if kwargs.get(s) not in (None, "")]
@@ -106,15 +113,25 @@ class JobRequest:
             if value is not None and (isinstance(value, bool)
                                       or not isinstance(value, (int, float))):
                 raise BadRequest(f"`{name}` must be a number (seconds since the epoch)")
+        for name in FRACTION_OPTIONS:
+            value = kwargs.get(name)
+            if value is not None and (isinstance(value, bool)
+                                      or not isinstance(value, (int, float))
+                                      or not 0 <= value <= 1):
+                raise BadRequest(f"`{name}` must be a number from 0 to 1")
         for name in BOOLEAN_OPTIONS:
             if kwargs.get(name) is not None and not isinstance(kwargs[name], bool):
                 raise BadRequest(f"`{name}` must be true or false")
         chosen = {k: kwargs[k] for k in (*SOURCES, *OPTIONS, *NUMBER_OPTIONS,
-                                         *BOOLEAN_OPTIONS) if kwargs.get(k) not in (None, "")}
+                                         *FRACTION_OPTIONS, *BOOLEAN_OPTIONS)
+                  if kwargs.get(k) not in (None, "")}
         request = cls(source=given[0], **chosen)
         if request.engine is not None and request.engine not in engines:
             raise BadRequest(f"unknown engine {request.engine!r}; choose one of "
                              f"{', '.join(engines)}")
+        if request.escalate is not None and request.escalate not in VLM_ENGINES:
+            raise BadRequest(f"`escalate` must name a vision-language engine: "
+                             f"{' or '.join(VLM_ENGINES)}")
         if request.output not in OUTPUT_CHOICES:
             raise BadRequest(f"`output` must be one of {', '.join(OUTPUT_CHOICES)}")
         if request.lang is not None and not LANG_PATTERN.match(request.lang):
@@ -133,6 +150,9 @@ class JobRequest:
         options = asdict(self)
         for name in NOT_IN_RESULT:
             options.pop(name)
+        if self.escalate is None:  # no escalation: keyed as a job that names neither
+            options.pop("escalate")
+            options.pop("escalate_below")
         return {**options, "engine": engine, "model": model}
 
     def with_default_lang(self, default: str) -> JobRequest:
@@ -142,6 +162,19 @@ class JobRequest:
         served to a job read with a named set, and the other way round.
         """
         return self if self.lang else replace(self, lang=default)
+
+    def with_escalation(self, engine: str, below: float) -> JobRequest:
+        """The request with its escalation settled: its own, else the fleet's defaults.
+
+        `engine` and `below` are OCR_ESCALATE_ENGINE ("": none) and OCR_ESCALATE_BELOW.
+        A job without an escalation engine keeps no threshold. Set before the cache key
+        is made, as `with_default_lang` is.
+        """
+        escalate = self.escalate or engine or None
+        if escalate is None:
+            return replace(self, escalate=None, escalate_below=None)
+        return replace(self, escalate=escalate, escalate_below=below
+                       if self.escalate_below is None else float(self.escalate_below))
 
     def to_json(self) -> dict[str, Any]:
         """The request as stored in Redis: no inline payload (it is in a blob by then)."""

@@ -78,6 +78,38 @@ class Fallback(JsonRecord):
     reason: str
 
 
+# Why a page was read again by the job's escalation engine (`Escalation.reason`).
+LOW_CONFIDENCE = "low_confidence"  # its mean word confidence below `escalate_below`
+NO_TEXT = "no_text"  # no text on a page that is not blank
+
+
+@dataclass(frozen=True)
+class Escalation(JsonRecord):
+    """A page read again by the job's escalation engine (the page result's `escalation`).
+
+    `source` (the JSON's `from`) is the engine of the first reading, `to` the escalation
+    engine, `reason` why (`LOW_CONFIDENCE`, `NO_TEXT`), `confidence` the first reading's
+    mean word confidence from 0 to 1 (None: its engine gives none). `error`: the second
+    reading did not come (no live worker, its server down past the bound, a failed
+    read): the page keeps its first reading.
+    """
+
+    source: str
+    to: str
+    reason: str
+    confidence: float | None
+    error: PageError | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        out = super().to_json()
+        return {"from": out.pop("source"), **out}
+
+    @classmethod
+    def from_json(cls, data: Mapping[str, Any]) -> Escalation:
+        rest = {key: value for key, value in data.items() if key != "from"}
+        return super().from_json({"source": data["from"], **rest})
+
+
 @dataclass(frozen=True)
 class TextLayer(JsonRecord):
     """Whose word boxes a model's words were placed on (searchable PDF, hOCR, ALTO).
@@ -216,6 +248,7 @@ class PageRecord(JsonRecord):
     script: ScriptFound | None = None
     vlm: VlmRead | None = None
     fallback: Fallback | None = None
+    escalation: Escalation | None = None
     text_layer: TextLayer | None = None
     worker: PageWorker | None = None
     image_size: tuple[int, int] | None = None

@@ -92,6 +92,13 @@ def validate(settings: Settings) -> None:
                                         settings.all_engine_names()):
         raise SettingsError(f"OCR_VLM_FALLBACK={settings.vlm_fallback!r}: choose none or "
                             "an engine that is not a VLM (tesseract, rapidocr)")
+    if settings.escalate_engine and settings.escalate_engine not in VLM_ENGINES:
+        raise SettingsError(f"OCR_ESCALATE_ENGINE={settings.escalate_engine!r}: choose "
+                            f"{' or '.join(VLM_ENGINES)}, or leave it empty")
+    if not 0 <= settings.escalate_below <= 1:
+        raise SettingsError("OCR_ESCALATE_BELOW must be from 0 to 1")
+    if settings.escalate_wait_seconds <= 0:
+        raise SettingsError("OCR_ESCALATE_WAIT_SECONDS must be positive")
     for name in ("vlm_api_timeout", "vlm_api_connect_timeout", "vlm_api_page_time_limit",
                  "vlm_api_retry_seconds", "vlm_api_probe_seconds", "vlm_api_in_flight"):
         if getattr(settings, name) <= 0:

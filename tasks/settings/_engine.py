@@ -47,6 +47,23 @@ class EngineSettings:
     vlm_fallback: str = _s("OCR_VLM_FALLBACK", "tesseract",
                            "Engine that reads a page the VLM left incomplete after every "
                            "try; `none`: such a page fails with code `vlm_incomplete`.")
+    # Escalation: the pages the job's engine is unsure of, read again by a VLM.
+    escalate_engine: str = _s("OCR_ESCALATE_ENGINE", "",
+                              "Engine that reads again the pages a job's engine is unsure "
+                              "of (vlm-api or mlx-vlm), for jobs that name none "
+                              "(`escalate`); empty: no escalation (docs/escalation.md).")
+    escalate_below: float = _s("OCR_ESCALATE_BELOW", "0.85",
+                               "A page whose mean word confidence (0 to 1) is below this, "
+                               "or that has no text and is not blank, is read again by the "
+                               "escalation engine, for jobs that give no `escalate_below`; "
+                               "0: none, 1: every OCR'd page. 0.85 keeps clean scans "
+                               "(0.88-0.95) and sends the misread ones (docs/escalation.md).")
+    escalate_wait_seconds: float = _s("OCR_ESCALATE_WAIT_SECONDS", "600",
+                                      "Seconds an escalated page may wait for its second "
+                                      "reading from when it was escalated (in the "
+                                      "escalation engine's queue, for its server, its "
+                                      "retries); past it the page keeps its first reading "
+                                      "(its `escalation` says `error` code timeout).")
     # The vlm-api engine: a VLM behind an OpenAI-compatible inference server.
     vlm_api_url: str = _s("OCR_VLM_API_URL", "",
                           "Base URL of the OpenAI-compatible inference server the vlm-api "

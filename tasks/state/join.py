@@ -77,6 +77,14 @@ end
 return {done, hold}
 """)
 
+# KEYS: the end claim, the first readings; ARGV: TTL, then page number/JSON pairs.
+_HOLD_UNLESS_ENDED = lua.Script("""
+if redis.call('exists', KEYS[1]) == 1 then return 0 end
+redis.call('hset', KEYS[2], unpack(ARGV, 2))
+redis.call('expire', KEYS[2], ARGV[1])
+return 1
+""")
+
 
 @dataclass(frozen=True)
 class ProgressWrite:
@@ -109,7 +117,9 @@ class PageProgress:
 class DocumentJoin:
     """Per-document keys: `<id>:meta` (JSON `DocumentMeta`), `<id>:pages` (hash).
 
-    And `<id>:cancel`: a cancel asked (written by `JobControl.cancel`).
+    And `<id>:cancel`: a cancel asked (written by `JobControl.cancel`); `<id>:first`
+    (hash): the first readings of the pages read again by the job's escalation engine,
+    until their second reading is recorded.
     """
 
     def __init__(self, client: redis.Redis, ttl: int) -> None:
@@ -203,18 +213,35 @@ class DocumentJoin:
             quiet_jobs.counted(counted.job, int(hold))
         return int(done)
 
+    def hold_first(self, doc_id: str, pages: Sequence[PageRecord]) -> bool:
+        """Keep the first readings of escalated `pages`; False, none kept, once it ended."""
+        pairs = [item for page in pages
+                 for item in (str(page.number), json.dumps(page.to_json()))]
+        return bool(_HOLD_UNLESS_ENDED(
+            self._redis, [job_ended_key(doc_id), self._key(doc_id, "first")],
+            [self._ttl, *pairs]))
+
+    def first(self, doc_id: str, number: int) -> PageRecord | None:
+        """Page `number`'s first reading, held while it is read again (None: none held)."""
+        raw = self._redis.hget(self._key(doc_id, "first"), str(number))
+        return None if raw is None else PageRecord.from_json(json.loads(raw))
+
+    def recorded(self, doc_id: str, number: int) -> bool:
+        """Whether page `number` of the document is recorded."""
+        return bool(self._redis.hexists(self._key(doc_id, "pages"), str(number)))
+
     def pages(self, doc_id: str) -> list[PageRecord]:
         raw = self._redis.hgetall(self._key(doc_id, "pages"))
         return [PageRecord.from_json(json.loads(value)) for value in raw.values()]
 
     def cleanup(self, doc_id: str, also: Sequence[str] = ()) -> None:
-        """Drop meta, pages, cancel mark, and the keys `also` (not the job's end claim).
+        """Drop meta, pages, cancel mark, first readings, the keys `also` (not the end claim).
 
         One DEL for all of them; the end claim stays until its TTL.
         """
         self._redis.delete(*self.keys(doc_id, also))
 
     def keys(self, doc_id: str, also: Sequence[str] = ()) -> list[str]:
-        """What `cleanup` drops: meta, pages, cancel mark, and the keys `also`."""
+        """What `cleanup` drops: meta, pages, cancel mark, first readings, the keys `also`."""
         return [self._key(doc_id, "meta"), self._key(doc_id, "pages"),
-                self._key(doc_id, "cancel"), *also]
+                self._key(doc_id, "cancel"), self._key(doc_id, "first"), *also]

@@ -112,6 +112,10 @@ METRICS: dict[str, MetricSpec] = {
     "ocr_vlm_fallbacks_total": MetricSpec(
         "counter", "Pages whose text came from a fallback engine after the model's read "
         "did not finish, by fallback engine and reason.", ("engine", "fallback", "reason")),
+    "ocr_pages_escalated_total": MetricSpec(
+        "counter", "Pages the job's engine was unsure of, sent to its escalation engine, by "
+        "the engine that read them first (from), the escalation engine (to) and reason: "
+        "low_confidence or no_text.", ("from", "to", "reason")),
     "ocr_vlm_server_outages_total": MetricSpec(
         "counter", "Times the inference server of a vlm-api worker was found down or "
         "loading (its pages waited, none failed), counted once it answered again.",
