@@ -49,10 +49,10 @@ PIDBOX = ("*.celery.pidbox*",)        # remote control: a node's mailbox, replie
 BINDINGS = ("_kombu.*",)              # exchange -> queue tables and their deadlines
 # Layouts 1 and 2's keys (tasks/broker/stored_layout.py names them): no process of this
 # release writes them (a worker's start asks whether one exists; `ocr_admin.py
-# migrate-broker`, as admin, moves them), but the release before (53e8f2e) still names
-# them (its declares count the old rings, its workers and Flower wait on the old
-# doorbells, its clients ring them, its restores and depth read the old held records),
-# so that its processes run under these users during a rollout.
+# migrate-broker`, as admin, moves them), but the release before still names them (its
+# declares count the old rings, its workers and Flower wait on the old doorbells, its
+# Node client rings them, its restores and depth read the old held records), so its
+# processes run under these users during a rollout.
 OLD_HELD = (stored_layout.HELD_KEY, stored_layout.UNACKED_KEY,
             stored_layout.UNACKED_INDEX_KEY, stored_layout.HOLDERS_KEY)
 OLD_WAKE = stored_layout.WAKE_PREFIX + "*"
