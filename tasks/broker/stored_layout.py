@@ -36,7 +36,7 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from typing import Any
 
 from kombu.utils.encoding import bytes_to_str
@@ -54,6 +54,19 @@ from tasks.broker.layout import (
 from tasks.broker.scripts import Script
 
 MIGRATE_COMMAND = "ocr_admin.py migrate-broker"
+
+# Layouts 1 and 2's keys.
+UNACKED_KEY = "unacked"              # kombu's names (layout 1)
+UNACKED_INDEX_KEY = "unacked_index"
+HOLDERS_KEY = "unacked_holders"
+HELD_KEY = "unacked_held"            # layout 2
+LANE_PREFIX = "ocr:lane:"
+RINGS_PREFIX = "ocr:lanes:"
+WAKE_PREFIX = "ocr:wake:"
+# One of these exists wherever layout 1 or 2 holds a message: a held record, or a
+# client in a ring (a client stays in its step's ring while any lane of it holds one).
+FIXED_KEYS = (HELD_KEY, UNACKED_KEY, UNACKED_INDEX_KEY, HOLDERS_KEY,
+              *(f"{RINGS_PREFIX}{step}" for step in PRIORITY_STEPS))
 
 
 class LayoutNewer(Exception):
@@ -113,19 +126,6 @@ def settle(client: Any) -> int:
     if version < LAYOUT_VERSION:
         raise LayoutOld(version)
     return version
-
-
-UNACKED_KEY = "unacked"              # kombu's names (layout 1)
-UNACKED_INDEX_KEY = "unacked_index"
-HOLDERS_KEY = "unacked_holders"
-HELD_KEY = "unacked_held"            # layout 2
-LANE_PREFIX = "ocr:lane:"
-RINGS_PREFIX = "ocr:lanes:"
-WAKE_PREFIX = "ocr:wake:"
-# One of these exists wherever layout 1 or 2 holds a message: a held record, or a
-# client in a ring (a client stays in its step's ring while any lane of it holds one).
-FIXED_KEYS = (HELD_KEY, UNACKED_KEY, UNACKED_INDEX_KEY, HOLDERS_KEY,
-              *(f"{RINGS_PREFIX}{step}" for step in PRIORITY_STEPS))
 
 
 class OlderWorkerAlive(Exception):
@@ -200,7 +200,7 @@ class Moved:
     dropped: int = 0            # keys of the old rings and doorbells dropped
 
     def as_json(self) -> dict[str, Any]:
-        return {**self.__dict__, "layout": LAYOUT_VERSION}
+        return {**asdict(self), "layout": LAYOUT_VERSION}
 
 
 def migrate(channel: Any, records: Mapping[Any, Any], now: float | None = None) -> Moved:
@@ -208,7 +208,7 @@ def migrate(channel: Any, records: Mapping[Any, Any], now: float | None = None) 
 
     `channel`: a channel of this project's transport on the broker (its QoS restores);
     `records`: the workers' presence records. Raises OlderWorkerAlive while one of them
-    is of a release before layout 3, and stored_layout.LayoutNewer on a newer layout.
+    is of a release before layout 3, and LayoutNewer on a newer layout.
     """
     older = older_workers(records, time.time() if now is None else now)
     if older:
