@@ -7,16 +7,18 @@
     ocr_admin.py [--redis-url URL] backup TARGET | restore SOURCE [--check] [--json]
     ocr_admin.py [--redis-url URL] usage [--from D] [--to D] [--client NAME]
     ocr_admin.py [--redis-url URL] accuracy [--run] [--json]
+    ocr_admin.py [--redis-url URL] migrate-broker [--json]
 
 `models` audits OCR_MODEL_DIR on every host (one table per host), prunes it, or makes
 the workers release their engines; `tokens` administers the HTTP API's clients (their
 tokens, quotas and webhook secrets); `backup` and `restore` save the service's Redis and
 bring it back (tasks/cli/backup.py, docs/deploy.md); `usage` prints the pages each
 client had read by day, as JSON (tasks/cli/usage.py); `accuracy` the golden set's
-scores, `--run` scoring it now (tasks/cli/accuracy.py). `submit.py models ...` and
-`submit.py tokens ...` run the same code with the same words (submit.py registers these
-commands from here). Runs on an operator's machine: needs Redis at REDIS_URL (and
-workers for `models`).
+scores, `--run` scoring it now (tasks/cli/accuracy.py); `migrate-broker` moves a Redis
+broker of a release before layout 3 into layout 3 (tasks/cli/broker_layout.py).
+`submit.py models ...` and `submit.py tokens ...` run the same code with the same words
+(submit.py registers these commands from here). Runs on an operator's machine: needs
+Redis at REDIS_URL (and workers for `models`).
 """
 
 from __future__ import annotations
@@ -37,6 +39,7 @@ from tasks.admission import priority_for
 from tasks.api.tokens import ApiClient, TokenStore
 from tasks.cli.accuracy import add_accuracy_command, run_accuracy
 from tasks.cli.backup import add_backup_commands, run_backup, run_restore
+from tasks.cli.broker_layout import add_migrate_command, run_migrate
 from tasks.cli.core import (
     EXIT_FAILURE,
     EXIT_OK,
@@ -386,14 +389,15 @@ def build_parser() -> argparse.ArgumentParser:
     add_backup_commands(commands)
     add_usage_command(commands)
     add_accuracy_command(commands)
+    add_migrate_command(commands)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)  # usage errors exit 2
-    run = {"models": run_models, "backup": run_backup,
-           "restore": run_restore, "usage": run_usage,
-           "accuracy": run_accuracy}.get(args.command, run_tokens_command)
+    run = {"models": run_models, "backup": run_backup, "restore": run_restore,
+           "usage": run_usage, "accuracy": run_accuracy,
+           "migrate-broker": run_migrate}.get(args.command, run_tokens_command)
     return run_command(PROG, run, args, Session(args.redis_url))
 
 

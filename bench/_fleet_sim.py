@@ -97,9 +97,7 @@ class SimulatedWorker(threading.Thread):
         sweep = holders.HolderSweep(
             redis.Redis.from_url(self.settings.broker_target.url), self.store,
             self.settings.worker_liveness_seconds, PRESENCE_TTL,
-            prefix=str(options.get("global_keyprefix") or ""),
-            unacked=str(options.get("unacked_key") or "unacked"),
-            index=str(options.get("unacked_index_key") or "unacked_index"))
+            prefix=str(options.get("global_keyprefix") or ""))
         engines = engine_names(tuple(self.settings.engine_plugins))
         names = [q.name for q in queues]
 

@@ -27,7 +27,7 @@ from typing import TYPE_CHECKING, Any
 
 from bench.chaos_fleet import SIMULATED_TEXT
 from devkit.cer import cer
-from tasks.broker.layout import HELD_KEY, HELD_LISTS_KEY, LAYOUT_KEY, UNACKED_KEYS
+from tasks.broker.layout import HELD_LISTS_KEY, LAYOUT_KEY, SWEEP_LOCK_KEY, UNACKED_MUTEX_KEY
 
 if TYPE_CHECKING:
     import redis
@@ -43,8 +43,8 @@ WORKER_RSS_LIMIT_MB = 1500.0
 # record, its webhook signing secrets and its weight; the broker's lanes live like its
 # queues (tasks/broker/lanes.py), and its key layout's version and the set of lists
 # with held records like the broker itself (tasks/broker/stored_layout.py, held.py).
-NO_TTL = ("ocr:api:token:", "ocr:api:clients", "ocr:api:webhook:", "ocr:lane:", "ocr:lanes:",
-          "ocr:lane-weights", LAYOUT_KEY, HELD_LISTS_KEY)
+NO_TTL = ("ocr:api:token:", "ocr:api:clients", "ocr:api:webhook:", "ocr:lane-weights",
+          LAYOUT_KEY, HELD_LISTS_KEY)
 
 
 def check(jobs: list[Job], inputs: dict[str, Input], deliveries: list[Delivery],
@@ -178,7 +178,7 @@ def _keys(store: redis.Redis, jobs: list[Job]) -> dict[str, Any]:
     counted = 0
     for raw in store.scan_iter(count=1000):
         key = raw.decode(errors="replace")
-        if key.startswith(("_kombu.", "{")) or key in (HELD_KEY, *UNACKED_KEYS):
+        if key.startswith(("_kombu.", "{")) or key in (UNACKED_MUTEX_KEY, SWEEP_LOCK_KEY):
             continue  # the broker's own bookkeeping
         if key.startswith(("ocr:blob:", "ocr:api:upload:")):
             inputs_left.append(key)

@@ -1,4 +1,4 @@
-"""What the broker holds: every held record, of every list's hash and layout version 2's."""
+"""What the broker holds: every held record, of every list's hash."""
 
 from __future__ import annotations
 

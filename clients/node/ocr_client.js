@@ -256,12 +256,12 @@ async function keptOnReplicas(redis, taskId) {
   throw err;
 }
 
-// Wake one idle worker of `queue` (its doorbell, `ocr:wake:<queue>`: one item at most,
+// Wake one idle worker of `queue` (its doorbell, `{<queue>}:wake`: one item at most,
 // for a minute). Workers take a message in one atomic step and wait on doorbells when
 // their queues are empty; a message pushed without a ring waits for the end of an idle
 // worker's wait (up to 10 s).
 async function ring(redis, queue) {
-  const key = `ocr:wake:${queue}`;
+  const key = `{${queue}}:wake`;
   await redis.command('LPUSH', key, '1');
   await redis.command('LTRIM', key, '0', '0');
   await redis.command('PEXPIRE', key, '60000');

@@ -8,17 +8,17 @@ Who runs what:
   channel of `fetching` extends; behind Sentinel through `sentinel_transport`.
 - the worker parent, the one process that consumes: the fetch (`fetch_script.FETCH`,
   held in one record of its list's hash with its holder and popped in one step,
-  `held`; idle, one EXISTS; version 2's lanes moved in first every few seconds,
-  `old_lanes`), the long wait on doorbells (`ocr_idle_wait`, 10 s in workers), the
-  checks and dead letters (`refusals`, `oversized`), acknowledgements (`qos`) and what
-  a lost connection leaves (`unsettled`), and, on its heartbeat, the sweep of dead
-  holders' messages (`holders`) and the move of the stored layout (`stored_layout`).
+  `held`; idle, one EXISTS), the long wait on doorbells (`ocr_idle_wait`, 10 s in
+  workers), the checks and dead letters (`refusals`, `oversized`), acknowledgements
+  (`qos`) and what a lost connection leaves (`unsettled`), and, on its heartbeat, the
+  sweep of dead holders' messages (`holders`).
 - the Procfile `metrics` process: `queue_depth` (the figure KEDA scales on) and
   `fleet_metrics` (Redis health, oldest messages, workers per queue, dead letters).
 - the Redis container's start-up and the kits: `redis_acl` (each role's Redis user).
-- the worker parent as it starts: `stored_layout` (the oldest layout version a worker
-  must read on this Redis, and the one clients write their lanes in: this release's
-  stored where none is; a newer one than this release reads stops the worker).
+- the worker parent as it starts: `stored_layout` (the layout version this Redis holds:
+  this release's stored where none is; a newer one, or layout 1 or 2, stops the
+  worker). The operator, once: `stored_layout.migrate` (`ocr_admin.py migrate-broker`)
+  moves layouts 1 and 2's keys, named there alone, into this one.
 
 Every script of the broker is a `scripts.Script`, sent as EVALSHA and loaded (SCRIPT
 LOAD) by each process before its first run on a pool, and again where the server
@@ -27,14 +27,10 @@ transport refuses `global_keyprefix`: a service has its own database or ACL user
 script reads the envelope: the fetch holds a message under a delivery tag the worker
 chose, in one record whose head says when it was taken, by whom and from where, then
 `[message, "", queue]` (the restore sends it back to the queue it came from); records
-of the envelope's tag, exchange and routing key (a `basic_get`'s, or a stock kombu
-worker's in `unacked`) are acknowledged and restored alike. Layout version 3: every key
-beside a list L takes L as its hash tag (`{L}:...`, in L's own slot). Redis Cluster is
-not supported: one fetch touches several slots (docs/scaling.md). Workers of the
-releases before keep theirs in version 2's `unacked_held` and version 1's `unacked`,
-`unacked_index` and `unacked_holders`, and clients of the release before write version
-2's lanes and rings: this release's workers restore, sweep and count those records too,
-move those lanes into their own, and write none.
+of the envelope's tag, exchange and routing key (a `basic_get`'s) are acknowledged and
+restored alike. Layout version 3: every key beside a list L takes L as its hash tag
+(`{L}:...`, in L's own slot). Redis Cluster is not supported: one fetch touches several
+slots (docs/scaling.md).
 
 The key layout, owned by `layout` (nothing else spells these names):
 
@@ -54,23 +50,15 @@ The key layout, owned by `layout` (nothing else spells these names):
     ocr:held-lists                   set     a worker's first      the sweep (drops the
                                               record of a list,     empty), the look,
                                               again every minute    queue depth
-    ocr:lane:<list>:<client>,        list,   clients of the        the fetch (moves them
-      ocr:lanes:<step>[:turn|:count]  hashes  release before        in), queue depth
-      (layout 2)                              (while 2 is stored)
-    unacked_held (layout 2)          hash    the release before    the restores, the
-                                                                    sweep, queue depth
-    unacked, unacked_index,          hash,   the release before    the restores, the
-      unacked_holders (layout 1)     zset,    that (layout 1)       holders' sweep, queue
-                                     hash                           depth (`unacked`)
     unacked_mutex                    string  the visibility look   the visibility look
                                               (SET NX PX: one a     (a worker's, every 5 s
                                               fleet an interval)    while one is held)
     unacked_sweep                    string  the holders' sweep    the holders' sweep
                                               (SET NX PX lock)
     ocr:workers (tasks/state)        hash    heartbeats (node ->   the holders' sweep,
-                                              expires, pid, layout) the layout's move
-    {<queue>}:wake, and layout 2's   list    each publish and      idle workers' BLPOP
-      ocr:wake:<queue>                        restore (1 item)      (both)
+                                              expires, pid, layout) the migration
+    {<queue>}:wake                   list    each publish and      idle workers' BLPOP
+                                              restore (1 item)
     ocr:dead-letter[:count]          list    refused messages      the exporter, operators
     _kombu.binding.<exchange>        set     queue declares        routing, queue depth
     _kombu.binding_permanent.<ex.>   set     declares of queues    the sweeps: kept
@@ -81,10 +69,9 @@ The key layout, owned by `layout` (nothing else spells these names):
     _kombu.binding_deadlines         zset    the same (exchange    stock kombu 5.7
                                               -> deadline)          clients' sweep
     ocr:layout                       string  the first worker to   each worker's start
-                                              start (SET NX: 3 on   (`stored_layout`);
-                                              a new Redis); moved   clients (the layout
-                                              to 3 once no older    their lanes are
-                                              worker is alive       written in)
+                                              start (SET NX: 3 on   (`stored_layout`)
+                                              a new Redis), the
+                                              migration
 
 The transport is our own (`transport.Transport`, registered as `ocr-redis`: Celery's
 `broker_transport`), built on kombu's virtual transport, not on kombu's Redis transport,

@@ -15,7 +15,7 @@ from __future__ import annotations
 import fnmatch
 from dataclasses import dataclass
 
-from tasks.broker import layout
+from tasks.broker import layout, stored_layout
 from tasks.broker.redis_acl import USERS, RedisUser
 
 READ_WRITE, READ, NONE = "rw", "r", "-"
@@ -36,18 +36,19 @@ FAMILIES: tuple[KeyFamily, ...] = (
     KeyFamily("clients' lanes and rings", (layout.list_lane_key("ocr", "alice"),
                                            layout.list_ring_key("ocr\x06\x163"),
                                            layout.list_ring_key("ocr") + ":turn",
-                                           layout.lane_key("ocr", "alice"),
-                                           layout.lanes_key(3), layout.lanes_key(3) + ":turn")),
-    KeyFamily("doorbells", (layout.queue_wake_key("ocr"), layout.wake_key("ocr"))),
+                                           stored_layout.LANE_PREFIX + "ocr:alice",
+                                           stored_layout.RINGS_PREFIX + "3",
+                                           stored_layout.RINGS_PREFIX + "3:turn")),
+    KeyFamily("doorbells", (layout.queue_wake_key("ocr"), stored_layout.WAKE_PREFIX + "ocr")),
     KeyFamily("the key layout's version", (layout.LAYOUT_KEY,)),
     KeyFamily("unacknowledged messages", (layout.list_held_key("ocr"),
                                           layout.list_held_key("ocr-fake\x06\x166"),
                                           layout.list_held_key("w1@host.dq2"),
-                                          layout.HELD_LISTS_KEY, layout.HELD_KEY,
-                                          layout.UNACKED_KEY)),
+                                          layout.HELD_LISTS_KEY, stored_layout.HELD_KEY,
+                                          stored_layout.UNACKED_KEY)),
     KeyFamily("their index, holders, restore mutex, sweep lock",
-              (layout.UNACKED_INDEX_KEY, layout.UNACKED_MUTEX_KEY, layout.HOLDERS_KEY,
-               layout.SWEEP_LOCK_KEY)),
+              (stored_layout.UNACKED_INDEX_KEY, layout.UNACKED_MUTEX_KEY,
+               stored_layout.HOLDERS_KEY, layout.SWEEP_LOCK_KEY)),
     KeyFamily("bindings", ("_kombu.binding.ocr", "_kombu.binding.reply.celery.pidbox")),
     KeyFamily("remote control mailboxes", ("w1@host.celery.pidbox",
                                            "abc.reply.celery.pidbox")),

@@ -20,29 +20,25 @@ from typing import Any
 
 import redis
 
-from tasks.broker.layout import LAYOUT_VERSION, WAKE_TTL_MS, wake
+from tasks.broker.layout import WAKE_TTL_MS, queue_wake_key
 
 log = logging.getLogger(__name__)
 
 
-def ring(pipe: Any, prefixed: Callable[[str], str], queues: Iterable[str],
-         layout: int = LAYOUT_VERSION) -> None:
+def ring(pipe: Any, prefixed: Callable[[str], str], queues: Iterable[str]) -> None:
     """Ring the doorbells of `queues` in `pipe` (a channel's pipeline).
 
     `prefixed`: a key's name as the channel's raw commands spell it (`_key`).
-    `layout`: the key layout the channel writes (2: the doorbells workers of the
-    release before wait on; this release's wait on both).
     """
-    for command in ring_commands(prefixed, queues, layout):
+    for command in ring_commands(prefixed, queues):
         pipe.execute_command(*command)
 
 
-def ring_commands(prefixed: Callable[[str], str], queues: Iterable[str],
-                  layout: int = LAYOUT_VERSION) -> list[list[Any]]:
+def ring_commands(prefixed: Callable[[str], str], queues: Iterable[str]) -> list[list[Any]]:
     """The commands that ring the doorbells of `queues` (`ring`'s arguments)."""
     commands: list[list[Any]] = []
     for queue in queues:
-        key = wake(prefixed(queue), layout)
+        key = queue_wake_key(prefixed(queue))
         commands += [["LPUSH", key, "1"], ["LTRIM", key, 0, 0], ["PEXPIRE", key, WAKE_TTL_MS]]
     return commands
 
@@ -57,7 +53,7 @@ def ring_now(channel: Any, queue: str) -> None:
     try:
         with channel.conn_or_acquire() as client, \
                 client.pipeline(transaction=False) as pipe:
-            ring(pipe, channel._key, [queue], channel.lanes_layout())
+            ring(pipe, channel._key, [queue])
             pipe.execute()
     except errors as exc:
         log.debug("could not ring the doorbell of %s: %r", queue, exc)

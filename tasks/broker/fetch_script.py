@@ -5,14 +5,8 @@ sends it at each poll). The script serves a worker's lists in weighted fair shar
 between clients (tasks/broker/lanes.py draws the lanes and rings; tasks/broker/
 layout.py names every key), holds the message it takes in one record of its list's
 held hash (tasks/broker/held.py), and drops the records of the acknowledgements that
-ride on it, all in one atomic step and one round trip.
-
-Layout version 3: a list L's lanes, ring and held records are keys tagged `{L}`, in
-L's own hash slot. The lanes of layout version 2 (`ocr:lane:<L>:<client>`, one ring a
-priority step for every queue: a client of the release before, during a rolling
-upgrade or still running elsewhere) are moved into their version 3 lanes by a fetch
-that asks for it (`old_lanes`: the worker asks every few seconds, and after a version
-2 doorbell woke it), so the fetch itself serves version 3's alone.
+ride on it, all in one atomic step and one round trip. A list L's lanes, ring and
+held records are keys tagged `{L}`, in L's own hash slot.
 """
 
 from __future__ import annotations
@@ -33,7 +27,6 @@ from tasks.broker.layout import (
     list_ring_key,
     queue_wake_key,
 )
-from tasks.broker.old_lanes import MOVE_OLD_LUA, old_lanes
 from tasks.broker.oversized import BOUND_LUA
 from tasks.broker.scripts import Script
 
@@ -67,8 +60,7 @@ from tasks.broker.scripts import Script
 # (`bounded`: tasks/broker/oversized.py). Returns {list, message, tag or ""}, or nil;
 # with ARGV[6+5n] "1" (a fetch woken by a doorbell), a 4th: how many lists and rings
 # still hold messages. With ARGV[5+5n] "1", an idle fetch costs one EXISTS over every
-# list and ring. ARGV[9+5n]: m, then m quads (ARGV[10+5n..9+5n+4m]) that move version
-# 2's lanes first (`old_lanes`). Then r, and r entry numbers (from 0): the lists whose
+# list and ring. ARGV[9+5n]: r, and r entry numbers (from 0): the lists whose
 # name this worker has not seen in the set of lists with held records, KEYS[2n+1]
 # (the first list where no entry acknowledges): a record written in one
 # of them names it there in the same step (SADD), so no record is ever held where the
@@ -80,18 +72,17 @@ from tasks.broker.scripts import Script
 # and a publish rings after it pushes, so a ring still there was for a message taken
 # already (a woken fetch that left messages rang for the next worker, then its own
 # worker took them): left, it would end the next wait at once for an empty fetch.
-FETCH = Script(BOUND_LUA + MOVE_OLD_LUA + r"""
+FETCH = Script(BOUND_LUA + r"""
 local limit = tonumber(ARGV[2])
 local wakes = tonumber(ARGV[4])
 local n = (#KEYS - 1 - wakes) / 2
 local base = 5 + 5 * n
 local holder = ARGV[base + 2] or ''
 local tag = ARGV[base + 3] or ''
-local moves = tonumber(ARGV[base + 4]) or 0
 local unnamed = {}
-local names = tonumber(ARGV[base + 5 + 4 * moves]) or 0
-for j = 1, names do unnamed[tonumber(ARGV[base + 5 + 4 * moves + j])] = true end
-local acks_at = base + 6 + 4 * moves + names
+local names = tonumber(ARGV[base + 4]) or 0
+for j = 1, names do unnamed[tonumber(ARGV[base + 4 + j])] = true end
+local acks_at = base + 5 + names
 local function list(i) return KEYS[2 * i + 1] end
 local function arg(i, k) return ARGV[5 + 5 * i + k] end
 if #ARGV >= acks_at then
@@ -106,7 +97,6 @@ if #ARGV >= acks_at then
   end
   for _, k in ipairs(order) do redis.call('HDEL', KEYS[k], unpack(done[k])) end
 end
-if moves > 0 then move_old(base + 5, moves) end
 -- pops `item` from `src`, entry i's list or a lane of it (`popped`: LMPOP took it
 -- already): recorded under `tag` where acknowledged
 local function take(src, item, i, ring, client, popped)
@@ -218,7 +208,7 @@ Listed = tuple[str, int, bool, bool]  # a list's key, priority step, has lanes, 
 def fetch_command(prefix: str, lists: Sequence[Listed], now: float, max_bytes: int,
                   probe: bool = True, woken: bool = False, holder: str = "",
                   tag: str | None = None, sep: str = SEP,
-                  acks: Iterable[tuple[str, str]] = (), move_old: bool = False,
+                  acks: Iterable[tuple[str, str]] = (),
                   named: Collection[str] = ()) -> list[Any]:
     """The EVALSHA of `FETCH` over `lists`, in that order (highest priority first).
 
@@ -231,15 +221,13 @@ def fetch_command(prefix: str, lists: Sequence[Listed], now: float, max_bytes: i
     delivered under (None: a new one); `sep`: kombu's separator of a queue's name and
     priority step. `acks`: (held hash, delivery tag) pairs acknowledged by the same
     call, before it fetches; those of a hash the fetch does not name are left out
-    (`split_acks`). `move_old`: layout version 2's lanes of the lists are moved into
-    their own first (`old_lanes`). `named`: the lists the caller saw named in the set
-    of lists with held records (the others are named by the record's write).
+    (`split_acks`). `named`: the lists the caller saw named in the set of lists with
+    held records (the others are named by the record's write).
     """
     parts = fetch_parts(prefix, tuple(lists), int(max_bytes or 0), sep)
     riding, _ = split_acks(parts, acks)
-    moves = old_lanes(prefix, tuple(lists)) if move_old else ()
     return [*parts[0], repr(now), *parts[1], *fetch_tail(
-        probe, woken, holder, tag, riding, moves, unnamed(parts, named))]
+        probe, woken, holder, tag, riding, unnamed(parts, named))]
 
 
 @functools.lru_cache(maxsize=64)
@@ -318,14 +306,11 @@ def split_acks(parts: tuple[tuple[Any, ...], tuple[str, ...]],
 
 
 def fetch_tail(probe: bool, woken: bool, holder: str, tag: str | None,
-               acks: Sequence[str], moves: Sequence[str] = (),
-               unnamed: Sequence[str] = ()) -> list[str]:
+               acks: Sequence[str], unnamed: Sequence[str] = ()) -> list[str]:
     """The arguments after a fetch's entries.
 
-    Its flags, holder, tag, the quads of version 2's lanes it moves (`old_lanes`), the
-    entries whose list a record names in the set of lists with held records
-    (`unnamed`), its acknowledgements.
+    Its flags, holder, tag, the entries whose list a record names in the set of lists
+    with held records (`unnamed`), its acknowledgements.
     """
     return ["1" if probe else "0", "1" if woken else "0", holder,
-            str(uuid.uuid4()) if tag is None else tag, str(len(moves) // 4), *moves,
-            str(len(unnamed)), *unnamed, *acks]
+            str(uuid.uuid4()) if tag is None else tag, str(len(unnamed)), *unnamed, *acks]

@@ -50,14 +50,7 @@ import redis.exceptions
 from kombu.utils.encoding import bytes_to_str
 
 from tasks.broker import doorbells, fetch_script, holders, lanes, oversized, scripts, unsettled
-from tasks.broker.layout import (
-    DEAD_LETTER_KEY,
-    list_held_key,
-    queue_list,
-    queue_wake_key,
-    wake_key,
-)
-from tasks.broker.old_lanes import MOVE_EVERY, old_lanes
+from tasks.broker.layout import DEAD_LETTER_KEY, list_held_key, queue_list, queue_wake_key
 from tasks.broker.publishing import PublishingChannel
 from tasks.broker.qos import QoS
 from tasks.broker.refusals import (
@@ -99,8 +92,6 @@ class Channel(PublishingChannel):
     _taken: str | None = None  # the delivering message's tag, as fetched (`QoS.append`)
     _fetch: list[Any] = []  # the last fetch command sent (its script reloaded on NOSCRIPT)
     _fetch_refused_at = 0.0
-    _moved_at = float("-inf")  # when a fetch last moved layout version 2's lanes
-    _old_bell = False  # a version 2 doorbell woke the last wait: the next fetch moves
     got_from = ""  # the list `basic_get` took its last message from (`QoS.append`)
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
@@ -229,10 +220,8 @@ class Channel(PublishingChannel):
         if self._waiting:  # after a woken fetch took the last message, briefly first
             wait = min(timeout or SETTLE_WAIT, SETTLE_WAIT) if self._short else timeout or 0
             self._short = False
-            # each queue's doorbell, and layout version 2's (rung by a client of the
-            # release before: its lanes are moved by the next fetch)
             command = ["BLPOP", *(queue_wake_key(self._key(queue)) for queue in queues),
-                       *(self._key(wake_key(queue)) for queue in queues), wait]
+                       wait]
         else:
             # Each list's lanes served by weighted round robin (tasks/broker/lanes.py).
             lists = tuple((queue_list(queue, pri, self.sep), pri, lanes.laned(queue),
@@ -243,14 +232,9 @@ class Channel(PublishingChannel):
                                              int(self.ocr_max_message_bytes or 0), self.sep)
             riding, alone = fetch_script.split_acks(parts, self.qos.take_due())
             self.qos.carried_not([tag for _, tag in alone])
-            moves: tuple[str, ...] = ()
-            if self._old_bell or time.monotonic() - self._moved_at >= MOVE_EVERY or \
-                    self.lanes_layout() < 3:  # clients write version 2's lanes still
-                moves = old_lanes(self._key(""), lists)
-                self._moved_at, self._old_bell = time.monotonic(), False
             now = repr(time.time())
             tail = fetch_script.fetch_tail(not (self._busy or self._woken), self._woken,
-                                           holders.holder(), None, riding, moves,
+                                           holders.holder(), None, riding,
                                            fetch_script.unnamed(parts, self.held_lists))
             command = self._fetch = [*parts[0], now, *parts[1], *tail]
             packed = self._packed.fetch(connection.encoder, parts, now, tail)
@@ -307,8 +291,6 @@ class Channel(PublishingChannel):
                     log.error("the broker refused to hand out a message: %s", exc)
                 raise Empty() from None
             self.qos.fetch_read()
-            if waiting and reply and not bytes_to_str(reply[0]).startswith("{"):
-                self._old_bell = True  # a client of the release before rang
             if waiting or not reply:
                 self._waiting = not waiting  # after a wait fetch; after nothing, wait
                 self._woken = waiting and bool(reply)

@@ -6,8 +6,7 @@ the sweep of dead holders reads it, tasks/broker/holders.py), and in the metrics
 exporter, which counts the records (tasks/broker/queue_depth.py).
 
 A message a worker took and has not acknowledged is held in the hash of the list it
-was taken from, `{<list>}:held` (tasks/broker/layout.py, version 3: in the list's own
-hash slot; version 2 kept every list's in `unacked_held`, `HELD_KEY`, still read),
+was taken from, `{<list>}:held` (tasks/broker/layout.py: in the list's own hash slot),
 under the delivery tag the worker chose, in one value: five head lines, then kombu's
 record of it,
 
@@ -19,12 +18,6 @@ drops it with one HDEL. Scripts read the head with one Lua pattern (`HEAD_LUA`),
 JSON, and send back delivery tags, never a message: the visibility timeout's look
 (`VISIBLE`) and the holders' sweep. A restore reads the value whole (HGET): only
 messages within the worker's bound are held.
-
-Layout version 1 (the release before, which may run beside this one during an upgrade)
-kept the same in three keys: the record in `unacked`, the time in the sorted set
-`unacked_index`, the head's last four lines in `unacked_holders`. Those of a worker of
-that release are read beside these: restored by the visibility timeout (`VISIBLE`),
-swept when their holder dies, restored by tag; this release writes none.
 """
 
 from __future__ import annotations
@@ -32,7 +25,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from tasks.broker.layout import HELD_KEY, HELD_LISTS_KEY, list_held_key
+from tasks.broker.layout import HELD_LISTS_KEY, list_held_key
 from tasks.broker.scripts import Script
 
 HEAD_LINES = 5
@@ -52,15 +45,14 @@ def value(taken: float, record: str, holder: str = "", src: str = "", ring: str 
     return "\n".join((repr(taken), holder, src, ring, client, record))
 
 
-def held_hashes(client: Any, old: str = HELD_KEY) -> list[str]:
-    """Every hash of held records: each list's that a consumer told of, then `old`.
+def held_hashes(client: Any) -> list[str]:
+    """Every hash of held records: each list's that a consumer told of.
 
-    `old`: layout version 2's hash (a worker of the release before held its messages
-    there). One SMEMBERS of `HELD_LISTS_KEY`.
+    One SMEMBERS of `HELD_LISTS_KEY`.
     """
     names = sorted(n.decode() if isinstance(n, bytes) else str(n)
                    for n in client.smembers(HELD_LISTS_KEY))
-    return [*(list_held_key(name) for name in names), old]
+    return [list_held_key(name) for name in names]
 
 
 @dataclass(frozen=True)
@@ -88,17 +80,14 @@ def parse(raw: bytes) -> Held | None:
     return Held(taken, holder, src, ring, client, parts[HEAD_LINES])
 
 
-# The messages taken before ARGV[1] (epoch s), ARGV[2] of them at most (0: every one):
-# of the held hashes KEYS[1..n-1] (their heads read), then of layout version 1's index
-# KEYS[n] (ZRANGE, where that key exists: its records are the release before's).
-# Returns a flat list: each one's key number k (KEYS[k]; n for version 1's), its tag.
+# The messages taken before ARGV[1] (epoch s), ARGV[2] of them at most (0: every one),
+# of the held hashes KEYS (their heads read). Returns a flat list: each one's key
+# number k (KEYS[k]), its tag.
 VISIBLE = Script(HEAD_LUA + r"""
 local ceiling, limit = tonumber(ARGV[1]), tonumber(ARGV[2])
 local past, found = {}, 0
-local held = 0
-for k = 1, #KEYS - 1 do
+for k = 1, #KEYS do
   local flat = redis.call('HGETALL', KEYS[k])
-  held = held + #flat
   for j = 1, #flat, 2 do
     if limit > 0 and found >= limit then return past end
     local taken = head(flat[j + 1])
@@ -107,14 +96,6 @@ for k = 1, #KEYS - 1 do
       past[#past + 1] = flat[j]
       found = found + 1
     end
-  end
-end
-local more = limit > 0 and limit - found or -1
-if more ~= 0 and (held == 0 or redis.call('EXISTS', KEYS[#KEYS]) == 1) then
-  for _, tag in ipairs(redis.call('ZRANGE', KEYS[#KEYS], '-inf', ARGV[1], 'BYSCORE',
-                                  'LIMIT', 0, more)) do
-    past[#past + 1] = #KEYS
-    past[#past + 1] = tag
   end
 end
 return past

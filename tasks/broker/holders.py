@@ -9,10 +9,7 @@ The fetch (tasks/broker/lanes.py, `FETCH`) holds each message it takes in one re
 key it was taken from (the client's lane, or the list itself), the ring of its
 priority step and its client. Every path that drops the record (ack, reject,
 restore, the visibility timeout's restore: tasks/broker/unsettled.py) drops the
-holder with it. A worker of layout version 1 (the release before, during an upgrade)
-keeps the holder apart, in the hash `unacked_holders` (the same lines, less the
-time), beside its record in `unacked` and the time in `unacked_index`: the sweep reads
-both layouts.
+holder with it.
 
 A holder is alive while its node's presence record (tasks/state/liveness.py: field
 node -> `{"expires", "pid", ...}`, refreshed by every heartbeat) names its pid and
@@ -45,13 +42,7 @@ from typing import Any
 import redis
 
 from tasks.broker.held import HEAD_LUA, held_hashes
-from tasks.broker.layout import (
-    SWEEP_LOCK_KEY,
-    UNACKED_INDEX_KEY,
-    UNACKED_KEY,
-    held_key,
-    holders_key,
-)
+from tasks.broker.layout import SWEEP_LOCK_KEY
 from tasks.broker.scripts import Script
 from tasks.state.keys import WORKERS_KEY
 
@@ -75,13 +66,11 @@ def holder() -> str:
     return f"{_node}|{os.getpid()}" if _node else ""
 
 
-# KEYS[1..n-3] the hashes of held records (tasks/broker/held.py: each list's, then
-# layout version 2's); layout version 1's: KEYS[n-2] its holders, KEYS[n-1] kombu's
-# unacked hash, KEYS[n] its index (score: when taken).
+# KEYS: the hashes of held records (tasks/broker/held.py, each list's).
 # ARGV[1]: the cutoff (a message taken before it whose node has no presence record is
 # swept); ARGV[2..]: "L<node>|<pid>" a live holder, "K<node>" a node with a record.
 # Returns the delivery tags put back. A held record without a holder is left to the
-# visibility timeout; a version 1 holder without its record is dropped.
+# visibility timeout.
 SWEEP = Script(HEAD_LUA + r"""
 local live, known = {}, {}
 for i = 2, #ARGV do
@@ -90,10 +79,10 @@ for i = 2, #ARGV do
 end
 local cutoff = tonumber(ARGV[1])
 local back = {}
--- whether `who` is dead (`taken`: when its message was taken, read when asked)
+-- whether `who` is dead (`taken`: when its message was taken)
 local function dead(who, node, taken)
   if live[who] or live[node .. '|*'] then return false end
-  return known[node] or (tonumber(taken()) or 0) < cutoff
+  return known[node] or (tonumber(taken) or 0) < cutoff
 end
 -- kombu's record's message back at the front of `src` (its client back in the ring)
 local function put_back(tag, record, at, src, ring, client)
@@ -109,32 +98,16 @@ local function put_back(tag, record, at, src, ring, client)
   back[#back + 1] = tag
   return true
 end
-local v1 = #KEYS - 2
-for k = 1, v1 - 1 do
+for k = 1, #KEYS do
   local held = redis.call('HGETALL', KEYS[k])
   for j = 1, #held, 2 do
     local tag, value = held[j], held[j + 1]
     local taken, who, src, ring, client, at = head(value)
     local node = who and string.match(who, '^(.*)|[^|]*$')
-    if node and src ~= '' and dead(who, node, function() return taken end)
+    if node and src ~= '' and dead(who, node, taken)
         and put_back(tag, value, at, src, ring, client) then
       redis.call('HDEL', KEYS[k], tag)
     end
-  end
-end
-local flat = redis.call('HGETALL', KEYS[v1])
-for j = 1, #flat, 2 do
-  local tag, value = flat[j], flat[j + 1]
-  local who, src, ring, client = string.match(value, '^([^\n]*)\n([^\n]*)\n([^\n]*)\n(.*)$')
-  local node = who and string.match(who, '^(.*)|[^|]*$')
-  local record = redis.call('HGET', KEYS[v1 + 1], tag)
-  if not record or not node then
-    redis.call('HDEL', KEYS[v1], tag)
-  elseif dead(who, node, function() return redis.call('ZSCORE', KEYS[v1 + 2], tag) end)
-      and put_back(tag, record, 1, src, ring, client) then
-    redis.call('ZREM', KEYS[v1 + 2], tag)
-    redis.call('HDEL', KEYS[v1 + 1], tag)
-    redis.call('HDEL', KEYS[v1], tag)
   end
 end
 return back
@@ -180,21 +153,16 @@ class HolderSweep:
     """The worker parent's sweep of dead holders' messages (one per process).
 
     `broker`: a client of the broker's Redis; `presence`: of the Redis that keeps the
-    presence records (often the same server). `prefix`, `unacked`, `index`: kombu's
-    global key prefix and its unacked hash and index names (the held records' hash
-    beside them; layout version 1's records in them).
+    presence records (often the same server). `prefix`: kombu's global key prefix.
     """
 
     def __init__(self, broker: redis.Redis, presence: redis.Redis, window: float,
-                 presence_ttl: float, prefix: str = "", unacked: str = UNACKED_KEY,
-                 index: str = UNACKED_INDEX_KEY) -> None:
+                 presence_ttl: float, prefix: str = "") -> None:
         self._broker = broker
         self._presence = presence
         self.window = window
         self.interval = max(window / 3, 2 * SLACK)
         self._ttl = presence_ttl
-        self._keys = [prefix + held_key(unacked), prefix + holders_key(unacked),
-                      prefix + unacked, prefix + index]
         self._lock = prefix + SWEEP_LOCK_KEY
         self._token = uuid.uuid4().hex
         self._next = time.monotonic() + self.interval
@@ -215,8 +183,8 @@ class HolderSweep:
         if not TAKE.run(self._broker, [self._lock],
                         [self._token, int((self.interval - SLACK) * 1000)]):
             return []
-        keys = [*held_hashes(self._broker, self._keys[0]), *self._keys[1:]]
-        if not self._broker.exists(*keys[:-2]):  # nothing held (an idle fleet)
+        keys = held_hashes(self._broker)
+        if not keys or not self._broker.exists(*keys):  # nothing held (an idle fleet)
             return []
         now = time.time() if now is None else now
         records = self._presence.hgetall(WORKERS_KEY)

@@ -13,7 +13,7 @@ header, tasks/records/clients.py) is pushed to that client's lane of the list
 unacknowledged message) goes back to the end of its lane that is taken first.
 Everything else, a stock kombu or Node client's message, stays in the list itself:
 the anonymous lane, which joins the ring at a fetch that finds it holding messages.
-A list's lanes and ring share its hash slot (tasks/broker/layout.py, version 3).
+A list's lanes and ring share its hash slot (tasks/broker/layout.py).
 
 The fetch serves priority steps in order, highest first, exactly as kombu does;
 within a step, each list's ring by weighted deficit round robin counting pages: the
@@ -21,9 +21,7 @@ first client of the ring that has a message in its lane takes up to its weight i
 messages (a message is one page: a page task, or an image job), then goes to the
 ring's end. A client with nothing left waiting leaves the ring at once, so a lone
 client has every worker (work-conserving). Weights come from `ocr:lane-weights` (the
-API's token store, tasks/api/tokens.py); a client without one weighs 1. Layout
-version 2's lanes and rings (`ocr:lane:<list>:<client>`, one ring a step for every
-queue: a client of the release before) are served after them, and counted beside them.
+API's token store, tasks/api/tokens.py); a client without one weighs 1.
 """
 
 from __future__ import annotations
@@ -31,15 +29,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-from tasks.broker.layout import (
-    LAYOUT_VERSION,
-    WAKE_TTL_MS,
-    lane_key,
-    lanes_key,
-    list_lane_key,
-    list_ring_key,
-    wake,
-)
+from tasks.broker.layout import WAKE_TTL_MS, list_lane_key, list_ring_key, queue_wake_key
 from tasks.broker.scripts import Script
 
 
@@ -192,35 +182,28 @@ end
 """
 
 
-def push_command(prefix: str, list_key: str, step: int, client: str, body: str,
-                 first: bool = False, ring_queue: str | None = None,
-                 more: Sequence[str] = (), layout: int = LAYOUT_VERSION) -> list[Any]:
-    """The EVALSHA that pushes `body` to `client`'s lane of `list_key` (priority `step`).
+def push_command(prefix: str, list_key: str, client: str, body: str, first: bool = False,
+                 ring_queue: str | None = None, more: Sequence[str] = ()) -> list[Any]:
+    """The EVALSHA that pushes `body` to `client`'s lane of `list_key`.
 
     `first`: taken before the lane's other messages (a restored one). `ring_queue`: the
     queue whose doorbell the same call rings (None: none). `more`: messages pushed in
     the same call after `body`, taken after it in their order (not with `first`).
-    `prefix`: kombu's global key prefix; names are given without it. `layout`: the
-    key layout written (tasks/broker/layout.py): 3, the list's own lane and ring; 2,
-    the lane and the step's ring that workers of the release before read.
+    `prefix`: kombu's global key prefix; names are given without it.
     """
     if first and more:
         raise ValueError("several messages are pushed to the end taken last only")
-    if layout >= 3:
-        ring = list_ring_key(prefix + list_key)
-        lane = list_lane_key(prefix + list_key, client)
-    else:
-        ring, lane = prefix + lanes_key(step), prefix + lane_key(list_key, client)
-    keys = [lane, ring, ring + ":count"]
+    ring = list_ring_key(prefix + list_key)
+    keys = [list_lane_key(prefix + list_key, client), ring, ring + ":count"]
     args = [body, client, "1" if first else "0", ""]
     if ring_queue is not None:
-        keys.append(wake(prefix + ring_queue, layout))
+        keys.append(queue_wake_key(prefix + ring_queue))
         args[3] = str(WAKE_TTL_MS)
     return PUSH.command(keys, [*args, *more])
 
 
-# Messages waiting in the lanes of the lists KEYS[i] (ARGV[2i-1]: a ring of list i's
-# lanes, ARGV[2i]: the prefix of those lanes' keys), the lists themselves not counted.
+# Messages waiting in the lanes of the lists KEYS[i] (ARGV[2i-1]: list i's ring,
+# ARGV[2i]: the prefix of its lanes' keys), the lists themselves not counted.
 LANE_SIZES = Script(r"""
 local n = 0
 for i = 1, #KEYS do
@@ -232,16 +215,11 @@ return n
 """)
 
 
-def sizes_command(prefix: str, lists: Sequence[tuple[str, int]]) -> list[Any]:
-    """The EVALSHA that counts the messages in the lanes of `lists` (key, priority step).
-
-    Each list's own ring and lanes (layout version 3), then its step's ring and lanes of
-    layout version 2 (a client of the release before).
-    """
+def sizes_command(prefix: str, lists: Sequence[str]) -> list[Any]:
+    """The EVALSHA that counts the messages in the lanes of `lists` (their keys)."""
     keys: list[str] = []
     args: list[str] = []
-    for name, step in lists:
-        keys += [prefix + name, prefix + name]
-        args += [list_ring_key(prefix + name), list_lane_key(prefix + name, ""),
-                 prefix + lanes_key(step), prefix + lane_key(name, "")]
+    for name in lists:
+        keys.append(prefix + name)
+        args += [list_ring_key(prefix + name), list_lane_key(prefix + name, "")]
     return LANE_SIZES.command(keys, args)

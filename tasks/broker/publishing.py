@@ -45,7 +45,6 @@ from tasks.state.replicas import (
 log = logging.getLogger(__name__)
 
 MISSED_SECONDS = 10.0  # a server short of replicas: a worker's publishes to it skip WAIT
-LAYOUT_SECONDS = 5.0  # how long a channel's view of the broker's stored layout lasts
 
 
 class PublishingChannel(RedisChannel):
@@ -85,8 +84,7 @@ class PublishingChannel(RedisChannel):
         elif int(self.ocr_min_replicas or 0):
             put = self._put_commands(queue, message)
             self._send_kept(queue, [*(put if len(put) == 1 else [["MULTI"], *put, ["EXEC"]]),
-                                    *doorbells.ring_commands(self._key, [queue],
-                                                             self.lanes_layout())])
+                                    *doorbells.ring_commands(self._key, [queue])])
         else:
             super()._put(queue, message, **kwargs)
             doorbells.ring_now(self, queue)
@@ -121,8 +119,8 @@ class PublishingChannel(RedisChannel):
         replicas' WAIT after it on its connection.
         """
         command = lanes.push_command(
-            self._key(""), layout.queue_list(queue, step, self.sep), step, client,
-            bodies[0], ring_queue=queue, more=bodies[1:], layout=self.lanes_layout())
+            self._key(""), layout.queue_list(queue, step, self.sep), client, bodies[0],
+            ring_queue=queue, more=bodies[1:])
         if int(self.ocr_min_replicas or 0):
             self._send_kept(queue, [command])
             return
@@ -140,38 +138,33 @@ class PublishingChannel(RedisChannel):
                 not isinstance(payload.get("properties"), dict):
             queues = queues or list(self._lookup(exchange, routing_key))
             super().restore_payload(payload, exchange, routing_key, pipe, leftmost)
-            doorbells.ring(pipe, self._key, queues, self.lanes_layout())
+            doorbells.ring(pipe, self._key, queues)
             return
         headers["redelivered"] = True
         payload["properties"].setdefault("delivery_info", {})["redelivered"] = True
         step = layout.message_step(payload, self.priority_steps)
-        written = self.lanes_layout()
         for queue in queues:
             scripts.queue(pipe, lanes.push_command(
-                self._key(""), layout.queue_list(queue, step, self.sep), step, client,
-                dumps(payload), first=not leftmost, layout=written))
-        doorbells.ring(pipe, self._key, queues, written)
+                self._key(""), layout.queue_list(queue, step, self.sep), client,
+                dumps(payload), first=not leftmost))
+        doorbells.ring(pipe, self._key, queues)
 
     def _holding_keys(self, queue: str) -> tuple[str, ...]:
         # A message in a lane has its client in its list's ring (the push adds it, the
         # fetch takes it out only once none waits): where no ring exists, no lane
-        # holds one (and the count below, over the rings' clients, finds none). Layout
-        # version 2's rings, one a step, hold a client of the release before.
+        # holds one (and the count below, over the rings' clients, finds none).
         keys = super()._holding_keys(queue)
         if not lanes.laned(queue):
             return keys
-        return (*keys, *(layout.list_ring_key(self._key(layout.queue_list(queue, step, self.sep)))
-                         for step in self.priority_steps),
-                *(self._key(layout.lanes_key(step)) for step in self.priority_steps))
+        return (*keys, *(layout.list_ring_key(self._key(name)) for name in keys))
 
     def _count(self, queue: str) -> int:
         # The queue's lists and its lanes.
         size = int(super()._count(queue))
         if lanes.laned(queue):
             with self.conn_or_acquire() as conn:
-                size += int(scripts.run(conn, lanes.sizes_command(self._key(""), [
-                    (layout.queue_list(queue, pri, self.sep), pri)
-                    for pri in self.priority_steps])))
+                size += int(scripts.run(conn, lanes.sizes_command(
+                    self._key(""), self._lists(queue))))
         return size
 
     def _send_kept(self, queue: str, commands: list[list[Any]]) -> None:
@@ -279,30 +272,6 @@ class PublishingChannel(RedisChannel):
     def _key(self, name: str) -> str:
         """`name` as a raw command names it (the transport takes no global key prefix)."""
         return name
-
-    _layout: tuple[float, int] = (float("-inf"), layout.LAYOUT_VERSION)
-
-    def lanes_layout(self) -> int:
-        """The key layout this channel's lanes and doorbells are written in.
-
-        The broker's stored layout (tasks/broker/stored_layout.py), read again every
-        LAYOUT_SECONDS: while it is 2, workers of the release before may run, and a
-        client's message goes to the lanes and doorbells they read (this release's
-        workers move them into their own); from 3 on, to this release's. A Redis that
-        holds none, or a read refused, is taken for this release's.
-        """
-        read_at, known = self._layout
-        if time.monotonic() - read_at < LAYOUT_SECONDS:
-            return known
-        try:
-            with self.conn_or_acquire() as client:
-                stored = client.get(layout.LAYOUT_KEY)
-            known = min(int(stored), layout.LAYOUT_VERSION) if stored is not None \
-                else layout.LAYOUT_VERSION
-        except (*self.connection_errors, redis.exceptions.ResponseError, ValueError):
-            known = layout.LAYOUT_VERSION
-        self._layout = (time.monotonic(), known)
-        return known
 
 
 @dataclasses.dataclass(frozen=True)

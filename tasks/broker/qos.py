@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import logging
 import time
-from functools import cached_property
 from typing import Any
 
 from kombu.transport import virtual
@@ -21,7 +20,7 @@ from kombu.utils.encoding import bytes_to_str
 from kombu.utils.json import dumps, loads
 
 from tasks.broker import held
-from tasks.broker.layout import HELD_LISTS_KEY, held_key, holders_key, list_held_key
+from tasks.broker.layout import HELD_LISTS_KEY, list_held_key
 from tasks.broker.scripts import Script
 from tasks.broker.unsettled import (
     acked,
@@ -66,9 +65,7 @@ class QoS(virtual.QoS):  # the transport's (tasks/broker/fetching.py)
     child started) is settled by the next channel (this module); a task running at
     the loss is never restored then. A restore reads each held record whole (HGET):
     only messages within the worker's bound are held (the fetch holds none larger;
-    `append` only a message the channel's checks took). Records of layout version 1
-    (`unacked`, its index and holders: a worker of the release before took the
-    message) are restored too, by tag and by the visibility timeout.
+    `append` only a message the channel's checks took).
     """
 
     restore_at_shutdown = True
@@ -80,8 +77,8 @@ class QoS(virtual.QoS):  # the transport's (tasks/broker/fetching.py)
             # the list it was taken from
             info = message.delivery_info
             got_from = self.channel.got_from
-            key = list_held_key(got_from) if got_from else self.held_key
-            if got_from and got_from not in self.channel.held_lists:
+            key = list_held_key(got_from)
+            if got_from not in self.channel.held_lists:
                 self._client().sadd(HELD_LISTS_KEY, got_from)  # named before it holds one
                 self.channel.held_lists.add(got_from)
             self._client().hset(key, delivery_tag, held.value(time.time(), dumps(
@@ -89,18 +86,10 @@ class QoS(virtual.QoS):  # the transport's (tasks/broker/fetching.py)
             hold(delivery_tag, key)
         super().append(message, delivery_tag)
 
-    @cached_property
-    def held_key(self) -> str:
-        """Layout version 2's hash of held records.
-
-        Read, never written: a worker of the release before wrote them.
-        """
-        return held_key(self.unacked_key)
-
     _lists: tuple[float, list[str]] = (float("-inf"), [])
 
     def held_keys(self, client: Any) -> list[str]:
-        """Every hash of held records, then version 2's.
+        """Every hash of held records.
 
         Each list's a consumer told of (`HELD_LISTS_KEY`, read again every
         HELD_LISTS_SECONDS).
@@ -109,63 +98,46 @@ class QoS(virtual.QoS):  # the transport's (tasks/broker/fetching.py)
         if time.monotonic() - read_at > HELD_LISTS_SECONDS:
             # its fetches name their lists again (a set lost with a failed-over primary)
             getattr(self.channel, "held_lists", set()).clear()
-            lists = held.held_hashes(client, self.held_key)
+            lists = held.held_hashes(client)
             self._lists = (time.monotonic(), lists)
         return lists
-
-    @cached_property
-    def unacked_key(self) -> str:
-        return str(self.channel.unacked_key)
-
-    @cached_property
-    def unacked_index_key(self) -> str:
-        return str(self.channel.unacked_index_key)
 
     def unrecord(self, delivery_tag: str, pipe: Any = None) -> Any:
         """Drop the held record of `delivery_tag` (one HDEL).
 
-        In the caller's MULTI (a restore), or alone (an ack, a reject). A worker of this
-        release acknowledges only messages it took: each one held by this layout.
+        In the caller's MULTI (a restore), or alone (an ack, a reject). A worker
+        acknowledges only messages it took, each held where it told `unsettled`.
         """
         if pipe is None:
             pipe = self._client().pipeline(transaction=False)
-        return pipe.hdel(held_in(delivery_tag, self.held_key), delivery_tag)
-
-    def unrecord_v1(self, delivery_tag: str, pipe: Any) -> Any:
-        """Drop layout version 1's record of `delivery_tag`: message, index entry, holder."""
-        return pipe.hdel(self.unacked_key, delivery_tag) \
-            .zrem(self.unacked_index_key, delivery_tag) \
-            .hdel(holders_key(self.unacked_key), delivery_tag)
+        key = held_in(delivery_tag)
+        return pipe.hdel(key, delivery_tag) if key else pipe
 
     def restore_by_tag(self, tag: str, client: Any = None, leftmost: bool = False,
                        key: str | None = None) -> None:
         """The message of `tag` back on its queues, its record dropped, in one MULTI.
 
         Its held record in `key` (the hash it is held in: by default, where this worker
-        held it), or else layout version 1's (a worker of the release before took it).
-        A held value without its head is dropped, not restored.
+        held it). A held value without its head is dropped, not restored.
         """
-        key = key or held_in(tag, self.held_key)
+        key = key or held_in(tag)
 
         def restore(pipe: Any) -> None:
             raw = pipe.hget(key, tag)
-            if raw is not None:
-                found = held.parse(raw)
-                record = found.record if found else None
-                if found is None:
-                    log.error("held record %s has no head; dropped", tag)
-                pipe.multi()
-                pipe.hdel(key, tag)
-            else:
-                record = pipe.hget(self.unacked_key, tag)
-                pipe.multi()
-                self.unrecord_v1(tag, pipe)
-            if record:
-                payload, exchange, routing_key = loads(bytes_to_str(record))
+            if raw is None:
+                return
+            found = held.parse(raw)
+            if found is None:
+                log.error("held record %s has no head; dropped", tag)
+            pipe.multi()
+            pipe.hdel(key, tag)
+            if found is not None:
+                payload, exchange, routing_key = loads(bytes_to_str(found.record))
                 self.channel.restore_payload(payload, exchange, routing_key, pipe, leftmost)
 
-        with self.channel.conn_or_acquire(client) as conn:
-            conn.transaction(restore, key, self.unacked_key)
+        if key:
+            with self.channel.conn_or_acquire(client) as conn:
+                conn.transaction(restore, key)
         forget(tag)
 
     def _client(self) -> Any:
@@ -198,7 +170,7 @@ class QoS(virtual.QoS):  # the transport's (tasks/broker/fetching.py)
         self._sent, self._due = self._due, []
         for tag in self._sent:
             acked(tag)
-        return [(held_in(tag, self.held_key), tag) for tag in self._sent]
+        return [(held_in(tag), tag) for tag in self._sent]
 
     def carried_not(self, tags: list[str]) -> None:
         """Of the acknowledgements taken for a fetch, those it cannot carry go now."""
@@ -257,10 +229,9 @@ class QoS(virtual.QoS):  # the transport's (tasks/broker/fetching.py)
         every worker): an EXISTS first (nothing held: its whole cost), then the mutex,
         taken for the interval and left to lapse (given back by a look that failed;
         a worker whose visibility timeout is shorter than the taker's looks anyway:
-        `LOOK`), so that one worker of the fleet looks
-        each interval (the look, `held.VISIBLE`, reads every held record's head and
-        layout version 1's index on the server and sends back the delivery tags past
-        the timeout; each restore is atomic, `restore_by_tag`). A channel that
+        `LOOK`), so that one worker of the fleet looks each interval (the look,
+        `held.VISIBLE`, reads every held record's head on the server and sends back the
+        delivery tags past the timeout; each restore is atomic, `restore_by_tag`). A channel that
         acknowledges nothing (Flower's) leaves the restores to the workers.
         """
         interval = interval or int(self.channel.unacked_restore_throttle) or 1
@@ -271,8 +242,8 @@ class QoS(virtual.QoS):  # the transport's (tasks/broker/fetching.py)
             return
         client = self._client()
         ceiling = time.time() - float(self.channel.visibility_timeout)
-        keys = [*self.held_keys(client), self.unacked_index_key]
-        if not client.exists(*keys):  # nothing held (an idle fleet): one command
+        keys = self.held_keys(client)
+        if not keys or not client.exists(*keys):  # nothing held (an idle fleet): one command
             return
         every = float(self.channel.unacked_restore_interval) * interval
         mutex, timeout = str(self.channel.unacked_mutex_key), repr(float(
@@ -285,9 +256,7 @@ class QoS(virtual.QoS):  # the transport's (tasks/broker/fetching.py)
             visible = held.VISIBLE.run(client, keys,
                                        [repr(ceiling), start + limit if limit else 0])
             for k, tag in list(zip(visible[::2], visible[1::2], strict=True))[start:]:
-                self.restore_by_tag(bytes_to_str(tag), client,
-                                    key=keys[int(k) - 1] if int(k) < len(keys)
-                                    else self.held_key)
+                self.restore_by_tag(bytes_to_str(tag), client, key=keys[int(k) - 1])
         except BaseException:
             # A look that failed (a connection lost under it) is not the interval's
             # look: the next worker's ask, or this one's next, looks again.
@@ -304,9 +273,10 @@ class QoS(virtual.QoS):  # the transport's (tasks/broker/fetching.py)
                 # a stop: running tasks keep the visibility timeout alone
                 by_key: dict[str, list[str]] = {}
                 for tag in running:
-                    by_key.setdefault(held_in(tag, self.held_key), []).append(tag)
+                    by_key.setdefault(held_in(tag), []).append(tag)
                 for key, tags in by_key.items():
-                    held.UNHOLD.run(conn, [key], tags)
+                    if key:
+                        held.UNHOLD.run(conn, [key], tags)
                 while waiting:
                     self.restore_by_tag(waiting[0], client=conn)
                     waiting.pop(0)

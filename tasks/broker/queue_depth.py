@@ -12,13 +12,10 @@ What it counts, for a set of queues, in broker messages, each one unit of work:
   alone misses every job sent with another priority than the first step; a message
   that names its client waits in that client's lane of the list instead
   (`{<list>}:lane:<client>`, tasks/broker/layout.py), so reading the lists alone
-  misses them; a list's lanes are found through its ring of clients (`{<list>}:ring`;
-  layout version 2's lanes, `ocr:lane:<list>:<client>`, through their priority step's
-  ring `ocr:lanes:<step>`: a client of the release before).
+  misses them; a list's lanes are found through its ring of clients (`{<list>}:ring`).
 - **running**: the messages a worker took and has not acknowledged yet (the held
-  records, tasks/broker/held.py, and those of a worker of the release before in
-  kombu's `unacked` hash: the page a pool child reads, those its worker reserved, a
-  retry waiting for its countdown) whose routing leads to one of the queues. Tasks are
+  records, tasks/broker/held.py: the page a pool child reads, those its worker
+  reserved, a retry waiting for its countdown) whose routing leads to one of the queues. Tasks are
   acknowledged late (`task_acks_late`), so a page stays counted until it is done, and
   a pool with work in hand never reads 0.
 
@@ -49,7 +46,7 @@ import redis
 
 from tasks.broker import layout
 from tasks.broker.held import held_hashes
-from tasks.broker.layout import lane_key, lanes_key, list_lane_key, list_ring_key
+from tasks.broker.layout import list_lane_key, list_ring_key
 
 # Counts the held messages of the hashes KEYS[..] by (exchange, routing key), inside
 # Redis: each entry ends with `[message, exchange, routing_key]` as JSON (kombu's
@@ -77,10 +74,9 @@ end
 return flat
 """
 
-# Messages waiting in each list (KEYS[3i-2]) and in the lanes of its rings (KEYS[3i-1],
-# lane keys starting with ARGV[2i-1]; layout version 2's KEYS[3i], ARGV[2i]); a ring
-# names the anonymous lane (the list) "". A key of another type under a list's name
-# counts as 0.
+# Messages waiting in each list (KEYS[2i-1]) and in the lanes of its ring (KEYS[2i],
+# lane keys starting with ARGV[i]); a ring names the anonymous lane (the list) "". A
+# key of another type under a list's name counts as 0.
 _WAITING = """
 local function length(key)
   local n = redis.pcall('LLEN', key)
@@ -88,12 +84,10 @@ local function length(key)
   return 0
 end
 local out = {}
-for i = 1, #KEYS / 3 do
-  local n = length(KEYS[3 * i - 2])
-  for r = 1, 2 do
-    for _, client in ipairs(redis.call('LRANGE', KEYS[3 * i - 2 + r], 0, -1)) do
-      if client ~= '' then n = n + length(ARGV[2 * i - 2 + r] .. client) end
-    end
+for i = 1, #KEYS / 2 do
+  local n = length(KEYS[2 * i - 1])
+  for _, client in ipairs(redis.call('LRANGE', KEYS[2 * i], 0, -1)) do
+    if client ~= '' then n = n + length(ARGV[i] .. client) end
   end
   out[i] = n
 end
@@ -102,9 +96,9 @@ return out
 
 # The header a message is stamped with when published (epoch seconds).
 PUBLISHED_HEADER = "ocr_published"
-# Each list's tail (KEYS[3i-2]): its stamp, "" for an empty list, or "?" and the
+# Each list's tail (KEYS[2i-1]): its stamp, "" for an empty list, or "?" and the
 # delivery tag of a message without one; then the oldest stamp of the tails of the
-# lanes of each list's rings (KEYS[3i-1] and KEYS[3i], as `_WAITING`), "" for none.
+# lanes of each list's ring (KEYS[2i], as `_WAITING`), "" for none.
 # Headers and properties are the envelope's last keys: 8 KiB.
 _OLDEST = """
 local function stamp(item)
@@ -112,9 +106,9 @@ local function stamp(item)
   return string.match(tail, '"ocr_published"%s*:%s*([0-9][0-9.eE+]*)'), tail
 end
 local out = {}
-local lists = #KEYS / 3
+local lists = #KEYS / 2
 for i = 1, lists do
-  local item = redis.call('LINDEX', KEYS[3 * i - 2], -1)
+  local item = redis.call('LINDEX', KEYS[2 * i - 1], -1)
   if not item then
     out[i] = ''
   else
@@ -122,12 +116,10 @@ for i = 1, lists do
     out[i] = at or ('?' .. (string.match(tail, '"delivery_tag"%s*:%s*"([^"]*)"') or ''))
   end
   local oldest = ''
-  for r = 1, 2 do
-    for _, client in ipairs(redis.call('LRANGE', KEYS[3 * i - 2 + r], 0, -1)) do
-      local head = client ~= '' and redis.call('LINDEX', ARGV[2 * i - 2 + r] .. client, -1)
-      local at = head and stamp(head)
-      if at and (oldest == '' or tonumber(at) < tonumber(oldest)) then oldest = at end
-    end
+  for _, client in ipairs(redis.call('LRANGE', KEYS[2 * i], 0, -1)) do
+    local head = client ~= '' and redis.call('LINDEX', ARGV[i] .. client, -1)
+    local at = head and stamp(head)
+    if at and (oldest == '' or tonumber(at) < tonumber(oldest)) then oldest = at end
   end
   out[lists + i] = oldest
 end
@@ -161,7 +153,6 @@ class QueueDepth:
         self._redis = client
         self._sep: str = transport_options.get("sep", layout.SEP)
         self._steps = tuple(transport_options.get("priority_steps", layout.PRIORITY_STEPS))
-        self._unacked_key: str = transport_options.get("unacked_key", layout.UNACKED_KEY)
         # (list, delivery tag) -> when this reader first saw an unstamped tail
         self._first_seen: dict[tuple[str, str], float] = {}
 
@@ -218,16 +209,14 @@ class QueueDepth:
         return Depth(wanted, waiting, running)
 
     def _with_rings(self, queues: Sequence[str]) -> list[str]:
-        """Each list of `queues`, its ring, and layout version 2's ring of its step."""
-        return [key for queue in queues
-                for name, step in zip(self.lists(queue), self._steps, strict=True)
-                for key in (name, list_ring_key(name), lanes_key(step))]
+        """Each list of `queues`, then its ring."""
+        return [key for queue in queues for name in self.lists(queue)
+                for key in (name, list_ring_key(name))]
 
     @staticmethod
     def _lane_prefixes(names: Sequence[str]) -> list[str]:
-        """Each list's lanes' prefix, then layout version 2's."""
-        return [prefix for name in names
-                for prefix in (list_lane_key(name, ""), lane_key(name, ""))]
+        """Each list's lanes' prefix."""
+        return [list_lane_key(name, "") for name in names]
 
     def _read_only(self, script: str, keys: Sequence[str], args: Sequence[str] = ()) -> Any:
         """Run a read-only Lua `script` as a user that may only read (`EVALSHA_RO`)."""
@@ -238,8 +227,7 @@ class QueueDepth:
             return self._redis.eval_ro(script, len(keys), *keys, *args)
 
     def _unacked_by_route(self) -> dict[tuple[str, str], int]:
-        flat = self._read_only(_COUNT_UNACKED, [
-            *held_hashes(self._redis, layout.held_key(self._unacked_key)), self._unacked_key])
+        flat = self._read_only(_COUNT_UNACKED, held_hashes(self._redis))
         counts: dict[tuple[str, str], int] = {}
         for pair, count in zip(flat[::2], flat[1::2], strict=True):
             exchange, _, routing_key = _text(pair).partition("\n")

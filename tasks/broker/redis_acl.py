@@ -29,7 +29,7 @@ import hashlib
 from collections.abc import Mapping
 from dataclasses import dataclass
 
-from tasks.broker import layout
+from tasks.broker import layout, stored_layout
 
 # Celery's channels carry the database number: the kit's Redis database is 0.
 DB = 0
@@ -47,24 +47,31 @@ QUEUES = ("ocr", "ocr[^:]*")          # task queues: ocr, ocr-<engine>, ocr-cont
 DIRECT = ("*.dq2*",)                  # each worker's own queue (worker_direct)
 PIDBOX = ("*.celery.pidbox*",)        # remote control: a node's mailbox, replies
 BINDINGS = ("_kombu.*",)              # exchange -> queue tables and their deadlines
+# Layouts 1 and 2's keys (tasks/broker/stored_layout.py names them): no process of this
+# release writes them (a worker's start asks whether one exists; `ocr_admin.py
+# migrate-broker`, as admin, moves them), but the release before still names them (its
+# declares count the old rings, its workers and Flower wait on the old doorbells, its
+# Node client rings them, its restores and depth read the old held records), so its
+# processes run under these users during a rollout.
+OLD_HELD = (stored_layout.HELD_KEY, stored_layout.UNACKED_KEY,
+            stored_layout.UNACKED_INDEX_KEY, stored_layout.HOLDERS_KEY)
+OLD_WAKE = stored_layout.WAKE_PREFIX + "*"
+OLD_LANES = (stored_layout.LANE_PREFIX + "*", stored_layout.RINGS_PREFIX + "*")
 # delivered, not acknowledged: held in the hash of the list taken from (tasks/broker/
-# held.py: a service queue's, a worker's direct queue's), the set of those lists, or in
-# layout version 2's hash and version 1's keys (kombu's unacked hash and index, the
-# holders); the lock of their sweep (tasks/broker/holders.py)
+# held.py: a service queue's, a worker's direct queue's), the set of those lists; the
+# visibility look's mutex and the lock of the sweep (tasks/broker/holders.py)
 HELD = ("{ocr*}:held", "{*.dq2*}:held")
-UNACKED = (*HELD, layout.HELD_LISTS_KEY, layout.HELD_KEY, *layout.UNACKED_KEYS,
-           layout.HOLDERS_KEY, layout.SWEEP_LOCK_KEY)
+UNACKED = (*HELD, layout.HELD_LISTS_KEY, layout.UNACKED_MUTEX_KEY, layout.SWEEP_LOCK_KEY,
+           *OLD_HELD)
 RESULTS = ("celery-task-meta-*",)     # Celery's results
-# each queue's doorbell (tasks/broker/layout.py), and layout version 2's
-WAKE = (layout.queue_wake_key("ocr*"), layout.WAKE_PREFIX + "*")
+WAKE = (layout.queue_wake_key("ocr*"), OLD_WAKE)  # each queue's doorbell (layout.py)
 # each client's lane of a queue's list, each list's ring of clients, its turn and
-# counts (tasks/broker/lanes.py), and layout version 2's lanes and rings (one a
-# priority step); the clients' weights, written by the token store
-LANES = ("{ocr*}:lane:*", "{ocr*}:ring*", layout.LANE_PREFIX + "*", layout.LANES_PREFIX + "*")
+# counts (tasks/broker/lanes.py); the clients' weights, written by the token store
+LANES = ("{ocr*}:lane:*", "{ocr*}:ring*", *OLD_LANES)
 LANE_WEIGHTS = layout.LANE_WEIGHTS_KEY
 DEAD_LETTERS = (layout.DEAD_LETTER_KEY, layout.DEAD_LETTER_COUNT_KEY)
 LAYOUT = (layout.LAYOUT_KEY,)         # the key layout's version (a worker's start;
-#                                       every publisher reads which lanes to write)
+#                                       the release before's publishers read it)
 EVENTS = f"/{DB}.celeryev/*"          # task and worker events (Flower reads them)
 CONTROL_CHANNEL = f"/{DB}.celery.pidbox"  # remote control broadcasts
 RESULT_CHANNEL = "celery-task-meta-*"  # a result as it is stored
@@ -86,8 +93,9 @@ SEND = ("lpush", "lpos", "rpush", "hincrby", "lrange", "llen", "ltrim", "pexpire
 # RPOP; a client's lanes: LMPOP; the lanes' ring: LRANGE, LPOS, LREM, RPUSH, HINCRBY,
 # HDEL; its queues' doorbells: DEL), doorbells (BLPOP),
 # acknowledgements and restores (HGET, HDEL, ZREM, WATCH; the visibility timeout's look,
-# EXISTS and a Lua script: HGETALL, ZRANGE), the sweep of dead
-# holders' messages (a Lua script: SET NX PX, HGETALL, HGET, ZSCORE, RPUSH), the sweep of
+# EXISTS and a Lua script: HGETALL, ZRANGE), the sweep of dead holders' messages (a Lua
+# script: SET NX PX, HGETALL, HGET, ZSCORE, RPUSH; ZRANGE, ZSCORE and ZREM the release
+# before's, on layout 1's index), the sweep of
 # expired queues' bindings (a Lua script: TIME, ZRANGEBYSCORE, SISMEMBER, SREM, ZREM),
 # remote control (PSUBSCRIBE), results and job state (an input read to its bound: GETRANGE).
 CONSUME = ("rpop", "lmpop", "rpush", "lrem", "lpos", "lindex", "lrange", "blpop", "hset",
@@ -203,7 +211,7 @@ USERS: tuple[RedisUser, ...] = (
          "hset", "hget", "hdel", "hgetall", "watch", "unwatch", "psubscribe",
          "punsubscribe", "publish", "pexpire", "info"),
         keys=(*PIDBOX, *BINDINGS, "celeryev.*", layout.queue_wake_key("*.celery.pidbox"),
-              layout.wake_key("*.celery.pidbox")),
+              stored_layout.WAKE_PREFIX + "*.celery.pidbox"),
         read_keys=(*QUEUES, *RESULTS, "ocr:workers", *LAYOUT),
         channels=(EVENTS, CONTROL_CHANNEL)),
     RedisUser(
@@ -214,7 +222,7 @@ USERS: tuple[RedisUser, ...] = (
         ("llen", "lindex", "lrange", "get", "smembers", "hgetall", "hget", "hkeys", "eval_ro",
          "evalsha_ro", "info", "hlen"),
         read_keys=(*QUEUES, *LANES, *BINDINGS, *HELD, layout.HELD_LISTS_KEY,
-                   layout.HELD_KEY, layout.UNACKED_KEY,
+                   stored_layout.HELD_KEY, stored_layout.UNACKED_KEY,
                    "ocr:metrics:*", "ocr:workers", *DEAD_LETTERS, *_BATCHES,
                    "ocr:golden:*")),
     RedisUser(

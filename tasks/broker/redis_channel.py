@@ -45,8 +45,6 @@ class RedisChannel(Broadcasts, virtual.Channel):
     keyprefix_permanent = layout.BINDING_PERMANENT_PREFIX + "%s"  # never swept
     sep = layout.SEP
     priority_steps = layout.PRIORITY_STEPS
-    unacked_key = layout.UNACKED_KEY
-    unacked_index_key = layout.UNACKED_INDEX_KEY
     unacked_mutex_key = layout.UNACKED_MUTEX_KEY
     unacked_mutex_expire = 300
     unacked_restore_limit: int | None = None
@@ -69,7 +67,7 @@ class RedisChannel(Broadcasts, virtual.Channel):
 
     from_transport_options: tuple[str, ...] = (  # type: ignore[assignment]
         *virtual.Channel.from_transport_options,
-        "sep", "unacked_key", "unacked_index_key", "unacked_mutex_key",
+        "sep", "unacked_mutex_key",
         "unacked_mutex_expire", "visibility_timeout", "unacked_restore_limit",
         "unacked_restore_interval", "unacked_restore_throttle", "fanout_prefix",
         "fanout_patterns", "global_keyprefix", "socket_timeout", "socket_connect_timeout",
@@ -117,7 +115,7 @@ class RedisChannel(Broadcasts, virtual.Channel):
         if self.connection is None or self.connection.client is None:
             # Redis went away while this channel held unacknowledged messages, and its
             # connection was released: a connection error the close ignores (the
-            # messages, still in `unacked`, are restored after the visibility timeout).
+            # messages, still held, are restored after the visibility timeout).
             raise redis.exceptions.ConnectionError(
                 "the broker connection was released; its unacknowledged messages are "
                 "restored after the visibility timeout")

@@ -19,9 +19,8 @@ writes of the old one, a task's own writes among them. So, process-wide:
 A task running at the loss is never restored then (it would run twice at once): its
 acknowledgement, when it ends, follows the first rule. Only delivery tags are kept,
 each with the held hash of its record (`held_in`: the hash of the list it was taken
-from, layout version 3); the records they name are on the server, so one lost with
-the primary (its message still queued there: the fetch records and pops in one step)
-settles as nothing.
+from); the records they name are on the server, so one lost with the primary (its
+message still queued there: the fetch records and pops in one step) settles as nothing.
 """
 
 from __future__ import annotations
@@ -30,8 +29,6 @@ import collections
 import logging
 import time
 from typing import Any
-
-from tasks.broker.layout import held_key
 
 log = logging.getLogger(__name__)
 
@@ -50,12 +47,9 @@ def hold(tag: str, key: str) -> None:
     _held_in[tag] = key
 
 
-def held_in(tag: str, otherwise: str = "") -> str:
-    """The hash `tag`'s record is held in.
-
-    `otherwise`, or layout version 2's, where none was told.
-    """
-    return _held_in.get(tag) or otherwise or held_key()
+def held_in(tag: str) -> str:
+    """The hash `tag`'s record is held in ("" where none was told: nothing is held)."""
+    return _held_in.get(tag, "")
 
 
 def forget(tag: str) -> None:
@@ -140,7 +134,7 @@ def settle(qos: Any, client: Any, connection_errors: tuple[type[BaseException], 
 
 
 def _restore(qos: Any, client: Any, tag: str) -> None:
-    if client.hexists(held_in(tag), tag):
+    if held_in(tag) and client.hexists(held_in(tag), tag):
         qos.restore_by_tag(tag, client)
         log.warning("message %s, unsettled when the broker connection was lost, is back "
                     "on its queue", tag)

@@ -73,15 +73,15 @@ def prepare_queues(app: Any, settings: Settings, node: str) -> None:
 
 
 def check_layout(target: RedisTarget) -> None:
-    """Stop a worker whose broker holds a key layout newer than it reads (exit status 2).
+    """Stop a worker whose broker holds another key layout than it reads (exit status 2).
 
-    The oldest version it must read is stored by the first worker to find none
-    (tasks/broker/stored_layout.py).
+    A newer one, or layout 1 or 2 (its message names the command that moves them); the
+    first worker of a new Redis stores its own (tasks/broker/stored_layout.py).
     """
     client = connect(target)
     try:
         version = stored_layout.settle(client)
-    except stored_layout.LayoutNewer as exc:
+    except (stored_layout.LayoutNewer, stored_layout.LayoutOld) as exc:
         print(f"worker refused to start: {exc}", file=sys.stderr, flush=True)
         raise SystemExit(2) from None
     finally:

@@ -13,13 +13,12 @@ from __future__ import annotations
 
 import logging
 import os
-import time
 from typing import TYPE_CHECKING, Any
 
 import redis
 from celery.signals import heartbeat_sent, worker_ready, worker_shutdown
 
-from tasks.broker import holders, stored_layout
+from tasks.broker import holders
 from tasks.broker.layout import LAYOUT_VERSION
 from tasks.records.engines import engine_names
 from tasks.state.connection import connect
@@ -39,8 +38,6 @@ class Presence:
         self.consumer: Any = None
         self._store: WorkerPresence | None = None
         self._sweep: holders.HolderSweep | None = None
-        self._broker: redis.Redis | None = None
-        self._since = time.monotonic()  # when this worker started
 
     def store(self) -> WorkerPresence:
         if self._store is None:
@@ -57,17 +54,8 @@ class Presence:
                 connect(target, patient=False),
                 connect(self.settings.redis_target, patient=False),
                 self.settings.worker_liveness_seconds, PRESENCE_TTL,
-                prefix=str(options.get("global_keyprefix") or ""),
-                unacked=str(options.get("unacked_key") or "unacked"),
-                index=str(options.get("unacked_index_key") or "unacked_index"))
+                prefix=str(options.get("global_keyprefix") or ""))
         return self._sweep
-
-    def broker(self) -> redis.Redis:
-        """A client of the Redis broker (its stored key layout)."""
-        if self._broker is None:
-            assert self.settings.broker_target is not None
-            self._broker = connect(self.settings.broker_target, patient=False)
-        return self._broker
 
     def queues(self) -> list[str]:
         """The queues the consumer reads now (add_consumer/cancel_consumer included)."""
@@ -97,29 +85,6 @@ class Presence:
         sweep = self.sweep()
         if sweep is not None:
             sweep.tick()
-            self._advance_layout()
-
-    _layout_current = False  # the broker stores this release's key layout
-
-    def _advance_layout(self) -> None:
-        """Store this release's key layout once no older worker is alive.
-
-        At each heartbeat until it is stored: a GET, the presence records' HGETALL.
-        """
-        target = self.settings.broker_target
-        if self._layout_current or target is None or \
-                time.monotonic() - self._since < self.settings.worker_liveness_seconds:
-            return
-        try:
-            records = self.store().records()
-            broker = self.broker()
-            version = stored_layout.advance(broker, records)
-        except redis.RedisError as exc:
-            log.warning("broker key layout not looked at: %s", type(exc).__name__)
-            return
-        if version >= LAYOUT_VERSION:
-            self._layout_current = True
-            log.info("broker key layout version %s", version)
 
     def withdraw(self) -> None:
         if self.consumer is None:

@@ -50,8 +50,9 @@ class WorkerPresence:
 
         `engines`: the engine names a job may give, as the node's registry knows them
         (clients without this code, the Node.js one, refuse others at the door).
-        `layout`: the broker key layout its release writes (the broker's stored one
-        moves on once every live worker's is the newest: tasks/broker/stored_layout.py).
+        `layout`: the broker key layout its release writes (a worker that names none
+        keeps layout 1 or 2's keys, which are not moved while it lives:
+        tasks/broker/stored_layout.py).
         """
         now = time.time() if now is None else now
         fields = {"queues": sorted(set(queues)), "engines": list(engines),

@@ -35,7 +35,6 @@ import redis
 import requests
 
 from tasks.broker import layout
-from tasks.broker.layout import HELD_KEY
 from tasks.client import OcrClient
 from tasks.records.clients import CLIENT_HEADER
 from tasks.settings import Settings
@@ -345,16 +344,13 @@ def _queue_lists(queue: str) -> list[str]:
 def _refuses_a_message(queue: str, reason: str, what: str) -> bool:
     """Whether a refusal keeps a message out of `queue`: its push, or a key of it.
 
-    A key of its lists, of their lanes, or a ring of lanes (each list's, and layout
-    version 2's, one a priority step: the queue's declare counts the messages in its
-    lanes by them).
+    A key of its lists, of their lanes, or a list's ring of lanes (the queue's declare
+    counts the messages in its lanes by them).
     """
     if reason == "command":
         return what in ("lpush", "rpush")
-    rings = [*(layout.lanes_key(step) for step in layout.PRIORITY_STEPS),
-             *(layout.list_ring_key(name) for name in _queue_lists(queue))]
-    lanes = tuple(prefix for name in _queue_lists(queue)
-                  for prefix in (layout.lane_key(name, ""), layout.list_lane_key(name, "")))
+    rings = [layout.list_ring_key(name) for name in _queue_lists(queue)]
+    lanes = tuple(layout.list_lane_key(name, "") for name in _queue_lists(queue))
     return reason == "key" and (what in (*_queue_lists(queue), *rings)
                                 or what.startswith(lanes))
 
@@ -366,13 +362,11 @@ def _holding(fleet: Fleet, queue: str, task_id: str, client: str) -> list[str]:
     """
     admin = fleet.redis.client()
     try:
-        lanes = [pattern for name in _queue_lists(queue)
-                 for pattern in (layout.lane_key(name, "*"), layout.list_lane_key(name, "*"))]
+        lanes = [layout.list_lane_key(name, "*") for name in _queue_lists(queue)]
         keys = [*_queue_lists(queue), *(k.decode() for pattern in lanes
                                        for k in admin.scan_iter(pattern))]
         held = [k for k in keys if any(task_id.encode() in m for m in admin.lrange(k, 0, -1))]
-        rings = [*(layout.lanes_key(step) for step in layout.PRIORITY_STEPS),
-                 *(layout.list_ring_key(name) for name in _queue_lists(queue))]
+        rings = [layout.list_ring_key(name) for name in _queue_lists(queue)]
         return held + [ring for ring in rings
                        if client and admin.lpos(ring, client) is not None]
     finally:
@@ -465,11 +459,12 @@ def test_a_restart_replays_the_roles_transactions(tmp_path: Path) -> None:
         client.lpush("ocr", "a", "b", "c")
         worker = redis.Redis.from_url(server.url("worker"))
         taken = worker.eval("redis.call('HSET', KEYS[1], 't', 'x');"
-                            " return redis.call('RPOP', KEYS[2])", 2, HELD_KEY, "ocr")
+                            " return redis.call('RPOP', KEYS[2])", 2, layout.list_held_key("ocr"),
+                            "ocr")
         assert taken == b"a"
         server.restart()
         after = redis.Redis.from_url(server.url("worker"))
-        assert after.llen("ocr") == 2 and after.hget(HELD_KEY, "t") == b"x"
+        assert after.llen("ocr") == 2 and after.hget(layout.list_held_key("ocr"), "t") == b"x"
         with pytest.raises(redis.exceptions.AuthenticationError):  # `default` still off
             redis.Redis.from_url(server.url("worker").replace(
                 f"worker:{server.passwords['worker']}@", "default:x@")).ping()

@@ -23,7 +23,7 @@ import pytest
 import redis
 
 from tasks.api._quotas import ClientBytes
-from tasks.broker import binding_expiry, layout, scripts
+from tasks.broker import binding_expiry, held, layout, scripts, stored_layout
 from tasks.broker.acl_matrix import END, FAMILIES, NONE, READ_WRITE, START, key_access, markdown
 from tasks.broker.holders import HolderSweep
 from tasks.broker.redis_acl import USERS, RedisUser
@@ -104,13 +104,17 @@ def test_each_role_against_each_key_family_agrees_with_the_matrix(
 
 
 IN_FLIGHT_WRITES = (
-    (layout.HELD_KEY, "HSET", "1", "forged"),
-    (layout.UNACKED_KEY, "HSET", "1", "forged"),
-    (layout.UNACKED_INDEX_KEY, "ZADD", "1", "forged"),
-    (layout.HOLDERS_KEY, "HSET", "1", "forged"),
+    (layout.list_held_key("ocr"), "HSET", "1", "forged"),
+    (layout.HELD_LISTS_KEY, "SADD", "forged"),
+    (layout.UNACKED_MUTEX_KEY, "SET", "x"),
     (layout.SWEEP_LOCK_KEY, "SET", "x"),
-    (layout.lane_key("ocr", "alice"), "RPUSH", "forged"),
+    (layout.list_lane_key("ocr", "alice"), "RPUSH", "forged"),
     ("ocr", "RPUSH", "forged"),
+    (stored_layout.HELD_KEY, "HSET", "1", "forged"),  # layouts 1 and 2's
+    (stored_layout.UNACKED_KEY, "HSET", "1", "forged"),
+    (stored_layout.UNACKED_INDEX_KEY, "ZADD", "1", "forged"),
+    (stored_layout.HOLDERS_KEY, "HSET", "1", "forged"),
+    (stored_layout.LANE_PREFIX + "ocr:alice", "RPUSH", "forged"),
 )
 
 
@@ -152,16 +156,18 @@ def test_a_sweep_lock_without_an_expiry_is_taken_over(server: AclRedisServer) ->
     worker = redis.Redis.from_url(server.url("worker"))
     try:
         sweep = HolderSweep(worker, worker, window=6.0, presence_ttl=30.0)
-        admin.hset(layout.HOLDERS_KEY, "t", "gone|1\nocr\n\n")
-        assert sweep.sweep(time.time()) == []  # taken; nothing of a live message
+        admin.sadd(layout.HELD_LISTS_KEY, "ocr")  # a message a gone worker held
+        admin.hset(layout.list_held_key("ocr"), "t", held.value(
+            time.time() - 60, '[{}, "", "ocr"]', holder="gone|1", src="ocr"))
+        assert sweep.sweep(time.time()) == ["t"]  # taken: the message back on its queue
         assert admin.get(layout.SWEEP_LOCK_KEY) != b"x"
         assert 0 < admin.pttl(layout.SWEEP_LOCK_KEY) <= 1000 * sweep.interval
-        assert not admin.hexists(layout.HOLDERS_KEY, "t")  # its message was gone
+        assert admin.lrange("ocr", 0, -1) == [b"{}"]
         # held by a sweeper (an expiry): the next one waits its turn
         assert not HolderSweep(worker, worker, window=6.0, presence_ttl=30.0).sweep()
     finally:
         worker.close()
-        admin.delete(layout.SWEEP_LOCK_KEY, layout.HOLDERS_KEY)
+        admin.delete(layout.SWEEP_LOCK_KEY, layout.HELD_LISTS_KEY, "ocr")
 
 
 @pytest.mark.parametrize("role", ["api", "control", "worker"])
@@ -225,6 +231,6 @@ def test_the_matrix_is_from_the_users_patterns() -> None:
     from tasks.broker.redis_acl import user as named
 
     flower = named("flower")
-    widened = replace(flower, keys=(*flower.keys, "unacked*"))
-    assert key_access(flower, layout.UNACKED_KEY) == NONE
-    assert key_access(widened, layout.UNACKED_KEY) == READ_WRITE
+    widened = replace(flower, keys=(*flower.keys, "{ocr*}:held"))
+    assert key_access(flower, layout.list_held_key("ocr")) == NONE
+    assert key_access(widened, layout.list_held_key("ocr")) == READ_WRITE

@@ -72,10 +72,9 @@ class Broker:
     def lane(self, name: str, client: str) -> str:
         return list_lane_key(self.key(name), client)
 
-    def push(self, name: str, client: str, count: int, step: int = 0) -> None:
+    def push(self, name: str, client: str, count: int) -> None:
         for n in range(count):
-            scripts.run(self.r, push_command(self.prefix, name, step, client,
-                                             envelope(client, n)))
+            scripts.run(self.r, push_command(self.prefix, name, client, envelope(client, n)))
 
     def plain(self, name: str, n: int = 0) -> None:
         self.r.lpush(self.key(name), envelope("", n))
@@ -143,7 +142,7 @@ def test_each_list_has_its_own_ring_served_in_the_fetchs_order(broker: Broker) -
 
 
 def test_a_higher_priority_list_goes_first_whatever_the_share(broker: Broker) -> None:
-    broker.push("q\x06\x166", "a", 3, step=6)
+    broker.push("q\x06\x166", "a", 3)
     broker.push("q", "b", 2)
     broker.plain("q\x06\x166")
     lists = [("q", 0), ("q\x06\x166", 6)]
@@ -174,7 +173,7 @@ def test_a_list_without_lanes_beside_laned_ones_is_the_steps_anonymous_lane(
                                            who(reply[1]))
 
     lists = [("q", 0, True), ("dq", 0, False), ("q\x06\x163", 3, True), ("dq\x06\x163", 3, False)]
-    broker.push("q\x06\x163", "a", 2, step=3)
+    broker.push("q\x06\x163", "a", 2)
     broker.plain("dq\x06\x163")
     commands: list[str] = []
     with broker.r.monitor() as monitor:
@@ -198,8 +197,8 @@ def test_the_depth_counts_every_lane(r: redis.Redis) -> None:
     name = f"fd-{uuid.uuid4().hex[:6]}"
     broker = Broker(r)
     broker.prefix = ""
-    broker.push(name, "a", 3, step=0)
-    broker.push(f"{name}\x06\x163", "b", 2, step=3)
+    broker.push(name, "a", 3)
+    broker.push(f"{name}\x06\x163", "b", 2)
     broker.plain(name)
     old = json.loads(envelope("a", 9))
     old["headers"]["ocr_published"] = 1000.0

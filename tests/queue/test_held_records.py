@@ -1,22 +1,17 @@
-"""Held records on a real Redis: one write a fetch, one an ack; every layout swept and restored.
+"""Held records on a real Redis: one write a fetch, one an ack; swept and restored.
 
 A message a worker took is held in one record (tasks/broker/held.py) in the hash of the
 list it was taken from: the fetch writes it with one HSET and the acknowledgement drops
-it with one HDEL (INFO commandstats on a redis-server of the test's own). The release
-before (devkit/previous_release.py, layout version 2) runs beside this one during an
-upgrade and holds every list's messages in one hash, `unacked_held`; the one before
-that (layout version 1) in three keys. Their records are written here by their own
-fetch scripts, read from git, and this release's sweep of dead holders and visibility
-timeout put them back, as they do this release's.
+it with one HDEL (INFO commandstats on a redis-server of the test's own). The sweep of
+dead holders and the visibility timeout put them back. (Layouts 1 and 2's records:
+tests/queue/test_broker_migration.py.)
 """
 
 from __future__ import annotations
 
 import base64
 import json
-import subprocess
 import time
-import types
 import uuid
 from collections.abc import Iterator
 from typing import Any
@@ -25,26 +20,18 @@ import pytest
 import redis
 from kombu import Connection, Consumer, Exchange, Queue
 
-from devkit.previous_release import LAYOUT_1_COMMIT, LAYOUT_1_SUBJECT, resolve
 from tasks.broker import held, scripts
 from tasks.broker.fetch_script import fetch_command
 from tasks.broker.holders import HolderSweep
 from tasks.broker.lanes import push_command
 from tasks.broker.layout import (
-    HELD_KEY,
     HELD_LISTS_KEY,
-    HOLDERS_KEY,
-    UNACKED_INDEX_KEY,
-    UNACKED_KEY,
     UNACKED_MUTEX_KEY,
-    lane_key,
-    lanes_key,
     list_held_key,
     list_lane_key,
     list_ring_key,
 )
 from tasks.state.keys import WORKERS_KEY
-from tests.harness import ROOT
 
 WINDOW, TTL = 6.0, 30.0
 
@@ -56,46 +43,18 @@ def r(lone_redis_url: str) -> Iterator[redis.Redis]:
     client.close()
 
 
-def release_lanes(commit: str) -> Any:
-    """A release's tasks/broker/lanes.py (its FETCH, fetch_command, push_command), from git."""
-    shown = subprocess.run(["git", "show", f"{commit}:tasks/broker/lanes.py"], cwd=ROOT,
-                           capture_output=True, text=True, timeout=60)
-    if shown.returncode:
-        pytest.fail(f"the release's lanes.py is not in git: {shown.stderr}")
-    module = types.ModuleType(f"lanes_{commit[:8]}")
-    exec(compile(shown.stdout, "lanes.py", "exec"), module.__dict__)  # noqa: S102
-    return module
-
-
-def previous_lanes() -> Any:
-    """Layout version 2's release (the release before this one)."""
-    return release_lanes(resolve())
-
-
-def layout_1_lanes() -> Any:
-    """Layout version 1's release (the one before that)."""
-    return release_lanes(resolve(LAYOUT_1_COMMIT, LAYOUT_1_SUBJECT))
-
-
 def message(client: str, n: int) -> str:
     return json.dumps({"body": "", "headers": {"ocr_client": client, "n": n},
                        "properties": {"delivery_tag": str(uuid.uuid4())}})
 
 
 def push(r: redis.Redis, queue: str, client: str, n: int) -> None:
-    scripts.run(r, push_command("", queue, 0, client, message(client, n)))
+    scripts.run(r, push_command("", queue, client, message(client, n)))
 
 
-def push_v2(r: redis.Redis, queue: str, client: str, n: int) -> None:
-    """A push as the release before runs it: to its version 2 lane, its step's ring."""
-    old = previous_lanes()
-    r.script_load(old.PUSH.text)
-    r.execute_command(*old.push_command("", queue, 0, client, message(client, n)))
-
-
-def fetch_v3(r: redis.Redis, queue: str, now: float, holder: str = "",
+def fetch(r: redis.Redis, queue: str, now: float, holder: str = "",
              acks: tuple[tuple[str, str], ...] = ()) -> str:
-    """A fetch of the release under test.
+    """A fetch of this release.
 
     Its list is named in the set of lists with held records, as a worker's consume
     names it.
@@ -104,26 +63,6 @@ def fetch_v3(r: redis.Redis, queue: str, now: float, holder: str = "",
     reply = scripts.run(r, fetch_command("", [(queue, 0, True, True)], now, 0,
                                          probe=False, holder=holder, acks=acks))
     return str(reply[2].decode()) if reply else ""
-
-
-def fetch_v2(r: redis.Redis, queue: str, now: float, holder: str) -> str:
-    """A fetch as the release before runs it: its record in `unacked_held`."""
-    old = previous_lanes()
-    command = old.fetch_command("", HELD_KEY, [(queue, 0, True, True)], now, 0, probe=False,
-                                holder=holder)
-    r.script_load(old.FETCH.text)
-    reply = r.execute_command(*command)
-    return str(reply[2].decode())
-
-
-def fetch_v1(r: redis.Redis, queue: str, now: float, holder: str) -> str:
-    """A fetch of layout version 1's release: its record in `unacked`, index and holders."""
-    old = layout_1_lanes()
-    command = old.fetch_command("", (UNACKED_KEY, UNACKED_INDEX_KEY), [(queue, 0, True, True)],
-                                now, 0, probe=False, holder=holder)
-    r.script_load(old.FETCH.text)
-    reply = r.execute_command(*command)
-    return str(reply[2].decode())
 
 
 def transport(url: str, options: dict[str, Any]) -> Connection:
@@ -148,17 +87,16 @@ def test_a_fetch_holds_with_one_write_and_an_ack_drops_with_one(r: redis.Redis) 
     held_in = list_held_key("ocr")
     r.sadd(HELD_LISTS_KEY, "ocr")
     r.config_resetstat()
-    tag = fetch_v3(r, "ocr", time.time(), holder="w@h|1")
+    tag = fetch(r, "ocr", time.time(), holder="w@h|1")
     calls = {k.removeprefix("cmdstat_"): v["calls"] for k, v in r.info("commandstats").items()}
     assert calls.get("hset") == 1 and "zadd" not in calls, calls
     found = held.parse(r.hget(held_in, tag))
     assert found is not None and (found.holder, found.src, found.ring, found.client) == (
         "w@h|1", list_lane_key("ocr", "alice"), list_ring_key("ocr"), "alice")
     assert json.loads(found.record)[1:] == ["", "ocr"]
-    assert not r.exists(HELD_KEY, UNACKED_KEY, UNACKED_INDEX_KEY, HOLDERS_KEY)
     # the acknowledgement rides on the next fetch: one HDEL
     r.config_resetstat()
-    second = fetch_v3(r, "ocr", time.time(), holder="w@h|1", acks=((held_in, tag),))
+    second = fetch(r, "ocr", time.time(), holder="w@h|1", acks=((held_in, tag),))
     calls = {k.removeprefix("cmdstat_"): v["calls"] for k, v in r.info("commandstats").items()}
     assert calls.get("hdel") == 1 and "zrem" not in calls, calls
     assert r.hkeys(held_in) == [second.encode()]
@@ -184,41 +122,29 @@ def test_an_ack_alone_is_one_command(lone_redis_url: str) -> None:
     r.close()
 
 
-def test_a_dead_holder_s_messages_of_every_layout_are_swept_back(r: redis.Redis) -> None:
+def test_a_dead_holder_s_messages_are_swept_back(r: redis.Redis) -> None:
     """A holder dead (its node's record names another pid): its messages back at the front.
 
-    Layout version 1's record (three keys), version 2's (one, in `unacked_held`) and
-    this release's (one, in its list's hash) alike, each back in the lane it was taken
-    from; a live holder's and a record without holder are left.
+    Each back in the lane it was taken from, its client in the ring again; a live
+    holder's and a record without holder are left.
     """
-    for n in range(2):
-        push_v2(r, "ocr", "alice", n)
-    for n in range(2, 5):
+    for n in range(4):
         push(r, "ocr", "alice", n)
     now = time.time()
-    v1 = fetch_v1(r, "ocr", now, holder="old@h|7")
-    v2 = fetch_v2(r, "ocr", now, holder="mid@h|6")
-    v3 = fetch_v3(r, "ocr", now, holder="new@h|8")
-    kept = fetch_v3(r, "ocr", now, holder="live@h|9")
-    unheld = fetch_v3(r, "ocr", now)
-    assert r.hlen(UNACKED_KEY) == r.zcard(UNACKED_INDEX_KEY) == r.hlen(HOLDERS_KEY) == 1
-    assert r.hlen(HELD_KEY) == 1 and r.hlen(list_held_key("ocr")) == 3
-    assert r.llen(lane_key("ocr", "alice")) == r.llen(list_lane_key("ocr", "alice")) == 0
-    assert not r.exists(lanes_key(0), list_ring_key("ocr"))  # the lone client left
-    alive(r, "old@h", 70)
-    alive(r, "mid@h", 60)
+    dead = fetch(r, "ocr", now, holder="new@h|8")
+    kept = fetch(r, "ocr", now, holder="live@h|9")
+    unheld = fetch(r, "ocr", now)
+    gone = fetch(r, "ocr", now, holder="new@h|8")
+    assert r.llen(list_lane_key("ocr", "alice")) == 0
+    assert not r.exists(list_ring_key("ocr"))  # the lone client left
     alive(r, "new@h", 80)  # restarted: another pid
     alive(r, "live@h", 9)
     back = HolderSweep(r, r, WINDOW, TTL).sweep(now)
-    assert sorted(back) == sorted([v1, v2, v3])
+    assert sorted(back) == sorted([dead, gone])
     # each back at the end taken first of the lane it was taken from
-    assert sorted(n_of(m) for m in r.lrange(lane_key("ocr", "alice"), 0, -1)) == [0, 1]
-    assert r.lrange(lanes_key(0), 0, -1) == [b"alice"]
-    assert r.hget(lanes_key(0) + ":count", "alice") == b"2"
-    assert [n_of(m) for m in r.lrange(list_lane_key("ocr", "alice"), 0, -1)] == [2]
+    assert sorted(n_of(m) for m in r.lrange(list_lane_key("ocr", "alice"), 0, -1)) == [0, 3]
     assert r.lrange(list_ring_key("ocr"), 0, -1) == [b"alice"]
-    assert r.hget(list_ring_key("ocr") + ":count", "alice") == b"1"
-    assert not r.exists(HELD_KEY, UNACKED_KEY, UNACKED_INDEX_KEY, HOLDERS_KEY)
+    assert r.hget(list_ring_key("ocr") + ":count", "alice") == b"2"
     assert sorted(r.hkeys(list_held_key("ocr"))) == sorted([kept.encode(), unheld.encode()])
 
 
@@ -226,17 +152,14 @@ def test_a_holder_of_no_node_counts_as_dead_after_the_window(r: redis.Redis) -> 
     for n in range(2):
         push(r, "ocr", "bob", n)
     now = time.time()
-    old = fetch_v3(r, "ocr", now - 2 * WINDOW, holder="gone@h|1")
-    fresh = fetch_v3(r, "ocr", now, holder="gone@h|1")
+    old = fetch(r, "ocr", now - 2 * WINDOW, holder="gone@h|1")
+    fresh = fetch(r, "ocr", now, holder="gone@h|1")
     assert HolderSweep(r, r, WINDOW, TTL).sweep(now) == [old]
     assert r.hkeys(list_held_key("ocr")) == [fresh.encode()]
 
 
-@pytest.mark.parametrize("layout_version", [1, 2, 3])
-def test_a_message_past_the_visibility_timeout_is_restored(lone_redis_url: str,
-                                                           layout_version: int) -> None:
-    """The visibility timeout's restore reads every layout (a version 1 record: its keys)."""
-    name = f"visible-{layout_version}"
+def test_a_message_past_the_visibility_timeout_is_restored(lone_redis_url: str) -> None:
+    name = "visible"
     queue = Queue(name, Exchange(name, type="direct"), routing_key=name)
     r = redis.Redis.from_url(lone_redis_url)
     options = {"visibility_timeout": 60}
@@ -245,7 +168,6 @@ def test_a_message_past_the_visibility_timeout_is_restored(lone_redis_url: str,
         for n in range(2):
             conn.Producer(channel).publish({"n": n}, exchange=queue.exchange, routing_key=name,
                                            declare=[queue], serializer="json")
-        fetch = {1: fetch_v1, 2: fetch_v2, 3: fetch_v3}[layout_version]
         late = fetch(r, name, time.time() - 120, holder="w@h|1")
         recent = fetch(r, name, time.time(), holder="w@h|1")
         assert r.llen(name) == 0
@@ -255,13 +177,7 @@ def test_a_message_past_the_visibility_timeout_is_restored(lone_redis_url: str,
         restored = json.loads(r.lindex(name, 0))
         assert json.loads(base64.b64decode(restored["body"])) == {"n": 0}
         assert restored["headers"]["redelivered"] is True
-        if layout_version == 1:
-            assert r.hkeys(UNACKED_KEY) == [recent.encode()]
-            assert r.zrange(UNACKED_INDEX_KEY, 0, -1) == [recent.encode()]
-            assert r.hkeys(HOLDERS_KEY) == [recent.encode()]
-        else:
-            assert r.hkeys(HELD_KEY if layout_version == 2 else list_held_key(name)) == \
-                [recent.encode()]
+        assert r.hkeys(list_held_key(name)) == [recent.encode()]
         assert late != recent
     r.close()
 
@@ -285,7 +201,7 @@ def test_one_worker_of_the_fleet_looks_for_visible_messages_an_interval(
         for n in range(2):
             one.Producer(first).publish({"n": n}, exchange=queue.exchange,
                                         routing_key=name, declare=[queue], serializer="json")
-        fetch_v3(r, name, time.time(), holder="w@h|1")  # held, not past the timeout
+        fetch(r, name, time.time(), holder="w@h|1")  # held, not past the timeout
         with Consumer(first, [queue], no_ack=False, accept=["json"]), \
                 Consumer(second, [queue], no_ack=False, accept=["json"]):
             r.config_resetstat()
@@ -299,7 +215,7 @@ def test_one_worker_of_the_fleet_looks_for_visible_messages_an_interval(
                     if k not in ("cmdstat_config|resetstat",  # and a pool's first load
                                  "cmdstat_script|load")} == {"exists": 1, "evalsha": 1,
                                                             "set": 1, "get": 1}
-            late = fetch_v3(r, name, time.time() - 120, holder="w@h|1")
+            late = fetch(r, name, time.time() - 120, holder="w@h|1")
             time.sleep(1.0)
             second.qos.restore_visible()
         assert r.hget(list_held_key(name), late) is None and r.llen(name) == 1
@@ -318,7 +234,7 @@ def test_a_shorter_visibility_timeout_looks_within_a_longer_ones_interval(
         patient, eager = long.channel(), short.channel()
         long.Producer(patient).publish({"n": 0}, exchange=queue.exchange, routing_key=name,
                                        declare=[queue], serializer="json")
-        fetch_v3(r, name, time.time() - 120, holder="w@h|1")  # past 60 s, not 900 s
+        fetch(r, name, time.time() - 120, holder="w@h|1")  # past 60 s, not 900 s
         with Consumer(patient, [queue], no_ack=False, accept=["json"]), \
                 Consumer(eager, [queue], no_ack=False, accept=["json"]):
             patient.qos.restore_visible()
@@ -340,7 +256,7 @@ def test_a_failed_look_gives_the_interval_back(lone_redis_url: str,
         channel = conn.channel()
         conn.Producer(channel).publish({"n": 0}, exchange=queue.exchange, routing_key=name,
                                        declare=[queue], serializer="json")
-        fetch_v3(r, name, time.time() - 120, holder="w@h|1")
+        fetch(r, name, time.time() - 120, holder="w@h|1")
         with Consumer(channel, [queue], no_ack=False, accept=["json"]):
             def cut(*args: Any, **kwargs: Any) -> Any:
                 raise redis.ConnectionError("connection lost under the look")
@@ -360,7 +276,7 @@ def test_a_warm_stop_s_running_messages_are_left_to_the_visibility_timeout(
     """UNHOLD (a warm stop's running tasks): the holder dropped, the record kept, unswept."""
     push(r, "ocr", "carol", 0)
     now = time.time()
-    tag = fetch_v3(r, "ocr", now, holder="stopping@h|5")
+    tag = fetch(r, "ocr", now, holder="stopping@h|5")
     held_in = list_held_key("ocr")
     before = held.parse(r.hget(held_in, tag))
     assert held.UNHOLD.run(r, [held_in], [tag, "no-such-tag"]) == 1

@@ -22,7 +22,7 @@ import psutil
 import pytest
 import redis
 
-from tasks.broker.layout import HOLDERS_KEY, UNACKED_INDEX_KEY, UNACKED_KEY
+from tasks.broker.stored_layout import FIXED_KEYS, UNACKED_KEY
 from tasks.client import OcrClient
 from tasks.state.keys import job_notice_key
 from tests.harness import FAST_PAGES, RedisServer, Worker, corpus, eventually, fake_env, make_client
@@ -182,7 +182,7 @@ def test_a_burst_s_acknowledgements_ride_on_the_fetches(worker: Worker, redis_ur
     store.echo(marker)  # the last command the monitor reads
     watcher.join(10)
     assert not watcher.is_alive()
-    assert not store.exists(UNACKED_KEY, UNACKED_INDEX_KEY, HOLDERS_KEY)
+    assert not store.exists(*FIXED_KEYS)  # nothing of layouts 1 and 2
     assert len(set(alone) | set(carried)) >= 20, (alone, carried)
     assert len(carried) > len(alone), (len(carried), len(alone))
     # one write a message at its fetch, one at its acknowledgement, and no other

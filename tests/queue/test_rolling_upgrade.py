@@ -13,11 +13,14 @@ old worker holds some when it goes:
   new client queues more behind them;
 - the old worker is stopped: warm (SIGTERM, then its gate opens: it finishes what it
   runs and gives back what it had reserved), or killed with its pages held (SIGKILL of
-  its process group: the new worker's sweep of dead holders gives them back, from the
-  old release's own keys);
+  its process group: the new worker's sweep of dead holders gives them back);
 - every job of both clients ends SUCCESS exactly once: one result, one `ocr.job` line
   across both workers' logs, each page counted once in the day's usage, and nothing
   left waiting or held in the queues (the broker's own depth figure).
+
+Both releases read and write the broker's key layout 3: the old worker stores it on the
+new Redis, and the new one runs on it. A worker of the release before, started after one
+of this release (a rollback, a pod rescheduled), runs on it too.
 
 The warm stop runs in `make test` (about 60 s on two busy cores, most of it the two
 workers' start-up); the kill, a minute more, is its long form (`make test-long`).
@@ -38,8 +41,8 @@ import pytest
 import redis
 
 from devkit.previous_release import COMMIT, ReleaseMissing, materialize
-from tasks.broker import stored_layout
-from tasks.broker.layout import HELD_KEY, LAYOUT_KEY, LAYOUT_OLDEST, LAYOUT_VERSION
+from tasks.broker import held, stored_layout
+from tasks.broker.layout import LAYOUT_KEY, LAYOUT_VERSION
 from tasks.broker.queue_depth import QueueDepth
 from tasks.client import OcrClient
 from tasks.settings import Settings
@@ -53,7 +56,7 @@ from tests.harness import (
     eventually,
     kill_all,
 )
-from tests.held_records import held_count
+from tests.held_records import held_items
 from tests.image_fixtures import png
 from tests.pdf_fixtures import image_pdf, plain_pages
 
@@ -211,9 +214,8 @@ def test_the_previous_release_is_another_tree(old_tree: Path) -> None:
 def test_a_warm_stop_of_the_old_worker_loses_and_doubles_nothing(fleet: Fleet) -> None:
     before = fleet.usage()
     old, new, jobs = side_by_side(fleet)
-    # The old fleet's Redis keeps its layout (1) while the old worker lives: the new
-    # client wrote the lanes the old worker reads.
-    assert fleet.store.get(LAYOUT_KEY) == b"1"
+    # the old worker stored the layout both releases write
+    assert fleet.store.get(LAYOUT_KEY) == str(LAYOUT_VERSION).encode()
     assert old.proc is not None
     old.proc.send_signal(signal.SIGTERM)  # warm: it finishes what it runs
     old.wait_until(lambda: "warm shutdown" in old.log().lower(), 60, "stopping warm")
@@ -221,9 +223,6 @@ def test_a_warm_stop_of_the_old_worker_loses_and_doubles_nothing(fleet: Fleet) -
     assert old.proc.wait(WAIT) == 0, old.log()[-3000:]
     (fleet.gate("new") / "open").touch()
     ended_once(fleet, jobs, pages=6, before=before)
-    # the old worker gone, the new one stored this release's layout at a heartbeat
-    eventually(lambda: fleet.store.get(LAYOUT_KEY) == str(LAYOUT_VERSION).encode(), 30,
-               "this release's layout stored")
     late = fleet.client.submit(png(160), filename="new-late.png")
     assert fleet.client.wait([late], timeout=WAIT)[late]["status"] == "SUCCESS"
 
@@ -232,24 +231,27 @@ def test_a_warm_stop_of_the_old_worker_loses_and_doubles_nothing(fleet: Fleet) -
 def test_a_killed_old_worker_loses_and_doubles_nothing(fleet: Fleet) -> None:
     before = fleet.usage()
     old, new, jobs = side_by_side(fleet)
-    # both layouts held: the old worker's in version 2's hash, the new one's in its lists'
-    assert fleet.store.hlen(HELD_KEY) and held_count(fleet.store) > fleet.store.hlen(HELD_KEY)
+    # both workers hold messages, each in the hash of the list it took them from
+    assert len(holders(fleet.store)) == 2, holders(fleet.store)
     old.kill()  # parent and children at once, its pages held
     (fleet.gate("new") / "open").touch()
     ended_once(fleet, jobs, pages=6, before=before)
     assert "put back in their queues" in new.log()
 
 
+def holders(store: redis.Redis) -> set[str]:
+    """The holders of the messages held now (`<node>|<pid>`)."""
+    found = (held.parse(value) for value in held_items(store).values())
+    return {record.holder for record in found if record is not None and record.holder}
+
+
 def test_the_layout_version_is_stored_once_and_a_newer_one_refused(own_redis_url: str) -> None:
-    """A new Redis gets this release's version; any it reads is run on as it is."""
+    """A new Redis gets this release's version, kept; a newer one is refused."""
     store = redis.Redis.from_url(own_redis_url)
     assert store.get(LAYOUT_KEY) is None
     assert stored_layout.settle(store) == LAYOUT_VERSION
     assert store.get(LAYOUT_KEY) == str(LAYOUT_VERSION).encode()
     assert stored_layout.settle(store) == LAYOUT_VERSION  # kept, not written again
-    store.set(LAYOUT_KEY, LAYOUT_OLDEST)  # an older fleet's Redis
-    assert stored_layout.settle(store) == LAYOUT_OLDEST
-    assert store.get(LAYOUT_KEY) == str(LAYOUT_OLDEST).encode()
     for stored in (LAYOUT_VERSION + 1, "v2"):
         store.set(LAYOUT_KEY, stored)
         with pytest.raises(stored_layout.LayoutNewer, match="broker_layout_newer"):
@@ -272,21 +274,19 @@ def test_a_worker_refuses_a_newer_key_layout(own_redis_url: str, tmp_path: Path)
     assert not re.search(r"@\S+ ready\.", worker.log())
 
 
-def test_the_previous_release_starts_after_this_one_on_its_fleets_redis(
-        own_redis_url: str, old_tree: Path) -> None:
+def test_the_previous_release_starts_after_this_one(own_redis_url: str,
+                                                    old_tree: Path) -> None:
     """A worker of the release before, started after one of this release, is not refused.
 
-    On a Redis its fleet laid out (a rolling upgrade: a pod rescheduled), its start's
-    check (its own tasks/broker/stored_layout.py, run from its tree) reads the version
-    that fleet stored, which this release runs on as it is.
+    Its start's check (its own tasks/broker/stored_layout.py, run from its tree) reads
+    the version this release stored: its own (a rollback, a pod rescheduled).
     """
     store = redis.Redis.from_url(own_redis_url)
-    store.set(LAYOUT_KEY, LAYOUT_OLDEST)
-    assert stored_layout.settle(store) == LAYOUT_OLDEST
+    assert stored_layout.settle(store) == LAYOUT_VERSION
     settled = subprocess.run(
         [str(VENV_BIN / "python"), "-c", "import sys, redis; from tasks.broker import "
          "stored_layout; print(stored_layout.settle(redis.Redis.from_url(sys.argv[1])))",
          own_redis_url], cwd=old_tree, capture_output=True, text=True, timeout=60,
         env={"PATH": f"{VENV_BIN}:/usr/bin:/bin", "PYTHONPATH": str(old_tree)})
-    assert settled.returncode == 0 and settled.stdout.strip() == str(LAYOUT_OLDEST), \
+    assert settled.returncode == 0 and settled.stdout.strip() == str(LAYOUT_VERSION), \
         settled.stdout + settled.stderr

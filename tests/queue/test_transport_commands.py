@@ -282,7 +282,7 @@ def test_a_broker_script_lost_again_as_it_is_loaded_is_loaded_again(
         lone_redis_url: str) -> None:
     losing = losing_redis(lone_redis_url)
     lane = layout.list_lane_key(layout.queue_list("ocr", 3), "root")
-    push = lanes.push_command("", layout.queue_list("ocr", 3), 3, "root", "{}")
+    push = lanes.push_command("", layout.queue_list("ocr", 3), "root", "{}")
     losing.losses = scripts.LOADS - 1
     scripts.run(losing, push)
     assert losing.llen(lane) == 1

@@ -20,7 +20,7 @@ import redis
 from kombu import Connection, Consumer, Exchange, Producer, Queue
 from kombu.asynchronous import Hub
 
-from tasks.broker import binding_expiry, layout
+from tasks.broker import binding_expiry, layout, stored_layout
 from tasks.broker.connections import BrokerOptionRefused
 from tasks.broker.transport import TRANSPORT
 from tests.harness import eventually
@@ -54,7 +54,7 @@ def test_a_message_and_a_broadcast_reach_their_consumers_through_drain_events(
     assert got == [{"n": 1}, {"b": 2}]
     r = redis.Redis.from_url(lone_redis_url)
     assert held_count(r) == 0  # acknowledged
-    assert not r.exists(layout.UNACKED_KEY, layout.UNACKED_INDEX_KEY, layout.HOLDERS_KEY)
+    assert not r.exists(*stored_layout.FIXED_KEYS)  # nothing of layouts 1 and 2
     r.close()
 
 

@@ -12,7 +12,6 @@ from tasks.broker.fetch_script import (
     unnamed,
 )
 from tasks.broker.layout import list_held_key
-from tasks.broker.old_lanes import old_lanes
 from tasks.broker.wire import FetchBytes
 
 LISTS = ((("ocr", 0, True, True), ("ocr\x06\x163", 3, True, True),
@@ -23,17 +22,16 @@ def test_a_fetch_is_packed_as_redis_py_packs_it() -> None:
     connection = redis.Connection()  # packs; never connects
     wire = FetchBytes()
     held = list_held_key("ocr\x06\x163")
-    for now, acks, move in (("1.5", (), False), ("2.25", ((held, "tag-1"), (held, "tag-2")), True),
-                            ("3.0", ((held, "é"),), False)):
+    for now, acks in (("1.5", ()), ("2.25", ((held, "tag-1"), (held, "tag-2"))),
+                      ("3.0", ((held, "é"),))):
         parts = fetch_parts("", LISTS, 1 << 20)
         riding, alone = split_acks(parts, acks)
         assert not alone and len(riding) == len(acks)
-        tail = fetch_tail(True, False, "node|1", "tag-0", riding,
-                          old_lanes("", LISTS) if move else (), unnamed(parts, {"ocr"}))
+        tail = fetch_tail(True, False, "node|1", "tag-0", riding, unnamed(parts, {"ocr"}))
         command = [*parts[0], now, *parts[1], *tail]
         assert command == fetch_command("", list(LISTS), float(now), 1 << 20,
                                         holder="node|1", tag="tag-0", acks=acks,
-                                        move_old=move, named={"ocr"})
+                                        named={"ocr"})
         assert wire.fetch(connection.encoder, parts, now, tail) == \
             b"".join(connection.pack_command(*command))
 

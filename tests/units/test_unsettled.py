@@ -25,7 +25,10 @@ class Recorded:
     unacked: set[str] = field(default_factory=set)
     acked: list[str] = field(default_factory=list)
     restored: list[str] = field(default_factory=list)
-    held_key = "unacked_held"
+
+    def __post_init__(self) -> None:
+        for tag in self.unacked:  # each held where the fetch told
+            unsettled.hold(tag, "{q}:held")
 
     def unrecord(self, tag: str, pipe: Any) -> Any:
         self.acked.append(tag)
