@@ -239,7 +239,7 @@ FLOOR_TESTS := tests/units/test_kombu_overrides.py tests/queue/test_queue.py \
 	tests/queue/test_big_messages.py tests/queue/test_hardening.py tests/queue/test_brokers.py \
 	tests/queue/test_dead_host.py tests/queue/test_fair_shares.py tests/queue/test_reliability.py \
 	tests/queue/test_held_records.py tests/queue/test_transport_commands.py \
-	tests/queue/test_layout_switch.py
+	tests/queue/test_broker_migration.py
 
 $(FLOOR_VENV)/.floor: requirements.txt requirements-dev.txt constraints-floor.txt
 	rm -rf $(FLOOR_VENV)
