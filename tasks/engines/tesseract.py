@@ -357,6 +357,11 @@ class TesseractEngine(OcrEngine):
         return across > down
 
     def _words(self, api: Any) -> tuple[Word, ...]:
+        """The words of the last reading, with their boxes and confidences.
+
+        A word of blanks alone is left out: tesseract gives one, at confidence 95, for
+        each picture region it found no text in (a photo), boxing the whole region.
+        """
         level = self._tesserocr.RIL.WORD
         out = []
         for item in self._tesserocr.iterate_level(api.GetIterator(), level):
@@ -365,7 +370,7 @@ class TesseractEngine(OcrEngine):
             except RuntimeError:  # a page without words: tesserocr's "No text returned"
                 break
             box = item.BoundingBox(level)
-            if text and box:
+            if text and not text.isspace() and box:
                 out.append(Word(text, tuple(box), round(item.Confidence(level), 2)))
         return tuple(out)
 
