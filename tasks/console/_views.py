@@ -9,7 +9,7 @@ and another client's job is a 404 here as there.
 from __future__ import annotations
 
 import datetime as dt
-from typing import Annotated
+from typing import Annotated, Any
 from urllib.parse import quote
 
 from fastapi import APIRouter, Form, Path, Query, Request
@@ -135,11 +135,14 @@ def job(request: Request, job_id: str) -> HTMLResponse:
         return render(request, "missing.html", status_code=404, session=session,
                       what="job")
     pages: list[int] = []
+    warnings: list[dict[str, Any]] = []
     if info.status in (JobStatus.SUCCESS, JobStatus.PARTIAL):
         result = service_of(request).finished(session.client, job_id)[2]
         pages = [int(page["number"]) for page in result.get("pages") or []]
+        warnings = list(result.get("warnings") or [])
     return render(request, "job.html", session=session, job=info, pages=pages,
-                  low=LOW_CONFIDENCE, shown_time=_shown_time, engines=ENGINE_NAMES)
+                  warnings=warnings, low=LOW_CONFIDENCE, shown_time=_shown_time,
+                  engines=ENGINE_NAMES)
 
 
 @router.post("/jobs/{job_id}/pages/{number}/compare")

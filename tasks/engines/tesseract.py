@@ -105,6 +105,11 @@ class TesseractEngine(OcrEngine):
         return tessdata.languages(tessdata.search_dirs(settings))
 
     @classmethod
+    def fast_languages(cls, settings: Settings) -> list[str]:
+        """The languages read with Debian's tessdata_fast model (no wheel installed)."""
+        return tessdata.fast_languages(tessdata.find_languages(tessdata.search_dirs(settings)))
+
+    @classmethod
     def load(cls, settings: Settings) -> TesseractEngine:
         found = tessdata.find_languages(tessdata.search_dirs(settings))
         lang = settings.tesseract_lang

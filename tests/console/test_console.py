@@ -339,6 +339,22 @@ def test_a_page_read_again_is_compared_side_by_side(page: Page, api: ApiServer,
     assert listed["client"] == "alice" and "page 1" in listed["filename"]
 
 
+def test_a_jobs_page_warnings_are_shown(page: Page, api: ApiServer,
+                                        tokens: dict[str, str]) -> None:
+    """A page read in the default languages says so, and what to do, on the job's page."""
+    job_id = sent(api, tokens["alice"], text_png(["Hi 42"]), "few.png")
+    ended(api, tokens["alice"], job_id)
+    result = session(tokens["alice"]).get(f"{api.url}/v1/jobs/{job_id}/result?format=json",
+                                          timeout=10).json()
+    [warning] = result["warnings"]
+    assert warning["code"] == "lang_uncertain", warning
+    open_job(page, api, job_id)
+    shown = page.eval_on_selector_all(
+        ".warnings li", "w => w.map(e => [e.dataset.page, e.textContent])")
+    assert shown == [["1", f"lang_uncertain {warning['message']}"]]
+    assert page.get_attribute(".warnings li a", "href") == "#page-1"
+
+
 def test_another_clients_job_is_not_found(page: Page, api: ApiServer,
                                           jobs: dict[str, str]) -> None:
     answer = page.goto(f"{api.url}/console/jobs/{jobs['other']}")
