@@ -3,9 +3,10 @@
 Runs in the `api` process. Reads the caller's index (`tasks/state/job_index.py`:
 every job sent under its token's name) a batch at a time, one Redis round trip per
 batch for the jobs' records and state marks; only jobs whose API record names the
-caller are shown (a job another sender listed under the same name is not, as
-`GET /v1/jobs/{id}` would 404 it). Each job shown is the same record
-`GET /v1/jobs/{id}` answers.
+caller are shown, as `GET /v1/jobs/{id}` would 404 the others. The jobs submit.py
+and `OcrClient` send under client NAME have a record naming NAME too
+(`tasks/queue/sender.py`): the token named NAME lists them. Each job shown is the
+same record `GET /v1/jobs/{id}` answers.
 """
 
 from __future__ import annotations

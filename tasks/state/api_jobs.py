@@ -43,6 +43,18 @@ class ApiJobs:
         pipe.execute()
         return now
 
+    def remember_in(self, pipe: Any, owner: str, job_id: str, output: str, filename: str,
+                    created: float) -> None:
+        """`remember`, queued in `pipe`, for a job another sender sends under `owner`.
+
+        A job submit.py or `OcrClient` sends under client NAME is client NAME's for the
+        API too: a token named NAME lists and reads it (`JobSender`).
+        """
+        pipe.hset(api_job_key(job_id), mapping={
+            "owner": owner, "created": f"{created:.3f}", "output": output,
+            "filename": filename})
+        pipe.expire(api_job_key(job_id), self._record_ttl)
+
     def forget(self, owner: str, job_id: str) -> None:
         """Drop the record of a job that could not be sent."""
         pipe = self._redis.pipeline()

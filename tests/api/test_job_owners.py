@@ -26,6 +26,7 @@ import requests
 from prometheus_client.parser import text_string_to_metric_families
 
 from tasks.client import OcrClient
+from tasks.records.clients import login_client
 from tests.api_server import ApiServer, create_token, session
 from tests.harness import (
     FAKE_PLUGINS,
@@ -268,6 +269,43 @@ def test_a_client_lists_its_own_jobs_newest_first(api: ApiServer, alpha: request
                        "--cursor", cursor.group(1)).stdout
     assert second.split("\t")[-1] != first.stdout.split("\t")[-1]
     assert submit_py(redis_url, "jobs", "--status", "DONE").returncode == 2
+
+
+def test_a_token_named_as_a_submit_client_sees_its_jobs(api: ApiServer, redis_url: str,
+                                                        tmp_path: Path) -> None:
+    """README's order: submit.py first (as the login name), then the API or console.
+
+    The token named as submit.py's client lists and reads its jobs; another token
+    neither lists nor reads them, and a job sent as another client is not listed.
+    """
+    me = login_client()
+    if not me:
+        pytest.skip("this host user has no login name a client name can be")
+    mine = session(create_token(redis_url, me))
+    carol = session(create_token(redis_url, "carol"))
+    image = tmp_path / "mine.png"
+    image.write_bytes(png(160))
+    sent = submit_py(redis_url, "--no-wait", str(image))
+    assert sent.returncode == 0, sent.stderr
+    job = sent.stdout.split("\t")[0]
+    other = submit_py(redis_url, "--no-wait", "--client", "dave", str(image))
+    assert other.returncode == 0, other.stderr
+    theirs = other.stdout.split("\t")[0]
+    listed = [j["id"] for j in listing(mine, api, limit=100)["jobs"]]
+    assert job in listed and theirs not in listed, listed
+    ended = wait_end(mine, api, job)
+    assert (ended["client"], ended["filename"]) == (me, "mine.png")
+    result = mine.get(f"{api.url}/v1/jobs/{job}/result?format=json", timeout=10)
+    assert result.status_code == 200 and result.json()["client"] == me, result.text
+    # Tenant isolation: carol sees none of them, nor dave's.
+    assert listing(carol, api)["jobs"] == []
+    for job_id in (job, theirs):
+        assert carol.get(f"{api.url}/v1/jobs/{job_id}", timeout=10).status_code == 404
+    assert mine.get(f"{api.url}/v1/jobs/{theirs}", timeout=10).status_code == 404
+    hers = submit_py(redis_url, "--no-wait", "--client", "carol", str(image))
+    assert [j["id"] for j in listing(carol, api)["jobs"]] == [hers.stdout.split("\t")[0]]
+    listed = [j["id"] for j in listing(mine, api, limit=100)["jobs"]]
+    assert job in listed and hers.stdout.split("\t")[0] not in listed, listed
 
 
 def test_the_first_event_of_a_pdf_job_does_not_say_none_of_none(

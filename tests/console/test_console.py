@@ -15,6 +15,8 @@ import io
 import os
 import random
 import shutil
+import subprocess
+import sys
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -25,7 +27,7 @@ from PIL import Image, ImageFilter
 from playwright.sync_api import Browser, Dialog, Page, sync_playwright
 
 from tests.api_server import ApiServer, create_token, session
-from tests.harness import Worker, eventually
+from tests.harness import ROOT, Worker, eventually
 
 FINAL = ("SUCCESS", "PARTIAL", "FAILURE", "CANCELLED")
 LINES = ["Invoice number 4471 for garden tools", "Delivered to the north gate on Monday",
@@ -353,6 +355,33 @@ def test_a_jobs_page_warnings_are_shown(page: Page, api: ApiServer,
         ".warnings li", "w => w.map(e => [e.dataset.page, e.textContent])")
     assert shown == [["1", f"lang_uncertain {warning['message']}"]]
     assert page.get_attribute(".warnings li a", "href") == "#page-1"
+
+
+def test_the_jobs_submit_py_sent_as_the_client_are_listed(page: Page, api: ApiServer,
+                                                           redis_url: str,
+                                                           tmp_path: Path) -> None:
+    """README's order: `submit.py --client alice` first, then alice's console lists it."""
+    scan = tmp_path / "from-submit.png"
+    scan.write_bytes(text_png(LINES[:1]))
+    done = subprocess.run([sys.executable, "submit.py", "--client", "alice", str(scan)],
+                          cwd=ROOT, env={**os.environ, "REDIS_URL": redis_url},
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    elsewhere = subprocess.run(
+        [sys.executable, "submit.py", "--no-wait", "--client", "mallory", str(scan)],
+        cwd=ROOT, env={**os.environ, "REDIS_URL": redis_url}, capture_output=True,
+        text=True, timeout=120)
+    theirs = elsewhere.stdout.split("\t")[0]
+    page.goto(f"{api.url}/console/jobs")
+    rows = page.eval_on_selector_all(
+        "tr.job", "rows => rows.map(r => [r.dataset.job, r.querySelector('.filename')"
+        ".textContent])")
+    [job] = [job_id for job_id, name in rows if name == "from-submit.png"]
+    assert theirs not in [job_id for job_id, _ in rows]
+    open_job(page, api, job)
+    assert page.text_content("h1.filename") == "from-submit.png"
+    answer = page.goto(f"{api.url}/console/jobs/{theirs}")
+    assert answer is not None and answer.status == 404
 
 
 def test_another_clients_job_is_not_found(page: Page, api: ApiServer,
