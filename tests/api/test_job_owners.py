@@ -411,3 +411,50 @@ def test_flower_shows_a_submitted_jobs_client(flower: str, client: OcrClient,
     kwargs = eventually(info, 30, "Flower to see the job")["kwargs"]
     assert kwargs.startswith("{'client': 'nightly-scan', 'filename': "
                              "'scan_tess_phototest.tif'"), kwargs
+
+
+def test_flower_counts_each_ended_job_once(flower: str, client: OcrClient) -> None:
+    """Flower's worker counters: one `task-failed` per failed job, one `task-succeeded`.
+
+    The job's one exit sends its ending's event; Celery's own (on while Flower asks
+    for events) must not add a second. Flower has turned the worker's events on once a
+    job's `task-started` reaches it.
+    """
+    def info(job_id: str) -> dict[str, Any]:
+        answer = requests.get(f"{flower}/api/task/info/{job_id}", auth=FLOWER_AUTH,
+                              timeout=10)
+        return dict(answer.json()) if answer.status_code == 200 else {}
+
+    def ended(job_ids: list[str]) -> None:
+        client.wait(job_ids, timeout=90)
+        eventually(lambda: all(info(j).get("state") in FINAL for j in job_ids), 30,
+                   "Flower to see the jobs end")
+
+    def started_seen() -> bool:
+        job_id = client.submit(png(190), filename="probe.png")
+        ended([job_id])
+        return bool(info(job_id).get("started"))
+
+    eventually(started_seen, 60, "the worker's own task events, which Flower turns on")
+
+    def counts() -> dict[str, int]:
+        answer = requests.get(f"{flower}/workers", params={"json": 1}, auth=FLOWER_AUTH,
+                              timeout=10)
+        totals: dict[str, int] = {}
+        for worker in answer.json()["data"]:
+            for event in ("task-failed", "task-succeeded"):
+                totals[event] = totals.get(event, 0) + int(worker.get(event, 0))
+        return totals
+
+    before = counts()
+    failed = [client.submit(b"\x89PNG\r\n\x1a\nnot an image", filename=f"broken-{i}.png")
+              for i in range(3)]
+    succeeded = [client.submit(png(191 + i), filename=f"fine-{i}.png") for i in range(2)]
+    ended(failed + succeeded)
+    assert {info(j)["state"] for j in failed} == {"FAILURE"}
+    last = client.submit(png(195), filename="last.png")  # its end comes after theirs
+    ended([last])
+    after = counts()
+    assert after["task-failed"] - before["task-failed"] == len(failed), (before, after)
+    assert after["task-succeeded"] - before["task-succeeded"] == len(succeeded) + 1, \
+        (before, after)
