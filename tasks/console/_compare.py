@@ -15,14 +15,22 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from tasks.admission import live_engines
 from tasks.api.services import JobOptions, JobService
 from tasks.api.tokens import ApiClient
 from tasks.errors import BadRequest
 from tasks.lifecycle import page_views
-from tasks.records.engines import ENGINES
 from tasks.state.corrections import Corrections
 
-ENGINE_NAMES = tuple(ENGINES)
+
+def offered_engines(service: JobService) -> tuple[str, ...]:
+    """The engines "Read again with" offers: those a live OCR worker runs now.
+
+    The gate's own reading of the workers' presence (`live_engines`); an engine no
+    live worker runs would leave the new job queued (`engine_unavailable` once others
+    are live).
+    """
+    return tuple(live_engines(service.client.live_queues()))
 
 
 @dataclass(frozen=True)
@@ -84,8 +92,10 @@ def page_of(service: JobService, caller: ApiClient, job_id: str,
 def read_again(service: JobService, caller: ApiClient, job_id: str, number: int,
                engine: str, filename: str) -> str:
     """Send page `number`'s image as a new job read by `engine`; the new job's id."""
-    if engine not in ENGINE_NAMES:
-        raise BadRequest(f"choose an engine among {', '.join(ENGINE_NAMES)}")
+    offered = offered_engines(service)
+    if engine not in offered:
+        raise BadRequest(f"choose an engine among {', '.join(offered)}; no live worker "
+                         f"runs {engine!r}" if offered else "no live worker reads pages now")
     page_of(service, caller, job_id, number)  # the client's own job, with that page
     image = service.previews.get(job_id, number)
     if image is None:

@@ -27,7 +27,7 @@ from tasks.api.services import (
 )
 from tasks.api.sessions import COOKIE, SESSION_SECONDS, CsrfFailed, Session
 from tasks.console._charts import bars
-from tasks.console._compare import ENGINE_NAMES, compare, page_of, read_again
+from tasks.console._compare import compare, offered_engines, page_of, read_again
 from tasks.console._web import (
     PREFIX,
     render,
@@ -142,7 +142,7 @@ def job(request: Request, job_id: str) -> HTMLResponse:
         warnings = list(result.get("warnings") or [])
     return render(request, "job.html", session=session, job=info, pages=pages,
                   warnings=warnings, low=LOW_CONFIDENCE, shown_time=_shown_time,
-                  engines=ENGINE_NAMES)
+                  engines=offered_engines(service_of(request)))
 
 
 @router.post("/jobs/{job_id}/pages/{number}/compare")

@@ -319,10 +319,34 @@ def test_the_n_key_goes_to_the_next_uncertain_line(page: Page, api: ApiServer,
 
 def test_a_page_read_again_is_compared_side_by_side(page: Page, api: ApiServer,
                                                    tokens: dict[str, str],
-                                                   jobs: dict[str, str]) -> None:
-    """"Read again" sends the page as a new job of the same client; both readings shown."""
+                                                   jobs: dict[str, str],
+                                                   redis_url: str) -> None:
+    """"Read again" sends the page as a new job of the same client; both readings shown.
+
+    It offers the engines a live worker runs, no other: this module's tesseract worker
+    runs tesseract (and rapidocr, which its language routing loads, where installed).
+    """
+    from tests.harness import make_client
+
     first = [line["text"] for line in page_json(api, tokens["alice"], jobs["scan"])["lines"]]
     open_job(page, api, jobs["scan"])
+    offered = page.eval_on_selector_all("#page-1 .compare-form option",
+                                        "o => o.map(e => e.value)")
+    assert "tesseract" in offered and "mlx-vlm" not in offered and "vlm-api" not in offered
+    watcher = make_client(redis_url)
+    try:
+        live = watcher.live_queues()
+    finally:
+        watcher.close()
+    from tasks.admission import live_engines
+
+    assert offered == live_engines(live), (offered, live)
+    refused = page.evaluate(
+        """([url, csrf]) => fetch(url, {method: 'POST', body: new URLSearchParams(
+           {engine: 'vlm-api', csrf: csrf})}).then(r => r.status)""",
+        [f"/console/jobs/{jobs['scan']}/pages/1/compare",
+         page.get_attribute("#page-1 .compare-form input[name=csrf]", "value")])
+    assert refused == 400
     page.select_option("#page-1 .compare-form select", "tesseract")
     page.click("#page-1 .compare-form button")
     page.wait_for_selector(".compare", timeout=120_000)  # reloads until the job ends
