@@ -40,7 +40,7 @@ _errors: dict[tuple[int, int], tuple[type[BaseException], ...]] = {}
 ENDING_EVENTS = frozenset({"task-succeeded", "task-failed"})
 
 
-class DocumentRequest(Request):  # type: ignore[misc]
+class DocumentRequest(Request):
     """`ocr.document` in the worker parent: Celery's request, without its ending events.
 
     The job's one exit sends them, also for a PDF whose last page ends it in another
