@@ -13,10 +13,7 @@ admitted first (tasks/admission.py); then `JobSender.send` takes its `OutgoingJo
    priority, when accepted; its owner, client, batch, and `prefixes`: the JSON list of the
    client's own URL prefixes, which the worker checks each redirect hop against),
 2. lists it under its client (`JobIndex`), and stores its input when the job carries
-   it (`OutgoingJob.input`: under its `blob` key), in the round trip of 1; a job with
-   no owner (not sent by the HTTP API: submit.py, `OcrClient`, a local batch) is
-   recorded there as its client's job for the API too (`ocr:api:job:<id>`), so the
-   token named as that client lists and opens it,
+   it (`OutgoingJob.input`: under its `blob` key), in the round trip of 1,
 3. waits for OCR_REDIS_MIN_REPLICAS replicas to hold those writes (`JobControl.keep`),
 4. sends the message with its client's lane header (`ocr_client`) and a W3C
    `traceparent` when given; a message no replica confirmed (`ReplicaMissing`) is
@@ -46,7 +43,6 @@ from tasks.queue.routing import job_queue, priority_value
 from tasks.records.clients import client_name
 from tasks.settings import Settings
 from tasks.state import lua
-from tasks.state.api_jobs import ApiJobs
 from tasks.state.boundary import transient
 from tasks.state.client_rules import InFlight
 from tasks.state.job_control import ENDING_DONE, JobControl
@@ -101,8 +97,6 @@ class JobSender:
         self.index = JobIndex(redis_client, settings.blob_ttl + settings.result_ttl,
                               settings.jobs_listed)
         self.in_flight = InFlight(redis_client, settings.blob_ttl + settings.result_ttl)
-        self.api_jobs = ApiJobs(redis_client, settings.blob_ttl + settings.result_ttl,
-                                settings.result_ttl)
         self._states = JobStateReader(redis_client, app.backend)
         self.usage = PageUsage(redis_client)
 
@@ -151,12 +145,7 @@ class JobSender:
         if job.input is not None:
             self.blobs.queue_put(pipe, control["blob"], job.input)
         self.control.remember_in(pipe, job.job_id, control)
-        created = time.time() if job.created is None else job.created
-        self.index.add(job.job_id, client, created, pipe=pipe)
-        if not job.owner and client:
-            self.api_jobs.remember_in(pipe, client, job.job_id,
-                                      str(kwargs.get("output", "text")),
-                                      str(kwargs.get("filename", "")), created)
+        self.index.add(job.job_id, client, job.created, pipe=pipe)
         try:
             with transient("job control (Redis)"):
                 lua.execute(pipe)
