@@ -280,8 +280,11 @@ def run_langs(args: argparse.Namespace, session: Session) -> int:
             default = reply.get("job_default") or reply.get("default")
             auto = " ".join(f"{script}={','.join(codes)}"
                             for script, codes in (reply.get("auto") or {}).items())
+            # The languages read with a smaller tessdata_fast model (Debian's).
+            fast = " ".join(reply.get("fast") or ())
             print(f"{worker}\t{reply.get('engine')}\tdefault {default}\t{listed}"
-                  + (f"\tauto {auto}" if auto else ""), flush=True)
+                  + (f"\tauto {auto}" if auto else "")
+                  + (f"\tfast {fast}" if fast else ""), flush=True)
     if not replies:
         print(f"{PROG}: no worker answered; {NO_WORKER_HINT}", file=sys.stderr)
         return EXIT_FAILURE

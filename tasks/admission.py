@@ -75,11 +75,16 @@ def ocr_queues(live: dict[str, set[str]]) -> set[str]:
     return job_queues(set().union(*live.values()))
 
 
+def live_engines(live: dict[str, set[str]]) -> list[str]:
+    """The engines live OCR workers run: those whose queue (`ocr-<engine>`) one consumes."""
+    return sorted(q[len(ENGINE_QUEUE_PREFIX):] for q in ocr_queues(live)
+                  if q.startswith(ENGINE_QUEUE_PREFIX))
+
+
 def known_engines(settings: Settings, live: dict[str, set[str]]) -> tuple[str, ...]:
     """Engines a job may name: the registry's, this client's plugins, the live workers'."""
-    served = sorted(q[len(ENGINE_QUEUE_PREFIX):] for q in ocr_queues(live)
-                    if q.startswith(ENGINE_QUEUE_PREFIX))
-    return tuple(dict.fromkeys([*engine_names(tuple(settings.engine_plugins)), *served]))
+    return tuple(dict.fromkeys([*engine_names(tuple(settings.engine_plugins)),
+                                *live_engines(live)]))
 
 
 @dataclass(frozen=True)

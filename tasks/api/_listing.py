@@ -3,9 +3,10 @@
 Runs in the `api` process. Reads the caller's index (`tasks/state/job_index.py`:
 every job sent under its token's name) a batch at a time, one Redis round trip per
 batch for the jobs' records and state marks; only jobs whose API record names the
-caller are shown (a job another sender listed under the same name is not, as
-`GET /v1/jobs/{id}` would 404 it). Each job shown is the same record
-`GET /v1/jobs/{id}` answers.
+caller are shown, as `GET /v1/jobs/{id}` would 404 the others. A job submit.py or
+`OcrClient` sent under client NAME is read as NAME's (`ApiJobs.decode`): the token
+named NAME lists it. Each job shown is the
+same record `GET /v1/jobs/{id}` answers.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from tasks.api._service import JobService
 from tasks.api.tokens import ApiClient
 from tasks.errors import BadRequest
 from tasks.records.status import JobStatus, WaitStatus
+from tasks.state.api_jobs import RECORD_READS
 from tasks.state.job_index import Cursor
 from tasks.state.job_state import JobProgress
 
@@ -58,9 +60,12 @@ def list_jobs(service: JobService, caller: ApiClient, statuses: frozenset[str] |
             states.queue_marks(pipe, job_id)
         raw = pipe.execute()
         found: list[tuple[str, dict[str, str], Any, JobProgress] | None] = []
+        step = RECORD_READS + 3  # the record's reads, then the three marks
         for i, (job_id, _) in enumerate(batch):
-            record = service.jobs.decode(raw[4 * i])
-            marks = (raw[4 * i + 1], raw[4 * i + 2], tuple(raw[4 * i + 3]))
+            at = step * i
+            record = service.jobs.decode(*raw[at:at + RECORD_READS])
+            at += RECORD_READS
+            marks = (raw[at], raw[at + 1], tuple(raw[at + 2]))
             found.append((job_id, record, marks, states.progress(job_id, marks))
                          if record.get("owner") == caller.name else None)
         return found

@@ -4,11 +4,12 @@ Runs in the `api` process, called from its routes (in worker threads: every call
 blocks on Redis). Talks only to Redis and sends tasks by name through `OcrClient`'s
 app: no engine, MLX or PyMuPDF import.
 
-Isolation: each job the API sends has a record `ocr:api:job:<id>` naming its owner;
-a client asking about a job it does not own gets 404, exactly as for a job that does
-not exist. Inputs go to blob keys made here from 128 random bits and never shown to
-clients (results are answered without `input_blob` or output keys), and API clients
-cannot send `blob` or `merge_from` at all. The owner is also recorded as
+Isolation: each job the API sends has a record `ocr:api:job:<id>` naming its owner
+(a job submit.py sent under client NAME: one made from its control hash, naming NAME,
+`ApiJobs.decode`); a client asking about a job it does not own gets 404, exactly as
+for a job that does not exist. Inputs go to blob keys made here from 128 random bits
+and never shown to clients (results are answered without `input_blob` or output keys),
+and API clients cannot send `blob` or `merge_from` at all. The owner is also recorded as
 `owner=api:<client>` in the job's control hash (`ocr:job:<id>`) for the workers.
 """
 
@@ -240,8 +241,8 @@ class JobService:
         pipe = self._redis.pipeline(transaction=False)
         self.jobs.queue_record(pipe, job_id)
         self.client.states.queue_marks(pipe, job_id)
-        raw_record, meta, cancelled, fields = pipe.execute()
-        record = self.jobs.decode(raw_record)
+        raw_record, sent, meta, cancelled, fields = pipe.execute()
+        record = self.jobs.decode(raw_record, sent)
         if record.get("owner") != caller.name:
             raise NotFound()
         return self._status(job_id, record, (meta, cancelled, tuple(fields)))[0]
@@ -288,7 +289,8 @@ class JobService:
             progress=Progress(done=now.done, total=now.total if now.planned else None),
             error=error, client=record["owner"], priority=shown_priority(now.priority),
             filename=str((result or {}).get("filename") or record.get("filename", "")),
-            output=record.get("output", "text"), created=float(record.get("created", 0)),
+            output=record.get("output") or str((result or {}).get("output") or "text"),
+            created=float(record.get("created", 0)),
             links=links(job_id)), result
 
     def finished(self, caller: ApiClient, job_id: str
@@ -310,7 +312,7 @@ class JobService:
         changes: PageChanges = {}
         if not original:
             result, changes = corrected_result(result, Corrections(self._redis, caller.name))
-        return result_body(result, status.status, record.get("output", "text"), fmt,
+        return result_body(result, status.status, status.output, fmt,
                            self._outputs, changes)
 
     def retry(self, caller: ApiClient, job_id: str, options: RetryOptions) -> str:

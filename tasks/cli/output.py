@@ -1,8 +1,9 @@
 """Results as the command line shows them: text, problem lines, --out files, progress.
 
 Runs in `submit.py` (a user's machine). Every line names its input file; a result that
-is not a plain success gets one line on stderr per problem; `--out DIR` writes the text
-(or JSON) and the stored file, named by the table of formats (tasks/records/formats.py).
+is not a plain success gets one line on stderr per problem, and a result with page
+warnings one per warning; `--out DIR` writes the text (or JSON) and the stored file,
+named by the table of formats (tasks/records/formats.py).
 """
 
 from __future__ import annotations
@@ -95,12 +96,22 @@ def problem_lines(result: dict[str, Any], total: int = 0,
     `total`: the pages a cancelled job was to read; `out`: where --out wrote its pages.
     """
     written = result.get("result_object") or {}
+    warned = warning_lines(result)
     if not written.get("error"):
-        return _status_lines(result, total, out)
+        return [*_status_lines(result, total, out), *warned]
     # The result is stored (and printed); only its copy at --result-url failed.
     failed = written["error"]
     return [f"{label(result)}: {failed['code']}: {failed['message']} (the result is "
-            "kept in the result store)", *_status_lines(result, total, out)]
+            "kept in the result store)", *_status_lines(result, total, out), *warned]
+
+
+def warning_lines(result: dict[str, Any]) -> list[str]:
+    """A line per page warning of the result (`lang_missing`, `lang_uncertain`, ...).
+
+    Each names the file, the code, and the page and what to do (the message).
+    """
+    return [f"{label(result)}: warning: {w.get('code')}: {w.get('message')}"
+            for w in result.get("warnings") or [] if isinstance(w, dict)]
 
 
 def _status_lines(result: dict[str, Any], total: int, out: Path | None) -> list[str]:

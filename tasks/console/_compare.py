@@ -22,6 +22,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from tasks.admission import live_engines
 from tasks.api.services import (
     FINAL_STATUSES,
     CompareTooLarge,
@@ -34,15 +35,23 @@ from tasks.api.services import (
 from tasks.api.tokens import ApiClient
 from tasks.errors import BadRequest
 from tasks.lifecycle import page_views
-from tasks.records.engines import ENGINES
 from tasks.records.status import JobStatus
 from tasks.settings import Settings
 from tasks.state.corrections import Corrections
 
-ENGINE_NAMES = tuple(ENGINES)
 # A changed pair of lines longer than this (the product of their word counts) is shown
 # whole, deleted and inserted, without a word-by-word diff.
 MAX_WORD_PAIRS = 250_000
+
+
+def offered_engines(service: JobService) -> tuple[str, ...]:
+    """The engines "Read again with" offers: those a live OCR worker runs now.
+
+    The gate's own reading of the workers' presence (`live_engines`); an engine no
+    live worker runs would leave the new job queued (`engine_unavailable` once others
+    are live).
+    """
+    return tuple(live_engines(service.client.live_queues()))
 
 
 @dataclass(frozen=True)
@@ -206,8 +215,10 @@ def second_reading(service: JobService, caller: ApiClient, job_id: str) -> Secon
 def read_again(service: JobService, caller: ApiClient, job_id: str, number: int,
                engine: str, filename: str) -> str:
     """Send page `number`'s image as a new job read by `engine`; the new job's id."""
-    if engine not in ENGINE_NAMES:
-        raise BadRequest(f"choose an engine among {', '.join(ENGINE_NAMES)}")
+    offered = offered_engines(service)
+    if engine not in offered:
+        raise BadRequest(f"choose an engine among {', '.join(offered)}; no live worker "
+                         f"runs {engine!r}" if offered else "no live worker reads pages now")
     page_of(service, caller, job_id, number)  # the client's own job, with that page
     image = service.previews.get(job_id, number)
     if image is None:

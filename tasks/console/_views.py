@@ -33,11 +33,11 @@ from tasks.api.services import (
 from tasks.api.sessions import COOKIE, SESSION_SECONDS, CsrfFailed, Session
 from tasks.console._charts import bars
 from tasks.console._compare import (
-    ENGINE_NAMES,
     Bounds,
     Row,
     SecondReading,
     compared_rows,
+    offered_engines,
     page_of,
     read_again,
     second_reading,
@@ -149,11 +149,14 @@ def job(request: Request, job_id: str) -> HTMLResponse:
         return render(request, "missing.html", status_code=404, session=session,
                       what="job")
     pages: list[int] = []
+    warnings: list[dict[str, Any]] = []
     if info.status in (JobStatus.SUCCESS, JobStatus.PARTIAL):
         result = service_of(request).finished(session.client, job_id)[2]
         pages = [int(page["number"]) for page in result.get("pages") or []]
+        warnings = list(result.get("warnings") or [])
     return render(request, "job.html", session=session, job=info, pages=pages,
-                  low=LOW_CONFIDENCE, shown_time=_shown_time, engines=ENGINE_NAMES)
+                  warnings=warnings, low=LOW_CONFIDENCE, shown_time=_shown_time,
+                  engines=offered_engines(service_of(request)))
 
 
 @router.post("/jobs/{job_id}/pages/{number}/compare")

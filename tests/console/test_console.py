@@ -15,6 +15,8 @@ import io
 import os
 import random
 import shutil
+import subprocess
+import sys
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -25,7 +27,7 @@ from PIL import Image, ImageFilter
 from playwright.sync_api import Browser, Dialog, Page, sync_playwright
 
 from tests.api_server import ApiServer, create_token, session
-from tests.harness import Worker, eventually
+from tests.harness import ROOT, Worker, eventually
 
 FINAL = ("SUCCESS", "PARTIAL", "FAILURE", "CANCELLED")
 LINES = ["Invoice number 4471 for garden tools", "Delivered to the north gate on Monday",
@@ -318,10 +320,34 @@ def test_the_n_key_goes_to_the_next_uncertain_line(page: Page, api: ApiServer,
 
 def test_a_page_read_again_is_compared_side_by_side(page: Page, api: ApiServer,
                                                    tokens: dict[str, str],
-                                                   jobs: dict[str, str]) -> None:
-    """"Read again" sends the page as a new job of the same client; both readings shown."""
+                                                   jobs: dict[str, str],
+                                                   redis_url: str) -> None:
+    """"Read again" sends the page as a new job of the same client; both readings shown.
+
+    It offers the engines a live worker runs, no other: this module's tesseract worker
+    runs tesseract (and rapidocr, which its language routing loads, where installed).
+    """
+    from tests.harness import make_client
+
     first = [line["text"] for line in page_json(api, tokens["alice"], jobs["scan"])["lines"]]
     open_job(page, api, jobs["scan"])
+    offered = page.eval_on_selector_all("#page-1 .compare-form option",
+                                        "o => o.map(e => e.value)")
+    assert "tesseract" in offered and "mlx-vlm" not in offered and "vlm-api" not in offered
+    watcher = make_client(redis_url)
+    try:
+        live = watcher.live_queues()
+    finally:
+        watcher.close()
+    from tasks.admission import live_engines
+
+    assert offered == live_engines(live), (offered, live)
+    refused = page.evaluate(
+        """([url, csrf]) => fetch(url, {method: 'POST', body: new URLSearchParams(
+           {engine: 'vlm-api', csrf: csrf})}).then(r => r.status)""",
+        [f"/console/jobs/{jobs['scan']}/pages/1/compare",
+         page.get_attribute("#page-1 .compare-form input[name=csrf]", "value")])
+    assert refused == 400
     page.select_option("#page-1 .compare-form select", "tesseract")
     page.click("#page-1 .compare-form button")
     page.wait_for_selector(".compare", timeout=120_000)  # reloads until the job ends
@@ -338,6 +364,49 @@ def test_a_page_read_again_is_compared_side_by_side(page: Page, api: ApiServer,
     assert [text for text in rights if text] == second
     listed = session(tokens["alice"]).get(f"{api.url}/v1/jobs/{other}", timeout=10).json()
     assert listed["client"] == "alice" and "page 1" in listed["filename"]
+
+
+def test_a_jobs_page_warnings_are_shown(page: Page, api: ApiServer,
+                                        tokens: dict[str, str]) -> None:
+    """A page read in the default languages says so, and what to do, on the job's page."""
+    job_id = sent(api, tokens["alice"], text_png(["Hi 42"]), "few.png")
+    ended(api, tokens["alice"], job_id)
+    result = session(tokens["alice"]).get(f"{api.url}/v1/jobs/{job_id}/result?format=json",
+                                          timeout=10).json()
+    [warning] = result["warnings"]
+    assert warning["code"] == "lang_uncertain", warning
+    open_job(page, api, job_id)
+    shown = page.eval_on_selector_all(
+        ".warnings li", "w => w.map(e => [e.dataset.page, e.textContent])")
+    assert shown == [["1", f"lang_uncertain {warning['message']}"]]
+    assert page.get_attribute(".warnings li a", "href") == "#page-1"
+
+
+def test_the_jobs_submit_py_sent_as_the_client_are_listed(page: Page, api: ApiServer,
+                                                           redis_url: str,
+                                                           tmp_path: Path) -> None:
+    """README's order: `submit.py --client alice` first, then alice's console lists it."""
+    scan = tmp_path / "from-submit.png"
+    scan.write_bytes(text_png(LINES[:1]))
+    done = subprocess.run([sys.executable, "submit.py", "--client", "alice", str(scan)],
+                          cwd=ROOT, env={**os.environ, "REDIS_URL": redis_url},
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    elsewhere = subprocess.run(
+        [sys.executable, "submit.py", "--no-wait", "--client", "mallory", str(scan)],
+        cwd=ROOT, env={**os.environ, "REDIS_URL": redis_url}, capture_output=True,
+        text=True, timeout=120)
+    theirs = elsewhere.stdout.split("\t")[0]
+    page.goto(f"{api.url}/console/jobs")
+    rows = page.eval_on_selector_all(
+        "tr.job", "rows => rows.map(r => [r.dataset.job, r.querySelector('.filename')"
+        ".textContent])")
+    [job] = [job_id for job_id, name in rows if name == "from-submit.png"]
+    assert theirs not in [job_id for job_id, _ in rows]
+    open_job(page, api, job)
+    assert page.text_content("h1.filename") == "from-submit.png"
+    answer = page.goto(f"{api.url}/console/jobs/{theirs}")
+    assert answer is not None and answer.status == 404
 
 
 def test_another_clients_job_is_not_found(page: Page, api: ApiServer,

@@ -10,7 +10,10 @@ nearly textless page come back with a warning, never a failure.
 from __future__ import annotations
 
 import io
+import os
 import re
+import subprocess
+import sys
 import xml.etree.ElementTree as ET
 from collections.abc import Callable
 from pathlib import Path
@@ -24,7 +27,7 @@ from tasks.client import OcrClient
 from tasks.engines import rapidocr
 from tasks.pipeline import layouts
 from tests.cer import cer
-from tests.harness import Worker, corpus, eventually, ground_truth
+from tests.harness import ROOT, Worker, corpus, eventually, ground_truth
 
 pytestmark = pytest.mark.slow
 
@@ -172,6 +175,9 @@ def test_a_script_this_worker_has_no_language_for_gets_a_warning(worker: Worker,
     assert page["lang"] == "eng"  # the worker's default set
     [warning] = result["warnings"]
     assert warning["code"] == "lang_missing" and "rus" in warning["message"]
+    # What to do: add it, as Debian's fast model (PyPI has no wheel of `rus`).
+    assert 'OCR_LANGS="eng rus" make run' in warning["message"]
+    assert "fast model" in warning["message"]
 
 
 def test_blank_and_nearly_textless_pages_do_not_fail(worker: Worker,
@@ -183,6 +189,20 @@ def test_blank_and_nearly_textless_pages_do_not_fail(worker: Worker,
     page = few["pages"][0]
     assert page["lang"] == "eng" and page["script"]["outcome"] == "uncertain"
     assert [w["code"] for w in few["warnings"]] == ["lang_uncertain"]
+
+
+def test_submit_prints_a_line_for_each_page_warning(worker: Worker, redis_url: str,
+                                                   tmp_path: Path) -> None:
+    """Without --json, a page's warning is a line on stderr: file, code, page, what to do."""
+    few = tmp_path / "few.png"
+    few.write_bytes(_drawn_page(["Hi 42"]))
+    done = subprocess.run([sys.executable, "submit.py", str(few)], cwd=ROOT,
+                          env={**os.environ, "REDIS_URL": redis_url}, capture_output=True,
+                          text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    [line] = [line for line in done.stderr.splitlines() if ": warning: " in line]
+    assert line.startswith("few.png: warning: lang_uncertain: page 1: "), line
+    assert "name its languages (`--lang`" in line, line
 
 
 def test_an_upside_down_page_is_turned_by_the_same_check(worker: Worker,

@@ -89,6 +89,9 @@ def test_workers_advertise_their_languages(worker: Worker, client: OcrClient,
     assert reply["auto"]["Latin"][0] == "eng" and {"deu", "fra", "vie"} <= set(
         reply["auto"]["Latin"])
     assert "\tauto Latin=eng," in line and "Greek=ell,eng" in line
+    # Debian's models are fast ones, and said to be; the wheels' eng and deu are not.
+    fast = next(x for x in line.split("\t") if x.startswith("fast ")).split()[1:]
+    assert set(reply["fast"]) == set(fast) and "chi_sim" in fast and "eng" not in fast
 
 
 def _apostrophe_page() -> bytes:

@@ -8,6 +8,7 @@ import os
 import subprocess
 import sys
 from collections.abc import Callable
+from pathlib import Path
 
 import pytest
 
@@ -83,6 +84,55 @@ def test_json_output_has_word_boxes(tesseract_worker: Worker, client: OcrClient)
     x0, y0, x1, y1 = words[0]["box"]
     assert 0 <= x0 < x1 <= 640 and 0 <= y0 < y1 <= 480
     assert 0 < words[0]["confidence"] <= 100
+
+
+def _photo_page() -> bytes:
+    """A PNG page at 300 dpi: two lines of text, a photo-like picture, its caption.
+
+    The picture (a grey landscape: a sky's gradient, hills, grain) holds no text;
+    tesseract finds a picture region there and gives a word of blanks over it.
+    """
+    import io
+
+    import numpy as np
+    import pymupdf
+    from PIL import Image, ImageFilter
+
+    def drawn(lines: list[str], height: int) -> Image.Image:
+        doc = pymupdf.open()
+        page = doc.new_page(width=595, height=height)
+        for i, line in enumerate(lines):
+            page.insert_text((60, 40 + 19 * i), line, fontsize=13, fontname="tiro")
+        pixels = page.get_pixmap(dpi=300, colorspace=pymupdf.csGRAY)
+        doc.close()
+        return Image.frombytes("L", (pixels.width, pixels.height), pixels.samples)
+
+    sheet = Image.new("L", (2480, 3508), 255)
+    sheet.paste(drawn(["The harbour at dawn, seen from the old lighthouse.",
+                       "Fishing boats leave before the tide turns."], 80), (0, 170))
+    rows, cols = np.mgrid[0:1400, 0:2000]
+    sky = 200 - 120 * rows / 1400 + 25 * np.sin(cols / 37.0) * np.cos(rows / 53.0)
+    hills = rows > 700 + 150 * np.sin(cols / 230.0)
+    grain = np.random.default_rng(3).normal(0, 18, rows.shape)
+    photo = (sky + grain) * np.where(hills, 0.4, 1.0)
+    sheet.paste(Image.fromarray(np.clip(photo, 0, 255).astype(np.uint8)).filter(
+        ImageFilter.GaussianBlur(1.5)), (250, 450))
+    sheet.paste(drawn(["Plate 3: the harbour, photographed in 1911."], 60), (0, 1930))
+    out = io.BytesIO()
+    sheet.save(out, "PNG")
+    return out.getvalue()
+
+
+def test_a_photo_gives_no_blank_words(tesseract_worker: Worker, client: OcrClient,
+                                      tmp_path: Path) -> None:
+    """The words of a page with a photo are its text's: none of blanks over the photo."""
+    image = tmp_path / "harbour.png"
+    image.write_bytes(_photo_page())
+    job = client.submit(image, output="json")
+    page = client.wait([job], timeout=60)[job]["pages"][0]
+    texts = [w["text"] for w in page["words"]]
+    assert "harbour," in texts and "lighthouse." in texts and "1911." in texts, texts
+    assert all(text.strip() for text in texts), texts
 
 
 def test_text_layer_pdf_skips_ocr(tesseract_worker: Worker, client: OcrClient) -> None:

