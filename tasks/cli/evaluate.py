@@ -315,4 +315,4 @@ def _corrected(args: argparse.Namespace, client: OcrClient, engines: list[str | 
         for engine in engines:
             if engine is not None:
                 yield read_document(client, page.document, engine, options, args.timeout,
-                                    data=page.preview, **scoring)
+                                    data=page.preview, escalation=None, **scoring)
