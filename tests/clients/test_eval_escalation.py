@@ -86,3 +86,15 @@ def test_eval_draws_the_curve_of_cer_against_the_pages_escalated(
 def test_eval_wants_an_engine_to_escalate_to(redis_url: str, folder: Path) -> None:
     done = run_eval(redis_url, str(folder), "--escalate-below", "0.6,0.9")
     assert done.returncode == 2 and "--escalate-below needs --escalate" in done.stderr
+
+
+def test_eval_with_the_fleets_threshold_prints_the_pages_escalated(
+        workers: tuple[Worker, Worker], redis_url: str, folder: Path) -> None:
+    done = run_eval(redis_url, str(folder), "--engine", "tesseract", "--escalate", "vlm-api")
+    assert done.returncode == 0, done.stderr
+    clean, unsure, summary = done.stdout.splitlines()
+    assert clean.startswith("clean.png\ttesseract\t") and clean.endswith("\t0/1 pages escalated")
+    assert unsure.endswith("\t1/1 pages escalated"), unsure
+    # OCR_ESCALATE_BELOW's 0.85: the run is named without a threshold.
+    assert summary.startswith("tesseract+vlm-api: CER "), summary
+    assert summary.endswith(", 1 of 2 pages escalated (50.00%)"), summary
