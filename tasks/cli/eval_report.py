@@ -1,12 +1,14 @@
 """`submit.py eval --report FILE.html`: the reads aligned with their ground truth.
 
 Runs in submit.py (a user's machine). One self-contained HTML file (its style inline,
-no script, no external asset). It opens with a summary per engine and a table of every
-document and engine, worst first. Then a section per document and engine, in the same
-order: its scores, then the ground truth's lines it misread, worst first, each with what
-the engine read there: a character it missed inside `<del>`, one it added inside
-`<ins>`, a wrong one as both. The lines read right are folded away (`<details>`).
-Every text is escaped.
+no script, no external asset). With escalation thresholds it opens with a plot: CER
+against the share of pages escalated, one point per threshold, drawn as inline SVG (no
+script: a page under a strict content security policy shows it). Then a summary per
+run and a table of every document and run, worst first. Then a section per document
+and run, in the same order: its scores, then the ground truth's lines it misread,
+worst first, each with what the engine read there: a character it missed inside
+`<del>`, one it added inside `<ins>`, a wrong one as both. The lines read right are
+folded away (`<details>`). Every text is escaped.
 """
 
 from __future__ import annotations
@@ -17,13 +19,14 @@ from dataclasses import dataclass
 
 from tasks.evaluation.scoring import Line, Score, align_lines
 
-__all__ = ["ReportEntry", "render", "rendered_line", "worst_first"]
+__all__ = ["CurvePoint", "ReportEntry", "curve_svg", "render", "rendered_line", "worst_first"]
 
 STYLE = """
 body { font-family: sans-serif; margin: 2em; }
 table { border-collapse: collapse; margin-bottom: 2em; }
 td, th { border: 1px solid #ccc; padding: 2px 6px; vertical-align: top; }
 td.text { font-family: monospace; white-space: pre-wrap; }
+svg text { font-size: 11px; }
 del { background: #fbb; text-decoration: line-through; }
 ins { background: #bfb; text-decoration: none; }
 summary { cursor: pointer; margin-bottom: 1em; }
@@ -40,6 +43,85 @@ class ReportEntry:
     hypothesis: list[str]
     score: Score
     error: str = ""
+
+
+@dataclass(frozen=True)
+class CurvePoint:
+    """One run with escalation: a point of the curve.
+
+    Its series (engine+escalation engine), its threshold (None: the fleet's), the share
+    of its pages escalated (0 to 1), its CER.
+    """
+
+    series: str
+    below: float | None
+    share: float
+    cer: float
+
+
+# The plot's size and margins, in pixels.
+WIDTH, HEIGHT, LEFT, BOTTOM, TOP, RIGHT = 600, 320, 60, 40, 20, 50
+COLOURS = ("#1f77b4", "#d62728", "#2ca02c", "#9467bd", "#ff7f0e")
+
+
+def curve_svg(points: list[CurvePoint]) -> str:
+    """CER (y, from 0) against the share escalated (x, 0 to 100 %), one line per series.
+
+    Each point is labelled with its threshold. Inline SVG: no script, no external file.
+    """
+    top = max([p.cer for p in points] + [0.01]) * 1.1
+    inner_w, inner_h = WIDTH - LEFT - RIGHT, HEIGHT - TOP - BOTTOM
+
+    def x(share: float) -> float:
+        return LEFT + share * inner_w
+
+    def y(cer: float) -> float:
+        return TOP + inner_h - cer / top * inner_h
+
+    parts = [f'<svg class="curve" width="{WIDTH}" height="{HEIGHT}" role="img" '
+             f'viewBox="0 0 {WIDTH} {HEIGHT}"><title>CER against the share of pages '
+             "escalated</title>",
+             f'<line x1="{LEFT}" y1="{y(0):.1f}" x2="{x(1):.1f}" y2="{y(0):.1f}" '
+             'stroke="#333"/>',
+             f'<line x1="{LEFT}" y1="{TOP}" x2="{LEFT}" y2="{y(0):.1f}" stroke="#333"/>']
+    for tick in (0, 0.25, 0.5, 0.75, 1):
+        parts.append(f'<text x="{x(tick):.1f}" y="{y(0) + 15:.1f}" '
+                     f'text-anchor="middle">{tick:.0%}</text>')
+    for tick in (0, top / 2, top):
+        parts.append(f'<text x="{LEFT - 6}" y="{y(tick) + 4:.1f}" '
+                     f'text-anchor="end">{tick:.1%}</text>')
+    parts.append(f'<text x="{x(0.5):.1f}" y="{HEIGHT - 6}" text-anchor="middle">'
+                 "pages escalated</text>")
+    parts.append(f'<text x="12" y="{y(top / 2):.1f}" text-anchor="middle" '
+                 f'transform="rotate(-90 12 {y(top / 2):.1f})">CER</text>')
+    for n, series in enumerate(dict.fromkeys(p.series for p in points)):
+        colour = COLOURS[n % len(COLOURS)]
+        mine = sorted((p for p in points if p.series == series), key=lambda p: p.share)
+        path = " ".join(f"{x(p.share):.1f},{y(p.cer):.1f}" for p in mine)
+        parts.append(f'<polyline class="series" points="{path}" fill="none" '
+                     f'stroke="{colour}"><title>{html.escape(series)}</title></polyline>'
+                     f'<text x="{x(1):.1f}" y="{TOP + 14 * n:.1f}" text-anchor="end" '
+                     f'fill="{colour}">{html.escape(series)}</text>')
+        for p in mine:
+            below = "default" if p.below is None else f"{p.below:g}"
+            parts.append(
+                f'<circle class="point" cx="{x(p.share):.1f}" cy="{y(p.cer):.1f}" r="4" '
+                f'fill="{colour}"><title>{html.escape(series)} below {below}: '
+                f"{p.share:.0%} escalated, CER {p.cer:.2%}</title></circle>"
+                f'<text x="{x(p.share) + 6:.1f}" y="{y(p.cer) - 6:.1f}">{below}</text>')
+    parts.append("</svg>")
+    return "".join(parts)
+
+
+def _curve(points: list[CurvePoint]) -> str:
+    """The plot, then its points as a table."""
+    rows = "".join(f"<tr><td>{html.escape(p.series)}</td>"
+                   f"<td>{'default' if p.below is None else f'{p.below:g}'}</td>"
+                   f"<td>{p.share:.1%}</td><td>{_percent(p.cer)}</td></tr>"
+                   for p in points)
+    return ("<h2 id=\"curve\">CER against the pages escalated</h2>\n" + curve_svg(points)
+            + "\n<table><tr><th>run</th><th>escalate below</th><th>pages escalated</th>"
+            f"<th>CER</th></tr>{rows}</table>\n")
 
 
 def rendered_line(line: Line) -> str:
@@ -120,8 +202,12 @@ def _documents(entries: list[ReportEntry]) -> str:
             f"{rows}</table>")
 
 
-def render(entries: Iterable[ReportEntry], summary: dict[str, Score]) -> str:
-    """The whole report: a summary per engine and one of the documents, then each one."""
+def render(entries: Iterable[ReportEntry], summary: dict[str, Score],
+           curve: list[CurvePoint] | None = None) -> str:
+    """The whole report: the curve, a summary per run, the documents, then each one.
+
+    A run is an engine, or an engine with its escalation and threshold.
+    """
     ordered = worst_first(entries)
     head = "".join(f"<tr><td>{html.escape(engine)}</td><td>{_percent(s.cer)}</td>"
                    f"<td>{_percent(s.wer)}</td><td>{s.chars}</td><td>{s.words}</td></tr>"
@@ -131,4 +217,5 @@ def render(entries: Iterable[ReportEntry], summary: dict[str, Score]) -> str:
             f"<title>OCR accuracy</title><style>{STYLE}</style></head><body>\n"
             "<h1>OCR accuracy</h1><table><tr><th>engine</th><th>CER</th><th>WER</th>"
             f"<th>characters</th><th>words</th></tr>{head}</table>\n"
-            f"{_documents(ordered)}\n{body}\n</body></html>\n")
+            f"{_curve(curve) if curve else ''}{_documents(ordered)}\n{body}\n"
+            "</body></html>\n")

@@ -25,7 +25,7 @@ def submit_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--escalate", metavar="ENGINE", choices=VLM_ENGINES,
                         help=f"{' or '.join(VLM_ENGINES)}: read again the pages the engine "
                         "is unsure of (default: the fleet's OCR_ESCALATE_ENGINE)")
-    parser.add_argument("--escalate-below", type=_fraction, metavar="X",
+    parser.add_argument("--escalate-below", type=fraction, metavar="X",
                         help="escalate a page whose mean word confidence (0 to 1) is "
                              "below X, or that has no text and is not blank (default: "
                              "OCR_ESCALATE_BELOW; 0: none, 1: every OCR'd page)")
@@ -53,7 +53,7 @@ def submit_arguments(parser: argparse.ArgumentParser) -> None:
                              "result to, in --output's format; the result names the object")
 
 
-def _fraction(raw: str) -> float:
+def fraction(raw: str) -> float:
     """`--escalate-below`'s value: a number from 0 to 1."""
     try:
         value = float(raw)
