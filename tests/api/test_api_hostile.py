@@ -263,6 +263,9 @@ def test_bytes_quota_holds_while_workers_are_stopped(
                        timeout=60).status_code == 202
 
 
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"  # an upload's first bytes: the door sniffs its format
+
+
 def _stalled_upload(api: ApiServer, token: str, sent: int, declared: int) -> socket.socket:
     """A multipart upload that sends `sent` bytes of its file, then nothing."""
     boundary = "stall"
@@ -271,7 +274,8 @@ def _stalled_upload(api: ApiServer, token: str, sent: int, declared: int) -> soc
     sock = socket.create_connection(("127.0.0.1", api.port), timeout=60)
     sock.sendall((f"POST /v1/jobs HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {token}\r\n"
                   f"Content-Type: multipart/form-data; boundary={boundary}\r\n"
-                  f"Content-Length: {declared}\r\n\r\n").encode() + head + bytes(sent))
+                  f"Content-Length: {declared}\r\n\r\n").encode() + head
+                 + PNG_SIGNATURE + bytes(sent - len(PNG_SIGNATURE)))
     return sock
 
 
