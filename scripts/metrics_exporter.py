@@ -9,11 +9,11 @@ is an amqp:// URL (passive queue declares, no management plugin). Flower's own `
 and worker events) is served by Flower. One exporter per Redis is enough; run more
 for redundancy, they read the same keys.
 
-Beside them the fleet's health (tasks/broker/fleet_metrics.py): Redis up and its memory,
+Beside them the fleet's health (tasks/metrics/fleet_metrics.py): Redis up and its memory,
 each queue's oldest waiting message, live workers per queue, dead letters, and when
 KEDA last asked for each figure.
 
-Also the figure KEDA scales each worker pool on (tasks/broker/queue_depth.py), as JSON
+Also the figure KEDA scales each worker pool on (tasks/metrics/queue_depth.py), as JSON
 for KEDA's `metrics-api` trigger: `GET /v1/queues/ocr,ocr-tesseract/depth` answers
 `{"queue": "ocr,ocr-tesseract", "queues": [...], "waiting": W, "running": R,
 "value": W + R}` for the queues named (one, or several comma separated: a pool's
@@ -37,16 +37,16 @@ import redis
 from prometheus_client import CollectorRegistry, make_wsgi_app
 from prometheus_client.exposition import ThreadingWSGIServer
 
-from tasks.broker.fleet_metrics import DepthReads, FleetCollector
-from tasks.broker.layout import priority_suffixes
-from tasks.broker.queue_depth import QueueDepth
+from tasks.broker.reads import priority_suffixes
+from tasks.metrics.fleet_metrics import DepthReads, FleetCollector
+from tasks.metrics.golden_metrics import GoldenCollector
+from tasks.metrics.metrics_collector import RedisCollector
+from tasks.metrics.queue_depth import QueueDepth
 from tasks.queue.brokers import amqp_queue_lengths
 from tasks.queue.celery_config import celery_config
 from tasks.queue.routing import DEFAULT_QUEUE, queue_for_engine
 from tasks.settings import Settings, SettingsError
 from tasks.state.connection import connect
-from tasks.state.golden_metrics import GoldenCollector
-from tasks.state.metrics_collector import RedisCollector
 
 # /v1/queues/<queue>[,<queue>...]/depth; queue names as the API accepts them.
 DEPTH_PATH = re.compile(r"^/v1/queues/([^/]{1,2000})/depth$")

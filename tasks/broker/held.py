@@ -3,7 +3,7 @@ r"""A held message's one record, and the scripts that read its head on the serve
 Runs in the worker parent, the one process that consumes (the fetch writes the record,
 tasks/broker/lanes.py; acknowledgements and restores drop it, tasks/broker/unsettled.py;
 the sweep of dead holders reads it, tasks/broker/holders.py), and in the metrics
-exporter, which counts the records (tasks/broker/queue_depth.py).
+exporter, which counts the records (tasks/metrics/queue_depth.py).
 
 A message a worker took and has not acknowledged is held in the hash of the list it
 was taken from, `{<list>}:held` (tasks/broker/layout.py: in the list's own hash slot),

@@ -4,8 +4,9 @@ Runs in every process that publishes (clients, the API, beat, workers sending pa
 tasks and retries; the worker parent too, when it restores a message). A client's
 message goes to its lane of its queue's list for its priority step (tasks/broker/lanes.py),
 any other to the list itself, kombu's; either way stamped with the time it was sent
-(the age of the oldest waiting message: queue_depth.py) and rings its queue's doorbell
-(doorbells.py; a lane's push rings it in the same script), so that an idle worker wakes.
+(`PUBLISHED_HEADER`: the age of the oldest waiting message, tasks/metrics/queue_depth.py)
+and rings its queue's doorbell (doorbells.py; a lane's push rings it in the same
+script), so that an idle worker wakes.
 A restored message goes back to its lane the same way. With `ocr_min_replicas`, a WAIT
 sent after the message on its own connection holds a publish until that many replicas
 have it (OCR_REDIS_MIN_REPLICAS).
@@ -29,7 +30,6 @@ from kombu.utils.json import dumps
 from redis.exceptions import NoScriptError
 
 from tasks.broker import doorbells, lanes, layout, scripts
-from tasks.broker.queue_depth import PUBLISHED_HEADER
 from tasks.broker.redis_channel import RedisChannel
 from tasks.broker.unkept import Unkept, UnkeptPublish
 from tasks.errors import ReplicaMissing
@@ -45,6 +45,8 @@ from tasks.state.replicas import (
 log = logging.getLogger(__name__)
 
 MISSED_SECONDS = 10.0  # a server short of replicas: a worker's publishes to it skip WAIT
+# The header a message is stamped with when published (epoch seconds).
+PUBLISHED_HEADER = "ocr_published"
 
 
 class PublishingChannel(RedisChannel):
@@ -67,7 +69,7 @@ class PublishingChannel(RedisChannel):
     _unkept: ClassVar[Unkept] = Unkept()
 
     def _put(self, queue: str, message: Any, **kwargs: Any) -> None:
-        # When it was published (the age of the oldest waiting message: queue_depth.py).
+        # When it was published (the age of the oldest waiting message).
         headers = message.get("headers")
         client = ""
         if isinstance(headers, dict):

@@ -12,7 +12,7 @@ What each user holds was read from the code and from every role's traffic (the c
 each one sent through a real run, MONITOR per role): this project's transport
 (tasks/broker/transport.py, on the lists and bindings kombu's clients use), Celery's
 result backend, the Lua scripts of tasks/broker/lanes.py, tasks/state/join.py,
-stores.py, queue_depth.py and tasks/api/_quotas.py (Redis checks every command a script
+stores.py, metrics/queue_depth.py and tasks/api/_quotas.py (Redis checks every command a script
 calls against the caller's user, keys included), Flower and the metrics exporter. Redis
 keys outside `ocr:` are Celery's and kombu's own: the queues' lists, bindings, the
 unacknowledged messages, the results. To extend a user, add the command or the key

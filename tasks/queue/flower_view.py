@@ -16,7 +16,7 @@ import asyncio
 from collections.abc import Iterable
 from typing import Any
 
-from tasks.broker.queue_depth import QueueDepth
+from tasks.metrics.queue_depth import QueueDepth
 from tasks.settings import Settings
 from tasks.state.connection import connect
 

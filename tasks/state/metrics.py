@@ -3,7 +3,7 @@
 Worker processes record with `MetricsStore` (pool children's counters after each task
 and their gauges at most every 10 s, the worker parent when it prunes children that are
 gone); the Procfile `metrics` process (scripts/metrics_exporter.py) reads everything
-back on each scrape with `RedisCollector` (tasks/state/metrics_collector.py), so one
+back on each scrape with `RedisCollector` (tasks/metrics/metrics_collector.py), so one
 exporter covers every worker on every host. Keys:
 
 - `ocr:metrics:nodes`: set of worker node names that recorded anything.

@@ -23,7 +23,7 @@ import requests
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
-from tasks.state.metrics_collector import RedisCollector
+from tasks.metrics.metrics_collector import RedisCollector
 from tasks.state.usage import fewest_pages
 from tests.api_server import ApiServer, create_token, session
 from tests.harness import FAST_PAGES, ROOT, Worker, eventually, fake_env, make_client

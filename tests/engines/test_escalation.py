@@ -29,7 +29,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from tasks.client import OcrClient
 from tasks.errors import EngineUnavailable
-from tasks.state.metrics_collector import RedisCollector
+from tasks.metrics.metrics_collector import RedisCollector
 from tasks.state.stores import new_blob_key
 from tests.api_server import ApiServer, create_token, session
 from tests.harness import ROOT, Worker, corpus, eventually

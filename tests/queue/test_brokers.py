@@ -26,13 +26,13 @@ import psutil
 import pytest
 
 from tasks.client import OcrClient
+from tasks.metrics.metrics_collector import RedisCollector
 from tasks.queue.brokers import amqp_queue_lengths
 from tasks.queue.celery_config import celery_config
 from tasks.queue.routing import priority_value
 from tasks.records.redis_target import RedisTarget
 from tasks.settings import Settings, SettingsError
 from tasks.state.connection import connect
-from tasks.state.metrics_collector import RedisCollector
 from tests.harness import (
     ROOT,
     Broker,

@@ -192,7 +192,7 @@ def test_a_list_without_lanes_beside_laned_ones_is_the_steps_anonymous_lane(
 
 
 def test_the_depth_counts_every_lane(r: redis.Redis) -> None:
-    from tasks.broker.queue_depth import QueueDepth
+    from tasks.metrics.queue_depth import QueueDepth
 
     name = f"fd-{uuid.uuid4().hex[:6]}"
     broker = Broker(r)

@@ -27,8 +27,8 @@ import pytest
 import redis
 
 from tasks.broker.layout import list_lane_key
-from tasks.broker.queue_depth import QueueDepth
 from tasks.client import OcrClient
+from tasks.metrics.queue_depth import QueueDepth
 from tests.deploy.test_deploy_manifests import DEPLOY
 from tests.harness import (
     FAKE_PLUGINS,

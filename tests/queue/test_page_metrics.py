@@ -19,8 +19,8 @@ from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
 from tasks.client import OcrClient
+from tasks.metrics.metrics_collector import RedisCollector
 from tasks.state.metrics import FLUSH_EVERY
-from tasks.state.metrics_collector import RedisCollector
 from tests.harness import FAST_PAGES, Worker, eventually, fake_env, kill_all
 from tests.pdf_fixtures import image_pdf, plain_pages
 

@@ -43,8 +43,8 @@ import redis
 from devkit.previous_release import COMMIT, ReleaseMissing, materialize
 from tasks.broker import held, stored_layout
 from tasks.broker.layout import LAYOUT_KEY, LAYOUT_VERSION
-from tasks.broker.queue_depth import QueueDepth
 from tasks.client import OcrClient
+from tasks.metrics.queue_depth import QueueDepth
 from tasks.settings import Settings
 from tasks.state.usage import day_key, today
 from tests.harness import (

@@ -11,7 +11,6 @@ from pathlib import Path
 
 import redis
 
-from tasks.broker.fleet_metrics import FleetCollector
 from tasks.lifecycle.batch_local import LocalFolder, LocalTarget, local_documents
 from tasks.lifecycle.batch_manifest import (
     Indexes,
@@ -30,6 +29,7 @@ from tasks.lifecycle.batch_sources import (
     same_read,
 )
 from tasks.lifecycle.fetcher import Fetcher
+from tasks.metrics.fleet_metrics import FleetCollector
 from tasks.queue.batch_slots import StepSlots
 from tasks.records.batches import BatchRecord, BatchState
 from tasks.settings import Settings

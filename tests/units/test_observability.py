@@ -19,14 +19,15 @@ from prometheus_client.parser import text_string_to_metric_families
 from prometheus_client.registry import Collector
 
 from tasks import tracing
-from tasks.broker.fleet_metrics import DepthReads, FleetCollector
-from tasks.broker.queue_depth import PUBLISHED_HEADER, QueueDepth
+from tasks.broker.reads import PUBLISHED_HEADER
+from tasks.metrics.fleet_metrics import DepthReads, FleetCollector
+from tasks.metrics.metrics_collector import RedisCollector
+from tasks.metrics.queue_depth import QueueDepth
 from tasks.queue import cgroup_memory
 from tasks.queue.app import sending_app
 from tasks.queue.celery_config import celery_config
 from tasks.settings import Settings
 from tasks.state.metrics import PAGE_BUCKETS, MetricsStore
-from tasks.state.metrics_collector import RedisCollector
 from tests.harness import ROOT, RedisServer, eventually
 from tests.otlp_receiver import OtlpReceiver
 

@@ -17,6 +17,7 @@ from redis.retry import Retry
 
 from tasks.broker.layout import priority_suffixes
 from tasks.errors import PdfEncrypted
+from tasks.metrics.metrics_collector import RedisCollector
 from tasks.queue.app import create_app
 from tasks.queue.display import job_kwargs_repr
 from tasks.queue.job_samples import job_line, job_record, page_samples
@@ -32,7 +33,6 @@ from tasks.records.results import (
 from tasks.records.status import JobStatus
 from tasks.settings import Settings
 from tasks.state.metrics import CHILD_TTL, FLUSH_EVERY, MetricsStore
-from tasks.state.metrics_collector import RedisCollector
 from tasks.state.usage import JobPages, PageUsage, today
 from tests.harness import RedisServer, eventually
 

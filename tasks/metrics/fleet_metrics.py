@@ -1,7 +1,7 @@
 """The fleet's health as Prometheus gauges: Redis, queues' oldest messages, workers, dead letters.
 
 Runs in the Procfile `metrics` process (scripts/metrics_exporter.py), beside
-`RedisCollector` (tasks/state/metrics_collector.py), read at each scrape; what the alert rules
+`RedisCollector` (tasks/metrics/metrics_collector.py), read at each scrape; what the alert rules
 (deploy/prometheus/rules.yaml) and the dashboard (deploy/grafana/) read besides the
 workers' own counters:
 
@@ -15,7 +15,7 @@ workers' own counters:
 - `ocr_queue_workers{queue}`: live workers consuming each queue (presence records).
 - `ocr_dead_letter_messages`, `ocr_dead_letters_total`: refused broker messages kept
   in `ocr:dead-letter` (a list capped at OCR_DEAD_LETTER_MAX), and how many were ever
-  refused (Redis broker only).
+  refused (Redis broker only; `dead_letters`, tasks/broker/reads.py).
 - `ocr_queue_depth_read_timestamp_seconds{queue}`: when the KEDA figure of a set of
   queues (`/v1/queues/<queues>/depth`) was last asked of this exporter.
 - `ocr_batches_running`, `ocr_batch_documents{batch,client,state}` and
@@ -33,8 +33,8 @@ import redis
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
-from tasks.broker.layout import DEAD_LETTER_COUNT_KEY, DEAD_LETTER_KEY
-from tasks.broker.queue_depth import QueueDepth
+from tasks.broker.reads import dead_letters
+from tasks.metrics.queue_depth import QueueDepth
 from tasks.state.batch_store import BatchStore, progress_of
 from tasks.state.liveness import WorkerPresence
 
@@ -144,8 +144,9 @@ class FleetCollector(Collector):
                 for queue, age in self._depth.oldest_ages(self._queues).items():
                     oldest.add_metric([queue], round(age, 3))
                 client = self._broker if self._broker is not None else self._store
-                dead.add_metric([], float(client.llen(DEAD_LETTER_KEY)))
-                refused.add_metric([], float(client.get(DEAD_LETTER_COUNT_KEY) or 0))
+                kept, ever = dead_letters(client)
+                dead.add_metric([], float(kept))
+                refused.add_metric([], float(ever))
         except redis.RedisError:
             pass  # gone since the PING: `ocr_redis_up` says so at the next scrape
         yield from (oldest, workers, dead, refused)

@@ -70,7 +70,7 @@ class RedisCollector(Collector):
             stored = self._redis.hgetall(HISTOGRAMS_KEY)
             self._queue_lengths(lengths)
         except redis.RedisError:
-            pass  # the scrape still answers: `ocr_redis_up` (fleet_metrics) says why
+            pass  # the scrape still answers: `ocr_redis_up` (fleet_metrics.py) says why
         yield from families.values()
         yield from histogram_families(stored)
         yield lengths

@@ -2,7 +2,8 @@ r"""The work a worker pool has: units waiting on its queues plus those its worke
 
 The figure KEDA scales worker pools on (deploy/kubernetes/, docs/deploy.md). Read from
 the Redis broker by the Procfile `metrics` process (scripts/metrics_exporter.py serves
-it as JSON at `/v1/queues/<queue>[,<queue>...]/depth`). Nothing here writes.
+it as JSON at `/v1/queues/<queue>[,<queue>...]/depth`), through the broker's public
+reads (tasks/broker/reads.py). Nothing here writes.
 
 What it counts, for a set of queues, in broker messages, each one unit of work:
 
@@ -44,9 +45,7 @@ from typing import Any
 
 import redis
 
-from tasks.broker import layout
-from tasks.broker.held import held_hashes
-from tasks.broker.layout import list_lane_key, list_ring_key
+from tasks.broker import reads
 
 # Counts the held messages of the hashes KEYS[..] by (exchange, routing key), inside
 # Redis: each entry ends with `[message, exchange, routing_key]` as JSON (kombu's
@@ -94,8 +93,6 @@ end
 return out
 """
 
-# The header a message is stamped with when published (epoch seconds).
-PUBLISHED_HEADER = "ocr_published"
 # Each list's tail (KEYS[2i-1]): its stamp, "" for an empty list, or "?" and the
 # delivery tag of a message without one; then the oldest stamp of the tails of the
 # lanes of each list's ring (KEYS[2i], as `_WAITING`), "" for none.
@@ -103,7 +100,7 @@ PUBLISHED_HEADER = "ocr_published"
 _OLDEST = """
 local function stamp(item)
   local tail = string.sub(item, -8192)
-  return string.match(tail, '"ocr_published"%s*:%s*([0-9][0-9.eE+]*)'), tail
+  return string.match(tail, '"@HEADER@"%s*:%s*([0-9][0-9.eE+]*)'), tail
 end
 local out = {}
 local lists = #KEYS / 2
@@ -124,7 +121,7 @@ for i = 1, lists do
   out[lists + i] = oldest
 end
 return out
-"""
+""".replace("@HEADER@", reads.PUBLISHED_HEADER)
 
 
 @dataclass(frozen=True)
@@ -151,14 +148,14 @@ class QueueDepth:
     def __init__(self, client: redis.Redis, transport_options: dict[str, Any]) -> None:
         """`transport_options`: the broker's (Celery's `broker_transport_options`)."""
         self._redis = client
-        self._sep: str = transport_options.get("sep", layout.SEP)
-        self._steps = tuple(transport_options.get("priority_steps", layout.PRIORITY_STEPS))
+        self._sep: str = transport_options.get("sep", reads.SEP)
+        self._steps = tuple(transport_options.get("priority_steps", reads.PRIORITY_STEPS))
         # (list, delivery tag) -> when this reader first saw an unstamped tail
         self._first_seen: dict[tuple[str, str], float] = {}
 
     def lists(self, queue: str) -> tuple[str, ...]:
         """The Redis lists of `queue`, one per priority step."""
-        return layout.queue_lists(queue, self._steps, self._sep)
+        return reads.queue_lists(queue, self._steps, self._sep)
 
     def waiting(self, queues: Sequence[str]) -> dict[str, int]:
         """Messages waiting in each queue, every priority list and lane summed."""
@@ -211,12 +208,12 @@ class QueueDepth:
     def _with_rings(self, queues: Sequence[str]) -> list[str]:
         """Each list of `queues`, then its ring."""
         return [key for queue in queues for name in self.lists(queue)
-                for key in (name, list_ring_key(name))]
+                for key in (name, reads.ring_key(name))]
 
     @staticmethod
     def _lane_prefixes(names: Sequence[str]) -> list[str]:
         """Each list's lanes' prefix."""
-        return [list_lane_key(name, "") for name in names]
+        return [reads.lane_prefix(name) for name in names]
 
     def _read_only(self, script: str, keys: Sequence[str], args: Sequence[str] = ()) -> Any:
         """Run a read-only Lua `script` as a user that may only read (`EVALSHA_RO`)."""
@@ -227,7 +224,7 @@ class QueueDepth:
             return self._redis.eval_ro(script, len(keys), *keys, *args)
 
     def _unacked_by_route(self) -> dict[tuple[str, str], int]:
-        flat = self._read_only(_COUNT_UNACKED, held_hashes(self._redis))
+        flat = self._read_only(_COUNT_UNACKED, reads.held_hashes(self._redis))
         counts: dict[tuple[str, str], int] = {}
         for pair, count in zip(flat[::2], flat[1::2], strict=True):
             exchange, _, routing_key = _text(pair).partition("\n")
@@ -244,7 +241,7 @@ class QueueDepth:
         """
         routes: dict[tuple[str, str], list[str]] = {}
         for exchange in exchanges:
-            for member in self._redis.smembers(layout.BINDING_PREFIX + exchange):
+            for member in self._redis.smembers(reads.bindings_key(exchange)):
                 routing_key, _, queue = _text(member).split(self._sep, 2)
                 routes.setdefault((exchange, routing_key), []).append(queue)
         return {route: tuple(queues) for route, queues in routes.items()}
