@@ -9,6 +9,8 @@ name, "" the anonymous client):
 - `ocr:usage:day:<YYYY-MM-DD>`: pages read that day (UTC).
 - `ocr:usage:month:<YYYY-MM>`: pages read that month (UTC), what a monthly cap is
   checked against in one read.
+- `ocr:usage:day:<YYYY-MM-DD>:engines` (field: `<engine>|<client>`): that day's pages
+  by engine (`engines_by_day`); an escalated page counts for both engines that read it.
 
 Each gets its TTL (`USAGE_TTL`) as a client's count of a job's pages in it begins (a
 count without a job: at each process's first write). Counted: the pages read (OCR,
