@@ -201,6 +201,10 @@ class Readiness(BaseModel):
 class UsageDay(BaseModel):
     date: str = Field(description="a UTC date, YYYY-MM-DD")
     pages: int = Field(description="pages read that day")
+    engines: dict[str, int] = Field(
+        default_factory=dict, description="pages read that day by engine: an escalated "
+        "page counts for both engines that read it, a text-layer or blank page under its "
+        "source (`text-layer`, `blank`)")
 
 
 class Usage(BaseModel):
@@ -211,6 +215,9 @@ class Usage(BaseModel):
     to: str = Field(description="last day (UTC)")
     days: list[UsageDay] = Field(description="every day of the range, oldest first")
     total: int = Field(description="pages read over the range")
+    engines: dict[str, int] = Field(
+        default_factory=dict, description="pages read over the range by engine (as `days`' "
+        "`engines`): they add up to more than `total` where pages escalated")
     today: int = Field(description="pages read today (UTC)")
     this_month: int = Field(description="pages read this month (UTC)")
     pages_per_day: int | None = Field(description="the token's cap a day; null: none")

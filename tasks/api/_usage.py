@@ -16,7 +16,7 @@ from tasks.api._routes import COMMON, Caller, _errors, service_of
 from tasks.api._schemas import Usage, UsageDay
 from tasks.api.tokens import ApiClient
 from tasks.errors import BadRequest
-from tasks.state.usage import PageUsage, date_range, days
+from tasks.state.usage import PageUsage, date_range, days, engine_totals
 
 router = APIRouter()
 DATE = r"^\d{4}-\d{2}-\d{2}$"
@@ -43,12 +43,15 @@ def client_usage(usage: PageUsage, caller: ApiClient, start: str | None,
     """The caller's pages on each day of the range (blocking: Redis); BadRequest."""
     first, last = date_range(bounded_day(start), bounded_day(end))
     by_day = usage.by_day(caller.name, first, last)
+    engines = usage.engines_by_day(first, last, caller.name).get(caller.name, {})
     on_day, in_month = usage.used(caller.name)
-    shown = [UsageDay(date=day.isoformat(), pages=by_day.get(day.isoformat(), 0))
+    shown = [UsageDay(date=day.isoformat(), pages=by_day.get(day.isoformat(), 0),
+                      engines=engines.get(day.isoformat(), {}))
              for day in days(first, last)]
     return Usage.model_validate({
         "client": caller.name, "from": first.isoformat(), "to": last.isoformat(),
-        "days": shown, "total": sum(by_day.values()), "today": on_day,
+        "days": shown, "total": sum(by_day.values()), "engines": engine_totals(engines),
+        "today": on_day,
         "this_month": in_month, "pages_per_day": caller.pages_per_day or None,
         "pages_per_month": caller.pages_per_month or None})
 

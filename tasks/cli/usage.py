@@ -17,7 +17,7 @@ from tasks.cli.core import EXIT_OK, EXIT_USAGE
 from tasks.errors import BadRequest
 from tasks.settings import Settings
 from tasks.state.connection import connect
-from tasks.state.usage import PageUsage, date_range
+from tasks.state.usage import PageUsage, date_range, engine_totals
 
 USAGE_SUMMARY = "pages read per client per day (UTC), as JSON; the last 30 days by default"
 
@@ -39,13 +39,20 @@ def add_usage_command(commands: Any) -> None:
 
 def usage_report(usage: PageUsage, first: dt.date, last: dt.date,
                  client: str | None = None) -> dict[str, Any]:
-    """{"from", "to", "clients": [{"client", "total", "days": {date: pages}, caps}]}."""
+    """{"from", "to", "clients": [{"client", "total", "days", "engines", caps}]}.
+
+    `days`: {date: pages}; `engines`: the pages by engine over the range (an escalated
+    page counts for both engines); `engine_days`: {date: {engine: pages}}.
+    """
     found = ({client: usage.by_day(client, first, last)} if client is not None
              else usage.every_client(first, last))
+    by_engine = usage.engines_by_day(first, last, client)
     clients = []
     for name, by_day in found.items():
         caps = usage.caps(name)
+        engine_days = by_engine.get(name, {})
         clients.append({"client": name, "total": sum(by_day.values()), "days": by_day,
+                        "engines": engine_totals(engine_days), "engine_days": engine_days,
                         "pages_per_day": caps.pages_per_day,
                         "pages_per_month": caps.pages_per_month})
     return {"from": first.isoformat(), "to": last.isoformat(), "clients": clients}

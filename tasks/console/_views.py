@@ -150,13 +150,57 @@ def job(request: Request, job_id: str) -> HTMLResponse:
                       what="job")
     pages: list[int] = []
     warnings: list[dict[str, Any]] = []
+    escalations: dict[int, dict[str, Any]] = {}
     if info.status in (JobStatus.SUCCESS, JobStatus.PARTIAL):
         result = service_of(request).finished(session.client, job_id)[2]
         pages = [int(page["number"]) for page in result.get("pages") or []]
         warnings = list(result.get("warnings") or [])
+        escalations = {int(page["number"]): page["escalation"]
+                       for page in result.get("pages") or [] if page.get("escalation")}
     return render(request, "job.html", session=session, job=info, pages=pages,
-                  warnings=warnings, low=LOW_CONFIDENCE, shown_time=_shown_time,
-                  engines=offered_engines(service_of(request)))
+                  warnings=warnings, escalations=escalations, low=LOW_CONFIDENCE,
+                  shown_time=_shown_time, engines=offered_engines(service_of(request)))
+
+
+@router.get("/jobs/{job_id}/pages/{number}/escalation", response_class=HTMLResponse)
+async def escalation(request: Request, job_id: str,
+                     number: Annotated[int, Path(ge=1)]) -> HTMLResponse:
+    """An escalated page's two readings: the first engine's and the one it keeps.
+
+    The first reading's text is the page's `escalation.first_text`; the compare is
+    bounded and run as `compared` runs its own.
+    """
+    read = await run_in_threadpool(_escalated_page, request, job_id, number)
+    if isinstance(read, HTMLResponse):
+        return read
+    session, page = read
+    marked = page["escalation"]
+    rows: list[Row] = []
+    if marked.get("first_text") is not None:
+        try:
+            rows = await compared_rows(
+                Bounds.of(service_of(request).settings), heavy_of(request),
+                str(marked["first_text"]).splitlines(), str(page.get("text") or "").splitlines())
+        except (CompareTooLarge, Busy) as exc:
+            return await run_in_threadpool(_refused, request, session, exc)
+    return await run_in_threadpool(partial(
+        render, request, "escalation.html", session=session, job_id=job_id, number=number,
+        page=page, escalation=marked, rows=rows))
+
+
+def _escalated_page(request: Request, job_id: str, number: int
+                    ) -> HTMLResponse | tuple[Session, dict[str, Any]]:
+    """The signed-in client's escalated page `number` of `job_id` (blocking: Redis)."""
+    session = signed_in(request)
+    try:
+        result = service_of(request).finished(session.client, job_id)[2]
+    except OcrError as exc:
+        return _refused(request, session, exc)
+    for page in result.get("pages") or []:
+        if int(page["number"]) == number and page.get("escalation"):
+            return session, page
+    return render(request, "missing.html", status_code=404, session=session,
+                  what="escalated page")
 
 
 @router.post("/jobs/{job_id}/pages/{number}/compare")

@@ -86,11 +86,13 @@ def escalated_page(first: PageRecord, second: PageRecord, output: str) -> PageRe
     (`place_words`, as a VLM job's are on tesseract's), with the first reading's
     geometry (size, rotation, skew), and its hOCR drawn from them where the job's
     `output` is hOCR or ALTO. The preview stays the first reading's (stored already);
-    `seconds` counts both readings.
+    `seconds` counts both readings. The first reading's text stays in `escalation`
+    (`first_text`): one page's text, as the join's copy of it goes with the job.
     """
     assert first.escalation is not None
     seconds = round((first.seconds or 0.0) + (second.seconds or 0.0), 3)
-    page = replace(second, escalation=first.escalation, seconds=seconds, preview=None)
+    escalation = replace(first.escalation, first_text=first.text)
+    page = replace(second, escalation=escalation, seconds=seconds, preview=None)
     if second.words or not first.words:
         return page
     words, unplaced = place_words(second.text, first.words)

@@ -64,7 +64,7 @@ from tasks.state.client_labels import ANONYMOUS_LABEL, OTHER_LABEL, ClientLabels
 from tasks.state.connection import connect, connection_pools
 from tasks.state.metrics import MetricsStore, Sample
 from tasks.state.usage import PageUsage, today
-from tasks.state.usage_counts import JobPages
+from tasks.state.usage_counts import JobPages, page_engines
 
 if TYPE_CHECKING:
     from tasks.engines.resident import ResidentEngines
@@ -188,16 +188,19 @@ class Telemetry:
             samples += page_failures(engine, pages)
         samples += client_page_samples(self.label(client), engine, pages, cached)
         observed = [] if cached else page_latencies(engine, pages)
-        numbers = [] if cached else [int(page["number"]) for page in pages
-                                     if page.get("error") is None]
+        read = [] if cached else [page for page in pages if page.get("error") is None]
+        numbers = [int(page["number"]) for page in read]
+        engines = tuple(page_engines(page, engine) for page in read)
         if recorded:
             self._write(lambda store: store.add(samples, observed))
-            return JobPages(client, job, tuple(numbers), today()) if job and numbers else None
+            return (JobPages(client, job, tuple(numbers), today(), engines)
+                    if job and numbers else None)
         usage = self._usage()
         # One pipeline: the client's usage, and the counts held if their write is due.
         if not self._write(lambda store: store.add(
                 samples, observed, lambda pipe: usage.add(client, len(numbers), pipe=pipe,
-                                                          job=job, numbers=numbers))):
+                                                          job=job, numbers=numbers,
+                                                          engines=engines))):
             usage.forget_ttls()  # its keys' TTLs are set again by the next write
         return None
 

@@ -91,7 +91,8 @@ class Escalation(JsonRecord):
     engine, `reason` why (`LOW_CONFIDENCE`, `NO_TEXT`), `confidence` the first reading's
     mean word confidence from 0 to 1 (None: its engine gives none). `error`: the second
     reading did not come (no live worker, its server down past the bound, a failed
-    read): the page keeps its first reading.
+    read): the page keeps its first reading. `first_text`: the first reading's text,
+    on a page that keeps the escalation engine's (the console's compare shows both).
     """
 
     source: str
@@ -99,6 +100,7 @@ class Escalation(JsonRecord):
     reason: str
     confidence: float | None
     error: PageError | None = None
+    first_text: str | None = None
 
     def to_json(self) -> dict[str, Any]:
         out = super().to_json()

@@ -198,7 +198,7 @@ class DocumentJoin:
         args: list[str | int] = [self._ttl, "", "", 0, 0, "", "", 0, 0, 0]
         if counted is not None and counted.numbers:
             keys += counted.keys()
-            args[4:] = [len(counted.numbers), *counted.args(), *counted.numbers]
+            args[4:] = [len(counted.numbers), *counted.args(), *counted.members()]
         if progress is not None:
             keys.append(progress.key)
             args[1:4] = [progress.head, progress.tail, max(1, progress.ttl)]

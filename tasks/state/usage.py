@@ -9,6 +9,8 @@ name, "" the anonymous client):
 - `ocr:usage:day:<YYYY-MM-DD>`: pages read that day (UTC).
 - `ocr:usage:month:<YYYY-MM>`: pages read that month (UTC), what a monthly cap is
   checked against in one read.
+- `ocr:usage:day:<YYYY-MM-DD>:engines` (field: `<engine>|<client>`): that day's pages
+  by engine (`engines_by_day`); an escalated page counts for both engines that read it.
 
 Each gets its TTL (`USAGE_TTL`) as a client's count of a job's pages in it begins (a
 count without a job: at each process's first write). Counted: the pages read (OCR,
@@ -50,6 +52,7 @@ from tasks.state.usage_counts import (
     USAGE_TTL,
     JobPages,
     day_key,
+    engines_key,
     held_key,
     month_key,
     quiet_jobs,
@@ -147,14 +150,16 @@ class PageUsage:
         self._lock = threading.Lock()
 
     def add(self, client: str, pages: int, now: float | None = None,
-            pipe: Any = None, job: str = "", numbers: Sequence[int] = ()) -> None:
+            pipe: Any = None, job: str = "", numbers: Sequence[int] = (),
+            engines: Sequence[tuple[str, ...]] = ()) -> None:
         """Count `pages` read for `client` today (UTC); queued in `pipe` when given.
 
         With `job` and the page `numbers` read, each page of a job counts once, however
         many workers read it (a job handed on from a worker that only seemed dead, a
         page task delivered twice): `pages` is then ignored, and a key's TTL is set as
-        the client's count in it begins. Without `job`, each key's TTL is set by the
-        first write of each process, not by every one.
+        the client's count in it begins; each number's `engines` count once each too
+        (`engines_by_day`). Without `job`, each key's TTL is set by the first write of
+        each process, not by every one.
         """
         if (pages <= 0 and not job) or (job and not numbers):
             return
@@ -162,7 +167,8 @@ class PageUsage:
         own = pipe is None
         pipe = self._redis.pipeline(transaction=False) if own else pipe
         if job:
-            self.queue_counted(pipe, JobPages(client, job, tuple(numbers), day))
+            self.queue_counted(pipe, JobPages(client, job, tuple(numbers), day,
+                                              tuple(engines)))
         for key in () if job else (day_key(day), month_key(day)):
             pipe.hincrby(key, client, pages)
             if key not in self._kept:
@@ -178,7 +184,7 @@ class PageUsage:
     @staticmethod
     def queue_counted(pipe: Any, counted: JobPages) -> None:
         """Count `counted`'s pages, each of its job once, on `pipe` (one script)."""
-        _ADD_ONCE.queue(pipe, counted.keys(), [*counted.args(), *counted.numbers])
+        _ADD_ONCE.queue(pipe, counted.keys(), [*counted.args(), *counted.members()])
 
     def reserve(self, client: str, job: str, pages: int, caps: PageCaps,
                 ended: Callable[[list[str]], list[str]], now: float | None = None) -> None:
@@ -231,6 +237,26 @@ class PageUsage:
             pipe.hget(day_key(day), client)
         return {day.isoformat(): int(n) for day, n in zip(chosen, pipe.execute(), strict=True)
                 if n}
+
+    def engines_by_day(self, start: dt.date, end: dt.date, client: str | None = None
+                       ) -> dict[str, dict[str, dict[str, int]]]:
+        """Pages by engine on each day from `start` to `end`: {client: {date: {engine: n}}}.
+
+        `client`: that one's alone (else every client's). An escalated page counts for
+        both engines that read it; a text-layer or blank page under its source.
+        """
+        chosen = list(days(start, end))
+        pipe = self._redis.pipeline(transaction=False)
+        for day in chosen:
+            pipe.hgetall(engines_key(day))
+        found: dict[str, dict[str, dict[str, int]]] = {}
+        for day, counts in zip(chosen, pipe.execute(), strict=True):
+            for field, pages in counts.items():
+                engine, _, name = _text(field).partition("|")
+                if client is None or name == client:
+                    on_day = found.setdefault(name, {}).setdefault(day.isoformat(), {})
+                    on_day[engine] = int(pages)
+        return dict(sorted(found.items()))
 
     def every_client(self, start: dt.date, end: dt.date) -> dict[str, dict[str, int]]:
         """Every client's pages by day from `start` to `end`: {client: {date: pages}}."""
@@ -303,6 +329,15 @@ def over_cap(period: str, cap: int, used: int, pages: int, day: dt.date,
         f"({used} read); it resets at {at.isoformat()}",
         quota={"period": period, "cap": cap, "used": used, "pages": pages,
                "resets": at.isoformat().replace("+00:00", "Z"), "retry_after": wait})
+
+
+def engine_totals(by_day: dict[str, dict[str, int]]) -> dict[str, int]:
+    """The pages by engine over the days of `by_day` ({date: {engine: pages}})."""
+    totals: dict[str, int] = {}
+    for engines in by_day.values():
+        for engine, pages in engines.items():
+            totals[engine] = totals.get(engine, 0) + pages
+    return dict(sorted(totals.items()))
 
 
 def fewest_pages(spec: str | None) -> int:

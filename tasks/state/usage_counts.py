@@ -6,7 +6,11 @@ function `COUNT_PAGES_LUA` is put before both scripts that count a job's pages,
 which counts the pages it records). Keys (tasks/state/usage.py says what reads them):
 
 - `ocr:usage:day:<YYYY-MM-DD>`, `ocr:usage:month:<YYYY-MM>` (hashes, field: the client).
-- `ocr:usage:job:<id>`: the pages of a job already counted (a set), `JOB_PAGES_TTL`.
+- `ocr:usage:day:<YYYY-MM-DD>:engines` (hash, field: `<engine>|<client>`): the pages
+  each engine read that day; a page two engines read (escalated) counts for both, a
+  text-layer or blank page under its source (`text-layer`, `blank`).
+- `ocr:usage:job:<id>`: the pages of a job already counted (a set, `JOB_PAGES_TTL`): the
+  page numbers, and `<number>|<engine>` for each engine a page was counted for.
 - `ocr:usage:held:<client>`: pages held for the client's jobs sent (job -> pages).
 
 `quiet_jobs` holds the jobs this process counted pages of in the last
@@ -20,7 +24,9 @@ from __future__ import annotations
 import datetime as dt
 import threading
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import Any
 
 from tasks.state.keys import USAGE_PREFIX
 
@@ -31,16 +37,26 @@ QUIET_KEPT = 1024  # jobs one process remembers (all dropped past that)
 
 # Adds to `client`'s counts in `day` and `month` the pages ARGV[first..last] not yet in
 # the job's set of counted pages `set` (kept `set_ttl` seconds), and takes as many off
-# the job's hold in `held`. A count that begins in a key (a new key begins one too)
-# gives the key its TTL `ttl`. `quiet` ('1': the job is in `quiet_jobs`): the set's TTL
-# and the hold are left alone. Returns how many, and the hold: 1 found, 0 none, -1 not
-# looked at.
+# the job's hold in `held`. Each page is `<number>` or `<number>|<engine>|...`
+# (`JobPages.members`): each engine not yet counted for the page adds one to
+# `day`:engines, field `<engine>|<client>`. A count that begins in a key (a new key
+# begins one too) gives the key its TTL `ttl`. `quiet` ('1': the job is in
+# `quiet_jobs`): the set's TTL and the hold are left alone. Returns how many pages, and
+# the hold: 1 found, 0 none, -1 not looked at.
 COUNT_PAGES_LUA = """
 local function count_pages(set, day, month, held, client, job, set_ttl, ttl, quiet, first,
                            last)
   local n = 0
-  for i = first, last, 4000 do
-    n = n + redis.call('SADD', set, unpack(ARGV, i, math.min(i + 3999, last)))
+  local engines = day .. ':engines'
+  for i = first, last do
+    local number, rest = string.match(ARGV[i], '^([^|]*)(.*)$')
+    n = n + redis.call('SADD', set, number)
+    for engine in string.gmatch(rest, '|([^|]+)') do
+      if redis.call('SADD', set, number .. '|' .. engine) == 1 and
+          redis.call('HINCRBY', engines, engine .. '|' .. client, 1) == 1 then
+        redis.call('EXPIRE', engines, ttl)
+      end
+    end
   end
   if quiet ~= '1' then redis.call('EXPIRE', set, set_ttl) end
   if n == 0 then return 0, -1 end
@@ -72,6 +88,28 @@ def month_key(day: dt.date) -> str:
     return f"{USAGE_PREFIX}month:{day.year:04d}-{day.month:02d}"
 
 
+def engines_key(day: dt.date) -> str:
+    """`ocr:usage:day:<YYYY-MM-DD>:engines`: the pages each engine read (`COUNT_PAGES_LUA`)."""
+    return f"{day_key(day)}:engines"
+
+
+def page_engines(page: Mapping[str, Any], engine: str) -> tuple[str, ...]:
+    """The engines that read `page` (a page's JSON), as its client's usage counts them.
+
+    An escalated page that kept its second reading: the first reading's engine and the
+    escalation engine. A page that names no engine: `engine` (the job's) when OCR'd,
+    else its source (`text-layer`, `blank`).
+    """
+    source = str(page.get("source") or "ocr")
+    engine = str(page.get("engine") or (engine if source == "ocr" else source))
+    escalation = page.get("escalation")
+    if isinstance(escalation, Mapping) and escalation.get("error") is None:
+        first = str(escalation.get("from") or "")
+        if first and first != engine:
+            return (first, engine)
+    return (engine,)
+
+
 @dataclass(frozen=True)
 class JobPages:
     """Pages of `job` read for `client` on `day`, to count once each (`COUNT_PAGES_LUA`)."""
@@ -80,6 +118,12 @@ class JobPages:
     job: str
     numbers: tuple[int, ...]
     day: dt.date
+    engines: tuple[tuple[str, ...], ...] = ()  # each number's engines (`page_engines`)
+
+    def members(self) -> list[str]:
+        """Each page as the script takes it: `<number>`, or `<number>|<engine>|...`."""
+        return ["|".join((str(n), *self.engines[i])) if i < len(self.engines) else str(n)
+                for i, n in enumerate(self.numbers)]
 
     def keys(self) -> list[str]:
         """The job's counted pages, the day's and the month's counts, the client's holds."""

@@ -130,12 +130,13 @@ def test_pages_metered_per_client_after_jobs_of_three_clients(
         usage = answer.json()
         assert (usage["client"], usage["total"], usage["today"], usage["this_month"]) == \
             (name, pages, pages, pages), usage
-        assert len(usage["days"]) == 30 and usage["days"][-1] == {"date": today(),
-                                                                  "pages": pages}
+        assert len(usage["days"]) == 30 and usage["days"][-1] == {
+            "date": today(), "pages": pages, "engines": {"fake": pages}}
+        assert usage["engines"] == {"fake": pages}, usage
         assert usage["pages_per_day"] is None
     ranged = clients["alpha"].get(f"{api.url}/v1/usage", params={"from": today(),
                                                                  "to": today()}, timeout=10)
-    assert ranged.json()["days"] == [{"date": today(), "pages": 4}]
+    assert ranged.json()["days"] == [{"date": today(), "pages": 4, "engines": {"fake": 4}}]
     bad = clients["alpha"].get(f"{api.url}/v1/usage", params={"from": "2026-02-30"},
                                timeout=10)
     assert bad.status_code == 400 and bad.json()["error"]["code"] == "bad_request"

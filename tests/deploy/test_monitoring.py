@@ -168,6 +168,16 @@ def test_the_dashboard_is_well_formed() -> None:
             assert all(t["refId"] and t["expr"] for t in panel["targets"])
 
 
+def test_the_dashboard_shows_the_escalated_share() -> None:
+    """The escalated pages over the OCR'd ones (docs/escalation.md)."""
+    panels = {p["title"]: p for p in json.loads(DASHBOARD.read_text())["panels"]}
+    share = panels["Escalated share of OCR'd pages"]
+    assert share["fieldConfig"]["defaults"]["unit"] == "percentunit"
+    for target in share["targets"]:
+        assert metric_names(target["expr"]) == {"ocr_pages_escalated_total", "ocr_pages_total"}
+        assert 'source="ocr"' in target["expr"]
+
+
 # --- the exporter, serving what a worker recorded --------------------------------------
 
 @pytest.fixture(scope="module")

@@ -9,9 +9,11 @@ Pillow: tesseract reads it with a mean word confidence near 0.4, the clean scan 
 
 from __future__ import annotations
 
+import html
 import io
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -139,7 +141,9 @@ def test_a_clean_page_is_kept_and_an_unsure_one_is_read_again(
     assert unsure["escalation"]["confidence"] < 0.7, unsure
     assert unsure["escalation"] == {"from": "tesseract", "to": "vlm-api",
                                     "reason": "low_confidence",
-                                    "confidence": unsure["escalation"]["confidence"]}
+                                    "confidence": unsure["escalation"]["confidence"],
+                                    "first_text": unsure["escalation"]["first_text"]}
+    assert unsure["escalation"]["first_text"] != server.now.text  # tesseract's own
     # The model's words on the first reading's boxes.
     assert unsure["text_layer"]["boxes"] == "tesseract"
     assert " ".join(w["text"] for w in unsure["words"]) == server.now.text
@@ -288,3 +292,67 @@ def test_a_page_no_worker_takes_keeps_its_first_reading_when_its_wait_is_over(
         assert page["escalation"]["error"]["code"] == "timeout", page
     finally:
         os.killpg(gpu.proc.pid, signal.SIGCONT)
+
+
+def test_the_console_marks_an_escalated_page_and_shows_both_readings(
+        workers: tuple[Worker, Worker], server: Server, client: OcrClient,
+        start_api: Callable[..., ApiServer], redis_url: str) -> None:
+    api = start_api()
+    token = create_token(redis_url, "console-escalating")
+    sent = session(token).post(
+        f"{api.url}/v1/jobs", timeout=30, files={"file": ("two.pdf", scans_pdf())},
+        data={"engine": "tesseract", "escalate": "vlm-api", "escalate_below": "0.7"})
+    assert sent.status_code == 202, sent.text
+    job = sent.json()["id"]
+    clean, unsure = client.wait([job], timeout=300)[job]["pages"]
+    assert unsure["engine"] == "vlm-api", unsure
+    browser = requests.Session()
+    signed = browser.post(f"{api.url}/console/signin", data={"token": token},
+                          allow_redirects=False, timeout=60)
+    assert signed.status_code == 303, signed.text
+    shown = browser.get(f"{api.url}/console/jobs/{job}", timeout=30)
+    assert shown.status_code == 200, shown.text
+    marks = re.findall(r'<p class="escalation[^"]*">(.*?)</p>', shown.text, re.S)
+    assert len(marks) == 1, marks  # the unsure page alone
+    mark = " ".join(marks[0].split())
+    confidence = f"{unsure['escalation']['confidence']:.2f}"
+    assert "tesseract → vlm-api" in mark and "low_confidence" in mark, mark
+    assert f"confidence {confidence}" in mark, mark
+    assert f"/console/jobs/{job}/pages/2/escalation" in mark, mark
+    both = browser.get(f"{api.url}/console/jobs/{job}/pages/2/escalation", timeout=30)
+    assert both.status_code == 200, both.text
+    first, kept = re.findall(r'<ol class="reading (?:first|second)">(.*?)</ol>', both.text,
+                             re.S)
+    assert server.now.text.split()[0] in kept, kept  # the model's text, kept
+    first_words = unsure["escalation"]["first_text"].split()
+    assert first_words and html.escape(first_words[0]) in first, first  # tesseract's
+    # The clean page was not escalated: no such view for it.
+    assert browser.get(f"{api.url}/console/jobs/{job}/pages/1/escalation",
+                       timeout=30).status_code == 404
+
+
+def test_usage_counts_an_escalated_page_for_both_engines(
+        workers: tuple[Worker, Worker], server: Server, client: OcrClient,
+        start_api: Callable[..., ApiServer], redis_url: str) -> None:
+    api = start_api()
+    token = create_token(redis_url, "usage-escalating")
+    http = session(token)
+    sent = http.post(
+        f"{api.url}/v1/jobs", timeout=30, files={"file": ("two.pdf", scans_pdf())},
+        data={"engine": "tesseract", "escalate": "vlm-api", "escalate_below": "0.7"})
+    assert sent.status_code == 202, sent.text
+    job = sent.json()["id"]
+    clean, unsure = client.wait([job], timeout=300)[job]["pages"]
+    assert clean["engine"] == "tesseract" and unsure["engine"] == "vlm-api", unsure
+    usage = http.get(f"{api.url}/v1/usage", timeout=30).json()
+    # Two pages read, each once; the unsure one by both engines.
+    assert usage["total"] == 2 and usage["today"] == 2, usage
+    assert usage["engines"] == {"tesseract": 2, "vlm-api": 1}, usage
+    (today,) = [day for day in usage["days"] if day["pages"]]
+    assert today["engines"] == {"tesseract": 2, "vlm-api": 1}, usage
+    done = subprocess.run(
+        [sys.executable, "ocr_admin.py", "--redis-url", redis_url, "usage", "--client",
+         "usage-escalating"], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    (report,) = json.loads(done.stdout)["clients"]
+    assert report["total"] == 2 and report["engines"] == {"tesseract": 2, "vlm-api": 1}, report

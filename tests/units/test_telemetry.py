@@ -192,7 +192,7 @@ def test_page_counts_are_merged_by_field_and_written_as_few_commands(
         page = {"number": n, "source": "ocr", "seconds": 0.2}
         if n % 2:  # a page task's: its usage left to its record script
             counted = telemetry.pages_read("fake", [page], job="job-1", recorded=True)
-            assert counted == JobPages("", "job-1", (n,), today())
+            assert counted == JobPages("", "job-1", (n,), today(), (("fake",),))
         else:  # a job task's: the usage written at once, the counters held
             telemetry.pages_read("fake", [page])
     assert PageUsage(client).used("") == (pages // 2 + 1,) * 2  # the first call too
