@@ -78,7 +78,8 @@ def test_rapidocr_worker_advertises_what_it_reads(rapid_worker: Worker,
     # `auto`: the languages lang=auto may choose for each script.
     assert reply == {"engine": "rapidocr", "default": "chi_sim+eng", "job_default": "auto",
                      "languages": ["chi_sim", "eng"],
-                     "auto": {"Han": ["chi_sim"], "Latin": ["eng"]}}
+                     "auto": {"Han": ["chi_sim"], "Latin": ["eng"]},
+                     "fast": []}  # rapidocr's models are its own: none is tesseract's fast one
 
 
 def test_rapidocr_refuses_other_languages_at_job_start(rapid_worker: Worker,
