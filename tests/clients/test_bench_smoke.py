@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.harness import ROOT
+from tests.harness import ROOT, corpus
 
 pytestmark = pytest.mark.slow
 
@@ -36,6 +36,7 @@ def test_quick_overhead_benchmark_writes_table_json_and_plot(tmp_path: Path) -> 
 
 def test_quick_vlm_benchmark_measures_budget_and_loop(tmp_path: Path) -> None:
     """`python -m bench --quick --only vlm`: the page budget and the loop guard, measured."""
+    corpus("scan_linn.png")  # the page the benchmark sends (skips without the corpus)
     done = subprocess.run([sys.executable, "-m", "bench", "--quick", "--only", "vlm",
                            "--results", str(tmp_path)], cwd=ROOT, capture_output=True,
                           text=True, timeout=600,
