@@ -22,12 +22,16 @@ from tests.inference_server import SimulatedInferenceServer
 
 pytestmark = pytest.mark.slow
 
-TRUTH = ground_truth("scan_tess_phototest.tif")
+
+@pytest.fixture(scope="module")
+def truth() -> str:
+    """The scan's ground truth, which the simulated server answers (read from the corpus)."""
+    return ground_truth("scan_tess_phototest.tif")
 
 
 @pytest.fixture(scope="module")
-def server() -> Iterator[SimulatedInferenceServer]:
-    running = SimulatedInferenceServer(text=TRUTH).start()
+def server(truth: str) -> Iterator[SimulatedInferenceServer]:
+    running = SimulatedInferenceServer(text=truth).start()
     yield running
     running.stop()
 
@@ -43,11 +47,11 @@ def workers(start_worker: Callable[..., Worker],
 
 
 @pytest.fixture(scope="module")
-def folder(tmp_path_factory: pytest.TempPathFactory) -> Path:
+def folder(tmp_path_factory: pytest.TempPathFactory, truth: str) -> Path:
     here = tmp_path_factory.mktemp("escalating")
     for name, image in (("clean", clean_scan()), ("unsure", unsure_scan())):
         (here / f"{name}.png").write_bytes(png(image))
-        (here / f"{name}.gt.txt").write_text(TRUTH)
+        (here / f"{name}.gt.txt").write_text(truth)
     return here
 
 

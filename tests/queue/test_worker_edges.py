@@ -39,12 +39,13 @@ def png(words: str) -> bytes:
 
 def test_lost_structure_chunk_ends_the_job_partial(start_worker: Callable[..., Worker],
                                                     client: OcrClient) -> None:
-    worker = start_worker(OCR_ENGINE="layout-killing", OCR_ENGINE_PLUGINS=KILLING,
-                          OCR_CONCURRENCY="1", OCR_CACHE_RESULTS="0",
-                          OCR_STRUCTURE_CHUNK_PAGES="1", **FAST_PAGES)
+    # The corpus first: a test that skips without it leaves no worker behind.
     with pymupdf.open(corpus("dig_multicolumn_3p.pdf")) as doc:
         doc[1].insert_text((72, 40), "KILL-LAYOUT", fontsize=8)
         data = doc.tobytes()
+    worker = start_worker(OCR_ENGINE="layout-killing", OCR_ENGINE_PLUGINS=KILLING,
+                          OCR_CONCURRENCY="1", OCR_CACHE_RESULTS="0",
+                          OCR_STRUCTURE_CHUNK_PAGES="1", **FAST_PAGES)
     try:
         job = client.submit(data, engine="layout-killing", output="markdown",
                             filename="killing.pdf")
