@@ -224,8 +224,7 @@ def escalate_page(self: Task, doc_id: str, number: int, due: float,
 def escalation_lost(request: Any, exc: BaseException, traceback: Any, doc_id: str,
                     number: int, queue: str) -> None:
     """Errback of an escalation task that failed outright: the first reading is kept."""
-    escalation_failed.apply_async((doc_id, number, error_info(exc)), _opened(request),
-                                  queue=queue, headers=tracing.headers_of(request))
+    _send_failed(escalation_failed, request, exc, doc_id, number, queue)
 
 
 @shared_task(name="ocr.escalation_failed", bind=True)
@@ -310,8 +309,7 @@ def _closing(read: Callable[[], T]) -> T:
 def pdf_chunk_lost(request: Any, exc: BaseException, traceback: Any, doc_id: str,
                    index: int, queue: str) -> None:
     """Errback of a chunk task that failed outright: its pages are recorded as failed."""
-    pdf_chunk_failed.apply_async((doc_id, index, error_info(exc)), _opened(request),
-                                 queue=queue, headers=tracing.headers_of(request))
+    _send_failed(pdf_chunk_failed, request, exc, doc_id, index, queue)
 
 
 @shared_task(name="ocr.pdf_chunk_failed", bind=True)
@@ -321,6 +319,17 @@ def pdf_chunk_failed(self: Task, doc_id: str, index: int, error: dict[str, Any],
     _record_lost(self, doc_id, lambda meta: [
         PageRecord(n, source="text-layer", error=PageError.from_json(error))
         for n in meta.text_chunks[index]], password)
+
+
+def _send_failed(failed: Task, request: Any, exc: BaseException, doc_id: str, part: int,
+                 queue: str) -> None:
+    """An errback's record of a lost task: `failed` sent to `queue` with the error.
+
+    `part` is the lost task's page number or chunk index; an encrypted input's password
+    and the trace go with it, as they went with the lost task.
+    """
+    failed.apply_async((doc_id, part, error_info(exc)), _opened(request), queue=queue,
+                       headers=tracing.headers_of(request))
 
 
 def _opened(request: Any) -> dict[str, str]:
@@ -409,8 +418,7 @@ def pdf_page_lost(request: Any, exc: BaseException, traceback: Any, doc_id: str,
     That is a child killed at its hard limit, or a page refused as a poison job. The
     record goes to the page's own queue, which the page's workers consume.
     """
-    pdf_page_failed.apply_async((doc_id, number, error_info(exc)), _opened(request),
-                                queue=queue, headers=tracing.headers_of(request))
+    _send_failed(pdf_page_failed, request, exc, doc_id, number, queue)
 
 
 @shared_task(name="ocr.pdf_page_failed", bind=True)
