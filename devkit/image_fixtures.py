@@ -5,6 +5,7 @@ from __future__ import annotations
 import io
 import struct
 import zlib
+from typing import Any
 
 import numpy as np
 from PIL import Image
@@ -117,6 +118,20 @@ NOTICE_PARAGRAPHS = (
 )
 
 
+def scanned(page: Any, dpi: int, seed: int) -> bytes:
+    """A PyMuPDF `page` as a grey PNG scan at `dpi`: slightly blurred, `seed`'s noise."""
+    import pymupdf
+    from PIL import ImageFilter
+
+    pixels = page.get_pixmap(dpi=dpi, colorspace=pymupdf.csGRAY)
+    drawn = Image.frombytes("L", (pixels.width, pixels.height), pixels.samples)
+    image = np.asarray(drawn.filter(ImageFilter.GaussianBlur(0.8)))
+    noisy = image.astype(np.int16) + np.random.default_rng(seed).normal(0, 8, image.shape)
+    out = io.BytesIO()
+    Image.fromarray(np.clip(noisy, 0, 255).astype(np.uint8), "L").save(out, "PNG")
+    return out.getvalue()
+
+
 def european_page(dpi: int = 300, seed: int = 7, paragraphs: tuple[
         tuple[str, list[str]], ...] = EUROPEAN_PARAGRAPHS, font: str = "helv") -> bytes:
     """A page of `paragraphs` as a simulated scan: a PNG at `dpi`, grey, blurred, noisy.
@@ -127,7 +142,6 @@ def european_page(dpi: int = 300, seed: int = 7, paragraphs: tuple[
     per drawn line and a blank line between paragraphs: `european_text(paragraphs)`.
     """
     import pymupdf
-    from PIL import ImageFilter
 
     doc = pymupdf.open()
     page = doc.new_page(width=595, height=842)
@@ -137,14 +151,9 @@ def european_page(dpi: int = 300, seed: int = 7, paragraphs: tuple[
             page.insert_text((60, y), line, fontsize=13, fontname=font)
             y += 19
         y += 19
-    pixels = page.get_pixmap(dpi=dpi, colorspace=pymupdf.csGRAY)
-    drawn = Image.frombytes("L", (pixels.width, pixels.height), pixels.samples)
-    image = np.asarray(drawn.filter(ImageFilter.GaussianBlur(0.8)))
-    noisy = image.astype(np.int16) + np.random.default_rng(seed).normal(0, 8, image.shape)
-    out = io.BytesIO()
-    Image.fromarray(np.clip(noisy, 0, 255).astype(np.uint8), "L").save(out, "PNG")
+    scan = scanned(page, dpi, seed)
     doc.close()
-    return out.getvalue()
+    return scan
 
 
 def european_text(paragraphs: tuple[tuple[str, list[str]], ...] = EUROPEAN_PARAGRAPHS
@@ -199,7 +208,6 @@ def magazine_page(dpi: int = 300, seed: int = 5) -> bytes:
     ends). Rendered, blurred and given noise as `european_page` is.
     """
     import pymupdf
-    from PIL import ImageFilter
 
     doc = pymupdf.open()
     page = doc.new_page(width=595, height=842)
@@ -222,11 +230,6 @@ def magazine_page(dpi: int = 300, seed: int = 5) -> bytes:
         room = page.insert_textbox(pymupdf.Rect(x0, top, x0 + width, 800), text,
                                    fontsize=9.5, fontname="tiro", align=3)
         assert room >= 0, "the column's text does not fit"
-    pixels = page.get_pixmap(dpi=dpi, colorspace=pymupdf.csGRAY)
-    drawn = Image.frombytes("L", (pixels.width, pixels.height), pixels.samples)
-    image = np.asarray(drawn.filter(ImageFilter.GaussianBlur(0.8)))
-    noisy = image.astype(np.int16) + np.random.default_rng(seed).normal(0, 8, image.shape)
-    out = io.BytesIO()
-    Image.fromarray(np.clip(noisy, 0, 255).astype(np.uint8), "L").save(out, "PNG")
+    scan = scanned(page, dpi, seed)
     doc.close()
-    return out.getvalue()
+    return scan
