@@ -8,10 +8,14 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import requests
 
-from devkit.harness import ROOT, ProcfileProcess, free_port
+from devkit.harness import ROOT, ProcfileProcess, eventually, free_port
+
+# The statuses a job ends in, as `GET /v1/jobs/{id}` says them.
+FINAL = ("SUCCESS", "PARTIAL", "FAILURE", "CANCELLED")
 
 
 class ApiServer(ProcfileProcess):
@@ -62,3 +66,14 @@ def session(token: str) -> requests.Session:
     http = requests.Session()
     http.headers["Authorization"] = f"Bearer {token}"
     return http
+
+
+def wait_end(http: requests.Session, api: ApiServer, job_id: str, timeout: float = 90,
+             request_timeout: float = 10) -> dict[str, Any]:
+    """The job's status once it has ended (one of FINAL), asked of the API until then."""
+
+    def ended() -> dict[str, Any] | None:
+        status = http.get(f"{api.url}/v1/jobs/{job_id}", timeout=request_timeout).json()
+        return dict(status) if status["status"] in FINAL else None
+
+    return eventually(ended, timeout, f"job {job_id} to end")

@@ -25,7 +25,7 @@ from PIL import Image
 from devkit.receivers import CallbackReceiver
 from tasks.client import OcrClient
 from tasks.state.api_jobs import ApiJobs
-from tests.api_server import ApiServer, create_token, session
+from tests.api_server import ApiServer, create_token, session, wait_end
 from tests.harness import FAST_PAGES, ROOT, RedisServer, Worker, eventually, fake_env
 from tests.image_fixtures import png
 from tests.pdf_fixtures import image_pdf, plain_pages
@@ -101,18 +101,6 @@ def send(http: requests.Session, api: ApiServer, data: bytes, name: str = "scan.
     body = answer.json()
     assert body["links"]["self"] == f"/v1/jobs/{body['id']}"
     return str(body["id"])
-
-
-FINAL = ("SUCCESS", "PARTIAL", "FAILURE", "CANCELLED")
-
-
-def wait_end(http: requests.Session, api: ApiServer, job_id: str,
-             timeout: float = 90) -> dict[str, Any]:
-    def ended() -> dict[str, Any] | None:
-        status = http.get(f"{api.url}/v1/jobs/{job_id}", timeout=10).json()
-        return dict(status) if status["status"] in FINAL else None
-
-    return eventually(ended, timeout, f"job {job_id} to end")
 
 
 def keys(store: redis.Redis, pattern: str) -> set[bytes]:

@@ -14,8 +14,8 @@ from collections.abc import Callable
 import pytest
 import requests
 
-from tests.api.test_api import send, text_png, wait_end
-from tests.api_server import ApiServer, create_token, session
+from tests.api.test_api import send, text_png
+from tests.api_server import ApiServer, create_token, session, wait_end
 from tests.harness import FAST_PAGES, Worker, fake_env
 
 HEAD_TIMEOUT = 2  # the API's OCR_API_HEADER_TIMEOUT here

@@ -33,8 +33,8 @@ from tasks.inference_server import ServerWatch
 from tasks.lifecycle.outbound import is_public
 from tasks.settings import Settings
 from tasks.state.liveness import PRESENCE_TTL, WorkerPresence
-from tests.api.test_api import WORKER_ENV, png, send, wait_end
-from tests.api_server import ApiServer, create_token, session
+from tests.api.test_api import WORKER_ENV, png, send
+from tests.api_server import ApiServer, create_token, session, wait_end
 from tests.harness import ROOT, RedisServer, Worker, eventually, free_port
 
 BODY_TIMEOUT = "15"  # the idle service's: a stalled upload ends in a test's time

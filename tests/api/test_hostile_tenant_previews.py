@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import random
 from collections.abc import Callable
-from typing import Any
 
 import pytest
 import redis
@@ -22,13 +21,12 @@ from PIL import Image
 
 from tasks.pipeline.previews import PREVIEW_BUDGET
 from tasks.state.keys import PREVIEW_PREFIX, api_job_key
-from tests.api_server import ApiServer, create_token, session
-from tests.harness import FAST_PAGES, Worker, eventually, fake_env
+from tests.api_server import ApiServer, create_token, session, wait_end
+from tests.harness import FAST_PAGES, Worker, fake_env
 from tests.pdf_fixtures import image_pdf
 
 PAGES = 3
 RESENDS = 20
-FINAL = ("SUCCESS", "PARTIAL", "FAILURE", "CANCELLED")
 AGED = 60  # seconds: the first job's records made to look that near their end
 
 
@@ -68,12 +66,7 @@ def send(http: requests.Session, api: ApiServer, data: bytes) -> str:
     answer = http.post(f"{api.url}/v1/jobs", files={"file": ("noise.pdf", data)}, timeout=60)
     assert answer.status_code == 202, answer.text
     job_id = str(answer.json()["id"])
-
-    def ended() -> dict[str, Any] | None:
-        status = http.get(f"{api.url}/v1/jobs/{job_id}", timeout=10).json()
-        return dict(status) if status["status"] in FINAL else None
-
-    status = eventually(ended, 120, f"job {job_id} to end")
+    status = wait_end(http, api, job_id, 120)
     assert status["status"] == "SUCCESS", status
     return job_id
 

@@ -19,7 +19,6 @@ import re
 import subprocess
 import sys
 from collections.abc import Callable
-from typing import Any
 
 import pymupdf
 import pytest
@@ -28,11 +27,10 @@ import requests
 from PIL import Image
 
 from tasks.state.corrections import corrected_pages
-from tests.api_server import ApiServer, create_token, session
-from tests.harness import ROOT, Worker, corpus, eventually
+from tests.api_server import ApiServer, create_token, session, wait_end
+from tests.harness import ROOT, Worker, corpus
 
 SCAN = "scan_tess_phototest.tif"
-FINAL = ("SUCCESS", "PARTIAL", "FAILURE", "CANCELLED")
 NEW_TEXT = "Zebras quietly juggle seventeen kumquats"
 
 
@@ -62,12 +60,7 @@ def read(http: requests.Session, api: ApiServer, **fields: str) -> str:
         "file": (SCAN, corpus(SCAN).read_bytes())}, timeout=30)
     assert answer.status_code == 202, answer.text
     job_id = str(answer.json()["id"])
-
-    def ended() -> dict[str, Any] | None:
-        status = http.get(f"{api.url}/v1/jobs/{job_id}", timeout=10).json()
-        return dict(status) if status["status"] in FINAL else None
-
-    status = eventually(ended, 120, f"job {job_id} to end")
+    status = wait_end(http, api, job_id, 120)
     assert status["status"] == "SUCCESS", status
     return job_id
 

@@ -12,18 +12,16 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
-from typing import Any
 
 import pymupdf
 import pytest
 import requests
 
-from tests.api_server import ApiServer, create_token, session
-from tests.harness import Worker, eventually
+from tests.api_server import ApiServer, create_token, session, wait_end
+from tests.harness import Worker
 
 LINES = 6000
 COMPARES = 45  # more than the API's thread pool holds (anyio's 40)
-FINAL = ("SUCCESS", "PARTIAL", "FAILURE", "CANCELLED")
 
 
 def text_layer_pdf(lines: list[str]) -> bytes:
@@ -62,12 +60,7 @@ def read(api: ApiServer, token: str, data: bytes, name: str) -> str:
     answer = http.post(f"{api.url}/v1/jobs", files={"file": (name, data)}, timeout=60)
     assert answer.status_code == 202, answer.text
     job_id = str(answer.json()["id"])
-
-    def ended() -> dict[str, Any] | None:
-        status = http.get(f"{api.url}/v1/jobs/{job_id}", timeout=60).json()
-        return dict(status) if status["status"] in FINAL else None
-
-    status = eventually(ended, 180, f"job {job_id} to end")
+    status = wait_end(http, api, job_id, 180, request_timeout=60)
     assert status["status"] == "SUCCESS", status
     return job_id
 
