@@ -7,7 +7,7 @@ import re
 from collections.abc import Iterable
 
 import pymupdf
-from PIL import Image
+from PIL import Image, ImageDraw
 
 
 def image_pdf(images: Iterable[Image.Image], dpi: int = 200) -> bytes:
@@ -28,6 +28,18 @@ def plain_pages(count: int, dark: Iterable[int] = (), size: tuple[int, int] = (2
     dark_pages = set(dark)
     return [Image.new("L", size, 20 if n in dark_pages else 235)
             for n in range(1, count + 1)]
+
+
+def inked_pages(count: int, size: tuple[int, int] = (200, 260)) -> list[Image.Image]:
+    """Light pages with a few lines of dark marks: not blank, so an engine reads each."""
+    pages = []
+    for _ in range(count):
+        image = Image.new("L", size, 235)
+        draw = ImageDraw.Draw(image)
+        for y in range(30, size[1] - 30, 20):
+            draw.text((20, y), "some words here", fill=10)
+        pages.append(image)
+    return pages
 
 
 def repeated_image_pdf(image: Image.Image, count: int, dpi: int) -> bytes:

@@ -42,7 +42,7 @@ from tests.harness import (
     free_port,
 )
 from tests.image_fixtures import png
-from tests.pdf_fixtures import image_pdf, plain_pages
+from tests.pdf_fixtures import image_pdf, inked_pages, plain_pages
 
 FAKE_ENV = fake_env(OCR_CONCURRENCY="2", FAKE_PAGE_SECONDS="0.25")
 FLOWER_AUTH = ("ops", uuid.uuid4().hex[:12])
@@ -273,7 +273,9 @@ def test_flower_curl_example(flower: str, tmp_path: Path) -> None:
 
 
 def test_flower_task_page_shows_progress(flower: str, worker: Worker) -> None:
-    pdf = base64.b64encode(image_pdf(plain_pages(8))).decode()
+    # Pages with ink, each read by the fake engine in FAKE_PAGE_SECONDS: blank pages
+    # skip the engine, and their job could end between two looks at the page.
+    pdf = base64.b64encode(image_pdf(inked_pages(8))).decode()
     sent = http(f"{flower}/api/task/send-task/ocr.document",
                 {"kwargs": {"data_b64": pdf, "filename": "eight.pdf"}}, auth=FLOWER_AUTH)
     job = json.loads(sent[1])["task-id"]
