@@ -27,7 +27,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from tasks.client import OcrClient
 from tasks.records.clients import login_client
-from tests.api_server import ApiServer, create_token, session
+from tests.api_server import FINAL, ApiServer, create_token, session, wait_end
 from tests.harness import (
     FAKE_PLUGINS,
     FAST_PAGES,
@@ -41,7 +41,6 @@ from tests.harness import (
 from tests.image_fixtures import png
 from tests.pdf_fixtures import image_pdf, plain_pages
 
-FINAL = ("SUCCESS", "PARTIAL", "FAILURE", "CANCELLED")
 FLOWER_AUTH = ("ops", "owners-test")
 
 
@@ -131,11 +130,6 @@ def status(http: requests.Session, api: ApiServer, job_id: str) -> dict[str, Any
     answer = http.get(f"{api.url}/v1/jobs/{job_id}", timeout=10)
     assert answer.status_code == 200, answer.text
     return dict(answer.json())
-
-
-def wait_end(http: requests.Session, api: ApiServer, job_id: str) -> dict[str, Any]:
-    return eventually(lambda: (lambda s: s if s["status"] in FINAL else None)(
-        status(http, api, job_id)), 90, f"job {job_id} to end")
 
 
 def listing(http: requests.Session, api: ApiServer, **params: Any) -> dict[str, Any]:

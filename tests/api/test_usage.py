@@ -25,12 +25,10 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from tasks.metrics.metrics_collector import RedisCollector
 from tasks.state.usage import fewest_pages
-from tests.api_server import ApiServer, create_token, session
+from tests.api_server import ApiServer, create_token, session, wait_end
 from tests.harness import FAST_PAGES, ROOT, Worker, eventually, fake_env, make_client
 from tests.image_fixtures import png
 from tests.pdf_fixtures import image_pdf, plain_pages
-
-FINAL = ("SUCCESS", "PARTIAL", "FAILURE", "CANCELLED")
 
 
 @pytest.fixture(scope="module")
@@ -54,14 +52,6 @@ def sent(http: requests.Session, api: ApiServer, data: bytes, name: str = "scan.
     answer = send(http, api, data, name, **fields)
     assert answer.status_code == 202, answer.text
     return str(answer.json()["id"])
-
-
-def wait_end(http: requests.Session, api: ApiServer, job_id: str) -> dict[str, Any]:
-    def ended() -> dict[str, Any] | None:
-        status = http.get(f"{api.url}/v1/jobs/{job_id}", timeout=10).json()
-        return dict(status) if status["status"] in FINAL else None
-
-    return eventually(ended, 90, f"job {job_id} to end")
 
 
 def scrape(redis_url: str) -> dict[tuple[str, str, str], float]:
