@@ -10,12 +10,18 @@ key has a TTL, except the HTTP API's client tokens (`ocr:api:token:*`,
 (`ocr:corrections:*`), a person's work, bounded instead: a few versions a line
 (OCR_CORRECTION_VERSIONS), counted in the client's bytes quota. The broker's
 keys (queues' lists, lanes, rings, doorbells, dead letters, kombu's unacknowledged
-messages) are not here: their one owner is tasks/broker/layout.py.
+messages) are not here: their one owner is tasks/broker/layout.py. FAMILIES declares
+each family of these keys with the roles that write or only read it: the Redis users
+and the ACL matrix are built from it (tasks/redis_users.py).
 """
 
 from __future__ import annotations
 
+from tasks.records.key_families import KeyFamily
+
 ROOT = "ocr:"
+# Celery's result backend: celery-task-meta-<task id> (Celery's name, not ours).
+RESULT_PREFIX = "celery-task-meta-"
 BLOB_PREFIX = ROOT + "blob:"          # input bytes: ocr:blob:<id>
 CACHE_PREFIX = ROOT + "cache:"        # result cache: ocr:cache:<sha256>
 OUTPUT_PREFIX = ROOT + "output:"      # produced files: ocr:output:<job id>
@@ -32,6 +38,7 @@ WORKERS_KEY = ROOT + "workers"        # hash: worker node -> its queues (tasks/s
 JOBS_PREFIX = ROOT + "jobs:"
 JOBS_ALL_KEY = JOBS_PREFIX + "all"    # every client's jobs (operators: submit.py jobs)
 USAGE_PREFIX = ROOT + "usage:"       # pages read per client: ocr:usage:day|month:<date>
+USAGE_HELD_PREFIX = USAGE_PREFIX + "held:"  # pages held for a client's jobs sent: <client>
 # The HTTP API (tasks/api/): clients' tokens and the jobs they sent.
 API_PREFIX = ROOT + "api:"
 API_TOKEN_PREFIX = API_PREFIX + "token:"      # sha256 of a token -> client record (no TTL)
@@ -52,7 +59,8 @@ PREVIEW_PREFIX = ROOT + "preview:"
 CORRECTIONS_PREFIX = ROOT + "corrections:"
 # Batches (tasks/state/batch_store.py): ocr:batch:<id> and its :flight, :seen and :lock.
 BATCH_PREFIX = ROOT + "batch:"
-BATCHES_RUNNING_KEY = ROOT + "batches:running"  # set of the ids of unfinished batches
+BATCHES_PREFIX = ROOT + "batches:"
+BATCHES_RUNNING_KEY = BATCHES_PREFIX + "running"  # set of the ids of unfinished batches
 # The golden set's scores (tasks/state/golden.py): ocr:golden:history (a list, newest
 # first), ocr:golden:run:<run>:<engine> (a run's documents), ocr:golden:job:<job id>.
 GOLDEN_PREFIX = ROOT + "golden:"
@@ -195,3 +203,73 @@ def corrected_pages_key(client: str) -> str:
 def corrections_bytes_key(client: str) -> str:
     """`ocr:corrections:<client>:bytes`: the bytes of the client's correction records."""
     return f"{CORRECTIONS_PREFIX}{client}:bytes"
+
+
+# Who touches the state's keys (FAMILIES): the processes that run jobs (workers, the
+# control worker) and those that send them (the HTTP API, the clients).
+RUNNERS = ("worker", "control")
+SENDERS = ("api", "client")
+
+
+def _all(prefix: str) -> str:
+    """The Redis glob of every key under `prefix`."""
+    return prefix + "*"
+
+
+# The state's key families, each with the roles that write or only read it: the Redis
+# users and docs/security.md's matrix are built from these (tasks/redis_users.py).
+FAMILIES: tuple[KeyFamily, ...] = (
+    KeyFamily("results", (_all(RESULT_PREFIX),), (RESULT_PREFIX + "1",),
+              writers=RUNNERS, readers=(*SENDERS, "beat", "flower")),
+    KeyFamily("job records and inputs", (_all(JOB_PREFIX), _all(BLOB_PREFIX)),
+              (job_key("1"), BLOB_PREFIX + "1"), writers=(*RUNNERS, *SENDERS)),
+    KeyFamily("documents' pages (the fan-out's join)", (_all(DOC_PREFIX),),
+              (doc_key("1", "meta"),), writers=RUNNERS, readers=SENDERS),
+    KeyFamily("job lists", (_all(JOBS_PREFIX),), (jobs_client_key("alice"), JOBS_ALL_KEY),
+              writers=(*RUNNERS, *SENDERS)),
+    KeyFamily("batches", (_all(BATCH_PREFIX), _all(BATCHES_PREFIX)),
+              (batch_key("1"), BATCHES_RUNNING_KEY),
+              writers=(*RUNNERS, *SENDERS), readers=("metrics",)),
+    KeyFamily("jobs in flight", (_all(API_INFLIGHT_PREFIX),), (api_inflight_key("alice"),),
+              writers=(*RUNNERS, "api")),
+    KeyFamily("API job records", (_all(API_JOB_PREFIX),), (api_job_key("1"),),
+              writers=(*RUNNERS, "api")),
+    KeyFamily("API tokens", (_all(API_TOKEN_PREFIX),), (api_token_key("1"),),
+              readers=("api",)),
+    KeyFamily("clients' records", (API_CLIENTS_KEY,), (API_CLIENTS_KEY,),
+              readers=(*RUNNERS, "api")),
+    KeyFamily("webhook secrets", (_all(API_WEBHOOK_PREFIX),), (api_webhook_key("alice"),),
+              readers=RUNNERS),
+    KeyFamily("uploads and bytes quotas", (_all(API_UPLOAD_PREFIX), _all(API_BYTES_PREFIX)),
+              (api_upload_key("1"), api_bytes_key("alice")), writers=("api",)),
+    KeyFamily("Idempotency-Keys and request rates",
+              (_all(API_IDEMPOTENCY_PREFIX), _all(API_RATE_PREFIX)),
+              (api_idempotency_key("alice", "1"), api_rate_key("alice", 1)),
+              writers=("api",)),
+    KeyFamily("console sessions", (_all(API_SESSION_PREFIX),), (api_session_key("1"),),
+              writers=("api",)),
+    KeyFamily("line corrections and their bytes", (_all(CORRECTIONS_PREFIX),),
+              (corrected_pages_key("alice"), corrections_bytes_key("alice")),
+              writers=("api",)),
+    KeyFamily("page usage", (_all(USAGE_PREFIX),),
+              (USAGE_PREFIX + "day:2026-01-01", USAGE_PREFIX + "month:2026-01",
+               USAGE_PREFIX + "day:2026-01-01:engines"),
+              writers=("worker",), readers=("control", "api")),
+    KeyFamily("pages held for jobs sent", (_all(USAGE_HELD_PREFIX),),
+              (USAGE_HELD_PREFIX + "alice",), writers=(*RUNNERS, "api")),
+    KeyFamily("result cache", (_all(CACHE_PREFIX),), (cache_key("1"),), writers=("worker",)),
+    KeyFamily("outputs", (_all(OUTPUT_PREFIX),), (output_key("1"),),
+              writers=RUNNERS, readers=SENDERS),
+    KeyFamily("page previews", (_all(PREVIEW_PREFIX),), (preview_key("1", 1),),
+              writers=("worker",), readers=("api",)),
+    KeyFamily("poison guard's counts", (_all(DELIVERY_PREFIX),), (delivery_key("1"),),
+              writers=RUNNERS),
+    KeyFamily("metrics", (_all(METRICS_PREFIX),), (METRICS_PREFIX + "histograms",),
+              writers=RUNNERS, readers=("metrics",)),
+    KeyFamily("the model registry", (_all(MODELS_PREFIX),), (MODELS_PREFIX + "last-used",),
+              writers=("worker",)),
+    KeyFamily("the golden set's scores", (_all(GOLDEN_PREFIX),), (GOLDEN_HISTORY_KEY,),
+              writers=("worker",), readers=("metrics",)),
+    KeyFamily("workers' presence", (WORKERS_KEY,), (WORKERS_KEY,),
+              writers=RUNNERS, readers=(*SENDERS, "flower", "metrics")),
+)
