@@ -17,6 +17,8 @@ and the ACL matrix are built from it (tasks/redis_users.py).
 
 from __future__ import annotations
 
+import datetime as dt
+
 from tasks.records.key_families import KeyFamily
 
 ROOT = "ocr:"
@@ -32,7 +34,17 @@ DELIVERY_PREFIX = ROOT + "deliveries:"  # poison guard: starts of one task id
 # configured:<host>:<pid>, report[:<host>:<dir>], prune-lock:<host>:<dir>,
 # scheduled-audit, audit-run:<run>:<host>:<dir>
 MODELS_PREFIX = ROOT + "models:"
+MODELS_LAST_USED_KEY = MODELS_PREFIX + "last-used"   # hash: model entry -> its last use
+MODELS_LOADED_PREFIX = MODELS_PREFIX + "loaded:"      # <host>:<pid>:<model>
+MODELS_CONFIGURED_PREFIX = MODELS_PREFIX + "configured:"  # <host>:<pid>
+MODELS_REPORT_KEY = MODELS_PREFIX + "report"          # the latest audit report, any host
+MODELS_HOST_REPORT_PREFIX = MODELS_PREFIX + "report:"  # <host>:<model dir>
+MODELS_PRUNE_LOCK_KEY = MODELS_PREFIX + "prune-lock"  # :<host>:<model dir>
+MODELS_SCHEDULED_KEY = MODELS_PREFIX + "scheduled-audit"
+MODELS_RUN_PREFIX = MODELS_PREFIX + "audit-run:"      # <run>:<host>:<model dir>
 METRICS_PREFIX = ROOT + "metrics:"    # counters and gauges (tasks/state/metrics.py)
+METRICS_NODES_KEY = METRICS_PREFIX + "nodes"    # set: the nodes that wrote metrics
+METRICS_HISTOGRAMS_KEY = METRICS_PREFIX + "histograms"  # hash: every histogram's buckets
 WORKERS_KEY = ROOT + "workers"        # hash: worker node -> its queues (tasks/state/liveness.py)
 # Jobs by client, newest first (tasks/state/job_index.py): sorted sets of job ids.
 JOBS_PREFIX = ROOT + "jobs:"
@@ -205,6 +217,71 @@ def corrections_bytes_key(client: str) -> str:
     return f"{CORRECTIONS_PREFIX}{client}:bytes"
 
 
+def metrics_node_key(node: str) -> str:
+    """`ocr:metrics:node:<node>`: a worker node's counters."""
+    return f"{METRICS_PREFIX}node:{node}"
+
+
+def metrics_children_key(node: str) -> str:
+    """`ocr:metrics:children:<node>`: the pool children of a node that wrote gauges."""
+    return f"{METRICS_PREFIX}children:{node}"
+
+
+def metrics_child_key(node: str, pid: int | str) -> str:
+    """`ocr:metrics:child:<node>:<pid>`: one pool child's gauges."""
+    return f"{METRICS_PREFIX}child:{node}:{pid}"
+
+
+def models_loaded_key(host: str, pid: int | str, model: str) -> str:
+    """`ocr:models:loaded:<host>:<pid>:<model>`: a pool child that has the model loaded."""
+    return f"{MODELS_LOADED_PREFIX}{host}:{pid}:{model}"
+
+
+def models_configured_key(host: str, pid: int | str) -> str:
+    """`ocr:models:configured:<host>:<pid>`: a pool child's configured model."""
+    return f"{MODELS_CONFIGURED_PREFIX}{host}:{pid}"
+
+
+def models_host_report_key(host: str, model_dir: str) -> str:
+    """`ocr:models:report:<host>:<model dir>`: the latest audit report of a host's directory."""
+    return f"{MODELS_HOST_REPORT_PREFIX}{host}:{model_dir}"
+
+
+def models_run_key(run: str, scope: str) -> str:
+    """`ocr:models:audit-run:<run>:<host>:<model dir>`: one host directory's claim of a run."""
+    return f"{MODELS_RUN_PREFIX}{run}:{scope}"
+
+
+def models_prune_lock_key(scope: str = "") -> str:
+    """`ocr:models:prune-lock[:<host>:<model dir>]`: the lock an audit holds while it prunes."""
+    return f"{MODELS_PRUNE_LOCK_KEY}:{scope}" if scope else MODELS_PRUNE_LOCK_KEY
+
+
+def usage_held_key(client: str) -> str:
+    """`ocr:usage:held:<client>`: pages held for the client's jobs sent (job -> pages)."""
+    return f"{USAGE_HELD_PREFIX}{client}"
+
+
+def usage_job_key(job: str) -> str:
+    """`ocr:usage:job:<id>`: the pages of a job already counted (a set)."""
+    return f"{USAGE_PREFIX}job:{job}"
+
+
+def usage_day_key(day: dt.date) -> str:
+    """`ocr:usage:day:<YYYY-MM-DD>`: the pages each client read that day."""
+    return f"{USAGE_PREFIX}day:{day.isoformat()}"
+
+
+def usage_month_key(day: dt.date) -> str:
+    """`ocr:usage:month:<YYYY-MM>`: the pages each client read in `day`'s month."""
+    return f"{USAGE_PREFIX}month:{day.year:04d}-{day.month:02d}"
+
+
+def usage_engines_key(day: dt.date) -> str:
+    """`ocr:usage:day:<YYYY-MM-DD>:engines`: the pages each engine read that day."""
+    return f"{usage_day_key(day)}:engines"
+
+
 # Who touches the state's keys (FAMILIES): the processes that run jobs (workers, the
 # control worker) and those that send them (the HTTP API, the clients).
 RUNNERS = ("worker", "control")
@@ -252,11 +329,11 @@ FAMILIES: tuple[KeyFamily, ...] = (
               (corrected_pages_key("alice"), corrections_bytes_key("alice")),
               writers=("api",)),
     KeyFamily("page usage", (_all(USAGE_PREFIX),),
-              (USAGE_PREFIX + "day:2026-01-01", USAGE_PREFIX + "month:2026-01",
-               USAGE_PREFIX + "day:2026-01-01:engines"),
+              (usage_day_key(dt.date(2026, 1, 1)), usage_month_key(dt.date(2026, 1, 1)),
+               usage_engines_key(dt.date(2026, 1, 1)), usage_job_key("1")),
               writers=("worker",), readers=("control", "api")),
     KeyFamily("pages held for jobs sent", (_all(USAGE_HELD_PREFIX),),
-              (USAGE_HELD_PREFIX + "alice",), writers=(*RUNNERS, "api")),
+              (usage_held_key("alice"),), writers=(*RUNNERS, "api")),
     KeyFamily("result cache", (_all(CACHE_PREFIX),), (cache_key("1"),), writers=("worker",)),
     KeyFamily("outputs", (_all(OUTPUT_PREFIX),), (output_key("1"),),
               writers=RUNNERS, readers=SENDERS),
@@ -264,9 +341,11 @@ FAMILIES: tuple[KeyFamily, ...] = (
               writers=("worker",), readers=("api",)),
     KeyFamily("poison guard's counts", (_all(DELIVERY_PREFIX),), (delivery_key("1"),),
               writers=RUNNERS),
-    KeyFamily("metrics", (_all(METRICS_PREFIX),), (METRICS_PREFIX + "histograms",),
+    KeyFamily("metrics", (_all(METRICS_PREFIX),),
+              (METRICS_HISTOGRAMS_KEY, metrics_node_key("w1@host")),
               writers=RUNNERS, readers=("metrics",)),
-    KeyFamily("the model registry", (_all(MODELS_PREFIX),), (MODELS_PREFIX + "last-used",),
+    KeyFamily("the model registry", (_all(MODELS_PREFIX),),
+              (MODELS_LAST_USED_KEY, MODELS_LOADED_PREFIX + "h:1:m"),
               writers=("worker",)),
     KeyFamily("the golden set's scores", (_all(GOLDEN_PREFIX),), (GOLDEN_HISTORY_KEY,),
               writers=("worker",), readers=("metrics",)),
