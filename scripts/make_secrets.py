@@ -4,7 +4,7 @@
 - `env FILE [--namespace NS]`: an env file with a random value for every secret the
   kits read (compose's `.env`, the Kubernetes kit's `deploy/kubernetes/secrets/
   ocr-secrets.env`): one password per Redis user (`REDIS_PASSWORD_<USER>`, the users of
-  tasks/broker/redis_acl.py, those of a replicated Redis's servers too), the Sentinels'
+  tasks/redis_users.py, those of a replicated Redis's servers too), the Sentinels'
   own (`REDIS_SENTINEL_PASSWORD`), Flower's (`FLOWER_PASSWORD`), RabbitMQ's and the
   KEDA management URL that carries it, and S3 keys (compose's MinIO root user, which its
   workers use; the Kubernetes kit does not read them). Hex, so each goes into a URL as
@@ -29,7 +29,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from tasks.broker.redis_acl import HA_USERS, USERS
+from tasks.redis_users import HA_USERS, USERS
 
 CA_DAYS = 3650
 CERT_DAYS = 825

@@ -3,7 +3,7 @@
 
 Runs in the Redis container as it starts (deploy/kubernetes/base/redis.yaml's init
 container, compose.yaml's `redis`), before `redis-server` reads the file: prints (or
-appends to `--out`) a `user` line for each user of tasks/broker/redis_acl.py, its
+appends to `--out`) a `user` line for each user of tasks/redis_users.py, its
 password hashed, the `default` user off. Each password comes from the environment,
 `REDIS_PASSWORD_<USER>` (REDIS_PASSWORD_WORKER, ..._API, ...); a missing, empty or
 placeholder password stops it with one line naming the variable (exit 2), so Redis never
@@ -12,7 +12,7 @@ starts with a user nobody set a password for.
 `--probe-password-file FILE` also adds the `probe` user (PING only) with a password made
 here and written to FILE (mode 0600), for the container's own readiness probe.
 `--replicated` also adds the servers' own users of a replicated Redis (`replica`,
-`sentinel`: tasks/broker/redis_acl.py HA_USERS; REDIS_PASSWORD_REPLICA,
+`sentinel`: tasks/redis_users.py HA_USERS; REDIS_PASSWORD_REPLICA,
 REDIS_PASSWORD_SENTINEL), for deploy/redis-ha/start.sh's servers.
 `--redis-version 7.2` names the server's version when no `redis-server` is on PATH (a
 managed Redis: apply the printed lines there).
@@ -29,7 +29,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from tasks.broker.redis_acl import HA_USERS, PROBE, USERS, acl_lines
+from tasks.redis_users import HA_USERS, PROBE, USERS, acl_lines
 from tasks.settings import Settings, SettingsError
 
 

@@ -2,7 +2,7 @@
 
 `make_certificates` makes a private CA and a server certificate for the names given
 (the `cryptography` package); `AclRedisServer` starts Debian's redis-server on a free
-loopback port, TLS only (`port 0`), its users those of tasks/broker/redis_acl.py as
+loopback port, TLS only (`port 0`), its users those of tasks/redis_users.py as
 `scripts/redis_acl.py` writes them (each with a password of its own, `default` off),
 plus the tests' own `tests` user, which alone may read `ACL LOG`. `url(user)` is the
 verified `rediss://` URL a role of that user connects with.
@@ -28,7 +28,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
-from tasks.broker.redis_acl import USERS
+from tasks.redis_users import USERS
 from tests.harness import ROOT, eventually, free_port
 
 TESTS_USER = "tests"

@@ -12,7 +12,7 @@
 # started, or every Sentinel down), SEED_HOST:SEED_PORT is taken as the primary.
 #
 # Two modes. Locked (SENTINEL_AUTH_PASSWORD set; the kits): the servers know the users
-# of tasks/broker/redis_acl.py, one per role plus `replica` and `sentinel`, from
+# of tasks/redis_users.py, one per role plus `replica` and `sentinel`, from
 # USERS_FILE (`python -m scripts.redis_acl --replicated` writes it; `default` off); a
 # replica logs in to its primary as `replica`, a Sentinel to the servers as
 # `sentinel`, and the Sentinels ask their own password. Plain (REDIS_PASSWORD): one

@@ -15,7 +15,6 @@ Who runs what:
 - the Procfile `metrics` process (tasks/metrics/: the figure KEDA scales on, the
   fleet's health): `reads`, the broker's public reads (the keys a queue's depth is
   read from, the held records, the dead letters), which it reads the broker through.
-- the Redis container's start-up and the kits: `redis_acl` (each role's Redis user).
 - the worker parent as it starts: `stored_layout` (the layout version this Redis holds:
   this release's stored where none is; a newer one, or layout 1 or 2, stops the
   worker). The operator, once: `stored_layout.migrate` (`ocr_admin.py migrate-broker`)

@@ -1,14 +1,15 @@
 """The broker's Redis keys: every name and shape, decided once (drawn in tasks/broker/__init__.py).
 
 Imported by the transport and the lanes (which write them), queue depth and the fleet
-figures (which read them), the Redis users (tasks/broker/redis_acl.py: the key patterns
-each role may touch), the API's token store (the lane weights) and the backup's count
-of queued messages. Pure names: runs in whichever process imports it.
+figures (which read them), the Redis users (tasks/redis_users.py: each role's key
+patterns and the ACL matrix, built from FAMILIES, the key families declared here with
+the roles that write or read them), the API's token store (the lane weights) and the
+backup's count of queued messages. Pure names: runs in whichever process imports it.
 
 kombu's own names (`sep`, the priority steps, `unacked_mutex`,
 `_kombu.binding.<exchange>`) are its Redis channel's defaults, which the service does
 not change (tests/units/test_kombu_overrides.py holds them to the installed kombu).
-Layouts 1 and 2's names are tasks/broker/migrate.py's alone.
+Layouts 1 and 2's names and families are tasks/broker/stored_layout.py's alone.
 """
 
 from __future__ import annotations
@@ -16,6 +17,8 @@ from __future__ import annotations
 from bisect import bisect
 from collections.abc import Mapping, Sequence
 from typing import Any
+
+from tasks.records.key_families import KeyFamily
 
 ROOT = "ocr:"
 
@@ -28,6 +31,7 @@ PRIORITY_STEPS = (0, 3, 6, 9)
 MAX_PRIORITY = 9  # a message's priority is held to 0..9
 UNACKED_MUTEX_KEY = "unacked_mutex"
 BINDING_PREFIX = "_kombu.binding."
+KOMBU_PREFIX = "_kombu."  # every key of kombu's own beside the queues
 # kombu 5.7's: an exchange's bindings of queues without x-expires (never swept), and the
 # sorted set of its tables' deadlines (exchange -> ms). Ours beside them: each binding of
 # a queue with x-expires -> its deadline (tasks/broker/binding_expiry.py, which sweeps).
@@ -136,3 +140,59 @@ def is_lane(key: str) -> bool:
 def is_held_hash(key: str) -> bool:
     """Whether `key` is a hash of held messages (a list's)."""
     return list_of_held_key(key) is not None
+
+
+# Who touches the broker's keys (FAMILIES): whoever sends a task publishes to a queue's
+# lists, lanes and doorbells and declares its binding; the processes that consume
+# (workers, the control worker) hold, acknowledge and restore messages.
+SENDERS = ("worker", "control", "api", "beat", "client")
+CONSUMERS = ("worker", "control")
+# kombu's and Celery's names beside the queues' lists: a worker's direct queue
+# (worker_direct), remote control's mailboxes and replies, the event queues (Flower's).
+DIRECT_QUEUES = "*.dq2*"
+PIDBOX = "*.celery.pidbox*"
+EVENT_QUEUES = "celeryev.*"
+# Queue names start with `ocr` (docs/security.md): ocr, ocr-<engine>, ocr-control,
+# ocr-batch-steps, and each one's priority lists.
+QUEUE_PATTERNS = ("ocr", "ocr[^:]*")
+
+# The broker's key families, each with the roles that write or only read it: the Redis
+# users and docs/security.md's matrix are built from these (tasks/redis_users.py).
+FAMILIES: tuple[KeyFamily, ...] = (
+    KeyFamily("task queues (lists)", QUEUE_PATTERNS,
+              ("ocr", "ocr-fake", "ocr-control", queue_list("ocr", 3)),
+              writers=SENDERS, readers=("flower", "metrics", "keda")),
+    KeyFamily("clients' lanes and rings",
+              (list_lane_key("ocr*", "*"), list_ring_key("ocr*") + "*"),
+              (list_lane_key("ocr", "alice"), list_ring_key(queue_list("ocr", 3)),
+               list_ring_key("ocr") + ":turn"),
+              writers=SENDERS, readers=("metrics",)),
+    KeyFamily("clients' lane weights", (LANE_WEIGHTS_KEY,), (LANE_WEIGHTS_KEY,),
+              readers=CONSUMERS),
+    KeyFamily("doorbells", (queue_wake_key("ocr*"),), (queue_wake_key("ocr"),),
+              writers=SENDERS),
+    KeyFamily("remote control's doorbells", (queue_wake_key("*.celery.pidbox"),),
+              (queue_wake_key("w1@host.celery.pidbox"),),
+              writers=(*CONSUMERS, "flower")),
+    KeyFamily("the key layout's version", (LAYOUT_KEY,), (LAYOUT_KEY,),
+              writers=CONSUMERS, readers=("api", "beat", "flower", "client")),
+    KeyFamily("unacknowledged messages",
+              (list_held_key("ocr*"), list_held_key(DIRECT_QUEUES), HELD_LISTS_KEY),
+              (list_held_key("ocr"), list_held_key(queue_list("ocr-fake", 6)),
+               list_held_key("w1@host.dq2"), HELD_LISTS_KEY),
+              writers=CONSUMERS, readers=("metrics",)),
+    KeyFamily("restore mutex, sweep lock", (UNACKED_MUTEX_KEY, SWEEP_LOCK_KEY),
+              (UNACKED_MUTEX_KEY, SWEEP_LOCK_KEY), writers=CONSUMERS),
+    KeyFamily("bindings", (KOMBU_PREFIX + "*",),
+              (BINDING_PREFIX + "ocr", BINDING_PREFIX + "reply.celery.pidbox"),
+              writers=(*SENDERS, "flower"), readers=("metrics",)),
+    KeyFamily("remote control mailboxes", (PIDBOX,),
+              ("w1@host.celery.pidbox", "abc.reply.celery.pidbox"),
+              writers=(*CONSUMERS, "flower")),
+    KeyFamily("workers' direct queues", (DIRECT_QUEUES,), ("w1@host.dq2",),
+              writers=CONSUMERS),
+    KeyFamily("event queues", (EVENT_QUEUES,), ("celeryev.abc",), writers=("flower",)),
+    KeyFamily("dead letters", (DEAD_LETTER_KEY, DEAD_LETTER_COUNT_KEY),
+              (DEAD_LETTER_KEY, DEAD_LETTER_COUNT_KEY),
+              writers=CONSUMERS, readers=("metrics",)),
+)

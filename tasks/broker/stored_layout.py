@@ -44,14 +44,17 @@ from kombu.utils.json import loads
 
 from tasks.broker import scripts
 from tasks.broker.layout import (
+    CONSUMERS,
     LAYOUT_KEY,
     LAYOUT_VERSION,
     PRIORITY_STEPS,
+    SENDERS,
     SEP,
     list_lane_key,
     list_ring_key,
 )
 from tasks.broker.scripts import Script
+from tasks.records.key_families import KeyFamily
 
 MIGRATE_COMMAND = "ocr_admin.py migrate-broker"
 
@@ -67,6 +70,25 @@ WAKE_PREFIX = "ocr:wake:"
 # client in a ring (a client stays in its step's ring while any lane of it holds one).
 FIXED_KEYS = (HELD_KEY, UNACKED_KEY, UNACKED_INDEX_KEY, HOLDERS_KEY,
               *(f"{RINGS_PREFIX}{step}" for step in PRIORITY_STEPS))
+# Layouts 1 and 2's key families, with the roles that touch them (tasks/redis_users.py).
+# No process of this release writes them, but the release before names them (its
+# declares count the old rings, its workers and Flower wait on the old doorbells, its
+# Node client rings them, its restores and depth read the old held records), so its
+# processes keep them under their users during a rolling upgrade.
+FAMILIES: tuple[KeyFamily, ...] = (
+    KeyFamily("layouts 1 and 2's lanes and rings", (LANE_PREFIX + "*", RINGS_PREFIX + "*"),
+              (LANE_PREFIX + "ocr:alice", RINGS_PREFIX + "3", RINGS_PREFIX + "3:turn"),
+              writers=SENDERS, readers=("metrics",)),
+    KeyFamily("layouts 1 and 2's doorbells", (WAKE_PREFIX + "*",), (WAKE_PREFIX + "ocr",),
+              writers=SENDERS),
+    KeyFamily("layouts 1 and 2's remote control doorbells",
+              (WAKE_PREFIX + "*.celery.pidbox",), (WAKE_PREFIX + "w1@host.celery.pidbox",),
+              writers=(*SENDERS, "flower")),
+    KeyFamily("layouts 1 and 2's unacknowledged messages", (HELD_KEY, UNACKED_KEY),
+              (HELD_KEY, UNACKED_KEY), writers=CONSUMERS, readers=("metrics",)),
+    KeyFamily("layout 1's index and holders", (UNACKED_INDEX_KEY, HOLDERS_KEY),
+              (UNACKED_INDEX_KEY, HOLDERS_KEY), writers=CONSUMERS),
+)
 
 
 class LayoutNewer(Exception):

@@ -34,17 +34,20 @@ import redis
 from redis.exceptions import LockError
 
 from tasks.models.inventory import Holder
-from tasks.state.keys import MODELS_PREFIX
+from tasks.state.keys import MODELS_CONFIGURED_PREFIX as CONFIGURED_PREFIX
+from tasks.state.keys import MODELS_HOST_REPORT_PREFIX as HOST_REPORT_PREFIX
+from tasks.state.keys import MODELS_LAST_USED_KEY as LAST_USED_KEY
+from tasks.state.keys import MODELS_LOADED_PREFIX as LOADED_PREFIX
+from tasks.state.keys import MODELS_REPORT_KEY as REPORT_KEY
+from tasks.state.keys import MODELS_SCHEDULED_KEY as SCHEDULED_KEY
+from tasks.state.keys import (
+    models_configured_key,
+    models_host_report_key,
+    models_loaded_key,
+    models_prune_lock_key,
+    models_run_key,
+)
 
-PREFIX = MODELS_PREFIX
-LAST_USED_KEY = PREFIX + "last-used"
-LOADED_PREFIX = PREFIX + "loaded:"
-CONFIGURED_PREFIX = PREFIX + "configured:"
-REPORT_KEY = PREFIX + "report"
-HOST_REPORT_PREFIX = PREFIX + "report:"
-PRUNE_LOCK_KEY = PREFIX + "prune-lock"
-SCHEDULED_KEY = PREFIX + "scheduled-audit"
-RUN_PREFIX = PREFIX + "audit-run:"
 RUN_TTL = 86400
 LAST_USED_TTL = 400 * 86400  # renewed on each use; outlives any unused-days policy
 REPORT_TTL = 30 * 86400
@@ -77,7 +80,7 @@ class ModelRegistry:
 
     @staticmethod
     def key(holder: Holder) -> str:
-        return f"{LOADED_PREFIX}{holder.host}:{holder.pid}:{holder.model}"
+        return models_loaded_key(holder.host, holder.pid, holder.model)
 
     def register(self, holders: Iterable[Holder]) -> set[str]:
         """Write (or renew) the registrations; returns their keys."""
@@ -101,7 +104,7 @@ class ModelRegistry:
         keys = set()
         pipe = self._redis.pipeline()
         for holder in holders:
-            key = f"{CONFIGURED_PREFIX}{holder.host}:{holder.pid}"
+            key = models_configured_key(holder.host, holder.pid)
             keys.add(key)
             pipe.set(key, json.dumps(holder.to_dict()), px=self.registration_ttl)
         if keys:
@@ -137,7 +140,7 @@ class ModelRegistry:
         raw = json.dumps(report)
         pipe = self._redis.pipeline()
         pipe.set(REPORT_KEY, raw, ex=REPORT_TTL)
-        pipe.set(f"{HOST_REPORT_PREFIX}{report['host']}:{report['model_dir']}", raw,
+        pipe.set(models_host_report_key(report['host'], report['model_dir']), raw,
                  ex=REPORT_TTL)
         pipe.execute()
 
@@ -155,7 +158,7 @@ class ModelRegistry:
 
     def claim_host_run(self, run: str, scope: str) -> bool:
         """Claim one host directory's part of an every-host run; False when taken."""
-        return bool(self._redis.set(f"{RUN_PREFIX}{run}:{scope}", "1", nx=True,
+        return bool(self._redis.set(models_run_key(run, scope), "1", nx=True,
                                     ex=RUN_TTL))
 
     @contextmanager
@@ -167,7 +170,7 @@ class ModelRegistry:
         It expires after `lock_seconds` (longer than the task's hard time limit), so a
         killed audit does not block pruning for ever.
         """
-        key = f"{PRUNE_LOCK_KEY}:{scope}" if scope else PRUNE_LOCK_KEY
+        key = models_prune_lock_key(scope)
         lock = self._redis.lock(key, timeout=self._lock_seconds, blocking=False)
         acquired = bool(lock.acquire())
         try:

@@ -10,12 +10,20 @@ key has a TTL, except the HTTP API's client tokens (`ocr:api:token:*`,
 (`ocr:corrections:*`), a person's work, bounded instead: a few versions a line
 (OCR_CORRECTION_VERSIONS), counted in the client's bytes quota. The broker's
 keys (queues' lists, lanes, rings, doorbells, dead letters, kombu's unacknowledged
-messages) are not here: their one owner is tasks/broker/layout.py.
+messages) are not here: their one owner is tasks/broker/layout.py. FAMILIES declares
+each family of these keys with the roles that write or only read it: the Redis users
+and the ACL matrix are built from it (tasks/redis_users.py).
 """
 
 from __future__ import annotations
 
+import datetime as dt
+
+from tasks.records.key_families import KeyFamily
+
 ROOT = "ocr:"
+# Celery's result backend: celery-task-meta-<task id> (Celery's name, not ours).
+RESULT_PREFIX = "celery-task-meta-"
 BLOB_PREFIX = ROOT + "blob:"          # input bytes: ocr:blob:<id>
 CACHE_PREFIX = ROOT + "cache:"        # result cache: ocr:cache:<sha256>
 OUTPUT_PREFIX = ROOT + "output:"      # produced files: ocr:output:<job id>
@@ -26,12 +34,23 @@ DELIVERY_PREFIX = ROOT + "deliveries:"  # poison guard: starts of one task id
 # configured:<host>:<pid>, report[:<host>:<dir>], prune-lock:<host>:<dir>,
 # scheduled-audit, audit-run:<run>:<host>:<dir>
 MODELS_PREFIX = ROOT + "models:"
+MODELS_LAST_USED_KEY = MODELS_PREFIX + "last-used"   # hash: model entry -> its last use
+MODELS_LOADED_PREFIX = MODELS_PREFIX + "loaded:"      # <host>:<pid>:<model>
+MODELS_CONFIGURED_PREFIX = MODELS_PREFIX + "configured:"  # <host>:<pid>
+MODELS_REPORT_KEY = MODELS_PREFIX + "report"          # the latest audit report, any host
+MODELS_HOST_REPORT_PREFIX = MODELS_PREFIX + "report:"  # <host>:<model dir>
+MODELS_PRUNE_LOCK_KEY = MODELS_PREFIX + "prune-lock"  # :<host>:<model dir>
+MODELS_SCHEDULED_KEY = MODELS_PREFIX + "scheduled-audit"
+MODELS_RUN_PREFIX = MODELS_PREFIX + "audit-run:"      # <run>:<host>:<model dir>
 METRICS_PREFIX = ROOT + "metrics:"    # counters and gauges (tasks/state/metrics.py)
+METRICS_NODES_KEY = METRICS_PREFIX + "nodes"    # set: the nodes that wrote metrics
+METRICS_HISTOGRAMS_KEY = METRICS_PREFIX + "histograms"  # hash: every histogram's buckets
 WORKERS_KEY = ROOT + "workers"        # hash: worker node -> its queues (tasks/state/liveness.py)
 # Jobs by client, newest first (tasks/state/job_index.py): sorted sets of job ids.
 JOBS_PREFIX = ROOT + "jobs:"
 JOBS_ALL_KEY = JOBS_PREFIX + "all"    # every client's jobs (operators: submit.py jobs)
 USAGE_PREFIX = ROOT + "usage:"       # pages read per client: ocr:usage:day|month:<date>
+USAGE_HELD_PREFIX = USAGE_PREFIX + "held:"  # pages held for a client's jobs sent: <client>
 # The HTTP API (tasks/api/): clients' tokens and the jobs they sent.
 API_PREFIX = ROOT + "api:"
 API_TOKEN_PREFIX = API_PREFIX + "token:"      # sha256 of a token -> client record (no TTL)
@@ -52,7 +71,8 @@ PREVIEW_PREFIX = ROOT + "preview:"
 CORRECTIONS_PREFIX = ROOT + "corrections:"
 # Batches (tasks/state/batch_store.py): ocr:batch:<id> and its :flight, :seen and :lock.
 BATCH_PREFIX = ROOT + "batch:"
-BATCHES_RUNNING_KEY = ROOT + "batches:running"  # set of the ids of unfinished batches
+BATCHES_PREFIX = ROOT + "batches:"
+BATCHES_RUNNING_KEY = BATCHES_PREFIX + "running"  # set of the ids of unfinished batches
 # The golden set's scores (tasks/state/golden.py): ocr:golden:history (a list, newest
 # first), ocr:golden:run:<run>:<engine> (a run's documents), ocr:golden:job:<job id>.
 GOLDEN_PREFIX = ROOT + "golden:"
@@ -195,3 +215,140 @@ def corrected_pages_key(client: str) -> str:
 def corrections_bytes_key(client: str) -> str:
     """`ocr:corrections:<client>:bytes`: the bytes of the client's correction records."""
     return f"{CORRECTIONS_PREFIX}{client}:bytes"
+
+
+def metrics_node_key(node: str) -> str:
+    """`ocr:metrics:node:<node>`: a worker node's counters."""
+    return f"{METRICS_PREFIX}node:{node}"
+
+
+def metrics_children_key(node: str) -> str:
+    """`ocr:metrics:children:<node>`: the pool children of a node that wrote gauges."""
+    return f"{METRICS_PREFIX}children:{node}"
+
+
+def metrics_child_key(node: str, pid: int | str) -> str:
+    """`ocr:metrics:child:<node>:<pid>`: one pool child's gauges."""
+    return f"{METRICS_PREFIX}child:{node}:{pid}"
+
+
+def models_loaded_key(host: str, pid: int | str, model: str) -> str:
+    """`ocr:models:loaded:<host>:<pid>:<model>`: a pool child that has the model loaded."""
+    return f"{MODELS_LOADED_PREFIX}{host}:{pid}:{model}"
+
+
+def models_configured_key(host: str, pid: int | str) -> str:
+    """`ocr:models:configured:<host>:<pid>`: a pool child's configured model."""
+    return f"{MODELS_CONFIGURED_PREFIX}{host}:{pid}"
+
+
+def models_host_report_key(host: str, model_dir: str) -> str:
+    """`ocr:models:report:<host>:<model dir>`: the latest audit report of a host's directory."""
+    return f"{MODELS_HOST_REPORT_PREFIX}{host}:{model_dir}"
+
+
+def models_run_key(run: str, scope: str) -> str:
+    """`ocr:models:audit-run:<run>:<host>:<model dir>`: one host directory's claim of a run."""
+    return f"{MODELS_RUN_PREFIX}{run}:{scope}"
+
+
+def models_prune_lock_key(scope: str = "") -> str:
+    """`ocr:models:prune-lock[:<host>:<model dir>]`: the lock an audit holds while it prunes."""
+    return f"{MODELS_PRUNE_LOCK_KEY}:{scope}" if scope else MODELS_PRUNE_LOCK_KEY
+
+
+def usage_held_key(client: str) -> str:
+    """`ocr:usage:held:<client>`: pages held for the client's jobs sent (job -> pages)."""
+    return f"{USAGE_HELD_PREFIX}{client}"
+
+
+def usage_job_key(job: str) -> str:
+    """`ocr:usage:job:<id>`: the pages of a job already counted (a set)."""
+    return f"{USAGE_PREFIX}job:{job}"
+
+
+def usage_day_key(day: dt.date) -> str:
+    """`ocr:usage:day:<YYYY-MM-DD>`: the pages each client read that day."""
+    return f"{USAGE_PREFIX}day:{day.isoformat()}"
+
+
+def usage_month_key(day: dt.date) -> str:
+    """`ocr:usage:month:<YYYY-MM>`: the pages each client read in `day`'s month."""
+    return f"{USAGE_PREFIX}month:{day.year:04d}-{day.month:02d}"
+
+
+def usage_engines_key(day: dt.date) -> str:
+    """`ocr:usage:day:<YYYY-MM-DD>:engines`: the pages each engine read that day."""
+    return f"{usage_day_key(day)}:engines"
+
+
+# Who touches the state's keys (FAMILIES): the processes that run jobs (workers, the
+# control worker) and those that send them (the HTTP API, the clients).
+RUNNERS = ("worker", "control")
+SENDERS = ("api", "client")
+
+
+def _all(prefix: str) -> str:
+    """The Redis glob of every key under `prefix`."""
+    return prefix + "*"
+
+
+# The state's key families, each with the roles that write or only read it: the Redis
+# users and docs/security.md's matrix are built from these (tasks/redis_users.py).
+FAMILIES: tuple[KeyFamily, ...] = (
+    KeyFamily("results", (_all(RESULT_PREFIX),), (RESULT_PREFIX + "1",),
+              writers=RUNNERS, readers=(*SENDERS, "beat", "flower")),
+    KeyFamily("job records and inputs", (_all(JOB_PREFIX), _all(BLOB_PREFIX)),
+              (job_key("1"), BLOB_PREFIX + "1"), writers=(*RUNNERS, *SENDERS)),
+    KeyFamily("documents' pages (the fan-out's join)", (_all(DOC_PREFIX),),
+              (doc_key("1", "meta"),), writers=RUNNERS, readers=SENDERS),
+    KeyFamily("job lists", (_all(JOBS_PREFIX),), (jobs_client_key("alice"), JOBS_ALL_KEY),
+              writers=(*RUNNERS, *SENDERS)),
+    KeyFamily("batches", (_all(BATCH_PREFIX), _all(BATCHES_PREFIX)),
+              (batch_key("1"), BATCHES_RUNNING_KEY),
+              writers=(*RUNNERS, *SENDERS), readers=("metrics",)),
+    KeyFamily("jobs in flight", (_all(API_INFLIGHT_PREFIX),), (api_inflight_key("alice"),),
+              writers=(*RUNNERS, "api")),
+    KeyFamily("API job records", (_all(API_JOB_PREFIX),), (api_job_key("1"),),
+              writers=(*RUNNERS, "api")),
+    KeyFamily("API tokens", (_all(API_TOKEN_PREFIX),), (api_token_key("1"),),
+              readers=("api",)),
+    KeyFamily("clients' records", (API_CLIENTS_KEY,), (API_CLIENTS_KEY,),
+              readers=(*RUNNERS, "api")),
+    KeyFamily("webhook secrets", (_all(API_WEBHOOK_PREFIX),), (api_webhook_key("alice"),),
+              readers=RUNNERS),
+    KeyFamily("uploads and bytes quotas", (_all(API_UPLOAD_PREFIX), _all(API_BYTES_PREFIX)),
+              (api_upload_key("1"), api_bytes_key("alice")), writers=("api",)),
+    KeyFamily("Idempotency-Keys and request rates",
+              (_all(API_IDEMPOTENCY_PREFIX), _all(API_RATE_PREFIX)),
+              (api_idempotency_key("alice", "1"), api_rate_key("alice", 1)),
+              writers=("api",)),
+    KeyFamily("console sessions", (_all(API_SESSION_PREFIX),), (api_session_key("1"),),
+              writers=("api",)),
+    KeyFamily("line corrections and their bytes", (_all(CORRECTIONS_PREFIX),),
+              (corrected_pages_key("alice"), corrections_bytes_key("alice")),
+              writers=("api",)),
+    KeyFamily("page usage", (_all(USAGE_PREFIX),),
+              (usage_day_key(dt.date(2026, 1, 1)), usage_month_key(dt.date(2026, 1, 1)),
+               usage_engines_key(dt.date(2026, 1, 1)), usage_job_key("1")),
+              writers=("worker",), readers=("control", "api")),
+    KeyFamily("pages held for jobs sent", (_all(USAGE_HELD_PREFIX),),
+              (usage_held_key("alice"),), writers=(*RUNNERS, "api")),
+    KeyFamily("result cache", (_all(CACHE_PREFIX),), (cache_key("1"),), writers=("worker",)),
+    KeyFamily("outputs", (_all(OUTPUT_PREFIX),), (output_key("1"),),
+              writers=RUNNERS, readers=SENDERS),
+    KeyFamily("page previews", (_all(PREVIEW_PREFIX),), (preview_key("1", 1),),
+              writers=("worker",), readers=("api",)),
+    KeyFamily("poison guard's counts", (_all(DELIVERY_PREFIX),), (delivery_key("1"),),
+              writers=RUNNERS),
+    KeyFamily("metrics", (_all(METRICS_PREFIX),),
+              (METRICS_HISTOGRAMS_KEY, metrics_node_key("w1@host")),
+              writers=RUNNERS, readers=("metrics",)),
+    KeyFamily("the model registry", (_all(MODELS_PREFIX),),
+              (MODELS_LAST_USED_KEY, MODELS_LOADED_PREFIX + "h:1:m"),
+              writers=("worker",)),
+    KeyFamily("the golden set's scores", (_all(GOLDEN_PREFIX),), (GOLDEN_HISTORY_KEY,),
+              writers=("worker",), readers=("metrics",)),
+    KeyFamily("workers' presence", (WORKERS_KEY,), (WORKERS_KEY,),
+              writers=RUNNERS, readers=(*SENDERS, "flower", "metrics")),
+)

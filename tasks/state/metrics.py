@@ -46,11 +46,12 @@ from typing import Any
 import redis
 
 from tasks.state import lua
-from tasks.state.keys import METRICS_PREFIX
+from tasks.state.keys import METRICS_HISTOGRAMS_KEY as HISTOGRAMS_KEY
+from tasks.state.keys import METRICS_NODES_KEY as NODES_KEY
+from tasks.state.keys import metrics_child_key as child_key
+from tasks.state.keys import metrics_children_key as children_key
+from tasks.state.keys import metrics_node_key as node_key
 
-PREFIX = METRICS_PREFIX
-NODES_KEY = PREFIX + "nodes"
-HISTOGRAMS_KEY = PREFIX + "histograms"
 COUNTER_TTL = 7 * 24 * 3600
 CHILD_TTL = 300
 # Seconds between one process's writes of a key's TTL and of its node's and children's
@@ -182,18 +183,6 @@ def _encoded(name: str, labels: tuple[tuple[str, str], ...], part: str | None) -
 def _bucket(bounds: Sequence[float], value: float) -> str:
     """The bucket of `value`: the first upper bound at or above it, as text."""
     return next((repr(b) for b in bounds if value <= b), "+Inf")
-
-
-def node_key(node: str) -> str:
-    return f"{PREFIX}node:{node}"
-
-
-def children_key(node: str) -> str:
-    return f"{PREFIX}children:{node}"
-
-
-def child_key(node: str, pid: int | str) -> str:
-    return f"{PREFIX}child:{node}:{pid}"
 
 
 class MetricsStore:

@@ -215,7 +215,7 @@ def inventory(client: redis.Redis, is_lane: Callable[[str], bool],
             counts["unacked_messages"] += int(client.hlen(raw))
         elif key.startswith(keys.API_TOKEN_PREFIX):
             counts["tokens"] += 1
-        elif key.startswith("celery-task-meta-"):
+        elif key.startswith(keys.RESULT_PREFIX):
             counts["results"] += 1
         elif key.startswith((keys.BLOB_PREFIX, keys.API_UPLOAD_PREFIX)):
             counts["inputs"] += 1

@@ -47,12 +47,12 @@ from tasks.errors import BadRequest, PageQuotaExceeded
 from tasks.records.request import page_range
 from tasks.state import lua
 from tasks.state.keys import API_CLIENTS_KEY
+from tasks.state.keys import usage_engines_key as engines_key
 from tasks.state.usage_counts import (
     COUNT_PAGES_LUA,
     USAGE_TTL,
     JobPages,
     day_key,
-    engines_key,
     held_key,
     month_key,
     quiet_jobs,

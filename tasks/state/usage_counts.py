@@ -28,7 +28,10 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from tasks.state.keys import USAGE_PREFIX
+from tasks.state.keys import usage_day_key as day_key
+from tasks.state.keys import usage_held_key as held_key
+from tasks.state.keys import usage_job_key as job_pages_key
+from tasks.state.keys import usage_month_key as month_key
 
 USAGE_TTL = 400 * 24 * 3600
 JOB_PAGES_TTL = 3 * 86400  # a job's counted pages: longer than any job's redelivery
@@ -68,29 +71,6 @@ local function count_pages(set, day, month, held, client, job, set_ttl, ttl, qui
   return n, 1
 end
 """
-
-
-def held_key(client: str) -> str:
-    """`ocr:usage:held:<client>`: pages held for the client's jobs sent (job -> pages)."""
-    return f"{USAGE_PREFIX}held:{client}"
-
-
-def job_pages_key(job: str) -> str:
-    """`ocr:usage:job:<id>`: the pages of a job already counted (a set)."""
-    return f"{USAGE_PREFIX}job:{job}"
-
-
-def day_key(day: dt.date) -> str:
-    return f"{USAGE_PREFIX}day:{day.isoformat()}"
-
-
-def month_key(day: dt.date) -> str:
-    return f"{USAGE_PREFIX}month:{day.year:04d}-{day.month:02d}"
-
-
-def engines_key(day: dt.date) -> str:
-    """`ocr:usage:day:<YYYY-MM-DD>:engines`: the pages each engine read (`COUNT_PAGES_LUA`)."""
-    return f"{day_key(day)}:engines"
 
 
 def page_engines(page: Mapping[str, Any], engine: str) -> tuple[str, ...]:

@@ -25,7 +25,7 @@ import pytest
 import yaml
 
 from scripts.make_secrets import redis_names, secret_values, write_certs, write_env
-from tasks.broker.redis_acl import HA_USERS, USERS
+from tasks.redis_users import HA_USERS, USERS
 from tasks.settings import Settings, SettingsError
 from tests.deploy.test_deploy_manifests import DEPLOY, OVERLAYS, container_env
 from tests.harness import ROOT

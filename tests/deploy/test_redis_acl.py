@@ -1,6 +1,6 @@
 """Every role with its own Redis user, over verified TLS, against an ACL-enabled redis-server.
 
-The redis-server speaks only TLS and knows only the users of tasks/broker/redis_acl.py,
+The redis-server speaks only TLS and knows only the users of tasks/redis_users.py,
 written by scripts/redis_acl.py as the kits' Redis containers write them (`default`
 off). Each role runs as its Procfile line starts it, its REDIS_URL naming its own user:
 a worker (fake engine) and the control worker, the API, beat (its schedule every

@@ -1,8 +1,9 @@
 """The Redis users' key matrix, held against a real redis-server with the kit's users.
 
-tasks/broker/acl_matrix.py computes, from tasks/broker/redis_acl.py's key patterns,
-what each role may read and write of each key family; docs/security.md shows that
-matrix. Here a redis-server holding exactly the kit's users (written by
+tasks/redis_users.py builds the users and the matrix from the key families' declarations
+(what each role may read and write of each family); docs/security.md shows that
+matrix (tests/units/test_redis_users.py holds the page current and the declarations
+equal to the users' patterns). Here a redis-server holding exactly the kit's users (written by
 scripts/redis_acl.py) is asked with `ACL DRYRUN`, for each user and each key of each
 family, every read and write command of the probes the user holds, and its scripts
 (`EVALSHA`, `EVALSHA_RO`, `FCALL` naming the key): the server's answers must agree with
@@ -24,16 +25,21 @@ import redis
 
 from tasks.api._quotas import ClientBytes
 from tasks.broker import binding_expiry, held, layout, scripts, stored_layout
-from tasks.broker.acl_matrix import END, FAMILIES, NONE, READ_WRITE, START, key_access, markdown
 from tasks.broker.holders import HolderSweep
-from tasks.broker.redis_acl import USERS, RedisUser
 from tasks.errors import PageQuotaExceeded, QuotaExceeded
 from tasks.records.batches import BatchRecord
+from tasks.redis_users import (
+    FAMILIES,
+    NONE,
+    READ_WRITE,
+    USERS,
+    RedisUser,
+    declared_access,
+)
 from tasks.state.batch_store import BatchStore
 from tasks.state.client_rules import InFlight
 from tasks.state.corrections import CorrectedPage, Corrections, LineCorrection
 from tasks.state.usage import PageCaps, PageUsage
-from tests.harness import ROOT
 from tests.redis_tls import AclRedisServer
 
 SHA = "0" * 40
@@ -88,8 +94,8 @@ def test_each_role_against_each_key_family_agrees_with_the_matrix(
     admin = server.client()
     wrong = []
     for family in FAMILIES:
-        for key in family.keys:
-            expected = key_access(user, key)
+        for key in family.examples:
+            expected = declared_access(user, family)
             reads = allowed(admin, user.name, READS + SCRIPTS_READ, key)
             writes = allowed(admin, user.name, WRITES + SCRIPTS_WRITE, key)
             seen = READ_WRITE if any(writes) and any(reads) else \
@@ -215,22 +221,3 @@ def test_a_correction_and_an_upload_run_as_the_api(server: AclRedisServer) -> No
         assert corrections.for_page(digest, 1) == [record]
     finally:
         api.close()
-
-
-def test_the_security_page_shows_the_matrix() -> None:
-    text = (ROOT / "docs" / "security.md").read_text()
-    shown = text[text.index(START):text.index(END) + len(END)]
-    assert shown == markdown(), \
-        "docs/security.md's matrix is stale: paste `python -m tasks.broker.acl_matrix`"
-
-
-def test_the_matrix_is_from_the_users_patterns() -> None:
-    """A key pattern added to a user changes its cell (the matrix can fail)."""
-    from dataclasses import replace
-
-    from tasks.broker.redis_acl import user as named
-
-    flower = named("flower")
-    widened = replace(flower, keys=(*flower.keys, "{ocr*}:held"))
-    assert key_access(flower, layout.list_held_key("ocr")) == NONE
-    assert key_access(widened, layout.list_held_key("ocr")) == READ_WRITE

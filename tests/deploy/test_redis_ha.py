@@ -9,7 +9,7 @@ through them (`sentinel://`); the primary is SIGKILLed, a replica is promoted an
 service writes again; the old primary, started again by the same script, asks the
 Sentinels and rejoins as a replica of the new one; a primary's planned stop hands over
 first (`start.sh handover`, the pod's preStop). The same in the kits' locked mode: TLS
-only, the users of tasks/broker/redis_acl.py (a role logs in as its own user through the
+only, the users of tasks/redis_users.py (a role logs in as its own user through the
 Sentinels; `default` cannot), replication and Sentinel as their own users, and nothing
 any of them does refused. The kits' files: test_redis_ha_kits.py.
 """
@@ -29,7 +29,7 @@ from urllib.parse import quote
 import pytest
 import redis
 
-from tasks.broker.redis_acl import HA_USERS, USERS
+from tasks.redis_users import HA_USERS, USERS
 from tasks.settings import Settings
 from tasks.state.connection import connect
 from tests.harness import ROOT, eventually, free_port
