@@ -10,7 +10,9 @@ ground truth (so its result carries `scores`) and the callback task
 `ocr.golden_score`, which runs where any `ocr` worker takes it and records the score
 (tasks/state/golden.py). Nothing waits: the run's last document ends it, and its
 record (per engine, model and release) joins the history that `ocr_admin.py accuracy`
-shows and the metrics exporter exports (`ocr_golden_cer`, `ocr_golden_wer`).
+shows and the metrics exporter exports (`ocr_golden_cer`, `ocr_golden_wer`). The jobs
+escalate as the fleet's do (OCR_ESCALATE_ENGINE, applied by the pool that reads them
+first): the record gives the share of pages escalated next to the CER.
 """
 
 from __future__ import annotations
@@ -72,11 +74,12 @@ def send_run(settings: Settings, sender: JobSender, put: Callable[[bytes], str],
             if not d.source.startswith("s3://")}
     jobs: dict[str, list[str]] = {}
     for engine in engines:
-        store.begin(run, engine, len(documents), release())
+        store.begin(run, engine, len(documents), release(), settings.escalate_engine)
         for document in documents:
             empty = total(score_pages(document.truth, [""] * len(document.truth)))
             job_id = str(uuid.uuid4())
-            store.assign(job_id, run, engine, document.name, empty.chars, empty.words)
+            store.assign(job_id, run, engine, document.name, empty.chars, empty.words,
+                         len(document.truth))
             # A blob of its own: a job's ending frees the input blob its record names.
             source = {"url": document.source} if document.name not in data else \
                 {"blob": put(data[document.name])}
