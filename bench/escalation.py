@@ -11,16 +11,19 @@ page with its ground truth (it finds the page by a thumbnail of the image it is 
 
 1. Throughput. The server answers each request LATENCY s after it arrives; the worker
    sends IN_FLIGHT at once, so the server reads IN_FLIGHT / LATENCY pages/s at most:
-   it stands for a GPU server at its capacity. The mix with escalation, then the same
-   mix read by vlm-api alone (`engine=vlm-api`): pages/s from the first submit to the
-   last result, and the pages sent to the server. Their ratios are of one run.
+   it stands for a GPU server at its capacity. The mix with escalation, and the same
+   mix read by vlm-api alone (`engine=vlm-api`), in turned orders over two rounds:
+   pages/s from the first submit to the last result (pooled over the rounds), the
+   pages sent to the server, each worker's CPU seconds a page (psutil, parent and
+   children). Their ratios are of one run.
 2. The curve. The mix at several `escalate_below` thresholds, the server answering at
    once: the pooled CER against the ground truth (tasks/evaluation/scoring.py, as
    `submit.py eval` scores) and the share of pages escalated. Threshold 0 is tesseract
    alone, 1 every page escalated. The oracle reads every escalated page right: the
    curve is the most escalation can give; a real model's CER adds to it.
 
-`--quick`: three scans as given and at ¼ size, 1-s answers, thresholds 0, 0.85 and 1.
+`--quick`: three scans as given and at ¼ size, 1-s answers, one round, thresholds 0,
+0.85 and 1.
 """
 
 from __future__ import annotations
@@ -46,6 +49,7 @@ from bench.common import (
     Table,
     new_figure,
 )
+from bench.vlm_fleet import cpu_seconds
 from devkit.corpus import CORPUS, CORPUS_MISSING
 from devkit.harness import Worker
 from devkit.inference_server import SimulatedInferenceServer
@@ -64,8 +68,9 @@ THUMB = 32
 def sizes(ctx: Context) -> dict[str, Any]:
     if ctx.quick:
         return {"scans": SCANS[:3], "variants": (VARIANTS[0], VARIANTS[3]),
-                "latency": 1.0, "thresholds": (0.0, 0.85, 1.0)}
-    return {"scans": SCANS, "variants": VARIANTS, "latency": 3.0, "thresholds": THRESHOLDS}
+                "latency": 1.0, "thresholds": (0.0, 0.85, 1.0), "rounds": 1}
+    return {"scans": SCANS, "variants": VARIANTS, "latency": 3.0, "thresholds": THRESHOLDS,
+            "rounds": 2}
 
 
 @dataclass(frozen=True)
@@ -246,17 +251,23 @@ def run(ctx: Context) -> Report:
     throughput: dict[str, dict[str, Any]] = {}
     curve: list[dict[str, Any]] = []
     try:
-        with Services(ctx.workdir) as services, fleet(services, server) as (client, _):
+        with Services(ctx.workdir) as services, fleet(services, server) as (client, workers):
             for engine in ("tesseract", "vlm-api"):  # each pool's children load their engine
                 read_mix(client, server, [pages[-1]], engine=engine)
-            for label, options in (("escalation", {"engine": "tesseract"}),
-                                   ("all VLM", {"engine": "vlm-api"})):
-                done = read_mix(client, server, pages, **options)
-                throughput[label] = {"seconds": round(done["seconds"], 2),
-                                     "pages_per_s": len(pages) / done["seconds"],
-                                     "sent": done["sent"], **scored(pages, done)}
-                print(f"{label}: {len(pages) / done['seconds']:.2f} pages/s, "
-                      f"{done['sent']} of {len(pages)} pages sent to the server", flush=True)
+            for turn in range(size["rounds"]):  # turned orders: A B, then B A
+                runs = (("escalation", "tesseract"), ("all VLM", "vlm-api"))
+                for label, engine in runs if turn % 2 == 0 else runs[::-1]:
+                    before = [cpu_seconds(w) for w in workers]
+                    done = read_mix(client, server, pages, engine=engine)
+                    cpu = [cpu_seconds(w) - b for w, b in zip(workers, before, strict=True)]
+                    throughput.setdefault(label, {"rounds": []})["rounds"].append({
+                        "seconds": round(done["seconds"], 2), "sent": done["sent"],
+                        "pages_per_s": len(pages) / done["seconds"],
+                        "cpu_s": {"tesseract": round(cpu[0], 2), "vlm-api": round(cpu[1], 2)},
+                        **scored(pages, done)})
+                    print(f"{label}: {len(pages) / done['seconds']:.2f} pages/s, "
+                          f"{done['sent']} of {len(pages)} pages sent to the server, worker "
+                          f"CPU {cpu[0]:.1f} + {cpu[1]:.1f} s", flush=True)
             server.latency = 0.0
             for below in size["thresholds"]:
                 done = read_mix(client, server, pages, engine="tesseract", escalate="vlm-api",
@@ -275,15 +286,29 @@ def run(ctx: Context) -> Report:
 def add_results(report: Report, ctx: Context, pages: list[Page],
                 throughput: dict[str, dict[str, Any]], curve: list[dict[str, Any]],
                 latency: float) -> None:
+    for row in throughput.values():
+        rounds = row["rounds"]
+        row["pages_per_s"] = len(rounds) * len(pages) / sum(r["seconds"] for r in rounds)
+        row["sent"] = rounds[0]["sent"]
+        row["cer"] = rounds[0]["cer"]
+        row["cpu_s_per_page"] = {w: round(sum(r["cpu_s"][w] for r in rounds)
+                                          / (len(rounds) * len(pages)), 3)
+                                 for w in ("tesseract", "vlm-api")}
     escalating, alone = throughput["escalation"], throughput["all VLM"]
     speed = Table(f"{len(pages)} one-page scans (tesseract + vlm-api, escalation at 0.85) "
-                  f"and the same read by vlm-api alone; the server answers each page "
-                  f"{latency:g} s after it arrives, {IN_FLIGHT} at once",
-                  ["run", "seconds", "pages/s", "pages sent to the server",
-                   "share of pages", "CER %"])
+                  f"and the same read by vlm-api alone, {len(escalating['rounds'])} rounds "
+                  f"in turned orders; the server answers each page {latency:g} s after it "
+                  f"arrives, {IN_FLIGHT} at once",
+                  ["run", "pages/s (pooled)", "each round", "pages sent to the server",
+                   "share of pages", "server seconds", "tesseract CPU s a page",
+                   "vlm-api CPU s a page", "CER %"])
     for label, row in throughput.items():
-        speed.rows.append([label, row["seconds"], round(row["pages_per_s"], 3), row["sent"],
-                           round(row["sent"] / len(pages), 3), round(100 * row["cer"], 2)])
+        speed.rows.append([label, round(row["pages_per_s"], 3),
+                           " ".join(f"{r['pages_per_s']:.2f}" for r in row["rounds"]),
+                           row["sent"], round(row["sent"] / len(pages), 3),
+                           round(row["sent"] * latency / IN_FLIGHT, 1),
+                           row["cpu_s_per_page"]["tesseract"],
+                           row["cpu_s_per_page"]["vlm-api"], round(100 * row["cer"], 2)])
     table = Table("CER against the share escalated, the server an oracle (it answers each "
                   "page's ground truth at once)",
                   ["escalate below", "pages escalated", "share", "CER %", "kept first"])
@@ -297,7 +322,8 @@ def add_results(report: Report, ctx: Context, pages: list[Page],
                      "0), and whether it escalates at 0.85",
                      ["page", "confidence", "tesseract CER %", "escalates at 0.85"])
     confidences = {r["page"]: r["first_confidence"] for r in (every or {}).get("pages", [])}
-    for row, at in zip((first or {}).get("pages", []), escalating["pages"], strict=False):
+    for row, at in zip((first or {}).get("pages", []), escalating["rounds"][0]["pages"],
+                       strict=False):
         per_page.rows.append([row["page"], confidences.get(row["page"]),
                               None if row["cer"] is None else round(100 * row["cer"], 1),
                               at["reason"] or "no"])
@@ -307,7 +333,7 @@ def add_results(report: Report, ctx: Context, pages: list[Page],
     sent = escalating["sent"] / alone["sent"] if alone["sent"] else 0.0
     report.ratios += [
         Ratio("pages sent to the server: escalation at 0.85 / all VLM", sent),
-        Ratio("pages/s: escalation at 0.85 / all VLM",
+        Ratio("pages/s: escalation at 0.85 / all VLM (pooled over the rounds)",
               escalating["pages_per_s"] / alone["pages_per_s"]),
     ]
     at = next((p for p in curve if p["escalate_below"] == 0.85), None)
@@ -319,6 +345,10 @@ def add_results(report: Report, ctx: Context, pages: list[Page],
         f"{IN_FLIGHT / latency:.2f} pages/s, a GPU server at its capacity; the tesseract "
         "pool's own pages/s is bounded by this machine's cores, shared with the vlm-api "
         "worker, the simulated server and the bench itself")
+    report.notes.append(
+        "server seconds: the pages sent x the answer's seconds / the pages it reads at "
+        "once, the time the server is full; a server shared by a fleet reads "
+        f"{1 / sent if sent else 0:.1f}x the pages with escalation at 0.85")
     report.notes.append(
         "the oracle answers every escalated page right: a real model's errors add to "
         "the curve's CER, never its share")
