@@ -361,21 +361,22 @@ def _figure(curve: list[dict[str, Any]], throughput: dict[str, dict[str, Any]],
     ax = axes[0][0]
     ax.plot([100 * p["share"] for p in curve], [100 * p["cer"] for p in curve], "o-",
             label="tesseract + oracle")
-    for point in curve:
-        ax.annotate(f"{point['escalate_below']:g}",
-                    (100 * point["share"], 100 * point["cer"]),
-                    textcoords="offset points", xytext=(4, 4), fontsize=8)
+    labels: dict[tuple[float, float], list[str]] = {}
+    for point in curve:  # thresholds that give the same point share one label
+        at = (100 * point["share"], 100 * point["cer"])
+        labels.setdefault(at, []).append(f"{point['escalate_below']:g}")
+    for i, (at, names) in enumerate(labels.items()):  # above and below in turn
+        ax.annotate(", ".join(names), at, textcoords="offset points",
+                    xytext=(4, 4 if i % 2 == 0 else -11), fontsize=8)
     ax.set_xlabel("pages escalated %")
     ax.set_ylabel("CER %")
     ax.set_title("CER against the share escalated (labels: escalate_below)")
     ax.legend(fontsize=8)
     ax = axes[0][1]
-    labels = list(throughput)
-    ax.bar(labels,
-           [throughput[label]["pages_per_s"] for label in labels])
+    runs = list(throughput)
+    ax.bar(runs, [throughput[run]["pages_per_s"] for run in runs])
     twin = ax.twinx()
-    twin.plot(labels,
-              [throughput[label]["sent"] for label in labels], "ko", label="pages sent")
+    twin.plot(runs, [throughput[run]["sent"] for run in runs], "ko", label="pages sent")
     twin.set_ylim(0, pages * 1.1)
     twin.set_ylabel("pages sent to the server (dots)")
     ax.set_ylabel("pages/s (bars)")
