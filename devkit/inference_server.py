@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import threading
 import time
+from collections.abc import Callable
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
@@ -67,7 +68,9 @@ class SimulatedInferenceServer:
     the object: `hold_until` (answer nothing until that many requests wait at once, or
     `hold_timeout` passed), `abort_first` (that many answers end with vLLM's `abort`
     finish), `chars_per_delta` (merged deltas: several tokens' text in one delta; the
-    server's `usage` counts `tokens` either way), `silent` (accept, never answer).
+    server's `usage` counts `tokens` either way), `silent` (accept, never answer),
+    `answer` (the text of each answer from its request's JSON body, in place of
+    `text`: an oracle that answers each page with its ground truth, bench/escalation.py).
     `start()` binds its port (given, or a free one): a port nobody listens on yet is
     a server that is down.
     """
@@ -85,6 +88,7 @@ class SimulatedInferenceServer:
         self.abort_first = 0
         self.chars_per_delta = 0
         self.silent = False
+        self.answer: Callable[[dict[str, Any]], str] | None = None
         self.requests: list[dict[str, Any]] = []
         self.traceparents: list[str | None] = []  # each request's W3C header, as received
         self.in_flight = 0
@@ -165,7 +169,8 @@ class SimulatedInferenceServer:
             if self.silent:
                 self._stop.wait()
                 return
-            self._stream(handler, abort)
+            self._stream(handler, abort, self.text if self.answer is None
+                         else self.answer(body))
             with self._lock:
                 self.answers.append(time.monotonic())
         except (BrokenPipeError, ConnectionResetError):
@@ -185,8 +190,8 @@ class SimulatedInferenceServer:
         if left > 0:
             self._stop.wait(left)
 
-    def _stream(self, handler: BaseHTTPRequestHandler, abort: bool) -> None:
-        words = self.text.split(" ")
+    def _stream(self, handler: BaseHTTPRequestHandler, abort: bool, text: str) -> None:
+        words = text.split(" ")
         tokens = [w if i == 0 else " " + w for i, w in enumerate(words)]
         if self.chars_per_delta:
             text = "".join(tokens)

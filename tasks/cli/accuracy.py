@@ -2,8 +2,9 @@
 
 Runs in the operator's process. Without `--run` it prints the history the golden-set
 runs left in Redis (tasks/state/golden.py), newest first: per run and engine, its
-model, release, CER, WER, documents and characters (`--json`: one record a line); an
-empty history is one line on stderr that says how to make a first run.
+model, release, CER, WER, the share of pages escalated (a run with escalation on),
+documents and characters (`--json`: one record a line); an empty history is one line
+on stderr that says how to make a first run.
 `--run` sends OCR_GOLDEN_SET (the operator's setting, as beat's audit reads it) to
 every engine the live workers serve (tasks/queue/golden.py), waits for the jobs and
 for their scores to be recorded, and prints the run's records.
@@ -53,7 +54,9 @@ def _line(record: dict[str, Any]) -> str:
     when = time.strftime("%Y-%m-%d %H:%M", time.gmtime(float(record["finished"])))
     return (f"{when}\t{record['engine']}\t{record['model'] or '-'}\t{record['release']}\t"
             f"CER {float(record['cer']):.2%}\tWER {float(record['wer']):.2%}\t"
-            f"{record['documents']} documents\t{record['chars']} chars"
+            + (f"escalated {float(record['escalated_share']):.2%} to {record['escalate']}\t"
+               if record.get("escalate") else "")
+            + f"{record['documents']} documents\t{record['chars']} chars"
             + (f"\t{record['failed']} failed" if record.get("failed") else ""))
 
 

@@ -5,7 +5,9 @@ of golden-set runs (tasks/state/golden.py), per engine and model, its last run's
 and WER (`ocr_golden_cer{engine,model}`, `ocr_golden_wer{engine,model}`) and the run
 before it (`ocr_golden_previous_cer`, `ocr_golden_previous_wer`: absent after a first
 run), so that an alert rule compares the two (`OcrGoldenAccuracyWorse`,
-deploy/prometheus/rules.yaml). The families are declared even before any run.
+deploy/prometheus/rules.yaml). A last run with escalation on gives the share of its
+pages escalated beside its CER (`ocr_golden_escalated_share{engine,model}`). The
+families are declared even before any run.
 """
 
 from __future__ import annotations
@@ -39,6 +41,10 @@ class GoldenCollector(Collector):
                                           labels=labels),
             ("wer", 1): GaugeMetricFamily("ocr_golden_previous_wer", "Word error rate of "
                                           "the golden-set run before the last.", labels=labels),
+            ("escalated_share", 0): GaugeMetricFamily(
+                "ocr_golden_escalated_share", "Share of the pages of the last golden-set "
+                "run read again by the escalation engine (runs with escalation on).",
+                labels=labels),
         }
         try:
             history = self._golden.history()
@@ -46,6 +52,6 @@ class GoldenCollector(Collector):
             history = []  # ocr_redis_up says why
         for (engine, model), runs in sorted(latest_runs(history).items()):
             for (rate, index), family in families.items():
-                if index < len(runs):
+                if index < len(runs) and rate in runs[index]:
                     family.add_metric([engine, model], float(runs[index][rate]))
         yield from families.values()

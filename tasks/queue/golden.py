@@ -10,7 +10,9 @@ ground truth (so its result carries `scores`) and the callback task
 `ocr.golden_score`, which runs where any `ocr` worker takes it and records the score
 (tasks/state/golden.py). Nothing waits: the run's last document ends it, and its
 record (per engine, model and release) joins the history that `ocr_admin.py accuracy`
-shows and the metrics exporter exports (`ocr_golden_cer`, `ocr_golden_wer`).
+shows and the metrics exporter exports (`ocr_golden_cer`, `ocr_golden_wer`). The jobs
+escalate as the fleet's do (OCR_ESCALATE_ENGINE, applied by the pool that reads them
+first): the record gives the share of pages escalated next to the CER.
 """
 
 from __future__ import annotations
@@ -61,26 +63,27 @@ def send_run(settings: Settings, sender: JobSender, put: Callable[[bytes], str],
              live: dict[str, set[str]], run: str | None = None) -> dict[str, Any]:
     """Send the golden set to every engine served; `{"run", "engines", "jobs"}`.
 
-    `put` stores a local document's bytes (its blob key); `jobs`: per engine, the ids
-    of its documents' jobs, in document order.
+    `put` stores a local document's bytes (its blob key), once for each job; `jobs`:
+    per engine, the ids of its documents' jobs, in document order.
     """
     run = run or uuid.uuid4().hex
     documents = eval_documents(settings.golden_set, settings)
     store = GoldenStore(connect(settings.redis_target))
     engines = served_engines(live)
-    inputs: dict[str, dict[str, Any]] = {}
-    for document in documents:
-        source = document.source
-        inputs[document.name] = {"url": source} if source.startswith("s3://") else \
-            {"blob": put(Path(source).read_bytes())}
+    data = {d.name: Path(d.source).read_bytes() for d in documents
+            if not d.source.startswith("s3://")}
     jobs: dict[str, list[str]] = {}
     for engine in engines:
-        store.begin(run, engine, len(documents), release())
+        store.begin(run, engine, len(documents), release(), settings.escalate_engine)
         for document in documents:
             empty = total(score_pages(document.truth, [""] * len(document.truth)))
             job_id = str(uuid.uuid4())
-            store.assign(job_id, run, engine, document.name, empty.chars, empty.words)
-            kwargs = {**inputs[document.name], "filename": document.name,
+            store.assign(job_id, run, engine, document.name, empty.chars, empty.words,
+                         len(document.truth))
+            # A blob of its own: a job's ending frees the input blob its record names.
+            source = {"url": document.source} if document.name not in data else \
+                {"blob": put(data[document.name])}
+            kwargs = {**source, "filename": document.name,
                       "engine": engine, "no_cache": True,
                       "ground_truth": "\f".join(document.truth),
                       "callback_task": "ocr.golden_score"}

@@ -52,10 +52,11 @@ def worker(start_worker: Callable[..., Worker], golden: Path) -> Worker:
     return start_worker(OCR_CONCURRENCY="1", OCR_GOLDEN_SET=str(golden))
 
 
-def admin(redis_url: str, golden: Path, *words: str) -> subprocess.CompletedProcess[str]:
+def admin(redis_url: str, golden: Path, *words: str,
+          **env: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run([sys.executable, "ocr_admin.py", "accuracy", *words], cwd=ROOT,
                           env={**os.environ, "REDIS_URL": redis_url,
-                               "OCR_GOLDEN_SET": str(golden)},
+                               "OCR_GOLDEN_SET": str(golden), **env},
                           capture_output=True, text=True, timeout=600)
 
 
