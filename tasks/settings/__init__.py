@@ -40,9 +40,8 @@ from ._checks import (
     validate,
 )
 from ._clients import ClientSettings
-from ._docs import settings_markdown_of
 from ._engine import EngineSettings
-from ._field import Setting
+from ._field import Setting, settings_markdown_of
 from ._languages import LanguageSettings
 from ._models import ModelDirSettings
 from ._pages import PageSettings
