@@ -223,10 +223,11 @@ def worker_app_config(settings: Settings, engine: str) -> dict[str, Any]:
     config = {**celery_config(settings), "worker_concurrency": default_concurrency(
         settings, engine)}
     if not settings.broker_is_amqp:
-        # A worker's publish short of replicas goes on (its message is on the primary,
-        # and its acknowledgement, replicated after it, shows whether it survived).
-        # An idle worker waits on its doorbells IDLE_WAIT s at a time: each publish
-        # rings them, and a message pushed without a ring waits at most that long.
+        # A worker's publish short of replicas goes on: it is no pending publish (its
+        # message is on the primary, and its ack, replicated after it, shows whether it
+        # survived).
+        # An idle worker waits on its wake-up keys IDLE_WAIT s at a time: each publish
+        # pushes to them, and a message pushed without a wake-up waits at most that long.
         config["broker_transport_options"] = {**config["broker_transport_options"],
                                               "ocr_refuse_unkept": False,
                                               "ocr_idle_wait": IDLE_WAIT}
