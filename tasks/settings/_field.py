@@ -32,20 +32,25 @@ naming the variable. This file is generated: `python worker_config.py > docs/set
 
 """
 _DOC_TAIL = """
-Procfile-only variables: `OCR_QUEUES` (queues the worker consumes besides its engine
-queue, default `ocr`), `WORKER_NAME` (node name prefix, default `cpu`), `LOG_LEVEL`;
-Flower's own `FLOWER_*` variables (`FLOWER_BASIC_AUTH`, `FLOWER_PORT`, `FLOWER_ADDRESS`)
-and `OCR_FLOWER_OPEN=1` (no auth, loopback only); `METRICS_ADDRESS` and `METRICS_PORT`
-of the metrics exporter (default 127.0.0.1:9808); `API_ADDRESS` and `API_PORT` of the
-HTTP API (default 127.0.0.1:8000), and `API_FORWARDED_ALLOW_IPS`: the proxies (comma
-separated addresses or networks) whose `X-Forwarded-Proto` and `X-Forwarded-For` it
-believes (default none; [console.md](console.md#signing-in)).
+Procfile-only variables:
+
+- `OCR_QUEUES`: queues the worker consumes besides its engine queue, default `ocr`;
+- `WORKER_NAME`: node name prefix, default `cpu`;
+- `LOG_LEVEL`;
+- Flower's own `FLOWER_*` variables (`FLOWER_BASIC_AUTH`, `FLOWER_PORT`,
+  `FLOWER_ADDRESS`), and `OCR_FLOWER_OPEN=1` (no auth, loopback only);
+- `METRICS_ADDRESS` and `METRICS_PORT` of the metrics exporter (default 127.0.0.1:9808);
+- `API_ADDRESS` and `API_PORT` of the HTTP API (default 127.0.0.1:8000);
+- `API_FORWARDED_ALLOW_IPS`: the proxies (comma separated addresses or networks) whose
+  `X-Forwarded-Proto` and `X-Forwarded-For` the API believes. Default none
+  ([console.md](console.md#signing-in)).
 
 Traces are configured by OpenTelemetry's standard variables alone, read by its SDK in
-the API and the workers: off unless an exporter is set (`OTEL_EXPORTER_OTLP_ENDPOINT`,
-`OTEL_EXPORTER_OTLP_TRACES_ENDPOINT` or `OTEL_TRACES_EXPORTER`); `OTEL_SERVICE_NAME`,
-`OTEL_TRACES_SAMPLER`, `OTEL_EXPORTER_OTLP_HEADERS` and the rest as the SDK documents
-them ([operations.md](operations.md#traces)).
+the API and the workers. Tracing is off unless an exporter is set
+(`OTEL_EXPORTER_OTLP_ENDPOINT`, `OTEL_EXPORTER_OTLP_TRACES_ENDPOINT` or
+`OTEL_TRACES_EXPORTER`). `OTEL_SERVICE_NAME`, `OTEL_TRACES_SAMPLER`,
+`OTEL_EXPORTER_OTLP_HEADERS` and the rest work as the SDK documents them
+([operations.md](operations.md#traces)).
 """
 
 
