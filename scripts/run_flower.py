@@ -10,6 +10,13 @@ Flower asks the workers about themselves once as it starts and logs a warning fo
 question nobody answered; started beside the workers by `make run`, it would log four
 before any worker is up. So it starts once a worker is live (its presence record,
 tasks/state/liveness.py), or after WORKER_WAIT seconds without one.
+
+This module is also the Celery app Flower runs (`celery -A scripts.run_flower flower`).
+Its `app` is the service's app, built from the environment on first access (as
+`tasks.app` is). Flower's broker view reads the queues through the project's connection
+factory (tasks/queue/flower_view.py), so it works behind Sentinel and follows a
+failover. The `celery` command keeps the repository root on the import path only while
+it imports this module: what the app needs is imported at the top.
 """
 
 from __future__ import annotations
@@ -20,9 +27,12 @@ import shutil
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import redis
 
+from tasks.queue.app import get_app
+from tasks.queue.flower_view import install
 from tasks.settings import Settings, SettingsError
 from tasks.state.connection import connect
 from tasks.state.liveness import WorkerPresence
@@ -77,8 +87,17 @@ def main() -> int:
               "'Inspect method ... failed' warnings mean no worker answered yet)", flush=True)
     celery = shutil.which("celery") or "celery"
     # The service's app, with Flower's queue view on the project's Redis connection.
-    os.execve(celery, [celery, "-A", "scripts.flower_app", "flower"], env)
+    os.execve(celery, [celery, "-A", "scripts.run_flower", "flower"], env)
     return 1  # not reached: execve replaces this process
+
+
+def __getattr__(name: str) -> Any:
+    """`app` (and `celery`): the app Flower runs, with its queue view installed."""
+    if name in ("app", "celery"):
+        app = get_app()
+        install(app.ocr_settings, dict(app.conf.broker_transport_options or {}))
+        return app
+    raise AttributeError(f"module 'scripts.run_flower' has no attribute {name!r}")
 
 
 def generated_credentials(path: Path) -> str:

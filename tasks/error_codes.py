@@ -4,8 +4,7 @@ Runs wherever a job's failure is told (worker children, the worker parent, clien
 `error_info()` turns whatever a job ended with into its `{"code", "message",
 "retryable"}`; billiard's time-limit and worker-lost exceptions get their codes here,
 and an exception that is none of the service's tells its type, never its text.
-`ERROR_CLASSES` reads the classes of tasks/errors.py and tasks/batch_errors.py once
-they are all defined.
+`ERROR_CLASSES` reads the classes of tasks/errors.py once they are all defined.
 """
 
 from __future__ import annotations
@@ -14,13 +13,13 @@ from typing import Any
 
 from billiard.exceptions import SoftTimeLimitExceeded, TimeLimitExceeded, WorkerLostError
 
-from tasks import batch_errors, errors
+from tasks import errors
 from tasks.errors import InternalError, OcrError, Timeout, WorkerLost
 
 # Every public error code and its class (docs/tasks.md lists them); a class that only
 # narrows its parent's meaning (ReplicaMissing) keeps its parent's code and is not listed.
 ERROR_CLASSES: dict[str, type[OcrError]] = {
-    value.code: value for module in (errors, batch_errors) for value in vars(module).values()
+    value.code: value for value in vars(errors).values()
     if isinstance(value, type) and issubclass(value, OcrError) and "code" in vars(value)}
 
 

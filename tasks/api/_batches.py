@@ -26,8 +26,7 @@ from tasks.api._routes import COMMON, Caller, _errors, service_of
 from tasks.api._schemas import ENGINE_NAME, ENGINE_NAME_MAX, Mode, Output, Priority
 from tasks.api._service import JobService
 from tasks.api.tokens import ApiClient
-from tasks.batch_errors import TargetInSource
-from tasks.errors import BadRequest, BatchQuotaExceeded
+from tasks.errors import BadRequest, BatchQuotaExceeded, TargetInSource
 from tasks.lifecycle.callback_urls import callback_target
 from tasks.lifecycle.url_policy import overlap
 from tasks.queue.batch_chain import batch_store, start_chain

@@ -60,6 +60,6 @@ def run_migrate(args: argparse.Namespace, session: Context,
     else:
         print(f"broker layout {moved.stored or 'none'} -> {LAYOUT_VERSION}: "
               f"{moved.waiting} waiting message(s) of {moved.lanes} lane(s) moved, "
-              f"{moved.held + moved.unacked} held message(s) put back on their queues, "
-              f"{moved.dropped} old ring and doorbell key(s) dropped")
+              f"{moved.held + moved.unacked} unacked message(s) put back on their queues, "
+              f"{moved.dropped} old ring and wake-up key(s) dropped")
     return EXIT_OK

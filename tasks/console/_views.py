@@ -5,11 +5,17 @@ thread: every call here blocks on Redis) that reads through the API's own servic
 (tasks/api/), so the console shows exactly what the JSON API answers the same client,
 and another client's job is a 404 here as there. The compare is the one coroutine: it
 waits for its turn among the API's heavy work without holding a thread.
+
+The usage chart's bars are laid out here, on the server, in pure arithmetic. The
+template turns each `Bar` into an SVG rectangle and its label, so the chart needs no
+script.
 """
 
 from __future__ import annotations
 
 import datetime as dt
+from collections.abc import Sequence
+from dataclasses import dataclass
 from functools import partial
 from typing import Annotated, Any
 from urllib.parse import quote
@@ -31,7 +37,6 @@ from tasks.api.services import (
     parse_statuses,
 )
 from tasks.api.sessions import COOKIE, SESSION_SECONDS, CsrfFailed, Session
-from tasks.console._charts import bars
 from tasks.console._compare import (
     Bounds,
     Row,
@@ -278,3 +283,38 @@ def usage(request: Request) -> HTMLResponse:
     shown = client_usage(service_of(request).usage, session.client, None, None)
     return render(request, "usage.html", session=session, usage=shown,
                   chart=bars([(day.date, day.pages) for day in shown.days]))
+
+
+WIDTH, HEIGHT = 720, 220  # the usage chart's drawing area, in SVG units
+BOTTOM = 30  # room under the bars for the day labels
+
+
+@dataclass(frozen=True)
+class Bar:
+    label: str
+    value: int
+    x: float
+    y: float
+    width: float
+    height: float
+
+
+@dataclass(frozen=True)
+class Chart:
+    bars: list[Bar]
+    width: int
+    height: int
+    most: int  # the tallest bar's value: the scale
+    baseline: float
+
+
+def bars(values: Sequence[tuple[str, int]]) -> Chart:
+    """One bar per (label, value), scaled so the largest value fills the height."""
+    most = max((value for _, value in values), default=0)
+    room = HEIGHT - BOTTOM
+    step = WIDTH / max(1, len(values))
+    shown = [Bar(label, value, round(i * step + step * 0.1, 2),
+                 round(room - (room * value / most if most else 0), 2),
+                 round(step * 0.8, 2), round(room * value / most if most else 0, 2))
+             for i, (label, value) in enumerate(values)]
+    return Chart(shown, WIDTH, HEIGHT, most, room)

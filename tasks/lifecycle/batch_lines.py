@@ -9,7 +9,7 @@ from __future__ import annotations
 import time
 from typing import Any
 
-from tasks.batch_errors import DuplicateLine
+from tasks.errors import DuplicateLine
 from tasks.lifecycle.batch_sources import Document, options_digest
 from tasks.records.batches import BatchRecord
 from tasks.records.status import JobStatus

@@ -19,8 +19,7 @@ import json
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Protocol
 
-from tasks.batch_errors import NoUrl
-from tasks.errors import BadRequest, LineTooLong
+from tasks.errors import BadRequest, LineTooLong, NoUrl
 from tasks.lifecycle.fetcher import Fetcher, S3Target
 from tasks.records.formats import FORMATS
 

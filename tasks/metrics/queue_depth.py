@@ -47,9 +47,9 @@ import redis
 
 from tasks.broker import reads
 
-# Counts the held messages of the hashes KEYS[..] by (exchange, routing key), inside
+# Counts the unacked messages of the hashes KEYS[..] by (exchange, routing key), inside
 # Redis: each entry ends with `[message, exchange, routing_key]` as JSON (kombu's
-# QoS.append; a held record's head before it), so only its last bytes are read, and
+# QoS.append; an unacked record's head before it), so only its last bytes are read, and
 # only the counts cross the network (a message can be megabytes). Run with
 # EVALSHA_RO: a Redis user that may only read (`metrics`) may run it.
 _COUNT_UNACKED = """

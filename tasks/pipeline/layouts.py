@@ -27,7 +27,7 @@ from dataclasses import replace
 from typing import Any
 
 from tasks.pipeline._geometry import Box, to_input
-from tasks.pipeline._lang_tags import main_tag, page_tag, tag
+from tasks.records.languages import main_tag, page_tag, tag
 from tasks.records.results import PageRecord
 
 LAYOUT_OUTPUTS = ("hocr", "alto")

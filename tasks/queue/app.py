@@ -4,11 +4,21 @@
 it runs in the worker parent and children, beat and Flower. `sending_app` builds the
 app clients use (submit.py, the Python client, the HTTP API): it sends tasks by name
 and reads results, and imports no task module, so no engine or image library.
+
+The worker's app keeps document text out of the worker's log. Celery's tracer logs
+`Task ocr.document[id] succeeded in 1.2s: {result}` at INFO, and the result holds page
+texts (of decrypted PDFs too). A filter on Celery's own `celery.app.trace` logger
+replaces the result with a placeholder (`HideTaskResults`). It is the supported hook:
+the tracer passes its context as the record's arguments, and as `extra["data"]` for
+custom handlers. The task name, id and run time stay, and so does our `ocr.job` line.
 """
 
 from __future__ import annotations
 
+import logging
 import sys
+
+from celery.app import trace
 
 from tasks.broker.transport import register_names
 from tasks.queue.celery_config import celery_config, worker_app_config
@@ -48,10 +58,30 @@ def create_app(settings: Settings) -> OcrCelery:
     from tasks.queue.presence import connect_presence
 
     connect_presence(settings)  # the worker parent's presence record (tasks/state/liveness.py)
-    from tasks.queue._log_privacy import hide_task_results
-
     hide_task_results()
     return app
+
+
+HIDDEN = "(result not logged)"
+
+
+class HideTaskResults(logging.Filter):
+    """Blanks `return_value` in the tracer's success records; lets every record pass."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.msg is trace.LOG_SUCCESS and isinstance(record.args, dict):
+            context = {**record.args, "return_value": HIDDEN}
+            record.args = context
+            if isinstance(getattr(record, "data", None), dict):
+                record.data = context
+        return True
+
+
+def hide_task_results() -> None:
+    """Install the filter once on `celery.app.trace`."""
+    logger = logging.getLogger(trace.logger.name)
+    if not any(isinstance(f, HideTaskResults) for f in logger.filters):
+        logger.addFilter(HideTaskResults())
 
 
 def sending_app(settings: Settings) -> OcrCelery:

@@ -1,17 +1,38 @@
 """The Celery configuration derived from the settings, beside the app that uses it.
 
 Runs in every process that builds an app: clients (send-only), the HTTP API, the
-worker parent and its pool children, beat and Flower.
+worker parent and its pool children, beat and Flower. Two classes the configuration
+names live here too:
+
+- `Scheduler`, beat's persistent scheduler (`beat_scheduler`). The Procfile keeps the
+  schedule under `var/`, which only `make run` creates beforehand. Any other Procfile
+  runner starts beat from a fresh checkout, so the scheduler makes the folder when it
+  opens the schedule.
+- `PrimarySentinelBackend`, Celery's Sentinel result backend on the primary connections
+  of tasks/state/connection.py (`result_backend`, when the target is behind Sentinel).
+  Celery's `SentinelBackend` opens its pool with redis-py's Sentinel-managed connection.
+  Retrying a command after a failover, that connection can reconnect to the address it
+  last used: the old primary, now a replica answering READONLY, until its retries run
+  out. `PrimaryConnection` asks the Sentinels at every socket it opens.
 """
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
-from tasks.queue.result_backend import sentinel_backend_url
+from celery.backends.redis import SentinelBackend
+from celery.beat import PersistentScheduler
+
 from tasks.queue.routing import AMQP_MAX_PRIORITY, DEFAULT_QUEUE, PRIORITY_STEPS, priority_value
 from tasks.settings import Settings
-from tasks.state.connection import broker_transport_options, celery_backend, celery_broker
+from tasks.state.connection import (
+    PrimaryConnection,
+    PrimarySSLConnection,
+    broker_transport_options,
+    celery_backend,
+    celery_broker,
+)
 
 # kombu's retry of a message publish while the broker is unreachable: about 30 s of
 # backoff (0.1 s, 0.6 s, ... up to 3 s), then the task retries (tasks/state/boundary.py).
@@ -92,7 +113,7 @@ def celery_config(settings: Settings) -> dict[str, Any]:
         # Beat: the model-directory audit (tasks/queue/maintenance_tasks.py).
         "timezone": settings.schedule_timezone,
         "beat_schedule": _beat_schedule(settings),
-        "beat_scheduler": "tasks.queue.beat:Scheduler",  # makes var/ for the schedule
+        "beat_scheduler": f"{__name__}:{Scheduler.__name__}",  # makes var/ for the schedule
     }
 
 
@@ -202,10 +223,11 @@ def worker_app_config(settings: Settings, engine: str) -> dict[str, Any]:
     config = {**celery_config(settings), "worker_concurrency": default_concurrency(
         settings, engine)}
     if not settings.broker_is_amqp:
-        # A worker's publish short of replicas goes on (its message is on the primary,
-        # and its acknowledgement, replicated after it, shows whether it survived).
-        # An idle worker waits on its doorbells IDLE_WAIT s at a time: each publish
-        # rings them, and a message pushed without a ring waits at most that long.
+        # A worker's publish short of replicas goes on: it is no pending publish (its
+        # message is on the primary, and its ack, replicated after it, shows whether it
+        # survived).
+        # An idle worker waits on its wake-up keys IDLE_WAIT s at a time: each publish
+        # pushes to them, and a message pushed without a wake-up waits at most that long.
         config["broker_transport_options"] = {**config["broker_transport_options"],
                                               "ocr_refuse_unkept": False,
                                               "ocr_idle_wait": IDLE_WAIT}
@@ -230,3 +252,27 @@ def default_concurrency(settings: Settings, engine: str) -> int | None:
     if engine == "vlm-api":
         return settings.vlm_api_in_flight
     return None
+
+
+class Scheduler(PersistentScheduler):
+    """`PersistentScheduler` that makes the schedule file's folder when it opens it."""
+
+    def setup_schedule(self) -> None:
+        Path(self.schedule_filename).parent.mkdir(parents=True, exist_ok=True)
+        super().setup_schedule()
+
+
+class PrimarySentinelBackend(SentinelBackend):
+    """`SentinelBackend` whose connections (plain or TLS) follow the primary named now."""
+
+    connection_class_ssl = PrimarySSLConnection  # what Celery sets for `rediss` options
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        # Read by redis-py's SentinelConnectionPool, which Celery's pool is built on.
+        self.connparams.setdefault("connection_class", PrimaryConnection)
+
+
+def sentinel_backend_url(url: str) -> str:
+    """Celery's `result_backend` for a `sentinel://` URL: this module's class, then it."""
+    return f"{PrimarySentinelBackend.__module__}:{PrimarySentinelBackend.__name__}+{url}"

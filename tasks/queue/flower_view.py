@@ -1,6 +1,6 @@
 """Flower's broker view (its Broker page, `/api/queues/length`) on the project's Redis.
 
-Runs in the Flower process only (scripts/flower_app.py installs it). Flower reads the
+Runs in the Flower process only (scripts/run_flower.py installs it). Flower reads the
 queue lengths itself, from a client it builds out of the broker URL's scheme: the
 project's transport names its class there (`tasks.broker.transport:Transport://...`),
 which Flower's factory does not know, and its Sentinel client asks the first Sentinel

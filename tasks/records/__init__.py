@@ -2,5 +2,5 @@
 
 The job request (`request`), a job's status, ending and fan-out record (`jobs`). Pure
 dataclasses with JSON round trips; they import nothing of the service but its errors,
-so every room (clients, the API, workers) may use them.
+so every floor (clients, the API, workers) may use them.
 """

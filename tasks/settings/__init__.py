@@ -1,7 +1,7 @@
 """All settings of the OCR service, typed and validated in one place, and their docs.
 
 Every setting is read from the environment by `Settings.from_env()`; nothing is read
-at import time, and nothing here imports Celery at import time or any other room of
+at import time, and nothing here imports Celery at import time or any other floor of
 the service but its errors and records (the ground floor). Each field names its
 environment variable, default and meaning; `docs/settings.md` is generated from the
 same table (`python worker_config.py > docs/settings.md`). The Celery configuration
@@ -40,9 +40,8 @@ from ._checks import (
     validate,
 )
 from ._clients import ClientSettings
-from ._docs import settings_markdown_of
 from ._engine import EngineSettings
-from ._field import Setting
+from ._field import Setting, settings_markdown_of
 from ._languages import LanguageSettings
 from ._models import ModelDirSettings
 from ._pages import PageSettings

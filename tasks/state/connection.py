@@ -8,8 +8,9 @@ patience, shared by every module of that process: a direct server (`redis://`,
 the primary that Sentinel names, asked again at every reconnection, so a client
 follows a failover by itself.
 `PrimaryConnection` (and its TLS form) is the connection of both, the stores' pools,
-the broker's and Celery's result backend's (tasks/queue/result_backend.py): each socket
-it opens goes to the primary the Sentinels name at that moment.
+the broker's and Celery's result backend's (`PrimarySentinelBackend` in
+tasks/queue/celery_config.py): each socket it opens goes to the primary the Sentinels
+name at that moment.
 `celery_broker` and `celery_backend` give Celery and kombu the same target: URL,
 verified TLS, Sentinel's primary name and password, and the timeouts and TCP keepalive
 that notice a primary gone silent. Waiting for replicas, and telling a primary the

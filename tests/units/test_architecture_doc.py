@@ -1,11 +1,12 @@
 """docs/architecture.md names every module of the service, and only modules that exist.
 
-The rule the page states: a module of a folder is named, in backticks, in the table row
-whose first cell names that folder first, by its path below that folder (`holders.py` in
-the `tasks/broker/` row, `vlm/base.py` in the `tasks/engines/` row); any other module
-by its full path in a row's first cell (`tasks/client.py`, `submit.py`). A package's
-`__init__.py` is its folder's. The modules: every Python file of `tasks/` and
-`scripts/`, and those at the checkout's top.
+The rule the page states: the modules' table has one row per module. A module of a
+folder is named, in backticks, in the module cell of a row whose floor cell names that
+folder first, by its path below that folder (`holders.py` in a `tasks/broker/` row,
+`vlm/base.py` in a `tasks/engines/` row). Any other module is named by its full path in
+a row's module cell (`tasks/client.py`, `submit.py`). A package's `__init__.py` is its
+folder's. The modules: every Python file of `tasks/` and `scripts/`, and those at the
+checkout's top.
 """
 
 from __future__ import annotations
@@ -18,29 +19,32 @@ from tests.harness import ROOT
 
 PAGE = ROOT / "docs" / "architecture.md"
 SPAN = re.compile(r"`([^`\n]+)`")
-HEADER = "| floor | what it holds | runs in |"
+HEADER = "| floor | module | what it is |"
 
 
 @dataclass(frozen=True)
 class Row:
-    """One row of the floors' table: its folder (None: a row of files), its names."""
+    """One row of the modules' table: its folder (None: a row of files), its names."""
 
-    folder: str | None  # `tasks/broker/`: the first cell's first span, when a folder
-    paths: frozenset[str]  # the first cell's spans that are files: `tasks/client.py`
-    names: frozenset[str]  # every span of the row
+    folder: str | None  # `tasks/broker/`: the floor cell's first span, when a folder
+    paths: frozenset[str]  # the module cell's spans, in a row of files: `tasks/client.py`
+    names: frozenset[str]  # the module cell's spans
+    mentioned: frozenset[str]  # every span of the row
 
 
 def rows(text: str) -> list[Row]:
-    """The rows of the page's floors' table (the one under HEADER)."""
+    """The rows of the page's modules' table (the one under HEADER)."""
     lines = text.splitlines()
     start = lines.index(HEADER) + 2  # past the header and its rule
     found = []
     for line in lines[start:]:
         if not line.startswith("|"):
             break
-        first = SPAN.findall(line.split("|")[1])
+        cells = line.split("|")
+        first = SPAN.findall(cells[1])
+        named = frozenset(SPAN.findall(cells[2]))
         folder = first[0] if first and first[0].endswith("/") else None
-        found.append(Row(folder, frozenset(s for s in first if s.endswith(".py")),
+        found.append(Row(folder, frozenset() if folder else named, named,
                          frozenset(SPAN.findall(line))))
     return found
 
@@ -59,9 +63,10 @@ def unnamed(text: str, names: list[str]) -> list[str]:
     missing = []
     for module in names:
         owners = [row for row in table if row.folder and module.startswith(row.folder)]
-        if owners:  # the row of the deepest folder that holds it
-            row = max(owners, key=lambda r: len(r.folder or ""))
-            named = module[len(row.folder or ""):] in row.names
+        if owners:  # the rows of the deepest folder that holds it
+            deepest = max(len(r.folder or "") for r in owners)
+            named = any(module[deepest:] in r.names for r in owners
+                        if len(r.folder or "") == deepest)
         else:
             named = any(module in row.paths for row in table)
         if not named:
@@ -72,13 +77,14 @@ def unnamed(text: str, names: list[str]) -> list[str]:
 def unknown(text: str, root: Path) -> list[str]:
     """The `.py` names of the table that are no module: gone, renamed, or misplaced."""
     wrong = []
-    for row in rows(text):
-        for name in sorted(n for n in row.names if n.endswith(".py")):
+    table = rows(text)
+    files = {Path(path).name for row in table for path in row.paths}
+    for row in table:
+        for name in sorted(n for n in row.mentioned if n.endswith(".py")):
             if row.folder:
                 exists = (root / row.folder / name).is_file() or (root / name).is_file()
-            else:  # a row of files names them again by their file's name
-                exists = (root / name).is_file() or \
-                    any(Path(path).name == name for path in row.paths)
+            else:  # a row of files may name one by its file's name
+                exists = (root / name).is_file() or name in files
             if not exists:
                 wrong.append(f"{name} (row {row.folder or sorted(row.paths)[0]})")
     return wrong
@@ -102,15 +108,17 @@ def test_the_check_finds_a_module_missing_or_misplaced(tmp_path: Path) -> None:
         (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
         (tmp_path / name).write_text("")
     page = "\n".join([
-        "# Floors", "", HEADER, "|---|---|---|",
-        "| `submit.py` | the command line | users |",
-        "| `tasks/client.py` | the client, `client.py` | clients |",
-        "| `tasks/broker/` | `lanes.py`, `gone.py`, and `base.py` (another row's) | workers |",
-        "| `tasks/engines/` | `base.py`, `vlm/` (`base.py`) | children |",
+        "# Modules", "", HEADER, "|---|---|---|",
+        "| command lines | `submit.py` | the command line |",
+        "| clients | `tasks/client.py` | the client, `client.py` |",
+        "| `tasks/broker/` | `lanes.py` | lanes, not `gone.py` |",
+        "| `tasks/broker/` | `base.py` | another row's |",
+        "| `tasks/engines/` | `base.py` | the contract |",
+        "| `tasks/engines/` | `vlm/` | `base.py` in the wrong cell |",
         "", "`holders.py`, `scripts/run_api.py`: named outside the table"])
     assert modules(tmp_path) == ["scripts/run_api.py", "submit.py", "tasks/broker/holders.py",
                                  "tasks/broker/lanes.py", "tasks/client.py",
                                  "tasks/engines/base.py", "tasks/engines/vlm/base.py"]
     assert unnamed(page, modules(tmp_path)) == [
         "scripts/run_api.py", "tasks/broker/holders.py", "tasks/engines/vlm/base.py"]
-    assert unknown(page, tmp_path) == ["base.py (row tasks/broker/)", "gone.py (row tasks/broker/)"]
+    assert unknown(page, tmp_path) == ["gone.py (row tasks/broker/)", "base.py (row tasks/broker/)"]

@@ -20,7 +20,7 @@ from tasks.engines.base import RecognizeOptions, ScriptGuess
 from tasks.engines.resident import ResidentEngines
 from tasks.engines.tesseract import TesseractEngine
 from tasks.pipeline import layouts
-from tasks.pipeline._lang_tags import page_tag, tag
+from tasks.records.languages import page_tag, tag
 from tasks.records.request import JobRequest
 from tasks.records.results import DocumentResult, PageRecord, ScriptFound
 from tasks.settings import Settings, SettingsError

@@ -19,8 +19,8 @@ from tasks.broker.layout import priority_suffixes
 from tasks.errors import PdfEncrypted
 from tasks.metrics.metrics_collector import RedisCollector
 from tasks.queue.app import create_app
-from tasks.queue.display import job_kwargs_repr
 from tasks.queue.job_samples import job_line, job_record, page_samples
+from tasks.queue.ocr_celery import job_kwargs_repr
 from tasks.queue.telemetry import Telemetry, rss_bytes
 from tasks.records.jobs import Outcome
 from tasks.records.results import (

@@ -18,8 +18,8 @@ import pymupdf
 
 from tasks.engines.textfix import is_cjk
 from tasks.pipeline._geometry import to_input
-from tasks.pipeline._lang_tags import main_tag, page_tag
 from tasks.pipeline.pdf._read import open_pdf, text_chars
+from tasks.records.languages import main_tag, page_tag
 from tasks.records.results import PageRecord, WordBox
 
 if TYPE_CHECKING:
