@@ -23,12 +23,13 @@ import pytest
 import redis
 
 from tasks.api._quotas import ClientBytes
-from tasks.broker import binding_expiry, held, layout, scripts, stored_layout
+from tasks.broker import binding_expiry, held, layout, stored_layout
 from tasks.broker.acl_matrix import END, FAMILIES, NONE, READ_WRITE, START, key_access, markdown
 from tasks.broker.holders import HolderSweep
 from tasks.broker.redis_acl import USERS, RedisUser
 from tasks.errors import PageQuotaExceeded, QuotaExceeded
 from tasks.records.batches import BatchRecord
+from tasks.state import lua
 from tasks.state.batch_store import BatchStore
 from tasks.state.client_rules import InFlight
 from tasks.state.corrections import CorrectedPage, Corrections, LineCorrection
@@ -141,7 +142,7 @@ def test_the_binding_scripts_run_as_each_consuming_role(server: AclRedisServer,
     client = redis.Redis.from_url(server.url(role))
     table, member = f"{layout.BINDING_PREFIX}celeryev", "#\x06\x16\x06\x16celeryev.x"
     try:
-        scripts.run(client, binding_expiry.bind_command(table, "celeryev", member, 0))
+        lua.run(client, binding_expiry.bind_command(table, "celeryev", member, 0))
         assert admin.sismember(table, member)
         assert binding_expiry.sweep(client) == 1  # its deadline was now
         assert not admin.exists(table) and not admin.exists(layout.BINDING_EXPIRY_KEY)
