@@ -96,17 +96,21 @@ def queue(pipe: Any, command: list[Any]) -> Any:
     """Queue an `EVALSHA` `command` in `pipe`: in a transaction, its load just before it."""
     if getattr(pipe, "transaction", False) or getattr(pipe, "explicit_transaction", False):
         reload(pipe, command)
-    else:
+    elif _loaded(pipe, command) not in _LOADED:  # loaded at once, not in the pipeline
         preload(redis.Redis(connection_pool=pipe.connection_pool), command)
     return pipe.execute_command(*command)
 
 
 def preload(client: Any, command: Sequence[Any]) -> None:
     """Load the script an `EVALSHA` `command` names, once by this process on `client`'s pool."""
-    pool = id(getattr(client, "connection_pool", client))
-    if (pool, str(command[1])) not in _LOADED:
+    if _loaded(client, command) not in _LOADED:
         reload(client, command)
-        _LOADED.add((pool, str(command[1])))
+        _LOADED.add(_loaded(client, command))
+
+
+def _loaded(client: Any, command: Sequence[Any]) -> tuple[int, str]:
+    """The entry of `_LOADED` for `command`'s script on `client`'s pool."""
+    return id(getattr(client, "connection_pool", client)), str(command[1])
 
 
 def reload(client: Any, command: Sequence[Any]) -> None:
