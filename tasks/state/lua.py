@@ -2,14 +2,16 @@
 
 Runs in every process that runs a script: clients, the `api` process and worker pool
 children (the state's and the API's scripts), publishers and the worker parent (the
-broker's: the push, the fetch, the holders' sweep). A `Script`'s command is
+broker's: the push, the fetch, the holders' sweep), the metrics exporter (a queue's
+depth). A `Script`'s command is
 `EVALSHA <sha> ...`. A process loads a script (`SCRIPT LOAD`) before its first run on
 each connection pool. A server that does not know it (a restart, a failover to a
 replica that never ran it) answers NOSCRIPT: the script is loaded and its command sent
 again, up to LOADS times; then `ScriptLost` is raised.
 
 A script runs in one of four ways:
-- alone (`Script.run`, or `run` with a command `Script.command` built);
+- alone (`Script.run`, or `run` with a command `Script.command` built; a script that
+  only reads, as a user that may only read: `Script.run_read_only`);
 - in a pipeline without a transaction (`Script.queue`, then `execute` or `answers`): a
   command answered NOSCRIPT is sent again alone, after the pipeline's other commands,
   so a script queued so must not rely on running before them;
@@ -72,6 +74,17 @@ class Script:
     def queue(self, pipe: Any, keys: Sequence[Any], args: Sequence[Any] = ()) -> Any:
         """Queue the script's command in `pipe` (see the module's note)."""
         return queue(pipe, self.command(keys, args))
+
+    def run_read_only(self, client: Any, keys: Sequence[Any], args: Sequence[Any] = ()) -> Any:
+        """Run a script that only reads, as a user that may only read (`EVALSHA_RO`).
+
+        Where the server lacks it, `EVAL_RO` sends its text, which leaves it in the
+        server's cache: such a user may not `SCRIPT LOAD`.
+        """
+        try:
+            return client.evalsha_ro(self.sha, len(keys), *keys, *args)
+        except NoScriptError:
+            return client.eval_ro(self.text, len(keys), *keys, *args)
 
 
 def run(client: Any, command: list[Any]) -> Any:

@@ -1,8 +1,8 @@
 """The service's one Lua runner (tasks/state/lua.py): by SHA, loaded where the server lacks it.
 
 Alone, in a pipeline and in a MULTI, on a server that lost its scripts (a restart, a
-failover): the script runs once, and a lost script's error is both the NOSCRIPT the
-broker raises and a retryable `transient` error.
+failover), the script runs once; a read-only one too (EVALSHA_RO, or EVAL_RO). A lost
+script's error is both the NOSCRIPT the broker raises and a retryable `transient` error.
 """
 
 from __future__ import annotations
@@ -16,6 +16,7 @@ from tasks.state import lua
 from tests.losing_redis import losing_redis
 
 ADD = lua.Script("return redis.call('INCRBY', KEYS[1], ARGV[1])")
+READ = lua.Script("return redis.call('GET', KEYS[1])")
 
 
 def test_a_script_runs_once_alone_in_a_pipeline_and_in_a_multi_on_a_server_that_lost_it(
@@ -46,3 +47,13 @@ def test_a_script_lost_as_often_as_it_is_loaded_is_a_noscript_and_transient(
     assert isinstance(lost.value, NoScriptError) and isinstance(lost.value, TransientError)
     assert lost.value.retryable and lost.value.code == "transient"
     assert client.get("lost") is None
+
+
+def test_a_read_only_script_runs_by_evalsha_ro_and_by_eval_ro_where_the_server_lacks_it(
+        own_redis_url: str) -> None:
+    client = redis.Redis.from_url(own_redis_url)
+    client.set("seen", "7")
+    client.script_flush()
+    assert READ.run_read_only(client, ["seen"]) == b"7"  # EVAL_RO: cached by the server
+    assert client.script_exists(READ.sha) == [True]
+    assert READ.run_read_only(client, ["seen"]) == b"7"
