@@ -1,8 +1,7 @@
 """A real Redis client whose server loses script loads: a restart or failover between them.
 
-Used by the tests of the state's scripts (tasks/state/lua.py) and the broker's
-(tasks/broker/scripts.py), which load a script through redis-py's `script_load` and
-through a raw `SCRIPT LOAD` command respectively.
+Used by the tests of the Lua runner (tasks/state/lua.py), the state's scripts and the
+broker's, which load a script by a `SCRIPT LOAD` command.
 """
 
 from __future__ import annotations

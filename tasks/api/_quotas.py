@@ -12,10 +12,9 @@ one of them fits in. Nothing is written when a piece does not fit.
 
 from __future__ import annotations
 
-from typing import Any
-
 import redis
 
+from tasks.state import lua
 from tasks.state.keys import api_bytes_key, corrections_bytes_key
 from tasks.state.stored_bytes import STORED
 
@@ -23,7 +22,7 @@ from tasks.state.stored_bytes import STORED
 # bytes. ARGV: data, limit (0: no limit), TTL. Returns the bytes stored after the
 # append, or -1 (nothing written).
 # Members are listed in the set, not in KEYS: one Redis, never a cluster.
-_APPEND = STORED + """
+_APPEND = lua.Script(STORED + """
 local total = stored(KEYS[1], KEYS[3], KEYS[2])
 local limit = tonumber(ARGV[2])
 if limit > 0 and total + string.len(ARGV[1]) > limit then
@@ -34,33 +33,33 @@ redis.call('EXPIRE', KEYS[2], ARGV[3])
 redis.call('SADD', KEYS[1], KEYS[2])
 redis.call('EXPIRE', KEYS[1], ARGV[3])
 return total + string.len(ARGV[1])
-"""
+""")
 
 # KEYS[1]: the client's set, KEYS[2]: its corrections' bytes. Returns the bytes stored
 # (and drops members gone).
-_USAGE = STORED + """
+_USAGE = lua.Script(STORED + """
 return stored(KEYS[1], KEYS[2], '')
-"""
+""")
 
 # KEYS[1]: the client's set, KEYS[2]: the upload, KEYS[3]: the blob it becomes. ARGV: TTL.
 # The set gets its TTL again: removing the upload may have emptied (deleted) it, and the
 # SADD would then make it anew without one, never to expire.
-_ADOPT = """
+_ADOPT = lua.Script("""
 redis.call('RENAME', KEYS[2], KEYS[3])
 redis.call('SREM', KEYS[1], KEYS[2])
 redis.call('SADD', KEYS[1], KEYS[3])
 redis.call('EXPIRE', KEYS[1], ARGV[1])
 return 1
-"""
+""")
 
 
 # KEYS[1]: the client's set, KEYS[2]: an upload that will not become a blob. The set
 # goes with its last member (Redis deletes an empty set): a refused request leaves no key.
-_DISCARD = """
+_DISCARD = lua.Script("""
 redis.call('DEL', KEYS[2])
 redis.call('SREM', KEYS[1], KEYS[2])
 return 1
-"""
+""")
 
 
 class ClientBytes:
@@ -72,25 +71,21 @@ class ClientBytes:
     def __init__(self, client: redis.Redis, ttl: int) -> None:
         self._redis = client
         self._ttl = ttl
-        self._append: Any = client.register_script(_APPEND)
-        self._usage: Any = client.register_script(_USAGE)
-        self._adopt: Any = client.register_script(_ADOPT)
-        self._discard: Any = client.register_script(_DISCARD)
 
     def append(self, name: str, key: str, data: bytes, limit: int) -> bool:
         """Append `data` to `key` if the client stays within `limit` (0: none)."""
-        stored = self._append(keys=[api_bytes_key(name), key, corrections_bytes_key(name)],
-                              args=[data, limit, self._ttl])
+        stored = _APPEND.run(self._redis, [api_bytes_key(name), key, corrections_bytes_key(name)],
+                             [data, limit, self._ttl])
         return int(stored) >= 0
 
     def stored(self, name: str) -> int:
         """The client's bytes stored in Redis now: its inputs and its corrections."""
-        return int(self._usage(keys=[api_bytes_key(name), corrections_bytes_key(name)]))
+        return int(_USAGE.run(self._redis, [api_bytes_key(name), corrections_bytes_key(name)]))
 
     def adopt(self, name: str, upload: str, blob: str) -> None:
         """The upload becomes the job's blob (RENAME keeps its TTL); it still counts."""
-        self._adopt(keys=[api_bytes_key(name), upload, blob], args=[self._ttl])
+        _ADOPT.run(self._redis, [api_bytes_key(name), upload, blob], [self._ttl])
 
     def discard(self, name: str, upload: str) -> None:
         """Delete an upload and its place in the client's set: nothing of it is left."""
-        self._discard(keys=[api_bytes_key(name), upload])
+        _DISCARD.run(self._redis, [api_bytes_key(name), upload])

@@ -20,9 +20,10 @@ Who runs what:
   worker). The operator, once: `stored_layout.migrate` (`ocr_admin.py migrate-broker`)
   moves layouts 1 and 2's keys, named there alone, into this one.
 
-Every script of the broker is a `scripts.Script`, sent as EVALSHA and loaded (SCRIPT
-LOAD) by each process before its first run on a pool, and again where the server
-answers NOSCRIPT (a restart, a failover). No key carries a global prefix (the
+Every script of the broker is a `Script` of the service's one Lua runner
+(tasks/state/lua.py), sent as EVALSHA and loaded (SCRIPT LOAD) by each process before
+its first run on a pool, and again where the server answers NOSCRIPT (a restart, a
+failover). No key carries a global prefix (the
 transport refuses `global_keyprefix`: a service has its own database or ACL user). No
 script reads the envelope: the fetch holds a message under a delivery tag the worker
 chose, in one record whose head says when it was taken, by whom and from where, then

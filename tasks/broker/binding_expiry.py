@@ -46,7 +46,8 @@ from typing import Any
 
 import redis.exceptions
 
-from tasks.broker import layout, scripts
+from tasks.broker import layout
+from tasks.state import lua
 
 log = logging.getLogger(__name__)
 
@@ -61,7 +62,7 @@ local ms = tonumber(now[1]) * 1000 + math.floor(tonumber(now[2]) / 1000)
 
 # KEYS: the exchange's table, BINDING_EXPIRY_KEY, kombu's deadlines; ARGV: the member,
 # the binding as JSON, the exchange, the TTL in ms.
-BIND = scripts.Script(_NOW_MS + """redis.call('SADD', KEYS[1], ARGV[1])
+BIND = lua.Script(_NOW_MS + """redis.call('SADD', KEYS[1], ARGV[1])
 local deadline = ms + tonumber(ARGV[4])
 redis.call('ZADD', KEYS[2], 'GT', deadline, ARGV[2])
 redis.call('ZADD', KEYS[3], 'GT', deadline, ARGV[3])
@@ -69,7 +70,7 @@ redis.call('ZADD', KEYS[3], 'GT', deadline, ARGV[3])
 
 # KEYS: BINDING_EXPIRY_KEY; ARGV: the tables' and the permanent sets' key prefixes, the
 # most bindings to look at. Returns how many were taken out of their tables.
-SWEEP = scripts.Script(_NOW_MS + """local swept = 0
+SWEEP = lua.Script(_NOW_MS + """local swept = 0
 local due = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', ms, 'LIMIT', 0, tonumber(ARGV[3]))
 for _, item in ipairs(due) do
     local binding = cjson.decode(item)
@@ -102,8 +103,8 @@ def bind_command(table: str, exchange: str, entry: str, ttl: int) -> list[Any]:
 def bind(channel: Any, exchange: str, binding: str, queue: str) -> None:
     """Bind `queue` (declared with x-expires on `channel`) by `binding`, with a deadline."""
     ttl = ttl_ms(channel._expires[queue], channel.ocr_binding_min_ttl)
-    scripts.run(channel.commands, bind_command(channel.keyprefix_queue % exchange,
-                                               exchange, binding, ttl))
+    lua.run(channel.commands, bind_command(channel.keyprefix_queue % exchange,
+                                           exchange, binding, ttl))
 
 
 def sweep(client: Any, limit: int = SWEEP_LIMIT) -> int:
@@ -125,10 +126,10 @@ def refresh(channel: Any, queues: dict[str, int]) -> None:
             for exchange, routing_key, arguments in channel.state.queue_bindings(queue):
                 _, pattern, _ = channel.typeof(exchange).prepare_bind(
                     queue, exchange, routing_key, arguments)
-                scripts.queue(pipe, bind_command(
+                lua.queue(pipe, bind_command(
                     channel.keyprefix_queue % exchange, exchange,
                     member(channel.sep, routing_key, pattern, queue), ttl))
-        pipe.execute()
+        lua.execute(pipe)
 
 
 class Keeper:

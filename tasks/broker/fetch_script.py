@@ -28,7 +28,7 @@ from tasks.broker.layout import (
     queue_wake_key,
 )
 from tasks.broker.oversized import BOUND_LUA
-from tasks.broker.scripts import Script
+from tasks.state.lua import Script
 
 # Takes the next message of a worker's lists. The fetch names entries, each a list:
 # entry i (from 0) is the list KEYS[2i+1] and the hash its records are held in,

@@ -49,7 +49,7 @@ from typing import Any
 import redis.exceptions
 from kombu.utils.encoding import bytes_to_str
 
-from tasks.broker import doorbells, fetch_script, holders, lanes, oversized, scripts, unsettled
+from tasks.broker import doorbells, fetch_script, holders, lanes, oversized, unsettled
 from tasks.broker.layout import DEAD_LETTER_KEY, list_held_key, queue_list, queue_wake_key
 from tasks.broker.publishing import PublishingChannel
 from tasks.broker.qos import QoS
@@ -62,6 +62,7 @@ from tasks.broker.refusals import (
     push_dead_letter,
 )
 from tasks.broker.wire import FetchBytes
+from tasks.state import lua
 
 log = logging.getLogger(__name__)
 
@@ -278,7 +279,7 @@ class Channel(PublishingChannel):
                 # A server that never ran the fetch (a new one, a restart, a failover):
                 # nothing was taken; the script is loaded and the next poll fetches.
                 self.qos.fetch_not_run()
-                scripts.reload(self.client, self._fetch)
+                lua.reload(self.client, self._fetch)
                 raise Empty() from None
             except redis.exceptions.ResponseError as exc:
                 # Nothing was taken (the script writes the record before it pops):
@@ -352,7 +353,7 @@ class Channel(PublishingChannel):
         with self.conn_or_acquire() as client:
             for pri in self.priority_steps:
                 self.got_from = self._key(queue_list(queue, pri, self.sep))
-                item = oversized.received(scripts.run(client, oversized.pop_command(
+                item = oversized.received(lua.run(client, oversized.pop_command(
                     self.got_from, self.ocr_max_message_bytes)))
                 if item:
                     message = self._admit(item, queue)

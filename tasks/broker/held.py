@@ -26,7 +26,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from tasks.broker.layout import HELD_LISTS_KEY, list_held_key
-from tasks.broker.scripts import Script
+from tasks.state.lua import Script
 
 HEAD_LINES = 5
 

@@ -43,8 +43,8 @@ import redis
 
 from tasks.broker.held import HEAD_LUA, held_hashes
 from tasks.broker.layout import SWEEP_LOCK_KEY
-from tasks.broker.scripts import Script
 from tasks.state.keys import WORKERS_KEY
+from tasks.state.lua import Script
 
 log = logging.getLogger(__name__)
 

@@ -30,7 +30,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from tasks.broker.layout import WAKE_TTL_MS, list_lane_key, list_ring_key, queue_wake_key
-from tasks.broker.scripts import Script
+from tasks.state.lua import Script
 
 
 def laned(queue: str) -> bool:

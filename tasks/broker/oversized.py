@@ -15,7 +15,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from tasks.broker.scripts import Script
+from tasks.state.lua import Script
 
 ENDS = 65536          # bytes kept from each end of an oversized message
 

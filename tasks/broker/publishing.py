@@ -29,11 +29,12 @@ import redis.exceptions
 from kombu.utils.json import dumps
 from redis.exceptions import NoScriptError
 
-from tasks.broker import doorbells, lanes, layout, scripts
+from tasks.broker import doorbells, lanes, layout
 from tasks.broker.redis_channel import RedisChannel
 from tasks.broker.unkept import Unkept, UnkeptPublish
 from tasks.errors import ReplicaMissing
 from tasks.records.clients import CLIENT_HEADER, client_name
+from tasks.state import lua
 from tasks.state.replicas import (
     address_of,
     check_replicas,
@@ -127,7 +128,7 @@ class PublishingChannel(RedisChannel):
             self._send_kept(queue, [command])
             return
         with self.conn_or_acquire() as conn:
-            scripts.run(conn, command)
+            lua.run(conn, command)
 
     def restore_payload(self, payload: Any, exchange: str, routing_key: str, pipe: Any,
                         leftmost: bool = False) -> None:
@@ -146,7 +147,7 @@ class PublishingChannel(RedisChannel):
         payload["properties"].setdefault("delivery_info", {})["redelivered"] = True
         step = layout.message_step(payload, self.priority_steps)
         for queue in queues:
-            scripts.queue(pipe, lanes.push_command(
+            lua.queue(pipe, lanes.push_command(
                 self._key(""), layout.queue_list(queue, step, self.sep), client,
                 dumps(payload), first=not leftmost))
         doorbells.ring(pipe, self._key, queues)
@@ -165,7 +166,7 @@ class PublishingChannel(RedisChannel):
         size = int(super()._count(queue))
         if lanes.laned(queue):
             with self.conn_or_acquire() as conn:
-                size += int(scripts.run(conn, lanes.sizes_command(
+                size += int(lua.run(conn, lanes.sizes_command(
                     self._key(""), self._lists(queue))))
         return size
 
@@ -186,17 +187,17 @@ class PublishingChannel(RedisChannel):
         what = f"a message to queue {queue}"
         timeout = float(self.ocr_replica_timeout)
         with self.conn_or_acquire() as client:
-            scripts.preload(client, commands[0])
-            for loads in range(scripts.LOADS + 1):
+            lua.preload(client, commands[0])
+            for loads in range(lua.LOADS + 1):
                 started = time.monotonic()
                 sent = self._sent(client, commands, int(self.ocr_min_replicas), timeout)
                 failed = next((r for r in sent.replies[:len(commands)]
                                if isinstance(r, redis.exceptions.ResponseError)), None)
                 if failed is None:
                     break
-                if not isinstance(failed, NoScriptError) or loads == scripts.LOADS:
+                if not isinstance(failed, NoScriptError) or loads == lua.LOADS:
                     raise failed
-                scripts.reload(client, commands[0])
+                lua.reload(client, commands[0])
         reached = sent.replies[-1] if sent.waited else None
         if isinstance(reached, redis.exceptions.ResponseError):  # the message is sent
             if self.ocr_refuse_unkept:

@@ -21,7 +21,6 @@ from kombu.utils.json import dumps, loads
 
 from tasks.broker import held
 from tasks.broker.layout import HELD_LISTS_KEY, list_held_key
-from tasks.broker.scripts import Script
 from tasks.broker.unsettled import (
     acked,
     defer_ack,
@@ -31,6 +30,7 @@ from tasks.broker.unsettled import (
     hold,
     split_running,
 )
+from tasks.state.lua import Script
 
 log = logging.getLogger(__name__)
 

@@ -42,7 +42,6 @@ from typing import Any
 from kombu.utils.encoding import bytes_to_str
 from kombu.utils.json import loads
 
-from tasks.broker import scripts
 from tasks.broker.layout import (
     CONSUMERS,
     LAYOUT_KEY,
@@ -53,8 +52,8 @@ from tasks.broker.layout import (
     list_lane_key,
     list_ring_key,
 )
-from tasks.broker.scripts import Script
 from tasks.records.key_families import KeyFamily
+from tasks.state import lua
 
 MIGRATE_COMMAND = "ocr_admin.py migrate-broker"
 
@@ -186,7 +185,7 @@ def older_workers(records: Mapping[Any, Any], now: float) -> list[str]:
 # of 1,000 from its newest, each after the last (RPUSH), so that its oldest message ends
 # at the tail taken first; counts them in the list's ring KEYS[3] and out of the old
 # ring KEYS[4] (a client with none left leaves it). Returns how many moved.
-MOVE_LANE = Script(r"""
+MOVE_LANE = lua.Script(r"""
 local moved = 0
 while true do
   local items = redis.call('LRANGE', KEYS[1], 0, 999)
@@ -264,7 +263,7 @@ def _move_lane(client: Any, key: str) -> int:
     """The old lane `key` (`ocr:lane:<list>:<client>`) moved into layout 3's: how many."""
     name, _, owner = key[len(LANE_PREFIX):].partition(":")
     step = name.rsplit(SEP, 1)[1] if SEP in name else "0"
-    return int(scripts.run(client, MOVE_LANE.command(
+    return int(lua.run(client, MOVE_LANE.command(
         [key, list_lane_key(name, owner), list_ring_key(name), f"{RINGS_PREFIX}{step}"],
         [owner])))
 

@@ -37,7 +37,6 @@ waiting and running once their jobs are split, and jobs before that.
 
 from __future__ import annotations
 
-import hashlib
 import time
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
@@ -46,13 +45,14 @@ from typing import Any
 import redis
 
 from tasks.broker import reads
+from tasks.state import lua
 
 # Counts the unacked messages of the hashes KEYS[..] by (exchange, routing key), inside
 # Redis: each entry ends with `[message, exchange, routing_key]` as JSON (kombu's
 # QoS.append; an unacked record's head before it), so only its last bytes are read, and
 # only the counts cross the network (a message can be megabytes). Run with
 # EVALSHA_RO: a Redis user that may only read (`metrics`) may run it.
-_COUNT_UNACKED = """
+_COUNT_UNACKED = lua.Script("""
 local counts = {}
 for k = 1, #KEYS do
   for _, tag in ipairs(redis.call('HKEYS', KEYS[k])) do
@@ -71,12 +71,12 @@ for pair, n in pairs(counts) do
   table.insert(flat, n)
 end
 return flat
-"""
+""")
 
 # Messages waiting in each list (KEYS[2i-1]) and in the lanes of its ring (KEYS[2i],
 # lane keys starting with ARGV[i]); a ring names the anonymous lane (the list) "". A
 # key of another type under a list's name counts as 0.
-_WAITING = """
+_WAITING = lua.Script("""
 local function length(key)
   local n = redis.pcall('LLEN', key)
   if type(n) == 'number' then return n end
@@ -91,13 +91,13 @@ for i = 1, #KEYS / 2 do
   out[i] = n
 end
 return out
-"""
+""")
 
 # Each list's tail (KEYS[2i-1]): its stamp, "" for an empty list, or "?" and the
 # delivery tag of a message without one; then the oldest stamp of the tails of the
 # lanes of each list's ring (KEYS[2i], as `_WAITING`), "" for none.
 # Headers and properties are the envelope's last keys: 8 KiB.
-_OLDEST = """
+_OLDEST = lua.Script("""
 local function stamp(item)
   local tail = string.sub(item, -8192)
   return string.match(tail, '"@HEADER@"%s*:%s*([0-9][0-9.eE+]*)'), tail
@@ -121,7 +121,7 @@ for i = 1, lists do
   out[lists + i] = oldest
 end
 return out
-""".replace("@HEADER@", reads.PUBLISHED_HEADER)
+""".replace("@HEADER@", reads.PUBLISHED_HEADER))
 
 
 @dataclass(frozen=True)
@@ -215,13 +215,10 @@ class QueueDepth:
         """Each list's lanes' prefix."""
         return [reads.lane_prefix(name) for name in names]
 
-    def _read_only(self, script: str, keys: Sequence[str], args: Sequence[str] = ()) -> Any:
+    def _read_only(self, script: lua.Script, keys: Sequence[str],
+                   args: Sequence[str] = ()) -> Any:
         """Run a read-only Lua `script` as a user that may only read (`EVALSHA_RO`)."""
-        sha = hashlib.sha1(script.encode()).hexdigest()
-        try:
-            return self._redis.evalsha_ro(sha, len(keys), *keys, *args)
-        except redis.exceptions.NoScriptError:  # not yet in this server's script cache
-            return self._redis.eval_ro(script, len(keys), *keys, *args)
+        return script.run_read_only(self._redis, keys, args)
 
     def _unacked_by_route(self) -> dict[tuple[str, str], int]:
         flat = self._read_only(_COUNT_UNACKED, reads.held_hashes(self._redis))

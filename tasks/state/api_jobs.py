@@ -21,6 +21,7 @@ from typing import Any
 
 import redis
 
+from tasks.state import lua
 from tasks.state.keys import api_idempotency_key, api_inflight_key, api_job_key, job_key
 
 # Seconds a request with a claimed Idempotency-Key waits for the claimant's job to be sent.
@@ -124,20 +125,19 @@ class ApiJobs:
         deadline = time.monotonic() + wait
         while self._redis.hget(job_key(job_id), "accepted") is None:
             if time.monotonic() >= deadline:
-                self._redis.eval(_RELEASE_IF, 1, api_idempotency_key(owner, digest),
-                                 job_id + " ")
+                _RELEASE_IF.run(self._redis, [api_idempotency_key(owner, digest)], [job_id + " "])
                 return False
             time.sleep(0.1)
         return True
 
 
 # Deletes the key KEYS[1] only if its value starts with ARGV[1] ("<job id> ").
-_RELEASE_IF = """
+_RELEASE_IF = lua.Script("""
 if string.sub(redis.call('GET', KEYS[1]) or '', 1, #ARGV[1]) == ARGV[1] then
   return redis.call('DEL', KEYS[1])
 end
 return 0
-"""
+""")
 
 
 def _decode(raw: dict[Any, Any]) -> dict[str, str]:

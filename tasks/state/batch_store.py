@@ -22,22 +22,23 @@ from typing import Any
 import redis
 
 from tasks.records.batches import COUNTS, BatchRecord, BatchState, encode_field
+from tasks.state import lua
 from tasks.state.keys import BATCH_PREFIX, BATCHES_RUNNING_KEY, batch_key
 
 FINAL = tuple(s for s in BatchState if s.final)
 # The lock's holder alone extends it (ARGV[2] ms) or lets it go (ARGV[2] absent).
-_HOLDER_SCRIPT = """
+_HOLDER_SCRIPT = lua.Script("""
 if redis.call('GET', KEYS[1]) ~= ARGV[1] then return 0 end
 if ARGV[2] then return redis.call('PEXPIRE', KEYS[1], ARGV[2]) end
 return redis.call('DEL', KEYS[1])
-"""
+""")
 
 # KEYS[1]: the running batches' set, KEYS[2]: the new batch's record. ARGV: its client,
 # the limit of its running batches (0: none), the TTL, its id, the records' key prefix,
 # the RUNNING state's name, then the record's fields and values. Records are named
 # from the set, not in KEYS: one Redis, never a cluster. Returns 1 when recorded, 0
 # when the client runs `limit` batches (nothing written).
-_CREATE_WITHIN = """
+_CREATE_WITHIN = lua.Script("""
 local limit = tonumber(ARGV[2])
 if limit > 0 then
   local running = 0
@@ -52,13 +53,13 @@ redis.call('EXPIRE', KEYS[2], ARGV[3])
 redis.call('SADD', KEYS[1], ARGV[4])
 redis.call('EXPIRE', KEYS[1], ARGV[3])
 return 1
-"""
+""")
 
 # KEYS[1]: the batch's flight, KEYS[2]: its record. ARGV: for each job, its id, the
 # number of its counts, then each count's name and delta. A job still in flight leaves
 # it and its counts are added; one already gone is not counted again. Returns the ids
 # of the jobs settled.
-_SETTLE = """
+_SETTLE = lua.Script("""
 local settled, i = {}, 1
 while i <= #ARGV do
   local job, n = ARGV[i], tonumber(ARGV[i + 1])
@@ -71,7 +72,7 @@ while i <= #ARGV do
   i = i + 2 + 2 * n
 end
 return settled
-"""
+""")
 
 
 class BatchStore:
@@ -80,9 +81,6 @@ class BatchStore:
     def __init__(self, client: redis.Redis, ttl: int) -> None:
         self._redis = client
         self.ttl = ttl
-        self._holder = client.register_script(_HOLDER_SCRIPT)
-        self._create_within: Any = client.register_script(_CREATE_WITHIN)
-        self._settle: Any = client.register_script(_SETTLE)
 
     def create(self, record: BatchRecord) -> BatchRecord:
         """Record a new RUNNING batch (a fresh id unless the record has one)."""
@@ -102,9 +100,9 @@ class BatchStore:
         """
         record = _new(record)
         fields = [part for pair in record.to_hash().items() for part in pair]
-        made = self._create_within(
-            keys=[BATCHES_RUNNING_KEY, batch_key(record.id)],
-            args=[record.client, limit, self.ttl, record.id, BATCH_PREFIX,
+        made = _CREATE_WITHIN.run(
+            self._redis, [BATCHES_RUNNING_KEY, batch_key(record.id)],
+            [record.client, limit, self.ttl, record.id, BATCH_PREFIX,
                   BatchState.RUNNING.value, *fields])
         return record if int(made) else None
 
@@ -151,12 +149,12 @@ class BatchStore:
 
     def extend(self, batch_id: str, holder: str, seconds: float) -> bool:
         """Keep the lock another `seconds` while its holder still holds it (one script)."""
-        return bool(self._holder(keys=[batch_key(batch_id, "lock")],
-                                 args=[holder, int(seconds * 1000)]))
+        return bool(_HOLDER_SCRIPT.run(self._redis, [batch_key(batch_id, "lock")],
+                                       [holder, int(seconds * 1000)]))
 
     def unlock(self, batch_id: str, holder: str) -> bool:
         """Let the lock go, when `holder` still holds it (compare and delete: one script)."""
-        return bool(self._holder(keys=[batch_key(batch_id, "lock")], args=[holder]))
+        return bool(_HOLDER_SCRIPT.run(self._redis, [batch_key(batch_id, "lock")], [holder]))
 
     # --- documents in flight -----------------------------------------------------------
 
@@ -200,8 +198,8 @@ class BatchStore:
             args += [job_id, len(deltas)]
             for name, delta in deltas.items():
                 args += [name, delta]
-        settled = self._settle(keys=[batch_key(batch_id, "flight"), batch_key(batch_id)],
-                               args=args)
+        settled = _SETTLE.run(self._redis, [batch_key(batch_id, "flight"), batch_key(batch_id)],
+                             args)
         return [_text(job_id) for job_id in settled]
 
     def end(self, batch_id: str, state: BatchState) -> None:

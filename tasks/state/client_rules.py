@@ -27,6 +27,7 @@ import redis
 
 from tasks.records.clients import RUNNING_BATCHES, ClientRules
 from tasks.settings import Settings
+from tasks.state import lua
 from tasks.state.keys import API_CLIENTS_KEY, api_inflight_key, job_key
 
 # Seconds a place is kept for a job without a record: its sender writes the job's record
@@ -61,7 +62,7 @@ def read_rules(client: redis.Redis, name: str, settings: Settings) -> ClientRule
 
 # KEYS[1]: the client's set. ARGV: the job id, its time, the limit (0: none), the TTL.
 # Adds the job unless the set holds `limit` others; returns the count with it, or -1.
-_RESERVE = """
+_RESERVE = lua.Script("""
 local limit = tonumber(ARGV[3])
 if limit > 0 and redis.call('ZSCORE', KEYS[1], ARGV[1]) == false
     and redis.call('ZCARD', KEYS[1]) >= limit then
@@ -70,7 +71,7 @@ end
 redis.call('ZADD', KEYS[1], ARGV[2], ARGV[1])
 redis.call('EXPIRE', KEYS[1], ARGV[4])
 return redis.call('ZCARD', KEYS[1])
-"""
+""")
 
 
 class InFlight:
@@ -79,7 +80,6 @@ class InFlight:
     def __init__(self, client: redis.Redis, ttl: int) -> None:
         self._redis = client
         self.ttl = ttl
-        self._reserve: Any = client.register_script(_RESERVE)
 
     def reserve(self, name: str, job_id: str, limit: int,
                 ended: Callable[[list[str]], list[str]], at: float | None = None) -> bool:
@@ -90,11 +90,11 @@ class InFlight:
         was added. `limit` 0: no limit, the job is counted.
         """
         args = [job_id, at or round(time.time(), 3), limit, self.ttl]
-        if int(self._reserve(keys=[api_inflight_key(name)], args=args)) >= 0:
+        if int(_RESERVE.run(self._redis, [api_inflight_key(name)], args)) >= 0:
             return True
         if not self.settle(name, self._members(name), ended):
             return False
-        return int(self._reserve(keys=[api_inflight_key(name)], args=args)) >= 0
+        return int(_RESERVE.run(self._redis, [api_inflight_key(name)], args)) >= 0
 
     def add(self, name: str, job_id: str, at: float | None = None) -> None:
         pipe = self._redis.pipeline()

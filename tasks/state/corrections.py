@@ -27,7 +27,6 @@ from dataclasses import dataclass
 from typing import Any
 
 import redis
-from redis.exceptions import NoScriptError
 
 from tasks.state.boundary import transient_methods
 from tasks.state.keys import (
@@ -239,11 +238,8 @@ class Corrections:
                         f"{digest}:{page}",
                         json.dumps(shown.to_json()) if shown.corrected_lines else "",
                         limit])
-                    answer = pipe.execute(raise_on_error=False)[0]
+                    answer = pipe.execute(raise_on_error=False)[-1]  # after its load
                 except redis.WatchError:
-                    continue
-                if isinstance(answer, NoScriptError):  # a restarted Redis: nothing ran
-                    self._redis.script_load(_WRITE.text)
                     continue
                 if isinstance(answer, Exception):
                     raise answer

@@ -68,7 +68,7 @@ class JobControl:
         """Write `fields` into the job's control hash and give it its TTL, in one step."""
         pairs = [part for name, value in fields.items() for part in (name, value)]
         if pairs:
-            _REMEMBER(self._redis, [job_key(job_id)], [self._ttl, *pairs])
+            _REMEMBER.run(self._redis, [job_key(job_id)], [self._ttl, *pairs])
 
     def remember_in(self, pipe: Any, job_id: str, fields: dict[str, str]) -> None:
         """`remember`, queued in `pipe` (no transaction; run by `lua.execute`)."""
@@ -118,7 +118,7 @@ class JobControl:
             args[:2] = [started.text, started.ttl or ""]
         if input_blob is not None:
             keys[3], args[2] = input_blob
-        ended, data, cancelled, *sent = job_scripts.AT_START(self._redis, keys, args)
+        ended, data, cancelled, *sent = job_scripts.AT_START.run(self._redis, keys, args)
         as_sent.keep(job_id, tuple(sent))
         if input_blob is not None and data is not None:
             start_inputs.keep(input_blob[0], input_blob[1], data)
@@ -155,7 +155,7 @@ class JobControl:
                     job_notices.FIELD, max(1, int(self._ttl)), member]
             if told is not None:
                 args += [told.topic, told.message]
-            answer = (job_scripts.CLAIM_END(self._redis, keys, args) if pipe is None
+            answer = (job_scripts.CLAIM_END.run(self._redis, keys, args) if pipe is None
                       else job_scripts.CLAIM_END.queue(pipe, keys, args))
         if pipe is None:
             return bool(answer)
@@ -174,7 +174,7 @@ class JobControl:
 
     def take_over_end(self, job_id: str, holder: str, new_holder: str) -> bool:
         """Move the claim from `holder` to `new_holder` (atomic); False if it moved."""
-        return bool(job_scripts.TAKE_OVER_END(self._redis, [job_ended_key(job_id)],
+        return bool(job_scripts.TAKE_OVER_END.run(self._redis, [job_ended_key(job_id)],
                                               [holder, new_holder]))
 
     def mark_ended(self, job_id: str, holder: str, status: str = "",
@@ -191,7 +191,7 @@ class JobControl:
         """
         in_flight, member = _in_flight(job_id, client)
         keys = [job_ended_key(job_id), job_notice_key(job_id), in_flight, *freed]
-        answer = int(job_scripts.MARK_ENDED(self._redis, keys, [
+        answer = int(job_scripts.MARK_ENDED.run(self._redis, keys, [
             holder, ENDING_DONE, status, job_notices.FIELD, max(1, int(self._ttl)),
             member]))
         return {1: EndMark.DONE, 0: EndMark.LOST}.get(answer, EndMark.ELSEWHERE)
@@ -217,7 +217,7 @@ class JobControl:
         if holder is None:
             self._redis.delete(job_ended_key(job_id))
         else:
-            job_scripts.RELEASE_END(self._redis, [job_ended_key(job_id)], [holder])
+            job_scripts.RELEASE_END.run(self._redis, [job_ended_key(job_id)], [holder])
 
     def has_ended(self, job_id: str) -> bool:
         return bool(self._redis.exists(job_ended_key(job_id)))
@@ -327,7 +327,7 @@ class JobControl:
         The count (field `total`) outlives the progress record: a cancelled job's
         status keeps it (`tasks.state.job_state`).
         """
-        return bool(job_scripts.SET_PROGRESS_UNLESS_ENDED(
+        return bool(job_scripts.SET_PROGRESS_UNLESS_ENDED.run(
             self._redis, [job_ended_key(job_id), key, job_key(job_id)],
             [value, max(1, ttl), total]))
 

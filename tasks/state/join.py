@@ -146,7 +146,7 @@ class DocumentJoin:
             shown = [progress.head, progress.tail, max(1, progress.ttl)]
         pairs = [item for page in pages
                  for item in (str(page.number), json.dumps(page.to_json()))]
-        return bool(_START_UNLESS_ENDED(
+        return bool(_START_UNLESS_ENDED.run(
             self._redis, keys, [self._ttl, meta.to_json(), *shown, meta.total, *pairs]))
 
     def keep(self, doc_id: str, target: RedisTarget) -> bool:
@@ -205,7 +205,7 @@ class DocumentJoin:
         pairs = [item for page in pages
                  for item in (str(page.number), json.dumps(page.to_json()))]
         try:
-            done, hold = _RECORD_UNLESS_ENDED(self._redis, keys, [*args, *pairs])
+            done, hold = _RECORD_UNLESS_ENDED.run(self._redis, keys, [*args, *pairs])
         except redis.RedisError:
             quiet_jobs.forget()
             raise
@@ -217,7 +217,7 @@ class DocumentJoin:
         """Keep the first readings of escalated `pages`; False, none kept, once it ended."""
         pairs = [item for page in pages
                  for item in (str(page.number), json.dumps(page.to_json()))]
-        return bool(_HOLD_UNLESS_ENDED(
+        return bool(_HOLD_UNLESS_ENDED.run(
             self._redis, [job_ended_key(doc_id), self._key(doc_id, "first")],
             [self._ttl, *pairs]))
 

@@ -1,12 +1,29 @@
-"""The state's Lua scripts, run by their SHA: a script's text crosses the wire on a load only.
+"""Every Lua script of the service, run by its SHA: a script's text crosses the wire on a load only.
 
-Runs in every process that writes job state (clients, the `api` process, worker pool
-children). A `Script`'s command is `EVALSHA <sha> ...`. A server that does not know the
-script (a restart, a failover to a replica that never ran it) answers NOSCRIPT: the
-script is loaded (`SCRIPT LOAD`) and its command sent again. In a pipeline without a
-transaction (`queue`, then `execute`), the pipeline's other commands have run by then,
-and the script's command alone is sent again, after them: a script queued so must not
-rely on running before the pipeline's later commands (those in this package do not).
+Runs in every process that runs a script: clients, the `api` process and worker pool
+children (the state's and the API's scripts), publishers and the worker parent (the
+broker's: the push, the fetch, the holders' sweep), the metrics exporter (a queue's
+depth). A `Script`'s command is
+`EVALSHA <sha> ...`. A process loads a script (`SCRIPT LOAD`) before its first run on
+each connection pool. A server that does not know it (a restart, a failover to a
+replica that never ran it) answers NOSCRIPT: the script is loaded and its command sent
+again, up to LOADS times; then `ScriptLost` is raised.
+
+A script runs in one of four ways:
+- alone (`Script.run`, or `run` with a command `Script.command` built; a script that
+  only reads, as a user that may only read: `Script.run_read_only`);
+- in a pipeline without a transaction (`Script.queue`, then `execute` or `answers`): a
+  command answered NOSCRIPT is sent again alone, after the pipeline's other commands,
+  so a script queued so must not rely on running before them;
+- in a transaction (`Script.queue` in a MULTI): its `SCRIPT LOAD` is queued in the same
+  transaction just before it, one answer more in the transaction's reply;
+- sent raw on a connection (the broker's fetch, `Script.command`): its sender loads it
+  (`reload`) where the answer is NOSCRIPT.
+
+redis-py's `register_script` runs by SHA too, but asks `SCRIPT EXISTS` before every
+pipeline that holds a script (one command and one round trip more each), loads a lost
+script once only, and builds no raw command for a connection (docs/scaling.md, "Lua
+scripts").
 """
 
 from __future__ import annotations
@@ -21,8 +38,17 @@ from redis.exceptions import NoScriptError
 from tasks.errors import TransientError
 
 _BY_SHA: dict[str, Script] = {}
-# Loads of a script one call makes before it gives up (each after a NOSCRIPT answer).
+_LOADED: set[tuple[int, str]] = set()  # (connection pool, sha) this process loaded
+# Loads of a script one run makes after NOSCRIPT answers before it gives up (a server
+# restarting or failing over can lose a script again right after its load).
 LOADS = 3
+
+
+class ScriptLost(NoScriptError, TransientError):
+    """Redis lost a script as it was loaded, LOADS times: a restart or a failover. Retryable."""
+
+    default_message = (f"Redis lost a script as it was loaded {LOADS} times "
+                       "(restarting or failing over); try again")
 
 
 class Script:
@@ -33,42 +59,90 @@ class Script:
         self.sha = hashlib.sha1(text.encode()).hexdigest()
         _BY_SHA[self.sha] = self
 
-    def __call__(self, client: Any, keys: Sequence[Any], args: Sequence[Any]) -> Any:
-        """Run the script through `client`; loaded first where its server lacks it.
+    def command(self, keys: Sequence[Any], args: Sequence[Any]) -> list[Any]:
+        """`EVALSHA` of this script over `keys` and `args`."""
+        return ["EVALSHA", self.sha, len(keys), *keys, *args]
 
-        A server that lacks it again right after its load (a restart or a failover
-        between the two commands) has it loaded again, up to LOADS times; then the
-        call is `TransientError` (retryable), never a job's internal error.
+    def load(self, client: Any) -> None:
+        """Load the script on `client`'s server (one command; queued, in a pipeline)."""
+        client.execute_command("SCRIPT", "LOAD", self.text)
+
+    def run(self, client: Any, keys: Sequence[Any], args: Sequence[Any] = ()) -> Any:
+        """Run the script through `client` (loaded first where the server lacks it)."""
+        return run(client, self.command(keys, args))
+
+    def queue(self, pipe: Any, keys: Sequence[Any], args: Sequence[Any] = ()) -> Any:
+        """Queue the script's command in `pipe` (see the module's note)."""
+        return queue(pipe, self.command(keys, args))
+
+    def run_read_only(self, client: Any, keys: Sequence[Any], args: Sequence[Any] = ()) -> Any:
+        """Run a script that only reads, as a user that may only read (`EVALSHA_RO`).
+
+        Where the server lacks it, `EVAL_RO` sends its text, which leaves it in the
+        server's cache: such a user may not `SCRIPT LOAD`.
         """
-        for _ in range(LOADS):
-            try:
-                return client.evalsha(self.sha, len(keys), *keys, *args)
-            except NoScriptError:
-                client.script_load(self.text)
         try:
-            return client.evalsha(self.sha, len(keys), *keys, *args)
-        except NoScriptError as exc:
-            raise TransientError(f"Redis lost a script as it was loaded {LOADS} times "
-                                 "(restarting or failing over); the job is retried") from exc
+            return client.evalsha_ro(self.sha, len(keys), *keys, *args)
+        except NoScriptError:
+            return client.eval_ro(self.text, len(keys), *keys, *args)
 
-    def queue(self, pipe: Any, keys: Sequence[Any], args: Sequence[Any]) -> Any:
-        """Queue the script's command in `pipe` (no transaction; run by `execute`)."""
-        return pipe.evalsha(self.sha, len(keys), *keys, *args)
+
+def run(client: Any, command: list[Any]) -> Any:
+    """Send an `EVALSHA` `command` through `client`; on NOSCRIPT, load and send again.
+
+    Up to LOADS loads while the server lacks it again right after its load; then
+    `ScriptLost`.
+    """
+    preload(client, command)
+    for _ in range(LOADS):
+        try:
+            return client.execute_command(*command)
+        except NoScriptError:
+            reload(client, command)
+    try:
+        return client.execute_command(*command)
+    except NoScriptError as exc:
+        raise ScriptLost() from exc
+
+
+def queue(pipe: Any, command: list[Any]) -> Any:
+    """Queue an `EVALSHA` `command` in `pipe`: in a transaction, its load just before it."""
+    if getattr(pipe, "transaction", False) or getattr(pipe, "explicit_transaction", False):
+        reload(pipe, command)
+    elif _loaded(pipe, command) not in _LOADED:  # loaded at once, not in the pipeline
+        preload(redis.Redis(connection_pool=pipe.connection_pool), command)
+    return pipe.execute_command(*command)
+
+
+def preload(client: Any, command: Sequence[Any]) -> None:
+    """Load the script an `EVALSHA` `command` names, once by this process on `client`'s pool."""
+    if _loaded(client, command) not in _LOADED:
+        reload(client, command)
+        _LOADED.add(_loaded(client, command))
+
+
+def _loaded(client: Any, command: Sequence[Any]) -> tuple[int, str]:
+    """The entry of `_LOADED` for `command`'s script on `client`'s pool."""
+    return id(getattr(client, "connection_pool", client)), str(command[1])
+
+
+def reload(client: Any, command: Sequence[Any]) -> None:
+    """Load the script an `EVALSHA` `command` names (the server answered NOSCRIPT)."""
+    _BY_SHA[str(command[1])].load(client)
 
 
 def answers(pipe: Any) -> list[Any]:
-    """Run `pipe` as `execute` does; a command's error is its answer, not raised.
+    """Run `pipe` (no transaction) as `execute` does; a command's error is its answer.
 
-    Raises only what fails the whole pipeline (the connection's errors).
+    A script its server lacked is loaded and its command sent again alone. Raises only
+    what fails the whole pipeline (the connection's errors).
     """
     sent = [args for args, _ in pipe.command_stack]
     got = list(pipe.execute(raise_on_error=False))
     for i, answer in enumerate(got):
-        script = _BY_SHA.get(str(sent[i][1])) if isinstance(answer, NoScriptError) else None
-        if script is not None:
+        if isinstance(answer, NoScriptError) and str(sent[i][1]) in _BY_SHA:
             try:
-                got[i] = script(redis.Redis(connection_pool=pipe.connection_pool),
-                                sent[i][3:3 + int(sent[i][2])], sent[i][3 + int(sent[i][2]):])
+                got[i] = run(redis.Redis(connection_pool=pipe.connection_pool), list(sent[i]))
             except redis.ResponseError as exc:
                 got[i] = exc
     return got

@@ -73,7 +73,7 @@ return count_pages(KEYS[1], KEYS[2], KEYS[3], KEYS[4], ARGV[1], ARGV[2], ARGV[3]
 # not KEYS, as the senders may only read them (a script's KEYS need write rights); one
 # Redis, never a cluster. Holds the pages unless read and held pages would pass a cap:
 # then {period, used}.
-_RESERVE = """
+_RESERVE = lua.Script("""
 local held = 0
 for _, n in ipairs(redis.call('HVALS', KEYS[1])) do held = held + tonumber(n) end
 held = held - tonumber(redis.call('HGET', KEYS[1], ARGV[2]) or 0)
@@ -86,7 +86,7 @@ end
 redis.call('HSET', KEYS[1], ARGV[2], pages)
 redis.call('EXPIRE', KEYS[1], ARGV[6])
 return {'', 0}
-"""
+""")
 HOLD_TTL = 3 * 86400  # a hold outlives no job: one not ended by then is gone
 
 
@@ -145,7 +145,6 @@ class PageUsage:
     def __init__(self, client: redis.Redis) -> None:
         self._redis = client
         self._kept: set[str] = set()  # keys this process has given their TTL
-        self._reserve: Any = client.register_script(_RESERVE)
         self._caps: dict[str, tuple[float, PageCaps]] = {}  # client -> (read at, caps)
         self._lock = threading.Lock()
 
@@ -199,13 +198,13 @@ class PageUsage:
         keys = [held_key(client)]
         args = [client, job, pages, caps.pages_per_day or 0, caps.pages_per_month or 0,
                 HOLD_TTL, day_key(day), month_key(day)]
-        period, used = self._reserve(keys=keys, args=args)
+        period, used = _RESERVE.run(self._redis, keys, args)
         if period:
             holders = [_text(j) for j in self._redis.hkeys(held_key(client))]
             gone = ended([j for j in holders if j != job])
             if gone:
                 self._redis.hdel(held_key(client), *gone)
-                period, used = self._reserve(keys=keys, args=args)
+                period, used = _RESERVE.run(self._redis, keys, args)
         if period:
             which = _text(period)
             cap = caps.pages_per_day if which == "day" else caps.pages_per_month

@@ -24,7 +24,7 @@ import pytest
 import redis
 
 from tasks.api._quotas import ClientBytes
-from tasks.broker import binding_expiry, held, layout, scripts, stored_layout
+from tasks.broker import binding_expiry, held, layout, stored_layout
 from tasks.broker.holders import HolderSweep
 from tasks.errors import PageQuotaExceeded, QuotaExceeded
 from tasks.records.batches import BatchRecord
@@ -36,6 +36,7 @@ from tasks.redis_users import (
     RedisUser,
     declared_access,
 )
+from tasks.state import lua
 from tasks.state.batch_store import BatchStore
 from tasks.state.client_rules import InFlight
 from tasks.state.corrections import CorrectedPage, Corrections, LineCorrection
@@ -147,7 +148,7 @@ def test_the_binding_scripts_run_as_each_consuming_role(server: AclRedisServer,
     client = redis.Redis.from_url(server.url(role))
     table, member = f"{layout.BINDING_PREFIX}celeryev", "#\x06\x16\x06\x16celeryev.x"
     try:
-        scripts.run(client, binding_expiry.bind_command(table, "celeryev", member, 0))
+        lua.run(client, binding_expiry.bind_command(table, "celeryev", member, 0))
         assert admin.sismember(table, member)
         assert binding_expiry.sweep(client) == 1  # its deadline was now
         assert not admin.exists(table) and not admin.exists(layout.BINDING_EXPIRY_KEY)

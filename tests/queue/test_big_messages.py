@@ -27,12 +27,13 @@ import psutil
 import pytest
 import redis
 
-from tasks.broker import fetch_script, oversized, scripts
+from tasks.broker import fetch_script, oversized
 from tasks.broker.layout import DEAD_LETTER_KEY, list_held_key
 from tasks.broker.oversized import ENDS, OversizedReply, received, reply_size
 from tasks.broker.refusals import read_dead_letters
 from tasks.client import OcrClient
 from tasks.settings import Settings
+from tasks.state import lua
 from tests.harness import (
     ROOT,
     VENV_BIN,
@@ -145,7 +146,7 @@ def test_scripts_send_only_the_ends_of_a_message_over_the_bound(redis_url: str,
     store.rpush(key, b"small", big, exact + b"+", exact)
 
     def pop(limit: int = bound) -> Any:
-        return received(scripts.run(store, oversized.pop_command(key, limit)))
+        return received(lua.run(store, oversized.pop_command(key, limit)))
 
     assert pop() == exact
     one_over = pop()
@@ -167,13 +168,13 @@ def test_scripts_send_only_the_ends_of_a_message_over_the_bound(redis_url: str,
     store.rpush(queue, within, over)
     fetch = fetch_script.fetch_command("", [(queue, 0, False, True)], 1.0, bound)
     held = list_held_key(queue)
-    name, item, tag = scripts.run(store, fetch)
+    name, item, tag = lua.run(store, fetch)
     got = received(item)
     assert isinstance(got, OversizedReply) and got.size == len(over) and tag == b""
     assert got == over[:ENDS] + b"\n" + over[-ENDS:]
     assert name == queue.encode() and store.llen(queue) == 1
     assert store.hlen(held) == 0
-    name, item, tag = scripts.run(store, fetch)
+    name, item, tag = lua.run(store, fetch)
     assert received(item) == within and tag and store.hexists(held, tag)
     store.delete(key, queue, held)
     store.close()

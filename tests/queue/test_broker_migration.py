@@ -34,7 +34,7 @@ from devkit.previous_release import (
     materialize,
     resolve,
 )
-from tasks.broker import scripts, stored_layout
+from tasks.broker import stored_layout
 from tasks.broker.fetch_script import fetch_command
 from tasks.broker.layout import (
     HELD_LISTS_KEY,
@@ -44,6 +44,7 @@ from tasks.broker.layout import (
     list_lane_key,
     list_ring_key,
 )
+from tasks.state import lua
 from tasks.state.keys import WORKERS_KEY
 from tests.harness import ROOT, VENV_BIN, Worker, fake_env, kill_all
 
@@ -146,7 +147,7 @@ def drain(r: redis.Redis) -> list[tuple[str, int, bool]]:
     r.sadd(HELD_LISTS_KEY, "ocr", NORMAL)
     lists = [("ocr", 0, True, True), (NORMAL, 3, True, True)]
     for _ in range(20):
-        reply = scripts.run(r, fetch_command("", lists, time.time(), 0, probe=False))
+        reply = lua.run(r, fetch_command("", lists, time.time(), 0, probe=False))
         if reply is None:
             return taken
         headers = json.loads(reply[1])["headers"]

@@ -16,7 +16,6 @@ from typing import Any
 import pytest
 import redis
 
-from tasks.broker import scripts
 from tasks.broker.fetch_script import fetch_command
 from tasks.broker.lanes import push_command
 from tasks.broker.layout import (
@@ -27,6 +26,7 @@ from tasks.broker.layout import (
     queue_wake_key,
 )
 from tasks.client import OcrClient
+from tasks.state import lua
 from tests.harness import (
     FAST_PAGES,
     Worker,
@@ -74,14 +74,14 @@ class Broker:
 
     def push(self, name: str, client: str, count: int) -> None:
         for n in range(count):
-            scripts.run(self.r, push_command(self.prefix, name, client, envelope(client, n)))
+            lua.run(self.r, push_command(self.prefix, name, client, envelope(client, n)))
 
     def plain(self, name: str, n: int = 0) -> None:
         self.r.lpush(self.key(name), envelope("", n))
 
     def fetch(self, lists: list[tuple[str, int]]) -> tuple[str, str] | None:
         """(list, client) of the message the fetch takes, None when nothing waits."""
-        reply = scripts.run(self.r, fetch_command(
+        reply = lua.run(self.r, fetch_command(
             self.prefix, [(name, step, True, True) for name, step in lists], 1.0, 0))
         return None if reply is None else (reply[0].decode()[len(self.prefix):],
                                            who(reply[1]))
@@ -167,7 +167,7 @@ def test_a_list_without_lanes_beside_laned_ones_is_the_steps_anonymous_lane(
     direct queue's tail is read only where that EXISTS counts a message.
     """
     def fetch(lists: list[tuple[str, int, bool]]) -> tuple[str, str] | None:
-        reply = scripts.run(broker.r, fetch_command(
+        reply = lua.run(broker.r, fetch_command(
             broker.prefix, [(n, s, laned, True) for n, s, laned in lists], 1.0, 0))
         return None if reply is None else (reply[0].decode()[len(broker.prefix):],
                                            who(reply[1]))
@@ -343,12 +343,12 @@ def test_a_restored_message_goes_back_to_its_lane_first(redis_url: str) -> None:
                              serializer="json")
         lane = list_lane_key(name, "back")
         assert r.llen(lane) == 2
-        taken = scripts.run(r, fetch_command("", [(name, 0, True, True)], 1.0, 0))
+        taken = lua.run(r, fetch_command("", [(name, 0, True, True)], 1.0, 0))
         assert json.loads(taken[1])["headers"]["n"] == 0 and r.llen(lane) == 1
         r.script_flush()  # the restore's transaction loads the push script it runs
         channel.qos.restore_by_tag(taken[2].decode(), key=list_held_key(name))
         assert r.llen(lane) == 2 and r.llen(name) == 0
-        again = scripts.run(r, fetch_command("", [(name, 0, True, False)], 1.0, 0))
+        again = lua.run(r, fetch_command("", [(name, 0, True, False)], 1.0, 0))
         restored = json.loads(again[1])
         assert restored["headers"]["n"] == 0 and restored["headers"]["redelivered"] is True
     r.delete(lane)

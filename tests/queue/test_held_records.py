@@ -20,7 +20,7 @@ import pytest
 import redis
 from kombu import Connection, Consumer, Exchange, Queue
 
-from tasks.broker import held, scripts
+from tasks.broker import held
 from tasks.broker.fetch_script import fetch_command
 from tasks.broker.holders import HolderSweep
 from tasks.broker.lanes import push_command
@@ -31,6 +31,7 @@ from tasks.broker.layout import (
     list_lane_key,
     list_ring_key,
 )
+from tasks.state import lua
 from tasks.state.keys import WORKERS_KEY
 
 WINDOW, TTL = 6.0, 30.0
@@ -49,7 +50,7 @@ def message(client: str, n: int) -> str:
 
 
 def push(r: redis.Redis, queue: str, client: str, n: int) -> None:
-    scripts.run(r, push_command("", queue, client, message(client, n)))
+    lua.run(r, push_command("", queue, client, message(client, n)))
 
 
 def fetch(r: redis.Redis, queue: str, now: float, holder: str = "",
@@ -60,7 +61,7 @@ def fetch(r: redis.Redis, queue: str, now: float, holder: str = "",
     names it.
     """
     r.sadd(HELD_LISTS_KEY, queue)
-    reply = scripts.run(r, fetch_command("", [(queue, 0, True, True)], now, 0,
+    reply = lua.run(r, fetch_command("", [(queue, 0, True, True)], now, 0,
                                          probe=False, holder=holder, acks=acks))
     return str(reply[2].decode()) if reply else ""
 

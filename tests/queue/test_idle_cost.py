@@ -20,11 +20,12 @@ import pytest
 import redis
 from kombu import Connection, Exchange, Queue
 
-from tasks.broker import layout, scripts
+from tasks.broker import layout
 from tasks.broker.fetch_script import fetch_command
 from tasks.broker.lanes import push_command
 from tasks.broker.layout import queue_wake_key
 from tasks.broker.transport import TRANSPORT
+from tasks.state import lua
 from tests.harness import RedisServer, Worker, fake_env, stop_all
 
 # Commands/s an idle worker may send here (goal 3, plus a loaded machine's margin).
@@ -58,7 +59,7 @@ def fetch(r: redis.Redis, probe: bool = True, woken: bool = False) -> list[Any] 
     """One fetch over a worker's lists: `ocr` and `ocr-control`, every priority step."""
     lists = [(layout.queue_list(q, step), step, True, True)
              for step in layout.PRIORITY_STEPS for q in ("ocr-control", "ocr")]
-    reply: list[Any] | None = scripts.run(r, fetch_command(
+    reply: list[Any] | None = lua.run(r, fetch_command(
         "", lists, time.time(), 0, probe=probe, woken=woken))
     return reply
 
@@ -74,7 +75,7 @@ def test_an_empty_fetch_is_one_exists_and_a_lone_clients_keeps_no_turns(
     assert spent == {"cmdstat_evalsha": 1, "cmdstat_exists": 1, "cmdstat_info": 1}, spent
     step = 3
     for n in range(3):
-        scripts.run(r, push_command("", layout.queue_list("ocr", step), "alone",
+        lua.run(r, push_command("", layout.queue_list("ocr", step), "alone",
                                     envelope(n)))
     before = calls(r)
     taken = [fetch(r, probe=n == 0, woken=n > 0) for n in range(3)]
@@ -110,7 +111,7 @@ def test_a_fetch_that_takes_nothing_empties_its_queues_doorbells(
     mine = [queue_wake_key(q) for q in ("ocr-control", "ocr")]
     other = queue_wake_key("ocr-other")
     for n in range(2):
-        scripts.run(r, push_command("", layout.queue_list("ocr", step), "alone",
+        lua.run(r, push_command("", layout.queue_list("ocr", step), "alone",
                                     envelope(n), ring_queue="ocr"))
     r.lpush(mine[0], "1")
     r.lpush(other, "1")
@@ -127,7 +128,7 @@ def test_a_fetch_that_takes_nothing_empties_its_queues_doorbells(
     assert fetch(r, probe=False) is None  # looked through every list and ring
     assert r.exists(*mine) == 0 and r.exists(other) == 1
     # a ring with a message waiting is never dropped: the fetch takes the message
-    scripts.run(r, push_command("", layout.queue_list("ocr", step), "alone",
+    lua.run(r, push_command("", layout.queue_list("ocr", step), "alone",
                                 envelope(2), ring_queue="ocr"))
     assert fetch(r, probe=False) is not None and r.exists(mine[1]) == 1
 

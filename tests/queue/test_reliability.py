@@ -23,10 +23,11 @@ from typing import Any
 import psutil
 import pytest
 
-from tasks.broker import held, scripts
+from tasks.broker import held
 from tasks.broker.fetch_script import fetch_command
 from tasks.broker.layout import list_held_key
 from tasks.client import OcrClient
+from tasks.state import lua
 from tests.harness import (
     ROOT,
     VENV_BIN,
@@ -261,7 +262,7 @@ def test_the_fetch_records_before_it_pops(redis_url: str) -> None:
 
     def fetch(lists: list[tuple[str, int, bool]], now: float) -> Any:
         """The fetch over lists without lanes: (list, priority step, acknowledged)."""
-        return scripts.run(r, fetch_command(
+        return lua.run(r, fetch_command(
             "", [(name, step, False, ack) for name, step, ack in lists], now, 0, tag=tag))
 
     held_in = list_held_key("q")  # the hash of the list it was taken from

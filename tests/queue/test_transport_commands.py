@@ -6,8 +6,8 @@ EXISTS, of a busy one its exact count; a binding is two SADDs, its permanent ent
 first; an event nobody hears goes quiet for a while and reaches a subscriber that came
 once that while is over; a remote control broadcast always goes out
 (tasks/broker/redis_channel.py, publishing.py, broadcasts.py). A broker script its
-server loses again as it is loaded is loaded again, up to `scripts.LOADS` times
-(tasks/broker/scripts.py).
+server loses again as it is loaded is loaded again, up to `lua.LOADS` times
+(tasks/state/lua.py).
 """
 
 from __future__ import annotations
@@ -20,9 +20,10 @@ import pytest
 import redis
 from kombu import Connection, Exchange, Producer, Queue
 
-from tasks.broker import lanes, layout, scripts
+from tasks.broker import lanes, layout
 from tasks.broker.transport import TRANSPORT
 from tasks.records.clients import CLIENT_HEADER
+from tasks.state import lua
 from tests.losing_redis import losing_redis
 
 
@@ -283,11 +284,11 @@ def test_a_broker_script_lost_again_as_it_is_loaded_is_loaded_again(
     losing = losing_redis(lone_redis_url)
     lane = layout.list_lane_key(layout.queue_list("ocr", 3), "root")
     push = lanes.push_command("", layout.queue_list("ocr", 3), "root", "{}")
-    losing.losses = scripts.LOADS - 1
-    scripts.run(losing, push)
+    losing.losses = lua.LOADS - 1
+    lua.run(losing, push)
     assert losing.llen(lane) == 1
     losing.script_flush()
-    losing.losses = scripts.LOADS
+    losing.losses = lua.LOADS
     with pytest.raises(redis.exceptions.NoScriptError):
-        scripts.run(losing, push)
+        lua.run(losing, push)
     assert losing.llen(lane) == 1
