@@ -3,9 +3,9 @@ r"""The Redis broker: our own kombu transport, with atomic fetches, lanes, doorb
 Who runs what:
 
 - every process that publishes (clients, the API, beat, workers sending page tasks and
-  retries): the channel of `publishing` (a client's message to its lane,
-  `lanes.push_command`, and the doorbell's ring, `doorbells`), which the worker's
-  channel of `fetching` extends; behind Sentinel through `sentinel_transport`.
+  retries): the channel's publisher, `publishing` (a client's message to its lane,
+  `lanes.push_command`, and the doorbell's ring, `doorbells`); behind Sentinel through
+  `sentinel_transport`.
 - the worker parent, the one process that consumes: the fetch (`fetch_script.FETCH`,
   held in one record of its list's hash with its holder and popped in one step,
   `held`; idle, one EXISTS), the long wait on doorbells (`ocr_idle_wait`, 10 s in
@@ -76,16 +76,17 @@ The key layout, owned by `layout` (nothing else spells these names):
 
 The transport is our own (`transport.Transport`, registered as `ocr-redis`: Celery's
 `broker_transport`), built on kombu's virtual transport, not on kombu's Redis transport,
-which nothing here imports. Its layers, each a module:
+which nothing here imports. Its parts, each a module:
 
-- `redis_channel.RedisChannel`: kombu's virtual channel on Redis: the pools
-  (`connections`), the bindings, the queues' lists, broadcasts over PUB/SUB
-  (`broadcasts`: an event exchange's topic nobody heard is left quiet a few seconds);
-- `publishing.PublishingChannel`: lanes, doorbells' rings, the replicas' WAIT on the
+- `channel.Channel`: kombu's virtual channel on Redis, its hooks handed to its parts:
+  the pools (`connections`), the bindings, the queues' lists; composed of
+- `publishing.Publisher`: lanes, doorbells' rings, the replicas' WAIT on the
   message's own connection (`unkept`: a worker's publishes no replica confirmed, sent
   again once the Sentinels replace the primary that took them);
-- `fetching.Channel`: the fetch and the checks before decoding (`wire`: the parts every
+- `fetching.Fetcher`: the fetch and the checks before decoding (`wire`: the parts every
   fetch repeats, encoded once);
+- `broadcasts.Broadcasts`: fanout over PUB/SUB (an event exchange's topic nobody
+  heard is left quiet a few seconds);
 - `transport.Transport`: makes the channels, registers the poller with the event loop;
 - `poller.Poller`: each channel's fetch and broadcast sockets, driven by Celery's event
   loop (kombu's `register_with_event_loop`) or by `drain_events`;
@@ -107,7 +108,7 @@ transport it reads or calls without overriding them.
 
 No name of redis-py's is overridden, and only its public API is called: a message
 longer than the worker's bound (`ocr_max_message_bytes`) is cut on the server by the
-scripts that pop it for a worker (the fetch and `Channel._get`'s: `oversized`), which
+scripts that pop it for a worker (the fetch and `Fetcher.get`'s: `oversized`), which
 send its first and last bytes and its length, never its body. Nothing else hands a
 worker a whole message from Redis: the restore reads held records (HGET), and only
 messages within the bound are held (the fetch holds none larger, and `QoS.append` only

@@ -53,7 +53,7 @@ def ring_now(channel: Any, queue: str) -> None:
     try:
         with channel.conn_or_acquire() as client, \
                 client.pipeline(transaction=False) as pipe:
-            ring(pipe, channel._key, [queue])
+            ring(pipe, str, [queue])
             pipe.execute()
     except errors as exc:
         log.debug("could not ring the doorbell of %s: %r", queue, exc)

@@ -1,7 +1,7 @@
 """The transport's QoS: taken messages held until acknowledged, restored when lost.
 
-Runs in the worker parent, the one process that consumes (tasks/broker/fetching.py
-makes it for each consuming channel). Each message a worker took is held in one
+Runs in the worker parent, the one process that consumes (kombu makes it for
+each channel, tasks/broker/channel.py). Each message a worker took is held in one
 record (tasks/broker/held.py) in the hash of the list it was taken from; the
 acknowledgement drops it (riding on the next fetch where one follows), a restore puts
 the message back on its queue, and the visibility timeout's look (one worker of the
@@ -54,7 +54,7 @@ RELEASE = Script("if redis.call('GET', KEYS[1]) == ARGV[1] then "
                  "return redis.call('DEL', KEYS[1]) end return 0")
 
 
-class QoS(virtual.QoS):  # the transport's (tasks/broker/fetching.py)
+class QoS(virtual.QoS):  # the channel's (tasks/broker/channel.py)
     """Taken messages held (tasks/broker/held.py) until acknowledged, restored when lost.
 
     A message the fetch took is held by the fetch itself (`lanes.FETCH`, with its
@@ -72,15 +72,15 @@ class QoS(virtual.QoS):  # the transport's (tasks/broker/fetching.py)
     _restore_calls = 0
 
     def append(self, message: Any, delivery_tag: str) -> None:
-        if delivery_tag is not None and delivery_tag != getattr(self.channel, "_taken", None):
+        if delivery_tag is not None and delivery_tag != self.channel.fetcher.taken:
             # a message `basic_get` took (the fetch holds its own): held in the hash of
             # the list it was taken from
             info = message.delivery_info
-            got_from = self.channel.got_from
+            got_from = self.channel.fetcher.got_from
             key = list_held_key(got_from)
-            if got_from not in self.channel.held_lists:
+            if got_from not in self.channel.fetcher.held_lists:
                 self._client().sadd(HELD_LISTS_KEY, got_from)  # named before it holds one
-                self.channel.held_lists.add(got_from)
+                self.channel.fetcher.held_lists.add(got_from)
             self._client().hset(key, delivery_tag, held.value(time.time(), dumps(
                 [message.serializable(), info["exchange"], info["routing_key"]])))
             hold(delivery_tag, key)
@@ -97,7 +97,7 @@ class QoS(virtual.QoS):  # the transport's (tasks/broker/fetching.py)
         read_at, lists = self._lists
         if time.monotonic() - read_at > HELD_LISTS_SECONDS:
             # its fetches name their lists again (a set lost with a failed-over primary)
-            getattr(self.channel, "held_lists", set()).clear()
+            self.channel.fetcher.held_lists.clear()
             lists = held.held_hashes(client)
             self._lists = (time.monotonic(), lists)
         return lists
@@ -238,7 +238,7 @@ class QoS(virtual.QoS):  # the transport's (tasks/broker/fetching.py)
         self._restore_calls += 1
         if (self._restore_calls - 1) % interval:
             return
-        if all(getattr(self.channel, "no_ack", {"": False}).values()):
+        if all(self.channel.fetcher.no_ack.values()):
             return
         client = self._client()
         ceiling = time.time() - float(self.channel.visibility_timeout)

@@ -18,8 +18,8 @@ from typing import Any
 import redis
 from redis import sentinel
 
+from tasks.broker.channel import Channel
 from tasks.broker.connections import watched
-from tasks.broker.fetching import Channel
 from tasks.broker.transport import Transport
 from tasks.state.connection import PrimaryConnection, PrimarySSLConnection
 
