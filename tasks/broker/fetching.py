@@ -187,11 +187,10 @@ class Fetcher:
             self._short = False
             command = ["BLPOP", *(queue_wake_key(queue) for queue in queues), wait]
         else:
-            # Each list's lanes served by weighted round robin (tasks/broker/lanes.py).
+            # In the fetch order (fetch_script.fetch_order): the queues' lists.
             lists = tuple((queue_list(queue, pri, channel.sep), pri, lanes.laned(queue),
                            not self.no_ack.get(queue))
-                          for pri in channel.priority_steps
-                          for queue in sorted(queues, key=lambda q: not lanes.laned(q)))
+                          for pri in channel.priority_steps for queue in queues)
             parts = fetch_script.fetch_parts("", lists,
                                              int(channel.ocr_max_message_bytes or 0),
                                              channel.sep)

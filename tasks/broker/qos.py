@@ -57,7 +57,7 @@ RELEASE = Script("if redis.call('GET', KEYS[1]) == ARGV[1] then "
 class QoS(virtual.QoS):  # the channel's (tasks/broker/channel.py)
     """Taken messages held (tasks/broker/held.py) until acknowledged, restored when lost.
 
-    A message the fetch took is held by the fetch itself (`lanes.FETCH`, with its
+    A message the fetch took is held by the fetch itself (`fetch_script.FETCH`, with its
     holder); one taken by `basic_get` is held here, without a holder. An
     acknowledgement drops the held record, one HDEL.
 
@@ -144,7 +144,7 @@ class QoS(virtual.QoS):  # the channel's (tasks/broker/channel.py)
         """The channel's client for acknowledgements and restores."""
         return self.channel.commands
 
-    # Acknowledgements that ride on the channel's next fetch (`lanes.FETCH` drops them
+    # Acknowledgements that ride on the channel's next fetch (`fetch_script.FETCH` drops them
     # first, in the fetch's round trip): due, then sent until the fetch's reply is read.
     _due: list[str] = []
     _sent: list[str] = []
