@@ -18,8 +18,8 @@ Who runs what:
 - the Redis container's start-up and the kits: `redis_acl` (each role's Redis user).
 - the worker parent as it starts: `stored_layout` (the layout version this Redis holds:
   this release's stored where none is; a newer one, or layout 1 or 2, stops the
-  worker). The operator, once: `stored_layout.migrate` (`ocr_admin.py migrate-broker`)
-  moves layouts 1 and 2's keys, named there alone, into this one.
+  worker). The operator, once: `ocr_admin.py migrate-broker` (tasks/cli/broker_layout.py)
+  moves layouts 1 and 2's keys, named in `stored_layout` alone, into this one.
 
 Every script of the broker is a `scripts.Script`, sent as EVALSHA and loaded (SCRIPT
 LOAD) by each process before its first run on a pool, and again where the server

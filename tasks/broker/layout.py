@@ -8,7 +8,7 @@ of queued messages. Pure names: runs in whichever process imports it.
 kombu's own names (`sep`, the priority steps, `unacked_mutex`,
 `_kombu.binding.<exchange>`) are its Redis channel's defaults, which the service does
 not change (tests/units/test_kombu_overrides.py holds them to the installed kombu).
-Layouts 1 and 2's names are tasks/broker/migrate.py's alone.
+Layouts 1 and 2's names are tasks/broker/stored_layout.py's alone.
 """
 
 from __future__ import annotations
@@ -41,7 +41,7 @@ WAKE_TTL_MS = 60_000     # a doorbell nobody answered is gone after a minute
 LANE_WEIGHTS_KEY = ROOT + "lane-weights"  # hash: client -> weight (the API's token store)
 # The version of the layout drawn here (tasks/broker/stored_layout.py): a worker stores
 # it where none is (a new Redis), and refuses to start on an older one (layouts 1 and 2,
-# moved into this one by `ocr_admin.py migrate-broker`: tasks/broker/migrate.py) or a
+# moved into this one by `ocr_admin.py migrate-broker`: tasks/cli/broker_layout.py) or a
 # newer one.
 LAYOUT_KEY = ROOT + "layout"
 LAYOUT_VERSION = 3
