@@ -1,20 +1,20 @@
-r"""The Redis broker: our own kombu transport, with atomic fetches, lanes, doorbells, dead letters.
+r"""The Redis broker: our own kombu transport, with atomic fetches, lanes, wake-ups, dead letters.
 
 Who runs what:
 
 - every process that publishes (clients, the API, beat, workers sending page tasks and
   retries): the channel's publisher, `publishing` (a client's message to its lane,
-  `lanes.push_command`, and the doorbell's ring, `doorbells`); behind Sentinel through
+  `lanes.push_command`, and the wake-up, `wakeups`); behind Sentinel through
   `sentinel_transport`.
 - the worker parent, the one process that consumes: the fetch (`fetch_script.FETCH`,
   held in one record of its list's hash with its holder and popped in one step,
-  `held`; idle, one EXISTS), the long wait on doorbells (`ocr_idle_wait`, 10 s in
+  `held`; idle, one EXISTS), the long wait on wake-ups (`ocr_idle_wait`, 10 s in
   workers), the checks and dead letters (`refusals`, `oversized`), acknowledgements
-  (`qos`) and what a lost connection leaves (`unsettled`), and, on its heartbeat, the
+  (`qos`, which settles what a lost connection leaves unacked too), and, on its heartbeat, the
   sweep of dead holders' messages (`holders`).
 - the Procfile `metrics` process (tasks/metrics/: the figure KEDA scales on, the
   fleet's health): `reads`, the broker's public reads (the keys a queue's depth is
-  read from, the held records, the dead letters), which it reads the broker through.
+  read from, the unacked records, the dead letters), which it reads the broker through.
 - the Redis container's start-up and the kits: `redis_acl` (each role's Redis user).
 - the worker parent as it starts: `stored_layout` (the layout version this Redis holds:
   this release's stored where none is; a newer one, or layout 1 or 2, stops the
@@ -80,8 +80,8 @@ which nothing here imports. Its parts, each a module:
 
 - `channel.Channel`: kombu's virtual channel on Redis, its hooks handed to its parts:
   the pools (`connections`), the bindings, the queues' lists; composed of
-- `publishing.Publisher`: lanes, doorbells' rings, the replicas' WAIT on the
-  message's own connection (`unkept`: a worker's publishes no replica confirmed, sent
+- `publishing.Publisher`: lanes, wake-ups, the replicas' WAIT on the
+  message's own connection (`pending_publishes`: a worker's publishes no replica confirmed, sent
   again once the Sentinels replace the primary that took them);
 - `fetching.Fetcher`: the fetch and the checks before decoding (`wire`: the parts every
   fetch repeats, encoded once);
@@ -92,7 +92,7 @@ which nothing here imports. Its parts, each a module:
   loop (kombu's `register_with_event_loop`) or by `drain_events`;
 - `binding_expiry`: the bindings of queues with x-expires (Celery's event and mailbox
   queues): their deadlines, raised by their consumers, and the sweep of dead ones;
-- `qos.QoS`: the held records (`held`), their acknowledgement and restore;
+- `qos.QoS`: the unacked records (`held`), their acknowledgement and restore;
 - `sentinel_transport`: the same on redis-py's Sentinel-managed pools.
 
 The names of kombu's virtual transport it overrides or relies on are `KOMBU_HOOKS`,
@@ -110,7 +110,7 @@ No name of redis-py's is overridden, and only its public API is called: a messag
 longer than the worker's bound (`ocr_max_message_bytes`) is cut on the server by the
 scripts that pop it for a worker (the fetch and `Fetcher.get`'s: `oversized`), which
 send its first and last bytes and its length, never its body. Nothing else hands a
-worker a whole message from Redis: the restore reads held records (HGET), and only
+worker a whole message from Redis: the restore reads unacked records (HGET), and only
 messages within the bound are held (the fetch holds none larger, and `QoS.append` only
 a message `_admit` took); the holders' sweep and the visibility timeout's look read the
 records' heads on the server and return delivery tags; a broadcast (PUBLISH: remote

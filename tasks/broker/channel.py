@@ -84,7 +84,7 @@ class Channel(virtual.Channel):
     # short of them a client's publish raises ReplicaMissing, a worker's goes on.
     ocr_min_replicas = 0
     ocr_replica_timeout = 2.0
-    ocr_refuse_unkept = True
+    ocr_refuse_pending = True
     ocr_max_message_bytes = 0            # 0: no size check
     ocr_accept_content: tuple[str, ...] = ("application/json",)
     ocr_dead_letter_max = 1000
@@ -103,7 +103,7 @@ class Channel(virtual.Channel):
         "max_connections", "health_check_interval", "retry_on_timeout", "priority_steps",
         "client_name", "ocr_binding_min_ttl", "ocr_unheard_exchanges", "ocr_unheard_quiet",
         "ocr_unheard_always", "ocr_min_replicas", "ocr_replica_timeout",
-        "ocr_refuse_unkept", "ocr_max_message_bytes", "ocr_accept_content",
+        "ocr_refuse_pending", "ocr_max_message_bytes", "ocr_accept_content",
         "ocr_dead_letter_max", "ocr_dead_letter_ttl", "ocr_idle_wait")
 
     # queue -> (exchange, routing key) of every fanout binding this process declared:

@@ -5,7 +5,7 @@ sends it at each poll). The order a worker's messages are taken in is decided he
 alone: `fetch_order` orders a worker's lists (its queues, their priority steps, which
 have lanes), and the script's `share` serves each list's lanes by the clients' weights
 (`ocr:lane-weights`, the API's token store). The script holds the message it takes in
-one record of its list's unacked hash (tasks/broker/held.py), and drops the records of
+one record of its list's unacked hash (tasks/broker/unacked.py), and drops the records of
 the acknowledgements that ride on it, all in one atomic step and one round trip. A list
 L's lanes, ring and unacked records are keys tagged `{L}`, in L's own hash slot.
 """
@@ -73,7 +73,7 @@ def _lua_names(names: Sequence[str]) -> str:
 # anonymous lane (client ""), by `share`. One EXISTS a step tells which of its rings
 # have clients and how many of its lists hold messages (each ring named 2^(r-1) times,
 # each list 2^rings times; a step of more than four rings asks one EXISTS a ring).
-# Where acknowledged, the message is held (tasks/broker/held.py: one HSET of its head,
+# Where acknowledged, the message is held (tasks/broker/unacked.py: one HSET of its head,
 # taken at `now`, its `holder`, the key it was taken from, its ring and its client, then
 # `[message, "", queue]`) under `tag`, in the same atomic step as its pop: a server that
 # refuses writes refuses the script's first write, so it takes nothing. A message larger
@@ -343,14 +343,14 @@ def fetch_command(prefix: str, lists: Sequence[Listed], now: float, max_bytes: i
     Each list: its key, its priority step, whether it has lanes, whether its consumer
     acknowledges. `prefix`: kombu's global key prefix. `probe`: first one EXISTS over
     every list and ring, an empty fetch's whole cost (a fetch likely to find a message
-    leaves it out). `woken`: the reply says whether messages are left (a burst rang
-    one doorbell item for all of them). `holder`: recorded in each message's held
+    leaves it out). `woken`: the reply says whether messages are left (a burst left
+    one wake-up item for all of them). `holder`: recorded in each message's held
     record ("": none). `tag`: the delivery tag a recorded message is recorded and
     delivered under (None: a new one); `sep`: kombu's separator of a queue's name and
-    priority step. `acks`: (held hash, delivery tag) pairs acknowledged by the same
+    priority step. `acks`: (unacked hash, delivery tag) pairs acknowledged by the same
     call, before it fetches; those of a hash the fetch does not name are left out
     (`split_acks`). `named`: the lists the caller saw named in the set of lists with
-    held records (the others are named by the record's write).
+    unacked records (the others are named by the record's write).
     """
     parts = fetch_parts(prefix, tuple(lists), int(max_bytes or 0), sep)
     riding, _ = split_acks(parts, acks)
@@ -408,9 +408,9 @@ def unnamed(parts: tuple[tuple[Any, ...], tuple[str, ...]],
 
 def split_acks(parts: tuple[tuple[Any, ...], tuple[str, ...]],
                acks: Iterable[tuple[str, str]]) -> tuple[list[str], list[tuple[str, str]]]:
-    """`acks` (held hash, tag) as a fetch of `parts` carries them; and those it cannot.
+    """`acks` (unacked hash, tag) as a fetch of `parts` carries them; and those it cannot.
 
-    A fetch carries the acknowledgements of the held hashes it names (`<k>:<tag>`,
+    A fetch carries the acknowledgements of the unacked hashes it names (`<k>:<tag>`,
     KEYS[k]); the others (a queue no longer consumed) go alone.
     """
     index = {key: k for k, key in enumerate(entry_keys(parts), 1) if k % 2 == 0}

@@ -11,18 +11,18 @@ as its ends and its length alone: the scripts that pop it (the fetch, and `_get`
 never send it whole (tasks/broker/oversized.py).
 
 Taking a message is one atomic step on the server (`fetch_script.FETCH`): the script
-holds it in one record (tasks/broker/held.py), under a delivery tag the worker chose
+holds it in one record (tasks/broker/unacked.py), under a delivery tag the worker chose
 (the one it delivers the message under: Lua never reads the envelope), and pops it
 (a BRPOP, then a record written by the worker, would lose a message when Redis or the
 worker parent dies between the two); one whose worker never reads the reply is
 restored after the visibility timeout. The script also chooses whose message: each
 client has a lane of each list, served in weighted fair shares (tasks/broker/lanes.py).
-Lua cannot block, so an idle worker waits on its queues' doorbells (doorbells.py) in one
+Lua cannot block, so an idle worker waits on its queues' wake-ups (wakeups.py) in one
 BLPOP of `ocr_idle_wait` s (10 s in workers: about a command a second idle). A publish
-and a restore ring; a woken fetch that leaves messages rings again (a burst's rings
-stand in one item), one that leaves none waits again (SETTLE_WAIT s first, for a message
-pushed without a ring, a stock kombu client's, which waits for the end of a wait); one
-that takes nothing empties its queues' doorbells (doorbells.py). A fetch after an
+and a restore wake their queue; a woken fetch that leaves messages wakes it again (a
+burst's wake-ups stand in one item), one that leaves none waits again (SETTLE_WAIT s
+first, for a message pushed without a wake-up, a stock kombu client's, which waits for
+the end of a wait); one that takes nothing empties its queues' wake-ups. A fetch after an
 empty one first asks one EXISTS over every list and ring: its whole cost.
 
 A `Fetcher` is a part of the channel (tasks/broker/channel.py), beside its publisher
@@ -48,7 +48,7 @@ from typing import Any
 import redis.exceptions
 from kombu.utils.encoding import bytes_to_str
 
-from tasks.broker import doorbells, fetch_script, holders, lanes, oversized, scripts, unsettled
+from tasks.broker import fetch_script, holders, lanes, oversized, qos, scripts, wakeups
 from tasks.broker.layout import DEAD_LETTER_KEY, list_held_key, queue_list, queue_wake_key
 from tasks.broker.refusals import (
     Refused,
@@ -61,7 +61,7 @@ from tasks.broker.wire import FetchBytes
 
 log = logging.getLogger(__name__)
 
-SETTLE_WAIT = 1.0  # seconds of a first doorbell wait after a woken fetch took the last
+SETTLE_WAIT = 1.0  # seconds of a first wake-up wait after a woken fetch took the last
 
 
 class Fetcher:
@@ -71,7 +71,7 @@ class Fetcher:
     _short = False  # that wait is SETTLE_WAIT s at most (a message published without one)
     _woken = False  # the last wait ended with a wake-up: a fetch that leaves messages wakes
     _busy = False   # the last fetch took a message (or a wake-up came): no idle probe
-    _reached = False  # the server this channel reached was told to `unsettled`
+    _reached = False  # the server this channel reached was told to the QoS (`qos.connected`)
     _fetch_refused_at = 0.0
     _sent_at: float | None = None
     taken: str | None = None  # the delivering message's tag, as fetched (`QoS.append`)
@@ -79,7 +79,7 @@ class Fetcher:
 
     def __init__(self, channel: Any) -> None:
         self.channel = channel
-        self.no_ack: dict[str, bool] = {}  # queue -> consumed unacked (unsettled.py)
+        self.no_ack: dict[str, bool] = {}  # queue -> consumed without acks
         # the lists this channel saw named in HELD_LISTS_KEY (its fetch names the others
         # as it holds a message of them: tasks/broker/fetch_script.py), since its fetch
         # connection last connected: a server reached anew (a failover) may lack them
@@ -89,12 +89,12 @@ class Fetcher:
         self._packed = FetchBytes()
 
     def reach(self) -> None:
-        """Tell `unsettled` which server this channel reached, once.
+        """Tell the QoS which server this channel reached, once (`qos.connected`).
 
         A consuming channel's step: a channel that only publishes asks nothing.
         """
         if not self._reached:
-            unsettled.connected(self._server_run_id())
+            qos.connected(self._server_run_id())
             self._reached = True
 
     def _server_run_id(self) -> str:
@@ -121,7 +121,7 @@ class Fetcher:
         """The channel closes: what a fetch in flight took goes back, acks are sent."""
         channel = self.channel
         if channel.active_queues:
-            unsettled.lost()  # recent acknowledgements are looked at on the next server
+            qos.lost()  # recent acknowledgements are looked at on the next server
         if channel._in_poll and not self._waiting:
             # A fetch in flight holds a recorded message: read it, so that the close
             # puts it back on its queue now (no child started it).
@@ -132,7 +132,7 @@ class Fetcher:
         channel.qos.fetch_lost()  # a fetch unread carried these
         channel.qos.flush_due()
         if channel._in_poll and self._waiting:  # a wake-up wait is dropped, not read out
-            doorbells.drop_wait(channel._in_poll, channel.connection_errors)
+            wakeups.drop_wait(channel._in_poll, channel.connection_errors)
             channel._in_poll = None
 
     def dropped(self) -> None:
@@ -153,10 +153,10 @@ class Fetcher:
             connection.disconnect()
 
     def settle(self) -> None:
-        """Acknowledge and restore what a lost connection left (tasks/broker/unsettled.py)."""
-        if unsettled.pending():
+        """Acknowledge and restore what a lost connection left unacked (`qos.settle`)."""
+        if qos.pending():
             self.reach()
-            unsettled.settle(self.channel.qos, self.channel.commands,
+            qos.settle(self.channel.qos, self.channel.commands,
                              self.channel.connection_errors)
 
     def start(self, timeout: float | None = None) -> None:
@@ -168,7 +168,7 @@ class Fetcher:
         channel = self.channel
         if timeout is None:
             timeout = channel.brpop_timeout
-        if unsettled.pending():
+        if qos.pending():
             self.settle()
         queues = channel._queue_cycle.consume(len(channel.active_queues))
         if not queues or self._waiting:
@@ -270,11 +270,11 @@ class Fetcher:
             # worker of a service queue; nothing, so wait on the wake-ups again.
             left = int(reply[3]) if self._woken and len(reply) > 3 else None
             if left and lanes.laned(dest):
-                doorbells.ring_now(channel, dest)
+                wakeups.wake_now(channel, dest)
             self._waiting, self._short, self._woken = left == 0, left == 0, False
             tag = bytes_to_str(tag) or None
             if tag is not None:
-                unsettled.hold(tag, list_held_key(name))
+                qos.hold(tag, list_held_key(name))
                 self.held_lists.add(name)  # the fetch named it
             return self._deliver(oversized.received(item), dest, tag)
         finally:
@@ -306,7 +306,7 @@ class Fetcher:
             return True
         if tag is not None:  # refused: not restored
             channel.qos.unrecord(tag).execute()
-            unsettled.forget(tag)
+            qos.forget(tag)
         if message is None:
             return False
         channel.connection.on_message_ready(channel, message, dest)

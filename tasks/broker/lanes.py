@@ -44,7 +44,7 @@ def laned(queue: str) -> bool:
 # is "1": a restored one), counts them in
 # KEYS[3] and, for its first messages waiting, puts the client at the end of the ring
 # KEYS[2] (a client with messages counted is in the ring: the fetch drops it only at 0).
-# With KEYS[4], rings that doorbell (tasks/broker/doorbells.py) for ARGV[4] ms: a bell
+# With KEYS[4], wakes that queue (tasks/broker/wakeups.py) for ARGV[4] ms: a wake-up
 # already rung (its one item) only has its expiry renewed, one command.
 PUSH = Script(r"""
 local bodies = {ARGV[1]}
@@ -71,7 +71,7 @@ def push_command(prefix: str, list_key: str, client: str, body: str, first: bool
     """The EVALSHA that pushes `body` to `client`'s lane of `list_key`.
 
     `first`: taken before the lane's other messages (a restored one). `ring_queue`: the
-    queue whose doorbell the same call rings (None: none). `more`: messages pushed in
+    queue the same call wakes (None: none). `more`: messages pushed in
     the same call after `body`, taken after it in their order (not with `first`).
     `prefix`: kombu's global key prefix; names are given without it.
     """

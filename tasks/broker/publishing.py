@@ -5,7 +5,7 @@ tasks and retries; the worker parent too, when it restores a message). A client'
 message goes to its lane of its queue's list for its priority step (tasks/broker/lanes.py),
 any other to the list itself, kombu's; either way stamped with the time it was sent
 (`PUBLISHED_HEADER`: the age of the oldest waiting message, tasks/metrics/queue_depth.py)
-and wakes its queue (doorbells.py; a lane's push wakes it in the same script), so that
+and wakes its queue (wakeups.py; a lane's push wakes it in the same script), so that
 an idle worker wakes. A restored message goes back to its lane the same way. With
 `ocr_min_replicas`, a WAIT sent after the message on its own connection holds a
 publish until that many replicas have it (OCR_REDIS_MIN_REPLICAS).
@@ -27,8 +27,8 @@ import redis.exceptions
 from kombu.utils.json import dumps
 from redis.exceptions import NoScriptError
 
-from tasks.broker import doorbells, lanes, layout, scripts
-from tasks.broker.unkept import Unkept, UnkeptPublish
+from tasks.broker import lanes, layout, scripts, wakeups
+from tasks.broker.pending_publishes import PendingPublish, PendingPublishes
 from tasks.errors import ReplicaMissing
 from tasks.records.clients import CLIENT_HEADER, client_name
 from tasks.state.replicas import (
@@ -55,7 +55,7 @@ class Publisher:
     # still wait, and so be found out (`_send_kept`).
     _replicas_missed: ClassVar[dict[Any, float]] = {}
     # A worker's publishes no replica confirmed, to send again after a switch.
-    _unkept: ClassVar[Unkept] = Unkept()
+    _pending: ClassVar[PendingPublishes] = PendingPublishes()
 
     def __init__(self, channel: Any) -> None:
         self.channel = channel
@@ -81,13 +81,13 @@ class Publisher:
         put = channel._put_commands(queue, message)
         if int(channel.ocr_min_replicas or 0):
             self._send_kept(queue, [*(put if len(put) == 1 else [["MULTI"], *put, ["EXEC"]]),
-                                    *doorbells.ring_commands(_same, [queue])])
+                                    *wakeups.wake_commands([queue])])
             return
         with channel.commands.pipeline() as pipe:
             for command in put:
                 pipe.execute_command(*command)
             pipe.execute()
-        doorbells.ring_now(channel, queue)
+        wakeups.wake_now(channel, queue)
 
     @contextlib.contextmanager
     def together(self) -> Iterator[None]:
@@ -148,7 +148,7 @@ class Publisher:
                     "", name, client, dumps(payload), first=not leftmost))
             else:
                 (pipe.lpush if leftmost else pipe.rpush)(name, dumps(payload))
-        doorbells.ring(pipe, _same, queues)
+        wakeups.wake(pipe, queues)
 
     def holding_keys(self, queue: str) -> tuple[str, ...]:
         """Keys of which one exists wherever a message of `queue` waits.
@@ -180,7 +180,7 @@ class Publisher:
         names meanwhile, the WAIT speaks for the server that took the message. Short of
         replicas, a client's publish raises ReplicaMissing; a worker's goes on (logged,
         and that server's publishes skip their WAIT for MISSED_SECONDS; kept, to be sent
-        again after a switch: tasks/broker/unkept.py), unless that server is a primary
+        again after a switch: tasks/broker/pending_publishes.py), unless that server is a primary
         the Sentinels have replaced: it takes writes until they demote it, then throws
         them away. That publish fails as a lost connection, so that kombu sends it again
         on a new one, which asks the Sentinels (a copy that survives after all is read
@@ -202,26 +202,26 @@ class Publisher:
                 scripts.reload(client, commands[0])
         reached = sent.replies[-1] if sent.waited else None
         if isinstance(reached, redis.exceptions.ResponseError):  # the message is sent
-            if self.channel.ocr_refuse_unkept:
+            if self.channel.ocr_refuse_pending:
                 raise ReplicaMissing(f"{what} was sent, and no replica could be waited "
                                      f"for ({reached!r})")
             log.debug("could not wait for the replicas of %s: %r", what, reached)
         elif reached is not None and reached >= int(self.channel.ocr_min_replicas):
-            self._unkept.confirmed(sent.server, started)
-        elif self.channel.ocr_refuse_unkept:
+            self._pending.confirmed(sent.server, started)
+        elif self.channel.ocr_refuse_pending:
             check_replicas([reached], int(self.channel.ocr_min_replicas), timeout, what)
         elif sent.replaced:
             raise redis.exceptions.ConnectionError(
                 f"{what} went to a Redis primary the Sentinels have replaced")
         else:  # short of replicas, or in its server's window (sent without a WAIT)
             if sentinel_named(client):  # (an address that moves stays the same address)
-                self._unkept.add(sent.server, UnkeptPublish(started, queue, commands))
+                self._pending.add(sent.server, PendingPublish(started, queue, commands))
             if reached is not None:
                 Publisher._replicas_missed[sent.server] = time.monotonic()
                 log.warning("%s reached no Redis replica within %g s; publishing to that "
                             "server without waiting for replicas for %g s",
                             what, timeout, MISSED_SECONDS)
-        if not self.channel.ocr_refuse_unkept:
+        if not self.channel.ocr_refuse_pending:
             self._send_again(client, sent.server)
 
     def _sent(self, client: Any, commands: list[list[Any]], replicas: int,
@@ -235,12 +235,12 @@ class Publisher:
         connection = pool.get_connection()
         try:
             server = address_of(connection)
-            waited = self.channel.ocr_refuse_unkept or time.monotonic() - \
+            waited = self.channel.ocr_refuse_pending or time.monotonic() - \
                 self._replicas_missed.get(server, -MISSED_SECONDS) >= MISSED_SECONDS
             if waited:  # else its replicas were missing just now: no wait per publish
                 commands = [*commands, wait_command(replicas, timeout)]
             replies = _replies(connection, commands)
-            replaced = waited and not self.channel.ocr_refuse_unkept and \
+            replaced = waited and not self.channel.ocr_refuse_pending and \
                 isinstance(replies[-1], int) and replies[-1] < replicas and \
                 replaced_at(client, server)
             if replaced:
@@ -260,18 +260,18 @@ class Publisher:
         primary, its publishes go again, now. One that fails is kept again, with the rest.
         """
         now = time.monotonic()
-        for other in self._unkept.due(server, now):
+        for other in self._pending.due(server, now):
             if not replaced_at(client, other):
-                self._unkept.looked_up(other, now)
+                self._pending.looked_up(other, now)
                 continue
-            publishes = self._unkept.take(other)
+            publishes = self._pending.take(other)
             log.warning("%d message(s) went to a Redis primary the Sentinels have since "
                         "replaced, confirmed by no replica: sent again", len(publishes))
             for index, publish in enumerate(publishes):
                 try:
                     self._send_kept(publish.queue, publish.commands)
                 except BaseException:
-                    self._unkept.give_back(other, publishes[index:])
+                    self._pending.give_back(other, publishes[index:])
                     raise
 
 
@@ -315,8 +315,3 @@ def pushes_together(channel: Any) -> Iterator[None]:
         return
     with hold():
         yield
-
-
-def _same(name: str) -> str:
-    """A key's name as raw commands spell it (the transport takes no global key prefix)."""
-    return name

@@ -11,7 +11,7 @@ that names layouts 1 and 2's keys:
     ocr:lane:<list>:<client>          a client's lane of a queue's list
     ocr:lanes:<step>[:turn|:count]    one ring of clients a priority step, every queue's
     ocr:wake:<queue>                  a queue's wake-up
-    unacked_held (layout 2)           the unacked records (tasks/broker/held.py's head,
+    unacked_held (layout 2)           the unacked records (tasks/broker/unacked.py's head,
                                         then kombu's record)
     unacked, unacked_index,           kombu's record, the time taken, the head's last
       unacked_holders (layout 1)        four lines (holder, key taken from, ring, client)
@@ -39,7 +39,7 @@ HELD_KEY = "unacked_held"            # layout 2
 LANE_PREFIX = "ocr:lane:"
 RINGS_PREFIX = "ocr:lanes:"
 WAKE_PREFIX = "ocr:wake:"
-# One of these exists wherever layout 1 or 2 holds a message: a held record, or a
+# One of these exists wherever layout 1 or 2 holds a message: a unacked record, or a
 # client in a ring (a client stays in its step's ring while any lane of it holds one).
 FIXED_KEYS = (HELD_KEY, UNACKED_KEY, UNACKED_INDEX_KEY, HOLDERS_KEY,
               *(f"{RINGS_PREFIX}{step}" for step in PRIORITY_STEPS))

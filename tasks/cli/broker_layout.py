@@ -93,7 +93,7 @@ def run_migrate(args: argparse.Namespace, session: Context,
         print(f"broker layout {moved.stored or 'none'} -> {LAYOUT_VERSION}: "
               f"{moved.waiting} waiting message(s) of {moved.lanes} lane(s) moved, "
               f"{moved.held + moved.unacked} held message(s) put back on their queues, "
-              f"{moved.dropped} old ring and doorbell key(s) dropped")
+              f"{moved.dropped} old ring and wake-up key(s) dropped")
     return EXIT_OK
 
 
@@ -159,9 +159,9 @@ class Moved:
     stored: int | None = None   # the layout version found (None: none stored)
     lanes: int = 0              # old lanes moved
     waiting: int = 0            # their messages
-    held: int = 0               # layout 2's held records put back on their queues
+    held: int = 0               # layout 2's unacked records put back on their queues
     unacked: int = 0            # layout 1's
-    dropped: int = 0            # keys of the old rings and doorbells dropped
+    dropped: int = 0            # keys of the old rings and wake-ups dropped
 
     def as_json(self) -> dict[str, Any]:
         return {**asdict(self), "layout": LAYOUT_VERSION}

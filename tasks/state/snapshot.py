@@ -204,7 +204,7 @@ def inventory(client: redis.Redis, is_lane: Callable[[str], bool],
     `is_lane`: whether a key is one of the broker's clients' lanes (tasks/broker/
     layout.py), lists of queued messages; `is_held`: whether it is one of the broker's
     hashes of messages in flight (one entry each). Other lists outside `ocr:` and the
-    broker's tagged keys (`{...}`: its rings, doorbells) are queues' lists.
+    broker's tagged keys (`{...}`: its rings, wake-ups) are queues' lists.
     """
     counts = {"keys": 0, "queued_messages": 0, "unacked_messages": 0, "jobs": 0,
               "results": 0, "tokens": 0, "inputs": 0}

@@ -23,7 +23,7 @@ import pytest
 import redis
 
 from tasks.api._quotas import ClientBytes
-from tasks.broker import binding_expiry, held, layout, scripts, stored_layout
+from tasks.broker import binding_expiry, layout, scripts, stored_layout, unacked
 from tasks.broker.acl_matrix import END, FAMILIES, NONE, READ_WRITE, START, key_access, markdown
 from tasks.broker.holders import HolderSweep
 from tasks.broker.redis_acl import USERS, RedisUser
@@ -157,7 +157,7 @@ def test_a_sweep_lock_without_an_expiry_is_taken_over(server: AclRedisServer) ->
     try:
         sweep = HolderSweep(worker, worker, window=6.0, presence_ttl=30.0)
         admin.sadd(layout.HELD_LISTS_KEY, "ocr")  # a message a gone worker held
-        admin.hset(layout.list_held_key("ocr"), "t", held.value(
+        admin.hset(layout.list_held_key("ocr"), "t", unacked.value(
             time.time() - 60, '[{}, "", "ocr"]', holder="gone|1", src="ocr"))
         assert sweep.sweep(time.time()) == ["t"]  # taken: the message back on its queue
         assert admin.get(layout.SWEEP_LOCK_KEY) != b"x"

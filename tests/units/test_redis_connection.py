@@ -281,21 +281,21 @@ def worker_app(name: str, monkeypatch: pytest.MonkeyPatch) -> Any:
     """A worker's Celery app behind the stand-in Sentinels, waiting for one replica.
 
     No server is short of replicas yet (`Publisher._replicas_missed` emptied),
-    and no publish waits to be sent again (`_unkept`).
+    and no publish waits to be sent again (`_pending`).
     """
     from celery import Celery
 
+    from tasks.broker.pending_publishes import PendingPublishes
     from tasks.broker.publishing import Publisher
-    from tasks.broker.unkept import Unkept
     monkeypatch.setattr(Publisher, "_replicas_missed", {})
-    monkeypatch.setattr(Publisher, "_unkept", Unkept())
+    monkeypatch.setattr(Publisher, "_pending", PendingPublishes())
     settings = Settings.from_env({
         "REDIS_URL": "sentinel://127.0.0.1:1/2", "OCR_REDIS_SENTINEL_MASTER": "ocr",
         "OCR_REDIS_MIN_REPLICAS": "1", "OCR_REDIS_REPLICA_TIMEOUT": "0.2"})
     app = Celery(name, set_as_current=False)
     config = celery_config(settings)
     app.conf.update(config, broker_transport_options={
-        **config["broker_transport_options"], "ocr_refuse_unkept": False})
+        **config["broker_transport_options"], "ocr_refuse_pending": False})
     return app
 
 
