@@ -1,25 +1,11 @@
 r"""The Redis broker: our own kombu transport, with atomic fetches, lanes, wake-ups, dead letters.
 
-Who runs what:
-
-- every process that publishes (clients, the API, beat, workers sending page tasks and
-  retries): the channel's publisher, `publishing` (a client's message to its lane,
-  `lanes.push_command`, and the wake-up, `wakeups`); behind Sentinel through
-  `sentinel_transport`.
-- the worker parent, the one process that consumes: the fetch (`fetch_script.FETCH`,
-  held in one record of its list's hash with its holder and popped in one step,
-  `held`; idle, one EXISTS), the long wait on wake-ups (`ocr_idle_wait`, 10 s in
-  workers), the checks and dead letters (`refusals`, `oversized`), acknowledgements
-  (`qos`, which settles what a lost connection leaves unacked too), and, on its heartbeat, the
-  sweep of dead holders' messages (`holders`).
-- the Procfile `metrics` process (tasks/metrics/: the figure KEDA scales on, the
-  fleet's health): `reads`, the broker's public reads (the keys a queue's depth is
-  read from, the unacked records, the dead letters), which it reads the broker through.
-- the Redis container's start-up and the kits: `redis_acl` (each role's Redis user).
-- the worker parent as it starts: `stored_layout` (the layout version this Redis holds:
-  this release's stored where none is; a newer one, or layout 1 or 2, stops the
-  worker). The operator, once: `ocr_admin.py migrate-broker` (tasks/cli/broker_layout.py)
-  moves layouts 1 and 2's keys, named in `stored_layout` alone, into this one.
+The transport (`transport.Transport`, registered as `ocr-redis`: Celery's
+`broker_transport`) is built on kombu's virtual transport, not on kombu's Redis
+transport, which nothing here imports. Its channel (`channel.Channel`) is composed of a
+publisher (`publishing`), a fetcher (`fetching`), its broadcasts (`broadcasts`) and the
+QoS (`qos`); `poller` drives the channels' sockets. Where each module runs and what it
+holds: its docstring, and docs/architecture.md's module table.
 
 Every script of the broker is a `scripts.Script`, sent as EVALSHA and loaded (SCRIPT
 LOAD) by each process before its first run on a pool, and again where the server
@@ -73,27 +59,6 @@ The key layout, owned by `layout` (nothing else spells these names):
                                               start (SET NX: 3 on   (`stored_layout`)
                                               a new Redis), the
                                               migration
-
-The transport is our own (`transport.Transport`, registered as `ocr-redis`: Celery's
-`broker_transport`), built on kombu's virtual transport, not on kombu's Redis transport,
-which nothing here imports. Its parts, each a module:
-
-- `channel.Channel`: kombu's virtual channel on Redis, its hooks handed to its parts:
-  the pools (`connections`), the bindings, the queues' lists; composed of
-- `publishing.Publisher`: lanes, wake-ups, the replicas' WAIT on the
-  message's own connection (`pending_publishes`: a worker's publishes no replica confirmed, sent
-  again once the Sentinels replace the primary that took them);
-- `fetching.Fetcher`: the fetch and the checks before decoding (`wire`: the parts every
-  fetch repeats, encoded once);
-- `broadcasts.Broadcasts`: fanout over PUB/SUB (an event exchange's topic nobody
-  heard is left quiet a few seconds);
-- `transport.Transport`: makes the channels, registers the poller with the event loop;
-- `poller.Poller`: each channel's fetch and broadcast sockets, driven by Celery's event
-  loop (kombu's `register_with_event_loop`) or by `drain_events`;
-- `binding_expiry`: the bindings of queues with x-expires (Celery's event and mailbox
-  queues): their deadlines, raised by their consumers, and the sweep of dead ones;
-- `qos.QoS`: the unacked records (`held`), their acknowledgement and restore;
-- `sentinel_transport`: the same on redis-py's Sentinel-managed pools.
 
 The names of kombu's virtual transport it overrides or relies on are `KOMBU_HOOKS`,
 read against each kombu minor of `KOMBU_MINORS`, requirements.txt's range
