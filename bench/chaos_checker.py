@@ -42,7 +42,7 @@ WORKER_RSS_LIMIT_MB = 1500.0
 # A client's own keys live as long as the client (tasks/state/keys.py): its token, its
 # record, its webhook signing secrets and its weight; the broker's lanes live like its
 # queues (tasks/broker/lanes.py), and its key layout's version and the set of lists
-# with held records like the broker itself (tasks/broker/stored_layout.py, held.py).
+# with unacked records like the broker itself (tasks/broker/stored_layout.py, unacked.py).
 NO_TTL = ("ocr:api:token:", "ocr:api:clients", "ocr:api:webhook:", "ocr:lane-weights",
           LAYOUT_KEY, HELD_LISTS_KEY)
 

@@ -6,7 +6,7 @@ engine (devkit/fake_engines.py: a null engine, for queue mechanics only), waits 
 every one is ready and a settling while has passed, then reads `INFO commandstats`
 twice, a window apart, and divides: every command counts, those run inside Lua
 scripts included. Nothing is sent: the figure is what workers cost Redis doing
-nothing (their fetches and waits on doorbells, event heartbeats, presence records,
+nothing (their fetches and waits on wake-ups, event heartbeats, presence records,
 the unacked restore check, telemetry). Goal: at most 150 commands/s for 50 workers
 (3 per worker).
 """

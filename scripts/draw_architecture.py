@@ -34,7 +34,7 @@ PATH = (
     Hop("tasks/api/_routes.py", "create_job", "POST /v1/jobs"),
     Hop("tasks/admission.py", "admit", "the gate"),
     Hop("tasks/queue/sender.py", "JobSender.send", "the one sender"),
-    Hop("tasks/broker/publishing.py", "PublishingChannel._put", "into its client's lane"),
+    Hop("tasks/broker/publishing.py", "Publisher.put", "into its client's lane"),
     Hop("tasks/queue/job_task.py", "document", "ocr.document"),
     Hop("tasks/lifecycle/jobs.py", "process_job", "a scanned PDF: a FanOut"),
     Hop("tasks/queue/page_tasks.py", "send_pages", "its pages published"),

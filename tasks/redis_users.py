@@ -66,21 +66,21 @@ CONTROL_CHANNEL = f"/{DB}.celery.pidbox"  # remote control broadcasts
 RESULT_CHANNEL = keys.RESULT_PREFIX + "*"  # a result as it is stored
 
 # What any Celery app that sends tasks does: push a message to its queue or its client's
-# lane and ring its queue's doorbell (a Lua script: LPUSH, HINCRBY, LPOS, RPUSH, PEXPIRE), count
+# lane and ring its queue's wake-up key (a Lua script: LPUSH, HINCRBY, LPOS, RPUSH, PEXPIRE), count
 # a queue's messages when it declares it (EXISTS, and where any waits LLEN; its lanes:
 # LRANGE), declare the queue's
 # binding (a Lua script: SADD, TIME, ZADD), publish the task-sent event, wait for a
 # result on its channel, read the result; hold a job until enough replicas have it
 # (WAIT, OCR_REDIS_MIN_REPLICAS) and its record with it (PTTL, PEXPIRE); the broker
 # transport tells a reconnection to another server (a failover) by the server's run id
-# (INFO server: tasks/broker/unsettled.py).
+# (INFO server: tasks/broker/qos.py).
 SEND = ("lpush", "lpos", "rpush", "hincrby", "lrange", "llen", "ltrim", "pexpire", "pttl",
         "sadd", "smembers", "zadd", "time", "exists",
         "eval", "evalsha", "script|load", "script|exists", "multi", "exec", "discard",
         "publish", "subscribe", "unsubscribe", "get", "mget", "wait", "info")
 # What a consuming worker adds: the atomic fetch (a Lua script: LINDEX, HSET, HDEL,
 # RPOP; a client's lanes: LMPOP; the lanes' ring: LRANGE, LPOS, LREM, RPUSH, HINCRBY,
-# HDEL; its queues' doorbells: DEL), doorbells (BLPOP),
+# HDEL; its queues' wake-up keys: DEL), wake-up keys (BLPOP),
 # acknowledgements and restores (HGET, HDEL, ZREM, WATCH; the visibility timeout's look,
 # EXISTS and a Lua script: HGETALL, ZRANGE), the sweep of dead holders' messages (a Lua
 # script: SET NX PX, HGETALL, HGET, ZSCORE, RPUSH; ZRANGE, ZSCORE and ZREM the release

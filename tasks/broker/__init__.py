@@ -1,24 +1,11 @@
-r"""The Redis broker: our own kombu transport, with atomic fetches, lanes, doorbells, dead letters.
+r"""The Redis broker: our own kombu transport, with atomic fetches, lanes, wake-ups, dead letters.
 
-Who runs what:
-
-- every process that publishes (clients, the API, beat, workers sending page tasks and
-  retries): the channel of `publishing` (a client's message to its lane,
-  `lanes.push_command`, and the doorbell's ring, `doorbells`), which the worker's
-  channel of `fetching` extends; behind Sentinel through `sentinel_transport`.
-- the worker parent, the one process that consumes: the fetch (`fetch_script.FETCH`,
-  held in one record of its list's hash with its holder and popped in one step,
-  `held`; idle, one EXISTS), the long wait on doorbells (`ocr_idle_wait`, 10 s in
-  workers), the checks and dead letters (`refusals`, `oversized`), acknowledgements
-  (`qos`) and what a lost connection leaves (`unsettled`), and, on its heartbeat, the
-  sweep of dead holders' messages (`holders`).
-- the Procfile `metrics` process (tasks/metrics/: the figure KEDA scales on, the
-  fleet's health): `reads`, the broker's public reads (the keys a queue's depth is
-  read from, the held records, the dead letters), which it reads the broker through.
-- the worker parent as it starts: `stored_layout` (the layout version this Redis holds:
-  this release's stored where none is; a newer one, or layout 1 or 2, stops the
-  worker). The operator, once: `stored_layout.migrate` (`ocr_admin.py migrate-broker`)
-  moves layouts 1 and 2's keys, named there alone, into this one.
+The transport (`transport.Transport`, registered as `ocr-redis`: Celery's
+`broker_transport`) is built on kombu's virtual transport, not on kombu's Redis
+transport, which nothing here imports. Its channel (`channel.Channel`) is composed of a
+publisher (`publishing`), a fetcher (`fetching`), its broadcasts (`broadcasts`) and the
+QoS (`qos`); `poller` drives the channels' sockets. Where each module runs and what it
+holds: its docstring, and docs/architecture.md's module table.
 
 Every script of the broker is a `Script` of the service's one Lua runner
 (tasks/state/lua.py), sent as EVALSHA and loaded (SCRIPT LOAD) by each process before
@@ -74,26 +61,6 @@ The key layout, owned by `layout` (nothing else spells these names):
                                               a new Redis), the
                                               migration
 
-The transport is our own (`transport.Transport`, registered as `ocr-redis`: Celery's
-`broker_transport`), built on kombu's virtual transport, not on kombu's Redis transport,
-which nothing here imports. Its layers, each a module:
-
-- `redis_channel.RedisChannel`: kombu's virtual channel on Redis: the pools
-  (`connections`), the bindings, the queues' lists, broadcasts over PUB/SUB
-  (`broadcasts`: an event exchange's topic nobody heard is left quiet a few seconds);
-- `publishing.PublishingChannel`: lanes, doorbells' rings, the replicas' WAIT on the
-  message's own connection (`unkept`: a worker's publishes no replica confirmed, sent
-  again once the Sentinels replace the primary that took them);
-- `fetching.Channel`: the fetch and the checks before decoding (`wire`: the parts every
-  fetch repeats, encoded once);
-- `transport.Transport`: makes the channels, registers the poller with the event loop;
-- `poller.Poller`: each channel's fetch and broadcast sockets, driven by Celery's event
-  loop (kombu's `register_with_event_loop`) or by `drain_events`;
-- `binding_expiry`: the bindings of queues with x-expires (Celery's event and mailbox
-  queues): their deadlines, raised by their consumers, and the sweep of dead ones;
-- `qos.QoS`: the held records (`held`), their acknowledgement and restore;
-- `sentinel_transport`: the same on redis-py's Sentinel-managed pools.
-
 The names of kombu's virtual transport it overrides or relies on are `KOMBU_HOOKS`,
 read against each kombu minor of `KOMBU_MINORS`, requirements.txt's range
 (tests/units/test_kombu_overrides.py checks the installed kombu is one, has each name,
@@ -107,9 +74,9 @@ transport it reads or calls without overriding them.
 
 No name of redis-py's is overridden, and only its public API is called: a message
 longer than the worker's bound (`ocr_max_message_bytes`) is cut on the server by the
-scripts that pop it for a worker (the fetch and `Channel._get`'s: `oversized`), which
+scripts that pop it for a worker (the fetch and `Fetcher.get`'s: `oversized`), which
 send its first and last bytes and its length, never its body. Nothing else hands a
-worker a whole message from Redis: the restore reads held records (HGET), and only
+worker a whole message from Redis: the restore reads unacked records (HGET), and only
 messages within the bound are held (the fetch holds none larger, and `QoS.append` only
 a message `_admit` took); the holders' sweep and the visibility timeout's look read the
 records' heads on the server and return delivery tags; a broadcast (PUBLISH: remote

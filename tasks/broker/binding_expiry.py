@@ -1,7 +1,7 @@
 """Bindings of expiring queues: declared with a deadline, kept by their consumers, swept.
 
 Runs in every process that uses the Redis broker: a binding's declare in any process
-(tasks/broker/redis_channel.py's `_queue_bind`); its refresh and the sweep in a process
+(tasks/broker/channel.py's `_queue_bind`); its refresh and the sweep in a process
 that consumes an expiring queue (the worker parent's mailbox, Flower's and the
 exporter's event queues, `celery inspect`'s reply queue), from the poller's turns
 (tasks/broker/poller.py: Celery's event loop, or `drain_events`).

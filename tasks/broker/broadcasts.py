@@ -23,6 +23,7 @@ control's `celery.pidbox`) is always published.
 
 from __future__ import annotations
 
+import json
 import time
 import uuid
 from typing import Any
@@ -30,64 +31,44 @@ from typing import Any
 from kombu.utils.encoding import bytes_to_str
 from kombu.utils.json import dumps, loads
 
+from tasks.broker.refusals import Refused, check_envelope
 from tasks.records.jobs import Broadcast
-
-UNHEARD_QUIET = 5.0  # seconds a topic of an unheard exchange stays quiet (the default)
 
 
 class Broadcasts:
-    """A Redis channel's fanout side: topics, PUBLISH, PSUBSCRIBE, delivery.
+    """A channel's fanout side: topics, PUBLISH, PSUBSCRIBE, delivery.
 
-    Mixed into tasks/broker/redis_channel.py's `RedisChannel`, which holds the pools,
-    the fanout queues' bindings and the consumers named below.
+    A part of the channel (tasks/broker/channel.py), which holds the pools, the fanout
+    queues' bindings, the consumers and the options named here.
     """
-
-    fanout_patterns = True
-    keyprefix_fanout = "/{db}."
-    # Fanout exchanges whose topics go quiet when a publish reached no subscriber, and
-    # for how long (transport options; none by default: every broadcast is published).
-    ocr_unheard_exchanges: tuple[str, ...] = ()
-    ocr_unheard_quiet = UNHEARD_QUIET
-    # Routing keys of those exchanges published whatever was heard (none by default).
-    ocr_unheard_always: tuple[str, ...] = ()
 
     # (server, topic) -> until when (time.monotonic) this process does not publish to
     # it: shared by the process's channels (Celery sends events on several).
     _quiet_until: dict[tuple[str, str], float] = {}
 
-    # What the channel provides (tasks/broker/redis_channel.py): its connection, the
-    # clients that publish (`commands`) and subscribe (`subclient`), its fanout queues.
-    connection: Any
-    commands: Any
-    subclient: Any
-    connection_errors: Any
-    _fanout_queues: dict[str, tuple[str, str]]
-    _fanout_to_queue: dict[str, str]
-    active_fanout_queues: set[str]
-    _listening: Any
-    body_encoding: str
-    default_priority: int
-    encode_body: Any
+    def __init__(self, channel: Any) -> None:
+        self.channel = channel
+        self._server_uri: str | None = None
 
-    def _topic(self, exchange: str, routing_key: str) -> str:
-        if routing_key and self.fanout_patterns:
-            return f"{self.keyprefix_fanout}{exchange}/{routing_key}"
-        return f"{self.keyprefix_fanout}{exchange}"
+    def topic(self, exchange: str, routing_key: str) -> str:
+        if routing_key and self.channel.fanout_patterns:
+            return f"{self.channel.keyprefix_fanout}{exchange}/{routing_key}"
+        return f"{self.channel.keyprefix_fanout}{exchange}"
 
-    def _put_fanout(self, exchange: str, message: Any, routing_key: str,
-                    **kwargs: Any) -> None:
-        topic = self._topic(exchange, routing_key)
+    def put(self, exchange: str, message: Any, routing_key: str) -> None:
+        """Kombu's fanout publish: one PUBLISH, left out where the topic is quiet."""
+        topic = self.topic(exchange, routing_key)
         if not self._may_quiet(exchange, routing_key):
-            self.commands.publish(topic, dumps(message))
+            self.channel.commands.publish(topic, dumps(message))
             return
         key = (self._server(), topic)
         now = time.monotonic()
         if now < self._quiet_until.get(key, float("-inf")):
             return  # nobody heard this topic a moment ago
-        if self.commands.publish(topic, dumps(message)):
+        if self.channel.commands.publish(topic, dumps(message)):
             self._quiet_until.pop(key, None)
         else:
-            self._quiet_until[key] = now + float(self.ocr_unheard_quiet)
+            self._quiet_until[key] = now + float(self.channel.ocr_unheard_quiet)
 
     def broadcast(self, exchange: str, routing_key: str, body: Any,
                   headers: dict[str, Any] | None = None, delivery_mode: int = 1) -> None:
@@ -97,8 +78,8 @@ class Broadcasts:
         delivery info, a new delivery tag), made without its declare and preparing steps,
         so that any kombu consumer (Flower, `celery events`) reads it as its own.
         """
-        self._put_fanout(exchange, self._envelope(exchange, routing_key, body, headers,
-                                                  delivery_mode), routing_key)
+        self.put(exchange, self._envelope(exchange, routing_key, body, headers,
+                                          delivery_mode), routing_key)
 
     def broadcast_later(self, exchange: str, routing_key: str, body: Any,
                         headers: dict[str, Any] | None = None,
@@ -112,17 +93,17 @@ class Broadcasts:
         if self._may_quiet(exchange, routing_key):
             return None
         envelope = self._envelope(exchange, routing_key, body, headers, delivery_mode)
-        return Broadcast(self._topic(exchange, routing_key), dumps(envelope))
+        return Broadcast(self.topic(exchange, routing_key), dumps(envelope))
 
     def _envelope(self, exchange: str, routing_key: str, body: Any,
                   headers: dict[str, Any] | None, delivery_mode: int) -> dict[str, Any]:
-        encoded, encoding = self.encode_body(dumps(body), self.body_encoding)
+        encoded, encoding = self.channel.encode_body(dumps(body), self.channel.body_encoding)
         return {
             "body": encoded, "content-encoding": "utf-8", "content-type": "application/json",
             "headers": headers or {},
             "properties": {"delivery_mode": delivery_mode,
                            "delivery_info": {"exchange": exchange, "routing_key": routing_key},
-                           "priority": self.default_priority, "body_encoding": encoding,
+                           "priority": self.channel.default_priority, "body_encoding": encoding,
                            "delivery_tag": str(uuid.uuid4())}}
 
     def unheard(self, exchange: str, routing_key: str) -> bool:
@@ -133,32 +114,31 @@ class Broadcasts:
         """
         if not self._may_quiet(exchange, routing_key):
             return False
-        key = (self._server(), self._topic(exchange, routing_key))
+        key = (self._server(), self.topic(exchange, routing_key))
         return time.monotonic() < self._quiet_until.get(key, float("-inf"))
 
     def _may_quiet(self, exchange: str, routing_key: str) -> bool:
-        return (exchange in self.ocr_unheard_exchanges and self.ocr_unheard_quiet > 0
-                and routing_key not in self.ocr_unheard_always)
-
-    _server_uri: str | None = None
+        options = self.channel
+        return (exchange in options.ocr_unheard_exchanges and options.ocr_unheard_quiet > 0
+                and routing_key not in options.ocr_unheard_always)
 
     def _server(self) -> str:
         """The broker this channel's connection names (its URL without the password)."""
         if self._server_uri is None:
-            self._server_uri = str(self.connection.client.as_uri())
+            self._server_uri = str(self.channel.connection.client.as_uri())
         return self._server_uri
 
     def subscribe(self) -> None:
         """Subscribe this channel's PUB/SUB client to its fanout queues' topics."""
-        topics = [self._topic(*self._fanout_queues[queue])
-                  for queue in self.active_fanout_queues]
+        topics = [self.topic(*self.channel._fanout_queues[queue])
+                  for queue in self.channel.active_fanout_queues]
         if topics:
-            self.subclient.psubscribe(*topics)
-            self._listening = self.subclient.connection
+            self.channel.subclient.psubscribe(*topics)
+            self.channel._listening = self.channel.subclient.connection
 
     def receive(self) -> bool:
         """Deliver the broadcasts that arrived (one read, then what is buffered)."""
-        client = self.subclient
+        client = self.channel.subclient
         delivered = False
         try:
             while True:
@@ -168,8 +148,8 @@ class Broadcasts:
                 delivered = self._broadcast(reply) or delivered
                 if client.connection is None or not client.connection.can_read(timeout=0):
                     break
-        except self.connection_errors:
-            self._listening = None
+        except self.channel.connection_errors:
+            self.channel._listening = None
             raise
         return delivered
 
@@ -183,16 +163,20 @@ class Broadcasts:
         if topic.startswith("/"):
             topic = topic.partition(".")[2]
         exchange = topic.split("/", 1)[0]
-        queue = self._fanout_to_queue.get(exchange)
+        queue = self.channel._fanout_to_queue.get(exchange)
         if queue is None or not data:
             return False
         try:
             message = loads(bytes_to_str(data))
         except (TypeError, ValueError):
             message = data
-        return self.deliver_broadcast(message, exchange, queue)
-
-    def deliver_broadcast(self, message: Any, exchange: str, queue: str) -> bool:
-        """Hand broadcast `message` of `exchange` to `queue`'s consumer."""
-        self.connection.on_message_ready(self, message, queue)
+        # Checked as task messages are: a refused one is dead-lettered (a broadcast is
+        # no job: no FAILURE is stored for it).
+        try:
+            check_envelope(message, tuple(self.channel.ocr_accept_content))
+        except Refused as refused:
+            raw = message if isinstance(message, bytes) else json.dumps(message).encode()
+            self.channel.fetcher.refuse(raw, f"fanout:{exchange}", Refused(refused.error, None))
+            return False
+        self.channel.connection.on_message_ready(self.channel, message, queue)
         return True

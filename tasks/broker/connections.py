@@ -1,7 +1,7 @@
 """The broker's Redis connection pools, made from a kombu connection's parts.
 
 Runs in every process that uses the Redis broker (clients, the API, beat, workers,
-Flower, the exporter): a channel (tasks/broker/redis_channel.py) makes one pool for its
+Flower, the exporter): a channel (tasks/broker/channel.py) makes one pool for its
 commands and one for the connections its poller watches, whose `disconnect` tells the
 poller (tasks/broker/poller.py) to forget the socket. Behind Sentinel the pool is one of
 redis-py's Sentinel-managed pools (tasks/broker/sentinel_transport.py).

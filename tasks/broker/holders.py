@@ -5,10 +5,10 @@ holder) and that writes the node's presence record (tasks/queue/presence.py, who
 heartbeat drives the sweep). Clients and RabbitMQ workers never use it.
 
 The fetch (tasks/broker/lanes.py, `FETCH`) holds each message it takes in one record
-(tasks/broker/held.py) whose head names its holder, `<node>|<parent pid>`, then the
+(tasks/broker/unacked.py) whose head names its holder, `<node>|<parent pid>`, then the
 key it was taken from (the client's lane, or the list itself), the ring of its
 priority step and its client. Every path that drops the record (ack, reject,
-restore, the visibility timeout's restore: tasks/broker/unsettled.py) drops the
+restore, the visibility timeout's restore: tasks/broker/qos.py) drops the
 holder with it.
 
 A holder is alive while its node's presence record (tasks/state/liveness.py: field
@@ -41,8 +41,8 @@ from typing import Any
 
 import redis
 
-from tasks.broker.held import HEAD_LUA, held_hashes
 from tasks.broker.layout import SWEEP_LOCK_KEY
+from tasks.broker.unacked import HEAD_LUA, unacked_hashes
 from tasks.state.keys import WORKERS_KEY
 from tasks.state.lua import Script
 
@@ -66,10 +66,10 @@ def holder() -> str:
     return f"{_node}|{os.getpid()}" if _node else ""
 
 
-# KEYS: the hashes of held records (tasks/broker/held.py, each list's).
+# KEYS: the hashes of unacked records (tasks/broker/unacked.py, each list's).
 # ARGV[1]: the cutoff (a message taken before it whose node has no presence record is
 # swept); ARGV[2..]: "L<node>|<pid>" a live holder, "K<node>" a node with a record.
-# Returns the delivery tags put back. A held record without a holder is left to the
+# Returns the delivery tags put back. A unacked record without a holder is left to the
 # visibility timeout.
 SWEEP = Script(HEAD_LUA + r"""
 local live, known = {}, {}
@@ -183,7 +183,7 @@ class HolderSweep:
         if not TAKE.run(self._broker, [self._lock],
                         [self._token, int((self.interval - SLACK) * 1000)]):
             return []
-        keys = held_hashes(self._broker)
+        keys = unacked_hashes(self._broker)
         if not keys or not self._broker.exists(*keys):  # nothing held (an idle fleet)
             return []
         now = time.time() if now is None else now

@@ -15,13 +15,10 @@ Everything else, a stock kombu or Node client's message, stays in the list itsel
 the anonymous lane, which joins the ring at a fetch that finds it holding messages.
 A list's lanes and ring share its hash slot (tasks/broker/layout.py).
 
-The fetch serves priority steps in order, highest first, exactly as kombu does;
-within a step, each list's ring by weighted deficit round robin counting pages: the
-first client of the ring that has a message in its lane takes up to its weight in
-messages (a message is one page: a page task, or an image job), then goes to the
-ring's end. A client with nothing left waiting leaves the ring at once, so a lone
-client has every worker (work-conserving). Weights come from `ocr:lane-weights` (the
-API's token store, tasks/api/tokens.py); a client without one weighs 1.
+The order the fetch serves lanes and lists in is tasks/broker/fetch_script.py's
+(`fetch_order` and its script's `share`): a client's weight comes from
+`ocr:lane-weights` (the API's token store, tasks/api/tokens.py); a client without one
+weighs 1.
 """
 
 from __future__ import annotations
@@ -47,7 +44,7 @@ def laned(queue: str) -> bool:
 # is "1": a restored one), counts them in
 # KEYS[3] and, for its first messages waiting, puts the client at the end of the ring
 # KEYS[2] (a client with messages counted is in the ring: the fetch drops it only at 0).
-# With KEYS[4], rings that doorbell (tasks/broker/doorbells.py) for ARGV[4] ms: a bell
+# With KEYS[4], wakes that queue (tasks/broker/wakeups.py) for ARGV[4] ms: a wake-up
 # already rung (its one item) only has its expiry renewed, one command.
 PUSH = Script(r"""
 local bodies = {ARGV[1]}
@@ -69,125 +66,12 @@ return 1
 """)
 
 
-# Part of the fetch (tasks/broker/fetch_script.py, which defines `list(i)`, `arg(i, k)`
-# and `take` before it): `share(ring, idx, known)` serves the fetch's entries `idx` of
-# one ring by weighted deficit round robin, the anonymous lane ("": the lists' own
-# tails) among its clients. `known`: how many of the lists hold messages, plus 1 when
-# the ring has clients, where the caller counted them (else one EXISTS). A lone client
-# keeps no turns; a client with nothing left waiting leaves the ring; one whose
-# messages wait in lists this worker does not serve keeps its place.
-SHARE_LUA = r"""
--- serves the entries `idx` (in order) of one ring; `known`: how many of the lists
--- hold messages, plus 1 when the ring has clients, where the caller counted them
-local function share(ring, idx, known)
-  local turn, count = ring .. ':turn', ring .. ':count'
-  local held = known
-  if not held then
-    local keys = {ring}
-    for _, i in ipairs(idx) do keys[#keys + 1] = list(i) end
-    held = redis.call('EXISTS', unpack(keys))
-  end
-  if held == 0 then return nil end
-  -- the ring's first two clients: its head, and whether it has more than one
-  local head = redis.call('LRANGE', ring, 0, 1)
-  local members = #head
-  local any_plain = held > (members > 0 and 1 or 0)
-  -- each entry's list tail, read when asked (false: empty)
-  local plain = {}
-  local function tail(i)
-    if plain[i] == nil then plain[i] = redis.call('LINDEX', list(i), -1) or false end
-    return plain[i]
-  end
-  if members == 0 then
-    for _, i in ipairs(idx) do
-      if tail(i) then return take(list(i), plain[i], i) end
-    end
-    return nil
-  end
-  if any_plain and not redis.call('LPOS', ring, '') then
-    members = redis.call('RPUSH', ring, '')
-  end
-  local pos = 0
-  local lead = head[1]  -- the ring's head, read already
-  for _ = 1, 1000 do
-    local client = lead
-    if client then lead = nil else client = redis.call('LINDEX', ring, pos) end
-    if not client then return nil end
-    local src, item, at, popped = nil, nil, nil, false
-    if client == '' then
-      for _, i in ipairs(idx) do
-        src, item = list(i), tail(i)
-        if item then at = i break end
-      end
-    else
-      -- the client's lanes of these lists, in order: one LMPOP takes from the first
-      -- that holds a message
-      local call, index = {'LMPOP', 0}, {}
-      for _, i in ipairs(idx) do
-        if arg(i, 1) == ring and arg(i, 2) ~= '' then
-          call[#call + 1] = arg(i, 2) .. client
-          index[call[#call]] = i
-        end
-      end
-      call[2] = #call - 2
-      call[#call + 1] = 'RIGHT'
-      local got = call[2] > 0 and redis.call(unpack(call))
-      if got then
-        src, item, popped = got[1], got[2][1], true
-        at = index[src]
-      end
-    end
-    if item and members == 1 and client ~= '' then
-      -- a lone client: no turns to keep
-      local got = take(src, item, at, ring, client, popped)
-      if redis.call('HINCRBY', count, client, -1) < 1 then
-        redis.call('LREM', ring, 1, client)
-        redis.call('HDEL', count, client)
-        redis.call('HDEL', turn, client)
-      end
-      return got
-    end
-    if item then
-      local left = tonumber(redis.call('HGET', turn, client))
-      if not left or left < 1 then
-        left = math.floor(tonumber(redis.call('HGET', ARGV[3], client)) or 1)
-        if left < 1 then left = 1 end
-      end
-      local got = take(src, item, at, ring, client, popped)
-      left = left - 1
-      local waiting = 1
-      if client ~= '' then waiting = redis.call('HINCRBY', count, client, -1) end
-      if waiting < 1 then
-        redis.call('LREM', ring, 1, client)
-        redis.call('HDEL', count, client)
-        redis.call('HDEL', turn, client)
-      elseif left < 1 then
-        redis.call('LREM', ring, 1, client)
-        redis.call('RPUSH', ring, client)
-        redis.call('HDEL', turn, client)
-      else
-        redis.call('HSET', turn, client, left)
-      end
-      return got
-    end
-    if client == '' or (tonumber(redis.call('HGET', count, client)) or 0) < 1 then
-      redis.call('LREM', ring, 1, client)  -- nothing waits for it here, or anywhere
-      redis.call('HDEL', turn, client)
-    else
-      pos = pos + 1  -- its messages wait in lists this worker does not serve
-    end
-  end
-  return nil
-end
-"""
-
-
 def push_command(prefix: str, list_key: str, client: str, body: str, first: bool = False,
                  ring_queue: str | None = None, more: Sequence[str] = ()) -> list[Any]:
     """The EVALSHA that pushes `body` to `client`'s lane of `list_key`.
 
     `first`: taken before the lane's other messages (a restored one). `ring_queue`: the
-    queue whose doorbell the same call rings (None: none). `more`: messages pushed in
+    queue the same call wakes (None: none). `more`: messages pushed in
     the same call after `body`, taken after it in their order (not with `first`).
     `prefix`: kombu's global key prefix; names are given without it.
     """

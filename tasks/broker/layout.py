@@ -41,20 +41,20 @@ BINDING_EXPIRY_KEY = "_kombu.binding_expiry"
 # The lock of the sweep that puts a dead holder's messages back (tasks/broker/holders.py).
 SWEEP_LOCK_KEY = "unacked_sweep"
 
-WAKE_TTL_MS = 60_000     # a doorbell nobody answered is gone after a minute
+WAKE_TTL_MS = 60_000     # a wake-up nobody answered is gone after a minute
 LANE_WEIGHTS_KEY = ROOT + "lane-weights"  # hash: client -> weight (the API's token store)
 # The version of the layout drawn here (tasks/broker/stored_layout.py): a worker stores
 # it where none is (a new Redis), and refuses to start on an older one (layouts 1 and 2,
-# moved into this one by `ocr_admin.py migrate-broker`: tasks/broker/migrate.py) or a
+# moved into this one by `ocr_admin.py migrate-broker`: tasks/cli/broker_layout.py) or a
 # newer one.
 LAYOUT_KEY = ROOT + "layout"
 LAYOUT_VERSION = 3
 # Every key beside one of a queue's lists L takes L as its hash tag (`{L}:...`: in the
-# slot of L itself, where every kombu client pushes): its held records `{L}:held`
-# (tag -> head and kombu's record: tasks/broker/held.py), a client's lane
+# slot of L itself, where every kombu client pushes): its unacked records `{L}:held`
+# (tag -> head and kombu's record: tasks/broker/unacked.py), a client's lane
 # `{L}:lane:<client>`, its ring of clients `{L}:ring` (with `:turn` and `:count` beside
-# it), and a queue's doorbell `{Q}:wake` (Q's step-0 list is Q). HELD_LISTS_KEY: the set
-# of lists whose held records a consumer may have written (each consuming worker adds
+# it), and a queue's wake-up `{Q}:wake` (Q's step-0 list is Q). HELD_LISTS_KEY: the set
+# of lists whose unacked records a consumer may have written (each consuming worker adds
 # its own): what the sweep, the visibility timeout's look and queue depth read.
 HELD_LISTS_KEY = ROOT + "held-lists"
 DEAD_LETTER_KEY = ROOT + "dead-letter"  # refused broker messages (a capped list)
@@ -116,7 +116,7 @@ def list_ring_key(list_key: str) -> str:
 
 
 def queue_wake_key(queue: str) -> str:
-    """`{Q}:wake`: queue Q's doorbell, one item at most, rung by each publish.
+    """`{Q}:wake`: queue Q's wake-up, one item at most, pushed by each publish.
 
     In the slot of Q's step-0 list. Idle workers wait on it (BLPOP) instead of on the
     queue's lists, so that taking a message stays one atomic server-side step
@@ -126,7 +126,7 @@ def queue_wake_key(queue: str) -> str:
 
 
 def list_of_held_key(key: str) -> str | None:
-    """The list L of a held hash `{L}:held`; None for any other key."""
+    """The list L of a unacked hash `{L}:held`; None for any other key."""
     if key.startswith("{") and key.endswith("}:held"):
         return key[1:-len("}:held")]
     return None
@@ -143,7 +143,7 @@ def is_held_hash(key: str) -> bool:
 
 
 # Who touches the broker's keys (FAMILIES): whoever sends a task publishes to a queue's
-# lists, lanes and doorbells and declares its binding; the processes that consume
+# lists, lanes and wake-up keys and declares its binding; the processes that consume
 # (workers, the control worker) hold, acknowledge and restore messages.
 SENDERS = ("worker", "control", "api", "beat", "client")
 CONSUMERS = ("worker", "control")
@@ -169,9 +169,9 @@ FAMILIES: tuple[KeyFamily, ...] = (
               writers=SENDERS, readers=("metrics",)),
     KeyFamily("clients' lane weights", (LANE_WEIGHTS_KEY,), (LANE_WEIGHTS_KEY,),
               readers=CONSUMERS),
-    KeyFamily("doorbells", (queue_wake_key("ocr*"),), (queue_wake_key("ocr"),),
+    KeyFamily("wake-up keys", (queue_wake_key("ocr*"),), (queue_wake_key("ocr"),),
               writers=SENDERS),
-    KeyFamily("remote control's doorbells", (queue_wake_key("*.celery.pidbox"),),
+    KeyFamily("remote control's wake-up keys", (queue_wake_key("*.celery.pidbox"),),
               (queue_wake_key("w1@host.celery.pidbox"),),
               writers=(*CONSUMERS, "flower")),
     KeyFamily("the key layout's version", (LAYOUT_KEY,), (LAYOUT_KEY,),

@@ -1,7 +1,7 @@
 """A message too long for a worker to hold: Redis hands over its ends and its length only.
 
 Runs on the Redis server (`BOUND_LUA`, part of each script that pops a message for a
-worker: the fetch, `lanes.FETCH`, and `POP`, kombu's basic_get) and in the worker parent
+worker: the fetch, `fetch_script.FETCH`, and `POP`, kombu's basic_get) and in the worker parent
 (tasks/broker/fetching.py reads the scripts' replies with `received`;
 tasks/broker/refusals.py refuses by `reply_size`). A message longer than the worker's
 bound (`ocr_max_message_bytes`; 0: none) is popped by the script and never sent whole:

@@ -4,7 +4,7 @@ Runs in every process that consumes from the Redis broker. In a worker parent it
 driven by Celery's event loop (`register`: kombu's hook `register_with_event_loop`):
 on every turn of the loop each consuming channel that can take a message and has no
 fetch in flight sends one (`Channel.fetch_start`: the fetch script, or its wait on the
-doorbells), and a channel bound to a fanout exchange subscribes; the loop calls
+wake-ups), and a channel bound to a fanout exchange subscribes; the loop calls
 `on_readable` when a reply is there. A client, Flower or the exporter drains events
 without a loop (`get`, kombu's `drain_events`): the same steps, then one `poll`. Each
 turn also keeps the bindings of the expiring queues consumed, and sweeps dead ones,

@@ -1,19 +1,17 @@
-"""The publishing side of the Redis broker's channel: lanes, doorbells, replicas.
+"""The publishing side of the broker's channel: lanes, wake-ups, replicas.
 
 Runs in every process that publishes (clients, the API, beat, workers sending page
 tasks and retries; the worker parent too, when it restores a message). A client's
 message goes to its lane of its queue's list for its priority step (tasks/broker/lanes.py),
 any other to the list itself, kombu's; either way stamped with the time it was sent
 (`PUBLISHED_HEADER`: the age of the oldest waiting message, tasks/metrics/queue_depth.py)
-and rings its queue's doorbell (doorbells.py; a lane's push rings it in the same
-script), so that an idle worker wakes.
-A restored message goes back to its lane the same way. With `ocr_min_replicas`, a WAIT
-sent after the message on its own connection holds a publish until that many replicas
-have it (OCR_REDIS_MIN_REPLICAS).
+and wakes its queue (wakeups.py; a lane's push wakes it in the same script), so that
+an idle worker wakes. A restored message goes back to its lane the same way. With
+`ocr_min_replicas`, a WAIT sent after the message on its own connection holds a
+publish until that many replicas have it (OCR_REDIS_MIN_REPLICAS).
 
-Built on the channel of tasks/broker/redis_channel.py (pools, bindings, queue lists);
-the consuming side, the atomic fetch and the checks before decoding, is the channel of
-tasks/broker/fetching.py, built on this one.
+A `Publisher` is a part of the channel (tasks/broker/channel.py), which hands it
+kombu's `_put` and the QoS's restores.
 """
 
 from __future__ import annotations
@@ -29,9 +27,8 @@ import redis.exceptions
 from kombu.utils.json import dumps
 from redis.exceptions import NoScriptError
 
-from tasks.broker import doorbells, lanes, layout
-from tasks.broker.redis_channel import RedisChannel
-from tasks.broker.unkept import Unkept, UnkeptPublish
+from tasks.broker import lanes, layout, wakeups
+from tasks.broker.pending_publishes import PendingPublish, PendingPublishes
 from tasks.errors import ReplicaMissing
 from tasks.records.clients import CLIENT_HEADER, client_name
 from tasks.state import lua
@@ -50,57 +47,56 @@ MISSED_SECONDS = 10.0  # a server short of replicas: a worker's publishes to it 
 PUBLISHED_HEADER = "ocr_published"
 
 
-class PublishingChannel(RedisChannel):
-    """The Redis channel whose publishes go to lanes, ring, and wait for replicas."""
+class Publisher:
+    """A channel's publishing side: a message to its lane or list, the wake-up, the WAIT."""
 
-    from_transport_options = (
-        *RedisChannel.from_transport_options,
-        "ocr_min_replicas", "ocr_replica_timeout", "ocr_refuse_unkept")
-    # A publish waits for this many replicas (WAIT), at most `ocr_replica_timeout` s;
-    # short of them a client's publish raises ReplicaMissing, a worker's goes on.
-    ocr_min_replicas = 0
-    ocr_replica_timeout = 2.0
-    ocr_refuse_unkept = True
     # The servers whose replicas were missing, and when: a worker's publish to one of
     # them skips its WAIT for MISSED_SECONDS. By server, never for the whole process:
     # a publish on another connection, still on a primary the Sentinels replaced, must
     # still wait, and so be found out (`_send_kept`).
     _replicas_missed: ClassVar[dict[Any, float]] = {}
     # A worker's publishes no replica confirmed, to send again after a switch.
-    _unkept: ClassVar[Unkept] = Unkept()
+    _pending: ClassVar[PendingPublishes] = PendingPublishes()
 
-    def _put(self, queue: str, message: Any, **kwargs: Any) -> None:
-        # When it was published (the age of the oldest waiting message).
+    def __init__(self, channel: Any) -> None:
+        self.channel = channel
+        self._held: list[tuple[str, int, str, str]] | None = None  # what `together` holds
+
+    def put(self, queue: str, message: Any) -> None:
+        """`message` to its client's lane of `queue`, or to the queue's list (kombu's)."""
+        channel = self.channel
         headers = message.get("headers")
         client = ""
-        if isinstance(headers, dict):
+        if isinstance(headers, dict):  # when it was published: the oldest message's age
             headers[PUBLISHED_HEADER] = round(time.time(), 3)
             client = client_name(headers.get(CLIENT_HEADER))
-        if client and lanes.laned(queue) and queue not in self._expires:
+        if client and lanes.laned(queue) and queue not in channel._expires:
             # A client's message goes to its lane of the list (tasks/broker/lanes.py),
-            # its doorbell rung by the same script.
-            step = layout.message_step(message, self.priority_steps)
+            # its queue woken by the same script.
+            step = layout.message_step(message, channel.priority_steps)
             if self._held is not None:  # `together`: pushed with the others at its end
                 self._held.append((queue, step, client, dumps(message)))
             else:
                 self._push(queue, step, client, [dumps(message)])
-        elif int(self.ocr_min_replicas or 0):
-            put = self._put_commands(queue, message)
+            return
+        put = channel._put_commands(queue, message)
+        if int(channel.ocr_min_replicas or 0):
             self._send_kept(queue, [*(put if len(put) == 1 else [["MULTI"], *put, ["EXEC"]]),
-                                    *doorbells.ring_commands(self._key, [queue])])
-        else:
-            super()._put(queue, message, **kwargs)
-            doorbells.ring_now(self, queue)
-
-    _held: list[tuple[str, int, str, str]] | None = None  # client pushes `together` holds
+                                    *wakeups.wake_commands([queue])])
+            return
+        with channel.commands.pipeline() as pipe:
+            for command in put:
+                pipe.execute_command(*command)
+            pipe.execute()
+        wakeups.wake_now(channel, queue)
 
     @contextlib.contextmanager
     def together(self) -> Iterator[None]:
         """Hold this channel's client pushes, and send them at the end, a script a lane.
 
         Runs in a worker child splitting a document: its page tasks, all to one lane,
-        go in one push (one LPUSH of all, one count, one ring of the doorbell, one WAIT
-        for replicas) in the order they were published. Nothing is sent when the block
+        go in one push (one LPUSH of all, one count, one wake-up, one WAIT for
+        replicas) in the order they were published. Nothing is sent when the block
         raises. Other messages (no client, not a service queue) go as they come.
         """
         if self._held is not None:
@@ -118,56 +114,63 @@ class PublishingChannel(RedisChannel):
     def _push(self, queue: str, step: int, client: str, bodies: list[str]) -> None:
         """`bodies`, in their order, to `client`'s lane of `queue` (priority `step`).
 
-        One push script, which rings the queue's doorbell; with `ocr_min_replicas`, the
+        One push script, which wakes the queue; with `ocr_min_replicas`, the
         replicas' WAIT after it on its connection.
         """
         command = lanes.push_command(
-            self._key(""), layout.queue_list(queue, step, self.sep), client, bodies[0],
+            "", layout.queue_list(queue, step, self.channel.sep), client, bodies[0],
             ring_queue=queue, more=bodies[1:])
-        if int(self.ocr_min_replicas or 0):
+        if int(self.channel.ocr_min_replicas or 0):
             self._send_kept(queue, [command])
             return
-        with self.conn_or_acquire() as conn:
-            lua.run(conn, command)
+        lua.run(self.channel.commands, command)
 
-    def restore_payload(self, payload: Any, exchange: str, routing_key: str, pipe: Any,
-                        leftmost: bool = False) -> None:
-        # A restore (in its WATCH/MULTI): a client's message back to its lane.
+    def restore(self, payload: Any, exchange: str, routing_key: str, pipe: Any,
+                leftmost: bool = False) -> None:
+        """Queue `payload` back on the queues its route names, in `pipe` (a MULTI).
+
+        Redelivered; first in line (`leftmost`: a rejected message) or last. A client's
+        message goes back to its lane; the queues are woken.
+        """
+        channel = self.channel
+        queues = list(channel._lookup(exchange, routing_key))
         headers = payload.get("headers") if isinstance(payload, dict) else None
         client = client_name(headers.get(CLIENT_HEADER)) if isinstance(headers, dict) else ""
-        queues = list(self._lookup(exchange, routing_key)) if client else []
-        if not isinstance(headers, dict) or not queues or \
-                not all(map(lanes.laned, queues)) or \
-                not isinstance(payload.get("properties"), dict):
-            queues = queues or list(self._lookup(exchange, routing_key))
-            super().restore_payload(payload, exchange, routing_key, pipe, leftmost)
-            doorbells.ring(pipe, self._key, queues)
-            return
-        headers["redelivered"] = True
-        payload["properties"].setdefault("delivery_info", {})["redelivered"] = True
-        step = layout.message_step(payload, self.priority_steps)
+        with contextlib.suppress(KeyError, TypeError, AttributeError):
+            payload["headers"]["redelivered"] = True
+            payload["properties"].setdefault("delivery_info", {})["redelivered"] = True
+        step = layout.message_step(payload, channel.priority_steps)
+        laned = client and queues and all(map(lanes.laned, queues)) and \
+            isinstance(payload.get("properties"), dict)
         for queue in queues:
-            lua.queue(pipe, lanes.push_command(
-                self._key(""), layout.queue_list(queue, step, self.sep), client,
-                dumps(payload), first=not leftmost))
-        doorbells.ring(pipe, self._key, queues)
+            name = layout.queue_list(queue, step, channel.sep)
+            if laned:
+                lua.queue(pipe, lanes.push_command(
+                    "", name, client, dumps(payload), first=not leftmost))
+            else:
+                (pipe.lpush if leftmost else pipe.rpush)(name, dumps(payload))
+        wakeups.wake(pipe, queues)
 
-    def _holding_keys(self, queue: str) -> tuple[str, ...]:
-        # A message in a lane has its client in its list's ring (the push adds it, the
-        # fetch takes it out only once none waits): where no ring exists, no lane
-        # holds one (and the count below, over the rings' clients, finds none).
-        keys = super()._holding_keys(queue)
+    def holding_keys(self, queue: str) -> tuple[str, ...]:
+        """Keys of which one exists wherever a message of `queue` waits.
+
+        Its lists, and their rings: a message in a lane has its client in its list's
+        ring (the push adds it, the fetch takes it out only once none waits).
+        """
+        keys = self.channel._lists(queue)
         if not lanes.laned(queue):
             return keys
-        return (*keys, *(layout.list_ring_key(self._key(name)) for name in keys))
+        return (*keys, *(layout.list_ring_key(name) for name in keys))
 
-    def _count(self, queue: str) -> int:
-        # The queue's lists and its lanes.
-        size = int(super()._count(queue))
+    def count(self, queue: str) -> int:
+        """The messages waiting in `queue`'s lists and lanes."""
+        lists = self.channel._lists(queue)
+        with self.channel.commands.pipeline(transaction=False) as pipe:
+            for name in lists:
+                pipe.llen(name)
+            size = sum(int(each) for each in pipe.execute())
         if lanes.laned(queue):
-            with self.conn_or_acquire() as conn:
-                size += int(lua.run(conn, lanes.sizes_command(
-                    self._key(""), self._lists(queue))))
+            size += int(lua.run(self.channel.commands, lanes.sizes_command("", lists)))
         return size
 
     def _send_kept(self, queue: str, commands: list[list[Any]]) -> None:
@@ -178,19 +181,19 @@ class PublishingChannel(RedisChannel):
         names meanwhile, the WAIT speaks for the server that took the message. Short of
         replicas, a client's publish raises ReplicaMissing; a worker's goes on (logged,
         and that server's publishes skip their WAIT for MISSED_SECONDS; kept, to be sent
-        again after a switch: tasks/broker/unkept.py), unless that server is a primary
+        again after a switch: tasks/broker/pending_publishes.py), unless that server is a primary
         the Sentinels have replaced: it takes writes until they demote it, then throws
         them away. That publish fails as a lost connection, so that kombu sends it again
         on a new one, which asks the Sentinels (a copy that survives after all is read
         once: the end claim, the page join).
         """
         what = f"a message to queue {queue}"
-        timeout = float(self.ocr_replica_timeout)
-        with self.conn_or_acquire() as client:
+        timeout = float(self.channel.ocr_replica_timeout)
+        with self.channel.conn_or_acquire() as client:
             lua.preload(client, commands[0])
             for loads in range(lua.LOADS + 1):
                 started = time.monotonic()
-                sent = self._sent(client, commands, int(self.ocr_min_replicas), timeout)
+                sent = self._sent(client, commands, int(self.channel.ocr_min_replicas), timeout)
                 failed = next((r for r in sent.replies[:len(commands)]
                                if isinstance(r, redis.exceptions.ResponseError)), None)
                 if failed is None:
@@ -200,26 +203,26 @@ class PublishingChannel(RedisChannel):
                 lua.reload(client, commands[0])
         reached = sent.replies[-1] if sent.waited else None
         if isinstance(reached, redis.exceptions.ResponseError):  # the message is sent
-            if self.ocr_refuse_unkept:
+            if self.channel.ocr_refuse_pending:
                 raise ReplicaMissing(f"{what} was sent, and no replica could be waited "
                                      f"for ({reached!r})")
             log.debug("could not wait for the replicas of %s: %r", what, reached)
-        elif reached is not None and reached >= int(self.ocr_min_replicas):
-            self._unkept.confirmed(sent.server, started)
-        elif self.ocr_refuse_unkept:
-            check_replicas([reached], int(self.ocr_min_replicas), timeout, what)
+        elif reached is not None and reached >= int(self.channel.ocr_min_replicas):
+            self._pending.confirmed(sent.server, started)
+        elif self.channel.ocr_refuse_pending:
+            check_replicas([reached], int(self.channel.ocr_min_replicas), timeout, what)
         elif sent.replaced:
             raise redis.exceptions.ConnectionError(
                 f"{what} went to a Redis primary the Sentinels have replaced")
         else:  # short of replicas, or in its server's window (sent without a WAIT)
             if sentinel_named(client):  # (an address that moves stays the same address)
-                self._unkept.add(sent.server, UnkeptPublish(started, queue, commands))
+                self._pending.add(sent.server, PendingPublish(started, queue, commands))
             if reached is not None:
-                PublishingChannel._replicas_missed[sent.server] = time.monotonic()
+                Publisher._replicas_missed[sent.server] = time.monotonic()
                 log.warning("%s reached no Redis replica within %g s; publishing to that "
                             "server without waiting for replicas for %g s",
                             what, timeout, MISSED_SECONDS)
-        if not self.ocr_refuse_unkept:
+        if not self.channel.ocr_refuse_pending:
             self._send_again(client, sent.server)
 
     def _sent(self, client: Any, commands: list[list[Any]], replicas: int,
@@ -233,12 +236,12 @@ class PublishingChannel(RedisChannel):
         connection = pool.get_connection()
         try:
             server = address_of(connection)
-            waited = self.ocr_refuse_unkept or time.monotonic() - \
+            waited = self.channel.ocr_refuse_pending or time.monotonic() - \
                 self._replicas_missed.get(server, -MISSED_SECONDS) >= MISSED_SECONDS
             if waited:  # else its replicas were missing just now: no wait per publish
                 commands = [*commands, wait_command(replicas, timeout)]
             replies = _replies(connection, commands)
-            replaced = waited and not self.ocr_refuse_unkept and \
+            replaced = waited and not self.channel.ocr_refuse_pending and \
                 isinstance(replies[-1], int) and replies[-1] < replicas and \
                 replaced_at(client, server)
             if replaced:
@@ -258,23 +261,19 @@ class PublishingChannel(RedisChannel):
         primary, its publishes go again, now. One that fails is kept again, with the rest.
         """
         now = time.monotonic()
-        for other in self._unkept.due(server, now):
+        for other in self._pending.due(server, now):
             if not replaced_at(client, other):
-                self._unkept.looked_up(other, now)
+                self._pending.looked_up(other, now)
                 continue
-            publishes = self._unkept.take(other)
+            publishes = self._pending.take(other)
             log.warning("%d message(s) went to a Redis primary the Sentinels have since "
                         "replaced, confirmed by no replica: sent again", len(publishes))
             for index, publish in enumerate(publishes):
                 try:
                     self._send_kept(publish.queue, publish.commands)
                 except BaseException:
-                    self._unkept.give_back(other, publishes[index:])
+                    self._pending.give_back(other, publishes[index:])
                     raise
-
-    def _key(self, name: str) -> str:
-        """`name` as a raw command names it (the transport takes no global key prefix)."""
-        return name
 
 
 @dataclasses.dataclass(frozen=True)
@@ -310,7 +309,7 @@ def _lanes_in_order(held: list[tuple[str, int, str, str]],
 
 @contextlib.contextmanager
 def pushes_together(channel: Any) -> Iterator[None]:
-    """`PublishingChannel.together` on `channel`; on another broker's channel, nothing."""
+    """`Publisher.together` on `channel`; on another broker's channel, nothing."""
     hold = getattr(channel, "together", None)
     if hold is None:
         yield

@@ -1,16 +1,38 @@
-"""The transport's QoS: taken messages held until acknowledged, restored when lost.
+"""The transport's QoS: unacked messages held until acknowledged, restored when lost.
 
-Runs in the worker parent, the one process that consumes (tasks/broker/fetching.py
-makes it for each consuming channel). Each message a worker took is held in one
-record (tasks/broker/held.py) in the hash of the list it was taken from; the
+Runs in the worker parent, the one process that consumes (kombu makes it for
+each channel, tasks/broker/channel.py). Each message a worker took is held in one
+unacked record (tasks/broker/unacked.py) in the hash of the list it was taken from; the
 acknowledgement drops it (riding on the next fetch where one follows), a restore puts
 the message back on its queue, and the visibility timeout's look (one worker of the
-fleet an interval) restores those held too long. What a lost connection leaves is
-settled by the next channel (tasks/broker/unsettled.py).
+fleet an interval) restores those held too long.
+
+What a lost connection leaves unacked is settled by the next channel (`settle`). When
+Redis goes away under it (a restart, a failover to a promoted replica, a managed
+endpoint that moves), kombu closes the broker channel and Celery connects a new one.
+Acknowledgements near the loss cannot be trusted: the new primary may lack the last
+writes of the old one, a task's own writes among them. So, process-wide:
+
+- an acknowledgement that failed (its task ended around the loss) is done on the next
+  channel if that one reaches the same server process (`run_id`), and otherwise the
+  message goes back to its queue: the task runs again, and its claims and the page
+  join make a second run harmless (a redelivered ended job is ignored);
+- acknowledgements done in the RECENT seconds before a loss are looked at on the next
+  server: a record still there (the ack was lost with the primary's tail) sends its
+  message back to its queue now, rather than after the visibility timeout;
+- a message the worker had taken but no child had started (Celery forgets those at
+  the loss) goes back to its queue now.
+
+A task running at the loss is never restored then (it would run twice at once): its
+acknowledgement, when it ends, follows the first rule. Only delivery tags are kept,
+each with the unacked hash of its record (`held_in`: the hash of the list it was taken
+from); the records they name are on the server, so one lost with the primary (its
+message still queued there: the fetch records and pops in one step) settles as nothing.
 """
 
 from __future__ import annotations
 
+import collections
 import logging
 import time
 from typing import Any
@@ -19,22 +41,121 @@ from kombu.transport import virtual
 from kombu.utils.encoding import bytes_to_str
 from kombu.utils.json import dumps, loads
 
-from tasks.broker import held
+from tasks.broker import unacked
 from tasks.broker.layout import HELD_LISTS_KEY, list_held_key
-from tasks.broker.unsettled import (
-    acked,
-    defer_ack,
-    defer_restore,
-    forget,
-    held_in,
-    hold,
-    split_running,
-)
 from tasks.state.lua import Script
 
 log = logging.getLogger(__name__)
 
-HELD_LISTS_SECONDS = 60.0  # how long a worker's view of the lists with held records lasts
+HELD_LISTS_SECONDS = 60.0  # how long a worker's view of the lists with unacked records lasts
+
+RECENT = 10.0     # seconds of acknowledgements before a loss that are looked at again
+RECENT_MAX = 5000
+
+_server = ""                          # run_id of the server the live channel reached
+_acks: dict[str, str] = {}            # failed ack -> run_id of the server it was for
+_restores: set[str] = set()           # messages to put back on their queues
+_recent: collections.deque[tuple[float, str, str]] = collections.deque(maxlen=RECENT_MAX)
+_held_in: dict[str, str] = {}         # a delivery tag -> the hash its record is held in
+
+
+def hold(tag: str, key: str) -> None:
+    """The record of `tag` is held in the hash `key` (the fetch held it there)."""
+    _held_in[tag] = key
+
+
+def held_in(tag: str) -> str:
+    """The hash `tag`'s record is held in ("" where none was told: nothing is held)."""
+    return _held_in.get(tag, "")
+
+
+def forget(tag: str) -> None:
+    """`tag` is settled: nothing of it is looked at again."""
+    if tag not in _acks and tag not in _restores:
+        _held_in.pop(tag, None)
+
+
+def connected(run_id: str) -> None:
+    """A channel reached the server process `run_id` (INFO server)."""
+    global _server
+    _server = run_id
+
+
+def acked(tag: str) -> None:
+    now = time.monotonic()
+    _recent.append((now, tag, _server))
+    while _recent and _recent[0][0] < now - RECENT:  # past the look after a loss
+        forget(_recent.popleft()[1])
+
+
+def defer_ack(tag: str) -> None:
+    """Acknowledge `tag` on the next channel (if it reaches the same server)."""
+    _acks[tag] = _server
+
+
+def defer_restore(tag: str) -> None:
+    """Put the message of `tag` back on its queue once a channel can."""
+    _restores.add(tag)
+
+
+def lost() -> None:
+    """The channel closed: recent acknowledgements are looked at again on the next one."""
+    since = time.monotonic() - RECENT
+    for at, tag, server in _recent:
+        if at >= since:
+            _acks.setdefault(tag, server + "+done")  # done there: never acked again
+    _recent.clear()
+
+
+def pending() -> bool:
+    return bool(_acks or _restores)
+
+
+def running_task_ids() -> set[str]:
+    """Ids of the tasks this worker's pool children run now (Celery's worker state)."""
+    from celery.worker import state
+
+    return {str(request.id) for request in tuple(state.active_requests)}
+
+
+def split_running(delivered: dict[str, Any]) -> tuple[list[str], list[str]]:
+    """Delivery tags of `delivered` (tag -> message): (running in a child, not started)."""
+    running = running_task_ids()
+    started: list[str] = []
+    waiting: list[str] = []
+    for tag, message in delivered.items():
+        headers = getattr(message, "headers", None) or {}
+        (started if headers.get("id") in running else waiting).append(tag)
+    return started, waiting
+
+
+def settle(qos: Any, client: Any, connection_errors: tuple[type[BaseException], ...]) -> None:
+    """Do what earlier channels left, through `qos` (a live channel's) and `client`.
+
+    What fails again (the server went away once more) stays for the next channel.
+    """
+    try:
+        for tag, server in list(_acks.items()):
+            if server == _server:  # the same server process: its writes are all there
+                qos.unrecord(tag, client.pipeline(transaction=False)).execute()
+            elif not server.endswith("+done") or server[:-5] != _server:
+                _restore(qos, client, tag)
+            del _acks[tag]
+            forget(tag)
+        for tag in list(_restores):
+            _restore(qos, client, tag)
+            _restores.discard(tag)
+            forget(tag)
+    except connection_errors:
+        return
+
+
+def _restore(qos: Any, client: Any, tag: str) -> None:
+    if held_in(tag) and client.hexists(held_in(tag), tag):
+        qos.restore_by_tag(tag, client)
+        log.warning("message %s, unacked when the broker connection was lost, is back "
+                    "on its queue", tag)
+
 
 # The restore's mutex lapses this long before the next worker's look is due: one look
 # of the fleet an interval, on the tick nearest it.
@@ -54,16 +175,16 @@ RELEASE = Script("if redis.call('GET', KEYS[1]) == ARGV[1] then "
                  "return redis.call('DEL', KEYS[1]) end return 0")
 
 
-class QoS(virtual.QoS):  # the transport's (tasks/broker/fetching.py)
-    """Taken messages held (tasks/broker/held.py) until acknowledged, restored when lost.
+class QoS(virtual.QoS):  # the channel's (tasks/broker/channel.py)
+    """Taken messages held (tasks/broker/unacked.py) until acknowledged, restored when lost.
 
-    A message the fetch took is held by the fetch itself (`lanes.FETCH`, with its
+    A message the fetch took is held by the fetch itself (`fetch_script.FETCH`, with its
     holder); one taken by `basic_get` is held here, without a holder. An
-    acknowledgement drops the held record, one HDEL.
+    acknowledgement drops the unacked record, one HDEL.
 
-    What a lost connection leaves unsettled (acknowledgements around it, messages no
-    child started) is settled by the next channel (this module); a task running at
-    the loss is never restored then. A restore reads each held record whole (HGET):
+    What a lost connection leaves unacked (acknowledgements around it, messages no
+    child started) is settled by the next channel (`settle`); a task running at
+    the loss is never restored then. A restore reads each unacked record whole (HGET):
     only messages within the worker's bound are held (the fetch holds none larger;
     `append` only a message the channel's checks took).
     """
@@ -72,16 +193,16 @@ class QoS(virtual.QoS):  # the transport's (tasks/broker/fetching.py)
     _restore_calls = 0
 
     def append(self, message: Any, delivery_tag: str) -> None:
-        if delivery_tag is not None and delivery_tag != getattr(self.channel, "_taken", None):
+        if delivery_tag is not None and delivery_tag != self.channel.fetcher.taken:
             # a message `basic_get` took (the fetch holds its own): held in the hash of
             # the list it was taken from
             info = message.delivery_info
-            got_from = self.channel.got_from
+            got_from = self.channel.fetcher.got_from
             key = list_held_key(got_from)
-            if got_from not in self.channel.held_lists:
+            if got_from not in self.channel.fetcher.held_lists:
                 self._client().sadd(HELD_LISTS_KEY, got_from)  # named before it holds one
-                self.channel.held_lists.add(got_from)
-            self._client().hset(key, delivery_tag, held.value(time.time(), dumps(
+                self.channel.fetcher.held_lists.add(got_from)
+            self._client().hset(key, delivery_tag, unacked.value(time.time(), dumps(
                 [message.serializable(), info["exchange"], info["routing_key"]])))
             hold(delivery_tag, key)
         super().append(message, delivery_tag)
@@ -89,7 +210,7 @@ class QoS(virtual.QoS):  # the transport's (tasks/broker/fetching.py)
     _lists: tuple[float, list[str]] = (float("-inf"), [])
 
     def held_keys(self, client: Any) -> list[str]:
-        """Every hash of held records.
+        """Every hash of unacked records.
 
         Each list's a consumer told of (`HELD_LISTS_KEY`, read again every
         HELD_LISTS_SECONDS).
@@ -97,16 +218,16 @@ class QoS(virtual.QoS):  # the transport's (tasks/broker/fetching.py)
         read_at, lists = self._lists
         if time.monotonic() - read_at > HELD_LISTS_SECONDS:
             # its fetches name their lists again (a set lost with a failed-over primary)
-            getattr(self.channel, "held_lists", set()).clear()
-            lists = held.held_hashes(client)
+            self.channel.fetcher.held_lists.clear()
+            lists = unacked.unacked_hashes(client)
             self._lists = (time.monotonic(), lists)
         return lists
 
     def unrecord(self, delivery_tag: str, pipe: Any = None) -> Any:
-        """Drop the held record of `delivery_tag` (one HDEL).
+        """Drop the unacked record of `delivery_tag` (one HDEL).
 
         In the caller's MULTI (a restore), or alone (an ack, a reject). A worker
-        acknowledges only messages it took, each held where it told `unsettled`.
+        acknowledges only messages it took, each held where it told `hold`.
         """
         if pipe is None:
             pipe = self._client().pipeline(transaction=False)
@@ -117,7 +238,7 @@ class QoS(virtual.QoS):  # the transport's (tasks/broker/fetching.py)
                        key: str | None = None) -> None:
         """The message of `tag` back on its queues, its record dropped, in one MULTI.
 
-        Its held record in `key` (the hash it is held in: by default, where this worker
+        Its unacked record in `key` (the hash it is held in: by default, where this worker
         held it). A held value without its head is dropped, not restored.
         """
         key = key or held_in(tag)
@@ -126,9 +247,9 @@ class QoS(virtual.QoS):  # the transport's (tasks/broker/fetching.py)
             raw = pipe.hget(key, tag)
             if raw is None:
                 return
-            found = held.parse(raw)
+            found = unacked.parse(raw)
             if found is None:
-                log.error("held record %s has no head; dropped", tag)
+                log.error("unacked record %s has no head; dropped", tag)
             pipe.multi()
             pipe.hdel(key, tag)
             if found is not None:
@@ -144,7 +265,7 @@ class QoS(virtual.QoS):  # the transport's (tasks/broker/fetching.py)
         """The channel's client for acknowledgements and restores."""
         return self.channel.commands
 
-    # Acknowledgements that ride on the channel's next fetch (`lanes.FETCH` drops them
+    # Acknowledgements that ride on the channel's next fetch (`fetch_script.FETCH` drops them
     # first, in the fetch's round trip): due, then sent until the fetch's reply is read.
     _due: list[str] = []
     _sent: list[str] = []
@@ -163,7 +284,7 @@ class QoS(virtual.QoS):  # the transport's (tasks/broker/fetching.py)
         virtual.QoS.ack(self, delivery_tag)
 
     def take_due(self) -> list[tuple[str, str]]:
-        """The acknowledgements the fetch being sent carries, each with its held hash.
+        """The acknowledgements the fetch being sent carries, each with its unacked hash.
 
         Sent until the fetch's reply is read.
         """
@@ -230,7 +351,7 @@ class QoS(virtual.QoS):  # the transport's (tasks/broker/fetching.py)
         taken for the interval and left to lapse (given back by a look that failed;
         a worker whose visibility timeout is shorter than the taker's looks anyway:
         `LOOK`), so that one worker of the fleet looks each interval (the look,
-        `held.VISIBLE`, reads every held record's head on the server and sends back the
+        `unacked.VISIBLE`, reads every unacked record's head on the server and sends back the
         delivery tags past the timeout; each restore is atomic, `restore_by_tag`). A channel that
         acknowledges nothing (Flower's) leaves the restores to the workers.
         """
@@ -238,7 +359,7 @@ class QoS(virtual.QoS):  # the transport's (tasks/broker/fetching.py)
         self._restore_calls += 1
         if (self._restore_calls - 1) % interval:
             return
-        if all(getattr(self.channel, "no_ack", {"": False}).values()):
+        if all(self.channel.fetcher.no_ack.values()):
             return
         client = self._client()
         ceiling = time.time() - float(self.channel.visibility_timeout)
@@ -253,7 +374,7 @@ class QoS(virtual.QoS):  # the transport's (tasks/broker/fetching.py)
             return  # another worker looked within the interval
         try:
             limit = num if num is not None else self.channel.unacked_restore_limit
-            visible = held.VISIBLE.run(client, keys,
+            visible = unacked.VISIBLE.run(client, keys,
                                        [repr(ceiling), start + limit if limit else 0])
             for k, tag in list(zip(visible[::2], visible[1::2], strict=True))[start:]:
                 self.restore_by_tag(bytes_to_str(tag), client, key=keys[int(k) - 1])
@@ -276,7 +397,7 @@ class QoS(virtual.QoS):  # the transport's (tasks/broker/fetching.py)
                     by_key.setdefault(held_in(tag), []).append(tag)
                 for key, tags in by_key.items():
                     if key:
-                        held.UNHOLD.run(conn, [key], tags)
+                        unacked.UNHOLD.run(conn, [key], tags)
                 while waiting:
                     self.restore_by_tag(waiting[0], client=conn)
                     waiting.pop(0)

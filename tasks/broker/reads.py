@@ -1,7 +1,7 @@
 """What the broker lets other rooms read: the keys its figures are counted from.
 
 The metrics room (tasks/metrics/: queue depth, fleet health) reads the Redis broker
-through this module alone; the key names stay the broker's own (`layout`, `held`).
+through this module alone; the key names stay the broker's own (`layout`, `unacked`).
 Nothing here writes.
 """
 
@@ -9,17 +9,17 @@ from __future__ import annotations
 
 from typing import Any
 
-from tasks.broker import held, layout
+from tasks.broker import layout, unacked
 from tasks.broker.publishing import PUBLISHED_HEADER
 
 __all__ = ["PRIORITY_STEPS", "PUBLISHED_HEADER", "SEP", "bindings_key", "dead_letters",
-           "held_hashes", "lane_prefix", "priority_suffixes", "queue_lists", "ring_key"]
+           "unacked_hashes", "lane_prefix", "priority_suffixes", "queue_lists", "ring_key"]
 
 SEP = layout.SEP
 PRIORITY_STEPS = layout.PRIORITY_STEPS
 queue_lists = layout.queue_lists
 priority_suffixes = layout.priority_suffixes
-held_hashes = held.held_hashes
+unacked_hashes = unacked.unacked_hashes
 
 
 def ring_key(list_key: str) -> str:

@@ -1,7 +1,7 @@
 """The project's Redis transport behind Sentinel: the primary the Sentinels name, always.
 
 Runs wherever the broker is `sentinel://` (every process that publishes or consumes).
-The channel is tasks/broker/transport.py's (atomic fetch, doorbells, dead letters, WAIT
+The channel is tasks/broker/transport.py's (atomic fetch, wake-ups, dead letters, WAIT
 after a publish, what a lost connection leaves settled) on redis-py's Sentinel-managed
 pool, with the primary connections of tasks/state/connection.py: each socket they open
 (a retried command's too) goes to the primary the Sentinels name at that moment.
@@ -18,8 +18,8 @@ from typing import Any
 import redis
 from redis import sentinel
 
+from tasks.broker.channel import Channel
 from tasks.broker.connections import watched
-from tasks.broker.fetching import Channel
 from tasks.broker.transport import Transport
 from tasks.state.connection import PrimaryConnection, PrimarySSLConnection
 

@@ -2,8 +2,8 @@
 
 Runs in every process that uses the Redis broker: kombu makes it for each broker
 connection (Celery's `broker_transport`, tasks/queue/celery_config.py). It makes the
-consuming channels of tasks/broker/fetching.py (built on the publishing channel and the
-Redis channel beneath it) and drives them with its poller (tasks/broker/poller.py): in
+channels of tasks/broker/channel.py (each composed of a publisher, a fetcher and the
+QoS) and drives them with its poller (tasks/broker/poller.py): in
 a worker from Celery's event loop (`register_with_event_loop`), elsewhere from kombu's
 `drain_events`. Behind Sentinel: tasks/broker/sentinel_transport.py.
 """
@@ -19,15 +19,15 @@ import redis.exceptions
 from kombu.exceptions import InconsistencyError
 from kombu.transport import TRANSPORT_ALIASES, virtual
 
+from tasks.broker.channel import Channel
 from tasks.broker.connections import DEFAULT_PORT
-from tasks.broker.fetching import Channel
 from tasks.broker.poller import Poller
 
 TRANSPORT = "tasks.broker.transport:Transport"
 
 
 class Transport(virtual.Transport):
-    """The project's Redis transport: kombu's virtual transport, with the checking `Channel`.
+    """The project's Redis transport: kombu's virtual transport, with our `Channel`.
 
     READONLY is a lost connection: the server became a replica, and kombu connects
     again, and retries a publish on the new primary.

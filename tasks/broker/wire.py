@@ -1,7 +1,7 @@
 """A fetch's bytes on the wire: what every fetch repeats, encoded once per channel.
 
 Runs in the worker parent (tasks/broker/fetching.py). A worker's fetch names the same
-keys and lane arguments at every poll (tasks/broker/lanes.py, `fetch_parts`); only the
+keys and lane arguments at every poll (tasks/broker/fetch_script.py, `fetch_parts`); only the
 time, the flags, the delivery tag and the acknowledgements change. redis-py's packer
 encodes every argument of a command each time it is sent; here the RESP form of the
 repeated parts is kept (tasks/state/resp.py) and the command goes out whole with

@@ -15,7 +15,7 @@ What it counts, for a set of queues, in broker messages, each one unit of work:
   (`{<list>}:lane:<client>`, tasks/broker/layout.py), so reading the lists alone
   misses them; a list's lanes are found through its ring of clients (`{<list>}:ring`).
 - **running**: the messages a worker took and has not acknowledged yet (the held
-  records, tasks/broker/held.py: the page a pool child reads, those its worker
+  records, tasks/broker/unacked.py: the page a pool child reads, those its worker
   reserved, a retry waiting for its countdown) whose routing leads to one of the queues. Tasks are
   acknowledged late (`task_acks_late`), so a page stays counted until it is done, and
   a pool with work in hand never reads 0.
@@ -221,7 +221,7 @@ class QueueDepth:
         return script.run_read_only(self._redis, keys, args)
 
     def _unacked_by_route(self) -> dict[tuple[str, str], int]:
-        flat = self._read_only(_COUNT_UNACKED, reads.held_hashes(self._redis))
+        flat = self._read_only(_COUNT_UNACKED, reads.unacked_hashes(self._redis))
         counts: dict[tuple[str, str], int] = {}
         for pair, count in zip(flat[::2], flat[1::2], strict=True):
             exchange, _, routing_key = _text(pair).partition("\n")

@@ -177,7 +177,7 @@ def _broker_options(settings: Settings) -> dict[str, Any]:
         # (Settings.check_worker): a running job is never delivered twice.
         "visibility_timeout": settings.visibility_timeout,
         # One worker of the fleet looks for jobs past the visibility timeout every 5 s:
-        # each asks every 5 s, the first takes the look (tasks/broker/unsettled.py).
+        # each asks every 5 s, the first takes the look (tasks/broker/qos.py).
         # kombu's default is 10 s x a throttle of 10: a dead worker's jobs waited up to
         # 100 s more than the timeout.
         "unacked_restore_interval": 5,
@@ -229,7 +229,7 @@ def worker_app_config(settings: Settings, engine: str) -> dict[str, Any]:
         # An idle worker waits on its wake-up keys IDLE_WAIT s at a time: each publish
         # pushes to them, and a message pushed without a wake-up waits at most that long.
         config["broker_transport_options"] = {**config["broker_transport_options"],
-                                              "ocr_refuse_unkept": False,
+                                              "ocr_refuse_pending": False,
                                               "ocr_idle_wait": IDLE_WAIT}
     if engine == "vlm-api" and settings.worker_role != "control":
         config["worker_pool"] = "tasks.queue.pool:ThreadTaskPool"

@@ -9,7 +9,7 @@ key has a TTL, except the HTTP API's client tokens (`ocr:api:token:*`,
 `ocr:api:clients`), which live until revoked, and a client's line corrections
 (`ocr:corrections:*`), a person's work, bounded instead: a few versions a line
 (OCR_CORRECTION_VERSIONS), counted in the client's bytes quota. The broker's
-keys (queues' lists, lanes, rings, doorbells, dead letters, kombu's unacknowledged
+keys (queues' lists, lanes, rings, wake-ups, dead letters, kombu's unacknowledged
 messages) are not here: their one owner is tasks/broker/layout.py. FAMILIES declares
 each family of these keys with the roles that write or only read it: the Redis users
 and the ACL matrix are built from it (tasks/redis_users.py).

@@ -115,7 +115,12 @@ def queue(pipe: Any, command: list[Any]) -> Any:
 
 
 def preload(client: Any, command: Sequence[Any]) -> None:
-    """Load the script an `EVALSHA` `command` names, once by this process on `client`'s pool."""
+    """Load the script an `EVALSHA` `command` names, once by this process on `client`'s pool.
+
+    Another command (a publish's plain `LPUSH`): nothing.
+    """
+    if command[0] != "EVALSHA":
+        return
     if _loaded(client, command) not in _LOADED:
         reload(client, command)
         _LOADED.add(_loaded(client, command))

@@ -24,7 +24,7 @@ import pytest
 import redis
 
 from tasks.api._quotas import ClientBytes
-from tasks.broker import binding_expiry, held, layout, stored_layout
+from tasks.broker import binding_expiry, layout, stored_layout, unacked
 from tasks.broker.holders import HolderSweep
 from tasks.errors import PageQuotaExceeded, QuotaExceeded
 from tasks.records.batches import BatchRecord
@@ -164,7 +164,7 @@ def test_a_sweep_lock_without_an_expiry_is_taken_over(server: AclRedisServer) ->
     try:
         sweep = HolderSweep(worker, worker, window=6.0, presence_ttl=30.0)
         admin.sadd(layout.HELD_LISTS_KEY, "ocr")  # a message a gone worker held
-        admin.hset(layout.list_held_key("ocr"), "t", held.value(
+        admin.hset(layout.list_held_key("ocr"), "t", unacked.value(
             time.time() - 60, '[{}, "", "ocr"]', holder="gone|1", src="ocr"))
         assert sweep.sweep(time.time()) == ["t"]  # taken: the message back on its queue
         assert admin.get(layout.SWEEP_LOCK_KEY) != b"x"

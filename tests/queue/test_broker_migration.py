@@ -5,7 +5,7 @@ layout 2's, and layout 1's before it) holds clients' lanes in `ocr:lane:<list>:<
 with one ring a priority step, and messages held in `unacked_held` (layout 2) or in
 kombu's `unacked`, its index and holders (layout 1). Those keys are written here by
 those releases' own scripts, run from their own trees; the command moves them into
-layout 3 (tasks/broker/stored_layout.py, `migrate`), and this release's fetch then
+layout 3 (tasks/cli/broker_layout.py, `migrate`), and this release's fetch then
 takes every message exactly once. A worker of this release on such a Redis stops
 (exit 2) with `broker_layout_old`, naming the command.
 """

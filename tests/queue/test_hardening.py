@@ -30,9 +30,9 @@ import pytest
 import redis
 from PIL import Image
 
-from tasks.broker.doorbells import ring
 from tasks.broker.layout import DEAD_LETTER_KEY
 from tasks.broker.refusals import read_dead_letters
+from tasks.broker.wakeups import wake
 from tasks.client import OcrClient
 from tasks.errors import (
     BadRequest,
@@ -98,7 +98,7 @@ def push_rung(raw_redis: redis.Redis, queue: str, *messages: bytes) -> None:
     with raw_redis.pipeline(transaction=False) as pipe:
         for message in messages:
             pipe.lpush(queue, message)
-        ring(pipe, lambda key: key, [queue])
+        wake(pipe, [queue])
         pipe.execute()
 
 

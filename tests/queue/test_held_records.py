@@ -1,6 +1,6 @@
 """Held records on a real Redis: one write a fetch, one an ack; swept and restored.
 
-A message a worker took is held in one record (tasks/broker/held.py) in the hash of the
+A message a worker took is held in one record (tasks/broker/unacked.py) in the hash of the
 list it was taken from: the fetch writes it with one HSET and the acknowledgement drops
 it with one HDEL (INFO commandstats on a redis-server of the test's own). The sweep of
 dead holders and the visibility timeout put them back. (Layouts 1 and 2's records:
@@ -20,7 +20,7 @@ import pytest
 import redis
 from kombu import Connection, Consumer, Exchange, Queue
 
-from tasks.broker import held
+from tasks.broker import unacked
 from tasks.broker.fetch_script import fetch_command
 from tasks.broker.holders import HolderSweep
 from tasks.broker.lanes import push_command
@@ -91,7 +91,7 @@ def test_a_fetch_holds_with_one_write_and_an_ack_drops_with_one(r: redis.Redis) 
     tag = fetch(r, "ocr", time.time(), holder="w@h|1")
     calls = {k.removeprefix("cmdstat_"): v["calls"] for k, v in r.info("commandstats").items()}
     assert calls.get("hset") == 1 and "zadd" not in calls, calls
-    found = held.parse(r.hget(held_in, tag))
+    found = unacked.parse(r.hget(held_in, tag))
     assert found is not None and (found.holder, found.src, found.ring, found.client) == (
         "w@h|1", list_lane_key("ocr", "alice"), list_ring_key("ocr"), "alice")
     assert json.loads(found.record)[1:] == ["", "ocr"]
@@ -263,7 +263,7 @@ def test_a_failed_look_gives_the_interval_back(lone_redis_url: str,
                 raise redis.ConnectionError("connection lost under the look")
 
             with monkeypatch.context() as patch:
-                patch.setattr(held.VISIBLE, "run", cut)
+                patch.setattr(unacked.VISIBLE, "run", cut)
                 with pytest.raises(redis.ConnectionError):
                     channel.qos.restore_visible()
             assert not r.exists(UNACKED_MUTEX_KEY)
@@ -279,12 +279,12 @@ def test_a_warm_stop_s_running_messages_are_left_to_the_visibility_timeout(
     now = time.time()
     tag = fetch(r, "ocr", now, holder="stopping@h|5")
     held_in = list_held_key("ocr")
-    before = held.parse(r.hget(held_in, tag))
-    assert held.UNHOLD.run(r, [held_in], [tag, "no-such-tag"]) == 1
-    after = held.parse(r.hget(held_in, tag))
+    before = unacked.parse(r.hget(held_in, tag))
+    assert unacked.UNHOLD.run(r, [held_in], [tag, "no-such-tag"]) == 1
+    after = unacked.parse(r.hget(held_in, tag))
     assert before is not None and after is not None
-    assert after == held.Held(before.taken, "", before.src, before.ring, before.client,
-                              before.record)
+    assert after == unacked.UnackedRecord(before.taken, "", before.src, before.ring, before.client,
+                                       before.record)
     assert HolderSweep(r, r, WINDOW, TTL).sweep(now + 10 * WINDOW) == []
     assert r.hkeys(held_in) == [tag.encode()]
 

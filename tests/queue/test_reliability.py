@@ -23,7 +23,7 @@ from typing import Any
 import psutil
 import pytest
 
-from tasks.broker import held
+from tasks.broker import unacked
 from tasks.broker.fetch_script import fetch_command
 from tasks.broker.layout import list_held_key
 from tasks.client import OcrClient
@@ -268,7 +268,7 @@ def test_the_fetch_records_before_it_pops(redis_url: str) -> None:
     held_in = list_held_key("q")  # the hash of the list it was taken from
     name, item, got = fetch([("q", 0, True), ("q\x06\x163", 3, True)], 12.5)
     assert (name, item, got) == (b"q", envelope.encode(), tag.encode())
-    found = held.parse(r.hget(held_in, tag))
+    found = unacked.parse(r.hget(held_in, tag))
     assert found is not None and (found.taken, found.holder, found.src) == (12.5, "", "q")
     assert json.loads(found.record) == [json.loads(envelope), "", "q"] and r.llen("q") == 0
     # A consumer without acknowledgements takes unrecorded; nothing left: nil.

@@ -41,7 +41,7 @@ import pytest
 import redis
 
 from devkit.previous_release import COMMIT, ReleaseMissing, materialize
-from tasks.broker import held, stored_layout
+from tasks.broker import stored_layout, unacked
 from tasks.broker.layout import LAYOUT_KEY, LAYOUT_VERSION
 from tasks.client import OcrClient
 from tasks.metrics.queue_depth import QueueDepth
@@ -241,7 +241,7 @@ def test_a_killed_old_worker_loses_and_doubles_nothing(fleet: Fleet) -> None:
 
 def holders(store: redis.Redis) -> set[str]:
     """The holders of the messages held now (`<node>|<pid>`)."""
-    found = (held.parse(value) for value in held_items(store).values())
+    found = (unacked.parse(value) for value in held_items(store).values())
     return {record.holder for record in found if record is not None and record.holder}
 
 

@@ -5,7 +5,7 @@ commands included) and read in order by MONITOR: a declare of an empty queue is 
 EXISTS, of a busy one its exact count; a binding is two SADDs, its permanent entry
 first; an event nobody hears goes quiet for a while and reaches a subscriber that came
 once that while is over; a remote control broadcast always goes out
-(tasks/broker/redis_channel.py, publishing.py, broadcasts.py). A broker script its
+(tasks/broker/channel.py, publishing.py, broadcasts.py). A broker script its
 server loses again as it is loaded is loaded again, up to `lua.LOADS` times
 (tasks/state/lua.py).
 """

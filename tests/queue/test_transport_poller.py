@@ -3,7 +3,7 @@
 The transport is built on kombu's virtual transport (tasks/broker/transport.py): its
 poller (tasks/broker/poller.py) sends each channel's fetch and watches the socket, its
 channel keeps the queues' lists, bindings and PUB/SUB broadcasts
-(tasks/broker/redis_channel.py). These tests drive it as a client or Flower does,
+(tasks/broker/channel.py). These tests drive it as a client or Flower does,
 through kombu's `drain_events`, and as Celery's event loop does, through kombu's Hub;
 the worker's whole path is in the queue's other tests.
 """

@@ -280,22 +280,22 @@ def _answers(client: object) -> bool:
 def worker_app(name: str, monkeypatch: pytest.MonkeyPatch) -> Any:
     """A worker's Celery app behind the stand-in Sentinels, waiting for one replica.
 
-    No server is short of replicas yet (`PublishingChannel._replicas_missed` emptied),
-    and no publish waits to be sent again (`_unkept`).
+    No server is short of replicas yet (`Publisher._replicas_missed` emptied),
+    and no publish waits to be sent again (`_pending`).
     """
     from celery import Celery
 
-    from tasks.broker.publishing import PublishingChannel
-    from tasks.broker.unkept import Unkept
-    monkeypatch.setattr(PublishingChannel, "_replicas_missed", {})
-    monkeypatch.setattr(PublishingChannel, "_unkept", Unkept())
+    from tasks.broker.pending_publishes import PendingPublishes
+    from tasks.broker.publishing import Publisher
+    monkeypatch.setattr(Publisher, "_replicas_missed", {})
+    monkeypatch.setattr(Publisher, "_pending", PendingPublishes())
     settings = Settings.from_env({
         "REDIS_URL": "sentinel://127.0.0.1:1/2", "OCR_REDIS_SENTINEL_MASTER": "ocr",
         "OCR_REDIS_MIN_REPLICAS": "1", "OCR_REDIS_REPLICA_TIMEOUT": "0.2"})
     app = Celery(name, set_as_current=False)
     config = celery_config(settings)
     app.conf.update(config, broker_transport_options={
-        **config["broker_transport_options"], "ocr_refuse_unkept": False})
+        **config["broker_transport_options"], "ocr_refuse_pending": False})
     return app
 
 
@@ -328,14 +328,14 @@ def test_a_window_without_waits_on_the_new_primary_leaves_the_replaced_one_found
     """
     import time
 
-    from tasks.broker.publishing import PublishingChannel
+    from tasks.broker.publishing import Publisher
     app = worker_app("window-test", monkeypatch)
     old, new = (redis.Redis(port=p.port, db=2) for p in (primaries.old, primaries.new))
     with app.producer_or_acquire() as producer:
         producer.channel.client.ping()  # connected to the primary named first
         primaries.replace()  # replaced meanwhile, not yet told
         # another connection of the process found the new primary short of replicas
-        PublishingChannel._replicas_missed[("127.0.0.1", primaries.new.port, None)] = \
+        Publisher._replicas_missed[("127.0.0.1", primaries.new.port, None)] = \
             time.monotonic()
         app.send_task("ocr.test", queue="ocr-window", producer=producer)
         app.send_task("ocr.test", queue="ocr-window", producer=producer)  # now on the new
@@ -356,12 +356,12 @@ def test_a_publish_on_a_connection_to_the_replaced_primary_is_judged_by_that_con
     """
     import time
 
-    from tasks.broker.publishing import PublishingChannel
+    from tasks.broker.publishing import Publisher
     from tasks.records.clients import CLIENT_HEADER
     from tasks.state.connection import PrimaryConnection
     app = worker_app("held-test", monkeypatch)
     new = redis.Redis(port=primaries.new.port, db=2)
-    PublishingChannel._replicas_missed[("127.0.0.1", primaries.new.port, None)] = \
+    Publisher._replicas_missed[("127.0.0.1", primaries.new.port, None)] = \
         time.monotonic()
     send = PrimaryConnection.send_packed_command
     asked: list[bool] = []

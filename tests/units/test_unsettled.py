@@ -1,6 +1,6 @@
 """What a lost broker connection left is settled by the next channel, by the server it reaches.
 
-The rules of tasks/broker/unsettled.py against a recording stand-in for kombu's QoS
+The rules of tasks/broker/qos.py (`settle`) against a recording stand-in for kombu's QoS
 and Redis's held records (the real thing runs under failover in
 tests/queue/test_failover.py): an acknowledgement is done only on the server process
 that ran the task's writes, else its message goes back; acknowledgements just before
@@ -15,7 +15,7 @@ from typing import Any
 
 import pytest
 
-from tasks.broker import unsettled
+from tasks.broker import qos as unsettled
 
 
 @dataclass

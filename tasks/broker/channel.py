@@ -1,16 +1,22 @@
-r"""The broker's channel on Redis: kombu's virtual channel, its storage in our key layout.
+"""The broker's channel: kombu's virtual channel, composed of a publisher, a fetcher and the QoS.
 
-Runs in every process that uses the Redis broker. It holds what any channel needs,
-built on the hooks kombu's virtual transport is made to be extended by (`_put`, `_get`,
-`_size`, `_purge`, `_delete`, `_has_queue`, `_new_queue`, `_queue_bind`, `get_table`,
-`_put_fanout`): the connection pools, the exchange bindings, the queues' lists
-(tasks/broker/layout.py), broadcasts over PUB/SUB (tasks/broker/broadcasts.py, mixed
-in), and which queues a channel consumes. A declare's count is one EXISTS where nothing
-waits, a binding two SADDs.
+Runs in every process that uses the Redis broker (clients, the API, beat, workers,
+Flower, the exporter). kombu's virtual transport calls the hooks it is made to be
+extended by (`_put`, `_get`, `_size`, `_purge`, `_delete`, `_has_queue`, `_new_queue`,
+`_queue_bind`, `get_table`, `_put_fanout`); this class keeps what every channel holds
+(the connection pools, the exchange bindings, the queues' lists, which queues it
+consumes) and hands the rest to its parts:
+
+- `publisher` (tasks/broker/publishing.py): a message to its lane or list, the
+  wake-up, the replicas' WAIT;
+- `fetcher` (tasks/broker/fetching.py): the atomic fetch, the checks before decoding,
+  the wait on wake-ups;
+- `broadcasts` (tasks/broker/broadcasts.py): fanout exchanges over PUB/SUB;
+- `qos` (tasks/broker/qos.py, made by kombu): unacked messages, acked and restored.
+
 The names are those stock kombu clients use (a queue's lists, `_kombu.binding.<exchange>`,
 the `/<db>.<exchange>` topics), so that they and Celery clients of other services share
-the queues. Publishing into lanes is tasks/broker/publishing.py's channel, built on
-this one; fetching, the worker's, tasks/broker/fetching.py's.
+the queues. A declare's count is one EXISTS where nothing waits, a binding two SADDs.
 """
 
 from __future__ import annotations
@@ -30,16 +36,20 @@ from kombu.utils.scheduling import cycle_by_name
 
 from tasks.broker import binding_expiry, connections, layout
 from tasks.broker.broadcasts import Broadcasts
+from tasks.broker.fetching import Fetcher
 from tasks.broker.poller import FETCH, LISTEN, socket_of
+from tasks.broker.publishing import Publisher
+from tasks.broker.qos import QoS
 
 log = logging.getLogger(__name__)
 
 HEALTH_CHECK_INTERVAL = 25
 
 
-class RedisChannel(Broadcasts, virtual.Channel):
-    """A channel on Redis: pools, bindings, queue lists, fanout; consuming is a subclass's."""
+class Channel(virtual.Channel):
+    """A channel on Redis: pools, bindings, queue lists; its publisher, fetcher and QoS."""
 
+    QoS = QoS
     supports_fanout = True
     keyprefix_queue = layout.BINDING_PREFIX + "%s"
     keyprefix_permanent = layout.BINDING_PERMANENT_PREFIX + "%s"  # never swept
@@ -60,10 +70,28 @@ class RedisChannel(Broadcasts, virtual.Channel):
     health_check_interval = HEALTH_CHECK_INTERVAL
     client_name: str | None = None
     fanout_prefix: bool | str = True
+    fanout_patterns = True
     global_keyprefix = ""
     queue_order_strategy = "round_robin"
     brpop_timeout = 1.0
     ocr_binding_min_ttl = binding_expiry.MIN_BINDING_TTL_MS  # an expiring binding's least
+    # Fanout exchanges whose topics go quiet when a publish reached no subscriber, for
+    # how long, and their routing keys published whatever was heard (broadcasts.py).
+    ocr_unheard_exchanges: tuple[str, ...] = ()
+    ocr_unheard_quiet = 5.0
+    ocr_unheard_always: tuple[str, ...] = ()
+    # A publish waits for this many replicas (WAIT), at most `ocr_replica_timeout` s;
+    # short of them a client's publish raises ReplicaMissing, a worker's goes on.
+    ocr_min_replicas = 0
+    ocr_replica_timeout = 2.0
+    ocr_refuse_pending = True
+    ocr_max_message_bytes = 0            # 0: no size check
+    ocr_accept_content: tuple[str, ...] = ("application/json",)
+    ocr_dead_letter_max = 1000
+    ocr_dead_letter_ttl = 7 * 86400
+    # Seconds an idle consumer waits on its wake-ups in one BLPOP (0: kombu's
+    # `brpop_timeout`, 1 s; workers: tasks/queue/celery_config.py IDLE_WAIT).
+    ocr_idle_wait = 0.0
 
     from_transport_options: tuple[str, ...] = (  # type: ignore[assignment]
         *virtual.Channel.from_transport_options,
@@ -74,7 +102,9 @@ class RedisChannel(Broadcasts, virtual.Channel):
         "socket_keepalive", "socket_keepalive_options", "queue_order_strategy",
         "max_connections", "health_check_interval", "retry_on_timeout", "priority_steps",
         "client_name", "ocr_binding_min_ttl", "ocr_unheard_exchanges", "ocr_unheard_quiet",
-        "ocr_unheard_always")
+        "ocr_unheard_always", "ocr_min_replicas", "ocr_replica_timeout",
+        "ocr_refuse_pending", "ocr_max_message_bytes", "ocr_accept_content",
+        "ocr_dead_letter_max", "ocr_dead_letter_ttl", "ocr_idle_wait")
 
     # queue -> (exchange, routing key) of every fanout binding this process declared:
     # shared by the process's channels (Celery declares on one, consumes on another).
@@ -84,8 +114,12 @@ class RedisChannel(Broadcasts, virtual.Channel):
     _watched_pool: redis.ConnectionPool | None = None
     _in_poll: Any = None       # the connection whose fetch reply is due
     _listening: Any = None     # the connection subscribed to this channel's broadcasts
+    keyprefix_fanout = "/{db}."
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
+        self.publisher = Publisher(self)
+        self.fetcher = Fetcher(self)
+        self.broadcasts = Broadcasts(self)
         super().__init__(*args, **kwargs)
         if self.global_keyprefix:
             raise connections.BrokerOptionRefused(
@@ -108,16 +142,20 @@ class RedisChannel(Broadcasts, virtual.Channel):
             raise
         self.connection.cycle.add(self)
         self.connection_errors = self.connection.connection_errors
+        if self.ocr_idle_wait:
+            # the health check allows a wait `brpop_timeout` plus its interval
+            self.brpop_timeout = float(self.ocr_idle_wait)
+        self.fetcher.settle()
 
     # -- connections ---------------------------------------------------------------
 
     def _pool_params(self) -> dict[str, Any]:
         if self.connection is None or self.connection.client is None:
-            # Redis went away while this channel held unacknowledged messages, and its
+            # Redis went away while this channel held unacked messages, and its
             # connection was released: a connection error the close ignores (the
-            # messages, still held, are restored after the visibility timeout).
+            # messages, still unacked, are restored after the visibility timeout).
             raise redis.exceptions.ConnectionError(
-                "the broker connection was released; its unacknowledged messages are "
+                "the broker connection was released; its unacked messages are "
                 "restored after the visibility timeout")
         params = connections.pool_params(self.connection.client, self,
                                          self.connection.default_port)
@@ -181,18 +219,16 @@ class RedisChannel(Broadcasts, virtual.Channel):
         """The poller dropped `connection` (closed, or found dead)."""
         if kind == FETCH and self._in_poll is connection:
             self._in_poll = None
-            self.fetch_dropped()
+            self.fetcher.dropped()
         if kind == LISTEN and self._listening is connection:
             self._listening = None
 
-    def fetch_dropped(self) -> None:
-        """A fetch's reply will never be read (a consuming channel's hook)."""
-
     def check_health(self, now: float) -> None:
-        """Broadcast connections ping the server (their missing reply drops them)."""
+        """Broadcast connections ping the server; an overdue fetch is dropped."""
         subclient = self.__dict__.get("subclient")
         if subclient is not None and self._listening is not None:
             subclient.check_health()
+        self.fetcher.check_health(now)
 
     def _disconnect_pools(self) -> None:
         for pool in (self._pool, self._watched_pool):
@@ -201,6 +237,43 @@ class RedisChannel(Broadcasts, virtual.Channel):
         self._pool = self._watched_pool = None
         for name in ("client", "subclient", "commands"):
             self.__dict__.pop(name, None)
+
+    # -- the parts' doors: the poller's, the QoS's and the queue layer's -----------
+
+    def fetch_start(self, timeout: float | None = None) -> None:
+        self.fetcher.start(timeout)
+
+    def fetch_read(self, **options: Any) -> bool:
+        return self.fetcher.read(**options)
+
+    def fetch_follows(self) -> bool:
+        return self.fetcher.follows()
+
+    def subscribe(self) -> None:
+        self.broadcasts.subscribe()
+
+    def receive(self) -> bool:
+        return self.broadcasts.receive()
+
+    def broadcast(self, exchange: str, routing_key: str, body: Any,
+                  headers: dict[str, Any] | None = None, delivery_mode: int = 1) -> None:
+        self.broadcasts.broadcast(exchange, routing_key, body, headers, delivery_mode)
+
+    def broadcast_later(self, exchange: str, routing_key: str, body: Any,
+                        headers: dict[str, Any] | None = None,
+                        delivery_mode: int = 1) -> Any:
+        return self.broadcasts.broadcast_later(exchange, routing_key, body, headers,
+                                               delivery_mode)
+
+    def unheard(self, exchange: str, routing_key: str) -> bool:
+        return self.broadcasts.unheard(exchange, routing_key)
+
+    def together(self) -> contextlib.AbstractContextManager[None]:
+        return self.publisher.together()
+
+    def restore_payload(self, payload: Any, exchange: str, routing_key: str, pipe: Any,
+                        leftmost: bool = False) -> None:
+        self.publisher.restore(payload, exchange, routing_key, pipe, leftmost)
 
     # -- queues and bindings (kombu's virtual hooks) -------------------------------
 
@@ -256,22 +329,11 @@ class RedisChannel(Broadcasts, virtual.Channel):
         """queue_declare's message count: one EXISTS where nothing waits, else counted.
 
         Every declare of a queue asks it (a publisher's first publish to it, each
-        process's), and most find the queue empty: none of `_holding_keys` exists.
+        process's), and most find the queue empty: none of its lists or rings exists.
         """
-        if not self.commands.exists(*self._holding_keys(queue)):
+        if not self.commands.exists(*self.publisher.holding_keys(queue)):
             return 0
-        return self._count(queue)
-
-    def _holding_keys(self, queue: str) -> tuple[str, ...]:
-        """Keys of which one exists wherever a message of `queue` waits: its lists."""
-        return self._lists(queue)
-
-    def _count(self, queue: str) -> int:
-        """The messages waiting in `queue`'s lists."""
-        with self.commands.pipeline(transaction=False) as pipe:
-            for name in self._lists(queue):
-                pipe.llen(name)
-            return sum(int(size) for size in pipe.execute())
+        return self.publisher.count(queue)
 
     def _purge(self, queue: str) -> int:
         with self.commands.pipeline() as pipe:
@@ -281,37 +343,28 @@ class RedisChannel(Broadcasts, virtual.Channel):
             return sum(int(size) for size in pipe.execute()[::2])
 
     def _put(self, queue: str, message: Any, **kwargs: Any) -> None:
-        """`message` to its priority step's list of `queue` (kombu's LPUSH)."""
-        with self.commands.pipeline() as pipe:
-            for command in self._put_commands(queue, message):
-                pipe.execute_command(*command)
-            pipe.execute()
+        self.publisher.put(queue, message)
 
     def _put_commands(self, queue: str, message: Any) -> list[list[Any]]:
-        """`_put`'s commands, to run as one transaction: an LPUSH, an expiring queue's PEXPIREs."""
+        """A kombu LPUSH of `message` to its step's list, an expiring queue's PEXPIREs."""
         name = layout.queue_list(queue, layout.message_step(message, self.priority_steps),
                                  self.sep)
         expires = self._expires.get(queue)
         return [["LPUSH", name, dumps(message)],
                 *(["PEXPIRE", each, expires] for each in (self._lists(queue) if expires else ()))]
 
-    def restore_payload(self, payload: Any, exchange: str, routing_key: str, pipe: Any,
-                        leftmost: bool = False) -> None:
-        """Queue `payload` back on the queues its route names, in `pipe` (a MULTI).
+    def _put_fanout(self, exchange: str, message: Any, routing_key: str,
+                    **kwargs: Any) -> None:
+        self.broadcasts.put(exchange, message, routing_key)
 
-        Redelivered; first in line (`leftmost`: a rejected message) or last.
-        """
-        with contextlib.suppress(KeyError, TypeError):
-            payload["headers"]["redelivered"] = True
-            payload["properties"]["delivery_info"]["redelivered"] = True
-        step = layout.message_step(payload, self.priority_steps)
-        for queue in self._lookup(exchange, routing_key):
-            name = layout.queue_list(queue, step, self.sep)
-            (pipe.lpush if leftmost else pipe.rpush)(name, dumps(payload))
+    def _get(self, queue: str, timeout: float | None = None) -> dict[str, Any]:
+        return self.fetcher.get(queue)
 
     # -- consuming -----------------------------------------------------------------
 
     def basic_consume(self, queue: str, *args: Any, **kwargs: Any) -> Any:
+        self.fetcher.no_ack[queue] = bool(kwargs.get("no_ack", args[0] if args else False))
+        self.fetcher.reach()
         if queue in self._fanout_queues:
             exchange, _ = self._fanout_queues[queue]
             self.active_fanout_queues.add(queue)
@@ -336,7 +389,7 @@ class RedisChannel(Broadcasts, virtual.Channel):
             subclient = self.__dict__.get("subclient")
             if subclient is not None and self._listening is not None:
                 with contextlib.suppress(*self.connection_errors):
-                    subclient.punsubscribe(self._topic(*self._fanout_queues[queue]))
+                    subclient.punsubscribe(self.broadcasts.topic(*self._fanout_queues[queue]))
             self._fanout_to_queue.pop(self._fanout_queues[queue][0], None)
         result = super().basic_cancel(consumer_tag)
         self._queue_cycle.update(self.active_queues)
@@ -350,6 +403,7 @@ class RedisChannel(Broadcasts, virtual.Channel):
 
     def close(self) -> None:
         if not self.closed:
+            self.fetcher.close()
             self.connection.cycle.discard(self)
             for queue in list(self._fanout_queues):
                 if queue in self.auto_delete_queues:

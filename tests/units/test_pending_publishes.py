@@ -1,4 +1,4 @@
-"""The publishes a worker keeps until a replica confirms them (tasks/broker/unkept.py)."""
+"""The publishes a worker keeps until a replica confirms them (pending_publishes.py)."""
 
 from __future__ import annotations
 
@@ -6,18 +6,23 @@ import logging
 
 import pytest
 
-from tasks.broker import unkept
-from tasks.broker.unkept import KEPT_SECONDS, LOOK_SECONDS, Unkept, UnkeptPublish
+from tasks.broker import pending_publishes
+from tasks.broker.pending_publishes import (
+    KEPT_SECONDS,
+    LOOK_SECONDS,
+    PendingPublish,
+    PendingPublishes,
+)
 
 A, B = ("10.0.0.1", 6379, None), ("10.0.0.2", 6379, None)
 
 
-def publish(at: float, queue: str = "ocr") -> UnkeptPublish:
-    return UnkeptPublish(at, queue, [["LPUSH", queue, f"message at {at}"]])
+def publish(at: float, queue: str = "ocr") -> PendingPublish:
+    return PendingPublish(at, queue, [["LPUSH", queue, f"message at {at}"]])
 
 
 def test_a_full_wait_confirms_what_went_to_that_server_before_it() -> None:
-    kept = Unkept()
+    kept = PendingPublishes()
     for at in (1.0, 2.0, 3.0):
         kept.add(A, publish(at))
     kept.add(B, publish(1.5))
@@ -27,7 +32,7 @@ def test_a_full_wait_confirms_what_went_to_that_server_before_it() -> None:
 
 
 def test_only_other_servers_are_due_at_most_once_a_look() -> None:
-    kept = Unkept()
+    kept = PendingPublishes()
     kept.add(A, publish(10.0))
     assert kept.due(A, 10.5) == []  # still written to: nothing switched
     assert kept.due(B, 10.5) == [A]
@@ -37,7 +42,7 @@ def test_only_other_servers_are_due_at_most_once_a_look() -> None:
 
 
 def test_publishes_are_kept_a_while_only() -> None:
-    kept = Unkept()
+    kept = PendingPublishes()
     kept.add(A, publish(0.0))
     kept.add(A, publish(KEPT_SECONDS / 2))
     assert kept.due(B, KEPT_SECONDS + 1) == [A]
@@ -49,19 +54,19 @@ def test_publishes_are_kept_a_while_only() -> None:
 
 def test_the_oldest_is_dropped_past_the_bound_and_said(
         monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture) -> None:
-    monkeypatch.setattr(unkept, "KEPT_MESSAGES", 3)
-    kept = Unkept()
+    monkeypatch.setattr(pending_publishes, "KEPT_MESSAGES", 3)
+    kept = PendingPublishes()
     kept.add(A, publish(2.0))
     kept.add(B, publish(1.0, "ocr-first"))
     kept.add(A, publish(3.0))
-    with caplog.at_level(logging.WARNING, logger=unkept.__name__):
+    with caplog.at_level(logging.WARNING, logger=pending_publishes.__name__):
         kept.add(A, publish(4.0))
     assert len(kept) == 3 and kept.take(B) == []
     assert "ocr-first" in caplog.text
 
 
 def test_what_failed_to_go_again_is_kept_first() -> None:
-    kept = Unkept()
+    kept = PendingPublishes()
     taken = [publish(1.0), publish(2.0)]
     kept.add(A, publish(5.0))
     kept.give_back(A, taken)
@@ -71,7 +76,7 @@ def test_what_failed_to_go_again_is_kept_first() -> None:
 def test_a_forked_child_sends_none_of_its_parents_again() -> None:
     import os
 
-    kept = Unkept()
+    kept = PendingPublishes()
     kept.add(A, publish(1.0))
     read, write = os.pipe()
     pid = os.fork()

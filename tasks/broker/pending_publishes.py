@@ -34,7 +34,7 @@ Server = tuple[Any, ...]
 
 
 @dataclass(frozen=True)
-class UnkeptPublish:
+class PendingPublish:
     """One publish: when it went out, its queue, its commands (to send again as they are)."""
 
     at: float
@@ -43,17 +43,17 @@ class UnkeptPublish:
 
 
 @dataclass
-class Unkept:
+class PendingPublishes:
     """The publishes of one process no replica confirmed, by the server that took them."""
 
-    by_server: dict[Server, deque[UnkeptPublish]] = field(default_factory=dict)
+    by_server: dict[Server, deque[PendingPublish]] = field(default_factory=dict)
     looked: dict[Server, float] = field(default_factory=dict)
     pid: int = field(default_factory=os.getpid)  # a forked child keeps none of its parent's
 
     def __len__(self) -> int:
         return sum(len(kept) for kept in self.by_server.values())
 
-    def add(self, server: Server, publish: UnkeptPublish) -> None:
+    def add(self, server: Server, publish: PendingPublish) -> None:
         """Keep `publish`, which `server` took and no replica confirmed."""
         self._own()
         kept = self.by_server.setdefault(server, deque())
@@ -92,12 +92,12 @@ class Unkept:
         """`server` was looked up at `now`: still the primary."""
         self.looked[server] = now
 
-    def take(self, server: Server) -> list[UnkeptPublish]:
+    def take(self, server: Server) -> list[PendingPublish]:
         """Every publish kept for `server`, no longer kept (to be sent again)."""
         self.looked.pop(server, None)
         return list(self.by_server.pop(server, ()))
 
-    def give_back(self, server: Server, publishes: Iterable[UnkeptPublish]) -> None:
+    def give_back(self, server: Server, publishes: Iterable[PendingPublish]) -> None:
         """Keep `publishes` for `server` again, ahead of any kept since (a resend failed)."""
         kept = self.by_server.setdefault(server, deque())
         kept.extendleft(reversed(list(publishes)))

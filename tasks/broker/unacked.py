@@ -1,7 +1,7 @@
 r"""A held message's one record, and the scripts that read its head on the server.
 
 Runs in the worker parent, the one process that consumes (the fetch writes the record,
-tasks/broker/lanes.py; acknowledgements and restores drop it, tasks/broker/unsettled.py;
+tasks/broker/lanes.py; acknowledgements and restores drop it, tasks/broker/qos.py;
 the sweep of dead holders reads it, tasks/broker/holders.py), and in the metrics
 exporter, which counts the records (tasks/metrics/queue_depth.py).
 
@@ -45,8 +45,8 @@ def value(taken: float, record: str, holder: str = "", src: str = "", ring: str 
     return "\n".join((repr(taken), holder, src, ring, client, record))
 
 
-def held_hashes(client: Any) -> list[str]:
-    """Every hash of held records: each list's that a consumer told of.
+def unacked_hashes(client: Any) -> list[str]:
+    """Every hash of unacked records: each list's that a consumer told of.
 
     One SMEMBERS of `HELD_LISTS_KEY`.
     """
@@ -56,7 +56,7 @@ def held_hashes(client: Any) -> list[str]:
 
 
 @dataclass(frozen=True)
-class Held:
+class UnackedRecord:
     """One held value, read (`parse`)."""
 
     taken: float
@@ -67,7 +67,7 @@ class Held:
     record: bytes
 
 
-def parse(raw: bytes) -> Held | None:
+def parse(raw: bytes) -> UnackedRecord | None:
     """The head and record of a held value; None for one without the five head lines."""
     parts = raw.split(b"\n", HEAD_LINES)
     if len(parts) <= HEAD_LINES:
@@ -77,11 +77,11 @@ def parse(raw: bytes) -> Held | None:
     except ValueError:
         return None
     holder, src, ring, client = (p.decode(errors="replace") for p in parts[1:HEAD_LINES])
-    return Held(taken, holder, src, ring, client, parts[HEAD_LINES])
+    return UnackedRecord(taken, holder, src, ring, client, parts[HEAD_LINES])
 
 
 # The messages taken before ARGV[1] (epoch s), ARGV[2] of them at most (0: every one),
-# of the held hashes KEYS (their heads read). Returns a flat list: each one's key
+# of the unacked hashes KEYS (their heads read). Returns a flat list: each one's key
 # number k (KEYS[k]), its tag.
 VISIBLE = Script(HEAD_LUA + r"""
 local ceiling, limit = tonumber(ARGV[1]), tonumber(ARGV[2])
