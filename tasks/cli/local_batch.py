@@ -21,6 +21,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TextIO
 
+from kombu.utils.uuid import uuid
+
 from tasks.client import OcrClient
 from tasks.lifecycle.batch_local import LocalFolder, LocalTarget
 from tasks.lifecycle.batch_manifest import MANIFEST_FILE
@@ -32,6 +34,7 @@ from tasks.records.batches import BatchRecord, BatchState
 from tasks.records.formats import FORMATS
 from tasks.records.status import JobStatus
 from tasks.state.batch_store import BatchStore, progress_of
+from tasks.state.reservations import Reservation
 
 POLL_SECONDS = 0.2     # between two steps
 PROGRESS_SECONDS = 1.0  # at most one progress line this often (a terminal, --progress)
@@ -82,14 +85,20 @@ class LocalPorts:
     def source(self, record: BatchRecord, target: Target) -> Source:
         return LocalFolder(Path(record.source), Path(record.target), self.chosen)
 
-    def admit(self, record: BatchRecord, kwargs: dict[str, Any]) -> None:
-        self.client.admit(self._job_options(kwargs), priority=record.priority)
+    def admit(self, record: BatchRecord, kwargs: dict[str, Any]) -> Reservation:
+        return self.client.admit(self._job_options(kwargs), priority=record.priority,
+                                 job_id=uuid())
 
-    def send(self, record: BatchRecord, kwargs: dict[str, Any], replacing: str = "") -> str:
+    def release(self, reservation: Reservation) -> None:
+        return None  # this client's reservations hold no place and no pages
+
+    def send(self, record: BatchRecord, kwargs: dict[str, Any],
+             reservation: Reservation | None = None, replacing: str = "") -> str:
         options = self._job_options(kwargs)
         path = str(options.pop("path"))
         blob = self.client.put_input(path)
-        job_id = self.client.enqueue({**options, "blob": blob}, priority=record.priority)
+        job_id = self.client.enqueue({**options, "blob": blob}, reservation=reservation,
+                                     priority=record.priority)
         name = Path(path).relative_to(record.source).as_posix()  # its name in the batch
         self._outputs[job_id] = (name, str(options.get("output", "text")))
         return job_id

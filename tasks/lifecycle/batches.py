@@ -37,7 +37,7 @@ import uuid
 from dataclasses import replace
 from typing import TYPE_CHECKING, Any
 
-from tasks.errors import InputTooLarge, OcrError, PageQuotaExceeded, QuotaExceeded
+from tasks.errors import InputTooLarge, OcrError, QuotaExceeded
 from tasks.lifecycle.batch_lines import (
     FAILED,
     document_options,
@@ -73,6 +73,7 @@ if TYPE_CHECKING:
 
     from tasks.lifecycle.batch_ports import BatchPorts
     from tasks.settings import Settings
+    from tasks.state.reservations import Reservation
 
 log = logging.getLogger(__name__)
 # A step's lock: kept alive page by page while the step runs, so a step whose process
@@ -242,7 +243,8 @@ class BatchDriver:
                 self.store.passed(batch_id, cursor, skipped=1, **counted)
                 return PASSED
         try:  # the gate first: a refused document's object is never asked
-            self.ports.admit(record, self._kwargs(record, document, options, {}))
+            reservation = self.ports.admit(record, self._kwargs(record, document, options,
+                                                                {}))
         except QuotaExceeded:
             return WAIT
         except OcrError as exc:
@@ -250,6 +252,16 @@ class BatchDriver:
                 raise  # Redis or a store briefly away: the step is tried again
             return self._refuse(record, target, document, options, cursor, counted,
                                 exc.code)
+        try:
+            return self._send_admitted(record, target, document, options, cursor, index,
+                                       counted, reservation)
+        finally:
+            self.ports.release(reservation)  # none once its job was sent
+
+    def _send_admitted(self, record: BatchRecord, target: Target, document: Document,
+                       options: dict[str, Any], cursor: str, index: ManifestIndex | None,
+                       counted: dict[str, int], reservation: Reservation) -> int:
+        """Refuse, skip or send an admitted document: SENT or PASSED."""
         size = document.version.get("size")
         if isinstance(size, int) and size > self.settings.max_input_bytes:
             # Its job would read it with no HEAD (its ETag pinned): refused here, unread.
@@ -274,17 +286,12 @@ class BatchDriver:
             failed = line is not None and line.get("status") in FAILED
             if same_read(line, document, options_digest(options)) \
                     and not (failed and record.retry_failed):
-                self.store.passed(batch_id, cursor, skipped=1,
+                self.store.passed(record.id, cursor, skipped=1,
                                   **({"skipped_failed": 1} if failed else {}), **counted)
                 return PASSED
-        try:
-            job_id = self.ports.send(record, self._kwargs(record, document, options, pin))
-        except QuotaExceeded:
-            return WAIT  # another door took the last place first
-        except PageQuotaExceeded as exc:  # another door took the last pages first
-            return self._refuse(record, target, document, options, cursor, counted,
-                                exc.code)
-        self.store.sent(batch_id, job_id, document.to_json(), cursor, **counted)
+        job_id = self.ports.send(record, self._kwargs(record, document, options, pin),
+                                 reservation)
+        self.store.sent(record.id, job_id, document.to_json(), cursor, **counted)
         return SENT
 
     def _refuse(self, record: BatchRecord, target: Target, document: Document,

@@ -34,6 +34,7 @@ from tasks.queue.batch_slots import StepSlots
 from tasks.records.batches import BatchRecord, BatchState
 from tasks.settings import Settings
 from tasks.state.batch_store import BatchStore, progress_of
+from tasks.state.reservations import Reservation
 
 
 def test_a_manifest_line_names_a_document_and_its_own_options() -> None:
@@ -189,10 +190,14 @@ class SendingPorts:
         self.first = first
         self.sent: list[dict[str, object]] = []
 
-    def admit(self, record: BatchRecord, kwargs: dict[str, object]) -> None:
+    def admit(self, record: BatchRecord, kwargs: dict[str, object]) -> Reservation:
+        return Reservation("", record.client, "ocr", "batch")
+
+    def release(self, reservation: Reservation) -> None:
         return None
 
-    def send(self, record: BatchRecord, kwargs: dict[str, object], replacing: str = "") -> str:
+    def send(self, record: BatchRecord, kwargs: dict[str, object],
+             reservation: Reservation | None = None, replacing: str = "") -> str:
         self.sent.append(kwargs)
         return f"job-{self.first + len(self.sent) - 1}"
 

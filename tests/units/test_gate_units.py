@@ -8,7 +8,7 @@ from __future__ import annotations
 import pytest
 import redis
 
-from tasks.admission import Books, admit, check_job_url, check_result_target, priority_for
+from tasks.admission import admit, check_job_url, check_result_target, priority_for
 from tasks.errors import (
     BadRequest,
     EngineUnavailable,
@@ -21,8 +21,11 @@ from tasks.errors import (
 from tasks.lifecycle.fetcher import Fetcher
 from tasks.records.clients import ClientRules
 from tasks.settings import Settings
-from tasks.state.client_rules import InFlight, rules_of
-from tasks.state.usage import PageUsage
+from tasks.state.client_rules import rules_of
+from tasks.state.keys import api_inflight_key
+from tasks.state.reservations import Reservations
+from tasks.state.usage import PageCaps
+from tasks.state.usage_counts import held_key
 
 SETTINGS = Settings.from_env({"OCR_ALLOWED_URLS": "s3://aaa/,s3://bbb/"})
 LIVE = {"w1": {"ocr", "ocr-tesseract"}}
@@ -62,26 +65,60 @@ def test_options_and_engines_are_refused_with_their_codes() -> None:
         admit({"url": "s3://aaa/x.png", "engine": "nope"}, rules, SETTINGS, LIVE)
     with pytest.raises(EngineUnavailable):  # an engine of the registry no live worker runs
         admit({"url": "s3://aaa/x.png", "engine": "rapidocr"}, rules, SETTINGS, LIVE)
-    assert admit({"url": "s3://aaa/x.png", "engine": "tesseract"}, rules, SETTINGS,
-                 LIVE) == "normal"
+    taken = admit({"url": "s3://aaa/x.png", "engine": "tesseract"}, rules, SETTINGS, LIVE,
+                  job_id="j")
+    assert (taken.job_id, taken.queue, taken.priority) == ("j", "ocr-tesseract", "normal")
+    assert not taken.in_flight and not taken.pages  # a door without the books holds nothing
 
 
-def test_jobs_in_flight_and_page_caps_count_at_the_door(own_redis_url: str) -> None:
+def test_jobs_in_flight_and_page_caps_are_reserved_at_the_door(own_redis_url: str) -> None:
     client = redis.Redis.from_url(own_redis_url)
     ended: set[str] = set()
-    books = Books(PageUsage(client), InFlight(client, 60),
-                  lambda ids: [i for i in ids if i in ended])
+    books = Reservations(client, 60, lambda ids: [i for i in ids if i in ended])
     rules = ClientRules("c", jobs_in_flight=2, pages_per_day=3)
     for job_id in ("batch-doc", "single"):
-        admit({"url": "s3://aaa/x.png"}, rules, SETTINGS, LIVE, books=books)
-        books.in_flight.add("c", job_id)
+        taken = admit({"url": "s3://aaa/x.png"}, rules, SETTINGS, LIVE, books=books,
+                      job_id=job_id)
+        assert (taken.in_flight, taken.pages) == (True, 1)
+        books.commit(taken)
     with pytest.raises(QuotaExceeded):
-        admit({"url": "s3://aaa/x.png"}, rules, SETTINGS, LIVE, books=books)
-    ended.add("batch-doc")  # one ended: room again, and it leaves the set
-    admit({"url": "s3://aaa/x.png"}, rules, SETTINGS, LIVE, books=books)
-    assert books.in_flight.open("c") == ["single"]
+        admit({"url": "s3://aaa/x.png"}, rules, SETTINGS, LIVE, books=books, job_id="third")
+    ended.add("batch-doc")  # one ended: room again, and it leaves the set and the holds
+    admit({"url": "s3://aaa/x.png"}, rules, SETTINGS, LIVE, books=books, job_id="third")
+    assert sorted(books.in_flight.open("c")) == ["single", "third"]
     with pytest.raises(PageQuotaExceeded):
-        admit({"url": "s3://aaa/x.png", "pages": "1,2,3,4"}, rules, SETTINGS, LIVE, books=books)
+        admit({"url": "s3://aaa/x.png", "pages": "1,2,3,4"}, rules, SETTINGS, LIVE,
+              books=books, job_id="fourth")
+    assert "fourth" not in books.in_flight.open("c")  # refused: nothing taken
+
+
+def test_a_reservation_is_one_script_committed_or_released(own_redis_url: str) -> None:
+    """Both the place and the hold, or neither; a release after a commit keeps both."""
+    client = redis.Redis.from_url(own_redis_url)
+    client.flushdb()
+    books = Reservations(client, 60, lambda ids: [])
+    caps = PageCaps(pages_per_day=5)
+    sent = books.take("sent", "c", "ocr", "normal", limit=2, caps=caps, pages=2)
+    books.commit(sent)
+    books.release(sent)  # committed: nothing given back
+    kept = books.take("kept", "c", "ocr", "normal", limit=2, caps=caps, pages=2)
+    assert client.zcard(api_inflight_key("c")) == 2
+    assert client.hgetall(held_key("c")) == {b"sent": b"2", b"kept": b"2"}
+    with pytest.raises(PageQuotaExceeded):  # 4 held + 2 > 5: the place is not taken either
+        books.take("over", "c", "ocr", "normal", limit=3, caps=caps, pages=2)
+    with pytest.raises(QuotaExceeded):  # 2 in flight: the pages are not held either
+        books.take("full", "c", "ocr", "normal", limit=2, caps=caps, pages=1)
+    assert client.zcard(api_inflight_key("c")) == 2
+    assert set(client.hkeys(held_key("c"))) == {b"sent", b"kept"}
+    books.release(kept)  # not sent: its place and hold go
+    assert client.zrange(api_inflight_key("c"), 0, -1) == [b"sent"]
+    assert client.hgetall(held_key("c")) == {b"sent": b"2"}
+    again = books.take("kept", "c", "ocr", "normal", limit=0, caps=None)
+    assert (again.in_flight, again.pages) == (True, 0)  # no limit, no caps: a place alone
+    client.config_resetstat()
+    books.take("one", "c", "ocr", "normal", limit=3, caps=caps, pages=1)
+    stats = client.info("commandstats")
+    assert stats["cmdstat_evalsha"]["calls"] == 1  # the place and the hold: one script
 
 
 def test_a_tokens_record_makes_its_rules() -> None:
