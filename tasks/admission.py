@@ -2,7 +2,8 @@
 
 Runs in client processes and in the workers' batch driver. Every door calls `admit`
 with the client's rules (`ClientRules`, tasks/records/clients.py) and the job's
-request (`ocr.document`'s kwargs, with or without its input): the HTTP API's jobs and
+request (`JobRequest`, built once by the door, with or without its input; its shape is
+checked as it is built, `JobRequest.for_door`): the HTTP API's jobs and
 batches, each manifest line and listed object as the batch driver sends it, retries,
 `OcrClient.submit`/submit.py, local batches. It checks, in this order:
 
@@ -12,8 +13,7 @@ batches, each manifest line and listed object as the batch driver sends it, retr
    client's own prefixes, and `result_url` as a place a result may be written
    (`check_result_target`: under the client's own prefixes, none for a client without
    any; never under a read-only prefix) (`url_not_allowed`);
-3. the options' shape (`JobRequest.from_kwargs`: output, mode, lang, callback names;
-   `bad_request`) and the page selection (`invalid_pages`);
+3. the page selection (`invalid_pages`);
 4. the engine: one that is an engine (a built-in, this process's plugins, or one a
    live worker serves; else `unknown_engine`), and one some live worker runs when
    OCR workers are live (`engine_unavailable`, naming its `make` target); so is the
@@ -36,9 +36,7 @@ input within OCR_MAX_INPUT_MB.
 from __future__ import annotations
 
 import stat
-from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
 
 from tasks.errors import (
     BadRequest,
@@ -53,14 +51,13 @@ from tasks.lifecycle.url_policy import ObjectUrl, check_target, check_url, parse
 from tasks.queue.routing import PRIORITIES, is_job_queue, job_queue, queue_for_engine
 from tasks.records.clients import ClientRules
 from tasks.records.engines import engine_names, install_hint
-from tasks.records.request import SOURCES, JobRequest, check_pages
+from tasks.records.request import JobRequest, check_pages
 from tasks.settings import Settings
 from tasks.state.reservations import Reservation, Reservations
 from tasks.state.usage import PageCaps, fewest_pages
 
 ENGINE_QUEUE_PREFIX = queue_for_engine("")  # "ocr-": a queue named after an engine
 DEFAULT_PRIORITY = "normal"
-URL_FIELDS = ("url", "result_url")
 
 
 def job_queues(queues: set[str]) -> set[str]:
@@ -137,50 +134,40 @@ def check_result_target(raw: str, rules: ClientRules, settings: Settings,
                         whole_prefix=batch)
 
 
-def admit(options: Mapping[str, Any], rules: ClientRules, settings: Settings,
+def admit(request: JobRequest, rules: ClientRules, settings: Settings,
           live: dict[str, set[str]], *, priority: str | None = None,
           books: Reservations | None = None, service: bool = True,
           job_id: str = "") -> Reservation:
     """The job's reservation, or its error (see the module's list).
 
-    `options` are `ocr.document`'s kwargs, with or without the input; `live` the
-    queues of each live worker (`WorkerPresence.live_queues`); `job_id` the id the job
-    is sent under.
+    `live`: the queues of each live worker (`WorkerPresence.live_queues`); `job_id`:
+    the id the job is sent under.
     """
     chosen = priority_for(rules, priority)
-    url, result_url = (options.get(name) for name in URL_FIELDS)
-    if isinstance(url, str) and url:
-        check_job_url(url, rules, settings, service=service)
-    if isinstance(result_url, str) and result_url:
-        check_result_target(result_url, rules, settings, service=service)
-    check_options(options, settings, live)
-    engine = options.get("engine")
-    queue = job_queue(engine if isinstance(engine, str) else None)
+    if request.url:
+        check_job_url(request.url, rules, settings, service=service)
+    if request.result_url:
+        check_result_target(request.result_url, rules, settings, service=service)
+    check_options(request, settings, live)
+    queue = job_queue(request.engine)
     if books is None:
         return Reservation(job_id, rules.name, queue, chosen)
-    pages = options.get("pages")
     return books.take(job_id, rules.name, queue, chosen, limit=rules.jobs_in_flight,
                       caps=PageCaps(rules.pages_per_day, rules.pages_per_month),
-                      pages=fewest_pages(pages if isinstance(pages, str) else None))
+                      pages=fewest_pages(request.pages))
 
 
-def check_options(options: Mapping[str, Any], settings: Settings,
+def check_options(request: JobRequest, settings: Settings,
                   live: dict[str, set[str]]) -> None:
-    """The options' shape, the page selection and the engine (steps 3 and 4)."""
-    engine = options.get("engine")
+    """The page selection and the engines (steps 3 and 4)."""
     engines = known_engines(settings, live)
-    if isinstance(engine, str) and engine and engine not in engines:
-        raise UnknownEngine(f"unknown engine {engine!r}; choose one of {', '.join(engines)}")
-    shape = dict(options)
-    if not any(shape.get(s) not in (None, "") for s in SOURCES):
-        shape["path"] = "/"  # the input is checked apart (read, uploaded or named)
-    JobRequest.from_kwargs(shape, engines)
-    pages = options.get("pages")
-    check_pages(pages if isinstance(pages, str) else None)
+    if request.engine and request.engine not in engines:
+        raise UnknownEngine(f"unknown engine {request.engine!r}; choose one of "
+                            f"{', '.join(engines)}")
+    check_pages(request.pages)
     served = ocr_queues(live)
-    for name in ("engine", "escalate"):  # the engine that reads it, the one it escalates to
-        wanted = options.get(name)
-        if isinstance(wanted, str) and wanted and served and job_queue(wanted) not in served:
+    for wanted in (request.engine, request.escalate):  # it reads it, it escalates to it
+        if wanted and served and job_queue(wanted) not in served:
             raise EngineUnavailable(f"no live worker runs engine {wanted!r}: start "
                                     f"{install_hint(wanted)}; nothing was sent")
 

@@ -44,6 +44,7 @@ from tasks.queue.sender import JobSender, OutgoingJob
 from tasks.records.batches import BatchRecord
 from tasks.records.clients import ClientRules, client_name
 from tasks.records.redis_target import RedisTarget
+from tasks.records.request import JobRequest
 from tasks.records.status import CeleryState, JobStatus
 from tasks.settings import Settings
 from tasks.state.api_jobs import ApiJobs
@@ -121,16 +122,16 @@ class CeleryBatchPorts:
         return source_of(record.source, self.settings, fetcher,
                          fetcher.target(record.target), record.id)
 
-    def admit(self, record: BatchRecord, kwargs: dict[str, Any]) -> Reservation:
+    def admit(self, record: BatchRecord, request: JobRequest) -> Reservation:
         live = self._fresh("live", lambda: WorkerPresence(
             _redis(self.settings.redis_target)).live_queues())
-        return admit(kwargs, self.rules(record), self.settings, live,
+        return admit(request, self.rules(record), self.settings, live,
                      priority=record.priority or "batch", books=self.books, job_id=uuid())
 
     def release(self, reservation: Reservation) -> None:
         self.books.release(reservation)
 
-    def send(self, record: BatchRecord, kwargs: dict[str, Any],
+    def send(self, record: BatchRecord, request: JobRequest,
              reservation: Reservation | None = None, replacing: str = "") -> str:
         """Send one document's job; an API batch's is recorded as its client's job.
 
@@ -142,19 +143,16 @@ class CeleryBatchPorts:
         """
         rules = self.rules(record)
         if reservation is None:
-            engine = kwargs.get("engine")
-            reservation = self.books.take(
-                uuid(), rules.name, job_queue(engine if isinstance(engine, str) else None),
-                record.priority or "batch", limit=0)
+            reservation = self.books.take(uuid(), rules.name, job_queue(request.engine),
+                                          record.priority or "batch", limit=0)
         job_id = reservation.job_id
         created = None
         if record.api_client:
-            created = self.api_jobs.remember(record.api_client, job_id,
-                                             str(kwargs.get("output", "text")),
-                                             str(kwargs.get("filename", "")))
+            created = self.api_jobs.remember(record.api_client, job_id, request.output,
+                                             request.filename)
         try:
             self.sender.send(OutgoingJob(
-                reservation=reservation, kwargs=kwargs, client=record.client,
+                reservation=reservation, request=request, client=record.client,
                 owner=record.owner, batch=record.id, created=created,
                 prefixes=rules.allowed_urls, result_prefixes=rules.result_urls))
         except BaseException:

@@ -10,7 +10,7 @@ queues) are in tasks/operator_console.py.
 from __future__ import annotations
 
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -35,7 +35,7 @@ from tasks.queue.routing import DEFAULT_QUEUE, PRIORITIES, job_queue
 from tasks.queue.sender import JobSender, OutgoingJob
 from tasks.records.clients import ClientRules, client_name, login_client
 from tasks.records.formats import STORED_FORMATS
-from tasks.records.request import retry_request
+from tasks.records.request import JobRequest, retry_request
 from tasks.records.status import CeleryState, JobStatus, WaitStatus
 from tasks.settings import Settings
 from tasks.state.connection import connect
@@ -96,28 +96,30 @@ class OcrClient:
         if isinstance(source, str) and is_url(source):
             # By URL: the worker reads the object itself; nothing is uploaded.
             url = parse_url(source).url
-            reservation = self.admit({"url": url, **given}, priority=priority, job_id=job_id)
             if filename is None:
                 filename = url.rstrip("/").rsplit("/", 1)[-1].split("?", 1)[0]
-            return self.enqueue({"url": url, "filename": filename, **given},
-                                reservation=reservation, deadline=deadline,
+            request = JobRequest.for_door({"url": url, "filename": filename, **given})
+            reservation = self.admit(request, priority=priority, job_id=job_id)
+            return self.enqueue(request, reservation=reservation, deadline=deadline,
                                 traceparent=traceparent)
-        reservation = self.admit(given, priority=priority, job_id=job_id)
-        data = read_input(source, self.settings)
         if filename is None:
             filename = Path(source).name if not isinstance(source, bytes) else ""
-        kwargs = {"blob": new_blob_key(), "filename": filename, **given}
-        return self.enqueue(kwargs, reservation=reservation, deadline=deadline,
-                            traceparent=traceparent, input_data=data)
+        request = JobRequest.for_door({"filename": filename, **given})
+        reservation = self.admit(request, priority=priority, job_id=job_id)
+        data = read_input(source, self.settings)
+        return self.enqueue(request.stored_as(new_blob_key()), reservation=reservation,
+                            deadline=deadline, traceparent=traceparent, input_data=data)
 
     def put_input(self, source: str | Path | bytes) -> str:
         """Store a job's input (a file or bytes, within OCR_MAX_INPUT_MB); its blob key."""
         return self._blobs.put(read_input(source, self.settings))
 
-    def admit(self, options: dict[str, Any], *, priority: str | None = None,
+    def admit(self, request: JobRequest | Mapping[str, Any], *, priority: str | None = None,
               rules: ClientRules | None = None, books: Reservations | None = None,
               service: bool = False, job_id: str = "") -> Reservation:
         """Refuse, before anything is stored, a job the service cannot run; its reservation.
+
+        `request`: the job's (`JobRequest.for_door`), or the kwargs it is built of.
 
         The gate (`tasks/admission.py`) with this client's rules (the service-wide
         ones) unless `rules` are given: priority, URLs, options' shape and page syntax,
@@ -127,8 +129,12 @@ class OcrClient:
         caps and jobs in flight (the HTTP API's, a batch's), which the reservation of
         job `job_id` holds until the sender commits or releases it.
         """
+        if not isinstance(request, JobRequest):
+            request = JobRequest.for_door(request)
+        asked = request
+
         def judged(live: dict[str, set[str]]) -> Reservation:
-            return admit(options, rules or self.rules, self.settings, live,
+            return admit(asked, rules or self.rules, self.settings, live,
                          priority=priority, books=books, service=service, job_id=job_id)
 
         seen = self._presence_seen
@@ -144,16 +150,18 @@ class OcrClient:
         """The rules of the client jobs are sent under: the service-wide ones."""
         return ClientRules.service_wide(self.client)
 
-    def enqueue(self, kwargs: dict[str, Any], *, reservation: Reservation | None = None,
+    def enqueue(self, request: JobRequest | Mapping[str, Any], *,
+                reservation: Reservation | None = None,
                 priority: str | None = None, deadline: float | None = None,
                 job_id: str | None = None, owner: str = "", client: str | None = None,
                 traceparent: str | None = None, created: float | None = None,
                 prefixes: tuple[str, ...] | None = None,
                 result_prefixes: tuple[str, ...] | None = None,
                 input_data: bytes | None = None) -> str:
-        """Send `ocr.document` with these kwargs (input stored, job admitted); its id.
+        """Send `ocr.document` with this request (input stored, job admitted); its id.
 
-        The sender (tasks/queue/sender.py) writes and sends it, and commits or releases
+        `request`: the job's (`JobRequest.for_door`), or the kwargs it is built of. The
+        sender (tasks/queue/sender.py) writes and sends it, and commits or releases
         its `reservation` (the gate's, `admit`). Without one the job is sent under
         `job_id` (a fresh UUID unless given) at `priority`, to its engine's queue,
         holding nothing. `owner` (the HTTP API's client) is recorded in its control
@@ -163,17 +171,17 @@ class OcrClient:
         (W3C) is sent as a message header, also where this process does not trace.
         `prefixes`: the client's own URL prefixes, which the worker holds redirects to;
         `result_prefixes`: where it writes results (None: under OCR_ALLOWED_URLS).
-        `input_data`: the input, stored under `kwargs["blob"]` in the round trip that
+        `input_data`: the input, stored under `request.blob` in the round trip that
         writes the job's record (else the input is stored already, or named by URL).
         """
         sent_as = self.client if client is None else client_name(client)
+        if not isinstance(request, JobRequest):
+            request = JobRequest.for_door(request)
         if reservation is None:
-            engine = kwargs.get("engine")
-            reservation = Reservation(job_id or uuid(), sent_as,
-                                      job_queue(engine if isinstance(engine, str) else None),
+            reservation = Reservation(job_id or uuid(), sent_as, job_queue(request.engine),
                                       priority_for(self.rules, priority))
         return self.sender.send(OutgoingJob(
-            reservation=reservation, kwargs=dict(kwargs), client=sent_as, owner=owner,
+            reservation=reservation, request=request, client=sent_as, owner=owner,
             deadline=None if deadline is None else time.time() + deadline,
             created=created, traceparent=traceparent, prefixes=prefixes,
             result_prefixes=result_prefixes, input=input_data))
@@ -215,9 +223,9 @@ class OcrClient:
         An id with no record raises `JobNotFound`.
         """
         self.status(job_id)
-        kwargs = self.retry_kwargs(job_id, password)
-        return self.enqueue(kwargs, reservation=self.admit(kwargs, priority=priority,
-                                                           job_id=uuid()))
+        request = JobRequest.for_door(self.retry_kwargs(job_id, password))
+        return self.enqueue(request, reservation=self.admit(request, priority=priority,
+                                                            job_id=uuid()))
 
     def retry_kwargs(self, job_id: str, password: str | None = None) -> dict[str, Any]:
         """The `ocr.document` kwargs that re-read the failed pages of a PARTIAL job."""

@@ -27,7 +27,7 @@ import redis
 from tasks import inference_server
 from tasks.api._access import ClientAccess, own_limit
 from tasks.api._errors import IdempotencyKeyReused, NotFinished, NotFound
-from tasks.api._job_inputs import input_kwargs
+from tasks.api._job_inputs import job_request
 from tasks.api._quotas import ClientBytes
 from tasks.api._readiness import ReadinessCheck
 from tasks.api._results import ResultBody, links, result_body
@@ -46,6 +46,7 @@ from tasks.lifecycle.page_views import PageChanges, corrected_result
 from tasks.operator_console import OperatorConsole
 from tasks.queue.routing import PRIORITIES
 from tasks.records.clients import ClientRules
+from tasks.records.request import JobRequest
 from tasks.records.status import JobStatus, WaitStatus
 from tasks.settings import Settings
 from tasks.state.api_jobs import ApiJobs
@@ -141,13 +142,13 @@ class JobService:
         rules = caller.rules(self.settings)
         reservation = None
         try:
-            kwargs = input_kwargs(options, upload, filename, rules, self.settings)
+            request = job_request(options, upload, filename, rules, self.settings)
             earlier = self._replay(caller, digest, fingerprint)
             if earlier is not None:
                 self.discard(caller, upload)
                 return Submitted(earlier, True)
             job_id = str(uuid.uuid4())
-            reservation = self.admit(rules, kwargs, options.priority, job_id)  # the gate
+            reservation = self.admit(rules, request, options.priority, job_id)  # the gate
             if digest and not self.jobs.claim_key(caller.name, digest, job_id, fingerprint):
                 earlier = self._replay(caller, digest, fingerprint)
                 if earlier is None:  # the claimant failed to send and let go
@@ -161,14 +162,16 @@ class JobService:
                 self.books.release(reservation)
             self.discard(caller, upload)
             raise
+        adopted = None
         try:
             if upload is not None:
-                kwargs["blob"] = api_blob_key(caller.name, uuid.uuid4().hex)
-                self.bytes.adopt(caller.name, upload, kwargs["blob"])  # keeps its TTL
+                adopted = api_blob_key(caller.name, uuid.uuid4().hex)
+                self.bytes.adopt(caller.name, upload, adopted)  # keeps its TTL
+                request = request.stored_as(adopted)
             created = self.jobs.remember(caller.name, job_id, options.output,
-                                         str(kwargs.get("filename", "")))
+                                         request.filename)
             deadline = None if options.deadline is None else options.deadline - time.time()
-            self.client.enqueue(kwargs, reservation=reservation, deadline=deadline,
+            self.client.enqueue(request, reservation=reservation, deadline=deadline,
                                 owner=f"api:{caller.name}", client=caller.name,
                                 created=created,
                                 traceparent=traceparent,  # the request's, passed on
@@ -179,8 +182,8 @@ class JobService:
             if digest:
                 self.jobs.release_key(caller.name, digest)
             self.discard(caller, upload)
-            if "blob" in kwargs:  # the upload adopted: the blob goes, and its bytes record
-                self.bytes.discard(caller.name, kwargs["blob"])
+            if adopted is not None:  # the upload adopted: the blob goes, and its bytes record
+                self.bytes.discard(caller.name, adopted)
             self.jobs.forget(caller.name, job_id)
             raise
         return Submitted(job_id, False)
@@ -204,21 +207,19 @@ class JobService:
             raise InputTooLarge(f"the upload is larger than {self.settings.max_input_mb} MB "
                                 "(OCR_MAX_INPUT_MB); nothing was stored")
 
-    def admit(self, rules: ClientRules, kwargs: dict[str, Any],
+    def admit(self, rules: ClientRules, request: JobRequest,
               priority: str | None, job_id: str) -> Reservation:
         """The gate, with the service's books (page caps, jobs in flight); the reservation.
 
         A `lang` naming a code that is no tesseract language and that no live worker
         reads is `unknown_language` (422), as `submit.py` refuses it.
         """
-        lang = kwargs.get("lang")
-        unread = OperatorConsole(self.client).unread_codes(lang if isinstance(lang, str)
-                                                           else None)
+        unread = OperatorConsole(self.client).unread_codes(request.lang)
         if unread:
             raise UnknownLanguage(f"{', '.join(map(repr, unread))} is no tesseract "
                                   "language code and no live worker reads it "
                                   "(docs/languages.md); nothing was stored")
-        return self.client.admit(kwargs, priority=priority, rules=rules, books=self.books,
+        return self.client.admit(request, priority=priority, rules=rules, books=self.books,
                                  service=True, job_id=job_id)
 
     def owned(self, caller: ApiClient, job_id: str) -> None:
@@ -326,13 +327,13 @@ class JobService:
         status, _ = self._status(job_id, record)
         if status.status != JobStatus.PARTIAL:
             raise BadRequest(f"only a PARTIAL job can be retried; this one is {status.status}")
-        kwargs = self.client.retry_kwargs(job_id, options.password)
+        request = JobRequest.for_door(self.client.retry_kwargs(job_id, options.password))
         new_id = str(uuid.uuid4())
-        reservation = self.admit(rules, kwargs, options.priority, new_id)  # the gate
+        reservation = self.admit(rules, request, options.priority, new_id)  # the gate
         try:
-            created = self.jobs.remember(caller.name, new_id, str(kwargs["output"]),
-                                         str(kwargs.get("filename", "")))
-            self.client.enqueue(kwargs, reservation=reservation,
+            created = self.jobs.remember(caller.name, new_id, request.output,
+                                         request.filename)
+            self.client.enqueue(request, reservation=reservation,
                                 owner=f"api:{caller.name}", client=caller.name,
                                 created=created, prefixes=rules.allowed_urls,
                                 result_prefixes=rules.result_urls)

@@ -13,6 +13,7 @@ if TYPE_CHECKING:
     from tasks.lifecycle.batch_sources import Source, Target
     from tasks.lifecycle.fetcher import Fetcher
     from tasks.records.batches import BatchRecord
+    from tasks.records.request import JobRequest
     from tasks.state.reservations import Reservation
 
 
@@ -28,7 +29,7 @@ class BatchPorts(Protocol):
     def source(self, record: BatchRecord, target: Target) -> Source:
         """What the batch reads (its `source`, checked)."""
 
-    def admit(self, record: BatchRecord, kwargs: dict[str, Any]) -> Reservation:
+    def admit(self, record: BatchRecord, request: JobRequest) -> Reservation:
         """The gate for one document's job: its reservation, or its error.
 
         QuotaExceeded: its client's jobs in flight are full (wait).
@@ -37,7 +38,7 @@ class BatchPorts(Protocol):
     def release(self, reservation: Reservation) -> None:
         """Give back a reservation whose job was not sent (none once it was)."""
 
-    def send(self, record: BatchRecord, kwargs: dict[str, Any],
+    def send(self, record: BatchRecord, request: JobRequest,
              reservation: Reservation | None = None, replacing: str = "") -> str:
         """Send one document's job (the batch's client, priority); its id.
 

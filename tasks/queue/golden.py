@@ -30,6 +30,7 @@ from tasks.lifecycle.eval_sets import eval_documents
 from tasks.queue.routing import job_queue, queue_for_engine
 from tasks.queue.sender import JobSender, OutgoingJob
 from tasks.records.engines import ENGINES
+from tasks.records.request import JobRequest
 from tasks.settings import Settings
 from tasks.state.connection import connect
 from tasks.state.golden import GoldenStore
@@ -86,7 +87,7 @@ def send_run(settings: Settings, sender: JobSender, put: Callable[[bytes], str],
                       "ground_truth": "\f".join(document.truth),
                       "callback_task": "ocr.golden_score"}
             sender.send(OutgoingJob(Reservation(job_id, CLIENT, job_queue(engine), "batch"),
-                                    kwargs=kwargs, client=CLIENT))
+                                    JobRequest.for_door(kwargs), client=CLIENT))
             jobs.setdefault(engine, []).append(job_id)
     return {"run": run, "engines": engines, "documents": len(documents), "jobs": jobs}
 

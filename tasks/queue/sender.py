@@ -29,7 +29,7 @@ import json
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from typing import Any
 
@@ -41,6 +41,7 @@ from tasks.errors import OcrError, ReplicaMissing
 from tasks.queue.message_headers import job_headers
 from tasks.queue.routing import priority_value
 from tasks.records.clients import client_name
+from tasks.records.request import JobRequest
 from tasks.settings import Settings
 from tasks.state import lua
 from tasks.state.boundary import transient
@@ -59,15 +60,16 @@ class OutgoingJob:
     """One admitted job, as the sender writes and sends it.
 
     `reservation`: what the gate took for it (its id, queue and priority, its place
-    in flight and page hold); `kwargs`: `ocr.document`'s (its input already stored or
-    named); `deadline`: epoch seconds (a job not started by then never starts);
-    `created`: the time it is listed under; `prefixes`: the client's own URL prefixes
-    (None: OCR_ALLOWED_URLS alone); `result_prefixes`: where it writes results
-    (`ClientRules.result_urls`; None: under OCR_ALLOWED_URLS, empty: nowhere).
+    in flight and page hold); `request`: the door's (its input stored or named, or
+    `input`, stored under its `blob` with its record); `deadline`: epoch seconds (a
+    job not started by then never starts); `created`: the time it is listed under;
+    `prefixes`: the client's own URL prefixes (None: OCR_ALLOWED_URLS alone);
+    `result_prefixes`: where it writes results (`ClientRules.result_urls`; None: under
+    OCR_ALLOWED_URLS, empty: nowhere).
     """
 
     reservation: Reservation
-    kwargs: dict[str, Any]
+    request: JobRequest
     client: str = ""
     owner: str = ""
     batch: str = ""
@@ -77,7 +79,7 @@ class OutgoingJob:
     prefixes: tuple[str, ...] | None = None
     result_prefixes: tuple[str, ...] | None = None
     extra: dict[str, str] = field(default_factory=dict)  # more control-hash fields
-    input: bytes | None = None  # stored under kwargs["blob"] with the job's record
+    input: bytes | None = None  # stored under request.blob with the job's record
 
     @property
     def job_id(self) -> str:
@@ -117,15 +119,15 @@ class JobSender:
         return sent
 
     def _send(self, job: OutgoingJob, client: str) -> str:
-        kwargs = dict(job.kwargs)
+        request = job.request
         send: dict[str, Any] = {"task_id": job.job_id,
                                 "priority": priority_value(self.settings, job.priority)}
         if job.deadline is not None:
-            kwargs["deadline"] = job.deadline
+            request = replace(request, deadline=job.deadline)
             send["expires"] = datetime.fromtimestamp(job.deadline, tz=UTC)
-        control = {"blob": str(kwargs.get("blob", "")),
-                   "filename": str(kwargs.get("filename", "")),
-                   "deadline": str(kwargs.get("deadline", "")),
+        kwargs = request.to_kwargs()  # the one encoding: `ocr.document` decodes it once
+        control = {"blob": request.blob or "", "filename": request.filename,
+                   "deadline": "" if request.deadline is None else str(request.deadline),
                    "queue": job.reservation.queue,
                    "priority": job.priority, "accepted": f"{time.time():.3f}", **job.extra}
         for name, value in (("owner", job.owner), ("client", client), ("batch", job.batch)):
