@@ -3,7 +3,8 @@
 Runs where jobs are admitted: client processes (the HTTP API, submit.py, `OcrClient`)
 and the workers' batch driver. The gate (tasks/admission.py:admit) takes a job's
 reservation; the sender (tasks/queue/sender.py) commits it once the job is sent, or
-releases it when the send fails. The worker settles the page count once it is known.
+releases it when the send fails. The worker settles the job's page hold once its page
+count is known (`settle`): the same script holds that count, or refuses it.
 
 Two things are taken for a job of the service's doors, by one Lua script:
 
@@ -26,7 +27,7 @@ from dataclasses import dataclass
 
 import redis
 
-from tasks.errors import QuotaExceeded
+from tasks.errors import PageQuotaExceeded, QuotaExceeded
 from tasks.state import lua
 from tasks.state.client_rules import IN_FLIGHT_LUA, InFlight
 from tasks.state.keys import api_inflight_key
@@ -114,6 +115,20 @@ class Reservations:
             raise over_in_flight(int(limit or 0))
         cap = caps.pages_per_day if which == "day" else caps.pages_per_month
         raise over_cap(which, int(cap or 0), int(used), held, day, now)
+
+    def settle(self, job_id: str, client: str, pages: int, now: float | None = None) -> None:
+        """The job's page count, once known (the worker's): its hold becomes `pages`.
+
+        PageQuotaExceeded when they pass a cap, with the pages read and the other
+        jobs' holds. The caps as this process read them at most CAPS_SECONDS ago, and
+        read again before a refusal (`PageUsage.known_caps`).
+        """
+        try:
+            self.take(job_id, client, "", "", caps=self.usage.known_caps(client),
+                      pages=pages, now=now)
+        except PageQuotaExceeded:  # read again: the cap may be raised since
+            self.take(job_id, client, "", "", caps=self.usage.known_caps(client, True),
+                      pages=pages, now=now)
 
     def _script(self, keys: list[str], args: list[object]) -> tuple[bytes | str, int]:
         period, used = _RESERVE(self._redis, keys, args)

@@ -27,9 +27,10 @@ pages held), so two jobs sent at the same moment cannot both take the last pages
 hold shrinks as the job's pages are counted (the same script that counts them), goes
 when the job is not sent (its reservation released), and a job that
 ended without reading them leaves it when the next reservation finds the caps full.
-A worker's check (`admit`) reads a client's caps at most once every CAPS_SECONDS per
-process, and again before it refuses: a cap raised or removed counts at once, one set
-or lowered within CAPS_SECONDS (the gate's hold reads them afresh).
+A worker settles a job's hold once its page count is known (`Reservations.settle`,
+the same script): it reads a client's caps at most once every CAPS_SECONDS per process
+(`known_caps`), and again before it refuses: a cap raised or removed counts at once,
+one set or lowered within CAPS_SECONDS (the gate's hold reads them afresh).
 """
 
 from __future__ import annotations
@@ -259,22 +260,18 @@ class PageUsage:
         return PageCaps.of_record(self._redis.hget(API_CLIENTS_KEY, client)) if client \
             else PageCaps()
 
-    def admit(self, client: str, pages: int) -> None:
-        """Refuse `pages` more for `client` when they pass its token's caps (workers).
+    def known_caps(self, client: str, fresh: bool = False) -> PageCaps:
+        """`client`'s caps as this process read them at most CAPS_SECONDS ago (workers).
 
-        The caps as read at most CAPS_SECONDS ago by this process; read again before
-        a refusal.
+        `fresh`: read now.
         """
         now = time.monotonic()
-        with self._lock:
-            known = self._caps.get(client)
-        if known is not None and now - known[0] < CAPS_SECONDS:
-            try:
-                self.check(client, pages, known[1])
-                return
-            except PageQuotaExceeded:
-                pass  # read again: the cap may be raised since
-        self.check(client, pages, self._read_caps(client, now))
+        if not fresh:
+            with self._lock:
+                known = self._caps.get(client)
+            if known is not None and now - known[0] < CAPS_SECONDS:
+                return known[1]
+        return self._read_caps(client, now)
 
     def _read_caps(self, client: str, now: float) -> PageCaps:
         caps = self.caps(client)
