@@ -2,7 +2,8 @@
 
 Runs in client processes and in the workers' batch driver. Every door calls `admit`
 with the client's rules (`ClientRules`, tasks/records/clients.py) and the job's
-request (`ocr.document`'s kwargs, with or without its input): the HTTP API's jobs and
+request (`JobRequest`, built once by the door, with or without its input; its shape is
+checked as it is built, `JobRequest.for_door`): the HTTP API's jobs and
 batches, each manifest line and listed object as the batch driver sends it, retries,
 `OcrClient.submit`/submit.py, local batches. It checks, in this order:
 
@@ -12,16 +13,18 @@ batches, each manifest line and listed object as the batch driver sends it, retr
    client's own prefixes, and `result_url` as a place a result may be written
    (`check_result_target`: under the client's own prefixes, none for a client without
    any; never under a read-only prefix) (`url_not_allowed`);
-3. the options' shape (`JobRequest.from_kwargs`: output, mode, lang, callback names;
-   `bad_request`) and the page selection (`invalid_pages`);
+3. the page selection (`invalid_pages`);
 4. the engine: one that is an engine (a built-in, this process's plugins, or one a
    live worker serves; else `unknown_engine`), and one some live worker runs when
    OCR workers are live (`engine_unavailable`, naming its `make` target); so is the
    engine the job escalates to (`escalate`);
-5. with `books` (the service's doors): the client's page caps
-   (`page_quota_exceeded`) and its jobs in flight, batch documents counted
-   (`quota_exceeded`; a batch waits for room instead): an early refusal, as the
-   sender reserves the job's place in one step when it sends it (tasks/queue/sender.py).
+5. with `books` (the service's doors): the job's reservation
+   (tasks/state/reservations.py), its fewest pages held against the client's page
+   caps (`page_quota_exceeded`) and its place among its jobs in flight, batch
+   documents counted (`quota_exceeded`; a batch waits for room instead), taken by one
+   script. Without `books` the reservation holds the queue and the priority alone.
+
+The sender commits the reservation when it sends the job, or releases it.
 
 A client door (`OcrClient`, whose settings are the sender's, not the service's)
 checks OCR_ALLOWED_URLS only where its own settings name some; the worker checks the
@@ -33,10 +36,7 @@ input within OCR_MAX_INPUT_MB.
 from __future__ import annotations
 
 import stat
-from collections.abc import Callable, Mapping
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 from tasks.errors import (
     BadRequest,
@@ -49,17 +49,15 @@ from tasks.errors import (
 )
 from tasks.lifecycle.url_policy import ObjectUrl, check_target, check_url, parse_url
 from tasks.queue.routing import PRIORITIES, is_job_queue, job_queue, queue_for_engine
-from tasks.queue.sender import over_in_flight
 from tasks.records.clients import ClientRules
 from tasks.records.engines import engine_names, install_hint
-from tasks.records.request import SOURCES, JobRequest, check_pages
+from tasks.records.request import JobRequest, check_pages
 from tasks.settings import Settings
-from tasks.state.client_rules import InFlight
-from tasks.state.usage import PageCaps, PageUsage, fewest_pages
+from tasks.state.reservations import Reservation, Reservations
+from tasks.state.usage import PageCaps, fewest_pages
 
 ENGINE_QUEUE_PREFIX = queue_for_engine("")  # "ocr-": a queue named after an engine
 DEFAULT_PRIORITY = "normal"
-URL_FIELDS = ("url", "result_url")
 
 
 def job_queues(queues: set[str]) -> set[str]:
@@ -85,18 +83,6 @@ def known_engines(settings: Settings, live: dict[str, set[str]]) -> tuple[str, .
     """Engines a job may name: the registry's, this client's plugins, the live workers'."""
     return tuple(dict.fromkeys([*engine_names(tuple(settings.engine_plugins)),
                                 *live_engines(live)]))
-
-
-@dataclass(frozen=True)
-class Books:
-    """What the service's doors count a client's jobs against: pages read, jobs open.
-
-    `ended` answers which of some job ids have ended (`JobStateReader.ended`).
-    """
-
-    usage: PageUsage
-    in_flight: InFlight
-    ended: Callable[[list[str]], list[str]]
 
 
 def priority_for(rules: ClientRules, priority: str | None) -> str:
@@ -148,55 +134,42 @@ def check_result_target(raw: str, rules: ClientRules, settings: Settings,
                         whole_prefix=batch)
 
 
-def admit(options: Mapping[str, Any], rules: ClientRules, settings: Settings,
+def admit(request: JobRequest, rules: ClientRules, settings: Settings,
           live: dict[str, set[str]], *, priority: str | None = None,
-          books: Books | None = None, service: bool = True) -> str:
-    """The priority the job is sent at, or the job's error (see the module's list).
+          books: Reservations | None = None, service: bool = True,
+          job_id: str = "") -> Reservation:
+    """The job's reservation, or its error (see the module's list).
 
-    `options` are `ocr.document`'s kwargs, with or without the input; `live` the
-    queues of each live worker (`WorkerPresence.live_queues`).
+    `live`: the queues of each live worker (`WorkerPresence.live_queues`); `job_id`:
+    the id the job is sent under.
     """
     chosen = priority_for(rules, priority)
-    url, result_url = (options.get(name) for name in URL_FIELDS)
-    if isinstance(url, str) and url:
-        check_job_url(url, rules, settings, service=service)
-    if isinstance(result_url, str) and result_url:
-        check_result_target(result_url, rules, settings, service=service)
-    check_options(options, settings, live)
-    if books is not None:
-        pages = options.get("pages")
-        books.usage.check(rules.name, fewest_pages(pages if isinstance(pages, str) else None),
-                          PageCaps(rules.pages_per_day, rules.pages_per_month))
-        check_in_flight(rules, books)
-    return chosen
+    if request.url:
+        check_job_url(request.url, rules, settings, service=service)
+    if request.result_url:
+        check_result_target(request.result_url, rules, settings, service=service)
+    check_options(request, settings, live)
+    queue = job_queue(request.engine)
+    if books is None:
+        return Reservation(job_id, rules.name, queue, chosen)
+    return books.take(job_id, rules.name, queue, chosen, limit=rules.jobs_in_flight,
+                      caps=PageCaps(rules.pages_per_day, rules.pages_per_month),
+                      pages=fewest_pages(request.pages))
 
 
-def check_options(options: Mapping[str, Any], settings: Settings,
+def check_options(request: JobRequest, settings: Settings,
                   live: dict[str, set[str]]) -> None:
-    """The options' shape, the page selection and the engine (steps 3 and 4)."""
-    engine = options.get("engine")
+    """The page selection and the engines (steps 3 and 4)."""
     engines = known_engines(settings, live)
-    if isinstance(engine, str) and engine and engine not in engines:
-        raise UnknownEngine(f"unknown engine {engine!r}; choose one of {', '.join(engines)}")
-    shape = dict(options)
-    if not any(shape.get(s) not in (None, "") for s in SOURCES):
-        shape["path"] = "/"  # the input is checked apart (read, uploaded or named)
-    JobRequest.from_kwargs(shape, engines)
-    pages = options.get("pages")
-    check_pages(pages if isinstance(pages, str) else None)
+    if request.engine and request.engine not in engines:
+        raise UnknownEngine(f"unknown engine {request.engine!r}; choose one of "
+                            f"{', '.join(engines)}")
+    check_pages(request.pages)
     served = ocr_queues(live)
-    for name in ("engine", "escalate"):  # the engine that reads it, the one it escalates to
-        wanted = options.get(name)
-        if isinstance(wanted, str) and wanted and served and job_queue(wanted) not in served:
+    for wanted in (request.engine, request.escalate):  # it reads it, it escalates to it
+        if wanted and served and job_queue(wanted) not in served:
             raise EngineUnavailable(f"no live worker runs engine {wanted!r}: start "
                                     f"{install_hint(wanted)}; nothing was sent")
-
-
-def check_in_flight(rules: ClientRules, books: Books) -> None:
-    """`quota_exceeded` when the client has `jobs_in_flight` jobs unfinished."""
-    limit = rules.jobs_in_flight
-    if limit and books.in_flight.count(rules.name, limit, books.ended) >= limit:
-        raise over_in_flight(limit)
 
 
 def read_input(source: str | Path | bytes, settings: Settings) -> bytes:

@@ -30,7 +30,7 @@ from celery.exceptions import SoftTimeLimitExceeded
 from celery.signals import worker_ready
 from kombu.utils.uuid import uuid
 
-from tasks.admission import Books, admit
+from tasks.admission import admit
 from tasks.error_codes import error_info
 from tasks.errors import OcrError, ResultWriteFailed
 from tasks.lifecycle.batch_sources import Source, Target, source_of
@@ -39,16 +39,17 @@ from tasks.lifecycle.fetcher import Fetcher
 from tasks.queue.batch_chain import STEP_TASK, batch_store, send_step, start_chain
 from tasks.queue.batch_slots import StepSlots
 from tasks.queue.job_services import JobServices
-from tasks.queue.routing import CONTROL_QUEUE, PRIORITIES
+from tasks.queue.routing import CONTROL_QUEUE, PRIORITIES, job_queue
 from tasks.queue.sender import JobSender, OutgoingJob
 from tasks.records.batches import BatchRecord
 from tasks.records.clients import ClientRules, client_name
 from tasks.records.redis_target import RedisTarget
+from tasks.records.request import JobRequest
 from tasks.records.status import CeleryState, JobStatus
 from tasks.settings import Settings
 from tasks.state.api_jobs import ApiJobs
 from tasks.state.boundary import CONNECTION_ERRORS
-from tasks.state.client_rules import InFlight, read_rules
+from tasks.state.client_rules import read_rules
 from tasks.state.connection import connect
 from tasks.state.job_state import JobStateReader
 from tasks.state.keys import (
@@ -59,7 +60,7 @@ from tasks.state.keys import (
     output_key,
 )
 from tasks.state.liveness import WorkerPresence
-from tasks.state.usage import PageCaps, PageUsage
+from tasks.state.reservations import Reservation
 
 log = logging.getLogger(__name__)
 # How long a settled document's job records stay (its line is in the target).
@@ -87,9 +88,7 @@ class CeleryBatchPorts:
         # an API client's batch: each document is that client's job, as if it sent it
         self.api_jobs = ApiJobs(client, self.settings.blob_ttl + self.settings.result_ttl,
                                 self.settings.result_ttl)
-        self.books = Books(PageUsage(client), InFlight(client, self.settings.blob_ttl
-                                                       + self.settings.result_ttl),
-                           self.states.ended)
+        self.books = self.sender.reservations  # page caps and jobs in flight
         self._read: dict[str, tuple[float, Any]] = {}
 
     def _fresh(self, key: str, read: Any) -> Any:
@@ -123,41 +122,45 @@ class CeleryBatchPorts:
         return source_of(record.source, self.settings, fetcher,
                          fetcher.target(record.target), record.id)
 
-    def admit(self, record: BatchRecord, kwargs: dict[str, Any]) -> None:
+    def admit(self, record: BatchRecord, request: JobRequest) -> Reservation:
         live = self._fresh("live", lambda: WorkerPresence(
             _redis(self.settings.redis_target)).live_queues())
-        admit(kwargs, self.rules(record), self.settings, live, priority=record.priority,
-              books=self.books)
+        return admit(request, self.rules(record), self.settings, live,
+                     priority=record.priority or "batch", books=self.books, job_id=uuid())
 
-    def send(self, record: BatchRecord, kwargs: dict[str, Any], replacing: str = "") -> str:
+    def release(self, reservation: Reservation) -> None:
+        self.books.release(reservation)
+
+    def send(self, record: BatchRecord, request: JobRequest,
+             reservation: Reservation | None = None, replacing: str = "") -> str:
         """Send one document's job; an API batch's is recorded as its client's job.
 
         That record (`ocr:api:job:<id>`, owner the batch's API client) is what the HTTP
         API and the console check a job's client by: the document's status, result,
         pages and corrections are then its client's only, as for a job it sent.
+        Without a `reservation` (a job sent again in `replacing`'s place) it takes its
+        place in flight, past the client's limit, and holds no pages.
         """
         rules = self.rules(record)
-        job_id = uuid()
+        if reservation is None:
+            reservation = self.books.take(uuid(), rules.name, job_queue(request.engine),
+                                          record.priority or "batch", limit=0)
+        job_id = reservation.job_id
         created = None
         if record.api_client:
-            created = self.api_jobs.remember(record.api_client, job_id,
-                                             str(kwargs.get("output", "text")),
-                                             str(kwargs.get("filename", "")))
+            created = self.api_jobs.remember(record.api_client, job_id, request.output,
+                                             request.filename)
         try:
             self.sender.send(OutgoingJob(
-                job_id=job_id, kwargs=kwargs, priority=record.priority or "batch",
-                client=record.client, owner=record.owner, batch=record.id,
-                created=created, prefixes=rules.allowed_urls,
-                result_prefixes=rules.result_urls, count_in_flight=True,
-                in_flight_limit=0 if replacing else rules.jobs_in_flight,
-                page_caps=None if replacing else PageCaps(rules.pages_per_day,
-                                                          rules.pages_per_month)))
+                reservation=reservation, request=request, client=record.client,
+                owner=record.owner, batch=record.id, created=created,
+                prefixes=rules.allowed_urls, result_prefixes=rules.result_urls))
         except BaseException:
             if record.api_client:  # nothing was sent: no record of it either
                 self.api_jobs.forget(record.api_client, job_id)
             raise
         if replacing:
-            self.sender.in_flight.remove(client_name(record.client), replacing)
+            self.books.in_flight.remove(rules.name, replacing)
         return job_id
 
     def endings(self, record: BatchRecord, job_ids: list[str]) -> dict[str, dict[str, Any]]:

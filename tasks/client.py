@@ -10,7 +10,7 @@ queues) are in tasks/operator_console.py.
 from __future__ import annotations
 
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -21,29 +21,28 @@ from kombu.exceptions import OperationalError
 from kombu.utils.uuid import uuid
 
 from tasks import client_wait
-from tasks.admission import DEFAULT_PRIORITY, Books, admit, read_input
+from tasks.admission import admit, priority_for, read_input
 from tasks.client_wait import ProgressCallback, WorkersCallback, not_found, unserved
 from tasks.error_codes import error_info
 from tasks.errors import (
-    BadRequest,
     DeadlineExceeded,
     NoWorker,
     OcrError,
     ServiceUnreachable,
 )
 from tasks.lifecycle.url_policy import is_url, parse_url
-from tasks.queue.routing import DEFAULT_QUEUE, PRIORITIES
+from tasks.queue.routing import DEFAULT_QUEUE, PRIORITIES, job_queue
 from tasks.queue.sender import JobSender, OutgoingJob
 from tasks.records.clients import ClientRules, client_name, login_client
 from tasks.records.formats import STORED_FORMATS
-from tasks.records.request import retry_request
+from tasks.records.request import JobRequest, retry_request
 from tasks.records.status import CeleryState, JobStatus, WaitStatus
 from tasks.settings import Settings
 from tasks.state.connection import connect
 from tasks.state.job_state import JobProgress, JobStateReader, expired_before_start
 from tasks.state.liveness import WorkerPresence
+from tasks.state.reservations import Reservation, Reservations
 from tasks.state.stores import OutputStore, new_blob_key
-from tasks.state.usage import PageCaps
 
 # What Redis or the Celery transport raise while Redis is unreachable (mid-run too).
 CONNECTION_ERRORS: tuple[type[BaseException], ...] = (
@@ -93,41 +92,50 @@ class OcrClient:
         then never starts, a running one stops reading pages. `traceparent`: enqueue's.
         """
         given = {k: v for k, v in options.items() if v is not None}
+        job_id = uuid()
         if isinstance(source, str) and is_url(source):
             # By URL: the worker reads the object itself; nothing is uploaded.
             url = parse_url(source).url
-            priority = self.admit({"url": url, **given}, priority=priority)
             if filename is None:
                 filename = url.rstrip("/").rsplit("/", 1)[-1].split("?", 1)[0]
-            return self.enqueue({"url": url, "filename": filename, **given},
-                                priority=priority, deadline=deadline, traceparent=traceparent)
-        priority = self.admit(given, priority=priority)
-        data = read_input(source, self.settings)
+            request = JobRequest.for_door({"url": url, "filename": filename, **given})
+            reservation = self.admit(request, priority=priority, job_id=job_id)
+            return self.enqueue(request, reservation=reservation, deadline=deadline,
+                                traceparent=traceparent)
         if filename is None:
             filename = Path(source).name if not isinstance(source, bytes) else ""
-        kwargs = {"blob": new_blob_key(), "filename": filename, **given}
-        return self.enqueue(kwargs, priority=priority, deadline=deadline,
-                            traceparent=traceparent, input_data=data)
+        request = JobRequest.for_door({"filename": filename, **given})
+        reservation = self.admit(request, priority=priority, job_id=job_id)
+        data = read_input(source, self.settings)
+        return self.enqueue(request.stored_as(new_blob_key()), reservation=reservation,
+                            deadline=deadline, traceparent=traceparent, input_data=data)
 
     def put_input(self, source: str | Path | bytes) -> str:
         """Store a job's input (a file or bytes, within OCR_MAX_INPUT_MB); its blob key."""
         return self._blobs.put(read_input(source, self.settings))
 
-    def admit(self, options: dict[str, Any], *, priority: str | None = None,
-              rules: ClientRules | None = None, books: Books | None = None,
-              service: bool = False) -> str:
-        """Refuse, before anything is stored, a job the service cannot run; its priority.
+    def admit(self, request: JobRequest | Mapping[str, Any], *, priority: str | None = None,
+              rules: ClientRules | None = None, books: Reservations | None = None,
+              service: bool = False, job_id: str = "") -> Reservation:
+        """Refuse, before anything is stored, a job the service cannot run; its reservation.
+
+        `request`: the job's (`JobRequest.for_door`), or the kwargs it is built of.
 
         The gate (`tasks/admission.py`) with this client's rules (the service-wide
         ones) unless `rules` are given: priority, URLs, options' shape and page syntax,
         its engine (`unknown_engine`, or `engine_unavailable` naming its `make` target);
         one read of the presence records, reused for PRESENCE_REUSE s (a job refused
         on a reused read is judged again on a fresh one). `books`: the service's page
-        caps and jobs in flight (the HTTP API's, a batch's).
+        caps and jobs in flight (the HTTP API's, a batch's), which the reservation of
+        job `job_id` holds until the sender commits or releases it.
         """
-        def judged(live: dict[str, set[str]]) -> str:
-            return admit(options, rules or self.rules, self.settings, live,
-                         priority=priority, books=books, service=service)
+        if not isinstance(request, JobRequest):
+            request = JobRequest.for_door(request)
+        asked = request
+
+        def judged(live: dict[str, set[str]]) -> Reservation:
+            return admit(asked, rules or self.rules, self.settings, live,
+                         priority=priority, books=books, service=service, job_id=job_id)
 
         seen = self._presence_seen
         if seen is not None and time.monotonic() - seen[0] < PRESENCE_REUSE:
@@ -142,40 +150,41 @@ class OcrClient:
         """The rules of the client jobs are sent under: the service-wide ones."""
         return ClientRules.service_wide(self.client)
 
-    def enqueue(self, kwargs: dict[str, Any], *, priority: str | None = None,
-                deadline: float | None = None, job_id: str | None = None,
-                owner: str = "", client: str | None = None,
+    def enqueue(self, request: JobRequest | Mapping[str, Any], *,
+                reservation: Reservation | None = None,
+                priority: str | None = None, deadline: float | None = None,
+                job_id: str | None = None, owner: str = "", client: str | None = None,
                 traceparent: str | None = None, created: float | None = None,
                 prefixes: tuple[str, ...] | None = None,
                 result_prefixes: tuple[str, ...] | None = None,
-                count_in_flight: bool = False, in_flight_limit: int = 0,
-                page_caps: PageCaps | None = None, input_data: bytes | None = None) -> str:
-        """Send `ocr.document` with these kwargs (input stored, job admitted); its id.
+                input_data: bytes | None = None) -> str:
+        """Send `ocr.document` with this request (input stored, job admitted); its id.
 
-        The sender (tasks/queue/sender.py) writes and sends it. `job_id` is a fresh
-        UUID unless given; `owner` (the HTTP API's client) is recorded in its control
+        `request`: the job's (`JobRequest.for_door`), or the kwargs it is built of. The
+        sender (tasks/queue/sender.py) writes and sends it, and commits or releases
+        its `reservation` (the gate's, `admit`). Without one the job is sent under
+        `job_id` (a fresh UUID unless given) at `priority`, to its engine's queue,
+        holding nothing. `owner` (the HTTP API's client) is recorded in its control
         hash. `client` is the name the job is sent under (its `ocr_client` header and
         lane; this client's own unless given); `created` the time it is listed under
         (epoch seconds; now unless given); `deadline` seconds from now. `traceparent`
         (W3C) is sent as a message header, also where this process does not trace.
         `prefixes`: the client's own URL prefixes, which the worker holds redirects to;
-        `result_prefixes`: where it writes results (None: under OCR_ALLOWED_URLS);
-        `count_in_flight`: count it in the client's jobs in flight, refused
-        (`quota_exceeded`) when `in_flight_limit` (0: none) are unfinished;
-        `page_caps`: the client's, its fewest pages held against them as it is sent.
-        `input_data`: the input, stored under `kwargs["blob"]` in the round trip that
+        `result_prefixes`: where it writes results (None: under OCR_ALLOWED_URLS).
+        `input_data`: the input, stored under `request.blob` in the round trip that
         writes the job's record (else the input is stored already, or named by URL).
         """
-        chosen = priority or DEFAULT_PRIORITY  # explicit: send_task ignores the default
-        if chosen not in PRIORITIES:
-            raise BadRequest(f"priority must be one of {', '.join(PRIORITIES)}")
+        sent_as = self.client if client is None else client_name(client)
+        if not isinstance(request, JobRequest):
+            request = JobRequest.for_door(request)
+        if reservation is None:
+            reservation = Reservation(job_id or uuid(), sent_as, job_queue(request.engine),
+                                      priority_for(self.rules, priority))
         return self.sender.send(OutgoingJob(
-            job_id=job_id or uuid(), kwargs=dict(kwargs), priority=chosen,
-            client=self.client if client is None else client_name(client), owner=owner,
+            reservation=reservation, request=request, client=sent_as, owner=owner,
             deadline=None if deadline is None else time.time() + deadline,
             created=created, traceparent=traceparent, prefixes=prefixes,
-            result_prefixes=result_prefixes, count_in_flight=count_in_flight,
-            in_flight_limit=in_flight_limit, page_caps=page_caps, input=input_data))
+            result_prefixes=result_prefixes, input=input_data))
 
     def cancel(self, ids: Iterable[str], wait: float = 10.0) -> dict[str, str]:
         """Cancel jobs by sending the public task `ocr.cancel` for each.
@@ -214,8 +223,9 @@ class OcrClient:
         An id with no record raises `JobNotFound`.
         """
         self.status(job_id)
-        kwargs = self.retry_kwargs(job_id, password)
-        return self.enqueue(kwargs, priority=self.admit(kwargs, priority=priority))
+        request = JobRequest.for_door(self.retry_kwargs(job_id, password))
+        return self.enqueue(request, reservation=self.admit(request, priority=priority,
+                                                            job_id=uuid()))
 
     def retry_kwargs(self, job_id: str, password: str | None = None) -> dict[str, Any]:
         """The `ocr.document` kwargs that re-read the failed pages of a PARTIAL job."""

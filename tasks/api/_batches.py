@@ -145,7 +145,7 @@ class BatchService:
                                  "its documents taken for outputs")
         options = request.job_options()
         priority = self.service.client.admit(options, priority=request.priority or "batch",
-                                             rules=rules, service=True)
+                                             rules=rules, service=True).priority
         callback_url = ""
         if request.callback_url:
             callback_url = callback_target(request.callback_url, settings).url

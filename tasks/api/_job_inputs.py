@@ -1,7 +1,8 @@
 """A job's input options decoded and checked: a file, a `path` or a `url`, and its targets.
 
 Runs in the `api` process, for `JobService.submit` (tasks/api/_service.py): what the
-workers would refuse is refused here first, before anything is stored.
+workers would refuse is refused here first, before anything is stored. The job's
+`JobRequest` is built here, once.
 """
 
 from __future__ import annotations
@@ -15,11 +16,22 @@ from tasks.api._schemas import JobOptions
 from tasks.errors import BadRequest, PathNotAllowed
 from tasks.lifecycle.callback_urls import callback_target
 from tasks.records.clients import ClientRules
+from tasks.records.request import JobRequest
 from tasks.settings import Settings
 
 
-def input_kwargs(options: JobOptions, upload: str | None, filename: str, rules: ClientRules,
-                 settings: Settings) -> dict[str, Any]:
+def job_request(options: JobOptions, upload: str | None, filename: str, rules: ClientRules,
+                settings: Settings) -> JobRequest:
+    """The job's request of its options: its input (a file, a `path` or a `url`) checked.
+
+    An uploaded file's request names no input (`source` ""): it is stored as the job
+    is sent (`JobRequest.stored_as`).
+    """
+    return JobRequest.for_door(_input_kwargs(options, upload, filename, rules, settings))
+
+
+def _input_kwargs(options: JobOptions, upload: str | None, filename: str, rules: ClientRules,
+                  settings: Settings) -> dict[str, Any]:
     """The task's arguments of a job's options: its input (a file, a `path` or a `url`) checked."""
     kwargs = options.task_kwargs()
     if options.deadline is not None and options.deadline <= time.time():

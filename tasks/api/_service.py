@@ -25,10 +25,9 @@ from typing import Any
 import redis
 
 from tasks import inference_server
-from tasks.admission import Books
 from tasks.api._access import ClientAccess, own_limit
 from tasks.api._errors import IdempotencyKeyReused, NotFinished, NotFound
-from tasks.api._job_inputs import input_kwargs
+from tasks.api._job_inputs import job_request
 from tasks.api._quotas import ClientBytes
 from tasks.api._readiness import ReadinessCheck
 from tasks.api._results import ResultBody, links, result_body
@@ -47,17 +46,18 @@ from tasks.lifecycle.page_views import PageChanges, corrected_result
 from tasks.operator_console import OperatorConsole
 from tasks.queue.routing import PRIORITIES
 from tasks.records.clients import ClientRules
+from tasks.records.request import JobRequest
 from tasks.records.status import JobStatus, WaitStatus
 from tasks.settings import Settings
 from tasks.state.api_jobs import ApiJobs
-from tasks.state.client_rules import InFlight
 from tasks.state.corrections import Corrections
 from tasks.state.job_state import Marks
 from tasks.state.keys import API_UPLOAD_PREFIX, api_blob_key, api_upload_key
 from tasks.state.liveness import WorkerPresence
+from tasks.state.reservations import Reservation
 from tasks.state.stored_bytes import over_quota
 from tasks.state.stores import BlobStore, OutputStore
-from tasks.state.usage import PageCaps, PageUsage
+from tasks.state.usage import PageUsage
 
 CANCEL_TASK = "ocr.cancel"
 SERVER_CHECK_SECONDS = 5.0  # the inference server is asked at most this often
@@ -85,9 +85,7 @@ class JobService:
         self.access = ClientAccess(settings, self.tokens, redis_client)
         self.bytes = ClientBytes(redis_client, settings.blob_ttl)
         self.usage = PageUsage(redis_client)  # pages read per client, against its caps
-        self.books = Books(self.usage, InFlight(redis_client, settings.blob_ttl
-                                                + settings.result_ttl),
-                           self.client.states.ended)
+        self.books = self.client.sender.reservations  # page caps and jobs in flight
         self.readiness = ReadinessCheck(
             WorkerPresence(redis_client), redis_client,
             inference_server.ServerWatch(settings, SERVER_CHECK_SECONDS))
@@ -142,45 +140,50 @@ class JobService:
         digest = None if not idempotency_key else self._idempotency(idempotency_key)
         fingerprint = _fingerprint(options, filename)
         rules = caller.rules(self.settings)
+        reservation = None
         try:
-            kwargs = input_kwargs(options, upload, filename, rules, self.settings)
+            request = job_request(options, upload, filename, rules, self.settings)
             earlier = self._replay(caller, digest, fingerprint)
             if earlier is not None:
                 self.discard(caller, upload)
                 return Submitted(earlier, True)
-            priority = self.admit(rules, kwargs, options.priority)  # the gate
             job_id = str(uuid.uuid4())
+            reservation = self.admit(rules, request, options.priority, job_id)  # the gate
             if digest and not self.jobs.claim_key(caller.name, digest, job_id, fingerprint):
                 earlier = self._replay(caller, digest, fingerprint)
                 if earlier is None:  # the claimant failed to send and let go
                     raise NotFinished("a request with this Idempotency-Key is being "
                                       "retried; ask again")
+                self.books.release(reservation)
                 self.discard(caller, upload)
                 return Submitted(earlier, True)
         except BaseException:
+            if reservation is not None:
+                self.books.release(reservation)
             self.discard(caller, upload)
             raise
+        adopted = None
         try:
             if upload is not None:
-                kwargs["blob"] = api_blob_key(caller.name, uuid.uuid4().hex)
-                self.bytes.adopt(caller.name, upload, kwargs["blob"])  # keeps its TTL
+                adopted = api_blob_key(caller.name, uuid.uuid4().hex)
+                self.bytes.adopt(caller.name, upload, adopted)  # keeps its TTL
+                request = request.stored_as(adopted)
             created = self.jobs.remember(caller.name, job_id, options.output,
-                                         str(kwargs.get("filename", "")))
+                                         request.filename)
             deadline = None if options.deadline is None else options.deadline - time.time()
-            self.client.enqueue(kwargs, priority=priority, deadline=deadline,
-                                job_id=job_id, owner=f"api:{caller.name}",
-                                client=caller.name, created=created,
+            self.client.enqueue(request, reservation=reservation, deadline=deadline,
+                                owner=f"api:{caller.name}", client=caller.name,
+                                created=created,
                                 traceparent=traceparent,  # the request's, passed on
                                 prefixes=rules.allowed_urls,
-                                result_prefixes=rules.result_urls, count_in_flight=True,
-                                in_flight_limit=rules.jobs_in_flight,
-                                page_caps=_caps(rules))
+                                result_prefixes=rules.result_urls)
         except BaseException:
+            self.books.release(reservation)
             if digest:
                 self.jobs.release_key(caller.name, digest)
             self.discard(caller, upload)
-            if "blob" in kwargs:  # the upload adopted: the blob goes, and its bytes record
-                self.bytes.discard(caller.name, kwargs["blob"])
+            if adopted is not None:  # the upload adopted: the blob goes, and its bytes record
+                self.bytes.discard(caller.name, adopted)
             self.jobs.forget(caller.name, job_id)
             raise
         return Submitted(job_id, False)
@@ -204,22 +207,20 @@ class JobService:
             raise InputTooLarge(f"the upload is larger than {self.settings.max_input_mb} MB "
                                 "(OCR_MAX_INPUT_MB); nothing was stored")
 
-    def admit(self, rules: ClientRules, kwargs: dict[str, Any],
-              priority: str | None) -> str:
-        """The gate, with the service's books (page caps, jobs in flight); the priority.
+    def admit(self, rules: ClientRules, request: JobRequest,
+              priority: str | None, job_id: str) -> Reservation:
+        """The gate, with the service's books (page caps, jobs in flight); the reservation.
 
         A `lang` naming a code that is no tesseract language and that no live worker
         reads is `unknown_language` (422), as `submit.py` refuses it.
         """
-        lang = kwargs.get("lang")
-        unread = OperatorConsole(self.client).unread_codes(lang if isinstance(lang, str)
-                                                           else None)
+        unread = OperatorConsole(self.client).unread_codes(request.lang)
         if unread:
             raise UnknownLanguage(f"{', '.join(map(repr, unread))} is no tesseract "
                                   "language code and no live worker reads it "
                                   "(docs/languages.md); nothing was stored")
-        return self.client.admit(kwargs, priority=priority, rules=rules, books=self.books,
-                                 service=True)
+        return self.client.admit(request, priority=priority, rules=rules, books=self.books,
+                                 service=True, job_id=job_id)
 
     def owned(self, caller: ApiClient, job_id: str) -> None:
         """NotFound unless the job is the client's own."""
@@ -326,18 +327,18 @@ class JobService:
         status, _ = self._status(job_id, record)
         if status.status != JobStatus.PARTIAL:
             raise BadRequest(f"only a PARTIAL job can be retried; this one is {status.status}")
-        kwargs = self.client.retry_kwargs(job_id, options.password)
-        priority = self.admit(rules, kwargs, options.priority)  # the gate
+        request = JobRequest.for_door(self.client.retry_kwargs(job_id, options.password))
         new_id = str(uuid.uuid4())
-        created = self.jobs.remember(caller.name, new_id, str(kwargs["output"]),
-                                     str(kwargs.get("filename", "")))
+        reservation = self.admit(rules, request, options.priority, new_id)  # the gate
         try:
-            self.client.enqueue(kwargs, priority=priority, job_id=new_id,
+            created = self.jobs.remember(caller.name, new_id, request.output,
+                                         request.filename)
+            self.client.enqueue(request, reservation=reservation,
                                 owner=f"api:{caller.name}", client=caller.name,
                                 created=created, prefixes=rules.allowed_urls,
-                                result_prefixes=rules.result_urls, count_in_flight=True,
-                                in_flight_limit=rules.jobs_in_flight, page_caps=_caps(rules))
+                                result_prefixes=rules.result_urls)
         except BaseException:
+            self.books.release(reservation)
             self.jobs.forget(caller.name, new_id)
             raise
         return new_id
@@ -357,10 +358,6 @@ class JobService:
         if len(key) > 255:
             raise BadRequest("Idempotency-Key is at most 255 characters")
         return hashlib.sha256(key.encode()).hexdigest()
-
-
-def _caps(rules: ClientRules) -> PageCaps:
-    return PageCaps(rules.pages_per_day, rules.pages_per_month)
 
 
 def _fingerprint(options: JobOptions, filename: str) -> str:

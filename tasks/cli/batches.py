@@ -178,7 +178,7 @@ def _start(args: argparse.Namespace, session: Session, options: dict[str, Any]) 
     """Record a batch in Redis and send its first step; wait for its end (or not)."""
     client = session.client
     try:
-        priority = client.admit(options, priority=args.priority)
+        priority = client.admit(options, priority=args.priority).priority
         # The target where this client writes results, clear of read-only prefixes.
         check_result_target(args.result_url, client.rules, session.settings,
                             service=False, batch=True)

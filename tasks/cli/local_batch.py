@@ -17,9 +17,11 @@ import json
 import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, TextIO
+
+from kombu.utils.uuid import uuid
 
 from tasks.client import OcrClient
 from tasks.lifecycle.batch_local import LocalFolder, LocalTarget
@@ -30,8 +32,10 @@ from tasks.lifecycle.fetcher import Fetcher
 from tasks.lifecycle.url_inputs import result_content
 from tasks.records.batches import BatchRecord, BatchState
 from tasks.records.formats import FORMATS
+from tasks.records.request import JobRequest
 from tasks.records.status import JobStatus
 from tasks.state.batch_store import BatchStore, progress_of
+from tasks.state.reservations import Reservation
 
 POLL_SECONDS = 0.2     # between two steps
 PROGRESS_SECONDS = 1.0  # at most one progress line this often (a terminal, --progress)
@@ -82,16 +86,22 @@ class LocalPorts:
     def source(self, record: BatchRecord, target: Target) -> Source:
         return LocalFolder(Path(record.source), Path(record.target), self.chosen)
 
-    def admit(self, record: BatchRecord, kwargs: dict[str, Any]) -> None:
-        self.client.admit(self._job_options(kwargs), priority=record.priority)
+    def admit(self, record: BatchRecord, request: JobRequest) -> Reservation:
+        return self.client.admit(self._local(request), priority=record.priority,
+                                 job_id=uuid())
 
-    def send(self, record: BatchRecord, kwargs: dict[str, Any], replacing: str = "") -> str:
-        options = self._job_options(kwargs)
-        path = str(options.pop("path"))
+    def release(self, reservation: Reservation) -> None:
+        return None  # this client's reservations hold no place and no pages
+
+    def send(self, record: BatchRecord, request: JobRequest,
+             reservation: Reservation | None = None, replacing: str = "") -> str:
+        local = self._local(request)
+        path = str(local.path)
         blob = self.client.put_input(path)
-        job_id = self.client.enqueue({**options, "blob": blob}, priority=record.priority)
+        job_id = self.client.enqueue(local.stored_as(blob), reservation=reservation,
+                                     priority=record.priority)
         name = Path(path).relative_to(record.source).as_posix()  # its name in the batch
-        self._outputs[job_id] = (name, str(options.get("output", "text")))
+        self._outputs[job_id] = (name, local.output)
         return job_id
 
     def endings(self, record: BatchRecord, job_ids: list[str]) -> dict[str, dict[str, Any]]:
@@ -125,10 +135,9 @@ class LocalPorts:
     def forget(self, job_ids: list[str]) -> None:
         return None  # their records expire as any job's
 
-    def _job_options(self, kwargs: dict[str, Any]) -> dict[str, Any]:
-        """The driver's kwargs as a local job's: its file by path, no result URL."""
-        password = {"password": self.password} if self.password else {}
-        return {**{k: v for k, v in kwargs.items() if k != "result_url"}, **password}
+    def _local(self, request: JobRequest) -> JobRequest:
+        """The driver's request as a local job's: its file by path, no result URL."""
+        return replace(request, result_url=None, password=self.password or request.password)
 
 
 def run_local(client: OcrClient, store: BatchStore, source: Path, target_dir: Path,

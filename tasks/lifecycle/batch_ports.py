@@ -13,6 +13,8 @@ if TYPE_CHECKING:
     from tasks.lifecycle.batch_sources import Source, Target
     from tasks.lifecycle.fetcher import Fetcher
     from tasks.records.batches import BatchRecord
+    from tasks.records.request import JobRequest
+    from tasks.state.reservations import Reservation
 
 
 class BatchPorts(Protocol):
@@ -27,15 +29,21 @@ class BatchPorts(Protocol):
     def source(self, record: BatchRecord, target: Target) -> Source:
         """What the batch reads (its `source`, checked)."""
 
-    def admit(self, record: BatchRecord, kwargs: dict[str, Any]) -> None:
-        """The gate for one document's job: its error, or None (QuotaExceeded: wait)."""
+    def admit(self, record: BatchRecord, request: JobRequest) -> Reservation:
+        """The gate for one document's job: its reservation, or its error.
 
-    def send(self, record: BatchRecord, kwargs: dict[str, Any], replacing: str = "") -> str:
+        QuotaExceeded: its client's jobs in flight are full (wait).
+        """
+
+    def release(self, reservation: Reservation) -> None:
+        """Give back a reservation whose job was not sent (none once it was)."""
+
+    def send(self, record: BatchRecord, request: JobRequest,
+             reservation: Reservation | None = None, replacing: str = "") -> str:
         """Send one document's job (the batch's client, priority); its id.
 
-        QuotaExceeded: its client's jobs in flight filled since `admit` (wait);
-        PageQuotaExceeded: its pages would pass the client's caps (refused).
-        `replacing`: the job whose place in flight it takes (never refused).
+        `reservation`: the gate's, committed by the send. None: the job takes
+        `replacing`'s place in flight (never refused).
         """
 
     def endings(self, record: BatchRecord, job_ids: list[str]) -> dict[str, dict[str, Any]]:

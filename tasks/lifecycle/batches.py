@@ -37,7 +37,7 @@ import uuid
 from dataclasses import replace
 from typing import TYPE_CHECKING, Any
 
-from tasks.errors import InputTooLarge, OcrError, PageQuotaExceeded, QuotaExceeded
+from tasks.errors import InputTooLarge, OcrError, QuotaExceeded
 from tasks.lifecycle.batch_lines import (
     FAILED,
     document_options,
@@ -65,6 +65,7 @@ from tasks.lifecycle.batch_sources import (
 from tasks.lifecycle.url_policy import is_url
 from tasks.records.batches import BatchRecord, BatchState
 from tasks.records.formats import FORMATS
+from tasks.records.request import JobRequest
 from tasks.records.status import JobStatus
 from tasks.state.batch_store import BatchStore
 
@@ -73,6 +74,7 @@ if TYPE_CHECKING:
 
     from tasks.lifecycle.batch_ports import BatchPorts
     from tasks.settings import Settings
+    from tasks.state.reservations import Reservation
 
 log = logging.getLogger(__name__)
 # A step's lock: kept alive page by page while the step runs, so a step whose process
@@ -242,7 +244,8 @@ class BatchDriver:
                 self.store.passed(batch_id, cursor, skipped=1, **counted)
                 return PASSED
         try:  # the gate first: a refused document's object is never asked
-            self.ports.admit(record, self._kwargs(record, document, options, {}))
+            request = self._request(record, document, options)
+            reservation = self.ports.admit(record, request)
         except QuotaExceeded:
             return WAIT
         except OcrError as exc:
@@ -250,6 +253,17 @@ class BatchDriver:
                 raise  # Redis or a store briefly away: the step is tried again
             return self._refuse(record, target, document, options, cursor, counted,
                                 exc.code)
+        try:
+            return self._send_admitted(record, target, document, options, cursor, index,
+                                       counted, request, reservation)
+        finally:
+            self.ports.release(reservation)  # none once its job was sent
+
+    def _send_admitted(self, record: BatchRecord, target: Target, document: Document,
+                       options: dict[str, Any], cursor: str, index: ManifestIndex | None,
+                       counted: dict[str, int], request: JobRequest,
+                       reservation: Reservation) -> int:
+        """Refuse, skip or send an admitted document: SENT or PASSED."""
         size = document.version.get("size")
         if isinstance(size, int) and size > self.settings.max_input_bytes:
             # Its job would read it with no HEAD (its ETag pinned): refused here, unread.
@@ -274,17 +288,11 @@ class BatchDriver:
             failed = line is not None and line.get("status") in FAILED
             if same_read(line, document, options_digest(options)) \
                     and not (failed and record.retry_failed):
-                self.store.passed(batch_id, cursor, skipped=1,
+                self.store.passed(record.id, cursor, skipped=1,
                                   **({"skipped_failed": 1} if failed else {}), **counted)
                 return PASSED
-        try:
-            job_id = self.ports.send(record, self._kwargs(record, document, options, pin))
-        except QuotaExceeded:
-            return WAIT  # another door took the last place first
-        except PageQuotaExceeded as exc:  # another door took the last pages first
-            return self._refuse(record, target, document, options, cursor, counted,
-                                exc.code)
-        self.store.sent(batch_id, job_id, document.to_json(), cursor, **counted)
+        job_id = self.ports.send(record, replace(request, **pin), reservation)
+        self.store.sent(record.id, job_id, document.to_json(), cursor, **counted)
         return SENT
 
     def _refuse(self, record: BatchRecord, target: Target, document: Document,
@@ -296,18 +304,22 @@ class BatchDriver:
         self.store.passed(record.id, cursor, **merged(counted, line_counts(line)))
         return PASSED
 
-    def _kwargs(self, record: BatchRecord, document: Document, options: dict[str, Any],
-                pin: dict[str, Any]) -> dict[str, Any]:
-        """The job's kwargs: the document, its options, where its output goes."""
+    def _request(self, record: BatchRecord, document: Document, options: dict[str, Any],
+                 pin: dict[str, Any] | None = None) -> JobRequest:
+        """The job's request: the document, its options, where its output goes.
+
+        `pin`: the version of the document it reads. BadRequest: options it cannot take.
+        """
         output = str(options.get("output", "text"))
+        fixed = dict(pin or {})
         if record.document_callbacks and record.callback_url:
-            pin = {**pin, "callback_url": record.callback_url}  # each job's summary
+            fixed["callback_url"] = record.callback_url  # each job's summary
         suffix_of = output if output in FORMATS else "text"  # the gate refuses it
         # A local folder's document is a file here; any other batch's names a URL only.
         source = {"path": document.url} if record.local else {"url": document.url}
-        return {**options, **pin, **source,
-                "filename": document.name.rsplit("/", 1)[-1],
-                "result_url": f"{record.target}{output_name(document.name, suffix_of)}"}
+        return JobRequest.for_door({
+            **options, **fixed, **source, "filename": document.name.rsplit("/", 1)[-1],
+            "result_url": f"{record.target}{output_name(document.name, suffix_of)}"})
 
     def _resend(self, record: BatchRecord, flight: dict[str, Any],
                 stalled: list[str]) -> None:
@@ -321,8 +333,8 @@ class BatchDriver:
             pin = {"url_etag": document.version["etag"]} if document.version.get("etag") \
                 else {"url_version": document.version["version_id"]} \
                 if document.version.get("version_id") else {}
-            kwargs = self._kwargs(record, document, document_options(record, document), pin)
-            new_id = self.ports.send(record, kwargs, replacing=job_id)
+            request = self._request(record, document, document_options(record, document), pin)
+            new_id = self.ports.send(record, request, replacing=job_id)
             log.warning("batch %s: job %s's ending died with its host; %s sent again as %s",
                         record.id, job_id, document.name, new_id)
             self.store.sent(record.id, new_id, document.to_json(), record.cursor)

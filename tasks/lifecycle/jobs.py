@@ -114,11 +114,10 @@ def cache_scope(job_id: str, settings: Settings, stores: Stores) -> str:
 
 
 def process_job(job_id: str, request: JobRequest, settings: Settings,
-                engines: ResidentEngines, stores: Stores,
+                engines: ResidentEngines, stores: Stores, engine_name: str,
                 previous: DocumentResult | None = None,
                 progress: Progress | None = None,
                 started: float | None = None,
-                engine_name: str | None = None,
                 pages_read: PagesRead | None = None,
                 check_pages: Callable[[int], None] | None = None,
                 carried: CarriedWrites | None = None,
@@ -129,8 +128,8 @@ def process_job(job_id: str, request: JobRequest, settings: Settings,
     pages): its good pages complete this job's result. `started` (epoch seconds, now
     by default) is when the task began: the result's `timings.total_seconds` counts
     from there, reading the input and planning a PDF included. `engine_name` is the
-    engine that reads it when the caller has routed the job already (the task has, to
-    name it in failures), else `engines.for_job` routes it here. `pages_read` is told
+    engine that reads it, as the caller routed the job (`engines.for_job`: the task
+    does, to name it in failures). `pages_read` is told
     the pages read here (or answered from the cache: its flag), before the job ends and
     without those a retry takes from `previous` (the caller's metrics). `check_pages`
     is told how many pages the job will read once they are counted, before any is read
@@ -157,7 +156,6 @@ def process_job(job_id: str, request: JobRequest, settings: Settings,
                if request.url else None)
     identity = located.identity if located is not None else None
     data = b"" if located is not None else read_input(request, settings, stores.blobs)
-    engine_name = engine_name or engines.for_job(request.engine, request.lang)
     loaded = engines.get(engine_name)  # fails fast when this child's load failed
     options = recognize_options(request)  # the job's options, decided once
     loaded.engine.check(options)  # refusals: lang, output

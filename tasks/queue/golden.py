@@ -29,13 +29,15 @@ from celery import shared_task
 from tasks.errors import OcrError
 from tasks.evaluation.scoring import score_pages, total
 from tasks.lifecycle.eval_sets import eval_documents
-from tasks.queue.routing import queue_for_engine
+from tasks.queue.routing import job_queue, queue_for_engine
 from tasks.queue.sender import JobSender, OutgoingJob
 from tasks.records.engines import ENGINES
+from tasks.records.request import JobRequest
 from tasks.settings import Settings
 from tasks.state.connection import connect
 from tasks.state.golden import GoldenStore
 from tasks.state.liveness import WorkerPresence
+from tasks.state.reservations import Reservation
 from tasks.state.stores import BlobStore
 
 __all__ = ["CLIENT", "golden_score", "release", "send_run", "send_scheduled", "served_engines"]
@@ -87,8 +89,8 @@ def send_run(settings: Settings, sender: JobSender, put: Callable[[bytes], str],
                       "engine": engine, "no_cache": True,
                       "ground_truth": "\f".join(document.truth),
                       "callback_task": "ocr.golden_score"}
-            sender.send(OutgoingJob(job_id=job_id, kwargs=kwargs, priority="batch",
-                                    client=CLIENT))
+            sender.send(OutgoingJob(Reservation(job_id, CLIENT, job_queue(engine), "batch"),
+                                    JobRequest.for_door(kwargs), client=CLIENT))
             jobs.setdefault(engine, []).append(job_id)
     return {"run": run, "engines": engines, "documents": len(documents), "jobs": jobs}
 

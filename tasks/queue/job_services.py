@@ -28,8 +28,10 @@ from tasks.state.boundary import publishing
 from tasks.state.connection import connect
 from tasks.state.job_control import JobControl
 from tasks.state.job_index import JobIndex
+from tasks.state.job_state import JobStateReader
 from tasks.state.join import DocumentJoin, PageProgress, ProgressWrite
 from tasks.state.liveness import WorkerPresence
+from tasks.state.reservations import Reservations
 from tasks.state.stores import BlobStore, OutputStore, ResultCache, Stores
 from tasks.state.usage import PageUsage
 
@@ -218,6 +220,7 @@ class JobServices:
     index: JobIndex
     usage: PageUsage  # pages read per client, and their caps
     presence: WorkerPresence  # the queues live workers consume (an escalation's engine)
+    reservations: Reservations  # a job's page hold, settled once its count is known
 
     @classmethod
     def for_app(cls, app: OcrCelery) -> JobServices:
@@ -230,10 +233,12 @@ class JobServices:
                             ResultCache(client, settings.result_ttl),
                             OutputStore(client, settings.result_ttl), control)
             join = DocumentJoin(client, settings.blob_ttl)
+            reservations = Reservations(client, settings.blob_ttl + settings.result_ttl,
+                                        JobStateReader(client, app.backend).ended)
             made = cls(stores, join, JobEnder(control, join,
                                               CeleryPorts(app, control)),
                        JobIndex(client, settings.blob_ttl + settings.result_ttl,
-                                settings.jobs_listed), PageUsage(client),
-                       WorkerPresence(client))
+                                settings.jobs_listed), reservations.usage,
+                       WorkerPresence(client), reservations)
             app._job_services = made
         return made

@@ -147,12 +147,12 @@ def document(self: Task, *args: Any, **kwargs: Any) -> dict[str, Any]:
     try:
         with transient("Redis or the broker"):
             read = functools.partial(
-                process_job, job_id, request, settings, engines, services.stores,
+                process_job, job_id, request, settings, engines, services.stores, engine,
                 _previous(self.app, request),
                 progress=functools.partial(report_progress, self.app, job_id),
-                started=started, engine_name=engine,
+                started=started,
                 pages_read=functools.partial(_pages_read, engine, client, job_id, carried),
-                check_pages=functools.partial(services.usage.admit, client),
+                check_pages=functools.partial(services.reservations.settle, job_id, client),
                 carried=carried, served=functools.partial(serves, self.app))
             # A thread pool enforces no limit: the job's own read is bounded here.
             work = (thread_limits.bounded(settings.soft_time_limit, read)

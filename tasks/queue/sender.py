@@ -2,13 +2,11 @@
 
 Runs in client processes (`OcrClient.enqueue`: submit.py, the HTTP API, local batches)
 and in worker children (a batch's driver, `tasks/batch_worker.py`). A job is
-admitted first (tasks/admission.py); then `JobSender.send` takes its `OutgoingJob` and
+admitted first (tasks/admission.py:admit): its reservation (tasks/state/reservations.py)
+names its queue and priority, and holds its place among the client's jobs in flight
+and its pages. `JobSender.send` takes its `OutgoingJob`, commits the reservation once
+the job is sent, or releases it when the send fails; it
 
-0. when asked, holds its fewest pages against the client's page caps
-   (`PageUsage.reserve`; `page_quota_exceeded`) and reserves its place among the
-   client's jobs in flight (`InFlight.reserve`; `quota_exceeded`), each checked and
-   taken in one script, nothing written when refused; a send that fails after them
-   gives both back,
 1. writes its control hash `ocr:job:<id>` (input blob, file name, deadline, queue,
    priority, when accepted; its owner, client, batch, `prefixes`: the JSON list of the
    client's own URL prefixes, which the worker checks each redirect hop against, and
@@ -31,7 +29,7 @@ import json
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from typing import Any
 
@@ -39,20 +37,20 @@ import redis
 from celery import Celery
 
 from tasks import tracing
-from tasks.errors import OcrError, QuotaExceeded, ReplicaMissing
+from tasks.errors import OcrError, ReplicaMissing
 from tasks.queue.message_headers import job_headers
-from tasks.queue.routing import job_queue, priority_value
+from tasks.queue.routing import priority_value
 from tasks.records.clients import client_name
+from tasks.records.request import JobRequest
 from tasks.settings import Settings
 from tasks.state import lua
 from tasks.state.boundary import transient
-from tasks.state.client_rules import InFlight
 from tasks.state.job_control import ENDING_DONE, JobControl
 from tasks.state.job_index import JobIndex
 from tasks.state.job_state import JobStateReader
 from tasks.state.keys import job_ended_key
+from tasks.state.reservations import Reservation, Reservations
 from tasks.state.stores import BlobStore
-from tasks.state.usage import PageCaps, PageUsage, fewest_pages
 
 SEND_TASK = "ocr.document"
 
@@ -61,20 +59,17 @@ SEND_TASK = "ocr.document"
 class OutgoingJob:
     """One admitted job, as the sender writes and sends it.
 
-    `kwargs`: `ocr.document`'s (its input already stored or named); `priority`: a
-    name of `PRIORITIES`, as the gate chose it; `deadline`: epoch seconds (a job not
-    started by then never starts); `created`: the time it is listed under; `prefixes`:
-    the client's own URL prefixes (None: OCR_ALLOWED_URLS alone); `result_prefixes`:
-    where it writes results (`ClientRules.result_urls`; None: under OCR_ALLOWED_URLS,
-    empty: nowhere); `count_in_flight`:
-    count it among the client's jobs in flight until it ends, refused when
-    `in_flight_limit` (0: none) are unfinished; `page_caps`: the client's, which the
-    fewest pages the job reads are held against until they are counted.
+    `reservation`: what the gate took for it (its id, queue and priority, its place
+    in flight and page hold); `request`: the door's (its input stored or named, or
+    `input`, stored under its `blob` with its record); `deadline`: epoch seconds (a
+    job not started by then never starts); `created`: the time it is listed under;
+    `prefixes`: the client's own URL prefixes (None: OCR_ALLOWED_URLS alone);
+    `result_prefixes`: where it writes results (`ClientRules.result_urls`; None: under
+    OCR_ALLOWED_URLS, empty: nowhere).
     """
 
-    job_id: str
-    kwargs: dict[str, Any]
-    priority: str
+    reservation: Reservation
+    request: JobRequest
     client: str = ""
     owner: str = ""
     batch: str = ""
@@ -83,11 +78,16 @@ class OutgoingJob:
     traceparent: str | None = None
     prefixes: tuple[str, ...] | None = None
     result_prefixes: tuple[str, ...] | None = None
-    count_in_flight: bool = False
-    in_flight_limit: int = 0
-    page_caps: PageCaps | None = None
     extra: dict[str, str] = field(default_factory=dict)  # more control-hash fields
-    input: bytes | None = None  # stored under kwargs["blob"] with the job's record
+    input: bytes | None = None  # stored under request.blob with the job's record
+
+    @property
+    def job_id(self) -> str:
+        return self.reservation.job_id
+
+    @property
+    def priority(self) -> str:
+        return self.reservation.priority
 
 
 class JobSender:
@@ -101,44 +101,34 @@ class JobSender:
         self.blobs = BlobStore(redis_client, settings.blob_ttl)
         self.index = JobIndex(redis_client, settings.blob_ttl + settings.result_ttl,
                               settings.jobs_listed)
-        self.in_flight = InFlight(redis_client, settings.blob_ttl + settings.result_ttl)
         self._states = JobStateReader(redis_client, app.backend)
-        self.usage = PageUsage(redis_client)
+        self.reservations = Reservations(redis_client, settings.blob_ttl + settings.result_ttl,
+                                         self._states.ended)
 
     def send(self, job: OutgoingJob) -> str:
         """Write, keep and send the job; its id. ReplicaMissing: nothing runs.
 
-        PageQuotaExceeded, QuotaExceeded: the client's page caps or jobs in flight are
-        full, nothing was written.
+        The job's reservation is committed once it is sent, else released.
         """
-        client = client_name(job.client)
-        held = job.page_caps is not None and job.page_caps.any
-        if job.page_caps is not None:
-            pages = job.kwargs.get("pages")
-            self.usage.reserve(client, job.job_id,
-                               fewest_pages(pages if isinstance(pages, str) else None),
-                               job.page_caps, self._states.ended)
         try:
-            if job.count_in_flight and not self.in_flight.reserve(
-                    client, job.job_id, job.in_flight_limit, self._states.ended,
-                    job.created):
-                raise over_in_flight(job.in_flight_limit)
-            return self._send(job, client)
+            sent = self._send(job, client_name(job.client))
         except BaseException:
-            self._give_back(client, job.job_id, job.count_in_flight, held)
+            self.reservations.release(job.reservation)
             raise
+        self.reservations.commit(job.reservation)
+        return sent
 
     def _send(self, job: OutgoingJob, client: str) -> str:
-        kwargs = dict(job.kwargs)
+        request = job.request
         send: dict[str, Any] = {"task_id": job.job_id,
                                 "priority": priority_value(self.settings, job.priority)}
         if job.deadline is not None:
-            kwargs["deadline"] = job.deadline
+            request = replace(request, deadline=job.deadline)
             send["expires"] = datetime.fromtimestamp(job.deadline, tz=UTC)
-        control = {"blob": str(kwargs.get("blob", "")),
-                   "filename": str(kwargs.get("filename", "")),
-                   "deadline": str(kwargs.get("deadline", "")),
-                   "queue": job_queue(kwargs.get("engine")),  # where route_task sends it
+        kwargs = request.to_kwargs()  # the one encoding: `ocr.document` decodes it once
+        control = {"blob": request.blob or "", "filename": request.filename,
+                   "deadline": "" if request.deadline is None else str(request.deadline),
+                   "queue": job.reservation.queue,
                    "priority": job.priority, "accepted": f"{time.time():.3f}", **job.extra}
         for name, value in (("owner", job.owner), ("client", client), ("batch", job.batch)):
             if value:
@@ -189,16 +179,6 @@ class JobSender:
         except (OcrError, redis.RedisError):
             pass  # Redis went away: the job's record and message likely went with it
 
-    def _give_back(self, client: str, job_id: str, in_flight: bool, held: bool) -> None:
-        """A job not sent leaves the client's jobs in flight and its pages' hold."""
-        try:
-            if in_flight:
-                self.in_flight.remove(client, job_id)
-            if held:
-                self.usage.release(client, job_id)
-        except redis.RedisError:
-            pass  # Redis went away: both are freed when a reservation finds it ended
-
     def stalled(self, job_ids: list[str], seconds: float) -> list[str]:
         """Jobs whose end claim, taken `seconds` ago or more, still names a holder.
 
@@ -218,12 +198,6 @@ class JobSender:
             if self.settings.result_ttl - ttl >= seconds:
                 out.append(job_id)
         return out
-
-
-def over_in_flight(limit: int) -> QuotaExceeded:
-    """The refusal of a job past the client's `limit` jobs in flight (429 at the API)."""
-    return QuotaExceeded(f"{limit} jobs are unfinished (the client's jobs-in-flight "
-                         "quota; batch documents count)", headers={"Retry-After": "5"})
 
 
 @contextmanager

@@ -9,8 +9,8 @@ from __future__ import annotations
 
 import re
 import sys
-from collections.abc import Collection
-from dataclasses import asdict, dataclass, field, replace
+from collections.abc import Collection, Mapping
+from dataclasses import MISSING, asdict, dataclass, field, fields, replace
 from typing import Any
 
 from tasks.errors import BadRequest, InvalidPages
@@ -53,7 +53,12 @@ _TASK_NAME = re.compile(r"^[A-Za-z_][\w.:-]{0,199}$")
 
 @dataclass(frozen=True)
 class JobRequest:
-    """The validated arguments of one `ocr.document` job (the input itself excluded)."""
+    """The validated arguments of one `ocr.document` job (the input itself excluded).
+
+    Built once by each door (`for_door`), taken by the gate and sent by the sender
+    (`to_kwargs`); decoded once more by the task from its message (`from_kwargs`).
+    `source` is "" while a door's input is not stored yet (an upload, a local file).
+    """
 
     source: str
     blob: str | None = None
@@ -90,18 +95,30 @@ class JobRequest:
     escalate_below: float | None = None
 
     @classmethod
-    def from_kwargs(cls, kwargs: dict[str, Any], engines: Collection[str]) -> JobRequest:
+    def for_door(cls, kwargs: Mapping[str, Any]) -> JobRequest:
+        """A door's request from `ocr.document`'s kwargs: their shape checked.
+
+        Its input may come apart (`source` "": stored as the job is sent, `stored_as`);
+        its engine is the gate's to check (tasks/admission.py), against live workers.
+        """
+        return cls.from_kwargs(kwargs, None, input_apart=True)
+
+    @classmethod
+    def from_kwargs(cls, kwargs: Mapping[str, Any], engines: Collection[str] | None,
+                    input_apart: bool = False) -> JobRequest:
         """Validate the kwargs' shape; `engines`: the engine names a job may ask for.
 
         The callback URL's policy, and that of `url` and `result_url`
         (OCR_ALLOWED_URLS), are checked where the request is used
-        (`tasks.lifecycle.inputs.decode_request`), not here.
+        (`tasks.lifecycle.inputs.decode_request`), not here. `engines` None: any
+        name; `input_apart`: kwargs naming no input are a request whose `source` is "".
         """
         unknown = sorted(set(kwargs) - set(SOURCES) - set(OPTIONS) - set(NUMBER_OPTIONS)
                          - set(FRACTION_OPTIONS) - set(BOOLEAN_OPTIONS))
         if unknown:
             raise BadRequest(f"unknown argument(s): {', '.join(unknown)}")
-        given = [s for s in SOURCES if kwargs.get(s) not in (None, "")]
+        given = [s for s in SOURCES if kwargs.get(s) not in (None, "")] or \
+            ([""] if input_apart else [])
         if len(given) != 1:
             raise BadRequest("give exactly one of data_b64, blob, path or url")
         for name in (*SOURCES, *OPTIONS):
@@ -126,7 +143,8 @@ class JobRequest:
                                          *FRACTION_OPTIONS, *BOOLEAN_OPTIONS)
                   if kwargs.get(k) not in (None, "")}
         request = cls(source=given[0], **chosen)
-        if request.engine is not None and request.engine not in engines:
+        if request.engine is not None and engines is not None \
+                and request.engine not in engines:
             raise BadRequest(f"unknown engine {request.engine!r}; choose one of "
                              f"{', '.join(engines)}")
         if request.escalate is not None and request.escalate not in VLM_ENGINES:
@@ -175,6 +193,15 @@ class JobRequest:
             return replace(self, escalate=None, escalate_below=None)
         return replace(self, escalate=escalate, escalate_below=below
                        if self.escalate_below is None else float(self.escalate_below))
+
+    def to_kwargs(self) -> dict[str, Any]:
+        """`ocr.document`'s kwargs (docs/tasks.md): every argument not at its default.
+
+        No `source` (the input's own name says it), no `client` (its message's header).
+        """
+        return {f.name: getattr(self, f.name) for f in fields(self)
+                if f.name not in ("source", "client")
+                and getattr(self, f.name) != (None if f.default is MISSING else f.default)}
 
     def to_json(self) -> dict[str, Any]:
         """The request as stored in Redis: no inline payload (it is in a blob by then)."""

@@ -42,7 +42,8 @@ class ApiJobs:
     def remember(self, owner: str, job_id: str, output: str, filename: str) -> float:
         """Record a job about to be sent; its `created`.
 
-        The sender counts it among its owner's open jobs (`InFlight.reserve`).
+        The gate counts it among its owner's open jobs (its reservation,
+        `Reservations.take`).
         """
         now = round(time.time(), 3)
         pipe = self._redis.pipeline()

@@ -5,9 +5,10 @@ its client's rules each step) and in submit.py (local batches). The token record
 `ocr:api:clients` field <name> (JSON, written by tasks/api/tokens.py); a client
 without one is held to the service-wide rules. Its unfinished jobs, single jobs and
 batch documents alike, are the sorted set `ocr:api:inflight:<client>` (job id ->
-the time it was sent). A job is counted by `InFlight.reserve`: one Lua script that
-checks the limit and adds the job together, so simultaneous sends of one client cannot
-all pass a check that only some of them fit in.
+the time it was sent). A job is counted by its reservation at the gate
+(tasks/state/reservations.py): one Lua script checks the limit and adds the job
+together, so simultaneous sends of one client cannot all pass a check that only some
+of them fit in.
 
 A job leaves the set when it ends, whatever its status: the step that marks its
 ending done removes it (tasks/state/job_scripts.py, `JobControl.mark_ended`). When
@@ -27,7 +28,6 @@ import redis
 
 from tasks.records.clients import RUNNING_BATCHES, ClientRules
 from tasks.settings import Settings
-from tasks.state import lua
 from tasks.state.keys import API_CLIENTS_KEY, api_inflight_key, job_key
 
 # Seconds a place is kept for a job without a record: its sender writes the job's record
@@ -60,18 +60,19 @@ def read_rules(client: redis.Redis, name: str, settings: Settings) -> ClientRule
     return rules_of(name, json.loads(raw) if raw else None, settings)
 
 
-# KEYS[1]: the client's set. ARGV: the job id, its time, the limit (0: none), the TTL.
-# Adds the job unless the set holds `limit` others; returns the count with it, or -1.
-_RESERVE = lua.Script("""
-local limit = tonumber(ARGV[3])
-if limit > 0 and redis.call('ZSCORE', KEYS[1], ARGV[1]) == false
-    and redis.call('ZCARD', KEYS[1]) >= limit then
-  return -1
+# Lua functions over the client's set (`key`), for the reservation's one script
+# (tasks/state/reservations.py). `in_flight_room`: whether `job` is counted already or
+# the set holds fewer than `limit` (0: no limit); `in_flight_add` counts it.
+IN_FLIGHT_LUA = """
+local function in_flight_room(key, job, limit)
+  return limit <= 0 or redis.call('ZSCORE', key, job) ~= false
+    or redis.call('ZCARD', key) < limit
 end
-redis.call('ZADD', KEYS[1], ARGV[2], ARGV[1])
-redis.call('EXPIRE', KEYS[1], ARGV[4])
-return redis.call('ZCARD', KEYS[1])
-""")
+local function in_flight_add(key, job, at, ttl)
+  redis.call('ZADD', key, at, job)
+  redis.call('EXPIRE', key, ttl)
+end
+"""
 
 
 class InFlight:
@@ -80,21 +81,6 @@ class InFlight:
     def __init__(self, client: redis.Redis, ttl: int) -> None:
         self._redis = client
         self.ttl = ttl
-
-    def reserve(self, name: str, job_id: str, limit: int,
-                ended: Callable[[list[str]], list[str]], at: float | None = None) -> bool:
-        """Count `job_id` among the client's jobs if fewer than `limit` are unfinished.
-
-        The check and the add are one script; when the set is full, the jobs that no
-        longer count leave it (`settle`) and the script runs once more. False: nothing
-        was added. `limit` 0: no limit, the job is counted.
-        """
-        args = [job_id, at or round(time.time(), 3), limit, self.ttl]
-        if int(_RESERVE.run(self._redis, [api_inflight_key(name)], args)) >= 0:
-            return True
-        if not self.settle(name, self._members(name), ended):
-            return False
-        return int(_RESERVE.run(self._redis, [api_inflight_key(name)], args)) >= 0
 
     def add(self, name: str, job_id: str, at: float | None = None) -> None:
         pipe = self._redis.pipeline()
@@ -110,17 +96,7 @@ class InFlight:
         members: list[Any] = self._redis.zrange(api_inflight_key(name), 0, -1)
         return [_text(m) for m in members]
 
-    def count(self, name: str, limit: int, ended: Callable[[list[str]], list[str]]) -> int:
-        """How many of the client's jobs are unfinished; those that no longer count leave.
-
-        Only settled past `limit`: under it, the set's size says enough.
-        """
-        members = self._members(name)
-        if len(members) < limit:
-            return len(members)
-        return len(members) - len(self.settle(name, members, ended))
-
-    def _members(self, name: str) -> list[tuple[str, float]]:
+    def places(self, name: str) -> list[tuple[str, float]]:
         """The client's places: (job id, when it was sent)."""
         members: list[Any] = self._redis.zrange(api_inflight_key(name), 0, -1,
                                                 withscores=True)

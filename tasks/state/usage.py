@@ -20,15 +20,17 @@ counts a job's pages once each is tasks/state/usage_counts.py.
 
 A cap (`pages_per_day`, `pages_per_month` in the client's token record,
 `ocr:api:clients`) refuses a job whose pages would pass it (`PageQuotaExceeded`):
-where the page count is known, before any is read. As a job is sent, its fewest pages
-are held against the caps (`PageUsage.reserve`: the check and the hold are one
-script) in `ocr:usage:held:<client>` (hash: job id -> pages held), so two jobs sent at
-the same moment cannot both take the last pages. A hold shrinks as the job's pages are
-counted (the same script that counts them), goes when the send fails, and a job that
+where the page count is known, before any is read. As a job is admitted, its fewest
+pages are held against the caps (its reservation, tasks/state/reservations.py: the
+check and the hold are one script) in `ocr:usage:held:<client>` (hash: job id ->
+pages held), so two jobs sent at the same moment cannot both take the last pages. A
+hold shrinks as the job's pages are counted (the same script that counts them), goes
+when the job is not sent (its reservation released), and a job that
 ended without reading them leaves it when the next reservation finds the caps full.
-A worker's check (`admit`) reads a client's caps at most once every CAPS_SECONDS per
-process, and again before it refuses: a cap raised or removed counts at once, one set
-or lowered within CAPS_SECONDS (the sender's hold reads them afresh).
+A worker settles a job's hold once its page count is known (`Reservations.settle`,
+the same script): it reads a client's caps at most once every CAPS_SECONDS per process
+(`known_caps`), and again before it refuses: a cap raised or removed counts at once,
+one set or lowered within CAPS_SECONDS (the gate's hold reads them afresh).
 """
 
 from __future__ import annotations
@@ -37,7 +39,7 @@ import datetime as dt
 import json
 import threading
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -68,25 +70,28 @@ _ADD_ONCE = lua.Script(COUNT_PAGES_LUA + """
 return count_pages(KEYS[1], KEYS[2], KEYS[3], KEYS[4], ARGV[1], ARGV[2], ARGV[3], ARGV[4],
                    ARGV[5], 6, #ARGV)
 """)
-# KEYS[1]: the client's holds. ARGV: the client, the job, its pages, the day's cap, the
-# month's (0: none), the holds' TTL, the day's counts and the month's: named in ARGV,
-# not KEYS, as the senders may only read them (a script's KEYS need write rights); one
-# Redis, never a cluster. Holds the pages unless read and held pages would pass a cap:
-# then {period, used}.
-_RESERVE = lua.Script("""
-local held = 0
-for _, n in ipairs(redis.call('HVALS', KEYS[1])) do held = held + tonumber(n) end
-held = held - tonumber(redis.call('HGET', KEYS[1], ARGV[2]) or 0)
-local pages = tonumber(ARGV[3])
-local caps = {{'day', ARGV[7], tonumber(ARGV[4])}, {'month', ARGV[8], tonumber(ARGV[5])}}
-for _, cap in ipairs(caps) do
-  local used = tonumber(redis.call('HGET', cap[2], ARGV[1]) or 0) + held
-  if cap[3] > 0 and used + pages > cap[3] then return {cap[1], used} end
+# Lua functions over the client's holds (`held`), for the reservation's one script
+# (tasks/state/reservations.py). `page_room`: nil when `pages` more of `job` fit under
+# the caps with the pages read (the counts `day` and `month`) and held; else the cap it
+# passes, {period, used}. A cap of 0: none. The counts are named in ARGV, not KEYS, as
+# the senders may only read them (a script's KEYS need write rights); one Redis, never
+# a cluster. `page_hold` holds the pages.
+PAGE_HOLD_LUA = """
+local function page_room(held, client, job, pages, day_cap, month_cap, day, month)
+  local sum = 0
+  for _, n in ipairs(redis.call('HVALS', held)) do sum = sum + tonumber(n) end
+  sum = sum - tonumber(redis.call('HGET', held, job) or 0)
+  for _, cap in ipairs({{'day', day, day_cap}, {'month', month, month_cap}}) do
+    local used = tonumber(redis.call('HGET', cap[2], client) or 0) + sum
+    if cap[3] > 0 and used + pages > cap[3] then return {cap[1], used} end
+  end
+  return nil
 end
-redis.call('HSET', KEYS[1], ARGV[2], pages)
-redis.call('EXPIRE', KEYS[1], ARGV[6])
-return {'', 0}
-""")
+local function page_hold(held, job, pages, ttl)
+  redis.call('HSET', held, job, pages)
+  redis.call('EXPIRE', held, ttl)
+end
+"""
 HOLD_TTL = 3 * 86400  # a hold outlives no job: one not ended by then is gone
 
 
@@ -185,34 +190,14 @@ class PageUsage:
         """Count `counted`'s pages, each of its job once, on `pipe` (one script)."""
         _ADD_ONCE.queue(pipe, counted.keys(), [*counted.args(), *counted.members()])
 
-    def reserve(self, client: str, job: str, pages: int, caps: PageCaps,
-                ended: Callable[[list[str]], list[str]], now: float | None = None) -> None:
-        """Hold `pages` of `job` against `client`'s caps; PageQuotaExceeded when full.
+    def release(self, client: str, *jobs: str) -> None:
+        """Drop the holds of jobs not sent, or ended."""
+        if jobs:
+            self._redis.hdel(held_key(client), *jobs)
 
-        The check and the hold are one script; when a cap is reached, the holds of
-        jobs that ended leave and the script runs once more.
-        """
-        if not caps.any:
-            return
-        day = today(now)
-        keys = [held_key(client)]
-        args = [client, job, pages, caps.pages_per_day or 0, caps.pages_per_month or 0,
-                HOLD_TTL, day_key(day), month_key(day)]
-        period, used = _RESERVE.run(self._redis, keys, args)
-        if period:
-            holders = [_text(j) for j in self._redis.hkeys(held_key(client))]
-            gone = ended([j for j in holders if j != job])
-            if gone:
-                self._redis.hdel(held_key(client), *gone)
-                period, used = _RESERVE.run(self._redis, keys, args)
-        if period:
-            which = _text(period)
-            cap = caps.pages_per_day if which == "day" else caps.pages_per_month
-            raise over_cap(which, int(cap or 0), int(used), pages, day, now)
-
-    def release(self, client: str, job: str) -> None:
-        """Drop the hold of a job not sent."""
-        self._redis.hdel(held_key(client), job)
+    def holders(self, client: str) -> list[str]:
+        """The jobs holding pages of `client`'s caps."""
+        return [_text(j) for j in self._redis.hkeys(held_key(client))]
 
     def forget_ttls(self) -> None:
         """After a failed write: set each key's TTL again at its next write."""
@@ -275,22 +260,18 @@ class PageUsage:
         return PageCaps.of_record(self._redis.hget(API_CLIENTS_KEY, client)) if client \
             else PageCaps()
 
-    def admit(self, client: str, pages: int) -> None:
-        """Refuse `pages` more for `client` when they pass its token's caps (workers).
+    def known_caps(self, client: str, fresh: bool = False) -> PageCaps:
+        """`client`'s caps as this process read them at most CAPS_SECONDS ago (workers).
 
-        The caps as read at most CAPS_SECONDS ago by this process; read again before
-        a refusal.
+        `fresh`: read now.
         """
         now = time.monotonic()
-        with self._lock:
-            known = self._caps.get(client)
-        if known is not None and now - known[0] < CAPS_SECONDS:
-            try:
-                self.check(client, pages, known[1])
-                return
-            except PageQuotaExceeded:
-                pass  # read again: the cap may be raised since
-        self.check(client, pages, self._read_caps(client, now))
+        if not fresh:
+            with self._lock:
+                known = self._caps.get(client)
+            if known is not None and now - known[0] < CAPS_SECONDS:
+                return known[1]
+        return self._read_caps(client, now)
 
     def _read_caps(self, client: str, now: float) -> PageCaps:
         caps = self.caps(client)

@@ -38,9 +38,9 @@ from tasks.redis_users import (
 )
 from tasks.state import lua
 from tasks.state.batch_store import BatchStore
-from tasks.state.client_rules import InFlight
 from tasks.state.corrections import CorrectedPage, Corrections, LineCorrection
-from tasks.state.usage import PageCaps, PageUsage
+from tasks.state.reservations import Reservations
+from tasks.state.usage import PageCaps
 from tests.redis_tls import AclRedisServer
 
 SHA = "0" * 40
@@ -183,11 +183,13 @@ def test_the_reservation_scripts_run_as_each_sending_role(server: AclRedisServer
     """Jobs in flight, page holds and running batches, each taken by its script."""
     sender = redis.Redis.from_url(server.url(role))
     try:
-        assert InFlight(sender, 60).reserve(role, "j1", 1, lambda ids: [])
-        assert not InFlight(sender, 60).reserve(role, "j2", 1, lambda ids: [])
-        PageUsage(sender).reserve(role, "j1", 1, PageCaps(1, None), lambda ids: [])
+        books = Reservations(sender, 60, lambda ids: [])
+        books.take("j1", role, "ocr", "normal", limit=1)
+        with pytest.raises(QuotaExceeded):
+            books.take("j2", role, "ocr", "normal", limit=1)
+        books.take("j1", role, "ocr", "normal", caps=PageCaps(1, None))
         with pytest.raises(PageQuotaExceeded):
-            PageUsage(sender).reserve(role, "j2", 1, PageCaps(1, None), lambda ids: [])
+            books.take("j2", role, "ocr", "normal", caps=PageCaps(1, None))
         store = BatchStore(sender, 60)
         record = BatchRecord(id="", source="s3://b/", target="s3://o/", client=role)
         assert store.create_within(record, 1) is not None

@@ -32,8 +32,10 @@ from tasks.lifecycle.fetcher import Fetcher
 from tasks.metrics.fleet_metrics import FleetCollector
 from tasks.queue.batch_slots import StepSlots
 from tasks.records.batches import BatchRecord, BatchState
+from tasks.records.request import JobRequest
 from tasks.settings import Settings
 from tasks.state.batch_store import BatchStore, progress_of
+from tasks.state.reservations import Reservation
 
 
 def test_a_manifest_line_names_a_document_and_its_own_options() -> None:
@@ -189,11 +191,15 @@ class SendingPorts:
         self.first = first
         self.sent: list[dict[str, object]] = []
 
-    def admit(self, record: BatchRecord, kwargs: dict[str, object]) -> None:
+    def admit(self, record: BatchRecord, request: JobRequest) -> Reservation:
+        return Reservation("", record.client, "ocr", "batch")
+
+    def release(self, reservation: Reservation) -> None:
         return None
 
-    def send(self, record: BatchRecord, kwargs: dict[str, object], replacing: str = "") -> str:
-        self.sent.append(kwargs)
+    def send(self, record: BatchRecord, request: JobRequest,
+             reservation: Reservation | None = None, replacing: str = "") -> str:
+        self.sent.append(request.to_kwargs())
         return f"job-{self.first + len(self.sent) - 1}"
 
 
@@ -223,7 +229,7 @@ def test_a_document_whose_ending_died_is_sent_again(own_redis_url: str,
     ports = StalledPorts()
     driver = BatchDriver(store, ports, Settings.from_env({}))  # type: ignore[arg-type]
     assert driver._collect(store.get(batch_id), LocalTarget(tmp_path)) == 0
-    assert ports.sent == [{"output": "text", "url_etag": '"e1"', "url": "s3://b/a.png",
+    assert ports.sent == [{"url_etag": '"e1"', "url": "s3://b/a.png",
                            "filename": "a.png", "result_url": "s3://o/a.png.txt"}]
     assert store.flight(batch_id) == {"job-2": document}
     assert store.get(batch_id).listed == 1

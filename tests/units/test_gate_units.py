@@ -8,7 +8,7 @@ from __future__ import annotations
 import pytest
 import redis
 
-from tasks.admission import Books, admit, check_job_url, check_result_target, priority_for
+from tasks.admission import admit, check_job_url, check_result_target, priority_for
 from tasks.errors import (
     BadRequest,
     EngineUnavailable,
@@ -20,10 +20,15 @@ from tasks.errors import (
 )
 from tasks.lifecycle.fetcher import Fetcher
 from tasks.records.clients import ClientRules
+from tasks.records.request import JobRequest
 from tasks.settings import Settings
-from tasks.state.client_rules import InFlight, rules_of
-from tasks.state.usage import PageUsage
+from tasks.state.client_rules import rules_of
+from tasks.state.keys import api_inflight_key
+from tasks.state.reservations import Reservations
+from tasks.state.usage import PageCaps
+from tasks.state.usage_counts import held_key
 
+req = JobRequest.for_door  # a door's request, as the gate takes it
 SETTINGS = Settings.from_env({"OCR_ALLOWED_URLS": "s3://aaa/,s3://bbb/"})
 LIVE = {"w1": {"ocr", "ocr-tesseract"}}
 
@@ -44,44 +49,78 @@ def test_every_url_lies_under_the_service_and_the_client_prefixes() -> None:
     assert check_job_url("s3://bbb/doc.png", b, SETTINGS).url == "s3://bbb/doc.png"
     for rules, url in ((b, "s3://aaa/secret.png"), (ClientRules("x"), "s3://ccc/x.png")):
         with pytest.raises(UrlNotAllowed):
-            admit({"url": url}, rules, SETTINGS, LIVE)
+            admit(req({"url": url}), rules, SETTINGS, LIVE)
     with pytest.raises(UrlNotAllowed):
-        admit({"url": "s3://bbb/x.png", "result_url": "s3://aaa/out/"}, b, SETTINGS, LIVE)
+        admit(req({"url": "s3://bbb/x.png", "result_url": "s3://aaa/out/"}), b, SETTINGS, LIVE)
     # a client door whose own settings name no prefixes leaves it to the worker
     anywhere = Settings.from_env({})
-    admit({"url": "s3://ccc/x.png"}, ClientRules("x"), anywhere, LIVE, service=False)
+    admit(req({"url": "s3://ccc/x.png"}), ClientRules("x"), anywhere, LIVE, service=False)
     with pytest.raises(UrlNotAllowed):
-        admit({"url": "s3://ccc/x.png"}, ClientRules("x"), anywhere, LIVE)
+        admit(req({"url": "s3://ccc/x.png"}), ClientRules("x"), anywhere, LIVE)
 
 
 def test_options_and_engines_are_refused_with_their_codes() -> None:
     rules = ClientRules("x")
     with pytest.raises(BadRequest):
-        admit({"url": "s3://aaa/x.png", "output": "exe"}, rules, SETTINGS, LIVE)
+        admit(req({"url": "s3://aaa/x.png", "output": "exe"}), rules, SETTINGS, LIVE)
     with pytest.raises(UnknownEngine):
-        admit({"url": "s3://aaa/x.png", "engine": "nope"}, rules, SETTINGS, LIVE)
+        admit(req({"url": "s3://aaa/x.png", "engine": "nope"}), rules, SETTINGS, LIVE)
     with pytest.raises(EngineUnavailable):  # an engine of the registry no live worker runs
-        admit({"url": "s3://aaa/x.png", "engine": "rapidocr"}, rules, SETTINGS, LIVE)
-    assert admit({"url": "s3://aaa/x.png", "engine": "tesseract"}, rules, SETTINGS,
-                 LIVE) == "normal"
+        admit(req({"url": "s3://aaa/x.png", "engine": "rapidocr"}), rules, SETTINGS, LIVE)
+    taken = admit(req({"url": "s3://aaa/x.png", "engine": "tesseract"}), rules, SETTINGS, LIVE,
+                  job_id="j")
+    assert (taken.job_id, taken.queue, taken.priority) == ("j", "ocr-tesseract", "normal")
+    assert not taken.in_flight and not taken.pages  # a door without the books holds nothing
 
 
-def test_jobs_in_flight_and_page_caps_count_at_the_door(own_redis_url: str) -> None:
+def test_jobs_in_flight_and_page_caps_are_reserved_at_the_door(own_redis_url: str) -> None:
     client = redis.Redis.from_url(own_redis_url)
     ended: set[str] = set()
-    books = Books(PageUsage(client), InFlight(client, 60),
-                  lambda ids: [i for i in ids if i in ended])
+    books = Reservations(client, 60, lambda ids: [i for i in ids if i in ended])
     rules = ClientRules("c", jobs_in_flight=2, pages_per_day=3)
     for job_id in ("batch-doc", "single"):
-        admit({"url": "s3://aaa/x.png"}, rules, SETTINGS, LIVE, books=books)
-        books.in_flight.add("c", job_id)
+        taken = admit(req({"url": "s3://aaa/x.png"}), rules, SETTINGS, LIVE, books=books,
+                      job_id=job_id)
+        assert (taken.in_flight, taken.pages) == (True, 1)
+        books.commit(taken)
     with pytest.raises(QuotaExceeded):
-        admit({"url": "s3://aaa/x.png"}, rules, SETTINGS, LIVE, books=books)
-    ended.add("batch-doc")  # one ended: room again, and it leaves the set
-    admit({"url": "s3://aaa/x.png"}, rules, SETTINGS, LIVE, books=books)
-    assert books.in_flight.open("c") == ["single"]
+        admit(req({"url": "s3://aaa/x.png"}), rules, SETTINGS, LIVE, books=books, job_id="third")
+    ended.add("batch-doc")  # one ended: room again, and it leaves the set and the holds
+    admit(req({"url": "s3://aaa/x.png"}), rules, SETTINGS, LIVE, books=books, job_id="third")
+    assert sorted(books.in_flight.open("c")) == ["single", "third"]
     with pytest.raises(PageQuotaExceeded):
-        admit({"url": "s3://aaa/x.png", "pages": "1,2,3,4"}, rules, SETTINGS, LIVE, books=books)
+        admit(req({"url": "s3://aaa/x.png", "pages": "1,2,3,4"}), rules, SETTINGS, LIVE,
+              books=books, job_id="fourth")
+    assert "fourth" not in books.in_flight.open("c")  # refused: nothing taken
+
+
+def test_a_reservation_is_one_script_committed_or_released(own_redis_url: str) -> None:
+    """Both the place and the hold, or neither; a release after a commit keeps both."""
+    client = redis.Redis.from_url(own_redis_url)
+    client.flushdb()
+    books = Reservations(client, 60, lambda ids: [])
+    caps = PageCaps(pages_per_day=5)
+    sent = books.take("sent", "c", "ocr", "normal", limit=2, caps=caps, pages=2)
+    books.commit(sent)
+    books.release(sent)  # committed: nothing given back
+    kept = books.take("kept", "c", "ocr", "normal", limit=2, caps=caps, pages=2)
+    assert client.zcard(api_inflight_key("c")) == 2
+    assert client.hgetall(held_key("c")) == {b"sent": b"2", b"kept": b"2"}
+    with pytest.raises(PageQuotaExceeded):  # 4 held + 2 > 5: the place is not taken either
+        books.take("over", "c", "ocr", "normal", limit=3, caps=caps, pages=2)
+    with pytest.raises(QuotaExceeded):  # 2 in flight: the pages are not held either
+        books.take("full", "c", "ocr", "normal", limit=2, caps=caps, pages=1)
+    assert client.zcard(api_inflight_key("c")) == 2
+    assert set(client.hkeys(held_key("c"))) == {b"sent", b"kept"}
+    books.release(kept)  # not sent: its place and hold go
+    assert client.zrange(api_inflight_key("c"), 0, -1) == [b"sent"]
+    assert client.hgetall(held_key("c")) == {b"sent": b"2"}
+    again = books.take("kept", "c", "ocr", "normal", limit=0, caps=None)
+    assert (again.in_flight, again.pages) == (True, 0)  # no limit, no caps: a place alone
+    client.config_resetstat()
+    books.take("one", "c", "ocr", "normal", limit=3, caps=caps, pages=1)
+    stats = client.info("commandstats")
+    assert stats["cmdstat_evalsha"]["calls"] == 1  # the place and the hold: one script
 
 
 def test_a_tokens_record_makes_its_rules() -> None:
@@ -130,3 +169,17 @@ def test_results_go_only_under_the_clients_own_prefixes_and_never_a_read_only_on
     assert Fetcher.for_client(settings, None).target("s3://bbb/out/").url == "s3://bbb/out/"
     # A local golden set is no URL: nothing more is read-only.
     assert Settings.from_env({"OCR_GOLDEN_SET": "/srv/golden"}).readonly_prefixes == ()
+
+
+def test_a_doors_request_crosses_the_wire_as_the_kwargs_the_task_decodes() -> None:
+    """`to_kwargs` sends each argument not at its default; the task decodes the same."""
+    door = req({"filename": "scan.pdf", "pages": "1-3", "output": "text", "lang": None,
+                "no_cache": True, "escalate": "vlm-api", "escalate_below": 0.0})
+    assert door.source == ""  # its input comes apart, stored as it is sent
+    sent = door.stored_as("ocr:blob:abc")
+    kwargs = sent.to_kwargs()
+    assert kwargs == {"blob": "ocr:blob:abc", "filename": "scan.pdf", "pages": "1-3",
+                      "no_cache": True, "escalate": "vlm-api", "escalate_below": 0.0}
+    assert JobRequest.from_kwargs(kwargs, ["tesseract"]) == sent
+    with pytest.raises(BadRequest):  # the task still wants one input
+        JobRequest.from_kwargs(door.to_kwargs(), ["tesseract"])

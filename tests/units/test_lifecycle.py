@@ -137,10 +137,15 @@ def request_for(data: bytes, settings: Settings, **options: Any) -> JobRequest:
     return decode_request(kwargs, settings)
 
 
+def run_job(job_id: str, request: JobRequest, life: Life, **given: Any) -> Outcome | FanOut:
+    """`process_job` as `ocr.document` calls it: the job routed to its engine first."""
+    return process_job(job_id, request, life.settings, life.engines, life.stores,
+                       life.engines.for_job(request.engine, request.lang), **given)
+
+
 def fan_out(life: Life, job_id: str, data: bytes, **options: Any) -> DocumentMeta:
     """What `ocr.document` does for a scanned PDF, minus enqueueing the page tasks."""
-    work = process_job(job_id, request_for(data, life.settings, **options), life.settings,
-                       life.engines, life.stores)
+    work = run_job(job_id, request_for(data, life.settings, **options), life)
     assert isinstance(work, FanOut)
     meta = replace(work.meta, page_tasks=[f"{job_id}-p{n}" for n in work.meta.ocr_pages],
                    reply_queue="ocr-fake")
@@ -266,12 +271,10 @@ def test_a_cached_result_of_an_encrypted_pdf_needs_its_password(life: Life) -> N
     assert life.ports.published[-1].status is JobStatus.SUCCESS
     for password in (None, "wrong"):
         with pytest.raises(PdfEncrypted):
-            process_job("job-again", request_for(pdf, life.settings, password=password,
-                                                 mode="ocr"),
-                        life.settings, life.engines, life.stores)
-    hit = process_job("job-right", request_for(pdf, life.settings, password="openpassword",
-                                               mode="ocr"),
-                      life.settings, life.engines, life.stores)
+            run_job("job-again", request_for(pdf, life.settings, password=password,
+                                             mode="ocr"), life)
+    hit = run_job("job-right", request_for(pdf, life.settings, password="openpassword",
+                                           mode="ocr"), life)
     assert isinstance(hit, Outcome) and hit.result is not None and hit.result.cached
 
 

@@ -18,13 +18,13 @@ import pymupdf
 import pytest
 
 from tasks.client import OcrClient
-from tasks.lifecycle.jobs import FanOut, process_job
+from tasks.lifecycle.jobs import FanOut
 from tasks.pipeline.pdf import plan_pdf
 from tasks.records.jobs import Outcome
 from tasks.settings import Settings
 from tests.harness import FAKE_PLUGINS, Worker, corpus
 from tests.pdf_fixtures import image_pdf, plain_pages
-from tests.units.test_lifecycle import Life, make_life, request_for
+from tests.units.test_lifecycle import Life, make_life, request_for, run_job
 
 DIGITAL = "dig_geotopo_117p.pdf"
 PAGE_SECONDS = 0.3  # the fake engine's time per OCR page (FAKE_PAGE_SECONDS)
@@ -48,14 +48,12 @@ def test_the_clock_starts_when_the_task_does_and_a_hit_has_its_own(life: Life) -
     assert settings.cache_results
     data = corpus("dig_crazyones.pdf").read_bytes()
     began = time.time() - 3.0  # the task began 3 s ago (reading its message, say)
-    done = process_job("job-clock", request_for(data, settings), settings, life.engines,
-                       life.stores, started=began)
+    done = run_job("job-clock", request_for(data, settings), life, started=began)
     assert isinstance(done, Outcome) and done.result is not None
     assert done.result.timings is not None
     assert done.result.timings["total_seconds"] >= 3.0
     assert done.started == began
-    hit = process_job("job-hit", request_for(data, settings), settings, life.engines,
-                      life.stores, started=time.time())
+    hit = run_job("job-hit", request_for(data, settings), life, started=time.time())
     assert isinstance(hit, Outcome) and hit.result is not None and hit.result.cached
     # The hit's own time, not the first run's 3 s: no OCR ran for it.
     assert hit.result.timings is not None
@@ -66,8 +64,7 @@ def test_the_clock_starts_when_the_task_does_and_a_hit_has_its_own(life: Life) -
 def test_a_fan_out_carries_the_planning_clock(life: Life) -> None:
     began = time.time() - 2.0
     data = image_pdf(plain_pages(2))
-    work = process_job("job-fan", request_for(data, life.settings), life.settings,
-                       life.engines, life.stores, started=began)
+    work = run_job("job-fan", request_for(data, life.settings), life, started=began)
     assert isinstance(work, FanOut) and work.meta.started == began
 
 

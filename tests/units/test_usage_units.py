@@ -16,7 +16,9 @@ from tasks.state import lua
 from tasks.state import usage as usage_module
 from tasks.state.job_control import JobControl
 from tasks.state.keys import API_CLIENTS_KEY, doc_key, job_key
+from tasks.state.reservations import Reservations
 from tasks.state.usage import PageCaps, PageUsage, date_range, over_cap
+from tasks.state.usage_counts import held_key
 from tests.losing_redis import losing_redis
 
 NEW_YEARS_EVE = dt.datetime(2026, 12, 31, 23, 0, tzinfo=dt.UTC).timestamp()
@@ -100,18 +102,24 @@ def test_a_script_lost_again_as_it_is_loaded_is_loaded_again_then_transient(
     assert client.hget(job_key("job-2"), "filename") == b"b.png"
 
 
-def test_a_workers_check_reads_the_caps_again_before_it_refuses(
+def test_a_workers_settle_reads_the_caps_again_before_it_refuses(
         own_redis_url: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The worker settles a job's hold to its page count; others' holds count too."""
     client = redis.Redis.from_url(own_redis_url)
-    usage = PageUsage(client)
+    client.flushdb()
+    books = Reservations(client, 60, lambda ids: [])
     client.hset(API_CLIENTS_KEY, "capped", json.dumps({"pages_per_day": 2}))
-    usage.add("capped", 2)
+    books.usage.add("capped", 2)
     with pytest.raises(PageQuotaExceeded):
-        usage.admit("capped", 1)
-    client.hset(API_CLIENTS_KEY, "capped", json.dumps({"pages_per_day": 3}))
-    usage.admit("capped", 1)  # a cap raised counts at once
+        books.settle("job", "capped", 1)
+    client.hset(API_CLIENTS_KEY, "capped", json.dumps({"pages_per_day": 4}))
+    books.settle("job", "capped", 1)  # a cap raised counts at once
+    assert client.hget(held_key("capped"), "job") == b"1"
+    books.settle("job", "capped", 2)  # its own hold is replaced, not added to
+    with pytest.raises(PageQuotaExceeded):  # 2 read + 2 held by "job" + 1
+        books.settle("other", "capped", 1)
     client.hset(API_CLIENTS_KEY, "capped", json.dumps({"pages_per_day": 1}))
-    usage.admit("capped", 1)  # one lowered, within CAPS_SECONDS: as read a moment ago
+    books.settle("job", "capped", 2)  # one lowered, within CAPS_SECONDS: as read a moment ago
     monkeypatch.setattr(usage_module, "CAPS_SECONDS", 0.0)
     with pytest.raises(PageQuotaExceeded):
-        usage.admit("capped", 1)
+        books.settle("job", "capped", 2)
