@@ -16,6 +16,7 @@ an instance no other thread holds, at most one per core, created on first need.
 
 from __future__ import annotations
 
+import inspect
 import logging
 import os
 import queue
@@ -60,9 +61,11 @@ class LoadedEngine:
 class EnginePool:
     """Instances of an engine that is not thread-safe, one per caller at a time.
 
-    Looks like the engine (its attributes are the first instance's); every method call
-    takes a free instance, or makes one while fewer than `size` exist, or waits for
-    one, so that no handle (a tesseract API) is ever used by two threads at once.
+    Looks like the engine (its attributes are the first instance's, its class methods
+    the engine class's: callers ask the engine, never `type(engine)`); every other
+    method call takes a free instance, or makes one while fewer than `size` exist, or
+    waits for one, so that no handle (a tesseract API) is ever used by two threads at
+    once. `release_cache` frees the instances free now: it makes none, waits for none.
     """
 
     def __init__(self, first: OcrEngine, make: Callable[[], OcrEngine], size: int) -> None:
@@ -77,8 +80,9 @@ class EnginePool:
 
     def __getattr__(self, name: str) -> Any:
         value = getattr(self._first, name)
-        if not callable(value):
-            return value
+        if not callable(value) or isinstance(inspect.getattr_static(self._first, name, None),
+                                             (classmethod, staticmethod)):
+            return value  # no instance state: nothing to hold a handle of
 
         def call(*args: Any, **kwargs: Any) -> Any:
             engine = self._take()
@@ -109,6 +113,23 @@ class EnginePool:
         with self._lock:
             self._all.append(engine)
         return engine
+
+    def release_cache(self) -> dict[str, float]:
+        """Free the per-task caches of the instances no thread holds now."""
+        idle: list[OcrEngine] = []
+        while True:
+            try:
+                idle.append(self._free.get_nowait())
+            except queue.Empty:
+                break
+        memory: dict[str, float] = {}
+        try:
+            for engine in idle:
+                memory.update(engine.release_cache())
+        finally:
+            for engine in idle:
+                self._free.put(engine)
+        return memory
 
     def close(self) -> None:
         with self._lock:
