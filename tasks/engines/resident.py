@@ -159,6 +159,16 @@ class ResidentEngines:
     # What else the process loaded at its start, and in how many seconds.
     preloaded: dict[str, float] = field(default_factory=dict)
     _lock: threading.RLock = field(default_factory=threading.RLock)
+    _counting: threading.Lock = field(default_factory=threading.Lock)  # the count, `used`
+
+    def loaded(self) -> list[tuple[str, LoadedEngine]]:
+        """The engines loaded now, by name: the one way to go over them.
+
+        A list taken at once: in a thread pool another thread may load or unload an
+        engine meanwhile, which a pass over `engines` itself would meet mid-way
+        (`dictionary changed size during iteration`).
+        """
+        return list(self.engines.items())
 
     def get(self, name: str | None = None) -> LoadedEngine:
         """The loaded engine `name` (default: this worker's), loading it on first use."""
@@ -172,7 +182,8 @@ class ResidentEngines:
                 if name not in self.engines:
                     self.load(name)
                 loaded = self.engines[name]
-        self.used.add(name)
+        with self._counting:
+            self.used.add(name)
         return loaded
 
     def for_job(self, engine: str | None, lang: str | None) -> str:
@@ -237,21 +248,23 @@ class ResidentEngines:
 
     def model_entries(self) -> dict[str, str]:
         """Model-directory entries of the engines loaded or being loaded, by engine."""
-        entries = {name: loaded.model_entry for name, loaded in list(self.engines.items())}
+        entries = {name: loaded.model_entry for name, loaded in self.loaded()}
         entries.update(self.loading)
         return {name: entry for name, entry in entries.items() if entry}
 
     def take_used_models(self) -> set[str]:
         """Model-directory entries of the engines used since the last call."""
-        used, self.used = self.used, set()
+        with self._counting:
+            used, self.used = self.used, set()
         return {loaded.model_entry for name in used
                 if (loaded := self.engines.get(name)) is not None and loaded.model_entry}
 
     def after_task(self) -> dict[str, float]:
         """Count the task and free per-task caches (MLX's buffer cache)."""
-        self.tasks_in_process += 1
+        with self._counting:
+            self.tasks_in_process += 1
         memory: dict[str, float] = {}
-        for loaded in self.engines.values():
+        for _, loaded in self.loaded():
             memory.update(loaded.engine.release_cache())
         self.last_memory = memory
         if memory:
@@ -278,7 +291,7 @@ class ResidentEngines:
     def loaded_line(self) -> str:
         """What this process holds, for its start-up line: engines, models, the rest."""
         parts = [f"{name} ({loaded.engine.model or 'no model'}, {loaded.load_seconds:.2f} s)"
-                 for name, loaded in self.engines.items()]
+                 for name, loaded in self.loaded()]
         parts += [f"{name} ({seconds:.2f} s)" for name, seconds in self.preloaded.items()]
         parts += [f"{name} failed ({why})" for name, why in self.failures.items()]
         return ", ".join(parts) or "nothing"
