@@ -30,3 +30,23 @@ class GatedEngine(FakeEngine):
                 raise EngineFailed("the gated fake engine's gate never opened")
             time.sleep(0.05)
         return super().recognize(image, options)
+
+
+class CacheGatedEngine(FakeEngine):
+    """A fake whose `release_cache` (after each task) holds until `FAKE_GATE_DIR/open` exists.
+
+    Each wait first writes `releasing-<n>` there: a task's end is then under way, in
+    the middle of the registry's pass over its engines.
+    """
+
+    thread_safe = True
+
+    def release_cache(self) -> dict[str, float]:
+        gate = Path(os.environ["FAKE_GATE_DIR"])
+        (gate / f"releasing-{time.monotonic_ns()}").touch()
+        deadline = time.monotonic() + float(os.environ.get("FAKE_GATE_SECONDS", "300"))
+        while not (gate / "open").exists():
+            if time.monotonic() > deadline:
+                raise EngineFailed("the cache-gated fake engine's gate never opened")
+            time.sleep(0.05)
+        return {}

@@ -6,9 +6,10 @@ the worker (not in the client at submit) means a routed job never waits on a que
 worker consumes: it stays on the queue it was sent to (`ocr`), and a worker without
 the routed engine installed reads it with its own engine.
 
-`served_engines` is what a worker's parent consumes for: its own engine and each engine
-its routing can load here, so a job that *names* such an engine (its queue
-`ocr-<engine>`) reaches this worker too, as a routed one does.
+`served_engines` names the engines a worker runs: its own and each engine its routing
+can load here. A worker that takes jobs naming no engine consumes their queues too
+(`ocr-<engine>`: `tasks.queue.routing.worker_queues`), so a job that *names* such an
+engine reaches it, as a routed one does.
 """
 
 from __future__ import annotations

@@ -16,6 +16,7 @@ an instance no other thread holds, at most one per core, created on first need.
 
 from __future__ import annotations
 
+import inspect
 import logging
 import os
 import queue
@@ -60,9 +61,11 @@ class LoadedEngine:
 class EnginePool:
     """Instances of an engine that is not thread-safe, one per caller at a time.
 
-    Looks like the engine (its attributes are the first instance's); every method call
-    takes a free instance, or makes one while fewer than `size` exist, or waits for
-    one, so that no handle (a tesseract API) is ever used by two threads at once.
+    Looks like the engine (its attributes are the first instance's, its class methods
+    the engine class's: callers ask the engine, never `type(engine)`); every other
+    method call takes a free instance, or makes one while fewer than `size` exist, or
+    waits for one, so that no handle (a tesseract API) is ever used by two threads at
+    once. `release_cache` frees the instances free now: it makes none, waits for none.
     """
 
     def __init__(self, first: OcrEngine, make: Callable[[], OcrEngine], size: int) -> None:
@@ -77,8 +80,9 @@ class EnginePool:
 
     def __getattr__(self, name: str) -> Any:
         value = getattr(self._first, name)
-        if not callable(value):
-            return value
+        if not callable(value) or isinstance(inspect.getattr_static(self._first, name, None),
+                                             (classmethod, staticmethod)):
+            return value  # no instance state: nothing to hold a handle of
 
         def call(*args: Any, **kwargs: Any) -> Any:
             engine = self._take()
@@ -110,6 +114,23 @@ class EnginePool:
             self._all.append(engine)
         return engine
 
+    def release_cache(self) -> dict[str, float]:
+        """Free the per-task caches of the instances no thread holds now."""
+        idle: list[OcrEngine] = []
+        while True:
+            try:
+                idle.append(self._free.get_nowait())
+            except queue.Empty:
+                break
+        memory: dict[str, float] = {}
+        try:
+            for engine in idle:
+                memory.update(engine.release_cache())
+        finally:
+            for engine in idle:
+                self._free.put(engine)
+        return memory
+
     def close(self) -> None:
         with self._lock:
             engines, self._all = self._all, []
@@ -138,6 +159,16 @@ class ResidentEngines:
     # What else the process loaded at its start, and in how many seconds.
     preloaded: dict[str, float] = field(default_factory=dict)
     _lock: threading.RLock = field(default_factory=threading.RLock)
+    _counting: threading.Lock = field(default_factory=threading.Lock)  # the count, `used`
+
+    def loaded(self) -> list[tuple[str, LoadedEngine]]:
+        """The engines loaded now, by name: the one way to go over them.
+
+        A list taken at once: in a thread pool another thread may load or unload an
+        engine meanwhile, which a pass over `engines` itself would meet mid-way
+        (`dictionary changed size during iteration`).
+        """
+        return list(self.engines.items())
 
     def get(self, name: str | None = None) -> LoadedEngine:
         """The loaded engine `name` (default: this worker's), loading it on first use."""
@@ -151,7 +182,8 @@ class ResidentEngines:
                 if name not in self.engines:
                     self.load(name)
                 loaded = self.engines[name]
-        self.used.add(name)
+        with self._counting:
+            self.used.add(name)
         return loaded
 
     def for_job(self, engine: str | None, lang: str | None) -> str:
@@ -216,21 +248,23 @@ class ResidentEngines:
 
     def model_entries(self) -> dict[str, str]:
         """Model-directory entries of the engines loaded or being loaded, by engine."""
-        entries = {name: loaded.model_entry for name, loaded in list(self.engines.items())}
+        entries = {name: loaded.model_entry for name, loaded in self.loaded()}
         entries.update(self.loading)
         return {name: entry for name, entry in entries.items() if entry}
 
     def take_used_models(self) -> set[str]:
         """Model-directory entries of the engines used since the last call."""
-        used, self.used = self.used, set()
+        with self._counting:
+            used, self.used = self.used, set()
         return {loaded.model_entry for name in used
                 if (loaded := self.engines.get(name)) is not None and loaded.model_entry}
 
     def after_task(self) -> dict[str, float]:
         """Count the task and free per-task caches (MLX's buffer cache)."""
-        self.tasks_in_process += 1
+        with self._counting:
+            self.tasks_in_process += 1
         memory: dict[str, float] = {}
-        for loaded in self.engines.values():
+        for _, loaded in self.loaded():
             memory.update(loaded.engine.release_cache())
         self.last_memory = memory
         if memory:
@@ -257,7 +291,7 @@ class ResidentEngines:
     def loaded_line(self) -> str:
         """What this process holds, for its start-up line: engines, models, the rest."""
         parts = [f"{name} ({loaded.engine.model or 'no model'}, {loaded.load_seconds:.2f} s)"
-                 for name, loaded in self.engines.items()]
+                 for name, loaded in self.loaded()]
         parts += [f"{name} ({seconds:.2f} s)" for name, seconds in self.preloaded.items()]
         parts += [f"{name} failed ({why})" for name, why in self.failures.items()]
         return ", ".join(parts) or "nothing"

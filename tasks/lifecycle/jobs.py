@@ -226,7 +226,7 @@ def process_job(job_id: str, request: JobRequest, settings: Settings,
                                    loaded.engine.model, key, started, previous, settings,
                                    stores, located, prefixes)
     result.engine = named_engines(engines.describe(engine_name), result.pages, {
-        name: held.engine.model for name, held in engines.engines.items()})
+        name: held.engine.model for name, held in engines.loaded()})
     # A `result_url`'s delivery reads the previews from Redis: written at once for it.
     keep_previews(job_id, result, stores, None if request.result_url else carried)
     if pages_read is not None:

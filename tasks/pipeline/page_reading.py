@@ -406,7 +406,7 @@ def _auto_language(image: Image.Image, engine: OcrEngine, options: RecognizeOpti
         return engine, replace(options, lang=None), None, None
     checker = _checker(engine, "script") or engine
     guess = checker.detect_script(
-        image, script_probes(settings, type(checker).languages(settings)))
+        image, script_probes(settings, checker.languages(settings)))
     chosen = page_language(guess, engine.name, options.engine_named, settings)
     reader = engine
     if chosen.engine != engine.name:

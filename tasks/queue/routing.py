@@ -1,7 +1,8 @@
 """Queues and priorities: where a message goes and in which order it is served.
 
 `job_queue` is the one rule of where a job goes: the queue of the engine it names (or was
-given by its worker, for its pages), else `ocr`. `route_task` is Celery's router (that
+given by its worker, for its pages), else `ocr`. `worker_queues` is the one rule of which
+job queues a worker consumes. `route_task` is Celery's router (that
 rule for `ocr.document`; cancels and callbacks to the control queue, batch steps to the
 batch queue); the client records the same queue beside the job, and a fanned-out PDF
 sends its pages there. Runs in every process that sends or serves tasks (clients too:
@@ -56,10 +57,28 @@ def queue_for_engine(engine: str) -> str:
 def job_queue(engine: str | None) -> str:
     """Where a job (or a fanned-out PDF's pages) reading with `engine` goes; None: `ocr`.
 
-    Every worker that can run an engine consumes its queue: its own engine's, and those
-    its language routing loads (`tasks.engines.lang_routing.served_engines`).
+    A worker consumes its own engine's queue, and those of the engines its language
+    routing loads where it also takes jobs that name no engine (`worker_queues`).
     """
     return queue_for_engine(engine) if engine else DEFAULT_QUEUE
+
+
+def worker_queues(told: list[str], engines: list[str], known: tuple[str, ...]) -> list[str]:
+    """The job queues an OCR worker consumes, besides `ocr-control`.
+
+    `told`: the job queues its `--queues` names (the Procfile's OCR_QUEUES). `engines`:
+    its own engine, then those its language routing loads (`served_engines`).
+    `known`: every engine name a job may give. Its own engine's queue is always one.
+    A worker told only engines' queues takes only jobs that name an engine: it routes
+    none, and consumes exactly what it is told (a GPU pool told `ocr-vlm-api` never
+    takes a rapidocr job). A worker told any other queue (`ocr`) reads jobs that name
+    no engine, routes them by language, and so also consumes its routed engines' queues,
+    where a routed PDF sends its pages.
+    """
+    engine_queues = {queue_for_engine(name) for name in known}
+    routes = any(queue not in engine_queues for queue in told)
+    own = [queue_for_engine(name) for name in (engines if routes else engines[:1])]
+    return list(dict.fromkeys([*told, *own]))
 
 
 def priority_value(settings: Settings, name: str) -> int:

@@ -37,7 +37,13 @@ from tasks.models.registry import ModelRegistry
 from tasks.pipeline.images import configure_pillow
 from tasks.pipeline.pdf import empty_store
 from tasks.queue import brokers, thread_limits
-from tasks.queue.routing import BATCH_QUEUE, CONTROL_QUEUE, queue_for_engine
+from tasks.queue.routing import (
+    BATCH_QUEUE,
+    CONTROL_QUEUE,
+    is_job_queue,
+    queue_for_engine,
+    worker_queues,
+)
 from tasks.settings import Settings
 from tasks.state.connection import connect
 
@@ -93,13 +99,15 @@ def connect_signals(app: OcrCelery, settings: Settings) -> None:
             log.info("worker %s is a control worker: no engine, queues %s and %s", sender,
                      CONTROL_QUEUE, BATCH_QUEUE)
         else:
-            # Its own engine's queue and those of the engines its language routing
-            # loads: a job that names one of them reaches this worker too.
-            queues = [queue_for_engine(e) for e in served_engines(app.ocr_engine, settings)]
+            told = [q for q in instance.app.amqp.queues.consume_from if is_job_queue(q)]
+            served = served_engines(app.ocr_engine, settings)
+            queues = worker_queues(told, served, settings.all_engine_names())
             brokers.consume(instance.app, [*queues, CONTROL_QUEUE])
-            log.info("worker %s serves engine queue %s%s", sender, queues[0],
-                     f" and {', '.join(queues[1:])} (its language routing)"
-                     if queues[1:] else "")
+            routed = [q for q in map(queue_for_engine, served[1:]) if q in queues]
+            log.info("worker %s serves engine queue %s%s; its job queues: %s", sender,
+                     queue_for_engine(app.ocr_engine),
+                     f" and {', '.join(routed)} (its language routing)" if routed else "",
+                     ", ".join(queues))
             if not forks(instance):
                 configure_pillow(settings)
                 # The worker process is the one that reads: its registry, and a keeper

@@ -98,7 +98,7 @@ def child_gauges(registry: ResidentEngines) -> list[Sample]:
         ("ocr_child_updated_timestamp_seconds", {}, time.time()),
         *cgroup_memory.samples(),
     ]
-    for name, loaded in list(registry.engines.items()):
+    for name, loaded in registry.loaded():
         samples.append(("ocr_child_engine_load_seconds",
                         {"engine": name, "model": str(loaded.engine.model)},
                         loaded.load_seconds))
@@ -245,14 +245,14 @@ class Telemetry:
     def _news(self, registry: ResidentEngines) -> list[Sample]:
         """Counter samples of what changed in `registry` since the last look."""
         samples: list[Sample] = []
-        for name, loaded in list(registry.engines.items()):
+        for name, loaded in registry.loaded():
             identity = (id(loaded), loaded.load_seconds)
             if self._loads.get(name) != identity:
                 self._loads[name] = identity
                 samples += [("ocr_engine_loads_total", {"engine": name}, 1.0),
                             ("ocr_engine_load_seconds_total", {"engine": name},
                              loaded.load_seconds)]
-        for name, loaded in list(registry.engines.items()):
+        for name, loaded in registry.loaded():
             for metric, total in loaded.engine.counters().items():
                 # The engine keeps running totals; the store adds what is new since.
                 seen = self._counted.get((name, metric), 0.0)
