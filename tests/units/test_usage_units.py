@@ -65,6 +65,37 @@ def test_date_ranges() -> None:
             date_range(start, end)
 
 
+def test_a_jobs_pages_count_once_each_and_once_for_each_engine(lone_redis_url: str) -> None:
+    """A job's pages: one SADD of its numbers, one SADD and one HINCRBY for each engine.
+
+    A page counted again counts no more; an engine new to a counted page counts alone.
+    """
+    client = redis.Redis.from_url(lone_redis_url)
+    usage, day = PageUsage(client), dt.date(2026, 12, 31)
+    client.config_resetstat()
+    usage.add("billing", 0, NEW_YEARS_EVE, job="digital", numbers=range(1, 118),
+              engines=[("text-layer",)] * 117)  # a born-digital PDF: one task
+    calls = {name: stat["calls"] for name, stat in client.info("commandstats").items()}
+    assert calls["cmdstat_sadd"] == 2, calls
+    assert calls["cmdstat_hincrby"] == 3, calls  # the engines', the day's, the month's
+    assert 0 < client.ttl("ocr:usage:day:2026-12-31:engines") <= 400 * 86400
+    usage.add("billing", 0, NEW_YEARS_EVE, job="digital", numbers=[116, 117],
+              engines=[("text-layer",)] * 2)  # read again: counted already
+    usage.add("billing", 0, NEW_YEARS_EVE, job="scan", numbers=[1, 2, 3],
+              engines=[("tesseract",), ("tesseract", "vlm-api"), ("tesseract",)])
+    usage.add("billing", 0, NEW_YEARS_EVE, job="scan", numbers=[2, 3],
+              engines=[("tesseract", "vlm-api")] * 2)  # page 3 read by a second engine
+    assert usage.used("billing", NEW_YEARS_EVE) == (120, 120)
+    assert usage.engines_by_day(day, day) == {
+        "billing": {"2026-12-31": {"text-layer": 117, "tesseract": 3, "vlm-api": 2}}}
+    many = range(1, 9002)  # more than one SADD's worth (4000 members a call)
+    usage.add("bulk", 0, NEW_YEARS_EVE, job="bulk", numbers=many,
+              engines=[("tesseract",)] * len(many))
+    assert usage.used("bulk", NEW_YEARS_EVE) == (9001, 9001)
+    assert usage.engines_by_day(day, day, "bulk") == {
+        "bulk": {"2026-12-31": {"tesseract": 9001}}}
+
+
 def test_a_script_the_server_lost_is_loaded_again_alone_or_in_a_pipeline(
         own_redis_url: str) -> None:
     """The state's scripts go by SHA (tasks/state/lua.py); NOSCRIPT loads them again."""
