@@ -46,7 +46,7 @@ from bench.pipeline import cpu_seconds
 from devkit.harness import RedisServer, Worker, eventually, fake_env, kill_all
 from devkit.moto_s3 import MotoS3
 from tasks.client import OcrClient
-from tasks.queue.batch_chain import batch_store, start_chain
+from tasks.queue.batch_steps import batch_store, start_chain
 from tasks.records.batches import BatchRecord, BatchState
 from tasks.records.status import JobStatus
 from tasks.settings import Settings

@@ -4,7 +4,7 @@ Runs in the workers: task bodies in the control worker's threads (the one worker
 consumes the batch queue, tasks/queue/routing.py), `resume_batches` in every worker
 parent once it is ready. A step runs only while its client holds fewer than
 OCR_BATCH_THREADS_PER_CLIENT of the pool's threads and the pool keeps a thread for
-cancels and callbacks (tasks/queue/batch_slots.py); else it reads nothing and is sent
+cancels and callbacks (tasks/queue/batch_steps.py); else it reads nothing and is sent
 again after OCR_BATCH_STEP_SECONDS. Thin: the step is
 tasks/lifecycle/batches.py; here are its ports in a worker (the batch's source and
 target, the gate for each document, the one sender, job endings, cancel, the end's
@@ -36,8 +36,7 @@ from tasks.errors import OcrError, ResultWriteFailed
 from tasks.lifecycle.batch_sources import Source, Target, source_of
 from tasks.lifecycle.batches import BatchDriver
 from tasks.lifecycle.fetcher import Fetcher
-from tasks.queue.batch_chain import STEP_TASK, batch_store, send_step, start_chain
-from tasks.queue.batch_slots import StepSlots
+from tasks.queue.batch_steps import STEP_TASK, StepSlots, batch_store, send_step, start_chain
 from tasks.queue.job_services import JobServices
 from tasks.queue.routing import CONTROL_QUEUE, PRIORITIES, job_queue
 from tasks.queue.sender import JobSender, OutgoingJob

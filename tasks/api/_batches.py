@@ -29,7 +29,7 @@ from tasks.api.tokens import ApiClient
 from tasks.errors import BadRequest, BatchQuotaExceeded, TargetInSource
 from tasks.lifecycle.callback_urls import callback_target
 from tasks.lifecycle.url_policy import overlap
-from tasks.queue.batch_chain import batch_store, start_chain
+from tasks.queue.batch_steps import batch_store, start_chain
 from tasks.records.batches import RETRYABLE_STATES, BatchRecord, BatchState
 from tasks.records.clients import ClientRules
 from tasks.state.batch_store import BatchStore, progress_of

@@ -51,7 +51,7 @@ from tasks.lifecycle.batch_local import (
 )
 from tasks.lifecycle.fetcher import Fetcher
 from tasks.lifecycle.url_policy import is_url
-from tasks.queue.batch_chain import batch_store, start_chain
+from tasks.queue.batch_steps import batch_store, start_chain
 from tasks.records.batches import RETRYABLE_STATES, BatchRecord, BatchState
 from tasks.records.request import OUTPUT_CHOICES
 from tasks.settings import Settings

@@ -37,8 +37,7 @@ from tasks.state.stores import blob_keys
 
 if TYPE_CHECKING:
     from tasks.records.jobs import Broadcast, Outcome, ResultRecord
-    from tasks.state.carried_writes import CarriedWrites
-    from tasks.state.job_control import JobControl
+    from tasks.state.job_control import CarriedWrites, JobControl
     from tasks.state.join import DocumentJoin
 
 log = logging.getLogger(__name__)
@@ -140,7 +139,7 @@ class JobEnder:
         wait for), that step finishes the ending too (freed, marked done, the notice),
         and publishes the monitors' event where the ports hand it over
         (`told_by_claim`): a job's whole ending in one round trip. The `carried` writes
-        (what the job read: tasks/state/carried_writes.py) go in that round trip, before
+        (what the job read: `CarriedWrites`) go in that round trip, before
         the claim.
         """
         job_id = outcome.job_id

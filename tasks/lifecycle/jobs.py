@@ -48,7 +48,7 @@ if TYPE_CHECKING:
 
     from tasks.engines.resident import ResidentEngines
     from tasks.settings import Settings
-    from tasks.state.carried_writes import CarriedWrites
+    from tasks.state.job_control import CarriedWrites
     from tasks.state.stores import Stores
 
     # Told the pages a job read in this process, and whether they came from the cache.
@@ -135,7 +135,7 @@ def process_job(job_id: str, request: JobRequest, settings: Settings,
     is told how many pages the job will read once they are counted, before any is read
     (not for a cached answer): it raises to refuse them (a client's page cap).
     `carried`: the writes the job's ending sends with its claim, where the pages'
-    previews are queued (tasks/state/carried_writes.py; else written at once).
+    previews are queued (tasks/state/job_control.py's `CarriedWrites`; else written at once).
     `served(engine)`: whether a live worker consumes that engine's queue; an image's
     pages escalate with it (a PDF's escalate in its page tasks), none without it.
     Raises OcrError.

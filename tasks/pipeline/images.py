@@ -17,7 +17,7 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 
 from tasks.errors import CorruptInput, ImageTooLarge
 from tasks.pipeline import _png_strips as png_strips
-from tasks.pipeline.pages import select_pages
+from tasks.records.request import select_pages
 
 if TYPE_CHECKING:
     from tasks.settings import Settings

@@ -2,7 +2,7 @@
 
 Run in worker pool children and in the Procfile's control worker (a thread pool that
 serves the `ocr-control` queue, so a cancel never waits for a busy pool; batch steps,
-its other queue's, always leave it a thread: tasks/queue/batch_slots.py). A
+its other queue's, always leave it a thread: tasks/queue/batch_steps.py). A
 callback's failed POST is retried on the queue's one retry policy
 (tasks/queue/retry_policy.py).
 """

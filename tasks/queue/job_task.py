@@ -44,7 +44,7 @@ from tasks.records.request import JobRequest
 from tasks.records.results import DocumentResult, PageRecord
 from tasks.settings import Settings
 from tasks.state.boundary import transient
-from tasks.state.carried_writes import CarriedWrites
+from tasks.state.job_control import CarriedWrites
 from tasks.state.stores import blob_keys
 from tasks.state.usage import PageUsage
 

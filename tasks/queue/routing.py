@@ -22,7 +22,7 @@ DEFAULT_QUEUE = "ocr"
 CONTROL_QUEUE = "ocr-control"
 # A batch's driver steps (`ocr.batch_step`), which read the client's source and HEAD its
 # documents: only the control worker consumes it, and holds each client's steps to a few
-# of its threads (tasks/queue/batch_slots.py), so a slow origin never holds an OCR
+# of its threads (tasks/queue/batch_steps.py), so a slow origin never holds an OCR
 # child nor the control worker's last thread.
 BATCH_QUEUE = "ocr-batch-steps"
 # Job priorities on the Redis transport: lower numbers are served first.

@@ -179,7 +179,7 @@ class Telemetry:
         with `job`, each of the job's pages once, whichever worker read it first.
         `recorded`: the usage is returned instead, for the script that records the
         pages to count (a page task's) or the job's end claim (a document's task:
-        tasks/state/carried_writes.py). The counters and latencies are held (within a
+        tasks/state/job_control.py). The counters and latencies are held (within a
         second in Redis).
         """
         pages = list(pages)

@@ -13,7 +13,7 @@ from collections.abc import Collection, Mapping
 from dataclasses import MISSING, asdict, dataclass, field, fields, replace
 from typing import Any
 
-from tasks.errors import BadRequest, InvalidPages
+from tasks.errors import BadRequest, InvalidPages, NoPages, TooManyPages
 from tasks.records.engines import VLM_ENGINES
 from tasks.records.formats import OUTPUT_NAMES
 from tasks.records.status import JobStatus
@@ -256,7 +256,7 @@ def page_range(part: str, count: int) -> tuple[int, int]:
     """One part of a selection such as "1-3,7" (`3`, `1-5`, `4-`, `-2`): first, last.
 
     The one rule of the syntax: clients check it before sending (`check_pages`), the
-    worker applies it to the document's `count` pages (`tasks.pipeline.pages`).
+    worker applies it to the document's `count` pages (`select_pages`).
     """
     match = _PAGE_PART.match(part)
     if not match or not (match.group(1) or match.group(3)):
@@ -272,6 +272,23 @@ def page_range(part: str, count: int) -> tuple[int, int]:
     if first > count:
         raise InvalidPages(f"page {first} is beyond the last page ({count})")
     return first, min(last, count)
+
+
+def select_pages(spec: str | None, count: int, max_pages: int) -> list[int]:
+    """1-based page numbers chosen by `spec` (None or "" for all) out of `count` pages."""
+    if count <= 0:
+        raise NoPages()
+    if not spec or not spec.strip():
+        numbers = list(range(1, count + 1))
+    else:
+        chosen: set[int] = set()
+        for part in spec.split(","):
+            first, last = page_range(part, count)
+            chosen.update(range(first, last + 1))
+        numbers = sorted(chosen)
+    if len(numbers) > max_pages:
+        raise TooManyPages(f"{len(numbers)} pages selected, the limit is {max_pages}")
+    return numbers
 
 
 def last_named(spec: str | None) -> int:

@@ -12,8 +12,9 @@ from __future__ import annotations
 
 import enum
 import json
+import logging
 import re
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import redis
@@ -23,7 +24,6 @@ from tasks.records.jobs import Broadcast, ResultRecord
 from tasks.records.redis_target import RedisTarget
 from tasks.state import job_notices, job_scripts, lua
 from tasks.state.boundary import transient_methods
-from tasks.state.carried_writes import CarriedWrites
 from tasks.state.keys import (
     BLOB_PREFIX,
     api_inflight_key,
@@ -40,6 +40,57 @@ from tasks.state.sent_fields import AS_SENT, as_sent, start_inputs
 # the job owner (`api:<client>`) that alone may read it.
 _OWNED_BLOB = re.compile("^" + re.escape(BLOB_PREFIX) + r"api\.(?P<client>[A-Za-z0-9_.-]+)"
                          r"\.[0-9a-f]{32}$")
+
+
+log = logging.getLogger(__name__)
+
+
+class CarriedWrites:
+    """The writes one job's ending carries in the end claim's round trip.
+
+    Runs in worker pool children (a document's task, `tasks/queue/job_task.py`).
+    - What it carries: a page's preview (`PreviewStore.queue_put`) and its count in the
+      client's usage (`PageUsage.queue_counted`), queued as the job reads its pages.
+    - When they go: `JobControl.claim_end` sends them in its pipeline, before the
+      claim's own command. So they are in Redis by the time the result is, and cost the
+      ending no round trip of their own.
+    - A job that names a `result_url` writes its previews at once: their delivery beside
+      the result object reads them.
+    - A carried command that fails (a key of the wrong type, Redis out of memory) is
+      logged and dropped, and the ending goes on: a preview is not the result.
+    - Where the ending never runs (the child is killed, a transient error retries the
+      task), nothing carried is written; the run that ends the job writes its own.
+    - A script the server does not know (after a restart) is loaded and sent again after
+      the claim (tasks/state/lua.py). Its count then lands just after the result.
+    """
+
+    def __init__(self) -> None:
+        self._writes: list[tuple[str, Callable[[Any], None]]] = []
+
+    def add(self, what: str, write: Callable[[Any], None]) -> None:
+        """Carry `write` (it queues its commands on the pipeline it is given): `what` it is."""
+        self._writes.append((what, write))
+
+    def __len__(self) -> int:
+        return len(self._writes)
+
+    def queue(self, pipe: Any) -> list[str]:
+        """Queue every carried write on `pipe`; what each command queued is part of."""
+        names: list[str] = []
+        for what, write in self._writes:
+            before = len(pipe)
+            write(pipe)
+            names += [what] * (len(pipe) - before)
+        self._writes.clear()
+        return names
+
+    @staticmethod
+    def report(job_id: str, names: list[str], answers: list[Any]) -> None:
+        """Log the carried commands of `names` whose `answers` (in order) are errors."""
+        for what, answer in zip(names, answers, strict=False):
+            if isinstance(answer, Exception):
+                log.warning("job %s: %s not written with its ending: %s", job_id, what,
+                            answer)
 
 
 # Writes the field/value pairs ARGV[2..] into the hash KEYS[1] and sets its TTL (ARGV[1]).
@@ -137,7 +188,7 @@ class JobControl:
         taken; with `ended` (the job's status) too, the ending is done in that step as
         well, as `mark_ended(job_id, ended, freed, client)` does after it; with `told` (the
         ending's event for monitors, on this server's PUB/SUB) that step publishes it
-        after the record. The `carried` writes (tasks/state/carried_writes.py) go first
+        after the record. The `carried` writes (`CarriedWrites`) go first
         in the same round trip, claimed or not.
         """
         pipe, names = None, []

@@ -30,7 +30,7 @@ from tasks.lifecycle.batch_sources import (
 )
 from tasks.lifecycle.fetcher import Fetcher
 from tasks.metrics.fleet_metrics import FleetCollector
-from tasks.queue.batch_slots import StepSlots
+from tasks.queue.batch_steps import StepSlots
 from tasks.records.batches import BatchRecord, BatchState
 from tasks.records.request import JobRequest
 from tasks.settings import Settings

@@ -30,8 +30,7 @@ from tasks.records.jobs import Broadcast, JobStatus, Outcome, ResultRecord
 from tasks.records.request import JobRequest
 from tasks.records.results import DocumentResult
 from tasks.settings import Settings
-from tasks.state.carried_writes import CarriedWrites
-from tasks.state.job_control import ENDING_DONE, JobControl
+from tasks.state.job_control import ENDING_DONE, CarriedWrites, JobControl
 from tasks.state.join import DocumentJoin
 from tasks.state.keys import job_ended_key, job_key, job_notice_key, preview_key
 from tasks.state.previews import PreviewStore
@@ -473,7 +472,7 @@ def test_a_carried_write_that_fails_is_logged_and_the_ending_stands(
     ender = JobEnder(control, DocumentJoin(store, TTL), StoringPorts())
     counted = JobPages("broken", "j11", (1,), today())
     store.set(counted.keys()[1], "not a hash")  # the day's counts: the wrong type
-    with caplog.at_level(logging.WARNING, logger="tasks.state.carried_writes"):
+    with caplog.at_level(logging.WARNING, logger="tasks.state.job_control"):
         assert ender.end(outcome_for("j11"), _carrying("j11", PreviewStore(store, TTL),
                                                        counted))
     assert store.get(job_ended_key("j11")) == ENDING_DONE.encode()

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from tasks.errors import InvalidPages, NoPages, TooManyPages
-from tasks.pipeline.pages import select_pages
+from tasks.records.request import select_pages
 
 
 @pytest.mark.parametrize("spec,expected", [

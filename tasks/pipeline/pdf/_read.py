@@ -25,8 +25,8 @@ from tasks.pipeline._symbol_fonts import (
     with_symbols,
 )
 from tasks.pipeline.blank import ink_report
-from tasks.pipeline.pages import select_pages
 from tasks.pipeline.pdf._render import render_small, render_zoom
+from tasks.records.request import select_pages
 from tasks.records.results import WordBox
 
 if TYPE_CHECKING:
