@@ -35,9 +35,10 @@ class BrokerSettings:
     rabbitmq_queue_type: str = _s(
         "OCR_RABBITMQ_QUEUE_TYPE", "classic",
         "With RabbitMQ: `classic` (queues on one node, 10 message priorities) or `quorum` "
-        "(replicated on a majority of a cluster's nodes, Raft: a confirmed message "
-        "survives the loss of any minority of nodes; each job queue gets a queue per "
-        "priority instead of message priorities). The same on every host; BROKER_URL "
+        "(replicated on a majority of a cluster's nodes, Raft). With `quorum` a "
+        "confirmed message survives the loss of any minority of nodes, and each job "
+        "queue gets a queue per priority instead of message priorities. The same on "
+        "every host; BROKER_URL "
         "may list every node, `amqp://...@node1:5672/vhost;amqp://...@node2:5672/vhost` "
         "(docs/operations.md, Brokers).")
     redis_sentinel_master: str = _s("OCR_REDIS_SENTINEL_MASTER", "mymaster",
@@ -61,8 +62,8 @@ class BrokerSettings:
     redis_min_replicas: int | None = _s(
         "OCR_REDIS_MIN_REPLICAS", "",
         "Replicas that must hold a job's message, input and ending before the service "
-        "calls them kept (Redis WAIT): a job is accepted only then (else `transient`, "
-        "the API's 503), and a job's ending waits for them before its callbacks and its "
+        "calls them kept (Redis WAIT). A job is accepted only then (else `transient`, "
+        "the API's 503). A job's ending waits for them before its callbacks and its "
         "acknowledgement. Empty: 1 with Sentinel, 0 otherwise (set it for a managed "
         "Redis with replicas behind one address). docs/guarantees.md.")
     redis_replica_timeout: float = _s("OCR_REDIS_REPLICA_TIMEOUT", "2",
@@ -74,7 +75,7 @@ class BrokerSettings:
         "OCR_EVENTS_QUIET_SECONDS", "5",
         "On a Redis broker: seconds a process sends no more of one kind of Celery event "
         "(`task-sent`, `task-progress`, a worker's heartbeat, ...) after one reached "
-        "nobody (no Flower, no `celery events` running); then it sends again, and goes "
+        "nobody (no Flower, no `celery events` running). Then it sends again, and goes "
         "on while anyone hears. A Flower that starts shows them within that time. 0: "
         "every event is sent. A task's endings, a worker's online and offline, and "
         "remote control are always sent (docs/operations.md, Monitoring).")
@@ -89,7 +90,7 @@ class BrokerSettings:
         "OCR_WORKER_LIVENESS_SECONDS", "30",
         "On a Redis broker: seconds a worker may go without a heartbeat (its presence "
         "record, refreshed every few seconds) before the jobs it holds go to another "
-        "worker (a killed or preempted host); a live worker checks every third of it. "
+        "worker (a killed or preempted host). A live worker checks every third of it. "
         "Past OCR_VISIBILITY_TIMEOUT the jobs go back regardless. A paused host that "
         "comes back after this window may still finish its jobs; each job ends once. "
         "The same value on every host (docs/guarantees.md).")

@@ -116,7 +116,7 @@ class ClientSettings:
         "OCR_ALLOWED_URLS", "",
         "URL prefixes (comma separated, each ending in `/`: `s3://invoices/`, "
         "`https://files.example.com/scans/`) under which `url` inputs may be read and "
-        "`result_url` objects written; empty: URL inputs and result_url are refused "
+        "`result_url` objects written. Empty: URL inputs and result_url are refused "
         "(`url_not_allowed`), nothing is fetched. https never reaches a private, "
         "loopback or link-local address unless a prefix names that address itself.")
     readonly_urls: tuple[str, ...] = _s(

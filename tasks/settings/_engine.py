@@ -53,11 +53,12 @@ class EngineSettings:
                               "of (vlm-api or mlx-vlm), for jobs that name none "
                               "(`escalate`); empty: no escalation (docs/escalation.md).")
     escalate_below: float = _s("OCR_ESCALATE_BELOW", "0.85",
-                               "A page whose mean word confidence (0 to 1) is below this, "
-                               "or that has no text and is not blank, is read again by the "
-                               "escalation engine, for jobs that give no `escalate_below`; "
-                               "0: none, 1: every OCR'd page. 0.85 keeps clean scans "
-                               "(0.88-0.95) and sends the misread ones (docs/escalation.md).")
+                               "For jobs that give no `escalate_below`: a page whose mean "
+                               "word confidence (0 to 1) is below this, or that has no text "
+                               "and is not blank, is read again by the escalation engine. "
+                               "At 0 none is, at 1 every OCR'd page. The default 0.85 keeps "
+                               "clean scans (0.88-0.95) and sends the misread ones "
+                               "(docs/escalation.md).")
     escalate_wait_seconds: float = _s("OCR_ESCALATE_WAIT_SECONDS", "600",
                                       "Seconds an escalated page may wait for its second "
                                       "reading from when it was escalated (in the "

@@ -32,11 +32,11 @@ class LanguageSettings:
                              "language here (with a page warning).")
     # `auto`: each page read in the languages of its own script.
     default_lang: str = _s("OCR_LANG", "auto",
-                           "`lang` of a job that names none: `auto` (each page read in the "
-                           "languages of the script a line probe finds on it, "
-                           "OCR_AUTO_LANGS; a Latin page in the language of its words), or "
-                           "a language set read on every page "
-                           "(OCR_LANG=eng: every page in English, no check).")
+                           "`lang` of a job that names none: `auto`, or a language set read "
+                           "on every page (OCR_LANG=eng: every page in English, no check). "
+                           "With `auto` each page is read in the languages of the script a "
+                           "line probe finds on it (OCR_AUTO_LANGS); a Latin page in the "
+                           "language of its words.")
     auto_langs: tuple[str, ...] = _s(
         "OCR_AUTO_LANGS",
         "Latin=eng,Greek=ell+eng,Han=chi_sim,Cyrillic=rus+eng,Japanese=jpn,"
@@ -66,9 +66,9 @@ class LanguageSettings:
     lang_engines: tuple[str, ...] = _s(
         "OCR_LANG_ENGINES", "chi_sim=rapidocr",
         "Engine of a job that names a `lang` but no `engine`, as lang=engine pairs, comma "
-        "separated: the first code of the job's language set with a pair picks the "
-        "engine, when that engine reads the whole set and is installed on the worker "
-        "running the job (else the worker's own engine reads it). The worker decides, "
+        "separated. The first code of the job's language set with a pair picks the "
+        "engine. That holds when the engine reads the whole set and is installed on the "
+        "worker running the job; else the worker's own engine reads it. The worker decides, "
         "so the job never waits on a queue no worker consumes. Empty: no routing.")
     engine_plugins: Mapping[str, str] = _s(
         "OCR_ENGINE_PLUGINS", "",

@@ -36,10 +36,10 @@ class PageSettings:
                                 "Report blank pages (no ink on a reduced copy; PDF pages "
                                 "that draw nothing) as `source: blank` without OCR.")
     page_previews: bool = _s("OCR_PAGE_PREVIEWS", "1",
-                             "Keep a small WebP of each OCR'd page as the engine read it "
-                             "(1,600 px on its long side and 150 KB at most, beside the "
-                             "result, as long as the result; a cached answer shows the "
-                             "first job's): `GET /v1/jobs/{id}/pages/{n}/image`.")
+                             "Keep a small WebP of each OCR'd page as the engine read it, "
+                             "for `GET /v1/jobs/{id}/pages/{n}/image`. 1,600 px on its "
+                             "long side and 150 KB at most, kept beside the result as long "
+                             "as the result. A cached answer shows the first job's.")
     page_soft_time_limit: int = _s("OCR_PAGE_SOFT_TIME_LIMIT", "120",
                                    "Seconds one PDF page task may take; it then ends "
                                    "as a failed page with code `timeout`.")
