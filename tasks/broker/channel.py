@@ -35,7 +35,7 @@ from kombu.utils.json import dumps
 from kombu.utils.scheduling import cycle_by_name
 
 from tasks.broker import binding_expiry, connections, layout
-from tasks.broker.broadcasts import Broadcasts
+from tasks.broker.broadcasts import Broadcasts, FanoutGate, FanoutTopic
 from tasks.broker.fetching import Fetcher
 from tasks.broker.poller import FETCH, LISTEN, socket_of
 from tasks.broker.publishing import Publisher
@@ -75,11 +75,8 @@ class Channel(virtual.Channel):
     queue_order_strategy = "round_robin"
     brpop_timeout = 1.0
     ocr_binding_min_ttl = binding_expiry.MIN_BINDING_TTL_MS  # an expiring binding's least
-    # Fanout exchanges whose topics go quiet when a publish reached no subscriber, for
-    # how long, and their routing keys published whatever was heard (broadcasts.py).
-    ocr_unheard_exchanges: tuple[str, ...] = ()
-    ocr_unheard_quiet = 5.0
-    ocr_unheard_always: tuple[str, ...] = ()
+    # What a fanout publish asks first (broadcasts.FanoutGate; None: every one is sent).
+    ocr_fanout_gate: FanoutGate | None = None
     # A publish waits for this many replicas (WAIT), at most `ocr_replica_timeout` s;
     # short of them a client's publish raises ReplicaMissing, a worker's goes on.
     ocr_min_replicas = 0
@@ -101,9 +98,8 @@ class Channel(virtual.Channel):
         "fanout_patterns", "global_keyprefix", "socket_timeout", "socket_connect_timeout",
         "socket_keepalive", "socket_keepalive_options", "queue_order_strategy",
         "max_connections", "health_check_interval", "retry_on_timeout", "priority_steps",
-        "client_name", "ocr_binding_min_ttl", "ocr_unheard_exchanges", "ocr_unheard_quiet",
-        "ocr_unheard_always", "ocr_min_replicas", "ocr_replica_timeout",
-        "ocr_refuse_pending", "ocr_max_message_bytes", "ocr_accept_content",
+        "client_name", "ocr_binding_min_ttl", "ocr_fanout_gate", "ocr_min_replicas",
+        "ocr_replica_timeout", "ocr_refuse_pending", "ocr_max_message_bytes", "ocr_accept_content",
         "ocr_dead_letter_max", "ocr_dead_letter_ttl", "ocr_idle_wait")
 
     # queue -> (exchange, routing key) of every fanout binding this process declared:
@@ -255,18 +251,12 @@ class Channel(virtual.Channel):
     def receive(self) -> bool:
         return self.broadcasts.receive()
 
-    def broadcast(self, exchange: str, routing_key: str, body: Any,
-                  headers: dict[str, Any] | None = None, delivery_mode: int = 1) -> None:
-        self.broadcasts.broadcast(exchange, routing_key, body, headers, delivery_mode)
+    def fanout_topic(self, exchange: str, routing_key: str) -> FanoutTopic:
+        return self.broadcasts.topic(exchange, routing_key)
 
-    def broadcast_later(self, exchange: str, routing_key: str, body: Any,
-                        headers: dict[str, Any] | None = None,
-                        delivery_mode: int = 1) -> Any:
-        return self.broadcasts.broadcast_later(exchange, routing_key, body, headers,
-                                               delivery_mode)
-
-    def unheard(self, exchange: str, routing_key: str) -> bool:
-        return self.broadcasts.unheard(exchange, routing_key)
+    def broadcast(self, exchange: str, routing_key: str, message: Any) -> None:
+        """A kombu envelope made by the caller, published as `_put_fanout` publishes."""
+        self.broadcasts.put(exchange, message, routing_key)
 
     def together(self) -> contextlib.AbstractContextManager[None]:
         return self.publisher.together()
@@ -389,7 +379,8 @@ class Channel(virtual.Channel):
             subclient = self.__dict__.get("subclient")
             if subclient is not None and self._listening is not None:
                 with contextlib.suppress(*self.connection_errors):
-                    subclient.punsubscribe(self.broadcasts.topic(*self._fanout_queues[queue]))
+                    subclient.punsubscribe(
+                        self.broadcasts.topic(*self._fanout_queues[queue]).name)
             self._fanout_to_queue.pop(self._fanout_queues[queue][0], None)
         result = super().basic_cancel(consumer_tag)
         self._queue_cycle.update(self.active_queues)
