@@ -4,10 +4,9 @@ Runs in the worker parent: the one process that consumes (the fetch names it as 
 holder) and that writes the node's presence record (tasks/queue/presence.py, whose
 heartbeat drives the sweep). Clients and RabbitMQ workers never use it.
 
-The fetch (tasks/broker/lanes.py, `FETCH`) holds each message it takes in one record
-(tasks/broker/unacked.py) whose head names its holder, `<node>|<parent pid>`, then the
-key it was taken from (the client's lane, or the list itself), the ring of its
-priority step and its client. Every path that drops the record (ack, reject,
+The fetch (tasks/broker/fetch_script.py) holds each message it takes in one record
+whose head names its holder, `<node>|<parent pid>` (tasks/broker/unacked.py). Every
+path that drops the record (ack, reject,
 restore, the visibility timeout's restore: tasks/broker/qos.py) drops the
 holder with it.
 

@@ -179,14 +179,9 @@ class QoS(virtual.QoS):  # the channel's (tasks/broker/channel.py)
     """Taken messages held (tasks/broker/unacked.py) until acknowledged, restored when lost.
 
     A message the fetch took is held by the fetch itself (`fetch_script.FETCH`, with its
-    holder); one taken by `basic_get` is held here, without a holder. An
-    acknowledgement drops the unacked record, one HDEL.
-
-    What a lost connection leaves unacked (acknowledgements around it, messages no
-    child started) is settled by the next channel (`settle`); a task running at
-    the loss is never restored then. A restore reads each unacked record whole (HGET):
-    only messages within the worker's bound are held (the fetch holds none larger;
-    `append` only a message the channel's checks took).
+    holder); one taken by `basic_get` is held here (`append`: only a message the
+    channel's checks took), without a holder. An acknowledgement drops the unacked
+    record, one HDEL.
     """
 
     restore_at_shutdown = True

@@ -3,10 +3,9 @@
 Runs in the worker parent: tasks/broker/fetching.py checks each message it fetches
 before it is decoded. A message is refused when it is:
 
-- larger than the inline input limit allows (`input_too_large`), by its raw length:
-  the scripts that pop a message for the worker send such a message as its ends and
-  its length alone (`oversized`: Redis never sends it whole, whatever its own bound),
-  and the task id is read from those ends;
+- larger than the inline input limit allows (`input_too_large`), by its raw length
+  (such a message reaches the worker as its ends and its length alone: `oversized`),
+  its task id read from those ends;
 - not a kombu envelope (`malformed_message`): not JSON, not an object, no
   `properties.delivery_tag`/`delivery_info`, headers not an object, body not base64;
 - a content type the app does not accept, e.g. pickle (`content_refused`).
@@ -20,11 +19,10 @@ stores that job's FAILURE (tasks/queue/parent_endings.py: `connect_refusals`).
 from __future__ import annotations
 
 import json
-import logging
 import re
 import time
 from dataclasses import asdict, dataclass
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from celery.utils.dispatch import Signal
 from kombu.utils.encoding import bytes_to_str
@@ -33,11 +31,6 @@ from kombu.utils.json import loads
 from tasks.broker.layout import DEAD_LETTER_COUNT_KEY, DEAD_LETTER_KEY
 from tasks.broker.oversized import ENDS, reply_size
 from tasks.errors import ContentRefused, InputTooLarge, MalformedMessage, OcrError
-
-log = logging.getLogger(__name__)
-
-if TYPE_CHECKING:
-    pass
 
 # Sent in the worker parent for each refused message: task_id (None when unreadable),
 # error (an OcrError) and queue.
