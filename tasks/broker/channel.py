@@ -40,6 +40,7 @@ from tasks.broker.fetching import Fetcher
 from tasks.broker.poller import FETCH, LISTEN, socket_of
 from tasks.broker.publishing import Publisher
 from tasks.broker.qos import QoS
+from tasks.broker.refusals import OnRefused
 
 log = logging.getLogger(__name__)
 
@@ -77,6 +78,10 @@ class Channel(virtual.Channel):
     ocr_binding_min_ttl = binding_expiry.MIN_BINDING_TTL_MS  # an expiring binding's least
     # What a fanout publish asks first (broadcasts.FanoutGate; None: every one is sent).
     ocr_fanout_gate: FanoutGate | None = None
+    # The queue layer's: the ids of the tasks running now, which a close leaves held
+    # (qos.py; None: none runs), and what hears of each refused message (refusals.py).
+    ocr_running_tasks: Callable[[], set[str]] | None = None
+    ocr_on_refused: OnRefused | None = None
     # A publish waits for this many replicas (WAIT), at most `ocr_replica_timeout` s;
     # short of them a client's publish raises ReplicaMissing, a worker's goes on.
     ocr_min_replicas = 0
@@ -98,7 +103,8 @@ class Channel(virtual.Channel):
         "fanout_patterns", "global_keyprefix", "socket_timeout", "socket_connect_timeout",
         "socket_keepalive", "socket_keepalive_options", "queue_order_strategy",
         "max_connections", "health_check_interval", "retry_on_timeout", "priority_steps",
-        "client_name", "ocr_binding_min_ttl", "ocr_fanout_gate", "ocr_min_replicas",
+        "client_name", "ocr_binding_min_ttl", "ocr_fanout_gate", "ocr_running_tasks",
+        "ocr_on_refused", "ocr_min_replicas",
         "ocr_replica_timeout", "ocr_refuse_pending", "ocr_max_message_bytes", "ocr_accept_content",
         "ocr_dead_letter_max", "ocr_dead_letter_ttl", "ocr_idle_wait")
 

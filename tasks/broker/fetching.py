@@ -49,7 +49,6 @@ from tasks.broker.refusals import (
     Refused,
     check_message,
     dead_letter,
-    message_refused,
     push_dead_letter,
 )
 from tasks.broker.wire import FetchBytes
@@ -343,5 +342,5 @@ class Fetcher:
                   queue, entry.code, entry.reason, entry.task_id, DEAD_LETTER_KEY)
         push_dead_letter(channel.commands, entry, int(channel.ocr_dead_letter_max),
                          int(channel.ocr_dead_letter_ttl))
-        message_refused.send(sender=channel, task_id=refused.task_id, error=refused.error,
-                             queue=queue)
+        if channel.ocr_on_refused is not None:
+            channel.ocr_on_refused(refused.task_id, refused.error, queue)

@@ -183,7 +183,17 @@ def _broker_options(settings: Settings) -> dict[str, Any]:
         # is not published again by this process for a few seconds, but for a task's
         # endings and a worker's coming and going. Remote control is always published.
         "ocr_fanout_gate": UnheardEvents((EVENT_EXCHANGE,), settings.events_quiet_seconds),
+        # A worker's close leaves the messages of its running tasks held (the visibility
+        # timeout restores them, never while they run), and restores the rest.
+        "ocr_running_tasks": running_task_ids,
     }}
+
+
+def running_task_ids() -> set[str]:
+    """Ids of the tasks this worker's pool children run now (Celery's worker state)."""
+    from celery.worker import state
+
+    return {str(request.id) for request in tuple(state.active_requests)}
 
 
 def _beat_schedule(settings: Settings) -> dict[str, Any]:
