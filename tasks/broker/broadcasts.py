@@ -58,18 +58,20 @@ class Broadcasts:
         self.channel = channel
         self._server_uri: str | None = None
 
-    def topic(self, exchange: str, routing_key: str) -> FanoutTopic:
+    def topic_name(self, exchange: str, routing_key: str) -> str:
         if routing_key and self.channel.fanout_patterns:
-            name = f"{self.channel.keyprefix_fanout}{exchange}/{routing_key}"
-        else:
-            name = f"{self.channel.keyprefix_fanout}{exchange}"
-        return FanoutTopic(self._server(), name, exchange, routing_key)
+            return f"{self.channel.keyprefix_fanout}{exchange}/{routing_key}"
+        return f"{self.channel.keyprefix_fanout}{exchange}"
+
+    def topic(self, exchange: str, routing_key: str) -> FanoutTopic:
+        return FanoutTopic(self._server(), self.topic_name(exchange, routing_key), exchange,
+                           routing_key)
 
     def put(self, exchange: str, message: Any, routing_key: str) -> None:
         """Kombu's fanout publish: one PUBLISH, unless the channel's gate holds it."""
         gate: FanoutGate | None = self.channel.ocr_fanout_gate
         if gate is None:
-            self.channel.commands.publish(self.topic(exchange, routing_key).name,
+            self.channel.commands.publish(self.topic_name(exchange, routing_key),
                                           dumps(message))
             return
         topic = self.topic(exchange, routing_key)
@@ -84,7 +86,7 @@ class Broadcasts:
 
     def subscribe(self) -> None:
         """Subscribe this channel's PUB/SUB client to its fanout queues' topics."""
-        topics = [self.topic(*self.channel._fanout_queues[queue]).name
+        topics = [self.topic_name(*self.channel._fanout_queues[queue])
                   for queue in self.channel.active_fanout_queues]
         if topics:
             self.channel.subclient.psubscribe(*topics)

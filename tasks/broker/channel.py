@@ -386,7 +386,7 @@ class Channel(virtual.Channel):
             if subclient is not None and self._listening is not None:
                 with contextlib.suppress(*self.connection_errors):
                     subclient.punsubscribe(
-                        self.broadcasts.topic(*self._fanout_queues[queue]).name)
+                        self.broadcasts.topic_name(*self._fanout_queues[queue]))
             self._fanout_to_queue.pop(self._fanout_queues[queue][0], None)
         result = super().basic_cancel(consumer_tag)
         self._queue_cycle.update(self.active_queues)
