@@ -31,7 +31,6 @@ import redis
 from kombu.transport import virtual
 from kombu.transport.base import to_rabbitmq_queue_arguments
 from kombu.utils.encoding import bytes_to_str
-from kombu.utils.json import dumps
 from kombu.utils.scheduling import cycle_by_name
 
 from tasks.broker import binding_expiry, connections, layout
@@ -340,14 +339,6 @@ class Channel(virtual.Channel):
 
     def _put(self, queue: str, message: Any, **kwargs: Any) -> None:
         self.publisher.put(queue, message)
-
-    def _put_commands(self, queue: str, message: Any) -> list[list[Any]]:
-        """A kombu LPUSH of `message` to its step's list, an expiring queue's PEXPIREs."""
-        name = layout.queue_list(queue, layout.message_step(message, self.priority_steps),
-                                 self.sep)
-        expires = self._expires.get(queue)
-        return [["LPUSH", name, dumps(message)],
-                *(["PEXPIRE", each, expires] for each in (self._lists(queue) if expires else ()))]
 
     def _put_fanout(self, exchange: str, message: Any, routing_key: str,
                     **kwargs: Any) -> None:
