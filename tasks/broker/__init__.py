@@ -7,16 +7,11 @@ publisher (`publishing`), a fetcher (`fetching`), its broadcasts (`broadcasts`) 
 QoS (`qos`); `poller` drives the channels' sockets. Where each module runs and what it
 holds: its docstring, and docs/architecture.md's module table.
 
-Every script of the broker is a `Script` of the service's one Lua runner
-(tasks/state/lua.py), sent as EVALSHA and loaded (SCRIPT LOAD) by each process before
-its first run on a pool, and again where the server answers NOSCRIPT (a restart, a
-failover). No key carries a global prefix (the
-transport refuses `global_keyprefix`: a service has its own database or ACL user). No
-script reads the envelope: the fetch holds a message under a delivery tag the worker
-chose, in one record whose head says when it was taken, by whom and from where, then
-`[message, "", queue]` (the restore sends it back to the queue it came from); records
-of the envelope's tag, exchange and routing key (a `basic_get`'s) are acknowledged and
-restored alike. Layout version 3: every key beside a list L takes L as its hash tag
+Every script of the broker runs through the service's one Lua runner
+(tasks/state/lua.py). No key carries a global prefix (the transport refuses
+`global_keyprefix`: a service has its own database or ACL user). No script reads the
+envelope: a taken message is held in one record, under a delivery tag the worker
+chose (`unacked`). Layout version 3: every key beside a list L takes L as its hash tag
 (`{L}:...`, in L's own slot). Redis Cluster is not supported: one fetch touches several
 slots (docs/scaling.md).
 
@@ -72,17 +67,13 @@ into x-expires as kombu's own transports do);
 `KOMBU_PRIVATE_READS` are the few private names of the virtual
 transport it reads or calls without overriding them.
 
-No name of redis-py's is overridden, and only its public API is called: a message
-longer than the worker's bound (`ocr_max_message_bytes`) is cut on the server by the
-scripts that pop it for a worker (the fetch and `Fetcher.get`'s: `oversized`), which
-send its first and last bytes and its length, never its body. Nothing else hands a
-worker a whole message from Redis: the restore reads unacked records (HGET), and only
-messages within the bound are held (the fetch holds none larger, and `QoS.append` only
-a message `_admit` took); the holders' sweep and the visibility timeout's look read the
-records' heads on the server and return delivery tags; a broadcast (PUBLISH: remote
-control) comes on the channel's PUB/SUB connection, and Redis's
-`client-output-buffer-limit pubsub` bounds it (by default a subscriber whose pending
-output passes 32 MB is disconnected instead of sent it).
+No name of redis-py's is overridden, and only its public API is called. No message
+longer than the worker's bound (`ocr_max_message_bytes`) reaches a worker whole: the
+scripts that pop one send its ends and its length (`oversized`), only messages within
+the bound are held (`unacked`), and a broadcast (PUBLISH: remote control) comes on the
+channel's PUB/SUB connection, which Redis's `client-output-buffer-limit pubsub` bounds
+(by default a subscriber whose pending output passes 32 MB is disconnected instead of
+sent it).
 """
 
 # The kombu minors (and celery's, which go with them) whose virtual transport the names

@@ -31,15 +31,15 @@ import redis
 from kombu.transport import virtual
 from kombu.transport.base import to_rabbitmq_queue_arguments
 from kombu.utils.encoding import bytes_to_str
-from kombu.utils.json import dumps
 from kombu.utils.scheduling import cycle_by_name
 
 from tasks.broker import binding_expiry, connections, layout
-from tasks.broker.broadcasts import Broadcasts
+from tasks.broker.broadcasts import Broadcasts, FanoutGate, FanoutTopic
 from tasks.broker.fetching import Fetcher
 from tasks.broker.poller import FETCH, LISTEN, socket_of
 from tasks.broker.publishing import Publisher
 from tasks.broker.qos import QoS
+from tasks.broker.refusals import OnRefused
 
 log = logging.getLogger(__name__)
 
@@ -75,11 +75,12 @@ class Channel(virtual.Channel):
     queue_order_strategy = "round_robin"
     brpop_timeout = 1.0
     ocr_binding_min_ttl = binding_expiry.MIN_BINDING_TTL_MS  # an expiring binding's least
-    # Fanout exchanges whose topics go quiet when a publish reached no subscriber, for
-    # how long, and their routing keys published whatever was heard (broadcasts.py).
-    ocr_unheard_exchanges: tuple[str, ...] = ()
-    ocr_unheard_quiet = 5.0
-    ocr_unheard_always: tuple[str, ...] = ()
+    # What a fanout publish asks first (broadcasts.FanoutGate; None: every one is sent).
+    ocr_fanout_gate: FanoutGate | None = None
+    # The queue layer's: the ids of the tasks running now, which a close leaves held
+    # (qos.py; None: none runs), and what hears of each refused message (refusals.py).
+    ocr_running_tasks: Callable[[], set[str]] | None = None
+    ocr_on_refused: OnRefused | None = None
     # A publish waits for this many replicas (WAIT), at most `ocr_replica_timeout` s;
     # short of them a client's publish raises ReplicaMissing, a worker's goes on.
     ocr_min_replicas = 0
@@ -101,9 +102,9 @@ class Channel(virtual.Channel):
         "fanout_patterns", "global_keyprefix", "socket_timeout", "socket_connect_timeout",
         "socket_keepalive", "socket_keepalive_options", "queue_order_strategy",
         "max_connections", "health_check_interval", "retry_on_timeout", "priority_steps",
-        "client_name", "ocr_binding_min_ttl", "ocr_unheard_exchanges", "ocr_unheard_quiet",
-        "ocr_unheard_always", "ocr_min_replicas", "ocr_replica_timeout",
-        "ocr_refuse_pending", "ocr_max_message_bytes", "ocr_accept_content",
+        "client_name", "ocr_binding_min_ttl", "ocr_fanout_gate", "ocr_running_tasks",
+        "ocr_on_refused", "ocr_min_replicas",
+        "ocr_replica_timeout", "ocr_refuse_pending", "ocr_max_message_bytes", "ocr_accept_content",
         "ocr_dead_letter_max", "ocr_dead_letter_ttl", "ocr_idle_wait")
 
     # queue -> (exchange, routing key) of every fanout binding this process declared:
@@ -255,18 +256,12 @@ class Channel(virtual.Channel):
     def receive(self) -> bool:
         return self.broadcasts.receive()
 
-    def broadcast(self, exchange: str, routing_key: str, body: Any,
-                  headers: dict[str, Any] | None = None, delivery_mode: int = 1) -> None:
-        self.broadcasts.broadcast(exchange, routing_key, body, headers, delivery_mode)
+    def fanout_topic(self, exchange: str, routing_key: str) -> FanoutTopic:
+        return self.broadcasts.topic(exchange, routing_key)
 
-    def broadcast_later(self, exchange: str, routing_key: str, body: Any,
-                        headers: dict[str, Any] | None = None,
-                        delivery_mode: int = 1) -> Any:
-        return self.broadcasts.broadcast_later(exchange, routing_key, body, headers,
-                                               delivery_mode)
-
-    def unheard(self, exchange: str, routing_key: str) -> bool:
-        return self.broadcasts.unheard(exchange, routing_key)
+    def broadcast(self, exchange: str, routing_key: str, message: Any) -> None:
+        """A kombu envelope made by the caller, published as `_put_fanout` publishes."""
+        self.broadcasts.put(exchange, message, routing_key)
 
     def together(self) -> contextlib.AbstractContextManager[None]:
         return self.publisher.together()
@@ -345,14 +340,6 @@ class Channel(virtual.Channel):
     def _put(self, queue: str, message: Any, **kwargs: Any) -> None:
         self.publisher.put(queue, message)
 
-    def _put_commands(self, queue: str, message: Any) -> list[list[Any]]:
-        """A kombu LPUSH of `message` to its step's list, an expiring queue's PEXPIREs."""
-        name = layout.queue_list(queue, layout.message_step(message, self.priority_steps),
-                                 self.sep)
-        expires = self._expires.get(queue)
-        return [["LPUSH", name, dumps(message)],
-                *(["PEXPIRE", each, expires] for each in (self._lists(queue) if expires else ()))]
-
     def _put_fanout(self, exchange: str, message: Any, routing_key: str,
                     **kwargs: Any) -> None:
         self.broadcasts.put(exchange, message, routing_key)
@@ -389,7 +376,8 @@ class Channel(virtual.Channel):
             subclient = self.__dict__.get("subclient")
             if subclient is not None and self._listening is not None:
                 with contextlib.suppress(*self.connection_errors):
-                    subclient.punsubscribe(self.broadcasts.topic(*self._fanout_queues[queue]))
+                    subclient.punsubscribe(
+                        self.broadcasts.topic_name(*self._fanout_queues[queue]))
             self._fanout_to_queue.pop(self._fanout_queues[queue][0], None)
         result = super().basic_cancel(consumer_tag)
         self._queue_cycle.update(self.active_queues)

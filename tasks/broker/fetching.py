@@ -5,10 +5,9 @@ Flower and the exporter load it too, and consume only replies and events). A bod
 is not a JSON object, an envelope without its properties, a body that is not base64 or
 a pickled message would either kill the worker parent ("Unrecoverable error") or leave
 the job PENDING. This channel checks each raw message first, before any decoding, and
-dead-letters what a worker must not take (tasks/broker/refusals.py); the worker then goes on. A
-message longer than the largest it would decode (`ocr_max_message_bytes`) reaches it
-as its ends and its length alone: the scripts that pop it (the fetch, and `_get`'s)
-never send it whole (tasks/broker/oversized.py).
+dead-letters what a worker must not take (tasks/broker/refusals.py); the worker then
+goes on. A message longer than the largest it would decode reaches it as its ends and
+its length alone (tasks/broker/oversized.py).
 
 Taking a message is one atomic step on the server (`fetch_script.FETCH`): the script
 holds it in one record (tasks/broker/unacked.py), under a delivery tag the worker chose
@@ -29,12 +28,8 @@ A `Fetcher` is a part of the channel (tasks/broker/channel.py), beside its publi
 (tasks/broker/publishing.py); the event loop drives each channel's fetches through
 tasks/broker/poller.py (kombu's `register_with_event_loop`).
 
-The transport that makes these channels is tasks/broker/transport.py, selected
-through Celery's `broker_transport` (tasks/queue/celery_config.py), for redis:// and
-rediss:// brokers (behind Sentinel: tasks/broker/sentinel_transport.py);
-AMQP brokers deliver typed frames and Celery's own decode-error path covers them (junk
-is acked or rejected, the worker goes on); a pickled message's FAILURE is stored there
-from Celery's `task_rejected` signal.
+AMQP brokers deliver typed frames, and Celery's own decode-error path covers them (junk
+is acked or rejected, the worker goes on: tasks/queue/parent_endings.py).
 """
 
 from __future__ import annotations
@@ -54,7 +49,6 @@ from tasks.broker.refusals import (
     Refused,
     check_message,
     dead_letter,
-    message_refused,
     push_dead_letter,
 )
 from tasks.broker.wire import FetchBytes
@@ -348,5 +342,5 @@ class Fetcher:
                   queue, entry.code, entry.reason, entry.task_id, DEAD_LETTER_KEY)
         push_dead_letter(channel.commands, entry, int(channel.ocr_dead_letter_max),
                          int(channel.ocr_dead_letter_ttl))
-        message_refused.send(sender=channel, task_id=refused.task_id, error=refused.error,
-                             queue=queue)
+        if channel.ocr_on_refused is not None:
+            channel.ocr_on_refused(refused.task_id, refused.error, queue)

@@ -4,16 +4,15 @@ Runs in the worker parent: the one process that consumes (the fetch names it as 
 holder) and that writes the node's presence record (tasks/queue/presence.py, whose
 heartbeat drives the sweep). Clients and RabbitMQ workers never use it.
 
-The fetch (tasks/broker/lanes.py, `FETCH`) holds each message it takes in one record
-(tasks/broker/unacked.py) whose head names its holder, `<node>|<parent pid>`, then the
-key it was taken from (the client's lane, or the list itself), the ring of its
-priority step and its client. Every path that drops the record (ack, reject,
+The fetch (tasks/broker/fetch_script.py) holds each message it takes in one record
+whose head names its holder, `<node>|<parent pid>` (tasks/broker/unacked.py). Every
+path that drops the record (ack, reject,
 restore, the visibility timeout's restore: tasks/broker/qos.py) drops the
 holder with it.
 
-A holder is alive while its node's presence record (tasks/state/liveness.py: field
-node -> `{"expires", "pid", ...}`, refreshed by every heartbeat) names its pid and
-was refreshed within OCR_WORKER_LIVENESS_SECONDS. Each live worker parent looks every
+A holder is alive while its node's presence record names its pid and was refreshed
+within OCR_WORKER_LIVENESS_SECONDS (tasks/state/liveness.py, `live_holders`). Each
+live worker parent looks every
 third of that window whether the sweep is due: the first to take the lock
 (`unacked_sweep`: its random token, SET NX PX in `TAKE`, one command for the
 others; it lapses, never deleted, so one sweep runs per interval; a value without
@@ -31,19 +30,16 @@ visibility timeout alone, and the stopping worker finishes them.
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import time
 import uuid
-from collections.abc import Mapping
-from typing import Any
 
 import redis
 
 from tasks.broker.layout import SWEEP_LOCK_KEY
 from tasks.broker.unacked import HEAD_LUA, unacked_hashes
-from tasks.state.keys import WORKERS_KEY
+from tasks.state.liveness import WorkerPresence
 from tasks.state.lua import Script
 
 log = logging.getLogger(__name__)
@@ -127,28 +123,6 @@ return 0
 """)
 
 
-def liveness_args(records: Mapping[Any, Any], now: float, window: float,
-                  ttl: float) -> list[str]:
-    """The script's holder arguments from the presence records (node -> JSON).
-
-    A record counts as live while its last refresh (`expires` less `ttl`) is at most
-    `window` seconds old; a record without `pid` makes any pid of its node live.
-    """
-    args: list[str] = []
-    for raw_node, raw in records.items():
-        node = raw_node.decode() if isinstance(raw_node, bytes) else str(raw_node)
-        args.append(f"K{node}")
-        try:
-            record = json.loads(raw)
-            refreshed = float(record["expires"]) - ttl
-        except (ValueError, KeyError, TypeError):
-            continue
-        if now - refreshed <= window:
-            pid = record.get("pid")
-            args.append(f"L{node}|{pid if pid is not None else '*'}")
-    return args
-
-
 class HolderSweep:
     """The worker parent's sweep of dead holders' messages (one per process).
 
@@ -159,10 +133,9 @@ class HolderSweep:
     def __init__(self, broker: redis.Redis, presence: redis.Redis, window: float,
                  presence_ttl: float, prefix: str = "") -> None:
         self._broker = broker
-        self._presence = presence
+        self._presence = WorkerPresence(presence, ttl=presence_ttl)
         self.window = window
         self.interval = max(window / 3, 2 * SLACK)
-        self._ttl = presence_ttl
         self._lock = prefix + SWEEP_LOCK_KEY
         self._token = uuid.uuid4().hex
         self._next = time.monotonic() + self.interval
@@ -187,10 +160,10 @@ class HolderSweep:
         if not keys or not self._broker.exists(*keys):  # nothing held (an idle fleet)
             return []
         now = time.time() if now is None else now
-        records = self._presence.hgetall(WORKERS_KEY)
-        args = liveness_args(records, now, self.window, self._ttl)
+        live, known = self._presence.live_holders(now, self.window)
         back = [t.decode() if isinstance(t, bytes) else str(t) for t in SWEEP.run(
-            self._broker, keys, [repr(now - self.window), *args])]
+            self._broker, keys, [repr(now - self.window), *(f"L{holder}" for holder in live),
+                                 *(f"K{node}" for node in known)])]
         if back:
             log.warning("%d message(s) of dead workers put back in their queues "
                         "(no heartbeat for %g s): %s", len(back), self.window,

@@ -79,7 +79,7 @@ class Publisher:
             else:
                 self._push(queue, step, client, [dumps(message)])
             return
-        put = channel._put_commands(queue, message)
+        put = self._list_commands(queue, message)
         if int(channel.ocr_min_replicas or 0):
             self._send_kept(queue, [*(put if len(put) == 1 else [["MULTI"], *put, ["EXEC"]]),
                                     *wakeups.wake_commands([queue])])
@@ -89,6 +89,15 @@ class Publisher:
                 pipe.execute_command(*command)
             pipe.execute()
         wakeups.wake_now(channel, queue)
+
+    def _list_commands(self, queue: str, message: Any) -> list[list[Any]]:
+        """A kombu LPUSH of `message` to its step's list, an expiring queue's PEXPIREs."""
+        channel = self.channel
+        name = layout.queue_list(queue, layout.message_step(message, channel.priority_steps),
+                                 channel.sep)
+        expires = channel._expires.get(queue)
+        lists = channel._lists(queue) if expires else ()
+        return [["LPUSH", name, dumps(message)], *(["PEXPIRE", each, expires] for each in lists)]
 
     @contextlib.contextmanager
     def together(self) -> Iterator[None]:

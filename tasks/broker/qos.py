@@ -111,16 +111,12 @@ def pending() -> bool:
     return bool(_acks or _restores)
 
 
-def running_task_ids() -> set[str]:
-    """Ids of the tasks this worker's pool children run now (Celery's worker state)."""
-    from celery.worker import state
+def split_running(delivered: dict[str, Any], running: set[str],
+                  ) -> tuple[list[str], list[str]]:
+    """Delivery tags of `delivered` (tag -> message): (its task in `running`, not started).
 
-    return {str(request.id) for request in tuple(state.active_requests)}
-
-
-def split_running(delivered: dict[str, Any]) -> tuple[list[str], list[str]]:
-    """Delivery tags of `delivered` (tag -> message): (running in a child, not started)."""
-    running = running_task_ids()
+    `running`: the ids of the tasks running now (the channel's `ocr_running_tasks`).
+    """
     started: list[str] = []
     waiting: list[str] = []
     for tag, message in delivered.items():
@@ -179,14 +175,9 @@ class QoS(virtual.QoS):  # the channel's (tasks/broker/channel.py)
     """Taken messages held (tasks/broker/unacked.py) until acknowledged, restored when lost.
 
     A message the fetch took is held by the fetch itself (`fetch_script.FETCH`, with its
-    holder); one taken by `basic_get` is held here, without a holder. An
-    acknowledgement drops the unacked record, one HDEL.
-
-    What a lost connection leaves unacked (acknowledgements around it, messages no
-    child started) is settled by the next channel (`settle`); a task running at
-    the loss is never restored then. A restore reads each unacked record whole (HGET):
-    only messages within the worker's bound are held (the fetch holds none larger;
-    `append` only a message the channel's checks took).
+    holder); one taken by `basic_get` is held here (`append`: only a message the
+    channel's checks took), without a holder. An acknowledgement drops the unacked
+    record, one HDEL.
     """
 
     restore_at_shutdown = True
@@ -387,7 +378,8 @@ class QoS(virtual.QoS):  # the channel's (tasks/broker/channel.py)
     def restore_unacked(self, client: Any = None) -> None:
         # At the channel's close: messages no child started go back to their queues
         # (now, or through the next channel); running tasks keep theirs.
-        running, waiting = split_running(dict(self._delivered))
+        ids = self.channel.ocr_running_tasks
+        running, waiting = split_running(dict(self._delivered), ids() if ids else set())
         self._delivered.clear()
         try:
             with self.channel.conn_or_acquire(client) as conn:

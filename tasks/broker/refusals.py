@@ -3,30 +3,29 @@
 Runs in the worker parent: tasks/broker/fetching.py checks each message it fetches
 before it is decoded. A message is refused when it is:
 
-- larger than the inline input limit allows (`input_too_large`), by its raw length:
-  the scripts that pop a message for the worker send such a message as its ends and
-  its length alone (`oversized`: Redis never sends it whole, whatever its own bound),
-  and the task id is read from those ends;
+- larger than the inline input limit allows (`input_too_large`), by its raw length
+  (such a message reaches the worker as its ends and its length alone: `oversized`),
+  its task id read from those ends;
 - not a kombu envelope (`malformed_message`): not JSON, not an object, no
   `properties.delivery_tag`/`delivery_info`, headers not an object, body not base64;
 - a content type the app does not accept, e.g. pickle (`content_refused`).
 
 A refused message is pushed to `DEAD_LETTER_KEY` (a capped list with a TTL; each
 entry JSON with the reason, the time, the queue and the first bytes of the message)
-and `message_refused` is sent with the task id when one could be read. The queue layer
-stores that job's FAILURE (tasks/queue/parent_endings.py: `connect_refusals`).
+and the channel's `ocr_on_refused` is told, with the task id when one could be read:
+the queue layer's, which stores that job's FAILURE (tasks/queue/parent_endings.py:
+`connect_refusals`).
 """
 
 from __future__ import annotations
 
 import json
-import logging
 import re
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-from celery.utils.dispatch import Signal
 from kombu.utils.encoding import bytes_to_str
 from kombu.utils.json import loads
 
@@ -34,14 +33,9 @@ from tasks.broker.layout import DEAD_LETTER_COUNT_KEY, DEAD_LETTER_KEY
 from tasks.broker.oversized import ENDS, reply_size
 from tasks.errors import ContentRefused, InputTooLarge, MalformedMessage, OcrError
 
-log = logging.getLogger(__name__)
-
-if TYPE_CHECKING:
-    pass
-
-# Sent in the worker parent for each refused message: task_id (None when unreadable),
-# error (an OcrError) and queue.
-message_refused = Signal(name="message_refused", providing_args={"task_id", "error", "queue"})
+# Told of each refused message (a transport option): its task id (None when unreadable),
+# the error and the queue.
+OnRefused = Callable[[str | None, OcrError, str], None]
 
 RAW_KEPT = 4096          # bytes of a refused message kept in its dead-letter entry
 _BASE64 = re.compile(r"[A-Za-z0-9+/]*={0,2}")

@@ -1,7 +1,7 @@
 r"""A held message's one record, and the scripts that read its head on the server.
 
 Runs in the worker parent, the one process that consumes (the fetch writes the record,
-tasks/broker/lanes.py; acknowledgements and restores drop it, tasks/broker/qos.py;
+tasks/broker/fetch_script.py; acknowledgements and restores drop it, tasks/broker/qos.py;
 the sweep of dead holders reads it, tasks/broker/holders.py), and in the metrics
 exporter, which counts the records (tasks/metrics/queue_depth.py).
 
@@ -17,7 +17,8 @@ consumer that names no holder). The fetch writes it with one HSET, an acknowledg
 drops it with one HDEL. Scripts read the head with one Lua pattern (`HEAD_LUA`), never
 JSON, and send back delivery tags, never a message: the visibility timeout's look
 (`VISIBLE`) and the holders' sweep. A restore reads the value whole (HGET): only
-messages within the worker's bound are held.
+messages within the worker's bound are held (the fetch holds none larger, and
+`QoS.append` only a message the channel's checks took).
 """
 
 from __future__ import annotations

@@ -24,6 +24,7 @@ from typing import Any
 from celery.backends.redis import SentinelBackend
 from celery.beat import PersistentScheduler
 
+from tasks.queue.quiet_events import UnheardEvents
 from tasks.queue.routing import AMQP_MAX_PRIORITY, DEFAULT_QUEUE, PRIORITY_STEPS, priority_value
 from tasks.settings import Settings
 from tasks.state.connection import (
@@ -37,12 +38,8 @@ from tasks.state.connection import (
 # kombu's retry of a message publish while the broker is unreachable: about 30 s of
 # backoff (0.1 s, 0.6 s, ... up to 3 s), then the task retries (tasks/state/boundary.py).
 # Celery's event exchange (its default, named here once): Flower's task and worker
-# events, left quiet while nobody hears them (the Redis transport's unheard exchanges).
+# events, left quiet while nobody hears them (tasks/queue/quiet_events.py).
 EVENT_EXCHANGE = "celeryev"
-# Its routing keys never left quiet: a task's endings (Celery's and a job's own) and a
-# worker's coming and going, so that a Flower started within a quiet time shows them.
-ALWAYS_SENT_EVENTS = ("task.succeeded", "task.failed", "task.revoked", "task.rejected",
-                      "worker.online", "worker.offline")
 
 PUBLISH_RETRY_POLICY = {"max_retries": 14, "interval_start": 0.1, "interval_step": 0.5,
                         "interval_max": 3.0}
@@ -183,14 +180,20 @@ def _broker_options(settings: Settings) -> dict[str, Any]:
         "unacked_restore_interval": 5,
         "unacked_restore_throttle": 1,
         # An event that reached no subscriber (no Flower, no `celery events`): its kind
-        # is not published again by this process for a few seconds
-        # (tasks/broker/broadcasts.py), but for a task's endings and a worker's coming
-        # and going, which a Flower that came meanwhile must see. Remote control is
-        # always published.
-        "ocr_unheard_exchanges": (EVENT_EXCHANGE,),
-        "ocr_unheard_quiet": settings.events_quiet_seconds,
-        "ocr_unheard_always": ALWAYS_SENT_EVENTS,
+        # is not published again by this process for a few seconds, but for a task's
+        # endings and a worker's coming and going. Remote control is always published.
+        "ocr_fanout_gate": UnheardEvents((EVENT_EXCHANGE,), settings.events_quiet_seconds),
+        # A worker's close leaves the messages of its running tasks held (the visibility
+        # timeout restores them, never while they run), and restores the rest.
+        "ocr_running_tasks": running_task_ids,
     }}
+
+
+def running_task_ids() -> set[str]:
+    """Ids of the tasks this worker's pool children run now (Celery's worker state)."""
+    from celery.worker import state
+
+    return {str(request.id) for request in tuple(state.active_requests)}
 
 
 def _beat_schedule(settings: Settings) -> dict[str, Any]:

@@ -4,7 +4,8 @@ Runs in worker processes (pool children, the worker parent, the control worker's
 threads). A process keeps one event dispatcher, on a broker connection of its own, per
 thread and node name, for all its jobs: an event is one PUBLISH, not a new connection.
 On the Redis broker the event goes out through the transport's `broadcast`, in the
-message the dispatcher's producer would make, without the producer's steps; or, made
+message the dispatcher's producer would make, without the producer's steps (and left
+out where nobody hears it: tasks/queue/quiet_events.py); or, made
 by `event_later`, in the round trip of a job's end claim, where the state store is on
 the broker's server (tasks/queue/job_services.py).
 An event is for watchers only: one the broker cannot take (its connection lost with a
@@ -21,11 +22,13 @@ from __future__ import annotations
 import logging
 import os
 import threading
+import uuid
 from typing import Any
 
 from celery.events import Event
 from celery.utils.time import utcoffset
 from celery.worker.request import Request
+from kombu.utils.json import dumps
 
 from tasks.records.jobs import Broadcast
 from tasks.state.boundary import PUBLISH_ERRORS
@@ -95,8 +98,13 @@ def event_later(app: Any, hostname: str | None, event: str, job_id: str,
         dispatcher = _dispatcher(app, key)
         if not dispatcher.enabled:
             return None
-        return dispatcher.producer.channel.broadcast_later(
-            *_message(dispatcher, event, uuid=job_id, **fields))
+        channel = dispatcher.producer.channel
+        topic = channel.fanout_topic(dispatcher.exchange.name, _routing_key(event))
+        gate = channel.ocr_fanout_gate
+        if gate is not None and gate.may_quiet(topic):
+            return None  # `send_event` sends it, asking who hears it
+        return Broadcast(topic.name, dumps(_envelope(channel, dispatcher, event,
+                                                     uuid=job_id, **fields)))
     except errors:
         _drop(key, errors)
         return None
@@ -117,25 +125,38 @@ def _dispatcher(app: Any, key: _Key) -> Any:
 
 
 def _broadcast(dispatcher: Any, event: str, **fields: Any) -> None:
-    """`dispatcher.send(event, **fields)` on the Redis transport, through its `broadcast`.
-
-    The event Celery's dispatcher makes (its clock forwarded), in the message kombu's
-    producer would make (tasks/broker/broadcasts.py), without the producer's steps.
-    """
+    """`dispatcher.send(event, **fields)` on the Redis transport, through its `broadcast`."""
     if not dispatcher.enabled:
         return
-    dispatcher.producer.channel.broadcast(*_message(dispatcher, event, **fields))
+    channel = dispatcher.producer.channel
+    channel.broadcast(dispatcher.exchange.name, _routing_key(event),
+                      _envelope(channel, dispatcher, event, **fields))
 
 
-def _message(dispatcher: Any, event: str, **fields: Any) -> tuple[Any, ...]:
-    """A broadcast's arguments for `event`: exchange, routing key, body, headers, mode.
+def _routing_key(event: str) -> str:
+    """An event's routing key, as Celery's dispatcher names it (`task-sent`: task.sent)."""
+    return event.replace("-", ".")
 
-    The body is the event Celery's dispatcher makes, its clock forwarded.
+
+def _envelope(channel: Any, dispatcher: Any, event: str, **fields: Any) -> dict[str, Any]:
+    """The message a kombu `Producer.publish` of `event` gives `channel`.
+
+    Its body the event Celery's dispatcher makes (its clock forwarded), then a base64
+    body, the delivery info and a new delivery tag, made without the producer's declare
+    and preparing steps, so that any kombu consumer (Flower, `celery events`) reads it
+    as its own.
     """
     body = Event(event, hostname=dispatcher.hostname, utcoffset=utcoffset(),
                  pid=dispatcher.pid, clock=dispatcher.clock.forward(), **fields)
-    return (dispatcher.exchange.name, event.replace("-", "."), body, dispatcher.headers,
-            dispatcher.delivery_mode)
+    encoded, encoding = channel.encode_body(dumps(body), channel.body_encoding)
+    return {
+        "body": encoded, "content-encoding": "utf-8", "content-type": "application/json",
+        "headers": dispatcher.headers or {},
+        "properties": {"delivery_mode": dispatcher.delivery_mode,
+                       "delivery_info": {"exchange": dispatcher.exchange.name,
+                                         "routing_key": _routing_key(event)},
+                       "priority": channel.default_priority, "body_encoding": encoding,
+                       "delivery_tag": str(uuid.uuid4())}}
 
 
 def _broker_errors(app: Any) -> tuple[type[BaseException], ...]:

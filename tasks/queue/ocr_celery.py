@@ -95,9 +95,9 @@ class OcrCelery(Celery):
 class QuietSentEvents:
     """Celery's `task-sent` events on the Redis broker, not made while nobody hears them.
 
-    Runs where tasks are sent (`send_task`'s `event_dispatcher`). The transport leaves
-    quiet a topic of the event exchange that no one heard a moment ago
-    (tasks/broker/broadcasts.py); asked first, the event is not built at all.
+    Runs where tasks are sent (`send_task`'s `event_dispatcher`). The transport's fanout
+    gate leaves quiet a topic of the event exchange that no one heard a moment ago
+    (tasks/queue/quiet_events.py); asked first, the event is not built at all.
     """
 
     def __init__(self, dispatcher: Any) -> None:
@@ -105,6 +105,9 @@ class QuietSentEvents:
 
     def publish(self, type: str, fields: dict[str, Any], producer: Any,  # noqa: A002 - Celery's name
                 **kwargs: Any) -> Any:
-        if producer.channel.unheard(self._dispatcher.exchange.name, type.replace("-", ".")):
+        channel = producer.channel
+        gate = channel.ocr_fanout_gate
+        if gate is not None and gate.held(channel.fanout_topic(
+                self._dispatcher.exchange.name, type.replace("-", "."))):
             return None
         return self._dispatcher.publish(type, fields, producer, **kwargs)

@@ -8,8 +8,8 @@ When a cancel's SIGKILL reached a child that was ending its job (its end claim t
 the rest not done), the parent takes the claim over and finishes the ending
 (`take_over_killed`; Linux: a child is told by /proc); a pool child finishes the ending
 of a job whose whole worker died while ending it (`finish_abandoned`).
-`connect_refusals()` stores the FAILURE of a message the broker refused
-(tasks/broker/refusals.py's `message_refused`) or Celery would not decode.
+`connect_refusals()` stores the FAILURE of a message the broker refused (the Redis
+transport's `ocr_on_refused`: tasks/broker/refusals.py) or Celery would not decode.
 """
 
 from __future__ import annotations
@@ -27,7 +27,6 @@ from celery.signals import celeryd_after_setup, task_failure, task_rejected, tas
 from kombu.exceptions import ContentDisallowed
 
 from tasks import tracing
-from tasks.broker.refusals import message_refused
 from tasks.engines.resident import engine_for_job
 from tasks.errors import (
     BadRequest,
@@ -243,7 +242,7 @@ def connect_parent_endings(app: OcrCelery) -> None:
 def connect_refusals(app: OcrCelery) -> None:
     """Store a FAILURE for each refused message whose task id was read (worker parent).
 
-    Two sources: this transport's `message_refused` (Redis), and Celery's own
+    Two sources: the Redis transport's `ocr_on_refused`, and Celery's own
     `task_rejected` for a message it refused to deserialize (ContentDisallowed), which
     is how a pickled message ends on other brokers (AMQP) instead of staying PENDING.
     """
@@ -259,8 +258,7 @@ def connect_refusals(app: OcrCelery) -> None:
         except OcrError as exc:
             log.warning("job %s refused, its ending notice not written: %s", task_id, exc)
 
-    def on_refused(sender: Any, task_id: str | None, error: OcrError, queue: str,
-                   **_: Any) -> None:
+    def on_refused(task_id: str | None, error: OcrError, queue: str) -> None:
         if task_id is not None:
             failed(task_id, error)
 
@@ -273,5 +271,8 @@ def connect_refusals(app: OcrCelery) -> None:
                 f"content type {str(message.content_type)[:60]!r} is not accepted "
                 "(JSON only)"))
 
-    message_refused.connect(on_refused, weak=False, dispatch_uid="ocr-refusals")
+    settings = getattr(app, "ocr_settings", None)
+    if settings is not None and not settings.broker_is_amqp:
+        app.conf.broker_transport_options = {**(app.conf.broker_transport_options or {}),
+                                             "ocr_on_refused": on_refused}
     task_rejected.connect(on_rejected, weak=False, dispatch_uid="ocr-rejected")

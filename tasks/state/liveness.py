@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 
 import redis
 
@@ -104,6 +104,31 @@ class WorkerPresence:
     def serving(self, queue: str, now: float | None = None) -> list[str]:
         """The live worker nodes that consume `queue` (sorted)."""
         return sorted(node for node, queues in self.live_queues(now).items() if queue in queues)
+
+    def live_holders(self, now: float, window: float) -> tuple[set[str], set[str]]:
+        """`live_holders` of this hash's records (one HGETALL)."""
+        return live_holders(self._records(), now, window, self.ttl)
+
+
+def live_holders(records: Mapping[str, bytes | str], now: float, window: float,
+                 ttl: float) -> tuple[set[str], set[str]]:
+    """The worker parents alive, `<node>|<pid>`, and every node with a record.
+
+    For the sweep of dead holders (tasks/broker/holders.py). A record counts as live
+    while its last refresh (`expires` less `ttl`) is at most `window` seconds old; a
+    record without `pid` makes any pid of its node live (`<node>|*`).
+    """
+    live: set[str] = set()
+    for node, raw in records.items():
+        try:
+            record = json.loads(raw)
+            refreshed = float(record["expires"]) - ttl
+        except (ValueError, KeyError, TypeError):
+            continue
+        if now - refreshed <= window:
+            pid = record.get("pid")
+            live.add(f"{node}|{pid if pid is not None else '*'}")
+    return live, set(records)
 
 
 def _expires(raw: bytes | str) -> float:

@@ -22,6 +22,7 @@ from kombu import Connection, Exchange, Producer, Queue
 
 from tasks.broker import lanes, layout
 from tasks.broker.transport import TRANSPORT
+from tasks.queue.quiet_events import UnheardEvents
 from tasks.records.clients import CLIENT_HEADER
 from tasks.state import lua
 from tests.losing_redis import losing_redis
@@ -111,8 +112,11 @@ def test_a_binding_is_two_sadds_its_permanent_entry_first(lone_redis_url: str,
 
 
 QUIET = 0.6
-EVENTS = {"ocr_unheard_exchanges": ["celeryev"], "ocr_unheard_quiet": QUIET,
-          "ocr_unheard_always": ["task.succeeded"]}
+
+
+def gated() -> dict[str, Any]:
+    """Transport options with a fanout gate of its own (tasks/queue/quiet_events.py)."""
+    return {"ocr_fanout_gate": UnheardEvents(("celeryev",), QUIET, ("task.succeeded",))}
 
 
 def broadcast(conn: Connection, exchange: str, routing_key: str, body: Any) -> None:
@@ -133,12 +137,14 @@ def heard(pubsub: Any) -> list[str]:
 def test_an_unheard_event_goes_quiet_then_reaches_a_subscriber_that_came(
         lone_redis_url: str, r: redis.Redis) -> None:
     """No one subscribed: one PUBLISH, then none for the quiet time; then heard each time."""
-    with Connection(lone_redis_url, transport=TRANSPORT, transport_options=EVENTS) as conn:
+    with Connection(lone_redis_url, transport=TRANSPORT, transport_options=gated()) as conn:
         conn.default_channel.queue_declare("ocr-warm")
         assert counted(r, lambda: [broadcast(conn, "celeryev", "task.sent", {"n": n})
                                    for n in range(5)]) == {"publish": 1}
-        assert conn.default_channel.unheard("celeryev", "task.sent")
-        assert not conn.default_channel.unheard("celeryev", "task.succeeded")  # always
+        channel = conn.default_channel
+        assert channel.ocr_fanout_gate.held(channel.fanout_topic("celeryev", "task.sent"))
+        assert not channel.ocr_fanout_gate.held(  # always sent
+            channel.fanout_topic("celeryev", "task.succeeded"))
         flower = r.pubsub()
         flower.psubscribe("/1.celeryev/*")  # Flower's subscription
         assert heard(flower) == []
@@ -158,7 +164,7 @@ def test_a_task_sent_event_nobody_hears_is_not_even_made(lone_redis_url: str,
 
     from tasks.queue.ocr_celery import QuietSentEvents
 
-    app = Celery(broker=lone_redis_url, broker_transport_options=EVENTS)
+    app = Celery(broker=lone_redis_url, broker_transport_options=gated())
     app.conf.broker_transport = TRANSPORT
     dispatcher = app.events.Dispatcher(enabled=False)
     made: list[str] = []
@@ -222,7 +228,7 @@ def test_a_jobs_event_is_the_message_celerys_dispatcher_sends(lone_redis_url: st
 def test_a_tasks_ending_is_published_while_its_topic_would_be_quiet(
         lone_redis_url: str, r: redis.Redis) -> None:
     """A subscriber that came within a quiet time still sees a task end (always sent)."""
-    with Connection(lone_redis_url, transport=TRANSPORT, transport_options=EVENTS) as conn:
+    with Connection(lone_redis_url, transport=TRANSPORT, transport_options=gated()) as conn:
         conn.default_channel.queue_declare("ocr-warm")
         assert counted(r, lambda: [broadcast(conn, "celeryev", key, {"n": n})
                                    for n in range(3) for key in ("task.started",
@@ -240,7 +246,7 @@ def test_a_tasks_ending_is_published_while_its_topic_would_be_quiet(
 def test_quiet_is_per_routing_key_and_never_for_remote_control(lone_redis_url: str,
                                                               r: redis.Redis) -> None:
     """A subscriber of `worker.*` alone (gossip) hears every heartbeat; pidbox always goes."""
-    with Connection(lone_redis_url, transport=TRANSPORT, transport_options=EVENTS) as conn:
+    with Connection(lone_redis_url, transport=TRANSPORT, transport_options=gated()) as conn:
         conn.default_channel.queue_declare("ocr-warm")
         gossip = r.pubsub()
         gossip.psubscribe("/1.celeryev/worker.*")
@@ -269,12 +275,13 @@ def test_celery_config_names_its_event_exchange_and_the_quiet_setting() -> None:
     env = {"REDIS_URL": "redis://127.0.0.1:6379/0", "OCR_EVENTS_QUIET_SECONDS": "2.5"}
     config = celery_config(Settings.from_env(env))
     options = config["broker_transport_options"]
-    assert list(options["ocr_unheard_exchanges"]) == [config["event_exchange"]]
-    assert options["ocr_unheard_quiet"] == 2.5
-    assert {"task.succeeded", "task.failed"} <= set(options["ocr_unheard_always"])
+    gate = options["ocr_fanout_gate"]
+    assert gate.exchanges == (config["event_exchange"],)
+    assert gate.quiet == 2.5
+    assert {"task.succeeded", "task.failed"} <= set(gate.always)
     with pytest.raises(SettingsError, match="OCR_EVENTS_QUIET_SECONDS"):
         Settings.from_env({**env, "OCR_EVENTS_QUIET_SECONDS": "-1"})
-    assert "ocr_unheard_exchanges" not in celery_config(Settings.from_env(
+    assert "ocr_fanout_gate" not in celery_config(Settings.from_env(
         {**env, "BROKER_URL": "amqp://guest:guest@127.0.0.1:5672//"})).get(
             "broker_transport_options", {})
 

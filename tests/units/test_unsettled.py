@@ -114,6 +114,6 @@ def test_a_running_task_is_not_restored_at_the_loss(monkeypatch: pytest.MonkeyPa
     running, waiting = message(), message()
     running.headers = {"id": "job-running"}
     waiting.headers = {"id": "job-waiting"}
-    monkeypatch.setattr(unsettled, "running_task_ids", lambda: {"job-running"})
-    started, not_started = unsettled.split_running({"a": running, "b": waiting})
+    started, not_started = unsettled.split_running({"a": running, "b": waiting},
+                                                   {"job-running"})
     assert (started, not_started) == (["a"], ["b"])
