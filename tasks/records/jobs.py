@@ -14,7 +14,7 @@ from __future__ import annotations
 import json
 import time
 import uuid
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from typing import Any
 
 from tasks.errors import OcrError
@@ -73,9 +73,21 @@ class DocumentMeta:
         return [self.escalation_task(n) for n in (*self.ocr_pages, *self.escalated)]
 
     def to_json(self) -> str:
-        data = {**self.__dict__, "request": self.request.to_json(),
-                "base": self.base.to_json(),
-                "previous": self.previous.to_json() if self.previous is not None else None}
+        """The meta as stored in Redis.
+
+        The previous release reads it too: its workers take this release's page tasks
+        in a rolling upgrade. The fields it does not know (`escalated`, the request's
+        `escalate` and `escalate_below`) are left out while unset: the request's
+        fields at their default are left out, and `escalated` while empty.
+        """
+        data: dict[str, Any] = {f.name: getattr(self, f.name) for f in fields(self)
+                                if f.name not in ("request", "base", "previous", "escalated")}
+        data["request"] = _set_fields(self.request)
+        data["base"] = self.base.to_json()
+        if self.previous is not None:
+            data["previous"] = self.previous.to_json()
+        if self.escalated:
+            data["escalated"] = self.escalated
         return json.dumps(data)
 
     @classmethod
@@ -86,6 +98,16 @@ class DocumentMeta:
         if data.get("previous") is not None:
             data["previous"] = DocumentResult.from_json(data["previous"])
         return cls(**data)
+
+
+def _set_fields(request: JobRequest) -> dict[str, Any]:
+    """A request as the meta carries it: its fields not at their default."""
+    unset = _UNSET_REQUEST.to_json()
+    return {name: value for name, value in request.to_json().items()
+            if name == "source" or value != unset[name]}
+
+
+_UNSET_REQUEST = JobRequest(source="")
 
 
 @dataclass(frozen=True)
