@@ -6,7 +6,9 @@ text-layer pages whose structure is wanted; tasks/queue/page_tasks.py), and by
 an image's pages fan out only for that). No Celery
 here: progress is reported through a callable, and the document ends through its
 `JobEnder`. The splitting side (`FanOut`) is built by `tasks.lifecycle.jobs`; the open
-document a page is read from, by `tasks.lifecycle.open_documents`.
+document a page is read from, by `tasks.lifecycle.open_documents`. A page is read and
+recorded with its task's `PageDescriptor`; the merge and a cancel's ending read the
+document's meta.
 """
 
 from __future__ import annotations
@@ -34,7 +36,7 @@ from tasks.pipeline.escalation import escalated_page, keep_first
 from tasks.pipeline.images import iter_image_pages
 from tasks.pipeline.pdf import render_page
 from tasks.pipeline.results import assemble, failed_page, named_engines
-from tasks.records.jobs import DocumentMeta, Outcome
+from tasks.records.jobs import DocumentMeta, Outcome, PageDescriptor
 from tasks.records.request import WORD_BOX_OUTPUTS
 from tasks.records.results import PageRecord, PageWorker
 
@@ -59,22 +61,22 @@ def unexpected(job_id: str, exc: BaseException) -> InternalError:
     return InternalError(f"unexpected {type(exc).__name__}")
 
 
-def run_pdf_page(meta: DocumentMeta, number: int, engines: ResidentEngines,
-                 docs: OpenDocumentCache, settings: Settings,
-                 stores: Stores, password: str | None = None) -> PageRecord:
+def run_pdf_page(page: PageDescriptor, engines: ResidentEngines, docs: OpenDocumentCache,
+                 settings: Settings, stores: Stores,
+                 password: str | None = None) -> PageRecord:
     """OCR one page of a fanned-out PDF; a failure becomes a failed page.
 
     Retryable errors are raised (the page task retries them).
     """
-    request = meta.request
+    request, number = page.request, page.number
     if past_deadline(request.deadline):
         return deadline_page(number)
-    settings = url_inputs.for_client(settings, meta.url_prefixes)
+    settings = url_inputs.for_client(settings, page.url_prefixes)
     try:
-        engine = engines.get(meta.engine).engine
-        image, full = page_image(meta, number, engine, docs, settings, stores, password)
+        engine = engines.get(page.engine).engine
+        image, full = page_image(page, engine, docs, settings, stores, password)
         try:
-            page = ocr_page(number, image, engine, recognize_options(request), settings,
+            read = ocr_page(number, image, engine, recognize_options(request), settings,
                             full)
         finally:
             image.close()
@@ -82,14 +84,14 @@ def run_pdf_page(meta: DocumentMeta, number: int, engines: ResidentEngines,
         if exc.retryable:
             raise
         return failed_page(number, exc)
-    if page.preview is not None:
-        stores.previews.put(meta.job_id, number, page.preview.data)
-    described = engines.describe(meta.engine)
-    return replace(page, preview=None, worker=PageWorker(
+    if read.preview is not None:
+        stores.previews.put(page.job_id, number, read.preview.data)
+    described = engines.describe(page.engine)
+    return replace(read, preview=None, worker=PageWorker(
         described["pid"], described["tasks_in_process"], described["load_seconds"]))
 
 
-def read_again(meta: DocumentMeta, first: PageRecord, engines: ResidentEngines,
+def read_again(page: PageDescriptor, first: PageRecord, engines: ResidentEngines,
                docs: OpenDocumentCache, settings: Settings, stores: Stores,
                password: str | None = None, due: float | None = None) -> PageRecord:
     """Read an escalated page again with the job's escalation engine: the page to record.
@@ -101,14 +103,14 @@ def read_again(meta: DocumentMeta, first: PageRecord, engines: ResidentEngines,
     the first reading, with the error. Retryable errors are raised (the task retries
     them until `due`).
     """
-    request = meta.request
+    request = page.request
     number, to = first.number, request.escalate or ""
     if past_deadline(request.deadline):
         return keep_first(first, DeadlineExceeded(
             f"the job's deadline passed before page {number} was read again"))
     if past_deadline(due):
         return keep_first(first, _waited(number, settings))
-    settings = replace(url_inputs.for_client(settings, meta.url_prefixes), vlm_fallback="none")
+    settings = replace(url_inputs.for_client(settings, page.url_prefixes), vlm_fallback="none")
     options = recognize_options(request)
     # The model's text only: its words go on the first reading's boxes, not a new read's.
     options = replace(options, want_hocr=False, deadline=min(
@@ -116,7 +118,8 @@ def read_again(meta: DocumentMeta, first: PageRecord, engines: ResidentEngines,
         output="text" if options.output in WORD_BOX_OUTPUTS else options.output)
     try:
         engine = engines.get(to).engine
-        image, rerender = page_image(meta, number, engine, docs, settings, stores, password)
+        image, rerender = page_image(page.of_pages(number), engine, docs, settings, stores,
+                                     password)
         try:
             second = ocr_page(number, image, engine, options, settings, rerender)
         finally:
@@ -139,39 +142,39 @@ def _waited(number: int, settings: Settings) -> Timeout:
                    f"OCR_ESCALATE_WAIT_SECONDS ({settings.escalate_wait_seconds:.0f} s)")
 
 
-def page_image(meta: DocumentMeta, number: int, engine: OcrEngine, docs: OpenDocumentCache,
+def page_image(page: PageDescriptor, engine: OcrEngine, docs: OpenDocumentCache,
                settings: Settings, stores: Stores, password: str | None = None
                ) -> tuple[Image.Image, Render | None]:
-    """Page `number` of a fanned-out document as `engine` reads it, and its full render.
+    """A fanned-out document's page as `engine` reads it, and its full render.
 
     A PDF's page is rendered at the engine's size (the render at OCR_PDF_DPI given for a
     fallback engine); an image's frame is decoded as the document's task decoded it.
     """
-    if meta.base.format == "pdf":
-        doc = docs.document(meta, stores.blobs, settings, password)
+    number = page.number
+    if page.format == "pdf":
+        doc = docs.document(page, stores.blobs, settings, password)
         image = render_page(doc, number, settings, engine.page_longest_side,
                             mode=engine.page_mode, fit=engine.page_size)
         return image, functools.partial(render_page, doc, number, settings)
-    data = docs.data(meta, stores.blobs, settings)
-    with contextlib.closing(iter_image_pages(data, meta.base.format or "", str(number),
+    data = docs.data(page, stores.blobs, settings)
+    with contextlib.closing(iter_image_pages(data, page.format, str(number),
                                              settings)) as frames:
         return next(frames)[3], None
 
 
-def run_text_chunk(meta: DocumentMeta, index: int, docs: OpenDocumentCache,
-                   settings: Settings, stores: Stores,
-                   password: str | None = None) -> list[PageRecord]:
-    """Analyse chunk `index` of a fanned-out PDF's text-layer pages (`meta.text_chunks`).
+def run_text_chunk(chunk: PageDescriptor, docs: OpenDocumentCache, settings: Settings,
+                   stores: Stores, password: str | None = None) -> list[PageRecord]:
+    """Analyse a chunk of a fanned-out PDF's text-layer pages (one of `meta.text_chunks`).
 
     Past the job's deadline its pages fail as deadline pages; an analysis that fails
     leaves each page its plain text with a `layout_failed` warning (`analyse`).
     """
-    numbers = meta.text_chunks[index]
-    if past_deadline(meta.request.deadline):
+    numbers = list(chunk.pages)
+    if past_deadline(chunk.request.deadline):
         return [deadline_page(n) for n in numbers]
-    settings = url_inputs.for_client(settings, meta.url_prefixes)
-    doc = docs.document(meta, stores.blobs, settings, password)
-    return chunk_pages(doc, numbers, meta.request.output, settings)
+    settings = url_inputs.for_client(settings, chunk.url_prefixes)
+    doc = docs.document(chunk, stores.blobs, settings, password)
+    return chunk_pages(doc, numbers, chunk.request.output, settings)
 
 
 def merge_document(meta: DocumentMeta, pages: list[PageRecord], settings: Settings,
@@ -215,11 +218,11 @@ def merge_document(meta: DocumentMeta, pages: list[PageRecord], settings: Settin
     return outcome
 
 
-def record_page(meta: DocumentMeta, page: PageRecord | list[PageRecord],
+def record_page(task: PageDescriptor, page: PageRecord | list[PageRecord],
                 join: DocumentJoin, ender: JobEnder, settings: Settings, stores: Stores,
                 progress: PageProgress | None = None, password: str | None = None,
                 counted: JobPages | None = None) -> bool:
-    """Record one page (or a chunk's pages); the call that completes the document ends it.
+    """Record the page (or a chunk's pages) `task` read; the document's last one ends it.
 
     `counted`: the pages read, counted in the client's usage by the same script.
     Returns True when this call ended the document. Raises only retryable errors, with
@@ -227,18 +230,18 @@ def record_page(meta: DocumentMeta, page: PageRecord | list[PageRecord],
     that died with its whole worker (a page redelivered after its host was killed
     while merging) is taken over: the cancel it held is finished, any other ending is
     given back and the pages recorded again, so the call that completes the document
-    merges it.
+    merges it. The meta is read only to end the document.
     """
-    doc_id = meta.job_id
+    doc_id, total = task.job_id, task.total
     pages = page if isinstance(page, list) else [page]
     done = join.record(doc_id, pages, progress.write if progress is not None else None,
                        counted)
-    if done >= 0 and progress is not None and meta.total > 1:
-        progress.tell(min(done, meta.total), meta.total)
-    if 0 <= done < meta.total:
+    if done >= 0 and progress is not None and total > 1:
+        progress.tell(min(done, total), total)
+    if 0 <= done < total:
         return False
-    if done >= meta.total and ender.claim(doc_id):
-        merge_and_finish(meta, join, ender, settings, stores, password)
+    if done >= total and ender.claim(doc_id):
+        merge_and_finish(task, join, ender, settings, stores, password)
         return True
     # The job has ended (nothing was written), or another ender holds its claim.
     holder = ender.take_over_abandoned(doc_id)
@@ -246,32 +249,35 @@ def record_page(meta: DocumentMeta, page: PageRecord | list[PageRecord],
         return False
     log.warning("job %s: its ender %s died with its worker; its claim taken over here",
                 doc_id, holder)
-    if join.running(doc_id)[1]:  # the dead ender may have been the cancel's
+    meta, cancelled = join.running(doc_id)
+    if cancelled and meta is not None:  # the dead ender may have been the cancel's
         finish_cancelled(meta, join, ender)
         return True
     # Given back and recorded again: the call that completes the document merges it
     # (this one, or a page still to come).
     ender.release(doc_id)
-    return record_page(meta, page, join, ender, settings, stores, progress, password,
+    return record_page(task, page, join, ender, settings, stores, progress, password,
                        counted)
 
 
-def merge_and_finish(meta: DocumentMeta, join: DocumentJoin, ender: JobEnder,
+def merge_and_finish(task: PageDescriptor, join: DocumentJoin, ender: JobEnder,
                      settings: Settings, stores: Stores, password: str | None = None) -> None:
-    """Merge the recorded pages and end the document; the caller holds its end claim.
+    """Read the meta, merge the recorded pages and end the document.
 
-    A retryable failure gives the claim back and is raised; any other ends the job failed.
+    The caller (`task`, the one that completed the document) holds its end claim. A
+    retryable failure gives the claim back and is raised; any other ends the job failed.
     """
-    doc_id = meta.job_id
+    doc_id = task.job_id
     try:
-        outcome = merge_document(meta, join.pages(doc_id), settings, stores, password)
+        outcome = merge_document(join.meta(doc_id), join.pages(doc_id), settings, stores,
+                                 password)
     except OcrError as exc:
         if exc.retryable:
             ender.release(doc_id)
             raise
-        outcome = _failed(meta, exc)
+        outcome = task.failed(exc)
     except Exception as exc:  # noqa: BLE001 - any other failure ends the job, logged
-        outcome = _failed(meta, unexpected(doc_id, exc))
+        outcome = task.failed(unexpected(doc_id, exc))
     ender.finish(outcome)
 
 

@@ -19,8 +19,18 @@ from tasks.lifecycle.url_inputs import ObjectInfo
 from tasks.pipeline.pdf import open_pdf
 
 if TYPE_CHECKING:
-    from tasks.records.jobs import DocumentMeta
+    from tasks.records.request import JobRequest
     from tasks.settings import Settings
+
+
+class DocumentInput(Protocol):
+    """Where a fanned-out document's input is: a `DocumentMeta` or a `PageDescriptor`."""
+
+    @property
+    def request(self) -> JobRequest: ...
+
+    @property
+    def input_object(self) -> dict[str, Any] | None: ...
 
 
 class BytesSource(Protocol):
@@ -73,7 +83,7 @@ class OpenDocumentCache:
             self._key = key
         return self._doc
 
-    def document(self, meta: DocumentMeta, blobs: BytesSource, settings: Settings,
+    def document(self, meta: DocumentInput, blobs: BytesSource, settings: Settings,
                  password: str | None = None) -> Any:
         """The fanned-out document, from the blob store or from its URL.
 
@@ -83,7 +93,7 @@ class OpenDocumentCache:
         key, source = _bytes_of(meta, blobs, settings)
         return self.get(key, source, settings, password)
 
-    def data(self, meta: DocumentMeta, blobs: BytesSource, settings: Settings) -> bytes:
+    def data(self, meta: DocumentInput, blobs: BytesSource, settings: Settings) -> bytes:
         """The fanned-out document's bytes (an image's), as `document` opens them."""
         key, source = _bytes_of(meta, blobs, settings)
         return _shared.get(key, source)
@@ -106,7 +116,7 @@ class _SpooledObject:
         return url_inputs.spooled(self.settings, self.url, self.info)
 
 
-def _bytes_of(meta: DocumentMeta, blobs: BytesSource,
+def _bytes_of(meta: DocumentInput, blobs: BytesSource,
               settings: Settings) -> tuple[str, BytesSource]:
     """Where a fanned-out document's bytes are: their key and their source."""
     request = meta.request
@@ -117,7 +127,7 @@ def _bytes_of(meta: DocumentMeta, blobs: BytesSource,
             _SpooledObject(settings, request.url, info))
 
 
-def object_info(meta: DocumentMeta) -> ObjectInfo:
+def object_info(meta: DocumentInput) -> ObjectInfo:
     """The HEAD the document task saw of a fanned-out `url` input."""
     head = meta.input_object or {}
     return ObjectInfo(head.get("size"), head.get("etag"), head.get("version"),

@@ -259,5 +259,6 @@ def fan_out(task: Task, work: FanOut, services: JobServices) -> NoReturn:
     opened = {"password": work.password} if work.password else {}
     send_pages(task.app, meta, priority, opened)
     if work.escalated:
-        send_escalations(task.app, meta, work.escalated, priority, opened, services)
+        send_escalations(task.app, meta.describe(), work.escalated, priority, opened,
+                         services)
     raise Ignore()  # the job's result is stored when its last page is recorded

@@ -14,16 +14,18 @@ child killed at its hard time limit): they send `ocr.pdf_page_failed` /
 Retries follow tasks/queue/retry_policy.py; the open PDF is the thread's
 (tasks/lifecycle/open_documents.py). A page or chunk task stores no Celery result and
 no STARTED mark (its job's join and ending say all there is); its errback still runs.
-Its job's cancel is read with the job's meta, not under the page's own id (a cancel
-marks the job), and its record writes the job's progress and counts its pages in the
-client's usage in the same script.
+A page, chunk or escalation task reads with the `PageDescriptor` its message carries
+(the `ocr_page` header); from Redis it reads only whether its document runs and was
+cancelled (a cancel marks the job, not the page's own id). A message without one (sent
+by the previous release) reads the document's meta instead. The record writes the
+job's progress and counts its pages in the client's usage in the same script.
 """
 
 from __future__ import annotations
 
 import functools
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from typing import Any, TypeVar
 
 from billiard.exceptions import SoftTimeLimitExceeded
@@ -42,11 +44,11 @@ from tasks.pipeline.escalation import awaits_second_reading, keep_first, mark
 from tasks.pipeline.results import failed_page
 from tasks.queue import telemetry, thread_limits
 from tasks.queue.job_services import JobServices, page_progress
-from tasks.queue.message_headers import job_headers
+from tasks.queue.message_headers import job_headers, page_descriptor, page_headers
 from tasks.queue.poison_guard import GuardedTask
 from tasks.queue.retry_policy import retry_later
 from tasks.queue.routing import job_queue
-from tasks.records.jobs import DocumentMeta, Outcome
+from tasks.records.jobs import DocumentMeta, PageDescriptor, escalation_task
 from tasks.records.results import PageError, PageRecord
 from tasks.settings import Settings
 from tasks.state.boundary import publishing, transient
@@ -65,13 +67,13 @@ def pdf_page(self: Task, doc_id: str, number: int,
     """
     settings: Settings = self.app.ocr_settings
     services = JobServices.for_app(self.app)
-    meta, skipped = _document_to_read(self, doc_id, services)
-    if meta is None:
+    described, skipped = _page_to_read(self, doc_id, services, lambda _meta: [number])
+    if described is None:
         return {"document": doc_id, "number": number, "skipped": skipped}
     engines = resident.current(settings)
 
     def read() -> PageRecord:
-        return run_pdf_page(meta, number, engines, open_documents(), settings,
+        return run_pdf_page(described, engines, open_documents(), settings,
                             services.stores, password)
 
     try:
@@ -90,18 +92,19 @@ def pdf_page(self: Task, doc_id: str, number: int,
             f"page {number} ran past its soft time limit of "
             f"{settings.page_soft_time_limit} s"))
     try:
-        page = mark(page, meta.request, functools.partial(serves, self.app))
+        page = mark(page, described.request, functools.partial(serves, self.app))
     except OcrError as exc:  # the workers' presence unread (Redis)
         retry_later(self, exc)
         raise
     telemetry.pages_escalated([page])
+    client = described.request.client
     if awaits_second_reading(page):  # recorded once the escalation engine read it again
-        telemetry.pages_read(meta.engine, [page], client=meta.request.client, job=doc_id)
-        _send_escalations(self, meta, [page], services, password)
+        telemetry.pages_read(described.engine, [page], client=client, job=doc_id)
+        _send_escalations(self, described, [page], services, password)
         return {"document": doc_id, "number": number, "escalated": True}
-    counted = telemetry.pages_read(meta.engine, [page], client=meta.request.client,
-                                   job=doc_id, recorded=True)
-    _record_or_end(self, meta, page, services, password, counted)
+    counted = telemetry.pages_read(described.engine, [page], client=client, job=doc_id,
+                                   recorded=True)
+    _record_or_end(self, described, page, services, password, counted)
     return {"document": doc_id, "number": number, "ok": not page.failed}
 
 
@@ -114,53 +117,53 @@ def serves(app: Celery, engine: str) -> bool:
     return any(queue in queues for queues in live.values())
 
 
-def _send_escalations(task: Task, meta: DocumentMeta, pages: list[PageRecord],
+def _send_escalations(task: Task, described: PageDescriptor, pages: list[PageRecord],
                       services: JobServices, password: str | None) -> None:
     """Send a page task's escalated page on (`send_escalations`); an outage ends the job."""
     opened = {"password": password} if password else {}
     priority = (task.request.delivery_info or {}).get("priority")
     try:
-        send_escalations(task.app, meta, pages, priority, opened, services)
+        send_escalations(task.app, described, pages, priority, opened, services)
     except OcrError as exc:
         retry_later(task, exc)
-        services.ender.end(Outcome.failed(meta.job_id, exc, meta.request, engine=meta.engine,
-                                          started=meta.started,
-                                          reply_queue=meta.reply_queue))
+        services.ender.end(described.failed(exc))
 
 
-def send_escalations(app: Celery, meta: DocumentMeta, pages: list[PageRecord],
+def send_escalations(app: Celery, document: PageDescriptor, pages: list[PageRecord],
                      priority: int | None, opened: dict[str, str],
                      services: JobServices) -> None:
     """Hold escalated pages' first readings and send each to the escalation engine.
 
-    `pages` are first readings marked by `mark`. Each `ocr.escalate_page` goes to the
-    escalation engine's queue under the id the meta derives for it, at the job's
-    priority and in its client's lane, with the errback that keeps its first reading;
-    and an `ocr.escalation_due` to the job's own queue, due once the page may wait no
-    more (OCR_ESCALATE_WAIT_SECONDS, and a little): it keeps the first reading of a
-    page whose second reading never came (no worker took it). Nothing is sent for a
-    job that has ended.
+    `document` describes a task of the document (`DocumentMeta.describe`); `pages` are
+    first readings marked by `mark`. Each `ocr.escalate_page` goes to the escalation
+    engine's queue under the id derived for it (`escalation_task`), with its page's
+    descriptor, at the job's priority and in its client's lane, with the errback that
+    keeps its first reading; and an `ocr.escalation_due` to the job's own queue, due
+    once the page may wait no more (OCR_ESCALATE_WAIT_SECONDS, and a little): it keeps
+    the first reading of a page whose second reading never came (no worker took it).
+    Nothing is sent for a job that has ended.
     """
+    job_id, client = document.job_id, document.request.client
     with transient("Redis"):
-        if not services.join.hold_first(meta.job_id, pages):
+        if not services.join.hold_first(job_id, pages):
             return
     wait = app.ocr_settings.escalate_wait_seconds
     due = time.time() + wait
-    queue = job_queue(meta.request.escalate)
-    headers = job_headers(meta.request.client)
+    queue = job_queue(document.request.escalate)
     with publishing("an escalated page"), app.producer_or_acquire() as producer:
         for page in pages:
             # Not `declare=[]`: the queue is another pool's, which this worker may not
             # have declared (RabbitMQ).
             escalate_page.apply_async(
-                (meta.job_id, page.number, due), opened, queue=queue,
-                task_id=meta.escalation_task(page.number), priority=priority,
-                headers=headers, producer=producer,
-                link_error=escalation_lost.s(meta.job_id, page.number, queue))
-            escalation_due.apply_async((meta.job_id, page.number), opened,
-                                       queue=meta.reply_queue, countdown=wait + DUE_GRACE,
-                                       priority=priority, headers=headers,
-                                       declare=[], producer=producer)
+                (job_id, page.number, due), opened, queue=queue,
+                task_id=escalation_task(job_id, page.number), priority=priority,
+                headers=page_headers(client, document.of_pages(page.number)),
+                producer=producer, link_error=escalation_lost.s(job_id, page.number, queue))
+            escalation_due.apply_async((job_id, page.number), opened,
+                                       queue=document.reply_queue,
+                                       countdown=wait + DUE_GRACE, priority=priority,
+                                       headers=job_headers(client), declare=[],
+                                       producer=producer)
 
 
 # Seconds past an escalated page's due time its `ocr.escalation_due` runs: the second
@@ -179,8 +182,8 @@ def escalate_page(self: Task, doc_id: str, number: int, due: float,
     """
     settings: Settings = self.app.ocr_settings
     services = JobServices.for_app(self.app)
-    meta, skipped = _document_to_read(self, doc_id, services)
-    if meta is None:
+    described, skipped = _page_to_read(self, doc_id, services, lambda _meta: [number])
+    if described is None:
         return {"document": doc_id, "number": number, "skipped": skipped}
     try:
         with transient("Redis"):
@@ -195,8 +198,8 @@ def escalate_page(self: Task, doc_id: str, number: int, due: float,
     engines = resident.current(settings)
 
     def read() -> PageRecord:
-        return read_again(meta, first, engines, open_documents(), settings, services.stores,
-                          password, due)
+        return read_again(described, first, engines, open_documents(), settings,
+                          services.stores, password, due)
 
     try:
         with transient("Redis"):
@@ -212,10 +215,10 @@ def escalate_page(self: Task, doc_id: str, number: int, due: float,
                                          "time limit"))
     counted = None
     if page.escalation is not None and page.escalation.error is None:  # read again
-        counted = telemetry.pages_read(meta.request.escalate or "", [page],
-                                       client=meta.request.client, job=doc_id,
+        counted = telemetry.pages_read(described.request.escalate or "", [page],
+                                       client=described.request.client, job=doc_id,
                                        recorded=True)
-    _record_or_end(self, meta, page, services, password, counted)
+    _record_or_end(self, described, page, services, password, counted)
     return {"document": doc_id, "number": number, "ok": page.escalation is not None
             and page.escalation.error is None}
 
@@ -254,7 +257,8 @@ def _keep_first_reading(task: Task, doc_id: str, number: int, error: PageError,
             first = services.join.first(doc_id, number)
             if first is None:
                 return
-            _record(task.app, meta, keep_first(first, error), services, password)
+            _record(task.app, meta.describe([number]), keep_first(first, error), services,
+                    password)
     except OcrError as exc:
         retry_later(task, exc)
         raise
@@ -270,13 +274,14 @@ def pdf_text_chunk(self: Task, doc_id: str, index: int,
     """
     settings: Settings = self.app.ocr_settings
     services = JobServices.for_app(self.app)
-    meta, skipped = _document_to_read(self, doc_id, services)
-    if meta is None:
+    described, skipped = _page_to_read(self, doc_id, services,
+                                       lambda meta: meta.text_chunks[index])
+    if described is None:
         return {"document": doc_id, "chunk": index, "skipped": skipped}
-    numbers = meta.text_chunks[index]
+    numbers = described.pages
 
     def read() -> list[PageRecord]:
-        return run_text_chunk(meta, index, open_documents(), settings, services.stores,
+        return run_text_chunk(described, open_documents(), settings, services.stores,
                               password)
 
     try:
@@ -291,9 +296,10 @@ def pdf_text_chunk(self: Task, doc_id: str, index: int,
         pages = [failed_page(n, Timeout(f"page {n}'s layout analysis ran past the soft "
                                         f"time limit of {settings.soft_time_limit} s"))
                  for n in numbers]
-    counted = telemetry.pages_read(meta.engine, pages, client=meta.request.client,
-                                   job=doc_id, recorded=True)
-    _record_or_end(self, meta, pages, services, password, counted)
+    counted = telemetry.pages_read(described.engine, pages,
+                                   client=described.request.client, job=doc_id,
+                                   recorded=True)
+    _record_or_end(self, described, pages, services, password, counted)
     return {"document": doc_id, "chunk": index, "pages": len(pages)}
 
 
@@ -352,60 +358,75 @@ def _record_lost(task: Task, doc_id: str,
             if meta is None:
                 return  # the document has ended
             pages = lost(meta)
-            counted = telemetry.pages_read(
-                meta.engine, pages if isinstance(pages, list) else [pages],
-                client=meta.request.client, job=doc_id, recorded=True)
-            _record(task.app, meta, pages, services, password, counted)
+            listed = pages if isinstance(pages, list) else [pages]
+            counted = telemetry.pages_read(meta.engine, listed, client=meta.request.client,
+                                           job=doc_id, recorded=True)
+            _record(task.app, meta.describe(p.number for p in listed), pages, services,
+                    password, counted)
     except OcrError as exc:
         retry_later(task, exc)
         raise
 
 
-def _document_to_read(task: Task, doc_id: str,
-                      services: JobServices) -> tuple[DocumentMeta | None, str]:
-    """A fanned-out document's meta, or None and why its pages are not read.
+def _page_to_read(task: Task, doc_id: str, services: JobServices,
+                  pages_of: Callable[[DocumentMeta], Iterable[int]]
+                  ) -> tuple[PageDescriptor | None, str]:
+    """What a page or chunk task reads with, or None and why its pages are not read.
 
-    A cancel that came while the PDF was split ends the document here.
+    The descriptor its message carries, once one read (`DocumentJoin.runs`) found the
+    document running and not cancelled. A message without one (a previous release's
+    sender) reads the meta instead, and the task's pages in it (`pages_of`). A cancel
+    that came while the PDF was split ends the document here (its meta read).
     """
+    described = page_descriptor(task.request)
+    if described is not None and described.job_id != doc_id:
+        described = None  # another job's: this message's own is read from the meta
+    meta = None
     try:
         with transient("Redis"):
-            meta, cancelled = services.join.running(doc_id)  # one read
+            if described is not None:
+                runs, cancelled = services.join.runs(doc_id)  # one read, not the meta
+            else:
+                meta, cancelled = services.join.running(doc_id)  # one read
+                runs = meta is not None
+                if meta is not None:
+                    described = meta.describe(pages_of(meta))
     except OcrError as exc:
         retry_later(task, exc)
         raise
-    if meta is None:
+    if not runs or described is None:
         return None, "document finished"
     if cancelled:
         try:
             with transient("Redis or the broker"):
-                end_cancelled_document(meta, services.join, services.ender)
+                meta = meta or services.join.find(doc_id)
+                if meta is not None:
+                    end_cancelled_document(meta, services.join, services.ender)
         except OcrError as exc:
             retry_later(task, exc)
             raise
         return None, "document cancelled"
-    return meta, ""
+    return described, ""
 
 
-def _record_or_end(task: Task, meta: DocumentMeta, pages: PageRecord | list[PageRecord],
-                   services: JobServices, password: str | None = None,
-                   counted: JobPages | None = None) -> None:
+def _record_or_end(task: Task, described: PageDescriptor,
+                   pages: PageRecord | list[PageRecord], services: JobServices,
+                   password: str | None = None, counted: JobPages | None = None) -> None:
     """Record read pages; a record or merge that met an outage past its retries ends the job."""
     try:
         with transient("Redis or the broker"):
-            _record(task.app, meta, pages, services, password, counted)
+            _record(task.app, described, pages, services, password, counted)
     except OcrError as exc:
         retry_later(task, exc)
-        services.ender.end(Outcome.failed(meta.job_id, exc, meta.request, engine=meta.engine,
-                                          started=meta.started,
-                                          reply_queue=meta.reply_queue))
+        services.ender.end(described.failed(exc))
 
 
-def _record(app: Celery, meta: DocumentMeta, page: PageRecord | list[PageRecord],
+def _record(app: Celery, described: PageDescriptor, page: PageRecord | list[PageRecord],
             services: JobServices, password: str | None = None,
             counted: JobPages | None = None) -> None:
     """Record the pages, with the job's progress and the usage `counted`: one script."""
-    progress = page_progress(app, meta.job_id, meta.total)
-    if record_page(meta, page, services.join, services.ender, app.ocr_settings,
+    progress = page_progress(app, described.job_id, described.total)
+    if record_page(described, page, services.join, services.ender, app.ocr_settings,
                    services.stores, progress, password, counted):
         open_documents().close()  # the document ended: its pages are not read here again
 
@@ -433,24 +454,29 @@ def send_pages(app: Celery, meta: DocumentMeta, priority: int | None,
                opened: dict[str, str]) -> None:
     """Publish a fanned-out job's page and chunk tasks: the port `ocr.document` splits through.
 
-    Each goes to `meta.reply_queue` under the id `meta` names for it, at the job's
-    priority and in its client's lane, with the errback that records it lost. The
-    queue is not declared again on each send: this worker declared it as it started
-    to consume it, and on RabbitMQ a child's publish is on a connection of its own
-    (brokers.fresh_connections), where a declare would go each time. All of them go on
-    one connection and, on Redis, in one push to their lane.
+    Each goes to `meta.reply_queue` under the id `meta` names for it, with its
+    descriptor (`DocumentMeta.describe`), at the job's priority and in its client's
+    lane, with the errback that records it lost. Its args and kwargs are those the
+    previous release sends and takes (docs/tasks.md). The queue is not declared again
+    on each send: this worker declared it as it started to consume it, and on RabbitMQ
+    a child's publish is on a connection of its own (brokers.fresh_connections), where
+    a declare would go each time. All of them go on one connection and, on Redis, in
+    one push to their lane.
     """
-    queue = meta.reply_queue
-    headers = job_headers(meta.request.client)
+    queue, client = meta.reply_queue, meta.request.client
+    document = meta.describe()
     with publishing("a page task"), app.producer_or_acquire() as producer, \
             pushes_together(producer.channel):
         for number, page_id in zip(meta.ocr_pages, meta.page_tasks, strict=True):
             pdf_page.apply_async((meta.job_id, number), opened, queue=queue,
-                                 task_id=page_id, priority=priority, headers=headers,
+                                 task_id=page_id, priority=priority,
+                                 headers=page_headers(client, document.of_pages(number)),
                                  declare=[], producer=producer,
                                  link_error=pdf_page_lost.s(meta.job_id, number, queue))
-        for index, chunk_id in enumerate(meta.chunk_tasks):
+        for index, (chunk, chunk_id) in enumerate(zip(meta.text_chunks, meta.chunk_tasks,
+                                                       strict=True)):
             pdf_text_chunk.apply_async((meta.job_id, index), opened, queue=queue,
-                                       task_id=chunk_id, priority=priority, headers=headers,
+                                       task_id=chunk_id, priority=priority,
+                                       headers=page_headers(client, document.of_pages(*chunk)),
                                        declare=[], producer=producer,
                                        link_error=pdf_chunk_lost.s(meta.job_id, index, queue))

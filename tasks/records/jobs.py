@@ -1,7 +1,8 @@
 """Typed records of a job's life, as they cross Redis and process boundaries.
 
 `DocumentMeta` is what a fanned-out PDF keeps in its join while its pages run (JSON in
-Redis, read by page tasks in any worker child); `Outcome` is how a job ended, handed to
+Redis, read by the merge in any worker child); `PageDescriptor` is what one of its page
+tasks reads with, sent in the task's message; `Outcome` is how a job ended, handed to
 the one exit (`tasks.lifecycle.job_exit`), with its `JobStatus` (owned by
 `tasks.records.status`, re-exported here). Built in worker pool children, and in the
 worker parent for the endings only it sees (hard kills, expiries). `ResultRecord` is a
@@ -14,16 +15,18 @@ from __future__ import annotations
 import json
 import time
 import uuid
-from dataclasses import dataclass, field
+from collections.abc import Iterable
+from dataclasses import dataclass, field, fields, replace
 from typing import Any
 
 from tasks.errors import OcrError
+from tasks.records._codec import JsonRecord, json_spec
 from tasks.records.request import JobRequest
 from tasks.records.results import DocumentResult
 from tasks.records.status import JobStatus
 
 # JobStatus: owned by tasks.records.status
-__all__ = ["DocumentMeta", "JobStatus", "Outcome", "ResultRecord"]
+__all__ = ["DocumentMeta", "JobStatus", "Outcome", "PageDescriptor", "ResultRecord"]
 
 
 @dataclass(frozen=True)
@@ -62,20 +65,35 @@ class DocumentMeta:
     # for them); a PDF's escalate from its `ocr_pages`.
     escalated: list[int] = field(default_factory=list)
 
-    def escalation_task(self, number: int) -> str:
-        """The id of page `number`'s `ocr.escalate_page`: derived, so a cancel names it."""
-        return str(uuid.uuid5(uuid.NAMESPACE_URL, f"ocr:escalate:{self.job_id}:{number}"))
-
     def escalation_tasks(self) -> list[str]:
         """The ids of every escalation task the document may have sent."""
         if self.request.escalate is None:
             return []
-        return [self.escalation_task(n) for n in (*self.ocr_pages, *self.escalated)]
+        return [escalation_task(self.job_id, n) for n in (*self.ocr_pages, *self.escalated)]
+
+    def describe(self, pages: Iterable[int] = ()) -> PageDescriptor:
+        """The descriptor of the page task that reads `pages` of this document."""
+        request = replace(self.request, ground_truth=None)  # only the merge scores
+        return PageDescriptor(self.job_id, tuple(pages), request, self.engine,
+                              self.started, self.total, self.reply_queue,
+                              self.base.format or "", self.input_object, self.url_prefixes)
 
     def to_json(self) -> str:
-        data = {**self.__dict__, "request": self.request.to_json(),
-                "base": self.base.to_json(),
-                "previous": self.previous.to_json() if self.previous is not None else None}
+        """The meta as stored in Redis.
+
+        The previous release reads it too: its workers take this release's page tasks
+        in a rolling upgrade. The fields it does not know (`escalated`, the request's
+        `escalate` and `escalate_below`) are left out while unset: the request's
+        fields at their default are left out, and `escalated` while empty.
+        """
+        data: dict[str, Any] = {f.name: getattr(self, f.name) for f in fields(self)
+                                if f.name not in ("request", "base", "previous", "escalated")}
+        data["request"] = _set_fields(self.request)
+        data["base"] = self.base.to_json()
+        if self.previous is not None:
+            data["previous"] = self.previous.to_json()
+        if self.escalated:
+            data["escalated"] = self.escalated
         return json.dumps(data)
 
     @classmethod
@@ -86,6 +104,62 @@ class DocumentMeta:
         if data.get("previous") is not None:
             data["previous"] = DocumentResult.from_json(data["previous"])
         return cls(**data)
+
+
+def escalation_task(job_id: str, number: int) -> str:
+    """The id of page `number`'s `ocr.escalate_page`: derived, so a cancel names it."""
+    return str(uuid.uuid5(uuid.NAMESPACE_URL, f"ocr:escalate:{job_id}:{number}"))
+
+
+def _set_fields(request: JobRequest) -> dict[str, Any]:
+    """A request as the meta and a page descriptor carry it: its fields not at their default."""
+    unset = _UNSET_REQUEST.to_json()
+    return {name: value for name, value in request.to_json().items()
+            if name == "source" or value != unset[name]}
+
+
+_UNSET_REQUEST = JobRequest(source="")
+
+
+@dataclass(frozen=True)
+class PageDescriptor(JsonRecord):
+    """What a page task of a fanned-out document reads with: sent in its message.
+
+    Built once for each task by the task that fans the document out
+    (`DocumentMeta.describe`), and carried in the message's `ocr_page` header
+    (tasks/queue/message_headers.py). The page task then reads no meta. The record of
+    the page reads nothing of it either. The merge reads the meta: it needs what only
+    the meta holds (the text-layer pages' result, the cache key, the model).
+    """
+
+    job_id: str
+    # The pages the task reads: one for `ocr.pdf_page` and `ocr.escalate_page`, a
+    # chunk's for `ocr.pdf_text_chunk`.
+    pages: tuple[int, ...]
+    # The job's request, without its ground truth (the meta keeps it for the merge).
+    request: JobRequest = field(metadata=json_spec(encode=_set_fields,
+                                                   decode=JobRequest.from_json))
+    engine: str
+    started: float
+    total: int
+    reply_queue: str
+    format: str  # the document's: "pdf", or an image's (its pages are its frames)
+    input_object: dict[str, Any] | None = None  # as `DocumentMeta.input_object`
+    url_prefixes: list[str] | None = None  # as `DocumentMeta.url_prefixes`
+
+    @property
+    def number(self) -> int:
+        """The page of a page task (its only one)."""
+        return self.pages[0]
+
+    def of_pages(self, *pages: int) -> PageDescriptor:
+        """The descriptor of another task of the same document, which reads `pages`."""
+        return replace(self, pages=pages)
+
+    def failed(self, error: OcrError) -> Outcome:
+        """The job's outcome when it fails in this task."""
+        return Outcome.failed(self.job_id, error, self.request, engine=self.engine,
+                              started=self.started, reply_queue=self.reply_queue)
 
 
 @dataclass(frozen=True)

@@ -1,7 +1,9 @@
 """State of a PDF fanned out into page tasks, kept in Redis: its meta and its pages.
 
 The splitting task writes the document's meta and its text-layer pages; each page task
-(in any worker child, on any machine) records its page. Recording is atomic (one Lua
+(in any worker child, on any machine) records its page. A page task reads whether the
+document runs and whether it was cancelled, not its meta: its message carries what it
+reads with (`PageDescriptor`). The merge reads the meta. Recording is atomic (one Lua
 script: HSET then HLEN), so exactly one record sees the document complete — or
 several, when a page is delivered twice: who merges is then decided by the job's end
 claim (`JobEnder.claim`), never here. The job's progress record (for clients) is written
@@ -177,10 +179,22 @@ class DocumentJoin:
     def running(self, doc_id: str) -> tuple[DocumentMeta | None, bool]:
         """A running document's meta (None: ended, or not fanned out), and its cancel.
 
-        Whether a cancel was asked (`JobControl.cancel`): one read, a page task's first.
+        Whether a cancel was asked (`JobControl.cancel`): one read. The first read of a
+        page task whose message carries no descriptor (a previous release's sender).
         """
         raw, cancel = self._redis.mget(self._key(doc_id, "meta"), self._key(doc_id, "cancel"))
         return (None if raw is None else DocumentMeta.from_json(raw)), cancel is not None
+
+    def runs(self, doc_id: str) -> tuple[bool, bool]:
+        """Whether the document runs (its meta is kept), and whether a cancel was asked.
+
+        One EXISTS, a page task's first read; the meta itself is not read (it grows with
+        the document). EXISTS counts a key named twice twice: the meta counts 1, the
+        cancel mark 2.
+        """
+        cancel = self._key(doc_id, "cancel")
+        found = int(self._redis.exists(self._key(doc_id, "meta"), cancel, cancel))
+        return bool(found & 1), found >= 2
 
     def done(self, doc_id: str) -> int:
         return int(self._redis.hlen(self._key(doc_id, "pages")))

@@ -448,10 +448,10 @@ def test_chunk_tasks_end_the_job_once_and_cancel_stops_them(redis_url: str) -> N
         meta = fan_out(life, "job-chunks", data, output="markdown")
         assert (meta.ocr_pages, meta.text_chunks, meta.total) == ([], [[1], [2], [3]], 3)
         docs = OpenDocumentCache()
-        ended = [record_page(meta, run_text_chunk(meta, index, docs, life.settings,
-                                                  life.stores),
+        chunks = [meta.describe(meta.text_chunks[index]) for index in (2, 0, 1)]
+        ended = [record_page(chunk, run_text_chunk(chunk, docs, life.settings, life.stores),
                              life.join, life.ender, life.settings, life.stores)
-                 for index in (2, 0, 1)]
+                 for chunk in chunks]
         docs.close()
         assert ended == [False, False, True] and len(life.ports.published) == 1
         outcome = life.ports.published[0]
@@ -468,7 +468,8 @@ def test_chunk_tasks_end_the_job_once_and_cancel_stops_them(redis_url: str) -> N
         meta = replace(meta, chunk_tasks=["c0", "c1", "c2"])
         life.join.start(meta, [])  # as fan_out does
         docs = OpenDocumentCache()
-        assert not record_page(meta, run_text_chunk(meta, 0, docs, life.settings, life.stores),
+        chunk = meta.describe(meta.text_chunks[0])
+        assert not record_page(chunk, run_text_chunk(chunk, docs, life.settings, life.stores),
                                life.join, life.ender, life.settings, life.stores)
         docs.close()
         stopped: list[list[str]] = []

@@ -15,6 +15,7 @@ import os
 import signal
 import threading
 import time
+from collections import Counter
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -24,7 +25,7 @@ import redis
 
 from tasks.broker.stored_layout import FIXED_KEYS, UNACKED_KEY
 from tasks.client import OcrClient
-from tasks.state.keys import job_notice_key
+from tasks.state.keys import doc_key, job_notice_key
 from tests.harness import FAST_PAGES, RedisServer, Worker, corpus, eventually, fake_env, make_client
 from tests.held_records import held_count
 from tests.image_fixtures import png
@@ -99,9 +100,10 @@ def test_a_one_page_job_costs_what_it_reached(worker: Worker, redis_url: str) ->
 def test_a_scanned_page_costs_what_it_reached(worker: Worker, redis_url: str) -> None:
     """A 6-page scanned PDF, each page a page task, at what its pages reached.
 
-    A page task reads its job's meta and cancel once, writes its job's progress and
-    counts its page in its client's usage in the script that records it, and counts no
-    start of a first delivery; a child looks for the job's page hold once.
+    A page task asks whether its document runs and was cancelled once (not its meta),
+    writes its job's progress and counts its page in its client's usage in the script
+    that records it, and counts no start of a first delivery; a child looks for the
+    job's page hold once.
     """
     store = redis.Redis.from_url(redis_url)
     client = make_client(redis_url)
@@ -121,8 +123,51 @@ def test_a_scanned_page_costs_what_it_reached(worker: Worker, redis_url: str) ->
     per_page = (sum(calls.values()) - idle * seconds) / 6
     top = sorted(calls.items(), key=lambda kv: -kv[1])[:40]
     assert per_page <= PAGE_BOUND, f"{per_page:.1f} a page (idle {idle:.1f}/s): {top}"
-    assert calls.get("mget", 0) >= 6, top  # each page's meta and cancel: one MGET
+    assert calls.get("exists", 0) >= 6, top  # each page's document and cancel: one EXISTS
     assert calls.get("hexists", 0) <= 2, top  # the hold: once a child, not once a page
+
+
+def test_a_page_task_reads_no_meta(worker: Worker, redis_url: str) -> None:
+    """A scanned PDF's page tasks read with their messages' descriptors, not the meta.
+
+    MONITOR sees every command naming the document's meta: the split writes it (in its
+    script), each page task asks whether it is there (one EXISTS with the cancel mark),
+    and only the merge of the last page reads it (one GET), whatever the page count.
+    """
+    store = redis.Redis.from_url(redis_url)
+    seen: list[list[str]] = []
+    marker = f"meta-seen-{os.getpid()}"
+    watching = threading.Event()
+
+    def watch() -> None:
+        with store.monitor() as monitor:
+            watching.set()  # MONITOR answered: every later command is seen
+            for command in monitor.listen():
+                words = command["command"].split()
+                if words == ["ECHO", marker]:
+                    return
+                if any(word.endswith(":meta") for word in words[1:]):
+                    seen.append(words)
+
+    watcher = threading.Thread(target=watch, daemon=True)
+    watcher.start()
+    assert watching.wait(10)
+    client = make_client(redis_url)
+    try:
+        job = client.submit(corpus("scan_vicksburg_ocrlayer_6p.pdf"), mode="ocr")
+        result = client.wait([job], timeout=120)[job]
+    finally:
+        client.close()
+    store.echo(marker)  # the last command the monitor reads
+    watcher.join(10)
+    assert not watcher.is_alive()
+    assert result["status"] == "SUCCESS" and len(result["pages"]) == 6, result
+    meta = doc_key(job, "meta")
+    named = [words for words in seen if meta in words]
+    by_command = Counter(words[0].upper() for words in named)  # a script's: lower case
+    assert by_command["GET"] == 1 and by_command["MGET"] == 0, named  # the merge's
+    assert by_command["EXISTS"] >= 6, named  # each page's: the meta and the cancel mark
+    assert set(by_command) <= {"SET", "GET", "EXISTS", "DEL", "EVALSHA", "WAIT"}, named
 
 
 def test_a_burst_s_acknowledgements_ride_on_the_fetches(worker: Worker, redis_url: str) -> None:

@@ -33,7 +33,7 @@ import os
 import re
 import signal
 import subprocess
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from functools import partial
 from pathlib import Path
 
@@ -237,6 +237,48 @@ def test_a_killed_old_worker_loses_and_doubles_nothing(fleet: Fleet) -> None:
     (fleet.gate("new") / "open").touch()
     ended_once(fleet, jobs, pages=6, before=before)
     assert "put back in their queues" in new.log()
+
+
+def pages_change_hands(fleet: Fleet, splits: str, submit: Callable[[Path], str]) -> None:
+    """A 4-page scanned PDF split by one release's worker, its pages read by the other's.
+
+    The reader is paused while the splitter takes the job and starts two pages (held at
+    its gate); the splitter is then stopped warm (it gives back the pages it had not
+    started), and the reader takes the rest.
+    """
+    before = fleet.usage()
+    old, new = fleet.start_workers()
+    splitter, reader = (old, new) if splits == "old" else (new, old)
+    reads = "new" if splits == "old" else "old"
+    pdf = fleet.tmp_path / "split.pdf"
+    pdf.write_bytes(image_pdf(plain_pages(4)))
+    pause(reader, signal.SIGSTOP)
+    try:
+        job = submit(pdf)
+        eventually(lambda: fleet.started(splits) >= 2, 60,
+                   lambda: f"the splitter to start two pages: {splitter.log()[-2000:]}")
+    finally:
+        pause(reader, signal.SIGCONT)
+    assert splitter.proc is not None
+    splitter.proc.send_signal(signal.SIGTERM)  # warm: it gives back what it had not started
+    (fleet.gate(reads) / "open").touch()
+    eventually(lambda: fleet.started(reads) >= 1, 60,
+               lambda: f"the other release to read a page: {reader.log()[-2000:]}")
+    (fleet.gate(splits) / "open").touch()
+    assert splitter.proc.wait(WAIT) == 0, splitter.log()[-3000:]
+    ended_once(fleet, [job], pages=4, before=before)
+
+
+def test_the_old_worker_reads_the_pages_this_release_sends(fleet: Fleet) -> None:
+    """The page messages of this release (their descriptor in a header) on the old worker."""
+    pages_change_hands(fleet, "new", lambda pdf: fleet.client.submit(
+        pdf.read_bytes(), filename=pdf.name))
+
+
+@pytest.mark.long  # the direction above is the short form (`make test`)
+def test_this_worker_reads_the_pages_the_old_release_sends(fleet: Fleet) -> None:
+    """The previous release's page messages (no descriptor): read from the meta here."""
+    pages_change_hands(fleet, "old", lambda pdf: fleet.old_submit(pdf)[0])
 
 
 def holders(store: redis.Redis) -> set[str]:

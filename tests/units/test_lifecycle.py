@@ -154,8 +154,9 @@ def fan_out(life: Life, job_id: str, data: bytes, **options: Any) -> DocumentMet
 
 
 def read_page(life: Life, meta: DocumentMeta, number: int, docs: OpenDocumentCache) -> bool:
-    page = run_pdf_page(meta, number, life.engines, docs, life.settings, life.stores)
-    return record_page(meta, page, life.join, life.ender, life.settings, life.stores)
+    described = meta.describe([number])
+    page = run_pdf_page(described, life.engines, docs, life.settings, life.stores)
+    return record_page(described, page, life.join, life.ender, life.settings, life.stores)
 
 
 def doc_keys(life: Life, job_id: str) -> list[bytes]:
@@ -307,8 +308,8 @@ def end_document(life: Life, meta: DocumentMeta, ending: str) -> None:
         cancel_job(meta.job_id, life.stores.control, life.join, life.ender, lambda ids: None)
     elif ending == "deadline":  # the pages not read by the deadline fail; the last merges
         for number in meta.ocr_pages[1:]:
-            record_page(meta, deadline_page(number), life.join, life.ender, life.settings,
-                        life.stores)
+            record_page(meta.describe([number]), deadline_page(number), life.join, life.ender,
+                        life.settings, life.stores)
     else:  # a page task whose retries ran out ends the job (page_tasks.pdf_page)
         life.ender.end(Outcome.failed(meta.job_id, TransientError("Redis restarted"),
                                       meta.request, engine=meta.engine))
@@ -322,8 +323,8 @@ def begun(life: Life, meta: DocumentMeta, job_id: str) -> DocumentMeta:
     """A copy of `meta` as a new job, its first page recorded."""
     copy = replace(meta, job_id=job_id)
     assert life.join.start(copy, [])
-    record_page(copy, read(copy.ocr_pages[0]), life.join, life.ender, life.settings,
-                life.stores)
+    record_page(copy.describe(copy.ocr_pages[:1]), read(copy.ocr_pages[0]), life.join,
+                life.ender, life.settings, life.stores)
     return copy
 
 
@@ -336,8 +337,8 @@ def test_a_page_finishing_after_its_job_ended_leaves_no_key(life: Life, ending: 
     written: list[bool] = []
 
     def page_two() -> None:  # the page a killed or slow child finishes late
-        written.append(record_page(job, read(2), life.join, life.ender, life.settings,
-                                   life.stores))
+        written.append(record_page(job.describe([2]), read(2), life.join, life.ender,
+                                   life.settings, life.stores))
 
     ports = HookedPorts(page_two if late == "while it ends" else None)
     life.ender = JobEnder(life.stores.control, life.join, ports)
@@ -364,7 +365,8 @@ def test_late_pages_racing_the_ending_leave_nothing_behind(life: Life, ending: s
 
     def page_two(job: DocumentMeta, gate: threading.Barrier) -> bool:
         gate.wait()
-        return record_page(job, read(2), life.join, life.ender, life.settings, life.stores)
+        return record_page(job.describe([2]), read(2), life.join, life.ender, life.settings,
+                           life.stores)
 
     with ThreadPoolExecutor(1) as pool:
         for run in range(runs):
@@ -432,7 +434,8 @@ def test_a_claim_whose_ender_died_with_its_worker_is_taken_over_by_a_page(
     if cancelled:
         life.stores.control.cancel("job-dead")
     assert life.stores.control.claim_end("job-dead", holder_name(pid=999_999))
-    ended = record_page(job, read(2), life.join, life.ender, life.settings, life.stores)
+    ended = record_page(job.describe([2]), read(2), life.join, life.ender, life.settings,
+                        life.stores)
     if cancelled:
         assert ended and [o.status for o in ports.published] == [JobStatus.CANCELLED]
         assert [p.number for p in ports.published[0].result.pages] == [1]
@@ -440,7 +443,8 @@ def test_a_claim_whose_ender_died_with_its_worker_is_taken_over_by_a_page(
     assert not ended and ports.published == []
     assert life.stores.control.end_holder("job-dead") is None
     assert life.join.done("job-dead") == 2
-    assert record_page(job, read(3), life.join, life.ender, life.settings, life.stores)
+    assert record_page(job.describe([3]), read(3), life.join, life.ender, life.settings,
+                       life.stores)
     assert [o.status for o in ports.published] == [JobStatus.SUCCESS]
     assert [p.number for p in ports.published[0].result.pages] == [1, 2, 3]
 

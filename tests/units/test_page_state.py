@@ -92,6 +92,23 @@ def test_a_documents_start_after_its_ending_writes_nothing(store: redis.Redis) -
     assert store.exists("progress-job-3", job_key("job-3"), doc_key("job-3", "meta")) == 0
 
 
+def test_a_page_task_s_read_of_its_document_is_one_exists_and_not_the_meta(
+        store: redis.Redis) -> None:
+    """Whether the document runs and was cancelled: one EXISTS, whatever the meta's size."""
+    join = DocumentJoin(store, 600)
+    assert join.runs("job-4") == (False, False)  # not fanned out, or ended
+    assert join.start(meta_of("job-4"), [])
+    store.config_resetstat()
+    assert join.runs("job-4") == (True, False)
+    assert commands(store) == {"exists": 1}
+    store.set(doc_key("job-4", "cancel"), "1")  # as `JobControl.cancel` marks it
+    assert join.runs("job-4") == (True, True)
+    join.cleanup("job-4")
+    assert join.runs("job-4") == (False, False)
+    store.set(doc_key("job-4", "cancel"), "1")  # a cancel met before the split's write
+    assert join.runs("job-4") == (False, True)
+
+
 def counted(job_id: str, *numbers: int) -> JobPages:
     return JobPages("billing", job_id, numbers, dt.date(2026, 12, 31))
 
