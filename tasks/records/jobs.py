@@ -31,7 +31,7 @@ __all__ = ["DocumentMeta", "JobStatus", "Outcome", "PageDescriptor", "ResultReco
 
 @dataclass(frozen=True)
 class DocumentMeta:
-    """A fanned-out PDF while its page tasks run (`ocr:doc:<id>:meta`).
+    """A fanned-out PDF while its page tasks run (`ocr:doc:<id>:meta`, and its escalation).
 
     The request's input is in the blob store by then (`request.blob`), decrypted when
     the PDF was encrypted: the password is never stored (`request.password` is None);
@@ -79,30 +79,49 @@ class DocumentMeta:
                               self.base.format or "", self.input_object, self.url_prefixes)
 
     def to_json(self) -> str:
-        """The meta as stored in Redis.
+        """The meta as stored in Redis (`ocr:doc:<id>:meta`): the previous release's shape.
 
         The previous release reads it too: its workers take this release's page tasks
-        in a rolling upgrade. The fields it does not know (`escalated`, the request's
-        `escalate` and `escalate_below`) are left out while unset: the request's
-        fields at their default are left out, and `escalated` while empty.
+        in a rolling upgrade, and refuse a field they do not know. So the escalation
+        (the request's `escalate` and `escalate_below`, and `escalated`) is kept
+        apart (`escalation_json`), and the request's fields at their default are left out.
         """
         data: dict[str, Any] = {f.name: getattr(self, f.name) for f in fields(self)
                                 if f.name not in ("request", "base", "previous", "escalated")}
-        data["request"] = _set_fields(self.request)
+        data["request"] = _set_fields(replace(self.request, escalate=None,
+                                              escalate_below=None))
         data["base"] = self.base.to_json()
         if self.previous is not None:
             data["previous"] = self.previous.to_json()
-        if self.escalated:
-            data["escalated"] = self.escalated
         return json.dumps(data)
 
+    def escalation_json(self) -> str | None:
+        """The escalation, kept beside the meta (`ocr:doc:<id>:escalation`).
+
+        The request's `escalate` and `escalate_below`, and `escalated`. None for a job
+        that escalates nothing: no key is kept.
+        """
+        if self.request.escalate is None and self.request.escalate_below is None \
+                and not self.escalated:
+            return None
+        return json.dumps({"escalate": self.request.escalate,
+                           "escalate_below": self.request.escalate_below,
+                           "escalated": self.escalated})
+
     @classmethod
-    def from_json(cls, raw: str | bytes) -> DocumentMeta:
+    def from_json(cls, raw: str | bytes,
+                  escalation: str | bytes | None = None) -> DocumentMeta:
+        """The meta stored (`to_json`), its `escalation` (`escalation_json`) put back."""
         data = json.loads(raw)
         data["request"] = JobRequest.from_json(data["request"])
         data["base"] = DocumentResult.from_json(data["base"])
         if data.get("previous") is not None:
             data["previous"] = DocumentResult.from_json(data["previous"])
+        if escalation is not None:
+            apart = json.loads(escalation)
+            data["request"] = replace(data["request"], escalate=apart["escalate"],
+                                      escalate_below=apart["escalate_below"])
+            data["escalated"] = apart["escalated"]
         return cls(**data)
 
 

@@ -34,21 +34,27 @@ from tasks.state.keys import doc_key, job_ended_key, job_key
 from tasks.state.replicas import hold_kept
 from tasks.state.usage_counts import COUNT_PAGES_LUA, JobPages, quiet_jobs
 
-# KEYS: the end claim, meta, pages, and the job's progress record and control hash when
-# progress is written; ARGV: TTL, meta JSON, the progress record's text before and after
-# its `done` count, its TTL, the page count, then page number/JSON pairs (the `done`).
-# A document without text-layer pages has no pages hash yet: its first record makes it.
+# KEYS: the end claim, meta, escalation, pages, and the job's progress record and control
+# hash when progress is written; ARGV: TTL, meta JSON, escalation JSON ("": none kept),
+# the progress record's text before and after its `done` count, its TTL, the page count,
+# then page number/JSON pairs (the `done`). The escalation has the meta's TTL. A
+# document without text-layer pages has no pages hash yet: its first record makes it.
 _START_UNLESS_ENDED = lua.Script("""
 if redis.call('exists', KEYS[1]) == 1 then return 0 end
 redis.call('set', KEYS[2], ARGV[2], 'EX', ARGV[1])
-redis.call('del', KEYS[3])
-if #ARGV > 6 then
-  redis.call('hset', KEYS[3], unpack(ARGV, 7))
-  redis.call('expire', KEYS[3], ARGV[1])
+if ARGV[3] == '' then
+  redis.call('del', KEYS[3], KEYS[4])
+else
+  redis.call('set', KEYS[3], ARGV[3], 'EX', ARGV[1])
+  redis.call('del', KEYS[4])
 end
-if #KEYS > 3 then
-  redis.call('set', KEYS[4], ARGV[3] .. ((#ARGV - 6) / 2) .. ARGV[4], 'EX', ARGV[5])
-  redis.call('hset', KEYS[5], 'total', ARGV[6])
+if #ARGV > 7 then
+  redis.call('hset', KEYS[4], unpack(ARGV, 8))
+  redis.call('expire', KEYS[4], ARGV[1])
+end
+if #KEYS > 4 then
+  redis.call('set', KEYS[5], ARGV[4] .. ((#ARGV - 7) / 2) .. ARGV[5], 'EX', ARGV[6])
+  redis.call('hset', KEYS[6], 'total', ARGV[7])
 end
 return 1
 """)
@@ -119,9 +125,12 @@ class PageProgress:
 class DocumentJoin:
     """Per-document keys: `<id>:meta` (JSON `DocumentMeta`), `<id>:pages` (hash).
 
-    And `<id>:cancel`: a cancel asked (written by `JobControl.cancel`); `<id>:first`
-    (hash): the first readings of the pages read again by the job's escalation engine,
-    until their second reading is recorded.
+    `<id>:escalation`: the meta's escalation (`DocumentMeta.escalation_json`), kept
+    apart so that the meta keeps the previous release's shape. Written with the meta,
+    with its TTL; read with it (one MGET); dropped with it. `<id>:cancel`: a cancel
+    asked (written by `JobControl.cancel`). `<id>:first` (hash): the first readings of
+    the pages read again by the job's escalation engine, until their second reading is
+    recorded.
     """
 
     def __init__(self, client: redis.Redis, ttl: int) -> None:
@@ -133,7 +142,7 @@ class DocumentJoin:
 
     def start(self, meta: DocumentMeta, pages: list[PageRecord],
               progress: ProgressWrite | None = None) -> bool:
-        """Write the meta, the text-layer pages and the job's `progress`: one script.
+        """Write the meta, its escalation, the text-layer pages, the `progress`: one script.
 
         The progress record counts the text-layer pages as done; the job's control hash
         gets its page count (`total`, which outlives the progress record). False, with
@@ -141,6 +150,7 @@ class DocumentJoin:
         """
         doc_id = meta.job_id
         keys: list[str | bytes] = [job_ended_key(doc_id), self._key(doc_id, "meta"),
+                                   self._key(doc_id, "escalation"),
                                    self._key(doc_id, "pages")]
         shown: list[str | int] = ["", "", 0]
         if progress is not None:
@@ -149,7 +159,8 @@ class DocumentJoin:
         pairs = [item for page in pages
                  for item in (str(page.number), json.dumps(page.to_json()))]
         return bool(_START_UNLESS_ENDED.run(
-            self._redis, keys, [self._ttl, meta.to_json(), *shown, meta.total, *pairs]))
+            self._redis, keys, [self._ttl, meta.to_json(), meta.escalation_json() or "",
+                                *shown, meta.total, *pairs]))
 
     def keep(self, doc_id: str, target: RedisTarget) -> bool:
         """Hold until `target.min_replicas` replicas have the document's split (its meta).
@@ -164,10 +175,12 @@ class DocumentJoin:
                          target.replica_timeout)
 
     def meta(self, doc_id: str) -> DocumentMeta:
-        raw = self._redis.get(self._key(doc_id, "meta"))
+        """The document's meta with its escalation: one MGET."""
+        raw, escalation = self._redis.mget(self._key(doc_id, "meta"),
+                                           self._key(doc_id, "escalation"))
         if raw is None:
             raise InputNotFound(f"document {doc_id} is finished or expired")
-        return DocumentMeta.from_json(raw)
+        return DocumentMeta.from_json(raw, escalation)
 
     def find(self, doc_id: str) -> DocumentMeta | None:
         """The meta of a document still running, or None (not fanned out, or ended)."""
@@ -179,11 +192,15 @@ class DocumentJoin:
     def running(self, doc_id: str) -> tuple[DocumentMeta | None, bool]:
         """A running document's meta (None: ended, or not fanned out), and its cancel.
 
-        Whether a cancel was asked (`JobControl.cancel`): one read. The first read of a
-        page task whose message carries no descriptor (a previous release's sender).
+        The meta with its escalation, and whether a cancel was asked
+        (`JobControl.cancel`): one MGET. The first read of a page task whose message
+        carries no descriptor (a previous release's sender).
         """
-        raw, cancel = self._redis.mget(self._key(doc_id, "meta"), self._key(doc_id, "cancel"))
-        return (None if raw is None else DocumentMeta.from_json(raw)), cancel is not None
+        raw, escalation, cancel = self._redis.mget(self._key(doc_id, "meta"),
+                                                   self._key(doc_id, "escalation"),
+                                                   self._key(doc_id, "cancel"))
+        meta = None if raw is None else DocumentMeta.from_json(raw, escalation)
+        return meta, cancel is not None
 
     def runs(self, doc_id: str) -> tuple[bool, bool]:
         """Whether the document runs (its meta is kept), and whether a cancel was asked.
@@ -249,13 +266,13 @@ class DocumentJoin:
         return [PageRecord.from_json(json.loads(value)) for value in raw.values()]
 
     def cleanup(self, doc_id: str, also: Sequence[str] = ()) -> None:
-        """Drop meta, pages, cancel mark, first readings, the keys `also` (not the end claim).
+        """Drop meta, escalation, pages, cancel mark, first readings, the keys `also`.
 
         One DEL for all of them; the end claim stays until its TTL.
         """
         self._redis.delete(*self.keys(doc_id, also))
 
     def keys(self, doc_id: str, also: Sequence[str] = ()) -> list[str]:
-        """What `cleanup` drops: meta, pages, cancel mark, first readings, the keys `also`."""
-        return [self._key(doc_id, "meta"), self._key(doc_id, "pages"),
-                self._key(doc_id, "cancel"), self._key(doc_id, "first"), *also]
+        """What `cleanup` drops: meta, escalation, pages, cancel mark, first readings, `also`."""
+        return [self._key(doc_id, part)
+                for part in ("meta", "escalation", "pages", "cancel", "first")] + list(also)

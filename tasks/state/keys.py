@@ -28,7 +28,7 @@ BLOB_PREFIX = ROOT + "blob:"          # input bytes: ocr:blob:<id>
 CACHE_PREFIX = ROOT + "cache:"        # result cache: ocr:cache:<sha256>
 OUTPUT_PREFIX = ROOT + "output:"      # produced files: ocr:output:<job id>
 JOB_PREFIX = ROOT + "job:"            # per-job control hash and ocr:job:<id>:cancelled
-DOC_PREFIX = ROOT + "doc:"            # fan-out join: ocr:doc:<id>:meta|pages|merged|cancel
+DOC_PREFIX = ROOT + "doc:"  # fan-out join: ocr:doc:<id>:meta|escalation|pages|merged|cancel
 DELIVERY_PREFIX = ROOT + "deliveries:"  # poison guard: starts of one task id
 # model lifecycle (tasks/models/registry.py): last-used, loaded:<host>:<pid>:<model>,
 # configured:<host>:<pid>, report[:<host>:<dir>], prune-lock:<host>:<dir>,
@@ -188,7 +188,7 @@ def jobs_client_key(client: str) -> str:
 
 
 def doc_key(doc_id: str, part: str) -> str:
-    """`ocr:doc:<id>:<part>` of a fanned-out PDF (`meta`, `pages`)."""
+    """`ocr:doc:<id>:<part>` of a fanned-out PDF (`meta`, `escalation`, `pages`)."""
     return f"{DOC_PREFIX}{doc_id}:{part}"
 
 
@@ -301,7 +301,8 @@ FAMILIES: tuple[KeyFamily, ...] = (
     KeyFamily("job records and inputs", (_all(JOB_PREFIX), _all(BLOB_PREFIX)),
               (job_key("1"), BLOB_PREFIX + "1"), writers=(*RUNNERS, *SENDERS)),
     KeyFamily("documents' pages (the fan-out's join)", (_all(DOC_PREFIX),),
-              (doc_key("1", "meta"),), writers=RUNNERS, readers=SENDERS),
+              (doc_key("1", "meta"), doc_key("1", "escalation")),
+              writers=RUNNERS, readers=SENDERS),
     KeyFamily("job lists", (_all(JOBS_PREFIX),), (jobs_client_key("alice"), JOBS_ALL_KEY),
               writers=(*RUNNERS, *SENDERS)),
     KeyFamily("batches", (_all(BATCH_PREFIX), _all(BATCHES_PREFIX)),

@@ -132,7 +132,8 @@ def test_a_page_task_reads_no_meta(worker: Worker, redis_url: str) -> None:
 
     MONITOR sees every command naming the document's meta: the split writes it (in its
     script), each page task asks whether it is there (one EXISTS with the cancel mark),
-    and only the merge of the last page reads it (one GET), whatever the page count.
+    and only the merge of the last page reads it (one MGET, with its escalation), whatever
+    the page count.
     """
     store = redis.Redis.from_url(redis_url)
     seen: list[list[str]] = []
@@ -165,9 +166,11 @@ def test_a_page_task_reads_no_meta(worker: Worker, redis_url: str) -> None:
     meta = doc_key(job, "meta")
     named = [words for words in seen if meta in words]
     by_command = Counter(words[0].upper() for words in named)  # a script's: lower case
-    assert by_command["GET"] == 1 and by_command["MGET"] == 0, named  # the merge's
+    assert by_command["MGET"] == 1 and by_command["GET"] == 0, named  # the merge's
+    merge = next(words for words in named if words[0].upper() == "MGET")
+    assert merge[1:] == [meta, doc_key(job, "escalation")], merge
     assert by_command["EXISTS"] >= 6, named  # each page's: the meta and the cancel mark
-    assert set(by_command) <= {"SET", "GET", "EXISTS", "DEL", "EVALSHA", "WAIT"}, named
+    assert set(by_command) <= {"SET", "MGET", "EXISTS", "DEL", "EVALSHA", "WAIT"}, named
 
 
 def test_a_burst_s_acknowledgements_ride_on_the_fetches(worker: Worker, redis_url: str) -> None:

@@ -69,6 +69,9 @@ SETTINGS = {"OCR_ENGINE": "gated", "OCR_CACHE_RESULTS": "0", "OCR_CONCURRENCY": 
             "OCR_ENGINE_PLUGINS": f"{FAKE_PLUGINS},gated=tests.gated_engine:GatedEngine",
             "OCR_WORKER_LIVENESS_SECONDS": "12", **FAST_PAGES}
 WAIT = 150  # a bound for a loaded machine
+# This release's worker with escalation on for every job (the fleet's default engine): a
+# page escalates below its threshold, and the fake reads every page sure (confidence 100).
+ESCALATING = {"OCR_ESCALATE_ENGINE": "vlm-api"}
 
 
 @pytest.fixture(scope="module")
@@ -100,16 +103,17 @@ class Fleet:
     def started(self, name: str) -> int:
         return len(list(self.gate(name).glob("started-*")))
 
-    def start_workers(self) -> tuple[Worker, Worker]:
+    def start_workers(self, new: dict[str, str] | None = None) -> tuple[Worker, Worker]:
         """The old release's worker, then this tree's once it runs: (old, new).
 
         As in an upgrade: the old fleet runs on its Redis (its layout stored) when the
-        new release's first worker comes.
+        new release's first worker comes. `new`: settings of this tree's worker alone.
         """
         made = []
         for name, root in (("old", self.old_tree), ("new", ROOT)):
             env = {"REDIS_URL": self.redis_url, **SETTINGS,
-                   "FAKE_GATE_DIR": str(self.gate(name))}
+                   "FAKE_GATE_DIR": str(self.gate(name)),
+                   **((new or {}) if name == "new" else {})}
             worker = Worker(self.tmp_path / f"{name}.log", env, root=root)
             self.workers.append(worker)
             worker.spawn()
@@ -239,16 +243,17 @@ def test_a_killed_old_worker_loses_and_doubles_nothing(fleet: Fleet) -> None:
     assert "put back in their queues" in new.log()
 
 
-def pages_change_hands(fleet: Fleet, splits: str, submit: Callable[[Path], str]) -> None:
+def pages_change_hands(fleet: Fleet, splits: str, submit: Callable[[Path], str],
+                       new: dict[str, str] | None = None) -> None:
     """A 4-page scanned PDF split by one release's worker, its pages read by the other's.
 
     The reader is paused while the splitter takes the job and starts two pages (held at
     its gate); the splitter is then stopped warm (it gives back the pages it had not
-    started), and the reader takes the rest.
+    started), and the reader takes the rest. `new`: settings of this release's worker.
     """
     before = fleet.usage()
-    old, new = fleet.start_workers()
-    splitter, reader = (old, new) if splits == "old" else (new, old)
+    old, new_worker = fleet.start_workers(new)
+    splitter, reader = (old, new_worker) if splits == "old" else (new_worker, old)
     reads = "new" if splits == "old" else "old"
     pdf = fleet.tmp_path / "split.pdf"
     pdf.write_bytes(image_pdf(plain_pages(4)))
@@ -270,9 +275,13 @@ def pages_change_hands(fleet: Fleet, splits: str, submit: Callable[[Path], str])
 
 
 def test_the_old_worker_reads_the_pages_this_release_sends(fleet: Fleet) -> None:
-    """The page messages of this release (their descriptor in a header) on the old worker."""
+    """The page messages of this release (their descriptor in a header) on the old worker.
+
+    The job escalates (this worker's OCR_ESCALATE_ENGINE): the old worker reads the
+    document's meta, which holds none of the escalation's fields.
+    """
     pages_change_hands(fleet, "new", lambda pdf: fleet.client.submit(
-        pdf.read_bytes(), filename=pdf.name))
+        pdf.read_bytes(), filename=pdf.name), new=ESCALATING)
 
 
 @pytest.mark.long  # the direction above is the short form (`make test`)

@@ -28,13 +28,25 @@ def meta_of(pages: int, **request: object) -> DocumentMeta:
         "ocr-tesseract", base, url_prefixes=["https://in.example/"])
 
 
-def test_a_meta_without_escalation_names_no_field_the_previous_release_lacks() -> None:
-    """The previous release reads this one's meta: its fields unknown there are left out."""
+def test_a_meta_names_no_field_the_previous_release_lacks() -> None:
+    """The previous release reads this one's meta: its escalation is kept apart.
+
+    The request's `escalate` and `escalate_below` and the meta's `escalated` are in
+    `escalation_json` (`ocr:doc:<id>:escalation`), put back by `from_json`.
+    """
+    for meta in (meta_of(6), replace(meta_of(6), escalated=[2])):
+        stored = json.loads(meta.to_json())
+        assert "escalated" not in stored
+        assert not {"escalate", "escalate_below"} & set(stored["request"])
+        assert DocumentMeta.from_json(meta.to_json(), meta.escalation_json()) == meta
+    escalation = replace(meta_of(6), escalated=[2]).escalation_json()
+    assert json.loads(escalation or "") == {"escalate": "vlm-api", "escalate_below": 0.5,
+                                            "escalated": [2]}
+
+
+def test_a_meta_without_escalation_keeps_none_apart() -> None:
     meta = meta_of(6)
     meta = replace(meta, request=replace(meta.request, escalate=None, escalate_below=None))
-    stored = json.loads(meta.to_json())
-    assert "escalated" not in stored
-    assert not {"escalate", "escalate_below"} & set(stored["request"])
+    assert meta.escalation_json() is None
     assert DocumentMeta.from_json(meta.to_json()) == meta
-    escalating = replace(meta_of(6), escalated=[2])
-    assert DocumentMeta.from_json(escalating.to_json()) == escalating
+    assert meta.to_json() == meta_of(6).to_json()  # the same meta, escalating or not

@@ -9,6 +9,7 @@ from __future__ import annotations
 import datetime as dt
 import json
 from collections.abc import Iterator
+from dataclasses import replace
 
 import pytest
 import redis
@@ -66,8 +67,8 @@ def test_a_documents_start_writes_its_progress_and_page_count_in_its_script(
     join.start(meta_of("warm"), [], progress_of("warm"))  # the script loaded
     store.config_resetstat()
     assert join.start(meta_of("job-1"), [], progress_of("job-1"))
-    # EVALSHA; EXISTS, SET meta, DEL pages, SET progress, HSET total: no EXPIRE of a
-    # pages hash that is not there, no progress script of its own
+    # EVALSHA; EXISTS, SET meta, DEL escalation and pages (one DEL), SET progress, HSET
+    # total: no EXPIRE of a pages hash that is not there, no progress script of its own
     assert commands(store) == {"evalsha": 1, "exists": 1, "set": 2, "del": 1, "hset": 1}
     assert json.loads(store.get("progress-job-1") or b"") == {"done": 0, "total": 6}
     assert 0 < store.ttl("progress-job-1") <= 60
@@ -90,6 +91,35 @@ def test_a_documents_start_after_its_ending_writes_nothing(store: redis.Redis) -
     join = DocumentJoin(store, 600)
     assert not join.start(meta_of("job-3"), [], progress_of("job-3"))
     assert store.exists("progress-job-3", job_key("job-3"), doc_key("job-3", "meta")) == 0
+
+
+def test_a_meta_keeps_the_previous_release_s_shape_and_its_escalation_beside_it(
+        store: redis.Redis) -> None:
+    """The escalation is kept apart, with the meta's TTL, read in the meta's one MGET."""
+    join = DocumentJoin(store, 600)
+    plain = meta_of("job-5")
+    meta = replace(plain, request=replace(plain.request, escalate="vlm-api",
+                                          escalate_below=0.6), escalated=[2])
+    store.config_resetstat()
+    assert join.start(meta, [])
+    assert commands(store) == {"evalsha": 1, "exists": 1, "set": 2, "del": 1}
+    stored = json.loads(store.get(doc_key("job-5", "meta")) or b"")
+    assert stored == json.loads(plain.to_json())  # what the previous release reads
+    assert json.loads(store.get(doc_key("job-5", "escalation")) or b"") == {
+        "escalate": "vlm-api", "escalate_below": 0.6, "escalated": [2]}
+    assert 0 < store.ttl(doc_key("job-5", "escalation")) <= store.ttl(doc_key("job-5", "meta"))
+    store.config_resetstat()
+    assert join.meta("job-5") == meta
+    assert join.running("job-5") == (meta, False)
+    assert join.find("job-5") == meta
+    assert commands(store) == {"mget": 3}
+    assert doc_key("job-5", "escalation") in join.keys("job-5")
+    assert join.start(plain, [])  # the split written again, without escalation
+    assert store.exists(doc_key("job-5", "escalation")) == 0
+    assert join.meta("job-5") == plain
+    assert join.start(meta, [])
+    join.cleanup("job-5")
+    assert store.exists(doc_key("job-5", "meta"), doc_key("job-5", "escalation")) == 0
 
 
 def test_a_page_task_s_read_of_its_document_is_one_exists_and_not_the_meta(
