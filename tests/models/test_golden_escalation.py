@@ -12,31 +12,20 @@ of it (Pillow), each with its `.gt.txt`: the copy escalates, the clean scan does
 from __future__ import annotations
 
 import json
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 
+# The scan's ground truth and the simulated server that answers it: the eval's fixtures.
+from tests.clients.test_eval_escalation import server, truth  # noqa: F401
 from tests.deploy.test_monitoring import _get, exporter  # noqa: F401 - the exporter's fixture
 from tests.engines.test_escalation import COMMON, clean_scan, png, unsure_scan
-from tests.harness import Worker, ground_truth
+from tests.harness import Worker
 from tests.inference_server import SimulatedInferenceServer
 from tests.models.test_golden_set import admin, gauges
 
 pytestmark = pytest.mark.slow
-
-
-@pytest.fixture(scope="module")
-def truth() -> str:
-    """The scan's ground truth, which the simulated server answers (read from the corpus)."""
-    return ground_truth("scan_tess_phototest.tif")
-
-
-@pytest.fixture(scope="module")
-def server(truth: str) -> Iterator[SimulatedInferenceServer]:
-    running = SimulatedInferenceServer(text=truth).start()
-    yield running
-    running.stop()
 
 
 @pytest.fixture(scope="module")
