@@ -7,8 +7,8 @@ process that consumes a fanout queue (the worker parent's mailbox, Flower's and
 `celery events`' event queues) subscribes to its topics with PSUBSCRIBE on the
 channel's PUB/SUB connection and hands each broadcast to the queue's consumer.
 
-A channel given a fanout gate (the transport option `ocr_fanout_gate`: the queue
-layer's, tasks/queue/quiet_events.py) asks it before each fanout publish, and tells it
+A channel given a fanout gate (its hooks' `fanout_gate`, tasks/broker/channel.py: the
+queue layer's, tasks/queue/quiet_events.py) asks it before each fanout publish, and tells it
 how many subscribers the PUBLISH reached. Without one, every fanout publish is sent.
 """
 

@@ -24,6 +24,7 @@ from __future__ import annotations
 import contextlib
 import logging
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from functools import cached_property
 from typing import Any
 
@@ -42,6 +43,40 @@ from tasks.broker.qos import QoS
 from tasks.broker.refusals import OnRefused
 
 log = logging.getLogger(__name__)
+
+
+@dataclass
+class Hooks:
+    """What the queue layer hands the transport: code, not settings.
+
+    Not transport options: Celery's remote control `stats` reply carries those as JSON,
+    and a function in them leaves a worker without a reply. A channel finds its hooks
+    by the name its transport option `ocr_hooks` gives (`register_hooks`).
+    """
+
+    # What a fanout publish asks first (broadcasts.FanoutGate; None: every one is sent).
+    fanout_gate: FanoutGate | None = None
+    # The ids of the tasks running now, which a close leaves unacked (qos.py; None:
+    # none runs).
+    running_tasks: Callable[[], set[str]] | None = None
+    # What hears of each refused message (refusals.py).
+    on_refused: OnRefused | None = None
+
+
+_HOOKS: dict[str, Hooks] = {}
+
+
+def register_hooks(hooks: Hooks) -> str:
+    """Keep `hooks` for the channels of this process: the name for `ocr_hooks`."""
+    name = f"hooks-{id(hooks):x}"
+    _HOOKS[name] = hooks
+    return name
+
+
+def hooks_named(name: str | None) -> Hooks:
+    """The hooks registered under `name` (none: empty hooks of their own)."""
+    return _HOOKS.get(name or "") or Hooks()
+
 
 HEALTH_CHECK_INTERVAL = 25
 
@@ -75,12 +110,8 @@ class Channel(virtual.Channel):
     queue_order_strategy = "round_robin"
     brpop_timeout = 1.0
     ocr_binding_min_ttl = binding_expiry.MIN_BINDING_TTL_MS  # an expiring binding's least
-    # What a fanout publish asks first (broadcasts.FanoutGate; None: every one is sent).
-    ocr_fanout_gate: FanoutGate | None = None
-    # The queue layer's: the ids of the tasks running now, which a close leaves held
-    # (qos.py; None: none runs), and what hears of each refused message (refusals.py).
-    ocr_running_tasks: Callable[[], set[str]] | None = None
-    ocr_on_refused: OnRefused | None = None
+    # The name of the queue layer's `Hooks` (`register_hooks`; None: no hooks).
+    ocr_hooks: str | None = None
     # A publish waits for this many replicas (WAIT), at most `ocr_replica_timeout` s;
     # short of them a client's publish raises ReplicaMissing, a worker's goes on.
     ocr_min_replicas = 0
@@ -102,8 +133,7 @@ class Channel(virtual.Channel):
         "fanout_patterns", "global_keyprefix", "socket_timeout", "socket_connect_timeout",
         "socket_keepalive", "socket_keepalive_options", "queue_order_strategy",
         "max_connections", "health_check_interval", "retry_on_timeout", "priority_steps",
-        "client_name", "ocr_binding_min_ttl", "ocr_fanout_gate", "ocr_running_tasks",
-        "ocr_on_refused", "ocr_min_replicas",
+        "client_name", "ocr_binding_min_ttl", "ocr_hooks", "ocr_min_replicas",
         "ocr_replica_timeout", "ocr_refuse_pending", "ocr_max_message_bytes", "ocr_accept_content",
         "ocr_dead_letter_max", "ocr_dead_letter_ttl", "ocr_idle_wait")
 
@@ -116,6 +146,21 @@ class Channel(virtual.Channel):
     _in_poll: Any = None       # the connection whose fetch reply is due
     _listening: Any = None     # the connection subscribed to this channel's broadcasts
     keyprefix_fanout = "/{db}."
+
+    @property
+    def ocr_fanout_gate(self) -> FanoutGate | None:
+        """What a fanout publish asks first (the queue layer's hooks)."""
+        return hooks_named(self.ocr_hooks).fanout_gate
+
+    @property
+    def ocr_running_tasks(self) -> Callable[[], set[str]] | None:
+        """The ids of the tasks running now (the queue layer's hooks)."""
+        return hooks_named(self.ocr_hooks).running_tasks
+
+    @property
+    def ocr_on_refused(self) -> OnRefused | None:
+        """What hears of each refused message (the queue layer's hooks)."""
+        return hooks_named(self.ocr_hooks).on_refused
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         self.publisher = Publisher(self)

@@ -24,6 +24,7 @@ from typing import Any
 from celery.backends.redis import SentinelBackend
 from celery.beat import PersistentScheduler
 
+from tasks.broker.channel import Hooks, register_hooks
 from tasks.queue.quiet_events import UnheardEvents
 from tasks.queue.routing import AMQP_MAX_PRIORITY, DEFAULT_QUEUE, PRIORITY_STEPS, priority_value
 from tasks.settings import Settings
@@ -182,10 +183,12 @@ def _broker_options(settings: Settings) -> dict[str, Any]:
         # An event that reached no subscriber (no Flower, no `celery events`): its kind
         # is not published again by this process for a few seconds, but for a task's
         # endings and a worker's coming and going. Remote control is always published.
-        "ocr_fanout_gate": UnheardEvents((EVENT_EXCHANGE,), settings.events_quiet_seconds),
-        # A worker's close leaves the messages of its running tasks held (the visibility
-        # timeout restores them, never while they run), and restores the rest.
-        "ocr_running_tasks": running_task_ids,
+        # A worker's close leaves the messages of its running tasks unacked (the
+        # visibility timeout restores them, never while they run), and restores the rest.
+        # Code, not settings: handed over by name (a `stats` reply carries the options).
+        "ocr_hooks": register_hooks(Hooks(
+            fanout_gate=UnheardEvents((EVENT_EXCHANGE,), settings.events_quiet_seconds),
+            running_tasks=running_task_ids)),
     }}
 
 

@@ -9,7 +9,7 @@ the rest not done), the parent takes the claim over and finishes the ending
 (`take_over_killed`; Linux: a child is told by /proc); a pool child finishes the ending
 of a job whose whole worker died while ending it (`finish_abandoned`).
 `connect_refusals()` stores the FAILURE of a message the broker refused (the Redis
-transport's `ocr_on_refused`: tasks/broker/refusals.py) or Celery would not decode.
+transport's hook `on_refused`: tasks/broker/refusals.py) or Celery would not decode.
 """
 
 from __future__ import annotations
@@ -27,6 +27,7 @@ from celery.signals import celeryd_after_setup, task_failure, task_rejected, tas
 from kombu.exceptions import ContentDisallowed
 
 from tasks import tracing
+from tasks.broker.channel import hooks_named
 from tasks.engines.resident import engine_for_job
 from tasks.errors import (
     BadRequest,
@@ -242,7 +243,7 @@ def connect_parent_endings(app: OcrCelery) -> None:
 def connect_refusals(app: OcrCelery) -> None:
     """Store a FAILURE for each refused message whose task id was read (worker parent).
 
-    Two sources: the Redis transport's `ocr_on_refused`, and Celery's own
+    Two sources: the Redis transport's hook `on_refused`, and Celery's own
     `task_rejected` for a message it refused to deserialize (ContentDisallowed), which
     is how a pickled message ends on other brokers (AMQP) instead of staying PENDING.
     """
@@ -272,7 +273,7 @@ def connect_refusals(app: OcrCelery) -> None:
                 "(JSON only)"))
 
     settings = getattr(app, "ocr_settings", None)
-    if settings is not None and not settings.broker_is_amqp:
-        app.conf.broker_transport_options = {**(app.conf.broker_transport_options or {}),
-                                             "ocr_on_refused": on_refused}
+    name = (app.conf.broker_transport_options or {}).get("ocr_hooks")
+    if settings is not None and not settings.broker_is_amqp and name:
+        hooks_named(name).on_refused = on_refused
     task_rejected.connect(on_rejected, weak=False, dispatch_uid="ocr-rejected")

@@ -1,9 +1,10 @@
 """Celery's events left quiet while nobody hears them: the Redis transport's fanout gate.
 
 Runs in every process that sends Celery events on the Redis broker (clients, the API,
-beat, workers). `UnheardEvents` is the transport option `ocr_fanout_gate`
-(tasks/queue/celery_config.py): the transport asks it before each fanout publish and
-tells it what the PUBLISH answered (tasks/broker/broadcasts.py).
+beat, workers). `UnheardEvents` is the transport's hook `fanout_gate`
+(tasks/queue/celery_config.py, tasks/broker/channel.py's `Hooks`): the transport asks
+it before each fanout publish and tells it what the PUBLISH answered
+(tasks/broker/broadcasts.py).
 
 PUBLISH answers how many subscribers took the message, pattern subscribers included.
 Where a topic of Celery's event exchange reached none, this process sends nothing more

@@ -21,6 +21,7 @@ import redis
 from kombu import Connection, Exchange, Producer, Queue
 
 from tasks.broker import lanes, layout
+from tasks.broker.channel import Hooks, hooks_named, register_hooks
 from tasks.broker.transport import TRANSPORT
 from tasks.queue.quiet_events import UnheardEvents
 from tasks.records.clients import CLIENT_HEADER
@@ -116,7 +117,8 @@ QUIET = 0.6
 
 def gated() -> dict[str, Any]:
     """Transport options with a fanout gate of its own (tasks/queue/quiet_events.py)."""
-    return {"ocr_fanout_gate": UnheardEvents(("celeryev",), QUIET, ("task.succeeded",))}
+    return {"ocr_hooks": register_hooks(Hooks(
+        fanout_gate=UnheardEvents(("celeryev",), QUIET, ("task.succeeded",))))}
 
 
 def broadcast(conn: Connection, exchange: str, routing_key: str, body: Any) -> None:
@@ -275,13 +277,14 @@ def test_celery_config_names_its_event_exchange_and_the_quiet_setting() -> None:
     env = {"REDIS_URL": "redis://127.0.0.1:6379/0", "OCR_EVENTS_QUIET_SECONDS": "2.5"}
     config = celery_config(Settings.from_env(env))
     options = config["broker_transport_options"]
-    gate = options["ocr_fanout_gate"]
+    gate = hooks_named(options["ocr_hooks"]).fanout_gate
+    assert gate is not None
     assert gate.exchanges == (config["event_exchange"],)
     assert gate.quiet == 2.5
     assert {"task.succeeded", "task.failed"} <= set(gate.always)
     with pytest.raises(SettingsError, match="OCR_EVENTS_QUIET_SECONDS"):
         Settings.from_env({**env, "OCR_EVENTS_QUIET_SECONDS": "-1"})
-    assert "ocr_fanout_gate" not in celery_config(Settings.from_env(
+    assert "ocr_hooks" not in celery_config(Settings.from_env(
         {**env, "BROKER_URL": "amqp://guest:guest@127.0.0.1:5672//"})).get(
             "broker_transport_options", {})
 
@@ -299,3 +302,22 @@ def test_a_broker_script_lost_again_as_it_is_loaded_is_loaded_again(
     with pytest.raises(redis.exceptions.NoScriptError):
         lua.run(losing, push)
     assert losing.llen(lane) == 1
+
+
+def test_the_broker_info_a_stats_reply_carries_is_json() -> None:
+    """Remote control's `stats` sends the broker connection's info, transport options in.
+
+    The queue layer's hooks (code) go by name, so the reply encodes and Flower and
+    `celery inspect stats` hear every worker.
+    """
+    import json
+
+    from tasks.queue.app import create_app
+    from tasks.settings import Settings
+
+    app = create_app(Settings.from_env({"REDIS_URL": "redis://127.0.0.1:6379/0"}))
+    info = app.connection_for_read().info()
+    name = info["transport_options"]["ocr_hooks"]
+    assert json.loads(json.dumps(info))["transport_options"]["ocr_hooks"] == name
+    hooks = hooks_named(name)
+    assert None not in (hooks.fanout_gate, hooks.running_tasks, hooks.on_refused)
