@@ -170,7 +170,9 @@ def _broker_options(settings: Settings) -> dict[str, Any]:
         # pushes to the lists the workers read (a custom `sep` would strand its
         # messages).
         "priority_steps": PRIORITY_STEPS,
-        "queue_order_strategy": "priority",
+        # The worker's queue cycle turns after each message it takes (the fetch order,
+        # tasks/broker/fetch_script.py): a queue's backlog holds no other queue's pages.
+        "queue_order_strategy": "round_robin",
         # One value for the cluster, larger than every worker's hard limits
         # (Settings.check_worker): a running job is never delivered twice.
         "visibility_timeout": settings.visibility_timeout,

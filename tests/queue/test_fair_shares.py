@@ -314,6 +314,24 @@ def test_a_fanned_out_pdfs_pages_wait_in_their_clients_lane(
     r.close()
 
 
+def test_a_client_backlog_does_not_hold_another_clients_pdf_pages(
+        worker: Worker, clients: Callable[[str], OcrClient]) -> None:
+    """A PDF's pages wait in its engine's queue (`ocr-fake`), the backlog in `ocr`.
+
+    The worker's queues take turns (its queue cycle), so the pages go between the
+    backlog's messages, not after them.
+    """
+    noisy, quiet = clients("noisy-pdf"), clients("quiet-pdf")
+    backlog = [noisy.submit(png(150 + i % 50), filename=f"n{i}.png") for i in range(60)]
+    job = quiet.submit(image_pdf(plain_pages(8)), filename="q.pdf", mode="ocr")
+    result = quiet.wait([job], timeout=120)[job]
+    assert (result["status"], len(result["pages"])) == ("SUCCESS", 8)
+    ahead = done(noisy, backlog)
+    # first come, first served the pages would wait for the whole backlog: 60 pages
+    assert ahead <= 40, f"{ahead} of the backlog's 60 pages went before the PDF's 8"
+    assert {r["status"] for r in noisy.wait(backlog, timeout=180).values()} == {"SUCCESS"}
+
+
 def test_a_queues_size_counts_its_lanes(clients: Callable[[str], OcrClient]) -> None:
     """Kombu's queue_declare count (Celery's `inspect`, `purge`'s check) sees the lanes."""
     sender = clients("sized")
