@@ -10,6 +10,7 @@ bench/README.md what a job still costs.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -18,6 +19,7 @@ import time
 from collections import Counter
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import psutil
 import pytest
@@ -127,6 +129,36 @@ def test_a_scanned_page_costs_what_it_reached(worker: Worker, redis_url: str) ->
     assert calls.get("hexists", 0) <= 2, top  # the hold: once a child, not once a page
 
 
+@contextlib.contextmanager
+def monitoring(store: redis.Redis, on_command: Callable[[dict[str, Any]], None]
+               ) -> Iterator[None]:
+    """MONITOR over the block: each command the server runs in it goes to `on_command`.
+
+    The block's end is marked by an ECHO the watcher stops at, so that every command
+    before it has been seen when the block returns.
+    """
+    marker = f"monitor-end-{os.getpid()}-{threading.get_ident()}"
+    watching = threading.Event()
+
+    def watch() -> None:
+        with store.monitor() as monitor:
+            watching.set()  # MONITOR answered: every later command is seen
+            for seen in monitor.listen():
+                if seen["command"].split() == ["ECHO", marker]:
+                    return
+                on_command(seen)
+
+    watcher = threading.Thread(target=watch, daemon=True)
+    watcher.start()
+    assert watching.wait(10)
+    try:
+        yield
+    finally:
+        store.echo(marker)  # the last command the watcher reads
+        watcher.join(10)
+    assert not watcher.is_alive()
+
+
 def test_a_page_task_reads_no_meta(worker: Worker, redis_url: str) -> None:
     """A scanned PDF's page tasks read with their messages' descriptors, not the meta.
 
@@ -137,31 +169,19 @@ def test_a_page_task_reads_no_meta(worker: Worker, redis_url: str) -> None:
     """
     store = redis.Redis.from_url(redis_url)
     seen: list[list[str]] = []
-    marker = f"meta-seen-{os.getpid()}"
-    watching = threading.Event()
 
-    def watch() -> None:
-        with store.monitor() as monitor:
-            watching.set()  # MONITOR answered: every later command is seen
-            for command in monitor.listen():
-                words = command["command"].split()
-                if words == ["ECHO", marker]:
-                    return
-                if any(word.endswith(":meta") for word in words[1:]):
-                    seen.append(words)
+    def on_command(command: dict[str, Any]) -> None:
+        words = command["command"].split()
+        if any(word.endswith(":meta") for word in words[1:]):
+            seen.append(words)
 
-    watcher = threading.Thread(target=watch, daemon=True)
-    watcher.start()
-    assert watching.wait(10)
     client = make_client(redis_url)
-    try:
-        job = client.submit(corpus("scan_vicksburg_ocrlayer_6p.pdf"), mode="ocr")
-        result = client.wait([job], timeout=120)[job]
-    finally:
-        client.close()
-    store.echo(marker)  # the last command the monitor reads
-    watcher.join(10)
-    assert not watcher.is_alive()
+    with monitoring(store, on_command):
+        try:
+            job = client.submit(corpus("scan_vicksburg_ocrlayer_6p.pdf"), mode="ocr")
+            result = client.wait([job], timeout=120)[job]
+        finally:
+            client.close()
     assert result["status"] == "SUCCESS" and len(result["pages"]) == 6, result
     meta = doc_key(job, "meta")
     named = [words for words in seen if meta in words]
@@ -186,50 +206,39 @@ def test_a_burst_s_acknowledgements_ride_on_the_fetches(worker: Worker, redis_ur
     carried: list[str] = []
     held: list[str] = []
     others: list[str] = []
-    marker = f"burst-seen-{os.getpid()}"
-    watching = threading.Event()
 
-    def watch() -> None:
-        with store.monitor() as monitor:
-            watching.set()  # MONITOR answered: every later command is seen
-            for seen in monitor.listen():
-                words = seen["command"].split()
-                held_hash = len(words) > 2 and words[1].endswith("}:held")
-                if words[0] == "HDEL" and held_hash:
-                    (carried if seen.get("client_type") == "lua" else alone).extend(words[2:])
-                elif words[0] == "HSET" and held_hash:
-                    held.append(words[2])
-                elif len(words) > 1 and words[1].startswith(UNACKED_KEY) and \
-                        words[0] not in ("HGET", "HKEYS", "HGETALL", "EXISTS", "ZRANGE",
-                                         "SET", "HLEN"):  # reads; the sweep's lock
-                    others.append(seen["command"])
-                if words == ["ECHO", marker]:  # every command before it was seen
-                    return
+    def on_command(seen: dict[str, Any]) -> None:
+        words = seen["command"].split()
+        held_hash = len(words) > 2 and words[1].endswith("}:held")
+        if words[0] == "HDEL" and held_hash:
+            (carried if seen.get("client_type") == "lua" else alone).extend(words[2:])
+        elif words[0] == "HSET" and held_hash:
+            held.append(words[2])
+        elif len(words) > 1 and words[1].startswith(UNACKED_KEY) and \
+                words[0] not in ("HGET", "HKEYS", "HGETALL", "EXISTS", "ZRANGE",
+                                 "SET", "HLEN"):  # reads; the sweep's lock
+            others.append(seen["command"])
 
     # the module's earlier jobs acknowledged first: an acknowledgement that rides on a
     # later fetch would be seen here without the write of its record
     eventually(lambda: held_count(store) == 0 or None, 15, "earlier records acknowledged")
-    watcher = threading.Thread(target=watch, daemon=True)
-    watcher.start()
-    assert watching.wait(10)
     client = make_client(redis_url)
     assert worker.proc is not None
-    try:
-        # The worker parent is held while the 20 are sent, so that they wait as one
-        # burst: on a loaded machine a slowed sender would otherwise feed an idle worker
-        # one job at a time, each acknowledged alone as the worker waits for the next.
-        os.kill(worker.proc.pid, signal.SIGSTOP)
+    with monitoring(store, on_command):
         try:
-            jobs = [client.submit(png(80 + n), filename=f"{n}.png") for n in range(20)]
+            # The worker parent is held while the 20 are sent, so that they wait as one
+            # burst: on a loaded machine a slowed sender would otherwise feed an idle
+            # worker one job at a time, each acknowledged alone as it waits for the next.
+            os.kill(worker.proc.pid, signal.SIGSTOP)
+            try:
+                jobs = [client.submit(png(80 + n), filename=f"{n}.png") for n in range(20)]
+            finally:
+                os.kill(worker.proc.pid, signal.SIGCONT)
+            statuses = {r["status"] for r in client.wait(jobs, timeout=60).values()}
+            assert statuses == {"SUCCESS"}
         finally:
-            os.kill(worker.proc.pid, signal.SIGCONT)
-        assert {r["status"] for r in client.wait(jobs, timeout=60).values()} == {"SUCCESS"}
-    finally:
-        client.close()
-    eventually(lambda: held_count(store) == 0 or None, 15, "every record acknowledged")
-    store.echo(marker)  # the last command the monitor reads
-    watcher.join(10)
-    assert not watcher.is_alive()
+            client.close()
+        eventually(lambda: held_count(store) == 0 or None, 15, "every record acknowledged")
     assert not store.exists(*FIXED_KEYS)  # nothing of layouts 1 and 2
     assert len(set(alone) | set(carried)) >= 20, (alone, carried)
     assert len(carried) > len(alone), (len(carried), len(alone))
