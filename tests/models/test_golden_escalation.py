@@ -17,24 +17,16 @@ from pathlib import Path
 
 import pytest
 
-# The scan's ground truth and the simulated server that answers it: the eval's fixtures.
-from tests.clients.test_eval_escalation import server, truth  # noqa: F401
+# The scan's ground truth, the simulated server that answers it, and the set (a clean
+# scan and its unsure copy, each with its truth): the eval's fixtures.
+from tests.clients.test_eval_escalation import folder, server, truth  # noqa: F401
 from tests.deploy.test_monitoring import _get, exporter  # noqa: F401 - the exporter's fixture
-from tests.engines.test_escalation import COMMON, clean_scan, png, unsure_scan
+from tests.engines.test_escalation import COMMON
 from tests.harness import Worker
 from tests.inference_server import SimulatedInferenceServer
 from tests.models.test_golden_set import admin, gauges
 
 pytestmark = pytest.mark.slow
-
-
-@pytest.fixture(scope="module")
-def golden(tmp_path_factory: pytest.TempPathFactory, truth: str) -> Path:
-    folder = tmp_path_factory.mktemp("golden")
-    for name, image in (("clean", clean_scan()), ("unsure", unsure_scan())):
-        (folder / f"{name}.png").write_bytes(png(image))
-        (folder / f"{name}.gt.txt").write_text(truth)
-    return folder
 
 
 @pytest.fixture(scope="module")
@@ -47,8 +39,8 @@ def worker(start_worker: Callable[..., Worker], server: SimulatedInferenceServer
 
 
 def test_the_run_records_the_share_escalated_next_to_the_cer(
-        worker: Worker, exporter: str, redis_url: str, golden: Path) -> None:
-    done = admin(redis_url, golden, "--run", "--json", OCR_ESCALATE_ENGINE="vlm-api")
+        worker: Worker, exporter: str, redis_url: str, folder: Path) -> None:
+    done = admin(redis_url, folder, "--run", "--json", OCR_ESCALATE_ENGINE="vlm-api")
     assert done.returncode == 0, done.stderr
     records = {r["engine"]: r for r in map(json.loads, done.stdout.splitlines())}
     assert {"tesseract", "vlm-api"} <= set(records), records
@@ -60,7 +52,7 @@ def test_the_run_records_the_share_escalated_next_to_the_cer(
     # The escalation engine's own run reads every page itself: nothing escalates.
     assert "escalated_share" not in records["vlm-api"], records["vlm-api"]
 
-    shown = admin(redis_url, golden, OCR_ESCALATE_ENGINE="vlm-api")
+    shown = admin(redis_url, folder, OCR_ESCALATE_ENGINE="vlm-api")
     line = next(line for line in shown.stdout.splitlines() if "\ttesseract\t" in line)
     assert "\tCER " in line and "\tescalated 50.00% to vlm-api\t" in line, line
 
