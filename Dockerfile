@@ -98,4 +98,4 @@ EXPOSE 8000 5555 9808
 # Kubernetes' `args`), not as the entrypoint.
 ENTRYPOINT ["tini", "--"]
 # The Procfile's worker line (compose.yaml and the manifests give each role its own).
-CMD ["sh", "-c", "exec celery -A tasks worker --without-mingle --without-gossip --heartbeat-interval=5 --loglevel=${LOG_LEVEL:-INFO} --hostname=${WORKER_NAME:-cpu}@%h --queues=ocr-control,${OCR_QUEUES:-ocr}"]
+CMD ["sh", "-c", "exec celery -A tasks worker --without-mingle --without-gossip --heartbeat-interval=5 --loglevel=${LOG_LEVEL:-INFO} --queues=ocr-control,${OCR_QUEUES:-ocr}"]

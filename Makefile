@@ -12,14 +12,35 @@ export PATH := $(abspath $(VENV))/bin:$(PATH)
 # read Vietnamese, Greek, Chinese, German and French pages, and a notice in six Latin
 # languages (Italian, Spanish and Portuguese besides), so `make test` adds those).
 OCR_LANGS ?= eng
+comma := ,
 TEST_LANGS := eng vie ell chi_sim deu fra ita spa por
 
-.PHONY: samples langs test-langs run run-starting vlm vlm-api rapidocr s3 test test-long test-floor lint bench bench-quick clean redis-server rabbitmq-server bench-tools screenshot chromium promtool podman base-image wheels image lock ocrmypdf-plugin
+.PHONY: help samples langs test-langs run run-starting vlm vlm-api rapidocr s3 test test-long test-floor lint bench bench-quick clean redis-server rabbitmq-server bench-tools screenshot chromium promtool podman base-image wheels image lock ocrmypdf-plugin
 
+# `make help`: the targets a user runs, one line each (the rest are their steps).
+help:
+	@printf '%s\n' \
+	  'make run          the service: Redis, workers, beat, API, console, Flower (offline)' \
+	  'make test         lint, import contracts, types and the tests (not the long forms)' \
+	  'make test-long    the long forms alone: soaks, clusters, the image built and run' \
+	  'make test-floor   the queue tests at the floor of the celery/kombu range' \
+	  'make lint         ruff, import contracts (lint-imports) and mypy' \
+	  'make bench        every benchmark (bench/README.md); bench-quick: a smoke run' \
+	  'make langs        tesseract languages of OCR_LANGS (OCR_LANGS="eng deu")' \
+	  'make rapidocr     the rapidocr engine (Chinese by PP-OCR; docs/languages.md)' \
+	  'make vlm          the vision-language engine (mlx, mlx-vlm); vlm-api: its client' \
+	  'make s3           boto3, for s3:// inputs and result_url' \
+	  'make samples      draw samples/ again' \
+	  'make image        the container image (podman) and its SBOM; lock: its lock file' \
+	  'make screenshot   docs/flower.png and docs/console.png again' \
+	  'make clean        remove var/ and the tools'"'"' caches'
+
+# The first run installs with the venv's own pip, asks the index nothing about pip's own
+# releases, and compiles no bytecode ahead: Python compiles what a process imports as
+# it first imports it (bench/first_result.py). `make test` and `make bench` upgrade pip.
 $(VENV)/.runtime: requirements.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q -r requirements.txt
+	$(PY) -m pip install -q --no-compile --disable-pip-version-check -r requirements.txt
 	touch $@
 
 # The VLM engine's packages (mlx, mlx-vlm and what they pull in): `make vlm`.
@@ -32,7 +53,7 @@ $(VENV)/.vlm-api: $(VENV)/.runtime requirements-vlm-api.txt
 	$(PY) -m pip install -q -r requirements-vlm-api.txt
 	touch $@
 
-# The rapidocr engine's packages: `make rapidocr`, and `make run` (Chinese is read by it).
+# The rapidocr engine's packages: `make rapidocr`, and `make run` when Chinese is asked.
 $(VENV)/.rapidocr: $(VENV)/.runtime requirements-rapidocr.txt
 	$(PY) -m pip install -q -r requirements-rapidocr.txt
 	touch $@
@@ -43,14 +64,19 @@ $(VENV)/.s3: $(VENV)/.runtime requirements-s3.txt
 	touch $@
 
 $(VENV)/.dev: $(VENV)/.vlm $(VENV)/.vlm-api $(VENV)/.rapidocr $(VENV)/.s3 requirements-dev.txt
+	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q -r requirements-dev.txt
 	touch $@
 
-# `make run` installs the service and the rapidocr engine (the default routing reads
-# Chinese with it: OCR_LANG_ENGINES), the VLM packages only when a VLM worker is
+# `make run` installs the service; the rapidocr engine (217 MiB) only when Chinese is
+# asked (OCR_LANGS names chi_sim, which the default routing reads with it:
+# OCR_LANG_ENGINES; or OCR_ENGINE=rapidocr); the VLM packages only when a VLM worker is
 # configured, or the Procfile's `vlm-server` (mlx_vlm.server) serves vlm-api workers
 # (no OCR_VLM_API_URL).
-RUN_NEEDS := $(VENV)/.runtime $(VENV)/.rapidocr
+RUN_NEEDS := $(VENV)/.runtime
+ifneq ($(filter chi_sim,$(subst +, ,$(subst $(comma), ,$(OCR_LANGS))))$(filter rapidocr,$(OCR_ENGINE)),)
+RUN_NEEDS += $(VENV)/.rapidocr
+endif
 ifneq ($(strip $(OCR_MODEL))$(filter mlx-vlm,$(OCR_ENGINE))$(if $(strip $(OCR_VLM_API_URL)),,$(filter vlm-api,$(OCR_ENGINE))),)
 RUN_NEEDS += $(VENV)/.vlm
 endif
@@ -130,14 +156,15 @@ test-langs: $(VENV)/.runtime
 # scripts/supervise.py runs the Procfile (PROCESSES="worker beat": only those); Ctrl-C
 # stops every process, also through a pipe. First, var/starting names make's pid:
 # submit.py and ocr_admin.py wait for this run's Redis while it installs and starts
-# (tasks/cli/core.py); the supervisor removes it once its Redis is up.
+# (tasks/cli/core.py); the supervisor removes it once its Redis is up. That first step
+# refuses, changing nothing, while another `make run` runs or starts in this checkout.
 PROCESSES ?=
 run: run-starting $(RUN_NEEDS) redis-server langs
 	mkdir -p var
 	$(PY) scripts/supervise.py $(PROCESSES)
 
 run-starting:
-	@mkdir -p var && echo $$PPID > var/starting
+	@$(PYTHON) scripts/supervise.py --starting $$PPID
 
 vlm: $(VENV)/.vlm
 

@@ -7,15 +7,13 @@
     ocr_admin.py [--redis-url URL] backup TARGET | restore SOURCE [--check] [--json]
     ocr_admin.py [--redis-url URL] usage [--from D] [--to D] [--client NAME]
     ocr_admin.py [--redis-url URL] accuracy [--run] [--json]
-    ocr_admin.py [--redis-url URL] migrate-broker [--json]
 
 `models` audits OCR_MODEL_DIR on every host (one table per host), prunes it, or makes
 the workers release their engines; `tokens` administers the HTTP API's clients (their
 tokens, quotas and webhook secrets); `backup` and `restore` save the service's Redis and
 bring it back (tasks/cli/backup.py, docs/deploy.md); `usage` prints the pages each
 client had read by day, as JSON (tasks/cli/usage.py); `accuracy` the golden set's
-scores, `--run` scoring it now (tasks/cli/accuracy.py); `migrate-broker` moves a Redis
-broker of a release before layout 3 into layout 3 (tasks/cli/broker_layout.py).
+scores, `--run` scoring it now (tasks/cli/accuracy.py).
 `submit.py models ...` and `submit.py tokens ...` run the same code with the same words
 (submit.py registers these commands from here). Runs on an operator's machine: needs
 Redis at REDIS_URL (and workers for `models`).
@@ -39,7 +37,6 @@ from tasks.admission import priority_for
 from tasks.api.tokens import ApiClient, TokenStore
 from tasks.cli.accuracy import add_accuracy_command, run_accuracy
 from tasks.cli.backup import add_backup_commands, run_backup, run_restore
-from tasks.cli.broker_layout import add_migrate_command, run_migrate
 from tasks.cli.core import (
     EXIT_FAILURE,
     EXIT_OK,
@@ -206,13 +203,14 @@ def build_tokens_parser(parser: argparse.ArgumentParser) -> None:
                         help="most requests a minute (0: no limit; default "
                              "OCR_API_REQUESTS_PER_MINUTE)")
     create.add_argument("--max-bytes", type=int, metavar="N",
-                        help="most bytes stored in Redis: inputs waiting and line "
-                             "corrections (0: no limit; default "
+                        help="most bytes stored in Redis: inputs waiting, line "
+                             "corrections and jobs' results (0: no limit; default "
                              "OCR_API_CLIENT_MAX_BYTES)")
     for flag, period in (("--pages-per-day", "a day"), ("--pages-per-month", "a month")):
         create.add_argument(flag, type=int, metavar="N",
                             help=f"most pages read {period} (UTC; a job that would pass "
                                  "it is refused: page_quota_exceeded; default: no cap)")
+    _engine_caps_flag(create)
     _share_flags(create)
     create.add_argument("--batches", type=int, metavar="N",
                         help="most batches the client runs at once (0: no limit; default "
@@ -220,9 +218,9 @@ def build_tokens_parser(parser: argparse.ArgumentParser) -> None:
     create.add_argument("--allowed-url", action="append", metavar="PREFIX",
                         dest="allowed_urls",
                         help="a URL prefix (s3://bucket/folder/, https://host/path/) the "
-                             "client's `url` and `result_url` must lie under, beside "
-                             "OCR_ALLOWED_URLS; repeat for several (default: it reads "
-                             "under OCR_ALLOWED_URLS alone and writes no result_url)")
+                             "client reads `url` inputs and writes `result_url` under, "
+                             "within OCR_ALLOWED_URLS; repeat for several (default: it "
+                             "reads only OCR_SHARED_READ_URLS and writes no result_url)")
     create.add_argument("--json", action="store_true", default=argparse.SUPPRESS,
                         help='print {"name": …, "token": …}')
     quotas = commands.add_parser("set", help="change a client's own quotas (-1: back to "
@@ -232,6 +230,7 @@ def build_tokens_parser(parser: argparse.ArgumentParser) -> None:
                  "--pages-per-day", "--pages-per-month", "--batches"):
         quotas.add_argument(flag, type=int, metavar="N",
                             help="0: no limit; -1: the service-wide default (pages: none)")
+    _engine_caps_flag(quotas)
     _share_flags(quotas)
     quotas.add_argument("--json", action="store_true", default=argparse.SUPPRESS)
     listing = commands.add_parser("list", help="list clients (never their tokens)")
@@ -248,6 +247,23 @@ def build_tokens_parser(parser: argparse.ArgumentParser) -> None:
     rotate.add_argument("--grace", type=float, default=DEFAULT_GRACE_SECONDS, metavar="S",
                         help="seconds the previous secret still signs (default 86400)")
     rotate.add_argument("--json", action="store_true", default=argparse.SUPPRESS)
+
+
+def _engine_cap(text: str) -> tuple[str, int]:
+    """`ENGINE=N` of --engine-pages-per-day."""
+    engine, sep, cap = text.partition("=")
+    if not sep or not engine or not cap.isdigit():
+        raise argparse.ArgumentTypeError(f"{text!r}: give ENGINE=N, e.g. vlm-api=500")
+    return engine, int(cap)
+
+
+def _engine_caps_flag(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--engine-pages-per-day", type=_engine_cap, action="append",
+                        metavar="ENGINE=N",
+                        help="most pages ENGINE reads for the client a day (UTC): a job "
+                             "naming it is refused past it, page_quota_exceeded, and an "
+                             "escalated page keeps its first reading; repeat for several "
+                             "engines (0: no cap on that engine)")
 
 
 def _share_flags(parser: argparse.ArgumentParser) -> None:
@@ -275,7 +291,8 @@ def run_tokens(args: argparse.Namespace, store: TokenStore, out: TextIO) -> int:
                                             allowed_urls=args.allowed_urls,
                                             weight=1 if args.weight is None else args.weight,
                                             max_priority=_max_priority(args.max_priority),
-                                            batches=args.batches)
+                                            batches=args.batches,
+                                            engine_pages_per_day=_engine_caps(args))
         if as_json:
             print(json.dumps({"name": args.name, "token": token, "webhook_secret": secret}),
                   file=out)
@@ -298,6 +315,8 @@ def run_tokens(args: argparse.Namespace, store: TokenStore, out: TextIO) -> int:
         given = {name: (None if value == -1 else value) for name in QUOTA_FLAGS
                  if (value := getattr(args, name)) is not None}
         share: dict[str, Any] = {} if args.weight is None else {"weight": args.weight}
+        if args.engine_pages_per_day is not None:
+            share["engine_pages_per_day"] = _engine_caps(args)
         if args.max_priority is not None:
             share["max_priority"] = _max_priority(args.max_priority)
         updated = store.set_limits(args.name, **given, **share)
@@ -327,6 +346,11 @@ def run_tokens(args: argparse.Namespace, store: TokenStore, out: TextIO) -> int:
     return 0 if revoked else 1
 
 
+def _engine_caps(args: argparse.Namespace) -> dict[str, int] | None:
+    """The --engine-pages-per-day flags given, by engine (the last of one engine's)."""
+    return None if args.engine_pages_per_day is None else dict(args.engine_pages_per_day)
+
+
 def _limits(client: ApiClient) -> str:
     parts: list[Any] = []
     if client.jobs_in_flight is not None:
@@ -337,6 +361,8 @@ def _limits(client: ApiClient) -> str:
         parts.append(f"max-bytes={client.max_bytes}")
     parts += [f"{name.replace('_', '-')}={value}" for name in ("pages_per_day",
               "pages_per_month") if (value := getattr(client, name))]
+    parts += [f"engine-pages-per-day={engine}={cap}"
+              for engine, cap in (client.engine_pages_per_day or {}).items()]
     if client.allowed_urls is not None:
         parts.append(f"allowed-urls={','.join(client.allowed_urls)}")
     if client.weight != 1:
@@ -389,15 +415,13 @@ def build_parser() -> argparse.ArgumentParser:
     add_backup_commands(commands)
     add_usage_command(commands)
     add_accuracy_command(commands)
-    add_migrate_command(commands)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)  # usage errors exit 2
     run = {"models": run_models, "backup": run_backup, "restore": run_restore,
-           "usage": run_usage, "accuracy": run_accuracy,
-           "migrate-broker": run_migrate}.get(args.command, run_tokens_command)
+           "usage": run_usage, "accuracy": run_accuracy}.get(args.command, run_tokens_command)
     return run_command(PROG, run, args, Session(args.redis_url))
 
 

@@ -62,10 +62,10 @@ from tasks.cli.output import (
     results_status,
 )
 from tasks.cli.waiting import wait_for
-from tasks.errors import OcrError, UnknownLanguage
+from tasks.client import OcrClient
+from tasks.errors import NoWorker, OcrError
 from tasks.operator_console import OperatorConsole
 from tasks.queue.routing import PRIORITIES
-from tasks.records.languages import unknown_codes
 from tasks.records.status import JobStatus, WaitStatus
 
 __all__ = ["COMMANDS", "batches", "evaluate", "EXIT_FAILURE", "EXIT_HELP", "EXIT_OK",
@@ -108,16 +108,13 @@ def run_submit(args: argparse.Namespace, session: Session) -> int:
                "callback_queue": args.callback_queue, "callback_url": args.callback_url,
                "result_url": args.result_url, "no_cache": args.no_cache or None}
     # Refused at the door, before any file is read or sent: options no worker could
-    # run (usage error), an engine no live worker runs (unreachable, with its make target).
+    # run, a language no live worker reads (usage error), an engine no live worker runs
+    # (unreachable, with its make target).
     try:
         client.admit({k: v for k, v in options.items()
                       if v is not None and k not in ("priority", "deadline")})
     except OcrError as exc:
         return door_refusal(exc, PROG)
-    unknown = unknown_languages(args.lang, session)
-    if unknown:
-        print(f"{PROG}: {unknown.code}: {unknown.message}", file=sys.stderr)
-        return EXIT_USAGE
     order: list[str | dict[str, Any]] = []
     for file in args.files:
         try:
@@ -144,28 +141,16 @@ def run_submit(args: argparse.Namespace, session: Session) -> int:
     return emit(ordered, args, args.output, client)
 
 
-def unknown_languages(lang: str | None, session: Session) -> UnknownLanguage | None:
-    """`--lang` codes that are no tesseract language and that no live worker reads.
-
-    Only a code outside tesseract's list asks the live workers (an operator's own
-    traineddata); nothing is sent either way.
-    """
-    unknown = unknown_codes(lang)
-    if not unknown:
-        return None
-    console = OperatorConsole(session.client)
-    read = {code for reply in console.languages().values()
-            for code in (reply.get("languages") or [])}
-    unknown = [code for code in unknown if code not in read]
-    if not unknown:
-        return None
-    return UnknownLanguage(f"{', '.join(map(repr, unknown))} is no tesseract language code "
-                           f"and no live worker reads it (`{PROG} langs` lists what they "
-                           "read; docs/languages.md how to add one); nothing was sent")
-
-
 def ids_argument(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("ids", nargs="+", metavar="ID")
+    parser.add_argument("ids", nargs="+", metavar="ID",
+                        help="job ids, whole or their first 8 or more characters (as the "
+                             "console shows them)")
+
+
+def whole_ids(args: argparse.Namespace, client: OcrClient) -> list[str]:
+    """`args.ids`, each short id made whole (`OcrClient.full_id`: ambiguous_id if several)."""
+    args.ids = [client.full_id(job_id) for job_id in args.ids]
+    return args.ids
 
 
 @command("wait", "wait for jobs sent with --no-wait and print their results",
@@ -173,8 +158,9 @@ def ids_argument(parser: argparse.ArgumentParser) -> None:
          arguments=ids_argument)
 def run_wait(args: argparse.Namespace, session: Session) -> int:
     client = session.client
-    results = wait_for(client, args.ids, args.timeout)
-    return emit([results[i] for i in dict.fromkeys(args.ids)], args, "text", client)
+    ids = whole_ids(args, client)
+    results = wait_for(client, ids, args.timeout)
+    return emit([results[i] for i in dict.fromkeys(ids)], args, "text", client)
 
 
 @command("status", "show where jobs stand, without waiting",
@@ -183,7 +169,7 @@ def run_status(args: argparse.Namespace, session: Session) -> int:
     """Exit as `wait` would for the jobs that ended or wait with no worker; 0 for the rest."""
     client = session.client
     ended: list[str] = []
-    for job_id in args.ids:
+    for job_id in whole_ids(args, client):
         status = client.status(job_id)
         queue = client.queue_of(job_id)
         record = {"id": job_id, "filename": status.filename or client.filename(job_id),
@@ -193,8 +179,9 @@ def run_status(args: argparse.Namespace, session: Session) -> int:
         waiting = None if status.final else client.no_worker(queue)
         if waiting is not None:
             record["error"] = waiting.to_dict()
+        if isinstance(waiting, NoWorker):  # a pool at zero is waited for: not ended
             ended.append(WaitStatus.PENDING.value)
-        elif status.final:
+        if status.final:
             ended.append(status.status.value)
         if args.json:
             print(json.dumps(record), flush=True)
@@ -212,7 +199,7 @@ def run_status(args: argparse.Namespace, session: Session) -> int:
          arguments=ids_argument)
 def run_cancel(args: argparse.Namespace, session: Session) -> int:
     client = session.client
-    outcome = client.cancel(args.ids)
+    outcome = client.cancel(whole_ids(args, client))
     for job_id in dict.fromkeys(args.ids):
         name = client.filename(job_id)
         said = outcome[job_id]
@@ -235,7 +222,7 @@ def retry_arguments(parser: argparse.ArgumentParser) -> None:
 def run_retry(args: argparse.Namespace, session: Session) -> int:
     client = session.client
     new_ids: list[str] = []
-    for job_id in args.ids:  # not_found (exit 7) before any retry is sent
+    for job_id in whole_ids(args, client):  # not_found (exit 7) before any retry is sent
         client.status(job_id)
     for job_id in args.ids:
         try:

@@ -27,7 +27,7 @@ BENCHMARKS = ("pipeline", "overhead", "api", "peers", "digital", "memory", "blan
               "brokers", "breakdown", "languages", "vlm_api", "object_storage",
               "structure", "vlm_fleet", "ocrmypdf", "tracing", "failover", "fairness",
               "batch", "idle_fleet", "dead_host", "queue_cost", "fleet_scale", "accuracy",
-              "console", "escalation")
+              "console", "escalation", "first_result")
 log = logging.getLogger("bench")
 
 

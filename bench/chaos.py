@@ -34,6 +34,7 @@ import io
 import json
 import queue
 import random
+import re
 import sys
 import threading
 import time
@@ -306,7 +307,8 @@ class Soak:
                         continue
                     self.faulting.add(name)
                 self.deaths.append(Fault(round(time.monotonic() - self.started, 1), "died",
-                                         f"{name}: exit {host.worker.proc.returncode}"))
+                                         f"{name}: exit {host.worker.proc.returncode}, "
+                                         f"log {host.worker.log_path.name}"))
                 host.kill_group()
                 host.start()
                 with self.lock:
@@ -495,6 +497,9 @@ def run(minutes: float, workdir: Path, seed: int = 43, drain_seconds: float = 90
         fleet.stop()
     leftovers = fleet.leftover_files()
     promises.update(check_files(leftovers, soak.jobs))
+    for promise in promises.values():
+        if not promise["held"]:
+            promise["log"] = promise_log(fleet.workdir / "logs", promise)
     jobs = [j for j in soak.jobs if j.job_id]
     return {
         "broker": broker,
@@ -520,6 +525,31 @@ def run(minutes: float, workdir: Path, seed: int = 43, drain_seconds: float = 90
         "history": {"jobs": [asdict(j) for j in soak.jobs],
                     "deliveries": [asdict(d) for d in fleet.receiver.deliveries]},
     }
+
+
+JOB_ID = re.compile(r"\b[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}\b")
+LOG_NAME = re.compile(r"[\w.-]+\.log\b")
+
+
+def promise_log(logs: Path, promise: dict[str, Any], tail: int = 60,
+                most: int = 200) -> list[str]:
+    """The fleet's log lines behind a broken promise, each after its file's name.
+
+    The last `tail` lines of each log it names (a worker that died), then the lines of
+    every log that name one of its jobs; `most` lines in all.
+    """
+    said = json.dumps(promise, default=str)
+    lines = []
+    for name in dict.fromkeys(LOG_NAME.findall(said)):
+        if (logs / name).is_file():
+            text = (logs / name).read_text(errors="replace").splitlines()
+            lines += [f"{name}: {line}" for line in text[-tail:]]
+    ids = set(JOB_ID.findall(said))
+    for path in sorted(logs.glob("*.log")) if ids else []:
+        lines += [f"{path.name}: {line}" for line in
+                  path.read_text(errors="replace").splitlines()
+                  if any(job in line for job in ids)]
+    return lines[:most]
 
 
 def check_files(leftovers: dict[str, list[str]], jobs: list[Job]) -> dict[str, Any]:

@@ -181,6 +181,7 @@ class Fleet:
     inference: SimulatedInferenceServer = field(init=False)
     receiver: Receiver = field(init=False)
     hosts: dict[str, Host] = field(default_factory=dict)
+    control: Worker | None = None  # the control worker: cancels, the callback outbox
     apis: list[ApiServer] = field(default_factory=list)
     api_env: dict[str, str] = field(default_factory=dict)
     token: str = ""
@@ -215,6 +216,9 @@ class Fleet:
                         self.workdir / "tmp" / "vlm", logs)}
         for host in self.hosts.values():
             host.start()
+        self.control = Worker(logs / "chaos-control.log", {
+            **shared, **self.broker_env(0), "TMPDIR": str(self.workdir / "tmp" / "cpu")},
+            "control").start(timeout=240)
         self.api_env = {**shared, **self.broker_env(2),
                         "TMPDIR": str(self.workdir / "tmp" / "api")}
         self.apis = [self._api(i) for i in range(2)]
@@ -251,6 +255,8 @@ class Fleet:
         for host in self.hosts.values():
             if host.worker is not None:
                 host.worker.stop()
+        if self.control is not None:
+            self.control.stop()
         self.inference.stop()
         self.receiver.stop()
         self.s3.stop()

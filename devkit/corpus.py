@@ -67,4 +67,5 @@ def corpus_summary(skipped: int) -> list[str]:
             f"They read the real-world corpus; to run them, point {CORPUS_SETTING} at its "
             "folder",
             f"(absolute, or relative to {ROOT}): {CORPUS_SETTING}=/path/to/corpus make test",
-            "(docs/testing.md, \"The corpus\"). Under CI=true they fail instead."]
+            "(docs/testing.md, \"Gathering the corpus\": where each file comes from). "
+            "Under CI=true they fail instead."]

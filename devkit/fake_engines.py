@@ -12,28 +12,37 @@ import time
 from PIL import Image, ImageStat
 
 from tasks.engines import OcrEngine, PageResult, RecognizeOptions
+from tasks.engines.vlm.vlm_api_engine import VlmApiEngine
 from tasks.errors import EngineFailed, EngineUnavailable
 from tasks.settings import Settings
 
 
 class FakeEngine(OcrEngine):
-    """Answers `fake WxH mean=M` for each page; `FAKE_PAGE_SECONDS` slows it down."""
+    """Answers `fake WxH mean=M` for each page; `FAKE_PAGE_SECONDS` slows it down.
+
+    `FAKE_TEXT_BYTES`: each page's text is padded with lines of words to that size
+    (a big result made cheaply).
+    """
 
     name = "fake"
 
-    def __init__(self, delay: float) -> None:
+    def __init__(self, delay: float, padded: int = 0) -> None:
         self.delay = delay
+        self.padded = padded
         self.model = "fake-1"
 
     @classmethod
     def load(cls, settings: Settings) -> FakeEngine:
-        return cls(float(os.environ.get("FAKE_PAGE_SECONDS", "0")))
+        return cls(float(os.environ.get("FAKE_PAGE_SECONDS", "0")),
+                   int(os.environ.get("FAKE_TEXT_BYTES", "0")))
 
     def recognize(self, image: Image.Image, options: RecognizeOptions) -> PageResult:
         time.sleep(self.delay)
         mean = ImageStat.Stat(image.convert("L")).mean[0]
-        return PageResult(text=f"fake {image.width}x{image.height} mean={mean:.1f}",
-                          confidence=100.0)
+        text = f"fake {image.width}x{image.height} mean={mean:.1f}"
+        line = "\nlorem ipsum dolor sit amet consectetur adipiscing elit sed do eiusmod"
+        text += line * (max(0, self.padded - len(text)) // len(line))
+        return PageResult(text=text, confidence=100.0)
 
 
 class BrokenEngine(FakeEngine):
@@ -232,12 +241,17 @@ class LeakyEngine(FakeEngine):
     """Keeps 4 MB of every page it reads: a process that grows (recycling by memory).
 
     Registered under the name `vlm-api` (OCR_ENGINE_PLUGINS wins over the built-ins),
-    it runs in a thread-pool worker as the vlm-api engine does, with no server behind.
+    it runs in a thread-pool worker as the vlm-api engine does, with no server behind:
+    its pool traits are that engine's.
     """
 
     name = "leaky"
     thread_safe = True
     kept: list[bytes] = []
+    # the pool traits of the engine it stands in for
+    pool_kind = VlmApiEngine.pool_kind
+    concurrency = VlmApiEngine.concurrency
+    page_time_limit = VlmApiEngine.page_time_limit
 
     def recognize(self, image: Image.Image, options: RecognizeOptions) -> PageResult:
         LeakyEngine.kept.append(b"\x01" * (4 << 20))  # touched: resident memory

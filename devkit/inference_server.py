@@ -1,13 +1,23 @@
-"""Inference servers for tests and benchmarks.
+"""Inference servers for tests, benchmarks and a newcomer's laptop.
 
 `VlmServer`: the Procfile's `vlm-server` process (mlx_vlm.server). `SimulatedInferenceServer`:
 a simulator of an OpenAI-compatible server (fixed answer latency, any number at once),
-in the test's own process.
+in the test's own process, or on its own:
+
+    python -m devkit.inference_server --port 8001 [--text TEXT | --echo] [--latency S]
+
+answers the OpenAI chat API (`POST /v1/chat/completions`, streamed or not, and
+`GET /v1/models`) with a fixed text, or with the text of each request's prompt
+(`--echo`). A vlm-api worker with `OCR_VLM_API_URL=http://127.0.0.1:8001/v1` reads
+pages with it, so escalation runs end to end with no model (docs/escalation.md).
 """
 
 from __future__ import annotations
 
+import argparse
 import json
+import signal
+import sys
 import threading
 import time
 from collections.abc import Callable
@@ -169,8 +179,11 @@ class SimulatedInferenceServer:
             if self.silent:
                 self._stop.wait()
                 return
-            self._stream(handler, abort, self.text if self.answer is None
-                         else self.answer(body))
+            text = self.text if self.answer is None else self.answer(body)
+            if body.get("stream"):
+                self._stream(handler, abort, text)
+            else:
+                self._whole(handler, text)
             with self._lock:
                 self.answers.append(time.monotonic())
         except (BrokenPipeError, ConnectionResetError):
@@ -189,6 +202,17 @@ class SimulatedInferenceServer:
         left = arrived + self.latency - time.monotonic()
         if left > 0:
             self._stop.wait(left)
+
+    def _whole(self, handler: BaseHTTPRequestHandler, text: str) -> None:
+        """A request without `stream`: the answer in one chat.completion."""
+        words = len(text.split())
+        self._json(handler, 200, {
+            "id": "sim", "object": "chat.completion", "model": self.model,
+            "choices": [{"index": 0, "finish_reason": "stop",
+                         "message": {"role": "assistant", "content": text}}],
+            "usage": {"prompt_tokens": 100, "completion_tokens": words,
+                      "total_tokens": 100 + words}})
+        handler.close_connection = True
 
     def _stream(self, handler: BaseHTTPRequestHandler, abort: bool, text: str) -> None:
         words = text.split(" ")
@@ -222,3 +246,55 @@ class SimulatedInferenceServer:
         event("[DONE]")
         handler.wfile.flush()
         handler.close_connection = True
+
+
+def prompt_text(body: dict[str, Any]) -> str:
+    """The text of a chat request's messages (their text parts; images left out)."""
+    texts: list[str] = []
+    for message in body.get("messages") or []:
+        content = message.get("content")
+        parts = [content] if isinstance(content, str) else [
+            part.get("text", "") for part in content or [] if isinstance(part, dict)
+            and part.get("type") == "text"]
+        texts += [part for part in parts if part]
+    return " ".join(" ".join(texts).split())
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Serve the simulated inference server until SIGINT or SIGTERM."""
+    parser = argparse.ArgumentParser(
+        prog="python -m devkit.inference_server",
+        description="A simulated OpenAI-compatible inference server: no model, a fixed "
+                    "or echoed answer.")
+    parser.add_argument("--port", type=int, default=8001)
+    answer = parser.add_mutually_exclusive_group()
+    answer.add_argument("--text", default="Page read by the simulated server.",
+                        help="the answer to every request")
+    answer.add_argument("--echo", action="store_true",
+                        help="answer each request with the text of its prompt")
+    parser.add_argument("--latency", type=float, default=0.0,
+                        help="seconds each answer takes (default 0)")
+    parser.add_argument("--model", default="simulated-vlm",
+                        help="the model name it serves (OCR_VLM_API_MODEL)")
+    args = parser.parse_args(argv)
+    server = SimulatedInferenceServer(port=args.port, latency=args.latency, text=args.text,
+                                      model=args.model)
+    if args.echo:
+        server.answer = prompt_text
+    try:
+        server.start()
+    except OSError as exc:
+        print(f"inference server: port {args.port}: {exc.strerror}", file=sys.stderr)
+        return 1
+    stop = threading.Event()
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(signum, lambda *_: stop.set())
+    print(f"inference server: serving {server.url} (model {args.model}; "
+          f"{'echo' if args.echo else repr(args.text)})", flush=True)
+    stop.wait()
+    server.stop()
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -27,18 +27,6 @@ COMMIT = "53e8f2e3c6eee34988d35aa6a27a0647d2fbbc5a"
 # holds the release under it, and `resolve` finds it there.
 SUBJECT = ("test_readyz_answers_while_redis_is_paused: wait for a readiness snapshot with "
            "the worker before the pause, and name the last answer if none comes")
-# The releases before it that wrote the broker's older key layouts, whose keys
-# `ocr_admin.py migrate-broker` moves: tests/queue/test_broker_migration.py writes them
-# with those releases' own scripts. Layout 2: held records in `unacked_held`.
-LAYOUT_2_COMMIT = "9c26c23270444db3376070e90b91e2f0660d80e7"
-LAYOUT_2_SUBJECT = "devkit rabbit cluster: the module's docstring within the line length"
-# Layout 1: records in kombu's `unacked`, its index and holders.
-LAYOUT_1_COMMIT = "9cb8c70e04a417d33d081a070ae168576ff73314"
-LAYOUT_1_SUBJECT = ("Review: BatchStore.settled (one job) removed, its test calls settle as "
-                    "the driver does; a binding's table entry spelled by one function "
-                    "(binding_expiry.member) for its declare and its refresh; the poller's "
-                    "docstring says what a turn costs the bindings' keeper when nothing is "
-                    "due")
 
 
 class ReleaseMissing(RuntimeError):

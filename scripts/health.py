@@ -10,7 +10,7 @@ when healthy; otherwise exit 1 with one line on stderr saying why.
   jobs wait in the queue until a worker (perhaps scaled from zero) takes them.
 - worker, control: the worker's presence record (tasks/state/liveness.py), refreshed
   by the worker parent every 2 s, is live for its node name (`WORKER_NAME`, `cpu` by
-  default, or `control`, `@` the host name, as the Procfile's `--hostname` builds it;
+  default, or `control`, `@` the host name, as the worker names itself (`node_name`);
   `--node` to name another). live: the record is there, or Redis does not answer (a
   restart would not bring Redis back; the worker reconnects itself); ready: the record
   is there. A worker has no record until its pool is up: give probes a start period.
@@ -93,7 +93,7 @@ def api(ready: bool) -> None:
 
 
 def worker_node(role: str) -> str:
-    """The node name the Procfile's line gives the worker on this host."""
+    """The node name the worker takes on this host (tasks/queue/presence.py:node_name)."""
     name = "control" if role == "control" else (os.environ.get("WORKER_NAME") or "cpu")
     return f"{name}@{socket.gethostname()}"
 

@@ -92,7 +92,13 @@ def main() -> int:
     registry.register(FleetCollector(store, queues, depth, broker, reads))
     registry.register(GoldenCollector(store))
     app = with_depth(make_wsgi_app(registry), depth, reads)
-    server = make_server(address, port, app, ThreadingWSGIServer, handler_class=QuietHandler)
+    try:
+        server = make_server(address, port, app, ThreadingWSGIServer,
+                             handler_class=QuietHandler)
+    except OSError as exc:  # the port is taken (EADDRINUSE), or the address is not ours
+        print(f"metrics: cannot listen on {address}:{port} ({exc.strerror}); set "
+              "METRICS_PORT (or METRICS_ADDRESS) to move it", flush=True)
+        return 1
     print(f"metrics: serving http://{address}:{port}/metrics", flush=True)
     # SIGTERM ends it at once: as a container's first process Python would otherwise
     # ignore the signal (no default action for PID 1) until the runtime's SIGKILL.

@@ -4,7 +4,8 @@
 The project's Redis binds to loopback, keeps an append-only file under var/redis,
 takes the password of REDIS_URL when it has one, and refuses any command argument
 longer than the settings' `redis_max_bulk_bytes` (proto-max-bulk-len: a message
-holding an input of OCR_MAX_INPUT_MB, or an output of OCR_MAX_OUTPUT_MB). When another
+holding an input of OCR_MAX_INPUT_MB, or an output of OCR_MAX_OUTPUT_MB). It holds at
+most OCR_REDIS_MAXMEMORY_MB and evicts nothing (noeviction): full, it refuses writes. When another
 Redis already answers, this process only waits: a Procfile runner (`make run`'s
 scripts/supervise.py, like honcho) stops every process when one exits.
 """
@@ -57,7 +58,11 @@ def main() -> int:
              "appendonly yes", "appendfsync everysec", 'save ""', "protected-mode yes",
              # No command argument longer than the largest input or output the service
              # takes: a huge message is refused here, never popped by a worker.
-             f"proto-max-bulk-len {settings.redis_max_bulk_bytes}"]
+             f"proto-max-bulk-len {settings.redis_max_bulk_bytes}",
+             # Full, it refuses writes and evicts nothing: every key the service writes
+             # has a TTL, so a volatile-* policy could evict a queued job's input or a
+             # running job's state (docs/deploy.md, "Redis's memory").
+             f"maxmemory {settings.redis_maxmemory_mb}mb", "maxmemory-policy noeviction"]
     if parsed.password:
         lines.append(f'requirepass "{parsed.password}"')
     # A config file, not arguments, so the password never shows in `ps`.

@@ -24,6 +24,16 @@ when nothing answers on loopback). One line at start says which. On the stop the
 when they outlive the grace, Redis still gets its SIGTERM (a clean stop: its
 append-only file written) before any SIGKILL is sent.
 
+Once per checkout: the supervisor holds an exclusive lock on `var/run.lock` (flock)
+while it runs, with its pid and the API's and Flower's URLs in it. A second one in
+the same checkout reads them, says them in one line, exits 3 and changes nothing:
+not `var/`, not the first one's Redis. The lock dies with its holder, so a `var/`
+left by a crashed run is taken over. Before it, `make run`'s first step
+(`--starting PID`) refuses the same way, and also while another make's pid in
+`var/starting` is alive; otherwise it writes its own there. A busy API, Flower or
+metrics port is named at start in one line with the setting that moves it
+(`API_PORT`, `FLOWER_PORT`, `METRICS_PORT`), and nothing starts.
+
 `make run`'s own stop: `kill -TERM` on make's pid stops every process too, and so does
 `kill -INT` where make started with SIGINT at its default (make passes SIGTERM on, never
 SIGINT: scripts/supervise_watch.py's `ParentWatch`). A make started with SIGINT ignored
@@ -39,6 +49,7 @@ output is best effort: a closed stdout is dropped and the stop goes on.
 from __future__ import annotations
 
 import argparse
+import fcntl
 import os
 import secrets
 import signal
@@ -55,7 +66,14 @@ from urllib.parse import urlsplit
 
 # Run as a script (`python scripts/supervise.py`): the checkout's root, for its sibling.
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from scripts.supervise_watch import READY_LINES, ParentWatch, Readiness  # noqa: E402
+from scripts.supervise_watch import (  # noqa: E402
+    LISTENERS,
+    READY_LINES,
+    SHOWN,
+    ParentWatch,
+    Readiness,
+    url_of,
+)
 
 
 def read_procfile(path: Path) -> dict[str, str]:
@@ -73,13 +91,114 @@ RUN_URL_FILE = Path("var") / "redis-url"  # read by submit.py (tasks/cli/core.py
 # waits for this run's Redis (tasks/cli/core.py); removed once Redis is up.
 STARTING_FILE = Path("var") / "starting"
 LAST = "redis"  # stopped after every other process
+# Held (flock) by the running supervisor: its pid, then a line per URL it serves.
+LOCK_FILE = Path("var") / "run.lock"
+REFUSED = 3  # the exit code of a `make run` refused: one already runs, or a port is busy
 
 
-def port_free(port: int) -> bool:
-    """Whether nothing listens on 127.0.0.1:`port` (a bind succeeds)."""
-    with socket.socket() as probe:
+class RunLock:
+    """The checkout's one `make run`: an exclusive lock on LOCK_FILE, held while it runs.
+
+    The kernel drops a flock when its holder dies, so a crashed run's file is stale
+    and the next run takes it over. Only its holder writes the file.
+    """
+
+    def __init__(self, path: Path = LOCK_FILE) -> None:
+        self.path = path
+        self.fd: int | None = None
+        self.stale = ""  # the pid a crashed run left in the file, once taken over
+
+    def holder(self) -> str | None:
+        """The line naming the live run that holds the lock; None: no run holds it."""
         try:
-            probe.bind(("127.0.0.1", port))
+            fd = os.open(self.path, os.O_RDONLY)
+        except FileNotFoundError:
+            return None
+        try:
+            fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return self._refusal(os.read(fd, 4096).decode(errors="replace"))
+        finally:
+            os.close(fd)  # also lets a shared lock go
+        return None
+
+    def take(self, urls: list[str]) -> str | None:
+        """Take the lock and write this run's pid and URLs; the refusal line if held."""
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)  # never truncated unlocked
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            said = os.read(fd, 4096).decode(errors="replace")
+            os.close(fd)
+            return self._refusal(said)
+        self.fd = fd
+        self.stale = os.read(fd, 64).decode(errors="replace").partition("\n")[0]
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, "\n".join([str(os.getpid()), *urls, ""]).encode(), 0)
+        return None
+
+    def release(self) -> None:
+        """Empty the file (a clean stop leaves no pid to take over) and let the lock go."""
+        if self.fd is not None:
+            os.ftruncate(self.fd, 0)
+            os.close(self.fd)
+            self.fd = None
+
+    @staticmethod
+    def _refusal(said: str) -> str:
+        pid, *urls = said.splitlines() or ["?"]
+        serves = f"; {', '.join(urls)}" if urls else ""
+        return (f"make run: already running in this checkout (supervisor pid {pid}{serves}); "
+                f"nothing was started or changed. Stop it with `kill -TERM {pid}`, or run "
+                "another from another checkout")
+
+
+def starting(make_pid: int, lock: RunLock | None = None) -> str | None:
+    """`make run`'s first step: write make's pid to var/starting unless a run is there.
+
+    The refusal line when a supervisor holds the lock, or another live make is starting.
+    """
+    refusal = (lock or RunLock()).holder()
+    if refusal is not None:
+        return refusal
+    try:
+        other = int(STARTING_FILE.read_text().strip())
+        if other != make_pid:
+            os.kill(other, 0)
+            return (f"make run: another `make run` (pid {other}) is starting in this "
+                    "checkout; nothing was started or changed")
+    except PermissionError:
+        return f"make run: another `make run` (pid {other}) is starting in this checkout"
+    except (OSError, ValueError):  # none, or a make that is gone
+        pass
+    STARTING_FILE.parent.mkdir(parents=True, exist_ok=True)
+    STARTING_FILE.write_text(f"{make_pid}\n")
+    return None
+
+
+def busy_ports(names: list[str], env: dict[str, str]) -> list[str]:
+    """A line per listening process whose port is taken: the setting that moves it."""
+    lines = []
+    for name in LISTENERS:
+        if name not in names:
+            continue
+        address, port, _ = url_of(name, env)
+        if not port_free(port, address):
+            setting = f"{LISTENERS[name][0]}_PORT"
+            lines.append(f"make run: {SHOWN[name]}'s port {address}:{port} is in use by "
+                         f"another program; set {setting} to move it "
+                         f"({setting}={port + 1} make run)")
+    return lines
+
+
+def port_free(port: int, address: str = "127.0.0.1") -> bool:
+    """Whether nothing listens on address:`port` (a bind succeeds, as a server's would)."""
+    family = socket.AF_INET6 if ":" in address else socket.AF_INET
+    with socket.socket(family) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as servers bind
+        try:
+            probe.bind((address, port))
         except OSError:
             return False
     return True
@@ -212,7 +331,9 @@ class Child:
 class Supervisor:
     """Starts the children and stops every one of them, whatever ends the run."""
 
-    def __init__(self, processes: dict[str, str], grace: float) -> None:
+    def __init__(self, processes: dict[str, str], grace: float,
+                 lock: RunLock | None = None) -> None:
+        self.lock = lock
         self.children = [Child(name, command) for name, command in processes.items()]
         self.grace = grace
         self.output = Output(sys.stdout.fileno(), max(len(n) for n in [*processes,
@@ -228,6 +349,9 @@ class Supervisor:
             signal.signal(signum, self._on_signal)
         env = {**os.environ, "PYTHONUNBUFFERED": "1"}
         parent = ParentWatch()
+        if self.lock is not None and self.lock.stale:
+            self.output.line("system", f"var/ taken over from a run that ended without "
+                             f"stopping (supervisor pid {self.lock.stale})")
         self.output.line("system", choose_redis(env, [c.name for c in self.children]))
         if parent.ignores_sigint():
             self.output.line("system", f"make (pid {parent.pid}) ignores SIGINT, as a "
@@ -340,14 +464,40 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--procfile", type=Path, default=Path("Procfile"))
     parser.add_argument("--grace", type=float, default=10.0,
                         help="seconds between SIGTERM and SIGKILL (default 10)")
+    parser.add_argument("--starting", type=int, metavar="PID",
+                        help="only write make's PID to var/starting, unless a run is there")
     args = parser.parse_args(argv)
+    if args.starting is not None:
+        refusal = starting(args.starting)
+        if refusal is not None:
+            print(refusal, file=sys.stderr, flush=True)
+            return REFUSED
+        return 0
     processes = read_procfile(args.procfile)
     unknown = [n for n in args.names if n not in processes]
     if unknown:
         parser.error(f"not in {args.procfile}: {', '.join(unknown)}")
     if args.names:
         processes = {n: processes[n] for n in args.names}
-    return Supervisor(processes, args.grace).run()
+    try:
+        urls = [f"{SHOWN[n]} {url_of(n, os.environ)[2]}" for n in LISTENERS if n in processes]
+    except ValueError as exc:
+        print(f"make run: a *_PORT setting is not a port number: {exc}", file=sys.stderr)
+        return 2
+    lock = RunLock()
+    refusal = lock.take(urls)
+    if refusal is not None:
+        print(refusal, file=sys.stderr, flush=True)
+        return REFUSED
+    try:
+        busy = busy_ports(list(processes), dict(os.environ))
+        if busy:
+            STARTING_FILE.unlink(missing_ok=True)  # this run's own: it holds the lock
+            print("\n".join(busy), file=sys.stderr, flush=True)
+            return REFUSED
+        return Supervisor(processes, args.grace, lock).run()
+    finally:
+        lock.release()
 
 
 if __name__ == "__main__":

@@ -20,8 +20,10 @@ stops. A local folder's batch (submit.py drives it) is never stepped here.
 from __future__ import annotations
 
 import functools
+import json
 import logging
 import time
+from dataclasses import replace
 from typing import Any
 
 import redis
@@ -31,27 +33,30 @@ from celery.signals import worker_ready
 from kombu.utils.uuid import uuid
 
 from tasks.admission import admit
-from tasks.error_codes import error_info
 from tasks.errors import OcrError, ResultWriteFailed
 from tasks.lifecycle.batch_sources import Source, Target, source_of
 from tasks.lifecycle.batches import BatchDriver
 from tasks.lifecycle.fetcher import Fetcher
-from tasks.queue.batch_steps import STEP_TASK, StepSlots, batch_store, send_step, start_chain
+from tasks.lifecycle.result_reader import stored_public
+from tasks.queue.batch_steps import STEP_TASK, batch_store, send_step, start_chain
+from tasks.queue.client_shares import ClientShares
 from tasks.queue.job_services import JobServices
-from tasks.queue.routing import CONTROL_QUEUE, PRIORITIES, job_queue
-from tasks.queue.sender import JobSender, OutgoingJob
+from tasks.queue.routing import PRIORITIES, job_queue
+from tasks.queue.sender import JobSender
 from tasks.records.batches import BatchRecord
 from tasks.records.clients import ClientRules, client_name
+from tasks.records.jobs import Job, Reservation
 from tasks.records.redis_target import RedisTarget
 from tasks.records.request import JobRequest
-from tasks.records.status import CeleryState, JobStatus
 from tasks.settings import Settings
 from tasks.state.api_jobs import ApiJobs
 from tasks.state.boundary import CONNECTION_ERRORS
+from tasks.state.callback_outbox import HTTP, Delivery
 from tasks.state.client_rules import read_rules
 from tasks.state.connection import connect
 from tasks.state.job_state import JobStateReader
 from tasks.state.keys import (
+    API_CLIENTS_KEY,
     api_job_key,
     job_cancelled_key,
     job_ended_key,
@@ -59,7 +64,7 @@ from tasks.state.keys import (
     output_key,
 )
 from tasks.state.liveness import WorkerPresence
-from tasks.state.reservations import Reservation
+from tasks.state.stored_bytes import check_stored
 
 log = logging.getLogger(__name__)
 # How long a settled document's job records stay (its line is in the target).
@@ -122,10 +127,20 @@ class CeleryBatchPorts:
                          fetcher.target(record.target), record.id)
 
     def admit(self, record: BatchRecord, request: JobRequest) -> Reservation:
+        if record.api_client:  # its documents wait while its stored bytes are past its quota
+            check_stored(_redis(self.settings.redis_target), record.api_client,
+                         self._fresh(f"bytes:{record.api_client}",
+                                     lambda: self._max_bytes(record.api_client)))
         live = self._fresh("live", lambda: WorkerPresence(
             _redis(self.settings.redis_target)).live_queues())
         return admit(request, self.rules(record), self.settings, live,
                      priority=record.priority or "batch", books=self.books, job_id=uuid())
+
+    def _max_bytes(self, name: str) -> int:
+        """The client's bytes quota: its token's `--max-bytes`, else the default."""
+        raw = _redis(self.settings.redis_target).hget(API_CLIENTS_KEY, name)
+        own = json.loads(raw).get("max_bytes") if raw else None
+        return self.settings.api_client_max_bytes if own is None else int(own)
 
     def release(self, reservation: Reservation) -> None:
         self.books.release(reservation)
@@ -150,10 +165,10 @@ class CeleryBatchPorts:
             created = self.api_jobs.remember(record.api_client, job_id, request.output,
                                              request.filename)
         try:
-            self.sender.send(OutgoingJob(
-                reservation=reservation, request=request, client=record.client,
+            self.sender.send(Job(
+                job_id, replace(request, client=record.client), reservation=reservation,
                 owner=record.owner, batch=record.id, created=created,
-                prefixes=rules.allowed_urls, result_prefixes=rules.result_urls))
+                url_prefixes=rules.allowed_urls, result_prefixes=rules.result_urls))
         except BaseException:
             if record.api_client:  # nothing was sent: no record of it either
                 self.api_jobs.forget(record.api_client, job_id)
@@ -168,19 +183,10 @@ class CeleryBatchPorts:
         Their stored states in one MGET, each decoded once; only a job that did not
         succeed (a failure, a cancel) costs one more read, its cancel record.
         """
-        return {job_id: self._public(job_id, meta)
+        control = self.services.stores.control
+        return {job_id: stored_public(job_id, meta, {},
+                                      functools.partial(control.cancelled_result, job_id))
                 for job_id, meta in self.states.endings(job_ids).items()}
-
-    def _public(self, job_id: str, meta: dict[str, Any]) -> dict[str, Any]:
-        """An ended job's public result from its stored state."""
-        state, stored = meta.get("status"), meta.get("result")
-        if state == CeleryState.SUCCESS:
-            return dict(stored or {})
-        cancelled = self.services.stores.control.cancelled_result(job_id)
-        if cancelled is not None or state == CeleryState.REVOKED:
-            return cancelled or {"id": job_id, "status": JobStatus.CANCELLED.value}
-        exc = stored if isinstance(stored, BaseException) else OcrError()
-        return {"id": job_id, "status": JobStatus.FAILURE.value, "error": error_info(exc)}
 
     def cancel(self, job_ids: list[str]) -> None:
         for job_id in job_ids:
@@ -207,9 +213,13 @@ class CeleryBatchPorts:
         pipe.execute()
 
     def notify(self, record: BatchRecord, body: dict[str, Any]) -> None:
-        # signed with the batch's owner's secret (its record names it)
-        self.app.send_task("ocr.http_callback", args=[record.callback_url, body],
-                           kwargs={"owner": record.owner}, queue=CONTROL_QUEUE)
+        # into the callback outbox, signed with the batch's owner's secret (its record
+        # names it); one delivery per ending of the batch
+        event = f"{record.id}.batch.{body.get('status')}"
+        self.services.stores.control.put_callbacks([Delivery(
+            f"{event}.{HTTP}", HTTP, str(record.callback_url), {**body, "event_id": event},
+            owner=record.owner, client=record.owner.removeprefix("api:"),
+            first=time.time())])
 
 
 def _driver(app: Any) -> BatchDriver:
@@ -221,17 +231,21 @@ def _driver(app: Any) -> BatchDriver:
     return made
 
 
-def _slots(app: Any) -> StepSlots:
+def _slots(app: Any) -> ClientShares:
     """The batch steps running in this process, counted (sized by `size_slots`)."""
     made = getattr(app, "_batch_slots", None)
     if made is None:
-        made = app._batch_slots = StepSlots(app.ocr_settings.batch_threads_per_client)
+        made = app._batch_slots = ClientShares(1, app.ocr_settings.batch_threads_per_client)
     return made
 
 
 def size_slots(app: Any, pool_threads: int) -> None:
-    """Count this worker's batch steps against its pool of `pool_threads` threads."""
-    app._batch_slots = StepSlots(app.ocr_settings.batch_threads_per_client, pool_threads)
+    """Count this worker's batch steps against its pool of `pool_threads` threads.
+
+    The pool's last thread is left to the control tasks.
+    """
+    app._batch_slots = ClientShares(max(1, pool_threads - 1),
+                                    app.ocr_settings.batch_threads_per_client)
 
 
 @shared_task(name=STEP_TASK, bind=True, ignore_result=True)

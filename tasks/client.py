@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Iterable, Mapping
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -21,27 +22,40 @@ from kombu.exceptions import OperationalError
 from kombu.utils.uuid import uuid
 
 from tasks import client_wait
-from tasks.admission import admit, priority_for, read_input
-from tasks.client_wait import ProgressCallback, WorkersCallback, not_found, unserved
-from tasks.error_codes import error_info
+from tasks.admission import admit, read_input
+from tasks.client_wait import (
+    ProgressCallback,
+    WorkersCallback,
+    not_found,
+    scaling_from_zero,
+    unserved,
+)
 from tasks.errors import (
-    DeadlineExceeded,
+    AmbiguousId,
+    BadRequest,
     NoWorker,
     OcrError,
+    ScalingFromZero,
     ServiceUnreachable,
 )
+from tasks.lifecycle.result_reader import (
+    Reading,
+    stored_document,
+    stored_kind,
+    stored_public,
+)
 from tasks.lifecycle.url_policy import is_url, parse_url
-from tasks.queue.routing import DEFAULT_QUEUE, PRIORITIES, job_queue
-from tasks.queue.sender import JobSender, OutgoingJob
+from tasks.queue.routing import DEFAULT_QUEUE, PRIORITIES, from_zero_engine
+from tasks.queue.sender import JobSender
 from tasks.records.clients import ClientRules, client_name, login_client
-from tasks.records.formats import STORED_FORMATS
+from tasks.records.jobs import Job, Reservation
 from tasks.records.request import JobRequest, retry_request
-from tasks.records.status import CeleryState, JobStatus, WaitStatus
+from tasks.records.status import WaitStatus
 from tasks.settings import Settings
 from tasks.state.connection import connect
-from tasks.state.job_state import JobProgress, JobStateReader, expired_before_start
+from tasks.state.job_state import JobProgress, JobStateReader
 from tasks.state.liveness import WorkerPresence
-from tasks.state.reservations import Reservation, Reservations
+from tasks.state.reservations import Reservations
 from tasks.state.stores import OutputStore, new_blob_key
 
 # What Redis or the Celery transport raise while Redis is unreachable (mid-run too).
@@ -50,6 +64,8 @@ CONNECTION_ERRORS: tuple[type[BaseException], ...] = (
 NO_WORKER_GRACE = 6.0   # seconds a job may wait in a queue no live worker consumes
 WORKER_RECHECK = 15.0   # seconds between worker checks while jobs run (2 s once one lacks)
 PRESENCE_REUSE = 1.0   # seconds a presence read is reused by `admit` (a burst of sends)
+SHORT_ID = 8           # the fewest characters of a job id that `full_id` finds it by
+WHOLE_ID = 36          # the characters of a whole job id (a Celery task id, a uuid4)
 RESULTS_READ = 256     # ended jobs whose results `results` reads in one round trip
 
 __all__ = ["CONNECTION_ERRORS", "JobProgress", "OcrClient"]
@@ -93,22 +109,25 @@ class OcrClient:
         """
         given = {k: v for k, v in options.items() if v is not None}
         job_id = uuid()
-        if isinstance(source, str) and is_url(source):
+        by_url = isinstance(source, str) and is_url(source)
+        if by_url:
             # By URL: the worker reads the object itself; nothing is uploaded.
-            url = parse_url(source).url
+            url = parse_url(str(source)).url
             if filename is None:
                 filename = url.rstrip("/").rsplit("/", 1)[-1].split("?", 1)[0]
             request = JobRequest.for_door({"url": url, "filename": filename, **given})
-            reservation = self.admit(request, priority=priority, job_id=job_id)
-            return self.enqueue(request, reservation=reservation, deadline=deadline,
-                                traceparent=traceparent)
-        if filename is None:
-            filename = Path(source).name if not isinstance(source, bytes) else ""
-        request = JobRequest.for_door({"filename": filename, **given})
+        else:
+            if filename is None:
+                filename = Path(source).name if not isinstance(source, bytes) else ""
+            request = JobRequest.for_door({"filename": filename, **given})
         reservation = self.admit(request, priority=priority, job_id=job_id)
-        data = read_input(source, self.settings)
-        return self.enqueue(request.stored_as(new_blob_key()), reservation=reservation,
-                            deadline=deadline, traceparent=traceparent, input_data=data)
+        data = None if by_url else read_input(source, self.settings)
+        if data is not None:
+            request = request.stored_as(new_blob_key())
+        return self.enqueue(Job(job_id, replace(
+            request, client=self.client,
+            deadline=None if deadline is None else time.time() + deadline),
+            reservation=reservation, traceparent=traceparent, input=data))
 
     def put_input(self, source: str | Path | bytes) -> str:
         """Store a job's input (a file or bytes, within OCR_MAX_INPUT_MB); its blob key."""
@@ -150,41 +169,21 @@ class OcrClient:
         """The rules of the client jobs are sent under: the service-wide ones."""
         return ClientRules.service_wide(self.client)
 
-    def enqueue(self, request: JobRequest | Mapping[str, Any], *,
-                reservation: Reservation | None = None,
-                priority: str | None = None, deadline: float | None = None,
-                job_id: str | None = None, owner: str = "", client: str | None = None,
-                traceparent: str | None = None, created: float | None = None,
-                prefixes: tuple[str, ...] | None = None,
-                result_prefixes: tuple[str, ...] | None = None,
-                input_data: bytes | None = None) -> str:
-        """Send `ocr.document` with this request (input stored, job admitted); its id.
+    def enqueue(self, job: JobRequest | Job, *, priority: str | None = None) -> str:
+        """Send `ocr.document` with this job; its id. Every job sent here passed the gate.
 
-        `request`: the job's (`JobRequest.for_door`), or the kwargs it is built of. The
-        sender (tasks/queue/sender.py) writes and sends it, and commits or releases
-        its `reservation` (the gate's, `admit`). Without one the job is sent under
-        `job_id` (a fresh UUID unless given) at `priority`, to its engine's queue,
-        holding nothing. `owner` (the HTTP API's client) is recorded in its control
-        hash. `client` is the name the job is sent under (its `ocr_client` header and
-        lane; this client's own unless given); `created` the time it is listed under
-        (epoch seconds; now unless given); `deadline` seconds from now. `traceparent`
-        (W3C) is sent as a message header, also where this process does not trace.
-        `prefixes`: the client's own URL prefixes, which the worker holds redirects to;
-        `result_prefixes`: where it writes results (None: under OCR_ALLOWED_URLS).
-        `input_data`: the input, stored under `request.blob` in the round trip that
-        writes the job's record (else the input is stored already, or named by URL).
+        A `JobRequest` (its input stored, or named by URL) is admitted here (`admit`:
+        this client's rules, at `priority`) and sent under this client. A `Job`
+        carries the reservation the gate took for it (`admit`), and what it is sent
+        with (its owner, traceparent, prefixes, input; its request its client and
+        deadline). The sender (tasks/queue/sender.py) writes and sends it, and commits
+        or releases its reservation.
         """
-        sent_as = self.client if client is None else client_name(client)
-        if not isinstance(request, JobRequest):
-            request = JobRequest.for_door(request)
-        if reservation is None:
-            reservation = Reservation(job_id or uuid(), sent_as, job_queue(request.engine),
-                                      priority_for(self.rules, priority))
-        return self.sender.send(OutgoingJob(
-            reservation=reservation, request=request, client=sent_as, owner=owner,
-            deadline=None if deadline is None else time.time() + deadline,
-            created=created, traceparent=traceparent, prefixes=prefixes,
-            result_prefixes=result_prefixes, input=input_data))
+        if isinstance(job, JobRequest):
+            job_id = uuid()
+            job = Job(job_id, replace(job, client=self.client),
+                      reservation=self.admit(job, priority=priority, job_id=job_id))
+        return self.sender.send(job)
 
     def cancel(self, ids: Iterable[str], wait: float = 10.0) -> dict[str, str]:
         """Cancel jobs by sending the public task `ocr.cancel` for each.
@@ -223,24 +222,59 @@ class OcrClient:
         An id with no record raises `JobNotFound`.
         """
         self.status(job_id)
-        request = JobRequest.for_door(self.retry_kwargs(job_id, password))
-        return self.enqueue(request, reservation=self.admit(request, priority=priority,
-                                                            job_id=uuid()))
+        return self.enqueue(JobRequest.for_door(self.retry_kwargs(job_id, password)),
+                            priority=priority)
 
     def retry_kwargs(self, job_id: str, password: str | None = None) -> dict[str, Any]:
         """The `ocr.document` kwargs that re-read the failed pages of a PARTIAL job."""
-        return retry_request(self.result(job_id), job_id, password)
+        return retry_request(self.result(job_id, original=True), job_id, password)
 
     def fetch_output(self, result: dict[str, Any]) -> bytes | None:
         """The stored file of a finished job (None when it has none or it expired).
 
-        The searchable PDF (`output=pdf`), the hOCR or the ALTO document.
+        The searchable PDF (`output=pdf`), the hOCR or the ALTO document, with the
+        corrected lines `result` carries written in (the job's `Reading`).
         """
-        for kind in STORED_FORMATS:
-            stored = result.get(kind)
-            if isinstance(stored, dict) and "key" in stored:
-                return self._outputs.get(stored["key"])
-        return None
+        kind = stored_kind(result)
+        stored = None if kind is None else stored_document(result, kind, self._outputs)
+        if stored is None or kind is None or not any(
+                p.get("corrected_lines") for p in result.get("pages") or []):
+            return stored
+        return self.read(str(result["id"])).document(kind, stored)
+
+    def content(self, reading: Reading, fmt: str) -> bytes:
+        """What a reader gets of `reading` in `fmt` (a stored document: b"" when expired)."""
+        return reading.content(fmt, stored_document(reading.result, fmt, self._outputs))
+
+    def read(self, job_id: str, original: bool = False) -> Reading:
+        """A finished job's result as every reader gets it (tasks/lifecycle/result_reader.py).
+
+        With the corrections of the client that sent it, unless `original`.
+        """
+        return Reading.of(self.results([job_id], original=True)[job_id], self._redis,
+                          original)
+
+    def full_id(self, job_id: str) -> str:
+        """The job `job_id` names: a whole id, or a prefix of SHORT_ID characters or more.
+
+        As git finds a commit by its short hash: a prefix that begins exactly one job in
+        the job index gives that job's id; one that begins several raises `AmbiguousId`
+        naming them. A whole id, and a prefix that begins none, come back as given (a
+        read of them says `not_found`).
+        """
+        if not SHORT_ID <= len(job_id) < WHOLE_ID:
+            return job_id
+        try:
+            found = self.index.starting_with(job_id, most=3)
+        except redis.exceptions.NoPermissionError:  # the `client` user lists no jobs
+            raise BadRequest(f"{job_id} is a short id, and this Redis user may not read "
+                             "the job index that short ids are looked up in: give the "
+                             "whole id") from None
+        if len(found) > 1:
+            shown = ", ".join(sorted(found)[:2]) + (", ..." if len(found) > 2 else "")
+            raise AmbiguousId(f"{job_id} begins several jobs ({shown}): give more of "
+                              "its characters")
+        return found[0] if found else job_id
 
     def status(self, job_id: str) -> JobProgress:
         """Where the job stands, in one round trip (`tasks.state.job_state`).
@@ -254,14 +288,16 @@ class OcrClient:
             raise not_found(job_id)
         return progress
 
-    def result(self, job_id: str) -> dict[str, Any]:
+    def result(self, job_id: str, original: bool = False) -> dict[str, Any]:
         """The public result of a finished job; a job's `filename` names its input.
 
-        Its stored state and its record are read in one round trip.
+        Its stored state and its record are read in one round trip. It carries the
+        corrections of the client that sent it (`read`), unless `original`.
         """
-        return self.results([job_id])[job_id]
+        return self.results([job_id], original)[job_id]
 
-    def results(self, job_ids: list[str]) -> dict[str, dict[str, Any]]:
+    def results(self, job_ids: list[str], original: bool = False
+                ) -> dict[str, dict[str, Any]]:
         """`result` of each of `job_ids`: their states and records, in one round trip.
 
         (One for each RESULTS_READ of them.)
@@ -271,12 +307,15 @@ class OcrClient:
             some = job_ids[first:first + RESULTS_READ]
             for job_id, (meta, control) in zip(some, self.states.endings_of(some),
                                                strict=True):
-                out[job_id] = self._public(job_id, meta, control)
+                public = self._public(job_id, meta, control)
+                out[job_id] = public if original or "status" not in public else \
+                    Reading.of(public, self._redis).result
         return out
 
     def _public(self, job_id: str, meta: dict[str, Any],
                 control: dict[str, str]) -> dict[str, Any]:
-        result = self._result(job_id, meta, control)
+        result = stored_public(job_id, meta, control,
+                               lambda: self._control.cancelled_result(job_id))
         if "status" in result:  # a job's result (not an audit report)
             if not result.get("filename"):
                 result["filename"] = control.get("filename", "")
@@ -303,37 +342,6 @@ class OcrClient:
         queues = self._control.field_of(job_ids, "queue") if job_ids else []
         return {job_id: queue for job_id, queue in zip(job_ids, queues, strict=True) if queue}
 
-    def _result(self, job_id: str, meta: dict[str, Any],
-                control: dict[str, str]) -> dict[str, Any]:
-        state, stored = meta.get("status"), meta["result"]
-        if state == CeleryState.SUCCESS:
-            return dict(stored)
-        if state == CeleryState.REVOKED:
-            return self._revoked(job_id, control)
-        # A cancel's ending stores the job's result, then Celery's REVOKED: in between
-        # the job has ended CANCELLED as `status` already says (`JobStateReader`).
-        cancelled = self._control.cancelled_result(job_id)
-        if cancelled is not None:
-            return cancelled
-        exc = stored if isinstance(stored, BaseException) else OcrError()
-        return {"id": job_id, "status": JobStatus.FAILURE.value, "error": error_info(exc)}
-
-    def _revoked(self, job_id: str, info: dict[str, str]) -> dict[str, Any]:
-        """A revoked job: cancelled (with the pages it had), or expired at its deadline.
-
-        The same rule as `status` (`expired_before_start`): both say FAILURE
-        `deadline_exceeded` for a job that expired, CANCELLED for one cancelled.
-        """
-        cancelled = self._control.cancelled_result(job_id)
-        if cancelled is not None:
-            return cancelled
-        if expired_before_start(info.get("cancelled"), info.get("deadline")):
-            return {"id": job_id, "status": JobStatus.FAILURE.value,
-                    "filename": info.get("filename", ""),
-                    "error": DeadlineExceeded("the job's deadline passed before it "
-                                              "started").to_dict()}
-        return {"id": job_id, "status": JobStatus.CANCELLED.value, "pages": [], "text": ""}
-
     def wait(self, ids: Iterable[str], on_progress: ProgressCallback | None = None,
              timeout: float | None = None, poll: float = 0.2, *,
              watch_workers: bool = True, on_workers: WorkersCallback | None = None,
@@ -351,7 +359,8 @@ class OcrClient:
         records are read 1 s in (a job ended by then costs no read of them; the jobs'
         queues are read then too) and every `worker_recheck` s (2 s while a job lacks
         one): jobs whose recorded queue no live worker consumes for `no_worker_grace` s
-        are reported PENDING with error `no_worker` (they stay queued).
+        are reported PENDING with error `no_worker` (they stay queued); one waiting for
+        an engine of OCR_ENGINES_FROM_ZERO is waited for (its pool scales from zero).
         `watch_workers=False`: never. `on_workers(queues, live)` sees each read. Redis
         restarting or failing over: the next look tries again.
         """
@@ -359,11 +368,18 @@ class OcrClient:
                                 watch_workers=watch_workers, on_workers=on_workers,
                                 must_exist=must_exist)
 
-    def no_worker(self, queue: str) -> NoWorker | None:
-        """`no_worker` when no live worker consumes `queue` (one read), else None."""
-        if unserved({"": queue}, self.live_queues()):
-            return NoWorker(f"no live worker consumes queue '{queue}'")
-        return None
+    def no_worker(self, queue: str) -> NoWorker | ScalingFromZero | None:
+        """Why a job waits in `queue` with no live worker to take it (one read), or None.
+
+        `scaling_from_zero` for the queue of an engine whose pool scales from zero
+        (OCR_ENGINES_FROM_ZERO): the job waits for its first worker; else `no_worker`.
+        """
+        if not unserved({"": queue}, self.live_queues()):
+            return None
+        engine = from_zero_engine(queue, self.settings.engines_from_zero)
+        if engine is not None:
+            return scaling_from_zero(engine)
+        return NoWorker(f"no live worker consumes queue '{queue}'")
 
     def no_worker_record(self, job_id: str, queue: str) -> dict[str, Any]:
         """What `wait` answers for a job no live worker can take: PENDING, `no_worker`."""

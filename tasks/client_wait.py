@@ -12,7 +12,8 @@ import time
 from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING, Any, Protocol
 
-from tasks.errors import JobNotFound, TransientError
+from tasks.errors import JobNotFound, ScalingFromZero, TransientError
+from tasks.queue.routing import from_zero_engine
 from tasks.records.status import WaitStatus
 from tasks.state.boundary import CONNECTION_ERRORS
 from tasks.state.connection import connect
@@ -120,7 +121,9 @@ def wait(client: Waiter, ids: Iterable[str], on_progress: ProgressCallback | Non
             queues = {job_id: queue_of[job_id] for job_id in pending if job_id in queue_of}
             if on_workers is not None:
                 on_workers(set(queues.values()), live)
-            orphans = unserved(queues, live)
+            # A job for a pool at zero waits for its first worker: never `no_worker`.
+            orphans = {job_id: queue for job_id, queue in unserved(queues, live).items()
+                       if from_zero_engine(queue, client.settings.engines_from_zero) is None}
             orphaned_since = (orphaned_since or now) if orphans else None
             if (watch_workers and orphaned_since is not None
                     and now - orphaned_since >= client.no_worker_grace):
@@ -151,6 +154,12 @@ def _statuses(client: Waiter, job_ids: list[str]) -> list[tuple[str, JobProgress
         some = job_ids[first:first + SWEEP_READS]
         statuses.extend(zip(some, client.states.read_many(some), strict=True))
     return statuses
+
+
+def scaling_from_zero(engine: str) -> ScalingFromZero:
+    """What a job waiting for `engine`'s pool at zero is told (status, `submit.py`)."""
+    return ScalingFromZero(f"engine {engine!r}: no worker is live yet, its pool is scaling "
+                           "from zero (OCR_ENGINES_FROM_ZERO); the job stays queued")
 
 
 def unserved(queues: dict[str, str], live: dict[str, set[str]]) -> dict[str, str]:

@@ -323,6 +323,18 @@ class NoWorker(OcrError):
     default_message = "no live worker consumes the job's queue"
 
 
+class ScalingFromZero(OcrError):
+    """Client side: a job waits for an engine whose pool scales from zero.
+
+    No live worker consumes its queue yet; the engine is in OCR_ENGINES_FROM_ZERO, so
+    the queue's depth starts its pool (docs/deploy.md). The job stays queued.
+    """
+
+    code = "scaling_from_zero"
+    retryable = True
+    default_message = "the engine's pool is scaling from zero; the job stays queued"
+
+
 class SnapshotFailed(OcrError):
     """Operator side (`ocr_admin.py backup`): Redis gave no complete snapshot."""
 
@@ -408,6 +420,13 @@ class JobNotFound(OcrError):
 
     code = "not_found"
     default_message = "no such job: it was never sent, or its records expired"
+
+
+class AmbiguousId(OcrError):
+    """A short job id (a prefix of 8 or more characters) that begins several jobs."""
+
+    code = "ambiguous_id"
+    default_message = "the short id begins several jobs: give more of it"
 
 
 # The codes of a batch's manifest lines and of its door.

@@ -14,7 +14,6 @@ from typing import Any
 from kombu.utils.uuid import uuid
 
 from tasks.client import OcrClient
-from tasks.records.languages import unknown_codes
 
 
 class OperatorConsole:
@@ -84,16 +83,3 @@ class OperatorConsole:
         for reply in replies or []:
             merged.update(reply)
         return merged
-
-    def unread_codes(self, lang: str | None) -> list[str]:
-        """The codes of `lang` (`ell+eng`) no tesseract language and no live worker has.
-
-        Only a code outside tesseract's list asks the live workers (one broadcast: an
-        operator's own traineddata counts where a worker reads it).
-        """
-        unknown = unknown_codes(lang)
-        if not unknown:
-            return []
-        read = {code for reply in self.languages().values()
-                for code in (reply.get("languages") or [])}
-        return [code for code in unknown if code not in read]

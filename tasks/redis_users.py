@@ -47,6 +47,12 @@ from tasks.broker import layout, stored_layout
 from tasks.records.key_families import ROLES, KeyFamily
 from tasks.state import keys
 
+# The key matrix: what each user may do with each key family (KeyFamily.access): read
+# and write, read, write without reading back (`%W~`), ask only a key's length and
+# whether it exists (a selector of COUNTING on its own patterns), nothing.
+READ_WRITE, READ, WRITE, COUNT, NONE = "rw", "r", "w", "len", "-"
+COUNTING = ("llen", "hlen", "exists")
+
 # Celery's channels carry the database number: the kit's Redis database is 0.
 DB = 0
 
@@ -106,6 +112,8 @@ class RedisUser:
     keys: tuple[str, ...] = ()        # read and write
     read_keys: tuple[str, ...] = ()   # read only
     channels: tuple[str, ...] = ()
+    write_keys: tuple[str, ...] = ()  # write only: nothing read back
+    count_keys: tuple[str, ...] = ()  # their length and existence only (COUNTING)
 
     @property
     def password_variable(self) -> str:
@@ -116,10 +124,14 @@ class RedisUser:
         """Its ACL rules, without the password, for a server of `redis_version`."""
         setinfo = ("client|setinfo",) if redis_version >= SETINFO_SINCE else ()
         commands = dict.fromkeys((*CONNECTION, *setinfo, *self.commands))
+        # a selector: COUNTING on these keys, no other command
+        counted = [*(f"+{c}" for c in COUNTING), *(f"~{k}" for k in self.count_keys)]
+        counting = [f"({' '.join(counted)})"] if self.count_keys else []
         return ["resetkeys", "resetchannels", "-@all",
                 *(c if c.startswith("-") else f"+{c}" for c in commands),
                 *(f"~{k}" for k in self.keys), *(f"%R~{k}" for k in self.read_keys),
-                *(f"&{c}" for c in self.channels)]
+                *(f"%W~{k}" for k in self.write_keys),
+                *(f"&{c}" for c in self.channels), *counting]
 
 
 def written(role: str) -> tuple[str, ...]:
@@ -127,18 +139,25 @@ def written(role: str) -> tuple[str, ...]:
     return tuple(dict.fromkeys(p for f in FAMILIES if role in f.writers for p in f.patterns))
 
 
+def _given(role: str, access: str, taken: tuple[str, ...] = ()) -> tuple[str, ...]:
+    """The key patterns of every family that gives `role` `access`, less `taken`."""
+    return tuple(dict.fromkeys(p for f in FAMILIES if f.access(role) == access
+                               for p in f.patterns if p not in taken))
+
+
 def read_only(role: str) -> tuple[str, ...]:
     """The key patterns of every family `role` only reads (none it also writes)."""
-    writes = set(written(role))
-    return tuple(dict.fromkeys(p for f in FAMILIES if role in f.readers
-                               for p in f.patterns if p not in writes))
+    return _given(role, READ, written(role))
 
 
 def _role(name: str, who: str, commands: tuple[str, ...],
           channels: tuple[str, ...] = ()) -> RedisUser:
     """The user of role `name`: its keys those the key families give it."""
+    both = (*written(name), *read_only(name))
+    writes = _given(name, WRITE, both)
     return RedisUser(name, who, commands, keys=written(name), read_keys=read_only(name),
-                     channels=channels)
+                     channels=channels, write_keys=writes,
+                     count_keys=_given(name, COUNT, (*both, *writes)))
 
 
 # The job lists (tasks/state/job_index.py): whoever sends a job lists it; a worker lists
@@ -164,9 +183,11 @@ USERS: tuple[RedisUser, ...] = (
     _role("api", "the HTTP API (Procfile `api`)",
           # its upload quota scripts (tasks/api/_quotas.py): APPEND, RENAME, STRLEN, SREM;
           # line corrections (tasks/state/corrections.py): WATCH, HSCAN, and their write
-          # script: HSTRLEN, HSET, HDEL, INCRBY, SET
+          # script: HSTRLEN, HSET, HDEL, INCRBY, SET; both sum the client's stored results
+          # (tasks/state/stored_bytes.py: ZRANGEBYSCORE, ZREMRANGEBYSCORE of the ended)
           (*SEND, "append", "rename", "strlen", "srem", "hset", "hget", "hgetall", "hmget",
-           "set", "del", "exists", "expire", "incr", "zrem", "zrange", *_LISTING,
+           "set", "del", "exists", "expire", "incr", "zrem", "zrange", "zrangebyscore",
+           *_LISTING,
            "zrevrangebyscore", "hlen", *_NOTICE_READ, *_RESERVE, "watch", "unwatch", "hdel",
            "hscan", "hstrlen", "incrby"),
           channels=(EVENTS, RESULT_CHANNEL)),
@@ -184,11 +205,12 @@ USERS: tuple[RedisUser, ...] = (
            "punsubscribe", "publish", "pexpire", "info"),
           channels=(EVENTS, CONTROL_CHANNEL)),
     _role("metrics", "the metrics exporter (Procfile `metrics`): reads only",
-          # the running count is a read-only Lua script over the held messages' hashes
-          # LINDEX: the oldest waiting message (a read-only script); INFO: Redis's memory
-          # LRANGE: the lanes of each list's ring (a read-only script)
-          ("llen", "lindex", "lrange", "get", "smembers", "hgetall", "hget", "hkeys",
-           "eval_ro", "evalsha_ro", "info", "hlen")),
+          # the running count is each list's held hash's length (HLEN, no message
+          # read); INFO: Redis's memory; LRANGE: the lanes of each list's ring (a
+          # read-only script); HMGET: the oldest waiting messages' ages, as workers
+          # looked (tasks/metrics/queue_depth.py)
+          ("llen", "lrange", "get", "smembers", "hgetall", "hget",
+           "eval_ro", "evalsha_ro", "info", "hlen", "hmget")),
     _role("keda", "KEDA's `redis` trigger, for a ScaledObject that reads a queue's length "
           "itself (the kit's read the exporter)", ("llen",)),
     _role("client", "clients over the Celery protocol: submit.py, the Python and Node "
@@ -248,8 +270,6 @@ def acl_lines(passwords: Mapping[str, str],
     return lines
 
 
-# The key matrix: what each user may do with each key family.
-READ_WRITE, READ, NONE = "rw", "r", "-"
 START = "<!-- acl-matrix:start (generated: python -m tasks.redis_users) -->"
 END = "<!-- acl-matrix:end -->"
 
@@ -260,11 +280,11 @@ def _glob(pattern: str) -> str:
 
 
 def key_access(user: RedisUser, key: str) -> str:
-    """READ_WRITE, READ or NONE: what `user`'s own key patterns allow on `key`."""
-    if any(fnmatch.fnmatchcase(key, _glob(p)) for p in user.keys):
-        return READ_WRITE
-    if any(fnmatch.fnmatchcase(key, _glob(p)) for p in user.read_keys):
-        return READ
+    """A matrix cell: what `user`'s own key patterns allow on `key`."""
+    for cell, patterns in ((READ_WRITE, user.keys), (READ, user.read_keys),
+                           (WRITE, user.write_keys), (COUNT, user.count_keys)):
+        if any(fnmatch.fnmatchcase(key, _glob(p)) for p in patterns):
+            return cell
     return NONE
 
 
@@ -276,7 +296,7 @@ def declared_access(user: RedisUser, family: KeyFamily) -> str:
 
 
 def matrix() -> dict[str, dict[str, str]]:
-    """Family name -> user name -> READ_WRITE, READ or NONE, as declared."""
+    """Family name -> user name -> its cell (READ_WRITE, READ, ...), as declared."""
     return {f.name: {u.name: declared_access(u, f) for u in USERS} for f in FAMILIES}
 
 

@@ -99,6 +99,7 @@ class PageCounts(BaseModel):
 
 class BatchInfo(BaseModel):
     id: str
+    client: str = Field("", description="whose batch it is, whichever door sent it")
     state: BatchState
     source: str
     result_url: str
@@ -171,10 +172,15 @@ class BatchService:
         return parsed.url
 
     def record(self, caller: ApiClient, batch_id: str) -> BatchRecord:
+        """The caller's batch: one whose client is the caller, whichever door sent it.
+
+        As a job is its client's: an API batch its token's, a `submit.py batch` its
+        `--client` (else the login name), a local folder's included.
+        """
         if len(batch_id) > 64:
             raise NotFound("no such batch")
         record = self.store.get(batch_id)
-        if not record.exists or record.api_client != caller.name:
+        if not record.exists or record.client != caller.name:
             raise NotFound("no such batch")
         return record
 
@@ -197,6 +203,9 @@ class BatchService:
         if record.state not in RETRYABLE_STATES:
             raise BadRequest("only a PARTIAL or FAILURE batch can be retried; this one is "
                              f"{record.state}")
+        if record.local:
+            raise BadRequest("a local folder's batch is retried where it runs: "
+                             "submit.py batch FOLDER --result-url TARGET --retry-failed")
         self.store.reopen(batch_id, "retry")
         start_chain(self.service.client.app, self.store, batch_id)
         return self.info(caller, batch_id)

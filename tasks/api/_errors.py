@@ -2,7 +2,8 @@
 
 Runs in the `api` process. Job errors (tasks/errors.py) keep their codes; `http_status`
 maps them: `input_too_large` 413, `unsupported_format` 415, `transient` and
-`engine_unavailable` 503, `unknown_engine`, `unknown_language` and `invalid_pages` 422,
+`engine_unavailable` 503, `unknown_engine`, `unknown_language`, `language_unavailable`
+and `invalid_pages` 422,
 `page_quota_exceeded` 429, the rest 400.
 """
 
@@ -112,6 +113,7 @@ class JobUnsuccessful(ApiError):
 # the client's token's highest 403.
 _STATUS_BY_CODE = {"input_too_large": 413, "unsupported_format": 415, "transient": 503,
                    "unknown_engine": 422, "unknown_language": 422,
+                   "language_unavailable": 422,
                    "invalid_pages": 422, "engine_unavailable": 503,
                    "page_quota_exceeded": 429, "priority_not_allowed": 403,
                    "quota_exceeded": 429, "batch_quota_exceeded": 429}

@@ -2,7 +2,8 @@
 
 Runs in the `api` process, for `JobService.submit` (tasks/api/_service.py): what the
 workers would refuse is refused here first, before anything is stored. The job's
-`JobRequest` is built here, once.
+`JobRequest` is built here, once; its URLs are parsed here and checked by the gate
+(tasks/admission.py:admit) alone.
 """
 
 from __future__ import annotations
@@ -11,26 +12,25 @@ import time
 from pathlib import PurePosixPath
 from typing import Any
 
-from tasks.admission import check_job_url, check_result_target
 from tasks.api._schemas import JobOptions
 from tasks.errors import BadRequest, PathNotAllowed
 from tasks.lifecycle.callback_urls import callback_target
-from tasks.records.clients import ClientRules
+from tasks.lifecycle.url_policy import parse_url
 from tasks.records.request import JobRequest
 from tasks.settings import Settings
 
 
-def job_request(options: JobOptions, upload: str | None, filename: str, rules: ClientRules,
+def job_request(options: JobOptions, upload: str | None, filename: str,
                 settings: Settings) -> JobRequest:
     """The job's request of its options: its input (a file, a `path` or a `url`) checked.
 
     An uploaded file's request names no input (`source` ""): it is stored as the job
     is sent (`JobRequest.stored_as`).
     """
-    return JobRequest.for_door(_input_kwargs(options, upload, filename, rules, settings))
+    return JobRequest.for_door(_input_kwargs(options, upload, filename, settings))
 
 
-def _input_kwargs(options: JobOptions, upload: str | None, filename: str, rules: ClientRules,
+def _input_kwargs(options: JobOptions, upload: str | None, filename: str,
                   settings: Settings) -> dict[str, Any]:
     """The task's arguments of a job's options: its input (a file, a `path` or a `url`) checked."""
     kwargs = options.task_kwargs()
@@ -39,8 +39,8 @@ def _input_kwargs(options: JobOptions, upload: str | None, filename: str, rules:
     if options.callback_url is not None:
         # The workers' own rule (allow-list, no private addresses unless listed).
         kwargs["callback_url"] = callback_target(options.callback_url, settings).url
-    if options.result_url is not None:
-        target = check_result_target(options.result_url, rules, settings)
+    if options.result_url is not None:  # the gate checks where it lies (`admit`)
+        target = parse_url(options.result_url, "`result_url`", prefix_ok=True)
         if target.scheme != "s3":
             raise BadRequest("`result_url` must be an s3:// URL (results are written to a "
                              "bucket)")
@@ -53,7 +53,7 @@ def _input_kwargs(options: JobOptions, upload: str | None, filename: str, rules:
     if options.url is not None:
         if options.path is not None:
             raise BadRequest("send either a `path` or a `url`, not both")
-        kwargs["url"] = _check_url(options.url, rules, settings, "`url`")
+        kwargs["url"] = parse_url(options.url, "`url`").url  # the gate checks it (`admit`)
         kwargs.setdefault("filename", kwargs["url"].rstrip("/").rsplit("/", 1)[-1])
         return kwargs
     if options.path is None:
@@ -62,14 +62,6 @@ def _input_kwargs(options: JobOptions, upload: str | None, filename: str, rules:
     kwargs["path"] = options.path
     kwargs.setdefault("filename", PurePosixPath(options.path).name)
     return kwargs
-
-
-def _check_url(raw: str, rules: ClientRules, settings: Settings, what: str) -> str:
-    """The normalised URL, when OCR_ALLOWED_URLS and the client's prefixes admit it.
-
-    The client's own prefixes: `tokens create --allowed-url`. Else UrlNotAllowed.
-    """
-    return check_job_url(raw, rules, settings, what).url
 
 
 def _check_path(raw: str, settings: Settings) -> None:

@@ -2,7 +2,8 @@
 
 Runs in the `api` process. Reads the caller's index (`tasks/state/job_index.py`:
 every job sent under its token's name) a batch at a time, one Redis round trip per
-batch for the jobs' records and state marks; only jobs whose API record names the
+batch for the jobs' records and state marks (an ended job's summary, never its
+result: `JobStateReader`); only jobs whose API record names the
 caller are shown, as `GET /v1/jobs/{id}` would 404 the others. A job submit.py or
 `OcrClient` sent under client NAME is read as NAME's (`ApiJobs.decode`): the token
 named NAME lists it. Each job shown is the
@@ -23,9 +24,10 @@ from tasks.api._service import JobService
 from tasks.api.tokens import ApiClient
 from tasks.errors import BadRequest
 from tasks.records.status import JobStatus, WaitStatus
+from tasks.state import lua
 from tasks.state.api_jobs import RECORD_READS
 from tasks.state.job_index import Cursor
-from tasks.state.job_state import JobProgress
+from tasks.state.job_state import JobProgress, as_marks
 
 STATUSES = (WaitStatus.QUEUED, WaitStatus.RUNNING, *JobStatus)
 MAX_LIMIT = 100
@@ -58,14 +60,13 @@ def list_jobs(service: JobService, caller: ApiClient, statuses: frozenset[str] |
         for job_id, _ in batch:
             service.jobs.queue_record(pipe, job_id)
             states.queue_marks(pipe, job_id)
-        raw = pipe.execute()
+        raw = lua.execute(pipe)
         found: list[tuple[str, dict[str, str], Any, JobProgress] | None] = []
-        step = RECORD_READS + 3  # the record's reads, then the three marks
+        step = RECORD_READS + 1  # the record's reads, then the marks
         for i, (job_id, _) in enumerate(batch):
             at = step * i
             record = service.jobs.decode(*raw[at:at + RECORD_READS])
-            at += RECORD_READS
-            marks = (raw[at], raw[at + 1], tuple(raw[at + 2]))
+            marks = as_marks(raw[at + RECORD_READS])
             found.append((job_id, record, marks, states.progress(job_id, marks))
                          if record.get("owner") == caller.name else None)
         return found

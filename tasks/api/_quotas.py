@@ -4,10 +4,10 @@ Runs in the `api` process. Every key that holds a client's input bytes (an uploa
 being received, then the job's blob) is a member of the client's set
 `ocr:api:bytes:<client>`. What counts against the limit is the client's stored
 bytes (tasks/state/stored_bytes.py): those keys' lengths, measured in Redis (STRLEN),
-and its line corrections' bytes. So a blob that a worker deleted at the job's end, or
-that expired, stops counting by itself. The check and the append are one Lua
-script: two uploads of one client at the same time cannot both pass a check that only
-one of them fits in. Nothing is written when a piece does not fit.
+its line corrections' bytes and its jobs' stored results. So a blob that a worker
+deleted at the job's end, or that expired, stops counting by itself. The check and
+the append are one Lua script: two uploads of one client at the same time cannot both
+pass a check that only one of them fits in. Nothing is written when a piece does not fit.
 """
 
 from __future__ import annotations
@@ -16,14 +16,14 @@ import redis
 
 from tasks.state import lua
 from tasks.state.keys import api_bytes_key, corrections_bytes_key
-from tasks.state.stored_bytes import STORED
+from tasks.state.stored_bytes import STORED, results_keys, stored_now
 
 # KEYS[1]: the client's set; KEYS[2]: the key to append to; KEYS[3]: its corrections'
-# bytes. ARGV: data, limit (0: no limit), TTL. Returns the bytes stored after the
-# append, or -1 (nothing written).
+# bytes; KEYS[4], KEYS[5]: its results' count. ARGV: data, limit (0: no limit), TTL.
+# Returns the bytes stored after the append, or -1 (nothing written).
 # Members are listed in the set, not in KEYS: one Redis, never a cluster.
 _APPEND = lua.Script(STORED + """
-local total = stored(KEYS[1], KEYS[3], KEYS[2])
+local total = stored(KEYS[1], KEYS[3], KEYS[2], KEYS[4], KEYS[5])
 local limit = tonumber(ARGV[2])
 if limit > 0 and total + string.len(ARGV[1]) > limit then
   return -1
@@ -33,12 +33,6 @@ redis.call('EXPIRE', KEYS[2], ARGV[3])
 redis.call('SADD', KEYS[1], KEYS[2])
 redis.call('EXPIRE', KEYS[1], ARGV[3])
 return total + string.len(ARGV[1])
-""")
-
-# KEYS[1]: the client's set, KEYS[2]: its corrections' bytes. Returns the bytes stored
-# (and drops members gone).
-_USAGE = lua.Script(STORED + """
-return stored(KEYS[1], KEYS[2], '')
 """)
 
 # KEYS[1]: the client's set, KEYS[2]: the upload, KEYS[3]: the blob it becomes. ARGV: TTL.
@@ -74,13 +68,13 @@ class ClientBytes:
 
     def append(self, name: str, key: str, data: bytes, limit: int) -> bool:
         """Append `data` to `key` if the client stays within `limit` (0: none)."""
-        stored = _APPEND.run(self._redis, [api_bytes_key(name), key, corrections_bytes_key(name)],
-                             [data, limit, self._ttl])
+        stored = _APPEND.run(self._redis, [api_bytes_key(name), key, corrections_bytes_key(name),
+                                           *results_keys(name)], [data, limit, self._ttl])
         return int(stored) >= 0
 
     def stored(self, name: str) -> int:
-        """The client's bytes stored in Redis now: its inputs and its corrections."""
-        return int(_USAGE.run(self._redis, [api_bytes_key(name), corrections_bytes_key(name)]))
+        """The client's bytes stored in Redis now: inputs, corrections and results."""
+        return stored_now(self._redis, api_bytes_key(name), corrections_bytes_key(name), name)
 
     def adopt(self, name: str, upload: str, blob: str) -> None:
         """The upload becomes the job's blob (RENAME keeps its TTL); it still counts."""

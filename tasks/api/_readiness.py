@@ -17,9 +17,12 @@ from dataclasses import dataclass, field
 
 import redis
 
+from tasks.admission import live_engines
 from tasks.api._schemas import Readiness
+from tasks.client_wait import scaling_from_zero
 from tasks.inference_server import QUEUE as VLM_API_QUEUE
 from tasks.inference_server import ServerWatch
+from tasks.queue.routing import from_zero_engine
 from tasks.state.liveness import WorkerPresence
 
 log = logging.getLogger(__name__)
@@ -45,8 +48,10 @@ class ReadinessCheck:
     """`check(queue, detailed)`: whether jobs sent to `queue` will be read (thread-safe)."""
 
     def __init__(self, presence: WorkerPresence, redis_client: redis.Redis,
-                 server: ServerWatch, interval: float = REFRESH_SECONDS) -> None:
+                 server: ServerWatch, interval: float = REFRESH_SECONDS,
+                 from_zero: tuple[str, ...] = ()) -> None:
         self._presence = presence
+        self._from_zero = from_zero  # OCR_ENGINES_FROM_ZERO
         self._redis = redis_client
         self._server = server
         self._interval = interval
@@ -101,6 +106,10 @@ class ReadinessCheck:
     def __call__(self, queue: str, detailed: bool = False) -> Readiness:
         """Redis answers and a live worker consumes `queue` (from the last snapshot).
 
+        The queue of an engine whose pool scales from zero (OCR_ENGINES_FROM_ZERO) is
+        ready with no worker: a job sent there waits, and its depth wakes the pool.
+        The answer names those engines beside the live workers' (`engines`).
+
         When vlm-api workers consume it: whether their inference server answers; not
         ready when it does not and only they consume the queue. `detailed` (an
         authenticated caller): the workers' node names and the queues served.
@@ -118,10 +127,15 @@ class ReadinessCheck:
         vlm = snapshot.vlm_nodes & set(workers)
         server_ok = snapshot.server_ok if vlm else None
         down = server_ok is False
-        ready = bool(workers) and not (down and vlm == set(workers))
-        message = (snapshot.server_message if down else
-                   "" if workers else f"no worker consumes queue {queue}")
+        waits = from_zero_engine(queue, self._from_zero)
+        ready = bool(workers) and not (down and vlm == set(workers)) or (
+            not workers and waits is not None)
+        message = (snapshot.server_message if down else "" if workers else
+                   f"no worker consumes queue {queue}" if waits is None else
+                   scaling_from_zero(waits).message)
         return Readiness(ready=ready, redis=True, queue=queue,
+                         engines=live_engines({"": set(snapshot.serving)}),
+                         engines_from_zero=list(self._from_zero),
                          workers=list(workers) if detailed else [],
                          worker_count=len(workers), inference_server=server_ok,
                          message=message,

@@ -19,7 +19,7 @@ from pydantic import ValidationError
 from starlette.concurrency import run_in_threadpool
 
 from tasks.api._errors import Unauthorized
-from tasks.api._heavy import heavy_of
+from tasks.api._heavy import heavy_of, read_stored
 from tasks.api._json_bodies import MAX_JSON_BYTES, parse_json
 from tasks.api._results import MEDIA_TYPES, links
 from tasks.api._schemas import (
@@ -211,11 +211,14 @@ async def get_result(
             "job was sent with that output; json: the whole result"),
         original: bool = Query(False, description="the engine's own text, without the "
                                "client's line corrections")) -> Response:
-    body = await run_in_threadpool(service_of(request).result, caller, job_id, format,
-                                   original)
+    service = service_of(request)
+    _, summary = await run_in_threadpool(service.summary, caller, job_id)
+    # decoded whole to draw any format
+    body = await read_stored(heavy_of(request), caller.name, summary, service.result, caller,
+                             job_id, format, original)
     content = body.content
     if body.correct is not None:  # a stored document made again: heavy work
-        content = await heavy_of(request).run(body.correct, content)
+        content = await heavy_of(request).run(caller.name, body.correct, content)
     return Response(content, media_type=body.media_type, headers={
         "Content-Disposition": f"inline; filename*=UTF-8''{quote(body.filename)}"})
 

@@ -193,6 +193,12 @@ class Readiness(BaseModel):
     queues: list[str] | None = Field(default=None, description="every queue a live worker consumes "
                                      "(only with a client's token)")
     message: str = ""
+    engines: list[str] = Field(default_factory=list,
+                               description="engines live workers run (each with a queue)")
+    engines_from_zero: list[str] = Field(
+        default_factory=list, description="engines served by a pool that may have no "
+        "worker now (OCR_ENGINES_FROM_ZERO): their jobs wait, and their queue's depth "
+        "wakes the pool")
     inference_server: bool | None = Field(
         default=None, description="whether the inference server of the vlm-api workers consuming "
         "the queue answers (checked from the API's host); null: no such worker")
@@ -222,5 +228,10 @@ class Usage(BaseModel):
     this_month: int = Field(description="pages read this month (UTC)")
     pages_per_day: int | None = Field(description="the token's cap a day; null: none")
     pages_per_month: int | None = Field(description="the token's cap a month; null: none")
+    engines_today: dict[str, int] = Field(
+        default_factory=dict, description="pages read today (UTC) by engine")
+    engine_pages_per_day: dict[str, int] = Field(
+        default_factory=dict, description="the token's caps a day by engine (`tokens "
+        "create --engine-pages-per-day`); an engine not named has none")
 
     model_config = ConfigDict(populate_by_name=True)

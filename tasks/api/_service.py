@@ -17,9 +17,8 @@ from __future__ import annotations
 
 import hashlib
 import json
-import time
 import uuid
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import redis
@@ -41,20 +40,19 @@ from tasks.api._schemas import (
 )
 from tasks.api.tokens import ApiClient, TokenStore
 from tasks.client import OcrClient
-from tasks.errors import BadRequest, InputTooLarge, UnknownLanguage
-from tasks.lifecycle.page_views import PageChanges, corrected_result
-from tasks.operator_console import OperatorConsole
+from tasks.errors import BadRequest, InputTooLarge
+from tasks.lifecycle.result_reader import Reading
 from tasks.queue.routing import PRIORITIES
 from tasks.records.clients import ClientRules
+from tasks.records.jobs import Job, Reservation, job_summary
 from tasks.records.request import JobRequest
 from tasks.records.status import JobStatus, WaitStatus
 from tasks.settings import Settings
+from tasks.state import lua
 from tasks.state.api_jobs import ApiJobs
-from tasks.state.corrections import Corrections
-from tasks.state.job_state import Marks
+from tasks.state.job_state import Marks, as_marks
 from tasks.state.keys import API_UPLOAD_PREFIX, api_blob_key, api_upload_key
 from tasks.state.liveness import WorkerPresence
-from tasks.state.reservations import Reservation
 from tasks.state.stored_bytes import over_quota
 from tasks.state.stores import BlobStore, OutputStore
 from tasks.state.usage import PageUsage
@@ -88,7 +86,8 @@ class JobService:
         self.books = self.client.sender.reservations  # page caps and jobs in flight
         self.readiness = ReadinessCheck(
             WorkerPresence(redis_client), redis_client,
-            inference_server.ServerWatch(settings, SERVER_CHECK_SECONDS))
+            inference_server.ServerWatch(settings, SERVER_CHECK_SECONDS),
+            from_zero=settings.engines_from_zero)
 
     # --- uploads ------------------------------------------------------------------
 
@@ -142,11 +141,12 @@ class JobService:
         rules = caller.rules(self.settings)
         reservation = None
         try:
-            request = job_request(options, upload, filename, rules, self.settings)
+            request = job_request(options, upload, filename, self.settings)
             earlier = self._replay(caller, digest, fingerprint)
             if earlier is not None:
                 self.discard(caller, upload)
                 return Submitted(earlier, True)
+            self.check_room(caller, 0)  # 429 while its stored bytes are past its quota
             job_id = str(uuid.uuid4())
             reservation = self.admit(rules, request, options.priority, job_id)  # the gate
             if digest and not self.jobs.claim_key(caller.name, digest, job_id, fingerprint):
@@ -170,13 +170,11 @@ class JobService:
                 request = request.stored_as(adopted)
             created = self.jobs.remember(caller.name, job_id, options.output,
                                          request.filename)
-            deadline = None if options.deadline is None else options.deadline - time.time()
-            self.client.enqueue(request, reservation=reservation, deadline=deadline,
-                                owner=f"api:{caller.name}", client=caller.name,
-                                created=created,
-                                traceparent=traceparent,  # the request's, passed on
-                                prefixes=rules.allowed_urls,
-                                result_prefixes=rules.result_urls)
+            self.client.enqueue(Job(
+                job_id, replace(request, client=caller.name, deadline=options.deadline),
+                reservation=reservation, owner=f"api:{caller.name}", created=created,
+                traceparent=traceparent,  # the request's, passed on
+                url_prefixes=rules.allowed_urls, result_prefixes=rules.result_urls))
         except BaseException:
             self.books.release(reservation)
             if digest:
@@ -211,20 +209,11 @@ class JobService:
               priority: str | None, job_id: str) -> Reservation:
         """The gate, with the service's books (page caps, jobs in flight); the reservation.
 
-        A `lang` naming a code that is no tesseract language and that no live worker
-        reads is `unknown_language` (422), as `submit.py` refuses it.
+        A `lang` no live worker reads is refused there: `unknown_language` or
+        `language_unavailable` (422), as every door refuses it.
         """
-        unread = OperatorConsole(self.client).unread_codes(request.lang)
-        if unread:
-            raise UnknownLanguage(f"{', '.join(map(repr, unread))} is no tesseract "
-                                  "language code and no live worker reads it "
-                                  "(docs/languages.md); nothing was stored")
         return self.client.admit(request, priority=priority, rules=rules, books=self.books,
                                  service=True, job_id=job_id)
-
-    def owned(self, caller: ApiClient, job_id: str) -> None:
-        """NotFound unless the job is the client's own."""
-        self._record(caller, job_id)
 
     def _record(self, caller: ApiClient, job_id: str) -> dict[str, str]:
         """The job's record, or NotFound when it is not this client's."""
@@ -242,11 +231,11 @@ class JobService:
         pipe = self._redis.pipeline(transaction=False)
         self.jobs.queue_record(pipe, job_id)
         self.client.states.queue_marks(pipe, job_id)
-        raw_record, sent, meta, cancelled, fields = pipe.execute()
+        raw_record, sent, marks = lua.execute(pipe)
         record = self.jobs.decode(raw_record, sent)
         if record.get("owner") != caller.name:
             raise NotFound()
-        return self._status(job_id, record, (meta, cancelled, tuple(fields)))[0]
+        return self._status(job_id, record, as_marks(marks))[0]
 
     def current_status(self, caller: ApiClient, job_id: str) -> JobStatus | WaitStatus:
         """A replayed job's status now; QUEUED while the first request still sends it."""
@@ -272,16 +261,21 @@ class JobService:
 
     def _status(self, job_id: str, record: dict[str, str], marks: Marks | None = None,
                 ) -> tuple[JobInfo, dict[str, Any] | None]:
-        """The job's status as the API shows it (`OcrClient`'s reading of its state)."""
+        """The job's status as the API shows it, from its summary once it has ended.
+
+        The marks hold an ended job's summary (`tasks.records.jobs.job_summary`), never
+        its result; a job ended without one (by an earlier release) is read whole,
+        once. A read changes nothing: the one exit frees a job's place in flight.
+        """
         now = self.client.states.progress(job_id, marks or self.progress_marks(job_id))
-        result: dict[str, Any] | None = None
+        summary: dict[str, Any] | None = None
         status: JobStatus | WaitStatus = now.status
         error = None
         if now.final:
-            result = self.client.result(job_id)
-            status = JobStatus.of(result.get("status"))
-            error = result.get("error")
-            self.jobs.closed(record["owner"], job_id)
+            summary = now.result if now.result is not None and "read_pages" in now.result \
+                else job_summary(now.result or self.client.result(job_id, original=True), 0)
+            status = JobStatus.of(summary.get("status"))
+            error = summary.get("error")
         elif status == WaitStatus.QUEUED:  # said while no live worker consumes its queue
             waiting = self.client.no_worker(self.client.queue_of(job_id))
             error = None if waiting is None else waiting.to_dict()
@@ -289,32 +283,41 @@ class JobService:
             id=job_id, status=status, state=now.state,  # type: ignore[arg-type]
             progress=Progress(done=now.done, total=now.total if now.planned else None),
             error=error, client=record["owner"], priority=shown_priority(now.priority),
-            filename=str((result or {}).get("filename") or record.get("filename", "")),
-            output=record.get("output") or str((result or {}).get("output") or "text"),
+            filename=str((summary or {}).get("filename") or record.get("filename", "")),
+            output=record.get("output") or str((summary or {}).get("output") or "text"),
             created=float(record.get("created", 0)),
-            links=links(job_id)), result
+            links=links(job_id)), summary
+
+    def summary(self, caller: ApiClient, job_id: str) -> tuple[JobInfo, dict[str, Any]]:
+        """The client's own job that has ended: its status and summary (no result read)."""
+        status, summary = self._status(job_id, self._record(caller, job_id))
+        if summary is None:
+            raise NotFinished(f"the job is {status.status}; follow {links(job_id).events}")
+        return status, summary
 
     def finished(self, caller: ApiClient, job_id: str
                  ) -> tuple[dict[str, str], JobInfo, dict[str, Any]]:
         """The client's own job that has ended: its record, status and stored result."""
         record = self._record(caller, job_id)
-        status, result = self._status(job_id, record)
-        if result is None:
+        status, summary = self._status(job_id, record)
+        if summary is None:
             raise NotFinished(f"the job is {status.status}; follow {links(job_id).events}")
-        return record, status, result
+        return record, status, self.client.result(job_id, original=True)
+
+    def stored(self, job_id: str) -> dict[str, Any]:
+        """An ended job's stored result, as its engine read it: its owner checked first."""
+        return self.client.result(job_id, original=True)
 
     def result(self, caller: ApiClient, job_id: str, fmt: str,
                original: bool = False) -> ResultBody:
         """The result in `fmt`, the client's corrections applied unless `original`.
 
-        A stored hOCR, ALTO or PDF takes them by the body's `correct` (heavy work).
+        Read as every reader reads it (`Reading`); a stored hOCR, ALTO or PDF takes
+        the corrections by the body's `correct` (heavy work).
         """
         record, status, result = self.finished(caller, job_id)
-        changes: PageChanges = {}
-        if not original:
-            result, changes = corrected_result(result, Corrections(self._redis, caller.name))
-        return result_body(result, status.status, status.output, fmt,
-                           self._outputs, changes)
+        return result_body(Reading.of(result, self._redis, original), status.status,
+                           status.output, fmt, self._outputs)
 
     def retry(self, caller: ApiClient, job_id: str, options: RetryOptions) -> str:
         """Re-read the failed pages of the client's own PARTIAL job; the new job's id.
@@ -328,15 +331,16 @@ class JobService:
         if status.status != JobStatus.PARTIAL:
             raise BadRequest(f"only a PARTIAL job can be retried; this one is {status.status}")
         request = JobRequest.for_door(self.client.retry_kwargs(job_id, options.password))
+        self.check_room(caller, 0)  # 429 while its stored bytes are past its quota
         new_id = str(uuid.uuid4())
         reservation = self.admit(rules, request, options.priority, new_id)  # the gate
         try:
             created = self.jobs.remember(caller.name, new_id, request.output,
                                          request.filename)
-            self.client.enqueue(request, reservation=reservation,
-                                owner=f"api:{caller.name}", client=caller.name,
-                                created=created, prefixes=rules.allowed_urls,
-                                result_prefixes=rules.result_urls)
+            self.client.enqueue(Job(
+                new_id, replace(request, client=caller.name), reservation=reservation,
+                owner=f"api:{caller.name}", created=created,
+                url_prefixes=rules.allowed_urls, result_prefixes=rules.result_urls))
         except BaseException:
             self.books.release(reservation)
             self.jobs.forget(caller.name, new_id)

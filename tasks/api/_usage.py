@@ -16,7 +16,7 @@ from tasks.api._routes import COMMON, Caller, _errors, service_of
 from tasks.api._schemas import Usage, UsageDay
 from tasks.api.tokens import ApiClient
 from tasks.errors import BadRequest
-from tasks.state.usage import PageUsage, date_range, days, engine_totals
+from tasks.state.usage import PageUsage, date_range, days, engine_totals, today
 
 router = APIRouter()
 DATE = r"^\d{4}-\d{2}-\d{2}$"
@@ -53,7 +53,9 @@ def client_usage(usage: PageUsage, caller: ApiClient, start: str | None,
         "days": shown, "total": sum(by_day.values()), "engines": engine_totals(engines),
         "today": on_day,
         "this_month": in_month, "pages_per_day": caller.pages_per_day or None,
-        "pages_per_month": caller.pages_per_month or None})
+        "pages_per_month": caller.pages_per_month or None,
+        "engines_today": engines.get(today().isoformat(), {}),
+        "engine_pages_per_day": caller.engine_pages_per_day or {}})
 
 
 @router.get("/v1/usage", response_model=Usage, response_model_by_alias=True,

@@ -34,7 +34,7 @@ from tasks.api._routes import router
 from tasks.api._service import JobService
 from tasks.api._uploads import ENVELOPE_BYTES, DrainRefused
 from tasks.api._usage import router as usage_router
-from tasks.api.security_headers import SecurityHeaders
+from tasks.api.security_headers import DocsHeaders, SecurityHeaders
 from tasks.api.sessions import Sessions
 from tasks.client import OcrClient
 from tasks.errors import OcrError
@@ -85,6 +85,7 @@ def create_api(settings: Settings, client: OcrClient | None = None) -> FastAPI:
     # A CSP and nosniff on every /v1 answer (hOCR is text/html): outermost, so refusals
     # made by the middlewares above carry them too.
     app.add_middleware(SecurityHeaders)  # /v1's CSP and nosniff
+    app.add_middleware(DocsHeaders)  # /docs, /redoc, /openapi.json: a CSP, no framing
     return app
 
 

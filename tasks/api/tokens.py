@@ -14,12 +14,13 @@ import hashlib
 import json
 import secrets
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, replace
+from typing import Any
 
 import redis
 
-from tasks.broker.layout import LANE_WEIGHTS_KEY
+from tasks.broker.reads import LANE_WEIGHTS_KEY
 from tasks.errors import BadRequest
 from tasks.lifecycle.url_policy import parse_url
 from tasks.queue.routing import PRIORITIES
@@ -46,15 +47,19 @@ class ApiClient:
     token_sha256: str
     jobs_in_flight: int | None = None
     requests_per_minute: int | None = None
-    # Bytes of input the client may have waiting in Redis (OCR_API_CLIENT_MAX_BYTES).
+    # Bytes the client may have stored in Redis (OCR_API_CLIENT_MAX_BYTES).
     max_bytes: int | None = None
-    # URL prefixes this client's `url` and `result_url` must lie under, beside
-    # OCR_ALLOWED_URLS; None: OCR_ALLOWED_URLS alone.
+    # URL prefixes this client reads and writes under, within OCR_ALLOWED_URLS; None:
+    # none, so it reads only OCR_SHARED_READ_URLS (`url_policy.readable`).
     allowed_urls: list[str] | None = None
     # Pages the client may have read a day and a month (UTC; tasks/state/usage.py);
     # None or 0: no cap.
     pages_per_day: int | None = None
     pages_per_month: int | None = None
+    # Pages one engine may read for the client a day, by engine (`--engine-pages-per-day
+    # vlm-api=500`): a job naming it is refused past it, an escalated page keeps its
+    # first reading. None: no such cap.
+    engine_pages_per_day: dict[str, int] | None = None
     # The client's share of the broker's fetch beside other clients' (tasks/broker/lanes.py,
     # also kept in `ocr:lane-weights`), and the highest priority its jobs may have
     # (interactive, normal, batch; None: any).
@@ -94,7 +99,9 @@ class TokenStore:
                       pages_per_day: int | None = None,
                       pages_per_month: int | None = None, weight: int = 1,
                       max_priority: str | None = None,
-                      batches: int | None = None) -> tuple[str, str]:
+                      batches: int | None = None,
+                      engine_pages_per_day: Mapping[str, int] | None = None,
+                      ) -> tuple[str, str]:
         """Make a client: its token and its webhook signing secret."""
         if not CLIENT_NAME.match(name):
             raise BadRequest("a client name is 1-64 characters of [A-Za-z0-9_.-], "
@@ -102,13 +109,15 @@ class TokenStore:
         _check_limits(jobs_in_flight, requests_per_minute, max_bytes, pages_per_day,
                       pages_per_month, batches)
         _check_share(weight, max_priority)
+        engine_caps = _engine_caps(None, engine_pages_per_day)
         prefixes = None if allowed_urls is None else [_url_prefix(p) for p in allowed_urls]
         token = TOKEN_PREFIX + secrets.token_urlsafe(32)
         digest = token_hash(token)
         record = ApiClient(name, round(time.time(), 3), digest, jobs_in_flight,
                            requests_per_minute, allowed_urls=prefixes, max_bytes=max_bytes,
                            pages_per_day=pages_per_day, pages_per_month=pages_per_month,
-                           weight=weight, max_priority=max_priority, batches=batches)
+                           weight=weight, max_priority=max_priority, batches=batches,
+                           engine_pages_per_day=engine_caps)
         if not self._redis.hsetnx(API_CLIENTS_KEY, name, json.dumps(asdict(record))):
             raise BadRequest(f"client {name!r} exists; revoke it first to make a new token")
         # The record again under the hash: a request is authenticated in one GET.
@@ -125,19 +134,24 @@ class TokenStore:
         raw = self._redis.hget(API_CLIENTS_KEY, name)
         return ApiClient(**json.loads(raw)) if raw else None
 
-    def set_limits(self, name: str, **limits: int | str | None) -> ApiClient | None:
+    def set_limits(self, name: str, **limits: Any) -> ApiClient | None:
         """Change a client's own quotas; None when there is no such client.
 
         `limits`: any of `jobs_in_flight`, `requests_per_minute`, `max_bytes` (None:
         back to the service-wide default, 0: no limit), `pages_per_day`,
-        `pages_per_month` (None or 0: no cap), `weight`, `max_priority`.
+        `pages_per_month` (None or 0: no cap), `weight`, `max_priority`,
+        `engine_pages_per_day` (engine -> cap, merged into the client's; 0: none).
         """
         client = self.get(name)
         if client is None:
             return None
-        share = {k: limits.pop(k) for k in ("weight", "max_priority") if k in limits}
-        _check_limits(*limits.values())  # type: ignore[arg-type]
-        updated = replace(client, **limits, **share)  # type: ignore[arg-type]
+        share: dict[str, Any] = {k: limits.pop(k) for k in ("weight", "max_priority")
+                                 if k in limits}
+        if "engine_pages_per_day" in limits:
+            share["engine_pages_per_day"] = _engine_caps(
+                client.engine_pages_per_day, limits.pop("engine_pages_per_day"))
+        _check_limits(*limits.values())
+        updated = replace(client, **limits, **share)
         _check_share(updated.weight, updated.max_priority)
         raw = json.dumps(asdict(updated))
         pipe = self._redis.pipeline()
@@ -171,6 +185,15 @@ class TokenStore:
 def _check_limits(*limits: int | None) -> None:
     if any(limit is not None and limit < 0 for limit in limits):
         raise BadRequest("limits are 0 (none) or more")
+
+
+def _engine_caps(old: Mapping[str, int] | None,
+                 new: Mapping[str, int] | None) -> dict[str, int] | None:
+    """`old` caps by engine with `new` ones over them (0: that engine's cap goes)."""
+    if new is not None and any(not isinstance(cap, int) or cap < 0 for cap in new.values()):
+        raise BadRequest("a cap on an engine's pages is 0 (none) or more")
+    merged = {**(old or {}), **(new or {})}
+    return {engine: cap for engine, cap in sorted(merged.items()) if cap} or None
 
 
 def _check_share(weight: object, max_priority: object) -> None:

@@ -67,7 +67,10 @@ into x-expires as kombu's own transports do);
 `KOMBU_PRIVATE_READS` are the few private names of the virtual
 transport it reads or calls without overriding them.
 
-No name of redis-py's is overridden, and only its public API is called. No message
+Of redis-py, one name is overridden (`REDIS_HOOKS`): a watched connection's
+`_connect`, the hook redis-py's own SSL and Unix-socket connections override, keeps the
+socket the poller watches. No private name of redis-py's is read, and otherwise only
+its public API is called. No message
 longer than the worker's bound (`ocr_max_message_bytes`) reaches a worker whole: the
 scripts that pop one send its ends and its length (`oversized`), only messages within
 the bound are held (`unacked`), and a broadcast (PUBLISH: remote control) comes on the
@@ -99,6 +102,8 @@ KOMBU_FILLED_HOOKS: dict[str, tuple[str, ...]] = {
     "Channel": ("_queue_bind", "_put_fanout"),
 }
 # Private names of kombu's virtual transport read or called, never overridden.
+# redis-py's connection hooks a watched connection overrides (tasks/broker/connections.py).
+REDIS_HOOKS = ("_connect",)
 KOMBU_PRIVATE_READS: dict[str, tuple[str, ...]] = {
     "Channel": ("_lookup", "_tag_to_queue", "_active_queues"),
     "QoS": ("_delivered",),

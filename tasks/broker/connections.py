@@ -79,18 +79,25 @@ def pool_params(conninfo: Any, channel: Any, default_port: int = DEFAULT_PORT,
 
 
 def watched(connection_class: Any, on_disconnect: Callable[[Any], None]) -> type:
-    """`connection_class` whose `disconnect` first calls `on_disconnect(connection)`.
+    """`connection_class` that keeps its socket and tells `on_disconnect` it goes.
 
-    The poller's connections: a socket closed under the event loop is dropped from it
-    before its descriptor can be reused.
+    The poller's connections: their socket is watched by the event loop (`ocr_socket`,
+    kept from the `_connect` that redis-py's own SSL and Unix-socket connections
+    override), and a socket closed under the loop is dropped from it before its
+    descriptor can be reused.
     """
+
+    def _connect(self: Any) -> Any:
+        self.ocr_socket = connection_class._connect(self)
+        return self.ocr_socket
 
     def disconnect(self: Any, *args: Any, **kwargs: Any) -> None:
         on_disconnect(self)
+        self.ocr_socket = None
         connection_class.disconnect(self, *args, **kwargs)
 
     return type(f"Watched{connection_class.__name__}", (connection_class,),
-                {"disconnect": disconnect})
+                {"_connect": _connect, "disconnect": disconnect, "ocr_socket": None})
 
 
 def make_pool(params: dict[str, Any],

@@ -139,9 +139,11 @@ class HolderSweep:
         self._lock = prefix + SWEEP_LOCK_KEY
         self._token = uuid.uuid4().hex
         self._next = time.monotonic() + self.interval
+        self.took = False  # whether the last tick took the lock: this interval's sweeper
 
     def tick(self, now: float | None = None) -> list[str]:
         """Sweep when due and this process takes the lock; the tags put back."""
+        self.took = False
         if time.monotonic() < self._next - SLACK:  # heartbeats come a few seconds apart
             return []
         self._next = time.monotonic() + self.interval
@@ -153,8 +155,9 @@ class HolderSweep:
 
     def sweep(self, now: float | None = None) -> list[str]:
         """One sweep, if no other worker swept within the interval."""
-        if not TAKE.run(self._broker, [self._lock],
-                        [self._token, int((self.interval - SLACK) * 1000)]):
+        self.took = bool(TAKE.run(self._broker, [self._lock],
+                                  [self._token, int((self.interval - SLACK) * 1000)]))
+        if not self.took:
             return []
         keys = unacked_hashes(self._broker)
         if not keys or not self._broker.exists(*keys):  # nothing held (an idle fleet)

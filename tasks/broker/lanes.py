@@ -39,28 +39,30 @@ def laned(queue: str) -> bool:
     return queue.startswith("ocr") and ":" not in queue
 
 
-# Pushes a message (ARGV[1], then any ARGV[5..] after it, taken in that order) to its
-# client's (ARGV[2]) lane (KEYS[1]; a lone message at the end taken first when ARGV[3]
+# Pushes a message (ARGV[1], then any ARGV[6..] after it, taken in that order) to its
+# client's (ARGV[2]) lane (ARGV[5]; a lone message at the end taken first when ARGV[3]
 # is "1": a restored one), counts them in
-# KEYS[3] and, for its first messages waiting, puts the client at the end of the ring
-# KEYS[2] (a client with messages counted is in the ring: the fetch drops it only at 0).
-# With KEYS[4], wakes that queue (tasks/broker/wakeups.py) for ARGV[4] ms: a wake-up
-# already rung (its one item) only has its expiry renewed, one command.
+# KEYS[2] and, for its first messages waiting, puts the client at the end of the ring
+# KEYS[1] (a client with messages counted is in the ring: the fetch drops it only at 0).
+# With KEYS[3], wakes that queue (tasks/broker/wakeups.py) for ARGV[4] ms: a wake-up
+# already rung (its one item) only has its expiry renewed, one command. The lane, in
+# the ring's hash slot, is named in ARGV: Redis asks read and write access of a
+# script's KEYS, and a sender may write a lane but not read it (tasks/redis_users.py).
 PUSH = Script(r"""
 local bodies = {ARGV[1]}
-for i = 5, #ARGV do bodies[#bodies + 1] = ARGV[i] end
+for i = 6, #ARGV do bodies[#bodies + 1] = ARGV[i] end
 if ARGV[3] == '1' then
-  redis.call('RPUSH', KEYS[1], unpack(bodies))
+  redis.call('RPUSH', ARGV[5], unpack(bodies))
 else
-  redis.call('LPUSH', KEYS[1], unpack(bodies))
+  redis.call('LPUSH', ARGV[5], unpack(bodies))
 end
-if redis.call('HINCRBY', KEYS[3], ARGV[2], #bodies) == #bodies
-    and not redis.call('LPOS', KEYS[2], ARGV[2]) then
-  redis.call('RPUSH', KEYS[2], ARGV[2])
+if redis.call('HINCRBY', KEYS[2], ARGV[2], #bodies) == #bodies
+    and not redis.call('LPOS', KEYS[1], ARGV[2]) then
+  redis.call('RPUSH', KEYS[1], ARGV[2])
 end
-if KEYS[4] and redis.call('PEXPIRE', KEYS[4], ARGV[4]) == 0 then
-  redis.call('LPUSH', KEYS[4], '1')
-  redis.call('PEXPIRE', KEYS[4], ARGV[4])
+if KEYS[3] and redis.call('PEXPIRE', KEYS[3], ARGV[4]) == 0 then
+  redis.call('LPUSH', KEYS[3], '1')
+  redis.call('PEXPIRE', KEYS[3], ARGV[4])
 end
 return 1
 """)
@@ -78,21 +80,21 @@ def push_command(prefix: str, list_key: str, client: str, body: str, first: bool
     if first and more:
         raise ValueError("several messages are pushed to the end taken last only")
     ring = list_ring_key(prefix + list_key)
-    keys = [list_lane_key(prefix + list_key, client), ring, ring + ":count"]
-    args = [body, client, "1" if first else "0", ""]
+    keys = [ring, ring + ":count"]
+    args = [body, client, "1" if first else "0", "", list_lane_key(prefix + list_key, client)]
     if ring_queue is not None:
         keys.append(queue_wake_key(prefix + ring_queue))
         args[3] = str(WAKE_TTL_MS)
     return PUSH.command(keys, [*args, *more])
 
 
-# Messages waiting in the lanes of the lists KEYS[i] (ARGV[2i-1]: list i's ring,
-# ARGV[2i]: the prefix of its lanes' keys), the lists themselves not counted.
+# Messages waiting in the lanes of the rings KEYS[i] (ARGV[i]: the prefix of their
+# lanes' keys), the lists themselves not counted: a sender counts lanes it may not read.
 LANE_SIZES = Script(r"""
 local n = 0
 for i = 1, #KEYS do
-  for _, client in ipairs(redis.call('LRANGE', ARGV[2 * i - 1], 0, -1)) do
-    if client ~= '' then n = n + redis.call('LLEN', ARGV[2 * i] .. client) end
+  for _, client in ipairs(redis.call('LRANGE', KEYS[i], 0, -1)) do
+    if client ~= '' then n = n + redis.call('LLEN', ARGV[i] .. client) end
   end
 end
 return n
@@ -101,9 +103,5 @@ return n
 
 def sizes_command(prefix: str, lists: Sequence[str]) -> list[Any]:
     """The EVALSHA that counts the messages in the lanes of `lists` (their keys)."""
-    keys: list[str] = []
-    args: list[str] = []
-    for name in lists:
-        keys.append(prefix + name)
-        args += [list_ring_key(prefix + name), list_lane_key(prefix + name, "")]
-    return LANE_SIZES.command(keys, args)
+    return LANE_SIZES.command([list_ring_key(prefix + name) for name in lists],
+                              [list_lane_key(prefix + name, "") for name in lists])

@@ -45,8 +45,7 @@ WAKE_TTL_MS = 60_000     # a wake-up nobody answered is gone after a minute
 LANE_WEIGHTS_KEY = ROOT + "lane-weights"  # hash: client -> weight (the API's token store)
 # The version of the layout drawn here (tasks/broker/stored_layout.py): a worker stores
 # it where none is (a new Redis), and refuses to start on an older one (layouts 1 and 2,
-# moved into this one by `ocr_admin.py migrate-broker`: tasks/cli/broker_layout.py) or a
-# newer one.
+# which the release before this one moves into this one) or a newer one.
 LAYOUT_KEY = ROOT + "layout"
 LAYOUT_VERSION = 3
 # Every key beside one of a queue's lists L takes L as its hash tag (`{L}:...`: in the
@@ -144,9 +143,13 @@ def is_held_hash(key: str) -> bool:
 
 # Who touches the broker's keys (FAMILIES): whoever sends a task publishes to a queue's
 # lists, lanes and wake-up keys and declares its binding; the processes that consume
-# (workers, the control worker) hold, acknowledge and restore messages.
+# (workers, the control worker) hold, acknowledge and restore messages. A queued
+# message is read by its consumers alone: a role that only sends pushes to a queue's
+# lists and lanes and may count them, never read one back (APPENDERS); a role that
+# watches the queues counts them (COUNTERS).
 SENDERS = ("worker", "control", "api", "beat", "client")
 CONSUMERS = ("worker", "control")
+APPENDERS = tuple(r for r in SENDERS if r not in CONSUMERS)
 # kombu's and Celery's names beside the queues' lists: a worker's direct queue
 # (worker_direct), remote control's mailboxes and replies, the event queues (Flower's).
 DIRECT_QUEUES = "*.dq2*"
@@ -161,11 +164,13 @@ QUEUE_PATTERNS = ("ocr", "ocr[^:]*")
 FAMILIES: tuple[KeyFamily, ...] = (
     KeyFamily("task queues (lists)", QUEUE_PATTERNS,
               ("ocr", "ocr-fake", "ocr-control", queue_list("ocr", 3)),
-              writers=SENDERS, readers=("flower", "metrics", "keda")),
-    KeyFamily("clients' lanes and rings",
-              (list_lane_key("ocr*", "*"), list_ring_key("ocr*") + "*"),
-              (list_lane_key("ocr", "alice"), list_ring_key(queue_list("ocr", 3)),
-               list_ring_key("ocr") + ":turn"),
+              writers=CONSUMERS, appenders=APPENDERS,
+              counters=("flower", "metrics", "keda")),
+    KeyFamily("clients' lanes", (list_lane_key("ocr*", "*"),),
+              (list_lane_key("ocr", "alice"), list_lane_key(queue_list("ocr", 3), "bob")),
+              writers=CONSUMERS, appenders=APPENDERS, counters=("metrics",)),
+    KeyFamily("lanes' rings of clients", (list_ring_key("ocr*") + "*",),
+              (list_ring_key(queue_list("ocr", 3)), list_ring_key("ocr") + ":turn"),
               writers=SENDERS, readers=("metrics",)),
     KeyFamily("clients' lane weights", (LANE_WEIGHTS_KEY,), (LANE_WEIGHTS_KEY,),
               readers=CONSUMERS),
@@ -176,23 +181,26 @@ FAMILIES: tuple[KeyFamily, ...] = (
               writers=(*CONSUMERS, "flower")),
     KeyFamily("the key layout's version", (LAYOUT_KEY,), (LAYOUT_KEY,),
               writers=CONSUMERS, readers=("api", "beat", "flower", "client")),
+    # The metrics count each list's held messages (HLEN) and read none of them.
     KeyFamily("unacknowledged messages",
               (list_held_key("ocr*"), list_held_key(DIRECT_QUEUES), HELD_LISTS_KEY),
               (list_held_key("ocr"), list_held_key(queue_list("ocr-fake", 6)),
                list_held_key("w1@host.dq2"), HELD_LISTS_KEY),
-              writers=CONSUMERS, readers=("metrics",)),
+              writers=CONSUMERS, counters=("metrics",)),
     KeyFamily("restore mutex, sweep lock", (UNACKED_MUTEX_KEY, SWEEP_LOCK_KEY),
               (UNACKED_MUTEX_KEY, SWEEP_LOCK_KEY), writers=CONSUMERS),
     KeyFamily("bindings", (KOMBU_PREFIX + "*",),
               (BINDING_PREFIX + "ocr", BINDING_PREFIX + "reply.celery.pidbox"),
-              writers=(*SENDERS, "flower"), readers=("metrics",)),
+              writers=(*SENDERS, "flower")),
     KeyFamily("remote control mailboxes", (PIDBOX,),
               ("w1@host.celery.pidbox", "abc.reply.celery.pidbox"),
               writers=(*CONSUMERS, "flower")),
     KeyFamily("workers' direct queues", (DIRECT_QUEUES,), ("w1@host.dq2",),
               writers=CONSUMERS),
     KeyFamily("event queues", (EVENT_QUEUES,), ("celeryev.abc",), writers=("flower",)),
-    KeyFamily("dead letters", (DEAD_LETTER_KEY, DEAD_LETTER_COUNT_KEY),
-              (DEAD_LETTER_KEY, DEAD_LETTER_COUNT_KEY),
+    # The metrics count the refused messages kept, and read none of them.
+    KeyFamily("dead letters", (DEAD_LETTER_KEY,), (DEAD_LETTER_KEY,),
+              writers=CONSUMERS, counters=("metrics",)),
+    KeyFamily("dead letters' count", (DEAD_LETTER_COUNT_KEY,), (DEAD_LETTER_COUNT_KEY,),
               writers=CONSUMERS, readers=("metrics",)),
 )

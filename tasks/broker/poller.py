@@ -36,8 +36,8 @@ ERRORS = select.POLLERR | select.POLLHUP | select.POLLNVAL
 
 
 def socket_of(connection: Any) -> Any:
-    """The socket of a redis-py connection (None when it is not connected)."""
-    return getattr(connection, "_sock", None)
+    """The socket of a watched connection (None when it is not connected)."""
+    return getattr(connection, "ocr_socket", None)
 
 
 class Poller:

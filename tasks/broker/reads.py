@@ -1,25 +1,30 @@
-"""What the broker lets other rooms read: the keys its figures are counted from.
+"""What the broker lets the floors above it see: the keys its figures are counted from.
 
-The metrics room (tasks/metrics/: queue depth, fleet health) reads the Redis broker
-through this module alone; the key names stay the broker's own (`layout`, `unacked`).
-Nothing here writes.
+The metrics floor (queue depth, fleet health), the API, the command lines and the
+console reach the Redis broker's keys through this module alone (import contracts in
+pyproject.toml); the key names stay the broker's own (`layout`, `unacked`). Nothing
+here writes: the API's tokens write a client's lane weight under `LANE_WEIGHTS_KEY`,
+and a backup tells lanes and held records apart by `is_lane` and `is_held_hash`.
 """
 
 from __future__ import annotations
 
 from typing import Any
 
-from tasks.broker import layout, unacked
+from tasks.broker import layout
 from tasks.broker.publishing import PUBLISHED_HEADER
 
-__all__ = ["PRIORITY_STEPS", "PUBLISHED_HEADER", "SEP", "bindings_key", "dead_letters",
-           "unacked_hashes", "lane_prefix", "priority_suffixes", "queue_lists", "ring_key"]
+__all__ = ["LANE_WEIGHTS_KEY", "PRIORITY_STEPS", "PUBLISHED_HEADER", "SEP", "dead_letters",
+           "held_key", "is_held_hash", "is_lane", "lane_prefix", "priority_suffixes",
+           "queue_lists", "ring_key"]
 
 SEP = layout.SEP
+LANE_WEIGHTS_KEY = layout.LANE_WEIGHTS_KEY
+is_lane = layout.is_lane
+is_held_hash = layout.is_held_hash
 PRIORITY_STEPS = layout.PRIORITY_STEPS
 queue_lists = layout.queue_lists
 priority_suffixes = layout.priority_suffixes
-unacked_hashes = unacked.unacked_hashes
 
 
 def ring_key(list_key: str) -> str:
@@ -32,9 +37,9 @@ def lane_prefix(list_key: str) -> str:
     return layout.list_lane_key(list_key, "")
 
 
-def bindings_key(exchange: str) -> str:
-    """The set of an exchange's bindings (kombu's `routing_key<sep>pattern<sep>queue`)."""
-    return layout.BINDING_PREFIX + exchange
+def held_key(list_key: str) -> str:
+    """The hash of the messages held that were taken from the list: counted, never read."""
+    return layout.list_held_key(list_key)
 
 
 def dead_letters(client: Any) -> tuple[int, int]:

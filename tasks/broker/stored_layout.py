@@ -4,8 +4,8 @@ Runs in a worker parent as it starts (`settle`, tasks/queue/brokers.py). The fir
 worker of a Redis that holds no version and no older layout's keys (a new one) stores
 `LAYOUT_VERSION` (tasks/broker/layout.py); a worker refuses to start on a newer version
 (`LayoutNewer`: its release would misread the keys) or an older one (`LayoutOld`:
-layouts 1 and 2, of the releases before the one that introduced layout 3, names the
-command that moves them, tasks/cli/broker_layout.py). The one module of the broker
+layouts 1 and 2, of the releases before the one that introduced layout 3: the release
+before this one reads them and moves them into layout 3). The one module of the broker
 that names layouts 1 and 2's keys:
 
     ocr:lane:<list>:<client>          a client's lane of a queue's list
@@ -32,8 +32,6 @@ from tasks.broker.layout import (
 )
 from tasks.records.key_families import KeyFamily
 
-MIGRATE_COMMAND = "ocr_admin.py migrate-broker"
-
 # Layouts 1 and 2's keys.
 UNACKED_KEY = "unacked"              # kombu's names (layout 1)
 UNACKED_INDEX_KEY = "unacked_index"
@@ -49,7 +47,7 @@ FIXED_KEYS = (HELD_KEY, UNACKED_KEY, UNACKED_INDEX_KEY, HOLDERS_KEY,
 # Layouts 1 and 2's key families, with the roles that touch them (tasks/redis_users.py).
 # No process of this release writes them, but the release before names them (its
 # declares count the old rings, its workers and Flower wait on the old wake-up keys, its
-# Node client rings them, its restores and depth read the old held records), so its
+# Node client rings them, its restores read the old held records), so its
 # processes keep them under their users during a rolling upgrade.
 FAMILIES: tuple[KeyFamily, ...] = (
     KeyFamily("layouts 1 and 2's lanes and rings", (LANE_PREFIX + "*", RINGS_PREFIX + "*"),
@@ -61,7 +59,7 @@ FAMILIES: tuple[KeyFamily, ...] = (
               (WAKE_PREFIX + "*.celery.pidbox",), (WAKE_PREFIX + "w1@host.celery.pidbox",),
               writers=(*SENDERS, "flower")),
     KeyFamily("layouts 1 and 2's unacknowledged messages", (HELD_KEY, UNACKED_KEY),
-              (HELD_KEY, UNACKED_KEY), writers=CONSUMERS, readers=("metrics",)),
+              (HELD_KEY, UNACKED_KEY), writers=CONSUMERS),
     KeyFamily("layout 1's index and holders", (UNACKED_INDEX_KEY, HOLDERS_KEY),
               (UNACKED_INDEX_KEY, HOLDERS_KEY), writers=CONSUMERS),
 )
@@ -89,8 +87,9 @@ class LayoutOld(Exception):
     def __init__(self, stored: int | None) -> None:
         told = f"version {stored}" if stored is not None else "no version, and its keys"
         super().__init__(f"{self.code}: the broker's key layout is {told} of a release "
-                         f"before layout {LAYOUT_VERSION}; stop that release's workers and "
-                         f"clients, then run `{MIGRATE_COMMAND}` once")
+                         f"before layout {LAYOUT_VERSION}; upgrade through the release before "
+                         "this one, whose workers move it into layout "
+                         f"{LAYOUT_VERSION} (docs/deploy.md, rolling upgrades)")
         self.stored = stored
 
 

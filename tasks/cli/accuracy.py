@@ -18,6 +18,7 @@ import sys
 import time
 from typing import Any, Protocol
 
+from tasks.admission import admit
 from tasks.cli.core import EXIT_FAILURE, EXIT_OK, EXIT_USAGE
 from tasks.client import OcrClient
 from tasks.errors import OcrError
@@ -74,7 +75,7 @@ def run_accuracy(args: argparse.Namespace, session: Context,
         client = session.client
         try:
             sent = send_run(session.settings, client.sender, client.put_input,
-                            client.live_queues())
+                            client.live_queues(), admit)
         except OcrError as exc:
             print(f"{prog}: {exc.code}: {exc.message}", file=sys.stderr)
             return EXIT_USAGE

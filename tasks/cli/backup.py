@@ -25,7 +25,7 @@ from typing import Any, Protocol
 
 import redis
 
-from tasks.broker.layout import is_held_hash, is_lane
+from tasks.broker.reads import is_held_hash, is_lane
 from tasks.cli.core import EXIT_FAILURE, EXIT_OK
 from tasks.errors import OcrError, RestoreRefused
 from tasks.lifecycle import backup_files

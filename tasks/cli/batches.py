@@ -134,8 +134,11 @@ def run_batch(args: argparse.Namespace, session: Session) -> int:
         print(f"{PROG}: {source} is not a folder (nor an s3:// or https:// URL)",
               file=sys.stderr)
         return EXIT_USAGE
-    session.client.admit({**options, "password": args.password} if args.password
-                         else options, priority=args.priority)
+    try:  # refused at the door, as submit's files are
+        session.client.admit({**options, "password": args.password} if args.password
+                             else options, priority=args.priority)
+    except OcrError as exc:
+        return door_refusal(exc, PROG)
     choice = choose(source, target, args.include, args.exclude)
     said = left_out_line(choice)
     if said:

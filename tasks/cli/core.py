@@ -23,7 +23,13 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 
 from tasks.client import CONNECTION_ERRORS, OcrClient
-from tasks.errors import EngineUnavailable, JobNotFound, OcrError, ServiceUnreachable
+from tasks.errors import (
+    AmbiguousId,
+    EngineUnavailable,
+    JobNotFound,
+    OcrError,
+    ServiceUnreachable,
+)
 from tasks.records.status import JobStatus, WaitStatus
 from tasks.settings import Settings, SettingsError
 
@@ -51,7 +57,8 @@ EXIT_HELP = """exit status (several jobs: the most severe, in this order):
   4  a job was cancelled
   3  a job was PARTIAL (some pages failed; `retry` re-reads them)
   0  every job succeeded
-  2  usage error (bad option, file list or setting; nothing was sent)
+  2  usage error (bad option, file list or setting, a short id that begins several
+     jobs: ambiguous_id; nothing was sent)
   7  not_found: no job has that id (never sent, or its records expired)
 `status` exits as `wait` for jobs that ended or wait with no worker; 0 while they run"""
 UNREACHABLE_HINT = ("start the service with `make run`, or point REDIS_URL (or "
@@ -179,6 +186,9 @@ def run_command(prog: str, run: Runner, args: argparse.Namespace, session: Sessi
     except JobNotFound as exc:  # a mistyped id, or one whose records expired
         print(f"{prog}: {exc.code}: {exc.message}", file=sys.stderr)
         return EXIT_NOT_FOUND
+    except AmbiguousId as exc:  # a short id that begins several jobs
+        print(f"{prog}: {exc.code}: {exc.message}", file=sys.stderr)
+        return EXIT_USAGE
     except CONNECTION_ERRORS as exc:  # Redis went away mid-run
         url = session.settings.redis_target.masked
         print(f"{prog}: lost Redis at {url} ({str(exc).strip().rstrip('.')}): "

@@ -61,7 +61,7 @@ def corrected_reads(client: OcrClient, owner: str) -> Iterator[CorrectedRead]:
 
 def _result(client: OcrClient, job_id: str) -> dict[str, Any]:
     try:
-        return client.result(job_id)
+        return client.result(job_id, original=True)  # the engine's own reading
     except OcrError:  # expired, or never finished
         return {}
 

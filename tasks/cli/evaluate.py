@@ -1,12 +1,12 @@
-"""`submit.py eval DIR`: score engines on documents with ground truth.
+"""`submit.py eval DIR|FILE`: score engines on documents with ground truth.
 
-Runs in submit.py (a user's machine). Each document of DIR (or an s3:// prefix) with
-`NAME.gt.txt` or `NAME.gt.xml` beside it (tasks/lifecycle/eval_sets.py) is sent through
-the queue like any job, once per engine named by `--engine a,b` (none: the service's
-default path, shown as `default`), always read afresh (never from the result cache),
-one job at a time so that its seconds are its own. Each read is scored with the
-service's metric (tasks/evaluation/scoring.py): per document and engine the CER, WER,
-characters, words and seconds; then per engine the total edits over the total
+Runs in submit.py (a user's machine). Each document of DIR (or an s3:// prefix), or
+one FILE, with `NAME.gt.txt` or `NAME.gt.xml` beside it (tasks/lifecycle/eval_sets.py)
+is sent through the queue like any job, once per engine named by `--engine a,b` (none:
+the service's default path, shown as `default`), always read afresh (never from the
+result cache), one job at a time so that its seconds are its own. Each read is scored
+with the service's metric (tasks/evaluation/scoring.py): per document and engine the
+CER, WER, characters, words and seconds; then per engine the total edits over the total
 ground-truth characters (and words). A job that fails scores what it read (nothing,
 or its pages that succeeded) and names its error. `--report FILE.html` writes the
 reads aligned with their ground truth (tasks/cli/eval_report.py). `--corrected CLIENT`
@@ -47,8 +47,9 @@ DEFAULT = "default"
 
 
 def eval_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("location", metavar="DIR", nargs="?",
-                        help="a folder (or s3://bucket/prefix/) of documents, each with "
+    parser.add_argument("location", metavar="DIR|FILE", nargs="?",
+                        help="a folder (or s3://bucket/prefix/) of documents, or one "
+                             "document, each with "
                              "NAME.gt.txt (pages split by form feeds) or NAME.gt.xml "
                              "(PAGE XML or ALTO) beside it")
     parser.add_argument("--engine", help=f"engines to score, comma-separated: "
@@ -250,7 +251,7 @@ def run_eval(args: argparse.Namespace, session: Session) -> int:
         print(f"{PROG}: --escalate reads a DIR, not --corrected pages", file=sys.stderr)
         return EXIT_USAGE
     if (args.location is None) == (args.corrected is None):
-        print(f"{PROG}: eval needs a DIR or --corrected CLIENT (one of them)",
+        print(f"{PROG}: eval needs a DIR, a FILE or --corrected CLIENT (one of them)",
               file=sys.stderr)
         return EXIT_USAGE
     try:

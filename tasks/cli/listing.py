@@ -106,7 +106,8 @@ def error_of(client: OcrClient, progress: JobProgress) -> dict[str, Any] | None:
     """A failed job's error (its stored result's); None for a job that did not fail."""
     if progress.status != JobStatus.FAILURE:
         return None
-    result = progress.result if progress.result is not None else client.result(progress.id)
+    result = progress.result if progress.result is not None else client.result(
+        progress.id, original=True)
     error = result.get("error")
     return error if isinstance(error, dict) else None
 

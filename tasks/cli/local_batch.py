@@ -29,13 +29,12 @@ from tasks.lifecycle.batch_manifest import MANIFEST_FILE
 from tasks.lifecycle.batch_sources import Source, Target, output_name
 from tasks.lifecycle.batches import BatchDriver
 from tasks.lifecycle.fetcher import Fetcher
-from tasks.lifecycle.url_inputs import result_content
 from tasks.records.batches import BatchRecord, BatchState
 from tasks.records.formats import FORMATS
+from tasks.records.jobs import Job, Reservation
 from tasks.records.request import JobRequest
 from tasks.records.status import JobStatus
 from tasks.state.batch_store import BatchStore, progress_of
-from tasks.state.reservations import Reservation
 
 POLL_SECONDS = 0.2     # between two steps
 PROGRESS_SECONDS = 1.0  # at most one progress line this often (a terminal, --progress)
@@ -98,8 +97,11 @@ class LocalPorts:
         local = self._local(request)
         path = str(local.path)
         blob = self.client.put_input(path)
-        job_id = self.client.enqueue(local.stored_as(blob), reservation=reservation,
-                                     priority=record.priority)
+        stored = local.stored_as(blob)
+        job_id = self.client.enqueue(stored, priority=record.priority) if reservation is None \
+            else self.client.enqueue(Job(reservation.job_id,
+                                         replace(stored, client=self.client.client),
+                                         reservation=reservation))
         name = Path(path).relative_to(record.source).as_posix()  # its name in the batch
         self._outputs[job_id] = (name, local.output)
         return job_id
@@ -113,12 +115,12 @@ class LocalPorts:
 
     def _result(self, record: BatchRecord, job_id: str) -> dict[str, Any]:
         """An ended job's result, its output written under the target folder."""
-        result = self.client.result(job_id)
+        reading = self.client.read(job_id)
+        result = reading.result
         name, output = self._outputs.pop(job_id, ("", "text"))
         if name and JobStatus.of(result.get("status")).answered and output in FORMATS:
-            stored = self.client.fetch_output(result) if FORMATS[output].stored else None
             written = self.target(record).put(output_name(name, output),
-                                              result_content(result, output, stored),
+                                              self.client.content(reading, output),
                                               FORMATS[output].media_type)
             result["result_object"] = {"url": written}
         return result

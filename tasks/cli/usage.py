@@ -42,7 +42,8 @@ def usage_report(usage: PageUsage, first: dt.date, last: dt.date,
     """{"from", "to", "clients": [{"client", "total", "days", "engines", caps}]}.
 
     `days`: {date: pages}; `engines`: the pages by engine over the range (an escalated
-    page counts for both engines); `engine_days`: {date: {engine: pages}}.
+    page counts for both engines); `engine_days`: {date: {engine: pages}};
+    `engine_pages_per_day`: the client's caps a day by engine.
     """
     found = ({client: usage.by_day(client, first, last)} if client is not None
              else usage.every_client(first, last))
@@ -54,7 +55,8 @@ def usage_report(usage: PageUsage, first: dt.date, last: dt.date,
         clients.append({"client": name, "total": sum(by_day.values()), "days": by_day,
                         "engines": engine_totals(engine_days), "engine_days": engine_days,
                         "pages_per_day": caps.pages_per_day,
-                        "pages_per_month": caps.pages_per_month})
+                        "pages_per_month": caps.pages_per_month,
+                        "engine_pages_per_day": dict(caps.engines)})
     return {"from": first.isoformat(), "to": last.isoformat(), "clients": clients}
 
 

@@ -22,6 +22,9 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from fastapi import Request
+from starlette.concurrency import run_in_threadpool
+
 from tasks.admission import live_engines
 from tasks.api.services import (
     FINAL_STATUSES,
@@ -33,6 +36,7 @@ from tasks.api.services import (
     ended_result,
 )
 from tasks.api.tokens import ApiClient
+from tasks.console._web import service_of
 from tasks.errors import BadRequest
 from tasks.lifecycle import page_views
 from tasks.records.status import JobStatus
@@ -45,13 +49,15 @@ MAX_WORD_PAIRS = 250_000
 
 
 def offered_engines(service: JobService) -> tuple[str, ...]:
-    """The engines "Read again with" offers: those a live OCR worker runs now.
+    """The engines "Read again with" offers: the live ones, then those from zero.
 
-    The gate's own reading of the workers' presence (`live_engines`); an engine no
-    live worker runs would leave the new job queued (`engine_unavailable` once others
-    are live).
+    Those a live OCR worker runs now, then those whose pool scales from zero
+    (OCR_ENGINES_FROM_ZERO), which the gate admits. The gate's own reading of the
+    workers' presence (`live_engines`); another engine no live worker runs would leave
+    the new job queued (`engine_unavailable` once others are live).
     """
-    return tuple(live_engines(service.client.live_queues()))
+    return tuple(dict.fromkeys([*live_engines(service.client.live_queues()),
+                                *service.settings.engines_from_zero]))
 
 
 @dataclass(frozen=True)
@@ -156,25 +162,26 @@ class Bounds:
         return compare(left, right, time.monotonic() + self.timeout)
 
 
-async def compared_rows(bounds: Bounds, heavy: HeavyWork, left: Sequence[str],
-                        right: Sequence[str]) -> list[Row]:
-    """The compare's rows, made in one of the process's heavy turns.
+async def compared_rows(bounds: Bounds, heavy: HeavyWork, client: str,
+                        left: Sequence[str], right: Sequence[str]) -> list[Row]:
+    """The compare's rows, made in one of `client`'s heavy turns.
 
     CompareTooLarge past a bound (before its turn when by size), Busy without a turn.
     """
     bounds.check(left, right)
-    return await heavy.run(bounds.compare, left, right)
+    return await heavy.run(client, bounds.compare, left, right)
 
 
-def page_of(service: JobService, caller: ApiClient, job_id: str,
-            number: int) -> dict[str, Any]:
+async def page_of(request: Request, caller: ApiClient, job_id: str,
+                  number: int) -> dict[str, Any]:
     """Page `number` of the client's own finished job, its corrections applied.
 
     NotFound (another client's job, or none), NotFinished, or `page_views.Missing`.
-    The job's result is decoded once for the process's page reads (`ended_result`).
+    The job's result is read as every page read reads it (`ended_result`).
     """
-    result = ended_result(service, caller, job_id)
-    return page_views.page_view(result, number, Corrections(service.redis, caller.name))
+    result = await ended_result(request, caller, job_id)
+    return await run_in_threadpool(page_views.page_view, result, number,
+                                   Corrections(service_of(request).redis, caller.name))
 
 
 @dataclass(frozen=True)
@@ -191,35 +198,45 @@ class SecondReading:
         return self.status not in FINAL_STATUSES
 
 
-def second_reading(service: JobService, caller: ApiClient, job_id: str) -> SecondReading:
+async def second_reading(request: Request, caller: ApiClient, job_id: str) -> SecondReading:
     """The job that read the page again, as it stands (NotFound when not the client's).
 
-    An ended job's result is decoded once for the process (`ended_result`); a job
+    An ended job's result is read as every page read reads it (`ended_result`); a job
     still running is read from its state, which is small.
     """
+    service = service_of(request)
     try:
-        result = ended_result(service, caller, job_id)
+        result = await ended_result(request, caller, job_id)
     except NotFinished:
-        info = service.status(caller, job_id)
+        info = await run_in_threadpool(service.status, caller, job_id)
         if info.status in FINAL_STATUSES:  # it ended meanwhile
-            return second_reading(service, caller, job_id)
+            return await second_reading(request, caller, job_id)
         return SecondReading(job_id, info.status,
                              None if info.error is None else info.error.model_dump(), None)
     status = JobStatus.of(result.get("status"))
     page = None
     if status in (JobStatus.SUCCESS, JobStatus.PARTIAL):
-        page = page_views.page_view(result, 1, Corrections(service.redis, caller.name))
+        page = await run_in_threadpool(page_views.page_view, result, 1,
+                                       Corrections(service.redis, caller.name))
     return SecondReading(job_id, status, result.get("error"), page)
 
 
-def read_again(service: JobService, caller: ApiClient, job_id: str, number: int,
-               engine: str, filename: str) -> str:
+async def read_again(request: Request, caller: ApiClient, job_id: str, number: int,
+                     engine: str, filename: str) -> str:
     """Send page `number`'s image as a new job read by `engine`; the new job's id."""
-    offered = offered_engines(service)
+    service = service_of(request)
+    offered = await run_in_threadpool(offered_engines, service)
     if engine not in offered:
         raise BadRequest(f"choose an engine among {', '.join(offered)}; no live worker "
                          f"runs {engine!r}" if offered else "no live worker reads pages now")
-    page_of(service, caller, job_id, number)  # the client's own job, with that page
+    await page_of(request, caller, job_id, number)  # the client's own job, with that page
+    return await run_in_threadpool(_send_page, service, caller, job_id, number, engine,
+                                   filename)
+
+
+def _send_page(service: JobService, caller: ApiClient, job_id: str, number: int,
+               engine: str, filename: str) -> str:
+    """The page's image sent as a new job (blocking: Redis)."""
     image = service.previews.get(job_id, number)
     if image is None:
         raise page_views.Missing(f"page {number} has no image to read again")

@@ -31,6 +31,7 @@ from tasks.api.services import (
     NotFound,
     Unauthorized,
     client_usage,
+    ended_result,
     heavy_of,
     http_status,
     list_jobs,
@@ -77,8 +78,8 @@ def sign_in_form(request: Request) -> HTMLResponse:
 @router.post("/signin")
 def sign_in(request: Request, token: Annotated[str, Form(max_length=300)] = "") -> Response:
     """An API token exchanged for a session cookie (HttpOnly, SameSite=Strict)."""
-    if not same_origin(request):
-        raise CsrfFailed()
+    if not same_origin(request, required=True):  # a sign-in forged by another site
+        raise CsrfFailed("a sign-in is taken only from this site's own form (its Origin)")
     service = service_of(request)
     try:
         caller = service.access.authenticate(f"Bearer {token.strip()}")
@@ -157,14 +158,15 @@ def job(request: Request, job_id: str) -> HTMLResponse:
     warnings: list[dict[str, Any]] = []
     escalations: dict[int, dict[str, Any]] = {}
     if info.status in (JobStatus.SUCCESS, JobStatus.PARTIAL):
-        result = service_of(request).finished(session.client, job_id)[2]
-        pages = [int(page["number"]) for page in result.get("pages") or []]
-        warnings = list(result.get("warnings") or [])
-        escalations = {int(page["number"]): page["escalation"]
-                       for page in result.get("pages") or [] if page.get("escalation")}
+        summary = service_of(request).summary(session.client, job_id)[1]
+        pages = [int(number) for number in summary.get("read_pages") or []]
+        warnings = list(summary.get("warnings") or [])
+        escalations = {int(number): marked for number, marked
+                       in (summary.get("escalations") or {}).items()}
     return render(request, "job.html", session=session, job=info, pages=pages,
                   warnings=warnings, escalations=escalations, low=LOW_CONFIDENCE,
-                  shown_time=_shown_time, engines=offered_engines(service_of(request)))
+                  shown_time=_shown_time, engines=offered_engines(service_of(request)),
+                  from_zero=service_of(request).settings.engines_from_zero)
 
 
 @router.get("/jobs/{job_id}/pages/{number}/escalation", response_class=HTMLResponse)
@@ -175,7 +177,7 @@ async def escalation(request: Request, job_id: str,
     The first reading's text is the page's `escalation.first_text`; the compare is
     bounded and run as `compared` runs its own.
     """
-    read = await run_in_threadpool(_escalated_page, request, job_id, number)
+    read = await _escalated_page(request, job_id, number)
     if isinstance(read, HTMLResponse):
         return read
     session, page = read
@@ -185,7 +187,8 @@ async def escalation(request: Request, job_id: str,
         try:
             rows = await compared_rows(
                 Bounds.of(service_of(request).settings), heavy_of(request),
-                str(marked["first_text"]).splitlines(), str(page.get("text") or "").splitlines())
+                session.client.name, str(marked["first_text"]).splitlines(),
+                str(page.get("text") or "").splitlines())
         except (CompareTooLarge, Busy) as exc:
             return await run_in_threadpool(_refused, request, session, exc)
     return await run_in_threadpool(partial(
@@ -193,36 +196,37 @@ async def escalation(request: Request, job_id: str,
         page=page, escalation=marked, rows=rows))
 
 
-def _escalated_page(request: Request, job_id: str, number: int
-                    ) -> HTMLResponse | tuple[Session, dict[str, Any]]:
-    """The signed-in client's escalated page `number` of `job_id` (blocking: Redis)."""
-    session = signed_in(request)
+async def _escalated_page(request: Request, job_id: str, number: int
+                          ) -> HTMLResponse | tuple[Session, dict[str, Any]]:
+    """The signed-in client's escalated page `number` of `job_id`."""
+    session = await run_in_threadpool(signed_in, request)
     try:
-        result = service_of(request).finished(session.client, job_id)[2]
+        result = await ended_result(request, session.client, job_id)
     except OcrError as exc:
-        return _refused(request, session, exc)
+        return await run_in_threadpool(_refused, request, session, exc)
     for page in result.get("pages") or []:
         if int(page["number"]) == number and page.get("escalation"):
             return session, page
-    return render(request, "missing.html", status_code=404, session=session,
-                  what="escalated page")
+    return await run_in_threadpool(partial(render, request, "missing.html", status_code=404,
+                                           session=session, what="escalated page"))
 
 
 @router.post("/jobs/{job_id}/pages/{number}/compare")
-def read_page_again(request: Request, job_id: str, number: Annotated[int, Path(ge=1)],
-                    engine: Annotated[str, Form(max_length=40)] = "",
-                    csrf: Annotated[str, Form(max_length=100)] = "") -> Response:
+async def read_page_again(request: Request, job_id: str, number: Annotated[int, Path(ge=1)],
+                          engine: Annotated[str, Form(max_length=40)] = "",
+                          csrf: Annotated[str, Form(max_length=100)] = "") -> Response:
     """The page read again by `engine` as a new job; then the comparison's page."""
-    session = signed_in(request)
+    session = await run_in_threadpool(signed_in, request)
     session.check_csrf(csrf)
     if not same_origin(request):
         raise CsrfFailed()
     service = service_of(request)
     try:
-        info = service.status(session.client, job_id)
-        other = read_again(service, session.client, job_id, number, engine, info.filename)
+        info = await run_in_threadpool(service.status, session.client, job_id)
+        other = await read_again(request, session.client, job_id, number, engine,
+                                 info.filename)
     except (OcrError, page_views.Missing) as exc:
-        return _refused(request, session, exc)
+        return await run_in_threadpool(_refused, request, session, exc)
     return RedirectResponse(f"{PREFIX}/jobs/{job_id}/pages/{number}/compare/{other}",
                             status_code=303)
 
@@ -235,7 +239,7 @@ async def compared(request: Request, job_id: str, number: Annotated[int, Path(ge
     The reads and the rendering run in worker threads, the compare as the API's heavy
     work (tasks/api/_heavy.py), bounded (`Bounds`): past a bound, a coded refusal.
     """
-    read = await run_in_threadpool(_readings, request, job_id, number, other_id)
+    read = await _readings(request, job_id, number, other_id)
     if isinstance(read, HTMLResponse):
         return read
     session, first, other = read
@@ -244,7 +248,7 @@ async def compared(request: Request, job_id: str, number: Annotated[int, Path(ge
         try:
             rows = await compared_rows(
                 Bounds.of(service_of(request).settings), heavy_of(request),
-                [line["text"] for line in first["lines"]],
+                session.client.name, [line["text"] for line in first["lines"]],
                 [line["text"] for line in other.page["lines"]])
         except (CompareTooLarge, Busy) as exc:
             return await run_in_threadpool(_refused, request, session, exc)
@@ -253,16 +257,15 @@ async def compared(request: Request, job_id: str, number: Annotated[int, Path(ge
         other=other, first=first, second=other.page, rows=rows, waiting=other.waiting))
 
 
-def _readings(request: Request, job_id: str, number: int, other_id: str
-              ) -> HTMLResponse | tuple[Session, dict[str, Any], SecondReading]:
-    """The page's first reading and the job that read it again (blocking: Redis)."""
-    session = signed_in(request)
-    service = service_of(request)
+async def _readings(request: Request, job_id: str, number: int, other_id: str
+                    ) -> HTMLResponse | tuple[Session, dict[str, Any], SecondReading]:
+    """The page's first reading and the job that read it again."""
+    session = await run_in_threadpool(signed_in, request)
     try:
-        return (session, page_of(service, session.client, job_id, number),
-                second_reading(service, session.client, other_id))
+        return (session, await page_of(request, session.client, job_id, number),
+                await second_reading(request, session.client, other_id))
     except (OcrError, page_views.Missing) as exc:
-        return _refused(request, session, exc)
+        return await run_in_threadpool(_refused, request, session, exc)
 
 
 def _refused(request: Request, session: Session, exc: Exception) -> HTMLResponse:

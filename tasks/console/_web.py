@@ -58,10 +58,16 @@ def signed_in(request: Request) -> Session:
     return session
 
 
-def same_origin(request: Request) -> bool:
-    """Whether a form post comes from a page of this site (its Origin, when sent)."""
+def same_origin(request: Request, required: bool = False) -> bool:
+    """Whether a form post comes from a page of this site (its Origin, when sent).
+
+    `required`: a post without an Origin is refused too. The sign-in asks it: it has
+    no session, so no CSRF token, and every browser sends Origin with a form's POST.
+    """
     origin = request.headers.get("origin")
-    return origin is None or origin == f"{request.url.scheme}://{request.url.netloc}"
+    if origin is None:
+        return not required
+    return origin == f"{request.url.scheme}://{request.url.netloc}"
 
 
 def render(request: Request, name: str, status_code: int = 200,

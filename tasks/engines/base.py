@@ -117,6 +117,25 @@ class OcrEngine(ABC):
     # this other engine's boxes for the word-box outputs (pdf, hocr, alto); None: none.
     text_layer_from: ClassVar[str | None] = None
 
+    # The pool a worker loading this engine runs: "prefork" (a child per page at a time)
+    # or "threads" (one process whose threads mostly wait on a server).
+    pool_kind: ClassVar[str] = "prefork"
+
+    @classmethod
+    def concurrency(cls, settings: Settings) -> int | None:
+        """The pool's size when OCR_CONCURRENCY is unset; None: Celery's (a child a core)."""
+        return None
+
+    @classmethod
+    def page_time_limit(cls, settings: Settings) -> float | None:
+        """A page task's hard time limit in a threads pool; None: the settings' own."""
+        return None
+
+    @classmethod
+    def retry_seconds(cls, settings: Settings) -> float | None:
+        """How long a page is retried for; None: a count (MAX_RETRIES), not a time."""
+        return None
+
     @classmethod
     def model_entry(cls, settings: Settings) -> str | None:
         """The OCR_MODEL_DIR entry this engine loads, or None when it uses none.

@@ -25,10 +25,11 @@ page whose line probe read it that surely needs neither (`detect_script`).
 from __future__ import annotations
 
 import os
+import statistics
 import tempfile
 from collections import OrderedDict
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 from tasks.engines._text_lines import ProbeLine, probe_crops, script_share, stack
 from tasks.engines.auto_lang import trial_probe
@@ -324,7 +325,7 @@ class TesseractEngine(OcrEngine):
         _set_image(api, image)
         try:
             api.Recognize()
-            text = api.GetUTF8Text()
+            text = self._text(api)
             words = self._words(api) if options.want_words else ()
             hocr = api.GetHOCRText(options.page_number - 1) if options.want_hocr else None
             confidence = float(api.MeanTextConf())
@@ -361,6 +362,20 @@ class TesseractEngine(OcrEngine):
                 across += 1
         return across > down
 
+    def _text(self, api: Any) -> str:
+        """The last reading's text: its lines, a blank line between paragraphs (`joined`)."""
+        tess = self._tesserocr
+        lines = []
+        for item in tess.iterate_level(api.GetIterator(), tess.RIL.TEXTLINE):
+            try:
+                text = item.GetUTF8Text(tess.RIL.TEXTLINE).rstrip("\n")
+            except RuntimeError:  # a page without text: tesserocr's "No text returned"
+                break
+            box = item.BoundingBox(tess.RIL.TEXTLINE)
+            if text.strip() and box:
+                lines.append(TextLine(text, tuple(box), item.IsAtBeginningOf(tess.RIL.PARA)))
+        return joined(lines)
+
     def _words(self, api: Any) -> tuple[Word, ...]:
         """The words of the last reading, with their boxes and confidences.
 
@@ -391,6 +406,49 @@ class TesseractEngine(OcrEngine):
         if self._scratch is not None:
             self._scratch.cleanup()
             self._scratch = None
+
+
+class TextLine(NamedTuple):
+    """A line of a reading: its text, its box, whether tesseract begins a paragraph there."""
+
+    text: str
+    box: tuple[int, ...]  # left, top, right, bottom (pixels)
+    starts: bool
+
+
+SPACED = 0.8   # a gap above a line this many line heights or more shows a paragraph
+INDENT = 0.5   # so does a line starting this many line heights right of the last
+
+
+def joined(lines: Sequence[TextLine]) -> str:
+    """The lines as text: each paragraph one block of lines, a blank line between them.
+
+    Tesseract begins paragraphs where nothing on the page shows one: a full line before
+    a shorter one, or a new block, splits a paragraph (a letter's in two, with a blank
+    line between). Its break is kept where the page shows one (`_shown`); elsewhere the
+    line goes on its paragraph, as the Markdown of the page's structure has it.
+    """
+    if not lines:
+        return ""
+    height = statistics.median(line.box[3] - line.box[1] for line in lines)
+    parts = [lines[0].text]
+    for last, line in zip(lines, lines[1:], strict=False):
+        parts += ["\n\n" if line.starts and _shown(last, line, height) else "\n", line.text]
+    return "".join(parts) + "\n"
+
+
+def _shown(last: TextLine, line: TextLine, height: float) -> bool:
+    """Whether the page shows a paragraph's start at `line`, after `last`.
+
+    A gap of SPACED line heights, an indent, a line of another size (a heading), or one
+    beside or above the last (another column).
+    """
+    left, top, right, bottom = line.box
+    was_left, was_top, was_right, was_bottom = last.box
+    size = (bottom - top) / max(1, was_bottom - was_top)
+    return (top - was_bottom >= SPACED * height or top < was_top
+            or left - was_left > INDENT * height or not 0.75 <= size <= 1.33
+            or left >= was_right or right <= was_left)
 
 
 def _mean(confidences: Sequence[int]) -> float:

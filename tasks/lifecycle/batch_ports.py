@@ -13,8 +13,8 @@ if TYPE_CHECKING:
     from tasks.lifecycle.batch_sources import Source, Target
     from tasks.lifecycle.fetcher import Fetcher
     from tasks.records.batches import BatchRecord
+    from tasks.records.jobs import Reservation
     from tasks.records.request import JobRequest
-    from tasks.state.reservations import Reservation
 
 
 class BatchPorts(Protocol):

@@ -19,8 +19,9 @@ import json
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Protocol
 
-from tasks.errors import BadRequest, LineTooLong, NoUrl
+from tasks.errors import BadRequest, LineTooLong, NoUrl, UrlNotAllowed
 from tasks.lifecycle.fetcher import Fetcher, S3Target
+from tasks.lifecycle.url_policy import parse_url
 from tasks.records.formats import FORMATS
 
 if TYPE_CHECKING:
@@ -225,6 +226,10 @@ def manifest_document(raw: bytes, at: int = 0) -> Document | None:
             if isinstance(given, dict) else {}
     else:
         url = text
+    try:  # one spelling per URL before a line is matched with another (`first_seen`)
+        url = parse_url(url).url
+    except (BadRequest, UrlNotAllowed):
+        pass  # the gate refuses its job with its code, as it would the line as written
     name = url.split("://", 1)[-1]
     return Document(url, name, {}, options, at=str(at))
 

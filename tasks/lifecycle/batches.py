@@ -73,8 +73,8 @@ if TYPE_CHECKING:
     from collections.abc import Callable
 
     from tasks.lifecycle.batch_ports import BatchPorts
+    from tasks.records.jobs import Reservation
     from tasks.settings import Settings
-    from tasks.state.reservations import Reservation
 
 log = logging.getLogger(__name__)
 # A step's lock: kept alive page by page while the step runs, so a step whose process

@@ -1,6 +1,8 @@
 """HTTP callbacks: the summary of a finished job, POSTed as signed JSON to the caller's URL.
 
-Runs in worker children, inside the `ocr.http_callback` task (which retries). The URL
+A job's ending writes its callbacks into the outbox (`deliveries`; tasks/state/
+callback_outbox.py); the control worker's sender (tasks/queue/callback_sender.py) POSTs
+them, and retries them. The URL
 is checked again at send time (tasks/lifecycle/callback_urls.py on outbound.py): every resolved
 address must be public unless the host is in OCR_CALLBACK_ALLOWED_HOSTS, and the
 connection goes to those checked addresses. Redirects are never followed. With
@@ -30,9 +32,11 @@ from tasks import tracing
 from tasks.errors import CallbackNotAllowed
 from tasks.lifecycle.callback_urls import CallbackTarget, callback_target, checked_addresses
 from tasks.lifecycle.outbound import Address, connect_checked
+from tasks.state.callback_outbox import HTTP, TASK, Delivery
 from tasks.state.webhook_secrets import SigningSecrets, WebhookSecrets
 
 if TYPE_CHECKING:
+    from tasks.records.jobs import Outcome
     from tasks.settings import Settings
     from tasks.state.job_control import JobControl
 
@@ -55,6 +59,31 @@ def summary(outcome: dict[str, Any]) -> dict[str, Any]:
     out["pages_done"] = sum(1 for p in outcome.get("pages", []) if "error" not in p)
     out["event_id"] = f"{outcome.get('id')}.{outcome.get('status')}"
     return out
+
+
+def deliveries(outcome: Outcome, owner: str) -> list[Delivery]:
+    """An ending's callbacks: its `callback_task` message, its `callback_url` POST.
+
+    Each delivery's id is the ending's event id and its kind, so that the same ending
+    written again is the same delivery. `owner`: the job's (signs the POST).
+    """
+    request = outcome.request
+    if request is None:
+        return []
+    result, now, client = outcome.public(), time.time(), outcome.client
+    body, trace = summary(result), {"traceparent": ""}
+    tracing.inject(trace)  # the ending's span, for the send's
+    made = []
+    if request.callback_task:
+        made.append(Delivery(f"{body['event_id']}.{TASK}", TASK, request.callback_task,
+                             result, job_id=outcome.job_id, client=client,
+                             queue=request.callback_queue, first=now,
+                             traceparent=trace["traceparent"]))
+    if request.callback_url:
+        made.append(Delivery(f"{body['event_id']}.{HTTP}", HTTP, request.callback_url,
+                             body, owner=owner, job_id=outcome.job_id, client=client,
+                             first=now, traceparent=trace["traceparent"]))
+    return made
 
 
 def sign(body: bytes, secret: str, timestamp: int) -> str:
@@ -95,16 +124,16 @@ def signing_secrets(owner: str, secrets: WebhookSecrets,
     return own
 
 
-def record_delivery(control: JobControl, job_id: object, status: str, code: str | None,
-                    event: str = "", **details: object) -> None:
+def record_delivery(control: JobControl, job_id: str, status: str, code: str | None,
+                    **details: object) -> None:
     """Record how the callback went on the job: its result's `callback`.
 
     `{"status": "sent" | "rejected" | "refused" | "failed", "code", "attempts", ...}`
     in the job's control hash; clients (tasks/client.py `result`) merge it into the
-    result they read.
+    result they read. None for a batch's (no `job_id`).
     """
-    if isinstance(job_id, str):
-        control.record_callback(job_id, {"status": status, "code": code, **details}, event)
+    if job_id:
+        control.record_callback(job_id, {"status": status, "code": code, **details})
 
 
 def post_json(url: str, body: dict[str, Any], settings: Settings,
@@ -113,7 +142,7 @@ def post_json(url: str, body: dict[str, Any], settings: Settings,
 
     A 3xx or 4xx answer is final (returned: a redirect is not followed, and a refusal
     cannot be helped by asking again); 5xx answers and network errors raise
-    (`ConnectionError`/`OSError`), and the task retries them. A URL the policy refuses
+    (`ConnectionError`/`OSError`), and the sender retries them. A URL the policy refuses
     raises `CallbackNotAllowed` (not retried).
     """
     target = callback_target(url, settings)

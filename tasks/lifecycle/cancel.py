@@ -81,5 +81,4 @@ def finish_cancelled(meta: DocumentMeta, join: DocumentJoin, ender: JobEnder) ->
         pages = relevel_headings(pages, meta.text_chunks, meta.request.output)
     result = cancelled_result(job_id, pages, meta.base)
     ender.finish(Outcome(job_id, JobStatus.CANCELLED, meta.request, result,
-                         engine=meta.engine, started=meta.started,
-                         reply_queue=meta.reply_queue))
+                         engine=meta.job.engine, started=meta.job.started))

@@ -1,10 +1,11 @@
-"""A set of documents with ground truth: a local folder or an s3:// prefix.
+"""A set of documents with ground truth: a local folder, one file, or an s3:// prefix.
 
 Runs where reads are scored: `submit.py eval` (a user's machine) and the golden-set
 audit (`ocr_admin.py accuracy --run`, beat's nightly audit). Each document `NAME.EXT`
 that has `NAME.gt.txt` or `NAME.gt.xml` beside it is in the set (tasks/evaluation/
 ground_truth.py reads those); files without one, and the ground-truth files
-themselves, are not. An s3:// prefix is listed and its ground truth read with the
+themselves, are not. One file `NAME.EXT` is a set of one: its truth must lie beside
+it. An s3:// prefix is listed and its ground truth read with the
 caller's own credentials (the S3 adapter, tasks/lifecycle/_s3.py); its documents are
 read by the workers themselves, so the prefix must lie under OCR_ALLOWED_URLS.
 """
@@ -58,6 +59,21 @@ def _folder(folder: Path) -> list[EvalDocument]:
             for name, gt in _pick(names)]
 
 
+def _file(path: Path) -> list[EvalDocument]:
+    """A set of one: the file and the ground truth beside it."""
+    if path.name.endswith(GT_SUFFIXES):
+        raise BadRequest(f"{path}: a ground-truth file; name its document (NAME.pdf, "
+                         "NAME.png, ...) or the folder that holds both")
+    stem = document_name(path.name)
+    truth = next((path.with_name(stem + s) for s in GT_SUFFIXES
+                  if path.with_name(stem + s).is_file()), None)
+    if truth is None:
+        raise BadRequest(f"{path}: no ground truth beside it ({stem}.gt.txt or "
+                         f"{stem}.gt.xml next to it)")
+    return [EvalDocument(path.name, str(path),
+                         parse_ground_truth(truth.name, truth.read_bytes()))]
+
+
 def _s3_prefix(url: str, settings: Settings) -> list[EvalDocument]:
     parsed = check_url(url, settings.allowed_urls, "the set's s3:// prefix", prefix_ok=True)
     prefix = parsed.key if not parsed.key or parsed.key.endswith("/") else parsed.key + "/"
@@ -80,19 +96,21 @@ def _s3_prefix(url: str, settings: Settings) -> list[EvalDocument]:
 
 
 def eval_documents(location: str, settings: Settings) -> list[EvalDocument]:
-    """The documents with ground truth in a folder or under an s3:// prefix.
+    """The documents with ground truth in a folder, one file, or under an s3:// prefix.
 
-    Raises `InputNotFound` for a folder that does not exist, `BadRequest` for a
+    Raises `InputNotFound` for a path that does not exist, `BadRequest` for a
     location that holds no document with ground truth or a ground truth that cannot
     be read, `UrlNotAllowed` for a prefix outside OCR_ALLOWED_URLS.
     """
+    path = Path(location).expanduser()
     if location.startswith("s3://"):
         documents = _s3_prefix(location, settings)
+    elif path.is_file():
+        documents = _file(path)
+    elif path.is_dir():
+        documents = _folder(path)
     else:
-        folder = Path(location).expanduser()
-        if not folder.is_dir():
-            raise InputNotFound(f"{location}: no such folder")
-        documents = _folder(folder)
+        raise InputNotFound(f"{location}: no such file or folder")
     if not documents:
         raise BadRequest(f"{location}: no document with ground truth beside it "
                          "(NAME.gt.txt or NAME.gt.xml next to NAME.pdf, NAME.png, ...)")

@@ -2,9 +2,9 @@
 
 Runs in worker pool children (a job's `url` input, its pages' copies, its `result_url`
 write; a batch's source, its manifest lines' HEADs and its target) and wherever a
-batch is driven. A `Fetcher` is made for one client (`Fetcher.for_client`: the
-service's OCR_ALLOWED_URLS narrowed to the client's own prefixes, which the caller
-must name, None only for a client with none of its own) and checks every URL against
+batch is driven. A `Fetcher` is made for one client (`Fetcher.for_client`: what
+`url_policy.readable` lets it read, from the client's own prefixes, which the caller
+must name, None only for the operator's doors) and checks every URL against
 that list before any request: the first URL, each redirect hop (HEAD and GET alike,
 in tasks/lifecycle/_https_objects.py), a listed prefix, a ranged read, a target. A URL
 or a hop outside the list is `url_not_allowed` and is never asked. A result write and a
@@ -33,7 +33,7 @@ from tasks.errors import BadRequest, InputNotFound, InputTooLarge, ObjectChanged
 from tasks.lifecycle import _https_objects, _s3
 from tasks.lifecycle._deadline import Deadline
 from tasks.lifecycle._s3 import ObjectInfo
-from tasks.lifecycle.url_policy import ObjectUrl, check_target, check_url, narrow
+from tasks.lifecycle.url_policy import ObjectUrl, check_target, check_url, readable
 
 if TYPE_CHECKING:
     from tasks.settings import Settings
@@ -100,7 +100,7 @@ class Fetcher:
     as well.
     """
 
-    allowed: tuple[str, ...]  # OCR_ALLOWED_URLS narrowed to the client's own prefixes
+    allowed: tuple[str, ...]  # what the client reads (url_policy.readable)
     timeout: float  # OCR_URL_TIMEOUT: each wait
     deadline: float  # OCR_URL_DEADLINE: each request in all
     max_bytes: int
@@ -113,14 +113,14 @@ class Fetcher:
                    results: tuple[str, ...] | list[str] | None = None) -> Fetcher:
         """The fetcher of a client whose own prefixes are `prefixes`.
 
-        None: a client without prefixes of its own (or `settings` already narrowed to
-        them); OCR_ALLOWED_URLS alone. `results`: where the client writes results
-        (`ClientRules.result_urls`, a job's `result_prefixes`; empty: nowhere; None:
-        no list of its own, the operator's doors). Settings' read-only prefixes hold
-        for every client.
+        It reads under `url_policy.readable`. None: the operator's doors (or
+        `settings` already narrowed to the client's list), OCR_ALLOWED_URLS alone;
+        empty: an HTTP API client without prefixes, OCR_SHARED_READ_URLS alone.
+        `results`: where the client writes results (`ClientRules.result_urls`, a
+        job's `result_prefixes`; empty: nowhere; None: no list of its own, the
+        operator's doors). Settings' read-only prefixes hold for every client.
         """
-        allowed = tuple(settings.allowed_urls) if prefixes is None \
-            else narrow(settings.allowed_urls, prefixes)
+        allowed = readable(settings.allowed_urls, settings.shared_read_urls, prefixes)
         return cls(allowed, settings.url_timeout, settings.url_deadline,
                    settings.max_input_bytes, settings.max_input_mb,
                    None if results is None else tuple(results), settings.readonly_prefixes)

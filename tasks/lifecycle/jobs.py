@@ -21,6 +21,7 @@ from tasks.errors import DeadlineExceeded, OcrError, OutputTooLarge
 from tasks.lifecycle import open_documents, url_inputs
 from tasks.lifecycle.fetcher import Fetcher
 from tasks.lifecycle.inputs import read_input
+from tasks.lifecycle.result_reader import Reading
 from tasks.lifecycle.url_inputs import LocatedObject
 from tasks.pipeline import layouts
 from tasks.pipeline.documents import (
@@ -38,7 +39,7 @@ from tasks.pipeline.layouts import LAYOUT_OUTPUTS
 from tasks.pipeline.pdf import check_password, plan_pdf, searchable_pdf
 from tasks.pipeline.results import OUTPUT_VERSION, merge_previous, named_engines, with_scores
 from tasks.records.formats import sniff_format
-from tasks.records.jobs import DocumentMeta, JobStatus, Outcome
+from tasks.records.jobs import DocumentMeta, Job, JobStatus, Outcome
 from tasks.records.request import JobRequest
 from tasks.records.results import DocumentResult, PageRecord, StoredOutput
 from tasks.state.keys import cache_key as cache_key_of
@@ -64,9 +65,10 @@ class FanOut:
 
     `meta.request` already names the stored input (decrypted when it was encrypted);
     `replaced_blob` is the client's upload that the stored copy replaces. `password`:
-    an encrypted `url` input's, which its page tasks carry (each host decrypts its own
-    copy); never in `meta`. `escalated`: an image's pages read here that go to the
-    escalation engine (their first readings, marked); its other pages are `text_pages`.
+    an encrypted `url` input's, which each host decrypts its own copy with: the split
+    keeps it sealed until the job ends, and the meta names it (`request.sealed`).
+    `escalated`: an image's pages read here that go to the escalation engine (their
+    first readings, marked); its other pages are `text_pages`.
     """
 
     meta: DocumentMeta
@@ -74,6 +76,23 @@ class FanOut:
     replaced_blob: str | None = None
     password: str | None = None
     escalated: list[PageRecord] = field(default_factory=list)
+
+    def sealed(self, seal: Callable[[dict[str, str]], str]) -> tuple[DocumentMeta, str | None]:
+        """The meta to store, and the sealed arguments the split has spent (to forget).
+
+        An encrypted URL input's pages open their host's copy with its password, kept
+        sealed until the job ends (its sender's sealed arguments, or sealed here by
+        `seal`): the meta names them. Any other job's sealed arguments are spent once
+        the split is stored: its input is open, and the meta has its truth.
+        """
+        token = self.meta.request.sealed
+        if self.password is None:
+            kept, spent = None, token
+        else:
+            kept, spent = token or seal({"password": self.password}), None
+        job = self.meta.job
+        meta = replace(self.meta, job=replace(job, request=replace(job.request, sealed=kept)))
+        return meta, spent
 
 
 def result_settings(settings: Settings) -> dict[str, Any]:
@@ -86,8 +105,8 @@ def result_settings(settings: Settings) -> dict[str, Any]:
             "auto_langs": settings.auto_langs, "tesseract_lang": settings.tesseract_lang}
 
 
-def cache_key(data: bytes, request: JobRequest, engine: str, model: str | None,
-              settings: Settings, identity: str | None = None, scope: str = "") -> str:
+def cache_key(data: bytes, job: Job, settings: Settings, identity: str | None = None,
+              scope: str = "") -> str:
     """Content hash of the input plus everything that shapes its result.
 
     An object named by URL is keyed by its identity instead (`identity`: URL plus
@@ -100,7 +119,7 @@ def cache_key(data: bytes, request: JobRequest, engine: str, model: str | None,
     """
     digest = hashlib.sha256(b"url\0" + identity.encode() if identity is not None else data)
     digest.update(b"\0scope\0" + scope.encode())
-    options = {**request.cache_options(engine, model), **result_settings(settings),
+    options = {**job.request.cache_options(job.engine, job.model), **result_settings(settings),
                "output_version": OUTPUT_VERSION}
     digest.update(json.dumps(options, sort_keys=True).encode())
     return cache_key_of(digest.hexdigest())
@@ -113,34 +132,40 @@ def cache_scope(job_id: str, settings: Settings, stores: Stores) -> str:
     return stores.control.owner(job_id)
 
 
-def process_job(job_id: str, request: JobRequest, settings: Settings,
-                engines: ResidentEngines, stores: Stores, engine_name: str,
-                previous: DocumentResult | None = None,
-                progress: Progress | None = None,
-                started: float | None = None,
-                pages_read: PagesRead | None = None,
-                check_pages: Callable[[int], None] | None = None,
-                carried: CarriedWrites | None = None,
-                served: Callable[[str], bool] | None = None) -> Outcome | FanOut:
+@dataclass(frozen=True)
+class JobPorts:
+    """What `process_job` tells its caller, and asks of it (the task's ports).
+
+    `progress`: the pages read so far. `pages_read`: the pages read here (or answered
+    from the cache: its flag), before the job ends and without those a retry takes from
+    the job's `previous` (the caller's metrics). `check_pages`: how many pages the job
+    will read, once they are counted and before any is read (not for a cached answer);
+    it raises to refuse them (a client's page cap). `carried`: the writes the job's
+    ending sends with its claim, where the pages' previews are queued
+    (tasks/state/job_control.py's `CarriedWrites`; else written at once).
+    `refused(engine)`: why a page may not escalate to that engine (`mark`); an image's
+    pages escalate with it (a PDF's escalate in its page tasks), none without it.
+    """
+
+    progress: Progress | None = None
+    pages_read: PagesRead | None = None
+    check_pages: Callable[[int], None] | None = None
+    carried: CarriedWrites | None = None
+    refused: Callable[[str], OcrError | None] | None = None
+
+
+def process_job(job: Job, settings: Settings, engines: ResidentEngines, stores: Stores,
+                ports: JobPorts = JobPorts()) -> Outcome | FanOut:
     """Read the input, then answer from the cache, in-process, or fan out.
 
-    `previous` is the result of the job named by `merge_from` (a retry of its failed
-    pages): its good pages complete this job's result. `started` (epoch seconds, now
-    by default) is when the task began: the result's `timings.total_seconds` counts
-    from there, reading the input and planning a PDF included. `engine_name` is the
-    engine that reads it, as the caller routed the job (`engines.for_job`: the task
-    does, to name it in failures). `pages_read` is told
-    the pages read here (or answered from the cache: its flag), before the job ends and
-    without those a retry takes from `previous` (the caller's metrics). `check_pages`
-    is told how many pages the job will read once they are counted, before any is read
-    (not for a cached answer): it raises to refuse them (a client's page cap).
-    `carried`: the writes the job's ending sends with its claim, where the pages'
-    previews are queued (tasks/state/job_control.py's `CarriedWrites`; else written at once).
-    `served(engine)`: whether a live worker consumes that engine's queue; an image's
-    pages escalate with it (a PDF's escalate in its page tasks), none without it.
-    Raises OcrError.
+    `job.previous` is the result of the job named by `merge_from` (a retry of its
+    failed pages): its good pages complete this job's result. `job.started` is when the
+    task began: the result's `timings.total_seconds` counts from there, reading the
+    input and planning a PDF included. `job.engine` is the engine that reads it, as
+    the caller routed the job (`engines.for_job`: the task does, to name it in
+    failures). Raises OcrError.
     """
-    started = time.time() if started is None else started
+    request = job.request
     if past_deadline(request.deadline):
         raise DeadlineExceeded("the job's deadline passed before it started")
     request = request.with_default_lang(settings.default_lang)  # OCR_LANG: auto or a set
@@ -148,7 +173,7 @@ def process_job(job_id: str, request: JobRequest, settings: Settings,
     request = request.with_escalation(settings.escalate_engine, settings.escalate_below)
     prefixes = None
     if request.url or request.result_url:  # the sending client's own prefixes hold too
-        prefixes = stores.control.url_prefixes(job_id)
+        prefixes = stores.control.url_prefixes(job.id)
     fetcher = Fetcher.for_client(settings, prefixes)  # every read: the client's rules
     settings = url_inputs.for_client(settings, prefixes)
     # A URL input: allowed? how large? which version? (HEAD; nothing read yet)
@@ -156,98 +181,108 @@ def process_job(job_id: str, request: JobRequest, settings: Settings,
                if request.url else None)
     identity = located.identity if located is not None else None
     data = b"" if located is not None else read_input(request, settings, stores.blobs)
-    loaded = engines.get(engine_name)  # fails fast when this child's load failed
+    loaded = engines.get(job.engine)  # fails fast when this child's load failed
+    job = replace(job, request=request, url_prefixes=prefixes, model=loaded.engine.model)
     options = recognize_options(request)  # the job's options, decided once
     loaded.engine.check(options)  # refusals: lang, output
-    key = None
-    scope = cache_scope(job_id, settings, stores)
-    if settings.cache_results and previous is None and (located is None or identity):
-        key = cache_key(data, request, engine_name, loaded.engine.model, settings, identity,
-                        scope)
-        # `no_cache`: read afresh; the result is stored under the key as any other.
-        hit = None if request.no_cache else stores.cache.get(key)
+    scope = cache_scope(job.id, settings, stores)
+    keyed = settings.cache_results and job.previous is None
+    if keyed and (located is None or identity):
+        job = replace(job, cache_key=cache_key(data, job, settings, identity, scope))
+        hit = _cached(job, data, located, fetcher, scope, settings, stores, ports)
         if hit is not None:
-            stored, encrypted = hit
-            if encrypted:
-                if located is not None:
-                    data = fetcher.read(located)
-                check_password(data, request.password, settings)
-            elif located is not None:
-                fetcher.confirm(located)  # pinned with no HEAD: it must still be that one
-            # This job's own time (input, key, lookup), not the first run's: no OCR ran.
-            cached = replace(DocumentResult.from_json(stored), id=job_id,
-                             filename=request.filename, cached=True, result_object=None,
-                             timings={"ocr_seconds": 0.0, "total_seconds": _since(started)})
-            cached = with_scores(cached, request.ground_truth)
-            # the pages' previews are those of the job that read them, by reference
-            stores.previews.refer(str(stored.get("id") or ""), job_id,
-                                  [p.number for p in cached.pages])
-            deliver(cached, request, settings, stores)
-            if pages_read is not None:
-                pages_read(cached.pages, True)
-            return Outcome(job_id, JobStatus.of(cached.status), request, cached,
-                           engine=engine_name, started=started)
+            return hit
     if located is not None:
         data = fetcher.read(located)
         located = located.sized(data)
-        if settings.cache_results and previous is None and key is None:
-            key = cache_key(data, request, engine_name, loaded.engine.model, settings,
-                            scope=scope)
+        if keyed and job.cache_key is None:
+            job = replace(job, cache_key=cache_key(data, job, settings, scope=scope))
     fmt = sniff_format(data)
     plan = None
     if fmt == "pdf":
         plan = plan_pdf(data, request.pages, request.password, request.mode, settings)
-        if check_pages is not None:
+        if ports.check_pages is not None:
             try:
-                check_pages(plan.selected)
+                ports.check_pages(plan.selected)
             except BaseException:
                 plan.doc.close()
                 raise
         if plan.ocr_pages or structure_chunks(plan, request.output, settings):
             try:
-                return _fan_out(job_id, request, data, plan, engine_name,
-                                loaded.engine.model, key, started, previous, settings,
-                                stores, located, prefixes)
+                return _fan_out(job, data, plan, settings, stores, located)
             finally:
                 plan.doc.close()
-    elif check_pages is not None:
-        check_pages(image_pages(data, fmt, request.pages, settings))
+    elif ports.check_pages is not None:
+        ports.check_pages(image_pages(data, fmt, request.pages, settings))
     try:
-        result = run_document(data, request, loaded.engine, settings, progress, plan=plan,
-                              fmt=fmt, options=options)
+        result = run_document(data, request, loaded.engine, settings, ports.progress,
+                              plan=plan, fmt=fmt, options=options)
     finally:
         if plan is not None:
             plan.doc.close()
-    if served is not None and plan is None and request.escalate is not None:
-        result = replace(result, pages=[mark(p, request, served) for p in result.pages])
+    if ports.refused is not None and plan is None and request.escalate is not None:
+        result = replace(result, pages=[mark(p, request, ports.refused)
+                                        for p in result.pages])
         if any(awaits_second_reading(p) for p in result.pages):
-            keep_previews(job_id, result, stores)  # now: the job ends in another task
-            return _escalate_image(job_id, request, data, fmt, result, engine_name,
-                                   loaded.engine.model, key, started, previous, settings,
-                                   stores, located, prefixes)
-    result.engine = named_engines(engines.describe(engine_name), result.pages, {
+            keep_previews(job.id, result, stores)  # now: the job ends in another task
+            return _escalate_image(job, data, fmt, result, settings, stores, located)
+    result.engine = named_engines(engines.describe(job.engine), result.pages, {
         name: held.engine.model for name, held in engines.loaded()})
     # A `result_url`'s delivery reads the previews from Redis: written at once for it.
-    keep_previews(job_id, result, stores, None if request.result_url else carried)
-    if pages_read is not None:
-        pages_read(result.pages, False)
+    keep_previews(job.id, result, stores, None if request.result_url else ports.carried)
+    if ports.pages_read is not None:
+        ports.pages_read(result.pages, False)
     if located is not None:
         result.input_url = located.to_json()
-    encrypted = plan is not None and plan.encrypted
-    return complete(job_id, result, data, request, key, encrypted, settings, stores,
-                    previous, started)
+    return complete(job, result, data, plan is not None and plan.encrypted, settings,
+                    stores)
 
 
-def _fan_out(job_id: str, request: JobRequest, data: bytes, plan: Any, engine: str,
-             model: str | None, key: str | None, started: float,
-             previous: DocumentResult | None, settings: Settings,
-             stores: Stores, located: LocatedObject | None = None,
-             prefixes: tuple[str, ...] | None = None) -> FanOut:
+def _cached(job: Job, data: bytes, located: LocatedObject | None, fetcher: Fetcher,
+            scope: str, settings: Settings, stores: Stores, ports: JobPorts
+            ) -> Outcome | None:
+    """The job answered from the cache (`job.cache_key`), or None on a miss.
+
+    `no_cache`: read afresh; the result is stored under the key as any other.
+    """
+    request = job.request
+    hit = None if request.no_cache or job.cache_key is None \
+        else stores.cache.get(job.cache_key)
+    if hit is None:
+        return None
+    stored, encrypted = hit
+    if encrypted:
+        if located is not None:
+            data = fetcher.read(located)
+        check_password(data, request.password, settings)
+    elif located is not None:
+        fetcher.confirm(located)  # pinned with no HEAD: it must still be that one
+    # This job's own time (input, key, lookup), not the first run's: no OCR ran.
+    cached = replace(DocumentResult.from_json(stored), id=job.id,
+                     filename=request.filename, cached=True, result_object=None,
+                     timings={"ocr_seconds": 0.0, "total_seconds": _since(job.started)})
+    cached = with_scores(cached, request.ground_truth)
+    # The pages, their previews and the stored files are those of the job that read
+    # them, by reference: kept at least as long as this job's result. Another client's
+    # previews (a cache shared by all) are never kept longer.
+    source = str(stored.get("id") or "")
+    mine = bool(scope) or stores.control.client(source) == stores.control.client(job.id)
+    stores.previews.refer(source, job.id, [p.number for p in cached.pages], mine)
+    stores.cache.keep_source(source)
+    deliver(cached, request, settings, stores)
+    if ports.pages_read is not None:
+        ports.pages_read(cached.pages, True)
+    return Outcome(job.id, JobStatus.of(cached.status), request, cached,
+                   engine=job.engine, started=job.started, source=source)
+
+
+def _fan_out(job: Job, data: bytes, plan: Any, settings: Settings, stores: Stores,
+             located: LocatedObject | None) -> FanOut:
     """A PDF split into page tasks: one per page to OCR, one per chunk (`_split`)."""
+    request = job.request
     chunks = structure_chunks(plan, request.output, settings)
-    meta, replaced = _split(job_id, request, data, "pdf", plan.page_count, plan.selected,
-                            engine, model, key, started, previous, settings, stores,
-                            located, prefixes, plan.encrypted, plan.decrypted)
+    meta, replaced = _split(job, data, "pdf", plan.page_count, plan.selected, settings,
+                            stores, located, plan.encrypted, plan.decrypted)
     meta = replace(meta, ocr_pages=list(plan.ocr_pages), text_chunks=chunks)
     # text-layer (unless chunked) and blank pages
     texts = planned_pages(plan, settings, request.output, bool(chunks))
@@ -255,53 +290,44 @@ def _fan_out(job_id: str, request: JobRequest, data: bytes, plan: Any, engine: s
     return FanOut(meta, texts, replaced, password)
 
 
-def _escalate_image(job_id: str, request: JobRequest, data: bytes, fmt: str,
-                    result: DocumentResult, engine: str, model: str | None, key: str | None,
-                    started: float, previous: DocumentResult | None, settings: Settings,
-                    stores: Stores, located: LocatedObject | None = None,
-                    prefixes: tuple[str, ...] | None = None) -> FanOut:
+def _escalate_image(job: Job, data: bytes, fmt: str, result: DocumentResult,
+                    settings: Settings, stores: Stores,
+                    located: LocatedObject | None) -> FanOut:
     """An image whose pages escalate, split: they are read again in page tasks.
 
     Its other pages, read here, are recorded as the split starts; the job ends with
     the last escalated page, as a PDF's with its last page.
     """
-    meta, replaced = _split(job_id, request, data, fmt, result.page_count or 0,
-                            len(result.pages), engine, model, key, started, previous,
-                            settings, stores, located, prefixes)
+    meta, replaced = _split(job, data, fmt, result.page_count or 0, len(result.pages),
+                            settings, stores, located)
     sent = [p for p in result.pages if awaits_second_reading(p)]
     meta = replace(meta, escalated=[p.number for p in sent])
     kept = [p for p in result.pages if not awaits_second_reading(p)]
     return FanOut(meta, kept, replaced, escalated=sent)
 
 
-def _split(job_id: str, request: JobRequest, data: bytes, fmt: str, count: int, total: int,
-           engine: str, model: str | None, key: str | None, started: float,
-           previous: DocumentResult | None, settings: Settings, stores: Stores,
-           located: LocatedObject | None, prefixes: tuple[str, ...] | None,
-           encrypted: bool = False, decrypted: bytes | None = None
-           ) -> tuple[DocumentMeta, str | None]:
+def _split(job: Job, data: bytes, fmt: str, count: int, total: int, settings: Settings,
+           stores: Stores, located: LocatedObject | None, encrypted: bool = False,
+           decrypted: bytes | None = None) -> tuple[DocumentMeta, str | None]:
     """A split document's meta, its input stored for its page tasks; the upload replaced.
 
     The input is stored decrypted (`decrypted`), so no password is kept. A URL input is
     not stored in Redis: this host keeps one local copy (OCR_URL_SPOOL_DIR) and the page
     tasks read it, or fetch their own host's copy of the same version (`input_object`).
-    An encrypted one is decrypted by each host from its own copy, its page tasks
-    carrying the password (`FanOut.password`, never in the meta), and so does the merge
-    of its searchable PDF (output=pdf), in the task that records the last page. The
-    sending client's own URL prefixes (`prefixes`) go in the meta: page tasks and the
-    merge check the job's URLs against them too.
+    An encrypted one is decrypted by each host from its own copy with the password
+    its sealed arguments hold (`FanOut.password`, never in the meta or a message), and
+    so is the merge of its searchable PDF (output=pdf), in the task that records the
+    last page. The job's client's own URL prefixes go with it: page tasks and the merge
+    check the job's URLs against them too.
     """
-    shown = None if prefixes is None else list(prefixes)
+    request = job.request
     if located is not None:
         located = located.pinned(data)  # no version from its store: its bytes' hash
         url_inputs.spool(settings, located.identity or located.url.url, data)
         return DocumentMeta(
-            job_id=job_id, request=replace(request, password=None), engine=engine,
-            model=model, cache_key=key, started=started, total=total, ocr_pages=[],
-            page_tasks=[], reply_queue="", previous=previous, encrypted=encrypted,
-            base=replace(document_base(data, request, fmt, count),
-                         input_url=located.to_json()),
-            input_object=located.to_json(), url_prefixes=shown), None
+            replace(job, request=replace(request, password=None)), total, [], [], "",
+            replace(document_base(data, request, fmt, count), input_url=located.to_json()),
+            encrypted, input_object=located.to_json()), None
     replaced = None
     if encrypted or request.blob is None:
         blob = stores.blobs.put(decrypted or data)
@@ -311,11 +337,8 @@ def _split(job_id: str, request: JobRequest, data: bytes, fmt: str, count: int, 
     # this process's page tasks of it open these bytes, not a read of them again
     open_documents.share(blob, decrypted or data)
     stored = replace(request.stored_as(blob), password=None)
-    return DocumentMeta(
-        job_id=job_id, request=stored, engine=engine, model=model, cache_key=key,
-        started=started, total=total, ocr_pages=[], page_tasks=[], reply_queue="",
-        previous=previous, encrypted=encrypted, base=document_base(data, request, fmt, count),
-        url_prefixes=shown), replaced
+    return DocumentMeta(replace(job, request=stored), total, [], [], "",
+                        document_base(data, request, fmt, count), encrypted), replaced
 
 
 def keep_previews(job_id: str, result: DocumentResult, stores: Stores,
@@ -335,10 +358,8 @@ def keep_previews(job_id: str, result: DocumentResult, stores: Stores,
             result.pages[index] = replace(page, preview=None)
 
 
-def complete(job_id: str, result: DocumentResult, data: bytes, request: JobRequest,
-             key: str | None, encrypted: bool, settings: Settings, stores: Stores,
-             previous: DocumentResult | None, started: float | None,
-             password: str | None = None) -> Outcome:
+def complete(job: Job, result: DocumentResult, data: bytes, encrypted: bool,
+             settings: Settings, stores: Stores, password: str | None = None) -> Outcome:
     """Complete a retry, attach the searchable PDF, cache a complete result.
 
     `password` opens `data` for the searchable PDF when the request no longer holds it
@@ -346,9 +367,10 @@ def complete(job_id: str, result: DocumentResult, data: bytes, request: JobReque
 
     A PARTIAL result keeps its input (`input_blob`) until OCR_BLOB_TTL, so that its
     failed pages can be retried (`merge_from`). `timings.total_seconds` is stamped
-    last: from `started` (the task's start, in the process that planned the job) to
-    the result as it is handed to the job's exit to be stored.
+    last: from `job.started` (the task's start, in the process that planned the job)
+    to the result as it is handed to the job's exit to be stored.
     """
+    job_id, request, key, previous = job.id, job.request, job.cache_key, job.previous
     if previous is not None:
         result = merge_previous(result, previous)
     result = replace(result, id=job_id, cached=False)
@@ -381,20 +403,20 @@ def complete(job_id: str, result: DocumentResult, data: bytes, request: JobReque
         stores.cache.put(key, result.to_json(), encrypted=encrypted)
     result = with_scores(result, request.ground_truth)  # the job's own, never cached
     deliver(result, request, settings, stores)
-    if started is not None:
-        result.timings = {**(result.timings or {}), "total_seconds": _since(started)}
+    result.timings = {**(result.timings or {}), "total_seconds": _since(job.started)}
     return Outcome(job_id, JobStatus.of(result.status), request, result,
-                   engine=str((result.engine or {}).get("name", "")), started=started)
+                   engine=str((result.engine or {}).get("name", "")), started=job.started)
 
 
 def deliver(result: DocumentResult, request: JobRequest, settings: Settings,
             stores: Stores) -> None:
     """Write the result to `result_url` when the job names one (SUCCESS and PARTIAL).
 
-    The record names the object (`result_object`: url, bytes, etag); a failed write
-    is recorded there as its error (`result_write_failed`), the job keeps its status
-    and its result stays in the result store, to be fetched as usual. The pages'
-    previews are written beside the object (`previews`: the folder; a failure is
+    What is written is read as every reader reads it (`Reading`: the client's
+    corrections in it). The record names the object (`result_object`: url, bytes,
+    etag); a failed write is recorded there as its error (`result_write_failed`), the
+    job keeps its status and its result stays in the result store, to be fetched as
+    usual. The pages' previews are written beside the object (`previews`: the folder; a failure is
     `previews_error`). Both are held to where the job's client writes results (its
     control hash's `result_prefixes`): elsewhere, or under a read-only prefix, nothing
     is written and the record's error is `url_not_allowed`.
@@ -404,7 +426,8 @@ def deliver(result: DocumentResult, request: JobRequest, settings: Settings,
     output = request.output
     stored = result.outputs.get(output)
     document = stores.outputs.get(stored.key) if stored is not None else None
-    content = url_inputs.result_content(result.to_json(), output, document)
+    reading = Reading.of({**result.to_json(), "client": request.client}, stores.redis)
+    content = reading.content(output, document)
     results = stores.control.result_prefixes(str(result.id))  # where its client writes
     try:
         with tracing.span("ocr.result.deliver", {"ocr.bytes": len(content)}):

@@ -60,8 +60,17 @@ def line_box(line: PageLine, index: int) -> tuple[int, int, int, int]:
 
 
 def _matches(stored: LineCorrection, line: PageLine, index: int) -> bool:
+    """Whether `stored` is the correction of `line`, the `index`-th of its page.
+
+    By its box; where one side has none (a text-layer page read for text, JSON or
+    Markdown has no word boxes, read for hOCR, ALTO or a PDF it has), by the text
+    the engine read.
+    """
     box = line_box(line, index)
-    return stored.box == box or (line.box is not None and box_matches(stored.box, box))
+    if stored.box == box or (line.box is not None and box_matches(stored.box, box)):
+        return True
+    unboxed = stored.box[0] == -1 or line.box is None
+    return unboxed and stored.original.split() == line.text.split()
 
 
 def matched(lines: Sequence[PageLine],

@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import fcntl
 import hashlib
-import json
 import os
 import tempfile
 import time
@@ -29,18 +28,18 @@ from typing import TYPE_CHECKING, Any
 
 from tasks.errors import InputNotFound
 from tasks.lifecycle.fetcher import Fetcher, LocatedObject, ObjectInfo
-from tasks.lifecycle.url_policy import ObjectUrl, narrow
+from tasks.lifecycle.url_policy import ObjectUrl, readable
 from tasks.records.formats import FORMATS
 
 __all__ = ["LocatedObject", "ObjectInfo", "for_client", "check_input_url", "check_result_url",
-           "spool", "spooled", "drop_spool", "write_result", "result_content"]
+           "spool", "spooled", "drop_spool", "write_result"]
 
 if TYPE_CHECKING:
     from tasks.settings import Settings
 
 
 def for_client(settings: Settings, prefixes: tuple[str, ...] | list[str] | None) -> Settings:
-    """The settings a job's URLs are checked by: OCR_ALLOWED_URLS narrowed to its client's.
+    """The settings a job's URLs are checked by: what its client reads (`readable`).
 
     `prefixes` are those of the client that sent the job (`JobControl.url_prefixes`;
     None: the global list alone).
@@ -51,7 +50,8 @@ def for_client(settings: Settings, prefixes: tuple[str, ...] | list[str] | None)
     """
     if prefixes is None:
         return settings
-    return replace(settings, allowed_urls=narrow(settings.allowed_urls, prefixes))
+    return replace(settings, allowed_urls=readable(settings.allowed_urls,
+                                                   settings.shared_read_urls, prefixes))
 
 
 def check_input_url(url: str, settings: Settings) -> ObjectUrl:
@@ -170,19 +170,3 @@ def write_previews(result_object: str, previews: dict[int, bytes], settings: Set
     return f"{result_object}.pages/"
 
 
-def result_content(result_json: dict[str, Any], output: str,
-                   stored: bytes | None) -> bytes:
-    """What is written for `output`.
-
-    The text, the whole JSON result (without storage keys), or the stored document
-    (pdf, hocr, alto).
-    """
-    if output in ("text", "markdown"):
-        return str(result_json.get("text", "")).encode()
-    if output == "json":
-        public = {k: v for k, v in result_json.items() if k != "input_blob"}
-        for kind in ("pdf", "hocr", "alto"):
-            if isinstance(public.get(kind), dict):
-                public[kind] = {k: v for k, v in public[kind].items() if k != "key"}
-        return json.dumps(public).encode()
-    return stored or b""

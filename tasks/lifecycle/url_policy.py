@@ -7,12 +7,19 @@ prefix names that address itself) is tasks/lifecycle/outbound.py's rule, applied
 tasks/lifecycle/url_inputs.py when it connects.
 
 - `s3://bucket/key`: the bucket is a DNS-style bucket name; the key is taken as it is
-  written (S3 keys are literal: no escape is decoded), without control characters and
-  without a `.` or `..` segment (a store or a proxy in front of it may resolve one).
+  written (S3 keys are literal: no escape is decoded), without control characters,
+  its `.` and `..` segments resolved as an http path's (`a/./b` and `a/c/../b` are
+  `a/b`) before it is checked or asked, so no store or proxy resolves one later.
   A prefix matches the same bucket and a key under its key, segment by segment.
-- A client held to URL prefixes of its own (its token's `--allowed-url`, carried by the
-  job as its control hash's `prefixes`) may name only URLs under both lists: the
-  worker checks the first URL and each redirect hop against `narrow(...)` of them.
+- What a client reads is decided here, by `readable`. OCR_ALLOWED_URLS is the
+  service's outer bound, never a grant. An HTTP API client (its token's
+  `--allowed-url`, carried by the job as its control hash's `prefixes`, empty when it
+  has none) reads only under its own prefixes and OCR_SHARED_READ_URLS, within that
+  bound: one without prefixes or shared ones reads no URL. The operator's doors
+  (submit.py, `OcrClient`, a Celery client: no list of their own) read under the
+  bound. The worker checks the first URL and each redirect hop against that list.
+- A refusal is decided on the URL alone, before any request: a forbidden object is
+  answered the same whether it exists or not.
 - `http(s)://host/path`: normalised by `outbound.normalise_url` (case, IDNA, default
   port, no credentials, the path's canonical form: unreserved escapes decoded, dot
   segments removed, an encoded `/`, backslash or dot segment refused) and matched against
@@ -40,13 +47,17 @@ fetcher for each result write and each batch target it makes.
 
 from __future__ import annotations
 
-import ipaddress
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 
 from tasks.errors import BadRequest, UrlNotAllowed
-from tasks.lifecycle.outbound import IP, Target, literal_ip, normalise_url, path_under
+from tasks.lifecycle.outbound import (
+    Target,
+    normalise_url,
+    path_under,
+    remove_dot_segments,
+)
 
 URL_SCHEMES = ("s3", "https", "http")
 _BUCKET = re.compile(r"^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$")
@@ -90,8 +101,7 @@ def parse_url(url: str, what: str = "`url`", prefix_ok: bool = False) -> ObjectU
     if _KEY_UNSAFE.search(key) or len(key.encode()) > MAX_KEY_BYTES:
         raise BadRequest(f"{what} has a key with control characters or over "
                          f"{MAX_KEY_BYTES} bytes")
-    if any(segment in (".", "..") for segment in key.split("/")):
-        raise UrlNotAllowed(f"{what} has a `.` or `..` segment in its key")
+    key = remove_dot_segments("/" + key)[1:]  # one spelling, as an http path's
     if not key and not prefix_ok:
         raise BadRequest(f"{what} must name an object: s3://bucket/key")
     if key.endswith("/") and not prefix_ok:
@@ -134,15 +144,17 @@ def check_url(url: str, allowed: Sequence[str], what: str = "`url`",
               prefix_ok: bool = False) -> ObjectUrl:
     """The parsed URL when it lies under one of `allowed`; else UrlNotAllowed.
 
-    Empty `allowed` (OCR_ALLOWED_URLS unset) refuses every URL: nothing is fetched.
+    Empty `allowed` refuses every URL: nothing is fetched. The answer depends on the
+    URL alone, never on whether its object exists.
     """
     parsed = parse_url(url, what, prefix_ok)
     if not allowed:
-        raise UrlNotAllowed(f"{what}: no URL is allowed (OCR_ALLOWED_URLS is empty, or "
-                            "shares no prefix with the client's own)")
+        raise UrlNotAllowed(f"{what}: this client reads no URL (its own prefixes, "
+                            "`tokens create --allowed-url`, and OCR_SHARED_READ_URLS "
+                            "name none within OCR_ALLOWED_URLS)")
     if not any(under(parsed, prefix) for prefix in allowed):
-        raise UrlNotAllowed(f"{what} is not under an allowed prefix (OCR_ALLOWED_URLS, "
-                            "and the client's own prefixes when it has some)")
+        raise UrlNotAllowed(f"{what} is not under a prefix this client reads (its own, "
+                            "OCR_SHARED_READ_URLS, within OCR_ALLOWED_URLS)")
     return parsed
 
 
@@ -192,20 +204,15 @@ def narrow(allowed: Sequence[str], client: Sequence[str] | None) -> tuple[str, .
     return tuple(dict.fromkeys(out))
 
 
-def allowed_addresses(allowed: Sequence[str]) -> frozenset[IP]:
-    """The IP-literal hosts of the http(s) prefixes.
+def readable(bound: Sequence[str], shared: Sequence[str],
+             own: Sequence[str] | None) -> tuple[str, ...]:
+    """The prefixes a client reads URLs under: the one rule, at every door.
 
-    The only non-public addresses an https fetch may connect to: an operator who lists
-    `https://10.0.0.5/` means that address.
+    `bound`: OCR_ALLOWED_URLS. `own`: the client's own prefixes (an HTTP API client's
+    `--allowed-url`, empty when it has none; None: the operator's doors, which read
+    under the bound). `shared`: OCR_SHARED_READ_URLS, read by every client with a
+    list of its own. Only what lies under `bound` is ever read.
     """
-    out: set[IP] = set()
-    for prefix in allowed:
-        try:
-            parsed = parse_url(prefix, prefix_ok=True)
-        except (BadRequest, UrlNotAllowed):
-            continue
-        if parsed.target is not None:
-            ip = literal_ip(parsed.target.host)
-            if ip is not None:
-                out.add(ipaddress.ip_address(ip))
-    return frozenset(out)
+    if own is None:
+        return tuple(bound)
+    return narrow(bound, (*own, *shared))

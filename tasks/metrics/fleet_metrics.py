@@ -9,9 +9,9 @@ workers' own counters:
   `ocr_redis_maxmemory_bytes{redis}`: the store Redis (REDIS_URL: results, blobs,
   metrics) and, when BROKER_URL names another Redis, the broker (`redis="broker"`);
   from PING and INFO memory. Down, the other figures are left out, the scrape answers.
-- `ocr_queue_oldest_age_seconds{queue}`: the oldest waiting message of each queue
-  (`QueueDepth.oldest_ages`, Redis broker only: RabbitMQ keeps no publish time a
-  passive declare could read).
+- `ocr_queue_oldest_age_seconds{queue}`: the oldest waiting message of each queue,
+  as a worker last looked (`QueueDepth.recorded_ages`, Redis broker only: RabbitMQ
+  keeps no publish time a passive declare could read).
 - `ocr_queue_workers{queue}`: live workers consuming each queue (presence records).
 - `ocr_dead_letter_messages`, `ocr_dead_letters_total`: refused broker messages kept
   in `ocr:dead-letter` (a list capped at OCR_DEAD_LETTER_MAX), and how many were ever
@@ -141,7 +141,8 @@ class FleetCollector(Collector):
                 for queue in sorted(set(self._queues) | served):
                     workers.add_metric([queue], float(sum(queue in qs for qs in live.values())))
             if broker_up and self._depth is not None:
-                for queue, age in self._depth.oldest_ages(self._queues).items():
+                for queue, age in self._depth.recorded_ages(self._store,
+                                                            self._queues).items():
                     oldest.add_metric([queue], round(age, 3))
                 client = self._broker if self._broker is not None else self._store
                 kept, ever = dead_letters(client)

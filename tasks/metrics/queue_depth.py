@@ -16,9 +16,10 @@ What it counts, for a set of queues, in broker messages, each one unit of work:
   misses them; a list's lanes are found through its ring of clients (`{<list>}:ring`).
 - **running**: the messages a worker took and has not acknowledged yet (the held
   records, tasks/broker/unacked.py: the page a pool child reads, those its worker
-  reserved, a retry waiting for its countdown) whose routing leads to one of the queues. Tasks are
-  acknowledged late (`task_acks_late`), so a page stays counted until it is done, and
-  a pool with work in hand never reads 0.
+  reserved, a retry waiting for its countdown), counted in the hash of the list each
+  was taken from (`{<list>}:held`) by its length: the `metrics` user reads no message
+  (tasks/redis_users.py). Tasks are acknowledged late (`task_acks_late`), so a page
+  stays counted until it is done, and a pool with work in hand never reads 0.
 
 The age of each queue's oldest waiting message (`oldest_ages`) is read from the same
 lists: each list's oldest message is its tail (kombu pushes left, pops right), whose
@@ -26,7 +27,10 @@ header `ocr_published` (`PUBLISHED_HEADER`, stamped by the project's transport a
 publish: tasks/broker/publishing.py) says when it was sent; inside Redis, from the
 message's last bytes, so only the stamps cross the network. A message without the stamp
 (a client that bypasses the transport) counts from when this reader first saw it at
-the tail.
+the tail. Only a consumer may read a message: a worker parent looks (`record_oldest`,
+one worker of the fleet each sweep interval, tasks/queue/presence.py) and stores when
+each queue's oldest waiting message was sent; the exporter, whose Redis user only
+counts the queues, reads that (`recorded_ages`).
 
 A unit is a job not split yet (an image: one page; a PDF: one until a worker opens it
 and puts one `ocr.pdf_page` task per page to OCR on the same engine's queue, then those
@@ -38,7 +42,7 @@ waiting and running once their jobs are split, and jobs before that.
 from __future__ import annotations
 
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -46,36 +50,13 @@ import redis
 
 from tasks.broker import reads
 from tasks.state import lua
+from tasks.state.keys import METRICS_OLDEST_KEY
 
-# Counts the unacked messages of the hashes KEYS[..] by (exchange, routing key), inside
-# Redis: each entry ends with `[message, exchange, routing_key]` as JSON (kombu's
-# QoS.append; an unacked record's head before it), so only its last bytes are read, and
-# only the counts cross the network (a message can be megabytes). Run with
-# EVALSHA_RO: a Redis user that may only read (`metrics`) may run it.
-_COUNT_UNACKED = lua.Script("""
-local counts = {}
-for k = 1, #KEYS do
-  for _, tag in ipairs(redis.call('HKEYS', KEYS[k])) do
-    local entry = redis.call('HGET', KEYS[k], tag)
-    if entry then
-      local ex, rk = string.match(string.sub(entry, -600),
-                                  ',%s*"([^"]*)"%s*,%s*"([^"]*)"%s*%]%s*$')
-      local pair = (ex or '') .. '\\n' .. (rk or '')
-      counts[pair] = (counts[pair] or 0) + 1
-    end
-  end
-end
-local flat = {}
-for pair, n in pairs(counts) do
-  table.insert(flat, pair)
-  table.insert(flat, n)
-end
-return flat
-""")
-
-# Messages waiting in each list (KEYS[2i-1]) and in the lanes of its ring (KEYS[2i],
-# lane keys starting with ARGV[i]); a ring names the anonymous lane (the list) "". A
-# key of another type under a list's name counts as 0.
+# Messages waiting in each list (ARGV[2i-1]) and in the lanes of its ring (KEYS[i],
+# lane keys starting with ARGV[2i]); a ring names the anonymous lane (the list) "". A
+# key of another type under a list's name counts as 0. The lists and lanes are named in
+# ARGV: Redis asks read access of a script's KEYS, and the `metrics` user may count
+# them but not read them (tasks/redis_users.py).
 _WAITING = lua.Script("""
 local function length(key)
   local n = redis.pcall('LLEN', key)
@@ -83,10 +64,10 @@ local function length(key)
   return 0
 end
 local out = {}
-for i = 1, #KEYS / 2 do
-  local n = length(KEYS[2 * i - 1])
-  for _, client in ipairs(redis.call('LRANGE', KEYS[2 * i], 0, -1)) do
-    if client ~= '' then n = n + length(ARGV[i] .. client) end
+for i = 1, #KEYS do
+  local n = length(ARGV[2 * i - 1])
+  for _, client in ipairs(redis.call('LRANGE', KEYS[i], 0, -1)) do
+    if client ~= '' then n = n + length(ARGV[2 * i] .. client) end
   end
   out[i] = n
 end
@@ -152,6 +133,8 @@ class QueueDepth:
         self._steps = tuple(transport_options.get("priority_steps", reads.PRIORITY_STEPS))
         # (list, delivery tag) -> when this reader first saw an unstamped tail
         self._first_seen: dict[tuple[str, str], float] = {}
+        self._recorded = False  # whether `record_oldest` left any queue's stamp
+        self._seen_waiting: dict[str, float] = {}  # queue -> first seen waiting, unrecorded
 
     def lists(self, queue: str) -> tuple[str, ...]:
         """The Redis lists of `queue`, one per priority step."""
@@ -161,8 +144,9 @@ class QueueDepth:
         """Messages waiting in each queue, every priority list and lane summed."""
         wanted = tuple(dict.fromkeys(queues))
         names = [name for queue in wanted for name in self.lists(queue)]
-        lengths = [int(n) for n in self._read_only(_WAITING, self._with_rings(wanted),
-                                                   self._lane_prefixes(names))]
+        lengths = [int(n) for n in self._read_only(
+            _WAITING, [reads.ring_key(name) for name in names],
+            [arg for name in names for arg in (name, reads.lane_prefix(name))])]
         step = len(self._steps)
         return {queue: sum(lengths[i * step:(i + 1) * step]) for i, queue in enumerate(wanted)}
 
@@ -194,15 +178,62 @@ class QueueDepth:
         self._first_seen = seen
         return ages
 
+    def record_oldest(self, store: redis.Redis, queues: Sequence[str], ttl: int,
+                      now: float | None = None) -> None:
+        """Store when the oldest waiting message of each of `queues` was sent (a consumer).
+
+        In `store`'s METRICS_OLDEST_KEY (queue -> epoch seconds); one EXISTS when
+        nothing waits.
+        """
+        now = time.time() if now is None else now
+        wanted = tuple(dict.fromkeys(queues))
+        keys = self._with_rings(wanted)
+        ages = self.oldest_ages(wanted, now) if keys and self._redis.exists(*keys) else {}
+        since: dict[Any, Any] = {q: f"{now - age:.3f}" for q, age in ages.items() if age > 0}
+        if not since and not self._recorded:
+            return
+        pipe = store.pipeline(transaction=False)
+        pipe.hdel(METRICS_OLDEST_KEY, *wanted)
+        if since:
+            pipe.hset(METRICS_OLDEST_KEY, mapping=since)
+            pipe.expire(METRICS_OLDEST_KEY, ttl)
+        pipe.execute()
+        self._recorded = bool(since)
+
+    def recorded_ages(self, store: redis.Redis, queues: Sequence[str],
+                      now: float | None = None) -> dict[str, float]:
+        """Seconds each queue's oldest waiting message has waited, as a consumer last looked.
+
+        0 where none waits now; where one waits and no consumer recorded it, from when
+        this reader first saw the queue waiting.
+        """
+        now = time.time() if now is None else now
+        wanted = tuple(dict.fromkeys(queues))
+        waiting = self.waiting(wanted)
+        recorded = store.hmget(METRICS_OLDEST_KEY, wanted) if wanted else []
+        ages: dict[str, float] = {}
+        for queue, raw in zip(wanted, recorded, strict=True):
+            if not waiting[queue]:
+                self._seen_waiting.pop(queue, None)
+                ages[queue] = 0.0
+                continue
+            since = float(raw) if raw else self._seen_waiting.setdefault(queue, now)
+            ages[queue] = max(0.0, now - since)
+        return ages
+
     def depth(self, queues: Sequence[str]) -> Depth:
+        """`queues`' messages waiting, and those held by workers (running or reserved).
+
+        The held ones are counted by each list's hash of them (HLEN): a message held
+        is in the hash of the list it was taken from, and the count reads none of them.
+        """
         wanted = tuple(dict.fromkeys(queues))
         waiting = sum(self.waiting(wanted).values())
-        running = 0
-        held = self._unacked_by_route()
-        routes = self._routes({exchange for exchange, _ in held})
-        for (exchange, routing_key), count in held.items():
-            if set(routes.get((exchange, routing_key), (routing_key,))) & set(wanted):
-                running += count
+        with self._redis.pipeline(transaction=False) as pipe:
+            for queue in wanted:
+                for name in self.lists(queue):
+                    pipe.hlen(reads.held_key(name))
+            running = sum(int(n) for n in pipe.execute())
         return Depth(wanted, waiting, running)
 
     def _with_rings(self, queues: Sequence[str]) -> list[str]:
@@ -219,29 +250,6 @@ class QueueDepth:
                    args: Sequence[str] = ()) -> Any:
         """Run a read-only Lua `script` as a user that may only read (`EVALSHA_RO`)."""
         return script.run_read_only(self._redis, keys, args)
-
-    def _unacked_by_route(self) -> dict[tuple[str, str], int]:
-        flat = self._read_only(_COUNT_UNACKED, reads.unacked_hashes(self._redis))
-        counts: dict[tuple[str, str], int] = {}
-        for pair, count in zip(flat[::2], flat[1::2], strict=True):
-            exchange, _, routing_key = _text(pair).partition("\n")
-            counts[(exchange, routing_key)] = int(count)
-        return counts
-
-    def _routes(self, exchanges: Iterable[str]) -> dict[tuple[str, str], tuple[str, ...]]:
-        """(exchange, routing key) -> the queues a direct exchange's bindings give.
-
-        kombu keeps each exchange's bindings in `_kombu.binding.<exchange>` as
-        `routing_key<sep>pattern<sep>queue`; Celery binds each task queue to an
-        exchange of its own name with its own name as routing key. A route with no
-        binding stands for the queue named by its routing key.
-        """
-        routes: dict[tuple[str, str], list[str]] = {}
-        for exchange in exchanges:
-            for member in self._redis.smembers(reads.bindings_key(exchange)):
-                routing_key, _, queue = _text(member).split(self._sep, 2)
-                routes.setdefault((exchange, routing_key), []).append(queue)
-        return {route: tuple(queues) for route, queues in routes.items()}
 
 
 def _stamp(tail: str) -> float | None:

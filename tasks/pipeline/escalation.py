@@ -3,9 +3,9 @@
 Pure functions over page records (docs/escalation.md): which pages escalate and why
 (`mark`), and the page each way its second reading ends: the escalation engine's text
 on the first reading's word boxes (`escalated_page`), or the first reading kept with
-the error that stopped the second (`keep_first`). Runs in worker children: the task
-that read a page first decides (tasks/queue/page_tasks.py, tasks/lifecycle/jobs.py),
-the escalation engine's page task reads it again (tasks/lifecycle/fanout.py).
+the error that stopped the second (`keep_first`). Runs in worker children: whether a
+marked page may go now, and where, is `tasks.lifecycle.fanout.PageTasks`'s (for a PDF's
+page and an image's), which also reads it again with the escalation engine.
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ from dataclasses import replace
 
 from tasks.engines.vlm.word_placement import place_words
 from tasks.error_codes import error_info
-from tasks.errors import EngineUnavailable
+from tasks.errors import OcrError
 from tasks.pipeline.layouts import LAYOUT_OUTPUTS, words_hocr
 from tasks.records.request import JobRequest
 from tasks.records.results import (
@@ -48,12 +48,15 @@ def escalation_reason(page: PageRecord, to: str | None, below: float | None) -> 
 
 
 def mark(page: PageRecord, request: JobRequest,
-         served: Callable[[str], bool]) -> PageRecord:
+         refused: Callable[[str], OcrError | None]) -> PageRecord:
     """`page` with its `escalation` when it escalates (else `page` itself).
 
-    `served(engine)`: whether a live worker consumes that engine's queue. Where none
-    does, the page keeps its first reading now (`engine_unavailable`); else it awaits
-    its second reading (`awaits_second_reading`).
+    `refused(engine)`: why a page may not go to that engine now, or None. It goes when
+    a page sent to the engine's queue is taken (a live worker consumes it, or its pool
+    scales from zero: OCR_ENGINES_FROM_ZERO) and the client's cap a day on that engine
+    has room. Refused, the page keeps its first reading now with that error
+    (`engine_unavailable`, `page_quota_exceeded`); else it awaits its second reading
+    (`awaits_second_reading`), up to OCR_ESCALATE_WAIT_SECONDS.
     """
     to = request.escalate
     reason = escalation_reason(page, to, request.escalate_below)
@@ -61,10 +64,8 @@ def mark(page: PageRecord, request: JobRequest,
         return page
     confidence = None if page.confidence is None else round(page.confidence / 100, 2)
     page = replace(page, escalation=Escalation(page.engine or "", to, reason, confidence))
-    if not served(to):
-        return keep_first(page, EngineUnavailable(
-            f"no live worker runs engine {to!r}: page {page.number} keeps its first reading"))
-    return page
+    error = refused(to)
+    return page if error is None else keep_first(page, error)
 
 
 def awaits_second_reading(page: PageRecord) -> bool:

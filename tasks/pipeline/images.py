@@ -36,20 +36,34 @@ def open_image(data: bytes, settings: Settings) -> Image.Image:
     try:
         image = Image.open(io.BytesIO(data))
     except Image.DecompressionBombError:
-        raise ImageTooLarge(f"the image has more than {settings.max_image_pixels} "
-                            "pixels") from None
+        raise too_large("the image has", settings) from None
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
         raise CorruptInput(f"the image could not be decoded ({type(exc).__name__})") from None
     check_size(image, 1, settings)
     return image
 
 
+def too_large(what: str, settings: Settings,
+              size: tuple[int, int] | None = None) -> ImageTooLarge:
+    """`image_too_large` that says what to do: the size to scale to, or the setting."""
+    most = settings.max_image_pixels
+    if size is None:  # Pillow refused it before its size was read
+        # An A4 page holds 8.27 x 11.69 square inches: its dpi at `most` pixels.
+        fit = f"at most {most} pixels (an A4 page at {math.isqrt(most * 100 // 9668)} dpi)"
+    else:
+        scale = math.sqrt(most / (size[0] * size[1]))
+        fit = (f"{math.floor(size[0] * scale)}x{math.floor(size[1] * scale)} pixels or "
+               f"less ({math.floor(scale * 1000) / 10:g} % of its width and height)")
+    return ImageTooLarge(f"{what} more than the limit of {most} pixels: scale it to {fit}, "
+                         "or raise OCR_MAX_IMAGE_PIXELS on the workers")
+
+
 def check_size(image: Image.Image, number: int, settings: Settings) -> None:
     """Refuse a frame over the pixel limit or without pixels, before it is decoded."""
     width, height = image.size
     if width * height > settings.max_image_pixels:
-        raise ImageTooLarge(f"page {number} is {width}x{height} pixels, more than the "
-                            f"limit of {settings.max_image_pixels}")
+        raise too_large(f"page {number} is {width}x{height} pixels,", settings,
+                        (width, height))
     if width == 0 or height == 0:
         raise CorruptInput(f"page {number} has no pixels")
 
@@ -150,14 +164,14 @@ def decode_page(image: Image.Image, number: int, settings: Settings,
         need = decoded_bytes(image)
         if need > settings.max_decoded_bytes:
             raise ImageTooLarge(f"page {number} would take {need // 2**20} MB decoded, "
-                                f"more than {settings.max_decoded_mb} MB")
+                                f"more than {settings.max_decoded_mb} MB: save it as PNG "
+                                "or JPEG, or raise OCR_MAX_DECODED_MB on the workers")
         image.load()
         if factor == 1:
             return normalize(image)
         return _reduced(image, factor)
     except Image.DecompressionBombError:
-        raise ImageTooLarge(f"page {number} has more than {settings.max_image_pixels} "
-                            "pixels") from None
+        raise too_large(f"page {number} has", settings) from None
     except (OSError, SyntaxError, ValueError, EOFError) as exc:
         raise CorruptInput(f"page {number} could not be decoded "
                            f"({type(exc).__name__})") from None

@@ -16,7 +16,7 @@ from tasks.evaluation.scoring import score_pages, total
 from tasks.records.results import DocumentResult, PageError, PageRecord
 from tasks.records.status import JobStatus
 
-OUTPUT_VERSION = 3
+OUTPUT_VERSION = 4  # 4: a paragraph is one block of lines in plain text
 """The version of what the pipeline writes for given input and options: part of the
 result cache's key (tasks/lifecycle/jobs.py `cache_key`), so a result cached before a
 change of an output's format is not served after it. Raise it with any such change.

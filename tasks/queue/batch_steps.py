@@ -18,9 +18,6 @@ cancelled, retried or found without steps) and by the step task itself
 
 from __future__ import annotations
 
-import threading
-from collections.abc import Iterator
-from contextlib import contextmanager
 from typing import Any
 
 from tasks.queue.routing import BATCH_QUEUE, PRIORITIES
@@ -45,32 +42,3 @@ def send_step(app: Any, batch_id: str, chain: str, countdown: float | None = Non
 def start_chain(app: Any, store: BatchStore, batch_id: str) -> None:
     """Name a new chain of steps for the batch (any other one stops) and send its first."""
     send_step(app, batch_id, store.new_chain(batch_id))
-
-
-class StepSlots:
-    """Which batch steps may run now in this pool: `held(client)` says, and counts it."""
-
-    def __init__(self, per_client: int, pool_threads: int = 1) -> None:
-        self.per_client = per_client
-        self.total = max(1, pool_threads - 1)  # the pool's last thread: control tasks'
-        self._running: dict[str, int] = {}
-        self._lock = threading.Lock()
-
-    @contextmanager
-    def held(self, client: str) -> Iterator[bool]:
-        """True, and a thread counted for `client` until the block ends; False: no room."""
-        with self._lock:
-            mine = self._running.get(client, 0)
-            room = mine < self.per_client and sum(self._running.values()) < self.total
-            if room:
-                self._running[client] = mine + 1
-        try:
-            yield room
-        finally:
-            if room:
-                with self._lock:
-                    left = self._running[client] - 1
-                    if left:
-                        self._running[client] = left
-                    else:
-                        del self._running[client]

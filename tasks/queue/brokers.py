@@ -6,27 +6,34 @@ reach the cluster-wide visibility timeout) and `prepare_queues` once its queues 
 Redis it settles the broker's key layout version, `check_layout`; on RabbitMQ each
 consumer asks for a delivery-ack timeout above the hard limits). The
 metrics exporter reads queue lengths with `amqp_queue_lengths` (passive declares, no
-management plugin). Priorities: `priority_value` (tasks/queue/routing.py).
+management plugin). Priorities: `priority_value` (tasks/queue/routing.py). The worker's
+consumer (`Consumer`) takes RabbitMQ's recoverable channel errors as a lost connection.
+A worker child sends a document's page tasks through `sending_together` (on Redis, one
+push a lane).
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import sys
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from datetime import UTC, datetime, timedelta
 from typing import Any, TypeVar
 
-from amqp.exceptions import MessageNacked
+from amqp.exceptions import MessageNacked, RecoverableChannelError
 from celery.utils.nodenames import worker_direct
+from celery.worker.consumer import Consumer as CeleryConsumer
 from kombu import Connection, Queue
 from kombu.exceptions import OperationalError
 
 from tasks.broker import stored_layout
+from tasks.broker.publishing import pushes_together
 from tasks.queue.routing import is_priority_queue, with_priority_queues
 from tasks.records.redis_target import RedisTarget
 from tasks.settings import Settings, SettingsError
+from tasks.state.boundary import publishing
 from tasks.state.connection import connect
 
 log = logging.getLogger(__name__)
@@ -36,6 +43,18 @@ T = TypeVar("T")
 NACK_WAITS = (0.25, 0.5, 1.0, 2.0, 4.0, 4.0, 4.0, 4.0, 4.0, 4.0)
 # A worker's own queue on quorum queues goes away after a day without its worker.
 DIRECT_QUEUE_EXPIRES_MS = 24 * 3600 * 1000
+
+
+@contextlib.contextmanager
+def sending_together(app: Any, what: str) -> Iterator[Any]:
+    """A producer whose sends go on one connection and, on Redis, in one push a lane.
+
+    Nothing is sent when the block raises; a failed publish raises `TransientError`
+    naming `what`.
+    """
+    with publishing(what), app.producer_or_acquire() as producer, \
+            pushes_together(producer.channel):
+        yield producer
 
 
 def check_worker(settings: Settings) -> None:
@@ -103,6 +122,23 @@ def direct_queue(settings: Settings, node: str) -> Queue:
         return queue
     return Queue(queue.name, queue.exchange, queue.routing_key, queue_arguments={
         "x-queue-type": "quorum", "x-expires": DIRECT_QUEUE_EXPIRES_MS})
+
+
+class Consumer(CeleryConsumer):
+    """Celery's consumer, which restarts on a channel error py-amqp calls recoverable.
+
+    A worker that lost its RabbitMQ connection declares its mailbox again
+    (`<node>.celery.pidbox`, an exclusive queue). Until RabbitMQ sees the old connection
+    gone, the queue is still that connection's and the declare is refused with 405
+    RESOURCE_LOCKED. On a loaded machine, or when the old connection's node was killed,
+    that takes long enough to meet. Celery took the refusal as unrecoverable and the
+    worker exited 1; here it reconnects and declares again, as after a lost connection.
+    """
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        errors: tuple[type[BaseException], ...] = self.conninfo.connection_errors
+        self.connection_errors = (*errors, RecoverableChannelError)
 
 
 def consume(app: Any, names: Sequence[str]) -> None:

@@ -97,6 +97,7 @@ def celery_config(settings: Settings) -> dict[str, Any]:
         # class adds that baseline in each child: tasks/queue/pool.py).
         "worker_max_memory_per_child": settings.max_memory_per_child_mb * 1024 or None,
         "worker_pool": "tasks.queue.pool:TaskPool",
+        "worker_consumer": "tasks.queue.brokers:Consumer",  # RabbitMQ's 405 is retried
         "worker_proc_alive_timeout": settings.proc_alive_timeout,
         # Flower: a task's sent event from its sender; the workers' own task events
         # are off until Flower turns them on (its `enable_events`, every 5 s while it
@@ -220,16 +221,17 @@ IDLE_WAIT = 10.0
 def worker_app_config(settings: Settings, engine: str) -> dict[str, Any]:
     """`celery_config` plus what only a worker's app needs: its pool, by its `engine`.
 
-    A vlm-api worker runs a thread pool of OCR_VLM_API_IN_FLIGHT threads: each page
-    mostly waits on the inference server, which batches what arrives together, so one
-    process keeps a GPU server's whole batch in flight (a child per page would take
-    ~150 MB each). Celery enforces no time limits in a thread pool: the engine bounds
-    each request (OCR_VLM_API_TIMEOUT), and tasks/queue/thread_limits.py a page's whole
-    read (OCR_VLM_API_PAGE_TIME_LIMIT) and the process's memory growth (it recycles).
-    Set on the app, so `celery worker` without -P/-c uses it; a command line wins.
+    The engine class says its pool (`pool_kind`, `concurrency`, `page_time_limit`). A
+    threads pool enforces no time limits: the engine bounds each request, and
+    tasks/queue/thread_limits.py a page's whole read and the process's memory growth
+    (it recycles). Set on the app, so `celery worker` without -P/-c uses it; a command
+    line wins.
     """
-    config = {**celery_config(settings), "worker_concurrency": default_concurrency(
-        settings, engine)}
+    from tasks.engines import engine_class  # a worker's alone: clients load no engine
+
+    adapter = engine_class(engine, settings)
+    config = {**celery_config(settings),
+              "worker_concurrency": settings.concurrency or adapter.concurrency(settings)}
     if not settings.broker_is_amqp:
         # A worker's publish short of replicas goes on: it is no pending publish (its
         # message is on the primary, and its ack, replicated after it, shows whether it
@@ -239,27 +241,13 @@ def worker_app_config(settings: Settings, engine: str) -> dict[str, Any]:
         config["broker_transport_options"] = {**config["broker_transport_options"],
                                               "ocr_refuse_pending": False,
                                               "ocr_idle_wait": IDLE_WAIT}
-    if engine == "vlm-api" and settings.worker_role != "control":
+    limit = adapter.page_time_limit(settings)
+    if adapter.pool_kind == "threads" and settings.worker_role != "control":
         config["worker_pool"] = "tasks.queue.pool:ThreadTaskPool"
-        config["task_annotations"] = {name: {
-            "soft_time_limit": settings.vlm_api_page_time_limit,
-            "time_limit": settings.vlm_api_page_time_limit + 30} for name in PAGE_TASKS}
+        if limit is not None:
+            config["task_annotations"] = {name: {
+                "soft_time_limit": limit, "time_limit": limit + 30} for name in PAGE_TASKS}
     return config
-
-
-def default_concurrency(settings: Settings, engine: str) -> int | None:
-    """Pool size: OCR_CONCURRENCY, else by the engine the worker loads.
-
-    One child for mlx-vlm (each child holds the model), OCR_VLM_API_IN_FLIGHT threads
-    for vlm-api, and Celery's (one child per core) for the others.
-    """
-    if settings.concurrency:
-        return settings.concurrency
-    if engine == "mlx-vlm":
-        return 1
-    if engine == "vlm-api":
-        return settings.vlm_api_in_flight
-    return None
 
 
 class Scheduler(PersistentScheduler):

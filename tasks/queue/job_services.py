@@ -2,8 +2,8 @@
 
 Runs in the worker parent, pool children and the control worker. `JobServices.for_app()`
 gives each process its stores and its `JobEnder`, built once. `CeleryPorts` stores
-results in Celery's result backend, sends Flower events as the worker node, enqueues
-callbacks and writes the `ocr.job` line through telemetry. `report_progress` writes a
+results in Celery's result backend, sends Flower events as the worker node and writes
+the `ocr.job` line through telemetry. `report_progress` writes a
 job's progress for clients and for Flower; `page_progress` says how a page task's record
 writes it.
 """
@@ -17,14 +17,12 @@ from typing import TYPE_CHECKING, Any
 
 from celery import states
 
-from tasks.errors import OcrError, TransientError
+from tasks.errors import OcrError
 from tasks.lifecycle.job_exit import JobEnder
 from tasks.queue import job_events, telemetry
 from tasks.queue.result_records import result_record, store_result
-from tasks.queue.routing import CONTROL_QUEUE
 from tasks.records.jobs import Broadcast, JobStatus, Outcome, ResultRecord
 from tasks.records.status import CeleryState
-from tasks.state.boundary import publishing
 from tasks.state.connection import connect
 from tasks.state.job_control import JobControl
 from tasks.state.job_index import JobIndex
@@ -32,6 +30,7 @@ from tasks.state.job_state import JobStateReader
 from tasks.state.join import DocumentJoin, PageProgress, ProgressWrite
 from tasks.state.liveness import WorkerPresence
 from tasks.state.reservations import Reservations
+from tasks.state.stored_bytes import StoredResults
 from tasks.state.stores import BlobStore, OutputStore, ResultCache, Stores
 from tasks.state.usage import PageUsage
 
@@ -124,16 +123,18 @@ def _progress_text(app: Any, job_id: str, done: int, total: int) -> str:
 
 
 class CeleryPorts:
-    """`EndingPorts` on Celery: result backend, events, task and HTTP callbacks."""
+    """`EndingPorts` on Celery: result backend, events, the `ocr.job` line."""
 
-    def __init__(self, app: OcrCelery, control: JobControl) -> None:
+    def __init__(self, app: OcrCelery, control: JobControl,
+                 stored: StoredResults | None = None) -> None:
         self._app = app
         self._control = control
+        self._stored = stored
 
     def result_record(self, outcome: Outcome) -> ResultRecord | None:
         if outcome.status in (JobStatus.CANCELLED, JobStatus.FAILURE):
             return None  # stored by `publish`, with the writes they need beside
-        return result_record(self._app, outcome.job_id, outcome.public(), states.SUCCESS)
+        return result_record(self._app, outcome.job_id, outcome.stored(), states.SUCCESS)
 
     def publish(self, outcome: Outcome) -> None:
         app, job_id = self._app, outcome.job_id
@@ -153,7 +154,7 @@ class CeleryPorts:
             store_result(app, job_id, error, states.FAILURE)
             send_job_event(app, "task-failed", job_id, exception=str(error))
         else:
-            store_result(app, job_id, outcome.public(), states.SUCCESS)
+            store_result(app, job_id, outcome.stored(), states.SUCCESS)
             self.tell(outcome)
 
     def tell(self, outcome: Outcome) -> None:
@@ -183,31 +184,18 @@ class CeleryPorts:
                       "on without one (a failover now could run it again)",
                       outcome.job_id, target.replica_timeout)
 
-    def send_callback_task(self, name: str, queue: str | None, result: dict) -> None:
-        try:
-            with publishing("the callback task"):
-                self._app.send_task(name, args=[result], queue=queue)
-        except TransientError as exc:
-            log.error("callback task %s for job %s not sent: %s", name, result.get("id"),
-                      exc.message)
-
-    def send_http_callback(self, url: str, body: dict, queue: str | None,
-                           owner: str = "") -> None:
-        try:
-            # On the job's own queue: workers with the settings that accepted its URL.
-            with publishing("the HTTP callback"):
-                self._app.send_task("ocr.http_callback", args=[url, body],
-                                    kwargs={"owner": owner, "job_id": str(body.get("id"))},
-                                    queue=queue or CONTROL_QUEUE)
-        except TransientError as exc:
-            log.error("HTTP callback of job %s not queued: %s", body.get("id"), exc.message)
-
     def record(self, outcome: Outcome) -> None:
         try:
             accepted = self._control.accepted(outcome.job_id)  # its latency counts from there
         except OcrError:  # unreachable: from the job's start instead
             accepted = None
         telemetry.job_ended(outcome, accepted)
+        if outcome.client and self._stored is not None:
+            try:  # what its result keeps in Redis, in the client's bytes quota
+                self._stored.count(outcome.client, outcome.job_id, outcome.source)
+            except OcrError as exc:  # unreachable: its result goes uncounted
+                log.warning("job %s: its stored result not counted: %s", outcome.job_id,
+                            exc.message)
 
 
 @dataclass
@@ -235,8 +223,8 @@ class JobServices:
             join = DocumentJoin(client, settings.blob_ttl)
             reservations = Reservations(client, settings.blob_ttl + settings.result_ttl,
                                         JobStateReader(client, app.backend).ended)
-            made = cls(stores, join, JobEnder(control, join,
-                                              CeleryPorts(app, control)),
+            ports = CeleryPorts(app, control, StoredResults(client, settings.result_ttl))
+            made = cls(stores, join, JobEnder(control, join, ports),
                        JobIndex(client, settings.blob_ttl + settings.result_ttl,
                                 settings.jobs_listed), reservations.usage,
                        WorkerPresence(client), reservations)

@@ -7,7 +7,7 @@ ending to the job's one exit (`JobServices.ender`). A job's result is stored by 
 exit, so Celery stores nothing for `ocr.document` (`ignore_result`) and logs no result
 text. A PDF read page by page is split here, and its page and chunk tasks are sent
 through the queue layer's port (`page_tasks.send_pages`); so is an image whose pages
-escalate, its escalated pages through `page_tasks.send_escalations`.
+escalate, its escalated pages through `PageTasks.escalate` (tasks/lifecycle/fanout.py).
 """
 
 from __future__ import annotations
@@ -28,18 +28,18 @@ from tasks.engines import resident
 from tasks.errors import BadRequest, DeadlineExceeded, OcrError, Timeout, WorkerLost
 from tasks.lifecycle.fanout import unexpected
 from tasks.lifecycle.inputs import decode_request
-from tasks.lifecycle.jobs import FanOut, process_job
+from tasks.lifecycle.jobs import FanOut, JobPorts, process_job
 from tasks.pipeline.documents import past_deadline
 from tasks.queue import telemetry, thread_limits
 from tasks.queue.job_services import JobServices, page_progress, report_progress
 from tasks.queue.message_headers import client_from, listed
-from tasks.queue.page_tasks import send_escalations, send_pages, serves
+from tasks.queue.page_tasks import page_tasks, send_pages
 from tasks.queue.parent_endings import end_from_message, finish_abandoned
 from tasks.queue.poison_guard import GuardedTask
-from tasks.queue.result_records import result_record
+from tasks.queue.result_records import result_record, whole_result
 from tasks.queue.retry_policy import retry_later
 from tasks.queue.routing import job_queue
-from tasks.records.jobs import JobStatus, Outcome, ResultRecord
+from tasks.records.jobs import Job, JobStatus, Outcome, ResultRecord
 from tasks.records.request import JobRequest
 from tasks.records.results import DocumentResult, PageRecord
 from tasks.settings import Settings
@@ -98,7 +98,7 @@ def _previous(app: Celery, request: JobRequest) -> DocumentResult | None:
     earlier = app.AsyncResult(request.merge_from)
     if earlier.state != states.SUCCESS or not isinstance(earlier.result, dict):
         raise BadRequest("`merge_from` must name a finished job whose result is stored")
-    return DocumentResult.from_json(earlier.result)
+    return DocumentResult.from_json(whole_result(app, earlier.result))
 
 
 @shared_task(name="ocr.document", bind=True, base=DocumentTask, ignore_result=True,
@@ -127,6 +127,7 @@ def document(self: Task, *args: Any, **kwargs: Any) -> dict[str, Any]:
             # A job may only name its own client's input and jobs (HTTP API isolation).
             services.stores.control.check_references(job_id, kwargs.get("blob"),
                                                      kwargs.get("merge_from"))
+            kwargs = services.stores.control.unsealed(kwargs)  # its password, its truth
     except OcrError as exc:
         _retry_if_transient(self, exc)
         # Ended without its request: the input it named is someone else's, not freed.
@@ -146,14 +147,16 @@ def document(self: Task, *args: Any, **kwargs: Any) -> dict[str, Any]:
     carried = CarriedWrites()  # the previews and page counts its ending sends
     try:
         with transient("Redis or the broker"):
-            read = functools.partial(
-                process_job, job_id, request, settings, engines, services.stores, engine,
-                _previous(self.app, request),
+            job = Job(job_id, request, engine, started, _previous(self.app, request))
+            ports = JobPorts(
                 progress=functools.partial(report_progress, self.app, job_id),
-                started=started,
                 pages_read=functools.partial(_pages_read, engine, client, job_id, carried),
-                check_pages=functools.partial(services.reservations.settle, job_id, client),
-                carried=carried, served=functools.partial(serves, self.app))
+                check_pages=functools.partial(services.reservations.settle, job_id, client,
+                                              engine=engine),
+                carried=carried,
+                refused=functools.partial(page_tasks(self).refusal, client))
+            read = functools.partial(process_job, job, settings, engines, services.stores,
+                                     ports)
             # A thread pool enforces no limit: the job's own read is bounded here.
             work = (thread_limits.bounded(settings.soft_time_limit, read)
                     if engines.threaded else read())
@@ -175,7 +178,6 @@ def document(self: Task, *args: Any, **kwargs: Any) -> dict[str, Any]:
                                  started=started)
     else:
         outcome = work  # a FanOut raised Ignore in fan_out
-    outcome.reply_queue = (self.request.delivery_info or {}).get("routing_key")
     _end(self, services, outcome, carried)
     return celery_summary(outcome)
 
@@ -232,21 +234,26 @@ def fan_out(task: Task, work: FanOut, services: JobServices) -> NoReturn:
     """
     # The queue of the engine that reads the job (named, routed by its language, or this
     # worker's): this worker consumes it, and so does every worker that can run it.
-    queue = job_queue(work.meta.engine)
-    meta = replace(work.meta, page_tasks=[uuid() for _ in work.meta.ocr_pages],
-                   chunk_tasks=[uuid() for _ in work.meta.text_chunks], reply_queue=queue)
+    queue = job_queue(work.meta.job.engine)
+    control = services.stores.control
+    meta, spent = work.sealed(functools.partial(control.seal,
+                                                ttl=task.app.ocr_settings.blob_ttl))
+    meta = replace(meta, page_tasks=[uuid() for _ in meta.ocr_pages],
+                   chunk_tasks=[uuid() for _ in meta.text_chunks], reply_queue=queue)
     job_id = meta.job_id
     priority = (task.request.delivery_info or {}).get("priority")
     # Progress with the meta: a fast page could otherwise finish the job before it.
     progress = page_progress(task.app, job_id, meta.total)
     started = services.join.start(meta, work.text_pages, progress.write)
+    if spent:
+        control.forget_sealed(spent)
     if work.replaced_blob:
         services.stores.blobs.delete(work.replaced_blob)  # the encrypted upload
     if not started:  # the job ended while it was split (its ending freed the rest)
         services.stores.blobs.delete(meta.request.blob)
         raise Ignore()
     read = [*work.text_pages, *work.escalated]  # those this task read
-    telemetry.pages_read(meta.engine, read, client=meta.request.client, job=job_id)
+    telemetry.pages_read(meta.job.engine, read, client=meta.request.client, job=job_id)
     telemetry.pages_escalated(read)
     if progress.write is not None:
         progress.tell(len(work.text_pages), meta.total)
@@ -254,11 +261,7 @@ def fan_out(task: Task, work: FanOut, services: JobServices) -> NoReturn:
     if not services.join.keep(job_id, target):  # at once without OCR_REDIS_MIN_REPLICAS
         log.error("job %s: its split reached no Redis replica within %g s; its pages are "
                   "sent without one", job_id, target.replica_timeout)
-    # An encrypted URL input's password goes with its page tasks (each host decrypts
-    # its own copy), never into the document's meta.
-    opened = {"password": work.password} if work.password else {}
-    send_pages(task.app, meta, priority, opened)
+    send_pages(task.app, meta, priority)
     if work.escalated:
-        send_escalations(task.app, meta.describe(), work.escalated, priority, opened,
-                         services)
+        page_tasks(task).escalate(meta.describe(), work.escalated)
     raise Ignore()  # the job's result is stored when its last page is recorded

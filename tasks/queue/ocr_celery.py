@@ -26,7 +26,7 @@ from tasks.settings import Settings
 
 # Celery's own limit for argsrepr/kwargsrepr (celery.app.amqp.AMQP.kwargsrepr_maxsize).
 REPR_MAX = 1024
-SECRET_KWARGS = ("password",)
+SECRET_KWARGS = ("password", "ground_truth", "sealed")
 PAYLOAD_KWARGS = ("data_b64",)
 
 
@@ -63,6 +63,7 @@ class OcrCelery(Celery):
 
     ocr_settings: Settings
     ocr_engine: str
+    ocr_gate: Any = None  # tasks/admission.py:admit, given where the worker's app is made
 
     def send_task(self, name: str, args: Any = None, kwargs: Any = None,
                   **options: Any) -> Any:

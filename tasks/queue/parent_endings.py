@@ -42,11 +42,10 @@ from tasks.lifecycle.inputs import decode_request
 from tasks.queue import job_services
 from tasks.queue.job_services import PROGRESS_STATE, JobServices
 from tasks.queue.message_headers import client_from
-from tasks.records.jobs import JobStatus, Outcome
+from tasks.queue.result_records import whole_result
+from tasks.records.jobs import SOURCE_FIELD, JobStatus, Outcome
 from tasks.records.request import JobRequest
 from tasks.records.results import DocumentResult
-from tasks.state.connection import connect
-from tasks.state.job_control import JobControl
 
 if TYPE_CHECKING:
     from tasks.queue.ocr_celery import OcrCelery
@@ -170,7 +169,8 @@ def _stored_outcome(app: OcrCelery, job_id: str, kwargs: Any,
             or not isinstance(stored.result, dict):
         return None
     outcome = _outcome_of_message(app, job_id, kwargs, JobStatus(stored.state), None)
-    outcome.result = DocumentResult.from_json(stored.result)
+    outcome.result = DocumentResult.from_json(whole_result(app, stored.result))
+    outcome.source = str(stored.result.get(SOURCE_FIELD) or "")  # stored again by reference
     return outcome
 
 
@@ -241,7 +241,7 @@ def connect_parent_endings(app: OcrCelery) -> None:
 
 
 def connect_refusals(app: OcrCelery) -> None:
-    """Store a FAILURE for each refused message whose task id was read (worker parent).
+    """End FAILURE each refused message whose task id was read (worker parent: `JobEnder`).
 
     Two sources: the Redis transport's hook `on_refused`, and Celery's own
     `task_rejected` for a message it refused to deserialize (ContentDisallowed), which
@@ -249,15 +249,11 @@ def connect_refusals(app: OcrCelery) -> None:
     """
 
     def failed(task_id: str, error: OcrError) -> None:
-        app.backend.mark_as_failure(task_id, error)
-        settings = getattr(app, "ocr_settings", None)
-        if settings is None:
+        if getattr(app, "ocr_settings", None) is None:
+            app.backend.mark_as_failure(task_id, error)
             return
-        try:  # the ending notice waiting clients block on (else they find it by a sweep)
-            JobControl(connect(settings.redis_target), settings.result_ttl).notify_ended(
-                task_id, JobStatus.FAILURE.value)
-        except OcrError as exc:
-            log.warning("job %s refused, its ending notice not written: %s", task_id, exc)
+        # The one exit: its FAILURE, summary and notice; its place in flight freed.
+        end_from_message(app, task_id, None, JobStatus.FAILURE, error)
 
     def on_refused(task_id: str | None, error: OcrError, queue: str) -> None:
         if task_id is not None:

@@ -8,7 +8,8 @@ SETEX and its PUBLISH (for a Celery client blocked in `AsyncResult.get`). A job'
 `STARTED` mark is the SETEX alone. Redis unreachable: retried as Celery retries its
 own writes (`result_backend_always_retry`), then raised. `result_record` builds the
 record alone, for the state store to write with a job's start or end claim
-(`JobControl.at_start`, `JobControl.claim_end`), in their round trip.
+(`JobControl.at_start`, `JobControl.claim_end`), in their round trip. A cache hit's
+record refers to its source's pages (`Outcome.stored`); `whole_result` reads it whole.
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ from typing import Any
 
 from celery import states
 
-from tasks.records.jobs import ResultRecord
+from tasks.records.jobs import SOURCE_FIELD, ResultRecord, resolved
 
 
 def result_record(app: Any, job_id: str, result: Any, state: str) -> ResultRecord:
@@ -51,3 +52,12 @@ def store_result(app: Any, job_id: str, result: Any, state: str, *,
             pipe.execute()
 
     backend.ensure(write, ())
+
+
+def whole_result(app: Any, result: dict[str, Any]) -> dict[str, Any]:
+    """A stored result whole: a cache hit's pages read from its source job's record."""
+    source = result.get(SOURCE_FIELD)
+    if not source:
+        return result
+    stored = app.AsyncResult(str(source)).result
+    return resolved(result, stored if isinstance(stored, dict) else None)

@@ -72,14 +72,11 @@ def retry_later(task: Task, exc: BaseException) -> None:
 
 
 def max_retries(settings: Settings, engine: str) -> int:
-    """MAX_RETRIES; on a vlm-api worker, as many as fit in OCR_VLM_API_RETRY_SECONDS.
+    """MAX_RETRIES, or as many as fit in the engine's `retry_seconds` where it has one."""
+    from tasks.engines import engine_class  # a worker's alone: clients load no engine
 
-    A GPU server takes minutes to load or restart: its pages are retried for a time,
-    not a count (each backoff step counted at its mean, 3/4 of the step).
-    """
-    if engine != "vlm-api":
-        return MAX_RETRIES
-    return retries_within(settings.vlm_api_retry_seconds)
+    seconds = engine_class(engine, settings).retry_seconds(settings)
+    return MAX_RETRIES if seconds is None else retries_within(seconds)
 
 
 def retries_within(seconds: float) -> int:

@@ -17,8 +17,9 @@ from typing import Any
 from tasks.settings import Settings
 
 DEFAULT_QUEUE = "ocr"
-# Light tasks (ocr.cancel, HTTP callbacks without a job queue): every worker consumes it, and the
-# Procfile's `control` worker serves it, so a cancel never waits for a busy pool.
+# Light tasks (ocr.cancel; ocr.http_callback, which only fills the callback outbox): every
+# worker consumes it, and the Procfile's `control` worker serves it, so a cancel never
+# waits for a busy pool.
 CONTROL_QUEUE = "ocr-control"
 # A batch's driver steps (`ocr.batch_step`), which read the client's source and HEAD its
 # documents: only the control worker consumes it, and holds each client's steps to a few
@@ -61,6 +62,23 @@ def job_queue(engine: str | None) -> str:
     routing loads where it also takes jobs that name no engine (`worker_queues`).
     """
     return queue_for_engine(engine) if engine else DEFAULT_QUEUE
+
+
+def engine_taken(engine: str, live: dict[str, set[str]], settings: Settings) -> str | None:
+    """Who takes a job or page sent to `engine`'s queue now, or None: nobody will.
+
+    `live`: the queues of each live worker (`WorkerPresence.live_queues`). "live": a
+    live worker consumes the queue. "from_zero": none does, but the engine's pool scales
+    from zero on its queue's depth (OCR_ENGINES_FROM_ZERO), so what waits there wakes it.
+    """
+    if any(job_queue(engine) in queues for queues in live.values()):
+        return "live"
+    return "from_zero" if engine in settings.engines_from_zero else None
+
+
+def from_zero_engine(queue: str, from_zero: tuple[str, ...]) -> str | None:
+    """The engine of `from_zero` (OCR_ENGINES_FROM_ZERO) whose job queue `queue` is."""
+    return next((engine for engine in from_zero if job_queue(engine) == queue), None)
 
 
 def worker_queues(told: list[str], engines: list[str], known: tuple[str, ...]) -> list[str]:

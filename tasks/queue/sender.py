@@ -4,7 +4,8 @@ Runs in client processes (`OcrClient.enqueue`: submit.py, the HTTP API, local ba
 and in worker children (a batch's driver, `tasks/batch_worker.py`). A job is
 admitted first (tasks/admission.py:admit): its reservation (tasks/state/reservations.py)
 names its queue and priority, and holds its place among the client's jobs in flight
-and its pages. `JobSender.send` takes its `OutgoingJob`, commits the reservation once
+and its pages. `JobSender.send` takes the `Job` (tasks/records/jobs.py) with that
+reservation, commits it once
 the job is sent, or releases it when the send fails; it
 
 1. writes its control hash `ocr:job:<id>` (input blob, file name, deadline, queue,
@@ -13,7 +14,7 @@ the job is sent, or releases it when the send fails; it
    `result_prefixes`: those it writes results under, which the worker holds its
    `result_url` write to),
 2. lists it under its client (`JobIndex`), and stores its input when the job carries
-   it (`OutgoingJob.input`: under its `blob` key), in the round trip of 1,
+   it (`Job.input`: under its `blob` key), in the round trip of 1,
 3. waits for OCR_REDIS_MIN_REPLICAS replicas to hold those writes (`JobControl.keep`),
 4. sends the message with its client's lane header (`ocr_client`) and a W3C
    `traceparent` when given; a message no replica confirmed (`ReplicaMissing`) is
@@ -29,7 +30,6 @@ import json
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from typing import Any
 
@@ -41,7 +41,8 @@ from tasks.errors import OcrError, ReplicaMissing
 from tasks.queue.message_headers import job_headers
 from tasks.queue.routing import priority_value
 from tasks.records.clients import client_name
-from tasks.records.request import JobRequest
+from tasks.records.jobs import Job, Reservation
+from tasks.records.request import SEALED_OPTIONS
 from tasks.settings import Settings
 from tasks.state import lua
 from tasks.state.boundary import transient
@@ -49,45 +50,10 @@ from tasks.state.job_control import ENDING_DONE, JobControl
 from tasks.state.job_index import JobIndex
 from tasks.state.job_state import JobStateReader
 from tasks.state.keys import job_ended_key
-from tasks.state.reservations import Reservation, Reservations
+from tasks.state.reservations import Reservations
 from tasks.state.stores import BlobStore
 
 SEND_TASK = "ocr.document"
-
-
-@dataclass(frozen=True)
-class OutgoingJob:
-    """One admitted job, as the sender writes and sends it.
-
-    `reservation`: what the gate took for it (its id, queue and priority, its place
-    in flight and page hold); `request`: the door's (its input stored or named, or
-    `input`, stored under its `blob` with its record); `deadline`: epoch seconds (a
-    job not started by then never starts); `created`: the time it is listed under;
-    `prefixes`: the client's own URL prefixes (None: OCR_ALLOWED_URLS alone);
-    `result_prefixes`: where it writes results (`ClientRules.result_urls`; None: under
-    OCR_ALLOWED_URLS, empty: nowhere).
-    """
-
-    reservation: Reservation
-    request: JobRequest
-    client: str = ""
-    owner: str = ""
-    batch: str = ""
-    deadline: float | None = None
-    created: float | None = None
-    traceparent: str | None = None
-    prefixes: tuple[str, ...] | None = None
-    result_prefixes: tuple[str, ...] | None = None
-    extra: dict[str, str] = field(default_factory=dict)  # more control-hash fields
-    input: bytes | None = None  # stored under request.blob with the job's record
-
-    @property
-    def job_id(self) -> str:
-        return self.reservation.job_id
-
-    @property
-    def priority(self) -> str:
-        return self.reservation.priority
 
 
 class JobSender:
@@ -105,44 +71,50 @@ class JobSender:
         self.reservations = Reservations(redis_client, settings.blob_ttl + settings.result_ttl,
                                          self._states.ended)
 
-    def send(self, job: OutgoingJob) -> str:
-        """Write, keep and send the job; its id. ReplicaMissing: nothing runs.
+    def send(self, job: Job) -> str:
+        """Write, keep and send the job, admitted (its reservation); its id.
 
-        The job's reservation is committed once it is sent, else released.
+        The reservation is committed once the job is sent, else released.
+        ReplicaMissing: nothing runs.
         """
+        reservation = job.reservation
+        if reservation is None or reservation.job_id != job.id:
+            raise ValueError("a job is sent with the reservation the gate took for it")
         try:
-            sent = self._send(job, client_name(job.client))
+            sent = self._send(job, reservation, client_name(job.request.client))
         except BaseException:
-            self.reservations.release(job.reservation)
+            self.reservations.release(reservation)
             raise
-        self.reservations.commit(job.reservation)
+        self.reservations.commit(reservation)
         return sent
 
-    def _send(self, job: OutgoingJob, client: str) -> str:
+    def _send(self, job: Job, reservation: Reservation, client: str) -> str:
         request = job.request
-        send: dict[str, Any] = {"task_id": job.job_id,
+        send: dict[str, Any] = {"task_id": job.id,
                                 "priority": priority_value(self.settings, job.priority)}
-        if job.deadline is not None:
-            request = replace(request, deadline=job.deadline)
-            send["expires"] = datetime.fromtimestamp(job.deadline, tz=UTC)
+        if request.deadline is not None:
+            send["expires"] = datetime.fromtimestamp(request.deadline, tz=UTC)
         kwargs = request.to_kwargs()  # the one encoding: `ocr.document` decodes it once
+        sealed = {name: kwargs.pop(name) for name in SEALED_OPTIONS if name in kwargs}
         control = {"blob": request.blob or "", "filename": request.filename,
                    "deadline": "" if request.deadline is None else str(request.deadline),
-                   "queue": job.reservation.queue,
+                   "queue": reservation.queue,
                    "priority": job.priority, "accepted": f"{time.time():.3f}", **job.extra}
         for name, value in (("owner", job.owner), ("client", client), ("batch", job.batch)):
             if value:
                 control[name] = value
-        if job.prefixes is not None:
-            control["prefixes"] = json.dumps(list(job.prefixes))
+        if job.url_prefixes is not None:
+            control["prefixes"] = json.dumps(list(job.url_prefixes))
         if job.result_prefixes is not None:
             control["result_prefixes"] = json.dumps(list(job.result_prefixes))
         # The job's input, record and index entries: one round trip.
         pipe = self._redis.pipeline(transaction=False)
         if job.input is not None:
             self.blobs.queue_put(pipe, control["blob"], job.input)
-        self.control.remember_in(pipe, job.job_id, control)
-        self.index.add(job.job_id, client, job.created, pipe=pipe)
+        if sealed:  # read by workers alone, freed with the job
+            kwargs["sealed"] = self.control.seal_in(pipe, sealed, self.settings.blob_ttl)
+        self.control.remember_in(pipe, job.id, control)
+        self.index.add(job.id, client, job.created, pipe=pipe)
         try:
             with transient("job control (Redis)"):
                 lua.execute(pipe)
@@ -152,7 +124,7 @@ class JobSender:
         # The input and record reach replicas on their own connection too: its server
         # may not be the broker's (another Redis; or, mid-failover, an old primary).
         target = self.settings.redis_target
-        if not self.control.keep(job.job_id, target):
+        if not self.control.keep(job.id, target):
             self._withdraw(job)
             raise ReplicaMissing("the job's input and record reached no Redis replica in "
                                  f"{target.replica_timeout:g} s; send it again")
@@ -167,15 +139,15 @@ class JobSender:
         except ReplicaMissing:
             self._withdraw(job)
             raise
-        return job.job_id
+        return job.id
 
-    def _withdraw(self, job: OutgoingJob) -> None:
+    def _withdraw(self, job: Job) -> None:
         """A job whose message no replica confirmed: should it survive, it never starts.
 
         Its sender was told it was not accepted, and sends it again under a new id.
         """
         try:
-            self.control.cancel(job.job_id)
+            self.control.cancel(job.id)
         except (OcrError, redis.RedisError):
             pass  # Redis went away: the job's record and message likely went with it
 

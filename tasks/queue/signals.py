@@ -15,9 +15,11 @@ no model (the inference server does), so it has no keeper.
 from __future__ import annotations
 
 import logging
+import os
 from typing import TYPE_CHECKING, Any
 
 from celery import states
+from celery.app import trace
 from celery.concurrency import prefork
 from celery.signals import (
     celeryd_after_setup,
@@ -26,6 +28,7 @@ from celery.signals import (
     task_prerun,
     worker_process_init,
     worker_process_shutdown,
+    worker_ready,
     worker_shutdown,
 )
 
@@ -36,7 +39,8 @@ from tasks.lifecycle import fetcher
 from tasks.models.registry import ModelRegistry
 from tasks.pipeline.images import configure_pillow
 from tasks.pipeline.pdf import empty_store
-from tasks.queue import brokers, thread_limits
+from tasks.queue import brokers, presence, thread_limits
+from tasks.queue.callback_sender import start_sender
 from tasks.queue.routing import (
     BATCH_QUEUE,
     CONTROL_QUEUE,
@@ -86,8 +90,13 @@ def connect_signals(app: OcrCelery, settings: Settings) -> None:
         return
     _connected = True
 
-    def on_init(**_: Any) -> None:
+    def on_init(sender: str, instance: Any, **_: Any) -> None:
         brokers.check_worker(settings)
+        node = presence.node_name(sender, os.environ)
+        if node != sender:  # named before Celery builds its queues and consumer
+            instance.hostname = node
+            trace.setup_worker_optimizations(instance.app, node)
+        presence.check_name_free(settings, node)
 
     def on_after_setup(sender: str, instance: Any, **_: Any) -> None:
         release.node_name = sender
@@ -129,6 +138,10 @@ def connect_signals(app: OcrCelery, settings: Settings) -> None:
                                       settings.model_heartbeat_seconds, settings.model)
         return _keeper
 
+    def on_ready(sender: Any = None, **_: Any) -> None:
+        if settings.worker_role == "control":  # the callback outbox's sender, once up
+            start_sender(sender.app, settings, str(sender.hostname))
+
     def on_process_init(**_: Any) -> None:
         brokers.fresh_connections(app, settings)
         tracing.start(service_name(settings), httpx=True)  # after the fork, never before
@@ -154,7 +167,7 @@ def connect_signals(app: OcrCelery, settings: Settings) -> None:
             _keeper.task_finished()
         if engines is not None and engines.threaded:  # a thread pool's recycling
             thread_limits.after_task(settings.max_memory_per_child_mb,
-                                     settings.concurrency or settings.vlm_api_in_flight)
+                                     app.conf.worker_concurrency or 1)
 
     def on_worker_shutdown(**_: Any) -> None:
         if resident.existing() is not None and _keeper is not None:  # a thread pool's
@@ -169,6 +182,7 @@ def connect_signals(app: OcrCelery, settings: Settings) -> None:
 
     celeryd_init.connect(on_init, weak=False)
     celeryd_after_setup.connect(on_after_setup, weak=False)
+    worker_ready.connect(on_ready, weak=False)
     worker_process_init.connect(on_process_init, weak=False)
     task_prerun.connect(on_prerun, weak=False)
     task_postrun.connect(on_postrun, weak=False)

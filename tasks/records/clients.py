@@ -41,13 +41,15 @@ class ClientRules:
     """What the gate holds a job to for the client that sends it (tasks/admission.py).
 
     An HTTP API client's come from its token (`tokens create`); any other client's
-    are the service-wide ones. `allowed_urls`: the client's own URL prefixes (None:
-    OCR_ALLOWED_URLS alone); `result_urls`: where its results may be written (an API
+    are the service-wide ones. `allowed_urls`: the client's own URL prefixes (an API
+    client's, empty when it has none; None: OCR_ALLOWED_URLS alone, the operator's
+    doors), read by `url_policy.readable`; `result_urls`: where its results may be written (an API
     client's: its own prefixes, empty when it has none; None: under OCR_ALLOWED_URLS,
     the operator's doors, which hold Redis credentials); `max_priority`: the highest
     priority its jobs may have (None: any); `jobs_in_flight`: its unfinished jobs,
     batch documents included (0: no limit); `batches`: its running batches (0: no
-    limit); `pages_per_day`, `pages_per_month`: page caps (None or 0: none). Pure;
+    limit); `pages_per_day`, `pages_per_month`: page caps (None or 0: none);
+    `engine_pages_per_day`: caps a day on the pages one engine reads, by engine. Pure;
     crosses process boundaries.
     """
 
@@ -59,6 +61,7 @@ class ClientRules:
     pages_per_day: int | None = None
     pages_per_month: int | None = None
     result_urls: tuple[str, ...] | None = None
+    engine_pages_per_day: tuple[tuple[str, int], ...] = ()
 
     @classmethod
     def service_wide(cls, name: str) -> ClientRules:

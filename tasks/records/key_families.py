@@ -23,7 +23,10 @@ class KeyFamily:
 
     `patterns`: Redis globs (`~` rules of an ACL user), every key of the family.
     `examples`: some keys of the family; each must match one of `patterns`.
-    `writers`: the roles that read and write it; `readers`: those that only read it.
+    `writers`: the roles that read and write it; `readers`: those that only read it;
+    `appenders`: those that write it and read nothing back (`%W~`: a sender's queued
+    messages, which it pushes but may not read); `counters`: those that ask only a
+    key's length or whether it exists (LLEN, EXISTS: a queue's depth, not its messages).
     """
 
     name: str
@@ -31,17 +34,25 @@ class KeyFamily:
     examples: tuple[str, ...]
     writers: tuple[str, ...] = ()
     readers: tuple[str, ...] = ()
+    appenders: tuple[str, ...] = ()
+    counters: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
-        unknown = sorted(set(self.writers + self.readers) - set(ROLES))
+        groups = (self.writers, self.readers, self.appenders, self.counters)
+        unknown = sorted({r for g in groups for r in g} - set(ROLES))
         if unknown:
             raise ValueError(f"{self.name}: no such role {unknown} (ROLES)")
-        both = sorted(set(self.writers) & set(self.readers))
+        named = [r for g in groups for r in g]
+        both = sorted({r for r in named if named.count(r) > 1})
         if both:
-            raise ValueError(f"{self.name}: {both} both write and only read it")
+            raise ValueError(f"{self.name}: {both} given more than one access")
         if not self.patterns or not self.examples:
             raise ValueError(f"{self.name}: a family needs patterns and examples")
 
     def access(self, role: str) -> str:
-        """`rw`, `r` or `-`: what `role` may do with the family's keys."""
-        return "rw" if role in self.writers else "r" if role in self.readers else "-"
+        """`rw`, `r`, `w`, `len` or `-`: what `role` may do with the family's keys."""
+        for cell, roles in (("rw", self.writers), ("r", self.readers),
+                            ("w", self.appenders), ("len", self.counters)):
+            if role in roles:
+                return cell
+        return "-"

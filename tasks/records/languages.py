@@ -15,6 +15,7 @@ page's language (`PageRecord.lang`).
 
 from __future__ import annotations
 
+import difflib
 from collections import Counter
 from collections.abc import Iterable
 
@@ -47,6 +48,21 @@ def unknown_codes(lang: str | None) -> list[str]:
     if not lang or lang == AUTO_LANG:
         return []
     return [code for code in lang.split("+") if code not in TESSERACT_LANGUAGES]
+
+
+def suggestion(code: str) -> str | None:
+    """The tesseract code `code` likely meant: `de` -> `deu`, `zh` -> `chi_sim`, `engl` -> `eng`.
+
+    An ISO 639-1 code or BCP 47 tag by `_TAGS`, else the closest code by spelling.
+    """
+    wanted = code.lower().replace("_", "-")
+    by_tag = [c for c, t in _TAGS.items() if t.lower() in (wanted, wanted.split("-")[0])
+              or t.lower().split("-")[0] == wanted]
+    if by_tag:
+        return by_tag[0]
+    close = difflib.get_close_matches(code.lower(), sorted(TESSERACT_LANGUAGES), n=1,
+                                      cutoff=0.7)
+    return close[0] if close else None
 
 
 def adding(codes: list[str], have: list[str] | None = None) -> str:

@@ -45,6 +45,10 @@ class PageRecord(Protocol):
     def fallback(self) -> Any: ...
     @property
     def vlm(self) -> Any: ...
+    @property
+    def text(self) -> str: ...
+    @property
+    def source(self) -> str: ...
 
 
 # What a page read in the worker's default languages asks of its sender.
@@ -89,11 +93,16 @@ def _script_warning(page: PageRecord, script: ScriptFound) -> dict[str, Any]:
 def page_warnings(pages: Iterable[PageRecord]) -> list[dict[str, Any]]:
     """Pages whose text is not what was asked for, as the result's `warnings`.
 
-    A fallback engine's text (`vlm_fallback`), and plain text where the page's layout
-    analysis failed (`layout_failed`).
+    A fallback engine's text (`vlm_fallback`), plain text where the page's layout
+    analysis failed (`layout_failed`), and a page neither blank nor failed that gave
+    no text (`text_missing`): a result never answers an empty page in silence.
     """
     warnings = []
     for page in pages:
+        if page.error is None and page.source != "blank" and not page.text.strip():
+            warnings.append({"page": page.number, "code": "text_missing",
+                             "message": f"page {page.number}: no text was read from it, "
+                                        "though it is not blank"})
         if page.script is not None and page.script.outcome != "found" and page.error is None:
             warnings.append(_script_warning(page, page.script))
         if page.structure_error is not None and page.error is None:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import re
 import sys
+import unicodedata
 from collections.abc import Collection, Mapping
 from dataclasses import MISSING, asdict, dataclass, field, fields, replace
 from typing import Any
@@ -30,9 +31,15 @@ LANG_PATTERN = re.compile(r"^[A-Za-z][A-Za-z0-9_]{0,31}(\+[A-Za-z][A-Za-z0-9_]{0
 AUTO_LANG = "auto"
 
 SOURCES = ("data_b64", "blob", "path", "url")
+
 OPTIONS = ("filename", "engine", "pages", "password", "output", "mode", "lang", "callback_task",
            "callback_queue", "callback_url", "merge_from", "result_url", "url_version",
-           "url_etag", "ground_truth", "escalate")
+           "url_etag", "ground_truth", "escalate", "sealed")
+# What this project's senders keep out of a message: stored apart under a random name
+# only the message carries (`sealed`, tasks/state/job_control.py), read by workers
+# alone. A sender that puts them in the message still is read as before.
+SEALED_OPTIONS = ("password", "ground_truth")
+SEALED_TOKEN = re.compile(r"^[0-9a-f]{32}$")
 NUMBER_OPTIONS = ("deadline",)
 # Numbers from 0 to 1: `escalate_below`, the mean word confidence a page is read again below.
 FRACTION_OPTIONS = ("escalate_below",)
@@ -47,8 +54,18 @@ BOOLEAN_OPTIONS = ("no_cache",)
 NOT_IN_RESULT = ("source", "blob", "path", "url", "data_b64", "filename", "password",
                  "client", "no_cache", "deadline", "callback_task", "callback_queue",
                  "callback_url", "merge_from", "result_url", "url_version", "url_etag",
-                 "ground_truth")
+                 "ground_truth", "sealed")
 _TASK_NAME = re.compile(r"^[A-Za-z_][\w.:-]{0,199}$")
+
+
+def clean_filename(name: str) -> str:
+    """A file name as every reader shows it: its control and format characters dropped.
+
+    Controls (NUL, C0, DEL, C1) and format characters (the right-to-left override and
+    the other bidi controls, zero-width ones) are taken out, never refused: the name
+    is a label, and `invoice` U+202E `fdp.exe` would otherwise show as `invoiceexe.pdf`.
+    """
+    return "".join(c for c in name if unicodedata.category(c) not in ("Cc", "Cf"))
 
 
 @dataclass(frozen=True)
@@ -93,6 +110,8 @@ class JobRequest:
     # the mean word confidence (0-1) a page is read again below (docs/escalation.md).
     escalate: str | None = None
     escalate_below: float | None = None
+    # The name of the job's sealed arguments (SEALED_OPTIONS), freed with the job.
+    sealed: str | None = field(default=None, repr=False)
 
     @classmethod
     def for_door(cls, kwargs: Mapping[str, Any]) -> JobRequest:
@@ -142,6 +161,8 @@ class JobRequest:
         chosen = {k: kwargs[k] for k in (*SOURCES, *OPTIONS, *NUMBER_OPTIONS,
                                          *FRACTION_OPTIONS, *BOOLEAN_OPTIONS)
                   if kwargs.get(k) not in (None, "")}
+        if "filename" in chosen:
+            chosen["filename"] = clean_filename(chosen["filename"])
         request = cls(source=given[0], **chosen)
         if request.engine is not None and engines is not None \
                 and request.engine not in engines:
@@ -157,6 +178,8 @@ class JobRequest:
                              "vie, chi_sim or ell+eng, or auto")
         if request.mode not in PDF_MODES:
             raise BadRequest(f"`mode` must be one of {', '.join(PDF_MODES)}")
+        if request.sealed is not None and not SEALED_TOKEN.match(request.sealed):
+            raise BadRequest("`sealed` must be 32 lowercase hex digits")
         for name in ("callback_task", "callback_queue"):
             value = getattr(request, name)
             if value is not None and not _TASK_NAME.match(value):

@@ -71,6 +71,12 @@ class BrokerSettings:
                                       "replicas; past it a job is not accepted "
                                       "(`transient`: send it again) and a worker goes on "
                                       "without them (logged).")
+    redis_maxmemory_mb: int = _s(
+        "OCR_REDIS_MAXMEMORY_MB", "1536",
+        "The project's own Redis (`make run`, compose.yaml): its `maxmemory` in MiB, "
+        "with `maxmemory-policy noeviction`. When full it refuses writes (`transient`) "
+        "and drops nothing: no queued message, no running job's state. "
+        "docs/deploy.md says what to set on a managed Redis.")
     events_quiet_seconds: float = _s(
         "OCR_EVENTS_QUIET_SECONDS", "5",
         "On a Redis broker: seconds a process sends no more of one kind of Celery event "

@@ -99,6 +99,10 @@ def validate(settings: Settings) -> None:
         raise SettingsError("OCR_ESCALATE_BELOW must be from 0 to 1")
     if settings.escalate_wait_seconds <= 0:
         raise SettingsError("OCR_ESCALATE_WAIT_SECONDS must be positive")
+    unknown = set(settings.engines_from_zero) - set(settings.all_engine_names())
+    if unknown:
+        raise SettingsError(f"OCR_ENGINES_FROM_ZERO names no engine {sorted(unknown)}: "
+                            f"choose among {', '.join(settings.all_engine_names())}")
     for name in ("vlm_api_timeout", "vlm_api_connect_timeout", "vlm_api_page_time_limit",
                  "vlm_api_retry_seconds", "vlm_api_probe_seconds", "vlm_api_in_flight"):
         if getattr(settings, name) <= 0:
@@ -112,7 +116,8 @@ def validate(settings: Settings) -> None:
                  "pdf_dpi", "page_soft_time_limit", "max_deliveries", "max_render_pixels",
                  "dead_letter_max", "dead_letter_ttl", "visibility_timeout",
                  "worker_liveness_seconds",
-                 "structure_chunk_pages", "jobs_listed", "callback_retry_seconds"):
+                 "structure_chunk_pages", "jobs_listed", "callback_retry_seconds",
+                 "callback_threads", "callback_threads_per_client"):
         if getattr(settings, name) <= 0:
             raise SettingsError(f"{env_name(settings, name)} must be positive")
     if settings.worker_liveness_seconds < 10:  # heartbeats come every 5 s
@@ -140,7 +145,8 @@ def validate(settings: Settings) -> None:
             raise SettingsError(f"OCR_CALLBACK_ALLOWED_HOSTS: {entry!r} is not host "
                                 "or host:port")
     for env, prefixes in (("OCR_ALLOWED_URLS", settings.allowed_urls),
-                          ("OCR_READONLY_URLS", settings.readonly_urls)):
+                          ("OCR_READONLY_URLS", settings.readonly_urls),
+                          ("OCR_SHARED_READ_URLS", settings.shared_read_urls)):
         for prefix in prefixes:
             if not re.fullmatch(r"(s3://[a-z0-9][a-z0-9.-]{1,62}|https?://[^\s/?#@]+)/\S*",
                                 prefix) or not prefix.endswith("/"):

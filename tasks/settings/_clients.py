@@ -51,6 +51,13 @@ class ClientSettings:
                                        "receiver fails (5xx, no answer), with the tasks' "
                                        "backoff (steps up to 60 s), before its delivery is "
                                        "recorded as `callback_failed`.")
+    callback_threads: int = _s("OCR_CALLBACK_THREADS", "8",
+                               "Threads of the control worker that send callbacks (the "
+                               "callback outbox: POSTs and callback tasks), beside its pool.")
+    callback_threads_per_client: int = _s(
+        "OCR_CALLBACK_THREADS_PER_CLIENT", "2",
+        "Most of those threads one client's callbacks hold at once: a slow receiver "
+        "delays its own client's other callbacks only.")
     api_jobs_in_flight: int = _s("OCR_API_JOBS_IN_FLIGHT", "100",
                                  "HTTP API: most unfinished jobs one client may have; more "
                                  "are answered 429 `quota_exceeded` (0: no limit; `submit.py "
@@ -58,9 +65,10 @@ class ClientSettings:
     api_client_max_bytes: int = _s("OCR_API_CLIENT_MAX_BYTES", "268435456",
                                    "HTTP API: most bytes one client may have stored in "
                                    "Redis: uploads being received, inputs of unfinished "
-                                   "jobs and its line corrections (default 256 MB). An "
-                                   "upload or a correction that would pass it is answered "
-                                   "429 `quota_exceeded` and nothing of it is kept (0: no "
+                                   "jobs, its line corrections and its jobs' stored results "
+                                   "(default 256 MB). An upload or a correction that would "
+                                   "pass it, or a job sent while past it, is answered 429 "
+                                   "`quota_exceeded` and nothing of it is kept (0: no "
                                    "limit; per client: --max-bytes).")
     correction_versions: int = _s("OCR_CORRECTION_VERSIONS", "5",
                                   "HTTP API: versions of a corrected line kept (its text, "
@@ -101,9 +109,11 @@ class ClientSettings:
     api_heavy_concurrency: int = _s(
         "OCR_API_HEAVY_CONCURRENCY", "2",
         "HTTP API: requests one API process works on at once whose work grows with a "
-        "stored object (the console's compare; a corrected hOCR, ALTO or PDF result), "
-        "each in a worker thread. The others wait for a turn without holding a thread, "
-        "so the API's other routes keep theirs.")
+        "stored object (the console's compare; a corrected hOCR, ALTO or PDF result; "
+        "any result or page read of a job whose stored result is over 1 MB), "
+        "each in a worker thread; one client holds at most half of them (rounded up). "
+        "The others wait for a turn without holding a thread, so the API's other routes "
+        "keep theirs.")
     api_heavy_wait: float = _s("OCR_API_HEAVY_WAIT", "30",
                                "HTTP API: seconds such a request waits for a turn; then "
                                "it is answered 503 `busy` with Retry-After.")
@@ -115,10 +125,19 @@ class ClientSettings:
     allowed_urls: tuple[str, ...] = _s(
         "OCR_ALLOWED_URLS", "",
         "URL prefixes (comma separated, each ending in `/`: `s3://invoices/`, "
-        "`https://files.example.com/scans/`) under which `url` inputs may be read and "
-        "`result_url` objects written. Empty: URL inputs and result_url are refused "
+        "`https://files.example.com/scans/`): the service's outer bound, outside which "
+        "no `url` input is read and no `result_url` written. It grants an HTTP API "
+        "client nothing: that client reads under its own `--allowed-url` prefixes and "
+        "OCR_SHARED_READ_URLS only. Empty: URL inputs and result_url are refused "
         "(`url_not_allowed`), nothing is fetched. https never reaches a private, "
         "loopback or link-local address unless a prefix names that address itself.")
+    shared_read_urls: tuple[str, ...] = _s(
+        "OCR_SHARED_READ_URLS", "",
+        "URL prefixes (comma separated, each ending in `/`, as OCR_ALLOWED_URLS) that "
+        "every HTTP API client may read `url` inputs and batch sources under, beside its "
+        "own `--allowed-url` prefixes; never a result target by this alone. Only what "
+        "also lies under OCR_ALLOWED_URLS is read. Empty: a client without prefixes of "
+        "its own reads no URL.")
     readonly_urls: tuple[str, ...] = _s(
         "OCR_READONLY_URLS", "",
         "URL prefixes (comma separated, each ending in `/`, as OCR_ALLOWED_URLS) that "

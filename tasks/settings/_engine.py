@@ -65,6 +65,11 @@ class EngineSettings:
                                       "escalation engine's queue, for its server, its "
                                       "retries); past it the page keeps its first reading "
                                       "(its `escalation` says `error` code timeout).")
+    engines_from_zero: tuple[str, ...] = _s(
+        "OCR_ENGINES_FROM_ZERO", "",
+        "Engines served by a pool that may have no worker now (scaled from zero on its "
+        "queue's depth), comma separated: jobs naming them and pages escalating to them "
+        "are queued while no worker of theirs is live (docs/deploy.md).")
     # The vlm-api engine: a VLM behind an OpenAI-compatible inference server.
     vlm_api_url: str = _s("OCR_VLM_API_URL", "",
                           "Base URL of the OpenAI-compatible inference server the vlm-api "

@@ -93,11 +93,6 @@ class ApiJobs:
         members = self._redis.zrange(api_inflight_key(owner), 0, -1)
         return [_text(m) for m in members]  # type: ignore[arg-type]
 
-    def closed(self, owner: str, *job_ids: str) -> None:
-        """These jobs of `owner` have ended: they no longer count against its quota."""
-        if job_ids:
-            self._redis.zrem(api_inflight_key(owner), *job_ids)
-
     def claim_key(self, owner: str, digest: str, job_id: str, fingerprint: str) -> bool:
         """Take an Idempotency-Key for `job_id` (SET NX); False when already taken."""
         return bool(self._redis.set(api_idempotency_key(owner, digest),

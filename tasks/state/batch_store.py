@@ -258,7 +258,7 @@ def progress_of(record: BatchRecord, running: int) -> dict[str, Any]:
     eta = None if left is None else (0.0 if left == 0 else
                                      round(left / per_doc, 1) if per_doc else None)
     target = record.target
-    return {"id": record.id, "state": record.state.value,
+    return {"id": record.id, "client": record.client, "state": record.state.value,
             "source": record.source, "result_url": target,
             "manifest": target + ("" if target.endswith("/") else "/") + "manifest.jsonl",
             "documents": {"total": total, "listed": counts["listed"],

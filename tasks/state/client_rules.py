@@ -29,6 +29,7 @@ import redis
 from tasks.records.clients import RUNNING_BATCHES, ClientRules
 from tasks.settings import Settings
 from tasks.state.keys import API_CLIENTS_KEY, api_inflight_key, job_key
+from tasks.state.usage import engine_caps
 
 # Seconds a place is kept for a job without a record: its sender writes the job's record
 # (`ocr:job:<id>`) in the round trip after it reserves the place.
@@ -42,16 +43,18 @@ def rules_of(name: str, token: Mapping[str, Any] | None, settings: Settings) -> 
     prefixes = token.get("allowed_urls")
     own = token.get("jobs_in_flight")
     batches = token.get("batches")
-    own_urls = None if prefixes is None else tuple(str(p) for p in prefixes)
+    # none of its own: it reads no URL but OCR_SHARED_READ_URLS, and writes nowhere
+    own_urls = () if prefixes is None else tuple(str(p) for p in prefixes)
     return ClientRules(
         name=name,
         allowed_urls=own_urls,
-        result_urls=own_urls or (),  # none of its own: it writes results nowhere
+        result_urls=own_urls,
         max_priority=token.get("max_priority"),
         jobs_in_flight=settings.api_jobs_in_flight if own is None else int(own),
         batches=RUNNING_BATCHES if batches is None else int(batches),
         pages_per_day=token.get("pages_per_day") or None,
-        pages_per_month=token.get("pages_per_month") or None)
+        pages_per_month=token.get("pages_per_month") or None,
+        engine_pages_per_day=engine_caps(token))
 
 
 def read_rules(client: redis.Redis, name: str, settings: Settings) -> ClientRules:

@@ -36,7 +36,7 @@ from tasks.state.keys import (
     corrections_key,
 )
 from tasks.state.lua import Script
-from tasks.state.stored_bytes import STORED, over_quota
+from tasks.state.stored_bytes import STORED, over_quota, results_keys
 
 Box = tuple[int, int, int, int]
 MATCH_IOU = 0.8  # a later read's line is the corrected one when their boxes overlap this much
@@ -44,17 +44,18 @@ MAX_TEXT = 10_000  # characters of one corrected line
 PAGE_SCAN = 1000  # fields an HSCAN of a document's corrections asks for at a time
 
 # KEYS: 1 the client's inputs set, 2 its corrections' bytes, 3 the document's lines,
-# 4 the client's pages. ARGV: 1 the line's field, 2 its record, 3 the page's field,
-# 4 its record ('': none, the field deleted), 5 the limit (0: none). A write that
-# grows the client's stored bytes past the limit is refused: -1, nothing written.
-# Else the records are written and their change in length counted; returns the
-# corrections' bytes. Records written before they were counted make the count go
-# below 0 as they shrink: it stays at 0.
+# 4 the client's pages, 5 and 6 its results' count. ARGV: 1 the line's field, 2 its
+# record, 3 the page's field, 4 its record ('': none, the field deleted), 5 the limit
+# (0: none). A write that grows the client's stored bytes past the limit is refused:
+# -1, nothing written. Else the records are written and their change in length
+# counted; returns the corrections' bytes. Records written before they were counted
+# make the count go below 0 as they shrink: it stays at 0.
 _WRITE = Script(STORED + """
 local grows = string.len(ARGV[2]) + string.len(ARGV[4])
   - redis.call('HSTRLEN', KEYS[3], ARGV[1]) - redis.call('HSTRLEN', KEYS[4], ARGV[3])
 local limit = tonumber(ARGV[5])
-if grows > 0 and limit > 0 and stored(KEYS[1], KEYS[2], '') + grows > limit then
+if grows > 0 and limit > 0
+    and stored(KEYS[1], KEYS[2], '', KEYS[5], KEYS[6]) + grows > limit then
   return -1
 end
 redis.call('HSET', KEYS[3], ARGV[1], ARGV[2])
@@ -217,7 +218,7 @@ class Corrections:
         """
         key = corrections_key(self.owner, digest)
         keys = [api_bytes_key(self.owner), corrections_bytes_key(self.owner), key,
-                corrected_pages_key(self.owner)]
+                corrected_pages_key(self.owner), *results_keys(self.owner)]
         with self._redis.pipeline() as pipe:
             while True:
                 try:

@@ -14,16 +14,19 @@ import enum
 import json
 import logging
 import re
+import secrets
 from collections.abc import Callable, Sequence
 from typing import Any
 
 import redis
 
-from tasks.errors import BadRequest
+from tasks.errors import BadRequest, InputNotFound
 from tasks.records.jobs import Broadcast, ResultRecord
 from tasks.records.redis_target import RedisTarget
+from tasks.records.request import SEALED_OPTIONS, SEALED_TOKEN
 from tasks.state import job_notices, job_scripts, lua
 from tasks.state.boundary import transient_methods
+from tasks.state.callback_outbox import CallbackOutbox, Delivery, write_parts
 from tasks.state.keys import (
     BLOB_PREFIX,
     api_inflight_key,
@@ -32,6 +35,8 @@ from tasks.state.keys import (
     job_ended_key,
     job_key,
     job_notice_key,
+    job_summary_key,
+    sealed_key,
 )
 from tasks.state.replicas import hold_kept
 from tasks.state.sent_fields import AS_SENT, as_sent, start_inputs
@@ -105,7 +110,7 @@ class JobControl:
     """Per-job facts clients and workers share: input blob, deadline, cancellation.
 
     `ocr:job:<id>` is a hash (fields `blob`, `deadline`, `filename`, `queue`, `client`,
-    `owner`, `prefixes`, `result_prefixes`, `cancelled`, `callback` and `callback_event`);
+    `owner`, `prefixes`, `result_prefixes`, `cancelled` and `callback`);
     `ocr:job:<id>:cancelled` holds the result of a cancelled job (pages done so far);
     `ocr:doc:<id>:cancel` marks a cancel asked, beside a fanned-out PDF's meta;
     `ocr:job:<id>:ended` is the claim of the one exit (tasks/lifecycle/job_exit.py).
@@ -178,7 +183,8 @@ class JobControl:
     def claim_end(self, job_id: str, holder: str, record: ResultRecord | None = None, *,
                   ended: str = "", freed: Sequence[str] = (),
                   carried: CarriedWrites | None = None,
-                  told: Broadcast | None = None, client: str | None = None) -> bool:
+                  told: Broadcast | None = None, client: str | None = None,
+                  callbacks: Sequence[Delivery] = (), summary: str = "") -> bool:
         """Take the right to end the job (`ocr:job:<id>:ended`); once only.
 
         The claim names its `holder` (`<host>:<pid>`) until the ending is done
@@ -188,8 +194,10 @@ class JobControl:
         taken; with `ended` (the job's status) too, the ending is done in that step as
         well, as `mark_ended(job_id, ended, freed, client)` does after it; with `told` (the
         ending's event for monitors, on this server's PUB/SUB) that step publishes it
-        after the record. The `carried` writes (`CarriedWrites`) go first
-        in the same round trip, claimed or not.
+        after the record; the job's `summary` (JSON: `tasks.records.jobs.job_summary`)
+        is stored beside the record. The ending's `callbacks` go into the outbox in that
+        step too (tasks/state/callback_outbox.py; with `record` only). The `carried`
+        writes (`CarriedWrites`) go first in the same round trip, claimed or not.
         """
         pipe, names = None, []
         if carried:
@@ -200,12 +208,14 @@ class JobControl:
                 job_ended_key(job_id), holder, nx=True, ex=self._ttl)
         else:
             in_flight, member = _in_flight(job_id, client)
+            outbox_keys, outbox_args = write_parts(list(callbacks), self._ttl)
             keys = [job_ended_key(job_id), record.key, job_notice_key(job_id), in_flight,
-                    *freed]
+                    job_summary_key(job_id), *outbox_keys, *freed]
             args = [holder, self._ttl, record.text, record.ttl or "", ended, ENDING_DONE,
-                    job_notices.FIELD, max(1, int(self._ttl)), member]
-            if told is not None:
-                args += [told.topic, told.message]
+                    job_notices.FIELD, max(1, int(self._ttl)), member, len(callbacks),
+                    *outbox_args[:2], *(("", "") if told is None
+                                        else (told.topic, told.message)), summary,
+                    *outbox_args[2:]]
             answer = (job_scripts.CLAIM_END.run(self._redis, keys, args) if pipe is None
                       else job_scripts.CLAIM_END.queue(pipe, keys, args))
         if pipe is None:
@@ -215,6 +225,10 @@ class JobControl:
         if isinstance(got[-1], Exception):
             raise got[-1]
         return bool(got[-1])
+
+    def put_callbacks(self, callbacks: Sequence[Delivery]) -> None:
+        """Write an ending's callbacks whose result the claim's step did not store."""
+        CallbackOutbox(self._redis, self._ttl).put(list(callbacks))
 
     def end_holder(self, job_id: str) -> str | None:
         """Who holds the job's end claim while its ending runs; None: unclaimed or done."""
@@ -229,28 +243,26 @@ class JobControl:
                                               [holder, new_holder]))
 
     def mark_ended(self, job_id: str, holder: str, status: str = "",
-                   freed: Sequence[str] = (), client: str | None = None) -> EndMark:
+                   freed: Sequence[str] = (), client: str | None = None,
+                   summary: str = "") -> EndMark:
         """The ending is done: the claim no longer names its `holder` (its TTL kept).
 
         With `status`, the job's ending notice too, in the same atomic step
         (tasks/state/job_notices.py): what waiting clients block on. The keys `freed`
         (the job's join and inputs) are deleted first, in that step too, and the job
         leaves the jobs in flight of its `client` (`ocr:api:inflight:<client>`, counted
-        by tasks/state/client_rules.py; None: no client's). Only while the
+        by tasks/state/client_rules.py; None: no client's), and its `summary` is
+        stored (where given: an ending `claim_end` stored no record for). Only while the
         claim names `holder`: a server without the claim (its step was lost with a
         failover), or one where another holder claimed since, is left as it is.
         """
         in_flight, member = _in_flight(job_id, client)
-        keys = [job_ended_key(job_id), job_notice_key(job_id), in_flight, *freed]
+        keys = [job_ended_key(job_id), job_notice_key(job_id), in_flight,
+                job_summary_key(job_id), *freed]
         answer = int(job_scripts.MARK_ENDED.run(self._redis, keys, [
             holder, ENDING_DONE, status, job_notices.FIELD, max(1, int(self._ttl)),
-            member]))
+            member, summary]))
         return {1: EndMark.DONE, 0: EndMark.LOST}.get(answer, EndMark.ELSEWHERE)
-
-    def notify_ended(self, job_id: str, status: str) -> None:
-        """Write the ending notice of a job ended outside the one exit (a refusal)."""
-        job_notices.announce(self._redis.pipeline(transaction=False), job_id, status,
-                             self._ttl).execute()
 
     def keep(self, job_id: str, target: RedisTarget, *, ending: bool = False) -> bool:
         """Hold until `target.min_replicas` replicas have the job's writes (Redis WAIT).
@@ -273,21 +285,51 @@ class JobControl:
     def has_ended(self, job_id: str) -> bool:
         return bool(self._redis.exists(job_ended_key(job_id)))
 
-    def record_callback(self, job_id: str, delivery: dict[str, Any], event: str = "") -> None:
-        """How the job's `callback_url` delivery went (field `callback`, JSON).
-
-        `event`: the ending it delivered (field `callback_event`), so that a message of
-        the same delivery that comes back is not POSTed again.
-        """
-        fields = {"callback": json.dumps(delivery)}
-        if event:
-            fields["callback_event"] = event
-        self.remember(job_id, **fields)
+    def record_callback(self, job_id: str, delivery: dict[str, Any]) -> None:
+        """How the job's `callback_url` delivery went (field `callback`, JSON)."""
+        self.remember(job_id, callback=json.dumps(delivery))
 
     def callback(self, info: dict[str, str]) -> dict[str, Any] | None:
         """The delivery record in a job's `info()`, or None before any attempt ended."""
         raw = info.get("callback")
         return json.loads(raw) if raw else None
+
+    def seal_in(self, pipe: Any, fields: dict[str, str], ttl: int) -> str:
+        """Queue `fields` (SEALED_OPTIONS) in `pipe` under a fresh random name: that name."""
+        token = secrets.token_hex(16)
+        pipe.hset(sealed_key(token), mapping=fields)
+        pipe.expire(sealed_key(token), ttl)
+        return token
+
+    def seal(self, fields: dict[str, str], ttl: int) -> str:
+        """`seal_in` on its own: the fresh name `fields` are kept under."""
+        with self._redis.pipeline() as pipe:
+            token = self.seal_in(pipe, fields, ttl)
+            pipe.execute()
+        return token
+
+    def unsealed(self, kwargs: dict[str, Any]) -> dict[str, Any]:
+        """`kwargs` with the arguments their `sealed` names put back.
+
+        InputNotFound when they are gone (expired); kwargs without a well-formed name
+        are as they came (the request's decoding refuses a malformed one).
+        """
+        token = kwargs.get("sealed")
+        if not isinstance(token, str) or not SEALED_TOKEN.match(token):
+            return kwargs
+        stored = {_text(k): _text(v) for k, v in self._redis.hgetall(sealed_key(token)).items()}
+        if not stored:
+            raise InputNotFound("the job's sealed arguments (password, ground truth) "
+                                "have expired")
+        return {**kwargs, **{k: v for k, v in stored.items() if k in SEALED_OPTIONS}}
+
+    def sealed_password(self, token: str) -> str | None:
+        """The password kept under the sealed name `token`; InputNotFound once it is gone."""
+        return self.unsealed({"sealed": token}).get("password")
+
+    def forget_sealed(self, token: str) -> None:
+        """Delete the sealed arguments named `token` (read, and no longer needed)."""
+        self._redis.delete(sealed_key(token))
 
     def client(self, job_id: str) -> str:
         """The client the job was sent under ("" when none was recorded)."""

@@ -26,6 +26,7 @@ from __future__ import annotations
 import base64
 import binascii
 import json
+import re
 import threading
 import time
 import zlib
@@ -44,6 +45,7 @@ SCAN_MOST = 1000    # index entries one page request looks at, at most
 BATCH = 100         # entries described per round trip
 TRIM_ONE_IN = 32    # an add trims its keys when its job id's hash is a multiple of this
 TTL_EVERY = 60.0    # seconds between one process's TTL writes of a key
+PREFIX = re.compile(r"[0-9a-fA-F-]+")  # an id's start that needs no escaping in MATCH
 
 
 def trims(job_id: str) -> bool:
@@ -181,6 +183,21 @@ class JobIndex:
                 break
             skip += len(raw)
         return found[:count]
+
+    def starting_with(self, prefix: str, most: int = 2) -> list[str]:
+        """Up to `most` ids in everyone's index that begin with `prefix` (hex and `-`).
+
+        A ZSCAN with MATCH: it walks the index (bounded by `most * ALL_FACTOR`).
+        """
+        if not PREFIX.fullmatch(prefix):
+            return []
+        found: list[str] = []
+        for member, _ in self._redis.zscan_iter(JOBS_ALL_KEY, match=f"{prefix}*",
+                                                count=SCAN_MOST):
+            found.append(member.decode() if isinstance(member, bytes) else str(member))
+            if len(found) >= most:
+                break
+        return found
 
     def page(self, client: str | None, since: float | None, until: float | None,
              after: Cursor | None, limit: int,

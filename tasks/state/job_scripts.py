@@ -8,7 +8,7 @@ ending runs, and `done` (`ENDING_DONE`) once it is finished.
 
 from __future__ import annotations
 
-from tasks.state import lua
+from tasks.state import callback_outbox, lua
 
 TAKE_OVER_END = lua.Script("""
 if redis.call('get', KEYS[1]) ~= ARGV[1] then return 0 end
@@ -40,19 +40,25 @@ return {ended, input, unpack(fields)}
 """)
 
 # The end claim (KEYS[1] := holder ARGV[1], NX, TTL ARGV[2]) with the result record
-# (KEYS[2] := ARGV[3], TTL ARGV[4], published on its key, then ARGV[11] on channel
-# ARGV[10] where given: the ending's event for monitors); with a status (ARGV[5]) the
-# ending done as well: the keys KEYS[5..] freed, the job (ARGV[9]; '': none) out of its
-# client's jobs in flight (KEYS[4]), the claim marked done (ARGV[6]) and the notice
-# (KEYS[3], field ARGV[7], TTL ARGV[8]) written, as mark_ended does.
-CLAIM_END = lua.Script("""
+# (KEYS[2] := ARGV[3], TTL ARGV[4], published on its key, then ARGV[14] on channel
+# ARGV[13] unless '': the ending's event for monitors), the job's summary (KEYS[5] :=
+# ARGV[15] unless '', TTL ARGV[2]) and its ARGV[10] callbacks (callback_outbox.WRITE:
+# the due set KEYS[6], the doorbell KEYS[7], the records KEYS[8..], texts ARGV[16..],
+# members ARGV[12], TTL ARGV[11]); with a status (ARGV[5]) the ending done as well: the
+# keys after the records freed, the job (ARGV[9]; '': none) out of its client's jobs in
+# flight (KEYS[4]), the claim marked done (ARGV[6]) and the notice (KEYS[3], field
+# ARGV[7], TTL ARGV[8]) written, as mark_ended does.
+CLAIM_END = lua.Script(callback_outbox.WRITE + """
 if not redis.call('SET', KEYS[1], ARGV[1], 'NX', 'EX', ARGV[2]) then return 0 end
 if ARGV[4] == '' then redis.call('SET', KEYS[2], ARGV[3])
 else redis.call('SET', KEYS[2], ARGV[3], 'EX', ARGV[4]) end
+if ARGV[15] ~= '' then redis.call('SET', KEYS[5], ARGV[15], 'EX', ARGV[2]) end
 redis.call('PUBLISH', KEYS[2], ARGV[3])
-if ARGV[10] then redis.call('PUBLISH', ARGV[10], ARGV[11]) end
+if ARGV[13] ~= '' then redis.call('PUBLISH', ARGV[13], ARGV[14]) end
+local callbacks = tonumber(ARGV[10])
+outbox_write(KEYS[6], KEYS[7], ARGV[11], ARGV[12], 8, 16, callbacks)
 if ARGV[5] ~= '' then
-  if #KEYS > 4 then redis.call('DEL', unpack(KEYS, 5)) end
+  if #KEYS > 7 + callbacks then redis.call('DEL', unpack(KEYS, 8 + callbacks)) end
   if ARGV[9] ~= '' then redis.call('ZREM', KEYS[4], ARGV[9]) end
   redis.call('SET', KEYS[1], ARGV[6], 'XX', 'KEEPTTL')
   redis.call('XADD', KEYS[3], 'MAXLEN', '1', '*', ARGV[7], ARGV[5])
@@ -73,10 +79,11 @@ return 1
 """)
 
 
-# The ending done (KEYS[1], the claim, still naming its holder ARGV[1]): the keys
-# KEYS[4..] freed, the job (ARGV[6]; '': none) out of its client's jobs in flight
-# (KEYS[3]), the claim marked done (ARGV[2], its TTL kept) and, with a status
-# (ARGV[3]), the notice (KEYS[2], field ARGV[4], TTL ARGV[5]) written. 1: done; 0: no
+# The ending done (KEYS[1], the claim, still naming its holder ARGV[1]): the job's
+# summary (KEYS[4] := ARGV[7], TTL ARGV[5]; '': none) written, the keys KEYS[5..]
+# freed, the job (ARGV[6]; '': none) out of its client's jobs in flight (KEYS[3]), the
+# claim marked done (ARGV[2], its TTL kept) and, with a status (ARGV[3]), the notice
+# (KEYS[2], field ARGV[4], TTL ARGV[5]) written. 1: done; 0: no
 # claim on this server (its step was lost with a failover), nothing written; -1: the
 # claim names another holder, nothing written.
 # (The claim is set and read in one command; another holder's is put back.)
@@ -87,7 +94,8 @@ if claim ~= ARGV[1] then
   redis.call('SET', KEYS[1], claim, 'KEEPTTL')
   return -1
 end
-if #KEYS > 3 then redis.call('DEL', unpack(KEYS, 4)) end
+if ARGV[7] ~= '' then redis.call('SET', KEYS[4], ARGV[7], 'EX', ARGV[5]) end
+if #KEYS > 4 then redis.call('DEL', unpack(KEYS, 5)) end
 if ARGV[6] ~= '' then redis.call('ZREM', KEYS[3], ARGV[6]) end
 if ARGV[3] ~= '' then
   redis.call('XADD', KEYS[2], 'MAXLEN', '1', '*', ARGV[4], ARGV[3])

@@ -10,6 +10,9 @@ Celery's one word for two endings, REVOKED, apart (`expired_before_start`); and 
 sent it and what (`client`, `filename`). The job lists (`tasks/state/job_index.py`)
 read many jobs' marks in one round trip (`read_many`).
 
+A cache hit's record refers to the job that read its pages (`Outcome.stored`): every
+read here takes them from that job's record (`resolved`).
+
 Runs in any client process; Celery's backend is passed in (its key format and codec),
 nothing of Celery is imported here.
 """
@@ -17,11 +20,13 @@ nothing of Celery is imported here.
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Protocol
 
 import redis
 
+from tasks.records.jobs import SOURCE_FIELD, resolved
 from tasks.records.status import (
     CeleryState,
     JobStatus,
@@ -30,7 +35,8 @@ from tasks.records.status import (
     celery_final,
     from_celery,
 )
-from tasks.state.keys import job_cancelled_key, job_key
+from tasks.state import lua
+from tasks.state.keys import job_cancelled_key, job_key, job_summary_key
 
 Raw = bytes | str | None
 # The control hash's fields read with a job's state: how many pages it reads (its
@@ -38,8 +44,24 @@ Raw = bytes | str | None
 # priority it runs at (tasks/state/stores.py).
 TOTAL_FIELD = "total"
 JOB_FIELDS = (TOTAL_FIELD, "deadline", "cancelled", "client", "filename", "priority")
-# A job's raw marks: stored state, cancel record, and the control hash's JOB_FIELDS.
-Marks = tuple[Raw, Raw, tuple[Raw, ...]]
+# A job's raw marks: its summary, and where it has none its stored state and cancel
+# record; the control hash's JOB_FIELDS.
+Marks = tuple[Raw, Raw, Raw, tuple[Raw, ...]]
+
+# The marks in one step: an ended job's summary (KEYS[1]) and, only where it has none,
+# its stored state (ARGV[1]) and cancel record (KEYS[2]); fields ARGV[2..] of its control
+# hash (KEYS[3]). A read bounded by the summary, however large the stored result. The
+# stored state is named in ARGV: Redis asks read and write access of a script's KEYS,
+# and the `client` user reads results, never writes them.
+_MARKS = lua.Script("""
+local summary = redis.call('GET', KEYS[1])
+local meta, cancelled = false, false
+if not summary then
+  meta = redis.call('GET', ARGV[1])
+  cancelled = redis.call('GET', KEYS[2])
+end
+return {summary, meta, cancelled, redis.call('HMGET', KEYS[3], unpack(ARGV, 2))}
+""")
 
 
 def expired_before_start(cancel_asked: object, deadline: object) -> bool:
@@ -110,17 +132,20 @@ class JobStateReader:
         self._backend = backend
 
     def marks(self, job_id: str) -> Marks:
-        """The stored state, cancel record and planned page count: one round trip."""
-        pipe = self._redis.pipeline(transaction=False)
-        self.queue_marks(pipe, job_id)
-        meta, cancelled, fields = pipe.execute()
-        return meta, cancelled, tuple(fields)
+        """The summary (or stored state and cancel record) and fields: one round trip."""
+        return as_marks(_MARKS.run(self._redis, *self._mark_keys(job_id)))
 
     def queue_marks(self, pipe: Any, job_id: str) -> None:
-        """Add the three reads of `marks` to a pipeline another read shares."""
-        pipe.get(self._backend.get_key_for_task(job_id))
-        pipe.get(job_cancelled_key(job_id))
-        pipe.hmget(job_key(job_id), list(JOB_FIELDS))
+        """Add the read of `marks` to a pipeline another read shares (`as_marks` its answer).
+
+        Run it with `tasks.state.lua.execute` (a script the server lacks is loaded).
+        """
+        _MARKS.queue(pipe, *self._mark_keys(job_id))
+
+    def _mark_keys(self, job_id: str) -> tuple[list[Any], list[Any]]:
+        """`_MARKS`' KEYS and ARGV for `job_id`."""
+        return ([job_summary_key(job_id), job_cancelled_key(job_id), job_key(job_id)],
+                [self._backend.get_key_for_task(job_id), *JOB_FIELDS])
 
     def endings_of(self, job_ids: list[str]) -> list[tuple[dict[str, Any], dict[str, str]]]:
         """`ending` of each of `job_ids`, in order: one round trip for them all."""
@@ -133,8 +158,18 @@ class JobStateReader:
         for meta, fields in zip(raw[::2], raw[1::2], strict=True):
             decoded = (self._backend.decode_result(meta) if meta else
                        {"status": CeleryState.PENDING.value, "result": None})
-            out.append((decoded, {_text(k): _text(v) for k, v in fields.items()}))
+            out.append((self._whole(decoded), {_text(k): _text(v) for k, v in fields.items()}))
         return out
+
+    def _whole(self, decoded: dict[str, Any]) -> dict[str, Any]:
+        """A decoded record whole: a cache hit's pages read from its source's record."""
+        value = decoded.get("result")
+        if not isinstance(value, dict) or not value.get(SOURCE_FIELD):
+            return decoded
+        raw = self._redis.get(self._backend.get_key_for_task(str(value[SOURCE_FIELD])))
+        source = self._backend.decode_result(raw).get("result") if raw else None
+        return {**decoded, "result": resolved(value, source if isinstance(source, dict)
+                                              else None)}
 
     def ended(self, job_ids: list[str]) -> list[str]:
         """Which of `job_ids` have ended: one MGET of their stored states."""
@@ -153,7 +188,7 @@ class JobStateReader:
             if meta:
                 decoded = self._backend.decode_result(meta)
                 if celery_final(str(decoded.get("status"))):
-                    out[job_id] = decoded
+                    out[job_id] = self._whole(decoded)
         return out
 
     def read(self, job_id: str) -> JobProgress:
@@ -164,23 +199,26 @@ class JobStateReader:
         pipe = self._redis.pipeline(transaction=False)
         for job_id in job_ids:
             self.queue_marks(pipe, job_id)
-        raw = pipe.execute()
-        return [self.progress(job_id, (raw[3 * i], raw[3 * i + 1], tuple(raw[3 * i + 2])))
-                for i, job_id in enumerate(job_ids)]
+        raw = lua.execute(pipe)
+        return [self.progress(job_id, as_marks(answer))
+                for job_id, answer in zip(job_ids, raw, strict=True)]
 
     def progress(self, job_id: str, marks: Marks) -> JobProgress:
         """The job's progress from its marks (read by `marks` or `queue_marks`)."""
-        meta, raw_cancelled, fields = marks
+        summary, meta, raw_cancelled, fields = marks
         raw_total, deadline, cancel_asked, client, name, priority = fields
         planned = int(raw_total) if raw_total else 0
         sender, filename = _text(client), _text(name)
-        if meta is None and not raw_cancelled and all(f is None for f in fields):
+        if summary is None and meta is None and not raw_cancelled and all(
+                f is None for f in fields):
             return JobProgress(job_id, ShownState.PENDING, known=False)
         runs_at = _text(priority)
 
         def made(state: ShownState, done: int, total: int, **more: Any) -> JobProgress:
             return JobProgress(job_id, state, done, total, **{
                 "client": sender, "filename": filename, "priority": runs_at, **more})
+        if summary is not None:
+            return _summarized(json.loads(summary), planned, made)
         # A cancel's stored result is final even when a page that finished just after
         # it wrote PROGRESS over the job's state.
         if raw_cancelled:
@@ -190,7 +228,7 @@ class JobStateReader:
                         result=kept)
         if meta is None:
             return made(ShownState.PENDING, 0, planned)
-        decoded = self._backend.decode_result(meta)
+        decoded = self._whole(self._backend.decode_result(meta))
         state = str(decoded.get("status", CeleryState.PENDING))
         shown = ShownState.of(state, expired_before_start(cancel_asked, deadline))
         value = decoded.get("result")
@@ -202,6 +240,26 @@ class JobStateReader:
                         client=str(value.get("client", sender)),
                         filename=str(value.get("filename") or filename))
         return made(shown, 0, planned)
+
+
+def as_marks(answer: list[Any]) -> Marks:
+    """The marks of a job from its marks script's answer (`queue_marks`)."""
+    summary, meta, cancelled, fields = answer
+    return summary, meta, cancelled, tuple(fields)
+
+
+def _summarized(summary: dict[str, Any], planned: int,
+                made: Callable[..., JobProgress]) -> JobProgress:
+    """An ended job's progress from its summary (`tasks.records.jobs.job_summary`)."""
+    status = JobStatus.of(summary.get("status"))
+    done = int(summary.get("done") or 0)
+    total = max(int(summary.get("covered") or 0), planned)
+    sent = {key: str(summary[key]) for key in ("client", "filename") if summary.get(key)}
+    if status is JobStatus.CANCELLED:
+        return made(ShownState.CANCELLED, done, max(total, done), cancelled=True,
+                    result=summary, **sent)
+    state = ShownState.FAILURE if status is JobStatus.FAILURE else ShownState.SUCCESS
+    return made(state, done, total, result=summary, **sent)
 
 
 def _text(raw: Raw) -> str:

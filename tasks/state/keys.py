@@ -25,6 +25,10 @@ ROOT = "ocr:"
 # Celery's result backend: celery-task-meta-<task id> (Celery's name, not ours).
 RESULT_PREFIX = "celery-task-meta-"
 BLOB_PREFIX = ROOT + "blob:"          # input bytes: ocr:blob:<id>
+API_BLOB_START = "api."               # an API upload's: ocr:blob:api.<client>.<hex>
+# A job's sealed arguments (its password, its ground truth), apart from its message:
+# ocr:sealed:<random token> (tasks/state/job_control.py).
+SEALED_PREFIX = ROOT + "sealed:"
 CACHE_PREFIX = ROOT + "cache:"        # result cache: ocr:cache:<sha256>
 OUTPUT_PREFIX = ROOT + "output:"      # produced files: ocr:output:<job id>
 JOB_PREFIX = ROOT + "job:"            # per-job control hash and ocr:job:<id>:cancelled
@@ -45,6 +49,8 @@ MODELS_RUN_PREFIX = MODELS_PREFIX + "audit-run:"      # <run>:<host>:<model dir>
 METRICS_PREFIX = ROOT + "metrics:"    # counters and gauges (tasks/state/metrics.py)
 METRICS_NODES_KEY = METRICS_PREFIX + "nodes"    # set: the nodes that wrote metrics
 METRICS_HISTOGRAMS_KEY = METRICS_PREFIX + "histograms"  # hash: every histogram's buckets
+# hash: queue -> when its oldest waiting message was sent (tasks/metrics/queue_depth.py)
+METRICS_OLDEST_KEY = METRICS_PREFIX + "oldest"
 WORKERS_KEY = ROOT + "workers"        # hash: worker node -> its queues (tasks/state/liveness.py)
 # Jobs by client, newest first (tasks/state/job_index.py): sorted sets of job ids.
 JOBS_PREFIX = ROOT + "jobs:"
@@ -62,6 +68,7 @@ API_INFLIGHT_PREFIX = API_PREFIX + "inflight:"  # sorted set per client: open jo
 API_UPLOAD_PREFIX = API_PREFIX + "upload:"    # an upload being received (renamed to a blob)
 API_WEBHOOK_PREFIX = API_PREFIX + "webhook:"  # hash per client: its callback signing secrets
 API_BYTES_PREFIX = API_PREFIX + "bytes:"      # <client>: bytes of its inputs waiting in Redis
+API_RESULTS_PREFIX = API_PREFIX + "results:"  # <client>: its jobs' stored results, counted
 API_SESSION_PREFIX = API_PREFIX + "session:"  # a console sign-in (tasks/api/sessions.py)
 # Page previews (tasks/state/previews.py): ocr:preview:<job id>:<page>, as long as results;
 # ocr:preview:<job id>:source names the job whose previews a cached answer shows.
@@ -77,6 +84,11 @@ BATCHES_RUNNING_KEY = BATCHES_PREFIX + "running"  # set of the ids of unfinished
 # first), ocr:golden:run:<run>:<engine> (a run's documents), ocr:golden:job:<job id>.
 GOLDEN_PREFIX = ROOT + "golden:"
 GOLDEN_HISTORY_KEY = GOLDEN_PREFIX + "history"
+# The callback outbox (tasks/state/callback_outbox.py): ocr:callbacks:<delivery id>, and
+# ocr:callbacks:due (a sorted set: each delivery by when it is due) and :wake (a doorbell).
+CALLBACKS_PREFIX = ROOT + "callbacks:"
+CALLBACKS_DUE_KEY = CALLBACKS_PREFIX + "due"
+CALLBACKS_WAKE_KEY = CALLBACKS_PREFIX + "wake"
 
 
 def golden_run_key(run: str, engine: str) -> str:
@@ -97,6 +109,11 @@ def job_key(job_id: str) -> str:
 def job_cancelled_key(job_id: str) -> str:
     """`ocr:job:<id>:cancelled`: a cancelled job's result (the pages it kept)."""
     return f"{JOB_PREFIX}{job_id}:cancelled"
+
+
+def result_key(job_id: str) -> str:
+    """`celery-task-meta-<job id>`: a job's record in Celery's Redis result backend."""
+    return f"{RESULT_PREFIX}{job_id}"
 
 
 def output_key(job_id: str) -> str:
@@ -134,9 +151,14 @@ def api_upload_key(token: str) -> str:
     return f"{API_UPLOAD_PREFIX}{token}"
 
 
+def sealed_key(token: str) -> str:
+    """`ocr:sealed:<token>`: a job's sealed arguments (hash), named in its message only."""
+    return f"{SEALED_PREFIX}{token}"
+
+
 def api_blob_key(client: str, token: str) -> str:
     """`ocr:blob:api.<client>.<hex>`: an input uploaded through the API (its owner named)."""
-    return f"{BLOB_PREFIX}api.{client}.{token}"
+    return f"{BLOB_PREFIX}{API_BLOB_START}{client}.{token}"
 
 
 def api_rate_key(client: str, minute: int) -> str:
@@ -147,6 +169,16 @@ def api_rate_key(client: str, minute: int) -> str:
 def api_bytes_key(client: str) -> str:
     """`ocr:api:bytes:<client>`: bytes of the client's inputs waiting in Redis."""
     return f"{API_BYTES_PREFIX}{client}"
+
+
+def api_results_key(client: str) -> str:
+    """`ocr:api:results:<client>`: its jobs' stored results (`<bytes>:<id>` by end)."""
+    return f"{API_RESULTS_PREFIX}{client}"
+
+
+def api_results_bytes_key(client: str) -> str:
+    """`ocr:api:results:<client>:bytes`: the bytes of its jobs' stored results."""
+    return f"{api_results_key(client)}:bytes"
 
 
 def api_token_key(digest: str) -> str:
@@ -169,9 +201,19 @@ def batch_key(batch_id: str, part: str = "") -> str:
     return f"{BATCH_PREFIX}{batch_id}" + (f":{part}" if part else "")
 
 
+def callback_key(delivery_id: str) -> str:
+    """`ocr:callbacks:<delivery id>`: one callback of an ending, kept until it is sent."""
+    return f"{CALLBACKS_PREFIX}{delivery_id}"
+
+
 def job_ended_key(job_id: str) -> str:
     """`ocr:job:<id>:ended`: the one exit's claim; once set, the job takes no writes."""
     return f"{job_key(job_id)}:ended"
+
+
+def job_summary_key(job_id: str) -> str:
+    """`ocr:job:<id>:summary`: an ended job's summary (JSON), what status reads show."""
+    return f"{job_key(job_id)}:summary"
 
 
 def job_notice_key(job_id: str) -> str:
@@ -293,18 +335,38 @@ def _all(prefix: str) -> str:
     return prefix + "*"
 
 
+def _all_but(prefix: str, start: str) -> tuple[str, ...]:
+    """Redis globs of every key under `prefix` but those under `prefix + start`.
+
+    A glob cannot say "not this prefix": one glob for each letter of `start`, as
+    `ocr:blob:[^a]*`, `ocr:blob:a[^p]*`, ...
+    """
+    return tuple(f"{prefix}{start[:i]}[^{start[i]}]*" for i in range(len(start)))
+
+
 # The state's key families, each with the roles that write or only read it: the Redis
 # users and docs/security.md's matrix are built from these (tasks/redis_users.py).
 FAMILIES: tuple[KeyFamily, ...] = (
     KeyFamily("results", (_all(RESULT_PREFIX),), (RESULT_PREFIX + "1",),
               writers=RUNNERS, readers=(*SENDERS, "beat", "flower")),
-    KeyFamily("job records and inputs", (_all(JOB_PREFIX), _all(BLOB_PREFIX)),
-              (job_key("1"), BLOB_PREFIX + "1"), writers=(*RUNNERS, *SENDERS)),
+    KeyFamily("job records", (_all(JOB_PREFIX),), (job_key("1"), job_cancelled_key("1")),
+              writers=(*RUNNERS, *SENDERS)),
+    # A client stores its input and names it in its message; it reads none back, nor
+    # writes an input uploaded through the API.
+    KeyFamily("inputs sent by clients", _all_but(BLOB_PREFIX, API_BLOB_START),
+              (BLOB_PREFIX + "0" * 32, BLOB_PREFIX + "report-01", BLOB_PREFIX + "ap.x.1"),
+              writers=(*RUNNERS, "api"), appenders=("client",)),
+    # A sender writes a job's sealed arguments under a random name its message alone
+    # carries: only the consumers, who read messages, find them.
+    KeyFamily("sealed job arguments", (_all(SEALED_PREFIX),), (sealed_key("0" * 32),),
+              writers=RUNNERS, appenders=SENDERS),
+    KeyFamily("inputs uploaded through the API", (_all(BLOB_PREFIX + API_BLOB_START),),
+              (api_blob_key("alice", "0" * 32),), writers=(*RUNNERS, "api")),
     KeyFamily("documents' pages (the fan-out's join)", (_all(DOC_PREFIX),),
               (doc_key("1", "meta"), doc_key("1", "escalation")),
               writers=RUNNERS, readers=SENDERS),
     KeyFamily("job lists", (_all(JOBS_PREFIX),), (jobs_client_key("alice"), JOBS_ALL_KEY),
-              writers=(*RUNNERS, *SENDERS)),
+              writers=(*RUNNERS, "api"), appenders=("client",)),
     KeyFamily("batches", (_all(BATCH_PREFIX), _all(BATCHES_PREFIX)),
               (batch_key("1"), BATCHES_RUNNING_KEY),
               writers=(*RUNNERS, *SENDERS), readers=("metrics",)),
@@ -318,8 +380,15 @@ FAMILIES: tuple[KeyFamily, ...] = (
               readers=(*RUNNERS, "api")),
     KeyFamily("webhook secrets", (_all(API_WEBHOOK_PREFIX),), (api_webhook_key("alice"),),
               readers=RUNNERS),
-    KeyFamily("uploads and bytes quotas", (_all(API_UPLOAD_PREFIX), _all(API_BYTES_PREFIX)),
-              (api_upload_key("1"), api_bytes_key("alice")), writers=("api",)),
+    KeyFamily("uploads being received", (_all(API_UPLOAD_PREFIX),), (api_upload_key("1"),),
+              writers=("api",)),
+    # the batch driver (the control worker) sums a client's bytes before it sends a
+    # document (STORED drops what has gone from the sum as it reads it)
+    KeyFamily("bytes quotas", (_all(API_BYTES_PREFIX),), (api_bytes_key("alice"),),
+              writers=("api", "control")),
+    KeyFamily("stored results' count", (_all(API_RESULTS_PREFIX),),
+              (api_results_key("alice"), api_results_bytes_key("alice")),
+              writers=(*RUNNERS, "api")),
     KeyFamily("Idempotency-Keys and request rates",
               (_all(API_IDEMPOTENCY_PREFIX), _all(API_RATE_PREFIX)),
               (api_idempotency_key("alice", "1"), api_rate_key("alice", 1)),
@@ -328,7 +397,7 @@ FAMILIES: tuple[KeyFamily, ...] = (
               writers=("api",)),
     KeyFamily("line corrections and their bytes", (_all(CORRECTIONS_PREFIX),),
               (corrected_pages_key("alice"), corrections_bytes_key("alice")),
-              writers=("api",)),
+              writers=("api",), readers=("client", *RUNNERS)),
     KeyFamily("page usage", (_all(USAGE_PREFIX),),
               (usage_day_key(dt.date(2026, 1, 1)), usage_month_key(dt.date(2026, 1, 1)),
                usage_engines_key(dt.date(2026, 1, 1)), usage_job_key("1")),
@@ -350,6 +419,8 @@ FAMILIES: tuple[KeyFamily, ...] = (
               writers=("worker",)),
     KeyFamily("the golden set's scores", (_all(GOLDEN_PREFIX),), (GOLDEN_HISTORY_KEY,),
               writers=("worker",), readers=("metrics",)),
+    KeyFamily("the callback outbox", (_all(CALLBACKS_PREFIX),),
+              (callback_key("1.SUCCESS.http"), CALLBACKS_DUE_KEY), writers=RUNNERS),
     KeyFamily("workers' presence", (WORKERS_KEY,), (WORKERS_KEY,),
               writers=RUNNERS, readers=(*SENDERS, "flower", "metrics")),
 )

@@ -6,13 +6,16 @@ one pipelined HSET and EXPIRE, gone at shutdown) and read by everyone who asks:
 console. A read is one HGETALL of a
 hash with one field per worker node: no broadcast, no wait for replies.
 
-Each field holds `{"queues": [...], "engines": [...], "expires": <epoch s>, "pid":
-<the worker parent's pid>, "layout": <its broker key layout>}`; a worker that stops
-refreshing (killed, hung, cut off from Redis) drops out when its `expires` passes,
-PRESENCE_TTL seconds after its last heartbeat. The record itself stays `keep` seconds
-more (OCR_WORKER_LIVENESS_SECONDS): the sweep of dead holders (tasks/broker/holders.py)
-tells a silent worker from a restarted one by it. The hash itself carries a TTL too,
-pushed forward by every write, so it goes when the last worker does.
+Each field holds `{"queues": [...], "engines": [...], "languages": {<engine>: [...]},
+"expires": <epoch s>, "pid": <the worker parent's pid>, "host": <its machine>,
+"layout": <its broker key layout>}`. `languages`: the codes each engine it runs reads
+(null: any, as a VLM's); the gate refuses a job in a language no live worker reads
+(tasks/admission.py). A worker that stops refreshing (killed, hung, cut off from Redis)
+drops out when its `expires` passes, PRESENCE_TTL seconds after its last heartbeat. The
+record itself stays `keep` seconds more (OCR_WORKER_LIVENESS_SECONDS): the sweep of dead
+holders (tasks/broker/holders.py) tells a silent worker from a restarted one by it. The
+hash itself carries a TTL too, pushed forward by every write, so it goes when the last
+worker does.
 """
 
 from __future__ import annotations
@@ -20,6 +23,7 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import Iterable, Mapping
+from typing import Any
 
 import redis
 
@@ -45,14 +49,17 @@ class WorkerPresence:
 
     def publish(self, node: str, queues: Iterable[str], now: float | None = None,
                 engines: Iterable[str] = (), pid: int | None = None,
-                layout: int | None = None) -> None:
+                layout: int | None = None, host: str | None = None,
+                languages: Mapping[str, list[str] | None] | None = None) -> None:
         """`node` (worker parent `pid`) is alive and consumes `queues`, for `ttl` seconds.
 
         `engines`: the engine names a job may give, as the node's registry knows them
         (clients without this code, the Node.js one, refuse others at the door).
+        `host`: the machine its parent runs on (its pid is that host's).
         `layout`: the broker key layout its release writes (a worker that names none
         keeps layout 1 or 2's keys, which are not moved while it lives:
-        tasks/broker/stored_layout.py).
+        tasks/broker/stored_layout.py). `languages`: the codes each engine it runs
+        reads (None for an engine that takes any).
         """
         now = time.time() if now is None else now
         fields = {"queues": sorted(set(queues)), "engines": list(engines),
@@ -61,6 +68,10 @@ class WorkerPresence:
             fields["pid"] = pid
         if layout is not None:
             fields["layout"] = layout
+        if host is not None:
+            fields["host"] = host
+        if languages is not None:
+            fields["languages"] = dict(languages)
         # One round trip, two commands: the record and the hash's TTL.
         pipe = self._redis.pipeline(transaction=False)
         pipe.hset(WORKERS_KEY, node, json.dumps(fields))
@@ -84,6 +95,8 @@ class WorkerPresence:
                     window: float | None = None) -> dict[str, set[str]]:
         """The queues each live worker consumes, by node name (one HGETALL).
 
+        Each node's queues are `WorkerQueues`: a set that also carries its languages.
+
         `window`: a worker counts until silent that long (OCR_WORKER_LIVENESS_SECONDS:
         a parent whose heartbeats come late, respawning killed pool children on a
         loaded host, keeps its held jobs until then); None: until its `expires`.
@@ -101,9 +114,13 @@ class WorkerPresence:
         return {(n.decode() if isinstance(n, bytes) else str(n)): r
                 for n, r in self._redis.hgetall(WORKERS_KEY).items()}
 
-    def serving(self, queue: str, now: float | None = None) -> list[str]:
-        """The live worker nodes that consume `queue` (sorted)."""
-        return sorted(node for node, queues in self.live_queues(now).items() if queue in queues)
+    def live_record(self, node: str, now: float | None = None) -> dict[str, Any] | None:
+        """`node`'s presence record while it is live (before its `expires`), else None."""
+        raw = self._redis.hget(WORKERS_KEY, node)
+        now = time.time() if now is None else now
+        if raw is None or _expires(raw) < now:
+            return None
+        return dict(json.loads(raw))
 
     def live_holders(self, now: float, window: float) -> tuple[set[str], set[str]]:
         """`live_holders` of this hash's records (one HGETALL)."""
@@ -139,5 +156,21 @@ def _expires(raw: bytes | str) -> float:
         return 0.0
 
 
-def _queues(raw: bytes | str) -> set[str]:
-    return {str(q) for q in json.loads(raw)["queues"]}
+class WorkerQueues(set[str]):
+    """A live worker's queues, and the languages each of its engines reads.
+
+    `languages`: {engine: codes, or None where it takes any}; None where the record
+    names none.
+    """
+
+    languages: dict[str, list[str] | None] | None = None
+
+
+def _queues(raw: bytes | str) -> WorkerQueues:
+    record = json.loads(raw)
+    queues = WorkerQueues(str(q) for q in record["queues"])
+    languages = record.get("languages")
+    if isinstance(languages, dict):
+        queues.languages = {str(engine): None if codes is None else [str(c) for c in codes]
+                            for engine, codes in languages.items()}
+    return queues

@@ -20,6 +20,12 @@ A script runs in one of four ways:
 - sent raw on a connection (the broker's fetch, `Script.command`): its sender loads it
   (`reload`) where the answer is NOSCRIPT.
 
+Keys a script reads but a caller's Redis user may not write go in its ARGV, not its
+KEYS: Redis checks a script's KEYS against the caller's user as keys it writes
+(tasks/redis_users.py), and checks each command the script calls on a key as that
+command. So a status read names the result key in ARGV (tasks/state/job_state.py), as
+do the stored-bytes sum (tasks/state/stored_bytes.py) and the metrics' depth scripts.
+
 redis-py's `register_script` runs by SHA too, but asks `SCRIPT EXISTS` before every
 pipeline that holds a script (one command and one round trip more each), loads a lost
 script once only, and builds no raw command for a connection (docs/scaling.md, "Lua

@@ -6,10 +6,12 @@ page, `ocr:preview:<job id>:<page>` (tasks/state/keys.py), with the results' TTL
 preview lives as long as the result it belongs to.
 
 A job answered from the result cache keeps no previews of its own. Its
-`ocr:preview:<job id>:source` names the job that read the pages, and that job's
-previews are kept at least as long as the reference (EXPIRE ... GT): they live as long
-as the longest of the jobs that show them. A reference names a job that read its
-pages, never another reference: the cache stores only results that were read.
+`ocr:preview:<job id>:source` names the job that read the pages. When both jobs are
+one client's, that job's previews are kept at least as long as the reference (EXPIRE
+... GT): they live as long as the longest of the jobs that show them. Another client's
+re-send (OCR_CACHE_ACROSS_CLIENTS) never keeps them longer: its reference lives as
+long as they do. A reference names a job that read its pages, never another reference:
+the cache stores only results that were read.
 """
 
 from __future__ import annotations
@@ -51,20 +53,30 @@ class PreviewStore:
             data = self._redis.get(preview_key(_text(source), page))
         return None if data is None else data if isinstance(data, bytes) else data.encode()
 
-    def refer(self, source: str, job_id: str, pages: Iterable[int]) -> None:
+    def refer(self, source: str, job_id: str, pages: Iterable[int],
+              extend: bool = True) -> None:
         """Job `job_id` shows job `source`'s previews of `pages`: a reference, no copy.
 
-        `source`'s previews are kept at least as long as the reference (never shortened:
-        another job may hold them longer). One round trip.
+        `extend` (the same client's jobs): `source`'s previews are kept at least as
+        long as the reference (never shortened: another job may hold them longer). One
+        round trip. Else (another client's): they keep their own TTL, and the reference
+        lives no longer than the longest of them; none left, no reference. Two.
         """
         numbers = list(pages)
         if not numbers or not source or source == job_id:
             return
         pipe = self._redis.pipeline(transaction=False)
-        pipe.set(preview_source_key(job_id), source, ex=self._ttl)
+        if extend:
+            pipe.set(preview_source_key(job_id), source, ex=self._ttl)
+            for number in numbers:
+                pipe.expire(preview_key(source, number), self._ttl, gt=True)
+            pipe.execute()
+            return
         for number in numbers:
-            pipe.expire(preview_key(source, number), self._ttl, gt=True)
-        pipe.execute()
+            pipe.pttl(preview_key(source, number))
+        left = min(max(int(ms) for ms in pipe.execute()), self._ttl * 1000)
+        if left > 0:  # -2: no such preview; -1 (none kept without a TTL): not shared
+            self._redis.set(preview_source_key(job_id), source, px=left)
 
 
 def _text(value: bytes | str) -> str:

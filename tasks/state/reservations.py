@@ -23,11 +23,11 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
 
 import redis
 
 from tasks.errors import PageQuotaExceeded, QuotaExceeded
+from tasks.records.jobs import Reservation
 from tasks.state import lua
 from tasks.state.client_rules import IN_FLIGHT_LUA, InFlight
 from tasks.state.keys import api_inflight_key
@@ -53,25 +53,6 @@ return {'', 0}
 """)
 
 
-@dataclass
-class Reservation:
-    """What the gate took for one job, and the sender commits or releases.
-
-    `queue`: where the job is sent (`routing.job_queue`); `priority`: a name of
-    `PRIORITIES`; `in_flight`: a place among the client's jobs in flight is taken;
-    `pages`: the pages held against its caps (0: none). `committed`: the job was sent,
-    so a release leaves both in place.
-    """
-
-    job_id: str
-    client: str
-    queue: str
-    priority: str
-    in_flight: bool = False
-    pages: int = 0
-    committed: bool = False
-
-
 class Reservations:
     """Takes, commits and releases reservations (thread-safe: Redis calls)."""
 
@@ -85,13 +66,18 @@ class Reservations:
 
     def take(self, job_id: str, client: str, queue: str, priority: str, *,
              limit: int | None = None, caps: PageCaps | None = None, pages: int = 1,
-             at: float | None = None, now: float | None = None) -> Reservation:
+             at: float | None = None, now: float | None = None,
+             engine: str | None = None) -> Reservation:
         """Take the job's place and page hold in one script; its reservation.
 
         `limit`: count it among the client's jobs in flight, refused when `limit` (0:
         none) are unfinished (None: no place taken). `caps`: hold its `pages` against
-        them (None or no cap: no hold). QuotaExceeded, PageQuotaExceeded: nothing taken.
+        them (None or no cap: no hold), and refuse them past the cap a day of the
+        `engine` it names (`engine_room`). QuotaExceeded, PageQuotaExceeded: nothing
+        taken.
         """
+        if caps is not None and engine:
+            self.engine_room(client, engine, pages, caps, now)
         held = pages if caps is not None and caps.any else 0
         if limit is None and not held:
             return Reservation(job_id, client, queue, priority)
@@ -116,19 +102,37 @@ class Reservations:
         cap = caps.pages_per_day if which == "day" else caps.pages_per_month
         raise over_cap(which, int(cap or 0), int(used), held, day, now)
 
-    def settle(self, job_id: str, client: str, pages: int, now: float | None = None) -> None:
+    def engine_room(self, client: str, engine: str, pages: int, caps: PageCaps,
+                    now: float | None = None) -> None:
+        """Refuse (PageQuotaExceeded) `pages` more read by `engine` past its cap a day.
+
+        The cap is the client's `engine_pages_per_day` for that engine; the pages it
+        read today are usage's count by engine. A job naming the engine is refused at
+        the door; an escalated page keeps its first reading (`PageTasks.refusal`).
+        No hold: jobs and pages sent at the same moment may pass the cap by their own.
+        """
+        cap = caps.engine_cap(engine)
+        if not cap:
+            return
+        used = self.usage.engine_used(client, engine, now)
+        if used + pages > cap:
+            raise over_cap("day", cap, used, pages, today(now), now, engine=engine)
+
+    def settle(self, job_id: str, client: str, pages: int, now: float | None = None,
+               engine: str | None = None) -> None:
         """The job's page count, once known (the worker's): its hold becomes `pages`.
 
         PageQuotaExceeded when they pass a cap, with the pages read and the other
-        jobs' holds. The caps as this process read them at most CAPS_SECONDS ago, and
-        read again before a refusal (`PageUsage.known_caps`).
+        jobs' holds, or the cap a day of the `engine` that reads them. The caps as this
+        process read them at most CAPS_SECONDS ago, and read again before a refusal
+        (`PageUsage.known_caps`).
         """
         try:
             self.take(job_id, client, "", "", caps=self.usage.known_caps(client),
-                      pages=pages, now=now)
+                      pages=pages, now=now, engine=engine)
         except PageQuotaExceeded:  # read again: the cap may be raised since
             self.take(job_id, client, "", "", caps=self.usage.known_caps(client, True),
-                      pages=pages, now=now)
+                      pages=pages, now=now, engine=engine)
 
     def _script(self, keys: list[str], args: list[object]) -> tuple[bytes | str, int]:
         period, used = _RESERVE.run(self._redis, keys, args)

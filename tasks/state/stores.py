@@ -19,7 +19,7 @@ import redis
 from tasks.errors import BadRequest, InputNotFound
 from tasks.state.boundary import transient_methods
 from tasks.state.job_control import JobControl
-from tasks.state.keys import BLOB_PREFIX, OUTPUT_PREFIX, output_key
+from tasks.state.keys import BLOB_PREFIX, OUTPUT_PREFIX, output_key, result_key
 from tasks.state.previews import PreviewStore
 from tasks.state.sent_fields import start_inputs
 from tasks.state.webhook_secrets import WebhookSecrets
@@ -85,6 +85,9 @@ def _checked(key: object) -> str:
 class ResultCache:
     """Finished results by `cache_key`, kept as long as results are.
 
+    A hit stores no copy: its result refers to the job that read the document
+    (`Outcome.stored`), whose result and files it keeps alive (`keep_source`).
+
     An entry remembers whether its input was an encrypted PDF: such a result may only
     be served to a request whose password opens the input (checked by the caller).
     """
@@ -104,6 +107,18 @@ class ResultCache:
     def put(self, key: str, result: dict[str, Any], *, encrypted: bool) -> None:
         entry = {"result": result, "encrypted": encrypted}
         self._redis.set(key, json.dumps(entry), ex=self._ttl)
+
+    def keep_source(self, source: str) -> None:
+        """A hit refers to job `source`'s stored result and files: kept at least a TTL.
+
+        Never shortened (EXPIRE ... GT): another hit may hold them longer. One round trip.
+        """
+        if not source:
+            return
+        pipe = self._redis.pipeline(transaction=False)
+        for key in (result_key(source), output_key(source)):
+            pipe.expire(key, self._ttl, gt=True)
+        pipe.execute()
 
 
 @transient_methods("the output store (Redis)")
@@ -147,6 +162,11 @@ class Stores:
     def previews(self) -> PreviewStore:
         """The jobs' page previews (the outputs' TTL), in the same Redis."""
         return self.outputs.previews()
+
+    @property
+    def redis(self) -> redis.Redis:
+        """The stores' Redis (what a result's reader reads beside it: corrections)."""
+        return self.control._redis
 
     @property
     def webhook_secrets(self) -> WebhookSecrets:

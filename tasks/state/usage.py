@@ -39,7 +39,7 @@ import datetime as dt
 import json
 import threading
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -130,6 +130,7 @@ class PageCaps:
 
     pages_per_day: int | None = None
     pages_per_month: int | None = None
+    engines: tuple[tuple[str, int], ...] = ()  # (engine, its pages a day): `engine_caps`
 
     @classmethod
     def of_record(cls, raw: str | bytes | None) -> PageCaps:
@@ -137,11 +138,17 @@ class PageCaps:
         if not raw:
             return cls()
         record = json.loads(raw)
-        return cls(record.get("pages_per_day"), record.get("pages_per_month"))
+        return cls(record.get("pages_per_day"), record.get("pages_per_month"),
+                   engine_caps(record))
 
     @property
     def any(self) -> bool:
+        """Whether a cap on all its pages is set (what a job's hold is held against)."""
         return bool(self.pages_per_day or self.pages_per_month)
+
+    def engine_cap(self, engine: str | None) -> int | None:
+        """The client's cap on the pages `engine` reads a day; None: none."""
+        return dict(self.engines).get(engine or "")
 
 
 class PageUsage:
@@ -281,22 +288,23 @@ class PageUsage:
             self._caps[client] = (now, caps)
         return caps
 
-    def check(self, client: str, pages: int, caps: PageCaps,
-              now: float | None = None) -> None:
-        """Refuse (PageQuotaExceeded) `pages` more for `client` when they pass a cap."""
-        if not caps.any:
-            return
-        on_day, in_month = self.used(client, now)
-        day = today(now)
-        for period, cap, used in (("day", caps.pages_per_day, on_day),
-                                  ("month", caps.pages_per_month, in_month)):
-            if cap and used + pages > cap:
-                raise over_cap(period, cap, used, pages, day, now)
+    def engine_used(self, client: str, engine: str, now: float | None = None) -> int:
+        """Pages `engine` read for `client` today (UTC)."""
+        return int(self._redis.hget(engines_key(today(now)), f"{engine}|{client}") or 0)
+
+
+def engine_caps(record: Mapping[str, Any]) -> tuple[tuple[str, int], ...]:
+    """A token record's caps a day by engine (`engine_pages_per_day`), 0s left out."""
+    caps = record.get("engine_pages_per_day") or {}
+    return tuple(sorted((str(engine), int(cap)) for engine, cap in caps.items() if cap))
 
 
 def over_cap(period: str, cap: int, used: int, pages: int, day: dt.date,
-             now: float | None = None) -> PageQuotaExceeded:
-    """The refusal of a job of `pages` pages, `used` of a `cap` a `period` being read."""
+             now: float | None = None, engine: str = "") -> PageQuotaExceeded:
+    """The refusal of a job of `pages` pages, `used` of a `cap` a `period` being read.
+
+    `engine`: the cap is that engine's (`engine_pages_per_day`).
+    """
     if period == "day":
         resets = day + dt.timedelta(days=1)
     else:
@@ -304,11 +312,15 @@ def over_cap(period: str, cap: int, used: int, pages: int, day: dt.date,
     at = dt.datetime.combine(resets, dt.time(), dt.UTC)
     now_at = dt.datetime.now(dt.UTC) if now is None else dt.datetime.fromtimestamp(now, dt.UTC)
     wait = max(1, int((at - now_at).total_seconds()) + 1)
+    quota: dict[str, Any] = {"period": period, "cap": cap, "used": used, "pages": pages,
+                             "resets": at.isoformat().replace("+00:00", "Z"),
+                             "retry_after": wait}
+    if engine:
+        quota["engine"] = engine
     return PageQuotaExceeded(
-        f"the job's {pages} page(s) would pass the client's cap of {cap} pages a {period} "
-        f"({used} read); it resets at {at.isoformat()}",
-        quota={"period": period, "cap": cap, "used": used, "pages": pages,
-               "resets": at.isoformat().replace("+00:00", "Z"), "retry_after": wait})
+        f"the job's {pages} page(s) would pass the client's cap of {cap} "
+        f"{f'{engine} ' if engine else ''}pages a {period} ({used} read); it resets at "
+        f"{at.isoformat()}", quota=quota)
 
 
 def engine_totals(by_day: dict[str, dict[str, int]]) -> dict[str, int]:

@@ -52,6 +52,11 @@ class MlxVlmEngine(VlmEngine):
 
     name = "mlx-vlm"
 
+    @classmethod
+    def concurrency(cls, settings: Settings) -> int | None:
+        """One child: each child holds the whole model."""
+        return 1
+
     def __init__(self, model: Any, processor: Any, prompt: str, profile: VlmProfile,
                  budget: VlmBudget, model_name: str, modules: tuple[Any, Any],
                  clear_cache: bool = True) -> None:

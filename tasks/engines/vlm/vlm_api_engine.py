@@ -136,11 +136,28 @@ class VlmApiEngine(VlmEngine):
 
     name = "vlm-api"
     thread_safe = True
+    # Each page mostly waits on the inference server, which batches what arrives
+    # together: one process keeps a GPU server's whole batch in flight (a child per page
+    # would take ~150 MB each).
+    pool_kind = "threads"
     # zlib level of the page's PNG. Measured on corpus pages at 1288 px against Pillow's
     # default 6: grey scans 16 vs 25 ms and 306 vs 290 kB, grey Han page 33 vs 169 ms
     # (538 vs 469 kB), RGB photo scan 72 vs 278 ms (1.31 vs 1.17 MB): 5-15 % more bytes
     # on the loopback or LAN a request body crosses, a third to three quarters less CPU.
     PNG_LEVEL = 1
+
+    @classmethod
+    def concurrency(cls, settings: Settings) -> int | None:
+        return settings.vlm_api_in_flight
+
+    @classmethod
+    def page_time_limit(cls, settings: Settings) -> float | None:
+        return float(settings.vlm_api_page_time_limit)
+
+    @classmethod
+    def retry_seconds(cls, settings: Settings) -> float | None:
+        """A GPU server takes minutes to load or restart: pages are retried for a time."""
+        return float(settings.vlm_api_retry_seconds)
 
     def __init__(self, client: Any, openai_module: Any, model_name: str, prompt: str,
                  profile: VlmProfile, longest_side: int, max_tokens: int,
