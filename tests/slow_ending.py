@@ -41,10 +41,10 @@ class SlowEndingEngine(FakeEngine):
                 time.sleep(stall)
             return finish(self, outcome)
 
-        def stalled_after(self: JobEnder, outcome: Outcome, *, marked: bool) -> Any:
+        def stalled_after(self: JobEnder, outcome: Outcome, **steps: bool) -> Any:
             if after_store:
                 time.sleep(stall)  # stored; the rest of the ending not begun
-            return after_storing(self, outcome, marked=marked)
+            return after_storing(self, outcome, **steps)
 
         JobEnder._finish = stalled_finish  # type: ignore[method-assign]
         JobEnder._after_storing = stalled_after  # type: ignore[method-assign]

@@ -26,7 +26,15 @@ from devkit.receivers import CallbackReceiver
 from tasks.client import OcrClient
 from tasks.state.api_jobs import ApiJobs
 from tests.api_server import ApiServer, create_token, session, wait_end
-from tests.harness import FAST_PAGES, ROOT, RedisServer, Worker, eventually, fake_env
+from tests.harness import (
+    FAST_PAGES,
+    ROOT,
+    RedisServer,
+    Worker,
+    eventually,
+    fake_env,
+    sent_past_the_gate,
+)
 from tests.image_fixtures import png
 from tests.pdf_fixtures import image_pdf, plain_pages
 
@@ -68,6 +76,7 @@ def healed(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture(scope="module")
 def worker(start_worker: Callable[..., Worker], roots: Path, callbacks: dict[str, str],
            healed: Path) -> Worker:
+    start_worker("control", **WORKER_ENV, **callbacks)  # the callback outbox's sender
     return start_worker(**WORKER_ENV, **callbacks, OCR_ALLOWED_ROOTS=str(roots),
                         FAKE_HEALED_FLAG=str(healed))
 
@@ -303,6 +312,7 @@ def test_idempotency_key_gives_one_job(api: ApiServer, alice: requests.Session,
     for thread in threads:
         thread.join()
     post()  # and once more after the others
+    assert len(ids) == len(replayed) == 5, (ids, replayed)  # no thread's request failed
     assert len(set(ids)) == 1 and replayed.count("true") == 4
     assert len(keys(store, "ocr:api:job:*") - jobs_before) == 1
     # The same key from another client is that client's own.
@@ -349,8 +359,8 @@ def test_a_queued_job_no_worker_can_take_says_so(api: ApiServer, alice: requests
                                                  store: redis.Redis, client: OcrClient) -> None:
     # A job of alice's on a queue no live worker consumes (sent past the door, as a
     # Celery client may): its status says no_worker instead of waiting at QUEUED.
-    job_id = client.enqueue({"blob": client._blobs.put(png()), "filename": "a.png",
-                             "engine": "nobody"}, owner="api:alice")
+    job_id = sent_past_the_gate(client, {"blob": client._blobs.put(png()), "filename": "a.png",
+                                         "engine": "nobody"}, owner="api:alice")
     ApiJobs(store, 600, 600).remember("alice", job_id, "text", "a.png")
     status = alice.get(f"{api.url}/v1/jobs/{job_id}", timeout=10).json()
     assert status["status"] == "QUEUED" and status["error"]["code"] == "no_worker", status

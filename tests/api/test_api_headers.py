@@ -1,4 +1,4 @@
-"""The API's own bounds and headers: a slow request head is cut, /v1 answers carry a CSP.
+"""The API's own bounds and headers: a slow head is cut, /v1 and the docs carry a CSP.
 
 A real `api` process (the Procfile's, OCR_API_HEADER_TIMEOUT a few seconds) and a real
 worker with the fake and the bundled engine (hOCR needs word boxes), on a real Redis.
@@ -7,6 +7,9 @@ The slow client is a raw socket that sends its request's head a byte at a time.
 
 from __future__ import annotations
 
+import base64
+import hashlib
+import re
 import socket
 import time
 from collections.abc import Callable
@@ -88,3 +91,31 @@ def test_v1_answers_carry_a_csp_hocr_and_json_alike(api: ApiServer,
         policy = answer.headers.get("content-security-policy", "")
         assert policy.startswith(CSP) and "frame-ancestors 'none'" in policy, answer.url
         assert answer.headers.get("x-content-type-options") == "nosniff", answer.url
+
+
+def test_the_docs_carry_a_csp_and_are_never_framed(api: ApiServer) -> None:
+    """/docs, /redoc and /openapi.json: no frame, only this site's files and own script.
+
+    A browser renders /docs under this CSP in test_integration.py (chromium).
+    """
+    pages = {path: requests.get(f"{api.url}{path}", timeout=10)
+             for path in ("/docs", "/redoc", "/docs/oauth2-redirect", "/openapi.json")}
+    swagger = pages["/docs"].text
+    files = re.findall(r'(?:src|href)="(/static-offline-docs/[^"]+)"', swagger)
+    assert files, swagger
+    pages.update({path: requests.get(f"{api.url}{path}", timeout=10) for path in files})
+    for path, answer in pages.items():
+        assert answer.status_code == 200, path
+        policy = answer.headers.get("content-security-policy", "")
+        assert "frame-ancestors 'none'" in policy, (path, policy)
+        assert answer.headers.get("x-frame-options") == "DENY", path
+        assert answer.headers.get("x-content-type-options") == "nosniff", path
+    policy = pages["/docs"].headers["content-security-policy"]
+    scripts = dict(part.strip().split(" ", 1) for part in policy.split(";"))["script-src"]
+    assert "'unsafe-inline'" not in scripts and "'unsafe-eval'" not in scripts, scripts
+    # the page's one inline script (Swagger UI's start) is allowed by its hash alone
+    inline = re.findall(r"<script>(.*?)</script>", swagger, re.S)
+    assert len(inline) == 1, swagger
+    digest = base64.b64encode(hashlib.sha256(inline[0].encode()).digest()).decode()
+    assert scripts.split() == ["'self'", f"'sha256-{digest}'"], scripts
+    assert not re.search(r'(?:src|href)="(?!/)', swagger)  # nothing from elsewhere

@@ -326,6 +326,34 @@ def test_the_local_folder_form_writes_outputs_and_a_manifest_and_resumes(
     assert len(text.stdout.splitlines()) == 1  # the summary alone
 
 
+def test_a_local_folders_batch_is_its_clients_in_the_api_and_the_console(
+        worker: Worker, control: Worker, redis_url: str, s3: MotoS3, api: ApiServer,
+        tmp_path: Path) -> None:
+    """A batch belongs to its client whichever door sent it: submit.py's local folder too."""
+    source, target = tmp_path / "scans", tmp_path / "ocr"
+    source.mkdir()
+    for i in range(2):
+        (source / f"page-{i}.png").write_bytes(png(200, (60 + i, 40)))
+    done = cli(redis_url, s3, "batch", str(source), "--result-url", str(target), "--json",
+               "--client", "erin")
+    assert done.returncode == 0, done.stderr
+    batch_id = json.loads(done.stdout)["id"]
+    token = create_token(redis_url, "erin")
+    erin = session(token)
+    shown = info(erin, api, batch_id)
+    assert (shown["client"], shown["state"]) == ("erin", "SUCCESS"), shown
+    console = requests.Session()  # the console, signed in with erin's token
+    signed = console.post(f"{api.url}/console/signin", data={"token": token}, timeout=30,
+                          headers={"Origin": api.url})  # as a browser posts the form
+    assert signed.status_code == 200 and signed.url.endswith("/console/jobs"), signed.text
+    page = console.get(f"{api.url}/console/batches/{batch_id}", timeout=30)
+    assert page.status_code == 200 and batch_id in page.text, page.text
+    frank = session(create_token(redis_url, "frank"))
+    assert frank.get(f"{api.url}/v1/batches/{batch_id}", timeout=30).status_code == 404
+    retried = erin.post(f"{api.url}/v1/batches/{batch_id}/retry", timeout=30)
+    assert retried.status_code == 400, retried.text  # a local batch is retried where it runs
+
+
 def test_the_command_line_starts_and_waits_for_an_s3_batch(
         worker: Worker, control: Worker, redis_url: str, s3: MotoS3) -> None:
     fill(s3, "cli/", 5)

@@ -4,9 +4,9 @@ A real worker (the fake engine, the result cache on), a real Redis and the HTTP 
 The document: 3 pages of noise, which no image codec makes small. Probes: each page's
 preview within its 150 KB budget; 20 re-sends answered from the cache that store no
 preview bytes of their own (the Redis memory of the preview keys measured); a re-sent
-job's page image served, to its own client only; after the first job's records are
-gone, the re-sent job's images still served, and the previews it shows kept as long as
-its result.
+job's page image served, to its own client only; after the first job's API record
+is gone, the re-sent job's images still served, and the result and previews it shows
+(the first job's, by reference) kept as long as its own result.
 """
 
 from __future__ import annotations
@@ -124,20 +124,26 @@ def test_cached_resends_share_the_first_job_s_bounded_previews(
 
 def test_a_resent_job_s_previews_outlive_the_first_job(
         api: ApiServer, alice: requests.Session, store: redis.Redis) -> None:
-    """The first job near its end, a re-send, then the first job's records gone."""
+    """The first job near its end, a re-send, then the first job's API record gone.
+
+    The re-sent job shows the first job's pages and previews by reference: both are
+    kept as long as its own result.
+    """
     data = image_pdf([Image.frombytes("L", (600, 800), random.Random(7).randbytes(480_000))],
                      dpi=72)
     first = send(alice, api, data)
     own = [key for key in preview_keys(store) if key.decode().startswith(
         f"{PREVIEW_PREFIX}{first}:")]
     assert own
-    for key in own:  # the first job's previews as near their end as its records are
+    for key in [*own, f"celery-task-meta-{first}".encode()]:  # the first job near its end
         store.expire(key, AGED)
     resent = send(alice, api, data)
     assert cached(alice, api, resent)
     result_ttl = store.ttl(f"celery-task-meta-{resent}")
     assert result_ttl > AGED
-    store.delete(f"celery-task-meta-{first}", api_job_key(first))  # its result expired
+    # the first job's result, which the re-sent one refers to, kept as long as it
+    assert store.ttl(f"celery-task-meta-{first}") >= result_ttl - 30
+    store.delete(api_job_key(first))  # the first job's own record gone
     shown = image(alice, api, resent, 1)
     assert shown.status_code == 200 and shown.headers["content-type"] == "image/webp"
     # The document's previews, wherever they are kept, live as long as the re-sent

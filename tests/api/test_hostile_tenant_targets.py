@@ -5,15 +5,17 @@ HTTP API. One bucket, `shared`, lies under OCR_ALLOWED_URLS. The golden set is
 `s3://shared/golden/` (OCR_GOLDEN_SET) and `s3://shared/frozen/` is read-only
 (OCR_READONLY_URLS), on the API and the workers alike. Clients:
 
-- `bare`: a token without prefixes of its own: it reads under OCR_ALLOWED_URLS and
-  writes no result anywhere;
+- `bare`: a token without prefixes of its own: it reads only the shared prefix
+  `s3://shared/in/` (OCR_SHARED_READ_URLS) and writes no result anywhere;
 - `owner`: `s3://shared/` whole, so the golden set and the read-only prefix lie under
   its own prefixes;
 - `other`: `s3://shared/other/`, whose object `bare` tries to overwrite;
 - `two`, `one`: whole-bucket clients limited to 2 and 1 jobs in flight.
 
 Probes: every `result_url` and batch target of `bare` is refused at the door
-(`url_not_allowed`) and nothing is written, while its reads still work; `owner` cannot
+(`url_not_allowed`) and nothing is written, while its shared reads still work; none
+of its reads outside the shared prefix (another client's object, a missing one, the
+golden set) is asked, and each is answered alike; `owner` cannot
 target the golden set or the read-only prefix, nor a batch target that holds them;
 behind the door the workers hold the same rule (the operator's Celery client past a
 door whose settings list no read-only prefix; a job whose record names no result
@@ -34,7 +36,7 @@ import requests
 
 from tasks.client import OcrClient
 from tests.api_server import ApiServer, create_token, session
-from tests.harness import FAST_PAGES, Worker, eventually, fake_env
+from tests.harness import FAST_PAGES, Worker, eventually, fake_env, sent_past_the_gate
 from tests.image_fixtures import png
 from tests.moto_s3 import MotoS3
 
@@ -43,7 +45,8 @@ GOLDEN = f"s3://{BUCKET}/golden/"
 FROZEN = f"s3://{BUCKET}/frozen/"
 TRUTH = b"the golden set's own truth"
 THEIRS = b"another client's report"
-ENV = {"OCR_ALLOWED_URLS": f"s3://{BUCKET}/", "OCR_GOLDEN_SET": GOLDEN,
+ENV = {"OCR_ALLOWED_URLS": f"s3://{BUCKET}/", "OCR_SHARED_READ_URLS": f"s3://{BUCKET}/in/",
+       "OCR_GOLDEN_SET": GOLDEN,
        "OCR_READONLY_URLS": FROZEN, "OCR_BATCH_STEP_SECONDS": "0.2"}
 
 
@@ -134,11 +137,34 @@ def test_a_client_without_prefixes_writes_no_result_anywhere(
         refused(batch(bare, api, target))
     assert bare.get(f"{api.url}/v1/jobs", timeout=30).json()["jobs"] == []  # none sent
     assert not store.keys("ocr:batch:*")
-    # Reading under OCR_ALLOWED_URLS works as before: only writes are held.
+    # Reading under the shared prefix works: only writes are held.
     sent = job(bare, api, url=f"s3://{BUCKET}/in/doc.png")
     assert sent.status_code == 202, sent.text
     assert ended(bare, api, sent.json()["id"])["status"] == "SUCCESS"
     assert objects(s3) == before  # nothing written, nothing replaced
+
+
+def test_a_client_without_prefixes_reads_nothing_outside_the_shared_ones(
+        tenants: dict[str, requests.Session], api: ApiServer, client: OcrClient) -> None:
+    """OCR_ALLOWED_URLS is the service's bound, not a grant to every client."""
+    bare = tenants["bare"]
+    answers = set()
+    for url in (f"s3://{BUCKET}/other/report.txt",   # another client's object
+                f"s3://{BUCKET}/other/missing.png",  # one that does not exist
+                f"s3://{BUCKET}/golden/linn.png"):   # the golden set
+        answer = job(bare, api, url=url)
+        refused(answer)
+        answers.add(answer.text)
+    assert len(answers) == 1, answers  # the same answer: no word on what exists
+    refused(bare.post(f"{api.url}/v1/batches", timeout=30, json={
+        "source": f"s3://{BUCKET}/other/", "result_url": f"s3://{BUCKET}/other/out/"}))
+    # Behind the door the worker holds the same rule: a job sent with the bare client's
+    # empty list (as the API records it) is refused before anything is asked.
+    sneaked = sent_past_the_gate(client, {"url": f"s3://{BUCKET}/other/report.txt",
+                                          "filename": "report.txt"}, url_prefixes=())
+    result = client.wait([sneaked], timeout=120)[sneaked]
+    assert result["status"] == "FAILURE", result
+    assert result["error"]["code"] == "url_not_allowed", result
 
 
 def test_no_client_writes_under_the_golden_set_or_a_read_only_prefix(
@@ -170,8 +196,10 @@ def test_the_workers_hold_the_same_rule_behind_the_door(
     golden = client.submit(f"s3://{BUCKET}/in/doc.png", result_url=f"{GOLDEN}linn.gt.txt")
     operator = client.submit(f"s3://{BUCKET}/in/doc.png", result_url=f"s3://{BUCKET}/ops/")
     # A job whose record names no result prefix, as the API sends a bare client's.
-    scoped = client.enqueue({"url": f"s3://{BUCKET}/in/other.png", "filename": "other.png",
-                             "result_url": f"s3://{BUCKET}/scoped/"}, result_prefixes=())
+    scoped = sent_past_the_gate(client, {"url": f"s3://{BUCKET}/in/other.png",
+                                         "filename": "other.png",
+                                         "result_url": f"s3://{BUCKET}/scoped/"},
+                                result_prefixes=())
     results = client.wait([golden, operator, scoped], timeout=120)
     assert results[golden]["status"] == "FAILURE", results[golden]
     assert results[golden]["error"]["code"] == "url_not_allowed", results[golden]

@@ -211,7 +211,8 @@ def test_every_manifest_line_has_its_own_line(
              json.dumps({"url": own}),                                # then read
              "{}",
              json.dumps({"url": own}),                                # a duplicate
-             own]                                                     # the same, plain
+             own,                                                     # the same, plain
+             own.replace("s3://", "S3://").replace("/own", "/./own")]  # another spelling
     source = put(s3, "tenant-b", "lists/lines.jsonl", "\n".join(lines).encode())
     done = ended(tenants["b"], api, batch(tenants["b"], api, source,
                                           "s3://tenant-b/lines-out/")["id"])
@@ -222,11 +223,12 @@ def test_every_manifest_line_has_its_own_line(
     offsets = [sum(len(x) + 1 for x in lines[:i]) for i in range(len(lines))]
     assert sorted(by_at) == offsets, by_at
     assert [by_at[at]["error"] for at in offsets] == [
-        "bad_request", None, "no_url", "duplicate", "duplicate"]
+        "bad_request", None, "no_url", "duplicate", "duplicate", "duplicate"]
     assert by_at[offsets[1]]["status"] == "SUCCESS"
     assert by_at[offsets[3]]["duplicate_of"] == offsets[1]
     assert by_at[offsets[4]]["duplicate_of"] == offsets[1]
-    assert done["documents"]["done"] == 1 and done["documents"]["skipped"] == 2, done
+    assert by_at[offsets[5]]["duplicate_of"] == offsets[1]
+    assert done["documents"]["done"] == 1 and done["documents"]["skipped"] == 3, done
     assert done["documents"]["failed"] == 2, done
 
 

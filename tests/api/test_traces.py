@@ -5,7 +5,7 @@ children (tesseract; OCR_LANG_ENGINES routes `eng` jobs to vlm-api, so its child
 such pages too) and a vlm-api worker (thread pool), all exporting traces over
 OTLP/HTTP to a receiver of this test's own that decodes the protobuf the SDK sends
 (tests/otlp_receiver.py); the inference server is the OpenAI-compatible simulator
-(tests/inference_server.py), which keeps the `traceparent` of every request it gets.
+(devkit/inference_server.py), which keeps the `traceparent` of every request it gets.
 A 3-page PDF is sent to the API with a `traceparent` and a callback URL; the spans
 that arrive must form one tree under that parent: the API's request, the job, three
 pages, each page's engine read and its request to the server (the server saw the
@@ -22,10 +22,10 @@ from typing import Any
 
 import pytest
 
+from devkit.inference_server import SimulatedInferenceServer
 from devkit.receivers import CallbackReceiver
 from tests.api_server import ApiServer, create_token, session
 from tests.harness import Worker, eventually
-from tests.inference_server import SimulatedInferenceServer
 from tests.otlp_receiver import OtlpReceiver, ReceivedSpan
 from tests.pdf_fixtures import image_pdf, plain_pages
 
@@ -67,6 +67,7 @@ def env(collector: OtlpReceiver, server: SimulatedInferenceServer,
 def workers(start_worker: Callable[..., Worker], env: dict[str, str]) -> list[Worker]:
     # The CPU worker alone consumes `ocr` (the job's queue); both consume `ocr-vlm-api`,
     # where the job's pages go.
+    start_worker("control", **env)  # the callback outbox's sender
     cpu = start_worker(**env, OCR_ENGINE="tesseract", OCR_CONCURRENCY="2",
                        OCR_LANG_ENGINES="eng=vlm-api", OCR_QUEUES="ocr")
     vlm = start_worker(**env, OCR_ENGINE="vlm-api", OCR_VLM_API_IN_FLIGHT="4",
@@ -172,9 +173,11 @@ def test_one_trace_from_the_request_to_the_inference_server_and_the_callback(
                                                                  sender.attributes.get(
                                                                      "http.method")) == "POST"
         assert by_id[sender.parent] in reads  # sent by the page's engine read
-    # The callback POST, sent after the last page: below the job, as its receiver saw.
+    # The callback POST, sent after the last page: below the job's ending, as its
+    # receiver saw.
     callback = one(spans, name="ocr.callback")
     assert callback.kind == "client" and job_span in ancestors(callback, by_id)
+    assert callback.service == "ocr-control"  # the control worker sent it, no OCR child
     assert callback.attributes["http.response.status_code"] == 204
     sent, body = receiver.posts[0]
     headers = {k.lower(): v for k, v in sent.items()}
@@ -182,7 +185,7 @@ def test_one_trace_from_the_request_to_the_inference_server_and_the_callback(
     assert headers["traceparent"].split("-")[1:3] == [TRACE_ID, callback.span_id]
     write = one(spans, name="ocr.result.write")
     assert any(p in ancestors(write, by_id) for p in pages)  # the last page ended the job
-    assert {s.service for s in spans} == {"ocr-api", "ocr-worker"}
+    assert {s.service for s in spans} == {"ocr-api", "ocr-worker", "ocr-control"}
     # Each worker process said what it loaded at its start: the thread pool's vlm-api
     # engine, no language identifier (it takes no `lang`); each CPU child tesseract and it.
     cpu, vlm = workers

@@ -14,6 +14,7 @@ import signal
 import subprocess
 import sys
 import threading
+import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -23,6 +24,7 @@ import redis
 import submit
 from tasks.client import OcrClient
 from tasks.errors import JobNotFound
+from tasks.state.keys import JOBS_ALL_KEY
 from tests.harness import (
     FAST_PAGES,
     ROOT,
@@ -32,6 +34,7 @@ from tests.harness import (
     fake_env,
     free_port,
     make_client,
+    sent_past_the_gate,
 )
 from tests.image_fixtures import png
 from tests.pdf_fixtures import encrypted_pdf, image_pdf, plain_pages
@@ -277,6 +280,28 @@ def test_no_wait_then_wait_with_options_before_the_command(worker: Worker,
     assert status.stdout.startswith("scan_linn.png: SUCCESS") and status.returncode == 0
 
 
+def test_a_short_id_of_8_or_more_characters_finds_its_job(worker: Worker,
+                                                           redis_url: str) -> None:
+    """As git finds a commit: a unique prefix names its job; a shared one is refused."""
+    sent = submit_cli(redis_url, "--no-wait", str(corpus("scan_linn.png")))
+    job_id = sent.stdout.split("\t")[0]
+    for short in (job_id[:8], job_id[:13]):
+        done = submit_cli(redis_url, "--json", "wait", short)
+        assert done.returncode == 0, done.stderr
+        assert json.loads(done.stdout)["id"] == job_id
+        done = submit_cli(redis_url, "status", short)
+        assert done.returncode == 0 and f"(job {job_id}," in done.stdout, done.stderr
+    store = redis.Redis.from_url(redis_url)
+    twins = ["0abc1234-0000-4000-8000-000000000001", "0abc1234-0000-4000-8000-000000000002"]
+    store.zadd(JOBS_ALL_KEY, dict.fromkeys(twins, time.time()))
+    for words in (["status", "0abc1234"], ["wait", "0abc1234-0000"]):
+        done = submit_cli(redis_url, *words)
+        assert done.returncode == 2 and done.stdout == "", done.stderr
+        assert done.stderr.startswith("submit.py: ambiguous_id: ") and twins[0] in done.stderr
+    done = submit_cli(redis_url, "status", "0abc1234-0000-4000-8000-000000000001"[:7])
+    assert done.returncode == 7 and "not_found" in done.stderr  # under 8: never a prefix
+
+
 def test_partial_result_exits_3_and_names_the_page(worker: Worker, redis_url: str,
                                                    tmp_path: Path) -> None:
     pdf = tmp_path / "three.pdf"
@@ -383,7 +408,8 @@ def test_no_worker_on_the_queue_is_reported_not_waited_for(
     # a job on a queue no live worker consumes (sent past the door, as any Celery
     # client can): `wait` reports it instead of waiting at PENDING
     blob = client._blobs.put(corpus("scan_linn.png").read_bytes())
-    job = client.enqueue({"blob": blob, "filename": "scan_linn.png", "engine": "nobody"})
+    job = sent_past_the_gate(client, {"blob": blob, "filename": "scan_linn.png",
+                                      "engine": "nobody"})
     done = submit_cli(redis_url, "--json", "wait", job)
     assert done.returncode == 5, done.stderr
     record = json.loads(done.stdout)
@@ -430,8 +456,8 @@ def test_revoked_reads_as_the_jobs_real_ending_in_status_and_wait(
     sent = {}
     for name in ("late.png", "stopped.png"):
         blob = client._blobs.put(corpus("scan_linn.png").read_bytes())
-        sent[name] = client.enqueue({"blob": blob, "filename": name, "engine": "nobody"},
-                                    deadline=3600)
+        sent[name] = sent_past_the_gate(client, {"blob": blob, "filename": name,
+                                                 "engine": "nobody"}, deadline=3600)
     client._control.cancel(sent["stopped.png"])  # what `ocr.cancel` does first
     for name, reason in (("late.png", "expired"), ("stopped.png", "cancelled")):
         client.app.backend.mark_as_revoked(sent[name], reason)
@@ -562,14 +588,40 @@ def test_requirements_split_service_and_vlm() -> None:
                      .read_text(), re.M)  # make test installs everything
 
 
-def test_make_run_installs_the_rapidocr_engine() -> None:
-    """The default routing reads Chinese with rapidocr: `make run` installs it always."""
-    clean = {k: v for k, v in os.environ.items()
-             if k not in ("OCR_MODEL", "OCR_ENGINE", "OCR_LANG_ENGINES")}
-    done = subprocess.run(["make", "-n", "-B", "run"], cwd=ROOT, env=clean,
+def test_make_help_lists_the_targets_a_user_runs_one_line_each() -> None:
+    # Under `make test` this make is a sub-make, which prints "Entering directory".
+    done = subprocess.run(["make", "--no-print-directory", "help"], cwd=ROOT,
                           capture_output=True, text=True, timeout=60)
     assert done.returncode == 0, done.stderr
-    assert "-r requirements-rapidocr.txt" in done.stdout
+    lines = done.stdout.splitlines()
+    targets = [re.match(r"make ([\w-]+) +\S", line).group(1)  # type: ignore[union-attr]
+               for line in lines]
+    assert targets[:2] == ["run", "test"] and len(set(targets)) == len(lines) >= 10
+    rules = set(re.findall(r"^([\w-]+):", (ROOT / "Makefile").read_text(), re.M))
+    assert set(targets) <= rules, set(targets) - rules
+    assert all(len(line) <= 88 for line in lines)
+
+
+@pytest.mark.parametrize(("env", "rapidocr"), [
+    ({}, False), ({"OCR_LANGS": "eng deu"}, False), ({"OCR_LANGS": "eng chi_sim"}, True),
+    ({"OCR_LANGS": "eng+chi_sim"}, True), ({"OCR_ENGINE": "rapidocr"}, True)])
+def test_make_run_installs_the_rapidocr_engine_when_chinese_is_asked(
+        env: dict[str, str], rapidocr: bool) -> None:
+    """The first run installs no rapidocr (217 MiB) and no newer pip; Chinese asks for it.
+
+    The default routing reads chi_sim with rapidocr where it is installed, with
+    tesseract's chi_sim elsewhere (docs/languages.md).
+    """
+    clean = {k: v for k, v in os.environ.items()
+             if k not in ("OCR_MODEL", "OCR_ENGINE", "OCR_LANG_ENGINES", "OCR_LANGS")}
+    done = subprocess.run(["make", "-n", "-B", "run"], cwd=ROOT, env={**clean, **env},
+                          capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    assert ("-r requirements-rapidocr.txt" in done.stdout) is rapidocr
+    assert "-r requirements.txt" in done.stdout
+    assert "--upgrade pip" not in done.stdout  # the venv's own pip installs the first run
+    assert "pip install -q --no-compile --disable-pip-version-check -r requirements.txt" \
+        in done.stdout  # bytecode as it is imported; no question about pip's releases
 
 
 @pytest.mark.parametrize(("target", "env", "vlm"), [

@@ -9,13 +9,16 @@ page is read as far as the document goes, with a warning naming it.
 
 from __future__ import annotations
 
+import shutil
 from collections.abc import Callable
+from pathlib import Path
 
 import pytest
 import redis
 
 from tests.harness import FAST_PAGES, Worker, corpus, fake_env
 from tests.queue.test_queue import submit_cli
+from tests.tessdata_sets import lacking
 
 
 @pytest.fixture(scope="module")
@@ -39,6 +42,49 @@ def test_an_unknown_language_is_refused_with_nothing_sent(worker: Worker,
     assert "unknown_language" in line and "'klingon'" in line and "nothing was sent" in line
     mixed = submit_cli(redis_url, "--lang", "eng+klingon", str(corpus("scan_linn.png")))
     assert mixed.returncode == 2 and "'klingon'" in mixed.stderr, mixed.stderr
+    assert door_keys(store) == before
+
+
+def test_a_language_no_live_worker_has_is_refused_naming_how_to_add_it(
+        worker: Worker, start_worker: Callable[..., Worker], redis_url: str) -> None:
+    """A tesseract worker's presence names its languages: the door refuses the others.
+
+    `--lang de` asks whether `deu` was meant; a real code this host has no traineddata
+    for is `language_unavailable` at the door (not a job failing on the worker), naming
+    the OCR_LANGS that adds it. The tesseract worker alone consumes `ocr-tesseract`.
+    """
+    absent = lacking(["yor", "tir", "sun", "oci", "iku"])
+    if not absent:
+        pytest.skip("this host has traineddata for every language the test would ask")
+    start_worker(OCR_QUEUES="ocr-tesseract")
+    store = redis.Redis.from_url(redis_url)
+    before = door_keys(store)
+    page = str(corpus("scan_linn.png"))
+    done = submit_cli(redis_url, "--lang", "de", page)
+    assert done.returncode == 2, done.stderr
+    assert "unknown_language" in done.stderr and "did you mean 'deu'?" in done.stderr
+    done = submit_cli(redis_url, "--engine", "tesseract", "--lang", absent[0], page)
+    assert done.returncode == 2, done.stderr
+    [line] = done.stderr.splitlines()
+    assert line.startswith(f"submit.py: language_unavailable: no live worker reads "
+                           f'{absent[0]}: add {absent[0]} where the workers run: '
+                           f'OCR_LANGS="eng {absent[0]}" make run'), line
+    assert door_keys(store) == before
+    sent = submit_cli(redis_url, "--engine", "tesseract", "--lang", "eng", page)
+    assert sent.returncode == 0 and "LinnSequencer" in sent.stdout, sent.stderr
+
+
+def test_a_batch_naming_an_unknown_language_is_refused_by_the_same_gate(
+        worker: Worker, redis_url: str, tmp_path: Path) -> None:
+    store = redis.Redis.from_url(redis_url)
+    before = door_keys(store)
+    folder = tmp_path / "in"
+    folder.mkdir()
+    shutil.copy(corpus("scan_linn.png"), folder)
+    done = submit_cli(redis_url, "batch", str(folder), "--result-url", str(tmp_path / "out"),
+                      "--lang", "klingon")
+    assert done.returncode == 2, done.stderr
+    assert "unknown_language" in done.stderr and "'klingon'" in done.stderr, done.stderr
     assert door_keys(store) == before
 
 

@@ -27,7 +27,7 @@ from PIL import Image
 from tasks.client import OcrClient
 from tasks.lifecycle.url_policy import narrow
 from tasks.state.keys import job_key
-from tests.harness import FAKE_PLUGINS, Worker, make_client
+from tests.harness import FAKE_PLUGINS, Worker, make_client, sent_past_the_gate
 
 
 def png() -> bytes:
@@ -127,7 +127,7 @@ def send_as(client: OcrClient, redis_url: str, url: str,
     if prefixes is not None:
         redis.Redis.from_url(redis_url).hset(job_key(job_id), "prefixes",
                                              json.dumps(prefixes))
-    client.enqueue({"url": url, "filename": "doc.png"}, job_id=job_id, client="b")
+    sent_past_the_gate(client, {"url": url, "filename": "doc.png"}, job_id=job_id, client="b")
     result = client.wait([job_id], timeout=120)[job_id]
     assert result["status"] != "TIMEOUT", result
     return dict(result)

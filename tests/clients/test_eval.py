@@ -106,6 +106,22 @@ def test_eval_refuses_a_folder_without_truth_and_an_unknown_engine(
     assert done.stdout == ""
 
 
+def test_eval_reads_one_file_with_its_truth_beside_it(
+        worker: Worker, redis_url: str, folder: Path, tmp_path: Path) -> None:
+    done = run_eval(redis_url, str(folder / "right.tif"), "--json")
+    assert done.returncode == 0, done.stderr
+    record, summary = (json.loads(line) for line in done.stdout.splitlines())
+    assert record["document"] == "right.tif" and record["cer"] <= 0.02
+    assert summary["summary"]["default"]["documents"] == 1
+    done = run_eval(redis_url, str(folder / "no_truth.tif"))
+    assert done.returncode == 2, done.stderr
+    assert "no ground truth beside it (no_truth.gt.txt or no_truth.gt.xml" in done.stderr
+    done = run_eval(redis_url, str(folder / "wrong.gt.txt"))
+    assert done.returncode == 2 and "a ground-truth file" in done.stderr
+    done = run_eval(redis_url, str(tmp_path / "absent.png"))
+    assert "input_not_found" in done.stderr and "no such file or folder" in done.stderr
+
+
 def test_a_job_with_ground_truth_carries_its_scores(worker: Worker, redis_url: str) -> None:
     from tasks.errors import BadRequest
     from tasks.evaluation.scoring import score

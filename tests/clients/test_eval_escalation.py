@@ -15,10 +15,10 @@ from pathlib import Path
 
 import pytest
 
+from devkit.inference_server import SimulatedInferenceServer
 from tests.clients.test_eval import run_eval
 from tests.engines.test_escalation import COMMON, clean_scan, png, unsure_scan
 from tests.harness import Worker, ground_truth
-from tests.inference_server import SimulatedInferenceServer
 
 pytestmark = pytest.mark.slow
 

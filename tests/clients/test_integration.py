@@ -447,6 +447,17 @@ def test_api_docs_page_renders_in_the_browser(api: ApiServer, tmp_path: Path) ->
 
 
 @pytest.mark.slow
+def test_api_redoc_page_renders_in_the_browser(api: ApiServer, tmp_path: Path) -> None:
+    """/redoc renders its operations under its own CSP (no unsafe-eval), in chromium."""
+    dom = subprocess.run([*browser(tmp_path / "profile"), "--virtual-time-budget=10000",
+                          "--dump-dom", f"{api.url}/redoc"],
+                         capture_output=True, text=True, timeout=120)
+    assert dom.returncode == 0, dom.stderr[-2000:]
+    assert "/v1/jobs/{job_id}/result" in dom.stdout, dom.stdout[-2000:]
+    assert "Content Security Policy" not in dom.stderr, dom.stderr[-2000:]
+
+
+@pytest.mark.slow
 def test_flower_dashboard_screenshot(flower: str, worker: Worker, client: OcrClient,
                                      tmp_path: Path) -> None:
     """Headless Chromium's picture of Flower's workers page shows the worker."""

@@ -21,7 +21,7 @@ from PIL import Image, ImageDraw
 
 from tasks.client import OcrClient
 from tasks.records.status import CeleryState, JobStatus, WaitStatus
-from tests.harness import ROOT, RedisServer, Worker, eventually, fake_env
+from tests.harness import ROOT, RedisServer, Worker, eventually, fake_env, sent_past_the_gate
 from tests.pdf_fixtures import image_pdf, plain_pages
 
 CLIENT_JS = str(ROOT / "clients" / "node" / "ocr_client.js")
@@ -225,8 +225,10 @@ def test_revoked_reads_as_the_jobs_real_ending(node: str, redis_url: str,
     A job sent with a deadline and never cancelled expired (FAILURE
     `deadline_exceeded`); one whose cancel was asked is CANCELLED.
     """
-    late = client.enqueue({"blob": "ocr:blob:none", "engine": "nobody"}, deadline=3600)
-    stopped = client.enqueue({"blob": "ocr:blob:none", "engine": "nobody"}, deadline=3600)
+    late = sent_past_the_gate(client, {"blob": "ocr:blob:none", "engine": "nobody"},
+                              deadline=3600)
+    stopped = sent_past_the_gate(client, {"blob": "ocr:blob:none", "engine": "nobody"},
+                                 deadline=3600)
     client._control.cancel(stopped)
     for job, reason in ((late, "expired"), (stopped, "cancelled")):
         client.app.backend.mark_as_revoked(job, reason)

@@ -35,10 +35,10 @@ import pytest
 import requests
 from PIL import Image
 
+from devkit.inference_server import SimulatedInferenceServer
 from tests.api_server import ApiServer, create_token
 from tests.cer import cer
 from tests.harness import ROOT, Worker, corpus, eventually, free_port, ground_truth
-from tests.inference_server import SimulatedInferenceServer
 
 pytestmark = pytest.mark.slow
 
@@ -50,6 +50,9 @@ PAGES = 3  # its first three (`scan`): several pages, each a job, read three tim
 # Both sides the same: OCRmyPDF's default output (PDF/A by its own means, no Ghostscript
 # needed), an old layer replaced, 2 pages at once.
 COMMON = ["--force-ocr", "--jobs", "2", "--output-type", "pdf"]
+# OCRmyPDF's own tesseract: a page may wait longer than its 180 s on a loaded machine,
+# within `ocrmypdf`'s 600 s here; past it OCRmyPDF keeps the page without text.
+OWN_TESSERACT = ["--tesseract-timeout", "540"]
 SIMULATED_TEXT = "Siege of Vicksburg read by the simulated model"
 
 
@@ -86,10 +89,16 @@ def _installed_plugin() -> Path:
 
 
 def _environment(env: dict[str, str] | None) -> dict[str, str]:
-    """The environment without the service's settings and Python's paths, plus `env`."""
+    """The environment without the service's settings and Python's paths, plus `env`.
+
+    OMP_THREAD_LIMIT=1: OCRmyPDF's own tesseract runs one OpenMP thread, as the workers'
+    and the benchmarks' do. Left to OCRmyPDF, a one-page PDF with `--jobs 2` gets two,
+    whose spinning barriers on a loaded 2-core machine took one page past OCRmyPDF's
+    180 s timeout (16 s with one thread), leaving an empty text layer.
+    """
     clean = {k: v for k, v in os.environ.items()
              if not k.startswith(("OCR_", "REDIS_", "PYTHON", "VIRTUAL_ENV"))}
-    return {**clean, **(env or {})}
+    return {**clean, "OMP_THREAD_LIMIT": "1", **(env or {})}
 
 
 def ocrmypdf(*args: str | Path, env: dict[str, str] | None = None,
@@ -227,7 +236,7 @@ def own_tesseract(tmp_path_factory: pytest.TempPathFactory, installed: Path,
                   scan: Path) -> float:
     """The CER of OCRmyPDF's own tesseract on the scan (the plugin present, not chosen)."""
     out = tmp_path_factory.mktemp("own") / "out.pdf"
-    done = ocrmypdf(*COMMON, "-l", "eng", scan, out)
+    done = ocrmypdf(*COMMON, *OWN_TESSERACT, "-l", "eng", scan, out)
     assert done.returncode == 0, done.stderr
     assert "ocr-queue" not in done.stderr
     return cer(scan_truth(), text_layer(out))
@@ -446,7 +455,7 @@ def test_failures_end_ocrmypdf_with_one_line_and_no_output(
             for n, (args, code, message) in enumerate(cases)]
     # --ocr-engine tesseract or none with a URL set: the plugin returns no engine, and
     # OCRmyPDF reads the page itself, or reads nothing (no text layer at all).
-    own = pool.submit(ocrmypdf, *COMMON, "--ocr-engine", "tesseract", page, out,
+    own = pool.submit(ocrmypdf, *COMMON, *OWN_TESSERACT, "--ocr-engine", "tesseract", page, out,
                       env={"OCR_QUEUE_URL": down})
     none = pool.submit(ocrmypdf, *COMMON, "--ocr-engine", "none", page, nothing_read,
                        env={"OCR_QUEUE_URL": down})

@@ -216,12 +216,16 @@ def test_encrypted_url_input_is_decrypted_by_each_host_not_in_redis(
     """No decrypted document in Redis for a URL job: the pages open the host's own copy.
 
     An encrypted PDF by URL, read page by page (mode=ocr fans it out): every command
-    Redis receives while it runs is watched (MONITOR), and none writes a blob; the page
-    tasks carry the password (masked in what Flower and the logs show) and decrypt
-    their host's copy of the object. With output=pdf the task that records the last
-    page opens its host's copy with the password it carries to build the searchable
-    PDF (which is the job's output, stored as any output is).
+    Redis receives while it runs is watched (MONITOR): none writes a blob, and no
+    message body pushed (each base64 run decoded) holds the password. The page tasks
+    read it from the job's sealed arguments and decrypt their host's copy of the
+    object. With output=pdf the task that records the last page opens its host's copy
+    with it to build the searchable PDF (which is the job's output, stored as any
+    output is). The sealed arguments go with the job.
     """
+    import base64
+    import contextlib
+    import re
     import threading
 
     import redis
@@ -232,8 +236,11 @@ def test_encrypted_url_input_is_decrypted_by_each_host_not_in_redis(
     name = "edge_encrypted_pw_openpassword.pdf"
     s3.client().put_object(Bucket="docs", Key="locked.pdf", Body=corpus(name).read_bytes())
     writes: list[str] = []
+    carried: list[str] = []
+    bodies = [0]
     watching = threading.Event()
     done = threading.Event()
+    finished = threading.Event()  # the watcher read up to `done`: it saw every command
     store = redis.Redis.from_url(redis_url)
 
     def watch() -> None:
@@ -244,22 +251,32 @@ def test_encrypted_url_input_is_decrypted_by_each_host_not_in_redis(
                 if text.upper().startswith(("SET ", "APPEND ", "RENAME ")) and \
                         "ocr:blob:" in text:
                     writes.append(text[:120])
+                for run in re.findall(r"[A-Za-z0-9+/]{20,}={0,2}", text):
+                    with contextlib.suppress(ValueError):
+                        body = base64.b64decode(run + "=" * (-len(run) % 4))
+                        bodies[0] += body.startswith(b"[[")  # a task's args, kwargs
+                        if b"openpassword" in body:
+                            carried.append(text[:120])
                 if done.is_set():
+                    finished.set()
                     return
 
     watcher = threading.Thread(target=watch, daemon=True)
     watcher.start()
-    watching.wait(10)
+    assert watching.wait(10)
     job = client.submit("s3://docs/locked.pdf", mode="ocr", password="openpassword",
                         output=output)
     result = client.wait([job], timeout=180)[job]
     done.set()
     redis.Redis.from_url(redis_url).ping()  # one more command: the watcher sees `done`
     watcher.join(30)
+    assert finished.is_set(), "the watcher stopped early (its error above)"
     assert result["status"] == "SUCCESS", result
     assert result["pages"][0]["source"] == "ocr"  # read by a page task, fanned out
     assert cer(ground_truth(name), result["text"]) < 0.1
     assert not writes, writes
+    assert not carried and bodies[0] >= 2, carried  # no message carries the password
+    assert not store.keys("ocr:sealed:*")  # freed with the job
     assert "openpassword" not in worker.log()
     if output == "pdf":
         import pymupdf

@@ -84,7 +84,7 @@ def signed_in(api: ApiServer, token: str) -> requests.Session:
     browser = requests.Session()
     browser.mount("http://", requests.adapters.HTTPAdapter(pool_maxsize=COMPARES))
     answer = browser.post(f"{api.url}/console/signin", data={"token": token},
-                          allow_redirects=False, timeout=60)
+                          headers={"Origin": api.url}, allow_redirects=False, timeout=60)
     assert answer.status_code == 303, answer.text
     return browser
 

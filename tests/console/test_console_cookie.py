@@ -36,11 +36,26 @@ def proxied(start_api: Callable[..., ApiServer]) -> ApiServer:
     return start_api(API_FORWARDED_ALLOW_IPS="127.0.0.1")
 
 
-def sign_in(api: ApiServer, token: str, headers: dict[str, str]) -> requests.Response:
+def sign_in(api: ApiServer, token: str, headers: dict[str, str],
+            scheme: str = "http") -> requests.Response:
+    """The form posted as a browser posts it: with the Origin of the page it was on."""
+    origin = f"{scheme}://{api.url.split('://', 1)[1]}"
     answer = requests.post(f"{api.url}/console/signin", data={"token": token},
-                           headers=headers, allow_redirects=False, timeout=30)
+                           headers={**headers, "Origin": origin}, allow_redirects=False,
+                           timeout=30)
     assert answer.status_code == 303, answer.text
     return answer
+
+
+def test_a_sign_in_without_its_own_origin_is_refused(direct: ApiServer, token: str) -> None:
+    """A login CSRF: another site, or a post naming no Origin, signs no one in."""
+    for headers in ({}, {"Origin": "http://evil.example"}, {"Origin": "null"}):
+        answer = requests.post(f"{direct.url}/console/signin", data={"token": token},
+                               headers=headers, allow_redirects=False, timeout=30)
+        assert answer.status_code == 403, (headers, answer.text)
+        assert "csrf_failed" in answer.text, answer.text
+        assert "ocr_console" not in answer.cookies
+    assert "secure" not in cookie_flags(sign_in(direct, token, {}))  # its own: signed in
 
 
 def cookie_flags(answer: requests.Response) -> set[str]:
@@ -52,7 +67,7 @@ def cookie_flags(answer: requests.Response) -> set[str]:
 
 def test_the_cookie_is_secure_through_a_trusted_proxy_over_https(
         proxied: ApiServer, token: str) -> None:
-    answer = sign_in(proxied, token, HTTPS)
+    answer = sign_in(proxied, token, HTTPS, "https")
     assert {"secure", "httponly", "samesite"} <= cookie_flags(answer)
     assert answer.headers["location"].endswith("/console/jobs")
     assert not answer.headers["location"].startswith("http://")

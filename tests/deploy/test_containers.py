@@ -329,6 +329,13 @@ def test_compose_runs_the_procfile_lines() -> None:
     assert services["worker-vlm"]["environment"]["OCR_ENGINE"] == "vlm-api"
 
 
+def test_compose_declares_the_gpu_pool_to_who_admits_and_marks() -> None:
+    """The API, the CPU pool and the control worker queue vlm-api work with no GPU worker."""
+    services = yaml.safe_load((ROOT / "compose.yaml").read_text())["services"]
+    for role in ("api", "worker", "control"):
+        assert services[role]["environment"]["OCR_ENGINES_FROM_ZERO"] == "vlm-api", role
+
+
 def test_image_is_slim_and_serves_every_engine(podman: Podman, image: str) -> None:
     """...and its SBOM lists what it holds, valid CycloneDX."""
     from cyclonedx.schema import SchemaVersion

@@ -350,6 +350,29 @@ def test_gpu_pool_scales_to_zero_with_its_server_beside_it() -> None:
     assert f"--max-num-seqs={env['OCR_VLM_API_IN_FLIGHT']}" in server["args"]
 
 
+def _role_env(objects: list[Obj], deployment: str) -> dict[str, str]:
+    """The settings a Deployment's service container runs with: ocr-config, then its own."""
+    config = _find(objects, "ConfigMap", "ocr-config")["data"]
+    pod = _find(objects, "Deployment", deployment)["spec"]["template"]["spec"]
+    (container,) = list(_service_containers(pod))
+    read = [ref["configMapRef"]["name"] for ref in container.get("envFrom", [])
+            if "configMapRef" in ref]
+    own = {e["name"]: e["value"] for e in container.get("env", []) if "value" in e}
+    return {**(config if "ocr-config" in read else {}), **own}
+
+
+def test_the_gpu_overlay_declares_its_pool_from_zero_to_who_admits_and_marks() -> None:
+    gpu = build(DEPLOY / "overlays" / "gpu-vllm")
+    for deployment in ("ocr-api", "ocr-worker-cpu", "ocr-control"):
+        env = _role_env(gpu, deployment)
+        assert env.get("OCR_ENGINES_FROM_ZERO") == "vlm-api", deployment
+        declared = {"OCR_ENGINES_FROM_ZERO": env["OCR_ENGINES_FROM_ZERO"]}
+        assert Settings.from_env(declared).engines_from_zero == ("vlm-api",)
+    # Without the GPU pool no engine is declared: a vlm-api job is refused at the door.
+    base = build(DEPLOY / "base")
+    assert "OCR_ENGINES_FROM_ZERO" not in _role_env(base, "ocr-api")
+
+
 def test_beat_is_a_singleton_and_the_api_has_replicas(overlay: tuple[str, list[Obj]]) -> None:
     _, objects = overlay
     beat = _find(objects, "Deployment", "ocr-beat")["spec"]

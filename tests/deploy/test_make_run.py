@@ -15,10 +15,12 @@ from __future__ import annotations
 
 import os
 import signal
+import socket
 import stat
 import subprocess
 from pathlib import Path
 
+import httpx
 import psutil
 import pytest
 import redis
@@ -156,3 +158,149 @@ def test_make_run_started_by_a_script_says_sigterm_stops_it(tmp_path: Path) -> N
                 proc.kill()
             except psutil.NoSuchProcess:
                 pass
+
+
+def var_files(checkout: Path) -> dict[str, tuple[bytes, int]]:
+    """What a `make run` could write in var/: each file's bytes and mtime.
+
+    Left out: what the first service's own processes keep writing (Redis's append-only
+    files, Flower's state).
+    """
+    var = checkout / "var"
+    return {str(path.relative_to(var)): (path.read_bytes(), path.stat().st_mtime_ns)
+            for path in sorted(var.rglob("*")) if path.is_file()
+            and "appendonlydir" not in path.parts and not path.name.startswith("flower.db")}
+
+
+def dead_pid() -> int:
+    done = subprocess.Popen(["true"])
+    done.wait()
+    return done.pid
+
+
+def test_a_second_make_run_leaves_the_first_serving(tmp_path: Path) -> None:
+    """Once per checkout: a second run names the first and changes nothing.
+
+    The first takes over the var/ a crashed run left (its pid dead).
+    """
+    checkout = checkout_of_links(tmp_path)
+    var = checkout / "var"
+    var.mkdir()
+    crashed = dead_pid()
+    (var / "run.lock").write_text(f"{crashed}\nAPI http://127.0.0.1:1/docs\n")
+    (var / "starting").write_text(f"{dead_pid()}\n")
+    env = run_env()
+    log = tmp_path / "make-run.log"
+    with log.open("wb") as out:
+        make = subprocess.Popen([*MAKE_RUN, "PROCESSES=redis flower api"], cwd=checkout,
+                                env=env, stdout=out, stderr=subprocess.STDOUT,
+                                stdin=subprocess.DEVNULL, start_new_session=True,
+                                preexec_fn=_default_sigint)
+    procs: list[psutil.Process] = []
+    try:
+        def ready() -> bool:
+            assert make.poll() is None, log.read_text()[-3000:]
+            return READY in log.read_text()
+
+        eventually(ready, 300, lambda: "the ready line:\n" + log.read_text()[-3000:],
+                   interval=0.5)
+        assert (f"var/ taken over from a run that ended without stopping (supervisor pid "
+                f"{crashed})") in log.read_text()
+        top = psutil.Process(make.pid)
+        procs = [top, *top.children(recursive=True)]
+        supervisor = next(p for p in procs if "scripts/supervise.py" in p.cmdline())
+        redis_servers = [p for p in procs if p.name() == "redis-server"]
+        assert len(redis_servers) == 1, [p.cmdline() for p in procs]
+        before = var_files(checkout)
+        assert "redis-url" in before and "run.lock" in before, sorted(before)
+        api = f"API http://127.0.0.1:{env['API_PORT']}/docs"
+        flower = f"Flower http://127.0.0.1:{env['FLOWER_PORT']}"
+        # make run again, as a user would in another shell (other ports too), and the
+        # supervisor alone (as if it had passed make's first step in a race)
+        for second in ([*MAKE_RUN, "PROCESSES=redis flower api"],
+                       [str(VENV_BIN / "python"), "scripts/supervise.py", "redis", "api"]):
+            for second_env in (env, run_env()):
+                done = subprocess.run(second, cwd=checkout, env=second_env, timeout=120,
+                                      stdin=subprocess.DEVNULL, capture_output=True,
+                                      text=True)
+                said = done.stdout + done.stderr
+                assert done.returncode != 0, said
+                assert "Traceback" not in said, said
+                line = next((ln for ln in said.splitlines() if "already running" in ln), said)
+                assert f"supervisor pid {supervisor.pid};" in line, said
+                assert api in line and flower in line, said
+                assert var_files(checkout) == before
+        # the first serves on: its one Redis at the URL it wrote, its API
+        assert [p for p in top.children(recursive=True) if p.name() == "redis-server"] \
+            == redis_servers
+        assert redis.Redis.from_url((var / "redis-url").read_text().strip()).ping()
+        assert httpx.get(f"http://127.0.0.1:{env['API_PORT']}/docs", timeout=30) \
+            .status_code == 200
+        os.kill(make.pid, signal.SIGTERM)
+        _, alive = psutil.wait_procs(procs, timeout=STOP_BOUND)
+        assert not alive, ([p.cmdline() for p in alive], log.read_text()[-3000:])
+        # a clean stop leaves no pid to take over
+        assert (var / "run.lock").read_text() == ""
+    finally:
+        for proc in procs:
+            try:
+                proc.kill()
+            except psutil.NoSuchProcess:
+                pass
+        if make.poll() is None:
+            os.killpg(make.pid, signal.SIGKILL)
+
+
+def test_make_run_waits_for_no_other_starting_make(tmp_path: Path) -> None:
+    """While another make of this checkout is starting (var/starting names it, alive)."""
+    checkout = checkout_of_links(tmp_path)
+    (checkout / "var").mkdir()
+    (checkout / "var" / "starting").write_text(f"{os.getpid()}\n")
+    done = subprocess.run([*MAKE_RUN, "PROCESSES=redis"], cwd=checkout, env=run_env(),
+                          timeout=120, stdin=subprocess.DEVNULL, capture_output=True,
+                          text=True)
+    said = done.stdout + done.stderr
+    assert done.returncode != 0, said
+    assert (f"make run: another `make run` (pid {os.getpid()}) is starting in this "
+            "checkout; nothing was started or changed") in said.splitlines(), said
+    assert sorted(p.name for p in (checkout / "var").iterdir()) == ["starting"]
+    assert (checkout / "var" / "starting").read_text() == f"{os.getpid()}\n"
+
+
+@pytest.mark.parametrize("name", ["API", "FLOWER", "METRICS"])
+def test_a_busy_port_is_named_with_the_setting_that_moves_it(tmp_path: Path,
+                                                             name: str) -> None:
+    checkout = checkout_of_links(tmp_path)
+    env = run_env()
+    port = int(env[f"{name}_PORT"])
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", port))
+        taken.listen()
+        done = subprocess.run([*MAKE_RUN, f"PROCESSES={PROCESSES}"], cwd=checkout, env=env,
+                              timeout=120, stdin=subprocess.DEVNULL, capture_output=True,
+                              text=True)
+    said = done.stdout + done.stderr
+    assert done.returncode != 0, said
+    assert "Traceback" not in said, said
+    lines = [line for line in said.splitlines() if "in use" in line]
+    assert len(lines) == 1, said
+    assert f"127.0.0.1:{port} is in use by another program; set {name}_PORT to move it" \
+        in lines[0], said
+    assert not (checkout / "var" / "redis-url").exists()  # nothing started
+
+
+def test_the_metrics_exporter_names_its_busy_port() -> None:
+    """Started by another runner than `make run`: one line, no traceback."""
+    port = free_port()
+    env = {**run_env(), "METRICS_PORT": str(port), "REDIS_URL": "redis://127.0.0.1:1/0"}
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", port))
+        taken.listen()
+        done = subprocess.run([str(VENV_BIN / "python"), "-m", "scripts.metrics_exporter"],
+                              cwd=ROOT, env=env, timeout=120, stdin=subprocess.DEVNULL,
+                              capture_output=True, text=True)
+    said = done.stdout + done.stderr
+    assert done.returncode != 0, said
+    assert "Traceback" not in said, said
+    assert f"metrics: cannot listen on 127.0.0.1:{port} (Address already in use); set " \
+        "METRICS_PORT (or METRICS_ADDRESS) to move it" in said.splitlines(), said

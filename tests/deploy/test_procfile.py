@@ -112,7 +112,7 @@ def check_control(start: Callable[..., ProcfileProcess], redis_url: str,
 
 
 def _node(name: str) -> str:
-    """The node name of the Procfile's `--hostname=NAME@%h` on this host.
+    """The node name a worker of WORKER_NAME=NAME takes on this host.
 
     A ping to one node returns on its reply, where a broadcast waits out its timeout.
     """

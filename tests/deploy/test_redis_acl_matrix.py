@@ -26,17 +26,22 @@ import redis
 from tasks.api._quotas import ClientBytes
 from tasks.broker import binding_expiry, layout, stored_layout, unacked
 from tasks.broker.holders import HolderSweep
-from tasks.errors import PageQuotaExceeded, QuotaExceeded
+from tasks.client import OcrClient
+from tasks.errors import BadRequest, PageQuotaExceeded, QuotaExceeded
 from tasks.records.batches import BatchRecord
 from tasks.redis_users import (
+    COUNT,
     FAMILIES,
     NONE,
+    READ,
     READ_WRITE,
     USERS,
+    WRITE,
     RedisUser,
     declared_access,
 )
-from tasks.state import lua
+from tasks.settings import Settings
+from tasks.state import keys, lua
 from tasks.state.batch_store import BatchStore
 from tasks.state.corrections import CorrectedPage, Corrections, LineCorrection
 from tasks.state.reservations import Reservations
@@ -46,9 +51,11 @@ from tests.redis_tls import AclRedisServer
 SHA = "0" * 40
 # Commands that read or write one key: each probe is the command, then what follows
 # its key.
-READS = (("GET",), ("HGET", "f"), ("HGETALL",), ("HLEN",), ("LLEN",), ("LINDEX", "0"),
-         ("LRANGE", "0", "1"), ("ZRANGE", "0", "1"), ("ZSCORE", "m"), ("SMEMBERS",),
-         ("EXISTS",), ("STRLEN",), ("TTL",))
+READS = (("GET",), ("HGET", "f"), ("HGETALL",), ("LINDEX", "0"), ("LRANGE", "0", "1"),
+         ("LPOS", "x"), ("ZRANGE", "0", "1"), ("ZSCORE", "m"), ("SMEMBERS",),
+         ("GETRANGE", "0", "9"), ("SET", "x", "GET"))
+# Commands that read no value: a key's length, whether it exists.
+COUNTS = (("LLEN",), ("EXISTS",), ("HLEN",), ("STRLEN",), ("TTL",))
 WRITES = (("SET", "x"), ("HSET", "f", "x"), ("ZADD", "1", "m"), ("RPUSH", "x"),
           ("LPUSH", "x"), ("SADD", "x"), ("DEL",), ("HDEL", "f"), ("EXPIRE", "9"),
           ("APPEND", "x"), ("RPOP",), ("PEXPIRE", "9"))
@@ -99,8 +106,9 @@ def test_each_role_against_each_key_family_agrees_with_the_matrix(
             expected = declared_access(user, family)
             reads = allowed(admin, user.name, READS + SCRIPTS_READ, key)
             writes = allowed(admin, user.name, WRITES + SCRIPTS_WRITE, key)
-            seen = READ_WRITE if any(writes) and any(reads) else \
-                "w" if any(writes) else "r" if any(reads) else NONE
+            counts = allowed(admin, user.name, COUNTS, key)
+            seen = READ_WRITE if any(writes) and any(reads) else WRITE if any(writes) \
+                else READ if any(reads) else COUNT if any(counts) else NONE
             if seen != expected:
                 wrong.append(f"{family.name} {key!r}: the server allows {seen}, "
                              f"the matrix says {expected}")
@@ -224,3 +232,80 @@ def test_a_correction_and_an_upload_run_as_the_api(server: AclRedisServer) -> No
         assert corrections.for_page(digest, 1) == [record]
     finally:
         api.close()
+
+
+# A queued message: in a queue's list (a stock client's), a client's lane.
+QUEUED = ("ocr", layout.queue_list("ocr-fake", 3), layout.list_lane_key("ocr", "alice"))
+TAKES = (("LRANGE", "0", "-1"), ("LINDEX", "-1"), ("LPOS", "m"), ("RPOP",),
+         ("LMOVE", "elsewhere", "RIGHT", "LEFT"), ("SORT",), ("DUMP",))
+READ_SCRIPT = "return redis.call('LRANGE', KEYS[1], 0, -1)"
+
+
+@pytest.mark.parametrize("role", ["api", "beat", "client", "flower", "keda", "metrics"])
+def test_only_the_consumers_read_a_queued_message(server: AclRedisServer, role: str) -> None:
+    """A role that sends or watches may push and count, never read a message back."""
+    admin = server.client()
+    connection = redis.Redis.from_url(server.url(role))
+    try:
+        for key in QUEUED:
+            admin.rpush(key, "m")
+            for command, *rest in TAKES:
+                with pytest.raises(redis.ResponseError):
+                    connection.execute_command(command, key, *rest)
+            for run in (connection.eval, connection.eval_ro):
+                with pytest.raises(redis.ResponseError):
+                    run(READ_SCRIPT, 1, key)
+            assert admin.lrange(key, 0, -1) == [b"m"]
+            if role in layout.APPENDERS:  # a sender still sends, and counts
+                assert connection.lpush(key, "more") == connection.llen(key) == 2
+            elif key in QUEUED[:2] or role == "metrics":  # a watcher counts them
+                assert connection.llen(key) == 1
+    finally:
+        connection.close()
+        admin.delete(*QUEUED)
+
+
+def test_a_client_stores_its_input_and_touches_no_one_elses(server: AclRedisServer) -> None:
+    """The `client` user writes its own input and lists its job, and reads neither back.
+
+    Another sender's input it cannot read; an input uploaded through the API it can
+    neither read nor overwrite; the job lists it adds to but cannot read.
+    """
+    admin = server.client()
+    client = redis.Redis.from_url(server.url("client"))
+    mine, theirs = keys.BLOB_PREFIX + "1" * 32, keys.BLOB_PREFIX + "2" * 32
+    upload = keys.api_blob_key("alice", "3" * 32)
+    try:
+        admin.set(theirs, b"their input")
+        admin.set(upload, b"alice's upload")
+        assert client.set(mine, b"my input", ex=60)
+        for key in (mine, theirs, upload):
+            for command, *rest in (("GET",), ("GETRANGE", "0", "-1"), ("DUMP",)):
+                with pytest.raises(redis.ResponseError):
+                    client.execute_command(command, key, *rest)
+        for write in (lambda: client.set(upload, b"forged"), lambda: client.delete(upload),
+                      lambda: client.append(upload, b"forged"),
+                      lambda: client.rename(upload, mine)):
+            with pytest.raises(redis.ResponseError):
+                write()
+        assert admin.get(upload) == b"alice's upload" and admin.get(mine) == b"my input"
+        assert client.zadd(keys.jobs_client_key("bob"), {"j1": 1.0}) == 1
+        with pytest.raises(redis.ResponseError):
+            client.zrange(keys.JOBS_ALL_KEY, 0, -1)
+    finally:
+        client.close()
+        admin.delete(mine, theirs, upload, keys.jobs_client_key("bob"))
+
+
+def test_a_short_id_under_the_client_user_asks_for_the_whole_id(server: AclRedisServer) -> None:
+    """The `client` user reads no job index: a short id asks for the whole id.
+
+    A coded error (`bad_request`), never a raw NOPERM.
+    """
+    client = OcrClient(Settings.from_env({"REDIS_URL": server.url("client")}))
+    try:
+        with pytest.raises(BadRequest, match="give the whole id"):
+            client.full_id("0123abcd")
+        assert client.full_id("0" * 36) == "0" * 36  # a whole id is not looked up
+    finally:
+        client.close()

@@ -181,7 +181,10 @@ def locked(tmp_path: Path) -> Iterator[tuple[list[Member], list[Member], dict[st
            "SENTINEL_AUTH_PASSWORD": passwords["REDIS_PASSWORD_SENTINEL"],
            "SENTINEL_PASSWORD": PASSWORD, "ANNOUNCE_HOST": "127.0.0.1",
            "SEED_HOST": "127.0.0.1", "MASTER_NAME": MASTER, "BIND": "127.0.0.1",
-           "DOWN_AFTER_MS": "1000"}
+           # A second of silence is too short on a loaded host: a Sentinel then calls
+           # the primary it just promoted down (its TLS checks unanswered while it
+           # rewrites its config) and fails over again, to the old one as it restarts.
+           "DOWN_AFTER_MS": "3000"}
     tls = {"ssl": True, "ssl_cert_reqs": "required", "ssl_ca_certs": str(certs.ca)}
     admin = {"username": "admin", "password": passwords["REDIS_PASSWORD_ADMIN"], **tls}
     servers = [Member("redis", i, tmp_path, env, admin) for i in range(2)]

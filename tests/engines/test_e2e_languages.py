@@ -6,6 +6,7 @@ read back, hOCR and ALTO parsed, and `output_unsupported` for an engine without 
 
 from __future__ import annotations
 
+import base64
 import io
 import json
 import os
@@ -19,6 +20,7 @@ import pymupdf
 import pytest
 
 from tasks.client import OcrClient
+from tasks.errors import UnknownLanguage
 from tasks.operator_console import OperatorConsole
 from tasks.pipeline import layouts
 from tests.cer import cer
@@ -57,9 +59,20 @@ def test_each_language_reads_its_page(worker: Worker, client: OcrClient, name: s
     assert result["lang"] == lang
 
 
+def _by_name(client: OcrClient, source: Path, **options: str) -> dict[str, object]:
+    """Sent by task name, past the door: what a stock Celery sender gets from a worker."""
+    job = client.app.send_task("ocr.document", kwargs={
+        "data_b64": base64.b64encode(source.read_bytes()).decode(),
+        "filename": source.name, **options}).id
+    return client.wait([job], timeout=180)[job]
+
+
 def test_absent_language_fails_fast_naming_what_is_there(worker: Worker,
                                                          client: OcrClient) -> None:
-    result = _run(client, corpus("scan_tess_phototest.tif"), lang="tlh")
+    """Refused at every door; a stock Celery sender's job fails at once on the worker."""
+    with pytest.raises(UnknownLanguage):
+        client.submit(corpus("scan_tess_phototest.tif"), lang="tlh")
+    result = _by_name(client, corpus("scan_tess_phototest.tif"), lang="tlh")
     assert result["status"] == "FAILURE"
     error = result["error"]
     assert isinstance(error, dict) and error["code"] == "language_unavailable"
@@ -68,7 +81,7 @@ def test_absent_language_fails_fast_naming_what_is_there(worker: Worker,
     assert "tlh is no tesseract language code" in error["message"]
     assert "OCR_LANGS" not in error["message"]
     # A fanned-out PDF is refused before any page task: one quick failure too.
-    pdf = _run(client, corpus("lang_mixed_2p.pdf"), lang="eng+tlh")
+    pdf = _by_name(client, corpus("lang_mixed_2p.pdf"), lang="eng+tlh")
     assert pdf["status"] == "FAILURE" and pdf["error"]["code"] == "language_unavailable"
 
 

@@ -13,6 +13,7 @@ import subprocess
 import sys
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -49,6 +50,13 @@ def vlm_worker(start_worker: Callable[..., Worker], model_dir: Path) -> Worker:
                         OCR_MAX_TASKS_PER_CHILD="2")
 
 
+def warned_only_of_silent_pages(result: dict[str, Any]) -> bool:
+    """The tiny model stops at once: each page it read no text of says so, nothing else."""
+    silent = [p["number"] for p in result["pages"] if not p["text"].strip()]
+    return [(w["code"], w["page"]) for w in result["warnings"]] == \
+        [("text_missing", n) for n in silent]
+
+
 def test_vlm_worker_runs_jobs_and_recycles(vlm_worker: Worker, client: OcrClient) -> None:
     jobs = [client.submit(corpus("scan_tess_phototest.tif"), engine="mlx-vlm")
             for _ in range(3)]
@@ -61,7 +69,7 @@ def test_vlm_worker_runs_jobs_and_recycles(vlm_worker: Worker, client: OcrClient
     for job in jobs:
         (page,) = results[job]["pages"]
         assert page["vlm"]["finish_reason"] == "stop" and page["vlm"]["tries"] == 1
-        assert "fallback" not in page and results[job]["warnings"] == []
+        assert "fallback" not in page and warned_only_of_silent_pages(results[job])
     assert [e["tasks_in_process"] for e in engines] == [1, 2, 1]
     assert engines[0]["pid"] == engines[1]["pid"] != engines[2]["pid"]
     log = vlm_worker.log()

@@ -52,6 +52,24 @@ def test_corpus_scans_through_submit_cli(tesseract_worker: Worker, redis_url: st
     assert len(results[-1]["pages"]) == 3  # multi-frame TIFF: one page per frame
 
 
+def test_a_paragraph_is_one_block_of_lines_in_text_and_markdown(
+        tesseract_worker: Worker, client: OcrClient) -> None:
+    """samples/letter.png: its plain text is its truth, blank lines between paragraphs only.
+
+    Tesseract splits two of its paragraphs where a full line comes before a shorter one;
+    the page shows no break there. Each block of the text is a paragraph of its Markdown.
+    """
+    letter = ROOT / "samples" / "letter.png"
+    text = client.wait([job := client.submit(letter)], timeout=120)[job]["text"]
+    assert text == (ROOT / "samples" / "letter.gt.txt").read_text().strip()
+    markdown = client.wait([job := client.submit(letter, output="markdown")],
+                           timeout=120)[job]["text"]
+    blocks = [" ".join(block.split("\n")) for block in str(text).split("\n\n")]
+    shown = [block.lstrip("# ") for block in str(markdown).split("\n\n")]
+    paragraphs = [block for block in blocks if len(block) > 60]  # the letter's body
+    assert len(paragraphs) == 3 and all(block in shown for block in paragraphs), shown
+
+
 def test_both_children_serve_and_load_once(tesseract_worker: Worker) -> None:
     def loads() -> list[str]:
         return [line for line in tesseract_worker.log().splitlines()

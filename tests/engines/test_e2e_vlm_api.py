@@ -17,6 +17,7 @@ import sys
 import urllib.request
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -129,6 +130,13 @@ def api_worker(start_worker: Callable[..., Worker]) -> Iterator[Callable[..., Wo
     kill_all(started)  # its jobs have ended; nothing waits on a warm shutdown
 
 
+def warned_only_of_silent_pages(result: dict[str, Any]) -> bool:
+    """The tiny model stops at once: each page it read no text of says so, nothing else."""
+    silent = [p["number"] for p in result["pages"] if not p["text"].strip()]
+    return [(w["code"], w["page"]) for w in result["warnings"]] == \
+        [("text_missing", n) for n in silent]
+
+
 def test_a_page_read_through_the_server_carries_its_vlm_record(
         api_worker: Callable[..., Worker], servers: Callable[[str], InferenceServer],
         client: OcrClient) -> None:
@@ -152,7 +160,7 @@ def test_a_page_read_through_the_server_carries_its_vlm_record(
                            server.log())
     assert (str(vlm["prompt_tokens"]), str(vlm["generation_tokens"])) in completed
     assert server.completed() == before + 1
-    assert "fallback" not in page and result["warnings"] == []
+    assert "fallback" not in page and warned_only_of_silent_pages(result), result["warnings"]
     assert result["engine"]["name"] == "vlm-api"
     assert result["engine"]["model"] == str(server.model)
     assert "serves engine queue ocr-vlm-api" in worker.log()
@@ -217,7 +225,7 @@ def test_the_server_killed_mid_job_and_started_again_reads_every_page(
     for page in result["pages"]:
         assert page["vlm"]["finish_reason"] == "stop", page
         assert "fallback" not in page
-    assert result["warnings"] == []
+    assert warned_only_of_silent_pages(result), result["warnings"]
 
 
 def test_a_model_the_server_does_not_have_is_a_coded_error(

@@ -2,7 +2,7 @@
 
 Real workers as the Procfile starts them: a tesseract worker (OCR_ESCALATE_ENGINE=vlm-api,
 the fleet's default) and a vlm-api worker whose OCR_VLM_API_URL is a simulated
-inference server (tests/inference_server.py: it answers every page with its fixed text).
+inference server (devkit/inference_server.py: it answers every page with its fixed text).
 The unsure page is a blurred, low-resolution copy of a clean corpus scan, made here with
 Pillow: tesseract reads it with a mean word confidence near 0.4, the clean scan near 0.9.
 """
@@ -29,13 +29,13 @@ from PIL import Image, ImageFilter
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
+from devkit.inference_server import SimulatedInferenceServer
 from tasks.client import OcrClient
 from tasks.errors import EngineUnavailable
 from tasks.metrics.metrics_collector import RedisCollector
 from tasks.state.stores import new_blob_key
 from tests.api_server import ApiServer, create_token, session
-from tests.harness import ROOT, Worker, corpus, eventually
-from tests.inference_server import SimulatedInferenceServer
+from tests.harness import ROOT, Worker, corpus, eventually, sent_past_the_gate
 from tests.pdf_fixtures import image_pdf
 
 pytestmark = pytest.mark.slow
@@ -231,8 +231,9 @@ def test_an_escalation_engine_no_worker_runs_keeps_the_first_reading(
         workers: tuple[Worker, Worker], client: OcrClient) -> None:
     # Sent past the door, as a stock Celery sender does: the worker finds no live worker
     # of mlx-vlm and keeps the page's first reading.
-    job = client.enqueue({"blob": new_blob_key(), "filename": "x.png", "engine": "tesseract",
-                          "escalate": "mlx-vlm"}, input_data=png(unsure_scan()))
+    job = sent_past_the_gate(client, {"blob": new_blob_key(), "filename": "x.png",
+                                      "engine": "tesseract", "escalate": "mlx-vlm"},
+                             input=png(unsure_scan()))
     result = client.wait([job], timeout=300)[job]
     assert result["status"] == "SUCCESS", result
     (page,) = result["pages"]
@@ -308,7 +309,7 @@ def test_the_console_marks_an_escalated_page_and_shows_both_readings(
     assert unsure["engine"] == "vlm-api", unsure
     browser = requests.Session()
     signed = browser.post(f"{api.url}/console/signin", data={"token": token},
-                          allow_redirects=False, timeout=60)
+                          headers={"Origin": api.url}, allow_redirects=False, timeout=60)
     assert signed.status_code == 303, signed.text
     shown = browser.get(f"{api.url}/console/jobs/{job}", timeout=30)
     assert shown.status_code == 200, shown.text

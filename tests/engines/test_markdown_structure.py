@@ -275,13 +275,14 @@ def test_cache_key_carries_the_output_version(monkeypatch: pytest.MonkeyPatch,
     """A result cached before an output format changed is not found after it."""
     from tasks.lifecycle import jobs
     from tasks.pipeline.results import OUTPUT_VERSION
+    from tasks.records.jobs import Job
     from tasks.records.request import JobRequest
 
-    request = JobRequest(source="blob", output="markdown")
-    before = jobs.cache_key(b"%PDF", request, "tesseract", None, settings)
-    assert before == jobs.cache_key(b"%PDF", request, "tesseract", None, settings)
+    job = Job("j1", JobRequest(source="blob", output="markdown"), "tesseract", 0.0)
+    before = jobs.cache_key(b"%PDF", job, settings)
+    assert before == jobs.cache_key(b"%PDF", job, settings)
     monkeypatch.setattr(jobs, "OUTPUT_VERSION", OUTPUT_VERSION + 1)
-    assert jobs.cache_key(b"%PDF", request, "tesseract", None, settings) != before
+    assert jobs.cache_key(b"%PDF", job, settings) != before
 
 
 def test_layout_sessions_take_the_threads_of_their_share_of_the_cores(settings: Any) -> None:

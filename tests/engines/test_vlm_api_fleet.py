@@ -1,6 +1,6 @@
 """A vlm-api worker against a simulated inference server, through real workers.
 
-The server is `SimulatedInferenceServer` (tests/inference_server.py): a simulator of an
+The server is `SimulatedInferenceServer` (devkit/inference_server.py): a simulator of an
 OpenAI-compatible server in this test's process, no model behind it; it answers any
 number of requests at once and keeps what it was asked. The worker is the Procfile's
 `worker` line with OCR_ENGINE=vlm-api: one process, a thread pool of
@@ -19,9 +19,9 @@ from collections.abc import Callable, Iterator
 import pytest
 import redis
 
+from devkit.inference_server import SimulatedInferenceServer
 from tasks.client import OcrClient
 from tests.harness import Worker, eventually, free_port, kill_all
-from tests.inference_server import SimulatedInferenceServer
 from tests.pdf_fixtures import image_pdf, plain_pages
 
 pytestmark = pytest.mark.slow

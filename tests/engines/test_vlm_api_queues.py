@@ -1,7 +1,7 @@
 """A vlm-api worker (a thread pool) serves the queues it is told, and reads any engine it is told.
 
 Real workers as the Procfile starts them, on one Redis database, against a simulated
-inference server (tests/inference_server.py). The GPU worker is told `ocr-vlm-api`
+inference server (devkit/inference_server.py). The GPU worker is told `ocr-vlm-api`
 alone: the default OCR_LANG_ENGINES (`chi_sim=rapidocr`) adds no queue to it, so a job
 that names rapidocr is refused at submit (`engine_unavailable`), never taken and ended
 as `internal_error`. A second vlm-api worker told `ocr-rapidocr` reads rapidocr jobs in
@@ -18,11 +18,11 @@ from pathlib import Path
 
 import pytest
 
+from devkit.inference_server import SimulatedInferenceServer
 from tasks.admission import ocr_queues
 from tasks.client import OcrClient
 from tasks.errors import EngineUnavailable
 from tests.harness import FAKE_PLUGINS, Worker, corpus, eventually
-from tests.inference_server import SimulatedInferenceServer
 
 pytestmark = pytest.mark.slow
 

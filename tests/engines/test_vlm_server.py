@@ -27,6 +27,7 @@ import pytest
 import redis
 import requests
 
+from devkit.inference_server import SERVER_ENV, VlmServer
 from tasks.client import OcrClient
 from tasks.inference_server import MODEL_MISSING, QUEUE, check_server, server_plan
 from tasks.models.locate import served_model
@@ -43,7 +44,6 @@ from tests.harness import (
     free_port,
     waits_for_a_signal,
 )
-from tests.inference_server import SERVER_ENV, VlmServer
 
 SCRIPT = ROOT / "scripts" / "run_vlm_server.py"
 

@@ -17,13 +17,14 @@ from pathlib import Path
 
 import pytest
 
+from devkit.inference_server import SimulatedInferenceServer
+
 # The scan's ground truth, the simulated server that answers it, and the set (a clean
 # scan and its unsure copy, each with its truth): the eval's fixtures.
 from tests.clients.test_eval_escalation import folder, server, truth  # noqa: F401
 from tests.deploy.test_monitoring import _get, exporter  # noqa: F401 - the exporter's fixture
 from tests.engines.test_escalation import COMMON
 from tests.harness import Worker
-from tests.inference_server import SimulatedInferenceServer
 from tests.models.test_golden_set import admin, gauges
 
 pytestmark = pytest.mark.slow
@@ -31,7 +32,11 @@ pytestmark = pytest.mark.slow
 
 @pytest.fixture(scope="module")
 def worker(start_worker: Callable[..., Worker], server: SimulatedInferenceServer) -> Worker:
-    """The tesseract pool (the exporter's fixture asks for it by name), and the GPU pool."""
+    """The tesseract pool (the exporter's fixture asks for it by name), and the GPU pool.
+
+    The control worker sends each job's `ocr.golden_score` (its callback outbox).
+    """
+    start_worker("control", **COMMON)
     start_worker(**COMMON, OCR_ENGINE="vlm-api", OCR_QUEUES="ocr-vlm-api",
                  OCR_VLM_API_URL=server.url, OCR_VLM_API_MODEL="simulated-vlm",
                  OCR_VLM_TEMPERATURES="0")

@@ -49,6 +49,8 @@ def golden(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(scope="module")
 def worker(start_worker: Callable[..., Worker], golden: Path) -> Worker:
+    """The OCR worker, and the control worker that sends each job's `ocr.golden_score`."""
+    start_worker("control", OCR_GOLDEN_SET=str(golden))
     return start_worker(OCR_CONCURRENCY="1", OCR_GOLDEN_SET=str(golden))
 
 

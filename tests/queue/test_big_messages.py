@@ -9,6 +9,7 @@ refusal by raw size before decoding in test_hardening.py. Behind any Redis, boun
 not, the scripts that pop a message for a worker send one longer than it would decode
 as its ends and its length alone (`tasks/broker/oversized.py`): the worker parent's
 peak memory does not move. Limits are lowered to 1 MB here so the messages stay small.
+The project's Redis, full, refuses writes and evicts nothing (noeviction).
 """
 
 from __future__ import annotations
@@ -67,13 +68,14 @@ def test_settings_bound_covers_every_value_the_service_writes() -> None:
     assert defaults.redis_max_bulk_bytes < 400 * 2**20
 
 
-def test_project_redis_refuses_a_message_over_the_limit(tmp_path: Path) -> None:
-    """scripts/run_redis.py (the Procfile's `redis`) sets proto-max-bulk-len."""
+@contextmanager
+def project_redis(directory: Path, **env: str) -> Iterator[int]:
+    """scripts/run_redis.py (the Procfile's `redis`) on a free port, with `env`; its port."""
     port = free_port()
     env = {**{k: v for k, v in os.environ.items() if not k.startswith(("OCR_", "REDIS_"))},
-           **LIMITS, "REDIS_URL": f"redis://127.0.0.1:{port}/0", "PYTHONPATH": str(ROOT)}
+           **env, "REDIS_URL": f"redis://127.0.0.1:{port}/0", "PYTHONPATH": str(ROOT)}
     proc = subprocess.Popen([str(VENV_BIN / "python"), str(ROOT / "scripts" / "run_redis.py")],
-                            cwd=tmp_path, env=env, stdout=subprocess.PIPE,
+                            cwd=directory, env=env, stdout=subprocess.PIPE,
                             stderr=subprocess.STDOUT)
     try:
         store = redis.Redis(port=port)
@@ -86,6 +88,16 @@ def test_project_redis_refuses_a_message_over_the_limit(tmp_path: Path) -> None:
                 return False
 
         eventually(up, 30, "the project's Redis to answer")
+        yield port
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(20)
+
+
+def test_project_redis_refuses_a_message_over_the_limit(tmp_path: Path) -> None:
+    """scripts/run_redis.py (the Procfile's `redis`) sets proto-max-bulk-len."""
+    with project_redis(tmp_path, **LIMITS) as port:
+        store = redis.Redis(port=port)
         bound = Settings.from_env(LIMITS).redis_max_bulk_bytes
         assert store.config_get("proto-max-bulk-len") == {"proto-max-bulk-len": str(bound)}
         with pytest.raises(redis.RedisError):
@@ -94,9 +106,31 @@ def test_project_redis_refuses_a_message_over_the_limit(tmp_path: Path) -> None:
         # within the bound: stored
         redis.Redis(port=port).lpush("ocr", b"x" * (bound - 16))
         assert redis.Redis(port=port).llen("ocr") == 1
-    finally:
-        proc.send_signal(signal.SIGTERM)
-        proc.wait(20)
+
+
+def test_project_redis_full_refuses_writes_and_evicts_nothing(tmp_path: Path) -> None:
+    """scripts/run_redis.py's maxmemory (OCR_REDIS_MAXMEMORY_MB) and noeviction.
+
+    A queued message, and a running job's state and input (keys with a TTL, as every
+    key the service writes has one), stay when results fill Redis past its memory:
+    the write past it is refused, nothing is evicted.
+    """
+    with project_redis(tmp_path, OCR_REDIS_MAXMEMORY_MB="8") as port:
+        store = redis.Redis(port=port)
+        assert store.config_get("maxmemory") == {"maxmemory": str(8 * 2**20)}
+        assert store.config_get("maxmemory-policy") == {"maxmemory-policy": "noeviction"}
+        message = envelope(str(uuid.uuid4()), celery_body({"blob": "ocr:blob:running"}))
+        store.lpush("ocr", message)
+        store.set("ocr:blob:running", b"i" * 100_000, ex=3600)
+        store.hset("ocr:job:running", mapping={"client": "alice", "total": "3"})
+        store.expire("ocr:job:running", 3600)
+        with pytest.raises(redis.exceptions.OutOfMemoryError):
+            for n in range(40):  # 40 results of 1 MiB: more than 8 MiB
+                store.set(f"celery-task-meta-{n}", b"r" * 2**20, ex=3600)
+        assert store.lrange("ocr", 0, -1) == [message]
+        assert store.strlen("ocr:blob:running") == 100_000
+        assert store.hgetall("ocr:job:running") == {b"client": b"alice", b"total": b"3"}
+        assert int(store.info("stats")["evicted_keys"]) == 0
 
 
 def test_oversized_message_never_reaches_a_worker(tmp_path: Path) -> None:

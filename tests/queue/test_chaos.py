@@ -59,3 +59,24 @@ def test_channel_of_a_released_connection_fails_as_a_connection_error() -> None:
     owner = SimpleNamespace(connection_errors=Transport.connection_errors, channel_errors=())
     with ignore_errors(owner):  # what kombu's close wraps the restore in
         Channel._pool_params(released)  # type: ignore[arg-type]
+
+
+def test_a_broken_promise_carries_its_log(tmp_path: Path) -> None:
+    """The soak's report gives each broken promise the log lines behind it.
+
+    A worker that died: the tail of its log (its last words, the cause); a job not
+    ended or without its callback: every line of the fleet's logs that names it.
+    """
+    from bench.chaos import promise_log
+
+    job, other = "0b7f6c2e-1d2a-4c11-9a55-6f4f1b1c2d3e", "9e8d7c6b-5a4f-4e3d-8c2b-1a0f9e8d7c6b"
+    (tmp_path / "chaos-cpu-2.log").write_text("".join(f"line {n}\n" for n in range(100))
+                                              + "consumer: Cannot connect\n")
+    (tmp_path / "api-0-1.log").write_text(f"sent {job}\nsent {other}\nidle\n")
+    died = {"held": False, "died": [{"at": 76.5, "kind": "died",
+                                     "detail": "chaos-cpu: exit 1, log chaos-cpu-2.log"}]}
+    lines = promise_log(tmp_path, died)
+    assert lines[-1] == "chaos-cpu-2.log: consumer: Cannot connect"
+    assert len(lines) == 60 and lines[0] == "chaos-cpu-2.log: line 41"
+    assert promise_log(tmp_path, {"held": False, "unended": [job]}) == \
+        [f"api-0-1.log: sent {job}"]

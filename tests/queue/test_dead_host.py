@@ -24,7 +24,7 @@ from __future__ import annotations
 import os
 import re
 import signal
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -61,11 +61,17 @@ def gate(path: Path, open_: bool) -> Path:
 @pytest.fixture(scope="module")
 def start_host(start_worker: Callable[..., Worker]) -> Callable[..., Worker]:
     """The module's workers: the sweep's window at SHORT_WINDOW on each."""
-    return lambda **env: start_worker(**env, **SHORT_WINDOW)
+    return lambda process="worker", **env: start_worker(process, **env, **SHORT_WINDOW)
 
 
 @pytest.fixture(scope="module")
-def survivor(start_host: Callable[..., Worker],
+def control(start_host: Callable[..., Worker]) -> Worker:
+    """The control worker that sends the jobs' callbacks; it sweeps dead holders too."""
+    return start_host(process="control", **SETTINGS)
+
+
+@pytest.fixture(scope="module")
+def survivor(start_host: Callable[..., Worker], control: Worker,
              tmp_path_factory: pytest.TempPathFactory) -> Worker:
     """The worker that outlives every holder (its gate open: it reads at once)."""
     return start_host(**SETTINGS, FAKE_GATE_DIR=str(gate(
@@ -105,9 +111,9 @@ def hold_jobs(start_worker: Callable[..., Worker], survivor: Worker, client: Ocr
 
 
 def test_a_killed_hosts_jobs_end_elsewhere_once(
-        start_host: Callable[..., Worker], survivor: Worker, client: OcrClient,
-        tmp_path: Path) -> None:
-    killed_host_jobs_end_elsewhere_once(start_host, survivor, client, tmp_path)
+        start_host: Callable[..., Worker], survivor: Worker, control: Worker,
+        client: OcrClient, tmp_path: Path) -> None:
+    killed_host_jobs_end_elsewhere_once(start_host, survivor, client, tmp_path, [control])
 
 
 @pytest.mark.parametrize("window,db", [  # a database each: no holder of the other's left
@@ -140,7 +146,11 @@ def test_through_sentinel_a_killed_hosts_jobs_end_elsewhere_once(
 
 def killed_host_jobs_end_elsewhere_once(start_worker: Callable[..., Worker],
                                         survivor: Worker, client: OcrClient,
-                                        tmp_path: Path) -> None:
+                                        tmp_path: Path, others: Sequence[Worker] = ()) -> None:
+    """The jobs a killed host held end elsewhere, once.
+
+    A live worker's sweep put them back: `survivor`'s, or one of `others`'.
+    """
     before = usage_today(client)
     holder, jobs = hold_jobs(start_worker, survivor, client, gate(tmp_path / "g", False))
     holder.kill()  # the host dies: parent and children at once
@@ -151,7 +161,8 @@ def killed_host_jobs_end_elsewhere_once(start_worker: Callable[..., Worker],
     assert all(records[j]["outcome"] == "SUCCESS" for j in jobs)
     assert len(re.findall(rf"ocr\.job .*\"id\": \"({'|'.join(jobs)})\"",
                           survivor.log())) == 2
-    assert "put back in their queues" in survivor.log() + holder.log()
+    assert "put back in their queues" in "".join(
+        w.log() for w in (survivor, holder, *others))
     assert usage_today(client) - before == 3  # two PDF pages and the image, once each
 
 

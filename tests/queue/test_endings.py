@@ -24,6 +24,7 @@ import pytest
 
 from devkit.receivers import CallbackReceiver
 from tasks.client import OcrClient
+from tasks.state.callback_outbox import TASK, CallbackOutbox
 from tasks.state.job_control import ENDING_DONE, JobControl
 from tasks.state.keys import job_ended_key
 from tests.harness import FAKE_PLUGINS, FAST_PAGES, Worker, eventually, fake_env, kill_all
@@ -74,8 +75,8 @@ CALLBACKS: dict[str, list[dict[str, Any]]] = {}
 def wait_ending_done(client: OcrClient, job: str) -> None:
     """Until the job's one exit has finished: its end claim is marked done.
 
-    By then the ending has queued its callback task and its HTTP callback's task, and
-    written its `ocr.job` line; any ending after it is a no-op (the claim).
+    By then the ending has written its callbacks into the outbox, and its `ocr.job`
+    line; any ending after it is a no-op (the claim).
     """
     store = client.app.backend.client
     eventually(lambda: store.get(job_ended_key(job)) == ENDING_DONE.encode(), 30,
@@ -83,12 +84,16 @@ def wait_ending_done(client: OcrClient, job: str) -> None:
 
 
 def callback_messages(client: OcrClient, job: str) -> list[dict[str, Any]]:
-    """The callback-task messages sent for `job` since the last read, once its ending is done.
+    """The callback-task messages sent for `job` since the last read, once they are sent.
 
-    The ending queues them before it marks its claim done, so the queue already holds
+    The ending writes them into the callback outbox with its result; the control
+    worker removes each once its message is published, so by then the queue holds
     every one: it is emptied without waiting (other jobs' messages are kept for them).
     """
     wait_ending_done(client, job)
+    outbox = CallbackOutbox(client.app.backend.client, 600)
+    eventually(lambda: not [d for d in outbox.waiting() if d.job_id == job and d.kind == TASK],
+               30, f"the callback task of {job} sent")
     with client.app.connection() as conn:
         queue = conn.SimpleQueue(CALLBACK_QUEUE)
         try:
@@ -109,9 +114,9 @@ def http_bodies(client: OcrClient, receiver: CallbackReceiver,
                 job: str) -> list[dict[str, Any]]:
     """The bodies POSTed for `job`, once the ending is done and its callback task returned.
 
-    The `ocr.http_callback` task records the delivery on the job (the result's
-    `callback`) after the receiver answered; a second POST would need a second task,
-    which only a second ending queues.
+    The control worker's sender records the delivery on the job (the result's
+    `callback`) after the receiver answered; a second POST would need a second
+    delivery, which only a second ending writes.
     """
     wait_ending_done(client, job)
     eventually(lambda: client.result(job).get("callback"), 30,

@@ -45,6 +45,7 @@ from tasks.state.keys import job_ended_key, job_key, job_notice_key
 from tests.api_server import ApiServer, create_token, session
 from tests.ha import MASTER, MovingEndpoint, RedisHA, RedisNode
 from tests.harness import (
+    FAKE_PLUGINS,
     ROOT,
     ProcfileProcess,
     Worker,
@@ -91,6 +92,7 @@ class Fleet:
     workdir: Path
     receiver: CallbackReceiver
     worker: Worker = field(init=False)
+    control: Worker = field(init=False)
     api: ApiServer = field(init=False)
     exporter: ProcfileProcess = field(init=False)
     exporter_port: int = 0
@@ -111,6 +113,9 @@ class Fleet:
             "FAKE_PAGE_SECONDS": PAGE_SECONDS, "OCR_PDF_DPI": "72",
             "OCR_DESKEW": "0"})
         self.worker.start()
+        self.control = Worker(self.workdir / "control.log", {**self.env, **LIMITS},
+                              "control")  # the callback outbox's sender
+        self.control.start()
         self.api = ApiServer(self.workdir / "api.log", self.env)
         self.api.start()
         self.exporter_port = free_port()
@@ -137,7 +142,8 @@ class Fleet:
     def stop(self) -> None:
         """Kill what was started (all at once; a fleet that failed to start too)."""
         kill_all([p for p in (getattr(self, name, None) for name in
-                              ("beat", "flower", "exporter", "api", "worker")) if p is not None])
+                              ("beat", "flower", "exporter", "api", "worker", "control"))
+                  if p is not None])
 
     def inputs(self, count: int) -> list[tuple[str, bytes, list[int]]]:
         """Images and three-page PDFs, each page of a shade of its own (its text)."""
@@ -573,3 +579,56 @@ def test_urls_name_the_database_on_every_sentinel() -> None:
                                 "OCR_REDIS_SENTINEL_MASTER": MASTER}).redis_target
     assert celery_url(target) == "sentinel://:pw@s1:26379/4;sentinel://:pw@s2:26379/4"
     assert celery_url(RedisTarget("redis://h:1/2")) == "redis://h:1/2"
+
+
+def test_a_primary_killed_during_an_ending_loses_no_callback(
+        ha: RedisHA, receiver: CallbackReceiver, tmp_path: Path) -> None:
+    """The primary SIGKILLed while a job's ending is under way: it ends once, called back once.
+
+    The OCR child has stored the job's result and its callbacks in the claim's step and
+    stalls there 2 s (tests/slow_ending.py, `stored`), its claim naming it. The primary
+    is killed at once, and the child goes on while the Sentinels promote a replica
+    (they wait 1 s to call it down, then elect): its ending and
+    callbacks on the new primary (replicated), or given back and ended again there (lost
+    with the old one). The control worker's sender follows the switch and sends each
+    callback once.
+    """
+    env = {**ha.env(3), **fake_env(), **LIMITS,
+           "OCR_ENGINE": "slow-ending", "OCR_ENGINE_PLUGINS":
+           f"{FAKE_PLUGINS},slow-ending=tests.slow_ending:SlowEndingEngine",
+           "OCR_CALLBACK_ALLOWED_HOSTS": f"127.0.0.1:{receiver.port}",
+           "FAKE_ENDING_STALL": "stored", "FAKE_ENDING_SECONDS": "2"}
+    worker = Worker(tmp_path / "worker.log", env)
+    control = Worker(tmp_path / "control.log", env, "control")
+    client = make_client(env["REDIS_URL"], **env)
+    try:
+        worker.start()
+        control.start()
+        job = client.submit(png(97), filename="failover.png", callback_task="billing.ocr_done",
+                            callback_queue="failover-callbacks",
+                            callback_url=receiver.url("/failover"))
+        store = connect(Settings.from_env(env).redis_target)
+        # stored, the claim still naming its holder: the ending is under way
+        eventually(lambda: b":" in (store.get(job_ended_key(job)) or b""), 60,
+                   lambda: f"the ending under way: {worker.log()[-2000:]}")
+        old = ha.kill_primary()
+        ha.wait_promoted(old)
+        assert client.wait([job], timeout=120)[job]["status"] == "SUCCESS"
+        eventually(lambda: receiver.by_job().get(job), 90,
+                   lambda: f"the callback: {control.log()[-3000:]}")
+        with client.app.connection() as conn:
+            queue = conn.SimpleQueue("failover-callbacks")
+            message = queue.get(timeout=60)
+            assert message.decode()[0][0]["id"] == job
+            message.ack()
+            with pytest.raises(queue.Empty):
+                queue.get(timeout=3)  # once
+            queue.close()
+        ha.rejoin(old)
+        assert receiver.by_job()[job] == [f"{job}.SUCCESS"]  # once
+        assert len(re.findall(rf"ocr\.job .*\"id\": \"{job}\"", worker.log())) == 1
+        eventually(lambda: f"callback {job}.SUCCESS.http sent by control@" in control.log(),
+                   10, lambda: control.log()[-3000:])
+    finally:
+        client.close()
+        kill_all([worker, control])

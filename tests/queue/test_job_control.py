@@ -42,8 +42,8 @@ def worker(start_worker: Callable[..., Worker]) -> Iterator[Callable[..., Worker
     """
     mine: list[Worker] = []
 
-    def start(**env: str) -> Worker:
-        mine.append(start_worker(**{**BASE, **env}))
+    def start(process: str = "worker", **env: str) -> Worker:
+        mine.append(start_worker(process, **{**BASE, **env}))
         return mine[-1]
 
     yield start
@@ -183,6 +183,7 @@ def test_running_job_stops_at_its_deadline(worker: Callable[..., Worker],
 def test_callback_task_receives_the_result(worker: Callable[..., Worker],
                                            client: OcrClient) -> None:
     worker(OCR_CONCURRENCY="1")
+    worker("control")  # the callback outbox's sender publishes it
     job = client.submit(png(207), filename="cb.png", callback_task="billing.ocr_done",
                         callback_queue="billing")
     assert client.wait([job], timeout=30)[job]["status"] == "SUCCESS"
@@ -216,8 +217,9 @@ def test_http_callback_is_posted_and_retried(worker: Callable[..., Worker],
                                              client: OcrClient) -> None:
     server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Receiver)
     threading.Thread(target=server.serve_forever, daemon=True).start()
-    worker(OCR_CONCURRENCY="1",
-           OCR_CALLBACK_ALLOWED_HOSTS=f"127.0.0.1:{server.server_address[1]}")
+    hosts = f"127.0.0.1:{server.server_address[1]}"
+    worker(OCR_CONCURRENCY="1", OCR_CALLBACK_ALLOWED_HOSTS=hosts)
+    worker("control", OCR_CALLBACK_ALLOWED_HOSTS=hosts)  # the callback outbox's sender
     try:
         url = f"http://127.0.0.1:{server.server_address[1]}/ocr-done"
         job = client.submit(png(208), callback_url=url)

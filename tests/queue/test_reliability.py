@@ -348,7 +348,9 @@ def test_flower_requires_basic_auth(tmp_path: Path, redis_url: str) -> None:
                 return None  # not listening yet
             return 200
 
-        assert eventually(answer, 30, "Flower answering") == 401
+        # Its start: up to WORKER_WAIT (15 s) for a worker (none here), then Flower's
+        # own, over 15 s more on a loaded machine.
+        assert eventually(answer, 120, "Flower answering") == 401
         request = urllib.request.Request(url, headers={
             "Authorization": "Basic b3BzOnMzY3JldA=="})  # ops:s3cret
         assert urllib.request.urlopen(request, timeout=5).status == 200
@@ -358,8 +360,69 @@ def test_flower_requires_basic_auth(tmp_path: Path, redis_url: str) -> None:
     refused = subprocess.run([sys.executable, "scripts/run_flower.py"], cwd=ROOT,
                              env={**env, "FLOWER_BASIC_AUTH": "", "OCR_FLOWER_OPEN": "1",
                                   "FLOWER_ADDRESS": "0.0.0.0"}, capture_output=True,
-                             text=True, timeout=30)
+                             text=True, timeout=120)
     assert refused.returncode == 2 and "only allowed on loopback" in refused.stdout
+
+
+def test_var_flower_auth_holds_the_password_alone(tmp_path: Path) -> None:
+    """What the browser's prompt takes: user `ocr`, and the file's content as it is."""
+    from scripts.run_flower import generated_credentials
+
+    path = tmp_path / "var" / "flower-auth"
+    credentials = generated_credentials(path)
+    password = path.read_text().strip()
+    assert credentials == f"ocr:{password}" and ":" not in password and len(password) >= 20
+    assert path.stat().st_mode & 0o777 == 0o600
+    assert generated_credentials(path) == credentials  # made once
+    path.write_text("ocr:from-before\n")  # a file written as it once was
+    assert generated_credentials(path) == "ocr:from-before"
+    assert path.read_text() == "from-before\n"
+
+
+def test_flower_stops_on_sigterm_with_inspects_in_flight(tmp_path: Path,
+                                                         redis_url: str) -> None:
+    """SIGTERM stops Flower with its state saved, not after its inspect broadcasts.
+
+    No worker answers, and each broadcast Flower sends as it starts waits out
+    FLOWER_INSPECT_TIMEOUT (ten minutes here): Flower's own handler waited for them.
+    """
+    import shelve
+    import urllib.error
+    import urllib.request
+
+    port = free_port()
+    db = tmp_path / "flower.db"
+    env = {**os.environ, "PATH": f"{VENV_BIN}{os.pathsep}{os.environ['PATH']}",
+           "PYTHONPATH": str(ROOT), "FLOWER_PORT": str(port), "FLOWER_DB": str(db),
+           "FLOWER_BASIC_AUTH": "ops:s3cret", "REDIS_URL": redis_url,
+           "FLOWER_INSPECT_TIMEOUT": "600000"}
+    log = tmp_path / "flower.log"
+    with log.open("wb") as out:
+        proc = subprocess.Popen(["bash", "-c", f"exec {procfile_command('flower')}"],
+                                cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT,
+                                start_new_session=True)
+    try:
+        def serving() -> bool:  # its loop answers: it has sent its broadcasts
+            assert proc.poll() is None, log.read_text()[-3000:]
+            try:
+                urllib.request.urlopen(f"http://127.0.0.1:{port}/", timeout=2)
+            except urllib.error.HTTPError as exc:
+                return exc.code == 401
+            except OSError:
+                return False  # not listening yet
+            return False
+
+        eventually(serving, 120, "Flower answering")
+        os.killpg(proc.pid, signal.SIGTERM)
+        assert proc.wait(120) == 0, log.read_text()[-3000:]
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+    text = log.read_text()
+    assert "flower: stopped on SIGTERM" in text, text
+    assert not re.search(r"Inspect method \w+ failed", text), text  # not waited out
+    with shelve.open(str(db), flag="r") as state:
+        assert "events" in state, text  # its state saved on the way out
 
 
 def test_a_server_that_lost_the_scripts_loads_them_again(

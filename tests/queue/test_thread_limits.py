@@ -1,7 +1,7 @@
 """A thread-pool (vlm-api) worker's limits, through real workers.
 
 The worker is the Procfile's `worker:` line with OCR_ENGINE=vlm-api against the
-simulated inference server (tests/inference_server.py): one process, a thread pool.
+simulated inference server (devkit/inference_server.py): one process, a thread pool.
 
 - A page's whole time is bounded by OCR_VLM_API_PAGE_TIME_LIMIT, not only its waits on
   the server: a page the server reads in a loop (the repetition guard stops it) falls
@@ -25,10 +25,10 @@ import pytest
 from billiard.exceptions import SoftTimeLimitExceeded
 from PIL import Image, ImageDraw, ImageFont
 
+from devkit.inference_server import SimulatedInferenceServer
 from tasks.client import OcrClient
 from tasks.queue import thread_limits
 from tests.harness import Worker, eventually, kill_all
-from tests.inference_server import SimulatedInferenceServer
 from tests.pdf_fixtures import image_pdf, plain_pages
 
 WORKER_ENV = {"OCR_ENGINE": "vlm-api", "OCR_VLM_API_MODEL": "simulated-vlm",

@@ -156,9 +156,10 @@ def test_hocr_and_alto_carry_each_pages_language() -> None:
 
 def test_an_auto_result_is_cached_under_the_languages_it_was_read_with() -> None:
     from tasks.lifecycle.jobs import cache_key
+    from tasks.records.jobs import Job
 
-    request = JobRequest(source="path", lang="auto")
-    keys = {cache_key(b"page", request, "tesseract", "eng", Settings.from_env(env))
+    job = Job("j1", JobRequest(source="path", lang="auto"), "tesseract", 0.0, model="eng")
+    keys = {cache_key(b"page", job, Settings.from_env(env))
             for env in ({}, {"OCR_AUTO_LANGS": "Latin=eng+vie"}, {"OCR_TESSERACT_LANG": "vie"})}
     assert len(keys) == 3
 

@@ -30,12 +30,11 @@ from tasks.lifecycle.batch_sources import (
 )
 from tasks.lifecycle.fetcher import Fetcher
 from tasks.metrics.fleet_metrics import FleetCollector
-from tasks.queue.batch_steps import StepSlots
 from tasks.records.batches import BatchRecord, BatchState
+from tasks.records.jobs import Reservation
 from tasks.records.request import JobRequest
 from tasks.settings import Settings
 from tasks.state.batch_store import BatchStore, progress_of
-from tasks.state.reservations import Reservation
 
 
 def test_a_manifest_line_names_a_document_and_its_own_options() -> None:
@@ -47,6 +46,22 @@ def test_a_manifest_line_names_a_document_and_its_own_options() -> None:
     plain = manifest_document(b"https://files.example.com/scans/b.png\n")
     assert plain is not None and plain.name == "files.example.com/scans/b.png"
     assert manifest_document(b"   \n") is None
+
+
+def test_a_manifest_line_names_its_url_in_one_spelling() -> None:
+    """Two spellings of one URL are one document: the batch reads it once."""
+    for spelling in ("HTTPS://Files.Example.com:443/scans/%7Eb/x.png",
+                     "https://files.example.com/scans/./~b/x.png",
+                     "https://files.example.com/scans/c/../%7eb/x.png"):
+        document = manifest_document(json.dumps({"url": spelling}).encode())
+        assert document is not None
+        assert document.url == "https://files.example.com/scans/~b/x.png"
+        assert document.name == "files.example.com/scans/~b/x.png"
+    s3 = manifest_document(b"S3://bkt/k/./a.pdf")
+    assert s3 is not None and (s3.url, s3.name) == ("s3://bkt/k/a.pdf", "bkt/k/a.pdf")
+    # a URL that is none is kept as written: its job is refused with its code
+    assert manifest_document(b"s3://b/k/\x01a.pdf") == Document(
+        "s3://b/k/\x01a.pdf", "b/k/\x01a.pdf", {}, {}, at="0")
 
 
 def test_a_line_matches_only_the_same_version_and_options() -> None:
@@ -366,12 +381,19 @@ def test_a_listed_document_over_the_input_limit_is_refused_unread(own_redis_url:
 
 
 def test_batch_steps_hold_a_few_threads_a_client_and_leave_the_pools_last() -> None:
-    slots = StepSlots(per_client=2, pool_threads=4)
+    from types import SimpleNamespace
+
+    from tasks.batch_worker import _slots, size_slots
+
+    app = SimpleNamespace(ocr_settings=SimpleNamespace(batch_threads_per_client=2))
+    size_slots(app, 4)
+    slots = _slots(app)
     with slots.held("a") as one, slots.held("a") as two, slots.held("a") as three:
         assert (one, two, three) == (True, True, False)  # a's two threads taken
         with slots.held("b") as other, slots.held("c") as last:
             assert (other, last) == (True, False)  # the fourth: cancels' and callbacks'
     with slots.held("a") as again:
         assert again  # each let go at its block's end
-    assert StepSlots(per_client=1, pool_threads=1).total == 1
+    size_slots(app, 1)
+    assert _slots(app).total == 1
 

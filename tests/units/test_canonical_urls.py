@@ -99,10 +99,20 @@ def test_prefixes_are_compared_on_segments(url: str, prefix: str, inside: bool) 
             check_url(url, (prefix,))
 
 
-@pytest.mark.parametrize("key", ["a/../b.png", "./b.png", "a/./b.png", "a/.."])
-def test_s3_keys_with_dot_segments_are_refused(key: str) -> None:
+@pytest.mark.parametrize("key,canonical", [
+    ("a/../b.png", "b.png"), ("./b.png", "b.png"), ("a/./b.png", "a/b.png"),
+    ("c/./d/../x.png", "c/x.png"), ("../../b.png", "b.png"), ("a/...png", "a/...png")])
+def test_s3_keys_dot_segments_are_resolved_as_documented(key: str, canonical: str) -> None:
+    assert check_url(f"s3://tenant-b/{key}", ("s3://tenant-b/",)).key == canonical
+
+
+def test_s3_dot_segments_are_resolved_before_the_prefix_is_compared() -> None:
+    assert check_url("s3://tenant-b/b/./x.png", ("s3://tenant-b/b/",)).url \
+        == "s3://tenant-b/b/x.png"
     with pytest.raises(UrlNotAllowed):
-        check_url(f"s3://tenant-b/{key}", ("s3://tenant-b/",))
+        check_url("s3://tenant-b/b/../a/secret.png", ("s3://tenant-b/b/",))
+    with pytest.raises(BadRequest):  # resolved to the bucket itself: no object
+        check_url("s3://tenant-b/a/..", ("s3://tenant-b/",))
 
 
 def test_an_s3_key_is_literal_otherwise() -> None:

@@ -5,6 +5,7 @@ And its bounds: each reading's lines and characters, a deadline, a heavy-work tu
 
 from __future__ import annotations
 
+import threading
 import time
 
 import anyio
@@ -60,8 +61,18 @@ def test_a_reading_past_the_bounds_is_refused_before_its_turn(
     heavy = HeavyWork(concurrency=1, wait=5)
     with pytest.raises(CompareTooLarge, match=bound) as refused:
         anyio.run(compared_rows, Bounds(max_lines=10, max_chars=100, timeout=5), heavy,
-                  left, right)
+                  "alice", left, right)
     assert refused.value.code == "compare_too_large" and refused.value.status == 422
+
+
+async def holding(heavy: HeavyWork, client: str, release: threading.Event,
+                  started: anyio.Event) -> None:
+    """Heavy work of `client` that holds its turn until `release` is set."""
+    def work() -> None:
+        anyio.from_thread.run_sync(started.set)
+        release.wait(10)
+
+    await heavy.run(client, work)
 
 
 def test_heavy_work_without_a_turn_in_time_is_busy() -> None:
@@ -70,19 +81,64 @@ def test_heavy_work_without_a_turn_in_time_is_busy() -> None:
     bounds = Bounds(max_lines=10, max_chars=100, timeout=5)
 
     async def both() -> tuple[list[Row], Busy]:
-        refusal: list[Busy] = []
-        async with heavy._turns:  # the one turn, taken
-
-            async def second() -> None:
-                with pytest.raises(Busy) as busy:
-                    await compared_rows(bounds, heavy, ["a"], ["b"])
-                refusal.append(busy.value)
-
-            async with anyio.create_task_group() as group:
-                group.start_soon(second)
-        return await compared_rows(bounds, heavy, ["a"], ["a"]), refusal[0]
+        release, started = threading.Event(), anyio.Event()
+        async with anyio.create_task_group() as group:
+            group.start_soon(holding, heavy, "alice", release, started)
+            await started.wait()  # the one turn, taken
+            with pytest.raises(Busy) as busy:
+                await compared_rows(bounds, heavy, "bob", ["a"], ["b"])
+            release.set()
+        return await compared_rows(bounds, heavy, "bob", ["a"], ["a"]), busy.value
 
     rows, busy = anyio.run(both)
     assert [row.same for row in rows] == [True]  # the turn given back serves the next
     assert busy.code == "busy" and busy.retryable and busy.status == 503
     assert busy.headers["Retry-After"]
+
+
+def test_a_client_holds_no_more_than_its_share_of_the_turns() -> None:
+    """Of 4 turns, alice's many requests hold 2; bob's takes a free one at once."""
+    heavy = HeavyWork(concurrency=4, wait=5)
+    order: list[str] = []
+
+    async def scenario() -> None:
+        release = threading.Event()
+        async with anyio.create_task_group() as group:
+            held = [anyio.Event() for _ in range(2)]
+            for event in held:
+                group.start_soon(holding, heavy, "alice", release, event)
+            for event in held:
+                await event.wait()
+            for name in ("alice-3", "alice-4"):  # past alice's share: they wait
+                group.start_soon(heavy.run, "alice", order.append, name)
+            await anyio.sleep(0.1)
+            assert order == []
+            await heavy.run("bob", order.append, "bob")  # a free turn, at once
+            assert order == ["bob"]
+            release.set()  # alice's two turns free: her next two run
+        assert order[0] == "bob" and sorted(order[1:]) == ["alice-3", "alice-4"]
+
+    anyio.run(scenario)
+
+
+def test_a_freed_turn_goes_to_the_next_client_in_turn() -> None:
+    """One turn, alice's second request waiting before carol's: carol is served first.
+
+    Alice was served last (her first request holds the turn).
+    """
+    heavy = HeavyWork(concurrency=1, wait=5)
+    order: list[str] = []
+
+    async def scenario() -> None:
+        release, started = threading.Event(), anyio.Event()
+        async with anyio.create_task_group() as group:
+            group.start_soon(holding, heavy, "alice", release, started)
+            await started.wait()
+            group.start_soon(heavy.run, "alice", order.append, "alice-2")
+            await anyio.sleep(0.05)
+            group.start_soon(heavy.run, "carol", order.append, "carol")
+            await anyio.sleep(0.05)
+            release.set()
+        assert order == ["carol", "alice-2"]
+
+    anyio.run(scenario)

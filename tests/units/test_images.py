@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import io
+
 import pytest
 from PIL import Image
 
 from tasks.errors import CorruptInput, EmptyInput, ImageTooLarge, UnsupportedFormat
-from tasks.pipeline.images import normalize, open_image
+from tasks.pipeline.images import configure_pillow, normalize, open_image, too_large
 from tasks.records.formats import sniff_format
 from tasks.settings import Settings
 from tests.harness import corpus
@@ -30,6 +32,29 @@ def test_sniff_refuses_text_and_empty() -> None:
         sniff_format(b"just some text, named scan.png by mistake")
     with pytest.raises(EmptyInput):
         sniff_format(b"")
+
+
+def test_image_too_large_says_what_to_scale_to_and_the_setting() -> None:
+    """The limit's refusal names the size to scale to and OCR_MAX_IMAGE_PIXELS."""
+    s = settings(OCR_MAX_IMAGE_PIXELS="10000")
+    page = io.BytesIO()
+    Image.new("L", (400, 100)).save(page, "PNG")
+    with pytest.raises(ImageTooLarge) as raised:
+        open_image(page.getvalue(), s)
+    assert raised.value.message == (
+        "page 1 is 400x100 pixels, more than the limit of 10000 pixels: scale it to "
+        "200x50 pixels or less (50 % of its width and height), or raise "
+        "OCR_MAX_IMAGE_PIXELS on the workers")
+    configure_pillow(s)  # Pillow refuses past twice the limit, before the size is read
+    try:
+        with pytest.raises(ImageTooLarge) as raised:
+            open_image(page.getvalue(), s)
+    finally:
+        configure_pillow(settings())
+    assert raised.value.message == (
+        "the image has more than the limit of 10000 pixels: scale it to at most 10000 "
+        "pixels (an A4 page at 10 dpi), or raise OCR_MAX_IMAGE_PIXELS on the workers")
+    assert "an A4 page at 1360 dpi" in too_large("x", settings()).message
 
 
 def test_open_image_limits() -> None:

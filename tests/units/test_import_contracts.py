@@ -3,8 +3,8 @@
 They hold on the tree as it is, and they break on a copy of it with one upward import
 (a module of `tasks/records/`, the ground floor, importing the queue), one private
 module imported from outside its package, devkit imported by the service, a task
-module reaching into the broker, the broker importing Celery, or the metrics floor
-reading a broker module other than its public reads.
+module reaching into the broker, the broker importing Celery, or the metrics floor, the
+API, the command lines or the console reading a broker module other than its reads.
 """
 
 from __future__ import annotations
@@ -48,8 +48,12 @@ def test_the_contracts_hold_on_the_tree() -> None:
     ("tasks/console/_views.py", "import tasks.api._service", "private to it"),
     ("tasks/state/keys.py", "import devkit", "imports nothing of devkit"),
     ("tasks/queue/job_task.py", "import tasks.broker.publishing", "Tasks are thin"),
+    ("tasks/queue/page_tasks.py", "import tasks.broker.publishing", "Tasks are thin"),
     ("tasks/broker/qos.py", "import celery.worker.state", "imports nothing of Celery"),
     ("tasks/metrics/queue_depth.py", "import tasks.broker.fetching", "public reads alone"),
+    ("tasks/api/tokens.py", "import tasks.broker.layout", "console see the broker"),
+    ("tasks/console/_views.py", "import tasks.broker.publishing", "console see the broker"),
+    ("tasks/cli/backup.py", "import tasks.broker.layout", "console see the broker"),
 ])
 def test_a_forbidden_import_breaks_a_contract(tmp_path: Path, module: str, line: str,
                                               broken: str) -> None:

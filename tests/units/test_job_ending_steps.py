@@ -30,9 +30,18 @@ from tasks.records.jobs import Broadcast, JobStatus, Outcome, ResultRecord
 from tasks.records.request import JobRequest
 from tasks.records.results import DocumentResult
 from tasks.settings import Settings
+from tasks.state.callback_outbox import CallbackOutbox, Delivery
 from tasks.state.job_control import ENDING_DONE, CarriedWrites, JobControl
 from tasks.state.join import DocumentJoin
-from tasks.state.keys import job_ended_key, job_key, job_notice_key, preview_key
+from tasks.state.keys import (
+    CALLBACKS_DUE_KEY,
+    CALLBACKS_WAKE_KEY,
+    callback_key,
+    job_ended_key,
+    job_key,
+    job_notice_key,
+    preview_key,
+)
 from tasks.state.previews import PreviewStore
 from tasks.state.stores import BlobStore
 from tasks.state.usage import PageUsage, today
@@ -61,9 +70,7 @@ class StoringPorts:
     told: list[str] = field(default_factory=list)
     kept: list[str] = field(default_factory=list)
     recorded: list[str] = field(default_factory=list)
-    callbacks: list[str] = field(default_factory=list)
     during_keep: Callable[[], None] | None = None
-    during_callback: Callable[[], None] | None = None
     event_topic: str | None = None  # where the claim's step publishes the event
 
     def result_record(self, outcome: Outcome) -> ResultRecord | None:
@@ -89,15 +96,6 @@ class StoringPorts:
         if self.during_keep is not None:
             self.during_keep()
 
-    def send_callback_task(self, name: str, queue: str | None, result: dict) -> None:
-        self.callbacks.append(name)
-        if self.during_callback is not None:
-            self.during_callback()
-
-    def send_http_callback(self, url: str, body: dict, queue: str | None,
-                           owner: str = "") -> None:
-        self.callbacks.append(url)
-
     def record(self, outcome: Outcome) -> None:
         self.recorded.append(outcome.job_id)
 
@@ -111,10 +109,12 @@ class StepFails(JobControl):
 
     def claim_end(self, job_id: str, holder: str, record: ResultRecord | None = None, *,
                   ended: str = "", freed: Any = (), carried: Any = None,
-                  told: Any = None, client: str | None = None) -> bool:
+                  told: Any = None, client: str | None = None, callbacks: Any = (),
+                  summary: str = "") -> bool:
         if self.runs:
             super().claim_end(job_id, holder, record, ended=ended, freed=freed,
-                              carried=carried, told=told, client=client)
+                              carried=carried, told=told, client=client,
+                              callbacks=callbacks, summary=summary)
         raise TransientError("Redis went away with the claim's answer")
 
 
@@ -133,6 +133,11 @@ def store(own_redis_url: str) -> Iterator[redis.Redis]:
 def outcome_for(job_id: str, **request: Any) -> Outcome:
     return Outcome(job_id, JobStatus.SUCCESS, JobRequest("blob", blob=BLOB, **request),
                    DocumentResult(status=JobStatus.SUCCESS, id=job_id, filename="x.png"))
+
+
+def outbox(client: redis.Redis) -> list[Delivery]:
+    """The deliveries waiting in the callback outbox, by id."""
+    return CallbackOutbox(client, TTL).waiting()
 
 
 def round_trips(action: Callable[[], Any]) -> tuple[Any, int]:
@@ -198,7 +203,7 @@ def test_the_monitors_event_is_published_by_the_claim_s_step(store: redis.Redis)
     heard = messages(listener, 1.0)
     listener.close()
     assert heard == [{"uuid": "warm"}, {"uuid": "e1"}, {"uuid": "e2"}]
-    assert ports.told == [] and ports.callbacks == ["x.done"]
+    assert ports.told == [] and [d.target for d in outbox(store)] == ["x.done"]
 
 
 def test_a_second_ender_stores_nothing(store: redis.Redis) -> None:
@@ -214,24 +219,33 @@ def test_a_second_ender_stores_nothing(store: redis.Redis) -> None:
     assert len(notice(store, "j2")) == 1 and ports.told == ["j2"]
 
 
-def test_a_callback_comes_after_the_stored_result_and_before_the_notice(
+def test_callbacks_are_written_in_the_step_that_stores_the_result(
         store: redis.Redis) -> None:
-    """With a callback, the claim names its holder until the ending is done."""
+    """The outbox gets the job's callbacks with its result, once: a second ender adds none."""
     control = JobControl(store, TTL)
-    seen: dict[str, Any] = {}
-
-    def during() -> None:
-        seen["holder"] = control.end_holder("j3")
-        seen["stored"] = store.exists(result_key("j3"))
-        seen["notice"] = notice(store, "j3")
-
-    ports = StoringPorts(during_callback=during)
+    store.hset(job_key("j3"), "owner", "api:acme")
+    ports = StoringPorts()
     ender = JobEnder(control, DocumentJoin(store, TTL), ports)
-    assert ender.end(outcome_for("j3", callback_task="billing.done"))
-    assert seen == {"holder": holder_name(), "stored": 1, "notice": []}
-    assert ports.callbacks == ["billing.done"]
+    options = {"callback_task": "billing.done", "callback_queue": "billing",
+               "callback_url": "https://example.com/hook"}
+    seen: dict[str, Any] = {}
+    ports.during_keep = lambda: seen.update(holder=control.end_holder("j3"),
+                                            callbacks=len(outbox(store)),
+                                            notice=notice(store, "j3"))
+    assert ender.end(outcome_for("j3", **options))
+    # with callbacks, the claim names its holder until its line is written
+    assert seen == {"holder": holder_name(), "callbacks": 2, "notice": []}
     assert store.get(job_ended_key("j3")) == ENDING_DONE.encode()
-    assert len(notice(store, "j3")) == 1
+    http, task = outbox(store)  # by id
+    assert (task.id, task.kind, task.target, task.queue) == (
+        "j3.SUCCESS.task", "task", "billing.done", "billing")
+    assert task.body["id"] == "j3" and task.body["status"] == "SUCCESS"
+    assert (http.id, http.target, http.owner) == (
+        "j3.SUCCESS.http", "https://example.com/hook", "api:acme")
+    assert http.body["event_id"] == "j3.SUCCESS" and 0 < store.ttl(http.key) <= TTL
+    assert store.lrange(CALLBACKS_WAKE_KEY, 0, -1) == [b"1"]  # the sender's doorbell
+    assert not ender.end(outcome_for("j3", **options))
+    assert len(outbox(store)) == 2
 
 
 def test_replicas_are_waited_for_before_the_notice(store: redis.Redis) -> None:
@@ -264,12 +278,13 @@ def test_an_ending_a_failover_may_have_lost_gives_its_claim_back(store: redis.Re
     with pytest.raises(TransientError):
         ender.end(outcome_for("j4b", **options))
     assert not control.has_ended("j4b")
-    assert ports.callbacks == [] and ports.recorded == [] and notice(store, "j4b") == []
+    assert ports.recorded == [] and notice(store, "j4b") == []
     ports.during_keep = None  # the retry, on the primary that stays
     assert ender.end(outcome_for("j4b", **options))
     assert store.get(job_ended_key("j4b")) == ENDING_DONE.encode()
     assert len(notice(store, "j4b")) == 1 and ports.recorded == ["j4b"]
-    assert ports.callbacks == (["billing.done"] if callback else [])
+    # the same ending written twice is one delivery
+    assert [d.id for d in outbox(store)] == (["j4b.SUCCESS.task"] if callback else [])
 
 
 @dataclass
@@ -294,7 +309,8 @@ def test_an_ending_lost_after_keep_gave_up_is_written_again(store: redis.Redis,
     store.set(BLOB, b"input", ex=TTL)
 
     def failover() -> None:  # what the claim's step wrote is gone; the input is not
-        store.delete(job_ended_key("j4d"), result_key("j4d"))
+        store.delete(job_ended_key("j4d"), result_key("j4d"), CALLBACKS_DUE_KEY,
+                     callback_key("j4d.SUCCESS.task"))
 
     ports = ports_kind(replicas=True, during_keep=failover)
     ender = JobEnder(control, DocumentJoin(store, TTL), ports)
@@ -302,7 +318,8 @@ def test_an_ending_lost_after_keep_gave_up_is_written_again(store: redis.Redis,
     assert store.get(job_ended_key("j4d")) == ENDING_DONE.encode()
     assert control.at_start("j4d") == (True, False)  # the redelivery: ended
     assert len(notice(store, "j4d")) == 1 and not store.exists(BLOB)
-    assert ports.callbacks == ["billing.done"] and ports.recorded == ["j4d"]
+    assert [d.target for d in outbox(store)] == ["billing.done"]  # written again too
+    assert ports.recorded == ["j4d"]
     if ports_kind is StoringPorts:
         assert json.loads(store.get(result_key("j4d")))["status"] == "SUCCESS"
     else:
@@ -349,7 +366,8 @@ def test_a_step_that_ran_but_failed_to_answer(store: redis.Redis, callback: bool
     with pytest.raises(TransientError):
         ender.end(outcome_for("j5", **options))
     assert store.exists(job_ended_key("j5")) == (0 if callback else 1)
-    assert ports.told == [] and ports.callbacks == []
+    # its callback written in the step: the retry's ending writes the same delivery
+    assert ports.told == [] and len(outbox(store)) == (1 if callback else 0)
 
 
 def test_a_step_that_did_not_run_leaves_another_holder_s_claim(store: redis.Redis) -> None:

@@ -79,6 +79,50 @@ def test_no_private_name_of_redis_py_is_imported() -> None:
     assert not found, "\n".join(found)
 
 
+def redis_private_names() -> set[str]:
+    """The private names of redis-py's clients, pools and connections, theirs or an instance's."""
+    import redis
+    from redis import sentinel
+
+    classes = (redis.Redis, redis.client.PubSub, redis.ConnectionPool, redis.Connection,
+               redis.SSLConnection, sentinel.SentinelConnectionPool,
+               sentinel.SentinelManagedConnection)
+    instances = (redis.Connection(), redis.ConnectionPool(), redis.Redis())
+    names = {name for each in (*classes, *instances) for name in dir(each)}
+    names |= {name for each in instances for name in vars(each)}
+    return {name for name in names if name.startswith("_") and not name.endswith("__")}
+
+
+def test_the_broker_reads_no_private_name_of_redis_py() -> None:
+    """No `x._name` of redis-py's is read in tasks/broker, nor got by `getattr`.
+
+    `self` and `cls` are the broker's own classes (its overridden hooks and its own
+    state); `REDIS_HOOKS` names what it overrides, called on its base class.
+    """
+    private = redis_private_names() - set(broker.REDIS_HOOKS)
+    assert "_sock" in private
+    found = []
+    for path in sorted((ROOT / "tasks" / "broker").rglob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text())):
+            name = None
+            if isinstance(node, ast.Attribute) and not (
+                    isinstance(node.value, ast.Name) and node.value.id in ("self", "cls")):
+                name = node.attr
+            if isinstance(node, ast.Call) and getattr(node.func, "id", "") == "getattr" \
+                    and len(node.args) > 1 and isinstance(node.args[1], ast.Constant):
+                name = node.args[1].value
+            if name in private:
+                found.append(f"{path.relative_to(ROOT)}:{node.lineno}: {name}")
+    assert not found, "\n".join(found)
+
+
+def test_the_redis_hooks_exist_on_redis_pys_connections() -> None:
+    import redis
+
+    for cls in (redis.Connection, redis.SSLConnection, redis.UnixDomainSocketConnection):
+        assert all(name in vars(cls) or hasattr(cls, name) for name in broker.REDIS_HOOKS)
+
+
 def test_nothing_imports_kombus_redis_transport() -> None:
     """The transport is our own: kombu's Redis transport is no base of it."""
     found = [f"{where}: {name}" for where, name in imports_of_tasks()

@@ -13,6 +13,7 @@ import os
 import random
 import subprocess
 import threading
+import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
@@ -28,14 +29,15 @@ from tasks.lifecycle.claim_holders import holder_name
 from tasks.lifecycle.fanout import record_page, run_pdf_page
 from tasks.lifecycle.inputs import decode_request
 from tasks.lifecycle.job_exit import JobEnder
-from tasks.lifecycle.jobs import FanOut, process_job
+from tasks.lifecycle.jobs import FanOut, JobPorts, process_job
 from tasks.lifecycle.open_documents import OpenDocumentCache
 from tasks.pipeline.documents import deadline_page
-from tasks.records.jobs import DocumentMeta, JobStatus, Outcome, ResultRecord
+from tasks.records.jobs import DocumentMeta, Job, JobStatus, Outcome, ResultRecord
 from tasks.records.redis_target import RedisTarget
 from tasks.records.request import JobRequest
 from tasks.records.results import DocumentResult, PageRecord
 from tasks.settings import Settings
+from tasks.state.callback_outbox import CallbackOutbox, Delivery
 from tasks.state.connection import connect
 from tasks.state.job_control import JobControl
 from tasks.state.join import DocumentJoin
@@ -46,11 +48,9 @@ from tests.pdf_fixtures import image_pdf, plain_pages
 
 @dataclass
 class RecordingPorts:
-    """Fake `EndingPorts`: records instead of storing in Celery and sending callbacks."""
+    """Fake `EndingPorts`: records instead of storing in Celery."""
 
     published: list[Outcome] = field(default_factory=list)
-    callback_tasks: list[tuple[str, str | None, dict]] = field(default_factory=list)
-    http_callbacks: list[tuple[str, dict]] = field(default_factory=list)
     recorded: list[Outcome] = field(default_factory=list)
     kept: list[str] = field(default_factory=list)
 
@@ -71,13 +71,6 @@ class RecordingPorts:
 
     def keep(self, outcome: Outcome) -> None:
         self.kept.append(outcome.job_id)
-
-    def send_callback_task(self, name: str, queue: str | None, result: dict) -> None:
-        self.callback_tasks.append((name, queue, result))
-
-    def send_http_callback(self, url: str, body: dict, queue: str | None,
-                           owner: str = "") -> None:
-        self.http_callbacks.append((url, body))
 
     def record(self, outcome: Outcome) -> None:
         self.recorded.append(outcome)
@@ -130,6 +123,11 @@ def life(redis_url: str) -> Iterator[Life]:
     made.engines.unload()
 
 
+def callbacks(life: Life) -> list[Delivery]:
+    """The callbacks the job endings wrote into the outbox, by id."""
+    return CallbackOutbox(life.client, 600).waiting()
+
+
 def request_for(data: bytes, settings: Settings, **options: Any) -> JobRequest:
     kwargs = {"data_b64": base64.b64encode(data).decode(), "filename": "doc.pdf",
               "callback_task": "billing.done", "callback_url": "http://127.0.0.1:9/x",
@@ -137,10 +135,12 @@ def request_for(data: bytes, settings: Settings, **options: Any) -> JobRequest:
     return decode_request(kwargs, settings)
 
 
-def run_job(job_id: str, request: JobRequest, life: Life, **given: Any) -> Outcome | FanOut:
+def run_job(job_id: str, request: JobRequest, life: Life, started: float | None = None,
+            **ports: Any) -> Outcome | FanOut:
     """`process_job` as `ocr.document` calls it: the job routed to its engine first."""
-    return process_job(job_id, request, life.settings, life.engines, life.stores,
-                       life.engines.for_job(request.engine, request.lang), **given)
+    job = Job(job_id, request, life.engines.for_job(request.engine, request.lang),
+              time.time() if started is None else started)
+    return process_job(job, life.settings, life.engines, life.stores, JobPorts(**ports))
 
 
 def fan_out(life: Life, job_id: str, data: bytes, **options: Any) -> DocumentMeta:
@@ -195,9 +195,9 @@ def test_pages_in_any_order_and_twice_end_the_document_once(life: Life) -> None:
     assert [p.number for p in outcome.result.pages] == [1, 2, 3, 4, 5]
     assert all(p.text.startswith("fake ") for p in outcome.result.pages)
     # one exit: callbacks once, one record, the join and the input freed
-    assert [c[0] for c in life.ports.callback_tasks] == ["billing.done"]
-    assert len(life.ports.http_callbacks) == 1 and len(life.ports.recorded) == 1
-    assert life.ports.http_callbacks[0][1]["pages_done"] == 5
+    http, task = callbacks(life)
+    assert task.target == "billing.done" and len(life.ports.recorded) == 1
+    assert http.target == "http://127.0.0.1:9/x" and http.body["pages_done"] == 5
     assert doc_keys(life, "job-order") == []
     assert not life.client.exists(meta.request.blob or "")
 
@@ -216,7 +216,8 @@ def test_cancel_keeps_the_pages_done_and_wins_over_later_pages(life: Life) -> No
     outcome = life.ports.published[-1]
     assert outcome.status is JobStatus.CANCELLED and outcome.result is not None
     assert [p.number for p in outcome.result.pages] == [1, 2]
-    assert len(life.ports.published) == 1 and len(life.ports.callback_tasks) == 1
+    assert len(life.ports.published) == 1
+    assert [d.kind for d in callbacks(life)] == ["http", "task"]
     assert cancel_job("job-cancel", life.stores.control, life.join, life.ender,
                       stopped.append) == ALREADY_ENDED
 
@@ -247,7 +248,8 @@ def test_unexpected_error_in_the_merge_ends_the_job_as_internal_error(
     assert outcome.status is JobStatus.FAILURE and outcome.error is not None
     assert outcome.error.code == "internal_error"
     assert outcome.public()["error"]["message"] == "unexpected KeyError"  # no text leaks
-    assert len(life.ports.callback_tasks) == 1 and doc_keys(life, "job-bug") == []
+    assert [d.id for d in callbacks(life)] == ["job-bug.FAILURE.http", "job-bug.FAILURE.task"]
+    assert doc_keys(life, "job-bug") == []
     life.engines.unload()
 
 
@@ -312,7 +314,7 @@ def end_document(life: Life, meta: DocumentMeta, ending: str) -> None:
                         life.settings, life.stores)
     else:  # a page task whose retries ran out ends the job (page_tasks.pdf_page)
         life.ender.end(Outcome.failed(meta.job_id, TransientError("Redis restarted"),
-                                      meta.request, engine=meta.engine))
+                                      meta.request, engine=meta.job.engine))
 
 
 def read(number: int) -> PageRecord:
@@ -321,7 +323,7 @@ def read(number: int) -> PageRecord:
 
 def begun(life: Life, meta: DocumentMeta, job_id: str) -> DocumentMeta:
     """A copy of `meta` as a new job, its first page recorded."""
-    copy = replace(meta, job_id=job_id)
+    copy = replace(meta, job=replace(meta.job, id=job_id))
     assert life.join.start(copy, [])
     record_page(copy.describe(copy.ocr_pages[:1]), read(copy.ocr_pages[0]), life.join,
                 life.ender, life.settings, life.stores)

@@ -13,6 +13,7 @@ import sys
 import time
 from pathlib import Path
 
+import pytest
 import redis
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.parser import text_string_to_metric_families
@@ -28,7 +29,7 @@ from tasks.queue.app import sending_app
 from tasks.queue.celery_config import celery_config
 from tasks.settings import Settings
 from tasks.state.metrics import PAGE_BUCKETS, MetricsStore
-from tests.harness import ROOT, RedisServer, eventually
+from tests.harness import ROOT, RedisServer, eventually, sent_past_the_gate
 from tests.otlp_receiver import OtlpReceiver
 
 Samples = dict[str, list[tuple[dict[str, str], float]]]
@@ -121,16 +122,16 @@ def test_on_a_span_reaches_the_collector_with_its_attributes() -> None:
 
 
 def test_a_client_that_does_not_trace_passes_a_traceparent_on(redis_url: str) -> None:
-    """`OcrClient.enqueue(traceparent=...)` (the API's path): the header, as given."""
+    """A job sent with a `traceparent` (the API's path): the header, as given."""
     from tasks.client import OcrClient
 
     client = OcrClient(Settings.from_env({"REDIS_URL": redis_url}))
     header = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"
     before = time.time()
-    job = client.enqueue({"blob": "ocr:blob:passing-on", "engine": "nowhere-e"},
-                         traceparent=header)
-    plain = client.enqueue({"blob": "ocr:blob:passing-on", "engine": "nowhere-e"},
-                           traceparent="not a traceparent")
+    job = sent_past_the_gate(client, {"blob": "ocr:blob:passing-on", "engine": "nowhere-e"},
+                             traceparent=header)
+    plain = sent_past_the_gate(client, {"blob": "ocr:blob:passing-on", "engine": "nowhere-e"},
+                               traceparent="not a traceparent")
     from tasks.broker.layout import list_lane_key
 
     lane = list_lane_key("ocr-nowhere-e\x06\x163", client.client)  # the client's lane
@@ -211,6 +212,33 @@ def test_the_oldest_waiting_message_of_each_queue(redis_url: str) -> None:
     client.lpush("ocr-b", json.dumps({"body": "", "headers": {},
                                       "properties": {"delivery_tag": "t-2"}}))
     assert depth.oldest_ages(["ocr-b"], now=1040.0) == {"ocr-b": 0.0}  # another message
+    app.close()
+
+
+def test_the_oldest_ages_a_consumer_records_and_the_exporter_reads(redis_url: str) -> None:
+    """A worker looks at the messages; the exporter, which may only count them, reads that."""
+    client = redis.Redis.from_url(redis_url)
+    client.flushdb()
+    settings = Settings.from_env({"REDIS_URL": redis_url})
+    app = sending_app(settings)
+    worker, exporter = _depth(client, settings), _depth(client, settings)
+    worker.record_oldest(client, ["ocr-a"], 60, now=1000.0)
+    assert not client.exists("ocr:metrics:oldest")  # nothing waits: one EXISTS, no write
+    app.send_task("ocr.document", kwargs={}, queue="ocr-a", priority=3,
+                  headers={"ocr_client": "alice"})  # in alice's lane
+    stamp = json.loads(client.lindex("{ocr-a\x06\x163}:lane:alice", -1))["headers"][
+        PUBLISHED_HEADER]
+    # waiting, no consumer looked yet: from when the exporter first saw it wait
+    assert exporter.recorded_ages(client, ["ocr-a"], now=stamp + 5) == {"ocr-a": 0.0}
+    assert exporter.recorded_ages(client, ["ocr-a"], now=stamp + 8) == {"ocr-a": 3.0}
+    worker.record_oldest(client, ["ocr-a", "ocr-b"], 60, now=stamp + 10)
+    assert 0 < client.ttl("ocr:metrics:oldest") <= 60
+    ages = exporter.recorded_ages(client, ["ocr-a", "ocr-b"], now=stamp + 100)
+    assert ages["ocr-b"] == 0.0 and ages["ocr-a"] == pytest.approx(100.0, abs=0.01)
+    client.delete("{ocr-a\x06\x163}:lane:alice")  # taken
+    assert exporter.recorded_ages(client, ["ocr-a"], now=stamp + 101) == {"ocr-a": 0.0}
+    worker.record_oldest(client, ["ocr-a"], 60, now=stamp + 102)
+    assert not client.hexists("ocr:metrics:oldest", "ocr-a")
     app.close()
 
 

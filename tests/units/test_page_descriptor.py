@@ -22,9 +22,14 @@ def test_a_descriptor_goes_through_json_unchanged() -> None:
     described = meta.describe([4])
     back = PageDescriptor.from_json(json.loads(json.dumps(described.to_json())))
     assert back == described
-    assert (back.job_id, back.number, back.engine, back.total, back.format) == \
+    assert (back.job_id, back.number, back.job.engine, back.total, back.format) == \
         ("job-1", 4, "tesseract", 10, "pdf")
-    assert back.request == meta.request and back.url_prefixes == ["https://in.example/"]
+    assert back.request == meta.request
+    assert back.job.url_prefixes == ("https://in.example/",)
+    # a view of the job, its keys flat in the header as they always were
+    assert set(described.to_json()) == {"job_id", "request", "engine", "started",
+                                        "url_prefixes", "pages", "total", "reply_queue",
+                                        "format"}
     chunk = described.of_pages(1, 3, 5)
     assert PageDescriptor.from_json(json.loads(json.dumps(chunk.to_json()))).pages == (1, 3, 5)
 
@@ -64,9 +69,8 @@ def test_the_header_carries_it_and_its_retries_carry_it_on() -> None:
 def test_a_failure_in_a_page_task_ends_the_job_with_its_request() -> None:
     meta = meta_of(6)
     outcome = meta.describe([2]).failed(TransientError("Redis restarted"))
-    assert (outcome.job_id, outcome.status, outcome.engine, outcome.started,
-            outcome.reply_queue) == ("job-1", JobStatus.FAILURE, "tesseract", 1.7e9,
-                                     "ocr-tesseract")
+    assert (outcome.job_id, outcome.status, outcome.engine, outcome.started) == (
+        "job-1", JobStatus.FAILURE, "tesseract", 1.7e9)
     assert outcome.request is not None
     assert outcome.request.callback_url == meta.request.callback_url
 

@@ -14,7 +14,7 @@ from dataclasses import replace
 import pytest
 import redis
 
-from tasks.records.jobs import DocumentMeta
+from tasks.records.jobs import DocumentMeta, Job
 from tasks.records.redis_target import RedisTarget
 from tasks.records.request import JobRequest
 from tasks.records.results import DocumentResult, PageRecord
@@ -45,7 +45,7 @@ def store(redis_url: str) -> Iterator[redis.Redis]:
 
 
 def meta_of(job_id: str) -> DocumentMeta:
-    return DocumentMeta(job_id, JobRequest("blob", filename="doc.pdf"), "fake", None, None, 0.0,
+    return DocumentMeta(Job(job_id, JobRequest("blob", filename="doc.pdf"), "fake", 0.0),
                         TOTAL, list(range(1, TOTAL + 1)), [], "ocr-fake",
                         DocumentResult(filename="doc.pdf", status=None))
 
@@ -98,8 +98,8 @@ def test_a_meta_keeps_the_previous_release_s_shape_and_its_escalation_beside_it(
     """The escalation is kept apart, with the meta's TTL, read in the meta's one MGET."""
     join = DocumentJoin(store, 600)
     plain = meta_of("job-5")
-    meta = replace(plain, request=replace(plain.request, escalate="vlm-api",
-                                          escalate_below=0.6), escalated=[2])
+    meta = replace(plain, job=replace(plain.job, request=replace(
+        plain.request, escalate="vlm-api", escalate_below=0.6)), escalated=[2])
     store.config_resetstat()
     assert join.start(meta, [])
     assert commands(store) == {"evalsha": 1, "exists": 1, "set": 2, "del": 1}

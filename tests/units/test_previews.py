@@ -18,7 +18,7 @@ from PIL import Image
 
 from tasks.pipeline.previews import PREVIEW_BUDGET, PREVIEW_TRIES, page_preview
 from tasks.records.formats import PREVIEW_LONG_SIDE
-from tasks.state.keys import preview_key
+from tasks.state.keys import preview_key, preview_source_key
 from tasks.state.previews import PreviewStore
 from tests.harness import corpus
 
@@ -117,6 +117,17 @@ def test_shared_previews_live_as_long_as_their_longest_holder(store: redis.Redis
     store.delete("celery-task-meta-first")  # the first job's result gone: the rest stays
     assert PreviewStore(store, 10).get("later", 1) == b"RIFF"
     assert PreviewStore(store, 10).get("brief", 1) == b"RIFF"
+
+
+def test_another_clients_reference_lives_as_long_as_the_previews_alone(
+        store: redis.Redis) -> None:
+    PreviewStore(store, 100).put("theirs", 1, b"RIFF")
+    PreviewStore(store, 1000).refer("theirs", "mine", [1], extend=False)
+    assert 90 < store.ttl(preview_key("theirs", 1)) <= 100  # not kept longer
+    assert 90 < store.ttl(preview_source_key("mine")) <= 100
+    assert PreviewStore(store, 10).get("mine", 1) == b"RIFF"
+    PreviewStore(store, 1000).refer("gone", "late", [1], extend=False)  # none left
+    assert not store.exists(preview_source_key("late"))
 
 
 def test_a_job_s_own_previews_come_first(store: redis.Redis) -> None:

@@ -22,7 +22,6 @@ from kombu import Producer
 from tasks.engines.resident import engine_for_job
 from tasks.errors import PrimaryReplaced, TransientError
 from tasks.queue import parent_endings, retry_policy
-from tasks.queue.control_tasks import http_callback
 from tasks.records.request import JobRequest
 from tasks.settings import Settings
 from tests.harness import ROOT
@@ -44,7 +43,6 @@ def test_parent_and_child_name_one_engine(kwargs: dict[str, str], expected: str)
 
 
 def test_one_retry_policy_for_tasks_and_callbacks() -> None:
-    assert http_callback.max_retries == retry_policy.MAX_RETRIES
     for retries in range(8):
         step = retry_policy.backoff_step(retries)
         assert step == min(retry_policy.RETRY_BACKOFF_MAX, 2 * 2**retries)
@@ -77,7 +75,7 @@ def test_a_retry_after_a_failover_goes_out_on_a_new_broker_connection(
         return Retry()
 
     task = SimpleNamespace(
-        app=SimpleNamespace(ocr_settings=Settings.from_env({}), ocr_engine="fake",
+        app=SimpleNamespace(ocr_settings=Settings.from_env({}), ocr_engine="tesseract",
                             connection_for_write=app.connection_for_write),
         request=SimpleNamespace(retries=0, headers={}), retry=retry)
     with pytest.raises(Retry):

@@ -497,7 +497,7 @@ def test_a_split_on_a_replaced_primary_is_found_before_its_pages_go(
     primary still named, short of replicas, it is False and the pages go without one.
     """
     from tasks.errors import PrimaryReplaced
-    from tasks.records.jobs import DocumentMeta
+    from tasks.records.jobs import DocumentMeta, Job
     from tasks.records.request import JobRequest
     from tasks.records.results import DocumentResult
     from tasks.state.join import DocumentJoin
@@ -506,8 +506,8 @@ def test_a_split_on_a_replaced_primary_is_found_before_its_pages_go(
         "OCR_REDIS_MIN_REPLICAS": "1", "OCR_REDIS_REPLICA_TIMEOUT": "0.2"}).redis_target
     client = new_client(target)
     join = DocumentJoin(client, 600)
-    meta = DocumentMeta("doc-1", JobRequest("blob", filename="doc.pdf"), "fake", None, None,
-                        0.0, 2, [1, 2], ["p1", "p2"], "ocr-fake",
+    meta = DocumentMeta(Job("doc-1", JobRequest("blob", filename="doc.pdf"), "fake", 0.0),
+                        2, [1, 2], ["p1", "p2"], "ocr-fake",
                         DocumentResult(filename="doc.pdf", status=None))
     assert join.start(meta, [])
     assert join.keep("doc-1", target) is False  # still named: no replica, goes on

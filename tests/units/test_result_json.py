@@ -221,3 +221,13 @@ if __name__ == "__main__":
         sys.exit("python -m tests.units.test_result_json --write: rewrite the golden files "
                  "(only when the public result JSON changes on purpose)")
     _write()
+
+
+def test_a_page_that_gave_no_text_is_warned_of() -> None:
+    """A page neither blank nor failed that gave no text is `text_missing`, never silent."""
+    pages = [PageRecord(1, "", source="text-layer"), PageRecord(2, "", source="blank"),
+             PageRecord(3, "words"), PageRecord(4, "  \n", source="ocr")]
+    result = DocumentResult(status=JobStatus.SUCCESS, pages=pages, output="markdown")
+    warned = result.to_json()["warnings"]
+    assert [(w["page"], w["code"]) for w in warned] == [(1, "text_missing"),
+                                                        (4, "text_missing")]

@@ -29,6 +29,7 @@ def test_defaults_are_valid_and_offline() -> None:
     ({"OCR_ENGINE_PLUGINS": "fake"}, "OCR_ENGINE_PLUGINS"),
     ({"OCR_SOFT_TIME_LIMIT": "100", "OCR_HARD_TIME_LIMIT": "50"}, "OCR_HARD_TIME_LIMIT"),
     ({"OCR_MODEL": "../etc"}, "OCR_MODEL"),
+    ({"OCR_ENGINES_FROM_ZERO": "vlm-api,gpu"}, "OCR_ENGINES_FROM_ZERO"),
 ])
 def test_bad_settings_name_their_variable(env: dict[str, str], name: str) -> None:
     with pytest.raises(SettingsError, match=name):

@@ -65,7 +65,7 @@ def test_a_fan_out_carries_the_planning_clock(life: Life) -> None:
     began = time.time() - 2.0
     data = image_pdf(plain_pages(2))
     work = run_job("job-fan", request_for(data, life.settings), life, started=began)
-    assert isinstance(work, FanOut) and work.meta.started == began
+    assert isinstance(work, FanOut) and work.meta.job.started == began
 
 
 # --- through a real worker (fake engine: queue mechanics) -----------------------------

@@ -15,7 +15,7 @@ from tasks.errors import BadRequest, PageQuotaExceeded, TransientError
 from tasks.state import lua
 from tasks.state import usage as usage_module
 from tasks.state.job_control import JobControl
-from tasks.state.keys import API_CLIENTS_KEY, doc_key, job_key
+from tasks.state.keys import API_CLIENTS_KEY, doc_key, job_key, usage_engines_key
 from tasks.state.reservations import Reservations
 from tasks.state.usage import PageCaps, PageUsage, date_range, over_cap
 from tasks.state.usage_counts import held_key
@@ -38,16 +38,44 @@ def test_pages_by_day_and_month_and_the_caps(redis_url: str) -> None:
     assert usage.every_client(first, last) == {"": {"2026-12-31": 1},
                                                "billing": {"2026-12-30": 3, "2026-12-31": 2}}
     assert 0 < client.ttl("ocr:usage:day:2026-12-31") <= 400 * 86400
-    usage.check("billing", 3, PageCaps(5, 8), NEW_YEARS_EVE)  # 2 + 3 fits the day's 5
+    books = Reservations(client, 60, ended=lambda ids: [])
+
+    def check(pages: int, caps: PageCaps) -> None:
+        books.take("j", "billing", "", "", caps=caps, pages=pages, now=NEW_YEARS_EVE)
+        books.usage.release("billing", "j")
+
+    check(3, PageCaps(5, 8))  # 2 + 3 fits the day's 5
     with pytest.raises(PageQuotaExceeded) as over:
-        usage.check("billing", 4, PageCaps(5, 8), NEW_YEARS_EVE)
+        check(4, PageCaps(5, 8))
     assert over.value.quota == {"period": "day", "cap": 5, "used": 2, "pages": 4,
                                 "resets": "2027-01-01T00:00:00Z", "retry_after": 3601}
     with pytest.raises(PageQuotaExceeded) as monthly:
-        usage.check("billing", 4, PageCaps(None, 8), NEW_YEARS_EVE)
+        check(4, PageCaps(None, 8))
     assert (monthly.value.quota["period"], monthly.value.quota["used"]) == ("month", 5)
-    usage.check("billing", 10**6, PageCaps(0, None), NEW_YEARS_EVE)  # 0: no cap
+    check(10**6, PageCaps(0, None))  # 0: no cap
     assert usage.caps("nobody") == PageCaps() and usage.caps("") == PageCaps()
+
+
+def test_a_cap_a_day_on_one_engine(redis_url: str) -> None:
+    client = redis.Redis.from_url(redis_url)
+    client.flushdb()
+    client.hset(usage_engines_key(dt.date(2026, 12, 31)), "vlm-api|billing", 2)
+    client.hset(API_CLIENTS_KEY, "billing", json.dumps(
+        {"engine_pages_per_day": {"vlm-api": 3, "rapidocr": 0}}))
+    books = Reservations(client, 60, ended=lambda ids: [])
+    caps = books.usage.caps("billing")
+    assert caps.engines == (("vlm-api", 3),) and not caps.any  # 0: no cap on rapidocr
+    books.engine_room("billing", "vlm-api", 1, caps, NEW_YEARS_EVE)  # 2 + 1 fits 3
+    books.engine_room("billing", "tesseract", 10**6, caps, NEW_YEARS_EVE)
+    with pytest.raises(PageQuotaExceeded) as over:
+        books.take("j", "billing", "", "", caps=caps, pages=2, now=NEW_YEARS_EVE,
+                   engine="vlm-api")  # the door's reservation
+    assert over.value.quota["engine"] == "vlm-api" and over.value.quota["used"] == 2
+    assert "cap of 3 vlm-api pages a day" in over.value.message
+    # The worker's count of a job's pages: 2 read today and 2 more pass the cap of 3.
+    with pytest.raises(PageQuotaExceeded):
+        books.settle("j", "billing", 2, NEW_YEARS_EVE, engine="vlm-api")
+    books.settle("j", "billing", 2, NEW_YEARS_EVE, engine="tesseract")
 
 
 def test_a_monthly_cap_resets_on_the_first_of_the_next_month() -> None:

@@ -31,9 +31,10 @@ from tasks.engines.vlm.vlm_api_engine import VlmApiEngine, processor_grid
 from tasks.errors import OcrError
 from tasks.models.locate import served_model
 from tasks.pipeline.pdf import open_pdf, render_page
-from tasks.queue.celery_config import default_concurrency, worker_app_config
+from tasks.queue.celery_config import worker_app_config
 from tasks.queue.retry_policy import MAX_RETRIES, max_retries
 from tasks.settings import Settings
+from tests.fake_engines import FakeEngine
 from tests.pdf_fixtures import image_pdf
 
 REQUEST = httpx.Request("POST", "http://127.0.0.1:1/v1/chat/completions")
@@ -340,11 +341,43 @@ def test_a_vlm_api_worker_is_a_thread_pool_of_its_pages_in_flight() -> None:
     assert config["worker_pool"] == "tasks.queue.pool:ThreadTaskPool"
     assert config["worker_concurrency"] == 64
     assert config["task_annotations"]["ocr.pdf_page"]["soft_time_limit"] == 840
-    assert default_concurrency(Settings.from_env({"OCR_VLM_API_IN_FLIGHT": "128"}),
-                               "vlm-api") == 128
-    assert default_concurrency(Settings.from_env({"OCR_CONCURRENCY": "2"}), "vlm-api") == 2
+    assert worker_app_config(Settings.from_env({"OCR_VLM_API_IN_FLIGHT": "128"}),
+                             "vlm-api")["worker_concurrency"] == 128
+    assert worker_app_config(Settings.from_env({"OCR_CONCURRENCY": "2"}),
+                             "vlm-api")["worker_concurrency"] == 2
     other = worker_app_config(Settings.from_env({}), "tesseract")
     assert other["worker_pool"] == "tasks.queue.pool:TaskPool"
+    assert other["worker_concurrency"] is None  # Celery's: a child a core
+
+
+class ThreadedServerEngine(FakeEngine):
+    """A plugin engine whose traits alone make its worker a threads pool with retries in time."""
+
+    name = "threaded-fake"
+    pool_kind = "threads"
+
+    @classmethod
+    def concurrency(cls, settings: Settings) -> int | None:
+        return 7
+
+    @classmethod
+    def page_time_limit(cls, settings: Settings) -> float | None:
+        return 5.0
+
+    @classmethod
+    def retry_seconds(cls, settings: Settings) -> float | None:
+        return 1.0
+
+
+def test_a_plugin_engines_traits_set_its_pool_and_retries_without_its_name_anywhere() -> None:
+    settings = Settings.from_env({"OCR_ENGINE_PLUGINS": f"threaded-fake={__name__}:"
+                                                        "ThreadedServerEngine"})
+    config = worker_app_config(settings, "threaded-fake")
+    assert config["worker_pool"] == "tasks.queue.pool:ThreadTaskPool"
+    assert config["worker_concurrency"] == 7
+    assert config["task_annotations"]["ocr.pdf_page"] == {"soft_time_limit": 5.0,
+                                                         "time_limit": 35.0}
+    assert max_retries(settings, "threaded-fake") == 0  # 1 s fits no backoff step
 
 
 def test_vlm_api_pages_are_retried_for_a_time_not_a_count() -> None:
