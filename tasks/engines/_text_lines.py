@@ -34,20 +34,14 @@ class ProbeLine(NamedTuple):
     image: Image.Image
 
 
-def probe_lines(image: Image.Image, count: int = 3, width: float = 0.5
-                ) -> Image.Image | None:
-    """The page's `count` inkiest lines of near-median height, stacked; None: no lines.
-
-    Only the left `width` of each line is taken: more lines for the same reading time
-    (3 half lines read more surely than 2 whole ones on the corpus, for less).
-    """
-    lines = probe_crops(image, count, width)
-    return stack(sorted(lines)) if lines else None
-
-
 def probe_crops(image: Image.Image, count: int = 3, width: float = 0.5
                 ) -> list[ProbeLine]:
-    """The lines `probe_lines` stacks, inkiest first (a probe may read the first alone)."""
+    """The page's `count` inkiest lines of near-median height, inkiest first; [] when none.
+
+    Only the left `width` of each line is taken: more lines for the same reading time
+    (3 half lines read more surely than 2 whole ones on the corpus, for less). A probe
+    stacks them, or reads the first alone.
+    """
     grey = image if image.mode == "L" else image.convert("L")
     small = np.asarray(grey.reduce(REDUCE)) < INK
     rows = small.sum(axis=1)
