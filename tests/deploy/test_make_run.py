@@ -55,6 +55,17 @@ def run_env() -> dict[str, str]:
 MAKE_RUN = ["make", "-o", ".venv/.runtime", "-o", ".venv/.rapidocr", "run"]
 
 
+def kill_run(make: subprocess.Popen[bytes], procs: list[psutil.Process]) -> None:
+    """Kill what a test's `make run` left: the processes seen under it, then make's group."""
+    for proc in procs:
+        try:
+            proc.kill()
+        except psutil.NoSuchProcess:
+            pass
+    if make.poll() is None:
+        os.killpg(make.pid, signal.SIGKILL)
+
+
 def _default_sigint() -> None:
     signal.signal(signal.SIGINT, signal.SIG_DFL)
 
@@ -106,13 +117,7 @@ def test_a_signal_to_makes_pid_stops_every_process(tmp_path: Path, signum: int) 
         _, alive = psutil.wait_procs(procs, timeout=STOP_BOUND)
         assert not alive, ([p.cmdline() for p in alive], log.read_text()[-3000:])
     finally:
-        for proc in procs:
-            try:
-                proc.kill()
-            except psutil.NoSuchProcess:
-                pass
-        if make.poll() is None:
-            os.killpg(make.pid, signal.SIGKILL)
+        kill_run(make, procs)
 
 
 def test_a_bad_setting_ends_make_run_with_one_clear_line(tmp_path: Path) -> None:
@@ -242,13 +247,7 @@ def test_a_second_make_run_leaves_the_first_serving(tmp_path: Path) -> None:
         # a clean stop leaves no pid to take over
         assert (var / "run.lock").read_text() == ""
     finally:
-        for proc in procs:
-            try:
-                proc.kill()
-            except psutil.NoSuchProcess:
-                pass
-        if make.poll() is None:
-            os.killpg(make.pid, signal.SIGKILL)
+        kill_run(make, procs)
 
 
 def test_make_run_waits_for_no_other_starting_make(tmp_path: Path) -> None:
