@@ -46,8 +46,8 @@ class ApiServer(ProcfileProcess):
     def healthy(self) -> bool:
         try:
             return requests.get(f"{self.url}/healthz", timeout=1).status_code == 200
-        except requests.ConnectionError:
-            return False
+        except (requests.ConnectionError, requests.Timeout):
+            return False  # not listening yet, or still starting: a slow answer is not down
 
 
 def create_token(redis_url: str, name: str, *options: str) -> str:

@@ -336,6 +336,23 @@ class Worker(ProcfileProcess):
         self.wait_until(lambda: re.search(r"@\S+ ready\.", self.log()), timeout, "ready")
         return self
 
+    def languages(self, client: OcrClient, timeout: float = 60) -> dict[str, Any]:
+        """The worker's reply to the `languages` broadcast, asked until it answers.
+
+        A loaded worker may answer past one broadcast's wait, so one empty round is
+        not an answer.
+        """
+        from tasks.operator_console import OperatorConsole
+
+        console = OperatorConsole(client)
+
+        def reply() -> dict[str, Any] | None:
+            replies = console.languages(timeout=2)
+            return next((r for node, r in replies.items() if node.startswith(self.name)),
+                        None)
+
+        return eventually(reply, timeout, f"{self.name}'s languages reply")
+
     def job_records(self, wait_for: Sequence[str] = (),
                     timeout: float = 10) -> dict[str, dict[str, Any]]:
         """The log's `ocr.job` records by job id, once the jobs of `wait_for` have theirs.

@@ -21,7 +21,6 @@ import pytest
 
 from tasks.client import OcrClient
 from tasks.errors import UnknownLanguage
-from tasks.operator_console import OperatorConsole
 from tasks.pipeline import layouts
 from tests.cer import cer
 from tests.harness import FAKE_PLUGINS, ROOT, Worker, corpus, ground_truth
@@ -87,8 +86,7 @@ def test_absent_language_fails_fast_naming_what_is_there(worker: Worker,
 
 def test_workers_advertise_their_languages(worker: Worker, client: OcrClient,
                                            redis_url: str) -> None:
-    replies = OperatorConsole(client).languages()
-    reply = next(r for node, r in replies.items() if node.startswith(worker.name))
+    reply = worker.languages(client)
     assert reply["engine"] == "tesseract" and reply["default"] == "eng"
     assert {"eng", "vie", "ell", "chi_sim"} <= set(reply["languages"])
     done = subprocess.run([sys.executable, "submit.py", "langs"], cwd=ROOT,

@@ -24,7 +24,6 @@ from PIL import Image
 
 from tasks.client import OcrClient
 from tasks.errors import LanguageUnavailable
-from tasks.operator_console import OperatorConsole
 from tasks.pipeline import layouts
 from tests.cer import cer
 from tests.harness import Worker, corpus, eventually, ground_truth
@@ -74,8 +73,7 @@ def test_rapidocr_reads_the_chinese_page(rapid_worker: Worker, client: OcrClient
 
 def test_rapidocr_worker_advertises_what_it_reads(rapid_worker: Worker,
                                                   client: OcrClient) -> None:
-    replies = OperatorConsole(client).languages()
-    reply = next(r for node, r in replies.items() if node.startswith(rapid_worker.name))
+    reply = rapid_worker.languages(client)
     # `job_default`: what a job without `lang` asks for (OCR_LANG, auto unless set).
     # `auto`: the languages lang=auto may choose for each script.
     assert reply == {"engine": "rapidocr", "default": "chi_sim+eng", "job_default": "auto",
