@@ -92,9 +92,11 @@ SEND = ("lpush", "lpos", "rpush", "hincrby", "lrange", "llen", "ltrim", "pexpire
 # script: SET NX PX, HGETALL, HGET, ZSCORE, RPUSH; ZRANGE, ZSCORE and ZREM the release
 # before's, on layout 1's index), the sweep of
 # expired queues' bindings (a Lua script: TIME, ZRANGEBYSCORE, SISMEMBER, SREM, ZREM),
-# remote control (PSUBSCRIBE), results and job state (an input read to its bound: GETRANGE).
+# remote control (PSUBSCRIBE), results and job state (an input read to its bound: GETRANGE),
+# the sweeper's look at each queue's oldest waiting message (a read-only script,
+# EVALSHA_RO or EVAL_RO: tasks/metrics/queue_depth.py, `record_oldest`).
 CONSUME = ("rpop", "lmpop", "rpush", "lrem", "lpos", "lindex", "lrange", "blpop", "hset",
-           "hsetnx", "hget", "hdel",
+           "hsetnx", "hget", "hdel", "eval_ro", "evalsha_ro",
            "hgetall", "hmget", "hexists", "hlen", "hkeys", "hincrby", "hincrbyfloat",
            "set", "setex", "del", "unlink", "exists", "expire", "pexpire", "ttl", "incr",
            "incrby", "strlen", "getrange", "srem", "sismember", "zrem", "zrange",

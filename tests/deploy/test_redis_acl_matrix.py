@@ -17,6 +17,7 @@ expiry, is taken over by the next sweep.
 
 from __future__ import annotations
 
+import json
 import time
 from collections.abc import Iterator
 
@@ -26,8 +27,10 @@ import redis
 from tasks.api._quotas import ClientBytes
 from tasks.broker import binding_expiry, layout, stored_layout, unacked
 from tasks.broker.holders import HolderSweep
+from tasks.broker.publishing import PUBLISHED_HEADER
 from tasks.client import OcrClient
 from tasks.errors import BadRequest, PageQuotaExceeded, QuotaExceeded
+from tasks.metrics.queue_depth import QueueDepth
 from tasks.records.batches import BatchRecord
 from tasks.redis_users import (
     COUNT,
@@ -263,6 +266,28 @@ def test_only_the_consumers_read_a_queued_message(server: AclRedisServer, role: 
     finally:
         connection.close()
         admin.delete(*QUEUED)
+
+
+@pytest.mark.parametrize("role", ["worker", "control"])
+def test_each_consumer_records_the_queues_oldest_ages_as_its_own_user(
+        server: AclRedisServer, role: str) -> None:
+    """Whichever worker parent sweeps this interval looks at the oldest waiting message.
+
+    The look is a read-only script (EVALSHA_RO); the exporter reads what it stored.
+    """
+    admin = server.client()
+    connection = redis.Redis.from_url(server.url(role))
+    exporter = redis.Redis.from_url(server.url("metrics"))
+    try:
+        admin.lpush("ocr", json.dumps({"body": "", "headers": {PUBLISHED_HEADER: 1000.0},
+                                       "properties": {"delivery_tag": "t-1"}}))
+        QueueDepth(connection, {}).record_oldest(connection, ["ocr"], 60, now=1010.0)
+        assert QueueDepth(exporter, {}).recorded_ages(exporter, ["ocr"], now=1030.0) \
+            == {"ocr": 30.0}
+    finally:
+        admin.delete("ocr", keys.METRICS_OLDEST_KEY)
+        connection.close()
+        exporter.close()
 
 
 def test_a_client_stores_its_input_and_touches_no_one_elses(server: AclRedisServer) -> None:
