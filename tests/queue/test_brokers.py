@@ -302,7 +302,11 @@ def test_a_worker_waits_for_the_mailbox_its_lost_connection_held(
                                               **broker.env, **FAKE, "WORKER_NAME": "mailbox"})
     lost = Connection(broker.vhost.url())
     try:
-        mailbox(lost.channel()).declare()
+        held = mailbox(lost.channel())
+        held.declare()
+        # A consumer keeps it: unused, the mailbox expires after Celery's
+        # control_queue_expires (10 s), sooner than a loaded host starts the worker.
+        held.consume(no_ack=True)
         worker.spawn()
         worker.wait_until(lambda: "RESOURCE_LOCKED" in worker.log(), 240, "the refusal")
         lost.release()  # RabbitMQ sees the connection gone, and its queue with it
