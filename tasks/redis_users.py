@@ -204,7 +204,10 @@ USERS: tuple[RedisUser, ...] = (
            "zadd", "zrem", "zrange", "zrangebyscore", "time", "eval", "evalsha",
            "script|load", "script|exists", "multi", "exec", "discard", "get", "set", "del",
            "exists", "hset", "hget", "hdel", "hgetall", "watch", "unwatch", "psubscribe",
-           "punsubscribe", "publish", "pexpire", "info"),
+           "punsubscribe", "publish", "pexpire", "info",
+           # its broker page's queue lengths: a read-only script (LLEN; LRANGE of the
+           # lanes' rings), as the exporter's (tasks/queue/flower_view.py)
+           "eval_ro", "evalsha_ro", "lrange"),
           channels=(EVENTS, CONTROL_CHANNEL)),
     _role("metrics", "the metrics exporter (Procfile `metrics`): reads only",
           # the running count is each list's held hash's length (HLEN, no message

@@ -146,10 +146,13 @@ def is_held_hash(key: str) -> bool:
 # (workers, the control worker) hold, acknowledge and restore messages. A queued
 # message is read by its consumers alone: a role that only sends pushes to a queue's
 # lists and lanes and may count them, never read one back (APPENDERS); a role that
-# watches the queues counts them (COUNTERS).
+# watches the queues counts them (COUNTERS), their lanes through their rings: the metrics
+# exporter, and Flower's broker page (tasks/queue/flower_view.py), with one read-only
+# script each (tasks/metrics/queue_depth.py).
 SENDERS = ("worker", "control", "api", "beat", "client")
 CONSUMERS = ("worker", "control")
 APPENDERS = tuple(r for r in SENDERS if r not in CONSUMERS)
+COUNTERS = ("flower", "metrics")
 # kombu's and Celery's names beside the queues' lists: a worker's direct queue
 # (worker_direct), remote control's mailboxes and replies, the event queues (Flower's).
 DIRECT_QUEUES = "*.dq2*"
@@ -165,13 +168,13 @@ FAMILIES: tuple[KeyFamily, ...] = (
     KeyFamily("task queues (lists)", QUEUE_PATTERNS,
               ("ocr", "ocr-fake", "ocr-control", queue_list("ocr", 3)),
               writers=CONSUMERS, appenders=APPENDERS,
-              counters=("flower", "metrics", "keda")),
+              counters=(*COUNTERS, "keda")),
     KeyFamily("clients' lanes", (list_lane_key("ocr*", "*"),),
               (list_lane_key("ocr", "alice"), list_lane_key(queue_list("ocr", 3), "bob")),
-              writers=CONSUMERS, appenders=APPENDERS, counters=("metrics",)),
+              writers=CONSUMERS, appenders=APPENDERS, counters=COUNTERS),
     KeyFamily("lanes' rings of clients", (list_ring_key("ocr*") + "*",),
               (list_ring_key(queue_list("ocr", 3)), list_ring_key("ocr") + ":turn"),
-              writers=SENDERS, readers=("metrics",)),
+              writers=SENDERS, readers=COUNTERS),
     KeyFamily("clients' lane weights", (LANE_WEIGHTS_KEY,), (LANE_WEIGHTS_KEY,),
               readers=CONSUMERS),
     KeyFamily("wake-up keys", (queue_wake_key("ocr*"),), (queue_wake_key("ocr"),),

@@ -16,6 +16,7 @@ import asyncio
 from collections.abc import Iterable
 from typing import Any
 
+from tasks.broker import lanes
 from tasks.metrics.queue_depth import QueueDepth
 from tasks.settings import Settings
 from tasks.state.connection import connect
@@ -28,7 +29,9 @@ class QueueLengths:
         self._depth = depth
 
     async def queues(self, names: Iterable[str]) -> list[dict[str, Any]]:
-        wanted = list(names)
+        # The service's queues alone: Flower's Redis user counts those and no other
+        # (a worker's direct queue, `<node>.dq2`, is not shown).
+        wanted = [name for name in names if lanes.laned(name)]
         # A blocking client: read off the event loop, which serves every other page.
         waiting = await asyncio.get_running_loop().run_in_executor(
             None, self._depth.waiting, wanted)

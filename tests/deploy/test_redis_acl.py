@@ -230,6 +230,9 @@ def test_every_role_works_with_its_own_user_and_nothing_is_refused(fleet: Fleet,
 
     workers = fleet.get("flower", "/api/workers?refresh=1", auth=FLOWER_AUTH)
     assert workers.status_code == 200 and len(workers.json()) >= 2, workers.text
+    lengths = fleet.get("flower", "/api/queues/length", auth=FLOWER_AUTH)  # its broker page's
+    assert lengths.status_code == 200, lengths.text
+    assert "ocr" in {q["name"] for q in lengths.json()["active_queues"]}, lengths.text
     assert fleet.get("flower", f"/api/task/result/{image}", auth=FLOWER_AUTH).json()[
         "state"] == "SUCCESS"
     scraped = fleet.get("metrics", "/metrics").text

@@ -268,6 +268,25 @@ def test_only_the_consumers_read_a_queued_message(server: AclRedisServer, role: 
         admin.delete(*QUEUED)
 
 
+@pytest.mark.parametrize("role", ["flower", "metrics"])
+def test_flower_and_the_exporter_count_the_waiting_messages_as_their_own_users(
+        server: AclRedisServer, role: str) -> None:
+    """Flower's broker page and the exporter count a queue's list and its clients' lanes."""
+    admin = server.client()
+    settings = Settings.from_env({"REDIS_URL": server.url("admin")})
+    app = OcrClient(settings).app
+    watcher = redis.Redis.from_url(server.url(role))
+    try:
+        for client in ("alice", "bob", None):
+            app.send_task("ocr.document", kwargs={}, queue="ocr-fake", priority=3,
+                          headers={"ocr_client": client} if client else {})
+        assert QueueDepth(watcher, {}).waiting(["ocr-fake"]) == {"ocr-fake": 3}
+    finally:
+        admin.flushdb()
+        app.close()
+        watcher.close()
+
+
 @pytest.mark.parametrize("role", ["worker", "control"])
 def test_each_consumer_records_the_queues_oldest_ages_as_its_own_user(
         server: AclRedisServer, role: str) -> None:
