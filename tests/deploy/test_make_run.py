@@ -55,6 +55,27 @@ def run_env() -> dict[str, str]:
 MAKE_RUN = ["make", "-o", ".venv/.runtime", "-o", ".venv/.rapidocr", "run"]
 
 
+def start_run(checkout: Path, env: dict[str, str], log: Path,
+              processes: str) -> subprocess.Popen[bytes]:
+    """`make run PROCESSES=...` in its own group, its output in `log`."""
+    with log.open("wb") as out:
+        return subprocess.Popen([*MAKE_RUN, f"PROCESSES={processes}"], cwd=checkout,
+                                env=env, stdout=out, stderr=subprocess.STDOUT,
+                                stdin=subprocess.DEVNULL, start_new_session=True,
+                                preexec_fn=_default_sigint)
+
+
+def wait_ready(make: subprocess.Popen[bytes], log: Path) -> None:
+    """Until `make run` prints its ready line; fails at once when make exits first."""
+
+    def ready() -> bool:
+        assert make.poll() is None, log.read_text()[-3000:]
+        return READY in log.read_text()
+
+    eventually(ready, 300, lambda: "the ready line:\n" + log.read_text()[-3000:],
+               interval=0.5)
+
+
 def kill_run(make: subprocess.Popen[bytes], procs: list[psutil.Process]) -> None:
     """Kill what a test's `make run` left: the processes seen under it, then make's group."""
     for proc in procs:
@@ -78,20 +99,10 @@ def test_a_signal_to_makes_pid_stops_every_process(tmp_path: Path, signum: int) 
            if not k.startswith(("OCR_", "REDIS_", "API_", "FLOWER_", "METRICS_", "MAKE"))}
     env.update(PATH=f"{VENV_BIN}{os.pathsep}{env['PATH']}", **ports, OCR_CONCURRENCY="1")
     log = tmp_path / "make-run.log"
-    with log.open("wb") as out:
-        make = subprocess.Popen(
-            ["make", "-o", ".venv/.runtime", "-o", ".venv/.rapidocr", "run",
-             f"PROCESSES={PROCESSES}"], cwd=checkout, env=env, stdout=out,
-            stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True,
-            preexec_fn=_default_sigint)
+    make = start_run(checkout, env, log, PROCESSES)
     procs: list[psutil.Process] = []
     try:
-        def ready() -> bool:
-            assert make.poll() is None, log.read_text()[-3000:]
-            return READY in log.read_text()
-
-        eventually(ready, 300, lambda: "the ready line:\n" + log.read_text()[-3000:],
-                   interval=0.5)
+        wait_ready(make, log)
         lines = [line for line in log.read_text().splitlines() if READY in line]
         assert len(lines) == 1, lines
         for url in (f"API http://127.0.0.1:{ports['API_PORT']}/docs",
@@ -196,19 +207,10 @@ def test_a_second_make_run_leaves_the_first_serving(tmp_path: Path) -> None:
     (var / "starting").write_text(f"{dead_pid()}\n")
     env = run_env()
     log = tmp_path / "make-run.log"
-    with log.open("wb") as out:
-        make = subprocess.Popen([*MAKE_RUN, "PROCESSES=redis flower api"], cwd=checkout,
-                                env=env, stdout=out, stderr=subprocess.STDOUT,
-                                stdin=subprocess.DEVNULL, start_new_session=True,
-                                preexec_fn=_default_sigint)
+    make = start_run(checkout, env, log, "redis flower api")
     procs: list[psutil.Process] = []
     try:
-        def ready() -> bool:
-            assert make.poll() is None, log.read_text()[-3000:]
-            return READY in log.read_text()
-
-        eventually(ready, 300, lambda: "the ready line:\n" + log.read_text()[-3000:],
-                   interval=0.5)
+        wait_ready(make, log)
         assert (f"var/ taken over from a run that ended without stopping (supervisor pid "
                 f"{crashed})") in log.read_text()
         top = psutil.Process(make.pid)
